@@ -1,0 +1,368 @@
+"""GPU benchmark of the loss heads in potstill.train.fused_head against Liger-Kernel and the
+materialised-logits versions.
+
+Shapes follow a SmolLM2-135M student (H=576) and a 2048-wide teacher sharing the 49,152-token
+vocabulary, bf16 inputs. Each case is forward + backward of the loss head alone; times are the
+median of --reps CUDA-event timings after --warmup runs, peak memory is
+``max_memory_allocated`` during one forward + backward minus what was allocated before it.
+
+    PYTHONPATH=src python benchmarks/kd_head.py --out kd_head.json [--sweep]
+
+Liger-Kernel is optional (pip install liger-kernel==0.8.5); its rows are skipped without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from potstill.train import fused_head as FH
+from potstill.train import losses as L
+
+HS, HT, V = 576, 2048, 49152
+BETA = 0.5
+TOPK = 20  # what chat APIs return at most (OpenAI top_logprobs <= 20)
+DT = torch.bfloat16
+
+try:
+    from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
+    from liger_kernel.transformers.fused_linear_jsd import LigerFusedLinearJSD
+
+    try:
+        from importlib.metadata import version
+
+        LIGER = version("liger-kernel")
+    except ImportError:  # PackageNotFoundError: imported from a path without its dist-info
+        LIGER = "unknown version"
+except ImportError:
+    LIGER = None
+
+
+def make_inputs(n: int, seed: int = 0) -> dict:
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    # Weight scales give logits with a std of about 3, roughly what trained LM heads produce.
+    d = {
+        "hs": torch.randn(n, HS, device="cuda", generator=g).to(DT).requires_grad_(),
+        "ws": (torch.randn(V, HS, device="cuda", generator=g) * 3 / HS**0.5).to(DT).requires_grad_(),
+        "ht": torch.randn(n, HT, device="cuda", generator=g).to(DT),
+        "wt": (torch.randn(V, HT, device="cuda", generator=g) * 3 / HT**0.5).to(DT),
+        "labels": torch.randint(0, V, (n,), device="cuda", generator=g),
+    }
+    ids, lps = [], []
+    with torch.no_grad():
+        for c0 in range(0, n, 2048):  # teacher top-k without an N x V tensor
+            lp = (d["ht"][c0:c0 + 2048] @ d["wt"].T).float().log_softmax(-1)
+            v, i = lp.topk(TOPK, dim=-1)
+            ids.append(i)
+            lps.append(v)
+    d["topk_ids"], d["topk_lp"] = torch.cat(ids), torch.cat(lps)
+    return d
+
+
+# --- the heads under test: each call runs forward + backward ---------------------------------
+
+
+def potstill_jsd(d, **kw):
+    FH.fused_linear_kd(d["hs"], d["ws"], d["ht"], d["wt"], kind="jsd", beta=BETA, **kw).backward()
+
+
+def liger_jsd(d):
+    LigerFusedLinearJSD(jsd_beta=BETA)(d["hs"], d["ws"], d["ht"], d["wt"], None).backward()
+
+
+def materialised_jsd(d):
+    L.generalized_jsd(d["hs"] @ d["ws"].T, d["ht"] @ d["wt"].T, beta=BETA).backward()
+
+
+def potstill_ce(d, **kw):
+    FH.fused_linear_cross_entropy(d["hs"], d["ws"], d["labels"], **kw).backward()
+
+
+def liger_ce(d):
+    LigerFusedLinearCrossEntropyLoss()(d["ws"], d["hs"], d["labels"]).backward()
+
+
+def materialised_ce(d):
+    F.cross_entropy((d["hs"] @ d["ws"].T).float(), d["labels"]).backward()
+
+
+def potstill_sparse(d, **kw):
+    FH.fused_linear_sparse_kd(d["hs"], d["ws"], d["topk_ids"], d["topk_lp"], **kw).backward()
+
+
+def materialised_sparse(d):
+    L.sparse_topk_kd(d["hs"] @ d["ws"].T, d["topk_ids"], d["topk_lp"]).backward()
+
+
+# --- measurement ------------------------------------------------------------------------------
+
+
+def _clear(d):
+    for k in ("hs", "ws"):
+        d[k].grad = None
+
+
+def measure(fn, d, warmup: int, reps: int) -> dict:
+    try:
+        for _ in range(warmup):
+            _clear(d)
+            fn(d)
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(reps):
+            _clear(d)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn(d)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        _clear(d)
+        gc.collect()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn(d)
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+        _clear(d)
+        ms = statistics.median(times)
+        n = d["hs"].shape[0]
+        return {"status": "ok", "ms_median": ms, "ms_min": min(times), "ms_max": max(times), "reps": reps,
+                "tokens_per_s": n / (ms / 1e3), "peak_mib": peak / 2**20}
+    except torch.cuda.OutOfMemoryError as e:
+        msg = str(e).split("\n")[0][:200]
+    _clear(d)
+    gc.collect()
+    torch.cuda.empty_cache()
+    return {"status": "OOM", "error": msg}
+
+
+def rel(a, b) -> float:
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp(min=1e-30)).item()
+
+
+def grads_of(fn, d):
+    _clear(d)
+    out = fn(d)
+    return out, d["hs"].grad.clone(), d["ws"].grad.clone()
+
+
+def correctness(n: int = 1024) -> dict:
+    """bf16 heads vs float64 autograd on the same (bf16-valued) inputs; relative L2 errors."""
+    d = make_inputs(n, seed=1)
+    out = {"tokens": n}
+
+    def ref_grads(loss_fn):
+        hs64 = d["hs"].detach().double().requires_grad_()
+        ws64 = d["ws"].detach().double().requires_grad_()
+        loss = loss_fn(hs64 @ ws64.T)
+        loss.backward()
+        return loss.detach(), hs64.grad, ws64.grad
+
+    def compare(name, fn, ref):
+        _clear(d)
+        loss = fn(d)
+        loss.backward()
+        out[name] = {"loss": loss.item(), "loss_rel_err": rel(loss.detach(), ref[0]),
+                     "grad_hidden_rel_err": rel(d["hs"].grad, ref[1]), "grad_weight_rel_err": rel(d["ws"].grad, ref[2])}
+        _clear(d)
+
+    t64 = (d["ht"].double() @ d["wt"].double().T)
+    ref = ref_grads(lambda s: L.generalized_jsd(s, t64, beta=BETA))
+    out["jsd_ref_loss"] = ref[0].item()
+    compare("jsd_potstill_triton", lambda d: FH.fused_linear_kd(d["hs"], d["ws"], d["ht"], d["wt"], beta=BETA), ref)
+    compare("jsd_potstill_triton_fp32accum", lambda d: FH.fused_linear_kd(
+        d["hs"], d["ws"], d["ht"], d["wt"], beta=BETA, accum_dtype=torch.float32), ref)
+    compare("jsd_potstill_triton_fp32_logits", lambda d: FH.fused_linear_kd(
+        d["hs"], d["ws"], d["ht"], d["wt"], beta=BETA, logits_dtype=torch.float32), ref)
+    compare("jsd_potstill_torch_backend", lambda d: FH.fused_linear_kd(
+        d["hs"], d["ws"], d["ht"], d["wt"], beta=BETA, backend="torch"), ref)
+    if LIGER:
+        compare("jsd_liger", lambda d: LigerFusedLinearJSD(jsd_beta=BETA)(d["hs"], d["ws"], d["ht"], d["wt"], None), ref)
+    compare("jsd_materialised_bf16", lambda d: L.generalized_jsd(d["hs"] @ d["ws"].T, d["ht"] @ d["wt"].T, beta=BETA), ref)
+    for kind in ("forward_kl", "reverse_kl"):
+        r = ref_grads(lambda s: L.kd_divergence(s, t64, kind=kind))
+        compare(f"{kind}_potstill_triton", lambda d: FH.fused_linear_kd(d["hs"], d["ws"], d["ht"], d["wt"], kind=kind), r)
+    del t64, ref
+    ref = ref_grads(lambda s: F.cross_entropy(s, d["labels"]))
+    compare("ce_potstill_triton", lambda d: FH.fused_linear_cross_entropy(d["hs"], d["ws"], d["labels"]), ref)
+    if LIGER:
+        compare("ce_liger", lambda d: LigerFusedLinearCrossEntropyLoss()(d["ws"], d["hs"], d["labels"]), ref)
+    ref = ref_grads(lambda s: L.sparse_topk_kd(s, d["topk_ids"], d["topk_lp"].double()))
+    compare("sparse_top20_potstill_triton", lambda d: FH.fused_linear_sparse_kd(
+        d["hs"], d["ws"], d["topk_ids"], d["topk_lp"]), ref)
+    del d, ref
+    gc.collect()
+    torch.cuda.empty_cache()
+    return out
+
+
+def kernel_sweep(rows: int = 1024) -> list:
+    """The KD row kernel alone (3 sweeps over V) on one chunk, per tiling and grid size."""
+    g = torch.Generator(device="cuda").manual_seed(2)
+    src = (torch.randn(rows, V, device="cuda", generator=g) * 3).to(DT)
+    t = (torch.randn(rows, V, device="cuda", generator=g) * 3).to(DT)
+    s = torch.empty_like(src)
+    res = []
+    params = L.divergence_params("jsd", beta=BETA)
+    for block in (2048, 4096):
+        for warps in (8, 16):
+            for pps in (0, 1, 2, 4):
+                FH.TRITON_BLOCK, FH.TRITON_WARPS, FH.PROGRAMS_PER_SM = block, warps, pps
+                times = []
+                for i in range(13):
+                    s.copy_(src)
+                    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    a.record()
+                    FH._kd_rows(s, t, s, 1.0, params, 1e-3, 0.0, "triton")
+                    b.record()
+                    b.synchronize()
+                    if i >= 3:
+                        times.append(a.elapsed_time(b))
+                ms = statistics.median(times)
+                # DRAM bytes if nothing were served from L2: 3 reads of both bf16 rows + 1 write.
+                res.append({"block": block, "warps": warps, "programs_per_sm": pps, "ms": ms,
+                            "gb_per_s_if_3_sweeps": rows * V * 14 / ms / 1e6,
+                            "gb_per_s_if_1_sweep": rows * V * 6 / ms / 1e6})
+    return res
+
+
+def matmuls_only(d, chunk_size=None):
+    """The KD head's chunk loop with the row kernel left out: the GEMM part of its time."""
+    hs, ws, ht, wt = d["hs"].detach(), d["ws"].detach(), d["ht"], d["wt"]
+    cs = chunk_size or FH.default_chunk_size(hs.shape[0], V, 4)
+
+    def chunk_fn(z, c0, c1):
+        t = ht[c0:c1] @ wt.T
+        del t
+        return torch.zeros((), device=z.device), z
+
+    FH._run_chunks(hs, ws, cs, True, True, None, chunk_fn)
+
+
+def matmul_tflops() -> float:
+    a = torch.randn(8192, 8192, device="cuda", dtype=DT)
+    b = torch.randn(8192, 8192, device="cuda", dtype=DT)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(10):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        a @ b
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e))
+    return 2 * 8192**3 / (statistics.median(times) / 1e3) / 1e12
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="kd_head.json")
+    ap.add_argument("--tokens", default="8192,32768")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--sweep", action="store_true", help="also sweep kernel tiling and chunk sizes")
+    ap.add_argument("--block", type=int, default=None)
+    ap.add_argument("--warps", type=int, default=None)
+    ap.add_argument("--programs-per-sm", type=int, default=None)
+    args = ap.parse_args()
+    t0 = time.time()
+    prop = torch.cuda.get_device_properties(0)
+    report = {
+        "device": torch.cuda.get_device_name(0),
+        "sm_count": prop.multi_processor_count,
+        "torch": torch.__version__,
+        "triton": getattr(FH.triton, "__version__", None) if FH.HAS_TRITON else None,
+        "liger_kernel": LIGER,
+        "shapes": {"student_hidden": HS, "teacher_hidden": HT, "vocab": V, "beta": BETA, "topk": TOPK,
+                   "dtype": "bfloat16"},
+        "method": "forward+backward of the loss head alone; median of CUDA-event times after warm-up; "
+                  "peak_mib = max_memory_allocated during one fwd+bwd minus memory allocated before it",
+    }
+    report["bf16_matmul_tflops_8192cubed"] = matmul_tflops()
+    print(f"matmul {report['bf16_matmul_tflops_8192cubed']:.0f} TFLOP/s", flush=True)
+    report["correctness"] = correctness()
+    print(json.dumps(report["correctness"], indent=1), flush=True)
+
+    if args.sweep:
+        report["kernel_sweep"] = kernel_sweep()
+        best = min(report["kernel_sweep"], key=lambda r: r["ms"])
+        FH.TRITON_BLOCK, FH.TRITON_WARPS, FH.PROGRAMS_PER_SM = best["block"], best["warps"], best["programs_per_sm"]
+        for r in report["kernel_sweep"]:
+            print("kernel sweep", json.dumps(r), flush=True)
+    if args.block:
+        FH.TRITON_BLOCK = args.block
+    if args.warps:
+        FH.TRITON_WARPS = args.warps
+    if args.programs_per_sm is not None:
+        FH.PROGRAMS_PER_SM = args.programs_per_sm
+    report["triton_block"], report["triton_warps"] = FH.TRITON_BLOCK, FH.TRITON_WARPS
+    report["programs_per_sm"] = FH.PROGRAMS_PER_SM
+
+    rows = []
+    for n in [int(x) for x in args.tokens.split(",")]:
+        d = make_inputs(n)
+        flops_kd = 2 * n * V * (HT + 3 * HS)  # teacher fwd, student fwd, two student bwd matmuls
+        flops_ce = 2 * n * V * 3 * HS
+        cases = [
+            ("kd_jsd", "potstill", potstill_jsd, flops_kd),
+            ("kd_jsd", "potstill (repeat)", potstill_jsd, flops_kd),
+            ("kd_jsd", "potstill fp32 grad_weight accum", lambda d: potstill_jsd(d, accum_dtype=torch.float32), flops_kd),
+            ("kd_jsd", "potstill fp32 logits", lambda d: potstill_jsd(d, logits_dtype=torch.float32), flops_kd),
+            ("kd_jsd", "potstill GEMMs only (no row kernel)", matmuls_only, flops_kd),
+            ("kd_jsd", "liger", liger_jsd, flops_kd),
+            ("kd_jsd", "liger (repeat)", liger_jsd, flops_kd),
+            ("kd_jsd", "materialised", materialised_jsd, flops_kd),
+            ("ce", "potstill", potstill_ce, flops_ce),
+            ("ce", "liger", liger_ce, flops_ce),
+            ("ce", "materialised", materialised_ce, flops_ce),
+            (f"sparse_top{TOPK}_fkl", "potstill", potstill_sparse, flops_ce),
+            (f"sparse_top{TOPK}_fkl", "materialised", materialised_sparse, flops_ce),
+        ]
+        if args.sweep:
+            for cs in (512, 2048, 4096):
+                cases.append(("kd_jsd", f"potstill chunk={cs}", lambda d, cs=cs: potstill_jsd(d, chunk_size=cs), flops_kd))
+            cases.append(("kd_jsd", "potstill fp32 logits chunk=1024",
+                          lambda d: potstill_jsd(d, logits_dtype=torch.float32, chunk_size=1024), flops_kd))
+            for cs in (1024, 4096):
+                cases.append(("ce", f"potstill chunk={cs}", lambda d, cs=cs: potstill_ce(d, chunk_size=cs), flops_ce))
+                cases.append((f"sparse_top{TOPK}_fkl", f"potstill chunk={cs}",
+                              lambda d, cs=cs: potstill_sparse(d, chunk_size=cs), flops_ce))
+        for head, impl, fn, flops in cases:
+            if impl.startswith("liger") and not LIGER:
+                continue
+            r = {"head": head, "impl": impl, "tokens": n, **measure(fn, d, args.warmup, args.reps)}
+            if r["status"] == "ok":
+                r["matmul_floor_ms"] = flops / (report["bf16_matmul_tflops_8192cubed"] * 1e12) * 1e3
+            rows.append(r)
+            print(json.dumps(r), flush=True)
+        del d
+        gc.collect()
+        torch.cuda.empty_cache()
+    report["results"] = rows
+    report["seconds"] = time.time() - t0
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=1)
+
+    print(f"\n{'head':<18}{'impl':<34}{'tokens':>7}{'ms':>9}{'Mtok/s':>8}{'peak MiB':>10}")
+    for r in rows:
+        if r["status"] == "ok":
+            print(f"{r['head']:<18}{r['impl']:<34}{r['tokens']:>7}{r['ms_median']:>9.2f}"
+                  f"{r['tokens_per_s'] / 1e6:>8.2f}{r['peak_mib']:>10.0f}")
+        else:
+            print(f"{r['head']:<18}{r['impl']:<34}{r['tokens']:>7}  {r['status']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

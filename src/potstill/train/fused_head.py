@@ -1,0 +1,613 @@
+"""Chunked linear + loss heads: KD (full local teacher), sparse top-k KD and cross-entropy.
+
+Each head takes hidden states and ``lm_head`` weights instead of logits. The forward pass walks
+over blocks of ``chunk_size`` tokens; per block it computes the logits with one matmul, runs one
+fused row kernel that turns them into per-row losses *and* ``dLoss/dlogits`` (written over the
+logits buffer), then immediately folds that gradient into ``grad_hidden`` and ``grad_weight``
+with two more matmuls. The backward pass therefore only scales stored gradients, and the largest
+temporary is one block of logits (``chunk_size x V``, student and teacher), never ``N x V``.
+
+Precision: matmuls take the inputs' dtype (bf16 on GPU; cuBLAS accumulates in fp32); softmax,
+log and divergence maths run in fp32 (fp64 for fp64 inputs). By default the logits themselves are
+stored in the input dtype, exactly what a materialised bf16 head computes; ``logits_dtype=
+torch.float32`` (KD head) asks the GEMM for fp32 logits instead, which cuts the gradient error
+against a float64 reference several-fold for about a quarter more time (see benchmarks/KD_HEAD.md).
+``grad_weight`` is accumulated across blocks in ``accum_dtype`` (default: the weight's dtype).
+
+Two backends compute the per-block row maths: Triton kernels (default for CUDA tensors when
+Triton imports; each program streams whole rows of V in slices, with an online log-sum-exp) and
+plain torch (CPU, and the reference the tests check the kernels against).
+Only scalar losses (``reduction`` ``"mean"`` or ``"sum"``) are supported: the gradients are
+computed in the forward pass and merely scaled by the incoming scalar gradient.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import losses as L
+
+try:  # Triton ships with CUDA builds of torch; CPU-only installs simply use the torch path.
+    import triton
+    import triton.language as tl
+
+    HAS_TRITON = True
+except ImportError:  # pragma: no cover - depends on the install
+    HAS_TRITON = False
+
+# Row-kernel tuning knobs, the best of benchmarks/kd_head.py --sweep on an H100 (V = 49,152).
+TRITON_BLOCK = 4096  # V is streamed in slices of this many columns
+TRITON_WARPS = 16
+# > 0: a persistent grid of this many programs per SM, each looping over rows. On the H100 it did
+# not beat one program per row (0): the KD kernel is bound by its exp/log/div work, not by DRAM.
+PROGRAMS_PER_SM = 0
+GRID_PROGRAMS: int | None = None  # explicit grid size (tests use it to exercise the row loop)
+# Default chunk: the largest power of two of rows whose logits buffers fit in this many bytes.
+CHUNK_BYTES = 1 << 28
+
+__all__ = ["fused_linear_kd", "fused_linear_sparse_kd", "fused_linear_cross_entropy", "default_chunk_size"]
+
+
+def default_chunk_size(n_rows: int, vocab: int, bytes_per_element: int = 4, budget_bytes: int | None = None) -> int:
+    """Rows per block so that ``rows * vocab * bytes_per_element <= budget`` (power of two, >= 16)."""
+    budget = budget_bytes or CHUNK_BYTES
+    rows = 1 << max(4, int(math.log2(max(1, budget // (vocab * bytes_per_element)))))
+    return max(1, min(n_rows, rows))
+
+
+# --- Triton row kernels -----------------------------------------------------------------------
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _kd_terms(ls, lt, a, wp, wq, MODE: tl.constexpr):
+        # losses.family_terms in registers; MODE 1 (a == 0) and 2 (a == 1) need no mixture.
+        q = tl.exp(ls)
+        p = tl.exp(lt)
+        if MODE == 1:
+            loss = wp * p * (lt - ls)
+            h = -(wp * p + wq * q)
+        elif MODE == 2:
+            loss = wq * q * (ls - lt)
+            h = loss
+        else:
+            # Clamping m only matters where p and q are both below ~1e-38, whose terms vanish.
+            m = tl.maximum(a * p + (1.0 - a) * q, 1.1754944e-38)
+            lm = tl.log(m)
+            kq = wq * q * (ls - lm)
+            loss = wp * p * (lt - lm) + kq
+            h = kq - (1.0 - a) * (q / m) * (wp * p + wq * q)
+        return loss, h, q
+
+    @triton.jit
+    def _online_lse(ptr, V, scale, BLOCK: tl.constexpr):
+        # One sweep with a running max (Milakov & Gimelshein 2018, "Online normalizer calculation").
+        offs = tl.arange(0, BLOCK)
+        m = -1e30
+        d = 0.0
+        for start in range(0, V, BLOCK):
+            cols = start + offs
+            x = tl.load(ptr + cols, mask=cols < V, other=float("-inf")).to(tl.float32) * scale
+            m_new = tl.maximum(m, tl.max(x, 0))
+            d = d * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), 0)
+            m = m_new
+        return m + tl.log(d)
+
+    @triton.jit
+    def _kd_rows_kernel(S, T, OUT, LOSS, LSE, n_rows, s_stride, t_stride, o_stride, V, scale, a, wp, wq, h_sum,
+                        kd_coef, ce_coef, MODE: tl.constexpr, ALIAS: tl.constexpr, BLOCK: tl.constexpr):
+        offs = tl.arange(0, BLOCK)
+        for row in range(tl.program_id(0), n_rows, tl.num_programs(0)):
+            r = tl.cast(row, tl.int64)
+            s_ptr = S + r * s_stride
+            t_ptr = T + r * t_stride
+            o_ptr = OUT + r * o_stride
+            # Sweep 1: both log-normalisers at once.
+            ms = -1e30
+            ds = 0.0
+            mt = -1e30
+            dt = 0.0
+            for start in range(0, V, BLOCK):
+                cols = start + offs
+                msk = cols < V
+                x = tl.load(s_ptr + cols, mask=msk, other=float("-inf")).to(tl.float32) * scale
+                y = tl.load(t_ptr + cols, mask=msk, other=float("-inf")).to(tl.float32) * scale
+                ms_new = tl.maximum(ms, tl.max(x, 0))
+                mt_new = tl.maximum(mt, tl.max(y, 0))
+                ds = ds * tl.exp(ms - ms_new) + tl.sum(tl.exp(x - ms_new), 0)
+                dt = dt * tl.exp(mt - mt_new) + tl.sum(tl.exp(y - mt_new), 0)
+                ms = ms_new
+                mt = mt_new
+            lse_s = ms + tl.log(ds)
+            lse_t = mt + tl.log(dt)
+            # Sweep 2: loss and H = sum(h). For a == 0, H = -(wp + wq) is known in closed form, so
+            # forward KL skips this sweep and accumulates its loss in sweep 3.
+            H = h_sum
+            if MODE != 1:
+                l_acc = tl.zeros([BLOCK], tl.float32)
+                h_acc = tl.zeros([BLOCK], tl.float32)
+                for start in range(0, V, BLOCK):
+                    cols = start + offs
+                    msk = cols < V
+                    ls = tl.load(s_ptr + cols, mask=msk, other=0.0).to(tl.float32) * scale - lse_s
+                    lt = tl.load(t_ptr + cols, mask=msk, other=0.0).to(tl.float32) * scale - lse_t
+                    loss, h, q = _kd_terms(ls, lt, a, wp, wq, MODE)
+                    l_acc += tl.where(msk, loss, 0.0)
+                    h_acc += tl.where(msk, h, 0.0)
+                H = tl.sum(h_acc, 0)
+                tl.store(LOSS + r, tl.sum(l_acc, 0))
+            # Sweep 3: dlogits = kd_coef * (h - q H) + ce_coef * q.
+            l_acc1 = tl.zeros([BLOCK], tl.float32)
+            for start in range(0, V, BLOCK):
+                cols = start + offs
+                msk = cols < V
+                ls = tl.load(s_ptr + cols, mask=msk, other=0.0).to(tl.float32) * scale - lse_s
+                lt = tl.load(t_ptr + cols, mask=msk, other=0.0).to(tl.float32) * scale - lse_t
+                if ALIAS:
+                    # OUT is a half-width view of S's own row: slice j lands on bytes that slices
+                    # <= j held, so every warp must have loaded them before anyone stores.
+                    tl.debug_barrier()
+                loss, h, q = _kd_terms(ls, lt, a, wp, wq, MODE)
+                if MODE == 1:
+                    l_acc1 += tl.where(msk, loss, 0.0)
+                g = kd_coef * (h - q * H) + ce_coef * q
+                tl.store(o_ptr + cols, g.to(OUT.dtype.element_ty), mask=msk)
+            if MODE == 1:
+                tl.store(LOSS + r, tl.sum(l_acc1, 0))
+            tl.store(LSE + r, lse_s)
+
+    @triton.jit
+    def _ce_rows_kernel(Z, LAB, LOSS, n_rows, stride, V, gs, BLOCK: tl.constexpr):
+        offs = tl.arange(0, BLOCK)
+        for row in range(tl.program_id(0), n_rows, tl.num_programs(0)):
+            r = tl.cast(row, tl.int64)
+            z_ptr = Z + r * stride
+            lse = _online_lse(z_ptr, V, 1.0, BLOCK)
+            lab = tl.load(LAB + r)
+            tl.store(LOSS + r, lse - tl.load(z_ptr + lab).to(tl.float32))
+            tl.debug_barrier()  # z[label] is read by every thread before the row is overwritten
+            for start in range(0, V, BLOCK):
+                cols = start + offs
+                msk = cols < V
+                x = tl.load(z_ptr + cols, mask=msk, other=0.0).to(tl.float32)
+                g = (tl.exp(x - lse) - tl.where(cols == lab, 1.0, 0.0)) * gs
+                tl.store(z_ptr + cols, g.to(Z.dtype.element_ty), mask=msk)
+
+    @triton.jit
+    def _sparse_rows_kernel(Z, ZIDS, IDS, LP, LOSS, n_rows, stride, V, k, nb, scale, a, wp, wq, c,
+                            MODE: tl.constexpr, HAS_REST: tl.constexpr, BLOCK: tl.constexpr, KB: tl.constexpr):
+        # Z holds the logits with the k ids already set to -inf (when HAS_REST); ZIDS the original
+        # logits at those ids; LP the teacher's nb = k (+1 rest) bucket log-probabilities.
+        offs = tl.arange(0, BLOCK)
+        kk = tl.arange(0, KB)
+        kmask = kk < k
+        bmask = kk < nb
+        for row in range(tl.program_id(0), n_rows, tl.num_programs(0)):
+            r = tl.cast(row, tl.int64)
+            z_ptr = Z + r * stride
+            zi = tl.load(ZIDS + r * k + kk, mask=kmask, other=float("-inf")).to(tl.float32) * scale
+            lse_z = _online_lse(z_ptr, V, scale, BLOCK)
+            if HAS_REST:
+                mi = tl.maximum(tl.max(zi, 0), lse_z)
+                lse = mi + tl.log(tl.sum(tl.exp(zi - mi), 0) + tl.exp(lse_z - mi))
+                lq = tl.where(kmask, zi - lse, lse_z - lse)
+            else:
+                lse = lse_z
+                lq = zi - lse
+            lq = tl.where(bmask, lq, 0.0)
+            lt = tl.load(LP + r * nb + kk, mask=bmask, other=0.0)
+            loss, h, q = _kd_terms(lq, lt, a, wp, wq, MODE)
+            G = tl.where(bmask, h + wq * q, 0.0)  # dD / d log(q_bucket)
+            g_sum = tl.sum(G, 0)
+            tl.store(LOSS + r, tl.sum(tl.where(bmask, loss, 0.0), 0))
+            if HAS_REST:
+                # Outside the ids: dz_j = c softmax_rest_j (G_rest - sum(G) q_rest).
+                coef = c * (tl.sum(tl.where(kk == k, G, 0.0), 0) - g_sum * tl.exp(lse_z - lse))
+                for start in range(0, V, BLOCK):
+                    cols = start + offs
+                    msk = cols < V
+                    x = tl.load(z_ptr + cols, mask=msk, other=0.0).to(tl.float32) * scale
+                    tl.store(z_ptr + cols, (tl.exp(x - lse_z) * coef).to(Z.dtype.element_ty), mask=msk)
+                tl.debug_barrier()  # the id entries below overwrite what the sweep just wrote
+            ids = tl.load(IDS + r * k + kk, mask=kmask, other=0)
+            tl.store(z_ptr + ids, (c * (G - g_sum * q)).to(Z.dtype.element_ty), mask=kmask)
+
+
+_SM_COUNT: dict = {}
+
+
+def _launch(n_rows, V, device):
+    block = min(TRITON_BLOCK, triton.next_power_of_2(V))
+    if GRID_PROGRAMS:
+        programs = GRID_PROGRAMS
+    elif PROGRAMS_PER_SM > 0 and device.type == "cuda":
+        if device.index not in _SM_COUNT:
+            _SM_COUNT[device.index] = torch.cuda.get_device_properties(device).multi_processor_count
+        programs = _SM_COUNT[device.index] * PROGRAMS_PER_SM
+    else:
+        programs = n_rows
+    return (max(1, min(n_rows, programs)),), block
+
+
+def _acc_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+# --- per-block row maths: (triton | torch) ----------------------------------------------------
+
+
+def _kd_rows(s, t, out, scale, params, kd_coef, ce_coef, backend):
+    """KD rows of one block -> (per-row divergence, student lse); dlogits go to ``out``, which is
+    ``s`` itself or (fp32 logits) a half-width view of ``s``'s storage."""
+    a, wp, wq = params
+    C, V = s.shape
+    if backend == "triton":
+        loss = torch.empty(C, dtype=torch.float32, device=s.device)
+        lse = torch.empty_like(loss)
+        mode = 1 if a == 0.0 else (2 if a == 1.0 else 0)
+        alias = out.data_ptr() == s.data_ptr() and out.dtype != s.dtype
+        grid, block = _launch(C, V, s.device)
+        _kd_rows_kernel[grid](s, t, out, loss, lse, C, s.stride(0), t.stride(0), out.stride(0), V, float(scale),
+                              float(a), float(wp), float(wq), -(wp + wq), float(kd_coef), float(ce_coef),
+                              MODE=mode, ALIAS=alias, BLOCK=block, num_warps=TRITON_WARPS)
+        return loss, lse
+    x = s.to(_acc_dtype(s)) * scale
+    lse = torch.logsumexp(x, dim=-1, keepdim=True)
+    ls = x - lse
+    lt = torch.log_softmax(t.to(x.dtype) * scale, dim=-1)
+    loss, h = L.family_terms(ls, lt, a, wp, wq, need_h=True)
+    q = ls.exp()
+    out.copy_(kd_coef * (h - q * h.sum(-1, keepdim=True)) + ce_coef * q)
+    return loss, lse.squeeze(-1)
+
+
+def _torch_lse(z, scale):
+    return torch.logsumexp(z.to(_acc_dtype(z)) * scale, dim=-1)
+
+
+def _torch_exp_scale_(z, shift, coef, scale):
+    """``z <- exp(z * scale - shift[row]) * coef[row]`` in place."""
+    x = z.to(_acc_dtype(z)) * scale
+    z.copy_(torch.exp(x - shift[:, None].to(x.dtype)) * coef[:, None].to(x.dtype))
+
+
+# --- the shared chunk loop --------------------------------------------------------------------
+
+
+def _logits(h, w, dtype):
+    if dtype is None or dtype == h.dtype:
+        return h @ w.t()
+    if h.is_cuda:
+        try:  # fp32 output straight from the bf16 GEMM: a cast afterwards cannot restore the bits
+            return torch.mm(h, w.t(), out_dtype=dtype)
+        except (TypeError, RuntimeError, NotImplementedError):
+            pass
+    return h.to(dtype) @ w.t().to(dtype)
+
+
+def _accumulate_grad_weight(gw, dz, h):
+    if gw.dtype == dz.dtype:
+        gw.addmm_(dz.t(), h)
+        return
+    if gw.is_cuda:
+        try:  # one cuBLAS call with fp32 output from bf16 operands (torch >= 2.8)
+            torch.addmm(gw, dz.t(), h, out_dtype=gw.dtype, out=gw)
+            return
+        except (TypeError, RuntimeError, NotImplementedError):
+            pass
+    gw.add_((dz.t() @ h).to(gw.dtype))
+
+
+def _run_chunks(hs, ws, chunk_size, need_h, need_w, accum_dtype, chunk_fn, logits_dtype=None):
+    """Loop over row blocks; ``chunk_fn(z, c0, c1)`` turns logits ``z`` into dlogits and returns
+    ``(block loss sum, dlogits)``. Returns ``(loss_sum, grad_hidden, grad_weight)``."""
+    N = hs.shape[0]
+    grad_h = torch.empty_like(hs) if need_h else None
+    gw = torch.zeros(ws.shape, dtype=accum_dtype or ws.dtype, device=ws.device) if need_w else None
+    total = torch.zeros((), dtype=_acc_dtype(hs), device=hs.device)
+    for c0 in range(0, N, chunk_size):
+        c1 = min(N, c0 + chunk_size)
+        h = hs[c0:c1]
+        z = _logits(h, ws, logits_dtype)
+        loss, dz = chunk_fn(z, c0, c1)
+        total += loss
+        if need_h:
+            torch.mm(dz, ws, out=grad_h[c0:c1])
+        if need_w:
+            _accumulate_grad_weight(gw, dz, h)
+        del z, dz
+    return total, grad_h, gw
+
+
+def _select_rows(labels, ignore_index, n, *tensors):
+    """Drop ignored rows up front: they cost no matmul and need no masking downstream."""
+    if labels is None:
+        return None, n, tensors
+    keep = labels.reshape(-1) != ignore_index
+    n_valid = int(keep.sum())
+    if n_valid == n:
+        return None, n, tensors
+    idx = keep.nonzero().squeeze(1)
+    return idx, n_valid, tuple(None if x is None else x.index_select(0, idx) for x in tensors)
+
+
+def _resolve_backend(backend, x):
+    if backend == "auto":
+        return "triton" if HAS_TRITON and x.is_cuda else "torch"
+    if backend == "triton" and not HAS_TRITON:
+        raise RuntimeError("backend='triton' requested but triton is not importable")
+    if backend not in ("triton", "torch"):
+        raise ValueError(f"unknown backend {backend!r}")
+    return backend
+
+
+class _ChunkedHead(torch.autograd.Function):
+    """``body(need_h, need_w)`` runs the whole chunk loop and returns (loss, grad_h, grad_w)."""
+
+    @staticmethod
+    def forward(ctx, hs, ws, idx, n_rows, body):
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        loss, gh, gw = body(need_h, need_w)
+        if need_h and idx is not None:
+            gh = torch.zeros((n_rows, hs.shape[-1]), dtype=gh.dtype, device=gh.device).index_copy_(0, idx, gh)
+        if need_w:
+            gw = gw.to(ws.dtype)
+        ctx.save_for_backward(gh, gw)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        gh, gw = ctx.saved_tensors
+        one = float(grad_out) == 1.0  # skip a V x H multiply in the common case
+        if gh is not None and not one:
+            gh = gh * grad_out.to(gh.dtype)
+        if gw is not None and not one:
+            gw = gw * grad_out.to(gw.dtype)
+        return gh, gw, None, None, None
+
+
+def _empty_result(hs, ws, need_h, need_w):
+    loss = torch.zeros((), dtype=_acc_dtype(hs), device=hs.device)
+    gh = torch.zeros((0, hs.shape[-1]), dtype=hs.dtype, device=hs.device) if need_h else None
+    gw = torch.zeros_like(ws) if need_w else None
+    return loss, gh, gw
+
+
+def _check(reduction, hs, ws):
+    if reduction not in ("mean", "sum"):
+        raise ValueError("fused heads support reduction 'mean' or 'sum' only")
+    if hs.shape[-1] != ws.shape[-1] or hs.dtype != ws.dtype:
+        raise ValueError(f"hidden {tuple(hs.shape)}/{hs.dtype} does not match weight {tuple(ws.shape)}/{ws.dtype}")
+
+
+# --- public heads -----------------------------------------------------------------------------
+
+
+def fused_linear_kd(
+    student_hidden: torch.Tensor,
+    student_weight: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    teacher_weight: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    *,
+    kind: L.Divergence = "jsd",
+    beta: float = 0.5,
+    alpha: float = 0.1,
+    temperature: float = 1.0,
+    ce_weight: float = 0.0,
+    ignore_index: int = L.IGNORE_INDEX,
+    reduction: str = "mean",
+    chunk_size: int | None = None,
+    accum_dtype: torch.dtype | None = None,
+    logits_dtype: torch.dtype | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """KD loss from hidden states of a student and a same-tokenizer local teacher.
+
+    Equals ``losses.distillation_loss(hs @ Ws.T, ht @ Wt.T, labels, ...)`` (``kd_divergence``
+    when ``ce_weight == 0``) without materialising either ``(N, V)`` logits tensor.
+
+    Args:
+        student_hidden: ``(..., Hs)``; gets a gradient if it requires one.
+        student_weight: ``(V, Hs)`` student ``lm_head`` weight; gets a gradient if it requires one.
+        teacher_hidden: ``(..., Ht)``; teacher_weight: ``(V, Ht)``; both treated as constants.
+        labels: optional ``(...)``: the ``ignore_index`` mask, and the CE targets when
+            ``ce_weight > 0`` (fused CE mixing needs ``temperature == 1``).
+        kind, beta, alpha, temperature: as in :mod:`potstill.train.losses`.
+        chunk_size: rows per block (default :func:`default_chunk_size` of ``CHUNK_BYTES``).
+        logits_dtype: ``None`` (input dtype) or ``torch.float32`` (more accurate, slower).
+    Returns:
+        scalar loss (fp32; fp64 for fp64 inputs).
+    """
+    _check(reduction, student_hidden, student_weight)
+    if teacher_hidden.shape[-1] != teacher_weight.shape[-1] or teacher_weight.shape[0] != student_weight.shape[0]:
+        raise ValueError("teacher hidden/weight shapes do not match the student vocabulary")
+    if teacher_hidden.dtype != teacher_weight.dtype:
+        raise ValueError("teacher hidden and weight dtypes differ")
+    if ce_weight and (labels is None or temperature != 1.0):
+        raise ValueError("fused CE mixing needs labels and temperature == 1")
+    if logits_dtype not in (None, torch.float32, student_weight.dtype):
+        raise ValueError("logits_dtype must be None or torch.float32")
+    params = L.divergence_params(kind, beta=beta, alpha=alpha)
+    be = _resolve_backend(backend, student_hidden)
+    hs = student_hidden.reshape(-1, student_hidden.shape[-1])
+    ht = teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1])
+    lab = None if labels is None else labels.reshape(-1)
+    n = hs.shape[0]
+    idx, n_valid, (hs_v, ht_v, lab_v) = _select_rows(lab, ignore_index, n, hs.detach(), ht, lab)
+    V = student_weight.shape[0]
+    lg_dtype = logits_dtype or student_weight.dtype
+    cs = chunk_size or default_chunk_size(n_valid, V, 2 * torch.finfo(lg_dtype).bits // 8)
+    gs = 1.0 / max(n_valid, 1) if reduction == "mean" else 1.0
+    scale = 1.0 / temperature
+    ws_d, wt_d = student_weight.detach(), teacher_weight.detach()
+
+    def chunk_fn(z, c0, c1):
+        t = _logits(ht_v[c0:c1], wt_d, logits_dtype)
+        if z.dtype == ws_d.dtype:
+            out = z
+        elif be == "triton" and z.element_size() == 2 * ws_d.element_size():
+            out = z.view(ws_d.dtype)[:, :V]  # write bf16 dlogits over the fp32 logits' storage
+        else:
+            out = torch.empty(z.shape, dtype=ws_d.dtype, device=z.device)
+        if ce_weight:
+            target = lab_v[c0:c1, None]
+            z_lab = z.gather(1, target).squeeze(1).to(_acc_dtype(z))
+        kd_rows, lse = _kd_rows(z, t, out, scale, params, (1.0 - ce_weight) * gs * scale, ce_weight * gs, be)
+        del t
+        total = (1.0 - ce_weight) * kd_rows.sum()
+        if ce_weight:
+            total = total + ce_weight * (lse.to(z_lab.dtype) - z_lab).sum()
+            # The one-hot part of the CE gradient; the kernel already wrote ce_coef * q.
+            out.scatter_add_(1, target, torch.full_like(z_lab, -ce_weight * gs).to(out.dtype)[:, None])
+        return total, out
+
+    def body(need_h, need_w):
+        if n_valid == 0:
+            return _empty_result(hs, student_weight, need_h, need_w)
+        total, gh, gw = _run_chunks(hs_v, ws_d, cs, need_h, need_w, accum_dtype, chunk_fn, logits_dtype)
+        return total * gs, gh, gw
+
+    return _ChunkedHead.apply(hs, student_weight, idx, n, body)
+
+
+def fused_linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    ignore_index: int = L.IGNORE_INDEX,
+    reduction: str = "mean",
+    chunk_size: int | None = None,
+    accum_dtype: torch.dtype | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Cross-entropy of ``hidden @ weight.T`` against ``labels`` without an ``(N, V)`` tensor.
+
+    Shapes: hidden ``(..., H)``, weight ``(V, H)``, labels ``(...)``. Returns a scalar.
+    """
+    _check(reduction, hidden, weight)
+    be = _resolve_backend(backend, hidden)
+    hs = hidden.reshape(-1, hidden.shape[-1])
+    lab = labels.reshape(-1)
+    n = hs.shape[0]
+    idx, n_valid, (hs_v, lab_v) = _select_rows(lab, ignore_index, n, hs.detach(), lab)
+    V = weight.shape[0]
+    cs = chunk_size or default_chunk_size(n_valid, V, weight.element_size())
+    gs = 1.0 / max(n_valid, 1) if reduction == "mean" else 1.0
+
+    def chunk_fn(z, c0, c1):
+        target = lab_v[c0:c1]
+        if be == "triton":
+            loss = torch.empty(z.shape[0], dtype=torch.float32, device=z.device)
+            grid, block = _launch(z.shape[0], V, z.device)
+            _ce_rows_kernel[grid](z, target, loss, z.shape[0], z.stride(0), V, float(gs), BLOCK=block,
+                                  num_warps=TRITON_WARPS)
+            return loss.sum(), z
+        z_lab = z.gather(1, target[:, None]).squeeze(1).to(_acc_dtype(z))
+        lse = _torch_lse(z, 1.0)
+        _torch_exp_scale_(z, lse, torch.full_like(lse, gs), 1.0)
+        # softmax - 1 at the target, from fp32 values rather than adding -1 to a rounded entry
+        z.scatter_(1, target[:, None], (((z_lab - lse).exp() - 1.0) * gs).to(z.dtype)[:, None])
+        return (lse - z_lab).sum(), z
+
+    def body(need_h, need_w):
+        if n_valid == 0:
+            return _empty_result(hs, weight, need_h, need_w)
+        total, gh, gw = _run_chunks(hs_v, weight.detach(), cs, need_h, need_w, accum_dtype, chunk_fn)
+        return total * gs, gh, gw
+
+    return _ChunkedHead.apply(hs, weight, idx, n, body)
+
+
+def fused_linear_sparse_kd(
+    student_hidden: torch.Tensor,
+    student_weight: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_logprobs: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    *,
+    kind: L.Divergence = "forward_kl",
+    beta: float = 0.5,
+    alpha: float = 0.1,
+    temperature: float = 1.0,
+    ignore_index: int = L.IGNORE_INDEX,
+    reduction: str = "mean",
+    chunk_size: int | None = None,
+    accum_dtype: torch.dtype | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Chunked :func:`losses.sparse_topk_kd` from student hidden states (top-k + rest bucket).
+
+    Shapes: student_hidden ``(..., H)``, student_weight ``(V, H)``, topk_ids / topk_logprobs
+    ``(..., k)``, labels ``(...)`` (mask only). Per block this costs what cross-entropy costs: a
+    log-sum-exp sweep over the logits with the k ids masked out (the student's rest mass) and one
+    sweep writing the gradient; the ``k + 1``-bucket divergence itself is tiny.
+    """
+    _check(reduction, student_hidden, student_weight)
+    a, wp, wq = params = L.divergence_params(kind, beta=beta, alpha=alpha)
+    be = _resolve_backend(backend, student_hidden)
+    hs = student_hidden.reshape(-1, student_hidden.shape[-1])
+    n = hs.shape[0]
+    V = student_weight.shape[0]
+    ids = topk_ids.reshape(n, -1)
+    k = ids.shape[1]
+    lp = L.teacher_bucket_logprobs(topk_logprobs.reshape(n, k), V)
+    lp = lp.clamp(min=torch.finfo(lp.dtype).min)
+    lab = None if labels is None else labels.reshape(-1)
+    idx, n_valid, (hs_v, ids_v, lp_v) = _select_rows(lab, ignore_index, n, hs.detach(), ids, lp)
+    cs = chunk_size or default_chunk_size(n_valid, V, student_weight.element_size())
+    gs = 1.0 / max(n_valid, 1) if reduction == "mean" else 1.0
+    scale = 1.0 / temperature
+    has_rest = k < V
+    if be == "triton":
+        ids_v = ids_v.contiguous()
+        lp_v = lp_v.float().contiguous()
+
+    def chunk_fn(z, c0, c1):
+        tid = ids_v[c0:c1]
+        z_ids = z.gather(1, tid)
+        if has_rest:
+            z.scatter_(1, tid, float("-inf"))
+        if be == "triton":
+            loss = torch.empty(z.shape[0], dtype=torch.float32, device=z.device)
+            grid, block = _launch(z.shape[0], V, z.device)
+            mode = 1 if a == 0.0 else (2 if a == 1.0 else 0)
+            _sparse_rows_kernel[grid](z, z_ids, tid, lp_v[c0:c1], loss, z.shape[0], z.stride(0), V, k,
+                                      lp_v.shape[1], float(scale), float(a), float(wp), float(wq),
+                                      float(scale * gs), MODE=mode, HAS_REST=has_rest, BLOCK=block,
+                                      KB=triton.next_power_of_2(k + 1), num_warps=TRITON_WARPS)
+            return loss.sum(), z
+        return _sparse_chunk_torch(z, z_ids, tid, lp_v[c0:c1], params, scale, gs, has_rest), z
+
+    def body(need_h, need_w):
+        if n_valid == 0:
+            return _empty_result(hs, student_weight, need_h, need_w)
+        total, gh, gw = _run_chunks(hs_v, student_weight.detach(), cs, need_h, need_w, accum_dtype, chunk_fn)
+        return total * gs, gh, gw
+
+    return _ChunkedHead.apply(hs, student_weight, idx, n, body)
+
+
+def _sparse_chunk_torch(z, z_ids, tid, lp, params, scale, gs, has_rest):
+    """Torch reference of _sparse_rows_kernel (``z`` has -inf at the ids when ``has_rest``)."""
+    a, wp, wq = params
+    k = tid.shape[1]
+    zs_ids = z_ids.to(_acc_dtype(z)) * scale
+    lse_z = _torch_lse(z, scale).to(zs_ids.dtype)
+    if has_rest:
+        lse = torch.logaddexp(lse_z, torch.logsumexp(zs_ids, dim=-1))
+        lq = torch.cat([zs_ids - lse[:, None], (lse_z - lse)[:, None]], dim=1)
+    else:
+        lse = lse_z
+        lq = zs_ids - lse[:, None]
+    rows, h = L.family_terms(lq, lp.to(lq.dtype), a, wp, wq, need_h=True)
+    G = h + wq * lq.exp()  # dD / d log(q_bucket)
+    g_sum = G.sum(-1)
+    c = scale * gs
+    if has_rest:
+        _torch_exp_scale_(z, lse_z, c * (G[:, k] - g_sum * lq[:, k].exp()), scale)
+    z.scatter_(1, tid, (c * (G[:, :k] - g_sum[:, None] * lq[:, :k].exp())).to(z.dtype))
+    return rows.sum()
