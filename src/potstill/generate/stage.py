@@ -1,0 +1,34 @@
+"""`potstill generate`: the teacher over every input, into teacher.jsonl."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from potstill.config import Config
+from potstill.errors import PotstillError
+from potstill.generate import run_generate
+from potstill.progress import say
+from potstill.records import write_jsonl
+from potstill.rundir import RunDir
+from potstill.stage import load_inputs, run_stage
+
+
+def generate_stage(cfg: Config, force: bool = False) -> dict[str, Any]:
+    settings = {"task": cfg.task.model_dump(), "teacher": cfg.teacher.model_dump(), "data": cfg.data.model_dump()}
+
+    def body(run: RunDir) -> dict[str, Any]:
+        records = load_inputs(cfg)
+        with run.ledger() as ledger:
+            labelled, stats = run_generate(cfg, records, ledger, stage="generate")
+        write_jsonl(run / "teacher.jsonl", labelled)
+        say(f"generate: {stats.inputs} inputs, {stats.cache_hits} from cache, {stats.calls} teacher calls, "
+            f"{stats.errors} errors, {stats.invalid} invalid, ${stats.cost_usd:.4f}, {stats.seconds:.1f} s")
+        if stats.errors:
+            # Not marked done: the next run retries exactly the failed requests (answers are cached).
+            first = next(r.invalid_reason for r in labelled if (r.invalid_reason or "").startswith("teacher error"))
+            raise PotstillError(f"generate: {stats.errors} of {stats.inputs} teacher calls failed ({first}); "
+                                "rerun to retry them, the others are cached")
+        return asdict(stats)
+
+    return run_stage("generate", cfg, settings, [cfg.data.inputs], ["teacher.jsonl"], body, force)

@@ -1,0 +1,185 @@
+"""The SQLite ledger: every call to a teacher or a student is one row.
+
+It is the cache (a request whose hash has an ``ok`` row is never sent again), the bill (tokens
+and dollars), and the source of latency and drift numbers. The schema evolves through numbered,
+append-only migrations recorded in the ``_migrations`` table. WAL mode lets readers (``cost``,
+a report) run while a generation writes.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MIGRATIONS: list[str] = [
+    # 1: the calls table.
+    """
+    CREATE TABLE calls (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        request_hash TEXT NOT NULL,
+        role TEXT NOT NULL,            -- teacher | student
+        stage TEXT NOT NULL,           -- pilot | generate | evaluate | serve | ...
+        model TEXT NOT NULL,
+        request TEXT NOT NULL,         -- canonical JSON of what was sent (never a key)
+        response TEXT,                 -- JSON of the parsed response
+        input_tokens INTEGER NOT NULL DEFAULT 0,
+        output_tokens INTEGER NOT NULL DEFAULT 0,
+        cached_input_tokens INTEGER NOT NULL DEFAULT 0,
+        cost_usd REAL NOT NULL DEFAULT 0,
+        latency_s REAL NOT NULL DEFAULT 0,
+        status TEXT NOT NULL,          -- ok | error
+        error TEXT,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX calls_hash ON calls(request_hash, status);
+    CREATE INDEX calls_role_stage ON calls(role, stage);
+    """,
+]
+
+
+@dataclass
+class Call:
+    """One call as the ledger stores it."""
+
+    request_hash: str
+    role: str
+    stage: str
+    model: str
+    request: dict[str, Any]
+    response: dict[str, Any] | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_s: float = 0.0
+    status: str = "ok"
+    error: str | None = None
+    created_at: float = field(default_factory=time.time)
+
+
+class Ledger:
+    """A thin, thread-safe wrapper over one SQLite file."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self._lock, self._db:
+            self._db.execute("CREATE TABLE IF NOT EXISTS _migrations (id INTEGER PRIMARY KEY, applied_at REAL)")
+            done = {r[0] for r in self._db.execute("SELECT id FROM _migrations")}
+            for i, sql in enumerate(MIGRATIONS, 1):
+                if i not in done:
+                    self._db.executescript(sql)
+                    self._db.execute("INSERT INTO _migrations VALUES (?, ?)", (i, time.time()))
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> "Ledger":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ writes
+    def record(self, call: Call) -> None:
+        self.record_many([call])
+
+    def record_many(self, calls: list[Call]) -> None:
+        rows = [
+            (
+                c.request_hash, c.role, c.stage, c.model, json.dumps(c.request, sort_keys=True),
+                None if c.response is None else json.dumps(c.response), c.input_tokens, c.output_tokens,
+                c.cached_input_tokens, c.cost_usd, c.latency_s, c.status, c.error, c.created_at,
+            )
+            for c in calls
+        ]
+        with self._lock, self._db:
+            self._db.executemany(
+                "INSERT INTO calls (request_hash, role, stage, model, request, response, input_tokens,"
+                " output_tokens, cached_input_tokens, cost_usd, latency_s, status, error, created_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                rows,
+            )
+
+    # ------------------------------------------------------------------ reads
+    def lookup(self, request_hashes: list[str]) -> dict[str, dict[str, Any]]:
+        """The cached ``ok`` response for each hash that has one (the latest wins)."""
+        out: dict[str, dict[str, Any]] = {}
+        with self._lock:
+            for i in range(0, len(request_hashes), 500):
+                part = request_hashes[i : i + 500]
+                q = ",".join("?" * len(part))
+                for h, resp in self._db.execute(
+                    f"SELECT request_hash, response FROM calls WHERE status='ok' AND request_hash IN ({q})"
+                    " ORDER BY id",
+                    part,
+                ):
+                    out[h] = json.loads(resp)
+        return out
+
+    def rows(self, role: str | None = None, stage: str | None = None, model: str | None = None) -> list[dict]:
+        sql, args = "SELECT * FROM calls WHERE 1=1", []
+        for col, val in (("role", role), ("stage", stage), ("model", model)):
+            if val is not None:
+                sql += f" AND {col}=?"
+                args.append(val)
+        with self._lock:
+            cur = self._db.execute(sql + " ORDER BY id", args)
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, r)) for r in cur.fetchall()]
+
+    def rows_for(self, request_hashes: list[str], role: str = "teacher") -> list[dict]:
+        """Successful rows for the given request hashes (the first answer of each)."""
+        out: dict[str, dict] = {}
+        with self._lock:
+            for i in range(0, len(request_hashes), 500):
+                part = request_hashes[i : i + 500]
+                q = ",".join("?" * len(part))
+                cur = self._db.execute(
+                    f"SELECT * FROM calls WHERE role=? AND status='ok' AND request_hash IN ({q}) ORDER BY id",
+                    [role, *part],
+                )
+                names = [d[0] for d in cur.description]
+                for r in cur.fetchall():
+                    row = dict(zip(names, r))
+                    out.setdefault(row["request_hash"], row)
+        return list(out.values())
+
+    def count(self, role: str | None = None, status: str | None = None, stage: str | None = None) -> int:
+        sql, args = "SELECT COUNT(*) FROM calls WHERE 1=1", []
+        for col, val in (("role", role), ("status", status), ("stage", stage)):
+            if val is not None:
+                sql += f" AND {col}=?"
+                args.append(val)
+        with self._lock:
+            return int(self._db.execute(sql, args).fetchone()[0])
+
+    def summary(self, role: str = "teacher") -> dict[str, Any]:
+        """Spend, tokens and latency of one role's successful calls."""
+        with self._lock:
+            r = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(input_tokens),0), COALESCE(SUM(output_tokens),0),"
+                " COALESCE(SUM(cost_usd),0), COALESCE(SUM(latency_s),0) FROM calls WHERE role=? AND status='ok'",
+                (role,),
+            ).fetchone()
+        n = int(r[0])
+        return {
+            "calls": n,
+            "input_tokens": int(r[1]),
+            "output_tokens": int(r[2]),
+            "cost_usd": float(r[3]),
+            "cost_per_call_usd": float(r[3]) / n if n else 0.0,
+            "latency_total_s": float(r[4]),
+        }

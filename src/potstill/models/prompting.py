@@ -1,0 +1,85 @@
+"""Prompts for local models: chat templates for instruct models, plain text for base models.
+
+Both formats tokenise as ``prompt ids + completion ids`` with the completion tokenised on its
+own, so the first completion token a trainer learns is exactly the token a scorer reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from potstill.errors import PotstillError
+
+
+@dataclass
+class PromptFormat:
+    """How a model sees a task.
+
+    ``chat``: the tokenizer's chat template; the completion starts right after the generation
+    prompt (no leading space) and ends with the template's end-of-turn token.
+    ``completion``: ``prefix + text + "\\n" + answer_prefix``; the completion is `` label\\n``.
+    """
+
+    kind: str = "chat"
+    instruction: str = ""
+    answer_prefix: str = "Answer:"
+    shots: list[tuple[str, str]] | None = None
+
+    def prefix(self) -> str:
+        """The part shared by every prompt (instruction and shots): computed once, KV-cached."""
+        if self.kind == "chat":
+            return ""
+        parts = [self.instruction.strip() + "\n\n"] if self.instruction else []
+        for text, answer in self.shots or []:
+            parts.append(f"{text}\n{self.answer_prefix} {answer}\n\n")
+        return "".join(parts)
+
+    def query(self, tokenizer: Any, messages: list[dict[str, Any]]) -> str:
+        """The per-input part of the prompt."""
+        if self.kind == "chat":
+            if getattr(tokenizer, "chat_template", None) is None:
+                raise PotstillError("this model's tokenizer has no chat template; use prompt_format: completion")
+            chat = [{"role": "system", "content": self.instruction}] if self.instruction else []
+            for text, answer in self.shots or []:
+                chat += [{"role": "user", "content": text}, {"role": "assistant", "content": answer}]
+            return tokenizer.apply_chat_template([*chat, *messages], tokenize=False, add_generation_prompt=True)
+        text = "\n".join(str(m.get("content", "")) for m in messages if m.get("role") == "user")
+        return f"{text}\n{self.answer_prefix}"
+
+    def completion(self, tokenizer: Any, answer: str) -> str:
+        if self.kind == "chat":
+            end = _end_of_turn(tokenizer)
+            return f"{answer}{end}"
+        return f" {answer}\n"
+
+    def label_text(self, label: str) -> str:
+        return label if self.kind == "chat" else f" {label}"
+
+
+def _end_of_turn(tokenizer: Any) -> str:
+    """The token that closes an assistant turn (``<|im_end|>`` for ChatML, else EOS)."""
+    return tokenizer.eos_token or ""
+
+
+def encode_prompt(tokenizer: Any, fmt: PromptFormat, text: str, first: bool) -> list[int]:
+    """Token ids of a prompt piece. Chat templates carry their own BOS; a plain prompt gets the
+    tokenizer's special tokens only at the very start (``first``)."""
+    special = first and fmt.kind != "chat"
+    return tokenizer(text, add_special_tokens=special)["input_ids"]
+
+
+def label_token_ids(tokenizer: Any, fmt: PromptFormat, labels: list[str]) -> list[int]:
+    """First token of each label as it appears in a completion; they must be distinct."""
+    ids = []
+    for label in labels:
+        toks = tokenizer(fmt.label_text(label), add_special_tokens=False)["input_ids"]
+        if not toks:
+            raise PotstillError(f"label '{label}' tokenises to nothing")
+        ids.append(toks[0])
+    if len(set(ids)) != len(ids):
+        clash = [lab for lab, i in zip(labels, ids) if ids.count(i) > 1]
+        raise PotstillError(
+            f"labels {clash} share their first token for this tokenizer; rename them so each starts differently"
+        )
+    return ids

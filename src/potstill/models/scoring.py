@@ -1,0 +1,194 @@
+"""Label scoring and generation with a local LM.
+
+Label scoring reads one position per input: the logits of the label set's first tokens at the
+last prompt token. Two savings make it cheap on a CPU:
+- the LM head is applied to that one position and only to the K label rows of the output
+  matrix (gemma's 262k-row head would otherwise cost 262,144 x 640 x T MACs per input, about
+  as much as the 18 transformer layers at T=40);
+- a prompt prefix shared by every input (instruction + few-shot examples) is run once; its KV
+  cache is copied and expanded to the batch for each call.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from potstill.models.loading import LM
+from potstill.models.prompting import PromptFormat, encode_prompt
+
+
+def decoder(model: Any) -> Any:
+    """The transformer body that returns hidden states (no LM head)."""
+    return getattr(model, model.base_model_prefix)
+
+
+def head_rows(model: Any, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    head = model.get_output_embeddings()
+    w = head.weight[ids]
+    b = head.bias[ids] if getattr(head, "bias", None) is not None else None
+    return w, b
+
+
+def apply_head(model: Any, hidden: torch.Tensor, ids: list[int] | None = None) -> torch.Tensor:
+    """Logits for ``hidden`` (N, H) over the ``ids`` rows of the LM head (all rows if None),
+    including a final logit soft-cap where the architecture has one (gemma 2)."""
+    if ids is None:
+        logits = model.get_output_embeddings()(hidden)
+    else:
+        w, b = head_rows(model, ids)
+        logits = hidden @ w.T
+        if b is not None:
+            logits = logits + b
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+@dataclass
+class PrefixCache:
+    ids: list[int]
+    past: Any
+    length: int
+
+
+def build_prefix(lm: LM, fmt: PromptFormat) -> PrefixCache | None:
+    """Run the shared prompt prefix once and keep its KV cache."""
+    text = fmt.prefix()
+    if not text:
+        return None
+    ids = encode_prompt(lm.tokenizer, fmt, text, first=True)
+    with torch.inference_mode():
+        out = decoder(lm.model)(input_ids=torch.tensor([ids], device=lm.device), use_cache=True)
+    return PrefixCache(ids=ids, past=out.past_key_values, length=len(ids))
+
+
+@dataclass
+class Scored:
+    logits: torch.Tensor  # (N, K) label logits, float32, on CPU
+    prompt_tokens: list[int]  # tokens processed per input (prefix included)
+    cached_tokens: list[int]  # of which read from the prefix cache
+    seconds: list[float]  # wall time per input (batch time shared evenly within a batch)
+
+
+def _batch_scores(lm: LM, fmt: PromptFormat, queries: list[list[int]], label_ids: list[int],
+                  prefix: PrefixCache | None) -> torch.Tensor:
+    pad = lm.tokenizer.pad_token_id
+    B, T = len(queries), max(len(q) for q in queries)
+    dev = lm.device
+    if prefix is None:
+        # Left padding puts every prompt's last token at position -1.
+        ids = torch.full((B, T), pad, dtype=torch.long)
+        mask = torch.zeros((B, T), dtype=torch.long)
+        for i, q in enumerate(queries):
+            ids[i, T - len(q):] = torch.tensor(q)
+            mask[i, T - len(q):] = 1
+        out = decoder(lm.model)(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False)
+        last = out.last_hidden_state[:, -1]
+    else:
+        # Right padding keeps positions contiguous with the cached prefix; read each row at its end.
+        ids = torch.full((B, T), pad, dtype=torch.long)
+        mask = torch.zeros((B, prefix.length + T), dtype=torch.long)
+        mask[:, : prefix.length] = 1
+        for i, q in enumerate(queries):
+            ids[i, : len(q)] = torch.tensor(q)
+            mask[i, prefix.length : prefix.length + len(q)] = 1
+        past = copy.deepcopy(prefix.past)
+        if B > 1:
+            past.batch_repeat_interleave(B)
+        pos = torch.arange(prefix.length, prefix.length + T).unsqueeze(0).expand(B, T)
+        out = decoder(lm.model)(
+            input_ids=ids.to(dev), attention_mask=mask.to(dev), past_key_values=past,
+            position_ids=pos.to(dev), use_cache=True,
+        )
+        ends = torch.tensor([len(q) - 1 for q in queries], device=dev)
+        last = out.last_hidden_state[torch.arange(B, device=dev), ends]
+    return apply_head(lm.model, last, label_ids).float().cpu()
+
+
+def score_labels(lm: LM, fmt: PromptFormat, messages: list[list[dict]], label_ids: list[int],
+                 batch_size: int = 8, prefix: PrefixCache | None = None, progress: Any = None) -> Scored:
+    """Label logits for each chat in ``messages``; see the module docstring for the method."""
+    queries = [
+        encode_prompt(lm.tokenizer, fmt, fmt.query(lm.tokenizer, m), first=prefix is None) for m in messages
+    ]
+    logits, secs = [], []
+    # Sorting by length makes batches of similar length, so little compute goes to padding.
+    order = sorted(range(len(queries)), key=lambda i: len(queries[i]))
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            t0 = time.perf_counter()
+            out = _batch_scores(lm, fmt, [queries[i] for i in idx], label_ids, prefix)
+            dt = (time.perf_counter() - t0) / len(idx)
+            logits.append((idx, out))
+            secs.append((idx, dt))
+            if progress is not None:
+                progress(len(idx))
+    result = torch.empty((len(queries), len(label_ids)))
+    per_call = [0.0] * len(queries)
+    for idx, out in logits:
+        result[idx] = out
+    for idx, dt in secs:
+        for i in idx:
+            per_call[i] = dt
+    cached = prefix.length if prefix is not None else 0
+    return Scored(
+        logits=result,
+        prompt_tokens=[len(q) + cached for q in queries],
+        cached_tokens=[cached] * len(queries),
+        seconds=per_call,
+    )
+
+
+@dataclass
+class Generated:
+    texts: list[str]
+    prompt_tokens: list[int]
+    output_tokens: list[int]
+    seconds: list[float]
+    mean_logprob: list[float]
+
+
+def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_tokens: int,
+             batch_size: int = 8, progress: Any = None) -> Generated:
+    """Greedy generation, batched with left padding; also the mean log-prob of the chosen tokens."""
+    tok = lm.tokenizer
+    prompts = [encode_prompt(tok, fmt, fmt.prefix() + fmt.query(tok, m), first=True) for m in messages]
+    stop = {tok.eos_token_id} | ({tok.pad_token_id} if tok.pad_token_id is not None else set())
+    texts, n_out, secs, mlp = [""] * len(prompts), [0] * len(prompts), [0.0] * len(prompts), [0.0] * len(prompts)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            T = max(len(prompts[i]) for i in idx)
+            ids = torch.full((len(idx), T), tok.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(idx), T), dtype=torch.long)
+            for r, i in enumerate(idx):
+                ids[r, T - len(prompts[i]):] = torch.tensor(prompts[i])
+                mask[r, T - len(prompts[i]):] = 1
+            t0 = time.perf_counter()
+            out = lm.model.generate(
+                input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), max_new_tokens=max_new_tokens,
+                do_sample=False, pad_token_id=tok.pad_token_id, output_scores=True, return_dict_in_generate=True,
+            )
+            dt = (time.perf_counter() - t0) / len(idx)
+            new = out.sequences[:, T:].cpu()
+            logps = torch.stack([torch.log_softmax(s.float(), -1) for s in out.scores], 1).cpu()
+            for r, i in enumerate(idx):
+                toks = new[r].tolist()
+                n = next((j for j, t in enumerate(toks) if t in stop), len(toks))
+                texts[i] = tok.decode(toks[:n], skip_special_tokens=True)
+                n_out[i] = n
+                secs[i] = dt
+                chosen = logps[r, : max(n, 1)].gather(-1, new[r, : max(n, 1)].unsqueeze(-1))
+                mlp[i] = float(chosen.mean())
+            if progress is not None:
+                progress(len(idx))
+    return Generated(texts=texts, prompt_tokens=[len(p) for p in prompts], output_tokens=n_out, seconds=secs,
+                     mean_logprob=mlp)

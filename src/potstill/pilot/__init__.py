@@ -1,0 +1,1 @@
+"""Pilot: before any training, the untrained student against the teacher on a sample of inputs."""

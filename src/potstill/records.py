@@ -1,0 +1,137 @@
+"""The Record: one example as it flows through every stage, and JSONL I/O with file:line errors.
+
+A record holds the user-side ``messages`` (OpenAI chat format, no task instruction: the task adds
+that when it renders a prompt), the teacher's ``output`` and, for classification, its distribution
+over labels (``label_probs``, a soft label independent of any tokenizer), optional gold ``label``
+or ``reference``, ``slice`` tags, and ``meta`` (provenance: teacher model, tokens, cost, source).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from potstill.errors import PotstillError
+from potstill.hashing import hash_obj
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = ""
+    messages: list[dict[str, Any]]
+    output: str | None = None
+    label_probs: dict[str, float] | None = None
+    logprobs: list[dict[str, Any]] | None = None
+    samples: list[str] | None = None
+    label: str | None = None
+    reference: Any = None
+    slice: list[str] = Field(default_factory=list)
+    valid: bool | None = None
+    invalid_reason: str | None = None
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+    def model_post_init(self, __context: Any) -> None:
+        if not self.id:
+            self.id = hash_obj(self.messages)[:16]
+
+    @property
+    def text(self) -> str:
+        """The content of the last user message: what a classifier or extractor reads."""
+        for m in reversed(self.messages):
+            if m.get("role") == "user":
+                return str(m.get("content", ""))
+        return ""
+
+
+def _coerce(obj: dict[str, Any]) -> dict[str, Any]:
+    """Accept the shorthand ``{"input": "..."}`` for a single user message."""
+    if "messages" not in obj and "input" in obj:
+        obj = dict(obj)
+        obj["messages"] = [{"role": "user", "content": obj.pop("input")}]
+    if isinstance(obj.get("slice"), str):
+        obj["slice"] = [obj["slice"]]
+    return obj
+
+
+def read_records(path: str | Path) -> list[Record]:
+    """Read a JSONL file of records; a bad line raises one error naming file and line."""
+    path = Path(path)
+    if not path.exists():
+        raise PotstillError(f"{path}: file not found")
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise PotstillError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(obj, dict):
+                raise PotstillError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            try:
+                out.append(Record.model_validate(_coerce(obj)))
+            except ValidationError as e:
+                err = e.errors()[0]
+                where = ".".join(str(x) for x in err["loc"]) or "record"
+                raise PotstillError(f"{path}:{lineno}: {where}: {err['msg']}") from None
+    return out
+
+
+def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
+
+
+def _publish(tmp: str, path: Path) -> None:
+    # mkstemp makes 0600 files; artifacts are ordinary files, readable like any other output.
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def write_jsonl(path: str | Path, rows: Iterable[Any]) -> int:
+    """Write rows atomically: a temp file in the same directory, renamed over the target.
+
+    A crash mid-write leaves the previous file (or none), never a half-written one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    n = 0
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for row in rows:
+                if isinstance(row, BaseModel):
+                    f.write(row.model_dump_json(exclude_none=True))
+                else:
+                    f.write(json.dumps(row, ensure_ascii=False))
+                f.write("\n")
+                n += 1
+        _publish(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return n
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write one JSON document atomically (see ``write_jsonl``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, ensure_ascii=False, default=str)
+            f.write("\n")
+        _publish(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,79 @@
+"""Measurements of a model on records, and the comparison table pilot and evaluate print."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from potstill.ledger import Ledger
+from potstill.metrics import compare, teacher_gold_metric
+from potstill.models.loading import LM
+from potstill.progress import out
+from potstill.records import Record
+from potstill.students import measure_latency, percentile, predict
+from potstill.tasks import Task
+
+
+def measure_student(lm: LM, task: Task, records: list[Record], usd_per_hour: float, batch_size: int,
+                    latency_samples: int, desc: str) -> tuple[dict[str, Any], Any]:
+    """Quality, latency (batch 1), throughput (batched) and cost per 1,000 calls, all measured here."""
+    preds = predict(lm, task, records, batch_size=batch_size, desc=desc)
+    quality = compare(task, preds.parsed, records)
+    latency = measure_latency(lm, task, records, latency_samples)
+    per_call_s = preds.wall_s / max(1, len(records))
+    return {
+        **quality,
+        "latency_batch1": latency,
+        "throughput": {"calls_per_s": len(records) / preds.wall_s if preds.wall_s else None,
+                       "batch_size": batch_size, "wall_s": preds.wall_s},
+        "tokens_per_call": sum(preds.prompt_tokens) / max(1, len(records)),
+        "cost_per_1k_calls_usd": per_call_s * usd_per_hour / 3600 * 1000,
+        "cost_source": f"measured throughput here x student.usd_per_hour={usd_per_hour}",
+        "parameters": lm.num_parameters,
+        "model": lm.identity,
+    }, preds
+
+
+def measure_teacher(task: Task, records: list[Record], ledger: Ledger) -> dict[str, Any]:
+    """The teacher's quality from its recorded answers; latency, tokens and cost from the ledger."""
+    hashes = [r.meta["request_hash"] for r in records if r.meta.get("request_hash")]
+    rows = ledger.rows_for(hashes)
+    lat = [r["latency_s"] for r in rows]
+    n = max(1, len(rows))
+    return {
+        "n": len(records),
+        "agreement_with_teacher": 1.0,
+        "gold_metric": teacher_gold_metric(task, records),
+        "latency_batch1": {"n": len(lat), "p50_s": percentile(lat, 0.5), "p95_s": percentile(lat, 0.95),
+                           "source": "ledger (calls.sqlite), as the calls were made"},
+        "tokens_per_call": sum(r["input_tokens"] for r in rows) / n,
+        "cached_tokens_per_call": sum(r["cached_input_tokens"] for r in rows) / n,
+        "cost_per_1k_calls_usd": sum(r["cost_usd"] for r in rows) / n * 1000,
+        "cost_source": "ledger (calls.sqlite): mean cost of these calls",
+        "model": rows[0]["model"] if rows else None,
+    }
+
+
+def _fmt(x: Any, pct: bool = False, digits: int = 3) -> str:
+    if x is None:
+        return "-"
+    if pct:
+        return f"{100 * x:.1f}%"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def print_table(title: str, models: dict[str, dict[str, Any]]) -> None:
+    t = Table(title=title)
+    for col in ("model", "gold metric", "agreement w/ teacher", "p50 latency", "p95 latency", "tokens/call", "$ per 1k calls"):
+        t.add_column(col, justify="right" if col != "model" else "left")
+    for name, m in models.items():
+        lat = m.get("latency_batch1", {})
+        t.add_row(
+            name, _fmt(m.get("gold_metric"), pct=True), _fmt(m.get("agreement_with_teacher"), pct=True),
+            _fmt(lat.get("p50_s")) + " s", _fmt(lat.get("p95_s")) + " s", _fmt(m.get("tokens_per_call"), digits=0),
+            _fmt(m.get("cost_per_1k_calls_usd"), digits=5),
+        )
+    out.print(t)

@@ -1,0 +1,72 @@
+"""The run directory: artifacts of every stage plus ``manifest.json``.
+
+Each stage declares a *fingerprint*: the hash of its settings, of the artifacts it reads and of
+the code version. After it succeeds the manifest stores that fingerprint and the hashes of the
+artifacts it wrote. A stage is skipped when its fingerprint is unchanged and its outputs still
+hash to what was recorded; since a rerun stage writes new output hashes, every stage after it
+sees a changed input and reruns too.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from potstill import __version__
+from potstill.hashing import hash_obj, hash_path
+from potstill.ledger import Ledger
+from potstill.records import write_json
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.manifest_path = self.path / "manifest.json"
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def ledger(self) -> Ledger:
+        return Ledger(self.path / "calls.sqlite")
+
+    # ------------------------------------------------------------------ manifest
+    def manifest(self) -> dict[str, Any]:
+        if self.manifest_path.exists():
+            return json.loads(self.manifest_path.read_text())
+        return {"stages": {}}
+
+    def fingerprint(self, stage: str, settings: Any, inputs: list[str | Path]) -> str:
+        """Hash of a stage's settings, its input artifacts' contents and the code version."""
+        return hash_obj(
+            {
+                "stage": stage,
+                "settings": settings,
+                "inputs": {str(Path(p).name): hash_path(p) for p in inputs if Path(p).exists()},
+                "missing": sorted(str(Path(p).name) for p in inputs if not Path(p).exists()),
+                "code": __version__,
+            }
+        )
+
+    def is_done(self, stage: str, fingerprint: str) -> bool:
+        entry = self.manifest()["stages"].get(stage)
+        if not entry or entry.get("fingerprint") != fingerprint:
+            return False
+        for name, digest in entry.get("outputs", {}).items():
+            p = self.path / name
+            if not p.exists() or hash_path(p) != digest:
+                return False
+        return True
+
+    def mark_done(self, stage: str, fingerprint: str, outputs: list[str], info: dict[str, Any] | None = None) -> None:
+        m = self.manifest()
+        m["stages"][stage] = {
+            "fingerprint": fingerprint,
+            "outputs": {name: hash_path(self.path / name) for name in outputs},
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "code_version": __version__,
+            **(info or {}),
+        }
+        write_json(self.manifest_path, m)

@@ -1,0 +1,39 @@
+"""What every stage runner shares: reading the inputs and the skip-if-done check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from potstill.config import Config
+from potstill.progress import say
+from potstill.records import Record, read_records
+from potstill.rundir import RunDir
+
+
+def load_inputs(cfg: Config) -> list[Record]:
+    records = read_records(cfg.data.inputs)
+    if cfg.data.limit is not None:
+        records = records[: cfg.data.limit]
+    if not records:
+        raise_empty(cfg.data.inputs)
+    return records
+
+
+def raise_empty(path: str) -> None:
+    from potstill.errors import PotstillError
+
+    raise PotstillError(f"{path}: no records")
+
+
+def run_stage(name: str, cfg: Config, settings: Any, inputs: list[str | Path], outputs: list[str],
+              body: Callable[[RunDir], dict[str, Any]], force: bool = False) -> dict[str, Any]:
+    """Run ``body`` unless the manifest says the same settings and inputs already produced ``outputs``."""
+    run = RunDir(cfg.run_dir)
+    fp = run.fingerprint(name, settings, inputs)
+    if not force and run.is_done(name, fp):
+        say(f"[dim]{name}: up to date, skipped[/dim]")
+        return {"skipped": True, **run.manifest()["stages"][name].get("summary", {})}
+    summary = body(run)
+    run.mark_done(name, fp, outputs, {"summary": summary})
+    return {"skipped": False, **summary}

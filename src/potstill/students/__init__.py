@@ -1,0 +1,94 @@
+"""The student at inference: predictions, confidence and measured latency on this machine.
+
+Used by pilot, evaluate and serve alike, so the three report the same kind of number.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from potstill.models.loading import LM
+from potstill.models.prompting import PromptFormat, label_token_ids
+from potstill.models.scoring import generate, score_labels
+from potstill.progress import bar
+from potstill.records import Record
+from potstill.tasks import Task
+
+
+def student_format(lm: LM, task: Task) -> PromptFormat:
+    """A short zero-shot prompt: the chat template when the model has one, plain text otherwise."""
+    kind = "chat" if getattr(lm.tokenizer, "chat_template", None) else "completion"
+    return PromptFormat(kind=kind, instruction=task.cfg.instruction)
+
+
+@dataclass
+class Predictions:
+    outputs: list[str]
+    parsed: list[Any]
+    label_probs: list[dict[str, float] | None]
+    confidence: list[float]
+    prompt_tokens: list[int]
+    output_tokens: list[int]
+    seconds: list[float]
+    wall_s: float = 0.0
+    batch_size: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def predict(lm: LM, task: Task, records: list[Record], batch_size: int = 16, desc: str = "student") -> Predictions:
+    """Answer every record; classification scores the label set, other tasks generate greedily."""
+    fmt = student_format(lm, task)
+    msgs = [r.messages for r in records]
+    t0 = time.perf_counter()
+    with bar(desc, len(records)) as advance:
+        if task.labels:
+            ids = label_token_ids(lm.tokenizer, fmt, task.labels)
+            s = score_labels(lm, fmt, msgs, ids, batch_size=batch_size, progress=advance)
+            probs = torch.softmax(s.logits, -1)
+            top = probs.topk(2, -1)
+            outputs = [task.labels[i] for i in probs.argmax(-1).tolist()]
+            return Predictions(
+                outputs=outputs, parsed=outputs,
+                label_probs=[dict(zip(task.labels, p)) for p in probs.tolist()],
+                # Margin between the two most likely labels: the routing signal for classification.
+                confidence=(top.values[:, 0] - top.values[:, 1]).tolist(),
+                prompt_tokens=s.prompt_tokens, output_tokens=[1] * len(records), seconds=s.seconds,
+                wall_s=time.perf_counter() - t0, batch_size=batch_size,
+            )
+        g = generate(lm, fmt, msgs, task.cfg.max_output_tokens, batch_size=batch_size, progress=advance)
+    return Predictions(
+        outputs=g.texts, parsed=[task.parse(t) for t in g.texts], label_probs=[None] * len(records),
+        confidence=g.mean_logprob, prompt_tokens=g.prompt_tokens, output_tokens=g.output_tokens,
+        seconds=g.seconds, wall_s=time.perf_counter() - t0, batch_size=batch_size,
+    )
+
+
+def percentile(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    k = (len(xs) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def measure_latency(lm: LM, task: Task, records: list[Record], n: int) -> dict[str, float]:
+    """p50/p95 of single calls (batch 1), timed one at a time after one warm-up call."""
+    sample = records[:n]
+    if not sample:
+        return {"n": 0}
+    predict(lm, task, sample[:1], batch_size=1, desc="warm-up")
+    times = []
+    with bar("latency (batch 1)", len(sample)) as advance:
+        for r in sample:
+            t0 = time.perf_counter()
+            predict(lm, task, [r], batch_size=1, desc="")
+            times.append(time.perf_counter() - t0)
+            advance(1)
+    return {"n": len(times), "p50_s": percentile(times, 0.5), "p95_s": percentile(times, 0.95),
+            "mean_s": statistics.fmean(times)}

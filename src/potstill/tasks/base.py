@@ -1,0 +1,47 @@
+"""The Task protocol every task plugin implements."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from potstill.config import TaskConfig
+from potstill.records import Record
+
+
+class Task:
+    """Base class: chat rendering shared by all tasks; subclasses parse, validate and score."""
+
+    name = "task"
+    #: Classification tasks score a fixed label set instead of generating free text.
+    labels: list[str] = []
+
+    def __init__(self, cfg: TaskConfig):
+        self.cfg = cfg
+
+    def messages(self, record: Record) -> list[dict[str, Any]]:
+        """The chat the student (or a chat teacher) sees: the instruction, then the user's messages."""
+        return [{"role": "system", "content": self.cfg.instruction}, *record.messages]
+
+    def target(self, record: Record) -> str:
+        """The completion to train on: the teacher's output, normalised."""
+        assert record.output is not None
+        return record.output
+
+    def parse(self, output: str) -> Any:
+        return output.strip()
+
+    def validate(self, parsed: Any) -> str | None:
+        """None when valid, else the reason (kept beside the record, never trained on)."""
+        return None if parsed not in (None, "") else "empty output"
+
+    def agree(self, a: Any, b: Any) -> float:
+        """Agreement in [0, 1] between two parsed outputs (student vs teacher, or vs gold)."""
+        return float(a == b)
+
+    def gold(self, record: Record) -> Any:
+        """The gold answer, parsed, when the record has one."""
+        if record.label is not None:
+            return self.parse(record.label)
+        if record.reference is not None:
+            return record.reference
+        return None

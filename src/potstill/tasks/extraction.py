@@ -1,0 +1,73 @@
+"""JSON extraction: the output must parse as JSON and satisfy the task's JSON Schema."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import jsonschema
+
+from potstill.config import TaskConfig
+from potstill.errors import PotstillError
+from potstill.tasks.base import Task
+
+_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.S)
+
+
+class _Invalid:
+    """A parse failure, carrying its reason."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def __eq__(self, other: object) -> bool:
+        return False
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class ExtractionTask(Task):
+    name = "extraction"
+
+    def __init__(self, cfg: TaskConfig):
+        super().__init__(cfg)
+        if cfg.json_schema is None:
+            raise PotstillError("task.json_schema is required for an extraction task")
+        try:
+            cls = jsonschema.validators.validator_for(cfg.json_schema)
+            cls.check_schema(cfg.json_schema)
+        except jsonschema.SchemaError as e:
+            raise PotstillError(f"task.json_schema is not a valid JSON Schema: {e.message}") from None
+        self.validator = cls(cfg.json_schema)
+
+    def target(self, record) -> str:
+        return json.dumps(self.parse(record.output or ""), ensure_ascii=False, sort_keys=True)
+
+    def parse(self, output: str) -> Any:
+        text = output.strip()
+        m = _FENCE.match(text)
+        if m:
+            text = m.group(1)
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            return _Invalid(f"invalid JSON: {e.msg} at column {e.colno}")
+
+    def validate(self, parsed: Any) -> str | None:
+        if isinstance(parsed, _Invalid):
+            return parsed.reason
+        err = jsonschema.exceptions.best_match(self.validator.iter_errors(parsed))
+        if err is None:
+            return None
+        path = "/".join(str(p) for p in err.absolute_path) or "(root)"
+        return f"schema violation at {path}: {err.message}"
+
+    def agree(self, a: Any, b: Any) -> float:
+        """Field-level agreement: the share of top-level fields (union) with equal values."""
+        if isinstance(a, _Invalid) or isinstance(b, _Invalid):
+            return 0.0
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys = set(a) | set(b)
+            return sum(a.get(k) == b.get(k) for k in keys) / len(keys) if keys else 1.0
+        return float(a == b)

@@ -1,0 +1,136 @@
+"""A local transformers model as teacher (hub id, directory, GGUF file, or bundled).
+
+For classification it scores the label set instead of generating: one forward pass per input
+over the input's tokens only, with the few-shot prefix run once and its KV cache reused. The
+softmax over the label logits is the teacher's soft label. Its cost is wall time at the
+configured hardware price (``teacher.price.usd_per_hour``).
+
+``teacher.calibrate`` applies contextual calibration (Zhao et al. 2021, "Calibrate Before Use"):
+small few-shot models carry a strong prior towards some labels (gemma-3-270m on BBC News calls
+a quarter of sports articles "business"); scoring content-free inputs ("N/A", "", "[MASK]")
+measures that prior, and dividing by it removes it. On the quickstart's 900 articles this took
+the teacher from 79.3% to 86.3% accuracy for three extra forward passes.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import torch
+
+from potstill.config import TeacherConfig
+from potstill.errors import PotstillError
+from potstill.hashing import hash_obj
+from potstill.models.loading import LM, load_lm, resolve
+from potstill.models.prompting import PromptFormat, label_token_ids
+from potstill.models.scoring import build_prefix, generate, score_labels
+from potstill.records import read_records
+from potstill.tasks import Task
+from potstill.teachers.base import OnResult, Response, Teacher
+
+
+def choose_shots(path: str, k: int, seed: int, labels: list[str]) -> list[tuple[str, str]]:
+    """k shots from a labelled file; for classification, round-robin over labels so each is shown."""
+    if k == 0:
+        return []
+    recs = [r for r in read_records(path) if (r.label or r.output)]
+    rng = random.Random(seed)
+    rng.shuffle(recs)
+    if labels:
+        by_label: dict[str, list] = {lab: [r for r in recs if r.label == lab] for lab in labels}
+        picked = []
+        while len(picked) < k and any(by_label.values()):
+            for lab in labels:
+                if by_label[lab] and len(picked) < k:
+                    picked.append(by_label[lab].pop())
+        rng.shuffle(picked)
+    else:
+        picked = recs[:k]
+    if len(picked) < k:
+        raise PotstillError(f"{path}: only {len(picked)} labelled examples for teacher.few_shot.k={k}")
+    return [(r.text, str(r.label if r.label is not None else r.output)) for r in picked]
+
+
+class LocalTeacher(Teacher):
+    type = "local"
+
+    def __init__(self, cfg: TeacherConfig, task: Task):
+        super().__init__(cfg, task)
+        if not cfg.model:
+            raise PotstillError("teacher.model is required for a local teacher")
+        shots = []
+        if cfg.few_shot.path and cfg.few_shot.k:
+            shots = choose_shots(cfg.few_shot.path, cfg.few_shot.k, cfg.few_shot.seed, task.labels)
+        self.fmt = PromptFormat(
+            kind=cfg.prompt_format, instruction=task.cfg.instruction, answer_prefix=cfg.answer_prefix, shots=shots
+        )
+        self._lm: LM | None = None
+        self._prefix = None
+        self._prior: torch.Tensor | None = None
+
+    CONTENT_FREE = ("N/A", "", "[MASK]")
+
+    def _label_prior(self, lm: LM, ids: list[int]) -> torch.Tensor:
+        """Mean label distribution over content-free inputs: the prompt's own label bias."""
+        s = score_labels(lm, self.fmt, [[{"role": "user", "content": c}] for c in self.CONTENT_FREE], ids,
+                         batch_size=1, prefix=self._prefix)
+        return torch.softmax(s.logits, -1).mean(0)
+
+    def identity(self) -> dict[str, Any]:
+        _, where = resolve(self.cfg.model)
+        return {
+            "type": "local",
+            "model": self.cfg.model,
+            "weights": str(where) if not isinstance(where, str) else where,
+            "prompt": hash_obj([self.fmt.kind, self.fmt.instruction, self.fmt.answer_prefix, self.fmt.shots]),
+            "labels": self.task.labels,
+            "max_tokens": self.cfg.max_tokens,
+            "calibrate": self.cfg.calibrate,
+        }
+
+    def lm(self) -> LM:
+        # Loaded lazily: a fully cached rerun never pays the load.
+        if self._lm is None:
+            self._lm = load_lm(self.cfg.model)
+        return self._lm
+
+    def _cost(self, seconds: float) -> float:
+        return seconds * self.cfg.price.usd_per_hour / 3600
+
+    def run(self, requests: list[dict[str, Any]], on_result: OnResult) -> None:
+        if not requests:
+            return
+        lm = self.lm()
+        bs = self.cfg.batch_size
+        if self.task.labels:
+            ids = label_token_ids(lm.tokenizer, self.fmt, self.task.labels)
+            if self._prefix is None:
+                self._prefix = build_prefix(lm, self.fmt)
+            # Chunks of a few batches: each chunk's answers reach the ledger before the next starts.
+            for start in range(0, len(requests), bs * 4):
+                chunk = requests[start : start + bs * 4]
+                s = score_labels(lm, self.fmt, [r["messages"] for r in chunk], ids, batch_size=bs, prefix=self._prefix)
+                probs = torch.softmax(s.logits, -1)
+                if self.cfg.calibrate:
+                    if self._prior is None:
+                        self._prior = self._label_prior(lm, ids)
+                    probs = probs / self._prior
+                    probs = probs / probs.sum(-1, keepdim=True)
+                for j in range(len(chunk)):
+                    p = probs[j].tolist()
+                    on_result(start + j, Response(
+                        output=self.task.labels[int(probs[j].argmax())],
+                        label_probs=dict(zip(self.task.labels, p)),
+                        input_tokens=s.prompt_tokens[j], cached_input_tokens=s.cached_tokens[j], output_tokens=1,
+                        latency_s=s.seconds[j], cost_usd=self._cost(s.seconds[j]),
+                    ))
+            return
+        for start in range(0, len(requests), bs * 4):
+            chunk = requests[start : start + bs * 4]
+            g = generate(lm, self.fmt, [r["messages"] for r in chunk], self.cfg.max_tokens, batch_size=bs)
+            for j in range(len(chunk)):
+                on_result(start + j, Response(
+                    output=g.texts[j], input_tokens=g.prompt_tokens[j], output_tokens=g.output_tokens[j],
+                    latency_s=g.seconds[j], cost_usd=self._cost(g.seconds[j]),
+                ))

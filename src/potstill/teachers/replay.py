@@ -1,0 +1,54 @@
+"""Replay: answers come from recorded traffic in OpenAI fine-tuning JSONL (``{"messages": [...]}``).
+
+An input is matched to a recording by its user messages; the recording's last assistant message
+is the answer. Nothing is paid, so the ledger rows cost zero.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from potstill.config import TeacherConfig
+from potstill.errors import PotstillError
+from potstill.hashing import hash_file, hash_obj
+from potstill.records import iter_jsonl
+from potstill.tasks import Task
+from potstill.teachers.base import OnResult, Response, Teacher
+
+
+def _key(messages: list[dict[str, Any]]) -> str:
+    return hash_obj([m.get("content") for m in messages if m.get("role") == "user"])
+
+
+class ReplayTeacher(Teacher):
+    type = "replay"
+
+    def __init__(self, cfg: TeacherConfig, task: Task):
+        super().__init__(cfg, task)
+        if not cfg.replay_path:
+            raise PotstillError("teacher.replay_path is required for a replay teacher")
+        self._answers: dict[str, str] | None = None
+
+    def _load(self) -> dict[str, str]:
+        if self._answers is None:
+            answers = {}
+            for lineno, row in enumerate(iter_jsonl(self.cfg.replay_path), 1):
+                msgs = row.get("messages")
+                if not isinstance(msgs, list) or not msgs or msgs[-1].get("role") != "assistant":
+                    raise PotstillError(f"{self.cfg.replay_path}:{lineno}: expected messages ending with an assistant turn")
+                answers[_key(msgs[:-1])] = str(msgs[-1].get("content", ""))
+            self._answers = answers
+        return self._answers
+
+    @property
+    def model_name(self) -> str:
+        return self.cfg.model or "replay"
+
+    def identity(self) -> dict[str, Any]:
+        return {"type": "replay", "file": hash_file(self.cfg.replay_path)}
+
+    def run(self, requests: list[dict[str, Any]], on_result: OnResult) -> None:
+        answers = self._load()
+        for i, req in enumerate(requests):
+            out = answers.get(_key(req["messages"]))
+            on_result(i, Response(output=out, error=None if out is not None else "no recorded answer for this input"))

@@ -1,0 +1,39 @@
+"""`potstill train`: the student on train.jsonl, into student/ with metrics.jsonl and train.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from potstill.config import Config
+from potstill.errors import PotstillError
+from potstill.models.loading import load_lm
+from potstill.progress import say
+from potstill.records import read_records, write_json
+from potstill.rundir import RunDir
+from potstill.stage import run_stage
+from potstill.students import student_format
+from potstill.tasks import get_task
+from potstill.train.trainer import train
+
+
+def train_stage(cfg: Config, force: bool = False) -> dict[str, Any]:
+    run = RunDir(cfg.run_dir)
+    settings = {"train": cfg.train.model_dump(), "student": cfg.student.model_dump(), "task": cfg.task.model_dump()}
+
+    def body(run: RunDir) -> dict[str, Any]:
+        if not (run / "train.jsonl").exists():
+            raise PotstillError(f"{run / 'train.jsonl'} not found: run `potstill curate` first")
+        task = get_task(cfg.task)
+        records = read_records(run / "train.jsonl")
+        val = read_records(run / "val.jsonl") if (run / "val.jsonl").exists() else []
+        lm = load_lm(cfg.student.model, device=cfg.train.device, num_layers=cfg.student.num_layers)
+        summary = train(lm, student_format(lm, task), task, records, val, cfg.train, cfg.student.max_length,
+                        run / "student", run / "metrics.jsonl")
+        summary["base_model"] = cfg.student.model
+        write_json(run / "train.json", summary)
+        say(f"train: {summary['steps']} steps over {summary['examples']} examples, {summary['tokens']} tokens, "
+            f"{summary['train_s']:.1f} s, final loss {summary['final_loss']:.4f}, val loss {summary['val_loss']}")
+        return summary
+
+    return run_stage("train", cfg, settings, [run / "train.jsonl", run / "val.jsonl"],
+                     ["student", "metrics.jsonl", "train.json"], body, force)

@@ -1,0 +1,91 @@
+"""A real OpenAI-compatible chat-completions server on 127.0.0.1, backed by a real tiny model.
+
+It counts the requests it answers, so tests can prove a rerun sent none.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import torch
+import uvicorn
+from fastapi import FastAPI, Header
+from fastapi.responses import JSONResponse
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ChatServer:
+    def __init__(self, model_dir: str, api_key: str | None = None):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.tok = AutoTokenizer.from_pretrained(model_dir)
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+        self.api_key = api_key
+        self.requests: Counter[str] = Counter()
+        self.lock = threading.Lock()
+        self.app = FastAPI()
+        self.app.post("/v1/chat/completions")(self.chat)
+        self.port = free_port()
+        self._server: uvicorn.Server | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def chat(self, body: dict[str, Any], authorization: str | None = Header(None)) -> Any:
+        if self.api_key and authorization != f"Bearer {self.api_key}":
+            return JSONResponse({"error": {"message": "bad key", "type": "invalid_request_error"}}, status_code=401)
+        with self.lock:
+            self.requests[str(body["messages"])] += 1
+            prompt = self.tok.apply_chat_template(body["messages"], tokenize=False, add_generation_prompt=True)
+            ids = self.tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+            with torch.inference_mode():
+                out = self.model.generate(ids, max_new_tokens=min(int(body.get("max_tokens") or 8), 8), do_sample=False,
+                                          output_scores=True, return_dict_in_generate=True,
+                                          pad_token_id=self.tok.pad_token_id)
+        new = out.sequences[0, ids.shape[1]:].tolist()
+        if self.tok.eos_token_id in new:
+            new = new[: new.index(self.tok.eos_token_id)]
+        text = self.tok.decode(new, skip_special_tokens=True)
+        choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+        if body.get("logprobs"):
+            k = int(body.get("top_logprobs") or 1)
+            content = []
+            for step, tid in enumerate(new):
+                lp = torch.log_softmax(out.scores[step][0].float(), -1)
+                top = lp.topk(k)
+                content.append({
+                    "token": self.tok.decode([tid]), "logprob": float(lp[tid]), "bytes": None,
+                    "top_logprobs": [{"token": self.tok.decode([int(i)]), "logprob": float(v), "bytes": None}
+                                     for v, i in zip(top.values, top.indices)],
+                })
+            choice["logprobs"] = {"content": content}
+        return {
+            "id": f"chatcmpl-{sum(self.requests.values())}", "object": "chat.completion", "created": int(time.time()),
+            "model": body["model"], "choices": [choice],
+            "usage": {"prompt_tokens": ids.shape[1], "completion_tokens": len(new), "total_tokens": ids.shape[1] + len(new)},
+        }
+
+    def __enter__(self) -> "ChatServer":
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.time() + 20
+        while not self._server.started and time.time() < deadline:
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        assert self._server is not None
+        self._server.should_exit = True
+        self._thread.join(timeout=10)

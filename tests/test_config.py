@@ -1,0 +1,58 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from potstill.config import Config, flat_fields, load_config, starter_yaml
+from potstill.errors import PotstillError
+
+EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.yaml"))
+
+
+def test_unknown_field_gets_a_suggestion(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({"task": {"labels": ["a", "b"]}, "train": {"learning_rate": 1e-3}}))
+    with pytest.raises(PotstillError, match=r"unknown config field 'train.learning_rate'"):
+        load_config(p)
+    p.write_text(yaml.safe_dump({"task": {"labels": ["a", "b"]}, "teacher": {"modle": "x"}}))
+    with pytest.raises(PotstillError, match=r"did you mean 'teacher.model'"):
+        load_config(p)
+
+
+def test_overrides_set_one_field_each_and_are_validated(tmp_path):
+    cfg = load_config(None, {"task.labels": ["x", "y"], "train.lr": 0.5, "teacher.few_shot.k": 3})
+    assert cfg.train.lr == 0.5 and cfg.teacher.few_shot.k == 3
+    with pytest.raises(PotstillError, match="train.lr"):
+        load_config(None, {"task.labels": ["x", "y"], "train.lr": -1})
+
+
+def test_relative_paths_resolve_against_the_config_file(tmp_path):
+    (tmp_path / "sub").mkdir()
+    p = tmp_path / "sub" / "c.yaml"
+    p.write_text(yaml.safe_dump({"run_dir": "run", "data": {"inputs": "in.jsonl"}, "task": {"labels": ["a", "b"]}}))
+    cfg = load_config(p)
+    assert Path(cfg.run_dir) == tmp_path / "sub" / "run"
+    assert Path(cfg.data.inputs) == tmp_path / "sub" / "in.jsonl"
+
+
+def test_starter_config_round_trips(tmp_path):
+    p = tmp_path / "potstill.yaml"
+    p.write_text(starter_yaml())
+    cfg = load_config(p)
+    assert cfg.task.labels == ["positive", "negative"]
+    # every leaf field appears in the starter file with its doc comment
+    text = p.read_text()
+    for key, _, desc in flat_fields(Config):
+        assert key.split(".")[-1] + ":" in text
+        assert desc in text
+
+
+def test_classification_needs_labels():
+    with pytest.raises(PotstillError, match="at least two labels"):
+        load_config(None, {})
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_examples_load(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, Config)

@@ -1,0 +1,118 @@
+"""End to end through the real CLI on tiny models: every stage writes its artifacts, a rerun sends
+no teacher call (the ledger proves it), and a changed setting reruns only what depends on it."""
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+LABELS = ["sports", "tech", "politics"]
+TEXTS = {
+    "sports": ["the team won the match", "a goal in the game", "the star team has a win"],
+    "tech": ["new phone software", "the internet and computer", "software for the game computer"],
+    "politics": ["the minister and the party", "a vote in the election", "the party has a new minister"],
+}
+
+
+def write_inputs(path: Path, n_per_label: int = 12) -> None:
+    rows = []
+    for label, texts in TEXTS.items():
+        for i in range(n_per_label):
+            rows.append({"input": f"{texts[i % 3]} {' '.join(['the'] * (i // 3))}".strip(), "label": label})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def potstill(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "potstill.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=600)
+
+
+@pytest.fixture
+def project(tmp_path, tiny_model, tiny_model_b):
+    write_inputs(tmp_path / "inputs.jsonl")
+    cfg = {
+        "run_dir": "run",
+        "task": {"type": "classification", "labels": LABELS, "instruction": "classify the text"},
+        "data": {"inputs": "inputs.jsonl"},
+        "teacher": {"type": "local", "model": str(tiny_model_b), "prompt_format": "chat", "batch_size": 4,
+                    "price": {"usd_per_hour": 1.0}},
+        "student": {"model": str(tiny_model), "max_length": 64},
+        "pilot": {"n": 10},
+        "curate": {"val": 4, "test": 8},
+        "train": {"lr": 0.01, "epochs": 3, "batch_size": 4},
+        "evaluate": {"latency_samples": 3, "batch_size": 4},
+    }
+    (tmp_path / "potstill.yaml").write_text(yaml.safe_dump(cfg))
+    return tmp_path
+
+
+def teacher_calls(run: Path) -> int:
+    db = sqlite3.connect(run / "calls.sqlite")
+    return db.execute("SELECT COUNT(*) FROM calls WHERE role='teacher'").fetchone()[0]
+
+
+def test_run_twice_then_change_one_setting(project):
+    run = project / "run"
+    first = potstill("run", "-c", "potstill.yaml", cwd=project)
+    assert first.returncode == 0, first.stderr
+    for name in ("pilot.json", "teacher.jsonl", "train.jsonl", "val.jsonl", "test.jsonl", "card.md", "card.json",
+                 "metrics.jsonl", "train.json", "eval.json", "manifest.json", "timings.json"):
+        assert (run / name).exists(), name
+    assert (run / "student" / "config.json").exists()
+    n_calls = teacher_calls(run)
+    # 36 inputs; the pilot's 10 are a subset and come from the cache during generate.
+    assert n_calls == 36
+    ev = json.loads((run / "eval.json").read_text())
+    assert set(ev["models"]) == {"untrained student", "teacher", "student"}
+    assert ev["models"]["student"]["latency_batch1"]["n"] == 3
+    assert isinstance(ev["verdict"]["go"], bool)
+    losses = [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert losses[-1] < losses[0] * 0.5, losses  # the student learns the teacher's labels
+
+    second = potstill("run", "-c", "potstill.yaml", cwd=project)
+    assert second.returncode == 0, second.stderr
+    assert teacher_calls(run) == n_calls  # the ledger proves no teacher call was made
+    timings = json.loads((run / "timings.json").read_text())
+    assert all(t["skipped"] for t in timings.values()), timings
+
+    # A new learning rate reruns train and evaluate only.
+    third = potstill("run", "-c", "potstill.yaml", "--train.lr", "0.02", cwd=project)
+    assert third.returncode == 0, third.stderr
+    timings = json.loads((run / "timings.json").read_text())
+    assert {k for k, t in timings.items() if not t["skipped"]} == {"train", "evaluate"}
+    assert teacher_calls(run) == n_calls
+
+
+def test_kd_and_lora(project):
+    out = potstill("run", "-c", "potstill.yaml", "--train.objective", "kd", "--train.method", "lora",
+                   "--train.lr", "0.05", cwd=project)
+    assert out.returncode == 0, out.stderr
+    run = project / "run"
+    assert (run / "student" / "adapter_config.json").exists()
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all("kd" in r for r in rows)
+    # soft labels travelled from the teacher through curate into train.jsonl
+    rec = json.loads((run / "train.jsonl").read_text().splitlines()[0])
+    assert set(rec["label_probs"]) == set(LABELS) and abs(sum(rec["label_probs"].values()) - 1) < 1e-5
+
+
+def test_bad_inputs_fail_with_one_line_and_leave_nothing(project):
+    (project / "bad.jsonl").write_text('{"input": "fine"}\n{"input": oops}\n')
+    out = potstill("generate", "-c", "potstill.yaml", "--data.inputs", "bad.jsonl", cwd=project)
+    assert out.returncode != 0
+    assert out.stderr.strip().count("\n") == 0 and "bad.jsonl:2: malformed JSON" in out.stderr
+    assert not (project / "run" / "teacher.jsonl").exists()
+
+    out = potstill("run", "-c", "potstill.yaml", "--train.learning_rate", "1", cwd=project)
+    assert out.returncode != 0 and "did you mean 'train.lr'" in out.stderr
+
+    out = potstill("generate", "-c", "potstill.yaml", "--teacher.type", "openai", "--teacher.model", "m",
+                   "--teacher.api_key_env", "MY_TEACHER_KEY", cwd=project, env={"MY_TEACHER_KEY": ""})
+    assert out.returncode != 0 and "MY_TEACHER_KEY is not set" in out.stderr
+    assert out.stderr.strip().count("\n") == 0
+    assert not (project / "run" / "teacher.jsonl").exists()

@@ -1,0 +1,124 @@
+"""Teachers against real parts: the official openai client talking to a real HTTP server on
+127.0.0.1 backed by a real tiny model; replay from fine-tuning JSONL."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from potstill.config import load_config
+from potstill.generate import run_generate
+from potstill.ledger import Ledger
+from potstill.records import read_records
+from tests.helpers.chat_server import ChatServer
+
+SECRET = "sk-test-4f9c2e7a1b3d5f60"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_b):
+    with ChatServer(str(tiny_model_b), api_key=SECRET) as s:
+        yield s
+
+
+def project(tmp_path: Path, base_url: str, task: dict, n: int = 12, **teacher) -> Path:
+    texts = ["the team won the match", "new phone software", "a vote in the election", "the film star",
+             "bank profit and market shares", "the internet and computer"]
+    (tmp_path / "inputs.jsonl").write_text(
+        "".join(json.dumps({"input": f"{texts[i % 6]} {'the ' * (i // 6)}".strip()}) + "\n" for i in range(n)))
+    cfg = {
+        "run_dir": "run", "task": task, "data": {"inputs": "inputs.jsonl"},
+        "teacher": {"type": "openai", "model": "tiny-teacher", "base_url": base_url, "api_key_env": "TEACHER_KEY",
+                    "concurrency": 4, "max_tokens": 4, "price": {"input_per_mtok": 2.0, "output_per_mtok": 8.0},
+                    **teacher},
+        "student": {"max_length": 64}, "curate": {"val": 2, "test": 3},
+        "train": {"lr": 0.01, "batch_size": 4}, "evaluate": {"latency_samples": 2, "batch_size": 4},
+    }
+    (tmp_path / "potstill.yaml").write_text(yaml.safe_dump(cfg))
+    return tmp_path
+
+
+def test_openai_teacher_through_the_sdk_caches_and_bills(server, tmp_path, tiny_model, monkeypatch):
+    root = project(tmp_path, server.base_url, {"type": "freetext", "instruction": "summarise"}, logprobs=3)
+    monkeypatch.setenv("TEACHER_KEY", SECRET)
+    cfg = load_config(root / "potstill.yaml", {"student.model": str(tiny_model)})
+    records = read_records(cfg.data.inputs)
+    before = sum(server.requests.values())
+    with Ledger(tmp_path / "calls.sqlite") as ledger:
+        out, stats = run_generate(cfg, records, ledger)
+        assert stats.calls == 12 and stats.cache_hits == 0
+        assert sum(server.requests.values()) - before == 12
+        rows = ledger.rows(role="teacher")
+        assert all(r["input_tokens"] > 0 for r in rows)
+        expected = sum(r["input_tokens"] * 2.0 + r["output_tokens"] * 8.0 for r in rows) / 1e6
+        assert ledger.summary()["cost_usd"] == pytest.approx(expected)
+        # top-k logprobs are captured per output token
+        assert all(len(t["top"]) == 3 for r in out if r.logprobs for t in r.logprobs)
+        assert any(r.logprobs for r in out)
+        # a rerun answers everything from the ledger: the server sees nothing new
+        out2, stats2 = run_generate(cfg, records, ledger)
+        assert stats2.calls == 0 and stats2.cache_hits == 12
+        assert sum(server.requests.values()) - before == 12
+        assert [r.output for r in out2] == [r.output for r in out]
+
+
+def test_openai_teacher_end_to_end_run_never_leaks_the_key(server, tmp_path, tiny_model):
+    root = project(tmp_path, server.base_url, {"type": "freetext", "instruction": "summarise"})
+    env = {**os.environ, "TEACHER_KEY": SECRET}
+    cmd = [sys.executable, "-m", "potstill.cli", "run", "-c", "potstill.yaml", "--student.model", str(tiny_model)]
+    first = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    n = sum(server.requests.values())
+    second = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr
+    assert sum(server.requests.values()) == n
+    # a wrong key: every call fails with 401 and the error rows never contain the key
+    # (another model name, so the requests are new and really go out)
+    bad = subprocess.run([*cmd[:3], "generate", "-c", "potstill.yaml", "--teacher.model", "other",
+                          "--teacher.max_retries", "0"], cwd=root,
+                         env={**env, "TEACHER_KEY": SECRET + "-wrong"}, capture_output=True, text=True, timeout=600)
+    assert bad.returncode != 0 and "12 of 12 teacher calls failed" in bad.stderr and "401" in bad.stderr
+    assert bad.stderr.strip().count("\n") == 0
+    with Ledger(root / "run" / "calls.sqlite") as ledger:
+        errors = [r for r in ledger.rows(model="other") if r["status"] == "error"]
+    assert len(errors) == 12 and all("401" in r["error"] for r in errors)
+    blobs = [first.stdout, first.stderr, second.stdout, second.stderr, bad.stdout, bad.stderr]
+    for p in (root / "run").rglob("*"):
+        if p.is_file():
+            blobs.append(p.read_bytes().decode("utf-8", "replace"))
+    assert not any(SECRET in b for b in blobs)
+
+
+def test_replay_teacher_and_invalid_labels_are_never_trained_on(tmp_path):
+    labels = ["sports", "tech"]
+    rec = [("the team won", "sports"), ("new phone software", "tech"), ("the match", "banana"),
+           ("the computer", "Tech."), ("a goal", "sports")]
+    (tmp_path / "traffic.jsonl").write_text("".join(
+        json.dumps({"messages": [{"role": "system", "content": "x"}, {"role": "user", "content": t},
+                                 {"role": "assistant", "content": a}]}) + "\n" for t, a in rec))
+    (tmp_path / "inputs.jsonl").write_text("".join(json.dumps({"input": t}) + "\n" for t, _ in rec)
+                                           + json.dumps({"input": "never recorded"}) + "\n")
+    cfg = {"run_dir": "run", "task": {"type": "classification", "labels": labels},
+           "data": {"inputs": "inputs.jsonl"}, "teacher": {"type": "replay", "replay_path": "traffic.jsonl"},
+           "curate": {"val": 0, "test": 0}}
+    (tmp_path / "potstill.yaml").write_text(yaml.safe_dump(cfg))
+    gen = subprocess.run([sys.executable, "-m", "potstill.cli", "generate", "-c", "potstill.yaml"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    # one input has no recording: generate says so, keeps the rest, and curate goes on without it
+    assert gen.returncode != 0 and "1 of 6 teacher calls failed" in gen.stderr
+    out = subprocess.run([sys.executable, "-m", "potstill.cli", "curate", "-c", "potstill.yaml"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    run = tmp_path / "run"
+    train = [json.loads(x) for x in (run / "train.jsonl").read_text().splitlines()]
+    rejected = {json.loads(x)["messages"][0]["content"]: json.loads(x)["invalid_reason"]
+                for x in (run / "rejected.jsonl").read_text().splitlines()}
+    assert sorted(r["messages"][0]["content"] for r in train) == ["a goal", "new phone software", "the computer", "the team won"]
+    assert rejected == {"the match": "answer outside the label set",
+                        "never recorded": "teacher error: no recorded answer for this input"}
+    card = json.loads((run / "card.json").read_text())
+    assert card["counts"]["invalid"] == 2 and card["counts"]["train"] == 4

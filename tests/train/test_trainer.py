@@ -1,0 +1,46 @@
+"""The trainer on a tiny model: label-level KD lowers the KL to the teacher's soft labels."""
+
+import json
+
+import torch
+
+from potstill.config import TaskConfig, TrainConfig
+from potstill.models.loading import load_lm
+from potstill.records import Record
+from potstill.students import predict, student_format
+from potstill.tasks import get_task
+from potstill.train.trainer import train
+
+LABELS = ["sports", "tech", "politics"]
+TEXTS = ["the team won the match", "new phone software", "the minister and the party", "a goal in the game",
+         "the internet and computer", "a vote in the election"]
+# A peaked, input-dependent teacher distribution the untrained student does not know.
+PROBS = [[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]]
+
+
+def kl_to_teacher(lm, task, records):
+    p = predict(lm, task, records, batch_size=8)
+    kl = 0.0
+    for rec, s in zip(records, p.label_probs):
+        t = torch.tensor([rec.label_probs[k] for k in LABELS])
+        q = torch.tensor([s[k] for k in LABELS])
+        kl += float((t * (t / q).log()).sum())
+    return kl / len(records)
+
+
+def test_label_kd_lowers_kl_to_teacher(tiny_model, tmp_path):
+    task = get_task(TaskConfig(type="classification", labels=LABELS, instruction="classify the text"))
+    records = [
+        Record(messages=[{"role": "user", "content": t}], output=LABELS[i % 3],
+               label_probs=dict(zip(LABELS, PROBS[i % 3])), valid=True)
+        for i, t in enumerate(TEXTS)
+    ]
+    lm = load_lm(str(tiny_model))
+    before = kl_to_teacher(lm, task, records)
+    cfg = TrainConfig(objective="kd", kd_weight=5.0, lr=0.02, epochs=30, batch_size=6, seed=0)
+    summary = train(lm, student_format(lm, task), task, records, records[:2], cfg, 64, tmp_path / "student",
+                    tmp_path / "metrics.jsonl")
+    after = kl_to_teacher(load_lm(str(tmp_path / "student")), task, records)
+    assert after < 0.3 * before, (before, after)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["kd"] < rows[0]["kd"] and summary["steps"] == 30
