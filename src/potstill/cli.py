@@ -23,12 +23,12 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="potstill: distil a large teacher LLM into a small student, and prove the trade on your data.")
 
 _SECTIONS = {
-    "pilot": ["task", "data", "teacher", "student", "pilot", "evaluate"],
-    "generate": ["task", "data", "teacher"],
+    "pilot": ["task", "data", "teacher", "student", "pilot", "evaluate", "generate"],
+    "generate": ["task", "data", "teacher", "generate"],
     "curate": ["task", "data", "teacher", "curate"],
     "train": ["task", "student", "train"],
-    "evaluate": ["task", "student", "evaluate"],
-    "run": ["task", "data", "teacher", "student", "pilot", "curate", "train", "evaluate"],
+    "evaluate": ["task", "student", "evaluate", "report"],
+    "run": ["task", "data", "teacher", "student", "pilot", "generate", "curate", "train", "evaluate", "report"],
 }
 
 
@@ -122,16 +122,20 @@ def init(path: Annotated[Path, typer.Argument(help="Where to write the config.")
 @app.command()
 def quickstart(
     run_dir: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/quickstart"),
-    inputs: Annotated[int, typer.Option(help="BBC articles to distil on.")] = 900,
+    inputs: Annotated[int, typer.Option(help="BBC articles to distil on.")] = 700,
     test: Annotated[int, typer.Option(help="Held-out test articles.")] = 250,
     shots: Annotated[int, typer.Option(help="Few-shot examples in the teacher's prompt.")] = 50,
-    objective: Annotated[str, typer.Option(help="sft or kd (label-level distillation).")] = "sft",
+    orders: Annotated[int, typer.Option(help="Shot orders the teacher averages over (self-consistency).")] = 3,
+    objective: Annotated[str, typer.Option(help="kd (label-level distillation) or sft.")] = "kd",
 ) -> None:
     """The embedded default, end to end, offline: BBC News topics, gemma-3-270m teacher, SmolLM2 student."""
     from potstill.pipeline import run_all
     from potstill.quickstart import quickstart_config
 
-    cfg = quickstart_config(run_dir, {"train.objective": objective}, n_inputs=inputs, n_test=test, n_shots=shots)
+    if objective not in ("kd", "sft"):
+        raise PotstillError(f"--objective must be kd or sft, not {objective!r}")
+    cfg = quickstart_config(run_dir, {"train.objective": objective}, n_inputs=inputs, n_test=test, n_shots=shots,
+                            orders=orders)
     out = run_all(cfg)
     typer.echo(f"artifacts in {run_dir}: eval.json, pilot.json, card.md, student/; timings: "
                + json.dumps({k: v["seconds"] for k, v in out["timings"].items()}))
@@ -139,40 +143,118 @@ def quickstart(
 
 @app.command()
 def cost(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]) -> None:
-    """Print spend, tokens and calls from the run's ledger."""
+    """Print spend and tokens per model, cache hits, and the projected cost of the inputs not yet answered."""
     from potstill.ledger import Ledger
 
     path = run_dir / "calls.sqlite"
     if not path.exists():
         raise PotstillError(f"{path} not found")
     with Ledger(path) as ledger:
-        for role in ("teacher", "student"):
-            s = ledger.summary(role)
-            typer.echo(f"{role}: {s['calls']} calls, {s['input_tokens']} input + {s['output_tokens']} output tokens, "
-                       f"${s['cost_usd']:.4f}")
-        typer.echo(f"errors: {ledger.count(status='error')}")
+        rep = ledger.cost_report()
+        for m in rep["models"]:
+            typer.echo(f"teacher {m['model']}: {m['calls']} calls ({m['calls'] - m['ok']} errors), "
+                       f"{m['input_tokens']} input ({m['cached_input_tokens']} cached) + {m['output_tokens']} output tokens, "
+                       f"${m['cost_usd']:.4f}")
+        s = ledger.summary("student")
+        typer.echo(f"student: {s['calls']} calls, {s['input_tokens']} input + {s['output_tokens']} output tokens, "
+                   f"${s['cost_usd']:.4f}")
+        r = rep["latest_run"]
+        if r:
+            proj = "unknown (no answer yet to price)" if r["projected_remaining_usd"] is None else f"${r['projected_remaining_usd']:.4f}"
+            typer.echo(f"last generate ({r['status']}): {r['inputs']} inputs, {r['cache_hits']} cache hits, "
+                       f"{r['retries']} retries, {r['remaining']} of {r['unique_requests']} requests unanswered, "
+                       f"projected cost of the rest {proj}")
+
+
+@app.command("import")
+def import_(
+    source: Annotated[Path, typer.Argument(help="Traffic: JSONL, or a calls.sqlite for served traffic.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Records JSONL to write.")] = Path("imported.jsonl"),
+    format: Annotated[str, typer.Option(help="auto, finetune, openai-log, pairs or served.")] = "auto",
+    requests: Annotated[Optional[Path], typer.Option(help="Batch API input JSONL, to join a batch output by custom_id.")] = None,
+) -> None:
+    """Turn existing teacher traffic (chat-completion logs, fine-tuning JSONL, request/response pairs, served calls) into records."""
+    from potstill.importers import import_traffic
+
+    n = import_traffic(source, out, format, requests)
+    typer.echo(f"wrote {n} records to {out}")
+
+
+@app.command()
+def serve(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory with student/, val.jsonl and train.jsonl.")],
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Config (default: RUN/potstill.yaml).")] = None,
+    host: Annotated[Optional[str], typer.Option(help="serve.host: address to bind.")] = None,
+    port: Annotated[Optional[int], typer.Option(help="serve.port: port to listen on.")] = None,
+    api_key_env: Annotated[Optional[str], typer.Option(help="serve.api_key_env: variable holding the clients' Bearer key ('' = no auth).")] = None,
+    target_escalation: Annotated[Optional[float], typer.Option(help="serve.target_escalation: most val share sent to the teacher.")] = None,
+    target_agreement: Annotated[Optional[float], typer.Option(help="serve.target_agreement: val agreement to reach instead.")] = None,
+    recalibrate: Annotated[bool, typer.Option(help="Recalibrate routing even if RUN/serve/routing.json is current.")] = False,
+) -> None:
+    """Serve the student behind an OpenAI-compatible API, escalating to the teacher by calibrated routing."""
+    from potstill.serve import run_config
+    from potstill.serve import serve as run_server
+
+    flags = {"host": host, "port": port, "api_key_env": api_key_env, "target_escalation": target_escalation,
+             "target_agreement": target_agreement}
+    cfg = run_config(run_dir, config, {f"serve.{k}": v for k, v in flags.items() if v is not None})
+    run_server(run_dir, cfg, recalibrate=recalibrate)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory whose eval.json is the champion.")],
+    compare: Annotated[Optional[list[Path]], typer.Option(
+        "--compare", help="Another run directory (or its eval.json) shown as a challenger; repeatable.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Where to write the page (default: RUN_DIR/report.html).")] = None,
+) -> None:
+    """Rebuild report.html from eval.json, with other runs' students side by side (champion vs challenger)."""
+    from potstill.evaluate.html import compare_report
+
+    typer.echo(f"wrote {compare_report(run_dir, compare or [], out)}")
+
+
+@app.command()
+def review(
+    run_dir: Annotated[Path, typer.Argument(help="Curated run directory (teacher.jsonl and card.json).")],
+    host: Annotated[str, typer.Option(help="Address to bind (keep 127.0.0.1 unless you mean to share it).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the review page.")] = 8765,
+    sample: Annotated[int, typer.Option(min=1, help="Records in the stratified sample.")] = 60,
+    seed: Annotated[int, typer.Option(help="Seed of the sample order.")] = 0,
+) -> None:
+    """Review a stratified sample of teacher outputs in the browser (a accept, r reject, 1-9 relabel); the next curate applies it."""
+    from potstill.review.app import serve as serve_review
+
+    serve_review(run_dir, host, port, sample, seed)
+
+
+def _export(cfg: Config, fmt: str, out: Optional[Path]) -> None:
+    """Write the curated train/val sets in another format (openai-jsonl: OpenAI fine-tuning JSONL)."""
+    from potstill.export import export
+
+    for path in export(cfg, fmt, out):
+        typer.echo(f"wrote {path}")
+
+
+_SECTIONS["export"] = ["task"]
+_config_command("export", _export, [
+    inspect.Parameter("fmt", inspect.Parameter.KEYWORD_ONLY, default="openai-jsonl",
+                      annotation=Annotated[str, typer.Option("--format", help="Export format: openai-jsonl.")]),
+    inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, default=None,
+                      annotation=Annotated[Optional[Path], typer.Option("--out", help="Output directory (default: RUN/export/FORMAT).")]),
+])
 
 
 def main() -> None:
+    """Entry point: usage errors are click's (message + exit 2); PotstillError is one red line, exit 2."""
     try:
-        app(standalone_mode=False)
+        app()
     except PotstillError as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         typer.secho("interrupted", err=True)
         sys.exit(130)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except Exception as e:  # click usage errors raised because standalone_mode is off
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(1)
-        raise
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import to_jsonable_python
 
 from potstill.errors import PotstillError
 
@@ -47,6 +48,9 @@ class FewShotConfig(Section):
     path: str | None = Field(None, description="JSONL of labelled examples (input + label/output) used as shots.")
     k: int = Field(0, ge=0, description="Number of shots to put in the prompt prefix.")
     seed: int = Field(0, description="Seed for choosing and ordering the shots.")
+    orders: int = Field(
+        1, ge=1, description="Self-consistency: average the label distribution over this many shot orders (cost x N)."
+    )
 
 
 class TeacherConfig(Section):
@@ -97,15 +101,64 @@ class CurateConfig(Section):
     seed: int = Field(0, description="Seed of the hash-based split assignment.")
     dedup: bool = Field(True, description="Drop exact duplicate inputs (normalised text).")
     max_train: int | None = Field(None, ge=1, description="Cap the number of training examples.")
+    near_dup: bool = Field(True, description="Also drop near-duplicate inputs (MinHash LSH over character shingles).")
+    near_dup_threshold: float = Field(
+        0.8, gt=0, le=1, description="Jaccard similarity of character 5-gram sets at which two inputs are near-duplicates."
+    )
+    min_agreement: float = Field(
+        0.5, ge=0, le=1, description="Self-consistency: drop records whose majority answer holds fewer of the n samples."
+    )
+    min_output_chars: int = Field(1, ge=0, description="Reject teacher outputs shorter than this (characters).")
+    max_output_chars: int | None = Field(None, ge=1, description="Reject teacher outputs longer than this (characters).")
+    output_regex: str | None = Field(None, description="Reject teacher outputs that do not fully match this regex.")
+    real_data: str | None = Field(None, description="JSONL of real labelled examples (input + label/output) to mix into train.")
+    real_ratio: float = Field(0.0, ge=0, description="Real examples added per teacher example in train (0.25: one in five).")
+    real_source: str = Field("user-provided", description="Where the real examples come from (dataset card).")
+    real_license: str = Field("unspecified", description="Licence of the real examples (dataset card).")
+    review: bool = Field(True, description="Apply the decisions of `potstill review` (review.sqlite in the run directory).")
 
 
 class TrainConfig(Section):
-    method: Literal["full", "lora"] = Field("full", description="full fine-tuning or LoRA adapters (peft).")
-    objective: Literal["sft", "kd"] = Field(
-        "sft", description="sft: cross-entropy on teacher text; kd: also match the teacher's label distribution."
+    method: Literal["full", "lora", "qlora"] = Field(
+        "full", description="full fine-tuning, LoRA adapters (peft), or QLoRA (4-bit base via bitsandbytes; CUDA only)."
     )
-    kd_weight: float = Field(1.0, ge=0, description="Weight of the label-level KD term (objective kd).")
-    kd_temperature: float = Field(1.0, gt=0, description="Temperature of the label-level KD term.")
+    objective: Literal["sft", "kd"] = Field(
+        "sft", description="sft: cross-entropy on teacher text; kd: also match the teacher's distribution (kd_signal)."
+    )
+    kd_signal: Literal["auto", "labels", "topk", "logits"] = Field(
+        "auto",
+        description="Teacher signal for objective kd: labels (label_probs, any tokenizer), topk (records' top-k "
+        "logprobs mapped to student ids; same tokenizer), logits (full logits of train.teacher_model on the fly); "
+        "auto: logits if teacher_model is set, else topk if records carry logprobs, else labels.",
+    )
+    kd_kind: Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl"] = Field(
+        "forward_kl", description="Divergence of the token-level KD term and of on-policy batches."
+    )
+    kd_beta: float = Field(0.5, ge=0, le=1, description="beta of kd_kind jsd (0: forward KL, 1: reverse KL).")
+    kd_alpha: float = Field(0.1, ge=0, le=1, description="Skew alpha of kd_kind skew_kl / skew_reverse_kl.")
+    kd_weight: float = Field(1.0, ge=0, description="Weight of the KD term (loss = CE + kd_weight * KD).")
+    kd_temperature: float = Field(1.0, gt=0, description="Temperature of the KD term (T^2-scaled).")
+    teacher_model: str | None = Field(
+        None, description="Local teacher (hub id, dir, GGUF) with the student's tokenizer, for kd_signal logits and "
+        "on-policy batches."
+    )
+    onpolicy_fraction: float = Field(
+        0.0, ge=0, le=1, description="GKD lambda: fraction of batches built from student samples scored by "
+        "teacher_model (needs teacher_model)."
+    )
+    onpolicy_max_new_tokens: int = Field(32, ge=1, description="Longest student sample in an on-policy batch.")
+    onpolicy_temperature: float = Field(1.0, gt=0, description="Sampling temperature of on-policy student samples.")
+    pack: bool = Field(
+        False, description="Pack examples into rows of student.max_length; no attention across packed examples."
+    )
+    compile: bool = Field(
+        False, description="torch.compile the transformer body (GPU: 1.8x tokens/s on SmolLM2-135M, "
+        "benchmarks/train_step.py; the first step compiles for about a minute)."
+    )
+    checkpoint_every: int = Field(
+        0, ge=0, description="Save a resumable checkpoint every N steps under student.ckpt/ (0: never)."
+    )
+    resume: bool = Field(True, description="Resume from the latest checkpoint when one exists.")
     trainable_layers: int | None = Field(
         None, ge=0, description="Full method: train only the top N transformer layers (None: all)."
     )
@@ -136,6 +189,74 @@ class EvaluateConfig(Section):
     include_untrained: bool = Field(True, description="Also evaluate the untrained student.")
 
 
+def _default_prices() -> dict[str, dict[str, float]]:
+    # USD per million tokens, list prices of late 2025; a model id matches its longest prefix here
+    # (``gpt-4o-mini-2024-07-18`` -> ``gpt-4o-mini``). Edit or extend in potstill.yaml.
+    table = {
+        "gpt-5": (1.25, 10.0), "gpt-5-mini": (0.25, 2.0), "gpt-5-nano": (0.05, 0.40),
+        "gpt-4.1": (2.0, 8.0), "gpt-4.1-mini": (0.40, 1.60), "gpt-4.1-nano": (0.10, 0.40),
+        "gpt-4o": (2.50, 10.0), "gpt-4o-mini": (0.15, 0.60), "o3": (2.0, 8.0), "o4-mini": (1.10, 4.40),
+        "claude-opus-4": (15.0, 75.0), "claude-sonnet-4": (3.0, 15.0), "claude-haiku-4-5": (1.0, 5.0),
+        "claude-3-5-haiku": (0.80, 4.0), "claude-3-7-sonnet": (3.0, 15.0),
+    }
+    return {k: {"input_per_mtok": i, "output_per_mtok": o} for k, (i, o) in table.items()}
+
+
+class GenerateConfig(Section):
+    rpm: int | None = Field(None, ge=1, description="Client-side cap on requests per minute (None: none; server headers still apply).")
+    tpm: int | None = Field(None, ge=1, description="Client-side cap on tokens per minute, input + output (None: none).")
+    budget_usd: float | None = Field(None, ge=0, description="Stop sending once this many dollars are spent (None: no cap).")
+    n: int = Field(1, ge=1, le=64, description="Samples per input; with n > 1 the output is the majority answer.")
+    engine: Literal["async", "ray"] = Field("async", description="async: one process; ray: shard inputs over Ray workers.")
+    ray_workers: int = Field(2, ge=1, description="Ray workers (shards) for engine ray.")
+    prices: dict[str, dict[str, float]] = Field(
+        default_factory=_default_prices,
+        description="USD per million tokens by model id prefix ({input_per_mtok, output_per_mtok}); used when teacher.price is all zero.",
+    )
+
+    @model_validator(mode="after")
+    def _check_prices(self) -> "GenerateConfig":
+        for model, price in self.prices.items():
+            try:
+                PriceConfig.model_validate(price)
+            except ValidationError as e:
+                raise ValueError(f"generate.prices.{model}: {e.errors()[0]['msg']} ({e.errors()[0]['loc'][0]})") from None
+        return self
+
+
+class ServeConfig(Section):
+    host: str = Field("127.0.0.1", description="Address `potstill serve` binds to.")
+    port: int = Field(8000, ge=0, le=65535, description="Port `potstill serve` listens on (0: any free port).")
+    api_key_env: str = Field(
+        "POTSTILL_SERVE_KEY",
+        description="Environment variable holding the Bearer key clients must send ('' serves without auth).",
+    )
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body accepted (413 above).")
+    max_messages: int = Field(64, ge=1, description="Most messages one chat request may carry (400 above).")
+    target_escalation: float = Field(
+        0.2, ge=0, le=1, description="Calibrate the confidence threshold so at most this share of val inputs escalate."
+    )
+    target_agreement: float | None = Field(
+        None, ge=0, le=1,
+        description="If set, instead pick the lowest threshold whose end-to-end val agreement reaches this.",
+    )
+    ood_quantile: float = Field(
+        0.98, gt=0, le=1, description="Inputs farther from the training inputs than this quantile of val are escalated."
+    )
+    ood_reference: int = Field(256, ge=1, description="Training inputs embedded as the in-distribution reference.")
+    batch_size: int = Field(16, ge=1, description="Most concurrent requests the student answers in one forward pass.")
+    batch_wait_ms: float = Field(2.0, ge=0, description="How long the batcher waits for more requests to join a batch.")
+
+
+class ReportConfig(Section):
+    """How `potstill evaluate` cuts the test split into slices and judges them (eval.json, report.html)."""
+
+    min_slice_n: int = Field(30, ge=1, description="Slices with fewer test examples are reported as too small to judge.")
+    bootstrap_samples: int = Field(1000, ge=100, description="Bootstrap resamples behind each 95% interval.")
+    worst_cases: int = Field(10, ge=0, description="Confident disagreements with the teacher shown side by side.")
+    seed: int = Field(0, description="Seed of the bootstrap resampling.")
+
+
 class Config(Section):
     run_dir: str = Field("runs/default", description="Directory for artifacts, manifest and ledger.")
     task: TaskConfig = Field(default_factory=TaskConfig)
@@ -146,6 +267,9 @@ class Config(Section):
     curate: CurateConfig = Field(default_factory=CurateConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
 
     @model_validator(mode="after")
     def _check(self) -> "Config":
@@ -167,13 +291,23 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
+# Names a TRL / transformers / OpenAI user reaches for first, and what potstill calls them.
+ALIASES = {
+    "learning_rate": "lr", "num_train_epochs": "epochs", "per_device_train_batch_size": "batch_size",
+    "train_batch_size": "batch_size", "lora_rank": "lora_r", "r": "lora_r", "max_seq_length": "max_length",
+    "model_name_or_path": "model", "model_name": "model", "api_key": "api_key_env", "top_logprobs": "logprobs",
+    "warmup": "warmup_steps", "temperature": "kd_temperature", "alpha": "kd_weight",
+}
+
+
 def _explain(e: ValidationError, source: str) -> str:
     err = e.errors()[0]
     loc = tuple(err["loc"])
     where = ".".join(str(x) for x in loc)
     if err["type"] == "extra_forbidden":
         valid = _fields_at(Config, loc[:-1])
-        close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+        alias = ALIASES.get(str(loc[-1]))
+        close = [alias] if alias in valid else difflib.get_close_matches(str(loc[-1]), valid, n=1)
         hint = f"; did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'?" if close else ""
         return f"{source}: unknown config field '{where}'{hint}"
     return f"{source}: {where or 'config'}: {err['msg']}"
@@ -214,7 +348,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         raise PotstillError(_explain(e, source)) from None
 
 
-_PATH_FIELDS = [("run_dir",), ("data", "inputs"), ("teacher", "replay_path"), ("teacher", "few_shot", "path")]
+_PATH_FIELDS = [("run_dir",), ("data", "inputs"), ("curate", "real_data"), ("teacher", "replay_path"), ("teacher", "few_shot", "path")]
 
 
 def _resolve_paths(data: dict, base: Path) -> dict:
@@ -260,7 +394,8 @@ def starter_yaml() -> str:
                 continue
             if field.description:
                 lines.append(f"{pad}# {field.description}")
-            dumped = yaml.safe_dump({name: value}, default_flow_style=True, width=1000).strip()
+            plain = to_jsonable_python(value)  # dicts of sections (e.g. a price table) become plain mappings
+            dumped = yaml.safe_dump({name: plain}, default_flow_style=True, width=1000).strip()
             lines.append(f"{pad}{dumped[1:-1] if dumped.startswith('{') else dumped}")
 
     cfg = Config(task=TaskConfig(labels=["positive", "negative"]))

@@ -8,11 +8,12 @@ or ``reference``, ``slice`` tags, and ``meta`` (provenance: teacher model, token
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, TextIO
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -91,47 +92,48 @@ def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
                 yield json.loads(line)
 
 
-def _publish(tmp: str, path: Path) -> None:
-    # mkstemp makes 0600 files; artifacts are ordinary files, readable like any other output.
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
-def write_jsonl(path: str | Path, rows: Iterable[Any]) -> int:
-    """Write rows atomically: a temp file in the same directory, renamed over the target.
+@contextlib.contextmanager
+def atomic_write(path: str | Path) -> Iterator[TextIO]:
+    """Open a temp file beside ``path`` for writing; on success it is renamed over ``path``.
 
     A crash mid-write leaves the previous file (or none), never a half-written one.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    n = 0
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                if isinstance(row, BaseModel):
-                    f.write(row.model_dump_json(exclude_none=True))
-                else:
-                    f.write(json.dumps(row, ensure_ascii=False))
-                f.write("\n")
-                n += 1
-        _publish(tmp, path)
+            yield f
+        # mkstemp makes 0600 files; artifacts are ordinary files, readable like any other output.
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_jsonl(path: str | Path, rows: Iterable[Any]) -> int:
+    """Write rows as JSONL atomically (see ``atomic_write``); returns the number of rows."""
+    n = 0
+    with atomic_write(path) as f:
+        for row in rows:
+            if isinstance(row, BaseModel):
+                f.write(row.model_dump_json(exclude_none=True))
+            else:
+                f.write(json.dumps(row, ensure_ascii=False))
+            f.write("\n")
+            n += 1
     return n
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    """Write one JSON document atomically (see ``write_jsonl``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False, default=str)
-            f.write("\n")
-        _publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write one JSON document atomically (see ``atomic_write``)."""
+    with atomic_write(path) as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False, default=str)
+        f.write("\n")
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write a text file atomically (see ``atomic_write``)."""
+    with atomic_write(path) as f:
+        f.write(text)
