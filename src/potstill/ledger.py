@@ -39,6 +39,28 @@ MIGRATIONS: list[str] = [
     CREATE INDEX calls_hash ON calls(request_hash, status);
     CREATE INDEX calls_role_stage ON calls(role, stage);
     """,
+    # 2: why the model stopped; and each generate run's plan, so `potstill cost` can show cache
+    # hits and price the inputs still unanswered, even for a run that was killed.
+    """
+    ALTER TABLE calls ADD COLUMN stop_reason TEXT;
+    CREATE TABLE generate_runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        stage TEXT NOT NULL,
+        model TEXT NOT NULL,
+        inputs INTEGER NOT NULL,       -- records in the input file
+        unique_requests INTEGER NOT NULL,
+        cache_hits INTEGER NOT NULL,   -- inputs answered from the ledger at the start
+        retries INTEGER NOT NULL DEFAULT 0,
+        status TEXT NOT NULL,          -- running | done | budget | errors (a killed run stays running)
+        started_at REAL NOT NULL,
+        finished_at REAL
+    );
+    CREATE TABLE generate_plan (
+        run_id INTEGER NOT NULL,
+        request_hash TEXT NOT NULL,
+        PRIMARY KEY (run_id, request_hash)
+    ) WITHOUT ROWID;
+    """,
 ]
 
 
@@ -60,6 +82,7 @@ class Call:
     status: str = "ok"
     error: str | None = None
     created_at: float = field(default_factory=time.time)
+    stop_reason: str | None = None
 
 
 class Ledger:
@@ -101,15 +124,15 @@ class Ledger:
             (
                 c.request_hash, c.role, c.stage, c.model, json.dumps(c.request, sort_keys=True),
                 None if c.response is None else json.dumps(c.response), c.input_tokens, c.output_tokens,
-                c.cached_input_tokens, c.cost_usd, c.latency_s, c.status, c.error, c.created_at,
+                c.cached_input_tokens, c.cost_usd, c.latency_s, c.status, c.error, c.created_at, c.stop_reason,
             )
             for c in calls
         ]
         with self._lock, self._db:
             self._db.executemany(
                 "INSERT INTO calls (request_hash, role, stage, model, request, response, input_tokens,"
-                " output_tokens, cached_input_tokens, cost_usd, latency_s, status, error, created_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " output_tokens, cached_input_tokens, cost_usd, latency_s, status, error, created_at, stop_reason)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 rows,
             )
 
@@ -183,3 +206,52 @@ class Ledger:
             "cost_per_call_usd": float(r[3]) / n if n else 0.0,
             "latency_total_s": float(r[4]),
         }
+
+    # ------------------------------------------------------------------ generate runs
+    def start_run(self, stage: str, model: str, inputs: int, hashes: list[str], cache_hits: int) -> int:
+        """Record a generate run and the distinct requests it must answer (older plans of the stage go)."""
+        with self._lock, self._db:
+            self._db.execute("DELETE FROM generate_plan WHERE run_id IN (SELECT id FROM generate_runs WHERE stage=?)",
+                             (stage,))
+            cur = self._db.execute(
+                "INSERT INTO generate_runs (stage, model, inputs, unique_requests, cache_hits, status, started_at)"
+                " VALUES (?,?,?,?,?,'running',?)", (stage, model, inputs, len(hashes), cache_hits, time.time()))
+            run_id = int(cur.lastrowid)
+            self._db.executemany("INSERT OR IGNORE INTO generate_plan VALUES (?, ?)", ((run_id, h) for h in hashes))
+        return run_id
+
+    def finish_run(self, run_id: int, status: str, retries: int) -> None:
+        with self._lock, self._db:
+            self._db.execute("UPDATE generate_runs SET status=?, retries=?, finished_at=? WHERE id=?",
+                             (status, retries, time.time(), run_id))
+
+    def cost_report(self, stage: str = "generate") -> dict[str, Any]:
+        """Spend and tokens per teacher model, and the latest run's cache hits and projected remaining cost."""
+        with self._lock:
+            models = [
+                {"model": m, "calls": int(c), "ok": int(ok), "input_tokens": int(i), "cached_input_tokens": int(ci),
+                 "output_tokens": int(o), "cost_usd": float(d)}
+                for m, c, ok, i, ci, o, d in self._db.execute(
+                    "SELECT model, COUNT(*), SUM(status='ok'), SUM(input_tokens), SUM(cached_input_tokens),"
+                    " SUM(output_tokens), SUM(cost_usd) FROM calls WHERE role='teacher' GROUP BY model ORDER BY model")
+            ]
+            run = self._db.execute(
+                "SELECT id, model, inputs, unique_requests, cache_hits, retries, status FROM generate_runs"
+                " WHERE stage=? ORDER BY id DESC LIMIT 1", (stage,)).fetchone()
+            latest = None
+            if run is not None:
+                remaining = int(self._db.execute(
+                    "SELECT COUNT(*) FROM generate_plan p WHERE p.run_id=? AND NOT EXISTS"
+                    " (SELECT 1 FROM calls c WHERE c.request_hash=p.request_hash AND c.status='ok')", (run[0],)
+                ).fetchone()[0])
+                n, spent = self._db.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(cost_usd),0) FROM calls WHERE role='teacher' AND status='ok' AND model=?",
+                    (run[1],)).fetchone()
+                per_call = float(spent) / n if n else None
+                latest = {
+                    "model": run[1], "inputs": run[2], "unique_requests": run[3], "cache_hits": run[4],
+                    "retries": run[5], "status": run[6], "remaining": remaining,
+                    "cost_per_call_usd": per_call,
+                    "projected_remaining_usd": None if per_call is None else per_call * remaining,
+                }
+        return {"models": models, "latest_run": latest}

@@ -1,7 +1,9 @@
 """Any OpenAI-compatible server (OpenAI, vLLM, llama.cpp, Ollama) through the official SDK.
 
-Requests run concurrently (``teacher.concurrency``); the SDK retries 429/5xx/timeouts with
-exponential backoff and jitter and honours ``Retry-After``. The key is read from the environment
+Requests go through ``potstill.generate.engine`` (bounded concurrency, RPM/TPM limits that follow
+the server's ``x-ratelimit-*`` headers, a budget cap); the SDK retries 429/5xx/timeouts/dropped
+connections with exponential backoff and jitter and honours ``Retry-After``. With ``generate.n``
+above 1 one request asks for n choices; top-k logprobs are kept per token, rounded. The key is read from the environment
 variable named in ``teacher.api_key_env`` and never stored, logged or shown in an error.
 """
 
@@ -14,8 +16,9 @@ import time
 from typing import Any
 
 from potstill.config import TeacherConfig
-from potstill.errors import PotstillError, redact
+from potstill.errors import PotstillError
 from potstill.tasks import Task
+from potstill.generate.engine import ApiTeacher
 from potstill.teachers.base import OnResult, Response, Teacher
 
 
@@ -47,7 +50,7 @@ def label_probs_from_top_logprobs(top: list[dict[str, Any]], labels: list[str]) 
     return {k: v / total for k, v in mass.items()} if total > 0 else None
 
 
-class OpenAITeacher(Teacher):
+class OpenAITeacher(ApiTeacher, Teacher):
     type = "openai"
 
     def __init__(self, cfg: TeacherConfig, task: Task):
@@ -55,6 +58,8 @@ class OpenAITeacher(Teacher):
         if not cfg.model:
             raise PotstillError("teacher.model is required for an openai teacher")
         self._key: str | None = None
+        #: Samples per input, set by the generate stage from ``generate.n``.
+        self.n = 1
 
     def identity(self) -> dict[str, Any]:
         return {
@@ -69,21 +74,39 @@ class OpenAITeacher(Teacher):
             "temperature": self.cfg.temperature,
             "max_tokens": self.cfg.max_tokens,
         }
+        if self.n > 1:
+            req["n"] = self.n
         if self.cfg.logprobs:
             req["logprobs"] = True
             req["top_logprobs"] = self.cfg.logprobs
         return req
 
-    def _client(self):
+    def secrets(self) -> list[str]:
+        return [self._key or ""]
+
+    def http_module(self) -> Any:
+        # Recent openai releases build on httpx2 (their default client); a plain httpx client
+        # still works there but through a slower path, so use the package the SDK itself uses.
+        import openai
+
+        if hasattr(openai, "DefaultAsyncHttpx2Client"):
+            import httpx2
+
+            return httpx2
+        import httpx
+
+        return httpx
+
+    def make_client(self, http_client: Any) -> Any:
         from openai import AsyncOpenAI
 
         self._key = api_key(self.cfg.api_key_env)
-        return AsyncOpenAI(
-            api_key=self._key, base_url=self.cfg.base_url, max_retries=self.cfg.max_retries, timeout=self.cfg.timeout_s
-        )
+        return AsyncOpenAI(api_key=self._key, base_url=self.cfg.base_url, max_retries=self.cfg.max_retries,
+                           timeout=self.cfg.timeout_s, http_client=http_client)
 
     def _response(self, completion: Any, latency: float) -> Response:
-        choice = completion.choices[0]
+        choices = sorted(completion.choices, key=lambda c: c.index)
+        choice = choices[0]
         usage = completion.usage
         n_in = getattr(usage, "prompt_tokens", 0) or 0
         n_out = getattr(usage, "completion_tokens", 0) or 0
@@ -92,39 +115,40 @@ class OpenAITeacher(Teacher):
         logprobs = None
         label_probs = None
         if choice.logprobs is not None and choice.logprobs.content:
-            logprobs = [
-                {"token": t.token, "logprob": t.logprob,
-                 "top": [{"token": a.token, "logprob": a.logprob} for a in (t.top_logprobs or [])]}
-                for t in choice.logprobs.content
-            ]
+            logprobs = compact_logprobs(choice.logprobs.content)
             if self.task.labels:
                 label_probs = label_probs_from_top_logprobs(logprobs[0]["top"], self.task.labels)
-        return Response(
+        resp = Response(
             output=choice.message.content or "", label_probs=label_probs, logprobs=logprobs,
+            samples=[c.message.content or "" for c in choices] if len(choices) > 1 else None,
             input_tokens=n_in, output_tokens=n_out, cached_input_tokens=cached, latency_s=latency,
             cost_usd=self.token_cost(n_in, n_out),
         )
+        resp.stop_reason = choice.finish_reason  # type: ignore[attr-defined]  # kept in the ledger
+        return resp
 
-    async def _run(self, requests: list[dict[str, Any]], on_result: OnResult) -> None:
-        client = self._client()
-        sem = asyncio.Semaphore(self.cfg.concurrency)
-
-        async def one(i: int, req: dict[str, Any]) -> None:
-            async with sem:
-                t0 = time.perf_counter()
-                try:
-                    completion = await client.chat.completions.create(**req)
-                    resp = self._response(completion, time.perf_counter() - t0)
-                except Exception as e:  # noqa: BLE001 - every failure becomes an error row, retried next run
-                    msg = redact(f"{type(e).__name__}: {e}", [self._key or ""])
-                    resp = Response(output=None, latency_s=time.perf_counter() - t0, error=msg[:500])
-            on_result(i, resp)
-
-        try:
-            await asyncio.gather(*(one(i, r) for i, r in enumerate(requests)))
-        finally:
-            await client.close()
+    async def call(self, client: Any, request: dict[str, Any]) -> Response:
+        t0 = time.perf_counter()
+        completion = await client.chat.completions.create(**request)
+        return self._response(completion, time.perf_counter() - t0)
 
     def run(self, requests: list[dict[str, Any]], on_result: OnResult) -> None:
+        """Outside the generate stage: the same engine at this teacher's concurrency, no limits."""
+        from potstill.config import GenerateConfig
+        from potstill.generate.engine import Counters, run_requests
+
         if requests:
-            asyncio.run(self._run(requests, on_result))
+            asyncio.run(run_requests(self, enumerate(requests), on_result, GenerateConfig(prices={}), Counters()))
+
+
+def compact_logprobs(content: Any) -> list[dict[str, Any]]:
+    """Per output token: its text, logprob and top-k alternatives, logprobs rounded to 1e-4 nats.
+
+    Rounding to 4 decimals changes a probability by at most 0.005% (relative) and makes each
+    number ~7 characters instead of ~20, which is most of a record's size at top-20.
+    """
+    return [
+        {"token": t.token, "logprob": round(float(t.logprob), 4),
+         "top": [{"token": a.token, "logprob": round(float(a.logprob), 4)} for a in (t.top_logprobs or [])]}
+        for t in content
+    ]

@@ -1,0 +1,186 @@
+"""`potstill import`: existing teacher traffic into records, with provenance in ``meta``.
+
+Formats (``--format auto`` picks one per line, by its keys):
+
+* ``finetune``: OpenAI fine-tuning JSONL, ``{"messages": [..., {"role": "assistant", ...}]}``.
+* ``openai-log``: OpenAI chat-completion logs: the Batch API output (``{"custom_id",
+  "response": {"body": <chat.completion>}}``, joined to its input file by ``custom_id`` through
+  ``--requests``) or ``{"request": <body>, "response": <chat.completion>}`` lines.
+* ``pairs``: ``{"request"|"prompt"|"input": ..., "response"|"output"|"completion": ...}``
+  where each side is a string, a chat request/completion, or an Anthropic message.
+* ``served``: potstill's own served traffic, the ``serve`` rows of a ``calls.sqlite``.
+
+Every record keeps where it came from: ``meta.source`` (file), ``meta.line`` (or ledger row
+id), ``meta.format`` and, where the log has them, ``teacher``, ``usage`` and ``finish_reason``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from potstill.errors import PotstillError
+from potstill.progress import bar
+from potstill.records import Record, write_jsonl
+
+FORMATS = ("auto", "finetune", "openai-log", "pairs", "served")
+
+
+def _messages(side: Any, where: str) -> list[dict[str, Any]]:
+    if isinstance(side, str):
+        return [{"role": "user", "content": side}]
+    if isinstance(side, dict) and isinstance(side.get("messages"), list):
+        msgs = list(side["messages"])
+        if side.get("system"):  # an Anthropic request
+            msgs.insert(0, {"role": "system", "content": side["system"]})
+        return msgs
+    if isinstance(side, list):
+        return side
+    raise PotstillError(f"{where}: cannot find the request's messages")
+
+
+def _answer(side: Any, where: str) -> tuple[str, dict[str, Any]]:
+    """The answer text and provenance fields from a completion, message or plain string."""
+    if isinstance(side, str):
+        return side, {}
+    if isinstance(side, dict):
+        if "body" in side and isinstance(side["body"], dict):  # Batch API response wrapper
+            if side.get("status_code", 200) != 200:
+                raise PotstillError(f"{where}: the logged response has status {side.get('status_code')}")
+            side = side["body"]
+        if side.get("choices"):
+            ch = side["choices"][0]
+            return str(ch.get("message", {}).get("content") or ""), {
+                "teacher": side.get("model"), "usage": side.get("usage"), "finish_reason": ch.get("finish_reason"),
+                "response_id": side.get("id")}
+        if side.get("type") == "message" and isinstance(side.get("content"), list):
+            text = "".join(b.get("text", "") for b in side["content"] if b.get("type") == "text")
+            return text, {"teacher": side.get("model"), "usage": side.get("usage"),
+                          "finish_reason": side.get("stop_reason"), "response_id": side.get("id")}
+        for k in ("content", "output", "text"):
+            if isinstance(side.get(k), str):
+                return side[k], {}
+    raise PotstillError(f"{where}: cannot find the response's text")
+
+
+def _detect(obj: dict[str, Any]) -> str:
+    if "custom_id" in obj and "response" in obj:
+        return "openai-log"
+    if isinstance(obj.get("response"), dict) and (obj["response"].get("choices") or "body" in obj["response"]):
+        return "openai-log"
+    if "messages" in obj and not any(k in obj for k in ("request", "response", "prompt")):
+        return "finetune"
+    return "pairs"
+
+
+def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: dict[str, Any]) -> Record:
+    kind = _detect(obj) if fmt == "auto" else fmt
+    meta: dict[str, Any] = {}
+    if kind == "finetune":
+        msgs = obj.get("messages")
+        if not isinstance(msgs, list) or not msgs or msgs[-1].get("role") != "assistant":
+            raise PotstillError(f"{where}: expected messages ending with an assistant turn")
+        prompt, output = msgs[:-1], str(msgs[-1].get("content", ""))
+    elif kind == "openai-log":
+        if "custom_id" in obj:
+            req = requests.get(obj["custom_id"])
+            if req is None:
+                raise PotstillError(f"{where}: custom_id {obj['custom_id']!r} is not in the --requests file")
+            if obj.get("error"):
+                raise PotstillError(f"{where}: the batch line is an error ({obj['error']})")
+            meta["custom_id"] = obj["custom_id"]
+        else:
+            req = obj.get("request")
+        prompt = _messages(req, where)
+        output, meta2 = _answer(obj.get("response"), where)
+        meta.update(meta2)
+    elif kind == "pairs":
+        req = next((obj[k] for k in ("request", "prompt", "input") if k in obj), None)
+        resp = next((obj[k] for k in ("response", "output", "completion") if k in obj), None)
+        if req is None or resp is None:
+            raise PotstillError(f"{where}: expected a request (request|prompt|input) and a response (response|output|completion)")
+        prompt = _messages(req, where)
+        output, meta = _answer(resp, where)
+    else:
+        raise PotstillError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
+    # Records hold the user-side conversation; the system instruction belongs to the task.
+    system = [m for m in prompt if m.get("role") == "system"]
+    user = [m for m in prompt if m.get("role") != "system"]
+    if not user:
+        raise PotstillError(f"{where}: the request has no user message")
+    if system:
+        meta["system"] = str(system[0].get("content", ""))
+    meta["format"] = kind
+    return Record(messages=user, output=output, meta={k: v for k, v in meta.items() if v is not None})
+
+
+def _read_requests(path: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                obj = json.loads(line)
+                out[obj["custom_id"]] = obj["body"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise PotstillError(f"{path}:{lineno}: expected a Batch API request line with custom_id and body") from None
+    return out
+
+
+def import_served(db: Path) -> list[Record]:
+    """Records from the ``serve`` rows of a ledger (what a served student or its fallback answered)."""
+    if not db.exists():
+        raise PotstillError(f"{db}: ledger not found")
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = con.execute("SELECT id, role, model, request, response, input_tokens, output_tokens, created_at"
+                           " FROM calls WHERE stage='serve' AND status='ok' ORDER BY id").fetchall()
+    except sqlite3.DatabaseError as e:
+        raise PotstillError(f"{db}: not a potstill ledger ({e})") from None
+    finally:
+        con.close()
+    out = []
+    for rid, role, model, req, resp, n_in, n_out, at in rows:
+        req, resp = json.loads(req), json.loads(resp or "null")
+        where = f"{db}#calls.id={rid}"
+        text, extra = _answer(resp, where) if not (isinstance(resp, dict) and "output" in resp) else (str(resp["output"]), {})
+        msgs = _messages(req, where)
+        user = [m for m in msgs if m.get("role") != "system"]
+        out.append(Record(messages=user, output=text, meta={
+            "format": "served", "source": str(db), "ledger_id": rid, "teacher": model, "role": role,
+            "input_tokens": n_in, "output_tokens": n_out, "created_at": at, **{k: v for k, v in extra.items() if v}}))
+    return out
+
+
+def import_traffic(path: str | Path, out: str | Path, fmt: str = "auto", requests: str | Path | None = None) -> int:
+    """Read traffic from ``path`` and write records to ``out`` (atomically); returns the count."""
+    path, out = Path(path), Path(out)
+    if fmt not in FORMATS:
+        raise PotstillError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
+    if fmt == "served" or (fmt == "auto" and path.suffix in (".sqlite", ".db")):
+        records = import_served(path)
+    else:
+        if not path.exists():
+            raise PotstillError(f"{path}: file not found")
+        reqs = _read_requests(Path(requests)) if requests else {}
+        lines = path.read_text(encoding="utf-8").splitlines()
+        records = []
+        with bar(f"import {path.name}", len(lines)) as advance:
+            for lineno, line in enumerate(lines, 1):
+                advance(1)
+                if not line.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise PotstillError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+                if not isinstance(obj, dict):
+                    raise PotstillError(f"{where}: expected a JSON object")
+                rec = _from_line(obj, fmt, where, reqs)
+                rec.meta.update({"source": str(path), "line": lineno})
+                records.append(rec)
+    if not records:
+        raise PotstillError(f"{path}: no records to import")
+    return write_jsonl(out, records)

@@ -1,0 +1,120 @@
+"""Anthropic's Messages API through the official ``anthropic`` SDK.
+
+The task's instruction becomes the ``system`` parameter (the Messages API takes no system turn);
+usage maps to the ledger as input tokens (``input_tokens`` plus cache reads and writes, which are
+billed as input), cached input tokens (``cache_read_input_tokens``) and output tokens. The stop
+reason is kept: ``end_turn`` and ``stop_sequence`` are answers, ``max_tokens`` is an answer
+that was cut (kept, flagged), ``refusal`` is an error row. The API has no ``n`` and no logprobs:
+``generate.n`` samples are n requests, and asking for logprobs is refused up front.
+The SDK retries 429/5xx/529/timeouts/dropped connections with backoff and jitter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from potstill.config import TeacherConfig
+from potstill.errors import PotstillError
+from potstill.generate.engine import ApiTeacher
+from potstill.tasks import Task
+from potstill.teachers.base import OnResult, Response, Teacher
+from potstill.teachers.openai_teacher import api_key
+
+
+def _create_params(client: Any) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(client.messages.create).parameters)
+
+
+class AnthropicTeacher(ApiTeacher, Teacher):
+    type = "anthropic"
+
+    def __init__(self, cfg: TeacherConfig, task: Task):
+        super().__init__(cfg, task)
+        if not cfg.model:
+            raise PotstillError("teacher.model is required for an anthropic teacher")
+        if cfg.logprobs:
+            raise PotstillError("teacher.logprobs: the Anthropic Messages API returns no log-probabilities; set it to 0")
+        self._key: str | None = None
+        self.n = 1
+
+    def identity(self) -> dict[str, Any]:
+        return {"type": "anthropic", "base_url": self.cfg.base_url or "https://api.anthropic.com", "model": self.cfg.model,
+                "instruction": self.task.cfg.instruction}
+
+    def request(self, record) -> dict[str, Any]:
+        msgs = self.task.messages(record)
+        system = "\n\n".join(str(m["content"]) for m in msgs if m.get("role") == "system")
+        req: dict[str, Any] = {
+            "model": self.cfg.model, "max_tokens": self.cfg.max_tokens, "temperature": self.cfg.temperature,
+            "messages": [{"role": m["role"], "content": m["content"]} for m in msgs if m.get("role") != "system"],
+        }
+        if system:
+            req["system"] = system
+        if self.n > 1:
+            req["n"] = self.n  # not sent: ``call`` turns it into n requests
+        return req
+
+    def secrets(self) -> list[str]:
+        return [self._key or ""]
+
+    def http_module(self) -> Any:
+        # anthropic>=1.x builds on httpx2 and refuses httpx clients; older releases use httpx.
+        try:
+            import httpx2
+
+            from anthropic import _base_client
+
+            if "httpx2" in getattr(_base_client, "__dict__", {}) or hasattr(_base_client, "_reject_httpx_object"):
+                return httpx2
+        except ImportError:
+            pass
+        import httpx
+
+        return httpx
+
+    def make_client(self, http_client: Any) -> Any:
+        from anthropic import AsyncAnthropic
+
+        env = self.cfg.api_key_env if self.cfg.api_key_env != "OPENAI_API_KEY" else "ANTHROPIC_API_KEY"
+        self._key = api_key(env)
+        return AsyncAnthropic(api_key=self._key, base_url=self.cfg.base_url, max_retries=self.cfg.max_retries,
+                              timeout=self.cfg.timeout_s, http_client=http_client)
+
+    async def call(self, client: Any, request: dict[str, Any]) -> Response:
+        req = dict(request)
+        n = int(req.pop("n", 1))
+        # Fields this SDK release has no argument for (recent ones dropped ``temperature``) go in the body as-is.
+        known = _create_params(client)
+        extra = {k: req.pop(k) for k in list(req) if k not in known}
+        if extra:
+            req["extra_body"] = extra
+        t0 = time.perf_counter()
+        msgs = await asyncio.gather(*(client.messages.create(**req) for _ in range(n)))
+        latency = time.perf_counter() - t0
+        texts, n_in, n_out, cached, stops = [], 0, 0, 0, []
+        for m in msgs:
+            texts.append("".join(getattr(b, "text", "") for b in m.content if getattr(b, "type", "") == "text"))
+            u = m.usage
+            read = getattr(u, "cache_read_input_tokens", 0) or 0
+            n_in += (u.input_tokens or 0) + read + (getattr(u, "cache_creation_input_tokens", 0) or 0)
+            cached += read
+            n_out += u.output_tokens or 0
+            stops.append(m.stop_reason)
+        if "refusal" in stops:
+            return Response(output=None, input_tokens=n_in, output_tokens=n_out, cached_input_tokens=cached,
+                            latency_s=latency, cost_usd=self.token_cost(n_in, n_out), error="stop_reason refusal")
+        resp = Response(output=texts[0], samples=texts if n > 1 else None, input_tokens=n_in, output_tokens=n_out,
+                        cached_input_tokens=cached, latency_s=latency, cost_usd=self.token_cost(n_in, n_out))
+        resp.stop_reason = stops[0] if n == 1 else stops  # type: ignore[attr-defined]
+        return resp
+
+    def run(self, requests: list[dict[str, Any]], on_result: OnResult) -> None:
+        from potstill.config import GenerateConfig
+        from potstill.generate.engine import Counters, run_requests
+
+        if requests:
+            asyncio.run(run_requests(self, enumerate(requests), on_result, GenerateConfig(prices={}), Counters()))

@@ -1,0 +1,257 @@
+"""A loopback teacher server on 127.0.0.1 that speaks the OpenAI chat-completions API and the
+Anthropic Messages API, answers deterministically from the input (no model), and injects faults.
+
+Faults, drawn per HTTP attempt from a seeded RNG: 429 with ``Retry-After``/``retry-after-ms``,
+500, slow answers, and dropped responses (headers and half a body, then the connection is cut
+after the answer was computed). With every rate at zero it is the zero-latency server of the
+throughput benchmark: a raw asyncio HTTP/1.1 keep-alive loop, so it costs little CPU per request.
+
+It runs in its own process (``python -m tests.generate.loopback``); ``Loopback`` starts it and
+reads its counters from ``GET /stats``: ``answered`` counts complete 200 answers, per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import math
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+LABELS = ["sports", "tech", "politics", "business", "film"]
+
+
+def _h(text: str) -> int:
+    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
+
+
+def answer_for(text: str, k: int = 0) -> str:
+    """The deterministic answer; sample k disagrees with sample 0 when (h + k) % 3 == 2."""
+    h = _h(text)
+    i = h % len(LABELS)
+    if k and (h + k) % 3 == 2:
+        i = (i + 1) % len(LABELS)
+    return LABELS[i]
+
+
+def _user_text(messages: list[dict[str, Any]]) -> str:
+    return "\n".join(str(m.get("content", "")) for m in messages if m.get("role") == "user")
+
+
+class State:
+    def __init__(self, opts: argparse.Namespace):
+        self.o = opts
+        self.rng = random.Random(opts.seed)
+        self.answered: Counter[str] = Counter()
+        self.faults: Counter[str] = Counter()
+        self.arrivals: list[float] = []
+        self.window: list[float] = []  # arrival times inside the server's own RPM window
+
+
+def _chat(body: dict[str, Any]) -> dict[str, Any]:
+    text = _user_text(body["messages"])
+    n = int(body.get("n") or 1)
+    choices = []
+    for k in range(n):
+        ans = answer_for(text, k)
+        choice: dict[str, Any] = {"index": k, "message": {"role": "assistant", "content": ans}, "finish_reason": "stop"}
+        if body.get("logprobs"):
+            top_k = int(body.get("top_logprobs") or 1)
+            # The answer's token gets 70% of the mass, the other labels share the rest by rank.
+            alts = [ans] + [lab for lab in LABELS if lab != ans]
+            probs = [0.7] + [0.3 * 2 ** -(j + 1) for j in range(len(alts) - 1)]
+            top = [{"token": t, "logprob": math.log(p), "bytes": None} for t, p in zip(alts, probs)][:top_k]
+            choice["logprobs"] = {"content": [{"token": ans, "logprob": math.log(0.7), "bytes": None, "top_logprobs": top}]}
+        choices.append(choice)
+    n_in = len(json.dumps(body["messages"])) // 4 + 1
+    return {"id": "chatcmpl-" + hashlib.md5(text.encode()).hexdigest()[:12], "object": "chat.completion",
+            "created": int(time.time()), "model": body.get("model", "m"), "choices": choices,
+            "usage": {"prompt_tokens": n_in, "completion_tokens": n, "total_tokens": n_in + n}}
+
+
+def _messages(body: dict[str, Any]) -> dict[str, Any]:
+    text = _user_text(body["messages"])
+    ans = answer_for(text)
+    cut = int(body.get("max_tokens", 1)) < 2
+    n_in = len(json.dumps(body["messages"]) + str(body.get("system", ""))) // 4 + 1
+    return {"id": "msg_" + hashlib.md5(text.encode()).hexdigest()[:12], "type": "message", "role": "assistant",
+            "model": body.get("model", "m"), "content": [{"type": "text", "text": ans}],
+            "stop_reason": "max_tokens" if cut else "end_turn", "stop_sequence": None,
+            "usage": {"input_tokens": n_in, "output_tokens": 1, "cache_read_input_tokens": 3,
+                      "cache_creation_input_tokens": 0}}
+
+
+def _response(status: int, obj: Any, headers: dict[str, str] | None = None) -> bytes:
+    data = json.dumps(obj).encode()
+    head = [f"HTTP/1.1 {status} X", "content-type: application/json", f"content-length: {len(data)}"]
+    head += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + data
+
+
+async def handle(state: State, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    o = state.o
+    try:
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            lines = head.decode("latin-1").split("\r\n")
+            method, path, _ = lines[0].split(" ", 2)
+            hdrs = {k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:] if ":" in ln)}
+            try:
+                body_bytes = await reader.readexactly(int(hdrs.get("content-length", "0")))
+            except asyncio.IncompleteReadError:
+                return  # the client died mid-request (a SIGKILL test)
+            if method == "GET" and path == "/stats":
+                writer.write(_response(200, {"answered": dict(state.answered), "faults": dict(state.faults),
+                                             "arrivals": state.arrivals if o.keep_arrivals else []}))
+                await writer.drain()
+                continue
+            body = json.loads(body_bytes or b"{}")
+            anthropic = path.endswith("/messages")
+            if o.key:
+                given = hdrs.get("authorization", "").removeprefix("Bearer ")
+                if anthropic and "x-api-key" in hdrs:  # older anthropic SDKs send x-api-key, newer a bearer token
+                    given = hdrs["x-api-key"]
+                if given != o.key:
+                    writer.write(_response(401, {"error": {"message": "invalid api key", "type": "authentication_error"}}))
+                    await writer.drain()
+                    continue
+            now = time.monotonic()
+            if o.keep_arrivals:
+                state.arrivals.append(now)
+            extra: dict[str, str] = {}
+            if o.limit_rpm:
+                # The server's own RPM: a sliding one-minute window, stated in x-ratelimit-* headers.
+                state.window = [t for t in state.window if now - t < 60]
+                if len(state.window) >= o.limit_rpm:
+                    state.faults["429-limit"] += 1
+                    reset = 60 - (now - state.window[0])
+                    writer.write(_response(429, {"error": {"message": "rate limited", "type": "rate_limit_error"}},
+                                           {"retry-after": f"{reset:.3f}", "x-ratelimit-limit-requests": str(o.limit_rpm),
+                                            "x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": f"{reset:.3f}s"}))
+                    await writer.drain()
+                    continue
+                state.window.append(now)
+                extra = {"x-ratelimit-limit-requests": str(o.limit_rpm),
+                         "x-ratelimit-remaining-requests": str(o.limit_rpm - len(state.window)),
+                         "x-ratelimit-reset-requests": f"{60 - (now - state.window[0]):.3f}s"}
+            r = state.rng.random()
+            if r < o.p429:
+                state.faults["429"] += 1
+                writer.write(_response(429, {"error": {"message": "slow down", "type": "rate_limit_error"}},
+                                       {"retry-after-ms": str(state.rng.randint(5, 50)), "retry-after": "1"}))
+                await writer.drain()
+                continue
+            r -= o.p429
+            if r < o.p500:
+                state.faults["500"] += 1
+                writer.write(_response(500, {"error": {"message": "boom", "type": "server_error"}}))
+                await writer.drain()
+                continue
+            r -= o.p500
+            if r < o.pslow:
+                state.faults["slow"] += 1
+                await asyncio.sleep(o.slow_s)
+            r -= o.pslow
+            obj = _messages(body) if anthropic else _chat(body)
+            key = _user_text(body["messages"])
+            if r < o.pdrop:
+                state.faults["dropped"] += 1
+                data = _response(200, obj)
+                writer.write(data[: len(data) - 10])  # headers and most of the body, then the line goes dead
+                await writer.drain()
+                writer.close()
+                return
+            writer.write(_response(200, obj, extra))
+            await writer.drain()
+            state.answered[key] += 1
+    except ConnectionError:
+        return
+    finally:
+        writer.close()
+
+
+async def serve(opts: argparse.Namespace) -> None:
+    state = State(opts)
+    server = await asyncio.start_server(lambda r, w: handle(state, r, w), "127.0.0.1", opts.port, backlog=1024)
+    async with server:
+        await server.serve_forever()
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--key", default="")
+    for name in ("p429", "p500", "pslow", "pdrop"):
+        p.add_argument(f"--{name}", type=float, default=0.0)
+    p.add_argument("--slow-s", type=float, default=0.3)
+    p.add_argument("--limit-rpm", type=int, default=0)
+    p.add_argument("--keep-arrivals", action="store_true")
+    return p.parse_args(argv)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Loopback:
+    """Start the server in its own process; ``stats()`` reads its counters."""
+
+    def __init__(self, **opts: Any):
+        self.port = free_port()
+        self.args = [f"--port={self.port}"]
+        for k, v in opts.items():
+            flag = "--" + k.replace("_", "-")
+            if v is True:
+                self.args.append(flag)
+            elif v not in (None, False):
+                self.args.append(f"{flag}={v}")
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def root_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stats(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.root_url}/stats", timeout=10) as r:
+            return json.loads(r.read())
+
+    def __enter__(self) -> "Loopback":
+        root = Path(__file__).resolve().parents[2]
+        env = {**os.environ, "PYTHONPATH": str(root)}
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.generate.loopback", *self.args], cwd=root, env=env)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        self.proc.kill()
+        raise RuntimeError("loopback server did not start")
+
+    def __exit__(self, *exc: Any) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    asyncio.run(serve(parse()))

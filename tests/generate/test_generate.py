@@ -1,0 +1,239 @@
+"""Generation against real loopback servers (tests/generate/loopback.py, its own process) speaking
+the OpenAI and Anthropic APIs, through the official SDKs, with injected faults and real kills."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from potstill.config import load_config
+from potstill.errors import PotstillError
+from potstill.generate import run_generate
+from potstill.generate.stage import generate_stage
+from potstill.ledger import Ledger
+from potstill.records import read_records
+from tests.generate.loopback import LABELS, Loopback, answer_for
+
+SECRET = "sk-live-9d8c7b6a5f4e3d2c1b0a"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def project(tmp: Path, base_url: str, n: int, teacher: dict | None = None, generate: dict | None = None) -> Path:
+    (tmp / "inputs.jsonl").write_text("".join(json.dumps({"id": f"r{i}", "input": f"item {i} text"}) + "\n" for i in range(n)))
+    cfg = {"run_dir": "run", "task": {"type": "classification", "labels": LABELS, "instruction": "Topic?"},
+           "data": {"inputs": "inputs.jsonl"},
+           "teacher": {"type": "openai", "model": "gpt-4o-mini", "base_url": base_url, "api_key_env": "TEACHER_KEY",
+                       "concurrency": 16, "max_tokens": 4, "max_retries": 10, "timeout_s": 5, **(teacher or {})},
+           "generate": generate or {}}
+    (tmp / "potstill.yaml").write_text(yaml.safe_dump(cfg))
+    return tmp / "potstill.yaml"
+
+
+def check_output(path: Path, n: int) -> list:
+    recs = read_records(path)
+    assert sorted(r.id for r in recs) == sorted(f"r{i}" for i in range(n))  # each input exactly once
+    for r in recs:
+        assert r.valid and r.output == answer_for(r.text)
+    return recs
+
+
+def test_two_thousand_inputs_through_429s_500s_slow_and_dropped_responses(tmp_path, monkeypatch):
+    monkeypatch.setenv("TEACHER_KEY", SECRET)
+    with Loopback(key=SECRET, seed=1, p429=0.06, p500=0.04, pslow=0.02, slow_s=0.2, pdrop=0.02) as srv:
+        cfg = load_config(project(tmp_path, srv.base_url, 2000, {"concurrency": 64}))
+        summary = generate_stage(cfg)
+        stats = srv.stats()
+    check_output(tmp_path / "run" / "teacher.jsonl", 2000)
+    assert all(stats["faults"].get(k, 0) > 0 for k in ("429", "500", "slow", "dropped"))
+    assert summary["calls"] == 2000 and summary["errors"] == 0
+    assert summary["retries"] >= sum(stats["faults"].values()) - stats["faults"]["slow"]
+    # every answer the server completed was committed once (dropped ones never reached the client)
+    assert sum(stats["answered"].values()) == 2000
+
+
+def _ledger_rows(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        con = sqlite3.connect(db, timeout=1)
+        try:
+            return con.execute("SELECT COUNT(*) FROM calls WHERE status='ok'").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.OperationalError:
+        return 0
+
+
+def test_sigkill_at_random_moments_loses_nothing_and_resends_only_in_flight(tmp_path):
+    n, kills, conc = 300, 3, 8
+    rng = random.Random(7)
+    env = {**os.environ, "TEACHER_KEY": SECRET, "PYTHONPATH": str(ROOT)}
+    with Loopback(key=SECRET, seed=2, p429=0.05, p500=0.03, pslow=0.1, slow_s=0.05, pdrop=0.02) as srv:
+        cfg_path = project(tmp_path, srv.base_url, n, {"concurrency": conc})
+        db = tmp_path / "run" / "calls.sqlite"
+        cmd = [sys.executable, "-m", "potstill.cli", "generate", "-c", str(cfg_path)]
+        # Kill points: random ledger fill levels, so each kill lands mid-run with requests in flight.
+        targets = sorted(rng.sample(range(20, n - 20), kills))
+        killed = 0
+        for target in targets:
+            proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.time() + 120
+            while _ledger_rows(db) < target and proc.poll() is None and time.time() < deadline:
+                time.sleep(0.005)
+            time.sleep(rng.random() * 0.05)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                killed += 1
+            proc.wait()
+        assert killed == kills
+        assert not (tmp_path / "run" / "teacher.jsonl").exists()  # never a half-written output
+        final = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert final.returncode == 0, final.stderr
+        stats = srv.stats()
+    check_output(tmp_path / "run" / "teacher.jsonl", n)
+    answered = sum(stats["answered"].values())
+    assert n <= answered <= n + kills * conc
+    with Ledger(db) as ledger:
+        assert ledger.count(status="ok") == n  # one committed answer per input, none twice
+
+
+def test_n_samples_and_top_k_logprobs_are_stored_and_read_back_by_train(tmp_path, monkeypatch, tiny_model):
+    monkeypatch.setenv("TEACHER_KEY", SECRET)
+    with Loopback(key=SECRET) as srv:
+        cfg = load_config(project(tmp_path, srv.base_url, 40, {"logprobs": 4}, {"n": 5}))
+        generate_stage(cfg)
+    recs = check_output(tmp_path / "run" / "teacher.jsonl", 40)
+    agreements = set()
+    for r in recs:
+        assert r.samples == [answer_for(r.text, k) for k in range(5)]
+        expected = Counter(r.samples)[answer_for(r.text)] / 5
+        assert r.meta["majority"] == answer_for(r.text) and r.meta["agreement"] == pytest.approx(expected)
+        agreements.add(expected)
+        top = r.logprobs[0]["top"]
+        assert len(top) == 4 and top[0]["token"] == r.output and top[0]["logprob"] == pytest.approx(-0.3567, abs=1e-4)
+        # soft label from the top-4 first-token alternatives, renormalised over the labels seen
+        assert r.label_probs[r.output] == pytest.approx(0.7 / (0.7 + 0.15 + 0.075 + 0.0375), abs=1e-3)
+    assert len(agreements) > 1  # the server's samples really disagree sometimes
+
+    from potstill.models.loading import load_lm
+    from potstill.models.prompting import PromptFormat
+    from potstill.tasks import get_task
+    from potstill.train.batching import build_examples
+
+    lm = load_lm(str(tiny_model))
+    ex = build_examples(lm, PromptFormat(kind="chat", instruction="Topic?"), get_task(cfg.task), recs[:5], 64, with_topk=True)
+    tok = lm.tokenizer
+    for e, r in zip(ex, recs[:5]):
+        assert e.teacher_logprobs is not None and max(e.teacher_logprobs) < 0
+        ids, lps = e.topk[0]
+        assert tok.convert_ids_to_tokens(ids[0]) == r.output and lps[0] == pytest.approx(r.logprobs[0]["logprob"])
+
+
+def test_anthropic_teacher_through_the_official_sdk(tmp_path, monkeypatch):
+    monkeypatch.setenv("TEACHER_KEY", SECRET)
+    with Loopback(key=SECRET, seed=3, p429=0.1, p500=0.05) as srv:
+        cfg_path = project(tmp_path, srv.root_url, 30, {"type": "anthropic", "model": "claude-haiku-4-5-20251001"},
+                           {"n": 3})
+        cfg = load_config(cfg_path)
+        generate_stage(cfg)
+        recs = check_output(tmp_path / "run" / "teacher.jsonl", 30)
+        assert all(r.samples == [answer_for(r.text)] * 3 and r.meta["stop_reason"] == ["end_turn"] * 3 for r in recs)
+        with Ledger(tmp_path / "run" / "calls.sqlite") as ledger:
+            rows = ledger.rows(role="teacher")
+        assert {r["stop_reason"] for r in rows} == {"end_turn,end_turn,end_turn"}
+        # usage: cache reads are input tokens too, and counted as cached; priced from the default table
+        assert all(r["cached_input_tokens"] == 9 and r["output_tokens"] == 3 for r in rows)
+        r0 = rows[0]
+        assert r0["cost_usd"] == pytest.approx((r0["input_tokens"] * 1.0 + r0["output_tokens"] * 5.0) / 1e6)
+        assert srv.stats()["faults"]["429"] > 0  # the SDK retried through them
+        # a cut answer keeps its stop reason
+        cfg2 = load_config(cfg_path, {"teacher.max_tokens": 1, "generate.n": 1, "data.limit": 3})
+        with Ledger(tmp_path / "cut.sqlite") as ledger:
+            out, _ = run_generate(cfg2, read_records(cfg2.data.inputs)[:3], ledger)
+        assert all(r.meta["stop_reason"] == "max_tokens" for r in out)
+    with pytest.raises(PotstillError, match="no log-probabilities"):
+        run_generate(load_config(cfg_path, {"teacher.logprobs": 2}), [], Ledger(tmp_path / "x.sqlite"))
+
+
+def test_budget_cap_stops_cleanly_and_cost_reports_the_rest(tmp_path, monkeypatch):
+    monkeypatch.setenv("TEACHER_KEY", SECRET)
+    with Loopback(key=SECRET) as srv:
+        # each request: ~22 input + 1 output tokens at $1000/$1000 per Mtok = ~$0.023
+        cfg_path = project(tmp_path, srv.base_url, 100, {"concurrency": 4, "price": {"input_per_mtok": 1000, "output_per_mtok": 1000}},
+                           {"budget_usd": 0.5})
+        with pytest.raises(PotstillError, match=r"budget of \$0.5 reached"):
+            generate_stage(load_config(cfg_path))
+        with Ledger(tmp_path / "run" / "calls.sqlite") as ledger:
+            spent, calls = ledger.summary()["cost_usd"], ledger.count(status="ok")
+        assert 0 < spent <= 0.5 and 10 < calls < 100
+        partial = read_records(tmp_path / "run" / "teacher.jsonl")
+        assert len(partial) == calls and all(r.valid for r in partial)  # only committed answers
+        out = subprocess.run([sys.executable, "-m", "potstill.cli", "cost", "run"], cwd=tmp_path, capture_output=True,
+                             text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+        assert out.returncode == 0, out.stderr
+        per_call = spent / calls
+        assert f"{100 - calls} of 100 requests unanswered" in out.stdout
+        assert f"projected cost of the rest ${per_call * (100 - calls):.4f}" in out.stdout
+        # a higher cap finishes the job, sending only the rest
+        generate_stage(load_config(cfg_path, {"generate.budget_usd": 10}))
+        assert sum(srv.stats()["answered"].values()) == 100
+    check_output(tmp_path / "run" / "teacher.jsonl", 100)
+
+
+def test_client_side_rpm_spaces_requests(tmp_path, monkeypatch):
+    monkeypatch.setenv("TEACHER_KEY", SECRET)
+    with Loopback(key=SECRET, keep_arrivals=True) as srv:
+        cfg = load_config(project(tmp_path, srv.base_url, 25, {"concurrency": 16}, {"rpm": 600}))
+        generate_stage(cfg)
+        arrivals = sorted(srv.stats()["arrivals"])
+    # 600 RPM = 10/s with a burst of 10: the 25th request cannot arrive before 1.5 s after the first
+    assert arrivals[-1] - arrivals[0] >= 1.4
+
+
+def test_api_key_never_reaches_logs_ledger_errors_or_artifacts(tmp_path):
+    env = {**os.environ, "TEACHER_KEY": SECRET, "PYTHONPATH": str(ROOT), "POTSTILL_PROGRESS": "always"}
+    with Loopback(key=SECRET, seed=4, p429=0.1, p500=0.1, pdrop=0.05) as srv:
+        cfg_path = project(tmp_path, srv.base_url, 60)
+        cmd = [sys.executable, "-m", "potstill.cli", "generate", "-c", str(cfg_path)]
+        runs = [subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)]
+        assert runs[0].returncode == 0, runs[0].stderr
+        # the progress bar shows rate, tokens, spend and retries
+        assert all(f in runs[0].stderr for f in ("req/s=", "tok=", "spent=$", "retries="))
+        # a key the server refuses (401), with the good one as a substring, on new requests
+        bad = {**env, "TEACHER_KEY": SECRET + "x"}
+        runs.append(subprocess.run([*cmd, "--teacher.model", "gpt-4o", "--teacher.max_retries", "0"], cwd=tmp_path,
+                                   env=bad, capture_output=True, text=True, timeout=300))
+        assert runs[1].returncode == 2 and "401" in runs[1].stderr
+        runs.append(subprocess.run([sys.executable, "-m", "potstill.cli", "cost", "run"], cwd=tmp_path, env=env,
+                                   capture_output=True, text=True, timeout=60))
+    blobs = [b for r in runs for b in (r.stdout, r.stderr)]
+    files = [p for p in tmp_path.rglob("*") if p.is_file() and p.name != "potstill.yaml"]
+    assert any(p.name == "calls.sqlite" for p in files)
+    blobs += [p.read_bytes().decode("latin-1") for p in files]
+    assert not any(SECRET in b for b in blobs)
+
+
+def test_ray_engine_shards_into_the_one_ledger(tmp_path, monkeypatch):
+    ray = pytest.importorskip("ray")
+    monkeypatch.setenv("TEACHER_KEY", SECRET)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        with Loopback(key=SECRET, seed=5, p429=0.05, p500=0.05) as srv:
+            cfg = load_config(project(tmp_path, srv.base_url, 200), {"generate.engine": "ray", "generate.ray_workers": 2})
+            summary = generate_stage(cfg)
+            answered = sum(srv.stats()["answered"].values())
+    finally:
+        ray.shutdown()
+    check_output(tmp_path / "run" / "teacher.jsonl", 200)
+    assert summary["calls"] == 200 and answered == 200

@@ -1,0 +1,105 @@
+"""`potstill import` on each traffic format, and the rate limiter's reading of server headers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from potstill.errors import PotstillError
+from potstill.generate.consistency import majority
+from potstill.generate.limits import RateLimiter, parse_reset, retry_after
+from potstill.importers import import_traffic
+from potstill.ledger import Call, Ledger
+from potstill.records import read_records
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPLETION = {"id": "chatcmpl-1", "object": "chat.completion", "model": "gpt-4o-2024-08-06",
+              "choices": [{"index": 0, "message": {"role": "assistant", "content": "sports"}, "finish_reason": "stop"}],
+              "usage": {"prompt_tokens": 12, "completion_tokens": 1, "total_tokens": 13}}
+
+
+def jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_import_finetune_logs_batches_pairs_and_served_traffic(tmp_path):
+    sys_msg = {"role": "system", "content": "Topic?"}
+    user = {"role": "user", "content": "the team won"}
+    src = jsonl(tmp_path / "mixed.jsonl", [
+        {"messages": [sys_msg, user, {"role": "assistant", "content": "sports"}]},
+        {"request": {"model": "gpt-4o", "messages": [sys_msg, user]}, "response": COMPLETION},
+        {"prompt": "new phone", "completion": "tech"},
+        {"request": {"system": "Topic?", "messages": [{"role": "user", "content": "a vote"}]},
+         "response": {"type": "message", "model": "claude-sonnet-4", "content": [{"type": "text", "text": "politics"}],
+                      "stop_reason": "end_turn", "usage": {"input_tokens": 9, "output_tokens": 1}}},
+    ])
+    assert import_traffic(src, tmp_path / "out.jsonl") == 4
+    recs = read_records(tmp_path / "out.jsonl")
+    assert [r.output for r in recs] == ["sports", "sports", "tech", "politics"]
+    assert [r.meta["format"] for r in recs] == ["finetune", "openai-log", "pairs", "pairs"]
+    assert all(r.meta["source"] == str(src) for r in recs) and [r.meta["line"] for r in recs] == [1, 2, 3, 4]
+    assert recs[0].messages == [user] and recs[0].meta["system"] == "Topic?"
+    assert recs[1].meta["teacher"] == "gpt-4o-2024-08-06" and recs[1].meta["usage"]["prompt_tokens"] == 12
+    assert recs[3].meta["finish_reason"] == "end_turn" and recs[3].meta["system"] == "Topic?"
+
+    # the Batch API: outputs joined to their inputs by custom_id
+    reqs = jsonl(tmp_path / "batch_in.jsonl", [{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
+                                                "body": {"model": "gpt-4o", "messages": [user]}}])
+    outs = jsonl(tmp_path / "batch_out.jsonl", [{"id": "b1", "custom_id": "a", "error": None,
+                                                 "response": {"status_code": 200, "body": COMPLETION}}])
+    assert import_traffic(outs, tmp_path / "b.jsonl", "openai-log", reqs) == 1
+    rec = read_records(tmp_path / "b.jsonl")[0]
+    assert rec.output == "sports" and rec.meta["custom_id"] == "a" and rec.messages == [user]
+
+    # potstill's own served traffic: the serve rows of a ledger
+    with Ledger(tmp_path / "calls.sqlite") as ledger:
+        ledger.record(Call(request_hash="h1", role="student", stage="serve", model="student-v1",
+                           request={"model": "student", "messages": [sys_msg, user]}, response={"content": "sports"},
+                           input_tokens=5))
+        ledger.record(Call(request_hash="h2", role="teacher", stage="generate", model="t", request={"messages": [user]},
+                           response={"output": "x"}))
+    assert import_traffic(tmp_path / "calls.sqlite", tmp_path / "s.jsonl") == 1
+    rec = read_records(tmp_path / "s.jsonl")[0]
+    assert rec.output == "sports" and rec.meta["teacher"] == "student-v1" and rec.meta["format"] == "served"
+
+
+def test_import_errors_name_file_and_line_and_leave_nothing_behind(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]})
+                   + "\n{not json\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-m", "potstill.cli", "import", str(bad), "-o", str(tmp_path / "o.jsonl")],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 2 and out.stderr.strip() == f"error: {bad}:2: malformed JSON (Expecting property name enclosed in double quotes at column 2)"
+    assert not (tmp_path / "o.jsonl").exists()
+    with pytest.raises(PotstillError, match=r"bad.jsonl:1: expected messages ending with an assistant turn"):
+        jsonl(bad, [{"messages": [{"role": "user", "content": "x"}]}])
+        import_traffic(bad, tmp_path / "o.jsonl", "finetune")
+
+
+def test_rate_limiter_follows_retry_after_and_ratelimit_headers():
+    assert parse_reset("6m0s") == 360 and parse_reset("20ms") == pytest.approx(0.02) and parse_reset("1.5") == 1.5
+    assert retry_after({"retry-after-ms": "250", "retry-after": "3"}) == 0.25 and retry_after({"retry-after": "3"}) == 3
+    lim = RateLimiter()
+    lim.observe(429, {"Retry-After": "2"})
+    assert lim.paused_until - time.monotonic() == pytest.approx(2, abs=0.1)
+    lim = RateLimiter(rpm=6000)
+    lim.observe(200, {"x-ratelimit-limit-requests": "600", "x-ratelimit-remaining-requests": "0",
+                      "x-ratelimit-reset-requests": "1.5s", "x-ratelimit-limit-tokens": "60000"})
+    assert lim.requests.rate == 10 and lim.tokens.rate == 1000  # a lower server limit wins; per minute -> per second
+    assert lim.paused_until - time.monotonic() == pytest.approx(1.5, abs=0.1)
+    lim.observe(200, {"x-ratelimit-limit-requests": "100000"})
+    assert lim.requests.rate == 10  # the server can tighten the cap, never loosen it
+
+
+def test_majority_votes_on_parsed_answers():
+    parse = lambda s: s.strip(" .").lower()  # noqa: E731
+    assert majority(["Sports.", "tech", "sports", "film"], parse) == ("Sports.", 0.5)
+    assert majority(["a", "b"], parse) == ("a", 0.5) and majority([], parse) == (None, 0.0)
