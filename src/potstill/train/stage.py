@@ -30,6 +30,8 @@ def train_stage(cfg: Config, force: bool = False) -> dict[str, Any]:
         summary = train(lm, student_format(lm, task), task, records, val, cfg.train, cfg.student.max_length,
                         run / "student", run / "metrics.jsonl")
         summary["base_model"] = cfg.student.model
+        if summary.get("resumed_from_step"):
+            say(f"train: resumed from the checkpoint at step {summary['resumed_from_step']} ({run / 'student.ckpt'})")
         write_json(run / "train.json", summary)
         say(f"train: {summary['steps']} steps over {summary['examples']} examples, {summary['tokens']} tokens, "
             f"{summary['train_s']:.1f} s, final loss {summary['final_loss']:.4f}, val loss {summary['val_loss']}")

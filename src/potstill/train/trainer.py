@@ -1,11 +1,24 @@
-"""Fine-tune the student on teacher outputs: SFT on completions, optionally label-level KD.
+"""Fine-tune the student on teacher outputs: SFT on completions, plus KD from one of three signals.
 
-Memory: the LM head is applied only at completion positions (for classification, 1-3 tokens per
-example), so no batch x sequence x vocabulary tensor ever exists; at B=8, T=80 and V=49,152 the
-full logits would be 31.5M floats (126 MB) per step, the completion-only ones about 1.2 MB.
+Objectives (``TrainConfig``): cross-entropy on the teacher's completion tokens, plus, with
+``objective: kd``, a divergence to the teacher's distribution taken from label probabilities
+(classification, any tokenizer), API top-k log-probabilities (sparse, with a tail bucket), or a
+local same-tokenizer teacher's full logits computed on the fly; a fraction ``onpolicy_fraction``
+of batches can be the student's own samples scored by that teacher (GKD, see ``onpolicy.py``).
+
+Memory: the CE and token-level KD terms go through the chunked heads of ``fused_head.py``: the
+logits exist one block of rows at a time, never as batch x sequence x vocabulary (at B=16,
+T=1024, V=49,152 that tensor would be 805M floats, 3.2 GB in fp32, 6.4 GB with its gradient).
 
 Speed on CPU: with ``trainable_layers=N`` only the top N transformer layers get gradients, and
 autograd records nothing below them, so the bottom of the network costs one forward pass.
+
+Several processes (``accelerate launch`` / ``torchrun``): each takes every world-th example of
+the global batch of ``batch_size``; every loss term is a sum divided by its *global* count (all
+processes' tokens), times the world size because DDP averages gradients, so the update equals a
+single process's at the same global batch whatever the per-process token counts
+(``tests/train/test_distributed.py``). All weight use happens inside one module's forward
+(``_LossModule``), which is what DDP and FSDP need to see.
 """
 
 from __future__ import annotations
@@ -13,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,36 +35,22 @@ from typing import Any
 import torch
 
 from potstill.config import TrainConfig
-from potstill.models.loading import LM, save_lm
-from potstill.models.prompting import PromptFormat, encode_prompt, label_token_ids
+from potstill.errors import PotstillError
+from potstill.hashing import hash_obj
+from potstill.models.loading import LM, keep_layers, load_lm, save_lm
+from potstill.models.prompting import PromptFormat, label_token_ids
 from potstill.models.scoring import apply_head, decoder
 from potstill.progress import bar
 from potstill.records import Record
 from potstill.tasks import Task
+from potstill.train import checkpoint
+from potstill.train.batching import IGNORE, Batch, Example, build_examples, collate  # noqa: F401 (re-export)
+from potstill.train.fused_head import fused_linear_cross_entropy, fused_linear_kd, fused_linear_sparse_kd
 from potstill.train.losses import label_distribution_kd
+from potstill.train.onpolicy import sample_batch
 
-
-@dataclass
-class Example:
-    ids: list[int]
-    n_prompt: int
-    teacher_logprobs: list[float] | None  # over task labels, for KD
-
-
-def build_examples(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], max_length: int) -> list[Example]:
-    tok = lm.tokenizer
-    out = []
-    for r in records:
-        prompt = encode_prompt(tok, fmt, fmt.query(tok, r.messages), first=True)
-        completion = tok(fmt.completion(tok, task.target(r)), add_special_tokens=False)["input_ids"]
-        # Keep the whole completion; cut the prompt from the left if the pair is too long.
-        keep = max(1, max_length - len(completion))
-        prompt = prompt[-keep:]
-        tlp = None
-        if task.labels and r.label_probs:
-            tlp = [math.log(max(r.label_probs.get(lab, 0.0), 1e-12)) for lab in task.labels]
-        out.append(Example(ids=prompt + completion, n_prompt=len(prompt), teacher_logprobs=tlp))
-    return out
+TERMS = ("ce", "kd", "topk", "labels")
+METRIC = {"kd": "logits", "topk": "topk", "labels": "labels"}
 
 
 def freeze_for(model: Any, cfg: TrainConfig) -> None:
@@ -79,63 +79,184 @@ def apply_lora(model: Any, cfg: TrainConfig) -> Any:
     return get_peft_model(model, conf)
 
 
-def collate(batch: list[Example], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    T = max(len(e.ids) for e in batch)
-    ids = torch.full((len(batch), T), pad, dtype=torch.long)
-    mask = torch.zeros((len(batch), T), dtype=torch.long)
-    labels = torch.full((len(batch), T), -100, dtype=torch.long)
-    for i, e in enumerate(batch):
-        ids[i, : len(e.ids)] = torch.tensor(e.ids)
-        mask[i, : len(e.ids)] = 1
-        labels[i, e.n_prompt : len(e.ids)] = torch.tensor(e.ids[e.n_prompt :])
-    return ids.to(device), mask.to(device), labels.to(device)
+def load_qlora_base(lm: LM) -> Any:
+    """The student reloaded with 4-bit NF4 linear layers (bitsandbytes), ready for LoRA adapters."""
+    if lm.device.type != "cuda":
+        raise PotstillError("train.method qlora needs a CUDA GPU (bitsandbytes 4-bit kernels); "
+                            "use train.method lora on CPU")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise PotstillError("train.method qlora needs bitsandbytes: pip install bitsandbytes") from None
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.bfloat16)
+    n_layers = lm.model.config.num_hidden_layers
+    model = AutoModelForCausalLM.from_pretrained(lm.model.config._name_or_path, quantization_config=quant,
+                                                 dtype=torch.bfloat16, device_map={"": lm.device})
+    if model.config.num_hidden_layers != n_layers:
+        keep_layers(model, n_layers)
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
-def step_loss(model: Any, batch: list[Example], ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
-              cfg: TrainConfig, label_ids: list[int] | None) -> tuple[torch.Tensor, dict[str, float]]:
-    """Cross-entropy on completion tokens (+ KD on the first completion token's label logits)."""
-    hidden = decoder(model)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-    # Position t predicts token t+1: gather hidden states that predict a completion token.
-    target = labels[:, 1:]
-    sel = target != -100
-    h = hidden[:, :-1][sel]
-    logits = apply_head(model, h).float()
-    ce = torch.nn.functional.cross_entropy(logits, target[sel])
-    parts = {"ce": float(ce.detach())}
-    loss = ce
-    if cfg.objective == "kd" and label_ids is not None:
-        rows = [i for i, e in enumerate(batch) if e.teacher_logprobs is not None]
-        if rows:
-            first = torch.tensor([batch[i].n_prompt - 1 for i in rows], device=ids.device)
-            h_first = hidden[torch.tensor(rows, device=ids.device), first]
-            student = apply_head(model, h_first, label_ids).float()
-            teacher = torch.tensor([batch[i].teacher_logprobs for i in rows], device=ids.device)
-            kd = label_distribution_kd(student, torch.arange(len(label_ids), device=ids.device), teacher,
-                                       temperature=cfg.kd_temperature)
-            kd = kd * cfg.kd_temperature**2
-            parts["kd"] = float(kd.detach())
-            loss = ce + cfg.kd_weight * kd
+def fused_head_ok(model: Any) -> bool:
+    """The chunked heads compute ``hidden @ W.T``: no bias, no final logit soft-cap."""
+    head = model.get_output_embeddings()
+    return getattr(head, "bias", None) is None and not getattr(model.config, "final_logit_softcapping", None)
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    kind: str
+    beta: float
+    alpha: float
+    temperature: float
+    label_ids: tuple[int, ...] | None
+    fused: bool
+
+
+class _LossModule(torch.nn.Module):
+    """Per-term loss *sums* of one batch; every trainable weight is used inside ``forward``."""
+
+    def __init__(self, model: Any, base: Any, compile: bool = False) -> None:
+        super().__init__()
+        self.model = model  # the trained module (a peft wrapper for LoRA), so its parameters are ours
+        self.base = base  # the causal LM inside it (same parameters)
+        # Fuses the norms, rotary and activation kernels; shapes vary per batch, hence dynamic.
+        self._body = torch.compile(decoder(base), dynamic=True) if compile else None
+
+    def forward(self, b: Batch, spec: LossSpec, teacher_h: torch.Tensor | None = None,
+                teacher_w: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        body = self._body if self._body is not None else decoder(self.base)
+        hidden = body(input_ids=b.ids, attention_mask=b.attention_mask, position_ids=b.position_ids,
+                      use_cache=False).last_hidden_state
+        h = hidden[:, :-1]
+        w = self.base.get_output_embeddings().weight
+        # bf16 GEMMs on GPU (the fused heads do their softmax maths in fp32), fp32 on CPU.
+        cdt = torch.bfloat16 if h.is_cuda else w.dtype
+        zero = hidden.sum() * 0.0
+        out = {k: zero for k in TERMS}
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            hc, wc = h.to(cdt), w.to(cdt)
+            if (b.ce_targets != IGNORE).any():
+                if spec.fused:
+                    out["ce"] = fused_linear_cross_entropy(hc, wc, b.ce_targets, reduction="sum")
+                else:  # completion positions only: a few rows, never B x T x V
+                    sel = b.ce_targets != IGNORE
+                    logits = apply_head(self.base, h[sel]).float()
+                    out["ce"] = torch.nn.functional.cross_entropy(logits, b.ce_targets[sel], reduction="sum")
+            kd_args = dict(kind=spec.kind, beta=spec.beta, alpha=spec.alpha, temperature=spec.temperature,
+                           reduction="sum")
+            if teacher_h is not None and (b.kd_targets != IGNORE).any():
+                out["kd"] = fused_linear_kd(hc, wc, teacher_h.to(cdt), teacher_w.to(cdt), b.kd_targets, **kd_args)
+            if b.topk_ids is not None and (b.topk_mask != IGNORE).any():
+                out["topk"] = fused_linear_sparse_kd(hc, wc, b.topk_ids, b.topk_lp, b.topk_mask, **kd_args)
+            if b.label_lp is not None and spec.label_ids:
+                rows = torch.tensor([r for r, _ in b.label_pos], device=hidden.device)
+                cols = torch.tensor([c for _, c in b.label_pos], device=hidden.device)
+                student = apply_head(self.base, hidden[rows, cols], list(spec.label_ids)).float()
+                out["labels"] = label_distribution_kd(
+                    student, torch.arange(len(spec.label_ids), device=hidden.device), b.label_lp,
+                    kind=spec.kind, beta=spec.beta, alpha=spec.alpha, temperature=spec.temperature, reduction="sum")
+        return out
+
+
+def combine(sums: dict[str, torch.Tensor], counts: dict[str, float], cfg: TrainConfig) -> tuple[torch.Tensor, dict]:
+    """``CE + kd_weight * T^2 * KD`` with each term a mean over its global count of positions."""
+    t2 = cfg.kd_temperature**2
+    loss = sums["ce"] * 0.0
+    parts: dict[str, torch.Tensor] = {}
+    for k in TERMS:
+        if counts[k] > 0:
+            term = sums[k] / counts[k]
+            if k == "ce":
+                parts["ce"] = term
+                loss = loss + term
+            else:  # metrics: "kd" is the KD total, "kd_<signal>" each signal's share
+                parts[f"kd_{METRIC[k]}"] = term
+                parts["kd"] = parts.get("kd", 0.0) + term
+                loss = loss + cfg.kd_weight * t2 * term
     return loss, parts
+
+
+class _Teacher:
+    """A local teacher with the student's tokenizer: its last hidden states and LM head weight."""
+
+    def __init__(self, spec: str, student: LM, device: torch.device) -> None:
+        self.lm = load_lm(spec, device=str(device))
+        if self.lm.tokenizer.get_vocab() != student.tokenizer.get_vocab():
+            raise PotstillError(f"train.teacher_model '{spec}' has another tokenizer than the student; token-level "
+                                "KD and on-policy batches need the same vocabulary (use kd_signal labels instead)")
+        self.w = self.lm.model.get_output_embeddings().weight.detach()
+        if self.w.shape[0] != student.model.get_output_embeddings().weight.shape[0] or not fused_head_ok(self.lm.model):
+            raise PotstillError(f"train.teacher_model '{spec}': its LM head does not match the student's vocabulary")
+
+    @torch.no_grad()
+    def hidden(self, b: Batch) -> torch.Tensor:
+        return decoder(self.lm.model)(input_ids=b.ids, attention_mask=b.attention_mask, position_ids=b.position_ids,
+                                      use_cache=False).last_hidden_state[:, :-1]
+
+
+def resolve_signal(cfg: TrainConfig, task: Task, records: list[Record]) -> str | None:
+    """Which KD signal the ``kd`` objective uses (None for ``sft``)."""
+    if cfg.objective != "kd":
+        return None
+    sig = cfg.kd_signal
+    if sig == "auto":
+        sig = "logits" if cfg.teacher_model else ("topk" if any(r.logprobs for r in records) else "labels")
+    if sig == "logits" and not cfg.teacher_model:
+        raise PotstillError("train.kd_signal logits needs train.teacher_model (a local same-tokenizer teacher)")
+    if sig == "labels" and not task.labels:
+        raise PotstillError("train.kd_signal labels needs a classification task (label_probs)")
+    if sig == "topk" and not any(r.logprobs for r in records):
+        raise PotstillError("train.kd_signal topk: no training record carries logprobs "
+                            "(generate with a teacher that returns top-k logprobs)")
+    return sig
 
 
 def train(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: list[Record], cfg: TrainConfig,
           max_length: int, out_dir: Path, metrics_path: Path) -> dict[str, Any]:
-    """Train ``lm`` in place on ``records``; save weights (or the LoRA adapter) to ``out_dir``."""
+    """Train ``lm`` in place on ``records``; save weights (or the LoRA adapter) to ``out_dir``.
+
+    With ``checkpoint_every`` a resumable checkpoint goes to ``<out_dir>.ckpt/``; a later call with
+    the same settings and data resumes from it (``resume``) and reproduces the same loss curve."""
     from accelerate import Accelerator
 
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    accel = Accelerator(cpu=lm.device.type == "cpu", mixed_precision="bf16" if lm.device.type == "cuda" else "no")
-    model = lm.model.float().train()
-    if cfg.method == "lora":
-        model = apply_lora(model, cfg)
+    cuda = lm.device.type == "cuda"
+    if cfg.onpolicy_fraction > 0 and not cfg.teacher_model:
+        raise PotstillError("train.onpolicy_fraction > 0 needs train.teacher_model to score the student's samples")
+    signal = resolve_signal(cfg, task, records)
+    accel = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda else "no")
+    world, rank = accel.num_processes, accel.process_index
+    if cfg.batch_size < world:
+        raise PotstillError(f"train.batch_size {cfg.batch_size} is smaller than the {world} processes")
+    if cfg.method == "qlora":
+        model = apply_lora(load_qlora_base(lm), cfg)
+        base = model.get_base_model()
+    elif cfg.method == "lora":
+        model = apply_lora(lm.model.float().train(), cfg)
         base = model.get_base_model()
     else:
+        model = lm.model.float().train()
         freeze_for(model, cfg)
         base = model
-    label_ids = label_token_ids(lm.tokenizer, fmt, task.labels) if task.labels else None
-    examples = build_examples(lm, fmt, task, records, max_length)
-    val_examples = build_examples(lm, fmt, task, val, max_length)
+    model.train()
+    spec = LossSpec(cfg.kd_kind, cfg.kd_beta, cfg.kd_alpha, cfg.kd_temperature,
+                    tuple(label_token_ids(lm.tokenizer, fmt, task.labels)) if task.labels else None,
+                    fused_head_ok(base))
+    teacher = _Teacher(cfg.teacher_model, lm, accel.device) if cfg.teacher_model else None
+    if (signal in ("logits", "topk") or teacher) and not spec.fused:
+        raise PotstillError("token-level KD needs an LM head without bias or logit soft-capping")
+    with_topk = signal == "topk"
+    examples = build_examples(lm, fmt, task, records, max_length, with_topk=with_topk)
+    val_examples = build_examples(lm, fmt, task, val, max_length, with_topk=with_topk)
+    if signal != "labels":  # label_probs only feed the labels signal
+        for e in examples + val_examples:
+            e.teacher_logprobs = None
     params = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in params)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -148,59 +269,122 @@ def train(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: lis
         return max(0.0, 1 - (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    model, opt = accel.prepare(model, opt)
+    module = _LossModule(model, base, compile=cfg.compile)
+    module, opt = accel.prepare(module, opt)
     pad = lm.tokenizer.pad_token_id
+    eos = lm.tokenizer.eos_token_id
     order: list[int] = []
     rng = random.Random(cfg.seed)
-    tokens = 0
-    t0 = time.perf_counter()
+    tokens, start, elapsed0 = 0, 0, 0.0
+    ckpt_dir = out_dir.parent / f"{out_dir.name}.ckpt"
+    fingerprint = hash_obj({"cfg": cfg.model_dump(exclude={"resume", "checkpoint_every", "device"}),
+                            "data": [(e.ids, e.n_prompt, e.teacher_logprobs, e.topk) for e in examples],
+                            "max_length": max_length, "world": world, "model": lm.identity})
+    found = checkpoint.latest(ckpt_dir, fingerprint) if cfg.resume and cfg.checkpoint_every else None
+    if found is not None:
+        state = checkpoint.load(found, accel.unwrap_model(module).model, opt, sched, rng)
+        start, order, tokens, elapsed0 = state["step"], state["order"], state["tokens"], state["elapsed_s"]
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(metrics_path, "w") as mf, bar("train", total) as advance:
-        for step in range(total):
+    kept: list[str] = []
+    if start and metrics_path.exists():  # the curve up to the checkpoint; later rows are redone
+        kept = [ln for ln in metrics_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= start]
+    last_loss = json.loads(kept[-1])["loss"] if kept else None
+    main = accel.is_main_process
+    t0 = time.perf_counter() - elapsed0
+    loss = torch.zeros(())
+    mf = open(metrics_path if main else "/dev/null", "w")
+    with mf, bar("train" if main else "", total) as advance:
+        mf.write("".join(ln + "\n" for ln in kept))
+        advance(start)
+        for step in range(start, total):
             if len(order) < cfg.batch_size:
                 fresh = list(range(len(examples)))
                 rng.shuffle(fresh)
                 order += fresh
             batch = [examples[i] for i in order[: cfg.batch_size]]
             order = order[cfg.batch_size :]
-            ids, mask, labels = collate(batch, pad, accel.device)
+            onpolicy = cfg.onpolicy_fraction > 0 and rng.random() < cfg.onpolicy_fraction
+            mine = batch[rank::world]
+            if onpolicy:
+                mine = sample_batch(base, mine, pad, eos, cfg.onpolicy_max_new_tokens, cfg.onpolicy_temperature,
+                                    accel.device)
+            b = collate(mine, pad, accel.device, pack=cfg.pack, max_length=max_length,
+                        kd_tokens=signal == "logits", with_topk=with_topk)
+            counts = global_counts(accel, b)
+            th = teacher.hidden(b) if teacher is not None and counts["kd"] else None
             with accel.autocast():
-                loss, parts = step_loss(base, batch, ids, mask, labels, cfg, label_ids)
-            accel.backward(loss)
+                sums = module(b, spec, th, teacher.w if teacher else None)
+                loss, parts = combine(sums, counts, cfg)
+            accel.backward(loss * world)  # DDP averages gradients over processes; the terms are global means
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, float("inf")))
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-            tokens += int(mask.sum())
-            row = {"step": step + 1, "loss": float(loss.detach()), **parts, "lr": sched.get_last_lr()[0],
-                   "tokens": tokens, "elapsed_s": round(time.perf_counter() - t0, 3)}
+            tokens += int(global_value(accel, torch.tensor(float(sum(len(e.ids) for e in mine)))))
+            logged = {k: global_value(accel, v) for k, v in {"loss": loss, **parts}.items()}
+            last_loss = logged["loss"]
+            row = {"step": step + 1, **logged, "grad_norm": grad_norm, "onpolicy": onpolicy,
+                   "lr": sched.get_last_lr()[0], "tokens": tokens, "elapsed_s": round(time.perf_counter() - t0, 3)}
             mf.write(json.dumps(row) + "\n")
             mf.flush()  # so `tail -f metrics.jsonl` follows a run
-            advance(1, loss=f"{float(loss.detach()):.4f}")
+            advance(1, loss=f"{logged['loss']:.4f}")
+            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
+                if main:
+                    checkpoint.save(ckpt_dir, step + 1, fingerprint, accel.unwrap_model(module).model, opt, sched,
+                                    rng, order, {"tokens": tokens, "elapsed_s": time.perf_counter() - t0})
+                accel.wait_for_everyone()
     train_s = time.perf_counter() - t0
-    val_loss = evaluate_loss(base, val_examples, cfg, label_ids, pad, accel.device)
-    model = accel.unwrap_model(model)
+    module = accel.unwrap_model(module)
+    val_loss = evaluate_loss(module, val_examples, cfg, spec, teacher, pad, accel.device, max_length, signal)
+    model = module.model
     model.eval()
-    if cfg.method == "lora":
-        out_dir.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(out_dir)
-        lm.tokenizer.save_pretrained(out_dir)
-    else:
-        save_lm(model, lm.tokenizer, out_dir)
+    if main:
+        if cfg.method in ("lora", "qlora"):
+            out_dir.mkdir(parents=True, exist_ok=True)
+            model.save_pretrained(out_dir)
+            lm.tokenizer.save_pretrained(out_dir)
+        else:
+            save_lm(model, lm.tokenizer, out_dir)
+        # Checkpoints are for crash recovery; the finished weights supersede them.
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    accel.wait_for_everyone()
     return {"steps": total, "examples": len(examples), "tokens": tokens, "train_s": train_s,
             "tokens_per_s": tokens / train_s if train_s else None, "trainable_parameters": n_trainable,
-            "final_loss": float(loss.detach()), "val_loss": val_loss, "method": cfg.method, "objective": cfg.objective}
+            "final_loss": last_loss, "val_loss": val_loss, "method": cfg.method, "objective": cfg.objective,
+            "kd_signal": signal, "resumed_from_step": start or None, "processes": world}
 
 
-def evaluate_loss(model: Any, examples: list[Example], cfg: TrainConfig, label_ids: list[int] | None, pad: int,
-                  device: torch.device) -> float | None:
+def global_counts(accel: Any, b: Batch) -> dict[str, float]:
+    local = b.counts()
+    if accel.num_processes == 1:
+        return {k: float(v) for k, v in local.items()}
+    t = accel.reduce(torch.tensor([float(local[k]) for k in TERMS], device=accel.device), "sum")
+    return dict(zip(TERMS, t.tolist()))
+
+
+def global_value(accel: Any, x: torch.Tensor) -> float:
+    """A per-process share of a global mean, summed over processes."""
+    x = x.detach().float().reshape(())
+    if accel.num_processes > 1:
+        x = accel.reduce(x.to(accel.device).clone(), "sum")
+    return float(x)
+
+
+def evaluate_loss(module: _LossModule, examples: list[Example], cfg: TrainConfig, spec: LossSpec,
+                  teacher: _Teacher | None, pad: int, device: torch.device, max_length: int,
+                  signal: str | None) -> float | None:
     if not examples:
         return None
     total, n = 0.0, 0
-    with torch.inference_mode():
+    with torch.no_grad():
         for i in range(0, len(examples), cfg.batch_size):
             batch = examples[i : i + cfg.batch_size]
-            ids, mask, labels = collate(batch, pad, device)
-            loss, _ = step_loss(model, batch, ids, mask, labels, cfg, label_ids)
+            b = collate(batch, pad, device, pack=cfg.pack, max_length=max_length, kd_tokens=signal == "logits",
+                        with_topk=signal == "topk")
+            counts = {k: float(v) for k, v in b.counts().items()}
+            th = teacher.hidden(b) if teacher is not None and counts["kd"] else None
+            sums = module(b, spec, th, teacher.w if teacher else None)
+            loss, _ = combine(sums, counts, cfg)
             total += float(loss) * len(batch)
             n += len(batch)
     return total / n

@@ -1,0 +1,271 @@
+"""GPU benchmark of a full training step: potstill's loss path against plain transformers.
+
+1. SmolLM2-135M-shaped student (random init from its config: H=576, 30 layers, 9/3 heads,
+   V=49,152, tied head), bf16 weights, sdpa attention, fused AdamW, next-token loss on every
+   token of random sequences:
+   - ``hf``: ``model(input_ids, labels=input_ids).loss`` (materialises B x T x V logits);
+   - ``potstill``: the decoder body, then ``fused_linear_cross_entropy`` on its hidden states,
+     which is what ``potstill.train.trainer._LossModule`` computes for SFT;
+   - ``potstill+compile``: the same with the decoder body under ``torch.compile``.
+   Both see the same weights and the same batches; the loss of the first step and after a few
+   steps is compared (same data, same init, so the losses must agree to bf16 rounding).
+2. End-to-end KD step with a SmolLM2-1.7B-shaped teacher (H=2048, 24 layers, random init, bf16,
+   no grad): teacher forward + student forward/backward + optimizer step, JSD(beta=0.5) on every
+   token, ``fused_linear_kd`` vs the materialised-logits version (``losses.generalized_jsd``).
+
+Times: median of ``--reps`` steps after ``--warmup`` steps, each bracketed by CUDA events.
+MFU counts 6 * (non-embedding params + head) FLOPs per token plus causal attention
+(6 * layers * T * H per token), over a measured bf16 matmul rate and the 989 TFLOP/s datasheet.
+
+    PYTHONPATH=src python benchmarks/train_step.py --out train_step.json
+    PYTHONPATH=src python benchmarks/train_step.py --tiny   # CPU smoke run of the same code
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+import time
+
+import torch
+
+from potstill.train import fused_head as FH
+from potstill.train import losses as L
+
+STUDENT = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+               num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192, rope_theta=100000.0,
+               rms_norm_eps=1e-5, tie_word_embeddings=True)
+TEACHER = dict(vocab_size=49152, hidden_size=2048, intermediate_size=8192, num_hidden_layers=24,
+               num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=8192, rope_theta=130000.0,
+               rms_norm_eps=1e-5, tie_word_embeddings=True)
+TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True)
+DATASHEET_TFLOPS = 989.0  # H100 SXM dense bf16
+
+
+def build(shape: dict, device: str, dtype: torch.dtype, seed: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(**shape, attn_implementation="sdpa")
+    with torch.device(device):  # initialise on the GPU: a 1.7B model's CPU init alone takes tens of seconds
+        return LlamaForCausalLM(cfg).to(dtype=dtype)
+
+
+def flops_per_token(shape: dict, T: int) -> float:
+    H, L_, V, I = shape["hidden_size"], shape["num_hidden_layers"], shape["vocab_size"], shape["intermediate_size"]
+    kv = H * shape["num_key_value_heads"] // shape["num_attention_heads"]
+    per_layer = H * H * 2 + H * kv * 2 + 3 * H * I  # q, o, k, v, gate/up/down
+    return 6 * (L_ * per_layer + V * H) + 6 * L_ * T * H
+
+
+def hf_loss(model, ids):
+    return model(input_ids=ids, labels=ids).loss
+
+
+def potstill_loss(body):
+    def f(model, ids):
+        h = body(input_ids=ids).last_hidden_state
+        return FH.fused_linear_cross_entropy(h[:, :-1], model.lm_head.weight, ids[:, 1:])
+    return f
+
+
+def timed_steps(step, batches, warmup, reps, device):
+    """Median seconds per step; ``step(batch) -> loss``. Returns (median_s, spread, losses, peak GiB)."""
+    for i in range(warmup):
+        step(batches[i % len(batches)])
+    sync(device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times, losses = [], []
+    for i in range(reps):
+        b = batches[(warmup + i) % len(batches)]
+        if device == "cuda":
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            loss = step(b)
+            e.record()
+            e.synchronize()
+            times.append(s.elapsed_time(e) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            loss = step(b)
+            times.append(time.perf_counter() - t0)
+        losses.append(float(loss))
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+    return statistics.median(times), (min(times), max(times)), losses, peak
+
+
+def sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_tflops(device) -> float | None:
+    if device != "cuda":
+        return None
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    s.record()
+    for _ in range(20):
+        a @ b
+    e.record()
+    e.synchronize()
+    return 2 * 8192**3 * 20 / (s.elapsed_time(e) / 1e3) / 1e12
+
+
+def sft_bench(args, device, dt, shape, results, B, names):
+    T = args.seq
+    g = torch.Generator(device="cpu").manual_seed(1)
+    batches = [torch.randint(0, shape["vocab_size"], (B, T), generator=g).to(device) for _ in range(4)]
+    fpt = flops_per_token(shape, T)
+    variants = [("hf", None), ("potstill", None), ("potstill+compile", "compile")]
+    first = {}
+    for name, mode in variants:
+        if name in args.skip or name not in names:
+            continue
+        model = build(shape, device, dt, seed=0).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
+        if name == "hf":
+            loss_fn = hf_loss
+        else:
+            body = model.model
+            if mode == "compile":
+                body = torch.compile(body, dynamic=False, mode=args.compile_mode)
+            loss_fn = potstill_loss(body)
+        # Same init + same first batch: the first losses must agree (before any update).
+        with torch.no_grad():
+            first[name] = float(loss_fn(model, batches[0]))
+
+        def step(ids, model=model, opt=opt, loss_fn=loss_fn):
+            loss = loss_fn(model, ids)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            return loss.detach()
+
+        t_compile = time.perf_counter()
+        try:
+            med, spread, losses, peak = timed_steps(step, batches, args.warmup, args.reps, device)
+        except torch.OutOfMemoryError:
+            results["sft"].append({"variant": name, "batch": B, "oom": True})
+            continue
+        finally:
+            t_total = time.perf_counter() - t_compile
+        row = {"variant": name, "batch": B, "seq": T, "step_ms": med * 1e3,
+               "step_ms_min_max": [spread[0] * 1e3, spread[1] * 1e3], "tokens_per_s": B * T / med,
+               "peak_gib": peak, "first_loss": first[name], "losses": losses, "wall_s_incl_warmup": t_total,
+               "model_tflops": fpt * B * T / med / 1e12}
+        results["sft"].append(row)
+        print(f"sft B={B} {name:18s} {row['step_ms']:8.1f} ms  {row['tokens_per_s']:10.0f} tok/s  peak {peak} GiB  "
+              f"first loss {first[name]:.5f}  last {losses[-1]:.5f}", flush=True)
+        del model, opt, step
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+
+
+def kd_bench(args, device, dt, s_shape, t_shape, results, compiled=False):  # noqa: C901
+    B, T = args.kd_batch, args.seq
+    g = torch.Generator(device="cpu").manual_seed(2)
+    batches = [torch.randint(0, s_shape["vocab_size"], (B, T), generator=g).to(device) for _ in range(4)]
+    teacher = build(t_shape, device, dt, seed=1).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    t_body = torch.compile(teacher.model, dynamic=False, mode=args.compile_mode) if compiled else teacher.model
+    for name in ("potstill_kd", "materialised_kd"):
+        if name in args.skip or (compiled and name == "materialised_kd"):
+            continue
+        student = build(s_shape, device, dt, seed=0).train()
+        s_body = torch.compile(student.model, dynamic=False, mode=args.compile_mode) if compiled else student.model
+        opt = torch.optim.AdamW(student.parameters(), lr=1e-4, fused=device == "cuda")
+
+        def step(ids, student=student, opt=opt, name=name):
+            with torch.no_grad():
+                if name == "potstill_kd":
+                    ht = t_body(input_ids=ids).last_hidden_state
+                else:
+                    tl = teacher(input_ids=ids).logits
+            if name == "potstill_kd":
+                hs = s_body(input_ids=ids).last_hidden_state
+                loss = FH.fused_linear_kd(hs[:, :-1], student.lm_head.weight, ht[:, :-1], teacher.lm_head.weight,
+                                          kind="jsd", beta=0.5)
+            else:
+                sl = student(input_ids=ids).logits
+                loss = L.generalized_jsd(sl[:, :-1], tl[:, :-1], beta=0.5)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            return loss.detach()
+
+        try:
+            med, spread, losses, peak = timed_steps(step, batches, args.warmup, args.reps, device)
+            row = {"variant": name + ("+compile" if compiled else ""), "batch": B, "seq": T, "step_ms": med * 1e3,
+                   "step_ms_min_max": [spread[0] * 1e3, spread[1] * 1e3], "tokens_per_s": B * T / med,
+                   "peak_gib": peak, "losses": losses}
+            print(f"kd  {name:18s} {row['step_ms']:8.1f} ms  {row['tokens_per_s']:10.0f} tok/s  peak {peak} GiB  "
+                  f"first loss {losses[0]:.6f}", flush=True)
+        except torch.OutOfMemoryError:
+            row = {"variant": name + ("+compile" if compiled else ""), "batch": B, "seq": T, "oom": True}
+            print(f"kd  {name}: out of memory", flush=True)
+        results["kd"].append(row)
+        del student, opt, step
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="train_step.json")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--plan", default="hf:16,potstill:16,kd,potstill+compile:16,hf:32,potstill+compile:32",
+                    help="comma-separated sections: VARIANT:BATCH (hf, potstill, potstill+compile), kd, kd+compile")
+    ap.add_argument("--compile-mode", default=None, help="torch.compile mode (default: inductor's default)")
+    ap.add_argument("--kd-batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=1024)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--skip", nargs="*", default=[])
+    ap.add_argument("--tiny", action="store_true", help="tiny shapes on CPU: checks the script runs")
+    args = ap.parse_args()
+    device = "cpu" if args.tiny or not torch.cuda.is_available() else "cuda"
+    dt = torch.float32 if device == "cpu" else torch.bfloat16
+    s_shape, t_shape = (TINY, {**TINY, "hidden_size": 96, "num_attention_heads": 4}) if args.tiny else (STUDENT, TEACHER)
+    if args.tiny:
+        args.batch, args.kd_batch, args.seq, args.warmup, args.reps = 2, 2, 64, 1, 2
+    results = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
+               "transformers": __import__("transformers").__version__, "matmul_tflops": matmul_tflops(device),
+               "datasheet_tflops": DATASHEET_TFLOPS, "flops_per_token": flops_per_token(s_shape, args.seq),
+               "sft": [], "kd": [], "argv": sys.argv[1:]}
+    print(f"device {results['device']}, bf16 8192^3 matmul {results['matmul_tflops']} TFLOP/s", flush=True)
+    def save():  # after every section, so a run cut short still leaves its numbers
+        for r in results["sft"]:
+            if not r.get("oom") and results["matmul_tflops"]:
+                r["mfu_measured_peak"] = r["model_tflops"] / results["matmul_tflops"]
+                r["mfu_datasheet"] = r["model_tflops"] / DATASHEET_TFLOPS
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1)
+
+    # Cheap sections first; the compiled variants (compilation takes a while) last.
+    for item in args.plan.split(","):
+        if item.startswith("kd"):
+            kd_bench(args, device, dt, s_shape, t_shape, results, compiled=item == "kd+compile")
+        else:
+            name, b = item.split(":")
+            sft_bench(args, device, dt, s_shape, results, 2 * int(args.tiny) or int(b), [name])
+        save()
+    for r in results["sft"] + results["kd"]:
+        print(r["variant"], r.get("batch"), {k: r.get(k) for k in ("tokens_per_s", "peak_gib", "mfu_datasheet",
+                                                                   "mfu_measured_peak", "first_loss")})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""Training examples, the teacher signals attached to them, and padded or packed batches.
+
+An :class:`Example` is one token sequence: a prompt, then a completion. Three teacher signals can
+ride on it (see ``TrainConfig.kd_signal``):
+
+* ``label_logprobs``: the teacher's distribution over the task's labels (classification). It is
+  read at the position that predicts the first completion token, so it works across tokenizers.
+* ``topk``: per completion token, the teacher's top-k (student id, log-probability) pairs, from
+  a record's ``logprobs`` (what an OpenAI-compatible API returns). See :func:`topk_for_completion`
+  for how API tokens are mapped to student ids and where that stops working.
+* full logits of a local teacher: nothing is stored; the trainer runs the teacher on the batch.
+
+Packing (``pack=True``) concatenates examples into rows of ``max_length`` tokens. Each example's
+``position_ids`` restart at 0 and no 2D attention mask is passed, which is how transformers marks
+packed sequences: with sdpa/eager it builds a block-diagonal causal mask from the position
+resets, with flash-attention it runs varlen kernels. Either way no token attends to another
+example (``tests/train/test_batching.py`` checks packed losses equal unpacked ones).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from potstill.models.prompting import PromptFormat, encode_prompt
+from potstill.records import Record
+from potstill.tasks import Task
+
+IGNORE = -100
+
+
+@dataclass
+class Example:
+    ids: list[int]
+    n_prompt: int
+    teacher_logprobs: list[float] | None = None  # over task labels, for label-level KD
+    # One entry per completion token: (student ids, teacher log-probs) or None (no KD there).
+    topk: list[tuple[list[int], list[float]] | None] | None = None
+    kd_only: bool = False  # on-policy samples: divergence to the teacher, no cross-entropy
+
+
+def _single_id(tok: Any, text: str, cache: dict[str, int | None]) -> int | None:
+    if text not in cache:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        cache[text] = ids[0] if len(ids) == 1 else None
+    return cache[text]
+
+
+def topk_for_completion(tok: Any, completion_ids: list[int], entries: list[dict[str, Any]],
+                        cache: dict[str, int | None] | None = None) -> list[tuple[list[int], list[float]] | None]:
+    """Map an API's per-token ``logprobs`` onto the student's completion token ids.
+
+    ``entries`` is ``[{"token", "logprob", "top": [{"token", "logprob"}]}]``, one per teacher
+    output token. APIs return token *strings*, so a teacher token is mapped to a student id by
+    encoding the string with the student's tokenizer and keeping it only if it is exactly one id.
+    This is exact when teacher and student share a tokenizer (the same model family); otherwise
+    the two tokenizations drift apart. Positions are matched one to one: at the first teacher token
+    whose chosen token is not the student's completion token at that position, KD stops for the
+    rest of the example (those positions keep their cross-entropy). An alternative in ``top`` that
+    does not map to one id (or repeats an id) is dropped, so its probability mass falls into the
+    tail bucket of :func:`potstill.train.losses.teacher_bucket_logprobs` rather than being lost.
+    """
+    cache = {} if cache is None else cache
+    out: list[tuple[list[int], list[float]] | None] = [None] * len(completion_ids)
+    for i, e in enumerate(entries[: len(completion_ids)]):
+        chosen = _single_id(tok, str(e.get("token", "")), cache)
+        if chosen is None or chosen != completion_ids[i]:
+            break
+        ids: list[int] = []
+        lps: list[float] = []
+        for alt in e.get("top") or []:
+            j = _single_id(tok, str(alt.get("token", "")), cache)
+            lp = alt.get("logprob")
+            if j is None or j in ids or lp is None or not math.isfinite(float(lp)):
+                continue
+            ids.append(j)
+            lps.append(float(lp))
+        if chosen not in ids and e.get("logprob") is not None:
+            ids.append(chosen)
+            lps.append(float(e["logprob"]))
+        out[i] = (ids, lps)
+    return out
+
+
+def build_examples(lm: Any, fmt: PromptFormat, task: Task, records: list[Record], max_length: int,
+                   with_topk: bool = False) -> list[Example]:
+    tok = lm.tokenizer
+    out = []
+    cache: dict[str, int | None] = {}
+    for r in records:
+        prompt = encode_prompt(tok, fmt, fmt.query(tok, r.messages), first=True)
+        completion = tok(fmt.completion(tok, task.target(r)), add_special_tokens=False)["input_ids"]
+        # Keep the whole completion; cut the prompt from the left if the pair is too long.
+        keep = max(1, max_length - len(completion))
+        prompt = prompt[-keep:]
+        tlp = None
+        if task.labels and r.label_probs:
+            tlp = [math.log(max(r.label_probs.get(lab, 0.0), 1e-12)) for lab in task.labels]
+        topk = topk_for_completion(tok, completion, r.logprobs, cache) if with_topk and r.logprobs else None
+        out.append(Example(ids=prompt + completion, n_prompt=len(prompt), teacher_logprobs=tlp, topk=topk))
+    return out
+
+
+@dataclass
+class Batch:
+    """Tensors of one (per-process) batch. Target positions follow the causal shift: hidden state
+    ``[b, t]`` predicts token ``[b, t + 1]``, so every ``(B, T - 1)`` tensor is indexed by ``t``."""
+
+    ids: torch.Tensor  # (B, T)
+    attention_mask: torch.Tensor | None  # (B, T); None when packed (position resets mark examples)
+    position_ids: torch.Tensor  # (B, T)
+    ce_targets: torch.Tensor  # (B, T-1) next token, IGNORE where no cross-entropy
+    kd_targets: torch.Tensor  # (B, T-1) next token, IGNORE where no token-level KD (logits/on-policy)
+    topk_mask: torch.Tensor | None  # (B, T-1) next token where top-k data exists, else IGNORE
+    topk_ids: torch.Tensor | None  # (B, T-1, K) student ids, distinct per position
+    topk_lp: torch.Tensor | None  # (B, T-1, K) teacher log-probs, -inf padding
+    label_pos: list[tuple[int, int]] = field(default_factory=list)  # (row, t) predicting the label token
+    label_lp: torch.Tensor | None = None  # (len(label_pos), K labels)
+
+    def counts(self) -> dict[str, int]:
+        return {"ce": int((self.ce_targets != IGNORE).sum()), "kd": int((self.kd_targets != IGNORE).sum()),
+                "topk": 0 if self.topk_mask is None else int((self.topk_mask != IGNORE).sum()),
+                "labels": len(self.label_pos)}
+
+
+def rows_of(batch: list[Example], pack: bool, max_length: int) -> list[list[Example]]:
+    """Unpacked: one example per row. Packed: first-fit into rows of ``max_length`` tokens, in order."""
+    if not pack:
+        return [[e] for e in batch]
+    rows: list[list[Example]] = []
+    fill: list[int] = []
+    for e in batch:
+        for i, used in enumerate(fill):
+            if used + len(e.ids) <= max_length:
+                rows[i].append(e)
+                fill[i] += len(e.ids)
+                break
+        else:
+            rows.append([e])
+            fill.append(len(e.ids))
+    return rows
+
+
+def collate(batch: list[Example], pad: int, device: torch.device, *, pack: bool = False, max_length: int = 0,
+            kd_tokens: bool = False, with_topk: bool = False) -> Batch:
+    """Right-padded (or packed) tensors for ``batch``; ``kd_tokens`` marks every completion token
+    for token-level KD against a local teacher (always on for ``kd_only`` on-policy examples)."""
+    rows = rows_of(batch, pack, max_length)
+    T = max(sum(len(e.ids) for e in row) for row in rows)
+    B = len(rows)
+    ids = torch.full((B, T), pad, dtype=torch.long)
+    mask = torch.zeros((B, T), dtype=torch.long)
+    pos = torch.zeros((B, T), dtype=torch.long)
+    ce = torch.full((B, T), IGNORE, dtype=torch.long)
+    kd = torch.full((B, T), IGNORE, dtype=torch.long)
+    K = 0
+    if with_topk:
+        K = max((len(t[0]) for e in batch if e.topk for t in e.topk if t), default=0)
+    tmask = torch.full((B, T), IGNORE, dtype=torch.long) if K else None
+    tids = torch.zeros((B, T, K), dtype=torch.long) if K else None
+    tlp = torch.full((B, T, K), float("-inf")) if K else None
+    label_pos, label_lp = [], []
+    for b, row in enumerate(rows):
+        o = 0
+        for e in row:
+            n = len(e.ids)
+            ids[b, o : o + n] = torch.tensor(e.ids)
+            mask[b, o : o + n] = 1
+            pos[b, o : o + n] = torch.arange(n)
+            comp = torch.tensor(e.ids[e.n_prompt :])
+            # Labels sit on the token being predicted; shifted below so index t predicts t + 1.
+            if not e.kd_only:
+                ce[b, o + e.n_prompt : o + n] = comp
+            if e.kd_only or kd_tokens:
+                kd[b, o + e.n_prompt : o + n] = comp
+            if K and e.topk:
+                for j, t in enumerate(e.topk):
+                    if t is None:
+                        continue
+                    at = o + e.n_prompt + j - 1  # the position whose hidden state predicts token j
+                    k_ids, k_lp = t
+                    # Padding ids must be distinct from the real ones (the head scatters on them).
+                    spare = (x for x in range(K + len(k_ids)) if x not in k_ids)
+                    tids[b, at] = torch.tensor(k_ids + [next(spare) for _ in range(K - len(k_ids))])
+                    tlp[b, at, : len(k_lp)] = torch.tensor(k_lp)
+                    tmask[b, at] = e.ids[e.n_prompt + j]
+            if e.teacher_logprobs is not None:
+                label_pos.append((b, o + e.n_prompt - 1))
+                label_lp.append(e.teacher_logprobs)
+            o += n
+        if pack and o < T:
+            pos[b, o:] = torch.arange(T - o)  # padding is its own segment: it attends to no example
+    dev = device
+    return Batch(
+        ids=ids.to(dev), attention_mask=None if pack else mask.to(dev), position_ids=pos.to(dev),
+        ce_targets=ce[:, 1:].to(dev), kd_targets=kd[:, 1:].to(dev),
+        topk_mask=None if tmask is None else tmask[:, :-1].to(dev),
+        topk_ids=None if tids is None else tids[:, :-1].to(dev),
+        topk_lp=None if tlp is None else tlp[:, :-1].to(dev),
+        label_pos=label_pos, label_lp=torch.tensor(label_lp, device=dev) if label_lp else None,
+    )

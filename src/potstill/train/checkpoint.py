@@ -1,0 +1,85 @@
+"""Checkpoints that resume exactly: the loss curve after a kill equals the one without.
+
+A checkpoint holds everything the next step depends on: the trainable weights, the optimizer and
+scheduler state, the Python shuffle RNG and the not-yet-consumed part of the epoch order, and the
+torch RNG states (dropout, on-policy sampling). It is written to a temp directory and renamed
+into place, so a kill during the save leaves the previous checkpoint intact, and it carries the
+fingerprint of the settings and data: a checkpoint from other settings is never resumed.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+NAME = "step-{:08d}"
+
+
+def _trainable_state(model: Any) -> dict[str, torch.Tensor]:
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k in names}
+
+
+def save(ckpt_dir: Path, step: int, fingerprint: str, model: Any, opt: Any, sched: Any, rng: random.Random,
+         order: list[int], extra: dict[str, Any]) -> Path:
+    """Write ``ckpt_dir/step-N`` atomically and drop older checkpoints (only the latest is kept)."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=ckpt_dir, prefix=".tmp-"))
+    try:
+        torch.save(_trainable_state(model), tmp / "model.pt")
+        torch.save({"opt": opt.state_dict(), "sched": sched.state_dict()}, tmp / "optim.pt")
+        state = {"step": step, "fingerprint": fingerprint, "order": list(order), "py_rng": rng.getstate(),
+                 "torch_rng": torch.get_rng_state(),
+                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None, **extra}
+        with open(tmp / "state.pkl", "wb") as f:
+            pickle.dump(state, f)
+        out = ckpt_dir / NAME.format(step)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in ckpt_dir.glob("step-*"):
+        if old != out:
+            shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+def latest(ckpt_dir: Path, fingerprint: str) -> Path | None:
+    """The newest complete checkpoint written with these settings, or None."""
+    for d in sorted(ckpt_dir.glob("step-*"), reverse=True):
+        try:
+            with open(d / "state.pkl", "rb") as f:
+                state = pickle.load(f)
+        except (OSError, pickle.UnpicklingError, EOFError):
+            continue
+        if state.get("fingerprint") == fingerprint:
+            return d
+    return None
+
+
+def load(path: Path, model: Any, opt: Any, sched: Any, rng: random.Random) -> dict[str, Any]:
+    """Restore a checkpoint in place; returns its state (``step``, ``order`` and the extras)."""
+    weights = torch.load(path / "model.pt", map_location="cpu")
+    missing = set(weights) - set(model.state_dict())
+    if missing:
+        raise ValueError(f"checkpoint {path} does not fit this model ({len(missing)} unknown tensors)")
+    model.load_state_dict(weights, strict=False)
+    optim = torch.load(path / "optim.pt", map_location="cpu", weights_only=False)
+    opt.load_state_dict(optim["opt"])
+    sched.load_state_dict(optim["sched"])
+    with open(path / "state.pkl", "rb") as f:
+        state = pickle.load(f)
+    rng.setstate(state["py_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    if state.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return state

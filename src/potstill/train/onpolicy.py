@@ -1,0 +1,48 @@
+"""On-policy distillation (GKD, Agarwal et al. 2024, "On-Policy Distillation of Language Models").
+
+With probability ``lambda`` (``TrainConfig.onpolicy_fraction``) a batch keeps its prompts but
+replaces the teacher's completions with the student's own samples; a local teacher then scores
+those samples token by token and the loss is the divergence between the two next-token
+distributions at every sampled position (no cross-entropy: there is no reference text). Training
+on its own samples removes the train/inference mismatch of plain KD, where the student only ever
+sees teacher prefixes. Sampling uses the global torch RNG, which checkpoints save, so a resumed
+run draws the same samples.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from potstill.train.batching import Example
+
+
+@torch.no_grad()
+def sample_batch(model: Any, batch: list[Example], pad: int, eos: int | None, max_new_tokens: int,
+                 temperature: float, device: torch.device) -> list[Example]:
+    """Student samples for the prompts of ``batch`` as ``kd_only`` examples (ending at EOS if drawn)."""
+    prompts = [e.ids[: e.n_prompt] for e in batch]
+    P = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), P), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), P), dtype=torch.long)
+    for i, p in enumerate(prompts):  # left padding, so every row continues from its last column
+        ids[i, P - len(p) :] = torch.tensor(p)
+        mask[i, P - len(p) :] = 1
+    was_training = model.training
+    model.eval()
+    try:
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True,
+                             temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
+                             pad_token_id=pad, eos_token_id=eos)
+    finally:
+        model.train(was_training)
+    samples = []
+    for p, row in zip(prompts, out[:, P:].tolist()):
+        gen = []
+        for t in row:
+            gen.append(t)
+            if t == eos:
+                break
+        samples.append(Example(ids=p + gen, n_prompt=len(p), kd_only=True))
+    return samples

@@ -1,0 +1,76 @@
+"""Packing leaks no attention across examples; API top-k tokens map onto student ids."""
+
+import pytest
+import torch
+
+from potstill.models.loading import load_lm
+from potstill.train.batching import Example, collate, rows_of, topk_for_completion
+from potstill.train.trainer import LossSpec, _LossModule, fused_head_ok
+
+
+def _examples(vocab: int, lengths: list[int], seed: int = 0) -> list[Example]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for n in lengths:
+        ids = torch.randint(5, vocab, (n,), generator=g).tolist()
+        out.append(Example(ids=ids, n_prompt=max(1, n // 2)))
+    return out
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_loss_equals_unpacked(tiny_model, attn):
+    lm = load_lm(str(tiny_model))
+    lm.model.set_attn_implementation(attn)
+    module = _LossModule(lm.model, lm.model)
+    spec = LossSpec("forward_kl", 0.5, 0.1, 1.0, None, fused_head_ok(lm.model))
+    ex = _examples(lm.model.config.vocab_size, [7, 12, 5, 9, 16, 3])
+    pad = lm.tokenizer.pad_token_id
+    packed = collate(ex, pad, lm.device, pack=True, max_length=32)
+    assert packed.ids.shape[0] < len(ex)  # several examples really share a row
+    with torch.no_grad():
+        p = module(packed, spec)["ce"]
+        u = module(collate(ex, pad, lm.device), spec)["ce"]
+        # The same sum, one example at a time (no padding at all).
+        one = sum(module(collate([e], pad, lm.device), spec)["ce"] for e in ex)
+    assert packed.counts()["ce"] == sum(len(e.ids) - e.n_prompt for e in ex)
+    torch.testing.assert_close(p, one, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(u, one, rtol=1e-5, atol=1e-5)
+    # Control: the same rows with one causal mask over the whole row give another loss.
+    leaky = collate(ex, pad, lm.device, pack=True, max_length=32)
+    leaky.position_ids = torch.arange(leaky.ids.shape[1]).expand_as(leaky.ids)
+    with torch.no_grad():
+        assert abs(float(module(leaky, spec)["ce"]) - float(one)) > 1e-3
+
+
+def test_rows_of_first_fit():
+    ex = [Example(ids=[1] * n, n_prompt=1) for n in (10, 10, 5, 20, 6)]
+    rows = rows_of(ex, True, 21)
+    assert [[len(e.ids) for e in r] for r in rows] == [[10, 10], [5, 6], [20]]
+    assert all(sum(len(e.ids) for e in r) <= 21 for r in rows)
+
+
+def test_topk_mapping_stops_where_tokenizations_diverge(tiny_model):
+    tok = load_lm(str(tiny_model)).tokenizer
+    comp = tok("the team won", add_special_tokens=False)["input_ids"]
+    won = tok("won", add_special_tokens=False)["input_ids"]
+    assert won == [tok.unk_token_id]  # "won" is not in the tiny vocabulary
+    entries = [
+        {"token": " the", "logprob": -0.1, "top": [{"token": " the", "logprob": -0.1}, {"token": " a", "logprob": -2.5},
+                                                   {"token": " zzz qq", "logprob": -4.0}]},
+        {"token": " team", "logprob": -0.3, "top": [{"token": " star", "logprob": -1.5}]},
+        {"token": " match", "logprob": -0.2, "top": []},  # not the student's third token: KD stops here
+    ]
+    out = topk_for_completion(tok, comp, entries)
+    the, a, team, star = (tok.convert_tokens_to_ids(w) for w in ("the", "a", "team", "star"))
+    assert out[0] == ([the, a], [-0.1, -2.5])  # the two-token alternative is dropped (its mass -> tail)
+    assert out[1] == ([star, team], [-1.5, -0.3])  # the chosen token is added when not among the top
+    assert out[2] is None
+
+
+def test_collate_topk_padding_ids_are_distinct(tiny_model):
+    ex = [Example(ids=[2, 3, 4, 5], n_prompt=2, topk=[([9, 0], [-0.5, -1.5]), ([7], [-0.1])])]
+    b = collate(ex, 0, torch.device("cpu"), with_topk=True)
+    # Position 1 predicts completion token 0 (id 4), position 2 predicts token 1 (id 5).
+    assert b.topk_mask.tolist() == [[-100, 4, 5]]
+    assert b.topk_ids[0, 1].tolist() == [9, 0] and b.topk_ids[0, 2, 0] == 7 and b.topk_ids[0, 2, 1] != 7
+    assert b.topk_lp[0, 2, 1] == float("-inf")

@@ -1,0 +1,75 @@
+"""A run killed with SIGKILL and resumed from its checkpoint has the same loss curve as one never killed."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from potstill.config import TaskConfig, TrainConfig
+from potstill.models.loading import load_lm
+from potstill.records import Record
+from potstill.students import student_format
+from potstill.tasks import get_task
+from potstill.train.trainer import train
+
+TEXTS = ["the team won the match", "new phone software", "the minister and the party", "a goal in the game",
+         "the internet and computer", "a vote in the election", "the bank profit", "a film star"]
+LABELS = ["sports", "tech", "politics", "business", "entertainment"]
+
+
+def run(model_dir: str, out: str) -> dict:
+    """Nine steps of SFT + label KD with a checkpoint every 3 steps and dropout on (so the RNG matters)."""
+    task = get_task(TaskConfig(type="classification", labels=LABELS))
+    records = [Record(messages=[{"role": "user", "content": t}], output=LABELS[i % 5], valid=True,
+                      label_probs={lab: (0.6 if j == i % 5 else 0.1) for j, lab in enumerate(LABELS)})
+               for i, t in enumerate(TEXTS)]
+    lm = load_lm(model_dir)
+    lm.model.config.attention_dropout = 0.2
+    for layer in lm.model.model.layers:
+        layer.self_attn.attention_dropout = 0.2
+    cfg = TrainConfig(objective="kd", lr=0.01, batch_size=3, epochs=3, warmup_steps=2, seed=3, checkpoint_every=3)
+    out = Path(out)
+    return train(lm, student_format(lm, task), task, records, records[:2], cfg, 64, out / "student",
+                 out / "metrics.jsonl")
+
+
+def _curve(out: Path) -> list[tuple]:
+    return [(r["step"], r["loss"], r["grad_norm"]) for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]
+
+
+def test_resume_after_kill_reproduces_the_loss_curve(tiny_model, tmp_path):
+    whole = run(str(tiny_model), str(tmp_path / "a"))
+    assert whole["steps"] == 9 and whole["resumed_from_step"] is None
+    worker = Path(__file__).with_name("kill_worker.py")
+    proc = subprocess.run([sys.executable, str(worker), str(tiny_model), str(tmp_path / "b"), "5"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]  # killed by SIGKILL during step 5
+    assert len(_curve(tmp_path / "b")) == 4 and not (tmp_path / "b" / "student").exists()
+    assert [p.name for p in (tmp_path / "b" / "student.ckpt").iterdir()] == ["step-00000003"]
+    resumed = run(str(tiny_model), str(tmp_path / "b"))
+    assert resumed["resumed_from_step"] == 3
+    assert _curve(tmp_path / "b") == _curve(tmp_path / "a")  # exact: same floats at every step
+    assert not (tmp_path / "b" / "student.ckpt").exists()  # a finished run drops its checkpoints
+    a = load_lm(str(tmp_path / "a" / "student")).model.state_dict()
+    b = load_lm(str(tmp_path / "b" / "student")).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoint_from_other_settings_is_not_resumed(tiny_model, tmp_path):
+    import random
+
+    from potstill.train import checkpoint
+
+    task = get_task(TaskConfig(type="classification", labels=LABELS))
+    records = [Record(messages=[{"role": "user", "content": t}], output="tech", valid=True) for t in TEXTS]
+    lm = load_lm(str(tiny_model))
+    opt = torch.optim.AdamW(lm.model.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    checkpoint.save(tmp_path / "student.ckpt", 6, "other settings", lm.model, opt, sched, random.Random(0), [],
+                    {"tokens": 0, "elapsed_s": 0.0})
+    cfg = TrainConfig(lr=0.02, batch_size=3, epochs=3, seed=3, checkpoint_every=3)
+    summary = train(lm, student_format(lm, task), task, records, [], cfg, 64, tmp_path / "student",
+                    tmp_path / "metrics.jsonl")
+    assert summary["resumed_from_step"] is None and summary["steps"] == 9

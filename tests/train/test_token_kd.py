@@ -1,0 +1,145 @@
+"""Token-level KD on tiny models: full logits of a local teacher, API-style top-k, and on-policy."""
+
+import json
+
+import pytest
+import torch
+
+from potstill.config import TaskConfig, TrainConfig
+from potstill.errors import PotstillError
+from potstill.models.loading import load_lm
+from potstill.records import Record
+from potstill.students import student_format
+from potstill.tasks import get_task
+from potstill.train.batching import build_examples, collate
+from potstill.train.trainer import train
+
+TEXTS = ["the team won the match", "new phone software", "the minister and the party", "a goal in the game",
+         "the internet and computer", "a vote in the election", "the bank profit and market shares",
+         "a film star and music award"]
+OUTPUTS = ["sports match team", "tech phone software", "politics party vote", "sports goal win",
+           "tech internet computer", "politics election vote", "business bank profit", "entertainment film award"]
+
+
+@pytest.fixture(scope="module")
+def sharp_teacher(tiny_model_b, tmp_path_factory):
+    """sharp_teacher with its final norm scaled 6x: logits 6x larger, so a peaked teacher a random
+    student is far from (two random tiny models are both near uniform, KL ~0.01)."""
+    lm = load_lm(str(tiny_model_b))
+    with torch.no_grad():
+        lm.model.model.norm.weight.mul_(6.0)
+    out = tmp_path_factory.mktemp("sharp") / "model"
+    lm.model.save_pretrained(out)
+    lm.tokenizer.save_pretrained(out)
+    return out
+
+
+def _task():
+    return get_task(TaskConfig(type="freetext", instruction="summary"))
+
+
+def _records():
+    return [Record(messages=[{"role": "user", "content": t}], output=o, valid=True) for t, o in zip(TEXTS, OUTPUTS)]
+
+
+def _teacher_records(teacher_dir):
+    """Records whose output is the teacher's own greedy text, as the generate stage would write them."""
+    t = load_lm(str(teacher_dir))
+    task = _task()
+    out = []
+    for r, e in zip(_records(), build_examples(t, student_format(t, task), task, _records(), 64)):
+        prompt = torch.tensor([e.ids[: e.n_prompt]])
+        gen = t.model.generate(input_ids=prompt, do_sample=False, max_new_tokens=6, pad_token_id=0,
+                               eos_token_id=t.tokenizer.eos_token_id)[0, prompt.shape[1] :]
+        words = [w for w in t.tokenizer.convert_ids_to_tokens(gen.tolist()) if w.isalpha()]
+        out.append(r.model_copy(update={"output": " ".join(words) or "yes"}))
+    return out
+
+
+def token_kl(student_dir, teacher_dir, task, records) -> float:
+    """Mean forward KL(teacher || student) over completion positions, from materialised logits (tiny V)."""
+    s, t = load_lm(str(student_dir)), load_lm(str(teacher_dir))
+    fmt = student_format(s, task)
+    b = collate(build_examples(s, fmt, task, records, 64), s.tokenizer.pad_token_id, s.device, kd_tokens=True)
+    with torch.no_grad():
+        ls = s.model(input_ids=b.ids, attention_mask=b.attention_mask).logits[:, :-1].log_softmax(-1)
+        lt = t.model(input_ids=b.ids, attention_mask=b.attention_mask).logits[:, :-1].log_softmax(-1)
+    kl = (lt.exp() * (lt - ls)).sum(-1)
+    sel = b.kd_targets != -100
+    return float(kl[sel].mean())
+
+
+def _train(tiny_model, tmp_path, records, **kw):
+    lm = load_lm(str(tiny_model))
+    task = _task()
+    cfg = TrainConfig(objective="kd", lr=0.02, batch_size=4, seed=0, **kw)
+    summary = train(lm, student_format(lm, task), task, records, records[:2], cfg, 64, tmp_path / "student",
+                    tmp_path / "metrics.jsonl")
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    return summary, rows
+
+
+def test_logits_kd_lowers_token_kl_to_local_teacher(tiny_model, sharp_teacher, tmp_path):
+    records = _teacher_records(sharp_teacher)
+    before = token_kl(tiny_model, sharp_teacher, _task(), records)
+    summary, rows = _train(tiny_model, tmp_path, records, teacher_model=str(sharp_teacher), kd_weight=10.0, epochs=25)
+    after = token_kl(tmp_path / "student", sharp_teacher, _task(), records)
+    assert summary["kd_signal"] == "logits" and "kd_logits" in rows[0]
+    assert after < 0.5 * before, (before, after)
+
+
+def _teacher_topk(teacher_dir, records, k):
+    """Records' logprobs as an OpenAI-compatible API would return them, from a real teacher's top-k."""
+    t = load_lm(str(teacher_dir))
+    task = _task()
+    ex = build_examples(t, student_format(t, task), task, records, 64)
+    out = []
+    for r, e in zip(records, ex):
+        with torch.no_grad():
+            lp = t.model(input_ids=torch.tensor([e.ids])).logits[0, :-1].log_softmax(-1)
+        entries = []
+        for j in range(e.n_prompt, len(e.ids)):
+            row = lp[j - 1]
+            top = row.topk(k)
+            tokens = t.tokenizer.convert_ids_to_tokens(top.indices.tolist())
+            entries.append({"token": t.tokenizer.convert_ids_to_tokens(e.ids[j]), "logprob": float(row[e.ids[j]]),
+                            "top": [{"token": s, "logprob": float(v)} for s, v in zip(tokens, top.values)]})
+        out.append(r.model_copy(update={"logprobs": entries}))
+    return out
+
+
+def test_topk_kd_from_api_logprobs_lowers_token_kl(tiny_model, sharp_teacher, tmp_path):
+    records = _teacher_topk(sharp_teacher, _teacher_records(sharp_teacher), k=16)
+    before = token_kl(tiny_model, sharp_teacher, _task(), records)
+    summary, rows = _train(tiny_model, tmp_path, records, kd_weight=10.0, epochs=25)
+    after = token_kl(tmp_path / "student", sharp_teacher, _task(), records)
+    assert summary["kd_signal"] == "topk" and rows[0]["kd_topk"] > 0
+    assert after < 0.6 * before, (before, after)
+
+
+def test_onpolicy_batches_lower_kd_on_student_samples(tiny_model, sharp_teacher, tmp_path):
+    records = _teacher_records(sharp_teacher)
+    # lambda = 1: every batch is the student's own samples, scored by the teacher (pure GKD).
+    summary, rows = _train(tiny_model, tmp_path / "gkd", records, teacher_model=str(sharp_teacher),
+                           onpolicy_fraction=1.0, onpolicy_max_new_tokens=6, epochs=16)
+    assert all(r["onpolicy"] and "ce" not in r for r in rows)  # samples have no reference text
+    first, last = sum(r["kd"] for r in rows[:4]) / 4, sum(r["kd"] for r in rows[-4:]) / 4
+    assert last < 0.7 * first, (first, last)
+    # lambda = 0.5 mixes both kinds of batch.
+    _, rows = _train(tiny_model, tmp_path / "mix", records, teacher_model=str(sharp_teacher), onpolicy_fraction=0.5,
+                     onpolicy_max_new_tokens=4, kd_kind="jsd", epochs=4)
+    on = [r for r in rows if r["onpolicy"]]
+    off = [r for r in rows if not r["onpolicy"]]
+    assert on and off and all("ce" in r and r["kd_logits"] > 0 for r in off)
+
+
+def test_bad_kd_settings_are_clear_errors(tiny_model, tmp_path):
+    lm = load_lm(str(tiny_model))
+    task = _task()
+    for cfg, msg in [(TrainConfig(onpolicy_fraction=0.5), "needs train.teacher_model"),
+                     (TrainConfig(objective="kd", kd_signal="logits"), "needs train.teacher_model"),
+                     (TrainConfig(objective="kd", kd_signal="topk"), "no training record carries logprobs"),
+                     (TrainConfig(method="qlora"), "qlora needs a CUDA GPU")]:
+        with pytest.raises(PotstillError, match=msg):
+            train(lm, student_format(lm, task), task, _records(), [], cfg, 64, tmp_path / "s", tmp_path / "m.jsonl")
+    assert not (tmp_path / "s").exists()
