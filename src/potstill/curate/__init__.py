@@ -1,34 +1,36 @@
-"""Curate: validate teacher outputs, drop duplicates, split, and write a dataset card.
+"""Curate: decide which teacher outputs the student may learn from, split them, and say why.
 
-- Invalid records (teacher errors, answers outside the label set, schema violations) go to
-  ``rejected.jsonl`` with their reason; they are never trained on.
-- Exact duplicates (after lower-casing and whitespace folding) keep their first occurrence, so
-  no input can sit on both sides of the train/test border.
-- Splits are assigned by a seeded hash of the normalised input, so a record keeps its split when
-  new records arrive. A fraction (< 1) is a hash threshold; a count (>= 1) takes the records with
-  the lowest hashes, for an exact size.
+In order, each step counted in the dataset card:
+
+1. Review: a reviewer's reject removes a record, a relabel replaces the teacher's answer
+   (decisions from ``potstill review``, in ``review.sqlite``).
+2. Validation: the task's check (label set; JSON Schema with the failing path) and the length
+   and format rules of ``curate``. Invalid records go to ``rejected.jsonl`` with the reason.
+3. Self-consistency: with n samples, the majority answer becomes the output; records whose
+   majority holds less than ``curate.min_agreement`` of the samples are set aside.
+4. Deduplication of inputs, exact and near (MinHash LSH), keeping the first of each cluster, so
+   no input and none of its near-duplicates sit on both sides of the train/test border.
+5. Stratified, hash-based train/val/test split (see ``potstill.curate.split``).
+6. Mixing: real labelled examples added to train at ``curate.real_ratio``, tagged by source;
+   any that duplicate a teacher input (train, val or test) are dropped first.
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 from potstill.config import Config
+from potstill.curate.card import card_markdown
+from potstill.curate.checks import invalid_reason, majority, teacher_accuracy
+from potstill.curate.dedup import find_duplicates, normalise
+from potstill.curate.split import rank, split
 from potstill.records import Record
+from potstill.review.store import error_rate
+from potstill.tasks import get_task
 
-
-def normalise(text: str) -> str:
-    return re.sub(r"\s+", " ", text).strip().lower()
-
-
-def _rank(text: str, seed: int) -> float:
-    """A uniform number in [0, 1) fixed by the input text and the seed."""
-    digest = hashlib.sha256(f"{seed}:{normalise(text)}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
+__all__ = ["Curated", "card_markdown", "curate", "normalise", "split"]
 
 
 @dataclass
@@ -40,78 +42,174 @@ class Curated:
     card: dict[str, Any]
 
 
-def split(records: list[Record], val: float, test: float, seed: int) -> tuple[list[Record], list[Record], list[Record]]:
-    ranked = sorted(records, key=lambda r: _rank(r.text, seed))
-    if test >= 1 or val >= 1:
-        n_test = int(test) if test >= 1 else round(test * len(ranked))
-        n_val = int(val) if val >= 1 else round(val * len(ranked))
-        return ranked[n_test + n_val :], ranked[n_test : n_test + n_val], ranked[:n_test]
-    tr, va, te = [], [], []
-    for r in ranked:
-        u = _rank(r.text, seed)
-        (te if u < test else va if u < test + val else tr).append(r)
-    return tr, va, te
+def _reject(rec: Record, reason: str) -> Record:
+    out = rec.model_copy(deep=True)
+    out.valid, out.invalid_reason = False, reason
+    return out
 
 
-def curate(cfg: Config, records: list[Record]) -> Curated:
+def _apply_review(rec: Record, d: dict[str, Any], labels: list[str]) -> Record:
+    rec = rec.model_copy(deep=True)
+    rec.meta["review"] = d["decision"]
+    if d["decision"] == "relabel":
+        rec.meta["teacher_output"] = rec.output
+        rec.output, rec.samples = d["label"], None
+        if rec.label_probs is not None and labels:
+            # The reviewer is certain: the soft label becomes one-hot, so KD does not pull back
+            # towards the teacher's mistake.
+            rec.label_probs = {lab: float(lab == d["label"]) for lab in labels}
+    return rec
+
+
+def curate(cfg: Config, records: list[Record], decisions: dict[str, dict[str, Any]] | None = None,
+           real: list[Record] | None = None) -> Curated:
     c = cfg.curate
+    task = get_task(cfg.task)
+    decisions = decisions if c.review else {}
+    decisions = decisions or {}
     counts: dict[str, int] = {"input": len(records)}
-    rejected = [r for r in records if not r.valid]
-    valid = [r for r in records if r.valid]
-    counts["invalid"] = len(rejected)
-    if c.dedup:
-        seen: set[str] = set()
-        kept = []
-        for r in valid:
-            key = normalise(r.text)
-            if key in seen:
-                dup = r.model_copy(deep=True)
-                dup.valid, dup.invalid_reason = False, "exact duplicate input"
-                rejected.append(dup)
-                continue
-            seen.add(key)
+    rejected: list[Record] = []
+    accuracy = teacher_accuracy(records, task)
+
+    # 1. review
+    kept = []
+    for r in records:
+        d = decisions.get(r.id)
+        if d is None:
             kept.append(r)
-        counts["duplicates"] = len(valid) - len(kept)
-        valid = kept
-    train, val, test = split(valid, c.val, c.test, c.seed)
+        elif d["decision"] == "reject":
+            rejected.append(_reject(r, "review: rejected by a reviewer"))
+        else:
+            kept.append(_apply_review(r, d, cfg.task.labels))
+    counts["review_rejected"] = len(records) - len(kept)
+
+    # 2. validation
+    valid = []
+    for r in kept:
+        reason = invalid_reason(r, task, c)
+        if reason is None:
+            r = r.model_copy(deep=True)
+            r.valid, r.invalid_reason = True, None
+            valid.append(r)
+        else:
+            rejected.append(_reject(r, reason))
+    counts["invalid"] = len(kept) - len(valid)
+
+    # 3. self-consistency (a reviewer's decision outranks the vote)
+    consistent = []
+    for r in valid:
+        vote = None if "review" in r.meta else majority(r, task)
+        if vote is not None:
+            text, agreement = vote
+            r.meta["agreement"] = round(agreement, 4)
+            if agreement < c.min_agreement:
+                rejected.append(_reject(r, f"self-consistency: agreement {agreement:.2f} < {c.min_agreement:.2f}"))
+                continue
+            if text != r.output:
+                r.meta["first_output"] = r.output
+                r.output = text
+        consistent.append(r)
+    counts["inconsistent"] = len(valid) - len(consistent)
+
+    # 4. duplicates, teacher records first so a real example never evicts one
+    real_ok, real_rejected = _prepare_real(real or [], task, c)
+    pool = consistent + real_ok
+    dups = find_duplicates([r.text for r in pool], near=c.near_dup, threshold=c.near_dup_threshold, seed=c.seed) \
+        if c.dedup else None
+    survivors = []
+    for i, r in enumerate(pool):
+        if dups is not None and i in dups.of:
+            twin = pool[dups.of[i]]
+            rejected.append(_reject(r, f"{dups.kind[i]} duplicate input: of {twin.id} (similarity "
+                                       f"{dups.similarity[i]:.2f})"))
+            continue
+        survivors.append(r)
+    teacher_kept = [r for r in survivors if r.meta.get("source") != "real"]
+    real_kept = [r for r in survivors if r.meta.get("source") == "real"]
+    kinds = Counter(dups.kind[i] for i in dups.of if i < len(consistent)) if dups else Counter()
+    counts["duplicates_exact"], counts["duplicates_near"] = kinds["exact"], kinds["near"]
+    counts["duplicates"] = kinds["exact"] + kinds["near"]
+    if real:
+        counts["real_duplicates"] = sum(1 for i in (dups.of if dups else {}) if i >= len(consistent))
+
+    # 5. split
+    def stratum(r: Record) -> str:
+        # The teacher's own answer, even after a relabel: a review decision never changes a stratum.
+        lab = task.parse(r.meta.get("teacher_output") or r.output or "") if cfg.task.labels else ""
+        return f"{lab}|{','.join(sorted(r.slice))}"
+
+    for r in teacher_kept:
+        r.meta.setdefault("source", "teacher")
+    train, val, test = split(teacher_kept, c.val, c.test, c.seed, stratum)
     if c.max_train is not None:
         train = train[: c.max_train]
-    counts.update(train=len(train), val=len(val), test=len(test))
-    reasons = Counter((r.invalid_reason or "").split(":")[0] for r in rejected)
-    teacher_labels = Counter(r.output for r in valid) if cfg.task.labels else None
-    card = {
-        "counts": counts,
-        "rejected_reasons": dict(reasons),
-        "teacher_label_distribution": dict(teacher_labels) if teacher_labels else None,
-        "teacher": {"type": cfg.teacher.type, "model": cfg.teacher.model, "terms_of_use": cfg.teacher.terms or "not given"},
-        "inputs": {"path": cfg.data.inputs, "source": cfg.data.source, "license": cfg.data.license},
-        "split": {"val": c.val, "test": c.test, "seed": c.seed, "method": "seeded hash of the normalised input"},
-        "review_decisions": None,
-    }
+
+    # 6. mixing
+    n_real = min(len(real_kept), round(c.real_ratio * len(train)))
+    real_kept.sort(key=lambda r: rank(r.text, c.seed))
+    train = train + real_kept[:n_real]
+    counts.update(real_added=n_real, train=len(train), val=len(val), test=len(test))
+    rejected += real_rejected
+
+    card = _card(cfg, counts, rejected, train, val, test, decisions, accuracy, len(real or []), real_rejected)
     return Curated(train=train, val=val, test=test, rejected=rejected, card=card)
 
 
-def card_markdown(card: dict[str, Any]) -> str:
-    c = card["counts"]
-    lines = [
-        "# Dataset card", "",
-        "## Counts at each step", "",
-        "| step | records |", "|---|---|",
-        *[f"| {k} | {v} |" for k, v in c.items()], "",
-    ]
-    if card["rejected_reasons"]:
-        lines += ["## Rejected", "", *[f"- {k or 'unknown'}: {v}" for k, v in card["rejected_reasons"].items()], ""]
-    if card["teacher_label_distribution"]:
-        lines += ["## Teacher label distribution (valid records)", "",
-                  *[f"- {k}: {v}" for k, v in sorted(card["teacher_label_distribution"].items())], ""]
-    t, i = card["teacher"], card["inputs"]
-    lines += [
-        "## Provenance", "",
-        f"- Teacher: {t['type']} `{t['model']}`",
-        f"- Teacher terms of use: {t['terms_of_use']}",
-        f"- Inputs: {i['source']}",
-        f"- Input licence: {i['license']}",
-        f"- Split: {card['split']['method']} (val={card['split']['val']}, test={card['split']['test']}, seed={card['split']['seed']})",
-        f"- Review decisions: {card['review_decisions'] or 'none'}", "",
-    ]
-    return "\n".join(lines)
+def _prepare_real(real: list[Record], task, c) -> tuple[list[Record], list[Record]]:
+    ok, bad = [], []
+    for r in real:
+        r = r.model_copy(deep=True)
+        if r.output is None and r.label is not None:
+            r.output = r.label
+        r.meta.update(source="real", dataset=c.real_source)
+        reason = invalid_reason(r, task, c) if r.output is not None else "no label or output"
+        if reason is None:
+            r.valid = True
+            ok.append(r)
+        else:
+            bad.append(_reject(r, f"real example: {reason}"))
+    return ok, bad
+
+
+def _card(cfg: Config, counts: dict[str, int], rejected: list[Record], train: list[Record], val: list[Record],
+          test: list[Record], decisions: dict[str, dict[str, Any]], accuracy: dict[str, Any] | None,
+          n_real: int, real_rejected: list[Record]) -> dict[str, Any]:
+    task = get_task(cfg.task)
+    reasons = Counter((r.invalid_reason or "").split(":")[0] for r in rejected)
+
+    def dist(rs: list[Record]) -> dict[str, int]:
+        return dict(sorted(Counter(str(task.parse(r.output or "")) for r in rs).items()))
+
+    labels = None
+    if cfg.task.labels:
+        labels = {"train": dist(train), "val": dist(val), "test": dist(test)}
+    sources = [{"name": "inputs", "path": cfg.data.inputs, "source": cfg.data.source, "license": cfg.data.license,
+                "labelled_by": "teacher", "records": counts["input"]}]
+    if cfg.curate.real_data or n_real:
+        sources.append({"name": "real", "path": cfg.curate.real_data, "source": cfg.curate.real_source,
+                        "license": cfg.curate.real_license, "labelled_by": "people (real labels)",
+                        "records": n_real, "added_to_train": counts["real_added"]})
+    review = None
+    if decisions:
+        kinds = Counter(d["decision"] for d in decisions.values())
+        review = {"decisions": len(decisions), **{k: kinds.get(k, 0) for k in ("accept", "reject", "relabel")},
+                  "teacher_error_rate": round(error_rate(decisions) or 0.0, 4)}
+    c = cfg.curate
+    return {
+        "counts": counts,
+        "rejected_reasons": dict(reasons),
+        "teacher_label_distribution": dict(Counter(str(task.parse(r.output or "")) for r in train + val + test
+                                                   if r.meta.get("source") != "real")) if cfg.task.labels else None,
+        "label_distribution": labels,
+        "teacher_accuracy": accuracy,
+        "teacher": {"type": cfg.teacher.type, "model": cfg.teacher.model, "terms_of_use": cfg.teacher.terms or "not given"},
+        "inputs": {"path": cfg.data.inputs, "source": cfg.data.source, "license": cfg.data.license},
+        "sources": sources,
+        "task": {"type": cfg.task.type, "labels": cfg.task.labels, "instruction": cfg.task.instruction},
+        "filters": {"dedup": c.dedup, "near_dup": c.near_dup, "near_dup_threshold": c.near_dup_threshold,
+                    "min_agreement": c.min_agreement, "min_output_chars": c.min_output_chars,
+                    "max_output_chars": c.max_output_chars, "output_regex": c.output_regex},
+        "split": {"val": c.val, "test": c.test, "seed": c.seed,
+                  "method": "seeded hash of the normalised input, stratified by teacher label and slice"},
+        "review_decisions": review,
+    }

@@ -8,7 +8,8 @@ from potstill.config import Config
 from potstill.curate import card_markdown, curate
 from potstill.errors import PotstillError
 from potstill.progress import say
-from potstill.records import read_records, write_json, write_jsonl
+from potstill.records import read_records, write_json, write_jsonl, write_text
+from potstill.review.store import load_decisions
 from potstill.rundir import RunDir
 from potstill.stage import run_stage
 
@@ -19,19 +20,25 @@ def curate_stage(cfg: Config, force: bool = False) -> dict[str, Any]:
     run = RunDir(cfg.run_dir)
     settings = {"curate": cfg.curate.model_dump(), "task": cfg.task.model_dump(),
                 "provenance": [cfg.data.source, cfg.data.license, cfg.teacher.terms]}
+    # review.sqlite is an input: a new decision reruns curate (and so train and evaluate).
+    inputs = [run / "teacher.jsonl", run / "review.sqlite"]
+    if cfg.curate.real_data:
+        inputs.append(cfg.curate.real_data)
 
     def body(run: RunDir) -> dict[str, Any]:
         if not (run / "teacher.jsonl").exists():
             raise PotstillError(f"{run / 'teacher.jsonl'} not found: run `potstill generate` first")
-        c = curate(cfg, read_records(run / "teacher.jsonl"))
+        real = read_records(cfg.curate.real_data) if cfg.curate.real_data else None
+        decisions = load_decisions(run / "review.sqlite") if cfg.curate.review else {}
+        c = curate(cfg, read_records(run / "teacher.jsonl"), decisions, real)
+        if not c.train:
+            raise PotstillError("curate: no valid training records left (see the reasons in card.json)")
         for name, rows in (("train", c.train), ("val", c.val), ("test", c.test), ("rejected", c.rejected)):
             write_jsonl(run / f"{name}.jsonl", rows)
         write_json(run / "card.json", c.card)
-        (run / "card.md").write_text(card_markdown(c.card))
+        write_text(run / "card.md", card_markdown(c.card))
         counts = c.card["counts"]
         say("curate: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
-        if not c.train:
-            raise PotstillError("curate: no valid training records left (see rejected.jsonl for the reasons)")
         return counts
 
-    return run_stage("curate", cfg, settings, [run / "teacher.jsonl"], OUTPUTS, body, force)
+    return run_stage("curate", cfg, settings, inputs, OUTPUTS, body, force)

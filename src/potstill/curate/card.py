@@ -1,0 +1,50 @@
+"""The dataset card as Markdown (its JSON twin is ``card.json``, the dict itself)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _table(head: list[str], rows: list[list[Any]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *["| " + " | ".join(map(str, r)) + " |" for r in rows], ""]
+
+
+def card_markdown(card: dict[str, Any]) -> str:
+    c = card["counts"]
+    lines = ["# Dataset card", "", "## Counts at each step", "", *_table(["step", "records"], [[k, v] for k, v in c.items()])]
+    if card.get("rejected_reasons"):
+        lines += ["## Set aside (never trained on)", "", *[f"- {k or 'unknown'}: {v}" for k, v in card["rejected_reasons"].items()], ""]
+    dist = card.get("label_distribution")
+    if dist:
+        labels = sorted({k for split in dist.values() for k in split})
+        lines += ["## Label distribution", "",
+                  *_table(["label", "train", "val", "test"], [[lab, *(dist[s].get(lab, 0) for s in ("train", "val", "test"))] for lab in labels])]
+    elif card.get("teacher_label_distribution"):
+        lines += ["## Teacher label distribution (kept records)", "",
+                  *[f"- {k}: {v}" for k, v in sorted(card["teacher_label_distribution"].items())], ""]
+    acc = card.get("teacher_accuracy")
+    if acc:
+        lines += ["## Where the teacher is weak (vs gold labels)", "",
+                  f"Teacher accuracy on {acc['n']} records with a gold label: {acc['accuracy']:.1%}. "
+                  "Groups more than 10 points below that (at least 5 records) are marked weak.", ""]
+        for name, key in (("gold label", "per_label"), ("slice", "per_slice")):
+            if acc[key]:
+                lines += _table([name, "records", "teacher accuracy", ""],
+                                [[k, v["n"], f"{v['accuracy']:.1%}", "**weak**" if v["weak"] else ""] for k, v in acc[key].items()])
+    t = card["teacher"]
+    lines += ["## Provenance", "",
+              f"- Teacher: {t['type']} `{t['model']}`",
+              f"- Teacher terms of use: {t['terms_of_use']}"]
+    for s in card.get("sources") or [{"name": "inputs", **card["inputs"]}]:
+        lines.append(f"- Source `{s['name']}` ({s.get('records', '?')} records, labelled by {s.get('labelled_by', 'teacher')}): "
+                     f"{s['source']}; licence: {s['license']}")
+    sp = card["split"]
+    lines += [f"- Split: {sp['method']} (val={sp['val']}, test={sp['test']}, seed={sp['seed']})", ""]
+    r = card.get("review_decisions")
+    lines += ["## Review decisions", ""]
+    if r:
+        lines += [f"{r['decisions']} records reviewed: {r['accept']} accepted, {r['reject']} rejected, "
+                  f"{r['relabel']} relabelled; teacher error rate on the reviewed sample: {r['teacher_error_rate']:.1%}.", ""]
+    else:
+        lines += ["none", ""]
+    return "\n".join(lines)

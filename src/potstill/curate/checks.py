@@ -1,0 +1,88 @@
+"""Validation and self-consistency: which teacher outputs may be trained on.
+
+Validation re-runs the task's own check (label set; JSON Schema, keeping the failing path) and
+adds the configured length and format rules. Self-consistency reads the n ``samples`` of a
+record: the majority answer becomes the output, its share of the samples is the agreement, and
+records below ``curate.min_agreement`` are set aside.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from typing import Any
+
+from potstill.config import CurateConfig
+from potstill.records import Record
+from potstill.tasks import Task
+
+
+def invalid_reason(rec: Record, task: Task, c: CurateConfig) -> str | None:
+    """None when the record may be trained on, else why not (the text before ':' is the card's category)."""
+    if rec.output is None:
+        return rec.invalid_reason or "teacher error: no output"
+    out = rec.output
+    reason = task.validate(task.parse(out))
+    if reason is not None:
+        return reason  # the answer itself stays on the record, in rejected.jsonl
+    if len(out.strip()) < c.min_output_chars:
+        return f"too short: {len(out.strip())} < {c.min_output_chars} characters"
+    if c.max_output_chars is not None and len(out) > c.max_output_chars:
+        return f"too long: {len(out)} > {c.max_output_chars} characters"
+    if c.output_regex is not None and re.fullmatch(c.output_regex, out.strip(), flags=re.S) is None:
+        return f"format: output does not match {c.output_regex!r}"
+    return None
+
+
+def _key(parsed: Any) -> str:
+    return json.dumps(parsed, sort_keys=True, ensure_ascii=False, default=str)
+
+
+def majority(rec: Record, task: Task) -> tuple[str, float] | None:
+    """(the majority sample's text, the share of samples that give its answer); None without samples.
+
+    Samples that fail validation count against agreement but never win the vote; ties go to
+    the answer seen first, so the result does not depend on hash order.
+    """
+    if not rec.samples or len(rec.samples) < 2:
+        return None
+    parsed = [task.parse(s) for s in rec.samples]
+    keys = [_key(p) if task.validate(p) is None else None for p in parsed]
+    counts = Counter(k for k in keys if k is not None)
+    if not counts:
+        return rec.samples[0], 0.0
+    top = max(counts.values())
+    winner = next(k for k in keys if k is not None and counts[k] == top)
+    text = rec.samples[keys.index(winner)]
+    return text, top / len(rec.samples)
+
+
+def teacher_accuracy(records: list[Record], task: Task) -> dict[str, Any] | None:
+    """Teacher vs gold, overall, per gold label and per slice; an invalid answer counts as wrong.
+
+    A group is flagged weak when its accuracy is more than 10 points under the overall one and
+    it holds at least 5 records (fewer is noise: one miss in 4 is already 25 points).
+    """
+    scored = []
+    for r in records:
+        gold = task.gold(r)
+        if gold is None or (r.meta.get("source") not in (None, "teacher")):
+            continue
+        ok = 0.0 if r.output is None else task.agree(task.parse(r.output), gold)
+        scored.append((r, ok))
+    if not scored:
+        return None
+    overall = sum(ok for _, ok in scored) / len(scored)
+
+    def groups(key) -> dict[str, dict[str, Any]]:
+        acc: dict[str, list[float]] = {}
+        for r, ok in scored:
+            for k in key(r):
+                acc.setdefault(k, []).append(ok)
+        return {k: {"n": len(v), "accuracy": round(sum(v) / len(v), 4),
+                    "weak": len(v) >= 5 and sum(v) / len(v) < overall - 0.10} for k, v in sorted(acc.items())}
+
+    return {"n": len(scored), "accuracy": round(overall, 4),
+            "per_label": groups(lambda r: [str(r.label)] if r.label is not None else []),
+            "per_slice": groups(lambda r: r.slice)}

@@ -1,0 +1,55 @@
+"""OpenAI fine-tuning JSONL: one ``{"messages": [system, user..., assistant]}`` object per line.
+
+The system message is the task instruction and the assistant message the training target, the
+same text the student is trained on, so a hosted fine-tune sees exactly potstill's dataset.
+train.jsonl becomes ``train.jsonl`` (the training file), val.jsonl ``val.jsonl`` (the validation
+file). Every row is built and checked before anything is written, so a bad record leaves no file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from potstill.config import Config
+from potstill.errors import PotstillError
+from potstill.export import register
+from potstill.progress import say
+from potstill.records import read_records, write_jsonl
+from potstill.tasks import get_task
+
+ROLES = {"system", "user", "assistant"}
+MIN_EXAMPLES = 10  # OpenAI's fine-tuning API refuses a training file with fewer
+
+
+def to_openai(messages: list[dict[str, Any]], target: str) -> dict[str, Any]:
+    msgs = [{"role": m["role"], "content": m["content"]} for m in messages] + [{"role": "assistant", "content": target}]
+    return {"messages": msgs}
+
+
+@register("openai-jsonl")
+def export_openai_jsonl(cfg: Config, run: Path, out_dir: Path) -> list[Path]:
+    task = get_task(cfg.task)
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for split in ("train", "val"):
+        path = run / f"{split}.jsonl"
+        if not path.exists():
+            raise PotstillError(f"{path} not found: run `potstill curate` first")
+        rows[split] = []
+        for lineno, rec in enumerate(read_records(path), 1):
+            if rec.output is None:
+                raise PotstillError(f"{path}:{lineno}: record {rec.id} has no output to train on")
+            row = to_openai(task.messages(rec), task.target(rec))
+            bad = [m for m in row["messages"] if m["role"] not in ROLES or not isinstance(m["content"], str)]
+            if bad:
+                raise PotstillError(f"{path}:{lineno}: message role {bad[0]['role']!r} or its content cannot be exported")
+            rows[split].append(row)
+    if len(rows["train"]) < MIN_EXAMPLES:
+        say(f"[yellow]export: {len(rows['train'])} training examples; OpenAI fine-tuning needs at least {MIN_EXAMPLES}[/yellow]")
+    written = []
+    for split, rs in rows.items():
+        if rs:
+            written.append(out_dir / f"{split}.jsonl")
+            write_jsonl(written[-1], rs)
+    say("export: " + ", ".join(f"{p} ({len(rows[p.stem])} examples)" for p in written))
+    return written

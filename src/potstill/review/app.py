@@ -1,0 +1,113 @@
+"""The review page (FastAPI): one record at a time, keyboard decisions, progress and error rate."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel
+
+from potstill.errors import PotstillError
+from potstill.records import read_records
+from potstill.review.page import PAGE
+from potstill.review.sample import stratified_sample
+from potstill.review.store import DECISIONS, ReviewStore, error_rate
+
+
+class Decision(BaseModel):
+    id: str
+    decision: str
+    label: str | None = None
+
+
+def _error(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
+    """An OpenAI-style error body, so every client of potstill's servers parses failures one way."""
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status)
+
+
+def load_run(run_dir: str | Path, sample: int, seed: int = 0) -> tuple[list[str], list[Any]]:
+    """(label set, sampled records) of a curated run; a clear error when the run is not curated."""
+    run = Path(run_dir)
+    card_path, teacher = run / "card.json", run / "teacher.jsonl"
+    if not teacher.exists() or not card_path.exists():
+        raise PotstillError(f"{run}: no teacher.jsonl and card.json here: run `potstill generate` and `potstill curate` first")
+    card = json.loads(card_path.read_text())
+    labels = list((card.get("task") or {}).get("labels") or [])
+    records = stratified_sample(read_records(teacher), sample, seed)
+    if not records:
+        raise PotstillError(f"{teacher}: no valid teacher outputs to review")
+    return labels, records
+
+
+def create_app(run_dir: str | Path, sample: int = 60, seed: int = 0) -> FastAPI:
+    run = Path(run_dir)
+    labels, records = load_run(run, sample, seed)
+    by_id = {r.id: r for r in records}
+    store = ReviewStore(run / "review.sqlite")
+    lock = threading.Lock()
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        store.close()
+
+    app = FastAPI(title="potstill review", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        err = exc.errors()[0]
+        param = ".".join(str(x) for x in err["loc"][1:]) or None
+        return _error(400, f"{param or 'body'}: {err['msg']}", param)
+
+    def state() -> dict[str, Any]:
+        with lock:
+            decisions = store.decisions()
+        mine = {k: v for k, v in decisions.items() if k in by_id}
+        items = [{"id": r.id, "text": r.text, "output": r.output, "gold": r.label, "slice": r.slice,
+                  "samples": r.samples, "agreement": r.meta.get("agreement"), "decision": mine.get(r.id)}
+                 for r in records]
+        rate = error_rate(mine)
+        return {"labels": labels, "items": items,
+                "progress": {"reviewed": len(mine), "total": len(records),
+                             "teacher_error_rate": None if rate is None else round(rate, 4)}}
+
+    @app.get("/", response_class=HTMLResponse)
+    def page() -> str:
+        return PAGE
+
+    @app.get("/api/state")
+    def get_state() -> dict[str, Any]:
+        return state()
+
+    @app.post("/api/decisions")
+    def decide(body: Decision) -> Any:
+        rec = by_id.get(body.id)
+        if rec is None:
+            return _error(404, f"record {body.id!r} is not in this review sample", "id", "record_not_found")
+        if body.decision not in DECISIONS:
+            return _error(400, f"decision must be one of {', '.join(DECISIONS)}", "decision", "invalid_decision")
+        if body.decision == "relabel" and body.label not in labels:
+            return _error(400, f"label must be one of {', '.join(labels) or '(no label set: relabel needs one)'}",
+                          "label", "invalid_label")
+        with lock:
+            store.decide(rec.id, body.decision, body.label, rec.output)
+        return state()
+
+    return app
+
+
+def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8765, sample: int = 60, seed: int = 0) -> None:
+    import uvicorn
+
+    from potstill.progress import say
+
+    app = create_app(run_dir, sample, seed)
+    say(f"review: http://{host}:{port}/  (a accept, r reject, 1-9 relabel, arrows move; Ctrl+C to stop, "
+        "then `potstill curate` applies the decisions)")
+    uvicorn.run(app, host=host, port=port, log_level="warning")

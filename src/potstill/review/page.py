@@ -1,0 +1,77 @@
+"""The review page: plain HTML and JavaScript, no build step. Text is set with textContent, never
+innerHTML, so an input holding markup is shown, not run."""
+
+PAGE = r"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>potstill review</title>
+<style>
+ body{font:16px/1.5 system-ui,sans-serif;margin:0;background:#f6f5f2;color:#222}
+ header{display:flex;gap:24px;align-items:center;padding:12px 24px;background:#2d3a3a;color:#fff}
+ header h1{font-size:18px;margin:0} #bar{flex:1;height:10px;background:#556;border-radius:5px;overflow:hidden}
+ #fill{height:100%;background:#8fd18f;width:0}
+ main{max-width:860px;margin:24px auto;padding:0 24px}
+ .card{background:#fff;border-radius:8px;padding:20px 24px;box-shadow:0 1px 3px #0002}
+ #text{white-space:pre-wrap;font-size:18px;margin:8px 0 16px}
+ .row{display:flex;gap:12px;align-items:baseline;margin:6px 0} .k{color:#777;width:120px;flex:none}
+ #output{font-weight:700;font-size:18px} .dec{padding:2px 10px;border-radius:12px;font-weight:600}
+ .accept{background:#d8f0d8} .reject{background:#f6d4d4} .relabel{background:#f3e6c4}
+ #keys{margin-top:18px;color:#555} kbd{background:#eee;border:1px solid #bbb;border-radius:4px;padding:0 6px;font-size:14px}
+ #labels span{margin-right:14px} #msg{color:#a33;min-height:1.5em}
+</style></head>
+<body>
+<header><h1>potstill review</h1><div id="progress">loading…</div><div id="bar"><div id="fill"></div></div>
+<div>teacher error rate so far: <b id="errrate">–</b></div></header>
+<main><div class="card">
+ <div class="row"><span class="k">record</span><span id="pos"></span><span id="rid" style="color:#999"></span></div>
+ <div class="row"><span class="k">input</span></div><div id="text"></div>
+ <div class="row"><span class="k">teacher says</span><span id="output"></span></div>
+ <div class="row"><span class="k">gold label</span><span id="gold"></span></div>
+ <div class="row"><span class="k">slices</span><span id="slice"></span></div>
+ <div class="row"><span class="k">samples</span><span id="samples"></span></div>
+ <div class="row"><span class="k">decision</span><span id="decision"></span></div>
+ <div id="keys"><kbd>a</kbd> accept &nbsp; <kbd>r</kbd> reject &nbsp; relabel: <span id="labels"></span>
+  &nbsp; <kbd>←</kbd>/<kbd>→</kbd> previous/next</div>
+ <div id="msg"></div>
+</div></main>
+<script>
+let S = null, i = 0;
+const $ = id => document.getElementById(id);
+function render() {
+  const it = S.items[i], p = S.progress;
+  $("progress").textContent = `${p.reviewed} / ${p.total} reviewed`;
+  $("fill").style.width = (100 * p.reviewed / p.total) + "%";
+  $("errrate").textContent = p.teacher_error_rate === null ? "–" : (100 * p.teacher_error_rate).toFixed(1) + "%";
+  $("pos").textContent = `${i + 1} of ${S.items.length}`; $("rid").textContent = it.id;
+  $("text").textContent = it.text; $("output").textContent = it.output;
+  $("gold").textContent = it.gold ?? "(none)"; $("slice").textContent = it.slice.join(", ") || "(none)";
+  $("samples").textContent = it.samples ? `${it.samples.join(" | ")} (agreement ${it.agreement ?? "?"})` : "(one answer)";
+  const d = it.decision, el = $("decision");
+  el.className = d ? "dec " + d.decision : ""; el.textContent = d ? (d.decision === "relabel" ? `relabel → ${d.label}` : d.decision) : "not yet";
+  el.dataset.decision = d ? d.decision : "";
+  $("labels").replaceChildren(...S.labels.slice(0, 9).map((l, j) => {
+    const s = document.createElement("span"); const k = document.createElement("kbd");
+    k.textContent = j + 1; s.append(k, " " + l); return s; }));
+  document.body.dataset.ready = "1";
+}
+async function load() { S = await (await fetch("api/state")).json(); render(); }
+async function decide(decision, label) {
+  const it = S.items[i];
+  const r = await fetch("api/decisions", {method: "POST", headers: {"content-type": "application/json"},
+                                          body: JSON.stringify({id: it.id, decision, label})});
+  const body = await r.json();
+  if (!r.ok) { $("msg").textContent = body.error.message; return; }
+  $("msg").textContent = ""; S = body;
+  const next = S.items.findIndex((x, j) => j > i && !x.decision);
+  if (next >= 0) i = next; else if (i < S.items.length - 1) i++;
+  render();
+}
+document.addEventListener("keydown", e => {
+  if (!S || e.ctrlKey || e.metaKey || e.altKey) return;
+  if (e.key === "a") decide("accept");
+  else if (e.key === "r") decide("reject");
+  else if (/^[1-9]$/.test(e.key) && S.labels[+e.key - 1]) decide("relabel", S.labels[+e.key - 1]);
+  else if (e.key === "ArrowRight" || e.key === "j") { i = Math.min(i + 1, S.items.length - 1); render(); }
+  else if (e.key === "ArrowLeft" || e.key === "k") { i = Math.max(i - 1, 0); render(); }
+});
+load();
+</script></body></html>
+"""

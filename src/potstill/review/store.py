@@ -1,0 +1,84 @@
+"""Review decisions in SQLite (``review.sqlite`` in the run directory), read by the next `curate`.
+
+One row per record id: the latest decision wins, so a reviewer can change their mind. The file
+lives beside ``calls.sqlite`` rather than inside it because the curate stage fingerprints it: a
+new decision reruns curate, while teacher traffic does not.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from potstill.errors import PotstillError
+
+DECISIONS = ("accept", "reject", "relabel")
+
+# Append-only, like the ledger's: the index of a statement is its schema version.
+MIGRATIONS = [
+    """CREATE TABLE decisions (
+        record_id TEXT PRIMARY KEY,
+        decision TEXT NOT NULL CHECK (decision IN ('accept', 'reject', 'relabel')),
+        label TEXT,
+        teacher_output TEXT,
+        decided_at TEXT NOT NULL
+    )""",
+]
+
+
+class ReviewStore:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        # Rollback journal (not WAL): after a commit the whole state is in this one file, so the
+        # curate stage's content hash of it sees every decision.
+        self.db = sqlite3.connect(self.path, check_same_thread=False)
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        for i, statement in enumerate(MIGRATIONS[version:], start=version):
+            with self.db:
+                self.db.execute(statement)
+                self.db.execute(f"PRAGMA user_version = {i + 1}")
+
+    def __enter__(self) -> "ReviewStore":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.db.close()
+
+    def decide(self, record_id: str, decision: str, label: str | None = None, teacher_output: str | None = None) -> None:
+        if decision not in DECISIONS:
+            raise PotstillError(f"decision must be one of {', '.join(DECISIONS)}, got {decision!r}")
+        if decision == "relabel" and not label:
+            raise PotstillError("a relabel decision needs the new label")
+        with self.db:
+            self.db.execute(
+                "INSERT INTO decisions (record_id, decision, label, teacher_output, decided_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(record_id) DO UPDATE SET decision=excluded.decision, label=excluded.label, "
+                "teacher_output=excluded.teacher_output, decided_at=excluded.decided_at",
+                (record_id, decision, label if decision == "relabel" else None, teacher_output,
+                 time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())),
+            )
+
+    def decisions(self) -> dict[str, dict[str, Any]]:
+        rows = self.db.execute("SELECT record_id, decision, label, teacher_output, decided_at FROM decisions")
+        return {r[0]: {"decision": r[1], "label": r[2], "teacher_output": r[3], "decided_at": r[4]} for r in rows}
+
+
+def load_decisions(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Decisions by record id; an absent file means no review yet."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    with ReviewStore(path) as store:
+        return store.decisions()
+
+
+def error_rate(decisions: dict[str, dict[str, Any]]) -> float | None:
+    """Share of reviewed records where the teacher was wrong (rejected or relabelled)."""
+    if not decisions:
+        return None
+    return sum(d["decision"] != "accept" for d in decisions.values()) / len(decisions)

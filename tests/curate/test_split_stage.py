@@ -1,0 +1,98 @@
+"""Splits (stratified, seeded, stable) and the curate stage on disk (card, review reruns it)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+from potstill.config import Config
+from potstill.curate import curate
+from potstill.curate.stage import curate_stage
+from potstill.records import Record, read_records, write_jsonl
+from potstill.review.store import ReviewStore
+from tests.curate.test_filters import LABELS, _words, rec
+
+
+def records(n: int, offset: int = 0) -> list[Record]:
+    # Unbalanced on purpose: 60% sports, 30% tech, 10% politics; two slices.
+    out = []
+    for i in range(offset, offset + n):
+        label = "sports" if i % 10 < 6 else "tech" if i % 10 < 9 else "politics"
+        out.append(rec(_words(1000 + i), label, slice=["long" if i % 3 else "short"]))
+    return out
+
+
+def ids(rs: list[Record]) -> set[str]:
+    return {r.id for r in rs}
+
+
+def test_count_splits_are_stratified_by_label_and_slice():
+    rs = records(300)
+    c = curate(Config(task={"labels": LABELS}, curate={"val": 30, "test": 60}), rs)
+    assert (len(c.train), len(c.val), len(c.test)) == (210, 30, 60)
+    whole = Counter((r.output, r.slice[0]) for r in rs)
+    test = Counter((r.output, r.slice[0]) for r in c.test)
+    for stratum, n in whole.items():
+        assert abs(test[stratum] - n * 60 / 300) < 1, (stratum, test[stratum], n)
+
+
+def test_fraction_splits_are_reproducible_seeded_and_stable_when_records_arrive():
+    config = Config(task={"labels": LABELS}, curate={"val": 0.1, "test": 0.2, "seed": 7})
+    first = curate(config, records(200))
+    again = curate(config, records(200))
+    assert [r.id for r in first.test] == [r.id for r in again.test]
+    other_seed = curate(config.model_copy(update={"curate": config.curate.model_copy(update={"seed": 8})}), records(200))
+    assert ids(other_seed.test) != ids(first.test)
+    grown = curate(config, records(200) + records(100, offset=200))
+    # Every old record keeps its split: a trained-on input never becomes a test input later.
+    assert ids(first.test) <= ids(grown.test) and ids(first.train) <= ids(grown.train) and ids(first.val) <= ids(grown.val)
+    assert 0.12 < len(grown.test) / 300 < 0.28
+
+
+def _project(tmp_path, n=60) -> Config:
+    run = tmp_path / "run"
+    rows = records(n)
+    rows[0] = rec(rows[0].text, "weather")  # one invalid teacher answer
+    rows.append(rec(rows[1].text.upper(), rows[1].output))  # one exact duplicate
+    write_jsonl(run / "teacher.jsonl", rows)
+    return Config(run_dir=str(run), task={"labels": LABELS}, curate={"val": 5, "test": 10},
+                  teacher={"model": "tiny-teacher", "terms": "Teacher terms: outputs may train other models."},
+                  data={"source": "crafted headlines", "license": "CC0"})
+
+
+def test_stage_writes_card_and_a_review_decision_reruns_it(tmp_path):
+    cfg = _project(tmp_path)
+    run = tmp_path / "run"
+    out = curate_stage(cfg)
+    assert not out["skipped"] and out["invalid"] == 1 and out["duplicates_exact"] == 1
+    card = json.loads((run / "card.json").read_text())
+    md = (run / "card.md").read_text()
+    for text in ("## Counts at each step", "| duplicates_exact | 1 |", "| invalid | 1 |", "## Label distribution",
+                 "Teacher terms of use: Teacher terms: outputs may train other models.",
+                 "crafted headlines; licence: CC0", "## Review decisions"):
+        assert text in md, text
+    assert card["review_decisions"] is None
+    assert curate_stage(cfg)["skipped"]
+
+    target = read_records(run / "train.jsonl")[0]
+    with ReviewStore(run / "review.sqlite") as store:
+        store.decide(target.id, "reject", teacher_output=target.output)
+    out = curate_stage(cfg)
+    assert not out["skipped"] and out["review_rejected"] == 1
+    assert target.id not in ids(read_records(run / "train.jsonl"))
+    rejected = {r.id: r.invalid_reason for r in read_records(run / "rejected.jsonl")}
+    assert rejected[target.id] == "review: rejected by a reviewer"
+    card = json.loads((run / "card.json").read_text())
+    assert card["review_decisions"] == {"decisions": 1, "accept": 0, "reject": 1, "relabel": 0, "teacher_error_rate": 1.0}
+
+
+def test_stage_fails_in_one_line_and_writes_nothing_when_nothing_is_left(tmp_path):
+    import pytest
+
+    from potstill.errors import PotstillError
+
+    run = tmp_path / "run"
+    write_jsonl(run / "teacher.jsonl", [rec("x", "weather"), rec("y", "rain")])
+    with pytest.raises(PotstillError, match="no valid training records left"):
+        curate_stage(Config(run_dir=str(run), task={"labels": LABELS}))
+    assert sorted(p.name for p in run.iterdir()) == ["teacher.jsonl"]

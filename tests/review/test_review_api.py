@@ -1,0 +1,77 @@
+"""The review server over real HTTP: sample, decisions, OpenAI-style errors, the CLI's refusals."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import Counter
+
+import httpx
+
+from potstill.review.store import load_decisions
+from tests.review.conftest import LABELS
+
+
+def test_sample_is_stratified_and_decisions_are_stored(served, curated):
+    state = httpx.get(served.url + "api/state").json()
+    assert state["labels"] == LABELS and state["progress"] == {"reviewed": 0, "total": 9, "teacher_error_rate": None}
+    assert Counter(it["output"] for it in state["items"]) == {"sports": 3, "tech": 3, "politics": 3}
+    a, b = state["items"][0]["id"], state["items"][1]["id"]
+    httpx.post(served.url + "api/decisions", json={"id": a, "decision": "accept"}).raise_for_status()
+    r = httpx.post(served.url + "api/decisions", json={"id": b, "decision": "relabel", "label": "tech"})
+    assert r.status_code == 200 and r.json()["progress"] == {"reviewed": 2, "total": 9, "teacher_error_rate": 0.5}
+    stored = load_decisions(f"{curated.run_dir}/review.sqlite")
+    assert stored[a]["decision"] == "accept" and stored[b]["decision"] == "relabel" and stored[b]["label"] == "tech"
+    # a reviewer changes their mind: the latest decision wins
+    httpx.post(served.url + "api/decisions", json={"id": b, "decision": "accept"}).raise_for_status()
+    assert load_decisions(f"{curated.run_dir}/review.sqlite")[b]["decision"] == "accept"
+
+
+def test_bad_requests_get_4xx_with_an_openai_style_error(served):
+    item = httpx.get(served.url + "api/state").json()["items"][0]["id"]
+    cases = [
+        ({"id": "nope", "decision": "accept"}, 404, "id"),
+        ({"id": item, "decision": "maybe"}, 400, "decision"),
+        ({"id": item, "decision": "relabel", "label": "weather"}, 400, "label"),
+        ({"id": item, "decision": "relabel"}, 400, "label"),
+        ({"decision": "accept"}, 400, "id"),
+    ]
+    for body, status, param in cases:
+        r = httpx.post(served.url + "api/decisions", json=body)
+        assert r.status_code == status, (body, r.text)
+        err = r.json()["error"]
+        assert err["type"] == "invalid_request_error" and err["param"] == param and err["message"]
+    assert httpx.get(served.url + "api/state").json()["progress"]["reviewed"] == 0
+
+
+def test_cli_refuses_a_run_that_was_not_curated(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "potstill.cli", "review", str(tmp_path)], capture_output=True, text=True,
+                         env={**os.environ}, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "run `potstill generate` and `potstill curate` first" in out.stderr
+    assert not (tmp_path / "review.sqlite").exists()
+
+
+def test_cli_serves_the_page_on_localhost(curated):
+    import time
+
+    from tests.helpers.chat_server import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "potstill.cli", "review", curated.run_dir, "--port", str(port),
+                             "--sample", "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, page = time.time() + 60, None
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                page = httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        assert page is not None, proc.stderr.read() if proc.poll() is not None else "no answer in 60 s"
+        assert page.status_code == 200 and "potstill review" in page.text
+        assert httpx.get(f"http://127.0.0.1:{port}/api/state").json()["progress"]["total"] == 4
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

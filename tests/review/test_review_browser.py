@@ -1,0 +1,71 @@
+"""End to end in headless Chromium (Debian's package, driven by Playwright): relabel one record and
+reject another with the keyboard, rerun curate, and check the dataset changed accordingly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from potstill.curate.stage import curate_stage
+from potstill.records import read_records
+from potstill.review.app import create_app
+from tests.review.conftest import Served
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def _where(run, rec_id: str) -> tuple[str, object]:
+    for split in ("train", "val", "test", "rejected"):
+        for r in read_records(run / f"{split}.jsonl"):
+            if r.id == rec_id:
+                return split, r
+    raise AssertionError(f"{rec_id} is in no split")
+
+
+def test_relabel_and_reject_by_keyboard_then_curate_applies_them(curated, tmp_path):
+    from playwright.sync_api import sync_playwright  # the test extra; .ci/run installs it
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian's chromium is required (apt-get install -y chromium; scripts/install.sh does it)")
+    run = tmp_path / "run"
+    before = {s: {r.id for r in read_records(run / f"{s}.jsonl")} for s in ("train", "val", "test")}
+    with Served(create_app(curated.run_dir, sample=9)) as served, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1100, "height": 720})
+        page.goto(served.url)
+        page.wait_for_selector("body[data-ready='1']")
+        assert page.text_content("#progress") == "0 / 9 reviewed"
+
+        first_id, first_out = page.text_content("#rid"), page.text_content("#output")
+        new_label = next(lab for lab in ("sports", "tech", "politics") if lab != first_out)
+        page.keyboard.press(str(["sports", "tech", "politics"].index(new_label) + 1))
+        page.wait_for_function("document.getElementById('progress').textContent === '1 / 9 reviewed'")
+        second_id = page.text_content("#rid")
+        assert second_id != first_id  # the page moved on to the next undecided record
+        page.keyboard.press("r")
+        page.wait_for_function("document.getElementById('progress').textContent === '2 / 9 reviewed'")
+        assert page.text_content("#errrate") == "100.0%"  # both reviewed answers were the teacher's mistakes
+        page.keyboard.press("ArrowLeft")
+        assert page.text_content("#rid") == second_id and page.text_content("#decision") == "reject"
+        page.keyboard.press("ArrowLeft")
+        assert page.text_content("#decision") == f"relabel → {new_label}"
+        page.screenshot(path=str(tmp_path / "review.png"), full_page=True)
+        browser.close()
+    assert (tmp_path / "review.png").stat().st_size > 10_000
+
+    out = curate_stage(curated)
+    assert not out["skipped"] and out["review_rejected"] == 1
+    split, rec = _where(run, second_id)
+    assert split == "rejected" and rec.invalid_reason == "review: rejected by a reviewer"
+    split, rec = _where(run, first_id)
+    assert split != "rejected" and rec.output == new_label and rec.meta["teacher_output"] == first_out
+    assert rec.id in before[split]  # a relabel keeps the record's stratum, so its split
+    card = json.loads((run / "card.json").read_text())
+    assert card["review_decisions"] == {"decisions": 2, "accept": 0, "reject": 1, "relabel": 1, "teacher_error_rate": 1.0}
+    assert "2 records reviewed: 0 accepted, 1 rejected, 1 relabelled" in (run / "card.md").read_text()
+    after = sum(len(read_records(run / f"{s}.jsonl")) for s in ("train", "val", "test"))
+    assert after == sum(len(v) for v in before.values()) - 1
