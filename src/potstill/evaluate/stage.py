@@ -1,57 +1,216 @@
-"""`potstill evaluate`: eval.json and a printed three-way table, with a verdict."""
+"""`potstill evaluate`: eval.json and a self-contained report.html, a printed table and a verdict.
+
+Every number written here is either read from the ledger (the teacher's answers, latency and
+cost), read from an earlier stage's artifact (train.json's measured training time), or measured
+by this command on this machine (the students' answers, latency and throughput); ``sources`` in
+eval.json says which, and report.html prints it beside each table.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import statistics
+import time
 from typing import Any
 
 from potstill.config import Config
 from potstill.errors import PotstillError
-from potstill.evaluate import break_even, verdict
-from potstill.models.loading import load_lm
-from potstill.records import read_records, write_json
+from potstill.evaluate import break_even, break_even_curve, verdict
+from potstill.evaluate.bootstrap import bootstrap_mean
+from potstill.evaluate.html import write_report
+from potstill.evaluate.metrics import task_metrics
+from potstill.evaluate.slices import length_edges, slice_names, slice_table
+from potstill.hashing import hash_obj
+from potstill.models.loading import LM, load_lm
+from potstill.progress import bar, say
+from potstill.records import Record, read_records, write_json
 from potstill.report import measure_student, measure_teacher, print_table
 from potstill.rundir import RunDir
 from potstill.stage import run_stage
-from potstill.tasks import get_task
+from potstill.students import Predictions, percentile, predict
+from potstill.tasks import Task, get_task
+
+
+def measure_batched(lm: LM, task: Task, records: list[Record], batch_size: int, n_batches: int) -> dict[str, Any]:
+    """p50/p95 wall time of whole batches: what each caller in a batch waits (after one warm-up batch)."""
+    chunks = [records[i : i + batch_size] for i in range(0, len(records), batch_size)][:n_batches]
+    chunks = [c for c in chunks if len(c) == batch_size] or chunks[:1]  # a short last batch would flatter p50
+    if not chunks:
+        return {"n": 0}
+    predict(lm, task, chunks[0], batch_size=batch_size, desc="")
+    times = []
+    with bar(f"latency (batch {batch_size})", len(chunks)) as advance:
+        for c in chunks:
+            t0 = time.perf_counter()
+            predict(lm, task, c, batch_size=batch_size, desc="")
+            times.append(time.perf_counter() - t0)
+            advance(1)
+    return {"n": len(times), "batch_size": len(chunks[0]), "p50_s": percentile(times, 0.5),
+            "p95_s": percentile(times, 0.95), "mean_s": statistics.fmean(times)}
+
+
+def finite(obj: Any) -> Any:
+    """NaN/inf (a percentile of no rows, say) become null, so eval.json stays strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [finite(v) for v in obj]
+    return obj
+
+
+def confidences(task: Task, preds: Predictions) -> list[float]:
+    """Probability the student gave its own answer: top label probability, or exp(mean token logprob)."""
+    if task.labels:
+        return [max(p.values()) if p else 0.0 for p in preds.label_probs]
+    return [math.exp(c) for c in preds.confidence]
+
+
+def _metrics_for(task: Task, parsed: list[Any], teacher: list[Any], gold: list[Any],
+                 conf: list[float] | None) -> dict[str, Any]:
+    kw = {"labels": task.labels, "confidence": conf, "validate": task.validate}
+    out = {"vs_teacher": task_metrics(task.name, parsed, teacher, **kw)}
+    if any(g is not None for g in gold):
+        out["vs_gold"] = task_metrics(task.name, parsed, gold, **kw)
+    return out
+
+
+def _show(x: Any) -> Any:
+    """A parsed output as JSON-friendly data for the worst-case table."""
+    if x is None or isinstance(x, (str, int, float, bool, list, dict)):
+        return x
+    return getattr(x, "reason", repr(x))
+
+
+def worst_cases(task: Task, test: list[Record], preds: Predictions, teacher: list[Any], gold: list[Any],
+                conf: list[float], names: list[list[str]], k: int) -> list[dict[str, Any]]:
+    """The k inputs where the student disagrees with the teacher while most confident."""
+    wrong = [i for i in range(len(test)) if teacher[i] is not None and task.agree(preds.parsed[i], teacher[i]) < 1]
+    wrong.sort(key=lambda i: -conf[i])
+    return [{"id": test[i].id, "input": test[i].text[:800], "teacher": _show(teacher[i]), "student": _show(preds.parsed[i]),
+             "student_raw": preds.outputs[i][:400], "gold": _show(gold[i]), "confidence": conf[i], "slices": names[i]}
+            for i in wrong[:k]]
+
+
+def latency_cost(models: dict[str, dict[str, Any]], batched: dict[str, dict[str, Any]],
+                 usd_per_hour: float) -> list[dict[str, Any]]:
+    rows = []
+    for name, m in models.items():
+        lat = m.get("latency_batch1", {})
+        row = {"model": name, "p50_s": lat.get("p50_s"), "p95_s": lat.get("p95_s"), "latency_n": lat.get("n"),
+               "usd_per_call": m["cost_per_1k_calls_usd"] / 1000, "usd_per_1k_calls": m["cost_per_1k_calls_usd"]}
+        if name == "teacher":
+            row["source"] = ("ledger (calls.sqlite): latency of the recorded calls for these test inputs; "
+                             "$ = mean cost_usd of those rows")
+        else:
+            b = batched.get(name, {})
+            row.update({"batched_p50_s": b.get("p50_s"), "batched_p95_s": b.get("p95_s"), "batch_size": b.get("batch_size"),
+                        "calls_per_s": m["throughput"]["calls_per_s"],
+                        "usd_per_1k_calls_batched": m.get("cost_per_1k_calls_batched_usd")})
+            row["source"] = (f"measured by this command on this machine: {lat.get('n')} single calls timed one at a time, "
+                             f"{b.get('n')} batches of {b.get('batch_size')} timed, throughput over the whole test split; "
+                             f"$ = mean batch-1 seconds x student.usd_per_hour={usd_per_hour} / 3600")
+        rows.append(row)
+    return rows
 
 
 def evaluate_stage(cfg: Config, force: bool = False) -> dict[str, Any]:
     run = RunDir(cfg.run_dir)
-    e = cfg.evaluate
-    settings = {"evaluate": e.model_dump(), "student": cfg.student.model_dump(), "task": cfg.task.model_dump()}
+    e, rep = cfg.evaluate, cfg.report
+    settings = {"evaluate": e.model_dump(), "report": rep.model_dump(), "student": cfg.student.model_dump(),
+                "task": cfg.task.model_dump()}
 
     def body(run: RunDir) -> dict[str, Any]:
         for need in ("test.jsonl", "student"):
             if not (run / need).exists():
                 raise PotstillError(f"{run / need} not found: run the stages before evaluate (`potstill run`)")
         task = get_task(cfg.task)
-        test = read_records(run / "test.jsonl")
+        test = [r for r in read_records(run / "test.jsonl") if r.output is not None]
+        if not test:
+            raise PotstillError(f"{run / 'test.jsonl'}: no records with a teacher output to evaluate on")
+        teacher = [task.parse(r.output) for r in test]
+        gold = [task.gold(r) for r in test]
+        n_batches = max(3, e.latency_samples // e.batch_size)
         models: dict[str, dict[str, Any]] = {}
+        preds: dict[str, Predictions] = {}
+        batched: dict[str, dict[str, Any]] = {}
+
+        def measure(name: str, lm: LM) -> None:
+            models[name], preds[name] = measure_student(
+                lm, task, test, cfg.student.usd_per_hour, e.batch_size, e.latency_samples, name)
+            batched[name] = measure_batched(lm, task, test, e.batch_size, n_batches)
+
         if e.include_untrained:
-            base = load_lm(cfg.student.model)
-            models["untrained student"], _ = measure_student(
-                base, task, test, cfg.student.usd_per_hour, e.batch_size, e.latency_samples, "untrained student")
-            del base
+            measure("untrained student", load_lm(cfg.student.model))
         with run.ledger() as ledger:
             models["teacher"] = measure_teacher(task, test, ledger)
-            gen_cost = ledger.summary("teacher")["cost_usd"]
-        student = load_lm(str(run / "student"))
-        models["student"], _ = measure_student(
-            student, task, test, cfg.student.usd_per_hour, e.batch_size, e.latency_samples, "trained student")
+            spend = ledger.summary("teacher")
+        measure("student", load_lm(str(run / "student")))
+        # Keep the three-way order of the table: untrained, teacher, trained.
+        models = {k: models[k] for k in ("untrained student", "teacher", "student") if k in models}
+
+        conf = {k: confidences(task, p) for k, p in preds.items()}
+        metrics = {k: _metrics_for(task, p.parsed, teacher, gold, conf[k] if task.labels else None)
+                   for k, p in preds.items()}
+        if any(g is not None for g in gold):
+            metrics["teacher"] = {"vs_gold": task_metrics(task.name, teacher, gold, labels=task.labels,
+                                                          validate=task.validate)}
+
+        edges = length_edges(test)
+        names = [slice_names(r, g if g is not None else t, edges) for r, g, t in zip(test, gold, teacher)]
+        agree = {k: [task.agree(p.parsed[i], teacher[i]) for i in range(len(test))] for k, p in preds.items()}
+        s_gold = [task.agree(preds["student"].parsed[i], g) if g is not None else None for i, g in enumerate(gold)]
+        t_gold = [task.agree(t, g) if g is not None else None for t, g in zip(teacher, gold)]
+        slices = slice_table(names, agree["student"], agree.get("untrained student"), s_gold, t_gold,
+                             e.quality_bar, rep.min_slice_n, rep.bootstrap_samples, rep.seed)
+        agreement_ci = {k: bootstrap_mean(v, rep.bootstrap_samples, seed=rep.seed) for k, v in agree.items()}
+
         train_info = json.loads((run / "train.json").read_text()) if (run / "train.json").exists() else {}
-        train_usd = train_info.get("train_s", 0.0) / 3600 * cfg.student.usd_per_hour
-        be = break_even(models["teacher"]["cost_per_1k_calls_usd"] / 1000,
-                        models["student"]["cost_per_1k_calls_usd"] / 1000, gen_cost + train_usd, e.monthly_calls)
-        be["one_time_source"] = "teacher spend in the ledger + training time x student.usd_per_hour"
-        result = {"task": cfg.task.type, "n_test": len(test), "models": models,
-                  "verdict": verdict(models, e.quality_bar), "break_even": be}
+        train_s = float(train_info.get("train_s", 0.0))
+        one_time = {"generation_usd": spend["cost_usd"], "generation_calls": spend["calls"], "train_s": train_s,
+                    "train_usd": train_s / 3600 * cfg.student.usd_per_hour}
+        one_time["total_usd"] = one_time["generation_usd"] + one_time["train_usd"]
+        t_call = models["teacher"]["cost_per_1k_calls_usd"] / 1000
+        s_call = models["student"]["cost_per_1k_calls_usd"] / 1000
+        be = break_even(t_call, s_call, one_time["total_usd"], e.monthly_calls)
+        be["curve"] = break_even_curve(t_call, s_call, one_time["total_usd"], e.monthly_calls, be["months"])
+        # The same sum with the student serving batches (its throughput pass): the case of a busy endpoint.
+        batched_1k = models["student"].get("cost_per_1k_calls_batched_usd")
+        if batched_1k is not None:
+            be["batched"] = {"batch_size": e.batch_size, "student_cost_per_call_usd": batched_1k / 1000,
+                             **break_even(t_call, batched_1k / 1000, one_time["total_usd"], e.monthly_calls)}
+        v = verdict(models, e.quality_bar, slices)
+
+        result = {
+            "task": cfg.task.type, "n_test": len(test), "test_hash": hash_obj(sorted(r.id for r in test)),
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "run_dir": str(run.path),
+            "models": models, "agreement_ci": agreement_ci, "metrics": metrics,
+            "slices": slices, "length_edges_words": list(edges),
+            "worst_cases": worst_cases(task, test, preds["student"], teacher, gold, conf["student"], names, rep.worst_cases),
+            "latency_cost": latency_cost(models, batched, cfg.student.usd_per_hour),
+            "one_time": one_time, "break_even": be, "verdict": v,
+            "quality_bar": e.quality_bar.model_dump(), "min_slice_n": rep.min_slice_n,
+            "bootstrap_samples": rep.bootstrap_samples,
+            "sources": {
+                "student": "measured by this command: the student answered every test input on this machine",
+                "teacher": "the teacher's recorded answers in test.jsonl; latency and cost from the ledger (calls.sqlite)",
+                "gold": "the label/reference fields of test.jsonl (gold supplied with the inputs)",
+                "intervals": f"percentile bootstrap over test examples, {rep.bootstrap_samples} resamples, seed {rep.seed}",
+                "generation_usd": f"ledger: sum of cost_usd over all {spend['calls']} successful teacher calls of this run",
+                "train_usd": (f"train.json train_s={train_s:.1f} (measured by `potstill train`) x "
+                              f"student.usd_per_hour={cfg.student.usd_per_hour} / 3600"),
+                "monthly_calls": f"config evaluate.monthly_calls={e.monthly_calls}",
+                "quality_bar": "config evaluate.quality_bar and report.min_slice_n",
+            },
+        }
+        result = finite(result)
+        write_report(run / "report.html", result, [])
         write_json(run / "eval.json", result)
         print_table(f"evaluate: {len(test)} held-out inputs", models)
-        v = result["verdict"]
-        from potstill.progress import say
-
-        say(f"verdict: {'GO' if v['go'] else 'NO-GO'} ({v['reason']})")
+        say(f"verdict: {'GO' if v['go'] else 'NO-GO'} ({v['reason']}); report: {run / 'report.html'}")
         return {"verdict": v["go"], "agreement": models["student"]["agreement_with_teacher"]}
 
-    return run_stage("evaluate", cfg, settings, [run / "test.jsonl", run / "student"], ["eval.json"], body, force)
+    return run_stage("evaluate", cfg, settings, [run / "test.jsonl", run / "student"], ["eval.json", "report.html"],
+                     body, force)

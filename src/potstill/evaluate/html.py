@@ -1,0 +1,313 @@
+"""report.html: one self-contained page (inline CSS and SVG, no script, no network) from eval.json.
+
+Sections, in the order a reader decides: verdict, three-way table, per-slice gap, task metrics,
+confusion matrix, calibration, latency and cost, break-even, worst cases, champion vs challenger,
+and where every number comes from.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from html import escape
+from pathlib import Path
+from typing import Any, Sequence
+
+from potstill.errors import PotstillError
+from potstill.records import write_text
+from potstill.evaluate.plots import BLUE, GREEN, GREY, RED, interval_plot, line_plot, reliability_plot
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:24px auto;max-width:1100px;color:#111827;line-height:1.4}
+h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #e5e7eb;padding-bottom:4px}
+table{border-collapse:collapse;margin:8px 0;font-size:13px}th,td{border:1px solid #e5e7eb;padding:4px 8px;text-align:right;vertical-align:top}
+th{background:#f9fafb}td.l,th.l,td.s{text-align:left}.legend{font-size:12px;color:#374151;margin:0 0 8px}.src{color:#6b7280;font-size:12px;margin:4px 0 0}
+.go{background:#dcfce7;border:1px solid #16a34a}.nogo{background:#fee2e2;border:1px solid #dc2626}
+.verdict{padding:12px 16px;border-radius:6px}.small{color:#6b7280}.mono{font-family:monospace;white-space:pre-wrap;max-width:320px}
+"""
+
+
+def _pct(x: Any) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _num(x: Any, digits: int = 3) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}" if abs(x) < 1e4 else f"{x:,.0f}"
+    return escape(str(x))
+
+
+def _usd(x: Any) -> str:
+    if x is None:
+        return "-"
+    if abs(x) >= 1 or x == 0:
+        return f"${x:,.2f}"
+    return f"${x:.{2 - math.floor(math.log10(abs(x))) }f}"  # three significant digits: $0.0000321
+
+
+def _ci(d: dict | None) -> str:
+    if not d or d.get("value") is None:
+        return "-"
+    return f"{_pct(d['value'])} <span class='small'>[{_pct(d['lo'])}, {_pct(d['hi'])}]</span>"
+
+
+def _ci_pt(d: dict | None) -> str:
+    """A difference of shares in percentage points, with its interval."""
+    if not d or d.get("value") is None:
+        return "-"
+    pt = lambda x: f"{100 * x:+.1f} pt"  # noqa: E731
+    return f"{pt(d['value'])} <span class='small'>[{pt(d['lo'])}, {pt(d['hi'])}]</span>"
+
+
+def _src(text: str) -> str:
+    return f"<p class='src'><b>Where these numbers come from:</b> {escape(text)}</p>"
+
+
+def _table(head: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
+    """A table whose first ``left`` columns, and any 'source'/'why' column, are left-aligned text."""
+    text_cols = {i for i, h in enumerate(head) if i < left or h in ("source", "why", "slices")}
+    th = "".join(f"<th class='{'l' if i in text_cols else ''}'>{escape(h)}</th>" for i, h in enumerate(head))
+    body = "".join("<tr>" + "".join(f"<td class='{'l' if i in text_cols else ''}'>{c}</td>" for i, c in enumerate(r))
+                   + "</tr>" for r in rows)
+    return f"<table><tr>{th}</tr>{body}</table>"
+
+
+def _verdict(ev: dict) -> str:
+    v = ev["verdict"]
+    checks = _table(["check", "value", "result"], [
+        [escape(c["check"]), _pct(c["value"]) if isinstance(c["value"], float) else escape(str(c["value"])),
+         "pass" if c["pass"] else "<b>fail</b>"] for c in v["checks"]])
+    go_slices = ", ".join(v.get("go_slices", [])) or "none"
+    return (f"<section id='verdict'><h2>Verdict</h2><div class='verdict {'go' if v['go'] else 'nogo'}'>"
+            f"<b>{'GO' if v['go'] else 'NO-GO'}</b>: {escape(v['reason'])}<br>"
+            f"Slices that pass the bar: {escape(go_slices)}. Too small to judge (&lt; {ev['min_slice_n']} examples): "
+            f"{escape(', '.join(v.get('too_small_slices', [])) or 'none')}.</div>{checks}"
+            + _src(f"checks on the whole test split and on each slice, against {ev['sources']['quality_bar']} "
+                   f"(min agreement {ev['quality_bar']['min_agreement']}, min relative gold quality "
+                   f"{ev['quality_bar']['min_relative_quality']}).") + "</section>")
+
+
+def _models(ev: dict) -> str:
+    rows = []
+    for name, m in ev["models"].items():
+        ci = ev["agreement_ci"].get(name)
+        lat = m.get("latency_batch1", {})
+        src = ev["sources"]["teacher"] if name == "teacher" else ev["sources"]["student"]
+        rows.append([escape(name), escape(str(m.get("model") or "-")), _pct(m.get("gold_metric")),
+                     _ci(ci) if ci else _pct(m.get("agreement_with_teacher")), f"{_num(lat.get('p50_s'))} s",
+                     _usd(m.get("cost_per_1k_calls_usd")), f"<span class='small'>{escape(src)}</span>"])
+    return ("<section id='models'><h2>Untrained student, teacher, trained student</h2>"
+            + _table(["", "model", "gold metric", "agreement with teacher [95% CI]", "p50 latency", "$ per 1k calls",
+                      "source"], rows, left=2)
+            + _src(f"{ev['n_test']} held-out test inputs. Gold metric: task agreement with {ev['sources']['gold']}. "
+                   f"Agreement: task agreement with the teacher's recorded answer. Intervals: {ev['sources']['intervals']}.")
+            + "</section>")
+
+
+def _slices(ev: dict) -> str:
+    colour = {"go": GREEN, "no-go": RED, "too small": GREY}
+    bar = ev["quality_bar"]["min_agreement"]
+    agr = interval_plot([{"label": f"{r['slice']} (n={r['n']})", "value": r["agreement"]["value"],
+                          "lo": r["agreement"]["lo"], "hi": r["agreement"]["hi"], "color": colour[r["verdict"]],
+                          "ghost": (r.get("untrained_agreement") or {}).get("value")} for r in ev["slices"]],
+                        0.0, 1.0, ref=bar, ref_label=f"bar {bar:.0%}", xlabel="trained student's agreement with the teacher")
+    gold_rows = [r for r in ev["slices"] if r.get("gold")]
+    gap = ""
+    if gold_rows:
+        gap = interval_plot([{"label": f"{r['slice']} (n={r['gold']['n']})", "value": r["gold"]["gap"]["value"],
+                              "lo": r["gold"]["gap"]["lo"], "hi": r["gold"]["gap"]["hi"], "color": colour[r["verdict"]]}
+                             for r in gold_rows], -1.0, 1.0, ref=0.0, ref_label="teacher",
+                            xlabel="gold-metric gap, trained student minus teacher (paired 95% CI)")
+    rows = [[escape(r["slice"]), str(r["n"]), _ci(r["agreement"]), _ci(r.get("untrained_agreement")),
+             _pct(r["gold"]["student"]) if r.get("gold") else "-", _pct(r["gold"]["teacher"]) if r.get("gold") else "-",
+             _ci_pt(r["gold"]["gap"]) if r.get("gold") else "-",
+             f"<b>{escape(r['verdict'])}</b>", f"<span class='small'>{escape(r['reason'])}</span>"] for r in ev["slices"]]
+    a, b = ev["length_edges_words"]
+    legend = ("<p class='legend'>Dot: the trained student, with its 95% interval; hollow circle: the untrained "
+              "student. Green: go; red: no-go; grey: too small to judge.</p>")
+    return ("<section id='slices'><h2>Per-slice gap</h2>" + legend + agr + gap
+            + _table(["slice", "n", "agreement [95% CI]", "untrained [95% CI]", "student gold", "teacher gold",
+                      "gap [95% CI]", "verdict", "why"], rows)
+            + _src(f"slices are record tags (tag:), labels (label: the gold label, else the teacher's) and input-length "
+                   f"terciles (cut at {a} and {b} words). Agreement per example is measured by this command against the "
+                   f"teacher's recorded answer; intervals: {ev['sources']['intervals']}; the gap resamples paired "
+                   f"per-example differences.") + "</section>")
+
+
+def _metrics(ev: dict) -> str:
+    rows = []
+    for name, m in ev["metrics"].items():
+        for ref, vals in m.items():
+            for k, val in vals.items():
+                if k in ("confusion", "calibration", "n"):
+                    continue
+                rows.append([escape(name), escape(ref.replace("vs_", "vs ")), escape(k), _num(val),
+                             str(vals.get("n", "-"))])
+    return ("<section id='metrics'><h2>Task metrics</h2>" + _table(["model", "against", "metric", "value", "n"], rows, 3)
+            + _src(f"computed by this command from each model's answers on the test split ({ev['task']} task); "
+                   "references are the teacher's recorded answers and, where present, the gold labels/references.")
+            + "</section>")
+
+
+def _confusion(ev: dict) -> str:
+    m = ev["metrics"].get("student", {}).get("vs_teacher", {})
+    cm = m.get("confusion")
+    if not cm:
+        return ("<section id='confusion'><h2>Confusion matrix</h2><p>Not applicable: the task is "
+                f"{escape(ev['task'])}, not classification.</p></section>")
+    peak = max((c for row in cm["counts"] for c in row), default=1) or 1
+    head = "<tr><th class='l'>teacher \\ student</th>" + "".join(f"<th>{escape(c)}</th>" for c in cm["cols"]) + "</tr>"
+    body = ""
+    for label, row in zip(cm["rows"], cm["counts"]):
+        body += f"<tr><th class='l'>{escape(label)}</th>" + "".join(
+            f"<td style='background:rgba(37,99,235,{0.85 * c / peak:.2f});color:{'white' if c / peak > 0.5 else 'inherit'}'>"
+            f"{c}</td>" for c in row) + "</tr>"
+    return (f"<section id='confusion'><h2>Confusion matrix</h2><table>{head}{body}</table>"
+            + _src("rows: the teacher's recorded label; columns: the trained student's answer, measured by this command "
+                   f"on the {m.get('n')} test inputs.") + "</section>")
+
+
+def _calibration(ev: dict) -> str:
+    cal = ev["metrics"].get("student", {}).get("vs_teacher", {}).get("calibration")
+    if not cal or not cal.get("n"):
+        return "<section id='calibration'><h2>Calibration</h2><p>Not applicable for this task.</p></section>"
+    return (f"<section id='calibration'><h2>Calibration</h2><p>Expected calibration error (ECE) of the trained student "
+            f"against the teacher: <b>{_pct(cal['ece'])}</b></p>" + reliability_plot(cal["bins"])
+            + _src("the student's top label probability, measured by this command, binned in tenths; accuracy is "
+                   "agreement with the teacher's label; ECE = sum over bins of (share of examples) x |accuracy - confidence|.")
+            + "</section>")
+
+
+def _cost(ev: dict) -> str:
+    rows = [[escape(r["model"]), f"{_num(r.get('p50_s'))} s", f"{_num(r.get('p95_s'))} s",
+             f"{_num(r.get('batched_p50_s'))} s" if r.get("batched_p50_s") is not None else "-",
+             f"{_num(r.get('batched_p95_s'))} s" if r.get("batched_p95_s") is not None else "-",
+             _num(r.get("calls_per_s"), 1), _usd(r["usd_per_call"]), _usd(r["usd_per_1k_calls"]),
+             f"<span class='small'>{escape(r['source'])}</span>"] for r in ev["latency_cost"]]
+    o = ev["one_time"]
+    one = _table(["one-time cost of distilling", "value", "source"], [
+        ["teacher generation", _usd(o["generation_usd"]), escape(ev["sources"]["generation_usd"])],
+        ["training", f"{_usd(o['train_usd'])} ({o['train_s'] / 3600:.3f} h)", escape(ev["sources"]["train_usd"])],
+        ["total", _usd(o["total_usd"]), "sum of the two rows above"]])
+    bs = next((r.get("batch_size") for r in ev["latency_cost"] if r.get("batch_size")), "-")
+    return ("<section id='cost'><h2>Latency and cost</h2>"
+            + _table(["model", "p50 (batch 1)", "p95 (batch 1)", f"p50 (batch {bs})", f"p95 (batch {bs})", "calls/s batched",
+                      "$ per call", "$ per 1k calls", "source"], rows) + one
+            + _src("teacher rows: the ledger; student rows: timed by this command on this machine; the student's dollars "
+                   "are its measured seconds per call times the configured hourly price.") + "</section>")
+
+
+def _break_even(ev: dict) -> str:
+    be = ev["break_even"]
+    c = be["curve"]
+    plot = line_plot([("stay on the teacher", c["months"], c["teacher_usd"], RED),
+                      ("distil + student", c["months"], c["student_usd"], BLUE)],
+                     "months at the configured volume", "cumulative $", be.get("months"), "break-even")
+    if be.get("calls") is not None:
+        text = (f"The student saves {_usd(be['saving_per_call_usd'])} per call and repays the one-time "
+                f"{_usd(be['one_time_usd'])} after <b>{be['calls']:,.0f} calls</b>"
+                + (f", <b>{be['months']:.2f} months</b> at {be['monthly_calls']:,} calls a month." if be.get("months") is not None
+                   else "."))
+    else:
+        text = escape(be.get("note", "no break-even")) + "."
+    b = be.get("batched")
+    if b:
+        text += (f" Serving in batches of {b['batch_size']} (the throughput pass), the student costs "
+                 f"{_usd(b['student_cost_per_call_usd'])} per call: "
+                 + (f"break-even after {b['calls']:,.0f} calls" + (f", {b['months']:.2f} months." if b.get("months") is not None
+                                                                  else ".") if b.get("calls") is not None
+                    else "it is still not cheaper than the teacher."))
+    return (f"<section id='break-even'><h2>Break-even</h2><p>{text}</p>{plot}"
+            + _src(f"per-call costs from the latency and cost table; one-time cost from the ledger and train.json; "
+                   f"volume from {ev['sources']['monthly_calls']}.") + "</section>")
+
+
+def _worst(ev: dict) -> str:
+    def show(x: Any) -> str:
+        return escape(x if isinstance(x, str) else json.dumps(x, ensure_ascii=False))
+
+    rows = [[escape(w["id"]), f"<div class='mono'>{escape(w['input'])}</div>", f"<div class='mono'>{show(w['teacher'])}</div>",
+             f"<div class='mono'>{show(w['student'])}</div>", show(w["gold"]) if w["gold"] is not None else "-",
+             _pct(w["confidence"]), escape(", ".join(w["slices"]))] for w in ev["worst_cases"]]
+    body = (_table(["id", "input", "teacher", "student", "gold", "student confidence", "slices"], rows, 5) if rows
+            else "<p>The student agrees with the teacher on every test input.</p>")
+    return ("<section id='worst'><h2>Worst cases: confident disagreements</h2>" + body
+            + _src("test inputs where the trained student's answer (measured by this command) differs from the teacher's "
+                   "recorded answer, most confident first.") + "</section>")
+
+
+def _compare(ev: dict, others: Sequence[tuple[str, dict]]) -> str:
+    if not others:
+        return ""
+    runs = [("champion: " + ev.get("run_dir", "this run"), ev)] + [(f"challenger: {n}", o) for n, o in others]
+    rows = []
+    for name, e in runs:
+        s = e["models"]["student"]
+        be = e["break_even"]
+        rows.append([escape(name), escape(str(s.get("model"))), _pct(s.get("gold_metric")), _ci(e["agreement_ci"].get("student")),
+                     f"{_num(s['latency_batch1'].get('p50_s'))} s", _usd(s["cost_per_1k_calls_usd"]),
+                     f"{be['months']:.2f}" if be.get("months") is not None else "never",
+                     "GO" if e["verdict"]["go"] else "NO-GO", escape(e.get("created_at", "-"))])
+    names = [r["slice"] for r in ev["slices"]]
+    slice_rows = []
+    for sl in names:
+        cells = []
+        for _, e in runs:
+            r = next((x for x in e["slices"] if x["slice"] == sl), None)
+            cells.append(_ci(r["agreement"]) + f" <b>{escape(r['verdict'])}</b>" if r else "-")
+        slice_rows.append([escape(sl), *cells])
+    warn = "".join(f"<p><b>Warning:</b> {escape(n)} was evaluated on a different test split; its numbers are not paired "
+                   "with the champion's.</p>" for n, o in others if o.get("test_hash") != ev.get("test_hash"))
+    return ("<section id='compare'><h2>Champion vs challenger</h2>" + warn
+            + _table(["run", "student", "gold metric", "agreement [95% CI]", "p50 latency", "$ per 1k calls",
+                      "break-even months", "verdict", "evaluated at"], rows, 2)
+            + _table(["slice", *[n for n, _ in runs]], slice_rows)
+            + _src("each run's own eval.json, as written by its `potstill evaluate` (see the evaluated-at column).")
+            + "</section>")
+
+
+def _sources(ev: dict) -> str:
+    rows = [[escape(k), escape(v)] for k, v in ev["sources"].items()]
+    return ("<section id='sources'><h2>Where every number comes from</h2>" + _table(["number", "source"], rows, 2)
+            + "</section>")
+
+
+def render(ev: dict, others: Sequence[tuple[str, dict]] = ()) -> str:
+    title = f"potstill evaluation: {ev['task']}, {ev['n_test']} test inputs"
+    body = "".join([_verdict(ev), _models(ev), _slices(ev), _metrics(ev), _confusion(ev), _calibration(ev), _cost(ev),
+                    _break_even(ev), _worst(ev), _compare(ev, others), _sources(ev)])
+    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{escape(title)}</title>"
+            f"<style>{CSS}</style></head><body><h1>{escape(title)}</h1><p class='small'>run {escape(ev.get('run_dir', ''))}, "
+            f"evaluated {escape(ev.get('created_at', ''))}</p>{body}</body></html>")
+
+
+def write_report(path: str | Path, ev: dict, others: Sequence[tuple[str, dict]] = ()) -> None:
+    """Render and write atomically (temp file renamed over the target)."""
+    write_text(path, render(ev, others))
+
+
+def load_eval(path: str | Path) -> dict:
+    """An eval.json from a run directory or a file path, with one clear error when it is missing or not ours."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "eval.json" if (p / "eval.json").exists() else p.parent / "eval.json"
+    if not p.exists():
+        raise PotstillError(f"{path}: no eval.json there (run `potstill evaluate` on that run first)")
+    try:
+        ev = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise PotstillError(f"{p}: malformed JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(ev, dict) or "slices" not in ev or "verdict" not in ev:
+        raise PotstillError(f"{p}: not an eval.json written by this version of `potstill evaluate` (no slices/verdict)")
+    return ev
+
+
+def compare_report(run_dir: str | Path, others: Sequence[str | Path], out: str | Path | None = None) -> Path:
+    """report.html for ``run_dir`` (the champion) with each other run's eval.json as a challenger."""
+    ev = load_eval(run_dir)
+    loaded = [(str(o), load_eval(o)) for o in others]
+    target = Path(out) if out else Path(run_dir) / "report.html"
+    write_report(target, ev, loaded)
+    return target

@@ -1,0 +1,199 @@
+"""Task metrics for evaluate: pure functions over parsed outputs, each checked by hand in tests.
+
+Classification: accuracy, macro-F1, confusion matrix, expected calibration error (ECE).
+JSON extraction: validity rate, field-level precision/recall/F1 (micro), exact match.
+Free text: chrF (Popovic 2015, as sacrebleu computes it) and ROUGE-L (Lin 2004), sentence level.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any, Callable, Sequence
+
+INVALID = "(invalid)"
+
+
+def accuracy(preds: Sequence[Any], refs: Sequence[Any]) -> float | None:
+    """Share of positions where ``pred == ref``; positions without a reference (None) are skipped."""
+    pairs = [(p, r) for p, r in zip(preds, refs) if r is not None]
+    return sum(p == r for p, r in pairs) / len(pairs) if pairs else None
+
+
+def macro_f1(preds: Sequence[Any], refs: Sequence[Any]) -> float | None:
+    """Unweighted mean of per-label F1 = 2TP / (2TP + FP + FN).
+
+    Averaged over the labels that occur as a reference or a (valid) prediction, so a label absent
+    from both does not count as a zero. An invalid prediction (None) is a miss for its reference.
+    """
+    pairs = [(p, r) for p, r in zip(preds, refs) if r is not None]
+    if not pairs:
+        return None
+    labels = {r for _, r in pairs} | {p for p, _ in pairs if p is not None}
+    f1s = []
+    for lab in labels:
+        tp = sum(p == lab and r == lab for p, r in pairs)
+        fp = sum(p == lab and r != lab for p, r in pairs)
+        fn = sum(p != lab and r == lab for p, r in pairs)
+        f1s.append(2 * tp / (2 * tp + fp + fn))
+    return sum(f1s) / len(f1s)
+
+
+def confusion_matrix(preds: Sequence[Any], refs: Sequence[Any], labels: Sequence[str]) -> dict[str, Any]:
+    """Counts with rows = reference label and columns = predicted label (plus ``(invalid)`` if any)."""
+    cols = list(labels) + ([INVALID] if any(p is None or p not in labels for p in preds) else [])
+    index = {c: i for i, c in enumerate(cols)}
+    rows = list(labels)
+    m = [[0] * len(cols) for _ in rows]
+    for p, r in zip(preds, refs):
+        if r is None or r not in labels:
+            continue
+        m[rows.index(r)][index[p if p in labels else INVALID]] += 1
+    return {"rows": rows, "cols": cols, "counts": m}
+
+
+def calibration(confidence: Sequence[float], correct: Sequence[float], n_bins: int = 10) -> dict[str, Any]:
+    """Expected calibration error over equal-width bins, and the bins for a reliability diagram.
+
+    ECE = sum_b |B_b|/n * |acc(B_b) - conf(B_b)|, bin b holding confidences in (b/n_bins, (b+1)/n_bins]
+    (a confidence of exactly 0 goes to the first bin). ``confidence`` is the probability the model
+    gave its own answer; ``correct`` is 1.0 where that answer matched the reference.
+    """
+    n = len(confidence)
+    bins = [{"lo": b / n_bins, "hi": (b + 1) / n_bins, "n": 0, "conf_sum": 0.0, "acc_sum": 0.0} for b in range(n_bins)]
+    for c, ok in zip(confidence, correct):
+        b = min(n_bins - 1, max(0, -int(-c * n_bins) - 1))  # ceil(c * n_bins) - 1: right-closed bins
+        bins[b]["n"] += 1
+        bins[b]["conf_sum"] += c
+        bins[b]["acc_sum"] += ok
+    ece = 0.0
+    out = []
+    for b in bins:
+        if b["n"]:
+            conf, acc = b["conf_sum"] / b["n"], b["acc_sum"] / b["n"]
+            ece += b["n"] / n * abs(acc - conf)
+            out.append({"lo": b["lo"], "hi": b["hi"], "n": b["n"], "confidence": conf, "accuracy": acc})
+    return {"ece": ece if n else None, "n": n, "bins": out}
+
+
+# --------------------------------------------------------------------------- JSON extraction
+
+
+def _items(obj: Any) -> set[tuple[str, str]]:
+    """Top-level (field, canonical JSON value) pairs of a dict; anything else has none."""
+    if not isinstance(obj, dict):
+        return set()
+    return {(str(k), json.dumps(v, sort_keys=True, ensure_ascii=False)) for k, v in obj.items()}
+
+
+def field_prf(preds: Sequence[Any], refs: Sequence[Any]) -> dict[str, float | None]:
+    """Micro precision/recall/F1 over top-level fields: a field counts when its value equals the reference's.
+
+    An invalid prediction has no fields, so it lowers recall but not precision.
+    """
+    tp = n_pred = n_ref = 0
+    for p, r in zip(preds, refs):
+        if r is None:
+            continue
+        pi, ri = _items(p), _items(r)
+        tp += len(pi & ri)
+        n_pred += len(pi)
+        n_ref += len(ri)
+    prec = tp / n_pred if n_pred else None
+    rec = tp / n_ref if n_ref else None
+    f1 = 2 * prec * rec / (prec + rec) if prec and rec else (0.0 if prec is not None and rec is not None else None)
+    return {"precision": prec, "recall": rec, "f1": f1}
+
+
+def exact_match(preds: Sequence[Any], refs: Sequence[Any]) -> float | None:
+    """Share of predictions equal to the reference as whole JSON values (field order ignored)."""
+    pairs = [(p, r) for p, r in zip(preds, refs) if r is not None]
+    if not pairs:
+        return None
+    return sum(_canon(p) is not None and _canon(p) == _canon(r) for p, r in pairs) / len(pairs)
+
+
+def _canon(x: Any) -> str | None:
+    """Canonical JSON text of a parsed value; None for a parse failure (which equals nothing)."""
+    try:
+        return json.dumps(x, sort_keys=True, ensure_ascii=False)
+    except TypeError:
+        return None
+
+
+def validity_rate(parsed: Sequence[Any], validate: Callable[[Any], str | None]) -> float | None:
+    """Share of outputs the task's validator accepts (JSON that parses and satisfies the schema)."""
+    return sum(validate(p) is None for p in parsed) / len(parsed) if parsed else None
+
+
+# --------------------------------------------------------------------------- free text
+
+
+def _char_ngrams(text: str, n: int) -> Counter:
+    s = "".join(text.split())  # chrF ignores whitespace
+    return Counter(s[i : i + n] for i in range(len(s) - n + 1))
+
+
+def chrf(hyp: str, ref: str, max_n: int = 6, beta: float = 2.0) -> float:
+    """Sentence chrF in [0, 1]: precision and recall averaged over character n-gram orders 1..max_n
+    (orders where both strings have n-grams), then F-beta of the averages (beta=2 weighs recall)."""
+    precs, recs = [], []
+    for n in range(1, max_n + 1):
+        h, r = _char_ngrams(hyp, n), _char_ngrams(ref, n)
+        nh, nr = sum(h.values()), sum(r.values())
+        if nh and nr:
+            match = sum((h & r).values())
+            precs.append(match / nh)
+            recs.append(match / nr)
+    if not precs:
+        return float(hyp.strip() == ref.strip())
+    p, r = sum(precs) / len(precs), sum(recs) / len(recs)
+    return (1 + beta**2) * p * r / (beta**2 * p + r) if p + r else 0.0
+
+
+def _lcs(a: list[str], b: list[str]) -> int:
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    return prev[-1]
+
+
+def rouge_l(hyp: str, ref: str) -> float:
+    """ROUGE-L F1 on lower-cased whitespace tokens: LCS/len(hyp) and LCS/len(ref), harmonic mean."""
+    h, r = hyp.lower().split(), ref.lower().split()
+    if not h or not r:
+        return float(h == r)
+    lcs = _lcs(h, r)
+    if not lcs:
+        return 0.0
+    p, rec = lcs / len(h), lcs / len(r)
+    return 2 * p * rec / (p + rec)
+
+
+def text_scores(preds: Sequence[Any], refs: Sequence[Any]) -> dict[str, float | None]:
+    pairs = [(str(p or ""), str(r)) for p, r in zip(preds, refs) if r is not None]
+    if not pairs:
+        return {"chrf": None, "rouge_l": None}
+    return {"chrf": sum(chrf(p, r) for p, r in pairs) / len(pairs),
+            "rouge_l": sum(rouge_l(p, r) for p, r in pairs) / len(pairs)}
+
+
+def task_metrics(task_type: str, preds: Sequence[Any], refs: Sequence[Any], labels: Sequence[str] = (),
+                 confidence: Sequence[float] | None = None,
+                 validate: Callable[[Any], str | None] | None = None) -> dict[str, Any]:
+    """The metrics of one task type for predictions against one reference (the teacher or gold)."""
+    n = sum(r is not None for r in refs)
+    if task_type == "classification":
+        out: dict[str, Any] = {"n": n, "accuracy": accuracy(preds, refs), "macro_f1": macro_f1(preds, refs),
+                               "confusion": confusion_matrix(preds, refs, labels)}
+        if confidence is not None:
+            kept = [(c, float(p == r)) for c, p, r in zip(confidence, preds, refs) if r is not None]
+            out["calibration"] = calibration([c for c, _ in kept], [k for _, k in kept])
+        return out
+    if task_type == "extraction":
+        return {"n": n, "validity_rate": validity_rate(list(preds), validate) if validate else None,
+                **{f"field_{k}": v for k, v in field_prf(preds, refs).items()}, "exact_match": exact_match(preds, refs)}
+    return {"n": n, **text_scores(preds, refs)}

@@ -1,0 +1,121 @@
+"""Each evaluate metric against an example worked out by hand (the arithmetic is in the comments)."""
+
+import math
+
+import pytest
+
+from potstill.config import QualityBar, TaskConfig
+from potstill.evaluate import break_even, break_even_curve, verdict
+from potstill.evaluate.metrics import (
+    INVALID, accuracy, calibration, chrf, confusion_matrix, exact_match, field_prf, macro_f1, rouge_l, task_metrics,
+    validity_rate,
+)
+from potstill.evaluate.slices import judge, length_edges, slice_names, slice_table
+from potstill.records import Record
+from potstill.tasks.extraction import ExtractionTask
+
+
+def test_accuracy_skips_missing_references():
+    # 4 references: a=a yes, b!=a, a=a yes, None!=b -> 2/4; the 5th has no reference.
+    assert accuracy(["a", "b", "a", None, "a"], ["a", "a", "a", "b", None]) == 0.5
+    assert accuracy(["a"], [None]) is None
+
+
+def test_macro_f1_by_hand():
+    # a: tp=1 fp=1 fn=0 -> F1 = 2/3;  b: tp=2 fp=0 fn=1 -> F1 = 4/5;  mean = 11/15
+    assert macro_f1(["a", "a", "b", "b"], ["a", "b", "b", "b"]) == pytest.approx(11 / 15)
+    # an invalid prediction is a miss: a: tp=1 fn=1 -> 2/3; b: tp=0 fp=0 fn=0 is absent; -> 2/3
+    assert macro_f1(["a", None], ["a", "a"]) == pytest.approx(2 / 3)
+
+
+def test_confusion_matrix_rows_are_references():
+    cm = confusion_matrix(["a", "b", "b", None], ["a", "a", "b", "b"], ["a", "b"])
+    assert cm["cols"] == ["a", "b", INVALID]
+    assert cm["counts"] == [[1, 1, 0], [0, 1, 1]]
+
+
+def test_ece_by_hand():
+    # bins (0.8,0.9]: conf .9,.9 acc 1,0 -> |.5-.9|*2/4 = .2;  (0.5,0.6]: |1-.6|*1/4 = .1;
+    # (0.3,0.4]: |0-.35|*1/4 = .0875;  ECE = .3875
+    cal = calibration([0.9, 0.9, 0.6, 0.35], [1, 0, 1, 0])
+    assert cal["ece"] == pytest.approx(0.3875)
+    assert [b["n"] for b in cal["bins"]] == [1, 1, 2]
+    assert calibration([1.0, 1.0], [1, 1])["ece"] == 0.0  # perfectly confident and right
+
+
+def test_json_field_metrics_by_hand():
+    task = ExtractionTask(TaskConfig(type="extraction", json_schema={"type": "object", "required": ["a"]}))
+    preds = [task.parse('{"a": 1, "b": 2}'), task.parse("not json"), task.parse('{"a": 1}')]
+    refs = [{"a": 1, "b": 3}, {"a": 1}, {"a": 1}]
+    # matching fields: a (1st), none (invalid), a (3rd) -> tp 2; predicted fields 2+0+1 = 3; reference 2+1+1 = 4
+    prf = field_prf(preds, refs)
+    assert prf["precision"] == pytest.approx(2 / 3) and prf["recall"] == pytest.approx(1 / 2)
+    assert prf["f1"] == pytest.approx(4 / 7)  # 2PR/(P+R) = (2/3)/(7/6)
+    assert exact_match(preds, refs) == pytest.approx(1 / 3)
+    assert validity_rate(preds, task.validate) == pytest.approx(2 / 3)
+    m = task_metrics("extraction", preds, refs, validate=task.validate)
+    assert m["field_f1"] == pytest.approx(4 / 7) and m["validity_rate"] == pytest.approx(2 / 3)
+
+
+def test_chrf_by_hand():
+    # hyp "ab", ref "abc", orders 1..2. n=1: P=2/2, R=2/3; n=2: P=1/1, R=1/2.
+    # mean P=1, mean R=7/12; F2 = 5*P*R/(4P+R) = (35/12)/(55/12) = 7/11
+    assert chrf("ab", "abc", max_n=2) == pytest.approx(7 / 11)
+    assert chrf("a b", "ab", max_n=2) == pytest.approx(1.0)  # whitespace is ignored
+    assert chrf("hello there", "hello there") == pytest.approx(1.0)
+    assert chrf("xyz", "abc") == 0.0
+
+
+def test_rouge_l_by_hand():
+    # LCS("the cat sat", "the cat was on the mat") = "the cat" = 2; P=2/3, R=2/6; F1 = 2PR/(P+R) = 4/9
+    assert rouge_l("the cat sat", "The cat was on the mat") == pytest.approx(4 / 9)
+    assert rouge_l("a b c", "a b c") == 1.0
+    m = task_metrics("freetext", ["the cat sat", "a b c"], ["the cat was on the mat", "a b c"])
+    assert m["rouge_l"] == pytest.approx((4 / 9 + 1) / 2)
+
+
+def test_classification_metrics_bundle():
+    m = task_metrics("classification", ["a", "b"], ["a", "a"], labels=["a", "b"], confidence=[0.8, 0.7])
+    assert m["accuracy"] == 0.5 and m["confusion"]["counts"] == [[1, 1], [0, 0]]
+    # bins (0.7,0.8]: |1-.8|/2 = .1; (0.6,0.7]: |0-.7|/2 = .35 -> .45
+    assert m["calibration"]["ece"] == pytest.approx(0.45)
+
+
+def test_break_even_by_hand():
+    # saving .01 - .002 = .008 per call; 80 / .008 = 10,000 calls; at 1,000 a month: 10 months
+    be = break_even(0.01, 0.002, 80.0, 1000)
+    assert be["calls"] == pytest.approx(10_000) and be["months"] == pytest.approx(10.0)
+    curve = break_even_curve(0.01, 0.002, 80.0, 1000, be["months"], points=5)
+    assert curve["months"] == [0, 5, 10, 15, 20]
+    assert curve["teacher_usd"][2] == pytest.approx(curve["student_usd"][2])  # the lines cross at month 10
+    assert break_even(0.001, 0.002, 5.0, 10)["calls"] is None
+
+
+def test_slices_and_verdict():
+    recs = [Record(messages=[{"role": "user", "content": " ".join(["w"] * k)}], slice=["x"] if k < 4 else [])
+            for k in range(1, 7)]
+    edges = length_edges(recs)  # word counts 1..6: cut at the 1/3 and 2/3 points -> 2 and 4
+    assert edges == (2, 4)
+    names = [slice_names(r, "a" if i % 2 else "b", edges) for i, r in enumerate(recs)]
+    assert names[0] == ["tag:x", "label:b", "length:short (<=2 words)"]
+    bar = QualityBar(min_agreement=0.5, min_relative_quality=None)
+    rows = slice_table(names, [1, 1, 0, 1, 0, 0], None, [None] * 6, [None] * 6, bar, min_n=3, n_boot=200)
+    by = {r["slice"]: r for r in rows}
+    assert rows[0]["slice"] == "all" and by["all"]["agreement"]["value"] == pytest.approx(0.5)
+    assert by["tag:x"]["verdict"] == "go"  # 2/3 >= 50%
+    assert by["label:b"]["verdict"] == "no-go"  # examples 0, 2, 4 -> 1/3
+    assert by["length:short (<=2 words)"]["verdict"] == "too small"
+    assert judge(0.9, None, 10, bar, 30)["reason"] == "too small to judge: 10 examples < 30"
+    models = {"student": {"agreement_with_teacher": 0.9, "gold_metric": None}, "teacher": {"gold_metric": None}}
+    v = verdict(models, bar, rows)
+    assert not v["go"] and v["no_go_slices"] == ["label:b"] and "label:b" in v["reason"]
+    assert "tag:x" in v["go_slices"]
+
+
+def test_gold_gap_in_slices():
+    bar = QualityBar(min_agreement=0.0, min_relative_quality=0.95)
+    # student right on 3 of 4, teacher on 4 of 4: gap -25 points, relative quality 75% < 95%
+    rows = slice_table([[], [], [], []], [1, 1, 1, 1], None, [1, 1, 1, 0], [1, 1, 1, 1], bar, min_n=1, n_boot=200)
+    g = rows[0]["gold"]
+    assert g["gap"]["value"] == pytest.approx(-0.25) and g["relative"] == pytest.approx(0.75)
+    assert rows[0]["verdict"] == "no-go" and math.isclose(g["teacher"], 1.0)

@@ -1,0 +1,180 @@
+"""`potstill evaluate` on a tiny-model run: eval.json holds every part of the decision, and report.html
+opens in headless Chromium with no console errors and every required section (screenshot saved)."""
+
+import json
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from potstill.config import load_config
+from potstill.evaluate.html import render
+from potstill.evaluate.stage import evaluate_stage, worst_cases
+from potstill.pipeline import run_all
+from potstill.records import Record
+from potstill.students import Predictions
+from potstill.tasks.classification import ClassificationTask
+from potstill.train.stage import train_stage
+
+LABELS = ["sports", "tech", "politics"]
+KEYWORDS = {"sports": ["match", "team", "goal", "win"], "tech": ["phone", "software", "internet", "computer"],
+            "politics": ["minister", "party", "vote", "election"]}
+FILLER = "the a of to in and on for with by is was were has have market shares bank profit film music star".split()
+
+
+def potstill(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "potstill.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory, tiny_model, tiny_model_b):
+    """A whole tiny run (36 inputs, 12 held out), with record tags so there are tag slices."""
+    root = tmp_path_factory.mktemp("evaluate-report")
+    rng, rows = random.Random(0), []
+    for label, words in KEYWORDS.items():
+        for i in range(12):  # distinct texts (curate drops near-duplicates), two keywords each, 5 to 10 words
+            text = rng.sample(words, 2) + rng.sample(FILLER, 3 + i % 6)
+            rng.shuffle(text)
+            rows.append({"input": " ".join(text), "label": label, "slice": ["short-form" if i % 6 < 3 else "long-form"]})
+    (root / "inputs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = {
+        "run_dir": "run",
+        "task": {"type": "classification", "labels": LABELS, "instruction": "classify the text"},
+        "data": {"inputs": "inputs.jsonl"},
+        "teacher": {"type": "local", "model": str(tiny_model_b), "batch_size": 4, "price": {"usd_per_hour": 1.0}},
+        "student": {"model": str(tiny_model), "max_length": 64},
+        "pilot": {"n": 6},
+        "curate": {"val": 4, "test": 12},
+        "train": {"lr": 0.01, "epochs": 2, "batch_size": 4},
+        "evaluate": {"latency_samples": 3, "batch_size": 4, "monthly_calls": 10000},
+        "report": {"min_slice_n": 4, "bootstrap_samples": 200},
+    }
+    (root / "potstill.yaml").write_text(yaml.safe_dump(cfg))
+    # In-process and without the pilot: the CLI path is tested in test_pipeline.py, and each
+    # subprocess pays ~5 s of imports on a loaded machine.
+    run_all(load_config(root / "potstill.yaml"), skip_pilot=True)
+    return root
+
+
+def test_eval_json_has_every_part_of_the_decision(evaluated):
+    ev = json.loads((evaluated / "run" / "eval.json").read_text())
+    assert list(ev["models"]) == ["untrained student", "teacher", "student"]
+    by = {r["slice"]: r for r in ev["slices"]}
+    assert {"all", "tag:short-form", "tag:long-form"} <= set(by) and any(s.startswith("label:") for s in by)
+    assert any(s.startswith("length:") for s in by)
+    assert by["all"]["n"] == ev["n_test"] == 12
+    for r in ev["slices"]:
+        a = r["agreement"]
+        assert a["lo"] <= a["value"] <= a["hi"]
+        assert r["verdict"] in {"go", "no-go", "too small"} and r["reason"]
+        assert (r["verdict"] == "too small") == (r["n"] < 4)
+        assert r["gold"]["gap"]["lo"] <= r["gold"]["gap"]["value"] <= r["gold"]["gap"]["hi"]
+    # The per-example numbers add up to the overall one measured by measure_student.
+    assert by["all"]["agreement"]["value"] == pytest.approx(ev["models"]["student"]["agreement_with_teacher"])
+    cm = ev["metrics"]["student"]["vs_teacher"]["confusion"]
+    assert sum(map(sum, cm["counts"])) == 12
+    assert ev["metrics"]["student"]["vs_teacher"]["accuracy"] == pytest.approx(by["all"]["agreement"]["value"])
+    assert 0 <= ev["metrics"]["student"]["vs_teacher"]["calibration"]["ece"] <= 1
+    rows = {r["model"]: r for r in ev["latency_cost"]}
+    assert rows["student"]["p50_s"] > 0 and rows["student"]["batched_p50_s"] > 0 and rows["student"]["calls_per_s"] > 0
+    assert rows["teacher"]["p50_s"] > 0 and "ledger" in rows["teacher"]["source"]
+    assert ev["one_time"]["generation_usd"] > 0 and ev["one_time"]["train_s"] > 0  # teacher at $1/h; train.json
+    assert len(ev["break_even"]["curve"]["months"]) == 25
+    b = ev["break_even"]["batched"]
+    assert b["batch_size"] == 4 and b["student_cost_per_call_usd"] == pytest.approx(
+        ev["models"]["student"]["cost_per_1k_calls_batched_usd"] / 1000)
+    assert all(w["teacher"] != w["student"] for w in ev["worst_cases"])
+    conf = [w["confidence"] for w in ev["worst_cases"]]
+    assert conf == sorted(conf, reverse=True)
+    assert isinstance(ev["verdict"]["go"], bool) and ev["verdict"]["reason"]
+
+    # A rerun with the same settings and artifacts is skipped (eval.json and report.html both hash-checked).
+    assert evaluate_stage(load_config(evaluated / "potstill.yaml"))["skipped"]
+
+    # The page escapes what it shows and renders a worst case and a non-classification task too.
+    case = {"id": "x1", "input": "<script>alert(1)</script>", "teacher": {"a": 1}, "student": "invalid JSON",
+            "student_raw": "{", "gold": None, "confidence": 0.9, "slices": ["tag:t"]}
+    page = render({**ev, "worst_cases": [case]})
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>" not in page
+    metrics = {"student": {"vs_teacher": {"n": 12, "validity_rate": 0.5, "field_f1": 0.25, "exact_match": 0.0}}}
+    page = render({**ev, "task": "extraction", "metrics": metrics})
+    assert "Not applicable" in page and "field_f1" in page
+
+
+def _open(page_path: Path, shot: Path) -> tuple[dict, list[str]]:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not CHROMIUM.exists():
+        pytest.skip("chromium is not installed (scripts/install.sh installs it)")
+    errors: list[str] = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("request", lambda r: errors.append(f"network request: {r.url}") if not r.url.startswith("file:") else None)
+        page.goto(page_path.as_uri())
+        found = {
+            sel: page.locator(sel).count() for sel in (
+                "#verdict .verdict", "#models table", "#slices svg circle", "#confusion table", "#calibration svg",
+                "#cost table", "#break-even svg polyline", "#worst", "#sources table", "#compare table",
+            )
+        }
+        found["text"] = page.inner_text("body")
+        page.screenshot(path=str(shot), full_page=True)
+        browser.close()
+    return found, errors
+
+
+def test_report_opens_in_chromium_with_every_section(evaluated):
+    found, errors = _open(evaluated / "run" / "report.html", evaluated / "report.png")
+    assert errors == []
+    for sel in ("#verdict .verdict", "#models table", "#confusion table", "#calibration svg", "#cost table",
+                "#sources table"):
+        assert found[sel] >= 1, sel
+    assert found["#slices svg circle"] >= 4  # all, two tags, labels, lengths
+    assert found["#break-even svg polyline"] == 2
+    text = found["text"]
+    for words in ("Untrained student, teacher, trained student", "Per-slice gap", "Confusion matrix",
+                  "Latency and cost", "Break-even", "GO", "Where these numbers come from"):
+        assert words in text, words
+    assert (evaluated / "report.png").stat().st_size > 10_000
+
+
+def test_champion_vs_challenger(evaluated):
+    """A second student (another learning rate) on the same test split, compared in one report."""
+    shutil.copytree(evaluated / "run", evaluated / "run2")
+    cfg = load_config(evaluated / "potstill.yaml", {"run_dir": str(evaluated / "run2"), "train.lr": 0.03,
+                                                    "evaluate.include_untrained": False})
+    train_stage(cfg)
+    evaluate_stage(cfg)
+    out = potstill("report", "run", "--compare", "run2", "--out", "compare.html", cwd=evaluated)
+    assert out.returncode == 0, out.stderr
+    found, errors = _open(evaluated / "compare.html", evaluated / "compare.png")
+    assert errors == [] and found["#compare table"] == 2
+    assert "challenger: run2" in found["text"] and "different test split" not in found["text"]
+
+    out = potstill("report", "run", "--compare", "nowhere", cwd=evaluated)
+    assert out.returncode != 0 and out.stderr.strip().count("\n") == 0 and "nowhere: no eval.json" in out.stderr
+
+
+def test_worst_cases_are_confident_disagreements_first():
+    task = ClassificationTask(load_config(overrides={"task.labels": ["a", "b"]}).task)
+    recs = [Record(messages=[{"role": "user", "content": f"text {i}"}], output=o) for i, o in enumerate("abab")]
+    probs = [{"a": 0.9, "b": 0.1}, {"a": 0.6, "b": 0.4}, {"a": 0.2, "b": 0.8}, {"a": 0.95, "b": 0.05}]
+    preds = Predictions(outputs=["a", "a", "b", "a"], parsed=["a", "a", "b", "a"], label_probs=probs,
+                        confidence=[0.8, 0.2, 0.6, 0.9], prompt_tokens=[3] * 4, output_tokens=[1] * 4, seconds=[0.1] * 4)
+    conf = [max(p.values()) for p in probs]
+    # teacher a,b,a,b vs student a,a,b,a: disagreements at 1 (conf .6), 2 (.8), 3 (.95)
+    worst = worst_cases(task, recs, preds, list("abab"), [None] * 4, conf, [["s"]] * 4, k=2)
+    assert [w["input"] for w in worst] == ["text 3", "text 2"]
+    assert worst[0]["teacher"] == "b" and worst[0]["student"] == "a" and worst[0]["confidence"] == 0.95
