@@ -1,0 +1,56 @@
+"""Serve a run's student behind an OpenAI-compatible API, with the teacher as calibrated fallback.
+
+``potstill serve RUN`` loads ``RUN/student``, calibrates routing on ``RUN/val.jsonl`` and listens;
+a client that called the teacher changes only its base_url. See ``routing`` for the rules,
+``app`` for the wire format and logging, ``engine`` for batching.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from potstill.config import Config, load_config
+from potstill.errors import PotstillError
+from potstill.progress import say
+
+
+def run_config(run_dir: Path, config: Path | None, overrides: dict | None = None) -> Config:
+    """The run's own potstill.yaml (written by every pipeline run) unless another is given."""
+    path = config or Path(run_dir) / "potstill.yaml"
+    if not Path(path).exists():
+        raise PotstillError(f"{path}: config not found (pass -c potstill.yaml)")
+    return load_config(path, overrides)
+
+
+def serve_key(cfg: Config) -> str | None:
+    """The Bearer key clients must send, from ``serve.api_key_env``; None serves without auth."""
+    name = cfg.serve.api_key_env
+    if not name:
+        return None
+    key = os.environ.get(name)
+    if not key:
+        raise PotstillError(f"environment variable {name} is not set (it holds the key clients must send; "
+                            "set it, or pass --api-key-env '' to serve without auth)")
+    return key
+
+
+def serve(run_dir: Path, cfg: Config, recalibrate: bool = False) -> None:
+    import uvicorn
+
+    from potstill.serve.app import build_app
+    from potstill.serve.service import load_service
+
+    key = serve_key(cfg)
+    service = load_service(Path(run_dir), cfg, recalibrate=recalibrate)
+    if key is None:
+        say("serve: no API key configured: anyone who can reach the port can call it")
+    say(f"serve: http://{cfg.serve.host}:{cfg.serve.port}/v1 (student {service.student_name}, "
+        f"teacher {service.teacher_name}); every request is logged to {service.ledger.path}")
+    try:
+        uvicorn.run(build_app(service, key), host=cfg.serve.host, port=cfg.serve.port, log_level="warning")
+    finally:
+        service.close()
+
+
+__all__ = ["run_config", "serve", "serve_key"]

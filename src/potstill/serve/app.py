@@ -1,0 +1,245 @@
+"""The HTTP face: an OpenAI-compatible FastAPI app over a ``Service``.
+
+Every request to ``/v1/chat/completions`` becomes exactly one ledger row, whatever happens:
+answered (status ok, role = who answered), rejected (401/400/413: status error), or failed
+(502 when the teacher fails, 500 otherwise). Every 4xx/5xx carries an OpenAI-style body
+``{"error": {"message", "type", "param", "code"}}``. The Bearer key and other headers are never
+logged; the key is compared in constant time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import math
+import time
+import uuid
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from potstill.serve.schemas import ChatCompletion, ChatRequest, ErrorBody, Health, ModelList
+from potstill.serve.service import Service, TeacherError
+
+CHAT = "/v1/chat/completions"
+ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 500, 502)}
+# One server-sent event (OpenAPI 3.1: the event-stream schema describes each event): its data is a
+# chat.completion.chunk as JSON, or [DONE].
+SSE_EVENT = {"type": "object", "required": ["data"],
+             "properties": {"data": {"type": "string"}, "event": {"type": "string"}}}
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+          405: "invalid_request_error", 413: "invalid_request_error", 502: "upstream_error"}
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+
+def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": _TYPES.get(status, "server_error"), "param": param, "code": code}}
+
+
+def _route_headers(who: str, reason: str, confidence: float) -> dict[str, str]:
+    return {"X-Potstill-Answered-By": who, "X-Potstill-Reason": reason, "X-Potstill-Confidence": f"{confidence:.6g}"}
+
+
+def _finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+class Gate:
+    """Pure ASGI middleware: Bearer auth for /v1/*, a body size limit, and the ledger row of every
+    chat request rejected before its handler ran. The body is read once and replayed downstream."""
+
+    def __init__(self, app: Any, service: Service, key: str | None, max_body: int, reject: Any):
+        self.app, self.service, self.key, self.max_body, self.reject = app, service, key, max_body, reject
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            return await self.app(scope, receive, send)
+        t0 = time.perf_counter()
+        scope.setdefault("state", {})["t0"] = t0
+        headers = dict(scope.get("headers") or [])
+        if self.key is not None:
+            auth = headers.get(b"authorization", b"").decode("latin-1")
+            if not hmac.compare_digest(auth.encode(), f"Bearer {self.key}".encode()):
+                return await self.reject(scope, send, 401, "invalid or missing API key (send Authorization: Bearer <key>)", None)
+        if scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            return await self.reject(scope, send, 413, f"request body over {self.max_body} bytes", None)
+        chunks, size = [], 0
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            chunks.append(msg.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_body:
+                return await self.reject(scope, send, 413, f"request body over {self.max_body} bytes", None)
+            if not msg.get("more_body"):
+                break
+        body = b"".join(chunks)
+        scope["state"]["raw_body"] = body
+        sent = False
+
+        async def replay() -> dict:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def _logged_request(raw: bytes | None) -> dict[str, Any]:
+    """What the ledger keeps of a request: its JSON when it parses, else a bounded excerpt."""
+    if raw is None:
+        return {}
+    try:
+        obj = json.loads(raw)
+        return obj if isinstance(obj, dict) else {"body": obj}
+    except ValueError:
+        return {"unparsed_body": raw[:2000].decode("utf-8", "replace")}
+
+
+def build_app(service: Service, api_key: str | None) -> FastAPI:
+    s = service.cfg.serve
+    registry = CollectorRegistry()
+    requests = Counter("potstill_requests", "Chat requests by outcome.", ["answered_by", "reason", "status"], registry=registry)
+    latency = Histogram("potstill_request_seconds", "End-to-end chat latency.", ["answered_by"], registry=registry,
+                        buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+
+    app = FastAPI(title="potstill serve", version="1", description="OpenAI-compatible student with teacher fallback.")
+
+    def log_error(state: dict, status: int, message: str, role: str = "student", model: str | None = None) -> None:
+        if state.get("logged"):
+            return
+        state["logged"] = True
+        service.log(_logged_request(state.get("raw_body")), role=role, model=model or service.student_name,
+                    latency_s=time.perf_counter() - state.get("t0", time.perf_counter()), status="error",
+                    response=error_body(status, message), error=f"{status}: {message}"[:500])
+        requests.labels("none", "rejected" if status < 500 else "failed", str(status)).inc()
+
+    async def reject(scope: dict, send: Any, status: int, message: str, param: str | None) -> None:
+        if scope["path"] == CHAT and scope["method"] == "POST":
+            await asyncio.to_thread(log_error, scope["state"], status, message)
+        resp = JSONResponse(error_body(status, message, param), status_code=status)
+        await resp(scope, _drain_receive, send)
+
+    async def on_error(request: Request, status: int, message: str, param: str | None = None,
+                       role: str = "student", model: str | None = None) -> JSONResponse:
+        if request.url.path == CHAT and request.method == "POST":
+            await asyncio.to_thread(log_error, request.scope.setdefault("state", {}), status, message, role, model)
+        return JSONResponse(error_body(status, message, param), status_code=status)
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, e: APIError) -> JSONResponse:
+        return await on_error(request, e.status, e.message, e.param)
+
+    @app.exception_handler(TeacherError)
+    async def _teacher_error(request: Request, e: TeacherError) -> JSONResponse:
+        return await on_error(request, 502, f"the teacher failed to answer: {e}"[:500], role="teacher",
+                              model=service.teacher_name)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
+        err = e.errors()[0] if e.errors() else {"loc": (), "msg": "invalid request"}
+        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
+        param = ".".join(loc) or None
+        return await on_error(request, 400, f"{param + ': ' if param else ''}{err.get('msg', 'invalid request')}", param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        return await on_error(request, e.status_code, str(e.detail))
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, e: Exception) -> JSONResponse:
+        return await on_error(request, 500, f"internal error ({type(e).__name__})")
+
+    bearer = [Depends(HTTPBearer(auto_error=False))]  # documents the scheme; Gate enforces it
+
+    @app.get("/health", response_model=Health)
+    def health() -> Health:
+        return Health(student=service.student_name, teacher=service.teacher_name,
+                      confidence_threshold=_finite_or_none(service.routing.confidence_threshold),
+                      ood_threshold=_finite_or_none(service.routing.ood_threshold))
+
+    @app.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models", response_model=ModelList, dependencies=bearer, responses=ERRORS)
+    def models() -> dict[str, Any]:
+        now = int(time.time())
+        return {"object": "list", "data": [
+            {"id": service.student_name, "object": "model", "created": now, "owned_by": "potstill"},
+            {"id": service.teacher_name, "object": "model", "created": now, "owned_by": "teacher"},
+        ]}
+
+    @app.post(CHAT, response_model=ChatCompletion, dependencies=bearer,
+              responses={**ERRORS, 200: {"content": {"text/event-stream": {"schema": SSE_EVENT}}}})
+    async def chat(body: ChatRequest, request: Request) -> Any:
+        state = request.scope.setdefault("state", {})
+        if len(body.messages) > s.max_messages:
+            raise APIError(400, f"messages: at most {s.max_messages} messages per request", "messages")
+        # The run's instruction replaces a client's system prompt: the student was trained with it.
+        messages = [{"role": m.role, "content": m.text()} for m in body.messages if m.role not in ("system", "developer")]
+        if not any(m["role"] == "user" and m["content"].strip() for m in messages):
+            raise APIError(400, "messages: needs a user message with text", "messages")
+        served = await service.answer(messages)
+        elapsed = time.perf_counter() - state.get("t0", time.perf_counter())
+        route = {"answered_by": served.answered_by, "reason": served.reason, "confidence": served.confidence,
+                 "ood_distance": served.ood_distance, "student_output": served.student_output}
+        usage = {"prompt_tokens": served.prompt_tokens, "completion_tokens": served.completion_tokens,
+                 "total_tokens": served.prompt_tokens + served.completion_tokens}
+        state["logged"] = True
+        await asyncio.to_thread(
+            service.log, body.model_dump(exclude_none=True), role=served.answered_by, model=served.model,
+            latency_s=elapsed, status="ok", response={"content": served.content, **route, **served.extra},
+            input_tokens=served.prompt_tokens, output_tokens=served.completion_tokens, cost_usd=served.cost_usd)
+        requests.labels(served.answered_by, served.reason, "200").inc()
+        latency.labels(served.answered_by).observe(elapsed)
+        cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        headers = _route_headers(served.answered_by, served.reason, served.confidence)
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(_sse(cid, created, served.model, served.content, usage, route, include_usage),
+                                     media_type="text/event-stream", headers=headers)
+        completion = {"id": cid, "object": "chat.completion", "created": created, "model": served.model,
+                      "choices": [{"index": 0, "message": {"role": "assistant", "content": served.content},
+                                   "finish_reason": "stop"}], "usage": usage, "potstill": route}
+        return JSONResponse(completion, headers=headers)
+
+    app.add_middleware(Gate, service=service, key=api_key, max_body=s.max_body_bytes, reject=reject)
+    return app
+
+
+async def _drain_receive() -> dict:
+    return {"type": "http.disconnect"}
+
+
+def _sse(cid: str, created: int, model: str, content: str, usage: dict, route: dict, include_usage: bool):
+    """Server-sent events in OpenAI's chunk format. The route is decided on the whole answer (it
+    must be validated before anyone sees it), so the content arrives as one delta."""
+    def chunk(delta: dict, finish: str | None, **extra: Any) -> str:
+        obj = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+        return f"data: {json.dumps(obj)}\n\n"
+
+    yield chunk({"role": "assistant", "content": ""}, None)
+    yield chunk({"content": content}, None)
+    yield chunk({}, "stop", potstill=route)
+    if include_usage:
+        yield f"data: {json.dumps({'id': cid, 'object': 'chat.completion.chunk', 'created': created, 'model': model, 'choices': [], 'usage': usage})}\n\n"
+    yield "data: [DONE]\n\n"

@@ -1,0 +1,93 @@
+"""A served run built from real parts: a tiny student on disk, a real teacher server on 127.0.0.1
+(the official openai adapter calls it), calibration on a real val split, uvicorn on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import uvicorn
+import yaml
+
+from tests.helpers.chat_server import ChatServer, free_port
+
+SERVE_KEY = "sk-serve-9b1e44d0c2a7"
+TEACHER_KEY = "sk-teacher-31f0a8c6d95e"
+LABELS = ["business", "sports", "tech", "politics"]
+TEXTS = ["the team won the match", "new phone software", "a vote in the election", "the film star",
+         "bank profit and market shares", "the internet and computer", "the minister said the party will vote",
+         "a goal to win the game", "the market and the bank", "music and film award"]
+
+
+def write_run(root: Path, student: Path, teacher_url: str, **serve) -> Path:
+    run = root / "run"
+    run.mkdir(parents=True)
+    shutil.copytree(student, run / "student")
+
+    def rows(n: int, offset: int) -> str:
+        return "".join(json.dumps({"messages": [{"role": "user", "content": f"{TEXTS[(i + offset) % 10]} {'the ' * (i // 10)}".strip()}],
+                                   "output": LABELS[(i * 7 + offset) % 4]}) + "\n" for i in range(n))
+
+    (run / "train.jsonl").write_text(rows(30, 0))
+    (run / "val.jsonl").write_text(rows(20, 3))
+    cfg = {
+        "run_dir": ".", "task": {"type": "classification", "labels": LABELS, "instruction": "classify the text"},
+        "teacher": {"type": "openai", "model": "tiny-teacher", "base_url": teacher_url, "api_key_env": "TEACHER_KEY",
+                    "max_tokens": 4, "max_retries": 0, "timeout_s": 10,
+                    "price": {"input_per_mtok": 2.0, "output_per_mtok": 8.0}},
+        "serve": {"target_escalation": 0.3, "api_key_env": "SERVE_KEY", "max_body_bytes": 20000, **serve},
+    }
+    (run / "potstill.yaml").write_text(yaml.safe_dump(cfg))
+    return run
+
+
+class LiveServer:
+    """uvicorn serving an app in a thread on a free loopback port."""
+
+    def __init__(self, app):
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> "LiveServer":
+        self.thread.start()
+        deadline = time.time() + 20
+        while not self.server.started and time.time() < deadline:
+            time.sleep(0.05)
+        assert self.server.started, "server did not start"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def teacher_server(tiny_model_b):
+    with ChatServer(str(tiny_model_b), api_key=TEACHER_KEY) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tiny_model, teacher_server):
+    from potstill.serve import run_config, serve_key
+    from potstill.serve.app import build_app
+    from potstill.serve.service import load_service
+
+    os.environ["TEACHER_KEY"] = TEACHER_KEY
+    os.environ["SERVE_KEY"] = SERVE_KEY
+    run = write_run(tmp_path_factory.mktemp("serve"), tiny_model, teacher_server.base_url)
+    cfg = run_config(run, None)
+    service = load_service(run, cfg, device="cpu")
+    with LiveServer(build_app(service, serve_key(cfg))) as live:
+        yield service, live
+    service.close()

@@ -1,0 +1,184 @@
+"""`potstill serve` against the official openai client: sync, async, streaming and errors, with
+a real teacher server on loopback and every request checked in the SQLite ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import sys
+
+import httpx
+import openai
+import pytest
+
+from potstill.serve.routing import Routing
+from tests.serve.conftest import SERVE_KEY
+
+MSG = [{"role": "user", "content": "the team won the match"}]
+
+
+def client(live, key: str = SERVE_KEY) -> openai.OpenAI:
+    return openai.OpenAI(base_url=live.url + "/v1", api_key=key, max_retries=0)
+
+
+def rows(service, **kw) -> list[dict]:
+    return service.ledger.rows(stage="serve", **kw)
+
+
+@pytest.fixture()
+def force(served):
+    """Swap the calibrated routing for one that sends everything to the student or the teacher."""
+    service, _ = served
+    saved = service.routing
+
+    def to(who: str) -> None:
+        inf = math.inf if who == "teacher" else -math.inf
+        service.routing = Routing(confidence_threshold=inf, ood_threshold=math.inf)
+
+    yield to
+    service.routing = saved
+
+
+def test_sync_completion_says_who_answered_and_is_logged(served):
+    service, live = served
+    before = len(rows(service))
+    raw = client(live).chat.completions.with_raw_response.create(model="tiny-teacher", messages=MSG)
+    c = raw.parse()
+    route = c.model_extra["potstill"]
+    assert raw.headers["x-potstill-answered-by"] == route["answered_by"]
+    assert raw.headers["x-potstill-reason"] == route["reason"]
+    expected = service.routing.decide(route["confidence"], route["ood_distance"], None)
+    assert (route["answered_by"], route["reason"]) == expected
+    assert c.choices[0].message.content
+    new = rows(service)[before:]
+    assert len(new) == 1 and new[0]["status"] == "ok" and new[0]["role"] == route["answered_by"]
+    logged = json.loads(new[0]["response"])
+    assert logged["content"] == c.choices[0].message.content and logged["reason"] == route["reason"]
+    assert SERVE_KEY not in json.dumps(new[0])
+
+
+def test_student_and_teacher_paths(served, teacher_server, force):
+    service, live = served
+    force("student")
+    c = client(live).chat.completions.create(model="m", messages=MSG)
+    assert c.model_extra["potstill"]["answered_by"] == "student"
+    assert c.choices[0].message.content in service.task.labels
+    assert c.model.startswith("potstill-student")
+    sent = sum(teacher_server.requests.values())
+    force("teacher")
+    c = client(live).chat.completions.create(model="m", messages=MSG)
+    assert c.model_extra["potstill"] == {**c.model_extra["potstill"], "answered_by": "teacher", "reason": "low_confidence"}
+    assert c.model == "tiny-teacher"
+    assert sum(teacher_server.requests.values()) == sent + 1  # the real teacher answered
+    row = rows(service)[-1]
+    assert row["role"] == "teacher" and row["cost_usd"] > 0 and row["input_tokens"] > 0
+
+
+def test_async_concurrent_requests_are_batched_and_all_logged(served):
+    service, live = served
+    before = len(rows(service))
+
+    async def go():
+        c = openai.AsyncOpenAI(base_url=live.url + "/v1", api_key=SERVE_KEY, max_retries=0)
+        texts = ["new phone software", "a vote in the election", "bank profit", "the film star"] * 3
+        out = await asyncio.gather(*(c.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": t}]) for t in texts))
+        await c.close()
+        return out
+
+    out = asyncio.run(go())
+    assert len(out) == 12 and all(o.choices[0].message.content for o in out)
+    assert len(rows(service)) == before + 12
+
+
+def test_streaming_matches_non_streaming(served, force):
+    _, live = served
+    force("student")
+    cl = client(live)
+    full = cl.chat.completions.create(model="m", messages=MSG).choices[0].message.content
+    chunks = list(cl.chat.completions.create(model="m", messages=MSG, stream=True,
+                                             stream_options={"include_usage": True}))
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert text == full
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
+    force("teacher")
+    with cl.chat.completions.with_streaming_response.create(model="m", messages=MSG, stream=True) as r:
+        assert r.headers["x-potstill-answered-by"] == "teacher"
+
+
+def test_errors_are_openai_shaped_and_logged(served):
+    service, live = served
+    before = len(rows(service))
+    with pytest.raises(openai.AuthenticationError) as e:
+        client(live, key="wrong").chat.completions.create(model="m", messages=MSG)
+    assert e.value.status_code == 401 and "API key" in e.value.message
+    with pytest.raises(openai.BadRequestError) as e:
+        client(live).chat.completions.create(model="m", messages=[])
+    assert e.value.body["type"] == "invalid_request_error" and e.value.body["param"] == "messages"
+    with pytest.raises(openai.BadRequestError):
+        client(live).chat.completions.create(model="m", messages=MSG, n=2)
+    with pytest.raises(openai.BadRequestError) as e:
+        client(live).chat.completions.create(model="m", messages=[{"role": "system", "content": "hi"}])
+    assert "user message" in e.value.message
+    with pytest.raises(openai.APIStatusError) as e:
+        client(live).chat.completions.create(model="m", messages=[{"role": "user", "content": "x " * 20000}])
+    assert e.value.status_code == 413
+    r = httpx.post(live.url + "/v1/chat/completions", content=b"{not json", timeout=10,
+                   headers={"Authorization": f"Bearer {SERVE_KEY}", "Content-Type": "application/json"})
+    assert r.status_code == 400 and set(r.json()["error"]) >= {"message", "type"}
+    r = httpx.get(live.url + "/v1/nothing", headers={"Authorization": f"Bearer {SERVE_KEY}"}, timeout=10)
+    assert r.status_code == 404 and "error" in r.json()
+    new = rows(service)[before:]
+    # One row per rejected chat request (the 404 is not a chat request), none with a key in it.
+    assert [r["status"] for r in new] == ["error"] * 6
+    assert [r["error"][:3] for r in new] == ["401", "400", "400", "400", "413", "400"]
+    assert all(SERVE_KEY not in json.dumps(r) and "wrong" not in (r["request"] or "") for r in new)
+
+
+def test_teacher_failure_is_a_502_and_logged(served, force):
+    service, live = served
+    force("teacher")
+    url = service.teacher.cfg.base_url
+    service.teacher.cfg.base_url = "http://127.0.0.1:9/v1"  # nothing listens on the discard port
+    try:
+        with pytest.raises(openai.APIStatusError) as e:
+            client(live).chat.completions.create(model="m", messages=MSG)
+    finally:
+        service.teacher.cfg.base_url = url
+    assert e.value.status_code == 502 and e.value.body["type"] == "upstream_error"
+    row = rows(service)[-1]
+    assert row["status"] == "error" and row["role"] == "teacher" and row["error"].startswith("502")
+
+
+def test_models_health_metrics(served):
+    service, live = served
+    ids = [m.id for m in client(live).models.list().data]
+    assert ids == [service.student_name, "tiny-teacher"]
+    h = httpx.get(live.url + "/health", timeout=10).json()
+    assert h["status"] == "ok" and h["teacher"] == "tiny-teacher"
+    client(live).chat.completions.create(model="m", messages=MSG)
+    text = httpx.get(live.url + "/metrics", timeout=10).text
+    assert "potstill_requests_total{" in text and "potstill_request_seconds_bucket" in text
+
+
+def test_calibration_is_cached_and_targets_met(served):
+    service, _ = served
+    st = service.routing.stats
+    assert st["val_escalation"] <= 0.3 + 1e-9 and st["n_val"] == 20
+    saved = json.loads((service.ledger.path.parent / "serve" / "routing.json").read_text())
+    assert saved["stats"]["val_escalation"] == st["val_escalation"]
+
+
+def test_cli_refuses_missing_key_with_one_line(served, monkeypatch, capsys):
+    from potstill.cli import main
+
+    service, _ = served
+    monkeypatch.delenv("SERVE_KEY")
+    monkeypatch.setattr(sys, "argv", ["potstill", "serve", str(service.ledger.path.parent)])
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: environment variable SERVE_KEY is not set (it holds the key clients must send; set it, or pass "
+        "--api-key-env '' to serve without auth)"]
