@@ -3,6 +3,7 @@ no teacher call (the ledger proves it), and a changed setting reruns only what d
 
 import json
 import os
+import random
 import sqlite3
 import subprocess
 import sys
@@ -12,18 +13,20 @@ import pytest
 import yaml
 
 LABELS = ["sports", "tech", "politics"]
-TEXTS = {
-    "sports": ["the team won the match", "a goal in the game", "the star team has a win"],
-    "tech": ["new phone software", "the internet and computer", "software for the game computer"],
-    "politics": ["the minister and the party", "a vote in the election", "the party has a new minister"],
-}
+KEYWORDS = {"sports": ["match", "team", "goal", "win"], "tech": ["phone", "software", "internet", "computer"],
+            "politics": ["minister", "party", "vote", "election"]}
+FILLER = "the a of to in and on for with by is was were has have market shares bank profit film music star".split()
 
 
 def write_inputs(path: Path, n_per_label: int = 12) -> None:
+    """Distinct short texts (no two are near-duplicates), each with two of its label's keywords."""
+    rng = random.Random(0)
     rows = []
-    for label, texts in TEXTS.items():
-        for i in range(n_per_label):
-            rows.append({"input": f"{texts[i % 3]} {' '.join(['the'] * (i // 3))}".strip(), "label": label})
+    for label, words in KEYWORDS.items():
+        for _ in range(n_per_label):
+            text = rng.sample(words, 2) + rng.sample(FILLER, 6)
+            rng.shuffle(text)
+            rows.append({"input": " ".join(text), "label": label})
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
@@ -109,7 +112,14 @@ def test_bad_inputs_fail_with_one_line_and_leave_nothing(project):
     assert not (project / "run" / "teacher.jsonl").exists()
 
     out = potstill("run", "-c", "potstill.yaml", "--train.learning_rate", "1", cwd=project)
-    assert out.returncode != 0 and "did you mean 'train.lr'" in out.stderr
+    assert out.returncode != 0 and "No such option: --train.learning_rate" in out.stderr and "--train.lr" in out.stderr
+    assert "Traceback" not in out.stderr
+    cfg = yaml.safe_load((project / "potstill.yaml").read_text())
+    cfg["train"]["learning_rate"] = 1
+    (project / "typo.yaml").write_text(yaml.safe_dump(cfg))
+    out = potstill("run", "-c", "typo.yaml", cwd=project)
+    assert out.returncode != 0 and "unknown config field 'train.learning_rate'; did you mean 'train.lr'?" in out.stderr
+    assert out.stderr.strip().count("\n") == 0
 
     out = potstill("generate", "-c", "potstill.yaml", "--teacher.type", "openai", "--teacher.model", "m",
                    "--teacher.api_key_env", "MY_TEACHER_KEY", cwd=project, env={"MY_TEACHER_KEY": ""})

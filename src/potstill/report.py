@@ -21,15 +21,18 @@ def measure_student(lm: LM, task: Task, records: list[Record], usd_per_hour: flo
     preds = predict(lm, task, records, batch_size=batch_size, desc=desc)
     quality = compare(task, preds.parsed, records)
     latency = measure_latency(lm, task, records, latency_samples)
-    per_call_s = preds.wall_s / max(1, len(records))
+    batched_s = preds.wall_s / max(1, len(records))
+    single_s = latency.get("mean_s", batched_s)
     return {
         **quality,
         "latency_batch1": latency,
         "throughput": {"calls_per_s": len(records) / preds.wall_s if preds.wall_s else None,
                        "batch_size": batch_size, "wall_s": preds.wall_s},
         "tokens_per_call": sum(preds.prompt_tokens) / max(1, len(records)),
-        "cost_per_1k_calls_usd": per_call_s * usd_per_hour / 3600 * 1000,
-        "cost_source": f"measured throughput here x student.usd_per_hour={usd_per_hour}",
+        # Same basis as a teacher's ledger rows: one call at a time.
+        "cost_per_1k_calls_usd": single_s * usd_per_hour / 3600 * 1000,
+        "cost_per_1k_calls_batched_usd": batched_s * usd_per_hour / 3600 * 1000,
+        "cost_source": f"mean batch-1 latency measured here x student.usd_per_hour={usd_per_hour}",
         "parameters": lm.num_parameters,
         "model": lm.identity,
     }, preds

@@ -74,6 +74,7 @@ class Scored:
     prompt_tokens: list[int]  # tokens processed per input (prefix included)
     cached_tokens: list[int]  # of which read from the prefix cache
     seconds: list[float]  # wall time per input (batch time shared evenly within a batch)
+    batch_seconds: list[float]  # wall time of the batch each input was in (what its caller waited)
 
 
 def _batch_scores(lm: LM, fmt: PromptFormat, queries: list[list[int]], label_ids: list[int],
@@ -132,17 +133,20 @@ def score_labels(lm: LM, fmt: PromptFormat, messages: list[list[dict]], label_id
                 progress(len(idx))
     result = torch.empty((len(queries), len(label_ids)))
     per_call = [0.0] * len(queries)
+    per_batch = [0.0] * len(queries)
     for idx, out in logits:
         result[idx] = out
     for idx, dt in secs:
         for i in idx:
             per_call[i] = dt
+            per_batch[i] = dt * len(idx)
     cached = prefix.length if prefix is not None else 0
     return Scored(
         logits=result,
         prompt_tokens=[len(q) + cached for q in queries],
         cached_tokens=[cached] * len(queries),
         seconds=per_call,
+        batch_seconds=per_batch,
     )
 
 

@@ -1,10 +1,13 @@
 """The embedded default: BBC News topics, a local gemma-3-270m few-shot teacher, the bundled
 SmolLM2-135M-Instruct student. No API key, no network.
 
-Sizes are chosen for a 2-core CPU and a 20-minute budget (measured numbers in the README):
-the teacher scores an article in ~0.16 s at batch 16 with its 50-shot prefix KV-cached, so 900
-articles cost ~2.5 min; training the top 10 of SmolLM2's 30 layers on ~600 examples takes a few
-minutes; the three-way evaluation on 250 held-out articles another few.
+The teacher is meant to be the expensive, strong model: 50 shots (~2,080 tokens, KV-cached once
+per shot order), contextual calibration (79.3% -> 86.3% accuracy on 900 articles), and
+self-consistency over 3 shot orders, one call at a time so its ledger latency is a real per-call
+latency. Sizes are chosen for a 2-core CPU and a 20-minute budget (measured in the README):
+about 0.2 s per order per article for the teacher, 3 s per training step of 8 examples through
+the top 10 of SmolLM2's 30 layers, and a few minutes for the three-way evaluation on 250
+held-out articles.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ GEMMA_TERMS = ("Gemma Terms of Use (https://ai.google.dev/gemma/terms), shipped 
                "prohibited-use policy.")
 
 
-def build(run_dir: str | Path, n_inputs: int = 900, n_shots: int = 50, n_test: int = 250, seed: int = 0) -> Path:
+def build(run_dir: str | Path, n_inputs: int = 700, n_shots: int = 50, n_test: int = 250, seed: int = 0,
+          orders: int = 3) -> Path:
     """Write inputs.jsonl, shots.jsonl and potstill.yaml into ``run_dir``; return the config path."""
     run_dir = Path(run_dir)
     arts = load_articles()
@@ -42,19 +46,21 @@ def build(run_dir: str | Path, n_inputs: int = 900, n_shots: int = 50, n_test: i
         "task": {
             "type": "classification",
             "labels": LABELS,
-            "instruction": "Classify the BBC News article by topic: business, entertainment, politics, sports "
-                           "or tech. Answer with the topic only.",
+            # Short: the student reads it on every call (~17 of its ~55 prompt tokens).
+            "instruction": "Which topic is this BBC News article: business, entertainment, politics, sports or tech?",
         },
         "data": {"inputs": "data/inputs.jsonl", "source": SOURCE, "license": LICENSE},
         "teacher": {
             "type": "local", "model": "bundled:gemma-3-270m", "prompt_format": "completion",
-            "answer_prefix": "Topic:", "few_shot": {"path": "data/shots.jsonl", "k": n_shots, "seed": seed},
-            "batch_size": 16, "price": {"usd_per_hour": 0.10}, "terms": GEMMA_TERMS,
+            "answer_prefix": "Topic:",
+            "few_shot": {"path": "data/shots.jsonl", "k": n_shots, "seed": seed, "orders": orders},
+            "calibrate": True, "batch_size": 1, "price": {"usd_per_hour": 0.10}, "terms": GEMMA_TERMS,
         },
         "student": {"model": "bundled:smollm2-135m-instruct", "usd_per_hour": 0.10, "max_length": 128},
         "pilot": {"n": 100, "seed": seed},
         "curate": {"val": 50, "test": n_test, "seed": seed},
-        "train": {"method": "full", "trainable_layers": 10, "batch_size": 8, "lr": 1e-4, "epochs": 1, "seed": seed},
+        "train": {"method": "full", "trainable_layers": 10, "batch_size": 8, "lr": 1e-4, "epochs": 1, "seed": seed,
+                  "objective": "kd"},
         "evaluate": {"latency_samples": 30, "batch_size": 16},
     }
     path = run_dir / "potstill.yaml"

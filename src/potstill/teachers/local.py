@@ -62,20 +62,44 @@ class LocalTeacher(Teacher):
         shots = []
         if cfg.few_shot.path and cfg.few_shot.k:
             shots = choose_shots(cfg.few_shot.path, cfg.few_shot.k, cfg.few_shot.seed, task.labels)
-        self.fmt = PromptFormat(
-            kind=cfg.prompt_format, instruction=task.cfg.instruction, answer_prefix=cfg.answer_prefix, shots=shots
-        )
+        # Self-consistency over shot orders: the same shots in N seeded orders, one cached prefix each.
+        rng = random.Random(cfg.few_shot.seed)
+        self.fmts = []
+        for i in range(cfg.few_shot.orders if shots else 1):
+            order = list(shots)
+            if i:
+                rng.shuffle(order)
+            self.fmts.append(PromptFormat(kind=cfg.prompt_format, instruction=task.cfg.instruction,
+                                          answer_prefix=cfg.answer_prefix, shots=order))
+        self.fmt = self.fmts[0]
         self._lm: LM | None = None
-        self._prefix = None
-        self._prior: torch.Tensor | None = None
+        self._prefixes: list = []
+        self._priors: list[torch.Tensor] = []
 
     CONTENT_FREE = ("N/A", "", "[MASK]")
 
-    def _label_prior(self, lm: LM, ids: list[int]) -> torch.Tensor:
+    def _label_prior(self, lm: LM, fmt: PromptFormat, prefix, ids: list[int]) -> torch.Tensor:
         """Mean label distribution over content-free inputs: the prompt's own label bias."""
-        s = score_labels(lm, self.fmt, [[{"role": "user", "content": c}] for c in self.CONTENT_FREE], ids,
-                         batch_size=1, prefix=self._prefix)
+        s = score_labels(lm, fmt, [[{"role": "user", "content": c}] for c in self.CONTENT_FREE], ids,
+                         batch_size=1, prefix=prefix)
         return torch.softmax(s.logits, -1).mean(0)
+
+    def _classify(self, lm: LM, ids: list[int], messages: list[list[dict]]) -> tuple[torch.Tensor, list, list]:
+        """Label distribution per input, averaged over shot orders; (probs, scored per order)."""
+        if not self._prefixes:
+            self._prefixes = [build_prefix(lm, fmt) for fmt in self.fmts]
+            if self.cfg.calibrate:
+                self._priors = [self._label_prior(lm, f, p, ids) for f, p in zip(self.fmts, self._prefixes)]
+        total, scored = None, []
+        for i, (fmt, prefix) in enumerate(zip(self.fmts, self._prefixes)):
+            s = score_labels(lm, fmt, messages, ids, batch_size=self.cfg.batch_size, prefix=prefix)
+            probs = torch.softmax(s.logits, -1)
+            if self.cfg.calibrate:
+                probs = probs / self._priors[i]
+                probs = probs / probs.sum(-1, keepdim=True)
+            total = probs if total is None else total + probs
+            scored.append(s)
+        return total / len(self.fmts), scored
 
     def identity(self) -> dict[str, Any]:
         _, where = resolve(self.cfg.model)
@@ -83,7 +107,7 @@ class LocalTeacher(Teacher):
             "type": "local",
             "model": self.cfg.model,
             "weights": str(where) if not isinstance(where, str) else where,
-            "prompt": hash_obj([self.fmt.kind, self.fmt.instruction, self.fmt.answer_prefix, self.fmt.shots]),
+            "prompt": hash_obj([[f.kind, f.instruction, f.answer_prefix, f.shots] for f in self.fmts]),
             "labels": self.task.labels,
             "max_tokens": self.cfg.max_tokens,
             "calibrate": self.cfg.calibrate,
@@ -105,25 +129,19 @@ class LocalTeacher(Teacher):
         bs = self.cfg.batch_size
         if self.task.labels:
             ids = label_token_ids(lm.tokenizer, self.fmt, self.task.labels)
-            if self._prefix is None:
-                self._prefix = build_prefix(lm, self.fmt)
             # Chunks of a few batches: each chunk's answers reach the ledger before the next starts.
             for start in range(0, len(requests), bs * 4):
                 chunk = requests[start : start + bs * 4]
-                s = score_labels(lm, self.fmt, [r["messages"] for r in chunk], ids, batch_size=bs, prefix=self._prefix)
-                probs = torch.softmax(s.logits, -1)
-                if self.cfg.calibrate:
-                    if self._prior is None:
-                        self._prior = self._label_prior(lm, ids)
-                    probs = probs / self._prior
-                    probs = probs / probs.sum(-1, keepdim=True)
+                probs, scored = self._classify(lm, ids, [r["messages"] for r in chunk])
                 for j in range(len(chunk)):
-                    p = probs[j].tolist()
+                    secs = sum(s.seconds[j] for s in scored)
                     on_result(start + j, Response(
                         output=self.task.labels[int(probs[j].argmax())],
-                        label_probs=dict(zip(self.task.labels, p)),
-                        input_tokens=s.prompt_tokens[j], cached_input_tokens=s.cached_tokens[j], output_tokens=1,
-                        latency_s=s.seconds[j], cost_usd=self._cost(s.seconds[j]),
+                        label_probs=dict(zip(self.task.labels, probs[j].tolist())),
+                        input_tokens=sum(s.prompt_tokens[j] for s in scored),
+                        cached_input_tokens=sum(s.cached_tokens[j] for s in scored), output_tokens=1,
+                        # A caller waits for its whole batch; the bill is shared evenly within it.
+                        latency_s=sum(s.batch_seconds[j] for s in scored), cost_usd=self._cost(secs),
                     ))
             return
         for start in range(0, len(requests), bs * 4):
