@@ -126,3 +126,22 @@ def test_bad_inputs_fail_with_one_line_and_leave_nothing(project):
     assert out.returncode != 0 and "MY_TEACHER_KEY is not set" in out.stderr
     assert out.stderr.strip().count("\n") == 0
     assert not (project / "run" / "teacher.jsonl").exists()
+
+
+def test_editing_a_file_named_in_the_config_reruns_its_stage_and_moving_the_project_does_not(project, tmp_path_factory):
+    first = potstill("generate", "-c", "potstill.yaml", cwd=project)
+    assert first.returncode == 0, first.stderr
+    again = potstill("generate", "-c", "potstill.yaml", cwd=project)
+    assert "generate: up to date, skipped" in again.stderr
+    # The project moves to another directory: same contents, so still up to date.
+    moved = tmp_path_factory.mktemp("moved") / "project"
+    import shutil
+
+    shutil.copytree(project, moved)
+    out = potstill("generate", "-c", "potstill.yaml", cwd=moved)
+    assert out.returncode == 0 and "generate: up to date, skipped" in out.stderr, out.stderr
+    # Editing the inputs in place reruns generate (the ledger still answers the old inputs).
+    with open(moved / "inputs.jsonl", "a") as f:
+        f.write(json.dumps({"input": "vote for the new phone minister"}) + "\n")
+    out = potstill("generate", "-c", "potstill.yaml", cwd=moved)
+    assert out.returncode == 0 and "up to date" not in out.stderr and "1 teacher calls" in out.stderr, out.stderr

@@ -20,6 +20,18 @@ from potstill.ledger import Ledger
 from potstill.records import write_json
 
 
+def _by_content(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _by_content(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_by_content(v) for v in obj]
+    if isinstance(obj, str) and ("/" in obj or obj.endswith((".jsonl", ".json", ".yaml"))):
+        p = Path(obj)
+        if p.is_file():
+            return {"file_sha256": hash_path(p)}
+    return obj
+
+
 class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -39,11 +51,16 @@ class RunDir:
         return {"stages": {}}
 
     def fingerprint(self, stage: str, settings: Any, inputs: list[str | Path]) -> str:
-        """Hash of a stage's settings, its input artifacts' contents and the code version."""
+        """Hash of a stage's settings, its input artifacts' contents and the code version.
+
+        A setting that names an existing file (few-shot examples, replayed traffic, inputs)
+        counts by its content, not its path: editing the file reruns the stage, and moving a
+        project to another directory does not.
+        """
         return hash_obj(
             {
                 "stage": stage,
-                "settings": settings,
+                "settings": _by_content(settings),
                 "inputs": {str(Path(p).name): hash_path(p) for p in inputs if Path(p).exists()},
                 "missing": sorted(str(Path(p).name) for p in inputs if not Path(p).exists()),
                 "code": __version__,
