@@ -60,12 +60,12 @@ def _coerce(obj: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
-def read_records(path: str | Path) -> list[Record]:
-    """Read a JSONL file of records; a bad line raises one error naming file and line."""
+def read_objects(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line of a JSONL file; a bad line raises one
+    error naming file and line."""
     path = Path(path)
     if not path.exists():
         raise PotstillError(f"{path}: file not found")
-    out = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -76,12 +76,19 @@ def read_records(path: str | Path) -> list[Record]:
                 raise PotstillError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(obj, dict):
                 raise PotstillError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            try:
-                out.append(Record.model_validate(_coerce(obj)))
-            except ValidationError as e:
-                err = e.errors()[0]
-                where = ".".join(str(x) for x in err["loc"]) or "record"
-                raise PotstillError(f"{path}:{lineno}: {where}: {err['msg']}") from None
+            yield lineno, obj
+
+
+def read_records(path: str | Path) -> list[Record]:
+    """Read a JSONL file of records; a bad line raises one error naming file and line."""
+    out = []
+    for lineno, obj in read_objects(path):
+        try:
+            out.append(Record.model_validate(_coerce(obj)))
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(str(x) for x in err["loc"]) or "record"
+            raise PotstillError(f"{path}:{lineno}: {where}: {err['msg']}") from None
     return out
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from potstill.errors import PotstillError
 from potstill.progress import bar
-from potstill.records import Record, write_jsonl
+from potstill.records import Record, read_objects, write_jsonl
 
 FORMATS = ("auto", "finetune", "openai-log", "pairs", "served")
 
@@ -164,21 +164,13 @@ def import_traffic(path: str | Path, out: str | Path, fmt: str = "auto", request
         if not path.exists():
             raise PotstillError(f"{path}: file not found")
         reqs = _read_requests(Path(requests)) if requests else {}
-        lines = path.read_text(encoding="utf-8").splitlines()
+        with open(path, encoding="utf-8") as f:
+            total = sum(1 for line in f if line.strip())
         records = []
-        with bar(f"import {path.name}", len(lines)) as advance:
-            for lineno, line in enumerate(lines, 1):
+        with bar(f"import {path.name}", total) as advance:
+            for lineno, obj in read_objects(path):
                 advance(1)
-                if not line.strip():
-                    continue
-                where = f"{path}:{lineno}"
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise PotstillError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
-                if not isinstance(obj, dict):
-                    raise PotstillError(f"{where}: expected a JSON object")
-                rec = _from_line(obj, fmt, where, reqs)
+                rec = _from_line(obj, fmt, f"{path}:{lineno}", reqs)
                 rec.meta.update({"source": str(path), "line": lineno})
                 records.append(rec)
     if not records:
