@@ -9,15 +9,15 @@ fingerprint of the settings and data: a checkpoint from other settings is never 
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from potstill.records import atomic_dir
 
 NAME = "step-{:08d}"
 
@@ -30,9 +30,8 @@ def _trainable_state(model: Any) -> dict[str, torch.Tensor]:
 def save(ckpt_dir: Path, step: int, fingerprint: str, model: Any, opt: Any, sched: Any, rng: random.Random,
          order: list[int], extra: dict[str, Any]) -> Path:
     """Write ``ckpt_dir/step-N`` atomically and drop older checkpoints (only the latest is kept)."""
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=ckpt_dir, prefix=".tmp-"))
-    try:
+    out = ckpt_dir / NAME.format(step)
+    with atomic_dir(out) as tmp:
         torch.save(_trainable_state(model), tmp / "model.pt")
         torch.save({"opt": opt.state_dict(), "sched": sched.state_dict()}, tmp / "optim.pt")
         state = {"step": step, "fingerprint": fingerprint, "order": list(order), "py_rng": rng.getstate(),
@@ -40,13 +39,6 @@ def save(ckpt_dir: Path, step: int, fingerprint: str, model: Any, opt: Any, sche
                  "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None, **extra}
         with open(tmp / "state.pkl", "wb") as f:
             pickle.dump(state, f)
-        out = ckpt_dir / NAME.format(step)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for old in ckpt_dir.glob("step-*"):
         if old != out:
             shutil.rmtree(old, ignore_errors=True)
