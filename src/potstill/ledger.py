@@ -152,14 +152,17 @@ class Ledger:
                     out[h] = json.loads(resp)
         return out
 
+    @staticmethod
+    def _where(**filters: str | None) -> tuple[str, list[str]]:
+        """' WHERE col=? AND ...' for the filters that are set, and their values."""
+        cols = [(col, val) for col, val in filters.items() if val is not None]
+        sql = " WHERE " + " AND ".join(f"{col}=?" for col, _ in cols) if cols else ""
+        return sql, [val for _, val in cols]
+
     def rows(self, role: str | None = None, stage: str | None = None, model: str | None = None) -> list[dict]:
-        sql, args = "SELECT * FROM calls WHERE 1=1", []
-        for col, val in (("role", role), ("stage", stage), ("model", model)):
-            if val is not None:
-                sql += f" AND {col}=?"
-                args.append(val)
+        where, args = self._where(role=role, stage=stage, model=model)
         with self._lock:
-            cur = self._db.execute(sql + " ORDER BY id", args)
+            cur = self._db.execute("SELECT * FROM calls" + where + " ORDER BY id", args)
             names = [d[0] for d in cur.description]
             return [dict(zip(names, r)) for r in cur.fetchall()]
 
@@ -181,13 +184,9 @@ class Ledger:
         return list(out.values())
 
     def count(self, role: str | None = None, status: str | None = None, stage: str | None = None) -> int:
-        sql, args = "SELECT COUNT(*) FROM calls WHERE 1=1", []
-        for col, val in (("role", role), ("status", status), ("stage", stage)):
-            if val is not None:
-                sql += f" AND {col}=?"
-                args.append(val)
+        where, args = self._where(role=role, status=status, stage=stage)
         with self._lock:
-            return int(self._db.execute(sql, args).fetchone()[0])
+            return int(self._db.execute("SELECT COUNT(*) FROM calls" + where, args).fetchone()[0])
 
     def summary(self, role: str = "teacher") -> dict[str, Any]:
         """Spend, tokens and latency of one role's successful calls."""

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from potstill.config import Config
+from potstill.errors import PotstillError
 from potstill.progress import say
 from potstill.records import Record, read_records
 from potstill.rundir import RunDir
@@ -16,14 +17,8 @@ def load_inputs(cfg: Config) -> list[Record]:
     if cfg.data.limit is not None:
         records = records[: cfg.data.limit]
     if not records:
-        raise_empty(cfg.data.inputs)
+        raise PotstillError(f"{cfg.data.inputs}: no records")
     return records
-
-
-def raise_empty(path: str) -> None:
-    from potstill.errors import PotstillError
-
-    raise PotstillError(f"{path}: no records")
 
 
 def run_stage(name: str, cfg: Config, settings: Any, inputs: list[str | Path], outputs: list[str],
