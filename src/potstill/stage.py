@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,5 +31,6 @@ def run_stage(name: str, cfg: Config, settings: Any, inputs: list[str | Path], o
         say(f"[dim]{name}: up to date, skipped[/dim]")
         return {"skipped": True, **run.manifest()["stages"][name].get("summary", {})}
     summary = body(run)
-    run.mark_done(name, fp, outputs, {"summary": summary})
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun / accelerate launch, one process records
+        run.mark_done(name, fp, outputs, {"summary": summary})
     return {"skipped": False, **summary}

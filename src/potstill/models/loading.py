@@ -79,8 +79,11 @@ def _quiet_transformers() -> None:
 
 
 def _pick_device(device: str) -> torch.device:
+    """``auto``: this process's GPU (``LOCAL_RANK`` under torchrun / accelerate launch), else the CPU."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     return torch.device(device)
 
 
@@ -185,9 +188,11 @@ def load_lm(spec: str, device: str = "auto", dtype: torch.dtype | None = None, n
     return LM(model=model, tokenizer=tok, name=name, identity=identity, device=dev)
 
 
-def save_lm(model: Any, tokenizer: Any, out: Path) -> None:
-    """Save weights + tokenizer atomically into ``out`` (a temp dir renamed into place)."""
+def save_lm(model: Any, tokenizer: Any, out: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """Save weights + tokenizer atomically into ``out`` (a temp dir renamed into place).
+
+    ``state_dict``: the weights to write instead of the model's own (gathered FSDP shards)."""
     with atomic_dir(out) as tmp:
         _strip_gguf_flag(model)
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)

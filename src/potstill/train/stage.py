@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from potstill.config import Config
@@ -32,6 +33,8 @@ def train_stage(cfg: Config, force: bool = False) -> dict[str, Any]:
         summary["base_model"] = cfg.student.model
         if summary.get("resumed_from_step"):
             say(f"train: resumed from the checkpoint at step {summary['resumed_from_step']} ({run / 'student.ckpt'})")
+        if int(os.environ.get("RANK", "0")) != 0:  # `accelerate launch`: the main process writes
+            return summary
         write_json(run / "train.json", summary)
         say(f"train: {summary['steps']} steps over {summary['examples']} examples, {summary['tokens']} tokens, "
             f"{summary['train_s']:.1f} s, final loss {summary['final_loss']:.4f}, val loss {summary['val_loss']}")

