@@ -209,6 +209,13 @@ class GenerateConfig(Section):
     n: int = Field(1, ge=1, le=64, description="Samples per input; with n > 1 the output is the majority answer.")
     engine: Literal["async", "ray"] = Field("async", description="async: one process; ray: shard inputs over Ray workers.")
     ray_workers: int = Field(2, ge=1, description="Ray workers (shards) for engine ray.")
+    ray_gpus_per_worker: float = Field(
+        0.0, ge=0, description="GPUs each Ray worker reserves (1: a local teacher model on each worker's own GPU)."
+    )
+    ray_endpoints: list[str] = Field(
+        default_factory=list,
+        description="Base URLs for engine ray with an API teacher: worker i calls endpoints[i % n] (several vLLM servers).",
+    )
     prices: dict[str, dict[str, float]] = Field(
         default_factory=_default_prices,
         description="USD per million tokens by model id prefix ({input_per_mtok, output_per_mtok}); used when teacher.price is all zero.",
