@@ -229,20 +229,33 @@ def review(
 
 
 def _export(cfg: Config, fmt: str, out: Optional[Path]) -> None:
-    """Write the curated train/val sets in another format (openai-jsonl: OpenAI fine-tuning JSONL)."""
+    """Export the run: openai-jsonl (train/val as OpenAI fine-tuning JSONL), hf (merged student weights), gguf (f16/q8_0 + Ollama Modelfiles)."""
     from potstill.export import export
 
     for path in export(cfg, fmt, out):
         typer.echo(f"wrote {path}")
 
 
-_SECTIONS["export"] = ["task"]
+_SECTIONS["export"] = ["task", "student", "export"]
 _config_command("export", _export, [
     inspect.Parameter("fmt", inspect.Parameter.KEYWORD_ONLY, default="openai-jsonl",
-                      annotation=Annotated[str, typer.Option("--format", help="Export format: openai-jsonl.")]),
+                      annotation=Annotated[str, typer.Option("--format", help="Export format: openai-jsonl, hf or gguf.")]),
     inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, default=None,
                       annotation=Annotated[Optional[Path], typer.Option("--out", help="Output directory (default: RUN/export/FORMAT).")]),
 ])
+
+
+@app.command("export-check")
+def export_check(file: Annotated[Path, typer.Argument(help="JSONL file in OpenAI's chat fine-tuning format.")]) -> None:
+    """Check an OpenAI fine-tuning JSONL file: prints one file:line problem per line, exit 1 if any."""
+    from potstill.export.check import check_openai_jsonl
+
+    problems = check_openai_jsonl(file)
+    for problem in problems:
+        typer.echo(problem)
+    if problems:
+        raise typer.Exit(1)
+    typer.echo(f"{file}: ok")
 
 
 def main() -> None:

@@ -255,6 +255,16 @@ class ServeConfig(Section):
     batch_wait_ms: float = Field(2.0, ge=0, description="How long the batcher waits for more requests to join a batch.")
 
 
+class ExportConfig(Section):
+    """What `potstill export` writes for the student (formats hf and gguf)."""
+
+    dtype: Literal["f32", "f16", "bf16"] = Field("f32", description="Weight dtype of the merged Hugging Face export (format hf).")
+    gguf_types: list[Literal["f16", "q8_0"]] = Field(
+        default_factory=lambda: ["f16", "q8_0"], min_length=1,
+        description="GGUF files to write (format gguf): f16 (2 bytes/weight) and/or q8_0 (~1.06 bytes/weight).",
+    )
+
+
 class ReportConfig(Section):
     """How `potstill evaluate` cuts the test split into slices and judges them (eval.json, report.html)."""
 
@@ -276,6 +286,7 @@ class Config(Section):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
 
     @model_validator(mode="after")

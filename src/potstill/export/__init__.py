@@ -1,7 +1,12 @@
-"""`potstill export`: the curated dataset (or, later, the student) in formats other tools read.
+"""`potstill export`: the curated dataset and the student in formats other tools read.
 
-Formats register by name in ``FORMATS``; each is ``fn(cfg, run_dir, out_dir) -> written paths``.
-Only ``openai-jsonl`` exists so far; merged weights or GGUF can join without touching the CLI.
+Formats register by name in ``FORMATS``; each is ``fn(cfg, run_dir, out_dir) -> written paths``:
+
+- ``openai-jsonl``: train/val as OpenAI fine-tuning JSONL, checked by ``check.check_openai_jsonl``.
+- ``hf``: the student as plain Hugging Face weights (a LoRA adapter merged into its base).
+- ``gguf``: the student as GGUF files (f16, q8_0) for llama.cpp / Ollama, with a Modelfile each.
+
+A new format registers itself the same way, without touching the CLI.
 """
 
 from __future__ import annotations
@@ -24,10 +29,15 @@ def register(name: str) -> Callable[[Exporter], Exporter]:
     return deco
 
 
+def _load_builtins() -> None:
+    import potstill.export.gguf_file  # noqa: F401  (each registers itself)
+    import potstill.export.merged  # noqa: F401
+    import potstill.export.openai_jsonl  # noqa: F401
+
+
 def export(cfg: Config, fmt: str, out_dir: str | Path | None = None) -> list[Path]:
     """Write ``fmt`` for the run in ``cfg.run_dir`` under ``out_dir`` (default: ``RUN/export/FMT``)."""
-    import potstill.export.openai_jsonl  # noqa: F401  (registers itself)
-
+    _load_builtins()
     if fmt not in FORMATS:
         raise PotstillError(f"unknown export format {fmt!r}; available: {', '.join(sorted(FORMATS))}")
     run = Path(cfg.run_dir)

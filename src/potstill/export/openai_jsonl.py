@@ -14,6 +14,7 @@ from typing import Any
 from potstill.config import Config
 from potstill.errors import PotstillError
 from potstill.export import register
+from potstill.export.check import check_openai_jsonl
 from potstill.progress import say
 from potstill.records import read_records, write_jsonl
 from potstill.tasks import get_task
@@ -51,5 +52,10 @@ def export_openai_jsonl(cfg: Config, run: Path, out_dir: Path) -> list[Path]:
         if rs:
             written.append(out_dir / f"{split}.jsonl")
             write_jsonl(written[-1], rs)
-    say("export: " + ", ".join(f"{p} ({len(rows[p.stem])} examples)" for p in written))
+    problems = [p for path in written for p in check_openai_jsonl(path)]
+    if problems:  # e.g. an empty teacher output: remove what was written, report the first problem
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise PotstillError(f"export wrote a file that fails the format check: {problems[0]}")
+    say("export: " + ", ".join(f"{p} ({len(rows[p.stem])} examples, format checked)" for p in written))
     return written

@@ -1,0 +1,71 @@
+"""Check a file in OpenAI's chat fine-tuning format, the one ``openai-jsonl`` writes.
+
+``check_openai_jsonl(path)`` returns one ``file:line: problem`` string per problem (empty: the file
+is fine). The exporter runs it on what it wrote; ``potstill export-check FILE`` runs it on any file.
+The rules are the ones a fine-tuning upload refuses or silently trains badly on: each line one
+JSON object with ``messages``, a list of ``{role, content}`` with role system/user/assistant and a
+non-empty string content, at least one user message, and an assistant message last (the target).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from potstill.errors import PotstillError
+
+ROLES = ("system", "user", "assistant")
+MAX_PROBLEMS = 100  # a file broken on every line says so in the first hundred
+
+
+def _line_problems(line: str) -> list[str]:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        return [f"not valid JSON ({e.msg} at column {e.colno})"]
+    if not isinstance(row, dict):
+        return [f"expected a JSON object, got {type(row).__name__}"]
+    msgs = row.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        return ["'messages' must be a non-empty list"]
+    problems = []
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict):
+            problems.append(f"messages[{i}] is not an object")
+            continue
+        if m.get("role") not in ROLES:
+            problems.append(f"messages[{i}].role {m.get('role')!r} is not one of {', '.join(ROLES)}")
+        content = m.get("content")
+        if not isinstance(content, str):
+            problems.append(f"messages[{i}].content must be a string, got {type(content).__name__}")
+        elif not content.strip():
+            what = "empty completion" if m.get("role") == "assistant" else "empty content"
+            problems.append(f"messages[{i}] ({m.get('role')}): {what}")
+    roles = [m.get("role") for m in msgs if isinstance(m, dict)]
+    if "user" not in roles:
+        problems.append("no user message")
+    if not roles or roles[-1] != "assistant":
+        problems.append("the last message must be the assistant's (the completion to train on)")
+    return problems
+
+
+def check_openai_jsonl(path: str | Path) -> list[str]:
+    """Problems of an OpenAI fine-tuning JSONL file as ``file:line: problem`` strings."""
+    path = Path(path)
+    if not path.is_file():
+        raise PotstillError(f"{path}: file not found")
+    problems: list[str] = []
+    n = 0
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                problems.append(f"{path}:{lineno}: blank line")
+                continue
+            n += 1
+            problems += [f"{path}:{lineno}: {p}" for p in _line_problems(line)]
+            if len(problems) >= MAX_PROBLEMS:
+                problems.append(f"{path}: stopped after {MAX_PROBLEMS} problems")
+                return problems
+    if n == 0:
+        problems.append(f"{path}: no examples")
+    return problems

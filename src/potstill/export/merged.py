@@ -1,0 +1,57 @@
+"""Format ``hf``: the student as plain Hugging Face weights that need neither peft nor potstill.
+
+A full fine-tune is saved as is; a LoRA/QLoRA adapter (RUN/student/adapter_config.json) is loaded
+on its base and folded in with ``merge_and_unload`` (W + B @ A * alpha/r), so the output is one
+ordinary checkpoint: safetensors, tokenizer, chat template and generation config, loadable with
+``AutoModelForCausalLM.from_pretrained(dir)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from potstill.config import Config
+from potstill.errors import PotstillError
+from potstill.export import register
+from potstill.models.loading import LM, load_lm
+from potstill.progress import bar, say
+from potstill.records import atomic_dir
+
+DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
+
+
+def load_student(cfg: Config, run: Path) -> LM:
+    """RUN/student on the CPU in float32, an adapter merged into its base (see ``load_lm``)."""
+    student = run / "student"
+    if not (student / "config.json").exists() and not (student / "adapter_config.json").exists():
+        raise PotstillError(f"{student} has no trained student: run `potstill train` first")
+    return load_lm(str(student), device="cpu", dtype=torch.float32, num_layers=cfg.student.num_layers)
+
+
+def save_merged(model: Any, tokenizer: Any, out: Path, dtype: str = "f32") -> None:
+    """Write ``model`` (already merged) and ``tokenizer`` into ``out`` as one atomic directory."""
+    model = model.to(DTYPES[dtype])
+    model.config.dtype = DTYPES[dtype]
+    with atomic_dir(out) as tmp:
+        tmp.chmod(0o755)  # mkdtemp makes 0700; an export is an ordinary directory
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        for f in tmp.iterdir():  # safetensors writes 0600 files
+            f.chmod(0o644)
+
+
+@register("hf")
+def export_hf(cfg: Config, run: Path, out_dir: Path) -> list[Path]:
+    adapter = (run / "student" / "adapter_config.json").exists()
+    with bar("export hf (load, merge, save)", 2) as advance:
+        lm = load_student(cfg, run)
+        advance(1)
+        save_merged(lm.model, lm.tokenizer, out_dir, cfg.export.dtype)
+        advance(1)
+    size = sum(p.stat().st_size for p in out_dir.glob("*.safetensors"))
+    say(f"export: {out_dir} ({'LoRA adapter merged, ' if adapter else ''}{cfg.export.dtype}, "
+        f"{size / 1e6:.0f} MB of weights)")
+    return sorted(out_dir.iterdir())

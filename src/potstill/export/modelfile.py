@@ -1,0 +1,58 @@
+"""An Ollama Modelfile for a GGUF student: its chat template, the task instruction, greedy decoding.
+
+Ollama renders prompts with Go templates, not Jinja, so the student's chat template is translated.
+Only ChatML (``<|im_start|>role\\n...<|im_end|>``, SmolLM2's and Qwen's format) is translated; for
+another template the Modelfile leaves TEMPLATE out and Ollama falls back to the template it
+detects from the GGUF's ``tokenizer.chat_template``, with a warning here.
+
+The system prompt is the task instruction (``SYSTEM``), as the student saw it in training; Ollama
+places it in ``.System`` and also keeps it among ``.Messages``, so the loop skips system messages.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from potstill.progress import say
+
+# What the Jinja template renders for ChatML, in Go-template syntax: the system turn, every other
+# turn, then the generation prompt. `{{-` trims only the whitespace *before* it, so the newline
+# after each <|im_end|> (inside an `if`/`range` body) is kept.
+CHATML_TEMPLATE = """{{- if .System }}<|im_start|>system
+{{ .System }}<|im_end|>
+{{ end }}
+{{- range .Messages }}{{- if ne .Role "system" }}<|im_start|>{{ .Role }}
+{{ .Content }}<|im_end|>
+{{ end }}{{- end }}<|im_start|>assistant
+"""
+
+
+def is_chatml(chat_template: str | None) -> bool:
+    return bool(chat_template) and "<|im_start|>" in chat_template and "<|im_end|>" in chat_template
+
+
+def _quote(text: str) -> str:
+    """A Modelfile string: triple quotes unless the text holds them, else a JSON-escaped string."""
+    return f'"""{text}"""' if '"""' not in text and not text.endswith('"') else json.dumps(text)
+
+
+def render_modelfile(gguf_path: str, tokenizer: Any, instruction: str, num_predict: int) -> str:
+    """The Modelfile text for ``FROM gguf_path`` (a path relative to the Modelfile)."""
+    template = getattr(tokenizer, "chat_template", None)
+    lines = [f"FROM {gguf_path}", ""]
+    stops = []
+    if is_chatml(template):
+        lines += [f"TEMPLATE {_quote(CHATML_TEMPLATE)}", ""]
+        stops = ["<|im_end|>", "<|im_start|>"]
+    else:
+        say("[yellow]export: the chat template is not ChatML; the Modelfile has no TEMPLATE "
+            "(Ollama uses the one it detects from the GGUF)[/yellow]")
+    if tokenizer.eos_token and tokenizer.eos_token not in stops:
+        stops.append(tokenizer.eos_token)
+    if instruction:
+        lines += [f"SYSTEM {_quote(instruction)}", ""]
+    # Greedy, like potstill's own evaluation, and no longer than the task's longest answer.
+    lines += ["PARAMETER temperature 0", f"PARAMETER num_predict {int(num_predict)}"]
+    lines += [f"PARAMETER stop {json.dumps(s)}" for s in stops]
+    return "\n".join(lines) + "\n"

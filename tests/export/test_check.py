@@ -1,0 +1,80 @@
+"""The OpenAI fine-tuning JSONL checker: the exporter's own files pass, each crafted fault is named."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from potstill.config import Config, TaskConfig
+from potstill.errors import PotstillError
+from potstill.export import export
+from potstill.export.check import check_openai_jsonl
+from potstill.records import Record, write_jsonl
+
+LABELS = ["sports", "tech"]
+GOOD = {"messages": [{"role": "system", "content": "classify"}, {"role": "user", "content": "a goal"},
+                     {"role": "assistant", "content": "sports"}]}
+
+
+def make_run(tmp_path: Path, outputs: list[str]) -> Config:
+    run = tmp_path / "run"
+    for split in ("train", "val"):
+        write_jsonl(run / f"{split}.jsonl", [
+            Record(id=f"{split}{i}", messages=[{"role": "user", "content": f"text {i}"}], output=o, valid=True)
+            for i, o in enumerate(outputs)])
+    return Config(run_dir=str(run), task=TaskConfig(type="freetext", instruction="Summarise."))
+
+
+def test_exported_files_pass(tmp_path):
+    written = export(make_run(tmp_path, ["sports"] * 12), "openai-jsonl")
+    assert [p.name for p in written] == ["train.jsonl", "val.jsonl"]
+    assert all(check_openai_jsonl(p) == [] for p in written)
+
+
+def test_exporter_refuses_an_empty_completion_and_leaves_no_file(tmp_path):
+    cfg = make_run(tmp_path, ["a summary"] * 11 + ["  "])
+    with pytest.raises(PotstillError, match=r"train\.jsonl:12: messages\[2\] \(assistant\): empty completion"):
+        export(cfg, "openai-jsonl")
+    assert not list((Path(cfg.run_dir) / "export" / "openai-jsonl").glob("*.jsonl"))
+
+
+BAD = {
+    "not json": ("{oops", "not valid JSON"),
+    "not an object": ("[1, 2]", "expected a JSON object, got list"),
+    "no messages": (json.dumps({"prompt": "x"}), "'messages' must be a non-empty list"),
+    "bad role": (json.dumps({"messages": [{"role": "tool", "content": "x"}, *GOOD["messages"][1:]]}),
+                 "messages[0].role 'tool' is not one of system, user, assistant"),
+    "content not a string": (json.dumps({"messages": [{"role": "user", "content": ["x"]}, GOOD["messages"][2]]}),
+                             "messages[0].content must be a string, got list"),
+    "empty user": (json.dumps({"messages": [{"role": "user", "content": " "}, GOOD["messages"][2]]}),
+                   "messages[0] (user): empty content"),
+    "empty completion": (json.dumps({"messages": [*GOOD["messages"][:2], {"role": "assistant", "content": ""}]}),
+                         "messages[2] (assistant): empty completion"),
+    "no user": (json.dumps({"messages": [GOOD["messages"][0], GOOD["messages"][2]]}), "no user message"),
+    "ends with user": (json.dumps({"messages": GOOD["messages"][:2]}), "the last message must be the assistant's"),
+    "blank line": ("", "blank line"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_each_fault_is_reported_at_its_line(tmp_path, case):
+    line, problem = BAD[case]
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n" + line + "\n" + json.dumps(GOOD) + "\n")
+    problems = check_openai_jsonl(path)
+    assert len(problems) == 1 and problems[0].startswith(f"{path}:2: {problem}"), problems
+
+
+def test_cli_export_check(tmp_path):
+    good, bad = tmp_path / "good.jsonl", tmp_path / "bad.jsonl"
+    good.write_text(json.dumps(GOOD) + "\n")
+    bad.write_text(json.dumps(GOOD) + "\n" + BAD["ends with user"][0] + "\n")
+    cmd = [sys.executable, "-m", "potstill.cli", "export-check"]
+    ok = subprocess.run([*cmd, str(good)], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and ok.stdout.strip() == f"{good}: ok"
+    no = subprocess.run([*cmd, str(bad)], capture_output=True, text=True, timeout=120)
+    assert no.returncode == 1 and no.stdout.strip().startswith(f"{bad}:2: the last message")

@@ -1,0 +1,88 @@
+"""Format hf: a LoRA-trained tiny student exports to plain weights with the adapter's logits."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from potstill.config import Config, TaskConfig, TrainConfig
+from potstill.errors import PotstillError
+from potstill.export import export
+from potstill.models.loading import load_lm
+from potstill.records import Record
+from potstill.students import student_format
+from potstill.tasks import get_task
+from potstill.train.trainer import train
+
+LABELS = ["sports", "tech", "politics"]
+TEXTS = ["the team won the match", "new phone software", "the minister and the party", "a goal in the game",
+         "the internet and computer", "a vote in the election"]
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_model, tmp_path_factory) -> Config:
+    """A run whose student/ is a LoRA adapter saved by potstill's own trainer."""
+    run = tmp_path_factory.mktemp("lora") / "run"
+    task_cfg = TaskConfig(type="classification", labels=LABELS, instruction="classify the text")
+    task = get_task(task_cfg)
+    records = [Record(messages=[{"role": "user", "content": t}], output=LABELS[i % 3], valid=True)
+               for i, t in enumerate(TEXTS)]
+    lm = load_lm(str(tiny_model), device="cpu")
+    # lr 0.05 over 10 steps moves the LoRA B matrices (zero at init) well away from zero.
+    cfg = TrainConfig(method="lora", lora_r=4, lora_alpha=8, lr=0.05, epochs=10, batch_size=6, seed=0)
+    train(lm, student_format(lm, task), task, records, records[:2], cfg, 64, run / "student", run / "metrics.jsonl")
+    assert (run / "student" / "adapter_config.json").exists()
+    return Config(run_dir=str(run), task=task_cfg)
+
+
+def ids(tokenizer) -> torch.Tensor:
+    return torch.tensor([tokenizer("classify the text : the team won the match", add_special_tokens=False)["input_ids"]])
+
+
+def test_lora_student_merges_to_plain_weights(lora_run, tiny_model):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = Path(lora_run.run_dir) / "export" / "hf"
+    names = sorted(p.name for p in export(lora_run, "hf"))
+    assert "model.safetensors" in names and "config.json" in names and "generation_config.json" in names
+    assert "chat_template.jinja" in names and "tokenizer.json" in names
+    assert not any(n.startswith("adapter") for n in names)
+
+    merged = AutoModelForCausalLM.from_pretrained(out).eval()  # no peft involved
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok.chat_template and not hasattr(merged, "peft_config")
+    base = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model),
+                                        Path(lora_run.run_dir) / "student").eval()
+    with torch.no_grad():
+        x = ids(tok)
+        got, want, before = merged(x).logits, adapter(x).logits, base(x).logits
+    assert (want - before).abs().max() > 1e-2  # the adapter changed the model, so the test can fail
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-5), (got - want).abs().max()
+
+
+def test_dtype_option(lora_run):
+    out = Path(lora_run.run_dir) / "bf16"
+    export(lora_run.model_copy(update={"export": lora_run.export.model_copy(update={"dtype": "bf16"})}), "hf", out)
+    from safetensors import safe_open
+
+    with safe_open(out / "model.safetensors", "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+
+
+def test_full_student_is_copied_and_missing_student_is_a_clear_error(tiny_model, tmp_path):
+    cfg = Config(run_dir=str(tmp_path / "run"), task=TaskConfig(labels=LABELS))
+    with pytest.raises(PotstillError, match="run `potstill train` first"):
+        export(cfg, "hf")
+    shutil.copytree(tiny_model, tmp_path / "run" / "student")
+    export(cfg, "hf")
+    from safetensors.torch import load_file
+
+    a, b = load_file(tiny_model / "model.safetensors"), load_file(tmp_path / "run" / "export" / "hf" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
