@@ -258,6 +258,34 @@ def export_check(file: Annotated[Path, typer.Argument(help="JSONL file in OpenAI
     typer.echo(f"{file}: ok")
 
 
+@app.command()
+def redistill(
+    run_dir: Annotated[Path, typer.Argument(help="Served run directory (student/, splits, calls.sqlite).")],
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Config (default: RUN/potstill.yaml).")] = None,
+    student_sample: Annotated[Optional[float], typer.Option(help="redistill.student_sample: student-answered requests re-asked from the teacher (fraction 0-1, 1 = all, or a count > 1).")] = None,
+    new_test: Annotated[Optional[float], typer.Option(help="redistill.new_test: share of new traffic held out as the new-traffic test.")] = None,
+    min_gain: Annotated[Optional[float], typer.Option(help="redistill.min_gain: agreement gain on new traffic the challenger must exceed.")] = None,
+    max_frozen_drop: Annotated[Optional[float], typer.Option(help="redistill.max_frozen_drop: most agreement the challenger may lose on RUN/test.jsonl.")] = None,
+    require_significant: Annotated[Optional[bool], typer.Option("--require-significant/--no-require-significant", help="redistill.require_significant: the gain's 95% interval must lie above 0.")] = None,
+    promote: Annotated[Optional[bool], typer.Option("--promote/--no-promote", help="redistill.promote: promote a winning challenger.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="redistill.seed: seed of the sample and of the new-traffic split.")] = None,
+    rollback: Annotated[Optional[str], typer.Option(help="Instead: point RUN/student back at a kept student (students/<id>).")] = None,
+) -> None:
+    """Train a challenger on served traffic and promote it only if it beats the champion on new traffic and holds on the frozen test."""
+    from potstill import redistill as rd
+    from potstill.serve import run_config
+
+    if rollback is not None:
+        info = rd.rollback(run_dir, rollback)
+        typer.echo(f"RUN/student -> {info['current']} (was {info['previous']})")
+        return
+    flags = {"student_sample": student_sample, "new_test": new_test, "min_gain": min_gain,
+             "max_frozen_drop": max_frozen_drop, "require_significant": require_significant, "promote": promote,
+             "seed": seed}
+    cfg = run_config(run_dir, config, {f"redistill.{k}": v for k, v in flags.items() if v is not None})
+    rd.redistill(run_dir, cfg)
+
+
 def main() -> None:
     """Entry point: usage errors are click's (message + exit 2); PotstillError is one red line, exit 2."""
     try:

@@ -265,6 +265,31 @@ class ExportConfig(Section):
     )
 
 
+class RedistillConfig(Section):
+    """How `potstill redistill` turns served traffic into a challenger, and when it replaces the champion."""
+
+    student_sample: float = Field(
+        0.5, ge=0, description="Student-answered requests re-asked from the teacher: a fraction (0-1; 1 = all) or a count (>1)."
+    )
+    new_test: float = Field(
+        0.3, gt=0, lt=1, description="Share of the new traffic held out as the new-traffic test (stable hash split)."
+    )
+    min_gain: float = Field(
+        0.0, ge=0, le=1, description="Promote only if challenger minus champion agreement on new traffic exceeds this."
+    )
+    require_significant: bool = Field(
+        False, description="Also require the 95% bootstrap interval of that gain to lie above zero."
+    )
+    max_frozen_drop: float = Field(
+        0.02, ge=0, le=1, description="Promote only if the challenger loses at most this much agreement on RUN/test.jsonl."
+    )
+    promote: bool = Field(True, description="Promote a winning challenger (false: compare and record only).")
+    seed: int = Field(0, description="Seed of the student-answered sample and of the new-traffic split.")
+    reload_poll_s: float = Field(
+        5.0, ge=0, description="How often a running `potstill serve` checks RUN/student for a promoted student (0: never)."
+    )
+
+
 class ReportConfig(Section):
     """How `potstill evaluate` cuts the test split into slices and judges them (eval.json, report.html)."""
 
@@ -287,6 +312,7 @@ class Config(Section):
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    redistill: RedistillConfig = Field(default_factory=RedistillConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
 
     @model_validator(mode="after")

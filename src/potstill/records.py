@@ -128,7 +128,9 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
     try:
         yield tmp
-        if path.exists():
+        if path.is_symlink():  # a promoted student (RUN/student -> students/ID): the target is kept
+            path.unlink()
+        elif path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
     except BaseException:

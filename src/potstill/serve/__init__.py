@@ -2,7 +2,8 @@
 
 ``potstill serve RUN`` loads ``RUN/student``, calibrates routing on ``RUN/val.jsonl`` and listens;
 a client that called the teacher changes only its base_url. See ``routing`` for the rules,
-``app`` for the wire format and logging, ``engine`` for batching.
+``app`` for the wire format and logging, ``engine`` for batching, ``service`` for the hot swap of
+a student promoted while the server runs.
 """
 
 from __future__ import annotations
@@ -47,6 +48,11 @@ def serve(run_dir: Path, cfg: Config, recalibrate: bool = False) -> None:
         say("serve: no API key configured: anyone who can reach the port can call it")
     say(f"serve: http://{cfg.serve.host}:{cfg.serve.port}/v1 (student {service.student_name}, "
         f"teacher {service.teacher_name}); every request is logged to {service.ledger.path}")
+    poll = cfg.redistill.reload_poll_s
+    if poll > 0:
+        say(f"serve: a student promoted by `potstill redistill` is swapped in within {poll:g} s "
+            "(or at once with POST /admin/reload)")
+    service.watch(poll)
     try:
         uvicorn.run(build_app(service, key), host=cfg.serve.host, port=cfg.serve.port, log_level="warning")
     finally:

@@ -4,7 +4,8 @@ Every request to ``/v1/chat/completions`` becomes exactly one ledger row, whatev
 answered (status ok, role = who answered), rejected (401/400/413: status error), or failed
 (502 when the teacher fails, 500 otherwise). Every 4xx/5xx carries an OpenAI-style body
 ``{"error": {"message", "type", "param", "code"}}``. The Bearer key and other headers are never
-logged; the key is compared in constant time.
+logged; the key is compared in constant time. ``POST /admin/reload`` (same key) swaps in a student
+that ``potstill redistill`` promoted, without a restart (see ``Service.reload``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from fastapi.security import HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from potstill.errors import PotstillError
 from potstill.serve.schemas import ChatCompletion, ChatRequest, ErrorBody, Health, ModelList
 from potstill.serve.service import Service, TeacherError
 
@@ -34,7 +36,7 @@ ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 500, 502)}
 SSE_EVENT = {"type": "object", "required": ["data"],
              "properties": {"data": {"type": "string"}, "event": {"type": "string"}}}
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-          405: "invalid_request_error", 413: "invalid_request_error", 502: "upstream_error"}
+          405: "invalid_request_error", 409: "conflict_error", 413: "invalid_request_error", 502: "upstream_error"}
 
 
 class APIError(Exception):
@@ -47,8 +49,11 @@ def error_body(status: int, message: str, param: str | None = None, code: str | 
     return {"error": {"message": message, "type": _TYPES.get(status, "server_error"), "param": param, "code": code}}
 
 
-def _route_headers(who: str, reason: str, confidence: float) -> dict[str, str]:
-    return {"X-Potstill-Answered-By": who, "X-Potstill-Reason": reason, "X-Potstill-Confidence": f"{confidence:.6g}"}
+def _route_headers(who: str, reason: str, confidence: float, student: str) -> dict[str, str]:
+    # X-Potstill-Student names the student that handled the request (it answered or escalated):
+    # after a hot swap it is the promoted one.
+    return {"X-Potstill-Answered-By": who, "X-Potstill-Reason": reason, "X-Potstill-Confidence": f"{confidence:.6g}",
+            "X-Potstill-Student": student}
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -211,7 +216,7 @@ def build_app(service: Service, api_key: str | None) -> FastAPI:
         requests.labels(served.answered_by, served.reason, "200").inc()
         latency.labels(served.answered_by).observe(elapsed)
         cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        headers = _route_headers(served.answered_by, served.reason, served.confidence)
+        headers = _route_headers(served.answered_by, served.reason, served.confidence, served.student)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(_sse(cid, created, served.model, served.content, usage, route, include_usage),
@@ -220,6 +225,24 @@ def build_app(service: Service, api_key: str | None) -> FastAPI:
                       "choices": [{"index": 0, "message": {"role": "assistant", "content": served.content},
                                    "finish_reason": "stop"}], "usage": usage, "potstill": route}
         return JSONResponse(completion, headers=headers)
+
+    @app.post("/admin/reload", dependencies=bearer, responses={401: {"model": ErrorBody}, 409: {"model": ErrorBody}})
+    async def reload(request: Request) -> Any:
+        """Load RUN/student if a promotion changed it, calibrate it and swap it in without a restart.
+
+        Needs the serve key (when one is set). The old student answers until the swap; the call
+        returns once the new one is live: {swapped, student, previous, load_and_calibrate_s}."""
+        if api_key is not None:
+            auth = request.headers.get("authorization", "")
+            if not hmac.compare_digest(auth.encode(), f"Bearer {api_key}".encode()):
+                return JSONResponse(error_body(401, "invalid or missing API key (send Authorization: Bearer <key>)"),
+                                    status_code=401)
+        try:
+            info = await asyncio.to_thread(service.reload)
+        except PotstillError as e:
+            return JSONResponse(error_body(409, f"reload failed, still serving {service.student_name}: {e}"[:500]),
+                                status_code=409)
+        return JSONResponse(info)
 
     app.add_middleware(Gate, service=service, key=api_key, max_body=s.max_body_bytes, reject=reject)
     return app

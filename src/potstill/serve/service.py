@@ -3,6 +3,10 @@
 ``load_service(run_dir, cfg)`` loads ``run_dir/student``, calibrates routing on ``val.jsonl``
 (cached in ``run_dir/serve/`` and redone when the student, the splits or the targets change),
 and opens ``run_dir/calls.sqlite``, where every request becomes one row with ``stage='serve'``.
+
+Hot swap: ``Service.reload`` (``POST /admin/reload``, or ``Service.watch`` polling where
+``run_dir/student`` points) loads and calibrates a promoted student beside the live one, then
+replaces the ``Live`` reference in one assignment; requests in flight finish on the old one.
 """
 
 from __future__ import annotations
@@ -130,35 +134,177 @@ class Served:
     completion_tokens: int
     cost_usd: float
     extra: dict[str, Any] = field(default_factory=dict)
+    student: str = ""  # the student that handled the request (it answered, or it escalated)
 
 
 class TeacherError(Exception):
     """The teacher failed to answer an escalated request (a 502 for the client)."""
 
 
+class Live:
+    """One student as served: engine, batcher, routing and OOD reference, swapped as one reference.
+
+    A request takes the ``Live`` it starts on (``Service.acquire``) and keeps it to the end, so
+    a swap never mixes one student's answer with another's thresholds. A retired ``Live`` closes
+    its batcher only once its last request has released it: requests in flight finish on the
+    old engine.
+    """
+
+    def __init__(self, name: str, path: str, engine: TransformersEngine, routing: Routing, reference: torch.Tensor,
+                 batch_size: int, batch_wait_ms: float):
+        self.name, self.path, self.engine, self.routing, self.reference = name, path, engine, routing, reference
+        self.batcher = Batcher(engine, batch_size, batch_wait_ms)
+        self._lock = threading.Lock()
+        self._inflight = 0
+        self._retired = False
+        self.closed = threading.Event()
+
+    def enter(self) -> bool:
+        with self._lock:
+            if self._retired:
+                return False
+            self._inflight += 1
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self._inflight -= 1
+            last = self._retired and self._inflight == 0
+        if last:
+            self._close_soon()
+
+    def retire(self) -> None:
+        with self._lock:
+            self._retired = True
+            idle = self._inflight == 0
+        if idle:
+            self._close_soon()
+
+    def _close_soon(self) -> None:
+        # Batcher.close joins the worker thread: never on the event loop.
+        def close() -> None:
+            self.batcher.close()
+            self.closed.set()
+
+        threading.Thread(target=close, name="potstill-retire", daemon=True).start()
+
+
+def student_dir(run_dir: Path) -> Path:
+    """RUN/student with symlinks resolved: after a promotion it points into RUN/students/<id>/."""
+    return (Path(run_dir) / "student").resolve()
+
+
 class Service:
     def __init__(self, cfg: Config, task: Task, engine: TransformersEngine, teacher: Teacher, routing: Routing,
-                 reference: torch.Tensor, ledger: Ledger, student_name: str):
+                 reference: torch.Tensor, ledger: Ledger, student_name: str, run_dir: Path | None = None,
+                 student_path: str = "", device: str = "auto"):
         self.cfg = cfg
         self.task = task
-        self.engine = engine
         self.teacher = teacher
-        self.routing = routing
-        self.reference = reference
         self.ledger = ledger
-        self.student_name = student_name
-        self.batcher = Batcher(engine, cfg.serve.batch_size, cfg.serve.batch_wait_ms)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.device = device
+        # The one reference every request reads; a hot swap is one assignment to it.
+        self.live = Live(student_name, student_path, engine, routing, reference, cfg.serve.batch_size,
+                         cfg.serve.batch_wait_ms)
+        self.swaps: list[dict[str, Any]] = []
+        self._reload_lock = threading.Lock()
+        self._failed: str | None = None
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
         # The openai adapter opens its own client per call; in-process teachers share one model.
         self._teacher_lock = threading.Lock() if teacher.type != "openai" else None
+
+    # The current student's parts, read through the live reference (tests and /health use these).
+    @property
+    def engine(self) -> TransformersEngine:
+        return self.live.engine
+
+    @property
+    def batcher(self) -> Batcher:
+        return self.live.batcher
+
+    @property
+    def student_name(self) -> str:
+        return self.live.name
+
+    @property
+    def reference(self) -> torch.Tensor:
+        return self.live.reference
+
+    @property
+    def routing(self) -> Routing:
+        return self.live.routing
+
+    @routing.setter
+    def routing(self, value: Routing) -> None:
+        self.live.routing = value
 
     @property
     def teacher_name(self) -> str:
         return self.teacher.model_name
 
     def close(self) -> None:
-        self.batcher.close()
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
+        self.live.batcher.close()
         self.ledger.close()
 
+    # ------------------------------------------------------------------ hot swap
+    def acquire(self) -> Live:
+        """The live student, entered; a request that lost a race with a swap takes the new one."""
+        while True:
+            live = self.live
+            if live.enter():
+                return live
+
+    def reload(self, force: bool = False) -> dict[str, Any]:
+        """Load and calibrate RUN/student if it changed, then swap it in; the old one keeps serving meanwhile.
+
+        Returns what happened: {swapped, student, previous?, seconds?}. Raises PotstillError when the
+        new student cannot be loaded (the old one stays live).
+        """
+        if self.run_dir is None:
+            raise PotstillError("this service was not loaded from a run directory, so it cannot reload")
+        with self._reload_lock:
+            path = str(student_dir(self.run_dir))
+            old = self.live
+            if path == old.path and not force:
+                return {"swapped": False, "student": old.name}
+            t0 = time.perf_counter()
+            new = _load_live(self.run_dir, self.cfg, self.task, self.device, path)
+            load_s = time.perf_counter() - t0
+            self.live = new  # the swap: engine, routing, reference and name change together
+            old.retire()
+            info = {"swapped": True, "student": new.name, "previous": old.name, "path": path,
+                    "load_and_calibrate_s": round(load_s, 3), "at": time.time()}
+            self.swaps.append(info)
+            self._failed = None
+            say(f"serve: now serving {new.name} (was {old.name}); loaded and calibrated in {load_s:.1f} s "
+                "while the old student kept serving")
+            return info
+
+    def watch(self, interval_s: float) -> None:
+        """Poll RUN/student every ``interval_s`` seconds and hot-swap a promoted student in."""
+        if interval_s <= 0 or self.run_dir is None or self._watcher is not None:
+            return
+
+        def loop() -> None:
+            while not self._stop.wait(interval_s):
+                path = str(student_dir(self.run_dir))
+                if path == self.live.path or path == self._failed:
+                    continue
+                try:
+                    self.reload()
+                except Exception as e:  # noqa: BLE001 - a broken promotion must not stop serving
+                    self._failed = path
+                    say(f"serve: could not load the promoted student {path} ({e}); still serving {self.live.name}")
+
+        self._watcher = threading.Thread(target=loop, name="potstill-reload-watch", daemon=True)
+        self._watcher.start()
+
+    # ------------------------------------------------------------------ answering
     def _ask_teacher(self, messages: list[dict]) -> Any:
         got: list[Any] = []
         req = self.teacher.request(Record(messages=messages))
@@ -173,19 +319,26 @@ class Service:
 
     async def answer(self, messages: list[dict]) -> Served:
         """Route one chat (user-side messages only) and return the answer."""
-        a: StudentAnswer = await asyncio.wrap_future(self.batcher.submit(messages))
-        dist = ood_distance(a.embedding[None], self.reference)[0]
-        who, reason = self.routing.decide(a.confidence, dist, a.invalid)
+        live = self.acquire()
+        try:
+            a: StudentAnswer = await asyncio.wrap_future(live.batcher.submit(messages))
+            dist = ood_distance(a.embedding[None], live.reference)[0]
+            who, reason = live.routing.decide(a.confidence, dist, a.invalid)
+        finally:
+            live.release()
         student_cost = a.seconds * self.cfg.student.usd_per_hour / 3600
         common = dict(answered_by=who, reason=reason, confidence=a.confidence, ood_distance=dist,
-                      student_output=a.output)
+                      student_output=a.output, student=live.name)
         if who == "student":
-            return Served(content=a.output, model=self.student_name, prompt_tokens=a.prompt_tokens,
+            return Served(content=a.output, model=live.name, prompt_tokens=a.prompt_tokens,
                           completion_tokens=a.output_tokens, cost_usd=student_cost, **common)
         r = await asyncio.to_thread(self._ask_teacher, messages)
+        extra: dict[str, Any] = {"teacher_latency_s": r.latency_s}
+        if r.label_probs:
+            # The teacher's soft label, kept so `potstill redistill` can distil from served escalations.
+            extra["teacher_label_probs"] = r.label_probs
         return Served(content=r.output, model=self.teacher_name, prompt_tokens=r.input_tokens,
-                      completion_tokens=r.output_tokens, cost_usd=student_cost + r.cost_usd,
-                      extra={"teacher_latency_s": r.latency_s}, **common)
+                      completion_tokens=r.output_tokens, cost_usd=student_cost + r.cost_usd, extra=extra, **common)
 
     def log(self, request: dict[str, Any], role: str, model: str, latency_s: float, status: str,
             response: dict[str, Any] | None = None, error: str | None = None, input_tokens: int = 0,
@@ -197,16 +350,34 @@ class Service:
         ))
 
 
+def _student_name(lm: Any) -> str:
+    return f"potstill-student@{lm.identity.rsplit('@', 1)[-1]}"
+
+
+def _load_live(run_dir: Path, cfg: Config, task: Task, device: str, path: str) -> Live:
+    if not (Path(path) / "config.json").exists() and not (Path(path) / "adapter_config.json").exists():
+        raise PotstillError(f"{path}: no trained student (run `potstill train` first)")
+    try:
+        lm = load_lm(path, device=device)
+        engine = TransformersEngine(lm, task)
+        routing, reference = calibrate_run(run_dir, cfg, engine, task)
+    except PotstillError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a broken promotion is the caller's one-line error, not a crash
+        raise PotstillError(f"cannot load {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]) from None
+    return Live(_student_name(lm), path, engine, routing, reference, cfg.serve.batch_size, cfg.serve.batch_wait_ms)
+
+
 def load_service(run_dir: Path, cfg: Config, recalibrate: bool = False, ledger_path: Path | None = None,
                  device: str = "auto") -> Service:
     run_dir = Path(run_dir)
-    student_dir = run_dir / "student"
-    if not (student_dir / "config.json").exists() and not (student_dir / "adapter_config.json").exists():
-        raise PotstillError(f"{student_dir}: no trained student (run `potstill train` first)")
+    path = student_dir(run_dir)
+    if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
+        raise PotstillError(f"{run_dir / 'student'}: no trained student (run `potstill train` first)")
     task = get_task(cfg.task)
     teacher = get_teacher(cfg.teacher, task)
     t0 = time.perf_counter()
-    lm = load_lm(str(student_dir), device=device)
+    lm = load_lm(str(path), device=device)
     engine = TransformersEngine(lm, task)
     routing, reference = calibrate_run(run_dir, cfg, engine, task, force=recalibrate)
     st = routing.stats
@@ -214,4 +385,5 @@ def load_service(run_dir: Path, cfg: Config, recalibrate: bool = False, ledger_p
         f"{st['val_escalation']:.0%} escalated, agreement {st['val_agreement']:.3f} "
         f"(student alone {st['val_student_alone_agreement']:.3f})")
     ledger = Ledger(ledger_path or run_dir / "calls.sqlite")
-    return Service(cfg, task, engine, teacher, routing, reference, ledger, student_name=f"potstill-student@{lm.identity.rsplit('@', 1)[-1]}")
+    return Service(cfg, task, engine, teacher, routing, reference, ledger, student_name=_student_name(lm),
+                   run_dir=run_dir, student_path=str(path), device=device)

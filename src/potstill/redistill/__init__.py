@@ -1,0 +1,237 @@
+"""`potstill redistill RUN`: a challenger student from served traffic, promoted only if it wins.
+
+In order (each step timed in the decision record):
+
+1. Traffic: the ``stage='serve'`` rows of RUN/calls.sqlite (``traffic.py``): escalated requests
+   with the teacher's answer from the ledger, plus a seeded sample of student-answered requests
+   asked anew from the teacher through the ledger cache (a rerun pays nothing).
+2. Curation: new inputs that duplicate (exactly or nearly, ``curate.dedup``) the frozen test set
+   or the old train/val splits are dropped; the rest go through ``potstill.curate.curate`` (the
+   task's validation, self-consistency, dedup) with a hash split holding ``redistill.new_test``
+   of them out as the *new-traffic test*.
+3. Training: old train + new train, the run's ``train`` settings and base student spec, into
+   RUN/students/<id>/ (``id`` hashes the data and settings: a rerun reuses a trained challenger).
+4. Comparison on the frozen RUN/test.jsonl and on the new-traffic test (``compare.py``).
+5. Promotion when the challenger wins on new traffic and holds on the frozen test
+   (``promote.py``: RUN/student becomes an atomically swapped symlink; the old champion stays
+   in RUN/students/ for rollback). A running ``potstill serve`` picks it up without a restart.
+
+Each run writes a decision record RUN/redistill/<time>-<id>.json: what was compared, the numbers
+and why the challenger was or was not promoted; its data and training log are in RUN/redistill/<id>/.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from potstill.config import Config
+from potstill.curate import curate
+from potstill.curate.dedup import find_duplicates
+from potstill.errors import PotstillError
+from potstill.hashing import hash_obj
+from potstill.ledger import Ledger
+from potstill.models.loading import load_lm
+from potstill.progress import out, say
+from potstill.records import Record, read_records, write_json, write_jsonl
+from potstill.redistill.compare import compare, decide, scores
+from potstill.redistill.promote import current, switch
+from potstill.redistill.traffic import check_traffic, label_sample, read_traffic
+from potstill.students import predict, student_format
+from potstill.tasks import Task, get_task
+
+__all__ = ["redistill", "switch"]
+
+
+def _is_student(path: Path) -> bool:
+    return (path / "config.json").exists() or (path / "adapter_config.json").exists()
+
+
+def drop_overlap(old: list[Record], new: list[Record], cfg: Config) -> tuple[list[Record], dict[str, int]]:
+    """New records that duplicate no old one (frozen test first, then train/val); counts of the rest."""
+    c = cfg.curate
+    texts = [r.text for r in old] + [r.text for r in new]
+    dups = find_duplicates(texts, near=c.dedup and c.near_dup, threshold=c.near_dup_threshold, seed=c.seed)
+    n_old = len(old)
+    kept, counts = [], {"overlap_frozen_test": 0, "overlap_train_val": 0}
+    for i, r in enumerate(new, n_old):
+        j = dups.of.get(i)
+        if j is not None and j < n_old:
+            counts["overlap_frozen_test" if old[j].meta.get("_split") == "test" else "overlap_train_val"] += 1
+            continue
+        kept.append(r)
+    return kept, counts
+
+
+def _answers(path: Path, task: Task, sets: dict[str, list[Record]], batch_size: int, who: str) -> dict[str, list]:
+    lm = load_lm(str(path))
+    try:
+        return {name: predict(lm, task, rs, batch_size=batch_size, desc=f"redistill: {who} on {name}").parsed
+                for name, rs in sets.items()}
+    finally:
+        del lm
+        gc.collect()
+
+
+def _pct(m: dict[str, Any]) -> str:
+    return f"{m['value']:.1%} [{m['lo']:.1%}, {m['hi']:.1%}]"
+
+
+def print_comparison(results: dict[str, dict[str, Any]], decision: dict[str, Any]) -> None:
+    t = Table(title="redistill: champion vs challenger (95% bootstrap intervals)")
+    for col in ("test set", "n", "agreement with", "champion", "challenger", "gain"):
+        t.add_column(col, justify="left" if col in ("test set", "agreement with") else "right")
+    for name, res in results.items():
+        for metric, m in res.items():
+            g = m["gain"]
+            t.add_row(name, str(m["champion"]["n"]), metric, _pct(m["champion"]), _pct(m["challenger"]),
+                      f"{g['value']:+.1%} [{g['lo']:+.1%}, {g['hi']:+.1%}]")
+    out.print(t)
+    out.print(("[bold green]promoted[/bold green]: " if decision["promote"] else "[bold]not promoted[/bold]: ")
+              + decision["reason"])
+
+
+def redistill(run_dir: Path, cfg: Config) -> dict[str, Any]:
+    """Run the five steps above; returns the decision record (also written to RUN/redistill/<id>.json)."""
+    run_dir = Path(run_dir)
+    rc, task = cfg.redistill, get_task(cfg.task)
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    for name in ("train.jsonl", "val.jsonl", "test.jsonl"):
+        if not (run_dir / name).exists():
+            raise PotstillError(f"{run_dir / name} not found: redistill needs the run's splits (run `potstill curate` first)")
+    champion = current(run_dir)
+    if not _is_student(champion):
+        raise PotstillError(f"{run_dir / 'student'}: no trained student to challenge (run `potstill train` first)")
+    ledger_path = run_dir / "calls.sqlite"
+    if not ledger_path.exists():
+        raise PotstillError(f"{ledger_path} not found: no served traffic (serve the student with `potstill serve` first)")
+
+    # 1. traffic
+    t0 = time.perf_counter()
+    with Ledger(ledger_path) as ledger:
+        traffic = read_traffic(ledger, task)
+        check_traffic(traffic, cfg)
+        timings["traffic_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        sampled, gstats = label_sample(cfg, traffic, task, ledger)
+    timings["teacher_s"] = time.perf_counter() - t0
+    say(f"redistill: {traffic.counts['distinct']} distinct served requests ({traffic.counts['escalated']} escalated, "
+        f"{traffic.counts['student_answered']} answered by the student); teacher asked about {len(sampled)} of the "
+        f"latter: {gstats.calls} calls, {gstats.cache_hits} from the ledger cache, ${gstats.cost_usd:.4f}")
+
+    # 2. curation
+    t0 = time.perf_counter()
+    old_train, old_val, frozen = (read_records(run_dir / f"{s}.jsonl") for s in ("train", "val", "test"))
+    tagged = [r.model_copy(update={"meta": {**r.meta, "_split": "test"}}) for r in frozen] + old_train + old_val
+    kept, overlap = drop_overlap(tagged, traffic.escalated + sampled, cfg)
+    ccfg = cfg.model_copy(update={"curate": cfg.curate.model_copy(update={
+        "val": 0.0, "test": rc.new_test, "seed": rc.seed, "real_data": None, "real_ratio": 0.0, "review": False,
+        "max_train": None})})
+    cur = curate(ccfg, kept)
+    if not cur.train:
+        raise PotstillError(f"redistill: no new training records left after curation ({overlap['overlap_frozen_test']} "
+                            f"overlap the frozen test, {overlap['overlap_train_val']} the old splits, "
+                            f"{len(cur.rejected)} rejected); serve more traffic")
+    if not cur.test:
+        raise PotstillError(f"redistill: the new-traffic test is empty ({len(cur.train)} new records, "
+                            f"redistill.new_test={rc.new_test:g}); serve more traffic or raise --new-test")
+    data = old_train + cur.train
+    cid = hash_obj({"data": [r.model_dump(mode="json", exclude_none=True) for r in data], "train": cfg.train.model_dump(),
+                    "student": cfg.student.model_dump(), "task": cfg.task.model_dump()})[:12]
+    work = run_dir / "redistill" / cid
+    write_jsonl(work / "new_train.jsonl", cur.train)
+    write_jsonl(work / "new_test.jsonl", cur.test)
+    write_jsonl(work / "rejected.jsonl", cur.rejected)
+    write_json(work / "card.json", cur.card)
+    timings["curate_s"] = time.perf_counter() - t0
+    say(f"redistill: new data {len(cur.train)} train + {len(cur.test)} new-traffic test "
+        f"({overlap['overlap_frozen_test']} dropped as overlapping the frozen test, {overlap['overlap_train_val']} "
+        f"as already in train/val, {len(cur.rejected)} rejected by curation)")
+
+    # 3. challenger
+    t0 = time.perf_counter()
+    challenger = run_dir / "students" / cid
+    base = json.loads((run_dir / "train.json").read_text()).get("base_model") if (run_dir / "train.json").exists() else None
+    if base is not None and base != cfg.student.model:
+        raise PotstillError(f"redistill: the champion was trained from {base} but student.model is {cfg.student.model}: "
+                            "a challenger must start from the champion's base (pass -c with the run's config)")
+    train_summary: dict[str, Any]
+    if _is_student(challenger):
+        say(f"redistill: challenger {cid} already trained on this data, reused ({challenger})")
+        train_summary = json.loads((work / "train.json").read_text()) if (work / "train.json").exists() else {}
+        train_summary["reused"] = True
+    else:
+        from potstill.train.trainer import train
+
+        lm = load_lm(cfg.student.model, device=cfg.train.device, num_layers=cfg.student.num_layers)
+        train_summary = train(lm, student_format(lm, task), task, data, old_val, cfg.train, cfg.student.max_length,
+                              challenger, work / "metrics.jsonl")
+        train_summary["base_model"] = cfg.student.model
+        write_json(work / "train.json", train_summary)
+        del lm
+        gc.collect()
+    timings["train_s"] = time.perf_counter() - t0
+
+    # 4. comparison
+    t0 = time.perf_counter()
+    sets = {"frozen test": frozen, "new traffic": cur.test}
+    bs = cfg.evaluate.batch_size
+    a_champ = _answers(champion, task, sets, bs, "champion")
+    a_chall = _answers(challenger, task, sets, bs, "challenger")
+    n_boot, seed = cfg.report.bootstrap_samples, cfg.report.seed
+    results = {name: compare(scores(task, a_champ[name], rs), scores(task, a_chall[name], rs), n_boot, seed)
+               for name, rs in sets.items()}
+    timings["evaluate_s"] = time.perf_counter() - t0
+    decision = decide(results["new traffic"], results["frozen test"], rc, same_student=champion == challenger.resolve())
+
+    # 5. promotion
+    t0 = time.perf_counter()
+    promotion = switch(run_dir, challenger) if decision["promote"] else None
+    timings["promote_s"] = time.perf_counter() - t0
+    timings["total_s"] = time.perf_counter() - t_start
+    rel = lambda p: str(Path(p).resolve().relative_to(run_dir.resolve()))  # noqa: E731
+    # One record per decision (a rerun on the same data adds one, never overwrites a promotion's).
+    now = time.gmtime()
+    rid = f"{time.strftime('%Y%m%dT%H%M%SZ', now)}-{cid}"
+    n = 1
+    while (run_dir / "redistill" / f"{rid}.json").exists():  # two decisions within one second
+        n += 1
+        rid = f"{time.strftime('%Y%m%dT%H%M%SZ', now)}-{cid}-{n}"
+    record = {
+        "id": rid, "challenger_id": cid, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", now),
+        "champion": rel(champion), "challenger": rel(challenger),
+        "data": {**traffic.counts, "teacher_labelled_sample": len(sampled), **overlap,
+                 "curate": cur.card["counts"], "old_train": len(old_train), "new_train": len(cur.train),
+                 "new_test": len(cur.test), "challenger_train": len(data), "frozen_test": len(frozen),
+                 "files": {k: rel(work / f"{k}.jsonl") for k in ("new_train", "new_test", "rejected")}},
+        "teacher": {"calls": gstats.calls, "cache_hits": gstats.cache_hits, "errors": gstats.errors,
+                    "cost_usd": gstats.cost_usd, "input_tokens": gstats.input_tokens,
+                    "output_tokens": gstats.output_tokens,
+                    "escalations_reused": traffic.counts["escalated"],
+                    "escalations_cost_usd_paid_while_serving": traffic.served_teacher_cost_usd},
+        "results": {"frozen_test": results["frozen test"], "new_traffic_test": results["new traffic"]},
+        "decision": decision, "promotion": promotion,
+        "rollback": None if promotion is None else f"potstill redistill {run_dir} --rollback {promotion['previous']}",
+        "settings": rc.model_dump(), "train": train_summary, "timings_s": timings,
+    }
+    write_json(run_dir / "redistill" / f"{rid}.json", record)
+    print_comparison(results, decision)
+    say(f"redistill: decision record {run_dir / 'redistill' / (rid + '.json')}"
+        + (f"; RUN/student -> {promotion['current']} (previous {promotion['previous']} kept for rollback)"
+           if promotion else ""))
+    return record
+
+
+def rollback(run_dir: Path, to: str) -> dict[str, str]:
+    """Point RUN/student back at a kept student (a path relative to the run, or an id under RUN/students/)."""
+    run_dir = Path(run_dir)
+    target = run_dir / to if (run_dir / to).exists() else run_dir / "students" / to
+    if not _is_student(target):
+        raise PotstillError(f"{target}: no student there to roll back to (see RUN/students/)")
+    return switch(run_dir, target)

@@ -1,0 +1,62 @@
+"""Champion vs challenger: per-example agreement, bootstrap intervals, and the promotion rule.
+
+Both students answer the same inputs; each example scores 1 when a student agrees with the
+teacher's answer (and, where the input has gold, with gold). The gain is the paired difference
+challenger minus champion, resampled per example (``evaluate.bootstrap.bootstrap_gap``), so the
+interval keeps the correlation between the two students' mistakes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from potstill.config import RedistillConfig
+from potstill.evaluate.bootstrap import bootstrap_gap, bootstrap_mean
+from potstill.records import Record
+from potstill.tasks import Task
+
+
+def scores(task: Task, parsed: list[Any], records: list[Record]) -> dict[str, list[float]]:
+    """Per-example agreement with the teacher, and with gold on the records that carry it."""
+    out = {"teacher": [task.agree(p, task.parse(r.output or "")) for p, r in zip(parsed, records)]}
+    gold = [(p, task.gold(r)) for p, r in zip(parsed, records)]
+    if any(g is not None for _, g in gold):
+        out["gold"] = [task.agree(p, g) for p, g in gold if g is not None]
+    return out
+
+
+def compare(champion: dict[str, list[float]], challenger: dict[str, list[float]], n_boot: int,
+            seed: int) -> dict[str, Any]:
+    """{metric: {champion, challenger, gain}} each with a 95% bootstrap interval."""
+    out = {}
+    for metric in champion:
+        a, b = challenger[metric], champion[metric]
+        out[metric] = {"champion": bootstrap_mean(b, n_boot, seed=seed), "challenger": bootstrap_mean(a, n_boot, seed=seed),
+                       "gain": bootstrap_gap(a, b, n_boot, seed=seed)}
+    return out
+
+
+def decide(new: dict[str, Any], frozen: dict[str, Any], rc: RedistillConfig,
+           same_student: bool = False) -> dict[str, Any]:
+    """Promote only if the challenger wins on new traffic and holds on the frozen test."""
+    gain, drop = new["teacher"]["gain"], -frozen["teacher"]["gain"]["value"]
+    checks = [{"check": f"new-traffic agreement gain > {rc.min_gain:g}", "value": gain["value"],
+               "pass": gain["value"] > rc.min_gain + 1e-12}]
+    if rc.require_significant:
+        checks.append({"check": "95% interval of that gain above 0", "value": gain["lo"], "pass": gain["lo"] > 0})
+    checks.append({"check": f"frozen-test agreement drop <= {rc.max_frozen_drop:g}", "value": drop,
+                   "pass": drop <= rc.max_frozen_drop + 1e-12})
+    if same_student:
+        checks.append({"check": "challenger differs from the champion", "value": False, "pass": False})
+    wins = all(c["pass"] for c in checks)
+    failed = [c for c in checks if not c["pass"]]
+    if wins:
+        reason = (f"challenger wins on new traffic ({gain['value']:+.3f}, 95% CI [{gain['lo']:+.3f}, {gain['hi']:+.3f}]) "
+                  f"and changes frozen-test agreement by {-drop:+.3f} (a drop of up to {rc.max_frozen_drop:g} allowed)")
+    else:
+        reason = "; ".join(f"fails: {c['check']} (got {c['value']:+.3f})" if isinstance(c["value"], float)
+                           else f"fails: {c['check']}" for c in failed)
+    promote = wins and rc.promote
+    if wins and not rc.promote:
+        reason += "; not promoted: redistill.promote is false"
+    return {"promote": promote, "challenger_wins": wins, "checks": checks, "reason": reason}

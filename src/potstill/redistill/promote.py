@@ -1,0 +1,98 @@
+"""Atomic promotion: RUN/student becomes a symlink into RUN/students/<id>/, swapped by one rename.
+
+Readers (``potstill serve``, ``potstill evaluate``) open RUN/student; at every instant it names a
+complete student. A promotion writes a new symlink beside it and renames it over the old one
+(``rename(2)`` is atomic). The first promotion must turn the trained directory RUN/student into a
+symlink: it exchanges the two paths with ``renameat2(RENAME_EXCHANGE)`` (Linux >= 3.15), so even
+then no reader sees RUN/student missing; the old directory then moves to RUN/students/<id>/ and
+stays there for rollback. Where that call does not exist the old directory is moved first and
+the symlink follows, with a gap of one rename.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+from pathlib import Path
+
+from potstill.errors import PotstillError
+
+RENAME_EXCHANGE = 2  # linux/fs.h
+AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically; False when the kernel or libc cannot."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return fn(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0
+
+
+def _adopt(run_dir: Path, target: Path) -> None:
+    """Record the promoted student as the train stage's output in the manifest.
+
+    Otherwise ``potstill run`` would see RUN/student changed, call the train stage stale and
+    retrain over the promoted student; with it, train stays done and evaluate (whose input, the
+    student, changed) re-measures the new champion."""
+    from potstill.hashing import hash_path
+    from potstill.records import write_json
+    from potstill.rundir import RunDir
+
+    run = RunDir(run_dir)
+    m = run.manifest()
+    entry = m.get("stages", {}).get("train")
+    if entry is None:
+        return
+    entry.setdefault("outputs", {})["student"] = hash_path(run_dir / "student")
+    entry["promoted"] = os.path.join("students", target.name)
+    write_json(run.manifest_path, m)
+
+
+def current(run_dir: Path) -> Path:
+    """The directory RUN/student names now."""
+    return (Path(run_dir) / "student").resolve()
+
+
+def switch(run_dir: Path, target: Path, keep_as: str = "original") -> dict[str, str]:
+    """Point RUN/student at ``target`` (a directory under RUN/students/) atomically.
+
+    A plain directory at RUN/student is kept as RUN/students/<keep_as>/. Returns
+    {previous, current} as paths relative to the run directory.
+    """
+    run_dir = Path(run_dir)
+    link, students = run_dir / "student", run_dir / "students"
+    target = Path(target).resolve()
+    if target.parent != students.resolve():
+        raise PotstillError(f"{target}: a promoted student must live in {students}/")
+    if not (target / "config.json").exists() and not (target / "adapter_config.json").exists():
+        raise PotstillError(f"{target}: not a student directory (no config.json)")
+    if not link.exists() and not link.is_symlink():
+        raise PotstillError(f"{link}: no champion to replace (run `potstill train` first)")
+    previous = link.resolve()
+    tmp = run_dir / ".student.promote"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    # Relative, so a copied or moved run directory keeps working.
+    os.symlink(os.path.join("students", target.name), tmp)
+    if link.is_symlink():
+        os.replace(tmp, link)
+    else:
+        students.mkdir(exist_ok=True)
+        kept, n = students / keep_as, 1
+        while kept.exists() or kept.is_symlink():
+            n += 1
+            kept = students / f"{keep_as}-{n}"
+        if _exchange(tmp, link):
+            os.rename(tmp, kept)  # tmp now holds the old directory
+        else:
+            os.rename(link, kept)
+            os.replace(tmp, link)
+        previous = kept.resolve()
+    _adopt(run_dir, target)
+    return {"previous": str(previous.relative_to(run_dir.resolve())),
+            "current": str(current(run_dir).relative_to(run_dir.resolve()))}

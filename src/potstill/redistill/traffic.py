@@ -1,0 +1,127 @@
+"""Served traffic (``stage='serve'`` rows of RUN/calls.sqlite) as records to distil from.
+
+Two kinds of request, told apart by the ledger row's ``role`` (who answered):
+- escalated (``teacher``): the teacher already answered while serving; its answer (and, for a
+  local classification teacher, its label distribution) is taken from the row, never paid again;
+- student-answered (``student``): a seeded sample is asked anew from the teacher through
+  ``potstill.generate.label_records``, so each answer is a ledger row and a rerun is free.
+Identical requests served many times count once (the escalated copy wins: it is already paid).
+A request's ``metadata.label`` (the OpenAI chat ``metadata`` field), when it names one of the
+task's labels, is kept as gold.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from potstill.config import Config
+from potstill.curate.split import rank
+from potstill.errors import PotstillError
+from potstill.generate import GenerateStats, label_records
+from potstill.hashing import hash_obj
+from potstill.ledger import Ledger
+from potstill.records import Record
+from potstill.tasks import Task
+from potstill.teachers import get_teacher
+
+
+def user_messages(request: dict[str, Any]) -> list[dict[str, str]]:
+    """The chat as the server routed it: system/developer messages dropped (the run's instruction
+    replaces them), content parts joined into text."""
+    out = []
+    for m in request.get("messages") or []:
+        if not isinstance(m, dict) or m.get("role") in ("system", "developer"):
+            continue
+        content = m.get("content")
+        if isinstance(content, list):
+            content = "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+        out.append({"role": str(m.get("role")), "content": content or ""})
+    return out
+
+
+@dataclass
+class Traffic:
+    escalated: list[Record] = field(default_factory=list)
+    student: list[Record] = field(default_factory=list)  # student-answered, not yet labelled by the teacher
+    counts: dict[str, int] = field(default_factory=dict)
+    served_teacher_cost_usd: float = 0.0  # what the escalations cost while serving (already paid)
+
+
+def read_traffic(ledger: Ledger, task: Task) -> Traffic:
+    """Every answered served request, once per distinct chat."""
+    rows = ledger.rows(stage="serve")
+    ok = [r for r in rows if r["status"] == "ok"]
+    t = Traffic(counts={"served_rows": len(rows), "served_ok": len(ok)})
+    seen: dict[str, Record] = {}
+    for row in sorted(ok, key=lambda r: (r["role"] != "teacher", r["id"])):  # escalations first
+        request = json.loads(row["request"])
+        messages = user_messages(request)
+        if not any(m["role"] == "user" and m["content"].strip() for m in messages):
+            continue
+        key = hash_obj(messages)
+        if key in seen:
+            continue
+        response = json.loads(row["response"] or "{}")
+        gold = (request.get("metadata") or {}).get("label") if isinstance(request.get("metadata"), dict) else None
+        meta = {"source": "serve", "answered_by": row["role"], "reason": response.get("reason"),
+                "ledger_id": row["id"], "served_at": row["created_at"]}
+        rec = Record(messages=messages, label=gold if gold in task.labels else None, meta=meta,
+                     slice=[f"served:{'escalated' if row['role'] == 'teacher' else 'student'}"])
+        if row["role"] == "teacher":
+            rec.output = response.get("content")
+            rec.label_probs = response.get("teacher_label_probs")
+            rec.meta.update(teacher=row["model"], cost_usd=row["cost_usd"], input_tokens=row["input_tokens"],
+                            output_tokens=row["output_tokens"])
+            t.served_teacher_cost_usd += row["cost_usd"]
+            t.escalated.append(rec)
+        else:
+            t.student.append(rec)
+        seen[key] = rec
+    t.counts.update(distinct=len(seen), escalated=len(t.escalated), student_answered=len(t.student))
+    return t
+
+
+def sample_size(n: int, sample: float) -> int:
+    """A fraction of n (0 to 1; 1 is all of them), rounded, or a count (> 1), capped at n."""
+    return min(n, round(sample * n) if sample <= 1 else int(sample))
+
+
+def label_sample(cfg: Config, traffic: Traffic, task: Task, ledger: Ledger) -> tuple[list[Record], GenerateStats]:
+    """Ask the teacher about a seeded sample of the student-answered requests (ledger-cached)."""
+    rc = cfg.redistill
+    k = sample_size(len(traffic.student), rc.student_sample)
+    # The sample is the lowest split ranks on purpose: the new-traffic test takes ranks under
+    # ``new_test`` (``curate.split``), so with student_sample >= new_test every student-answered
+    # input that falls in the test is labelled, and the test is a uniform share of *all* traffic
+    # (escalated and not), not one that under-represents what the student already answers. The
+    # training side gets the student-answered inputs between the two fractions.
+    chosen = sorted(traffic.student, key=lambda r: rank(r.text, rc.seed))[:k]
+    if not chosen:
+        return [], GenerateStats()
+    teacher = get_teacher(cfg.teacher, task)
+    try:
+        labelled, stats = label_records(chosen, task, teacher, ledger, stage="redistill", gcfg=cfg.generate)
+    finally:
+        teacher.close()
+    if stats.budget_stopped:
+        raise PotstillError(f"redistill: generate.budget_usd ${cfg.generate.budget_usd:g} reached after "
+                            f"${stats.cost_usd:.4f}; answered requests are cached, raise the budget and rerun")
+    for r in labelled:
+        r.meta.update(source="serve", answered_by="student")
+    return labelled, stats
+
+
+def check_traffic(traffic: Traffic, cfg: Config) -> None:
+    """One clear line when there is nothing to distil from."""
+    if traffic.counts["served_rows"] == 0:
+        raise PotstillError("redistill: no served traffic in calls.sqlite (serve the student with `potstill serve` first)")
+    if traffic.counts["distinct"] == 0:
+        raise PotstillError(f"redistill: none of the {traffic.counts['served_rows']} served requests was answered")
+    k = sample_size(len(traffic.student), cfg.redistill.student_sample)
+    if not traffic.escalated and k == 0:
+        why = ("redistill.student_sample is 0" if cfg.redistill.student_sample == 0
+               else "no request was answered by the student")
+        raise PotstillError(f"redistill: no escalated requests to learn from and {why}: "
+                            "raise --student-sample to have the teacher label student-answered traffic")

@@ -1,0 +1,35 @@
+"""Promotion keeps the run directory consistent: the manifest adopts the new student, and a later
+`potstill train` replaces the RUN/student symlink without touching the promoted directory."""
+
+import json
+
+from potstill.records import atomic_dir
+from potstill.redistill.promote import current, switch
+from potstill.rundir import RunDir
+
+
+def _student(path, tag):
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"tag": tag}))
+
+
+def test_promotion_is_adopted_by_the_manifest_and_survives_a_retrain(tmp_path):
+    run = RunDir(tmp_path)
+    _student(tmp_path / "student", "champion")
+    fp = run.fingerprint("train", {"lr": 1}, [])
+    run.mark_done("train", fp, ["student"])
+    _student(tmp_path / "students" / "abc", "challenger")
+
+    out = switch(tmp_path, tmp_path / "students" / "abc")
+    assert out == {"previous": "students/original", "current": "students/abc"}
+    assert (tmp_path / "student").is_symlink() and current(tmp_path).name == "abc"
+    # Without the adoption `potstill run` would call train stale and retrain over the promotion.
+    assert run.is_done("train", fp)
+    assert run.manifest()["stages"]["train"]["promoted"] == "students/abc"
+
+    with atomic_dir(tmp_path / "student") as tmp:  # what save_lm does on a later `potstill train`
+        (tmp / "config.json").write_text(json.dumps({"tag": "retrained"}))
+    assert not (tmp_path / "student").is_symlink()
+    assert json.loads((tmp_path / "student" / "config.json").read_text())["tag"] == "retrained"
+    assert json.loads((tmp_path / "students" / "abc" / "config.json").read_text())["tag"] == "challenger"
+    assert json.loads((tmp_path / "students" / "original" / "config.json").read_text())["tag"] == "champion"

@@ -1,0 +1,197 @@
+"""`potstill redistill` end to end on tiny real models: a tiny student served by the real server,
+shifted traffic sent with the official openai client, then the challenger trained, compared on
+the frozen and new-traffic tests, and promoted (or not).
+
+The teacher is the replay plugin over a recorded file whose answers follow the topic of each
+sentence's content words, so the shift is real: the run was distilled on business/sports
+sentences, the traffic is politics/tech."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import openai
+import pytest
+import yaml
+
+from potstill.config import load_config
+from potstill.ledger import Ledger
+from potstill.records import Record, read_records, write_jsonl
+from tests.serve.conftest import LiveServer
+
+LABELS = ["business", "sports", "tech", "politics"]
+WORDS = {"business": "market shares bank profit".split(), "sports": "team match goal win".split(),
+         "politics": "election minister party vote".split(), "tech": "phone software internet computer".split()}
+OLD, NEW = ["business", "sports"], ["politics", "tech"]
+FILL = "the a of to in and on for with".split()
+
+
+def sentences(topics: list[str], n: int, seed: int) -> list[tuple[str, str]]:
+    """n distinct (sentence, topic): five content words of one topic between filler words."""
+    rng = random.Random(seed)
+    out: dict[str, str] = {}
+    while len(out) < n:
+        topic = rng.choice(topics)
+        out.setdefault(" ".join(rng.choice(WORDS[topic]) if i % 2 == 0 else rng.choice(FILL) for i in range(9)), topic)
+    return list(out.items())
+
+
+def recording(path: Path, *groups: list[tuple[str, str]]) -> None:
+    """The teacher's recorded answers (OpenAI fine-tuning JSONL), one per sentence."""
+    write_jsonl(path, [{"messages": [{"role": "user", "content": t}, {"role": "assistant", "content": topic}]}
+                       for g in groups for t, topic in g])
+
+
+def build_run(root: Path, student: Path) -> Path:
+    """A run whose champion is the tiny student, with splits labelled by the teacher through the ledger."""
+    from potstill.generate import label_records
+    from potstill.tasks import get_task
+    from potstill.teachers import get_teacher
+
+    run = root / "run"
+    run.mkdir(parents=True)
+    shutil.copytree(student, run / "student")
+    cfg = {
+        "run_dir": ".", "task": {"type": "classification", "labels": LABELS, "instruction": "classify the text"},
+        "teacher": {"type": "replay", "model": "recorded-teacher", "replay_path": "recorded.jsonl"},
+        "student": {"model": str(student), "max_length": 64},
+        "train": {"epochs": 10, "lr": 0.003, "batch_size": 8, "device": "cpu"},
+        "serve": {"target_escalation": 0.3, "api_key_env": "", "ood_reference": 32},
+        "redistill": {"student_sample": 1000, "new_test": 0.3, "max_frozen_drop": 0.05, "reload_poll_s": 0},
+        "report": {"bootstrap_samples": 200},
+        "evaluate": {"batch_size": 32},
+    }
+    (run / "potstill.yaml").write_text(yaml.safe_dump(cfg))
+    recording(run / "recorded.jsonl", sentences(OLD, 90, 0), sentences(NEW, 110, 1), sentences(NEW, 6, 2))
+    c = load_config(run / "potstill.yaml")
+    task = get_task(c.task)
+    recs = [Record(messages=[{"role": "user", "content": t}]) for t, _ in sentences(OLD, 90, 0)]
+    with Ledger(run / "calls.sqlite") as ledger:
+        labelled, _ = label_records(recs, task, get_teacher(c.teacher, task), ledger, "generate")
+    write_jsonl(run / "train.jsonl", labelled[:50])
+    write_jsonl(run / "val.jsonl", labelled[50:70])
+    write_jsonl(run / "test.jsonl", labelled[70:])
+    return run
+
+
+def serve_traffic(run: Path, texts: list[tuple[str, str]], force_student: bool = False) -> None:
+    """Send each text through a real server (official openai client, 4 at a time)."""
+    import math
+
+    from potstill.serve import run_config
+    from potstill.serve.app import build_app
+    from potstill.serve.routing import Routing
+    from potstill.serve.service import load_service
+
+    service = load_service(run, run_config(run, None), device="cpu")
+    if force_student:
+        service.routing = Routing(confidence_threshold=-math.inf, ood_threshold=math.inf)
+    try:
+        with LiveServer(build_app(service, None)) as live:
+            client = openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0)
+
+            def ask(item: tuple[str, str]) -> None:
+                text, topic = item
+                client.chat.completions.create(model="any", messages=[{"role": "user", "content": text}],
+                                               metadata={"label": topic})
+
+            with ThreadPoolExecutor(4) as pool:
+                list(pool.map(ask, texts))
+    finally:
+        service.close()
+
+
+@pytest.fixture(scope="module")
+def served_run(tmp_path_factory, tiny_model):
+    run = build_run(tmp_path_factory.mktemp("redistill"), tiny_model)
+    frozen = [(r.text, r.output) for r in read_records(run / "test.jsonl")]
+    # Shifted traffic (new words), a few repeats, and three inputs copied from the frozen test set.
+    new = sentences(NEW, 110, 1)
+    serve_traffic(run, new + new[:10] + frozen[:3])
+    return run
+
+
+def _cfg(run: Path, **over):
+    return load_config(run / "potstill.yaml", over)
+
+
+def test_not_better_challenger_is_not_promoted(served_run):
+    from potstill.redistill import redistill
+
+    before = (served_run / "student").resolve()
+    # lr ~ 0: the challenger keeps the base weights, which are the champion's: no gain.
+    rec = redistill(served_run, _cfg(served_run, **{"train.lr": 1e-12}))
+    assert rec["decision"]["promote"] is False and rec["promotion"] is None
+    assert "fails: new-traffic agreement gain > 0" in rec["decision"]["reason"]
+    assert rec["results"]["new_traffic_test"]["teacher"]["gain"]["value"] == 0
+    assert not (served_run / "student").is_symlink() and (served_run / "student").resolve() == before
+    saved = json.loads((served_run / "redistill" / f"{rec['id']}.json").read_text())
+    assert saved["decision"]["reason"] == rec["decision"]["reason"]
+    d = rec["data"]
+    assert d["distinct"] == 113 and d["overlap_frozen_test"] == 3
+    # Every student-answered request went to the teacher through the ledger: the copies of frozen
+    # test inputs were already answered at generate time (cache hits), the rest were sent once.
+    t = rec["teacher"]
+    assert t["calls"] > 0 and t["calls"] + t["cache_hits"] == d["student_answered"] and t["cache_hits"] <= 3
+    assert rec["teacher"]["escalations_reused"] == d["escalated"]
+    frozen = {r.text for r in read_records(served_run / "test.jsonl")}
+    held = read_records(served_run / saved["data"]["files"]["new_test"])
+    assert held and not frozen & {r.text for r in held}
+    assert all(r.meta["source"] == "serve" for r in held)
+
+
+def test_better_challenger_is_promoted_atomically(served_run):
+    from potstill.redistill import redistill, rollback
+
+    rec = redistill(served_run, _cfg(served_run))
+    new = rec["results"]["new_traffic_test"]["teacher"]
+    assert new["gain"]["value"] > 0, rec["decision"]
+    assert rec["decision"]["promote"] is True
+    # The same served traffic again: nothing paid twice.
+    assert rec["teacher"]["calls"] == 0 and rec["teacher"]["cache_hits"] == rec["data"]["student_answered"]
+    link = served_run / "student"
+    assert link.is_symlink() and link.resolve() == (served_run / "students" / rec["challenger_id"]).resolve()
+    assert rec["promotion"] == {"previous": "students/original", "current": f"students/{rec['challenger_id']}"}
+    assert (served_run / "students" / "original" / "config.json").exists()
+    assert "gold" in rec["results"]["new_traffic_test"]  # metadata.label of the requests
+    # A rerun reuses the trained challenger, sees it is the champion, and keeps it.
+    again = redistill(served_run, _cfg(served_run))
+    assert again["train"].get("reused") and again["decision"]["promote"] is False
+    assert "challenger differs from the champion" in again["decision"]["reason"]
+    assert len(list((served_run / "redistill").glob("*.json"))) == 3  # one record per decision, none overwritten
+    assert rollback(served_run, "students/original")["current"] == "students/original"
+    assert link.resolve() == (served_run / "students" / "original").resolve()
+
+
+def _cli(monkeypatch, capsys, *args: str) -> str:
+    from potstill.cli import main
+
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "argv", ["potstill", "redistill", *args])
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_errors_are_one_line(served_run, tmp_path, monkeypatch, capsys):
+    bare = tmp_path / "bare"
+    shutil.copytree(served_run, bare, symlinks=True, ignore=shutil.ignore_patterns("calls.sqlite*", "students", "redistill"))
+    shutil.copytree(served_run / "students" / "original", bare / "students" / "original")
+    assert _cli(monkeypatch, capsys, str(bare)) == (
+        f"error: {bare / 'calls.sqlite'} not found: no served traffic (serve the student with `potstill serve` first)")
+    Ledger(bare / "calls.sqlite").close()
+    assert _cli(monkeypatch, capsys, str(bare)).startswith("error: redistill: no served traffic in calls.sqlite")
+    serve_traffic(bare, sentences(NEW, 6, 2), force_student=True)
+    assert _cli(monkeypatch, capsys, str(bare), "--student-sample", "0") == (
+        "error: redistill: no escalated requests to learn from and redistill.student_sample is 0: "
+        "raise --student-sample to have the teacher label student-answered traffic")
+    assert _cli(monkeypatch, capsys, str(bare), "--new-test", "1.5") == (
+        f"error: {bare / 'potstill.yaml'}: redistill.new_test: Input should be less than 1")
