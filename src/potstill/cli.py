@@ -245,6 +245,35 @@ _config_command("export", _export, [
 ])
 
 
+def _watch(run_dir: Path, config: Optional[Path], since: Optional[str], until: Optional[str], **flags: Optional[str]) -> None:
+    """Compare the latest served traffic (RUN/calls.sqlite) with the training inputs: input drift (MMD on the
+    student's embeddings), label-mix drift and escalation share; writes RUN/watch/report.{json,md}.
+    Exit code: 0 within thresholds, 3 drift flagged, 2 error."""
+    from potstill.serve import run_config
+    from potstill.watch import EXIT_DRIFT, parse_time, watch_run
+
+    overrides = {k.replace("__", "."): yaml.safe_load(v) for k, v in flags.items() if v is not None}
+    cfg = run_config(run_dir, config, overrides)
+    report = watch_run(run_dir, cfg, parse_time(since) if since else None, parse_time(until) if until else None)
+    raise typer.Exit(EXIT_DRIFT if report["drift"] else 0)
+
+
+# `watch RUN`: a positional run directory, RUN/potstill.yaml by default, and a --watch.FIELD flag per WatchConfig field.
+_watch.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
+    inspect.Parameter("run_dir", inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[Path, typer.Argument(metavar="RUN", help="Served run directory.")]),
+    inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        Optional[Path], typer.Option("--config", "-c", help="Config (default: RUN/potstill.yaml).")]),
+    inspect.Parameter("since", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[str], typer.Option(
+        help="Watch the requests from this time instead of the latest window: unix seconds, ISO 8601, or 24h/7d ago.")]),
+    inspect.Parameter("until", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[str], typer.Option(
+        help="Watch the requests up to this time (same formats as --since).")]),
+    *(inspect.Parameter(k.replace(".", "__"), inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        Optional[str], typer.Option(f"--{k}", help=f"{d} [{getattr(a, '__name__', str(a))}]", rich_help_panel="watch")])
+      for k, a, d in flat_fields(Config) if k.startswith("watch.")),
+])
+app.command("watch")(_watch)
+
+
 @app.command("export-check")
 def export_check(file: Annotated[Path, typer.Argument(help="JSONL file in OpenAI's chat fine-tuning format.")]) -> None:
     """Check an OpenAI fine-tuning JSONL file: prints one file:line problem per line, exit 1 if any."""

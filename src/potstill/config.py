@@ -255,6 +255,28 @@ class ServeConfig(Section):
     batch_wait_ms: float = Field(2.0, ge=0, description="How long the batcher waits for more requests to join a batch.")
 
 
+class WatchConfig(Section):
+    """How `potstill watch` compares served traffic (RUN/calls.sqlite) with the training inputs."""
+
+    window: int = Field(200, ge=2, description="Watch the latest N answered served requests (unless a time range is given).")
+    min_requests: int = Field(50, ge=2, description="Refuse to judge fewer served requests than this (too little power).")
+    reference_size: int = Field(256, ge=2, description="Training inputs (train.jsonl) embedded as the reference sample.")
+    alpha: float = Field(0.01, gt=0, lt=1, description="Significance level of the input and label-mix tests.")
+    min_effect: float = Field(
+        0.1, ge=0, description="Input drift needs MMD (RBF, median bandwidth; 0..sqrt 2) at least this, besides p < alpha."
+    )
+    label_tv_max: float = Field(
+        0.15, ge=0, le=1, description="Label-mix drift needs total variation to the training labels above this, besides p < alpha."
+    )
+    escalation_margin: float = Field(
+        0.15, ge=0, le=1, description="Flag when the share escalated to the teacher exceeds the calibrated val share by more than this."
+    )
+    escalation_bins: int = Field(5, ge=1, description="Consecutive sub-windows over which the escalation trend is measured.")
+    permutations: int = Field(1000, ge=99, description="Permutations behind the MMD p-value.")
+    seed: int = Field(0, description="Seed of the reference sample and the permutations.")
+    batch_size: int = Field(16, ge=1, description="Inputs per forward pass when embedding.")
+
+
 class ExportConfig(Section):
     """What `potstill export` writes for the student (formats hf and gguf)."""
 
@@ -311,9 +333,10 @@ class Config(Section):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
-    export: ExportConfig = Field(default_factory=ExportConfig)
-    redistill: RedistillConfig = Field(default_factory=RedistillConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    redistill: RedistillConfig = Field(default_factory=RedistillConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    watch: WatchConfig = Field(default_factory=WatchConfig)
 
     @model_validator(mode="after")
     def _check(self) -> "Config":

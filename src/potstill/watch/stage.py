@@ -1,0 +1,219 @@
+"""`potstill watch RUN`: is the served traffic still the traffic the student was trained for?
+
+Three checks over the latest window of answered requests in RUN/calls.sqlite:
+1. input drift: the student's mean-pooled prompt embeddings (``TransformersEngine.embed``, the
+   same vectors serving uses for its OOD rule) of the window vs a sample of RUN/train.jsonl,
+   by an MMD permutation test (``stats.mmd_test``); flagged when p < alpha AND MMD >= min_effect;
+2. label-mix drift (classification): the labels served vs the teacher labels in train.jsonl,
+   by a G-test; flagged when p < alpha AND total variation > label_tv_max;
+3. escalation: the share answered by the teacher vs the share calibrated on val
+   (RUN/serve/routing.json); flagged when it exceeds it by more than escalation_margin.
+The report goes to RUN/watch/report.json and report.md (each written atomically); the CLI exits
+with ``EXIT_DRIFT`` when any check is flagged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from potstill.config import Config, WatchConfig
+from potstill.errors import PotstillError
+from potstill.hashing import hash_file, hash_obj
+from potstill.models.loading import load_lm
+from potstill.progress import bar, out, say
+from potstill.records import read_records, write_json, write_text
+from potstill.serve.engine import TransformersEngine
+from potstill.tasks import get_task
+from potstill.watch.stats import escalation_trend, label_test, mmd_test
+from potstill.watch.traffic import read_traffic
+
+EXIT_DRIFT = 3  # 0: within thresholds; 2: an error (one line on stderr); 3: drift flagged
+INVALID = "(invalid)"  # a served answer that names no label
+
+
+def embed_all(engine: TransformersEngine, messages: list[list[dict]], batch_size: int, desc: str) -> torch.Tensor:
+    """(N, H) unit embeddings through ``engine.embed``, batch by batch, with a progress bar."""
+    parts = []
+    with bar(desc, len(messages)) as advance:
+        for i in range(0, len(messages), batch_size):
+            parts.append(engine.embed(messages[i : i + batch_size]))
+            advance(min(batch_size, len(messages) - i))
+    return torch.cat(parts) if parts else torch.zeros(0)
+
+
+def reference_sample(train: list, w: WatchConfig) -> list:
+    """The training records watch compares traffic with: ``w.reference_size`` of them drawn with ``w.seed``."""
+    return random.Random(w.seed).sample(train, min(w.reference_size, len(train)))
+
+
+def reference_embeddings(run_dir: Path, engine: TransformersEngine, w: WatchConfig) -> tuple[torch.Tensor, list]:
+    """Embeddings of ``w.reference_size`` training records drawn with ``w.seed``, and those
+    records; cached in RUN/watch/reference.pt, redone when the student or train.jsonl changes."""
+    train_path = run_dir / "train.jsonl"
+    if not train_path.exists():
+        raise PotstillError(f"{train_path} not found: watch compares traffic with the training inputs (run `potstill curate` first)")
+    train = read_records(train_path)
+    if len(train) < 2:
+        raise PotstillError(f"{train_path}: {len(train)} record(s); the reference sample needs at least 2")
+    sample = reference_sample(train, w)
+    key = hash_obj({"student": engine.lm.identity, "train": hash_file(train_path), "n": w.reference_size,
+                    "seed": w.seed, "v": 1})
+    cache = run_dir / "watch" / "reference.pt"
+    if cache.exists():
+        saved = torch.load(cache)
+        if saved.get("key") == key:
+            return saved["embeddings"], sample
+    emb = embed_all(engine, [r.messages for r in sample], w.batch_size, "watch: embed training inputs")
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    # Saved under a temp name and renamed, so a crash never leaves a half-written cache.
+    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+    try:
+        torch.save({"key": key, "embeddings": emb}, tmp)
+        os.replace(tmp, cache)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return emb, sample
+
+
+def label_of(task: Any, text: str) -> str:
+    parsed = task.parse(text or "")
+    return parsed if isinstance(parsed, str) and parsed in task.labels else INVALID
+
+
+def judge(live_emb: torch.Tensor, ref_emb: torch.Tensor, live_labels: list[str] | None, ref_labels: list[str] | None,
+          escalated: list[bool], expected: float | None, w: WatchConfig) -> dict[str, Any]:
+    """The three checks on already-embedded, already-labelled data; ``drift`` is True when any is flagged.
+
+    ``expected``: the share of val escalated at calibration (None: the escalation share is reported, not judged).
+
+    Everything ``watch_run`` decides goes through here (the benchmark calls it on windows sampled
+    from a pre-embedded pool)."""
+    checks: dict[str, Any] = {}
+    mmd = mmd_test(live_emb, ref_emb, w.permutations, w.seed)
+    mmd["flagged"] = mmd["p_value"] < w.alpha and mmd["effect"] >= w.min_effect
+    checks["input"] = mmd
+    if live_labels is not None and ref_labels:
+        lab = label_test(live_labels, ref_labels)
+        lab["flagged"] = lab["p_value"] < w.alpha and lab["tv"] > w.label_tv_max
+        checks["labels"] = lab
+    esc = escalation_trend(escalated, w.escalation_bins)
+    esc["expected"] = expected
+    esc["max"] = None if expected is None else min(1.0, expected + w.escalation_margin)
+    esc["flagged"] = esc["max"] is not None and esc["share"] > esc["max"]
+    checks["escalation"] = esc
+    return {"drift": any(c["flagged"] for c in checks.values()), "checks": checks}
+
+
+def expected_escalation(run_dir: Path) -> tuple[float | None, str]:
+    """The share of val escalated at the calibrated thresholds (RUN/serve/routing.json), or None
+    and why not."""
+    path = run_dir / "serve" / "routing.json"
+    if not path.exists():
+        return None, f"{path} not found: the escalation share is reported but not judged"
+    stats = json.loads(path.read_text()).get("stats", {})
+    if "val_escalation" not in stats:
+        return None, f"{path}: no val_escalation in its stats: the escalation share is reported but not judged"
+    return float(stats["val_escalation"]), ""
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
+
+
+def watch_run(run_dir: Path, cfg: Config, since: float | None = None, until: float | None = None,
+              device: str = "auto") -> dict[str, Any]:
+    """Watch a served run: read its traffic, run the checks, write RUN/watch/report.{json,md},
+    print a table, and return the report (``report["drift"]``: any check flagged)."""
+    t0 = time.perf_counter()
+    run_dir = Path(run_dir)
+    w = cfg.watch
+    task = get_task(cfg.task)
+    traffic = read_traffic(run_dir / "calls.sqlite", w.window, since, until)
+    if len(traffic) < w.min_requests:
+        scope = "in that time range" if since is not None or until is not None else "in the ledger"
+        raise PotstillError(f"{run_dir / 'calls.sqlite'}: {len(traffic)} answered served request(s) {scope}; watch needs "
+                            f"at least {w.min_requests} (watch.min_requests) to judge drift")
+    student_dir = run_dir / "student"
+    if not (student_dir / "config.json").exists() and not (student_dir / "adapter_config.json").exists():
+        raise PotstillError(f"{student_dir}: no trained student to embed the traffic with")
+    lm = load_lm(str(student_dir), device=device)
+    engine = TransformersEngine(lm, task)
+    ref_emb, ref_records = reference_embeddings(run_dir, engine, w)
+    live_emb = embed_all(engine, [s.messages for s in traffic], w.batch_size, "watch: embed served inputs")
+    if task.labels:
+        live_labels: list[str] | None = [label_of(task, s.content) for s in traffic]
+        ref_labels = [label_of(task, r.output) for r in ref_records if r.output is not None]
+    else:
+        live_labels, ref_labels = None, None
+    expected, note = expected_escalation(run_dir)
+    report = judge(live_emb, ref_emb, live_labels, ref_labels, [s.escalated for s in traffic], expected, w)
+    report.update({
+        "run_dir": str(run_dir), "student": lm.identity, "created": _iso(time.time()),
+        "traffic": {"n": len(traffic), "first": _iso(traffic[0].created_at), "last": _iso(traffic[-1].created_at),
+                    "first_id": traffic[0].id, "last_id": traffic[-1].id,
+                    "selection": "time range" if since is not None or until is not None else f"latest {w.window}"},
+        "thresholds": w.model_dump(), "notes": [n for n in [note] if n], "seconds": time.perf_counter() - t0,
+    })
+    write_json(run_dir / "watch" / "report.json", report)
+    write_text(run_dir / "watch" / "report.md", markdown(report))
+    out.print(table(report))
+    say(f"watch: report in {run_dir / 'watch' / 'report.json'} and report.md ({report['seconds']:.1f} s)")
+    return report
+
+
+def _rows(report: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
+    """(check, statistic, p-value, effect, threshold, verdict) per check."""
+    c, w = report["checks"], report["thresholds"]
+    verdict = {True: "DRIFT", False: "ok"}
+    rows = []
+    i = c["input"]
+    rows.append(("inputs (MMD)", f"MMD^2 {i['mmd2']:.4f}", f"{i['p_value']:.4f}", f"MMD {i['effect']:.3f}",
+                 f"p < {w['alpha']} and MMD >= {w['min_effect']}", verdict[i["flagged"]]))
+    if "labels" in c:
+        lab = c["labels"]
+        rows.append(("label mix (G-test)", f"G {lab['g']:.1f} (df {lab['df']})", f"{lab['p_value']:.4f}",
+                     f"TV {lab['tv']:.3f}", f"p < {w['alpha']} and TV > {w['label_tv_max']}", verdict[lab["flagged"]]))
+    e = c["escalation"]
+    per = " ".join(f"{s:.0%}" for s in e["per_window"])
+    limit = "not judged (no routing.json)" if e["max"] is None else f"share <= {e['max']:.0%} (val {e['expected']:.0%} + {w['escalation_margin']})"
+    rows.append(("escalation", f"{e['share']:.1%} [{per}]", "-", f"slope {100 * e['slope_per_100']:+.1f} pts/100 req", limit,
+                 verdict[e["flagged"]]))
+    return rows
+
+
+def table(report: dict[str, Any]):
+    from rich.table import Table
+
+    t = Table(title=f"potstill watch: {report['traffic']['n']} served requests vs training inputs "
+                    f"({'DRIFT' if report['drift'] else 'no drift'})")
+    for col in ("check", "statistic", "p-value", "effect", "flag when", "verdict"):
+        t.add_column(col)
+    for row in _rows(report):
+        t.add_row(*row, style="red" if row[-1] == "DRIFT" else None)
+    return t
+
+
+def markdown(report: dict[str, Any]) -> str:
+    tr = report["traffic"]
+    lines = [
+        f"# potstill watch: {'DRIFT' if report['drift'] else 'no drift'}", "",
+        f"{tr['n']} served requests ({tr['selection']}, {tr['first']} to {tr['last']}) against the training inputs "
+        f"of `{report['run_dir']}`; student `{report['student']}`; written {report['created']}.", "",
+        "| check | statistic | p-value | effect | flag when | verdict |", "|---|---|---|---|---|---|",
+        *("| " + " | ".join(r) + " |" for r in _rows(report)), "",
+    ]
+    if "labels" in report["checks"]:
+        lab = report["checks"]["labels"]
+        lines += ["| label | served | training |", "|---|---|---|",
+                  *(f"| {k} | {lab['live'][k]:.1%} | {lab['reference'][k]:.1%} |" for k in lab["live"]), ""]
+    lines += [f"- {n}" for n in report["notes"]]
+    lines.append("Exit code of `potstill watch`: 0 within thresholds, 3 drift, 2 error.")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,129 @@
+"""The drift statistics: pure functions over embeddings, label lists and escalation flags.
+
+- ``mmd_test``: two-sample kernel test (Gretton et al., "A Kernel Two-Sample Test", JMLR 2012):
+  unbiased MMD^2 with an RBF kernel whose bandwidth is the median pairwise distance of the pooled
+  sample, and a permutation p-value. The effect size is MMD = sqrt(max(MMD^2, 0)): with a kernel
+  bounded in [0, 1] it lies in [0, sqrt 2] whatever the sample sizes, so a threshold on it means
+  the same for a window of 50 or 5,000 (the p-value alone shrinks with n and would page on a
+  shift too small to matter).
+- ``label_test``: G-test of homogeneity on the 2 x K table of label counts (live vs reference),
+  with total variation distance as the effect size.
+- ``escalation_trend``: the share escalated per consecutive sub-window and its least-squares slope.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any
+
+import torch
+
+
+def rbf_kernel(z: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """(N, N) kernel exp(-||a-b||^2 / (2 s^2)) over the rows of ``z`` (N, H), and s, the median
+    pairwise distance (the median heuristic; 1.0 when every row is identical)."""
+    d2 = torch.cdist(z, z).pow(2)
+    n = z.shape[0]
+    off = d2[~torch.eye(n, dtype=torch.bool)]
+    med = float(off.median().sqrt()) if off.numel() else 0.0
+    s = med if med > 0 else 1.0
+    return torch.exp(-d2 / (2 * s * s)), s
+
+
+def _mmd2(u: torch.Tensor, k0: torch.Tensor, rowsum: torch.Tensor, total: float, m: int, n: int) -> torch.Tensor:
+    """Unbiased MMD^2 for each assignment row of ``u`` (B, N): 1 marks the first sample's members.
+
+    With r = K0 u (K0: the kernel with a zero diagonal, so i == j pairs drop out):
+    sum_xx = u.r, sum_xy = u.rowsum - u.r, sum_yy = total - 2 u.rowsum + u.r."""
+    ur = (u * (u @ k0)).sum(1)
+    urow = u @ rowsum
+    xx, xy, yy = ur, urow - ur, total - 2 * urow + ur
+    return xx / (m * (m - 1)) + yy / (n * (n - 1)) - 2 * xy / (m * n)
+
+
+def mmd_test(x: torch.Tensor, y: torch.Tensor, permutations: int = 1000, seed: int = 0) -> dict[str, float]:
+    """Two-sample MMD test of x (m, H) against y (n, H); m, n >= 2.
+
+    Returns mmd2 (unbiased), effect (sqrt of max(mmd2, 0)), p_value ((1 + #perm >= observed) /
+    (1 + permutations), never 0), bandwidth, and the null's mean and 95th percentile of MMD."""
+    m, n = x.shape[0], y.shape[0]
+    if m < 2 or n < 2:
+        raise ValueError(f"mmd_test needs at least 2 rows per sample, got {m} and {n}")
+    z = torch.cat([x, y]).double()
+    k, s = rbf_kernel(z)
+    k0 = k - torch.diag(torch.diagonal(k))
+    rowsum = k0.sum(1)
+    total = float(rowsum.sum())
+    observed = torch.zeros(1, m + n, dtype=torch.float64)
+    observed[0, :m] = 1
+    mmd2 = float(_mmd2(observed, k0, rowsum, total, m, n)[0])
+    g = torch.Generator().manual_seed(seed)
+    null = []
+    # Chunks of 250 permutations: a (250, N) @ (N, N) product, ~50 MB at N = 5,000.
+    for start in range(0, permutations, 250):
+        b = min(250, permutations - start)
+        idx = torch.argsort(torch.rand(b, m + n, generator=g), dim=1)[:, :m]
+        u = torch.zeros(b, m + n, dtype=torch.float64).scatter_(1, idx, 1.0)
+        null.append(_mmd2(u, k0, rowsum, total, m, n))
+    null_t = torch.cat(null)
+    p = (1 + int((null_t >= mmd2 - 1e-12).sum())) / (1 + permutations)
+    null_effect = null_t.clamp(min=0).sqrt()
+    return {
+        "mmd2": mmd2, "effect": math.sqrt(max(mmd2, 0.0)), "p_value": p, "bandwidth": s,
+        "null_effect_mean": float(null_effect.mean()), "null_effect_p95": float(null_effect.quantile(0.95)),
+        "n_live": m, "n_reference": n,
+    }
+
+
+def chi2_sf(x: float, df: int) -> float:
+    """P(X >= x) for X ~ chi-square(df): the regularised upper incomplete gamma Q(df/2, x/2)."""
+    if x <= 0:
+        return 1.0
+    return float(torch.special.gammaincc(torch.tensor(df / 2, dtype=torch.float64), torch.tensor(x / 2, dtype=torch.float64)))
+
+
+def label_test(live: list[str], reference: list[str]) -> dict[str, Any]:
+    """G-test that two label samples share one distribution, and their total variation distance.
+
+    Categories are the union of both samples' values (an unparseable answer is its own category);
+    categories absent from both carry no information and are not in the table."""
+    if not live or not reference:
+        raise ValueError("label_test needs at least one label in each sample")
+    a, b = Counter(live), Counter(reference)
+    cats = sorted(set(a) | set(b))
+    na, nb = len(live), len(reference)
+    g = 0.0
+    for c in cats:
+        col = a[c] + b[c]
+        for obs, rowtotal in ((a[c], na), (b[c], nb)):
+            exp = rowtotal * col / (na + nb)
+            if obs > 0:
+                g += 2 * obs * math.log(obs / exp)
+    df = len(cats) - 1
+    share_live = {c: a[c] / na for c in cats}
+    share_ref = {c: b[c] / nb for c in cats}
+    tv = 0.5 * sum(abs(share_live[c] - share_ref[c]) for c in cats)
+    return {"g": g, "df": df, "p_value": chi2_sf(g, df) if df > 0 else 1.0, "tv": tv,
+            "live": share_live, "reference": share_ref, "n_live": na, "n_reference": nb}
+
+
+def escalation_trend(escalated: list[bool], bins: int = 5) -> dict[str, Any]:
+    """Share escalated overall and per consecutive sub-window (time order), and the least-squares
+    slope of the per-window share against the window's middle request, per 100 requests."""
+    n = len(escalated)
+    if n == 0:
+        raise ValueError("escalation_trend needs at least one request")
+    bins = max(1, min(bins, n))
+    edges = [round(i * n / bins) for i in range(bins + 1)]
+    shares, mids = [], []
+    for lo, hi in zip(edges, edges[1:]):
+        shares.append(sum(escalated[lo:hi]) / (hi - lo))
+        mids.append((lo + hi - 1) / 2)
+    slope = 0.0
+    if bins > 1:
+        mx, my = sum(mids) / bins, sum(shares) / bins
+        var = sum((x - mx) ** 2 for x in mids)
+        slope = 100 * sum((x - mx) * (y - my) for x, y in zip(mids, shares)) / var if var else 0.0
+    return {"share": sum(escalated) / n, "per_window": shares, "window_sizes": [hi - lo for lo, hi in zip(edges, edges[1:])],
+            "slope_per_100": slope, "n": n}

@@ -1,0 +1,107 @@
+"""`potstill watch` on a real served run: shifted traffic sent through the real server is flagged,
+unshifted traffic is not (three seeds each), the CLI's exit codes say so, and bad input gets one
+clear error."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from potstill.errors import PotstillError
+from potstill.serve import run_config
+from potstill.watch import EXIT_DRIFT, watch_run
+from tests.watch.conftest import WATCH, traffic
+
+SEEDS = [0, 1, 2]
+
+
+def cli(run, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "POTSTILL_PROGRESS": "never", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "potstill.cli", "watch", str(run), *args],
+                          capture_output=True, text=True, env=env, timeout=120)
+
+
+def watch(run, **kw):
+    return watch_run(run, run_config(run, None), device="cpu", **kw)
+
+
+def test_flags_shifted_traffic_and_not_unshifted(served_run):
+    run, send, _ = served_run
+    verdicts = {}
+    for seed in SEEDS:
+        for kind in ("unshifted", "topic", "language"):
+            send(traffic(kind, WATCH["window"], seed))
+            if seed == 0 and kind in ("unshifted", "topic"):
+                # The real command, in a subprocess, for its exit code and its table.
+                p = cli(run)
+                assert p.returncode == (0 if kind == "unshifted" else EXIT_DRIFT), p.stderr
+                assert "potstill watch" in p.stdout and ("DRIFT" in p.stdout) == (kind != "unshifted")
+                report = json.loads((run / "watch" / "report.json").read_text())
+            else:
+                report = watch(run)
+            assert report["traffic"]["n"] == WATCH["window"]
+            verdicts[kind, seed] = report
+    for seed in SEEDS:
+        calm, topic, lang = verdicts["unshifted", seed], verdicts["topic", seed], verdicts["language", seed]
+        assert not calm["drift"], calm["checks"]
+        assert topic["checks"]["input"]["flagged"] and topic["drift"]
+        assert lang["checks"]["input"]["flagged"] and lang["drift"]
+        # The shift is an effect, not just significance: MMD far above the unshifted window's.
+        assert topic["checks"]["input"]["effect"] > 2 * calm["checks"]["input"]["effect"]
+    # The report on disk is the last verdict, whole, with its human-readable twin; no temp files stay.
+    md = (run / "watch" / "report.md").read_text()
+    assert md.startswith("# potstill watch: DRIFT") and "| inputs (MMD) |" in md
+    assert sorted(p.name for p in (run / "watch").iterdir()) == ["reference.pt", "report.json", "report.md"]
+
+
+def test_time_range_selects_requests_by_time(served_run):
+    run, send, _ = served_run
+    start = time.time()
+    time.sleep(0.05)
+    send(traffic("unshifted", 35, seed=7))
+    report = watch(run, since=start)
+    assert report["traffic"]["n"] == 35 and report["traffic"]["selection"] == "time range"
+    with pytest.raises(PotstillError, match=r"0 answered served request\(s\) in that time range; watch needs at least 30"):
+        watch(run, since=time.time() + 60)
+    p = cli(run, "--since", "2h", "--until", "not-a-time")
+    assert p.returncode == 2 and p.stderr.strip().count("\n") == 0
+    assert "cannot read time 'not-a-time'" in p.stderr
+
+
+def test_errors_are_one_clear_line(served_run, tmp_path):
+    run, _, _ = served_run
+    with pytest.raises(PotstillError, match=r"calls.sqlite not found: no served traffic"):
+        watch_run(tmp_path, run_config(run, None))
+    (tmp_path / "calls.sqlite").write_text("not a database")
+    with pytest.raises(PotstillError, match=r"calls.sqlite: not a potstill ledger"):
+        watch_run(tmp_path, run_config(run, None))
+    with pytest.raises(PotstillError, match=r"watch needs at least 100000 \(watch.min_requests\)"):
+        cfg = run_config(run, None, {"watch.min_requests": 100000, "watch.window": 100000})
+        watch_run(run, cfg, device="cpu")
+    p = cli(run, "--watch.alpha", "2")
+    assert p.returncode == 2 and "watch.alpha" in p.stderr and p.stderr.strip().count("\n") == 0
+
+
+def test_escalation_surge_is_flagged(served_run):
+    """Unshifted inputs, but every one sent to the teacher (as a broken student would be): the
+    escalation share and the label mix (the tiny teacher answers noise) are flagged, the inputs not."""
+    from potstill.serve.routing import Routing
+
+    run, send, service = served_run
+    saved = service.routing
+    service.routing = Routing(confidence_threshold=math.inf, ood_threshold=math.inf, stats=saved.stats)
+    try:
+        send(traffic("unshifted", WATCH["window"], seed=11))
+    finally:
+        service.routing = saved
+    report = watch(run)
+    esc = report["checks"]["escalation"]
+    assert esc["share"] == 1.0 and esc["flagged"] and esc["max"] == pytest.approx(esc["expected"] + 0.15)
+    assert report["checks"]["labels"]["flagged"] and report["checks"]["labels"]["live"]["(invalid)"] > 0.5
+    assert not report["checks"]["input"]["flagged"]
