@@ -351,7 +351,7 @@ def main() -> None:
         print("overhead", json.dumps(report["router_overhead"]), flush=True)
         report["throughput_cpu"] = throughput(service, live, run, (1, 8, 32), args.per_level)
     service.close()
-    report["gpu"] = "not measured: no GPU was used for this benchmark (vLLM engine not built)"
+    report["gpu"] = "see serve_gpu.json (benchmarks/serve_gpu.py on the device GPU); vLLM not measured (its wheel does not fit the device carry)"
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
