@@ -44,7 +44,9 @@ def test_unknown_format_and_uncurated_run_fail_clearly_and_write_nothing(tmp_pat
     cfg = Config(run_dir=str(tmp_path / "empty"), task={"labels": LABELS})
     with pytest.raises(PotstillError, match="run `potstill curate` first"):
         export(cfg, "openai-jsonl")
-    with pytest.raises(PotstillError, match="unknown export format 'gguf'; available: openai-jsonl"):
+    with pytest.raises(PotstillError, match="unknown export format 'onnx'; available: gguf, hf, openai-jsonl"):
+        export(cfg, "onnx")
+    with pytest.raises(PotstillError, match="no trained student"):
         export(cfg, "gguf")
     assert not (tmp_path / "empty" / "export").exists()
 
@@ -56,6 +58,6 @@ def test_cli_export(tmp_path):
                           "--out", "ft"], cwd=tmp_path, capture_output=True, text=True, env={**os.environ}, timeout=120)
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "ft" / "train.jsonl").exists() and "wrote" in out.stdout
-    bad = subprocess.run([sys.executable, "-m", "potstill.cli", "export", "-c", "potstill.yaml", "--format", "gguf"],
+    bad = subprocess.run([sys.executable, "-m", "potstill.cli", "export", "-c", "potstill.yaml", "--format", "onnx"],
                          cwd=tmp_path, capture_output=True, text=True, env={**os.environ}, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "unknown export format" in bad.stderr
