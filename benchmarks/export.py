@@ -95,7 +95,6 @@ def main() -> None:
         pairs = [(p, g) for p, g in zip(labels, gold) if g is not None]
         return round(sum(p == g for p, g in pairs) / len(pairs), 4)
 
-    logit_prompts = prompts(student, task, test[:N_LOGIT_PROMPTS])
     student_ids = [student.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts(student, task, test)]
     with torch.no_grad():
         ref_logits = [student.model(torch.tensor([ids])).logits[0] for ids in student_ids[:N_LOGIT_PROMPTS]]

@@ -27,12 +27,9 @@ import statistics
 import sys
 from pathlib import Path
 
-STUDENT = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-               num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192, rope_theta=100000.0,
-               rms_norm_eps=1e-5, tie_word_embeddings=True)
-TEACHER = dict(vocab_size=49152, hidden_size=2048, intermediate_size=8192, num_hidden_layers=24,
-               num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=8192, rope_theta=130000.0,
-               rms_norm_eps=1e-5, tie_word_embeddings=True)
+sys.path.insert(0, str(Path(__file__).parent))
+from train_step import STUDENT, TEACHER  # noqa: E402  (the same shapes as the single-GPU step benchmark)
+
 SHRINK = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
 
 

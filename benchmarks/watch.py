@@ -167,10 +167,10 @@ def main() -> None:
     from potstill.models.loading import load_lm
     from potstill.records import read_records
     from potstill.serve import run_config
-    from potstill.serve.engine import TransformersEngine
+    from potstill.serve.engine import TransformersEngine, embed_all
     from potstill.tasks import get_task
     from potstill.watch import judge, read_traffic
-    from potstill.watch.stage import expected_escalation, embed_all, label_of, reference_sample
+    from potstill.watch.stage import expected_escalation, label_of, reference_sample
 
     run = args.run
     texts = pools(run, args.unshifted, args.topic, args.domain)

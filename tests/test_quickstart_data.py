@@ -1,6 +1,5 @@
 """The embedded default's data and models, read from the installed PyPI packages."""
 
-import json
 
 import pytest
 

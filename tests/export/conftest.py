@@ -68,11 +68,3 @@ def make_bpe_model(path: Path, tied: bool = True, seed: int = 0, model_type: str
 @pytest.fixture(scope="session")
 def bpe_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_bpe_model(tmp_path_factory.mktemp("bpe") / "model")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

@@ -22,7 +22,7 @@ import yaml
 from potstill.config import load_config
 from potstill.ledger import Ledger
 from potstill.records import Record, read_records, write_jsonl
-from tests.serve.conftest import LiveServer
+from tests.helpers.live_server import LiveServer
 
 LABELS = ["business", "sports", "tech", "politics"]
 WORDS = {"business": "market shares bank profit".split(), "sports": "team match goal win".split(),

@@ -6,15 +6,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import threading
-import time
 from pathlib import Path
 
 import pytest
-import uvicorn
 import yaml
 
-from tests.helpers.chat_server import ChatServer, free_port
+from tests.helpers.chat_server import ChatServer
+from tests.helpers.live_server import LiveServer
 
 SERVE_KEY = "sk-serve-9b1e44d0c2a7"
 TEACHER_KEY = "sk-teacher-31f0a8c6d95e"
@@ -44,31 +42,6 @@ def write_run(root: Path, student: Path, teacher_url: str, **serve) -> Path:
     }
     (run / "potstill.yaml").write_text(yaml.safe_dump(cfg))
     return run
-
-
-class LiveServer:
-    """uvicorn serving an app in a thread on a free loopback port."""
-
-    def __init__(self, app):
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> "LiveServer":
-        self.thread.start()
-        deadline = time.time() + 20
-        while not self.server.started and time.time() < deadline:
-            time.sleep(0.05)
-        assert self.server.started, "server did not start"
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")

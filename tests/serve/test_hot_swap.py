@@ -16,7 +16,8 @@ import pytest
 
 from potstill.redistill.promote import switch
 from tests.helpers.tiny import make_model_dir
-from tests.serve.conftest import SERVE_KEY, TEACHER_KEY, LiveServer, write_run
+from tests.helpers.live_server import LiveServer
+from tests.serve.conftest import SERVE_KEY, TEACHER_KEY, write_run
 
 TEXTS = ["the team won the match", "new phone software", "a vote in the election", "bank profit and market shares"]
 

@@ -12,16 +12,14 @@ import json
 import os
 import random
 import shutil
-import threading
-import time
 from pathlib import Path
 
 import openai
 import pytest
-import uvicorn
 import yaml
 
-from tests.helpers.chat_server import ChatServer, free_port
+from tests.helpers.chat_server import ChatServer
+from tests.helpers.live_server import LiveServer
 
 SERVE_KEY = "sk-watch-serve-5d2c81e0"
 TEACHER_KEY = "sk-watch-teacher-a4f9e3b7"
@@ -53,27 +51,6 @@ def traffic(kind: str, n: int, seed: int) -> list[str]:
     if kind == "topic":
         return [sentence(rng, ["sports"]) for _ in range(n)]
     return [sentence(rng, LABELS, other=True) for _ in range(n)]
-
-
-class LiveServer:
-    """uvicorn serving an app in a thread on a free loopback port."""
-
-    def __init__(self, app):
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> "LiveServer":
-        self.thread.start()
-        deadline = time.time() + 20
-        while not self.server.started and time.time() < deadline:
-            time.sleep(0.05)
-        assert self.server.started, "server did not start"
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 def write_run(root: Path, student: Path, teacher_url: str) -> Path:

@@ -26,6 +26,7 @@ import torch
 from potstill.models.loading import LM
 from potstill.models.prompting import encode_prompt, label_token_ids
 from potstill.models.scoring import apply_head, decoder, generate
+from potstill.progress import bar
 from potstill.students import student_format
 from potstill.tasks import Task
 
@@ -157,3 +158,13 @@ class Batcher:
                 for _, fut in batch:
                     if not fut.done():
                         fut.set_exception(e)
+
+
+def embed_all(engine: TransformersEngine, messages: list[list[dict]], batch_size: int, desc: str) -> torch.Tensor:
+    """(N, H) unit embeddings through ``engine.embed``, batch by batch, with a progress bar."""
+    parts = []
+    with bar(desc, len(messages)) as advance:
+        for i in range(0, len(messages), batch_size):
+            parts.append(engine.embed(messages[i : i + batch_size]))
+            advance(min(batch_size, len(messages) - i))
+    return torch.cat(parts) if parts else torch.zeros(0)

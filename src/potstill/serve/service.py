@@ -30,7 +30,7 @@ from potstill.ledger import Call, Ledger
 from potstill.models.loading import load_lm
 from potstill.progress import bar, say
 from potstill.records import Record, read_records
-from potstill.serve.engine import Batcher, StudentAnswer, TransformersEngine
+from potstill.serve.engine import Batcher, StudentAnswer, TransformersEngine, embed_all
 from potstill.serve.routing import Routing, calibrate, ood_distance
 from potstill.tasks import Task, get_task
 from potstill.teachers import Teacher, get_teacher
@@ -58,15 +58,6 @@ def _answer_all(engine: TransformersEngine, messages: list[list[dict]], batch_si
             out += engine.answer(messages[i : i + batch_size])
             advance(min(batch_size, len(messages) - i))
     return out
-
-
-def _embed_all(engine: TransformersEngine, messages: list[list[dict]], batch_size: int, desc: str) -> torch.Tensor:
-    parts = []
-    with bar(desc, len(messages)) as advance:
-        for i in range(0, len(messages), batch_size):
-            parts.append(engine.embed(messages[i : i + batch_size]))
-            advance(min(batch_size, len(messages) - i))
-    return torch.cat(parts)
 
 
 def _spread(records: list[Record], n: int) -> list[Record]:
@@ -98,7 +89,7 @@ def calibrate_run(run_dir: Path, cfg: Config, engine: TransformersEngine, task: 
     val = [r for r in read_records(val_path) if r.output is not None]
     if not val:
         raise PotstillError(f"{val_path}: no record has a teacher output to calibrate on")
-    reference = _embed_all(engine, [r.messages for r in train], s.batch_size, "serve: embed training inputs")
+    reference = embed_all(engine, [r.messages for r in train], s.batch_size, "serve: embed training inputs")
     answers = _answer_all(engine, [r.messages for r in val], s.batch_size, "serve: calibrate on val")
     agree = [task.agree(a.parsed, task.parse(r.output or "")) for a, r in zip(answers, val)]
     dist = ood_distance(torch.stack([a.embedding for a in answers]), reference)

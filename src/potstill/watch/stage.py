@@ -28,25 +28,15 @@ from potstill.config import Config, WatchConfig
 from potstill.errors import PotstillError
 from potstill.hashing import hash_file, hash_obj
 from potstill.models.loading import load_lm
-from potstill.progress import bar, out, say
+from potstill.progress import out, say
 from potstill.records import read_records, write_json, write_text
-from potstill.serve.engine import TransformersEngine
+from potstill.serve.engine import TransformersEngine, embed_all
 from potstill.tasks import get_task
 from potstill.watch.stats import escalation_trend, label_test, mmd_test
 from potstill.watch.traffic import read_traffic
 
 EXIT_DRIFT = 3  # 0: within thresholds; 2: an error (one line on stderr); 3: drift flagged
 INVALID = "(invalid)"  # a served answer that names no label
-
-
-def embed_all(engine: TransformersEngine, messages: list[list[dict]], batch_size: int, desc: str) -> torch.Tensor:
-    """(N, H) unit embeddings through ``engine.embed``, batch by batch, with a progress bar."""
-    parts = []
-    with bar(desc, len(messages)) as advance:
-        for i in range(0, len(messages), batch_size):
-            parts.append(engine.embed(messages[i : i + batch_size]))
-            advance(min(batch_size, len(messages) - i))
-    return torch.cat(parts) if parts else torch.zeros(0)
 
 
 def reference_sample(train: list, w: WatchConfig) -> list:
