@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
-import uvicorn
 
 from potstill.config import Config
 from potstill.curate.stage import curate_stage
 from potstill.records import Record, write_jsonl
 from potstill.review.app import create_app
-from tests.helpers.chat_server import free_port
+from tests.helpers.live_server import LiveServer
 
 LABELS = ["sports", "tech", "politics"]
 TEXTS = {
@@ -38,35 +35,12 @@ def curated_config(tmp_path: Path) -> Config:
     return cfg
 
 
-class Served:
-    def __init__(self, app) -> None:
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
-
-    def __enter__(self) -> "Served":
-        self.thread.start()
-        deadline = time.time() + 20
-        while not self.server.started and time.time() < deadline:
-            time.sleep(0.05)
-        assert self.server.started, "review server did not start"
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
 @pytest.fixture
 def curated(tmp_path: Path) -> Config:
     return curated_config(tmp_path)
 
 
 @pytest.fixture
-def served(curated: Config) -> Iterator[Served]:
-    with Served(create_app(curated.run_dir, sample=9)) as s:
+def served(curated: Config) -> Iterator[LiveServer]:
+    with LiveServer(create_app(curated.run_dir, sample=9)) as s:
         yield s

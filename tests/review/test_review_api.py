@@ -14,22 +14,22 @@ from tests.review.conftest import LABELS
 
 
 def test_sample_is_stratified_and_decisions_are_stored(served, curated):
-    state = httpx.get(served.url + "api/state").json()
+    state = httpx.get(served.url + "/api/state").json()
     assert state["labels"] == LABELS and state["progress"] == {"reviewed": 0, "total": 9, "teacher_error_rate": None}
     assert Counter(it["output"] for it in state["items"]) == {"sports": 3, "tech": 3, "politics": 3}
     a, b = state["items"][0]["id"], state["items"][1]["id"]
-    httpx.post(served.url + "api/decisions", json={"id": a, "decision": "accept"}).raise_for_status()
-    r = httpx.post(served.url + "api/decisions", json={"id": b, "decision": "relabel", "label": "tech"})
+    httpx.post(served.url + "/api/decisions", json={"id": a, "decision": "accept"}).raise_for_status()
+    r = httpx.post(served.url + "/api/decisions", json={"id": b, "decision": "relabel", "label": "tech"})
     assert r.status_code == 200 and r.json()["progress"] == {"reviewed": 2, "total": 9, "teacher_error_rate": 0.5}
     stored = load_decisions(f"{curated.run_dir}/review.sqlite")
     assert stored[a]["decision"] == "accept" and stored[b]["decision"] == "relabel" and stored[b]["label"] == "tech"
     # a reviewer changes their mind: the latest decision wins
-    httpx.post(served.url + "api/decisions", json={"id": b, "decision": "accept"}).raise_for_status()
+    httpx.post(served.url + "/api/decisions", json={"id": b, "decision": "accept"}).raise_for_status()
     assert load_decisions(f"{curated.run_dir}/review.sqlite")[b]["decision"] == "accept"
 
 
 def test_bad_requests_get_4xx_with_an_openai_style_error(served):
-    item = httpx.get(served.url + "api/state").json()["items"][0]["id"]
+    item = httpx.get(served.url + "/api/state").json()["items"][0]["id"]
     cases = [
         ({"id": "nope", "decision": "accept"}, 404, "id"),
         ({"id": item, "decision": "maybe"}, 400, "decision"),
@@ -38,11 +38,11 @@ def test_bad_requests_get_4xx_with_an_openai_style_error(served):
         ({"decision": "accept"}, 400, "id"),
     ]
     for body, status, param in cases:
-        r = httpx.post(served.url + "api/decisions", json=body)
+        r = httpx.post(served.url + "/api/decisions", json=body)
         assert r.status_code == status, (body, r.text)
         err = r.json()["error"]
         assert err["type"] == "invalid_request_error" and err["param"] == param and err["message"]
-    assert httpx.get(served.url + "api/state").json()["progress"]["reviewed"] == 0
+    assert httpx.get(served.url + "/api/state").json()["progress"]["reviewed"] == 0
 
 
 def test_cli_refuses_a_run_that_was_not_curated(tmp_path):

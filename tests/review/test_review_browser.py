@@ -11,7 +11,7 @@ import pytest
 from potstill.curate.stage import curate_stage
 from potstill.records import read_records
 from potstill.review.app import create_app
-from tests.review.conftest import Served
+from tests.helpers.live_server import LiveServer
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -33,10 +33,10 @@ def test_relabel_and_reject_by_keyboard_then_curate_applies_them(curated, tmp_pa
         pytest.fail("Debian's chromium is required (apt-get install -y chromium; scripts/install.sh does it)")
     run = tmp_path / "run"
     before = {s: {r.id for r in read_records(run / f"{s}.jsonl")} for s in ("train", "val", "test")}
-    with Served(create_app(curated.run_dir, sample=9)) as served, sync_playwright() as p:
+    with LiveServer(create_app(curated.run_dir, sample=9)) as served, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1100, "height": 720})
-        page.goto(served.url)
+        page.goto(served.url + "/")
         page.wait_for_selector("body[data-ready='1']")
         assert page.text_content("#progress") == "0 / 9 reviewed"
 
