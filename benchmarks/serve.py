@@ -136,19 +136,13 @@ def routing_on_quickstart(service, live, run: Path, teacher_cost: float) -> dict
     vagree = [task.agree(a.parsed, task.parse(r.output)) for a, r in zip(va, val)]
     vdist = ood_distance(torch.stack([a.embedding for a in va]), service.reference)
     calibrated = []
-    for target in (0.0, 0.05, 0.1, 0.2, 0.3, 0.5):
+    targets = [("target_escalation", t) for t in (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)]
+    targets += [("target_agreement", t) for t in (0.85, 0.9, 0.95)]
+    for key, target in targets:
         rt = calibrate([a.confidence for a in va], vagree, vdist, [a.invalid is not None for a in va],
-                       target_escalation=target, ood_quantile=service.cfg.serve.ood_quantile)
+                       ood_quantile=service.cfg.serve.ood_quantile, **{key: target})
         o = outcome(rt.confidence_threshold, conf, alone, [d > rt.ood_threshold for d in dist])
-        calibrated.append({"target_escalation": target, "confidence_threshold": rt.confidence_threshold,
-                           "val_escalation": rt.stats["val_escalation"], "val_agreement": rt.stats["val_agreement"],
-                           "test_escalation": o["escalation"], "test_agreement": o["agreement"],
-                           "share_of_teacher_cost": (student_cost + o["escalation"] * teacher_cost) / teacher_cost})
-    for target in (0.85, 0.9, 0.95):
-        rt = calibrate([a.confidence for a in va], vagree, vdist, [a.invalid is not None for a in va],
-                       target_agreement=target, ood_quantile=service.cfg.serve.ood_quantile)
-        o = outcome(rt.confidence_threshold, conf, alone, [d > rt.ood_threshold for d in dist])
-        calibrated.append({"target_agreement": target, "confidence_threshold": rt.confidence_threshold,
+        calibrated.append({key: target, "confidence_threshold": rt.confidence_threshold,
                            "val_escalation": rt.stats["val_escalation"], "val_agreement": rt.stats["val_agreement"],
                            "test_escalation": o["escalation"], "test_agreement": o["agreement"],
                            "share_of_teacher_cost": (student_cost + o["escalation"] * teacher_cost) / teacher_cost})
