@@ -45,3 +45,17 @@ def test_two_gloo_processes_match_one(tiny_model, tiny_model_b, tmp_path):
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=5e-5)
     moved = load_lm(str(tiny_model)).model.state_dict()
     assert max(float((wb[k] - moved[k]).abs().max()) for k in wb) > 0.02  # the weights really trained
+
+
+def test_deal_balances_tokens_and_keeps_every_example_once():
+    from potstill.train.batching import Example
+    from potstill.train.trainer import deal
+
+    lengths = [900, 10, 850, 12, 600, 15, 500, 20, 40, 8, 35, 30]  # every other one long
+    batch = [Example(ids=list(range(n)), n_prompt=1) for n in lengths]
+    assert deal(batch, 1) == [batch]
+    shares = deal(batch, 2)
+    assert sorted(id(e) for s in shares for e in s) == sorted(id(e) for e in batch)
+    loads = [sum(len(e.ids) for e in s) for s in shares]
+    assert sorted(loads) == [1507, 1513]  # round-robin (batch[rank::2]) would give 2,925 and 95
+    assert all(shares) and len(deal(batch[:3], 3)) == 3 and all(deal(batch[:3], 3))
