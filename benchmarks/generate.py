@@ -23,7 +23,6 @@ import os
 import platform
 import random
 import signal
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -34,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.generate.loopback import LABELS, Loopback, answer_for  # noqa: E402
+from tests.generate.loopback import LABELS, Loopback, answer_for, committed_answers  # noqa: E402
 
 KEY = "sk-bench"
 INSTRUCTION = "Topic?"
@@ -130,17 +129,6 @@ def throughput(args: argparse.Namespace) -> dict:
     return res
 
 
-def _ok_rows(db: Path) -> int:
-    try:
-        con = sqlite3.connect(db, timeout=1)
-        try:
-            return con.execute("SELECT COUNT(*) FROM calls WHERE status='ok'").fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return 0
-
-
 def crash(args: argparse.Namespace) -> dict:
     rng = random.Random(args.seed)
     with Loopback(key=KEY, seed=args.seed, p429=0.02, p500=0.01, pslow=0.02, slow_s=0.05, pdrop=0.01) as srv, \
@@ -159,7 +147,7 @@ def crash(args: argparse.Namespace) -> dict:
         t0 = time.perf_counter()
         for target in targets:
             proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            while _ok_rows(db) < target and proc.poll() is None:
+            while committed_answers(db) < target and proc.poll() is None:
                 time.sleep(0.002)
             time.sleep(rng.random() * 0.05)
             assert proc.poll() is None, "finished before its kill"

@@ -20,6 +20,7 @@ import math
 import os
 import random
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -251,6 +252,22 @@ class Loopback:
     def __exit__(self, *exc: Any) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=10)
+
+
+def committed_answers(db: Path) -> int:
+    """``ok`` rows in a ledger that a killed-and-restarted generation may be writing (0 before it exists).
+
+    The crash test and the crash benchmark poll it to pick the moment of the next SIGKILL."""
+    if not db.exists():
+        return 0
+    try:
+        con = sqlite3.connect(db, timeout=1)
+        try:
+            return con.execute("SELECT COUNT(*) FROM calls WHERE status='ok'").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return 0
 
 
 if __name__ == "__main__":

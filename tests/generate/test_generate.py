@@ -7,7 +7,6 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from potstill.generate import run_generate
 from potstill.generate.stage import generate_stage
 from potstill.ledger import Ledger
 from potstill.records import read_records
-from tests.generate.loopback import LABELS, Loopback, answer_for
+from tests.generate.loopback import LABELS, Loopback, answer_for, committed_answers
 
 SECRET = "sk-live-9d8c7b6a5f4e3d2c1b0a"
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,19 +61,6 @@ def test_two_thousand_inputs_through_429s_500s_slow_and_dropped_responses(tmp_pa
     assert sum(stats["answered"].values()) == 2000
 
 
-def _ledger_rows(db: Path) -> int:
-    if not db.exists():
-        return 0
-    try:
-        con = sqlite3.connect(db, timeout=1)
-        try:
-            return con.execute("SELECT COUNT(*) FROM calls WHERE status='ok'").fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.OperationalError:
-        return 0
-
-
 def test_sigkill_at_random_moments_loses_nothing_and_resends_only_in_flight(tmp_path):
     n, kills, conc = 300, 3, 8
     rng = random.Random(7)
@@ -89,7 +75,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_resends_only_in_flight(tmp_
         for target in targets:
             proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             deadline = time.time() + 120
-            while _ledger_rows(db) < target and proc.poll() is None and time.time() < deadline:
+            while committed_answers(db) < target and proc.poll() is None and time.time() < deadline:
                 time.sleep(0.005)
             time.sleep(rng.random() * 0.05)
             if proc.poll() is None:
