@@ -17,6 +17,9 @@ import os
 from pathlib import Path
 
 from potstill.errors import PotstillError
+from potstill.hashing import hash_path
+from potstill.records import write_json
+from potstill.rundir import RunDir
 
 RENAME_EXCHANGE = 2  # linux/fs.h
 AT_FDCWD = -100
@@ -39,10 +42,6 @@ def _adopt(run_dir: Path, target: Path) -> None:
     Otherwise ``potstill run`` would see RUN/student changed, call the train stage stale and
     retrain over the promoted student; with it, train stays done and evaluate (whose input, the
     student, changed) re-measures the new champion."""
-    from potstill.hashing import hash_path
-    from potstill.records import write_json
-    from potstill.rundir import RunDir
-
     run = RunDir(run_dir)
     m = run.manifest()
     entry = m.get("stages", {}).get("train")
