@@ -2,16 +2,18 @@
 
 1. SmolLM2-135M-shaped student (random init from its config: H=576, 30 layers, 9/3 heads,
    V=49,152, tied head), bf16 weights, sdpa attention, fused AdamW, next-token loss on every
-   token of random sequences:
+   token of random full-length sequences:
    - ``hf``: ``model(input_ids, labels=input_ids).loss`` (materialises B x T x V logits);
-   - ``potstill``: the decoder body, then ``fused_linear_cross_entropy`` on its hidden states,
-     which is what ``potstill.train.trainer._LossModule`` computes for SFT;
-   - ``potstill+compile``: the same with the decoder body under ``torch.compile``.
+   - ``potstill``: the trainer's own loss module (``potstill.train.trainer._LossModule``) on the
+     same tokens collated as the trainer collates them: the decoder body with the training
+     attention of ``train/attention.py``, then the chunked cross-entropy head;
+   - ``potstill+compile``: the same with ``train.compile: true`` (the body under ``torch.compile``).
    Both see the same weights and the same batches; the loss of the first step and after a few
    steps is compared (same data, same init, so the losses must agree to bf16 rounding).
 2. End-to-end KD step with a SmolLM2-1.7B-shaped teacher (H=2048, 24 layers, random init, bf16,
    no grad): teacher forward + student forward/backward + optimizer step, JSD(beta=0.5) on every
-   token, ``fused_linear_kd`` vs the materialised-logits version (``losses.generalized_jsd``).
+   token, the trainer's loss module (``fused_linear_kd``) vs the materialised-logits version
+   (``losses.generalized_jsd``).
 
 Times: median of ``--reps`` steps after ``--warmup`` steps, each bracketed by CUDA events.
 MFU counts 6 * (non-embedding params + head) FLOPs per token plus causal attention
@@ -32,8 +34,10 @@ import time
 
 import torch
 
-from potstill.train import fused_head as FH
+from potstill.models.scoring import decoder
 from potstill.train import losses as L
+from potstill.train.batching import Example, collate
+from potstill.train.trainer import LossSpec, _LossModule, hidden_states
 
 STUDENT = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192, rope_theta=100000.0,
@@ -66,10 +70,27 @@ def hf_loss(model, ids):
     return model(input_ids=ids, labels=ids).loss
 
 
-def potstill_loss(body):
-    def f(model, ids):
-        h = body(input_ids=ids).last_hidden_state
-        return FH.fused_linear_cross_entropy(h[:, :-1], model.lm_head.weight, ids[:, 1:])
+def to_batch(ids: torch.Tensor, kd: bool = False):
+    """Full-length rows as the trainer collates them: loss on every next token (CE, or KD only)."""
+    return collate([Example(ids=row.tolist(), n_prompt=0, kd_only=kd) for row in ids.cpu()], pad=0,
+                   device=ids.device, kd_tokens=kd)
+
+
+def loss_module(model, compiled: bool, mode: str | None) -> _LossModule:
+    """The trainer's loss module; ``mode`` (e.g. reduce-overhead) swaps in a body compiled with it."""
+    module = _LossModule(model, model, compile=compiled)
+    if compiled and mode:
+        module._body = torch.compile(decoder(model), mode=mode)
+    return module
+
+
+CE_SPEC = LossSpec("forward_kl", 0.5, 0.0, 1.0, None, True)
+JSD_SPEC = LossSpec("jsd", 0.5, 0.0, 1.0, None, True)
+
+
+def potstill_loss(module):
+    def f(model, b):
+        return module(b, CE_SPEC)["ce"] / b.ids[:, 1:].numel()
     return f
 
 
@@ -125,24 +146,23 @@ def sft_bench(args, device, dt, shape, results, B, names):
     T = args.seq
     g = torch.Generator(device="cpu").manual_seed(1)
     batches = [torch.randint(0, shape["vocab_size"], (B, T), generator=g).to(device) for _ in range(4)]
+    collated = [to_batch(ids) for ids in batches]
     fpt = flops_per_token(shape, T)
     variants = [("hf", None), ("potstill", None), ("potstill+compile", "compile")]
     first = {}
     for name, mode in variants:
         if name in args.skip or name not in names:
             continue
+        torch._dynamo.reset()  # each variant compiles afresh for its own static shape
         model = build(shape, device, dt, seed=0).train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
         if name == "hf":
-            loss_fn = hf_loss
+            loss_fn, data = hf_loss, batches
         else:
-            body = model.model
-            if mode == "compile":
-                body = torch.compile(body, dynamic=False, mode=args.compile_mode)
-            loss_fn = potstill_loss(body)
+            loss_fn, data = potstill_loss(loss_module(model, mode == "compile", args.compile_mode)), collated
         # Same init + same first batch: the first losses must agree (before any update).
         with torch.no_grad():
-            first[name] = float(loss_fn(model, batches[0]))
+            first[name] = float(loss_fn(model, data[0]))
 
         def step(ids, model=model, opt=opt, loss_fn=loss_fn):
             loss = loss_fn(model, ids)
@@ -153,7 +173,7 @@ def sft_bench(args, device, dt, shape, results, B, names):
 
         t_compile = time.perf_counter()
         try:
-            med, spread, losses, peak = timed_steps(step, batches, args.warmup, args.reps, device)
+            med, spread, losses, peak = timed_steps(step, data, args.warmup, args.reps, device)
         except torch.OutOfMemoryError:
             results["sft"].append({"variant": name, "batch": B, "oom": True})
             continue
@@ -176,29 +196,29 @@ def kd_bench(args, device, dt, s_shape, t_shape, results, compiled=False):  # no
     B, T = args.kd_batch, args.seq
     g = torch.Generator(device="cpu").manual_seed(2)
     batches = [torch.randint(0, s_shape["vocab_size"], (B, T), generator=g).to(device) for _ in range(4)]
+    collated = [to_batch(ids, kd=True) for ids in batches]
+    torch._dynamo.reset()
     teacher = build(t_shape, device, dt, seed=1).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    t_body = torch.compile(teacher.model, dynamic=False, mode=args.compile_mode) if compiled else teacher.model
+    t_body = torch.compile(teacher.model, mode=args.compile_mode) if compiled else teacher.model
     for name in ("potstill_kd", "materialised_kd"):
         if name in args.skip or (compiled and name == "materialised_kd"):
             continue
         student = build(s_shape, device, dt, seed=0).train()
-        s_body = torch.compile(student.model, dynamic=False, mode=args.compile_mode) if compiled else student.model
+        module = loss_module(student, compiled, args.compile_mode)
         opt = torch.optim.AdamW(student.parameters(), lr=1e-4, fused=device == "cuda")
 
-        def step(ids, student=student, opt=opt, name=name):
+        def step(b, student=student, opt=opt, name=name, module=module):
             with torch.no_grad():
                 if name == "potstill_kd":
-                    ht = t_body(input_ids=ids).last_hidden_state
+                    ht = hidden_states(teacher, t_body, b)[:, :-1]
                 else:
-                    tl = teacher(input_ids=ids).logits
+                    tl = teacher(input_ids=b.ids).logits
             if name == "potstill_kd":
-                hs = s_body(input_ids=ids).last_hidden_state
-                loss = FH.fused_linear_kd(hs[:, :-1], student.lm_head.weight, ht[:, :-1], teacher.lm_head.weight,
-                                          kind="jsd", beta=0.5)
+                loss = module(b, JSD_SPEC, ht, teacher.lm_head.weight)["kd"] / b.ids[:, 1:].numel()
             else:
-                sl = student(input_ids=ids).logits
+                sl = student(input_ids=b.ids).logits
                 loss = L.generalized_jsd(sl[:, :-1], tl[:, :-1], beta=0.5)
             loss.backward()
             opt.step()
@@ -206,7 +226,7 @@ def kd_bench(args, device, dt, s_shape, t_shape, results, compiled=False):  # no
             return loss.detach()
 
         try:
-            med, spread, losses, peak = timed_steps(step, batches, args.warmup, args.reps, device)
+            med, spread, losses, peak = timed_steps(step, collated, args.warmup, args.reps, device)
             row = {"variant": name + ("+compile" if compiled else ""), "batch": B, "seq": T, "step_ms": med * 1e3,
                    "step_ms_min_max": [spread[0] * 1e3, spread[1] * 1e3], "tokens_per_s": B * T / med,
                    "peak_gib": peak, "losses": losses}

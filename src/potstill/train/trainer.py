@@ -45,6 +45,7 @@ from potstill.progress import bar
 from potstill.records import Record
 from potstill.tasks import Task
 from potstill.train import checkpoint
+from potstill.train.attention import causal_attention, decoder_inputs
 from potstill.train.batching import IGNORE, Batch, Example, build_examples, collate  # noqa: F401 (re-export)
 from potstill.train.fused_head import fused_linear_cross_entropy, fused_linear_kd, fused_linear_sparse_kd
 from potstill.train.losses import label_distribution_kd
@@ -102,6 +103,14 @@ def load_qlora_base(lm: LM) -> Any:
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
+def hidden_states(model: Any, body: Any, b: Batch) -> torch.Tensor:
+    """The last hidden states of ``model`` on batch ``b``, through ``body`` (its decoder, maybe compiled),
+    with no materialised attention mask where the batch needs none (see ``attention.py``)."""
+    with causal_attention(model):
+        inputs = decoder_inputs(model, b.attention_mask, b.position_ids, packed=b.attention_mask is None)
+        return body(input_ids=b.ids, use_cache=False, **inputs).last_hidden_state
+
+
 def fused_head_ok(model: Any) -> bool:
     """The chunked heads compute ``hidden @ W.T``: no bias, no final logit soft-cap."""
     head = model.get_output_embeddings()
@@ -125,14 +134,13 @@ class _LossModule(torch.nn.Module):
         super().__init__()
         self.model = model  # the trained module (a peft wrapper for LoRA), so its parameters are ours
         self.base = base  # the causal LM inside it (same parameters)
-        # Fuses the norms, rotary and activation kernels; shapes vary per batch, hence dynamic.
-        self._body = torch.compile(decoder(base), dynamic=True) if compile else None
+        # Fuses the norms, rotary and activation kernels. The first shape compiles static (fastest: packed
+        # rows of one length stay there); a second shape recompiles once with dynamic sizes.
+        self._body = torch.compile(decoder(base)) if compile else None
 
     def forward(self, b: Batch, spec: LossSpec, teacher_h: torch.Tensor | None = None,
                 teacher_w: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        body = self._body if self._body is not None else decoder(self.base)
-        hidden = body(input_ids=b.ids, attention_mask=b.attention_mask, position_ids=b.position_ids,
-                      use_cache=False).last_hidden_state
+        hidden = hidden_states(self.base, self._body if self._body is not None else decoder(self.base), b)
         h = hidden[:, :-1]
         w = self.base.get_output_embeddings().weight
         # bf16 GEMMs on GPU (the fused heads do their softmax maths in fp32), fp32 on CPU.
@@ -196,8 +204,7 @@ class _Teacher:
 
     @torch.no_grad()
     def hidden(self, b: Batch) -> torch.Tensor:
-        return decoder(self.lm.model)(input_ids=b.ids, attention_mask=b.attention_mask, position_ids=b.position_ids,
-                                      use_cache=False).last_hidden_state[:, :-1]
+        return hidden_states(self.lm.model, decoder(self.lm.model), b)[:, :-1]
 
 
 def resolve_signal(cfg: TrainConfig, task: Task, records: list[Record]) -> str | None:
