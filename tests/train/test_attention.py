@@ -52,8 +52,9 @@ def test_hidden_states_and_gradients_match_stock_sdpa(tiny_model, pack):
 
 
 def test_no_mask_reaches_attention_when_compiled(tiny_model, monkeypatch):
-    """Under torch.compile the attention function gets no mask for right-padded rows, and the
-    grouped key/value heads are not copied out; packed rows get their block-diagonal mask."""
+    """Under torch.compile, static or with dynamic shapes, in one graph: the attention function gets
+    no mask for right-padded rows and the grouped key/value heads are not copied out; packed rows
+    get their block-diagonal mask."""
     from transformers import AttentionInterface
 
     lm = load_lm(str(tiny_model))
@@ -66,16 +67,21 @@ def test_no_mask_reaches_attention_when_compiled(tiny_model, monkeypatch):
 
     A._register()
     monkeypatch.setitem(AttentionInterface._global_mapping, A.NAME, spy)
-    body = torch.compile(decoder(model), backend="eager", fullgraph=True)
-    ex = _examples(model.config.vocab_size, [7, 12, 5])
     pad = lm.tokenizer.pad_token_id
-    with torch.no_grad():
-        hidden_states(model, body, collate(ex, pad, lm.device))
-        n_layers = model.config.num_hidden_layers
-        assert seen == [(True, 2, 4)] * n_layers
-        seen.clear()
-        hidden_states(model, body, collate(ex, pad, lm.device, pack=True, max_length=32))
-        assert seen == [(False, 2, 4)] * n_layers
+    n_layers = model.config.num_hidden_layers
+    vocab = model.config.vocab_size
+    for dynamic in (False, True):
+        torch._dynamo.reset()
+        body = torch.compile(decoder(model), backend="eager", fullgraph=True, dynamic=dynamic)
+        with torch.no_grad():
+            for lengths in ([7, 12, 5], [9, 3, 15, 4]):  # a second shape: a recompile, not a graph break
+                seen.clear()
+                hidden_states(model, body, collate(_examples(vocab, lengths), pad, lm.device))
+                assert seen == [(True, 2, 4)] * n_layers
+                seen.clear()
+                hidden_states(model, body, collate(_examples(vocab, lengths), pad, lm.device, pack=True,
+                                                   max_length=32))
+                assert seen == [(False, 2, 4)] * n_layers
 
 
 def test_block_causal_mask():

@@ -40,14 +40,18 @@ _registered = False
 def _attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                is_causal: bool | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
-    """query ``(B, Hq, T, D)``, key/value ``(B, Hkv, S, D)`` -> ``((B, T, Hq, D), None)``."""
+    """query ``(B, Hq, T, D)``, key/value ``(B, Hkv, T, D)`` -> ``((B, T, Hq, D), None)``.
+
+    Training forwards run without a KV cache, so query and key always have one length and
+    ``is_causal=True`` is right at every length (a constant: a test on ``T`` would be a symbolic
+    bool under dynamic shapes and break the compiled graph)."""
     if attention_mask is not None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
-    out = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, scale=scaling,
-                                         is_causal=query.shape[2] > 1, enable_gqa=key.shape[1] != query.shape[1])
+    out = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, scale=scaling, is_causal=True,
+                                         enable_gqa=key.shape[1] != query.shape[1])
     return out.transpose(1, 2).contiguous(), None
 
 
