@@ -242,14 +242,83 @@ def kd_bench(args, device, dt, s_shape, t_shape, results, compiled=False):  # no
             torch.cuda.empty_cache()
 
 
+def shapes_check(args, device, dt, shape, results):
+    """The compiled trainer path on batches of changing shapes, against transformers' stock sdpa
+    path fed the collated mask: right-padded rows of random lengths, then packed rows. Per batch:
+    the CE loss and the gradient of every weight, relative differences; and how many graphs
+    the compiled body needed (static first, then one dynamic recompile). The step is timed on
+    full-length batches before (static graph) and after (dynamic graph). ``--check-layers`` keeps
+    compilation short: the attention kernels and masks do not depend on the depth."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    shape = {**shape, "num_hidden_layers": args.check_layers or shape["num_hidden_layers"]}
+    model = build(shape, device, dt, seed=0).train()
+    module = loss_module(model, True, None)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
+    loss_fn = potstill_loss(module)
+
+    def step(b):
+        loss = loss_fn(model, b)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    hi = args.seq
+    g = torch.Generator().manual_seed(1)
+    data = [to_batch(torch.randint(0, shape["vocab_size"], (args.batch, hi), generator=g).to(device))
+            for _ in range(4)]
+    timing = {"layers": shape["num_hidden_layers"], "batch": args.batch, "seq": hi}
+    med, _, _, _ = timed_steps(step, data, args.warmup, args.reps, device)
+    timing.update(static_step_ms=med * 1e3, static_graphs=int(counters["stats"]["unique_graphs"]))
+    rng = torch.Generator().manual_seed(3)
+    rows = []
+    for i, pack in enumerate([False, False, False, True, True, False]):
+        lengths = torch.randint(hi // 16, hi + 1, (args.check_batch,), generator=rng).tolist()
+        ex = [Example(ids=torch.randint(0, shape["vocab_size"], (n,), generator=rng).tolist(), n_prompt=n // 4)
+              for n in lengths]
+        b = collate(ex, pad=0, device=device, pack=pack, max_length=hi)
+        n_ce = int((b.ce_targets != -100).sum())
+        grads = []
+        for path in ("potstill", "stock"):
+            model.zero_grad(set_to_none=True)
+            if path == "potstill":
+                loss = module(b, CE_SPEC)["ce"] / n_ce
+            else:
+                h = decoder(model)(input_ids=b.ids, attention_mask=b.attention_mask, position_ids=b.position_ids,
+                                   use_cache=False).last_hidden_state
+                loss = L.cross_entropy(h[:, :-1] @ model.lm_head.weight.t(), b.ce_targets, reduction="sum") / n_ce
+            loss.backward()
+            grads.append((loss.item(), torch.cat([p.grad.float().flatten() for p in model.parameters()])))
+        (lo, go), (ls, gs) = grads
+        row = {"batch": i, "packed": pack, "shape": list(b.ids.shape), "loss_potstill": lo, "loss_stock": ls,
+               "loss_rel_diff": abs(lo - ls) / abs(ls), "grad_rel_l2": float((go - gs).norm() / gs.norm()),
+               "graphs_so_far": int(counters["stats"]["unique_graphs"])}
+        rows.append(row)
+        print("check", row, flush=True)
+    results["shapes_check"] = rows
+    # The body has seen several shapes and is dynamic now: the same full-length batches again.
+    med, _, _, _ = timed_steps(step, data, args.warmup, args.reps, device)
+    timing.update(dynamic_step_ms=med * 1e3, graphs=int(counters["stats"]["unique_graphs"]))
+    results["shapes_check_timing"] = timing
+    print("static vs dynamic body", timing, flush=True)
+    del model, module, opt
+    gc.collect()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="train_step.json")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--plan", default="hf:16,potstill:16,kd,potstill+compile:16,hf:32,potstill+compile:32",
-                    help="comma-separated sections: VARIANT:BATCH (hf, potstill, potstill+compile), kd, kd+compile")
+                    help="comma-separated sections: VARIANT:BATCH (hf, potstill, potstill+compile), kd, kd+compile, "
+                    "check (compiled trainer path vs stock sdpa on padded and packed batches of changing shapes)")
     ap.add_argument("--compile-mode", default=None, help="torch.compile mode (default: inductor's default)")
     ap.add_argument("--kd-batch", type=int, default=8)
+    ap.add_argument("--check-batch", type=int, default=8, help="rows per batch of the 'check' section")
+    ap.add_argument("--check-layers", type=int, default=4, help="student layers in the 'check' section (0: all)")
     ap.add_argument("--seq", type=int, default=1024)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--reps", type=int, default=10)
@@ -260,7 +329,7 @@ def main() -> None:
     dt = torch.float32 if device == "cpu" else torch.bfloat16
     s_shape, t_shape = (TINY, {**TINY, "hidden_size": 96, "num_attention_heads": 4}) if args.tiny else (STUDENT, TEACHER)
     if args.tiny:
-        args.batch, args.kd_batch, args.seq, args.warmup, args.reps = 2, 2, 64, 1, 2
+        args.batch, args.kd_batch, args.check_batch, args.seq, args.warmup, args.reps = 2, 2, 3, 64, 1, 2
     results = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
                "transformers": __import__("transformers").__version__, "matmul_tflops": matmul_tflops(device),
                "datasheet_tflops": DATASHEET_TFLOPS, "flops_per_token": flops_per_token(s_shape, args.seq),
@@ -276,7 +345,9 @@ def main() -> None:
 
     # Cheap sections first; the compiled variants (compilation takes a while) last.
     for item in args.plan.split(","):
-        if item.startswith("kd"):
+        if item == "check":
+            shapes_check(args, device, dt, s_shape, results)
+        elif item.startswith("kd"):
             kd_bench(args, device, dt, s_shape, t_shape, results, compiled=item == "kd+compile")
         else:
             name, b = item.split(":")
