@@ -3,8 +3,9 @@
 transformers turns the attention inputs of a decoder into a mask before the layers run. In
 eager mode it can leave the mask out and let sdpa apply ``is_causal``, which lets the fast
 kernels skip the masked half and keep grouped-query heads grouped. Under ``torch.compile`` it
-cannot: before torch 2.14 the check that allows the skip always fails while compiling, so
-every compiled step builds a ``B x 1 x T x T`` mask. Attention then runs the full square,
+cannot (torch 2.11 with transformers 5.17, measured; transformers' own comment says torch 2.14
+lifts this): the check that allows the skip fails while compiling, so every compiled step
+builds a ``B x 1 x T x T`` mask. Attention then runs the full square,
 with the key/value heads copied out to the query heads. On SmolLM2-135M at B=16, T=1024
 (H100) that made attention about a third of a compiled training step.
 
