@@ -129,3 +129,48 @@ def test_loss_module_unchanged_on_padded_batches(tiny_model):
         lm.model.set_attn_implementation("eager")  # unsupported: the collated mask as before
         ref = module(b, spec)["ce"]
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+def _tiny_family(kind: str):
+    import transformers as T
+
+    common = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=128, attn_implementation="sdpa")
+    cfg = {
+        "qwen2": lambda: T.Qwen2Config(**common, use_sliding_window=False, sliding_window=16),
+        "qwen3": lambda: T.Qwen3Config(**common, head_dim=8),
+        "mistral": lambda: T.MistralConfig(**common, sliding_window=None),
+        "gemma": lambda: T.GemmaConfig(**common, head_dim=8),
+        "mistral_window": lambda: T.MistralConfig(**common, sliding_window=4),
+        "gemma3": lambda: T.Gemma3TextConfig(**common, head_dim=8, sliding_window=4),
+    }[kind]()
+    torch.manual_seed(0)
+    return T.AutoModelForCausalLM.from_config(cfg).train()
+
+
+@pytest.mark.parametrize("kind,used", [("qwen2", True), ("qwen3", True), ("mistral", True), ("gemma", True),
+                                       ("mistral_window", False), ("gemma3", False)])
+def test_other_families(kind, used):
+    """Other decoder families: the mask-free path where it fits (same hidden states and gradients
+    as stock sdpa on right-padded rows), the stock path for sliding windows (mistral's, and gemma 3's
+    alternating layers)."""
+    model = _tiny_family(kind)
+    assert A.supported(model) is used
+    g = torch.Generator().manual_seed(1)
+    ex = [Example(ids=torch.randint(3, 64, (n,), generator=g).tolist(), n_prompt=2) for n in (9, 4, 13)]
+    b = collate(ex, 0, torch.device("cpu"))
+    real = b.attention_mask.bool()
+
+    def run(fn):
+        model.zero_grad(set_to_none=True)
+        h = fn()
+        (h[real] ** 2).mean().backward()
+        return h[real].detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    h_ours, g_ours = run(lambda: hidden_states(model, decoder(model), b))
+    h_ref, g_ref = run(lambda: decoder(model)(input_ids=b.ids, attention_mask=b.attention_mask,
+                                              position_ids=b.position_ids, use_cache=False).last_hidden_state)
+    torch.testing.assert_close(h_ours, h_ref, rtol=1e-5, atol=1e-5)
+    assert len(g_ours) == len(g_ref) > 0
+    for a, r in zip(g_ours, g_ref):
+        torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-6)
