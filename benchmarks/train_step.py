@@ -36,7 +36,7 @@ import torch
 
 from potstill.models.scoring import decoder
 from potstill.train import losses as L
-from potstill.train.batching import Example, collate
+from potstill.train.batching import IGNORE, Example, collate
 from potstill.train.trainer import LossSpec, _LossModule, hidden_states
 
 STUDENT = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
@@ -92,6 +92,17 @@ def potstill_loss(module):
     def f(model, b):
         return module(b, CE_SPEC)["ce"] / b.ids[:, 1:].numel()
     return f
+
+
+def train_step(model, opt, loss_fn):
+    """One optimizer step on a batch; returns the detached loss."""
+    def step(batch):
+        loss = loss_fn(model, batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.detach()
+    return step
 
 
 def timed_steps(step, batches, warmup, reps, device):
@@ -164,13 +175,7 @@ def sft_bench(args, device, dt, shape, results, B, names):
         with torch.no_grad():
             first[name] = float(loss_fn(model, data[0]))
 
-        def step(ids, model=model, opt=opt, loss_fn=loss_fn):
-            loss = loss_fn(model, ids)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            return loss.detach()
-
+        step = train_step(model, opt, loss_fn)
         t_compile = time.perf_counter()
         try:
             med, spread, losses, peak = timed_steps(step, data, args.warmup, args.reps, device)
@@ -209,21 +214,18 @@ def kd_bench(args, device, dt, s_shape, t_shape, results, compiled=False):  # no
         module = loss_module(student, compiled, args.compile_mode)
         opt = torch.optim.AdamW(student.parameters(), lr=1e-4, fused=device == "cuda")
 
-        def step(b, student=student, opt=opt, name=name, module=module):
+        def kd_loss(student, b, name=name, module=module):
             with torch.no_grad():
                 if name == "potstill_kd":
                     ht = hidden_states(teacher, t_body, b)[:, :-1]
                 else:
                     tl = teacher(input_ids=b.ids).logits
             if name == "potstill_kd":
-                loss = module(b, JSD_SPEC, ht, teacher.lm_head.weight)["kd"] / b.ids[:, 1:].numel()
-            else:
-                sl = student(input_ids=b.ids).logits
-                loss = L.generalized_jsd(sl[:, :-1], tl[:, :-1], beta=0.5)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            return loss.detach()
+                return module(b, JSD_SPEC, ht, teacher.lm_head.weight)["kd"] / b.ids[:, 1:].numel()
+            sl = student(input_ids=b.ids).logits
+            return L.generalized_jsd(sl[:, :-1], tl[:, :-1], beta=0.5)
+
+        step = train_step(student, opt, kd_loss)
 
         try:
             med, spread, losses, peak = timed_steps(step, collated, args.warmup, args.reps, device)
@@ -257,15 +259,7 @@ def shapes_check(args, device, dt, shape, results):
     model = build(shape, device, dt, seed=0).train()
     module = loss_module(model, True, None)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
-    loss_fn = potstill_loss(module)
-
-    def step(b):
-        loss = loss_fn(model, b)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss.detach()
-
+    step = train_step(model, opt, potstill_loss(module))
     hi = args.seq
     g = torch.Generator().manual_seed(1)
     data = [to_batch(torch.randint(0, shape["vocab_size"], (args.batch, hi), generator=g).to(device))
@@ -280,7 +274,7 @@ def shapes_check(args, device, dt, shape, results):
         ex = [Example(ids=torch.randint(0, shape["vocab_size"], (n,), generator=rng).tolist(), n_prompt=n // 4)
               for n in lengths]
         b = collate(ex, pad=0, device=device, pack=pack, max_length=hi)
-        n_ce = int((b.ce_targets != -100).sum())
+        n_ce = int((b.ce_targets != IGNORE).sum())
         grads = []
         for path in ("potstill", "stock"):
             model.zero_grad(set_to_none=True)

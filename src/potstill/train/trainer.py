@@ -134,8 +134,8 @@ class _LossModule(torch.nn.Module):
         super().__init__()
         self.model = model  # the trained module (a peft wrapper for LoRA), so its parameters are ours
         self.base = base  # the causal LM inside it (same parameters)
-        # Fuses the norms, rotary and activation kernels. The first shape compiles static (fastest: packed
-        # rows of one length stay there); a second shape recompiles once with dynamic sizes.
+        # Fuses the norms, rotary and activation kernels. The first shape compiles static (the fastest
+        # code while shapes stay constant); a second shape recompiles once with dynamic sizes.
         self._body = torch.compile(decoder(base)) if compile else None
 
     def forward(self, b: Batch, spec: LossSpec, teacher_h: torch.Tensor | None = None,
