@@ -82,13 +82,14 @@ def cmd_worker(args: argparse.Namespace) -> None:
     task = get_task(TaskConfig(type="freetext", instruction="Continue the BBC News article."))
     cfg = TrainConfig(objective="kd", kd_signal="logits", teacher_model=str(root / "teacher"), kd_kind="jsd",
                       kd_beta=0.5, batch_size=args.batch, lr=3e-4 if args.method == "full" else 1e-3,
-                      warmup_steps=5, epochs=1.0, seed=0, method=args.method, pack=args.pack)
+                      warmup_steps=5, epochs=1.0, seed=0, method=args.method, pack=args.pack, compile=args.compile)
     lm = load_lm(str(root / "student"))
     out = root / "runs" / args.name
     summary = train(lm, student_format(lm, task), task, records, [], cfg, args.max_length, out / "student",
                     out / "metrics.jsonl")
     if int(os.environ.get("RANK", "0")) == 0:
         summary["gpus"] = summary["processes"]
+        summary["compile"] = args.compile
         summary["gpu_name"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
         summary["peak_mem_gib_rank0"] = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -120,22 +121,33 @@ def cmd_summarize(args: argparse.Namespace) -> None:
                  "packed": args.pack, "max_length": args.max_length,
                  "gpu": base["summary"].get("gpu_name"), "global_batch_examples": args.batch,
                  "warmup_steps_excluded": args.warmup, "failed_runs": failed, "runs": {}}
-    ref_w = load_lm(str(root / "runs" / "gpu1" / "student"), device="cpu").model.state_dict()
+    # Each run is compared with the reference of its method: "gpu1" for full fine-tuning, else the
+    # first uncompiled single-GPU run of that method (a QLoRA run alone has nothing to compare with).
+    refs = {"full": "gpu1"}
+    for name, r in runs.items():
+        s = r["summary"]
+        if s["gpus"] == 1 and not s.get("compile") and s["method"] != "qlora":
+            refs.setdefault(s["method"], name)
+    ref_w = {m: load_lm(str(root / "runs" / n / "student"), device="cpu").model.state_dict() for m, n in refs.items()}
     for name, r in runs.items():
         gpus, method = r["summary"]["gpus"], r["summary"]["method"]
-        same = method == base["summary"]["method"]  # a QLoRA run is a different job: no curve comparison
-        rel = [abs(a["loss"] - b["loss"]) / abs(b["loss"]) for a, b in zip(r["rows"], base["rows"])] if same else [0.0]
+        ref = refs.get(method)
+        same = ref is not None and ref != name
+        rows_ref = runs[ref]["rows"] if same else []
+        rel = [abs(a["loss"] - b["loss"]) / abs(b["loss"]) for a, b in zip(r["rows"], rows_ref)] if same else [0.0]
         w = load_lm(str(root / "runs" / name / "student"), device="cpu").model.state_dict() if same else None
-        wdiff = max(float((w[k].float() - ref_w[k].float()).abs().max()) for k in ref_w) if same else None
+        wdiff = max(float((w[k].float() - ref_w[method][k].float()).abs().max()) for k in ref_w[method]) if same else None
         out["runs"][name] = {
             "gpus": gpus, "method": method, "distributed": r["summary"].get("distributed"), "trainable_parameters": r["summary"]["trainable_parameters"],
             "steps": len(r["rows"]), "tokens": r["rows"][-1]["tokens"],
             "tokens_per_s": round(r["tokens_per_s"]),
-            "scaling_efficiency": round(r["tokens_per_s"] / (gpus * base["tokens_per_s"]), 3) if gpus > 1 and same else None,
+            "compile": r["summary"].get("compile", False), "compared_with": ref if same else None,
+            "scaling_efficiency": round(r["tokens_per_s"] / (gpus * base["tokens_per_s"]), 3)
+            if gpus > 1 and method == "full" else None,
             "peak_mem_gib_rank0": r["summary"].get("peak_mem_gib_rank0"),
             "loss_first_last": [r["rows"][0]["loss"], r["rows"][-1]["loss"]],
-            "loss_rel_diff_vs_gpu1": {"max": max(rel), "median": statistics.median(rel)} if same else None,
-            "final_weights_max_abs_diff_vs_gpu1": wdiff,
+            "loss_rel_diff_vs_reference": {"max": max(rel), "median": statistics.median(rel)} if same else None,
+            "final_weights_max_abs_diff_vs_reference": wdiff,
             "loss_curve": [round(x["loss"], 5) for x in r["rows"]],
         }
         del w
@@ -166,6 +178,7 @@ def main() -> None:
         if name == "worker":
             p.add_argument("--name", required=True)
             p.add_argument("--method", default="full", choices=["full", "lora", "qlora"])
+            p.add_argument("--compile", action="store_true", help="train.compile: the student body under torch.compile")
         else:
             p.add_argument("--out", required=True)
     args = ap.parse_args()
