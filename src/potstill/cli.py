@@ -72,7 +72,9 @@ def _pilot(cfg: Config, force: bool) -> None:
 def _generate(cfg: Config, force: bool) -> None:
     """Run the teacher over every input (cached in the ledger; a rerun sends nothing twice)."""
     from potstill.generate.stage import generate_stage
+    from potstill.preflight import require
 
+    require(cfg, "generate")
     generate_stage(cfg, force)
 
 
@@ -103,6 +105,21 @@ def _run(cfg: Config, force: bool) -> None:
 
     run_all(cfg, force=force)
 
+
+def _preflight(cfg: Config) -> None:
+    """Refuse a run that would train the wrong objective silently: tokenizers, prompts, labels, ranks, budget."""
+    from potstill.preflight import run_checks
+
+    checks = run_checks(cfg)
+    for c in checks:
+        typer.echo(f"{c.status:>4}  {c.name:<10} {c.detail}")
+    failed = [c for c in checks if c.status == "fail"]
+    if failed:
+        raise PotstillError(f"preflight: {len(failed)} check(s) failed: {', '.join(c.name for c in failed)}")
+
+
+_SECTIONS["preflight"] = ["task", "data", "teacher", "student", "train", "generate"]
+_config_command("preflight", _preflight)
 
 for _name, _fn in (("pilot", _pilot), ("generate", _generate), ("curate", _curate), ("train", _train),
                    ("evaluate", _evaluate), ("run", _run)):

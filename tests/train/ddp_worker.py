@@ -1,4 +1,13 @@
-"""One training run for test_distributed: ``torchrun --nproc_per_node N ddp_worker.py STUDENT TEACHER OUT``."""
+"""One training run for test_distributed: ``torchrun --nproc_per_node N ddp_worker.py STUDENT TEACHER OUT [MODE]``.
+
+MODE ``rank0-loading`` gives every ``from_pretrained`` the behaviour transformers 5.17 has under
+``accelerate launch``'s default FSDP loading (``FSDP_CPU_RAM_EFFICIENT_LOADING=true``, set by the
+test): a process of local rank > 0 gets empty weights, which FSDP is expected to fill by a
+broadcast from rank 0 (on 2x H200 they came back all 0.0). FSDP itself needs CUDA in accelerate,
+so the run stays DDP on CPU; the loading path is the one that left the teacher empty.
+transformers 5.24 (this venv) reads the files on every rank, so the mode reproduces the older one.
+MODE ``other-teacher``: rank 1 is given TEACHER=STUDENT, a different model from rank 0's.
+"""
 
 import json
 import os
@@ -21,6 +30,23 @@ OUTPUTS = ["sports match", "tech phone software new", "politics", "sports goal w
            "tech", "politics election vote party", "business bank", "entertainment film award star music"]
 
 
+def rank0_only_loading() -> None:
+    from transformers import AutoModelForCausalLM
+
+    real = AutoModelForCausalLM.from_pretrained
+
+    def from_pretrained(*args, **kwargs):
+        model = real(*args, **kwargs)
+        flag = os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING", "false").lower() in ("1", "true")
+        if flag and torch.distributed.is_initialized() and int(os.environ.get("LOCAL_RANK", "0")) > 0:
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.zero_()
+        return model
+
+    AutoModelForCausalLM.from_pretrained = from_pretrained
+
+
 def run(student: str, teacher: str, out: str) -> dict:
     task = get_task(TaskConfig(type="freetext", instruction="summary"))
     records = [Record(messages=[{"role": "user", "content": t}], output=o, valid=True) for t, o in zip(TEXTS, OUTPUTS)]
@@ -33,6 +59,12 @@ def run(student: str, teacher: str, out: str) -> dict:
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    summary = run(*sys.argv[1:4])
+    student, teacher, out = sys.argv[1:4]
+    mode = sys.argv[4] if len(sys.argv) > 4 else ""
+    if mode == "rank0-loading":
+        rank0_only_loading()
+    if mode == "other-teacher" and int(os.environ.get("RANK", "0")) == 1:
+        teacher = student
+    summary = run(student, teacher, out)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({"processes": summary["processes"], "steps": summary["steps"]}))

@@ -1,11 +1,13 @@
 """Two CPU processes (torchrun, gloo) train exactly like one process at the same global batch."""
 
 import json
+import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from potstill.models.loading import load_lm
@@ -22,11 +24,19 @@ def _rows(out: Path) -> list[dict]:
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_two_gloo_processes_match_one(tiny_model, tiny_model_b, tmp_path):
+def _torchrun(student, teacher, out: Path, mode: str = "", env: dict | None = None):
     worker = Path(__file__).with_name("ddp_worker.py")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(worker), str(tiny_model), str(tiny_model_b), str(tmp_path / "ddp")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+           "--master_port", str(_free_port()), str(worker), str(student), str(teacher), str(out), mode]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("mode", ["", "rank0-loading"])
+def test_two_gloo_processes_match_one(tiny_model, tiny_model_b, tmp_path, mode):
+    """``rank0-loading``: transformers' rank-0-only loading (accelerate's FSDP default) left rank 1's
+    teacher empty; the trainer now reads the files on every rank, so the curve still matches."""
+    env = {"FSDP_CPU_RAM_EFFICIENT_LOADING": "true"} if mode else {}
+    proc = _torchrun(tiny_model, tiny_model_b, tmp_path / "ddp", mode, env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"processes": 2, "steps": 3}
     single = run(str(tiny_model), str(tiny_model_b), str(tmp_path / "one"))
@@ -45,6 +55,31 @@ def test_two_gloo_processes_match_one(tiny_model, tiny_model_b, tmp_path):
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=5e-5)
     moved = load_lm(str(tiny_model)).model.state_dict()
     assert max(float((wb[k] - moved[k]).abs().max()) for k in wb) > 0.02  # the weights really trained
+
+
+def test_other_weights_on_one_rank_refuse_to_train(tiny_model, tiny_model_b, tmp_path):
+    proc = _torchrun(tiny_model, tiny_model_b, tmp_path / "ddp", "other-teacher")
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if "refusing to train" in ln]
+    assert lines and "teacher (train.teacher_model) has other weights on rank 1 than on rank 0" in lines[0], \
+        proc.stderr[-3000:]
+    assert not (tmp_path / "ddp" / "metrics.jsonl").exists() or not (tmp_path / "ddp" / "metrics.jsonl").read_text()
+
+
+def test_weights_checksum_sees_one_changed_element(tiny_model):
+    from potstill.train.distributed import weights_checksum
+
+    model = load_lm(str(tiny_model)).model
+    before = weights_checksum(model)
+    assert weights_checksum(load_lm(str(tiny_model)).model) == before
+    with torch.no_grad():
+        p = next(model.parameters())
+        p.view(-1)[7] = torch.nextafter(p.view(-1)[7], torch.tensor(1e9))  # one ulp
+    assert weights_checksum(model) != before
+    for b in model.buffers():  # rotary tables are buffers, not in the state dict
+        b.zero_()
+        break
+    assert len({before, weights_checksum(model)}) == 2
 
 
 def test_deal_balances_tokens_and_keeps_every_example_once():

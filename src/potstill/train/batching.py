@@ -85,13 +85,19 @@ def topk_for_completion(tok: Any, completion_ids: list[int], entries: list[dict[
     return out
 
 
+def prompt_ids(tok: Any, fmt: PromptFormat, messages: list[dict[str, Any]]) -> list[int]:
+    """The prompt as the served student reads it (serve/engine.py): a plain-text prompt's instruction
+    and shots live in its prefix, which training once left out (``potstill preflight`` compares)."""
+    return encode_prompt(tok, fmt, fmt.prefix() + fmt.query(tok, messages), first=True)
+
+
 def build_examples(lm: Any, fmt: PromptFormat, task: Task, records: list[Record], max_length: int,
                    with_topk: bool = False) -> list[Example]:
     tok = lm.tokenizer
     out = []
     cache: dict[str, int | None] = {}
     for r in records:
-        prompt = encode_prompt(tok, fmt, fmt.query(tok, r.messages), first=True)
+        prompt = prompt_ids(tok, fmt, r.messages)
         completion = tok(fmt.completion(tok, task.target(r)), add_special_tokens=False)["input_ids"]
         # Keep the whole completion; cut the prompt from the left if the pair is too long.
         keep = max(1, max_length - len(completion))

@@ -14,6 +14,7 @@ from potstill.rundir import RunDir
 from potstill.stage import run_stage
 from potstill.students import student_format
 from potstill.tasks import get_task
+from potstill.train.distributed import load_on_every_rank
 from potstill.train.trainer import train
 
 
@@ -24,10 +25,14 @@ def train_stage(cfg: Config, force: bool = False) -> dict[str, Any]:
     def body(run: RunDir) -> dict[str, Any]:
         if not (run / "train.jsonl").exists():
             raise PotstillError(f"{run / 'train.jsonl'} not found: run `potstill curate` first")
+        from potstill.preflight import require
+
+        require(cfg, "train")
         task = get_task(cfg.task)
         records = read_records(run / "train.jsonl")
         val = read_records(run / "val.jsonl") if (run / "val.jsonl").exists() else []
-        lm = load_lm(cfg.student.model, device=cfg.train.device, num_layers=cfg.student.num_layers)
+        with load_on_every_rank():
+            lm = load_lm(cfg.student.model, device=cfg.train.device, num_layers=cfg.student.num_layers)
         summary = train(lm, student_format(lm, task), task, records, val, cfg.train, cfg.student.max_length,
                         run / "student", run / "metrics.jsonl")
         summary["base_model"] = cfg.student.model

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import shutil
 import time
@@ -47,6 +46,8 @@ from potstill.tasks import Task
 from potstill.train import checkpoint
 from potstill.train.attention import causal_attention, decoder_inputs
 from potstill.train.batching import IGNORE, Batch, Example, build_examples, collate  # noqa: F401 (re-export)
+from potstill.train.distributed import (check_same_weights, deal, fsdp_plugin, global_counts,  # noqa: F401
+                                        global_values, load_on_every_rank)
 from potstill.train.fused_head import fused_linear_cross_entropy, fused_linear_kd, fused_linear_sparse_kd
 from potstill.train.losses import label_distribution_kd
 from potstill.train.onpolicy import sample_batch
@@ -194,7 +195,8 @@ class _Teacher:
     """A local teacher with the student's tokenizer: its last hidden states and LM head weight."""
 
     def __init__(self, spec: str, student: LM, device: torch.device) -> None:
-        self.lm = load_lm(spec, device=str(device))
+        with load_on_every_rank():  # loaded after Accelerator(): see distributed.py
+            self.lm = load_lm(spec, device=str(device))
         if self.lm.tokenizer.get_vocab() != student.tokenizer.get_vocab():
             raise PotstillError(f"train.teacher_model '{spec}' has another tokenizer than the student; token-level "
                                 "KD and on-policy batches need the same vocabulary (use kd_signal labels instead)")
@@ -239,7 +241,7 @@ def train(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: lis
     if cfg.onpolicy_fraction > 0 and not cfg.teacher_model:
         raise PotstillError("train.onpolicy_fraction > 0 needs train.teacher_model to score the student's samples")
     signal = resolve_signal(cfg, task, records)
-    accel = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda else "no", fsdp_plugin=_fsdp_plugin())
+    accel = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda else "no", fsdp_plugin=fsdp_plugin())
     world, rank = accel.num_processes, accel.process_index
     if cfg.batch_size < world:
         raise PotstillError(f"train.batch_size {cfg.batch_size} is smaller than the {world} processes")
@@ -258,6 +260,9 @@ def train(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: lis
                     tuple(label_token_ids(lm.tokenizer, fmt, task.labels)) if task.labels else None,
                     fused_head_ok(base))
     teacher = _Teacher(cfg.teacher_model, lm, accel.device) if cfg.teacher_model else None
+    # Before prepare(): FSDP shards differ by rank by design, the loaded weights must not.
+    check_same_weights({"student": model, **({"teacher (train.teacher_model)": teacher.lm.model} if teacher else {})},
+                       accel.device)
     if (signal in ("logits", "topk") or teacher) and not spec.fused:
         raise PotstillError("token-level KD needs an LM head without bias or logit soft-capping")
     with_topk = signal == "topk"
@@ -327,7 +332,7 @@ def train(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: lis
                                     accel.device)
             b = collate(mine, pad, accel.device, pack=cfg.pack, max_length=max_length,
                         kd_tokens=signal == "logits", with_topk=with_topk)
-            counts = global_counts(accel, b)
+            counts = global_counts(accel, b, TERMS)
             th = teacher.hidden(b) if teacher is not None and counts["kd"] else None
             with accel.autocast():
                 sums = module(b, spec, th, teacher.w if teacher else None)
@@ -379,57 +384,6 @@ def train(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: lis
 def _unprefixed(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """The trained model's entries of ``_LossModule``'s state dict (it also lists ``base.*``)."""
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
-
-def global_counts(accel: Any, b: Batch) -> dict[str, float]:
-    local = b.counts()
-    if accel.num_processes == 1:
-        return {k: float(v) for k, v in local.items()}
-    t = accel.reduce(torch.tensor([float(local[k]) for k in TERMS], device=accel.device), "sum")
-    return dict(zip(TERMS, t.tolist()))
-
-
-def global_values(accel: Any, values: dict[str, torch.Tensor | float]) -> dict[str, float]:
-    """Per-process shares of global means (or counts), summed over processes: one all-reduce, one sync."""
-    x = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=accel.device).detach().reshape(())
-                     for v in values.values()])
-    if accel.num_processes > 1:
-        x = accel.reduce(x, "sum")
-    return dict(zip(values, x.tolist()))
-
-
-def deal(batch: list[Example], world: int) -> list[list[Example]]:
-    """Split a global batch over processes with balanced token counts (longest first, to the lightest).
-
-    The update does not depend on the split (every term is a global sum over a global count); the
-    balance keeps one process from waiting on another that got the long examples."""
-    if world == 1:
-        return [batch]
-    shares: list[list[Example]] = [[] for _ in range(world)]
-    load = [0] * world
-    for e in sorted(batch, key=lambda e: -len(e.ids)):
-        r = min(range(world), key=lambda i: (load[i], len(shares[i])))
-        shares[r].append(e)
-        load[r] += len(e.ids)
-    return shares
-
-
-def _fsdp_plugin() -> Any:
-    """Under ``accelerate launch --use_fsdp``: the env's FSDP settings, with fp32 weights in compute.
-
-    bf16 then comes from autocast, exactly as under DDP or one GPU, so the numerics (fp32 norms,
-    embeddings and residual stream, bf16 matmuls) and hence the loss curve are the same; accelerate's
-    default bf16 FSDP policy would make every weight bf16 in compute."""
-    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() not in ("1", "true"):
-        return None
-    from accelerate import FullyShardedDataParallelPlugin
-
-    v2 = os.environ.get("FSDP_VERSION", "1") == "2"
-    if v2:
-        from torch.distributed.fsdp import MixedPrecisionPolicy as Policy
-    else:
-        from torch.distributed.fsdp import MixedPrecision as Policy
-    return FullyShardedDataParallelPlugin(mixed_precision_policy=Policy())
 
 
 def evaluate_loss(module: _LossModule, examples: list[Example], cfg: TrainConfig, spec: LossSpec,

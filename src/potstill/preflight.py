@@ -1,0 +1,275 @@
+"""`potstill preflight`: refuse runs that would train the wrong objective without an error.
+
+Each check reads only tokenizers, configs and the run's JSONL files (no model weights, except the
+cross-rank weight comparison under ``torchrun`` / ``accelerate launch``), so it costs seconds:
+
+* ``vocabulary``: token-level KD (``kd_signal`` logits) needs the teacher's tokenizer and LM
+  head rows to be the student's; ``topk`` needs the API teacher's top-k tokens to map onto
+  student ids (otherwise KD silently stops at the first token the tokenizers split differently).
+* ``prompt``: the prompt ids the trainer builds must equal those the served student builds
+  for the same messages (chat template, instruction, special tokens).
+* ``labels``: each classification label must start with its own token, for the student and
+  for a local teacher (label probabilities are read at the first token).
+* ``weights``: under several processes, every rank loads bit-identical weights (see
+  ``train/distributed.py``); with one process there is nothing to compare.
+* ``budget``: the projected teacher cost of ``generate`` stays within ``generate.budget_usd``.
+
+``potstill train`` runs the train checks and ``potstill generate`` the generate checks first.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from potstill.config import Config
+from potstill.errors import PotstillError
+
+# Below this share of completion tokens with mapped top-k data, topk KD trains on almost nothing.
+MIN_TOPK_COVERAGE = 0.5
+CHARS_PER_TOKEN = 4.0  # the usual English estimate, for API teachers whose tokenizer we lack
+SAMPLE = 64  # records whose prompts are compared / whose top-k data is mapped
+
+
+@dataclass
+class Check:
+    name: str
+    status: str  # ok | skip | fail
+    detail: str
+
+
+def _tokenizer(spec: str | Path) -> Any:
+    from transformers import AutoTokenizer
+
+    from potstill.models.loading import resolve
+
+    where = spec if isinstance(spec, Path) else resolve(spec)[1]
+    try:
+        tok = AutoTokenizer.from_pretrained(where)
+    except OSError as e:
+        raise PotstillError(f"cannot load the tokenizer of '{spec}': {str(e).splitlines()[0]}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _vocab_rows(spec: str) -> int | None:
+    from transformers import AutoConfig
+
+    from potstill.models.loading import resolve
+
+    _, where = resolve(spec)
+    try:
+        return getattr(AutoConfig.from_pretrained(where), "vocab_size", None)
+    except (OSError, ValueError):
+        return None
+
+
+class _Ctx:
+    """What several checks share, loaded once."""
+
+    def __init__(self, cfg: Config) -> None:
+        from potstill.tasks import get_task
+
+        self.cfg = cfg
+        self.task = get_task(cfg.task)
+        self.run = Path(cfg.run_dir)
+        self._tok: Any = None
+
+    @property
+    def student_tok(self) -> Any:
+        if self._tok is None:
+            self._tok = _tokenizer(self.cfg.student.model)
+        return self._tok
+
+    def train_records(self) -> list:
+        from potstill.records import read_records
+
+        path = self.run / "train.jsonl"
+        return read_records(path)[:SAMPLE] if path.exists() else []
+
+    def fmt(self, tok: Any) -> Any:
+        from potstill.models.prompting import PromptFormat
+
+        return PromptFormat(kind="chat" if getattr(tok, "chat_template", None) else "completion",
+                            instruction=self.task.cfg.instruction)
+
+
+def check_vocabulary(ctx: _Ctx) -> Check:
+    tcfg = ctx.cfg.train
+    if tcfg.objective != "kd" or tcfg.kd_signal == "labels":
+        return Check("vocabulary", "skip", "no token-level KD")
+    if tcfg.teacher_model:
+        teacher = _tokenizer(tcfg.teacher_model)
+        if teacher.get_vocab() != ctx.student_tok.get_vocab():
+            extra = sorted(set(teacher.get_vocab()) ^ set(ctx.student_tok.get_vocab()))[:3]
+            return Check("vocabulary", "fail", f"train.teacher_model '{tcfg.teacher_model}' has another tokenizer than "
+                         f"the student (tokens only one of them has: {extra}); logits KD compares token i with token i, "
+                         "so use kd_signal labels or a teacher of the student's family")
+        rows = _vocab_rows(tcfg.teacher_model), _vocab_rows(ctx.cfg.student.model)
+        if None not in rows and rows[0] != rows[1]:
+            return Check("vocabulary", "fail", f"train.teacher_model has {rows[0]} LM-head rows, the student {rows[1]}")
+        return Check("vocabulary", "ok", "teacher and student share the tokenizer and LM-head rows")
+    return _topk_coverage(ctx)
+
+
+def _topk_coverage(ctx: _Ctx) -> Check:
+    from potstill.train.batching import topk_for_completion
+
+    records = [r for r in ctx.train_records() if r.logprobs]
+    if not records:
+        return Check("vocabulary", "skip", "no train.jsonl records with logprobs yet")
+    tok, fmt = ctx.student_tok, ctx.fmt(ctx.student_tok)
+    mapped = total = 0
+    cache: dict = {}
+    for r in records:
+        completion = tok(fmt.completion(tok, ctx.task.target(r)), add_special_tokens=False)["input_ids"]
+        top = topk_for_completion(tok, completion, r.logprobs, cache)
+        n = min(len(completion), len(r.logprobs))
+        total += n
+        mapped += sum(1 for x in top[:n] if x is not None)
+    share = mapped / max(1, total)
+    if share < MIN_TOPK_COVERAGE:
+        return Check("vocabulary", "fail", f"only {share:.0%} of the teacher's output tokens map onto student tokens "
+                     f"({mapped} of {total} in {len(records)} records): the teacher's tokenizer differs, so topk KD "
+                     "would train on almost nothing; use kd_signal labels (classification) or sft")
+    return Check("vocabulary", "ok", f"{share:.0%} of the teacher's output tokens map onto student tokens")
+
+
+def check_prompt(ctx: _Ctx) -> Check:
+    """Training builds prompt ids in ``train/batching.py``, serving in ``serve/engine.py``; the
+    served model is ``run_dir/student`` once trained, with the tokenizer saved beside it (a student
+    trained earlier, or one whose tokenizer was edited, can carry another chat template)."""
+    from potstill.models.prompting import encode_prompt
+    from potstill.train.batching import prompt_ids
+
+    served_dir = ctx.run / "student"
+    served = _tokenizer(served_dir) if (served_dir / "tokenizer_config.json").exists() else ctx.student_tok
+    records = ctx.train_records() or _sample_records(ctx)
+    if not records:
+        return Check("prompt", "skip", "no inputs to render")
+    tok = ctx.student_tok
+    tfmt, sfmt = ctx.fmt(tok), ctx.fmt(served)
+    for r in records:
+        train_ids = prompt_ids(tok, tfmt, r.messages)
+        serve_ids = encode_prompt(served, sfmt, sfmt.prefix() + sfmt.query(served, r.messages), first=True)
+        if train_ids != serve_ids:
+            i = next((k for k, (a, b) in enumerate(zip(train_ids, serve_ids)) if a != b), min(len(train_ids),
+                                                                                               len(serve_ids)))
+            return Check("prompt", "fail", f"the training prompt and the serving prompt differ from token {i} "
+                         f"(train: {tok.decode(train_ids[i:i + 8])!r}, serve: {served.decode(serve_ids[i:i + 8])!r}); "
+                         f"the served student ({served_dir}) would see prompts it was not trained on: give both "
+                         "the same tokenizer and chat template")
+    return Check("prompt", "ok", f"{len(records)} prompts tokenise the same for training and serving")
+
+
+def _sample_records(ctx: _Ctx) -> list:
+    from potstill.records import read_records
+
+    path = Path(ctx.cfg.data.inputs)
+    if not path.exists():
+        return []
+    return read_records(path)[:SAMPLE]
+
+
+def check_labels(ctx: _Ctx) -> Check:
+    from potstill.models.prompting import PromptFormat, label_token_ids
+
+    if not ctx.task.labels:
+        return Check("labels", "skip", "not a classification task")
+    tokenizers = [("student", ctx.student_tok, ctx.fmt(ctx.student_tok))]
+    if ctx.cfg.teacher.type == "local" and ctx.cfg.teacher.model:
+        ttok = _tokenizer(ctx.cfg.teacher.model)
+        tokenizers.append(("teacher", ttok, PromptFormat(kind=ctx.cfg.teacher.prompt_format,
+                                                         answer_prefix=ctx.cfg.teacher.answer_prefix)))
+    for who, tok, fmt in tokenizers:
+        try:
+            label_token_ids(tok, fmt, ctx.task.labels)
+        except PotstillError as e:
+            return Check("labels", "fail", f"{who}: {e}")
+    return Check("labels", "ok", f"{len(ctx.task.labels)} labels start with distinct tokens")
+
+
+def check_weights(ctx: _Ctx) -> Check:
+    """Several processes: load every model the trainer will and compare checksums across ranks."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Check("weights", "skip", "one process: nothing to compare (the trainer checks again under torchrun)")
+    import torch
+    import torch.distributed as dist
+
+    from potstill.models.loading import load_lm
+    from potstill.train.distributed import check_same_weights, load_on_every_rank
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    with load_on_every_rank():
+        models = {"student": load_lm(ctx.cfg.student.model, device="cpu", num_layers=ctx.cfg.student.num_layers).model}
+        if ctx.cfg.train.teacher_model:
+            models["teacher (train.teacher_model)"] = load_lm(ctx.cfg.train.teacher_model, device="cpu").model
+    try:
+        check_same_weights(models, torch.device("cpu"))
+    except PotstillError as e:
+        return Check("weights", "fail", str(e))
+    return Check("weights", "ok", f"{len(models)} models bit-identical on {dist.get_world_size()} ranks")
+
+
+def projected_cost(ctx: _Ctx) -> tuple[float, int, str]:
+    """(USD, inputs, how) for ``generate`` over ``data.inputs``: prompt characters / 4 tokens in, the
+    longest label (classification) or ``teacher.max_tokens`` out, times ``generate.n``."""
+    from potstill.generate.prices import price_for, token_cost
+    from potstill.stage import load_inputs
+
+    cfg = ctx.cfg
+    records = load_inputs(cfg)
+    price = price_for(cfg.teacher.model, cfg.teacher.price, cfg.generate.prices)
+    if price is None:
+        return 0.0, len(records), f"no price known for '{cfg.teacher.model}'"
+    fs = cfg.teacher.few_shot
+    lines = Path(fs.path).read_text().splitlines() if fs.k and fs.path and Path(fs.path).exists() else []
+    fixed = len(ctx.task.cfg.instruction) + (fs.k * sum(map(len, lines)) / len(lines) if lines else 0)
+    chars_in = sum(fixed + sum(len(str(m.get("content", ""))) for m in r.messages) for r in records)
+    out_tokens = (max(len(lab) for lab in ctx.task.labels) / CHARS_PER_TOKEN + 1 if ctx.task.labels
+                  else cfg.teacher.max_tokens)
+    n = cfg.generate.n * fs.orders  # every sample and every shot order is a call
+    usd = token_cost(price, math.ceil(chars_in / CHARS_PER_TOKEN) * n, math.ceil(out_tokens * len(records) * n))
+    return usd, len(records), f"{len(records)} inputs x {n} calls, up to {out_tokens:.0f} output tokens each"
+
+
+def check_budget(ctx: _Ctx) -> Check:
+    budget = ctx.cfg.generate.budget_usd
+    if budget is None:
+        return Check("budget", "skip", "generate.budget_usd not set")
+    if not Path(ctx.cfg.data.inputs).exists():
+        return Check("budget", "skip", f"{ctx.cfg.data.inputs} not found")
+    usd, _, how = projected_cost(ctx)
+    if usd > budget:
+        return Check("budget", "fail", f"the teacher would cost about ${usd:.4f} ({how}), above generate.budget_usd "
+                     f"${budget:g}: the run would stop part-way; raise the budget or set data.limit")
+    return Check("budget", "ok", f"projected ${usd:.4f} of ${budget:g} ({how})")
+
+
+# ``train`` leaves the weights to the trainer, which compares the very models it loaded (a second
+# load here would double the start-up and open a gloo group before accelerate opens NCCL).
+CHECKS: dict[str | None, list[Callable[[_Ctx], Check]]] = {
+    "generate": [check_labels, check_budget],
+    "train": [check_vocabulary, check_prompt, check_labels],
+    None: [check_vocabulary, check_prompt, check_labels, check_weights, check_budget],
+}
+
+
+def run_checks(cfg: Config, stage: str | None = None) -> list[Check]:
+    """Every check for ``stage`` (``generate``, ``train``) or all of them (None)."""
+    ctx = _Ctx(cfg)
+    return [fn(ctx) for fn in CHECKS[stage]]
+
+
+def require(cfg: Config, stage: str | None = None) -> list[Check]:
+    """Raise one ``PotstillError`` line naming the first failed check."""
+    checks = run_checks(cfg, stage)
+    for c in checks:
+        if c.status == "fail":
+            raise PotstillError(f"preflight {c.name}: {c.detail}")
+    return checks

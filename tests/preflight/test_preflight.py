@@ -1,0 +1,135 @@
+"""`potstill preflight`: each check refuses the run it exists for, on tiny real models and files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from potstill.config import Config
+from potstill.errors import PotstillError
+from potstill.preflight import projected_cost, require, run_checks, _Ctx
+from tests.helpers.tiny import make_model_dir, make_tokenizer
+
+
+def _cfg(tmp_path: Path, **sections) -> Config:
+    base = {"run_dir": str(tmp_path / "run"), "task": {"type": "freetext", "instruction": "summary"},
+            "data": {"inputs": str(tmp_path / "inputs.jsonl")}}
+    for k, v in sections.items():
+        base[k] = {**base.get(k, {}), **v}
+    return Config.model_validate(base)
+
+
+def _write(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _status(cfg: Config, name: str, stage: str | None = None) -> tuple[str, str]:
+    c = next(c for c in run_checks(cfg, stage) if c.name == name)
+    return c.status, c.detail
+
+
+def _inputs(tmp_path: Path, n: int = 4) -> None:
+    _write(tmp_path / "inputs.jsonl", [{"messages": [{"role": "user", "content": "the team won the match"}]}] * n)
+
+
+def test_vocabulary_mismatch_of_a_local_teacher_refuses(tiny_model, tmp_path):
+    other = tmp_path / "other"
+    make_model_dir(other)
+    tok = make_tokenizer()
+    tok.add_tokens(["zebra"])  # one token more: ids still align below it, the LM heads do not
+    tok.save_pretrained(other)
+    kd = {"objective": "kd", "kd_signal": "logits"}
+    cfg = _cfg(tmp_path, student={"model": str(tiny_model)}, train={**kd, "teacher_model": str(other)})
+    status, detail = _status(cfg, "vocabulary")
+    assert status == "fail" and "another tokenizer" in detail and "zebra" in detail
+    same = _cfg(tmp_path, student={"model": str(tiny_model)}, train={**kd, "teacher_model": str(tiny_model)})
+    assert _status(same, "vocabulary")[0] == "ok"
+    with pytest.raises(PotstillError, match="^preflight vocabulary: "):
+        require(cfg, "train")
+
+
+def _topk_record(tokens: list[str]) -> dict:
+    return {"messages": [{"role": "user", "content": "a goal"}], "output": "sports match win", "valid": True,
+            "logprobs": [{"token": t, "logprob": -0.1, "top": [{"token": t, "logprob": -0.1}]} for t in tokens]}
+
+
+def test_topk_tokens_of_another_tokenizer_refuse(tiny_model, tmp_path):
+    cfg = _cfg(tmp_path, student={"model": str(tiny_model)}, train={"objective": "kd", "kd_signal": "topk"})
+    # A BPE teacher splits "sports" into pieces the word-level student does not have.
+    _write(tmp_path / "run" / "train.jsonl", [_topk_record(["sp", "orts", " match", " win"])] * 3)
+    status, detail = _status(cfg, "vocabulary")
+    assert status == "fail" and "0% of the teacher's output tokens" in detail
+    _write(tmp_path / "run" / "train.jsonl", [_topk_record(["sports", "match", "win", "<|im_end|>"])] * 3)
+    assert _status(cfg, "vocabulary") == ("ok", "100% of the teacher's output tokens map onto student tokens")
+
+
+def test_served_chat_template_differing_from_training_refuses(tiny_model, tmp_path):
+    _inputs(tmp_path)
+    cfg = _cfg(tmp_path, student={"model": str(tiny_model)})
+    assert _status(cfg, "prompt")[0] == "ok"
+    served = tmp_path / "run" / "student"
+    tok = make_tokenizer()
+    tok.chat_template = tok.chat_template.replace("<|im_start|>assistant\n", "<|im_start|>assistant\nanswer :")
+    tok.save_pretrained(served)
+    status, detail = _status(cfg, "prompt")
+    assert status == "fail" and "differ from token" in detail and "answer" in detail
+
+
+def test_plain_text_student_trains_on_the_served_prompt(tiny_model, tmp_path):
+    """A student without a chat template: training used to drop the instruction serving sends."""
+    plain = tmp_path / "plain"
+    make_model_dir(plain)
+    tok = make_tokenizer()
+    tok.chat_template = None
+    tok.save_pretrained(plain)
+    (plain / "chat_template.jinja").unlink(missing_ok=True)
+    _inputs(tmp_path)
+    cfg = _cfg(tmp_path, student={"model": str(plain)})
+    assert _Ctx(cfg).fmt(_Ctx(cfg).student_tok).kind == "completion"
+    assert _status(cfg, "prompt")[0] == "ok"
+
+
+def test_labels_sharing_a_first_token_refuse(tiny_model, tmp_path):
+    task = {"type": "classification", "labels": ["sports", "sports match", "tech"]}
+    cfg = _cfg(tmp_path, student={"model": str(tiny_model)}, task=task)
+    status, detail = _status(cfg, "labels", "generate")
+    assert status == "fail" and "share their first token" in detail and detail.startswith("student")
+    ok = _cfg(tmp_path, student={"model": str(tiny_model)}, task={**task, "labels": ["sports", "tech"]})
+    assert _status(ok, "labels")[0] == "ok"
+
+
+def test_projected_teacher_cost_above_budget_refuses(tiny_model, tmp_path):
+    _inputs(tmp_path, n=1000)  # 1,000 x (22 + 7 chars) / 4 ~ 7.3k tokens in; 1,000 x 256 out
+    teacher = {"type": "openai", "model": "gpt-4o", "price": {"input_per_mtok": 2.5, "output_per_mtok": 10.0}}
+    cfg = _cfg(tmp_path, student={"model": str(tiny_model)}, teacher=teacher, generate={"budget_usd": 1.0})
+    usd, n, _ = projected_cost(_Ctx(cfg))
+    assert n == 1000 and usd == pytest.approx((7250 * 2.5 + 256_000 * 10.0) / 1e6, rel=1e-3)  # $2.58
+    status, detail = _status(cfg, "budget", "generate")
+    assert status == "fail" and "above generate.budget_usd $1" in detail
+    rich = _cfg(tmp_path, student={"model": str(tiny_model)}, teacher=teacher, generate={"budget_usd": 3.0})
+    assert _status(rich, "budget")[0] == "ok"
+
+
+def test_cli_preflight_prints_every_check_and_exits_non_zero(tiny_model, tmp_path):
+    _inputs(tmp_path, n=1000)
+    cfg = {"run_dir": "run", "task": {"type": "freetext", "instruction": "summary"},
+           "data": {"inputs": "inputs.jsonl"}, "student": {"model": str(tiny_model)},
+           "teacher": {"type": "openai", "model": "gpt-4o"}, "generate": {"budget_usd": 0.5}}
+    (tmp_path / "potstill.yaml").write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "potstill.cli", "preflight", "-c", "potstill.yaml"]
+    bad = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2, bad.stderr
+    assert [ln.split()[1] for ln in bad.stdout.splitlines()] == ["vocabulary", "prompt", "labels", "weights", "budget"]
+    assert bad.stderr.strip().splitlines()[-1] == "error: preflight: 1 check(s) failed: budget"
+    good = subprocess.run([*cmd, "--generate.budget_usd", "100"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert good.returncode == 0, good.stderr
+    gen = subprocess.run([sys.executable, "-m", "potstill.cli", "generate", "-c", "potstill.yaml"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert gen.returncode == 2 and "preflight budget:" in gen.stderr and not (tmp_path / "run" / "teacher.jsonl").exists()
