@@ -9,6 +9,12 @@ median of --reps CUDA-event timings after --warmup runs, peak memory is
     PYTHONPATH=src python benchmarks/kd_head.py --out kd_head.json [--sweep]
 
 Liger-Kernel is optional (pip install liger-kernel==0.8.5); its rows are skipped without it.
+Liger is timed at its default chunking and at each chunk budget of ``LIGER_CONSTS`` (its own
+``_CHUNK_MEM_CONST``, 8 on a B200); the best of those is reported as "liger best".
+
+Correctness: every potstill head against float64 autograd on the same bf16-valued inputs, in
+general and with a teacher close to the student (late training). The script exits 1 when a
+default head's error passes ``TOLERANCE`` (``--logits-dtype bfloat16`` shows it failing).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import statistics
 import sys
 import time
@@ -27,6 +34,10 @@ from potstill.train import fused_head as FH
 from potstill.train import losses as L
 
 HS, HT, V = 576, 2048, 49152
+# Relative L2 error vs float64 allowed for the default heads (gradients; the loss gets 1e-4).
+TOLERANCE = {"jsd": 5e-3, "jsd_close": 5e-3, "forward_kl": 5e-3, "reverse_kl": 5e-3, "ce": 5e-3, "sparse": 1e-2}
+LIGER_CONSTS = (1, 2, 4, 8, 16, 32)
+KD_KW: dict = {}  # --logits-dtype bfloat16 puts {"logits_dtype": None, "accum_dtype": None} here
 BETA = 0.5
 TOPK = 20  # what chat APIs return at most (OpenAI top_logprobs <= 20)
 DT = torch.bfloat16
@@ -70,11 +81,22 @@ def make_inputs(n: int, seed: int = 0) -> dict:
 
 
 def potstill_jsd(d, **kw):
-    FH.fused_linear_kd(d["hs"], d["ws"], d["ht"], d["wt"], kind="jsd", beta=BETA, **kw).backward()
+    FH.fused_linear_kd(d["hs"], d["ws"], d["ht"], d["wt"], kind="jsd", beta=BETA, **{**KD_KW, **kw}).backward()
 
 
-def liger_jsd(d):
-    LigerFusedLinearJSD(jsd_beta=BETA)(d["hs"], d["ws"], d["ht"], d["wt"], None).backward()
+def liger_jsd(d, const=None):
+    """Liger's head; ``const``: its chunk-memory constant (None: what it picks on this GPU)."""
+    if const is None:
+        LigerFusedLinearJSD(jsd_beta=BETA)(d["hs"], d["ws"], d["ht"], d["wt"], None).backward()
+        return
+    import liger_kernel.ops.fused_linear_jsd as LJ
+
+    saved = LJ._max_capability, LJ._CHUNK_MEM_CONST_B200
+    LJ._max_capability, LJ._CHUNK_MEM_CONST_B200 = (lambda _dev: 100), const  # its B200 branch, our constant
+    try:
+        LigerFusedLinearJSD(jsd_beta=BETA)(d["hs"], d["ws"], d["ht"], d["wt"], None).backward()
+    finally:
+        LJ._max_capability, LJ._CHUNK_MEM_CONST_B200 = saved
 
 
 def materialised_jsd(d):
@@ -156,51 +178,75 @@ def grads_of(fn, d):
     return out, d["hs"].grad.clone(), d["ws"].grad.clone()
 
 
-def correctness(n: int = 1024) -> dict:
-    """bf16 heads vs float64 autograd on the same (bf16-valued) inputs; relative L2 errors."""
-    d = make_inputs(n, seed=1)
-    out = {"tokens": n}
+def close_teacher(d, eps: float = 0.05) -> dict:
+    """A teacher whose logits are the student's plus a small perturbation (late training):
+    ``ht = [hs, r]``, ``wt = [ws, eps * R]``, so ``ht @ wt.T = hs @ ws.T + eps * r @ R.T``."""
+    n = d["hs"].shape[0]
+    g = torch.Generator(device="cuda").manual_seed(5)
+    r = torch.randn(n, HT - HS, device="cuda", generator=g).to(DT)
+    R = (torch.randn(V, HT - HS, device="cuda", generator=g) * 3 * eps / (HT - HS) ** 0.5).to(DT)
+    return {**d, "ht": torch.cat([d["hs"].detach(), r], 1), "wt": torch.cat([d["ws"].detach(), R], 1)}
 
-    def ref_grads(loss_fn):
+
+def correctness(n: int = 2048) -> dict:
+    """bf16 heads vs float64 autograd on the same (bf16-valued) inputs; relative L2 errors.
+    ``out["failed"]`` lists the default heads past ``TOLERANCE``."""
+    base = make_inputs(n, seed=1)
+    out = {"tokens": n, "tolerance": TOLERANCE, "failed": []}
+
+    def ref_grads(d, loss_fn):
         hs64 = d["hs"].detach().double().requires_grad_()
         ws64 = d["ws"].detach().double().requires_grad_()
         loss = loss_fn(hs64 @ ws64.T)
         loss.backward()
         return loss.detach(), hs64.grad, ws64.grad
 
-    def compare(name, fn, ref):
+    def compare(name, d, fn, ref, gate=None):
         _clear(d)
         loss = fn(d)
         loss.backward()
-        out[name] = {"loss": loss.item(), "loss_rel_err": rel(loss.detach(), ref[0]),
-                     "grad_hidden_rel_err": rel(d["hs"].grad, ref[1]), "grad_weight_rel_err": rel(d["ws"].grad, ref[2])}
+        r = {"loss": loss.item(), "loss_rel_err": rel(loss.detach(), ref[0]),
+             "grad_hidden_rel_err": rel(d["hs"].grad, ref[1]), "grad_weight_rel_err": rel(d["ws"].grad, ref[2])}
         _clear(d)
+        if gate is not None:
+            r["tolerance"] = TOLERANCE[gate]
+            worst = max(r["grad_hidden_rel_err"], r["grad_weight_rel_err"])
+            if worst > TOLERANCE[gate] or r["loss_rel_err"] > 1e-4 or not math.isfinite(worst):
+                out["failed"].append(f"{name}: gradient error {worst:.2e} (tolerance {TOLERANCE[gate]:.0e}), "
+                                     f"loss error {r['loss_rel_err']:.1e}")
+        out[name] = r
 
-    t64 = (d["ht"].double() @ d["wt"].double().T)
-    ref = ref_grads(lambda s: L.generalized_jsd(s, t64, beta=BETA))
-    out["jsd_ref_loss"] = ref[0].item()
-    compare("jsd_potstill_triton", lambda d: FH.fused_linear_kd(d["hs"], d["ws"], d["ht"], d["wt"], beta=BETA), ref)
-    compare("jsd_potstill_triton_fp32accum", lambda d: FH.fused_linear_kd(
-        d["hs"], d["ws"], d["ht"], d["wt"], beta=BETA, accum_dtype=torch.float32), ref)
-    compare("jsd_potstill_triton_fp32_logits", lambda d: FH.fused_linear_kd(
-        d["hs"], d["ws"], d["ht"], d["wt"], beta=BETA, logits_dtype=torch.float32), ref)
-    compare("jsd_potstill_torch_backend", lambda d: FH.fused_linear_kd(
-        d["hs"], d["ws"], d["ht"], d["wt"], beta=BETA, backend="torch"), ref)
-    if LIGER:
-        compare("jsd_liger", lambda d: LigerFusedLinearJSD(jsd_beta=BETA)(d["hs"], d["ws"], d["ht"], d["wt"], None), ref)
-    compare("jsd_materialised_bf16", lambda d: L.generalized_jsd(d["hs"] @ d["ws"].T, d["ht"] @ d["wt"].T, beta=BETA), ref)
+    for case, d in (("", base), ("_close", close_teacher(base))):
+        t64 = d["ht"].double() @ d["wt"].double().T
+        ref = ref_grads(d, lambda s: L.generalized_jsd(s, t64, beta=BETA))
+        out[f"jsd{case}_ref_loss"] = ref[0].item()
+        compare(f"jsd{case}_potstill", d, lambda d: FH.fused_linear_kd(d["hs"], d["ws"], d["ht"], d["wt"], beta=BETA,
+                                                                        **KD_KW), ref, gate=f"jsd{case}")
+        compare(f"jsd{case}_potstill_bf16_logits", d, lambda d: FH.fused_linear_kd(
+            d["hs"], d["ws"], d["ht"], d["wt"], beta=BETA, logits_dtype=None, accum_dtype=None), ref)
+        compare(f"jsd{case}_potstill_torch_backend", d, lambda d: FH.fused_linear_kd(
+            d["hs"], d["ws"], d["ht"], d["wt"], beta=BETA, backend="torch", **KD_KW), ref)
+        if LIGER:
+            compare(f"jsd{case}_liger", d, lambda d: LigerFusedLinearJSD(jsd_beta=BETA)(
+                d["hs"], d["ws"], d["ht"], d["wt"], None), ref)
+        compare(f"jsd{case}_materialised_bf16", d, lambda d: L.generalized_jsd(
+            d["hs"] @ d["ws"].T, d["ht"] @ d["wt"].T, beta=BETA), ref)
+        del t64, ref
+    d = base
+    t64 = d["ht"].double() @ d["wt"].double().T
     for kind in ("forward_kl", "reverse_kl"):
-        r = ref_grads(lambda s: L.kd_divergence(s, t64, kind=kind))
-        compare(f"{kind}_potstill_triton", lambda d: FH.fused_linear_kd(d["hs"], d["ws"], d["ht"], d["wt"], kind=kind), r)
-    del t64, ref
-    ref = ref_grads(lambda s: F.cross_entropy(s, d["labels"]))
-    compare("ce_potstill_triton", lambda d: FH.fused_linear_cross_entropy(d["hs"], d["ws"], d["labels"]), ref)
+        r = ref_grads(d, lambda s: L.kd_divergence(s, t64, kind=kind))
+        compare(f"{kind}_potstill", d, lambda d: FH.fused_linear_kd(d["hs"], d["ws"], d["ht"], d["wt"], kind=kind,
+                                                                     **KD_KW), r, gate=kind)
+    del t64
+    ref = ref_grads(d, lambda s: F.cross_entropy(s, d["labels"]))
+    compare("ce_potstill", d, lambda d: FH.fused_linear_cross_entropy(d["hs"], d["ws"], d["labels"]), ref, gate="ce")
     if LIGER:
-        compare("ce_liger", lambda d: LigerFusedLinearCrossEntropyLoss()(d["ws"], d["hs"], d["labels"]), ref)
-    ref = ref_grads(lambda s: L.sparse_topk_kd(s, d["topk_ids"], d["topk_lp"].double()))
-    compare("sparse_top20_potstill_triton", lambda d: FH.fused_linear_sparse_kd(
-        d["hs"], d["ws"], d["topk_ids"], d["topk_lp"]), ref)
-    del d, ref
+        compare("ce_liger", d, lambda d: LigerFusedLinearCrossEntropyLoss()(d["ws"], d["hs"], d["labels"]), ref)
+    ref = ref_grads(d, lambda s: L.sparse_topk_kd(s, d["topk_ids"], d["topk_lp"].double()))
+    compare("sparse_top20_potstill", d, lambda d: FH.fused_linear_sparse_kd(
+        d["hs"], d["ws"], d["topk_ids"], d["topk_lp"]), ref, gate="sparse")
+    del d, base, ref
     gc.collect()
     torch.cuda.empty_cache()
     return out
@@ -237,16 +283,16 @@ def kernel_sweep(rows: int = 1024) -> list:
 
 
 def matmuls_only(d, chunk_size=None):
-    """The KD head's chunk loop with the row kernel left out: the GEMM part of its time."""
+    """The default KD head's chunk loop (fp32 logits and accumulation) without the row kernel: its GEMM time."""
     hs, ws, ht, wt = d["hs"].detach(), d["ws"].detach(), d["ht"], d["wt"]
-    cs = chunk_size or FH.default_chunk_size(hs.shape[0], V, 4)
+    cs = chunk_size or FH.default_chunk_size(hs.shape[0], V, 8)
 
     def chunk_fn(z, c0, c1):
-        t = ht[c0:c1] @ wt.T
+        t = FH._logits(ht[c0:c1], wt, torch.float32)
         del t
-        return torch.zeros((), device=z.device), z
+        return torch.zeros((), device=z.device), z.view(ws.dtype)[:, :V]
 
-    FH._run_chunks(hs, ws, cs, True, True, None, chunk_fn)
+    FH._run_chunks(hs, ws, cs, True, True, torch.float32, chunk_fn, torch.float32)
 
 
 def matmul_tflops() -> float:
@@ -275,7 +321,12 @@ def main():
     ap.add_argument("--block", type=int, default=None)
     ap.add_argument("--warps", type=int, default=None)
     ap.add_argument("--programs-per-sm", type=int, default=None)
+    ap.add_argument("--logits-dtype", choices=["auto", "bfloat16"], default="auto",
+                    help="bfloat16: the KD head's old bf16 logits and accumulation (fails the correctness gate)")
+    ap.add_argument("--correctness-only", action="store_true")
     args = ap.parse_args()
+    if args.logits_dtype == "bfloat16":
+        KD_KW.update(logits_dtype=None, accum_dtype=None)
     t0 = time.time()
     prop = torch.cuda.get_device_properties(0)
     report = {
@@ -293,6 +344,9 @@ def main():
     print(f"matmul {report['bf16_matmul_tflops_8192cubed']:.0f} TFLOP/s", flush=True)
     report["correctness"] = correctness()
     print(json.dumps(report["correctness"], indent=1), flush=True)
+    failed = report["correctness"]["failed"]
+    if args.correctness_only:
+        return _finish(report, args, [], t0, failed)
 
     if args.sweep:
         report["kernel_sweep"] = kernel_sweep()
@@ -317,11 +371,14 @@ def main():
         cases = [
             ("kd_jsd", "potstill", potstill_jsd, flops_kd),
             ("kd_jsd", "potstill (repeat)", potstill_jsd, flops_kd),
-            ("kd_jsd", "potstill fp32 grad_weight accum", lambda d: potstill_jsd(d, accum_dtype=torch.float32), flops_kd),
-            ("kd_jsd", "potstill fp32 logits", lambda d: potstill_jsd(d, logits_dtype=torch.float32), flops_kd),
+            ("kd_jsd", "potstill bf16 logits", lambda d: potstill_jsd(d, logits_dtype=None, accum_dtype=None),
+             flops_kd),
+            ("kd_jsd", "potstill chunk=512", lambda d: potstill_jsd(d, chunk_size=512), flops_kd),
+            ("kd_jsd", "potstill chunk=2048", lambda d: potstill_jsd(d, chunk_size=2048), flops_kd),
             ("kd_jsd", "potstill GEMMs only (no row kernel)", matmuls_only, flops_kd),
             ("kd_jsd", "liger", liger_jsd, flops_kd),
             ("kd_jsd", "liger (repeat)", liger_jsd, flops_kd),
+            *[("kd_jsd", f"liger const={c}", lambda d, c=c: liger_jsd(d, c), flops_kd) for c in LIGER_CONSTS],
             ("kd_jsd", "materialised", materialised_jsd, flops_kd),
             ("ce", "potstill", potstill_ce, flops_ce),
             ("ce", "liger", liger_ce, flops_ce),
@@ -349,18 +406,49 @@ def main():
         del d
         gc.collect()
         torch.cuda.empty_cache()
+    return _finish(report, args, rows, t0, failed)
+
+
+def _ratios(rows: list) -> list:
+    """potstill's JSD head against Liger's default and Liger's best chunk budget, per token count."""
+    out = []
+    for n in sorted({r["tokens"] for r in rows}):
+        ok = {r["impl"]: r for r in rows if r["tokens"] == n and r["head"] == "kd_jsd" and r["status"] == "ok"}
+        if "potstill" not in ok or "liger" not in ok:
+            continue
+        best = min((r for k, r in ok.items() if k.startswith("liger const=")), key=lambda r: r["ms_median"],
+                   default=ok["liger"])
+        p = ok["potstill"]["ms_median"]
+        out.append({"tokens": n, "potstill_ms": p, "liger_default_ms": ok["liger"]["ms_median"],
+                    "liger_best_ms": best["ms_median"], "liger_best": best["impl"],
+                    "x_liger_default": ok["liger"]["ms_median"] / p, "x_liger_best": best["ms_median"] / p,
+                    "goal_3x_liger_default_met": ok["liger"]["ms_median"] / p >= 3.0})
+    return out
+
+
+def _finish(report, args, rows, t0, failed) -> int:
     report["results"] = rows
+    report["vs_liger"] = _ratios(rows)
     report["seconds"] = time.time() - t0
     with open(args.out, "w") as f:
         json.dump(report, f, indent=1)
-
-    print(f"\n{'head':<18}{'impl':<34}{'tokens':>7}{'ms':>9}{'Mtok/s':>8}{'peak MiB':>10}")
+    print(f"\n{'head':<18}{'impl':<38}{'tokens':>7}{'ms':>9}{'Mtok/s':>8}{'peak MiB':>10}")
     for r in rows:
         if r["status"] == "ok":
-            print(f"{r['head']:<18}{r['impl']:<34}{r['tokens']:>7}{r['ms_median']:>9.2f}"
+            print(f"{r['head']:<18}{r['impl']:<38}{r['tokens']:>7}{r['ms_median']:>9.2f}"
                   f"{r['tokens_per_s'] / 1e6:>8.2f}{r['peak_mib']:>10.0f}")
         else:
-            print(f"{r['head']:<18}{r['impl']:<34}{r['tokens']:>7}  {r['status']}")
+            print(f"{r['head']:<18}{r['impl']:<38}{r['tokens']:>7}  {r['status']}")
+    for r in report["vs_liger"]:
+        print(f"JSD {r['tokens']} tokens: {r['x_liger_default']:.2f}x Liger default, {r['x_liger_best']:.2f}x Liger "
+              f"best ({r['liger_best']}); 3x goal {'met' if r['goal_3x_liger_default_met'] else 'MISSED'}")
+    c = report["correctness"]
+    for k in ("jsd_potstill", "jsd_close_potstill", "jsd_close_potstill_bf16_logits", "jsd_close_liger"):
+        if k in c:
+            print(f"{k:<34} grad error hidden {c[k]['grad_hidden_rel_err']:.2e} weight {c[k]['grad_weight_rel_err']:.2e}")
+    if failed:
+        print("CORRECTNESS FAILED:\n  " + "\n  ".join(failed), file=sys.stderr)
+        return 1
     return 0
 
 

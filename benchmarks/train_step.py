@@ -4,12 +4,20 @@
    V=49,152, tied head), bf16 weights, sdpa attention, fused AdamW, next-token loss on every
    token of random full-length sequences:
    - ``hf``: ``model(input_ids, labels=input_ids).loss`` (materialises B x T x V logits);
-   - ``potstill``: the trainer's own loss module (``potstill.train.trainer._LossModule``) on the
-     same tokens collated as the trainer collates them: the decoder body with the training
-     attention of ``train/attention.py``, then the chunked cross-entropy head;
+   - ``hf+compile``: the same model under ``torch.compile`` (whole forward, loss included);
+   - ``hf+liger``: the same after ``liger_kernel.transformers.apply_liger_kernel_to_llama``
+     (RMSNorm, RoPE, SwiGLU and fused linear cross-entropy: what ``use_liger_kernel=True`` gives
+     TRL users); the class-level patch is undone afterwards so later variants stay stock;
+   - ``potstill``: the trainer's own loss module (``potstill.train.trainer._LossModule``): the
+     decoder body with the training attention of ``train/attention.py``, then the chunked
+     cross-entropy head;
    - ``potstill+compile``: the same with ``train.compile: true`` (the body under ``torch.compile``).
-   Both see the same weights and the same batches; the loss of the first step and after a few
-   steps is compared (same data, same init, so the losses must agree to bf16 rounding).
+   Every variant gets its batch as the trainer does, a list of examples, and turns it into device
+   tensors inside the timed step (potstill: ``collate``; transformers: one padded id tensor, what
+   a data collator does). All see the same init and the same batches in the same order, so the
+   losses must agree: the first loss (before any update) within ``FIRST_LOSS_RTOL`` and the mean
+   of the timed steps' losses within ``CURVE_RTOL`` of ``hf``'s, or the script exits 1
+   (``--break-loss`` scales potstill's loss to show that gate failing).
 2. End-to-end KD step with a SmolLM2-1.7B-shaped teacher (H=2048, 24 layers, random init, bf16,
    no grad): teacher forward + student forward/backward + optimizer step, JSD(beta=0.5) on every
    token, the trainer's loss module (``fused_linear_kd``) vs the materialised-logits version
@@ -28,6 +36,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import statistics
 import sys
 import time
@@ -47,7 +56,10 @@ TEACHER = dict(vocab_size=49152, hidden_size=2048, intermediate_size=8192, num_h
                rms_norm_eps=1e-5, tie_word_embeddings=True)
 TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True)
-DATASHEET_TFLOPS = 989.0  # H100 SXM dense bf16
+DATASHEET_TFLOPS = 989.0  # H100 / H200 SXM dense bf16
+FIRST_LOSS_RTOL = 5e-3  # bf16 logits (potstill, Liger) vs hf's fp32-upcast logits: ~1e-3 seen
+CURVE_RTOL = 2e-2  # 10+ bf16 Adam steps on random tokens drift apart a little, never by 2%
+HF_VARIANTS = ("hf", "hf+compile", "hf+liger")
 
 
 def build(shape: dict, device: str, dtype: torch.dtype, seed: int):
@@ -66,14 +78,39 @@ def flops_per_token(shape: dict, T: int) -> float:
     return 6 * (L_ * per_layer + V * H) + 6 * L_ * T * H
 
 
-def hf_loss(model, ids):
+def hf_loss(model, examples):
+    """A data collator's work (one id tensor to the device), then transformers' own loss."""
+    ids = torch.tensor([e.ids for e in examples]).to(model.device, non_blocking=True)
     return model(input_ids=ids, labels=ids).loss
 
 
-def to_batch(ids: torch.Tensor, kd: bool = False):
-    """Full-length rows as the trainer collates them: loss on every next token (CE, or KD only)."""
-    return collate([Example(ids=row.tolist(), n_prompt=0, kd_only=kd) for row in ids.cpu()], pad=0,
-                   device=ids.device, kd_tokens=kd)
+def as_examples(ids: torch.Tensor, kd: bool = False) -> list[Example]:
+    return [Example(ids=row.tolist(), n_prompt=0, kd_only=kd) for row in ids.cpu()]
+
+
+class liger_patched:
+    """``apply_liger_kernel_to_llama`` on ``model``, undone on exit (it patches the classes too)."""
+
+    NAMES = ("apply_rotary_pos_emb", "LlamaRMSNorm", "LlamaMLP")
+
+    def __init__(self, model):
+        self.model = model
+
+    def __enter__(self):
+        from liger_kernel.transformers import apply_liger_kernel_to_llama
+        from transformers.models.llama import modeling_llama as ML
+
+        self.saved = {n: getattr(ML, n) for n in self.NAMES}
+        self.forward = ML.LlamaForCausalLM.forward
+        apply_liger_kernel_to_llama(model=self.model)
+        return self.model
+
+    def __exit__(self, *exc):
+        from transformers.models.llama import modeling_llama as ML
+
+        for n, v in self.saved.items():
+            setattr(ML, n, v)
+        ML.LlamaForCausalLM.forward = self.forward
 
 
 def loss_module(model, compiled: bool, mode: str | None) -> _LossModule:
@@ -88,9 +125,11 @@ CE_SPEC = LossSpec("forward_kl", 0.5, 0.0, 1.0, None, True)
 JSD_SPEC = LossSpec("jsd", 0.5, 0.0, 1.0, None, True)
 
 
-def potstill_loss(module):
-    def f(model, b):
-        return module(b, CE_SPEC)["ce"] / b.ids[:, 1:].numel()
+def potstill_loss(module, scale: float = 1.0):
+    """The trainer's step body: collate the examples on the device, then the loss module."""
+    def f(model, examples):
+        b = collate(examples, pad=0, device=model.device)
+        return module(b, CE_SPEC)["ce"] / b.ids[:, 1:].numel() * scale
     return f
 
 
@@ -153,55 +192,102 @@ def matmul_tflops(device) -> float | None:
     return 2 * 8192**3 * 20 / (s.elapsed_time(e) / 1e3) / 1e12
 
 
+def _sft_variant(name, model, args):
+    """``(loss_fn(model, examples), context manager)`` of one variant."""
+    import contextlib
+
+    if name == "hf":
+        return hf_loss, contextlib.nullcontext()
+    if name == "hf+compile":
+        compiled = torch.compile(model, mode=args.compile_mode)
+        return (lambda m, ex: hf_loss(compiled, ex)), contextlib.nullcontext()
+    if name == "hf+liger":
+        return hf_loss, liger_patched(model)
+    scale = 1.05 if args.break_loss else 1.0
+    return potstill_loss(loss_module(model, name == "potstill+compile", args.compile_mode), scale), \
+        contextlib.nullcontext()
+
+
 def sft_bench(args, device, dt, shape, results, B, names):
     T = args.seq
     g = torch.Generator(device="cpu").manual_seed(1)
-    batches = [torch.randint(0, shape["vocab_size"], (B, T), generator=g).to(device) for _ in range(4)]
-    collated = [to_batch(ids) for ids in batches]
+    data = [as_examples(torch.randint(0, shape["vocab_size"], (B, T), generator=g)) for _ in range(4)]
     fpt = flops_per_token(shape, T)
-    variants = [("hf", None), ("potstill", None), ("potstill+compile", "compile")]
-    first = {}
-    for name, mode in variants:
-        if name in args.skip or name not in names:
+    for name in names:
+        if name in args.skip:
             continue
         torch._dynamo.reset()  # each variant compiles afresh for its own static shape
         model = build(shape, device, dt, seed=0).train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
-        if name == "hf":
-            loss_fn, data = hf_loss, batches
-        else:
-            loss_fn, data = potstill_loss(loss_module(model, mode == "compile", args.compile_mode)), collated
-        # Same init + same first batch: the first losses must agree (before any update).
-        with torch.no_grad():
-            first[name] = float(loss_fn(model, data[0]))
-
-        step = train_step(model, opt, loss_fn)
-        t_compile = time.perf_counter()
+        loss_fn, ctx = _sft_variant(name, model, args)
         try:
-            med, spread, losses, peak = timed_steps(step, data, args.warmup, args.reps, device)
+            with ctx:
+                with torch.no_grad():  # same init + same first batch: the first losses must agree
+                    first = float(loss_fn(model, data[0]))
+                step = train_step(model, opt, loss_fn)
+                t_compile = time.perf_counter()
+                med, spread, losses, peak = timed_steps(step, data, args.warmup, args.reps, device)
+                t_total = time.perf_counter() - t_compile
         except torch.OutOfMemoryError:
             results["sft"].append({"variant": name, "batch": B, "oom": True})
             continue
-        finally:
-            t_total = time.perf_counter() - t_compile
+        except Exception as e:  # a baseline that cannot run here (e.g. Liger missing) is recorded, not fatal
+            results["sft"].append({"variant": name, "batch": B, "error": f"{type(e).__name__}: {str(e)[:300]}"})
+            print(f"sft B={B} {name}: {type(e).__name__}: {str(e)[:300]}", flush=True)
+            continue
         row = {"variant": name, "batch": B, "seq": T, "step_ms": med * 1e3,
                "step_ms_min_max": [spread[0] * 1e3, spread[1] * 1e3], "tokens_per_s": B * T / med,
-               "peak_gib": peak, "first_loss": first[name], "losses": losses, "wall_s_incl_warmup": t_total,
+               "peak_gib": peak, "first_loss": first, "losses": losses, "wall_s_incl_warmup": t_total,
                "model_tflops": fpt * B * T / med / 1e12}
         results["sft"].append(row)
         print(f"sft B={B} {name:18s} {row['step_ms']:8.1f} ms  {row['tokens_per_s']:10.0f} tok/s  peak {peak} GiB  "
-              f"first loss {first[name]:.5f}  last {losses[-1]:.5f}", flush=True)
+              f"first loss {first:.5f}  last {losses[-1]:.5f}", flush=True)
         del model, opt, step
         gc.collect()
         if device == "cuda":
             torch.cuda.empty_cache()
 
 
+def loss_gate(results) -> list[str]:
+    """Every variant's losses against ``hf``'s at the same batch size (same init, same data)."""
+    failed = []
+    rows = [r for r in results["sft"] if "losses" in r]
+    for r in rows:
+        ref = next((x for x in rows if x["variant"] == "hf" and x["batch"] == r["batch"]), None)
+        if ref is None or r is ref:
+            continue
+        d_first = abs(r["first_loss"] - ref["first_loss"]) / abs(ref["first_loss"])
+        mean = statistics.fmean(r["losses"])
+        d_curve = abs(mean - statistics.fmean(ref["losses"])) / abs(statistics.fmean(ref["losses"]))
+        r["first_loss_rel_diff_vs_hf"], r["mean_loss_rel_diff_vs_hf"] = d_first, d_curve
+        if d_first > FIRST_LOSS_RTOL or d_curve > CURVE_RTOL or not math.isfinite(mean):
+            failed.append(f"{r['variant']} B={r['batch']}: first loss differs from hf's by {d_first:.1e} "
+                          f"(tolerance {FIRST_LOSS_RTOL:.0e}), mean loss by {d_curve:.1e} (tolerance {CURVE_RTOL:.0e})")
+    return failed
+
+
+def speedups(results) -> list[dict]:
+    """Per batch size: the fastest potstill variant against the fastest transformers baseline."""
+    out = []
+    for B in sorted({r["batch"] for r in results["sft"]}):
+        ok = [r for r in results["sft"] if r["batch"] == B and "tokens_per_s" in r]
+        base = max((r for r in ok if r["variant"] in HF_VARIANTS), key=lambda r: r["tokens_per_s"], default=None)
+        ours = max((r for r in ok if r["variant"].startswith("potstill")), key=lambda r: r["tokens_per_s"],
+                   default=None)
+        if base and ours:
+            out.append({"batch": B, "potstill": ours["variant"], "potstill_tokens_per_s": ours["tokens_per_s"],
+                        "best_baseline": base["variant"], "baseline_tokens_per_s": base["tokens_per_s"],
+                        "speedup": ours["tokens_per_s"] / base["tokens_per_s"],
+                        "potstill_mfu": ours.get("mfu_datasheet"), "baseline_mfu": base.get("mfu_datasheet"),
+                        "goal_1_5x_met": ours["tokens_per_s"] / base["tokens_per_s"] >= 1.5})
+    return out
+
+
 def kd_bench(args, device, dt, s_shape, t_shape, results, compiled=False):  # noqa: C901
     B, T = args.kd_batch, args.seq
     g = torch.Generator(device="cpu").manual_seed(2)
     batches = [torch.randint(0, s_shape["vocab_size"], (B, T), generator=g).to(device) for _ in range(4)]
-    collated = [to_batch(ids, kd=True) for ids in batches]
+    collated = [as_examples(ids, kd=True) for ids in batches]  # collated inside the step, as the trainer does
     torch._dynamo.reset()
     teacher = build(t_shape, device, dt, seed=1).eval()
     for p in teacher.parameters():
@@ -214,7 +300,8 @@ def kd_bench(args, device, dt, s_shape, t_shape, results, compiled=False):  # no
         module = loss_module(student, compiled, args.compile_mode)
         opt = torch.optim.AdamW(student.parameters(), lr=1e-4, fused=device == "cuda")
 
-        def kd_loss(student, b, name=name, module=module):
+        def kd_loss(student, examples, name=name, module=module):
+            b = collate(examples, pad=0, device=student.device, kd_tokens=True)
             with torch.no_grad():
                 if name == "potstill_kd":
                     ht = hidden_states(teacher, t_body, b)[:, :-1]
@@ -262,8 +349,7 @@ def shapes_check(args, device, dt, shape, results):
     step = train_step(model, opt, potstill_loss(module))
     hi = args.seq
     g = torch.Generator().manual_seed(1)
-    data = [to_batch(torch.randint(0, shape["vocab_size"], (args.batch, hi), generator=g).to(device))
-            for _ in range(4)]
+    data = [as_examples(torch.randint(0, shape["vocab_size"], (args.batch, hi), generator=g)) for _ in range(4)]
     timing = {"layers": shape["num_hidden_layers"], "batch": args.batch, "seq": hi}
     med, _, _, _ = timed_steps(step, data, args.warmup, args.reps, device)
     timing.update(static_step_ms=med * 1e3, static_graphs=int(counters["stats"]["unique_graphs"]))
@@ -306,8 +392,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="train_step.json")
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--plan", default="hf:16,potstill:16,kd,potstill+compile:16,hf:32,potstill+compile:32",
-                    help="comma-separated sections: VARIANT:BATCH (hf, potstill, potstill+compile), kd, kd+compile, "
+    ap.add_argument("--plan", default="hf:16,hf+liger:16,potstill:16,hf+compile:16,potstill+compile:16,"
+                    "hf:32,hf+liger:32,hf+compile:32,potstill+compile:32",
+                    help="comma-separated sections: VARIANT:BATCH (hf, hf+compile, hf+liger, potstill, "
+                    "potstill+compile), kd, kd+compile, "
                     "check (compiled trainer path vs stock sdpa on padded and packed batches of changing shapes)")
     ap.add_argument("--compile-mode", default=None, help="torch.compile mode (default: inductor's default)")
     ap.add_argument("--kd-batch", type=int, default=8)
@@ -318,6 +406,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--skip", nargs="*", default=[])
     ap.add_argument("--tiny", action="store_true", help="tiny shapes on CPU: checks the script runs")
+    ap.add_argument("--break-loss", action="store_true", help="scale potstill's loss by 1.05: the loss gate must fail")
     args = ap.parse_args()
     device = "cpu" if args.tiny or not torch.cuda.is_available() else "cuda"
     dt = torch.float32 if device == "cpu" else torch.bfloat16
@@ -347,9 +436,21 @@ def main() -> None:
             name, b = item.split(":")
             sft_bench(args, device, dt, s_shape, results, 2 * int(args.tiny) or int(b), [name])
         save()
+    failed = loss_gate(results)
+    results["speedup"] = speedups(results)
+    results["loss_gate_failed"] = failed
+    save()
     for r in results["sft"] + results["kd"]:
         print(r["variant"], r.get("batch"), {k: r.get(k) for k in ("tokens_per_s", "peak_gib", "mfu_datasheet",
-                                                                   "mfu_measured_peak", "first_loss")})
+                                                                   "mfu_measured_peak", "first_loss", "error")})
+    for r in results["speedup"]:
+        mfu = [f"{x:.1%}" if x is not None else "n/a" for x in (r["potstill_mfu"], r["baseline_mfu"])]
+        print(f"B={r['batch']}: {r['potstill']} {r['potstill_tokens_per_s']:.0f} tok/s (MFU {mfu[0]}) vs "
+              f"best baseline {r['best_baseline']} {r['baseline_tokens_per_s']:.0f} (MFU {mfu[1]}): "
+              f"{r['speedup']:.2f}x; 1.5x goal {'met' if r['goal_1_5x_met'] else 'MISSED'}")
+    if failed:
+        print("LOSS MATCH FAILED:\n  " + "\n  ".join(failed), file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

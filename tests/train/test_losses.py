@@ -327,18 +327,20 @@ def test_fused_kd_fp32_logits_option():
     ref = L.generalized_jsd(hs64 @ ws64.T, t64)
     ref.backward()
     errs = {}
-    for lg in (None, torch.float32):
+    for lg in (None, torch.float32, "auto"):
         hs, ws = _leaf(d["h_s"].bfloat16()), _leaf(d["w_s"].bfloat16())
         loss = FH.fused_linear_kd(hs, ws, d["h_t"].bfloat16(), d["w_t"].bfloat16(), logits_dtype=lg, chunk_size=8,
                                   accum_dtype=torch.float32, backend="torch")
         loss.backward()
         errs[lg] = abs(loss.item() - ref.item()) / ref.item()
     assert errs[torch.float32] < 1e-5 < errs[None]
+    assert errs["auto"] == errs[torch.float32]  # fp32 logits are the default for bf16 inputs
 
 
 def test_default_chunk_size():
-    assert FH.default_chunk_size(32768, 49152) == 1024  # bf16 student + teacher logits in 256 MiB
-    assert FH.default_chunk_size(32768, 49152, 2) == 2048
+    assert FH.default_chunk_size(32768, 49152, 8) == 1024  # fp32 student + teacher logits in 512 MiB
+    assert FH.default_chunk_size(32768, 49152, 4) == 2048
+    assert FH.default_chunk_size(32768, 49152, 2) == 4096
     assert FH.default_chunk_size(10, 49152) == 10
 
 

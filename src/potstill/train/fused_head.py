@@ -8,11 +8,14 @@ with two more matmuls. The backward pass therefore only scales stored gradients,
 temporary is one block of logits (``chunk_size x V``, student and teacher), never ``N x V``.
 
 Precision: matmuls take the inputs' dtype (bf16 on GPU; cuBLAS accumulates in fp32); softmax,
-log and divergence maths run in fp32 (fp64 for fp64 inputs). By default the logits themselves are
-stored in the input dtype, exactly what a materialised bf16 head computes; ``logits_dtype=
-torch.float32`` (KD head) asks the GEMM for fp32 logits instead, which cuts the gradient error
-against a float64 reference several-fold for about a quarter more time (see benchmarks/KD_HEAD.md).
-``grad_weight`` is accumulated across blocks in ``accum_dtype`` (default: the weight's dtype).
+log and divergence maths run in fp32 (fp64 for fp64 inputs). The KD head asks the GEMMs for fp32
+logits and accumulates ``grad_weight`` across blocks in fp32 by default for bf16/fp16 inputs:
+bf16 logits carry 8 significant bits, so when the student is close to the teacher (late in
+training) the small difference of the two distributions drowns in rounding, a 2.8% gradient
+error against a float64 reference on an H200 (issue 19). ``logits_dtype`` / ``accum_dtype`` set
+to the input dtype restore the faster bf16 path (benchmarks/kd_head.py measures both). The CE and
+sparse heads keep input-dtype logits (their gradient is not a small difference) and take
+``accum_dtype`` (default: the weight's dtype).
 
 Two backends compute the per-block row maths: Triton kernels (default for CUDA tensors when
 Triton imports; each program streams whole rows of V in slices, with an online log-sum-exp) and
@@ -45,8 +48,9 @@ TRITON_WARPS = 16
 # not beat one program per row (0): the KD kernel is bound by its exp/log/div work, not by DRAM.
 PROGRAMS_PER_SM = 0
 GRID_PROGRAMS: int | None = None  # explicit grid size (tests use it to exercise the row loop)
-# Default chunk: the largest power of two of rows whose logits buffers fit in this many bytes.
-CHUNK_BYTES = 1 << 28
+# Default chunk: the largest power of two of rows whose logits buffers fit in this many bytes
+# (512 MiB: 1,024 rows of fp32 student + teacher logits at V = 49,152).
+CHUNK_BYTES = 1 << 29
 
 __all__ = ["fused_linear_kd", "fused_linear_sparse_kd", "fused_linear_cross_entropy", "default_chunk_size"]
 
@@ -243,8 +247,8 @@ def fused_linear_kd(
     ignore_index: int = L.IGNORE_INDEX,
     reduction: str = "mean",
     chunk_size: int | None = None,
-    accum_dtype: torch.dtype | None = None,
-    logits_dtype: torch.dtype | None = None,
+    accum_dtype: torch.dtype | str | None = "auto",
+    logits_dtype: torch.dtype | str | None = "auto",
     backend: str = "auto",
 ) -> torch.Tensor:
     """KD loss from hidden states of a student and a same-tokenizer local teacher.
@@ -260,7 +264,8 @@ def fused_linear_kd(
             ``ce_weight > 0`` (fused CE mixing needs ``temperature == 1``).
         kind, beta, alpha, temperature: as in :mod:`potstill.train.losses`.
         chunk_size: rows per block (default :func:`default_chunk_size` of ``CHUNK_BYTES``).
-        logits_dtype: ``None`` (input dtype) or ``torch.float32`` (more accurate, slower).
+        logits_dtype, accum_dtype: ``"auto"`` (fp32 for bf16/fp16 inputs, see Precision above),
+            ``None`` (the input dtype) or a dtype.
     Returns:
         scalar loss (fp32; fp64 for fp64 inputs).
     """
@@ -271,8 +276,13 @@ def fused_linear_kd(
         raise ValueError("teacher hidden and weight dtypes differ")
     if ce_weight and (labels is None or temperature != 1.0):
         raise ValueError("fused CE mixing needs labels and temperature == 1")
+    half = student_weight.dtype in (torch.bfloat16, torch.float16)
+    if logits_dtype == "auto":
+        logits_dtype = torch.float32 if half else None
+    if accum_dtype == "auto":
+        accum_dtype = torch.float32 if half else None
     if logits_dtype not in (None, torch.float32, student_weight.dtype):
-        raise ValueError("logits_dtype must be None or torch.float32")
+        raise ValueError("logits_dtype must be 'auto', None or torch.float32")
     params = L.divergence_params(kind, beta=beta, alpha=alpha)
     be = _resolve_backend(backend, student_hidden)
     hs = student_hidden.reshape(-1, student_hidden.shape[-1])
