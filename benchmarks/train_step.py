@@ -37,6 +37,7 @@ import argparse
 import gc
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -406,6 +407,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--skip", nargs="*", default=[])
     ap.add_argument("--tiny", action="store_true", help="tiny shapes on CPU: checks the script runs")
+    ap.add_argument("--append", action="store_true",
+                    help="add to the rows already in --out (one process per variant: no state carried between them)")
     ap.add_argument("--break-loss", action="store_true", help="scale potstill's loss by 1.05: the loss gate must fail")
     args = ap.parse_args()
     device = "cpu" if args.tiny or not torch.cuda.is_available() else "cuda"
@@ -417,6 +420,11 @@ def main() -> None:
                "transformers": __import__("transformers").__version__, "matmul_tflops": matmul_tflops(device),
                "datasheet_tflops": DATASHEET_TFLOPS, "flops_per_token": flops_per_token(s_shape, args.seq),
                "sft": [], "kd": [], "argv": sys.argv[1:]}
+    if args.append and os.path.exists(args.out):
+        with open(args.out) as f:
+            prev = json.load(f)
+        results["sft"], results["kd"] = prev["sft"] + results["sft"], prev["kd"] + results["kd"]
+        results["argv"] = prev["argv"] + [sys.argv[1:]]
     print(f"device {results['device']}, bf16 8192^3 matmul {results['matmul_tflops']} TFLOP/s", flush=True)
     def save():  # after every section, so a run cut short still leaves its numbers
         for r in results["sft"]:
