@@ -81,14 +81,15 @@ def gathered(values: list[int], device: torch.device) -> list[list[int]]:
 
 
 def check_same_weights(models: dict[str, Any], device: torch.device) -> dict[str, int]:
-    """Refuse to go on if any model's weights differ from rank 0's; returns this rank's checksums.
+    """Refuse to go on if any model's weights differ from rank 0's; returns this rank's checksums
+    (none with one process).
 
     ``models``: a display name (e.g. ``teacher 'path'``) to the module. Every rank must call it."""
     import torch.distributed as dist
 
-    sums = {name: weights_checksum(m) for name, m in models.items()}
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return sums
+        return {}  # one process: nothing to compare, and a large teacher's checksum costs a pass over it
+    sums = {name: weights_checksum(m) for name, m in models.items()}
     ranks = gathered(list(sums.values()), device)
     for i, name in enumerate(sums):
         for rank, row in enumerate(ranks):
