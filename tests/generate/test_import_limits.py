@@ -13,7 +13,7 @@ import pytest
 
 from potstill.errors import PotstillError
 from potstill.generate.consistency import majority
-from potstill.generate.limits import RateLimiter, parse_reset, retry_after
+from potstill.teachers.api.limits import RateLimiter, parse_reset, retry_after
 from potstill.importers import import_traffic
 from potstill.ledger import Call, Ledger
 from potstill.records import read_records

@@ -13,6 +13,7 @@ import openai
 import pytest
 
 from potstill.serve.routing import Routing
+from potstill.teachers import get_teacher
 from tests.serve.conftest import SERVE_KEY
 
 MSG = [{"role": "user", "content": "the team won the match"}]
@@ -139,13 +140,16 @@ def test_errors_are_openai_shaped_and_logged(served):
 def test_teacher_failure_is_a_502_and_logged(served, force):
     service, live = served
     force("teacher")
-    url = service.teacher.cfg.base_url
-    service.teacher.cfg.base_url = "http://127.0.0.1:9/v1"  # nothing listens on the discard port
+    # The service keeps one teacher client for its life: swap in a teacher whose server is gone
+    # (nothing listens on the discard port).
+    saved = service.teacher
+    service.teacher = get_teacher(saved.cfg.model_copy(update={"base_url": "http://127.0.0.1:9/v1"}), service.task)
     try:
         with pytest.raises(openai.APIStatusError) as e:
             client(live).chat.completions.create(model="m", messages=MSG)
     finally:
-        service.teacher.cfg.base_url = url
+        service.teacher.close()
+        service.teacher = saved
     assert e.value.status_code == 502 and e.value.body["type"] == "upstream_error"
     row = rows(service)[-1]
     assert row["status"] == "error" and row["role"] == "teacher" and row["error"].startswith("502")

@@ -6,73 +6,46 @@ after a crash (even ``kill -9``) a rerun re-sends only what was in flight: at mo
 ``teacher.concurrency`` requests. The output file is rebuilt from the ledger and written
 atomically at the end, so a record reaches it only once its answer is committed.
 
-API teachers (openai, anthropic) run on ``potstill.generate.engine`` (rate limits, budget,
-retries); other teachers answer through their own ``run``. ``generate.engine: ray`` shards the
+Every teacher answers through its own ``run`` (API teachers on ``potstill.teachers.api.engine``:
+rate limits, budget, retries). ``generate.engine: ray`` shards the
 requests over Ray workers that commit into the same ledger (``potstill.generate.ray_engine``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from potstill.config import Config, GenerateConfig
 from potstill.errors import PotstillError
-from potstill.hashing import hash_obj
 from potstill.ledger import Call, Ledger
 from potstill.progress import bar
 from potstill.records import Record
 from potstill.tasks import Task, get_task
-from potstill.teachers import Response, Teacher, get_teacher
-
-
-@dataclass
-class GenerateStats:
-    inputs: int = 0
-    cache_hits: int = 0
-    calls: int = 0
-    errors: int = 0
-    invalid: int = 0
-    unsent: int = 0
-    retries: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: float = 0.0
-    seconds: float = 0.0
-    budget_stopped: bool = False
-    invalid_reasons: dict[str, int] = field(default_factory=dict)
-
-
-def request_hash(identity: dict[str, Any], request: dict[str, Any]) -> str:
-    return hash_obj({"teacher": identity, "request": request})
+from potstill.teachers import Response, RunStats, Teacher, get_teacher, request_hash
 
 
 def ledger_call(h: str, teacher: Teacher, stage: str, request: dict[str, Any], resp: Response) -> Call:
     """The ledger row for one answer (what ``label_records`` and the Ray workers commit)."""
-    ok = resp.error is None and resp.output is not None
-    stop = getattr(resp, "stop_reason", None)
-    body = resp.to_json() if ok else None
-    if body is not None and stop is not None:
-        body["stop_reason"] = stop
+    ok = resp.ok
+    stop = resp.stop_reason
     return Call(
-        request_hash=h, role="teacher", stage=stage, model=teacher.model_name, request=request, response=body,
+        request_hash=h, role="teacher", stage=stage, model=teacher.model_name, request=request,
+        response=resp.to_json() if ok else None,
         input_tokens=resp.input_tokens, output_tokens=resp.output_tokens, cached_input_tokens=resp.cached_input_tokens,
         cost_usd=resp.cost_usd, latency_s=resp.latency_s, status="ok" if ok else "error", error=resp.error,
         stop_reason=stop if isinstance(stop, str) or stop is None else ",".join(map(str, stop)),
     )
 
 
-def _fields(stats: GenerateStats, t0: float, counters: Any = None) -> dict[str, str]:
+def _fields(stats: RunStats, t0: float) -> dict[str, str]:
     dt = max(time.perf_counter() - t0, 1e-9)
     return {"req/s": f"{stats.calls / dt:.1f}", "tok": f"{stats.input_tokens + stats.output_tokens:,}",
-            "spent": f"${stats.cost_usd:.4f}", "retries": str(counters.retries if counters else 0),
-            "errors": str(stats.errors)}
+            "spent": f"${stats.cost_usd:.4f}", "retries": str(stats.retries), "errors": str(stats.errors)}
 
 
 def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: Ledger, stage: str,
-                  gcfg: GenerateConfig | None = None) -> tuple[list[Record], GenerateStats]:
+                  gcfg: GenerateConfig | None = None) -> tuple[list[Record], RunStats]:
     """Attach the teacher's answer to each record (cache first), validating it against the task.
 
     Records the run did not answer (budget reached) come back with ``output=None`` and
@@ -80,11 +53,10 @@ def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: L
     """
     gcfg = gcfg or GenerateConfig()
     t0 = time.perf_counter()
-    stats = GenerateStats(inputs=len(records))
-    if hasattr(teacher, "n"):
-        teacher.n = gcfg.n  # type: ignore[attr-defined]
-    elif gcfg.n > 1:
+    stats = RunStats(inputs=len(records))
+    if gcfg.n > 1 and not teacher.supports_samples:
         raise PotstillError(f"generate.n={gcfg.n}: the {teacher.type} teacher returns one answer per input; use n: 1")
+    teacher.n = gcfg.n
     ident = teacher.identity()
     reqs = [teacher.request(r) for r in records]
     hashes = [request_hash(ident, q) for q in reqs]
@@ -98,7 +70,6 @@ def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: L
     todo = [first[h] for h in todo_hashes]
     errors: dict[str, str] = {}
     run_id = ledger.start_run(stage, teacher.model_name, len(records), unique, stats.cache_hits)
-    counters = None
     with bar(f"{stage}: teacher {teacher.model_name}", len(todo)) as advance:
 
         def on_result(j: int, resp: Response) -> None:
@@ -106,34 +77,20 @@ def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: L
             h = hashes[i]
             call = ledger_call(h, teacher, stage, reqs[i], resp)
             ledger.record(call)
-            stats.calls += 1
-            stats.cost_usd += resp.cost_usd
-            stats.input_tokens += resp.input_tokens
-            stats.output_tokens += resp.output_tokens
+            stats.count(resp)
             if call.status == "ok":
                 answers[h] = call.response or {}
             else:
-                stats.errors += 1
                 errors[h] = resp.error or "no output"
-            advance(1, **_fields(stats, t0, counters))
+            advance(1, **_fields(stats, t0))
 
         if gcfg.engine == "ray" and todo:
             from potstill.generate.ray_engine import run_ray
 
-            ray_out = run_ray(teacher, [(hashes[i], reqs[i]) for i in todo], ledger.path, stage, gcfg)
+            errors.update(run_ray(teacher, [(hashes[i], reqs[i]) for i in todo], ledger.path, stage, gcfg, stats))
             answers.update(ledger.lookup([hashes[i] for i in todo]))
-            stats.calls, stats.errors, stats.retries = ray_out["calls"], ray_out["errors"], ray_out["retries"]
-            stats.cost_usd, stats.budget_stopped = ray_out["cost_usd"], ray_out["budget_stopped"]
-            stats.input_tokens, stats.output_tokens = ray_out["input_tokens"], ray_out["output_tokens"]
-            errors.update(ray_out["error_by_hash"])
-        elif hasattr(teacher, "call"):
-            from potstill.generate.engine import Counters, run_requests
-
-            counters = Counters(t0=t0)
-            asyncio.run(run_requests(teacher, ((j, reqs[i]) for j, i in enumerate(todo)), on_result, gcfg, counters))
-            stats.retries, stats.budget_stopped = counters.retries, counters.budget_stopped
         else:
-            teacher.run([reqs[i] for i in todo], on_result)
+            teacher.run([reqs[i] for i in todo], on_result, stats, gcfg)
 
     ledger.finish_run(run_id, "budget" if stats.budget_stopped else "errors" if stats.errors else "done", stats.retries)
     out = []
@@ -183,7 +140,7 @@ def _attach(rec: Record, ans: dict[str, Any], task: Task) -> None:
     rec.valid, rec.invalid_reason = reason is None, reason
 
 
-def run_generate(cfg: Config, records: list[Record], ledger: Ledger, stage: str = "generate") -> tuple[list[Record], GenerateStats]:
+def run_generate(cfg: Config, records: list[Record], ledger: Ledger, stage: str = "generate") -> tuple[list[Record], RunStats]:
     task = get_task(cfg.task)
     teacher = get_teacher(cfg.teacher, task)
     try:

@@ -14,62 +14,50 @@ teacher). The ledger is a local file, so the workers must share the driver's fil
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
-from typing import Any
 
 from potstill.config import GenerateConfig
 from potstill.errors import PotstillError
 from potstill.progress import bar
+from potstill.teachers import Response, RunStats, Teacher
 
 
 def _shard(teacher_cfg: dict, task_cfg: dict, gen_cfg: dict, items: list[tuple[str, dict]], ledger_path: str,
-           stage: str) -> dict[str, Any]:
+           stage: str) -> tuple[RunStats, dict[str, str]]:
     from potstill.config import GenerateConfig, TaskConfig, TeacherConfig
     from potstill.generate import ledger_call
-    from potstill.generate.engine import Counters, run_requests
     from potstill.ledger import Ledger
     from potstill.tasks import get_task
     from potstill.teachers import get_teacher
 
     gcfg = GenerateConfig.model_validate(gen_cfg)
     teacher = get_teacher(TeacherConfig.model_validate(teacher_cfg), get_task(TaskConfig.model_validate(task_cfg)))
-    teacher.n = gcfg.n  # type: ignore[attr-defined]
-    counters = Counters()
+    teacher.n = gcfg.n
+    stats = RunStats()
     errors: dict[str, str] = {}
-    api = hasattr(teacher, "call")
     with Ledger(ledger_path) as ledger:
 
-        def on_result(j: int, resp: Any) -> None:
+        def on_result(j: int, resp: Response) -> None:
             h, req = items[j]
             call = ledger_call(h, teacher, stage, req, resp)
             ledger.record(call)
+            stats.count(resp)
             if call.status != "ok":
                 errors[h] = resp.error or "no output"
-            if not api:  # the async engine keeps its own counters
-                counters.done += 1
-                counters.errors += call.status != "ok"
-                counters.cost_usd += resp.cost_usd
-                counters.input_tokens += resp.input_tokens
-                counters.output_tokens += resp.output_tokens
 
-        if api:
-            asyncio.run(run_requests(teacher, ((j, req) for j, (_, req) in enumerate(items)), on_result, gcfg, counters))
-        else:
-            teacher.run([req for _, req in items], on_result)
+        teacher.run([req for _, req in items], on_result, stats, gcfg)
     teacher.close()
-    return {"calls": counters.done, "errors": counters.errors, "retries": counters.retries, "cost_usd": counters.cost_usd,
-            "input_tokens": counters.input_tokens, "output_tokens": counters.output_tokens,
-            "budget_stopped": counters.budget_stopped, "error_by_hash": errors}
+    return stats, errors
 
 
-def run_ray(teacher: Any, items: list[tuple[str, dict]], ledger_path: Path, stage: str, gcfg: GenerateConfig) -> dict[str, Any]:
-    """Answer ``(hash, request)`` items on Ray workers; returns the summed counters."""
+def run_ray(teacher: Teacher, items: list[tuple[str, dict]], ledger_path: Path, stage: str, gcfg: GenerateConfig,
+            stats: RunStats) -> dict[str, str]:
+    """Answer ``(hash, request)`` items on Ray workers, adding their numbers to ``stats``; returns errors by hash."""
     try:
         import ray
     except ImportError:
         raise PotstillError("generate.engine ray needs Ray: pip install ray") from None
-    if gcfg.ray_endpoints and not hasattr(teacher, "call"):
+    if gcfg.ray_endpoints and not teacher.remote:
         raise PotstillError(f"generate.ray_endpoints needs an API teacher (openai, anthropic), not {teacher.type!r}")
     if not ray.is_initialized():
         ray.init(num_cpus=gcfg.ray_workers, include_dashboard=False, log_to_driver=False)
@@ -102,11 +90,8 @@ def run_ray(teacher: Any, items: list[tuple[str, dict]], ledger_path: Path, stag
             now = ledger.count(role="teacher", stage=stage) - base
             advance(now - shown, workers_left=len(pending))
             shown = now
-    out: dict[str, Any] = {"calls": 0, "errors": 0, "retries": 0, "cost_usd": 0.0, "input_tokens": 0, "output_tokens": 0,
-                           "budget_stopped": False, "error_by_hash": {}}
-    for r in results:
-        for key in ("calls", "errors", "retries", "cost_usd", "input_tokens", "output_tokens"):
-            out[key] += r[key]
-        out["budget_stopped"] |= r["budget_stopped"]
-        out["error_by_hash"].update(r["error_by_hash"])
-    return out
+    errors: dict[str, str] = {}
+    for shard_stats, shard_errors in results:
+        stats.merge(shard_stats)
+        errors.update(shard_errors)
+    return errors

@@ -19,12 +19,12 @@ from typing import Any
 from potstill.config import Config
 from potstill.curate.split import rank
 from potstill.errors import PotstillError
-from potstill.generate import GenerateStats, label_records
+from potstill.generate import label_records
 from potstill.hashing import hash_obj
 from potstill.ledger import Ledger
 from potstill.records import Record
 from potstill.tasks import Task
-from potstill.teachers import get_teacher
+from potstill.teachers import RunStats, get_teacher
 
 
 def user_messages(request: dict[str, Any]) -> list[dict[str, str]]:
@@ -88,7 +88,7 @@ def sample_size(n: int, sample: float) -> int:
     return min(n, round(sample * n) if sample <= 1 else int(sample))
 
 
-def label_sample(cfg: Config, traffic: Traffic, task: Task, ledger: Ledger) -> tuple[list[Record], GenerateStats]:
+def label_sample(cfg: Config, traffic: Traffic, task: Task, ledger: Ledger) -> tuple[list[Record], RunStats]:
     """Ask the teacher about a seeded sample of the student-answered requests (ledger-cached)."""
     rc = cfg.redistill
     k = sample_size(len(traffic.student), rc.student_sample)
@@ -99,7 +99,7 @@ def label_sample(cfg: Config, traffic: Traffic, task: Task, ledger: Ledger) -> t
     # training side gets the student-answered inputs between the two fractions.
     chosen = sorted(traffic.student, key=lambda r: rank(r.text, rc.seed))[:k]
     if not chosen:
-        return [], GenerateStats()
+        return [], RunStats()
     teacher = get_teacher(cfg.teacher, task)
     try:
         labelled, stats = label_records(chosen, task, teacher, ledger, stage="redistill", gcfg=cfg.generate)

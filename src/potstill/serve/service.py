@@ -33,7 +33,7 @@ from potstill.records import Record, read_records
 from potstill.serve.engine import Batcher, StudentAnswer, TransformersEngine, embed_all
 from potstill.serve.routing import Routing, calibrate, ood_distance
 from potstill.tasks import Task, get_task
-from potstill.teachers import Teacher, get_teacher
+from potstill.teachers import Response, Teacher, get_teacher
 
 
 def _finite(x: float) -> float | str:
@@ -203,8 +203,6 @@ class Service:
         self._failed: str | None = None
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
-        # The openai adapter opens its own client per call; in-process teachers share one model.
-        self._teacher_lock = threading.Lock() if teacher.type != "openai" else None
 
     # The current student's parts, read through the live reference (tests and /health use these).
     @property
@@ -240,6 +238,7 @@ class Service:
         if self._watcher is not None:
             self._watcher.join(timeout=5)
         self.live.batcher.close()
+        self.teacher.close()
         self.ledger.close()
 
     # ------------------------------------------------------------------ hot swap
@@ -296,17 +295,12 @@ class Service:
         self._watcher.start()
 
     # ------------------------------------------------------------------ answering
-    def _ask_teacher(self, messages: list[dict]) -> Any:
-        got: list[Any] = []
-        req = self.teacher.request(Record(messages=messages))
-        if self._teacher_lock is None:
-            self.teacher.run([req], lambda i, r: got.append(r))
-        else:
-            with self._teacher_lock:
-                self.teacher.run([req], lambda i, r: got.append(r))
-        if not got or got[0].output is None:
-            raise TeacherError(got[0].error if got else "the teacher returned no answer")
-        return got[0]
+    async def _ask_teacher(self, messages: list[dict]) -> Response:
+        # One request on the teacher's long-lived worker (an API client, or the one in-process model).
+        r = await asyncio.wrap_future(self.teacher.submit(self.teacher.request(Record(messages=messages))))
+        if not r.ok:
+            raise TeacherError(r.error or "the teacher returned no answer")
+        return r
 
     async def answer(self, messages: list[dict]) -> Served:
         """Route one chat (user-side messages only) and return the answer."""
@@ -323,7 +317,7 @@ class Service:
         if who == "student":
             return Served(content=a.output, model=live.name, prompt_tokens=a.prompt_tokens,
                           completion_tokens=a.output_tokens, cost_usd=student_cost, **common)
-        r = await asyncio.to_thread(self._ask_teacher, messages)
+        r = await self._ask_teacher(messages)
         extra: dict[str, Any] = {"teacher_latency_s": r.latency_s}
         if r.label_probs:
             # The teacher's soft label, kept so `potstill redistill` can distil from served escalations.

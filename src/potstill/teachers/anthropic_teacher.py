@@ -15,11 +15,8 @@ import asyncio
 import time
 from typing import Any
 
-from potstill.config import TeacherConfig
-from potstill.errors import PotstillError
-from potstill.generate.engine import ApiTeacher
-from potstill.tasks import Task
-from potstill.teachers.base import OnResult, Response, Teacher
+from potstill.teachers.api import ApiTeacher
+from potstill.teachers.base import Response
 from potstill.teachers.openai_teacher import api_key
 
 
@@ -29,17 +26,9 @@ def _create_params(client: Any) -> set[str]:
     return set(inspect.signature(client.messages.create).parameters)
 
 
-class AnthropicTeacher(ApiTeacher, Teacher):
+class AnthropicTeacher(ApiTeacher):
     type = "anthropic"
-
-    def __init__(self, cfg: TeacherConfig, task: Task):
-        super().__init__(cfg, task)
-        if not cfg.model:
-            raise PotstillError("teacher.model is required for an anthropic teacher")
-        if cfg.logprobs:
-            raise PotstillError("teacher.logprobs: the Anthropic Messages API returns no log-probabilities; set it to 0")
-        self._key: str | None = None
-        self.n = 1
+    logprobs_refusal = "the Anthropic Messages API returns no log-probabilities"
 
     def identity(self) -> dict[str, Any]:
         return {"type": "anthropic", "base_url": self.cfg.base_url or "https://api.anthropic.com", "model": self.cfg.model,
@@ -57,9 +46,6 @@ class AnthropicTeacher(ApiTeacher, Teacher):
         if self.n > 1:
             req["n"] = self.n  # not sent: ``call`` turns it into n requests
         return req
-
-    def secrets(self) -> list[str]:
-        return [self._key or ""]
 
     def http_module(self) -> Any:
         # anthropic>=1.x builds on httpx2 and refuses httpx clients; older releases use httpx.
@@ -107,14 +93,6 @@ class AnthropicTeacher(ApiTeacher, Teacher):
         if "refusal" in stops:
             return Response(output=None, input_tokens=n_in, output_tokens=n_out, cached_input_tokens=cached,
                             latency_s=latency, cost_usd=self.token_cost(n_in, n_out), error="stop_reason refusal")
-        resp = Response(output=texts[0], samples=texts if n > 1 else None, input_tokens=n_in, output_tokens=n_out,
-                        cached_input_tokens=cached, latency_s=latency, cost_usd=self.token_cost(n_in, n_out))
-        resp.stop_reason = stops[0] if n == 1 else stops  # type: ignore[attr-defined]
-        return resp
-
-    def run(self, requests: list[dict[str, Any]], on_result: OnResult) -> None:
-        from potstill.config import GenerateConfig
-        from potstill.generate.engine import Counters, run_requests
-
-        if requests:
-            asyncio.run(run_requests(self, enumerate(requests), on_result, GenerateConfig(prices={}), Counters()))
+        return Response(output=texts[0], samples=texts if n > 1 else None, input_tokens=n_in, output_tokens=n_out,
+                        cached_input_tokens=cached, latency_s=latency, cost_usd=self.token_cost(n_in, n_out),
+                        stop_reason=stops[0] if n == 1 else stops)

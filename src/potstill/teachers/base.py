@@ -1,23 +1,57 @@
-"""The Teacher protocol.
+"""The whole teacher contract: what an adapter declares, what it implements, what it may override.
 
 A teacher turns a record into a *request* (a JSON-able dict: what is sent, never a key) and
-answers batches of requests. The generate stage hashes ``identity() + request`` to look the
-ledger up, so a request already answered is never sent again, and writes one ledger row per
-answer as it arrives through ``on_result``.
+answers requests. Callers hash ``identity() + request`` with ``request_hash`` to look the
+ledger up, so a request already answered is never sent again, and write one ledger row per
+answer as it arrives through ``on_result``. A third-party adapter subclasses ``Teacher`` and
+registers it under the ``potstill.teachers`` entry point group, as the built-ins do.
+
+Declared (class attributes; the defaults suit an in-process model):
+
+- ``type``: the name used in ``teacher.type``.
+- ``supports_samples``: one request can carry ``n`` samples (``generate.n``); generate sets
+  ``n`` before building requests and refuses ``n > 1`` when this is False.
+- ``supports_logprobs``: answers can carry top-k ``logprobs`` (``teacher.logprobs``).
+- ``supports_batch``: the adapter can send a whole run through a provider's batch API (cheaper,
+  hours of latency); generate uses it only when asked to.
+- ``remote``: requests go over the network (``teacher.base_url``), so they can be spread over
+  several endpoints (``generate.ray_endpoints``).
+
+Implemented by every adapter:
+
+- ``identity()``: everything besides the request that determines the answer.
+- ``request(record)``: the request for one record (defaults to its messages).
+- ``run(requests, on_result, stats, gcfg)``: answer a batch, calling ``on_result(i, response)``
+  as each completes. The caller counts answers into ``stats`` (``RunStats.count``); ``run`` may
+  add what only it sees (HTTP attempts, retries, a budget stop). ``gcfg`` carries the rate
+  limits and budget for adapters that pace themselves.
+
+Overridable:
+
+- ``submit(request)``: one request answered in the background, for a server escalating live
+  traffic; it runs on one long-lived worker (one model, one client) for the teacher's life.
+  ``answer_one`` waits for it. The default runs ``run([request])`` on a single worker thread,
+  which also serialises access to an in-process model.
+- ``close()``: free the model or client; the teacher is not used after it.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Callable
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, ClassVar
 
-from potstill.config import TeacherConfig
+from potstill.config import GenerateConfig, TeacherConfig
+from potstill.hashing import hash_obj
 from potstill.records import Record
 from potstill.tasks import Task
 
 
 @dataclass
 class Response:
+    """One answer. ``error`` set (and ``output`` None) means the request failed."""
+
     output: str | None
     label_probs: dict[str, float] | None = None
     logprobs: list[dict[str, Any]] | None = None
@@ -28,6 +62,12 @@ class Response:
     latency_s: float = 0.0
     cost_usd: float = 0.0
     error: str | None = None
+    #: Why the model stopped (``stop``, ``length``, ``end_turn``...); one per sample when n > 1.
+    stop_reason: str | list[str] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.output is not None
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -36,14 +76,61 @@ class Response:
 OnResult = Callable[[int, Response], None]
 
 
-class Teacher:
-    """Subclasses set ``type`` and implement ``identity``, ``request`` and ``run``."""
+@dataclass
+class RunStats:
+    """One run's numbers: answers (counted by the caller), what the sender saw, and what generate adds."""
 
-    type = "teacher"
+    inputs: int = 0
+    cache_hits: int = 0
+    calls: int = 0  # answers received, failed ones included
+    errors: int = 0
+    invalid: int = 0
+    unsent: int = 0
+    started: int = 0  # requests handed to the network
+    attempts: int = 0  # HTTP attempts, retries included
+    retries: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    seconds: float = 0.0
+    budget_stopped: bool = False
+    invalid_reasons: dict[str, int] = field(default_factory=dict)
+
+    def count(self, resp: Response) -> None:
+        self.calls += 1
+        self.errors += not resp.ok
+        self.input_tokens += resp.input_tokens
+        self.output_tokens += resp.output_tokens
+        self.cost_usd += resp.cost_usd
+
+    def merge(self, other: "RunStats") -> None:
+        """Add another worker's answers and sending numbers (a Ray shard's)."""
+        for name in ("calls", "errors", "started", "attempts", "retries", "input_tokens", "output_tokens", "cost_usd"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.budget_stopped |= other.budget_stopped
+
+
+def request_hash(identity: dict[str, Any], request: dict[str, Any]) -> str:
+    """The ledger key of a request: the same for generate, redistill and a served escalation."""
+    return hash_obj({"teacher": identity, "request": request})
+
+
+class Teacher:
+    """Base of every adapter; see the module docstring for the contract."""
+
+    type: ClassVar[str] = "teacher"
+    supports_samples: ClassVar[bool] = False
+    supports_logprobs: ClassVar[bool] = False
+    supports_batch: ClassVar[bool] = False
+    remote: ClassVar[bool] = False
 
     def __init__(self, cfg: TeacherConfig, task: Task):
         self.cfg = cfg
         self.task = task
+        #: Samples per input; generate sets it from ``generate.n`` (only above 1 when ``supports_samples``).
+        self.n = 1
+        self._worker: ThreadPoolExecutor | None = None
+        self._worker_lock = threading.Lock()
 
     @property
     def model_name(self) -> str:
@@ -56,13 +143,32 @@ class Teacher:
     def request(self, record: Record) -> dict[str, Any]:
         return {"messages": record.messages}
 
-    def run(self, requests: list[dict[str, Any]], on_result: OnResult) -> None:
+    def run(self, requests: list[dict[str, Any]], on_result: OnResult, stats: RunStats | None = None,
+            gcfg: GenerateConfig | None = None) -> None:
         """Answer every request, calling ``on_result(index, response)`` as each one completes."""
         raise NotImplementedError
+
+    def submit(self, request: dict[str, Any]) -> "Future[Response]":
+        """Answer one request on the teacher's single long-lived worker."""
+        with self._worker_lock:
+            if self._worker is None:
+                self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"potstill-{self.type}")
+        return self._worker.submit(self._answer_now, request)
+
+    def answer_one(self, request: dict[str, Any]) -> Response:
+        """One request, waited for (thread-safe)."""
+        return self.submit(request).result()
+
+    def _answer_now(self, request: dict[str, Any]) -> Response:
+        got: list[Response] = []
+        self.run([request], lambda i, r: got.append(r))
+        return got[0] if got else Response(output=None, error="the teacher returned no answer")
 
     def token_cost(self, input_tokens: int, output_tokens: int) -> float:
         p = self.cfg.price
         return (input_tokens * p.input_per_mtok + output_tokens * p.output_per_mtok) / 1e6
 
     def close(self) -> None:
-        pass
+        if self._worker is not None:
+            self._worker.shutdown(wait=True)
+            self._worker = None

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from potstill.config import TeacherConfig
+from potstill.config import GenerateConfig, TeacherConfig
 from potstill.errors import PotstillError
 from potstill.hashing import hash_obj
 from potstill.models.loading import LM, load_lm, resolve
@@ -27,7 +27,7 @@ from potstill.models.prompting import PromptFormat, label_token_ids
 from potstill.models.scoring import build_prefix, generate, score_labels
 from potstill.records import read_records
 from potstill.tasks import Task
-from potstill.teachers.base import OnResult, Response, Teacher
+from potstill.teachers.base import OnResult, Response, RunStats, Teacher
 
 
 def choose_shots(path: str, k: int, seed: int, labels: list[str]) -> list[tuple[str, str]]:
@@ -122,7 +122,8 @@ class LocalTeacher(Teacher):
     def _cost(self, seconds: float) -> float:
         return seconds * self.cfg.price.usd_per_hour / 3600
 
-    def run(self, requests: list[dict[str, Any]], on_result: OnResult) -> None:
+    def run(self, requests: list[dict[str, Any]], on_result: OnResult, stats: RunStats | None = None,
+            gcfg: GenerateConfig | None = None) -> None:
         if not requests:
             return
         lm = self.lm()

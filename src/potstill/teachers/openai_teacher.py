@@ -1,6 +1,6 @@
 """Any OpenAI-compatible server (OpenAI, vLLM, llama.cpp, Ollama) through the official SDK.
 
-Requests go through ``potstill.generate.engine`` (bounded concurrency, RPM/TPM limits that follow
+Requests go through ``potstill.teachers.api.engine`` (bounded concurrency, RPM/TPM limits that follow
 the server's ``x-ratelimit-*`` headers, a budget cap); the SDK retries 429/5xx/timeouts/dropped
 connections with exponential backoff and jitter and honours ``Retry-After``. With ``generate.n``
 above 1 one request asks for n choices; top-k logprobs are kept per token, rounded. The key is read from the environment
@@ -9,17 +9,14 @@ variable named in ``teacher.api_key_env`` and never stored, logged or shown in a
 
 from __future__ import annotations
 
-import asyncio
 import math
 import os
 import time
 from typing import Any
 
-from potstill.config import TeacherConfig
 from potstill.errors import PotstillError
-from potstill.tasks import Task
-from potstill.generate.engine import ApiTeacher
-from potstill.teachers.base import OnResult, Response, Teacher
+from potstill.teachers.api import ApiTeacher
+from potstill.teachers.base import Response
 
 
 def api_key(env_name: str) -> str:
@@ -50,16 +47,9 @@ def label_probs_from_top_logprobs(top: list[dict[str, Any]], labels: list[str]) 
     return {k: v / total for k, v in mass.items()} if total > 0 else None
 
 
-class OpenAITeacher(ApiTeacher, Teacher):
+class OpenAITeacher(ApiTeacher):
     type = "openai"
-
-    def __init__(self, cfg: TeacherConfig, task: Task):
-        super().__init__(cfg, task)
-        if not cfg.model:
-            raise PotstillError("teacher.model is required for an openai teacher")
-        self._key: str | None = None
-        #: Samples per input, set by the generate stage from ``generate.n``.
-        self.n = 1
+    supports_logprobs = True
 
     def identity(self) -> dict[str, Any]:
         return {
@@ -80,9 +70,6 @@ class OpenAITeacher(ApiTeacher, Teacher):
             req["logprobs"] = True
             req["top_logprobs"] = self.cfg.logprobs
         return req
-
-    def secrets(self) -> list[str]:
-        return [self._key or ""]
 
     def http_module(self) -> Any:
         # Recent openai releases build on httpx2 (their default client); a plain httpx client
@@ -118,27 +105,17 @@ class OpenAITeacher(ApiTeacher, Teacher):
             logprobs = compact_logprobs(choice.logprobs.content)
             if self.task.labels:
                 label_probs = label_probs_from_top_logprobs(logprobs[0]["top"], self.task.labels)
-        resp = Response(
+        return Response(
             output=choice.message.content or "", label_probs=label_probs, logprobs=logprobs,
             samples=[c.message.content or "" for c in choices] if len(choices) > 1 else None,
             input_tokens=n_in, output_tokens=n_out, cached_input_tokens=cached, latency_s=latency,
-            cost_usd=self.token_cost(n_in, n_out),
+            cost_usd=self.token_cost(n_in, n_out), stop_reason=choice.finish_reason,
         )
-        resp.stop_reason = choice.finish_reason  # type: ignore[attr-defined]  # kept in the ledger
-        return resp
 
     async def call(self, client: Any, request: dict[str, Any]) -> Response:
         t0 = time.perf_counter()
         completion = await client.chat.completions.create(**request)
         return self._response(completion, time.perf_counter() - t0)
-
-    def run(self, requests: list[dict[str, Any]], on_result: OnResult) -> None:
-        """Outside the generate stage: the same engine at this teacher's concurrency, no limits."""
-        from potstill.config import GenerateConfig
-        from potstill.generate.engine import Counters, run_requests
-
-        if requests:
-            asyncio.run(run_requests(self, enumerate(requests), on_result, GenerateConfig(prices={}), Counters()))
 
 
 def compact_logprobs(content: Any) -> list[dict[str, Any]]:

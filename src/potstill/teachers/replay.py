@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from potstill.config import TeacherConfig
+from potstill.config import GenerateConfig, TeacherConfig
 from potstill.errors import PotstillError
 from potstill.hashing import hash_file, hash_obj
 from potstill.records import iter_jsonl
 from potstill.tasks import Task
-from potstill.teachers.base import OnResult, Response, Teacher
+from potstill.teachers.base import OnResult, Response, RunStats, Teacher
 
 
 def _key(messages: list[dict[str, Any]]) -> str:
@@ -47,7 +47,8 @@ class ReplayTeacher(Teacher):
     def identity(self) -> dict[str, Any]:
         return {"type": "replay", "file": hash_file(self.cfg.replay_path)}
 
-    def run(self, requests: list[dict[str, Any]], on_result: OnResult) -> None:
+    def run(self, requests: list[dict[str, Any]], on_result: OnResult, stats: RunStats | None = None,
+            gcfg: GenerateConfig | None = None) -> None:
         answers = self._load()
         for i, req in enumerate(requests):
             out = answers.get(_key(req["messages"]))
