@@ -51,7 +51,7 @@ MIGRATIONS: list[str] = [
         unique_requests INTEGER NOT NULL,
         cache_hits INTEGER NOT NULL,   -- inputs answered from the ledger at the start
         retries INTEGER NOT NULL DEFAULT 0,
-        status TEXT NOT NULL,          -- running | done | budget | errors (a killed run stays running)
+        status TEXT NOT NULL,          -- running | done | budget | errors (| error | stale: migration 3)
         started_at REAL NOT NULL,
         finished_at REAL
     );
@@ -61,7 +61,32 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (run_id, request_hash)
     ) WITHOUT ROWID;
     """,
+    # 3: who runs a generate run, so the next run can tell a crashed one (status stale) from a
+    # live one; a run that ends by an exception is marked error.
+    """
+    ALTER TABLE generate_runs ADD COLUMN pid INTEGER;
+    ALTER TABLE generate_runs ADD COLUMN host TEXT;
+    """,
 ]
+
+
+def apply_migrations(db: sqlite3.Connection, migrations: list[str]) -> None:
+    """Apply the numbered, append-only ``migrations`` not yet recorded in ``_migrations``.
+
+    Each runs in one transaction with its record, so a crash leaves it applied or not at all.
+    A file versioned by ``PRAGMA user_version`` (review stores before they used this) counts its
+    first ``user_version`` migrations as applied.
+    """
+    db.execute("CREATE TABLE IF NOT EXISTS _migrations (id INTEGER PRIMARY KEY, applied_at REAL)")
+    done = {r[0] for r in db.execute("SELECT id FROM _migrations")}
+    if not done:
+        done = set(range(1, db.execute("PRAGMA user_version").fetchone()[0] + 1))
+        db.executemany("INSERT INTO _migrations VALUES (?, ?)", ((i, time.time()) for i in sorted(done)))
+        db.commit()
+    for i, sql in enumerate(migrations, 1):
+        if i not in done:
+            db.executescript(f"BEGIN;\n{sql.strip().rstrip(';')};\n"
+                             f"INSERT INTO _migrations VALUES ({i}, {time.time()});\nCOMMIT;")
 
 
 @dataclass
@@ -98,13 +123,8 @@ class Ledger:
         self._migrate()
 
     def _migrate(self) -> None:
-        with self._lock, self._db:
-            self._db.execute("CREATE TABLE IF NOT EXISTS _migrations (id INTEGER PRIMARY KEY, applied_at REAL)")
-            done = {r[0] for r in self._db.execute("SELECT id FROM _migrations")}
-            for i, sql in enumerate(MIGRATIONS, 1):
-                if i not in done:
-                    self._db.executescript(sql)
-                    self._db.execute("INSERT INTO _migrations VALUES (?, ?)", (i, time.time()))
+        with self._lock:
+            apply_migrations(self._db, MIGRATIONS)
 
     def close(self) -> None:
         self._db.close()

@@ -75,3 +75,25 @@ def test_cli_serves_the_page_on_localhost(curated):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_review_store_migrates_like_the_ledger_and_keeps_old_decisions(tmp_path):
+    import sqlite3
+
+    from potstill.review.store import MIGRATIONS, ReviewStore
+
+    # A store written before the shared mechanism: versioned by PRAGMA user_version only.
+    path = tmp_path / "review.sqlite"
+    db = sqlite3.connect(path)
+    db.execute(MIGRATIONS[0])
+    db.execute("INSERT INTO decisions VALUES ('r1', 'reject', NULL, 'tech', '2026-01-01T00:00:00Z')")
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    for _ in range(2):  # reopening applies nothing twice
+        with ReviewStore(path) as store:
+            assert store.decisions()["r1"]["decision"] == "reject"
+            assert [r[0] for r in store.db.execute("SELECT id FROM _migrations")] == list(range(1, len(MIGRATIONS) + 1))
+    with ReviewStore(tmp_path / "fresh.sqlite") as store:
+        store.decide("r2", "accept")
+        assert [r[0] for r in store.db.execute("SELECT id FROM _migrations")] == [1]

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from potstill.errors import PotstillError
+from potstill.ledger import apply_migrations
 
 DECISIONS = ("accept", "reject", "relabel")
 
-# Append-only, like the ledger's: the index of a statement is its schema version.
+# Numbered and append-only, applied like the ledger's (``potstill.ledger.apply_migrations``).
 MIGRATIONS = [
     """CREATE TABLE decisions (
         record_id TEXT PRIMARY KEY,
@@ -34,11 +35,7 @@ class ReviewStore:
         # Rollback journal (not WAL): after a commit the whole state is in this one file, so the
         # curate stage's content hash of it sees every decision.
         self.db = sqlite3.connect(self.path, check_same_thread=False)
-        version = self.db.execute("PRAGMA user_version").fetchone()[0]
-        for i, statement in enumerate(MIGRATIONS[version:], start=version):
-            with self.db:
-                self.db.execute(statement)
-                self.db.execute(f"PRAGMA user_version = {i + 1}")
+        apply_migrations(self.db, MIGRATIONS)
 
     def __enter__(self) -> "ReviewStore":
         return self
