@@ -178,9 +178,15 @@ def cost(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]) -> Non
         r = rep["latest_run"]
         if r:
             proj = "unknown (no answer yet to price)" if r["projected_remaining_usd"] is None else f"${r['projected_remaining_usd']:.4f}"
-            typer.echo(f"last generate ({r['status']}): {r['inputs']} inputs, {r['cache_hits']} cache hits, "
-                       f"{r['retries']} retries, {r['remaining']} of {r['unique_requests']} requests unanswered, "
-                       f"projected cost of the rest {proj}")
+            head = f"last generate ({r['status']}): {r['inputs']} inputs, {r['cache_hits']} cache hits, {r['retries']} retries, "
+            if r["status"] in ("error", "stale"):
+                # Not a run with work in flight: it stopped (an exception, or its process died).
+                why = "ended by an error" if r["status"] == "error" else "its process died without finishing"
+                typer.echo(head + f"{r['unique_requests'] - r['remaining']} of {r['unique_requests']} requests answered "
+                           f"before it stopped ({why}); a rerun sends the other {r['remaining']}, projected cost {proj}")
+            else:
+                typer.echo(head + f"{r['remaining']} of {r['unique_requests']} requests unanswered, "
+                           f"projected cost of the rest {proj}")
 
 
 @app.command("import")

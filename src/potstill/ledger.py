@@ -9,6 +9,8 @@ a report) run while a generation writes.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
 import threading
 import time
@@ -108,6 +110,16 @@ class Call:
     error: str | None = None
     created_at: float = field(default_factory=time.time)
     stop_reason: str | None = None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 class Ledger:
@@ -227,26 +239,37 @@ class Ledger:
         }
 
     # ------------------------------------------------------------------ generate runs
+    def _mark_stale(self) -> None:
+        """Runs left ``running`` by a process that is gone (``kill -9``, a crash) become ``stale``."""
+        host = socket.gethostname()
+        rows = self._db.execute("SELECT id, pid, host FROM generate_runs WHERE status='running'").fetchall()
+        dead = [rid for rid, pid, h in rows if pid is None or (h == host and not _alive(pid))]
+        self._db.executemany("UPDATE generate_runs SET status='stale' WHERE id=?", ((rid,) for rid in dead))
+
     def start_run(self, stage: str, model: str, inputs: int, hashes: list[str], cache_hits: int) -> int:
         """Record a generate run and the distinct requests it must answer (older plans of the stage go)."""
         with self._lock, self._db:
+            self._mark_stale()
             self._db.execute("DELETE FROM generate_plan WHERE run_id IN (SELECT id FROM generate_runs WHERE stage=?)",
                              (stage,))
             cur = self._db.execute(
-                "INSERT INTO generate_runs (stage, model, inputs, unique_requests, cache_hits, status, started_at)"
-                " VALUES (?,?,?,?,?,'running',?)", (stage, model, inputs, len(hashes), cache_hits, time.time()))
+                "INSERT INTO generate_runs (stage, model, inputs, unique_requests, cache_hits, status, started_at, pid,"
+                " host) VALUES (?,?,?,?,?,'running',?,?,?)",
+                (stage, model, inputs, len(hashes), cache_hits, time.time(), os.getpid(), socket.gethostname()))
             run_id = int(cur.lastrowid)
             self._db.executemany("INSERT OR IGNORE INTO generate_plan VALUES (?, ?)", ((run_id, h) for h in hashes))
         return run_id
 
     def finish_run(self, run_id: int, status: str, retries: int) -> None:
+        """End a run: ``done``, ``budget``, ``errors`` (some calls failed) or ``error`` (an exception ended it)."""
         with self._lock, self._db:
             self._db.execute("UPDATE generate_runs SET status=?, retries=?, finished_at=? WHERE id=?",
                              (status, retries, time.time(), run_id))
 
     def cost_report(self, stage: str = "generate") -> dict[str, Any]:
         """Spend and tokens per teacher model, and the latest run's cache hits and projected remaining cost."""
-        with self._lock:
+        with self._lock, self._db:
+            self._mark_stale()
             models = [
                 {"model": m, "calls": int(c), "ok": int(ok), "input_tokens": int(i), "cached_input_tokens": int(ci),
                  "output_tokens": int(o), "cost_usd": float(d)}

@@ -26,6 +26,8 @@ from tests.generate.loopback import LABELS, Loopback, answer_for, committed_answ
 
 SECRET = "sk-live-9d8c7b6a5f4e3d2c1b0a"
 ROOT = Path(__file__).resolve().parents[2]
+# Subprocesses import this checkout's potstill (src/ first), not whichever one the venv points at.
+PYTHONPATH = f"{ROOT / 'src'}{os.pathsep}{ROOT}"
 
 
 def project(tmp: Path, base_url: str, n: int, teacher: dict | None = None, generate: dict | None = None) -> Path:
@@ -64,7 +66,7 @@ def test_two_thousand_inputs_through_429s_500s_slow_and_dropped_responses(tmp_pa
 def test_sigkill_at_random_moments_loses_nothing_and_resends_only_in_flight(tmp_path):
     n, kills, conc = 300, 3, 8
     rng = random.Random(7)
-    env = {**os.environ, "TEACHER_KEY": SECRET, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "TEACHER_KEY": SECRET, "PYTHONPATH": PYTHONPATH}
     with Loopback(key=SECRET, seed=2, p429=0.05, p500=0.03, pslow=0.1, slow_s=0.05, pdrop=0.02) as srv:
         cfg_path = project(tmp_path, srv.base_url, n, {"concurrency": conc})
         db = tmp_path / "run" / "calls.sqlite"
@@ -166,7 +168,7 @@ def test_budget_cap_stops_cleanly_and_cost_reports_the_rest(tmp_path, monkeypatc
         partial = read_records(tmp_path / "run" / "teacher.jsonl")
         assert len(partial) == calls and all(r.valid for r in partial)  # only committed answers
         out = subprocess.run([sys.executable, "-m", "potstill.cli", "cost", "run"], cwd=tmp_path, capture_output=True,
-                             text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+                             text=True, env={**os.environ, "PYTHONPATH": PYTHONPATH}, timeout=60)
         assert out.returncode == 0, out.stderr
         per_call = spent / calls
         assert f"{100 - calls} of 100 requests unanswered" in out.stdout
@@ -188,7 +190,7 @@ def test_client_side_rpm_spaces_requests(tmp_path, monkeypatch):
 
 
 def test_api_key_never_reaches_logs_ledger_errors_or_artifacts(tmp_path):
-    env = {**os.environ, "TEACHER_KEY": SECRET, "PYTHONPATH": str(ROOT), "POTSTILL_PROGRESS": "always"}
+    env = {**os.environ, "TEACHER_KEY": SECRET, "PYTHONPATH": PYTHONPATH, "POTSTILL_PROGRESS": "always"}
     with Loopback(key=SECRET, seed=4, p429=0.1, p500=0.1, pdrop=0.05) as srv:
         cfg_path = project(tmp_path, srv.base_url, 60)
         cmd = [sys.executable, "-m", "potstill.cli", "generate", "-c", str(cfg_path)]
@@ -223,3 +225,33 @@ def test_ray_engine_shards_into_the_one_ledger(tmp_path, monkeypatch):
         ray.shutdown()
     check_output(tmp_path / "run" / "teacher.jsonl", 200)
     assert summary["calls"] == 200 and answered == 200
+
+
+def _run_statuses(db: Path) -> list[str]:
+    with Ledger(db) as ledger:
+        return [r[0] for r in ledger._db.execute("SELECT status FROM generate_runs ORDER BY id")]
+
+
+def test_a_run_killed_or_ended_by_an_error_is_never_left_running(tmp_path):
+    """Issue 16.4: a kill -9 leaves a run that the next run marks stale; a missing key marks it error;
+    `potstill cost` then says the run stopped, not that its requests are in flight."""
+    env = {**os.environ, "TEACHER_KEY": SECRET, "PYTHONPATH": PYTHONPATH}
+    db = tmp_path / "run" / "calls.sqlite"
+    with Loopback(key=SECRET, pslow=1.0, slow_s=60) as srv:  # every answer hangs: the kill lands mid-run
+        cmd = [sys.executable, "-m", "potstill.cli", "generate", "-c", str(project(tmp_path, srv.base_url, 30))]
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while proc.poll() is None and time.time() < deadline and not (db.exists() and _run_statuses(db)):
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert _run_statuses(db) == ["running"]  # as the kill left it
+    env.pop("TEACHER_KEY")
+    again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode != 0 and "TEACHER_KEY is not set" in again.stderr
+    assert _run_statuses(db) == ["stale", "error"]
+    out = subprocess.run([sys.executable, "-m", "potstill.cli", "cost", "run"], cwd=tmp_path, capture_output=True,
+                         text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "last generate (error)" in out.stdout and "0 of 30 requests answered before it stopped" in out.stdout
+    assert "unanswered" not in out.stdout

@@ -44,6 +44,32 @@ def _fields(stats: RunStats, t0: float) -> dict[str, str]:
             "spent": f"${stats.cost_usd:.4f}", "retries": str(stats.retries), "errors": str(stats.errors)}
 
 
+def _send(teacher: Teacher, stage: str, ledger: Ledger, gcfg: GenerateConfig, stats: RunStats,
+          todo: list[tuple[str, dict[str, Any]]], answers: dict[str, dict[str, Any]], errors: dict[str, str],
+          t0: float) -> None:
+    """Ask the teacher for each ``(hash, request)``, committing every answer to the ledger as it arrives."""
+    with bar(f"{stage}: teacher {teacher.model_name}", len(todo)) as advance:
+
+        def on_result(j: int, resp: Response) -> None:
+            h, req = todo[j]
+            call = ledger_call(h, teacher, stage, req, resp)
+            ledger.record(call)
+            stats.count(resp)
+            if call.status == "ok":
+                answers[h] = call.response or {}
+            else:
+                errors[h] = resp.error or "no output"
+            advance(1, **_fields(stats, t0))
+
+        if gcfg.engine == "ray" and todo:
+            from potstill.generate.ray_engine import run_ray
+
+            errors.update(run_ray(teacher, todo, ledger.path, stage, gcfg, stats))
+            answers.update(ledger.lookup([h for h, _ in todo]))
+        else:
+            teacher.run([req for _, req in todo], on_result, stats, gcfg)
+
+
 def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: Ledger, stage: str,
                   gcfg: GenerateConfig | None = None) -> tuple[list[Record], RunStats]:
     """Attach the teacher's answer to each record (cache first), validating it against the task.
@@ -63,35 +89,16 @@ def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: L
     unique = list(dict.fromkeys(hashes))
     answers: dict[str, dict[str, Any]] = ledger.lookup(unique)
     stats.cache_hits = sum(h in answers for h in hashes)
-    todo_hashes = [h for h in unique if h not in answers]
-    first: dict[str, int] = {}
-    for i, h in enumerate(hashes):
-        first.setdefault(h, i)
-    todo = [first[h] for h in todo_hashes]
+    request_of = dict(zip(hashes, reqs))
+    todo = [(h, request_of[h]) for h in unique if h not in answers]
     errors: dict[str, str] = {}
     run_id = ledger.start_run(stage, teacher.model_name, len(records), unique, stats.cache_hits)
-    with bar(f"{stage}: teacher {teacher.model_name}", len(todo)) as advance:
-
-        def on_result(j: int, resp: Response) -> None:
-            i = todo[j]
-            h = hashes[i]
-            call = ledger_call(h, teacher, stage, reqs[i], resp)
-            ledger.record(call)
-            stats.count(resp)
-            if call.status == "ok":
-                answers[h] = call.response or {}
-            else:
-                errors[h] = resp.error or "no output"
-            advance(1, **_fields(stats, t0))
-
-        if gcfg.engine == "ray" and todo:
-            from potstill.generate.ray_engine import run_ray
-
-            errors.update(run_ray(teacher, [(hashes[i], reqs[i]) for i in todo], ledger.path, stage, gcfg, stats))
-            answers.update(ledger.lookup([hashes[i] for i in todo]))
-        else:
-            teacher.run([reqs[i] for i in todo], on_result, stats, gcfg)
-
+    try:
+        _send(teacher, stage, ledger, gcfg, stats, todo, answers, errors, t0)
+    except BaseException:
+        # A missing key, a crash in an adapter, Ctrl-C: the run is over, not "running" forever.
+        ledger.finish_run(run_id, "error", stats.retries)
+        raise
     ledger.finish_run(run_id, "budget" if stats.budget_stopped else "errors" if stats.errors else "done", stats.retries)
     out = []
     for rec, h in zip(records, hashes):
