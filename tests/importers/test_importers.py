@@ -1,4 +1,4 @@
-"""`potstill import` on each traffic format, and the rate limiter's reading of server headers."""
+"""`potstill import` on each traffic format, from JSONL logs and from a ledger's served rows."""
 
 from __future__ import annotations
 
@@ -6,14 +6,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from potstill.errors import PotstillError
-from potstill.generate.consistency import majority
-from potstill.teachers.api.limits import RateLimiter, parse_reset, retry_after
 from potstill.importers import import_traffic
 from potstill.ledger import Call, Ledger
 from potstill.records import read_records
@@ -82,24 +79,3 @@ def test_import_errors_name_file_and_line_and_leave_nothing_behind(tmp_path):
     with pytest.raises(PotstillError, match=r"bad.jsonl:1: expected messages ending with an assistant turn"):
         jsonl(bad, [{"messages": [{"role": "user", "content": "x"}]}])
         import_traffic(bad, tmp_path / "o.jsonl", "finetune")
-
-
-def test_rate_limiter_follows_retry_after_and_ratelimit_headers():
-    assert parse_reset("6m0s") == 360 and parse_reset("20ms") == pytest.approx(0.02) and parse_reset("1.5") == 1.5
-    assert retry_after({"retry-after-ms": "250", "retry-after": "3"}) == 0.25 and retry_after({"retry-after": "3"}) == 3
-    lim = RateLimiter()
-    lim.observe(429, {"Retry-After": "2"})
-    assert lim.paused_until - time.monotonic() == pytest.approx(2, abs=0.1)
-    lim = RateLimiter(rpm=6000)
-    lim.observe(200, {"x-ratelimit-limit-requests": "600", "x-ratelimit-remaining-requests": "0",
-                      "x-ratelimit-reset-requests": "1.5s", "x-ratelimit-limit-tokens": "60000"})
-    assert lim.requests.rate == 10 and lim.tokens.rate == 1000  # a lower server limit wins; per minute -> per second
-    assert lim.paused_until - time.monotonic() == pytest.approx(1.5, abs=0.1)
-    lim.observe(200, {"x-ratelimit-limit-requests": "100000"})
-    assert lim.requests.rate == 10  # the server can tighten the cap, never loosen it
-
-
-def test_majority_votes_on_parsed_answers():
-    parse = lambda s: s.strip(" .").lower()  # noqa: E731
-    assert majority(["Sports.", "tech", "sports", "film"], parse) == ("Sports.", 0.5)
-    assert majority(["a", "b"], parse) == ("a", 0.5) and majority([], parse) == (None, 0.0)
