@@ -1,9 +1,13 @@
 """The SQLite ledger: every call to a teacher or a student is one row.
 
-It is the cache (a request whose hash has an ``ok`` row is never sent again), the bill (tokens
-and dollars), and the source of latency and drift numbers. The schema evolves through numbered,
-append-only migrations recorded in the ``_migrations`` table. WAL mode lets readers (``cost``,
-a report) run while a generation writes.
+It is the cache (a request whose hash has an ``ok`` teacher row is never sent again), the bill
+(tokens and dollars), and the source of latency and drift numbers. The schema evolves through
+numbered, append-only migrations recorded in the ``_migrations`` table. WAL mode lets readers
+(``cost``, a report, ``watch``) run while a generation or a server writes.
+
+Two typed rows: ``Call`` (a teacher call from generate, pilot, redistill...) and ``ServedCall``
+(one request to ``potstill serve``, ``stage='serve'``). Served traffic is written and read only
+through ``record_served`` and ``served``; nothing outside this module parses its JSON.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from potstill.errors import PotstillError
 
 MIGRATIONS: list[str] = [
     # 1: the calls table.
@@ -112,6 +118,83 @@ class Call:
     stop_reason: str | None = None
 
 
+def user_messages(request: dict[str, Any]) -> list[dict[str, str]]:
+    """The chat as the server routed it: system/developer messages dropped (the run's instruction
+    replaces them), content parts joined into text (as ``serve.schemas.Message.text`` does)."""
+    out = []
+    for m in request.get("messages") or []:
+        if not isinstance(m, dict) or m.get("role") in ("system", "developer"):
+            continue
+        c = m.get("content")
+        text = "".join(str(p.get("text", "")) for p in c if isinstance(p, dict)) if isinstance(c, list) else c
+        out.append({"role": str(m.get("role")), "content": str(text or "")})
+    return out
+
+
+# What a served row's response JSON holds besides ``extra`` (teacher latency, soft label...).
+_ROUTE = ("answered_by", "reason", "confidence", "ood_distance", "student_output", "student")
+
+
+@dataclass
+class ServedCall:
+    """One request to ``potstill serve``: the request, who answered it and why, what it cost.
+
+    ``answered_by`` is the row's role (``teacher``: escalated). A failed or rejected request has
+    ``status='error'``, no ``content``, and the OpenAI-style error body the client got in ``error_body``.
+    """
+
+    request: dict[str, Any]  # the chat request as the client sent it (never a header or key)
+    answered_by: str
+    model: str
+    content: str | None = None
+    reason: str = ""
+    confidence: float = 0.0
+    ood_distance: float = 0.0
+    student_output: str = ""
+    student: str = ""  # the student that handled it (answered or escalated): after a hot swap, the new one
+    extra: dict[str, Any] = field(default_factory=dict)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_s: float = 0.0
+    status: str = "ok"
+    error: str | None = None
+    error_body: dict[str, Any] | None = None
+    request_hash: str = ""
+    id: int | None = None
+    created_at: float = field(default_factory=time.time)
+
+    @property
+    def messages(self) -> list[dict[str, str]]:
+        return user_messages(self.request)
+
+    @property
+    def escalated(self) -> bool:
+        return self.answered_by == "teacher"
+
+    def response_json(self) -> dict[str, Any] | None:
+        if self.status != "ok":
+            return self.error_body
+        route = {k: getattr(self, k) for k in _ROUTE if k != "student" or self.student}
+        return {"content": self.content, **route, **self.extra}
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "ServedCall":
+        resp = json.loads(row["response"]) if row["response"] else None
+        request = json.loads(row["request"])
+        common = dict(request=request if isinstance(request, dict) else {"body": request}, answered_by=row["role"],
+                      model=row["model"], input_tokens=row["input_tokens"], output_tokens=row["output_tokens"],
+                      cost_usd=row["cost_usd"], latency_s=row["latency_s"], status=row["status"], error=row["error"],
+                      request_hash=row["request_hash"], id=row["id"], created_at=row["created_at"])
+        if row["status"] != "ok" or not isinstance(resp, dict):
+            return cls(error_body=resp if isinstance(resp, dict) else None, **common)
+        resp = dict(resp)
+        route = {k: resp.pop(k) for k in _ROUTE if k in resp}
+        route.pop("answered_by", None)  # the role column says it
+        content = resp.pop("content", None)
+        return cls(content="" if content is None else str(content), extra=resp, **route, **common)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -125,10 +208,17 @@ def _alive(pid: int) -> bool:
 class Ledger:
     """A thin, thread-safe wrapper over one SQLite file."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, readonly: bool = False):
+        """Open (and migrate) the ledger; ``readonly`` opens an existing file without ever writing to it."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        if readonly:
+            if not self.path.exists():
+                raise PotstillError(f"{self.path} not found")
+            self._db = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True, check_same_thread=False,
+                                       timeout=30)
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -168,16 +258,47 @@ class Ledger:
                 rows,
             )
 
+    def record_served(self, call: ServedCall) -> None:
+        self.record(Call(
+            request_hash=call.request_hash, role=call.answered_by, stage="serve", model=call.model,
+            request=call.request, response=call.response_json(), input_tokens=call.input_tokens,
+            output_tokens=call.output_tokens, cost_usd=call.cost_usd, latency_s=call.latency_s, status=call.status,
+            error=call.error, created_at=call.created_at,
+        ))
+
     # ------------------------------------------------------------------ reads
+    def served(self, since: float | None = None, until: float | None = None, limit: int | None = None,
+               status: str | None = "ok") -> list[ServedCall]:
+        """Served requests created between ``since`` and ``until`` (unix seconds), oldest first;
+        with ``limit``, the latest ``limit`` of them. ``status=None``: failed ones too."""
+        sql, args = "SELECT * FROM calls WHERE stage='serve'", []
+        for cond, val in (("status=?", status), ("created_at>=?", since), ("created_at<=?", until)):
+            if val is not None:
+                sql, args = f"{sql} AND {cond}", [*args, val]
+        sql += " ORDER BY id DESC" + (" LIMIT ?" if limit is not None else "")
+        args += [limit] if limit is not None else []
+        try:
+            with self._lock:
+                cur = self._db.execute(sql, args)
+                names = [d[0] for d in cur.description]
+                rows = [dict(zip(names, r)) for r in cur.fetchall()]
+        except sqlite3.DatabaseError as e:
+            raise PotstillError(f"{self.path}: not a potstill ledger ({e})") from None
+        return [ServedCall.from_row(r) for r in reversed(rows)]
+
     def lookup(self, request_hashes: list[str]) -> dict[str, dict[str, Any]]:
-        """The cached ``ok`` response for each hash that has one (the latest wins)."""
+        """The cached teacher answer for each hash that has an ``ok`` one (the latest wins).
+
+        Served rows are not answers to reuse: their response is what a client got, routing included.
+        """
         out: dict[str, dict[str, Any]] = {}
         with self._lock:
             for i in range(0, len(request_hashes), 500):
                 part = request_hashes[i : i + 500]
                 q = ",".join("?" * len(part))
                 for h, resp in self._db.execute(
-                    f"SELECT request_hash, response FROM calls WHERE status='ok' AND request_hash IN ({q})"
+                    "SELECT request_hash, response FROM calls WHERE status='ok' AND role='teacher' AND stage<>'serve'"
+                    f" AND request_hash IN ({q})"
                     " ORDER BY id",
                     part,
                 ):
@@ -199,14 +320,15 @@ class Ledger:
             return [dict(zip(names, r)) for r in cur.fetchall()]
 
     def rows_for(self, request_hashes: list[str], role: str = "teacher") -> list[dict]:
-        """Successful rows for the given request hashes (the first answer of each)."""
+        """Successful rows for the given request hashes (the first answer of each; served rows aside)."""
         out: dict[str, dict] = {}
         with self._lock:
             for i in range(0, len(request_hashes), 500):
                 part = request_hashes[i : i + 500]
                 q = ",".join("?" * len(part))
                 cur = self._db.execute(
-                    f"SELECT * FROM calls WHERE role=? AND status='ok' AND request_hash IN ({q}) ORDER BY id",
+                    f"SELECT * FROM calls WHERE role=? AND status='ok' AND stage<>'serve' AND request_hash IN ({q})"
+                    " ORDER BY id",
                     [role, *part],
                 )
                 names = [d[0] for d in cur.description]

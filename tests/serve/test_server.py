@@ -186,3 +186,32 @@ def test_cli_refuses_missing_key_with_one_line(served, monkeypatch, capsys):
     assert capsys.readouterr().err.strip().splitlines() == [
         "error: environment variable SERVE_KEY is not set (it holds the key clients must send; set it, or pass "
         "--api-key-env '' to serve without auth)"]
+
+
+def test_escalation_reuses_an_identical_teacher_answer_from_the_ledger(served, teacher_server, force):
+    """Issue 16.5: an escalated request that generate already paid for is answered from the ledger."""
+    from potstill.generate import label_records
+    from potstill.records import Record
+
+    service, live = served
+    cached_msg = [{"role": "user", "content": "the striker scored twice in the cup final"}]
+    fresh_msg = [{"role": "user", "content": "the chancellor raised the interest rate"}]
+    # generate (the real path: the same teacher, its hash, one ledger row) answers one input first
+    (rec,), stats = label_records([Record(messages=cached_msg)], service.task, service.teacher, service.ledger,
+                                  stage="generate")
+    assert stats.calls == 1 and rec.output is not None
+    force("teacher")
+    sent = sum(teacher_server.requests.values())
+    raw = client(live).chat.completions.with_raw_response.create(model="m", messages=cached_msg)
+    c = raw.parse()
+    assert raw.headers["x-potstill-answered-by"] == "teacher"
+    assert raw.headers["x-potstill-reason"] == "low_confidence+cached"
+    assert c.choices[0].message.content == rec.output
+    assert sum(teacher_server.requests.values()) == sent  # no teacher call
+    row = rows(service)[-1]
+    assert row["role"] == "teacher" and json.loads(row["response"])["teacher_cached"] is True
+    assert row["request_hash"] == rec.meta["request_hash"]  # one request hash for serve and generate
+    # a request the ledger has no answer for still goes to the teacher
+    raw = client(live).chat.completions.with_raw_response.create(model="m", messages=fresh_msg)
+    assert raw.headers["x-potstill-reason"] == "low_confidence"
+    assert sum(teacher_server.requests.values()) == sent + 1

@@ -9,7 +9,8 @@ import torch
 
 from potstill.errors import PotstillError
 from potstill.watch.stats import chi2_sf, escalation_trend, label_test, mmd_test
-from potstill.watch.traffic import parse_time, user_messages
+from potstill.ledger import user_messages
+from potstill.watch.traffic import parse_time
 
 
 def gauss(n: int, shift: float = 0.0, seed: int = 0) -> torch.Tensor:

@@ -17,11 +17,11 @@ id), ``meta.format`` and, where the log has them, ``teacher``, ``usage`` and ``f
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 from potstill.errors import PotstillError
+from potstill.ledger import Ledger
 from potstill.progress import bar
 from potstill.records import Record, read_objects, write_jsonl
 
@@ -132,24 +132,14 @@ def import_served(db: Path) -> list[Record]:
     """Records from the ``serve`` rows of a ledger (what a served student or its fallback answered)."""
     if not db.exists():
         raise PotstillError(f"{db}: ledger not found")
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        rows = con.execute("SELECT id, role, model, request, response, input_tokens, output_tokens, created_at"
-                           " FROM calls WHERE stage='serve' AND status='ok' ORDER BY id").fetchall()
-    except sqlite3.DatabaseError as e:
-        raise PotstillError(f"{db}: not a potstill ledger ({e})") from None
-    finally:
-        con.close()
+    with Ledger(db, readonly=True) as ledger:
+        rows = ledger.served()
     out = []
-    for rid, role, model, req, resp, n_in, n_out, at in rows:
-        req, resp = json.loads(req), json.loads(resp or "null")
-        where = f"{db}#calls.id={rid}"
-        text, extra = _answer(resp, where) if not (isinstance(resp, dict) and "output" in resp) else (str(resp["output"]), {})
-        msgs = _messages(req, where)
-        user = [m for m in msgs if m.get("role") != "system"]
-        out.append(Record(messages=user, output=text, meta={
-            "format": "served", "source": str(db), "ledger_id": rid, "teacher": model, "role": role,
-            "input_tokens": n_in, "output_tokens": n_out, "created_at": at, **{k: v for k, v in extra.items() if v}}))
+    for row in rows:
+        user = [m for m in _messages(row.request, f"{db}#calls.id={row.id}") if m.get("role") != "system"]
+        out.append(Record(messages=user, output=row.content or "", meta={
+            "format": "served", "source": str(db), "ledger_id": row.id, "teacher": row.model, "role": row.answered_by,
+            "input_tokens": row.input_tokens, "output_tokens": row.output_tokens, "created_at": row.created_at}))
     return out
 
 

@@ -12,9 +12,7 @@ task's labels, is kept as gold.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from typing import Any
 
 from potstill.config import Config
 from potstill.curate.split import rank
@@ -27,20 +25,6 @@ from potstill.tasks import Task
 from potstill.teachers import RunStats, get_teacher
 
 
-def user_messages(request: dict[str, Any]) -> list[dict[str, str]]:
-    """The chat as the server routed it: system/developer messages dropped (the run's instruction
-    replaces them), content parts joined into text."""
-    out = []
-    for m in request.get("messages") or []:
-        if not isinstance(m, dict) or m.get("role") in ("system", "developer"):
-            continue
-        content = m.get("content")
-        if isinstance(content, list):
-            content = "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-        out.append({"role": str(m.get("role")), "content": content or ""})
-    return out
-
-
 @dataclass
 class Traffic:
     escalated: list[Record] = field(default_factory=list)
@@ -51,30 +35,29 @@ class Traffic:
 
 def read_traffic(ledger: Ledger, task: Task) -> Traffic:
     """Every answered served request, once per distinct chat."""
-    rows = ledger.rows(stage="serve")
-    ok = [r for r in rows if r["status"] == "ok"]
+    rows = ledger.served(status=None)
+    ok = [r for r in rows if r.status == "ok"]
     t = Traffic(counts={"served_rows": len(rows), "served_ok": len(ok)})
     seen: dict[str, Record] = {}
-    for row in sorted(ok, key=lambda r: (r["role"] != "teacher", r["id"])):  # escalations first
-        request = json.loads(row["request"])
-        messages = user_messages(request)
+    for row in sorted(ok, key=lambda r: (not r.escalated, r.id)):  # escalations first
+        messages = row.messages
         if not any(m["role"] == "user" and m["content"].strip() for m in messages):
             continue
         key = hash_obj(messages)
         if key in seen:
             continue
-        response = json.loads(row["response"] or "{}")
-        gold = (request.get("metadata") or {}).get("label") if isinstance(request.get("metadata"), dict) else None
-        meta = {"source": "serve", "answered_by": row["role"], "reason": response.get("reason"),
-                "ledger_id": row["id"], "served_at": row["created_at"]}
+        metadata = row.request.get("metadata")
+        gold = metadata.get("label") if isinstance(metadata, dict) else None
+        meta = {"source": "serve", "answered_by": row.answered_by, "reason": row.reason or None,
+                "ledger_id": row.id, "served_at": row.created_at}
         rec = Record(messages=messages, label=gold if gold in task.labels else None, meta=meta,
-                     slice=[f"served:{'escalated' if row['role'] == 'teacher' else 'student'}"])
-        if row["role"] == "teacher":
-            rec.output = response.get("content")
-            rec.label_probs = response.get("teacher_label_probs")
-            rec.meta.update(teacher=row["model"], cost_usd=row["cost_usd"], input_tokens=row["input_tokens"],
-                            output_tokens=row["output_tokens"])
-            t.served_teacher_cost_usd += row["cost_usd"]
+                     slice=[f"served:{'escalated' if row.escalated else 'student'}"])
+        if row.escalated:
+            rec.output = row.content
+            rec.label_probs = row.extra.get("teacher_label_probs")
+            rec.meta.update(teacher=row.model, cost_usd=row.cost_usd, input_tokens=row.input_tokens,
+                            output_tokens=row.output_tokens)
+            t.served_teacher_cost_usd += row.cost_usd
             t.escalated.append(rec)
         else:
             t.student.append(rec)

@@ -131,9 +131,9 @@ def build_app(service: Service, api_key: str | None) -> FastAPI:
         if state.get("logged"):
             return
         state["logged"] = True
-        service.log(_logged_request(state.get("raw_body")), role=role, model=model or service.student_name,
-                    latency_s=time.perf_counter() - state.get("t0", time.perf_counter()), status="error",
-                    response=error_body(status, message), error=f"{status}: {message}"[:500])
+        service.log_failure(_logged_request(state.get("raw_body")), answered_by=role, model=model or service.student_name,
+                            latency_s=time.perf_counter() - state.get("t0", time.perf_counter()),
+                            body=error_body(status, message), error=f"{status}: {message}"[:500])
         requests.labels("none", "rejected" if status < 500 else "failed", str(status)).inc()
 
     async def reject(scope: dict, send: Any, status: int, message: str, param: str | None) -> None:
@@ -206,13 +206,11 @@ def build_app(service: Service, api_key: str | None) -> FastAPI:
         elapsed = time.perf_counter() - state.get("t0", time.perf_counter())
         route = {"answered_by": served.answered_by, "reason": served.reason, "confidence": served.confidence,
                  "ood_distance": served.ood_distance, "student_output": served.student_output}
-        usage = {"prompt_tokens": served.prompt_tokens, "completion_tokens": served.completion_tokens,
-                 "total_tokens": served.prompt_tokens + served.completion_tokens}
+        usage = {"prompt_tokens": served.input_tokens, "completion_tokens": served.output_tokens,
+                 "total_tokens": served.input_tokens + served.output_tokens}
         state["logged"] = True
-        await asyncio.to_thread(
-            service.log, body.model_dump(exclude_none=True), role=served.answered_by, model=served.model,
-            latency_s=elapsed, status="ok", response={"content": served.content, **route, **served.extra},
-            input_tokens=served.prompt_tokens, output_tokens=served.completion_tokens, cost_usd=served.cost_usd)
+        served.request, served.latency_s = body.model_dump(exclude_none=True), elapsed
+        await asyncio.to_thread(service.ledger.record_served, served)
         requests.labels(served.answered_by, served.reason, "200").inc()
         latency.labels(served.answered_by).observe(elapsed)
         cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())

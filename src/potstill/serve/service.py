@@ -17,7 +17,7 @@ import math
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +26,17 @@ import torch
 from potstill.config import Config
 from potstill.errors import PotstillError
 from potstill.hashing import hash_file, hash_obj
-from potstill.ledger import Call, Ledger
+from potstill.ledger import Ledger, ServedCall, user_messages
 from potstill.models.loading import load_lm
 from potstill.progress import bar, say
 from potstill.records import Record, read_records
 from potstill.serve.engine import Batcher, StudentAnswer, TransformersEngine, embed_all
 from potstill.serve.routing import Routing, calibrate, ood_distance
 from potstill.tasks import Task, get_task
-from potstill.teachers import Response, Teacher, get_teacher
+from potstill.teachers import Response, Teacher, get_teacher, request_hash
+
+
+_RESPONSE_FIELDS = {f.name for f in fields(Response)}
 
 
 def _finite(x: float) -> float | str:
@@ -108,24 +111,6 @@ def calibrate_run(run_dir: Path, cfg: Config, engine: TransformersEngine, task: 
     }, indent=2))
     os.replace(tmp, routing_path)
     return routing, reference
-
-
-@dataclass
-class Served:
-    """One answered request: what the client gets and what the ledger keeps."""
-
-    content: str
-    model: str
-    answered_by: str
-    reason: str
-    confidence: float
-    ood_distance: float
-    student_output: str
-    prompt_tokens: int
-    completion_tokens: int
-    cost_usd: float
-    extra: dict[str, Any] = field(default_factory=dict)
-    student: str = ""  # the student that handled the request (it answered, or it escalated)
 
 
 class TeacherError(Exception):
@@ -203,6 +188,7 @@ class Service:
         self._failed: str | None = None
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._identity: tuple[Teacher, dict[str, Any]] | None = None
 
     # The current student's parts, read through the live reference (tests and /health use these).
     @property
@@ -295,15 +281,28 @@ class Service:
         self._watcher.start()
 
     # ------------------------------------------------------------------ answering
-    async def _ask_teacher(self, messages: list[dict]) -> Response:
+    def teacher_request(self, messages: list[dict]) -> tuple[str, dict[str, Any]]:
+        """The teacher's request for a routed chat and its ledger hash: the one generate computes."""
+        teacher = self.teacher
+        if self._identity is None or self._identity[0] is not teacher:
+            self._identity = (teacher, teacher.identity())
+        req = teacher.request(Record(messages=messages))
+        return request_hash(self._identity[1], req), req
+
+    async def _ask_teacher(self, h: str, req: dict[str, Any]) -> tuple[Response, bool]:
+        """The teacher's answer and whether it came from the ledger (the cache DESIGN promises:
+        an identical request already answered, by generate or redistill, is never paid twice)."""
+        cached = (await asyncio.to_thread(self.ledger.lookup, [h])).get(h)
+        if cached is not None:
+            return Response(**{k: v for k, v in cached.items() if k in _RESPONSE_FIELDS}), True
         # One request on the teacher's long-lived worker (an API client, or the one in-process model).
-        r = await asyncio.wrap_future(self.teacher.submit(self.teacher.request(Record(messages=messages))))
+        r = await asyncio.wrap_future(self.teacher.submit(req))
         if not r.ok:
             raise TeacherError(r.error or "the teacher returned no answer")
-        return r
+        return r, False
 
-    async def answer(self, messages: list[dict]) -> Served:
-        """Route one chat (user-side messages only) and return the answer."""
+    async def answer(self, messages: list[dict]) -> ServedCall:
+        """Route one chat (user-side messages only) and return the answer, ready for the ledger."""
         live = self.acquire()
         try:
             a: StudentAnswer = await asyncio.wrap_future(live.batcher.submit(messages))
@@ -312,27 +311,30 @@ class Service:
         finally:
             live.release()
         student_cost = a.seconds * self.cfg.student.usd_per_hour / 3600
-        common = dict(answered_by=who, reason=reason, confidence=a.confidence, ood_distance=dist,
-                      student_output=a.output, student=live.name)
+        h, req = self.teacher_request(messages)
+        common = dict(request={"messages": messages}, answered_by=who, confidence=a.confidence, ood_distance=dist,
+                      student_output=a.output, student=live.name, request_hash=h)
         if who == "student":
-            return Served(content=a.output, model=live.name, prompt_tokens=a.prompt_tokens,
-                          completion_tokens=a.output_tokens, cost_usd=student_cost, **common)
-        r = await self._ask_teacher(messages)
-        extra: dict[str, Any] = {"teacher_latency_s": r.latency_s}
+            return ServedCall(content=a.output, model=live.name, reason=reason, input_tokens=a.prompt_tokens,
+                              output_tokens=a.output_tokens, cost_usd=student_cost, **common)
+        r, cached = await self._ask_teacher(h, req)
+        extra: dict[str, Any] = {"teacher_latency_s": 0.0 if cached else r.latency_s}
+        if cached:
+            extra["teacher_cached"] = True
         if r.label_probs:
             # The teacher's soft label, kept so `potstill redistill` can distil from served escalations.
             extra["teacher_label_probs"] = r.label_probs
-        return Served(content=r.output, model=self.teacher_name, prompt_tokens=r.input_tokens,
-                      completion_tokens=r.output_tokens, cost_usd=student_cost + r.cost_usd, extra=extra, **common)
+        return ServedCall(content=r.output, model=self.teacher_name, reason=reason + ("+cached" if cached else ""),
+                          input_tokens=r.input_tokens, output_tokens=r.output_tokens,
+                          cost_usd=student_cost + (0.0 if cached else r.cost_usd), extra=extra, **common)
 
-    def log(self, request: dict[str, Any], role: str, model: str, latency_s: float, status: str,
-            response: dict[str, Any] | None = None, error: str | None = None, input_tokens: int = 0,
-            output_tokens: int = 0, cost_usd: float = 0.0) -> None:
-        self.ledger.record(Call(
-            request_hash=hash_obj(["serve", request.get("messages", request)]), role=role, stage="serve", model=model,
-            request=request, response=response, input_tokens=input_tokens, output_tokens=output_tokens,
-            cost_usd=cost_usd, latency_s=latency_s, status=status, error=error,
-        ))
+    def log_failure(self, request: dict[str, Any], answered_by: str, model: str, latency_s: float,
+                    body: dict[str, Any], error: str) -> None:
+        """The ledger row of a request that got an error (rejected, or the teacher failed)."""
+        msgs = user_messages(request)
+        h = self.teacher_request(msgs)[0] if msgs else request_hash({"stage": "serve"}, request)
+        self.ledger.record_served(ServedCall(request=request, answered_by=answered_by, model=model, latency_s=latency_s,
+                                             status="error", error=error, error_body=body, request_hash=h))
 
 
 def _student_name(lm: Any) -> str:
