@@ -165,9 +165,9 @@ def main() -> None:
             "wall_s": stages["serve_traffic_s"], "requests_per_s": n / stages["serve_traffic_s"],
         }
         with Ledger(run / "calls.sqlite") as ledger:
-            esc = [r for r in ledger.rows(stage="serve", role="teacher") if r["status"] == "ok"]
-        traffic["escalation_teacher_cost_usd"] = sum(r["cost_usd"] for r in esc)
-        traffic["escalation_teacher_latency_s_mean"] = sum(r["latency_s"] for r in esc) / max(1, len(esc))
+            esc = [r for r in ledger.served() if r.escalated]
+        traffic["escalation_teacher_cost_usd"] = sum(r.cost_usd for r in esc)
+        traffic["escalation_teacher_latency_s_mean"] = sum(r.latency_s for r in esc) / max(1, len(esc))
         print(f"traffic: {json.dumps(traffic)}", flush=True)
 
         # 3. redistill, with the hammer started at promotion

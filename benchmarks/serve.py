@@ -125,8 +125,8 @@ def routing_on_quickstart(service, live, run: Path, teacher_cost: float) -> dict
     ood_flag = [d > service.routing.ood_threshold for d in dist]
 
     # Student cost per call: the serving rows' own student cost (latency share x student.usd_per_hour).
-    rows = service.ledger.rows(stage="serve")[-len(test):]
-    student_cost = statistics.fmean(r["cost_usd"] for r in rows if r["role"] == "student")
+    rows = service.ledger.served(limit=len(test), status=None)
+    student_cost = statistics.fmean(r.cost_usd for r in rows if r.answered_by == "student")
     n = len(test)
     share = sum(esc) / n
 

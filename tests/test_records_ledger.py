@@ -54,3 +54,35 @@ def test_ledger_migrations_cache_and_summary(tmp_path):
     assert [r[0] for r in db.execute("SELECT id FROM _migrations")] == list(range(1, len(MIGRATIONS) + 1))
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert json.loads(db.execute("SELECT request FROM calls WHERE request_hash='h1'").fetchone()[0]) == {"q": 1}
+
+
+def test_served_rows_round_trip_and_query_by_time_and_limit(tmp_path):
+    from potstill.ledger import ServedCall
+
+    path = tmp_path / "calls.sqlite"
+    chat = {"model": "m", "messages": [{"role": "system", "content": "ignored"},
+                                       {"role": "user", "content": [{"type": "text", "text": "a "}, {"type": "text", "text": "b"}]}]}
+    with Ledger(path) as led:
+        for i in range(5):
+            led.record_served(ServedCall(request=chat, answered_by="teacher" if i % 2 else "student", model=f"m{i}",
+                                         content=f"c{i}", reason="low_confidence" if i % 2 else "confident",
+                                         confidence=0.5, extra={"teacher_latency_s": 0.1}, cost_usd=0.01,
+                                         request_hash=f"h{i}", created_at=1000.0 + i))
+        led.record_served(ServedCall(request={"bad": 1}, answered_by="student", model="m", status="error",
+                                     error="400: no", error_body={"error": {"message": "no"}}, created_at=1010.0))
+        # served rows are never a teacher answer to reuse, even under a teacher hash
+        assert led.lookup(["h1"]) == {}
+    with Ledger(path, readonly=True) as led:
+        every = led.served()
+        assert [s.content for s in every] == ["c0", "c1", "c2", "c3", "c4"]
+        s = every[1]
+        assert s.escalated and s.model == "m1" and s.reason == "low_confidence" and s.extra == {"teacher_latency_s": 0.1}
+        assert s.messages == [{"role": "user", "content": "a b"}] and s.request == chat and s.request_hash == "h1"
+        assert [s.content for s in led.served(since=1001.0, until=1003.0)] == ["c1", "c2", "c3"]
+        assert [s.content for s in led.served(limit=2)] == ["c3", "c4"]
+        failed = led.served(status=None)[-1]
+        assert failed.status == "error" and failed.error_body == {"error": {"message": "no"}} and failed.content is None
+        with pytest.raises(sqlite3.OperationalError):
+            led._db.execute("DELETE FROM calls")  # read-only: watching never writes
+    with pytest.raises(PotstillError, match="not found"):
+        Ledger(tmp_path / "none.sqlite", readonly=True)
