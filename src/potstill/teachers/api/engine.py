@@ -1,4 +1,4 @@
-"""The async engine for API teachers: bounded concurrency, rate limits, budget, live counters.
+"""``ApiTeacher`` and the async engine it runs batches on: bounded concurrency, rate limits, budget.
 
 ``concurrency`` workers pull requests from one iterator, so a million inputs never become a
 million pending tasks. Before each request a worker takes its share of the rate limits and
@@ -10,9 +10,6 @@ Retries (429, 5xx, timeouts, dropped connections) are the SDK's: exponential bac
 that honours ``Retry-After``. The engine sees every HTTP attempt through httpx event hooks, so
 it counts retries and lets one 429's ``Retry-After`` pause all workers, not just the one that
 got it.
-
-``ApiSession`` is the same path for one request at a time (a server's escalations): one event
-loop thread, one connection pool and one SDK client for the teacher's whole life.
 """
 
 from __future__ import annotations
@@ -21,16 +18,78 @@ import asyncio
 import threading
 import time
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
-from potstill.config import GenerateConfig, PriceConfig
-from potstill.errors import redact
+from potstill.config import GenerateConfig, PriceConfig, TeacherConfig
+from potstill.errors import PotstillError, redact
+from potstill.tasks import Task
 from potstill.teachers.api.limits import RateLimiter
 from potstill.teachers.api.prices import price_for, token_cost
-from potstill.teachers.base import OnResult, Response, RunStats
+from potstill.teachers.base import OnResult, Response, RunStats, Teacher
 
-if TYPE_CHECKING:
-    from potstill.teachers.api import ApiTeacher
+
+class ApiTeacher(Teacher):
+    """A teacher behind an HTTP API: batches on the async engine, single requests on one session."""
+
+    supports_samples = True
+    remote = True
+
+    def __init__(self, cfg: TeacherConfig, task: Task):
+        super().__init__(cfg, task)
+        if not cfg.model:
+            raise PotstillError(f"teacher.model is required for an {self.type} teacher")
+        if cfg.logprobs and not self.supports_logprobs:
+            raise PotstillError(f"teacher.logprobs: {self.logprobs_refusal}; set it to 0")
+        self._key: str | None = None
+        self._session: Any = None
+        self._session_lock = threading.Lock()
+
+    #: Why ``teacher.logprobs`` is refused when ``supports_logprobs`` is False.
+    logprobs_refusal = "this API returns no log-probabilities"
+
+    def make_client(self, http_client: Any) -> Any:
+        """The SDK's async client over ``http_client`` (reads the key here, never earlier)."""
+        raise NotImplementedError
+
+    async def call(self, client: Any, request: dict[str, Any]) -> Response:
+        """One request (with its n samples); raises on failure after the SDK's retries."""
+        raise NotImplementedError
+
+    def estimate_tokens(self, request: dict[str, Any]) -> int:
+        """Tokens a request may use, for the TPM bucket and the budget: ~4 characters a token."""
+        chars = sum(len(str(m.get("content", ""))) for m in request.get("messages", []))
+        return chars // 4 + 4 + int(request.get("max_tokens", 0)) * int(request.get("n", 1))
+
+    def secrets(self) -> list[str]:
+        """Strings never to show in an error (the key)."""
+        return [self._key or ""]
+
+    def http_module(self) -> Any:
+        """The httpx-compatible package the SDK takes clients from (httpx; newer SDKs: httpx2)."""
+        import httpx
+
+        return httpx
+
+    def run(self, requests: list[dict[str, Any]], on_result: OnResult, stats: RunStats | None = None,
+            gcfg: GenerateConfig | None = None) -> None:
+        if requests:
+            asyncio.run(run_requests(self, enumerate(requests), on_result, gcfg or GenerateConfig(prices={}),
+                                     stats if stats is not None else RunStats()))
+
+    def submit(self, request: dict[str, Any]) -> "Future[Response]":
+        from potstill.teachers.api.session import ApiSession
+
+        with self._session_lock:
+            if self._session is None:
+                self._session = ApiSession(self)
+        return self._session.submit(request)
+
+    def close(self) -> None:
+        with self._session_lock:
+            if self._session is not None:
+                self._session.close()
+                self._session = None
+        super().close()
 
 
 def _hooks(limiter: RateLimiter, stats: RunStats) -> dict[str, list[Callable]]:
@@ -45,7 +104,7 @@ def _hooks(limiter: RateLimiter, stats: RunStats) -> dict[str, list[Callable]]:
     return {"request": [on_request], "response": [on_response]}
 
 
-def _open(teacher: "ApiTeacher", limiter: RateLimiter, stats: RunStats,
+def _open(teacher: ApiTeacher, limiter: RateLimiter, stats: RunStats,
           http_client_factory: Callable[..., Any] | None = None) -> tuple[Any, Any]:
     """An HTTP pool (hooked for counting and rate limits) and the SDK client over it."""
     httpx = teacher.http_module()
@@ -61,7 +120,7 @@ def _open(teacher: "ApiTeacher", limiter: RateLimiter, stats: RunStats,
         raise
 
 
-async def send(teacher: "ApiTeacher", client: Any, req: dict[str, Any], limiter: RateLimiter,
+async def send(teacher: ApiTeacher, client: Any, req: dict[str, Any], limiter: RateLimiter,
                price: PriceConfig | None, stats: RunStats) -> Response:
     """One request through the limits; a failure (after the SDK's retries) becomes an error response."""
     est = teacher.estimate_tokens(req)
@@ -81,7 +140,7 @@ async def send(teacher: "ApiTeacher", client: Any, req: dict[str, Any], limiter:
 
 
 async def run_requests(
-    teacher: "ApiTeacher",
+    teacher: ApiTeacher,
     requests: Iterable[tuple[int, dict[str, Any]]],
     on_result: OnResult,
     gcfg: GenerateConfig,
@@ -130,50 +189,3 @@ async def run_requests(
     finally:
         await client.close()
         await http.aclose()
-
-
-class ApiSession:
-    """Single requests on one long-lived loop and client (a server's escalations).
-
-    No rate limits or budget (a server answers its clients as they come); prices are the
-    teacher's own. ``submit`` is thread-safe and returns a ``concurrent.futures.Future``.
-    """
-
-    def __init__(self, teacher: "ApiTeacher"):
-        self.teacher = teacher
-        self.stats = RunStats()
-        self.limiter = RateLimiter()
-        self.price = price_for(teacher.cfg.model, teacher.cfg.price, {})
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name=f"potstill-{teacher.type}-session", daemon=True)
-        self.thread.start()
-        self._http: Any = None
-        self._client: Any = None
-        try:
-            asyncio.run_coroutine_threadsafe(self._start(), self.loop).result()
-        except BaseException:
-            self.close()
-            raise
-
-    async def _start(self) -> None:
-        self._http, self._client = _open(self.teacher, self.limiter, self.stats)
-
-    def submit(self, request: dict[str, Any]) -> "Future[Response]":
-        return asyncio.run_coroutine_threadsafe(
-            send(self.teacher, self._client, request, self.limiter, self.price, self.stats), self.loop)
-
-    async def _stop(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-        if self._http is not None:
-            await self._http.aclose()
-
-    def close(self) -> None:
-        if self.loop.is_closed():
-            return
-        try:
-            asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(timeout=10)
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(timeout=10)
-            self.loop.close()
