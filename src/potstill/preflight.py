@@ -219,7 +219,7 @@ def check_weights(ctx: _Ctx) -> Check:
 def projected_cost(ctx: _Ctx) -> tuple[float, int, str]:
     """(USD, inputs, how) for ``generate`` over ``data.inputs``: prompt characters / 4 tokens in, the
     longest label (classification) or ``teacher.max_tokens`` out, times ``generate.n``."""
-    from potstill.generate.prices import price_for, token_cost
+    from potstill.teachers.api.prices import price_for, token_cost
     from potstill.stage import load_inputs
 
     cfg = ctx.cfg
