@@ -25,6 +25,7 @@ from potstill.stage import Stage, leaf_fields
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="potstill: distil a large teacher LLM into a small student, and prove the trade on your data.")
 
+
 def config_command(name: str, fields: list[str], on_run: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register ``fn(cfg, **own)`` as ``potstill NAME``: the one way a command that takes a config is declared.
 
