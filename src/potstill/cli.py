@@ -192,7 +192,7 @@ def import_(
 
 
 @config_command("serve", ["serve"], on_run=True)
-def serve(cfg: Config, run_dir: Annotated[Path, typer.Argument(help="Run directory with student/, val.jsonl and train.jsonl.")],
+def serve(cfg: Config, run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="Run directory with student/, val.jsonl and train.jsonl.")],
           recalibrate: Annotated[bool, typer.Option(help="Recalibrate routing even if RUN/serve/routing.json is current.")] = False,
           ) -> None:
     """Serve the student behind an OpenAI-compatible API, escalating to the teacher by calibrated routing."""
@@ -269,7 +269,7 @@ def export_check(file: Annotated[Path, typer.Argument(help="JSONL file in OpenAI
 
 
 @config_command("redistill", ["redistill"], on_run=True)
-def redistill(cfg: Config, run_dir: Annotated[Path, typer.Argument(help="Served run directory (student/, splits, calls.sqlite).")],
+def redistill(cfg: Config, run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="Served run directory (student/, splits, calls.sqlite).")],
               rollback: Annotated[Optional[str], typer.Option(
                   help="Instead: point RUN/student back at a kept student (students/<id>).")] = None,
               ) -> None:
