@@ -238,14 +238,15 @@ def test_the_run_saves_the_config_it_ran_with(done_run):
 
 def test_a_single_stage_records_only_its_own_fields(tmp_path):
     run = RunDir(tmp_path / "run")
-    a = load_config(None, {"run_dir": str(run.path), "task.labels": ["x", "y"], "teacher.model": "a", "train.lr": 0.1})
+    a = load_config(None, {"run_dir": str(run.path), "task.labels": ["x", "y"], "teacher.temperature": 0.5,
+                           "train.lr": 0.1})
     save_config(a, run, STAGES["generate"])
-    b = load_config(None, {"run_dir": str(run.path), "task.labels": ["x", "y"], "teacher.model": "b", "train.lr": 0.2,
-                           "serve.port": 9000})
+    b = load_config(None, {"run_dir": str(run.path), "task.labels": ["x", "y"], "teacher.temperature": 0.7,
+                           "train.lr": 0.2, "serve.port": 9000})
     save_config(b, run, STAGES["train"])
     saved = load_config(run / "potstill.yaml")
-    # train's field from b; generate's teacher from a (train never read it); serve from the latest.
-    assert (saved.train.lr, saved.teacher.model, saved.serve.port) == (0.2, "a", 9000)
+    # train's field from b; teacher.temperature from a (train does not read it); serve from the latest.
+    assert (saved.train.lr, saved.teacher.temperature, saved.serve.port) == (0.2, 0.5, 9000)
     assert sorted(p.name for p in run.path.iterdir()) == ["potstill.yaml"]  # no temp file left behind
 
 

@@ -92,6 +92,10 @@ Force = Annotated[bool, typer.Option("--force", help="Rerun even if up to date."
 
 def _stage_command(stage: Stage) -> None:
     def command(cfg: Config, force: Force = False) -> None:
+        if stage.preflight:
+            from potstill.preflight import require
+
+            require(cfg, stage.name)
         stage.run(cfg, force)
 
     command.__doc__ = stage.doc

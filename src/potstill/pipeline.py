@@ -21,14 +21,19 @@ from potstill.stage import Stage
 _GENERATE_TUNES = ("generate.rpm", "generate.tpm", "generate.budget_usd", "generate.engine", "generate.ray_workers",
                    "generate.ray_gpus_per_worker", "generate.ray_endpoints", "generate.prices")
 
+# Train's preflight compares the label tokens under the teacher's prompt: it can refuse, not change, a run.
+_TRAIN_PREFLIGHT = ("teacher.type", "teacher.model", "teacher.prompt_format", "teacher.answer_prefix")
+
 STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("pilot", "Compare the untrained student with the teacher on ~100 inputs, before any training.",
           reads=("task", "data", "teacher", "student", "pilot", "generate", "evaluate.batch_size",
                  "evaluate.latency_samples"),
           tunes=_GENERATE_TUNES, inputs=(), outputs=("pilot.json",), body="potstill.pilot.stage:pilot_body"),
+    # `potstill generate` runs preflight's generate checks first (a projected cost over the budget
+    # is refused before a request is sent); train runs its checks inside its body.
     Stage("generate", "Run the teacher over every input (cached in the ledger; a rerun sends nothing twice).",
-          reads=("task", "data", "teacher", "generate"),
-          tunes=_GENERATE_TUNES, inputs=(), outputs=("teacher.jsonl",), body="potstill.generate.stage:generate_body"),
+          reads=("task", "data", "teacher", "generate"), tunes=_GENERATE_TUNES, inputs=(), outputs=("teacher.jsonl",),
+          body="potstill.generate.stage:generate_body", preflight=True),
     # review.sqlite is an input: a new review decision reruns curate (and so train and evaluate).
     # The dataset card names the inputs, their licence and the teacher.
     Stage("curate", "Validate and deduplicate teacher outputs, split train/val/test, write the dataset card.",
@@ -38,7 +43,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           outputs=("train.jsonl", "val.jsonl", "test.jsonl", "rejected.jsonl", "card.json", "card.md"),
           body="potstill.curate.stage:curate_body"),
     Stage("train", "Fine-tune the student on the teacher's outputs (full or LoRA; SFT or label-level KD).",
-          reads=("task", "student", "train"), inputs=("train.jsonl", "val.jsonl"),
+          reads=("task", "student", "train", *_TRAIN_PREFLIGHT), tunes=_TRAIN_PREFLIGHT,
+          inputs=("train.jsonl", "val.jsonl"),
           outputs=("student", "metrics.jsonl", "train.json"), body="potstill.train.stage:train_body"),
     # Evaluate also sums the teacher's spend from the ledger (calls.sqlite); the ledger is an
     # append-only log that serving keeps writing, not an artifact, so it is not an input.

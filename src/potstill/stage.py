@@ -72,6 +72,7 @@ class Stage:
     outputs: tuple[str, ...]
     body: str
     tunes: tuple[str, ...] = ()
+    preflight: bool = False  # its command refuses to start when ``potstill preflight``'s checks for it fail
 
     def __post_init__(self) -> None:
         stray = set(leaf_fields(self.tunes)) - set(leaf_fields(self.reads))

@@ -21,9 +21,6 @@ def generate_stage(cfg: Config, force: bool = False) -> dict[str, Any]:
 
 
 def generate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
-    from potstill.preflight import require
-
-    require(cfg, "generate")  # refuses, say, a projected cost over the budget before a request is sent
     records = load_inputs(cfg)
     with run.ledger() as ledger:
         labelled, stats = run_generate(cfg, records, ledger, stage="generate")
