@@ -56,3 +56,21 @@ def test_classification_needs_labels():
 def test_examples_load(path):
     cfg = load_config(path)
     assert isinstance(cfg, Config)
+
+
+def test_path_fields_are_declared_and_saved_relative_to_a_directory(tmp_path):
+    from potstill.config import INPUT_FILE, MODEL_REF, RUN_PATH, path_roles, relative_paths
+
+    roles = path_roles()
+    assert roles == {"run_dir": RUN_PATH, "data.inputs": INPUT_FILE, "teacher.model": MODEL_REF,
+                     "teacher.few_shot.path": INPUT_FILE, "teacher.replay_path": INPUT_FILE,
+                     "student.model": MODEL_REF, "curate.real_data": INPUT_FILE, "train.teacher_model": MODEL_REF}
+    cfg = load_config(None, {"task.labels": ["a", "b"], "run_dir": str(tmp_path / "run"),
+                             "data.inputs": str(tmp_path / "in.jsonl"), "teacher.model": "org/name"})
+    data = relative_paths(cfg, tmp_path / "run")
+    assert (data["run_dir"], data["data"]["inputs"], data["teacher"]["model"]) == (".", "../in.jsonl", "org/name")
+    # Written into another directory, the same file loads with paths relative to it.
+    (tmp_path / "moved" / "run").mkdir(parents=True)
+    (tmp_path / "moved" / "run" / "c.yaml").write_text(yaml.safe_dump(data))
+    moved = load_config(tmp_path / "moved" / "run" / "c.yaml")
+    assert Path(moved.data.inputs) == tmp_path / "moved" / "in.jsonl" and moved.teacher.model == "org/name"

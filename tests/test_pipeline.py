@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from potstill.config import load_config
+from tests.helpers.chat_server import ChatServer
+
 LABELS = ["sports", "tech", "politics"]
 KEYWORDS = {"sports": ["match", "team", "goal", "win"], "tech": ["phone", "software", "internet", "computer"],
             "politics": ["minister", "party", "vote", "election"]}
@@ -68,6 +71,9 @@ def test_run_twice_then_change_one_setting(project):
         assert (run / name).exists(), name
     assert (run / "student" / "config.json").exists()
     n_calls = teacher_calls(run)
+    # The run saved the config it ran with, which serve, watch and redistill load by default.
+    assert load_config(run / "potstill.yaml").model_dump(exclude={"run_dir"}) == \
+        load_config(project / "potstill.yaml").model_dump(exclude={"run_dir"})
     # 36 inputs; the pilot's 10 are a subset and come from the cache during generate.
     assert n_calls == 36
     ev = json.loads((run / "eval.json").read_text())
@@ -89,6 +95,7 @@ def test_run_twice_then_change_one_setting(project):
     timings = json.loads((run / "timings.json").read_text())
     assert {k for k, t in timings.items() if not t["skipped"]} == {"train", "evaluate"}
     assert teacher_calls(run) == n_calls
+    assert load_config(run / "potstill.yaml").train.lr == 0.02
 
 
 def test_kd_and_lora(project):
@@ -140,8 +147,31 @@ def test_editing_a_file_named_in_the_config_reruns_its_stage_and_moving_the_proj
     shutil.copytree(project, moved)
     out = potstill("generate", "-c", "potstill.yaml", cwd=moved)
     assert out.returncode == 0 and "generate: up to date, skipped" in out.stderr, out.stderr
+    # A single stage saves the run's config too, with paths relative to the run, so it moves along.
+    assert load_config(moved / "run" / "potstill.yaml").data.inputs == str(moved / "inputs.jsonl")
     # Editing the inputs in place reruns generate (the ledger still answers the old inputs).
     with open(moved / "inputs.jsonl", "a") as f:
         f.write(json.dumps({"input": "vote for the new phone minister"}) + "\n")
     out = potstill("generate", "-c", "potstill.yaml", cwd=moved)
     assert out.returncode == 0 and "up to date" not in out.stderr and "1 teacher calls" in out.stderr, out.stderr
+
+
+def test_changing_generate_n_reruns_the_pilot(project, tiny_model_b):
+    """The pilot asks the teacher through generate's settings: with generate.n changed, its numbers
+    come from other requests, so it must not stay "up to date" (it did before stages declared
+    what they read)."""
+    cfg = yaml.safe_load((project / "potstill.yaml").read_text())
+    with ChatServer(str(tiny_model_b)) as teacher:
+        cfg["teacher"] = {"type": "openai", "model": "tiny", "base_url": teacher.base_url, "api_key_env": "TEACHER_KEY"}
+        (project / "potstill.yaml").write_text(yaml.safe_dump(cfg))
+        env = {"TEACHER_KEY": "unused-by-the-test-server"}
+        first = potstill("pilot", "-c", "potstill.yaml", cwd=project, env=env)
+        assert first.returncode == 0, first.stderr
+        asked = sum(teacher.requests.values())
+        assert asked == 10
+        again = potstill("pilot", "-c", "potstill.yaml", cwd=project, env=env)
+        assert "pilot: up to date, skipped" in again.stderr and sum(teacher.requests.values()) == asked
+        changed = potstill("pilot", "-c", "potstill.yaml", "--generate.n", "2", cwd=project, env=env)
+        assert changed.returncode == 0, changed.stderr
+        assert "up to date" not in changed.stderr, changed.stderr
+        assert sum(teacher.requests.values()) == 2 * asked  # each input asked anew, now for 2 samples

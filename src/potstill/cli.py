@@ -1,7 +1,8 @@
 """The command line: one small function per verb over the library.
 
-Every leaf field of potstill.yaml is a flag (``--teacher.model``, ``--train.lr``), generated from
-the pydantic models so its help is the field's one docstring. Values are parsed as YAML scalars
+Each command's flags are the config fields it reads (``--teacher.model``, ``--train.lr``; a
+stage's come from its declaration in ``potstill.pipeline``), generated from the pydantic models
+so their help is the field's one description. Values are parsed as YAML scalars
 (``--curate.dedup false``, ``--task.labels '[a, b]'``) and validated by the config model.
 """
 
@@ -18,95 +19,101 @@ import yaml
 
 from potstill.config import Config, flat_fields, load_config, starter_yaml
 from potstill.errors import PotstillError
+from potstill.pipeline import STAGES, run_all
+from potstill.stage import Stage, leaf_fields
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="potstill: distil a large teacher LLM into a small student, and prove the trade on your data.")
 
-_SECTIONS = {
-    "pilot": ["task", "data", "teacher", "student", "pilot", "evaluate", "generate"],
-    "generate": ["task", "data", "teacher", "generate"],
-    "curate": ["task", "data", "teacher", "curate"],
-    "train": ["task", "student", "train"],
-    "evaluate": ["task", "student", "evaluate", "report"],
-    "run": ["task", "data", "teacher", "student", "pilot", "generate", "curate", "train", "evaluate", "report"],
-}
+
+def config_command(name: str, fields: list[str], on_run: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register ``fn(cfg, **own)`` as ``potstill NAME``: the one way a command that takes a config is declared.
+
+    Its flags are ``fn``'s own typed parameters, then ``-c/--config``, then ``--FIELD`` for each
+    config field in ``fields`` (sections or dotted fields) with the field's description as help.
+    ``on_run``: the command works on a run directory (its ``run_dir`` argument) whose saved
+    RUN/potstill.yaml is the default config, and each field of its own section (``serve.port``)
+    also answers to a short flag (``--port``; ``--promote/--no-promote`` for a yes/no field).
+    """
+
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        own = list(inspect.signature(fn, eval_str=True).parameters.values())[1:]
+        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
+        where = "default: RUN/potstill.yaml" if on_run else "default: built-in defaults"
+        params.append(inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+            Optional[Path], typer.Option("--config", "-c", help=f"potstill.yaml to load ({where}).")]))
+        wanted = set(leaf_fields(fields)) | (set() if on_run else {"run_dir"})
+        for key, ann, desc in flat_fields(Config):
+            if key in wanted:
+                params += _field_flags(key, ann, desc, short=on_run and key.split(".")[0] == name)
+
+        def command(**kwargs: Any) -> None:
+            mine = {p.name: kwargs.pop(p.name) for p in own}
+            cfg_path = kwargs.pop("config")
+            overrides = {}
+            for k, v in kwargs.items():
+                if v is not None:
+                    key = k.removeprefix("flag__").replace("__", ".")
+                    overrides[key] = v if k.startswith("flag__") else yaml.safe_load(v)
+            if on_run:
+                from potstill.serve import run_config
+
+                cfg = run_config(mine["run_dir"], cfg_path, overrides)
+            else:
+                cfg = load_config(cfg_path, overrides)
+            fn(cfg, **mine)
+
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__doc__ = fn.__doc__
+        app.command(name)(command)
+        return fn
+
+    return register
 
 
-def _config_command(name: str, fn: Callable[..., Any], extra: list[inspect.Parameter] | None = None) -> None:
-    """Register ``fn(cfg, **extra)`` as a command whose flags are the config fields of its sections."""
-    params = [inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None,
-                                annotation=Annotated[Optional[Path], typer.Option("--config", "-c", help="potstill.yaml to load.")])]
-    params += extra or []
-    fields = [(k, a, d) for k, a, d in flat_fields(Config) if "." not in k or k.split(".")[0] in _SECTIONS[name]]
-    for key, ann, desc in fields:
-        type_name = getattr(ann, "__name__", str(ann)).replace("typing.", "")
-        params.append(inspect.Parameter(
-            key.replace(".", "__"), inspect.Parameter.KEYWORD_ONLY, default=None,
-            annotation=Annotated[Optional[str], typer.Option(f"--{key}", help=f"{desc} [{type_name}]",
-                                                             rich_help_panel=key.split(".")[0] if "." in key else "run")],
-        ))
-
-    def command(**kwargs: Any) -> None:
-        cfg_path = kwargs.pop("config")
-        extras = {p.name: kwargs.pop(p.name) for p in extra or []}
-        overrides = {k.replace("__", "."): yaml.safe_load(v) for k, v in kwargs.items() if v is not None}
-        cfg = load_config(cfg_path, overrides)
-        fn(cfg, **extras)
-
-    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-    command.__doc__ = fn.__doc__
-    app.command(name)(command)
+def _field_flags(key: str, ann: Any, desc: str, short: bool) -> list[inspect.Parameter]:
+    """``--section.field VALUE`` (a YAML scalar the config model validates), and its short form."""
+    type_name = getattr(ann, "__name__", str(ann)).replace("typing.", "")
+    panel = key.split(".")[0] if "." in key else "run"
+    dashed = key.split(".")[-1].replace("_", "-")
+    names = [f"--{key}"] + ([f"--{dashed}"] if short and ann is not bool else [])
+    params = [inspect.Parameter(key.replace(".", "__"), inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        Optional[str], typer.Option(*names, help=f"{desc} [{type_name}]", rich_help_panel=panel)])]
+    if short and ann is bool:
+        params.append(inspect.Parameter("flag__" + key.replace(".", "__"), inspect.Parameter.KEYWORD_ONLY, default=None,
+                                        annotation=Annotated[Optional[bool], typer.Option(
+                                            f"--{dashed}/--no-{dashed}", help=f"--{key} true / false.",
+                                            rich_help_panel=panel)]))
+    return params
 
 
-_FORCE = inspect.Parameter("force", inspect.Parameter.KEYWORD_ONLY, default=False,
-                           annotation=Annotated[bool, typer.Option("--force", help="Rerun even if up to date.")])
+Force = Annotated[bool, typer.Option("--force", help="Rerun even if up to date.")]
 
 
-def _pilot(cfg: Config, force: bool) -> None:
-    """Compare the untrained student with the teacher on ~100 inputs, before any training."""
-    from potstill.pilot.stage import pilot_stage
+def _stage_command(stage: Stage) -> None:
+    def command(cfg: Config, force: Force = False) -> None:
+        if stage.preflight:
+            from potstill.preflight import require
 
-    pilot_stage(cfg, force)
+            require(cfg, stage.name)
+        stage.run(cfg, force)
 
-
-def _generate(cfg: Config, force: bool) -> None:
-    """Run the teacher over every input (cached in the ledger; a rerun sends nothing twice)."""
-    from potstill.generate.stage import generate_stage
-    from potstill.preflight import require
-
-    require(cfg, "generate")
-    generate_stage(cfg, force)
+    command.__doc__ = stage.doc
+    config_command(stage.name, list(stage.reads))(command)
 
 
-def _curate(cfg: Config, force: bool) -> None:
-    """Validate and deduplicate teacher outputs, split train/val/test, write the dataset card."""
-    from potstill.curate.stage import curate_stage
-
-    curate_stage(cfg, force)
+for _stage in STAGES.values():
+    _stage_command(_stage)
 
 
-def _train(cfg: Config, force: bool) -> None:
-    """Fine-tune the student on the teacher's outputs (full or LoRA; SFT or label-level KD)."""
-    from potstill.train.stage import train_stage
-
-    train_stage(cfg, force)
-
-
-def _evaluate(cfg: Config, force: bool) -> None:
-    """Untrained student vs teacher vs trained student on the test split, with a go/no-go verdict."""
-    from potstill.evaluate.stage import evaluate_stage
-
-    evaluate_stage(cfg, force)
-
-
-def _run(cfg: Config, force: bool) -> None:
+@config_command("run", [k for s in STAGES.values() for k in s.reads])
+def run(cfg: Config, force: Force = False) -> None:
     """Run pilot, generate, curate, train and evaluate in order, skipping stages already done."""
-    from potstill.pipeline import run_all
-
     run_all(cfg, force=force)
 
 
-def _preflight(cfg: Config) -> None:
+@config_command("preflight", ["task", "data", "teacher", "student", "train", "generate"])
+def preflight(cfg: Config) -> None:
     """Refuse a run that would train the wrong objective silently: tokenizers, prompts, labels, ranks, budget."""
     from potstill.preflight import run_checks
 
@@ -116,14 +123,6 @@ def _preflight(cfg: Config) -> None:
     failed = [c for c in checks if c.status == "fail"]
     if failed:
         raise PotstillError(f"preflight: {len(failed)} check(s) failed: {', '.join(c.name for c in failed)}")
-
-
-_SECTIONS["preflight"] = ["task", "data", "teacher", "student", "train", "generate"]
-_config_command("preflight", _preflight)
-
-for _name, _fn in (("pilot", _pilot), ("generate", _generate), ("curate", _curate), ("train", _train),
-                   ("evaluate", _evaluate), ("run", _run)):
-    _config_command(_name, _fn, [_FORCE])
 
 
 @app.command()
@@ -146,7 +145,6 @@ def quickstart(
     objective: Annotated[str, typer.Option(help="kd (label-level distillation) or sft.")] = "kd",
 ) -> None:
     """The embedded default, end to end, offline: BBC News topics, gemma-3-270m teacher, SmolLM2 student."""
-    from potstill.pipeline import run_all
     from potstill.quickstart import quickstart_config
 
     if objective not in ("kd", "sft"):
@@ -203,24 +201,13 @@ def import_(
     typer.echo(f"wrote {n} records to {out}")
 
 
-@app.command()
-def serve(
-    run_dir: Annotated[Path, typer.Argument(help="Run directory with student/, val.jsonl and train.jsonl.")],
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Config (default: RUN/potstill.yaml).")] = None,
-    host: Annotated[Optional[str], typer.Option(help="serve.host: address to bind.")] = None,
-    port: Annotated[Optional[int], typer.Option(help="serve.port: port to listen on.")] = None,
-    api_key_env: Annotated[Optional[str], typer.Option(help="serve.api_key_env: variable holding the clients' Bearer key ('' = no auth).")] = None,
-    target_escalation: Annotated[Optional[float], typer.Option(help="serve.target_escalation: most val share sent to the teacher.")] = None,
-    target_agreement: Annotated[Optional[float], typer.Option(help="serve.target_agreement: val agreement to reach instead.")] = None,
-    recalibrate: Annotated[bool, typer.Option(help="Recalibrate routing even if RUN/serve/routing.json is current.")] = False,
-) -> None:
+@config_command("serve", ["serve"], on_run=True)
+def serve(cfg: Config, run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="Run directory with student/, val.jsonl and train.jsonl.")],
+          recalibrate: Annotated[bool, typer.Option(help="Recalibrate routing even if RUN/serve/routing.json is current.")] = False,
+          ) -> None:
     """Serve the student behind an OpenAI-compatible API, escalating to the teacher by calibrated routing."""
-    from potstill.serve import run_config
     from potstill.serve import serve as run_server
 
-    flags = {"host": host, "port": port, "api_key_env": api_key_env, "target_escalation": target_escalation,
-             "target_agreement": target_agreement}
-    cfg = run_config(run_dir, config, {f"serve.{k}": v for k, v in flags.items() if v is not None})
     run_server(run_dir, cfg, recalibrate=recalibrate)
 
 
@@ -251,50 +238,31 @@ def review(
     serve_review(run_dir, host, port, sample, seed)
 
 
-def _export(cfg: Config, fmt: str, out: Optional[Path]) -> None:
+@config_command("export", ["task", "student", "export"])
+def export(cfg: Config,
+           fmt: Annotated[str, typer.Option("--format", help="Export format: openai-jsonl, hf or gguf.")] = "openai-jsonl",
+           out: Annotated[Optional[Path], typer.Option("--out", help="Output directory (default: RUN/export/FORMAT).")] = None,
+           ) -> None:
     """Export the run: openai-jsonl (train/val as OpenAI fine-tuning JSONL), hf (merged student weights), gguf (f16/q8_0 + Ollama Modelfiles)."""
-    from potstill.export import export
+    from potstill.export import export as write_export
 
-    for path in export(cfg, fmt, out):
+    for path in write_export(cfg, fmt, out):
         typer.echo(f"wrote {path}")
 
 
-_SECTIONS["export"] = ["task", "student", "export"]
-_config_command("export", _export, [
-    inspect.Parameter("fmt", inspect.Parameter.KEYWORD_ONLY, default="openai-jsonl",
-                      annotation=Annotated[str, typer.Option("--format", help="Export format: openai-jsonl, hf or gguf.")]),
-    inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, default=None,
-                      annotation=Annotated[Optional[Path], typer.Option("--out", help="Output directory (default: RUN/export/FORMAT).")]),
-])
-
-
-def _watch(run_dir: Path, config: Optional[Path], since: Optional[str], until: Optional[str], **flags: Optional[str]) -> None:
+@config_command("watch", ["watch"], on_run=True)
+def watch(cfg: Config, run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="Served run directory.")],
+          since: Annotated[Optional[str], typer.Option(help="Watch the requests from this time instead of the latest "
+                                                            "window: unix seconds, ISO 8601, or 24h/7d ago.")] = None,
+          until: Annotated[Optional[str], typer.Option(help="Watch the requests up to this time (same formats as --since).")] = None,
+          ) -> None:
     """Compare the latest served traffic (RUN/calls.sqlite) with the training inputs: input drift (MMD on the
     student's embeddings), label-mix drift and escalation share; writes RUN/watch/report.{json,md}.
     Exit code: 0 within thresholds, 3 drift flagged, 2 error."""
-    from potstill.serve import run_config
     from potstill.watch import EXIT_DRIFT, parse_time, watch_run
 
-    overrides = {k.replace("__", "."): yaml.safe_load(v) for k, v in flags.items() if v is not None}
-    cfg = run_config(run_dir, config, overrides)
     report = watch_run(run_dir, cfg, parse_time(since) if since else None, parse_time(until) if until else None)
     raise typer.Exit(EXIT_DRIFT if report["drift"] else 0)
-
-
-# `watch RUN`: a positional run directory, RUN/potstill.yaml by default, and a --watch.FIELD flag per WatchConfig field.
-_watch.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
-    inspect.Parameter("run_dir", inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[Path, typer.Argument(metavar="RUN", help="Served run directory.")]),
-    inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
-        Optional[Path], typer.Option("--config", "-c", help="Config (default: RUN/potstill.yaml).")]),
-    inspect.Parameter("since", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[str], typer.Option(
-        help="Watch the requests from this time instead of the latest window: unix seconds, ISO 8601, or 24h/7d ago.")]),
-    inspect.Parameter("until", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[str], typer.Option(
-        help="Watch the requests up to this time (same formats as --since).")]),
-    *(inspect.Parameter(k.replace(".", "__"), inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
-        Optional[str], typer.Option(f"--{k}", help=f"{d} [{getattr(a, '__name__', str(a))}]", rich_help_panel="watch")])
-      for k, a, d in flat_fields(Config) if k.startswith("watch.")),
-])
-app.command("watch")(_watch)
 
 
 @app.command("export-check")
@@ -310,31 +278,18 @@ def export_check(file: Annotated[Path, typer.Argument(help="JSONL file in OpenAI
     typer.echo(f"{file}: ok")
 
 
-@app.command()
-def redistill(
-    run_dir: Annotated[Path, typer.Argument(help="Served run directory (student/, splits, calls.sqlite).")],
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Config (default: RUN/potstill.yaml).")] = None,
-    student_sample: Annotated[Optional[float], typer.Option(help="redistill.student_sample: student-answered requests re-asked from the teacher (fraction 0-1, 1 = all, or a count > 1).")] = None,
-    new_test: Annotated[Optional[float], typer.Option(help="redistill.new_test: share of new traffic held out as the new-traffic test.")] = None,
-    min_gain: Annotated[Optional[float], typer.Option(help="redistill.min_gain: agreement gain on new traffic the challenger must exceed.")] = None,
-    max_frozen_drop: Annotated[Optional[float], typer.Option(help="redistill.max_frozen_drop: most agreement the challenger may lose on RUN/test.jsonl.")] = None,
-    require_significant: Annotated[Optional[bool], typer.Option("--require-significant/--no-require-significant", help="redistill.require_significant: the gain's 95% interval must lie above 0.")] = None,
-    promote: Annotated[Optional[bool], typer.Option("--promote/--no-promote", help="redistill.promote: promote a winning challenger.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="redistill.seed: seed of the sample and of the new-traffic split.")] = None,
-    rollback: Annotated[Optional[str], typer.Option(help="Instead: point RUN/student back at a kept student (students/<id>).")] = None,
-) -> None:
+@config_command("redistill", ["redistill"], on_run=True)
+def redistill(cfg: Config, run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="Served run directory (student/, splits, calls.sqlite).")],
+              rollback: Annotated[Optional[str], typer.Option(
+                  help="Instead: point RUN/student back at a kept student (students/<id>).")] = None,
+              ) -> None:
     """Train a challenger on served traffic and promote it only if it beats the champion on new traffic and holds on the frozen test."""
     from potstill import redistill as rd
-    from potstill.serve import run_config
 
     if rollback is not None:
         info = rd.rollback(run_dir, rollback)
         typer.echo(f"RUN/student -> {info['current']} (was {info['previous']})")
         return
-    flags = {"student_sample": student_sample, "new_test": new_test, "min_gain": min_gain,
-             "max_frozen_drop": max_frozen_drop, "require_significant": require_significant, "promote": promote,
-             "seed": seed}
-    cfg = run_config(run_dir, config, {f"redistill.{k}": v for k, v in flags.items() if v is not None})
     rd.redistill(run_dir, cfg)
 
 

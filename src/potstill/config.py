@@ -7,14 +7,36 @@ help of its CLI flag (``--section.field``). Unknown fields are refused with a su
 from __future__ import annotations
 
 import difflib
+import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import to_jsonable_python
 
 from potstill.errors import PotstillError
+
+
+@dataclass(frozen=True)
+class PathRole:
+    """Marks a field whose value names a path: ``field: Annotated[str, INPUT_FILE]``.
+
+    ``resolve``: a relative value in a config file is relative to that file's directory (and the
+    run's saved potstill.yaml stores it relative to the run directory). ``content``: in a stage's
+    fingerprint an existing file counts by its sha256, not its name, so editing the file reruns
+    the stage and moving the project does not.
+    """
+
+    resolve: bool
+    content: bool
+
+
+RUN_PATH = PathRole(resolve=True, content=False)
+INPUT_FILE = PathRole(resolve=True, content=True)
+# A hub id or a local path: left as written (``org/name`` is not a path), a local file counts by content.
+MODEL_REF = PathRole(resolve=False, content=True)
 
 
 class Section(BaseModel):
@@ -32,7 +54,7 @@ class TaskConfig(Section):
 
 
 class DataConfig(Section):
-    inputs: str = Field("inputs.jsonl", description="JSONL of inputs: {messages|input, label?, slice?, id?}.")
+    inputs: Annotated[str, INPUT_FILE] = Field("inputs.jsonl", description="JSONL of inputs: {messages|input, label?, slice?, id?}.")
     limit: int | None = Field(None, ge=1, description="Use only the first N inputs.")
     source: str = Field("user-provided", description="Where the inputs come from (recorded in the dataset card).")
     license: str = Field("unspecified", description="Licence of the inputs (recorded in the dataset card).")
@@ -45,7 +67,7 @@ class PriceConfig(Section):
 
 
 class FewShotConfig(Section):
-    path: str | None = Field(None, description="JSONL of labelled examples (input + label/output) used as shots.")
+    path: Annotated[str | None, INPUT_FILE] = Field(None, description="JSONL of labelled examples (input + label/output) used as shots.")
     k: int = Field(0, ge=0, description="Number of shots to put in the prompt prefix.")
     seed: int = Field(0, description="Seed for choosing and ordering the shots.")
     orders: int = Field(
@@ -55,7 +77,7 @@ class FewShotConfig(Section):
 
 class TeacherConfig(Section):
     type: str = Field("local", description="Teacher plugin: openai, local, replay, or a third-party plugin's name.")
-    model: str = Field("", description="Model id (API), hub id, local directory or .gguf file (local).")
+    model: Annotated[str, MODEL_REF] = Field("", description="Model id (API), hub id, local directory or .gguf file (local).")
     base_url: str | None = Field(None, description="Base URL of an OpenAI-compatible server.")
     api_key_env: str = Field("OPENAI_API_KEY", description="Name of the environment variable holding the API key.")
     prompt_format: Literal["chat", "completion"] = Field(
@@ -73,13 +95,13 @@ class TeacherConfig(Section):
     calibrate: bool = Field(
         False, description="Local classification teacher: divide label probabilities by their content-free prior."
     )
-    replay_path: str | None = Field(None, description="Recorded traffic in OpenAI fine-tuning JSONL (replay).")
+    replay_path: Annotated[str | None, INPUT_FILE] = Field(None, description="Recorded traffic in OpenAI fine-tuning JSONL (replay).")
     price: PriceConfig = Field(default_factory=PriceConfig)
     terms: str = Field("", description="The teacher's terms of use, recorded in the dataset card.")
 
 
 class StudentConfig(Section):
-    model: str = Field(
+    model: Annotated[str, MODEL_REF] = Field(
         "bundled:smollm2-135m-instruct",
         description="Hub id, local directory, .gguf file, or bundled:smollm2-135m-instruct.",
     )
@@ -111,7 +133,7 @@ class CurateConfig(Section):
     min_output_chars: int = Field(1, ge=0, description="Reject teacher outputs shorter than this (characters).")
     max_output_chars: int | None = Field(None, ge=1, description="Reject teacher outputs longer than this (characters).")
     output_regex: str | None = Field(None, description="Reject teacher outputs that do not fully match this regex.")
-    real_data: str | None = Field(None, description="JSONL of real labelled examples (input + label/output) to mix into train.")
+    real_data: Annotated[str | None, INPUT_FILE] = Field(None, description="JSONL of real labelled examples (input + label/output) to mix into train.")
     real_ratio: float = Field(0.0, ge=0, description="Real examples added per teacher example in train (0.25: one in five).")
     real_source: str = Field("user-provided", description="Where the real examples come from (dataset card).")
     real_license: str = Field("unspecified", description="Licence of the real examples (dataset card).")
@@ -138,7 +160,7 @@ class TrainConfig(Section):
     kd_alpha: float = Field(0.1, ge=0, le=1, description="Skew alpha of kd_kind skew_kl / skew_reverse_kl.")
     kd_weight: float = Field(1.0, ge=0, description="Weight of the KD term (loss = CE + kd_weight * KD).")
     kd_temperature: float = Field(1.0, gt=0, description="Temperature of the KD term (T^2-scaled).")
-    teacher_model: str | None = Field(
+    teacher_model: Annotated[str | None, MODEL_REF] = Field(
         None, description="Local teacher (hub id, dir, GGUF) with the student's tokenizer, for kd_signal logits and "
         "on-policy batches."
     )
@@ -322,7 +344,7 @@ class ReportConfig(Section):
 
 
 class Config(Section):
-    run_dir: str = Field("runs/default", description="Directory for artifacts, manifest and ledger.")
+    run_dir: Annotated[str, RUN_PATH] = Field("runs/default", description="Directory for artifacts, manifest and ledger.")
     task: TaskConfig = Field(default_factory=TaskConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
@@ -415,23 +437,45 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         raise PotstillError(_explain(e, source)) from None
 
 
-_PATH_FIELDS = [("run_dir",), ("data", "inputs"), ("curate", "real_data"), ("teacher", "replay_path"), ("teacher", "few_shot", "path")]
+def path_roles(model: type[BaseModel] = Config, prefix: str = "") -> dict[str, PathRole]:
+    """Dotted name -> PathRole of every field marked as a path."""
+    out: dict[str, PathRole] = {}
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out.update(path_roles(ann, f"{prefix}{name}."))
+        for role in field.metadata:
+            if isinstance(role, PathRole):
+                out[f"{prefix}{name}"] = role
+    return out
 
 
 def _resolve_paths(data: dict, base: Path) -> dict:
-    for loc in _PATH_FIELDS:
-        node = data
-        for p in loc[:-1]:
+    for key, role in path_roles().items():
+        if not role.resolve:
+            continue
+        *parents, leaf = key.split(".")
+        node: Any = data
+        for p in parents:
             node = node.get(p) if isinstance(node, dict) else None
-        if isinstance(node, dict) and isinstance(node.get(loc[-1]), str):
-            p = Path(node[loc[-1]])
-            if not p.is_absolute():
-                node[loc[-1]] = str(base / p)
+        if isinstance(node, dict) and isinstance(node.get(leaf), str) and not Path(node[leaf]).is_absolute():
+            node[leaf] = os.path.normpath(base / node[leaf])  # RUN/../inputs.jsonl reads as inputs.jsonl
     return data
 
 
-def dump_config(cfg: Config) -> dict[str, Any]:
-    return cfg.model_dump(mode="json")
+def relative_paths(cfg: Config, base: Path) -> dict[str, Any]:
+    """``cfg`` as plain data with its resolvable paths relative to ``base``: the inverse of loading
+    a config file that lives in ``base``, so a directory moved whole still loads."""
+    data = cfg.model_dump(mode="json")
+    base = base.resolve()
+    for key, role in path_roles().items():
+        *parents, leaf = key.split(".")
+        node = data
+        for p in parents:
+            node = node[p]
+        if role.resolve and isinstance(node[leaf], str):
+            node[leaf] = os.path.relpath(Path(node[leaf]).resolve(), base)
+    return data
 
 
 def flat_fields(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, Any, str]]:

@@ -1,36 +1,67 @@
-"""`potstill run`: every stage in order, each skipped when its inputs and settings are unchanged."""
+"""`potstill run`: every stage in order, each skipped when its inputs and settings are unchanged.
+
+The five stages are declared here, once each, in the order they run: what config they read, what
+artifacts they read and write (names in the run directory), and where their body lives. The
+fingerprint, the skip-if-done check, each command's flags and the run's saved potstill.yaml all
+derive from these declarations (``potstill.stage``).
+"""
 
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any
 
 from potstill.config import Config
-from potstill.curate.stage import curate_stage
-from potstill.evaluate.stage import evaluate_stage
-from potstill.generate.stage import generate_stage
-from potstill.pilot.stage import pilot_stage
 from potstill.records import write_json
 from potstill.rundir import RunDir
-from potstill.train.stage import train_stage
+from potstill.stage import Stage
 
-STAGES: dict[str, Callable[[Config, bool], dict[str, Any]]] = {
-    "pilot": pilot_stage,
-    "generate": generate_stage,
-    "curate": curate_stage,
-    "train": train_stage,
-    "evaluate": evaluate_stage,
-}
+# How the teacher is driven, not what it answers: a changed rate limit or budget reruns nothing
+# (answers are cached in the ledger either way). generate.n and every other generate field count.
+_GENERATE_TUNES = ("generate.rpm", "generate.tpm", "generate.budget_usd", "generate.engine", "generate.ray_workers",
+                   "generate.ray_gpus_per_worker", "generate.ray_endpoints", "generate.prices")
+
+# Train's preflight compares the label tokens under the teacher's prompt: it can refuse, not change, a run.
+_TRAIN_PREFLIGHT = ("teacher.type", "teacher.model", "teacher.prompt_format", "teacher.answer_prefix")
+
+STAGES: dict[str, Stage] = {s.name: s for s in (
+    Stage("pilot", "Compare the untrained student with the teacher on ~100 inputs, before any training.",
+          reads=("task", "data", "teacher", "student", "pilot", "generate", "evaluate.batch_size",
+                 "evaluate.latency_samples"),
+          tunes=_GENERATE_TUNES, inputs=(), outputs=("pilot.json",), body="potstill.pilot.stage:pilot_body"),
+    # `potstill generate` runs preflight's generate checks first (a projected cost over the budget
+    # is refused before a request is sent); train runs its checks inside its body.
+    Stage("generate", "Run the teacher over every input (cached in the ledger; a rerun sends nothing twice).",
+          reads=("task", "data", "teacher", "generate"), tunes=_GENERATE_TUNES, inputs=(), outputs=("teacher.jsonl",),
+          body="potstill.generate.stage:generate_body", preflight=True),
+    # review.sqlite is an input: a new review decision reruns curate (and so train and evaluate).
+    # The dataset card names the inputs, their licence and the teacher.
+    Stage("curate", "Validate and deduplicate teacher outputs, split train/val/test, write the dataset card.",
+          reads=("task", "curate", "data.inputs", "data.source", "data.license", "teacher.type", "teacher.model",
+                 "teacher.terms"),
+          inputs=("teacher.jsonl", "review.sqlite"),
+          outputs=("train.jsonl", "val.jsonl", "test.jsonl", "rejected.jsonl", "card.json", "card.md"),
+          body="potstill.curate.stage:curate_body"),
+    Stage("train", "Fine-tune the student on the teacher's outputs (full or LoRA; SFT or label-level KD).",
+          reads=("task", "student", "train", *_TRAIN_PREFLIGHT), tunes=_TRAIN_PREFLIGHT,
+          inputs=("train.jsonl", "val.jsonl"),
+          outputs=("student", "metrics.jsonl", "train.json"), body="potstill.train.stage:train_body"),
+    # Evaluate also sums the teacher's spend from the ledger (calls.sqlite); the ledger is an
+    # append-only log that serving keeps writing, not an artifact, so it is not an input.
+    Stage("evaluate", "Untrained student vs teacher vs trained student on the test split, with a go/no-go verdict.",
+          reads=("task", "student", "evaluate", "report"), inputs=("test.jsonl", "student", "train.json"),
+          outputs=("eval.json", "report.html"), body="potstill.evaluate.stage:evaluate_body"),
+)}
 
 
 def run_all(cfg: Config, skip_pilot: bool = False, force: bool = False) -> dict[str, Any]:
     """Run the stages in order; write each stage's wall time to timings.json in the run directory."""
     results, timings = {}, {}
-    for name, fn in STAGES.items():
+    for name, stage in STAGES.items():
         if name == "pilot" and skip_pilot:
             continue
         t0 = time.perf_counter()
-        results[name] = fn(cfg, force)
+        results[name] = stage.run(cfg, force)
         timings[name] = {"seconds": round(time.perf_counter() - t0, 2), "skipped": results[name].get("skipped", False)}
     write_json(RunDir(cfg.run_dir) / "timings.json", timings)
     return {"results": results, "timings": timings}

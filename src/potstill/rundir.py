@@ -1,10 +1,10 @@
 """The run directory: artifacts of every stage plus ``manifest.json``.
 
-Each stage declares a *fingerprint*: the hash of its settings, of the artifacts it reads and of
-the code version. After it succeeds the manifest stores that fingerprint and the hashes of the
-artifacts it wrote. A stage is skipped when its fingerprint is unchanged and its outputs still
-hash to what was recorded; since a rerun stage writes new output hashes, every stage after it
-sees a changed input and reruns too.
+Each stage has a *fingerprint*: the hash of the settings it declares (``potstill.stage.Stage``),
+of the artifacts it reads and of the code version. After it succeeds the manifest stores that
+fingerprint and the hashes of the artifacts it wrote. A stage is skipped when its fingerprint is
+unchanged and its outputs still hash to what was recorded; a rerun stage that writes different
+outputs changes the fingerprint of every stage that reads them, so those rerun too.
 """
 
 from __future__ import annotations
@@ -18,18 +18,6 @@ from potstill import __version__
 from potstill.hashing import hash_obj, hash_path
 from potstill.ledger import Ledger
 from potstill.records import write_json
-
-
-def _by_content(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _by_content(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_by_content(v) for v in obj]
-    if isinstance(obj, str) and ("/" in obj or obj.endswith((".jsonl", ".json", ".yaml"))):
-        p = Path(obj)
-        if p.is_file():
-            return {"file_sha256": hash_path(p)}
-    return obj
 
 
 class RunDir:
@@ -53,14 +41,12 @@ class RunDir:
     def fingerprint(self, stage: str, settings: Any, inputs: list[str | Path]) -> str:
         """Hash of a stage's settings, its input artifacts' contents and the code version.
 
-        A setting that names an existing file (few-shot examples, replayed traffic, inputs)
-        counts by its content, not its path: editing the file reruns the stage, and moving a
-        project to another directory does not.
+        Settings that name files arrive already replaced by their content hash (``Stage.fingerprint``).
         """
         return hash_obj(
             {
                 "stage": stage,
-                "settings": _by_content(settings),
+                "settings": settings,
                 "inputs": {str(Path(p).name): hash_path(p) for p in inputs if Path(p).exists()},
                 "missing": sorted(str(Path(p).name) for p in inputs if not Path(p).exists()),
                 "code": __version__,

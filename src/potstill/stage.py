@@ -1,16 +1,159 @@
-"""What every stage runner shares: reading the inputs and the skip-if-done check."""
+"""A pipeline stage, declared once: the config it reads, the artifacts it reads and writes, its body.
+
+Everything else derives from the declaration (``potstill.pipeline.STAGES``): the fingerprint
+that decides whether the stage is up to date, its CLI flags, and the fields it records in the
+run's ``potstill.yaml``. A field a stage reads but does not declare would leave the stage
+"up to date" with stale numbers when it changes; ``tests/test_stages.py`` records every field
+each stage's body actually reads and fails on any that is not declared.
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from potstill.config import Config
+import yaml
+
+from potstill.config import Config, flat_fields, load_config, path_roles, relative_paths, set_dotted
 from potstill.errors import PotstillError
+from potstill.hashing import hash_path
 from potstill.progress import say
-from potstill.records import Record, read_records
+from potstill.records import Record, read_records, write_text
 from potstill.rundir import RunDir
+
+Body = Callable[[Config, RunDir], dict[str, Any]]
+
+
+def leaf_fields(names: tuple[str, ...] | list[str]) -> list[str]:
+    """Dotted leaf fields named by sections (``teacher``), subsections (``teacher.few_shot``) or leaves."""
+    leaves = [k for k, _, _ in flat_fields(Config)]
+    out: list[str] = []
+    for name in names:
+        hits = [k for k in leaves if k == name or k.startswith(name + ".")]
+        if not hits:
+            raise ValueError(f"no config field or section named {name!r}")
+        out += [k for k in hits if k not in out]
+    return out
+
+
+def get_dotted(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def by_content(key: str, value: Any) -> Any:
+    """A path field that names an existing file counts by the file's sha256 (see ``PathRole``)."""
+    role = path_roles().get(key)
+    if role and role.content and isinstance(value, str) and Path(value).is_file():
+        return {"file_sha256": hash_path(value)}
+    return value
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of ``potstill run``.
+
+    ``reads``: config sections or fields the body uses; any change to one reruns the stage,
+    except those in ``tunes`` (settings of *how* it runs, such as rate limits, that cannot change
+    what it writes). Both become the command's flags. ``inputs``/``outputs``: artifact names in
+    the run directory; a changed input reruns the stage, a missing or edited output too.
+    ``body``: ``"module:function"`` taking ``(cfg, run)`` and returning the summary kept in the
+    manifest, imported only when the stage runs (so ``potstill --help`` loads no torch).
+    """
+
+    name: str
+    doc: str
+    reads: tuple[str, ...]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    body: str
+    tunes: tuple[str, ...] = ()
+    preflight: bool = False  # its command refuses to start when ``potstill preflight``'s checks for it fail
+
+    def __post_init__(self) -> None:
+        stray = set(leaf_fields(self.tunes)) - set(leaf_fields(self.reads))
+        if stray:
+            raise ValueError(f"{self.name}: tunes {sorted(stray)} are not among its reads")
+
+    def fields(self) -> list[str]:
+        """Every leaf config field this stage uses: its CLI flags and its part of the saved config."""
+        return leaf_fields(self.reads)
+
+    def fingerprinted(self) -> list[str]:
+        tunes = set(leaf_fields(self.tunes))
+        return [k for k in self.fields() if k not in tunes]
+
+    def fingerprint(self, cfg: Config, run: RunDir) -> str:
+        settings = {k: by_content(k, get_dotted(cfg, k)) for k in self.fingerprinted()}
+        return run.fingerprint(self.name, settings, [run / name for name in self.inputs])
+
+    def up_to_date(self, cfg: Config) -> bool:
+        run = RunDir(cfg.run_dir)
+        return run.is_done(self.name, self.fingerprint(cfg, run))
+
+    def run(self, cfg: Config, force: bool = False) -> dict[str, Any]:
+        """Run the body unless the manifest says these settings and inputs already produced the outputs."""
+        run = RunDir(cfg.run_dir)
+        fp = self.fingerprint(cfg, run)
+        main = int(os.environ.get("RANK", "0")) == 0  # under torchrun / accelerate launch, one process records
+        if not force and run.is_done(self.name, fp):
+            say(f"[dim]{self.name}: up to date, skipped[/dim]")
+            if main:
+                save_config(cfg, run, self)
+            return {"skipped": True, **run.manifest()["stages"][self.name].get("summary", {})}
+        module, func = self.body.split(":")
+        body: Body = getattr(importlib.import_module(module), func)
+        summary = body(cfg, run)
+        if main:
+            run.mark_done(self.name, fp, list(self.outputs), {"summary": summary})
+            save_config(cfg, run, self)
+        return {"skipped": False, **summary}
+
+
+def save_config(cfg: Config, run: RunDir, stage: Stage) -> None:
+    """Record in RUN/potstill.yaml the fields ``stage`` ran with, and the sections no stage reads
+    (serve, watch, redistill, export): what ``serve``, ``watch`` and ``redistill`` load by default.
+
+    Fields of other stages keep their saved values, so a single-stage command run with another
+    config file does not rewrite the settings that produced the other artifacts.
+    """
+    from potstill.pipeline import STAGES  # the declarations live there; pipeline imports this module
+
+    path = run / "potstill.yaml"
+    new = relative_paths(cfg, run.path)
+    saved = _read_saved(path)
+    if saved is None:
+        data = new
+    else:
+        data = saved
+        staged = {k for s in STAGES.values() for k in s.fields()}
+        keys = stage.fields() + [k for k, _, _ in flat_fields(Config) if k not in staged]
+        for key in keys:
+            set_dotted(data, key, get_dotted_plain(new, key))
+    data["run_dir"] = "."
+    write_text(path, "# Written by potstill: the settings this run's stages last ran with (paths relative to this\n"
+                     "# file); `potstill serve|watch|redistill RUN` load it unless given -c.\n"
+               + yaml.safe_dump(data, sort_keys=False, width=100))
+
+
+def get_dotted_plain(data: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        data = data[part]
+    return data
+
+
+def _read_saved(path: Path) -> dict[str, Any] | None:
+    """The saved config as plain data, or None when there is none (or it no longer loads)."""
+    if not path.exists():
+        return None
+    try:
+        return relative_paths(load_config(path), path.parent)
+    except PotstillError:
+        return None
 
 
 def load_inputs(cfg: Config) -> list[Record]:
@@ -20,17 +163,3 @@ def load_inputs(cfg: Config) -> list[Record]:
     if not records:
         raise PotstillError(f"{cfg.data.inputs}: no records")
     return records
-
-
-def run_stage(name: str, cfg: Config, settings: Any, inputs: list[str | Path], outputs: list[str],
-              body: Callable[[RunDir], dict[str, Any]], force: bool = False) -> dict[str, Any]:
-    """Run ``body`` unless the manifest says the same settings and inputs already produced ``outputs``."""
-    run = RunDir(cfg.run_dir)
-    fp = run.fingerprint(name, settings, inputs)
-    if not force and run.is_done(name, fp):
-        say(f"[dim]{name}: up to date, skipped[/dim]")
-        return {"skipped": True, **run.manifest()["stages"][name].get("summary", {})}
-    summary = body(run)
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun / accelerate launch, one process records
-        run.mark_done(name, fp, outputs, {"summary": summary})
-    return {"skipped": False, **summary}

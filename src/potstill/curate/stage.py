@@ -11,34 +11,25 @@ from potstill.progress import say
 from potstill.records import read_records, write_json, write_jsonl, write_text
 from potstill.review.store import load_decisions
 from potstill.rundir import RunDir
-from potstill.stage import run_stage
-
-OUTPUTS = ["train.jsonl", "val.jsonl", "test.jsonl", "rejected.jsonl", "card.json", "card.md"]
-
 
 def curate_stage(cfg: Config, force: bool = False) -> dict[str, Any]:
-    run = RunDir(cfg.run_dir)
-    settings = {"curate": cfg.curate.model_dump(), "task": cfg.task.model_dump(),
-                "provenance": [cfg.data.source, cfg.data.license, cfg.teacher.terms]}
-    # review.sqlite is an input: a new decision reruns curate (and so train and evaluate).
-    inputs = [run / "teacher.jsonl", run / "review.sqlite"]
-    if cfg.curate.real_data:
-        inputs.append(cfg.curate.real_data)
+    from potstill.pipeline import STAGES
 
-    def body(run: RunDir) -> dict[str, Any]:
-        if not (run / "teacher.jsonl").exists():
-            raise PotstillError(f"{run / 'teacher.jsonl'} not found: run `potstill generate` first")
-        real = read_records(cfg.curate.real_data) if cfg.curate.real_data else None
-        decisions = load_decisions(run / "review.sqlite") if cfg.curate.review else {}
-        c = curate(cfg, read_records(run / "teacher.jsonl"), decisions, real)
-        if not c.train:
-            raise PotstillError("curate: no valid training records left (see the reasons in card.json)")
-        for name, rows in (("train", c.train), ("val", c.val), ("test", c.test), ("rejected", c.rejected)):
-            write_jsonl(run / f"{name}.jsonl", rows)
-        write_json(run / "card.json", c.card)
-        write_text(run / "card.md", card_markdown(c.card))
-        counts = c.card["counts"]
-        say("curate: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
-        return counts
+    return STAGES["curate"].run(cfg, force)
 
-    return run_stage("curate", cfg, settings, inputs, OUTPUTS, body, force)
+
+def curate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
+    if not (run / "teacher.jsonl").exists():
+        raise PotstillError(f"{run / 'teacher.jsonl'} not found: run `potstill generate` first")
+    real = read_records(cfg.curate.real_data) if cfg.curate.real_data else None
+    decisions = load_decisions(run / "review.sqlite") if cfg.curate.review else {}
+    c = curate(cfg, read_records(run / "teacher.jsonl"), decisions, real)
+    if not c.train:
+        raise PotstillError("curate: no valid training records left (see the reasons in card.json)")
+    for name, rows in (("train", c.train), ("val", c.val), ("test", c.test), ("rejected", c.rejected)):
+        write_jsonl(run / f"{name}.jsonl", rows)
+    write_json(run / "card.json", c.card)
+    write_text(run / "card.md", card_markdown(c.card))
+    counts = c.card["counts"]
+    say("curate: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+    return counts

@@ -27,7 +27,6 @@ from potstill.progress import bar, say
 from potstill.records import Record, read_records, write_json
 from potstill.report import measure_student, measure_teacher, print_table
 from potstill.rundir import RunDir
-from potstill.stage import run_stage
 from potstill.students import Predictions, percentile, predict
 from potstill.tasks import Task, get_task
 
@@ -117,10 +116,13 @@ def latency_cost(models: dict[str, dict[str, Any]], batched: dict[str, dict[str,
 
 
 def evaluate_stage(cfg: Config, force: bool = False) -> dict[str, Any]:
-    run = RunDir(cfg.run_dir)
+    from potstill.pipeline import STAGES
+
+    return STAGES["evaluate"].run(cfg, force)
+
+
+def evaluate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
     e, rep = cfg.evaluate, cfg.report
-    settings = {"evaluate": e.model_dump(), "report": rep.model_dump(), "student": cfg.student.model_dump(),
-                "task": cfg.task.model_dump()}
 
     def body(run: RunDir) -> dict[str, Any]:
         for need in ("test.jsonl", "student"):
@@ -212,5 +214,4 @@ def evaluate_stage(cfg: Config, force: bool = False) -> dict[str, Any]:
         say(f"verdict: {'GO' if v['go'] else 'NO-GO'} ({v['reason']}); report: {run / 'report.html'}")
         return {"verdict": v["go"], "agreement": models["student"]["agreement_with_teacher"]}
 
-    return run_stage("evaluate", cfg, settings, [run / "test.jsonl", run / "student"], ["eval.json", "report.html"],
-                     body, force)
+    return body(run)

@@ -11,32 +11,32 @@ from potstill.generate import run_generate
 from potstill.progress import say
 from potstill.records import write_jsonl
 from potstill.rundir import RunDir
-from potstill.stage import load_inputs, run_stage
+from potstill.stage import load_inputs
 
 
 def generate_stage(cfg: Config, force: bool = False) -> dict[str, Any]:
-    settings = {"task": cfg.task.model_dump(), "teacher": cfg.teacher.model_dump(), "data": cfg.data.model_dump(),
-                "n": cfg.generate.n}
+    from potstill.pipeline import STAGES
 
-    def body(run: RunDir) -> dict[str, Any]:
-        records = load_inputs(cfg)
-        with run.ledger() as ledger:
-            labelled, stats = run_generate(cfg, records, ledger, stage="generate")
-        # Only answered records (committed to the ledger) reach the output; unsent ones wait for a rerun.
-        write_jsonl(run / "teacher.jsonl", [r for r in labelled if not (r.invalid_reason or "").startswith("not sent")])
-        if stats.budget_stopped:
-            raise PotstillError(f"generate: budget of ${cfg.generate.budget_usd:g} reached (${stats.cost_usd:.4f} spent "
-                                f"this run); {stats.unsent} of {stats.inputs} inputs not sent. Raise generate.budget_usd "
-                                "and rerun: answered inputs are cached")
-        if stats.errors:
-            # Not marked done: the next run retries exactly the failed requests (answers are cached).
-            first = next(r.invalid_reason for r in labelled if (r.invalid_reason or "").startswith("teacher error"))
-            raise PotstillError(f"generate: {stats.errors} of {stats.inputs} teacher calls failed ({first}); "
-                                "rerun to retry them, the others are cached")
-        # Printed only on success: a failed run says everything in its one error line.
-        say(f"generate: {stats.inputs} inputs, {stats.cache_hits} from cache, {stats.calls} teacher calls, "
-            f"{stats.retries} retries, {stats.errors} errors, {stats.invalid} invalid, "
-            f"{stats.input_tokens + stats.output_tokens} tokens, ${stats.cost_usd:.4f}, {stats.seconds:.1f} s")
-        return asdict(stats)
+    return STAGES["generate"].run(cfg, force)
 
-    return run_stage("generate", cfg, settings, [cfg.data.inputs], ["teacher.jsonl"], body, force)
+
+def generate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
+    records = load_inputs(cfg)
+    with run.ledger() as ledger:
+        labelled, stats = run_generate(cfg, records, ledger, stage="generate")
+    # Only answered records (committed to the ledger) reach the output; unsent ones wait for a rerun.
+    write_jsonl(run / "teacher.jsonl", [r for r in labelled if not (r.invalid_reason or "").startswith("not sent")])
+    if stats.budget_stopped:
+        raise PotstillError(f"generate: budget of ${cfg.generate.budget_usd:g} reached (${stats.cost_usd:.4f} spent "
+                            f"this run); {stats.unsent} of {stats.inputs} inputs not sent. Raise generate.budget_usd "
+                            "and rerun: answered inputs are cached")
+    if stats.errors:
+        # Not marked done: the next run retries exactly the failed requests (answers are cached).
+        first = next(r.invalid_reason for r in labelled if (r.invalid_reason or "").startswith("teacher error"))
+        raise PotstillError(f"generate: {stats.errors} of {stats.inputs} teacher calls failed ({first}); "
+                            "rerun to retry them, the others are cached")
+    # Printed only on success: a failed run says everything in its one error line.
+    say(f"generate: {stats.inputs} inputs, {stats.cache_hits} from cache, {stats.calls} teacher calls, "
+        f"{stats.retries} retries, {stats.errors} errors, {stats.invalid} invalid, "
+        f"{stats.input_tokens + stats.output_tokens} tokens, ${stats.cost_usd:.4f}, {stats.seconds:.1f} s")
+    return asdict(stats)

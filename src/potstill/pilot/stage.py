@@ -12,32 +12,32 @@ from potstill.progress import say
 from potstill.records import write_json
 from potstill.report import measure_student, measure_teacher, print_table
 from potstill.rundir import RunDir
-from potstill.stage import load_inputs, run_stage
+from potstill.stage import load_inputs
 from potstill.tasks import get_task
 
 
 def pilot_stage(cfg: Config, force: bool = False) -> dict[str, Any]:
-    settings = {"pilot": cfg.pilot.model_dump(), "task": cfg.task.model_dump(), "teacher": cfg.teacher.model_dump(),
-                "student": cfg.student.model_dump(), "data": cfg.data.model_dump()}
+    from potstill.pipeline import STAGES
 
-    def body(run: RunDir) -> dict[str, Any]:
-        records = load_inputs(cfg)
-        sample = random.Random(cfg.pilot.seed).sample(records, min(cfg.pilot.n, len(records)))
-        task = get_task(cfg.task)
-        with run.ledger() as ledger:
-            labelled, stats = run_generate(cfg, sample, ledger, stage="pilot")
-            valid = [r for r in labelled if r.valid]
-            teacher = measure_teacher(task, valid, ledger)
-        lm = load_lm(cfg.student.model)
-        student, _ = measure_student(lm, task, valid, cfg.student.usd_per_hour, cfg.evaluate.batch_size,
-                                     min(cfg.evaluate.latency_samples, 10), "untrained student")
-        models = {"untrained student": student, "teacher": teacher}
-        write_json(run / "pilot.json", {"n": len(sample), "valid": len(valid), "teacher_calls": stats.calls,
-                                        "teacher_invalid": stats.invalid, "models": models})
-        print_table(f"pilot: {len(valid)} inputs, before training", models)
-        gap = (teacher.get("gold_metric") or 0) - (student.get("gold_metric") or 0)
-        say(f"pilot: the untrained student agrees with the teacher on {100 * (student['agreement_with_teacher'] or 0):.1f}% "
-            + (f"and trails it by {100 * gap:.1f} points on gold" if teacher.get("gold_metric") is not None else ""))
-        return {"agreement": student["agreement_with_teacher"], "teacher_calls": stats.calls}
+    return STAGES["pilot"].run(cfg, force)
 
-    return run_stage("pilot", cfg, settings, [cfg.data.inputs], ["pilot.json"], body, force)
+
+def pilot_body(cfg: Config, run: RunDir) -> dict[str, Any]:
+    records = load_inputs(cfg)
+    sample = random.Random(cfg.pilot.seed).sample(records, min(cfg.pilot.n, len(records)))
+    task = get_task(cfg.task)
+    with run.ledger() as ledger:
+        labelled, stats = run_generate(cfg, sample, ledger, stage="pilot")
+        valid = [r for r in labelled if r.valid]
+        teacher = measure_teacher(task, valid, ledger)
+    lm = load_lm(cfg.student.model)
+    student, _ = measure_student(lm, task, valid, cfg.student.usd_per_hour, cfg.evaluate.batch_size,
+                                 min(cfg.evaluate.latency_samples, 10), "untrained student")
+    models = {"untrained student": student, "teacher": teacher}
+    write_json(run / "pilot.json", {"n": len(sample), "valid": len(valid), "teacher_calls": stats.calls,
+                                    "teacher_invalid": stats.invalid, "models": models})
+    print_table(f"pilot: {len(valid)} inputs, before training", models)
+    gap = (teacher.get("gold_metric") or 0) - (student.get("gold_metric") or 0)
+    say(f"pilot: the untrained student agrees with the teacher on {100 * (student['agreement_with_teacher'] or 0):.1f}% "
+        + (f"and trails it by {100 * gap:.1f} points on gold" if teacher.get("gold_metric") is not None else ""))
+    return {"agreement": student["agreement_with_teacher"], "teacher_calls": stats.calls}

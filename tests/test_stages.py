@@ -1,0 +1,265 @@
+"""Stage declarations (``potstill.pipeline.STAGES``) against what the stages really do.
+
+One real run of every stage on tiny models, with every config field read by each stage's body
+recorded, proves the declarations cover what the bodies read. Then each config field in turn is
+changed, and the skip-if-done check over that real run's manifest must rerun exactly the stages
+that declare it (and none for a field no stage declares).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import typing
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from potstill import stage as stage_mod
+from potstill.config import Config, Section, flat_fields, load_config, path_roles, set_dotted
+from potstill.pipeline import STAGES, run_all
+from potstill.rundir import RunDir
+from potstill.stage import Stage, get_dotted, save_config
+from tests.test_pipeline import LABELS, write_inputs
+
+DECLARED = sorted({k for s in STAGES.values() for k in s.fields()})
+# run_dir names the run itself; changing it points at another (empty) run.
+UNDECLARED = sorted(k for k, _, _ in flat_fields(Config) if k not in DECLARED and k != "run_dir")
+ANNOTATIONS = {k: a for k, a, _ in flat_fields(Config)}
+
+
+class ReadRecorder:
+    """Records ``section.field`` for every config field read while a stage's body runs.
+
+    Pydantic keeps field values in the instance ``__dict__``, so a read is an attribute lookup
+    on a Section; ``model_dump`` reads without one and goes unrecorded (an undercount, never a
+    false alarm).
+    """
+
+    def __init__(self, cfg: Config):
+        self.prefix: dict[int, str] = {}
+        self._index(cfg, "")
+        self.reads: dict[str, set[str]] = {}
+        self.current: str | None = None
+
+    def _index(self, model: BaseModel, prefix: str) -> None:
+        self.prefix[id(model)] = prefix
+        for name in type(model).model_fields:
+            value = model.__dict__[name]
+            if isinstance(value, BaseModel):
+                self._index(value, f"{prefix}{name}.")
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        recorder, original = self, Section.__getattribute__
+
+        def getattribute(obj: Any, name: str) -> Any:
+            value = original(obj, name)
+            if recorder.current and id(obj) in recorder.prefix and name in type(obj).model_fields:
+                if not isinstance(value, BaseModel):
+                    recorder.reads[recorder.current].add(recorder.prefix[id(obj)] + name)
+            return value
+
+        Section.__getattribute__ = getattribute  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            Section.__getattribute__ = original  # type: ignore[method-assign]
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        current, self.current = self.current, None
+        try:
+            yield
+        finally:
+            self.current = current
+
+
+@pytest.fixture(scope="module")
+def done_run(tmp_path_factory, tiny_model, tiny_model_b):
+    """A project with every stage run once, for real, and the fields each stage's body read."""
+    root = tmp_path_factory.mktemp("stages")
+    write_inputs(root / "inputs.jsonl")
+    (root / "shots.jsonl").write_text("".join(json.dumps({"input": f"{w} match vote", "label": lab}) + "\n"
+                                              for w, lab in zip(["phone", "team", "party"], LABELS)))
+    (root / "potstill.yaml").write_text(yaml.safe_dump({
+        "run_dir": "run",
+        "task": {"type": "classification", "labels": LABELS, "instruction": "classify the text"},
+        "data": {"inputs": "inputs.jsonl"},
+        "teacher": {"type": "local", "model": str(tiny_model_b), "batch_size": 4, "price": {"usd_per_hour": 1.0},
+                    "few_shot": {"path": "shots.jsonl", "k": 2}},
+        "student": {"model": str(tiny_model), "max_length": 64},
+        "pilot": {"n": 6},
+        "curate": {"val": 4, "test": 8},
+        "train": {"lr": 0.01, "epochs": 1, "batch_size": 4},
+        "evaluate": {"latency_samples": 3, "batch_size": 4},
+        "report": {"bootstrap_samples": 100},
+    }))
+    cfg = load_config(root / "potstill.yaml")
+    recorder = ReadRecorder(cfg)
+    real_run = Stage.run
+
+    def recorded(self: Stage, cfg: Config, force: bool = False) -> dict:
+        recorder.reads[self.name], recorder.current = set(), self.name
+        try:
+            return real_run(self, cfg, force)
+        finally:
+            recorder.current = None
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Stage, "run", recorded)
+        # The fingerprint and the saved config read every declared field: only the body counts.
+        mp.setattr(Stage, "fingerprint", _paused(recorder, Stage.fingerprint))
+        mp.setattr(stage_mod, "save_config", _paused(recorder, save_config))
+        with recorder.installed():
+            runs = run_all(cfg)["results"]
+    assert not any(r["skipped"] for r in runs.values())
+    return root, cfg, recorder.reads
+
+
+def _paused(recorder: ReadRecorder, fn: Any) -> Any:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        with recorder.paused():
+            return fn(*args, **kwargs)
+
+    return call
+
+
+def test_every_field_a_stage_reads_is_declared(done_run):
+    _, _, reads = done_run
+    assert set(reads) == set(STAGES)
+    for name, fields in reads.items():
+        assert fields, f"{name}: no reads recorded (the recorder is broken)"
+        # run_dir is where the run is, not a setting of it.
+        undeclared = fields - set(STAGES[name].fields()) - {"run_dir"}
+        assert not undeclared, f"{name} reads {sorted(undeclared)} but does not declare them"
+    # The bug this guards against: pilot asks the teacher through generate's settings.
+    assert "generate.n" in reads["pilot"] and "generate.n" in STAGES["pilot"].fingerprinted()
+
+
+def test_the_field_lists_are_not_empty():
+    assert len(DECLARED) > 80 and len(UNDECLARED) > 20
+    assert {"generate.n", "train.lr", "curate.seed", "report.seed", "data.inputs"} <= set(DECLARED)
+    assert {"serve.port", "watch.window", "redistill.min_gain", "export.dtype"} <= set(UNDECLARED)
+
+
+def _other_value(cfg: Config, key: str, tmp: Path) -> Any:
+    """A valid value for ``key`` different from the current one (a new file's path for a file field)."""
+    value = get_dotted(cfg, key)
+    role = path_roles().get(key)
+    if role and role.resolve:
+        path = tmp / f"{key}.jsonl"
+        old = Path(value).read_text() if value and Path(value).is_file() else ""
+        path.write_text(old + json.dumps({"input": "one more line"}) + "\n")
+        return str(path)
+    ann = ANNOTATIONS[key]
+    literal = [a for a in typing.get_args(typing.get_args(ann)[0] if typing.get_origin(ann) is list else ann)
+               if isinstance(a, str)] if "Literal" in str(ann) else []
+    if isinstance(value, bool):
+        candidates: list[Any] = [not value]
+    elif isinstance(value, (int, float)):
+        candidates = [value + 1, value / 2 if value else 0.5, value - 1, value + 0.01]
+    elif isinstance(value, list):
+        candidates = [value[:-1], value + ["x"], *([a] for a in literal)]
+    elif isinstance(value, dict):
+        candidates = [{**value, "zz": {"input_per_mtok": 1.0, "output_per_mtok": 1.0}}, {"type": "object"}]
+    elif isinstance(value, str):
+        candidates = [*literal, value + "x"]
+    else:  # None
+        candidates = [1, 0.5, "x", {"type": "object"}, ["x"]]
+    data = cfg.model_dump(mode="json")
+    for candidate in candidates:
+        set_dotted(data, key, candidate)
+        try:
+            new = get_dotted(Config.model_validate(data), key)
+        except ValidationError:
+            continue
+        if new != value:
+            return candidate
+    raise AssertionError(f"found no other valid value for {key} (from {value!r})")
+
+
+def _rerun(cfg: Config, key: str, tmp: Path) -> set[str]:
+    data = cfg.model_dump(mode="json")
+    set_dotted(data, key, _other_value(cfg, key, tmp))
+    changed = Config.model_validate(data)
+    return {name for name, s in STAGES.items() if not s.up_to_date(changed)}
+
+
+def test_an_unchanged_config_reruns_nothing(done_run):
+    _, cfg, _ = done_run
+    assert all(s.up_to_date(cfg) for s in STAGES.values())
+
+
+@pytest.mark.parametrize("key", DECLARED)
+def test_a_declared_field_reruns_exactly_the_stages_that_declare_it(done_run, key, tmp_path):
+    _, cfg, _ = done_run
+    expected = {name for name, s in STAGES.items() if key in s.fingerprinted()}
+    assert _rerun(cfg, key, tmp_path) == expected
+
+
+@pytest.mark.parametrize("key", UNDECLARED)
+def test_a_field_no_stage_declares_reruns_nothing(done_run, key, tmp_path):
+    _, cfg, _ = done_run
+    assert _rerun(cfg, key, tmp_path) == set()
+
+
+def test_a_file_field_counts_by_content_not_by_name(done_run, tmp_path):
+    root, cfg, _ = done_run
+    copy = tmp_path / "same.jsonl"
+    shutil.copy(cfg.data.inputs, copy)
+    moved = cfg.model_copy(update={"data": cfg.data.model_copy(update={"inputs": str(copy)})})
+    assert all(s.up_to_date(moved) for s in STAGES.values())
+
+
+def test_an_edited_output_reruns_its_stage(done_run, tmp_path):
+    root, cfg, _ = done_run
+    other = tmp_path / "run"
+    shutil.copytree(root / "run", other)
+    with open(other / "card.md", "a") as f:
+        f.write("edited by hand\n")
+    moved = cfg.model_copy(update={"run_dir": str(other)})
+    assert {n for n, s in STAGES.items() if not s.up_to_date(moved)} == {"curate"}
+
+
+def test_the_run_saves_the_config_it_ran_with(done_run):
+    root, cfg, _ = done_run
+    saved = load_config(root / "run" / "potstill.yaml")
+    assert saved.model_dump(exclude={"run_dir"}) == cfg.model_dump(exclude={"run_dir"})
+    assert Path(saved.run_dir) == root / "run"
+    # Paths are stored relative to the run directory, so a project moved whole still loads.
+    text = yaml.safe_load((root / "run" / "potstill.yaml").read_text())
+    assert text["data"]["inputs"] == "../inputs.jsonl" and text["run_dir"] == "."
+
+
+def test_a_single_stage_records_only_its_own_fields(tmp_path):
+    run = RunDir(tmp_path / "run")
+    a = load_config(None, {"run_dir": str(run.path), "task.labels": ["x", "y"], "teacher.temperature": 0.5,
+                           "train.lr": 0.1})
+    save_config(a, run, STAGES["generate"])
+    b = load_config(None, {"run_dir": str(run.path), "task.labels": ["x", "y"], "teacher.temperature": 0.7,
+                           "train.lr": 0.2, "serve.port": 9000})
+    save_config(b, run, STAGES["train"])
+    saved = load_config(run / "potstill.yaml")
+    # train's field from b; teacher.temperature from a (train does not read it); serve from the latest.
+    assert (saved.train.lr, saved.teacher.temperature, saved.serve.port) == (0.2, 0.5, 9000)
+    assert sorted(p.name for p in run.path.iterdir()) == ["potstill.yaml"]  # no temp file left behind
+
+
+def test_stage_commands_take_exactly_their_declared_flags():
+    import typer.main
+
+    from potstill.cli import app
+
+    click_app = typer.main.get_command(app)
+    for name, s in STAGES.items():
+        flags = {o for p in click_app.commands[name].params for o in p.opts if o.startswith("--") and "." in o}
+        assert flags == {f"--{k}" for k in s.fields()}, name
+    serve = {o for p in click_app.commands["serve"].params for o in p.opts}
+    assert {"--serve.port", "--port", "--api-key-env", "--target-escalation", "--recalibrate"} <= serve
+    redistill = {o for p in click_app.commands["redistill"].params for o in [*p.opts, *p.secondary_opts]}
+    assert {"--student-sample", "--new-test", "--promote", "--no-promote", "--redistill.promote", "--rollback"} <= redistill
