@@ -7,8 +7,8 @@ from potstill.config import load_config
 from potstill.curate import curate
 from potstill.models.loading import load_lm, resolve_bundled
 from potstill.models.prompting import label_token_ids
-from potstill.quickstart import LABELS, build
-from potstill.quickstart.bbc import first_sentence, load_articles
+from potstill.quickstart import LABELS, REAL, build
+from potstill.quickstart.bbc import corpus_root, first_sentence, load_articles, read_text
 from potstill.records import read_records
 from potstill.students import predict, student_format
 from potstill.tasks import get_task
@@ -37,6 +37,37 @@ def test_quickstart_build_keeps_duplicates_out_of_test(tmp_path):
     test_texts = {" ".join(r.text.lower().split()) for r in c.test}
     assert not test_texts & {" ".join(r.text.lower().split()) for r in c.train + c.val}
     assert "BBC" in c.card["inputs"]["source"] and "not redistributed" in c.card["inputs"]["license"]
+
+
+MOJIBAKE = ("\u00c2", "\u00c3", "\u00e2\u20ac", "\ufffd")  # "Â£", "Ã©", "â€™" (UTF-8 read as latin-1), "�"
+
+
+def test_no_quickstart_text_holds_mojibake(tmp_path):
+    # The corpus is UTF-8 but for one cp1252 file; read as latin-1, 36 of the 700 inputs showed "Â£" for "£".
+    build(tmp_path)
+    texts = [r.text for name in ("inputs", "shots", "real") for r in read_records(tmp_path / "data" / f"{name}.jsonl")]
+    assert len(texts) == 700 + 400 + REAL
+    assert [t for t in texts if any(m in t for m in MOJIBAKE)] == []
+    assert sum("£" in t for t in texts) >= 30
+    # sports/199.txt is the cp1252 one: its "\xa315.8m" is a pound sign too.
+    assert "£15.8m" in read_text(corpus_root() / "sports" / "199.txt")
+
+
+def test_real_articles_join_train_only_and_say_where_they_come_from(tmp_path):
+    cfg = load_config(build(tmp_path, n_inputs=700, n_test=250))
+    recs = read_records(cfg.data.inputs)
+    for r in recs:
+        r.output, r.valid = r.label, True
+    real = read_records(cfg.curate.real_data)
+    assert len(real) == REAL and not {r.text for r in real} & {r.text for r in recs}
+    c = curate(cfg, recs, real=real)
+    from_real = [r for r in c.train if r.meta.get("source") == "real"]
+    assert len(from_real) == c.card["counts"]["real_added"] > 0.9 * REAL  # a few duplicate an input and are dropped
+    assert all(r.meta["dataset"].endswith("gold topic labels") and r.output == r.label for r in from_real)
+    held_out = {" ".join(r.text.lower().split()) for r in c.val + c.test}
+    assert not held_out & {" ".join(r.text.lower().split()) for r in from_real}
+    assert all(r.meta.get("source") == "teacher" for r in c.val + c.test)
+    assert any(s["name"] == "real" and "BBC" in s["source"] for s in c.card["sources"])
 
 
 @pytest.mark.slow
