@@ -1,5 +1,9 @@
 """The embedded default's data and models, read from the installed PyPI packages."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -39,6 +43,7 @@ def test_quickstart_build_keeps_duplicates_out_of_test(tmp_path):
     assert "BBC" in c.card["inputs"]["source"] and "not redistributed" in c.card["inputs"]["license"]
 
 
+ROOT = Path(__file__).resolve().parents[1]
 MOJIBAKE = ("\u00c2", "\u00c3", "\u00e2\u20ac", "\ufffd")  # "Â£", "Ã©", "â€™" (UTF-8 read as latin-1), "�"
 
 
@@ -82,3 +87,28 @@ def test_bundled_student_loads_offline_and_scores_the_labels():
 
     p = predict(lm, task, [Record(messages=[{"role": "user", "content": "Chelsea win the cup final."}])])
     assert p.parsed[0] in LABELS and abs(sum(p.label_probs[0].values()) - 1) < 1e-5
+
+
+def test_quickstart_needs_none_of_the_test_tools():
+    # Command one installs `pip install -e .` without the [test] extra: every stage the quickstart runs
+    # must import with the test-only packages (Playwright, pytest, schemathesis, ray) absent.
+    import tomllib
+
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    core = {d.split(">")[0].split("=")[0].split("[")[0].strip() for d in meta["dependencies"]}
+    test_only = sorted({d.split(">")[0].strip() for d in meta["optional-dependencies"]["test"]} - core - {"httpx"})
+    assert {"playwright", "pytest"} <= set(test_only)
+    code = ("import sys\nclass Block:\n    def find_spec(self, name, path=None, target=None):\n"
+            f"        if name.split('.')[0] in {test_only!r}: raise ImportError('test-only: ' + name)\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "import potstill.cli, potstill.pipeline, potstill.quickstart\n"
+            "from potstill.pipeline import STAGES\n"
+            "import importlib\n"
+            "for fn in STAGES.values(): importlib.import_module(fn.__module__)\n"
+            "print('ok', len(STAGES))\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0 and out.stdout.startswith("ok"), out.stderr[-2000:]
+    script = (ROOT / "scripts" / "install.sh").read_text()
+    assert 'if [ "$TEST" = 1 ]; then python -m pip install -q -e ".[test]"; else python -m pip install -q -e .; fi' in script
+    assert "bash scripts/install.sh --test" in (ROOT / "scripts" / "test.sh").read_text()

@@ -123,7 +123,7 @@ def test_eval_json_has_every_part_of_the_decision(evaluated):
 def _open(page_path: Path, shot: Path) -> tuple[dict, list[str]]:
     sync_api = pytest.importorskip("playwright.sync_api")
     if not CHROMIUM.exists():
-        pytest.skip("chromium is not installed (scripts/install.sh installs it)")
+        pytest.skip("chromium is not installed (scripts/install.sh --test installs it)")
     errors: list[str] = []
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
