@@ -121,3 +121,21 @@ def test_quickstart_needs_none_of_the_test_tools():
     script = (ROOT / "scripts" / "install.sh").read_text()
     assert 'if [ "$TEST" = 1 ]; then python -m pip install -q -e ".[test]"; else python -m pip install -q -e .; fi' in script
     assert "bash scripts/install.sh --test" in (ROOT / "scripts" / "test.sh").read_text()
+
+
+@pytest.mark.slow
+def test_the_quickstart_teacher_answers_without_library_warnings(tmp_path):
+    # The quickstart printed transformers' "`past_key_values` is deprecated" FutureWarning on every
+    # teacher call; potstill's own warnings and errors are not filtered, only that notice.
+    import warnings
+
+    from potstill.teachers.local import LocalTeacher
+
+    cfg = load_config(build(tmp_path, n_shots=5, orders=1))
+    teacher, answers = LocalTeacher(cfg.teacher, get_task(cfg.task)), []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        teacher.run([{"messages": [{"role": "user", "content": "Chelsea win the cup final."}]}],
+                    lambda i, r: answers.append(r.output))
+    assert answers and answers[0] in LABELS
+    assert [f"{w.category.__name__}: {w.message}" for w in caught] == []
