@@ -92,11 +92,12 @@ def _verdict(ev: dict) -> str:
               (f"Too small to judge (&lt; {ev['min_slice_n']} examples)", "too_small_slices")]
     lists = "<br>".join(f"{label}: {escape(', '.join(v.get(key, [])) or 'none')}." for label, key in groups)
     qb = ev["quality_bar"]
+    months, p95 = qb.get("max_break_even_months"), qb.get("max_p95_latency_s")
     rules = (f"a slice passes when its 95% interval lies wholly at or above the bar, fails when wholly below, and is "
              f"inconclusive otherwise; the bar is the student's gold metric >= {qb['min_relative_quality']} of the "
              f"teacher's where gold exists, else agreement >= {qb['min_agreement']}; GO also needs the student cheaper "
-             f"per call, break-even within {qb.get('max_break_even_months')} months and p95 latency <= "
-             f"{qb.get('max_p95_latency_s')} s (None: no limit)")
+             "per call" + (f", break-even within {months:g} months" if months is not None else "")
+             + (f" and p95 latency <= {p95:g} s" if p95 is not None else ""))
     cls = {"GO": "go", "NO-GO": "nogo"}.get(_decision(v), "unsure")
     return (f"<section id='verdict'><h2>Verdict</h2><div class='verdict {cls}'>"
             f"<b>{_decision(v)}</b>: {escape(v['reason'])}.<br>{lists}</div>{checks}"
