@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# README command two (and what .ci/run calls): install, then run the whole test suite.
+# README command two (and what .ci/run calls): install with the test tools (chromium included), then run the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install.sh
+bash scripts/install.sh --test
 . .venv/bin/activate
 set +e
 python -m pytest -q "$@"

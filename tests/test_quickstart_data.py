@@ -1,14 +1,20 @@
 """The embedded default's data and models, read from the installed PyPI packages."""
 
+import inspect
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from potstill.config import load_config
 from potstill.curate import curate
+from potstill.errors import PotstillError
 from potstill.models.loading import load_lm, resolve_bundled
 from potstill.models.prompting import label_token_ids
-from potstill.quickstart import LABELS, build
-from potstill.quickstart.bbc import first_sentence, load_articles
+from potstill.quickstart import LABELS, REAL, build
+from potstill.quickstart.bbc import corpus_root, first_sentence, load_articles, read_text
 from potstill.records import read_records
 from potstill.students import predict, student_format
 from potstill.tasks import get_task
@@ -39,6 +45,45 @@ def test_quickstart_build_keeps_duplicates_out_of_test(tmp_path):
     assert "BBC" in c.card["inputs"]["source"] and "not redistributed" in c.card["inputs"]["license"]
 
 
+ROOT = Path(__file__).resolve().parents[1]
+MOJIBAKE = ("\u00c2", "\u00c3", "\u00e2\u20ac", "\ufffd")  # "Â£", "Ã©", "â€™" (UTF-8 read as latin-1), "�"
+
+
+def test_no_quickstart_text_holds_mojibake(tmp_path):
+    # The corpus is UTF-8 but for one cp1252 file; read as latin-1, 36 of the 700 inputs showed "Â£" for "£".
+    build(tmp_path)
+    texts = [r.text for name in ("inputs", "shots", "real") for r in read_records(tmp_path / "data" / f"{name}.jsonl")]
+    assert len(texts) == 700 + 400 + REAL
+    assert [t for t in texts if any(m in t for m in MOJIBAKE)] == []
+    assert sum("£" in t for t in texts) >= 30
+    # sports/199.txt is the cp1252 one: its "\xa315.8m" is a pound sign too.
+    assert "£15.8m" in read_text(corpus_root() / "sports" / "199.txt")
+
+
+def test_real_articles_join_train_only_and_say_where_they_come_from(tmp_path):
+    cfg = load_config(build(tmp_path, n_inputs=700, n_test=250))
+    recs = read_records(cfg.data.inputs)
+    for r in recs:
+        r.output, r.valid = r.label, True
+    real = read_records(cfg.curate.real_data)
+    assert len(real) == REAL and not {r.text for r in real} & {r.text for r in recs}
+    c = curate(cfg, recs, real=real)
+    from_real = [r for r in c.train if r.meta.get("source") == "real"]
+    assert len(from_real) == c.card["counts"]["real_added"] > 0.9 * REAL  # a few duplicate an input and are dropped
+    assert all(r.meta["dataset"].endswith("gold topic labels") and r.output == r.label for r in from_real)
+    held_out = {" ".join(r.text.lower().split()) for r in c.val + c.test}
+    assert not held_out & {" ".join(r.text.lower().split()) for r in from_real}
+    assert all(r.meta.get("source") == "teacher" for r in c.val + c.test)
+    assert any(s["name"] == "real" and "BBC" in s["source"] for s in c.card["sources"])
+    # `potstill quickstart --real N` defaults to the same number, and refuses a negative one in one line.
+    from potstill import cli
+
+    assert inspect.signature(cli.quickstart).parameters["real"].default == REAL
+    with pytest.raises(PotstillError, match="--real must be 0 or more"):
+        build(tmp_path / "neg", n_real=-1)
+    assert load_config(build(tmp_path / "none", n_real=0)).curate.real_data is None
+
+
 @pytest.mark.slow
 def test_bundled_student_loads_offline_and_scores_the_labels():
     assert resolve_bundled("smollm2-135m-instruct").stat().st_size > 90e6
@@ -51,3 +96,46 @@ def test_bundled_student_loads_offline_and_scores_the_labels():
 
     p = predict(lm, task, [Record(messages=[{"role": "user", "content": "Chelsea win the cup final."}])])
     assert p.parsed[0] in LABELS and abs(sum(p.label_probs[0].values()) - 1) < 1e-5
+
+
+def test_quickstart_needs_none_of_the_test_tools():
+    # Command one installs `pip install -e .` without the [test] extra: every stage the quickstart runs
+    # must import with the test-only packages (Playwright, pytest, schemathesis, ray) absent.
+    import tomllib
+
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    core = {d.split(">")[0].split("=")[0].split("[")[0].strip() for d in meta["dependencies"]}
+    test_only = sorted({d.split(">")[0].strip() for d in meta["optional-dependencies"]["test"]} - core - {"httpx"})
+    assert {"playwright", "pytest"} <= set(test_only)
+    code = ("import sys\nclass Block:\n    def find_spec(self, name, path=None, target=None):\n"
+            f"        if name.split('.')[0] in {test_only!r}: raise ImportError('test-only: ' + name)\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "import potstill.cli, potstill.pipeline, potstill.quickstart\n"
+            "from potstill.pipeline import STAGES\n"
+            "import importlib\n"
+            "for fn in STAGES.values(): importlib.import_module(fn.__module__)\n"
+            "print('ok', len(STAGES))\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0 and out.stdout.startswith("ok"), out.stderr[-2000:]
+    script = (ROOT / "scripts" / "install.sh").read_text()
+    assert 'if [ "$TEST" = 1 ]; then python -m pip install -q -e ".[test]"; else python -m pip install -q -e .; fi' in script
+    assert "bash scripts/install.sh --test" in (ROOT / "scripts" / "test.sh").read_text()
+
+
+@pytest.mark.slow
+def test_the_quickstart_teacher_answers_without_library_warnings(tmp_path):
+    # The quickstart printed transformers' "`past_key_values` is deprecated" FutureWarning on every
+    # teacher call; potstill's own warnings and errors are not filtered, only that notice.
+    import warnings
+
+    from potstill.teachers.local import LocalTeacher
+
+    cfg = load_config(build(tmp_path, n_shots=5, orders=1))
+    teacher, answers = LocalTeacher(cfg.teacher, get_task(cfg.task)), []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        teacher.run([{"messages": [{"role": "user", "content": "Chelsea win the cup final."}]}],
+                    lambda i, r: answers.append(r.output))
+    assert answers and answers[0] in LABELS
+    assert [f"{w.category.__name__}: {w.message}" for w in caught] == []

@@ -142,6 +142,7 @@ def quickstart(
     test: Annotated[int, typer.Option(help="Held-out test articles.")] = 250,
     shots: Annotated[int, typer.Option(help="Few-shot examples in the teacher's prompt.")] = 50,
     orders: Annotated[int, typer.Option(help="Shot orders the teacher averages over (self-consistency).")] = 3,
+    real: Annotated[int, typer.Option(help="Other articles mixed into train with their gold label.")] = 150,
     objective: Annotated[str, typer.Option(help="kd (label-level distillation) or sft.")] = "kd",
 ) -> None:
     """The embedded default, end to end, offline: BBC News topics, gemma-3-270m teacher, SmolLM2 student."""
@@ -150,7 +151,7 @@ def quickstart(
     if objective not in ("kd", "sft"):
         raise PotstillError(f"--objective must be kd or sft, not {objective!r}")
     cfg = quickstart_config(run_dir, {"train.objective": objective}, n_inputs=inputs, n_test=test, n_shots=shots,
-                            orders=orders)
+                            orders=orders, n_real=real)
     out = run_all(cfg)
     typer.echo(f"artifacts in {run_dir}: eval.json, pilot.json, card.md, student/; timings: "
                + json.dumps({k: v["seconds"] for k, v in out["timings"].items()}))

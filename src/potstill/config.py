@@ -197,9 +197,22 @@ class TrainConfig(Section):
 
 
 class QualityBar(Section):
-    min_agreement: float = Field(0.85, ge=0, le=1, description="Trained student's agreement with the teacher.")
+    """What GO needs: each check is judged by its 95% interval, pass only when wholly at or above the bar."""
+
+    min_agreement: float = Field(
+        0.85, ge=0, le=1,
+        description="Trained student's agreement with the teacher; judged only where a slice has no gold labels.",
+    )
     min_relative_quality: float | None = Field(
-        0.95, ge=0, description="Trained student's gold metric over the teacher's (when gold exists)."
+        0.95, ge=0,
+        description="Trained student's gold metric over the teacher's, judged where gold exists (None: judge agreement).",
+    )
+    max_break_even_months: float | None = Field(
+        12.0, gt=0,
+        description="GO needs the one-time cost repaid within this many months at evaluate.monthly_calls (None: any).",
+    )
+    max_p95_latency_s: float | None = Field(
+        None, gt=0, description="GO needs the student's p95 single-call latency at or under this, in seconds (None: any).",
     )
 
 

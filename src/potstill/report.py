@@ -80,3 +80,15 @@ def print_table(title: str, models: dict[str, dict[str, Any]]) -> None:
             _fmt(m.get("cost_per_1k_calls_usd"), digits=5),
         )
     out.print(t)
+
+
+def print_slices(slices: list[dict[str, Any]]) -> None:
+    """Each slice's verdict and why, as evaluate's verdict reads them (pass / fail / inconclusive / too small)."""
+    t = Table(title="per slice: 95% interval against the bar")
+    for col in ("slice", "n", "judged on", "verdict", "why"):
+        t.add_column(col, justify="right" if col == "n" else "left")
+    style = {"pass": "green", "fail": "red", "inconclusive": "yellow"}
+    for r in slices:
+        v = r["verdict"]
+        t.add_row(r["slice"], str(r["n"]), r.get("judged_on", "-"), f"[{style.get(v, 'dim')}]{v}[/]", r["reason"])
+    out.print(t)

@@ -1,9 +1,12 @@
-"""The bootstrap intervals cover the true value about 95% of the time on synthetic data."""
+"""The bootstrap intervals cover the true value about 95% of the time on synthetic data, and the
+verdict built on them errs as often as it claims."""
 
 import numpy as np
 import pytest
 
-from potstill.evaluate.bootstrap import bootstrap_gap, bootstrap_mean
+from potstill.config import QualityBar
+from potstill.evaluate.bootstrap import bootstrap_gap, bootstrap_mean, bootstrap_ratio
+from potstill.evaluate.slices import judge
 
 
 def coverage(draw, truth: float, reps: int = 200, gap: bool = False) -> float:
@@ -51,3 +54,48 @@ def test_interval_shape():
     assert ci["lo"] < 0.5 < ci["hi"] and ci["hi"] - ci["lo"] == pytest.approx(0.2, abs=0.04)  # ~ 2 x 1.96 x 0.05
     with pytest.raises(ValueError):
         bootstrap_gap([1, 2], [1])
+
+
+def test_paired_ratio_is_covered_about_95_percent():
+    # Teacher right w.p. 0.8; the student copies it, and also gets right 25% of the teacher's misses:
+    # true ratio = (0.8 + 0.2 x 0.25) / 0.8 = 0.85 / 0.8 = 1.0625.
+    def draw(rng):
+        t = (rng.random(200) < 0.8).astype(float)
+        s = np.maximum(t, (rng.random(200) < 0.25).astype(float))
+        return s, t
+
+    rng, hits = np.random.default_rng(7), 0
+    for rep in range(200):
+        ci = bootstrap_ratio(*draw(rng), n_boot=1000, seed=rep)
+        hits += ci["lo"] <= 1.0625 <= ci["hi"]
+    assert 0.91 <= hits / 200 <= 0.98, hits
+    assert bootstrap_ratio([1, 0], [0, 0])["value"] is None  # the teacher never right: no ratio
+    with pytest.raises(ValueError):
+        bootstrap_ratio([1, 2], [1])
+
+
+def test_a_slice_exactly_at_the_bar_is_failed_or_passed_about_2_5_percent_of_the_time():
+    # The verdict claims a fail only when the 95% interval lies wholly below the bar: for a student whose
+    # true agreement is the bar itself, each one-sided error should be ~2.5% (and the rest inconclusive).
+    bar = QualityBar(min_agreement=0.85)
+    rng, seen = np.random.default_rng(3), {"pass": 0, "fail": 0, "inconclusive": 0}
+    for rep in range(400):
+        x = (rng.random(150) < 0.85).astype(float)
+        seen[judge(bootstrap_mean(x, seed=rep), None, bar, 30)["verdict"]] += 1
+    assert seen["fail"] / 400 <= 0.05 and seen["pass"] / 400 <= 0.05, seen
+    assert seen["inconclusive"] / 400 >= 0.9, seen
+
+
+def test_settle_n_settles_about_80_percent_of_the_time():
+    # A pilot of 60 with 54 agreeing (90%) straddles 85%; settle_n sizes a new test split for 80% power
+    # if the true agreement is the estimated 90%. Fresh splits of that size should pass ~80% of the time.
+    bar = QualityBar(min_agreement=0.85)
+    pilot = bootstrap_mean([1.0] * 54 + [0.0] * 6, seed=0)
+    r = judge(pilot, None, bar, 30)
+    assert r["verdict"] == "inconclusive"
+    need = r["settle_n"]
+    assert 300 <= need <= 700, need  # ~2.04 x 60 x (h / 0.05)^2 with h ~ 0.075
+    rng = np.random.default_rng(11)
+    settled = sum(judge(bootstrap_mean((rng.random(need) < 0.9).astype(float), seed=rep), None, bar, 30)["verdict"]
+                  == "pass" for rep in range(200))
+    assert 0.7 <= settled / 200 <= 0.9, settled

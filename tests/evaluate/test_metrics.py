@@ -5,12 +5,12 @@ import math
 import pytest
 
 from potstill.config import QualityBar, TaskConfig
-from potstill.evaluate import break_even, break_even_curve, verdict
+from potstill.evaluate import break_even, break_even_curve
 from potstill.evaluate.metrics import (
     INVALID, accuracy, calibration, chrf, confusion_matrix, exact_match, field_prf, macro_f1, rouge_l, task_metrics,
     validity_rate,
 )
-from potstill.evaluate.slices import judge, length_edges, slice_names, slice_table
+from potstill.evaluate.slices import length_edges, slice_names, slice_table
 from potstill.records import Record
 from potstill.tasks.extraction import ExtractionTask
 
@@ -91,7 +91,7 @@ def test_break_even_by_hand():
     assert break_even(0.001, 0.002, 5.0, 10)["calls"] is None
 
 
-def test_slices_and_verdict():
+def test_slices_are_cut_and_judged_by_their_intervals():
     recs = [Record(messages=[{"role": "user", "content": " ".join(["w"] * k)}], slice=["x"] if k < 4 else [])
             for k in range(1, 7)]
     edges = length_edges(recs)  # word counts 1..6: cut at the 1/3 and 2/3 points -> 2 and 4
@@ -99,23 +99,25 @@ def test_slices_and_verdict():
     names = [slice_names(r, "a" if i % 2 else "b", edges) for i, r in enumerate(recs)]
     assert names[0] == ["tag:x", "label:b", "length:short (<=2 words)"]
     bar = QualityBar(min_agreement=0.5, min_relative_quality=None)
-    rows = slice_table(names, [1, 1, 0, 1, 0, 0], None, [None] * 6, [None] * 6, bar, min_n=3, n_boot=200)
+    rows = slice_table(names, [1, 1, 1, 1, 0, 0], None, [None] * 6, [None] * 6, bar, min_n=3, n_boot=200)
     by = {r["slice"]: r for r in rows}
-    assert rows[0]["slice"] == "all" and by["all"]["agreement"]["value"] == pytest.approx(0.5)
-    assert by["tag:x"]["verdict"] == "go"  # 2/3 >= 50%
-    assert by["label:b"]["verdict"] == "no-go"  # examples 0, 2, 4 -> 1/3
+    assert rows[0]["slice"] == "all" and by["all"]["agreement"]["value"] == pytest.approx(4 / 6)
+    assert by["tag:x"]["verdict"] == "pass"  # 3/3 agree: every resample is 1.0, interval [1, 1] >= 50%
+    assert by["label:b"]["verdict"] == "inconclusive"  # examples 0, 2, 4 -> 2/3: resamples range 0 to 1
+    assert by["label:b"]["settle_n"] > 3 and by["label:b"]["judged_on"] == "agreement"
     assert by["length:short (<=2 words)"]["verdict"] == "too small"
-    assert judge(0.9, None, 10, bar, 30)["reason"] == "too small to judge: 10 examples < 30"
-    models = {"student": {"agreement_with_teacher": 0.9, "gold_metric": None}, "teacher": {"gold_metric": None}}
-    v = verdict(models, bar, rows)
-    assert not v["go"] and v["no_go_slices"] == ["label:b"] and "label:b" in v["reason"]
-    assert "tag:x" in v["go_slices"]
+    assert by["length:short (<=2 words)"]["reason"] == "too small to judge: 2 examples < 3"
+    # Six examples where the student never agrees: every resample is 0, the interval [0, 0] lies below 50%.
+    rows = slice_table([[]] * 6, [0] * 6, None, [None] * 6, [None] * 6, bar, min_n=3, n_boot=200)
+    assert rows[0]["verdict"] == "fail"
 
 
-def test_gold_gap_in_slices():
+def test_gold_ratio_in_slices():
     bar = QualityBar(min_agreement=0.0, min_relative_quality=0.95)
-    # student right on 3 of 4, teacher on 4 of 4: gap -25 points, relative quality 75% < 95%
+    # student right on 3 of 4, teacher on 4 of 4: gap -25 points, relative quality 75%
     rows = slice_table([[], [], [], []], [1, 1, 1, 1], None, [1, 1, 1, 0], [1, 1, 1, 1], bar, min_n=1, n_boot=200)
     g = rows[0]["gold"]
-    assert g["gap"]["value"] == pytest.approx(-0.25) and g["relative"] == pytest.approx(0.75)
-    assert rows[0]["verdict"] == "no-go" and math.isclose(g["teacher"], 1.0)
+    assert g["gap"]["value"] == pytest.approx(-0.25) and g["relative"]["value"] == pytest.approx(0.75)
+    assert math.isclose(g["teacher"], 1.0) and rows[0]["judged_on"] == "gold"
+    # The ratio's resamples run from 0 (all four draws the wrong one) to 1 (none): it straddles 95%.
+    assert g["relative"]["lo"] < 0.95 <= g["relative"]["hi"] and rows[0]["verdict"] == "inconclusive"

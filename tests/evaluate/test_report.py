@@ -76,9 +76,15 @@ def test_eval_json_has_every_part_of_the_decision(evaluated):
     for r in ev["slices"]:
         a = r["agreement"]
         assert a["lo"] <= a["value"] <= a["hi"]
-        assert r["verdict"] in {"go", "no-go", "too small"} and r["reason"]
-        assert (r["verdict"] == "too small") == (r["n"] < 4)
+        assert r["verdict"] in {"pass", "fail", "inconclusive", "too small"} and r["reason"]
+        # Gold decides wherever the teacher's gold metric is above 0 (else there is no ratio: agreement decides).
+        assert r["judged_on"] == ("gold" if r["gold"]["relative"]["value"] is not None else "agreement")
+        assert (r["verdict"] == "too small") == (r["n_judged"] < 4)
         assert r["gold"]["gap"]["lo"] <= r["gold"]["gap"]["value"] <= r["gold"]["gap"]["hi"]
+        if r["verdict"] in {"pass", "fail"}:
+            assert r["settle_n"] is None
+        elif r["verdict"] == "too small":
+            assert r["settle_n"] == 4
     # The per-example numbers add up to the overall one measured by measure_student.
     assert by["all"]["agreement"]["value"] == pytest.approx(ev["models"]["student"]["agreement_with_teacher"])
     cm = ev["metrics"]["student"]["vs_teacher"]["confusion"]
@@ -96,7 +102,10 @@ def test_eval_json_has_every_part_of_the_decision(evaluated):
     assert all(w["teacher"] != w["student"] for w in ev["worst_cases"])
     conf = [w["confidence"] for w in ev["worst_cases"]]
     assert conf == sorted(conf, reverse=True)
-    assert isinstance(ev["verdict"]["go"], bool) and ev["verdict"]["reason"]
+    v = ev["verdict"]
+    assert isinstance(v["go"], bool) and v["decision"] in {"GO", "NO-GO", "INCONCLUSIVE"} and v["reason"]
+    assert v["checks"][1]["check"] == "student cheaper per call than the teacher"
+    assert set(v["pass_slices"] + v["fail_slices"] + v["inconclusive_slices"] + v["too_small_slices"]) == set(by) - {"all"}
 
     # A rerun with the same settings and artifacts is skipped (eval.json and report.html both hash-checked).
     assert evaluate_stage(load_config(evaluated / "potstill.yaml"))["skipped"]
@@ -114,7 +123,7 @@ def test_eval_json_has_every_part_of_the_decision(evaluated):
 def _open(page_path: Path, shot: Path) -> tuple[dict, list[str]]:
     sync_api = pytest.importorskip("playwright.sync_api")
     if not CHROMIUM.exists():
-        pytest.skip("chromium is not installed (scripts/install.sh installs it)")
+        pytest.skip("chromium is not installed (scripts/install.sh --test installs it)")
     errors: list[str] = []
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
@@ -145,7 +154,7 @@ def test_report_opens_in_chromium_with_every_section(evaluated):
     assert found["#break-even svg polyline"] == 2
     text = found["text"]
     for words in ("Untrained student, teacher, trained student", "Per-slice gap", "Confusion matrix",
-                  "Latency and cost", "Break-even", "GO", "Where these numbers come from"):
+                  "Latency and cost", "Break-even", "Inconclusive (need more test data)", "Where these numbers come from"):
         assert words in text, words
     assert (evaluated / "report.png").stat().st_size > 10_000
 

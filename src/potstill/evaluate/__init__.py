@@ -1,50 +1,135 @@
 """Evaluate: untrained student vs teacher vs trained student on the held-out test split.
 
-The verdict and the break-even are pure functions over measured numbers; ``stage.py`` measures,
-``slices.py`` cuts the test set, ``metrics.py`` scores, ``html.py`` renders report.html.
+The verdict and the break-even are pure functions over measured numbers (the rules are in the
+README's "The verdict"); ``stage.py`` measures, ``slices.py`` cuts the test set and judges each
+slice, ``metrics.py`` scores, ``html.py`` renders report.html.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from potstill.config import QualityBar
 
 
-def verdict(models: dict[str, dict[str, Any]], bar: QualityBar,
-            slices: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """go/no-go for the trained student against the quality bar, with the reason for each check.
+def _usd(x: float) -> str:
+    """Dollars to three significant digits below $1 ($0.0540), cents above."""
+    return f"${x:,.2f}" if x == 0 or abs(x) >= 1 else f"${x:.{2 - math.floor(math.log10(abs(x)))}f}"
 
-    Overall checks run on the whole test split; with ``slices`` every slice large enough to judge
-    must pass too, and the slices that pass are named (switch for those, keep the teacher elsewhere).
+
+def _per_1k(student: float, teacher: float) -> str:
+    return f"{_usd(1000 * student)} vs {_usd(1000 * teacher)} per 1,000 calls"
+
+
+def _names(xs: list[str]) -> str:
+    return xs[0] if len(xs) == 1 else ", ".join(xs[:-1]) + " and " + xs[-1]
+
+
+def economics(teacher_usd_per_call: float, student_usd_per_call: float, be: dict[str, Any],
+              student_p95_s: float | None, bar: QualityBar) -> list[dict[str, Any]]:
+    """The money and time checks of the bar, each {check, value, pass, why} (``why``: the failure in words)."""
+    t, s = teacher_usd_per_call, student_usd_per_call
+    if s < t:
+        why, value = None, (f"{t / s:.1f}x cheaper" if s > 0 else "free") + f" ({_per_1k(s, t)})"
+    elif s == t:
+        why = value = f"the student costs the same per call as the teacher ({_per_1k(s, t)})"
+    elif t > 0:
+        value = f"{s / t:.1f}x dearer ({_per_1k(s, t)})"
+        why = f"the student is {s / t:.1f}x more expensive per call than the teacher ({_per_1k(s, t)})"
+    else:
+        why = value = (f"the teacher cost nothing per call as recorded, so the student ({_usd(1000 * s)} per 1,000 "
+                       "calls) cannot save money")
+    checks = [{"check": "student cheaper per call than the teacher", "value": value, "pass": why is None, "why": why}]
+    if bar.max_break_even_months is not None and s < t:
+        months, h = be.get("months"), bar.max_break_even_months
+        why = None
+        if months is None:
+            why = (f"no monthly volume is configured (evaluate.monthly_calls = {be.get('monthly_calls')}), "
+                   f"so the one-time {_usd(be['one_time_usd'])} is never repaid")
+        elif months > h:
+            why = (f"the student repays the one-time {_usd(be['one_time_usd'])} only after {months:.1f} months at "
+                   f"{be['monthly_calls']:,} calls a month, past the {h:g}-month horizon")
+        checks.append({"check": f"break-even within {h:g} months", "pass": why is None, "why": why,
+                       "value": "never" if months is None else f"{months:.2f} months"})
+    if bar.max_p95_latency_s is not None:
+        lim, p95 = bar.max_p95_latency_s, student_p95_s
+        ok = p95 is not None and p95 <= lim
+        why = None if ok else (f"the student's p95 latency of {p95:.2f} s is over the {lim:g} s bar" if p95 is not None
+                               else "the student's p95 latency was not measured")
+        checks.append({"check": f"student p95 latency <= {lim:g} s", "pass": ok, "why": why,
+                       "value": "-" if p95 is None else f"{p95:.3f} s"})
+    return checks
+
+
+def _more_data(rows: list[dict[str, Any]]) -> str:
+    parts = []
+    for r in rows:
+        if r["verdict"] == "too small":
+            parts.append(f"{r['slice']} ({r['n_judged']} of the {r['settle_n']} examples needed to judge)")
+        elif r.get("settle_n"):
+            parts.append(f"{r['slice']} (about {r['settle_n']} test examples)")
+        else:
+            parts.append(f"{r['slice']} (on the bar)")
+    return _names(parts) + (" needs more test data to be judged on its own" if len(parts) == 1
+                            else " need more test data to be judged on their own")
+
+
+def _todo(by: dict[str, list[dict[str, Any]]]) -> str:
+    """Under GO: which slices switch now, which stay on the teacher, which need more data."""
+    unsettled = by["inconclusive"] + by["too small"]
+    if not unsettled and not by["fail"]:
+        return "switch all traffic now" + (", every slice passes on its own" if by["pass"] else "")
+    if by["pass"]:
+        todo = [f"switch {_names([r['slice'] for r in by['pass']])} now"]
+    else:
+        todo = ["switch the traffic as a whole now, as no slice passes on its own yet"]
+    if by["fail"]:
+        todo.append(f"keep {_names([r['slice'] for r in by['fail']])} on the teacher")
+    if unsettled:
+        todo.append(_more_data(unsettled))
+    return "; ".join(todo)
+
+
+def verdict(models: dict[str, dict[str, Any]], bar: QualityBar, slices: list[dict[str, Any]],
+            be: dict[str, Any]) -> dict[str, Any]:
+    """GO / NO-GO / INCONCLUSIVE for the trained student, and one sentence saying what to do with each slice.
+
+    Money and time first: a student dearer per call than the teacher, slower to repay distilling
+    than the horizon, or over the latency bar is NO-GO whatever its quality. Then quality on the
+    whole test set (the ``all`` row of ``slices``, judged by its 95% interval as every slice is):
+    pass is GO, fail is NO-GO, straddling the bar is INCONCLUSIVE. Under GO, slices that pass on
+    their own switch now, slices that fail stay on the teacher, and the rest need more data.
     """
     s, t = models["student"], models["teacher"]
-    checks = []
-    agr = s.get("agreement_with_teacher")
-    checks.append({
-        "check": f"agreement with teacher >= {bar.min_agreement:.0%}",
-        "value": agr, "pass": agr is not None and agr >= bar.min_agreement,
-    })
-    if bar.min_relative_quality is not None and s.get("gold_metric") is not None and t.get("gold_metric"):
-        rel = s["gold_metric"] / t["gold_metric"]
-        checks.append({
-            "check": f"gold metric >= {bar.min_relative_quality:.0%} of the teacher's",
-            "value": rel, "pass": rel >= bar.min_relative_quality,
-        })
-    out: dict[str, Any] = {}
-    if slices is not None:
-        judged = [r for r in slices if r["slice"] != "all" and r["verdict"] != "too small"]
-        bad = [r["slice"] for r in judged if r["verdict"] == "no-go"]
-        checks.append({"check": "every slice large enough to judge passes the bar",
-                       "value": f"{len(judged) - len(bad)}/{len(judged)} slices", "pass": not bad})
-        out = {"go_slices": [r["slice"] for r in judged if r["verdict"] == "go"], "no_go_slices": bad,
-               "too_small_slices": [r["slice"] for r in slices if r["verdict"] == "too small"]}
-    go = all(c["pass"] for c in checks)
-    failed = [c["check"] for c in checks if not c["pass"]]
-    reason = "all checks pass" if go else "fails: " + "; ".join(failed)
-    if out.get("no_go_slices"):
-        reason += " (below the bar on: " + ", ".join(out["no_go_slices"]) + ")"
-    return {"go": go, "checks": checks, "reason": reason, **out}
+    econ = economics(t["cost_per_1k_calls_usd"] / 1000, s["cost_per_1k_calls_usd"] / 1000, be,
+                     s.get("latency_batch1", {}).get("p95_s"), bar)
+    whole, rest = slices[0], slices[1:]
+    if whole["slice"] != "all":
+        raise ValueError("verdict: the first slice row must be 'all' (the whole test split), as slice_table writes it")
+    by = {k: [r for r in rest if r["verdict"] == k] for k in ("pass", "fail", "inconclusive", "too small")}
+    quality = {"check": "quality on the whole test set (95% interval vs the bar)", "value": whole["reason"],
+               "pass": whole["verdict"] == "pass", "result": whole["verdict"]}
+    checks = [quality, *[{**c, "result": "pass" if c["pass"] else "fail"} for c in econ]]
+    out = {"checks": checks, **{f"{k.replace(' ', '_')}_slices": [r["slice"] for r in v] for k, v in by.items()}}
+    money = [c["why"] for c in econ if not c["pass"]]
+    if money:
+        reason = _names(money) + ", so switching loses money or time whatever its quality: keep every slice on the teacher"
+        return {"go": False, "decision": "NO-GO", "reason": reason, **out}
+    cheaper = econ[0]["value"].split(" (")[0]  # "5.3x cheaper"
+    repays = next((f", repays distilling in {c['value']}" for c in econ if c["check"].startswith("break-even")), "")
+    fast = next((f", answers within the {bar.max_p95_latency_s:g} s latency bar" for c in econ
+                 if c["check"].startswith("student p95")), "")
+    if whole["verdict"] == "fail":
+        reason = (f"although the student is {cheaper} per call, on the whole test set its {whole['statement']}: "
+                  "keep every slice on the teacher")
+        return {"go": False, "decision": "NO-GO", "reason": reason, **out}
+    if whole["verdict"] != "pass":
+        reason = (f"the student is {cheaper} per call, but on the whole test set its {whole['statement']}: "
+                  "keep every slice on the teacher until more test data settles it")
+        return {"go": False, "decision": "INCONCLUSIVE", "reason": reason, **out}
+    reason = f"the student is {cheaper} per call{repays}{fast} and on the whole test set its {whole['statement']}: "
+    return {"go": True, "decision": "GO", "reason": reason + _todo(by), **out}
 
 
 def break_even(teacher_cost_per_call: float, student_cost_per_call: float, one_time_usd: float,

@@ -17,12 +17,15 @@ from potstill.errors import PotstillError
 from potstill.records import write_text
 from potstill.evaluate.plots import BLUE, GREEN, GREY, RED, interval_plot, line_plot, reliability_plot
 
+AMBER = "#ca8a04"  # inconclusive: the interval straddles the bar
+
 CSS = """
 body{font-family:system-ui,sans-serif;margin:24px auto;max-width:1100px;color:#111827;line-height:1.4}
 h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #e5e7eb;padding-bottom:4px}
 table{border-collapse:collapse;margin:8px 0;font-size:13px}th,td{border:1px solid #e5e7eb;padding:4px 8px;text-align:right;vertical-align:top}
 th{background:#f9fafb}td.l,th.l,td.s{text-align:left}.legend{font-size:12px;color:#374151;margin:0 0 8px}.src{color:#6b7280;font-size:12px;margin:4px 0 0}
 .go{background:#dcfce7;border:1px solid #16a34a}.nogo{background:#fee2e2;border:1px solid #dc2626}
+.unsure{background:#fef9c3;border:1px solid #ca8a04}
 .verdict{padding:12px 16px;border-radius:6px}.small{color:#6b7280}.mono{font-family:monospace;white-space:pre-wrap;max-width:320px}
 """
 
@@ -74,19 +77,31 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) ->
     return f"<table><tr>{th}</tr>{body}</table>"
 
 
+def _decision(v: dict) -> str:
+    """GO / NO-GO / INCONCLUSIVE; an eval.json written before INCONCLUSIVE existed has only ``go``."""
+    return v.get("decision") or ("GO" if v["go"] else "NO-GO")
+
+
 def _verdict(ev: dict) -> str:
     v = ev["verdict"]
     checks = _table(["check", "value", "result"], [
         [escape(c["check"]), _pct(c["value"]) if isinstance(c["value"], float) else escape(str(c["value"])),
-         "pass" if c["pass"] else "<b>fail</b>"] for c in v["checks"]])
-    go_slices = ", ".join(v.get("go_slices", [])) or "none"
-    return (f"<section id='verdict'><h2>Verdict</h2><div class='verdict {'go' if v['go'] else 'nogo'}'>"
-            f"<b>{'GO' if v['go'] else 'NO-GO'}</b>: {escape(v['reason'])}<br>"
-            f"Slices that pass the bar: {escape(go_slices)}. Too small to judge (&lt; {ev['min_slice_n']} examples): "
-            f"{escape(', '.join(v.get('too_small_slices', [])) or 'none')}.</div>{checks}"
-            + _src(f"checks on the whole test split and on each slice, against {ev['sources']['quality_bar']} "
-                   f"(min agreement {ev['quality_bar']['min_agreement']}, min relative gold quality "
-                   f"{ev['quality_bar']['min_relative_quality']}).") + "</section>")
+         "pass" if c["pass"] else f"<b>{escape(c.get('result', 'fail'))}</b>"] for c in v["checks"]])
+    groups = [("Pass on their own (switch now)", "pass_slices"), ("Fail (keep on the teacher)", "fail_slices"),
+              ("Inconclusive (need more test data)", "inconclusive_slices"),
+              (f"Too small to judge (&lt; {ev['min_slice_n']} examples)", "too_small_slices")]
+    lists = "<br>".join(f"{label}: {escape(', '.join(v.get(key, [])) or 'none')}." for label, key in groups)
+    qb = ev["quality_bar"]
+    months, p95 = qb.get("max_break_even_months"), qb.get("max_p95_latency_s")
+    rules = (f"a slice passes when its 95% interval lies wholly at or above the bar, fails when wholly below, and is "
+             f"inconclusive otherwise; the bar is the student's gold metric >= {qb['min_relative_quality']} of the "
+             f"teacher's where gold exists, else agreement >= {qb['min_agreement']}; GO also needs the student cheaper "
+             "per call" + (f", break-even within {months:g} months" if months is not None else "")
+             + (f" and p95 latency <= {p95:g} s" if p95 is not None else ""))
+    cls = {"GO": "go", "NO-GO": "nogo"}.get(_decision(v), "unsure")
+    return (f"<section id='verdict'><h2>Verdict</h2><div class='verdict {cls}'>"
+            f"<b>{_decision(v)}</b>: {escape(v['reason'])}.<br>{lists}</div>{checks}"
+            + _src(f"{rules}; from {ev['sources']['quality_bar']}.") + "</section>")
 
 
 def _models(ev: dict) -> str:
@@ -107,29 +122,36 @@ def _models(ev: dict) -> str:
 
 
 def _slices(ev: dict) -> str:
-    colour = {"go": GREEN, "no-go": RED, "too small": GREY}
+    colour = {"pass": GREEN, "fail": RED, "inconclusive": AMBER, "too small": GREY}
     bar = ev["quality_bar"]["min_agreement"]
     agr = interval_plot([{"label": f"{r['slice']} (n={r['n']})", "value": r["agreement"]["value"],
-                          "lo": r["agreement"]["lo"], "hi": r["agreement"]["hi"], "color": colour[r["verdict"]],
+                          "lo": r["agreement"]["lo"], "hi": r["agreement"]["hi"], "color": colour.get(r["verdict"], GREY) if r.get("judged_on", "agreement") == "agreement" else BLUE,
                           "ghost": (r.get("untrained_agreement") or {}).get("value")} for r in ev["slices"]],
                         0.0, 1.0, ref=bar, ref_label=f"bar {bar:.0%}", xlabel="trained student's agreement with the teacher")
-    gold_rows = [r for r in ev["slices"] if r.get("gold")]
+    gold_rows = [r for r in ev["slices"] if isinstance((r.get("gold") or {}).get("relative"), dict)
+                 and r["gold"]["relative"].get("value") is not None]
     gap = ""
     if gold_rows:
-        gap = interval_plot([{"label": f"{r['slice']} (n={r['gold']['n']})", "value": r["gold"]["gap"]["value"],
-                              "lo": r["gold"]["gap"]["lo"], "hi": r["gold"]["gap"]["hi"], "color": colour[r["verdict"]]}
-                             for r in gold_rows], -1.0, 1.0, ref=0.0, ref_label="teacher",
-                            xlabel="gold-metric gap, trained student minus teacher (paired 95% CI)")
+        rel_bar = ev["quality_bar"].get("min_relative_quality") or 1.0
+        lo = min([0.5] + [r["gold"]["relative"]["lo"] for r in gold_rows])
+        hi = max([1.5] + [r["gold"]["relative"]["hi"] for r in gold_rows])
+        gap = interval_plot([{"label": f"{r['slice']} (n={r['gold']['n']})", "value": r["gold"]["relative"]["value"],
+                              "lo": r["gold"]["relative"]["lo"], "hi": r["gold"]["relative"]["hi"],
+                              "color": colour.get(r["verdict"], GREY)} for r in gold_rows],
+                            lo, hi, ref=rel_bar, ref_label=f"bar {rel_bar:.0%}",
+                            xlabel="trained student's gold metric / the teacher's (paired 95% CI)")
     rows = [[escape(r["slice"]), str(r["n"]), _ci(r["agreement"]), _ci(r.get("untrained_agreement")),
              _pct(r["gold"]["student"]) if r.get("gold") else "-", _pct(r["gold"]["teacher"]) if r.get("gold") else "-",
              _ci_pt(r["gold"]["gap"]) if r.get("gold") else "-",
+             _ci((r.get("gold") or {}).get("relative")) if isinstance((r.get("gold") or {}).get("relative"), dict) else "-",
              f"<b>{escape(r['verdict'])}</b>", f"<span class='small'>{escape(r['reason'])}</span>"] for r in ev["slices"]]
     a, b = ev["length_edges_words"]
     legend = ("<p class='legend'>Dot: the trained student, with its 95% interval; hollow circle: the untrained "
-              "student. Green: go; red: no-go; grey: too small to judge.</p>")
+              "student. Green: pass; red: fail; amber: inconclusive (the interval straddles the bar); grey: too small "
+              "to judge; blue: agreement reported only, because gold labels judge that slice (second plot).</p>")
     return ("<section id='slices'><h2>Per-slice gap</h2>" + legend + agr + gap
             + _table(["slice", "n", "agreement [95% CI]", "untrained [95% CI]", "student gold", "teacher gold",
-                      "gap [95% CI]", "verdict", "why"], rows)
+                      "gap [95% CI]", "student / teacher gold [95% CI]", "verdict", "why"], rows)
             + _src(f"slices are record tags (tag:), labels (label: the gold label, else the teacher's) and input-length "
                    f"terciles (cut at {a} and {b} words). Agreement per example is measured by this command against the "
                    f"teacher's recorded answer; intervals: {ev['sources']['intervals']}; the gap resamples paired "
@@ -249,7 +271,7 @@ def _compare(ev: dict, others: Sequence[tuple[str, dict]]) -> str:
         rows.append([escape(name), escape(str(s.get("model"))), _pct(s.get("gold_metric")), _ci(e["agreement_ci"].get("student")),
                      f"{_num(s['latency_batch1'].get('p50_s'))} s", _usd(s["cost_per_1k_calls_usd"]),
                      f"{be['months']:.2f}" if be.get("months") is not None else "never",
-                     "GO" if e["verdict"]["go"] else "NO-GO", escape(e.get("created_at", "-"))])
+                     _decision(e["verdict"]), escape(e.get("created_at", "-"))])
     names = [r["slice"] for r in ev["slices"]]
     slice_rows = []
     for sl in names:

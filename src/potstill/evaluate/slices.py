@@ -2,15 +2,18 @@
 
 A slice is a record tag (``tag:news``), a label (``label:sports``: the gold label where there is
 one, else the teacher's) or an input-length bucket (terciles of words in the input). Each gets
-a verdict: go, no-go, or too small to judge (fewer than ``min_n`` examples).
+a verdict from its 95% interval against the bar: pass (wholly at or above), fail (wholly below),
+inconclusive (straddling; with the test examples that would settle it), or too small to judge
+(fewer than ``min_n`` examples).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 from potstill.config import QualityBar
-from potstill.evaluate.bootstrap import bootstrap_gap, bootstrap_mean
+from potstill.evaluate.bootstrap import bootstrap_gap, bootstrap_mean, bootstrap_ratio
 from potstill.records import Record
 
 
@@ -33,27 +36,72 @@ def slice_names(record: Record, label: Any, edges: tuple[int, int]) -> list[str]
     return names
 
 
-def judge(agreement: float | None, rel_quality: float | None, n: int, bar: QualityBar, min_n: int) -> dict[str, Any]:
-    """go / no-go / too small for one slice, with the reason in words."""
+# z for a two-sided 95% interval, and for 80% power: the usual sample-size sum (see settle_n).
+Z_95, Z_POWER_80 = 1.959964, 0.841621
+
+
+def settle_n(value: float, lo: float, hi: float, n: int, bar: float) -> int | None:
+    """Test examples that would likely settle an interval straddling ``bar`` (None: the estimate is on the bar).
+
+    The half-width facing the bar, h = value - lo (or hi - value below the bar), shrinks as 1/sqrt(n),
+    so h = Z_95 * sigma / sqrt(n) gives sigma = h * sqrt(n) / Z_95. To clear the bar at distance
+    d = |value - bar| with 80% probability, if the true value is the one estimated now, needs
+    n' = ((Z_95 + Z_POWER_80) * sigma / d)^2 = n * (h / d)^2 * ((1.96 + 0.84) / 1.96)^2 ~= 2.04 n (h / d)^2.
+    Example: value 0.90, interval [0.80, 0.98], bar 0.85, n 60: h = 0.10, d = 0.05 -> 60 x 4 x 2.04 = 490.
+    """
+    d = abs(value - bar)
+    if d == 0:
+        return None
+    h = value - lo if value >= bar else hi - value
+    return math.ceil(n * (h / d) ** 2 * ((Z_95 + Z_POWER_80) / Z_95) ** 2)
+
+
+def judge_interval(ci: dict[str, Any], bar: float) -> str:
+    """pass: the interval lies at or above the bar; fail: wholly below it; otherwise inconclusive."""
+    if ci["lo"] >= bar:
+        return "pass"
+    if ci["hi"] < bar:
+        return "fail"
+    return "inconclusive"
+
+
+WHERE = {"pass": "wholly at or above", "fail": "wholly below", "inconclusive": "straddling"}
+
+
+def judge(agreement: dict[str, Any], gold: dict[str, Any] | None, bar: QualityBar, min_n: int) -> dict[str, Any]:
+    """pass / fail / inconclusive / too small for one slice, with the reason in words.
+
+    Where the slice has gold labels (and ``bar.min_relative_quality`` is set) the student's gold
+    metric relative to the teacher's decides, and agreement is only reported: agreeing with a wrong
+    teacher is no virtue. Elsewhere agreement with the teacher decides.
+    """
+    rel = (gold or {}).get("relative") or {}
+    if bar.min_relative_quality is not None and rel.get("value") is not None:
+        on, ci, b, n = "gold", rel, bar.min_relative_quality, gold["n"]
+        what = f"gold metric is {ci['value']:.1%} of the teacher's"
+        aside = f"; agreement {agreement['value']:.1%}, reported only (gold decides)"
+    else:
+        on, ci, b, n = "agreement", agreement, bar.min_agreement, agreement["n"]
+        what, aside = f"agreement with the teacher is {ci['value']:.1%}", ""
+    row = {"judged_on": on, "n_judged": n}
     if n < min_n:
-        return {"verdict": "too small", "reason": f"too small to judge: {n} examples < {min_n}"}
-    failed, passed = [], []
-    if agreement is not None:
-        msg = f"agreement {agreement:.1%} vs bar {bar.min_agreement:.0%}"
-        (passed if agreement >= bar.min_agreement else failed).append(msg)
-    if bar.min_relative_quality is not None and rel_quality is not None:
-        msg = f"gold metric {rel_quality:.1%} of the teacher's vs bar {bar.min_relative_quality:.0%}"
-        (passed if rel_quality >= bar.min_relative_quality else failed).append(msg)
-    if failed:
-        return {"verdict": "no-go", "reason": "; ".join(failed)}
-    return {"verdict": "go", "reason": "; ".join(passed)}
+        return {**row, "verdict": "too small", "settle_n": min_n,
+                "statement": f"{n} examples are fewer than the {min_n} needed to judge",
+                "reason": f"too small to judge: {n} examples < {min_n}"}
+    v = judge_interval(ci, b)
+    statement = f"{what} [{ci['lo']:.1%}, {ci['hi']:.1%}], {WHERE[v]} the {b:.0%} bar"
+    need = settle_n(ci["value"], ci["lo"], ci["hi"], n, b) if v == "inconclusive" else None
+    if v == "inconclusive":
+        statement += (f"; about {need} test examples ({need - n} more) would settle it" if need else
+                      "; the estimate sits on the bar, so no number of examples is sure to settle it")
+    return {**row, "verdict": v, "settle_n": need, "statement": statement, "reason": statement + aside}
 
 
 def slice_table(names: Sequence[list[str]], student_agree: Sequence[float],
                 untrained_agree: Sequence[float] | None, student_gold: Sequence[float | None],
                 teacher_gold: Sequence[float | None], bar: QualityBar, min_n: int, n_boot: int,
                 seed: int = 0) -> list[dict[str, Any]]:
-    """One row per slice (``all`` first): agreement with the teacher, the gold gap, and a verdict.
+    """One row per slice (``all`` first): agreement with the teacher, the gold gap and ratio, and a verdict.
 
     ``*_agree`` are per-example agreements with the teacher in [0, 1]; ``*_gold`` per-example
     scores against gold (None where an example has no gold).
@@ -70,13 +118,11 @@ def slice_table(names: Sequence[list[str]], student_agree: Sequence[float],
         if untrained_agree is not None:
             row["untrained_agreement"] = bootstrap_mean([untrained_agree[i] for i in idx], n_boot, seed=seed)
         g = [i for i in idx if student_gold[i] is not None and teacher_gold[i] is not None]
-        rel = None
         if g:
             s, t = [student_gold[i] for i in g], [teacher_gold[i] for i in g]
-            gap = bootstrap_gap(s, t, n_boot, seed=seed)
-            ts = sum(t) / len(t)
-            rel = (sum(s) / len(s)) / ts if ts else None
-            row["gold"] = {"n": len(g), "student": sum(s) / len(s), "teacher": ts, "gap": gap, "relative": rel}
-        row.update(judge(row["agreement"]["value"], rel, len(idx), bar, min_n))
+            row["gold"] = {"n": len(g), "student": sum(s) / len(s), "teacher": sum(t) / len(t),
+                           "gap": bootstrap_gap(s, t, n_boot, seed=seed),
+                           "relative": bootstrap_ratio(s, t, n_boot, seed=seed)}
+        row.update(judge(row["agreement"], row.get("gold"), bar, min_n))
         rows.append(row)
     return rows

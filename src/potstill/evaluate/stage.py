@@ -25,7 +25,7 @@ from potstill.hashing import hash_obj
 from potstill.models.loading import LM, load_lm
 from potstill.progress import bar, say
 from potstill.records import Record, read_records, write_json
-from potstill.report import measure_student, measure_teacher, print_table
+from potstill.report import measure_student, measure_teacher, print_slices, print_table
 from potstill.rundir import RunDir
 from potstill.students import Predictions, percentile, predict
 from potstill.tasks import Task, get_task
@@ -183,7 +183,7 @@ def evaluate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
         if batched_1k is not None:
             be["batched"] = {"batch_size": e.batch_size, "student_cost_per_call_usd": batched_1k / 1000,
                              **break_even(t_call, batched_1k / 1000, one_time["total_usd"], e.monthly_calls)}
-        v = verdict(models, e.quality_bar, slices)
+        v = verdict(models, e.quality_bar, slices, be)
 
         result = {
             "task": cfg.task.type, "n_test": len(test), "test_hash": hash_obj(sorted(r.id for r in test)),
@@ -204,14 +204,16 @@ def evaluate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
                 "train_usd": (f"train.json train_s={train_s:.1f} (measured by `potstill train`) x "
                               f"student.usd_per_hour={cfg.student.usd_per_hour} / 3600"),
                 "monthly_calls": f"config evaluate.monthly_calls={e.monthly_calls}",
-                "quality_bar": "config evaluate.quality_bar and report.min_slice_n",
+                "quality_bar": ("config evaluate.quality_bar and report.min_slice_n; cost per call and break-even from "
+                                "the latency and cost table and evaluate.monthly_calls"),
             },
         }
         result = finite(result)
         write_report(run / "report.html", result, [])
         write_json(run / "eval.json", result)
         print_table(f"evaluate: {len(test)} held-out inputs", models)
-        say(f"verdict: {'GO' if v['go'] else 'NO-GO'} ({v['reason']}); report: {run / 'report.html'}")
+        print_slices(slices)
+        say(f"verdict: {v['decision']}: {v['reason']}. Report: {run / 'report.html'}")
         return {"verdict": v["go"], "agreement": models["student"]["agreement_with_teacher"]}
 
     return body(run)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,9 @@ def _quiet_transformers() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    # scoring.py reuses a prefix's KV cache through `past_key_values`, which transformers 5.x still
+    # accepts but announces as renamed (to `cache`) on every Gemma 3 call; the message, not the call, goes.
+    warnings.filterwarnings("ignore", message=r"`past_key_values` is deprecated", category=FutureWarning)
 
 
 def _pick_device(device: str) -> torch.device:

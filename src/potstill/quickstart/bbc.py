@@ -31,12 +31,24 @@ def first_sentence(paragraph: str) -> str:
     return parts[0].strip()
 
 
+def read_text(path: Path) -> str:
+    """The corpus is UTF-8 except one file (sports/199.txt) saved as Windows-1252 ("\xa315.8m" for "£15.8m").
+
+    Reading all of it as latin-1 turned every UTF-8 "£" into "Â£"; UTF-8 first, cp1252 for that file.
+    """
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("cp1252")
+
+
 def load_articles() -> list[dict]:
     """Every article as {id, text (headline + first sentence), label}, in a stable order."""
     root = corpus_root()
     out = []
     for path in sorted(root.glob("*/*.txt")):
-        raw = path.read_text(encoding="latin-1")
+        raw = read_text(path)
         paras = [p.strip() for p in raw.split("\n") if p.strip()]
         if len(paras) < 2:
             continue

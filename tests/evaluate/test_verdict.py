@@ -1,0 +1,157 @@
+"""The verdict, case by case, on hand-made intervals (each number worked out in the comments).
+
+The slices are judged by the real ``judge`` and the whole decision by the real ``verdict``; only the
+intervals are given by hand, so every word of the reason sentence is checked against arithmetic.
+"""
+
+import pytest
+
+from potstill.config import QualityBar
+from potstill.evaluate import break_even, economics, verdict
+from potstill.evaluate.slices import judge, settle_n
+
+BAR = QualityBar()  # agreement >= 85%, gold ratio >= 95%, break-even within 12 months, no latency bar
+
+
+def ci(value: float, lo: float, hi: float, n: int) -> dict:
+    return {"value": value, "lo": lo, "hi": hi, "n": n}
+
+
+def row(name: str, n: int, agreement: tuple, gold: tuple | None = None, bar: QualityBar = BAR) -> dict:
+    """A slice row as slice_table writes it, judged by the real judge (min_slice_n 30)."""
+    g = {"n": n, "relative": ci(*gold, n)} if gold else None
+    return {"slice": name, "n": n, "agreement": ci(*agreement, n), **({"gold": g} if g else {}),
+            **judge(ci(*agreement, n), g, bar, 30)}
+
+
+# Student $0.01 and teacher $0.05 per 1,000 calls: 5.0x cheaper. Saving $0.00004 a call repays a
+# one-time $4 after 4 / 0.00004 = 100,000 calls, 0.40 months at 250,000 calls a month.
+CHEAP = {"student": {"cost_per_1k_calls_usd": 0.01, "latency_batch1": {"p95_s": 0.05}},
+         "teacher": {"cost_per_1k_calls_usd": 0.05}}
+CHEAP_BE = break_even(0.05 / 1000, 0.01 / 1000, 4.0, 250_000)
+# Whole test set: gold ratio 101.0% [97.0%, 105.0%] on 250 examples, wholly at or above 95%.
+WHOLE_PASS = row("all", 250, (0.88, 0.84, 0.92), (1.01, 0.97, 1.05))
+GO_HEAD = ("the student is 5.0x cheaper per call, repays distilling in 0.40 months and on the whole test set its "
+           "gold metric is 101.0% of the teacher's [97.0%, 105.0%], wholly at or above the 95% bar: ")
+
+
+def test_pass_fail_inconclusive_on_agreement_without_gold():
+    # Lower end 86% >= 85%: pass.
+    r = judge(ci(0.90, 0.86, 0.94, 100), None, BAR, 30)
+    assert (r["verdict"], r["judged_on"], r["settle_n"]) == ("pass", "agreement", None)
+    assert r["reason"] == "agreement with the teacher is 90.0% [86.0%, 94.0%], wholly at or above the 85% bar"
+    # Upper end 80% < 85%: fail.
+    assert judge(ci(0.70, 0.60, 0.80, 100), None, BAR, 30)["verdict"] == "fail"
+    # The point estimate 76.2% is under the bar but the interval [64.3, 88.1] reaches over it: not a fail.
+    assert judge(ci(0.762, 0.643, 0.881, 42), None, BAR, 30)["verdict"] == "inconclusive"
+    # 90% [80%, 98%] on 60 examples straddles 85%: h = 0.10 toward the bar, d = 0.05 from it,
+    # n' = 60 x (0.10 / 0.05)^2 x ((1.96 + 0.84) / 1.96)^2 = 240 x 2.0432 = 490.4 -> 491.
+    r = judge(ci(0.90, 0.80, 0.98, 60), None, BAR, 30)
+    assert r["verdict"] == "inconclusive" and r["settle_n"] == 491
+    assert r["reason"] == ("agreement with the teacher is 90.0% [80.0%, 98.0%], straddling the 85% bar; "
+                           "about 491 test examples (431 more) would settle it")
+    # Below the bar the half-width toward it is the upper one: 80% [70%, 90%], h = 0.10, d = 0.05 -> 491 again.
+    assert settle_n(0.80, 0.70, 0.90, 60, 0.85) == 491
+    assert settle_n(0.85, 0.80, 0.90, 60, 0.85) is None  # on the bar: no sample size is sure to settle it
+    r = judge(ci(0.9, 0.8, 1.0, 12), None, BAR, 30)
+    assert (r["verdict"], r["reason"]) == ("too small", "too small to judge: 12 examples < 30")
+
+
+def test_gold_first_rescue():
+    # Politics in the issue: the student is right more often than the teacher (83.3% vs 72.9%, ratio
+    # 1.143) but agrees with it on only 70.8%, wholly below 85%. Gold decides, so it passes.
+    r = judge(ci(0.708, 0.583, 0.833, 48), {"n": 48, "relative": ci(1.143, 0.99, 1.31, 48)}, BAR, 30)
+    assert (r["verdict"], r["judged_on"]) == ("pass", "gold")
+    assert r["reason"] == ("gold metric is 114.3% of the teacher's [99.0%, 131.0%], wholly at or above the 95% bar; "
+                           "agreement 70.8%, reported only (gold decides)")
+    # With the gold bar switched off the same slice is judged on agreement and fails.
+    off = QualityBar(min_relative_quality=None)
+    assert judge(ci(0.708, 0.583, 0.833, 48), {"n": 48, "relative": ci(1.143, 0.99, 1.31, 48)}, off, 30)["verdict"] == "fail"
+
+
+def test_go_names_slices_to_switch_keep_and_settle():
+    slices = [WHOLE_PASS,
+              row("label:sports", 60, (0.95, 0.9, 1.0), (1.0, 0.97, 1.03)),
+              row("label:politics", 48, (0.9, 0.8, 0.97), (0.80, 0.70, 0.90)),  # 90% < 95%: fail
+              # 93% [88%, 98%]: h = 0.05, d = 0.02 -> 50 x 6.25 x 2.0432 = 638.5 -> 639
+              row("label:business", 50, (0.9, 0.8, 0.97), (0.93, 0.88, 0.98)),
+              row("length:long", 12, (0.9, 0.8, 1.0), (1.0, 0.9, 1.1))]
+    v = verdict(CHEAP, BAR, slices, CHEAP_BE)
+    assert (v["go"], v["decision"]) == (True, "GO")
+    assert v["reason"] == GO_HEAD + (
+        "switch label:sports now; keep label:politics on the teacher; label:business (about 639 test examples) "
+        "and length:long (12 of the 30 examples needed to judge) need more test data to be judged on their own")
+    assert (v["pass_slices"], v["fail_slices"]) == (["label:sports"], ["label:politics"])
+    assert (v["inconclusive_slices"], v["too_small_slices"]) == (["label:business"], ["length:long"])
+
+
+def test_go_wordings_when_every_slice_passes_none_do_or_one_is_unsettled():
+    both = [row("label:a", 100, (0.95, 0.9, 1.0)), row("label:b", 100, (0.95, 0.9, 1.0))]
+    v = verdict(CHEAP, BAR, [WHOLE_PASS, *both], CHEAP_BE)
+    assert v["reason"] == GO_HEAD + "switch all traffic now, every slice passes on its own"
+    assert verdict(CHEAP, BAR, [WHOLE_PASS], CHEAP_BE)["reason"] == GO_HEAD + "switch all traffic now"
+    one = [row("label:a", 40, (0.88, 0.80, 0.95))]  # 88% [80%, 95%]: h = 0.08, d = 0.03 -> 40 x 7.11 x 2.0432 = 581.2
+    v = verdict(CHEAP, BAR, [WHOLE_PASS, *one], CHEAP_BE)
+    assert v["reason"] == GO_HEAD + ("switch the traffic as a whole now, as no slice passes on its own yet; "
+                                     "label:a (about 582 test examples) needs more test data to be judged on its own")
+
+
+def test_inconclusive_overall():
+    whole = row("all", 250, (0.9, 0.86, 0.94), (0.97, 0.93, 1.01))  # h = 0.04, d = 0.02 -> 250 x 4 x 2.0432 -> 2044
+    v = verdict(CHEAP, BAR, [whole], CHEAP_BE)
+    assert (v["go"], v["decision"]) == (False, "INCONCLUSIVE")
+    assert v["reason"] == ("the student is 5.0x cheaper per call, but on the whole test set its gold metric is 97.0% "
+                           "of the teacher's [93.0%, 101.0%], straddling the 95% bar; about 2044 test examples (1794 "
+                           "more) would settle it: keep every slice on the teacher until more test data settles it")
+
+
+def test_cheaper_but_worse_is_no_go():
+    whole = row("all", 250, (0.8, 0.75, 0.85), (0.80, 0.72, 0.88))  # 88% < 95%: wholly below
+    v = verdict(CHEAP, BAR, [whole, row("label:a", 100, (0.95, 0.9, 1.0))], CHEAP_BE)
+    assert (v["go"], v["decision"]) == (False, "NO-GO")
+    assert v["reason"] == ("although the student is 5.0x cheaper per call, on the whole test set its gold metric is "
+                           "80.0% of the teacher's [72.0%, 88.0%], wholly below the 95% bar: keep every slice on the teacher")
+
+
+def test_better_but_dearer_is_no_go_whatever_its_quality():
+    # The issue's extraction run: $0.139 vs $0.054 per 1,000 calls -> 0.139 / 0.054 = 2.57 -> "2.6x".
+    dear = {"student": {"cost_per_1k_calls_usd": 0.139, "latency_batch1": {"p95_s": 4.9}},
+            "teacher": {"cost_per_1k_calls_usd": 0.054}}
+    be = break_even(0.054 / 1000, 0.139 / 1000, 1.0, 1_000_000)
+    v = verdict(dear, BAR, [WHOLE_PASS], be)
+    assert (v["go"], v["decision"]) == (False, "NO-GO")
+    assert v["reason"] == ("the student is 2.6x more expensive per call than the teacher ($0.139 vs $0.0540 per 1,000 "
+                           "calls), so switching loses money or time whatever its quality: keep every slice on the teacher")
+    # With a latency bar too, both reasons are given in one sentence.
+    slow = QualityBar(max_p95_latency_s=2.0)
+    assert verdict(dear, slow, [WHOLE_PASS], be)["reason"].startswith(
+        "the student is 2.6x more expensive per call than the teacher ($0.139 vs $0.0540 per 1,000 calls) and the "
+        "student's p95 latency of 4.90 s is over the 2 s bar, so switching")
+
+
+def test_break_even_horizon_and_latency_bar():
+    # Saving $0.00004 a call against a one-time $200 at 250,000 calls a month: 5,000,000 calls = 20 months > 12.
+    be = break_even(0.05 / 1000, 0.01 / 1000, 200.0, 250_000)
+    assert be["months"] == pytest.approx(20.0)
+    v = verdict(CHEAP, BAR, [WHOLE_PASS], be)
+    assert v["decision"] == "NO-GO" and v["reason"].startswith(
+        "the student repays the one-time $200.00 only after 20.0 months at 250,000 calls a month, past the 12-month "
+        "horizon, so switching")
+    assert verdict(CHEAP, QualityBar(max_break_even_months=24), [WHOLE_PASS], be)["go"]
+    # No volume configured: never repaid.
+    c = economics(0.05 / 1000, 0.01 / 1000, break_even(0.05 / 1000, 0.01 / 1000, 4.0, 0), None, BAR)
+    assert not c[1]["pass"] and c[1]["why"].startswith("no monthly volume is configured (evaluate.monthly_calls = 0)")
+    fast = QualityBar(max_p95_latency_s=0.05)  # p95 0.05 s is at the bar: passes
+    v = verdict(CHEAP, fast, [WHOLE_PASS], CHEAP_BE)
+    assert v["go"] and v["reason"].startswith("the student is 5.0x cheaper per call, repays distilling in 0.40 months, "
+                                              "answers within the 0.05 s latency bar and on the whole test set")
+    assert not verdict(CHEAP, QualityBar(max_p95_latency_s=0.04), [WHOLE_PASS], CHEAP_BE)["go"]
+    # A teacher recorded at $0 a call cannot be undercut.
+    free = {"student": CHEAP["student"], "teacher": {"cost_per_1k_calls_usd": 0.0}}
+    assert verdict(free, BAR, [WHOLE_PASS], break_even(0.0, 0.01 / 1000, 4.0, 1000))["reason"].startswith(
+        "the teacher cost nothing per call as recorded")
+
+
+def test_whole_set_must_come_first():
+    with pytest.raises(ValueError, match="'all'"):
+        verdict(CHEAP, BAR, [row("label:a", 100, (0.95, 0.9, 1.0))], CHEAP_BE)
