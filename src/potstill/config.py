@@ -34,6 +34,11 @@ class TaskConfig(Section):
 class DataConfig(Section):
     inputs: str = Field("inputs.jsonl", description="JSONL of inputs: {messages|input, label?, slice?, id?}.")
     limit: int | None = Field(None, ge=1, description="Use only the first N inputs.")
+    max_unknown_gold: float = Field(
+        0.05, ge=0, le=1,
+        description="Classification: refuse the inputs when more than this share of their gold labels is not in "
+        "task.labels (after case-insensitive matching); below it, those records are warned about and kept without gold.",
+    )
     source: str = Field("user-provided", description="Where the inputs come from (recorded in the dataset card).")
     license: str = Field("unspecified", description="Licence of the inputs (recorded in the dataset card).")
 

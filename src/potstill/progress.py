@@ -42,4 +42,5 @@ def bar(description: str, total: int) -> Iterator[Callable[..., None]]:
 
 
 def say(msg: str) -> None:
-    console.print(msg, highlight=False)
+    # soft_wrap: one message stays one line in a log (off a terminal rich would wrap at 80 columns).
+    console.print(msg, highlight=False, soft_wrap=True)

@@ -80,17 +80,22 @@ def read_objects(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield lineno, obj
 
 
-def read_records(path: str | Path) -> list[Record]:
-    """Read a JSONL file of records; a bad line raises one error naming file and line."""
+def read_numbered(path: str | Path) -> list[tuple[int, Record]]:
+    """(line number, record) for each record of a JSONL file, so later checks can name file:line."""
     out = []
     for lineno, obj in read_objects(path):
         try:
-            out.append(Record.model_validate(_coerce(obj)))
+            out.append((lineno, Record.model_validate(_coerce(obj))))
         except ValidationError as e:
             err = e.errors()[0]
             where = ".".join(str(x) for x in err["loc"]) or "record"
             raise PotstillError(f"{path}:{lineno}: {where}: {err['msg']}") from None
     return out
+
+
+def read_records(path: str | Path) -> list[Record]:
+    """Read a JSONL file of records; a bad line raises one error naming file and line."""
+    return [r for _, r in read_numbered(path)]
 
 
 def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:

@@ -9,17 +9,20 @@ from typing import Any, Callable
 from potstill.config import Config
 from potstill.errors import PotstillError
 from potstill.progress import say
-from potstill.records import Record, read_records
+from potstill.records import Record, read_numbered
 from potstill.rundir import RunDir
+from potstill.tasks import get_task
 
 
 def load_inputs(cfg: Config) -> list[Record]:
-    records = read_records(cfg.data.inputs)
+    """The inputs, gold labels checked against the task's label set (see ``Task.check_gold``)."""
+    numbered = read_numbered(cfg.data.inputs)
     if cfg.data.limit is not None:
-        records = records[: cfg.data.limit]
-    if not records:
+        numbered = numbered[: cfg.data.limit]
+    if not numbered:
         raise PotstillError(f"{cfg.data.inputs}: no records")
-    return records
+    get_task(cfg.task).check_gold(numbered, cfg.data.inputs, cfg.data.max_unknown_gold)
+    return [r for _, r in numbered]
 
 
 def run_stage(name: str, cfg: Config, settings: Any, inputs: list[str | Path], outputs: list[str],
