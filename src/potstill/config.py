@@ -134,7 +134,8 @@ class TrainConfig(Section):
         "auto",
         description="Teacher signal for objective kd: labels (label_probs, any tokenizer), topk (records' top-k "
         "logprobs mapped to student ids; same tokenizer), logits (full logits of train.teacher_model on the fly); "
-        "auto: logits if teacher_model is set, else topk if records carry logprobs, else labels.",
+        "auto: logits if teacher_model is set (its vocabulary is checked to be the student's), else labels for "
+        "classification, else topk if records carry logprobs.",
     )
     kd_kind: Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl"] = Field(
         "forward_kl", description="Divergence of the token-level KD term and of on-policy batches."
