@@ -29,6 +29,10 @@ class TaskConfig(Section):
     labels: list[str] = Field(default_factory=list, description="Label set (classification).")
     json_schema: dict[str, Any] | None = Field(None, description="JSON Schema the output must satisfy (extraction).")
     max_output_tokens: int = Field(128, ge=1, description="Longest output to generate (extraction, freetext).")
+    json_key_order: Literal["teacher", "schema", "sorted"] = Field(
+        "teacher", description="Key order of the JSON the student learns (extraction): the teacher's, the order of "
+        "json_schema's properties (nested objects too), or sorted.",
+    )
 
 
 class DataConfig(Section):
