@@ -250,6 +250,11 @@ class ServeConfig(Section):
     )
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body accepted (413 above).")
     max_messages: int = Field(64, ge=1, description="Most messages one chat request may carry (400 above).")
+    model_aliases: list[str] = Field(
+        default_factory=lambda: ["potstill"],
+        description="Names clients may send as `model` besides the student's versioned name and the teacher's; "
+        "listed by /v1/models. Any other name is a 404 model_not_found.",
+    )
     target_escalation: float = Field(
         0.2, ge=0, le=1, description="Calibrate the confidence threshold so at most this share of val inputs escalate."
     )
