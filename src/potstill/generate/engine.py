@@ -8,8 +8,8 @@ committed: that is the most a ``kill -9`` can make a rerun send again.
 
 Retries (429, 5xx, timeouts, dropped connections) are the SDK's: exponential backoff with jitter
 that honours ``Retry-After``. The engine sees every HTTP attempt through httpx event hooks, so
-it counts retries and lets one 429's ``Retry-After`` pause all workers, not just the one that
-got it.
+it counts retries and adapts: answers raise the limit on requests in flight, 429s that cluster
+lower it or pause every worker (``limits.RateLimiter``); a stray 429 delays only its request.
 """
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ class Counters:
     cost_usd: float = 0.0
     budget_stopped: bool = False
     t0: float = 0.0
+    throttled: int = 0  # 429 responses, retries included
+    pauses: int = 0  # times every worker was paused (clustered 429s, or a rate-limit header at zero)
+    lowest_limit: float = 0.0  # the lowest the adaptive limit on requests in flight went
 
     @property
     def retries(self) -> int:
@@ -95,7 +98,7 @@ async def run_requests(
     http_client_factory: Callable[..., Any] | None = None,
 ) -> None:
     """Answer ``(index, request)`` pairs through ``teacher``, calling ``on_result`` as each completes."""
-    limiter = RateLimiter(gcfg.rpm, gcfg.tpm)
+    limiter = RateLimiter(gcfg.rpm, gcfg.tpm, teacher.cfg.concurrency)
     price = price_for(teacher.cfg.model, teacher.cfg.price, gcfg.prices)
     budget = gcfg.budget_usd
     counters.t0 = counters.t0 or time.perf_counter()
@@ -128,15 +131,16 @@ async def run_requests(
                 counters.budget_stopped = True
                 return
             est = teacher.estimate_tokens(req)
-            await limiter.acquire(est)
-            in_flight += 1
-            counters.started += 1
-            t0 = time.perf_counter()
-            try:
-                resp = await teacher.call(client, req)
-            except Exception as e:  # noqa: BLE001 - every failure becomes an error row, retried next run
-                msg = redact(f"{type(e).__name__}: {e}", secrets)
-                resp = Response(output=None, error=msg[:500])
+            async with limiter.concurrency:
+                await limiter.acquire(est)
+                in_flight += 1
+                counters.started += 1
+                t0 = time.perf_counter()
+                try:
+                    resp = await teacher.call(client, req)
+                except Exception as e:  # noqa: BLE001 - every failure becomes an error row, retried next run
+                    msg = redact(f"{type(e).__name__}: {e}", secrets)
+                    resp = Response(output=None, error=msg[:500])
             resp.latency_s = resp.latency_s or time.perf_counter() - t0
             limiter.settle(est, resp.input_tokens + resp.output_tokens)
             if price is not None:
@@ -153,5 +157,7 @@ async def run_requests(
     try:
         await asyncio.gather(*(worker() for _ in range(teacher.cfg.concurrency)))
     finally:
+        counters.throttled, counters.pauses = limiter.throttled, limiter.pauses
+        counters.lowest_limit = limiter.concurrency.lowest
         await client.close()
         await http.aclose()
