@@ -181,7 +181,8 @@ def throttled_run(args: argparse.Namespace, p429: float, tag: str, d: Path) -> d
         st = srv.stats()
     answered = sum(st["answered"].values())
     n429 = st["faults"].get("429", 0)
-    return {"p429": p429, "answered": answered, "seconds": seconds, "req_per_s": answered / seconds,
+    return {"p429": p429, "load_average_1m_after": os.getloadavg()[0], "answered": answered, "seconds": seconds,
+            "req_per_s": answered / seconds,
             "share_of_capacity": answered / seconds / args.capacity, "n_429": n429,
             "429_per_1000_requests": 1000 * n429 / answered}
 
