@@ -1,6 +1,6 @@
 """kd_signal labels vs topk on a reduced quickstart (BBC News topics, gemma-3-270m teacher, SmolLM2 student).
 
-    PYTHONPATH=src python benchmarks/kd_signal.py --inputs 240 --test 80 --shots 10
+    PYTHONPATH=src python benchmarks/kd_signal.py --inputs 150 --test 40 --val 20 --shots 10
 
 The quickstart's teacher is local, so its records carry label_probs but no API logprobs. To put
 the two signals side by side on the same data, each training record also gets the ``logprobs``
@@ -40,6 +40,7 @@ def main() -> None:
     p.add_argument("--inputs", type=int, default=240)
     p.add_argument("--test", type=int, default=80)
     p.add_argument("--shots", type=int, default=10)
+    p.add_argument("--val", type=int, default=20)
     p.add_argument("--dir", type=Path, default=Path("/tmp/potstill-kd-signal"))
     args = p.parse_args()
     os.environ.setdefault("POTSTILL_PROGRESS", "never")
@@ -55,7 +56,8 @@ def main() -> None:
     base = args.dir / "base"
     t0 = time.perf_counter()
     cfg_path = build(base, n_inputs=args.inputs, n_shots=args.shots, n_test=args.test, orders=1)
-    cfg = load_config(cfg_path, {"evaluate.include_untrained": False, "evaluate.latency_samples": 5})
+    small = {"evaluate.include_untrained": False, "evaluate.latency_samples": 5, "curate.val": args.val}
+    cfg = load_config(cfg_path, small)
     generate_stage(cfg)
     curate_stage(cfg)
     prep_s = time.perf_counter() - t0
@@ -74,8 +76,7 @@ def main() -> None:
         shutil.copytree(base, run, ignore=shutil.ignore_patterns("student*", "eval.json", "report.html", "train.json",
                                                                  "metrics.jsonl"))
         write_jsonl(run / "train.jsonl", train)
-        c = load_config(run / "potstill.yaml", {"run_dir": str(run), "train.kd_signal": signal,
-                                                "evaluate.include_untrained": False, "evaluate.latency_samples": 5})
+        c = load_config(run / "potstill.yaml", {**small, "run_dir": str(run), "train.kd_signal": signal})
         t1 = time.perf_counter()
         summary = train_stage(c, force=True)
         evaluate_stage(c, force=True)
@@ -95,7 +96,8 @@ def main() -> None:
         "what": ("kd_signal labels vs topk on a reduced quickstart; topk records carry the logprobs an API with "
                  "top_logprobs 5 would return, built from the local teacher's label distribution and its own (Gemma) "
                  "tokens, re-encoded with the student's (SmolLM2) tokenizer by potstill's topk path"),
-        "sizes": {"inputs": args.inputs, "shots": args.shots, "orders": 1, "test": n_test, "train": len(train)},
+        "sizes": {"inputs": args.inputs, "shots": args.shots, "orders": 1, "val": args.val, "test": n_test,
+                  "train": len(train)},
         "teacher_first_tokens": first, "one_student_token": mapped, "results": results,
         "winner_by_agreement": max(results, key=lambda s: results[s]["agreement_with_teacher"]),
         "prep_seconds": prep_s, "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
