@@ -2,6 +2,7 @@
 
     python benchmarks/generate.py throughput --n 5000 --concurrency 64 --reps 3
     python benchmarks/generate.py crash --n 5000 --kills 20 --concurrency 64
+    python benchmarks/generate.py throttled --n 1200 --concurrency 16 --capacity 40 --p429 0.05 --label after
 
 ``throughput`` measures, side by side in one process and interleaved rep by rep:
   * bare: the SDK's floor, ``openai.AsyncOpenAI`` + ``asyncio.Semaphore(concurrency)`` + gather;
@@ -11,6 +12,11 @@
   * distilabel (when /tmp/venv-distilabel exists): its OpenAILLM + TextGeneration pipeline.
 The server has no faults and no latency, so the numbers are client overhead. ``crash`` kills
 ``potstill generate`` with SIGKILL at random moments, restarts it, and checks the final output.
+``throttled`` runs ``run_generate`` (ledger on) against a server of finite capacity (``--capacity``
+answers/s: 16 requests in service at once, 0.4 s each at 40/s) that answers ``--p429`` of the
+attempts with a 429 and ``Retry-After: 1``, once without 429s (the capacity the client reaches)
+and then with them; ``--label`` names the code measured (run it with ``PYTHONPATH`` at an older
+``src`` for "before") and the result is merged into generate_throttled.json under that label.
 Results go to benchmarks/generate*.json.
 """
 
@@ -166,19 +172,81 @@ def crash(args: argparse.Namespace) -> dict:
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}}
 
 
+def throttled_run(args: argparse.Namespace, p429: float, tag: str, d: Path) -> dict:
+    with Loopback(key=KEY, seed=args.seed, p429=p429, retry_after_s=1, capacity_rps=args.capacity, slots=16) as srv:
+        texts = [f"{tag} item {i} about the match" for i in range(args.n)]
+        t0 = time.perf_counter()
+        potstill_once(srv.base_url, texts, args.concurrency, d / tag / "calls.sqlite")
+        seconds = time.perf_counter() - t0
+        st = srv.stats()
+    answered = sum(st["answered"].values())
+    n429 = st["faults"].get("429", 0)
+    return {"p429": p429, "load_average_1m_after": os.getloadavg()[0], "answered": answered, "seconds": seconds,
+            "req_per_s": answered / seconds,
+            "share_of_capacity": answered / seconds / args.capacity, "n_429": n429,
+            "429_per_1000_requests": 1000 * n429 / answered}
+
+
+def potstill_once(base_url: str, texts: list[str], conc: int, db: Path) -> None:
+    from potstill.generate import run_generate
+    from potstill.ledger import Ledger
+    from potstill.records import Record
+
+    cfg = config(base_url, conc, str(db.parent))
+    cfg.teacher.max_retries = 10
+    recs = [Record(messages=[{"role": "user", "content": t}]) for t in texts]
+    with Ledger(db) as ledger:
+        out, stats = run_generate(cfg, recs, ledger)
+    assert stats.calls == len(texts) and stats.errors == 0 and all(r.output == answer_for(t) for r, t in zip(out, texts))
+
+
+def throttled(args: argparse.Namespace) -> dict:
+    import potstill
+
+    os.environ["BENCH_KEY"] = KEY
+    os.environ.setdefault("POTSTILL_PROGRESS", "never")
+    out = ROOT / "benchmarks" / "generate_throttled.json"
+    res = json.loads(out.read_text()) if out.exists() else {}
+    with tempfile.TemporaryDirectory() as d:
+        runs = [throttled_run(args, 0.0, "clean", Path(d))]
+        runs += [throttled_run(args, args.p429, f"rep{rep}", Path(d)) for rep in range(args.reps)]
+    for r in runs:
+        print(json.dumps(r), flush=True)
+    faulty = runs[1:]
+    res.update({
+        "what": (f"run_generate (ledger on) against a loopback server of {args.capacity:g} answers/s capacity "
+                 f"(16 in service x {16 / args.capacity:.2f} s) with {args.p429:.0%} random 429s (Retry-After: 1), "
+                 f"concurrency {args.concurrency}, {args.n} inputs per run"),
+        "capacity_rps": args.capacity, "concurrency": args.concurrency, "n": args.n,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+    })
+    res.setdefault("runs", {})[args.label] = {
+        "code": str(Path(potstill.__file__).parent), "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "without_429s": runs[0], "with_429s": faulty,
+        "median_req_per_s": statistics.median(r["req_per_s"] for r in faulty),
+        "median_share_of_capacity": statistics.median(r["share_of_capacity"] for r in faulty),
+        "median_429_per_1000_requests": statistics.median(r["429_per_1000_requests"] for r in faulty),
+    }
+    return res
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["throughput", "crash"])
+    p.add_argument("mode", choices=["throughput", "crash", "throttled"])
     p.add_argument("--n", type=int, default=5000)
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--kills", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-distilabel", dest="distilabel", action="store_false")
+    p.add_argument("--capacity", type=float, default=40.0, help="throttled: the server's answers per second")
+    p.add_argument("--p429", type=float, default=0.05, help="throttled: share of attempts answered 429")
+    p.add_argument("--label", default="after", help="throttled: which code this measures (before/after)")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
-    res = throughput(args) if args.mode == "throughput" else crash(args)
-    out = args.out or ROOT / "benchmarks" / ("generate.json" if args.mode == "throughput" else "generate_crash.json")
+    res = {"throughput": throughput, "crash": crash, "throttled": throttled}[args.mode](args)
+    out = args.out or ROOT / "benchmarks" / {"throughput": "generate.json", "crash": "generate_crash.json",
+                                             "throttled": "generate_throttled.json"}[args.mode]
     out.write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps(res, indent=2))
 

@@ -109,7 +109,7 @@ def routing_on_quickstart(service, live, run: Path, teacher_cost: float) -> dict
     test = [r for r in read_records(run / "test.jsonl") if r.output is not None]
     teacher = [task.parse(r.output) for r in test]
     t0 = time.perf_counter()
-    res = asyncio.run(send_all(live.url, [{"model": "gpt-teacher", "messages": r.messages} for r in test], 8))
+    res = asyncio.run(send_all(live.url, [{"model": "potstill", "messages": r.messages} for r in test], 8))
     wall = time.perf_counter() - t0
     routes = [j["potstill"] for _, j in res]
     served = [task.parse(j["choices"][0]["message"]["content"]) for _, j in res]
@@ -193,14 +193,14 @@ def overhead(service, live, run: Path, n: int) -> dict:
     cl = openai.OpenAI(base_url=live.url + "/v1", api_key=KEY, max_retries=0)
     recs = read_records(run / "test.jsonl")[:n]
     service.engine.answer([recs[0].messages])
-    cl.chat.completions.create(model="m", messages=recs[0].messages)
+    cl.chat.completions.create(model="potstill", messages=recs[0].messages)
     bare, routed = [], []
     for r in recs:
         t0 = time.perf_counter()
         service.engine.answer([r.messages])
         bare.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        cl.chat.completions.create(model="m", messages=r.messages)
+        cl.chat.completions.create(model="potstill", messages=r.messages)
         routed.append(time.perf_counter() - t0)
     service.routing = saved
     b50, b95, r50, r95 = (percentile(bare, 0.5), percentile(bare, 0.95), percentile(routed, 0.5), percentile(routed, 0.95))
@@ -215,7 +215,7 @@ def throughput(service, live, run: Path, levels: tuple[int, ...], per_level: int
     out = []
     for c in levels:
         n = max(per_level, 2 * c)
-        bodies = [{"model": "m", "messages": recs[i % len(recs)].messages} for i in range(n)]
+        bodies = [{"model": "potstill", "messages": recs[i % len(recs)].messages} for i in range(n)]
         asyncio.run(send_all(live.url, bodies[: min(c, 8)], c))  # warm-up
         t0 = time.perf_counter()
         res = asyncio.run(send_all(live.url, bodies, c))
@@ -247,10 +247,10 @@ def load_test(n: int, conc: int) -> dict:
         cfg = run_config(run, None)
         svc = load_service(run, cfg, device="cpu")
         with LiveServer(build_app(svc, serve_key(cfg))) as live:
-            bad = [{"model": "m", "messages": []}, {"model": "m"},
-                   {"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 9}, "not json"]
+            bad = [{"model": "potstill", "messages": []}, {"model": "potstill"},
+                   {"model": "potstill", "messages": [{"role": "user", "content": "x"}], "temperature": 9}, "not json"]
             bodies = [bad[(i // 4) % 4] if i % 4 == 3 else
-                      {"model": "m", "messages": [{"role": "user", "content": text(i)}]} for i in range(n)]
+                      {"model": "potstill", "messages": [{"role": "user", "content": text(i)}]} for i in range(n)]
             statuses: list[int] = []
 
             async def go() -> None:

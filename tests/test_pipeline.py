@@ -135,6 +135,30 @@ def test_bad_inputs_fail_with_one_line_and_leave_nothing(project):
     assert not (project / "run" / "teacher.jsonl").exists()
 
 
+def test_gold_outside_the_label_set_is_warned_about_matched_by_case_or_refused(project):
+    rows = [json.loads(x) for x in (project / "inputs.jsonl").read_text().splitlines()]
+    rows[1]["label"], rows[2]["label"] = "Sports", "TECH"  # case only: matched to the label set
+    rows[4]["label"], rows[30]["label"] = "sprots", "weather"  # 2 of 36 unknown (5.6%)
+    (project / "odd.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    out = potstill("generate", "-c", "potstill.yaml", "--data.inputs", "odd.jsonl", cwd=project)
+    assert out.returncode != 0 and out.stderr.strip().count("\n") == 0, out.stderr
+    assert "2 of 36 gold labels (6%) are not in task.labels" in out.stderr
+    assert "odd.jsonl:5: 'sprots'" in out.stderr and "data.max_unknown_gold=0.05" in out.stderr
+    assert not (project / "run" / "teacher.jsonl").exists()
+
+    # stderr is a pipe here, as in a run logged to a file: progress comes as plain lines (issue 16.7).
+    out = potstill("generate", "-c", "potstill.yaml", "--data.inputs", "odd.jsonl", "--data.max_unknown_gold", "0.1",
+                   cwd=project, env={"POTSTILL_PROGRESS": "auto", "POTSTILL_PROGRESS_INTERVAL": "0.2"})
+    assert out.returncode == 0, out.stderr
+    assert any(ln.startswith("generate: teacher ") and "36/36 (100%), done in" in ln for ln in out.stderr.splitlines())
+    assert "warning: 2 of 36 gold labels (6%) are not in task.labels (sports, tech, politics); first at " in out.stderr
+    assert "odd.jsonl:5: 'sprots'" in out.stderr and "2 gold labels matched task.labels only up to case" in out.stderr
+    got = [json.loads(x) for x in (project / "run" / "teacher.jsonl").read_text().splitlines()]
+    assert [g.get("label") for g in got[1:3]] == ["sports", "tech"]
+    assert got[4].get("label") is None and got[4]["meta"]["unknown_label"] == "sprots"
+
+
 def test_editing_a_file_named_in_the_config_reruns_its_stage_and_moving_the_project_does_not(project, tmp_path_factory):
     first = potstill("generate", "-c", "potstill.yaml", cwd=project)
     assert first.returncode == 0, first.stderr

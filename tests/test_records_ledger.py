@@ -18,6 +18,25 @@ def test_malformed_line_names_file_and_line(tmp_path):
         read_records(p)
 
 
+def test_malformed_line_says_what_is_wrong_where_a_person_looks(tmp_path):
+    """json reports where parsing stopped: for a brace missing at the end, "line 2 column 1" of a
+    one-line record, which used to come out as "column 1"."""
+    p = tmp_path / "in.jsonl"
+    cases = {
+        '{"input": "the team won", "label": "sports"': "the text ends inside the object opened at column 1: "
+                                                        "missing '}' at the end",
+        '{"input": "a", "slice": ["x", {"k": 1}': "the text ends inside the array opened at column 25: missing ']}' at the end",
+        '{"input": "unclosed}': "a string opened at column 11 is never closed",
+        '{"input": "a" "label": "b"}': "expecting ',' delimiter at column 15, near",
+        '{"input": "a"}}': "unexpected text after the JSON value at column 15: '}'",
+    }
+    for line, said in cases.items():
+        p.write_text('{"input": "ok"}\n' + line + "\n")
+        with pytest.raises(PotstillError) as e:
+            read_records(p)
+        assert str(e.value).startswith(f"{p}:2: malformed JSON: ") and said in str(e.value), str(e.value)
+
+
 def test_shorthand_and_ids_are_stable(tmp_path):
     p = tmp_path / "in.jsonl"
     p.write_text('{"input": "hello", "label": "a", "slice": "s1"}\n')

@@ -32,3 +32,32 @@ def test_freetext_and_unknown_task():
     assert t.agree(t.parse("Hello  world"), t.parse("hello world")) == 1.0
     with pytest.raises(PotstillError, match="did you mean 'freetext'"):
         get_task(TaskConfig(type="freetxt"))
+
+
+def test_extraction_target_keeps_the_teachers_key_order_unless_asked(tiny_model):
+    """The student learns the target text: sorted keys taught it to reorder the teacher's JSON."""
+    from potstill.models.loading import load_lm
+    from potstill.records import Record
+    from potstill.students import student_format
+    from potstill.train.batching import build_examples
+
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "city": {"type": "string"},
+                                               "tags": {"type": "array", "items": {"type": "object", "properties": {
+                                                   "k": {}, "v": {}}}}}}
+    # What train tokenizes, with the default config (words the tiny tokenizer knows): the teacher's order.
+    lm = load_lm(str(tiny_model))
+    task = get_task(TaskConfig(type="extraction", json_schema=schema))
+    rec = Record(messages=[{"role": "user", "content": "Ada, Zurich"}],
+                 output='{"topic": "tech", "name": "person", "city": "bank"}')
+    (ex,) = build_examples(lm, student_format(lm, task), task, [rec], 256)
+    words = lm.tokenizer.decode(ex.ids[ex.n_prompt:]).split()
+    assert words.index("topic") < words.index("name") < words.index("city")
+
+    rec = rec.model_copy(update={"output": '{"zip": "8001", "name": "Ada", "tags": [{"v": 1, "k": "x"}], "city": "Zurich"}'})
+    targets = {}
+    for order in ("teacher", "schema", "sorted"):
+        t = get_task(TaskConfig(type="extraction", json_schema=schema, json_key_order=order))
+        targets[order] = t.target(rec)
+    assert targets["teacher"] == '{"zip": "8001", "name": "Ada", "tags": [{"v": 1, "k": "x"}], "city": "Zurich"}'
+    assert targets["schema"] == '{"name": "Ada", "city": "Zurich", "tags": [{"k": "x", "v": 1}], "zip": "8001"}'
+    assert targets["sorted"] == '{"city": "Zurich", "name": "Ada", "tags": [{"k": "x", "v": 1}], "zip": "8001"}'

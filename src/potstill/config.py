@@ -51,11 +51,20 @@ class TaskConfig(Section):
     labels: list[str] = Field(default_factory=list, description="Label set (classification).")
     json_schema: dict[str, Any] | None = Field(None, description="JSON Schema the output must satisfy (extraction).")
     max_output_tokens: int = Field(128, ge=1, description="Longest output to generate (extraction, freetext).")
+    json_key_order: Literal["teacher", "schema", "sorted"] = Field(
+        "teacher", description="Key order of the JSON the student learns (extraction): the teacher's, the order of "
+        "json_schema's properties (nested objects too), or sorted.",
+    )
 
 
 class DataConfig(Section):
     inputs: Annotated[str, INPUT_FILE] = Field("inputs.jsonl", description="JSONL of inputs: {messages|input, label?, slice?, id?}.")
     limit: int | None = Field(None, ge=1, description="Use only the first N inputs.")
+    max_unknown_gold: float = Field(
+        0.05, ge=0, le=1,
+        description="Classification: refuse the inputs when more than this share of their gold labels is not in "
+        "task.labels (after case-insensitive matching); below it, those records are warned about and kept without gold.",
+    )
     source: str = Field("user-provided", description="Where the inputs come from (recorded in the dataset card).")
     license: str = Field("unspecified", description="Licence of the inputs (recorded in the dataset card).")
 
@@ -151,7 +160,8 @@ class TrainConfig(Section):
         "auto",
         description="Teacher signal for objective kd: labels (label_probs, any tokenizer), topk (records' top-k "
         "logprobs mapped to student ids; same tokenizer), logits (full logits of train.teacher_model on the fly); "
-        "auto: logits if teacher_model is set, else topk if records carry logprobs, else labels.",
+        "auto: logits if teacher_model is set (its vocabulary is checked to be the student's), else labels for "
+        "classification, else topk if records carry logprobs.",
     )
     kd_kind: Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl"] = Field(
         "forward_kl", description="Divergence of the token-level KD term and of on-policy batches."
@@ -275,6 +285,11 @@ class ServeConfig(Section):
     )
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body accepted (413 above).")
     max_messages: int = Field(64, ge=1, description="Most messages one chat request may carry (400 above).")
+    model_aliases: list[str] = Field(
+        default_factory=lambda: ["potstill"],
+        description="Names clients may send as `model` besides the student's versioned name and the teacher's; "
+        "listed by /v1/models. Any other name is a 404 model_not_found.",
+    )
     target_escalation: float = Field(
         0.2, ge=0, le=1, description="Calibrate the confidence threshold so at most this share of val inputs escalate."
     )

@@ -1,13 +1,21 @@
-"""One progress bar style for every long step (rich), quiet when stderr is not a terminal."""
+"""One progress style for every long step: a rich bar on a terminal, plain lines off one.
+
+``POTSTILL_PROGRESS`` picks: ``auto`` (the default: a bar when stderr is a terminal, else a line
+every ``POTSTILL_PROGRESS_INTERVAL`` seconds, 30 by default, so a run whose output goes to a log
+still says where it is), ``always`` (the bar, even off a terminal) or ``never`` (nothing).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import sys
+import threading
+import time
 from typing import Callable, Iterator
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 # Progress and notes go to stderr; result tables to stdout. Off a terminal rich assumes 80
@@ -16,17 +24,79 @@ console = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 140)
 
 
+def _mode() -> str:
+    mode = os.environ.get("POTSTILL_PROGRESS", "auto")
+    if mode == "auto":
+        return "bar" if sys.stderr.isatty() else "lines"
+    return {"always": "bar", "never": "off"}.get(mode, "lines")
+
+
 def enabled() -> bool:
-    return os.environ.get("POTSTILL_PROGRESS", "auto") == "always" or (
-        os.environ.get("POTSTILL_PROGRESS", "auto") == "auto" and sys.stderr.isatty()
-    )
+    """True when long steps show a bar (a terminal, or POTSTILL_PROGRESS=always)."""
+    return _mode() == "bar"
+
+
+def interval_s() -> float:
+    try:
+        return max(0.01, float(os.environ.get("POTSTILL_PROGRESS_INTERVAL", "30")))
+    except ValueError:
+        return 30.0
+
+
+def _clock(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+class _Lines:
+    """Counts like the bar, and a timer thread that prints one line per interval while it runs
+    (a step stuck on one slow item still prints, with its elapsed time growing)."""
+
+    def __init__(self, description: str, total: int):
+        self.description, self.total, self.done, self.info = description, total, 0, ""
+        self.t0 = time.monotonic()
+        self.stop = threading.Event()
+        self.printed = 0
+
+    def advance(self, n: int = 1, **fields: object) -> None:
+        self.done += n
+        if fields:
+            self.info = "  ".join(f"{k}={v}" for k, v in fields.items())
+
+    def line(self, final: bool = False) -> str:
+        el = time.monotonic() - self.t0
+        pct = f" ({self.done / self.total:.0%})" if self.total else ""
+        eta = ""
+        if not final and self.done and self.total and self.done < self.total:
+            eta = f", eta {_clock(el / self.done * (self.total - self.done))}"
+        state = "done in" if final else "elapsed"
+        return f"{self.description}: {self.done}/{self.total}{pct}, {state} {_clock(el)}{eta}" + (
+            f"  {self.info}" if self.info else "")
+
+    def run(self) -> None:
+        while not self.stop.wait(interval_s()):
+            console.print(escape(self.line()), highlight=False, soft_wrap=True)
+            self.printed += 1
 
 
 @contextlib.contextmanager
 def bar(description: str, total: int) -> Iterator[Callable[..., None]]:
     """Yield ``advance(n=1, **fields)``; shows done/total, elapsed, ETA and extra text fields."""
-    if not description or not enabled():
+    mode = _mode()
+    if not description or mode == "off":
         yield lambda n=1, **kw: None
+        return
+    if mode == "lines":
+        lines = _Lines(description, total)
+        timer = threading.Thread(target=lines.run, name="potstill-progress", daemon=True)
+        timer.start()
+        try:
+            yield lines.advance
+        finally:
+            lines.stop.set()
+            timer.join()
+            if lines.printed:  # a step long enough to report on says when it ended, too
+                console.print(escape(lines.line(final=True)), highlight=False, soft_wrap=True)
         return
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -42,4 +112,5 @@ def bar(description: str, total: int) -> Iterator[Callable[..., None]]:
 
 
 def say(msg: str) -> None:
-    console.print(msg, highlight=False)
+    # soft_wrap: one message stays one line in a log (off a terminal rich would wrap at 80 columns).
+    console.print(msg, highlight=False, soft_wrap=True)

@@ -61,6 +61,63 @@ def _coerce(obj: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
+_CLOSE = {"{": "}", "[": "]"}
+
+
+def _where(text: str, pos: int) -> str:
+    line = text.count("\n", 0, pos) + 1
+    col = pos - (text.rfind("\n", 0, pos) + 1) + 1
+    return f"line {line}, column {col}" if "\n" in text.rstrip("\n") else f"column {col}"
+
+
+def _unclosed(text: str) -> tuple[list[tuple[str, int]], int | None]:
+    """Brackets still open at the end of ``text`` (with positions), and where an unclosed string began."""
+    stack: list[tuple[str, int]] = []
+    string_at, escaped = None, False
+    for i, ch in enumerate(text):
+        if string_at is not None:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                string_at = None
+        elif ch == '"':
+            string_at = i
+        elif ch in _CLOSE:
+            stack.append((ch, i))
+        elif ch in "}]" and stack and _CLOSE[stack[-1][0]] == ch:
+            stack.pop()
+    return stack, string_at
+
+
+def json_problem(text: str) -> str | None:
+    """What is wrong with a JSON text, said where a person looks: None if it parses.
+
+    ``json`` reports the position where parsing stopped; for text cut short that is the end of
+    the line (or, with the newline, "line 2 column 1"), far from anything to fix. Here a text that
+    ends too early names the brackets or string left open; other errors show the text around them.
+    """
+    text = text.rstrip("\r\n")
+    try:
+        json.loads(text)
+        return None
+    except json.JSONDecodeError as e:
+        err = e
+    stack, string_at = _unclosed(text)
+    if err.msg.startswith("Unterminated string"):
+        return f"a string opened at {_where(text, err.pos)} is never closed (missing '\"')"
+    if err.pos >= len(text.rstrip()) and stack:
+        missing = "".join(_CLOSE[c] for c, _ in reversed(stack))
+        kind = "object" if stack[-1][0] == "{" else "array"
+        return (f"the text ends inside the {kind} opened at {_where(text, stack[-1][1])}: "
+                f"missing {missing!r} at the end")
+    near = text[max(0, err.pos - 15): err.pos + 15]
+    if err.msg == "Extra data":
+        return f"unexpected text after the JSON value at {_where(text, err.pos)}: {text[err.pos:err.pos + 30]!r}"
+    return f"{err.msg[0].lower()}{err.msg[1:]} at {_where(text, err.pos)}, near {near!r}"
+
+
 def read_objects(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank line of a JSONL file; a bad line raises one
     error naming file and line."""
@@ -73,24 +130,29 @@ def read_objects(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 continue
             try:
                 obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise PotstillError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+            except json.JSONDecodeError:
+                raise PotstillError(f"{path}:{lineno}: malformed JSON: {json_problem(line)}") from None
             if not isinstance(obj, dict):
                 raise PotstillError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             yield lineno, obj
 
 
-def read_records(path: str | Path) -> list[Record]:
-    """Read a JSONL file of records; a bad line raises one error naming file and line."""
+def read_numbered(path: str | Path) -> list[tuple[int, Record]]:
+    """(line number, record) for each record of a JSONL file, so later checks can name file:line."""
     out = []
     for lineno, obj in read_objects(path):
         try:
-            out.append(Record.model_validate(_coerce(obj)))
+            out.append((lineno, Record.model_validate(_coerce(obj))))
         except ValidationError as e:
             err = e.errors()[0]
             where = ".".join(str(x) for x in err["loc"]) or "record"
             raise PotstillError(f"{path}:{lineno}: {where}: {err['msg']}") from None
     return out
+
+
+def read_records(path: str | Path) -> list[Record]:
+    """Read a JSONL file of records; a bad line raises one error naming file and line."""
+    return [r for _, r in read_numbered(path)]
 
 
 def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:

@@ -21,8 +21,9 @@ from potstill.config import Config, flat_fields, load_config, path_roles, relati
 from potstill.errors import PotstillError
 from potstill.hashing import hash_path
 from potstill.progress import say
-from potstill.records import Record, read_records, write_text
+from potstill.records import Record, read_numbered, write_text
 from potstill.rundir import RunDir
+from potstill.tasks import get_task
 
 Body = Callable[[Config, RunDir], dict[str, Any]]
 
@@ -157,9 +158,11 @@ def _read_saved(path: Path) -> dict[str, Any] | None:
 
 
 def load_inputs(cfg: Config) -> list[Record]:
-    records = read_records(cfg.data.inputs)
+    """The inputs, gold labels checked against the task's label set (see ``Task.check_gold``)."""
+    numbered = read_numbered(cfg.data.inputs)
     if cfg.data.limit is not None:
-        records = records[: cfg.data.limit]
-    if not records:
+        numbered = numbered[: cfg.data.limit]
+    if not numbered:
         raise PotstillError(f"{cfg.data.inputs}: no records")
-    return records
+    get_task(cfg.task).check_gold(numbered, cfg.data.inputs, cfg.data.max_unknown_gold)
+    return [r for _, r in numbered]

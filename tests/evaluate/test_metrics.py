@@ -121,3 +121,21 @@ def test_gold_ratio_in_slices():
     assert math.isclose(g["teacher"], 1.0) and rows[0]["judged_on"] == "gold"
     # The ratio's resamples run from 0 (all four draws the wrong one) to 1 (none): it straddles 95%.
     assert g["relative"]["lo"] < 0.95 <= g["relative"]["hi"] and rows[0]["verdict"] == "inconclusive"
+
+
+def test_field_rows_score_each_field_against_the_teacher_and_gold():
+    from potstill.evaluate.slices import field_table, output_fields
+
+    teacher = [{"a": 1, "b": 2}, {"a": 1, "b": 3}, {"a": 2}, "not an object"]
+    student = [{"a": 1, "b": 2}, {"a": 1, "b": 4}, {"a": 3, "b": 0}, {"a": 1}]
+    gold = [{"a": 1, "b": 2}, None, {"a": 2}, None]
+    assert output_fields(None, teacher) == ["a", "b"]
+    assert output_fields({"properties": {"z": {}, "a": {}}}, teacher) == ["z", "a"]
+    bar = QualityBar(min_agreement=0.5, min_relative_quality=None)
+    rows = {r["slice"]: r for r in field_table(["a", "b"], student, None, teacher, gold, bar, min_n=1, n_boot=100)}
+    # The fourth example has no teacher object and counts nowhere.
+    assert rows["field:a"]["n"] == 3 and rows["field:a"]["agreement"]["value"] == pytest.approx(2 / 3)
+    # b: equal, different, student adds a field the teacher lacks.
+    assert rows["field:b"]["agreement"]["value"] == pytest.approx(1 / 3)
+    g = rows["field:a"]["gold"]
+    assert (g["n"], g["student"], g["teacher"], g["relative"]["value"]) == (2, 0.5, 1.0, 0.5)

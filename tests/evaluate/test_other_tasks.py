@@ -48,3 +48,37 @@ def test_evaluate_generation_tasks(tmp_path, tiny_model, task_type):
     assert all(math.isfinite(c["confidence"]) for c in ev["worst_cases"])
     page = (run / "report.html").read_text()
     assert "Not applicable" in page and "id='verdict'" in page
+
+
+def test_extraction_slices_come_from_tags_length_and_fields_never_whole_references(tmp_path, tiny_model):
+    """30 records, each with its own reference object: today that made 30 `label:{...}` slices of n=1.
+    Now the slices are the tags, the three length terciles and one row per schema field."""
+    run = tmp_path / "run"
+    run.mkdir()
+    cities = ["Oslo", "Lima", "Pune"]
+    rows = []
+    for i in range(30):
+        ref = {"name": f"person {i}", "age": 20 + i, "city": cities[i % 3]}
+        out = dict(ref, age=ref["age"] + (i % 2))  # the teacher gets every other age wrong
+        rows.append({"input": "record " + "word " * (i % 7) + f"{i}", "output": json.dumps(out), "reference": ref,
+                     "slice": ["web" if i % 2 else "mail"]})
+    (run / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    shutil.copytree(tiny_model, run / "student")
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
+                                               "city": {"type": "string"}}}
+    cfg = load_config(overrides={
+        "run_dir": str(run), "task": {"type": "extraction", "instruction": "extract", "max_output_tokens": 4,
+                                      "json_schema": schema},
+        "student.model": str(tiny_model), "evaluate": {"latency_samples": 2, "batch_size": 8, "include_untrained": False},
+        "report": {"min_slice_n": 5, "bootstrap_samples": 100}})
+    evaluate_stage(cfg)
+    ev = json.loads((run / "eval.json").read_text())
+    names = [r["slice"] for r in ev["slices"]]
+    assert not [n for n in names if n.startswith("label:")]
+    assert {n for n in names if n.startswith("field:")} == {"field:name", "field:age", "field:city"}
+    assert {n for n in names if n.startswith("tag:")} == {"tag:web", "tag:mail"}
+    assert len(names) <= 1 + 2 + 3 + 3 and min(r["n"] for r in ev["slices"]) >= 5
+    by = {r["slice"]: r for r in ev["slices"]}
+    # The tiny student writes no JSON, so it matches no field; the teacher's age is gold half of the time.
+    assert by["field:age"]["n"] == 30 and by["field:age"]["agreement"]["value"] == 0.0
+    assert by["field:age"]["gold"]["teacher"] == pytest.approx(0.5) and by["field:name"]["gold"]["teacher"] == 1.0

@@ -5,6 +5,9 @@ Faults, drawn per HTTP attempt from a seeded RNG: 429 with ``Retry-After``/``ret
 500, slow answers, and dropped responses (headers and half a body, then the connection is cut
 after the answer was computed). With every rate at zero it is the zero-latency server of the
 throughput benchmark: a raw asyncio HTTP/1.1 keep-alive loop, so it costs little CPU per request.
+``--capacity-rps R --slots S`` models a server of finite capacity: S requests in service at once,
+each taking S/R seconds, so it sustains R answers per second; 429s are answered at once (with
+``--retry-after-s`` set, with that ``Retry-After`` alone, as many APIs send it).
 
 It runs in its own process (``python -m tests.generate.loopback``); ``Loopback`` starts it and
 reads its counters from ``GET /stats``: ``answered`` counts complete 200 answers, per request.
@@ -57,6 +60,7 @@ class State:
         self.faults: Counter[str] = Counter()
         self.arrivals: list[float] = []
         self.window: list[float] = []  # arrival times inside the server's own RPM window
+        self.slots = asyncio.Semaphore(opts.slots) if opts.capacity_rps else None
 
 
 def _chat(body: dict[str, Any]) -> dict[str, Any]:
@@ -151,10 +155,14 @@ async def handle(state: State, reader: asyncio.StreamReader, writer: asyncio.Str
             r = state.rng.random()
             if r < o.p429:
                 state.faults["429"] += 1
-                writer.write(_response(429, {"error": {"message": "slow down", "type": "rate_limit_error"}},
-                                       {"retry-after-ms": str(state.rng.randint(5, 50)), "retry-after": "1"}))
+                wait = {"retry-after": f"{o.retry_after_s:g}"} if o.retry_after_s else {
+                    "retry-after-ms": str(state.rng.randint(5, 50)), "retry-after": "1"}
+                writer.write(_response(429, {"error": {"message": "slow down", "type": "rate_limit_error"}}, wait))
                 await writer.drain()
                 continue
+            if state.slots is not None:
+                async with state.slots:  # a finite server: S in service, each S/R seconds
+                    await asyncio.sleep(o.slots / o.capacity_rps)
             r -= o.p429
             if r < o.p500:
                 state.faults["500"] += 1
@@ -200,6 +208,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         p.add_argument(f"--{name}", type=float, default=0.0)
     p.add_argument("--slow-s", type=float, default=0.3)
     p.add_argument("--limit-rpm", type=int, default=0)
+    p.add_argument("--capacity-rps", type=float, default=0.0)
+    p.add_argument("--slots", type=int, default=16)
+    p.add_argument("--retry-after-s", type=float, default=0.0)
     p.add_argument("--keep-arrivals", action="store_true")
     return p.parse_args(argv)
 

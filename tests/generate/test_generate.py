@@ -264,3 +264,36 @@ def test_a_run_killed_or_ended_by_an_error_is_never_left_running(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "last generate (error)" in out.stdout and "0 of 30 requests answered before it stopped" in out.stdout
     assert "unanswered" not in out.stdout
+
+
+def _engine_run(srv: Loopback, tmp_path: Path, n: int):
+    """The async engine alone (no ledger), through the openai adapter and SDK, with its counters."""
+    import asyncio
+
+    from potstill.teachers.api.engine import run_requests
+    from potstill.teachers.base import RunStats
+    from potstill.records import Record
+    from potstill.tasks import get_task
+    from potstill.teachers import get_teacher
+
+    cfg = load_config(project(tmp_path, srv.base_url, 1, {"max_retries": 40}))  # every request gets through
+    teacher = get_teacher(cfg.teacher, get_task(cfg.task))
+    reqs = [(j, teacher.request(Record(messages=[{"role": "user", "content": f"item {j}"}]))) for j in range(n)]
+    got: dict[int, str] = {}
+    counters = RunStats()
+    asyncio.run(run_requests(teacher, reqs, lambda j, r: got.__setitem__(j, r.output), cfg.generate, counters))
+    assert got == {j: answer_for(f"item {j}") for j in range(n)}
+    return counters
+
+
+def test_scattered_429s_delay_only_their_request_and_clustered_ones_slow_everyone(tmp_path, monkeypatch):
+    """Each 429 used to pause every worker for its Retry-After: at 5% of 429s, a third of the throughput."""
+    monkeypatch.setenv("TEACHER_KEY", SECRET)
+    with Loopback(key=SECRET, seed=3, p429=0.05, retry_after_s=0.5) as srv:
+        c = _engine_run(srv, tmp_path, 300)
+        assert c.throttled == srv.stats()["faults"]["429"] > 0
+    assert c.pauses == 0 and c.lowest_limit == 16  # chance 429s: nobody else waits, the limit stays
+    # A server refusing most requests: the limit on requests in flight comes down and everyone pauses.
+    with Loopback(key=SECRET, seed=3, p429=0.6, retry_after_s=0.05) as srv:
+        c = _engine_run(srv, tmp_path, 60)
+    assert c.pauses > 0 and c.lowest_limit < 16

@@ -71,10 +71,14 @@ def test_import_errors_name_file_and_line_and_leave_nothing_behind(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]})
                    + "\n{not json\n")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    import potstill
+
+    # The potstill under test (a worktree's src/ on PYTHONPATH), not whichever one the venv installed.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(potstill.__file__).parents[1]), str(ROOT)])}
     out = subprocess.run([sys.executable, "-m", "potstill.cli", "import", str(bad), "-o", str(tmp_path / "o.jsonl")],
                          capture_output=True, text=True, env=env, timeout=60)
-    assert out.returncode == 2 and out.stderr.strip() == f"error: {bad}:2: malformed JSON (Expecting property name enclosed in double quotes at column 2)"
+    assert out.returncode == 2 and out.stderr.strip() == (f"error: {bad}:2: malformed JSON: expecting property name enclosed in "
+                                                  "double quotes at column 2, near '{not json'")
     assert not (tmp_path / "o.jsonl").exists()
     with pytest.raises(PotstillError, match=r"bad.jsonl:1: expected messages ending with an assistant turn"):
         jsonl(bad, [{"messages": [{"role": "user", "content": "x"}]}])

@@ -97,7 +97,7 @@ def serve_traffic(run: Path, texts: list[tuple[str, str]], force_student: bool =
 
             def ask(item: tuple[str, str]) -> None:
                 text, topic = item
-                client.chat.completions.create(model="any", messages=[{"role": "user", "content": text}],
+                client.chat.completions.create(model="potstill", messages=[{"role": "user", "content": text}],
                                                metadata={"label": topic})
 
             with ThreadPoolExecutor(4) as pool:

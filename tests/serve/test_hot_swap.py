@@ -52,7 +52,7 @@ class Hammer:
             t = time.time()
             try:
                 raw = client.chat.completions.with_raw_response.create(
-                    model="m", messages=[{"role": "user", "content": TEXTS[k % len(TEXTS)]}])
+                    model="potstill", messages=[{"role": "user", "content": TEXTS[k % len(TEXTS)]}])
                 c = raw.parse()
                 row = (t, raw.headers["x-potstill-student"], c.model, c.model_extra["potstill"]["answered_by"], None)
             except Exception as e:  # noqa: BLE001 - every failure is counted, the test wants zero
@@ -132,5 +132,5 @@ def test_admin_reload_swaps_under_load_and_needs_the_key(swap_run):
     r = httpx.post(url, headers=auth, timeout=60)
     assert r.status_code == 409 and r.json()["error"]["message"].startswith(f"reload failed, still serving {body['student']}")
     c = openai.OpenAI(base_url=live.url + "/v1", api_key=SERVE_KEY).chat.completions.create(
-        model="m", messages=[{"role": "user", "content": TEXTS[0]}])
+        model="potstill", messages=[{"role": "user", "content": TEXTS[0]}])
     assert c.choices[0].message.content

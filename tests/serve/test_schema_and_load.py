@@ -65,11 +65,11 @@ def test_load_mixed_requests_at_concurrency_32_lose_no_row(served):
     n, conc = LOAD_N, 32
     before = service.ledger.count(stage="serve")
     # Sentences of the tiny vocabulary as training saw them, so both the student and the teacher answer.
-    ok_body = lambda i: {"model": "m", "messages": [{"role": "user", "content": TEXTS[i % 10] + " the" * ((i // 10) % 3)}]}  # noqa: E731
+    ok_body = lambda i: {"model": "potstill", "messages": [{"role": "user", "content": TEXTS[i % 10] + " the" * ((i // 10) % 3)}]}  # noqa: E731
     bad = [
-        lambda i: {"model": "m", "messages": []},
-        lambda i: {"model": "m"},
-        lambda i: {"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 9},
+        lambda i: {"model": "potstill", "messages": []},
+        lambda i: {"model": "potstill"},
+        lambda i: {"model": "potstill", "messages": [{"role": "user", "content": "x"}], "temperature": 9},
         lambda i: "not json",
     ]
     statuses: list[int] = []

@@ -62,13 +62,13 @@ def test_sync_completion_says_who_answered_and_is_logged(served):
 def test_student_and_teacher_paths(served, teacher_server, force):
     service, live = served
     force("student")
-    c = client(live).chat.completions.create(model="m", messages=MSG)
+    c = client(live).chat.completions.create(model="potstill", messages=MSG)
     assert c.model_extra["potstill"]["answered_by"] == "student"
     assert c.choices[0].message.content in service.task.labels
     assert c.model.startswith("potstill-student")
     sent = sum(teacher_server.requests.values())
     force("teacher")
-    c = client(live).chat.completions.create(model="m", messages=MSG)
+    c = client(live).chat.completions.create(model="potstill", messages=MSG)
     assert c.model_extra["potstill"] == {**c.model_extra["potstill"], "answered_by": "teacher", "reason": "low_confidence"}
     assert c.model == "tiny-teacher"
     assert sum(teacher_server.requests.values()) == sent + 1  # the real teacher answered
@@ -84,7 +84,7 @@ def test_async_concurrent_requests_are_batched_and_all_logged(served):
         c = openai.AsyncOpenAI(base_url=live.url + "/v1", api_key=SERVE_KEY, max_retries=0)
         texts = ["new phone software", "a vote in the election", "bank profit", "the film star"] * 3
         out = await asyncio.gather(*(c.chat.completions.create(
-            model="m", messages=[{"role": "user", "content": t}]) for t in texts))
+            model="potstill", messages=[{"role": "user", "content": t}]) for t in texts))
         await c.close()
         return out
 
@@ -97,14 +97,14 @@ def test_streaming_matches_non_streaming(served, force):
     _, live = served
     force("student")
     cl = client(live)
-    full = cl.chat.completions.create(model="m", messages=MSG).choices[0].message.content
-    chunks = list(cl.chat.completions.create(model="m", messages=MSG, stream=True,
+    full = cl.chat.completions.create(model="potstill", messages=MSG).choices[0].message.content
+    chunks = list(cl.chat.completions.create(model="potstill", messages=MSG, stream=True,
                                              stream_options={"include_usage": True}))
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
     assert text == full
     assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
     force("teacher")
-    with cl.chat.completions.with_streaming_response.create(model="m", messages=MSG, stream=True) as r:
+    with cl.chat.completions.with_streaming_response.create(model="potstill", messages=MSG, stream=True) as r:
         assert r.headers["x-potstill-answered-by"] == "teacher"
 
 
@@ -112,18 +112,18 @@ def test_errors_are_openai_shaped_and_logged(served):
     service, live = served
     before = len(rows(service))
     with pytest.raises(openai.AuthenticationError) as e:
-        client(live, key="wrong").chat.completions.create(model="m", messages=MSG)
+        client(live, key="wrong").chat.completions.create(model="potstill", messages=MSG)
     assert e.value.status_code == 401 and "API key" in e.value.message
     with pytest.raises(openai.BadRequestError) as e:
-        client(live).chat.completions.create(model="m", messages=[])
+        client(live).chat.completions.create(model="potstill", messages=[])
     assert e.value.body["type"] == "invalid_request_error" and e.value.body["param"] == "messages"
     with pytest.raises(openai.BadRequestError):
-        client(live).chat.completions.create(model="m", messages=MSG, n=2)
+        client(live).chat.completions.create(model="potstill", messages=MSG, n=2)
     with pytest.raises(openai.BadRequestError) as e:
-        client(live).chat.completions.create(model="m", messages=[{"role": "system", "content": "hi"}])
+        client(live).chat.completions.create(model="potstill", messages=[{"role": "system", "content": "hi"}])
     assert "user message" in e.value.message
     with pytest.raises(openai.APIStatusError) as e:
-        client(live).chat.completions.create(model="m", messages=[{"role": "user", "content": "x " * 20000}])
+        client(live).chat.completions.create(model="potstill", messages=[{"role": "user", "content": "x " * 20000}])
     assert e.value.status_code == 413
     r = httpx.post(live.url + "/v1/chat/completions", content=b"{not json", timeout=10,
                    headers={"Authorization": f"Bearer {SERVE_KEY}", "Content-Type": "application/json"})
@@ -146,7 +146,7 @@ def test_teacher_failure_is_a_502_and_logged(served, force):
     service.teacher = get_teacher(saved.cfg.model_copy(update={"base_url": "http://127.0.0.1:9/v1"}), service.task)
     try:
         with pytest.raises(openai.APIStatusError) as e:
-            client(live).chat.completions.create(model="m", messages=MSG)
+            client(live).chat.completions.create(model="potstill", messages=MSG)
     finally:
         service.teacher.close()
         service.teacher = saved
@@ -158,10 +158,10 @@ def test_teacher_failure_is_a_502_and_logged(served, force):
 def test_models_health_metrics(served):
     service, live = served
     ids = [m.id for m in client(live).models.list().data]
-    assert ids == [service.student_name, "tiny-teacher"]
+    assert ids == [service.student_name, "potstill", "tiny-teacher"]
     h = httpx.get(live.url + "/health", timeout=10).json()
     assert h["status"] == "ok" and h["teacher"] == "tiny-teacher"
-    client(live).chat.completions.create(model="m", messages=MSG)
+    client(live).chat.completions.create(model="potstill", messages=MSG)
     text = httpx.get(live.url + "/metrics", timeout=10).text
     assert "potstill_requests_total{" in text and "potstill_request_seconds_bucket" in text
 
@@ -202,7 +202,7 @@ def test_escalation_reuses_an_identical_teacher_answer_from_the_ledger(served, t
     assert stats.calls == 1 and rec.output is not None
     force("teacher")
     sent = sum(teacher_server.requests.values())
-    raw = client(live).chat.completions.with_raw_response.create(model="m", messages=cached_msg)
+    raw = client(live).chat.completions.with_raw_response.create(model="potstill", messages=cached_msg)
     c = raw.parse()
     assert raw.headers["x-potstill-answered-by"] == "teacher"
     assert raw.headers["x-potstill-reason"] == "low_confidence+cached"
@@ -212,6 +212,34 @@ def test_escalation_reuses_an_identical_teacher_answer_from_the_ledger(served, t
     assert row["role"] == "teacher" and json.loads(row["response"])["teacher_cached"] is True
     assert row["request_hash"] == rec.meta["request_hash"]  # one request hash for serve and generate
     # a request the ledger has no answer for still goes to the teacher
-    raw = client(live).chat.completions.with_raw_response.create(model="m", messages=fresh_msg)
+    raw = client(live).chat.completions.with_raw_response.create(model="potstill", messages=fresh_msg)
     assert raw.headers["x-potstill-reason"] == "low_confidence"
     assert sum(teacher_server.requests.values()) == sent + 1
+
+
+def test_unknown_model_is_a_404_model_not_found_and_every_listed_name_answers(served):
+    service, live = served
+    cl = client(live)
+    before = len(rows(service))
+    for stream in (False, True):
+        with pytest.raises(openai.NotFoundError) as e:
+            cl.chat.completions.create(model="gpt-4o", messages=MSG, stream=stream)
+        assert e.value.status_code == 404 and e.value.code == "model_not_found" and e.value.body["param"] == "model"
+        assert "'gpt-4o'" in e.value.message and "potstill" in e.value.message
+    new = rows(service)[before:]
+    assert [(r["status"], r["error"][:3]) for r in new] == [("error", "404")] * 2
+    listed = [m.id for m in cl.models.list().data]
+    assert service.student_name in listed and "potstill" in listed  # the versioned name and its alias
+    for name in listed:
+        assert cl.chat.completions.create(model=name, messages=MSG).choices[0].message.content
+
+
+def test_malformed_json_body_says_what_is_missing_without_a_byte_offset(served):
+    _, live = served
+    body = b'{"model": "potstill", "messages": [{"role": "user", "content": "hi"}]'  # the last brace is missing
+    r = httpx.post(live.url + "/v1/chat/completions", content=body, timeout=10,
+                   headers={"Authorization": f"Bearer {SERVE_KEY}", "Content-Type": "application/json"})
+    err = r.json()["error"]
+    assert r.status_code == 400 and err["param"] is None and err["type"] == "invalid_request_error"
+    assert err["message"] == ("the request body is not valid JSON: the text ends inside the object opened at "
+                              "column 1: missing '}' at the end")

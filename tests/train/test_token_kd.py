@@ -143,3 +143,27 @@ def test_bad_kd_settings_are_clear_errors(tiny_model, tmp_path):
         with pytest.raises(PotstillError, match=msg):
             train(lm, student_format(lm, task), task, _records(), [], cfg, 64, tmp_path / "s", tmp_path / "m.jsonl")
     assert not (tmp_path / "s").exists()
+
+
+def test_auto_signal_is_labels_for_classification_even_when_records_carry_api_logprobs(tiny_model, tmp_path):
+    """An API teacher's top-k tokens would be re-encoded with another tokenizer; the label distribution
+    needs no mapping. auto used to pick topk here."""
+    from potstill.train.trainer import resolve_signal
+
+    labels = ["sports", "tech", "politics", "business", "entertainment"]
+    task = get_task(TaskConfig(type="classification", labels=labels, instruction="topic"))
+    records = []
+    for r in _records():
+        label = r.output.split()[0]
+        top = [{"token": lab, "logprob": -0.1 if lab == label else -3.0} for lab in labels]
+        records.append(r.model_copy(update={"output": label, "label_probs": {lab: 0.9 if lab == label else 0.025 for lab in labels},
+                                            "logprobs": [{"token": label, "logprob": -0.1, "top": top}]}))
+    kd = TrainConfig(objective="kd")
+    assert resolve_signal(kd, task, records) == "labels"
+    assert resolve_signal(kd.model_copy(update={"teacher_model": "same-vocab"}), task, records) == "logits"
+    assert resolve_signal(kd, _task(), records) == "topk"  # free text: top-k is the only teacher signal
+    lm = load_lm(str(tiny_model))
+    summary = train(lm, student_format(lm, task), task, records, [], TrainConfig(objective="kd", batch_size=4), 64,
+                    tmp_path / "s", tmp_path / "m.jsonl")
+    rows = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert summary["kd_signal"] == "labels" and all("kd_topk" not in r for r in rows) and rows[0]["kd_labels"] > 0

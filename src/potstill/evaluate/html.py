@@ -152,8 +152,10 @@ def _slices(ev: dict) -> str:
     return ("<section id='slices'><h2>Per-slice gap</h2>" + legend + agr + gap
             + _table(["slice", "n", "agreement [95% CI]", "untrained [95% CI]", "student gold", "teacher gold",
                       "gap [95% CI]", "student / teacher gold [95% CI]", "verdict", "why"], rows)
-            + _src(f"slices are record tags (tag:), labels (label: the gold label, else the teacher's) and input-length "
-                   f"terciles (cut at {a} and {b} words). Agreement per example is measured by this command against the "
+            + _src(f"slices are record tags (tag:), labels (label: the gold label, else the teacher's; classification), "
+                   f"input-length terciles (cut at {a} and {b} words) and, for JSON outputs, one row per field (field: "
+                   f"the share of examples where that field equals the teacher's). Agreement per example is measured "
+                   f"by this command against the "
                    f"teacher's recorded answer; intervals: {ev['sources']['intervals']}; the gap resamples paired "
                    f"per-example differences.") + "</section>")
 

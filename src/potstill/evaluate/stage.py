@@ -20,7 +20,7 @@ from potstill.evaluate import break_even, break_even_curve, verdict
 from potstill.evaluate.bootstrap import bootstrap_mean
 from potstill.evaluate.html import write_report
 from potstill.evaluate.metrics import task_metrics
-from potstill.evaluate.slices import length_edges, slice_names, slice_table
+from potstill.evaluate.slices import field_table, length_edges, output_fields, slice_names, slice_table
 from potstill.hashing import hash_obj
 from potstill.models.loading import LM, load_lm
 from potstill.progress import bar, say
@@ -161,12 +161,19 @@ def evaluate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
                                                           validate=task.validate)}
 
         edges = length_edges(test)
-        names = [slice_names(r, g if g is not None else t, edges) for r, g, t in zip(test, gold, teacher)]
+        # Label slices only where there is a label set: a free-text or JSON reference is one value per example.
+        names = [slice_names(r, (g if g is not None else t) if task.labels else None, edges)
+                 for r, g, t in zip(test, gold, teacher)]
         agree = {k: [task.agree(p.parsed[i], teacher[i]) for i in range(len(test))] for k, p in preds.items()}
         s_gold = [task.agree(preds["student"].parsed[i], g) if g is not None else None for i, g in enumerate(gold)]
         t_gold = [task.agree(t, g) if g is not None else None for t, g in zip(teacher, gold)]
         slices = slice_table(names, agree["student"], agree.get("untrained student"), s_gold, t_gold,
                              e.quality_bar, rep.min_slice_n, rep.bootstrap_samples, rep.seed)
+        if any(isinstance(t, dict) for t in teacher):
+            untrained = preds.get("untrained student")
+            slices += field_table(output_fields(cfg.task.json_schema, teacher), preds["student"].parsed,
+                                  untrained.parsed if untrained else None, teacher, gold, e.quality_bar,
+                                  rep.min_slice_n, rep.bootstrap_samples, rep.seed)
         agreement_ci = {k: bootstrap_mean(v, rep.bootstrap_samples, seed=rep.seed) for k, v in agree.items()}
 
         train_info = json.loads((run / "train.json").read_text()) if (run / "train.json").exists() else {}

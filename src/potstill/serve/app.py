@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from potstill.errors import PotstillError
+from potstill.records import json_problem
 from potstill.serve.schemas import ChatCompletion, ChatRequest, ErrorBody, Health, ModelList
 from potstill.serve.service import Service, TeacherError
 
@@ -143,14 +144,14 @@ def build_app(service: Service, api_key: str | None) -> FastAPI:
         await resp(scope, _drain_receive, send)
 
     async def on_error(request: Request, status: int, message: str, param: str | None = None,
-                       role: str = "student", model: str | None = None) -> JSONResponse:
+                       role: str = "student", model: str | None = None, code: str | None = None) -> JSONResponse:
         if request.url.path == CHAT and request.method == "POST":
             await asyncio.to_thread(log_error, request.scope.setdefault("state", {}), status, message, role, model)
-        return JSONResponse(error_body(status, message, param), status_code=status)
+        return JSONResponse(error_body(status, message, param, code), status_code=status)
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, e: APIError) -> JSONResponse:
-        return await on_error(request, e.status, e.message, e.param)
+        return await on_error(request, e.status, e.message, e.param, code=e.code)
 
     @app.exception_handler(TeacherError)
     async def _teacher_error(request: Request, e: TeacherError) -> JSONResponse:
@@ -160,6 +161,10 @@ def build_app(service: Service, api_key: str | None) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
         err = e.errors()[0] if e.errors() else {"loc": (), "msg": "invalid request"}
+        if err.get("type") == "json_invalid":  # its loc is a byte offset, not a parameter
+            raw = request.scope.get("state", {}).get("raw_body") or b""
+            problem = json_problem(raw.decode("utf-8", "replace")) or err.get("ctx", {}).get("error", "")
+            return await on_error(request, 400, f"the request body is not valid JSON: {problem}")
         loc = [str(x) for x in err.get("loc", ()) if x != "body"]
         param = ".".join(loc) or None
         return await on_error(request, 400, f"{param + ': ' if param else ''}{err.get('msg', 'invalid request')}", param)
@@ -184,18 +189,24 @@ def build_app(service: Service, api_key: str | None) -> FastAPI:
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    def served_names() -> dict[str, str]:
+        """Every name a client may send as ``model`` (all reach the same router), and its owner."""
+        names = {service.student_name: "potstill", **{a: "potstill" for a in s.model_aliases}}
+        return {**names, service.teacher_name: names.get(service.teacher_name, "teacher")}
+
     @app.get("/v1/models", response_model=ModelList, dependencies=bearer, responses=ERRORS)
     def models() -> dict[str, Any]:
         now = int(time.time())
-        return {"object": "list", "data": [
-            {"id": service.student_name, "object": "model", "created": now, "owned_by": "potstill"},
-            {"id": service.teacher_name, "object": "model", "created": now, "owned_by": "teacher"},
-        ]}
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": now, "owned_by": owner}
+                                           for name, owner in served_names().items()]}
 
     @app.post(CHAT, response_model=ChatCompletion, dependencies=bearer,
               responses={**ERRORS, 200: {"content": {"text/event-stream": {"schema": SSE_EVENT}}}})
     async def chat(body: ChatRequest, request: Request) -> Any:
         state = request.scope.setdefault("state", {})
+        if body.model not in served_names():
+            raise APIError(404, f"The model '{body.model[:100]}' does not exist here; this server answers to "
+                           f"{', '.join(served_names())} (GET /v1/models)", "model", "model_not_found")
         if len(body.messages) > s.max_messages:
             raise APIError(400, f"messages: at most {s.max_messages} messages per request", "messages")
         # The run's instruction replaces a client's system prompt: the student was trained with it.

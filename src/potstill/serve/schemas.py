@@ -36,7 +36,8 @@ class StreamOptions(BaseModel):
 
 class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
-    model: str = Field(..., description="Any name: the router answers with the student or the teacher.")
+    model: str = Field(..., description="A name GET /v1/models lists (the student's, an alias, the teacher's); "
+                       "whichever it is, the router picks the student or the teacher.")
     messages: list[Message] = Field(..., min_length=1)
     stream: bool | None = False
     stream_options: StreamOptions | None = None

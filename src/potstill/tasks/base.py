@@ -38,6 +38,10 @@ class Task:
         """Agreement in [0, 1] between two parsed outputs (student vs teacher, or vs gold)."""
         return float(a == b)
 
+    def check_gold(self, numbered: list[tuple[int, Record]], path: Any, max_unknown: float) -> None:
+        """Check (and normalise in place) the gold of records read from ``path``; tasks without a
+        label set have nothing to check."""
+
     def gold(self, record: Record) -> Any:
         """The gold answer, parsed, when the record has one."""
         if record.label is not None:

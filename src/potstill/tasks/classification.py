@@ -8,8 +8,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from rich.markup import escape
+
 from potstill.config import TaskConfig
 from potstill.errors import PotstillError
+from potstill.progress import say
 from potstill.records import Record
 from potstill.tasks.base import Task
 
@@ -45,6 +48,35 @@ class ClassificationTask(Task):
             return self._by_norm[first_line]
         first_word = first_line.split(" ")[0] if first_line else ""
         return self._by_norm.get(first_word)
+
+    def check_gold(self, numbered: list[tuple[int, Record]], path: Any, max_unknown: float) -> None:
+        """Gold labels become the label set's spelling ("Sports" -> "sports"; labels that differ
+        only in case are refused at init, so the match is unambiguous). A label outside the set
+        is moved to ``meta["unknown_label"]`` (the record has no gold) and warned about; above
+        ``max_unknown`` of the gold labels, the inputs are refused."""
+        unknown, fixed, first = 0, 0, ""
+        labelled = [(n, r) for n, r in numbered if r.label is not None]
+        for lineno, r in labelled:
+            if r.label in self.labels:
+                continue
+            canon = self._by_norm.get(_norm(r.label))
+            if canon is not None:
+                r.label, fixed = canon, fixed + 1
+                continue
+            unknown += 1
+            first = first or f"{path}:{lineno}: {r.label!r}"
+            r.meta["unknown_label"], r.label = r.label, None
+        share = unknown / len(labelled) if labelled else 0.0
+        shown = ", ".join(self.labels[:8]) + (", ..." if len(self.labels) > 8 else "")
+        what = (f"{unknown} of {len(labelled)} gold labels ({share:.0%}) are not in task.labels "
+                f"({shown}); first at {first}")
+        if share > max_unknown:
+            raise PotstillError(f"{what}. Fix the labels or task.labels (data.max_unknown_gold={max_unknown:g})")
+        if fixed:
+            say(escape(f"{path}: {fixed} gold labels matched task.labels only up to case or punctuation; "
+                       "using the label set's spelling"))
+        if unknown:
+            say(f"[yellow]warning:[/yellow] {escape(what)}; those records count as having no gold")
 
     def validate(self, parsed: Any) -> str | None:
         return None if parsed in self.labels else "answer outside the label set"

@@ -27,6 +27,20 @@ class _Invalid:
     __hash__ = None  # type: ignore[assignment]
 
 
+def schema_order(value: Any, schema: Any) -> Any:
+    """``value`` with each object's keys in its schema's ``properties`` order (keys the schema
+    does not name keep their order, after those it does); arrays follow ``items``."""
+    if not isinstance(schema, dict):
+        return value
+    if isinstance(value, dict):
+        props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+        keys = [k for k in props if k in value] + [k for k in value if k not in props]
+        return {k: schema_order(value[k], props.get(k)) for k in keys}
+    if isinstance(value, list):
+        return [schema_order(v, schema.get("items")) for v in value]
+    return value
+
+
 class ExtractionTask(Task):
     name = "extraction"
 
@@ -42,7 +56,13 @@ class ExtractionTask(Task):
         self.validator = cls(cfg.json_schema)
 
     def target(self, record) -> str:
-        return json.dumps(self.parse(record.output or ""), ensure_ascii=False, sort_keys=True)
+        """The teacher's JSON, compact; keys in the teacher's order unless task.json_key_order says
+        otherwise (a student taught sorted keys answers with keys the client did not expect)."""
+        parsed = self.parse(record.output or "")
+        order = self.cfg.json_key_order
+        if order == "schema":
+            parsed = schema_order(parsed, self.cfg.json_schema)
+        return json.dumps(parsed, ensure_ascii=False, sort_keys=order == "sorted")
 
     def parse(self, output: str) -> Any:
         text = output.strip()

@@ -94,6 +94,9 @@ class RunStats:
     cost_usd: float = 0.0
     seconds: float = 0.0
     budget_stopped: bool = False
+    throttled: int = 0  # 429 responses, retries included
+    pauses: int = 0  # times every worker was paused (clustered 429s, or a rate-limit header at zero)
+    lowest_limit: float = 0.0  # the lowest the adaptive limit on requests in flight went
     invalid_reasons: dict[str, int] = field(default_factory=dict)
 
     def count(self, resp: Response) -> None:

@@ -215,7 +215,14 @@ def resolve_signal(cfg: TrainConfig, task: Task, records: list[Record]) -> str |
         return None
     sig = cfg.kd_signal
     if sig == "auto":
-        sig = "logits" if cfg.teacher_model else ("topk" if any(r.logprobs for r in records) else "labels")
+        # A local teacher_model is checked to share the student's vocabulary (_Teacher), so its
+        # logits are exact. API top-k tokens are strings re-encoded with the student's tokenizer:
+        # exact only for the same tokenizer, which nothing here can prove; for classification the
+        # label distribution says the same thing without any mapping, so it wins there.
+        if cfg.teacher_model:
+            sig = "logits"
+        else:
+            sig = "topk" if not task.labels and any(r.logprobs for r in records) else "labels"
     if sig == "logits" and not cfg.teacher_model:
         raise PotstillError("train.kd_signal logits needs train.teacher_model (a local same-tokenizer teacher)")
     if sig == "labels" and not task.labels:

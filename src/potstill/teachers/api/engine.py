@@ -124,14 +124,15 @@ async def send(teacher: ApiTeacher, client: Any, req: dict[str, Any], limiter: R
                price: PriceConfig | None, stats: RunStats) -> Response:
     """One request through the limits; a failure (after the SDK's retries) becomes an error response."""
     est = teacher.estimate_tokens(req)
-    await limiter.acquire(est)
-    stats.started += 1
-    t0 = time.perf_counter()
-    try:
-        resp = await teacher.call(client, req)
-    except Exception as e:  # noqa: BLE001 - every failure becomes an error row, retried next run
-        msg = redact(f"{type(e).__name__}: {e}", teacher.secrets())
-        resp = Response(output=None, error=msg[:500])
+    async with limiter.concurrency:
+        await limiter.acquire(est)
+        stats.started += 1
+        t0 = time.perf_counter()
+        try:
+            resp = await teacher.call(client, req)
+        except Exception as e:  # noqa: BLE001 - every failure becomes an error row, retried next run
+            msg = redact(f"{type(e).__name__}: {e}", teacher.secrets())
+            resp = Response(output=None, error=msg[:500])
     resp.latency_s = resp.latency_s or time.perf_counter() - t0
     limiter.settle(est, resp.input_tokens + resp.output_tokens)
     if price is not None:
@@ -153,7 +154,7 @@ async def run_requests(
     The budget reads ``stats.calls`` and ``stats.cost_usd``, which ``on_result`` counts
     (``RunStats.count``) before this worker sends anything else.
     """
-    limiter = RateLimiter(gcfg.rpm, gcfg.tpm)
+    limiter = RateLimiter(gcfg.rpm, gcfg.tpm, teacher.cfg.concurrency)
     price = price_for(teacher.cfg.model, teacher.cfg.price, gcfg.prices)
     budget = gcfg.budget_usd
     http, client = _open(teacher, limiter, stats, http_client_factory)
@@ -187,5 +188,7 @@ async def run_requests(
     try:
         await asyncio.gather(*(worker() for _ in range(teacher.cfg.concurrency)))
     finally:
+        stats.throttled, stats.pauses = limiter.throttled, limiter.pauses
+        stats.lowest_limit = limiter.concurrency.lowest
         await client.close()
         await http.aclose()

@@ -1,10 +1,18 @@
-"""Client-side rate limits that also follow what the server says.
+"""Client-side rate limits that also follow what the server says, and adaptive concurrency.
 
 Two token buckets, requests per minute and tokens per minute, refill continuously (a 600 RPM
 cap lets one request through every 0.1 s, with a burst of at most one second's worth). The
-server can only tighten them: a ``Retry-After`` on a 429, or an ``x-ratelimit-remaining-*`` of
-zero with its reset time, pauses every worker until then, and an ``x-ratelimit-limit-*`` below
-the configured cap lowers the cap. Retrying the one request that got the 429 is left to the SDK.
+server can only tighten them: an ``x-ratelimit-remaining-*`` of zero with its reset time pauses
+every worker until then, and an ``x-ratelimit-limit-*`` below the configured cap lowers the cap.
+
+A 429 alone pauses nobody but its own request (the SDK retries it after ``Retry-After``): APIs
+return scattered 429s under any load, and pausing every worker on each one cut throughput to a
+third at 5% of 429s (benchmarks/generate.py, mode ``throttled``). 429s that *cluster* are the
+server saying "too fast": over the last ``WINDOW`` responses, a share of ``SLOW_DOWN`` or more
+multiplies the concurrency limit by ``DECREASE`` (once per window), and ``STOP`` or more pauses
+every worker for the ``Retry-After``. Each answered request adds ``1 / limit`` back (additive
+increase: about one more request in flight per round of ``limit`` answers), up to the
+configured concurrency.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections import deque
 from datetime import datetime
 from typing import Mapping
 
@@ -79,14 +88,56 @@ class _Bucket:
             self.level -= amount
 
 
+# Over the last WINDOW HTTP responses: at 5% random 429s, 8 or more of 40 happen by chance in
+# about 1 window in 1,000 (binomial tail), while a server that refuses a fifth of requests gets there.
+WINDOW = 40
+SLOW_DOWN = 0.2
+STOP = 0.5
+DECREASE = 0.7
+
+
+class Concurrency:
+    """An AIMD limit on requests in flight: ``async with concurrency:`` around each request."""
+
+    def __init__(self, most: int):
+        self.most = most
+        self.limit = float(most)
+        self.lowest = float(most)
+        self.in_flight = 0
+        self.decreases = 0
+        self._cond = asyncio.Condition()
+
+    async def __aenter__(self) -> None:
+        async with self._cond:
+            await self._cond.wait_for(lambda: self.in_flight < max(1, int(self.limit)))
+            self.in_flight += 1
+
+    async def __aexit__(self, *exc: object) -> None:
+        async with self._cond:
+            self.in_flight -= 1
+            self._cond.notify_all()
+
+    def increase(self) -> None:
+        self.limit = min(float(self.most), self.limit + 1.0 / self.limit)
+
+    def decrease(self) -> None:
+        self.limit = max(1.0, self.limit * DECREASE)
+        self.lowest = min(self.lowest, self.limit)
+        self.decreases += 1
+
+
 class RateLimiter:
     """``await acquire(tokens)`` before each request; ``observe(status, headers)`` after each HTTP response."""
 
-    def __init__(self, rpm: int | None = None, tpm: int | None = None):
+    def __init__(self, rpm: int | None = None, tpm: int | None = None, concurrency: int = 1):
         self.requests = _Bucket(rpm)
         self.tokens = _Bucket(tpm)
+        self.concurrency = Concurrency(concurrency)
         self.paused_until = 0.0
         self.pauses = 0
+        self.throttled = 0  # 429s seen
+        self._recent: deque[bool] = deque(maxlen=WINDOW)  # True: a 429
+        self._since_decrease = WINDOW
         self._lock = asyncio.Lock()
 
     def pause(self, seconds: float) -> None:
@@ -117,11 +168,26 @@ class RateLimiter:
         if self.tokens.rate:
             self.tokens.level -= actual - min(estimated, self.tokens.capacity)
 
+    def on_429(self, wait: float | None) -> None:
+        """One 429: slow down only when they cluster (see the module docstring)."""
+        self.throttled += 1
+        share = sum(self._recent) / len(self._recent)
+        if len(self._recent) < WINDOW // 4:
+            return  # too few responses yet to tell a cluster from chance
+        if share >= SLOW_DOWN and self._since_decrease >= WINDOW:
+            self.concurrency.decrease()
+            self._since_decrease = 0
+        if share >= STOP:
+            self.pause(wait if wait is not None else 1.0)
+
     def observe(self, status: int, headers: Mapping[str, str]) -> None:
         h = {k.lower(): v for k, v in headers.items()}
+        self._recent.append(status == 429)
+        self._since_decrease += 1
         if status == 429:
-            wait = retry_after(h)
-            self.pause(wait if wait is not None else 1.0)
+            self.on_429(retry_after(h))
+        elif status < 300:
+            self.concurrency.increase()
         for kind, bucket in (("requests", self.requests), ("tokens", self.tokens)):
             for prefix in (f"x-ratelimit-{{}}-{kind}", f"anthropic-ratelimit-{kind}-{{}}"):
                 limit, remaining, reset = (h.get(prefix.format(x)) for x in ("limit", "remaining", "reset"))
