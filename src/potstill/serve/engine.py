@@ -1,0 +1,157 @@
+"""The served student: an engine (``potstill.engines``) plus the task's prompt, behind a batcher.
+
+For classification one engine call gives both routing signals, the label margin (top-1 minus
+top-2 label probability) and the input embedding for the out-of-distribution check. Other tasks
+generate greedily (confidence: the mean token log-prob) and take the embedding from
+``engine.embed`` (one extra prefill in transformers, none in CTranslate2).
+
+Concurrent requests are gathered into batches by one worker thread (``Batcher``), so the model
+runs one call at a time and a burst of 32 callers costs ~2 batches of 16, not 32 calls.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from potstill.engines import Engine
+from potstill.engines.transformers import TransformersEngine as _Transformers
+from potstill.models.loading import LM
+from potstill.models.prompting import label_token_ids
+from potstill.progress import bar
+from potstill.students import student_format
+from potstill.tasks import Task
+
+
+@dataclass
+class StudentAnswer:
+    output: str  # the text a client receives
+    parsed: Any
+    invalid: str | None  # the task's validation failure, None when valid
+    confidence: float  # label margin (classification) or mean token log-prob (generation)
+    embedding: torch.Tensor  # (H,) unit vector
+    prompt_tokens: int
+    output_tokens: int
+    seconds: float  # this input's share of its batch's wall time
+
+
+class ServedStudent:
+    """A student as served: ``answer`` a batch of chats, ``embed`` them for the OOD reference."""
+
+    def __init__(self, engine: Engine, task: Task, max_length: int = 2048):
+        self.engine = engine
+        self.task = task
+        self.fmt = student_format(engine, task)
+        self.max_length = max_length
+        self.label_ids = label_token_ids(engine.tokenizer, self.fmt, task.labels) if task.labels else None
+
+    @property
+    def identity(self) -> str:
+        """The model's identity; other engines than transformers tag it (their embeddings differ)."""
+        e = self.engine
+        return e.identity if e.name == "transformers" or "#" in e.identity else f"{e.identity}#{e.name}"
+
+    @property
+    def lm(self) -> LM | None:
+        return getattr(self.engine, "lm", None)
+
+    def embed(self, messages: list[list[dict]]) -> torch.Tensor:
+        """(N, H) unit embeddings of the prompts, in input order."""
+        return self.engine.embed(self.fmt, messages)
+
+    @torch.inference_mode()
+    def answer(self, messages: list[list[dict]]) -> list[StudentAnswer]:
+        """The student's answers to a batch of chats (no task instruction: the engine adds it)."""
+        t0 = time.perf_counter()
+        n = len(messages)
+        if self.label_ids is not None:
+            s = self.engine.score_labels(self.fmt, messages, self.label_ids, batch_size=n, max_length=self.max_length)
+            probs = torch.softmax(s.logits.float(), -1)
+            top = probs.topk(2, -1).values
+            labels = [self.task.labels[i] for i in probs.argmax(-1).tolist()]
+            dt = (time.perf_counter() - t0) / n
+            return [
+                StudentAnswer(output=lab, parsed=lab, invalid=self.task.validate(lab),
+                              confidence=float(top[i, 0] - top[i, 1]), embedding=s.embeddings[i],
+                              prompt_tokens=s.prompt_tokens[i], output_tokens=1, seconds=dt)
+                for i, lab in enumerate(labels)
+            ]
+        emb = self.embed(messages)
+        g = self.engine.generate(self.fmt, messages, self.task.cfg.max_output_tokens, batch_size=n)
+        dt = (time.perf_counter() - t0) / n
+        answers = []
+        for i, text in enumerate(g.texts):
+            parsed = self.task.parse(text)
+            answers.append(StudentAnswer(output=text, parsed=parsed, invalid=self.task.validate(parsed),
+                                         confidence=g.mean_logprob[i], embedding=emb[i],
+                                         prompt_tokens=g.prompt_tokens[i], output_tokens=g.output_tokens[i], seconds=dt))
+        return answers
+
+
+class TransformersEngine(ServedStudent):
+    """A served student on the transformers engine (what ``watch`` embeds with: mean last hidden state)."""
+
+    def __init__(self, lm: LM, task: Task, max_length: int = 2048):
+        super().__init__(_Transformers(lm), task, max_length)
+
+
+class Batcher:
+    """Gathers concurrent ``submit`` calls into batches answered by one worker thread."""
+
+    def __init__(self, engine: ServedStudent, batch_size: int = 16, wait_ms: float = 2.0):
+        self.engine = engine
+        self.batch_size = batch_size
+        self.wait_s = wait_ms / 1000
+        self._q: queue.Queue[tuple[list[dict], Future] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name="potstill-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, messages: list[dict]) -> Future:
+        fut: Future = Future()
+        self._q.put((messages, fut))
+        return fut
+
+    def close(self) -> None:
+        self._q.put(None)
+        self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            batch = [item]
+            deadline = time.perf_counter() + self.wait_s
+            while len(batch) < self.batch_size:
+                try:
+                    nxt = self._q.get(timeout=max(0.0, deadline - time.perf_counter()))
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._q.put(None)  # finish this batch, then stop
+                    break
+                batch.append(nxt)
+            try:
+                answers = self.engine.answer([m for m, _ in batch])
+                for (_, fut), a in zip(batch, answers):
+                    fut.set_result(a)
+            except Exception as e:  # noqa: BLE001 - each waiting request gets the failure, the loop lives on
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(e)
+
+
+def embed_all(engine: ServedStudent, messages: list[list[dict]], batch_size: int, desc: str) -> torch.Tensor:
+    """(N, H) unit embeddings through ``engine.embed``, batch by batch, with a progress bar."""
+    parts = []
+    with bar(desc, len(messages)) as advance:
+        for i in range(0, len(messages), batch_size):
+            parts.append(engine.embed(messages[i : i + batch_size]))
+            advance(min(batch_size, len(messages) - i))
+    return torch.cat(parts) if parts else torch.zeros(0)

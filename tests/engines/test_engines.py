@@ -1,0 +1,151 @@
+"""Engines on a tiny model built from a config and trained for a few steps, converted in the test.
+
+A randomly initialised tiny model's label logits differ by less than int8 rounding moves them, so
+the model is first taught the fixed input set's labels (a few dozen steps, seconds): then every
+engine must give the labels transformers gives, which is what serving and evaluation rely on.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from potstill.engines import load_engine
+from potstill.errors import PotstillError
+from potstill.models.loading import cache_dir, load_lm, save_lm
+from potstill.models.prompting import PromptFormat, encode_prompt, label_token_ids
+
+LABELS = ["business", "entertainment", "politics", "sports", "tech"]
+DATA = [
+    ("the bank profit market shares", "business"), ("film music star award", "entertainment"),
+    ("a vote in the election", "politics"), ("the team won a match", "sports"),
+    ("new phone software for the computer", "tech"), ("the minister said the party will win", "politics"),
+    ("a goal by the team this year", "sports"), ("game on the internet", "tech"),
+    ("the star of the film", "entertainment"), ("shares in the bank", "business"),
+]
+MSGS = [[{"role": "user", "content": t}] for t, _ in DATA]
+CHAT = PromptFormat(kind="chat", instruction="classify the text")
+SHOTS = PromptFormat(kind="completion", instruction="classify the text", answer_prefix="topic:",
+                     shots=[("the match", "sports"), ("the phone", "tech"), ("a vote", "politics")])
+
+
+def _batch(lm, fmt: PromptFormat) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids, mask, target label token) of DATA's prompts, left-padded so the answer position is -1."""
+    tok = lm.tokenizer
+    prompts = [encode_prompt(tok, fmt, fmt.prefix() + fmt.query(tok, m), first=True) for m in MSGS]
+    T = max(map(len, prompts))
+    ids = torch.full((len(prompts), T), tok.pad_token_id)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, T - len(p):], mask[i, T - len(p):] = torch.tensor(p), 1
+    label_ids = label_token_ids(tok, fmt, LABELS)
+    return ids, mask, torch.tensor([label_ids[LABELS.index(lab)] for _, lab in DATA])
+
+
+def _teach(lm, steps: int = 80) -> None:
+    """Fit the label token at the answer position for DATA, in both prompt formats at once."""
+    batches = [_batch(lm, f) for f in (CHAT, SHOTS)]
+    opt = torch.optim.Adam(lm.model.parameters(), lr=1e-2)
+    lm.model.train()
+    for _ in range(steps):
+        loss = sum(torch.nn.functional.cross_entropy(lm.model(input_ids=i, attention_mask=m).logits[:, -1], t)
+                   for i, m, t in batches)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    lm.model.eval()
+
+
+@pytest.fixture(scope="module")
+def taught(tmp_path_factory, tiny_model) -> Path:
+    lm = load_lm(str(tiny_model), device="cpu")
+    _teach(lm)
+    out = tmp_path_factory.mktemp("taught") / "student"
+    save_lm(lm.model, lm.tokenizer, out)
+    return out
+
+
+def _ct2_entries() -> list[Path]:
+    root = cache_dir() / "engines" / "ctranslate2"
+    return sorted(root.iterdir()) if root.exists() else []
+
+
+@pytest.mark.parametrize("engine", ["transformers", "ctranslate2"])
+@pytest.mark.parametrize("fmt", [CHAT, SHOTS], ids=["chat", "few-shot"])
+def test_each_engine_gives_the_labels_transformers_gives(taught, engine, fmt):
+    ref = load_engine("transformers", str(taught), device="cpu")
+    eng = load_engine(engine, str(taught), device="cpu")
+    ids = label_token_ids(ref.tokenizer, fmt, LABELS)
+    want = ref.score_labels(fmt, MSGS, ids, batch_size=1)
+    got = eng.score_labels(fmt, MSGS, ids, batch_size=4)
+    assert [LABELS[i] for i in want.logits.argmax(-1)] == [lab for _, lab in DATA]  # the teaching took
+    assert got.logits.argmax(-1).tolist() == want.logits.argmax(-1).tolist()
+    assert got.prompt_tokens == want.prompt_tokens
+    assert got.embeddings.shape[0] == len(MSGS)
+    torch.testing.assert_close(got.embeddings.norm(dim=-1), torch.ones(len(MSGS)))
+    if engine == "ctranslate2":
+        # The fixed part (system turn or few-shot prefix) was reused, not recomputed per input.
+        assert min(got.cached_tokens) > 0
+        assert (got.logits - want.logits).abs().max() < 0.1 * want.logits.abs().max()
+
+
+def test_ctranslate2_greedy_generation_matches_transformers(taught):
+    ref = load_engine("transformers", str(taught), device="cpu")
+    eng = load_engine("ctranslate2", str(taught), device="cpu")
+    want = ref.generate(CHAT, MSGS, 4, batch_size=1)
+    got = eng.generate(CHAT, MSGS, 4, batch_size=3)
+    # The first generated word is the taught label: int8 must not change it.
+    assert [t.split()[0] for t in got.texts] == [t.split()[0] for t in want.texts] == [lab for _, lab in DATA]
+    assert got.output_tokens == want.output_tokens and got.prompt_tokens == want.prompt_tokens
+    assert all(c <= 0 for c in got.mean_logprob)
+
+
+def test_conversion_is_cached_by_content_and_redone_when_the_model_changes(taught, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(taught, model)
+    load_engine("ctranslate2", str(model), device="cpu")
+    entries = _ct2_entries()
+    stamp = {p: p.stat().st_mtime_ns for p in entries}
+    load_engine("ctranslate2", str(model), device="cpu")
+    assert _ct2_entries() == entries and {p: p.stat().st_mtime_ns for p in entries} == stamp
+    lm = load_lm(str(model), device="cpu")
+    with torch.no_grad():
+        lm.model.lm_head.weight.mul_(1.5)  # tied: the embeddings change too
+    save_lm(lm.model, lm.tokenizer, model)
+    load_engine("ctranslate2", str(model), device="cpu")
+    assert len(_ct2_entries()) == len(entries) + 1
+
+
+@pytest.mark.parametrize("damage", ["weights", "architecture"])
+def test_a_corrupt_model_gives_one_clear_error_and_no_cache_entry(taught, tmp_path, damage):
+    model = tmp_path / "broken"
+    shutil.copytree(taught, model)
+    if damage == "weights":
+        (model / "model.safetensors").write_bytes(b"not a safetensors file" * 10)
+    else:
+        cfg = (model / "config.json").read_text().replace('"llama"', '"no-such-architecture"')
+        (model / "config.json").write_text(cfg)
+    before = _ct2_entries()
+    with pytest.raises(PotstillError) as e:
+        load_engine("ctranslate2", str(model), device="cpu")
+    msg = str(e.value)
+    assert "\n" not in msg and str(model) in msg
+    root = cache_dir() / "engines" / "ctranslate2"
+    assert _ct2_entries() == before  # no half-written entry, no leftover temp directory
+    assert not [p for p in root.iterdir() if p.name.startswith(".")]
+
+
+def test_a_missing_optional_engine_names_the_package(taught, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ctranslate2", None)  # what Python does when the package is absent
+    with pytest.raises(PotstillError) as e:
+        load_engine("ctranslate2", str(taught), device="cpu")
+    assert "\n" not in str(e.value) and "pip install 'ctranslate2==4.8.5'" in str(e.value)
+
+
+def test_an_unknown_engine_lists_the_available_ones(taught):
+    with pytest.raises(PotstillError, match="unknown engine 'vllm2'.*ctranslate2.*transformers"):
+        load_engine("vllm2", str(taught))
