@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 # What `pip install` needs for each optional engine (the extra of the same name installs it).
 PACKAGES = {"ctranslate2": "ctranslate2==4.8.5"}
 EMBEDDINGS = "embed_tokens.npy"  # the input embedding table, float16, beside the converted model
+INFO = "potstill.json"  # {"parameters": N}: CTranslate2 does not say how big the model is
 
 
 def require(module: str) -> ModuleType:
@@ -61,6 +63,17 @@ def _embedding_table(src: Path) -> np.ndarray:
     raise PotstillError(f"{src}: no '*embed_tokens.weight' tensor found for the input embedding")
 
 
+def _parameters(src: Path) -> int:
+    from safetensors import safe_open
+
+    n = 0
+    for f in sorted(src.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as st:
+            for name in st.keys():  # noqa: SIM118
+                n += math.prod(st.get_slice(name).get_shape())
+    return n
+
+
 def _plain_hf_dir(spec: str, where: Path | str, num_layers: int | None, scratch: Path) -> Path | str:
     """A directory (or hub id) the converter reads: LoRA adapters merged and depth pruning applied first."""
     adapter = isinstance(where, Path) and (where / "adapter_config.json").exists()
@@ -80,7 +93,7 @@ def ctranslate2_model(spec: str, quantization: str = "int8", num_layers: int | N
     _, where = resolve(spec)
     key = model_key(spec, where, num_layers, quantization, ct2.__version__)
     target = cache_dir() / "engines" / "ctranslate2" / f"{key}-{quantization}"
-    if (target / "model.bin").exists() and (target / EMBEDDINGS).exists():
+    if (target / INFO).exists():  # written last: its presence means a whole conversion
         return target, key
     say(f"ctranslate2: converting {spec} to {quantization} once (cached at {target})")
     scratch = Path(tempfile.mkdtemp(prefix="potstill-ct2-"))
@@ -94,7 +107,9 @@ def ctranslate2_model(spec: str, quantization: str = "int8", num_layers: int | N
             tok = AutoTokenizer.from_pretrained(src)
             tok.save_pretrained(tmp)
             _fill_special_tokens(tmp / "config.json", tok)
-            np.save(tmp / EMBEDDINGS, _embedding_table(Path(src)) if isinstance(src, Path) else _hub_embeddings(src))
+            local = isinstance(src, Path)
+            np.save(tmp / EMBEDDINGS, _embedding_table(src) if local else _hub_embeddings(str(src)))
+            (tmp / INFO).write_text(json.dumps({"parameters": _parameters(src) if local else None, "source": spec}))
     except PotstillError:
         raise
     except Exception as e:  # noqa: BLE001 - any converter failure is one line for the user, and no cache entry

@@ -22,6 +22,7 @@ decodes the rest token by token, so inputs are sorted by length before batching.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 
 from potstill.engines.base import split_prompt, static_ids
-from potstill.engines.convert import EMBEDDINGS, ctranslate2_model, require
+from potstill.engines.convert import EMBEDDINGS, INFO, ctranslate2_model, require
 from potstill.errors import PotstillError
 from potstill.models.loading import _pick_device, resolve
 from potstill.models.prompting import PromptFormat, encode_prompt
@@ -56,10 +57,12 @@ class CT2Engine:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.table = np.load(model_dir / EMBEDDINGS, mmap_mode="r")
+        self.info = json.loads((model_dir / INFO).read_text())
         self.identity = identity
         self.device = device
         self.compute_type = compute_type
         self._static: dict[tuple, list[int]] = {}
+        self.reuse_prefix = True  # False: every call recomputes the fixed part (to measure what reuse saves)
 
     @classmethod
     def load(cls, spec: str, device: str = "auto", num_layers: int | None = None,
@@ -75,7 +78,7 @@ class CT2Engine:
 
     @property
     def num_parameters(self) -> int:
-        return int(self.table.shape[0] * self.table.shape[1])  # embeddings only: CTranslate2 hides the rest
+        return int(self.info.get("parameters") or 0)  # counted from the source weights at conversion
 
     # ------------------------------------------------------------------ prompts
     def _fixed(self, fmt: PromptFormat) -> list[int]:
@@ -93,6 +96,8 @@ class CT2Engine:
                 out.append((static, encode_prompt(tok, fmt, fmt.query(tok, m), first=False)))
             else:
                 out.append(split_prompt(static, encode_prompt(tok, fmt, fmt.prefix() + fmt.query(tok, m), first=True)))
+        if not self.reuse_prefix:
+            return [([], s + own) for s, own in out]
         return out
 
     def _embed_ids(self, own: list[list[int]]) -> torch.Tensor:
