@@ -97,3 +97,16 @@ def test_a_missing_optional_engine_names_the_package(taught, monkeypatch):
 def test_an_unknown_engine_lists_the_available_ones(taught):
     with pytest.raises(PotstillError, match="unknown engine 'vllm2'.*ctranslate2.*transformers"):
         load_engine("vllm2", str(taught))
+
+
+def test_ctranslate2_reads_the_answer_position_of_every_prompt_in_a_mixed_length_call(taught):
+    """CTranslate2 decodes a longer prompt's tail one step at a time; its label logits are those
+    of the last step, not the first (where an earlier version read them, wrongly)."""
+    eng = load_engine("ctranslate2", str(taught), device="cpu")
+    ids = label_token_ids(eng.tokenizer, CHAT, LABELS)
+    lengths = {len(own) for _, own in eng._split(CHAT, MSGS, True)}
+    assert len(lengths) > 2  # the inputs do differ in length
+    one = eng.score_labels(CHAT, MSGS, ids, batch_size=1)
+    eng.max_spread = 1000  # all of them in one call
+    mixed = eng.score_labels(CHAT, MSGS, ids, batch_size=len(MSGS))
+    torch.testing.assert_close(mixed.logits, one.logits, rtol=0.05, atol=0.05)

@@ -17,7 +17,9 @@ words an input uses, not how the model reads them. Routing calibrates its thresh
 engine's embeddings, so the two kinds are never compared with each other.
 
 CTranslate2 forwards a batch's prompts at once only up to the shortest prompt's length and
-decodes the rest token by token, so inputs are sorted by length before batching.
+decodes the rest token by token, so inputs are sorted by length and a batch holds prompts whose
+lengths differ by at most ``max_spread`` tokens (4): a batch of 16 arriving requests becomes a
+few calls of similar length instead of one call with tens of one-token steps.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class CT2Engine:
         self.compute_type = compute_type
         self._static: dict[tuple, list[int]] = {}
         self.reuse_prefix = True  # False: every call recomputes the fixed part (to measure what reuse saves)
+        self.max_spread = int(os.environ.get("POTSTILL_CT2_MAX_SPREAD", "4"))  # tokens; see _batches
 
     @classmethod
     def load(cls, spec: str, device: str = "auto", num_layers: int | None = None,
@@ -105,11 +108,14 @@ class CT2Engine:
         return torch.nn.functional.normalize(torch.from_numpy(np.stack(rows)), dim=-1)
 
     def _batches(self, parts: list[tuple[list[int], list[int]]], batch_size: int) -> list[list[int]]:
-        """Index batches of one fixed prefix each, sorted by length (see the module docstring)."""
+        """Index batches sharing one fixed prefix, sorted by length, whose own parts differ in length
+        by at most ``max_spread`` tokens (see the module docstring: the longer ones' extra tokens
+        would be decoded one step at a time, each step paying the full-vocabulary head)."""
         order = sorted(range(len(parts)), key=lambda i: (len(parts[i][0]), len(parts[i][1])))
         batches, cur = [], []
         for i in order:
-            if cur and (len(cur) == batch_size or parts[cur[0]][0] != parts[i][0]):
+            if cur and (len(cur) == batch_size or parts[cur[0]][0] != parts[i][0]
+                        or len(parts[i][1]) - len(parts[cur[0]][1]) > self.max_spread):
                 batches.append(cur)
                 cur = []
             cur.append(i)
