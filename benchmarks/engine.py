@@ -160,6 +160,27 @@ def student_part(args: argparse.Namespace, cfg: Any, test: list[Record]) -> dict
     return out
 
 
+def margins_part(cfg: Any, test: list[Record]) -> dict[str, Any]:
+    """Label agreement of CTranslate2 int8 with transformers fp32 by fp32's own top-2 margin (no timing)."""
+    task = get_task(cfg.task)
+    ref, ct2 = load_engine("transformers", STUDENT, device="cpu"), load_engine("ctranslate2", STUDENT, device="cpu")
+    fmt = student_format(ref, task)
+    ids = label_token_ids(ref.tokenizer, fmt, task.labels)
+    msgs = [r.messages for r in test]
+    p = torch.softmax(ref.score_labels(fmt, msgs, ids, batch_size=16).logits, -1)
+    q = ct2.score_labels(fmt, msgs, ids, batch_size=16).logits.argmax(-1)
+    top = p.topk(2, -1).values
+    margin = (top[:, 0] - top[:, 1]).tolist()
+    same = (p.argmax(-1) == q).tolist()
+    out = {"n": len(msgs), "loadavg": loadavg(), "by_fp32_margin": {}}
+    for m in (0.0, 0.05, 0.1, 0.2, 0.3):
+        keep = [s for s, x in zip(same, margin) if x >= m]
+        out["by_fp32_margin"][f">={m}"] = {"share_of_inputs": len(keep) / len(msgs),
+                                           "agreement": sum(keep) / max(1, len(keep))}
+    out["median_fp32_margin"] = statistics.median(margin)
+    return out
+
+
 def teacher_fmt(cfg: Any, task: Any) -> PromptFormat:
     from potstill.teachers.local import choose_shots
 
@@ -213,7 +234,7 @@ def extraction_part(args: argparse.Namespace, test: list[Record]) -> dict[str, A
     out: dict[str, Any] = {"loadavg_before": loadavg(), "n": len(msgs), "max_new_tokens": args.max_new_tokens,
                            "instruction": EXTRACT, "engines": {}}
     texts: dict[str, list[str]] = {}
-    calls = {k: (lambda i, e=e: texts.setdefault(k, []).append(
+    calls = {k: (lambda i, e=e, k=k: texts.setdefault(k, []).append(
         e.generate(fmt, [msgs[i]], args.max_new_tokens, batch_size=1).texts[0])) for k, e in engines.items()}
     lat = interleaved(calls, len(msgs))
     for k, e in engines.items():
@@ -259,7 +280,8 @@ def main() -> None:
                          "python": sys.version.split()[0]}
     parts = {"student": lambda: student_part(args, cfg, test), "teacher": lambda: teacher_part(args, cfg, test),
              "extraction": lambda: extraction_part(args, test),
-             "serve": lambda: serve_part(args, cfg, train, test, work)}
+             "serve": lambda: serve_part(args, cfg, train, test, work),
+             "margins": lambda: margins_part(cfg, test)}
     for name in args.only.split(","):
         t0 = time.perf_counter()
         result[name] = parts[name]()

@@ -110,3 +110,21 @@ def test_ctranslate2_reads_the_answer_position_of_every_prompt_in_a_mixed_length
     eng.max_spread = 1000  # all of them in one call
     mixed = eng.score_labels(CHAT, MSGS, ids, batch_size=len(MSGS))
     torch.testing.assert_close(mixed.logits, one.logits, rtol=0.05, atol=0.05)
+
+
+def test_prompts_longer_than_a_sliding_window_are_refused(taught, tmp_path):
+    """CTranslate2 4.8.5 answers gemma-3 wrongly past its 512-token sliding window (benchmarks/engine.py),
+    so the engine refuses such prompts with one line instead of answering."""
+    from potstill.engines.ctranslate2 import sliding_window
+
+    (tmp_path / "config.json").write_text('{"text_config": {"sliding_window": 512, '
+                                          '"layer_types": ["sliding_attention", "full_attention"]}}')
+    assert sliding_window(tmp_path) == 512
+    assert sliding_window(taught) is None  # Llama: full attention everywhere
+    eng = load_engine("ctranslate2", str(taught), device="cpu")
+    ids = label_token_ids(eng.tokenizer, SHOTS, LABELS)
+    eng.score_labels(SHOTS, MSGS, ids)  # fine without a window
+    eng.window = 12
+    with pytest.raises(PotstillError) as e:
+        eng.score_labels(SHOTS, MSGS, ids)
+    assert "\n" not in str(e.value) and "sliding attention window" in str(e.value)
