@@ -101,6 +101,10 @@ class TeacherConfig(Section):
     timeout_s: float = Field(60.0, gt=0, description="Per-request timeout in seconds.")
     max_retries: int = Field(5, ge=0, description="Retries on 429/5xx/timeouts (SDK backoff with jitter).")
     batch_size: int = Field(1, ge=1, description="Inputs per forward pass (local teacher).")
+    engine: str = Field(
+        "transformers", description="Engine that runs the local teacher: transformers (fp32 on CPU, bf16 on GPU) or "
+        "ctranslate2 (int8, fixed prompt prefix cached; pip install 'potstill[ctranslate2]'); see potstill.engines."
+    )
     calibrate: bool = Field(
         False, description="Local classification teacher: divide label probabilities by their content-free prior."
     )
@@ -232,6 +236,14 @@ class EvaluateConfig(Section):
     monthly_calls: int = Field(1_000_000, ge=0, description="Expected calls per month, for the break-even.")
     quality_bar: QualityBar = Field(default_factory=QualityBar)
     include_untrained: bool = Field(True, description="Also evaluate the untrained student.")
+    engine: str = Field(
+        "transformers", description="Engine that runs the student in evaluate and pilot: transformers (fp32 on CPU, bf16 on GPU) or "
+        "ctranslate2 (int8, fixed prompt prefix cached; pip install 'potstill[ctranslate2]'); see potstill.engines."
+    )
+    cost_basis: Literal["batch1", "batched"] = Field(
+        "batch1", description="Student cost per call behind the break-even: batch1 (interactive, one call at a "
+        "time) or batched (sustained throughput at evaluate.batch_size, a busy endpoint); both are reported."
+    )
 
 
 def _default_prices() -> dict[str, dict[str, float]]:
@@ -303,6 +315,10 @@ class ServeConfig(Section):
     ood_reference: int = Field(256, ge=1, description="Training inputs embedded as the in-distribution reference.")
     batch_size: int = Field(16, ge=1, description="Most concurrent requests the student answers in one forward pass.")
     batch_wait_ms: float = Field(2.0, ge=0, description="How long the batcher waits for more requests to join a batch.")
+    engine: str = Field(
+        "transformers", description="Engine that runs the served student: transformers (fp32 on CPU, bf16 on GPU) or "
+        "ctranslate2 (int8, fixed prompt prefix cached; pip install 'potstill[ctranslate2]'); see potstill.engines."
+    )
 
 
 class WatchConfig(Section):

@@ -8,16 +8,18 @@ from rich.table import Table
 
 from potstill.ledger import Ledger
 from potstill.metrics import compare, teacher_gold_metric
-from potstill.models.loading import LM
 from potstill.progress import out
 from potstill.records import Record
-from potstill.students import measure_latency, percentile, predict
+from potstill.students import as_engine, measure_latency, percentile, predict
 from potstill.tasks import Task
 
 
-def measure_student(lm: LM, task: Task, records: list[Record], usd_per_hour: float, batch_size: int,
+def measure_student(lm: Any, task: Task, records: list[Record], usd_per_hour: float, batch_size: int,
                     latency_samples: int, desc: str) -> tuple[dict[str, Any], Any]:
-    """Quality, latency (batch 1), throughput (batched) and cost per 1,000 calls, all measured here."""
+    """Quality, latency (batch 1), throughput (batched) and cost per 1,000 calls, all measured here.
+
+    ``lm``: an engine (``potstill.engines``) or an ``LM`` (run through transformers)."""
+    lm = as_engine(lm)
     preds = predict(lm, task, records, batch_size=batch_size, desc=desc)
     quality = compare(task, preds.parsed, records)
     latency = measure_latency(lm, task, records, latency_samples)
@@ -35,6 +37,7 @@ def measure_student(lm: LM, task: Task, records: list[Record], usd_per_hour: flo
         "cost_source": f"mean batch-1 latency measured here x student.usd_per_hour={usd_per_hour}",
         "parameters": lm.num_parameters,
         "model": lm.identity,
+        "engine": lm.name,
     }, preds
 
 

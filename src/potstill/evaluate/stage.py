@@ -22,7 +22,7 @@ from potstill.evaluate.html import write_report
 from potstill.evaluate.metrics import task_metrics
 from potstill.evaluate.slices import field_table, length_edges, output_fields, slice_names, slice_table
 from potstill.hashing import hash_obj
-from potstill.models.loading import LM, load_lm
+from potstill.engines import load_engine
 from potstill.progress import bar, say
 from potstill.records import Record, read_records, write_json
 from potstill.report import measure_student, measure_teacher, print_slices, print_table
@@ -31,7 +31,7 @@ from potstill.students import Predictions, percentile, predict
 from potstill.tasks import Task, get_task
 
 
-def measure_batched(lm: LM, task: Task, records: list[Record], batch_size: int, n_batches: int) -> dict[str, Any]:
+def measure_batched(lm: Any, task: Task, records: list[Record], batch_size: int, n_batches: int) -> dict[str, Any]:
     """p50/p95 wall time of whole batches: what each caller in a batch waits (after one warm-up batch)."""
     chunks = [records[i : i + batch_size] for i in range(0, len(records), batch_size)][:n_batches]
     chunks = [c for c in chunks if len(c) == batch_size] or chunks[:1]  # a short last batch would flatter p50
@@ -139,17 +139,17 @@ def evaluate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
         preds: dict[str, Predictions] = {}
         batched: dict[str, dict[str, Any]] = {}
 
-        def measure(name: str, lm: LM) -> None:
+        def measure(name: str, lm: Any) -> None:
             models[name], preds[name] = measure_student(
                 lm, task, test, cfg.student.usd_per_hour, e.batch_size, e.latency_samples, name)
             batched[name] = measure_batched(lm, task, test, e.batch_size, n_batches)
 
         if e.include_untrained:
-            measure("untrained student", load_lm(cfg.student.model))
+            measure("untrained student", load_engine(e.engine, cfg.student.model))
         with run.ledger() as ledger:
             models["teacher"] = measure_teacher(task, test, ledger)
             spend = ledger.summary("teacher")
-        measure("student", load_lm(str(run / "student")))
+        measure("student", load_engine(e.engine, str(run / "student")))
         # Keep the three-way order of the table: untrained, teacher, trained.
         models = {k: models[k] for k in ("untrained student", "teacher", "student") if k in models}
 
@@ -182,9 +182,14 @@ def evaluate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
                     "train_usd": train_s / 3600 * cfg.student.usd_per_hour}
         one_time["total_usd"] = one_time["generation_usd"] + one_time["train_usd"]
         t_call = models["teacher"]["cost_per_1k_calls_usd"] / 1000
-        s_call = models["student"]["cost_per_1k_calls_usd"] / 1000
+        # evaluate.cost_basis names the student's cost per call behind the headline break-even.
+        basis = "cost_per_1k_calls_batched_usd" if e.cost_basis == "batched" else "cost_per_1k_calls_usd"
+        s_call = (models["student"].get(basis) or models["student"]["cost_per_1k_calls_usd"]) / 1000
         be = break_even(t_call, s_call, one_time["total_usd"], e.monthly_calls)
+        be["cost_basis"] = e.cost_basis
         be["curve"] = break_even_curve(t_call, s_call, one_time["total_usd"], e.monthly_calls, be["months"])
+        s1 = models["student"]["cost_per_1k_calls_usd"] / 1000
+        be["batch1"] = {"student_cost_per_call_usd": s1, **break_even(t_call, s1, one_time["total_usd"], e.monthly_calls)}
         # The same sum with the student serving batches (its throughput pass): the case of a busy endpoint.
         batched_1k = models["student"].get("cost_per_1k_calls_batched_usd")
         if batched_1k is not None:

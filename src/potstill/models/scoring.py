@@ -75,10 +75,19 @@ class Scored:
     cached_tokens: list[int]  # of which read from the prefix cache
     seconds: list[float]  # wall time per input (batch time shared evenly within a batch)
     batch_seconds: list[float]  # wall time of the batch each input was in (what its caller waited)
+    embeddings: torch.Tensor | None = None  # (N, H) unit embeddings: mean last hidden state over each query
+
+
+def _pooled(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``hidden`` (B, T, H) over the positions where ``mask`` (B, T) is 1, L2-normalised, on CPU."""
+    m = mask.to(hidden.device).unsqueeze(-1).float()
+    pooled = (hidden.float() * m).sum(1) / m.sum(1).clamp(min=1)
+    return torch.nn.functional.normalize(pooled, dim=-1).cpu()
 
 
 def _batch_scores(lm: LM, fmt: PromptFormat, queries: list[list[int]], label_ids: list[int],
-                  prefix: PrefixCache | None) -> torch.Tensor:
+                  prefix: PrefixCache | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(label logits (B, K), unit embedding (B, H): the mean last hidden state over each query's own tokens)."""
     pad = lm.tokenizer.pad_token_id
     B, T = len(queries), max(len(q) for q in queries)
     dev = lm.device
@@ -91,6 +100,7 @@ def _batch_scores(lm: LM, fmt: PromptFormat, queries: list[list[int]], label_ids
             mask[i, T - len(q):] = 1
         out = decoder(lm.model)(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False)
         last = out.last_hidden_state[:, -1]
+        emb = _pooled(out.last_hidden_state, mask)
     else:
         # Right padding keeps positions contiguous with the cached prefix; read each row at its end.
         ids = torch.full((B, T), pad, dtype=torch.long)
@@ -109,33 +119,42 @@ def _batch_scores(lm: LM, fmt: PromptFormat, queries: list[list[int]], label_ids
         )
         ends = torch.tensor([len(q) - 1 for q in queries], device=dev)
         last = out.last_hidden_state[torch.arange(B, device=dev), ends]
-    return apply_head(lm.model, last, label_ids).float().cpu()
+        emb = _pooled(out.last_hidden_state, mask[:, prefix.length :])
+    return apply_head(lm.model, last, label_ids).float().cpu(), emb
 
 
 def score_labels(lm: LM, fmt: PromptFormat, messages: list[list[dict]], label_ids: list[int],
-                 batch_size: int = 8, prefix: PrefixCache | None = None, progress: Any = None) -> Scored:
-    """Label logits for each chat in ``messages``; see the module docstring for the method."""
+                 batch_size: int = 8, prefix: PrefixCache | None = None, progress: Any = None,
+                 max_length: int | None = None) -> Scored:
+    """Label logits (and input embeddings) for each chat in ``messages``; see the module docstring.
+
+    ``max_length``: keep only the last N tokens of each query (the generation prompt, where the
+    answer starts, is at the end)."""
     queries = [
-        encode_prompt(lm.tokenizer, fmt, fmt.query(lm.tokenizer, m), first=prefix is None) for m in messages
+        encode_prompt(lm.tokenizer, fmt, fmt.query(lm.tokenizer, m), first=prefix is None)[-(max_length or 0):]
+        for m in messages
     ]
-    logits, secs = [], []
+    logits, secs, embs = [], [], []
     # Sorting by length makes batches of similar length, so little compute goes to padding.
     order = sorted(range(len(queries)), key=lambda i: len(queries[i]))
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             t0 = time.perf_counter()
-            out = _batch_scores(lm, fmt, [queries[i] for i in idx], label_ids, prefix)
+            out, emb = _batch_scores(lm, fmt, [queries[i] for i in idx], label_ids, prefix)
             dt = (time.perf_counter() - t0) / len(idx)
             logits.append((idx, out))
+            embs.append((idx, emb))
             secs.append((idx, dt))
             if progress is not None:
                 progress(len(idx))
     result = torch.empty((len(queries), len(label_ids)))
     per_call = [0.0] * len(queries)
     per_batch = [0.0] * len(queries)
-    for idx, out in logits:
+    embeddings = torch.empty((len(queries), embs[0][1].shape[-1])) if embs else torch.zeros(0)
+    for (idx, out), (_, emb) in zip(logits, embs):
         result[idx] = out
+        embeddings[idx] = emb
     for idx, dt in secs:
         for i in idx:
             per_call[i] = dt
@@ -147,6 +166,7 @@ def score_labels(lm: LM, fmt: PromptFormat, messages: list[list[dict]], label_id
         cached_tokens=[cached] * len(queries),
         seconds=per_call,
         batch_seconds=per_batch,
+        embeddings=embeddings,
     )
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from potstill.config import Config
 from potstill.generate import run_generate
-from potstill.models.loading import load_lm
+from potstill.engines import load_engine
 from potstill.progress import say
 from potstill.records import write_json
 from potstill.report import measure_student, measure_teacher, print_table
@@ -30,7 +30,7 @@ def pilot_body(cfg: Config, run: RunDir) -> dict[str, Any]:
         labelled, stats = run_generate(cfg, sample, ledger, stage="pilot")
         valid = [r for r in labelled if r.valid]
         teacher = measure_teacher(task, valid, ledger)
-    lm = load_lm(cfg.student.model)
+    lm = load_engine(cfg.evaluate.engine, cfg.student.model)  # the engine evaluate will use
     student, _ = measure_student(lm, task, valid, cfg.student.usd_per_hour, cfg.evaluate.batch_size,
                                  min(cfg.evaluate.latency_samples, 10), "untrained student")
     models = {"untrained student": student, "teacher": teacher}

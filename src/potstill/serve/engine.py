@@ -1,15 +1,12 @@
-"""The transformers serving engine: the student's answer, its confidence and an input embedding.
+"""The served student: an engine (``potstill.engines``) plus the task's prompt, behind a batcher.
 
-One forward pass over a classification prompt gives both routing signals:
-- the label margin (top-1 minus top-2 label probability) from the last position, read through
-  the K label rows of the LM head only (as ``potstill.models.scoring`` does);
-- the embedding used for the out-of-distribution check: the mean of the last hidden states over
-  the prompt's tokens, L2-normalised.
-Other tasks generate greedily (``scoring.generate``: confidence is the mean token log-prob) and
-pay one extra prefill for the embedding.
+For classification one engine call gives both routing signals, the label margin (top-1 minus
+top-2 label probability) and the input embedding for the out-of-distribution check. Other tasks
+generate greedily (confidence: the mean token log-prob) and take the embedding from
+``engine.embed`` (one extra prefill in transformers, none in CTranslate2).
 
 Concurrent requests are gathered into batches by one worker thread (``Batcher``), so the model
-runs one forward pass at a time and a burst of 32 callers costs ~2 batches of 16, not 32 calls.
+runs one call at a time and a burst of 32 callers costs ~2 batches of 16, not 32 calls.
 """
 
 from __future__ import annotations
@@ -23,9 +20,10 @@ from typing import Any
 
 import torch
 
+from potstill.engines import Engine
+from potstill.engines.transformers import TransformersEngine as _Transformers
 from potstill.models.loading import LM
-from potstill.models.prompting import encode_prompt, label_token_ids
-from potstill.models.scoring import apply_head, decoder, generate
+from potstill.models.prompting import label_token_ids
 from potstill.progress import bar
 from potstill.students import student_format
 from potstill.tasks import Task
@@ -43,68 +41,50 @@ class StudentAnswer:
     seconds: float  # this input's share of its batch's wall time
 
 
-class TransformersEngine:
-    """The student through transformers, on CPU or GPU (whatever ``load_lm`` put it on)."""
+class ServedStudent:
+    """A student as served: ``answer`` a batch of chats, ``embed`` them for the OOD reference."""
 
-    name = "transformers"
-
-    def __init__(self, lm: LM, task: Task, max_length: int = 2048):
-        self.lm = lm
+    def __init__(self, engine: Engine, task: Task, max_length: int = 2048):
+        self.engine = engine
         self.task = task
-        self.fmt = student_format(lm, task)
+        self.fmt = student_format(engine, task)
         self.max_length = max_length
-        self.label_ids = label_token_ids(lm.tokenizer, self.fmt, task.labels) if task.labels else None
+        self.label_ids = label_token_ids(engine.tokenizer, self.fmt, task.labels) if task.labels else None
 
-    def _encode(self, messages: list[list[dict]]) -> list[list[int]]:
-        tok = self.lm.tokenizer
-        out = []
-        for m in messages:
-            ids = encode_prompt(tok, self.fmt, self.fmt.prefix() + self.fmt.query(tok, m), first=True)
-            # Keep the end of an over-long prompt: the generation prompt (where the answer starts) is there.
-            out.append(ids[-self.max_length :])
-        return out
+    @property
+    def identity(self) -> str:
+        """The model's identity; other engines than transformers tag it (their embeddings differ)."""
+        e = self.engine
+        return e.identity if e.name == "transformers" or "#" in e.identity else f"{e.identity}#{e.name}"
 
-    def _forward(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(last hidden state per prompt (B, H), mean-pooled unit embedding (B, H)), left-padded batch."""
-        pad = self.lm.tokenizer.pad_token_id
-        B, T = len(prompts), max(len(p) for p in prompts)
-        ids = torch.full((B, T), pad, dtype=torch.long)
-        mask = torch.zeros((B, T), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            ids[i, T - len(p) :] = torch.tensor(p)
-            mask[i, T - len(p) :] = 1
-        dev = self.lm.device
-        out = decoder(self.lm.model)(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False)
-        h = out.last_hidden_state.float()
-        m = mask.to(dev).unsqueeze(-1).float()
-        pooled = (h * m).sum(1) / m.sum(1)
-        return h[:, -1], torch.nn.functional.normalize(pooled, dim=-1).cpu()
+    @property
+    def lm(self) -> LM | None:
+        return getattr(self.engine, "lm", None)
 
-    @torch.inference_mode()
     def embed(self, messages: list[list[dict]]) -> torch.Tensor:
         """(N, H) unit embeddings of the prompts, in input order."""
-        return self._forward(self._encode(messages))[1]
+        return self.engine.embed(self.fmt, messages)
 
     @torch.inference_mode()
     def answer(self, messages: list[list[dict]]) -> list[StudentAnswer]:
         """The student's answers to a batch of chats (no task instruction: the engine adds it)."""
         t0 = time.perf_counter()
-        prompts = self._encode(messages)
+        n = len(messages)
         if self.label_ids is not None:
-            last, emb = self._forward(prompts)
-            probs = torch.softmax(apply_head(self.lm.model, last.to(self.lm.model.dtype), self.label_ids).float(), -1)
-            top = probs.topk(2, -1).values.cpu()
+            s = self.engine.score_labels(self.fmt, messages, self.label_ids, batch_size=n, max_length=self.max_length)
+            probs = torch.softmax(s.logits.float(), -1)
+            top = probs.topk(2, -1).values
             labels = [self.task.labels[i] for i in probs.argmax(-1).tolist()]
-            dt = (time.perf_counter() - t0) / len(prompts)
+            dt = (time.perf_counter() - t0) / n
             return [
                 StudentAnswer(output=lab, parsed=lab, invalid=self.task.validate(lab),
-                              confidence=float(top[i, 0] - top[i, 1]), embedding=emb[i],
-                              prompt_tokens=len(prompts[i]), output_tokens=1, seconds=dt)
+                              confidence=float(top[i, 0] - top[i, 1]), embedding=s.embeddings[i],
+                              prompt_tokens=s.prompt_tokens[i], output_tokens=1, seconds=dt)
                 for i, lab in enumerate(labels)
             ]
-        _, emb = self._forward(prompts)
-        g = generate(self.lm, self.fmt, messages, self.task.cfg.max_output_tokens, batch_size=len(messages))
-        dt = (time.perf_counter() - t0) / len(prompts)
+        emb = self.embed(messages)
+        g = self.engine.generate(self.fmt, messages, self.task.cfg.max_output_tokens, batch_size=n)
+        dt = (time.perf_counter() - t0) / n
         answers = []
         for i, text in enumerate(g.texts):
             parsed = self.task.parse(text)
@@ -114,10 +94,17 @@ class TransformersEngine:
         return answers
 
 
+class TransformersEngine(ServedStudent):
+    """A served student on the transformers engine (what ``watch`` embeds with: mean last hidden state)."""
+
+    def __init__(self, lm: LM, task: Task, max_length: int = 2048):
+        super().__init__(_Transformers(lm), task, max_length)
+
+
 class Batcher:
     """Gathers concurrent ``submit`` calls into batches answered by one worker thread."""
 
-    def __init__(self, engine: TransformersEngine, batch_size: int = 16, wait_ms: float = 2.0):
+    def __init__(self, engine: ServedStudent, batch_size: int = 16, wait_ms: float = 2.0):
         self.engine = engine
         self.batch_size = batch_size
         self.wait_s = wait_ms / 1000
@@ -160,7 +147,7 @@ class Batcher:
                         fut.set_exception(e)
 
 
-def embed_all(engine: TransformersEngine, messages: list[list[dict]], batch_size: int, desc: str) -> torch.Tensor:
+def embed_all(engine: ServedStudent, messages: list[list[dict]], batch_size: int, desc: str) -> torch.Tensor:
     """(N, H) unit embeddings through ``engine.embed``, batch by batch, with a progress bar."""
     parts = []
     with bar(desc, len(messages)) as advance:

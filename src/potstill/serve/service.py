@@ -26,11 +26,11 @@ import torch
 from potstill.config import Config
 from potstill.errors import PotstillError
 from potstill.hashing import hash_file, hash_obj
+from potstill.engines import load_engine
 from potstill.ledger import Ledger, ServedCall, user_messages
-from potstill.models.loading import load_lm
 from potstill.progress import bar, say
 from potstill.records import Record, read_records
-from potstill.serve.engine import Batcher, StudentAnswer, TransformersEngine, embed_all
+from potstill.serve.engine import Batcher, ServedStudent, StudentAnswer, embed_all
 from potstill.serve.routing import Routing, calibrate, ood_distance
 from potstill.tasks import Task, get_task
 from potstill.teachers import Response, Teacher, get_teacher, request_hash
@@ -54,7 +54,7 @@ def jsonable(obj: Any) -> Any:
     return obj
 
 
-def _answer_all(engine: TransformersEngine, messages: list[list[dict]], batch_size: int, desc: str) -> list[StudentAnswer]:
+def _answer_all(engine: ServedStudent, messages: list[list[dict]], batch_size: int, desc: str) -> list[StudentAnswer]:
     out: list[StudentAnswer] = []
     with bar(desc, len(messages)) as advance:
         for i in range(0, len(messages), batch_size):
@@ -70,7 +70,7 @@ def _spread(records: list[Record], n: int) -> list[Record]:
     return [records[int(i * len(records) / n)] for i in range(n)]
 
 
-def calibrate_run(run_dir: Path, cfg: Config, engine: TransformersEngine, task: Task, force: bool = False) -> tuple[Routing, torch.Tensor]:
+def calibrate_run(run_dir: Path, cfg: Config, engine: ServedStudent, task: Task, force: bool = False) -> tuple[Routing, torch.Tensor]:
     """Routing thresholds and OOD reference embeddings for a run, cached in ``run_dir/serve/``."""
     s = cfg.serve
     val_path, train_path = run_dir / "val.jsonl", run_dir / "train.jsonl"
@@ -78,7 +78,7 @@ def calibrate_run(run_dir: Path, cfg: Config, engine: TransformersEngine, task: 
         if not p.exists():
             raise PotstillError(f"{p} not found: serving calibrates on the run's splits (run `potstill curate` first)")
     key = hash_obj({
-        "student": engine.lm.identity, "val": hash_file(val_path), "train": hash_file(train_path),
+        "student": engine.identity, "val": hash_file(val_path), "train": hash_file(train_path),
         "targets": [s.target_escalation, s.target_agreement, s.ood_quantile, s.ood_reference], "v": 1,
     })
     out_dir = run_dir / "serve"
@@ -126,7 +126,7 @@ class Live:
     old engine.
     """
 
-    def __init__(self, name: str, path: str, engine: TransformersEngine, routing: Routing, reference: torch.Tensor,
+    def __init__(self, name: str, path: str, engine: ServedStudent, routing: Routing, reference: torch.Tensor,
                  batch_size: int, batch_wait_ms: float):
         self.name, self.path, self.engine, self.routing, self.reference = name, path, engine, routing, reference
         self.batcher = Batcher(engine, batch_size, batch_wait_ms)
@@ -171,7 +171,7 @@ def student_dir(run_dir: Path) -> Path:
 
 
 class Service:
-    def __init__(self, cfg: Config, task: Task, engine: TransformersEngine, teacher: Teacher, routing: Routing,
+    def __init__(self, cfg: Config, task: Task, engine: ServedStudent, teacher: Teacher, routing: Routing,
                  reference: torch.Tensor, ledger: Ledger, student_name: str, run_dir: Path | None = None,
                  student_path: str = "", device: str = "auto"):
         self.cfg = cfg
@@ -192,7 +192,7 @@ class Service:
 
     # The current student's parts, read through the live reference (tests and /health use these).
     @property
-    def engine(self) -> TransformersEngine:
+    def engine(self) -> ServedStudent:
         return self.live.engine
 
     @property
@@ -345,14 +345,13 @@ def _load_live(run_dir: Path, cfg: Config, task: Task, device: str, path: str) -
     if not (Path(path) / "config.json").exists() and not (Path(path) / "adapter_config.json").exists():
         raise PotstillError(f"{path}: no trained student (run `potstill train` first)")
     try:
-        lm = load_lm(path, device=device)
-        engine = TransformersEngine(lm, task)
+        engine = ServedStudent(load_engine(cfg.serve.engine, path, device=device), task)
         routing, reference = calibrate_run(run_dir, cfg, engine, task)
     except PotstillError:
         raise
     except Exception as e:  # noqa: BLE001 - a broken promotion is the caller's one-line error, not a crash
         raise PotstillError(f"cannot load {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]) from None
-    return Live(_student_name(lm), path, engine, routing, reference, cfg.serve.batch_size, cfg.serve.batch_wait_ms)
+    return Live(_student_name(engine), path, engine, routing, reference, cfg.serve.batch_size, cfg.serve.batch_wait_ms)
 
 
 def load_service(run_dir: Path, cfg: Config, recalibrate: bool = False, ledger_path: Path | None = None,
@@ -364,13 +363,12 @@ def load_service(run_dir: Path, cfg: Config, recalibrate: bool = False, ledger_p
     task = get_task(cfg.task)
     teacher = get_teacher(cfg.teacher, task)
     t0 = time.perf_counter()
-    lm = load_lm(str(path), device=device)
-    engine = TransformersEngine(lm, task)
+    engine = ServedStudent(load_engine(cfg.serve.engine, str(path), device=device), task)
     routing, reference = calibrate_run(run_dir, cfg, engine, task, force=recalibrate)
     st = routing.stats
     say(f"serve: student loaded and routing calibrated in {time.perf_counter() - t0:.1f} s; on val: "
         f"{st['val_escalation']:.0%} escalated, agreement {st['val_agreement']:.3f} "
         f"(student alone {st['val_student_alone_agreement']:.3f})")
     ledger = Ledger(ledger_path or run_dir / "calls.sqlite")
-    return Service(cfg, task, engine, teacher, routing, reference, ledger, student_name=_student_name(lm),
+    return Service(cfg, task, engine, teacher, routing, reference, ledger, student_name=_student_name(engine),
                    run_dir=run_dir, student_path=str(path), device=device)

@@ -1,6 +1,7 @@
 """The student at inference: predictions, confidence and measured latency on this machine.
 
-Used by pilot, evaluate and serve alike, so the three report the same kind of number.
+Used by pilot, evaluate and serve alike, so the three report the same kind of number. The model
+runs through an engine (``potstill.engines``); a plain ``LM`` runs through the transformers one.
 """
 
 from __future__ import annotations
@@ -14,14 +15,15 @@ import torch
 
 from potstill.models.loading import LM
 from potstill.models.prompting import PromptFormat, label_token_ids
-from potstill.models.scoring import generate, score_labels
 from potstill.progress import bar
 from potstill.records import Record
 from potstill.tasks import Task
 
 
-def student_format(lm: LM, task: Task) -> PromptFormat:
-    """A short zero-shot prompt: the chat template when the model has one, plain text otherwise."""
+def student_format(lm: Any, task: Task) -> PromptFormat:
+    """A short zero-shot prompt: the chat template when the model has one, plain text otherwise.
+
+    ``lm``: anything with a ``tokenizer`` (an ``LM`` or an engine)."""
     kind = "chat" if getattr(lm.tokenizer, "chat_template", None) else "completion"
     return PromptFormat(kind=kind, instruction=task.cfg.instruction)
 
@@ -40,15 +42,27 @@ class Predictions:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def predict(lm: LM, task: Task, records: list[Record], batch_size: int = 16, desc: str = "student") -> Predictions:
-    """Answer every record; classification scores the label set, other tasks generate greedily."""
-    fmt = student_format(lm, task)
+def as_engine(lm: Any) -> Any:
+    """An engine for ``lm``: itself when it already is one, the transformers engine for an ``LM``."""
+    if isinstance(lm, LM):
+        from potstill.engines.transformers import TransformersEngine
+
+        return TransformersEngine(lm)
+    return lm
+
+
+def predict(lm: Any, task: Task, records: list[Record], batch_size: int = 16, desc: str = "student") -> Predictions:
+    """Answer every record; classification scores the label set, other tasks generate greedily.
+
+    ``lm``: an engine, or an ``LM`` (run through the transformers engine)."""
+    engine = as_engine(lm)
+    fmt = student_format(engine, task)
     msgs = [r.messages for r in records]
     t0 = time.perf_counter()
     with bar(desc, len(records)) as advance:
         if task.labels:
-            ids = label_token_ids(lm.tokenizer, fmt, task.labels)
-            s = score_labels(lm, fmt, msgs, ids, batch_size=batch_size, progress=advance)
+            ids = label_token_ids(engine.tokenizer, fmt, task.labels)
+            s = engine.score_labels(fmt, msgs, ids, batch_size=batch_size, progress=advance)
             probs = torch.softmax(s.logits, -1)
             top = probs.topk(2, -1)
             outputs = [task.labels[i] for i in probs.argmax(-1).tolist()]
@@ -60,7 +74,7 @@ def predict(lm: LM, task: Task, records: list[Record], batch_size: int = 16, des
                 prompt_tokens=s.prompt_tokens, output_tokens=[1] * len(records), seconds=s.seconds,
                 wall_s=time.perf_counter() - t0, batch_size=batch_size,
             )
-        g = generate(lm, fmt, msgs, task.cfg.max_output_tokens, batch_size=batch_size, progress=advance)
+        g = engine.generate(fmt, msgs, task.cfg.max_output_tokens, batch_size=batch_size, progress=advance)
     return Predictions(
         outputs=g.texts, parsed=[task.parse(t) for t in g.texts], label_probs=[None] * len(records),
         confidence=g.mean_logprob, prompt_tokens=g.prompt_tokens, output_tokens=g.output_tokens,
@@ -77,8 +91,9 @@ def percentile(xs: list[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
-def measure_latency(lm: LM, task: Task, records: list[Record], n: int) -> dict[str, float]:
+def measure_latency(lm: Any, task: Task, records: list[Record], n: int) -> dict[str, float]:
     """p50/p95 of single calls (batch 1), timed one at a time after one warm-up call."""
+    lm = as_engine(lm)
     sample = records[:n]
     if not sample:
         return {"n": 0}

@@ -3,7 +3,8 @@
 For classification it scores the label set instead of generating: one forward pass per input
 over the input's tokens only, with the few-shot prefix run once and its KV cache reused. The
 softmax over the label logits is the teacher's soft label. Its cost is wall time at the
-configured hardware price (``teacher.price.usd_per_hour``).
+configured hardware price (``teacher.price.usd_per_hour``). ``teacher.engine`` picks what runs
+the model (``potstill.engines``: transformers, or ctranslate2 int8 with the prefix cached once).
 
 ``teacher.calibrate`` applies contextual calibration (Zhao et al. 2021, "Calibrate Before Use"):
 small few-shot models carry a strong prior towards some labels (gemma-3-270m on BBC News calls
@@ -22,9 +23,9 @@ import torch
 from potstill.config import GenerateConfig, TeacherConfig
 from potstill.errors import PotstillError
 from potstill.hashing import hash_obj
-from potstill.models.loading import LM, load_lm, resolve
+from potstill.engines import Engine, load_engine
+from potstill.models.loading import resolve
 from potstill.models.prompting import PromptFormat, label_token_ids
-from potstill.models.scoring import build_prefix, generate, score_labels
 from potstill.records import read_records
 from potstill.tasks import Task
 from potstill.teachers.base import OnResult, Response, RunStats, Teacher
@@ -72,27 +73,24 @@ class LocalTeacher(Teacher):
             self.fmts.append(PromptFormat(kind=cfg.prompt_format, instruction=task.cfg.instruction,
                                           answer_prefix=cfg.answer_prefix, shots=order))
         self.fmt = self.fmts[0]
-        self._lm: LM | None = None
-        self._prefixes: list = []
+        self._engine: Engine | None = None
         self._priors: list[torch.Tensor] = []
 
     CONTENT_FREE = ("N/A", "", "[MASK]")
 
-    def _label_prior(self, lm: LM, fmt: PromptFormat, prefix, ids: list[int]) -> torch.Tensor:
+    def _label_prior(self, lm: Engine, fmt: PromptFormat, ids: list[int]) -> torch.Tensor:
         """Mean label distribution over content-free inputs: the prompt's own label bias."""
-        s = score_labels(lm, fmt, [[{"role": "user", "content": c}] for c in self.CONTENT_FREE], ids,
-                         batch_size=1, prefix=prefix)
+        s = lm.score_labels(fmt, [[{"role": "user", "content": c}] for c in self.CONTENT_FREE], ids, batch_size=1)
         return torch.softmax(s.logits, -1).mean(0)
 
-    def _classify(self, lm: LM, ids: list[int], messages: list[list[dict]]) -> tuple[torch.Tensor, list, list]:
-        """Label distribution per input, averaged over shot orders; (probs, scored per order)."""
-        if not self._prefixes:
-            self._prefixes = [build_prefix(lm, fmt) for fmt in self.fmts]
-            if self.cfg.calibrate:
-                self._priors = [self._label_prior(lm, f, p, ids) for f, p in zip(self.fmts, self._prefixes)]
+    def _classify(self, lm: Engine, ids: list[int], messages: list[list[dict]]) -> tuple[torch.Tensor, list, list]:
+        """Label distribution per input, averaged over shot orders; (probs, scored per order).
+        The engine computes each order's few-shot prefix once and reuses it."""
+        if self.cfg.calibrate and not self._priors:
+            self._priors = [self._label_prior(lm, f, ids) for f in self.fmts]
         total, scored = None, []
-        for i, (fmt, prefix) in enumerate(zip(self.fmts, self._prefixes)):
-            s = score_labels(lm, fmt, messages, ids, batch_size=self.cfg.batch_size, prefix=prefix)
+        for i, fmt in enumerate(self.fmts):
+            s = lm.score_labels(fmt, messages, ids, batch_size=self.cfg.batch_size)
             probs = torch.softmax(s.logits, -1)
             if self.cfg.calibrate:
                 probs = probs / self._priors[i]
@@ -111,13 +109,15 @@ class LocalTeacher(Teacher):
             "labels": self.task.labels,
             "max_tokens": self.cfg.max_tokens,
             "calibrate": self.cfg.calibrate,
+            # Another engine's numbers differ slightly: its answers are cached apart (transformers keeps old keys).
+            **({"engine": self.cfg.engine} if self.cfg.engine != "transformers" else {}),
         }
 
-    def lm(self) -> LM:
+    def lm(self) -> Engine:
         # Loaded lazily: a fully cached rerun never pays the load.
-        if self._lm is None:
-            self._lm = load_lm(self.cfg.model)
-        return self._lm
+        if self._engine is None:
+            self._engine = load_engine(self.cfg.engine, self.cfg.model)
+        return self._engine
 
     def _cost(self, seconds: float) -> float:
         return seconds * self.cfg.price.usd_per_hour / 3600
@@ -147,7 +147,7 @@ class LocalTeacher(Teacher):
             return
         for start in range(0, len(requests), bs * 4):
             chunk = requests[start : start + bs * 4]
-            g = generate(lm, self.fmt, [r["messages"] for r in chunk], self.cfg.max_tokens, batch_size=bs)
+            g = lm.generate(self.fmt, [r["messages"] for r in chunk], self.cfg.max_tokens, batch_size=bs)
             for j in range(len(chunk)):
                 on_result(start + j, Response(
                     output=g.texts[j], input_tokens=g.prompt_tokens[j], output_tokens=g.output_tokens[j],

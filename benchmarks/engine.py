@@ -1,0 +1,295 @@
+"""Engines side by side on the quickstart student and prompt, on this machine (issue 17).
+
+    HF_HUB_OFFLINE=1 PYTHONPATH=src:. python benchmarks/engine.py --out benchmarks/engine.json
+    ... --only student,serve   # rerun some parts (the others are kept from an existing --out)
+
+Parts:
+- ``student``: the bundled SmolLM2-135M-Instruct (the trained quickstart student is not
+  available here; it has the same shape and prompt) on the quickstart's classification prompt.
+  Each engine: p50/p95 of single calls (batch 1) on the same articles, engines interleaved call
+  by call so the shared machine's load hits them alike; throughput answering the 250 test
+  articles in arrival-order batches of 16 (one engine call per batch, as ``serve`` batches;
+  engines interleaved batch by batch); and label agreement with transformers fp32 over those
+  250 (plus gold).
+- ``teacher``: gemma-3-270m with the quickstart's 50-shot prefix (one shot order), transformers
+  vs CTranslate2 int8, both reusing the prefix's cache: same label on the 250, raw and with the
+  quickstart's contextual calibration; seconds per article at batch 1.
+- ``extraction``: greedy JSON extraction (48 new tokens) by the student, batch 1 and batch 8:
+  seconds per input and the share of identical outputs.
+- ``serve``: `potstill serve`'s app in-process on 127.0.0.1 with each engine, requests sent one
+  at a time with the official openai client, routing forced to the student.
+
+The 250 test articles: the quickstart builder's 700 inputs split as ``curate`` splits them
+(val 50, test 250, seed 0), stratified by gold label (curate stratifies by the teacher's label).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from potstill.curate.split import split
+from potstill.engines import load_engine
+from potstill.engines.ctranslate2 import CT2Engine
+from potstill.engines.transformers import TransformersEngine
+from potstill.models.loading import load_lm
+from potstill.models.prompting import PromptFormat, label_token_ids
+from potstill.quickstart import build
+from potstill.records import Record, read_records
+from potstill.students import percentile, student_format
+from potstill.tasks import get_task
+from potstill.config import load_config
+
+STUDENT = "bundled:smollm2-135m-instruct"
+TEACHER = "bundled:gemma-3-270m"
+EXTRACT = ("List the people and organisations this BBC News article names, as JSON: "
+           '{"people": [...], "organisations": [...]}. Answer with the JSON only.')
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def quickstart(work: Path) -> tuple[Any, list[Record], list[Record]]:
+    """(config, train records, the 250 test records) of a freshly built quickstart run."""
+    cfg = load_config(build(work / "qs"))
+    recs = read_records(cfg.data.inputs)
+    train, _, test = split(recs, cfg.curate.val, cfg.curate.test, cfg.curate.seed,
+                           lambda r: f"{r.label}|{','.join(sorted(r.slice))}")
+    return cfg, train, test
+
+
+def stats(times: list[float]) -> dict[str, float]:
+    return {"n": len(times), "p50_s": percentile(times, 0.5), "p95_s": percentile(times, 0.95),
+            "mean_s": statistics.fmean(times)}
+
+
+def interleaved(calls: dict[str, Callable[[int], Any]], n: int) -> dict[str, dict[str, float]]:
+    """Batch-1 latency of each callable on inputs 0..n-1, engines taking turns input by input."""
+    for f in calls.values():
+        f(0)  # warm-up (and a CT2 static prompt's first computation)
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    for i in range(n):
+        for k, f in calls.items():
+            t0 = time.perf_counter()
+            f(i)
+            times[k].append(time.perf_counter() - t0)
+    return {k: stats(v) for k, v in times.items()}
+
+
+def torch_int8(spec: str) -> TransformersEngine:
+    """torch's own dynamic int8 (fbgemm) on the decoder's linear layers; the LM head stays fp32
+    because label scoring reads its rows directly."""
+    lm = load_lm(spec, device="cpu")
+    torch.ao.quantization.quantize_dynamic(lm.model.model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+    lm.identity += "#torch-dynamic-int8"
+    return TransformersEngine(lm)
+
+
+def student_engines(args: argparse.Namespace) -> dict[str, Any]:
+    e: dict[str, Any] = {"transformers fp32": load_engine("transformers", STUDENT, device="cpu")}
+    if args.torch_variants:
+        e["transformers bf16"] = TransformersEngine(load_lm(STUDENT, device="cpu", dtype=torch.bfloat16))
+        e["torch dynamic int8"] = torch_int8(STUDENT)
+    ct2 = CT2Engine.load(STUDENT, device="cpu")
+    e["ctranslate2 int8"] = ct2
+    plain = CT2Engine.load(STUDENT, device="cpu")
+    plain.reuse_prefix = False
+    e["ctranslate2 int8, no prefix reuse"] = plain
+    e["ctranslate2 int8, first 12 of 30 layers (speed only)"] = CT2Engine.load(STUDENT, device="cpu", num_layers=12)
+    return e
+
+
+def student_part(args: argparse.Namespace, cfg: Any, test: list[Record]) -> dict[str, Any]:
+    task = get_task(cfg.task)
+    engines = student_engines(args)
+    fmt = student_format(engines["transformers fp32"], task)
+    ids = label_token_ids(engines["transformers fp32"].tokenizer, fmt, task.labels)
+    msgs = [r.messages for r in test]
+    out: dict[str, Any] = {"loadavg_before": loadavg(), "prompt_tokens_mean": None, "engines": {}}
+    calls = {k: (lambda i, e=e: e.score_labels(fmt, [msgs[i]], ids, batch_size=1)) for k, e in engines.items()}
+    lat = interleaved(calls, args.n_latency)
+    bs = args.batch_size
+    labels: dict[str, list[str]] = {k: [] for k in engines}
+    walls = {k: 0.0 for k in engines}
+    margins: list[float] = []  # fp32's top-1 minus top-2 label probability: how close each input is to a tie
+    for s in range(0, len(msgs), bs):  # engines take turns batch by batch, like the latency pass
+        for k, e in engines.items():
+            t0 = time.perf_counter()
+            logits = e.score_labels(fmt, msgs[s : s + bs], ids, batch_size=bs).logits
+            walls[k] += time.perf_counter() - t0
+            labels[k] += [task.labels[j] for j in logits.argmax(-1).tolist()]
+            if k == "transformers fp32":
+                top = torch.softmax(logits.float(), -1).topk(2, -1).values
+                margins += (top[:, 0] - top[:, 1]).tolist()
+    for k in engines:
+        wall = walls[k]
+        out["engines"][k] = {"batch1": lat[k], f"throughput_batch{bs}": {"inputs": len(msgs), "wall_s": wall,
+                                                                      "per_input_s": wall / len(msgs),
+                                                                      "inputs_per_s": len(msgs) / wall}}
+        print(k, lat[k]["p50_s"], wall / len(msgs), loadavg(), flush=True)
+    ref = labels["transformers fp32"]
+    gold = [r.label for r in test]
+    base = out["engines"]["transformers fp32"]
+    for k, row in out["engines"].items():
+        row["agreement_with_transformers_fp32"] = sum(a == b for a, b in zip(labels[k], ref)) / len(ref)
+        row["gold_accuracy"] = sum(a == b for a, b in zip(labels[k], gold)) / len(gold)
+        # int8 flips labels only where fp32 itself nearly ties: agreement by fp32's margin.
+        row["agreement_by_fp32_margin"] = {
+            f">={m}": {"share_of_inputs": sum(x >= m for x in margins) / len(ref),
+                       "agreement": (sum(a == b for a, b, x in zip(labels[k], ref, margins) if x >= m)
+                                     / max(1, sum(x >= m for x in margins)))}
+            for m in (0.0, 0.05, 0.1, 0.2, 0.3)}
+        row["speedup_p50_vs_fp32"] = base["batch1"]["p50_s"] / row["batch1"]["p50_s"]
+        row["throughput_vs_fp32"] = base[f"throughput_batch{bs}"]["wall_s"] / row[f"throughput_batch{bs}"]["wall_s"]
+    s = engines["transformers fp32"].score_labels(fmt, msgs, ids, batch_size=bs)
+    c = engines["ctranslate2 int8"].score_labels(fmt, msgs[:bs], ids, batch_size=bs)
+    out["prompt_tokens_mean"] = statistics.fmean(s.prompt_tokens)
+    out["fixed_prefix_tokens"] = c.cached_tokens[0]
+    out["loadavg_after"] = loadavg()
+    return out
+
+
+def margins_part(cfg: Any, test: list[Record]) -> dict[str, Any]:
+    """Label agreement of CTranslate2 int8 with transformers fp32 by fp32's own top-2 margin (no timing)."""
+    task = get_task(cfg.task)
+    ref, ct2 = load_engine("transformers", STUDENT, device="cpu"), load_engine("ctranslate2", STUDENT, device="cpu")
+    fmt = student_format(ref, task)
+    ids = label_token_ids(ref.tokenizer, fmt, task.labels)
+    msgs = [r.messages for r in test]
+    p = torch.softmax(ref.score_labels(fmt, msgs, ids, batch_size=16).logits, -1)
+    q = ct2.score_labels(fmt, msgs, ids, batch_size=16).logits.argmax(-1)
+    top = p.topk(2, -1).values
+    margin = (top[:, 0] - top[:, 1]).tolist()
+    same = (p.argmax(-1) == q).tolist()
+    out = {"n": len(msgs), "loadavg": loadavg(), "by_fp32_margin": {}}
+    for m in (0.0, 0.05, 0.1, 0.2, 0.3):
+        keep = [s for s, x in zip(same, margin) if x >= m]
+        out["by_fp32_margin"][f">={m}"] = {"share_of_inputs": len(keep) / len(msgs),
+                                           "agreement": sum(keep) / max(1, len(keep))}
+    out["median_fp32_margin"] = statistics.median(margin)
+    return out
+
+
+def teacher_fmt(cfg: Any, task: Any) -> PromptFormat:
+    from potstill.teachers.local import choose_shots
+
+    t = cfg.teacher
+    shots = choose_shots(t.few_shot.path, t.few_shot.k, t.few_shot.seed, task.labels)
+    return PromptFormat(kind=t.prompt_format, instruction=task.cfg.instruction, answer_prefix=t.answer_prefix, shots=shots)
+
+
+def teacher_part(args: argparse.Namespace, cfg: Any, test: list[Record]) -> dict[str, Any]:
+    from potstill.teachers.local import LocalTeacher
+
+    task = get_task(cfg.task)
+    engines = {"transformers fp32": load_engine("transformers", TEACHER, device="cpu"),
+               "ctranslate2 int8": load_engine("ctranslate2", TEACHER, device="cpu")}
+    fmt = teacher_fmt(cfg, task)
+    ids = label_token_ids(engines["transformers fp32"].tokenizer, fmt, task.labels)
+    msgs = [r.messages for r in test]
+    out: dict[str, Any] = {"loadavg_before": loadavg(), "shots": len(fmt.shots or []), "engines": {}}
+    calls = {k: (lambda i, e=e: e.score_labels(fmt, [msgs[i]], ids, batch_size=1)) for k, e in engines.items()}
+    lat = interleaved(calls, args.n_teacher_latency)
+    probs = {}
+    for k, e in engines.items():
+        t0 = time.perf_counter()
+        s = e.score_labels(fmt, msgs, ids, batch_size=8)
+        wall = time.perf_counter() - t0
+        p = torch.softmax(s.logits, -1)
+        free = e.score_labels(fmt, [[{"role": "user", "content": c}] for c in LocalTeacher.CONTENT_FREE], ids, batch_size=1)
+        prior = torch.softmax(free.logits, -1).mean(0)
+        cal = p / prior
+        probs[k] = (p.argmax(-1).tolist(), cal.argmax(-1).tolist())
+        out["engines"][k] = {"batch1": lat[k], "batch8_per_input_s": wall / len(msgs), "prefix_tokens": s.cached_tokens[0]}
+        print("teacher", k, lat[k]["p50_s"], wall / len(msgs), loadavg(), flush=True)
+    gold = [task.labels.index(r.label) for r in test]
+    (rt, ct), (ri, ci) = probs["transformers fp32"], probs["ctranslate2 int8"]
+    n = len(test)
+    out["same_label_raw"] = sum(a == b for a, b in zip(rt, ri)) / n
+    out["same_label_calibrated"] = sum(a == b for a, b in zip(ct, ci)) / n
+    out["gold_accuracy"] = {"transformers fp32": {"raw": sum(a == g for a, g in zip(rt, gold)) / n,
+                                                  "calibrated": sum(a == g for a, g in zip(ct, gold)) / n},
+                            "ctranslate2 int8": {"raw": sum(a == g for a, g in zip(ri, gold)) / n,
+                                                 "calibrated": sum(a == g for a, g in zip(ci, gold)) / n}}
+    out["loadavg_after"] = loadavg()
+    return out
+
+
+def extraction_part(args: argparse.Namespace, test: list[Record]) -> dict[str, Any]:
+    engines = {"transformers fp32": load_engine("transformers", STUDENT, device="cpu"),
+               "ctranslate2 int8": load_engine("ctranslate2", STUDENT, device="cpu")}
+    fmt = PromptFormat(kind="chat", instruction=EXTRACT)
+    msgs = [r.messages for r in test[: args.n_extract]]
+    out: dict[str, Any] = {"loadavg_before": loadavg(), "n": len(msgs), "max_new_tokens": args.max_new_tokens,
+                           "instruction": EXTRACT, "engines": {}}
+    texts: dict[str, list[str]] = {}
+    calls = {k: (lambda i, e=e, k=k: texts.setdefault(k, []).append(
+        e.generate(fmt, [msgs[i]], args.max_new_tokens, batch_size=1).texts[0])) for k, e in engines.items()}
+    lat = interleaved(calls, len(msgs))
+    for k, e in engines.items():
+        texts[k] = texts[k][1:]  # drop the warm-up call's output
+        t0 = time.perf_counter()
+        g = e.generate(fmt, msgs, args.max_new_tokens, batch_size=8)
+        wall = time.perf_counter() - t0
+        out["engines"][k] = {"batch1": lat[k], "batch8_per_input_s": wall / len(msgs),
+                             "output_tokens_mean": statistics.fmean(g.output_tokens),
+                             "batch8_same_as_batch1": sum(a == b for a, b in zip(g.texts, texts[k])) / len(msgs)}
+        print("extract", k, lat[k]["p50_s"], wall / len(msgs), loadavg(), flush=True)
+    a, b = texts["transformers fp32"], texts["ctranslate2 int8"]
+    out["identical_outputs"] = sum(x == y for x, y in zip(a, b)) / len(a)
+    out["speedup_batch1_mean"] = lat["transformers fp32"]["mean_s"] / lat["ctranslate2 int8"]["mean_s"]
+    out["examples"] = [{"transformers": x, "ctranslate2": y} for x, y in list(zip(a, b))[:3]]
+    out["loadavg_after"] = loadavg()
+    return out
+
+
+def serve_part(args: argparse.Namespace, cfg: Any, train: list[Record], test: list[Record], work: Path) -> dict[str, Any]:
+    from benchmarks.engine_serve import serve_latency
+
+    return serve_latency(args, cfg, train, test, work)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".json"))
+    ap.add_argument("--only", default="student,teacher,extraction,serve")
+    ap.add_argument("--n-latency", type=int, default=40)
+    ap.add_argument("--n-teacher-latency", type=int, default=20)
+    ap.add_argument("--n-extract", type=int, default=50)
+    ap.add_argument("--n-serve", type=int, default=60)
+    ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--torch-variants", action=argparse.BooleanOptionalAction, default=True)
+    args = ap.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    result = json.loads(args.out.read_text()) if args.out.exists() else {}
+    work = Path(tempfile.mkdtemp(prefix="potstill-bench-engine-"))
+    cfg, train, test = quickstart(work)
+    result["machine"] = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+                         "python": sys.version.split()[0]}
+    parts = {"student": lambda: student_part(args, cfg, test), "teacher": lambda: teacher_part(args, cfg, test),
+             "extraction": lambda: extraction_part(args, test),
+             "serve": lambda: serve_part(args, cfg, train, test, work),
+             "margins": lambda: margins_part(cfg, test)}
+    for name in args.only.split(","):
+        t0 = time.perf_counter()
+        result[name] = parts[name]()
+        result[name]["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        result[name]["part_wall_s"] = round(time.perf_counter() - t0, 1)
+        args.out.write_text(json.dumps(result, indent=2, default=lambda x: None if isinstance(x, float) and math.isnan(x) else str(x)))
+        print(f"{name}: written to {args.out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Engines: how a trained model *runs* (serve, evaluate, pilot, the local teacher), apart from training.
+
+One small protocol (``Engine`` in ``base``), three operations over chats rendered by a ``PromptFormat``:
+- ``score_labels``: the logits of the label set's first tokens at the answer position (only the
+  K label rows), plus a unit input embedding per chat for the out-of-distribution check;
+- ``generate``: greedy generation with the mean token log-prob of the chosen tokens;
+- ``embed``: the input embeddings alone.
+A prompt's fixed part (the chat's system instruction, a teacher's few-shot prefix) is computed
+once and reused by the engines that can (see each engine's docstring).
+
+Built-in engines:
+- ``transformers``: the model as loaded for training, fp32 on CPU, bf16 on GPU;
+- ``ctranslate2``: int8 weights through CTranslate2 (``pip install 'potstill[ctranslate2]'``),
+  converted on first use and cached by the model's content hash (``convert``).
+A third party adds one with ``[project.entry-points."potstill.engines"] mine = "pkg:MyEngine"``,
+a class taking ``(spec, device=..., **options)``; built-ins are listed in ``BUILTIN`` so they
+work without reinstalling the package's metadata.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from potstill.engines.base import Engine
+from potstill.errors import PotstillError
+from potstill.plugins import available
+
+BUILTIN = {
+    "transformers": "potstill.engines.transformers:TransformersEngine",
+    "ctranslate2": "potstill.engines.ctranslate2:CT2Engine",
+}
+
+
+def engine_class(name: str) -> Any:
+    if name in BUILTIN:
+        module, cls = BUILTIN[name].split(":")
+        return getattr(importlib.import_module(module), cls)
+    eps = available("engines")
+    if name not in eps:
+        raise PotstillError(f"unknown engine '{name}' (available: {', '.join(sorted({*BUILTIN, *eps}))})")
+    return eps[name].load()
+
+
+def load_engine(name: str, spec: str, device: str = "auto", num_layers: int | None = None) -> Engine:
+    """Load the model ``spec`` (hub id, directory, GGUF, bundled:...) into the engine called ``name``."""
+    return engine_class(name).load(spec, device=device, num_layers=num_layers)
+
+
+__all__ = ["BUILTIN", "Engine", "engine_class", "load_engine"]

@@ -1,0 +1,71 @@
+"""The engine protocol, and the split of a prompt into its fixed part and the input's own part."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol
+
+import torch
+
+from potstill.models.prompting import PromptFormat, encode_prompt
+from potstill.models.scoring import Generated, Scored
+
+Progress = Callable[[int], None] | None
+
+
+class Engine(Protocol):
+    """What routing, evaluation and a local teacher need from a model that runs.
+
+    Messages are chats without the task instruction: ``fmt`` (a ``PromptFormat``) adds it, and a
+    teacher's few-shot examples. Results come back in input order.
+    """
+
+    name: str  # the engine's registry name: "transformers", "ctranslate2", ...
+    identity: str  # model identity + engine (ledger rows, calibration caches)
+    tokenizer: Any  # a transformers tokenizer (chat template, label token ids)
+    num_parameters: int
+
+    @classmethod
+    def load(cls, spec: str, device: str = "auto", num_layers: int | None = None) -> "Engine": ...
+
+    def score_labels(self, fmt: PromptFormat, messages: list[list[dict]], label_ids: list[int],
+                     batch_size: int = 16, progress: Progress = None, max_length: int | None = None) -> Scored:
+        """Label logits (N, K) at the answer position, and (N, H) unit input embeddings."""
+        ...
+
+    def generate(self, fmt: PromptFormat, messages: list[list[dict]], max_new_tokens: int,
+                 batch_size: int = 16, progress: Progress = None) -> Generated:
+        """Greedy outputs, with the mean log-prob of the tokens chosen."""
+        ...
+
+    def embed(self, fmt: PromptFormat, messages: list[list[dict]]) -> torch.Tensor:
+        """(N, H) unit input embeddings, comparable only with the same engine's."""
+        ...
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def static_ids(tokenizer: Any, fmt: PromptFormat) -> list[int]:
+    """Token ids every prompt of ``fmt`` starts with: the few-shot prefix, or the chat template's
+    system turn (found as the common token prefix of three probe chats, so a template's exact
+    tokenisation is respected)."""
+    if fmt.prefix():
+        return encode_prompt(tokenizer, fmt, fmt.prefix(), first=True)
+    probes = [encode_prompt(tokenizer, fmt, fmt.query(tokenizer, [{"role": "user", "content": t}]), first=True)
+              for t in ("", "alpha", "Zulu 9")]
+    return probes[0][: min(common_prefix(probes[0], p) for p in probes[1:])]
+
+
+def split_prompt(static: list[int], ids: list[int]) -> tuple[list[int], list[int]]:
+    """(fixed part, the input's own part) of one prompt's ids; no fixed part where ``ids`` does not
+    start with ``static`` (a tokeniser that merged across the boundary) or nothing would be left."""
+    n = len(static)
+    if n and len(ids) > n and ids[:n] == static:
+        return static, ids[n:]
+    return [], ids

@@ -1,0 +1,137 @@
+"""Automatic, cached conversion of a model for an engine that needs its own format (CTranslate2).
+
+The converted model lives under ``$POTSTILL_CACHE/engines/<engine>/<key>``, where the key hashes
+every file of the model (weights, config, tokenizer), the layers kept, the quantisation and the
+converter's version: an unchanged model is never converted twice, a retrained one always is. The
+conversion writes into a temp directory renamed into place only when it is complete, so an
+interrupted or failed conversion never leaves a cache entry that looks usable.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import math
+import shutil
+import tempfile
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from potstill.errors import PotstillError
+from potstill.hashing import hash_obj, hash_path
+from potstill.models.loading import cache_dir, resolve
+from potstill.progress import say
+from potstill.records import atomic_dir
+
+log = logging.getLogger(__name__)
+
+# What `pip install` needs for each optional engine (the extra of the same name installs it).
+PACKAGES = {"ctranslate2": "ctranslate2==4.8.5"}
+EMBEDDINGS = "embed_tokens.npy"  # the input embedding table, float16, beside the converted model
+INFO = "potstill.json"  # {"parameters": N}: CTranslate2 does not say how big the model is
+
+
+def require(module: str) -> ModuleType:
+    """Import an optional engine's package, or fail with one line naming what to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        pin = PACKAGES.get(module, module)
+        raise PotstillError(f"engine '{module}' needs the package {module}: pip install '{pin}' "
+                            f"(or pip install 'potstill[{module}]'), or choose engine 'transformers'") from None
+
+
+def model_key(spec: str, where: Path | str, num_layers: int | None, quantization: str, version: str) -> str:
+    """Content hash of a model as one engine would run it (see the module docstring)."""
+    content = hash_path(where) if isinstance(where, Path) else f"hub:{where}"
+    return hash_obj({"model": content, "layers": num_layers, "q": quantization, "v": version, "fmt": 1})[:24]
+
+
+def _embedding_table(src: Path) -> np.ndarray:
+    """(V, H) input embeddings from the model's safetensors, without loading the model."""
+    from safetensors import safe_open
+
+    for f in sorted(src.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as st:
+            for name in st.keys():  # noqa: SIM118 - safe_open has keys(), not iteration
+                if name.endswith("embed_tokens.weight"):
+                    return st.get_tensor(name).float().numpy().astype(np.float16)
+    raise PotstillError(f"{src}: no '*embed_tokens.weight' tensor found for the input embedding")
+
+
+def _parameters(src: Path) -> int:
+    from safetensors import safe_open
+
+    n = 0
+    for f in sorted(src.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as st:
+            for name in st.keys():  # noqa: SIM118
+                n += math.prod(st.get_slice(name).get_shape())
+    return n
+
+
+def _plain_hf_dir(spec: str, where: Path | str, num_layers: int | None, scratch: Path) -> Path | str:
+    """A directory (or hub id) the converter reads: LoRA adapters merged and depth pruning applied first."""
+    adapter = isinstance(where, Path) and (where / "adapter_config.json").exists()
+    if not adapter and num_layers is None:
+        return where
+    from potstill.models.loading import load_lm, save_lm
+
+    lm = load_lm(spec, device="cpu", num_layers=num_layers)
+    out = scratch / "hf"
+    save_lm(lm.model, lm.tokenizer, out)
+    return out
+
+
+def ctranslate2_model(spec: str, quantization: str = "int8", num_layers: int | None = None) -> tuple[Path, str]:
+    """(directory of the converted model, content key); converts on first use only."""
+    ct2 = require("ctranslate2")
+    _, where = resolve(spec)
+    key = model_key(spec, where, num_layers, quantization, ct2.__version__)
+    target = cache_dir() / "engines" / "ctranslate2" / f"{key}-{quantization}"
+    if (target / INFO).exists():  # written last: its presence means a whole conversion
+        return target, key
+    say(f"ctranslate2: converting {spec} to {quantization} once (cached at {target})")
+    scratch = Path(tempfile.mkdtemp(prefix="potstill-ct2-"))
+    try:
+        with atomic_dir(target) as tmp:
+            src = _plain_hf_dir(spec, where, num_layers, scratch)
+            importlib.import_module("ctranslate2.converters").TransformersConverter(str(src)).convert(
+                str(tmp), quantization=quantization, force=True)
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(src)
+            tok.save_pretrained(tmp)
+            _fill_special_tokens(tmp / "config.json", tok)
+            local = isinstance(src, Path)
+            np.save(tmp / EMBEDDINGS, _embedding_table(src) if local else _hub_embeddings(str(src)))
+            (tmp / INFO).write_text(json.dumps({"parameters": _parameters(src) if local else None, "source": spec}))
+    except PotstillError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any converter failure is one line for the user, and no cache entry
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise PotstillError(f"cannot convert '{spec}' for ctranslate2: {type(e).__name__}: {first}"[:400]) from None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target, key
+
+
+def _fill_special_tokens(config: Path, tok: Any) -> None:
+    """CTranslate2 refuses to load a config with a null special token (a tokenizer without BOS);
+    potstill always passes whole prompts, so any real token stands in."""
+    data = json.loads(config.read_text())
+    for k in ("bos_token", "eos_token", "unk_token"):
+        if data.get(k, "") is None:
+            data[k] = tok.eos_token or tok.unk_token
+    config.write_text(json.dumps(data, indent=2))
+
+
+def _hub_embeddings(hub_id: str) -> np.ndarray:
+    from potstill.models.loading import load_lm
+
+    lm = load_lm(hub_id, device="cpu")
+    return lm.model.get_input_embeddings().weight.detach().float().numpy().astype(np.float16)

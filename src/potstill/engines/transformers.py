@@ -1,0 +1,74 @@
+"""The transformers engine: the model as ``load_lm`` loads it (fp32 on CPU, bf16 on GPU).
+
+Classification is one forward pass per batch that gives both signals routing needs:
+- the label logits at the last position, read through the K label rows of the LM head only
+  (``potstill.models.scoring``);
+- the input embedding for the out-of-distribution check: the mean of the last hidden states over
+  the input's tokens, L2-normalised.
+A few-shot prefix (``PromptFormat.prefix``) is run once per format and its KV cache copied for
+each batch. Generation is ``model.generate`` (greedy); ``embed`` costs one extra prefill there.
+
+On a GPU this is the serving path (bf16); CTranslate2 on CUDA has not been measured here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from potstill.models.loading import LM, load_lm
+from potstill.models.prompting import PromptFormat, encode_prompt
+from potstill.models.scoring import Generated, PrefixCache, Scored, build_prefix, decoder, generate, score_labels
+
+
+class TransformersEngine:
+    name = "transformers"
+
+    def __init__(self, lm: LM):
+        self.lm = lm
+        self.tokenizer = lm.tokenizer
+        self.identity = lm.identity
+        self._prefixes: dict[str, PrefixCache | None] = {}
+
+    @classmethod
+    def load(cls, spec: str, device: str = "auto", num_layers: int | None = None) -> "TransformersEngine":
+        return cls(load_lm(spec, device=device, num_layers=num_layers))
+
+    @property
+    def num_parameters(self) -> int:
+        return self.lm.num_parameters
+
+    def prefix(self, fmt: PromptFormat) -> PrefixCache | None:
+        """The KV cache of ``fmt``'s few-shot prefix, computed on first use."""
+        key = fmt.prefix()
+        if key not in self._prefixes:
+            self._prefixes[key] = build_prefix(self.lm, fmt)
+        return self._prefixes[key]
+
+    def score_labels(self, fmt: PromptFormat, messages: list[list[dict]], label_ids: list[int],
+                     batch_size: int = 16, progress: Any = None, max_length: int | None = None) -> Scored:
+        return score_labels(self.lm, fmt, messages, label_ids, batch_size=batch_size, prefix=self.prefix(fmt),
+                            progress=progress, max_length=max_length)
+
+    def generate(self, fmt: PromptFormat, messages: list[list[dict]], max_new_tokens: int,
+                 batch_size: int = 16, progress: Any = None) -> Generated:
+        return generate(self.lm, fmt, messages, max_new_tokens, batch_size=batch_size, progress=progress)
+
+    @torch.inference_mode()
+    def embed(self, fmt: PromptFormat, messages: list[list[dict]], max_length: int = 2048) -> torch.Tensor:
+        """(N, H): mean last hidden state over each whole prompt (left-padded batch), L2-normalised."""
+        tok = self.tokenizer
+        prompts = [encode_prompt(tok, fmt, fmt.prefix() + fmt.query(tok, m), first=True)[-max_length:]
+                   for m in messages]
+        B, T = len(prompts), max(len(p) for p in prompts)
+        ids = torch.full((B, T), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((B, T), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, T - len(p) :] = torch.tensor(p)
+            mask[i, T - len(p) :] = 1
+        dev = self.lm.device
+        h = decoder(self.lm.model)(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False).last_hidden_state
+        m = mask.to(dev).unsqueeze(-1).float()
+        pooled = (h.float() * m).sum(1) / m.sum(1)
+        return torch.nn.functional.normalize(pooled, dim=-1).cpu()

@@ -1,0 +1,130 @@
+"""Engines on a tiny model built from a config and taught a fixed input set (``conftest.taught``),
+converted in the test: every engine must give the labels transformers gives."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from potstill.engines import load_engine
+from potstill.errors import PotstillError
+from potstill.models.loading import cache_dir, load_lm, save_lm
+from potstill.models.prompting import label_token_ids
+from tests.engines.conftest import CHAT, DATA, LABELS, MSGS, SHOTS
+
+
+def _ct2_entries() -> list[Path]:
+    root = cache_dir() / "engines" / "ctranslate2"
+    return sorted(root.iterdir()) if root.exists() else []
+
+
+@pytest.mark.parametrize("engine", ["transformers", "ctranslate2"])
+@pytest.mark.parametrize("fmt", [CHAT, SHOTS], ids=["chat", "few-shot"])
+def test_each_engine_gives_the_labels_transformers_gives(taught, engine, fmt):
+    ref = load_engine("transformers", str(taught), device="cpu")
+    eng = load_engine(engine, str(taught), device="cpu")
+    ids = label_token_ids(ref.tokenizer, fmt, LABELS)
+    want = ref.score_labels(fmt, MSGS, ids, batch_size=1)
+    got = eng.score_labels(fmt, MSGS, ids, batch_size=4)
+    assert [LABELS[i] for i in want.logits.argmax(-1)] == [lab for _, lab in DATA]  # the teaching took
+    assert got.logits.argmax(-1).tolist() == want.logits.argmax(-1).tolist()
+    assert got.prompt_tokens == want.prompt_tokens
+    assert got.embeddings.shape[0] == len(MSGS)
+    torch.testing.assert_close(got.embeddings.norm(dim=-1), torch.ones(len(MSGS)))
+    if engine == "ctranslate2":
+        # The fixed part (system turn or few-shot prefix) was reused, not recomputed per input.
+        assert min(got.cached_tokens) > 0
+        assert (got.logits - want.logits).abs().max() < 0.1 * want.logits.abs().max()
+
+
+def test_ctranslate2_greedy_generation_matches_transformers(taught):
+    ref = load_engine("transformers", str(taught), device="cpu")
+    eng = load_engine("ctranslate2", str(taught), device="cpu")
+    want = ref.generate(CHAT, MSGS, 4, batch_size=1)
+    got = eng.generate(CHAT, MSGS, 4, batch_size=3)
+    # The first generated word is the taught label: int8 must not change it.
+    assert [t.split()[0] for t in got.texts] == [t.split()[0] for t in want.texts] == [lab for _, lab in DATA]
+    assert got.output_tokens == want.output_tokens and got.prompt_tokens == want.prompt_tokens
+    assert all(c <= 0 for c in got.mean_logprob)
+
+
+def test_conversion_is_cached_by_content_and_redone_when_the_model_changes(taught, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(taught, model)
+    load_engine("ctranslate2", str(model), device="cpu")
+    entries = _ct2_entries()
+    stamp = {p: p.stat().st_mtime_ns for p in entries}
+    load_engine("ctranslate2", str(model), device="cpu")
+    assert _ct2_entries() == entries and {p: p.stat().st_mtime_ns for p in entries} == stamp
+    lm = load_lm(str(model), device="cpu")
+    with torch.no_grad():
+        lm.model.lm_head.weight.mul_(1.5)  # tied: the embeddings change too
+    save_lm(lm.model, lm.tokenizer, model)
+    load_engine("ctranslate2", str(model), device="cpu")
+    assert len(_ct2_entries()) == len(entries) + 1
+
+
+@pytest.mark.parametrize("damage", ["weights", "architecture"])
+def test_a_corrupt_model_gives_one_clear_error_and_no_cache_entry(taught, tmp_path, damage):
+    model = tmp_path / "broken"
+    shutil.copytree(taught, model)
+    if damage == "weights":
+        (model / "model.safetensors").write_bytes(b"not a safetensors file" * 10)
+    else:
+        cfg = (model / "config.json").read_text().replace('"llama"', '"no-such-architecture"')
+        (model / "config.json").write_text(cfg)
+    before = _ct2_entries()
+    with pytest.raises(PotstillError) as e:
+        load_engine("ctranslate2", str(model), device="cpu")
+    msg = str(e.value)
+    assert "\n" not in msg and str(model) in msg
+    root = cache_dir() / "engines" / "ctranslate2"
+    assert _ct2_entries() == before  # no half-written entry, no leftover temp directory
+    assert not [p for p in root.iterdir() if p.name.startswith(".")]
+
+
+def test_a_missing_optional_engine_names_the_package(taught, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ctranslate2", None)  # what Python does when the package is absent
+    with pytest.raises(PotstillError) as e:
+        load_engine("ctranslate2", str(taught), device="cpu")
+    assert "\n" not in str(e.value) and "pip install 'ctranslate2==4.8.5'" in str(e.value)
+
+
+def test_an_unknown_engine_lists_the_available_ones(taught):
+    with pytest.raises(PotstillError, match="unknown engine 'vllm2'.*ctranslate2.*transformers"):
+        load_engine("vllm2", str(taught))
+
+
+def test_ctranslate2_reads_the_answer_position_of_every_prompt_in_a_mixed_length_call(taught):
+    """CTranslate2 decodes a longer prompt's tail one step at a time; its label logits are those
+    of the last step, not the first (where an earlier version read them, wrongly)."""
+    eng = load_engine("ctranslate2", str(taught), device="cpu")
+    ids = label_token_ids(eng.tokenizer, CHAT, LABELS)
+    lengths = {len(own) for _, own in eng._split(CHAT, MSGS, True)}
+    assert len(lengths) > 2  # the inputs do differ in length
+    one = eng.score_labels(CHAT, MSGS, ids, batch_size=1)
+    eng.max_spread = 1000  # all of them in one call
+    mixed = eng.score_labels(CHAT, MSGS, ids, batch_size=len(MSGS))
+    torch.testing.assert_close(mixed.logits, one.logits, rtol=0.05, atol=0.05)
+
+
+def test_prompts_longer_than_a_sliding_window_are_refused(taught, tmp_path):
+    """CTranslate2 4.8.5 answers gemma-3 wrongly past its 512-token sliding window (benchmarks/engine.py),
+    so the engine refuses such prompts with one line instead of answering."""
+    from potstill.engines.ctranslate2 import sliding_window
+
+    (tmp_path / "config.json").write_text('{"text_config": {"sliding_window": 512, '
+                                          '"layer_types": ["sliding_attention", "full_attention"]}}')
+    assert sliding_window(tmp_path) == 512
+    assert sliding_window(taught) is None  # Llama: full attention everywhere
+    eng = load_engine("ctranslate2", str(taught), device="cpu")
+    ids = label_token_ids(eng.tokenizer, SHOTS, LABELS)
+    eng.score_labels(SHOTS, MSGS, ids)  # fine without a window
+    eng.window = 12
+    with pytest.raises(PotstillError) as e:
+        eng.score_labels(SHOTS, MSGS, ids)
+    assert "\n" not in str(e.value) and "sliding attention window" in str(e.value)

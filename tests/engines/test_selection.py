@@ -1,0 +1,108 @@
+"""The config fields that pick an engine: serve.engine (through the official openai client),
+evaluate.engine with evaluate.cost_basis, and teacher.engine for a local few-shot teacher."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import openai
+import pytest
+import yaml
+
+from potstill.config import load_config
+from potstill.engines import load_engine
+from potstill.evaluate.stage import evaluate_stage
+from potstill.models.prompting import label_token_ids
+from potstill.records import Record
+from potstill.students import student_format
+from potstill.tasks import get_task
+from potstill.teachers import get_teacher
+from tests.engines.conftest import DATA, LABELS, MSGS
+from tests.helpers.live_server import LiveServer
+
+TASK = {"type": "classification", "labels": LABELS, "instruction": "classify the text"}
+
+
+def _rows(n: int, offset: int = 0) -> str:
+    return "".join(json.dumps({"input": DATA[(i + offset) % len(DATA)][0], "output": DATA[(i + offset) % len(DATA)][1],
+                               "label": DATA[(i + offset) % len(DATA)][1]}) + "\n" for i in range(n))
+
+
+def _transformers_labels(model) -> list[str]:
+    eng = load_engine("transformers", str(model), device="cpu")
+    task = get_task(load_config(overrides={"task": TASK}).task)
+    fmt = student_format(eng, task)
+    s = eng.score_labels(fmt, MSGS, label_token_ids(eng.tokenizer, fmt, LABELS))
+    return [LABELS[i] for i in s.logits.argmax(-1)]
+
+
+def test_serve_engine_ctranslate2_answers_through_the_openai_client(tmp_path, taught):
+    from potstill.serve import run_config
+    from potstill.serve.app import build_app
+    from potstill.serve.routing import Routing
+    from potstill.serve.service import load_service
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copytree(taught, run / "student")
+    (run / "train.jsonl").write_text(_rows(20))
+    (run / "val.jsonl").write_text(_rows(10, 3))
+    replay = tmp_path / "replay.jsonl"
+    replay.write_text("".join(json.dumps({"messages": [*m, {"role": "assistant", "content": lab}]}) + "\n"
+                              for m, (_, lab) in zip(MSGS, DATA)))
+    (run / "potstill.yaml").write_text(yaml.safe_dump({
+        "run_dir": ".", "task": TASK, "teacher": {"type": "replay", "model": "replayed", "replay_path": str(replay)},
+        "serve": {"engine": "ctranslate2", "api_key_env": ""}}))
+    service = load_service(run, run_config(run, None), device="cpu")
+    assert service.engine.engine.name == "ctranslate2" and "#ct2-int8" in service.student_name
+    service.routing = Routing(float("-inf"), float("inf"))  # the student answers every request
+    try:
+        with LiveServer(build_app(service, None)) as live:
+            client = openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0)
+            got = [client.chat.completions.create(model="m", messages=m).choices[0].message.content for m in MSGS]
+    finally:
+        service.close()
+    assert got == _transformers_labels(taught)
+
+
+@pytest.mark.parametrize("basis", ["batch1", "batched"])
+def test_evaluate_engine_and_cost_basis(tmp_path, taught, basis):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "test.jsonl").write_text(_rows(10))
+    shutil.copytree(taught, run / "student")
+    cfg = load_config(overrides={"run_dir": str(run), "task": TASK, "student.model": str(taught),
+                                 "evaluate": {"latency_samples": 2, "batch_size": 4, "include_untrained": False,
+                                              "engine": "ctranslate2", "cost_basis": basis},
+                                 "report": {"min_slice_n": 2, "bootstrap_samples": 100}})
+    evaluate_stage(cfg)
+    ev = json.loads((run / "eval.json").read_text())
+    student = ev["models"]["student"]
+    assert student["engine"] == "ctranslate2" and student["agreement_with_teacher"] == 1.0
+    key = "cost_per_1k_calls_batched_usd" if basis == "batched" else "cost_per_1k_calls_usd"
+    be = ev["break_even"]
+    assert be["cost_basis"] == basis
+    assert be["curve"] is not None and be["batch1"]["student_cost_per_call_usd"] * 1000 == pytest.approx(
+        student["cost_per_1k_calls_usd"])
+    assert be["batched"]["student_cost_per_call_usd"] * 1000 == pytest.approx(student["cost_per_1k_calls_batched_usd"])
+    headline = be["batched" if basis == "batched" else "batch1"]
+    assert headline["months"] == be["months"] and student[key] > 0
+
+
+def test_local_teacher_on_ctranslate2_gives_the_transformers_teachers_labels(tmp_path, taught):
+    shots = tmp_path / "shots.jsonl"
+    shots.write_text(_rows(10, 5))
+    got = {}
+    for engine in ("transformers", "ctranslate2"):
+        cfg = load_config(overrides={"task": TASK, "teacher": {
+            "type": "local", "model": str(taught), "engine": engine, "prompt_format": "completion",
+            "answer_prefix": "topic:", "calibrate": True, "batch_size": 3,
+            "few_shot": {"path": str(shots), "k": 5, "orders": 2}}})
+        teacher = get_teacher(cfg.teacher, get_task(cfg.task))
+        out: dict[int, object] = {}
+        teacher.run([teacher.request(Record(messages=m)) for m in MSGS], lambda i, r: out.__setitem__(i, r))
+        got[engine] = [out[i] for i in range(len(MSGS))]
+        assert all(r.cached_input_tokens > 0 for r in got[engine])  # each order's prefix computed once, reused
+    assert [r.output for r in got["ctranslate2"]] == [r.output for r in got["transformers"]]
+    assert teacher.identity()["engine"] == "ctranslate2"  # its answers are cached apart from transformers'
