@@ -60,7 +60,7 @@ def test_serve_engine_ctranslate2_answers_through_the_openai_client(tmp_path, ta
     try:
         with LiveServer(build_app(service, None)) as live:
             client = openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0)
-            got = [client.chat.completions.create(model="m", messages=m).choices[0].message.content for m in MSGS]
+            got = [client.chat.completions.create(model="potstill", messages=m).choices[0].message.content for m in MSGS]
     finally:
         service.close()
     assert got == _transformers_labels(taught)
