@@ -323,6 +323,10 @@ class ReportConfig(Section):
 
 class Config(Section):
     run_dir: str = Field("runs/default", description="Directory for artifacts, manifest and ledger.")
+    tracking: list[Literal["mlflow", "wandb", "tensorboard"]] = Field(
+        default_factory=list,
+        description="Experiment trackers that train, evaluate and redistill log to (mlflow: MLFLOW_TRACKING_URI or RUN/mlruns).",
+    )
     task: TaskConfig = Field(default_factory=TaskConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)

@@ -14,6 +14,7 @@ import statistics
 import time
 from typing import Any
 
+from potstill import tracking
 from potstill.config import Config
 from potstill.errors import PotstillError
 from potstill.evaluate import break_even, break_even_curve, verdict
@@ -212,5 +213,10 @@ def evaluate_stage(cfg: Config, force: bool = False) -> dict[str, Any]:
         say(f"verdict: {'GO' if v['go'] else 'NO-GO'} ({v['reason']}); report: {run / 'report.html'}")
         return {"verdict": v["go"], "agreement": models["student"]["agreement_with_teacher"]}
 
-    return run_stage("evaluate", cfg, settings, [run / "test.jsonl", run / "student"], ["eval.json", "report.html"],
-                     body, force)
+    tracking.check(cfg)
+    result = run_stage("evaluate", cfg, settings, [run / "test.jsonl", run / "student"], ["eval.json", "report.html"],
+                       body, force)
+    if not result["skipped"]:
+        tracking.log_stage(cfg, "evaluate", settings, tracking.eval_metrics(run / "eval.json"),
+                           artifacts=[run / "eval.json", run / "report.html"])
+    return result

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from potstill import tracking
 from potstill.config import Config
 from potstill.errors import PotstillError
 from potstill.models.loading import load_lm
@@ -45,5 +46,10 @@ def train_stage(cfg: Config, force: bool = False) -> dict[str, Any]:
             f"{summary['train_s']:.1f} s, final loss {summary['final_loss']:.4f}, val loss {summary['val_loss']}")
         return summary
 
-    return run_stage("train", cfg, settings, [run / "train.jsonl", run / "val.jsonl"],
-                     ["student", "metrics.jsonl", "train.json"], body, force)
+    tracking.check(cfg)
+    result = run_stage("train", cfg, settings, [run / "train.jsonl", run / "val.jsonl"],
+                       ["student", "metrics.jsonl", "train.json"], body, force)
+    if not result["skipped"] and int(os.environ.get("RANK", "0")) == 0:
+        tracking.log_stage(cfg, "train", settings, tracking.numbers(result), tracking.read_steps(run / "metrics.jsonl"),
+                           [run / "train.json", run / "metrics.jsonl"])
+    return result
