@@ -116,6 +116,10 @@ class CurateConfig(Section):
     real_source: str = Field("user-provided", description="Where the real examples come from (dataset card).")
     real_license: str = Field("unspecified", description="Licence of the real examples (dataset card).")
     review: bool = Field(True, description="Apply the decisions of `potstill review` (review.sqlite in the run directory).")
+    fix_text: bool = Field(
+        False, description="Repair encoding damage (mojibake such as 'Â£') in inputs and teacher outputs with ftfy; "
+                           "it is counted in the dataset card either way."
+    )
 
 
 class TrainConfig(Section):
