@@ -9,8 +9,11 @@ of 32 weights sharing one f16 scale: 34 bytes per 32 weights = 8.5 bits), as the
 them. potstill adds the ``general.*`` metadata (name, licence, description, base model) and the
 Modelfile.
 
-This replaced potstill's own GGUFWriter code, which covered llama-architecture students only;
-on SmolLM2-135M both gave the same logits through transformers (benchmarks/export.json).
+This replaced potstill's own GGUFWriter code, which covered llama-architecture students only.
+On SmolLM2-135M both gave the same logits through transformers (largest difference from the f32
+model: f16 0.031, q8_0 0.969, for each writer) and files within 64 bytes of each other; the old
+writer was faster (f16 21 s against 102 s, q8_0 7 s against 23 s, much of it the child process's
+imports, on a loaded 2-core machine), which does not pay for keeping a second writer.
 """
 
 from __future__ import annotations
