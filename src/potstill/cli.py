@@ -161,6 +161,7 @@ def quickstart(
 def cost(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]) -> None:
     """Print spend and tokens per model, cache hits, and the projected cost of the inputs not yet answered."""
     from potstill.ledger import Ledger
+    from potstill.report import student_spend
 
     path = run_dir / "calls.sqlite"
     if not path.exists():
@@ -171,6 +172,9 @@ def cost(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]) -> Non
             typer.echo(f"teacher {m['model']}: {m['calls']} calls ({m['calls'] - m['ok']} errors), "
                        f"{m['input_tokens']} input ({m['cached_input_tokens']} cached) + {m['output_tokens']} output tokens, "
                        f"${m['cost_usd']:.4f}")
+        for m in student_spend(ledger):
+            typer.echo(f"student {m['model']} ({m['stage']}): {m['calls']} calls ({m['errors']} errors), "
+                       f"{m['input_tokens']} input + {m['output_tokens']} output tokens, ${m['cost_usd']:.4f}")
         s = ledger.summary("student")
         typer.echo(f"student: {s['calls']} calls, {s['input_tokens']} input + {s['output_tokens']} output tokens, "
                    f"${s['cost_usd']:.4f}")

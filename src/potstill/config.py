@@ -151,6 +151,10 @@ class CurateConfig(Section):
     real_source: str = Field("user-provided", description="Where the real examples come from (dataset card).")
     real_license: str = Field("unspecified", description="Licence of the real examples (dataset card).")
     review: bool = Field(True, description="Apply the decisions of `potstill review` (review.sqlite in the run directory).")
+    fix_text: bool = Field(
+        False, description="Repair encoding damage (mojibake such as 'Â£') in inputs and teacher outputs with ftfy; "
+                           "it is counted in the dataset card either way."
+    )
 
 
 class TrainConfig(Section):
@@ -389,6 +393,10 @@ class ReportConfig(Section):
 
 class Config(Section):
     run_dir: Annotated[str, RUN_PATH] = Field("runs/default", description="Directory for artifacts, manifest and ledger.")
+    tracking: list[Literal["mlflow", "wandb", "tensorboard"]] = Field(
+        default_factory=list,
+        description="Experiment trackers that train, evaluate and redistill log to (mlflow: MLFLOW_TRACKING_URI or RUN/mlruns).",
+    )
     task: TaskConfig = Field(default_factory=TaskConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)

@@ -6,21 +6,43 @@ from typing import Any
 
 from rich.table import Table
 
-from potstill.ledger import Ledger
+from potstill.hashing import hash_obj
+from potstill.ledger import Call, Ledger
 from potstill.metrics import compare, teacher_gold_metric
 from potstill.progress import out
 from potstill.records import Record
-from potstill.students import as_engine, measure_latency, percentile, predict
+from potstill.students import Predictions, as_engine, measure_latency, percentile, predict
 from potstill.tasks import Task
 
 
+def log_student_calls(ledger: Ledger, stage: str, lm: Any, records: list[Record], preds: Predictions,
+                      usd_per_hour: float) -> None:
+    """One ``role='student'`` ledger row per answered record, so `potstill cost` bills the student too.
+
+    Latency and cost per row are the record's share of its batch's wall time (``preds.seconds``)
+    at ``usd_per_hour``; the extra timing passes (batch-1 latency, throughput) are measurements,
+    not answers, and are not billed."""
+    ledger.record_many([
+        Call(request_hash=hash_obj(["student", stage, lm.identity, r.messages]), role="student", stage=stage,
+             model=lm.identity, request={"messages": r.messages},
+             response={"output": preds.outputs[i], "label_probs": preds.label_probs[i]},
+             input_tokens=preds.prompt_tokens[i], output_tokens=preds.output_tokens[i],
+             cost_usd=preds.seconds[i] * usd_per_hour / 3600, latency_s=preds.seconds[i])
+        for i, r in enumerate(records)
+    ])
+
+
 def measure_student(lm: Any, task: Task, records: list[Record], usd_per_hour: float, batch_size: int,
-                    latency_samples: int, desc: str) -> tuple[dict[str, Any], Any]:
+                    latency_samples: int, desc: str, ledger: Ledger | None = None,
+                    stage: str = "evaluate") -> tuple[dict[str, Any], Any]:
     """Quality, latency (batch 1), throughput (batched) and cost per 1,000 calls, all measured here.
 
-    ``lm``: an engine (``potstill.engines``) or an ``LM`` (run through transformers)."""
+    ``lm``: an engine (``potstill.engines``) or an ``LM`` (run through transformers). With a
+    ``ledger``, each answered record is also logged there as a student call of ``stage``."""
     lm = as_engine(lm)
     preds = predict(lm, task, records, batch_size=batch_size, desc=desc)
+    if ledger is not None:
+        log_student_calls(ledger, stage, lm, records, preds, usd_per_hour)
     quality = compare(task, preds.parsed, records)
     latency = measure_latency(lm, task, records, latency_samples)
     batched_s = preds.wall_s / max(1, len(records))
@@ -39,6 +61,21 @@ def measure_student(lm: Any, task: Task, records: list[Record], usd_per_hour: fl
         "model": lm.identity,
         "engine": lm.name,
     }, preds
+
+
+def student_spend(ledger: Ledger) -> list[dict[str, Any]]:
+    """The student's calls per model and stage (pilot, evaluate, serve): count, errors, tokens, spend."""
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in ledger.rows(role="student"):
+        g = groups.setdefault((r["model"], r["stage"]), {"model": r["model"], "stage": r["stage"], "calls": 0, "errors": 0,
+                                                         "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0})
+        g["calls"] += 1
+        g["errors"] += r["status"] != "ok"
+        if r["status"] == "ok":
+            g["input_tokens"] += r["input_tokens"]
+            g["output_tokens"] += r["output_tokens"]
+            g["cost_usd"] += r["cost_usd"]
+    return [groups[k] for k in sorted(groups)]
 
 
 def measure_teacher(task: Task, records: list[Record], ledger: Ledger) -> dict[str, Any]:

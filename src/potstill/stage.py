@@ -98,6 +98,9 @@ class Stage:
 
     def run(self, cfg: Config, force: bool = False) -> dict[str, Any]:
         """Run the body unless the manifest says these settings and inputs already produced the outputs."""
+        from potstill import tracking
+
+        tracking.check(cfg)  # a tracker that is not installed is one line now, not after an hour of training
         run = RunDir(cfg.run_dir)
         fp = self.fingerprint(cfg, run)
         main = int(os.environ.get("RANK", "0")) == 0  # under torchrun / accelerate launch, one process records
@@ -112,6 +115,7 @@ class Stage:
         if main:
             run.mark_done(self.name, fp, list(self.outputs), {"summary": summary})
             save_config(cfg, run, self)
+            tracking.after_stage(cfg, self.name, {k: get_dotted(cfg, k) for k in self.fingerprinted()}, summary, run.path)
         return {"skipped": False, **summary}
 
 

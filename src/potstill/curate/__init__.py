@@ -2,6 +2,8 @@
 
 In order, each step counted in the dataset card:
 
+0. Text hygiene: encoding damage (mojibake) in inputs and teacher outputs, counted, and
+   repaired when ``curate.fix_text`` is on (see ``potstill.curate.text``).
 1. Review: a reviewer's reject removes a record, a relabel replaces the teacher's answer
    (decisions from ``potstill review``, in ``review.sqlite``).
 2. Validation: the task's check (label set; JSON Schema with the failing path) and the length
@@ -26,6 +28,7 @@ from potstill.curate.card import card_markdown
 from potstill.curate.checks import invalid_reason, majority, teacher_accuracy
 from potstill.curate.dedup import find_duplicates, normalise
 from potstill.curate.split import rank, split
+from potstill.curate.text import Hygiene
 from potstill.records import Record
 from potstill.review.store import error_rate
 from potstill.tasks import get_task
@@ -69,6 +72,10 @@ def curate(cfg: Config, records: list[Record], decisions: dict[str, dict[str, An
     decisions = decisions or {}
     counts: dict[str, int] = {"input": len(records)}
     rejected: list[Record] = []
+    # 0. encoding damage, before anything compares texts (a mis-decoded copy is still a duplicate)
+    hygiene = Hygiene(c.fix_text)
+    records = [hygiene.record(r) for r in records]
+    real = [hygiene.record(r) for r in real or []]
     accuracy = teacher_accuracy(records, task)
 
     # 1. review
@@ -152,6 +159,7 @@ def curate(cfg: Config, records: list[Record], decisions: dict[str, dict[str, An
     rejected += real_rejected
 
     card = _card(cfg, counts, rejected, train, val, test, decisions, accuracy, len(real or []), real_rejected)
+    card["text_hygiene"] = hygiene.card(len(records) + len(real))
     return Curated(train=train, val=val, test=test, rejected=rejected, card=card)
 
 

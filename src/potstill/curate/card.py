@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from potstill.curate.text import markdown as text_markdown
+
 
 def _table(head: list[str], rows: list[list[Any]]) -> list[str]:
     return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *["| " + " | ".join(map(str, r)) + " |" for r in rows], ""]
@@ -31,6 +33,8 @@ def card_markdown(card: dict[str, Any]) -> str:
             if acc[key]:
                 lines += _table([name, "records", "teacher accuracy", ""],
                                 [[k, v["n"], f"{v['accuracy']:.1%}", "**weak**" if v["weak"] else ""] for k, v in acc[key].items()])
+    if card.get("text_hygiene"):
+        lines += text_markdown(card["text_hygiene"])
     t = card["teacher"]
     lines += ["## Provenance", "",
               f"- Teacher: {t['type']} `{t['model']}`",

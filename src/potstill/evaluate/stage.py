@@ -140,8 +140,9 @@ def evaluate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
         batched: dict[str, dict[str, Any]] = {}
 
         def measure(name: str, lm: Any) -> None:
-            models[name], preds[name] = measure_student(
-                lm, task, test, cfg.student.usd_per_hour, e.batch_size, e.latency_samples, name)
+            with run.ledger() as ledger:
+                models[name], preds[name] = measure_student(
+                    lm, task, test, cfg.student.usd_per_hour, e.batch_size, e.latency_samples, name, ledger)
             batched[name] = measure_batched(lm, task, test, e.batch_size, n_batches)
 
         if e.include_untrained:

@@ -31,8 +31,9 @@ def pilot_body(cfg: Config, run: RunDir) -> dict[str, Any]:
         valid = [r for r in labelled if r.valid]
         teacher = measure_teacher(task, valid, ledger)
     lm = load_engine(cfg.evaluate.engine, cfg.student.model)  # the engine evaluate will use
-    student, _ = measure_student(lm, task, valid, cfg.student.usd_per_hour, cfg.evaluate.batch_size,
-                                 min(cfg.evaluate.latency_samples, 10), "untrained student")
+    with run.ledger() as ledger:
+        student, _ = measure_student(lm, task, valid, cfg.student.usd_per_hour, cfg.evaluate.batch_size,
+                                     min(cfg.evaluate.latency_samples, 10), "untrained student", ledger, "pilot")
     models = {"untrained student": student, "teacher": teacher}
     write_json(run / "pilot.json", {"n": len(sample), "valid": len(valid), "teacher_calls": stats.calls,
                                     "teacher_invalid": stats.invalid, "models": models})

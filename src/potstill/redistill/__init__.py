@@ -30,6 +30,7 @@ from typing import Any
 
 from rich.table import Table
 
+from potstill import tracking
 from potstill.config import Config
 from potstill.curate import curate
 from potstill.curate.dedup import find_duplicates
@@ -99,6 +100,7 @@ def print_comparison(results: dict[str, dict[str, Any]], decision: dict[str, Any
 def redistill(run_dir: Path, cfg: Config) -> dict[str, Any]:
     """Run the five steps above; returns the decision record (also written to RUN/redistill/<id>.json)."""
     run_dir = Path(run_dir)
+    tracking.check(cfg)
     rc, task = cfg.redistill, get_task(cfg.task)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -222,6 +224,10 @@ def redistill(run_dir: Path, cfg: Config) -> dict[str, Any]:
     }
     write_json(run_dir / "redistill" / f"{rid}.json", record)
     print_comparison(results, decision)
+    tracking.log_stage(cfg, "redistill", {"redistill": rc.model_dump(), "train": cfg.train.model_dump()},
+                       tracking.numbers({k: record[k] for k in ("data", "teacher", "results", "decision", "timings_s")}),
+                       [] if train_summary.get("reused") else tracking.read_steps(work / "metrics.jsonl"),
+                       [run_dir / "redistill" / f"{rid}.json", work / "metrics.jsonl"], run_dir=run_dir)
     say(f"redistill: decision record {run_dir / 'redistill' / (rid + '.json')}"
         + (f"; RUN/student -> {promotion['current']} (previous {promotion['previous']} kept for rollback)"
            if promotion else ""))
