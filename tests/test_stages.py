@@ -258,7 +258,7 @@ def test_stage_commands_take_exactly_their_declared_flags():
     click_app = typer.main.get_command(app)
     for name, s in STAGES.items():
         flags = {o for p in click_app.commands[name].params for o in p.opts if o.startswith("--") and "." in o}
-        assert flags == {f"--{k}" for k in s.fields()}, name
+        assert flags == {f"--{k}" for k in s.fields() if "." in k}, name
     serve = {o for p in click_app.commands["serve"].params for o in p.opts}
     assert {"--serve.port", "--port", "--api-key-env", "--target-escalation", "--recalibrate"} <= serve
     redistill = {o for p in click_app.commands["redistill"].params for o in [*p.opts, *p.secondary_opts]}

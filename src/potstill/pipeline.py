@@ -21,6 +21,7 @@ from potstill.stage import Stage
 _GENERATE_TUNES = ("generate.rpm", "generate.tpm", "generate.budget_usd", "generate.engine", "generate.ray_workers",
                    "generate.ray_gpus_per_worker", "generate.ray_endpoints", "generate.prices")
 
+# tracking: where a finished train or evaluate is logged, never what it writes.
 # Train's preflight compares the label tokens under the teacher's prompt: it can refuse, not change, a run.
 _TRAIN_PREFLIGHT = ("teacher.type", "teacher.model", "teacher.prompt_format", "teacher.answer_prefix")
 
@@ -43,14 +44,15 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           outputs=("train.jsonl", "val.jsonl", "test.jsonl", "rejected.jsonl", "card.json", "card.md"),
           body="potstill.curate.stage:curate_body"),
     Stage("train", "Fine-tune the student on the teacher's outputs (full or LoRA; SFT or label-level KD).",
-          reads=("task", "student", "train", *_TRAIN_PREFLIGHT), tunes=_TRAIN_PREFLIGHT,
+          reads=("task", "student", "train", *_TRAIN_PREFLIGHT, "tracking"), tunes=(*_TRAIN_PREFLIGHT, "tracking"),
           inputs=("train.jsonl", "val.jsonl"),
-          outputs=("student", "metrics.jsonl", "train.json"), body="potstill.train.stage:train_body"),
+          outputs=("student", "metrics.jsonl", "train.json"), body="potstill.train.stage:train_body", tracked=True),
     # Evaluate also sums the teacher's spend from the ledger (calls.sqlite); the ledger is an
     # append-only log that serving keeps writing, not an artifact, so it is not an input.
     Stage("evaluate", "Untrained student vs teacher vs trained student on the test split, with a go/no-go verdict.",
-          reads=("task", "student", "evaluate", "report"), inputs=("test.jsonl", "student", "train.json"),
-          outputs=("eval.json", "report.html"), body="potstill.evaluate.stage:evaluate_body"),
+          reads=("task", "student", "evaluate", "report", "tracking"), tunes=("tracking",),
+          inputs=("test.jsonl", "student", "train.json"),
+          outputs=("eval.json", "report.html"), body="potstill.evaluate.stage:evaluate_body", tracked=True),
 )}
 
 

@@ -74,6 +74,7 @@ class Stage:
     body: str
     tunes: tuple[str, ...] = ()
     preflight: bool = False  # its command refuses to start when ``potstill preflight``'s checks for it fail
+    tracked: bool = False  # logged to the trackers in ``tracking`` (declare "tracking" in reads and tunes)
 
     def __post_init__(self) -> None:
         stray = set(leaf_fields(self.tunes)) - set(leaf_fields(self.reads))
@@ -100,7 +101,8 @@ class Stage:
         """Run the body unless the manifest says these settings and inputs already produced the outputs."""
         from potstill import tracking
 
-        tracking.check(cfg)  # a tracker that is not installed is one line now, not after an hour of training
+        if self.tracked:
+            tracking.check(cfg)  # a tracker that is not installed is one line now, not after an hour of training
         run = RunDir(cfg.run_dir)
         fp = self.fingerprint(cfg, run)
         main = int(os.environ.get("RANK", "0")) == 0  # under torchrun / accelerate launch, one process records
@@ -115,7 +117,9 @@ class Stage:
         if main:
             run.mark_done(self.name, fp, list(self.outputs), {"summary": summary})
             save_config(cfg, run, self)
-            tracking.after_stage(cfg, self.name, {k: get_dotted(cfg, k) for k in self.fingerprinted()}, summary, run.path)
+            if self.tracked:
+                tracking.after_stage(cfg, self.name, {k: get_dotted(cfg, k) for k in self.fingerprinted()}, summary,
+                                     run.path)
         return {"skipped": False, **summary}
 
 
