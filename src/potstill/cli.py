@@ -171,7 +171,7 @@ def cost(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]) -> Non
         for m in rep["models"]:
             typer.echo(f"teacher {m['model']}: {m['calls']} calls ({m['calls'] - m['ok']} errors), "
                        f"{m['input_tokens']} input ({m['cached_input_tokens']} cached) + {m['output_tokens']} output tokens, "
-                       f"${m['cost_usd']:.4f}")
+                       f"${m['cost_usd']:.4f}" + _batch_note(m))
         s = ledger.summary("student")
         typer.echo(f"student: {s['calls']} calls, {s['input_tokens']} input + {s['output_tokens']} output tokens, "
                    f"${s['cost_usd']:.4f}")
@@ -181,6 +181,14 @@ def cost(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]) -> Non
             typer.echo(f"last generate ({r['status']}): {r['inputs']} inputs, {r['cache_hits']} cache hits, "
                        f"{r['retries']} retries, {r['remaining']} of {r['unique_requests']} requests unanswered, "
                        f"projected cost of the rest {proj}")
+
+
+def _batch_note(m: dict) -> str:
+    """The batch discount of one teacher model's calls, read back from the ledger."""
+    if not m["batch_calls"]:
+        return ""
+    return (f"; {m['batch_calls']} through batches, ${m['cost_usd']:.4f} vs ${m['live_cost_usd']:.4f} at the live price "
+            f"(saved ${m['live_cost_usd'] - m['cost_usd']:.4f})")
 
 
 @app.command("import")

@@ -8,7 +8,8 @@ atomically at the end, so a record reaches it only once its answer is committed.
 
 API teachers (openai, anthropic) run on ``potstill.generate.engine`` (rate limits, budget,
 retries); other teachers answer through their own ``run``. ``generate.engine: ray`` shards the
-requests over Ray workers that commit into the same ledger (``potstill.generate.ray_engine``).
+requests over Ray workers that commit into the same ledger (``potstill.generate.ray_engine``);
+``generate.engine: batch`` sends them through the provider's batch API (``potstill.generate.batch_engine``).
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: L
         teacher.n = gcfg.n  # type: ignore[attr-defined]
     elif gcfg.n > 1:
         raise PotstillError(f"generate.n={gcfg.n}: the {teacher.type} teacher returns one answer per input; use n: 1")
+    if gcfg.engine == "batch" and teacher.type not in ("openai", "anthropic"):
+        raise PotstillError(f"generate.engine batch needs an openai or anthropic teacher, not {teacher.type!r}")
     ident = teacher.identity()
     reqs = [teacher.request(r) for r in records]
     hashes = [request_hash(ident, q) for q in reqs]
@@ -126,6 +129,14 @@ def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: L
             stats.cost_usd, stats.budget_stopped = ray_out["cost_usd"], ray_out["budget_stopped"]
             stats.input_tokens, stats.output_tokens = ray_out["input_tokens"], ray_out["output_tokens"]
             errors.update(ray_out["error_by_hash"])
+        elif gcfg.engine == "batch" and todo:
+            from potstill.generate.batch_engine import run_batch
+
+            b_out = run_batch(teacher, [(hashes[i], reqs[i]) for i in todo], ledger, stage, gcfg)
+            answers.update(ledger.lookup([hashes[i] for i in todo]))
+            for k in ("calls", "errors", "retries", "cost_usd", "budget_stopped", "input_tokens", "output_tokens"):
+                setattr(stats, k, b_out[k])
+            errors.update(b_out["error_by_hash"])
         elif hasattr(teacher, "call"):
             from potstill.generate.engine import Counters, run_requests
 
