@@ -30,8 +30,9 @@ from potstill.ledger import Ledger
 from potstill.progress import bar, say
 from potstill.teachers.base import Response
 
-#: Result rows committed in one SQLite transaction while a results file streams in.
-COMMIT_EVERY = 500
+#: Result rows committed in one SQLite transaction while a results file streams in: a kill loses
+#: at most this many parsed rows, which the rerun reads again from the same (paid) results.
+COMMIT_EVERY = 200
 
 
 def _chunks(prov: Any, items: list[tuple[str, dict[str, Any]]], max_requests: int) -> list[list[tuple[str, dict]]]:
