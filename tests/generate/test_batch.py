@@ -264,3 +264,31 @@ def test_batch_needs_an_api_teacher(tmp_path):
     (tmp_path / "x.jsonl").write_text("")
     run = cli(["generate", "-c", str(cfg_path)], tmp_path)
     assert run.returncode == 2 and "engine batch needs an openai or anthropic teacher" in run.stderr
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_a_batch_cancelled_from_outside_has_its_unrun_requests_resubmitted(tmp_path, provider):
+    with BatchLoopback(key=SECRET, latency=30) as srv:
+        cfg_path = project(tmp_path, srv, provider, 80)
+        db = tmp_path / "run" / "calls.sqlite"
+        proc = subprocess.Popen([sys.executable, "-m", "potstill.cli", "generate", "-c", str(cfg_path)], cwd=tmp_path,
+                                env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        _wait(lambda: _submitted(db) == 1, proc)
+        bid = ledger_batches(db)[0]["batch_id"]
+        # the user cancels it in the provider's console (here: the official SDK)
+        if provider == "openai":
+            from openai import OpenAI
+
+            OpenAI(api_key=SECRET, base_url=srv.openai_url).batches.cancel(bid)
+        else:
+            from anthropic import Anthropic
+
+            Anthropic(api_key=SECRET, base_url=srv.anthropic_url).messages.batches.cancel(bid)
+        srv.set_latency(0.2)  # the resubmission ends quickly
+        _, err = proc.communicate(timeout=120)
+        stats = srv.stats()
+    assert proc.returncode == 0, err
+    check_output(tmp_path / "run" / "teacher.jsonl", 80)
+    resent = sum(k == 2 for k in stats["submissions"].values())
+    assert stats["cancels"] == 1 and 10 < resent < 70 and set(stats["submissions"].values()) == {1, 2}
+    assert f"{80 - resent} of 80 answered, {resent} expired, failed or missing are resubmitted alone" in err

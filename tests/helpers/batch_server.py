@@ -124,6 +124,11 @@ def build(o: argparse.Namespace) -> FastAPI:
         o.quota_after = after  # the tests lift a quota to show that a rerun finishes the job
         return {"quota_after": after}
 
+    @app.post("/admin/latency")
+    def set_latency(seconds: float) -> dict[str, Any]:
+        o.latency = seconds  # applies to every batch, ended or not: a long wait can be cut short
+        return {"latency": seconds}
+
     # ------------------------------------------------------------------ OpenAI
     @app.post("/v1/files")
     async def upload(request: Request) -> Any:
@@ -236,10 +241,12 @@ def _lines(s: State, b: dict[str, Any]) -> list[tuple[str, bool]]:
     out = []
     for r in b["requests"]:
         cid, fault = r["custom_id"], b["faults"][r["custom_id"]]
+        if b["cancelled"] and fault is None and _share(cid, "cancel") < 0.5:
+            fault = "cancelled"  # a cancelled batch ends with about half its requests not run
         if b["provider"] == "openai":
-            if fault == "expired":
-                obj = {"id": "r", "custom_id": cid, "response": None,
-                       "error": {"code": "batch_expired", "message": "This request could not be executed before the completion window expired."}}
+            if fault in ("expired", "cancelled"):
+                obj = {"id": "r", "custom_id": cid, "response": None, "error": {
+                    "code": f"batch_{fault}", "message": f"This request was not run: the batch {fault}."}}
             elif fault == "failed":
                 obj = {"id": "r", "custom_id": cid, "error": None, "response": {
                     "status_code": 500, "request_id": "x", "body": {"error": {"message": "boom", "type": "server_error"}}}}
@@ -247,8 +254,8 @@ def _lines(s: State, b: dict[str, Any]) -> list[tuple[str, bool]]:
                 obj = {"id": "r", "custom_id": cid, "error": None,
                        "response": {"status_code": 200, "request_id": "x", "body": _chat(r["body"])}}
         else:
-            if fault == "expired":
-                res: dict[str, Any] = {"type": "expired"}
+            if fault in ("expired", "cancelled"):
+                res: dict[str, Any] = {"type": "expired" if fault == "expired" else "canceled"}
             elif fault == "failed":
                 res = {"type": "errored", "error": {"type": "error", "error": {"type": "api_error", "message": "boom"}}}
             else:
@@ -283,6 +290,16 @@ def _openai_files(s: State, b: dict[str, Any]) -> tuple[str | None, str | None]:
     return b["output_file_id"], b["error_file_id"]
 
 
+def _fault_counts(b: dict[str, Any]) -> Counter:
+    """How many requests of an ended batch were answered (None), failed, expired or cancelled."""
+    out: Counter = Counter()
+    for cid, fault in b["faults"].items():
+        if b["cancelled"] and fault is None and _share(cid, "cancel") < 0.5:
+            fault = "cancelled"
+        out[fault] += 1
+    return out
+
+
 def _openai_batch(s: State, b: dict[str, Any]) -> dict[str, Any]:
     n = len(b["requests"])
     obj: dict[str, Any] = {"id": b["id"], "object": "batch", "endpoint": b["endpoint"], "input_file_id": b["input_file_id"],
@@ -295,21 +312,21 @@ def _openai_batch(s: State, b: dict[str, Any]) -> dict[str, Any]:
     if not s.ended(b):
         return obj
     out_id, err_id = _openai_files(s, b)
-    faults = Counter(b["faults"].values())
+    faults = _fault_counts(b)
     status = "cancelled" if b["cancelled"] else "expired" if faults["expired"] else "completed"
     obj.update(status=status, output_file_id=out_id, error_file_id=err_id,
-               request_counts={"total": n, "completed": n - faults["expired"] - faults["failed"], "failed": faults["failed"]})
+               request_counts={"total": n, "completed": faults[None], "failed": faults["failed"]})
     return obj
 
 
 def _anthropic_batch(s: State, b: dict[str, Any]) -> dict[str, Any]:
     n = len(b["requests"])
     ended = s.ended(b)
-    faults = Counter(b["faults"].values())
     counts = {"processing": n, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
     if ended:
-        counts = {"processing": 0, "succeeded": n - faults["expired"] - faults["failed"], "errored": faults["failed"],
-                  "canceled": 0, "expired": faults["expired"]}
+        faults = _fault_counts(b)
+        counts = {"processing": 0, "succeeded": faults[None], "errored": faults["failed"],
+                  "canceled": faults["cancelled"], "expired": faults["expired"]}
     return {"id": b["id"], "type": "message_batch", "processing_status": "ended" if ended else "in_progress",
             "request_counts": counts, "created_at": _iso(b["created"]), "expires_at": _iso(b["created"] + 86400),
             "ended_at": _iso(b["created"] + s.o.latency) if ended else None, "archived_at": None,
@@ -345,6 +362,9 @@ class BatchLoopback:
 
     def stats(self) -> dict[str, Any]:
         return self._call("GET", "/stats")
+
+    def set_latency(self, seconds: float) -> None:
+        self._call("POST", f"/admin/latency?seconds={seconds}")
 
     def set_quota(self, after: int | None) -> None:
         self._call("POST", "/admin/quota" + ("" if after is None else f"?after={after}"))

@@ -136,9 +136,6 @@ class OpenAIBatches:
         retry = kind in ("batch_expired", "batch_cancelled") or (code is not None and (code >= 500 or code == 429))
         return Item(cid, error=f"{kind}: {msg}"[:300], retry=retry)
 
-    def cancel(self, batch_id: str) -> None:
-        self.client.batches.cancel(batch_id)
-
 
 class AnthropicBatches:
     """Message Batches: the requests go in the create call itself (no file), results as a JSONL stream."""
@@ -215,9 +212,6 @@ class AnthropicBatches:
         etype = err.get("type", "error")
         final = etype in ("invalid_request_error", "authentication_error", "permission_error", "not_found_error")
         return Item(cid, error=f"{etype}: {err.get('message', '')}"[:300], retry=not final)
-
-    def cancel(self, batch_id: str) -> None:
-        self.client.messages.batches.cancel(batch_id)
 
 
 def provider_for(teacher: Any) -> OpenAIBatches | AnthropicBatches:
