@@ -195,7 +195,7 @@ def _batch_note(m: dict) -> str:
 def import_(
     source: Annotated[Path, typer.Argument(help="Traffic: JSONL, or a calls.sqlite for served traffic.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Records JSONL to write.")] = Path("imported.jsonl"),
-    format: Annotated[str, typer.Option(help="auto, finetune, openai-log, pairs or served.")] = "auto",
+    format: Annotated[str, typer.Option(help="auto, finetune, openai-log, pairs, stored or served.")] = "auto",
     requests: Annotated[Optional[Path], typer.Option(help="Batch API input JSONL, to join a batch output by custom_id.")] = None,
 ) -> None:
     """Turn existing teacher traffic (chat-completion logs, fine-tuning JSONL, request/response pairs, served calls) into records."""

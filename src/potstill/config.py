@@ -198,6 +198,9 @@ def _default_prices() -> dict[str, dict[str, float]]:
         "gpt-4o": (2.50, 10.0), "gpt-4o-mini": (0.15, 0.60), "o3": (2.0, 8.0), "o4-mini": (1.10, 4.40),
         "claude-opus-4": (15.0, 75.0), "claude-sonnet-4": (3.0, 15.0), "claude-haiku-4-5": (1.0, 5.0),
         "claude-3-5-haiku": (0.80, 4.0), "claude-3-7-sonnet": (3.0, 15.0),
+        # Fine-tuned OpenAI models (``ft:gpt-4o-mini-2024-07-18:org::id``) bill above their base model.
+        "ft:gpt-4o": (3.75, 15.0), "ft:gpt-4o-mini": (0.30, 1.20), "ft:gpt-4.1": (3.0, 12.0),
+        "ft:gpt-4.1-mini": (0.80, 3.20), "ft:gpt-4.1-nano": (0.20, 0.80),
     }
     return {k: {"input_per_mtok": i, "output_per_mtok": o} for k, (i, o) in table.items()}
 

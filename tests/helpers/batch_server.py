@@ -16,6 +16,9 @@ cut in half), ``--lose-output`` (the first output file is gone: 404), ``--quota-
 batch fails whole with ``token_limit_exceeded``). ``--upload-delay`` and ``--results-delay``
 slow uploads/creations (after they are stored) and result streams, for the kill tests.
 
+With ``--keywords '{"label": ["word", ...]}'`` it plays a fine-tuned classifier instead: the
+answer is the first label one of whose words is in the user's text (a rule a tiny student can learn).
+
 ``GET /stats`` returns the counters the tests assert on: uploads, batch creations per provider,
 how many times each ``custom_id`` was submitted in a created batch, and result downloads.
 """
@@ -41,7 +44,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from tests.generate.loopback import _chat, _messages, free_port
+from tests.generate.loopback import _chat, _messages, _user_text, free_port
 
 
 def _share(cid: str, salt: str) -> float:
@@ -236,6 +239,24 @@ def _file_obj(f: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in f.items() if k not in ("data", "lost")}
 
 
+def _keyword_label(o: argparse.Namespace, messages: list[dict[str, Any]]) -> str | None:
+    words = set(_user_text(messages).lower().split())
+    return next((lab for lab, kws in json.loads(o.keywords).items() if words & set(kws)), None) if o.keywords else None
+
+
+def _answer(s: State, provider: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The live loopback's answer, or the keyword rule's label when the server plays a fine-tune."""
+    obj = _chat(body) if provider == "openai" else _messages(body)
+    label = _keyword_label(s.o, body["messages"])
+    if label is not None:
+        for part in obj["choices"] if provider == "openai" else [obj]:
+            if provider == "openai":
+                part["message"]["content"] = label
+            else:
+                part["content"][0]["text"] = label
+    return obj
+
+
 def _lines(s: State, b: dict[str, Any]) -> list[tuple[str, bool]]:
     """The batch's result lines, each with whether it was answered (OpenAI splits them in two files)."""
     out = []
@@ -252,14 +273,14 @@ def _lines(s: State, b: dict[str, Any]) -> list[tuple[str, bool]]:
                     "status_code": 500, "request_id": "x", "body": {"error": {"message": "boom", "type": "server_error"}}}}
             else:
                 obj = {"id": "r", "custom_id": cid, "error": None,
-                       "response": {"status_code": 200, "request_id": "x", "body": _chat(r["body"])}}
+                       "response": {"status_code": 200, "request_id": "x", "body": _answer(s, "openai", r["body"])}}
         else:
             if fault in ("expired", "cancelled"):
                 res: dict[str, Any] = {"type": "expired" if fault == "expired" else "canceled"}
             elif fault == "failed":
                 res = {"type": "errored", "error": {"type": "error", "error": {"type": "api_error", "message": "boom"}}}
             else:
-                res = {"type": "succeeded", "message": _messages(r["params"])}
+                res = {"type": "succeeded", "message": _answer(s, "anthropic", r["params"])}
             obj = {"custom_id": cid, "result": res}
         out.append((json.dumps(obj) + "\n", fault is None))
     if s.o.malformed and not s.malformed_done and out:
@@ -401,6 +422,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fail-quota", action="store_true")
     p.add_argument("--upload-delay", type=float, default=0.0)
     p.add_argument("--results-delay", type=float, default=0.0)
+    p.add_argument("--keywords", default="")
     return p.parse_args(argv)
 
 
