@@ -292,3 +292,22 @@ def test_a_batch_cancelled_from_outside_has_its_unrun_requests_resubmitted(tmp_p
     resent = sum(k == 2 for k in stats["submissions"].values())
     assert stats["cancels"] == 1 and 10 < resent < 70 and set(stats["submissions"].values()) == {1, 2}
     assert f"{80 - resent} of 80 answered, {resent} expired, failed or missing are resubmitted alone" in err
+
+
+def test_a_batch_the_provider_no_longer_knows_is_one_line(tmp_path):
+    with BatchLoopback(key=SECRET, latency=30) as srv:
+        cfg_path = project(tmp_path, srv, "openai", 10)
+        db = tmp_path / "run" / "calls.sqlite"
+        proc = subprocess.Popen([sys.executable, "-m", "potstill.cli", "generate", "-c", str(cfg_path)], cwd=tmp_path,
+                                env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait(lambda: _submitted(db) == 1, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    fresh = BatchLoopback(key=SECRET)
+    fresh.port = srv.port  # the same address, a fresh server: the batch id in the ledger is unknown there
+    fresh.args = [f"--port={srv.port}", f"--key={SECRET}"]
+    with fresh:
+        run = cli(["generate", "-c", str(cfg_path)], tmp_path)
+    err = [ln for ln in run.stderr.splitlines() if ln.startswith("error:")]
+    assert run.returncode == 2 and len(err) == 1 and "NotFoundError" in err[0] and "a rerun resumes them" in err[0]
+    assert "Traceback" not in run.stderr and SECRET not in run.stderr

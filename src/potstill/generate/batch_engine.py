@@ -279,4 +279,15 @@ class BatchRun:
 def run_batch(teacher: Any, items: list[tuple[str, dict[str, Any]]], ledger: Ledger, stage: str,
               gcfg: GenerateConfig) -> dict[str, Any]:
     """Answer ``(request_hash, request)`` pairs through the provider's batch API, committing into ``ledger``."""
-    return BatchRun(teacher, ledger, stage, gcfg).run(items)
+    try:
+        return BatchRun(teacher, ledger, stage, gcfg).run(items)
+    except PotstillError:
+        raise
+    except Exception as e:
+        # An SDK error after its own retries (a vanished batch, the network down): one line, and
+        # everything sent so far stays in the ledger for the rerun to resume.
+        if not type(e).__module__.startswith(("openai", "anthropic")):
+            raise
+        msg = redact(f"{type(e).__name__}: {e}", teacher.secrets())[:300]
+        raise PotstillError(f"generate: the {teacher.type} batch API failed ({msg}); batches already submitted "
+                            "are in the ledger and a rerun resumes them") from None
