@@ -133,10 +133,13 @@ class BatchRun:
             claimed = {r["batch_id"] for r in self.ledger.batches(open_only=False) if r["batch_id"]}
             bid = (prov.find_batch(key, row, claimed) if resumed else None) or prov.create(key, row["file_id"], lines)
         except Exception as e:  # noqa: BLE001 - provider refusals become one line; the row is given up
-            if not hasattr(e, "status_code"):
+            status = getattr(e, "status_code", None)
+            if status is None or status >= 500:
+                # The batch may exist despite the error: the row stays ``preparing``, so the rerun
+                # looks for it before sending anything (run_batch turns this into one line).
                 raise
             self.ledger.batch_update(key, state="refused")
-            what = "quota exceeded" if is_quota(e) else f"HTTP {e.status_code}"  # type: ignore[attr-defined]
+            what = "quota exceeded" if is_quota(e) else f"HTTP {status}"
             raise PotstillError(
                 f"generate: the {prov.name} batch API refused a batch of {row['requests']} requests ({what}: "
                 f"{self._clean(e)}); nothing in it was billed and answers already committed are kept. "
