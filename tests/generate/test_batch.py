@@ -311,3 +311,14 @@ def test_a_batch_the_provider_no_longer_knows_is_one_line(tmp_path):
     err = [ln for ln in run.stderr.splitlines() if ln.startswith("error:")]
     assert run.returncode == 2 and len(err) == 1 and "NotFoundError" in err[0] and "a rerun resumes them" in err[0]
     assert "Traceback" not in run.stderr and SECRET not in run.stderr
+
+
+def test_preflight_projects_the_batch_price(tmp_path, monkeypatch):
+    from potstill.preflight import _Ctx, projected_cost
+
+    with BatchLoopback(key=SECRET) as srv:
+        cfg_path = project(tmp_path, srv, "openai", 40)
+    monkeypatch.chdir(tmp_path)  # data.inputs is relative to the project
+    live, _, _ = projected_cost(_Ctx(load_config(cfg_path, {"generate.engine": "async"})))
+    batch, _, how = projected_cost(_Ctx(load_config(cfg_path, {"generate.batch_price": {"openai": 0.4}})))
+    assert live > 0 and batch == pytest.approx(live * 0.4) and "at 0.4 of the live price (batch)" in how
