@@ -113,7 +113,7 @@ def test_batch_price_comes_from_the_price_table(tmp_path, monkeypatch):
         load_config(tmp_path / "potstill.yaml", {"generate.batch_price": {"openai": 0}})
 
 
-def _wait(cond, proc: subprocess.Popen, timeout: float = 60) -> None:
+def _wait(cond, proc: subprocess.Popen, timeout: float = 300) -> None:
     deadline = time.time() + timeout
     while not cond() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
