@@ -171,7 +171,7 @@ def cost(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]) -> Non
         for m in rep["models"]:
             typer.echo(f"teacher {m['model']}: {m['calls']} calls ({m['calls'] - m['ok']} errors), "
                        f"{m['input_tokens']} input ({m['cached_input_tokens']} cached) + {m['output_tokens']} output tokens, "
-                       f"${m['cost_usd']:.4f}")
+                       f"${m['cost_usd']:.4f}" + _batch_note(m))
         for m in student_spend(ledger):
             typer.echo(f"student {m['model']} ({m['stage']}): {m['calls']} calls ({m['errors']} errors), "
                        f"{m['input_tokens']} input + {m['output_tokens']} output tokens, ${m['cost_usd']:.4f}")
@@ -192,11 +192,19 @@ def cost(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]) -> Non
                            f"projected cost of the rest {proj}")
 
 
+def _batch_note(m: dict) -> str:
+    """The batch discount of one teacher model's calls, read back from the ledger."""
+    if not m["batch_calls"]:
+        return ""
+    return (f"; {m['batch_calls']} through batches, ${m['cost_usd']:.4f} vs ${m['live_cost_usd']:.4f} at the live price "
+            f"(saved ${m['live_cost_usd'] - m['cost_usd']:.4f})")
+
+
 @app.command("import")
 def import_(
     source: Annotated[Path, typer.Argument(help="Traffic: JSONL, or a calls.sqlite for served traffic.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Records JSONL to write.")] = Path("imported.jsonl"),
-    format: Annotated[str, typer.Option(help="auto, finetune, openai-log, pairs or served.")] = "auto",
+    format: Annotated[str, typer.Option(help="auto, finetune, openai-log, pairs, stored or served.")] = "auto",
     requests: Annotated[Optional[Path], typer.Option(help="Batch API input JSONL, to join a batch output by custom_id.")] = None,
 ) -> None:
     """Turn existing teacher traffic (chat-completion logs, fine-tuning JSONL, request/response pairs, served calls) into records."""

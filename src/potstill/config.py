@@ -259,6 +259,9 @@ def _default_prices() -> dict[str, dict[str, float]]:
         "gpt-4o": (2.50, 10.0), "gpt-4o-mini": (0.15, 0.60), "o3": (2.0, 8.0), "o4-mini": (1.10, 4.40),
         "claude-opus-4": (15.0, 75.0), "claude-sonnet-4": (3.0, 15.0), "claude-haiku-4-5": (1.0, 5.0),
         "claude-3-5-haiku": (0.80, 4.0), "claude-3-7-sonnet": (3.0, 15.0),
+        # Fine-tuned OpenAI models (``ft:gpt-4o-mini-2024-07-18:org::id``) bill above their base model.
+        "ft:gpt-4o": (3.75, 15.0), "ft:gpt-4o-mini": (0.30, 1.20), "ft:gpt-4.1": (3.0, 12.0),
+        "ft:gpt-4.1-mini": (0.80, 3.20), "ft:gpt-4.1-nano": (0.20, 0.80),
     }
     return {k: {"input_per_mtok": i, "output_per_mtok": o} for k, (i, o) in table.items()}
 
@@ -268,7 +271,9 @@ class GenerateConfig(Section):
     tpm: int | None = Field(None, ge=1, description="Client-side cap on tokens per minute, input + output (None: none).")
     budget_usd: float | None = Field(None, ge=0, description="Stop sending once this many dollars are spent (None: no cap).")
     n: int = Field(1, ge=1, le=64, description="Samples per input; with n > 1 the output is the majority answer.")
-    engine: Literal["async", "ray"] = Field("async", description="async: one process; ray: shard inputs over Ray workers.")
+    engine: Literal["async", "ray", "batch"] = Field(
+        "async", description="async: one process; ray: shard inputs over Ray workers; batch: the provider's batch API "
+        "(openai, anthropic teachers; answers within 24 h at generate.batch_price of the live price).")
     ray_workers: int = Field(2, ge=1, description="Ray workers (shards) for engine ray.")
     ray_gpus_per_worker: float = Field(
         0.0, ge=0, description="GPUs each Ray worker reserves (1: a local teacher model on each worker's own GPU)."
@@ -282,8 +287,20 @@ class GenerateConfig(Section):
         description="USD per million tokens by model id prefix ({input_per_mtok, output_per_mtok}); used when teacher.price is all zero.",
     )
 
+    batch_price: dict[str, float] = Field(
+        default_factory=lambda: {"openai": 0.5, "anthropic": 0.5},
+        description="Batch price as a share of the live price, per provider (engine batch; a provider missing here pays the live price).",
+    )
+    batch_poll_s: float = Field(30.0, gt=0, description="Seconds between two status checks of the open batches (engine batch).")
+    batch_max_requests: int | None = Field(
+        None, ge=1, description="Most requests per batch (None: the provider's limit, openai 50,000, anthropic 100,000).")
+    batch_resubmits: int = Field(3, ge=0, description="Times an expired or failed batch item is resubmitted before it is an error row.")
+
     @model_validator(mode="after")
     def _check_prices(self) -> "GenerateConfig":
+        for provider, share in self.batch_price.items():
+            if not 0 < share <= 1:
+                raise ValueError(f"generate.batch_price.{provider}: {share} is not a share of the live price in (0, 1]")
         for model, price in self.prices.items():
             try:
                 PriceConfig.model_validate(price)

@@ -75,7 +75,39 @@ MIGRATIONS: list[str] = [
     ALTER TABLE generate_runs ADD COLUMN pid INTEGER;
     ALTER TABLE generate_runs ADD COLUMN host TEXT;
     """,
+    # 4: provider batches (generate.engine: batch). A batch row and its requests are committed
+    # before anything is uploaded, and its provider ids as soon as they are known, so a rerun
+    # after kill -9 finds (or polls) the same batch instead of paying for the requests twice.
+    # A call answered through a batch keeps the price multiplier it was billed at.
+    """
+    ALTER TABLE calls ADD COLUMN price_multiplier REAL NOT NULL DEFAULT 1;
+    CREATE TABLE batches (
+        key TEXT PRIMARY KEY,          -- our name: the upload's file name and the batch's metadata
+        provider TEXT NOT NULL,        -- openai | anthropic
+        model TEXT NOT NULL,
+        stage TEXT NOT NULL,
+        attempt INTEGER NOT NULL,      -- 1, then +1 for each resubmission of expired/failed items
+        batch_id TEXT,
+        file_id TEXT,
+        state TEXT NOT NULL,           -- preparing | submitted | <provider status> | collected | refused
+        requests INTEGER NOT NULL,
+        done INTEGER NOT NULL DEFAULT 0,
+        failed INTEGER NOT NULL DEFAULT 0,
+        expired INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE batch_items (
+        batch_key TEXT NOT NULL,
+        request_hash TEXT NOT NULL,
+        request TEXT NOT NULL,         -- canonical JSON, so a resumed batch commits without the inputs
+        PRIMARY KEY (batch_key, request_hash)
+    ) WITHOUT ROWID;
+    """,
 ]
+
+#: Batch states after which nothing more comes from the provider.
+BATCH_CLOSED = ("collected", "refused")
 
 
 def _statements(script: str) -> list[str]:
@@ -144,6 +176,8 @@ class Call:
     error: str | None = None
     created_at: float = field(default_factory=time.time)
     stop_reason: str | None = None
+    #: Share of the live price billed (provider batches: ``generate.batch_price``).
+    price_multiplier: float = 1.0
 
 
 def user_messages(request: dict[str, Any]) -> list[dict[str, str]]:
@@ -275,14 +309,15 @@ class Ledger:
                 c.request_hash, c.role, c.stage, c.model, json.dumps(c.request, sort_keys=True),
                 None if c.response is None else json.dumps(c.response), c.input_tokens, c.output_tokens,
                 c.cached_input_tokens, c.cost_usd, c.latency_s, c.status, c.error, c.created_at, c.stop_reason,
+                c.price_multiplier,
             )
             for c in calls
         ]
         with self._lock, self._db:
             self._db.executemany(
                 "INSERT INTO calls (request_hash, role, stage, model, request, response, input_tokens,"
-                " output_tokens, cached_input_tokens, cost_usd, latency_s, status, error, created_at, stop_reason)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " output_tokens, cached_input_tokens, cost_usd, latency_s, status, error, created_at, stop_reason,"
+                " price_multiplier) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 rows,
             )
 
@@ -422,10 +457,12 @@ class Ledger:
             self._mark_stale()
             models = [
                 {"model": m, "calls": int(c), "ok": int(ok), "input_tokens": int(i), "cached_input_tokens": int(ci),
-                 "output_tokens": int(o), "cost_usd": float(d)}
-                for m, c, ok, i, ci, o, d in self._db.execute(
+                 "output_tokens": int(o), "cost_usd": float(d), "batch_calls": int(b), "live_cost_usd": float(lv)}
+                for m, c, ok, i, ci, o, d, b, lv in self._db.execute(
                     "SELECT model, COUNT(*), SUM(status='ok'), SUM(input_tokens), SUM(cached_input_tokens),"
-                    " SUM(output_tokens), SUM(cost_usd) FROM calls WHERE role='teacher' GROUP BY model ORDER BY model")
+                    " SUM(output_tokens), SUM(cost_usd), SUM(price_multiplier != 1),"
+                    " SUM(CASE WHEN price_multiplier > 0 THEN cost_usd / price_multiplier ELSE cost_usd END)"
+                    " FROM calls WHERE role='teacher' GROUP BY model ORDER BY model")
             ]
             run = self._db.execute(
                 "SELECT id, model, inputs, unique_requests, cache_hits, retries, status FROM generate_runs"
@@ -447,3 +484,38 @@ class Ledger:
                     "projected_remaining_usd": None if per_call is None else per_call * remaining,
                 }
         return {"models": models, "latest_run": latest}
+
+    # ------------------------------------------------------------------ provider batches
+    def batch_new(self, key: str, provider: str, model: str, stage: str, attempt: int,
+                  items: list[tuple[str, dict[str, Any]]]) -> None:
+        """Record a batch and its requests before anything is uploaded (state ``preparing``)."""
+        now = time.time()
+        with self._lock, self._db:
+            self._db.execute(
+                "INSERT INTO batches (key, provider, model, stage, attempt, state, requests, created_at, updated_at)"
+                " VALUES (?,?,?,?,?,'preparing',?,?,?)", (key, provider, model, stage, attempt, len(items), now, now))
+            self._db.executemany("INSERT INTO batch_items VALUES (?,?,?)",
+                                 ((key, h, json.dumps(q, sort_keys=True)) for h, q in items))
+
+    def batch_update(self, key: str, **fields: Any) -> None:
+        cols = sorted(fields)
+        with self._lock, self._db:
+            self._db.execute(f"UPDATE batches SET {', '.join(c + '=?' for c in cols)}, updated_at=? WHERE key=?",
+                             [*(fields[c] for c in cols), time.time(), key])
+
+    def batches(self, provider: str | None = None, model: str | None = None, open_only: bool = True) -> list[dict]:
+        """Batch rows, oldest first; ``open_only``: those not yet collected or refused."""
+        where, args = self._where(provider=provider, model=model)
+        if open_only:
+            where += (" AND " if where else " WHERE ") + f"state NOT IN ({','.join('?' * len(BATCH_CLOSED))})"
+            args += list(BATCH_CLOSED)
+        with self._lock:
+            cur = self._db.execute("SELECT * FROM batches" + where + " ORDER BY created_at, key", args)
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, r)) for r in cur.fetchall()]
+
+    def batch_items(self, key: str) -> dict[str, dict[str, Any]]:
+        """The requests a batch holds, by request hash."""
+        with self._lock:
+            rows = self._db.execute("SELECT request_hash, request FROM batch_items WHERE batch_key=?", (key,)).fetchall()
+        return {h: json.loads(q) for h, q in rows}

@@ -235,7 +235,11 @@ def projected_cost(ctx: _Ctx) -> tuple[float, int, str]:
                   else cfg.teacher.max_tokens)
     n = cfg.generate.n * fs.orders  # every sample and every shot order is a call
     usd = token_cost(price, math.ceil(chars_in / CHARS_PER_TOKEN) * n, math.ceil(out_tokens * len(records) * n))
-    return usd, len(records), f"{len(records)} inputs x {n} calls, up to {out_tokens:.0f} output tokens each"
+    how = f"{len(records)} inputs x {n} calls, up to {out_tokens:.0f} output tokens each"
+    if cfg.generate.engine == "batch":  # billed at the provider's batch share of the live price
+        share = cfg.generate.batch_price.get(cfg.teacher.type, 1.0)
+        usd, how = usd * share, how + f", at {share:g} of the live price (batch)"
+    return usd, len(records), how
 
 
 def check_budget(ctx: _Ctx) -> Check:

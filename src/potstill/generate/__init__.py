@@ -8,7 +8,8 @@ atomically at the end, so a record reaches it only once its answer is committed.
 
 Every teacher answers through its own ``run`` (API teachers on ``potstill.teachers.api.engine``:
 rate limits, budget, retries). ``generate.engine: ray`` shards the
-requests over Ray workers that commit into the same ledger (``potstill.generate.ray_engine``).
+requests over Ray workers that commit into the same ledger (``potstill.generate.ray_engine``);
+``generate.engine: batch`` sends them through the provider's batch API (``potstill.generate.batch_engine``).
 """
 
 from __future__ import annotations
@@ -66,6 +67,11 @@ def _send(teacher: Teacher, stage: str, ledger: Ledger, gcfg: GenerateConfig, st
 
             errors.update(run_ray(teacher, todo, ledger.path, stage, gcfg, stats))
             answers.update(ledger.lookup([h for h, _ in todo]))
+        elif gcfg.engine == "batch" and todo:
+            from potstill.generate.batch_engine import run_batch
+
+            errors.update(run_batch(teacher, todo, ledger, stage, gcfg, stats))
+            answers.update(ledger.lookup([h for h, _ in todo]))
         else:
             teacher.run([req for _, req in todo], on_result, stats, gcfg)
 
@@ -82,6 +88,8 @@ def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: L
     stats = RunStats(inputs=len(records))
     if gcfg.n > 1 and not teacher.supports_samples:
         raise PotstillError(f"generate.n={gcfg.n}: the {teacher.type} teacher returns one answer per input; use n: 1")
+    if gcfg.engine == "batch" and not teacher.supports_batch:
+        raise PotstillError(f"generate.engine batch needs an openai or anthropic teacher, not {teacher.type!r}")
     teacher.n = gcfg.n
     ident = teacher.identity()
     reqs = [teacher.request(r) for r in records]

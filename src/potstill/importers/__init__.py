@@ -8,6 +8,9 @@ Formats (``--format auto`` picks one per line, by its keys):
   ``--requests``) or ``{"request": <body>, "response": <chat.completion>}`` lines.
 * ``pairs``: ``{"request"|"prompt"|"input": ..., "response"|"output"|"completion": ...}``
   where each side is a string, a chat request/completion, or an Anthropic message.
+* ``stored``: OpenAI stored completions (``store: true``) as exported through the API: one
+  ``chat.completion`` object a line (what ``GET /v1/chat/completions`` lists), with its input
+  messages (``GET /v1/chat/completions/{id}/messages``) under ``input_messages`` or ``messages``.
 * ``served``: potstill's own served traffic, the ``serve`` rows of a ``calls.sqlite``.
 
 Every record keeps where it came from: ``meta.source`` (file), ``meta.line`` (or ledger row
@@ -25,7 +28,7 @@ from potstill.ledger import Ledger
 from potstill.progress import bar
 from potstill.records import Record, read_objects, write_jsonl
 
-FORMATS = ("auto", "finetune", "openai-log", "pairs", "served")
+FORMATS = ("auto", "finetune", "openai-log", "pairs", "stored", "served")
 
 
 def _messages(side: Any, where: str) -> list[dict[str, Any]]:
@@ -66,6 +69,8 @@ def _answer(side: Any, where: str) -> tuple[str, dict[str, Any]]:
 
 
 def _detect(obj: dict[str, Any]) -> str:
+    if obj.get("object") == "chat.completion" and "choices" in obj:
+        return "stored"
     if "custom_id" in obj and "response" in obj:
         return "openai-log"
     if isinstance(obj.get("response"), dict) and (obj["response"].get("choices") or "body" in obj["response"]):
@@ -96,6 +101,16 @@ def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: dict[str, An
         prompt = _messages(req, where)
         output, meta2 = _answer(obj.get("response"), where)
         meta.update(meta2)
+    elif kind == "stored":
+        side = obj.get("input_messages", obj.get("messages"))
+        if isinstance(side, dict) and isinstance(side.get("data"), list):  # the messages list endpoint's page
+            side = side["data"]
+        if not isinstance(side, list):
+            raise PotstillError(f"{where}: a stored completion needs its input messages under input_messages")
+        prompt = [{"role": m.get("role", "user"), "content": m.get("content", "")} for m in side]
+        output, meta = _answer({k: v for k, v in obj.items() if k not in ("input_messages", "messages")}, where)
+        if obj.get("metadata"):
+            meta["metadata"] = obj["metadata"]
     elif kind == "pairs":
         req = next((obj[k] for k in ("request", "prompt", "input") if k in obj), None)
         resp = next((obj[k] for k in ("response", "output", "completion") if k in obj), None)

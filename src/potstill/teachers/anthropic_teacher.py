@@ -28,6 +28,7 @@ def _create_params(client: Any) -> set[str]:
 
 class AnthropicTeacher(ApiTeacher):
     type = "anthropic"
+    supports_batch = True  # generate.engine batch (potstill.generate.batch_engine)
     logprobs_refusal = "the Anthropic Messages API returns no log-probabilities"
 
     def identity(self) -> dict[str, Any]:
@@ -80,7 +81,11 @@ class AnthropicTeacher(ApiTeacher):
             req["extra_body"] = extra
         t0 = time.perf_counter()
         msgs = await asyncio.gather(*(client.messages.create(**req) for _ in range(n)))
-        latency = time.perf_counter() - t0
+        return self._response(msgs, time.perf_counter() - t0)
+
+    def _response(self, msgs: list[Any], latency: float) -> Response:
+        """One Response from the n Messages answering one request (the batch engine parses results with it)."""
+        n = len(msgs)
         texts, n_in, n_out, cached, stops = [], 0, 0, 0, []
         for m in msgs:
             texts.append("".join(getattr(b, "text", "") for b in m.content if getattr(b, "type", "") == "text"))

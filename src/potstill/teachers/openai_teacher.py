@@ -49,6 +49,7 @@ def label_probs_from_top_logprobs(top: list[dict[str, Any]], labels: list[str]) 
 
 class OpenAITeacher(ApiTeacher):
     type = "openai"
+    supports_batch = True  # generate.engine batch (potstill.generate.batch_engine)
     supports_logprobs = True
 
     def identity(self) -> dict[str, Any]:

@@ -1,0 +1,290 @@
+"""``generate.engine: batch``: the provider's batch API at ``generate.batch_price`` of the live price.
+
+The order of commits is what makes a ``kill -9`` at any moment safe (nothing sent or paid twice):
+
+1. a batch row and its requests go to the ledger before any upload (state ``preparing``);
+2. the uploaded file id and then the batch id are committed as soon as the provider returns
+   them. A rerun that finds a ``preparing`` row first looks for what it may have sent before
+   dying (a file named after the row's key; an OpenAI batch whose metadata holds the key; an
+   Anthropic batch of the same size created after the row) and only then sends;
+3. results are committed as they stream in, a few hundred rows at a time. A rerun reads the same
+   results again and skips the requests already answered;
+4. a batch is marked ``collected`` only after its last result is committed; its expired and
+   failed requests are then resubmitted alone, in a new batch.
+
+Requests already answered (live or batch) are never put in a batch; requests held by a batch
+that is still open are not put in another one.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from potstill.config import GenerateConfig
+from potstill.errors import PotstillError, redact
+from potstill.generate.batch_providers import BatchStatus, is_not_found, is_quota, provider_for
+from potstill.teachers.api.prices import price_for, token_cost
+from potstill.ledger import Ledger
+from potstill.progress import bar, say
+from potstill.teachers.base import Response, RunStats
+
+#: Result rows committed in one SQLite transaction while a results file streams in: a kill loses
+#: at most this many parsed rows, which the rerun reads again from the same (paid) results.
+COMMIT_EVERY = 200
+
+
+def _chunks(prov: Any, items: list[tuple[str, dict[str, Any]]], max_requests: int) -> list[list[tuple[str, dict]]]:
+    """Split into batches under the provider's request-count and byte limits (1 MiB kept spare)."""
+    out: list[list[tuple[str, dict]]] = []
+    cur: list[tuple[str, dict]] = []
+    size = 0
+    for h, q in items:
+        n = len(prov.line(h, q))
+        if cur and (len(cur) >= max_requests or size + n > prov.max_bytes - (1 << 20)):
+            out.append(cur)
+            cur, size = [], 0
+        cur.append((h, q))
+        size += n
+    return out + [cur] if cur else out
+
+
+def _elapsed(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+class BatchRun:
+    """One ``generate`` over a provider's batch API, counting into the run's ``RunStats``."""
+
+    def __init__(self, teacher: Any, ledger: Ledger, stage: str, gcfg: GenerateConfig, stats: RunStats):
+        self.teacher, self.ledger, self.stage, self.gcfg, self.stats = teacher, ledger, stage, gcfg, stats
+        self.prov = provider_for(teacher)
+        self.price = price_for(teacher.cfg.model, teacher.cfg.price, gcfg.prices)
+        self.share = gcfg.batch_price.get(self.prov.name, 1.0)
+        self.items: dict[str, dict[str, dict[str, Any]]] = {}  # batch key -> its requests by hash
+        self.errors: dict[str, str] = {}  # request hash -> why it has no answer
+        self.t0 = time.time()
+        self._last_line: tuple = ()
+        self.advance: Any = lambda n=1, **kw: None
+
+    # ------------------------------------------------------------------ plan and submit
+    def run(self, items: list[tuple[str, dict[str, Any]]]) -> dict[str, str]:
+        todo = {h for h, _ in items}
+        rows = []
+        for row in self.ledger.batches(self.prov.name, self.teacher.model_name):
+            held = self.ledger.batch_items(row["key"])
+            if todo & held.keys():  # an open batch of an earlier, killed run: resume it, never resend
+                self.items[row["key"]] = held
+                rows.append(row)
+        held_keys = {h for r in rows for h in self.items[r["key"]]}
+        if rows:
+            say(f"generate: resuming {len(rows)} open {self.prov.name} batch(es) holding {len(held_keys)} requests")
+        for row in rows:
+            if row["state"] == "preparing":
+                self._submit(row, resumed=True)
+        new = [(h, q) for h, q in items if h not in held_keys]
+        rows += self._submit_new(self._within_budget(new), attempt=1)
+        self._poll(rows, len(items))
+        return self.errors
+
+    def _within_budget(self, items: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+        """The requests whose worst-case cost (all of max_tokens) fits ``generate.budget_usd``."""
+        budget = self.gcfg.budget_usd
+        if budget is None:
+            return items
+        spent, keep = 0.0, []
+        for h, q in items:
+            est = self.teacher.estimate_tokens(q)
+            out = int(q.get("max_tokens", 0)) * int(q.get("n", 1))
+            spent += token_cost(self.price, max(0, est - out), out) * self.share
+            if spent > budget:
+                self.stats.budget_stopped = True
+                break
+            keep.append((h, q))
+        return keep
+
+    def _submit_new(self, items: list[tuple[str, dict[str, Any]]], attempt: int) -> list[dict[str, Any]]:
+        cap = min(self.gcfg.batch_max_requests or self.prov.max_requests, self.prov.max_requests)
+        rows = []
+        for chunk in _chunks(self.prov, items, cap):
+            key = f"potstill-{uuid.uuid4().hex}"
+            self.ledger.batch_new(key, self.prov.name, self.teacher.model_name, self.stage, attempt, chunk)
+            self.items[key] = dict(chunk)
+            row = {"key": key, "attempt": attempt, "batch_id": None, "file_id": None, "state": "preparing",
+                   "requests": len(chunk), "created_at": time.time()}
+            self._submit(row, resumed=False)
+            rows.append(row)
+        return rows
+
+    def _submit(self, row: dict[str, Any], resumed: bool) -> None:
+        """Upload and create one batch, committing each provider id as soon as it exists."""
+        key, prov = row["key"], self.prov
+        lines = [prov.line(h, q) for h, q in self.items[key].items()]
+        try:
+            if prov.uses_files and not row["file_id"]:
+                fid = (prov.find_file(key) if resumed else None) or prov.upload(key, b"".join(lines))
+                self.ledger.batch_update(key, file_id=fid)
+                row["file_id"] = fid
+            claimed = {r["batch_id"] for r in self.ledger.batches(open_only=False) if r["batch_id"]}
+            bid = (prov.find_batch(key, row, claimed) if resumed else None) or prov.create(key, row["file_id"], lines)
+        except Exception as e:  # noqa: BLE001 - provider refusals become one line; the row is given up
+            status = getattr(e, "status_code", None)
+            if status is None or status >= 500:
+                # The batch may exist despite the error: the row stays ``preparing``, so the rerun
+                # looks for it before sending anything (run_batch turns this into one line).
+                raise
+            self.ledger.batch_update(key, state="refused")
+            what = "quota exceeded" if is_quota(e) else f"HTTP {status}"
+            raise PotstillError(
+                f"generate: the {prov.name} batch API refused a batch of {row['requests']} requests ({what}: "
+                f"{self._clean(e)}); nothing in it was billed and answers already committed are kept. "
+                "Rerun when the quota allows") from None
+        self.ledger.batch_update(key, batch_id=bid, state="submitted")
+        row.update(batch_id=bid, state="submitted")
+        self.stats.started += row["requests"]
+
+    def _clean(self, e: Exception) -> str:
+        return redact(str(getattr(e, "message", None) or e), self.teacher.secrets())[:200]
+
+    # ------------------------------------------------------------------ poll and collect
+    def _poll(self, rows: list[dict[str, Any]], total: int) -> None:
+        pending = {r["key"]: r for r in rows}
+        counts: dict[str, BatchStatus] = {}
+        with bar(f"{self.stage}: {self.prov.name} batches", total) as advance:
+            self.advance = advance
+            while pending:
+                for key, row in list(pending.items()):
+                    st = self.prov.status(row["batch_id"])
+                    counts[key] = st
+                    self.ledger.batch_update(key, state=st.state, done=st.done, failed=st.failed, expired=st.expired)
+                    if st.ended:
+                        retry = self._collect(row, st)
+                        self.ledger.batch_update(key, state="collected")
+                        del pending[key]
+                        for new in self._resubmit(retry, row["attempt"] + 1):
+                            pending[new["key"]] = new
+                self._progress(counts, len(pending))
+                if pending:
+                    time.sleep(self.gcfg.batch_poll_s)
+
+    def _progress(self, counts: dict[str, BatchStatus], n_open: int) -> None:
+        done = sum(s.done for s in counts.values())
+        failed = sum(s.failed for s in counts.values())
+        expired = sum(s.expired for s in counts.values())
+        fields = {"open": n_open, "failed": failed, "expired": expired, "elapsed": _elapsed(time.time() - self.t0)}
+        self.advance(0, **fields)
+        if (done, failed, expired, n_open) != self._last_line:  # a log line only when something moved
+            self._last_line = (done, failed, expired, n_open)
+            say(f"generate: {self.prov.name} batches: {n_open} open, {done} done, {failed} failed, "
+                f"{expired} expired, {fields['elapsed']} elapsed")
+
+    def _collect(self, row: dict[str, Any], st: BatchStatus) -> dict[str, dict[str, Any]]:
+        """Commit an ended batch's results; return the requests to resubmit (expired, failed, missing)."""
+        key, bid = row["key"], row["batch_id"]
+        items = self.items[key]
+        if st.problem:
+            self.ledger.batch_update(key, state="refused")
+            what = "quota exceeded" if st.quota else "failed"
+            raise PotstillError(f"generate: {self.prov.name} batch {bid} {what} ({st.problem}); none of its "
+                                f"{len(items)} requests was billed and answers already committed are kept. Rerun to resubmit them")
+        answered = set(self.ledger.lookup(list(items)))
+        seen: set[str] = set()
+        retry: dict[str, dict[str, Any]] = {}
+        buf: list = []
+        malformed: list[str] = []
+        if not st.sources:
+            say(f"generate: {self.prov.name} batch {bid} ended ({st.state}) with no results file id; "
+                f"its {len(items)} requests are resubmitted")
+        for src in st.sources:
+            try:
+                for no, line in enumerate(self.prov.lines(src), 1):
+                    self._take_line(line, f"{src} line {no}", items, answered, seen, retry, buf, malformed)
+                    if len(buf) >= COMMIT_EVERY:
+                        self._flush(buf)
+            except Exception as e:  # noqa: BLE001 - a vanished results file: resubmit what it held
+                if not is_not_found(e):
+                    raise
+                say(f"generate: {self.prov.name} batch {bid}: results file {src} is not found at the provider (404); "
+                    "the requests it held are resubmitted")
+        self._flush(buf)
+        if malformed:
+            say(f"generate: {self.prov.name} batch {bid}: {len(malformed)} malformed results line(s) (first: "
+                f"{malformed[0]}); their requests are resubmitted")
+        for h, q in items.items():
+            if h not in seen and h not in answered:
+                retry[h] = q
+        if retry and st.sources:
+            say(f"generate: {self.prov.name} batch {bid} {st.state}: {len(items) - len(retry)} of {len(items)} "
+                f"answered, {len(retry)} expired, failed or missing are resubmitted alone")
+        return retry
+
+    def _take_line(self, line: str, where: str, items: dict, answered: set, seen: set, retry: dict, buf: list,
+                   malformed: list) -> None:
+        if not line.strip():
+            return
+        try:
+            item = self.prov.parse(line)
+        except Exception as e:  # noqa: BLE001 - any unreadable line is reported once and its request resent
+            malformed.append(f"{where}: {type(e).__name__}")
+            return
+        h = item.custom_id
+        if h not in items or h in seen or h in answered:
+            return
+        seen.add(h)
+        if item.response is not None:
+            buf.append((h, items[h], item.response))
+        elif item.retry:
+            retry[h] = items[h]
+        else:
+            buf.append((h, items[h], Response(output=None, error=f"batch item: {item.error}")))
+
+    def _flush(self, buf: list) -> None:
+        """Commit answered results in one transaction, priced at the batch share of the live price."""
+        from potstill.generate import ledger_call
+
+        if not buf:
+            return
+        calls = []
+        for h, q, resp in buf:
+            resp.cost_usd = token_cost(self.price, resp.input_tokens, resp.output_tokens) * self.share
+            call = ledger_call(h, self.teacher, self.stage, q, resp)
+            call.price_multiplier = self.share
+            calls.append(call)
+            self.stats.count(resp)
+            if call.status != "ok":
+                self.errors[h] = resp.error or "no output"
+        self.ledger.record_many(calls)
+        self.advance(len(buf))
+        buf.clear()
+
+    def _resubmit(self, retry: dict[str, dict[str, Any]], attempt: int) -> list[dict[str, Any]]:
+        if not retry:
+            return []
+        if attempt > 1 + self.gcfg.batch_resubmits:
+            buf = [(h, q, Response(output=None, error=f"batch item expired or failed {attempt - 1} times"))
+                   for h, q in retry.items()]
+            self._flush(buf)
+            return []
+        self.stats.retries += len(retry)
+        return self._submit_new(list(retry.items()), attempt)
+
+
+def run_batch(teacher: Any, items: list[tuple[str, dict[str, Any]]], ledger: Ledger, stage: str,
+              gcfg: GenerateConfig, stats: RunStats) -> dict[str, str]:
+    """Answer ``(request_hash, request)`` pairs through the provider's batch API, committing into ``ledger``
+    and counting into ``stats``; returns the error of each request left without an answer."""
+    try:
+        return BatchRun(teacher, ledger, stage, gcfg, stats).run(items)
+    except PotstillError:
+        raise
+    except Exception as e:
+        # An SDK error after its own retries (a vanished batch, the network down): one line, and
+        # everything sent so far stays in the ledger for the rerun to resume.
+        if not type(e).__module__.startswith(("openai", "anthropic")):
+            raise
+        msg = redact(f"{type(e).__name__}: {e}", teacher.secrets())[:300]
+        raise PotstillError(f"generate: the {teacher.type} batch API failed ({msg}); batches already submitted "
+                            "are in the ledger and a rerun resumes them") from None
