@@ -181,12 +181,28 @@ class QualityBar(Section):
     )
 
 
+class JudgeConfig(Section):
+    """Teacher as judge (`evaluate.judge`): pairwise student-vs-teacher verdicts for extraction and free text."""
+
+    enabled: bool = Field(False, description="Ask a judge model to compare student and teacher outputs (extraction, freetext).")
+    teacher: TeacherConfig | None = Field(
+        None, description="The judge model, as a teacher section (an API teacher); None: the run's teacher."
+    )
+    rubric: str = Field(
+        "Judge which answer follows the task instruction better: correct, complete, faithful to the input, concise.",
+        description="What the judge weighs, put in its system prompt.",
+    )
+    max_examples: int | None = Field(None, ge=1, description="Judge only the first N test examples (None: all; 2 calls each).")
+    max_tokens: int = Field(8, ge=1, description="Longest judge reply (it is asked for one word: A, B or TIE).")
+
+
 class EvaluateConfig(Section):
     latency_samples: int = Field(30, ge=1, description="Calls timed one at a time for p50/p95 latency.")
     batch_size: int = Field(16, ge=1, description="Batch size for the throughput pass.")
     monthly_calls: int = Field(1_000_000, ge=0, description="Expected calls per month, for the break-even.")
     quality_bar: QualityBar = Field(default_factory=QualityBar)
     include_untrained: bool = Field(True, description="Also evaluate the untrained student.")
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
 
 
 def _default_prices() -> dict[str, dict[str, float]]:

@@ -165,6 +165,12 @@ def evaluate_stage(cfg: Config, force: bool = False) -> dict[str, Any]:
         t_gold = [task.agree(t, g) if g is not None else None for t, g in zip(teacher, gold)]
         slices = slice_table(names, agree["student"], agree.get("untrained student"), s_gold, t_gold,
                              e.quality_bar, rep.min_slice_n, rep.bootstrap_samples, rep.seed)
+        judged = None
+        if e.judge.enabled and not task.labels:
+            from potstill.evaluate.judge import run_judge
+
+            with run.ledger() as ledger:
+                judged = run_judge(cfg, task, test, preds["student"].outputs, agree["student"], names, ledger)
         agreement_ci = {k: bootstrap_mean(v, rep.bootstrap_samples, seed=rep.seed) for k, v in agree.items()}
 
         train_info = json.loads((run / "train.json").read_text()) if (run / "train.json").exists() else {}
@@ -190,7 +196,7 @@ def evaluate_stage(cfg: Config, force: bool = False) -> dict[str, Any]:
             "slices": slices, "length_edges_words": list(edges),
             "worst_cases": worst_cases(task, test, preds["student"], teacher, gold, conf["student"], names, rep.worst_cases),
             "latency_cost": latency_cost(models, batched, cfg.student.usd_per_hour),
-            "one_time": one_time, "break_even": be, "verdict": v,
+            "one_time": one_time, "break_even": be, "verdict": v, "judge": judged,
             "quality_bar": e.quality_bar.model_dump(), "min_slice_n": rep.min_slice_n,
             "bootstrap_samples": rep.bootstrap_samples,
             "sources": {
@@ -205,6 +211,9 @@ def evaluate_stage(cfg: Config, force: bool = False) -> dict[str, Any]:
                 "quality_bar": "config evaluate.quality_bar and report.min_slice_n",
             },
         }
+        if judged is not None:
+            result["sources"]["judge"] = (f"judge {judged['model']}: both orders per input, answers and cost in the ledger "
+                                          "(role judge); config evaluate.judge")
         result = finite(result)
         write_report(run / "report.html", result, [])
         write_json(run / "eval.json", result)
