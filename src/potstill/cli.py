@@ -23,6 +23,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="potstill: distil a large teacher LLM into a small student, and prove the trade on your data.")
 
 _SECTIONS = {
+    "synthesize": ["task", "teacher", "generate", "synthesize"],
     "pilot": ["task", "data", "teacher", "student", "pilot", "evaluate", "generate"],
     "generate": ["task", "data", "teacher", "generate"],
     "curate": ["task", "data", "teacher", "curate"],
@@ -67,6 +68,13 @@ def _pilot(cfg: Config, force: bool) -> None:
     from potstill.pilot.stage import pilot_stage
 
     pilot_stage(cfg, force)
+
+
+def _synthesize(cfg: Config, force: bool) -> None:
+    """Have the teacher write new inputs from the task, the labels and a few seeds (before generate)."""
+    from potstill.synthesize.stage import synthesize_stage
+
+    synthesize_stage(cfg, force)
 
 
 def _generate(cfg: Config, force: bool) -> None:
@@ -121,7 +129,7 @@ def _preflight(cfg: Config) -> None:
 _SECTIONS["preflight"] = ["task", "data", "teacher", "student", "train", "generate"]
 _config_command("preflight", _preflight)
 
-for _name, _fn in (("pilot", _pilot), ("generate", _generate), ("curate", _curate), ("train", _train),
+for _name, _fn in (("synthesize", _synthesize), ("pilot", _pilot), ("generate", _generate), ("curate", _curate), ("train", _train),
                    ("evaluate", _evaluate), ("run", _run)):
     _config_command(_name, _fn, [_FORCE])
 

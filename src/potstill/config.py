@@ -90,6 +90,42 @@ class StudentConfig(Section):
     max_length: int = Field(256, ge=8, description="Truncate prompt+completion to this many tokens.")
 
 
+class SynthesizeConfig(Section):
+    """`potstill synthesize`: the teacher writes new inputs from the task, the labels and a few seeds."""
+
+    n: int = Field(100, ge=1, description="Synthetic inputs to keep, over all plan cells.")
+    seeds: str | None = Field(None, description="JSONL of real example inputs (input, label?): shown as exemplars, kept in the output, never copied.")
+    test_inputs: str | None = Field(
+        None, description="JSONL of held-out test inputs no synthetic input may come near (RUN/test.jsonl is added when it exists)."
+    )
+    output: str = Field("synthetic.jsonl", description="Where the seeds plus the kept synthetic inputs go (relative: in the run directory).")
+    cells: list[str] = Field(
+        default_factory=list, description="Plan cells to fill (default: task.labels for classification, else one cell 'all')."
+    )
+    quotas: dict[str, int] = Field(default_factory=dict, description="Inputs to keep per cell (default: n split evenly).")
+    topics: list[str] = Field(default_factory=list, description="Topics to rotate through in the prompts.")
+    lengths: list[str] = Field(
+        default_factory=lambda: ["one or two sentences", "a short paragraph", "several paragraphs"],
+        description="Lengths to rotate through.",
+    )
+    styles: list[str] = Field(default_factory=list, description="Styles or registers to rotate through (formal, chatty, ...).")
+    difficulties: list[str] = Field(
+        default_factory=lambda: ["clear-cut", "ambiguous"], description="Difficulties to rotate through."
+    )
+    exemplars: int = Field(3, ge=0, description="Seed inputs shown per prompt, rotated from call to call.")
+    temperature: float = Field(1.0, ge=0, description="Teacher sampling temperature for writing inputs.")
+    max_tokens: int = Field(512, ge=1, description="Longest input the teacher may write (tokens).")
+    min_chars: int = Field(20, ge=1, description="Reject inputs shorter than this (characters).")
+    near_dup_threshold: float = Field(
+        0.8, gt=0, le=1, description="Jaccard of character 5-gram sets at which an input duplicates another or a seed."
+    )
+    test_threshold: float = Field(
+        0.5, gt=0, le=1, description="Lower bar for test inputs: reject a synthetic input this similar to any of them."
+    )
+    max_rounds: int = Field(3, ge=1, description="Rounds of requests to refill cells whose candidates were rejected.")
+    seed: int = Field(0, description="Seed of the plan (which topic, length, style and exemplars each request gets).")
+
+
 class PilotConfig(Section):
     n: int = Field(100, ge=1, description="Number of inputs to compare the untrained student and the teacher on.")
     seed: int = Field(0, description="Seed for choosing the pilot inputs.")
@@ -343,6 +379,7 @@ class Config(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     student: StudentConfig = Field(default_factory=StudentConfig)
+    synthesize: SynthesizeConfig = Field(default_factory=SynthesizeConfig)
     pilot: PilotConfig = Field(default_factory=PilotConfig)
     curate: CurateConfig = Field(default_factory=CurateConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -431,7 +468,8 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         raise PotstillError(_explain(e, source)) from None
 
 
-_PATH_FIELDS = [("run_dir",), ("data", "inputs"), ("curate", "real_data"), ("teacher", "replay_path"), ("teacher", "few_shot", "path")]
+_PATH_FIELDS = [("run_dir",), ("data", "inputs"), ("curate", "real_data"), ("teacher", "replay_path"), ("teacher", "few_shot", "path"),
+               ("synthesize", "seeds"), ("synthesize", "test_inputs")]
 
 
 def _resolve_paths(data: dict, base: Path) -> dict:

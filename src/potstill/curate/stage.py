@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from typing import Any
 
 from potstill.config import Config
@@ -21,7 +23,7 @@ def curate_stage(cfg: Config, force: bool = False) -> dict[str, Any]:
     settings = {"curate": cfg.curate.model_dump(), "task": cfg.task.model_dump(),
                 "provenance": [cfg.data.source, cfg.data.license, cfg.teacher.terms]}
     # review.sqlite is an input: a new decision reruns curate (and so train and evaluate).
-    inputs = [run / "teacher.jsonl", run / "review.sqlite"]
+    inputs = [run / "teacher.jsonl", run / "review.sqlite", run / "synthesize.json"]
     if cfg.curate.real_data:
         inputs.append(cfg.curate.real_data)
 
@@ -33,6 +35,11 @@ def curate_stage(cfg: Config, force: bool = False) -> dict[str, Any]:
         c = curate(cfg, read_records(run / "teacher.jsonl"), decisions, real)
         if not c.train:
             raise PotstillError("curate: no valid training records left (see the reasons in card.json)")
+        if (run / "synthesize.json").exists():  # inputs written by `potstill synthesize`: say how many, and what was refused
+            syn = json.loads((run / "synthesize.json").read_text())
+            c.card["synthesis"] = {**{k: syn[k] for k in ("teacher", "seeds", "written", "rejected", "rejected_by_reason")},
+                                   "synthetic_per_split": {n: sum("synthetic" in r.slice for r in rows)
+                                                           for n, rows in (("train", c.train), ("val", c.val), ("test", c.test))}}
         for name, rows in (("train", c.train), ("val", c.val), ("test", c.test), ("rejected", c.rejected)):
             write_jsonl(run / f"{name}.jsonl", rows)
         write_json(run / "card.json", c.card)
