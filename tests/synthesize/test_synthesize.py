@@ -201,3 +201,22 @@ def test_synthetic_inputs_flow_through_generate_curate_and_evaluate_apart(tmp_pa
     slices = {r["slice"]: r for r in json.loads((tmp_path / "run" / "eval.json").read_text())["slices"]}
     n_syn = sum("synthetic" in r.slice for r in test)
     assert slices["tag:synthetic"]["n"] == n_syn and slices["tag:real"]["n"] == len(test) - n_syn
+
+
+def test_local_teacher_in_completion_format_continues_an_open_input(tmp_path, tiny_model_b):
+    """The plumbing for a base model: plain text ending in "New input:" + "<input>", no chat template.
+
+    The tiny random model stops at once (empty text), which is exactly the unusable teacher: one clear error.
+    """
+    cfg_path = project(tmp_path, "http://127.0.0.1:9", n=6, max_rounds=2, min_chars=1, max_tokens=12)
+    raw = yaml.safe_load(cfg_path.read_text())
+    raw["teacher"] = {"type": "local", "model": str(tiny_model_b), "prompt_format": "completion", "batch_size": 3}
+    cfg_path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(PotstillError, match=r"no usable input in 6 answers \(each must continue the prompt's <input>"):
+        synthesize_stage(load_config(cfg_path))
+    with Ledger(tmp_path / "run" / "calls.sqlite") as ledger:
+        rows = ledger.rows(role="teacher", stage="synthesize")
+    assert len(rows) == 6
+    for r in rows:
+        (msg,) = json.loads(r["request"])["messages"]
+        assert msg["role"] == "user" and msg["content"].endswith("New input:") and "<input>" in msg["content"]

@@ -77,8 +77,12 @@ def slot(s: SynthesizeConfig, cell: str, attempt: int, seeds: list[str]) -> Slot
     return Slot(cell, attempt, pick(s.topics), pick(s.lengths), pick(s.styles), pick(s.difficulties), shown)
 
 
-def prompt(task: TaskConfig, sl: Slot) -> list[dict[str, str]]:
-    """The chat that asks the teacher for one new input."""
+def prompt(task: TaskConfig, sl: Slot, completion: bool = False) -> list[dict[str, str]]:
+    """The chat that asks the teacher for one new input.
+
+    ``completion``: for a base model, one plain-text user message that a local teacher ends with
+    its answer prefix ``<input>`` (set by the stage), so the model simply continues with a new input.
+    """
     system = ("You write new, realistic example inputs for a task, to build a dataset. Write ONE new input that "
               "differs from the examples in wording and content. Reply with the input only, between <input> and </input>.")
     lines = [f"The task the input will be given to: {task.instruction}"]
@@ -97,11 +101,20 @@ def prompt(task: TaskConfig, sl: Slot) -> list[dict[str, str]]:
         lines += [f"<input>{e}</input>" for e in sl.exemplars]
     # The request number makes each request distinct (its own cache entry) even when the rest repeats.
     lines.append(f"(request {sl.cell}#{sl.attempt})")
+    if completion:
+        return [{"role": "user", "content": system + "\n" + "\n".join(lines) + "\nNew input:"}]
     return [{"role": "system", "content": system}, {"role": "user", "content": "\n".join(lines)}]
 
 
-def extract(output: str | None) -> str | None:
-    """The input between <input> tags, or None when the answer has none."""
+def extract(output: str | None, opened: bool = False) -> str | None:
+    """The input between <input> tags, or None when the answer has none.
+
+    ``opened``: the prompt already ended with ``<input>`` (completion format), so the answer is
+    the text up to ``</input>``, or all of it when the model stopped before closing the tag.
+    """
+    if opened:
+        text = (output or "").split("</input>")[0].strip()
+        return text or None
     m = _INPUT.search(output or "")
     return m.group(1).strip() if m and m.group(1).strip() else None
 

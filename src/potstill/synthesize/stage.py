@@ -38,6 +38,7 @@ class Synthesis:
 
     def __init__(self, cfg: Config, seeds: list[Record], tests: list[str]):
         self.cfg, self.s = cfg, cfg.synthesize
+        self.completion = cfg.teacher.prompt_format == "completion"
         self.quota = quotas(self.s, cfg.task)
         self.seed_texts = [r.text for r in seeds]
         self.screen = Screen([("a seed input", t) for t in self.seed_texts], tests, self.s.near_dup_threshold,
@@ -70,7 +71,7 @@ class Synthesis:
         if rec.output is None:
             return self.reject(f"teacher error: {rec.invalid_reason}", sl, None)
         self.answers += 1
-        text = extract(rec.output)
+        text = extract(rec.output, opened=self.completion)
         if text is None:
             return self.reject("unusable: no <input>...</input> block in the answer", sl, rec.output)
         self.usable += 1
@@ -89,8 +90,14 @@ class Synthesis:
 def synthesize(cfg: Config, seeds: list[Record], tests: list[str], ledger: Any) -> Synthesis:
     """Run the plan's rounds through the teacher (and the ledger) until every quota is met or rounds run out."""
     s = cfg.synthesize
-    task = PromptTask(cfg.task)
-    tcfg = cfg.teacher.model_copy(update={"temperature": s.temperature, "max_tokens": s.max_tokens, "logprobs": 0})
+    update: dict[str, Any] = {"temperature": s.temperature, "max_tokens": s.max_tokens, "logprobs": 0}
+    completion = cfg.teacher.prompt_format == "completion"
+    if completion:
+        # A base model continues text: the prompt ends with "<input>" and carries no task instruction
+        # (the synthesis prompt has its own), and few-shot labelled shots would only confuse it.
+        update.update(answer_prefix="<input>", few_shot=cfg.teacher.few_shot.model_copy(update={"k": 0}))
+    tcfg = cfg.teacher.model_copy(update=update)
+    task = PromptTask(cfg.task.model_copy(update={"instruction": ""}) if completion else cfg.task)
     teacher = get_teacher(tcfg, task)
     syn = Synthesis(cfg, seeds, tests)
     try:
@@ -98,7 +105,7 @@ def synthesize(cfg: Config, seeds: list[Record], tests: list[str], ledger: Any) 
             slots = syn.next_slots()
             if not slots:
                 break
-            records = [Record(messages=prompt(cfg.task, sl)) for sl in slots]
+            records = [Record(messages=prompt(cfg.task, sl, completion)) for sl in slots]
             answered, stats = label_records(records, task, teacher, ledger, "synthesize", cfg.generate)
             syn.calls += stats.calls
             syn.cost_usd += stats.cost_usd
@@ -109,9 +116,10 @@ def synthesize(cfg: Config, seeds: list[Record], tests: list[str], ledger: Any) 
                                     "generate.budget_usd (answered requests are cached)")
             if rnd == 0 and syn.answers and not syn.usable:
                 first = next(r.output for r in answered if r.output is not None)
-                raise PotstillError(
-                    f"synthesize: the teacher {teacher.model_name} returned no usable input in {syn.answers} answers "
-                    f"(each must put the new input between <input> and </input>); first answer: {first[:120]!r}")
+                rule = "continue the prompt's <input> with text" if syn.completion else \
+                    "put the new input between <input> and </input>"
+                raise PotstillError(f"synthesize: the teacher {teacher.model_name} returned no usable input in "
+                                    f"{syn.answers} answers (each must {rule}); first answer: {first[:120]!r}")
     finally:
         teacher.close()
     return syn
