@@ -12,6 +12,7 @@ the cache: re-running evaluate asks the judge nothing it has already answered.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any, Sequence
 
@@ -93,7 +94,13 @@ def ask(cfg: Config, task: Task, prompts: list[list[dict[str, str]]], ledger: Le
                     errors[hashes[i]] = resp.error or "no output"
                 advance(1)
 
-            if todo:
+            if todo and hasattr(teacher, "call"):
+                # API judges: the generate engine, so generate.prices, rate limits and budget apply here too.
+                from potstill.generate.engine import Counters, run_requests
+
+                asyncio.run(run_requests(teacher, ((j, reqs[i]) for j, i in enumerate(todo)), on_result, cfg.generate,
+                                         Counters()))
+            elif todo:
                 teacher.run([reqs[i] for i in todo], on_result)
     finally:
         teacher.close()
