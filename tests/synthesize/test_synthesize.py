@@ -126,8 +126,9 @@ def test_prompts_rotate_plan_and_exemplars(tmp_path):
     from potstill.synthesize import prompt, slot
 
     cfg = load_config(project(tmp_path, "http://127.0.0.1:9"))
-    slots = [slot(cfg.synthesize, "tech", k, SEEDS) for k in range(6)]
-    assert {s.topic for s in slots} == {"markets", "people"} and {s.style for s in slots} == {"wire report", "blog post"}
+    slots = [slot(cfg.synthesize, "tech", k, SEEDS) for k in range(24)]
+    # 2 topics x 2 styles x 3 lengths x 2 difficulties: the first 24 requests cover every combination once.
+    assert len({(s.topic, s.style, s.length, s.difficulty) for s in slots}) == 24
     assert len({tuple(s.exemplars) for s in slots}) > 1  # exemplars change from request to request
     text = prompt(cfg.task, slots[0])[1]["content"]
     assert "correct label is: tech" in text and "(request tech#0)" in text

@@ -40,7 +40,8 @@ class PromptTask(Task):
 
 def judge_messages(rubric: str, instruction: str, text: str, a: str, b: str) -> list[dict[str, str]]:
     system = ("You compare two answers to the same task. " + rubric.strip() +
-              " Reply with exactly one word: A if answer A is better, B if answer B is better, TIE if they are equally good.")
+              " Reply with exactly one word: A if answer A is better, B if answer B is better,"
+              " TIE if they are equally good.")
     user = (f"Task instruction:\n{instruction}\n\nInput:\n{text}\n\n"
             f"Answer A:\n{a}\n\nAnswer B:\n{b}\n\nWhich answer is better? Reply A, B or TIE.")
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]

@@ -65,16 +65,25 @@ def quotas(s: SynthesizeConfig, task: TaskConfig) -> dict[str, int]:
 
 
 def slot(s: SynthesizeConfig, cell: str, attempt: int, seeds: list[str]) -> Slot:
-    """The plan for the ``attempt``-th request of ``cell``: the same every run, so reruns hit the cache."""
+    """The plan for the ``attempt``-th request of ``cell``: the same every run, so reruns hit the cache.
+
+    The variation axes count like the digits of a mixed-radix number (topic fastest, then style,
+    length, difficulty), each from a seeded start, so consecutive requests cover every combination
+    before one repeats: 2 topics x 2 styles x 3 lengths x 2 difficulties = 24 distinct prompts.
+    """
+    picked: dict[str, str | None] = {}
+    stride = 1
+    for name in ("topic", "style", "length", "difficulty"):
+        options: list[str] = getattr(s, name + "s" if name != "difficulty" else "difficulties")
+        if not options:
+            picked[name] = None
+            continue
+        start = random.Random(f"{s.seed}:{cell}:{name}").randrange(len(options))
+        picked[name] = options[(attempt // stride + start) % len(options)]
+        stride *= len(options)
     rng = random.Random(f"{s.seed}:{cell}:{attempt}")
-
-    def pick(options: list[str]) -> str | None:
-        # Rotate (attempt-th item) from a per-cell random start: every option is used in turn.
-        return options[(attempt + random.Random(f"{s.seed}:{cell}:{len(options)}").randrange(len(options))) % len(options)] \
-            if options else None
-
     shown = rng.sample(seeds, min(s.exemplars, len(seeds))) if seeds else []
-    return Slot(cell, attempt, pick(s.topics), pick(s.lengths), pick(s.styles), pick(s.difficulties), shown)
+    return Slot(cell, attempt, picked["topic"], picked["length"], picked["style"], picked["difficulty"], shown)
 
 
 def prompt(task: TaskConfig, sl: Slot, completion: bool = False) -> list[dict[str, str]]:
@@ -84,7 +93,8 @@ def prompt(task: TaskConfig, sl: Slot, completion: bool = False) -> list[dict[st
     its answer prefix ``<input>`` (set by the stage), so the model simply continues with a new input.
     """
     system = ("You write new, realistic example inputs for a task, to build a dataset. Write ONE new input that "
-              "differs from the examples in wording and content. Reply with the input only, between <input> and </input>.")
+              "differs from the examples in wording and content. Reply with the input only, "
+              "between <input> and </input>.")
     lines = [f"The task the input will be given to: {task.instruction}"]
     if task.type == "classification":
         lines.append(f"Possible labels: {', '.join(task.labels)}. Write an input whose correct label is: {sl.cell}.")
