@@ -19,7 +19,7 @@ import yaml
 
 from potstill.config import Config, flat_fields, load_config, starter_yaml
 from potstill.errors import PotstillError
-from potstill.pipeline import STAGES, run_all
+from potstill.pipeline import STAGES, SYNTHESIZE, run_all
 from potstill.stage import Stage, leaf_fields
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -102,7 +102,7 @@ def _stage_command(stage: Stage) -> None:
     config_command(stage.name, list(stage.reads))(command)
 
 
-for _stage in STAGES.values():
+for _stage in (SYNTHESIZE, *STAGES.values()):
     _stage_command(_stage)
 
 

@@ -125,6 +125,41 @@ class StudentConfig(Section):
     max_length: int = Field(256, ge=8, description="Truncate prompt+completion to this many tokens.")
 
 
+class SynthesizeConfig(Section):
+    """`potstill synthesize`: the teacher writes new inputs from the task, the labels and a few seeds."""
+
+    n: int = Field(100, ge=1, description="Synthetic inputs to keep, over all plan cells.")
+    seeds: Annotated[str | None, INPUT_FILE] = Field(None, description="JSONL of real example inputs (input, label?): shown as exemplars, kept in the output, never copied.")
+    test_inputs: Annotated[str | None, INPUT_FILE] = Field(
+        None, description="JSONL of held-out test inputs no synthetic input may come near (RUN/test.jsonl is added when it exists)."
+    )
+    cells: list[str] = Field(
+        default_factory=list, description="Plan cells to fill (default: task.labels for classification, else one cell 'all')."
+    )
+    quotas: dict[str, int] = Field(default_factory=dict, description="Inputs to keep per cell (default: n split evenly).")
+    topics: list[str] = Field(default_factory=list, description="Topics to rotate through in the prompts.")
+    lengths: list[str] = Field(
+        default_factory=lambda: ["one or two sentences", "a short paragraph", "several paragraphs"],
+        description="Lengths to rotate through.",
+    )
+    styles: list[str] = Field(default_factory=list, description="Styles or registers to rotate through (formal, chatty, ...).")
+    difficulties: list[str] = Field(
+        default_factory=lambda: ["clear-cut", "ambiguous"], description="Difficulties to rotate through."
+    )
+    exemplars: int = Field(3, ge=0, description="Seed inputs shown per prompt, rotated from call to call.")
+    temperature: float = Field(1.0, ge=0, description="Teacher sampling temperature for writing inputs.")
+    max_tokens: int = Field(512, ge=1, description="Longest input the teacher may write (tokens).")
+    min_chars: int = Field(20, ge=1, description="Reject inputs shorter than this (characters).")
+    near_dup_threshold: float = Field(
+        0.8, gt=0, le=1, description="Jaccard of character 5-gram sets at which an input duplicates another or a seed."
+    )
+    test_threshold: float = Field(
+        0.5, gt=0, le=1, description="Lower bar for test inputs: reject a synthetic input this similar to any of them."
+    )
+    max_rounds: int = Field(3, ge=1, description="Rounds of requests to refill cells whose candidates were rejected.")
+    seed: int = Field(0, description="Seed of the plan (which topic, length, style and exemplars each request gets).")
+
+
 class PilotConfig(Section):
     n: int = Field(100, ge=1, description="Number of inputs to compare the untrained student and the teacher on.")
     seed: int = Field(0, description="Seed for choosing the pilot inputs.")
@@ -234,6 +269,21 @@ class QualityBar(Section):
     )
 
 
+class JudgeConfig(Section):
+    """Teacher as judge (`evaluate.judge`): pairwise student-vs-teacher verdicts for extraction and free text."""
+
+    enabled: bool = Field(False, description="Ask a judge model to compare student and teacher outputs (extraction, freetext).")
+    teacher: TeacherConfig | None = Field(
+        None, description="The judge model, as a teacher section (an API teacher); None: the run's teacher."
+    )
+    rubric: str = Field(
+        "Judge which answer follows the task instruction better: correct, complete, faithful to the input, concise.",
+        description="What the judge weighs, put in its system prompt.",
+    )
+    max_examples: int | None = Field(None, ge=1, description="Judge only the first N test examples (None: all; 2 calls each).")
+    max_tokens: int = Field(8, ge=1, description="Longest judge reply (it is asked for one word: A, B or TIE).")
+
+
 class EvaluateConfig(Section):
     latency_samples: int = Field(30, ge=1, description="Calls timed one at a time for p50/p95 latency.")
     batch_size: int = Field(16, ge=1, description="Batch size for the throughput pass.")
@@ -248,6 +298,7 @@ class EvaluateConfig(Section):
         "batch1", description="Student cost per call behind the break-even: batch1 (interactive, one call at a "
         "time) or batched (sustained throughput at evaluate.batch_size, a busy endpoint); both are reported."
     )
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
 
 
 def _default_prices() -> dict[str, dict[str, float]]:
@@ -418,6 +469,7 @@ class Config(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     student: StudentConfig = Field(default_factory=StudentConfig)
+    synthesize: SynthesizeConfig = Field(default_factory=SynthesizeConfig)
     pilot: PilotConfig = Field(default_factory=PilotConfig)
     curate: CurateConfig = Field(default_factory=CurateConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)

@@ -40,7 +40,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("curate", "Validate and deduplicate teacher outputs, split train/val/test, write the dataset card.",
           reads=("task", "curate", "data.inputs", "data.source", "data.license", "teacher.type", "teacher.model",
                  "teacher.terms"),
-          inputs=("teacher.jsonl", "review.sqlite"),
+          inputs=("teacher.jsonl", "review.sqlite", "synthesize.json"),
           outputs=("train.jsonl", "val.jsonl", "test.jsonl", "rejected.jsonl", "card.json", "card.md"),
           body="potstill.curate.stage:curate_body"),
     Stage("train", "Fine-tune the student on the teacher's outputs (full or LoRA; SFT or label-level KD).",
@@ -67,3 +67,11 @@ def run_all(cfg: Config, skip_pilot: bool = False, force: bool = False) -> dict[
         timings[name] = {"seconds": round(time.perf_counter() - t0, 2), "skipped": results[name].get("skipped", False)}
     write_json(RunDir(cfg.run_dir) / "timings.json", timings)
     return {"results": results, "timings": timings}
+
+
+# Not one of `potstill run`'s stages: a user with few real inputs runs it first, then points
+# data.inputs at RUN/synthetic.jsonl. test.jsonl, when a run already has one, is kept away from.
+SYNTHESIZE = Stage(
+    "synthesize", "Have the teacher write new inputs from the task, the labels and a few seeds (before generate).",
+    reads=("task", "teacher", "generate", "synthesize"), tunes=_GENERATE_TUNES, inputs=("test.jsonl",),
+    outputs=("synthetic.jsonl", "synthesize.json"), body="potstill.synthesize.stage:synthesize_body")

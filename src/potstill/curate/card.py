@@ -35,6 +35,13 @@ def card_markdown(card: dict[str, Any]) -> str:
                                 [[k, v["n"], f"{v['accuracy']:.1%}", "**weak**" if v["weak"] else ""] for k, v in acc[key].items()])
     if card.get("text_hygiene"):
         lines += text_markdown(card["text_hygiene"])
+    syn = card.get("synthesis")
+    if syn:
+        why = ", ".join(f"{k}: {v}" for k, v in syn["rejected_by_reason"].items()) or "none"
+        lines += ["## Synthetic inputs", "",
+                  f"`potstill synthesize` ({syn['teacher']}, {syn['seeds']} seeds) wrote {syn['written']} inputs and "
+                  f"rejected {syn['rejected']} ({why}). Synthetic records per split: "
+                  + ", ".join(f"{k} {v}" for k, v in syn["synthetic_per_split"].items()) + ".", ""]
     t = card["teacher"]
     lines += ["## Provenance", "",
               f"- Teacher: {t['type']} `{t['model']}`",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from typing import Any
 
 from potstill.config import Config
@@ -26,6 +28,11 @@ def curate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
     c = curate(cfg, read_records(run / "teacher.jsonl"), decisions, real)
     if not c.train:
         raise PotstillError("curate: no valid training records left (see the reasons in card.json)")
+    if (run / "synthesize.json").exists():  # inputs written by `potstill synthesize`: say how many, and what was refused
+        syn = json.loads((run / "synthesize.json").read_text())
+        c.card["synthesis"] = {**{k: syn[k] for k in ("teacher", "seeds", "written", "rejected", "rejected_by_reason")},
+                               "synthetic_per_split": {n: sum("synthetic" in r.slice for r in rows)
+                                                       for n, rows in (("train", c.train), ("val", c.val), ("test", c.test))}}
     for name, rows in (("train", c.train), ("val", c.val), ("test", c.test), ("rejected", c.rejected)):
         write_jsonl(run / f"{name}.jsonl", rows)
     write_json(run / "card.json", c.card)

@@ -292,6 +292,26 @@ def _compare(ev: dict, others: Sequence[tuple[str, dict]]) -> str:
             + "</section>")
 
 
+def _judge(ev: dict) -> str:
+    j = ev.get("judge")
+    if not j:
+        return ""
+    rows = [[escape(r["slice"]), str(r["judged"]), _ci(r["win"]), _ci(r["tie"]), _ci(r["loss"]), _ci(r["inconsistent"]),
+             str(r["bad"])] for r in j["slices"]]
+    agr = j["agreement_with_metric"]
+    means = ", ".join(f"{k} {_num(v)}" for k, v in agr["metric_mean_by_verdict"].items())
+    text = (f"<p>Judge {escape(str(j['model']))} compared the trained student with the teacher on {j['n']} test inputs, "
+            f"asked in both orders ({j['cost']['calls']} new calls, {_usd(j['cost']['cost_usd'])}). It named position A "
+            f"in {_pct(j['first_position_rate'])} of its readable answers (a fair judge: about 50%); "
+            f"{j['counts']['inconsistent']} inputs got opposite verdicts in the two orders (inconsistent), "
+            f"{j['counts']['bad']} got an unreadable answer (bad). Automatic metric by verdict: {means}; "
+            f"Spearman {_num(agr['spearman'])} over {agr['n']} consistent verdicts.</p>")
+    return ("<section id='judge'><h2>Teacher as judge: student vs teacher</h2>" + text
+            + _table(["slice", "judged", "win", "tie", "loss", "inconsistent", "bad"], rows)
+            + _src("the judge's answers, recorded in the ledger (role judge); rates over judged inputs with "
+                   "bootstrap intervals") + "</section>")
+
+
 def _sources(ev: dict) -> str:
     rows = [[escape(k), escape(v)] for k, v in ev["sources"].items()]
     return ("<section id='sources'><h2>Where every number comes from</h2>" + _table(["number", "source"], rows, 2)
@@ -301,7 +321,7 @@ def _sources(ev: dict) -> str:
 def render(ev: dict, others: Sequence[tuple[str, dict]] = ()) -> str:
     title = f"potstill evaluation: {ev['task']}, {ev['n_test']} test inputs"
     body = "".join([_verdict(ev), _models(ev), _slices(ev), _metrics(ev), _confusion(ev), _calibration(ev), _cost(ev),
-                    _break_even(ev), _worst(ev), _compare(ev, others), _sources(ev)])
+                    _break_even(ev), _judge(ev), _worst(ev), _compare(ev, others), _sources(ev)])
     return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{escape(title)}</title>"
             f"<style>{CSS}</style></head><body><h1>{escape(title)}</h1><p class='small'>run {escape(ev.get('run_dir', ''))}, "
             f"evaluated {escape(ev.get('created_at', ''))}</p>{body}</body></html>")

@@ -175,6 +175,12 @@ def evaluate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
             slices += field_table(output_fields(cfg.task.json_schema, teacher), preds["student"].parsed,
                                   untrained.parsed if untrained else None, teacher, gold, e.quality_bar,
                                   rep.min_slice_n, rep.bootstrap_samples, rep.seed)
+        judged = None
+        if e.judge.enabled and not task.labels:
+            from potstill.evaluate.judge import run_judge
+
+            with run.ledger() as ledger:
+                judged = run_judge(cfg, task, test, preds["student"].outputs, agree["student"], names, ledger)
         agreement_ci = {k: bootstrap_mean(v, rep.bootstrap_samples, seed=rep.seed) for k, v in agree.items()}
 
         train_info = json.loads((run / "train.json").read_text()) if (run / "train.json").exists() else {}
@@ -205,7 +211,7 @@ def evaluate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
             "slices": slices, "length_edges_words": list(edges),
             "worst_cases": worst_cases(task, test, preds["student"], teacher, gold, conf["student"], names, rep.worst_cases),
             "latency_cost": latency_cost(models, batched, cfg.student.usd_per_hour),
-            "one_time": one_time, "break_even": be, "verdict": v,
+            "one_time": one_time, "break_even": be, "verdict": v, "judge": judged,
             "quality_bar": e.quality_bar.model_dump(), "min_slice_n": rep.min_slice_n,
             "bootstrap_samples": rep.bootstrap_samples,
             "sources": {
@@ -221,6 +227,9 @@ def evaluate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
                                 "the latency and cost table and evaluate.monthly_calls"),
             },
         }
+        if judged is not None:
+            result["sources"]["judge"] = (f"judge {judged['model']}: both orders per input, answers and cost in the ledger "
+                                          "(role judge); config evaluate.judge")
         result = finite(result)
         write_report(run / "report.html", result, [])
         write_json(run / "eval.json", result)

@@ -1,0 +1,182 @@
+"""Teacher as judge: a strong model compares the student's and the teacher's outputs, pairwise.
+
+Each test input is shown to the judge twice, once with the student's answer as A and once as B,
+because LLM judges favour a position (often the first). A verdict counts only when both orders
+agree once mapped back to the student: win, tie or loss; two orders that disagree make the
+example ``inconsistent`` (a judge that always says "A" is inconsistent on every input), and an
+answer that is not one of A, B or TIE (or a failed call) is ``bad`` and counted, never fatal.
+
+Every judge call is one ledger row with role ``judge`` (cost, tokens, latency), and the ledger is
+the cache: re-running evaluate asks the judge nothing it has already answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any, Sequence
+
+from potstill.config import Config, JudgeConfig, TeacherConfig
+from potstill.evaluate.bootstrap import bootstrap_mean
+from potstill.generate import ledger_call, request_hash
+from potstill.ledger import Ledger
+from potstill.progress import bar
+from potstill.records import Record
+from potstill.tasks import Task
+from potstill.teachers import Response, get_teacher
+
+OUTCOMES = ("win", "tie", "loss", "inconsistent", "bad")
+_ANSWER = re.compile(r"^\W*(TIE|A|B)\b", re.IGNORECASE)
+
+
+class PromptTask(Task):
+    """Sends a record's messages as they are: the judge prompt already holds its own instruction."""
+
+    name = "prompt"
+
+    def messages(self, record: Record) -> list[dict[str, Any]]:
+        return list(record.messages)
+
+
+def judge_messages(rubric: str, instruction: str, text: str, a: str, b: str) -> list[dict[str, str]]:
+    system = ("You compare two answers to the same task. " + rubric.strip() +
+              " Reply with exactly one word: A if answer A is better, B if answer B is better,"
+              " TIE if they are equally good.")
+    user = (f"Task instruction:\n{instruction}\n\nInput:\n{text}\n\n"
+            f"Answer A:\n{a}\n\nAnswer B:\n{b}\n\nWhich answer is better? Reply A, B or TIE.")
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def parse_choice(output: str | None) -> str | None:
+    """"A", "B" or "TIE" from the judge's reply, else None (a bad answer)."""
+    m = _ANSWER.match(output or "")
+    return m.group(1).upper() if m else None
+
+
+def combine(first: str | None, second: str | None) -> str:
+    """The student's outcome from both orders: first has the student as A, second as B."""
+    if first is None or second is None:
+        return "bad"
+    as_a = {"A": "win", "B": "loss", "TIE": "tie"}[first]
+    as_b = {"B": "win", "A": "loss", "TIE": "tie"}[second]
+    return as_a if as_a == as_b else "inconsistent"
+
+
+def judge_teacher_config(cfg: Config) -> TeacherConfig:
+    """The judge's model: ``evaluate.judge.teacher`` when set, else the run's teacher."""
+    t = cfg.evaluate.judge.teacher or cfg.teacher
+    # A verdict should not depend on a sample: judge greedily, with room for one word and a margin.
+    return t.model_copy(update={"temperature": 0.0, "max_tokens": cfg.evaluate.judge.max_tokens, "logprobs": 0})
+
+
+def ask(cfg: Config, task: Task, prompts: list[list[dict[str, str]]], ledger: Ledger) -> list[Response | dict]:
+    """Each prompt's answer: from the ledger when cached, else from the judge (one ``judge`` row per call)."""
+    teacher = get_teacher(judge_teacher_config(cfg), PromptTask(task.cfg))
+    try:
+        ident = teacher.identity()
+        reqs = [teacher.request(Record(messages=p)) for p in prompts]
+        hashes = [request_hash({"judge": ident}, q) for q in reqs]
+        answers: dict[str, Any] = ledger.lookup(list(dict.fromkeys(hashes)))
+        first: dict[str, int] = {}
+        for i, h in enumerate(hashes):
+            first.setdefault(h, i)
+        todo = [i for h, i in first.items() if h not in answers]
+        errors: dict[str, str] = {}
+        with bar(f"evaluate: judge {teacher.model_name}", len(todo)) as advance:
+
+            def on_result(j: int, resp: Response) -> None:
+                i = todo[j]
+                call = ledger_call(hashes[i], teacher, "evaluate", reqs[i], resp)
+                call.role = "judge"
+                ledger.record(call)
+                if call.status == "ok":
+                    answers[hashes[i]] = call.response
+                else:
+                    errors[hashes[i]] = resp.error or "no output"
+                advance(1)
+
+            if todo and hasattr(teacher, "call"):
+                # API judges: the generate engine, so generate.prices, rate limits and budget apply here too.
+                from potstill.generate.engine import Counters, run_requests
+
+                asyncio.run(run_requests(teacher, ((j, reqs[i]) for j, i in enumerate(todo)), on_result, cfg.generate,
+                                         Counters()))
+            elif todo:
+                teacher.run([reqs[i] for i in todo], on_result)
+    finally:
+        teacher.close()
+    return [answers.get(h) or {"error": errors.get(h, "no answer")} for h in hashes]
+
+
+def agreement_with_metric(outcomes: Sequence[str], metric: Sequence[float]) -> dict[str, Any]:
+    """How the judge's consistent verdicts line up with the automatic metric (student vs teacher).
+
+    The mean metric per verdict (a judge and metric that agree give win >= tie >= loss), and the
+    Spearman correlation between the verdict scored win 1, tie 0.5, loss 0 and the metric.
+    """
+    score = {"win": 1.0, "tie": 0.5, "loss": 0.0}
+    pairs = [(score[o], float(m)) for o, m in zip(outcomes, metric) if o in score and m is not None]
+    by = {o: [float(m) for oo, m in zip(outcomes, metric) if oo == o and m is not None] for o in score}
+    out: dict[str, Any] = {"n": len(pairs), "metric_mean_by_verdict": {o: (sum(v) / len(v) if v else None)
+                                                                        for o, v in by.items()}}
+    spearman = None
+    if len(pairs) >= 3 and len({p[0] for p in pairs}) > 1 and len({p[1] for p in pairs}) > 1:
+        from scipy.stats import spearmanr
+
+        spearman = float(spearmanr([p[0] for p in pairs], [p[1] for p in pairs]).statistic)
+    out["spearman"] = spearman
+    return out
+
+
+def rates(outcomes: Sequence[str], n_boot: int, seed: int) -> dict[str, Any]:
+    """Win/tie/loss/inconsistent shares with bootstrap intervals, over the examples judged (bad excluded)."""
+    judged = [o for o in outcomes if o != "bad"]
+    row: dict[str, Any] = {"n": len(outcomes), "judged": len(judged), "bad": len(outcomes) - len(judged)}
+    for o in ("win", "tie", "loss", "inconsistent"):
+        row[o] = bootstrap_mean([float(x == o) for x in judged], n_boot, seed=seed)
+    return row
+
+
+def run_judge(cfg: Config, task: Task, test: Sequence[Record], student: Sequence[str], metric: Sequence[float],
+              names: Sequence[list[str]], ledger: Ledger) -> dict[str, Any]:
+    """Judge the student against the teacher on the test split: per-example verdicts, rates per slice, cost."""
+    j, rep = cfg.evaluate.judge, cfg.report
+    idx = list(range(len(test)))[: j.max_examples]
+    prompts = []
+    for i in idx:
+        teacher_out = test[i].output or ""
+        prompts.append(judge_messages(j.rubric, task.cfg.instruction, test[i].text, student[i], teacher_out))
+        prompts.append(judge_messages(j.rubric, task.cfg.instruction, test[i].text, teacher_out, student[i]))
+    before = ledger.summary("judge")
+    answers = ask(cfg, task, prompts, ledger)
+    after = ledger.summary("judge")
+    examples, outcomes = [], []
+    choices = {"A": 0, "B": 0, "TIE": 0, "bad": 0}
+    for k, i in enumerate(idx):
+        first, second = (a.get("output") if isinstance(a, dict) else None for a in answers[2 * k : 2 * k + 2])
+        c1, c2 = parse_choice(first), parse_choice(second)
+        for c in (c1, c2):
+            choices[c or "bad"] += 1
+        outcome = combine(c1, c2)
+        outcomes.append(outcome)
+        examples.append({"id": test[i].id, "verdict": outcome, "student_first": first, "student_second": second,
+                         "metric": metric[i], "slices": list(names[i])})
+    members: dict[str, list[int]] = {"all": list(range(len(idx)))}
+    for k, i in enumerate(idx):
+        for n in names[i]:
+            members.setdefault(n, []).append(k)
+    slices = [{"slice": s, **rates([outcomes[k] for k in members[s]], rep.bootstrap_samples, rep.seed)}
+              for s in ["all", *sorted(m for m in members if m != "all")]]
+    valid = choices["A"] + choices["B"] + choices["TIE"]
+    return {
+        "model": judge_teacher_config(cfg).model, "rubric": j.rubric, "n": len(idx),
+        "counts": {o: outcomes.count(o) for o in OUTCOMES}, "choices": choices,
+        # Share of readable answers that named position A: ~0.5 for a fair judge whatever the quality.
+        "first_position_rate": choices["A"] / valid if valid else None,
+        "slices": slices, "agreement_with_metric": agreement_with_metric(outcomes, [metric[i] for i in idx]),
+        "cost": {"calls": after["calls"] - before["calls"], "cost_usd": after["cost_usd"] - before["cost_usd"],
+                 "input_tokens": after["input_tokens"] - before["input_tokens"],
+                 "output_tokens": after["output_tokens"] - before["output_tokens"],
+                 "ledger_total_usd": after["cost_usd"]},
+        "examples": examples,
+    }

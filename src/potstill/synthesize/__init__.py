@@ -1,0 +1,176 @@
+"""Synthesize: the teacher writes new *inputs* when the user has only a task and a few seeds.
+
+A diversity plan fixes, before any call, what each request asks for: a plan cell (a label, or a
+named slice) with its quota, and a topic, length, style and difficulty rotated from the config's
+lists, with a different window of seed exemplars each time, so the answers do not collapse onto
+one template. A request is an ordinary teacher request whose answer is a new input, so it goes
+through ``potstill.generate.label_records``: the ledger caches it, prices it, and a rerun after
+``kill -9`` sends only what was in flight.
+
+Every candidate is screened: unusable text (no ``<input>`` block, too short), near-duplicates of
+an earlier candidate, of a seed or of a real input, and anything near a test input are rejected
+with the reason, and counted in ``synthesize.json``.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from datasketch import MinHash, MinHashLSH
+
+from potstill.config import SynthesizeConfig, TaskConfig
+from potstill.curate.dedup import CANDIDATE_MARGIN, NUM_PERM, jaccard, normalise, shingles
+from potstill.records import Record
+from potstill.tasks import Task
+
+_INPUT = re.compile(r"<input>\s*(.*?)\s*</input>", re.S | re.I)
+
+
+class PromptTask(Task):
+    """Sends a record's messages as they are: the synthesis prompt carries its own instruction."""
+
+    name = "prompt"
+
+    def messages(self, record: Record) -> list[dict[str, Any]]:
+        return list(record.messages)
+
+
+@dataclass
+class Slot:
+    """One request of the plan: which cell it fills and how the input should vary."""
+
+    cell: str
+    attempt: int
+    topic: str | None
+    length: str | None
+    style: str | None
+    difficulty: str | None
+    exemplars: list[str] = field(default_factory=list)
+
+    def plan(self) -> dict[str, Any]:
+        return {"cell": self.cell, "topic": self.topic, "length": self.length, "style": self.style,
+                "difficulty": self.difficulty}
+
+
+def quotas(s: SynthesizeConfig, task: TaskConfig) -> dict[str, int]:
+    """Inputs to keep per cell: the configured quotas, else ``n`` split evenly (remainder to the first cells)."""
+    if s.quotas:
+        return dict(s.quotas)
+    cells = s.cells or (task.labels if task.type == "classification" else []) or ["all"]
+    base, extra = divmod(s.n, len(cells))
+    return {c: base + (i < extra) for i, c in enumerate(cells)}
+
+
+def slot(s: SynthesizeConfig, cell: str, attempt: int, seeds: list[str]) -> Slot:
+    """The plan for the ``attempt``-th request of ``cell``: the same every run, so reruns hit the cache.
+
+    The variation axes count like the digits of a mixed-radix number (topic fastest, then style,
+    length, difficulty), each from a seeded start, so consecutive requests cover every combination
+    before one repeats: 2 topics x 2 styles x 3 lengths x 2 difficulties = 24 distinct prompts.
+    """
+    picked: dict[str, str | None] = {}
+    stride = 1
+    for name in ("topic", "style", "length", "difficulty"):
+        options: list[str] = getattr(s, name + "s" if name != "difficulty" else "difficulties")
+        if not options:
+            picked[name] = None
+            continue
+        start = random.Random(f"{s.seed}:{cell}:{name}").randrange(len(options))
+        picked[name] = options[(attempt // stride + start) % len(options)]
+        stride *= len(options)
+    rng = random.Random(f"{s.seed}:{cell}:{attempt}")
+    shown = rng.sample(seeds, min(s.exemplars, len(seeds))) if seeds else []
+    return Slot(cell, attempt, picked["topic"], picked["length"], picked["style"], picked["difficulty"], shown)
+
+
+def prompt(task: TaskConfig, sl: Slot, completion: bool = False) -> list[dict[str, str]]:
+    """The chat that asks the teacher for one new input.
+
+    ``completion``: for a base model, one plain-text user message that a local teacher ends with
+    its answer prefix ``<input>`` (set by the stage), so the model simply continues with a new input.
+    """
+    system = ("You write new, realistic example inputs for a task, to build a dataset. Write ONE new input that "
+              "differs from the examples in wording and content. Reply with the input only, "
+              "between <input> and </input>.")
+    lines = [f"The task the input will be given to: {task.instruction}"]
+    if task.type == "classification":
+        lines.append(f"Possible labels: {', '.join(task.labels)}. Write an input whose correct label is: {sl.cell}.")
+    elif task.json_schema is not None:
+        lines.append(f"Answers must follow this JSON Schema, so the input should contain what it asks for: {task.json_schema}")
+    if sl.cell != "all" and task.type != "classification":
+        lines.append(f"Kind of input: {sl.cell}.")
+    for name in ("topic", "length", "style", "difficulty"):
+        value = getattr(sl, name)
+        if value:
+            lines.append(f"{name.capitalize()}: {value}.")
+    if sl.exemplars:
+        lines.append("Examples of real inputs (do not copy or paraphrase them):")
+        lines += [f"<input>{e}</input>" for e in sl.exemplars]
+    # The request number makes each request distinct (its own cache entry) even when the rest repeats.
+    lines.append(f"(request {sl.cell}#{sl.attempt})")
+    if completion:
+        return [{"role": "user", "content": system + "\n" + "\n".join(lines) + "\nNew input:"}]
+    return [{"role": "system", "content": system}, {"role": "user", "content": "\n".join(lines)}]
+
+
+def extract(output: str | None, opened: bool = False) -> str | None:
+    """The input between <input> tags, or None when the answer has none.
+
+    ``opened``: the prompt already ended with ``<input>`` (completion format), so the answer is
+    the text up to ``</input>``, or all of it when the model stopped before closing the tag.
+    """
+    if opened:
+        text = (output or "").split("</input>")[0].strip()
+        return text or None
+    m = _INPUT.search(output or "")
+    return m.group(1).strip() if m and m.group(1).strip() else None
+
+
+class Screen:
+    """Remembers every kept text and rejects a candidate near one of them, or near a test input.
+
+    MinHash LSH (as in curate's dedup) proposes candidates from a bar lowered by a margin, and the
+    exact Jaccard of character 5-gram sets decides, so the screen stays fast at thousands of inputs.
+    """
+
+    def __init__(self, references: list[tuple[str, str]], tests: list[str], dup: float, test_bar: float):
+        self.dup, self.test_bar = dup, test_bar
+        self.kept: list[tuple[str, set[str]]] = []
+        self.exact: dict[str, str] = {}
+        self.lsh = MinHashLSH(threshold=max(0.05, dup - CANDIDATE_MARGIN), num_perm=NUM_PERM)
+        self.tests = [shingles(t) for t in tests]
+        self.test_lsh = MinHashLSH(threshold=max(0.05, test_bar - CANDIDATE_MARGIN), num_perm=NUM_PERM)
+        for i, sh in enumerate(self.tests):
+            self.test_lsh.insert(str(i), _minhash(sh))
+        for kind, text in references:
+            self._keep(kind, text, shingles(text))
+
+    def _keep(self, kind: str, text: str, sh: set[str]) -> None:
+        self.exact.setdefault(normalise(text), kind)
+        self.lsh.insert(str(len(self.kept)), _minhash(sh))
+        self.kept.append((kind, sh))
+
+    def check(self, text: str) -> str | None:
+        """None if the text may be kept (and then it is remembered), else the reason it may not."""
+        sh = shingles(text)
+        m = _minhash(sh)
+        near_test = max((jaccard(sh, self.tests[int(j)]) for j in self.test_lsh.query(m)), default=0.0)
+        if near_test >= self.test_bar:
+            return f"near a test input (Jaccard {near_test:.2f} >= {self.test_bar})"
+        if normalise(text) in self.exact:
+            return f"duplicates {self.exact[normalise(text)]} (exact)"
+        sims = [(jaccard(sh, self.kept[int(j)][1]), self.kept[int(j)][0]) for j in self.lsh.query(m)]
+        best = max(sims, default=(0.0, ""))
+        if best[0] >= self.dup:
+            return f"duplicates {best[1]} (Jaccard {best[0]:.2f} >= {self.dup})"
+        self._keep("a synthetic input", text, sh)
+        return None
+
+
+def _minhash(sh: set[str]) -> MinHash:
+    m = MinHash(num_perm=NUM_PERM, seed=1)
+    m.update_batch([x.encode() for x in sh])
+    return m

@@ -1,0 +1,157 @@
+"""`potstill synthesize`: seeds + task -> RUN/synthetic.jsonl (seeds tagged real, new inputs tagged synthetic).
+
+Round one asks for every cell's quota; later rounds (up to ``synthesize.max_rounds``) ask again
+for what the screen rejected. Requests are numbered per cell and planned deterministically, so a
+rerun (after a crash or ``kill -9``) rebuilds the same requests and the ledger answers all those
+already paid for.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from potstill.config import Config
+from potstill.errors import PotstillError
+from potstill.generate import label_records
+from potstill.progress import say
+from potstill.records import Record, read_records, write_json, write_jsonl
+from potstill.rundir import RunDir
+from potstill.synthesize import PromptTask, Screen, Slot, extract, prompt, quotas, slot
+from potstill.teachers import get_teacher
+
+
+def _references(cfg: Config, run: RunDir) -> tuple[list[Record], list[str]]:
+    """The seed records, and the test inputs no synthetic input may come near."""
+    s = cfg.synthesize
+    seeds = read_records(s.seeds) if s.seeds else []
+    tests = [r.text for r in read_records(s.test_inputs)] if s.test_inputs else []
+    if (run / "test.jsonl").exists():
+        tests += [r.text for r in read_records(run / "test.jsonl")]
+    return seeds, tests
+
+
+class Synthesis:
+    """One synthesize run: the plan's state, the screen and the tally of what was kept or rejected."""
+
+    def __init__(self, cfg: Config, seeds: list[Record], tests: list[str]):
+        self.cfg, self.s = cfg, cfg.synthesize
+        self.completion = cfg.teacher.prompt_format == "completion"
+        self.quota = quotas(self.s, cfg.task)
+        self.seed_texts = [r.text for r in seeds]
+        self.screen = Screen([("a seed input", t) for t in self.seed_texts], tests, self.s.near_dup_threshold,
+                             self.s.test_threshold)
+        self.kept: dict[str, list[Record]] = {c: [] for c in self.quota}
+        self.attempts: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter()
+        self.rejected_examples: list[dict[str, Any]] = []
+        self.answers = 0
+        self.usable = 0
+        self.cost_usd = 0.0
+        self.calls = 0
+
+    def next_slots(self) -> list[Slot]:
+        slots = []
+        for cell, want in self.quota.items():
+            for _ in range(want - len(self.kept[cell])):
+                slots.append(slot(self.s, cell, self.attempts[cell], self.seed_texts))
+                self.attempts[cell] += 1
+        return slots
+
+    def reject(self, why: str, sl: Slot, text: str | None) -> None:
+        key = why.split(" (")[0]
+        self.rejected[key] += 1
+        if len(self.rejected_examples) < 20:
+            self.rejected_examples.append({"reason": why, "plan": sl.plan(), "text": (text or "")[:300]})
+
+    def take(self, sl: Slot, rec: Record, teacher_name: str) -> None:
+        """Screen one answered request and keep its input if it passes."""
+        if rec.output is None:
+            return self.reject(f"teacher error: {rec.invalid_reason}", sl, None)
+        self.answers += 1
+        text = extract(rec.output, opened=self.completion)
+        if text is None:
+            return self.reject("unusable: no <input>...</input> block in the answer", sl, rec.output)
+        self.usable += 1
+        if len(text) < self.s.min_chars:
+            return self.reject(f"too short ({len(text)} < {self.s.min_chars} characters)", sl, text)
+        why = self.screen.check(text)
+        if why is not None:
+            return self.reject(why, sl, text)
+        self.kept[sl.cell].append(Record(
+            id=f"syn-{rec.meta.get('request_hash', '')[:16]}", messages=[{"role": "user", "content": text}],
+            slice=["synthetic", f"cell:{sl.cell}"],
+            meta={"synthetic": True, "plan": sl.plan(), "teacher": teacher_name,
+                  "request_hash": rec.meta.get("request_hash"), "cost_usd": rec.meta.get("cost_usd", 0.0)}))
+
+
+def synthesize(cfg: Config, seeds: list[Record], tests: list[str], ledger: Any) -> Synthesis:
+    """Run the plan's rounds through the teacher (and the ledger) until every quota is met or rounds run out."""
+    s = cfg.synthesize
+    update: dict[str, Any] = {"temperature": s.temperature, "max_tokens": s.max_tokens, "logprobs": 0}
+    completion = cfg.teacher.prompt_format == "completion"
+    if completion:
+        # A base model continues text: the prompt ends with "<input>" and carries no task instruction
+        # (the synthesis prompt has its own), and few-shot labelled shots would only confuse it.
+        update.update(answer_prefix="<input>", few_shot=cfg.teacher.few_shot.model_copy(update={"k": 0}))
+    tcfg = cfg.teacher.model_copy(update=update)
+    task = PromptTask(cfg.task.model_copy(update={"instruction": ""}) if completion else cfg.task)
+    teacher = get_teacher(tcfg, task)
+    syn = Synthesis(cfg, seeds, tests)
+    try:
+        for rnd in range(s.max_rounds):
+            slots = syn.next_slots()
+            if not slots:
+                break
+            records = [Record(messages=prompt(cfg.task, sl, completion)) for sl in slots]
+            answered, stats = label_records(records, task, teacher, ledger, "synthesize", cfg.generate)
+            syn.calls += stats.calls
+            syn.cost_usd += stats.cost_usd
+            for sl, rec in zip(slots, answered):
+                syn.take(sl, rec, teacher.model_name)
+            if stats.budget_stopped:
+                raise PotstillError(f"synthesize: budget of ${cfg.generate.budget_usd:g} reached; rerun with a higher "
+                                    "generate.budget_usd (answered requests are cached)")
+            if rnd == 0 and syn.answers and not syn.usable:
+                first = next(r.output for r in answered if r.output is not None)
+                rule = "continue the prompt's <input> with text" if syn.completion else \
+                    "put the new input between <input> and </input>"
+                raise PotstillError(f"synthesize: the teacher {teacher.model_name} returned no usable input in "
+                                    f"{syn.answers} answers (each must {rule}); first answer: {first[:120]!r}")
+    finally:
+        teacher.close()
+    return syn
+
+
+def card(syn: Synthesis, teacher: str, seeds: int, tests: int) -> dict[str, Any]:
+    kept = sum(len(v) for v in syn.kept.values())
+    return {
+        "teacher": teacher, "seeds": seeds, "test_inputs_avoided": tests, "requests": sum(syn.attempts.values()),
+        "calls_this_run": syn.calls, "cost_usd_this_run": syn.cost_usd,
+        "written": kept, "rejected": sum(syn.rejected.values()), "rejected_by_reason": dict(syn.rejected),
+        "cells": {c: {"quota": q, "kept": len(syn.kept[c]), "requests": syn.attempts[c]} for c, q in syn.quota.items()},
+        "quotas_met": all(len(syn.kept[c]) >= q for c, q in syn.quota.items()),
+        "rejected_examples": syn.rejected_examples,
+    }
+
+
+def synthesize_stage(cfg: Config, force: bool = False) -> dict[str, Any]:
+    from potstill.pipeline import SYNTHESIZE
+
+    return SYNTHESIZE.run(cfg, force)
+
+
+def synthesize_body(cfg: Config, run: RunDir) -> dict[str, Any]:
+    seeds, tests = _references(cfg, run)
+    with run.ledger() as ledger:
+        syn = synthesize(cfg, seeds, tests, ledger)
+    real = [r.model_copy(update={"slice": [*r.slice, "real"]}) for r in seeds]
+    out_path = run / "synthetic.jsonl"
+    write_jsonl(out_path, real + [r for c in syn.kept for r in syn.kept[c]])
+    summary = card(syn, cfg.teacher.model or cfg.teacher.type, len(seeds), len(tests))
+    write_json(run / "synthesize.json", summary)
+    say(f"synthesize: {summary['written']} inputs written, {summary['rejected']} rejected "
+        f"({', '.join(f'{k}: {v}' for k, v in syn.rejected.items()) or 'none'}), {syn.calls} teacher calls, "
+        f"${syn.cost_usd:.4f}; {'quotas met' if summary['quotas_met'] else 'QUOTAS NOT MET'}; -> {out_path}")
+    return {k: summary[k] for k in ("written", "rejected", "quotas_met", "calls_this_run")}

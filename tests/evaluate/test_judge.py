@@ -1,0 +1,151 @@
+"""Teacher as judge, against a real judge server on 127.0.0.1 reached through the official openai client.
+
+The loopback judge reads the prompt the way a model would: it finds answers A and B in the user
+message and applies a rule (fair: prefer the answer that mentions "good"; biased: always "A";
+garbled: an unreadable reply for marked inputs; failing: HTTP 400 for marked inputs).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from potstill.config import load_config
+from potstill.evaluate.judge import combine, parse_choice, run_judge
+from potstill.ledger import Ledger
+from potstill.records import Record
+from potstill.tasks import get_task
+from tests.helpers.live_server import LiveServer
+
+PROMPT_TOKENS, PRICE_IN = 100, 2.0  # USD per million input tokens: 100 tokens -> $0.0002 a call
+
+
+def judge_app(mode: str, seen: list[dict[str, str]]) -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    def chat(body: dict[str, Any]) -> Any:
+        user = body["messages"][-1]["content"]
+        a = re.search(r"Answer A:\n(.*?)\n\nAnswer B:", user, re.S).group(1)
+        b = re.search(r"Answer B:\n(.*?)\n\nWhich answer", user, re.S).group(1)
+        seen.append({"A": a, "B": b})
+        if mode == "failing" and "FAIL" in user:
+            return JSONResponse({"error": {"message": "bad request", "type": "invalid_request_error"}}, status_code=400)
+        if mode == "biased":
+            text = "A"
+        elif mode == "garbled" and "GARBLE" in user:
+            text = "Both answers have merit, hard to say."
+        else:
+            text = "TIE" if ("good" in a) == ("good" in b) else ("A" if "good" in a else "B")
+        return {"id": "j", "object": "chat.completion", "created": int(time.time()), "model": body["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": 1, "total_tokens": PROMPT_TOKENS + 1}}
+
+    return app
+
+
+def config(run_dir, url: str, **judge: Any):
+    teacher = {"type": "openai", "model": "judge-1", "base_url": url + "/v1", "api_key_env": "", "max_retries": 0,
+               "price": {"input_per_mtok": PRICE_IN}}
+    return load_config(overrides={
+        "run_dir": str(run_dir), "task": {"type": "freetext", "instruction": "Summarise."},
+        "evaluate": {"judge": {"enabled": True, "teacher": teacher, "rubric": "Prefer the accurate summary.", **judge}},
+        "report": {"bootstrap_samples": 100}})
+
+
+# student output, teacher output, slice; the fair judge's verdict for the student follows from "good".
+CASES = [("a good summary", "a summary", "news", "win"), ("a summary", "a good summary", "news", "loss"),
+         ("a summary", "another summary", "sport", "tie"), ("good one", "good two", "sport", "tie")]
+
+
+def judge_once(tmp_path, mode: str, cases=CASES):
+    seen: list[dict[str, str]] = []
+    test = [Record(messages=[{"role": "user", "content": f"article {i}"}], output=t, slice=[s])
+            for i, (_, t, s, _) in enumerate(cases)]
+    student = [c[0] for c in cases]
+    metric = [float(c[0] == c[1]) for c in cases]
+    names = [[f"tag:{r.slice[0]}"] for r in test]
+    with LiveServer(judge_app(mode, seen)) as srv:
+        cfg = config(tmp_path / "run", srv.url)
+        task = get_task(cfg.task)
+        with Ledger(tmp_path / "calls.sqlite") as ledger:
+            out = run_judge(cfg, task, test, student, metric, names, ledger)
+            again = run_judge(cfg, task, test, student, metric, names, ledger)
+            rows = ledger.rows(role="judge")
+    return out, again, rows, seen
+
+
+def test_both_orders_asked_verdicts_and_costs_in_ledger(tmp_path):
+    out, again, rows, seen = judge_once(tmp_path, "fair")
+    # Two calls per input, the student once as A and once as B, the teacher opposite.
+    # (requests run concurrently, so compare the set of pairs, not their arrival order)
+    assert sorted((x["A"], x["B"]) for x in seen) == sorted([(s, t) for s, t, _, _ in CASES] + [(t, s) for s, t, _, _ in CASES])
+    assert [e["verdict"] for e in out["examples"]] == [c[3] for c in CASES]
+    assert out["counts"] == {"win": 1, "tie": 2, "loss": 1, "inconsistent": 0, "bad": 0}
+    allrow = out["slices"][0]
+    assert allrow["slice"] == "all" and allrow["win"]["value"] == 0.25 and allrow["tie"]["value"] == 0.5
+    assert allrow["win"]["lo"] <= 0.25 <= allrow["win"]["hi"]
+    sport = next(r for r in out["slices"] if r["slice"] == "tag:sport")
+    assert sport["tie"]["value"] == 1.0 and sport["judged"] == 2
+    # Every call is one ledger row with role judge, priced from the usage the server reported.
+    assert len(rows) == 8 and {r["stage"] for r in rows} == {"evaluate"} and {r["model"] for r in rows} == {"judge-1"}
+    assert out["cost"]["calls"] == 8
+    assert out["cost"]["cost_usd"] == pytest.approx(8 * PROMPT_TOKENS * PRICE_IN / 1e6)
+    # The ledger is the cache: judging again sent nothing and paid nothing.
+    assert again["cost"]["calls"] == 0 and again["counts"] == out["counts"]
+    # Automatic metric (exact match) against the verdicts: both ties with unequal outputs score 0.
+    assert out["agreement_with_metric"]["n"] == 4
+
+
+def test_position_biased_judge_is_reported_inconsistent(tmp_path):
+    out, _, _, seen = judge_once(tmp_path, "biased")
+    assert len(seen) == 8
+    assert out["counts"]["inconsistent"] == len(CASES) and out["counts"]["win"] == 0
+    assert out["first_position_rate"] == 1.0
+    assert out["slices"][0]["inconsistent"]["value"] == 1.0
+
+
+def test_bad_judge_output_is_counted_not_fatal(tmp_path):
+    cases = [("good GARBLE", "plain", "news", None), ("FAIL good", "plain", "news", None), *CASES]
+    out, _, rows, _ = judge_once(tmp_path, "garbled", cases)
+    assert [e["verdict"] for e in out["examples"]][:2] == ["bad", "win"]
+    assert out["counts"]["bad"] == 1 and out["choices"]["bad"] == 2
+    assert out["slices"][0]["judged"] == len(cases) - 1
+    out, _, rows, _ = judge_once(tmp_path / "f", "failing", cases)
+    assert [e["verdict"] for e in out["examples"]][:2] == ["win", "bad"]
+    assert sum(r["status"] == "error" for r in rows) >= 2  # the failed calls are in the ledger too
+
+
+def test_parse_and_combine():
+    assert [parse_choice(x) for x in ["A", " b.", "TIE", "Tie!", "Answer A", "", None]] == ["A", "B", "TIE", "TIE", None, None, None]
+    assert combine("A", "B") == "win" and combine("B", "A") == "loss" and combine("TIE", "TIE") == "tie"
+    assert combine("A", "A") == "inconsistent" and combine("A", None) == "bad"
+
+
+def test_evaluate_stage_reports_the_judge(tmp_path, tiny_model):
+    from potstill.evaluate.stage import evaluate_stage
+
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"input": f"text {i}", "output": f"summary {i}", "slice": ["s"]} for i in range(4)]
+    (run / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    shutil.copytree(tiny_model, run / "student")
+    seen: list[dict[str, str]] = []
+    with LiveServer(judge_app("fair", seen)) as srv:
+        cfg = config(run, srv.url)
+        cfg = cfg.model_copy(update={"student": cfg.student.model_copy(update={"model": str(tiny_model)})})
+        cfg.task.max_output_tokens = 4
+        cfg.evaluate.latency_samples, cfg.evaluate.batch_size, cfg.evaluate.include_untrained = 2, 2, False
+        cfg.report.min_slice_n = 2
+        evaluate_stage(cfg)
+    ev = json.loads((run / "eval.json").read_text())
+    assert len(seen) == 8 and ev["judge"]["n"] == 4 and ev["judge"]["cost"]["calls"] == 8
+    assert "judge" in ev["sources"]
+    assert "id='judge'" in (run / "report.html").read_text()

@@ -1,0 +1,223 @@
+"""`potstill synthesize` against a real loopback teacher on 127.0.0.1 that *writes inputs*.
+
+The writer reads the plan from the prompt (label, request number) and answers the way a model
+would, in an <input> block; it also misbehaves on purpose: every 4th request of a cell (k % 4 == 1)
+repeats the cell's previous input, k % 4 == 2 returns a light edit of a held-out test input, and
+k % 4 == 3 copies a seed. Mode ``unusable`` answers prose with no <input> block at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from fastapi import FastAPI
+
+from potstill.config import load_config
+from potstill.errors import PotstillError
+from potstill.ledger import Ledger
+from potstill.records import read_records
+from potstill.synthesize.stage import synthesize_stage
+from tests.generate.loopback import committed_answers
+from tests.helpers.live_server import LiveServer
+
+ROOT = Path(__file__).resolve().parents[2]
+LABELS = ["sports", "tech", "politics"]
+VOCAB = [f"{a}{b}" for a in ("mar", "tel", "dov", "kin", "sur", "pal", "ver", "gon") for b in ("o", "ax", "ine", "um", "et")]
+SEEDS = ["The home side won the cup final after extra time in front of a full stadium.",
+         "A new phone chip promises twice the battery life, the maker said on Tuesday.",
+         "Parliament voted late at night on the budget after a long and angry debate."]
+TESTS = ["Shares in the carmaker fell sharply after it cut its profit forecast for the year."]
+
+
+def written(cell: str, k: int) -> str:
+    rng = random.Random(f"{cell}:{k}")
+    return f"A {cell} story: " + " ".join(rng.choice(VOCAB) for _ in range(30)) + "."
+
+
+def writer_app(mode: str, seen: Counter, delay: float = 0.0) -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    def chat(body: dict[str, Any]) -> Any:
+        user = body["messages"][-1]["content"]
+        plan = re.search(r"\(request (\w+)#(\d+)\)", user)
+        if plan is None:  # not a synthesis prompt: generate asks for the label, which the text names
+            label = next((lab for lab in LABELS if lab in user), LABELS[0])
+            return {"id": "l", "object": "chat.completion", "created": 0, "model": body["model"],
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": label}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 50, "completion_tokens": 1, "total_tokens": 51}}
+        cell, k = plan.groups()
+        k = int(k)
+        seen[f"{cell}#{k}"] += 1
+        if delay:
+            time.sleep(delay)
+        if mode == "unusable":
+            text = "I would be glad to help you build a dataset! Here are some thoughts on news articles."
+        elif k % 4 == 1:
+            text = f"<input>{written(cell, k - 1)}</input>"
+        elif k % 4 == 2:
+            text = f"<input>{TESTS[0][:-1]}, analysts said.</input>"
+        elif k % 4 == 3:
+            text = f"Sure! <input>{SEEDS[0]}</input>"
+        else:
+            text = f"<input>{written(cell, k)}</input>"
+        return {"id": "w", "object": "chat.completion", "created": int(time.time()), "model": body["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 200, "completion_tokens": 50, "total_tokens": 250}}
+
+    return app
+
+
+def project(tmp: Path, url: str, n: int = 12, **synth: Any) -> Path:
+    (tmp / "seeds.jsonl").write_text("".join(json.dumps({"input": t, "label": lab}) + "\n" for t, lab in zip(SEEDS, LABELS)))
+    (tmp / "test.jsonl").write_text("".join(json.dumps({"input": t}) + "\n" for t in TESTS))
+    cfg = {"run_dir": "run", "task": {"type": "classification", "labels": LABELS, "instruction": "Topic of the article."},
+           "teacher": {"type": "openai", "model": "writer-1", "base_url": url + "/v1", "api_key_env": "",
+                       "concurrency": 4, "max_retries": 0, "price": {"input_per_mtok": 1.0, "output_per_mtok": 4.0}},
+           "synthesize": {"n": n, "seeds": "seeds.jsonl", "test_inputs": "test.jsonl", "topics": ["markets", "people"],
+                          "styles": ["wire report", "blog post"], "max_rounds": 10, **synth}}
+    (tmp / "potstill.yaml").write_text(yaml.safe_dump(cfg))
+    return tmp / "potstill.yaml"
+
+
+def test_quotas_met_rejections_with_reasons_and_cache(tmp_path):
+    seen: Counter = Counter()
+    with LiveServer(writer_app("good", seen)) as srv:
+        cfg = load_config(project(tmp_path, srv.url))
+        synthesize_stage(cfg)
+        sent = sum(seen.values())
+        synthesize_stage(cfg, force=True)  # every request again: all answered from the ledger
+        assert sum(seen.values()) == sent
+    card = json.loads((tmp_path / "run" / "synthesize.json").read_text())
+    assert card["quotas_met"] and card["written"] == 12
+    assert {c: v["kept"] for c, v in card["cells"].items()} == {lab: 4 for lab in LABELS}
+    reasons = card["rejected_by_reason"]
+    assert reasons["near a test input"] > 0 and reasons["duplicates a synthetic input"] > 0
+    assert reasons["duplicates a seed input"] > 0
+    assert card["rejected"] == sum(reasons.values()) == card["requests"] - 12
+    assert all(e["reason"] and e["plan"]["cell"] in LABELS for e in card["rejected_examples"])
+    recs = read_records(tmp_path / "run" / "synthetic.jsonl")
+    real, synth = recs[:3], recs[3:]
+    assert [r.text for r in real] == SEEDS and all("real" in r.slice for r in real)
+    for r in synth:
+        assert r.slice[0] == "synthetic" and r.meta["synthetic"] and r.meta["teacher"] == "writer-1"
+        assert r.slice[1] == f"cell:{r.meta['plan']['cell']}" and r.meta["plan"]["topic"] in ("markets", "people")
+        assert r.text not in SEEDS and "analysts said" not in r.text
+    assert len({r.text for r in synth}) == 12
+    with Ledger(tmp_path / "run" / "calls.sqlite") as ledger:
+        rows = ledger.rows(role="teacher", stage="synthesize")
+        assert len(rows) == card["requests"] == sent  # one paid row per request, no request sent twice
+        assert sum(r["cost_usd"] for r in rows) == pytest.approx(sent * (200 * 1.0 + 50 * 4.0) / 1e6)
+
+
+def test_prompts_rotate_plan_and_exemplars(tmp_path):
+    from potstill.synthesize import prompt, slot
+
+    cfg = load_config(project(tmp_path, "http://127.0.0.1:9"))
+    slots = [slot(cfg.synthesize, "tech", k, SEEDS) for k in range(24)]
+    # 2 topics x 2 styles x 3 lengths x 2 difficulties: the first 24 requests cover every combination once.
+    assert len({(s.topic, s.style, s.length, s.difficulty) for s in slots}) == 24
+    assert len({tuple(s.exemplars) for s in slots}) > 1  # exemplars change from request to request
+    text = prompt(cfg.task, slots[0])[1]["content"]
+    assert "correct label is: tech" in text and "(request tech#0)" in text
+    assert slot(cfg.synthesize, "tech", 3, SEEDS) == slots[3]  # the plan is the same every run
+
+
+def test_teacher_with_unusable_text_is_one_clear_error(tmp_path):
+    seen: Counter = Counter()
+    with LiveServer(writer_app("unusable", seen)) as srv:
+        cfg = load_config(project(tmp_path, srv.url))
+        with pytest.raises(PotstillError, match=r"returned no usable input in 12 answers .*<input>"):
+            synthesize_stage(cfg)
+    assert not (tmp_path / "run" / "synthetic.jsonl").exists()
+
+
+def test_kill_9_then_resume_pays_nothing_twice(tmp_path):
+    seen: Counter = Counter()
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}:{ROOT}"}
+    with LiveServer(writer_app("good", seen, delay=0.03)) as srv:
+        cfg_path = project(tmp_path, srv.url, n=60, max_rounds=40)  # 1 in 4 answers is kept
+        cmd = [sys.executable, "-m", "potstill.cli", "synthesize", "-c", str(cfg_path)]
+        db = tmp_path / "run" / "calls.sqlite"
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while committed_answers(db) < 25 and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        before = committed_answers(db)
+        assert 25 <= before < 60 and not (tmp_path / "run" / "synthetic.jsonl").exists()
+        final = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert final.returncode == 0, final.stderr
+    card = json.loads((tmp_path / "run" / "synthesize.json").read_text())
+    assert card["quotas_met"] and card["written"] == 60
+    # Only requests in flight at the kill (at most teacher.concurrency) were sent twice.
+    assert sum(n - 1 for n in seen.values()) <= 4
+    with Ledger(db) as ledger:
+        ok = [r["request_hash"] for r in ledger.rows(role="teacher", stage="synthesize") if r["status"] == "ok"]
+    assert len(ok) == len(set(ok)) == card["requests"]  # one paid answer per request, none twice
+
+
+def test_synthetic_inputs_flow_through_generate_curate_and_evaluate_apart(tmp_path, tiny_model):
+    from potstill.curate.stage import curate_stage
+    from potstill.evaluate.stage import evaluate_stage
+    from potstill.generate.stage import generate_stage
+    from potstill.train.stage import train_stage
+
+    seen: Counter = Counter()
+    with LiveServer(writer_app("good", seen)) as srv:
+        cfg_path = project(tmp_path, srv.url, n=24)
+        raw = yaml.safe_load(cfg_path.read_text())
+        raw.update({"data": {"inputs": "run/synthetic.jsonl"}, "student": {"model": str(tiny_model), "max_length": 64},
+                    "curate": {"val": 3, "test": 10}, "train": {"epochs": 1, "batch_size": 4},
+                    "evaluate": {"latency_samples": 2, "batch_size": 4, "include_untrained": False},
+                    "report": {"min_slice_n": 2, "bootstrap_samples": 100}})
+        cfg_path.write_text(yaml.safe_dump(raw))
+        cfg = load_config(cfg_path)
+        for stage in (synthesize_stage, generate_stage, curate_stage, train_stage):
+            stage(cfg)
+        test = read_records(tmp_path / "run" / "test.jsonl")
+        if not any("real" in r.slice for r in test):
+            pytest.skip("the hash split put no real record in test")  # never seen with these seeds; kept honest
+        evaluate_stage(cfg)
+    card = json.loads((tmp_path / "run" / "card.json").read_text())
+    assert card["synthesis"]["written"] == 24 and card["synthesis"]["rejected"] > 0
+    assert sum(card["synthesis"]["synthetic_per_split"].values()) == 24
+    assert "## Synthetic inputs" in (tmp_path / "run" / "card.md").read_text()
+    teacher = read_records(tmp_path / "run" / "teacher.jsonl")
+    assert all(r.meta["teacher"] == "writer-1" for r in teacher) and sum(r.meta.get("synthetic", False) for r in teacher) == 24
+    slices = {r["slice"]: r for r in json.loads((tmp_path / "run" / "eval.json").read_text())["slices"]}
+    n_syn = sum("synthetic" in r.slice for r in test)
+    assert slices["tag:synthetic"]["n"] == n_syn and slices["tag:real"]["n"] == len(test) - n_syn
+
+
+def test_local_teacher_in_completion_format_continues_an_open_input(tmp_path, tiny_model_b):
+    """The plumbing for a base model: plain text ending in "New input:" + "<input>", no chat template.
+
+    The tiny random model stops at once (empty text), which is exactly the unusable teacher: one clear error.
+    """
+    cfg_path = project(tmp_path, "http://127.0.0.1:9", n=6, max_rounds=2, min_chars=1, max_tokens=12)
+    raw = yaml.safe_load(cfg_path.read_text())
+    raw["teacher"] = {"type": "local", "model": str(tiny_model_b), "prompt_format": "completion", "batch_size": 3}
+    cfg_path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(PotstillError, match=r"no usable input in 6 answers \(each must continue the prompt's <input>"):
+        synthesize_stage(load_config(cfg_path))
+    with Ledger(tmp_path / "run" / "calls.sqlite") as ledger:
+        rows = ledger.rows(role="teacher", stage="synthesize")
+    assert len(rows) == 6
+    for r in rows:
+        (msg,) = json.loads(r["request"])["messages"]
+        assert msg["role"] == "user" and msg["content"].endswith("New input:") and "<input>" in msg["content"]
