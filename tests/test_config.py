@@ -64,7 +64,8 @@ def test_path_fields_are_declared_and_saved_relative_to_a_directory(tmp_path):
     roles = path_roles()
     assert roles == {"run_dir": RUN_PATH, "data.inputs": INPUT_FILE, "teacher.model": MODEL_REF,
                      "teacher.few_shot.path": INPUT_FILE, "teacher.replay_path": INPUT_FILE,
-                     "student.model": MODEL_REF, "curate.real_data": INPUT_FILE, "train.teacher_model": MODEL_REF}
+                     "student.model": MODEL_REF, "curate.real_data": INPUT_FILE, "train.teacher_model": MODEL_REF,
+                     "synthesize.seeds": INPUT_FILE, "synthesize.test_inputs": INPUT_FILE}
     cfg = load_config(None, {"task.labels": ["a", "b"], "run_dir": str(tmp_path / "run"),
                              "data.inputs": str(tmp_path / "in.jsonl"), "teacher.model": "org/name"})
     data = relative_paths(cfg, tmp_path / "run")

@@ -166,7 +166,8 @@ def _other_value(cfg: Config, key: str, tmp: Path) -> Any:
     elif isinstance(value, list):
         candidates = [value[:-1], value + ["x"], *([a] for a in literal)]
     elif isinstance(value, dict):
-        candidates = [{**value, "zz": {"input_per_mtok": 1.0, "output_per_mtok": 1.0}}, {"type": "object"}]
+        candidates = [{**value, "zz": {"input_per_mtok": 1.0, "output_per_mtok": 1.0}}, {"type": "object"},
+                      {k: v / 2 if isinstance(v, (int, float)) else v for k, v in value.items()}, {"zz": 1}]
     elif isinstance(value, str):
         candidates = [*literal, value + "x"]
     else:  # None

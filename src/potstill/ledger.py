@@ -349,8 +349,8 @@ class Ledger:
             raise PotstillError(f"{self.path}: not a potstill ledger ({e})") from None
         return [ServedCall.from_row(r) for r in reversed(rows)]
 
-    def lookup(self, request_hashes: list[str]) -> dict[str, dict[str, Any]]:
-        """The cached teacher answer for each hash that has an ``ok`` one (the latest wins).
+    def lookup(self, request_hashes: list[str], role: str = "teacher") -> dict[str, dict[str, Any]]:
+        """The cached answer of ``role`` (teacher, judge) for each hash that has an ``ok`` one (the latest wins).
 
         Served rows are not answers to reuse: their response is what a client got, routing included.
         """
@@ -360,10 +360,10 @@ class Ledger:
                 part = request_hashes[i : i + 500]
                 q = ",".join("?" * len(part))
                 for h, resp in self._db.execute(
-                    "SELECT request_hash, response FROM calls WHERE status='ok' AND role='teacher' AND stage<>'serve'"
+                    "SELECT request_hash, response FROM calls WHERE status='ok' AND role=? AND stage<>'serve'"
                     f" AND request_hash IN ({q})"
                     " ORDER BY id",
-                    part,
+                    [role, *part],
                 ):
                     out[h] = json.loads(resp)
         return out

@@ -19,7 +19,8 @@ from potstill.stage import Stage
 # How the teacher is driven, not what it answers: a changed rate limit or budget reruns nothing
 # (answers are cached in the ledger either way). generate.n and every other generate field count.
 _GENERATE_TUNES = ("generate.rpm", "generate.tpm", "generate.budget_usd", "generate.engine", "generate.ray_workers",
-                   "generate.ray_gpus_per_worker", "generate.ray_endpoints", "generate.prices")
+                   "generate.ray_gpus_per_worker", "generate.ray_endpoints", "generate.prices", "generate.batch_price",
+                   "generate.batch_poll_s", "generate.batch_max_requests", "generate.batch_resubmits")
 
 # tracking: where a finished train or evaluate is logged, never what it writes.
 # Train's preflight compares the label tokens under the teacher's prompt: it can refuse, not change, a run.

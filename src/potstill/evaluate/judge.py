@@ -12,7 +12,6 @@ the cache: re-running evaluate asks the judge nothing it has already answered.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from typing import Any, Sequence
 
@@ -24,6 +23,7 @@ from potstill.progress import bar
 from potstill.records import Record
 from potstill.tasks import Task
 from potstill.teachers import Response, get_teacher
+from potstill.teachers.base import RunStats
 
 OUTCOMES = ("win", "tie", "loss", "inconsistent", "bad")
 _ANSWER = re.compile(r"^\W*(TIE|A|B)\b", re.IGNORECASE)
@@ -76,12 +76,13 @@ def ask(cfg: Config, task: Task, prompts: list[list[dict[str, str]]], ledger: Le
         ident = teacher.identity()
         reqs = [teacher.request(Record(messages=p)) for p in prompts]
         hashes = [request_hash({"judge": ident}, q) for q in reqs]
-        answers: dict[str, Any] = ledger.lookup(list(dict.fromkeys(hashes)))
+        answers: dict[str, Any] = ledger.lookup(list(dict.fromkeys(hashes)), role="judge")
         first: dict[str, int] = {}
         for i, h in enumerate(hashes):
             first.setdefault(h, i)
         todo = [i for h, i in first.items() if h not in answers]
         errors: dict[str, str] = {}
+        stats = RunStats()
         with bar(f"evaluate: judge {teacher.model_name}", len(todo)) as advance:
 
             def on_result(j: int, resp: Response) -> None:
@@ -89,20 +90,16 @@ def ask(cfg: Config, task: Task, prompts: list[list[dict[str, str]]], ledger: Le
                 call = ledger_call(hashes[i], teacher, "evaluate", reqs[i], resp)
                 call.role = "judge"
                 ledger.record(call)
+                stats.count(resp)  # the budget reads it before the next request goes out
                 if call.status == "ok":
                     answers[hashes[i]] = call.response
                 else:
                     errors[hashes[i]] = resp.error or "no output"
                 advance(1)
 
-            if todo and hasattr(teacher, "call"):
-                # API judges: the generate engine, so generate.prices, rate limits and budget apply here too.
-                from potstill.generate.engine import Counters, run_requests
-
-                asyncio.run(run_requests(teacher, ((j, reqs[i]) for j, i in enumerate(todo)), on_result, cfg.generate,
-                                         Counters()))
-            elif todo:
-                teacher.run([reqs[i] for i in todo], on_result)
+            if todo:
+                # API judges run on the teacher engine, so generate.prices, rate limits and budget apply here too.
+                teacher.run([reqs[i] for i in todo], on_result, stats, cfg.generate)
     finally:
         teacher.close()
     return [answers.get(h) or {"error": errors.get(h, "no answer")} for h in hashes]
