@@ -78,7 +78,32 @@ def curate(cfg: Config, records: list[Record], decisions: dict[str, dict[str, An
     real = [hygiene.record(r) for r in real or []]
     accuracy = teacher_accuracy(records, task)
 
-    # 1. review
+    kept = _review_step(records, decisions, cfg.task.labels, rejected)
+    counts["review_rejected"] = len(records) - len(kept)
+    valid = _validate_step(kept, task, c, rejected)
+    counts["invalid"] = len(kept) - len(valid)
+    consistent = _consistency_step(valid, task, c, rejected)
+    counts["inconsistent"] = len(valid) - len(consistent)
+
+    real_ok, real_rejected = _prepare_real(real or [], task, c)
+    teacher_kept, real_kept = _dedup_step(consistent, real_ok, c, counts, rejected, bool(real))
+    train, val, test = _split_step(cfg, task, teacher_kept)
+
+    # 6. mixing
+    n_real = min(len(real_kept), round(c.real_ratio * len(train)))
+    real_kept.sort(key=lambda r: rank(r.text, c.seed))
+    train = train + real_kept[:n_real]
+    counts.update(real_added=n_real, train=len(train), val=len(val), test=len(test))
+    rejected += real_rejected
+
+    card = _card(cfg, counts, rejected, train, val, test, decisions, accuracy, len(real or []), real_rejected)
+    card["text_hygiene"] = hygiene.card(len(records) + len(real))
+    return Curated(train=train, val=val, test=test, rejected=rejected, card=card)
+
+
+def _review_step(records: list[Record], decisions: dict[str, dict[str, Any]], labels: list[str],
+                 rejected: list[Record]) -> list[Record]:
+    """1. A reviewer's reject removes a record; a relabel replaces the teacher's answer."""
     kept = []
     for r in records:
         d = decisions.get(r.id)
@@ -87,10 +112,12 @@ def curate(cfg: Config, records: list[Record], decisions: dict[str, dict[str, An
         elif d["decision"] == "reject":
             rejected.append(_reject(r, "review: rejected by a reviewer"))
         else:
-            kept.append(_apply_review(r, d, cfg.task.labels))
-    counts["review_rejected"] = len(records) - len(kept)
+            kept.append(_apply_review(r, d, labels))
+    return kept
 
-    # 2. validation
+
+def _validate_step(kept: list[Record], task, c, rejected: list[Record]) -> list[Record]:
+    """2. The task's check and curate's length and format rules."""
     valid = []
     for r in kept:
         reason = invalid_reason(r, task, c)
@@ -100,9 +127,11 @@ def curate(cfg: Config, records: list[Record], decisions: dict[str, dict[str, An
             valid.append(r)
         else:
             rejected.append(_reject(r, reason))
-    counts["invalid"] = len(kept) - len(valid)
+    return valid
 
-    # 3. self-consistency (a reviewer's decision outranks the vote)
+
+def _consistency_step(valid: list[Record], task, c, rejected: list[Record]) -> list[Record]:
+    """3. Self-consistency; a reviewer's decision outranks the vote."""
     consistent = []
     for r in valid:
         vote = None if "review" in r.meta else majority(r, task)
@@ -116,10 +145,12 @@ def curate(cfg: Config, records: list[Record], decisions: dict[str, dict[str, An
                 r.meta["first_output"] = r.output
                 r.output = text
         consistent.append(r)
-    counts["inconsistent"] = len(valid) - len(consistent)
+    return consistent
 
-    # 4. duplicates, teacher records first so a real example never evicts one
-    real_ok, real_rejected = _prepare_real(real or [], task, c)
+
+def _dedup_step(consistent: list[Record], real_ok: list[Record], c, counts: dict[str, int],
+                rejected: list[Record], has_real: bool) -> tuple[list[Record], list[Record]]:
+    """4. Duplicates, teacher records first so a real example never evicts one."""
     pool = consistent + real_ok
     dups = find_duplicates([r.text for r in pool], near=c.near_dup, threshold=c.near_dup_threshold, seed=c.seed) \
         if c.dedup else None
@@ -136,10 +167,15 @@ def curate(cfg: Config, records: list[Record], decisions: dict[str, dict[str, An
     kinds = Counter(dups.kind[i] for i in dups.of if i < len(consistent)) if dups else Counter()
     counts["duplicates_exact"], counts["duplicates_near"] = kinds["exact"], kinds["near"]
     counts["duplicates"] = kinds["exact"] + kinds["near"]
-    if real:
+    if has_real:
         counts["real_duplicates"] = sum(1 for i in (dups.of if dups else {}) if i >= len(consistent))
+    return teacher_kept, real_kept
 
-    # 5. split
+
+def _split_step(cfg: Config, task, teacher_kept: list[Record]) -> tuple[list[Record], list[Record], list[Record]]:
+    """5. Stratified, hash-based split; train capped at ``curate.max_train``."""
+    c = cfg.curate
+
     def stratum(r: Record) -> str:
         # The teacher's own answer, even after a relabel: a review decision never changes a stratum.
         lab = task.parse(r.meta.get("teacher_output") or r.output or "") if cfg.task.labels else ""
@@ -150,17 +186,7 @@ def curate(cfg: Config, records: list[Record], decisions: dict[str, dict[str, An
     train, val, test = split(teacher_kept, c.val, c.test, c.seed, stratum)
     if c.max_train is not None:
         train = train[: c.max_train]
-
-    # 6. mixing
-    n_real = min(len(real_kept), round(c.real_ratio * len(train)))
-    real_kept.sort(key=lambda r: rank(r.text, c.seed))
-    train = train + real_kept[:n_real]
-    counts.update(real_added=n_real, train=len(train), val=len(val), test=len(test))
-    rejected += real_rejected
-
-    card = _card(cfg, counts, rejected, train, val, test, decisions, accuracy, len(real or []), real_rejected)
-    card["text_hygiene"] = hygiene.card(len(records) + len(real))
-    return Curated(train=train, val=val, test=test, rejected=rejected, card=card)
+    return train, val, test
 
 
 def _prepare_real(real: list[Record], task, c) -> tuple[list[Record], list[Record]]:

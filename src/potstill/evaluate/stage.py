@@ -123,119 +123,159 @@ def evaluate_stage(cfg: Config, force: bool = False) -> dict[str, Any]:
 
 def evaluate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
     e, rep = cfg.evaluate, cfg.report
+    task, test = _test_split(cfg, run)
+    teacher = [task.parse(r.output) for r in test]
+    gold = [task.gold(r) for r in test]
+    models, preds, batched, spend = _measure_models(cfg, run, task, test)
+    conf = {k: confidences(task, p) for k, p in preds.items()}
+    metrics = _all_metrics(task, preds, conf, teacher, gold)
 
-    def body(run: RunDir) -> dict[str, Any]:
-        for need in ("test.jsonl", "student"):
-            if not (run / need).exists():
-                raise PotstillError(f"{run / need} not found: run the stages before evaluate (`potstill run`)")
-        task = get_task(cfg.task)
-        test = [r for r in read_records(run / "test.jsonl") if r.output is not None]
-        if not test:
-            raise PotstillError(f"{run / 'test.jsonl'}: no records with a teacher output to evaluate on")
-        teacher = [task.parse(r.output) for r in test]
-        gold = [task.gold(r) for r in test]
-        n_batches = max(3, e.latency_samples // e.batch_size)
-        models: dict[str, dict[str, Any]] = {}
-        preds: dict[str, Predictions] = {}
-        batched: dict[str, dict[str, Any]] = {}
+    edges = length_edges(test)
+    # Label slices only where there is a label set: a free-text or JSON reference is one value per example.
+    names = [slice_names(r, (g if g is not None else t) if task.labels else None, edges)
+             for r, g, t in zip(test, gold, teacher)]
+    agree = {k: [task.agree(p.parsed[i], teacher[i]) for i in range(len(test))] for k, p in preds.items()}
+    slices = _slices(cfg, task, preds, teacher, gold, names, agree)
+    judged = None
+    if e.judge.enabled and not task.labels:
+        from potstill.evaluate.judge import run_judge
 
-        def measure(name: str, lm: Any) -> None:
-            with run.ledger() as ledger:
-                models[name], preds[name] = measure_student(
-                    lm, task, test, cfg.student.usd_per_hour, e.batch_size, e.latency_samples, name, ledger)
-            batched[name] = measure_batched(lm, task, test, e.batch_size, n_batches)
-
-        if e.include_untrained:
-            measure("untrained student", load_engine(e.engine, cfg.student.model))
         with run.ledger() as ledger:
-            models["teacher"] = measure_teacher(task, test, ledger)
-            spend = ledger.summary("teacher")
-        measure("student", load_engine(e.engine, str(run / "student")))
-        # Keep the three-way order of the table: untrained, teacher, trained.
-        models = {k: models[k] for k in ("untrained student", "teacher", "student") if k in models}
+            judged = run_judge(cfg, task, test, preds["student"].outputs, agree["student"], names, ledger)
+    agreement_ci = {k: bootstrap_mean(v, rep.bootstrap_samples, seed=rep.seed) for k, v in agree.items()}
 
-        conf = {k: confidences(task, p) for k, p in preds.items()}
-        metrics = {k: _metrics_for(task, p.parsed, teacher, gold, conf[k] if task.labels else None)
-                   for k, p in preds.items()}
-        if any(g is not None for g in gold):
-            metrics["teacher"] = {"vs_gold": task_metrics(task.name, teacher, gold, labels=task.labels,
-                                                          validate=task.validate)}
+    one_time, train_s = _one_time_costs(cfg, run, spend)
+    be = _break_even(cfg, models, one_time)
+    v = verdict(models, e.quality_bar, slices, be)
 
-        edges = length_edges(test)
-        # Label slices only where there is a label set: a free-text or JSON reference is one value per example.
-        names = [slice_names(r, (g if g is not None else t) if task.labels else None, edges)
-                 for r, g, t in zip(test, gold, teacher)]
-        agree = {k: [task.agree(p.parsed[i], teacher[i]) for i in range(len(test))] for k, p in preds.items()}
-        s_gold = [task.agree(preds["student"].parsed[i], g) if g is not None else None for i, g in enumerate(gold)]
-        t_gold = [task.agree(t, g) if g is not None else None for t, g in zip(teacher, gold)]
-        slices = slice_table(names, agree["student"], agree.get("untrained student"), s_gold, t_gold,
-                             e.quality_bar, rep.min_slice_n, rep.bootstrap_samples, rep.seed)
-        if any(isinstance(t, dict) for t in teacher):
-            untrained = preds.get("untrained student")
-            slices += field_table(output_fields(cfg.task.json_schema, teacher), preds["student"].parsed,
-                                  untrained.parsed if untrained else None, teacher, gold, e.quality_bar,
-                                  rep.min_slice_n, rep.bootstrap_samples, rep.seed)
-        judged = None
-        if e.judge.enabled and not task.labels:
-            from potstill.evaluate.judge import run_judge
+    result = {
+        "task": cfg.task.type, "n_test": len(test), "test_hash": hash_obj(sorted(r.id for r in test)),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "run_dir": str(run.path),
+        "models": models, "agreement_ci": agreement_ci, "metrics": metrics,
+        "slices": slices, "length_edges_words": list(edges),
+        "worst_cases": worst_cases(task, test, preds["student"], teacher, gold, conf["student"], names, rep.worst_cases),
+        "latency_cost": latency_cost(models, batched, cfg.student.usd_per_hour),
+        "one_time": one_time, "break_even": be, "verdict": v, "judge": judged,
+        "quality_bar": e.quality_bar.model_dump(), "min_slice_n": rep.min_slice_n,
+        "bootstrap_samples": rep.bootstrap_samples,
+        "sources": _sources(cfg, spend, train_s),
+    }
+    if judged is not None:
+        result["sources"]["judge"] = (f"judge {judged['model']}: both orders per input, answers and cost in the ledger "
+                                      "(role judge); config evaluate.judge")
+    result = finite(result)
+    write_report(run / "report.html", result, [])
+    write_json(run / "eval.json", result)
+    print_table(f"evaluate: {len(test)} held-out inputs", models)
+    print_slices(slices)
+    say(f"verdict: {v['decision']}: {v['reason']}. Report: {run / 'report.html'}")
+    return {"verdict": v["go"], "agreement": models["student"]["agreement_with_teacher"]}
 
-            with run.ledger() as ledger:
-                judged = run_judge(cfg, task, test, preds["student"].outputs, agree["student"], names, ledger)
-        agreement_ci = {k: bootstrap_mean(v, rep.bootstrap_samples, seed=rep.seed) for k, v in agree.items()}
 
-        train_info = json.loads((run / "train.json").read_text()) if (run / "train.json").exists() else {}
-        train_s = float(train_info.get("train_s", 0.0))
-        one_time = {"generation_usd": spend["cost_usd"], "generation_calls": spend["calls"], "train_s": train_s,
-                    "train_usd": train_s / 3600 * cfg.student.usd_per_hour}
-        one_time["total_usd"] = one_time["generation_usd"] + one_time["train_usd"]
-        t_call = models["teacher"]["cost_per_1k_calls_usd"] / 1000
-        # evaluate.cost_basis names the student's cost per call behind the headline break-even.
-        basis = "cost_per_1k_calls_batched_usd" if e.cost_basis == "batched" else "cost_per_1k_calls_usd"
-        s_call = (models["student"].get(basis) or models["student"]["cost_per_1k_calls_usd"]) / 1000
-        be = break_even(t_call, s_call, one_time["total_usd"], e.monthly_calls)
-        be["cost_basis"] = e.cost_basis
-        be["curve"] = break_even_curve(t_call, s_call, one_time["total_usd"], e.monthly_calls, be["months"])
-        s1 = models["student"]["cost_per_1k_calls_usd"] / 1000
-        be["batch1"] = {"student_cost_per_call_usd": s1, **break_even(t_call, s1, one_time["total_usd"], e.monthly_calls)}
-        # The same sum with the student serving batches (its throughput pass): the case of a busy endpoint.
-        batched_1k = models["student"].get("cost_per_1k_calls_batched_usd")
-        if batched_1k is not None:
-            be["batched"] = {"batch_size": e.batch_size, "student_cost_per_call_usd": batched_1k / 1000,
-                             **break_even(t_call, batched_1k / 1000, one_time["total_usd"], e.monthly_calls)}
-        v = verdict(models, e.quality_bar, slices, be)
+def _test_split(cfg: Config, run: RunDir) -> tuple[Task, list[Record]]:
+    """The task and the test records that carry a teacher output, or one clear error."""
+    for need in ("test.jsonl", "student"):
+        if not (run / need).exists():
+            raise PotstillError(f"{run / need} not found: run the stages before evaluate (`potstill run`)")
+    task = get_task(cfg.task)
+    test = [r for r in read_records(run / "test.jsonl") if r.output is not None]
+    if not test:
+        raise PotstillError(f"{run / 'test.jsonl'}: no records with a teacher output to evaluate on")
+    return task, test
 
-        result = {
-            "task": cfg.task.type, "n_test": len(test), "test_hash": hash_obj(sorted(r.id for r in test)),
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "run_dir": str(run.path),
-            "models": models, "agreement_ci": agreement_ci, "metrics": metrics,
-            "slices": slices, "length_edges_words": list(edges),
-            "worst_cases": worst_cases(task, test, preds["student"], teacher, gold, conf["student"], names, rep.worst_cases),
-            "latency_cost": latency_cost(models, batched, cfg.student.usd_per_hour),
-            "one_time": one_time, "break_even": be, "verdict": v, "judge": judged,
-            "quality_bar": e.quality_bar.model_dump(), "min_slice_n": rep.min_slice_n,
-            "bootstrap_samples": rep.bootstrap_samples,
-            "sources": {
-                "student": "measured by this command: the student answered every test input on this machine",
-                "teacher": "the teacher's recorded answers in test.jsonl; latency and cost from the ledger (calls.sqlite)",
-                "gold": "the label/reference fields of test.jsonl (gold supplied with the inputs)",
-                "intervals": f"percentile bootstrap over test examples, {rep.bootstrap_samples} resamples, seed {rep.seed}",
-                "generation_usd": f"ledger: sum of cost_usd over all {spend['calls']} successful teacher calls of this run",
-                "train_usd": (f"train.json train_s={train_s:.1f} (measured by `potstill train`) x "
-                              f"student.usd_per_hour={cfg.student.usd_per_hour} / 3600"),
-                "monthly_calls": f"config evaluate.monthly_calls={e.monthly_calls}",
-                "quality_bar": ("config evaluate.quality_bar and report.min_slice_n; cost per call and break-even from "
-                                "the latency and cost table and evaluate.monthly_calls"),
-            },
-        }
-        if judged is not None:
-            result["sources"]["judge"] = (f"judge {judged['model']}: both orders per input, answers and cost in the ledger "
-                                          "(role judge); config evaluate.judge")
-        result = finite(result)
-        write_report(run / "report.html", result, [])
-        write_json(run / "eval.json", result)
-        print_table(f"evaluate: {len(test)} held-out inputs", models)
-        print_slices(slices)
-        say(f"verdict: {v['decision']}: {v['reason']}. Report: {run / 'report.html'}")
-        return {"verdict": v["go"], "agreement": models["student"]["agreement_with_teacher"]}
 
-    return body(run)
+def _measure_models(cfg: Config, run: RunDir, task: Task, test: list[Record]):
+    """Each model's answers, latency and cost: the students measured here, the teacher from the ledger."""
+    e = cfg.evaluate
+    n_batches = max(3, e.latency_samples // e.batch_size)
+    models: dict[str, dict[str, Any]] = {}
+    preds: dict[str, Predictions] = {}
+    batched: dict[str, dict[str, Any]] = {}
+
+    def measure(name: str, lm: Any) -> None:
+        with run.ledger() as ledger:
+            models[name], preds[name] = measure_student(
+                lm, task, test, cfg.student.usd_per_hour, e.batch_size, e.latency_samples, name, ledger)
+        batched[name] = measure_batched(lm, task, test, e.batch_size, n_batches)
+
+    if e.include_untrained:
+        measure("untrained student", load_engine(e.engine, cfg.student.model))
+    with run.ledger() as ledger:
+        models["teacher"] = measure_teacher(task, test, ledger)
+        spend = ledger.summary("teacher")
+    measure("student", load_engine(e.engine, str(run / "student")))
+    # Keep the three-way order of the table: untrained, teacher, trained.
+    models = {k: models[k] for k in ("untrained student", "teacher", "student") if k in models}
+    return models, preds, batched, spend
+
+
+def _all_metrics(task: Task, preds: dict[str, Predictions], conf: dict[str, list[float]], teacher: list[Any],
+                 gold: list[Any]) -> dict[str, Any]:
+    metrics = {k: _metrics_for(task, p.parsed, teacher, gold, conf[k] if task.labels else None)
+               for k, p in preds.items()}
+    if any(g is not None for g in gold):
+        metrics["teacher"] = {"vs_gold": task_metrics(task.name, teacher, gold, labels=task.labels,
+                                                      validate=task.validate)}
+    return metrics
+
+
+def _slices(cfg: Config, task: Task, preds: dict[str, Predictions], teacher: list[Any], gold: list[Any],
+            names: list[list[str]], agree: dict[str, list[float]]) -> list[dict[str, Any]]:
+    """Per-slice agreement (and per-field, for JSON outputs) against the quality bar."""
+    e, rep = cfg.evaluate, cfg.report
+    s_gold = [task.agree(preds["student"].parsed[i], g) if g is not None else None for i, g in enumerate(gold)]
+    t_gold = [task.agree(t, g) if g is not None else None for t, g in zip(teacher, gold)]
+    slices = slice_table(names, agree["student"], agree.get("untrained student"), s_gold, t_gold,
+                         e.quality_bar, rep.min_slice_n, rep.bootstrap_samples, rep.seed)
+    if any(isinstance(t, dict) for t in teacher):
+        untrained = preds.get("untrained student")
+        slices += field_table(output_fields(cfg.task.json_schema, teacher), preds["student"].parsed,
+                              untrained.parsed if untrained else None, teacher, gold, e.quality_bar,
+                              rep.min_slice_n, rep.bootstrap_samples, rep.seed)
+    return slices
+
+
+def _one_time_costs(cfg: Config, run: RunDir, spend: dict[str, Any]) -> tuple[dict[str, Any], float]:
+    """Generation spend from the ledger plus training time from train.json, priced at student.usd_per_hour."""
+    train_info = json.loads((run / "train.json").read_text()) if (run / "train.json").exists() else {}
+    train_s = float(train_info.get("train_s", 0.0))
+    one_time = {"generation_usd": spend["cost_usd"], "generation_calls": spend["calls"], "train_s": train_s,
+                "train_usd": train_s / 3600 * cfg.student.usd_per_hour}
+    one_time["total_usd"] = one_time["generation_usd"] + one_time["train_usd"]
+    return one_time, train_s
+
+
+def _break_even(cfg: Config, models: dict[str, dict[str, Any]], one_time: dict[str, Any]) -> dict[str, Any]:
+    e = cfg.evaluate
+    t_call = models["teacher"]["cost_per_1k_calls_usd"] / 1000
+    # evaluate.cost_basis names the student's cost per call behind the headline break-even.
+    basis = "cost_per_1k_calls_batched_usd" if e.cost_basis == "batched" else "cost_per_1k_calls_usd"
+    s_call = (models["student"].get(basis) or models["student"]["cost_per_1k_calls_usd"]) / 1000
+    be = break_even(t_call, s_call, one_time["total_usd"], e.monthly_calls)
+    be["cost_basis"] = e.cost_basis
+    be["curve"] = break_even_curve(t_call, s_call, one_time["total_usd"], e.monthly_calls, be["months"])
+    s1 = models["student"]["cost_per_1k_calls_usd"] / 1000
+    be["batch1"] = {"student_cost_per_call_usd": s1, **break_even(t_call, s1, one_time["total_usd"], e.monthly_calls)}
+    # The same sum with the student serving batches (its throughput pass): the case of a busy endpoint.
+    batched_1k = models["student"].get("cost_per_1k_calls_batched_usd")
+    if batched_1k is not None:
+        be["batched"] = {"batch_size": e.batch_size, "student_cost_per_call_usd": batched_1k / 1000,
+                         **break_even(t_call, batched_1k / 1000, one_time["total_usd"], e.monthly_calls)}
+    return be
+
+
+def _sources(cfg: Config, spend: dict[str, Any], train_s: float) -> dict[str, str]:
+    """Where each number in eval.json comes from, printed beside its table in report.html."""
+    e, rep = cfg.evaluate, cfg.report
+    return {
+        "student": "measured by this command: the student answered every test input on this machine",
+        "teacher": "the teacher's recorded answers in test.jsonl; latency and cost from the ledger (calls.sqlite)",
+        "gold": "the label/reference fields of test.jsonl (gold supplied with the inputs)",
+        "intervals": f"percentile bootstrap over test examples, {rep.bootstrap_samples} resamples, seed {rep.seed}",
+        "generation_usd": f"ledger: sum of cost_usd over all {spend['calls']} successful teacher calls of this run",
+        "train_usd": (f"train.json train_s={train_s:.1f} (measured by `potstill train`) x "
+                      f"student.usd_per_hour={cfg.student.usd_per_hour} / 3600"),
+        "monthly_calls": f"config evaluate.monthly_calls={e.monthly_calls}",
+        "quality_bar": ("config evaluate.quality_bar and report.min_slice_n; cost per call and break-even from "
+                        "the latency and cost table and evaluate.monthly_calls"),
+    }

@@ -25,6 +25,7 @@ from __future__ import annotations
 import gc
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from rich.table import Table
 
 from potstill import tracking
 from potstill.config import Config
-from potstill.curate import curate
+from potstill.curate import Curated, curate
 from potstill.curate.dedup import find_duplicates
 from potstill.errors import PotstillError
 from potstill.hashing import hash_obj
@@ -97,6 +98,19 @@ def print_comparison(results: dict[str, dict[str, Any]], decision: dict[str, Any
               + decision["reason"])
 
 
+@dataclass
+class _NewData:
+    """What step 2 hands on: the run's old splits, the curated new traffic, and the challenger's data."""
+    old_train: list[Record]
+    old_val: list[Record]
+    frozen: list[Record]
+    cur: Curated
+    overlap: dict[str, int]
+    data: list[Record]
+    cid: str
+    work: Path
+
+
 def redistill(run_dir: Path, cfg: Config) -> dict[str, Any]:
     """Run the five steps above; returns the decision record (also written to RUN/redistill/<id>.json)."""
     run_dir = Path(run_dir)
@@ -104,6 +118,50 @@ def redistill(run_dir: Path, cfg: Config) -> dict[str, Any]:
     rc, task = cfg.redistill, get_task(cfg.task)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
+    champion, ledger_path = _check_run(run_dir)
+    traffic, sampled, gstats = _traffic_step(ledger_path, cfg, task, timings)
+    nd = _curation_step(run_dir, cfg, traffic, sampled, timings)
+    challenger, train_summary = _challenger_step(run_dir, cfg, task, nd, timings)
+
+    # 4. comparison
+    t0 = time.perf_counter()
+    sets = {"frozen test": nd.frozen, "new traffic": nd.cur.test}
+    bs = cfg.evaluate.batch_size
+    a_champ = _answers(champion, task, sets, bs, "champion")
+    a_chall = _answers(challenger, task, sets, bs, "challenger")
+    n_boot, seed = cfg.report.bootstrap_samples, cfg.report.seed
+    results = {name: compare(scores(task, a_champ[name], rs), scores(task, a_chall[name], rs), n_boot, seed)
+               for name, rs in sets.items()}
+    timings["evaluate_s"] = time.perf_counter() - t0
+    decision = decide(results["new traffic"], results["frozen test"], rc, same_student=champion == challenger.resolve())
+
+    # 5. promotion
+    t0 = time.perf_counter()
+    promotion = switch(run_dir, challenger) if decision["promote"] else None
+    timings["promote_s"] = time.perf_counter() - t0
+    timings["total_s"] = time.perf_counter() - t_start
+    rel = lambda p: str(Path(p).resolve().relative_to(run_dir.resolve()))  # noqa: E731
+    now = time.gmtime()
+    rid = _record_id(run_dir, nd.cid, now)
+    record = {
+        "id": rid, "challenger_id": nd.cid, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", now),
+        "champion": rel(champion), "challenger": rel(challenger),
+        "data": {**traffic.counts, "teacher_labelled_sample": len(sampled), **nd.overlap,
+                 "curate": nd.cur.card["counts"], "old_train": len(nd.old_train), "new_train": len(nd.cur.train),
+                 "new_test": len(nd.cur.test), "challenger_train": len(nd.data), "frozen_test": len(nd.frozen),
+                 "files": {k: rel(nd.work / f"{k}.jsonl") for k in ("new_train", "new_test", "rejected")}},
+        "teacher": _teacher_summary(gstats, traffic),
+        "results": {"frozen_test": results["frozen test"], "new_traffic_test": results["new traffic"]},
+        "decision": decision, "promotion": promotion,
+        "rollback": None if promotion is None else f"potstill redistill {run_dir} --rollback {promotion['previous']}",
+        "settings": rc.model_dump(), "train": train_summary, "timings_s": timings,
+    }
+    _publish(run_dir, cfg, rid, record, results, decision, nd.work, train_summary, promotion)
+    return record
+
+
+def _check_run(run_dir: Path) -> tuple[Path, Path]:
+    """The run's splits, trained champion and served-traffic ledger, or one clear error."""
     for name in ("train.jsonl", "val.jsonl", "test.jsonl"):
         if not (run_dir / name).exists():
             raise PotstillError(f"{run_dir / name} not found: redistill needs the run's splits (run `potstill curate` first)")
@@ -113,8 +171,11 @@ def redistill(run_dir: Path, cfg: Config) -> dict[str, Any]:
     ledger_path = run_dir / "calls.sqlite"
     if not ledger_path.exists():
         raise PotstillError(f"{ledger_path} not found: no served traffic (serve the student with `potstill serve` first)")
+    return champion, ledger_path
 
-    # 1. traffic
+
+def _traffic_step(ledger_path: Path, cfg: Config, task: Task, timings: dict[str, float]):
+    """1. Served traffic, and the teacher's labels for a sample of student-answered requests."""
     t0 = time.perf_counter()
     with Ledger(ledger_path) as ledger:
         traffic = read_traffic(ledger, task)
@@ -126,8 +187,12 @@ def redistill(run_dir: Path, cfg: Config) -> dict[str, Any]:
     say(f"redistill: {traffic.counts['distinct']} distinct served requests ({traffic.counts['escalated']} escalated, "
         f"{traffic.counts['student_answered']} answered by the student); teacher asked about {len(sampled)} of the "
         f"latter: {gstats.calls} calls, {gstats.cache_hits} from the ledger cache, ${gstats.cost_usd:.4f}")
+    return traffic, sampled, gstats
 
-    # 2. curation
+
+def _curation_step(run_dir: Path, cfg: Config, traffic, sampled: list[Record], timings: dict[str, float]) -> _NewData:
+    """2. New records clear of the old splits, curated and split into new train / new-traffic test."""
+    rc = cfg.redistill
     t0 = time.perf_counter()
     old_train, old_val, frozen = (read_records(run_dir / f"{s}.jsonl") for s in ("train", "val", "test"))
     tagged = [r.model_copy(update={"meta": {**r.meta, "_split": "test"}}) for r in frozen] + old_train + old_val
@@ -155,73 +220,59 @@ def redistill(run_dir: Path, cfg: Config) -> dict[str, Any]:
     say(f"redistill: new data {len(cur.train)} train + {len(cur.test)} new-traffic test "
         f"({overlap['overlap_frozen_test']} dropped as overlapping the frozen test, {overlap['overlap_train_val']} "
         f"as already in train/val, {len(cur.rejected)} rejected by curation)")
+    return _NewData(old_train, old_val, frozen, cur, overlap, data, cid, work)
 
-    # 3. challenger
+
+def _challenger_step(run_dir: Path, cfg: Config, task: Task, nd: _NewData,
+                     timings: dict[str, float]) -> tuple[Path, dict[str, Any]]:
+    """3. Train the challenger from the champion's base, or reuse one trained on the same data."""
     t0 = time.perf_counter()
-    challenger = run_dir / "students" / cid
+    challenger = run_dir / "students" / nd.cid
     base = json.loads((run_dir / "train.json").read_text()).get("base_model") if (run_dir / "train.json").exists() else None
     if base is not None and base != cfg.student.model:
         raise PotstillError(f"redistill: the champion was trained from {base} but student.model is {cfg.student.model}: "
                             "a challenger must start from the champion's base (pass -c with the run's config)")
     train_summary: dict[str, Any]
     if _is_student(challenger):
-        say(f"redistill: challenger {cid} already trained on this data, reused ({challenger})")
-        train_summary = json.loads((work / "train.json").read_text()) if (work / "train.json").exists() else {}
+        say(f"redistill: challenger {nd.cid} already trained on this data, reused ({challenger})")
+        train_summary = json.loads((nd.work / "train.json").read_text()) if (nd.work / "train.json").exists() else {}
         train_summary["reused"] = True
     else:
         from potstill.train.trainer import train
 
         lm = load_lm(cfg.student.model, device=cfg.train.device, num_layers=cfg.student.num_layers)
-        train_summary = train(lm, student_format(lm, task), task, data, old_val, cfg.train, cfg.student.max_length,
-                              challenger, work / "metrics.jsonl")
+        train_summary = train(lm, student_format(lm, task), task, nd.data, nd.old_val, cfg.train,
+                              cfg.student.max_length, challenger, nd.work / "metrics.jsonl")
         train_summary["base_model"] = cfg.student.model
-        write_json(work / "train.json", train_summary)
+        write_json(nd.work / "train.json", train_summary)
         del lm
         gc.collect()
     timings["train_s"] = time.perf_counter() - t0
+    return challenger, train_summary
 
-    # 4. comparison
-    t0 = time.perf_counter()
-    sets = {"frozen test": frozen, "new traffic": cur.test}
-    bs = cfg.evaluate.batch_size
-    a_champ = _answers(champion, task, sets, bs, "champion")
-    a_chall = _answers(challenger, task, sets, bs, "challenger")
-    n_boot, seed = cfg.report.bootstrap_samples, cfg.report.seed
-    results = {name: compare(scores(task, a_champ[name], rs), scores(task, a_chall[name], rs), n_boot, seed)
-               for name, rs in sets.items()}
-    timings["evaluate_s"] = time.perf_counter() - t0
-    decision = decide(results["new traffic"], results["frozen test"], rc, same_student=champion == challenger.resolve())
 
-    # 5. promotion
-    t0 = time.perf_counter()
-    promotion = switch(run_dir, challenger) if decision["promote"] else None
-    timings["promote_s"] = time.perf_counter() - t0
-    timings["total_s"] = time.perf_counter() - t_start
-    rel = lambda p: str(Path(p).resolve().relative_to(run_dir.resolve()))  # noqa: E731
+def _record_id(run_dir: Path, cid: str, now: time.struct_time) -> str:
     # One record per decision (a rerun on the same data adds one, never overwrites a promotion's).
-    now = time.gmtime()
     rid = f"{time.strftime('%Y%m%dT%H%M%SZ', now)}-{cid}"
     n = 1
     while (run_dir / "redistill" / f"{rid}.json").exists():  # two decisions within one second
         n += 1
         rid = f"{time.strftime('%Y%m%dT%H%M%SZ', now)}-{cid}-{n}"
-    record = {
-        "id": rid, "challenger_id": cid, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", now),
-        "champion": rel(champion), "challenger": rel(challenger),
-        "data": {**traffic.counts, "teacher_labelled_sample": len(sampled), **overlap,
-                 "curate": cur.card["counts"], "old_train": len(old_train), "new_train": len(cur.train),
-                 "new_test": len(cur.test), "challenger_train": len(data), "frozen_test": len(frozen),
-                 "files": {k: rel(work / f"{k}.jsonl") for k in ("new_train", "new_test", "rejected")}},
-        "teacher": {"calls": gstats.calls, "cache_hits": gstats.cache_hits, "errors": gstats.errors,
-                    "cost_usd": gstats.cost_usd, "input_tokens": gstats.input_tokens,
-                    "output_tokens": gstats.output_tokens,
-                    "escalations_reused": traffic.counts["escalated"],
-                    "escalations_cost_usd_paid_while_serving": traffic.served_teacher_cost_usd},
-        "results": {"frozen_test": results["frozen test"], "new_traffic_test": results["new traffic"]},
-        "decision": decision, "promotion": promotion,
-        "rollback": None if promotion is None else f"potstill redistill {run_dir} --rollback {promotion['previous']}",
-        "settings": rc.model_dump(), "train": train_summary, "timings_s": timings,
-    }
+    return rid
+
+
+def _teacher_summary(gstats, traffic) -> dict[str, Any]:
+    return {"calls": gstats.calls, "cache_hits": gstats.cache_hits, "errors": gstats.errors,
+            "cost_usd": gstats.cost_usd, "input_tokens": gstats.input_tokens,
+            "output_tokens": gstats.output_tokens,
+            "escalations_reused": traffic.counts["escalated"],
+            "escalations_cost_usd_paid_while_serving": traffic.served_teacher_cost_usd}
+
+
+def _publish(run_dir: Path, cfg: Config, rid: str, record: dict[str, Any], results, decision, work: Path,
+             train_summary: dict[str, Any], promotion: dict[str, str] | None) -> None:
+    """Write the decision record, print the comparison, log to tracking and say where it went."""
+    rc = cfg.redistill
     write_json(run_dir / "redistill" / f"{rid}.json", record)
     print_comparison(results, decision)
     tracking.log_stage(cfg, "redistill", {"redistill": rc.model_dump(), "train": cfg.train.model_dump()},
@@ -231,7 +282,6 @@ def redistill(run_dir: Path, cfg: Config) -> dict[str, Any]:
     say(f"redistill: decision record {run_dir / 'redistill' / (rid + '.json')}"
         + (f"; RUN/student -> {promotion['current']} (previous {promotion['previous']} kept for rollback)"
            if promotion else ""))
-    return record
 
 
 def rollback(run_dir: Path, to: str) -> dict[str, str]:

@@ -127,6 +127,19 @@ def build_app(service: Service, api_key: str | None) -> FastAPI:
                         buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 
     app = FastAPI(title="potstill serve", version="1", description="OpenAI-compatible student with teacher fallback.")
+    reject = _add_error_handlers(app, service, requests)
+    bearer = [Depends(HTTPBearer(auto_error=False))]  # documents the scheme; Gate enforces it
+    _add_info_routes(app, service, registry, bearer)
+    _add_chat_route(app, service, requests, latency, bearer)
+    _add_reload_route(app, service, api_key, bearer)
+    app.add_middleware(Gate, service=service, key=api_key, max_body=s.max_body_bytes, reject=reject)
+    return app
+
+
+def _add_error_handlers(app: FastAPI, service: Service, requests: Counter):
+    """OpenAI-style error bodies for every failure; a failed chat request is logged once to the ledger.
+
+    Returns the rejecter the Gate middleware uses for what it refuses before routing."""
 
     def log_error(state: dict, status: int, message: str, role: str = "student", model: str | None = None) -> None:
         if state.get("logged"):
@@ -177,8 +190,16 @@ def build_app(service: Service, api_key: str | None) -> FastAPI:
     async def _crash(request: Request, e: Exception) -> JSONResponse:
         return await on_error(request, 500, f"internal error ({type(e).__name__})")
 
-    bearer = [Depends(HTTPBearer(auto_error=False))]  # documents the scheme; Gate enforces it
+    return reject
 
+
+def _served_names(service: Service) -> dict[str, str]:
+    """Every name a client may send as ``model`` (all reach the same router), and its owner."""
+    names = {service.student_name: "potstill", **{a: "potstill" for a in service.cfg.serve.model_aliases}}
+    return {**names, service.teacher_name: names.get(service.teacher_name, "teacher")}
+
+
+def _add_info_routes(app: FastAPI, service: Service, registry: CollectorRegistry, bearer: list) -> None:
     @app.get("/health", response_model=Health)
     def health() -> Health:
         return Health(student=service.student_name, teacher=service.teacher_name,
@@ -189,24 +210,23 @@ def build_app(service: Service, api_key: str | None) -> FastAPI:
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    def served_names() -> dict[str, str]:
-        """Every name a client may send as ``model`` (all reach the same router), and its owner."""
-        names = {service.student_name: "potstill", **{a: "potstill" for a in s.model_aliases}}
-        return {**names, service.teacher_name: names.get(service.teacher_name, "teacher")}
-
     @app.get("/v1/models", response_model=ModelList, dependencies=bearer, responses=ERRORS)
     def models() -> dict[str, Any]:
         now = int(time.time())
         return {"object": "list", "data": [{"id": name, "object": "model", "created": now, "owned_by": owner}
-                                           for name, owner in served_names().items()]}
+                                           for name, owner in _served_names(service).items()]}
+
+
+def _add_chat_route(app: FastAPI, service: Service, requests: Counter, latency: Histogram, bearer: list) -> None:
+    s = service.cfg.serve
 
     @app.post(CHAT, response_model=ChatCompletion, dependencies=bearer,
               responses={**ERRORS, 200: {"content": {"text/event-stream": {"schema": SSE_EVENT}}}})
     async def chat(body: ChatRequest, request: Request) -> Any:
         state = request.scope.setdefault("state", {})
-        if body.model not in served_names():
+        if body.model not in _served_names(service):
             raise APIError(404, f"The model '{body.model[:100]}' does not exist here; this server answers to "
-                           f"{', '.join(served_names())} (GET /v1/models)", "model", "model_not_found")
+                           f"{', '.join(_served_names(service))} (GET /v1/models)", "model", "model_not_found")
         if len(body.messages) > s.max_messages:
             raise APIError(400, f"messages: at most {s.max_messages} messages per request", "messages")
         # The run's instruction replaces a client's system prompt: the student was trained with it.
@@ -235,6 +255,8 @@ def build_app(service: Service, api_key: str | None) -> FastAPI:
                                    "finish_reason": "stop"}], "usage": usage, "potstill": route}
         return JSONResponse(completion, headers=headers)
 
+
+def _add_reload_route(app: FastAPI, service: Service, api_key: str | None, bearer: list) -> None:
     @app.post("/admin/reload", dependencies=bearer, responses={401: {"model": ErrorBody}, 409: {"model": ErrorBody}})
     async def reload(request: Request) -> Any:
         """Load RUN/student if a promotion changed it, calibrate it and swap it in without a restart.
@@ -252,9 +274,6 @@ def build_app(service: Service, api_key: str | None) -> FastAPI:
             return JSONResponse(error_body(409, f"reload failed, still serving {service.student_name}: {e}"[:500]),
                                 status_code=409)
         return JSONResponse(info)
-
-    app.add_middleware(Gate, service=service, key=api_key, max_body=s.max_body_bytes, reject=reject)
-    return app
 
 
 async def _drain_receive() -> dict:

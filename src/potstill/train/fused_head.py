@@ -269,6 +269,28 @@ def fused_linear_kd(
     Returns:
         scalar loss (fp32; fp64 for fp64 inputs).
     """
+    logits_dtype, accum_dtype = _kd_dtypes(student_hidden, student_weight, teacher_hidden, teacher_weight, labels,
+                                           reduction, ce_weight, temperature, logits_dtype, accum_dtype)
+    params = L.divergence_params(kind, beta=beta, alpha=alpha)
+    be = _resolve_backend(backend, student_hidden)
+    hs = student_hidden.reshape(-1, student_hidden.shape[-1])
+    ht = teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1])
+    lab = None if labels is None else labels.reshape(-1)
+    n = hs.shape[0]
+    idx, n_valid, (hs_v, ht_v, lab_v) = _select_rows(lab, ignore_index, n, hs.detach(), ht, lab)
+    V = student_weight.shape[0]
+    lg_dtype = logits_dtype or student_weight.dtype
+    cs = chunk_size or default_chunk_size(n_valid, V, 2 * torch.finfo(lg_dtype).bits // 8)
+    gs = 1.0 / max(n_valid, 1) if reduction == "mean" else 1.0
+    chunk_fn = _kd_chunk_fn(ht_v, teacher_weight.detach(), student_weight.detach(), lab_v, logits_dtype, be,
+                            1.0 / temperature, params, ce_weight, gs)
+    body = _head_body(hs, student_weight, hs_v, n_valid, cs, accum_dtype, chunk_fn, gs, logits_dtype)
+    return _ChunkedHead.apply(hs, student_weight, idx, n, body)
+
+
+def _kd_dtypes(student_hidden, student_weight, teacher_hidden, teacher_weight, labels, reduction, ce_weight,
+               temperature, logits_dtype, accum_dtype):
+    """Check fused_linear_kd's arguments; resolve its "auto" dtypes (fp32 for half-precision weights)."""
     _check(reduction, student_hidden, student_weight)
     if teacher_hidden.shape[-1] != teacher_weight.shape[-1] or teacher_weight.shape[0] != student_weight.shape[0]:
         raise ValueError("teacher hidden/weight shapes do not match the student vocabulary")
@@ -283,19 +305,12 @@ def fused_linear_kd(
         accum_dtype = torch.float32 if half else None
     if logits_dtype not in (None, torch.float32, student_weight.dtype):
         raise ValueError("logits_dtype must be 'auto', None or torch.float32")
-    params = L.divergence_params(kind, beta=beta, alpha=alpha)
-    be = _resolve_backend(backend, student_hidden)
-    hs = student_hidden.reshape(-1, student_hidden.shape[-1])
-    ht = teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1])
-    lab = None if labels is None else labels.reshape(-1)
-    n = hs.shape[0]
-    idx, n_valid, (hs_v, ht_v, lab_v) = _select_rows(lab, ignore_index, n, hs.detach(), ht, lab)
-    V = student_weight.shape[0]
-    lg_dtype = logits_dtype or student_weight.dtype
-    cs = chunk_size or default_chunk_size(n_valid, V, 2 * torch.finfo(lg_dtype).bits // 8)
-    gs = 1.0 / max(n_valid, 1) if reduction == "mean" else 1.0
-    scale = 1.0 / temperature
-    ws_d, wt_d = student_weight.detach(), teacher_weight.detach()
+    return logits_dtype, accum_dtype
+
+
+def _kd_chunk_fn(ht_v, wt_d, ws_d, lab_v, logits_dtype, be, scale, params, ce_weight, gs):
+    """One block of fused_linear_kd: the teacher's logits, the KD (+ CE) rows, and the dlogits in ``out``."""
+    V = ws_d.shape[0]
 
     def chunk_fn(z, c0, c1):
         t = _logits(ht_v[c0:c1], wt_d, logits_dtype)
@@ -317,13 +332,19 @@ def fused_linear_kd(
             out.scatter_add_(1, target, torch.full_like(z_lab, -ce_weight * gs).to(out.dtype)[:, None])
         return total, out
 
+    return chunk_fn
+
+
+def _head_body(hs, weight, hs_v, n_valid, cs, accum_dtype, chunk_fn, gs, logits_dtype=None):
+    """What _ChunkedHead runs: the chunk loop's sum scaled by ``gs`` (zeros when no row is valid)."""
+
     def body(need_h, need_w):
         if n_valid == 0:
-            return _empty_result(hs, student_weight, need_h, need_w)
-        total, gh, gw = _run_chunks(hs_v, ws_d, cs, need_h, need_w, accum_dtype, chunk_fn, logits_dtype)
+            return _empty_result(hs, weight, need_h, need_w)
+        total, gh, gw = _run_chunks(hs_v, weight.detach(), cs, need_h, need_w, accum_dtype, chunk_fn, logits_dtype)
         return total * gs, gh, gw
 
-    return _ChunkedHead.apply(hs, student_weight, idx, n, body)
+    return body
 
 
 def fused_linear_cross_entropy(
@@ -366,13 +387,7 @@ def fused_linear_cross_entropy(
         z.scatter_(1, target[:, None], (((z_lab - lse).exp() - 1.0) * gs).to(z.dtype)[:, None])
         return (lse - z_lab).sum(), z
 
-    def body(need_h, need_w):
-        if n_valid == 0:
-            return _empty_result(hs, weight, need_h, need_w)
-        total, gh, gw = _run_chunks(hs_v, weight.detach(), cs, need_h, need_w, accum_dtype, chunk_fn)
-        return total * gs, gh, gw
-
-    return _ChunkedHead.apply(hs, weight, idx, n, body)
+    return _ChunkedHead.apply(hs, weight, idx, n, _head_body(hs, weight, hs_v, n_valid, cs, accum_dtype, chunk_fn, gs))
 
 
 def fused_linear_sparse_kd(
@@ -400,7 +415,7 @@ def fused_linear_sparse_kd(
     sweep writing the gradient; the ``k + 1``-bucket divergence itself is tiny.
     """
     _check(reduction, student_hidden, student_weight)
-    a, wp, wq = params = L.divergence_params(kind, beta=beta, alpha=alpha)
+    params = L.divergence_params(kind, beta=beta, alpha=alpha)
     be = _resolve_backend(backend, student_hidden)
     hs = student_hidden.reshape(-1, student_hidden.shape[-1])
     n = hs.shape[0]
@@ -418,6 +433,14 @@ def fused_linear_sparse_kd(
     if be == "triton":
         ids_v = ids_v.contiguous()
         lp_v = lp_v.float().contiguous()
+    chunk_fn = _sparse_chunk_fn(ids_v, lp_v, params, scale, gs, has_rest, be, V, k)
+    body = _head_body(hs, student_weight, hs_v, n_valid, cs, accum_dtype, chunk_fn, gs)
+    return _ChunkedHead.apply(hs, student_weight, idx, n, body)
+
+
+def _sparse_chunk_fn(ids_v, lp_v, params, scale, gs, has_rest, be, V, k):
+    """One block of fused_linear_sparse_kd: the student's rest mass with the k ids masked out, loss and dlogits."""
+    a, wp, wq = params
 
     def chunk_fn(z, c0, c1):
         tid = ids_v[c0:c1]
@@ -435,13 +458,7 @@ def fused_linear_sparse_kd(
             return loss.sum(), z
         return _sparse_chunk_torch(z, z_ids, tid, lp_v[c0:c1], params, scale, gs, has_rest), z
 
-    def body(need_h, need_w):
-        if n_valid == 0:
-            return _empty_result(hs, student_weight, need_h, need_w)
-        total, gh, gw = _run_chunks(hs_v, student_weight.detach(), cs, need_h, need_w, accum_dtype, chunk_fn)
-        return total * gs, gh, gw
-
-    return _ChunkedHead.apply(hs, student_weight, idx, n, body)
+    return chunk_fn
 
 
 def _sparse_chunk_torch(z, z_ids, tid, lp, params, scale, gs, has_rest):

@@ -233,25 +233,61 @@ def resolve_signal(cfg: TrainConfig, task: Task, records: list[Record]) -> str |
     return sig
 
 
+@dataclass
+class _Setup:
+    """The prepared student, optimiser and data of one training call."""
+    accel: Any
+    module: Any
+    opt: Any
+    sched: Any
+    base: Any
+    spec: LossSpec
+    teacher: _Teacher | None
+    signal: str | None
+    examples: list[Example]
+    val_examples: list[Example]
+    n_trainable: int
+    total: int
+
+
+@dataclass
+class _Progress:
+    """Where the step loop starts (0, or a checkpoint's step) and what it carries from step to step."""
+    start: int
+    order: list[int]
+    rng: random.Random
+    tokens: int
+    elapsed0: float
+    kept: list[str]
+    last_loss: float | None
+    fingerprint: str
+    ckpt_dir: Path
+
+
 def train(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: list[Record], cfg: TrainConfig,
           max_length: int, out_dir: Path, metrics_path: Path) -> dict[str, Any]:
     """Train ``lm`` in place on ``records``; save weights (or the LoRA adapter) to ``out_dir``.
 
     With ``checkpoint_every`` a resumable checkpoint goes to ``<out_dir>.ckpt/``; a later call with
     the same settings and data resumes from it (``resume``) and reproduces the same loss curve."""
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedType
-
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    cuda = lm.device.type == "cuda"
-    if cfg.onpolicy_fraction > 0 and not cfg.teacher_model:
-        raise PotstillError("train.onpolicy_fraction > 0 needs train.teacher_model to score the student's samples")
-    signal = resolve_signal(cfg, task, records)
-    accel = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda else "no", fsdp_plugin=fsdp_plugin())
-    world, rank = accel.num_processes, accel.process_index
-    if cfg.batch_size < world:
-        raise PotstillError(f"train.batch_size {cfg.batch_size} is smaller than the {world} processes")
+    s = _setup(lm, fmt, task, records, val, cfg, max_length)
+    p = _resume(s, lm, cfg, max_length, out_dir, metrics_path)
+    train_s = _step_loop(s, p, lm, cfg, max_length, metrics_path)
+    # On the prepared module: under FSDP every process takes part in gathering the shards.
+    val_loss = evaluate_loss(s.module, s.val_examples, cfg, s.spec, s.teacher, lm.tokenizer.pad_token_id,
+                             s.accel.device, max_length, s.signal)
+    _save_student(s, lm, cfg, out_dir, p.ckpt_dir)
+    return {"steps": s.total, "examples": len(s.examples), "tokens": p.tokens, "train_s": train_s,
+            "tokens_per_s": p.tokens / train_s if train_s else None, "trainable_parameters": s.n_trainable,
+            "final_loss": p.last_loss, "val_loss": val_loss, "method": cfg.method, "objective": cfg.objective,
+            "kd_signal": s.signal, "resumed_from_step": p.start or None, "processes": s.accel.num_processes,
+            "distributed": s.accel.distributed_type.value}
+
+
+def _student_model(lm: LM, cfg: TrainConfig) -> tuple[Any, Any]:
+    """The model to train (a PEFT wrapper for LoRA) and its base transformer, in train mode."""
     if cfg.method == "qlora":
         model = apply_lora(load_qlora_base(lm), cfg)
         base = model.get_base_model()
@@ -263,6 +299,32 @@ def train(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: lis
         freeze_for(model, cfg)
         base = model
     model.train()
+    return model, base
+
+
+def _lr_schedule(warmup_steps: int, total: int):
+    """Linear warm-up, then linear decay to zero at the last step (a LambdaLR factor)."""
+
+    def lr_at(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return max(0.0, 1 - (step - warmup_steps) / max(1, total - warmup_steps))
+
+    return lr_at
+
+
+def _setup(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: list[Record], cfg: TrainConfig,
+           max_length: int) -> _Setup:
+    from accelerate import Accelerator
+
+    cuda = lm.device.type == "cuda"
+    if cfg.onpolicy_fraction > 0 and not cfg.teacher_model:
+        raise PotstillError("train.onpolicy_fraction > 0 needs train.teacher_model to score the student's samples")
+    signal = resolve_signal(cfg, task, records)
+    accel = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda else "no", fsdp_plugin=fsdp_plugin())
+    if cfg.batch_size < accel.num_processes:
+        raise PotstillError(f"train.batch_size {cfg.batch_size} is smaller than the {accel.num_processes} processes")
+    model, base = _student_model(lm, cfg)
     spec = LossSpec(cfg.kd_kind, cfg.kd_beta, cfg.kd_alpha, cfg.kd_temperature,
                     tuple(label_token_ids(lm.tokenizer, fmt, task.labels)) if task.labels else None,
                     fused_head_ok(base))
@@ -279,17 +341,9 @@ def train(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: lis
         for e in examples + val_examples:
             e.teacher_logprobs = None
     params = [p for p in model.parameters() if p.requires_grad]
-    n_trainable = sum(p.numel() for p in params)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
-    total = max(1, math.ceil(steps_per_epoch * cfg.epochs))
-
-    def lr_at(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        return max(0.0, 1 - (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    total = max(1, math.ceil(math.ceil(len(examples) / cfg.batch_size) * cfg.epochs))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_schedule(cfg.warmup_steps, total))
     module = _LossModule(model, base, compile=cfg.compile)
     tied = base.get_output_embeddings().weight is base.get_input_embeddings().weight
     module, opt = accel.prepare(module, opt)
@@ -300,78 +354,105 @@ def train(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: lis
         raise PotstillError("this launch unties the student's tied input/output embeddings (FSDP2 through "
                             "accelerate), so its LM head would not train; launch FSDP with --fsdp_version 1 "
                             "--fsdp_use_orig_params true, or use DDP")
-    pad = lm.tokenizer.pad_token_id
-    eos = lm.tokenizer.eos_token_id
+    return _Setup(accel, module, opt, sched, base, spec, teacher, signal, examples, val_examples,
+                  sum(p.numel() for p in params), total)
+
+
+def _resume(s: _Setup, lm: LM, cfg: TrainConfig, max_length: int, out_dir: Path, metrics_path: Path) -> _Progress:
+    """A fresh start, or the latest checkpoint of the same settings and data (with the curve up to it)."""
     order: list[int] = []
     rng = random.Random(cfg.seed)
     tokens, start, elapsed0 = 0, 0, 0.0
     ckpt_dir = out_dir.parent / f"{out_dir.name}.ckpt"
     fingerprint = hash_obj({"cfg": cfg.model_dump(exclude={"resume", "checkpoint_every", "device"}),
-                            "data": [(e.ids, e.n_prompt, e.teacher_logprobs, e.topk) for e in examples],
-                            "max_length": max_length, "world": world, "model": lm.identity})
+                            "data": [(e.ids, e.n_prompt, e.teacher_logprobs, e.topk) for e in s.examples],
+                            "max_length": max_length, "world": s.accel.num_processes, "model": lm.identity})
     found = checkpoint.latest(ckpt_dir, fingerprint) if cfg.resume and cfg.checkpoint_every else None
     if found is not None:
-        state = checkpoint.load(found, accel.unwrap_model(module).model, opt, sched, rng)
+        state = checkpoint.load(found, s.accel.unwrap_model(s.module).model, s.opt, s.sched, rng)
         start, order, tokens, elapsed0 = state["step"], state["order"], state["tokens"], state["elapsed_s"]
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     kept: list[str] = []
     if start and metrics_path.exists():  # the curve up to the checkpoint; later rows are redone
         kept = [ln for ln in metrics_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= start]
     last_loss = json.loads(kept[-1])["loss"] if kept else None
+    return _Progress(start, order, rng, tokens, elapsed0, kept, last_loss, fingerprint, ckpt_dir)
+
+
+def _step_loop(s: _Setup, p: _Progress, lm: LM, cfg: TrainConfig, max_length: int, metrics_path: Path) -> float:
+    """The optimiser steps from ``p.start``, one metrics row each; returns the training seconds."""
+    accel = s.accel
     main = accel.is_main_process
-    t0 = time.perf_counter() - elapsed0
-    loss = torch.zeros(())
+    t0 = time.perf_counter() - p.elapsed0
     mf = open(metrics_path if main else "/dev/null", "w")
-    with mf, bar("train" if main else "", total) as advance:
-        mf.write("".join(ln + "\n" for ln in kept))
-        advance(start)
-        for step in range(start, total):
-            if len(order) < cfg.batch_size:
-                fresh = list(range(len(examples)))
-                rng.shuffle(fresh)
-                order += fresh
-            batch = [examples[i] for i in order[: cfg.batch_size]]
-            order = order[cfg.batch_size :]
-            onpolicy = cfg.onpolicy_fraction > 0 and rng.random() < cfg.onpolicy_fraction
-            mine = deal(batch, world)[rank]
-            if onpolicy:
-                mine = sample_batch(base, mine, pad, eos, cfg.onpolicy_max_new_tokens, cfg.onpolicy_temperature,
-                                    accel.device)
-            b = collate(mine, pad, accel.device, pack=cfg.pack, max_length=max_length,
-                        kd_tokens=signal == "logits", with_topk=with_topk)
-            counts = global_counts(accel, b, TERMS)
-            th = teacher.hidden(b) if teacher is not None and counts["kd"] else None
-            with accel.autocast():
-                sums = module(b, spec, th, teacher.w if teacher else None)
-                loss, parts = combine(sums, counts, cfg)
-            accel.backward(loss * world)  # DDP averages gradients over processes; the terms are global means
-            # Through accelerate, so the norm is of the whole model under FSDP too (shards summed).
-            grad_norm = float(accel.clip_grad_norm_(module.parameters(), float("inf")))
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            logged = global_values(accel, {"loss": loss, **parts, "tokens": float(sum(len(e.ids) for e in mine))})
-            tokens += int(logged.pop("tokens"))
-            last_loss = logged["loss"]
+    with mf, bar("train" if main else "", s.total) as advance:
+        mf.write("".join(ln + "\n" for ln in p.kept))
+        advance(p.start)
+        for step in range(p.start, s.total):
+            mine, onpolicy = _next_batch(s, p, lm, cfg)
+            b = collate(mine, lm.tokenizer.pad_token_id, accel.device, pack=cfg.pack, max_length=max_length,
+                        kd_tokens=s.signal == "logits", with_topk=s.signal == "topk")
+            logged, grad_norm = _optimiser_step(s, cfg, mine, b)
+            p.tokens += int(logged.pop("tokens"))
+            p.last_loss = logged["loss"]
             row = {"step": step + 1, **logged, "grad_norm": grad_norm, "onpolicy": onpolicy,
-                   "lr": sched.get_last_lr()[0], "tokens": tokens, "elapsed_s": round(time.perf_counter() - t0, 3)}
+                   "lr": s.sched.get_last_lr()[0], "tokens": p.tokens, "elapsed_s": round(time.perf_counter() - t0, 3)}
             mf.write(json.dumps(row) + "\n")
             mf.flush()  # so `tail -f metrics.jsonl` follows a run
             advance(1, loss=f"{logged['loss']:.4f}")
-            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
+            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < s.total:
                 if main:
-                    checkpoint.save(ckpt_dir, step + 1, fingerprint, accel.unwrap_model(module).model, opt, sched,
-                                    rng, order, {"tokens": tokens, "elapsed_s": time.perf_counter() - t0})
+                    checkpoint.save(p.ckpt_dir, step + 1, p.fingerprint, accel.unwrap_model(s.module).model, s.opt,
+                                    s.sched, p.rng, p.order, {"tokens": p.tokens, "elapsed_s": time.perf_counter() - t0})
                 accel.wait_for_everyone()
-    train_s = time.perf_counter() - t0
-    # On the prepared module: under FSDP every process takes part in gathering the shards.
-    val_loss = evaluate_loss(module, val_examples, cfg, spec, teacher, pad, accel.device, max_length, signal)
+    return time.perf_counter() - t0
+
+
+def _next_batch(s: _Setup, p: _Progress, lm: LM, cfg: TrainConfig) -> tuple[list[Example], bool]:
+    """This process's share of the next batch (reshuffled each pass), sampled from the student when on-policy."""
+    if len(p.order) < cfg.batch_size:
+        fresh = list(range(len(s.examples)))
+        p.rng.shuffle(fresh)
+        p.order += fresh
+    batch = [s.examples[i] for i in p.order[: cfg.batch_size]]
+    p.order = p.order[cfg.batch_size :]
+    onpolicy = cfg.onpolicy_fraction > 0 and p.rng.random() < cfg.onpolicy_fraction
+    mine = deal(batch, s.accel.num_processes)[s.accel.process_index]
+    if onpolicy:
+        mine = sample_batch(s.base, mine, lm.tokenizer.pad_token_id, lm.tokenizer.eos_token_id,
+                            cfg.onpolicy_max_new_tokens, cfg.onpolicy_temperature, s.accel.device)
+    return mine, onpolicy
+
+
+def _optimiser_step(s: _Setup, cfg: TrainConfig, mine: list[Example], b: Batch) -> tuple[dict[str, float], float]:
+    """Loss, backward and one optimiser step; the loss terms and token count as global values, and the grad norm."""
+    accel, teacher = s.accel, s.teacher
+    counts = global_counts(accel, b, TERMS)
+    th = teacher.hidden(b) if teacher is not None and counts["kd"] else None
+    with accel.autocast():
+        sums = s.module(b, s.spec, th, teacher.w if teacher else None)
+        loss, parts = combine(sums, counts, cfg)
+    accel.backward(loss * accel.num_processes)  # DDP averages gradients over processes; the terms are global means
+    # Through accelerate, so the norm is of the whole model under FSDP too (shards summed).
+    grad_norm = float(accel.clip_grad_norm_(s.module.parameters(), float("inf")))
+    s.opt.step()
+    s.sched.step()
+    s.opt.zero_grad(set_to_none=True)
+    logged = global_values(accel, {"loss": loss, **parts, "tokens": float(sum(len(e.ids) for e in mine))})
+    return logged, grad_norm
+
+
+def _save_student(s: _Setup, lm: LM, cfg: TrainConfig, out_dir: Path, ckpt_dir: Path) -> None:
+    """The finished weights (or LoRA adapter) to ``out_dir``, written once; the checkpoints go."""
+    from accelerate.utils import DistributedType
+
+    accel = s.accel
     sharded = accel.distributed_type == DistributedType.FSDP
     # Under FSDP the full weights exist only once gathered (a collective: every process calls it).
-    full_state = _unprefixed(accel.get_state_dict(module), "model.") if sharded else None
-    model = accel.unwrap_model(module).model
+    full_state = _unprefixed(accel.get_state_dict(s.module), "model.") if sharded else None
+    model = accel.unwrap_model(s.module).model
     model.eval()
-    if main:
+    if accel.is_main_process:
         if cfg.method in ("lora", "qlora"):
             out_dir.mkdir(parents=True, exist_ok=True)
             model.save_pretrained(out_dir, state_dict=full_state)
@@ -381,11 +462,6 @@ def train(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: lis
         # Checkpoints are for crash recovery; the finished weights supersede them.
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     accel.wait_for_everyone()
-    return {"steps": total, "examples": len(examples), "tokens": tokens, "train_s": train_s,
-            "tokens_per_s": tokens / train_s if train_s else None, "trainable_parameters": n_trainable,
-            "final_loss": last_loss, "val_loss": val_loss, "method": cfg.method, "objective": cfg.objective,
-            "kd_signal": signal, "resumed_from_step": start or None, "processes": world,
-            "distributed": accel.distributed_type.value}
 
 
 def _unprefixed(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
