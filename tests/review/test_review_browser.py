@@ -30,7 +30,7 @@ def test_relabel_and_reject_by_keyboard_then_curate_applies_them(curated, tmp_pa
     from playwright.sync_api import sync_playwright  # the test extra; .ci/run installs it
 
     if not Path(CHROMIUM).exists():
-        pytest.fail("Debian's chromium is required (apt-get install -y chromium; scripts/install.sh does it)")
+        pytest.fail("Debian's chromium is required (apt-get install -y chromium; scripts/install.sh --test does it)")
     run = tmp_path / "run"
     before = {s: {r.id for r in read_records(run / f"{s}.jsonl")} for s in ("train", "val", "test")}
     with LiveServer(create_app(curated.run_dir, sample=9)) as served, sync_playwright() as p:
