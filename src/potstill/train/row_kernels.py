@@ -73,8 +73,7 @@ def kd_rows_kernel(S, T, OUT, LOSS, LSE, n_rows, s_stride, t_stride, o_stride, V
             mt = mt_new
         lse_s = ms + tl.log(ds)
         lse_t = mt + tl.log(dt)
-        # Sweep 2: loss and H = sum(h). For a == 0, H = -(wp + wq) is known in closed form, so
-        # forward KL skips this sweep and accumulates its loss in sweep 3.
+        # Sweep 2: loss and H = sum(h); forward KL (a == 0, H = -(wp + wq)) skips it, loss in sweep 3.
         H = h_sum
         if MODE != 1:
             l_acc = tl.zeros([BLOCK], tl.float32)
