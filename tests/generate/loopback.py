@@ -224,6 +224,9 @@ def free_port() -> int:
 class Loopback:
     """Start the server in its own process; ``stats()`` reads its counters."""
 
+    module = "tests.generate.loopback"  # the server ``python -m`` runs
+    start_s = 20.0
+
     def __init__(self, **opts: Any):
         self.port = free_port()
         self.args = [f"--port={self.port}"]
@@ -249,8 +252,8 @@ class Loopback:
     def __enter__(self) -> "Loopback":
         root = Path(__file__).resolve().parents[2]
         env = {**os.environ, "PYTHONPATH": str(root)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.generate.loopback", *self.args], cwd=root, env=env)
-        deadline = time.time() + 20
+        self.proc = subprocess.Popen([sys.executable, "-m", self.module, *self.args], cwd=root, env=env)
+        deadline = time.time() + self.start_s
         while time.time() < deadline:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
@@ -258,7 +261,7 @@ class Loopback:
             except OSError:
                 time.sleep(0.05)
         self.proc.kill()
-        raise RuntimeError("loopback server did not start")
+        raise RuntimeError(f"{self.module} did not start")
 
     def __exit__(self, *exc: Any) -> None:
         self.proc.terminate()

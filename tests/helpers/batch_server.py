@@ -30,21 +30,17 @@ import asyncio
 import email.parser
 import hashlib
 import json
-import os
-import subprocess
-import sys
 import time
 import urllib.request
 import uuid
 from collections import Counter
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from tests.generate.loopback import _chat, _messages, _user_text, free_port
+from tests.generate.loopback import Loopback, _chat, _messages, _user_text
 
 
 def _share(cid: str, salt: str) -> float:
@@ -355,18 +351,11 @@ def _anthropic_batch(s: State, b: dict[str, Any]) -> dict[str, Any]:
             "results_url": f"{b['base']}/v1/messages/batches/{b['id']}/results" if ended else None}
 
 
-class BatchLoopback:
-    """Start the server in its own process; ``stats()`` reads its counters."""
+class BatchLoopback(Loopback):
+    """The batch server in its own process (started and stopped as ``Loopback``); ``stats()`` reads its counters."""
 
-    def __init__(self, **opts: Any):
-        self.port = free_port()
-        self.args = [f"--port={self.port}"]
-        for k, v in opts.items():
-            flag = "--" + k.replace("_", "-")
-            if v is True:
-                self.args.append(flag)
-            elif v not in (None, False):
-                self.args.append(f"{flag}={v}")
+    module = "tests.helpers.batch_server"
+    start_s = 30.0
 
     @property
     def openai_url(self) -> str:
@@ -389,24 +378,6 @@ class BatchLoopback:
 
     def set_quota(self, after: int | None) -> None:
         self._call("POST", "/admin/quota" + ("" if after is None else f"?after={after}"))
-
-    def __enter__(self) -> "BatchLoopback":
-        root = Path(__file__).resolve().parents[2]
-        env = {**os.environ, "PYTHONPATH": str(root)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.helpers.batch_server", *self.args], cwd=root, env=env)
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            try:
-                self.stats()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        self.proc.kill()
-        raise RuntimeError("batch loopback server did not start")
-
-    def __exit__(self, *exc: Any) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
