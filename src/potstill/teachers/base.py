@@ -108,9 +108,12 @@ class RunStats:
 
     def merge(self, other: "RunStats") -> None:
         """Add another worker's answers and sending numbers (a Ray shard's)."""
-        for name in ("calls", "errors", "started", "attempts", "retries", "input_tokens", "output_tokens", "cost_usd"):
+        for name in ("calls", "errors", "started", "attempts", "retries", "input_tokens", "output_tokens", "cost_usd",
+                     "throttled", "pauses"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.budget_stopped |= other.budget_stopped
+        if other.lowest_limit:  # 0.0: that worker never ran the adaptive limit
+            self.lowest_limit = min(self.lowest_limit or other.lowest_limit, other.lowest_limit)
 
 
 def request_hash(identity: dict[str, Any], request: dict[str, Any]) -> str:
