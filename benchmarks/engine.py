@@ -289,6 +289,31 @@ def main() -> None:
         result[name]["part_wall_s"] = round(time.perf_counter() - t0, 1)
         args.out.write_text(json.dumps(result, indent=2, default=lambda x: None if isinstance(x, float) and math.isnan(x) else str(x)))
         print(f"{name}: written to {args.out}", flush=True)
+    failures = quality_failures(result)
+    for f in failures:
+        print(f"CORRECTNESS FAILED: {f}", file=sys.stderr)
+    if failures:
+        raise SystemExit(1)
+
+
+# Issue 17's quality bar for the int8 engine (the speed-only layer cut is not held to it).
+MIN_SAME_LABEL, MIN_IDENTICAL_GENERATIONS = 0.99, 0.98
+
+
+def quality_failures(result: dict) -> list[str]:
+    """Every quality check of the parts measured, past its tolerance (the JSON is written first)."""
+    out = []
+    engine = result.get("student", {}).get("engines", {}).get("ctranslate2 int8", {})
+    if engine.get("agreement_with_transformers_fp32", 1.0) < MIN_SAME_LABEL:
+        out.append(f"student: ctranslate2 int8 gives fp32's label on {engine['agreement_with_transformers_fp32']:.1%} "
+                   f"of the test articles (tolerance {MIN_SAME_LABEL:.0%})")
+    same = result.get("teacher", {}).get("same_label_calibrated")
+    if same is not None and same < MIN_SAME_LABEL:
+        out.append(f"teacher: ctranslate2 int8 gives transformers' label on {same:.1%} (tolerance {MIN_SAME_LABEL:.0%})")
+    ident = result.get("extraction", {}).get("identical_outputs")
+    if ident is not None and ident < MIN_IDENTICAL_GENERATIONS:
+        out.append(f"extraction: {ident:.1%} of greedy outputs identical (tolerance {MIN_IDENTICAL_GENERATIONS:.0%})")
+    return out
 
 
 if __name__ == "__main__":
