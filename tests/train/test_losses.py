@@ -341,6 +341,7 @@ def test_default_chunk_size():
     assert FH.default_chunk_size(32768, 49152, 8) == 1024  # fp32 student + teacher logits in 512 MiB
     assert FH.default_chunk_size(32768, 49152, 4) == 2048
     assert FH.default_chunk_size(32768, 49152, 2) == 4096
+    assert FH.default_chunk_size(32768, 49152, 8, FH.KD_CHUNK_BYTES) == 2048  # the KD head's own budget
     assert FH.default_chunk_size(10, 49152) == 10
 
 
@@ -399,3 +400,28 @@ def test_triton_kernels_match_torch_backend_in_interpreter():
     env["PYTHONPATH"] = os.pathsep.join([os.path.abspath(src), env.get("PYTHONPATH", "")])
     out = subprocess.run([sys.executable, "-c", _TRITON_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     assert "TRITON-INTERPRETER-OK" in out.stdout, out.stderr[-3000:]
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and FH.HAS_TRITON), reason="needs a CUDA GPU and triton")
+@pytest.mark.parametrize("slice_", [0, 2048, 512], ids=["three-sweep", "split-2048", "split-512"])
+def test_kd_row_kernels_match_torch_backend_on_gpu(slice_, monkeypatch):
+    """The Triton KD row kernels (three-sweep, and K programs per row meeting twice) against the
+    torch backend: every divergence, ragged V, fp32 logits with bf16 dlogits written over them,
+    and a grid of one row group looping over every row."""
+    monkeypatch.setattr(FH, "SPLIT_SLICE", slice_)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for v, c, grid in ((50257, 37, None), (3001, 300, 1)):
+        monkeypatch.setattr(FH, "GRID_PROGRAMS", grid)
+        for kind, kw in KINDS:
+            params = L.divergence_params(kind, **kw)
+            for dt in (torch.float32, torch.bfloat16):
+                s0 = (torch.randn(c, v, device="cuda", generator=g) * 3).to(dt)
+                t = (s0.float() + torch.randn(c, v, device="cuda", generator=g) * 0.5).to(dt)
+                ref = torch.empty(c, v, dtype=torch.float32, device="cuda")
+                ref_loss, ref_lse = FH._kd_rows(s0.clone(), t, ref, 0.7, params, 1e-3, 0.2, "torch")
+                s = s0.clone()
+                out = s.view(torch.bfloat16)[:, :v] if dt == torch.float32 else s
+                loss, lse = FH._kd_rows(s, t, out, 0.7, params, 1e-3, 0.2, "triton")
+                torch.testing.assert_close(loss, ref_loss, rtol=1e-3, atol=1e-6)
+                torch.testing.assert_close(lse, ref_lse, rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(out.float(), ref, rtol=1e-2, atol=1e-7)

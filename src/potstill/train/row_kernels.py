@@ -1,6 +1,8 @@
 """Triton row kernels of the chunked heads in ``fused_head``: one program per row (or a persistent
 grid looping over rows) streams a row of V logits in slices with an online log-sum-exp, and writes
-the row's loss and its gradient with respect to the logits over the logits buffer.
+the row's loss and its gradient with respect to the logits over the logits buffer. The KD rows also
+have a split form, ``kd_rows_split_kernel``: K programs share a row, each holding a slice of it in
+registers, and meet twice per row (log-sum-exp, then the sum of h) through global atomics.
 
 Imported only where Triton is (``fused_head.HAS_TRITON``); ``fused_head`` owns the launch
 settings and the torch reference each kernel is tested against.
@@ -13,10 +15,22 @@ import triton.language as tl
 
 
 @triton.jit
-def _kd_terms(ls, lt, a, wp, wq, MODE: tl.constexpr):
-    # losses.family_terms in registers; MODE 1 (a == 0) and 2 (a == 1) need no mixture.
+def _log(x, FAST: tl.constexpr):
+    if FAST:  # the MUFU instruction (abs. error ~2^-22), not libdevice's polynomial
+        return tl.inline_asm_elementwise("lg2.approx.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True,
+                                         pack=1) * 0.6931471805599453
+    return tl.log(x)
+
+@triton.jit
+def _kd_terms(ls, lt, a, wp, wq, MODE: tl.constexpr, FAST: tl.constexpr):
     q = tl.exp(ls)
-    p = tl.exp(lt)
+    loss, h = _kd_terms_qp(ls, lt, q, tl.exp(lt), a, wp, wq, MODE, FAST)
+    return loss, h, q
+
+@triton.jit
+def _kd_terms_qp(ls, lt, q, p, a, wp, wq, MODE: tl.constexpr, FAST: tl.constexpr):
+    # losses.family_terms in registers, given q = exp(ls) and p = exp(lt); MODE 1 (a == 0) and
+    # 2 (a == 1) need no mixture.
     if MODE == 1:
         loss = wp * p * (lt - ls)
         h = -(wp * p + wq * q)
@@ -24,13 +38,19 @@ def _kd_terms(ls, lt, a, wp, wq, MODE: tl.constexpr):
         loss = wq * q * (ls - lt)
         h = loss
     else:
-        # Clamping m only matters where p and q are both below ~1e-38, whose terms vanish.
-        m = tl.maximum(a * p + (1.0 - a) * q, 1.1754944e-38)
-        lm = tl.log(m)
-        kq = wq * q * (ls - lm)
-        loss = wp * p * (lt - lm) + kq
-        h = kq - (1.0 - a) * (q / m) * (wp * p + wq * q)
-    return loss, h, q
+        # log m = max(ls, lt) + log(r), r = a e^(lt - max) + (1 - a) e^(ls - max) in [min(a, 1 - a), 1]:
+        # lt - log m and ls - log m come out without cancellation (they are tiny when the teacher
+        # is close to the student), and an approximate log is accurate to ~1e-7 absolute there.
+        d = lt - ls
+        e = tl.exp(-tl.abs(d))
+        up = d >= 0
+        lr = _log(tl.where(up, a + (1.0 - a) * e, a * e + (1.0 - a)), FAST)
+        t_m = tl.where(up, 0.0, d) - lr  # lt - log m
+        s_m = tl.where(up, -d, 0.0) - lr  # ls - log m
+        kq = wq * q * s_m
+        loss = wp * p * t_m + kq
+        h = kq - (1.0 - a) * tl.exp(s_m) * (wp * p + wq * q)  # (1 - a) q / m <= 1
+    return loss, h
 
 @triton.jit
 def _online_lse(ptr, V, scale, BLOCK: tl.constexpr):
@@ -48,7 +68,7 @@ def _online_lse(ptr, V, scale, BLOCK: tl.constexpr):
 
 @triton.jit
 def kd_rows_kernel(S, T, OUT, LOSS, LSE, n_rows, s_stride, t_stride, o_stride, V, scale, a, wp, wq, h_sum,
-                    kd_coef, ce_coef, MODE: tl.constexpr, ALIAS: tl.constexpr, BLOCK: tl.constexpr):
+                   kd_coef, ce_coef, MODE: tl.constexpr, ALIAS: tl.constexpr, BLOCK: tl.constexpr, FAST: tl.constexpr):
     offs = tl.arange(0, BLOCK)
     for row in range(tl.program_id(0), n_rows, tl.num_programs(0)):
         r = tl.cast(row, tl.int64)
@@ -83,7 +103,7 @@ def kd_rows_kernel(S, T, OUT, LOSS, LSE, n_rows, s_stride, t_stride, o_stride, V
                 msk = cols < V
                 ls = tl.load(s_ptr + cols, mask=msk, other=0.0).to(tl.float32) * scale - lse_s
                 lt = tl.load(t_ptr + cols, mask=msk, other=0.0).to(tl.float32) * scale - lse_t
-                loss, h, q = _kd_terms(ls, lt, a, wp, wq, MODE)
+                loss, h, q = _kd_terms(ls, lt, a, wp, wq, MODE, FAST)
                 l_acc += tl.where(msk, loss, 0.0)
                 h_acc += tl.where(msk, h, 0.0)
             H = tl.sum(h_acc, 0)
@@ -99,7 +119,7 @@ def kd_rows_kernel(S, T, OUT, LOSS, LSE, n_rows, s_stride, t_stride, o_stride, V
                 # OUT is a half-width view of S's own row: slice j lands on bytes that slices
                 # <= j held, so every warp must have loaded them before anyone stores.
                 tl.debug_barrier()
-            loss, h, q = _kd_terms(ls, lt, a, wp, wq, MODE)
+            loss, h, q = _kd_terms(ls, lt, a, wp, wq, MODE, FAST)
             if MODE == 1:
                 l_acc1 += tl.where(msk, loss, 0.0)
             g = kd_coef * (h - q * H) + ce_coef * q
@@ -107,6 +127,81 @@ def kd_rows_kernel(S, T, OUT, LOSS, LSE, n_rows, s_stride, t_stride, o_stride, V
         if MODE == 1:
             tl.store(LOSS + r, tl.sum(l_acc1, 0))
         tl.store(LSE + r, lse_s)
+
+@triton.jit
+def _group_barrier(CNT, target):
+    # Spin until `target` programs have arrived at this row's counter (like a cooperative grid
+    # sync, for the K programs sharing a row). Safe only when every program is resident at once:
+    # the launcher keeps the grid within one wave.
+    tl.debug_barrier()
+    tl.atomic_add(CNT, 1, sem="release", scope="gpu")
+    seen = tl.atomic_add(CNT, 0, sem="acquire", scope="gpu")
+    while seen < target:
+        seen = tl.atomic_add(CNT, 0, sem="acquire", scope="gpu")
+    tl.debug_barrier()
+
+@triton.jit
+def _combine_lse(PR, j, kk, kmask):
+    # log-sum-exp of the K programs' (max, sum of exp(x - max)) pairs at PR[k * 8 + j, j + 1].
+    m = tl.load(PR + kk * 8 + j, mask=kmask, other=float("-inf"), cache_modifier=".cg")
+    d = tl.load(PR + kk * 8 + j + 1, mask=kmask, other=0.0, cache_modifier=".cg")
+    g = tl.max(m, 0)
+    return g + tl.log(tl.sum(d * tl.exp(m - g), 0))
+
+@triton.jit
+def _max2(a0, b0, a1, b1):
+    return tl.maximum(a0, a1), tl.maximum(b0, b1)
+
+@triton.jit
+def _add2(a0, b0, a1, b1):
+    return a0 + a1, b0 + b1
+
+@triton.jit
+def kd_rows_split_kernel(S, T, OUT, LOSS, LSE, PART, CNT, n_rows, s_stride, t_stride, o_stride, V, scale, a, wp, wq,
+                         h_sum, kd_coef, ce_coef, MODE: tl.constexpr, K: tl.constexpr, KP: tl.constexpr,
+                         SLICE: tl.constexpr, FAST: tl.constexpr):
+    # K programs share a row, each holding one SLICE of both rows' logits in registers, so the
+    # logits are read from memory once instead of three times; they swap per-slice log-sum-exp
+    # parts and sums of h through PART (n_rows x K x 8) and meet at CNT[row] (zeroed).
+    pid = tl.program_id(0)
+    part = pid % K
+    cols = part * SLICE + tl.arange(0, SLICE)
+    msk = cols < V
+    kk = tl.arange(0, KP)
+    kmask = kk < K
+    for row in range(pid // K, n_rows, tl.num_programs(0) // K):
+        r = tl.cast(row, tl.int64)
+        x = tl.load(S + r * s_stride + cols, mask=msk, other=float("-inf")).to(tl.float32) * scale
+        y = tl.load(T + r * t_stride + cols, mask=msk, other=float("-inf")).to(tl.float32) * scale
+        mx, my = tl.reduce((x, y), 0, _max2)
+        ex = tl.exp(x - mx)
+        ey = tl.exp(y - my)
+        dx, dy = tl.reduce((ex, ey), 0, _add2)
+        pr = PART + r * (8 * K)
+        tl.store(pr + part * 8, mx)
+        tl.store(pr + part * 8 + 1, dx)
+        tl.store(pr + part * 8 + 2, my)
+        tl.store(pr + part * 8 + 3, dy)
+        _group_barrier(CNT + r, K)
+        lse_s = _combine_lse(pr, 0, kk, kmask)
+        lse_t = _combine_lse(pr, 2, kk, kmask)
+        # exp again rather than keeping ex, ey alive across the meeting: fewer registers, more
+        # programs resident, more rows in flight.
+        q = tl.exp(x - lse_s)
+        loss, h = _kd_terms_qp(x - lse_s, y - lse_t, q, tl.exp(y - lse_t), a, wp, wq, MODE, FAST)
+        loss_sum, h_part = tl.reduce((tl.where(msk, loss, 0.0), tl.where(msk, h, 0.0)), 0, _add2)
+        tl.store(LOSS + r * K + part, loss_sum)
+        H = h_sum
+        if MODE != 1:  # forward KL: H = -(wp + wq) needs no second meeting
+            tl.store(pr + part * 8 + 4, h_part)
+            _group_barrier(CNT + r, 2 * K)
+            H = tl.sum(tl.load(pr + kk * 8 + 4, mask=kmask, other=0.0, cache_modifier=".cg"), 0)
+        # OUT may be a half-width view of S's rows: every program of this row has loaded its
+        # slice before the first meeting, so these stores overwrite nothing still to be read.
+        g = kd_coef * (h - q * H) + ce_coef * q
+        tl.store(OUT + r * o_stride + cols, g.to(OUT.dtype.element_ty), mask=msk)
+        if part == 0:
+            tl.store(LSE + r, lse_s)
 
 @triton.jit
 def ce_rows_kernel(Z, LAB, LOSS, n_rows, stride, V, gs, BLOCK: tl.constexpr):
@@ -148,7 +243,7 @@ def sparse_rows_kernel(Z, ZIDS, IDS, LP, LOSS, n_rows, stride, V, k, nb, scale, 
             lq = zi - lse
         lq = tl.where(bmask, lq, 0.0)
         lt = tl.load(LP + r * nb + kk, mask=bmask, other=0.0)
-        loss, h, q = _kd_terms(lq, lt, a, wp, wq, MODE)
+        loss, h, q = _kd_terms(lq, lt, a, wp, wq, MODE, False)
         G = tl.where(bmask, h + wq * q, 0.0)  # dD / d log(q_bucket)
         g_sum = tl.sum(G, 0)
         tl.store(LOSS + r, tl.sum(tl.where(bmask, loss, 0.0), 0))
