@@ -84,6 +84,18 @@ def potstill_jsd(d, **kw):
     FH.fused_linear_kd(d["hs"], d["ws"], d["ht"], d["wt"], kind="jsd", beta=BETA, **{**KD_KW, **kw}).backward()
 
 
+def with_settings(d, fn, **settings):
+    """``fn(d)`` with fused_head's module settings (e.g. the row kernel) changed for the call."""
+    saved = {k: getattr(FH, k) for k in settings}
+    for k, v in settings.items():
+        setattr(FH, k, v)
+    try:
+        fn(d)
+    finally:
+        for k, v in saved.items():
+            setattr(FH, k, v)
+
+
 def liger_jsd(d, const=None):
     """Liger's head; ``const``: its chunk-memory constant (None: what it picks on this GPU)."""
     if const is None:
@@ -188,63 +200,68 @@ def close_teacher(d, eps: float = 0.05) -> dict:
     return {**d, "ht": torch.cat([d["hs"].detach(), r], 1), "wt": torch.cat([d["ws"].detach(), R], 1)}
 
 
+def _ref_grads(d, loss_fn):
+    """Loss and gradients in float64 autograd through the materialised logits."""
+    hs64 = d["hs"].detach().double().requires_grad_()
+    ws64 = d["ws"].detach().double().requires_grad_()
+    loss = loss_fn(hs64 @ ws64.T)
+    loss.backward()
+    return loss.detach(), hs64.grad, ws64.grad
+
+
+def _compare(out, name, d, fn, ref, gate=None):
+    """Relative errors of ``fn(d)`` against ``ref`` into ``out[name]``; past ``TOLERANCE[gate]``
+    it is listed in ``out["failed"]``."""
+    _clear(d)
+    loss = fn(d)
+    loss.backward()
+    r = {"loss": loss.item(), "loss_rel_err": rel(loss.detach(), ref[0]),
+         "grad_hidden_rel_err": rel(d["hs"].grad, ref[1]), "grad_weight_rel_err": rel(d["ws"].grad, ref[2])}
+    _clear(d)
+    if gate is not None:
+        r["tolerance"] = TOLERANCE[gate]
+        worst = max(r["grad_hidden_rel_err"], r["grad_weight_rel_err"])
+        if worst > TOLERANCE[gate] or r["loss_rel_err"] > 1e-4 or not math.isfinite(worst):
+            out["failed"].append(f"{name}: gradient error {worst:.2e} (tolerance {TOLERANCE[gate]:.0e}), "
+                                 f"loss error {r['loss_rel_err']:.1e}")
+    out[name] = r
+
+
 def correctness(n: int = 2048) -> dict:
     """bf16 heads vs float64 autograd on the same (bf16-valued) inputs; relative L2 errors.
     ``out["failed"]`` lists the default heads past ``TOLERANCE``."""
     base = make_inputs(n, seed=1)
     out = {"tokens": n, "tolerance": TOLERANCE, "failed": []}
-
-    def ref_grads(d, loss_fn):
-        hs64 = d["hs"].detach().double().requires_grad_()
-        ws64 = d["ws"].detach().double().requires_grad_()
-        loss = loss_fn(hs64 @ ws64.T)
-        loss.backward()
-        return loss.detach(), hs64.grad, ws64.grad
-
-    def compare(name, d, fn, ref, gate=None):
-        _clear(d)
-        loss = fn(d)
-        loss.backward()
-        r = {"loss": loss.item(), "loss_rel_err": rel(loss.detach(), ref[0]),
-             "grad_hidden_rel_err": rel(d["hs"].grad, ref[1]), "grad_weight_rel_err": rel(d["ws"].grad, ref[2])}
-        _clear(d)
-        if gate is not None:
-            r["tolerance"] = TOLERANCE[gate]
-            worst = max(r["grad_hidden_rel_err"], r["grad_weight_rel_err"])
-            if worst > TOLERANCE[gate] or r["loss_rel_err"] > 1e-4 or not math.isfinite(worst):
-                out["failed"].append(f"{name}: gradient error {worst:.2e} (tolerance {TOLERANCE[gate]:.0e}), "
-                                     f"loss error {r['loss_rel_err']:.1e}")
-        out[name] = r
-
     for case, d in (("", base), ("_close", close_teacher(base))):
         t64 = d["ht"].double() @ d["wt"].double().T
-        ref = ref_grads(d, lambda s: L.generalized_jsd(s, t64, beta=BETA))
+        ref = _ref_grads(d, lambda s: L.generalized_jsd(s, t64, beta=BETA))
         out[f"jsd{case}_ref_loss"] = ref[0].item()
-        compare(f"jsd{case}_potstill", d, lambda d: FH.fused_linear_kd(d["hs"], d["ws"], d["ht"], d["wt"], beta=BETA,
-                                                                        **KD_KW), ref, gate=f"jsd{case}")
-        compare(f"jsd{case}_potstill_bf16_logits", d, lambda d: FH.fused_linear_kd(
+        _compare(out, f"jsd{case}_potstill", d, lambda d: FH.fused_linear_kd(d["hs"], d["ws"], d["ht"], d["wt"],
+                                                                             beta=BETA, **KD_KW), ref, gate=f"jsd{case}")
+        _compare(out, f"jsd{case}_potstill_bf16_logits", d, lambda d: FH.fused_linear_kd(
             d["hs"], d["ws"], d["ht"], d["wt"], beta=BETA, logits_dtype=None, accum_dtype=None), ref)
-        compare(f"jsd{case}_potstill_torch_backend", d, lambda d: FH.fused_linear_kd(
+        _compare(out, f"jsd{case}_potstill_torch_backend", d, lambda d: FH.fused_linear_kd(
             d["hs"], d["ws"], d["ht"], d["wt"], beta=BETA, backend="torch", **KD_KW), ref)
         if LIGER:
-            compare(f"jsd{case}_liger", d, lambda d: LigerFusedLinearJSD(jsd_beta=BETA)(
+            _compare(out, f"jsd{case}_liger", d, lambda d: LigerFusedLinearJSD(jsd_beta=BETA)(
                 d["hs"], d["ws"], d["ht"], d["wt"], None), ref)
-        compare(f"jsd{case}_materialised_bf16", d, lambda d: L.generalized_jsd(
+        _compare(out, f"jsd{case}_materialised_bf16", d, lambda d: L.generalized_jsd(
             d["hs"] @ d["ws"].T, d["ht"] @ d["wt"].T, beta=BETA), ref)
         del t64, ref
     d = base
     t64 = d["ht"].double() @ d["wt"].double().T
     for kind in ("forward_kl", "reverse_kl"):
-        r = ref_grads(d, lambda s: L.kd_divergence(s, t64, kind=kind))
-        compare(f"{kind}_potstill", d, lambda d: FH.fused_linear_kd(d["hs"], d["ws"], d["ht"], d["wt"], kind=kind,
-                                                                     **KD_KW), r, gate=kind)
+        r = _ref_grads(d, lambda s: L.kd_divergence(s, t64, kind=kind))
+        _compare(out, f"{kind}_potstill", d, lambda d: FH.fused_linear_kd(d["hs"], d["ws"], d["ht"], d["wt"],
+                                                                          kind=kind, **KD_KW), r, gate=kind)
     del t64
-    ref = ref_grads(d, lambda s: F.cross_entropy(s, d["labels"]))
-    compare("ce_potstill", d, lambda d: FH.fused_linear_cross_entropy(d["hs"], d["ws"], d["labels"]), ref, gate="ce")
+    ref = _ref_grads(d, lambda s: F.cross_entropy(s, d["labels"]))
+    _compare(out, "ce_potstill", d, lambda d: FH.fused_linear_cross_entropy(d["hs"], d["ws"], d["labels"]), ref,
+             gate="ce")
     if LIGER:
-        compare("ce_liger", d, lambda d: LigerFusedLinearCrossEntropyLoss()(d["ws"], d["hs"], d["labels"]), ref)
-    ref = ref_grads(d, lambda s: L.sparse_topk_kd(s, d["topk_ids"], d["topk_lp"].double()))
-    compare("sparse_top20_potstill", d, lambda d: FH.fused_linear_sparse_kd(
+        _compare(out, "ce_liger", d, lambda d: LigerFusedLinearCrossEntropyLoss()(d["ws"], d["hs"], d["labels"]), ref)
+    ref = _ref_grads(d, lambda s: L.sparse_topk_kd(s, d["topk_ids"], d["topk_lp"].double()))
+    _compare(out, "sparse_top20_potstill", d, lambda d: FH.fused_linear_sparse_kd(
         d["hs"], d["ws"], d["topk_ids"], d["topk_lp"]), ref, gate="sparse")
     del d, base, ref
     gc.collect()
@@ -252,40 +269,40 @@ def correctness(n: int = 2048) -> dict:
     return out
 
 
-def kernel_sweep(rows: int = 1024) -> list:
-    """The KD row kernel alone (3 sweeps over V) on one chunk, per tiling and grid size."""
+def kernel_sweep(rows: int = 2048) -> list:
+    """The KD row kernels alone on one block of fp32 logits: the three-sweep kernel and the split
+    kernel per (slice, warps, programs per SM). Reported only; the heads run the defaults."""
     g = torch.Generator(device="cuda").manual_seed(2)
-    src = (torch.randn(rows, V, device="cuda", generator=g) * 3).to(DT)
-    t = (torch.randn(rows, V, device="cuda", generator=g) * 3).to(DT)
-    s = torch.empty_like(src)
-    res = []
+    s = torch.randn(rows, V, device="cuda", generator=g) * 3
+    t = s + torch.randn(rows, V, device="cuda", generator=g)
+    out = torch.empty(rows, V, dtype=DT, device="cuda")
     params = L.divergence_params("jsd", beta=BETA)
-    for block in (2048, 4096):
-        for warps in (8, 16):
-            for pps in (0, 1, 2, 4):
-                FH.TRITON_BLOCK, FH.TRITON_WARPS, FH.PROGRAMS_PER_SM = block, warps, pps
-                times = []
-                for i in range(13):
-                    s.copy_(src)
-                    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    a.record()
-                    FH._kd_rows(s, t, s, 1.0, params, 1e-3, 0.0, "triton")
-                    b.record()
-                    b.synchronize()
-                    if i >= 3:
-                        times.append(a.elapsed_time(b))
-                ms = statistics.median(times)
-                # DRAM bytes if nothing were served from L2: 3 reads of both bf16 rows + 1 write.
-                res.append({"block": block, "warps": warps, "programs_per_sm": pps, "ms": ms,
-                            "gb_per_s_if_3_sweeps": rows * V * 14 / ms / 1e6,
-                            "gb_per_s_if_1_sweep": rows * V * 6 / ms / 1e6})
+    saved = FH.SPLIT_SLICE, FH.SPLIT_WARPS, FH.SPLIT_PROGRAMS_PER_SM
+    res = []
+    for sl, warps, pps in ((0, 16, 0), (8192, 16, 1), (4096, 8, 4), (2048, 4, 8), (2048, 8, 3)):
+        FH.SPLIT_SLICE, FH.SPLIT_WARPS, FH.SPLIT_PROGRAMS_PER_SM = sl, warps, pps
+        times = []
+        for i in range(13):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            FH._kd_rows(s, t, out, 1.0, params, 1e-3, 0.0, "triton")
+            b.record()
+            b.synchronize()
+            if i >= 3:
+                times.append(a.elapsed_time(b))
+        ms = statistics.median(times)
+        # Bytes if each fp32 logit is read once and each bf16 dlogit written once.
+        res.append({"kernel": "split" if sl else "three-sweep", "slice": sl, "warps": warps if sl else FH.TRITON_WARPS,
+                    "programs_per_sm": pps, "ms_per_1024_rows": ms * 1024 / rows,
+                    "gb_per_s_one_pass": rows * V * 10 / ms / 1e6})
+    FH.SPLIT_SLICE, FH.SPLIT_WARPS, FH.SPLIT_PROGRAMS_PER_SM = saved
     return res
 
 
 def matmuls_only(d, chunk_size=None):
     """The default KD head's chunk loop (fp32 logits and accumulation) without the row kernel: its GEMM time."""
     hs, ws, ht, wt = d["hs"].detach(), d["ws"].detach(), d["ht"], d["wt"]
-    cs = chunk_size or FH.default_chunk_size(hs.shape[0], V, 8)
+    cs = chunk_size or FH.default_chunk_size(hs.shape[0], V, 8, FH.KD_CHUNK_BYTES)
 
     def chunk_fn(z, c0, c1):
         t = FH._logits(ht[c0:c1], wt, torch.float32)
@@ -311,25 +328,9 @@ def matmul_tflops() -> float:
     return 2 * 8192**3 / (statistics.median(times) / 1e3) / 1e12
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="kd_head.json")
-    ap.add_argument("--tokens", default="8192,32768")
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--reps", type=int, default=10)
-    ap.add_argument("--sweep", action="store_true", help="also sweep kernel tiling and chunk sizes")
-    ap.add_argument("--block", type=int, default=None)
-    ap.add_argument("--warps", type=int, default=None)
-    ap.add_argument("--programs-per-sm", type=int, default=None)
-    ap.add_argument("--logits-dtype", choices=["auto", "bfloat16"], default="auto",
-                    help="bfloat16: the KD head's old bf16 logits and accumulation (fails the correctness gate)")
-    ap.add_argument("--correctness-only", action="store_true")
-    args = ap.parse_args()
-    if args.logits_dtype == "bfloat16":
-        KD_KW.update(logits_dtype=None, accum_dtype=None)
-    t0 = time.time()
+def _header() -> dict:
     prop = torch.cuda.get_device_properties(0)
-    report = {
+    return {
         "device": torch.cuda.get_device_name(0),
         "sm_count": prop.multi_processor_count,
         "torch": torch.__version__,
@@ -339,7 +340,74 @@ def main():
                    "dtype": "bfloat16"},
         "method": "forward+backward of the loss head alone; median of CUDA-event times after warm-up; "
                   "peak_mib = max_memory_allocated during one fwd+bwd minus memory allocated before it",
+        "settings": {k: getattr(FH, k) for k in ("TRITON_BLOCK", "TRITON_WARPS", "PROGRAMS_PER_SM", "SPLIT_SLICE",
+                                                  "SPLIT_WARPS", "SPLIT_PROGRAMS_PER_SM", "FAST_LOG", "KD_CHUNK_BYTES")},
     }
+
+
+def _cases(n: int, sweep: bool) -> list:
+    """``(head, impl, fn(d), matmul FLOPs)`` timed at ``n`` tokens."""
+    flops_kd = 2 * n * V * (HT + 3 * HS)  # teacher fwd, student fwd, two student bwd matmuls
+    flops_ce = 2 * n * V * 3 * HS
+    cases = [
+        ("kd_jsd", "potstill", potstill_jsd, flops_kd),
+        ("kd_jsd", "potstill (repeat)", potstill_jsd, flops_kd),
+        ("kd_jsd", "potstill bf16 logits", lambda d: potstill_jsd(d, logits_dtype=None, accum_dtype=None), flops_kd),
+        ("kd_jsd", "potstill chunk=1024", lambda d: potstill_jsd(d, chunk_size=1024), flops_kd),
+        ("kd_jsd", "potstill three-sweep row kernel", lambda d: with_settings(d, potstill_jsd, SPLIT_SLICE=0),
+         flops_kd),
+        ("kd_jsd", "potstill GEMMs only (no row kernel)", matmuls_only, flops_kd),
+        ("kd_jsd", "liger", liger_jsd, flops_kd),
+        ("kd_jsd", "liger (repeat)", liger_jsd, flops_kd),
+        *[("kd_jsd", f"liger const={c}", lambda d, c=c: liger_jsd(d, c), flops_kd) for c in LIGER_CONSTS],
+        ("kd_jsd", "materialised", materialised_jsd, flops_kd),
+        ("ce", "potstill", potstill_ce, flops_ce),
+        ("ce", "liger", liger_ce, flops_ce),
+        ("ce", "materialised", materialised_ce, flops_ce),
+        (f"sparse_top{TOPK}_fkl", "potstill", potstill_sparse, flops_ce),
+        (f"sparse_top{TOPK}_fkl", "materialised", materialised_sparse, flops_ce),
+    ]
+    if sweep:
+        for cs in (512, 4096):
+            cases.append(("kd_jsd", f"potstill chunk={cs}", lambda d, cs=cs: potstill_jsd(d, chunk_size=cs), flops_kd))
+        for cs in (1024, 4096):
+            cases.append(("ce", f"potstill chunk={cs}", lambda d, cs=cs: potstill_ce(d, chunk_size=cs), flops_ce))
+            cases.append((f"sparse_top{TOPK}_fkl", f"potstill chunk={cs}",
+                          lambda d, cs=cs: potstill_sparse(d, chunk_size=cs), flops_ce))
+    return [c for c in cases if LIGER or not c[1].startswith("liger")]
+
+
+def _time_heads(args, tflops: float) -> list:
+    rows = []
+    for n in [int(x) for x in args.tokens.split(",")]:
+        d = make_inputs(n)
+        for head, impl, fn, flops in _cases(n, args.sweep):
+            r = {"head": head, "impl": impl, "tokens": n, **measure(fn, d, args.warmup, args.reps)}
+            if r["status"] == "ok":
+                r["matmul_floor_ms"] = flops / (tflops * 1e12) * 1e3
+            rows.append(r)
+            print(json.dumps(r), flush=True)
+        del d
+        gc.collect()
+        torch.cuda.empty_cache()
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="kd_head.json")
+    ap.add_argument("--tokens", default="8192,32768")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--sweep", action="store_true", help="also time the row kernels alone and more chunk sizes")
+    ap.add_argument("--logits-dtype", choices=["auto", "bfloat16"], default="auto",
+                    help="bfloat16: the KD head's old bf16 logits and accumulation (fails the correctness gate)")
+    ap.add_argument("--correctness-only", action="store_true")
+    args = ap.parse_args()
+    if args.logits_dtype == "bfloat16":
+        KD_KW.update(logits_dtype=None, accum_dtype=None)
+    t0 = time.time()
+    report = _header()
     report["bf16_matmul_tflops_8192cubed"] = matmul_tflops()
     print(f"matmul {report['bf16_matmul_tflops_8192cubed']:.0f} TFLOP/s", flush=True)
     report["correctness"] = correctness()
@@ -347,66 +415,11 @@ def main():
     failed = report["correctness"]["failed"]
     if args.correctness_only:
         return _finish(report, args, [], t0, failed)
-
     if args.sweep:
         report["kernel_sweep"] = kernel_sweep()
-        best = min(report["kernel_sweep"], key=lambda r: r["ms"])
-        FH.TRITON_BLOCK, FH.TRITON_WARPS, FH.PROGRAMS_PER_SM = best["block"], best["warps"], best["programs_per_sm"]
         for r in report["kernel_sweep"]:
             print("kernel sweep", json.dumps(r), flush=True)
-    if args.block:
-        FH.TRITON_BLOCK = args.block
-    if args.warps:
-        FH.TRITON_WARPS = args.warps
-    if args.programs_per_sm is not None:
-        FH.PROGRAMS_PER_SM = args.programs_per_sm
-    report["triton_block"], report["triton_warps"] = FH.TRITON_BLOCK, FH.TRITON_WARPS
-    report["programs_per_sm"] = FH.PROGRAMS_PER_SM
-
-    rows = []
-    for n in [int(x) for x in args.tokens.split(",")]:
-        d = make_inputs(n)
-        flops_kd = 2 * n * V * (HT + 3 * HS)  # teacher fwd, student fwd, two student bwd matmuls
-        flops_ce = 2 * n * V * 3 * HS
-        cases = [
-            ("kd_jsd", "potstill", potstill_jsd, flops_kd),
-            ("kd_jsd", "potstill (repeat)", potstill_jsd, flops_kd),
-            ("kd_jsd", "potstill bf16 logits", lambda d: potstill_jsd(d, logits_dtype=None, accum_dtype=None),
-             flops_kd),
-            ("kd_jsd", "potstill chunk=512", lambda d: potstill_jsd(d, chunk_size=512), flops_kd),
-            ("kd_jsd", "potstill chunk=2048", lambda d: potstill_jsd(d, chunk_size=2048), flops_kd),
-            ("kd_jsd", "potstill GEMMs only (no row kernel)", matmuls_only, flops_kd),
-            ("kd_jsd", "liger", liger_jsd, flops_kd),
-            ("kd_jsd", "liger (repeat)", liger_jsd, flops_kd),
-            *[("kd_jsd", f"liger const={c}", lambda d, c=c: liger_jsd(d, c), flops_kd) for c in LIGER_CONSTS],
-            ("kd_jsd", "materialised", materialised_jsd, flops_kd),
-            ("ce", "potstill", potstill_ce, flops_ce),
-            ("ce", "liger", liger_ce, flops_ce),
-            ("ce", "materialised", materialised_ce, flops_ce),
-            (f"sparse_top{TOPK}_fkl", "potstill", potstill_sparse, flops_ce),
-            (f"sparse_top{TOPK}_fkl", "materialised", materialised_sparse, flops_ce),
-        ]
-        if args.sweep:
-            for cs in (512, 2048, 4096):
-                cases.append(("kd_jsd", f"potstill chunk={cs}", lambda d, cs=cs: potstill_jsd(d, chunk_size=cs), flops_kd))
-            cases.append(("kd_jsd", "potstill fp32 logits chunk=1024",
-                          lambda d: potstill_jsd(d, logits_dtype=torch.float32, chunk_size=1024), flops_kd))
-            for cs in (1024, 4096):
-                cases.append(("ce", f"potstill chunk={cs}", lambda d, cs=cs: potstill_ce(d, chunk_size=cs), flops_ce))
-                cases.append((f"sparse_top{TOPK}_fkl", f"potstill chunk={cs}",
-                              lambda d, cs=cs: potstill_sparse(d, chunk_size=cs), flops_ce))
-        for head, impl, fn, flops in cases:
-            if impl.startswith("liger") and not LIGER:
-                continue
-            r = {"head": head, "impl": impl, "tokens": n, **measure(fn, d, args.warmup, args.reps)}
-            if r["status"] == "ok":
-                r["matmul_floor_ms"] = flops / (report["bf16_matmul_tflops_8192cubed"] * 1e12) * 1e3
-            rows.append(r)
-            print(json.dumps(r), flush=True)
-        del d
-        gc.collect()
-        torch.cuda.empty_cache()
-    return _finish(report, args, rows, t0, failed)
+    return _finish(report, args, _time_heads(args, report["bf16_matmul_tflops_8192cubed"]), t0, failed)
 
 
 def _ratios(rows: list) -> list:
