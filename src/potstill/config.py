@@ -96,6 +96,7 @@ class TeacherConfig(Section):
     few_shot: FewShotConfig = Field(default_factory=FewShotConfig)
     temperature: float = Field(0.0, ge=0, description="Sampling temperature.")
     max_tokens: int = Field(256, ge=1, description="Max output tokens per call.")
+    stop: list[str] = Field(default_factory=list, description="Local teacher, free text: end an answer at the first of these strings.")
     logprobs: int = Field(0, ge=0, le=20, description="Top-k log-probabilities to request per output token (0: none).")
     concurrency: int = Field(8, ge=1, description="Requests in flight at once (API teachers).")
     timeout_s: float = Field(60.0, gt=0, description="Per-request timeout in seconds.")

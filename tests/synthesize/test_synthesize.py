@@ -204,20 +204,39 @@ def test_synthetic_inputs_flow_through_generate_curate_and_evaluate_apart(tmp_pa
     assert slices["tag:synthetic"]["n"] == n_syn and slices["tag:real"]["n"] == len(test) - n_syn
 
 
-def test_local_teacher_in_completion_format_continues_an_open_input(tmp_path, tiny_model_b):
-    """The plumbing for a base model: plain text ending in "New input:" + "<input>", no chat template.
-
-    The tiny random model stops at once (empty text), which is exactly the unusable teacher: one clear error.
-    """
-    cfg_path = project(tmp_path, "http://127.0.0.1:9", n=6, max_rounds=2, min_chars=1, max_tokens=12)
+def test_local_teacher_in_completion_format_samples_new_inputs_and_caches_them(tmp_path, tiny_model_b):
+    """A base model gets a plain-text list of same-label seeds ending in an open <input> and samples a
+    continuation (synthesize.temperature 1.0): every request its own text, each paid once, a rerun
+    answered from the ledger with the same texts. The tiny random model writes word salad; the
+    plumbing, not the prose, is under test here (benchmarks/synthesize.py measures the prose)."""
+    cfg_path = project(tmp_path, "http://127.0.0.1:9", n=6, max_rounds=2, min_chars=1, max_tokens=12, exemplars=2)
     raw = yaml.safe_load(cfg_path.read_text())
     raw["teacher"] = {"type": "local", "model": str(tiny_model_b), "prompt_format": "completion", "batch_size": 3}
     cfg_path.write_text(yaml.safe_dump(raw))
-    with pytest.raises(PotstillError, match=r"no usable input in 6 answers \(each must continue the prompt's <input>"):
-        synthesize_stage(load_config(cfg_path))
+    cfg = load_config(cfg_path)
+    synthesize_stage(cfg)
+    first = [r.text for r in read_records(tmp_path / "run" / "synthetic.jsonl")][3:]
+    assert len(first) == 6 and len(set(first)) == 6  # sampled: no two requests wrote the same input
     with Ledger(tmp_path / "run" / "calls.sqlite") as ledger:
         rows = ledger.rows(role="teacher", stage="synthesize")
     assert len(rows) == 6
     for r in rows:
         (msg,) = json.loads(r["request"])["messages"]
-        assert msg["role"] == "user" and msg["content"].endswith("New input:") and "<input>" in msg["content"]
+        cell = re.search(r"\(request (\w+)#\d+\)", msg["content"]).group(1)
+        # Only the seed with the cell's label is shown, as the last line of the list the model continues.
+        assert msg["role"] == "user" and msg["content"].endswith(f"<input>{SEEDS[LABELS.index(cell)]}</input>")
+        assert "New input" not in msg["content"]
+    synthesize_stage(cfg, force=True)
+    assert [r.text for r in read_records(tmp_path / "run" / "synthetic.jsonl")][3:] == first
+    with Ledger(tmp_path / "run" / "calls.sqlite") as ledger:
+        assert len(ledger.rows(role="teacher", stage="synthesize")) == 6  # nothing paid twice
+
+
+def test_local_teacher_that_writes_nothing_is_one_clear_error(tmp_path, tiny_model_b):
+    """Greedy (temperature 0), the tiny random model stops at once: the unusable local teacher."""
+    cfg_path = project(tmp_path, "http://127.0.0.1:9", n=6, max_rounds=2, min_chars=1, max_tokens=12, temperature=0.0)
+    raw = yaml.safe_load(cfg_path.read_text())
+    raw["teacher"] = {"type": "local", "model": str(tiny_model_b), "prompt_format": "completion", "batch_size": 3}
+    cfg_path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(PotstillError, match=r"no usable input in 6 answers \(each must continue the prompt's <input>"):
+        synthesize_stage(load_config(cfg_path))

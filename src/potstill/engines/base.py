@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Callable, Protocol
 
 import torch
@@ -33,8 +34,10 @@ class Engine(Protocol):
         ...
 
     def generate(self, fmt: PromptFormat, messages: list[list[dict]], max_new_tokens: int,
-                 batch_size: int = 16, progress: Progress = None) -> Generated:
-        """Greedy outputs, with the mean log-prob of the tokens chosen."""
+                 batch_size: int = 16, progress: Progress = None, temperature: float = 0.0,
+                 stop: Sequence[str] = (), seed: int = 0) -> Generated:
+        """Outputs (greedy at ``temperature`` 0, else sampled with ``seed``), each ending at the first
+        ``stop`` string it produced, with the mean log-prob of the tokens chosen."""
         ...
 
     def embed(self, fmt: PromptFormat, messages: list[list[dict]]) -> torch.Tensor:

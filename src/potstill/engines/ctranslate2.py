@@ -33,6 +33,7 @@ import json
 import os
 import time
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -179,7 +180,11 @@ class CT2Engine:
                       embeddings=self._embed_ids([o for _, o in parts]))
 
     def generate(self, fmt: PromptFormat, messages: list[list[dict]], max_new_tokens: int,
-                 batch_size: int = 16, progress: Any = None) -> Generated:
+                 batch_size: int = 16, progress: Any = None, temperature: float = 0.0,
+                 stop: Sequence[str] = (), seed: int = 0) -> Generated:
+        if temperature > 0 or stop:
+            raise PotstillError("the ctranslate2 engine decodes greedily to EOS; sampling and stop strings "
+                                "(e.g. for `potstill synthesize`) need engine: transformers")
         tok = self.tokenizer
         parts = self._split(fmt, messages, False)
         stop = sorted({tok.eos_token_id} | ({tok.pad_token_id} if tok.pad_token_id is not None else set()))

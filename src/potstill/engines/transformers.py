@@ -13,6 +13,7 @@ On a GPU this is the serving path (bf16); CTranslate2 on CUDA has not been measu
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -52,8 +53,10 @@ class TransformersEngine:
                             progress=progress, max_length=max_length)
 
     def generate(self, fmt: PromptFormat, messages: list[list[dict]], max_new_tokens: int,
-                 batch_size: int = 16, progress: Any = None) -> Generated:
-        return generate(self.lm, fmt, messages, max_new_tokens, batch_size=batch_size, progress=progress)
+                 batch_size: int = 16, progress: Any = None, temperature: float = 0.0,
+                 stop: Sequence[str] = (), seed: int = 0) -> Generated:
+        return generate(self.lm, fmt, messages, max_new_tokens, batch_size=batch_size, progress=progress,
+                        temperature=temperature, stop=stop, seed=seed)
 
     @torch.inference_mode()
     def embed(self, fmt: PromptFormat, messages: list[list[dict]], max_length: int = 2048) -> torch.Tensor:

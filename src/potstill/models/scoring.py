@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -179,12 +180,40 @@ class Generated:
     mean_logprob: list[float]
 
 
+class StopOnText:
+    """A row is done once its decoded new text holds a stop string. Decoding the text, unlike
+    transformers' ``stop_strings`` (which maps every vocabulary entry to its bytes and fails on
+    some tokenizers), works with any tokenizer; it costs one decode per step of a few dozen tokens."""
+
+    def __init__(self, tokenizer: Any, start: int, stop: Sequence[str]):
+        self.tok, self.start, self.stop = tokenizer, start, list(stop)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        texts = self.tok.batch_decode(input_ids[:, self.start :], skip_special_tokens=True)
+        return torch.tensor([any(s in t for s in self.stop) for t in texts], device=input_ids.device)
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """The text up to and including the first stop string (the last token may run past it)."""
+    ends = [text.index(s) + len(s) for s in stop if s in text]
+    return text[: min(ends)] if ends else text
+
+
 def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_tokens: int,
-             batch_size: int = 8, progress: Any = None) -> Generated:
-    """Greedy generation, batched with left padding; also the mean log-prob of the chosen tokens."""
+             batch_size: int = 8, progress: Any = None, temperature: float = 0.0, stop: Sequence[str] = (),
+             seed: int = 0) -> Generated:
+    """Generation, batched with left padding; also the mean log-prob of the chosen tokens.
+
+    Greedy at ``temperature`` 0, else sampled (the model's own top-k/top-p defaults) from a
+    generator seeded with ``seed`` per batch, so the same request samples the same text. A batch
+    stops once every row has produced one of the ``stop`` strings (kept in the text) or EOS.
+    """
+    from transformers import StoppingCriteriaList
+
     tok = lm.tokenizer
+    sampling: dict[str, Any] = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
     prompts = [encode_prompt(tok, fmt, fmt.prefix() + fmt.query(tok, m), first=True) for m in messages]
-    stop = {tok.eos_token_id} | ({tok.pad_token_id} if tok.pad_token_id is not None else set())
+    ends = {tok.eos_token_id} | ({tok.pad_token_id} if tok.pad_token_id is not None else set())
     texts, n_out, secs, mlp = [""] * len(prompts), [0] * len(prompts), [0.0] * len(prompts), [0.0] * len(prompts)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     with torch.inference_mode():
@@ -197,17 +226,21 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
                 ids[r, T - len(prompts[i]):] = torch.tensor(prompts[i])
                 mask[r, T - len(prompts[i]):] = 1
             t0 = time.perf_counter()
-            out = lm.model.generate(
-                input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), max_new_tokens=max_new_tokens,
-                do_sample=False, pad_token_id=tok.pad_token_id, output_scores=True, return_dict_in_generate=True,
-            )
+            # The global RNG is forked, so seeding here leaves the caller's random state alone.
+            with torch.random.fork_rng(devices=[lm.device] if lm.device.type == "cuda" else []):
+                torch.manual_seed(seed + start)
+                out = lm.model.generate(
+                    input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), max_new_tokens=max_new_tokens,
+                    pad_token_id=tok.pad_token_id, output_scores=True, return_dict_in_generate=True,
+                    stopping_criteria=StoppingCriteriaList([StopOnText(tok, T, stop)]) if stop else None, **sampling,
+                )
             dt = (time.perf_counter() - t0) / len(idx)
             new = out.sequences[:, T:].cpu()
             logps = torch.stack([torch.log_softmax(s.float(), -1) for s in out.scores], 1).cpu()
             for r, i in enumerate(idx):
                 toks = new[r].tolist()
-                n = next((j for j, t in enumerate(toks) if t in stop), len(toks))
-                texts[i] = tok.decode(toks[:n], skip_special_tokens=True)
+                n = next((j for j, t in enumerate(toks) if t in ends), len(toks))
+                texts[i] = cut_at_stop(tok.decode(toks[:n], skip_special_tokens=True), stop)
                 n_out[i] = n
                 secs[i] = dt
                 chosen = logps[r, : max(n, 1)].gather(-1, new[r, : max(n, 1)].unsqueeze(-1))

@@ -89,9 +89,24 @@ def slot(s: SynthesizeConfig, cell: str, attempt: int, seeds: list[str]) -> Slot
 def prompt(task: TaskConfig, sl: Slot, completion: bool = False) -> list[dict[str, str]]:
     """The chat that asks the teacher for one new input.
 
-    ``completion``: for a base model, one plain-text user message that a local teacher ends with
-    its answer prefix ``<input>`` (set by the stage), so the model simply continues with a new input.
+    ``completion``: for a base model, one plain-text document instead: a header naming the task,
+    the cell and the plan, then the exemplars one per ``<input>...</input>`` line. The stage ends it
+    with an open ``<input>`` (the answer prefix), so the model continues the list with a new input
+    and stops at ``</input>``; a base model follows a pattern, not an instruction.
     """
+    plan = [f"{name.capitalize()}: {getattr(sl, name)}." for name in ("topic", "length", "style", "difficulty")
+            if getattr(sl, name)]
+    # The request number makes each request distinct (its own cache entry) even when the rest repeats.
+    tag = f"(request {sl.cell}#{sl.attempt})"
+    if completion:
+        head = [task.instruction] if task.instruction else []
+        if task.type == "classification":
+            head.append(f"Inputs whose correct label is {sl.cell}, each new and different from the others. {tag}")
+        else:
+            head.append(f"Inputs of the kind {sl.cell}, each new and different from the others. {tag}"
+                        if sl.cell != "all" else f"Inputs for this task, each new and different from the others. {tag}")
+        body = "\n".join([*head, *plan, ""] + [f"<input>{e}</input>" for e in sl.exemplars])
+        return [{"role": "user", "content": body}]
     system = ("You write new, realistic example inputs for a task, to build a dataset. Write ONE new input that "
               "differs from the examples in wording and content. Reply with the input only, "
               "between <input> and </input>.")
@@ -102,17 +117,11 @@ def prompt(task: TaskConfig, sl: Slot, completion: bool = False) -> list[dict[st
         lines.append(f"Answers must follow this JSON Schema, so the input should contain what it asks for: {task.json_schema}")
     if sl.cell != "all" and task.type != "classification":
         lines.append(f"Kind of input: {sl.cell}.")
-    for name in ("topic", "length", "style", "difficulty"):
-        value = getattr(sl, name)
-        if value:
-            lines.append(f"{name.capitalize()}: {value}.")
+    lines += plan
     if sl.exemplars:
         lines.append("Examples of real inputs (do not copy or paraphrase them):")
         lines += [f"<input>{e}</input>" for e in sl.exemplars]
-    # The request number makes each request distinct (its own cache entry) even when the rest repeats.
-    lines.append(f"(request {sl.cell}#{sl.attempt})")
-    if completion:
-        return [{"role": "user", "content": system + "\n" + "\n".join(lines) + "\nNew input:"}]
+    lines.append(tag)
     return [{"role": "system", "content": system}, {"role": "user", "content": "\n".join(lines)}]
 
 

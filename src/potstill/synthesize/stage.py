@@ -40,6 +40,9 @@ class Synthesis:
         self.completion = cfg.teacher.prompt_format == "completion"
         self.quota = quotas(self.s, cfg.task)
         self.seed_texts = [r.text for r in seeds]
+        # A cell named after a label shows only seeds with that label when there are some: a base
+        # model continues the pattern it is shown, whatever the header says.
+        self.pools = {c: [r.text for r in seeds if r.label == c] or self.seed_texts for c in self.quota}
         self.screen = Screen([("a seed input", t) for t in self.seed_texts], tests, self.s.near_dup_threshold,
                              self.s.test_threshold)
         self.kept: dict[str, list[Record]] = {c: [] for c in self.quota}
@@ -55,7 +58,7 @@ class Synthesis:
         slots = []
         for cell, want in self.quota.items():
             for _ in range(want - len(self.kept[cell])):
-                slots.append(slot(self.s, cell, self.attempts[cell], self.seed_texts))
+                slots.append(slot(self.s, cell, self.attempts[cell], self.pools[cell]))
                 self.attempts[cell] += 1
         return slots
 
@@ -94,7 +97,9 @@ def synthesize(cfg: Config, seeds: list[Record], tests: list[str], ledger: Any) 
     if completion:
         # A base model continues text: the prompt ends with "<input>" and carries no task instruction
         # (the synthesis prompt has its own), and few-shot labelled shots would only confuse it.
-        update.update(answer_prefix="<input>", few_shot=cfg.teacher.few_shot.model_copy(update={"k": 0}))
+        # It stops at the tag that closes its input instead of writing the next one too.
+        update.update(answer_prefix="<input>", few_shot=cfg.teacher.few_shot.model_copy(update={"k": 0}),
+                      stop=["</input>"])
     tcfg = cfg.teacher.model_copy(update=update)
     task = PromptTask(cfg.task.model_copy(update={"instruction": ""}) if completion else cfg.task)
     teacher = get_teacher(tcfg, task)

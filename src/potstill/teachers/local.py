@@ -109,6 +109,9 @@ class LocalTeacher(Teacher):
             "labels": self.task.labels,
             "max_tokens": self.cfg.max_tokens,
             "calibrate": self.cfg.calibrate,
+            # Only when set, so greedy answers cached before sampling existed keep their keys.
+            **({"temperature": self.cfg.temperature} if self.cfg.temperature > 0 and not self.task.labels else {}),
+            **({"stop": self.cfg.stop} if self.cfg.stop and not self.task.labels else {}),
             # Another engine's numbers differ slightly: its answers are cached apart (transformers keeps old keys).
             **({"engine": self.cfg.engine} if self.cfg.engine != "transformers" else {}),
         }
@@ -147,7 +150,10 @@ class LocalTeacher(Teacher):
             return
         for start in range(0, len(requests), bs * 4):
             chunk = requests[start : start + bs * 4]
-            g = lm.generate(self.fmt, [r["messages"] for r in chunk], self.cfg.max_tokens, batch_size=bs)
+            msgs = [r["messages"] for r in chunk]
+            # Sampling is seeded by the chunk's own requests: a rerun of the same requests samples the same texts.
+            g = lm.generate(self.fmt, msgs, self.cfg.max_tokens, batch_size=bs, temperature=self.cfg.temperature,
+                            stop=self.cfg.stop, seed=int(hash_obj(msgs)[:8], 16))
             for j in range(len(chunk)):
                 on_result(start + j, Response(
                     output=g.texts[j], input_tokens=g.prompt_tokens[j], output_tokens=g.output_tokens[j],
