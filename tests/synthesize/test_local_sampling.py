@@ -43,3 +43,12 @@ def test_stop_string_ends_the_text_where_it_first_appears(tiny_model_b):
 def test_cut_at_stop_keeps_the_earliest_stop():
     assert cut_at_stop("Budget row.</input>\n<input>Next", ["</input>", "<input>"]) == "Budget row.</input>"
     assert cut_at_stop("no stop here", ["</input>"]) == "no stop here"
+
+
+def test_an_open_input_ends_at_the_tag_that_closes_it_or_opens_the_next():
+    from potstill.synthesize import extract
+
+    assert extract("Budget row.</input>\n<input>Next one", opened=True) == "Budget row."
+    # gemma-3-270m, seen on BBC News: a new <input> opened without closing its own.
+    assert extract("Cup final tonight.\n<input>\nThe full FA Cup news", opened=True) == "Cup final tonight."
+    assert extract(" \n</input>", opened=True) is None

@@ -204,14 +204,16 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
              seed: int = 0) -> Generated:
     """Generation, batched with left padding; also the mean log-prob of the chosen tokens.
 
-    Greedy at ``temperature`` 0, else sampled (the model's own top-k/top-p defaults) from a
+    Greedy at ``temperature`` 0, else sampled (top-k 50, top-p 0.95) from a
     generator seeded with ``seed`` per batch, so the same request samples the same text. A batch
     stops once every row has produced one of the ``stop`` strings (kept in the text) or EOS.
     """
     from transformers import StoppingCriteriaList
 
     tok = lm.tokenizer
-    sampling: dict[str, Any] = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+    # Nucleus 0.95 over transformers' top-50: the unlikely tail is where a small model's junk comes from.
+    sampling: dict[str, Any] = {"do_sample": True, "temperature": temperature, "top_k": 50, "top_p": 0.95} \
+        if temperature > 0 else {"do_sample": False}
     prompts = [encode_prompt(tok, fmt, fmt.prefix() + fmt.query(tok, m), first=True) for m in messages]
     ends = {tok.eos_token_id} | ({tok.pad_token_id} if tok.pad_token_id is not None else set())
     texts, n_out, secs, mlp = [""] * len(prompts), [0] * len(prompts), [0.0] * len(prompts), [0.0] * len(prompts)

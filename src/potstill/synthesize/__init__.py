@@ -129,10 +129,11 @@ def extract(output: str | None, opened: bool = False) -> str | None:
     """The input between <input> tags, or None when the answer has none.
 
     ``opened``: the prompt already ended with ``<input>`` (completion format), so the answer is
-    the text up to ``</input>``, or all of it when the model stopped before closing the tag.
+    the text up to ``</input>`` (or up to a new ``<input>``, when the model opened the next one
+    without closing its own), or all of it when the model stopped before either tag.
     """
     if opened:
-        text = (output or "").split("</input>")[0].strip()
+        text = re.split(r"</?input>", output or "", maxsplit=1)[0].strip()
         return text or None
     m = _INPUT.search(output or "")
     return m.group(1).strip() if m and m.group(1).strip() else None

@@ -97,9 +97,9 @@ def synthesize(cfg: Config, seeds: list[Record], tests: list[str], ledger: Any) 
     if completion:
         # A base model continues text: the prompt ends with "<input>" and carries no task instruction
         # (the synthesis prompt has its own), and few-shot labelled shots would only confuse it.
-        # It stops at the tag that closes its input instead of writing the next one too.
+        # It stops at the tag that closes its input, or at the next one it opens, instead of writing on.
         update.update(answer_prefix="<input>", few_shot=cfg.teacher.few_shot.model_copy(update={"k": 0}),
-                      stop=["</input>"])
+                      stop=["</input>", "<input>"])
     tcfg = cfg.teacher.model_copy(update=update)
     task = PromptTask(cfg.task.model_copy(update={"instruction": ""}) if completion else cfg.task)
     teacher = get_teacher(tcfg, task)
