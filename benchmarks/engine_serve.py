@@ -1,7 +1,7 @@
 """The ``serve`` part of ``benchmarks/engine.py``: `potstill serve` with each engine, official openai client.
 
-A run directory is put together from the quickstart's articles: the student is the bundled
-SmolLM2-135M-Instruct (linked, not copied), train/val carry the gold labels as the teacher's
+A run directory is put together from the quickstart's articles: the student is ``--run``'s
+trained one, or else the bundled SmolLM2-135M-Instruct (linked, not copied), train/val carry the gold labels as the teacher's
 outputs, and the teacher is the ``replay`` plugin over those labels. Both services run at once on
 127.0.0.1 and requests alternate between them one at a time, so load changes on the shared
 machine hit both alike. Routing is forced to the student: this measures the student's path
@@ -28,17 +28,19 @@ from potstill.serve.service import load_service
 from potstill.students import percentile
 from tests.helpers.live_server import LiveServer
 
-ENGINES = ("transformers", "ctranslate2")
+# (name in the JSON, serve.engine, serve.dtype)
+ENGINES = (("transformers", "transformers", "auto"), ("transformers bf16", "transformers", "bfloat16"),
+           ("ctranslate2", "ctranslate2", "auto"))
 
 
 def _write(path: Path, recs: list[Record]) -> None:
     path.write_text("".join(json.dumps({"messages": r.messages, "output": r.label, "label": r.label}) + "\n" for r in recs))
 
 
-def make_run(cfg: Any, train: list[Record], work: Path) -> Path:
+def make_run(cfg: Any, train: list[Record], work: Path, student: str = "bundled:smollm2-135m-instruct") -> Path:
     run = work / "serve-run"
     run.mkdir(exist_ok=True)
-    _, where = resolve("bundled:smollm2-135m-instruct")
+    _, where = resolve(student)
     if not (run / "student").exists():
         (run / "student").symlink_to(where)
     _write(run / "train.jsonl", train[50:])
@@ -61,12 +63,13 @@ def _stats(xs: list[float]) -> dict[str, float]:
 def serve_latency(args: Any, cfg: Any, train: list[Record], test: list[Record], work: Path) -> dict[str, Any]:
     from potstill.config import load_config
 
-    run = make_run(cfg, train, work)
+    run = make_run(cfg, train, work, args.student)
     services, servers, clients = {}, {}, {}
-    out: dict[str, Any] = {"engines": {}}
+    out: dict[str, Any] = {"student": args.student, "engines": {}}
+    names = [n for n, _, _ in ENGINES]
     try:
-        for name in ENGINES:
-            c = load_config(run / "potstill.yaml", {"serve.engine": name})
+        for name, engine, dtype in ENGINES:
+            c = load_config(run / "potstill.yaml", {"serve.engine": engine, "serve.dtype": dtype})
             t0 = time.perf_counter()
             services[name] = load_service(run, c, device="cpu", ledger_path=work / f"calls-{name}.sqlite")
             out["engines"][name] = {"load_and_calibrate_s": time.perf_counter() - t0}
@@ -74,12 +77,12 @@ def serve_latency(args: Any, cfg: Any, train: list[Record], test: list[Record], 
             servers[name] = LiveServer(build_app(services[name], None)).__enter__()
             clients[name] = openai.OpenAI(base_url=servers[name].url + "/v1", api_key="unused", max_retries=0)
         msgs = [r.messages for r in test[: args.n_serve]]
-        for name in ENGINES:  # warm-up: first request, the batcher thread, a CT2 static prompt's first computation
+        for name in names:  # warm-up: first request, the batcher thread, a CT2 static prompt's first computation
             clients[name].chat.completions.create(model="m", messages=msgs[0])
-        http: dict[str, list[float]] = {k: [] for k in ENGINES}
-        bare: dict[str, list[float]] = {k: [] for k in ENGINES}
+        http: dict[str, list[float]] = {k: [] for k in names}
+        bare: dict[str, list[float]] = {k: [] for k in names}
         for m in msgs:
-            for name in ENGINES:
+            for name in names:
                 t0 = time.perf_counter()
                 r = clients[name].chat.completions.create(model="m", messages=m)
                 http[name].append(time.perf_counter() - t0)
@@ -87,7 +90,7 @@ def serve_latency(args: Any, cfg: Any, train: list[Record], test: list[Record], 
                 t0 = time.perf_counter()
                 services[name].engine.answer([m])
                 bare[name].append(time.perf_counter() - t0)
-        for name in ENGINES:
+        for name in names:
             burst = [r.messages for r in test[: 4 * args.batch_size]]
             with ThreadPoolExecutor(args.batch_size) as pool:
                 t0 = time.perf_counter()

@@ -139,3 +139,13 @@ def test_the_quickstart_teacher_answers_without_library_warnings(tmp_path):
                     lambda i, r: answers.append(r.output))
     assert answers and answers[0] in LABELS
     assert [f"{w.category.__name__}: {w.message}" for w in caught] == []
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_quickstart_runs_bf16_only_where_the_cpu_multiplies_it_in_hardware(tmp_path, monkeypatch, native):
+    import potstill.quickstart as qs
+
+    monkeypatch.setattr(qs, "bf16_native", lambda: native)
+    cfg = load_config(build(tmp_path, n_inputs=300, n_test=100, n_real=0))
+    want = "bfloat16" if native else "auto"
+    assert (cfg.teacher.dtype, cfg.train.dtype, cfg.evaluate.dtype) == (want, want, want)

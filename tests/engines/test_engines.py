@@ -128,3 +128,29 @@ def test_prompts_longer_than_a_sliding_window_are_refused(taught, tmp_path):
     with pytest.raises(PotstillError) as e:
         eng.score_labels(SHOTS, MSGS, ids)
     assert "\n" not in str(e.value) and "sliding attention window" in str(e.value)
+
+
+@pytest.mark.parametrize("fmt", [CHAT, SHOTS], ids=["chat", "few-shot"])
+def test_transformers_bfloat16_gives_the_fp32_labels_with_fp32_label_rows(taught, fmt):
+    """dtype bfloat16 on a CPU (fast with AMX): same labels as fp32 on the taught set, a cache
+    identity of its own, and label logits from fp32 head rows: bf16 logits round to steps of
+    ~0.06 at these magnitudes, where two close labels tie and the first one wins."""
+    ref = load_engine("transformers", str(taught), device="cpu")
+    eng = load_engine("transformers", str(taught), device="cpu", dtype="bfloat16")
+    assert next(eng.lm.model.parameters()).dtype == torch.bfloat16
+    assert eng.identity == ref.identity + "#bfloat16"
+    ids = label_token_ids(ref.tokenizer, fmt, LABELS)
+    want = ref.score_labels(fmt, MSGS, ids, batch_size=1)
+    got = eng.score_labels(fmt, MSGS, ids, batch_size=4)
+    assert got.logits.dtype == torch.float32
+    assert got.logits.argmax(-1).tolist() == want.logits.argmax(-1).tolist()
+    assert not torch.equal(got.logits, got.logits.bfloat16().float())  # not rounded to bf16 on the way
+    assert (got.logits - want.logits).abs().max() < 0.05 * want.logits.abs().max()
+
+
+def test_a_dtype_the_engine_does_not_take_is_one_clear_error(taught):
+    with pytest.raises(PotstillError) as e:
+        load_engine("ctranslate2", str(taught), device="cpu", dtype="bfloat16")
+    assert "\n" not in str(e.value) and "dtype 'bfloat16' is for engine transformers" in str(e.value)
+    with pytest.raises(PotstillError, match="dtype must be one of auto, float32, bfloat16"):
+        load_engine("transformers", str(taught), device="cpu", dtype="float8")

@@ -106,3 +106,21 @@ def test_local_teacher_on_ctranslate2_gives_the_transformers_teachers_labels(tmp
         assert all(r.cached_input_tokens > 0 for r in got[engine])  # each order's prefix computed once, reused
     assert [r.output for r in got["ctranslate2"]] == [r.output for r in got["transformers"]]
     assert teacher.identity()["engine"] == "ctranslate2"  # its answers are cached apart from transformers'
+
+
+def test_local_teacher_in_bfloat16_gives_the_fp32_labels_and_caches_its_answers_apart(tmp_path, taught):
+    shots = tmp_path / "shots.jsonl"
+    shots.write_text(_rows(10, 5))
+    got, ident = {}, {}
+    for dtype in ("auto", "bfloat16"):
+        cfg = load_config(overrides={"task": TASK, "teacher": {
+            "type": "local", "model": str(taught), "dtype": dtype, "prompt_format": "completion",
+            "answer_prefix": "topic:", "calibrate": True, "batch_size": 3, "few_shot": {"path": str(shots), "k": 5}}})
+        teacher = get_teacher(cfg.teacher, get_task(cfg.task))
+        out: dict[int, object] = {}
+        teacher.run([teacher.request(Record(messages=m)) for m in MSGS], lambda i, r: out.__setitem__(i, r))
+        got[dtype] = [out[i].output for i in range(len(MSGS))]
+        ident[dtype] = teacher.identity()
+        assert teacher.lm().identity.endswith("#bfloat16") == (dtype == "bfloat16")
+    assert got["bfloat16"] == got["auto"]
+    assert "dtype" not in ident["auto"] and ident["bfloat16"]["dtype"] == "bfloat16"  # a new cache key

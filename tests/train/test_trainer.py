@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from potstill.config import TaskConfig, TrainConfig
@@ -28,7 +29,8 @@ def kl_to_teacher(lm, task, records):
     return kl / len(records)
 
 
-def test_label_kd_lowers_kl_to_teacher(tiny_model, tmp_path):
+@pytest.mark.parametrize("dtype", ["auto", "bfloat16"])
+def test_label_kd_lowers_kl_to_teacher(tiny_model, tmp_path, dtype):
     task = get_task(TaskConfig(type="classification", labels=LABELS, instruction="classify the text"))
     records = [
         Record(messages=[{"role": "user", "content": t}], output=LABELS[i % 3],
@@ -37,10 +39,19 @@ def test_label_kd_lowers_kl_to_teacher(tiny_model, tmp_path):
     ]
     lm = load_lm(str(tiny_model))
     before = kl_to_teacher(lm, task, records)
-    cfg = TrainConfig(objective="kd", kd_weight=5.0, lr=0.02, epochs=30, batch_size=6, seed=0)
+    cfg = TrainConfig(objective="kd", kd_weight=5.0, lr=0.02, epochs=30, batch_size=6, seed=0, dtype=dtype)
     summary = train(lm, student_format(lm, task), task, records, records[:2], cfg, 64, tmp_path / "student",
                     tmp_path / "metrics.jsonl")
     after = kl_to_teacher(load_lm(str(tmp_path / "student")), task, records)
     assert after < 0.3 * before, (before, after)
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["kd"] < rows[0]["kd"] and summary["steps"] == 30
+    # On a CPU, bf16 autocast only when asked: one process trains both ways (accelerate's state is global).
+    assert summary["mixed_precision"] == ("bf16" if dtype == "bfloat16" else "no")
+    if dtype == "bfloat16":  # the first step's loss (same weights, same batch) within bf16 rounding of fp32's
+        one = TrainConfig(objective="kd", kd_weight=5.0, lr=0.02, epochs=1, batch_size=6, seed=0)
+        train(load_lm(str(tiny_model)), student_format(lm, task), task, records, records[:2], one, 64,
+              tmp_path / "fp32", tmp_path / "fp32.jsonl")
+        first = json.loads((tmp_path / "fp32.jsonl").read_text().splitlines()[0])
+        assert rows[0]["kd"] == pytest.approx(first["kd"], rel=0.02) and rows[0]["kd"] != first["kd"]
+

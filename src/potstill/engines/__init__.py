@@ -9,7 +9,8 @@ A prompt's fixed part (the chat's system instruction, a teacher's few-shot prefi
 once and reused by the engines that can (see each engine's docstring).
 
 Built-in engines:
-- ``transformers``: the model as loaded for training, fp32 on CPU, bf16 on GPU;
+- ``transformers``: the model as loaded for training, fp32 on CPU, bf16 on GPU (``dtype``
+  bfloat16 asks for bf16 on a CPU, where it pays off only with AMX);
 - ``ctranslate2``: int8 weights through CTranslate2 (``pip install 'potstill[ctranslate2]'``),
   converted on first use and cached by the model's content hash (``convert``).
 A third party adds one with ``[project.entry-points."potstill.engines"] mine = "pkg:MyEngine"``,
@@ -42,9 +43,12 @@ def engine_class(name: str) -> Any:
     return eps[name].load()
 
 
-def load_engine(name: str, spec: str, device: str = "auto", num_layers: int | None = None) -> Engine:
+def load_engine(name: str, spec: str, device: str = "auto", num_layers: int | None = None,
+                dtype: str = "auto") -> Engine:
     """Load the model ``spec`` (hub id, directory, GGUF, bundled:...) into the engine called ``name``."""
-    return engine_class(name).load(spec, device=device, num_layers=num_layers)
+    if dtype == "auto":  # third-party engines written before ``dtype`` existed keep loading
+        return engine_class(name).load(spec, device=device, num_layers=num_layers)
+    return engine_class(name).load(spec, device=device, num_layers=num_layers, dtype=dtype)
 
 
 __all__ = ["BUILTIN", "Engine", "engine_class", "load_engine"]

@@ -89,7 +89,10 @@ class CT2Engine:
 
     @classmethod
     def load(cls, spec: str, device: str = "auto", num_layers: int | None = None,
-             quantization: str | None = None) -> "CT2Engine":
+             quantization: str | None = None, dtype: str = "auto") -> "CT2Engine":
+        if dtype != "auto":
+            raise PotstillError(f"engine ctranslate2 runs int8 weights; dtype '{dtype}' is for engine transformers "
+                                "(set POTSTILL_CT2_QUANTIZATION to change ctranslate2's)")
         ct2 = require("ctranslate2")
         dev = _pick_device(device)
         on_gpu = dev.type == "cuda" and ct2.get_cuda_device_count() > 0

@@ -1,4 +1,5 @@
-"""The transformers engine: the model as ``load_lm`` loads it (fp32 on CPU, bf16 on GPU).
+"""The transformers engine: the model as ``load_lm`` loads it (``dtype`` auto: fp32 on CPU, bf16 on GPU;
+``bfloat16`` on a CPU with AMX runs 1.4-2x faster, see ``benchmarks/engine.json``).
 
 Classification is one forward pass per batch that gives both signals routing needs:
 - the label logits at the last position, read through the K label rows of the LM head only
@@ -33,8 +34,9 @@ class TransformersEngine:
         self._prefixes: dict[str, PrefixCache | None] = {}
 
     @classmethod
-    def load(cls, spec: str, device: str = "auto", num_layers: int | None = None) -> "TransformersEngine":
-        return cls(load_lm(spec, device=device, num_layers=num_layers))
+    def load(cls, spec: str, device: str = "auto", num_layers: int | None = None,
+             dtype: str = "auto") -> "TransformersEngine":
+        return cls(load_lm(spec, device=device, num_layers=num_layers, dtype=dtype))
 
     @property
     def num_parameters(self) -> int:

@@ -41,10 +41,12 @@ def apply_head(model: Any, hidden: torch.Tensor, ids: list[int] | None = None) -
     if ids is None:
         logits = model.get_output_embeddings()(hidden)
     else:
+        # The K label rows in fp32 whatever the model's dtype: bf16 logits round to steps of 0.06
+        # at the quickstart's magnitudes, and close labels then tie (6 of 250 student labels flipped).
         w, b = head_rows(model, ids)
-        logits = hidden @ w.T
+        logits = hidden.float() @ w.float().T
         if b is not None:
-            logits = logits + b
+            logits = logits + b.float()
     cap = getattr(model.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap

@@ -22,6 +22,7 @@ import yaml
 
 from potstill.config import Config, load_config
 from potstill.errors import PotstillError
+from potstill.models.loading import bf16_native
 from potstill.quickstart.bbc import LICENSE, SOURCE, load_articles
 from potstill.records import write_jsonl
 
@@ -59,6 +60,9 @@ def build(run_dir: str | Path, n_inputs: int = 700, n_shots: int = 50, n_test: i
                 [{"id": a["id"], "input": a["text"], "label": a["label"]} for a in inputs])
     write_jsonl(run_dir / "data" / "real.jsonl",
                 [{"id": f"real-{a['id']}", "input": a["text"], "label": a["label"]} for a in real])
+    # bf16 where the CPU multiplies it in hardware (AMX): teacher 1.35x, student 2x, training steps
+    # 1.5x faster, with the teacher's labels unchanged on 250 of 250 test articles (README, "Quick start").
+    dtype = {"dtype": "bfloat16"} if bf16_native() else {}
     cfg = {
         "run_dir": ".",
         "task": {
@@ -72,7 +76,7 @@ def build(run_dir: str | Path, n_inputs: int = 700, n_shots: int = 50, n_test: i
             "type": "local", "model": "bundled:gemma-3-270m", "prompt_format": "completion",
             "answer_prefix": "Topic:",
             "few_shot": {"path": "data/shots.jsonl", "k": n_shots, "seed": seed, "orders": orders},
-            "calibrate": True, "batch_size": 1, "price": {"usd_per_hour": 0.10}, "terms": GEMMA_TERMS,
+            "calibrate": True, "batch_size": 1, "price": {"usd_per_hour": 0.10}, "terms": GEMMA_TERMS, **dtype,
         },
         "student": {"model": "bundled:smollm2-135m-instruct", "usd_per_hour": 0.10, "max_length": 128},
         "pilot": {"n": 100, "seed": seed},
@@ -81,8 +85,8 @@ def build(run_dir: str | Path, n_inputs: int = 700, n_shots: int = 50, n_test: i
                    "real_ratio": 1.0 if n_real else 0.0, "real_source": f"{SOURCE}, gold topic labels",
                    "real_license": LICENSE},
         "train": {"method": "full", "trainable_layers": 10, "batch_size": 8, "lr": 1e-4, "epochs": 1, "seed": seed,
-                  "objective": "kd"},
-        "evaluate": {"latency_samples": 30, "batch_size": 16},
+                  "objective": "kd", **dtype},
+        "evaluate": {"latency_samples": 30, "batch_size": 16, **dtype},
     }
     path = run_dir / "potstill.yaml"
     path.write_text("# Written by `potstill quickstart`; rerun with `potstill run -c potstill.yaml`.\n"

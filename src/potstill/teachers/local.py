@@ -114,12 +114,13 @@ class LocalTeacher(Teacher):
             **({"stop": self.cfg.stop} if self.cfg.stop and not self.task.labels else {}),
             # Another engine's numbers differ slightly: its answers are cached apart (transformers keeps old keys).
             **({"engine": self.cfg.engine} if self.cfg.engine != "transformers" else {}),
+            **({"dtype": self.cfg.dtype} if self.cfg.dtype != "auto" else {}),
         }
 
     def lm(self) -> Engine:
         # Loaded lazily: a fully cached rerun never pays the load.
         if self._engine is None:
-            self._engine = load_engine(self.cfg.engine, self.cfg.model)
+            self._engine = load_engine(self.cfg.engine, self.cfg.model, dtype=self.cfg.dtype)
         return self._engine
 
     def _cost(self, seconds: float) -> float:

@@ -248,6 +248,7 @@ class _Setup:
     val_examples: list[Example]
     n_trainable: int
     total: int
+    cpu_bf16: bool = False  # bf16 autocast in the step on a CPU (train.dtype bfloat16)
 
 
 @dataclass
@@ -283,7 +284,7 @@ def train(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: lis
             "tokens_per_s": p.tokens / train_s if train_s else None, "trainable_parameters": s.n_trainable,
             "final_loss": p.last_loss, "val_loss": val_loss, "method": cfg.method, "objective": cfg.objective,
             "kd_signal": s.signal, "resumed_from_step": p.start or None, "processes": s.accel.num_processes,
-            "distributed": s.accel.distributed_type.value}
+            "distributed": s.accel.distributed_type.value, "mixed_precision": "bf16" if s.cpu_bf16 else s.accel.mixed_precision}
 
 
 def _student_model(lm: LM, cfg: TrainConfig) -> tuple[Any, Any]:
@@ -321,7 +322,11 @@ def _setup(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: li
     if cfg.onpolicy_fraction > 0 and not cfg.teacher_model:
         raise PotstillError("train.onpolicy_fraction > 0 needs train.teacher_model to score the student's samples")
     signal = resolve_signal(cfg, task, records)
-    accel = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda else "no", fsdp_plugin=fsdp_plugin())
+    # bf16 autocast by default on GPU. On a CPU only when asked (train.dtype bfloat16, worth it with
+    # AMX), and through torch.autocast in the step: accelerate's process-wide state cannot change
+    # its mixed precision between two trainings in one process.
+    accel = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda and cfg.dtype != "float32" else "no",
+                        fsdp_plugin=fsdp_plugin())
     if cfg.batch_size < accel.num_processes:
         raise PotstillError(f"train.batch_size {cfg.batch_size} is smaller than the {accel.num_processes} processes")
     model, base = _student_model(lm, cfg)
@@ -355,7 +360,7 @@ def _setup(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: li
                             "accelerate), so its LM head would not train; launch FSDP with --fsdp_version 1 "
                             "--fsdp_use_orig_params true, or use DDP")
     return _Setup(accel, module, opt, sched, base, spec, teacher, signal, examples, val_examples,
-                  sum(p.numel() for p in params), total)
+                  sum(p.numel() for p in params), total, cpu_bf16=not cuda and cfg.dtype == "bfloat16")
 
 
 def _resume(s: _Setup, lm: LM, cfg: TrainConfig, max_length: int, out_dir: Path, metrics_path: Path) -> _Progress:
@@ -429,7 +434,7 @@ def _optimiser_step(s: _Setup, cfg: TrainConfig, mine: list[Example], b: Batch) 
     accel, teacher = s.accel, s.teacher
     counts = global_counts(accel, b, TERMS)
     th = teacher.hidden(b) if teacher is not None and counts["kd"] else None
-    with accel.autocast():
+    with accel.autocast(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=s.cpu_bf16):
         sums = s.module(b, s.spec, th, teacher.w if teacher else None)
         loss, parts = combine(sums, counts, cfg)
     accel.backward(loss * accel.num_processes)  # DDP averages gradients over processes; the terms are global means
