@@ -154,3 +154,36 @@ def test_a_dtype_the_engine_does_not_take_is_one_clear_error(taught):
     assert "\n" not in str(e.value) and "dtype 'bfloat16' is for engine transformers" in str(e.value)
     with pytest.raises(PotstillError, match="dtype must be one of auto, float32, bfloat16"):
         load_engine("transformers", str(taught), device="cpu", dtype="float8")
+
+
+def test_shot_orders_run_in_one_forward_with_the_scores_of_one_forward_each(taught):
+    """A teacher's shot orders (prefixes of one length) are stacked along the batch: the same label
+    logits as scoring each order on its own, seconds that still add up per input, and a fallback
+    to one order at a time where the prefixes' lengths differ."""
+    from potstill.models.prompting import PromptFormat
+
+    eng = load_engine("transformers", str(taught), device="cpu")
+    orders = [SHOTS, PromptFormat(kind=SHOTS.kind, instruction=SHOTS.instruction, answer_prefix=SHOTS.answer_prefix,
+                                  shots=list(reversed(SHOTS.shots)))]
+    ids = label_token_ids(eng.tokenizer, SHOTS, LABELS)
+    assert len({eng.prefix(f).length for f in orders}) == 1
+    calls = []
+    decoder = eng.lm.model.model
+    hook = decoder.register_forward_pre_hook(lambda m, a, k: calls.append(k["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        together = eng.score_labels_formats(orders, MSGS, ids, batch_size=4)
+    finally:
+        hook.remove()
+    assert calls == [8, 8, 4]  # 10 inputs in batches of 4, each row once per order
+    for f, got in zip(orders, together):
+        alone = eng.score_labels(f, MSGS, ids, batch_size=1)
+        torch.testing.assert_close(got.logits, alone.logits, rtol=1e-4, atol=1e-4)
+        assert got.prompt_tokens == alone.prompt_tokens and got.cached_tokens == alone.cached_tokens
+    # Summed over the orders: each input's share of its forward (cost), and the whole forward (its wait).
+    waits = [sum(s.batch_seconds[i] for s in together) for i in range(len(MSGS))]
+    costs = [sum(s.seconds[i] for s in together) for i in range(len(MSGS))]
+    assert sorted(round(w / c, 6) for w, c in zip(waits, costs)) == [2.0] * 2 + [4.0] * 8
+    longer = PromptFormat(kind=SHOTS.kind, instruction=SHOTS.instruction, answer_prefix=SHOTS.answer_prefix,
+                          shots=[*SHOTS.shots, ("one more match", "sports")])
+    mixed = eng.score_labels_formats([SHOTS, longer], MSGS, ids, batch_size=4)  # lengths differ: one at a time
+    torch.testing.assert_close(mixed[1].logits, eng.score_labels(longer, MSGS, ids, batch_size=4).logits)

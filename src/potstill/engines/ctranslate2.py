@@ -182,6 +182,11 @@ class CT2Engine:
                       cached_tokens=[len(s) for s, _ in parts], seconds=secs, batch_seconds=per_batch,
                       embeddings=self._embed_ids([o for _, o in parts]))
 
+    def score_labels_formats(self, fmts: list[PromptFormat], messages: list[list[dict]], label_ids: list[int],
+                             batch_size: int = 16) -> list[Scored]:
+        # One static prompt per call in CTranslate2: the formats run one after another.
+        return [self.score_labels(f, messages, label_ids, batch_size=batch_size) for f in fmts]
+
     def generate(self, fmt: PromptFormat, messages: list[list[dict]], max_new_tokens: int,
                  batch_size: int = 16, progress: Any = None, temperature: float = 0.0,
                  stop: Sequence[str] = (), seed: int = 0) -> Generated:

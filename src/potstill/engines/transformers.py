@@ -21,7 +21,8 @@ import torch
 
 from potstill.models.loading import LM, load_lm
 from potstill.models.prompting import PromptFormat, encode_prompt
-from potstill.models.scoring import Generated, PrefixCache, Scored, build_prefix, decoder, generate, score_labels
+from potstill.models.scoring import (Generated, PrefixCache, Scored, build_prefix, decoder, generate, score_labels,
+                                    score_labels_formats)
 
 
 class TransformersEngine:
@@ -53,6 +54,12 @@ class TransformersEngine:
                      batch_size: int = 16, progress: Any = None, max_length: int | None = None) -> Scored:
         return score_labels(self.lm, fmt, messages, label_ids, batch_size=batch_size, prefix=self.prefix(fmt),
                             progress=progress, max_length=max_length)
+
+    def score_labels_formats(self, fmts: list[PromptFormat], messages: list[list[dict]], label_ids: list[int],
+                             batch_size: int = 16) -> list[Scored]:
+        """Formats whose few-shot prefixes have one length (shot orders) in one forward per batch."""
+        return score_labels_formats(self.lm, fmts, messages, label_ids, [self.prefix(f) for f in fmts],
+                                    batch_size=batch_size)
 
     def generate(self, fmt: PromptFormat, messages: list[list[dict]], max_new_tokens: int,
                  batch_size: int = 16, progress: Any = None, temperature: float = 0.0,

@@ -8,14 +8,18 @@ file's sha256, so every later load is a plain safetensors read.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
+import types
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from potstill.errors import PotstillError
@@ -119,6 +123,45 @@ def _strip_gguf_flag(model: Any) -> None:
     model.is_quantized = False
 
 
+class _InMemoryNumpy(types.ModuleType):
+    """numpy for ``gguf.gguf_reader``, with ``memmap`` reading the whole file into one plain array:
+    the reader slices the file once per metadata value (786k times for gemma's 262k-token
+    vocabulary), and a memmap slice costs several times a plain one (19.2 s vs 8.8 s to parse)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(np, name)
+
+    @staticmethod
+    def memmap(path: Any, mode: str = "r", **_: Any) -> Any:
+        return np.fromfile(path, dtype=np.uint8)
+
+
+@contextlib.contextmanager
+def _fast_gguf_reader() -> Iterator[None]:
+    """Parse a GGUF file once, in memory, for both the tokenizer's and the model's load
+    (transformers parses it anew for each: two thirds of a 81 s gemma-3-270m conversion)."""
+    try:
+        import gguf
+        import gguf.gguf_reader as reader_module
+    except ImportError:  # transformers says what to install
+        yield
+        return
+    cls, saved_np = gguf.GGUFReader, reader_module.np
+    readers: dict[str, Any] = {}
+
+    def shared(path: Any, *args: Any, **kw: Any) -> Any:
+        key = str(Path(path).resolve())
+        if key not in readers:
+            readers[key] = cls(path, *args, **kw)
+        return readers[key]
+
+    reader_module.np, gguf.GGUFReader = _InMemoryNumpy("numpy"), shared
+    try:
+        yield
+    finally:
+        reader_module.np, gguf.GGUFReader = saved_np, cls
+
+
 def _gguf_to_dir(path: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -127,8 +170,9 @@ def _gguf_to_dir(path: Path) -> Path:
         return target
     _quiet_transformers()
     log.info("converting %s once (cached at %s)", path.name, target)
-    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    with _fast_gguf_reader():
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     _strip_gguf_flag(model)
     with atomic_dir(target) as tmp:
         tok.save_pretrained(tmp)

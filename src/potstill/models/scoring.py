@@ -58,6 +58,19 @@ class PrefixCache:
     ids: list[int]
     past: Any
     length: int
+    rows: int = 1  # prefixes stacked along the batch (several shot orders of one length, ``stack_prefixes``)
+
+
+def stack_prefixes(prefixes: list[PrefixCache]) -> PrefixCache | None:
+    """One cache holding several prefixes of the same length as batch rows, so one forward scores
+    an input under all of them (a teacher's shot orders); None where lengths differ."""
+    if len({p.length for p in prefixes}) != 1:
+        return None
+    past = copy.deepcopy(prefixes[0].past)
+    for i, layer in enumerate(past.layers):
+        layer.keys = torch.cat([p.past.layers[i].keys for p in prefixes])
+        layer.values = torch.cat([p.past.layers[i].values for p in prefixes])
+    return PrefixCache(ids=prefixes[0].ids, past=past, length=prefixes[0].length, rows=len(prefixes))
 
 
 def build_prefix(lm: LM, fmt: PromptFormat) -> PrefixCache | None:
@@ -113,8 +126,8 @@ def _batch_scores(lm: LM, fmt: PromptFormat, queries: list[list[int]], label_ids
             ids[i, : len(q)] = torch.tensor(q)
             mask[i, prefix.length : prefix.length + len(q)] = 1
         past = copy.deepcopy(prefix.past)
-        if B > 1:
-            past.batch_repeat_interleave(B)
+        if B > prefix.rows:  # each prefix row once per query: rows are (prefix, query) pairs, prefix-major
+            past.batch_repeat_interleave(B // prefix.rows)
         pos = torch.arange(prefix.length, prefix.length + T).unsqueeze(0).expand(B, T)
         out = decoder(lm.model)(
             input_ids=ids.to(dev), attention_mask=mask.to(dev), past_key_values=past,
@@ -171,6 +184,43 @@ def score_labels(lm: LM, fmt: PromptFormat, messages: list[list[dict]], label_id
         batch_seconds=per_batch,
         embeddings=embeddings,
     )
+
+
+def score_labels_formats(lm: LM, fmts: list[PromptFormat], messages: list[list[dict]], label_ids: list[int],
+                         prefixes: list[PrefixCache | None], batch_size: int = 8,
+                         max_length: int | None = None) -> list[Scored]:
+    """``score_labels`` of every chat under each format (a teacher's shot orders). Formats whose
+    few-shot prefixes have one length run in one forward per batch of inputs, the prefixes stacked
+    along the batch: the same work in fewer, larger matrix products. Seconds are shared so that
+    their sum over the formats is each input's cost, and batch seconds so that theirs is its wait."""
+    tok = lm.tokenizer
+    queries = [[encode_prompt(tok, f, f.query(tok, m), first=False)[-(max_length or 0):] for m in messages]
+               for f in fmts]
+    stacked = stack_prefixes(prefixes) if len(fmts) > 1 and all(prefixes) else None
+    if stacked is None or any(q != queries[0] for q in queries[1:]):
+        return [score_labels(lm, f, messages, label_ids, batch_size=batch_size, prefix=p, max_length=max_length)
+                for f, p in zip(fmts, prefixes)]
+    K, n = len(fmts), len(messages)
+    logits = torch.empty((K, n, len(label_ids)))
+    embeddings: torch.Tensor | None = None
+    secs, waits = [0.0] * n, [0.0] * n
+    order = sorted(range(n), key=lambda i: len(queries[0][i]))
+    step = max(1, batch_size)
+    with torch.inference_mode():
+        for start in range(0, n, step):
+            idx = order[start : start + step]
+            t0 = time.perf_counter()
+            out, emb = _batch_scores(lm, fmts[0], [queries[0][i] for _ in range(K) for i in idx], label_ids, stacked)
+            dt = time.perf_counter() - t0
+            logits[:, idx] = out.view(K, len(idx), -1)
+            if embeddings is None:
+                embeddings = torch.empty((K, n, emb.shape[-1]))
+            embeddings[:, idx] = emb.view(K, len(idx), -1)
+            for i in idx:
+                secs[i], waits[i] = dt / len(idx) / K, dt / K
+    return [Scored(logits=logits[k], prompt_tokens=[len(q) + stacked.length for q in queries[0]],
+                   cached_tokens=[stacked.length] * n, seconds=list(secs), batch_seconds=list(waits),
+                   embeddings=embeddings[k] if embeddings is not None else None) for k in range(K)]
 
 
 @dataclass

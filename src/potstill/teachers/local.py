@@ -85,18 +85,18 @@ class LocalTeacher(Teacher):
 
     def _classify(self, lm: Engine, ids: list[int], messages: list[list[dict]]) -> tuple[torch.Tensor, list, list]:
         """Label distribution per input, averaged over shot orders; (probs, scored per order).
-        The engine computes each order's few-shot prefix once and reuses it."""
+        The engine computes each order's few-shot prefix once and reuses it; the transformers
+        engine scores an input under all orders in one forward (``score_labels_formats``)."""
         if self.cfg.calibrate and not self._priors:
             self._priors = [self._label_prior(lm, f, ids) for f in self.fmts]
-        total, scored = None, []
-        for i, fmt in enumerate(self.fmts):
-            s = lm.score_labels(fmt, messages, ids, batch_size=self.cfg.batch_size)
+        total = None
+        scored = lm.score_labels_formats(self.fmts, messages, ids, batch_size=self.cfg.batch_size)
+        for i, s in enumerate(scored):
             probs = torch.softmax(s.logits, -1)
             if self.cfg.calibrate:
                 probs = probs / self._priors[i]
                 probs = probs / probs.sum(-1, keepdim=True)
             total = probs if total is None else total + probs
-            scored.append(s)
         return total / len(self.fmts), scored
 
     def identity(self) -> dict[str, Any]:
