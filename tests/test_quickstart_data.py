@@ -13,7 +13,7 @@ from potstill.curate import curate
 from potstill.errors import PotstillError
 from potstill.models.loading import load_lm, resolve_bundled
 from potstill.models.prompting import label_token_ids
-from potstill.quickstart import LABELS, REAL, build
+from potstill.quickstart import INPUTS, LABELS, REAL, build
 from potstill.quickstart.bbc import corpus_root, first_sentence, load_articles, read_text
 from potstill.records import read_records
 from potstill.students import predict, student_format
@@ -53,7 +53,7 @@ def test_no_quickstart_text_holds_mojibake(tmp_path):
     # The corpus is UTF-8 but for one cp1252 file; read as latin-1, 36 of the 700 inputs showed "Â£" for "£".
     build(tmp_path)
     texts = [r.text for name in ("inputs", "shots", "real") for r in read_records(tmp_path / "data" / f"{name}.jsonl")]
-    assert len(texts) == 700 + 400 + REAL
+    assert len(texts) == INPUTS + 400 + REAL
     assert [t for t in texts if any(m in t for m in MOJIBAKE)] == []
     assert sum("£" in t for t in texts) >= 30
     # sports/199.txt is the cp1252 one: its "\xa315.8m" is a pound sign too.
@@ -79,6 +79,7 @@ def test_real_articles_join_train_only_and_say_where_they_come_from(tmp_path):
     from potstill import cli
 
     assert inspect.signature(cli.quickstart).parameters["real"].default == REAL
+    assert inspect.signature(cli.quickstart).parameters["inputs"].default == INPUTS
     with pytest.raises(PotstillError, match="--real must be 0 or more"):
         build(tmp_path / "neg", n_real=-1)
     assert load_config(build(tmp_path / "none", n_real=0)).curate.real_data is None

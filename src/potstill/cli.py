@@ -138,7 +138,7 @@ def init(path: Annotated[Path, typer.Argument(help="Where to write the config.")
 @app.command()
 def quickstart(
     run_dir: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/quickstart"),
-    inputs: Annotated[int, typer.Option(help="BBC articles to distil on.")] = 700,
+    inputs: Annotated[int, typer.Option(help="BBC articles to distil on.")] = 950,
     test: Annotated[int, typer.Option(help="Held-out test articles.")] = 250,
     shots: Annotated[int, typer.Option(help="Few-shot examples in the teacher's prompt.")] = 50,
     orders: Annotated[int, typer.Option(help="Shot orders the teacher averages over (self-consistency).")] = 3,

@@ -1,8 +1,9 @@
 """Engines: how a trained model *runs* (serve, evaluate, pilot, the local teacher), apart from training.
 
-One small protocol (``Engine`` in ``base``), three operations over chats rendered by a ``PromptFormat``:
+One small protocol (``Engine`` in ``base``), four operations over chats rendered by a ``PromptFormat``:
 - ``score_labels``: the logits of the label set's first tokens at the answer position (only the
   K label rows), plus a unit input embedding per chat for the out-of-distribution check;
+- ``score_labels_formats``: the same under several formats at once (a local teacher's shot orders);
 - ``generate``: greedy generation with the mean token log-prob of the chosen tokens;
 - ``embed``: the input embeddings alone.
 A prompt's fixed part (the chat's system instruction, a teacher's few-shot prefix) is computed

@@ -22,7 +22,7 @@ import torch
 from potstill.models.loading import LM, load_lm
 from potstill.models.prompting import PromptFormat, encode_prompt
 from potstill.models.scoring import (Generated, PrefixCache, Scored, build_prefix, decoder, generate, score_labels,
-                                    score_labels_formats)
+                                    score_labels_formats, stack_prefixes)
 
 
 class TransformersEngine:
@@ -33,6 +33,7 @@ class TransformersEngine:
         self.tokenizer = lm.tokenizer
         self.identity = lm.identity
         self._prefixes: dict[str, PrefixCache | None] = {}
+        self._stacks: dict[tuple[str, ...], PrefixCache | None] = {}
 
     @classmethod
     def load(cls, spec: str, device: str = "auto", num_layers: int | None = None,
@@ -58,7 +59,11 @@ class TransformersEngine:
     def score_labels_formats(self, fmts: list[PromptFormat], messages: list[list[dict]], label_ids: list[int],
                              batch_size: int = 16) -> list[Scored]:
         """Formats whose few-shot prefixes have one length (shot orders) in one forward per batch."""
-        return score_labels_formats(self.lm, fmts, messages, label_ids, [self.prefix(f) for f in fmts],
+        prefixes = [self.prefix(f) for f in fmts]
+        key = tuple(f.prefix() for f in fmts)
+        if key not in self._stacks:  # stacked once, like each prefix
+            self._stacks[key] = stack_prefixes(prefixes) if len(fmts) > 1 and all(prefixes) else None
+        return score_labels_formats(self.lm, fmts, messages, label_ids, prefixes, self._stacks[key],
                                     batch_size=batch_size)
 
     def generate(self, fmt: PromptFormat, messages: list[list[dict]], max_new_tokens: int,

@@ -64,7 +64,7 @@ class PrefixCache:
 def stack_prefixes(prefixes: list[PrefixCache]) -> PrefixCache | None:
     """One cache holding several prefixes of the same length as batch rows, so one forward scores
     an input under all of them (a teacher's shot orders); None where lengths differ."""
-    if len({p.length for p in prefixes}) != 1:
+    if len({p.length for p in prefixes}) != 1 or any(p.rows != 1 for p in prefixes):
         return None
     past = copy.deepcopy(prefixes[0].past)
     for i, layer in enumerate(past.layers):
@@ -187,16 +187,15 @@ def score_labels(lm: LM, fmt: PromptFormat, messages: list[list[dict]], label_id
 
 
 def score_labels_formats(lm: LM, fmts: list[PromptFormat], messages: list[list[dict]], label_ids: list[int],
-                         prefixes: list[PrefixCache | None], batch_size: int = 8,
+                         prefixes: list[PrefixCache | None], stacked: PrefixCache | None, batch_size: int = 8,
                          max_length: int | None = None) -> list[Scored]:
-    """``score_labels`` of every chat under each format (a teacher's shot orders). Formats whose
-    few-shot prefixes have one length run in one forward per batch of inputs, the prefixes stacked
-    along the batch: the same work in fewer, larger matrix products. Seconds are shared so that
-    their sum over the formats is each input's cost, and batch seconds so that theirs is its wait."""
+    """``score_labels`` of every chat under each format (a teacher's shot orders). With ``stacked``
+    (``stack_prefixes`` of the formats' few-shot prefixes) they run in one forward per batch of
+    inputs: the same work in fewer, larger matrix products. Seconds are shared so that their sum
+    over the formats is each input's cost, and batch seconds so that theirs is its wait."""
     tok = lm.tokenizer
     queries = [[encode_prompt(tok, f, f.query(tok, m), first=False)[-(max_length or 0):] for m in messages]
                for f in fmts]
-    stacked = stack_prefixes(prefixes) if len(fmts) > 1 and all(prefixes) else None
     if stacked is None or any(q != queries[0] for q in queries[1:]):
         return [score_labels(lm, f, messages, label_ids, batch_size=batch_size, prefix=p, max_length=max_length)
                 for f, p in zip(fmts, prefixes)]

@@ -346,7 +346,10 @@ def _setup(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: li
         for e in examples + val_examples:
             e.teacher_logprobs = None
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # Fused AdamW: one kernel over all parameters (CPU too: 47 vs 170 ms a step for 20 SmolLM2 layers).
+    # FSDP keeps the per-tensor loop, the path its flat parameters were tested with.
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            fused=accel.distributed_type.value != "FSDP")
     total = max(1, math.ceil(math.ceil(len(examples) / cfg.batch_size) * cfg.epochs))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_schedule(cfg.warmup_steps, total))
     module = _LossModule(model, base, compile=cfg.compile)
