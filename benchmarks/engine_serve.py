@@ -78,13 +78,13 @@ def serve_latency(args: Any, cfg: Any, train: list[Record], test: list[Record], 
             clients[name] = openai.OpenAI(base_url=servers[name].url + "/v1", api_key="unused", max_retries=0)
         msgs = [r.messages for r in test[: args.n_serve]]
         for name in names:  # warm-up: first request, the batcher thread, a CT2 static prompt's first computation
-            clients[name].chat.completions.create(model="m", messages=msgs[0])
+            clients[name].chat.completions.create(model="potstill", messages=msgs[0])
         http: dict[str, list[float]] = {k: [] for k in names}
         bare: dict[str, list[float]] = {k: [] for k in names}
         for m in msgs:
             for name in names:
                 t0 = time.perf_counter()
-                r = clients[name].chat.completions.create(model="m", messages=m)
+                r = clients[name].chat.completions.create(model="potstill", messages=m)
                 http[name].append(time.perf_counter() - t0)
                 assert r.model.startswith("potstill-student")
                 t0 = time.perf_counter()
@@ -94,7 +94,7 @@ def serve_latency(args: Any, cfg: Any, train: list[Record], test: list[Record], 
             burst = [r.messages for r in test[: 4 * args.batch_size]]
             with ThreadPoolExecutor(args.batch_size) as pool:
                 t0 = time.perf_counter()
-                list(pool.map(lambda m, n=name: clients[n].chat.completions.create(model="m", messages=m), burst))
+                list(pool.map(lambda m, n=name: clients[n].chat.completions.create(model="potstill", messages=m), burst))
                 wall = time.perf_counter() - t0
             out["engines"][name].update({
                 "openai_client_batch1": _stats(http[name]), "bare_engine_batch1": _stats(bare[name]),
