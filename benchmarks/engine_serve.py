@@ -3,8 +3,9 @@
 A run directory is put together from the quickstart's articles: the student is ``--run``'s
 trained one, or else the bundled SmolLM2-135M-Instruct (linked, not copied); train/val carry the
 gold labels as the teacher's outputs, and the teacher is the ``replay`` plugin over those labels.
-The services (transformers fp32 and bf16, CTranslate2 int8) run at once on 127.0.0.1 and requests alternate between them one at a time, so load changes on the shared
-machine hit both alike. Routing is forced to the student: this measures the student's path
+The services (transformers fp32 and bf16, CTranslate2 int8) run at once on 127.0.0.1 and
+requests alternate between them one at a time, so load changes on the shared machine hit them
+alike. Routing is forced to the student: this measures the student's path
 (HTTP, batcher, engine, routing, ledger row), which is what the issue's 40 ms goal is about.
 """
 
