@@ -1,11 +1,14 @@
 """Engines side by side on the quickstart student and prompt, on this machine (issue 17).
 
-    HF_HUB_OFFLINE=1 PYTHONPATH=src:. python benchmarks/engine.py --out benchmarks/engine.json
+    HF_HUB_OFFLINE=1 PYTHONPATH=src:. python benchmarks/engine.py --run RUN --out benchmarks/engine.json
     ... --only student,serve   # rerun some parts (the others are kept from an existing --out)
 
+RUN is a finished quickstart run: its trained student and its own test split. Without it, the
+bundled (untrained) SmolLM2-135M-Instruct on a split rebuilt here.
+
 Parts:
-- ``student``: the bundled SmolLM2-135M-Instruct (the trained quickstart student is not
-  available here; it has the same shape and prompt) on the quickstart's classification prompt.
+- ``student``: the student on the quickstart's classification prompt, transformers fp32 and
+  bf16 (label rows in fp32), CTranslate2 int8 (with and without prefix reuse, and a 12-layer cut).
   Each engine: p50/p95 of single calls (batch 1) on the same articles, engines interleaved call
   by call so the shared machine's load hits them alike; throughput answering the 250 test
   articles in arrival-order batches of 16 (one engine call per batch, as ``serve`` batches;
