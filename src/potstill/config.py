@@ -39,7 +39,7 @@ INPUT_FILE = PathRole(resolve=True, content=True)
 MODEL_REF = PathRole(resolve=False, content=True)
 
 
-EngineDtype = Literal["auto", "float32", "bfloat16"]
+DtypeName = Literal["auto", "float32", "bfloat16"]  # engines' and training's dtype (models.loading.DTYPES)
 
 
 def engine_dtype(what: str) -> Any:
@@ -114,7 +114,7 @@ class TeacherConfig(Section):
         "transformers", description="Engine that runs the local teacher: transformers (fp32 on CPU, bf16 on GPU) or "
         "ctranslate2 (int8, fixed prompt prefix cached; pip install 'potstill[ctranslate2]'); see potstill.engines."
     )
-    dtype: EngineDtype = engine_dtype("Weights and activations of the local teacher")
+    dtype: DtypeName = engine_dtype("Weights and activations of the local teacher")
     calibrate: bool = Field(
         False, description="Local classification teacher: divide label probabilities by their content-free prior."
     )
@@ -236,7 +236,7 @@ class TrainConfig(Section):
     pack: bool = Field(
         False, description="Pack examples into rows of student.max_length; no attention across packed examples."
     )
-    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+    dtype: DtypeName = Field(
         "auto", description="Matmul precision: auto (bf16 autocast on GPU, fp32 on CPU), float32, or bfloat16 "
         "(autocast on a CPU too: 1.5x faster steps with AMX); weights, norms and the optimiser stay fp32."
     )
@@ -308,7 +308,7 @@ class EvaluateConfig(Section):
         "transformers", description="Engine that runs the student in evaluate and pilot: transformers (fp32 on CPU, bf16 on GPU) or "
         "ctranslate2 (int8, fixed prompt prefix cached; pip install 'potstill[ctranslate2]'); see potstill.engines."
     )
-    dtype: EngineDtype = engine_dtype("Student precision in evaluate and pilot")
+    dtype: DtypeName = engine_dtype("Student precision in evaluate and pilot")
     cost_basis: Literal["batch1", "batched"] = Field(
         "batch1", description="Student cost per call behind the break-even: batch1 (interactive, one call at a "
         "time) or batched (sustained throughput at evaluate.batch_size, a busy endpoint); both are reported."
@@ -406,7 +406,7 @@ class ServeConfig(Section):
         "transformers", description="Engine that runs the served student: transformers (fp32 on CPU, bf16 on GPU) or "
         "ctranslate2 (int8, fixed prompt prefix cached; pip install 'potstill[ctranslate2]'); see potstill.engines."
     )
-    dtype: EngineDtype = engine_dtype("Served student precision")
+    dtype: DtypeName = engine_dtype("Served student precision")
 
 
 class WatchConfig(Section):

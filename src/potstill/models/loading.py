@@ -17,11 +17,12 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
 
+from potstill.config import DtypeName
 from potstill.errors import PotstillError
 from potstill.hashing import hash_file
 from potstill.records import atomic_dir
@@ -95,7 +96,7 @@ def _pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-DTYPES = ("auto", "float32", "bfloat16")
+DTYPES = get_args(DtypeName)
 
 
 def bf16_native() -> bool:

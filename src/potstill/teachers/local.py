@@ -83,7 +83,7 @@ class LocalTeacher(Teacher):
         s = lm.score_labels(fmt, [[{"role": "user", "content": c}] for c in self.CONTENT_FREE], ids, batch_size=1)
         return torch.softmax(s.logits, -1).mean(0)
 
-    def _classify(self, lm: Engine, ids: list[int], messages: list[list[dict]]) -> tuple[torch.Tensor, list, list]:
+    def _classify(self, lm: Engine, ids: list[int], messages: list[list[dict]]) -> tuple[torch.Tensor, list]:
         """Label distribution per input, averaged over shot orders; (probs, scored per order).
         The engine computes each order's few-shot prefix once and reuses it; the transformers
         engine scores an input under all orders in one forward (``score_labels_formats``)."""
