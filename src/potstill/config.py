@@ -43,8 +43,16 @@ DtypeName = Literal["auto", "float32", "bfloat16"]  # engines' and training's dt
 
 
 def engine_dtype(what: str) -> Any:
-    return Field("auto", description=f"{what} with engine transformers: auto (bf16 on GPU, fp32 on CPU), float32, "
+    return Field("auto", description=f"{what} with engine transformers (and in another engine's near-tie re-check, "
+                 "recheck_margin): auto (bf16 on GPU, fp32 on CPU), float32, "
                  "or bfloat16 (on a CPU with AMX, 1.4-2x faster than fp32; see potstill.models.loading.bf16_native).")
+
+
+def engine_recheck(what: str) -> Any:
+    return Field(0.1, ge=0, le=1, description=f"{what} with an engine other than transformers: inputs whose top two "
+                 "label probabilities are closer than this are scored again by engine transformers at `dtype`, "
+                 "since int8 flips labels only near ties (quickstart: 8% of inputs, 94.4% -> 99-100% same label as "
+                 "fp32; potstill.engines.recheck). 0: never.")
 
 
 class Section(BaseModel):
@@ -115,6 +123,7 @@ class TeacherConfig(Section):
         "ctranslate2 (int8, fixed prompt prefix cached; pip install 'potstill[ctranslate2]'); see potstill.engines."
     )
     dtype: DtypeName = engine_dtype("Weights and activations of the local teacher")
+    recheck_margin: float = engine_recheck("The local teacher's labels")
     calibrate: bool = Field(
         False, description="Local classification teacher: divide label probabilities by their content-free prior."
     )
@@ -309,6 +318,7 @@ class EvaluateConfig(Section):
         "ctranslate2 (int8, fixed prompt prefix cached; pip install 'potstill[ctranslate2]'); see potstill.engines."
     )
     dtype: DtypeName = engine_dtype("Student precision in evaluate and pilot")
+    recheck_margin: float = engine_recheck("Student labels in evaluate and pilot")
     cost_basis: Literal["batch1", "batched"] = Field(
         "batch1", description="Student cost per call behind the break-even: batch1 (interactive, one call at a "
         "time) or batched (sustained throughput at evaluate.batch_size, a busy endpoint); both are reported."
@@ -407,6 +417,7 @@ class ServeConfig(Section):
         "ctranslate2 (int8, fixed prompt prefix cached; pip install 'potstill[ctranslate2]'); see potstill.engines."
     )
     dtype: DtypeName = engine_dtype("Served student precision")
+    recheck_margin: float = engine_recheck("Served labels")
 
 
 class WatchConfig(Section):

@@ -187,3 +187,56 @@ def test_shot_orders_run_in_one_forward_with_the_scores_of_one_forward_each(taug
                           shots=[*SHOTS.shots, ("one more match", "sports")])
     mixed = eng.score_labels_formats([SHOTS, longer], MSGS, ids, batch_size=4)  # lengths differ: one at a time
     torch.testing.assert_close(mixed[1].logits, eng.score_labels(longer, MSGS, ids, batch_size=4).logits)
+
+
+def test_transformers_runs_a_chats_system_turn_once_and_scores_as_without_the_cache(taught):
+    """A chat's fixed start (the system turn) is computed once and split off every prompt: the same
+    label logits, token counts and whole-prompt embeddings as recomputing it per call, fewer tokens
+    through the model, and whole prompts again where ``max_length`` would cut into the system turn."""
+    eng = load_engine("transformers", str(taught), device="cpu")
+    plain = load_engine("transformers", str(taught), device="cpu")
+    plain.reuse_prefix = False
+    ids = label_token_ids(eng.tokenizer, CHAT, LABELS)
+    fed = []
+    hook = eng.lm.model.model.register_forward_pre_hook(lambda m, a, k: fed.append(k["input_ids"].shape[1]),
+                                                        with_kwargs=True)
+    try:
+        got = eng.score_labels(CHAT, MSGS, ids, batch_size=4)
+    finally:
+        hook.remove()
+    want = plain.score_labels(CHAT, MSGS, ids, batch_size=4)
+    fixed = eng.prefix(CHAT).length
+    assert fixed > 0 and set(got.cached_tokens) == {fixed} and set(want.cached_tokens) == {0}
+    assert fed[0] == fixed and max(fed[1:]) <= max(want.prompt_tokens) - fixed  # the turn once, then own parts
+    assert got.prompt_tokens == want.prompt_tokens
+    torch.testing.assert_close(got.logits, want.logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got.embeddings, want.embeddings, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(eng.embed(CHAT, MSGS), got.embeddings, rtol=1e-4, atol=1e-4)  # what OOD compares
+    short = min(want.prompt_tokens) - 2  # cuts every prompt's start: no cache, the old truncation
+    cut = eng.score_labels(CHAT, MSGS, ids, batch_size=4, max_length=short)
+    assert set(cut.cached_tokens) == {0}
+    torch.testing.assert_close(cut.logits, plain.score_labels(CHAT, MSGS, ids, batch_size=4, max_length=short).logits)
+
+
+def test_ctranslate2_near_ties_are_rescored_by_transformers(taught):
+    """recheck_margin: inputs whose int8 top-two label probabilities are closer than the margin take
+    transformers' label logits; the others keep int8's."""
+    from potstill.engines.recheck import RecheckedEngine, label_margin
+
+    ref = load_engine("transformers", str(taught), device="cpu")
+    fast = load_engine("ctranslate2", str(taught), device="cpu")
+    ids = label_token_ids(ref.tokenizer, CHAT, LABELS)
+    want, alone = ref.score_labels(CHAT, MSGS, ids, batch_size=4), fast.score_labels(CHAT, MSGS, ids, batch_size=4)
+    margins = label_margin(alone.logits)
+    cut = float(margins.median())
+    eng = load_engine("ctranslate2", str(taught), device="cpu", recheck_margin=cut)
+    assert isinstance(eng, RecheckedEngine) and eng.identity != fast.identity and eng.name == "ctranslate2"
+    got = eng.score_labels(CHAT, MSGS, ids, batch_size=4)
+    near = margins < cut
+    assert 0 < int(near.sum()) < len(MSGS) and eng.rechecked == int(near.sum())
+    torch.testing.assert_close(got.logits[near], want.logits[near])
+    torch.testing.assert_close(got.logits[~near], alone.logits[~near])
+    torch.testing.assert_close(got.embeddings, alone.embeddings)  # routing's embeddings stay one engine's
+    everything = load_engine("ctranslate2", str(taught), device="cpu", recheck_margin=1.0)
+    torch.testing.assert_close(everything.score_labels(CHAT, MSGS, ids, batch_size=4).logits, want.logits)
+    assert load_engine("transformers", str(taught), device="cpu", recheck_margin=0.5).name == "transformers"

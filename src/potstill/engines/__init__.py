@@ -14,6 +14,8 @@ Built-in engines:
   bfloat16 asks for bf16 on a CPU, where it pays off only with AMX);
 - ``ctranslate2``: int8 weights through CTranslate2 (``pip install 'potstill[ctranslate2]'``),
   converted on first use and cached by the model's content hash (``convert``).
+Label scores of an engine other than transformers can be re-checked near ties at full precision
+(``recheck``; ``recheck_margin`` in the teacher, evaluate and serve sections).
 A third party adds one with ``[project.entry-points."potstill.engines"] mine = "pkg:MyEngine"``,
 a class taking ``(spec, device=..., **options)``; built-ins are listed in ``BUILTIN`` so they
 work without reinstalling the package's metadata.
@@ -25,6 +27,7 @@ import importlib
 from typing import Any
 
 from potstill.engines.base import Engine
+from potstill.engines.recheck import RecheckedEngine
 from potstill.errors import PotstillError
 from potstill.plugins import available
 
@@ -44,12 +47,23 @@ def engine_class(name: str) -> Any:
     return eps[name].load()
 
 
-def load_engine(name: str, spec: str, device: str = "auto", num_layers: int | None = None,
-                dtype: str = "auto") -> Engine:
-    """Load the model ``spec`` (hub id, directory, GGUF, bundled:...) into the engine called ``name``."""
+def _load(name: str, spec: str, device: str, num_layers: int | None, dtype: str) -> Engine:
     if dtype == "auto":  # third-party engines written before ``dtype`` existed keep loading
         return engine_class(name).load(spec, device=device, num_layers=num_layers)
     return engine_class(name).load(spec, device=device, num_layers=num_layers, dtype=dtype)
+
+
+def load_engine(name: str, spec: str, device: str = "auto", num_layers: int | None = None,
+                dtype: str = "auto", recheck_margin: float = 0.0) -> Engine:
+    """Load the model ``spec`` (hub id, directory, GGUF, bundled:...) into the engine called ``name``.
+
+    ``recheck_margin`` > 0 with an engine other than transformers: label scores whose top two
+    probabilities are closer than it come from engine transformers at ``dtype`` instead
+    (``recheck.RecheckedEngine``); the fast engine then loads at its own precision."""
+    if recheck_margin > 0 and name != "transformers":
+        fast = _load(name, spec, device, num_layers, "auto")
+        return RecheckedEngine(fast, _load("transformers", spec, device, num_layers, dtype), recheck_margin)
+    return _load(name, spec, device, num_layers, dtype)
 
 
 __all__ = ["BUILTIN", "Engine", "engine_class", "load_engine"]

@@ -6,8 +6,13 @@ Classification is one forward pass per batch that gives both signals routing nee
   (``potstill.models.scoring``);
 - the input embedding for the out-of-distribution check: the mean of the last hidden states over
   the input's tokens, L2-normalised.
-A few-shot prefix (``PromptFormat.prefix``) is run once per format and its KV cache copied for
-each batch. Generation is ``model.generate`` (greedy); ``embed`` costs one extra prefill there.
+The fixed start of every prompt is run once per format and its KV cache copied for each batch:
+a completion format's few-shot prefix (``PromptFormat.prefix``), or a chat's system turn (and any
+chat shots), found as ``engines.base.static_ids`` and split off each prompt's token ids. The
+quickstart student's system turn is 26 of its ~67 prompt tokens (``benchmarks/engine.json``).
+The input embedding stays the mean over the whole prompt: the system turn's hidden states are
+summed once with its cache. Generation is ``model.generate`` (greedy); ``embed`` costs one
+extra prefill there.
 
 On a GPU this is the serving path (bf16); CTranslate2 on CUDA has not been measured here.
 """
@@ -19,6 +24,7 @@ from typing import Any
 
 import torch
 
+from potstill.engines.base import static_ids
 from potstill.models.loading import LM, load_lm
 from potstill.models.prompting import PromptFormat, encode_prompt
 from potstill.models.scoring import (Generated, PrefixCache, Scored, build_prefix, decoder, generate, score_labels,
@@ -32,8 +38,9 @@ class TransformersEngine:
         self.lm = lm
         self.tokenizer = lm.tokenizer
         self.identity = lm.identity
-        self._prefixes: dict[str, PrefixCache | None] = {}
-        self._stacks: dict[tuple[str, ...], PrefixCache | None] = {}
+        self._prefixes: dict[tuple, PrefixCache | None] = {}
+        self._stacks: dict[tuple, PrefixCache | None] = {}
+        self.reuse_prefix = True  # False: a chat's system turn is recomputed per call (to measure what reuse saves)
 
     @classmethod
     def load(cls, spec: str, device: str = "auto", num_layers: int | None = None,
@@ -45,10 +52,14 @@ class TransformersEngine:
         return self.lm.num_parameters
 
     def prefix(self, fmt: PromptFormat) -> PrefixCache | None:
-        """The KV cache of ``fmt``'s few-shot prefix, computed on first use."""
-        key = fmt.prefix()
+        """The KV cache of ``fmt``'s fixed start (few-shot prefix or chat system turn), computed on first use."""
+        key = (fmt.kind, fmt.instruction, fmt.answer_prefix, tuple(fmt.shots or ()), self.reuse_prefix)
         if key not in self._prefixes:
-            self._prefixes[key] = build_prefix(self.lm, fmt)
+            if fmt.prefix() or fmt.kind != "chat":
+                self._prefixes[key] = build_prefix(self.lm, fmt)
+            else:
+                ids = static_ids(self.tokenizer, fmt) if self.reuse_prefix else []
+                self._prefixes[key] = build_prefix(self.lm, fmt, ids=ids)
         return self._prefixes[key]
 
     def score_labels(self, fmt: PromptFormat, messages: list[list[dict]], label_ids: list[int],
@@ -60,7 +71,7 @@ class TransformersEngine:
                              batch_size: int = 16) -> list[Scored]:
         """Formats whose few-shot prefixes have one length (shot orders) in one forward per batch."""
         prefixes = [self.prefix(f) for f in fmts]
-        key = tuple(f.prefix() for f in fmts)
+        key = tuple(id(p) for p in prefixes)
         if key not in self._stacks:  # stacked once, like each prefix
             self._stacks[key] = stack_prefixes(prefixes) if len(fmts) > 1 and all(prefixes) else None
         return score_labels_formats(self.lm, fmts, messages, label_ids, prefixes, self._stacks[key],

@@ -199,11 +199,11 @@ def _measure_models(cfg: Config, run: RunDir, task: Task, test: list[Record]):
         batched[name] = measure_batched(lm, task, test, e.batch_size, n_batches)
 
     if e.include_untrained:
-        measure("untrained student", load_engine(e.engine, cfg.student.model, dtype=e.dtype))
+        measure("untrained student", load_engine(e.engine, cfg.student.model, dtype=e.dtype, recheck_margin=e.recheck_margin))
     with run.ledger() as ledger:
         models["teacher"] = measure_teacher(task, test, ledger)
         spend = ledger.summary("teacher")
-    measure("student", load_engine(e.engine, str(run / "student"), dtype=e.dtype))
+    measure("student", load_engine(e.engine, str(run / "student"), dtype=e.dtype, recheck_margin=e.recheck_margin))
     # Keep the three-way order of the table: untrained, teacher, trained.
     models = {k: models[k] for k in ("untrained student", "teacher", "student") if k in models}
     return models, preds, batched, spend

@@ -5,8 +5,8 @@ last prompt token. Two savings make it cheap on a CPU:
 - the LM head is applied to that one position and only to the K label rows of the output
   matrix (gemma's 262k-row head would otherwise cost 262,144 x 640 x T MACs per input, about
   as much as the 18 transformer layers at T=40);
-- a prompt prefix shared by every input (instruction + few-shot examples) is run once; its KV
-  cache is copied and expanded to the batch for each call.
+- a prompt prefix shared by every input (instruction + few-shot examples, or a chat's system
+  turn) is run once; its KV cache is copied and expanded to the batch for each call.
 """
 
 from __future__ import annotations
@@ -59,12 +59,16 @@ class PrefixCache:
     past: Any
     length: int
     rows: int = 1  # prefixes stacked along the batch (several shot orders of one length, ``stack_prefixes``)
+    # Set for a prefix split off each prompt's token ids (a chat's system turn, ``build_prefix(ids=)``)
+    # rather than a few-shot prefix: the sum of its last hidden states (H,), which joins each input's
+    # pooled embedding so that it stays the mean over the whole prompt, as without the cache.
+    hidden_sum: torch.Tensor | None = None
 
 
 def stack_prefixes(prefixes: list[PrefixCache]) -> PrefixCache | None:
     """One cache holding several prefixes of the same length as batch rows, so one forward scores
     an input under all of them (a teacher's shot orders); None where lengths differ."""
-    if len({p.length for p in prefixes}) != 1 or any(p.rows != 1 for p in prefixes):
+    if len({p.length for p in prefixes}) != 1 or any(p.rows != 1 or p.hidden_sum is not None for p in prefixes):
         return None
     past = copy.deepcopy(prefixes[0].past)
     for i, layer in enumerate(past.layers):
@@ -73,15 +77,20 @@ def stack_prefixes(prefixes: list[PrefixCache]) -> PrefixCache | None:
     return PrefixCache(ids=prefixes[0].ids, past=past, length=prefixes[0].length, rows=len(prefixes))
 
 
-def build_prefix(lm: LM, fmt: PromptFormat) -> PrefixCache | None:
-    """Run the shared prompt prefix once and keep its KV cache."""
-    text = fmt.prefix()
-    if not text:
+def build_prefix(lm: LM, fmt: PromptFormat, ids: list[int] | None = None) -> PrefixCache | None:
+    """Run the shared prompt prefix once and keep its KV cache: ``fmt``'s few-shot prefix, or
+    ``ids``, the tokens every whole prompt of ``fmt`` starts with (``engines.base.static_ids``: a
+    chat's system turn), which ``score_labels`` then splits off each prompt."""
+    split = ids is not None
+    if not split:
+        text = fmt.prefix()
+        ids = encode_prompt(lm.tokenizer, fmt, text, first=True) if text else []
+    if not ids:
         return None
-    ids = encode_prompt(lm.tokenizer, fmt, text, first=True)
     with torch.inference_mode():
         out = decoder(lm.model)(input_ids=torch.tensor([ids], device=lm.device), use_cache=True)
-    return PrefixCache(ids=ids, past=out.past_key_values, length=len(ids))
+    hidden_sum = out.last_hidden_state[0].float().sum(0) if split else None
+    return PrefixCache(ids=ids, past=out.past_key_values, length=len(ids), hidden_sum=hidden_sum)
 
 
 @dataclass
@@ -94,11 +103,14 @@ class Scored:
     embeddings: torch.Tensor | None = None  # (N, H) unit embeddings: mean last hidden state over each query
 
 
-def _pooled(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``hidden`` (B, T, H) over the positions where ``mask`` (B, T) is 1, L2-normalised, on CPU."""
+def _pooled(hidden: torch.Tensor, mask: torch.Tensor, prefix: PrefixCache | None = None) -> torch.Tensor:
+    """Mean of ``hidden`` (B, T, H) over the positions where ``mask`` (B, T) is 1, and over a split-off
+    prefix's positions where it has a ``hidden_sum``; L2-normalised, on CPU."""
     m = mask.to(hidden.device).unsqueeze(-1).float()
-    pooled = (hidden.float() * m).sum(1) / m.sum(1).clamp(min=1)
-    return torch.nn.functional.normalize(pooled, dim=-1).cpu()
+    total, count = (hidden.float() * m).sum(1), m.sum(1)
+    if prefix is not None and prefix.hidden_sum is not None:
+        total, count = total + prefix.hidden_sum.to(total.device), count + prefix.length
+    return torch.nn.functional.normalize(total / count.clamp(min=1), dim=-1).cpu()
 
 
 def _batch_scores(lm: LM, fmt: PromptFormat, queries: list[list[int]], label_ids: list[int],
@@ -135,8 +147,25 @@ def _batch_scores(lm: LM, fmt: PromptFormat, queries: list[list[int]], label_ids
         )
         ends = torch.tensor([len(q) - 1 for q in queries], device=dev)
         last = out.last_hidden_state[torch.arange(B, device=dev), ends]
-        emb = _pooled(out.last_hidden_state, mask[:, prefix.length :])
+        emb = _pooled(out.last_hidden_state, mask[:, prefix.length :], prefix)
     return apply_head(lm.model, last, label_ids).float().cpu(), emb
+
+
+def _queries(lm: LM, fmt: PromptFormat, messages: list[list[dict]], prefix: PrefixCache | None,
+             max_length: int | None) -> tuple[list[list[int]], PrefixCache | None]:
+    """Each chat's token ids after ``prefix``, and the prefix to run them with. A split-off prefix
+    (``hidden_sum`` set) is dropped for the whole call, and whole prompts run, where a prompt does
+    not start with its ids (tokens merged across its end) or ``max_length`` would cut the prompt:
+    the results are then those of a model without the cache."""
+    tok = lm.tokenizer
+    if prefix is None or prefix.hidden_sum is None:
+        return [encode_prompt(tok, fmt, fmt.query(tok, m), first=prefix is None)[-(max_length or 0):]
+                for m in messages], prefix
+    whole = [encode_prompt(tok, fmt, fmt.query(tok, m), first=True) for m in messages]
+    n = prefix.length
+    if all(len(q) > n and q[:n] == prefix.ids and len(q) <= (max_length or len(q)) for q in whole):
+        return [q[n:] for q in whole], prefix
+    return [q[-(max_length or 0):] for q in whole], None
 
 
 def score_labels(lm: LM, fmt: PromptFormat, messages: list[list[dict]], label_ids: list[int],
@@ -146,10 +175,7 @@ def score_labels(lm: LM, fmt: PromptFormat, messages: list[list[dict]], label_id
 
     ``max_length``: keep only the last N tokens of each query (the generation prompt, where the
     answer starts, is at the end)."""
-    queries = [
-        encode_prompt(lm.tokenizer, fmt, fmt.query(lm.tokenizer, m), first=prefix is None)[-(max_length or 0):]
-        for m in messages
-    ]
+    queries, prefix = _queries(lm, fmt, messages, prefix, max_length)
     logits, secs, embs = [], [], []
     # Sorting by length makes batches of similar length, so little compute goes to padding.
     order = sorted(range(len(queries)), key=lambda i: len(queries[i]))

@@ -345,7 +345,8 @@ def _load_live(run_dir: Path, cfg: Config, task: Task, device: str, path: str) -
     if not (Path(path) / "config.json").exists() and not (Path(path) / "adapter_config.json").exists():
         raise PotstillError(f"{path}: no trained student (run `potstill train` first)")
     try:
-        engine = ServedStudent(load_engine(cfg.serve.engine, path, device=device, dtype=cfg.serve.dtype), task)
+        engine = ServedStudent(load_engine(cfg.serve.engine, path, device=device, dtype=cfg.serve.dtype,
+                                           recheck_margin=cfg.serve.recheck_margin), task)
         routing, reference = calibrate_run(run_dir, cfg, engine, task)
     except PotstillError:
         raise
@@ -363,7 +364,8 @@ def load_service(run_dir: Path, cfg: Config, recalibrate: bool = False, ledger_p
     task = get_task(cfg.task)
     teacher = get_teacher(cfg.teacher, task)
     t0 = time.perf_counter()
-    engine = ServedStudent(load_engine(cfg.serve.engine, str(path), device=device, dtype=cfg.serve.dtype), task)
+    engine = ServedStudent(load_engine(cfg.serve.engine, str(path), device=device, dtype=cfg.serve.dtype,
+                                       recheck_margin=cfg.serve.recheck_margin), task)
     routing, reference = calibrate_run(run_dir, cfg, engine, task, force=recalibrate)
     st = routing.stats
     say(f"serve: student loaded and routing calibrated in {time.perf_counter() - t0:.1f} s; on val: "

@@ -115,12 +115,14 @@ class LocalTeacher(Teacher):
             # Another engine's numbers differ slightly: its answers are cached apart (transformers keeps old keys).
             **({"engine": self.cfg.engine} if self.cfg.engine != "transformers" else {}),
             **({"dtype": self.cfg.dtype} if self.cfg.dtype != "auto" else {}),
+            **({"recheck_margin": self.cfg.recheck_margin} if self.cfg.engine != "transformers" else {}),
         }
 
     def lm(self) -> Engine:
         # Loaded lazily: a fully cached rerun never pays the load.
         if self._engine is None:
-            self._engine = load_engine(self.cfg.engine, self.cfg.model, dtype=self.cfg.dtype)
+            self._engine = load_engine(self.cfg.engine, self.cfg.model, dtype=self.cfg.dtype,
+                                       recheck_margin=self.cfg.recheck_margin)
         return self._engine
 
     def _cost(self, seconds: float) -> float:
