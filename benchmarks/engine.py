@@ -8,17 +8,24 @@ bundled (untrained) SmolLM2-135M-Instruct on a split rebuilt here.
 
 Parts:
 - ``student``: the student on the quickstart's classification prompt, transformers fp32 and
-  bf16 (label rows in fp32), CTranslate2 int8 (with and without prefix reuse, and a 12-layer cut).
+  bf16 (label rows in fp32; the chat's system turn cached, and fp32 without that cache),
+  CTranslate2 int8 (with and without prefix reuse, with potstill's default fp32 re-check of near
+  ties, and a 12-layer cut of the same weights for speed only).
   Each engine: p50/p95 of single calls (batch 1) on the same articles, engines interleaved call
   by call so the shared machine's load hits them alike; throughput answering the 250 test
   articles in arrival-order batches of 16 (one engine call per batch, as ``serve`` batches;
   engines interleaved batch by batch); and label agreement with transformers fp32 over those
   250 (plus gold).
 - ``teacher``: gemma-3-270m with the quickstart's 50-shot prefix (one shot order), transformers
-  vs CTranslate2 int8, both reusing the prefix's cache: same label on the 250, raw and with the
-  quickstart's contextual calibration; seconds per article at batch 1.
+  fp32 and bf16 (CTranslate2 int8 is refused past gemma-3's sliding window), both reusing the
+  prefix's cache: same label on the 250, raw and with the quickstart's contextual calibration;
+  seconds per article at batch 1. Then the quickstart teacher as ``generate`` runs it (three shot
+  orders, calibrated, averaged): seconds per article, orders one at a time or in one forward, and
+  its labels on the 250 in fp32 and bf16.
 - ``extraction``: greedy JSON extraction (48 new tokens) by the student, batch 1 and batch 8:
   seconds per input and the share of identical outputs.
+- ``shallow`` (with ``--shallow-run``): a distilled student cut to its first 12 layers, per
+  engine: batch-1 latency, agreement with the teacher, gold accuracy.
 - ``serve``: `potstill serve`'s app in-process on 127.0.0.1 with each engine, requests sent one
   at a time with the official openai client, routing forced to the student.
 
@@ -109,15 +116,23 @@ def student_engines(args: argparse.Namespace) -> dict[str, Any]:
     student = args.student
     e: dict[str, Any] = {"transformers fp32": load_engine("transformers", student, device="cpu"),
                          "transformers bf16": load_engine("transformers", student, device="cpu", dtype="bfloat16")}
+    old = load_engine("transformers", student, device="cpu")
+    old.reuse_prefix = False  # the system turn recomputed per call, as before this engine cached it
+    e["transformers fp32, no prefix reuse"] = old
     if args.torch_variants:
         e["torch dynamic int8"] = torch_int8(student)
     ct2 = CT2Engine.load(student, device="cpu")
     e["ctranslate2 int8"] = ct2
+    e[RECHECKED] = load_engine("ctranslate2", student, device="cpu", recheck_margin=RECHECK_MARGIN)
     plain = CT2Engine.load(student, device="cpu")
     plain.reuse_prefix = False
     e["ctranslate2 int8, no prefix reuse"] = plain
     e["ctranslate2 int8, first 12 of 30 layers (speed only)"] = CT2Engine.load(student, device="cpu", num_layers=12)
     return e
+
+
+RECHECK_MARGIN = 0.1
+RECHECKED = f"ctranslate2 int8, fp32 re-check under margin {RECHECK_MARGIN}"
 
 
 def student_part(args: argparse.Namespace, cfg: Any, test: list[Record]) -> dict[str, Any]:
@@ -133,6 +148,7 @@ def student_part(args: argparse.Namespace, cfg: Any, test: list[Record]) -> dict
     labels: dict[str, list[str]] = {k: [] for k in engines}
     walls = {k: 0.0 for k in engines}
     margins: list[float] = []  # fp32's top-1 minus top-2 label probability: how close each input is to a tie
+    engines[RECHECKED].rechecked = 0
     for s in range(0, len(msgs), bs):  # engines take turns batch by batch, like the latency pass
         for k, e in engines.items():
             t0 = time.perf_counter()
@@ -162,10 +178,12 @@ def student_part(args: argparse.Namespace, cfg: Any, test: list[Record]) -> dict
             for m in (0.0, 0.05, 0.1, 0.2, 0.3)}
         row["speedup_p50_vs_fp32"] = base["batch1"]["p50_s"] / row["batch1"]["p50_s"]
         row["throughput_vs_fp32"] = base[f"throughput_batch{bs}"]["wall_s"] / row[f"throughput_batch{bs}"]["wall_s"]
+    out["engines"][RECHECKED]["rechecked_share"] = engines[RECHECKED].rechecked / len(msgs)
     s = engines["transformers fp32"].score_labels(fmt, msgs, ids, batch_size=bs)
     c = engines["ctranslate2 int8"].score_labels(fmt, msgs[:bs], ids, batch_size=bs)
     out["prompt_tokens_mean"] = statistics.fmean(s.prompt_tokens)
     out["fixed_prefix_tokens"] = c.cached_tokens[0]
+    out["fixed_prefix_tokens_transformers"] = s.cached_tokens[0]
     out["loadavg_after"] = loadavg()
     return out
 
@@ -200,19 +218,33 @@ def teacher_fmt(cfg: Any, task: Any) -> PromptFormat:
 
 
 def three_orders(args: argparse.Namespace, cfg: Any, task: Any, engines: dict[str, Any],
-                 msgs: list[list[dict]]) -> dict[str, Any]:
+                 msgs: list[list[dict]], test: list[Record]) -> dict[str, Any]:
     """Seconds per article for the quickstart teacher's three shot orders: one after another, and
-    in one forward with the cached prefixes stacked (``score_labels_formats``), interleaved."""
+    in one forward with the cached prefixes stacked (``score_labels_formats``), interleaved; and the
+    teacher's labels (as ``generate`` makes them) in fp32 and bf16."""
     from potstill.teachers.local import LocalTeacher
 
-    fmts = LocalTeacher(cfg.teacher, task).fmts
+    teacher = LocalTeacher(cfg.teacher, task)
+    fmts = teacher.fmts
     ids = label_token_ids(engines["transformers fp32"].tokenizer, fmts[0], task.labels)
     calls: dict[str, Callable[[int], Any]] = {}
     for k in ("transformers fp32", "transformers bf16"):
         e = engines[k]
         calls[f"{k}, orders one at a time"] = lambda i, e=e: [e.score_labels(f, [msgs[i]], ids, batch_size=1) for f in fmts]
         calls[f"{k}, orders in one forward"] = lambda i, e=e: e.score_labels_formats(fmts, [msgs[i]], ids, batch_size=1)
-    return {"orders": len(fmts), "per_article": interleaved(calls, args.n_teacher_latency)}
+    out: dict[str, Any] = {"orders": len(fmts), "per_article": interleaved(calls, args.n_teacher_latency)}
+    # The quickstart teacher's own labels (three orders, calibrated, averaged) over all the test
+    # articles, in each precision.
+    labels = {}
+    for k in ("transformers fp32", "transformers bf16"):
+        teacher._priors = []
+        probs, _ = teacher._classify(engines[k], ids, msgs)
+        labels[k] = probs.argmax(-1).tolist()
+    gold = [task.labels.index(r.label) for r in test]
+    a, b = labels["transformers fp32"], labels["transformers bf16"]
+    out["labels"] = {"n": len(a), "bf16_same_label_as_fp32": sum(x == y for x, y in zip(a, b)) / len(a),
+                     "gold_accuracy": {k: sum(x == g for x, g in zip(v, gold)) / len(v) for k, v in labels.items()}}
+    return out
 
 
 def teacher_part(args: argparse.Namespace, cfg: Any, test: list[Record]) -> dict[str, Any]:
@@ -231,7 +263,7 @@ def teacher_part(args: argparse.Namespace, cfg: Any, test: list[Record]) -> dict
     except PotstillError as e:  # CTranslate2 4.8.5 is wrong past gemma-3's sliding window: refused
         out["engines"]["ctranslate2 int8"] = {"refused": str(e)}
         del engines["ctranslate2 int8"]
-    out["three_orders"] = three_orders(args, cfg, task, engines, msgs)
+    out["three_orders"] = three_orders(args, cfg, task, engines, msgs, test)
     calls = {k: (lambda i, e=e: e.score_labels(fmt, [msgs[i]], ids, batch_size=1)) for k, e in engines.items()}
     lat = interleaved(calls, args.n_teacher_latency)
     probs = {}
@@ -296,6 +328,40 @@ def extraction_part(args: argparse.Namespace, test: list[Record]) -> dict[str, A
     return out
 
 
+def shallow_part(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
+    """A student depth-pruned to its first 12 layers and distilled (``--shallow-run``, a quickstart
+    run copy rerun with ``--student.num_layers 12``): batch-1 latency per engine, and its labels'
+    agreement with the teacher and with gold on that run's test split."""
+    run = args.shallow_run
+    task = get_task(cfg.task)
+    test = read_records(run / "test.jsonl")
+    spec = str(run / "student")
+    engines = {"transformers fp32": load_engine("transformers", spec, device="cpu"),
+               "transformers bf16": load_engine("transformers", spec, device="cpu", dtype="bfloat16"),
+               "ctranslate2 int8": load_engine("ctranslate2", spec, device="cpu"),
+               RECHECKED: load_engine("ctranslate2", spec, device="cpu", recheck_margin=RECHECK_MARGIN)}
+    fmt = student_format(engines["transformers fp32"], task)
+    ids = label_token_ids(engines["transformers fp32"].tokenizer, fmt, task.labels)
+    msgs = [r.messages for r in test]
+    out: dict[str, Any] = {"run": str(run), "layers": load_config(run / "potstill.yaml").student.num_layers,
+                           "loadavg_before": loadavg(), "engines": {}}
+    lat = interleaved({k: (lambda i, e=e: e.score_labels(fmt, [msgs[i]], ids, batch_size=1))
+                       for k, e in engines.items()}, args.n_latency)
+    labels = {k: [task.labels[j] for j in e.score_labels(fmt, msgs, ids, batch_size=args.batch_size).logits.argmax(-1)]
+              for k, e in engines.items()}
+    ref = labels["transformers fp32"]
+    for k in engines:
+        out["engines"][k] = {
+            "batch1": lat[k],
+            "agreement_with_teacher": sum(a == r.output for a, r in zip(labels[k], test)) / len(test),
+            "gold_accuracy": sum(a == r.label for a, r in zip(labels[k], test)) / len(test),
+            "agreement_with_transformers_fp32": sum(a == b for a, b in zip(labels[k], ref)) / len(ref)}
+        print("shallow", k, lat[k]["p50_s"], out["engines"][k], flush=True)
+    out["teacher_gold_accuracy"] = sum(r.output == r.label for r in test) / len(test)
+    out["loadavg_after"] = loadavg()
+    return out
+
+
 def serve_part(args: argparse.Namespace, cfg: Any, train: list[Record], test: list[Record], work: Path) -> dict[str, Any]:
     from benchmarks.engine_serve import serve_latency
 
@@ -313,6 +379,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--torch-variants", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--shallow-run", type=Path, help="part shallow: a finished run whose student is depth-pruned")
     ap.add_argument("--run", type=Path, help="a finished quickstart run: its trained student and test split "
                     "(default: the bundled untrained student on a split rebuilt here)")
     args = ap.parse_args()
@@ -327,7 +394,7 @@ def main() -> None:
     parts = {"student": lambda: student_part(args, cfg, test), "teacher": lambda: teacher_part(args, cfg, test),
              "extraction": lambda: extraction_part(args, test),
              "serve": lambda: serve_part(args, cfg, train, test, work),
-             "margins": lambda: margins_part(args, cfg, test)}
+             "margins": lambda: margins_part(args, cfg, test), "shallow": lambda: shallow_part(args, cfg)}
     for name in args.only.split(","):
         t0 = time.perf_counter()
         result[name] = parts[name]()
@@ -349,16 +416,17 @@ MIN_SAME_LABEL, MIN_IDENTICAL_GENERATIONS = 0.99, 0.98
 def quality_failures(result: dict) -> list[str]:
     """Every quality check of the parts measured, past its tolerance (the JSON is written first)."""
     out = []
-    for name in ("ctranslate2 int8", "transformers bf16"):  # the fast engines; bf16 is the CPU path with AMX
+    # The engines as potstill runs them: ctranslate2 with its default near-tie re-check (int8 alone
+    # is reported, not held to the bar), bf16 (the CPU path with AMX).
+    for name in (RECHECKED, "transformers bf16"):
         engine = result.get("student", {}).get("engines", {}).get(name, {})
         if engine.get("agreement_with_transformers_fp32", 1.0) < MIN_SAME_LABEL:
             out.append(f"student: {name} gives fp32's label on {engine['agreement_with_transformers_fp32']:.1%} "
                        f"of the test articles (tolerance {MIN_SAME_LABEL:.0%})")
-        teacher = result.get("teacher", {}).get("engines", {}).get(name, {})
-        same = teacher.get("same_label_calibrated", result.get("teacher", {}).get("same_label_calibrated")
-                           if name == "ctranslate2 int8" else None)
-        if same is not None and same < MIN_SAME_LABEL:
-            out.append(f"teacher: {name} gives transformers fp32's label on {same:.1%} (tolerance {MIN_SAME_LABEL:.0%})")
+    teacher = result.get("teacher", {})
+    same = teacher.get("three_orders", {}).get("labels", {}).get("bf16_same_label_as_fp32")
+    if same is not None and same < MIN_SAME_LABEL:  # the quickstart teacher as generate runs it
+        out.append(f"teacher: bf16 gives fp32's label (three orders) on {same:.1%} (tolerance {MIN_SAME_LABEL:.0%})")
     for name, row in result.get("extraction", {}).get("engines", {}).items():
         ident = row.get("identical_to_fp32")
         if ident is not None and ident < MIN_IDENTICAL_GENERATIONS:

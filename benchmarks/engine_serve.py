@@ -73,7 +73,8 @@ def serve_latency(args: Any, cfg: Any, train: list[Record], test: list[Record], 
             c = load_config(run / "potstill.yaml", {"serve.engine": engine, "serve.dtype": dtype})
             t0 = time.perf_counter()
             services[name] = load_service(run, c, device="cpu", ledger_path=work / f"calls-{name}.sqlite")
-            out["engines"][name] = {"load_and_calibrate_s": time.perf_counter() - t0}
+            out["engines"][name] = {"load_and_calibrate_s": time.perf_counter() - t0,
+                                    "identity": services[name].engine.identity}  # ctranslate2: with its re-check
             services[name].routing = Routing(-math.inf, math.inf)
             servers[name] = LiveServer(build_app(services[name], None)).__enter__()
             clients[name] = openai.OpenAI(base_url=servers[name].url + "/v1", api_key="unused", max_retries=0)
