@@ -56,6 +56,8 @@ def test_serve_engine_ctranslate2_answers_through_the_openai_client(tmp_path, ta
         "serve": {"engine": "ctranslate2", "api_key_env": ""}}))
     service = load_service(run, run_config(run, None), device="cpu")
     assert service.engine.engine.name == "ctranslate2" and "#ct2-int8" in service.student_name
+    # serve.recheck_margin's default: near ties go to transformers, and the calibration is keyed apart.
+    assert service.engine.identity.endswith("#ct2-int8+recheck0.3-auto")
     service.routing = Routing(float("-inf"), float("inf"))  # the student answers every request
     try:
         with LiveServer(build_app(service, None)) as live:
