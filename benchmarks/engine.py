@@ -22,8 +22,10 @@ Parts:
   seconds per article at batch 1. Then the quickstart teacher as ``generate`` runs it (three shot
   orders, calibrated, averaged): seconds per article, orders one at a time or in one forward, and
   its labels on the 250 in fp32 and bf16.
-- ``extraction``: greedy JSON extraction (48 new tokens) by the student, batch 1 and batch 8:
-  seconds per input and the share of identical outputs.
+- ``extraction``: greedy JSON extraction, batch 1 and batch 8: seconds per input, the share of
+  outputs identical to fp32's, valid JSON and the teacher's answer. With ``--extract-run``, a
+  student distilled for the task (``benchmarks/extraction_run.py``); else the bundled untrained
+  student (48 new tokens of prose).
 - ``shallow`` (with ``--shallow-run``): a distilled student cut to its first 12 layers, per
   engine: batch-1 latency, agreement with the teacher, gold accuracy.
 - ``serve``: `potstill serve`'s app in-process on 127.0.0.1 with each engine, requests sent one
@@ -131,7 +133,7 @@ def student_engines(args: argparse.Namespace) -> dict[str, Any]:
     return e
 
 
-RECHECK_MARGIN = 0.1
+RECHECK_MARGIN = 0.3  # potstill's default (config.engine_recheck)
 RECHECKED = f"ctranslate2 int8, fp32 re-check under margin {RECHECK_MARGIN}"
 
 
@@ -296,26 +298,41 @@ def teacher_part(args: argparse.Namespace, cfg: Any, test: list[Record]) -> dict
 
 
 def extraction_part(args: argparse.Namespace, test: list[Record]) -> dict[str, Any]:
-    """Generation by the bundled student (the trained one answers with a topic, not JSON)."""
-    engines = {"transformers fp32": load_engine("transformers", STUDENT, device="cpu"),
-               "transformers bf16": load_engine("transformers", STUDENT, device="cpu", dtype="bfloat16"),
-               "ctranslate2 int8": load_engine("ctranslate2", STUDENT, device="cpu")}
-    fmt = PromptFormat(kind="chat", instruction=EXTRACT)
-    msgs = [r.messages for r in test[: args.n_extract]]
-    out: dict[str, Any] = {"loadavg_before": loadavg(), "n": len(msgs), "max_new_tokens": args.max_new_tokens,
-                           "instruction": EXTRACT, "engines": {}}
+    """Greedy generation: with ``--extract-run``, that run's distilled extraction student on its own
+    test split (``benchmarks/extraction_run.py``); else the bundled student, untrained, on EXTRACT
+    (it answers in free prose, where precisions part ways within a few tokens)."""
+    task = None
+    if args.extract_run:
+        run = args.extract_run
+        task = get_task(load_config(run / "potstill.yaml").task)
+        spec, recs = str(run / "student"), read_records(run / "test.jsonl")[: args.n_extract]
+        max_new = task.cfg.max_output_tokens
+    else:
+        spec, recs, max_new = STUDENT, test[: args.n_extract], args.max_new_tokens
+    engines = {"transformers fp32": load_engine("transformers", spec, device="cpu"),
+               "transformers bf16": load_engine("transformers", spec, device="cpu", dtype="bfloat16"),
+               "ctranslate2 int8": load_engine("ctranslate2", spec, device="cpu")}
+    fmt = student_format(engines["transformers fp32"], task) if task else PromptFormat(kind="chat", instruction=EXTRACT)
+    msgs = [r.messages for r in recs]
+    out: dict[str, Any] = {"loadavg_before": loadavg(), "n": len(msgs), "max_new_tokens": max_new,
+                           "student": spec, "instruction": fmt.instruction, "engines": {}}
     texts: dict[str, list[str]] = {}
     calls = {k: (lambda i, e=e, k=k: texts.setdefault(k, []).append(
-        e.generate(fmt, [msgs[i]], args.max_new_tokens, batch_size=1).texts[0])) for k, e in engines.items()}
+        e.generate(fmt, [msgs[i]], max_new, batch_size=1).texts[0])) for k, e in engines.items()}
     lat = interleaved(calls, len(msgs))
     for k, e in engines.items():
         texts[k] = texts[k][1:]  # drop the warm-up call's output
         t0 = time.perf_counter()
-        g = e.generate(fmt, msgs, args.max_new_tokens, batch_size=8)
+        g = e.generate(fmt, msgs, max_new, batch_size=8)
         wall = time.perf_counter() - t0
         out["engines"][k] = {"batch1": lat[k], "batch8_per_input_s": wall / len(msgs),
                              "output_tokens_mean": statistics.fmean(g.output_tokens),
                              "batch8_same_as_batch1": sum(a == b for a, b in zip(g.texts, texts[k])) / len(msgs)}
+        if task is not None:  # the answers as the task reads them: valid JSON, and the rule's answer
+            parsed = [task.parse(t) for t in texts[k]]
+            out["engines"][k]["valid"] = sum(task.validate(x) is None for x in parsed) / len(msgs)
+            out["engines"][k]["agreement_with_teacher"] = sum(
+                task.agree(x, task.parse(r.output or "")) for x, r in zip(parsed, recs)) / len(msgs)
         print("extract", k, lat[k]["p50_s"], wall / len(msgs), loadavg(), flush=True)
     a, b = texts["transformers fp32"], texts["ctranslate2 int8"]
     for k in engines:
@@ -379,6 +396,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--torch-variants", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--extract-run", type=Path, help="part extraction: a finished run of benchmarks/extraction_run.py")
     ap.add_argument("--shallow-run", type=Path, help="part shallow: a finished run whose student is depth-pruned")
     ap.add_argument("--run", type=Path, help="a finished quickstart run: its trained student and test split "
                     "(default: the bundled untrained student on a split rebuilt here)")
