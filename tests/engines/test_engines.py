@@ -237,6 +237,9 @@ def test_ctranslate2_near_ties_are_rescored_by_transformers(taught):
     torch.testing.assert_close(got.logits[near], want.logits[near])
     torch.testing.assert_close(got.logits[~near], alone.logits[~near])
     torch.testing.assert_close(got.embeddings, alone.embeddings)  # routing's embeddings stay one engine's
+    lazy = load_engine("ctranslate2", str(taught), device="cpu", recheck_margin=0.3)
+    lazy.generate(CHAT, MSGS[:2], 2, batch_size=2)
+    assert lazy._reference is None  # generation is not re-checked: the transformers model never loads
     everything = load_engine("ctranslate2", str(taught), device="cpu", recheck_margin=1.0)
     torch.testing.assert_close(everything.score_labels(CHAT, MSGS, ids, batch_size=4).logits, want.logits)
     assert load_engine("transformers", str(taught), device="cpu", recheck_margin=0.5).name == "transformers"

@@ -59,10 +59,12 @@ def load_engine(name: str, spec: str, device: str = "auto", num_layers: int | No
 
     ``recheck_margin`` > 0 with an engine other than transformers: label scores whose top two
     probabilities are closer than it come from engine transformers at ``dtype`` instead
-    (``recheck.RecheckedEngine``); the fast engine then loads at its own precision."""
+    (``recheck.RecheckedEngine``, which loads it on the first near tie); the fast engine then
+    loads at its own precision."""
     if recheck_margin > 0 and name != "transformers":
         fast = _load(name, spec, device, num_layers, "auto")
-        return RecheckedEngine(fast, _load("transformers", spec, device, num_layers, dtype), recheck_margin)
+        return RecheckedEngine(fast, lambda: _load("transformers", spec, device, num_layers, dtype), recheck_margin,
+                               dtype)
     return _load(name, spec, device, num_layers, dtype)
 
 

@@ -15,8 +15,7 @@ embedding reference and its requests still come from one engine.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -34,18 +33,26 @@ def label_margin(logits: torch.Tensor) -> torch.Tensor:
 
 
 class RecheckedEngine:
-    """``fast``'s answers, with label scores under ``margin`` taken from ``reference`` instead."""
+    """``fast``'s answers, with label scores under ``margin`` taken from the reference engine
+    instead, which ``load_reference`` loads on the first near tie (a generation task never loads it)."""
 
-    def __init__(self, fast: Engine, reference: Engine, margin: float):
-        self.fast, self.reference, self.margin = fast, reference, float(margin)
+    def __init__(self, fast: Engine, load_reference: Callable[[], Engine], margin: float, dtype: str):
+        self.fast, self.margin = fast, float(margin)
+        self._load_reference = load_reference
+        self._reference: Engine | None = None
         self.name = fast.name
         self.tokenizer = fast.tokenizer
         # Calibrations and caches key on the identity: the re-check changes the labels, and so does
         # the reference's precision. The fast engine's identity stays its head (served model names
         # are built from its tail).
-        precision = reference.identity.split("#", 1)[1] if "#" in reference.identity else "auto"
-        self.identity = f"{fast.identity}+recheck{self.margin:g}-{precision}"
+        self.identity = f"{fast.identity}+recheck{self.margin:g}-{dtype}"
         self.rechecked = 0  # inputs re-scored so far (benchmarks report the share)
+
+    @property
+    def reference(self) -> Engine:
+        if self._reference is None:
+            self._reference = self._load_reference()
+        return self._reference
 
     @property
     def num_parameters(self) -> int:
