@@ -401,6 +401,8 @@ def main() -> None:
     ap.add_argument("--run", type=Path, help="a finished quickstart run: its trained student and test split "
                     "(default: the bundled untrained student on a split rebuilt here)")
     args = ap.parse_args()
+    if "shallow" in args.only.split(",") and not args.shallow_run:
+        ap.error("part shallow needs --shallow-run RUN (a quickstart run rerun with --student.num_layers 12)")
     torch.set_num_threads(os.cpu_count() or 1)
     result = json.loads(args.out.read_text()) if args.out.exists() else {}
     work = Path(tempfile.mkdtemp(prefix="potstill-bench-engine-"))
