@@ -110,7 +110,7 @@ class CT2Engine:
 
     # ------------------------------------------------------------------ prompts
     def _fixed(self, fmt: PromptFormat) -> list[int]:
-        key = (fmt.kind, fmt.instruction, fmt.answer_prefix, tuple(fmt.shots or ()))
+        key = fmt.key()
         if key not in self._static:
             self._static[key] = static_ids(self.tokenizer, fmt)
         return self._static[key]

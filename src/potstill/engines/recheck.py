@@ -21,15 +21,7 @@ import torch
 
 from potstill.engines.base import Engine, Progress
 from potstill.models.prompting import PromptFormat
-from potstill.models.scoring import Generated, Scored
-
-
-def label_margin(logits: torch.Tensor) -> torch.Tensor:
-    """(N,) top-1 minus top-2 label probability of (N, K) label logits (1.0 where K is 1)."""
-    if logits.shape[-1] < 2:
-        return torch.ones(logits.shape[0])
-    top = torch.softmax(logits.float(), -1).topk(2, -1).values
-    return top[:, 0] - top[:, 1]
+from potstill.models.scoring import Generated, Scored, label_margin
 
 
 class RecheckedEngine:

@@ -53,9 +53,9 @@ class TransformersEngine:
 
     def prefix(self, fmt: PromptFormat) -> PrefixCache | None:
         """The KV cache of ``fmt``'s fixed start (few-shot prefix or chat system turn), computed on first use."""
-        key = (fmt.kind, fmt.instruction, fmt.answer_prefix, tuple(fmt.shots or ()), self.reuse_prefix)
+        key = (*fmt.key(), self.reuse_prefix)
         if key not in self._prefixes:
-            if fmt.prefix() or fmt.kind != "chat":
+            if fmt.kind != "chat":  # a completion format's few-shot prefix (a chat format has none)
                 self._prefixes[key] = build_prefix(self.lm, fmt)
             else:
                 ids = static_ids(self.tokenizer, fmt) if self.reuse_prefix else []

@@ -26,6 +26,10 @@ class PromptFormat:
     answer_prefix: str = "Answer:"
     shots: list[tuple[str, str]] | None = None
 
+    def key(self) -> tuple:
+        """Everything that shapes the prompt's fixed start, hashable (caches of it key on this)."""
+        return (self.kind, self.instruction, self.answer_prefix, tuple(self.shots or ()))
+
     def prefix(self) -> str:
         """The part shared by every prompt (instruction and shots): computed once, KV-cached."""
         if self.kind == "chat":

@@ -103,6 +103,15 @@ class Scored:
     embeddings: torch.Tensor | None = None  # (N, H) unit embeddings: mean last hidden state over each query
 
 
+def label_margin(logits: torch.Tensor) -> torch.Tensor:
+    """(N,) top-1 minus top-2 label probability of (N, K) label logits (1.0 where K is 1): how close
+    an input is to a tie, the routing confidence for classification."""
+    if logits.shape[-1] < 2:
+        return torch.ones(logits.shape[0])
+    top = torch.softmax(logits.float(), -1).topk(2, -1).values
+    return top[:, 0] - top[:, 1]
+
+
 def _pooled(hidden: torch.Tensor, mask: torch.Tensor, prefix: PrefixCache | None = None) -> torch.Tensor:
     """Mean of ``hidden`` (B, T, H) over the positions where ``mask`` (B, T) is 1, and over a split-off
     prefix's positions where it has a ``hidden_sum``; L2-normalised, on CPU."""

@@ -61,9 +61,9 @@ def build(run_dir: str | Path, n_inputs: int = INPUTS, n_shots: int = 50, n_test
                 [{"id": a["id"], "input": a["text"], "label": a["label"]} for a in inputs])
     write_jsonl(run_dir / "data" / "real.jsonl",
                 [{"id": f"real-{a['id']}", "input": a["text"], "label": a["label"]} for a in real])
-    # bf16 where the CPU multiplies it in hardware (AMX): teacher 1.35x, student 1.5-2x, training
-    # steps 1.5x faster; the student gives fp32's label on 249 of 250 test articles, the teacher
-    # (3 orders) on 100 of 100 in a probe (README, "Quick start"; benchmarks/engine.json).
+    # bf16 where the CPU multiplies it in hardware (AMX): teacher 1.35x, student 1.3-2x, training
+    # steps 1.5x faster; the student and the teacher (3 orders) give fp32's label on 250 of 250
+    # test articles (README, "Quick start"; benchmarks/engine.json).
     dtype = {"dtype": "bfloat16"} if bf16_native() else {}
     cfg = {
         "run_dir": ".",

@@ -24,6 +24,7 @@ from potstill.engines import Engine
 from potstill.engines.transformers import TransformersEngine as _Transformers
 from potstill.models.loading import LM
 from potstill.models.prompting import label_token_ids
+from potstill.models.scoring import label_margin
 from potstill.progress import bar
 from potstill.students import student_format
 from potstill.tasks import Task
@@ -72,13 +73,12 @@ class ServedStudent:
         n = len(messages)
         if self.label_ids is not None:
             s = self.engine.score_labels(self.fmt, messages, self.label_ids, batch_size=n, max_length=self.max_length)
-            probs = torch.softmax(s.logits.float(), -1)
-            top = probs.topk(2, -1).values
-            labels = [self.task.labels[i] for i in probs.argmax(-1).tolist()]
+            margin = label_margin(s.logits)
+            labels = [self.task.labels[i] for i in torch.softmax(s.logits.float(), -1).argmax(-1).tolist()]
             dt = (time.perf_counter() - t0) / n
             return [
                 StudentAnswer(output=lab, parsed=lab, invalid=self.task.validate(lab),
-                              confidence=float(top[i, 0] - top[i, 1]), embedding=s.embeddings[i],
+                              confidence=float(margin[i]), embedding=s.embeddings[i],
                               prompt_tokens=s.prompt_tokens[i], output_tokens=1, seconds=dt)
                 for i, lab in enumerate(labels)
             ]

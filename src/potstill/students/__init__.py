@@ -15,6 +15,7 @@ import torch
 
 from potstill.models.loading import LM
 from potstill.models.prompting import PromptFormat, label_token_ids
+from potstill.models.scoring import label_margin
 from potstill.progress import bar
 from potstill.records import Record
 from potstill.tasks import Task
@@ -64,13 +65,12 @@ def predict(lm: Any, task: Task, records: list[Record], batch_size: int = 16, de
             ids = label_token_ids(engine.tokenizer, fmt, task.labels)
             s = engine.score_labels(fmt, msgs, ids, batch_size=batch_size, progress=advance)
             probs = torch.softmax(s.logits, -1)
-            top = probs.topk(2, -1)
             outputs = [task.labels[i] for i in probs.argmax(-1).tolist()]
             return Predictions(
                 outputs=outputs, parsed=outputs,
                 label_probs=[dict(zip(task.labels, p)) for p in probs.tolist()],
                 # Margin between the two most likely labels: the routing signal for classification.
-                confidence=(top.values[:, 0] - top.values[:, 1]).tolist(),
+                confidence=label_margin(s.logits).tolist(),
                 prompt_tokens=s.prompt_tokens, output_tokens=[1] * len(records), seconds=s.seconds,
                 wall_s=time.perf_counter() - t0, batch_size=batch_size,
             )
