@@ -55,3 +55,17 @@ def test_label_kd_lowers_kl_to_teacher(tiny_model, tmp_path, dtype):
         first = json.loads((tmp_path / "fp32.jsonl").read_text().splitlines()[0])
         assert rows[0]["kd"] == pytest.approx(first["kd"], rel=0.02) and rows[0]["kd"] != first["kd"]
 
+
+
+@pytest.mark.parametrize("top, trained", [(1, [1]), (2, [0, 1]), (3, [0, 1]), (5, [0, 1])])
+def test_trainable_layers_counts_from_the_top_and_never_past_the_bottom(tiny_model, top, trained):
+    """More trainable layers than the model has trains them all (a 12-layer cut with the default
+    20 once trained only its top 8: a negative slice start)."""
+    from potstill.train.trainer import decoder, freeze_for
+
+    lm = load_lm(str(tiny_model))
+    layers = decoder(lm.model).layers
+    assert len(layers) == 2
+    freeze_for(lm.model, TrainConfig(trainable_layers=top))
+    state = [{p.requires_grad for p in layer.parameters()} for layer in layers]
+    assert state == [{i in trained} for i in range(len(layers))]

@@ -57,7 +57,8 @@ METRIC = {"kd": "logits", "topk": "topk", "labels": "labels"}
 
 
 def freeze_for(model: Any, cfg: TrainConfig) -> None:
-    """Full method: train everything, or only the top ``trainable_layers`` layers and the final norm."""
+    """Full method: train everything, or only the top ``trainable_layers`` layers and the final norm
+    (all layers when the model has no more than that, e.g. a student cut by ``student.num_layers``)."""
     if cfg.trainable_layers is None:
         for p in model.parameters():
             p.requires_grad_(True)
@@ -66,7 +67,7 @@ def freeze_for(model: Any, cfg: TrainConfig) -> None:
         p.requires_grad_(False)
     body = decoder(model)
     layers = body.layers
-    for layer in layers[len(layers) - cfg.trainable_layers :]:
+    for layer in layers[max(0, len(layers) - cfg.trainable_layers) :]:
         for p in layer.parameters():
             p.requires_grad_(True)
     if cfg.trainable_layers and getattr(body, "norm", None) is not None:
