@@ -26,7 +26,8 @@ def project(tmp_path_factory, tiny_model, tiny_model_b):
         "task": {"type": "classification", "labels": LABELS, "instruction": "classify the text"},
         "data": {"inputs": "inputs.jsonl"},
         "teacher": {"type": "local", "model": str(tiny_model_b), "batch_size": 4, "price": {"usd_per_hour": 1.0}},
-        "student": {"model": str(tiny_model), "max_length": 64, "usd_per_hour": 3.6},
+        # Cut to 1 of its 2 layers: the untrained student is the cut model train starts from.
+        "student": {"model": str(tiny_model), "max_length": 64, "usd_per_hour": 3.6, "num_layers": 1},
         "pilot": {"n": 10},
         "curate": {"val": 4, "test": 8},
         "train": {"lr": 0.01, "epochs": 1, "batch_size": 4},
@@ -55,7 +56,7 @@ def test_pilot_and_evaluate_answers_are_ledger_rows(project):
         by.setdefault((r["stage"], r["model"]), []).append(r)
     trained = ev["models"]["student"]["model"]
     untrained = ev["models"]["untrained student"]["model"]
-    assert trained != untrained
+    assert trained != untrained and untrained.endswith("[:1]")
     assert len(by[("evaluate", trained)]) == len(by[("evaluate", untrained)]) == ev["n_test"] == 8
     assert len(by[("pilot", untrained)]) == pilot["valid"] > 0
     assert set(by) == {("evaluate", trained), ("evaluate", untrained), ("pilot", untrained)}

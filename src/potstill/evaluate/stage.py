@@ -199,8 +199,9 @@ def _measure_models(cfg: Config, run: RunDir, task: Task, test: list[Record]):
         batched[name] = measure_batched(lm, task, test, e.batch_size, n_batches)
 
     if e.include_untrained:
-        measure("untrained student", load_engine(e.engine, cfg.student.model, dtype=e.dtype,
-                                                 recheck_margin=e.recheck_margin))
+        # The model train started from: cut to student.num_layers like the trained student.
+        measure("untrained student", load_engine(e.engine, cfg.student.model, num_layers=cfg.student.num_layers,
+                                                 dtype=e.dtype, recheck_margin=e.recheck_margin))
     with run.ledger() as ledger:
         models["teacher"] = measure_teacher(task, test, ledger)
         spend = ledger.summary("teacher")

@@ -30,8 +30,9 @@ def pilot_body(cfg: Config, run: RunDir) -> dict[str, Any]:
         labelled, stats = run_generate(cfg, sample, ledger, stage="pilot")
         valid = [r for r in labelled if r.valid]
         teacher = measure_teacher(task, valid, ledger)
-    lm = load_engine(cfg.evaluate.engine, cfg.student.model, dtype=cfg.evaluate.dtype,
-                     recheck_margin=cfg.evaluate.recheck_margin)  # the engine evaluate will use
+    # The engine evaluate will use, on the model train starts from (cut to student.num_layers).
+    lm = load_engine(cfg.evaluate.engine, cfg.student.model, num_layers=cfg.student.num_layers,
+                     dtype=cfg.evaluate.dtype, recheck_margin=cfg.evaluate.recheck_margin)
     with run.ledger() as ledger:
         student, _ = measure_student(lm, task, valid, cfg.student.usd_per_hour, cfg.evaluate.batch_size,
                                      min(cfg.evaluate.latency_samples, 10), "untrained student", ledger, "pilot")
