@@ -9,8 +9,9 @@ bundled (untrained) SmolLM2-135M-Instruct on a split rebuilt here.
 Parts:
 - ``student``: the student on the quickstart's classification prompt, transformers fp32 and
   bf16 (label rows in fp32; the chat's system turn cached, and fp32 without that cache),
-  CTranslate2 int8 (with and without prefix reuse, with potstill's default fp32 re-check of near
-  ties, and a 12-layer cut of the same weights for speed only).
+  CTranslate2 int8 (with and without prefix reuse, with potstill's default re-check of near ties
+  in fp32 and in bf16 (the quickstart's), and, for a student of more than 12 layers, its first 12
+  for speed only). A re-check's reference is loaded and warmed before timing.
   Each engine: p50/p95 of single calls (batch 1) on the same articles, engines interleaved call
   by call so the shared machine's load hits them alike; throughput answering the 250 test
   articles in arrival-order batches of 16 (one engine call per batch, as ``serve`` batches;
@@ -26,8 +27,9 @@ Parts:
   outputs identical to fp32's, valid JSON and the teacher's answer. With ``--extract-run``, a
   student distilled for the task (``benchmarks/extraction_run.py``); else the bundled untrained
   student (48 new tokens of prose).
-- ``shallow`` (with ``--shallow-run``): a distilled student cut to its first 12 layers, per
-  engine: batch-1 latency, agreement with the teacher, gold accuracy.
+- ``compare`` (with ``--compare-run``): another run's student on that run's own test split, per
+  engine: batch-1 latency, agreement with the teacher, gold accuracy (e.g. the quickstart before
+  2026-11-30: the whole 30-layer SmolLM2 trained on its top 20 layers).
 - ``serve``: `potstill serve`'s app in-process on 127.0.0.1 with each engine, requests sent one
   at a time with the official openai client, routing forced to the student.
 
@@ -126,15 +128,29 @@ def student_engines(args: argparse.Namespace) -> dict[str, Any]:
     ct2 = CT2Engine.load(student, device="cpu")
     e["ctranslate2 int8"] = ct2
     e[RECHECKED] = load_engine("ctranslate2", student, device="cpu", recheck_margin=RECHECK_MARGIN)
+    e[RECHECKED_BF16] = load_engine("ctranslate2", student, device="cpu", recheck_margin=RECHECK_MARGIN,
+                                    dtype="bfloat16")
     plain = CT2Engine.load(student, device="cpu")
     plain.reuse_prefix = False
     e["ctranslate2 int8, no prefix reuse"] = plain
-    e["ctranslate2 int8, first 12 of 30 layers (speed only)"] = CT2Engine.load(student, device="cpu", num_layers=12)
+    depth = e["transformers fp32"].lm.model.config.num_hidden_layers
+    if depth > 12:  # what cutting the trained student would buy, before training a cut one
+        e[f"ctranslate2 int8, first 12 of {depth} layers (speed only)"] = CT2Engine.load(student, device="cpu",
+                                                                                        num_layers=12)
     return e
 
 
 RECHECK_MARGIN = 0.3  # potstill's default (config.engine_recheck)
 RECHECKED = f"ctranslate2 int8, fp32 re-check under margin {RECHECK_MARGIN}"
+RECHECKED_BF16 = f"ctranslate2 int8, bf16 re-check under margin {RECHECK_MARGIN} (the quickstart's, with AMX)"
+
+
+def warm_references(engines: dict[str, Any], fmt: PromptFormat, msgs: list[list[dict]], ids: list[int]) -> None:
+    """Load each re-checking engine's reference and its prompt cache before timing: they load at the
+    first near tie, once per process (serve's routing calibration and evaluate's passes do it there)."""
+    for e in engines.values():
+        if hasattr(e, "reference"):
+            e.reference.score_labels(fmt, [msgs[0]], ids, batch_size=1)
 
 
 def student_part(args: argparse.Namespace, cfg: Any, test: list[Record]) -> dict[str, Any]:
@@ -144,13 +160,15 @@ def student_part(args: argparse.Namespace, cfg: Any, test: list[Record]) -> dict
     ids = label_token_ids(engines["transformers fp32"].tokenizer, fmt, task.labels)
     msgs = [r.messages for r in test]
     out: dict[str, Any] = {"loadavg_before": loadavg(), "prompt_tokens_mean": None, "engines": {}}
+    warm_references(engines, fmt, msgs, ids)
     calls = {k: (lambda i, e=e: e.score_labels(fmt, [msgs[i]], ids, batch_size=1)) for k, e in engines.items()}
     lat = interleaved(calls, args.n_latency)
     bs = args.batch_size
     labels: dict[str, list[str]] = {k: [] for k in engines}
     walls = {k: 0.0 for k in engines}
     margins: list[float] = []  # fp32's top-1 minus top-2 label probability: how close each input is to a tie
-    engines[RECHECKED].rechecked = 0
+    for k in (RECHECKED, RECHECKED_BF16):
+        engines[k].rechecked = 0
     for s in range(0, len(msgs), bs):  # engines take turns batch by batch, like the latency pass
         for k, e in engines.items():
             t0 = time.perf_counter()
@@ -180,7 +198,8 @@ def student_part(args: argparse.Namespace, cfg: Any, test: list[Record]) -> dict
             for m in (0.0, 0.05, 0.1, 0.2, 0.3)}
         row["speedup_p50_vs_fp32"] = base["batch1"]["p50_s"] / row["batch1"]["p50_s"]
         row["throughput_vs_fp32"] = base[f"throughput_batch{bs}"]["wall_s"] / row[f"throughput_batch{bs}"]["wall_s"]
-    out["engines"][RECHECKED]["rechecked_share"] = engines[RECHECKED].rechecked / len(msgs)
+    for k in (RECHECKED, RECHECKED_BF16):
+        out["engines"][k]["rechecked_share"] = engines[k].rechecked / len(msgs)
     s = engines["transformers fp32"].score_labels(fmt, msgs, ids, batch_size=bs)
     c = engines["ctranslate2 int8"].score_labels(fmt, msgs[:bs], ids, batch_size=bs)
     out["prompt_tokens_mean"] = statistics.fmean(s.prompt_tokens)
@@ -345,23 +364,27 @@ def extraction_part(args: argparse.Namespace, test: list[Record]) -> dict[str, A
     return out
 
 
-def shallow_part(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
-    """A student depth-pruned to its first 12 layers and distilled (``--shallow-run``, a quickstart
-    run copy rerun with ``--student.num_layers 12``): batch-1 latency per engine, and its labels'
-    agreement with the teacher and with gold on that run's test split."""
-    run = args.shallow_run
+def compare_part(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
+    """Another run's trained student (``--compare-run``): batch-1 latency per engine, and its labels'
+    agreement with the teacher and with gold on that run's own test split."""
+    run = args.compare_run
     task = get_task(cfg.task)
     test = read_records(run / "test.jsonl")
     spec = str(run / "student")
     engines = {"transformers fp32": load_engine("transformers", spec, device="cpu"),
                "transformers bf16": load_engine("transformers", spec, device="cpu", dtype="bfloat16"),
                "ctranslate2 int8": load_engine("ctranslate2", spec, device="cpu"),
-               RECHECKED: load_engine("ctranslate2", spec, device="cpu", recheck_margin=RECHECK_MARGIN)}
+               RECHECKED: load_engine("ctranslate2", spec, device="cpu", recheck_margin=RECHECK_MARGIN),
+               RECHECKED_BF16: load_engine("ctranslate2", spec, device="cpu", recheck_margin=RECHECK_MARGIN,
+                                           dtype="bfloat16")}
     fmt = student_format(engines["transformers fp32"], task)
     ids = label_token_ids(engines["transformers fp32"].tokenizer, fmt, task.labels)
     msgs = [r.messages for r in test]
-    out: dict[str, Any] = {"run": str(run), "layers": load_config(run / "potstill.yaml").student.num_layers,
-                           "loadavg_before": loadavg(), "engines": {}}
+    train_cfg = load_config(run / "potstill.yaml")
+    out: dict[str, Any] = {"run": str(run), "layers": engines["transformers fp32"].lm.model.config.num_hidden_layers,
+                           "trainable_layers": train_cfg.train.trainable_layers, "epochs": train_cfg.train.epochs,
+                           "lr": train_cfg.train.lr, "loadavg_before": loadavg(), "engines": {}}
+    warm_references(engines, fmt, msgs, ids)
     lat = interleaved({k: (lambda i, e=e: e.score_labels(fmt, [msgs[i]], ids, batch_size=1))
                        for k, e in engines.items()}, args.n_latency)
     labels = {k: [task.labels[j] for j in e.score_labels(fmt, msgs, ids, batch_size=args.batch_size).logits.argmax(-1)]
@@ -373,7 +396,7 @@ def shallow_part(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
             "agreement_with_teacher": sum(a == r.output for a, r in zip(labels[k], test)) / len(test),
             "gold_accuracy": sum(a == r.label for a, r in zip(labels[k], test)) / len(test),
             "agreement_with_transformers_fp32": sum(a == b for a, b in zip(labels[k], ref)) / len(ref)}
-        print("shallow", k, lat[k]["p50_s"], out["engines"][k], flush=True)
+        print("compare", k, lat[k]["p50_s"], out["engines"][k], flush=True)
     out["teacher_gold_accuracy"] = sum(r.output == r.label for r in test) / len(test)
     out["loadavg_after"] = loadavg()
     return out
@@ -397,12 +420,12 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--torch-variants", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--extract-run", type=Path, help="part extraction: a finished run of benchmarks/extraction_run.py")
-    ap.add_argument("--shallow-run", type=Path, help="part shallow: a finished run whose student is depth-pruned")
+    ap.add_argument("--compare-run", type=Path, help="part compare: another finished run, whose student to compare")
     ap.add_argument("--run", type=Path, help="a finished quickstart run: its trained student and test split "
                     "(default: the bundled untrained student on a split rebuilt here)")
     args = ap.parse_args()
-    if "shallow" in args.only.split(",") and not args.shallow_run:
-        ap.error("part shallow needs --shallow-run RUN (a quickstart run rerun with --student.num_layers 12)")
+    if "compare" in args.only.split(",") and not args.compare_run:
+        ap.error("part compare needs --compare-run RUN (a finished run with a trained student)")
     torch.set_num_threads(os.cpu_count() or 1)
     result = json.loads(args.out.read_text()) if args.out.exists() else {}
     work = Path(tempfile.mkdtemp(prefix="potstill-bench-engine-"))
@@ -414,7 +437,7 @@ def main() -> None:
     parts = {"student": lambda: student_part(args, cfg, test), "teacher": lambda: teacher_part(args, cfg, test),
              "extraction": lambda: extraction_part(args, test),
              "serve": lambda: serve_part(args, cfg, train, test, work),
-             "margins": lambda: margins_part(args, cfg, test), "shallow": lambda: shallow_part(args, cfg)}
+             "margins": lambda: margins_part(args, cfg, test), "compare": lambda: compare_part(args, cfg)}
     for name in args.only.split(","):
         t0 = time.perf_counter()
         result[name] = parts[name]()
@@ -438,11 +461,12 @@ def quality_failures(result: dict) -> list[str]:
     out = []
     # The engines as potstill runs them: ctranslate2 with its default near-tie re-check (int8 alone
     # is reported, not held to the bar), bf16 (the CPU path with AMX).
-    for name in (RECHECKED, "transformers bf16"):
-        engine = result.get("student", {}).get("engines", {}).get(name, {})
-        if engine.get("agreement_with_transformers_fp32", 1.0) < MIN_SAME_LABEL:
-            out.append(f"student: {name} gives fp32's label on {engine['agreement_with_transformers_fp32']:.1%} "
-                       f"of the test articles (tolerance {MIN_SAME_LABEL:.0%})")
+    for part in ("student", "compare"):
+        for name in (RECHECKED, RECHECKED_BF16, "transformers bf16"):
+            engine = result.get(part, {}).get("engines", {}).get(name, {})
+            if engine.get("agreement_with_transformers_fp32", 1.0) < MIN_SAME_LABEL:
+                out.append(f"{part}: {name} gives fp32's label on {engine['agreement_with_transformers_fp32']:.1%} "
+                           f"of the test articles (tolerance {MIN_SAME_LABEL:.0%})")
     teacher = result.get("teacher", {})
     same = teacher.get("three_orders", {}).get("labels", {}).get("bf16_same_label_as_fp32")
     if same is not None and same < MIN_SAME_LABEL:  # the quickstart teacher as generate runs it
