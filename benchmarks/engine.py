@@ -140,7 +140,7 @@ def student_engines(args: argparse.Namespace) -> dict[str, Any]:
     return e
 
 
-RECHECK_MARGIN = 0.3  # potstill's default (config.engine_recheck)
+RECHECK_MARGIN = 0.3  # potstill's default (config_models.engine_recheck)
 RECHECKED = f"ctranslate2 int8, fp32 re-check under margin {RECHECK_MARGIN}"
 RECHECKED_BF16 = f"ctranslate2 int8, bf16 re-check under margin {RECHECK_MARGIN} (the quickstart's, with AMX)"
 
