@@ -56,7 +56,6 @@ def test_label_kd_lowers_kl_to_teacher(tiny_model, tmp_path, dtype):
         assert rows[0]["kd"] == pytest.approx(first["kd"], rel=0.02) and rows[0]["kd"] != first["kd"]
 
 
-
 @pytest.mark.parametrize("top, trained", [(1, [1]), (2, [0, 1]), (3, [0, 1]), (5, [0, 1])])
 def test_trainable_layers_counts_from_the_top_and_never_past_the_bottom(tiny_model, top, trained):
     """More trainable layers than the model has trains them all (a 12-layer cut with the default

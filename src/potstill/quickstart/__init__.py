@@ -75,8 +75,8 @@ def build(run_dir: str | Path, n_inputs: int = INPUTS, n_shots: int = 50, n_test
     write_jsonl(run_dir / "data" / "real.jsonl",
                 [{"id": f"real-{a['id']}", "input": a["text"], "label": a["label"]} for a in real])
     # bf16 where the CPU multiplies it in hardware (AMX): teacher 1.35x, student 1.3-2x, training
-    # steps 1.5x faster; the student and the teacher (3 orders) give fp32's label on 250 of 250
-    # test articles (README, "Quick start"; benchmarks/engine.json).
+    # steps 1.5x faster; the teacher (3 orders) gives fp32's label on 250 of 250 test articles,
+    # the 12-layer student on 249 (README, "Quick start"; benchmarks/engine.json).
     dtype = {"dtype": "bfloat16"} if bf16_native() else {}
     # The student's engine; a ctranslate2 label whose top two probabilities are within
     # recheck_margin (default 0.3) is re-scored by transformers at this dtype.
