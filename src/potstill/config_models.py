@@ -402,9 +402,13 @@ class ServeConfig(Section):
         description="If set, instead pick the lowest threshold whose end-to-end val agreement reaches this.",
     )
     ood_quantile: float = Field(
-        0.98, gt=0, le=1, description="Inputs farther from the training inputs than this quantile of val are escalated."
+        0.98, gt=0, le=1, description="Inputs farther from the training inputs than this quantile of the distances of "
+        "val and of held-out training inputs (see ood_reference) are escalated."
     )
-    ood_reference: int = Field(256, ge=1, description="Training inputs embedded as the in-distribution reference.")
+    ood_reference: int = Field(
+        256, ge=1, description="Training inputs embedded as the in-distribution reference; up to as many other "
+        "training inputs calibrate the OOD threshold beside val."
+    )
     batch_size: int = Field(16, ge=1, description="Most concurrent requests the student answers in one forward pass.")
     batch_wait_ms: float = Field(2.0, ge=0, description="How long the batcher waits for more requests to join a batch.")
     engine: str = Field(

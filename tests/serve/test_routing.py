@@ -66,3 +66,14 @@ def test_ood_distance_is_cosine_to_nearest():
 def test_calibration_needs_data():
     with pytest.raises(PotstillError):
         calibrate([], [], [], [])
+
+
+def test_the_ood_threshold_pools_val_with_held_out_distances():
+    held = [0.1 * i for i in range(1, 31)]  # in-distribution inputs farther out than the ten val ones
+    r = calibrate(CONF, AGREE, NEAR, VALID, target_escalation=0.3, ood_quantile=0.9, ood_sample=held)
+    pooled = sorted(NEAR + held)
+    k = (len(pooled) - 1) * 0.9
+    assert r.ood_threshold == pytest.approx(pooled[int(k)] + (pooled[int(k) + 1] - pooled[int(k)]) * (k - int(k)))
+    assert r.stats["n_ood_sample"] == 40 and r.stats["val_forced_escalations"] == 0
+    # Val alone put its threshold at float noise.
+    assert calibrate(CONF, AGREE, NEAR, VALID, ood_quantile=0.9).ood_threshold == pytest.approx(1e-3)

@@ -63,11 +63,23 @@ def _answer_all(engine: ServedStudent, messages: list[list[dict]], batch_size: i
     return out
 
 
+def _spread_indices(count: int, n: int) -> list[int]:
+    """n indices evenly spaced through range(count) (the training split is already shuffled by hash)."""
+    if count <= n:
+        return list(range(count))
+    return [int(i * count / n) for i in range(n)]
+
+
 def _spread(records: list[Record], n: int) -> list[Record]:
-    """n records evenly spaced through the list (the training split is already shuffled by hash)."""
-    if len(records) <= n:
-        return records
-    return [records[int(i * len(records) / n)] for i in range(n)]
+    return [records[i] for i in _spread_indices(len(records), n)]
+
+
+def _reference_and_holdout(records: list[Record], n: int) -> tuple[list[Record], list[Record]]:
+    """The OOD reference (n training records spread through the split) and up to n of the others,
+    which calibrate the OOD threshold as in-distribution inputs the reference does not hold."""
+    chosen = set(_spread_indices(len(records), n))
+    rest = [r for i, r in enumerate(records) if i not in chosen]
+    return [records[i] for i in sorted(chosen)], _spread(rest, n)
 
 
 def calibrate_run(run_dir: Path, cfg: Config, engine: ServedStudent, task: Task, force: bool = False) -> tuple[Routing, torch.Tensor]:
@@ -79,7 +91,7 @@ def calibrate_run(run_dir: Path, cfg: Config, engine: ServedStudent, task: Task,
             raise PotstillError(f"{p} not found: serving calibrates on the run's splits (run `potstill curate` first)")
     key = hash_obj({
         "student": engine.identity, "val": hash_file(val_path), "train": hash_file(train_path),
-        "targets": [s.target_escalation, s.target_agreement, s.ood_quantile, s.ood_reference], "v": 1,
+        "targets": [s.target_escalation, s.target_agreement, s.ood_quantile, s.ood_reference], "v": 2,
     })
     out_dir = run_dir / "serve"
     routing_path, ref_path = out_dir / "routing.json", out_dir / "reference.pt"
@@ -88,17 +100,20 @@ def calibrate_run(run_dir: Path, cfg: Config, engine: ServedStudent, task: Task,
         if saved.get("key") == key:
             r = Routing(float(saved["confidence_threshold"]), float(saved["ood_threshold"]), saved["stats"])
             return r, torch.load(ref_path)
-    train = _spread(read_records(train_path), s.ood_reference)
+    train, held = _reference_and_holdout(read_records(train_path), s.ood_reference)
     val = [r for r in read_records(val_path) if r.output is not None]
     if not val:
         raise PotstillError(f"{val_path}: no record has a teacher output to calibrate on")
     reference = embed_all(engine, [r.messages for r in train], s.batch_size, "serve: embed training inputs")
+    held_dist = (ood_distance(embed_all(engine, [r.messages for r in held], s.batch_size,
+                                        "serve: embed held-out training inputs"), reference) if held else [])
     answers = _answer_all(engine, [r.messages for r in val], s.batch_size, "serve: calibrate on val")
     agree = [task.agree(a.parsed, task.parse(r.output or "")) for a, r in zip(answers, val)]
     dist = ood_distance(torch.stack([a.embedding for a in answers]), reference)
     routing = calibrate([a.confidence for a in answers], agree, dist, [a.invalid is not None for a in answers],
-                        s.target_escalation, s.target_agreement, s.ood_quantile)
+                        s.target_escalation, s.target_agreement, s.ood_quantile, ood_sample=held_dist)
     routing.stats["n_reference"] = len(train)
+    routing.stats["n_ood_holdout"] = len(held)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Written to temp names and renamed, so a crash never leaves a half-written calibration.
     torch.save(reference, ref_path.with_suffix(".tmp"))

@@ -1,0 +1,45 @@
+"""Serve's calibration on a real run directory: the OOD threshold pools val with training inputs
+the reference does not hold (a tiny student on disk; the teacher is never called)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from potstill.records import read_records
+from potstill.serve import run_config
+from potstill.serve.routing import ood_distance
+from potstill.serve.service import load_service
+from tests.serve.conftest import TEACHER_KEY, write_run
+
+
+def _quantile(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    k = (len(xs) - 1) * q
+    lo = int(k)
+    return xs[lo] + (xs[min(lo + 1, len(xs) - 1)] - xs[lo]) * (k - lo)
+
+
+def test_ood_threshold_pools_val_with_training_inputs_outside_the_reference(tmp_path, tiny_model, monkeypatch):
+    monkeypatch.setenv("TEACHER_KEY", TEACHER_KEY)
+    run = write_run(tmp_path, tiny_model, "http://127.0.0.1:9/v1", ood_reference=10, api_key_env="")
+    service = load_service(run, run_config(run, None), device="cpu")
+    try:
+        stats = service.routing.stats
+        assert (stats["n_reference"], stats["n_ood_holdout"], stats["n_val"], stats["n_ood_sample"]) == (10, 10, 20, 30)
+        train = read_records(run / "train.jsonl")
+        # The reference: 10 of the 30 training inputs evenly spread (0, 3, ..., 27); held out: every
+        # other one of the remaining 20.
+        ref = [train[i] for i in range(0, 30, 3)]
+        held = [r for i, r in enumerate(train) if i % 3][::2]
+        embed = service.engine.embed
+        assert torch.allclose(service.reference, embed([r.messages for r in ref]), atol=1e-5)
+        val = read_records(run / "val.jsonl")
+        dist = (ood_distance(embed([r.messages for r in val]), service.reference)
+                + ood_distance(embed([r.messages for r in held]), service.reference))
+        assert service.routing.ood_threshold == pytest.approx(max(_quantile(dist, 0.98), 1e-3), abs=1e-5)
+    finally:
+        service.close()
+    assert os.path.exists(run / "serve" / "routing.json")
