@@ -42,6 +42,11 @@ def engine_dtype(what: str) -> Any:
                  "or bfloat16 (on a CPU with AMX, 1.4-2x faster than fp32; see potstill.models.loading.bf16_native).")
 
 
+def engine_name(what: str) -> Any:
+    return Field("transformers", description=f"Engine that runs {what}: transformers (fp32 on CPU, bf16 on GPU) or "
+                 "ctranslate2 (int8, fixed prompt prefix cached; pip install 'potstill[ctranslate2]'); see potstill.engines.")
+
+
 def engine_recheck(what: str) -> Any:
     return Field(0.3, ge=0, le=1, description=f"{what} with an engine other than transformers: inputs whose top two "
                  "label probabilities are closer than this are scored again by engine transformers at `dtype`, "
@@ -113,10 +118,7 @@ class TeacherConfig(Section):
     timeout_s: float = Field(60.0, gt=0, description="Per-request timeout in seconds.")
     max_retries: int = Field(5, ge=0, description="Retries on 429/5xx/timeouts (SDK backoff with jitter).")
     batch_size: int = Field(1, ge=1, description="Inputs per forward pass (local teacher).")
-    engine: str = Field(
-        "transformers", description="Engine that runs the local teacher: transformers (fp32 on CPU, bf16 on GPU) or "
-        "ctranslate2 (int8, fixed prompt prefix cached; pip install 'potstill[ctranslate2]'); see potstill.engines."
-    )
+    engine: str = engine_name("the local teacher")
     dtype: DtypeName = engine_dtype("Weights and activations of the local teacher")
     recheck_margin: float = engine_recheck("The local teacher's labels")
     calibrate: bool = Field(
@@ -308,10 +310,7 @@ class EvaluateConfig(Section):
     monthly_calls: int = Field(1_000_000, ge=0, description="Expected calls per month, for the break-even.")
     quality_bar: QualityBar = Field(default_factory=QualityBar)
     include_untrained: bool = Field(True, description="Also evaluate the untrained student.")
-    engine: str = Field(
-        "transformers", description="Engine that runs the student in evaluate and pilot: transformers (fp32 on CPU, bf16 on GPU) or "
-        "ctranslate2 (int8, fixed prompt prefix cached; pip install 'potstill[ctranslate2]'); see potstill.engines."
-    )
+    engine: str = engine_name("the student in evaluate and pilot")
     dtype: DtypeName = engine_dtype("Student precision in evaluate and pilot")
     recheck_margin: float = engine_recheck("Student labels in evaluate and pilot")
     cost_basis: Literal["batch1", "batched"] = Field(
@@ -411,10 +410,7 @@ class ServeConfig(Section):
     )
     batch_size: int = Field(16, ge=1, description="Most concurrent requests the student answers in one forward pass.")
     batch_wait_ms: float = Field(2.0, ge=0, description="How long the batcher waits for more requests to join a batch.")
-    engine: str = Field(
-        "transformers", description="Engine that runs the served student: transformers (fp32 on CPU, bf16 on GPU) or "
-        "ctranslate2 (int8, fixed prompt prefix cached; pip install 'potstill[ctranslate2]'); see potstill.engines."
-    )
+    engine: str = engine_name("the served student")
     dtype: DtypeName = engine_dtype("Served student precision")
     recheck_margin: float = engine_recheck("Served labels")
 
