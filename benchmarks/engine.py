@@ -116,20 +116,31 @@ def torch_int8(spec: str) -> TransformersEngine:
     return TransformersEngine(lm)
 
 
+RECHECK_MARGIN = 0.3  # potstill's default (config_models.engine_recheck)
+RECHECKED = f"ctranslate2 int8, fp32 re-check under margin {RECHECK_MARGIN}"
+RECHECKED_BF16 = f"ctranslate2 int8, bf16 re-check under margin {RECHECK_MARGIN} (the quickstart's, with AMX)"
+
+
+def core_engines(spec: str) -> dict[str, Any]:
+    """The engines as potstill runs them, for the ``student`` and ``compare`` parts: transformers in
+    fp32 and bf16, CTranslate2 int8 alone and with its default re-check in fp32 and in bf16."""
+    return {"transformers fp32": load_engine("transformers", spec, device="cpu"),
+            "transformers bf16": load_engine("transformers", spec, device="cpu", dtype="bfloat16"),
+            "ctranslate2 int8": load_engine("ctranslate2", spec, device="cpu"),
+            RECHECKED: load_engine("ctranslate2", spec, device="cpu", recheck_margin=RECHECK_MARGIN),
+            RECHECKED_BF16: load_engine("ctranslate2", spec, device="cpu", recheck_margin=RECHECK_MARGIN,
+                                        dtype="bfloat16")}
+
+
 def student_engines(args: argparse.Namespace) -> dict[str, Any]:
+    """``core_engines`` and the variants that show what each lever buys."""
     student = args.student
-    e: dict[str, Any] = {"transformers fp32": load_engine("transformers", student, device="cpu"),
-                         "transformers bf16": load_engine("transformers", student, device="cpu", dtype="bfloat16")}
+    e = core_engines(student)
     old = load_engine("transformers", student, device="cpu")
     old.reuse_prefix = False  # the system turn recomputed per call, as before this engine cached it
     e["transformers fp32, no prefix reuse"] = old
     if args.torch_variants:
         e["torch dynamic int8"] = torch_int8(student)
-    ct2 = CT2Engine.load(student, device="cpu")
-    e["ctranslate2 int8"] = ct2
-    e[RECHECKED] = load_engine("ctranslate2", student, device="cpu", recheck_margin=RECHECK_MARGIN)
-    e[RECHECKED_BF16] = load_engine("ctranslate2", student, device="cpu", recheck_margin=RECHECK_MARGIN,
-                                    dtype="bfloat16")
     plain = CT2Engine.load(student, device="cpu")
     plain.reuse_prefix = False
     e["ctranslate2 int8, no prefix reuse"] = plain
@@ -138,11 +149,6 @@ def student_engines(args: argparse.Namespace) -> dict[str, Any]:
         e[f"ctranslate2 int8, first 12 of {depth} layers (speed only)"] = CT2Engine.load(student, device="cpu",
                                                                                         num_layers=12)
     return e
-
-
-RECHECK_MARGIN = 0.3  # potstill's default (config_models.engine_recheck)
-RECHECKED = f"ctranslate2 int8, fp32 re-check under margin {RECHECK_MARGIN}"
-RECHECKED_BF16 = f"ctranslate2 int8, bf16 re-check under margin {RECHECK_MARGIN} (the quickstart's, with AMX)"
 
 
 def warm_references(engines: dict[str, Any], fmt: PromptFormat, msgs: list[list[dict]], ids: list[int]) -> None:
@@ -371,12 +377,7 @@ def compare_part(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
     task = get_task(cfg.task)
     test = read_records(run / "test.jsonl")
     spec = str(run / "student")
-    engines = {"transformers fp32": load_engine("transformers", spec, device="cpu"),
-               "transformers bf16": load_engine("transformers", spec, device="cpu", dtype="bfloat16"),
-               "ctranslate2 int8": load_engine("ctranslate2", spec, device="cpu"),
-               RECHECKED: load_engine("ctranslate2", spec, device="cpu", recheck_margin=RECHECK_MARGIN),
-               RECHECKED_BF16: load_engine("ctranslate2", spec, device="cpu", recheck_margin=RECHECK_MARGIN,
-                                           dtype="bfloat16")}
+    engines = core_engines(spec)
     fmt = student_format(engines["transformers fp32"], task)
     ids = label_token_ids(engines["transformers fp32"].tokenizer, fmt, task.labels)
     msgs = [r.messages for r in test]

@@ -22,12 +22,11 @@ from potstill.evaluate.html import write_report
 from potstill.evaluate.metrics import task_metrics
 from potstill.evaluate.slices import field_table, length_edges, output_fields, slice_names, slice_table
 from potstill.hashing import hash_obj
-from potstill.engines import load_engine
 from potstill.progress import bar, say
 from potstill.records import Record, read_records, write_json
 from potstill.report import measure_student, measure_teacher, print_slices, print_table
 from potstill.rundir import RunDir
-from potstill.students import Predictions, percentile, predict
+from potstill.students import Predictions, evaluation_engine, percentile, predict, untrained_student_engine
 from potstill.tasks import Task, get_task
 
 
@@ -199,13 +198,11 @@ def _measure_models(cfg: Config, run: RunDir, task: Task, test: list[Record]):
         batched[name] = measure_batched(lm, task, test, e.batch_size, n_batches)
 
     if e.include_untrained:
-        # The model train started from: cut to student.num_layers like the trained student.
-        measure("untrained student", load_engine(e.engine, cfg.student.model, num_layers=cfg.student.num_layers,
-                                                 dtype=e.dtype, recheck_margin=e.recheck_margin))
+        measure("untrained student", untrained_student_engine(cfg))
     with run.ledger() as ledger:
         models["teacher"] = measure_teacher(task, test, ledger)
         spend = ledger.summary("teacher")
-    measure("student", load_engine(e.engine, str(run / "student"), dtype=e.dtype, recheck_margin=e.recheck_margin))
+    measure("student", evaluation_engine(cfg, str(run / "student")))
     # Keep the three-way order of the table: untrained, teacher, trained.
     models = {k: models[k] for k in ("untrained student", "teacher", "student") if k in models}
     return models, preds, batched, spend

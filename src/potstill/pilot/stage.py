@@ -7,12 +7,12 @@ from typing import Any
 
 from potstill.config import Config
 from potstill.generate import run_generate
-from potstill.engines import load_engine
 from potstill.progress import say
 from potstill.records import write_json
 from potstill.report import measure_student, measure_teacher, print_table
 from potstill.rundir import RunDir
 from potstill.stage import load_inputs
+from potstill.students import untrained_student_engine
 from potstill.tasks import get_task
 
 
@@ -30,9 +30,7 @@ def pilot_body(cfg: Config, run: RunDir) -> dict[str, Any]:
         labelled, stats = run_generate(cfg, sample, ledger, stage="pilot")
         valid = [r for r in labelled if r.valid]
         teacher = measure_teacher(task, valid, ledger)
-    # The engine evaluate will use, on the model train starts from (cut to student.num_layers).
-    lm = load_engine(cfg.evaluate.engine, cfg.student.model, num_layers=cfg.student.num_layers,
-                     dtype=cfg.evaluate.dtype, recheck_margin=cfg.evaluate.recheck_margin)
+    lm = untrained_student_engine(cfg)
     with run.ledger() as ledger:
         student, _ = measure_student(lm, task, valid, cfg.student.usd_per_hour, cfg.evaluate.batch_size,
                                      min(cfg.evaluate.latency_samples, 10), "untrained student", ledger, "pilot")

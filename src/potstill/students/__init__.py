@@ -13,12 +13,25 @@ from typing import Any
 
 import torch
 
+from potstill.engines import Engine, load_engine
 from potstill.models.loading import LM
 from potstill.models.prompting import PromptFormat, label_token_ids
 from potstill.models.scoring import label_margin
 from potstill.progress import bar
 from potstill.records import Record
 from potstill.tasks import Task
+
+
+def evaluation_engine(cfg: Any, spec: str, num_layers: int | None = None) -> Engine:
+    """The student ``spec`` in the engine evaluate runs it in (``evaluate.engine``, ``dtype``,
+    ``recheck_margin``); pilot measures the untrained student in the same one."""
+    e = cfg.evaluate
+    return load_engine(e.engine, spec, num_layers=num_layers, dtype=e.dtype, recheck_margin=e.recheck_margin)
+
+
+def untrained_student_engine(cfg: Any) -> Engine:
+    """The model train starts from (``student.model`` cut to ``student.num_layers``), as evaluated."""
+    return evaluation_engine(cfg, cfg.student.model, cfg.student.num_layers)
 
 
 def student_format(lm: Any, task: Task) -> PromptFormat:
