@@ -59,6 +59,7 @@ from potstill.engines.transformers import TransformersEngine
 from potstill.errors import PotstillError
 from potstill.models.loading import load_lm
 from potstill.models.prompting import PromptFormat, label_token_ids
+from potstill.models.scoring import label_margin
 from potstill.quickstart import build
 from potstill.records import Record, read_records
 from potstill.students import percentile, student_format
@@ -182,8 +183,7 @@ def student_part(args: argparse.Namespace, cfg: Any, test: list[Record]) -> dict
             walls[k] += time.perf_counter() - t0
             labels[k] += [task.labels[j] for j in logits.argmax(-1).tolist()]
             if k == "transformers fp32":
-                top = torch.softmax(logits.float(), -1).topk(2, -1).values
-                margins += (top[:, 0] - top[:, 1]).tolist()
+                margins += label_margin(logits).tolist()
     for k in engines:
         wall = walls[k]
         out["engines"][k] = {"batch1": lat[k], f"throughput_batch{bs}": {"inputs": len(msgs), "wall_s": wall,
@@ -213,35 +213,6 @@ def student_part(args: argparse.Namespace, cfg: Any, test: list[Record]) -> dict
     out["fixed_prefix_tokens_transformers"] = s.cached_tokens[0]
     out["loadavg_after"] = loadavg()
     return out
-
-
-def margins_part(args: argparse.Namespace, cfg: Any, test: list[Record]) -> dict[str, Any]:
-    """Label agreement of CTranslate2 int8 with transformers fp32 by fp32's own top-2 margin (no timing)."""
-    task = get_task(cfg.task)
-    ref, ct2 = load_engine("transformers", args.student, device="cpu"), load_engine("ctranslate2", args.student, device="cpu")
-    fmt = student_format(ref, task)
-    ids = label_token_ids(ref.tokenizer, fmt, task.labels)
-    msgs = [r.messages for r in test]
-    p = torch.softmax(ref.score_labels(fmt, msgs, ids, batch_size=16).logits, -1)
-    q = ct2.score_labels(fmt, msgs, ids, batch_size=16).logits.argmax(-1)
-    top = p.topk(2, -1).values
-    margin = (top[:, 0] - top[:, 1]).tolist()
-    same = (p.argmax(-1) == q).tolist()
-    out = {"n": len(msgs), "loadavg": loadavg(), "by_fp32_margin": {}}
-    for m in (0.0, 0.05, 0.1, 0.2, 0.3):
-        keep = [s for s, x in zip(same, margin) if x >= m]
-        out["by_fp32_margin"][f">={m}"] = {"share_of_inputs": len(keep) / len(msgs),
-                                           "agreement": sum(keep) / max(1, len(keep))}
-    out["median_fp32_margin"] = statistics.median(margin)
-    return out
-
-
-def teacher_fmt(cfg: Any, task: Any) -> PromptFormat:
-    from potstill.teachers.local import choose_shots
-
-    t = cfg.teacher
-    shots = choose_shots(t.few_shot.path, t.few_shot.k, t.few_shot.seed, task.labels)
-    return PromptFormat(kind=t.prompt_format, instruction=task.cfg.instruction, answer_prefix=t.answer_prefix, shots=shots)
 
 
 def three_orders(args: argparse.Namespace, cfg: Any, task: Any, engines: dict[str, Any],
@@ -281,7 +252,7 @@ def teacher_part(args: argparse.Namespace, cfg: Any, test: list[Record]) -> dict
     engines = {"transformers fp32": load_engine("transformers", TEACHER, device="cpu"),
                "transformers bf16": load_engine("transformers", TEACHER, device="cpu", dtype="bfloat16"),
                "ctranslate2 int8": load_engine("ctranslate2", TEACHER, device="cpu")}
-    fmt = teacher_fmt(cfg, task)
+    fmt = LocalTeacher(cfg.teacher, task).fmt  # its first shot order, as generate runs it
     ids = label_token_ids(engines["transformers fp32"].tokenizer, fmt, task.labels)
     msgs = [r.messages for r in test]
     out: dict[str, Any] = {"loadavg_before": loadavg(), "shots": len(fmt.shots or []), "engines": {}}
@@ -425,6 +396,14 @@ def main() -> None:
     ap.add_argument("--run", type=Path, help="a finished quickstart run: its trained student and test split "
                     "(default: the bundled untrained student on a split rebuilt here)")
     args = ap.parse_args()
+    # Each part runs when called, on the run's config and splits loaded below.
+    parts = {"student": lambda: student_part(args, cfg, test), "teacher": lambda: teacher_part(args, cfg, test),
+             "extraction": lambda: extraction_part(args, test),
+             "serve": lambda: serve_part(args, cfg, train, test, work),
+             "compare": lambda: compare_part(args, cfg)}
+    unknown = sorted(set(args.only.split(",")) - set(parts))
+    if unknown:
+        ap.error(f"unknown part(s) {', '.join(unknown)} (parts: {', '.join(parts)})")
     if "compare" in args.only.split(",") and not args.compare_run:
         ap.error("part compare needs --compare-run RUN (a finished run with a trained student)")
     torch.set_num_threads(os.cpu_count() or 1)
@@ -435,10 +414,6 @@ def main() -> None:
     result["student_model"] = args.student
     result["machine"] = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
                          "python": sys.version.split()[0]}
-    parts = {"student": lambda: student_part(args, cfg, test), "teacher": lambda: teacher_part(args, cfg, test),
-             "extraction": lambda: extraction_part(args, test),
-             "serve": lambda: serve_part(args, cfg, train, test, work),
-             "margins": lambda: margins_part(args, cfg, test), "compare": lambda: compare_part(args, cfg)}
     for name in args.only.split(","):
         t0 = time.perf_counter()
         result[name] = parts[name]()
