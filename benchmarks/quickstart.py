@@ -80,6 +80,10 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("first_run_total_s", "stages_s", "rerun_total_s",
                                              "teacher_calls_added_by_rerun")}, indent=2))
+    # The rerun must skip every stage: a failure or a single new teacher call is a bug (JSON written first).
+    if result["rerun_exit_code"] != 0 or result["teacher_calls_added_by_rerun"] != 0:
+        raise SystemExit(f"CORRECTNESS FAILED: the rerun exited {result['rerun_exit_code']} and added "
+                         f"{result['teacher_calls_added_by_rerun']} teacher calls (tolerance: 0 and 0)")
 
 
 def first_stage_times(stdout: str) -> dict:

@@ -6,7 +6,8 @@ RUN is a finished run (the quickstart's). Loads the service as `potstill serve R
 (recalibrating), answers val and test through its engine, and counts each routing reason. For the
 OOD threshold it also reports the old rule (the ood_quantile of val's distances alone) beside the
 pooled one (val plus training inputs left out of the reference), and the share of test and of the
-held-out training inputs beyond each.
+held-out training inputs beyond each. Exits 1 (after writing the JSON) when the served threshold
+is not that pooled quantile.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 
 from potstill.records import read_records
 from potstill.serve import run_config
-from potstill.serve.routing import _quantile, ood_distance
+from potstill.serve.routing import MIN_OOD, _quantile, ood_distance
 from potstill.serve.service import _reference_and_holdout, load_service
 
 
@@ -34,6 +35,7 @@ def main() -> None:
     cfg = run_config(args.run, None, {"serve.api_key_env": ""})
     ledger = Path(tempfile.mkdtemp(prefix="potstill-calib-")) / "calls.sqlite"
     service = load_service(args.run, cfg, recalibrate=True, ledger_path=ledger)
+    failure = None
     try:
         live, q = service.live, cfg.serve.ood_quantile
         _, held = _reference_and_holdout(read_records(args.run / "train.jsonl"), cfg.serve.ood_reference)
@@ -51,6 +53,11 @@ def main() -> None:
                                    "escalated": 1 - reasons["confident"] / len(recs), "student_alone_agreement": agree}
         dist["held-out training inputs"] = ood_distance(live.engine.embed([r.messages for r in held]), live.reference)
         old = _quantile(dist["val"], q)
+        # The served threshold must be the rule as documented: the quantile of val pooled with the
+        # held-out training inputs (floored at MIN_OOD); else these shares measure something else.
+        pooled = max(_quantile(dist["val"] + dist["held-out training inputs"], q), MIN_OOD)
+        if abs(pooled - live.routing.ood_threshold) > 1e-5:
+            failure = f"served OOD threshold {live.routing.ood_threshold:.6f} is not the pooled quantile {pooled:.6f}"
         out["ood_threshold_val_only"], out["ood_threshold_pooled"] = old, live.routing.ood_threshold
         out["share_beyond"] = {name: {"val_only": sum(x > old for x in d) / len(d),
                                       "pooled": sum(x > live.routing.ood_threshold for x in d) / len(d)}
@@ -59,6 +66,8 @@ def main() -> None:
         service.close()
     args.out.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps({k: out[k] for k in ("splits", "share_beyond")}, indent=2))
+    if failure:
+        raise SystemExit(f"CORRECTNESS FAILED: {failure}")
 
 
 if __name__ == "__main__":
