@@ -34,6 +34,7 @@ MODEL_REF = PathRole(resolve=False, content=True)
 
 
 DtypeName = Literal["auto", "float32", "bfloat16"]  # engines' and training's dtype (models.loading.DTYPES)
+QuantizationName = Literal["auto", "int8", "none"]  # an engine's weights (engines.QUANTIZATIONS)
 
 
 def engine_dtype(what: str) -> Any:
@@ -44,7 +45,15 @@ def engine_dtype(what: str) -> Any:
 
 def engine_name(what: str) -> Any:
     return Field("transformers", description=f"Engine that runs {what}: transformers (fp32 on CPU, bf16 on GPU) or "
-                 "ctranslate2 (int8, fixed prompt prefix cached; pip install 'potstill[ctranslate2]'); see potstill.engines.")
+                 "ctranslate2 (int8 unless `quantization` says none, fixed prompt prefix cached; pip install "
+                 "'potstill[ctranslate2]'); see potstill.engines.")
+
+
+def engine_quantization(what: str) -> Any:
+    return Field("auto", description=f"{what}: auto (the engine's own: ctranslate2 int8, transformers none), "
+                 "int8 (engine ctranslate2), or none (unquantized: ctranslate2 float32 on CPU, float16 on GPU). "
+                 "int8 is the fast one; none keeps greedy generations identical to transformers fp32's where int8 "
+                 "changes some (README, Engines).")
 
 
 def engine_recheck(what: str) -> Any:
@@ -120,6 +129,7 @@ class TeacherConfig(Section):
     batch_size: int = Field(1, ge=1, description="Inputs per forward pass (local teacher).")
     engine: str = engine_name("the local teacher")
     dtype: DtypeName = engine_dtype("Weights and activations of the local teacher")
+    quantization: QuantizationName = engine_quantization("The local teacher's weights")
     recheck_margin: float = engine_recheck("The local teacher's labels")
     calibrate: bool = Field(
         False, description="Local classification teacher: divide label probabilities by their content-free prior."
@@ -312,6 +322,7 @@ class EvaluateConfig(Section):
     include_untrained: bool = Field(True, description="Also evaluate the untrained student.")
     engine: str = engine_name("the student in evaluate and pilot")
     dtype: DtypeName = engine_dtype("Student precision in evaluate and pilot")
+    quantization: QuantizationName = engine_quantization("Student weights in evaluate and pilot")
     recheck_margin: float = engine_recheck("Student labels in evaluate and pilot")
     cost_basis: Literal["batch1", "batched"] = Field(
         "batch1", description="Student cost per call behind the break-even: batch1 (interactive, one call at a "
@@ -412,6 +423,7 @@ class ServeConfig(Section):
     batch_wait_ms: float = Field(2.0, ge=0, description="How long the batcher waits for more requests to join a batch.")
     engine: str = engine_name("the served student")
     dtype: DtypeName = engine_dtype("Served student precision")
+    quantization: QuantizationName = engine_quantization("Served student weights")
     recheck_margin: float = engine_recheck("Served labels")
 
 

@@ -52,6 +52,21 @@ def test_ctranslate2_greedy_generation_matches_transformers(taught):
     assert all(c <= 0 for c in got.mean_logprob)
 
 
+def test_ctranslate2_unquantized_generates_what_transformers_fp32_generates(taught):
+    """quantization none: float32 weights, converted and cached apart from the int8 ones; greedy
+    generations token for token as transformers fp32's, where int8 may change some."""
+    ref = load_engine("transformers", str(taught), device="cpu", quantization="none")
+    eng = load_engine("ctranslate2", str(taught), device="cpu", quantization="none")
+    assert eng.identity.endswith("#ct2-float32") and eng.compute_type == "float32"
+    assert load_engine("ctranslate2", str(taught), device="cpu").identity.endswith("#ct2-int8")
+    assert {p.name.rsplit("-", 1)[1] for p in _ct2_entries()} >= {"int8", "float32"}
+    want = ref.generate(CHAT, MSGS, 12, batch_size=1)
+    got = eng.generate(CHAT, MSGS, 12, batch_size=3)
+    assert got.texts == want.texts and got.output_tokens == want.output_tokens
+    scored, scored_ref = (e.score_labels(CHAT, MSGS, label_token_ids(ref.tokenizer, CHAT, LABELS)) for e in (eng, ref))
+    torch.testing.assert_close(scored.logits, scored_ref.logits, atol=1e-3, rtol=1e-3)  # no int8 rounding
+
+
 def test_conversion_is_cached_by_content_and_redone_when_the_model_changes(taught, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(taught, model)
@@ -148,12 +163,17 @@ def test_transformers_bfloat16_gives_the_fp32_labels_with_fp32_label_rows(taught
     assert (got.logits - want.logits).abs().max() < 0.05 * want.logits.abs().max()
 
 
-def test_a_dtype_the_engine_does_not_take_is_one_clear_error(taught):
+def test_a_dtype_or_quantization_the_engine_does_not_take_is_one_clear_error(taught):
     with pytest.raises(PotstillError) as e:
         load_engine("ctranslate2", str(taught), device="cpu", dtype="bfloat16")
     assert "\n" not in str(e.value) and "dtype 'bfloat16' is for engine transformers" in str(e.value)
     with pytest.raises(PotstillError, match="dtype must be one of auto, float32, bfloat16"):
         load_engine("transformers", str(taught), device="cpu", dtype="float8")
+    with pytest.raises(PotstillError) as e:
+        load_engine("transformers", str(taught), device="cpu", quantization="int8")
+    assert "\n" not in str(e.value) and "quantization 'int8' is engine ctranslate2's" in str(e.value)
+    with pytest.raises(PotstillError, match="quantization must be one of auto, int8, none, not 'int16'"):
+        load_engine("ctranslate2", str(taught), device="cpu", quantization="int16")
 
 
 def test_shot_orders_run_in_one_forward_with_the_scores_of_one_forward_each(taught):

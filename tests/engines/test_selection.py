@@ -12,6 +12,7 @@ import yaml
 
 from potstill.config import load_config
 from potstill.engines import load_engine
+from potstill.errors import PotstillError
 from potstill.evaluate.stage import evaluate_stage
 from potstill.models.prompting import label_token_ids
 from potstill.records import Record
@@ -37,7 +38,8 @@ def _transformers_labels(model) -> list[str]:
     return [LABELS[i] for i in s.logits.argmax(-1)]
 
 
-def test_serve_engine_ctranslate2_answers_through_the_openai_client(tmp_path, taught):
+@pytest.mark.parametrize("quantization, weights", [("auto", "int8"), ("none", "float32")])
+def test_serve_engine_ctranslate2_answers_through_the_openai_client(tmp_path, taught, quantization, weights):
     from potstill.serve import run_config
     from potstill.serve.app import build_app
     from potstill.serve.routing import Routing
@@ -53,11 +55,11 @@ def test_serve_engine_ctranslate2_answers_through_the_openai_client(tmp_path, ta
                               for m, (_, lab) in zip(MSGS, DATA)))
     (run / "potstill.yaml").write_text(yaml.safe_dump({
         "run_dir": ".", "task": TASK, "teacher": {"type": "replay", "model": "replayed", "replay_path": str(replay)},
-        "serve": {"engine": "ctranslate2", "api_key_env": ""}}))
+        "serve": {"engine": "ctranslate2", "quantization": quantization, "api_key_env": ""}}))
     service = load_service(run, run_config(run, None), device="cpu")
-    assert service.engine.engine.name == "ctranslate2" and "#ct2-int8" in service.student_name
+    assert service.engine.engine.name == "ctranslate2" and f"#ct2-{weights}" in service.student_name
     # serve.recheck_margin's default: near ties go to transformers, and the calibration is keyed apart.
-    assert service.engine.identity.endswith("#ct2-int8+recheck0.3-auto")
+    assert service.engine.identity.endswith(f"#ct2-{weights}+recheck0.3-auto")
     service.routing = Routing(float("-inf"), float("inf"))  # the student answers every request
     try:
         with LiveServer(build_app(service, None)) as live:
@@ -90,6 +92,26 @@ def test_evaluate_engine_and_cost_basis(tmp_path, taught, basis):
     assert be["batched"]["student_cost_per_call_usd"] * 1000 == pytest.approx(student["cost_per_1k_calls_batched_usd"])
     headline = be["batched" if basis == "batched" else "batch1"]
     assert headline["months"] == be["months"] and student[key] > 0
+
+
+def test_evaluate_and_pilot_load_the_weights_evaluate_quantization_names(taught):
+    from potstill.students import evaluation_engine
+
+    for quantization, weights in (("auto", "int8"), ("int8", "int8"), ("none", "float32")):
+        cfg = load_config(overrides={"task": TASK, "evaluate": {"engine": "ctranslate2", "quantization": quantization,
+                                                                "recheck_margin": 0}})
+        assert evaluation_engine(cfg, str(taught)).identity.endswith(f"#ct2-{weights}")
+    with pytest.raises(PotstillError, match="evaluate.quantization: Input should be 'auto', 'int8' or 'none'"):
+        load_config(overrides={"task": TASK, "evaluate": {"quantization": "int4"}})
+
+
+def test_a_local_teachers_quantization_keys_its_cached_answers_apart(taught):
+    def identity(quantization: str) -> dict:
+        cfg = load_config(overrides={"task": TASK, "teacher": {"type": "local", "model": str(taught),
+                                                               "engine": "ctranslate2", "quantization": quantization}})
+        return get_teacher(cfg.teacher, get_task(cfg.task)).identity()
+
+    assert "quantization" not in identity("auto") and identity("none")["quantization"] == "none"
 
 
 def test_local_teacher_on_ctranslate2_gives_the_transformers_teachers_labels(tmp_path, taught):

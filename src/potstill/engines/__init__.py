@@ -12,8 +12,11 @@ once and reused by the engines that can (see each engine's docstring).
 Built-in engines:
 - ``transformers``: the model as loaded for training, fp32 on CPU, bf16 on GPU (``dtype``
   bfloat16 asks for bf16 on a CPU, where it pays off only with AMX);
-- ``ctranslate2``: int8 weights through CTranslate2 (``pip install 'potstill[ctranslate2]'``),
-  converted on first use and cached by the model's content hash (``convert``).
+- ``ctranslate2``: int8 weights through CTranslate2 (``pip install 'potstill[ctranslate2]'``), or
+  float32 ones with ``quantization`` none, converted on first use and cached by the model's content
+  hash and the weight type (``convert``).
+``quantization`` (``QUANTIZATIONS``) names an engine's weights apart from ``dtype``, its arithmetic:
+auto is each engine's own, and an engine refuses a value it has no path for with one error.
 Label scores of an engine other than transformers can be re-checked near ties at full precision
 (``recheck``; ``recheck_margin`` in the teacher, evaluate and serve sections).
 A third party adds one with ``[project.entry-points."potstill.engines"] mine = "pkg:MyEngine"``,
@@ -31,6 +34,8 @@ from potstill.engines.recheck import RecheckedEngine
 from potstill.errors import PotstillError
 from potstill.plugins import available
 
+QUANTIZATIONS = ("auto", "int8", "none")
+
 BUILTIN = {
     "transformers": "potstill.engines.transformers:TransformersEngine",
     "ctranslate2": "potstill.engines.ctranslate2:CT2Engine",
@@ -47,25 +52,28 @@ def engine_class(name: str) -> Any:
     return eps[name].load()
 
 
-def _load(name: str, spec: str, device: str, num_layers: int | None, dtype: str) -> Engine:
-    if dtype == "auto":  # third-party engines written before ``dtype`` existed keep loading
-        return engine_class(name).load(spec, device=device, num_layers=num_layers)
-    return engine_class(name).load(spec, device=device, num_layers=num_layers, dtype=dtype)
+def _load(name: str, spec: str, device: str, num_layers: int | None, dtype: str, quantization: str) -> Engine:
+    if quantization not in QUANTIZATIONS:
+        raise PotstillError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, not '{quantization}'")
+    # Options left at auto are not passed: third-party engines written before them keep loading.
+    options = {k: v for k, v in (("dtype", dtype), ("quantization", quantization)) if v != "auto"}
+    return engine_class(name).load(spec, device=device, num_layers=num_layers, **options)
 
 
 def load_engine(name: str, spec: str, device: str = "auto", num_layers: int | None = None,
-                dtype: str = "auto", recheck_margin: float = 0.0) -> Engine:
-    """Load the model ``spec`` (hub id, directory, GGUF, bundled:...) into the engine called ``name``.
+                dtype: str = "auto", recheck_margin: float = 0.0, quantization: str = "auto") -> Engine:
+    """Load the model ``spec`` (hub id, directory, GGUF, bundled:...) into the engine called ``name``,
+    with weights as ``quantization`` says (``QUANTIZATIONS``).
 
     ``recheck_margin`` > 0 with an engine other than transformers: label scores whose top two
     probabilities are closer than it come from engine transformers at ``dtype`` instead
     (``recheck.RecheckedEngine``, which loads it on the first near tie); the fast engine then
     loads at its own precision."""
     if recheck_margin > 0 and name != "transformers":
-        fast = _load(name, spec, device, num_layers, "auto")
-        return RecheckedEngine(fast, lambda: _load("transformers", spec, device, num_layers, dtype), recheck_margin,
-                               dtype)
-    return _load(name, spec, device, num_layers, dtype)
+        fast = _load(name, spec, device, num_layers, "auto", quantization)
+        return RecheckedEngine(fast, lambda: _load("transformers", spec, device, num_layers, dtype, "auto"),
+                               recheck_margin, dtype)
+    return _load(name, spec, device, num_layers, dtype, quantization)
 
 
 __all__ = ["BUILTIN", "Engine", "engine_class", "load_engine"]

@@ -26,9 +26,10 @@ class Engine(Protocol):
     num_parameters: int
 
     @classmethod
-    def load(cls, spec: str, device: str = "auto", num_layers: int | None = None, dtype: str = "auto") -> "Engine":
-        """``dtype``: auto, float32 or bfloat16, for engines whose precision is a dtype; others
-        refuse anything but auto with one error."""
+    def load(cls, spec: str, device: str = "auto", num_layers: int | None = None, dtype: str = "auto",
+             quantization: str = "auto") -> "Engine":
+        """``dtype``: auto, float32 or bfloat16, for engines whose precision is a dtype; ``quantization``:
+        auto, int8 or none, the weights. An engine refuses a value it has no path for with one error."""
         ...
 
     def score_labels(self, fmt: PromptFormat, messages: list[list[dict]], label_ids: list[int],

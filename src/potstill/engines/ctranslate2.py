@@ -1,5 +1,10 @@
 """The CTranslate2 engine: int8 weights, the prompt's fixed part cached once, batched calls.
 
+``quantization`` none converts float32 weights instead (float16 compute on a GPU): slower than
+int8, but greedy generations come out as transformers fp32's, where int8 rounding changes some
+(benchmarks/engine.py, part extraction). CTranslate2's int16 is not offered: on the extraction
+student it changed more outputs than int8 did.
+
 At batch 1 a small model on a CPU is memory-bound: SmolLM2-135M streams 430 MB of fp32 weights
 per forward (~80 ms at ~5 GB/s here), int8 streams ~110 MB. The fixed part of every prompt
 (a chat's system turn, about a third of the quickstart student's prompt; a teacher's 2,000-token
@@ -47,6 +52,9 @@ from potstill.models.prompting import PromptFormat, encode_prompt
 from potstill.models.scoring import Generated, Scored
 
 
+WEIGHTS = {"auto": "int8", "int8": "int8", "none": "float32"}  # quantization -> converted weight type
+
+
 def sliding_window(where: Path | str) -> int | None:
     """The model's sliding attention window, where some of its layers use one (gemma 2/3, mistral)."""
     cfg_path = Path(where) / "config.json" if isinstance(where, Path) else None
@@ -89,18 +97,20 @@ class CT2Engine:
 
     @classmethod
     def load(cls, spec: str, device: str = "auto", num_layers: int | None = None,
-             quantization: str | None = None, dtype: str = "auto") -> "CT2Engine":
+             quantization: str = "auto", dtype: str = "auto") -> "CT2Engine":
         if dtype != "auto":
             raise PotstillError(f"engine ctranslate2 runs int8 weights; dtype '{dtype}' is for engine transformers "
-                                "(set POTSTILL_CT2_QUANTIZATION to change ctranslate2's)")
+                                "(quantization none gives ctranslate2 float32 weights)")
+        if quantization not in WEIGHTS:
+            raise PotstillError(f"engine ctranslate2 takes quantization auto, int8 or none, not '{quantization}'")
         ct2 = require("ctranslate2")
         dev = _pick_device(device)
         on_gpu = dev.type == "cuda" and ct2.get_cuda_device_count() > 0
-        quantization = quantization or os.environ.get("POTSTILL_CT2_QUANTIZATION", "int8")
-        path, key = ctranslate2_model(spec, quantization, num_layers)
+        weights = WEIGHTS[quantization]
+        path, key = ctranslate2_model(spec, weights, num_layers)
         name, where = resolve(spec)
-        compute = ("int8_float16" if quantization == "int8" else "float16") if on_gpu else quantization
-        engine = cls(path, f"{name}@{key[:12]}#ct2-{quantization}", "cuda" if on_gpu else "cpu", compute)
+        compute = ("int8_float16" if weights == "int8" else "float16") if on_gpu else weights
+        engine = cls(path, f"{name}@{key[:12]}#ct2-{weights}", "cuda" if on_gpu else "cpu", compute)
         engine.window = sliding_window(where)
         return engine
 

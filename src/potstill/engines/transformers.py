@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from potstill.engines.base import static_ids
+from potstill.errors import PotstillError
 from potstill.models.loading import LM, load_lm
 from potstill.models.prompting import PromptFormat, encode_prompt
 from potstill.models.scoring import (Generated, PrefixCache, Scored, build_prefix, decoder, generate, score_labels,
@@ -44,7 +45,10 @@ class TransformersEngine:
 
     @classmethod
     def load(cls, spec: str, device: str = "auto", num_layers: int | None = None,
-             dtype: str = "auto") -> "TransformersEngine":
+             dtype: str = "auto", quantization: str = "auto") -> "TransformersEngine":
+        if quantization not in ("auto", "none"):
+            raise PotstillError(f"engine transformers runs unquantized weights (dtype float32 or bfloat16); "
+                                f"quantization '{quantization}' is engine ctranslate2's")
         return cls(load_lm(spec, device=device, num_layers=num_layers, dtype=dtype))
 
     @property

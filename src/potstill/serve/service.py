@@ -356,12 +356,18 @@ def _student_name(lm: Any) -> str:
     return f"potstill-student@{lm.identity.rsplit('@', 1)[-1]}"
 
 
+def _served(cfg: Config, path: str, task: Task, device: str) -> ServedStudent:
+    """The student at ``path`` in the engine ``serve`` names (engine, dtype, quantization, recheck)."""
+    s = cfg.serve
+    return ServedStudent(load_engine(s.engine, path, device=device, dtype=s.dtype, recheck_margin=s.recheck_margin,
+                                     quantization=s.quantization), task)
+
+
 def _load_live(run_dir: Path, cfg: Config, task: Task, device: str, path: str) -> Live:
     if not (Path(path) / "config.json").exists() and not (Path(path) / "adapter_config.json").exists():
         raise PotstillError(f"{path}: no trained student (run `potstill train` first)")
     try:
-        engine = ServedStudent(load_engine(cfg.serve.engine, path, device=device, dtype=cfg.serve.dtype,
-                                           recheck_margin=cfg.serve.recheck_margin), task)
+        engine = _served(cfg, path, task, device)
         routing, reference = calibrate_run(run_dir, cfg, engine, task)
     except PotstillError:
         raise
@@ -379,8 +385,7 @@ def load_service(run_dir: Path, cfg: Config, recalibrate: bool = False, ledger_p
     task = get_task(cfg.task)
     teacher = get_teacher(cfg.teacher, task)
     t0 = time.perf_counter()
-    engine = ServedStudent(load_engine(cfg.serve.engine, str(path), device=device, dtype=cfg.serve.dtype,
-                                       recheck_margin=cfg.serve.recheck_margin), task)
+    engine = _served(cfg, str(path), task, device)
     routing, reference = calibrate_run(run_dir, cfg, engine, task, force=recalibrate)
     st = routing.stats
     say(f"serve: student loaded and routing calibrated in {time.perf_counter() - t0:.1f} s; on val: "

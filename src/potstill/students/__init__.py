@@ -24,9 +24,10 @@ from potstill.tasks import Task
 
 def evaluation_engine(cfg: Any, spec: str, num_layers: int | None = None) -> Engine:
     """The student ``spec`` in the engine evaluate runs it in (``evaluate.engine``, ``dtype``,
-    ``recheck_margin``); pilot measures the untrained student in the same one."""
+    ``recheck_margin``, ``quantization``); pilot measures the untrained student in the same one."""
     e = cfg.evaluate
-    return load_engine(e.engine, spec, num_layers=num_layers, dtype=e.dtype, recheck_margin=e.recheck_margin)
+    return load_engine(e.engine, spec, num_layers=num_layers, dtype=e.dtype, recheck_margin=e.recheck_margin,
+                       quantization=e.quantization)
 
 
 def untrained_student_engine(cfg: Any) -> Engine:

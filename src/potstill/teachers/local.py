@@ -115,6 +115,7 @@ class LocalTeacher(Teacher):
             # Another engine's numbers differ slightly: its answers are cached apart (transformers keeps old keys).
             **({"engine": self.cfg.engine} if self.cfg.engine != "transformers" else {}),
             **({"dtype": self.cfg.dtype} if self.cfg.dtype != "auto" else {}),
+            **({"quantization": self.cfg.quantization} if self.cfg.quantization != "auto" else {}),
             **({"recheck_margin": self.cfg.recheck_margin} if self.cfg.engine != "transformers" else {}),
         }
 
@@ -122,7 +123,7 @@ class LocalTeacher(Teacher):
         # Loaded lazily: a fully cached rerun never pays the load.
         if self._engine is None:
             self._engine = load_engine(self.cfg.engine, self.cfg.model, dtype=self.cfg.dtype,
-                                       recheck_margin=self.cfg.recheck_margin)
+                                       recheck_margin=self.cfg.recheck_margin, quantization=self.cfg.quantization)
         return self._engine
 
     def _cost(self, seconds: float) -> float:
