@@ -11,7 +11,9 @@ Parts:
   bf16 (label rows in fp32; the chat's system turn cached, and fp32 without that cache),
   CTranslate2 int8 (with and without prefix reuse, with potstill's default re-check of near ties
   in fp32 and in bf16 (the quickstart's), and, for a student of more than 12 layers, its first 12
-  for speed only). A re-check's reference is loaded and warmed before timing.
+  for speed only), and transformers fp32 and bf16 with the decoder under ``torch.compile`` (the
+  best baseline a user would pick; compiled on the timed shapes before timing, the compile time
+  reported). A re-check's reference is loaded and warmed before timing.
   Each engine: p50/p95 of single calls (batch 1) on the same articles, engines interleaved call
   by call so the shared machine's load hits them alike; throughput answering the 250 test
   articles in arrival-order batches of 16 (one engine call per batch, as ``serve`` batches;
@@ -23,8 +25,9 @@ Parts:
   seconds per article at batch 1. Then the quickstart teacher as ``generate`` runs it (three shot
   orders, calibrated, averaged): seconds per article, orders one at a time or in one forward, and
   its labels on the 250 in fp32 and bf16.
-- ``extraction``: greedy JSON extraction, batch 1 and batch 8: seconds per input, the share of
-  outputs identical to fp32's, valid JSON and the teacher's answer. With ``--extract-run``, a
+- ``extraction``: greedy JSON extraction, batch 1 and batch 8, transformers fp32 and bf16,
+  CTranslate2 int8 and float32 (``quantization`` none): seconds per input, the share of outputs
+  identical to fp32's, valid JSON and the teacher's answer. With ``--extract-run``, a
   student distilled for the task (``benchmarks/extraction_run.py``); else the bundled untrained
   student (48 new tokens of prose).
 - ``compare`` (with ``--compare-run``): another run's student on that run's own test split, per
@@ -59,7 +62,7 @@ from potstill.engines.transformers import TransformersEngine
 from potstill.errors import PotstillError
 from potstill.models.loading import load_lm
 from potstill.models.prompting import PromptFormat, label_token_ids
-from potstill.models.scoring import label_margin
+from potstill.models.scoring import decoder, label_margin
 from potstill.quickstart import build
 from potstill.records import Record, read_records
 from potstill.students import percentile, student_format
@@ -117,6 +120,31 @@ def torch_int8(spec: str) -> TransformersEngine:
     return TransformersEngine(lm)
 
 
+def compiled(spec: str, dtype: str) -> TransformersEngine:
+    """transformers with its decoder under ``torch.compile`` (inductor, default mode, as a user
+    would write it): the baseline to beat. It compiles during ``warm_compiled``, timed apart."""
+    e = load_engine("transformers", spec, device="cpu", dtype=dtype)
+    model = e.lm.model
+    setattr(model, model.base_model_prefix, torch.compile(decoder(model)))
+    e.lm.identity += "#torch-compile"
+    e.compile_s = 0.0
+    return e
+
+
+def warm_compiled(engines: dict[str, Any], fmt: PromptFormat, msgs: list[list[dict]], ids: list[int],
+                  bs: int) -> None:
+    """Run each compiled engine on the shapes the timed passes use (batch 1 at three lengths, so the
+    recompile for dynamic lengths happens here; two batches of ``bs``), recording the seconds."""
+    for e in engines.values():
+        if hasattr(e, "compile_s"):
+            t0 = time.perf_counter()
+            for i in range(3):
+                e.score_labels(fmt, [msgs[i]], ids, batch_size=1)
+            for s in (0, bs):
+                e.score_labels(fmt, msgs[s : s + bs], ids, batch_size=bs)
+            e.compile_s = time.perf_counter() - t0
+
+
 RECHECK_MARGIN = 0.3  # potstill's default (config_models.engine_recheck)
 RECHECKED = f"ctranslate2 int8, fp32 re-check under margin {RECHECK_MARGIN}"
 RECHECKED_BF16 = f"ctranslate2 int8, bf16 re-check under margin {RECHECK_MARGIN} (the quickstart's, with AMX)"
@@ -142,6 +170,9 @@ def student_engines(args: argparse.Namespace) -> dict[str, Any]:
     e["transformers fp32, no prefix reuse"] = old
     if args.torch_variants:
         e["torch dynamic int8"] = torch_int8(student)
+    if args.compiled:
+        e["transformers fp32 + torch.compile"] = compiled(student, "auto")
+        e["transformers bf16 + torch.compile"] = compiled(student, "bfloat16")
     plain = CT2Engine.load(student, device="cpu")
     plain.reuse_prefix = False
     e["ctranslate2 int8, no prefix reuse"] = plain
@@ -168,6 +199,7 @@ def student_part(args: argparse.Namespace, cfg: Any, test: list[Record]) -> dict
     msgs = [r.messages for r in test]
     out: dict[str, Any] = {"loadavg_before": loadavg(), "prompt_tokens_mean": None, "engines": {}}
     warm_references(engines, fmt, msgs, ids)
+    warm_compiled(engines, fmt, msgs, ids, args.batch_size)
     calls = {k: (lambda i, e=e: e.score_labels(fmt, [msgs[i]], ids, batch_size=1)) for k, e in engines.items()}
     lat = interleaved(calls, args.n_latency)
     bs = args.batch_size
@@ -206,6 +238,9 @@ def student_part(args: argparse.Namespace, cfg: Any, test: list[Record]) -> dict
         row["throughput_vs_fp32"] = base[f"throughput_batch{bs}"]["wall_s"] / row[f"throughput_batch{bs}"]["wall_s"]
     for k in (RECHECKED, RECHECKED_BF16):
         out["engines"][k]["rechecked_share"] = engines[k].rechecked / len(msgs)
+    for k, e in engines.items():
+        if hasattr(e, "compile_s"):
+            out["engines"][k]["compile_and_warmup_s"] = e.compile_s
     s = engines["transformers fp32"].score_labels(fmt, msgs, ids, batch_size=bs)
     c = engines["ctranslate2 int8"].score_labels(fmt, msgs[:bs], ids, batch_size=bs)
     out["prompt_tokens_mean"] = statistics.fmean(s.prompt_tokens)
@@ -307,7 +342,8 @@ def extraction_part(args: argparse.Namespace, test: list[Record]) -> dict[str, A
         spec, recs, max_new = STUDENT, test[: args.n_extract], args.max_new_tokens
     engines = {"transformers fp32": load_engine("transformers", spec, device="cpu"),
                "transformers bf16": load_engine("transformers", spec, device="cpu", dtype="bfloat16"),
-               "ctranslate2 int8": load_engine("ctranslate2", spec, device="cpu")}
+               "ctranslate2 int8": load_engine("ctranslate2", spec, device="cpu"),
+               "ctranslate2 float32": load_engine("ctranslate2", spec, device="cpu", quantization="none")}
     fmt = student_format(engines["transformers fp32"], task) if task else PromptFormat(kind="chat", instruction=EXTRACT)
     msgs = [r.messages for r in recs]
     out: dict[str, Any] = {"loadavg_before": loadavg(), "n": len(msgs), "max_new_tokens": max_new,
@@ -336,7 +372,9 @@ def extraction_part(args: argparse.Namespace, test: list[Record]) -> dict[str, A
         out["engines"][k]["speedup_batch1_mean"] = lat["transformers fp32"]["mean_s"] / lat[k]["mean_s"]
     out["identical_outputs"] = sum(x == y for x, y in zip(a, b)) / len(a)
     out["speedup_batch1_mean"] = lat["transformers fp32"]["mean_s"] / lat["ctranslate2 int8"]["mean_s"]
-    out["examples"] = [{"transformers": x, "ctranslate2": y} for x, y in list(zip(a, b))[:3]]
+    f32 = out["engines"]["ctranslate2 float32"]
+    out["float32"] = {"identical_outputs": f32["identical_to_fp32"], "speedup_batch1_mean": f32["speedup_batch1_mean"]}
+    out["examples"] = [{"transformers": x, "ctranslate2": y} for x, y in zip(a, b) if x != y][:3]
     out["loadavg_after"] = loadavg()
     return out
 
@@ -391,6 +429,8 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--torch-variants", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--compiled", action=argparse.BooleanOptionalAction, default=True,
+                    help="part student: transformers fp32 and bf16 with the decoder under torch.compile")
     ap.add_argument("--extract-run", type=Path, help="part extraction: a finished run of benchmarks/extraction_run.py")
     ap.add_argument("--compare-run", type=Path, help="part compare: another finished run, whose student to compare")
     ap.add_argument("--run", type=Path, help="a finished quickstart run: its trained student and test split "
