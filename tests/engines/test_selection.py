@@ -8,6 +8,7 @@ import shutil
 
 import openai
 import pytest
+import torch
 import yaml
 
 from potstill.config import load_config
@@ -38,11 +39,9 @@ def _transformers_labels(model) -> list[str]:
     return [LABELS[i] for i in s.logits.argmax(-1)]
 
 
-@pytest.mark.parametrize("quantization, weights", [("auto", "int8"), ("none", "float32")])
-def test_serve_engine_ctranslate2_answers_through_the_openai_client(tmp_path, taught, quantization, weights):
+def _serve_run(tmp_path, taught, serve: dict):
+    """A run directory around the taught model, its teacher the replayed labels, served as ``serve`` says."""
     from potstill.serve import run_config
-    from potstill.serve.app import build_app
-    from potstill.serve.routing import Routing
     from potstill.serve.service import load_service
 
     run = tmp_path / "run"
@@ -55,19 +54,63 @@ def test_serve_engine_ctranslate2_answers_through_the_openai_client(tmp_path, ta
                               for m, (_, lab) in zip(MSGS, DATA)))
     (run / "potstill.yaml").write_text(yaml.safe_dump({
         "run_dir": ".", "task": TASK, "teacher": {"type": "replay", "model": "replayed", "replay_path": str(replay)},
-        "serve": {"engine": "ctranslate2", "quantization": quantization, "api_key_env": ""}}))
-    service = load_service(run, run_config(run, None), device="cpu")
-    assert service.engine.engine.name == "ctranslate2" and f"#ct2-{weights}" in service.student_name
-    # serve.recheck_margin's default: near ties go to transformers, and the calibration is keyed apart.
-    assert service.engine.identity.endswith(f"#ct2-{weights}+recheck0.3-auto")
+        "serve": {**serve, "api_key_env": ""}}))
+    return load_service(run, run_config(run, None), device="cpu")
+
+
+def _served_labels(service) -> list[str]:
+    """Every MSGS chat through the service's app and the official openai client, the student answering."""
+    from potstill.serve.app import build_app
+    from potstill.serve.routing import Routing
+
     service.routing = Routing(float("-inf"), float("inf"))  # the student answers every request
     try:
         with LiveServer(build_app(service, None)) as live:
             client = openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0)
-            got = [client.chat.completions.create(model="potstill", messages=m).choices[0].message.content for m in MSGS]
+            return [client.chat.completions.create(model="potstill", messages=m).choices[0].message.content
+                    for m in MSGS]
     finally:
         service.close()
-    assert got == _transformers_labels(taught)
+
+
+@pytest.mark.parametrize("quantization, weights", [("auto", "int8"), ("none", "float32")])
+def test_serve_engine_ctranslate2_answers_through_the_openai_client(tmp_path, taught, quantization, weights):
+    service = _serve_run(tmp_path, taught, {"engine": "ctranslate2", "quantization": quantization})
+    assert service.engine.engine.name == "ctranslate2" and f"#ct2-{weights}" in service.student_name
+    # serve.recheck_margin's default: near ties go to transformers, and the calibration is keyed apart.
+    assert service.engine.identity.endswith(f"#ct2-{weights}+recheck0.3-auto")
+    assert _served_labels(service) == _transformers_labels(taught)
+
+
+def test_serve_compile_compiles_before_the_first_request_and_answers_as_eager(tmp_path, taught, capsys):
+    from potstill.models.scoring import decoder
+
+    service = _serve_run(tmp_path, taught, {"engine": "transformers", "compile": True})
+    lm = service.engine.lm
+    assert isinstance(decoder(lm.model), torch._dynamo.eval_frame.OptimizedModule)
+    assert lm.identity.endswith("+compiled") and service.student_name.endswith("+compiled")
+    assert "serve: student compiled and warmed in" in capsys.readouterr().err  # before any request
+    assert _served_labels(service) == _transformers_labels(taught)
+
+
+def test_serve_compile_failing_is_one_line_and_other_engines_refuse_it(tmp_path, taught, monkeypatch):
+    with pytest.raises(PotstillError) as e:
+        load_engine("ctranslate2", str(taught), device="cpu", compile=True)
+    assert "\n" not in str(e.value) and "compile is for engine transformers" in str(e.value)
+    # No C++ compiler for inductor (and no code compiled earlier in this process or on disk to fall
+    # back on): the service refuses to start.
+    from torch._inductor import codecache
+
+    torch._dynamo.reset()
+    for cache in (codecache.PyCodeCache, codecache.CppCodeCache, codecache.CppPythonBindingsCodeCache):
+        cache.cache_clear()
+    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", ("/nonexistent/c++",))
+    monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", False)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    with pytest.raises(PotstillError) as e:
+        _serve_run(tmp_path, taught, {"engine": "transformers", "compile": True})
+    assert "\n" not in str(e.value) and str(e.value).startswith("serve.compile: torch.compile failed (")
+    assert str(e.value).endswith("; set serve.compile: false")
 
 
 @pytest.mark.parametrize("basis", ["batch1", "batched"])

@@ -52,28 +52,33 @@ def engine_class(name: str) -> Any:
     return eps[name].load()
 
 
-def _load(name: str, spec: str, device: str, num_layers: int | None, dtype: str, quantization: str) -> Engine:
+def _load(name: str, spec: str, device: str, num_layers: int | None, dtype: str, quantization: str,
+          compile: bool = False) -> Engine:
     if quantization not in QUANTIZATIONS:
         raise PotstillError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, not '{quantization}'")
-    # Options left at auto are not passed: third-party engines written before them keep loading.
-    options = {k: v for k, v in (("dtype", dtype), ("quantization", quantization)) if v != "auto"}
+    # Options left at their defaults are not passed: third-party engines written before them keep loading.
+    options: dict[str, Any] = {k: v for k, v in (("dtype", dtype), ("quantization", quantization)) if v != "auto"}
+    if compile:
+        options["compile"] = True
     return engine_class(name).load(spec, device=device, num_layers=num_layers, **options)
 
 
 def load_engine(name: str, spec: str, device: str = "auto", num_layers: int | None = None,
-                dtype: str = "auto", recheck_margin: float = 0.0, quantization: str = "auto") -> Engine:
+                dtype: str = "auto", recheck_margin: float = 0.0, quantization: str = "auto",
+                compile: bool = False) -> Engine:
     """Load the model ``spec`` (hub id, directory, GGUF, bundled:...) into the engine called ``name``,
-    with weights as ``quantization`` says (``QUANTIZATIONS``).
+    with weights as ``quantization`` says (``QUANTIZATIONS``), compiled where ``compile`` asks
+    (engine transformers: ``TransformersEngine.compile``).
 
     ``recheck_margin`` > 0 with an engine other than transformers: label scores whose top two
     probabilities are closer than it come from engine transformers at ``dtype`` instead
     (``recheck.RecheckedEngine``, which loads it on the first near tie); the fast engine then
     loads at its own precision."""
     if recheck_margin > 0 and name != "transformers":
-        fast = _load(name, spec, device, num_layers, "auto", quantization)
+        fast = _load(name, spec, device, num_layers, "auto", quantization, compile)
         return RecheckedEngine(fast, lambda: _load("transformers", spec, device, num_layers, dtype, "auto"),
                                recheck_margin, dtype)
-    return _load(name, spec, device, num_layers, dtype, quantization)
+    return _load(name, spec, device, num_layers, dtype, quantization, compile)
 
 
 __all__ = ["BUILTIN", "Engine", "engine_class", "load_engine"]

@@ -97,7 +97,9 @@ class CT2Engine:
 
     @classmethod
     def load(cls, spec: str, device: str = "auto", num_layers: int | None = None,
-             quantization: str = "auto", dtype: str = "auto") -> "CT2Engine":
+             quantization: str = "auto", dtype: str = "auto", compile: bool = False) -> "CT2Engine":
+        if compile:
+            raise PotstillError("engine ctranslate2 runs its own compiled kernels; compile is for engine transformers")
         if dtype != "auto":
             raise PotstillError(f"engine ctranslate2 runs int8 weights; dtype '{dtype}' is for engine transformers "
                                 "(quantization none gives ctranslate2 float32 weights)")

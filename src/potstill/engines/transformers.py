@@ -45,11 +45,24 @@ class TransformersEngine:
 
     @classmethod
     def load(cls, spec: str, device: str = "auto", num_layers: int | None = None,
-             dtype: str = "auto", quantization: str = "auto") -> "TransformersEngine":
+             dtype: str = "auto", quantization: str = "auto", compile: bool = False) -> "TransformersEngine":
         if quantization not in ("auto", "none"):
             raise PotstillError(f"engine transformers runs unquantized weights (dtype float32 or bfloat16); "
                                 f"quantization '{quantization}' is engine ctranslate2's")
-        return cls(load_lm(spec, device=device, num_layers=num_layers, dtype=dtype))
+        engine = cls(load_lm(spec, device=device, num_layers=num_layers, dtype=dtype))
+        if compile:
+            engine.compile()
+        return engine
+
+    def compile(self) -> None:
+        """Run the decoder under ``torch.compile`` (inductor, default mode) from now on. Each new kind
+        of call (batch 1, a batch, another length) compiles on first use, for a minute or more on a
+        small CPU (torch caches the code on disk), so a server warms it before taking requests
+        (``serve.engine.ServedStudent.warm``). The identity is tagged: numbers may differ slightly."""
+        model = self.lm.model
+        setattr(model, model.base_model_prefix, torch.compile(decoder(model)))
+        self.lm.identity += "+compiled"
+        self.identity = self.lm.identity
 
     @property
     def num_parameters(self) -> int:

@@ -62,6 +62,15 @@ class ServedStudent:
     def lm(self) -> LM | None:
         return getattr(self.engine, "lm", None)
 
+    def warm(self, messages: list[list[dict]], batch_size: int) -> float:
+        """Answer once each kind of call serving makes (one input, at up to three lengths; two; a
+        batch of up to ``batch_size``), so a compiled engine compiles now rather than while a client
+        waits. The seconds it took."""
+        t0 = time.perf_counter()
+        for batch in ([[m] for m in messages[:3]] + [messages[:2], messages[:batch_size]]):
+            self.answer(batch)
+        return time.perf_counter() - t0
+
     def embed(self, messages: list[list[dict]]) -> torch.Tensor:
         """(N, H) unit embeddings of the prompts, in input order."""
         return self.engine.embed(self.fmt, messages)

@@ -356,18 +356,31 @@ def _student_name(lm: Any) -> str:
     return f"potstill-student@{lm.identity.rsplit('@', 1)[-1]}"
 
 
-def _served(cfg: Config, path: str, task: Task, device: str) -> ServedStudent:
-    """The student at ``path`` in the engine ``serve`` names (engine, dtype, quantization, recheck)."""
+def _served(cfg: Config, path: str, task: Task, device: str, run_dir: Path) -> ServedStudent:
+    """The student at ``path`` in the engine ``serve`` names (engine, dtype, quantization, recheck),
+    compiled and warmed on the run's val inputs first where ``serve.compile`` asks."""
     s = cfg.serve
-    return ServedStudent(load_engine(s.engine, path, device=device, dtype=s.dtype, recheck_margin=s.recheck_margin,
-                                     quantization=s.quantization), task)
+    engine = ServedStudent(load_engine(s.engine, path, device=device, dtype=s.dtype, recheck_margin=s.recheck_margin,
+                                       quantization=s.quantization, compile=s.compile), task)
+    val_path = run_dir / "val.jsonl"
+    if s.compile and val_path.exists():  # without val, calibrate_run says what is missing
+        val = [r.messages for r in read_records(val_path)[: s.batch_size]]
+        say(f"serve: compiling the student (torch.compile) on {len(val)} val inputs; minutes on a small CPU")
+        try:
+            seconds = engine.warm(val, s.batch_size)
+        except Exception as e:  # noqa: BLE001 - inductor's failures (no C++ compiler, ...) are one line
+            first = str(e).splitlines()[0] if str(e) else ""
+            raise PotstillError(f"serve.compile: torch.compile failed ({type(e).__name__}: {first})"[:300]
+                                + "; set serve.compile: false") from None
+        say(f"serve: student compiled and warmed in {seconds:.0f} s")
+    return engine
 
 
 def _load_live(run_dir: Path, cfg: Config, task: Task, device: str, path: str) -> Live:
     if not (Path(path) / "config.json").exists() and not (Path(path) / "adapter_config.json").exists():
         raise PotstillError(f"{path}: no trained student (run `potstill train` first)")
     try:
-        engine = _served(cfg, path, task, device)
+        engine = _served(cfg, path, task, device, run_dir)
         routing, reference = calibrate_run(run_dir, cfg, engine, task)
     except PotstillError:
         raise
@@ -385,7 +398,7 @@ def load_service(run_dir: Path, cfg: Config, recalibrate: bool = False, ledger_p
     task = get_task(cfg.task)
     teacher = get_teacher(cfg.teacher, task)
     t0 = time.perf_counter()
-    engine = _served(cfg, str(path), task, device)
+    engine = _served(cfg, str(path), task, device, run_dir)
     routing, reference = calibrate_run(run_dir, cfg, engine, task, force=recalibrate)
     st = routing.stats
     say(f"serve: student loaded and routing calibrated in {time.perf_counter() - t0:.1f} s; on val: "
