@@ -83,7 +83,7 @@ class ServedStudent:
         if self.label_ids is not None:
             s = self.engine.score_labels(self.fmt, messages, self.label_ids, batch_size=n, max_length=self.max_length)
             margin = label_margin(s.logits)
-            labels = [self.task.labels[i] for i in torch.softmax(s.logits.float(), -1).argmax(-1).tolist()]
+            labels = [self.task.labels[i] for i in s.logits.argmax(-1).tolist()]
             dt = (time.perf_counter() - t0) / n
             return [
                 StudentAnswer(output=lab, parsed=lab, invalid=self.task.validate(lab),

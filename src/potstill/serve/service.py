@@ -368,6 +368,8 @@ def _served(cfg: Config, path: str, task: Task, device: str, run_dir: Path) -> S
         say(f"serve: compiling the student (torch.compile) on {len(val)} val inputs; minutes on a small CPU")
         try:
             seconds = engine.warm(val, s.batch_size)
+        except PotstillError:
+            raise
         except Exception as e:  # noqa: BLE001 - inductor's failures (no C++ compiler, ...) are one line
             first = str(e).splitlines()[0] if str(e) else ""
             raise PotstillError(f"serve.compile: torch.compile failed ({type(e).__name__}: {first})"[:300]
