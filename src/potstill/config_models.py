@@ -427,7 +427,7 @@ class ServeConfig(Section):
     compile: bool = Field(
         False, description="Engine transformers: run the student's decoder under torch.compile (inductor, "
         "default mode). The service compiles and warms it on val inputs while loading, before it takes a "
-        "request (129 s for the quickstart student on 2 CPU cores, 71-100 s with torch's on-disk cache of "
+        "request (129 s for the quickstart student on 2 CPU cores, 71 s with torch's on-disk cache of "
         "compiled code warm). With dtype bfloat16 on an AMX CPU it was the fastest path at batch 16 measured "
         "(README, Engines). Other engines refuse it.")
     recheck_margin: float = engine_recheck("Served labels")
