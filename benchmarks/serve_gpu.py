@@ -9,7 +9,17 @@ and the embedding the router needs. Measured:
 - the bare forward (``engine.answer`` on a batch, no queue) as the floor.
 vLLM is not measured: its wheel (with its own torch) does not fit the device's carry limit.
 
-    python benchmarks/serve_gpu.py --student /tmp/mg/student --data DATA.jsonl --out serve_gpu.json
+    python benchmarks/serve_gpu.py --student /tmp/mg/student --data DATA.jsonl --out serve_gpu.json [--compile]
+
+On the device image (no pydantic; potstill not installed) the 2026-11-30 run carried pydantic and
+its dependencies, rich and pyyaml as wheels into ``/tmp/site`` and copied potstill's
+``.dist-info`` there for its entry points, with
+``PYTHONPATH=src:/tmp/site``; the student was a ``multi_gpu.STUDENT``-shaped ``LlamaForCausalLM``
+with the SmolLM2 tokenizer, the data ``multi_gpu.py data``'s articles.
+
+``--compile`` adds ``serve.compile``'s path beside it (a second copy of the student, its decoder
+under ``torch.compile``, warmed as the server warms it) and exits 1 if its label probabilities
+differ from eager's by more than ``PROB_TOL``.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,6 +35,7 @@ from pathlib import Path
 import torch
 
 LABELS = ["business", "entertainment", "politics", "sports", "tech"]
+PROB_TOL = 0.02  # max |p_compiled - p_eager| over every label of every request (bf16 body, fp32 label rows)
 
 
 def sync() -> None:
@@ -36,31 +48,14 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
-def main() -> None:
-    from potstill.config import TaskConfig
-    from potstill.models.loading import load_lm
-    from potstill.serve.engine import Batcher, TransformersEngine
-    from potstill.tasks import get_task
+def measure(engine, msgs: list[list[list[dict]]]) -> dict:
+    """Latency at concurrency 1, bare batched forwards, and the Batcher under 8 and 32 callers."""
+    from potstill.serve.engine import Batcher
 
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--student", required=True)
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--n", type=int, default=200)
-    ap.add_argument("--words", type=int, default=60, help="words of article per prompt (the quickstart's are ~40)")
-    args = ap.parse_args()
-    task = get_task(TaskConfig(type="classification", labels=LABELS,
-                               instruction="Which topic is this BBC News article: business, entertainment, politics, "
-                                           "sports or tech?"))
-    lm = load_lm(args.student)  # bf16 on the GPU
-    engine = TransformersEngine(lm, task)
-    rows = [json.loads(x) for x in Path(args.data).read_text().splitlines()][: args.n]
-    msgs = [[{"role": "user", "content": " ".join(r["prompt"].split()[: args.words])}] for r in rows]
     for _ in range(3):
         engine.answer(msgs[:8])
     sync()
-    out: dict = {"what": __doc__.split("\n\n")[0], "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", "dtype": str(lm.model.dtype),
-                 "requests": len(msgs), "prompt_tokens_mean": None, "vllm": "not measured (see docstring)"}
+    out: dict = {}
     lat = []
     toks = []
     for m in msgs:
@@ -93,8 +88,54 @@ def main() -> None:
         batcher.close()
         out[f"concurrency_{conc}"] = {"requests_per_s": 2 * len(msgs) / wall, "p50_ms": 1e3 * pct(waits, 0.5),
                                       "p95_ms": 1e3 * pct(waits, 0.95)}
+    return out
+
+
+def main() -> None:
+    from potstill.config import TaskConfig
+    from potstill.models.loading import load_lm
+    from potstill.serve.engine import TransformersEngine
+    from potstill.tasks import get_task
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--student", required=True)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--words", type=int, default=60, help="words of article per prompt (the quickstart's are ~40)")
+    ap.add_argument("--compile", action="store_true", help="also serve.compile's path: the decoder under torch.compile")
+    args = ap.parse_args()
+    task = get_task(TaskConfig(type="classification", labels=LABELS,
+                               instruction="Which topic is this BBC News article: business, entertainment, politics, "
+                                           "sports or tech?"))
+    rows = [json.loads(x) for x in Path(args.data).read_text().splitlines()][: args.n]
+    msgs = [[{"role": "user", "content": " ".join(r["prompt"].split()[: args.words])}] for r in rows]
+    lm = load_lm(args.student)  # bf16 on the GPU
+    out: dict = {"what": __doc__.split("\n\n")[0], "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+                 "dtype": str(lm.model.dtype), "requests": len(msgs), "vllm": "not measured (see docstring)"}
+    out.update(measure(TransformersEngine(lm, task), msgs))
+    if args.compile:  # serve.compile: the same student's decoder under torch.compile, warmed as serve warms it
+        eager = TransformersEngine(lm, task)
+        engine = TransformersEngine(load_lm(args.student), task)
+        engine.engine.compile()
+        t = time.perf_counter()
+        engine.warm(msgs[:32], 32)
+        sync()
+        out["compiled"] = {"compile_and_warm_s": time.perf_counter() - t, **measure(engine, msgs)}
+        # Same numbers as eager: the label probabilities of every request (random weights, so labels
+        # nearly tie and are reported, not gated).
+        probs = [e.engine.score_labels(e.fmt, msgs, e.label_ids, batch_size=32).logits.float().softmax(-1)
+                 for e in (eager, engine)]
+        diff = (probs[0] - probs[1]).abs().max().item()
+        out["compiled"]["max_label_probability_diff_vs_eager"] = diff
+        out["compiled"]["same_label_as_eager"] = (probs[0].argmax(-1) == probs[1].argmax(-1)).float().mean().item()
+        failed = diff > PROB_TOL
     Path(args.out).write_text(json.dumps(out, indent=1))
     print(json.dumps(out, indent=1))
+    if args.compile and failed:
+        print(f"CORRECTNESS FAILED: compiled label probabilities differ from eager by {diff:.4f} (tolerance {PROB_TOL})",
+              file=sys.stderr)
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":
