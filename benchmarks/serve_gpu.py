@@ -113,9 +113,9 @@ def main() -> None:
     lm = load_lm(args.student)  # bf16 on the GPU
     out: dict = {"what": __doc__.split("\n\n")[0], "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
                  "dtype": str(lm.model.dtype), "requests": len(msgs), "vllm": "not measured (see docstring)"}
-    out.update(measure(TransformersEngine(lm, task), msgs))
+    eager = TransformersEngine(lm, task)
+    out.update(measure(eager, msgs))
     if args.compile:  # serve.compile: the same student's decoder under torch.compile, warmed as serve warms it
-        eager = TransformersEngine(lm, task)
         engine = TransformersEngine(load_lm(args.student), task)
         engine.engine.compile()
         t = time.perf_counter()

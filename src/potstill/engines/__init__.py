@@ -81,4 +81,12 @@ def load_engine(name: str, spec: str, device: str = "auto", num_layers: int | No
     return _load(name, spec, device, num_layers, dtype, quantization, compile)
 
 
-__all__ = ["BUILTIN", "Engine", "engine_class", "load_engine"]
+def section_engine(section: Any, spec: str, device: str = "auto", num_layers: int | None = None,
+                   compile: bool = False) -> Engine:
+    """``spec`` in the engine a config section names: the ``teacher``, ``evaluate`` and ``serve``
+    sections each carry ``engine``, ``dtype``, ``quantization`` and ``recheck_margin``."""
+    return load_engine(section.engine, spec, device=device, num_layers=num_layers, dtype=section.dtype,
+                       recheck_margin=section.recheck_margin, quantization=section.quantization, compile=compile)
+
+
+__all__ = ["BUILTIN", "Engine", "engine_class", "load_engine", "section_engine"]

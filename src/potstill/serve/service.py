@@ -26,7 +26,7 @@ import torch
 from potstill.config import Config
 from potstill.errors import PotstillError
 from potstill.hashing import hash_file, hash_obj
-from potstill.engines import load_engine
+from potstill.engines import section_engine
 from potstill.ledger import Ledger, ServedCall, user_messages
 from potstill.progress import bar, say
 from potstill.records import Record, read_records
@@ -360,8 +360,7 @@ def _served(cfg: Config, path: str, task: Task, device: str, run_dir: Path) -> S
     """The student at ``path`` in the engine ``serve`` names (engine, dtype, quantization, recheck),
     compiled and warmed on the run's val inputs first where ``serve.compile`` asks."""
     s = cfg.serve
-    engine = ServedStudent(load_engine(s.engine, path, device=device, dtype=s.dtype, recheck_margin=s.recheck_margin,
-                                       quantization=s.quantization, compile=s.compile), task)
+    engine = ServedStudent(section_engine(s, path, device=device, compile=s.compile), task)
     val_path = run_dir / "val.jsonl"
     if s.compile and val_path.exists():  # without val, calibrate_run says what is missing
         val = [r.messages for r in read_records(val_path)[: s.batch_size]]

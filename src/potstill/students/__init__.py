@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from potstill.engines import Engine, load_engine
+from potstill.engines import Engine, section_engine
 from potstill.models.loading import LM
 from potstill.models.prompting import PromptFormat, label_token_ids
 from potstill.models.scoring import label_margin
@@ -25,9 +25,7 @@ from potstill.tasks import Task
 def evaluation_engine(cfg: Any, spec: str, num_layers: int | None = None) -> Engine:
     """The student ``spec`` in the engine evaluate runs it in (``evaluate.engine``, ``dtype``,
     ``recheck_margin``, ``quantization``); pilot measures the untrained student in the same one."""
-    e = cfg.evaluate
-    return load_engine(e.engine, spec, num_layers=num_layers, dtype=e.dtype, recheck_margin=e.recheck_margin,
-                       quantization=e.quantization)
+    return section_engine(cfg.evaluate, spec, num_layers=num_layers)
 
 
 def untrained_student_engine(cfg: Any) -> Engine:

@@ -23,7 +23,7 @@ import torch
 from potstill.config import GenerateConfig, TeacherConfig
 from potstill.errors import PotstillError
 from potstill.hashing import hash_obj
-from potstill.engines import Engine, load_engine
+from potstill.engines import Engine, section_engine
 from potstill.models.loading import resolve
 from potstill.models.prompting import PromptFormat, label_token_ids
 from potstill.records import read_records
@@ -122,8 +122,7 @@ class LocalTeacher(Teacher):
     def lm(self) -> Engine:
         # Loaded lazily: a fully cached rerun never pays the load.
         if self._engine is None:
-            self._engine = load_engine(self.cfg.engine, self.cfg.model, dtype=self.cfg.dtype,
-                                       recheck_margin=self.cfg.recheck_margin, quantization=self.cfg.quantization)
+            self._engine = section_engine(self.cfg, self.cfg.model)
         return self._engine
 
     def _cost(self, seconds: float) -> float:
