@@ -104,11 +104,12 @@ def test_serve_compile_failing_is_one_line_and_other_engines_refuse_it(tmp_path,
     torch._dynamo.reset()
     for cache in (codecache.PyCodeCache, codecache.CppCodeCache, codecache.CppPythonBindingsCodeCache):
         cache.cache_clear()
-    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", ("/nonexistent/c++",))
-    monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", False)
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
-    with pytest.raises(PotstillError) as e:
-        _serve_run(tmp_path, taught, {"engine": "transformers", "compile": True})
+    # inductor's own patch: monkeypatch's undo deletes a config entry it did not find in the
+    # module's __dict__, which hides it, and every later compile in the session fails.
+    with torch._inductor.config.patch({"cpp.cxx": ("/nonexistent/c++",), "fx_graph_cache": False}):
+        with pytest.raises(PotstillError) as e:
+            _serve_run(tmp_path, taught, {"engine": "transformers", "compile": True})
     assert "\n" not in str(e.value) and str(e.value).startswith("serve.compile: torch.compile failed (")
     assert str(e.value).endswith("; set serve.compile: false")
 
