@@ -8,12 +8,15 @@ bundled (untrained) SmolLM2-135M-Instruct on a split rebuilt here.
 
 Parts:
 - ``student``: the student on the quickstart's classification prompt, transformers fp32 and
-  bf16 (label rows in fp32; the chat's system turn cached, and fp32 without that cache),
-  CTranslate2 int8 (with and without prefix reuse, with potstill's default re-check of near ties
-  in fp32 and in bf16 (the quickstart's), and, for a student of more than 12 layers, its first 12
-  for speed only), and transformers fp32 and bf16 with the decoder under ``torch.compile`` (the
-  best baseline a user would pick; compiled on the timed shapes before timing, the compile time
-  reported). A re-check's reference is loaded and warmed before timing.
+  bf16 (label rows in fp32; the chat's system turn cached, and fp32 without that cache), each
+  with batches packed (potstill's default, ``potstill.models.packing``) and padded (as before;
+  fp32 padded is the baseline every ratio is against), CTranslate2 int8 (with and without prefix
+  reuse, with potstill's default re-check of near ties in fp32 and in bf16 (the quickstart's),
+  and, for a student of more than 12 layers, its first 12 for speed only), transformers fp32 and
+  bf16 with the decoder under ``torch.compile`` and batches padded (the best baseline a user
+  would pick), and bf16 compiled and packed (``serve.compile``'s path); compiled on the timed
+  shapes before timing, the compile time reported. A re-check's reference is loaded and warmed
+  before timing. ``padded_share``: the share of a padded batch's tokens that are padding.
   Each engine: p50/p95 of single calls (batch 1) on the same articles, engines interleaved call
   by call so the shared machine's load hits them alike; throughput answering the 250 test
   articles in arrival-order batches of 16 (one engine call per batch, as ``serve`` batches;
@@ -120,29 +123,38 @@ def torch_int8(spec: str) -> TransformersEngine:
     return TransformersEngine(lm)
 
 
-def compiled(spec: str, dtype: str) -> TransformersEngine:
+def compiled(spec: str, dtype: str, pack: bool = False) -> TransformersEngine:
     """transformers with its decoder under ``torch.compile`` (inductor, default mode, as a user
-    would write it; ``TransformersEngine.compile``, what ``serve.compile`` does): the baseline to
-    beat. It compiles during ``warm_compiled``, timed apart."""
+    would write it; ``TransformersEngine.compile``, what ``serve.compile`` does). Padded
+    (``pack=False``) it is the baseline to beat, a transformers model as a user runs it; packed,
+    potstill's engine. It compiles during ``warm_compiled``, timed apart."""
     e = load_engine("transformers", spec, device="cpu", dtype=dtype, compile=True)
+    e.pack = pack
     e.compile_s = 0.0
+    return e
+
+
+def padded(e: TransformersEngine) -> TransformersEngine:
+    e.pack = False  # batches right-padded after the cached prefix, as before packing
     return e
 
 
 def warm_compiled(engines: dict[str, Any], fmt: PromptFormat, msgs: list[list[dict]], ids: list[int],
                   bs: int) -> None:
     """Run each compiled engine on the shapes the timed passes use (batch 1 at three lengths, so the
-    recompile for dynamic lengths happens here; two batches of ``bs``), recording the seconds."""
+    recompile for dynamic lengths happens here; two batches of ``bs`` and a shorter one, the last
+    batch's), recording the seconds."""
     for e in engines.values():
         if hasattr(e, "compile_s"):
             t0 = time.perf_counter()
             for i in range(3):
                 e.score_labels(fmt, [msgs[i]], ids, batch_size=1)
-            for s in (0, bs):
-                e.score_labels(fmt, msgs[s : s + bs], ids, batch_size=bs)
+            for s, n in ((0, bs), (bs, bs), (2 * bs, len(msgs) % bs or bs // 2)):
+                e.score_labels(fmt, msgs[s : s + n], ids, batch_size=bs)
             e.compile_s = time.perf_counter() - t0
 
 
+BASE = "transformers fp32, padded"
 RECHECK_MARGIN = 0.3  # potstill's default (config_models.engine_recheck)
 RECHECKED = f"ctranslate2 int8, fp32 re-check under margin {RECHECK_MARGIN}"
 RECHECKED_BF16 = f"ctranslate2 int8, bf16 re-check under margin {RECHECK_MARGIN} (the quickstart's, with AMX)"
@@ -160,17 +172,20 @@ def core_engines(spec: str) -> dict[str, Any]:
 
 
 def student_engines(args: argparse.Namespace) -> dict[str, Any]:
-    """``core_engines`` and the variants that show what each lever buys."""
+    """``core_engines`` and the variants that show what each lever buys. The baseline is
+    ``BASE``: potstill's transformers engine in fp32 with batches padded, as it ran before packing."""
     student = args.student
-    e = core_engines(student)
+    e = {BASE: padded(load_engine("transformers", student, device="cpu")), **core_engines(student)}
+    e["transformers bf16, padded"] = padded(load_engine("transformers", student, device="cpu", dtype="bfloat16"))
     old = load_engine("transformers", student, device="cpu")
     old.reuse_prefix = False  # the system turn recomputed per call, as before this engine cached it
-    e["transformers fp32, no prefix reuse"] = old
+    e["transformers fp32, no prefix reuse, padded"] = padded(old)
     if args.torch_variants:
         e["torch dynamic int8"] = torch_int8(student)
     if args.compiled:
-        e["transformers fp32 + torch.compile"] = compiled(student, "auto")
-        e["transformers bf16 + torch.compile"] = compiled(student, "bfloat16")
+        e["transformers fp32 + torch.compile, padded"] = compiled(student, "auto")
+        e["transformers bf16 + torch.compile, padded"] = compiled(student, "bfloat16")
+        e["transformers bf16 + torch.compile (serve.compile)"] = compiled(student, "bfloat16", pack=True)
     plain = CT2Engine.load(student, device="cpu")
     plain.reuse_prefix = False
     e["ctranslate2 int8, no prefix reuse"] = plain
@@ -192,10 +207,10 @@ def warm_references(engines: dict[str, Any], fmt: PromptFormat, msgs: list[list[
 def student_part(args: argparse.Namespace, cfg: Any, test: list[Record]) -> dict[str, Any]:
     task = get_task(cfg.task)
     engines = student_engines(args)
-    fmt = student_format(engines["transformers fp32"], task)
-    ids = label_token_ids(engines["transformers fp32"].tokenizer, fmt, task.labels)
+    fmt = student_format(engines[BASE], task)
+    ids = label_token_ids(engines[BASE].tokenizer, fmt, task.labels)
     msgs = [r.messages for r in test]
-    out: dict[str, Any] = {"loadavg_before": loadavg(), "prompt_tokens_mean": None, "engines": {}}
+    out: dict[str, Any] = {"loadavg_before": loadavg(), "prompt_tokens_mean": None, "baseline": BASE, "engines": {}}
     warm_references(engines, fmt, msgs, ids)
     warm_compiled(engines, fmt, msgs, ids, args.batch_size)
     calls = {k: (lambda i, e=e: e.score_labels(fmt, [msgs[i]], ids, batch_size=1)) for k, e in engines.items()}
@@ -212,7 +227,7 @@ def student_part(args: argparse.Namespace, cfg: Any, test: list[Record]) -> dict
             logits = e.score_labels(fmt, msgs[s : s + bs], ids, batch_size=bs).logits
             walls[k] += time.perf_counter() - t0
             labels[k] += [task.labels[j] for j in logits.argmax(-1).tolist()]
-            if k == "transformers fp32":
+            if k == BASE:
                 margins += label_margin(logits).tolist()
     for k in engines:
         wall = walls[k]
@@ -220,9 +235,9 @@ def student_part(args: argparse.Namespace, cfg: Any, test: list[Record]) -> dict
                                                                       "per_input_s": wall / len(msgs),
                                                                       "inputs_per_s": len(msgs) / wall}}
         print(k, lat[k]["p50_s"], wall / len(msgs), loadavg(), flush=True)
-    ref = labels["transformers fp32"]
+    ref = labels[BASE]
     gold = [r.label for r in test]
-    base = out["engines"]["transformers fp32"]
+    base = out["engines"][BASE]
     for k, row in out["engines"].items():
         row["agreement_with_transformers_fp32"] = sum(a == b for a, b in zip(labels[k], ref)) / len(ref)
         row["gold_accuracy"] = sum(a == b for a, b in zip(labels[k], gold)) / len(gold)
@@ -239,9 +254,12 @@ def student_part(args: argparse.Namespace, cfg: Any, test: list[Record]) -> dict
     for k, e in engines.items():
         if hasattr(e, "compile_s"):
             out["engines"][k]["compile_and_warmup_s"] = e.compile_s
-    s = engines["transformers fp32"].score_labels(fmt, msgs, ids, batch_size=bs)
+    s = engines[BASE].score_labels(fmt, msgs, ids, batch_size=bs)
     c = engines["ctranslate2 int8"].score_labels(fmt, msgs[:bs], ids, batch_size=bs)
     out["prompt_tokens_mean"] = statistics.fmean(s.prompt_tokens)
+    own = [n - k for n, k in zip(s.prompt_tokens, s.cached_tokens)]  # each input's tokens after the cached turn
+    batches = [own[i : i + bs] for i in range(0, len(own), bs)]  # the arrival-order batches timed above
+    out["padded_share"] = 1 - sum(map(sum, batches)) / sum(max(b) * len(b) for b in batches)
     out["fixed_prefix_tokens"] = c.cached_tokens[0]
     out["fixed_prefix_tokens_transformers"] = s.cached_tokens[0]
     out["loadavg_after"] = loadavg()
@@ -476,7 +494,8 @@ def quality_failures(result: dict) -> list[str]:
     # The engines as potstill runs them: ctranslate2 with its default near-tie re-check (int8 alone
     # is reported, not held to the bar), bf16 (the CPU path with AMX).
     for part in ("student", "compare"):
-        for name in (RECHECKED, RECHECKED_BF16, "transformers bf16"):
+        for name in (RECHECKED, RECHECKED_BF16, "transformers bf16", "transformers fp32",
+                     "transformers bf16 + torch.compile (serve.compile)"):
             engine = result.get(part, {}).get("engines", {}).get(name, {})
             if engine.get("agreement_with_transformers_fp32", 1.0) < MIN_SAME_LABEL:
                 out.append(f"{part}: {name} gives fp32's label on {engine['agreement_with_transformers_fp32']:.1%} "

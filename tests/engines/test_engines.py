@@ -218,7 +218,7 @@ def test_transformers_runs_a_chats_system_turn_once_and_scores_as_without_the_ca
     plain.reuse_prefix = False
     ids = label_token_ids(eng.tokenizer, CHAT, LABELS)
     fed = []
-    hook = eng.lm.model.model.register_forward_pre_hook(lambda m, a, k: fed.append(k["input_ids"].shape[1]),
+    hook = eng.lm.model.model.register_forward_pre_hook(lambda m, a, k: fed.append(k["input_ids"].numel()),
                                                         with_kwargs=True)
     try:
         got = eng.score_labels(CHAT, MSGS, ids, batch_size=4)
@@ -227,7 +227,8 @@ def test_transformers_runs_a_chats_system_turn_once_and_scores_as_without_the_ca
     want = plain.score_labels(CHAT, MSGS, ids, batch_size=4)
     fixed = eng.prefix(CHAT).length
     assert fixed > 0 and set(got.cached_tokens) == {fixed} and set(want.cached_tokens) == {0}
-    assert fed[0] == fixed and max(fed[1:]) <= max(want.prompt_tokens) - fixed  # the turn once, then own parts
+    # The turn once, then the own parts, packed: no padding through the layers.
+    assert fed[0] == fixed and sum(fed[1:]) == sum(n - fixed for n in want.prompt_tokens)
     assert got.prompt_tokens == want.prompt_tokens
     torch.testing.assert_close(got.logits, want.logits, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(got.embeddings, want.embeddings, rtol=1e-4, atol=1e-4)

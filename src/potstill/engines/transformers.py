@@ -11,8 +11,9 @@ a completion format's few-shot prefix (``PromptFormat.prefix``), or a chat's sys
 chat shots), found as ``engines.base.static_ids`` and split off each prompt's token ids. The
 quickstart student's system turn is 26 of its ~67 prompt tokens (``benchmarks/engine.json``).
 The input embedding stays the mean over the whole prompt: the system turn's hidden states are
-summed once with its cache. Generation is ``model.generate`` (greedy); ``embed`` costs one
-extra prefill there.
+summed once with its cache. A batch runs packed, its queries end to end with no padding through
+the layers (``potstill.models.packing``), where the model allows. Generation is
+``model.generate`` (greedy); ``embed`` costs one extra prefill there.
 
 On a GPU this is the serving path (bf16); CTranslate2 on CUDA has not been measured here.
 """
@@ -42,6 +43,7 @@ class TransformersEngine:
         self._prefixes: dict[tuple, PrefixCache | None] = {}
         self._stacks: dict[tuple, PrefixCache | None] = {}
         self.reuse_prefix = True  # False: a chat's system turn is recomputed per call (to measure what reuse saves)
+        self.pack = True  # False: batches run padded (to measure what packing saves)
 
     @classmethod
     def load(cls, spec: str, device: str = "auto", num_layers: int | None = None,
@@ -60,6 +62,10 @@ class TransformersEngine:
         small CPU (torch caches the code on disk), so a server warms it before taking requests
         (``serve.engine.ServedStudent.warm``). The identity is tagged: numbers may differ slightly."""
         model = self.lm.model
+        # Each model compiled keeps a few graphs (the prefix, batch 1, padded and packed batches) under
+        # one code object, transformers' forward wrapper; past torch's default limit of 8 entries,
+        # a process with two or three compiled models would silently run the rest eager.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         setattr(model, model.base_model_prefix, torch.compile(decoder(model)))
         self.lm.identity += "+compiled"
         self.identity = self.lm.identity
@@ -82,7 +88,7 @@ class TransformersEngine:
     def score_labels(self, fmt: PromptFormat, messages: list[list[dict]], label_ids: list[int],
                      batch_size: int = 16, progress: Any = None, max_length: int | None = None) -> Scored:
         return score_labels(self.lm, fmt, messages, label_ids, batch_size=batch_size, prefix=self.prefix(fmt),
-                            progress=progress, max_length=max_length)
+                            progress=progress, max_length=max_length, pack=self.pack)
 
     def score_labels_formats(self, fmts: list[PromptFormat], messages: list[list[dict]], label_ids: list[int],
                              batch_size: int = 16) -> list[Scored]:

@@ -6,7 +6,9 @@ last prompt token. Two savings make it cheap on a CPU:
   matrix (gemma's 262k-row head would otherwise cost 262,144 x 640 x T MACs per input, about
   as much as the 18 transformer layers at T=40);
 - a prompt prefix shared by every input (instruction + few-shot examples, or a chat's system
-  turn) is run once; its KV cache is copied and expanded to the batch for each call.
+  turn) is run once; its KV cache is copied and expanded to the batch for each call;
+- a batch runs packed, its queries end to end with no padding, where the model allows
+  (``potstill.models.packing``); otherwise right-padded after a prefix, left-padded without one.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 import torch
 
+from potstill.models import packing
 from potstill.models.loading import LM
 from potstill.models.prompting import PromptFormat, encode_prompt
 
@@ -116,19 +119,31 @@ def _pooled(hidden: torch.Tensor, mask: torch.Tensor, prefix: PrefixCache | None
     """Mean of ``hidden`` (B, T, H) over the positions where ``mask`` (B, T) is 1, and over a split-off
     prefix's positions where it has a ``hidden_sum``; L2-normalised, on CPU."""
     m = mask.to(hidden.device).unsqueeze(-1).float()
-    total, count = (hidden.float() * m).sum(1), m.sum(1)
+    return _unit_mean((hidden.float() * m).sum(1), m.sum(1), prefix)
+
+
+def _unit_mean(total: torch.Tensor, count: torch.Tensor, prefix: PrefixCache | None) -> torch.Tensor:
+    """Sums (B, H) of hidden states over (B, 1) positions, with a split-off prefix's, as unit means on CPU."""
     if prefix is not None and prefix.hidden_sum is not None:
         total, count = total + prefix.hidden_sum.to(total.device), count + prefix.length
     return torch.nn.functional.normalize(total / count.clamp(min=1), dim=-1).cpu()
 
 
 def _batch_scores(lm: LM, fmt: PromptFormat, queries: list[list[int]], label_ids: list[int],
-                  prefix: PrefixCache | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(label logits (B, K), unit embedding (B, H): the mean last hidden state over each query's own tokens)."""
+                  prefix: PrefixCache | None, pack: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(label logits (B, K), unit embedding (B, H): the mean last hidden state over each query's own tokens).
+    ``pack``: run the batch packed where the model allows (``potstill.models.packing``), else padded."""
     pad = lm.tokenizer.pad_token_id
     B, T = len(queries), max(len(q) for q in queries)
     dev = lm.device
-    if prefix is None:
+    P = prefix.length if prefix is not None else 0
+    if pack and B > 1 and (prefix is None or prefix.rows == 1) and packing.supported(lm.model, P + T):
+        keys = [(layer.keys, layer.values) for layer in prefix.past.layers] if prefix is not None else None
+        hidden, lay = packing.forward(decoder(lm.model), lm.model, queries, keys, P, dev)
+        last = hidden[lay.ends]
+        total = torch.zeros((B, hidden.shape[-1]), device=dev).index_add_(0, lay.segment, hidden.float())
+        emb = _unit_mean(total, torch.tensor(lay.lengths, dtype=torch.float32, device=dev)[:, None], prefix)
+    elif prefix is None:
         # Left padding puts every prompt's last token at position -1.
         ids = torch.full((B, T), pad, dtype=torch.long)
         mask = torch.zeros((B, T), dtype=torch.long)
@@ -179,11 +194,11 @@ def _queries(lm: LM, fmt: PromptFormat, messages: list[list[dict]], prefix: Pref
 
 def score_labels(lm: LM, fmt: PromptFormat, messages: list[list[dict]], label_ids: list[int],
                  batch_size: int = 8, prefix: PrefixCache | None = None, progress: Any = None,
-                 max_length: int | None = None) -> Scored:
+                 max_length: int | None = None, pack: bool = True) -> Scored:
     """Label logits (and input embeddings) for each chat in ``messages``; see the module docstring.
 
     ``max_length``: keep only the last N tokens of each query (the generation prompt, where the
-    answer starts, is at the end)."""
+    answer starts, is at the end). ``pack``: batches run packed where the model allows."""
     queries, prefix = _queries(lm, fmt, messages, prefix, max_length)
     logits, secs, embs = [], [], []
     # Sorting by length makes batches of similar length, so little compute goes to padding.
@@ -192,7 +207,7 @@ def score_labels(lm: LM, fmt: PromptFormat, messages: list[list[dict]], label_id
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             t0 = time.perf_counter()
-            out, emb = _batch_scores(lm, fmt, [queries[i] for i in idx], label_ids, prefix)
+            out, emb = _batch_scores(lm, fmt, [queries[i] for i in idx], label_ids, prefix, pack)
             dt = (time.perf_counter() - t0) / len(idx)
             logits.append((idx, out))
             embs.append((idx, emb))
