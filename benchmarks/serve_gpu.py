@@ -11,11 +11,12 @@ vLLM is not measured: its wheel (with its own torch) does not fit the device's c
 
     python benchmarks/serve_gpu.py --student /tmp/mg/student --data DATA.jsonl --out serve_gpu.json [--compile]
 
-On the device image (no pydantic; potstill not installed) the 2026-11-30 run carried pydantic and
-its dependencies, rich and pyyaml as wheels into ``/tmp/site`` and copied potstill's
-``.dist-info`` there for its entry points, with
-``PYTHONPATH=src:/tmp/site``; the student was a ``multi_gpu.STUDENT``-shaped ``LlamaForCausalLM``
-with the SmolLM2 tokenizer, the data ``multi_gpu.py data``'s articles.
+On the device image (no pydantic or jsonschema; potstill not installed) the 2026-11-30 runs
+installed into ``/tmp/site`` wheels carried in ``.whl``: pydantic, pydantic-core, annotated-types,
+typing-inspection, jsonschema, jsonschema-specifications, referencing, rpds-py (cp312) and
+potstill's own (``pip wheel --no-deps .``, for its entry points), with ``PYTHONPATH=src:/tmp/site``;
+the student was written there by ``multi_gpu.py prepare`` (a ``multi_gpu.STUDENT``-shaped
+``LlamaForCausalLM`` with the SmolLM2 tokenizer), the data ``multi_gpu.py data``'s articles.
 
 ``--compile`` adds ``serve.compile``'s path beside it (a second copy of the student, its decoder
 under ``torch.compile``, warmed as the server warms it) and exits 1 if its label probabilities
