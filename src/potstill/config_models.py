@@ -324,6 +324,11 @@ class EvaluateConfig(Section):
     dtype: DtypeName = engine_dtype("Student precision in evaluate and pilot")
     quantization: QuantizationName = engine_quantization("Student weights in evaluate and pilot")
     recheck_margin: float = engine_recheck("Student labels in evaluate and pilot")
+    compile: bool = Field(
+        False, description="Engine transformers: run the students in evaluate (and pilot's untrained one) with "
+        "the decoder under torch.compile, as serve.compile serves them, so that eval.json's latency and cost "
+        "are the compiled path's. Each student is compiled and warmed before its timed calls: a minute or more "
+        "per student on a small CPU. Other engines refuse it.")
     cost_basis: Literal["batch1", "batched"] = Field(
         "batch1", description="Student cost per call behind the break-even: batch1 (interactive, one call at a "
         "time) or batched (sustained throughput at evaluate.batch_size, a busy endpoint); both are reported."

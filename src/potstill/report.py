@@ -9,7 +9,7 @@ from rich.table import Table
 from potstill.hashing import hash_obj
 from potstill.ledger import Call, Ledger
 from potstill.metrics import compare, teacher_gold_metric
-from potstill.progress import out
+from potstill.progress import out, say
 from potstill.records import Record
 from potstill.students import Predictions, as_engine, measure_latency, percentile, predict
 from potstill.tasks import Task
@@ -40,6 +40,12 @@ def measure_student(lm: Any, task: Task, records: list[Record], usd_per_hour: fl
     ``lm``: an engine (``potstill.engines``) or an ``LM`` (run through transformers). With a
     ``ledger``, each answered record is also logged there as a student call of ``stage``."""
     lm = as_engine(lm)
+    if getattr(lm, "compiled", False):  # evaluate.compile: compile every kind of call timed below, untimed
+        say(f"{stage}: compiling the {desc} (torch.compile); minutes on a small CPU")
+        seconds = lm.warm_compiled("evaluate", lambda: [
+            predict(lm, task, part, batch_size=n, desc="")
+            for part, n in [([r], 1) for r in records[:3]] + [(records[:2], 2), (records[:batch_size], batch_size)]])
+        say(f"{stage}: {desc} compiled and warmed in {seconds:.0f} s")
     preds = predict(lm, task, records, batch_size=batch_size, desc=desc)
     if ledger is not None:
         log_student_calls(ledger, stage, lm, records, preds, usd_per_hour)

@@ -138,6 +138,59 @@ def test_evaluate_engine_and_cost_basis(tmp_path, taught, basis):
     assert headline["months"] == be["months"] and student[key] > 0
 
 
+def _evaluate_run(tmp_path, taught, evaluate: dict) -> dict:
+    run = tmp_path / "run"
+    run.mkdir(parents=True)
+    (run / "test.jsonl").write_text(_rows(10))
+    shutil.copytree(taught, run / "student")
+    cfg = load_config(overrides={"run_dir": str(run), "task": TASK, "student.model": str(taught),
+                                 "evaluate": {"latency_samples": 4, "batch_size": 4, "include_untrained": False,
+                                              **evaluate},
+                                 "report": {"min_slice_n": 2, "bootstrap_samples": 100}})
+    evaluate_stage(cfg)
+    return json.loads((run / "eval.json").read_text())["models"]["student"]
+
+
+def test_evaluate_compile_compiles_before_timing_and_scores_as_eager(tmp_path, taught, capsys, monkeypatch):
+    """evaluate.compile: the student is compiled and warmed on every kind of call evaluate times
+    (batch 1 at three lengths, two, a batch) before the timed passes, and scores as eager does."""
+    from potstill.engines.transformers import TransformersEngine
+
+    eager = _evaluate_run(tmp_path / "eager", taught, {})
+    no_recompile = torch._dynamo.config.patch(error_on_recompile=True)
+    warm = TransformersEngine.warm_compiled
+
+    def warm_then_forbid(self, *a, **k):  # from here on a compile inside the timed passes raises
+        seconds = warm(self, *a, **k)
+        no_recompile.__enter__()
+        return seconds
+
+    monkeypatch.setattr(TransformersEngine, "warm_compiled", warm_then_forbid)
+    try:
+        compiled = _evaluate_run(tmp_path / "compiled", taught, {"compile": True})
+    finally:
+        no_recompile.__exit__(None, None, None)
+    assert "evaluate: student compiled and warmed in" in capsys.readouterr().err
+    assert compiled["model"].endswith("+compiled") and not eager["model"].endswith("+compiled")
+    assert compiled["agreement_with_teacher"] == eager["agreement_with_teacher"]
+
+
+def test_evaluate_compile_failing_is_one_line(tmp_path, taught, monkeypatch):
+    from torch._inductor import codecache
+
+    torch._dynamo.reset()
+    for cache in (codecache.PyCodeCache, codecache.CppCodeCache, codecache.CppPythonBindingsCodeCache):
+        cache.cache_clear()
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    with torch._inductor.config.patch({"cpp.cxx": ("/nonexistent/c++",), "fx_graph_cache": False}):
+        with pytest.raises(PotstillError) as e:
+            _evaluate_run(tmp_path, taught, {"compile": True})
+    assert "\n" not in str(e.value) and str(e.value).startswith("evaluate.compile: torch.compile failed (")
+    assert str(e.value).endswith("; set evaluate.compile: false")
+    with pytest.raises(PotstillError, match="compile is for engine transformers"):
+        _evaluate_run(tmp_path / "ct2", taught, {"compile": True, "engine": "ctranslate2"})
+
+
 def test_evaluate_and_pilot_load_the_weights_evaluate_quantization_names(taught):
     from potstill.students import evaluation_engine
 

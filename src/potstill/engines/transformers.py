@@ -20,7 +20,8 @@ On a GPU this is the serving path (bf16); CTranslate2 on CUDA has not been measu
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -44,6 +45,7 @@ class TransformersEngine:
         self._stacks: dict[tuple, PrefixCache | None] = {}
         self.reuse_prefix = True  # False: a chat's system turn is recomputed per call (to measure what reuse saves)
         self.pack = True  # False: batches run padded (to measure what packing saves)
+        self.compiled = False  # set by compile(): a caller warms it before timing (``warm_compiled``)
 
     @classmethod
     def load(cls, spec: str, device: str = "auto", num_layers: int | None = None,
@@ -69,6 +71,21 @@ class TransformersEngine:
         setattr(model, model.base_model_prefix, torch.compile(decoder(model)))
         self.lm.identity += "+compiled"
         self.identity = self.lm.identity
+        self.compiled = True
+
+    def warm_compiled(self, section: str, run: Callable[[], Any]) -> float:
+        """``run`` (calls of each kind the caller will time), so that compiling happens now; the
+        seconds. A failure of inductor's (no C++ compiler, ...) is one line naming ``section``."""
+        t0 = time.perf_counter()
+        try:
+            run()
+        except PotstillError:
+            raise
+        except Exception as e:  # noqa: BLE001 - inductor's failures are pages long
+            first = str(e).splitlines()[0] if str(e) else ""
+            raise PotstillError(f"{section}.compile: torch.compile failed ({type(e).__name__}: {first})"[:300]
+                                + f"; set {section}.compile: false") from None
+        return time.perf_counter() - t0
 
     @property
     def num_parameters(self) -> int:

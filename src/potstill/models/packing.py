@@ -90,6 +90,16 @@ def _attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch
     return out.transpose(1, 2).reshape(B * L, Hq, D)[lay.valid].unsqueeze(0), None
 
 
+def dynamic(*tensors: torch.Tensor) -> None:
+    """Mark every dimension of a compiled forward's inputs dynamic from its first call. Otherwise
+    dynamo compiles the first shapes it sees as constants and recompiles when one changes, and a
+    size that the warm-up calls happened to share (two batches whose longest input rounds to the
+    same ``L``) recompiled later, inside a timed or served call. No effect without compile."""
+    for t in tensors:
+        for d in range(t.dim()):
+            torch._dynamo.maybe_mark_dynamic(t, d)
+
+
 def _register() -> None:
     global _registered
     if not _registered:
@@ -134,6 +144,7 @@ def forward(decoder: Any, model: Any, queries: list[list[int]], prefix_keys: lis
     ``(key, value)`` are ``prefix_keys`` (None: no prefix), and the batch's layout."""
     lay = layout([len(q) for q in queries], prefix_length, model.dtype, device)
     ids = torch.tensor([[t for q in queries for t in q]], device=device)
+    dynamic(ids, lay.positions, lay.gather, lay.valid, lay.segment, lay.ends, lay.mask)
     with packed_attention(model):
         out = decoder(input_ids=ids, position_ids=lay.positions, use_cache=False, potstill_layout=lay,
                       potstill_prefix=prefix_keys)

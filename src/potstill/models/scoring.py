@@ -150,7 +150,9 @@ def _batch_scores(lm: LM, fmt: PromptFormat, queries: list[list[int]], label_ids
         for i, q in enumerate(queries):
             ids[i, T - len(q):] = torch.tensor(q)
             mask[i, T - len(q):] = 1
-        out = decoder(lm.model)(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False)
+        ids, mask = ids.to(dev), mask.to(dev)
+        packing.dynamic(ids, mask)  # under torch.compile: one graph for every batch shape
+        out = decoder(lm.model)(input_ids=ids, attention_mask=mask, use_cache=False)
         last = out.last_hidden_state[:, -1]
         emb = _pooled(out.last_hidden_state, mask)
     else:
@@ -164,10 +166,14 @@ def _batch_scores(lm: LM, fmt: PromptFormat, queries: list[list[int]], label_ids
         past = copy.deepcopy(prefix.past)
         if B > prefix.rows:  # each prefix row once per query: rows are (prefix, query) pairs, prefix-major
             past.batch_repeat_interleave(B // prefix.rows)
-        pos = torch.arange(prefix.length, prefix.length + T).unsqueeze(0).expand(B, T)
+        pos = torch.arange(prefix.length, prefix.length + T).unsqueeze(0).expand(B, T).contiguous()
+        ids, mask, pos = ids.to(dev), mask.to(dev), pos.to(dev)
+        packing.dynamic(ids, mask, pos)  # under torch.compile: one graph for every batch shape
+        for layer in past.layers:
+            torch._dynamo.maybe_mark_dynamic(layer.keys, 0)
+            torch._dynamo.maybe_mark_dynamic(layer.values, 0)
         out = decoder(lm.model)(
-            input_ids=ids.to(dev), attention_mask=mask.to(dev), past_key_values=past,
-            position_ids=pos.to(dev), use_cache=True,
+            input_ids=ids, attention_mask=mask, past_key_values=past, position_ids=pos, use_cache=True,
         )
         ends = torch.tensor([len(q) - 1 for q in queries], device=dev)
         last = out.last_hidden_state[torch.arange(B, device=dev), ends]

@@ -365,14 +365,7 @@ def _served(cfg: Config, path: str, task: Task, device: str, run_dir: Path) -> S
     if s.compile and val_path.exists():  # without val, calibrate_run says what is missing
         val = [r.messages for r in read_records(val_path)[: s.batch_size]]
         say(f"serve: compiling the student (torch.compile) on {len(val)} val inputs; minutes on a small CPU")
-        try:
-            seconds = engine.warm(val, s.batch_size)
-        except PotstillError:
-            raise
-        except Exception as e:  # noqa: BLE001 - inductor's failures (no C++ compiler, ...) are one line
-            first = str(e).splitlines()[0] if str(e) else ""
-            raise PotstillError(f"serve.compile: torch.compile failed ({type(e).__name__}: {first})"[:300]
-                                + "; set serve.compile: false") from None
+        seconds = engine.engine.warm_compiled("serve", lambda: engine.warm(val, s.batch_size))
         say(f"serve: student compiled and warmed in {seconds:.0f} s")
     return engine
 
