@@ -4,10 +4,10 @@ A padded batch of 16 quickstart queries (21 to 64 tokens after the cached system
 about a quarter of every matrix product on padding (``benchmarks/engine.json``, ``padded_share``).
 Packed, the decoder sees one row of the batch's real tokens: every linear layer, norm and MLP
 runs on those alone. Only attention needs the queries apart. It gathers each query's tokens into
-a ``(B, L)`` block (``L`` the longest query), puts the shared prefix's cached keys in front of
+a ``(B, L)`` block (``L`` the longest query, rounded up: :func:`layout`), puts the shared prefix's cached keys in front of
 every row and runs one sdpa call with a mask that lets each token see the whole prefix and its own
-query up to itself; the outputs go back to the packed row. Attention is about a tenth of the
-work, so its padding costs little; what packing saves is the padding in the other nine tenths.
+query up to itself; the outputs go back to the packed row. Attention is a small share of the
+arithmetic, so its padding costs little; what packing saves is the padding everywhere else.
 
 The function is registered with transformers' ``AttentionInterface`` and switched on only for the
 packed forward (as ``potstill.train.attention`` does for training), so every other call of the
