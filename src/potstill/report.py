@@ -8,6 +8,7 @@ from rich.table import Table
 
 from potstill.hashing import hash_obj
 from potstill.ledger import Call, Ledger
+from potstill.engines.base import warm_batches
 from potstill.metrics import compare, teacher_gold_metric
 from potstill.progress import out, say
 from potstill.records import Record
@@ -42,9 +43,8 @@ def measure_student(lm: Any, task: Task, records: list[Record], usd_per_hour: fl
     lm = as_engine(lm)
     if getattr(lm, "compiled", False):  # evaluate.compile: compile every kind of call timed below, untimed
         say(f"{stage}: compiling the {desc} (torch.compile); minutes on a small CPU")
-        seconds = lm.warm_compiled("evaluate", lambda: [
-            predict(lm, task, part, batch_size=n, desc="")
-            for part, n in [([r], 1) for r in records[:3]] + [(records[:2], 2), (records[:batch_size], batch_size)]])
+        seconds = lm.warm_compiled("evaluate", lambda: [predict(lm, task, part, batch_size=len(part), desc="")
+                                                        for part in warm_batches(records, batch_size)])
         say(f"{stage}: {desc} compiled and warmed in {seconds:.0f} s")
     preds = predict(lm, task, records, batch_size=batch_size, desc=desc)
     if ledger is not None:

@@ -3,6 +3,7 @@ evaluate.engine with evaluate.cost_basis, and teacher.engine for a local few-sho
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 
@@ -93,39 +94,35 @@ def test_serve_compile_compiles_before_the_first_request_and_answers_as_eager(tm
     assert _served_labels(service) == _transformers_labels(taught)
 
 
-def test_serve_compile_failing_is_one_line_and_other_engines_refuse_it(tmp_path, taught, monkeypatch):
-    with pytest.raises(PotstillError) as e:
-        load_engine("ctranslate2", str(taught), device="cpu", compile=True)
-    assert "\n" not in str(e.value) and "compile is for engine transformers" in str(e.value)
-    # No C++ compiler for inductor (and no code compiled earlier in this process or on disk to fall
-    # back on): the service refuses to start.
+@contextlib.contextmanager
+def _no_cxx_compiler(tmp_path, monkeypatch):
+    """Inductor pointed at a missing C++ compiler, with no code compiled earlier in this process or
+    on disk to fall back on. inductor's own patch: monkeypatch's undo deletes a config entry it did
+    not find in the module's __dict__, which hides it, and every later compile in the session fails."""
     from torch._inductor import codecache
 
     torch._dynamo.reset()
     for cache in (codecache.PyCodeCache, codecache.CppCodeCache, codecache.CppPythonBindingsCodeCache):
         cache.cache_clear()
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
-    # inductor's own patch: monkeypatch's undo deletes a config entry it did not find in the
-    # module's __dict__, which hides it, and every later compile in the session fails.
     with torch._inductor.config.patch({"cpp.cxx": ("/nonexistent/c++",), "fx_graph_cache": False}):
-        with pytest.raises(PotstillError) as e:
-            _serve_run(tmp_path, taught, {"engine": "transformers", "compile": True})
+        yield
+
+
+def test_serve_compile_failing_is_one_line_and_other_engines_refuse_it(tmp_path, taught, monkeypatch):
+    with pytest.raises(PotstillError) as e:
+        load_engine("ctranslate2", str(taught), device="cpu", compile=True)
+    assert "\n" not in str(e.value) and "compile is for engine transformers" in str(e.value)
+    # No C++ compiler for inductor: the service refuses to start.
+    with _no_cxx_compiler(tmp_path, monkeypatch), pytest.raises(PotstillError) as e:
+        _serve_run(tmp_path, taught, {"engine": "transformers", "compile": True})
     assert "\n" not in str(e.value) and str(e.value).startswith("serve.compile: torch.compile failed (")
     assert str(e.value).endswith("; set serve.compile: false")
 
 
 @pytest.mark.parametrize("basis", ["batch1", "batched"])
 def test_evaluate_engine_and_cost_basis(tmp_path, taught, basis):
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "test.jsonl").write_text(_rows(10))
-    shutil.copytree(taught, run / "student")
-    cfg = load_config(overrides={"run_dir": str(run), "task": TASK, "student.model": str(taught),
-                                 "evaluate": {"latency_samples": 2, "batch_size": 4, "include_untrained": False,
-                                              "engine": "ctranslate2", "cost_basis": basis},
-                                 "report": {"min_slice_n": 2, "bootstrap_samples": 100}})
-    evaluate_stage(cfg)
-    ev = json.loads((run / "eval.json").read_text())
+    ev = _evaluate_run(tmp_path, taught, {"latency_samples": 2, "engine": "ctranslate2", "cost_basis": basis})
     student = ev["models"]["student"]
     assert student["engine"] == "ctranslate2" and student["agreement_with_teacher"] == 1.0
     key = "cost_per_1k_calls_batched_usd" if basis == "batched" else "cost_per_1k_calls_usd"
@@ -139,6 +136,7 @@ def test_evaluate_engine_and_cost_basis(tmp_path, taught, basis):
 
 
 def _evaluate_run(tmp_path, taught, evaluate: dict) -> dict:
+    """eval.json of evaluate on a run of 10 test rows whose trained student is ``taught``."""
     run = tmp_path / "run"
     run.mkdir(parents=True)
     (run / "test.jsonl").write_text(_rows(10))
@@ -148,7 +146,7 @@ def _evaluate_run(tmp_path, taught, evaluate: dict) -> dict:
                                               **evaluate},
                                  "report": {"min_slice_n": 2, "bootstrap_samples": 100}})
     evaluate_stage(cfg)
-    return json.loads((run / "eval.json").read_text())["models"]["student"]
+    return json.loads((run / "eval.json").read_text())
 
 
 def test_evaluate_compile_compiles_before_timing_and_scores_as_eager(tmp_path, taught, capsys, monkeypatch):
@@ -156,7 +154,7 @@ def test_evaluate_compile_compiles_before_timing_and_scores_as_eager(tmp_path, t
     (batch 1 at three lengths, two, a batch) before the timed passes, and scores as eager does."""
     from potstill.engines.transformers import TransformersEngine
 
-    eager = _evaluate_run(tmp_path / "eager", taught, {})
+    eager = _evaluate_run(tmp_path / "eager", taught, {})["models"]["student"]
     no_recompile = torch._dynamo.config.patch(error_on_recompile=True)
     warm = TransformersEngine.warm_compiled
 
@@ -167,7 +165,7 @@ def test_evaluate_compile_compiles_before_timing_and_scores_as_eager(tmp_path, t
 
     monkeypatch.setattr(TransformersEngine, "warm_compiled", warm_then_forbid)
     try:
-        compiled = _evaluate_run(tmp_path / "compiled", taught, {"compile": True})
+        compiled = _evaluate_run(tmp_path / "compiled", taught, {"compile": True})["models"]["student"]
     finally:
         no_recompile.__exit__(None, None, None)
     assert "evaluate: student compiled and warmed in" in capsys.readouterr().err
@@ -176,15 +174,8 @@ def test_evaluate_compile_compiles_before_timing_and_scores_as_eager(tmp_path, t
 
 
 def test_evaluate_compile_failing_is_one_line(tmp_path, taught, monkeypatch):
-    from torch._inductor import codecache
-
-    torch._dynamo.reset()
-    for cache in (codecache.PyCodeCache, codecache.CppCodeCache, codecache.CppPythonBindingsCodeCache):
-        cache.cache_clear()
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
-    with torch._inductor.config.patch({"cpp.cxx": ("/nonexistent/c++",), "fx_graph_cache": False}):
-        with pytest.raises(PotstillError) as e:
-            _evaluate_run(tmp_path, taught, {"compile": True})
+    with _no_cxx_compiler(tmp_path, monkeypatch), pytest.raises(PotstillError) as e:
+        _evaluate_run(tmp_path, taught, {"compile": True})
     assert "\n" not in str(e.value) and str(e.value).startswith("evaluate.compile: torch.compile failed (")
     assert str(e.value).endswith("; set evaluate.compile: false")
     with pytest.raises(PotstillError, match="compile is for engine transformers"):

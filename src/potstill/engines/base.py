@@ -56,6 +56,12 @@ class Engine(Protocol):
         ...
 
 
+def warm_batches(items: list, batch_size: int) -> list[list]:
+    """One batch of each kind a caller of a compiled engine makes, to run before timing or serving:
+    single inputs at up to three lengths, two inputs, and a batch of up to ``batch_size``."""
+    return [[x] for x in items[:3]] + [items[:2], items[:batch_size]]
+
+
 def common_prefix(a: list[int], b: list[int]) -> int:
     n = 0
     for x, y in zip(a, b):

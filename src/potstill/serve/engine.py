@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from potstill.engines import Engine
+from potstill.engines.base import warm_batches
 from potstill.engines.transformers import TransformersEngine as _Transformers
 from potstill.models.loading import LM
 from potstill.models.prompting import label_token_ids
@@ -67,7 +68,7 @@ class ServedStudent:
         batch of up to ``batch_size``), so a compiled engine compiles now rather than while a client
         waits. The seconds it took."""
         t0 = time.perf_counter()
-        for batch in ([[m] for m in messages[:3]] + [messages[:2], messages[:batch_size]]):
+        for batch in warm_batches(messages, batch_size):
             self.answer(batch)
         return time.perf_counter() - t0
 
