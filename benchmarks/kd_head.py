@@ -271,16 +271,19 @@ def correctness(n: int = 2048) -> dict:
 
 def kernel_sweep(rows: int = 2048) -> list:
     """The KD row kernels alone on one block of fp32 logits: the three-sweep kernel and the split
-    kernel per (slice, warps, programs per SM). Reported only; the heads run the defaults."""
+    kernel per (slice, warps, programs per SM, L2 prefetch). Reported only; the heads run the defaults."""
     g = torch.Generator(device="cuda").manual_seed(2)
     s = torch.randn(rows, V, device="cuda", generator=g) * 3
     t = s + torch.randn(rows, V, device="cuda", generator=g)
     out = torch.empty(rows, V, dtype=DT, device="cuda")
     params = L.divergence_params("jsd", beta=BETA)
-    saved = FH.SPLIT_SLICE, FH.SPLIT_WARPS, FH.SPLIT_PROGRAMS_PER_SM
+    knobs = ("SPLIT_SLICE", "SPLIT_WARPS", "SPLIT_PROGRAMS_PER_SM", "SPLIT_PREFETCH")
+    saved = {k: getattr(FH, k) for k in knobs}
     res = []
-    for sl, warps, pps in ((0, 16, 0), (8192, 16, 1), (4096, 8, 4), (2048, 4, 8), (2048, 8, 3)):
-        FH.SPLIT_SLICE, FH.SPLIT_WARPS, FH.SPLIT_PROGRAMS_PER_SM = sl, warps, pps
+    for sl, warps, pps, pf in ((0, 16, 0, False), (8192, 16, 1, True), (4096, 8, 4, True), (2048, 4, 8, True),
+                               (2048, 4, 8, False), (2048, 8, 3, True)):
+        for k, v in zip(knobs, (sl, warps, pps, pf)):
+            setattr(FH, k, v)
         times = []
         for i in range(13):
             a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -293,9 +296,10 @@ def kernel_sweep(rows: int = 2048) -> list:
         ms = statistics.median(times)
         # Bytes if each fp32 logit is read once and each bf16 dlogit written once.
         res.append({"kernel": "split" if sl else "three-sweep", "slice": sl, "warps": warps if sl else FH.TRITON_WARPS,
-                    "programs_per_sm": pps, "ms_per_1024_rows": ms * 1024 / rows,
+                    "programs_per_sm": pps, "l2_prefetch": pf, "ms_per_1024_rows": ms * 1024 / rows,
                     "gb_per_s_one_pass": rows * V * 10 / ms / 1e6})
-    FH.SPLIT_SLICE, FH.SPLIT_WARPS, FH.SPLIT_PROGRAMS_PER_SM = saved
+    for k, v in saved.items():
+        setattr(FH, k, v)
     return res
 
 
@@ -341,7 +345,8 @@ def _header() -> dict:
         "method": "forward+backward of the loss head alone; median of CUDA-event times after warm-up; "
                   "peak_mib = max_memory_allocated during one fwd+bwd minus memory allocated before it",
         "settings": {k: getattr(FH, k) for k in ("TRITON_BLOCK", "TRITON_WARPS", "PROGRAMS_PER_SM", "SPLIT_SLICE",
-                                                  "SPLIT_WARPS", "SPLIT_PROGRAMS_PER_SM", "FAST_LOG", "KD_CHUNK_BYTES")},
+                                                  "SPLIT_WARPS", "SPLIT_PROGRAMS_PER_SM", "SPLIT_PREFETCH", "FAST_LOG",
+                                                  "KD_CHUNK_BYTES")},
     }
 
 
@@ -355,6 +360,8 @@ def _cases(n: int, sweep: bool) -> list:
         ("kd_jsd", "potstill bf16 logits", lambda d: potstill_jsd(d, logits_dtype=None, accum_dtype=None), flops_kd),
         ("kd_jsd", "potstill chunk=1024", lambda d: potstill_jsd(d, chunk_size=1024), flops_kd),
         ("kd_jsd", "potstill three-sweep row kernel", lambda d: with_settings(d, potstill_jsd, SPLIT_SLICE=0),
+         flops_kd),
+        ("kd_jsd", "potstill, no L2 prefetch", lambda d: with_settings(d, potstill_jsd, SPLIT_PREFETCH=False),
          flops_kd),
         ("kd_jsd", "potstill GEMMs only (no row kernel)", matmuls_only, flops_kd),
         ("kd_jsd", "liger", liger_jsd, flops_kd),

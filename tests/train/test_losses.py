@@ -403,12 +403,15 @@ def test_triton_kernels_match_torch_backend_in_interpreter():
 
 
 @pytest.mark.skipif(not (torch.cuda.is_available() and FH.HAS_TRITON), reason="needs a CUDA GPU and triton")
-@pytest.mark.parametrize("slice_", [0, 2048, 512], ids=["three-sweep", "split-2048", "split-512"])
-def test_kd_row_kernels_match_torch_backend_on_gpu(slice_, monkeypatch):
-    """The Triton KD row kernels (three-sweep, and K programs per row meeting twice) against the
-    torch backend: every divergence, ragged V, fp32 logits with bf16 dlogits written over them,
-    and a grid of one row group looping over every row."""
+@pytest.mark.parametrize("slice_,prefetch", [(0, False), (2048, True), (2048, False), (512, True)],
+                         ids=["three-sweep", "split-2048", "split-2048-no-prefetch", "split-512"])
+def test_kd_row_kernels_match_torch_backend_on_gpu(slice_, prefetch, monkeypatch):
+    """The Triton KD row kernels (three-sweep, and K programs per row meeting twice, with and
+    without the L2 prefetch of the next row) against the torch backend: every divergence, ragged V,
+    fp32 logits with bf16 dlogits written over them, and a grid of one row group looping over
+    every row."""
     monkeypatch.setattr(FH, "SPLIT_SLICE", slice_)
+    monkeypatch.setattr(FH, "SPLIT_PREFETCH", prefetch)
     g = torch.Generator(device="cuda").manual_seed(0)
     for v, c, grid in ((50257, 37, None), (3001, 300, 1)):
         monkeypatch.setattr(FH, "GRID_PROGRAMS", grid)

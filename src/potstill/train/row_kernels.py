@@ -149,6 +149,12 @@ def _combine_lse(PR, j, kk, kmask):
     return g + tl.log(tl.sum(d * tl.exp(m - g), 0))
 
 @triton.jit
+def _prefetch_l2(ptrs):
+    # One L2 prefetch per element of ``ptrs`` (give one address per 128-byte line); no result.
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
+                              is_pure=False, pack=1)
+
+@triton.jit
 def _max2(a0, b0, a1, b1):
     return tl.maximum(a0, a1), tl.maximum(b0, b1)
 
@@ -159,7 +165,7 @@ def _add2(a0, b0, a1, b1):
 @triton.jit
 def kd_rows_split_kernel(S, T, OUT, LOSS, LSE, PART, CNT, n_rows, s_stride, t_stride, o_stride, V, scale, a, wp, wq,
                          h_sum, kd_coef, ce_coef, MODE: tl.constexpr, K: tl.constexpr, KP: tl.constexpr,
-                         SLICE: tl.constexpr, FAST: tl.constexpr):
+                         SLICE: tl.constexpr, FAST: tl.constexpr, PREFETCH: tl.constexpr = False):
     # K programs share a row, each holding one SLICE of both rows' logits in registers, so the
     # logits are read from memory once instead of three times; they swap per-slice log-sum-exp
     # parts and sums of h through PART (n_rows x K x 8) and meet at CNT[row] (zeroed).
@@ -169,10 +175,18 @@ def kd_rows_split_kernel(S, T, OUT, LOSS, LSE, PART, CNT, n_rows, s_stride, t_st
     msk = cols < V
     kk = tl.arange(0, KP)
     kmask = kk < K
-    for row in range(pid // K, n_rows, tl.num_programs(0) // K):
+    step = tl.num_programs(0) // K
+    lines = tl.minimum(part * SLICE + tl.arange(0, SLICE // 32) * 32, V - 1)  # one column per 128-byte line
+    for row in range(pid // K, n_rows, step):
         r = tl.cast(row, tl.int64)
         x = tl.load(S + r * s_stride + cols, mask=msk, other=float("-inf")).to(tl.float32) * scale
         y = tl.load(T + r * t_stride + cols, mask=msk, other=float("-inf")).to(tl.float32) * scale
+        if PREFETCH:
+            # This program's slice of its next row into L2 now, so DRAM keeps streaming while the
+            # row's programs meet; the next row's loads then come from L2.
+            if row + step < n_rows:
+                _prefetch_l2(S + (r + step) * s_stride + lines)
+                _prefetch_l2(T + (r + step) * t_stride + lines)
         mx, my = tl.reduce((x, y), 0, _max2)
         ex = tl.exp(x - mx)
         ey = tl.exp(y - my)
