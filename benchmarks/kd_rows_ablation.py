@@ -26,6 +26,14 @@ from potstill.train import losses as L  # noqa: E402
 from potstill.train.row_kernels import (_add2, _combine_lse, _group_barrier, _kd_terms_qp, _max2,  # noqa: E402
                                         _prefetch_l2)
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from kd_rows_probe import timeit as _timeit  # noqa: E402
+
+
+def timeit(fn):
+    return _timeit(fn)[0]
+
+
 V, DT = 49152, torch.bfloat16
 res = {"device": torch.cuda.get_device_name(0)}
 
@@ -87,15 +95,6 @@ def abl_kernel(S, T, OUT, LOSS, LSE, PART, CNT, n_rows, s_stride, t_stride, o_st
         tl.store(OUT + r * o_stride + cols, g.to(OUT.dtype.element_ty), mask=msk)
         if part == 0:
             tl.store(LSE + r, lse_s)
-
-def timeit(fn, reps=15, warm=3):
-    ts = []
-    for i in range(warm + reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record(); fn(); b.record(); b.synchronize()
-        if i >= warm:
-            ts.append(a.elapsed_time(b))
-    return statistics.median(ts)
 
 rows = 2048
 g = torch.Generator(device="cuda").manual_seed(2)
