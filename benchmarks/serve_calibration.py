@@ -24,7 +24,7 @@ import torch
 from potstill.records import read_records
 from potstill.serve import run_config
 from potstill.serve.routing import MIN_OOD, _quantile, ood_distance
-from potstill.serve.service import _reference_and_holdout, load_service
+from potstill.serve.service import load_service, reference_and_holdout
 
 
 def main() -> None:
@@ -38,7 +38,7 @@ def main() -> None:
     failure = None
     try:
         live, q = service.live, cfg.serve.ood_quantile
-        _, held = _reference_and_holdout(read_records(args.run / "train.jsonl"), cfg.serve.ood_reference)
+        _, held = reference_and_holdout(read_records(args.run / "train.jsonl"), cfg.serve.ood_reference)
         splits = {"val": read_records(args.run / "val.jsonl"), "test": read_records(args.run / "test.jsonl")}
         dist, out = {}, {"run": str(args.run), "engine": live.engine.identity, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                          "routing": {k: v for k, v in live.routing.to_json().items() if k != "stats"},

@@ -74,7 +74,7 @@ def _spread(records: list[Record], n: int) -> list[Record]:
     return [records[i] for i in _spread_indices(len(records), n)]
 
 
-def _reference_and_holdout(records: list[Record], n: int) -> tuple[list[Record], list[Record]]:
+def reference_and_holdout(records: list[Record], n: int) -> tuple[list[Record], list[Record]]:
     """The OOD reference (n training records spread through the split) and up to n of the others,
     which calibrate the OOD threshold as in-distribution inputs the reference does not hold."""
     chosen = set(_spread_indices(len(records), n))
@@ -100,7 +100,7 @@ def calibrate_run(run_dir: Path, cfg: Config, engine: ServedStudent, task: Task,
         if saved.get("key") == key:
             r = Routing(float(saved["confidence_threshold"]), float(saved["ood_threshold"]), saved["stats"])
             return r, torch.load(ref_path)
-    train, held = _reference_and_holdout(read_records(train_path), s.ood_reference)
+    train, held = reference_and_holdout(read_records(train_path), s.ood_reference)
     val = [r for r in read_records(val_path) if r.output is not None]
     if not val:
         raise PotstillError(f"{val_path}: no record has a teacher output to calibrate on")
