@@ -146,29 +146,44 @@ def train_step(model, opt, loss_fn):
 
 
 def timed_steps(step, batches, warmup, reps, device):
-    """Median seconds per step; ``step(batch) -> loss``. Returns (median_s, spread, losses, peak GiB)."""
+    """Median seconds per step; ``step(batch) -> loss``. Returns (median_s, spread, losses, peak GiB,
+    median host seconds). Host seconds: from the step's start until ``step`` returns, before waiting
+    for the GPU: the CPU's share (collating, launching kernels). When it is close to the step's
+    time, the step is bound by the host CPU, not the GPU."""
     for i in range(warmup):
         step(batches[i % len(batches)])
     sync(device)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    times, losses = [], []
+    times, hosts, losses = [], [], []
     for i in range(reps):
         b = batches[(warmup + i) % len(batches)]
+        t0 = time.perf_counter()
         if device == "cuda":
             s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             s.record()
             loss = step(b)
             e.record()
+            hosts.append(time.perf_counter() - t0)
             e.synchronize()
             times.append(s.elapsed_time(e) / 1e3)
         else:
-            t0 = time.perf_counter()
             loss = step(b)
             times.append(time.perf_counter() - t0)
+            hosts.append(times[-1])
         losses.append(float(loss))
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
-    return statistics.median(times), (min(times), max(times)), losses, peak
+    return statistics.median(times), (min(times), max(times)), losses, peak, statistics.median(hosts)
+
+
+def host_cpu() -> str:
+    """The host CPU's model name and core count (steps bound by the host vary with it)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "unknown")
+    except OSError:
+        name = "unknown"
+    return f"{name}, {os.cpu_count()} cores"
 
 
 def sync(device):
@@ -227,7 +242,7 @@ def sft_bench(args, device, dt, shape, results, B, names):
                     first = float(loss_fn(model, data[0]))
                 step = train_step(model, opt, loss_fn)
                 t_compile = time.perf_counter()
-                med, spread, losses, peak = timed_steps(step, data, args.warmup, args.reps, device)
+                med, spread, losses, peak, host = timed_steps(step, data, args.warmup, args.reps, device)
                 t_total = time.perf_counter() - t_compile
         except torch.OutOfMemoryError:
             results["sft"].append({"variant": name, "batch": B, "oom": True})
@@ -237,8 +252,8 @@ def sft_bench(args, device, dt, shape, results, B, names):
             print(f"sft B={B} {name}: {type(e).__name__}: {str(e)[:300]}", flush=True)
             continue
         row = {"variant": name, "batch": B, "seq": T, "step_ms": med * 1e3,
-               "step_ms_min_max": [spread[0] * 1e3, spread[1] * 1e3], "tokens_per_s": B * T / med,
-               "peak_gib": peak, "first_loss": first, "losses": losses, "wall_s_incl_warmup": t_total,
+               "step_ms_min_max": [spread[0] * 1e3, spread[1] * 1e3], "host_ms": host * 1e3, "tokens_per_s": B * T / med,
+               "compile_mode": args.compile_mode, "peak_gib": peak, "first_loss": first, "losses": losses, "wall_s_incl_warmup": t_total,
                "model_tflops": fpt * B * T / med / 1e12}
         results["sft"].append(row)
         print(f"sft B={B} {name:18s} {row['step_ms']:8.1f} ms  {row['tokens_per_s']:10.0f} tok/s  peak {peak} GiB  "
@@ -316,10 +331,10 @@ def kd_bench(args, device, dt, s_shape, t_shape, results, compiled=False):  # no
         step = train_step(student, opt, kd_loss)
 
         try:
-            med, spread, losses, peak = timed_steps(step, collated, args.warmup, args.reps, device)
+            med, spread, losses, peak, host = timed_steps(step, collated, args.warmup, args.reps, device)
             row = {"variant": name + ("+compile" if compiled else ""), "batch": B, "seq": T, "step_ms": med * 1e3,
-                   "step_ms_min_max": [spread[0] * 1e3, spread[1] * 1e3], "tokens_per_s": B * T / med,
-                   "peak_gib": peak, "losses": losses}
+                   "step_ms_min_max": [spread[0] * 1e3, spread[1] * 1e3], "host_ms": host * 1e3,
+                   "tokens_per_s": B * T / med, "peak_gib": peak, "losses": losses}
             print(f"kd  {name:18s} {row['step_ms']:8.1f} ms  {row['tokens_per_s']:10.0f} tok/s  peak {peak} GiB  "
                   f"first loss {losses[0]:.6f}", flush=True)
         except torch.OutOfMemoryError:
@@ -352,7 +367,7 @@ def shapes_check(args, device, dt, shape, results):
     g = torch.Generator().manual_seed(1)
     data = [as_examples(torch.randint(0, shape["vocab_size"], (args.batch, hi), generator=g)) for _ in range(4)]
     timing = {"layers": shape["num_hidden_layers"], "batch": args.batch, "seq": hi}
-    med, _, _, _ = timed_steps(step, data, args.warmup, args.reps, device)
+    med = timed_steps(step, data, args.warmup, args.reps, device)[0]
     timing.update(static_step_ms=med * 1e3, static_graphs=int(counters["stats"]["unique_graphs"]))
     rng = torch.Generator().manual_seed(3)
     rows = []
@@ -381,7 +396,7 @@ def shapes_check(args, device, dt, shape, results):
         print("check", row, flush=True)
     results["shapes_check"] = rows
     # The body has seen several shapes and is dynamic now: the same full-length batches again.
-    med, _, _, _ = timed_steps(step, data, args.warmup, args.reps, device)
+    med = timed_steps(step, data, args.warmup, args.reps, device)[0]
     timing.update(dynamic_step_ms=med * 1e3, graphs=int(counters["stats"]["unique_graphs"]))
     results["shapes_check_timing"] = timing
     print("static vs dynamic body", timing, flush=True)
@@ -416,7 +431,8 @@ def main() -> None:
     s_shape, t_shape = (TINY, {**TINY, "hidden_size": 96, "num_attention_heads": 4}) if args.tiny else (STUDENT, TEACHER)
     if args.tiny:
         args.batch, args.kd_batch, args.check_batch, args.seq, args.warmup, args.reps = 2, 2, 3, 64, 1, 2
-    results = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
+    results = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "host_cpu": host_cpu(),
+               "torch": torch.__version__,
                "transformers": __import__("transformers").__version__, "matmul_tflops": matmul_tflops(device),
                "datasheet_tflops": DATASHEET_TFLOPS, "flops_per_token": flops_per_token(s_shape, args.seq),
                "sft": [], "kd": [], "argv": sys.argv[1:]}

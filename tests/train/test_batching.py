@@ -74,3 +74,18 @@ def test_collate_topk_padding_ids_are_distinct(tiny_model):
     assert b.topk_mask.tolist() == [[-100, 4, 5]]
     assert b.topk_ids[0, 1].tolist() == [9, 0] and b.topk_ids[0, 2, 0] == 7 and b.topk_ids[0, 2, 1] != 7
     assert b.topk_lp[0, 2, 1] == float("-inf")
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_collate_counts_targets_on_the_host_as_the_device_tensors_say(pack):
+    """``Batch.counts`` comes from collate's host tensors (no device wait in a step) and equals
+    what the device tensors hold: cross-entropy, token KD and top-k positions, label rows."""
+    ex = _examples(50, [7, 12, 5, 9, 16, 3])
+    ex[1].kd_only = True
+    ex[2].teacher_logprobs = [-0.1, -2.4]
+    ex[3].topk = [([4, 9], [-0.2, -1.7])] + [None] * (len(ex[3].ids) - ex[3].n_prompt - 1)
+    b = collate(ex, 0, torch.device("cpu"), pack=pack, max_length=32, with_topk=True)
+    want = {"ce": int((b.ce_targets != -100).sum()), "kd": int((b.kd_targets != -100).sum()),
+            "topk": int((b.topk_mask != -100).sum()), "labels": len(b.label_pos)}
+    assert b.n_targets == want == b.counts()
+    assert want["ce"] > 0 and want["kd"] == len(ex[1].ids) - ex[1].n_prompt and want["topk"] == 1

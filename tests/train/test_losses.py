@@ -428,3 +428,49 @@ def test_kd_row_kernels_match_torch_backend_on_gpu(slice_, prefetch, monkeypatch
                 torch.testing.assert_close(loss, ref_loss, rtol=1e-3, atol=1e-6)
                 torch.testing.assert_close(lse, ref_lse, rtol=1e-5, atol=1e-5)
                 torch.testing.assert_close(out.float(), ref, rtol=1e-2, atol=1e-7)
+
+
+def _three_heads(d, hs, ws, valid_rows, backend="torch", k=5):
+    """CE, KD and sparse-KD losses of the same rows, each given ``valid_rows`` (or counting itself)."""
+    teacher = (d["h_t"].double() @ d["w_t"].double().T).log_softmax(-1)
+    lp, ids = teacher.topk(k, dim=-1)
+    lab = d["labels"].to(hs.device)
+    return (FH.fused_linear_cross_entropy(hs, ws, lab, chunk_size=8, backend=backend, valid_rows=valid_rows),
+            FH.fused_linear_kd(hs, ws, d["h_t"].to(hs), d["w_t"].to(hs), lab, kind="jsd", chunk_size=8,
+                               backend=backend, valid_rows=valid_rows),
+            FH.fused_linear_sparse_kd(hs, ws, ids.to(hs.device), lp.to(hs), lab, kind="jsd", chunk_size=8,
+                                      backend=backend, valid_rows=valid_rows))
+
+
+@pytest.mark.parametrize("ignored", [[], [0, 5, 6, 36]], ids=["none-ignored", "some-ignored"])
+def test_fused_heads_given_the_valid_row_count_match_counting_themselves(ignored):
+    """``valid_rows`` (the trainer's host-side count) changes nothing but the device waits."""
+    d = _head_inputs(seed=8)
+    d["labels"][ignored] = -100
+    results = []
+    for valid in (None, 37 - len(ignored)):
+        hs, ws = _leaf(d["h_s"]), _leaf(d["w_s"])
+        losses = _three_heads(d, hs, ws, valid)
+        sum(losses).backward()
+        results.append((torch.stack(losses), hs.grad, ws.grad))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert (results[1][1][ignored] == 0).all()
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and FH.HAS_TRITON), reason="needs a CUDA GPU and triton")
+def test_fused_heads_given_the_valid_row_count_never_wait_for_the_gpu():
+    """With ``valid_rows`` the three heads run forward and backward without one host-device sync
+    (CUDA's sync debug mode raises on any); counting the rows themselves, they do wait."""
+    d = {k: v.cuda() for k, v in _head_inputs(n=300, v=1000, seed=9).items()}
+    d["labels"][[1, 7, 299]] = -100
+    hs, ws = _leaf(d["h_s"].bfloat16()), _leaf(d["w_s"].bfloat16())
+    _three_heads(d, hs, ws, 297, backend="triton")  # compile the kernels outside the checked region
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        sum(_three_heads(d, hs, ws, 297, backend="triton")).backward()
+        with pytest.raises(RuntimeError, match="synchroniz"):
+            _three_heads(d, hs, ws, None, backend="triton")
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -239,15 +239,19 @@ def _run_chunks(hs, ws, chunk_size, need_h, need_w, accum_dtype, chunk_fn, logit
     return total, grad_h, gw
 
 
-def _select_rows(labels, ignore_index, n, *tensors):
-    """Drop ignored rows up front: they cost no matmul and need no masking downstream."""
+def _select_rows(labels, ignore_index, n, *tensors, valid_rows=None):
+    """Drop ignored rows up front: they cost no matmul and need no masking downstream. Counting them
+    waits for the device; ``valid_rows`` (the count, when the caller knows it) avoids that wait."""
     if labels is None:
         return None, n, tensors
     keep = labels.reshape(-1) != ignore_index
-    n_valid = int(keep.sum())
+    n_valid = int(keep.sum()) if valid_rows is None else int(valid_rows)
     if n_valid == n:
         return None, n, tensors
-    idx = keep.nonzero().squeeze(1)
+    if valid_rows is None:
+        idx = keep.nonzero().squeeze(1)
+    else:  # a known count: the indices without a sync
+        idx = torch.nonzero_static(keep, size=n_valid).squeeze(1)
     return idx, n_valid, tuple(None if x is None else x.index_select(0, idx) for x in tensors)
 
 
@@ -277,11 +281,12 @@ class _ChunkedHead(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
+        # Always scaled: testing grad_out == 1 first would wait for the device at the start of the
+        # backward pass, and a loss divided by a count (the trainer's) is never scaled by 1 anyway.
         gh, gw = ctx.saved_tensors
-        one = float(grad_out) == 1.0  # skip a V x H multiply in the common case
-        if gh is not None and not one:
+        if gh is not None:
             gh = gh * grad_out.to(gh.dtype)
-        if gw is not None and not one:
+        if gw is not None:
             gw = gw * grad_out.to(gw.dtype)
         return gh, gw, None, None, None
 
@@ -317,6 +322,7 @@ def fused_linear_kd(
     ce_weight: float = 0.0,
     ignore_index: int = L.IGNORE_INDEX,
     reduction: str = "mean",
+    valid_rows: int | None = None,
     chunk_size: int | None = None,
     accum_dtype: torch.dtype | str | None = "auto",
     logits_dtype: torch.dtype | str | None = "auto",
@@ -334,6 +340,9 @@ def fused_linear_kd(
         labels: optional ``(...)``: the ``ignore_index`` mask, and the CE targets when
             ``ce_weight > 0`` (fused CE mixing needs ``temperature == 1``).
         kind, beta, alpha, temperature: as in :mod:`potstill.train.losses`.
+        valid_rows: how many ``labels`` are not ``ignore_index``, when the caller already knows
+            (the trainer counts them on the host): the head then never waits for the device to
+            count them. It must be exact. The other heads take it too.
         chunk_size: rows per block (default :func:`default_chunk_size` of ``CHUNK_BYTES``).
         logits_dtype, accum_dtype: ``"auto"`` (fp32 for bf16/fp16 inputs, see Precision above),
             ``None`` (the input dtype) or a dtype.
@@ -348,7 +357,8 @@ def fused_linear_kd(
     ht = teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1])
     lab = None if labels is None else labels.reshape(-1)
     n = hs.shape[0]
-    idx, n_valid, (hs_v, ht_v, lab_v) = _select_rows(lab, ignore_index, n, hs.detach(), ht, lab)
+    idx, n_valid, (hs_v, ht_v, lab_v) = _select_rows(lab, ignore_index, n, hs.detach(), ht, lab,
+                                                     valid_rows=valid_rows)
     V = student_weight.shape[0]
     lg_dtype = logits_dtype or student_weight.dtype
     cs = chunk_size or default_chunk_size(n_valid, V, 2 * torch.finfo(lg_dtype).bits // 8, KD_CHUNK_BYTES)
@@ -425,6 +435,7 @@ def fused_linear_cross_entropy(
     *,
     ignore_index: int = L.IGNORE_INDEX,
     reduction: str = "mean",
+    valid_rows: int | None = None,
     chunk_size: int | None = None,
     accum_dtype: torch.dtype | None = None,
     backend: str = "auto",
@@ -438,7 +449,7 @@ def fused_linear_cross_entropy(
     hs = hidden.reshape(-1, hidden.shape[-1])
     lab = labels.reshape(-1)
     n = hs.shape[0]
-    idx, n_valid, (hs_v, lab_v) = _select_rows(lab, ignore_index, n, hs.detach(), lab)
+    idx, n_valid, (hs_v, lab_v) = _select_rows(lab, ignore_index, n, hs.detach(), lab, valid_rows=valid_rows)
     V = weight.shape[0]
     cs = chunk_size or default_chunk_size(n_valid, V, weight.element_size())
     gs = 1.0 / max(n_valid, 1) if reduction == "mean" else 1.0
@@ -474,6 +485,7 @@ def fused_linear_sparse_kd(
     temperature: float = 1.0,
     ignore_index: int = L.IGNORE_INDEX,
     reduction: str = "mean",
+    valid_rows: int | None = None,
     chunk_size: int | None = None,
     accum_dtype: torch.dtype | None = None,
     backend: str = "auto",
@@ -496,7 +508,8 @@ def fused_linear_sparse_kd(
     lp = L.teacher_bucket_logprobs(topk_logprobs.reshape(n, k), V)
     lp = lp.clamp(min=torch.finfo(lp.dtype).min)
     lab = None if labels is None else labels.reshape(-1)
-    idx, n_valid, (hs_v, ids_v, lp_v) = _select_rows(lab, ignore_index, n, hs.detach(), ids, lp)
+    idx, n_valid, (hs_v, ids_v, lp_v) = _select_rows(lab, ignore_index, n, hs.detach(), ids, lp,
+                                                     valid_rows=valid_rows)
     cs = chunk_size or default_chunk_size(n_valid, V, student_weight.element_size())
     gs = 1.0 / max(n_valid, 1) if reduction == "mean" else 1.0
     scale = 1.0 / temperature

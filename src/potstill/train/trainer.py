@@ -149,21 +149,24 @@ class _LossModule(torch.nn.Module):
         cdt = torch.bfloat16 if h.is_cuda else w.dtype
         zero = hidden.sum() * 0.0
         out = {k: zero for k in TERMS}
+        n = b.counts()  # counted on the host by collate: no wait for the GPU here
         with torch.autocast(device_type=h.device.type, enabled=False):
             hc, wc = h.to(cdt), w.to(cdt)
-            if (b.ce_targets != IGNORE).any():
+            if n["ce"]:
                 if spec.fused:
-                    out["ce"] = fused_linear_cross_entropy(hc, wc, b.ce_targets, reduction="sum")
+                    out["ce"] = fused_linear_cross_entropy(hc, wc, b.ce_targets, reduction="sum", valid_rows=n["ce"])
                 else:  # completion positions only: a few rows, never B x T x V
                     sel = b.ce_targets != IGNORE
                     logits = apply_head(self.base, h[sel]).float()
                     out["ce"] = torch.nn.functional.cross_entropy(logits, b.ce_targets[sel], reduction="sum")
             kd_args = dict(kind=spec.kind, beta=spec.beta, alpha=spec.alpha, temperature=spec.temperature,
                            reduction="sum")
-            if teacher_h is not None and (b.kd_targets != IGNORE).any():
-                out["kd"] = fused_linear_kd(hc, wc, teacher_h.to(cdt), teacher_w.to(cdt), b.kd_targets, **kd_args)
-            if b.topk_ids is not None and (b.topk_mask != IGNORE).any():
-                out["topk"] = fused_linear_sparse_kd(hc, wc, b.topk_ids, b.topk_lp, b.topk_mask, **kd_args)
+            if teacher_h is not None and n["kd"]:
+                out["kd"] = fused_linear_kd(hc, wc, teacher_h.to(cdt), teacher_w.to(cdt), b.kd_targets,
+                                            valid_rows=n["kd"], **kd_args)
+            if b.topk_ids is not None and n["topk"]:
+                out["topk"] = fused_linear_sparse_kd(hc, wc, b.topk_ids, b.topk_lp, b.topk_mask, valid_rows=n["topk"],
+                                                     **kd_args)
             if b.label_lp is not None and spec.label_ids:
                 rows = torch.tensor([r for r, _ in b.label_pos], device=hidden.device)
                 cols = torch.tensor([c for _, c in b.label_pos], device=hidden.device)
