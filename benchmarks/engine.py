@@ -26,8 +26,12 @@ Parts:
   fp32 and bf16 (CTranslate2 int8 is refused past gemma-3's sliding window), both reusing the
   prefix's cache: same label on the 250, raw and with the quickstart's contextual calibration;
   seconds per article at batch 1. Then the quickstart teacher as ``generate`` runs it (three shot
-  orders, calibrated, averaged): seconds per article, orders one at a time or in one forward, and
-  its labels on the 250 in fp32 and bf16.
+  orders, calibrated, averaged): seconds per article, orders one at a time or in one forward (in
+  bf16 also with packing off: one article's three rows have one length and run padded either way,
+  so the two rows differ by the run's noise alone), and
+  its labels on the 250 in fp32 and bf16; and a teacher with ``batch_size: 8`` in bf16, packed
+  (gemma-3's sliding-window layers under the stacked prefixes) against padded, taking turns:
+  seconds per article and the same label.
 - ``extraction``: greedy JSON extraction, batch 1 and batch 8, transformers fp32 and bf16,
   CTranslate2 int8 and float32 (``quantization`` none): seconds per input, the share of outputs
   identical to fp32's, valid JSON and the teacher's answer. With ``--extract-run``, a
@@ -281,7 +285,11 @@ def three_orders(args: argparse.Namespace, cfg: Any, task: Any, engines: dict[st
         e = engines[k]
         calls[f"{k}, orders one at a time"] = lambda i, e=e: [e.score_labels(f, [msgs[i]], ids, batch_size=1) for f in fmts]
         calls[f"{k}, orders in one forward"] = lambda i, e=e: e.score_labels_formats(fmts, [msgs[i]], ids, batch_size=1)
+    bf16 = engines["transformers bf16"]
+    calls["transformers bf16, orders in one forward, padded"] = lambda i: with_pack(
+        bf16, False, lambda: bf16.score_labels_formats(fmts, [msgs[i]], ids, batch_size=1))
     out: dict[str, Any] = {"orders": len(fmts), "per_article": interleaved(calls, args.n_teacher_latency)}
+    out["batch8"] = teacher_batches(bf16, fmts, ids, msgs)
     # The quickstart teacher's own labels (three orders, calibrated, averaged) over all the test
     # articles, in each precision.
     labels = {}
@@ -294,6 +302,31 @@ def three_orders(args: argparse.Namespace, cfg: Any, task: Any, engines: dict[st
     out["labels"] = {"n": len(a), "bf16_same_label_as_fp32": sum(x == y for x, y in zip(a, b)) / len(a),
                      "gold_accuracy": {k: sum(x == g for x, g in zip(v, gold)) / len(v) for k, v in labels.items()}}
     return out
+
+
+def with_pack(e: TransformersEngine, pack: bool, run: Callable[[], Any]) -> Any:
+    saved, e.pack = e.pack, pack
+    try:
+        return run()
+    finally:
+        e.pack = saved
+
+
+def teacher_batches(e: TransformersEngine, fmts: list[PromptFormat], ids: list[int],
+                    msgs: list[list[dict]]) -> dict[str, Any]:
+    """A teacher with ``batch_size: 8``: every test article under the shot orders in one forward per
+    8 articles, packed (gemma-3's sliding-window layers included) and padded, taking turns batch by
+    batch; the same label under both?"""
+    walls, labels = {True: 0.0, False: 0.0}, {True: [], False: []}
+    for s in range(0, len(msgs), 8):
+        for pack in (True, False):
+            t0 = time.perf_counter()
+            scored = with_pack(e, pack, lambda: e.score_labels_formats(fmts, msgs[s : s + 8], ids, batch_size=8))
+            walls[pack] += time.perf_counter() - t0
+            labels[pack] += sum(torch.softmax(x.logits, -1) for x in scored).argmax(-1).tolist()
+    return {"articles": len(msgs), "packed_per_article_s": walls[True] / len(msgs),
+            "padded_per_article_s": walls[False] / len(msgs), "packed_speedup": walls[False] / walls[True],
+            "same_label": sum(a == b for a, b in zip(labels[True], labels[False])) / len(msgs)}
 
 
 def teacher_part(args: argparse.Namespace, cfg: Any, test: list[Record]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ def _family(kind: str):
         "gemma3": lambda: T.Gemma3TextConfig(**common, head_dim=8, sliding_window=64),
         "gemma3_short_window": lambda: T.Gemma3TextConfig(**common, head_dim=8, sliding_window=8),
         "mistral_window": lambda: T.MistralConfig(**common, sliding_window=8),
+        "qwen2_window": lambda: T.Qwen2Config(**common, use_sliding_window=True, sliding_window=8, max_window_layers=1),
         "eager": lambda: T.LlamaConfig(**{**common, "attn_implementation": "eager"}),
     }[kind]()
     torch.manual_seed(0)
@@ -33,12 +34,14 @@ def _family(kind: str):
 
 
 @pytest.mark.parametrize("kind,used", [("llama", True), ("qwen2", True), ("qwen3", True), ("mistral", True),
-                                       ("gemma", True), ("gemma3", True), ("gemma3_short_window", False),
-                                       ("mistral_window", False), ("eager", False)])
-@pytest.mark.parametrize("prefix_length", [0, 6])
+                                       ("gemma", True), ("gemma3", True), ("gemma3_short_window", True),
+                                       ("mistral_window", True), ("qwen2_window", True), ("eager", False)])
+@pytest.mark.parametrize("prefix_length", [0, 6, 20])
 def test_packed_hidden_states_are_each_query_run_alone(kind, used, prefix_length):
     """Queries of 9, 4, 13 and 1 tokens packed after a cached prefix (or none) give each query the
-    hidden states of a plain forward of prefix + query; a model packing does not fit is refused."""
+    hidden states of a plain forward of prefix + query, sliding windows of 8 tokens included (the
+    20-token prefix is cut to its last 7 keys in those layers' cache, the 13-token query outgrows
+    the window); a model packing does not fit (eager attention) is refused."""
     model = _family(kind)
     span = prefix_length + max(LENGTHS)
     assert packing.supported(model, span) is used
@@ -61,6 +64,28 @@ def test_packed_hidden_states_are_each_query_run_alone(kind, used, prefix_length
             alone = body(input_ids=torch.tensor([prefix + q]), use_cache=False).last_hidden_state[0, prefix_length:]
             torch.testing.assert_close(hidden[lay.segment == b], alone, rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(hidden[lay.ends[b]], alone[-1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma3_short_window"])
+def test_packed_queries_under_stacked_prefixes_are_each_run_alone(kind):
+    """Three prefixes of one length stacked as rows (a teacher's shot orders) and the queries
+    repeated under each, prefix-major: query row b reads prefix row b // 4, as a plain forward of
+    that prefix + query does."""
+    model = _family(kind)
+    g = torch.Generator().manual_seed(2)
+    prefixes = [torch.randint(3, 64, (20,), generator=g).tolist() for _ in range(3)]
+    queries = [torch.randint(3, 64, (n,), generator=g).tolist() for n in LENGTHS]
+    body = decoder(model)
+    with torch.inference_mode():
+        caches = [body(input_ids=torch.tensor([p]), use_cache=True).past_key_values for p in prefixes]
+        keys = [(torch.cat([c.layers[i].keys for c in caches]), torch.cat([c.layers[i].values for c in caches]))
+                for i in range(len(caches[0].layers))]
+        assert packing.supported(model, 20 + max(LENGTHS))
+        hidden, lay = packing.forward(body, model, [q for _ in prefixes for q in queries], keys, 20, "cpu")
+        for r, p in enumerate(prefixes):
+            for j, q in enumerate(queries):
+                alone = body(input_ids=torch.tensor([p + q]), use_cache=False).last_hidden_state[0, 20:]
+                torch.testing.assert_close(hidden[lay.segment == r * len(queries) + j], alone, rtol=1e-5, atol=1e-5)
 
 
 CHAT = PromptFormat(kind="chat", instruction="classify the text as sports tech or politics")

@@ -187,18 +187,27 @@ def test_shot_orders_run_in_one_forward_with_the_scores_of_one_forward_each(taug
                                   shots=list(reversed(SHOTS.shots)))]
     ids = label_token_ids(eng.tokenizer, SHOTS, LABELS)
     assert len({eng.prefix(f).length for f in orders}) == 1
-    calls = []
     decoder = eng.lm.model.model
-    hook = decoder.register_forward_pre_hook(lambda m, a, k: calls.append(k["input_ids"].shape[0]), with_kwargs=True)
-    try:
-        together = eng.score_labels_formats(orders, MSGS, ids, batch_size=4)
-    finally:
-        hook.remove()
-    assert calls == [8, 8, 4]  # 10 inputs in batches of 4, each row once per order
-    for f, got in zip(orders, together):
-        alone = eng.score_labels(f, MSGS, ids, batch_size=1)
-        torch.testing.assert_close(got.logits, alone.logits, rtol=1e-4, atol=1e-4)
-        assert got.prompt_tokens == alone.prompt_tokens and got.cached_tokens == alone.cached_tokens
+    own = [n - c for n, c in zip(*(lambda s: (s.prompt_tokens, s.cached_tokens))(eng.score_labels(SHOTS, MSGS, ids)))]
+    for pack in (True, False):
+        eng.pack = pack
+        calls = []
+        hook = decoder.register_forward_pre_hook(lambda m, a, k: calls.append(tuple(k["input_ids"].shape)),
+                                                 with_kwargs=True)
+        try:
+            together = eng.score_labels_formats(orders, MSGS, ids, batch_size=4)
+        finally:
+            hook.remove()
+        # 10 inputs in batches of 4 (shortest first), each once per order: packed, one row of their
+        # tokens twice over; padded (or packing off, or inputs of one length: nothing to save), a
+        # row per (order, input).
+        batches = [sorted(own)[i : i + 4] for i in (0, 4, 8)]
+        want = [(1, 2 * sum(b)) if pack and len(set(b)) > 1 else (2 * len(b), max(b)) for b in batches]
+        assert calls == want and (not pack or want[0][0] == 1)
+        for f, got in zip(orders, together):
+            alone = eng.score_labels(f, MSGS, ids, batch_size=1)
+            torch.testing.assert_close(got.logits, alone.logits, rtol=1e-4, atol=1e-4)
+            assert got.prompt_tokens == alone.prompt_tokens and got.cached_tokens == alone.cached_tokens
     # Summed over the orders: each input's share of its forward (cost), and the whole forward (its wait).
     waits = [sum(s.batch_seconds[i] for s in together) for i in range(len(MSGS))]
     costs = [sum(s.seconds[i] for s in together) for i in range(len(MSGS))]

@@ -12,16 +12,19 @@ arithmetic, so its padding costs little; what packing saves is the padding every
 The function is registered with transformers' ``AttentionInterface`` and switched on only for the
 packed forward (as ``potstill.train.attention`` does for training), so every other call of the
 model (generation, padded batches, the prefix itself) runs its usual attention. It fits a model
-whose attention goes through that interface with plain causal sdpa: no logit soft-cap, and a
-sliding window, if any, that every packed token's keys fit in (:func:`supported`); gemma-3's
-512-token window under a 2,079-token few-shot prefix does not, and such a call stays padded.
+whose attention goes through that interface with plain causal sdpa and no logit soft-cap
+(:func:`supported`). A sliding-window layer (gemma-3's 512 tokens under the quickstart teacher's
+2,079-token few-shot prefix) gets its own mask: a token at position ``p`` sees keys after
+``p - window``, among the prefix keys its cache kept (transformers keeps the last ``window - 1``)
+and its own query's. Several prefixes stacked as rows (a teacher's shot orders,
+``scoring.stack_prefixes``) pack too: query row ``b`` reads prefix row ``b // (B / rows)``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -42,12 +45,18 @@ class Layout:
     ends: torch.Tensor  # (B,) each query's last token in the packed row
     positions: torch.Tensor  # (1, T) position ids: the prefix length plus the place in the query
     mask: torch.Tensor  # (B, 1, L, P + L) additive: the prefix, then the query's own tokens up to the slot
+    # (cached prefix keys, window) -> (B, 1, L, kept + L) additive mask of a sliding-window layer
+    windowed: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+    prefix_of: torch.Tensor | None = None  # (B,) the prefix row each query reads, when prefixes are stacked
 
 
-def layout(lengths: list[int], prefix_length: int, dtype: torch.dtype, device: torch.device | str) -> Layout:
+def layout(lengths: list[int], prefix_length: int, dtype: torch.dtype, device: torch.device | str,
+           windows: tuple[tuple[int, int], ...] = (), prefix_rows: int = 1) -> Layout:
     """``L`` is the longest query rounded up so that the keys, ``P + L``, are a multiple of 8: under
     ``torch.compile`` on a GPU, inductor specialises attention on that alignment, and a batch of the
-    other kind compiled a second graph (40 s on an H200) in the middle of serving."""
+    other kind compiled a second graph (40 s on an H200) in the middle of serving. ``windows``: the
+    ``(kept prefix keys, window)`` of the model's sliding-window layers, each given its mask.
+    ``prefix_rows``: prefixes stacked as rows, the queries prefix-major (``len(lengths)`` a multiple)."""
     B, P = len(lengths), prefix_length
     L = max(lengths) + (-(P + max(lengths))) % 8
     starts = [0]
@@ -65,9 +74,20 @@ def layout(lengths: list[int], prefix_length: int, dtype: torch.dtype, device: t
     own = slot[None, :] <= slot[:, None]  # (L, L)
     mask = torch.zeros((B, 1, L, P + L), dtype=dtype)
     mask[:, :, :, P:].masked_fill_(~own, float("-inf"))
+    windowed = {}
+    for kept, window in windows:
+        # Slot i sits at position P + i and sees keys after P + i - window: the j-th of the kept
+        # prefix keys is position P - kept + j, its own slot j is position P + j.
+        seen = torch.cat([torch.arange(kept)[None, :] > kept + slot[:, None] - window,
+                          own & (slot[None, :] > slot[:, None] - window)], 1)  # (L, kept + L)
+        w = torch.zeros((L, kept + L), dtype=dtype).masked_fill_(~seen, float("-inf"))
+        windowed[(kept, window)] = w.expand(B, 1, L, kept + L).to(device)
+    prefix_of = None
+    if prefix_rows > 1:
+        prefix_of = (torch.arange(B) // (B // prefix_rows)).to(device)
     return Layout(lengths=list(lengths), gather=gather.to(device), valid=valid.to(device),
                   segment=segment.to(device), ends=(length.cumsum(0) - 1).to(device),
-                  positions=positions.to(device), mask=mask.to(device))
+                  positions=positions.to(device), mask=mask.to(device), windowed=windowed, prefix_of=prefix_of)
 
 
 def _attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -81,11 +101,19 @@ def _attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch
     q = query[0][:, lay.gather].transpose(0, 1)  # (B, Hq, L, D)
     k = key[0][:, lay.gather].transpose(0, 1)
     v = value[0][:, lay.gather].transpose(0, 1)
+    kept = 0
     if prefix is not None:
-        pk, pv = prefix[module.layer_idx]  # (1, Hkv, P, D)
-        k = torch.cat([pk.expand(B, -1, -1, -1), k], 2)
-        v = torch.cat([pv.expand(B, -1, -1, -1), v], 2)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=lay.mask, scale=scaling,
+        pk, pv = prefix[module.layer_idx]  # (rows, Hkv, kept, D): kept < P in a sliding-window layer
+        kept = pk.shape[2]
+        if lay.prefix_of is None:
+            pk, pv = pk.expand(B, -1, -1, -1), pv.expand(B, -1, -1, -1)
+        else:
+            pk, pv = pk[lay.prefix_of], pv[lay.prefix_of]
+        k = torch.cat([pk, k], 2)
+        v = torch.cat([pv, v], 2)
+    window = kwargs.get("sliding_window")
+    mask = lay.windowed[(kept, window)] if window else lay.mask
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling,
                                          enable_gqa=k.shape[1] != Hq)  # (B, Hq, L, D)
     return out.transpose(1, 2).reshape(B * L, Hq, D)[lay.valid].unsqueeze(0), None
 
@@ -109,11 +137,32 @@ def _register() -> None:
         _registered = True
 
 
+def _window_reaches_interface(model: Any) -> bool:
+    """Whether the model's attention layers hand their sliding window to the attention function
+    (transformers' gemma-2/3, mistral, qwen2/3 do, for flash-attention): only then can the packed
+    function apply it. Read from the attention module's own code."""
+    import inspect
+
+    layers = getattr(getattr(model, getattr(model, "base_model_prefix", "model"), None), "layers", None)
+    attn = getattr(layers[0], "self_attn", None) if layers is not None and len(layers) else None
+    try:
+        return attn is not None and "sliding_window=" in inspect.getsource(type(attn).forward)
+    except (OSError, TypeError):
+        return False
+
+
+def windows(model: Any, prefix_keys: list[tuple[torch.Tensor, torch.Tensor]] | None) -> tuple[tuple[int, int], ...]:
+    """The ``(kept prefix keys, window)`` pairs the model's sliding-window layers will ask for."""
+    window = getattr(model.config, "sliding_window", None)
+    if not window:
+        return ()
+    return tuple(sorted({(k.shape[2], window) for k, _ in prefix_keys})) if prefix_keys else ((0, window),)
+
+
 def supported(model: Any, span: int) -> bool:
     """Whether ``model`` can run a packed batch whose tokens reach ``span`` positions (prefix plus
     the longest query): sdpa through transformers' attention interface, no attention soft-cap,
-    and no sliding window shorter than the span (its cached prefix keys would be cut and the mask
-    would need the window)."""
+    and a sliding window shorter than the span only where the layers pass it to the interface."""
     cfg = model.config
     if getattr(cfg, "_attn_implementation", None) != "sdpa" or not getattr(model, "_supports_attention_backend", False):
         return False
@@ -123,7 +172,7 @@ def supported(model: Any, span: int) -> bool:
     layer_types = getattr(cfg, "layer_types", None) or []
     windowed = (any(t != "full_attention" for t in layer_types) if layer_types
                 else getattr(cfg, "use_sliding_window", True) is not False)
-    return not (window and windowed and span >= window - 1)
+    return not (window and windowed and span >= window - 1) or _window_reaches_interface(model)
 
 
 @contextmanager
@@ -141,10 +190,12 @@ def packed_attention(model: Any) -> Iterator[None]:
 def forward(decoder: Any, model: Any, queries: list[list[int]], prefix_keys: list[tuple[torch.Tensor, torch.Tensor]] | None,
             prefix_length: int, device: torch.device | str) -> tuple[torch.Tensor, Layout]:
     """The last hidden states ``(T, H)`` of ``queries`` packed, after a prefix whose per-layer
-    ``(key, value)`` are ``prefix_keys`` (None: no prefix), and the batch's layout."""
-    lay = layout([len(q) for q in queries], prefix_length, model.dtype, device)
+    ``(key, value)`` are ``prefix_keys`` (None: no prefix; several rows: stacked prefixes, the
+    queries prefix-major), and the batch's layout."""
+    rows = prefix_keys[0][0].shape[0] if prefix_keys else 1
+    lay = layout([len(q) for q in queries], prefix_length, model.dtype, device, windows(model, prefix_keys), rows)
     ids = torch.tensor([[t for q in queries for t in q]], device=device)
-    dynamic(ids, lay.positions, lay.gather, lay.valid, lay.segment, lay.ends, lay.mask)
+    dynamic(ids, lay.positions, lay.gather, lay.valid, lay.segment, lay.ends, lay.mask, *lay.windowed.values())
     with packed_attention(model):
         out = decoder(input_ids=ids, position_ids=lay.positions, use_cache=False, potstill_layout=lay,
                       potstill_prefix=prefix_keys)

@@ -137,7 +137,11 @@ def _batch_scores(lm: LM, fmt: PromptFormat, queries: list[list[int]], label_ids
     B, T = len(queries), max(len(q) for q in queries)
     dev = lm.device
     P = prefix.length if prefix is not None else 0
-    if pack and B > 1 and (prefix is None or prefix.rows == 1) and packing.supported(lm.model, P + T):
+    # Stacked prefixes repeat each query once per prefix: one input under a teacher's shot orders is a
+    # batch of equal lengths, with no padding for packing to save (it measured no faster).
+    stacked = prefix is not None and prefix.rows > 1
+    if (pack and B > 1 and (not stacked or (B % prefix.rows == 0 and len({len(q) for q in queries}) > 1))
+            and packing.supported(lm.model, P + T)):
         keys = [(layer.keys, layer.values) for layer in prefix.past.layers] if prefix is not None else None
         hidden, lay = packing.forward(decoder(lm.model), lm.model, queries, keys, P, dev)
         last = hidden[lay.ends]
@@ -244,17 +248,18 @@ def score_labels(lm: LM, fmt: PromptFormat, messages: list[list[dict]], label_id
 
 def score_labels_formats(lm: LM, fmts: list[PromptFormat], messages: list[list[dict]], label_ids: list[int],
                          prefixes: list[PrefixCache | None], stacked: PrefixCache | None, batch_size: int = 8,
-                         max_length: int | None = None) -> list[Scored]:
+                         max_length: int | None = None, pack: bool = True) -> list[Scored]:
     """``score_labels`` of every chat under each format (a teacher's shot orders). With ``stacked``
     (``stack_prefixes`` of the formats' few-shot prefixes) they run in one forward per batch of
-    inputs: the same work in fewer, larger matrix products. Seconds are shared so that their sum
-    over the formats is each input's cost, and batch seconds so that theirs is its wait."""
+    inputs: the same work in fewer, larger matrix products, packed where the model allows. Seconds
+    are shared so that their sum over the formats is each input's cost, and batch seconds so that
+    theirs is its wait."""
     tok = lm.tokenizer
     queries = [[encode_prompt(tok, f, f.query(tok, m), first=False)[-(max_length or 0):] for m in messages]
                for f in fmts]
     if stacked is None or any(q != queries[0] for q in queries[1:]):
-        return [score_labels(lm, f, messages, label_ids, batch_size=batch_size, prefix=p, max_length=max_length)
-                for f, p in zip(fmts, prefixes)]
+        return [score_labels(lm, f, messages, label_ids, batch_size=batch_size, prefix=p, max_length=max_length,
+                             pack=pack) for f, p in zip(fmts, prefixes)]
     K, n = len(fmts), len(messages)
     logits = torch.empty((K, n, len(label_ids)))
     embeddings: torch.Tensor | None = None
@@ -265,7 +270,8 @@ def score_labels_formats(lm: LM, fmts: list[PromptFormat], messages: list[list[d
         for start in range(0, n, step):
             idx = order[start : start + step]
             t0 = time.perf_counter()
-            out, emb = _batch_scores(lm, fmts[0], [queries[0][i] for _ in range(K) for i in idx], label_ids, stacked)
+            out, emb = _batch_scores(lm, fmts[0], [queries[0][i] for _ in range(K) for i in idx], label_ids, stacked,
+                                     pack)
             dt = time.perf_counter() - t0
             logits[:, idx] = out.view(K, len(idx), -1)
             if embeddings is None:
