@@ -252,8 +252,9 @@ def sft_bench(args, device, dt, shape, results, B, names):
             print(f"sft B={B} {name}: {type(e).__name__}: {str(e)[:300]}", flush=True)
             continue
         row = {"variant": name, "batch": B, "seq": T, "step_ms": med * 1e3,
-               "step_ms_min_max": [spread[0] * 1e3, spread[1] * 1e3], "host_ms": host * 1e3, "tokens_per_s": B * T / med,
-               "compile_mode": args.compile_mode, "peak_gib": peak, "first_loss": first, "losses": losses, "wall_s_incl_warmup": t_total,
+               "step_ms_min_max": [spread[0] * 1e3, spread[1] * 1e3], "host_ms": host * 1e3,
+               "tokens_per_s": B * T / med, "compile_mode": args.compile_mode, "peak_gib": peak, "first_loss": first,
+               "losses": losses, "wall_s_incl_warmup": t_total,
                "model_tflops": fpt * B * T / med / 1e12}
         results["sft"].append(row)
         print(f"sft B={B} {name:18s} {row['step_ms']:8.1f} ms  {row['tokens_per_s']:10.0f} tok/s  peak {peak} GiB  "

@@ -188,7 +188,8 @@ def test_shot_orders_run_in_one_forward_with_the_scores_of_one_forward_each(taug
     ids = label_token_ids(eng.tokenizer, SHOTS, LABELS)
     assert len({eng.prefix(f).length for f in orders}) == 1
     decoder = eng.lm.model.model
-    own = [n - c for n, c in zip(*(lambda s: (s.prompt_tokens, s.cached_tokens))(eng.score_labels(SHOTS, MSGS, ids)))]
+    base = eng.score_labels(SHOTS, MSGS, ids)
+    own = [n - c for n, c in zip(base.prompt_tokens, base.cached_tokens)]  # each input's tokens after the prefix
     for pack in (True, False):
         eng.pack = pack
         calls = []
