@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from potstill.models.attention_switch import register
 from potstill.models.loading import load_lm
 from potstill.models.scoring import decoder
 from potstill.train import attention as A
@@ -65,7 +66,7 @@ def test_no_mask_reaches_attention_when_compiled(tiny_model, monkeypatch):
         seen.append((attention_mask is None, key.shape[1], query.shape[1]))
         return A._attention(module, query, key, value, attention_mask, **kw)
 
-    A._register()
+    register(A.NAME, A._attention)
     monkeypatch.setitem(AttentionInterface._global_mapping, A.NAME, spy)
     pad = lm.tokenizer.pad_token_id
     n_layers = model.config.num_hidden_layers

@@ -22,16 +22,15 @@ and its own query's. Several prefixes stacked as rows (a teacher's shot orders,
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from potstill.models.attention_switch import attention_function
+
 NAME = "potstill_packed"
-_registered = False
 
 
 @dataclass
@@ -128,15 +127,6 @@ def dynamic(*tensors: torch.Tensor) -> None:
             torch._dynamo.maybe_mark_dynamic(t, d)
 
 
-def _register() -> None:
-    global _registered
-    if not _registered:
-        from transformers import AttentionInterface
-
-        AttentionInterface.register(NAME, _attention)
-        _registered = True
-
-
 def _window_reaches_interface(model: Any) -> bool:
     """Whether the model's attention layers hand their sliding window to the attention function
     (transformers' gemma-2/3, mistral, qwen2/3 do, for flash-attention): only then can the packed
@@ -175,18 +165,6 @@ def supported(model: Any, span: int) -> bool:
     return not (window and windowed and span >= window - 1) or _window_reaches_interface(model)
 
 
-@contextmanager
-def packed_attention(model: Any) -> Iterator[None]:
-    _register()
-    cfg = model.config
-    before = cfg._attn_implementation
-    cfg._attn_implementation = NAME
-    try:
-        yield
-    finally:
-        cfg._attn_implementation = before
-
-
 def forward(decoder: Any, model: Any, queries: list[list[int]], prefix_keys: list[tuple[torch.Tensor, torch.Tensor]] | None,
             prefix_length: int, device: torch.device | str) -> tuple[torch.Tensor, Layout]:
     """The last hidden states ``(T, H)`` of ``queries`` packed, after a prefix whose per-layer
@@ -196,7 +174,7 @@ def forward(decoder: Any, model: Any, queries: list[list[int]], prefix_keys: lis
     lay = layout([len(q) for q in queries], prefix_length, model.dtype, device, windows(model, prefix_keys), rows)
     ids = torch.tensor([[t for q in queries for t in q]], device=device)
     dynamic(ids, lay.positions, lay.gather, lay.valid, lay.segment, lay.ends, lay.mask, *lay.windowed.values())
-    with packed_attention(model):
+    with attention_function(model, NAME, _attention):
         out = decoder(input_ids=ids, position_ids=lay.positions, use_cache=False, potstill_layout=lay,
                       potstill_prefix=prefix_keys)
     return out.last_hidden_state[0], lay

@@ -34,8 +34,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from potstill.models.attention_switch import attention_function
+
 NAME = "potstill_causal"
-_registered = False
 
 
 def _attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -54,15 +55,6 @@ def _attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch
     out = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, scale=scaling, is_causal=True,
                                          enable_gqa=key.shape[1] != query.shape[1])
     return out.transpose(1, 2).contiguous(), None
-
-
-def _register() -> None:
-    global _registered
-    if not _registered:
-        from transformers import AttentionInterface
-
-        AttentionInterface.register(NAME, _attention)
-        _registered = True
 
 
 def supported(model: Any) -> bool:
@@ -107,11 +99,5 @@ def causal_attention(model: Any) -> Iterator[bool]:
     if not supported(model):
         yield False
         return
-    _register()
-    cfg = model.config
-    before = cfg._attn_implementation
-    cfg._attn_implementation = NAME
-    try:
+    with attention_function(model, NAME, _attention):
         yield True
-    finally:
-        cfg._attn_implementation = before
