@@ -123,20 +123,17 @@ class Batch:
     topk_mask: torch.Tensor | None  # (B, T-1) next token where top-k data exists, else IGNORE
     topk_ids: torch.Tensor | None  # (B, T-1, K) student ids, distinct per position
     topk_lp: torch.Tensor | None  # (B, T-1, K) teacher log-probs, -inf padding
+    # Target positions per term ("ce", "kd", "topk", "labels"), counted by ``collate`` on the host
+    # before the copy to the device, so that a step never waits for the GPU to learn them (every such
+    # wait idles the GPU while the host launches what follows; on an H200 the compiled step's host
+    # time is most of the step).
+    n_targets: dict[str, int]
     label_pos: list[tuple[int, int]] = field(default_factory=list)  # (row, t) predicting the label token
     label_lp: torch.Tensor | None = None  # (len(label_pos), K labels)
-    # Target positions per term, counted by ``collate`` on the host before the copy to the device, so
-    # that a step never waits for the GPU to learn them (every such wait idles the GPU while the host
-    # launches what follows; on an H200 the compiled step's host time is most of the step).
-    n_targets: dict[str, int] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
         """Positions per term ("ce", "kd", "topk", "labels") in this process's batch."""
-        if self.n_targets:
-            return dict(self.n_targets)
-        return {"ce": int((self.ce_targets != IGNORE).sum()), "kd": int((self.kd_targets != IGNORE).sum()),
-                "topk": 0 if self.topk_mask is None else int((self.topk_mask != IGNORE).sum()),
-                "labels": len(self.label_pos)}
+        return dict(self.n_targets)
 
 
 def rows_of(batch: list[Example], pack: bool, max_length: int) -> list[list[Example]]:
