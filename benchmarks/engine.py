@@ -32,8 +32,10 @@ Parts:
   its labels on the 250 in fp32 and bf16; and a teacher with ``batch_size: 8`` in bf16, packed
   (gemma-3's sliding-window layers under the stacked prefixes) against padded, taking turns:
   seconds per article and the same label.
-- ``extraction``: greedy JSON extraction, batch 1 and batch 8, transformers fp32 and bf16,
-  CTranslate2 int8 and float32 (``quantization`` none): seconds per input, the share of outputs
+- ``extraction``: greedy JSON extraction, batch 1 and batch 8, transformers fp32 and bf16
+  (``model.generate`` over whole prompts, as a user calls it: potstill's prefix cache and drafts
+  are ``benchmarks/generation.py``'s), CTranslate2 int8 and float32 (``quantization`` none):
+  seconds per input, the share of outputs
   identical to fp32's, valid JSON and the teacher's answer. With ``--extract-run``, a
   student distilled for the task (``benchmarks/extraction_run.py``); else the bundled untrained
   student (48 new tokens of prose).
@@ -393,6 +395,8 @@ def extraction_part(args: argparse.Namespace, test: list[Record]) -> dict[str, A
                "transformers bf16": load_engine("transformers", spec, device="cpu", dtype="bfloat16"),
                "ctranslate2 int8": load_engine("ctranslate2", spec, device="cpu"),
                "ctranslate2 float32": load_engine("ctranslate2", spec, device="cpu", quantization="none")}
+    for k in ("transformers fp32", "transformers bf16"):  # transformers' generate as a user calls it;
+        engines[k].reuse_prefix, engines[k].lookup = False, 0  # potstill's cache and drafts: benchmarks/generation.py
     fmt = student_format(engines["transformers fp32"], task) if task else PromptFormat(kind="chat", instruction=EXTRACT)
     msgs = [r.messages for r in recs]
     out: dict[str, Any] = {"loadavg_before": loadavg(), "n": len(msgs), "max_new_tokens": max_new,

@@ -12,8 +12,10 @@ chat shots), found as ``engines.base.static_ids`` and split off each prompt's to
 quickstart student's system turn is 26 of its ~67 prompt tokens (``benchmarks/engine.json``).
 The input embedding stays the mean over the whole prompt: the system turn's hidden states are
 summed once with its cache. A batch runs packed, its queries end to end with no padding through
-the layers (``potstill.models.packing``), where the model allows. Generation is
-``model.generate`` (greedy); ``embed`` costs one extra prefill there.
+the layers (``potstill.models.packing``), where the model allows. Generation copies the same
+prefix cache: a batch runs through ``model.generate``, a single greedy prompt through
+``models.scoring.greedy_lookup`` (drafts from the prompt, checked in one forward); ``embed`` costs
+one extra prefill there.
 
 On a GPU this is the serving path (bf16); CTranslate2 on CUDA has not been measured here.
 """
@@ -45,6 +47,9 @@ class TransformersEngine:
         self._stacks: dict[tuple, PrefixCache | None] = {}
         self.reuse_prefix = True  # False: a chat's system turn is recomputed per call (to measure what reuse saves)
         self.pack = True  # False: batches run padded (to measure what packing saves)
+        # Greedy generation at batch 1 drafts up to this many tokens from the prompt and checks
+        # them in one forward (``models.scoring.greedy_lookup``); 0: one token per forward.
+        self.lookup = 2  # 2 was the fastest of 2, 4 and 8 on the 2-core CPU (benchmarks/generation.json)
         self.compiled = False  # set by compile(): a caller warms it before timing (``warm_compiled``)
 
     @classmethod
@@ -121,7 +126,7 @@ class TransformersEngine:
                  batch_size: int = 16, progress: Any = None, temperature: float = 0.0,
                  stop: Sequence[str] = (), seed: int = 0) -> Generated:
         return generate(self.lm, fmt, messages, max_new_tokens, batch_size=batch_size, progress=progress,
-                        temperature=temperature, stop=stop, seed=seed)
+                        temperature=temperature, stop=stop, seed=seed, prefix=self.prefix(fmt), lookup=self.lookup)
 
     @torch.inference_mode()
     def embed(self, fmt: PromptFormat, messages: list[list[dict]], max_length: int = 2048) -> torch.Tensor:

@@ -312,14 +312,84 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     return text[: min(ends)] if ends else text
 
 
+def draft_from_context(seq: list[int], k: int, max_ngram: int = 3) -> list[int]:
+    """Up to ``k`` tokens that followed the latest earlier occurrence of ``seq``'s last n-gram
+    (n from ``max_ngram`` down to 1) in ``seq`` itself: prompt lookup. An extraction copies runs
+    of its input, and a JSON answer repeats the keys and punctuation its instruction shows."""
+    for n in range(min(max_ngram, len(seq) - 1), 0, -1):
+        tail = seq[-n:]
+        for start in range(len(seq) - n - 1, -1, -1):
+            if seq[start : start + n] == tail:
+                return seq[start + n : start + n + k]
+    return []
+
+
+def greedy_lookup(lm: LM, ids: list[int], prefix: PrefixCache | None, max_new_tokens: int, ends: set[int],
+                  stop: Sequence[str] = (), draft: int = 8) -> tuple[list[int], list[float]]:
+    """Greedy decoding of one prompt with drafts from the context (``draft_from_context``)
+    verified in one forward each: every draft token the model would have chosen itself is kept,
+    then the model's own next token, so the output is greedy decoding's (up to the float
+    rounding of a wider matrix product, the same class of difference as another batch size) at
+    a fraction of the forwards. ``prefix``'s KV cache (the prompt's fixed start) is copied, not
+    recomputed. Returns the new tokens (up to and including an end token) and each one's
+    log-probability."""
+    tok = lm.tokenizer
+    if prefix is not None and prefix.rows == 1 and len(ids) > prefix.length and ids[: prefix.length] == prefix.ids:
+        past, feed = copy.deepcopy(prefix.past), ids[prefix.length :]
+    else:
+        past, feed = None, ids  # the first forward makes the cache
+    seq = list(ids)
+    out: list[int] = []
+    logps: list[float] = []
+    proposal: list[int] = []
+    while True:
+        x = torch.tensor([feed + proposal], device=lm.device)
+        res = lm.model(input_ids=x, past_key_values=past, use_cache=True, logits_to_keep=len(proposal) + 1)
+        if past is None:
+            past = res.past_key_values
+        windows = [getattr(layer, "sliding_window", 0) for layer in past.layers if getattr(layer, "is_sliding", False)]
+        if windows and len(ids) + max_new_tokens + draft >= min(windows):
+            draft = 0  # a sliding-window layer past its window cannot take back a rejected draft
+        logits = res.logits[0].float()
+        lp = torch.log_softmax(logits, -1)
+        best = lp.argmax(-1).tolist()
+        take = 0
+        while take < len(proposal) and proposal[take] == best[take]:
+            take += 1
+        chosen = proposal[:take] + [best[take]]
+        done = False
+        for j, t in enumerate(chosen):
+            out.append(t)
+            logps.append(float(lp[j, t]))
+            if t in ends or len(out) >= max_new_tokens or (
+                    stop and any(s in tok.decode(out, skip_special_tokens=True) for s in stop)):
+                done = True
+                break
+        if done:
+            return out, logps
+        seq += chosen
+        # The cache holds every fed token: the rejected draft's are dropped, and the model's own
+        # choice (not yet in the cache) is fed next.
+        if len(proposal) > take:
+            past.crop(take - len(proposal))
+        feed = [chosen[-1]]
+        proposal = draft_from_context(seq, min(draft, max_new_tokens - len(out) - 1)) if draft else []
+
+
 def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_tokens: int,
              batch_size: int = 8, progress: Any = None, temperature: float = 0.0, stop: Sequence[str] = (),
-             seed: int = 0) -> Generated:
+             seed: int = 0, prefix: PrefixCache | None = None, lookup: int = 0) -> Generated:
     """Generation, batched with left padding; also the mean log-prob of the chosen tokens.
 
     Greedy at ``temperature`` 0, else sampled (top-k 50, top-p 0.95) from a
     generator seeded with ``seed`` per batch, so the same request samples the same text. A batch
     stops once every row has produced one of the ``stop`` strings (kept in the text) or EOS.
+
+    ``prefix``: the KV cache of the prompts' fixed start (``build_prefix``), copied into each
+    batch instead of recomputed; a prompt that does not start with its ids runs whole. Greedy
+    decoding at batch size 1 runs ``greedy_lookup`` with drafts of up to ``lookup`` tokens (0: none).
+    With a prefix, a batch's prompts are padded between the prefix and their own tokens; where a
+    model's sliding window could then cover padding, the batch's prompts run one at a time.
     """
     from transformers import StoppingCriteriaList
 
@@ -330,36 +400,66 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
     prompts = [encode_prompt(tok, fmt, fmt.prefix() + fmt.query(tok, m), first=True) for m in messages]
     ends = {tok.eos_token_id} | ({tok.pad_token_id} if tok.pad_token_id is not None else set())
     texts, n_out, secs, mlp = [""] * len(prompts), [0] * len(prompts), [0.0] * len(prompts), [0.0] * len(prompts)
+    P = prefix.length if prefix is not None and prefix.rows == 1 else 0
+    cached = [P > 0 and len(p) > P and p[:P] == prefix.ids for p in prompts]
+    # Padding between the prefix and a prompt's own tokens is masked, but a sliding window counts
+    # it: a batch whose rows could outgrow the shortest window runs one prompt at a time.
+    windows = [getattr(layer, "sliding_window", 0) for layer in prefix.past.layers
+               if getattr(layer, "is_sliding", False)] if P else []
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    rank = {i: k for k, i in enumerate(order)}  # a batch's sampling seed: its first row's rank
+    batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    if windows:
+        batches = [part for idx in batches for part in (
+            [[i] for i in idx] if max(len(prompts[i]) for i in idx) + max_new_tokens > min(windows) else [idx])]
+
+    def finish(i: int, toks: list[int], logps: list[float], dt: float) -> None:
+        n = next((j for j, t in enumerate(toks) if t in ends), len(toks))
+        texts[i] = cut_at_stop(tok.decode(toks[:n], skip_special_tokens=True), stop)
+        n_out[i] = n
+        secs[i] = dt
+        mlp[i] = float(sum(logps[: max(n, 1)]) / len(logps[: max(n, 1)]))
+
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
+        for idx in batches:
+            use = P > 0 and all(cached[i] for i in idx)
+            t0 = time.perf_counter()
+            if len(idx) == 1 and temperature <= 0:
+                toks, logps = greedy_lookup(lm, prompts[idx[0]], prefix if use else None, max_new_tokens, ends,
+                                            stop=stop, draft=lookup)
+                finish(idx[0], toks, logps, time.perf_counter() - t0)
+                if progress is not None:
+                    progress(1)
+                continue
             T = max(len(prompts[i]) for i in idx)
             ids = torch.full((len(idx), T), tok.pad_token_id, dtype=torch.long)
             mask = torch.zeros((len(idx), T), dtype=torch.long)
             for r, i in enumerate(idx):
-                ids[r, T - len(prompts[i]):] = torch.tensor(prompts[i])
-                mask[r, T - len(prompts[i]):] = 1
-            t0 = time.perf_counter()
+                own = prompts[i][P:] if use else prompts[i]
+                ids[r, T - len(own):] = torch.tensor(own)
+                mask[r, T - len(own):] = 1
+            extra: dict[str, Any] = {}
+            if use:  # [prefix][padding][own tokens]: positions follow the mask, so the padding is skipped
+                ids[:, :P] = torch.tensor(prefix.ids)
+                mask[:, :P] = 1
+                past = copy.deepcopy(prefix.past)
+                past.batch_repeat_interleave(len(idx))
+                extra["past_key_values"] = past
             # The global RNG is forked, so seeding here leaves the caller's random state alone.
             with torch.random.fork_rng(devices=[lm.device] if lm.device.type == "cuda" else []):
-                torch.manual_seed(seed + start)
+                torch.manual_seed(seed + rank[idx[0]])
                 out = lm.model.generate(
                     input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), max_new_tokens=max_new_tokens,
                     pad_token_id=tok.pad_token_id, output_scores=True, return_dict_in_generate=True,
-                    stopping_criteria=StoppingCriteriaList([StopOnText(tok, T, stop)]) if stop else None, **sampling,
+                    stopping_criteria=StoppingCriteriaList([StopOnText(tok, T, stop)]) if stop else None,
+                    **sampling, **extra,
                 )
             dt = (time.perf_counter() - t0) / len(idx)
             new = out.sequences[:, T:].cpu()
             logps = torch.stack([torch.log_softmax(s.float(), -1) for s in out.scores], 1).cpu()
             for r, i in enumerate(idx):
-                toks = new[r].tolist()
-                n = next((j for j, t in enumerate(toks) if t in ends), len(toks))
-                texts[i] = cut_at_stop(tok.decode(toks[:n], skip_special_tokens=True), stop)
-                n_out[i] = n
-                secs[i] = dt
-                chosen = logps[r, : max(n, 1)].gather(-1, new[r, : max(n, 1)].unsqueeze(-1))
-                mlp[i] = float(chosen.mean())
+                chosen = logps[r].gather(-1, new[r].unsqueeze(-1)).squeeze(-1)
+                finish(i, new[r].tolist(), chosen.tolist(), dt)
             if progress is not None:
                 progress(len(idx))
     return Generated(texts=texts, prompt_tokens=[len(p) for p in prompts], output_tokens=n_out, seconds=secs,

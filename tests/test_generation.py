@@ -1,0 +1,164 @@
+"""Generation with the prompt's fixed start cached (``potstill.models.scoring.generate``) and, for a
+single greedy prompt, drafts from the context checked in one forward (``greedy_lookup``): the
+tokens transformers' own ``generate`` gives for the whole prompt, on a plain model, on one whose
+sliding window (8 tokens) is shorter than the cached prefix (prompts then run one at a time), and
+on one whose window (96) holds every prompt and its answer (batches padded after the prefix)."""
+
+import pytest
+import torch
+
+from potstill.engines import load_engine
+from potstill.models.prompting import PromptFormat, encode_prompt
+from potstill.models.scoring import draft_from_context, generate
+from tests.helpers.tiny import make_model_dir, make_tokenizer
+
+TEXTS = ["the team won the match", "new phone software for the computer and the internet", "a vote",
+         "the bank said profit was up this year and shares were up"]
+MSGS = [[{"role": "user", "content": t}] for t in TEXTS]
+CHAT = PromptFormat(kind="chat", instruction="name the topic of the text")
+SHOTS = PromptFormat(kind="completion", instruction="name the topic of the text",
+                     shots=[("the film won an award", "entertainment"), ("the minister said the election", "politics"),
+                            ("the star of the music game", "entertainment")])
+
+
+def _windowed_dir(path, window):
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    tok = make_tokenizer()
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=window,
+                           max_position_embeddings=512, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                           bos_token_id=None)
+    Gemma3ForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module", params=["llama", "gemma3_window8", "gemma3_window96"])
+def engine(request, tmp_path_factory):
+    path = tmp_path_factory.mktemp(request.param)
+    path = make_model_dir(path) if request.param == "llama" else _windowed_dir(path, int(request.param[13:]))
+    return load_engine("transformers", str(path), device="cpu")
+
+
+def _reference(engine, fmt, msgs, max_new):
+    """transformers' greedy ``generate`` over each whole prompt, one at a time, no cache given."""
+    tok = engine.tokenizer
+    out = []
+    for m in msgs:
+        ids = encode_prompt(tok, fmt, fmt.prefix() + fmt.query(tok, m), first=True)
+        with torch.inference_mode():
+            seq = engine.lm.model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                           max_new_tokens=max_new, do_sample=False, pad_token_id=tok.pad_token_id)
+        new = seq[0, len(ids):].tolist()
+        n = next((j for j, t in enumerate(new) if t in (tok.eos_token_id, tok.pad_token_id)), len(new))
+        out.append((tok.decode(new[:n], skip_special_tokens=True), n))
+    return out
+
+
+def _count_forwards(model):
+    """The number of tokens fed to each forward of ``model`` (a hook: replacing ``forward`` would
+    change what ``generate`` passes it)."""
+    calls: list[int] = []
+    hook = model.register_forward_pre_hook(lambda mod, args, kwargs: calls.append(kwargs["input_ids"].shape[1]),
+                                           with_kwargs=True)
+    return calls, hook
+
+
+def test_draft_is_what_followed_the_latest_match_of_the_longest_tail():
+    assert draft_from_context([5, 6, 7, 8, 1, 5, 6, 7, 9, 5, 6, 7], 2) == [9, 5]  # the 3-gram's latest earlier match
+    assert draft_from_context([5, 6, 7, 8, 1, 2, 7], 3) == [8, 1, 2]  # only the last token matches
+    assert draft_from_context([1, 2, 3], 4) == []
+    assert draft_from_context([4, 4], 4) == [4]
+
+
+@pytest.mark.parametrize("fmt", [CHAT, SHOTS], ids=["chat_system_turn", "few_shot_prefix"])
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_generation_with_the_cached_prefix_gives_transformers_greedy_tokens(engine, fmt, batch_size):
+    """At batch 1 through ``greedy_lookup`` (drafts of 2), in batches through ``model.generate``
+    with the prefix cache copied per row (one at a time on the windowed model): each prompt's text
+    and token count are those of a plain greedy ``generate`` over the whole prompt."""
+    prefix = engine.prefix(fmt)
+    assert prefix is not None and prefix.length > 8  # longer than the small window: its cache is cut there
+    ref = _reference(engine, fmt, MSGS, 24)
+    calls, hook = _count_forwards(engine.lm.model)
+    try:
+        g = engine.generate(fmt, MSGS, 24, batch_size=batch_size)
+    finally:
+        hook.remove()
+    assert [(t, n) for t, n in zip(g.texts, g.output_tokens)] == ref
+    whole = [len(encode_prompt(engine.tokenizer, fmt, fmt.prefix() + fmt.query(engine.tokenizer, m), first=True))
+             for m in MSGS]
+    assert g.prompt_tokens == whole
+    # The cached prefix is never fed again: the longest forward is the longest prompt's own part.
+    assert max(calls) == max(whole) - prefix.length
+
+
+def test_drafts_save_forwards_and_keep_the_tokens(engine):
+    """A tiny random model repeats itself, so drafts from the context are often right: fewer forwards
+    than with drafts off, and the same tokens; none where prompt and answer could outgrow a
+    sliding window (8 tokens), whose layers could not take a rejected draft back."""
+    tok = engine.tokenizer
+    model = engine.lm.model
+    calls, hook = _count_forwards(model)
+    try:
+        engine.lookup = 0
+        plain = engine.generate(CHAT, MSGS, 32, batch_size=1)
+        plain_calls = len(calls)
+        calls.clear()
+        engine.lookup = 4
+        drafted = engine.generate(CHAT, MSGS, 32, batch_size=1)
+    finally:
+        hook.remove()
+        engine.lookup = 2
+    assert drafted.texts == plain.texts and drafted.output_tokens == plain.output_tokens
+    assert drafted.mean_logprob == pytest.approx(plain.mean_logprob, abs=1e-4)
+    if getattr(model.config, "sliding_window", None) == 8:
+        assert max(calls) == max(len(encode_prompt(tok, CHAT, CHAT.query(tok, m), first=True)) for m in MSGS) - \
+            engine.prefix(CHAT).length and len(calls) == plain_calls
+    else:
+        assert len(calls) < plain_calls and max(calls) >= 2
+
+
+def test_stop_strings_and_the_token_budget_hold_with_drafts(engine):
+    ref = _reference(engine, CHAT, MSGS, 12)
+    g = engine.generate(CHAT, MSGS, 12, batch_size=1)
+    assert all(n <= 12 for n in g.output_tokens)
+    assert [t for t, _ in ref] == g.texts
+    word = next((t.split()[1] for t in g.texts if len(t.split()) > 2), None)
+    if word is None:
+        pytest.skip("no text of three words to cut")
+    cut = engine.generate(CHAT, MSGS, 12, batch_size=1, stop=[word])
+    for full, short in zip(g.texts, cut.texts):
+        assert short == (full[: full.index(word) + len(word)] if word in full else full)
+
+
+def test_a_prompt_that_does_not_start_with_the_prefix_runs_whole(engine):
+    """A completion prompt whose first tokens merge across the prefix's end runs without the cache:
+    simulated by a prefix cache built for other ids."""
+    lm = engine.lm
+    prefix = engine.prefix(CHAT)
+    wrong = type(prefix)(ids=[t + 1 for t in prefix.ids], past=prefix.past, length=prefix.length)
+    a = generate(lm, CHAT, MSGS, 10, batch_size=2, prefix=wrong)
+    b = generate(lm, CHAT, MSGS, 10, batch_size=2, prefix=None)
+    assert a.texts == b.texts
+
+
+def test_wrong_drafts_are_taken_back(engine, monkeypatch):
+    """Drafts of random tokens, nearly all rejected: the cache drops each rejected draft's keys,
+    so the tokens are still transformers' greedy ones."""
+    from potstill.models import scoring
+
+    g = torch.Generator().manual_seed(0)
+    vocab = engine.lm.model.config.vocab_size
+    monkeypatch.setattr(scoring, "draft_from_context",
+                        lambda seq, k, max_ngram=3: torch.randint(0, vocab, (k,), generator=g).tolist())
+    calls, hook = _count_forwards(engine.lm.model)
+    try:
+        out = engine.generate(SHOTS, MSGS, 16, batch_size=1)
+    finally:
+        hook.remove()
+    assert list(zip(out.texts, out.output_tokens)) == _reference(engine, SHOTS, MSGS, 16)
+    if getattr(engine.lm.model.config, "sliding_window", None) != 8:
+        assert max(calls[1:]) > 1  # drafts were checked
