@@ -9,6 +9,8 @@ extraction). Parts, each path side by side with its baseline, taking turns input
   greedy, 64 new tokens at most: batch 1 and batches of 8, ``model.generate`` over each whole
   prompt (the baseline) against the engine's path (``TransformersEngine.generate``: the system
   turn's KV cache copied per call; at batch 1 ``greedy_lookup`` with drafts of 0, 2, 4 and 8).
+- ``forwards``: one forward's seconds by the number of tokens it feeds, and the tokens decoded per
+  forward at each draft length (16 inputs).
 - ``teacher``: the bundled gemma-3-270m as a few-shot local teacher for the same task (a
   completion prompt with N shots answered by the task's rule, about 1,100 tokens for 20): the
   prefix recomputed with every prompt (``model.generate``, as before) against its cache copied.
@@ -35,7 +37,7 @@ import torch
 from benchmarks.extraction_run import INSTRUCTION, extract
 from potstill.config import load_config
 from potstill.engines import load_engine
-from potstill.models.prompting import PromptFormat
+from potstill.models.prompting import PromptFormat, encode_prompt
 from potstill.records import read_records
 from potstill.students import percentile, student_format
 from potstill.tasks import get_task
@@ -106,6 +108,41 @@ def student_part(run: Path, n: int) -> dict[str, Any]:
     return out
 
 
+def forwards_part(run: Path, n: int) -> dict[str, Any]:
+    """Why drafts pay little on this CPU: seconds of one forward feeding 1, 2, 4 or 8 tokens after a
+    cached prompt (median of 8), and the tokens kept per forward at each draft length."""
+    task = get_task(load_config(run / "potstill.yaml").task)
+    msgs = [r.messages for r in read_records(run / "test.jsonl")[:n]]
+    e = load_engine("transformers", str(run / "student"), device="cpu")
+    fmt = student_format(e, task)
+    model = e.lm.model
+    ids = encode_prompt(e.tokenizer, fmt, fmt.prefix() + fmt.query(e.tokenizer, msgs[0]), first=True)
+    out: dict[str, Any] = {"n": len(msgs), "forward_s_by_tokens_fed": {}, "tokens_per_forward": {}}
+    with torch.inference_mode():
+        for width in (1, 2, 4, 8):
+            ts = []
+            for _ in range(8):
+                past = model(input_ids=torch.tensor([ids]), use_cache=True).past_key_values
+                t0 = time.perf_counter()
+                model(input_ids=torch.tensor([ids[:width]]), past_key_values=past, use_cache=True, logits_to_keep=width)
+                ts.append(time.perf_counter() - t0)
+            out["forward_s_by_tokens_fed"][width] = statistics.median(ts)
+    calls: list[int] = []
+    hook = model.register_forward_pre_hook(lambda mod, a, kw: calls.append(1), with_kwargs=True)
+    try:
+        for draft in (0, 2, 4, 8):
+            calls.clear()
+            e.lookup = draft
+            g = e.generate(fmt, msgs, task.cfg.max_output_tokens, batch_size=1)
+            # a prompt's first forward (its own tokens) gives one token; the rest are decoding forwards
+            decoded = sum(g.output_tokens) + sum(n < task.cfg.max_output_tokens for n in g.output_tokens) - len(msgs)
+            out["tokens_per_forward"][draft] = decoded / (len(calls) - len(msgs))
+    finally:
+        hook.remove()
+    print(" ", out, flush=True)
+    return out
+
+
 def teacher_part(run: Path, n: int, shots: int) -> dict[str, Any]:
     from potstill.models.scoring import generate
 
@@ -140,7 +177,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=48)
     ap.add_argument("--n-teacher", type=int, default=24)
     ap.add_argument("--shots", type=int, default=20)
-    ap.add_argument("--only", default="student,teacher")
+    ap.add_argument("--only", default="student,forwards,teacher")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/generation.json"))
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
@@ -149,6 +186,8 @@ def main() -> None:
     t0 = time.time()
     if "student" in args.only:
         result["student"] = student_part(args.run.resolve(), args.n)
+    if "forwards" in args.only:
+        result["forwards"] = forwards_part(args.run.resolve(), 16)
     if "teacher" in args.only:
         result["teacher"] = teacher_part(args.run.resolve(), args.n_teacher, args.shots)
     result["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
