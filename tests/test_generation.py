@@ -42,21 +42,6 @@ def engine(request, tmp_path_factory):
     return load_engine("transformers", str(path), device="cpu")
 
 
-def _reference(engine, fmt, msgs, max_new):
-    """transformers' greedy ``generate`` over each whole prompt, one at a time, no cache given."""
-    tok = engine.tokenizer
-    out = []
-    for m in msgs:
-        ids = encode_prompt(tok, fmt, fmt.prefix() + fmt.query(tok, m), first=True)
-        with torch.inference_mode():
-            seq = engine.lm.model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                           max_new_tokens=max_new, do_sample=False, pad_token_id=tok.pad_token_id)
-        new = seq[0, len(ids):].tolist()
-        n = next((j for j, t in enumerate(new) if t in (tok.eos_token_id, tok.pad_token_id)), len(new))
-        out.append((tok.decode(new[:n], skip_special_tokens=True), n))
-    return out
-
-
 def _count_forwards(model):
     """The number of tokens fed to each forward of ``model`` (a hook: replacing ``forward`` would
     change what ``generate`` passes it)."""
@@ -162,3 +147,34 @@ def test_wrong_drafts_are_taken_back(engine, monkeypatch):
     assert list(zip(out.texts, out.output_tokens)) == _reference(engine, SHOTS, MSGS, 16)
     if getattr(engine.lm.model.config, "sliding_window", None) != 8:
         assert max(calls[1:]) > 1  # drafts were checked
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("kind", ["llama", "gemma3_window96"])
+def test_generation_with_the_cached_prefix_on_a_gpu(kind, tmp_path):
+    """The same on CUDA (float32, so that one token at a time and a checked draft round alike):
+    batch 1 with drafts, and batches padded after the prefix."""
+    path = make_model_dir(tmp_path) if kind == "llama" else _windowed_dir(tmp_path, 96)
+    engine = load_engine("transformers", str(path), device="cuda", dtype="float32")
+    assert engine.lm.device.type == "cuda"
+    for fmt in (CHAT, SHOTS):
+        ref = _reference(engine, fmt, MSGS, 24)
+        for batch_size in (1, 3):
+            g = engine.generate(fmt, MSGS, 24, batch_size=batch_size)
+            assert list(zip(g.texts, g.output_tokens)) == ref
+
+
+def _reference(engine, fmt, msgs, max_new):
+    """transformers' greedy ``generate`` over each whole prompt, one at a time, no cache given."""
+    tok = engine.tokenizer
+    out = []
+    for m in msgs:
+        ids = encode_prompt(tok, fmt, fmt.prefix() + fmt.query(tok, m), first=True)
+        with torch.inference_mode():
+            seq = engine.lm.model.generate(input_ids=torch.tensor([ids], device=engine.lm.device), max_new_tokens=max_new,
+                                           attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=engine.lm.device),
+                                           do_sample=False, pad_token_id=tok.pad_token_id)
+        new = seq[0, len(ids):].tolist()
+        n = next((j for j, t in enumerate(new) if t in (tok.eos_token_id, tok.pad_token_id)), len(new))
+        out.append((tok.decode(new[:n], skip_special_tokens=True), n))
+    return out
