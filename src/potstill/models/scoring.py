@@ -348,7 +348,7 @@ def greedy_lookup(lm: LM, ids: list[int], prefix: PrefixCache | None, max_new_to
         if past is None:
             past = res.past_key_values
         windows = [getattr(layer, "sliding_window", 0) for layer in past.layers if getattr(layer, "is_sliding", False)]
-        if windows and len(ids) + max_new_tokens + draft >= min(windows):
+        if windows and len(ids) + max_new_tokens + draft >= min(windows) - 1:
             draft = 0  # a sliding-window layer past its window cannot take back a rejected draft
         logits = res.logits[0].float()
         lp = torch.log_softmax(logits, -1)
