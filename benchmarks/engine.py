@@ -396,7 +396,7 @@ def extraction_part(args: argparse.Namespace, test: list[Record]) -> dict[str, A
                "ctranslate2 int8": load_engine("ctranslate2", spec, device="cpu"),
                "ctranslate2 float32": load_engine("ctranslate2", spec, device="cpu", quantization="none")}
     for k in ("transformers fp32", "transformers bf16"):  # transformers' generate as a user calls it;
-        engines[k].reuse_prefix, engines[k].lookup = False, 0  # potstill's cache and drafts: benchmarks/generation.py
+        engines[k].reuse_prefix, engines[k].draft_tokens = False, 0  # potstill's cache and drafts: benchmarks/generation.py
     fmt = student_format(engines["transformers fp32"], task) if task else PromptFormat(kind="chat", instruction=EXTRACT)
     msgs = [r.messages for r in recs]
     out: dict[str, Any] = {"loadavg_before": loadavg(), "n": len(msgs), "max_new_tokens": max_new,

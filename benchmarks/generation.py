@@ -85,7 +85,7 @@ def student_part(run: Path, n: int) -> dict[str, Any]:
 
     def path(reuse: bool, lookup: int, bs: int) -> Callable[[list], Any]:
         def call(batch: list) -> Any:
-            e.reuse_prefix, e.lookup = reuse, lookup
+            e.reuse_prefix, e.draft_tokens = reuse, lookup
             return e.generate(fmt, batch, max_new, batch_size=bs)
         return call
 
@@ -132,7 +132,7 @@ def forwards_part(run: Path, n: int) -> dict[str, Any]:
     try:
         for draft in (0, 2, 4, 8):
             calls.clear()
-            e.lookup = draft
+            e.draft_tokens = draft
             g = e.generate(fmt, msgs, task.cfg.max_output_tokens, batch_size=1)
             # a prompt's first forward (its own tokens) gives one token; the rest are decoding forwards
             decoded = sum(g.output_tokens) + sum(n < task.cfg.max_output_tokens for n in g.output_tokens) - len(msgs)

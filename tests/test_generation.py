@@ -88,15 +88,15 @@ def test_drafts_save_forwards_and_keep_the_tokens(engine):
     model = engine.lm.model
     calls, hook = _count_forwards(model)
     try:
-        engine.lookup = 0
+        engine.draft_tokens = 0
         plain = engine.generate(CHAT, MSGS, 32, batch_size=1)
         plain_calls = len(calls)
         calls.clear()
-        engine.lookup = 4
+        engine.draft_tokens = 4
         drafted = engine.generate(CHAT, MSGS, 32, batch_size=1)
     finally:
         hook.remove()
-        engine.lookup = 2
+        engine.draft_tokens = 2
     assert drafted.texts == plain.texts and drafted.output_tokens == plain.output_tokens
     assert drafted.mean_logprob == pytest.approx(plain.mean_logprob, abs=1e-4)
     if getattr(model.config, "sliding_window", None) == 8:

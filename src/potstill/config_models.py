@@ -56,6 +56,13 @@ def engine_quantization(what: str) -> Any:
                  "changes some (README, Engines).")
 
 
+def engine_drafts(what: str) -> Any:
+    return Field(2, ge=0, le=32, description=f"{what} with engine transformers, one greedy prompt at a time: up to "
+                 "this many next tokens drafted from what followed the latest earlier match of the last 1-3 tokens "
+                 "(prompt lookup) and checked in one forward; the text is greedy decoding's either way. 0: no drafts. "
+                 "2 was the fastest on a 2-core CPU, where a wider forward costs more (README, Engines).")
+
+
 def engine_recheck(what: str) -> Any:
     return Field(0.3, ge=0, le=1, description=f"{what} with an engine other than transformers: inputs whose top two "
                  "label probabilities are closer than this are scored again by engine transformers at `dtype`, "
@@ -131,6 +138,7 @@ class TeacherConfig(Section):
     dtype: DtypeName = engine_dtype("Weights and activations of the local teacher")
     quantization: QuantizationName = engine_quantization("The local teacher's weights")
     recheck_margin: float = engine_recheck("The local teacher's labels")
+    draft_tokens: int = engine_drafts("The local teacher's generated answers")
     calibrate: bool = Field(
         False, description="Local classification teacher: divide label probabilities by their content-free prior."
     )
@@ -324,6 +332,7 @@ class EvaluateConfig(Section):
     dtype: DtypeName = engine_dtype("Student precision in evaluate and pilot")
     quantization: QuantizationName = engine_quantization("Student weights in evaluate and pilot")
     recheck_margin: float = engine_recheck("Student labels in evaluate and pilot")
+    draft_tokens: int = engine_drafts("Student generations in evaluate and pilot")
     compile: bool = Field(
         False, description="Engine transformers: run the students in evaluate (and pilot's untrained one) with "
         "the decoder under torch.compile, as serve.compile serves them, so that eval.json's latency and cost "
@@ -436,6 +445,7 @@ class ServeConfig(Section):
         "compiled code warm). With dtype bfloat16 on an AMX CPU it was the fastest path at batch 16 measured "
         "(README, Engines). Other engines refuse it.")
     recheck_margin: float = engine_recheck("Served labels")
+    draft_tokens: int = engine_drafts("Served generations")
 
 
 class WatchConfig(Section):

@@ -236,3 +236,21 @@ def test_local_teacher_in_bfloat16_gives_the_fp32_labels_and_caches_its_answers_
         assert teacher.lm().identity.endswith("#bfloat16") == (dtype == "bfloat16")
     assert got["bfloat16"] == got["auto"]
     assert "dtype" not in ident["auto"] and ident["bfloat16"]["dtype"] == "bfloat16"  # a new cache key
+
+
+def test_draft_tokens_reach_each_sections_engine_and_ctranslate2_refuses_drafts(taught):
+    """``draft_tokens`` of the serve, evaluate and teacher sections reaches engine transformers'
+    greedy generation (its default 2 passes to no engine: a third-party one never sees it); engine
+    ctranslate2, which decodes one token per step, takes 0 or the default and refuses other values
+    with one line; the field is bounded."""
+    from potstill.engines import section_engine
+
+    for section in ("serve", "evaluate", "teacher"):
+        cfg = load_config(overrides={"task": TASK, section: {"draft_tokens": 5}})
+        assert section_engine(getattr(cfg, section), str(taught), device="cpu").draft_tokens == 5
+    assert section_engine(load_config(overrides={"task": TASK}).serve, str(taught), device="cpu").draft_tokens == 2
+    assert load_engine("ctranslate2", str(taught), device="cpu", draft_tokens=0).identity.endswith("#ct2-int8")
+    with pytest.raises(PotstillError, match=r"^engine ctranslate2 decodes one token per step; draft_tokens \(4\)"):
+        load_engine("ctranslate2", str(taught), device="cpu", draft_tokens=4, recheck_margin=0.3)
+    with pytest.raises(PotstillError, match="serve.draft_tokens"):
+        load_config(overrides={"task": TASK, "serve": {"draft_tokens": -1}})

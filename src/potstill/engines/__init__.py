@@ -53,40 +53,44 @@ def engine_class(name: str) -> Any:
 
 
 def _load(name: str, spec: str, device: str, num_layers: int | None, dtype: str, quantization: str,
-          compile: bool = False) -> Engine:
+          compile: bool = False, draft_tokens: int = 2) -> Engine:
     if quantization not in QUANTIZATIONS:
         raise PotstillError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, not '{quantization}'")
     # Options left at their defaults are not passed: third-party engines written before them keep loading.
     options: dict[str, Any] = {k: v for k, v in (("dtype", dtype), ("quantization", quantization)) if v != "auto"}
     if compile:
         options["compile"] = True
+    if draft_tokens != 2:
+        options["draft_tokens"] = draft_tokens
     return engine_class(name).load(spec, device=device, num_layers=num_layers, **options)
 
 
 def load_engine(name: str, spec: str, device: str = "auto", num_layers: int | None = None,
                 dtype: str = "auto", recheck_margin: float = 0.0, quantization: str = "auto",
-                compile: bool = False) -> Engine:
+                compile: bool = False, draft_tokens: int = 2) -> Engine:
     """Load the model ``spec`` (hub id, directory, GGUF, bundled:...) into the engine called ``name``,
     with weights as ``quantization`` says (``QUANTIZATIONS``), compiled where ``compile`` asks
-    (engine transformers: ``TransformersEngine.compile``).
+    (engine transformers: ``TransformersEngine.compile``), drafting up to ``draft_tokens`` in greedy
+    generation (engine transformers: ``models.scoring.greedy_lookup``).
 
     ``recheck_margin`` > 0 with an engine other than transformers: label scores whose top two
     probabilities are closer than it come from engine transformers at ``dtype`` instead
     (``recheck.RecheckedEngine``, which loads it on the first near tie); the fast engine then
     loads at its own precision."""
     if recheck_margin > 0 and name != "transformers":
-        fast = _load(name, spec, device, num_layers, "auto", quantization, compile)
+        fast = _load(name, spec, device, num_layers, "auto", quantization, compile, draft_tokens)
         return RecheckedEngine(fast, lambda: _load("transformers", spec, device, num_layers, dtype, "auto"),
                                recheck_margin, dtype)
-    return _load(name, spec, device, num_layers, dtype, quantization, compile)
+    return _load(name, spec, device, num_layers, dtype, quantization, compile, draft_tokens)
 
 
 def section_engine(section: Any, spec: str, device: str = "auto", num_layers: int | None = None,
                    compile: bool = False) -> Engine:
     """``spec`` in the engine a config section names: the ``teacher``, ``evaluate`` and ``serve``
-    sections each carry ``engine``, ``dtype``, ``quantization`` and ``recheck_margin``."""
+    sections each carry ``engine``, ``dtype``, ``quantization``, ``recheck_margin`` and ``draft_tokens``."""
     return load_engine(section.engine, spec, device=device, num_layers=num_layers, dtype=section.dtype,
-                       recheck_margin=section.recheck_margin, quantization=section.quantization, compile=compile)
+                       recheck_margin=section.recheck_margin, quantization=section.quantization, compile=compile,
+                       draft_tokens=section.draft_tokens)
 
 
 __all__ = ["BUILTIN", "Engine", "engine_class", "load_engine", "section_engine"]

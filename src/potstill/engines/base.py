@@ -29,7 +29,8 @@ class Engine(Protocol):
     def load(cls, spec: str, device: str = "auto", num_layers: int | None = None, dtype: str = "auto",
              quantization: str = "auto") -> "Engine":
         """``dtype``: auto, float32 or bfloat16, for engines whose precision is a dtype; ``quantization``:
-        auto, int8 or none, the weights. An engine refuses a value it has no path for with one error."""
+        auto, int8 or none, the weights. An engine refuses a value it has no path for with one error.
+        ``compile`` (True) and ``draft_tokens`` (other than 2) are passed only when a config sets them."""
         ...
 
     def score_labels(self, fmt: PromptFormat, messages: list[list[dict]], label_ids: list[int],

@@ -97,9 +97,13 @@ class CT2Engine:
 
     @classmethod
     def load(cls, spec: str, device: str = "auto", num_layers: int | None = None,
-             quantization: str = "auto", dtype: str = "auto", compile: bool = False) -> "CT2Engine":
+             quantization: str = "auto", dtype: str = "auto", compile: bool = False,
+             draft_tokens: int = 2) -> "CT2Engine":
         if compile:
             raise PotstillError("engine ctranslate2 runs its own compiled kernels; compile is for engine transformers")
+        if draft_tokens not in (0, 2):  # 2, the default, and 0 both mean none here
+            raise PotstillError(f"engine ctranslate2 decodes one token per step; draft_tokens ({draft_tokens}) is "
+                                "for engine transformers")
         if dtype != "auto":
             raise PotstillError(f"engine ctranslate2 runs int8 weights; dtype '{dtype}' is for engine transformers "
                                 "(quantization none gives ctranslate2 float32 weights)")

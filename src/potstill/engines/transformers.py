@@ -49,16 +49,18 @@ class TransformersEngine:
         self.pack = True  # False: batches run padded (to measure what packing saves)
         # Greedy generation at batch 1 drafts up to this many tokens from the prompt and checks
         # them in one forward (``models.scoring.greedy_lookup``); 0: one token per forward.
-        self.lookup = 2  # 2 was the fastest of 2, 4 and 8 on the 2-core CPU (benchmarks/generation.json)
+        self.draft_tokens = 2  # the fastest of 2, 4 and 8 on the 2-core CPU (benchmarks/generation.json)
         self.compiled = False  # set by compile(): a caller warms it before timing (``warm_compiled``)
 
     @classmethod
     def load(cls, spec: str, device: str = "auto", num_layers: int | None = None,
-             dtype: str = "auto", quantization: str = "auto", compile: bool = False) -> "TransformersEngine":
+             dtype: str = "auto", quantization: str = "auto", compile: bool = False,
+             draft_tokens: int = 2) -> "TransformersEngine":
         if quantization not in ("auto", "none"):
             raise PotstillError(f"engine transformers runs unquantized weights (dtype float32 or bfloat16); "
                                 f"quantization '{quantization}' is engine ctranslate2's")
         engine = cls(load_lm(spec, device=device, num_layers=num_layers, dtype=dtype))
+        engine.draft_tokens = draft_tokens
         if compile:
             engine.compile()
         return engine
@@ -126,7 +128,7 @@ class TransformersEngine:
                  batch_size: int = 16, progress: Any = None, temperature: float = 0.0,
                  stop: Sequence[str] = (), seed: int = 0) -> Generated:
         return generate(self.lm, fmt, messages, max_new_tokens, batch_size=batch_size, progress=progress,
-                        temperature=temperature, stop=stop, seed=seed, prefix=self.prefix(fmt), lookup=self.lookup)
+                        temperature=temperature, stop=stop, seed=seed, prefix=self.prefix(fmt), lookup=self.draft_tokens)
 
     @torch.inference_mode()
     def embed(self, fmt: PromptFormat, messages: list[list[dict]], max_length: int = 2048) -> torch.Tensor:
