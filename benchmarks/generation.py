@@ -166,7 +166,8 @@ def teacher_part(run: Path, n: int, shots: int) -> dict[str, Any]:
         out[f"batch{bs}"] = compare(texts, times, "transformers generate, prefix recomputed (baseline)")
         if bs == 1:
             rule = [json.dumps(extract(r.messages[0]["content"])) for r in recs]
-            out["teacher_matches_the_rule"] = sum(t.strip() == a for t, a in zip(texts["cached prefix"], rule)) / len(rule)
+            got = texts["cached prefix"]
+            out["teacher_matches_the_rule"] = sum(t.strip() == a for t, a in zip(got, rule)) / len(rule)
     out["loadavg_after"] = loadavg()
     return out
 

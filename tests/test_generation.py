@@ -172,8 +172,9 @@ def _reference(engine, fmt, msgs, max_new):
     for m in msgs:
         ids = encode_prompt(tok, fmt, fmt.prefix() + fmt.query(tok, m), first=True)
         with torch.inference_mode():
-            seq = engine.lm.model.generate(input_ids=torch.tensor([ids], device=engine.lm.device), max_new_tokens=max_new,
-                                           attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=engine.lm.device),
+            dev = engine.lm.device
+            seq = engine.lm.model.generate(input_ids=torch.tensor([ids], device=dev), max_new_tokens=max_new,
+                                           attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=dev),
                                            do_sample=False, pad_token_id=tok.pad_token_id)
         new = seq[0, len(ids):].tolist()
         n = next((j for j, t in enumerate(new) if t in (tok.eos_token_id, tok.pad_token_id)), len(new))

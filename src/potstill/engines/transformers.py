@@ -128,7 +128,8 @@ class TransformersEngine:
                  batch_size: int = 16, progress: Any = None, temperature: float = 0.0,
                  stop: Sequence[str] = (), seed: int = 0) -> Generated:
         return generate(self.lm, fmt, messages, max_new_tokens, batch_size=batch_size, progress=progress,
-                        temperature=temperature, stop=stop, seed=seed, prefix=self.prefix(fmt), lookup=self.draft_tokens)
+                        temperature=temperature, stop=stop, seed=seed, prefix=self.prefix(fmt),
+                        lookup=self.draft_tokens)
 
     @torch.inference_mode()
     def embed(self, fmt: PromptFormat, messages: list[list[dict]], max_length: int = 2048) -> torch.Tensor:
