@@ -29,7 +29,8 @@ _TRAIN_PREFLIGHT = ("teacher.type", "teacher.model", "teacher.prompt_format", "t
 STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("pilot", "Compare the untrained student with the teacher on ~100 inputs, before any training.",
           reads=("task", "data", "teacher", "student", "pilot", "generate", "evaluate.batch_size", "evaluate.engine", "evaluate.dtype",
-                 "evaluate.recheck_margin", "evaluate.quantization", "evaluate.latency_samples", "evaluate.compile"),
+                 "evaluate.recheck_margin", "evaluate.quantization", "evaluate.latency_samples", "evaluate.compile",
+                 "evaluate.draft_tokens"),
           tunes=_GENERATE_TUNES, inputs=(), outputs=("pilot.json",), body="potstill.pilot.stage:pilot_body"),
     # `potstill generate` runs preflight's generate checks first (a projected cost over the budget
     # is refused before a request is sent); train runs its checks inside its body.
