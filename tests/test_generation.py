@@ -147,7 +147,7 @@ def test_wrong_drafts_are_taken_back(engine, monkeypatch):
         hook.remove()
     assert list(zip(out.texts, out.output_tokens)) == _reference(engine, SHOTS, MSGS, 16)
     if getattr(engine.lm.model.config, "sliding_window", None) != 8:
-        assert max(calls[1:]) > 1  # drafts were checked
+        assert calls.count(engine.draft_tokens + 1) >= len(MSGS)  # rounds checking a whole draft
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
