@@ -387,7 +387,8 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
 
     ``prefix``: the KV cache of the prompts' fixed start (``build_prefix``), copied into each
     batch instead of recomputed; a prompt that does not start with its ids runs whole. Greedy
-    decoding at batch size 1 runs ``greedy_lookup`` with drafts of up to ``lookup`` tokens (0: none).
+    decoding at batch size 1 runs ``greedy_lookup`` with drafts of up to ``lookup`` tokens (0: none);
+    with neither a prefix nor drafts it is ``model.generate`` as before.
     With a prefix, a batch's prompts are padded between the prefix and their own tokens; where a
     model's sliding window could then cover padding, the batch's prompts run one at a time.
     """
@@ -424,7 +425,7 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
         for idx in batches:
             use = P > 0 and all(cached[i] for i in idx)
             t0 = time.perf_counter()
-            if len(idx) == 1 and temperature <= 0:
+            if len(idx) == 1 and temperature <= 0 and (use or lookup > 0):
                 toks, logps = greedy_lookup(lm, prompts[idx[0]], prefix if use else None, max_new_tokens, ends,
                                             stop=stop, draft=lookup)
                 finish(idx[0], toks, logps, time.perf_counter() - t0)
