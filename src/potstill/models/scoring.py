@@ -67,6 +67,15 @@ class PrefixCache:
     # pooled embedding so that it stays the mean over the whole prompt, as without the cache.
     hidden_sum: torch.Tensor | None = None
 
+    def starts(self, ids: list[int]) -> bool:
+        """Whether the token ids ``ids`` begin with this (single-row) prefix and go on past it."""
+        return self.rows == 1 and len(ids) > self.length and ids[: self.length] == self.ids
+
+
+def sliding_windows(past: Any) -> list[int]:
+    """The window of each sliding-window layer in a transformers cache (none: an empty list)."""
+    return [getattr(layer, "sliding_window", 0) for layer in past.layers if getattr(layer, "is_sliding", False)]
+
 
 def stack_prefixes(prefixes: list[PrefixCache]) -> PrefixCache | None:
     """One cache holding several prefixes of the same length as batch rows, so one forward scores
@@ -197,7 +206,7 @@ def _queries(lm: LM, fmt: PromptFormat, messages: list[list[dict]], prefix: Pref
                 for m in messages], prefix
     whole = [encode_prompt(tok, fmt, fmt.query(tok, m), first=True) for m in messages]
     n = prefix.length
-    if all(len(q) > n and q[:n] == prefix.ids and len(q) <= (max_length or len(q)) for q in whole):
+    if all(prefix.starts(q) and len(q) <= (max_length or len(q)) for q in whole):
         return [q[n:] for q in whole], prefix
     return [q[-(max_length or 0):] for q in whole], None
 
@@ -334,7 +343,7 @@ def greedy_lookup(lm: LM, ids: list[int], prefix: PrefixCache | None, max_new_to
     recomputed. Returns the new tokens (up to and including an end token) and each one's
     log-probability."""
     tok = lm.tokenizer
-    if prefix is not None and prefix.rows == 1 and len(ids) > prefix.length and ids[: prefix.length] == prefix.ids:
+    if prefix is not None and prefix.starts(ids):
         past, feed = copy.deepcopy(prefix.past), ids[prefix.length :]
     else:
         past, feed = None, ids  # the first forward makes the cache
@@ -345,11 +354,11 @@ def greedy_lookup(lm: LM, ids: list[int], prefix: PrefixCache | None, max_new_to
     while True:
         x = torch.tensor([feed + proposal], device=lm.device)
         res = lm.model(input_ids=x, past_key_values=past, use_cache=True, logits_to_keep=len(proposal) + 1)
-        if past is None:
+        if not out:  # the first forward: the cache now exists, and its layers' windows are known
             past = res.past_key_values
-        windows = [getattr(layer, "sliding_window", 0) for layer in past.layers if getattr(layer, "is_sliding", False)]
-        if windows and len(ids) + max_new_tokens + draft >= min(windows) - 1:
-            draft = 0  # a sliding-window layer past its window cannot take back a rejected draft
+            windows = sliding_windows(past)
+            if windows and len(ids) + max_new_tokens + draft >= min(windows) - 1:
+                draft = 0  # a sliding-window layer past its window cannot take back a rejected draft
         logits = res.logits[0].float()
         lp = torch.log_softmax(logits, -1)
         best = lp.argmax(-1).tolist()
@@ -402,11 +411,10 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
     ends = {tok.eos_token_id} | ({tok.pad_token_id} if tok.pad_token_id is not None else set())
     texts, n_out, secs, mlp = [""] * len(prompts), [0] * len(prompts), [0.0] * len(prompts), [0.0] * len(prompts)
     P = prefix.length if prefix is not None and prefix.rows == 1 else 0
-    cached = [P > 0 and len(p) > P and p[:P] == prefix.ids for p in prompts]
+    cached = [P > 0 and prefix.starts(p) for p in prompts]
     # Padding between the prefix and a prompt's own tokens is masked, but a sliding window counts
     # it: a batch whose rows could outgrow the shortest window runs one prompt at a time.
-    windows = [getattr(layer, "sliding_window", 0) for layer in prefix.past.layers
-               if getattr(layer, "is_sliding", False)] if P else []
+    windows = sliding_windows(prefix.past) if P else []
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     rank = {i: k for k, i in enumerate(order)}  # a batch's sampling seed: its first row's rank
     batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
