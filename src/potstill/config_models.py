@@ -51,9 +51,10 @@ def engine_name(what: str) -> Any:
 
 def engine_quantization(what: str) -> Any:
     return Field("auto", description=f"{what}: auto (the engine's own: ctranslate2 int8, transformers none), "
-                 "int8 (engine ctranslate2), or none (unquantized: ctranslate2 float32 on CPU, float16 on GPU). "
-                 "int8 is the fast one; none keeps greedy generations identical to transformers fp32's where int8 "
-                 "changes some (README, Engines).")
+                 "int8 (engine ctranslate2; engine transformers with compile: true, torchao's int8 layers in the "
+                 "decoder, pip install 'potstill[torchao]'), or none (unquantized: ctranslate2 float32 on CPU, "
+                 "float16 on GPU). int8 is the fast one; none keeps greedy generations identical to transformers "
+                 "fp32's where int8 changes some (README, Engines).")
 
 
 def engine_drafts(what: str) -> Any:
@@ -64,7 +65,8 @@ def engine_drafts(what: str) -> Any:
 
 
 def engine_recheck(what: str) -> Any:
-    return Field(0.3, ge=0, le=1, description=f"{what} with an engine other than transformers: inputs whose top two "
+    return Field(0.3, ge=0, le=1, description=f"{what} with an engine other than transformers, or with quantization "
+                 "int8: inputs whose top two "
                  "label probabilities are closer than this are scored again by engine transformers at `dtype`, "
                  "since int8 flips labels only near ties (quickstart student: 25% of inputs re-checked, 97.2% -> "
                  "100% same label as fp32; the 30-layer one: 21%, 94.0% -> 99.6%; potstill.engines.recheck). "

@@ -171,7 +171,7 @@ def test_a_dtype_or_quantization_the_engine_does_not_take_is_one_clear_error(tau
         load_engine("transformers", str(taught), device="cpu", dtype="float8")
     with pytest.raises(PotstillError) as e:
         load_engine("transformers", str(taught), device="cpu", quantization="int8")
-    assert "\n" not in str(e.value) and "quantization 'int8' is engine ctranslate2's" in str(e.value)
+    assert "\n" not in str(e.value) and "runs only under torch.compile" in str(e.value)
     with pytest.raises(PotstillError, match="quantization must be one of auto, int8, none, not 'int16'"):
         load_engine("ctranslate2", str(taught), device="cpu", quantization="int16")
 
@@ -274,3 +274,56 @@ def test_ctranslate2_near_ties_are_rescored_by_transformers(taught):
     everything = load_engine("ctranslate2", str(taught), device="cpu", recheck_margin=1.0)
     torch.testing.assert_close(everything.score_labels(CHAT, MSGS, ids, batch_size=4).logits, want.logits)
     assert load_engine("transformers", str(taught), device="cpu", recheck_margin=0.5).name == "transformers"
+
+
+def test_transformers_int8_gives_the_fp32_labels_and_rechecks_near_ties(taught):
+    """quantization int8 with compile: torchao's int8 layers in the decoder (the LM head and the
+    embedding as loaded), the taught labels, label logits near fp32's, its own cache identity; with a
+    recheck margin, near ties take the fp32 engine's logits and the caller warms the compiled engine."""
+    from torchao.utils import TorchAOBaseTensor
+
+    from potstill.engines.recheck import RecheckedEngine, label_margin
+
+    ref = load_engine("transformers", str(taught), device="cpu")
+    ids = label_token_ids(ref.tokenizer, CHAT, LABELS)
+    want = ref.score_labels(CHAT, MSGS, ids, batch_size=4)
+    eng = load_engine("transformers", str(taught), device="cpu", quantization="int8", compile=True,
+                      recheck_margin=0.3)
+    assert isinstance(eng, RecheckedEngine) and eng.compiled and eng.name == "transformers"
+    fast = eng.fast
+    assert fast.identity == ref.identity + "#torchao-int8+compiled" and eng.identity.startswith(fast.identity)
+    body = fast.lm.model.model._orig_mod
+    assert all(isinstance(m.weight, TorchAOBaseTensor) for m in body.modules() if isinstance(m, torch.nn.Linear))
+    assert not isinstance(fast.lm.model.get_output_embeddings().weight, TorchAOBaseTensor)
+    assert eng.warm_compiled("evaluate", lambda: fast.score_labels(CHAT, MSGS[:4], ids, batch_size=4)) > 0
+    alone = fast.score_labels(CHAT, MSGS, ids, batch_size=4)
+    assert alone.logits.argmax(-1).tolist() == want.logits.argmax(-1).tolist()
+    assert not torch.equal(alone.logits, want.logits)  # int8 rounding did happen
+    assert (alone.logits - want.logits).abs().max() < 0.1 * want.logits.abs().max()
+    margins = label_margin(alone.logits)
+    eng.margin = float(margins.median())  # the taught labels are far from ties: re-check half of them
+    near = margins < eng.margin
+    got = eng.score_labels(CHAT, MSGS, ids, batch_size=4)
+    assert 0 < int(near.sum()) < len(MSGS) and eng.rechecked == int(near.sum())
+    torch.testing.assert_close(got.logits[near], want.logits[near])
+    torch.testing.assert_close(got.logits[~near], alone.logits[~near])
+    gen = fast.generate(CHAT, MSGS[:3], 2, batch_size=1)
+    assert [t.split()[0] for t in gen.texts] == [lab for _, lab in DATA[:3]]
+
+
+def test_transformers_int8_without_torchao_names_the_package(taught, monkeypatch):
+    for name in ("torchao", "torchao.quantization"):  # what Python does when the package is absent
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(PotstillError) as e:
+        load_engine("transformers", str(taught), device="cpu", quantization="int8", compile=True)
+    assert "\n" not in str(e.value) and "pip install 'potstill[torchao]'" in str(e.value)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_transformers_int8_on_cuda_is_refused_in_one_line(taught):
+    """torchao's int8 product on CUDA (``torch._int_mm``) needs more than 16 rows: a compiled int8
+    engine on an H200 failed on an 8-token prompt, and every decoding step feeds one row. So
+    quantization int8 is a CPU path, and a GPU gets one line saying what to use instead."""
+    with pytest.raises(PotstillError) as e:
+        load_engine("transformers", str(taught), device="cuda", quantization="int8", compile=True)
+    assert "\n" not in str(e.value) and "runs on a CPU only, not cuda" in str(e.value)

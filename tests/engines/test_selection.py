@@ -149,9 +149,12 @@ def _evaluate_run(tmp_path, taught, evaluate: dict) -> dict:
     return json.loads((run / "eval.json").read_text())
 
 
-def test_evaluate_compile_compiles_before_timing_and_scores_as_eager(tmp_path, taught, capsys, monkeypatch):
+@pytest.mark.parametrize("quantization", ["auto", "int8"])
+def test_evaluate_compile_compiles_before_timing_and_scores_as_eager(tmp_path, taught, capsys, monkeypatch,
+                                                                     quantization):
     """evaluate.compile: the student is compiled and warmed on every kind of call evaluate times
-    (batch 1 at three lengths, two, a batch) before the timed passes, and scores as eager does."""
+    (batch 1 at three lengths, two, a batch) before the timed passes, and scores as eager does; with
+    quantization int8 too (torchao's int8 layers, near ties re-checked by the fp32 engine)."""
     from potstill.engines.transformers import TransformersEngine
 
     eager = _evaluate_run(tmp_path / "eager", taught, {})["models"]["student"]
@@ -165,11 +168,13 @@ def test_evaluate_compile_compiles_before_timing_and_scores_as_eager(tmp_path, t
 
     monkeypatch.setattr(TransformersEngine, "warm_compiled", warm_then_forbid)
     try:
-        compiled = _evaluate_run(tmp_path / "compiled", taught, {"compile": True})["models"]["student"]
+        compiled = _evaluate_run(tmp_path / "compiled", taught,
+                                 {"compile": True, "quantization": quantization})["models"]["student"]
     finally:
         no_recompile.__exit__(None, None, None)
     assert "evaluate: student compiled and warmed in" in capsys.readouterr().err
-    assert compiled["model"].endswith("+compiled") and not eager["model"].endswith("+compiled")
+    tags = "#torchao-int8+compiled+recheck0.3" if quantization == "int8" else "+compiled"
+    assert tags in compiled["model"] and "+compiled" not in eager["model"]
     assert compiled["agreement_with_teacher"] == eager["agreement_with_teacher"]
 
 

@@ -11,13 +11,15 @@ once and reused by the engines that can (see each engine's docstring).
 
 Built-in engines:
 - ``transformers``: the model as loaded for training, fp32 on CPU, bf16 on GPU (``dtype``
-  bfloat16 asks for bf16 on a CPU, where it pays off only with AMX);
+  bfloat16 asks for bf16 on a CPU, where it pays off only with AMX); ``quantization`` int8 (with
+  ``compile``) gives its decoder torchao's int8 layers (``pip install 'potstill[torchao]'``);
 - ``ctranslate2``: int8 weights through CTranslate2 (``pip install 'potstill[ctranslate2]'``), or
   float32 ones with ``quantization`` none, converted on first use and cached by the model's content
   hash and the weight type (``convert``).
 ``quantization`` (``QUANTIZATIONS``) names an engine's weights apart from ``dtype``, its arithmetic:
 auto is each engine's own, and an engine refuses a value it has no path for with one error.
-Label scores of an engine other than transformers can be re-checked near ties at full precision
+Label scores of an engine other than transformers, or of int8 weights, can be re-checked near ties
+at full precision
 (``recheck``; ``recheck_margin`` in the teacher, evaluate and serve sections).
 A third party adds one with ``[project.entry-points."potstill.engines"] mine = "pkg:MyEngine"``,
 a class taking ``(spec, device=..., **options)``; built-ins are listed in ``BUILTIN`` so they
@@ -73,12 +75,14 @@ def load_engine(name: str, spec: str, device: str = "auto", num_layers: int | No
     (engine transformers: ``TransformersEngine.compile``), drafting up to ``draft_tokens`` in greedy
     generation (engine transformers: ``models.scoring.greedy_lookup``).
 
-    ``recheck_margin`` > 0 with an engine other than transformers: label scores whose top two
-    probabilities are closer than it come from engine transformers at ``dtype`` instead
+    ``recheck_margin`` > 0 with an engine other than transformers, or with int8 weights: label scores
+    whose top two probabilities are closer than it come from engine transformers at ``dtype`` instead
     (``recheck.RecheckedEngine``, which loads it on the first near tie); the fast engine then
-    loads at its own precision."""
-    if recheck_margin > 0 and name != "transformers":
-        fast = _load(name, spec, device, num_layers, "auto", quantization, compile, draft_tokens)
+    loads at its own precision (transformers' int8 layers: activations in ``dtype``)."""
+    if recheck_margin > 0 and (name != "transformers" or quantization == "int8"):
+        # CTranslate2 keeps its own arithmetic; transformers' int8 layers take activations in ``dtype``.
+        fast = _load(name, spec, device, num_layers, dtype if name == "transformers" else "auto", quantization,
+                     compile, draft_tokens)
         return RecheckedEngine(fast, lambda: _load("transformers", spec, device, num_layers, dtype, "auto"),
                                recheck_margin, dtype)
     return _load(name, spec, device, num_layers, dtype, quantization, compile, draft_tokens)

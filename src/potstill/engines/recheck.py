@@ -1,5 +1,6 @@
-"""Near-ties re-checked at full precision: an int8 engine's label scores, with the inputs whose top
-two labels it nearly ties scored again by the transformers engine.
+"""Near-ties re-checked at full precision: an int8 engine's label scores (CTranslate2's, or engine
+transformers' with torchao's int8 layers), with the inputs whose top two labels it nearly ties
+scored again by the unquantized transformers engine.
 
 int8 weights and activations move label logits by a little everywhere, so an input changes label
 only where the model is close to a tie. On the quickstart's 12-layer student
@@ -16,6 +17,7 @@ embedding reference and its requests still come from one engine.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -49,6 +51,13 @@ class RecheckedEngine:
     @property
     def num_parameters(self) -> int:
         return self.fast.num_parameters
+
+    @property
+    def compiled(self) -> bool:  # a compiled fast engine (transformers int8) is warmed by its caller
+        return getattr(self.fast, "compiled", False)
+
+    def warm_compiled(self, section: str, run: Callable[[], Any]) -> float:
+        return self.fast.warm_compiled(section, run)
 
     def _recheck(self, fmt: PromptFormat, messages: list[list[dict]], label_ids: list[int], s: Scored,
                  batch_size: int, max_length: int | None) -> Scored:

@@ -17,6 +17,10 @@ prefix cache: a batch runs through ``model.generate``, a single greedy prompt th
 ``models.scoring.greedy_lookup`` (drafts from the prompt, checked in one forward); ``embed`` costs
 one extra prefill there.
 
+``quantization`` int8 (CPU only, with ``compile``): the decoder's linear layers in torchao's int8
+(``quantize_int8``); on a 2-core CPU without AMX, 3.08x the fp32 padded engine's throughput at
+batch 16, no gain at batch 1 (``benchmarks/engine_int8.json``).
+
 On a GPU this is the serving path (bf16); CTranslate2 on CUDA has not been measured here.
 """
 
@@ -56,14 +60,48 @@ class TransformersEngine:
     def load(cls, spec: str, device: str = "auto", num_layers: int | None = None,
              dtype: str = "auto", quantization: str = "auto", compile: bool = False,
              draft_tokens: int = 2) -> "TransformersEngine":
-        if quantization not in ("auto", "none"):
-            raise PotstillError(f"engine transformers runs unquantized weights (dtype float32 or bfloat16); "
-                                f"quantization '{quantization}' is engine ctranslate2's")
+        if quantization == "int8" and not compile:
+            raise PotstillError("quantization int8 with engine transformers runs only under torch.compile (eager, "
+                                "torchao's int8 layers were slower than fp32: benchmarks/engine_int8.json); "
+                                "set compile: true beside it (serve.compile, evaluate.compile; a local teacher "
+                                "has no compile, so no int8 in engine transformers)")
+        if quantization not in ("auto", "none", "int8"):
+            raise PotstillError(f"engine transformers runs unquantized weights (dtype float32 or bfloat16) or "
+                                f"int8 ones; quantization '{quantization}' is not one of its")
         engine = cls(load_lm(spec, device=device, num_layers=num_layers, dtype=dtype))
         engine.draft_tokens = draft_tokens
+        if quantization == "int8":
+            if engine.lm.device.type != "cpu":
+                raise PotstillError(f"quantization int8 with engine transformers runs on a CPU only, not "
+                                    f"{engine.lm.device.type} (torchao's int8 matrix product on CUDA needs more "
+                                    "than 16 rows, so a single short prompt or a decoding step fails); on a GPU "
+                                    "use dtype bfloat16")
+            engine.quantize_int8()
         if compile:
             engine.compile()
         return engine
+
+    def quantize_int8(self) -> None:
+        """The decoder's linear layers to int8 weights (one scale per output row) that multiply int8
+        activations quantized per token as they come (torchao's ``Int8DynamicActivationInt8Weight``),
+        the arithmetic CTranslate2 int8 does, under torch.compile's kernels instead. The embedding
+        and LM head stay as loaded: label scores read the head's K rows. Needs ``torchao``."""
+        import logging
+
+        # torchao logs one warning per optional CUDA kernel library it cannot load (a CPU torch has none).
+        log = logging.getLogger("torchao")
+        level = log.level
+        log.setLevel(logging.ERROR)
+        try:
+            from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+        except ImportError:
+            raise PotstillError("quantization int8 with engine transformers needs torchao: "
+                                "pip install 'potstill[torchao]'") from None
+        finally:
+            log.setLevel(level)
+        quantize_(decoder(self.lm.model), Int8DynamicActivationInt8WeightConfig())
+        self.lm.identity += "#torchao-int8"
+        self.identity = self.lm.identity
 
     def compile(self) -> None:
         """Run the decoder under ``torch.compile`` (inductor, default mode) from now on. Each new kind

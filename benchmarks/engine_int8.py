@@ -1,0 +1,115 @@
+"""Engine transformers with ``quantization: int8`` (torchao's int8 layers under torch.compile) beside
+the engines it competes with, on the trained quickstart student and its 250 test articles (issue 17).
+
+    HF_HUB_OFFLINE=1 PYTHONPATH=src:. python benchmarks/engine_int8.py --run RUN --out benchmarks/engine_int8.json
+
+RUN is a finished quickstart run. Side by side in one process, as ``benchmarks/engine.py``'s
+``student`` part measures them (that function, with these engines): transformers fp32 with
+batches padded (the baseline every ratio is against) and packed; fp32 under ``torch.compile``,
+padded (the best fp32 baseline a user would pick); bf16 compiled and packed (``serve.compile``
+with ``dtype: bfloat16``, the fastest path on a CPU with AMX); CTranslate2 int8 alone and with
+the default near-tie re-check; torchao int8 eager (what ``compile: false`` would run, which potstill
+refuses); torchao int8 compiled, packed and padded, alone and with the default re-check (what
+``quantization: int8`` with ``compile: true`` runs). Compiled engines are warmed on the timed shapes
+first. p50/p95 at batch 1 (engines taking turns call by call), throughput in arrival-order batches
+of 16 (taking turns batch by batch), label agreement with fp32, gold accuracy, re-checked share.
+
+Correctness: the int8 engines with the re-check must give fp32's label on at least 99% of the
+articles (issue 17's bar), else the script exits 1 after writing the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.engine import BASE, MIN_SAME_LABEL, RECHECK_MARGIN, compiled, padded, quickstart, student_part
+from potstill.engines import load_engine
+from potstill.engines.transformers import TransformersEngine
+
+INT8 = "transformers int8 (torchao) + torch.compile, packed"
+INT8_RECHECK = f"{INT8}, fp32 re-check under margin {RECHECK_MARGIN} (quantization: int8)"
+CT2_RECHECK = f"ctranslate2 int8, fp32 re-check under margin {RECHECK_MARGIN}"
+
+
+def int8_eager(spec: str) -> TransformersEngine:
+    """torchao's int8 layers without compile (load_engine refuses that; built by hand to show why)."""
+    e = load_engine("transformers", spec, device="cpu")
+    e.quantize_int8()
+    return e
+
+
+def int8_compiled(spec: str, pack: bool = True, recheck: float = 0.0) -> Any:
+    e = load_engine("transformers", spec, device="cpu", quantization="int8", compile=True, recheck_margin=recheck)
+    fast = getattr(e, "fast", e)
+    fast.pack = pack
+    e.compile_s = 0.0
+    return e
+
+
+def engines(args: argparse.Namespace) -> dict[str, Any]:
+    s = args.student
+    return {BASE: padded(load_engine("transformers", s, device="cpu")),
+            "transformers fp32": load_engine("transformers", s, device="cpu"),
+            "transformers fp32 + torch.compile, padded": compiled(s, "auto"),
+            "transformers bf16 + torch.compile (serve.compile)": compiled(s, "bfloat16", pack=True),
+            "ctranslate2 int8": load_engine("ctranslate2", s, device="cpu"),
+            CT2_RECHECK: load_engine("ctranslate2", s, device="cpu", recheck_margin=RECHECK_MARGIN),
+            "transformers int8 (torchao), eager, packed": int8_eager(s),
+            INT8: int8_compiled(s),
+            "transformers int8 (torchao) + torch.compile, padded": int8_compiled(s, pack=False),
+            INT8_RECHECK: int8_compiled(s, recheck=RECHECK_MARGIN)}
+
+
+def cpu_flags() -> list[str]:
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return []
+    return sorted(f for f in flags if f.startswith("amx") or f in ("avx512_bf16", "avx512_vnni", "avx512f"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--run", type=Path, required=True, help="a finished quickstart run")
+    ap.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".json"))
+    ap.add_argument("--n-latency", type=int, default=40)
+    ap.add_argument("--batch-size", type=int, default=16)
+    args = ap.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    cfg, _, test = quickstart(Path(tempfile.mkdtemp(prefix="potstill-bench-int8-")), args.run)
+    args.student = str(args.run / "student")
+    import benchmarks.engine as bench
+
+    bench.student_engines = engines  # student_part measures these engines instead of engine.py's
+    bench.RECHECKED, bench.RECHECKED_BF16 = CT2_RECHECK, INT8_RECHECK  # the re-checked rows it counts
+    t0 = time.perf_counter()
+    out = {"student_model": args.student, "machine": {"cpus": os.cpu_count(), "cpu_flags": cpu_flags(),
+                                                      "torch": torch.__version__, "python": platform.python_version()},
+           "student": student_part(args, cfg, test)}
+    out["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    out["wall_s"] = round(time.perf_counter() - t0, 1)
+    args.out.write_text(json.dumps(out, indent=1) + "\n")
+    rows = out["student"]["engines"]
+    for k, r in rows.items():
+        print(f"{k}: p50 {r['batch1']['p50_s'] * 1000:.1f} ms, batch {args.batch_size} "
+              f"{r[f'throughput_batch{args.batch_size}']['per_input_s'] * 1000:.2f} ms per input "
+              f"({r['throughput_vs_fp32']:.2f}x), same label {r['agreement_with_transformers_fp32']:.1%}")
+    bad = [f"{k}: {rows[k]['agreement_with_transformers_fp32']:.1%} same label as fp32 (< {MIN_SAME_LABEL:.0%})"
+           for k in (INT8_RECHECK, CT2_RECHECK) if rows[k]["agreement_with_transformers_fp32"] < MIN_SAME_LABEL]
+    for line in bad:
+        print("CORRECTNESS FAILED:", line, file=sys.stderr)
+    sys.exit(1 if bad else 0)
+
+
+if __name__ == "__main__":
+    main()
