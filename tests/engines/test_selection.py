@@ -83,13 +83,18 @@ def test_serve_engine_ctranslate2_answers_through_the_openai_client(tmp_path, ta
     assert _served_labels(service) == _transformers_labels(taught)
 
 
-def test_serve_compile_compiles_before_the_first_request_and_answers_as_eager(tmp_path, taught, capsys):
+@pytest.mark.parametrize("quantization", ["auto", "int8"])
+def test_serve_compile_compiles_before_the_first_request_and_answers_as_eager(tmp_path, taught, capsys,
+                                                                             quantization):
+    """serve.compile, and with it serve.quantization int8 (torchao's layers, near ties re-checked):
+    compiled and warmed while the service loads, then the eager fp32 labels through the openai client."""
     from potstill.models.scoring import decoder
 
-    service = _serve_run(tmp_path, taught, {"engine": "transformers", "compile": True})
-    lm = service.engine.lm
+    service = _serve_run(tmp_path, taught, {"engine": "transformers", "compile": True, "quantization": quantization})
+    lm = getattr(service.engine.engine, "fast", service.engine.engine).lm
     assert isinstance(decoder(lm.model), torch._dynamo.eval_frame.OptimizedModule)
-    assert lm.identity.endswith("+compiled") and service.student_name.endswith("+compiled")
+    assert lm.identity.endswith("#torchao-int8+compiled" if quantization == "int8" else "+compiled")
+    assert service.student_name.endswith("+recheck0.3-auto" if quantization == "int8" else "+compiled")
     assert "serve: student compiled and warmed in" in capsys.readouterr().err  # before any request
     assert _served_labels(service) == _transformers_labels(taught)
 
