@@ -18,8 +18,8 @@ prefix cache: a batch runs through ``model.generate``, a single greedy prompt th
 one extra prefill there.
 
 ``quantization`` int8 (CPU only, with ``compile``): the decoder's linear layers in torchao's int8
-(``quantize_int8``); on a 2-core CPU without AMX, 3.08x the fp32 padded engine's throughput at
-batch 16, no gain at batch 1 (``benchmarks/engine_int8.json``).
+(``quantize_int8``); on a 2-core CPU without AMX, 3.22x the fp32 padded engine's throughput at
+batch 16 and 17.6 vs 32.8 ms p50 at batch 1 (``benchmarks/engine_int8.json``).
 
 On a GPU this is the serving path (bf16); CTranslate2 on CUDA has not been measured here.
 """
