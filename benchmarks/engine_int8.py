@@ -78,10 +78,10 @@ def engines(args: argparse.Namespace) -> dict[str, Any]:
 
 def solo(args: argparse.Namespace, cfg: Any, test: list) -> dict[str, Any]:
     """One engine in a process of its own, as a service runs it: warmed (compiled on the timed
-    shapes), then ``n_latency`` batch-1 calls in a row. In one process with the nine others, every
-    engine's batch-1 calls ran 1.5-3x slower on the 2-core VM, whether the engines took turns or
-    ran one after another (threads of the other engines' runtimes competing for the two cores is
-    the likely cause; not isolated)."""
+    shapes), then ``n_latency`` batch-1 calls in a row. In one process with the nine others, the
+    transformers engines' batch-1 calls ran 1.4-2.4x slower on the 2-core VM (CTranslate2's faster),
+    whether the engines took turns or ran one after another (threads of the other engines' runtimes
+    competing for the two cores is the likely cause; not isolated)."""
     from benchmarks.engine import stats, warm_compiled, warm_references
     from potstill.models.prompting import label_token_ids
     from potstill.students import student_format
