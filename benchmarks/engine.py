@@ -210,9 +210,13 @@ def warm_references(engines: dict[str, Any], fmt: PromptFormat, msgs: list[list[
             e.reference.score_labels(fmt, [msgs[0]], ids, batch_size=1)
 
 
-def student_part(args: argparse.Namespace, cfg: Any, test: list[Record]) -> dict[str, Any]:
+def student_part(args: argparse.Namespace, cfg: Any, test: list[Record],
+                 build: Callable[[argparse.Namespace], dict[str, Any]] | None = None,
+                 rechecked: tuple[str, ...] = (RECHECKED, RECHECKED_BF16)) -> dict[str, Any]:
+    """``build``: the engines to measure (default ``student_engines``), ``BASE`` among them;
+    ``rechecked``: those of them that re-check near ties, whose re-checked share is reported."""
     task = get_task(cfg.task)
-    engines = student_engines(args)
+    engines = (build or student_engines)(args)
     fmt = student_format(engines[BASE], task)
     ids = label_token_ids(engines[BASE].tokenizer, fmt, task.labels)
     msgs = [r.messages for r in test]
@@ -225,7 +229,7 @@ def student_part(args: argparse.Namespace, cfg: Any, test: list[Record]) -> dict
     labels: dict[str, list[str]] = {k: [] for k in engines}
     walls = {k: 0.0 for k in engines}
     margins: list[float] = []  # fp32's top-1 minus top-2 label probability: how close each input is to a tie
-    for k in (RECHECKED, RECHECKED_BF16):
+    for k in rechecked:
         engines[k].rechecked = 0
     for s in range(0, len(msgs), bs):  # engines take turns batch by batch, like the latency pass
         for k, e in engines.items():
@@ -255,7 +259,7 @@ def student_part(args: argparse.Namespace, cfg: Any, test: list[Record]) -> dict
             for m in (0.0, 0.05, 0.1, 0.2, 0.3)}
         row["speedup_p50_vs_fp32"] = base["batch1"]["p50_s"] / row["batch1"]["p50_s"]
         row["throughput_vs_fp32"] = base[f"throughput_batch{bs}"]["wall_s"] / row[f"throughput_batch{bs}"]["wall_s"]
-    for k in (RECHECKED, RECHECKED_BF16):
+    for k in rechecked:
         out["engines"][k]["rechecked_share"] = engines[k].rechecked / len(msgs)
     for k, e in engines.items():
         if hasattr(e, "compile_s"):

@@ -35,13 +35,13 @@ from typing import Any, Callable
 
 import torch
 
-from benchmarks.engine import BASE, MIN_SAME_LABEL, RECHECK_MARGIN, compiled, padded, quickstart, student_part
+from benchmarks.engine import (BASE, MIN_SAME_LABEL, RECHECK_MARGIN, RECHECKED, compiled, padded, quickstart,
+                               student_part)
 from potstill.engines import load_engine
 from potstill.engines.transformers import TransformersEngine
 
 INT8 = "transformers int8 (torchao) + torch.compile, packed"
 INT8_RECHECK = f"{INT8}, fp32 re-check under margin {RECHECK_MARGIN} (quantization: int8)"
-CT2_RECHECK = f"ctranslate2 int8, fp32 re-check under margin {RECHECK_MARGIN}"
 
 
 def int8_eager(spec: str) -> TransformersEngine:
@@ -65,7 +65,7 @@ def factories(s: str) -> dict[str, Callable[[], Any]]:
             "transformers fp32 + torch.compile, padded": lambda: compiled(s, "auto"),
             "transformers bf16 + torch.compile (serve.compile)": lambda: compiled(s, "bfloat16", pack=True),
             "ctranslate2 int8": lambda: load_engine("ctranslate2", s, device="cpu"),
-            CT2_RECHECK: lambda: load_engine("ctranslate2", s, device="cpu", recheck_margin=RECHECK_MARGIN),
+            RECHECKED: lambda: load_engine("ctranslate2", s, device="cpu", recheck_margin=RECHECK_MARGIN),
             "transformers int8 (torchao), eager, packed": lambda: int8_eager(s),
             INT8: lambda: int8_compiled(s),
             "transformers int8 (torchao) + torch.compile, padded": lambda: int8_compiled(s, pack=False),
@@ -126,14 +126,10 @@ def main() -> None:
     if args.solo:
         print(json.dumps(solo(args, cfg, test)))
         return
-    import benchmarks.engine as bench
-
-    bench.student_engines = engines  # student_part measures these engines instead of engine.py's
-    bench.RECHECKED, bench.RECHECKED_BF16 = CT2_RECHECK, INT8_RECHECK  # the re-checked rows it counts
     t0 = time.perf_counter()
     out = {"student_model": args.student, "machine": {"cpus": os.cpu_count(), "cpu_flags": cpu_flags(),
                                                       "torch": torch.__version__, "python": platform.python_version()},
-           "student": student_part(args, cfg, test)}
+           "student": student_part(args, cfg, test, build=engines, rechecked=(RECHECKED, INT8_RECHECK))}
     out["solo_batch1"] = {}
     for k in factories(args.student):  # each engine's batch-1 latency in a process of its own
         r = subprocess.run([sys.executable, __file__, "--run", str(args.run), "--solo", k,
@@ -149,7 +145,7 @@ def main() -> None:
               f"{r[f'throughput_batch{args.batch_size}']['per_input_s'] * 1000:.2f} ms per input "
               f"({r['throughput_vs_fp32']:.2f}x), same label {r['agreement_with_transformers_fp32']:.1%}")
     bad = [f"{k}: {rows[k]['agreement_with_transformers_fp32']:.1%} same label as fp32 (< {MIN_SAME_LABEL:.0%})"
-           for k in (INT8_RECHECK, CT2_RECHECK) if rows[k]["agreement_with_transformers_fp32"] < MIN_SAME_LABEL]
+           for k in (INT8_RECHECK, RECHECKED) if rows[k]["agreement_with_transformers_fp32"] < MIN_SAME_LABEL]
     for line in bad:
         print("CORRECTNESS FAILED:", line, file=sys.stderr)
     sys.exit(1 if bad else 0)
