@@ -149,7 +149,12 @@ def _batch_scores(lm: LM, fmt: PromptFormat, queries: list[list[int]], label_ids
     # Stacked prefixes repeat each query once per prefix: one input under a teacher's shot orders is a
     # batch of equal lengths, with no padding for packing to save (it measured no faster).
     stacked = prefix is not None and prefix.rows > 1
-    if (pack and B > 1 and (not stacked or (B % prefix.rows == 0 and len({len(q) for q in queries}) > 1))
+    # A single query after a cached prefix packs too: it reads the prefix's keys in place, where the
+    # padded path copies the cache per call and writes the query's keys into the copy (p50 of the
+    # quickstart student: 18.3 -> 16.9 ms int8 compiled, 32.1 -> 31.1 fp32; under compile it also
+    # runs the batches' graph instead of one of its own).
+    if (pack and (B > 1 or prefix is not None)
+            and (not stacked or (B % prefix.rows == 0 and len({len(q) for q in queries}) > 1))
             and packing.supported(lm.model, P + T)):
         keys = [(layer.keys, layer.values) for layer in prefix.past.layers] if prefix is not None else None
         hidden, lay = packing.forward(decoder(lm.model), lm.model, queries, keys, P, dev)
