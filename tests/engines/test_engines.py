@@ -278,8 +278,9 @@ def test_ctranslate2_near_ties_are_rescored_by_transformers(taught):
 
 def test_transformers_int8_gives_the_fp32_labels_and_rechecks_near_ties(taught):
     """quantization int8 with compile: torchao's int8 layers in the decoder (the LM head and the
-    embedding as loaded), the taught labels, label logits near fp32's, its own cache identity; with a
+    embedding as loaded), compiled frozen, the taught labels, label logits near fp32's, its own cache identity; with a
     recheck margin, near ties take the fp32 engine's logits and the caller warms the compiled engine."""
+    from torch._inductor.utils import run_and_get_code
     from torchao.utils import TorchAOBaseTensor
 
     from potstill.engines.recheck import RecheckedEngine, label_margin
@@ -295,7 +296,10 @@ def test_transformers_int8_gives_the_fp32_labels_and_rechecks_near_ties(taught):
     body = fast.lm.model.model._orig_mod
     assert all(isinstance(m.weight, TorchAOBaseTensor) for m in body.modules() if isinstance(m, torch.nn.Linear))
     assert not isinstance(fast.lm.model.get_output_embeddings().weight, TorchAOBaseTensor)
-    assert eng.warm_compiled("evaluate", lambda: fast.score_labels(CHAT, MSGS[:4], ids, batch_size=4)) > 0
+    warmed, code = run_and_get_code(
+        lambda: eng.warm_compiled("evaluate", lambda: fast.score_labels(CHAT, MSGS[:4], ids, batch_size=4)))
+    assert warmed > 0
+    assert "_frozen_param" in "\n".join(code)  # compiled frozen: the int8 weights are the graph's constants
     alone = fast.score_labels(CHAT, MSGS, ids, batch_size=4)
     assert alone.logits.argmax(-1).tolist() == want.logits.argmax(-1).tolist()
     assert not torch.equal(alone.logits, want.logits)  # int8 rounding did happen
