@@ -10,7 +10,8 @@ padded (the best fp32 baseline a user would pick); bf16 compiled and packed (``s
 with ``dtype: bfloat16``, the fastest path on a CPU with AMX); CTranslate2 int8 alone and with
 the default near-tie re-check; torchao int8 eager (what ``compile: false`` would run, which potstill
 refuses); torchao int8 compiled, packed and padded, alone and with the default re-check (what
-``quantization: int8`` with ``compile: true`` runs). Compiled engines are warmed on the timed shapes
+``quantization: int8`` with ``compile: true`` runs: compiled frozen, the int8 weights the graph's
+constants), and compiled packed without freezing (as before 2026-11-30 evening). Compiled engines are warmed on the timed shapes
 first. p50/p95 at batch 1 (engines taking turns call by call), throughput in arrival-order batches
 of 16 (taking turns batch by batch), label agreement with fp32, gold accuracy, re-checked share;
 then (``solo_batch1``) each engine's batch-1 p50/p95 in a process of its own, as a service runs
@@ -51,6 +52,17 @@ def int8_eager(spec: str) -> TransformersEngine:
     return e
 
 
+def int8_unfrozen(spec: str) -> TransformersEngine:
+    """torchao's int8 layers compiled as before freezing (``TransformersEngine.compile`` freezes an
+    int8 engine on a CPU; with ``int8`` unset while compiling, it does not), packed."""
+    e = int8_eager(spec)
+    e.int8 = False
+    e.compile()
+    e.int8 = True
+    e.compile_s = 0.0
+    return e
+
+
 def int8_compiled(spec: str, pack: bool = True, recheck: float = 0.0) -> Any:
     e = load_engine("transformers", spec, device="cpu", quantization="int8", compile=True, recheck_margin=recheck)
     fast = getattr(e, "fast", e)
@@ -67,6 +79,7 @@ def factories(s: str) -> dict[str, Callable[[], Any]]:
             "ctranslate2 int8": lambda: load_engine("ctranslate2", s, device="cpu"),
             RECHECKED: lambda: load_engine("ctranslate2", s, device="cpu", recheck_margin=RECHECK_MARGIN),
             "transformers int8 (torchao), eager, packed": lambda: int8_eager(s),
+            "transformers int8 (torchao) + torch.compile, packed, not frozen": lambda: int8_unfrozen(s),
             INT8: lambda: int8_compiled(s),
             "transformers int8 (torchao) + torch.compile, padded": lambda: int8_compiled(s, pack=False),
             INT8_RECHECK: lambda: int8_compiled(s, recheck=RECHECK_MARGIN)}

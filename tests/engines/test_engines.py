@@ -315,6 +315,24 @@ def test_transformers_int8_gives_the_fp32_labels_and_rechecks_near_ties(taught):
     assert [t.split()[0] for t in gen.texts] == [lab for _, lab in DATA[:3]]
 
 
+def test_two_int8_engines_in_one_process_each_run_their_own_weights(taught, tiny_model):
+    """Compiled frozen, an int8 engine's weights are constants of its graph; a second model of the
+    same class in the process (evaluate's untrained then trained student, serve's hot swap) must
+    run its own weights, not the first one's graph, at batch 1 and in a batch."""
+    fp32, int8 = {}, {}
+    for spec in (taught, tiny_model):
+        ref = load_engine("transformers", str(spec), device="cpu")
+        ids = label_token_ids(ref.tokenizer, CHAT, LABELS)
+        fp32[spec] = ref.score_labels(CHAT, MSGS, ids, batch_size=4).logits
+        eng = load_engine("transformers", str(spec), device="cpu", quantization="int8", compile=True)
+        int8[spec] = torch.cat([eng.score_labels(CHAT, MSGS[:1], ids, batch_size=1).logits,
+                                eng.score_labels(CHAT, MSGS[1:], ids, batch_size=4).logits])
+    apart = (fp32[taught] - fp32[tiny_model]).norm()
+    assert apart > 1.0
+    for spec in (taught, tiny_model):
+        assert (int8[spec] - fp32[spec]).norm() < 0.2 * apart
+
+
 def test_transformers_int8_without_torchao_names_the_package(taught, monkeypatch):
     for name in ("torchao", "torchao.quantization"):  # what Python does when the package is absent
         monkeypatch.setitem(sys.modules, name, None)
