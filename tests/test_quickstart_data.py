@@ -167,3 +167,22 @@ def test_quickstart_student_runs_in_ctranslate2_where_installed(tmp_path, monkey
     assert (cfg.evaluate.engine, cfg.serve.engine) == (want, want) and qs.fast_engine() == want
     assert cfg.student.num_layers == qs.STUDENT_LAYERS and cfg.train.trainable_layers is None
     assert cfg.evaluate.recheck_margin > 0 and cfg.serve.dtype == cfg.evaluate.dtype == cfg.train.dtype
+
+
+def test_quickstart_engine_int8_compiles_torchaos_int8_layers_and_a_bad_engine_is_one_line(tmp_path):
+    """``potstill quickstart --engine int8``: evaluate and serve run the student in engine
+    transformers with int8 layers, compiled; an unknown engine is one line and writes nothing."""
+    import subprocess
+    import sys
+
+    cfg = load_config(build(tmp_path / "int8", n_inputs=300, n_test=100, n_real=0, engine="int8"))
+    for section in (cfg.evaluate, cfg.serve):
+        assert (section.engine, section.quantization, section.compile) == ("transformers", "int8", True)
+        assert section.recheck_margin > 0  # near ties still re-checked at full precision
+    plain = load_config(build(tmp_path / "tf", n_inputs=300, n_test=100, n_real=0, engine="transformers"))
+    assert (plain.evaluate.engine, plain.evaluate.quantization, plain.evaluate.compile) == ("transformers", "auto", False)
+    out = subprocess.run([sys.executable, "-m", "potstill.cli", "quickstart", "--run-dir", str(tmp_path / "bad"),
+                          "--engine", "onnx"], capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and out.stderr.strip().count("\n") == 0, out.stderr
+    assert "--engine must be one of auto, ctranslate2, transformers, int8, not 'onnx'" in out.stderr
+    assert not (tmp_path / "bad").exists()

@@ -144,6 +144,11 @@ def quickstart(
     orders: Annotated[int, typer.Option(help="Shot orders the teacher averages over (self-consistency).")] = 3,
     real: Annotated[int, typer.Option(help="Other articles mixed into train with their gold label.")] = 300,
     objective: Annotated[str, typer.Option(help="kd (label-level distillation) or sft.")] = "kd",
+    engine: Annotated[str, typer.Option(
+        help="The student's engine in pilot, evaluate and serve: auto (ctranslate2 where installed, else "
+             "transformers), ctranslate2, transformers, or int8 (transformers with torchao's int8 layers, "
+             "compiled: the cheapest per call on a CPU without AMX, about 100 s of compiling per model; "
+             "needs potstill[torchao]).")] = "auto",
 ) -> None:
     """The embedded default, end to end, offline: BBC News topics, gemma-3-270m teacher, SmolLM2 student."""
     from potstill.quickstart import quickstart_config
@@ -151,7 +156,7 @@ def quickstart(
     if objective not in ("kd", "sft"):
         raise PotstillError(f"--objective must be kd or sft, not {objective!r}")
     cfg = quickstart_config(run_dir, {"train.objective": objective}, n_inputs=inputs, n_test=test, n_shots=shots,
-                            orders=orders, n_real=real)
+                            orders=orders, n_real=real, engine=engine)
     out = run_all(cfg)
     typer.echo(f"artifacts in {run_dir}: eval.json, pilot.json, card.md, student/; timings: "
                + json.dumps({k: v["seconds"] for k, v in out["timings"].items()}))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -47,15 +48,33 @@ def fast_engine() -> str:
     return "ctranslate2" if importlib.util.find_spec("ctranslate2") is not None else "transformers"
 
 
+ENGINES = ("auto", "ctranslate2", "transformers", "int8")  # ``potstill quickstart --engine``
+
+
+def student_engine(name: str = "auto") -> dict:
+    """The evaluate and serve sections' engine settings for ``--engine``: auto (``fast_engine``),
+    ctranslate2, transformers, or int8: engine transformers with torchao's int8 layers, compiled
+    (frozen). On the 2-core CPU without AMX, int8 made the student 10.1x cheaper per call than the
+    teacher at batch 1 and 20.0x at the serving batch, where CTranslate2 int8 gave 3.1x, but pilot
+    and evaluate spent about 100 s compiling each model, 95 s and 260 s instead of 43 and 20
+    (README, "Quick start"), so it is not the default."""
+    if name not in ENGINES:
+        raise PotstillError(f"--engine must be one of {', '.join(ENGINES)}, not {name!r}")
+    if name == "int8":
+        return {"engine": "transformers", "quantization": "int8", "compile": True}
+    return {"engine": fast_engine() if name == "auto" else name}
+
+
 def _norm(text: str) -> str:
     return " ".join(text.lower().split())
 
 
 def build(run_dir: str | Path, n_inputs: int = INPUTS, n_shots: int = 50, n_test: int = 250, seed: int = 0,
-          orders: int = 3, n_real: int = REAL) -> Path:
+          orders: int = 3, n_real: int = REAL, engine: str = "auto") -> Path:
     """Write inputs.jsonl, shots.jsonl, real.jsonl and potstill.yaml into ``run_dir``; return the config path."""
     if n_real < 0:
         raise PotstillError(f"--real must be 0 or more, not {n_real}")
+    student_engine(engine)  # a bad --engine fails before anything is written
     run_dir = Path(run_dir)
     arts = load_articles()
     rng = random.Random(seed)
@@ -80,7 +99,7 @@ def build(run_dir: str | Path, n_inputs: int = INPUTS, n_shots: int = 50, n_test
     dtype = {"dtype": "bfloat16"} if bf16_native() else {}
     # The student's engine; a ctranslate2 label whose top two probabilities are within
     # recheck_margin (default 0.3) is re-scored by transformers at this dtype.
-    engine = {"engine": fast_engine(), **dtype}
+    engine = {**student_engine(engine), **dtype}
     cfg = {
         "run_dir": ".",
         "task": {
@@ -113,5 +132,5 @@ def build(run_dir: str | Path, n_inputs: int = INPUTS, n_shots: int = 50, n_test
     return path
 
 
-def quickstart_config(run_dir: str | Path, overrides: dict | None = None, **sizes: int) -> Config:
-    return load_config(build(run_dir, **sizes), overrides)
+def quickstart_config(run_dir: str | Path, overrides: dict | None = None, **options: Any) -> Config:
+    return load_config(build(run_dir, **options), overrides)
