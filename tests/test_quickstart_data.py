@@ -172,9 +172,6 @@ def test_quickstart_student_runs_in_ctranslate2_where_installed(tmp_path, monkey
 def test_quickstart_engine_int8_compiles_torchaos_int8_layers_and_a_bad_engine_is_one_line(tmp_path):
     """``potstill quickstart --engine int8``: evaluate and serve run the student in engine
     transformers with int8 layers, compiled; an unknown engine is one line and writes nothing."""
-    import subprocess
-    import sys
-
     cfg = load_config(build(tmp_path / "int8", n_inputs=300, n_test=100, n_real=0, engine="int8"))
     for section in (cfg.evaluate, cfg.serve):
         assert (section.engine, section.quantization, section.compile) == ("transformers", "int8", True)
@@ -186,3 +183,14 @@ def test_quickstart_engine_int8_compiles_torchaos_int8_layers_and_a_bad_engine_i
     assert out.returncode != 0 and out.stderr.strip().count("\n") == 0, out.stderr
     assert "--engine must be one of auto, ctranslate2, transformers, int8, not 'onnx'" in out.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_quickstart_engine_int8_without_torchao_names_the_package_before_writing(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchao" else real(name, *a))
+    with pytest.raises(PotstillError) as e:
+        build(tmp_path / "run", engine="int8")
+    assert str(e.value) == "--engine int8 needs torchao: pip install 'potstill[torchao]'"
+    assert not (tmp_path / "run").exists()

@@ -61,6 +61,10 @@ def student_engine(name: str = "auto") -> dict:
     if name not in ENGINES:
         raise PotstillError(f"--engine must be one of {', '.join(ENGINES)}, not {name!r}")
     if name == "int8":
+        import importlib.util
+
+        if importlib.util.find_spec("torchao") is None:  # before anything is written, not at the pilot
+            raise PotstillError("--engine int8 needs torchao: pip install 'potstill[torchao]'")
         return {"engine": "transformers", "quantization": "int8", "compile": True}
     return {"engine": fast_engine() if name == "auto" else name}
 
