@@ -14,8 +14,8 @@ refuses); torchao int8 compiled, packed and padded, alone and with the default r
 constants), and compiled packed without freezing (as before 2026-11-30 evening). Compiled engines are warmed on the timed shapes
 first. p50/p95 at batch 1 (engines taking turns call by call), throughput in arrival-order batches
 of 16 (taking turns batch by batch), label agreement with fp32, gold accuracy, re-checked share;
-then (``solo_batch1``) each engine's batch-1 p50/p95 in a process of its own, as a service runs
-it (``solo``).
+then (``solo``) each engine in a process of its own, as a service runs it: batch-1 p50/p95 and
+per-input time in batches of 16.
 
 Correctness: the int8 engines with the re-check must give fp32's label on at least 99% of the
 articles (issue 17's bar), else the script exits 1 after writing the JSON.
@@ -79,10 +79,13 @@ def factories(s: str) -> dict[str, Callable[[], Any]]:
             "ctranslate2 int8": lambda: load_engine("ctranslate2", s, device="cpu"),
             RECHECKED: lambda: load_engine("ctranslate2", s, device="cpu", recheck_margin=RECHECK_MARGIN),
             "transformers int8 (torchao), eager, packed": lambda: int8_eager(s),
-            "transformers int8 (torchao) + torch.compile, packed, not frozen": lambda: int8_unfrozen(s),
             INT8: lambda: int8_compiled(s),
             "transformers int8 (torchao) + torch.compile, padded": lambda: int8_compiled(s, pack=False),
-            INT8_RECHECK: lambda: int8_compiled(s, recheck=RECHECK_MARGIN)}
+            INT8_RECHECK: lambda: int8_compiled(s, recheck=RECHECK_MARGIN),
+            # Last: compiled after the frozen engines, whose graphs guard on their own weights, it
+            # compiles its own. Compiled first, its graph (weights as inputs) ran the next int8
+            # engine's calls too, unfrozen (an earlier run of this script: 0.3 s to warm).
+            "transformers int8 (torchao) + torch.compile, packed, not frozen": lambda: int8_unfrozen(s)}
 
 
 def engines(args: argparse.Namespace) -> dict[str, Any]:
@@ -91,10 +94,12 @@ def engines(args: argparse.Namespace) -> dict[str, Any]:
 
 def solo(args: argparse.Namespace, cfg: Any, test: list) -> dict[str, Any]:
     """One engine in a process of its own, as a service runs it: warmed (compiled on the timed
-    shapes), then ``n_latency`` batch-1 calls in a row. In one process with the nine others, the
-    transformers engines' batch-1 calls ran 1.4-2.4x slower on the 2-core VM (CTranslate2's faster),
-    whether the engines took turns or ran one after another (threads of the other engines' runtimes
-    competing for the two cores is the likely cause; not isolated)."""
+    shapes), then ``n_latency`` batch-1 calls in a row and the test articles in arrival-order
+    batches. In one process with the others, the transformers engines' batch-1 calls ran 1.4-2.4x
+    slower on the 2-core VM (CTranslate2's faster), whether the engines took turns or ran one after
+    another, and torchao int8's batches of 16 1.3-1.5x slower (the other engines' weights evicting
+    its own from the caches between turns, or their runtimes' threads competing for the two cores,
+    are the likely causes; not isolated)."""
     from benchmarks.engine import stats, warm_compiled, warm_references
     from potstill.models.prompting import label_token_ids
     from potstill.students import student_format
@@ -114,7 +119,12 @@ def solo(args: argparse.Namespace, cfg: Any, test: list) -> dict[str, Any]:
         t0 = time.perf_counter()
         e.score_labels(fmt, [msgs[i]], ids, batch_size=1)
         times.append(time.perf_counter() - t0)
-    return stats(times)
+    t0 = time.perf_counter()
+    for start in range(0, len(msgs), args.batch_size):
+        e.score_labels(fmt, msgs[start : start + args.batch_size], ids, batch_size=args.batch_size)
+    wall = time.perf_counter() - t0
+    return {"batch1": stats(times), f"throughput_batch{args.batch_size}": {
+        "inputs": len(msgs), "wall_s": wall, "per_input_s": wall / len(msgs)}}
 
 
 def cpu_flags() -> list[str]:
@@ -131,7 +141,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".json"))
     ap.add_argument("--n-latency", type=int, default=40)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--solo", help="(internal) time this one engine's batch-1 calls and print them as JSON")
+    ap.add_argument("--solo", help="(internal) time this one engine alone and print the times as JSON")
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     cfg, _, test = quickstart(Path(tempfile.mkdtemp(prefix="potstill-bench-int8-")), args.run)
@@ -143,20 +153,25 @@ def main() -> None:
     out = {"student_model": args.student, "machine": {"cpus": os.cpu_count(), "cpu_flags": cpu_flags(),
                                                       "torch": torch.__version__, "python": platform.python_version()},
            "student": student_part(args, cfg, test, build=engines, rechecked=(RECHECKED, INT8_RECHECK))}
-    out["solo_batch1"] = {}
-    for k in factories(args.student):  # each engine's batch-1 latency in a process of its own
+    out["solo"] = {}
+    for k in factories(args.student):  # each engine in a process of its own
         r = subprocess.run([sys.executable, __file__, "--run", str(args.run), "--solo", k,
-                            "--n-latency", str(args.n_latency)], capture_output=True, text=True, check=True)
-        out["solo_batch1"][k] = json.loads(r.stdout.strip().splitlines()[-1])
+                            "--n-latency", str(args.n_latency), "--batch-size", str(args.batch_size)],
+                           capture_output=True, text=True, check=True)
+        out["solo"][k] = json.loads(r.stdout.strip().splitlines()[-1])
+    key = f"throughput_batch{args.batch_size}"
+    for k, r in out["solo"].items():  # against the fp32 padded engine alone, as the shared rows are against it in turn
+        r["throughput_vs_fp32"] = out["solo"][BASE][key]["per_input_s"] / r[key]["per_input_s"]
     out["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     out["wall_s"] = round(time.perf_counter() - t0, 1)
     args.out.write_text(json.dumps(out, indent=1) + "\n")
     rows = out["student"]["engines"]
     for k, r in rows.items():
-        print(f"{k}: p50 {r['batch1']['p50_s'] * 1000:.1f} ms (in a process of its own "
-              f"{out['solo_batch1'][k]['p50_s'] * 1000:.1f}), batch {args.batch_size} "
-              f"{r[f'throughput_batch{args.batch_size}']['per_input_s'] * 1000:.2f} ms per input "
-              f"({r['throughput_vs_fp32']:.2f}x), same label {r['agreement_with_transformers_fp32']:.1%}")
+        alone = out["solo"][k]
+        print(f"{k}: p50 {r['batch1']['p50_s'] * 1000:.1f} ms (alone {alone['batch1']['p50_s'] * 1000:.1f}), "
+              f"batch {args.batch_size} {r[key]['per_input_s'] * 1000:.2f} ms per input ({r['throughput_vs_fp32']:.2f}x; "
+              f"alone {alone[key]['per_input_s'] * 1000:.2f} ms, {alone['throughput_vs_fp32']:.2f}x), "
+              f"same label {r['agreement_with_transformers_fp32']:.1%}")
     bad = [f"{k}: {rows[k]['agreement_with_transformers_fp32']:.1%} same label as fp32 (< {MIN_SAME_LABEL:.0%})"
            for k in (INT8_RECHECK, RECHECKED) if rows[k]["agreement_with_transformers_fp32"] < MIN_SAME_LABEL]
     for line in bad:

@@ -6,20 +6,22 @@ Classification is one forward pass per batch that gives both signals routing nee
   (``potstill.models.scoring``);
 - the input embedding for the out-of-distribution check: the mean of the last hidden states over
   the input's tokens, L2-normalised.
-The fixed start of every prompt is run once per format and its KV cache copied for each batch:
+The fixed start of every prompt is run once per format and its KV cache reused by each batch:
 a completion format's few-shot prefix (``PromptFormat.prefix``), or a chat's system turn (and any
 chat shots), found as ``engines.base.static_ids`` and split off each prompt's token ids. The
 quickstart student's system turn is 26 of its ~67 prompt tokens (``benchmarks/engine.json``).
 The input embedding stays the mean over the whole prompt: the system turn's hidden states are
 summed once with its cache. A batch runs packed, its queries end to end with no padding through
-the layers (``potstill.models.packing``), where the model allows. Generation copies the same
+the layers (``potstill.models.packing``), where the model allows; so does a single query after a
+cached prefix, which reads the prefix's keys without copying them. Generation copies the same
 prefix cache: a batch runs through ``model.generate``, a single greedy prompt through
 ``models.scoring.greedy_lookup`` (drafts from the prompt, checked in one forward); ``embed`` costs
 one extra prefill there.
 
-``quantization`` int8 (CPU only, with ``compile``): the decoder's linear layers in torchao's int8
-(``quantize_int8``); on a 2-core CPU without AMX, 3.22x the fp32 padded engine's throughput at
-batch 16 and 17.6 vs 32.8 ms p50 at batch 1 (``benchmarks/engine_int8.json``).
+``quantization`` int8 (CPU only, with ``compile``, which then freezes the weights into the graph):
+the decoder's linear layers in torchao's int8 (``quantize_int8``); on a 2-core CPU without AMX,
+3.94x the fp32 padded engine's throughput at batch 16 and 10.8 vs 32.4 ms p50 at batch 1, each
+engine in a process of its own (``benchmarks/engine_int8.json``).
 
 On a GPU this is the serving path (bf16); CTranslate2 on CUDA has not been measured here.
 """
@@ -115,10 +117,10 @@ class TransformersEngine:
         # one code object, transformers' forward wrapper; past torch's default limit of 8 entries,
         # a process with two or three compiled models would silently run the rest eager.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        # int8 layers on a CPU compile frozen: their weights become constants that inductor hands to
-        # oneDNN's int8 matrix product, prepacked, instead of torchao's per-call path (quickstart
-        # student: 16.9 -> 11.4 ms p50 at batch 1, 6.4 -> 5.8 ms per input at batch 16; about 100 s
-        # to compile instead of 20-60; benchmarks/engine_int8.json). fp32 and bf16 gained nothing.
+        # int8 layers on a CPU compile frozen (inductor's ``freezing``): their weights become constants
+        # of the graph. Quickstart student, alone: 16.6 -> 10.8 ms p50 at batch 1, 6.63 -> 6.02 ms per
+        # input at batch 16, for 112 s of compiling and warming instead of 23 s on 2 cores
+        # (benchmarks/engine_int8.json); fp32 compiled frozen gained nothing in a probe.
         # (torch.compile's ``options={"freezing": True}`` compiled but did not freeze: the setting is
         # patched around each call instead, where dynamo compiles.)
         compiled = torch.compile(decoder(model))
