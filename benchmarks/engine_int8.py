@@ -11,8 +11,8 @@ with ``dtype: bfloat16``, the fastest path on a CPU with AMX); CTranslate2 int8 
 the default near-tie re-check; torchao int8 eager (what ``compile: false`` would run, which potstill
 refuses); torchao int8 compiled, packed and padded, alone and with the default re-check (what
 ``quantization: int8`` with ``compile: true`` runs: compiled frozen, the int8 weights the graph's
-constants), and compiled packed without freezing (as before 2026-11-30 evening). Compiled engines are warmed on the timed shapes
-first. p50/p95 at batch 1 (engines taking turns call by call), throughput in arrival-order batches
+constants), and compiled packed without freezing (as before 2026-11-30 evening). Compiled engines
+are warmed on the timed shapes first. p50/p95 at batch 1 (engines taking turns call by call), throughput in arrival-order batches
 of 16 (taking turns batch by batch), label agreement with fp32, gold accuracy, re-checked share;
 then (``solo``) each engine in a process of its own, as a service runs it: batch-1 p50/p95 and
 per-input time in batches of 16.
@@ -95,10 +95,10 @@ def engines(args: argparse.Namespace) -> dict[str, Any]:
 def solo(args: argparse.Namespace, cfg: Any, test: list) -> dict[str, Any]:
     """One engine in a process of its own, as a service runs it: warmed (compiled on the timed
     shapes), then ``n_latency`` batch-1 calls in a row and the test articles in arrival-order
-    batches. In one process with the others, the transformers engines' batch-1 calls ran 1.4-2.4x
+    batches. In one process with the others, the transformers engines' batch-1 calls ran 1.3-3.7x
     slower on the 2-core VM (CTranslate2's faster), whether the engines took turns or ran one after
-    another, and torchao int8's batches of 16 1.3-1.5x slower (the other engines' weights evicting
-    its own from the caches between turns, or their runtimes' threads competing for the two cores,
+    another, and their batches of 16 up to 1.7x slower (the other engines' weights evicting each
+    one's from the caches between turns, or their runtimes' threads competing for the two cores,
     are the likely causes; not isolated)."""
     from benchmarks.engine import stats, warm_compiled, warm_references
     from potstill.models.prompting import label_token_ids

@@ -278,8 +278,9 @@ def test_ctranslate2_near_ties_are_rescored_by_transformers(taught):
 
 def test_transformers_int8_gives_the_fp32_labels_and_rechecks_near_ties(taught):
     """quantization int8 with compile: torchao's int8 layers in the decoder (the LM head and the
-    embedding as loaded), compiled frozen, the taught labels, label logits near fp32's, its own cache identity; with a
-    recheck margin, near ties take the fp32 engine's logits and the caller warms the compiled engine."""
+    embedding as loaded), compiled frozen, the taught labels, label logits near fp32's, its own
+    cache identity; with a recheck margin, near ties take the fp32 engine's logits and the caller
+    warms the compiled engine."""
     from torch._inductor.utils import run_and_get_code
     from torchao.utils import TorchAOBaseTensor
 
