@@ -54,10 +54,10 @@ ENGINES = ("auto", "ctranslate2", "transformers", "int8")  # ``potstill quicksta
 def student_engine(name: str = "auto") -> dict:
     """The evaluate and serve sections' engine settings for ``--engine``: auto (``fast_engine``),
     ctranslate2, transformers, or int8: engine transformers with torchao's int8 layers, compiled
-    (frozen). On the 2-core CPU without AMX, int8 made the student 10.1x cheaper per call than the
-    teacher at batch 1 and 20.0x at the serving batch, where CTranslate2 int8 gave 3.1x, but pilot
-    and evaluate spent about 100 s compiling each model, 95 s and 260 s instead of 43 and 20
-    (README, "Quick start"), so it is not the default."""
+    (frozen). On the 2-core CPU without AMX, int8 made the student 8.5-10.1x cheaper per call than
+    the teacher at batch 1 and 19.4-20.0x at the serving batch (two runs), where CTranslate2 int8
+    gave 3.1x and 8.5x, but pilot and evaluate spent about 100 s compiling each model, 95-121 s and
+    212-260 s instead of 43 and 20 (README, "Quick start"), so it is not the default."""
     if name not in ENGINES:
         raise PotstillError(f"--engine must be one of {', '.join(ENGINES)}, not {name!r}")
     if name == "int8":
