@@ -54,11 +54,9 @@ def int8_eager(spec: str) -> TransformersEngine:
 
 def int8_unfrozen(spec: str) -> TransformersEngine:
     """torchao's int8 layers compiled as before freezing (``TransformersEngine.compile`` freezes an
-    int8 engine on a CPU; with ``int8`` unset while compiling, it does not), packed."""
+    int8 engine on a CPU by default), packed."""
     e = int8_eager(spec)
-    e.int8 = False
-    e.compile()
-    e.int8 = True
+    e.compile(freeze=False)
     e.compile_s = 0.0
     return e
 

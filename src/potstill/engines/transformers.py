@@ -107,11 +107,12 @@ class TransformersEngine:
         self.int8 = True
         self.identity = self.lm.identity
 
-    def compile(self) -> None:
+    def compile(self, freeze: bool | None = None) -> None:
         """Run the decoder under ``torch.compile`` (inductor, default mode) from now on. Each new kind
         of call (batch 1, a batch, another length) compiles on first use, for a minute or more on a
         small CPU (torch caches the code on disk), so a server warms it before taking requests
-        (``serve.engine.ServedStudent.warm``). The identity is tagged: numbers may differ slightly."""
+        (``serve.engine.ServedStudent.warm``). The identity is tagged: numbers may differ slightly.
+        ``freeze`` (default: int8 layers on a CPU): compile with inductor's ``freezing``."""
         model = self.lm.model
         # Each model compiled keeps a few graphs (the prefix, batch 1, padded and packed batches) under
         # one code object, transformers' forward wrapper; past torch's default limit of 8 entries,
@@ -123,8 +124,10 @@ class TransformersEngine:
         # (benchmarks/engine_int8.json); fp32 compiled frozen gained nothing in a probe.
         # (torch.compile's ``options={"freezing": True}`` compiled but did not freeze: the setting is
         # patched around each call instead, where dynamo compiles.)
+        if freeze is None:
+            freeze = self.int8 and self.lm.device.type == "cpu"
         compiled = torch.compile(decoder(model))
-        if self.int8 and self.lm.device.type == "cpu":
+        if freeze:
             run = compiled.forward
 
             def frozen(*args: Any, **kwargs: Any) -> Any:

@@ -78,7 +78,7 @@ def build(run_dir: str | Path, n_inputs: int = INPUTS, n_shots: int = 50, n_test
     """Write inputs.jsonl, shots.jsonl, real.jsonl and potstill.yaml into ``run_dir``; return the config path."""
     if n_real < 0:
         raise PotstillError(f"--real must be 0 or more, not {n_real}")
-    student_engine(engine)  # a bad --engine fails before anything is written
+    served = student_engine(engine)  # a bad --engine fails before anything is written
     run_dir = Path(run_dir)
     arts = load_articles()
     rng = random.Random(seed)
@@ -103,7 +103,7 @@ def build(run_dir: str | Path, n_inputs: int = INPUTS, n_shots: int = 50, n_test
     dtype = {"dtype": "bfloat16"} if bf16_native() else {}
     # The student's engine; a ctranslate2 label whose top two probabilities are within
     # recheck_margin (default 0.3) is re-scored by transformers at this dtype.
-    engine = {**student_engine(engine), **dtype}
+    engine = {**served, **dtype}
     cfg = {
         "run_dir": ".",
         "task": {
