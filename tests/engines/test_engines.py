@@ -350,3 +350,23 @@ def test_transformers_int8_on_cuda_is_refused_in_one_line(taught):
     with pytest.raises(PotstillError) as e:
         load_engine("transformers", str(taught), device="cuda", quantization="int8", compile=True)
     assert "\n" not in str(e.value) and "runs on a CPU only, not cuda" in str(e.value)
+
+
+def test_compiled_greedy_generation_keeps_one_graph_per_kind_of_step(taught):
+    """Greedy generation at batch 1 under ``compile``: the prefix, the first multi-token feed and
+    the single-token steps each compile once, whatever the prompt and cache lengths and however
+    the drafts were cropped, and the text is the eager engine's. (Left to dynamo, the first call's
+    sizes and the prefix's transposed key strides compiled as constants: 6 graphs here, each a
+    minute or more of inductor for a real student on a small CPU.)"""
+    from torch._dynamo.utils import counters
+
+    ref = load_engine("transformers", str(taught), device="cpu")
+    eng = load_engine("transformers", str(taught), device="cpu", compile=True)
+    msgs = MSGS + [[{"role": "user", "content": " ".join(t for t, _ in DATA[:k])}] for k in (2, 3)]
+    want = ref.generate(CHAT, msgs, 12, batch_size=1)
+    torch._dynamo.reset()
+    counters.clear()
+    got = eng.generate(CHAT, msgs, 12, batch_size=1)
+    assert got.texts == want.texts
+    assert max(got.output_tokens) > 2  # decoding went on past the first steps
+    assert counters["stats"]["unique_graphs"] == 3
