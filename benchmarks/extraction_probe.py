@@ -8,10 +8,19 @@ reaches the issue's 5x with 98% of outputs identical to fp32's:
   activations, its CPU default) and 1 (fp32 activations); greedy decoding token by token from
   the same prompt ids;
 - CTranslate2 int16 weights (potstill's engine offers int8 and none only, so ``CT2Engine`` is
-  built here directly on an int16 conversion).
-Each input runs through transformers fp32 and every path in turn (interleaved), batch 1.
+  built here directly on an int16 conversion);
+- potstill's engine transformers with ``quantization: int8`` and ``compile: true`` (torchao's int8
+  layers, compiled frozen), whose generation ``engine.py`` does not time: its compile and warm-up
+  (``warm_s``) happen before the timed passes.
+Each input runs through transformers fp32 (potstill's engine: the system turn's cache reused,
+prompt drafts of 2) and every path in turn (interleaved), batch 1.
 
     HF_HUB_OFFLINE=1 PYTHONPATH=src python benchmarks/extraction_probe.py RUNX --n 30 --out benchmarks/extraction_probe.json
+    HF_HUB_OFFLINE=1 PYTHONPATH=src python benchmarks/extraction_probe.py RUNX --n 40 --no-ort --no-int16 --out benchmarks/extraction_probe_torchao.json
+
+(onnxruntime-genai's and CTranslate2's threads spin on both cores for a while after each call,
+and slow the torch paths timed right after them: the second command times potstill's two
+transformers engines alone.)
 
 RUNX is a finished run of ``benchmarks/extraction_run.py``. Exits 1 if transformers fp32's own
 outputs differ between two passes (the reference would be unsound); the paths' misses are
@@ -39,6 +48,9 @@ from potstill.models.prompting import encode_prompt
 from potstill.records import read_records
 from potstill.students import student_format
 from potstill.tasks import get_task
+
+
+INT8 = "transformers int8 (torchao, compiled frozen), prompt drafts of 2"
 
 
 def ort_generator(model_dir: Path, tok: Any, max_new: int) -> Callable[[list[int]], str]:
@@ -75,6 +87,11 @@ def main() -> None:
     ap.add_argument("run", type=Path)
     ap.add_argument("--n", type=int, default=30)
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("extraction_probe.json"))
+    ap.add_argument("--ort", action=argparse.BooleanOptionalAction, default=True,
+                    help="the onnxruntime-genai paths (its threads spin after each call and slow the "
+                         "paths timed after it: --no-ort times the others alone)")
+    ap.add_argument("--int16", action=argparse.BooleanOptionalAction, default=True,
+                    help="the CTranslate2 int16 path (its OpenMP threads also spin after each call)")
     args = ap.parse_args()
     task = get_task(load_config(args.run / "potstill.yaml").task)
     recs = read_records(args.run / "test.jsonl")[: args.n]
@@ -87,15 +104,21 @@ def main() -> None:
         "transformers fp32": lambda i: ref.generate(fmt, [msgs[i]], max_new, batch_size=1).texts[0]}
     scratch = Path(tempfile.mkdtemp(prefix="potstill-ort-"))
     try:  # the models load into memory; their files are not needed after
-        for level, what in ((4, "int8 activations"), (1, "fp32 activations")):
+        for level, what in ((4, "int8 activations"), (1, "fp32 activations")) if args.ort else ():
             build_ort(student, scratch / f"level{level}", level)
             gen = ort_generator(scratch / f"level{level}", tok, max_new)
             paths[f"onnxruntime-genai int8 weights, accuracy level {level} ({what})"] = lambda i, gen=gen: gen(ids[i])
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    path, key = ctranslate2_model(str(student), "int16")
-    i16 = CT2Engine(path, f"student@{key[:12]}#ct2-int16", "cpu", "int16")
-    paths["ctranslate2 int16"] = lambda i: i16.generate(fmt, [msgs[i]], max_new, batch_size=1).texts[0]
+    if args.int16:
+        path, key = ctranslate2_model(str(student), "int16")
+        i16 = CT2Engine(path, f"student@{key[:12]}#ct2-int16", "cpu", "int16")
+        paths["ctranslate2 int16"] = lambda i: i16.generate(fmt, [msgs[i]], max_new, batch_size=1).texts[0]
+    t0 = time.perf_counter()
+    q8 = load_engine("transformers", str(student), device="cpu", quantization="int8", compile=True)
+    q8.warm_compiled("probe", lambda: [q8.generate(fmt, [m], max_new, batch_size=1) for m in msgs[:3]])
+    warm = {INT8: time.perf_counter() - t0}  # loading, quantizing, compiling, 3 warm-up generations
+    paths[INT8] = lambda i: q8.generate(fmt, [msgs[i]], max_new, batch_size=1).texts[0]
     texts: dict[str, list[str]] = {k: [] for k in paths}
     secs: dict[str, list[float]] = {k: [] for k in paths}
     for f in paths.values():
@@ -109,7 +132,7 @@ def main() -> None:
     base, base_mean = texts["transformers fp32"], statistics.fmean(secs["transformers fp32"])
     again = [paths["transformers fp32"](i) for i in range(len(msgs))]
     result = {"run": str(args.run), "n": len(msgs), "max_new_tokens": max_new,
-              "onnxruntime_genai": __import__("onnxruntime_genai").__version__,
+              "onnxruntime_genai": __import__("onnxruntime_genai").__version__ if args.ort else None,
               "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "fp32_repeatable": again == base, "paths": {}}
     for k in paths:
@@ -117,6 +140,8 @@ def main() -> None:
                               "speedup_vs_fp32_mean": base_mean / statistics.fmean(secs[k]),
                               "identical_to_fp32": sum(a == b for a, b in zip(texts[k], base)) / len(base),
                               "examples_differing": [[a, b] for a, b in zip(base, texts[k]) if a != b][:2]}
+        if k in warm:
+            result["paths"][k]["warm_s"] = round(warm[k], 1)
     args.out.write_text(json.dumps(result, indent=2))
     for k, v in result["paths"].items():
         print(f"{k}: {v['speedup_vs_fp32_mean']:.2f}x, {v['identical_to_fp32']:.0%} identical")
