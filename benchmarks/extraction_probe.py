@@ -1,8 +1,9 @@
 """Other 8- and 16-bit paths for greedy generation, probed against transformers fp32 (issue 17).
 
 ``engine.py``'s ``extraction`` part measures the engines potstill ships; this script measures the
-ones it does not, on the same distilled extraction student and test articles, to see whether any
-reaches the issue's 5x with 98% of outputs identical to fp32's:
+ones it does not (and engine transformers' int8 generation, which that part leaves out), on the
+same distilled extraction student and test articles, to see whether any reaches the issue's 5x
+with 98% of outputs identical to fp32's:
 - onnxruntime-genai (``pip install onnxruntime-genai onnx onnx_ir``; not a potstill dependency):
   its model builder's int8 weights (blocks of 32, ``MatMulNBits``) at accuracy level 4 (int8
   activations, its CPU default) and 1 (fp32 activations); greedy decoding token by token from
@@ -18,9 +19,10 @@ prompt drafts of 2) and every path in turn (interleaved), batch 1.
     HF_HUB_OFFLINE=1 PYTHONPATH=src python benchmarks/extraction_probe.py RUNX --n 30 --out benchmarks/extraction_probe.json
     HF_HUB_OFFLINE=1 PYTHONPATH=src python benchmarks/extraction_probe.py RUNX --n 40 --no-ort --no-int16 --out benchmarks/extraction_probe_torchao.json
 
-(onnxruntime-genai's and CTranslate2's threads spin on both cores for a while after each call,
-and slow the torch paths timed right after them: the second command times potstill's two
-transformers engines alone.)
+The second command times potstill's two transformers engines with no other runtime beside them:
+timed beside CTranslate2's int16 path (an interrupted run), they took 2.2x (fp32) and 3.4x (int8)
+as long over the same 16 articles (``extraction_alone.py`` has the numbers); CTranslate2's and
+onnxruntime-genai's thread pools stay busy for a while after each call, the likely cause.
 
 RUNX is a finished run of ``benchmarks/extraction_run.py``. Exits 1 if transformers fp32's own
 outputs differ between two passes (the reference would be unsound); the paths' misses are

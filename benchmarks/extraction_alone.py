@@ -1,0 +1,104 @@
+"""Greedy JSON extraction at batch 1, one engine per process: what each engine costs alone.
+
+``engine.py``'s extraction part and ``extraction_probe.py`` time their engines interleaved in one
+process, input by input. There, the torch paths ran slower beside CTranslate2's or
+onnxruntime-genai's (whose thread pools keep the cores busy for a while after each call): in an
+interrupted ``extraction_probe.py --no-ort`` run, transformers fp32 took 26.1 s and transformers
+int8 19.9 s over the first 16 articles, against 11.8 s and 5.8 s with no CTranslate2 path beside
+them. This script times one engine in a process of its own, so that no engine's threads slow
+another's:
+
+    for e in fp32 fp32-potstill int8 ct2-int8 ct2-float32; do
+        HF_HUB_OFFLINE=1 PYTHONPATH=src python benchmarks/extraction_alone.py RUNX $e --n 40
+    done
+
+RUNX is a finished run of ``benchmarks/extraction_run.py``. Engines:
+- ``fp32``: engine transformers fp32 as transformers' ``model.generate`` runs it (whole prompt,
+  no drafts): the baseline, and the reference for identical outputs;
+- ``fp32-potstill``: potstill's fp32 engine (the system turn's cache reused, drafts of 2);
+- ``int8``: engine transformers with torchao's int8 layers, compiled frozen (``warm_s``: loading,
+  quantizing, compiling and 3 warm-up generations, before the timed pass);
+- ``ct2-int8``, ``ct2-float32``: engine ctranslate2.
+Each run adds its engine to ``extraction_alone.json`` (an engine other than ``fp32`` needs the
+``fp32`` row of the same RUNX first). Exits 1 if an engine that should reproduce fp32 token for
+token (``fp32-potstill``, ``ct2-float32``) gives identical outputs on fewer than 98% of inputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from potstill.config import load_config
+from potstill.engines import load_engine
+from potstill.records import read_records
+from potstill.students import student_format
+from potstill.tasks import get_task
+
+ENGINES = {
+    "fp32": dict(name="transformers"),
+    "fp32-potstill": dict(name="transformers"),
+    "int8": dict(name="transformers", quantization="int8", compile=True),
+    "ct2-int8": dict(name="ctranslate2"),
+    "ct2-float32": dict(name="ctranslate2", quantization="none"),
+}
+EXACT = {"fp32-potstill", "ct2-float32"}  # same weights and arithmetic as fp32: held to 98% identical
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("run", type=Path)
+    ap.add_argument("engine", choices=sorted(ENGINES))
+    ap.add_argument("--n", type=int, default=40)
+    ap.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".json"))
+    args = ap.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    run = args.run.resolve()
+    task = get_task(load_config(run / "potstill.yaml").task)
+    msgs = [r.messages for r in read_records(run / "test.jsonl")[: args.n]]
+    max_new = task.cfg.max_output_tokens
+    result = json.loads(args.out.read_text()) if args.out.exists() else {}
+    if args.engine == "fp32" or result.get("run") != str(run):
+        result = {"run": str(run), "n": len(msgs), "max_new_tokens": max_new, "cpus": os.cpu_count(),
+                  "torch": torch.__version__, "engines": {}}
+    base = result["engines"].get("fp32")
+    if args.engine != "fp32" and base is None:
+        sys.exit(f"no fp32 row for {run} in {args.out}: run engine fp32 first")
+    t0 = time.perf_counter()
+    e = load_engine(spec=str(run / "student"), device="cpu", **ENGINES[args.engine])
+    if args.engine == "fp32":
+        e.reuse_prefix, e.draft_tokens = False, 0  # transformers' generate as a user calls it
+    fmt = student_format(e, task)
+    for m in msgs[:3]:  # warm-up (compiling, for int8), not timed below
+        e.generate(fmt, [m], max_new, batch_size=1)
+    warm_s = time.perf_counter() - t0
+    secs, texts = [], []
+    for m in msgs:
+        t1 = time.perf_counter()
+        texts.append(e.generate(fmt, [m], max_new, batch_size=1).texts[0])
+        secs.append(time.perf_counter() - t1)
+    row = {"mean_s": statistics.fmean(secs), "p50_s": statistics.median(secs), "texts": texts,
+           "load_and_warm_s": round(warm_s, 1), "compiled": bool(getattr(e, "compiled", False)),
+           "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    ref = base or row
+    row["speedup_vs_fp32_mean"] = ref["mean_s"] / row["mean_s"]
+    row["identical_to_fp32"] = sum(a == b for a, b in zip(texts, ref["texts"])) / len(texts)
+    result["engines"][args.engine] = row
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"{args.engine}: mean {row['mean_s']:.3f} s, p50 {row['p50_s']:.3f} s, "
+          f"{row['speedup_vs_fp32_mean']:.2f}x fp32, {row['identical_to_fp32']:.0%} identical")
+    if args.engine in EXACT and row["identical_to_fp32"] < 0.98:
+        print(f"CORRECTNESS FAILED: {args.engine} gave fp32's output on {row['identical_to_fp32']:.0%} "
+              "of inputs (tolerance 98%)", file=sys.stderr)
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
