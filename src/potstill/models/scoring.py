@@ -342,8 +342,8 @@ def _dynamic_step(ids: torch.Tensor, past: Any) -> None:
     """Under ``torch.compile``: the fed tokens and the cache's length dynamic from the first call, so
     that a compiled decoder runs one graph for every multi-token feed and one for single tokens
     (dynamo always specialises a size of 1). Left to dynamo, the first call's sizes compiled as
-    constants and each later kind recompiled: 6 graphs in 6 greedy generations of the extraction
-    student instead of 3, each about 100 s of inductor on 2 cores for the int8 student frozen."""
+    constants and each later kind recompiled: 6 graphs instead of 3 in the engines' test, and 646 s
+    instead of 203 s to compile and warm the 30-layer extraction student in int8 on 2 cores."""
     torch._dynamo.maybe_mark_dynamic(ids, 1)
     for layer in getattr(past, "layers", None) or ():
         if getattr(layer, "keys", None) is not None and layer.keys.numel():
