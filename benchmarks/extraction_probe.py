@@ -90,10 +90,10 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=30)
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("extraction_probe.json"))
     ap.add_argument("--ort", action=argparse.BooleanOptionalAction, default=True,
-                    help="the onnxruntime-genai paths (its threads spin after each call and slow the "
-                         "paths timed after it: --no-ort times the others alone)")
+                    help="the onnxruntime-genai paths (--no-ort: the others without them beside, "
+                         "where the torch paths ran slower)")
     ap.add_argument("--int16", action=argparse.BooleanOptionalAction, default=True,
-                    help="the CTranslate2 int16 path (its OpenMP threads also spin after each call)")
+                    help="the CTranslate2 int16 path (the torch paths ran 2.2-3.4x slower beside it)")
     args = ap.parse_args()
     task = get_task(load_config(args.run / "potstill.yaml").task)
     recs = read_records(args.run / "test.jsonl")[: args.n]
