@@ -16,8 +16,9 @@ RUNX is a finished run of ``benchmarks/extraction_run.py``. Engines:
 - ``fp32``: engine transformers fp32 as transformers' ``model.generate`` runs it (whole prompt,
   no drafts): the baseline, and the reference for identical outputs;
 - ``fp32-potstill``: potstill's fp32 engine (the system turn's cache reused, drafts of 2);
-- ``int8``: engine transformers with torchao's int8 layers, compiled frozen (``warm_s``: loading,
-  quantizing, compiling and 3 warm-up generations, before the timed pass);
+- ``int8``: engine transformers with torchao's int8 layers, compiled frozen (``load_and_warm_s``,
+  as for every engine: loading, quantizing, compiling and 3 warm-up generations, before the
+  timed pass);
 - ``ct2-int8``, ``ct2-float32``: engine ctranslate2.
 Each run adds its engine to ``extraction_alone.json`` (an engine other than ``fp32`` needs the
 ``fp32`` row of the same RUNX first). Exits 1 if an engine that should reproduce fp32 token for
