@@ -1,5 +1,6 @@
-"""Engine transformers with ``quantization: int8`` (torchao's int8 layers under torch.compile) beside
-the engines it competes with, on the trained quickstart student and its 250 test articles (issue 17).
+"""Engine transformers with ``quantization: int8`` (``potstill.models.int8``'s layers under
+torch.compile) beside the engines it competes with, on the trained quickstart student and its 250
+test articles (issue 17).
 
     HF_HUB_OFFLINE=1 PYTHONPATH=src:. python benchmarks/engine_int8.py --run RUN --out benchmarks/engine_int8.json
 
@@ -8,17 +9,20 @@ RUN is a finished quickstart run. Side by side in one process, as ``benchmarks/e
 batches padded (the baseline every ratio is against) and packed; fp32 under ``torch.compile``,
 padded (the best fp32 baseline a user would pick); bf16 compiled and packed (``serve.compile``
 with ``dtype: bfloat16``, the fastest path on a CPU with AMX); CTranslate2 int8 alone and with
-the default near-tie re-check; torchao int8 eager (what ``compile: false`` would run, which potstill
-refuses); torchao int8 compiled, packed and padded, alone and with the default re-check (what
-``quantization: int8`` with ``compile: true`` runs: compiled frozen, the int8 weights the graph's
-constants), and compiled packed without freezing (as before 2026-11-30 evening). Compiled engines
-are warmed on the timed shapes first. p50/p95 at batch 1 (engines taking turns call by call), throughput in arrival-order batches
-of 16 (taking turns batch by batch), label agreement with fp32, gold accuracy, re-checked share;
-then (``solo``) each engine in a process of its own, as a service runs it: batch-1 p50/p95 and
-per-input time in batches of 16.
+the default near-tie re-check; the int8 layers eager (what ``compile: false`` would run, which
+potstill refuses); the int8 layers compiled, packed and padded, alone and with the default
+re-check (what ``quantization: int8`` with ``compile: true`` runs); and torchao's int8 layers
+(the same arithmetic, which potstill ran until 2026-12-01) compiled frozen and not frozen.
+Compiled engines are warmed on the timed shapes first (engines of one architecture share compiled
+code, so the first compiled one pays most of it). p50/p95 at batch 1 (engines taking turns call
+by call), throughput in arrival-order batches of 16 (taking turns batch by batch), label agreement
+with fp32, gold accuracy, re-checked share; then (``solo``) each engine in a process of its own,
+as a service runs it: batch-1 p50/p95, per-input time in batches of 16, and the seconds to
+compile and warm it with torch's on-disk caches as the earlier processes left them.
 
 Correctness: the int8 engines with the re-check must give fp32's label on at least 99% of the
-articles (issue 17's bar), else the script exits 1 after writing the JSON.
+articles (issue 17's bar), and the int8 layers must give torchao's label logits exactly (same
+arithmetic), else the script exits 1 after writing the JSON.
 """
 
 from __future__ import annotations
@@ -41,23 +45,16 @@ from benchmarks.engine import (BASE, MIN_SAME_LABEL, RECHECK_MARGIN, RECHECKED, 
 from potstill.engines import load_engine
 from potstill.engines.transformers import TransformersEngine
 
-INT8 = "transformers int8 (torchao) + torch.compile, packed"
+INT8 = "transformers int8 + torch.compile, packed"
 INT8_RECHECK = f"{INT8}, fp32 re-check under margin {RECHECK_MARGIN} (quantization: int8)"
+TORCHAO = "transformers int8 (torchao) + torch.compile frozen, packed (before 2026-12-01)"
+TORCHAO_UNFROZEN = "transformers int8 (torchao) + torch.compile, packed, not frozen"
 
 
 def int8_eager(spec: str) -> TransformersEngine:
-    """torchao's int8 layers without compile (load_engine refuses that; built by hand to show why)."""
+    """The int8 layers without compile (load_engine refuses that; built by hand to show why)."""
     e = load_engine("transformers", spec, device="cpu")
     e.quantize_int8()
-    return e
-
-
-def int8_unfrozen(spec: str) -> TransformersEngine:
-    """torchao's int8 layers compiled as before freezing (``TransformersEngine.compile`` freezes an
-    int8 engine on a CPU by default), packed."""
-    e = int8_eager(spec)
-    e.compile(freeze=False)
-    e.compile_s = 0.0
     return e
 
 
@@ -69,6 +66,34 @@ def int8_compiled(spec: str, pack: bool = True, recheck: float = 0.0) -> Any:
     return e
 
 
+def torchao_compiled(spec: str, freeze: bool) -> TransformersEngine:
+    """torchao's ``Int8DynamicActivationInt8Weight`` layers in the decoder, compiled as potstill did
+    before its own layers (frozen: inductor's ``freezing`` patched around each call)."""
+    import logging
+
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+    from potstill.models.scoring import decoder
+
+    logging.getLogger("torchao").setLevel(logging.ERROR)
+    e = load_engine("transformers", spec, device="cpu")
+    quantize_(decoder(e.lm.model), Int8DynamicActivationInt8WeightConfig())
+    e.lm.identity += "#torchao-int8"
+    e.int8 = True
+    e.compile()
+    if freeze:
+        compiled = decoder(e.lm.model)
+        run = compiled.forward
+
+        def frozen(*args: Any, **kwargs: Any) -> Any:
+            with torch._inductor.config.patch(freezing=True):
+                return run(*args, **kwargs)
+
+        compiled.forward = frozen
+    e.compile_s = 0.0
+    return e
+
+
 def factories(s: str) -> dict[str, Callable[[], Any]]:
     return {BASE: lambda: padded(load_engine("transformers", s, device="cpu")),
             "transformers fp32": lambda: load_engine("transformers", s, device="cpu"),
@@ -76,14 +101,14 @@ def factories(s: str) -> dict[str, Callable[[], Any]]:
             "transformers bf16 + torch.compile (serve.compile)": lambda: compiled(s, "bfloat16", pack=True),
             "ctranslate2 int8": lambda: load_engine("ctranslate2", s, device="cpu"),
             RECHECKED: lambda: load_engine("ctranslate2", s, device="cpu", recheck_margin=RECHECK_MARGIN),
-            "transformers int8 (torchao), eager, packed": lambda: int8_eager(s),
+            "transformers int8, eager, packed": lambda: int8_eager(s),
             INT8: lambda: int8_compiled(s),
-            "transformers int8 (torchao) + torch.compile, padded": lambda: int8_compiled(s, pack=False),
+            "transformers int8 + torch.compile, padded": lambda: int8_compiled(s, pack=False),
             INT8_RECHECK: lambda: int8_compiled(s, recheck=RECHECK_MARGIN),
-            # Last: compiled after the frozen engines, whose graphs guard on their own weights, it
-            # compiles its own. Compiled first, its graph (weights as inputs) ran the next int8
-            # engine's calls too, unfrozen (an earlier run of this script: 0.3 s to warm).
-            "transformers int8 (torchao) + torch.compile, packed, not frozen": lambda: int8_unfrozen(s)}
+            # Last: a frozen graph's weights are its constants, so it compiles its own code; the
+            # unfrozen one shares nothing with the int8 layers above (other tensor types).
+            TORCHAO: lambda: torchao_compiled(s, freeze=True),
+            TORCHAO_UNFROZEN: lambda: torchao_compiled(s, freeze=False)}
 
 
 def engines(args: argparse.Namespace) -> dict[str, Any]:
@@ -122,7 +147,26 @@ def solo(args: argparse.Namespace, cfg: Any, test: list) -> dict[str, Any]:
         e.score_labels(fmt, msgs[start : start + args.batch_size], ids, batch_size=args.batch_size)
     wall = time.perf_counter() - t0
     return {"batch1": stats(times), f"throughput_batch{args.batch_size}": {
-        "inputs": len(msgs), "wall_s": wall, "per_input_s": wall / len(msgs)}}
+        "inputs": len(msgs), "wall_s": wall, "per_input_s": wall / len(msgs)},
+        "compile_and_warmup_s": getattr(e, "compile_s", None)}
+
+
+def same_arithmetic(built: dict[str, Any], cfg: Any, test: list, bs: int) -> dict[str, Any]:
+    """The int8 layers against torchao's (not frozen) on every test article, in batches of ``bs``:
+    the largest label-logit difference (0.0 when the arithmetic is the same)."""
+    from potstill.models.prompting import label_token_ids
+    from potstill.students import student_format
+    from potstill.tasks import get_task
+
+    task = get_task(cfg.task)
+    ours, theirs = built[INT8], built[TORCHAO_UNFROZEN]
+    fmt = student_format(ours, task)
+    ids = label_token_ids(ours.tokenizer, fmt, task.labels)
+    msgs = [r.messages for r in test]
+    a = ours.score_labels(fmt, msgs, ids, batch_size=bs).logits
+    b = theirs.score_labels(fmt, msgs, ids, batch_size=bs).logits
+    return {"inputs": len(msgs), "max_abs_logit_diff": float((a - b).abs().max()),
+            "same_label": float((a.argmax(-1) == b.argmax(-1)).float().mean())}
 
 
 def cpu_flags() -> list[str]:
@@ -148,9 +192,12 @@ def main() -> None:
         print(json.dumps(solo(args, cfg, test)))
         return
     t0 = time.perf_counter()
+    built: dict[str, Any] = {}
     out = {"student_model": args.student, "machine": {"cpus": os.cpu_count(), "cpu_flags": cpu_flags(),
                                                       "torch": torch.__version__, "python": platform.python_version()},
-           "student": student_part(args, cfg, test, build=engines, rechecked=(RECHECKED, INT8_RECHECK))}
+           "student": student_part(args, cfg, test, build=lambda a: built.update(engines(a)) or built,
+                                   rechecked=(RECHECKED, INT8_RECHECK))}
+    out["student"]["int8_vs_torchao"] = same_arithmetic(built, cfg, test, args.batch_size)
     out["solo"] = {}
     for k in factories(args.student):  # each engine in a process of its own
         r = subprocess.run([sys.executable, __file__, "--run", str(args.run), "--solo", k,
@@ -172,6 +219,8 @@ def main() -> None:
               f"same label {r['agreement_with_transformers_fp32']:.1%}")
     bad = [f"{k}: {rows[k]['agreement_with_transformers_fp32']:.1%} same label as fp32 (< {MIN_SAME_LABEL:.0%})"
            for k in (INT8_RECHECK, RECHECKED) if rows[k]["agreement_with_transformers_fp32"] < MIN_SAME_LABEL]
+    if out["student"]["int8_vs_torchao"]["max_abs_logit_diff"] > 1e-4:
+        bad.append(f"int8 layers vs torchao's: label logits differ by {out['student']['int8_vs_torchao']['max_abs_logit_diff']:.2e}")
     for line in bad:
         print("CORRECTNESS FAILED:", line, file=sys.stderr)
     sys.exit(1 if bad else 0)

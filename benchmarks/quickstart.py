@@ -2,8 +2,9 @@
 
     python benchmarks/quickstart.py [--out benchmarks/quickstart.json] [--keep-cache]
 
-Runs the quickstart CLI in a fresh run directory with an empty model cache (so the one-time
-GGUF conversion is counted, as on a fresh machine), then reruns it to show that every stage is
+Runs the quickstart CLI in a fresh run directory with an empty model cache and an empty
+torch.compile cache (so the one-time GGUF conversion and compiling are counted, as on a fresh
+machine), then reruns it to show that every stage is
 skipped and no teacher call is made. Writes stage timings, the evaluation's numbers and the
 machine it ran on.
 """
@@ -37,6 +38,7 @@ def main() -> None:
     env = dict(os.environ)
     if not args.keep_cache:
         env["POTSTILL_CACHE"] = str(work / "cache")
+        env["TORCHINDUCTOR_CACHE_DIR"] = str(work / "inductor")  # torch.compile's code cache, empty too
     run = work / "run"
     cmd = [sys.executable, "-m", "potstill.cli", "quickstart", "--run-dir", str(run), *args.extra]
     load_before = os.getloadavg()
@@ -73,6 +75,7 @@ def main() -> None:
                                          "cost_per_1k_calls_usd")} | {"latency_batch1": m.get("latency_batch1")}
             for name, m in ev["models"].items()
         },
+        "cost_ratio_teacher_over_student": cost_ratios(ev),
         "verdict": ev["verdict"],
         "break_even": ev.get("break_even"),
         "train": json.loads((run / "train.json").read_text()),
@@ -84,6 +87,15 @@ def main() -> None:
     if result["rerun_exit_code"] != 0 or result["teacher_calls_added_by_rerun"] != 0:
         raise SystemExit(f"CORRECTNESS FAILED: the rerun exited {result['rerun_exit_code']} and added "
                          f"{result['teacher_calls_added_by_rerun']} teacher calls (tolerance: 0 and 0)")
+
+
+def cost_ratios(ev: dict) -> dict:
+    """The teacher's $ per call over the trained student's, at batch 1 and at the serving batch."""
+    m = ev["models"]
+    teacher, student = m["teacher"]["cost_per_1k_calls_usd"], m["student"]
+    return {"batch1": teacher / student["cost_per_1k_calls_usd"],
+            "batched": teacher / student["cost_per_1k_calls_batched_usd"] if student.get("cost_per_1k_calls_batched_usd")
+            else None, "student_engine": student.get("engine")}
 
 
 def first_stage_times(stdout: str) -> dict:

@@ -153,8 +153,10 @@ def test_quickstart_runs_bf16_only_where_the_cpu_multiplies_it_in_hardware(tmp_p
     assert (cfg.teacher.dtype, cfg.train.dtype, cfg.evaluate.dtype) == (want, want, want)
 
 
+@pytest.mark.parametrize("int8", [True, False])
 @pytest.mark.parametrize("installed", [True, False])
-def test_quickstart_student_runs_in_ctranslate2_where_installed(tmp_path, monkeypatch, installed):
+def test_quickstart_student_engine_auto_is_int8_where_it_pays_else_ctranslate2_where_installed(
+        tmp_path, monkeypatch, installed, int8):
     import importlib.util
 
     import potstill.quickstart as qs
@@ -162,14 +164,39 @@ def test_quickstart_student_runs_in_ctranslate2_where_installed(tmp_path, monkey
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: (real(name, *a) if installed else None) if name == "ctranslate2" else real(name, *a))
+    monkeypatch.setattr(qs, "int8_pays", lambda: int8)
     cfg = load_config(build(tmp_path, n_inputs=300, n_test=100, n_real=0))
-    want = "ctranslate2" if installed else "transformers"
-    assert (cfg.evaluate.engine, cfg.serve.engine) == (want, want) and qs.fast_engine() == want
+    want = "int8" if int8 else "ctranslate2" if installed else "transformers"
+    assert qs.fast_engine() == want
+    for section in (cfg.evaluate, cfg.serve):
+        if int8:
+            assert (section.engine, section.quantization, section.compile) == ("transformers", "int8", True)
+        else:
+            assert (section.engine, section.quantization, section.compile) == (want, "auto", False)
     assert cfg.student.num_layers == qs.STUDENT_LAYERS and cfg.train.trainable_layers is None
     assert cfg.evaluate.recheck_margin > 0 and cfg.serve.dtype == cfg.evaluate.dtype == cfg.train.dtype
 
 
-def test_quickstart_engine_int8_compiles_torchaos_int8_layers_and_a_bad_engine_is_one_line(tmp_path):
+def test_int8_pays_on_a_cpu_with_vnni_and_no_amx_only(monkeypatch):
+    import shutil
+
+    import torch
+
+    import potstill.quickstart as qs
+    from potstill.models import int8
+
+    for vnni, amx, cuda, cxx, want in ((True, False, False, True, True), (True, True, False, True, False),
+                                       (False, False, False, True, False), (True, False, True, True, False),
+                                       (True, False, False, False, False)):
+        monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda v=vnni: v, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda a=amx: a, raising=False)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda c=cuda: c)
+        monkeypatch.setattr(shutil, "which", lambda name, c=cxx: "/usr/bin/" + name if c else None)
+        assert int8.unsigned_activations() == (vnni and not amx)
+        assert qs.int8_pays() is want, (vnni, amx, cuda, cxx)
+
+
+def test_quickstart_engine_int8_compiles_int8_layers_and_a_bad_engine_is_one_line(tmp_path):
     """``potstill quickstart --engine int8``: evaluate and serve run the student in engine
     transformers with int8 layers, compiled; an unknown engine is one line and writes nothing."""
     cfg = load_config(build(tmp_path / "int8", n_inputs=300, n_test=100, n_real=0, engine="int8"))
@@ -183,14 +210,3 @@ def test_quickstart_engine_int8_compiles_torchaos_int8_layers_and_a_bad_engine_i
     assert out.returncode != 0 and out.stderr.strip().count("\n") == 0, out.stderr
     assert "--engine must be one of auto, ctranslate2, transformers, int8, not 'onnx'" in out.stderr
     assert not (tmp_path / "bad").exists()
-
-
-def test_quickstart_engine_int8_without_torchao_names_the_package_before_writing(tmp_path, monkeypatch):
-    import importlib.util
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchao" else real(name, *a))
-    with pytest.raises(PotstillError) as e:
-        build(tmp_path / "run", engine="int8")
-    assert str(e.value) == "--engine int8 needs torchao: pip install 'potstill[torchao]'"
-    assert not (tmp_path / "run").exists()

@@ -51,8 +51,8 @@ def engine_name(what: str) -> Any:
 
 def engine_quantization(what: str) -> Any:
     return Field("auto", description=f"{what}: auto (the engine's own: ctranslate2 int8, transformers none), "
-                 "int8 (engine ctranslate2; engine transformers with compile: true, torchao's int8 layers in the "
-                 "decoder, pip install 'potstill[torchao]'), or none (unquantized: ctranslate2 float32 on CPU, "
+                 "int8 (engine ctranslate2; engine transformers with compile: true, int8 layers in the "
+                 "decoder), or none (unquantized: ctranslate2 float32 on CPU, "
                  "float16 on GPU). int8 is the fast one; none keeps greedy generations identical to transformers "
                  "fp32's where int8 changes some (README, Engines).")
 

@@ -277,14 +277,14 @@ def test_ctranslate2_near_ties_are_rescored_by_transformers(taught):
 
 
 def test_transformers_int8_gives_the_fp32_labels_and_rechecks_near_ties(taught):
-    """quantization int8 with compile: torchao's int8 layers in the decoder (the LM head and the
-    embedding as loaded), compiled frozen, the taught labels, label logits near fp32's, its own
-    cache identity; with a recheck margin, near ties take the fp32 engine's logits and the caller
-    warms the compiled engine."""
+    """quantization int8 with compile: int8 layers in the decoder (the LM head and the embedding as
+    loaded), compiled (not frozen), the taught labels, label logits near fp32's, its own cache identity;
+    with a recheck margin, near ties take the fp32 engine's logits and the caller warms the
+    compiled engine."""
     from torch._inductor.utils import run_and_get_code
-    from torchao.utils import TorchAOBaseTensor
 
     from potstill.engines.recheck import RecheckedEngine, label_margin
+    from potstill.models.int8 import Int8Linear
 
     ref = load_engine("transformers", str(taught), device="cpu")
     ids = label_token_ids(ref.tokenizer, CHAT, LABELS)
@@ -293,14 +293,15 @@ def test_transformers_int8_gives_the_fp32_labels_and_rechecks_near_ties(taught):
                       recheck_margin=0.3)
     assert isinstance(eng, RecheckedEngine) and eng.compiled and eng.name == "transformers"
     fast = eng.fast
-    assert fast.identity == ref.identity + "#torchao-int8+compiled" and eng.identity.startswith(fast.identity)
+    assert fast.identity == ref.identity + "#int8+compiled" and eng.identity.startswith(fast.identity)
     body = fast.lm.model.model._orig_mod
-    assert all(isinstance(m.weight, TorchAOBaseTensor) for m in body.modules() if isinstance(m, torch.nn.Linear))
-    assert not isinstance(fast.lm.model.get_output_embeddings().weight, TorchAOBaseTensor)
+    assert not any(isinstance(m, torch.nn.Linear) for m in body.modules())
+    assert len([m for m in body.modules() if isinstance(m, Int8Linear)]) == 7 * len(body.layers)
+    assert isinstance(fast.lm.model.get_output_embeddings(), torch.nn.Linear)
     warmed, code = run_and_get_code(
         lambda: eng.warm_compiled("evaluate", lambda: fast.score_labels(CHAT, MSGS[:4], ids, batch_size=4)))
     assert warmed > 0
-    assert "_frozen_param" in "\n".join(code)  # compiled frozen: the int8 weights are the graph's constants
+    assert "_int_mm" in "\n".join(code) and "_frozen_param" not in "\n".join(code)  # weights are inputs
     alone = fast.score_labels(CHAT, MSGS, ids, batch_size=4)
     assert alone.logits.argmax(-1).tolist() == want.logits.argmax(-1).tolist()
     assert not torch.equal(alone.logits, want.logits)  # int8 rounding did happen
@@ -317,9 +318,9 @@ def test_transformers_int8_gives_the_fp32_labels_and_rechecks_near_ties(taught):
 
 
 def test_two_int8_engines_in_one_process_each_run_their_own_weights(taught, tiny_model):
-    """Compiled frozen, an int8 engine's weights are constants of its graph; a second model of the
-    same class in the process (evaluate's untrained then trained student, serve's hot swap) must
-    run its own weights, not the first one's graph, at batch 1 and in a batch."""
+    """A second int8 model of the same class in the process (evaluate's untrained then trained
+    student, serve's hot swap) runs its own weights through the compiled code, at batch 1 and in a
+    batch."""
     fp32, int8 = {}, {}
     for spec in (taught, tiny_model):
         ref = load_engine("transformers", str(spec), device="cpu")
@@ -334,17 +335,9 @@ def test_two_int8_engines_in_one_process_each_run_their_own_weights(taught, tiny
         assert (int8[spec] - fp32[spec]).norm() < 0.2 * apart
 
 
-def test_transformers_int8_without_torchao_names_the_package(taught, monkeypatch):
-    for name in ("torchao", "torchao.quantization"):  # what Python does when the package is absent
-        monkeypatch.setitem(sys.modules, name, None)
-    with pytest.raises(PotstillError) as e:
-        load_engine("transformers", str(taught), device="cpu", quantization="int8", compile=True)
-    assert "\n" not in str(e.value) and "pip install 'potstill[torchao]'" in str(e.value)
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_transformers_int8_on_cuda_is_refused_in_one_line(taught):
-    """torchao's int8 product on CUDA (``torch._int_mm``) needs more than 16 rows: a compiled int8
+    """The int8 product on CUDA (``torch._int_mm``) needs more than 16 rows: a compiled int8
     engine on an H200 failed on an 8-token prompt, and every decoding step feeds one row. So
     quantization int8 is a CPU path, and a GPU gets one line saying what to use instead."""
     with pytest.raises(PotstillError) as e:

@@ -86,14 +86,14 @@ def test_serve_engine_ctranslate2_answers_through_the_openai_client(tmp_path, ta
 @pytest.mark.parametrize("quantization", ["auto", "int8"])
 def test_serve_compile_compiles_before_the_first_request_and_answers_as_eager(tmp_path, taught, capsys,
                                                                              quantization):
-    """serve.compile, and with it serve.quantization int8 (torchao's layers, near ties re-checked):
+    """serve.compile, and with it serve.quantization int8 (int8 layers, near ties re-checked):
     compiled and warmed while the service loads, then the eager fp32 labels through the openai client."""
     from potstill.models.scoring import decoder
 
     service = _serve_run(tmp_path, taught, {"engine": "transformers", "compile": True, "quantization": quantization})
     lm = getattr(service.engine.engine, "fast", service.engine.engine).lm
     assert isinstance(decoder(lm.model), torch._dynamo.eval_frame.OptimizedModule)
-    assert lm.identity.endswith("#torchao-int8+compiled" if quantization == "int8" else "+compiled")
+    assert lm.identity.endswith("#int8+compiled" if quantization == "int8" else "+compiled")
     assert service.student_name.endswith("+recheck0.3-auto" if quantization == "int8" else "+compiled")
     assert "serve: student compiled and warmed in" in capsys.readouterr().err  # before any request
     assert _served_labels(service) == _transformers_labels(taught)
@@ -159,7 +159,7 @@ def test_evaluate_compile_compiles_before_timing_and_scores_as_eager(tmp_path, t
                                                                      quantization):
     """evaluate.compile: the student is compiled and warmed on every kind of call evaluate times
     (batch 1 at three lengths, two, a batch) before the timed passes, and scores as eager does; with
-    quantization int8 too (torchao's int8 layers, near ties re-checked by the fp32 engine)."""
+    quantization int8 too (int8 layers, near ties re-checked by the fp32 engine)."""
     from potstill.engines.transformers import TransformersEngine
 
     eager = _evaluate_run(tmp_path / "eager", taught, {})["models"]["student"]
@@ -178,7 +178,7 @@ def test_evaluate_compile_compiles_before_timing_and_scores_as_eager(tmp_path, t
     finally:
         no_recompile.__exit__(None, None, None)
     assert "evaluate: student compiled and warmed in" in capsys.readouterr().err
-    tags = "#torchao-int8+compiled+recheck0.3" if quantization == "int8" else "+compiled"
+    tags = "#int8+compiled+recheck0.3" if quantization == "int8" else "+compiled"
     assert tags in compiled["model"] and "+compiled" not in eager["model"]
     assert compiled["agreement_with_teacher"] == eager["agreement_with_teacher"]
 

@@ -12,7 +12,7 @@ once and reused by the engines that can (see each engine's docstring).
 Built-in engines:
 - ``transformers``: the model as loaded for training, fp32 on CPU, bf16 on GPU (``dtype``
   bfloat16 asks for bf16 on a CPU, where it pays off only with AMX); ``quantization`` int8 (with
-  ``compile``) gives its decoder torchao's int8 layers (``pip install 'potstill[torchao]'``);
+  ``compile``) gives its decoder int8 layers (``potstill.models.int8``);
 - ``ctranslate2``: int8 weights through CTranslate2 (``pip install 'potstill[ctranslate2]'``), or
   float32 ones with ``quantization`` none, converted on first use and cached by the model's content
   hash and the weight type (``convert``).

@@ -1,5 +1,5 @@
 """Near-ties re-checked at full precision: an int8 engine's label scores (CTranslate2's, or engine
-transformers' with torchao's int8 layers), with the inputs whose top two labels it nearly ties
+transformers' with int8 layers), with the inputs whose top two labels it nearly ties
 scored again by the unquantized transformers engine.
 
 int8 weights and activations move label logits by a little everywhere, so an input changes label

@@ -18,8 +18,8 @@ prefix cache: a batch runs through ``model.generate``, a single greedy prompt th
 ``models.scoring.greedy_lookup`` (drafts from the prompt, checked in one forward); ``embed`` costs
 one extra prefill there.
 
-``quantization`` int8 (CPU only, with ``compile``, which then freezes the weights into the graph):
-the decoder's linear layers in torchao's int8 (``quantize_int8``); on a 2-core CPU without AMX,
+``quantization`` int8 (CPU only, with ``compile``): the decoder's linear layers in int8
+(``quantize_int8``, ``potstill.models.int8``); on a 2-core CPU without AMX,
 3.94x the fp32 padded engine's throughput at batch 16 and 10.8 vs 32.4 ms p50 at batch 1, each
 engine in a process of its own (``benchmarks/engine_int8.json``). Greedy JSON extraction by a
 30-layer student there: 0.363 s mean, 2.74x transformers' fp32 ``model.generate``, with 60% of the
@@ -67,7 +67,7 @@ class TransformersEngine:
              draft_tokens: int = 2) -> "TransformersEngine":
         if quantization == "int8" and not compile:
             raise PotstillError("quantization int8 with engine transformers runs only under torch.compile (eager, "
-                                "torchao's int8 layers were slower than fp32: benchmarks/engine_int8.json); "
+                                "int8 layers were slower than fp32: benchmarks/engine_int8.json); "
                                 "set compile: true beside it (serve.compile, evaluate.compile; a local teacher "
                                 "has no compile, so no int8 in engine transformers)")
         if quantization not in ("auto", "none", "int8"):
@@ -78,7 +78,7 @@ class TransformersEngine:
         if quantization == "int8":
             if engine.lm.device.type != "cpu":
                 raise PotstillError(f"quantization int8 with engine transformers runs on a CPU only, not "
-                                    f"{engine.lm.device.type} (torchao's int8 matrix product on CUDA needs more "
+                                    f"{engine.lm.device.type} (torch's int8 matrix product on CUDA needs more "
                                     "than 16 rows, so a single short prompt or a decoding step fails); on a GPU "
                                     "use dtype bfloat16")
             engine.quantize_int8()
@@ -88,56 +88,37 @@ class TransformersEngine:
 
     def quantize_int8(self) -> None:
         """The decoder's linear layers to int8 weights (one scale per output row) that multiply int8
-        activations quantized per token as they come (torchao's ``Int8DynamicActivationInt8Weight``),
-        the arithmetic CTranslate2 int8 does, under torch.compile's kernels instead. The embedding
-        and LM head stay as loaded: label scores read the head's K rows. Needs ``torchao``."""
-        import logging
+        activations quantized per token as they come (``potstill.models.int8``: torchao's
+        ``Int8DynamicActivationInt8Weight`` arithmetic, bit for bit, and CTranslate2's int8), under
+        torch.compile's kernels. The embedding and LM head stay as loaded: label scores read the
+        head's K rows."""
+        from potstill.models.int8 import quantize_linears
 
-        # torchao logs one warning per optional CUDA kernel library it cannot load (a CPU torch has none).
-        log = logging.getLogger("torchao")
-        level = log.level
-        log.setLevel(logging.ERROR)
-        try:
-            from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
-        except ImportError:
-            raise PotstillError("quantization int8 with engine transformers needs torchao: "
-                                "pip install 'potstill[torchao]'") from None
-        finally:
-            log.setLevel(level)
-        quantize_(decoder(self.lm.model), Int8DynamicActivationInt8WeightConfig())
-        self.lm.identity += "#torchao-int8"
+        quantize_linears(decoder(self.lm.model))
+        self.lm.identity += "#int8"
         self.int8 = True
         self.identity = self.lm.identity
 
-    def compile(self, freeze: bool | None = None) -> None:
+    def compile(self) -> None:
         """Run the decoder under ``torch.compile`` (inductor, default mode) from now on. Each new kind
         of call (batch 1, a batch, another length) compiles on first use, for a minute or more on a
-        small CPU (torch caches the code on disk), so a server warms it before taking requests
-        (``serve.engine.ServedStudent.warm``). The identity is tagged: numbers may differ slightly.
-        ``freeze`` (default: int8 layers on a CPU): compile with inductor's ``freezing``."""
+        small CPU, so a server warms it before taking requests (``serve.engine.ServedStudent.warm``).
+        The weights are inputs of the compiled graphs, not constants, so torch's on-disk caches
+        serve every later model of the same shape: on the 2-core CPU, the quickstart's int8 student
+        compiled and warmed in 104 s on an empty cache and in 19-20 s once any model of its
+        architecture had been (the untrained student for the trained one, or the reverse). The
+        identity is tagged: numbers may differ slightly."""
         model = self.lm.model
         # Each model compiled keeps a few graphs (the prefix, batch 1, padded and packed batches) under
         # one code object, transformers' forward wrapper; past torch's default limit of 8 entries,
         # a process with two or three compiled models would silently run the rest eager.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        # int8 layers on a CPU compile frozen (inductor's ``freezing``): their weights become constants
-        # of the graph. Quickstart student, alone: 16.6 -> 10.8 ms p50 at batch 1, 6.63 -> 6.02 ms per
-        # input at batch 16, for 112 s of compiling and warming instead of 23 s on 2 cores
-        # (benchmarks/engine_int8.json); fp32 compiled frozen gained nothing in a probe.
-        # (torch.compile's ``options={"freezing": True}`` compiled but did not freeze: the setting is
-        # patched around each call instead, where dynamo compiles.)
-        if freeze is None:
-            freeze = self.int8 and self.lm.device.type == "cpu"
-        compiled = torch.compile(decoder(model))
-        if freeze:
-            run = compiled.forward
-
-            def frozen(*args: Any, **kwargs: Any) -> Any:
-                with torch._inductor.config.patch(freezing=True):
-                    return run(*args, **kwargs)
-
-            compiled.forward = frozen
-        setattr(model, model.base_model_prefix, compiled)
+        # Not frozen (inductor's ``freezing``, the weights as constants): with the int8 layers of
+        # ``models.int8`` frozen graphs ran no faster (trained quickstart student, 2-core CPU, runs one
+        # after another: 10.4-12.1 ms p50 at batch 1 frozen vs 9.4-11.5 not; 5.6-6.2 ms per input at
+        # batch 16 either way) and their compiled code was not reused across processes (74 s to
+        # compile and warm again on a warm cache, against 20 s not frozen).
+        setattr(model, model.base_model_prefix, torch.compile(decoder(model)))
         self.lm.identity += "+compiled"
         self.identity = self.lm.identity
         self.compiled = True

@@ -13,8 +13,9 @@ through the student, SmolLM2 cut to its first 12 of 30 layers, in bf16 where the
 The cut student answers in under half the whole model's time; trained on all 12 layers for 2
 epochs it reached 89.2% gold and 87.2% agreement with the teacher, where the whole model trained
 on its top 20 reached 86.8% and 91.2% (README, "Quick start"). Evaluate, pilot and serve run it
-in CTranslate2 int8 where that package is installed (command one installs it), with near ties
-re-checked in transformers.
+in int8, with near ties re-checked in transformers: engine transformers with int8 layers,
+compiled, on a CPU with AVX-512 VNNI and no AMX; elsewhere CTranslate2 int8 where that package is
+installed (command one installs it) (``fast_engine``).
 """
 
 from __future__ import annotations
@@ -40,11 +41,30 @@ GEMMA_TERMS = ("Gemma Terms of Use (https://ai.google.dev/gemma/terms), shipped 
                "prohibited-use policy.")
 
 
+def int8_pays() -> bool:
+    """Whether ``--engine auto`` picks int8: a CPU-only machine whose CPU has AVX-512 VNNI and no AMX,
+    with a C++ compiler for torch.compile. There (a 2-core Xeon VM) the int8 student answered in
+    about 10 ms p50 against 50 ms for CTranslate2 int8 and 32 ms for fp32
+    (``benchmarks/engine_int8.json``); with AMX, CTranslate2 int8 was the fastest measured."""
+    import shutil
+
+    import torch
+
+    from potstill.models.int8 import unsigned_activations
+
+    if torch.cuda.is_available() or not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        return False
+    return unsigned_activations()
+
+
 def fast_engine() -> str:
-    """ctranslate2 where it is installed (int8, ~1.5x transformers bf16 at batch 1 for the cut
-    student here: benchmarks/engine.json), else transformers."""
+    """The engine ``--engine auto`` names: int8 where ``int8_pays``, else ctranslate2 where it is
+    installed (int8, ~1.5x transformers bf16 at batch 1 for the cut student on a CPU with AMX:
+    benchmarks/engine.json), else transformers."""
     import importlib.util
 
+    if int8_pays():
+        return "int8"
     return "ctranslate2" if importlib.util.find_spec("ctranslate2") is not None else "transformers"
 
 
@@ -53,20 +73,15 @@ ENGINES = ("auto", "ctranslate2", "transformers", "int8")  # ``potstill quicksta
 
 def student_engine(name: str = "auto") -> dict:
     """The evaluate and serve sections' engine settings for ``--engine``: auto (``fast_engine``),
-    ctranslate2, transformers, or int8: engine transformers with torchao's int8 layers, compiled
-    (frozen). On the 2-core CPU without AMX, int8 made the student 8.5-10.1x cheaper per call than
-    the teacher at batch 1 and 19.4-20.0x at the serving batch (two runs), where CTranslate2 int8
-    gave 3.1x and 8.5x, but pilot and evaluate spent about 100 s compiling each model, 95-121 s and
-    212-260 s instead of 43 and 20 (README, "Quick start"), so it is not the default."""
+    ctranslate2, transformers, or int8: engine transformers with int8 layers
+    (``potstill.models.int8``), compiled. INT8_NOTE"""
     if name not in ENGINES:
         raise PotstillError(f"--engine must be one of {', '.join(ENGINES)}, not {name!r}")
+    if name == "auto":
+        name = fast_engine()
     if name == "int8":
-        import importlib.util
-
-        if importlib.util.find_spec("torchao") is None:  # before anything is written, not at the pilot
-            raise PotstillError("--engine int8 needs torchao: pip install 'potstill[torchao]'")
         return {"engine": "transformers", "quantization": "int8", "compile": True}
-    return {"engine": fast_engine() if name == "auto" else name}
+    return {"engine": name}
 
 
 def _norm(text: str) -> str:
