@@ -45,7 +45,9 @@ def int8_pays() -> bool:
     """Whether ``--engine auto`` picks int8: a CPU-only machine whose CPU has AVX-512 VNNI and no AMX,
     with a C++ compiler for torch.compile. There (a 2-core Xeon VM) the int8 student answered in
     about 10 ms p50 against 50 ms for CTranslate2 int8 and 32 ms for fp32
-    (``benchmarks/engine_int8.json``); with AMX, CTranslate2 int8 was the fastest measured."""
+    (``benchmarks/engine_int8.json``). With AMX the int8 layers answered faster than CTranslate2
+    int8 too (12.1 against 18.7 ms p50, ``benchmarks/engine_int8_amx.json``), but a quickstart with
+    them there was not run end to end, so CTranslate2 stays that machine's default."""
     import shutil
 
     import torch
