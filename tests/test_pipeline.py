@@ -70,6 +70,11 @@ def test_run_twice_then_change_one_setting(project):
                  "metrics.jsonl", "train.json", "eval.json", "manifest.json", "timings.json"):
         assert (run / name).exists(), name
     assert (run / "student" / "config.json").exists()
+    # train calibrated the student for int8 on its training inputs (engines.calibration)
+    cal = json.loads((run / "train.json").read_text())["int8_calibration"]
+    assert cal["inputs"] > 0 and 0.02 <= cal["recheck_margin"] <= 0.5
+    assert (run / "student" / "int8_calibration.safetensors").exists()
+    assert "int8 calibration on" in first.stderr + first.stdout
     n_calls = teacher_calls(run)
     # The run saved the config it ran with, which serve, watch and redistill load by default.
     assert load_config(run / "potstill.yaml").model_dump(exclude={"run_dir"}) == \
@@ -104,6 +109,8 @@ def test_kd_and_lora(project):
     assert out.returncode == 0, out.stderr
     run = project / "run"
     assert (run / "student" / "adapter_config.json").exists()
+    # LoRA: the adapter is calibrated too (loaded merged onto its base)
+    assert json.loads((run / "train.json").read_text())["int8_calibration"]["inputs"] > 0, out.stderr
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert all("kd" in r for r in rows)
     # soft labels travelled from the teacher through curate into train.jsonl

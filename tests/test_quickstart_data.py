@@ -148,6 +148,7 @@ def test_quickstart_runs_bf16_only_where_the_cpu_multiplies_it_in_hardware(tmp_p
     import potstill.quickstart as qs
 
     monkeypatch.setattr(qs, "bf16_native", lambda: native)
+    monkeypatch.setattr(qs, "int8_pays", lambda: False)  # int8 layers keep fp32 (the test above)
     cfg = load_config(build(tmp_path, n_inputs=300, n_test=100, n_real=0))
     want = "bfloat16" if native else "auto"
     assert (cfg.teacher.dtype, cfg.train.dtype, cfg.evaluate.dtype) == (want, want, want)
@@ -174,10 +175,12 @@ def test_quickstart_student_engine_auto_is_int8_where_it_pays_else_ctranslate2_w
         else:
             assert (section.engine, section.quantization, section.compile) == (want, "auto", False)
     assert cfg.student.num_layers == qs.STUDENT_LAYERS and cfg.train.trainable_layers is None
-    assert cfg.evaluate.recheck_margin > 0 and cfg.serve.dtype == cfg.evaluate.dtype == cfg.train.dtype
+    assert cfg.evaluate.recheck_margin == "auto" and cfg.serve.dtype == cfg.evaluate.dtype
+    # int8 layers keep fp32 activations and re-checks; the other engines' re-checks run at training's dtype
+    assert cfg.evaluate.dtype == ("auto" if int8 else cfg.train.dtype)
 
 
-def test_int8_pays_on_a_cpu_with_vnni_and_no_amx_only(monkeypatch):
+def test_int8_pays_on_a_cpu_with_vnni_or_amx_and_a_compiler_and_no_gpu(monkeypatch):
     import shutil
 
     import torch
@@ -185,9 +188,9 @@ def test_int8_pays_on_a_cpu_with_vnni_and_no_amx_only(monkeypatch):
     import potstill.quickstart as qs
     from potstill.models import int8
 
-    for vnni, amx, cuda, cxx, want in ((True, False, False, True, True), (True, True, False, True, False),
+    for vnni, amx, cuda, cxx, want in ((True, False, False, True, True), (True, True, False, True, True),
                                        (False, False, False, True, False), (True, False, True, True, False),
-                                       (True, False, False, False, False)):
+                                       (True, False, False, False, False), (True, True, True, True, False)):
         monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda v=vnni: v, raising=False)
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda a=amx: a, raising=False)
         monkeypatch.setattr(torch.cuda, "is_available", lambda c=cuda: c)
@@ -202,7 +205,7 @@ def test_quickstart_engine_int8_compiles_int8_layers_and_a_bad_engine_is_one_lin
     cfg = load_config(build(tmp_path / "int8", n_inputs=300, n_test=100, n_real=0, engine="int8"))
     for section in (cfg.evaluate, cfg.serve):
         assert (section.engine, section.quantization, section.compile) == ("transformers", "int8", True)
-        assert section.recheck_margin > 0  # near ties still re-checked at full precision
+        assert section.recheck_margin == "auto"  # near ties still re-checked at full precision
     plain = load_config(build(tmp_path / "tf", n_inputs=300, n_test=100, n_real=0, engine="transformers"))
     assert (plain.evaluate.engine, plain.evaluate.quantization, plain.evaluate.compile) == ("transformers", "auto", False)
     out = subprocess.run([sys.executable, "-m", "potstill.cli", "quickstart", "--run-dir", str(tmp_path / "bad"),

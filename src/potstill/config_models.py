@@ -65,12 +65,18 @@ def engine_drafts(what: str) -> Any:
 
 
 def engine_recheck(what: str) -> Any:
-    return Field(0.3, ge=0, le=1, description=f"{what} with an engine other than transformers, or with quantization "
+    return Field("auto", description=f"{what} with an engine other than transformers, or with quantization "
                  "int8: inputs whose top two "
                  "label probabilities are closer than this are scored again by engine transformers at `dtype`, "
-                 "since int8 flips labels only near ties (quickstart student: 25% of inputs re-checked, 97.2% -> "
-                 "100% same label as fp32; the 30-layer one: 21%, 94.0% -> 99.6%; potstill.engines.recheck). "
-                 "0: never.")
+                 "since int8 flips labels only near ties. auto: the margin calibrated for a student that `potstill "
+                 "train` wrote (engine transformers int8: 1.25x the largest label noise on training inputs; "
+                 "quickstart student: 0.171, 11.6% of test inputs re-checked, 100% same label as fp32), else 0.3 "
+                 "(24.8% re-checked, 97.6% -> 100%; potstill.engines.recheck, "
+                 "potstill.engines.calibration). 0: never.")
+
+
+# A re-check margin: a probability gap, or auto (``engine_recheck``).
+RecheckMargin = Annotated[float, Field(ge=0, le=1)] | Literal["auto"]
 
 
 class Section(BaseModel):
@@ -139,7 +145,7 @@ class TeacherConfig(Section):
     engine: str = engine_name("the local teacher")
     dtype: DtypeName = engine_dtype("Weights and activations of the local teacher")
     quantization: QuantizationName = engine_quantization("The local teacher's weights")
-    recheck_margin: float = engine_recheck("The local teacher's labels")
+    recheck_margin: RecheckMargin = engine_recheck("The local teacher's labels")
     draft_tokens: int = engine_drafts("The local teacher's generated answers")
     calibrate: bool = Field(
         False, description="Local classification teacher: divide label probabilities by their content-free prior."
@@ -232,6 +238,11 @@ class TrainConfig(Section):
     method: Literal["full", "lora", "qlora"] = Field(
         "full", description="full fine-tuning, LoRA adapters (peft), or QLoRA (4-bit base via bitsandbytes; CUDA only)."
     )
+    int8_calibration: int = Field(
+        512, ge=0, description="After training, this many training inputs (the first of train.jsonl; no labels "
+        "read) calibrate the student for int8: activation ranges that smooth its int8 layers and, for "
+        "classification, the re-check margin that `recheck_margin: auto` uses (written to "
+        "student/int8_calibration.safetensors; on CPU, about 20 s for the quickstart student). 0: none.")
     objective: Literal["sft", "kd"] = Field(
         "sft", description="sft: cross-entropy on teacher text; kd: also match the teacher's distribution (kd_signal)."
     )
@@ -333,7 +344,7 @@ class EvaluateConfig(Section):
     engine: str = engine_name("the student in evaluate and pilot")
     dtype: DtypeName = engine_dtype("Student precision in evaluate and pilot")
     quantization: QuantizationName = engine_quantization("Student weights in evaluate and pilot")
-    recheck_margin: float = engine_recheck("Student labels in evaluate and pilot")
+    recheck_margin: RecheckMargin = engine_recheck("Student labels in evaluate and pilot")
     draft_tokens: int = engine_drafts("Student generations in evaluate and pilot")
     compile: bool = Field(
         False, description="Engine transformers: run the students in evaluate (and pilot's untrained one) with "
@@ -446,7 +457,7 @@ class ServeConfig(Section):
         "request (129 s for the quickstart student on 2 CPU cores, 71 s with torch's on-disk cache of "
         "compiled code warm). With dtype bfloat16 on an AMX CPU it was the fastest path at batch 16 measured "
         "(README, Engines). Other engines refuse it.")
-    recheck_margin: float = engine_recheck("Served labels")
+    recheck_margin: RecheckMargin = engine_recheck("Served labels")
     draft_tokens: int = engine_drafts("Served generations")
 
 

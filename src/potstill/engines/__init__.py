@@ -20,7 +20,9 @@ Built-in engines:
 auto is each engine's own, and an engine refuses a value it has no path for with one error.
 Label scores of an engine other than transformers, or of int8 weights, can be re-checked near ties
 at full precision
-(``recheck``; ``recheck_margin`` in the teacher, evaluate and serve sections).
+(``recheck``; ``recheck_margin`` in the teacher, evaluate and serve sections); a student that
+``potstill train`` wrote carries an int8 calibration (``calibration``): activation ranges that
+smooth its int8 layers and the re-check margin its label noise calls for.
 A third party adds one with ``[project.entry-points."potstill.engines"] mine = "pkg:MyEngine"``,
 a class taking ``(spec, device=..., **options)``; built-ins are listed in ``BUILTIN`` so they
 work without reinstalling the package's metadata.
@@ -31,6 +33,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from potstill.engines import calibration
 from potstill.engines.base import Engine
 from potstill.engines.recheck import RecheckedEngine
 from potstill.errors import PotstillError
@@ -68,7 +71,7 @@ def _load(name: str, spec: str, device: str, num_layers: int | None, dtype: str,
 
 
 def load_engine(name: str, spec: str, device: str = "auto", num_layers: int | None = None,
-                dtype: str = "auto", recheck_margin: float = 0.0, quantization: str = "auto",
+                dtype: str = "auto", recheck_margin: float | str = 0.0, quantization: str = "auto",
                 compile: bool = False, draft_tokens: int = 2) -> Engine:
     """Load the model ``spec`` (hub id, directory, GGUF, bundled:...) into the engine called ``name``,
     with weights as ``quantization`` says (``QUANTIZATIONS``), compiled where ``compile`` asks
@@ -78,7 +81,9 @@ def load_engine(name: str, spec: str, device: str = "auto", num_layers: int | No
     ``recheck_margin`` > 0 with an engine other than transformers, or with int8 weights: label scores
     whose top two probabilities are closer than it come from engine transformers at ``dtype`` instead
     (``recheck.RecheckedEngine``, which loads it on the first near tie); the fast engine then
-    loads at its own precision (transformers' int8 layers: activations in ``dtype``)."""
+    loads at its own precision (transformers' int8 layers: activations in ``dtype``). ``"auto"``:
+    ``recheck_margin_for``."""
+    recheck_margin = recheck_margin_for(recheck_margin, name, spec, quantization)
     if recheck_margin > 0 and (name != "transformers" or quantization == "int8"):
         # CTranslate2 keeps its own arithmetic; transformers' int8 layers take activations in ``dtype``.
         fast = _load(name, spec, device, num_layers, dtype if name == "transformers" else "auto", quantization,
@@ -86,6 +91,19 @@ def load_engine(name: str, spec: str, device: str = "auto", num_layers: int | No
         return RecheckedEngine(fast, lambda: _load("transformers", spec, device, num_layers, dtype, "auto"),
                                recheck_margin, dtype)
     return _load(name, spec, device, num_layers, dtype, quantization, compile, draft_tokens)
+
+
+def recheck_margin_for(margin: float | str, name: str, spec: str, quantization: str) -> float:
+    """A configured re-check margin as a number: ``"auto"`` is the margin calibrated with the student
+    (``calibration``; engine transformers with int8 layers, whose noise it measured), else
+    ``calibration.DEFAULT_MARGIN``."""
+    if margin != "auto":
+        return float(margin)
+    if name == "transformers" and quantization == "int8":
+        cal = calibration.load(spec)
+        if cal is not None and cal.recheck_margin is not None:
+            return float(cal.recheck_margin)
+    return calibration.DEFAULT_MARGIN
 
 
 def section_engine(section: Any, spec: str, device: str = "auto", num_layers: int | None = None,

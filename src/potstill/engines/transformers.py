@@ -60,6 +60,7 @@ class TransformersEngine:
         self.draft_tokens = 2  # the fastest of 2, 4 and 8 on the 2-core CPU (benchmarks/generation.json)
         self.compiled = False  # set by compile(): a caller warms it before timing (``warm_compiled``)
         self.int8 = False  # set by quantize_int8()
+        self.int8_calibration: Any = None  # the calibration its int8 layers were smoothed with
 
     @classmethod
     def load(cls, spec: str, device: str = "auto", num_layers: int | None = None,
@@ -81,22 +82,40 @@ class TransformersEngine:
                                     f"{engine.lm.device.type} (torch's int8 matrix product on CUDA needs more "
                                     "than 16 rows, so a single short prompt or a decoding step fails); on a GPU "
                                     "use dtype bfloat16")
-            engine.quantize_int8()
+            from potstill.engines import calibration
+
+            engine.quantize_int8(calibration.load(spec))
         if compile:
             engine.compile()
         return engine
 
-    def quantize_int8(self) -> None:
+    def quantize_int8(self, calibration: Any = None) -> None:
         """The decoder's linear layers to int8 weights (one scale per output row) that multiply int8
         activations quantized per token as they come (``potstill.models.int8``: torchao's
         ``Int8DynamicActivationInt8Weight`` arithmetic, bit for bit, and CTranslate2's int8), under
         torch.compile's kernels. The embedding and LM head stay as loaded: label scores read the
-        head's K rows."""
+        head's K rows. ``calibration`` (``engines.calibration.Calibration``, the student's own):
+        inputs smoothed by its activation ranges."""
+        import hashlib
+
         from potstill.models.int8 import quantize_linears
 
-        quantize_linears(decoder(self.lm.model))
-        self.lm.identity += "#int8"
+        absmax = calibration.absmax if calibration is not None else None
+        try:
+            quantize_linears(decoder(self.lm.model), absmax, calibration.alpha if calibration is not None else 0.0)
+        except ValueError as e:  # a calibration of another model's shapes
+            raise PotstillError(f"{self.lm.identity}: its int8 calibration does not fit the model ({e}); delete "
+                                "int8_calibration.safetensors or run `potstill train` again") from None
+        tag = "#int8"
+        if calibration is not None:
+            h = hashlib.sha256()
+            for k in sorted(absmax):
+                h.update(k.encode())
+                h.update(absmax[k].float().numpy().tobytes())
+            tag += f"-smooth{calibration.alpha:g}-{h.hexdigest()[:12]}"
+        self.lm.identity += tag
         self.int8 = True
+        self.int8_calibration = calibration
         self.identity = self.lm.identity
 
     def compile(self) -> None:

@@ -244,6 +244,10 @@ def _challenger_step(run_dir: Path, cfg: Config, task: Task, nd: _NewData,
         train_summary = train(lm, student_format(lm, task), task, nd.data, nd.old_val, cfg.train,
                               cfg.student.max_length, challenger, nd.work / "metrics.jsonl")
         train_summary["base_model"] = cfg.student.model
+        if cfg.train.int8_calibration:  # as `potstill train` does for the champion
+            from potstill.train.stage import calibrate_int8
+
+            train_summary["int8_calibration"] = calibrate_int8(cfg, challenger, lm, task, nd.data)
         write_json(nd.work / "train.json", train_summary)
         del lm
         gc.collect()

@@ -41,7 +41,35 @@ def train_body(cfg: Config, run: RunDir) -> dict[str, Any]:
         say(f"train: resumed from the checkpoint at step {summary['resumed_from_step']} ({run / 'student.ckpt'})")
     if int(os.environ.get("RANK", "0")) != 0:  # `accelerate launch`: the main process writes
         return summary
+    if cfg.train.int8_calibration:
+        summary["int8_calibration"] = calibrate_int8(cfg, run / "student", lm, task, records)
     write_json(run / "train.json", summary)
     say(f"train: {summary['steps']} steps over {summary['examples']} examples, {summary['tokens']} tokens, "
         f"{summary['train_s']:.1f} s, final loss {summary['final_loss']:.4f}, val loss {summary['val_loss']}")
     return summary
+
+
+def calibrate_int8(cfg: Config, student: Any, lm: Any, task: Any, records: list) -> dict[str, Any] | None:
+    """``potstill.engines.calibration`` of the student saved in ``student`` on the first
+    ``train.int8_calibration`` of its training ``records``; what it measured. A failure is one line
+    and leaves the trained student uncalibrated (int8 unsmoothed)."""
+    from potstill.engines import calibration
+    from potstill.models.prompting import label_token_ids
+
+    fmt = student_format(lm, task)
+    msgs = [r.messages for r in records[: cfg.train.int8_calibration]]
+    ids = label_token_ids(lm.tokenizer, fmt, task.labels) if task.labels else None
+    try:
+        cal = calibration.calibrate(student, fmt, msgs, ids)
+    except Exception as e:  # noqa: BLE001 - the training itself succeeded; int8 then runs unsmoothed
+        first = str(e).splitlines()[0] if str(e) else ""
+        say(f"train: int8 calibration skipped ({type(e).__name__}: {first})"[:300])
+        return None
+    info = cal.info
+    if info.get("recheck_margin") is not None:
+        say(f"train: int8 calibration on {len(msgs)} training inputs: {info['same_label_as_fp32']:.1%} same label "
+            f"as fp32, largest label noise {info['noise']['max']:.3f}, recheck margin {info['recheck_margin']:.3f} "
+            f"({calibration.path(student)})")
+    else:
+        say(f"train: int8 calibration on {len(msgs)} training inputs ({calibration.path(student)})")
+    return info

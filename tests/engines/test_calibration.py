@@ -1,0 +1,103 @@
+"""potstill.engines.calibration: the int8 calibration a trained student carries, on the taught tiny
+model (built from a config; see conftest)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from potstill.engines import calibration, load_engine, recheck_margin_for
+from potstill.errors import PotstillError
+from potstill.models.prompting import label_token_ids
+
+from .conftest import CHAT, DATA, LABELS, MSGS
+
+
+@pytest.fixture()
+def calibrated(tmp_path, taught):
+    student = tmp_path / "student"
+    shutil.copytree(taught, student)
+    ref = load_engine("transformers", str(student), device="cpu")
+    ids = label_token_ids(ref.tokenizer, CHAT, LABELS)
+    cal = calibration.calibrate(student, CHAT, MSGS * 3, ids)
+    return student, cal, ids
+
+
+def test_calibrate_writes_ranges_and_a_margin_from_the_measured_noise(calibrated):
+    """Every decoder linear gets its input ranges; the margin is 1.25x the largest label noise of
+    the smoothed int8 layers against fp32 on the calibration inputs (within the bounds); the file
+    reads back the same, and nothing temporary is left."""
+    student, cal, ids = calibrated
+    ref = load_engine("transformers", str(student), device="cpu")
+    layers = ref.lm.model.config.num_hidden_layers
+    assert len(cal.absmax) == 7 * layers and all(v.dim() == 1 and (v > 0).all() for v in cal.absmax.values())
+    info = cal.info
+    assert info["inputs"] == 3 * len(MSGS) and 0 <= info["same_label_as_fp32"] <= 1
+    assert cal.recheck_margin == pytest.approx(min(calibration.MAX_MARGIN, max(calibration.MIN_MARGIN,
+                                                                                 1.25 * info["noise"]["max"])))
+    # The noise as a caller would measure it, from the engines themselves.
+    fast = load_engine("transformers", str(student), device="cpu")
+    fast.quantize_int8(calibration.load(student))
+    p_fast = torch.softmax(fast.score_labels(CHAT, MSGS, ids, batch_size=4).logits, -1)
+    p_ref = torch.softmax(ref.score_labels(CHAT, MSGS, ids, batch_size=4).logits, -1)
+    assert float(calibration.label_noise(p_fast, p_ref).max()) == pytest.approx(info["noise"]["max"], abs=1e-5)
+    back = calibration.load(student)
+    assert back.info == info and set(back.absmax) == set(cal.absmax)
+    assert all(torch.equal(back.absmax[k], cal.absmax[k]) for k in cal.absmax)
+    assert [p.name for p in student.iterdir() if p.name.startswith(".")] == []
+
+
+def test_auto_margin_and_smoothing_reach_the_int8_engine(calibrated, taught):
+    """recheck_margin auto: the calibrated margin for engine transformers int8, 0.3 for another
+    engine or an uncalibrated student; the compiled int8 engine is smoothed, keyed apart, and gives
+    the taught labels."""
+    from potstill.engines.recheck import RecheckedEngine
+
+    student, cal, ids = calibrated
+    assert recheck_margin_for("auto", "transformers", str(student), "int8") == cal.recheck_margin
+    assert recheck_margin_for("auto", "ctranslate2", str(student), "auto") == calibration.DEFAULT_MARGIN
+    assert recheck_margin_for("auto", "transformers", str(taught), "int8") == calibration.DEFAULT_MARGIN
+    assert recheck_margin_for(0.05, "transformers", str(student), "int8") == 0.05
+    eng = load_engine("transformers", str(student), device="cpu", quantization="int8", compile=True,
+                      recheck_margin="auto")
+    assert isinstance(eng, RecheckedEngine) and eng.margin == cal.recheck_margin
+    assert "#int8-smooth0.65-" in eng.fast.identity and f"+recheck{cal.recheck_margin:g}-" in eng.identity
+    body = eng.fast.lm.model.model._orig_mod
+    assert all(m.smoothed for m in body.modules() if type(m).__name__ == "Int8Linear")
+    plain = load_engine("transformers", str(taught), device="cpu", quantization="int8", compile=True)
+    assert "#int8+compiled" in plain.identity and "smooth" not in plain.identity
+    got = eng.fast.score_labels(CHAT, MSGS, ids, batch_size=4)
+    assert [LABELS[i] for i in got.logits.argmax(-1).tolist()] == [lab for _, lab in DATA]
+
+
+def test_a_corrupt_or_foreign_calibration_is_one_clear_error(calibrated):
+    student, _, _ = calibrated
+    target = calibration.path(student)
+    target.write_bytes(b"not a safetensors file")
+    with pytest.raises(PotstillError, match="not a readable int8 calibration") as e:
+        load_engine("transformers", str(student), device="cpu", quantization="int8", compile=True)
+    assert "\n" not in str(e.value) and str(target) in str(e.value)
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.ones(2)}, str(target), metadata={"potstill": '{"version": 99}'})
+    with pytest.raises(PotstillError, match="int8 calibration version 99, this potstill reads 1"):
+        calibration.load(student)
+
+
+def test_a_calibration_of_other_shapes_is_one_clear_error(calibrated):
+    """Ranges of another model's shapes (a layer with fewer inputs) are refused in one line at load."""
+    import json
+
+    from safetensors.torch import save_file
+
+    student, cal, _ = calibrated
+    absmax = dict(cal.absmax)
+    name = sorted(absmax)[0]
+    absmax[name] = absmax[name][:-1]
+    save_file({k: v.contiguous() for k, v in absmax.items()}, str(calibration.path(student)),
+              metadata={"potstill": json.dumps(cal.info)})
+    with pytest.raises(PotstillError, match="its int8 calibration does not fit the model") as e:
+        load_engine("transformers", str(student), device="cpu", quantization="int8", compile=True)
+    assert "\n" not in str(e.value)
