@@ -168,8 +168,8 @@ def _other_value(cfg: Config, key: str, tmp: Path) -> Any:
     elif isinstance(value, dict):
         candidates = [{**value, "zz": {"input_per_mtok": 1.0, "output_per_mtok": 1.0}}, {"type": "object"},
                       {k: v / 2 if isinstance(v, (int, float)) else v for k, v in value.items()}, {"zz": 1}]
-    elif isinstance(value, str):
-        candidates = [*literal, value + "x"]
+    elif isinstance(value, str):  # a number too, for a field that is a number or a word (recheck_margin: auto)
+        candidates = [*literal, value + "x", 0.5]
     else:  # None
         candidates = [1, 0.5, "x", {"type": "object"}, ["x"]]
     data = cfg.model_dump(mode="json")
