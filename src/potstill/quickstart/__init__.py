@@ -46,7 +46,7 @@ def int8_pays() -> bool:
     without AMX), with a C++ compiler for torch.compile. Without AMX (a 2-core Xeon VM) the int8
     student answered in about 10 ms p50 against 50 ms for CTranslate2 int8 and 32 ms for fp32
     (``benchmarks/engine_int8.json``); with AMX in 12.1 against 18.7 ms for CTranslate2 int8 and
-    7.7-8.3 against 20.4 ms per input in batches of 16 (``engine_int8_amx.json``), and with its
+    8.3-8.4 against 20.4 ms per input in batches of 16 (``engine_int8_amx.json``), and with its
     calibrated re-check 15.8 ms mean per call (``int8_calibration.json``)."""
     import shutil
 
