@@ -111,6 +111,13 @@ def test_kd_and_lora(project):
     assert (run / "student" / "adapter_config.json").exists()
     # LoRA: the adapter is calibrated too (loaded merged onto its base)
     assert json.loads((run / "train.json").read_text())["int8_calibration"]["inputs"] > 0, out.stderr
+    # Retrained without calibration, the adapter (saved into the same directory) keeps no stale file.
+    again = potstill("run", "-c", "potstill.yaml", "--train.objective", "kd", "--train.method", "lora",
+                     "--train.lr", "0.05", "--train.int8_calibration", "0", cwd=project)
+    assert again.returncode == 0, again.stderr
+    assert (run / "student" / "adapter_config.json").exists()
+    assert not (run / "student" / "int8_calibration.safetensors").exists()
+    assert "int8_calibration" not in json.loads((run / "train.json").read_text())
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert all("kd" in r for r in rows)
     # soft labels travelled from the teacher through curate into train.jsonl
