@@ -116,39 +116,52 @@ def engines(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def solo(args: argparse.Namespace, cfg: Any, test: list) -> dict[str, Any]:
-    """One engine in a process of its own, as a service runs it: warmed (compiled on the timed
-    shapes), then ``n_latency`` batch-1 calls in a row and the test articles in arrival-order
-    batches. In one process with the others, the transformers engines' batch-1 calls ran 1.3-3.7x
+    """One engine in a process of its own, as a service runs it (``time_alone``). In one process
+    with the others, the transformers engines' batch-1 calls ran 1.3-3.7x
     slower on the 2-core VM (CTranslate2's faster), whether the engines took turns or ran one after
     another, and their batches of 16 up to 1.7x slower (the other engines' weights evicting each
     one's from the caches between turns, or their runtimes' threads competing for the two cores,
     are the likely causes; not isolated)."""
+    out = time_alone(factories(args.student)[args.solo](), args.solo, cfg, test, args.n_latency, args.batch_size)
+    out.pop("logits")
+    return out
+
+
+def time_alone(e: Any, name: str, cfg: Any, test: list, n_latency: int, batch_size: int) -> dict[str, Any]:
+    """``e`` warmed (a re-check's reference loaded, compiled code built on the timed shapes), then
+    ``n_latency`` batch-1 calls in a row and the test articles in arrival-order batches of
+    ``batch_size``: the times, the inputs re-checked in each pass (a re-checking engine), and the
+    batches' label logits."""
     from benchmarks.engine import stats, warm_compiled, warm_references
     from potstill.models.prompting import label_token_ids
     from potstill.students import student_format
     from potstill.tasks import get_task
 
-    e = factories(args.student)[args.solo]()
     task = get_task(cfg.task)
     fmt = student_format(e, task)
     ids = label_token_ids(e.tokenizer, fmt, task.labels)
     msgs = [r.messages for r in test]
-    warm_references({args.solo: e}, fmt, msgs, ids)
-    warm_compiled({args.solo: e}, fmt, msgs, ids, args.batch_size)
+    warm_references({name: e}, fmt, msgs, ids)
+    warm_compiled({name: e}, fmt, msgs, ids, batch_size)
     for i in range(3):
         e.score_labels(fmt, [msgs[i]], ids, batch_size=1)
+    before = getattr(e, "rechecked", 0)
     times = []
-    for i in range(args.n_latency):
+    for i in range(n_latency):
         t0 = time.perf_counter()
         e.score_labels(fmt, [msgs[i]], ids, batch_size=1)
         times.append(time.perf_counter() - t0)
+    rechecked_b1 = getattr(e, "rechecked", 0) - before
+    before = getattr(e, "rechecked", 0)
+    logits = []
     t0 = time.perf_counter()
-    for start in range(0, len(msgs), args.batch_size):
-        e.score_labels(fmt, msgs[start : start + args.batch_size], ids, batch_size=args.batch_size)
+    for start in range(0, len(msgs), batch_size):
+        logits.append(e.score_labels(fmt, msgs[start : start + batch_size], ids, batch_size=batch_size).logits)
     wall = time.perf_counter() - t0
-    return {"batch1": stats(times), f"throughput_batch{args.batch_size}": {
-        "inputs": len(msgs), "wall_s": wall, "per_input_s": wall / len(msgs)},
-        "compile_and_warmup_s": getattr(e, "compile_s", None)}
+    return {"batch1": {**stats(times), "rechecked": rechecked_b1},
+            f"throughput_batch{batch_size}": {"inputs": len(msgs), "wall_s": wall, "per_input_s": wall / len(msgs),
+                                              "rechecked": getattr(e, "rechecked", 0) - before},
+            "compile_and_warmup_s": getattr(e, "compile_s", None), "logits": torch.cat(logits).tolist()}
 
 
 def same_arithmetic(built: dict[str, Any], cfg: Any, test: list, bs: int) -> dict[str, Any]:

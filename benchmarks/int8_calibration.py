@@ -36,8 +36,8 @@ from typing import Any, Callable
 
 import torch
 
-from benchmarks.engine import BASE, MIN_SAME_LABEL, padded, quickstart, stats
-from benchmarks.engine_int8 import cpu_flags
+from benchmarks.engine import BASE, MIN_SAME_LABEL, padded, quickstart
+from benchmarks.engine_int8 import cpu_flags, time_alone
 from potstill.engines import calibration, load_engine
 
 N_CALIBRATION = 512  # TrainConfig.int8_calibration's default
@@ -63,40 +63,10 @@ def factories(plain: str, calibrated: str) -> dict[str, Callable[[], Any]]:
 
 
 def solo(args: argparse.Namespace, cfg: Any, test: list) -> dict[str, Any]:
-    from benchmarks.engine import warm_compiled, warm_references
-    from potstill.models.prompting import label_token_ids
-    from potstill.students import student_format
-    from potstill.tasks import get_task
-
+    """One engine in a process of its own, as a service runs it (``engine_int8.time_alone``)."""
     e = factories(args.plain, args.calibrated)[args.solo]()
-    task = get_task(cfg.task)
-    fmt = student_format(e, task)
-    ids = label_token_ids(e.tokenizer, fmt, task.labels)
-    msgs = [r.messages for r in test]
-    warm_references({args.solo: e}, fmt, msgs, ids)  # a re-check's fp32 engine loads before timing
-    warm_compiled({args.solo: e}, fmt, msgs, ids, args.batch_size)
-    for i in range(3):
-        e.score_labels(fmt, [msgs[i]], ids, batch_size=1)
-    before = getattr(e, "rechecked", 0)
-    times = []
-    for i in range(args.n_latency):
-        t0 = time.perf_counter()
-        e.score_labels(fmt, [msgs[i]], ids, batch_size=1)
-        times.append(time.perf_counter() - t0)
-    rechecked_b1 = getattr(e, "rechecked", 0) - before
-    before = getattr(e, "rechecked", 0)
-    logits = []
-    t0 = time.perf_counter()
-    for start in range(0, len(msgs), args.batch_size):
-        logits.append(e.score_labels(fmt, msgs[start : start + args.batch_size], ids,
-                                     batch_size=args.batch_size).logits)
-    wall = time.perf_counter() - t0
     return {"identity": e.identity, "margin": getattr(e, "margin", None),
-            "compile_and_warmup_s": getattr(e, "compile_s", None),
-            "batch1": {**stats(times), "rechecked": rechecked_b1},
-            f"throughput_batch{args.batch_size}": {"inputs": len(msgs), "wall_s": wall, "per_input_s": wall / len(msgs),
-                                                  "rechecked": getattr(e, "rechecked", 0) - before},
-            "logits": torch.cat(logits).tolist()}
+            **time_alone(e, args.solo, cfg, test, args.n_latency, args.batch_size)}
 
 
 def quantile_stats(xs: torch.Tensor) -> dict[str, float]:

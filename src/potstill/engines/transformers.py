@@ -60,7 +60,6 @@ class TransformersEngine:
         self.draft_tokens = 2  # the fastest of 2, 4 and 8 on the 2-core CPU (benchmarks/generation.json)
         self.compiled = False  # set by compile(): a caller warms it before timing (``warm_compiled``)
         self.int8 = False  # set by quantize_int8()
-        self.int8_calibration: Any = None  # the calibration its int8 layers were smoothed with
 
     @classmethod
     def load(cls, spec: str, device: str = "auto", num_layers: int | None = None,
@@ -115,7 +114,6 @@ class TransformersEngine:
             tag += f"-smooth{calibration.alpha:g}-{h.hexdigest()[:12]}"
         self.lm.identity += tag
         self.int8 = True
-        self.int8_calibration = calibration
         self.identity = self.lm.identity
 
     def compile(self) -> None:
