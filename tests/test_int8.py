@@ -125,3 +125,51 @@ def test_quantize_linears_smooths_the_layers_it_has_ranges_for():
     compiled = torch.compile(net)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), net(x), rtol=1e-5, atol=1e-5)
+
+
+needs_onednn = pytest.mark.skipif(not (torch.backends.mkldnn.is_available()
+                                       and hasattr(torch.ops.onednn, "qlinear_prepack")),
+                                  reason="torch without oneDNN's int8 linear")
+
+
+@needs_onednn
+@pytest.mark.parametrize("smooth", [False, True])
+def test_onednn_product_is_the_int_mm_product(monkeypatch, smooth):
+    """Inputs of ONEDNN_MIN_ROWS tokens or more go through oneDNN's packed int8 product (on a CPU with
+    AMX by default; forced here so any CPU runs it): the same int32 sums and scales as ``_int_mm``'s
+    path, so the outputs agree to float rounding, with and without smoothing and a bias; shorter
+    inputs stay on ``_int_mm``, bit for bit."""
+    monkeypatch.setattr(int8, "onednn_int8", lambda: True)
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(96, 80, bias=True)
+    s = int8.smoothing(torch.rand(96) * 10 + 0.1, lin.weight) if smooth else None
+    fast = Int8Linear(lin, s)
+    monkeypatch.setattr(int8, "onednn_int8", lambda: False)
+    plain = Int8Linear(lin, s)
+    assert fast.onednn and not plain.onednn and "onednn=True" in repr(fast)
+    x = torch.randn(3, int8.ONEDNN_MIN_ROWS, 96)
+    x[0, 3] = 0.0
+    x[1, 4, 7] = 40.0
+    torch.testing.assert_close(fast(x), plain(x), rtol=1e-5, atol=1e-5)
+    short = x[:1, : int8.ONEDNN_MIN_ROWS - 1]
+    assert torch.equal(fast(short), plain(short))
+
+
+@needs_onednn
+@pytest.mark.parametrize("freeze", [False, True])
+def test_onednn_product_compiles_to_the_eager_output(monkeypatch, freeze):
+    """Under torch.compile the packed weight is a graph input, which inductor's own lowering of the op
+    refuses (it wants frozen constants): potstill lowers it as a call of the op. Frozen, the original
+    lowering runs. Both give the eager output, for long inputs (oneDNN) and short ones (``_int_mm``)
+    in one graph family."""
+    monkeypatch.setattr(int8, "onednn_int8", lambda: True)
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.SiLU(), torch.nn.Linear(128, 64))
+    quantize_linears(net)
+    assert all(m.onednn for m in int8.int8_linears(net))
+    compiled = torch.compile(net)
+    with torch.no_grad(), torch._inductor.config.patch(freezing=freeze):
+        for rows in (int8.ONEDNN_MIN_ROWS + 72, 5):
+            x = torch.randn(rows, 64)
+            torch.testing.assert_close(compiled(x), net(x), rtol=1e-5, atol=1e-5)
