@@ -10,8 +10,8 @@ train`` does (the first ``train.int8_calibration`` = 512 inputs of RUN/train.jso
 read) and keeps another copy uncalibrated, so both int8 variants run from the same weights. Then
 each engine in a process of its own, as a service runs it (``engine_int8.py``'s ``solo``): warmed
 on the timed shapes, ``n_latency`` batch-1 calls (mean includes what re-checks cost), then the 250
-test articles in arrival-order batches of 16, whose label logits the parent compares with the fp32
-engine's: same label as fp32 alone and after re-checks, the re-checked share, gold accuracy, the
+test articles in arrival-order batches of 16, ``--passes`` times (the median pass timed), the
+first pass's label logits compared by the parent with the fp32 engine's: same label as fp32 alone and after re-checks, the re-checked share, gold accuracy, the
 int8 margins of the inputs whose label differs, and the label noise (twice the largest change of a
 label probability) on the test articles.
 
@@ -66,7 +66,7 @@ def solo(args: argparse.Namespace, cfg: Any, test: list) -> dict[str, Any]:
     """One engine in a process of its own, as a service runs it (``engine_int8.time_alone``)."""
     e = factories(args.plain, args.calibrated)[args.solo]()
     return {"identity": e.identity, "margin": getattr(e, "margin", None),
-            **time_alone(e, args.solo, cfg, test, args.n_latency, args.batch_size)}
+            **time_alone(e, args.solo, cfg, test, args.n_latency, args.batch_size, args.passes)}
 
 
 def quantile_stats(xs: torch.Tensor) -> dict[str, float]:
@@ -99,6 +99,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".json"))
     ap.add_argument("--n-latency", type=int, default=40)
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--passes", type=int, default=5,
+                    help="passes over the test articles in batches; the median is kept")
     ap.add_argument("--solo", help="(internal) time this one engine alone and print the results as JSON")
     ap.add_argument("--plain", help="(internal)")
     ap.add_argument("--calibrated", help="(internal)")
@@ -135,7 +137,8 @@ def main() -> None:
     for k in factories(str(plain), str(calibrated)):  # each engine in a process of its own
         r = subprocess.run([sys.executable, __file__, "--run", str(args.run), "--solo", k, "--plain", str(plain),
                             "--calibrated", str(calibrated), "--n-latency", str(args.n_latency),
-                            "--batch-size", str(args.batch_size)], capture_output=True, text=True)
+                            "--batch-size", str(args.batch_size), "--passes", str(args.passes)],
+                           capture_output=True, text=True)
         if r.returncode != 0:
             sys.exit(f"{k}: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}")
         rows[k] = json.loads(r.stdout.strip().splitlines()[-1])
