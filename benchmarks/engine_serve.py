@@ -6,8 +6,8 @@ gold labels as the teacher's outputs, and the teacher is the ``replay`` plugin o
 The services (transformers fp32, bf16, bf16 with ``serve.compile``, potstill's int8 layers with
 ``serve.compile`` and the default re-check, CTranslate2 int8) run at once on 127.0.0.1 and
 requests alternate between them one at a time, so load changes on the shared machine hit them
-alike. Routing is forced to the student: this measures the student's
-path (HTTP, batcher, engine, routing, ledger row), which is what the issue's 40 ms goal is about.
+alike. Routing is forced to the student: this measures the student's path (HTTP, batcher,
+engine, routing, ledger row), which is what the issue's 40 ms goal is about.
 ``load_and_calibrate_s`` includes the compile; run with a fresh ``TORCHINDUCTOR_CACHE_DIR`` for
 a first compile rather than one from torch's on-disk cache.
 """

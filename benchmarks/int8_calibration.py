@@ -11,9 +11,10 @@ read) and keeps another copy uncalibrated, so both int8 variants run from the sa
 each engine in a process of its own, as a service runs it (``engine_int8.py``'s ``solo``): warmed
 on the timed shapes, ``n_latency`` batch-1 calls (mean includes what re-checks cost), then the 250
 test articles in arrival-order batches of 16, ``--passes`` times (the median pass timed), the
-first pass's label logits compared by the parent with the fp32 engine's: same label as fp32 alone and after re-checks, the re-checked share, gold accuracy, the
-int8 margins of the inputs whose label differs, and the label noise (twice the largest change of a
-label probability) on the test articles.
+first pass's label logits compared by the parent with the fp32 engine's: same label as fp32 alone
+and after re-checks, the re-checked share, gold accuracy, the int8 margins of the inputs whose
+label differs, and the label noise (twice the largest change of a label probability) on the test
+articles.
 
 Correctness: the default engine (smoothed int8, re-check auto) must give fp32's label on at least
 99% of the test articles, and smoothing must shrink the largest label noise on them; else the
