@@ -8,8 +8,9 @@ finishes, like llama.cpp's importance matrix.
   fp32 student and by its smoothed int8 layers, and the label noise of each input is twice the
   largest change of one label probability. int8 can only flip an input whose int8 margin (top-1
   minus top-2 label probability) is below its noise, so re-checking every input under the largest
-  noise seen (times ``SAFETY``) re-checks every input that noise as large as any seen could flip. On the trained quickstart
-  student (12 layers; its first 512 training inputs; ``benchmarks/int8_calibration.json``):
+  noise seen (times ``SAFETY``) re-checks every input that noise as large as any seen could flip.
+  On the trained quickstart student (12 layers; its first 512 training inputs;
+  ``benchmarks/int8_calibration.json``):
   largest noise 0.137 with smoothing, margin 0.171; on the 250 test articles 11.6% re-checked
   instead of 24.8% under the fixed 0.3, both 100% fp32's label, and the inputs whose smoothed int8
   label differed from fp32's had int8 margins of 0.048 or less.
