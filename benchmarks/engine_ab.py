@@ -1,12 +1,20 @@
-"""oneDNN's int8 product in the int8 engine, switched on and off inside one process (issue 17).
+"""A part of the int8 engine switched on and off inside one process (issue 17).
 
     HF_HUB_OFFLINE=1 PYTHONPATH=src:. python benchmarks/engine_ab.py --run RUN --out benchmarks/engine_ab.json
+    HF_HUB_OFFLINE=1 PYTHONPATH=src:. python benchmarks/engine_ab.py --run RUN --switch outliers \
+        --out benchmarks/engine_ab_outliers.json
 
 RUN is a finished quickstart run. Its trained student runs as ``quantization: int8`` with
-``compile: true`` (its own int8 calibration when it has one, no re-check) and scores the 250 test
-articles in arrival-order batches of 16, its int8 layers multiplying inputs of
-``models.int8.ONEDNN_MIN_ROWS`` tokens or more through oneDNN's packed AMX kernel (the default on
-a CPU with AMX) or everything through ``torch._int_mm`` (before 2026-12-01).
+``compile: true`` (no re-check) and scores the 250 test articles in arrival-order batches of 16.
+
+* ``--switch onednn`` (default): its int8 layers multiply inputs of
+  ``models.int8.ONEDNN_MIN_ROWS`` tokens or more through oneDNN's packed AMX kernel (the default on
+  a CPU with AMX) or everything through ``torch._int_mm`` (before 2026-12-01). The student's own
+  int8 calibration when it has one.
+* ``--switch outliers``: the student calibrated (its own file, else ``potstill train``'s
+  calibration on the run's first 512 training inputs, in a copy); the MLP output layers multiply
+  their ``models.int8.OUTLIERS`` largest input channels in float beside the int8 product (the
+  default since 2026-12-01) or not (the same layers built with ``OUTLIERS = 0``, swapped in).
 
 Why one process: on the shared 2-core VM a pass over the 250 articles (about 2 s) moved by up to a
 third from one minute to the next, more than either path changes, so separate runs could not tell
@@ -45,9 +53,33 @@ from potstill.students import student_format
 from potstill.tasks import get_task
 
 MIN_SAME_LABEL = 0.97
-BEFORE = "torch._int_mm only (before 2026-12-01)"
-SETTINGS = {"default (oneDNN for inputs of 128 tokens or more)": True, BEFORE: False,
-            "default again (A/A control: the noise floor)": True}
+SWITCHES = {  # the settings' names; True: the default's side of the switch
+    "onednn": {"default (oneDNN for inputs of 128 tokens or more)": True,
+               "torch._int_mm only (before 2026-12-01)": False,
+               "default again (A/A control: the noise floor)": True},
+    "outliers": {"default (the MLP output's 8 largest input channels in float)": True,
+                 "all channels in int8 (before 2026-12-01)": False,
+                 "default again (A/A control: the noise floor)": True}}
+
+
+def calibrated_student(run: Path, cfg: object, work: Path) -> Path:
+    """RUN's student with an int8 calibration: its own, else one made as ``potstill train`` makes it
+    (the first 512 training inputs) in a copy under ``work``."""
+    import shutil
+
+    from potstill.engines import calibration
+    from potstill.records import read_records
+
+    if calibration.load(run / "student") is not None:
+        return run / "student"
+    copy = work / "student"
+    shutil.copytree(run / "student", copy)
+    ref = load_engine("transformers", str(copy), device="cpu")
+    task = get_task(cfg.task)
+    fmt = student_format(ref, task)
+    ids = label_token_ids(ref.tokenizer, fmt, task.labels)
+    calibration.calibrate(copy, fmt, [r.messages for r in read_records(run / "train.jsonl")[:512]], ids)
+    return copy
 
 
 def main() -> None:
@@ -56,23 +88,47 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".json"))
     ap.add_argument("--passes", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--switch", choices=sorted(SWITCHES), default="onednn")
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
-    cfg, _, test = quickstart(Path(tempfile.mkdtemp(prefix="potstill-bench-ab-")), args.run)
-    e = load_engine("transformers", str(args.run / "student"), device="cpu", quantization="int8", compile=True,
+    work = Path(tempfile.mkdtemp(prefix="potstill-bench-ab-"))
+    cfg, _, test = quickstart(work, args.run)
+    student = args.run / "student" if args.switch == "onednn" else calibrated_student(args.run, cfg, work)
+    e = load_engine("transformers", str(student), device="cpu", quantization="int8", compile=True,
                     recheck_margin=0.0)
     task = get_task(cfg.task)
     fmt = student_format(e, task)
     ids = label_token_ids(e.tokenizer, fmt, task.labels)
     msgs = [r.messages for r in test]
     chunks = [msgs[s : s + args.batch_size] for s in range(0, len(msgs), args.batch_size)]
+    SETTINGS = SWITCHES[args.switch]
+    BEFORE = next(k for k, v in SETTINGS.items() if not v)
     layers = int8.int8_linears(e.lm.model)
-    if not all(m.onednn for m in layers):
-        sys.exit("this CPU does not take oneDNN's int8 path (no AMX): nothing to compare")
+    if args.switch == "onednn":
+        if not all(m.onednn for m in layers):
+            sys.exit("this CPU does not take oneDNN's int8 path (no AMX): nothing to compare")
 
-    def setting(name: str) -> None:
-        for m in layers:
-            m.onednn = SETTINGS[name]
+        def setting(name: str) -> None:
+            for m in layers:
+                m.onednn = SETTINGS[name]
+    else:
+        split = {n: m for n, m in e.lm.model.named_modules() if isinstance(m, int8.Int8Linear) and m.outliers}
+        if not split:
+            sys.exit("the student's int8 layers take no outlier channels: nothing to compare")
+        saved, int8.OUTLIERS = int8.OUTLIERS, 0
+        try:
+            # compile: true only because int8 asks for it; this engine itself never runs.
+            whole = load_engine("transformers", str(student), device="cpu", quantization="int8", compile=True,
+                                recheck_margin=0.0)
+        finally:
+            int8.OUTLIERS = saved
+        plain = {n: whole.lm.model.get_submodule(n) for n in split}
+        assert not any(m.slots for m in plain.values())
+
+        def setting(name: str) -> None:
+            for n, m in (split if SETTINGS[name] else plain).items():
+                parent, leaf = n.rsplit(".", 1)
+                setattr(e.lm.model.get_submodule(parent), leaf, m)
 
     logits, warm = {}, {}
     for name in SETTINGS:  # compile and warm each setting; its labels
@@ -112,7 +168,7 @@ def main() -> None:
         print(f"{name}: {r['per_input_s_sum_of_batch_minima'] * 1e3:.2f} ms/input (sum of minima; median pass "
               f"{r['per_input_s_median_pass'] * 1e3:.2f}), {r['speedup_vs_before']:.2f}x before, same label as "
               f"the default {r['same_label_as_default']:.1%}")
-    out = {"student_model": str(args.run / "student"), "identity": e.identity, "inputs": n,
+    out = {"switch": args.switch, "student_model": str(args.run / "student"), "identity": e.identity, "inputs": n,
            "batch_size": args.batch_size, "passes": args.passes,
            "machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
                        "cpu_flags": cpu_flags()},

@@ -1,7 +1,7 @@
 """The int8 calibration (``potstill.engines.calibration``) on the trained quickstart student: what
-smoothing does to int8's label noise, and what the calibrated re-check margin (``recheck_margin:
-auto``) does to agreement with fp32 and to the cost per call, against the fixed 0.3 that was the
-default before (issue 17).
+smoothing and the float outlier channels do to int8's label noise, and what the calibrated re-check
+margin (``recheck_margin: auto``) does to agreement with fp32 and to the cost per call, against the
+fixed 0.3 that was the default before (issue 17).
 
     HF_HUB_OFFLINE=1 PYTHONPATH=src:. python benchmarks/int8_calibration.py --run RUN --out benchmarks/int8_calibration.json
 
@@ -13,8 +13,8 @@ on the timed shapes, ``n_latency`` batch-1 calls (mean includes what re-checks c
 test articles in arrival-order batches of 16, ``--passes`` times (the median pass timed), the
 first pass's label logits compared by the parent with the fp32 engine's: same label as fp32 alone
 and after re-checks, the re-checked share, gold accuracy, the int8 margins of the inputs whose
-label differs, and the label noise (twice the largest change of a label probability) on the test
-articles.
+label differs, and the label noise (``calibration.label_noise``: how much int8 overstates its top
+label's lead; before 2026-12-01 twice the largest change of a label probability) on the test articles.
 
 Correctness: the default engine (smoothed int8, re-check auto) must give fp32's label on at least
 99% of the test articles, and smoothing must shrink the largest label noise on them; else the
@@ -43,10 +43,10 @@ from potstill.engines import calibration, load_engine
 
 N_CALIBRATION = 512  # TrainConfig.int8_calibration's default
 OLD = "int8, unsmoothed, fp32 re-check under 0.3 (the default before 2026-12-01)"
-NEW = "int8, smoothed, fp32 re-check auto (the default)"
+NEW = "int8, calibrated (smoothed, float outlier channels), fp32 re-check auto (the default)"
 PLAIN = "int8, unsmoothed, no re-check"
-SMOOTH = "int8, smoothed, no re-check"
-NEW_BF16 = "int8, smoothed, bf16 activations, bf16 re-check auto (the quickstart's on a CPU with AMX)"
+SMOOTH = "int8, calibrated (smoothed, float outlier channels), no re-check"
+NEW_BF16 = "int8, calibrated, bf16 activations, bf16 re-check auto (the quickstart's on a CPU with AMX)"
 
 
 def factories(plain: str, calibrated: str) -> dict[str, Callable[[], Any]]:

@@ -127,6 +127,72 @@ def test_quantize_linears_smooths_the_layers_it_has_ranges_for():
         torch.testing.assert_close(compiled(x), net(x), rtol=1e-5, atol=1e-5)
 
 
+def test_outlier_channels_multiply_in_float_and_cut_the_error_further():
+    """A layer told its outlier channels leaves them out of the int8 product (so neither the tokens'
+    nor the rows' scales are sized for them) and multiplies them in float: exactly the int8 layer of
+    the other channels plus the float product of these, and on inputs with outlier channels an error
+    several times below smoothing's alone. Without outliers, the slots add 0.0: bit for bit the
+    plain layer (so an uncalibrated model traces the calibrated one's graph)."""
+    from potstill.models.int8 import smoothing
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(256, 128, bias=True)
+    x = torch.randn(64, 256)
+    for c, f in ((5, 60.0), (77, 40.0), (130, 30.0)):
+        x[:, c] *= f
+    want = lin(x).detach()
+    absmax = x.abs().amax(0)
+    s = smoothing(absmax, lin.weight)
+    out = absmax.topk(8).indices.sort().values
+    split = Int8Linear(lin, s, out, slots=8)
+    assert split.outliers == 8 and split.slots == 8 and "outliers=8" in repr(split)
+    rest = torch.ones(256, dtype=torch.bool)
+    rest[out] = False
+    sub = torch.nn.Linear(int(rest.sum()), 128, bias=True)
+    sub.weight.data, sub.bias.data = lin.weight.detach()[:, rest].clone(), lin.bias.detach().clone()
+    expect = Int8Linear(sub, s[rest])(x[:, rest]) + x[:, out] @ lin.weight.detach()[:, out].t()
+    torch.testing.assert_close(split(x), expect, rtol=1e-5, atol=1e-4)
+    err = {k: ((m(x) - want).norm() / want.norm()).item()
+           for k, m in (("smoothed", Int8Linear(lin, s)), ("split", split))}
+    assert err["split"] < err["smoothed"] / 3, err
+    placeholder = Int8Linear(lin, None, None, slots=8)
+    assert placeholder.outliers == 0 and placeholder.slots == 8
+    assert torch.equal(placeholder(x), Int8Linear(lin)(x))
+
+
+def test_quantize_linears_takes_outliers_from_the_ranges_of_the_named_layers():
+    """Layers named in OUTLIER_LAYERS: with ranges, their OUTLIERS largest channels go float; without,
+    the same slots on zero weights; other layers have none; compiled gives the eager output."""
+    from potstill.models.int8 import OUTLIER_LAYERS, OUTLIERS, activation_absmax
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    name = OUTLIER_LAYERS[0]
+
+    def build() -> torch.nn.Module:
+        torch.manual_seed(0)
+        net = torch.nn.Module()
+        net.up, net.act = torch.nn.Linear(32, 64), torch.nn.SiLU()
+        setattr(net, name, torch.nn.Linear(64, 32))
+        net.forward = lambda x: getattr(net, name)(net.act(net.up(x)))
+        return net
+
+    x = torch.randn(9, 32)
+    x[:, 3] *= 30
+    net = build()
+    with activation_absmax(net) as rec:
+        net(x)
+    quantize_linears(net, rec.absmax)
+    layer = getattr(net, name)
+    assert layer.outliers == OUTLIERS and net.up.slots == 0
+    assert torch.equal(layer.outlier_index, rec.absmax[name].topk(OUTLIERS).indices.sort().values)
+    plain = build()
+    quantize_linears(plain)
+    assert getattr(plain, name).outliers == 0 and getattr(plain, name).slots == OUTLIERS
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(net)(x), net(x), rtol=1e-5, atol=1e-5)
+
+
 needs_onednn = pytest.mark.skipif(not (torch.backends.mkldnn.is_available()
                                        and hasattr(torch.ops.onednn, "qlinear_prepack")),
                                   reason="torch without oneDNN's int8 linear")

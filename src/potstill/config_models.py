@@ -69,8 +69,8 @@ def engine_recheck(what: str) -> Any:
                  "int8: inputs whose top two "
                  "label probabilities are closer than this are scored again by engine transformers at `dtype`, "
                  "since int8 flips labels only near ties. auto: the margin calibrated for a student that `potstill "
-                 "train` wrote (engine transformers int8: 1.25x the largest label noise on training inputs; "
-                 "quickstart student: 0.171, 11.6% of test inputs re-checked, 100% same label as fp32), else 0.3 "
+                 "train` wrote (engine transformers int8: the label noise on training inputs that all but 1% "
+                 "stay under, with 95% confidence; potstill.engines.calibration), else 0.3 "
                  "(24.8% re-checked, 97.6% -> 100%; potstill.engines.recheck, "
                  "potstill.engines.calibration). 0: never.")
 

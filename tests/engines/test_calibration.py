@@ -26,8 +26,9 @@ def calibrated(tmp_path, taught):
 
 
 def test_calibrate_writes_ranges_and_a_margin_from_the_measured_noise(calibrated):
-    """Every decoder linear gets its input ranges; the margin is 1.25x the largest label noise of
-    the smoothed int8 layers against fp32 on the calibration inputs (within the bounds); the file
+    """Every decoder linear gets its input ranges; with these few inputs (too few for the 1% bound)
+    the margin is 1.25x the largest label noise of the smoothed int8 layers against fp32 on the
+    calibration inputs (within the bounds); the file
     reads back the same, and nothing temporary is left."""
     student, cal, ids = calibrated
     ref = load_engine("transformers", str(student), device="cpu")
@@ -49,6 +50,43 @@ def test_calibrate_writes_ranges_and_a_margin_from_the_measured_noise(calibrated
     assert [p.name for p in student.iterdir() if p.name.startswith(".")] == []
 
 
+def test_label_noise_bounds_every_flip():
+    """An input's label changes between two engines only where its noise exceeds the fast margin:
+    checked on 20,000 random pairs of nearby label distributions, many of them flipped; and the
+    noise is at most twice the largest change of one probability (the earlier rule's quantity)."""
+    from potstill.models.scoring import label_margin
+
+    g = torch.Generator().manual_seed(0)
+    ref = torch.softmax(torch.randn(20_000, 5, generator=g) * 2, -1)
+    fast = torch.softmax(torch.log(ref) + 0.3 * torch.randn(20_000, 5, generator=g), -1)
+    noise = calibration.label_noise(fast, ref)
+    flips = fast.argmax(-1) != ref.argmax(-1)
+    assert flips.sum() > 500
+    margin = label_margin(torch.log(fast))
+    assert (noise[flips] > margin[flips]).all()
+    assert (noise >= 0).all() and (noise <= 2 * (fast - ref).abs().amax(-1) + 1e-6).all()
+    assert torch.equal(calibration.label_noise(ref, ref), torch.zeros(20_000))
+
+
+def test_margin_is_the_order_statistic_that_bounds_the_unrechecked_flips():
+    """With 1% and 95%: 512 inputs -> the 2nd largest noise (P(Bin(512, 1%) <= 1) = 0.036, <= 2:
+    0.11); 1,000 -> the 5th; 299 -> the largest; 298 (too few) -> 1.25x the largest; within bounds."""
+    noise = torch.arange(1000, 0, -1, dtype=torch.float32) / 4000  # 0.25, 0.24975, ...
+    assert calibration.margin_from_noise(noise[:512]) == pytest.approx(float(noise[1]))
+    assert calibration.margin_from_noise(noise) == pytest.approx(float(noise[4]))
+    assert calibration.margin_from_noise(noise[:299]) == pytest.approx(float(noise[0]))
+    assert calibration.margin_from_noise(noise[:298]) == pytest.approx(1.25 * float(noise[0]))
+    assert calibration.margin_from_noise(noise[:298] * 10) == calibration.MAX_MARGIN
+    assert calibration.margin_from_noise(torch.zeros(1000)) == calibration.MIN_MARGIN
+    # The bound it promises, on noise drawn from one distribution: a fresh draw's share above the
+    # margin is at most 1% in at least 95% of 400 calibrations.
+    g = torch.Generator().manual_seed(1)
+    over = [float((0.4 * torch.rand(100_000, generator=g) >
+                   calibration.margin_from_noise(0.4 * torch.rand(512, generator=g))).float().mean())
+            for _ in range(400)]
+    assert sum(o <= calibration.EPS for o in over) >= 0.95 * 400
+
+
 def test_auto_margin_and_smoothing_reach_the_int8_engine(calibrated, taught):
     """recheck_margin auto: the calibrated margin for engine transformers int8, 0.3 for another
     engine or an uncalibrated student; the compiled int8 engine is smoothed, keyed apart, and gives
@@ -63,7 +101,7 @@ def test_auto_margin_and_smoothing_reach_the_int8_engine(calibrated, taught):
     eng = load_engine("transformers", str(student), device="cpu", quantization="int8", compile=True,
                       recheck_margin="auto")
     assert isinstance(eng, RecheckedEngine) and eng.margin == cal.recheck_margin
-    assert "#int8-smooth0.65-" in eng.fast.identity and f"+recheck{cal.recheck_margin:g}-" in eng.identity
+    assert "#int8-smooth0.65-outliers8-" in eng.fast.identity and f"+recheck{cal.recheck_margin:g}-" in eng.identity
     body = eng.fast.lm.model.model._orig_mod
     assert all(m.smoothed for m in body.modules() if type(m).__name__ == "Int8Linear")
     plain = load_engine("transformers", str(taught), device="cpu", quantization="int8", compile=True)

@@ -94,10 +94,11 @@ class TransformersEngine:
         ``Int8DynamicActivationInt8Weight`` arithmetic, bit for bit, and CTranslate2's int8), under
         torch.compile's kernels. The embedding and LM head stay as loaded: label scores read the
         head's K rows. ``calibration`` (``engines.calibration.Calibration``, the student's own):
-        inputs smoothed by its activation ranges."""
+        inputs smoothed by its activation ranges, the MLP output layers' largest input channels multiplied
+        in float (``models.int8.OUTLIERS``)."""
         import hashlib
 
-        from potstill.models.int8 import quantize_linears
+        from potstill.models.int8 import OUTLIERS, quantize_linears
 
         absmax = calibration.absmax if calibration is not None else None
         try:
@@ -111,7 +112,8 @@ class TransformersEngine:
             for k in sorted(absmax):
                 h.update(k.encode())
                 h.update(absmax[k].float().numpy().tobytes())
-            tag += f"-smooth{calibration.alpha:g}-{h.hexdigest()[:12]}"
+            out = f"-outliers{OUTLIERS}" if OUTLIERS else ""  # their float product changed the numbers
+            tag += f"-smooth{calibration.alpha:g}{out}-{h.hexdigest()[:12]}"
         self.lm.identity += tag
         self.int8 = True
         self.identity = self.lm.identity

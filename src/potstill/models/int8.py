@@ -23,6 +23,15 @@ label noise (twice the largest change of a label probability against fp32) from 
 (median / max) to 0.031 / 0.119, and the labels that differ from fp32's from 2.4% to 1.2%. The
 division runs fused into the activations' quantization under torch.compile.
 
+**Outlier channels in float** (LLM.int8()'s decomposition, Dettmers et al. 2022), for a calibrated
+student: the MLP's output layers (``OUTLIER_LAYERS``) take their ``OUTLIERS`` = 8 input channels of
+largest calibrated range out of the int8 product (zeroed in the quantized input and in the weight,
+so neither the tokens' scales nor the rows' are sized for them) and multiply them in float, a
+``(tokens, 8) x (8, N)`` product added to the int8 one. ``benchmarks/int8_outliers.py`` has the
+probe that chose them (label noise per layer and per layer type, the variants tried). In batches of
+16 the float product cost 2%, inside the A/A control's gap (``benchmarks/engine_ab_outliers.json``).
+An uncalibrated layer keeps the slots on zero weights, so it traces the calibrated one's graph.
+
 **oneDNN's int8 product on a CPU with AMX**, for inputs of ``ONEDNN_MIN_ROWS`` tokens or more (a
 batch, a prefill): ``torch._int_mm`` multiplies through oneDNN's general int8 GEMM, which does not
 use AMX's tiles and repacks nothing ahead; ``torch.ops.onednn.qlinear_pointwise`` multiplies by a
@@ -46,6 +55,8 @@ import torch
 EPS = torch.finfo(torch.float32).eps
 QMAX = 127.5  # (127 - (-128)) / 2: the symmetric int8 range's half-width, as torchao's choose_qparams
 ALPHA = 0.65  # smoothing's migration strength: the best of 0.5, 0.65 and 0.8 on the quickstart student
+OUTLIERS = 8  # calibrated layers named in OUTLIER_LAYERS multiply their largest input channels in float
+OUTLIER_LAYERS = ("down_proj",)  # the MLP's output layer: its inputs carry the largest channels
 
 
 def quantize_rows(x: torch.Tensor, unsigned: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,9 +126,12 @@ def smoothing(act_absmax: torch.Tensor, weight: torch.Tensor, alpha: float = ALP
 
 class Int8Linear(torch.nn.Module):
     """``nn.Linear`` with int8 weights and dynamically quantized int8 activations (see the module).
-    ``smooth``: ``(K,)`` divisors of the activations, multiplied into the weight (:func:`smoothing`)."""
+    ``smooth``: ``(K,)`` divisors of the activations, multiplied into the weight (:func:`smoothing`).
+    ``outliers``: input channels multiplied in float instead (LLM.int8()'s decomposition): left out of
+    the int8 product, so neither a token's scale nor a row's weight scale is sized for them."""
 
-    def __init__(self, linear: torch.nn.Linear, smooth: torch.Tensor | None = None) -> None:
+    def __init__(self, linear: torch.nn.Linear, smooth: torch.Tensor | None = None,
+                 outliers: torch.Tensor | None = None, slots: int = 0) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         weight = linear.weight.detach()
@@ -129,6 +143,24 @@ class Int8Linear(torch.nn.Module):
         # untrained student (pilot) serves the calibrated one (evaluate) from torch's cache.
         self.smoothed = smooth is not None
         inv = (1.0 / smooth) if smooth is not None else torch.ones(self.in_features)
+        # For the same reason a layer with ``slots`` and no outliers runs the float product too, on
+        # zero weights (adding 0.0 changes nothing).
+        self.outliers = 0 if outliers is None else len(outliers)
+        self.slots = max(slots, self.outliers)
+        if self.slots:
+            if outliers is not None:
+                idx = outliers.to(device=weight.device, dtype=torch.long)
+                # (k, N) float weight of the outlier channels, unsmoothed (they multiply the raw inputs).
+                w_out = linear.weight.detach()[:, idx].t().contiguous()
+                inv = inv.clone()
+                inv[idx.cpu()] = 0.0  # zero in the quantized input (fused into its scaling) ...
+                weight = weight.clone()
+                weight[:, idx] = 0  # ... and out of the rows' weight scales
+            else:
+                idx = torch.arange(self.slots, device=weight.device)
+                w_out = torch.zeros(self.slots, self.out_features, dtype=weight.dtype, device=weight.device)
+            self.register_buffer("outlier_index", idx, persistent=False)
+            self.register_buffer("outlier_weight_t", w_out, persistent=False)
         self.register_buffer("inv_smooth", inv.to(weight.device), persistent=False)
         q, scale = quantize_rows(weight)
         # (K, N), the transpose of a contiguous (N, K), as torchao passes it to torch._int_mm.
@@ -151,6 +183,7 @@ class Int8Linear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
+        raw = x.reshape(-1, self.in_features)
         x = x * self.inv_smooth.to(x.dtype)  # exact when not smoothed (times 1.0)
         rows = x.reshape(-1, self.in_features)
         if self.onednn and rows.shape[0] >= ONEDNN_MIN_ROWS:
@@ -165,26 +198,32 @@ class Int8Linear(torch.nn.Module):
             if self.shift is not None:
                 acc = acc - self.shift
             y = (acc.float() * scale).to(x.dtype) * self.weight_scale.to(x.dtype)
+        if self.slots:
+            y = y + raw.index_select(1, self.outlier_index) @ self.outlier_weight_t.to(x.dtype)
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"smoothed={self.smoothed}, onednn={self.onednn}")
+                f"smoothed={self.smoothed}, outliers={self.outliers}, onednn={self.onednn}")
 
 
 def quantize_linears(module: torch.nn.Module, act_absmax: dict[str, torch.Tensor] | None = None,
                      alpha: float = ALPHA, prefix: str = "") -> int:
     """Replace every ``nn.Linear`` inside ``module`` by an :class:`Int8Linear`; the number replaced.
     ``act_absmax``: per-input-channel activation maxima keyed by the layer's name under ``module``
-    (``activation_absmax``); a layer found there is smoothed with ``alpha``."""
+    (``activation_absmax``); a layer found there is smoothed with ``alpha``, and one named in
+    ``OUTLIER_LAYERS`` multiplies its ``OUTLIERS`` channels of largest maxima in float."""
     n = 0
     for name, child in list(module.named_children()):
         full = f"{prefix}{name}"
         if isinstance(child, torch.nn.Linear):
             a = (act_absmax or {}).get(full)
-            setattr(module, name, Int8Linear(child, None if a is None else smoothing(a, child.weight, alpha)))
+            smooth = None if a is None else smoothing(a, child.weight, alpha)
+            slots = min(OUTLIERS, child.in_features) if name in OUTLIER_LAYERS else 0
+            out = a.float().topk(slots).indices.sort().values if a is not None and slots else None
+            setattr(module, name, Int8Linear(child, smooth, out, slots))
             n += 1
         else:
             n += quantize_linears(child, act_absmax, alpha, f"{full}.")
