@@ -57,7 +57,7 @@ SWITCHES = {  # the settings' names; True: the default's side of the switch
     "onednn": {"default (oneDNN for inputs of 128 tokens or more)": True,
                "torch._int_mm only (before 2026-12-01)": False,
                "default again (A/A control: the noise floor)": True},
-    "outliers": {"default (the MLP output's 8 largest input channels in float)": True,
+    "outliers": {"default (the MLP output's 16 largest input channels in float)": True,
                  "all channels in int8 (before 2026-12-01)": False,
                  "default again (A/A control: the noise floor)": True}}
 

@@ -93,6 +93,8 @@ def main() -> None:
         for n in floats:
             parent, leaf = n.rsplit(".", 1)
             setattr(body.get_submodule(parent), leaf, layer(n))
+        fast._prefixes.clear()  # the cached system turn is recomputed by these layers
+        fast._stacks.clear()
         t = time.perf_counter()
         p = torch.softmax(fast.score_labels(fmt, msgs, ids, batch_size=16).logits.float(), -1)
         noise = calibration.label_noise(p, p_ref)
