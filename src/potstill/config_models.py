@@ -147,6 +147,9 @@ class TeacherConfig(Section):
     quantization: QuantizationName = engine_quantization("The local teacher's weights")
     recheck_margin: RecheckMargin = engine_recheck("The local teacher's labels")
     draft_tokens: int = engine_drafts("The local teacher's generated answers")
+    compile: bool = Field(
+        False, description="Local teacher, engine transformers: run it under torch.compile (CPU; needed for "
+        "quantization: int8; the first calls of each shape compile).")
     calibrate: bool = Field(
         False, description="Local classification teacher: divide label probabilities by their content-free prior."
     )

@@ -248,6 +248,35 @@ def test_local_teacher_in_bfloat16_gives_the_fp32_labels_and_caches_its_answers_
     assert "dtype" not in ident["auto"] and ident["bfloat16"]["dtype"] == "bfloat16"  # a new cache key
 
 
+def test_local_teacher_in_int8_compiles_gives_the_fp32_labels_and_caches_its_answers_apart(tmp_path, taught):
+    """teacher.quantization int8 needs teacher.compile (one line naming it otherwise); compiled, the
+    few-shot teacher (two shot orders, prefixes cached) gives the fp32 teacher's labels (near ties
+    re-checked in fp32) under cache keys of its own."""
+    shots = tmp_path / "shots.jsonl"
+    shots.write_text(_rows(10, 5))
+
+    def teacher(**extra):
+        cfg = load_config(overrides={"task": TASK, "teacher": {
+            "type": "local", "model": str(taught), "prompt_format": "completion", "answer_prefix": "topic:",
+            "calibrate": True, "few_shot": {"path": str(shots), "k": 5, "orders": 2}, **extra}})
+        return get_teacher(cfg.teacher, get_task(cfg.task))
+
+    def labels(t) -> list[str]:
+        out: dict[int, object] = {}
+        t.run([t.request(Record(messages=m)) for m in MSGS], lambda i, r: out.__setitem__(i, r))
+        assert all(out[i].cached_input_tokens > 0 for i in range(len(MSGS)))
+        return [out[i].output for i in range(len(MSGS))]
+
+    with pytest.raises(PotstillError, match="teacher.compile"):
+        teacher(quantization="int8").lm()
+    fp32 = teacher()
+    int8 = teacher(quantization="int8", compile=True)
+    assert labels(int8) == labels(fp32)
+    assert "#int8" in int8.lm().identity and int8.lm().compiled
+    assert int8.identity()["quantization"] == "int8" and int8.identity()["compile"] is True
+    assert "compile" not in fp32.identity()
+
+
 def test_draft_tokens_reach_each_sections_engine_and_ctranslate2_refuses_drafts(taught):
     """``draft_tokens`` of the serve, evaluate and teacher sections reaches engine transformers'
     greedy generation (its default 2 passes to no engine: a third-party one never sees it); engine

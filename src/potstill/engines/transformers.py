@@ -68,8 +68,7 @@ class TransformersEngine:
         if quantization == "int8" and not compile:
             raise PotstillError("quantization int8 with engine transformers runs only under torch.compile (eager, "
                                 "int8 layers were slower than fp32: benchmarks/engine_int8.json); "
-                                "set compile: true beside it (serve.compile, evaluate.compile; a local teacher "
-                                "has no compile, so no int8 in engine transformers)")
+                                "set compile: true beside it (serve.compile, evaluate.compile, teacher.compile)")
         if quantization not in ("auto", "none", "int8"):
             raise PotstillError(f"engine transformers runs unquantized weights (dtype float32 or bfloat16) or "
                                 f"int8 ones; quantization '{quantization}' is not one of its")

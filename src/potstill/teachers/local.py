@@ -116,13 +116,14 @@ class LocalTeacher(Teacher):
             **({"engine": self.cfg.engine} if self.cfg.engine != "transformers" else {}),
             **({"dtype": self.cfg.dtype} if self.cfg.dtype != "auto" else {}),
             **({"quantization": self.cfg.quantization} if self.cfg.quantization != "auto" else {}),
+            **({"compile": True} if self.cfg.compile else {}),  # compiled kernels round differently
             **({"recheck_margin": self.cfg.recheck_margin} if self.cfg.engine != "transformers" else {}),
         }
 
     def lm(self) -> Engine:
         # Loaded lazily: a fully cached rerun never pays the load.
         if self._engine is None:
-            self._engine = section_engine(self.cfg, self.cfg.model)
+            self._engine = section_engine(self.cfg, self.cfg.model, compile=self.cfg.compile)
         return self._engine
 
     def _cost(self, seconds: float) -> float:
