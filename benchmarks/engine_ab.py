@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.engine import quickstart
-from benchmarks.engine_int8 import cpu_flags
+from benchmarks.engine_int8 import calibrated_student, cpu_flags
 from potstill.engines import load_engine
 from potstill.models import int8
 from potstill.models.prompting import label_token_ids
@@ -60,26 +60,6 @@ SWITCHES = {  # the settings' names; True: the default's side of the switch
     "outliers": {"default (the MLP output's 16 largest input channels in float)": True,
                  "all channels in int8 (before 2026-12-01)": False,
                  "default again (A/A control: the noise floor)": True}}
-
-
-def calibrated_student(run: Path, cfg: object, work: Path) -> Path:
-    """RUN's student with an int8 calibration: its own, else one made as ``potstill train`` makes it
-    (the first 512 training inputs) in a copy under ``work``."""
-    import shutil
-
-    from potstill.engines import calibration
-    from potstill.records import read_records
-
-    if calibration.load(run / "student") is not None:
-        return run / "student"
-    copy = work / "student"
-    shutil.copytree(run / "student", copy)
-    ref = load_engine("transformers", str(copy), device="cpu")
-    task = get_task(cfg.task)
-    fmt = student_format(ref, task)
-    ids = label_token_ids(ref.tokenizer, fmt, task.labels)
-    calibration.calibrate(copy, fmt, [r.messages for r in read_records(run / "train.jsonl")[:512]], ids)
-    return copy
 
 
 def main() -> None:

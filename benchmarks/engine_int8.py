@@ -128,6 +128,29 @@ def solo(args: argparse.Namespace, cfg: Any, test: list) -> dict[str, Any]:
     return out
 
 
+def calibrated_student(run: Path, cfg: Any, work: Path, own: bool = True) -> Path:
+    """RUN's student with an int8 calibration: its own (``own``, when it has one), else one made as
+    ``potstill train`` makes it (the first 512 training inputs) in a copy under ``work``."""
+    import shutil
+
+    from potstill.engines import calibration
+    from potstill.models.prompting import label_token_ids
+    from potstill.records import read_records
+    from potstill.students import student_format
+    from potstill.tasks import get_task
+
+    if own and calibration.load(run / "student") is not None:
+        return run / "student"
+    copy = work / "student"
+    shutil.copytree(run / "student", copy, ignore=shutil.ignore_patterns(calibration.FILE))
+    ref = load_engine("transformers", str(copy), device="cpu")
+    task = get_task(cfg.task)
+    fmt = student_format(ref, task)
+    ids = label_token_ids(ref.tokenizer, fmt, task.labels)
+    calibration.calibrate(copy, fmt, [r.messages for r in read_records(run / "train.jsonl")[:512]], ids)
+    return copy
+
+
 def time_alone(e: Any, name: str, cfg: Any, test: list, n_latency: int, batch_size: int,
                passes: int = 1) -> dict[str, Any]:
     """``e`` warmed (a re-check's reference loaded, compiled code built on the timed shapes), then

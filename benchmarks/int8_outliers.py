@@ -33,7 +33,7 @@ from typing import Any, Callable
 import torch
 
 from benchmarks.engine import quickstart
-from benchmarks.engine_int8 import cpu_flags
+from benchmarks.engine_int8 import calibrated_student, cpu_flags
 from potstill.engines import calibration, load_engine
 from potstill.engines.transformers import TransformersEngine
 from potstill.models import int8
@@ -65,14 +65,13 @@ def main() -> None:
     t0 = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="potstill-bench-outliers-"))
     cfg, _, test = quickstart(work, args.run)
-    student = work / "student"
-    shutil.copytree(args.run / "student", student, ignore=shutil.ignore_patterns(calibration.FILE))
+    student = calibrated_student(args.run, cfg, work, own=False)
+    cal = calibration.load(student)
     task = get_task(cfg.task)
     ref = load_engine("transformers", str(student), device="cpu")
     fmt = student_format(ref, task)
     ids = label_token_ids(ref.tokenizer, fmt, task.labels)
-    calib = [r.messages for r in read_records(args.run / "train.jsonl")[:512]]
-    cal = calibration.calibrate(student, fmt, calib, ids)
+    calib = [r.messages for r in read_records(args.run / "train.jsonl")[:cal.inputs]]
     msgs = calib + [r.messages for r in test]
     p_ref = torch.softmax(ref.score_labels(fmt, msgs, ids, batch_size=16).logits.float(), -1)
     fast = TransformersEngine.load(str(student), device="cpu", dtype="float32")  # float; layers swapped below
