@@ -128,6 +128,15 @@ def solo(args: argparse.Namespace, cfg: Any, test: list) -> dict[str, Any]:
     return out
 
 
+def run_alone(script: str, name: str, *argv: str) -> dict[str, Any]:
+    """``script --solo name argv...`` in a process of its own; the JSON its last stdout line holds.
+    A failure exits with the child's last stderr line, naming ``name``."""
+    r = subprocess.run([sys.executable, script, "--solo", name, *argv], capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"{name}: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
 def calibrated_student(run: Path, cfg: Any, work: Path, own: bool = True) -> Path:
     """RUN's student with an int8 calibration: its own (``own``, when it has one), else one made as
     ``potstill train`` makes it (the first 512 training inputs) in a copy under ``work``."""
@@ -246,10 +255,8 @@ def main() -> None:
     out["student"]["int8_vs_torchao"] = same_arithmetic(built, cfg, test, args.batch_size)
     out["solo"] = {}
     for k in factories(args.student):  # each engine in a process of its own
-        r = subprocess.run([sys.executable, __file__, "--run", str(args.run), "--solo", k,
-                            "--n-latency", str(args.n_latency), "--batch-size", str(args.batch_size)],
-                           capture_output=True, text=True, check=True)
-        out["solo"][k] = json.loads(r.stdout.strip().splitlines()[-1])
+        out["solo"][k] = run_alone(__file__, k, "--run", str(args.run), "--n-latency", str(args.n_latency),
+                                   "--batch-size", str(args.batch_size))
     key = f"throughput_batch{args.batch_size}"
     for k, r in out["solo"].items():  # against the fp32 padded engine alone, as the shared rows are against it in turn
         r["throughput_vs_fp32"] = out["solo"][BASE][key]["per_input_s"] / r[key]["per_input_s"]

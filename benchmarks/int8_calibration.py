@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +37,7 @@ from typing import Any, Callable
 import torch
 
 from benchmarks.engine import BASE, MIN_SAME_LABEL, padded, quickstart
-from benchmarks.engine_int8 import cpu_flags, time_alone
+from benchmarks.engine_int8 import cpu_flags, run_alone, time_alone
 from potstill.engines import calibration, load_engine
 
 N_CALIBRATION = 512  # TrainConfig.int8_calibration's default
@@ -136,13 +135,9 @@ def main() -> None:
         "calibration": {"inputs": len(calib), "seconds": round(time.perf_counter() - c0, 1), **cal.info}}
     rows = {}
     for k in factories(str(plain), str(calibrated)):  # each engine in a process of its own
-        r = subprocess.run([sys.executable, __file__, "--run", str(args.run), "--solo", k, "--plain", str(plain),
-                            "--calibrated", str(calibrated), "--n-latency", str(args.n_latency),
-                            "--batch-size", str(args.batch_size), "--passes", str(args.passes)],
-                           capture_output=True, text=True)
-        if r.returncode != 0:
-            sys.exit(f"{k}: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}")
-        rows[k] = json.loads(r.stdout.strip().splitlines()[-1])
+        rows[k] = run_alone(__file__, k, "--run", str(args.run), "--plain", str(plain), "--calibrated",
+                            str(calibrated), "--n-latency", str(args.n_latency), "--batch-size",
+                            str(args.batch_size), "--passes", str(args.passes))
         print(f"{k}: done", file=sys.stderr, flush=True)
     key = f"throughput_batch{args.batch_size}"
     q = quality(rows, test, task.labels, key)

@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +32,7 @@ from typing import Any
 import torch
 
 from benchmarks.engine import MIN_SAME_LABEL, quickstart
-from benchmarks.engine_int8 import cpu_flags
+from benchmarks.engine_int8 import cpu_flags, run_alone
 
 ENGINES = {  # name -> (dtype, quantization, recheck_margin)
     "transformers fp32": ("float32", "auto", 0.0),
@@ -93,11 +92,7 @@ def main() -> None:
     t0 = time.perf_counter()
     rows: dict[str, Any] = {}
     for name in ENGINES:  # each in a process of its own
-        r = subprocess.run([sys.executable, __file__, "--run", str(args.run), "--solo", name],
-                           capture_output=True, text=True)
-        if r.returncode != 0:
-            sys.exit(f"{name}: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}")
-        rows[name] = json.loads(r.stdout.strip().splitlines()[-1])
+        rows[name] = run_alone(__file__, name, "--run", str(args.run))
         print(f"{name}: {rows[name]['per_article_s']['p50'] * 1e3:.0f} ms per article (p50)", file=sys.stderr,
               flush=True)
     gold = torch.tensor(next(iter(rows.values()))["gold"])
