@@ -103,14 +103,18 @@ def worker(copy: Path) -> None:
 
 
 def take_turns(copies: dict[int, Path], rounds: int, calls: int) -> dict[int, dict[str, Any]]:
+    # A worker's stderr goes to a file beside its copy: a pipe nobody reads could fill and stall it.
+    logs = {n: (c.parent / f"{c.name}.timing.log").open("w") for n, c in copies.items()}
     procs = {n: subprocess.Popen([sys.executable, __file__, "--worker", str(c)], stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                 stdout=subprocess.PIPE, stderr=logs[n], text=True)
              for n, c in copies.items()}
     out: dict[int, dict[str, Any]] = {}
     for n, p in procs.items():  # warmed one after another: compiling is not what is timed
         line = p.stdout.readline()
         if not line:
-            sys.exit(f"{n} layers: the timing process failed: {p.stderr.read().strip().splitlines()[-1:]}")
+            logs[n].close()
+            last = Path(logs[n].name).read_text().strip().splitlines()[-1:]
+            sys.exit(f"{n} layers: the timing process failed: {last} ({logs[n].name})")
         out[n] = {**json.loads(line), "p50_s": [], "mean_s": [], "batched_s_per_input": [], "rechecked_share": []}
     order = list(procs)
     for k in range(rounds):
@@ -122,9 +126,10 @@ def take_turns(copies: dict[int, Path], rounds: int, calls: int) -> dict[int, di
             out[n]["mean_s"].append(statistics.fmean(d["batch1_s"]))
             out[n]["batched_s_per_input"].append(d["batched_s_per_input"])
             out[n]["rechecked_share"].append(d["rechecked_share"])
-    for p in procs.values():
+    for n, p in procs.items():
         p.stdin.close()
         p.wait()
+        logs[n].close()
     return out
 
 
