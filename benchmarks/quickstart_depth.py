@@ -135,7 +135,7 @@ def take_turns(copies: dict[int, Path], rounds: int, calls: int) -> dict[int, di
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--run", help="a finished quickstart run")
+    ap.add_argument("--run", required=True, help="a finished quickstart run")
     ap.add_argument("--layers", default="12,8,6")
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--calls", type=int, default=20)
@@ -189,7 +189,8 @@ def main() -> None:
                                             if st.get("cost_per_1k_calls_batched_usd") else None)})
     timed = {n: c for n, c in copies.items() if (c / "eval.json").exists()}
     if timed:
-        usd_per_hour = yaml.safe_load((next(iter(timed.values())) / "potstill.yaml").read_text())["student"]["usd_per_hour"]
+        first = next(iter(timed.values())) / "potstill.yaml"
+        usd_per_hour = yaml.safe_load(first.read_text())["student"]["usd_per_hour"]
         for n, t in take_turns(timed, args.rounds, args.calls).items():
             d = result["depths"][str(n)]
             med = {k: statistics.median(t[k]) for k in ("p50_s", "mean_s", "batched_s_per_input", "rechecked_share")}
