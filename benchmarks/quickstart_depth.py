@@ -135,7 +135,7 @@ def take_turns(copies: dict[int, Path], rounds: int, calls: int) -> dict[int, di
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--run", required=True, help="a finished quickstart run")
+    ap.add_argument("--run", help="a finished quickstart run (required)")
     ap.add_argument("--layers", default="12,8,6")
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--calls", type=int, default=20)
@@ -145,6 +145,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.worker:
         return worker(Path(args.worker))
+    if not args.run:
+        ap.error("--run is required")
     from potstill.quickstart import STUDENT_LAYERS
 
     run = Path(args.run)
