@@ -518,7 +518,12 @@ def main() -> None:
         result[name]["part_wall_s"] = round(time.perf_counter() - t0, 1)
         args.out.write_text(json.dumps(result, indent=2, default=lambda x: None if isinstance(x, float) and math.isnan(x) else str(x)))
         print(f"{name}: written to {args.out}", flush=True)
-    failures = quality_failures(result)
+    exit_on_failures(quality_failures(result))
+
+
+def exit_on_failures(failures: list[str]) -> None:
+    """A benchmark's correctness ending (after its JSON is written): each failure on stderr as one
+    ``CORRECTNESS FAILED:`` line, and exit 1 if there is any."""
     for f in failures:
         print(f"CORRECTNESS FAILED: {f}", file=sys.stderr)
     if failures:

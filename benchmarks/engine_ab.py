@@ -44,7 +44,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.engine import quickstart
+from benchmarks.engine import exit_on_failures, quickstart
 from benchmarks.engine_int8 import calibrated_student, cpu_flags
 from potstill.engines import load_engine
 from potstill.models import int8
@@ -157,10 +157,7 @@ def main() -> None:
     args.out.write_text(json.dumps(out, indent=1) + "\n")
     failures = [f"{k}: {r['same_label_as_default']:.1%} of the default's labels (tolerance {MIN_SAME_LABEL:.0%})"
                 for k, r in rows.items() if r["same_label_as_default"] < MIN_SAME_LABEL]
-    for f in failures:
-        print(f"CORRECTNESS FAILED: {f}", file=sys.stderr)
-    if failures:
-        raise SystemExit(1)
+    exit_on_failures(failures)
 
 
 if __name__ == "__main__":

@@ -41,8 +41,8 @@ from typing import Any, Callable
 
 import torch
 
-from benchmarks.engine import (BASE, MIN_SAME_LABEL, RECHECK_MARGIN, RECHECKED, compiled, padded, quickstart,
-                               student_part)
+from benchmarks.engine import (BASE, MIN_SAME_LABEL, RECHECK_MARGIN, RECHECKED, compiled, exit_on_failures, padded,
+                               quickstart, student_part)
 from potstill.engines import load_engine
 from potstill.engines.transformers import TransformersEngine
 
@@ -274,9 +274,7 @@ def main() -> None:
            for k in (INT8_RECHECK, RECHECKED) if rows[k]["agreement_with_transformers_fp32"] < MIN_SAME_LABEL]
     if out["student"]["int8_vs_torchao"]["max_abs_logit_diff"] > 1e-4:
         bad.append(f"int8 layers vs torchao's: label logits differ by {out['student']['int8_vs_torchao']['max_abs_logit_diff']:.2e}")
-    for line in bad:
-        print("CORRECTNESS FAILED:", line, file=sys.stderr)
-    sys.exit(1 if bad else 0)
+    exit_on_failures(bad)
 
 
 if __name__ == "__main__":

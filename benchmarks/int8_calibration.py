@@ -36,7 +36,7 @@ from typing import Any, Callable
 
 import torch
 
-from benchmarks.engine import BASE, MIN_SAME_LABEL, padded, quickstart
+from benchmarks.engine import BASE, MIN_SAME_LABEL, exit_on_failures, padded, quickstart
 from benchmarks.engine_int8 import cpu_flags, run_alone, time_alone
 from potstill.engines import calibration, load_engine
 
@@ -163,10 +163,8 @@ def main() -> None:
     if e[SMOOTH]["label_noise"]["max"] >= e[PLAIN]["label_noise"]["max"]:
         bad.append(f"smoothing did not shrink the largest label noise ({e[SMOOTH]['label_noise']['max']:.3f} vs "
                    f"{e[PLAIN]['label_noise']['max']:.3f})")
-    for line in bad:
-        print("CORRECTNESS FAILED:", line, file=sys.stderr)
     shutil.rmtree(work, ignore_errors=True)
-    sys.exit(1 if bad else 0)
+    exit_on_failures(bad)
 
 
 if __name__ == "__main__":

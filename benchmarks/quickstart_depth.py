@@ -211,10 +211,9 @@ def main() -> None:
                       f"{'not measured' if shipped is None else shipped.get('verdict')}, not GO")
     result["failures"] = failed
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    for f in failed:
-        print(f"CORRECTNESS FAILED: {f}", file=sys.stderr)
-    if failed:
-        sys.exit(1)
+    from benchmarks.engine import exit_on_failures
+
+    exit_on_failures(failed)
 
 
 if __name__ == "__main__":

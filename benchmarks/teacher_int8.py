@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.engine import MIN_SAME_LABEL, quickstart
+from benchmarks.engine import MIN_SAME_LABEL, exit_on_failures, quickstart
 from benchmarks.engine_int8 import cpu_flags, run_alone
 
 ENGINES = {  # name -> (dtype, quantization, recheck_margin)
@@ -116,9 +116,7 @@ def main() -> None:
         same = rows[k][f"same_label_as_{REFERENCE[dtype]}"]
         if quantization == "int8" and margin == "auto" and same < MIN_SAME_LABEL:
             bad.append(f"{k}: {same:.1%} of {REFERENCE[dtype]}'s labels (tolerance {MIN_SAME_LABEL:.0%})")
-    for line in bad:
-        print("CORRECTNESS FAILED:", line, file=sys.stderr)
-    sys.exit(1 if bad else 0)
+    exit_on_failures(bad)
 
 
 if __name__ == "__main__":
