@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -45,7 +44,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.engine import exit_on_failures, quickstart
-from benchmarks.engine_int8 import calibrated_student, cpu_flags
+from benchmarks.engine_int8 import calibrated_student, machine
 from potstill.engines import load_engine
 from potstill.models import int8
 from potstill.models.prompting import label_token_ids
@@ -150,8 +149,7 @@ def main() -> None:
               f"the default {r['same_label_as_default']:.1%}")
     out = {"switch": args.switch, "student_model": str(args.run / "student"), "identity": e.identity, "inputs": n,
            "batch_size": args.batch_size, "passes": args.passes,
-           "machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-                       "cpu_flags": cpu_flags()},
+           "machine": machine(),
            "settings": rows, "fastest": min(rows, key=lambda k: rows[k]["per_input_s_sum_of_batch_minima"]),
            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     args.out.write_text(json.dumps(out, indent=1) + "\n")

@@ -224,6 +224,12 @@ def same_arithmetic(built: dict[str, Any], cfg: Any, test: list, bs: int) -> dic
             "same_label": float((a.argmax(-1) == b.argmax(-1)).float().mean())}
 
 
+def machine() -> dict[str, Any]:
+    """What a CPU benchmark's JSON records of the machine it ran on."""
+    return {"cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+            "cpu_flags": cpu_flags()}
+
+
 def cpu_flags() -> list[str]:
     try:
         flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
@@ -248,8 +254,7 @@ def main() -> None:
         return
     t0 = time.perf_counter()
     built: dict[str, Any] = {}
-    out = {"student_model": args.student, "machine": {"cpus": os.cpu_count(), "cpu_flags": cpu_flags(),
-                                                      "torch": torch.__version__, "python": platform.python_version()},
+    out = {"student_model": args.student, "machine": machine(),
            "student": student_part(args, cfg, test, build=lambda a: built.update(engines(a)) or built,
                                    rechecked=(RECHECKED, INT8_RECHECK))}
     out["student"]["int8_vs_torchao"] = same_arithmetic(built, cfg, test, args.batch_size)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -37,7 +36,7 @@ from typing import Any, Callable
 import torch
 
 from benchmarks.engine import BASE, MIN_SAME_LABEL, exit_on_failures, padded, quickstart
-from benchmarks.engine_int8 import cpu_flags, run_alone, time_alone
+from benchmarks.engine_int8 import machine, run_alone, time_alone
 from potstill.engines import calibration, load_engine
 
 N_CALIBRATION = 512  # TrainConfig.int8_calibration's default
@@ -130,8 +129,7 @@ def main() -> None:
     cal = calibration.calibrate(calibrated, fmt, calib, ids)
     out: dict[str, Any] = {
         "student_model": str(args.run / "student"),
-        "machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-                    "cpu_flags": cpu_flags()},
+        "machine": machine(),
         "calibration": {"inputs": len(calib), "seconds": round(time.perf_counter() - c0, 1), **cal.info}}
     rows = {}
     for k in factories(str(plain), str(calibrated)):  # each engine in a process of its own

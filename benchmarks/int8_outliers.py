@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from typing import Any, Callable
 import torch
 
 from benchmarks.engine import quickstart
-from benchmarks.engine_int8 import calibrated_student, cpu_flags
+from benchmarks.engine_int8 import calibrated_student, machine
 from potstill.engines import calibration, load_engine
 from potstill.engines.transformers import TransformersEngine
 from potstill.models import int8
@@ -126,8 +125,7 @@ def main() -> None:
     shipped = f"shipped: {', '.join(int8.OUTLIER_LAYERS)}, {int8.OUTLIERS} largest channels in float"
     measure(shipped, lambda n: split(n, int8.OUTLIERS) if is_type(n, int8.OUTLIER_LAYERS) else smoothed[n])
     out = {"student_model": str(args.run / "student"), "inputs": {"calibration": len(calib), "test": len(test)},
-           "alpha": cal.alpha, "machine": {"cpus": os.cpu_count(), "torch": torch.__version__,
-                                           "python": platform.python_version(), "cpu_flags": cpu_flags()},
+           "alpha": cal.alpha, "machine": machine(),
            "variants": rows, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "wall_s": round(time.perf_counter() - t0, 1)}
     args.out.write_text(json.dumps(out, indent=1) + "\n")

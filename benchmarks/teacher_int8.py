@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -32,7 +31,7 @@ from typing import Any
 import torch
 
 from benchmarks.engine import MIN_SAME_LABEL, exit_on_failures, quickstart
-from benchmarks.engine_int8 import cpu_flags, run_alone
+from benchmarks.engine_int8 import machine, run_alone
 
 ENGINES = {  # name -> (dtype, quantization, recheck_margin)
     "transformers fp32": ("float32", "auto", 0.0),
@@ -106,8 +105,7 @@ def main() -> None:
         print(f"{k}: same label as fp32 {r['same_label_as_transformers fp32']:.1%}, as bf16 {bf16:.1%}, "
               f"gold {r['gold_accuracy']:.1%}, re-checked {r['rechecked_share']:.1%}", file=sys.stderr)
     out = {"teacher": "bundled:gemma-3-270m, the quickstart's 50 shots in 3 orders, calibrated",
-           "articles": int(len(gold)), "machine": {"cpus": os.cpu_count(), "torch": torch.__version__,
-                                                   "python": platform.python_version(), "cpu_flags": cpu_flags()},
+           "articles": int(len(gold)), "machine": machine(),
            "engines": rows, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "wall_s": round(time.perf_counter() - t0, 1)}
     args.out.write_text(json.dumps(out, indent=1) + "\n")
