@@ -39,3 +39,27 @@ def test_labels_sharing_a_first_token_are_refused(tiny_model):
     lm = load_lm(str(tiny_model))
     with pytest.raises(PotstillError, match="share their first token"):
         label_token_ids(lm.tokenizer, PromptFormat(kind="chat"), ["the team", "the party"])
+
+
+def test_label_ids_are_remembered_per_tokenizer_and_follow_its_vocabulary(tiny_model):
+    from potstill.models import prompting
+
+    lm = load_lm(str(tiny_model))
+    tok, chat = lm.tokenizer, PromptFormat(kind="chat")
+    labels = ["sports", "tech", "politics"]
+    first = label_token_ids(tok, chat, labels)
+    assert first == prompting._label_token_ids(tok, chat, labels)
+    assert label_token_ids(tok, chat, labels) == first
+    assert tok in prompting._LABEL_IDS  # remembered: the second call did not tokenise again
+    # A completion's labels start with a space: other texts, other ids, not the chat's remembered ones.
+    completion = label_token_ids(tok, PromptFormat(kind="completion"), labels)
+    assert completion == prompting._label_token_ids(tok, PromptFormat(kind="completion"), labels)
+    # A token added to the vocabulary can change a label's first token: not answered from memory.
+    tok.add_tokens(["politi"])
+    after = label_token_ids(tok, chat, labels)
+    assert after[2] == tok.convert_tokens_to_ids("politi") != first[2]
+    assert after[:2] == first[:2]
+    # A refusal is not remembered as an answer.
+    for _ in range(2):
+        with pytest.raises(PotstillError, match="share their first token"):
+            label_token_ids(tok, chat, ["the team", "the party"])
