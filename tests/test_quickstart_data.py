@@ -175,6 +175,7 @@ def test_quickstart_student_engine_auto_is_int8_where_it_pays_else_ctranslate2_w
         else:
             assert (section.engine, section.quantization, section.compile) == (want, "auto", False)
     assert cfg.student.num_layers == qs.STUDENT_LAYERS and cfg.train.trainable_layers is None
+    assert cfg.evaluate.latency_samples == cfg.curate.test == 100  # the student timed on the teacher's articles
     assert cfg.evaluate.recheck_margin == "auto" and cfg.serve.dtype == cfg.evaluate.dtype
     # int8 layers keep fp32 activations and re-checks; the other engines' re-checks run at training's dtype
     assert cfg.evaluate.dtype == ("auto" if int8 else cfg.train.dtype)
