@@ -41,19 +41,22 @@ def test_labels_sharing_a_first_token_are_refused(tiny_model):
         label_token_ids(lm.tokenizer, PromptFormat(kind="chat"), ["the team", "the party"])
 
 
-def test_label_ids_are_remembered_per_tokenizer_and_follow_its_vocabulary(tiny_model):
+def test_label_ids_are_remembered_per_tokenizer_and_follow_its_vocabulary(tiny_model, monkeypatch):
     from potstill.models import prompting
 
     lm = load_lm(str(tiny_model))
     tok, chat = lm.tokenizer, PromptFormat(kind="chat")
     labels = ["sports", "tech", "politics"]
+    tokenised = []
+    uncached = prompting._label_token_ids
+    monkeypatch.setattr(prompting, "_label_token_ids", lambda *a: tokenised.append(a) or uncached(*a))
     first = label_token_ids(tok, chat, labels)
-    assert first == prompting._label_token_ids(tok, chat, labels)
+    assert first == uncached(tok, chat, labels)
     assert label_token_ids(tok, chat, labels) == first
-    assert tok in prompting._LABEL_IDS  # remembered: the second call did not tokenise again
-    # A completion's labels start with a space: other texts, other ids, not the chat's remembered ones.
+    assert len(tokenised) == 1  # remembered: the second call did not tokenise again
+    # A completion's labels start with a space: other texts, tokenised, not the chat's remembered ids.
     completion = label_token_ids(tok, PromptFormat(kind="completion"), labels)
-    assert completion == prompting._label_token_ids(tok, PromptFormat(kind="completion"), labels)
+    assert completion == uncached(tok, PromptFormat(kind="completion"), labels) and len(tokenised) == 2
     # A token added to the vocabulary can change a label's first token: not answered from memory.
     tok.add_tokens(["politi"])
     after = label_token_ids(tok, chat, labels)
