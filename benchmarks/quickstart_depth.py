@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import shutil
 import statistics
@@ -147,6 +146,8 @@ def main() -> None:
         return worker(Path(args.worker))
     if not args.run:
         ap.error("--run is required")
+    from benchmarks.engine import exit_on_failures
+    from benchmarks.engine_int8 import machine
     from potstill.quickstart import STUDENT_LAYERS
 
     run = Path(args.run)
@@ -157,7 +158,7 @@ def main() -> None:
         "what": "the quickstart student cut to its first N of SmolLM2's 30 layers: trained and evaluated on one "
                 "run's teacher labels and split, then timed with the depths taking turns",
         "run": str(run), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": {**machine(), "platform": platform.platform()},
         "rounds": args.rounds, "calls_per_round": args.calls, "batched_inputs_per_round": BATCHED,
         "shipped_layers": STUDENT_LAYERS, "depths": {}}
     failed = []
@@ -211,8 +212,6 @@ def main() -> None:
                       f"{'not measured' if shipped is None else shipped.get('verdict')}, not GO")
     result["failures"] = failed
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    from benchmarks.engine import exit_on_failures
-
     exit_on_failures(failed)
 
 
