@@ -72,7 +72,8 @@ def main() -> None:
         "pilot": {k: {m: v.get(m) for m in ("gold_metric", "agreement_with_teacher")} for k, v in pilot["models"].items()},
         "evaluate": {
             name: {k: m.get(k) for k in ("gold_metric", "agreement_with_teacher", "tokens_per_call",
-                                         "cost_per_1k_calls_usd")} | {"latency_batch1": m.get("latency_batch1")}
+                                         "cost_per_1k_calls_usd", "ledger_cost_per_1k_calls_usd")}
+                  | {"latency_batch1": m.get("latency_batch1"), "ledger_latency_batch1": m.get("ledger_latency_batch1")}
             for name, m in ev["models"].items()
         },
         "cost_ratio_teacher_over_student": cost_ratios(ev),
@@ -90,12 +91,17 @@ def main() -> None:
 
 
 def cost_ratios(ev: dict) -> dict:
-    """The teacher's $ per call over the trained student's, at batch 1 and at the serving batch."""
+    """The teacher's $ per call over the trained student's, at batch 1 and at the serving batch; the
+    teacher's cost as evaluate reports it (a local teacher timed there in turns with the student),
+    and ``*_ledger`` with generate's timing of it instead (what earlier runs of this script reported)."""
     m = ev["models"]
     teacher, student = m["teacher"]["cost_per_1k_calls_usd"], m["student"]
-    return {"batch1": teacher / student["cost_per_1k_calls_usd"],
-            "batched": teacher / student["cost_per_1k_calls_batched_usd"] if student.get("cost_per_1k_calls_batched_usd")
-            else None, "student_engine": student.get("engine")}
+    ledger = m["teacher"].get("ledger_cost_per_1k_calls_usd", teacher)
+    batched = student.get("cost_per_1k_calls_batched_usd")
+    return {"batch1": teacher / student["cost_per_1k_calls_usd"], "batched": teacher / batched if batched else None,
+            "batch1_ledger": ledger / student["cost_per_1k_calls_usd"],
+            "batched_ledger": ledger / batched if batched else None,
+            "teacher_cost_source": m["teacher"].get("cost_source"), "student_engine": student.get("engine")}
 
 
 def first_stage_times(stdout: str) -> dict:

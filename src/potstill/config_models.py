@@ -340,6 +340,11 @@ class JudgeConfig(Section):
 
 class EvaluateConfig(Section):
     latency_samples: int = Field(30, ge=1, description="Calls timed one at a time for p50/p95 latency.")
+    teacher_latency_samples: int = Field(
+        100, ge=0, description="A local teacher (teacher.type local) is timed at batch 1 too, on the first N of the "
+        "student's timed test inputs, the two taking turns so that both are timed in the same minutes; its cost "
+        "per call is then that mean x teacher.price.usd_per_hour. 0, or an API teacher: latency and cost from the "
+        "ledger rows generate wrote (kept beside the timed ones either way).")
     batch_size: int = Field(16, ge=1, description="Batch size for the throughput pass.")
     monthly_calls: int = Field(1_000_000, ge=0, description="Expected calls per month, for the break-even.")
     quality_bar: QualityBar = Field(default_factory=QualityBar)

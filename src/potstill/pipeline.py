@@ -22,6 +22,10 @@ _GENERATE_TUNES = ("generate.rpm", "generate.tpm", "generate.budget_usd", "gener
                    "generate.ray_gpus_per_worker", "generate.ray_endpoints", "generate.prices", "generate.batch_price",
                    "generate.batch_poll_s", "generate.batch_max_requests", "generate.batch_resubmits")
 
+# How an API teacher is reached: no answer, and no local teacher's timing, depends on these.
+_TEACHER_TRANSPORT = ("teacher.base_url", "teacher.api_key_env", "teacher.concurrency", "teacher.timeout_s",
+                      "teacher.max_retries", "teacher.terms")
+
 # tracking: where a finished train or evaluate is logged, never what it writes.
 # Train's preflight compares the label tokens under the teacher's prompt: it can refuse, not change, a run.
 _TRAIN_PREFLIGHT = ("teacher.type", "teacher.model", "teacher.prompt_format", "teacher.answer_prefix")
@@ -51,8 +55,10 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           outputs=("student", "metrics.jsonl", "train.json"), body="potstill.train.stage:train_body", tracked=True),
     # Evaluate also sums the teacher's spend from the ledger (calls.sqlite); the ledger is an
     # append-only log that serving keeps writing, not an artifact, so it is not an input.
+    # A local teacher is loaded and timed beside the student (evaluate.teacher_latency_samples): the
+    # teacher fields that shape its calls count; those of an API client's transport do not.
     Stage("evaluate", "Untrained student vs teacher vs trained student on the test split, with a go/no-go verdict.",
-          reads=("task", "student", "evaluate", "report", "tracking"), tunes=("tracking",),
+          reads=("task", "student", "evaluate", "report", "tracking", "teacher"), tunes=("tracking", *_TEACHER_TRANSPORT),
           inputs=("test.jsonl", "student", "train.json"),
           outputs=("eval.json", "report.html"), body="potstill.evaluate.stage:evaluate_body", tracked=True),
 )}

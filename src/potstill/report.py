@@ -12,7 +12,7 @@ from potstill.engines.base import warm_batches
 from potstill.metrics import compare, teacher_gold_metric
 from potstill.progress import out, say
 from potstill.records import Record
-from potstill.students import Predictions, as_engine, measure_latency, percentile, predict
+from potstill.students import Beside, Predictions, as_engine, measure_latency, percentile, predict
 from potstill.tasks import Task
 
 
@@ -35,11 +35,12 @@ def log_student_calls(ledger: Ledger, stage: str, lm: Any, records: list[Record]
 
 def measure_student(lm: Any, task: Task, records: list[Record], usd_per_hour: float, batch_size: int,
                     latency_samples: int, desc: str, ledger: Ledger | None = None,
-                    stage: str = "evaluate") -> tuple[dict[str, Any], Any]:
+                    stage: str = "evaluate", beside: Beside | None = None) -> tuple[dict[str, Any], Any]:
     """Quality, latency (batch 1), throughput (batched) and cost per 1,000 calls, all measured here.
 
     ``lm``: an engine (``potstill.engines``) or an ``LM`` (run through transformers). With a
-    ``ledger``, each answered record is also logged there as a student call of ``stage``."""
+    ``ledger``, each answered record is also logged there as a student call of ``stage``. With
+    ``beside``, a second model's batch-1 calls are timed in turns with this one's (``measure_latency``)."""
     lm = as_engine(lm)
     if getattr(lm, "compiled", False):  # evaluate.compile: compile every kind of call timed below, untimed
         say(f"{stage}: compiling the {desc} (torch.compile); minutes on a small CPU")
@@ -50,7 +51,7 @@ def measure_student(lm: Any, task: Task, records: list[Record], usd_per_hour: fl
     if ledger is not None:
         log_student_calls(ledger, stage, lm, records, preds, usd_per_hour)
     quality = compare(task, preds.parsed, records)
-    latency = measure_latency(lm, task, records, latency_samples)
+    latency = measure_latency(lm, task, records, latency_samples, beside)
     batched_s = preds.wall_s / max(1, len(records))
     single_s = latency.get("mean_s", batched_s)
     return {
@@ -84,8 +85,27 @@ def student_spend(ledger: Ledger) -> list[dict[str, Any]]:
     return [groups[k] for k in sorted(groups)]
 
 
-def measure_teacher(task: Task, records: list[Record], ledger: Ledger) -> dict[str, Any]:
-    """The teacher's quality from its recorded answers; latency, tokens and cost from the ledger."""
+def measure_teacher(task: Task, records: list[Record], ledger: Ledger, timed: dict[str, Any] | None = None,
+                    usd_per_hour: float = 0.0) -> dict[str, Any]:
+    """The teacher's quality from its recorded answers; latency, tokens and cost from the ledger.
+
+    ``timed``: the teacher's batch-1 latency measured here (a local teacher, timed in turns with the
+    student: ``students.Beside``). It then gives the latency and the cost per call (mean seconds x
+    ``usd_per_hour``, the rate a local teacher bills its calls at), and the ledger's figures stay
+    beside them as ``ledger_latency_batch1`` and ``ledger_cost_per_1k_calls_usd``: those were timed
+    whenever generate ran, maybe on a busier or quieter machine than the student's timing."""
+    m = _teacher_from_ledger(task, records, ledger)
+    if timed and timed.get("n"):
+        m["ledger_latency_batch1"], m["ledger_cost_per_1k_calls_usd"] = m["latency_batch1"], m["cost_per_1k_calls_usd"]
+        m["latency_batch1"] = {**timed, "source": f"timed by this command at batch 1 on {timed['n']} test inputs, in "
+                                                  f"{timed['turns']} turns with the student's timed calls"}
+        m["cost_per_1k_calls_usd"] = timed["mean_s"] * usd_per_hour / 3600 * 1000
+        m["cost_source"] = (f"mean batch-1 latency timed here beside the student x teacher.price.usd_per_hour="
+                            f"{usd_per_hour}")
+    return m
+
+
+def _teacher_from_ledger(task: Task, records: list[Record], ledger: Ledger) -> dict[str, Any]:
     hashes = [r.meta["request_hash"] for r in records if r.meta.get("request_hash")]
     rows = ledger.rows_for(hashes)
     lat = [r["latency_s"] for r in rows]

@@ -93,7 +93,14 @@ def test_eval_json_has_every_part_of_the_decision(evaluated):
     assert 0 <= ev["metrics"]["student"]["vs_teacher"]["calibration"]["ece"] <= 1
     rows = {r["model"]: r for r in ev["latency_cost"]}
     assert rows["student"]["p50_s"] > 0 and rows["student"]["batched_p50_s"] > 0 and rows["student"]["calls_per_s"] > 0
-    assert rows["teacher"]["p50_s"] > 0 and "ledger" in rows["teacher"]["source"]
+    # The local teacher is timed here in turns with the student (3 calls: latency_samples caps it), its
+    # cost per call that mean at $1/h; the ledger's timing of generate's calls stays beside it.
+    t = ev["models"]["teacher"]
+    assert t["latency_batch1"]["n"] == 3 and t["latency_batch1"]["turns"] == 1
+    assert t["cost_per_1k_calls_usd"] == pytest.approx(t["latency_batch1"]["mean_s"] * 1.0 / 3600 * 1000)
+    assert t["ledger_latency_batch1"]["n"] == 12 and t["ledger_cost_per_1k_calls_usd"] > 0
+    assert rows["teacher"]["p50_s"] > 0 and rows["teacher"]["source"].startswith("timed by this command")
+    assert "timed by this command" in ev["sources"]["teacher"]
     assert ev["one_time"]["generation_usd"] > 0 and ev["one_time"]["train_s"] > 0  # teacher at $1/h; train.json
     assert len(ev["break_even"]["curve"]["months"]) == 25
     b = ev["break_even"]["batched"]

@@ -219,8 +219,9 @@ def _cost(ev: dict) -> str:
     return ("<section id='cost'><h2>Latency and cost</h2>"
             + _table(["model", "p50 (batch 1)", "p95 (batch 1)", f"p50 (batch {bs})", f"p95 (batch {bs})", "calls/s batched",
                       "$ per call", "$ per 1k calls", "source"], rows) + one
-            + _src("teacher rows: the ledger; student rows: timed by this command on this machine; the student's dollars "
-                   "are its measured seconds per call times the configured hourly price.") + "</section>")
+            + _src("teacher row: as its source column says (an API teacher's from the ledger; a local teacher timed "
+                   "here in turns with the student); student rows: timed by this command on this machine; a timed "
+                   "model's dollars are its measured seconds per call times its configured hourly price.") + "</section>")
 
 
 def _break_even(ev: dict) -> str:

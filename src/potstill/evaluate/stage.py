@@ -1,9 +1,10 @@
 """`potstill evaluate`: eval.json and a self-contained report.html, a printed table and a verdict.
 
-Every number written here is either read from the ledger (the teacher's answers, latency and
-cost), read from an earlier stage's artifact (train.json's measured training time), or measured
-by this command on this machine (the students' answers, latency and throughput); ``sources`` in
-eval.json says which, and report.html prints it beside each table.
+Every number written here is either read from the ledger (the teacher's answers, an API teacher's
+latency and cost), read from an earlier stage's artifact (train.json's measured training time), or
+measured by this command on this machine (the students' answers, latency and throughput, and a
+local teacher's batch-1 latency, timed in turns with the student's: ``evaluate.teacher_latency_samples``);
+``sources`` in eval.json says which, and report.html prints it beside each table.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from potstill.progress import bar, say
 from potstill.records import Record, read_records, write_json
 from potstill.report import measure_student, measure_teacher, print_slices, print_table
 from potstill.rundir import RunDir
-from potstill.students import Predictions, evaluation_engine, percentile, predict, untrained_student_engine
+from potstill.students import (Beside, Predictions, evaluation_engine, percentile, predict,
+                               untrained_student_engine)
 from potstill.tasks import Task, get_task
+from potstill.teachers import get_teacher
 
 
 def measure_batched(lm: Any, task: Task, records: list[Record], batch_size: int, n_batches: int) -> dict[str, Any]:
@@ -92,6 +95,10 @@ def worst_cases(task: Task, test: list[Record], preds: Predictions, teacher: lis
             for i in wrong[:k]]
 
 
+def _secs(x: float | None) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{x:.3f} s"
+
+
 def latency_cost(models: dict[str, dict[str, Any]], batched: dict[str, dict[str, Any]],
                  usd_per_hour: float) -> list[dict[str, Any]]:
     rows = []
@@ -99,7 +106,12 @@ def latency_cost(models: dict[str, dict[str, Any]], batched: dict[str, dict[str,
         lat = m.get("latency_batch1", {})
         row = {"model": name, "p50_s": lat.get("p50_s"), "p95_s": lat.get("p95_s"), "latency_n": lat.get("n"),
                "usd_per_call": m["cost_per_1k_calls_usd"] / 1000, "usd_per_1k_calls": m["cost_per_1k_calls_usd"]}
-        if name == "teacher":
+        if name == "teacher" and "ledger_latency_batch1" in m:
+            row["source"] = (f"timed by this command on this machine: {lat.get('n')} single calls in turns with the "
+                             f"student's; $ = {m['cost_source']}; the ledger's rows for these inputs (generate's "
+                             f"timing): p50 {_secs(m['ledger_latency_batch1'].get('p50_s'))}, "
+                             f"${m['ledger_cost_per_1k_calls_usd']:.4g} per 1k calls")
+        elif name == "teacher":
             row["source"] = ("ledger (calls.sqlite): latency of the recorded calls for these test inputs; "
                              "$ = mean cost_usd of those rows")
         else:
@@ -157,7 +169,7 @@ def evaluate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
         "one_time": one_time, "break_even": be, "verdict": v, "judge": judged,
         "quality_bar": e.quality_bar.model_dump(), "min_slice_n": rep.min_slice_n,
         "bootstrap_samples": rep.bootstrap_samples,
-        "sources": _sources(cfg, spend, train_s),
+        "sources": _sources(cfg, spend, train_s, "ledger_latency_batch1" in models["teacher"]),
     }
     if judged is not None:
         result["sources"]["judge"] = (f"judge {judged['model']}: both orders per input, answers and cost in the ledger "
@@ -191,21 +203,48 @@ def _measure_models(cfg: Config, run: RunDir, task: Task, test: list[Record]):
     preds: dict[str, Predictions] = {}
     batched: dict[str, dict[str, Any]] = {}
 
-    def measure(name: str, lm: Any) -> None:
+    def measure(name: str, lm: Any, beside: Beside | None = None) -> None:
         with run.ledger() as ledger:
             models[name], preds[name] = measure_student(
-                lm, task, test, cfg.student.usd_per_hour, e.batch_size, e.latency_samples, name, ledger)
+                lm, task, test, cfg.student.usd_per_hour, e.batch_size, e.latency_samples, name, ledger,
+                beside=beside)
         batched[name] = measure_batched(lm, task, test, e.batch_size, n_batches)
 
     if e.include_untrained:
         measure("untrained student", untrained_student_engine(cfg))
+    timed_teacher = _local_teacher(cfg, task, test)
+    measure("student", evaluation_engine(cfg, str(run / "student")), timed_teacher)
     with run.ledger() as ledger:
-        models["teacher"] = measure_teacher(task, test, ledger)
+        models["teacher"] = measure_teacher(task, test, ledger, timed_teacher.latency if timed_teacher else None,
+                                            cfg.teacher.price.usd_per_hour)
         spend = ledger.summary("teacher")
-    measure("student", evaluation_engine(cfg, str(run / "student")))
     # Keep the three-way order of the table: untrained, teacher, trained.
     models = {k: models[k] for k in ("untrained student", "teacher", "student") if k in models}
     return models, preds, batched, spend
+
+
+def _local_teacher(cfg: Config, task: Task, test: list[Record]) -> Beside | None:
+    """A local teacher, loaded here to be timed in turns with the student (``evaluate.teacher_latency_samples``
+    > 0), or None: an API teacher, or one that does not load here, whose latency and cost then come
+    from the ledger (the latter said in one line). Its timed calls are measurements, not answers:
+    neither logged to the ledger nor billed."""
+    n = min(cfg.evaluate.teacher_latency_samples, cfg.evaluate.latency_samples, len(test))
+    if cfg.teacher.type != "local" or n == 0:
+        return None
+    try:
+        say(f"evaluate: loading the local teacher to time it beside the student ({n} calls)")
+        teacher = get_teacher(cfg.teacher, task)
+        teacher.lm()
+    except Exception as e:  # noqa: BLE001 - an optional measurement: the ledger still has the teacher's timings
+        first = str(e).splitlines()[0] if str(e) else ""
+        say(f"evaluate: the local teacher did not load here ({type(e).__name__}: {first[:200]}); its latency and "
+            "cost come from the ledger rows generate wrote")
+        return None
+
+    def call(r: Record) -> None:
+        teacher.run([{"messages": r.messages}], lambda i, resp: None)
+
+    return Beside(call, n)
 
 
 def _all_metrics(task: Task, preds: dict[str, Predictions], conf: dict[str, list[float]], teacher: list[Any],
@@ -263,12 +302,16 @@ def _break_even(cfg: Config, models: dict[str, dict[str, Any]], one_time: dict[s
     return be
 
 
-def _sources(cfg: Config, spend: dict[str, Any], train_s: float) -> dict[str, str]:
+def _sources(cfg: Config, spend: dict[str, Any], train_s: float, teacher_timed: bool) -> dict[str, str]:
     """Where each number in eval.json comes from, printed beside its table in report.html."""
     e, rep = cfg.evaluate, cfg.report
     return {
         "student": "measured by this command: the student answered every test input on this machine",
-        "teacher": "the teacher's recorded answers in test.jsonl; latency and cost from the ledger (calls.sqlite)",
+        "teacher": ("the teacher's recorded answers in test.jsonl; its batch-1 latency timed by this command in turns "
+                    "with the student's (evaluate.teacher_latency_samples), cost per call = that mean x "
+                    f"teacher.price.usd_per_hour={cfg.teacher.price.usd_per_hour}; tokens from the ledger (calls.sqlite)"
+                    if teacher_timed else
+                    "the teacher's recorded answers in test.jsonl; latency and cost from the ledger (calls.sqlite)"),
         "gold": "the label/reference fields of test.jsonl (gold supplied with the inputs)",
         "intervals": f"percentile bootstrap over test examples, {rep.bootstrap_samples} resamples, seed {rep.seed}",
         "generation_usd": f"ledger: sum of cost_usd over all {spend['calls']} successful teacher calls of this run",

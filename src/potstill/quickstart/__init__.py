@@ -149,10 +149,10 @@ def build(run_dir: str | Path, n_inputs: int = INPUTS, n_shots: int = 50, n_test
                    "real_ratio": 1.0 if n_real else 0.0, "real_source": f"{SOURCE}, gold topic labels",
                    "real_license": LICENSE},
         "train": {"method": "full", "batch_size": 8, "lr": 3e-4, "epochs": 2, "seed": seed, "objective": "kd", **dtype},
-        # Every test article timed at batch 1 (about 3 s for the int8 student): the teacher's cost
-        # per call is the mean of its ledger rows for those same articles, and a mean of 30 calls
+        # Every test article timed at batch 1 (about 3 s for the int8 student): a mean of 30 calls
         # moves with how many of them the fp32 re-check happens to take (binomial at a 13% share:
-        # about +-10% of the 6-layer student's mean).
+        # about +-10% of the 6-layer student's mean). The teacher is timed on the first 100 of
+        # them in turns with the student (evaluate.teacher_latency_samples; about 15 s).
         "evaluate": {"latency_samples": n_test, "batch_size": 16, **engine},
         "serve": engine,
     }

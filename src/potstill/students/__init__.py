@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,19 +104,56 @@ def percentile(xs: list[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
-def measure_latency(lm: Any, task: Task, records: list[Record], n: int) -> dict[str, float]:
-    """p50/p95 of single calls (batch 1), timed one at a time after one warm-up call."""
+TURN = 25  # the student's calls per turn when another model is timed beside it (``measure_latency``)
+
+
+@dataclass
+class Beside:
+    """Another model timed at batch 1 in turns with the student (evaluate's local teacher):
+    ``call(record)`` answers one record; ``measure_latency`` times it on the first ``n`` of the
+    student's records and fills ``latency`` (n, p50_s, p95_s, mean_s, turns)."""
+
+    call: Callable[[Record], Any]
+    n: int
+    latency: dict[str, Any] | None = None
+
+
+def measure_latency(lm: Any, task: Task, records: list[Record], n: int, beside: Beside | None = None) -> dict[str, float]:
+    """p50/p95/mean of single calls (batch 1), timed one at a time after one warm-up call.
+
+    ``beside``: a second model timed on the first ``beside.n`` of the same records, the two taking
+    turns (``TURN`` of ``lm``'s calls, then an even share of the other's), so that both are timed
+    in the same minutes and a machine whose speed drifts (a shared VM: +-30% from one minute to the
+    next here) moves both alike. Turns of a few seconds rather than one call each: each model runs
+    a stretch of calls with its own weights in the CPU's caches, as it does serving or generating."""
     lm = as_engine(lm)
     sample = records[:n]
     if not sample:
         return {"n": 0}
+    other = sample[: beside.n] if beside is not None else []
     predict(lm, task, sample[:1], batch_size=1, desc="warm-up")
-    times = []
-    with bar("latency (batch 1)", len(sample)) as advance:
-        for r in sample:
-            t0 = time.perf_counter()
-            predict(lm, task, [r], batch_size=1, desc="")
-            times.append(time.perf_counter() - t0)
-            advance(1)
+    if other:
+        beside.call(other[0])  # its warm-up (a first call loads caches, a label prior, ...)
+    turns = -(-len(sample) // TURN)
+    times: list[float] = []
+    others: list[float] = []
+    with bar("latency (batch 1)", len(sample) + len(other)) as advance:
+        for k in range(turns):
+            for r in sample[k * TURN : (k + 1) * TURN]:
+                t0 = time.perf_counter()
+                predict(lm, task, [r], batch_size=1, desc="")
+                times.append(time.perf_counter() - t0)
+                advance(1)
+            for r in other[k * len(other) // turns : (k + 1) * len(other) // turns]:
+                t0 = time.perf_counter()
+                beside.call(r)
+                others.append(time.perf_counter() - t0)
+                advance(1)
+    if beside is not None:
+        beside.latency = {**_latency_stats(others), "turns": turns} if others else {"n": 0}
+    return _latency_stats(times)
+
+
+def _latency_stats(times: list[float]) -> dict[str, float]:
     return {"n": len(times), "p50_s": percentile(times, 0.5), "p95_s": percentile(times, 0.95),
             "mean_s": statistics.fmean(times)}
