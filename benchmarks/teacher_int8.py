@@ -9,7 +9,10 @@ gemma-3-270m with the 50-shot prefix in three shot orders, contextual calibratio
 loaded, warmed (compiled) on the first articles, then every test article labelled one at a time
 (seconds per article: the three orders of one article), the label distributions written for the
 parent to compare. The teacher has no int8 calibration (it is not trained here), so its int8 layers
-are unsmoothed and ``recheck_margin: auto`` means 0.3; the re-check runs at the engine's dtype.
+are unsmoothed and ``recheck_margin: auto`` means 0.3; the re-check runs at the engine's dtype, on
+the teacher's answer (the calibrated average over shot orders: ``teachers.local``), and
+``rechecked_share`` is the share of articles re-checked (before 2026-12-02: of article-order pairs,
+each order's raw scores re-checked on their own).
 
 Correctness: the int8 teacher as configured (re-check auto) must give the transformers teacher's
 label (the dtype it re-checks in) on at least 99% of the articles; else the script exits 1 after
@@ -74,7 +77,7 @@ def solo(args: argparse.Namespace, name: str) -> dict[str, Any]:
     return {"identity": e.identity, "load_and_warm_s": round(warm, 1),
             "per_article_s": {"mean": statistics.fmean(secs), "p50": statistics.median(secs),
                               "p95": sorted(secs)[int(0.95 * len(secs))]},
-            "rechecked_share": (getattr(e, "rechecked", 0) - rechecked0) / (len(msgs) * len(teacher.fmts)),
+            "rechecked_share": (getattr(e, "rechecked", 0) - rechecked0) / len(msgs),
             "probs": probs, "gold": [task.labels.index(r.label) for r in test]}
 
 

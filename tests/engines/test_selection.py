@@ -277,6 +277,57 @@ def test_local_teacher_in_int8_compiles_gives_the_fp32_labels_and_caches_its_ans
     assert "compile" not in fp32.identity()
 
 
+def test_a_rechecked_local_teacher_is_rechecked_on_its_answer_not_on_each_orders_scores(tmp_path, taught,
+                                                                                      tiny_model_b):
+    """A few-shot teacher's answer is each order's calibrated distribution, averaged: its near ties
+    are there, not in any one order's raw scores. Fast engine: an untaught model; reference: the
+    taught one, so a re-checked answer is recognisably the reference's. Exactly the inputs whose
+    answer (fast scores, the reference's priors) is closer than the margin take the reference
+    teacher's answer, the others keep the fast one's; re-checked inputs pay the re-check."""
+    from potstill.engines.recheck import RecheckedEngine
+    from potstill.models.scoring import label_margin
+
+    shots = tmp_path / "shots.jsonl"
+    shots.write_text(_rows(10, 5))
+    cfg = load_config(overrides={"task": TASK, "teacher": {
+        "type": "local", "model": str(taught), "prompt_format": "completion", "answer_prefix": "topic:",
+        "calibrate": True, "few_shot": {"path": str(shots), "k": 5, "orders": 2}}})
+    task = get_task(cfg.task)
+    msgs = MSGS + [[{"role": "user", "content": f"{a} and {b}"}] for (a, _), (b, _) in zip(DATA, DATA[3:])]
+    fast, ref = load_engine("transformers", str(tiny_model_b)), load_engine("transformers", str(taught))
+    ids = label_token_ids(ref.tokenizer, get_teacher(cfg.teacher, task).fmt, LABELS)
+
+    exact = get_teacher(cfg.teacher, task)
+    want_ref, _ = exact._classify(ref, ids, msgs)
+    plain = get_teacher(cfg.teacher, task)
+    plain._priors = exact._priors  # the fast scores under the reference's priors: the answer re-checking sees
+    want_fast, _ = plain._classify(fast, ids, msgs)
+    margins = label_margin(want_fast.log())
+    margin = float(margins.median())
+    near = [i for i in range(len(msgs)) if margins[i] < margin]
+    assert 0 < len(near) < len(msgs)
+
+    teacher = get_teacher(cfg.teacher, task)
+    engine = RecheckedEngine(fast, lambda: ref, margin, "float32")
+    got, scored = teacher._classify(engine, ids, msgs)
+    for i in range(len(msgs)):
+        want = want_ref[i] if i in near else want_fast[i]
+        assert torch.allclose(got[i], want, atol=1e-5), i
+    assert engine.rechecked == len(near)  # inputs, not orders
+    assert len(scored) == 2 and all(len(s.seconds) == len(msgs) for s in scored)
+
+    # What a re-checked input pays: its own re-check; what every input of the call waited: all of it.
+    from potstill.models.scoring import Scored
+    from potstill.teachers.local import _with_recheck
+
+    s = Scored(logits=torch.zeros(3, 2), prompt_tokens=[1] * 3, cached_tokens=[0] * 3, seconds=[1.0, 2.0, 3.0],
+               batch_seconds=[6.0] * 3)
+    r = Scored(logits=torch.zeros(2, 2), prompt_tokens=[1] * 2, cached_tokens=[0] * 2, seconds=[10.0, 20.0],
+               batch_seconds=[30.0] * 2)
+    w = _with_recheck(s, r, [0, 2])
+    assert (w.seconds, w.batch_seconds) == ([11.0, 2.0, 23.0], [36.0] * 3)
+
+
 def test_draft_tokens_reach_each_sections_engine_and_ctranslate2_refuses_drafts(taught):
     """``draft_tokens`` of the serve, evaluate and teacher sections reaches engine transformers'
     greedy generation (its default 2 passes to no engine: a third-party one never sees it); engine
