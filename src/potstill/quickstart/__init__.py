@@ -11,7 +11,9 @@ in six. Sizes are chosen for a 2-core CPU and the 480 s the stages may take (mea
 README): about 0.15 s per article for the teacher and under a second per training step of 8
 examples through the student, SmolLM2 cut to its first 6 of 30 layers, in bf16 where the CPU has AMX.
 Trained on all 6 for 2 epochs it reached 87.2% gold (the teacher 84.4%) at 8.4x / 23.8x the
-teacher's cost per call at batch 1 / 16 on the CPU with AMX; 12 layers gave 89.6% at 6.2x / 13.7x,
+teacher's cost per call at batch 1 / 16 on the CPU with AMX with the teacher's cost from its
+ledger, 10.6x / 30.5x with the teacher timed beside it in evaluate
+(``benchmarks/quickstart_amx_6layers_timed.json``); 12 layers gave 89.6% at 6.2x / 13.7x,
 8 layers 88.0% at 6.8x / 17.3x, and 4 layers fell to 82.8%, too close to the teacher for a verdict
 (``benchmarks/quickstart_depth.json``; README, "Quick start"). Evaluate, pilot and serve run it in
 int8, with near ties re-checked in transformers: engine transformers with potstill's int8 layers,
