@@ -2,6 +2,7 @@
 true``), against the same teacher in transformers fp32 and bf16 (issue 17, point 2).
 
     HF_HUB_OFFLINE=1 PYTHONPATH=src:. python benchmarks/teacher_int8.py --run RUN --out benchmarks/teacher_int8.json
+    ... --only "int8, fp32 activations, fp32 re-check auto"   # one engine, beside the two references
 
 RUN is a finished quickstart run (its 250 test articles). The teacher is the quickstart's:
 gemma-3-270m with the 50-shot prefix in three shot orders, contextual calibration, labels as
@@ -85,6 +86,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", type=Path, required=True, help="a finished quickstart run")
     ap.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".json"))
+    ap.add_argument("--only", help="comma-separated engine names (the two transformers references always run)")
     ap.add_argument("--solo", help="(internal) run this one engine and print its results as JSON")
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
@@ -93,7 +95,8 @@ def main() -> None:
         return
     t0 = time.perf_counter()
     rows: dict[str, Any] = {}
-    for name in ENGINES:  # each in a process of its own
+    names = [n for n in ENGINES if not args.only or n in REFERENCE.values() or n in args.only.split(",")]
+    for name in names:  # each in a process of its own
         rows[name] = run_alone(__file__, name, "--run", str(args.run))
         print(f"{name}: {rows[name]['per_article_s']['p50'] * 1e3:.0f} ms per article (p50)", file=sys.stderr,
               flush=True)
@@ -114,6 +117,8 @@ def main() -> None:
     args.out.write_text(json.dumps(out, indent=1) + "\n")
     bad = []
     for k, (dtype, quantization, margin) in ENGINES.items():
+        if k not in rows:
+            continue
         same = rows[k][f"same_label_as_{REFERENCE[dtype]}"]
         if quantization == "int8" and margin == "auto" and same < MIN_SAME_LABEL:
             bad.append(f"{k}: {same:.1%} of {REFERENCE[dtype]}'s labels (tolerance {MIN_SAME_LABEL:.0%})")

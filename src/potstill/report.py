@@ -51,9 +51,13 @@ def measure_student(lm: Any, task: Task, records: list[Record], usd_per_hour: fl
     if ledger is not None:
         log_student_calls(ledger, stage, lm, records, preds, usd_per_hour)
     quality = compare(task, preds.parsed, records)
-    latency = measure_latency(lm, task, records, latency_samples, beside)
+    latency = measure_latency(lm, task, records, latency_samples, beside, batch_size)
     batched_s = preds.wall_s / max(1, len(records))
     single_s = latency.get("mean_s", batched_s)
+    # Beside a timed teacher, the batched cost is that of the batches timed in its turns (the same
+    # minutes as the teacher's calls), not the answering pass's, timed before them.
+    in_turns = beside.student_batched if beside is not None else None
+    batched_cost_s = in_turns["per_call_s"] if in_turns else batched_s
     return {
         **quality,
         "latency_batch1": latency,
@@ -62,7 +66,8 @@ def measure_student(lm: Any, task: Task, records: list[Record], usd_per_hour: fl
         "tokens_per_call": sum(preds.prompt_tokens) / max(1, len(records)),
         # Same basis as a teacher's ledger rows: one call at a time.
         "cost_per_1k_calls_usd": single_s * usd_per_hour / 3600 * 1000,
-        "cost_per_1k_calls_batched_usd": batched_s * usd_per_hour / 3600 * 1000,
+        "cost_per_1k_calls_batched_usd": batched_cost_s * usd_per_hour / 3600 * 1000,
+        **({"batched_in_turns": in_turns} if in_turns else {}),
         "cost_source": f"mean batch-1 latency measured here x student.usd_per_hour={usd_per_hour}",
         "parameters": lm.num_parameters,
         "model": lm.identity,

@@ -39,20 +39,26 @@ def test_turns_interleave_the_two_models_over_the_same_records(engine):
 
     beside = Beside(call, n=9)
     try:
-        lat = measure_latency(engine, task, records, len(records), beside)
+        lat = measure_latency(engine, task, records, len(records), beside, batch_size=4)
     finally:
         del engine.score_labels
-    # One warm-up call each, then 3 turns: TURN student calls, then a third of the other's 9.
+    # One warm-up call each, then 3 turns: TURN student calls, one batch of 4 (the next 4 records,
+    # cyclically), then a third of the other's 9.
     assert seen[:2] == ["s:article number 0", "o:article number 0"]
     timed = seen[2:]
     kinds = "".join(x[0] for x in timed)
-    assert kinds == "s" * TURN + "o" * 3 + "s" * TURN + "o" * 3 + "s" * 10 + "o" * 3
+    assert kinds == ("s" * (TURN + 4) + "o" * 3) * 2 + "s" * (10 + 4) + "o" * 3
     assert [x[2:] for x in timed if x[0] == "o"] == [f"article number {i}" for i in range(9)]
-    assert [x[2:] for x in timed if x[0] == "s"] == [r.messages[0]["content"] for r in records]
+    single = [x[2:] for k in range(3) for x in timed[k * (TURN + 7):][:TURN if k < 2 else 10]]
+    assert single == [r.messages[0]["content"] for r in records]
+    batch_of = [sorted(x[2:] for x in timed[k * (TURN + 7) + (TURN if k < 2 else 10):][:4]) for k in range(3)]
+    assert batch_of == [sorted(f"article number {i}" for i in range(4 * k, 4 * k + 4)) for k in range(3)]
     assert lat["n"] == len(records) and lat["p50_s"] > 0
     other = beside.latency
     assert other["n"] == 9 and other["turns"] == 3
     assert 0.02 <= other["p50_s"] <= other["p95_s"] and other["mean_s"] == pytest.approx(0.02, abs=0.015)
+    b = beside.student_batched
+    assert b["n"] == 3 and b["batch_size"] == 4 and 0 < b["per_call_s"]
 
 
 def test_without_a_second_model_nothing_else_is_called(engine):

@@ -101,6 +101,12 @@ def test_eval_json_has_every_part_of_the_decision(evaluated):
     assert t["ledger_latency_batch1"]["n"] == 12 and t["ledger_cost_per_1k_calls_usd"] > 0
     assert rows["teacher"]["p50_s"] > 0 and rows["teacher"]["source"].startswith("timed by this command")
     assert "timed by this command" in ev["sources"]["teacher"]
+    # The student's batched cost beside it: its batches of 4 timed in the same turns (3 test inputs: 1 turn).
+    s, usd = ev["models"]["student"], load_config(evaluated / "potstill.yaml").student.usd_per_hour
+    assert s["batched_in_turns"]["n"] == 1 and s["batched_in_turns"]["batch_size"] == 4
+    assert s["cost_per_1k_calls_batched_usd"] == pytest.approx(s["batched_in_turns"]["per_call_s"] * usd / 3600 * 1000)
+    assert "in turns with the teacher" in rows["student"]["source"]
+    assert "batched_in_turns" not in ev["models"]["untrained student"]  # no teacher beside it
     assert ev["one_time"]["generation_usd"] > 0 and ev["one_time"]["train_s"] > 0  # teacher at $1/h; train.json
     assert len(ev["break_even"]["curve"]["months"]) == 25
     b = ev["break_even"]["batched"]

@@ -119,9 +119,12 @@ def latency_cost(models: dict[str, dict[str, Any]], batched: dict[str, dict[str,
             row.update({"batched_p50_s": b.get("p50_s"), "batched_p95_s": b.get("p95_s"), "batch_size": b.get("batch_size"),
                         "calls_per_s": m["throughput"]["calls_per_s"],
                         "usd_per_1k_calls_batched": m.get("cost_per_1k_calls_batched_usd")})
+            t = m.get("batched_in_turns")
+            batched_src = (f"batched $ from {t['n']} batches of {t['batch_size']} timed in turns with the teacher's calls"
+                           if t else "batched $ from the throughput over the whole test split")
             row["source"] = (f"measured by this command on this machine: {lat.get('n')} single calls timed one at a time, "
                              f"{b.get('n')} batches of {b.get('batch_size')} timed, throughput over the whole test split; "
-                             f"$ = mean batch-1 seconds x student.usd_per_hour={usd_per_hour} / 3600")
+                             f"$ = mean batch-1 seconds x student.usd_per_hour={usd_per_hour} / 3600; {batched_src}")
         rows.append(row)
     return rows
 

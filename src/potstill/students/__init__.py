@@ -111,21 +111,27 @@ TURN = 25  # the student's calls per turn when another model is timed beside it 
 class Beside:
     """Another model timed at batch 1 in turns with the student (evaluate's local teacher):
     ``call(record)`` answers one record; ``measure_latency`` times it on the first ``n`` of the
-    student's records and fills ``latency`` (n, p50_s, p95_s, mean_s, turns)."""
+    student's records and fills ``latency`` (n, p50_s, p95_s, mean_s, turns), and, given a
+    ``batch_size``, ``student_batched``: the student's batches timed in the same turns (n batches,
+    batch_size, per_call_s: their seconds over the calls they answered)."""
 
     call: Callable[[Record], Any]
     n: int
     latency: dict[str, Any] | None = None
+    student_batched: dict[str, Any] | None = None
 
 
-def measure_latency(lm: Any, task: Task, records: list[Record], n: int, beside: Beside | None = None) -> dict[str, float]:
+def measure_latency(lm: Any, task: Task, records: list[Record], n: int, beside: Beside | None = None,
+                    batch_size: int | None = None) -> dict[str, float]:
     """p50/p95/mean of single calls (batch 1), timed one at a time after one warm-up call.
 
     ``beside``: a second model timed on the first ``beside.n`` of the same records, the two taking
     turns (``TURN`` of ``lm``'s calls, then an even share of the other's), so that both are timed
     in the same minutes and a machine whose speed drifts (a shared VM: +-30% from one minute to the
     next here) moves both alike. Turns of a few seconds rather than one call each: each model runs
-    a stretch of calls with its own weights in the CPU's caches, as it does serving or generating."""
+    a stretch of calls with its own weights in the CPU's caches, as it does serving or generating.
+    With ``batch_size``, each turn also times one full batch of ``lm``'s (the next ``batch_size``
+    records, cyclically): the batched cost on the same minutes' footing (``Beside.student_batched``)."""
     lm = as_engine(lm)
     sample = records[:n]
     if not sample:
@@ -135,8 +141,10 @@ def measure_latency(lm: Any, task: Task, records: list[Record], n: int, beside: 
     if other:
         beside.call(other[0])  # its warm-up (a first call loads caches, a label prior, ...)
     turns = -(-len(sample) // TURN)
+    batched = bool(other) and bool(batch_size)
     times: list[float] = []
     others: list[float] = []
+    batches: list[float] = []
     with bar("latency (batch 1)", len(sample) + len(other)) as advance:
         for k in range(turns):
             for r in sample[k * TURN : (k + 1) * TURN]:
@@ -144,6 +152,11 @@ def measure_latency(lm: Any, task: Task, records: list[Record], n: int, beside: 
                 predict(lm, task, [r], batch_size=1, desc="")
                 times.append(time.perf_counter() - t0)
                 advance(1)
+            if batched:
+                chunk = [records[(k * batch_size + j) % len(records)] for j in range(batch_size)]
+                t0 = time.perf_counter()
+                predict(lm, task, chunk, batch_size=batch_size, desc="")
+                batches.append(time.perf_counter() - t0)
             for r in other[k * len(other) // turns : (k + 1) * len(other) // turns]:
                 t0 = time.perf_counter()
                 beside.call(r)
@@ -151,6 +164,9 @@ def measure_latency(lm: Any, task: Task, records: list[Record], n: int, beside: 
                 advance(1)
     if beside is not None:
         beside.latency = {**_latency_stats(others), "turns": turns} if others else {"n": 0}
+        if batches:
+            beside.student_batched = {"n": len(batches), "batch_size": batch_size,
+                                      "per_call_s": sum(batches) / (len(batches) * batch_size)}
     return _latency_stats(times)
 
 
