@@ -86,7 +86,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", type=Path, required=True, help="a finished quickstart run")
     ap.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".json"))
-    ap.add_argument("--only", help="comma-separated engine names (the two transformers references always run)")
+    ap.add_argument("--only", help="engine names separated by semicolons (the two transformers references always run)")
     ap.add_argument("--solo", help="(internal) run this one engine and print its results as JSON")
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
@@ -95,7 +95,7 @@ def main() -> None:
         return
     t0 = time.perf_counter()
     rows: dict[str, Any] = {}
-    names = [n for n in ENGINES if not args.only or n in REFERENCE.values() or n in args.only.split(",")]
+    names = [n for n in ENGINES if not args.only or n in REFERENCE.values() or n in args.only.split(";")]
     for name in names:  # each in a process of its own
         rows[name] = run_alone(__file__, name, "--run", str(args.run))
         print(f"{name}: {rows[name]['per_article_s']['p50'] * 1e3:.0f} ms per article (p50)", file=sys.stderr,
