@@ -20,7 +20,8 @@ calibrate both. Re-checking each order's raw label scores instead (``engines.rec
 a single prompt) missed the flips: the priors and the average move the margin, so an input can
 be far from a tie in every order and near one in the answer (int8 quickstart teacher, 250 test
 articles: 96.4% of the unquantized teacher's labels with 39% of the orders re-checked, as
-without any re-check; ``benchmarks/teacher_int8.json``).
+without any re-check; ``benchmarks/teacher_int8.json``). On its answer: 100%, with 31-33% of the
+articles re-checked (``benchmarks/teacher_int8_answer_recheck.json``).
 """
 
 from __future__ import annotations
