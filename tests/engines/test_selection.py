@@ -318,13 +318,13 @@ def test_a_rechecked_local_teacher_is_rechecked_on_its_answer_not_on_each_orders
 
     # What a re-checked input pays: its own re-check; what every input of the call waited: all of it.
     from potstill.models.scoring import Scored
-    from potstill.teachers.local import _with_recheck
+    from potstill.engines.recheck import with_recheck_time
 
     s = Scored(logits=torch.zeros(3, 2), prompt_tokens=[1] * 3, cached_tokens=[0] * 3, seconds=[1.0, 2.0, 3.0],
                batch_seconds=[6.0] * 3)
     r = Scored(logits=torch.zeros(2, 2), prompt_tokens=[1] * 2, cached_tokens=[0] * 2, seconds=[10.0, 20.0],
                batch_seconds=[30.0] * 2)
-    w = _with_recheck(s, r, [0, 2])
+    w = with_recheck_time(s, r, [0, 2])
     assert (w.seconds, w.batch_seconds) == ([11.0, 2.0, 23.0], [36.0] * 3)
 
 

@@ -16,6 +16,7 @@ embedding reference and its requests still come from one engine.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,6 +25,16 @@ import torch
 from potstill.engines.base import Engine, Progress
 from potstill.models.prompting import PromptFormat
 from potstill.models.scoring import Generated, Scored, label_margin
+
+
+def with_recheck_time(s: Scored, r: Scored, near: list[int]) -> Scored:
+    """``s`` with the re-check ``r`` of its inputs ``near`` timed in: each re-checked input's share of
+    the re-check is its cost, and every input of the call waited for all of it."""
+    secs = list(s.seconds)
+    for j, i in enumerate(near):
+        secs[i] += r.seconds[j]
+    extra = sum(r.seconds)
+    return dataclasses.replace(s, seconds=secs, batch_seconds=[w + extra for w in s.batch_seconds])
 
 
 class RecheckedEngine:
@@ -59,9 +70,13 @@ class RecheckedEngine:
     def warm_compiled(self, section: str, run: Callable[[], Any]) -> float:
         return self.fast.warm_compiled(section, run)
 
+    def near_ties(self, logits: torch.Tensor) -> list[int]:
+        """Rows of (N, K) label logits whose top two probabilities are closer than the margin."""
+        return (label_margin(logits) < self.margin).nonzero().flatten().tolist()
+
     def _recheck(self, fmt: PromptFormat, messages: list[list[dict]], label_ids: list[int], s: Scored,
                  batch_size: int, max_length: int | None) -> Scored:
-        near = (label_margin(s.logits) < self.margin).nonzero().flatten().tolist()
+        near = self.near_ties(s.logits)
         if not near:
             return s
         self.rechecked += len(near)
@@ -69,13 +84,7 @@ class RecheckedEngine:
                                         max_length=max_length)
         logits = s.logits.clone()
         logits[near] = r.logits.to(logits.dtype)
-        secs, waits = list(s.seconds), list(s.batch_seconds)
-        for j, i in enumerate(near):  # each re-checked input's share of the re-check is its cost ...
-            secs[i] += r.seconds[j]
-        extra = sum(r.seconds)  # ... and every input of the call waited for all of it
-        waits = [w + extra for w in waits]
-        return Scored(logits=logits, prompt_tokens=s.prompt_tokens, cached_tokens=s.cached_tokens, seconds=secs,
-                      batch_seconds=waits, embeddings=s.embeddings)
+        return dataclasses.replace(with_recheck_time(s, r, near), logits=logits)
 
     def score_labels(self, fmt: PromptFormat, messages: list[list[dict]], label_ids: list[int],
                      batch_size: int = 16, progress: Progress = None, max_length: int | None = None) -> Scored:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 import time
 from typing import Any
 
@@ -27,7 +26,7 @@ from potstill.progress import bar, say
 from potstill.records import Record, read_records, write_json
 from potstill.report import measure_student, measure_teacher, print_slices, print_table
 from potstill.rundir import RunDir
-from potstill.students import (Beside, Predictions, evaluation_engine, percentile, predict,
+from potstill.students import (Beside, Predictions, evaluation_engine, latency_stats, predict,
                                untrained_student_engine)
 from potstill.tasks import Task, get_task
 from potstill.teachers import get_teacher
@@ -47,8 +46,7 @@ def measure_batched(lm: Any, task: Task, records: list[Record], batch_size: int,
             predict(lm, task, c, batch_size=batch_size, desc="")
             times.append(time.perf_counter() - t0)
             advance(1)
-    return {"n": len(times), "batch_size": len(chunks[0]), "p50_s": percentile(times, 0.5),
-            "p95_s": percentile(times, 0.95), "mean_s": statistics.fmean(times)}
+    return {**latency_stats(times), "batch_size": len(chunks[0])}
 
 
 def finite(obj: Any) -> Any:
@@ -245,7 +243,7 @@ def _local_teacher(cfg: Config, task: Task, test: list[Record]) -> Beside | None
         return None
 
     def call(r: Record) -> None:
-        teacher.run([{"messages": r.messages}], lambda i, resp: None)
+        teacher.run([teacher.request(r)], lambda i, resp: None)
 
     return Beside(call, n)
 

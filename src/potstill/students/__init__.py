@@ -163,13 +163,14 @@ def measure_latency(lm: Any, task: Task, records: list[Record], n: int, beside: 
                 others.append(time.perf_counter() - t0)
                 advance(1)
     if beside is not None:
-        beside.latency = {**_latency_stats(others), "turns": turns} if others else {"n": 0}
+        beside.latency = {**latency_stats(others), "turns": turns} if others else {"n": 0}
         if batches:
             beside.student_batched = {"n": len(batches), "batch_size": batch_size,
                                       "per_call_s": sum(batches) / (len(batches) * batch_size)}
-    return _latency_stats(times)
+    return latency_stats(times)
 
 
-def _latency_stats(times: list[float]) -> dict[str, float]:
+def latency_stats(times: list[float]) -> dict[str, float]:
+    """n, p50_s, p95_s and mean_s of call times in seconds."""
     return {"n": len(times), "p50_s": percentile(times, 0.5), "p95_s": percentile(times, 0.95),
             "mean_s": statistics.fmean(times)}

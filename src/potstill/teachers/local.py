@@ -26,7 +26,6 @@ articles re-checked (``benchmarks/teacher_int8_answer_recheck.json``).
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from typing import Any
 
@@ -36,10 +35,10 @@ from potstill.config import GenerateConfig, TeacherConfig
 from potstill.errors import PotstillError
 from potstill.hashing import hash_obj
 from potstill.engines import Engine, section_engine
-from potstill.engines.recheck import RecheckedEngine
+from potstill.engines.recheck import RecheckedEngine, with_recheck_time
 from potstill.models.loading import resolve
 from potstill.models.prompting import PromptFormat, label_token_ids
-from potstill.models.scoring import Scored, label_margin
+from potstill.models.scoring import Scored
 from potstill.records import read_records
 from potstill.tasks import Task
 from potstill.teachers.base import OnResult, Response, RunStats, Teacher
@@ -65,16 +64,6 @@ def choose_shots(path: str, k: int, seed: int, labels: list[str]) -> list[tuple[
     if len(picked) < k:
         raise PotstillError(f"{path}: only {len(picked)} labelled examples for teacher.few_shot.k={k}")
     return [(r.text, str(r.label if r.label is not None else r.output)) for r in picked]
-
-
-def _with_recheck(s: Scored, r: Scored, near: list[int]) -> Scored:
-    """``s``'s timings with the re-check ``r`` of inputs ``near`` added: each re-checked input pays
-    its share, and every input of the call waited for all of it."""
-    secs = list(s.seconds)
-    for j, i in enumerate(near):
-        secs[i] += r.seconds[j]
-    extra = sum(r.seconds)
-    return dataclasses.replace(s, seconds=secs, batch_seconds=[w + extra for w in s.batch_seconds])
 
 
 class LocalTeacher(Teacher):
@@ -120,13 +109,13 @@ class LocalTeacher(Teacher):
                                                                       batch_size=self.cfg.batch_size)
         probs = self._answer(scored)
         if rechecked:
-            near = (label_margin(probs.log()) < lm.margin).nonzero().flatten().tolist()
+            near = lm.near_ties(probs.log())
             if near:
                 lm.rechecked += len(near)
                 ref = lm.reference.score_labels_formats(self.fmts, [messages[i] for i in near], ids,
                                                         batch_size=self.cfg.batch_size)
                 probs[near] = self._answer(ref)
-                scored = [_with_recheck(s, r, near) for s, r in zip(scored, ref)]
+                scored = [with_recheck_time(s, r, near) for s, r in zip(scored, ref)]
         return probs, scored
 
     def _answer(self, scored: list[Scored]) -> torch.Tensor:
