@@ -277,14 +277,37 @@ def test_local_teacher_in_int8_compiles_gives_the_fp32_labels_and_caches_its_ans
     assert "compile" not in fp32.identity()
 
 
+class _PluginRechecker:
+    """A plugin's re-checking engine: RecheckedEngine's parts (``engines.recheck.rechecking``), no
+    subclass of it, its reference loaded on first use."""
+
+    def __init__(self, fast, load_reference, margin):
+        self.fast, self._load, self.margin, self._ref, self.rechecked = fast, load_reference, margin, None, 0
+        self.tokenizer, self.name = fast.tokenizer, "plugin"
+
+    @property
+    def reference(self):
+        if self._ref is None:
+            self._ref = self._load()
+        return self._ref
+
+    def near_ties(self, logits):
+        from potstill.models.scoring import label_margin
+
+        return (label_margin(logits) < self.margin).nonzero().flatten().tolist()
+
+
+@pytest.mark.parametrize("kind", ["RecheckedEngine", "plugin"])
 def test_a_rechecked_local_teacher_is_rechecked_on_its_answer_not_on_each_orders_scores(tmp_path, taught,
-                                                                                      tiny_model_b):
+                                                                                      tiny_model_b, kind):
     """A few-shot teacher's answer is each order's calibrated distribution, averaged: its near ties
     are there, not in any one order's raw scores. Fast engine: an untaught model; reference: the
     taught one, so a re-checked answer is recognisably the reference's. Exactly the inputs whose
     answer (fast scores, the reference's priors) is closer than the margin take the reference
-    teacher's answer, the others keep the fast one's; re-checked inputs pay the re-check."""
-    from potstill.engines.recheck import RecheckedEngine
+    teacher's answer, the others keep the fast one's; re-checked inputs pay the re-check. A
+    plugin's engine with the same parts, not a subclass, is recognised without loading its
+    reference."""
+    from potstill.engines.recheck import RecheckedEngine, rechecking
     from potstill.models.scoring import label_margin
 
     shots = tmp_path / "shots.jsonl"
@@ -308,7 +331,12 @@ def test_a_rechecked_local_teacher_is_rechecked_on_its_answer_not_on_each_orders
     assert 0 < len(near) < len(msgs)
 
     teacher = get_teacher(cfg.teacher, task)
-    engine = RecheckedEngine(fast, lambda: ref, margin, "float32")
+    if kind == "plugin":
+        engine = _PluginRechecker(fast, lambda: ref, margin)
+        assert rechecking(engine) and engine._ref is None  # recognised, the reference not loaded
+        assert not rechecking(fast) and not rechecking(ref)
+    else:
+        engine = RecheckedEngine(fast, lambda: ref, margin, "float32")
     got, scored = teacher._classify(engine, ids, msgs)
     for i in range(len(msgs)):
         want = want_ref[i] if i in near else want_fast[i]

@@ -17,6 +17,7 @@ embedding reference and its requests still come from one engine.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -35,6 +36,26 @@ def with_recheck_time(s: Scored, r: Scored, near: list[int]) -> Scored:
         secs[i] += r.seconds[j]
     extra = sum(r.seconds)
     return dataclasses.replace(s, seconds=secs, batch_seconds=[w + extra for w in s.batch_seconds])
+
+
+RECHECK_PARTS = ("fast", "reference", "near_ties", "rechecked")
+
+
+def rechecking(lm: Any) -> bool:
+    """Whether ``lm`` re-checks near ties against a reference engine: a ``RecheckedEngine``, or any
+    engine (a plugin's) that has its parts: ``fast`` and ``reference`` engines, ``near_ties(logits)``
+    giving the rows to re-check, and a ``rechecked`` count. A caller that re-checks a combined answer
+    itself (the local teacher over shot orders) uses those parts. The parts are looked up without
+    being called, so a reference loaded on first use stays unloaded."""
+    return all(_has(lm, part) for part in RECHECK_PARTS)
+
+
+def _has(obj: Any, name: str) -> bool:
+    try:
+        inspect.getattr_static(obj, name)
+    except AttributeError:
+        return False
+    return True
 
 
 class RecheckedEngine:

@@ -35,7 +35,7 @@ from potstill.config import GenerateConfig, TeacherConfig
 from potstill.errors import PotstillError
 from potstill.hashing import hash_obj
 from potstill.engines import Engine, section_engine
-from potstill.engines.recheck import RecheckedEngine, with_recheck_time
+from potstill.engines.recheck import rechecking, with_recheck_time
 from potstill.models.loading import resolve
 from potstill.models.prompting import PromptFormat, label_token_ids
 from potstill.models.scoring import Scored
@@ -100,8 +100,9 @@ class LocalTeacher(Teacher):
         """Label distribution per input, averaged over shot orders; (probs, scored per order).
         The engine computes each order's few-shot prefix once and reuses it; the transformers
         engine scores an input under all orders in one forward (``score_labels_formats``).
-        A re-checked engine is re-checked on this answer (module docstring)."""
-        rechecked = isinstance(lm, RecheckedEngine)
+        A re-checking engine (``engines.recheck.rechecking``) is re-checked on this answer (module
+        docstring)."""
+        rechecked = rechecking(lm)
         if self.cfg.calibrate and not self._priors:
             exact = lm.reference if rechecked else lm
             self._priors = [self._label_prior(exact, f, ids) for f in self.fmts]
