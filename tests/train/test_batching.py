@@ -37,7 +37,7 @@ def test_packed_loss_equals_unpacked(tiny_model, attn):
     torch.testing.assert_close(u, one, rtol=1e-5, atol=1e-5)
     # Control: the same rows with one causal mask over the whole row give another loss.
     leaky = collate(ex, pad, lm.device, pack=True, max_length=32)
-    leaky.position_ids = torch.arange(leaky.ids.shape[1]).expand_as(leaky.ids)
+    leaky.position_ids = torch.arange(leaky.ids.shape[1], device=leaky.ids.device).expand_as(leaky.ids)
     with torch.no_grad():
         assert abs(float(module(leaky, spec)["ce"]) - float(one)) > 1e-3
 
@@ -89,3 +89,44 @@ def test_collate_counts_targets_on_the_host_as_the_device_tensors_say(pack):
             "topk": int((b.topk_mask != -100).sum()), "labels": len(b.label_pos)}
     assert b.n_targets == want == b.counts()
     assert want["ce"] > 0 and want["kd"] == len(ex[1].ids) - ex[1].n_prompt and want["topk"] == 1
+
+
+def _reference_collate(ex, pad):
+    """What collate gives, built the plain way: one right-padded row per example."""
+    B, T = len(ex), max(len(e.ids) for e in ex)
+    ids = torch.full((B, T), pad)
+    mask, pos = torch.zeros((B, T), dtype=torch.long), torch.zeros((B, T), dtype=torch.long)
+    ce = torch.full((B, T), -100)
+    for b, e in enumerate(ex):
+        n = len(e.ids)
+        ids[b, :n], mask[b, :n], pos[b, :n] = torch.tensor(e.ids), 1, torch.arange(n)
+        ce[b, e.n_prompt : n] = torch.tensor(e.ids[e.n_prompt :])
+    return ids, mask, pos, ce[:, 1:]
+
+
+def test_collate_builds_the_plain_padded_tensors():
+    ex = _examples(50, [7, 12, 5, 9, 16, 3])
+    b = collate(ex, 1, torch.device("cpu"))
+    ids, mask, pos, ce = _reference_collate(ex, 1)
+    for got, want in ((b.ids, ids), (b.attention_mask, mask), (b.position_ids, pos), (b.ce_targets, ce),
+                      (b.kd_targets, torch.full_like(ce, -100))):
+        assert torch.equal(got, want) and got.dtype == torch.long
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("pack", [False, True])
+def test_gpu_collate_copies_to_the_device_without_waiting_for_it(pack):
+    """On a GPU the batch goes over in one copy from pinned memory, which does not wait for the
+    stream (a pageable copy does, idling the GPU while the host launches the step): no
+    synchronising call under torch's sync debug mode, and the same tensors as on the CPU."""
+    ex = _examples(50, [700, 1200, 500, 900, 1024, 300])
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        b = collate(ex, 0, torch.device("cuda"), pack=pack, max_length=2048)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    c = collate(ex, 0, torch.device("cpu"), pack=pack, max_length=2048)
+    for f in ("ids", "position_ids", "ce_targets", "kd_targets") + (() if pack else ("attention_mask",)):
+        assert getattr(b, f).is_cuda and torch.equal(getattr(b, f).cpu(), getattr(c, f)), f
+    assert b.n_targets == c.n_targets
