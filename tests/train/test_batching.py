@@ -105,6 +105,7 @@ def _reference_collate(ex, pad):
 
 
 def test_collate_builds_the_plain_padded_tensors():
+    """collate's one host buffer holds what separate right-padded tensors held, as long tensors."""
     ex = _examples(50, [7, 12, 5, 9, 16, 3])
     b = collate(ex, 1, torch.device("cpu"))
     ids, mask, pos, ce = _reference_collate(ex, 1)
