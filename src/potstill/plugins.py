@@ -1,26 +1,65 @@
-"""Plugin discovery: tasks and teachers register through entry points, built-ins included.
+"""Plugin discovery: tasks, teachers and engines by name, built-ins and entry points alike.
 
 A third-party package adds ``[project.entry-points."potstill.teachers"] mine = "pkg:MyTeacher"``
-and ``teacher.type: mine`` works, exactly as ``openai`` or ``local`` do.
+and ``teacher.type: mine`` works, exactly as ``openai`` or ``local`` do. The built-ins are listed
+here too (``BUILTIN``, the same names as ``pyproject.toml``'s entry points; a test checks the two
+agree), so they resolve without the package's metadata: from a source checkout on ``PYTHONPATH``,
+or an install whose entry points were not refreshed after a built-in was added. A built-in name
+always means the built-in.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
 from importlib.metadata import entry_points
 from typing import Any
 
 from potstill.errors import PotstillError
 
+BUILTIN: dict[str, dict[str, str]] = {
+    "tasks": {
+        "classification": "potstill.tasks.classification:ClassificationTask",
+        "extraction": "potstill.tasks.extraction:ExtractionTask",
+        "freetext": "potstill.tasks.freetext:FreeTextTask",
+    },
+    "teachers": {
+        "openai": "potstill.teachers.openai_teacher:OpenAITeacher",
+        "local": "potstill.teachers.local:LocalTeacher",
+        "replay": "potstill.teachers.replay:ReplayTeacher",
+        "anthropic": "potstill.teachers.anthropic_teacher:AnthropicTeacher",
+    },
+    "engines": {
+        "transformers": "potstill.engines.transformers:TransformersEngine",
+        "ctranslate2": "potstill.engines.ctranslate2:CT2Engine",
+    },
+}
+
 
 def available(group: str) -> dict[str, Any]:
+    """The entry points registered for ``potstill.<group>``, by name (third-party plugins, and the
+    built-ins when the package's metadata is installed)."""
     return {ep.name: ep for ep in entry_points(group=f"potstill.{group}")}
 
 
+def names(group: str) -> list[str]:
+    """Every name ``load_plugin(group, name)`` resolves: the built-ins and the entry points."""
+    return sorted({*BUILTIN.get(group, {}), *available(group)})
+
+
+def load_builtin(target: str) -> Any:
+    module, attr = target.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
 def load_plugin(group: str, name: str) -> Any:
+    builtin = BUILTIN.get(group, {})
+    if name in builtin:
+        return load_builtin(builtin[name])
     eps = available(group)
     if name not in eps:
-        close = difflib.get_close_matches(name, list(eps), n=1)
+        known = names(group)
+        close = difflib.get_close_matches(name, known, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise PotstillError(f"unknown {group[:-1]} type '{name}' (available: {', '.join(sorted(eps))}){hint}")
+        raise PotstillError(f"unknown {group[:-1]} type '{name}' (available: {', '.join(known)}){hint}")
     return eps[name].load()

@@ -30,30 +30,26 @@ work without reinstalling the package's metadata.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from potstill.engines import calibration
 from potstill.engines.base import Engine
 from potstill.engines.recheck import RecheckedEngine
 from potstill.errors import PotstillError
-from potstill.plugins import available
+from potstill.plugins import BUILTIN as PLUGINS
+from potstill.plugins import available, load_builtin, names
 
 QUANTIZATIONS = ("auto", "int8", "none")
 
-BUILTIN = {
-    "transformers": "potstill.engines.transformers:TransformersEngine",
-    "ctranslate2": "potstill.engines.ctranslate2:CT2Engine",
-}
+BUILTIN = PLUGINS["engines"]  # the built-in engines (potstill.plugins.BUILTIN)
 
 
 def engine_class(name: str) -> Any:
     if name in BUILTIN:
-        module, cls = BUILTIN[name].split(":")
-        return getattr(importlib.import_module(module), cls)
+        return load_builtin(BUILTIN[name])
     eps = available("engines")
     if name not in eps:
-        raise PotstillError(f"unknown engine '{name}' (available: {', '.join(sorted({*BUILTIN, *eps}))})")
+        raise PotstillError(f"unknown engine '{name}' (available: {', '.join(names('engines'))})")
     return eps[name].load()
 
 
