@@ -70,8 +70,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=10)
     args = ap.parse_args()
     B, T = args.batch, args.seq
-    g = torch.Generator().manual_seed(1)
-    data = [TS.as_examples(torch.randint(0, TS.STUDENT["vocab_size"], (B, T), generator=g)) for _ in range(4)]
+    data = TS.random_batches(TS.STUDENT["vocab_size"], B, T)
     out = {"device": torch.cuda.get_device_name(), "host": TS.host_cpu(), "torch": torch.__version__,
            "batch": B, "seq": T}
     failures = []

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_step import STUDENT, as_examples, build, flops_per_token, loss_module, potstill_loss, timed_steps, train_step  # noqa: E402
+from train_step import STUDENT, build, flops_per_token, loss_module, potstill_loss, random_batches, timed_steps, train_step  # noqa: E402
 
 LOSS_RTOL = 5e-3
 GRAD_RTOL = 2e-2
@@ -120,8 +120,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=10)
     args = ap.parse_args()
     B, T = args.batch, args.seq
-    g = torch.Generator().manual_seed(1)
-    data = [as_examples(torch.randint(0, STUDENT["vocab_size"], (B, T), generator=g)) for _ in range(4)]
+    data = random_batches(STUDENT["vocab_size"], B, T)
     out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "batch": B, "seq": T, "variants": {}}
     failures = []
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_step import CE_SPEC, STUDENT, as_examples, build, loss_module, potstill_loss, timed_steps, train_step  # noqa: E402
+from train_step import CE_SPEC, STUDENT, build, loss_module, potstill_loss, random_batches, timed_steps, train_step  # noqa: E402
 
 from potstill.train import fused_head as FH  # noqa: E402
 from potstill.train.batching import collate  # noqa: E402
@@ -32,8 +32,7 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=1024)
     args = ap.parse_args()
     B, T = args.batch, args.seq
-    g = torch.Generator().manual_seed(1)
-    data = [as_examples(torch.randint(0, STUDENT["vocab_size"], (B, T), generator=g)) for _ in range(4)]
+    data = random_batches(STUDENT["vocab_size"], B, T)
     model = build(STUDENT, "cuda", torch.bfloat16, seed=0).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     module = loss_module(model, True, None)

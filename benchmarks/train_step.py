@@ -89,6 +89,12 @@ def as_examples(ids: torch.Tensor, kd: bool = False) -> list[Example]:
     return [Example(ids=row.tolist(), n_prompt=0, kd_only=kd) for row in ids.cpu()]
 
 
+def random_batches(vocab: int, B: int, T: int, n: int = 4) -> list[list[Example]]:
+    """``n`` batches of B random-token examples of T tokens, the same on every call (seed 1)."""
+    g = torch.Generator().manual_seed(1)
+    return [as_examples(torch.randint(0, vocab, (B, T), generator=g)) for _ in range(n)]
+
+
 class liger_patched:
     """``apply_liger_kernel_to_llama`` on ``model``, undone on exit (it patches the classes too)."""
 
@@ -226,8 +232,7 @@ def _sft_variant(name, model, args):
 
 def sft_bench(args, device, dt, shape, results, B, names):
     T = args.seq
-    g = torch.Generator(device="cpu").manual_seed(1)
-    data = [as_examples(torch.randint(0, shape["vocab_size"], (B, T), generator=g)) for _ in range(4)]
+    data = random_batches(shape["vocab_size"], B, T)
     fpt = flops_per_token(shape, T)
     for name in names:
         if name in args.skip:
@@ -365,8 +370,7 @@ def shapes_check(args, device, dt, shape, results):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
     step = train_step(model, opt, potstill_loss(module))
     hi = args.seq
-    g = torch.Generator().manual_seed(1)
-    data = [as_examples(torch.randint(0, shape["vocab_size"], (args.batch, hi), generator=g)) for _ in range(4)]
+    data = random_batches(shape["vocab_size"], args.batch, hi)
     timing = {"layers": shape["num_hidden_layers"], "batch": args.batch, "seq": hi}
     med = timed_steps(step, data, args.warmup, args.reps, device)[0]
     timing.update(static_step_ms=med * 1e3, static_graphs=int(counters["stats"]["unique_graphs"]))

@@ -47,19 +47,21 @@ def names(group: str) -> list[str]:
     return sorted({*BUILTIN.get(group, {}), *available(group)})
 
 
-def load_builtin(target: str) -> Any:
+def _load_builtin(target: str) -> Any:
     module, attr = target.split(":")
     return getattr(importlib.import_module(module), attr)
 
 
-def load_plugin(group: str, name: str) -> Any:
+def load_plugin(group: str, name: str, what: str | None = None) -> Any:
+    """The class ``name`` of ``group``; an unknown name is one error naming ``what`` (default: the
+    group's "<task|teacher> type"), the names known and the closest."""
     builtin = BUILTIN.get(group, {})
     if name in builtin:
-        return load_builtin(builtin[name])
+        return _load_builtin(builtin[name])
     eps = available(group)
     if name not in eps:
         known = names(group)
         close = difflib.get_close_matches(name, known, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise PotstillError(f"unknown {group[:-1]} type '{name}' (available: {', '.join(known)}){hint}")
+        raise PotstillError(f"unknown {what or group[:-1] + ' type'} '{name}' (available: {', '.join(known)}){hint}")
     return eps[name].load()

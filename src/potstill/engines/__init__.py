@@ -36,21 +36,15 @@ from potstill.engines import calibration
 from potstill.engines.base import Engine
 from potstill.engines.recheck import RecheckedEngine
 from potstill.errors import PotstillError
-from potstill.plugins import BUILTIN as PLUGINS
-from potstill.plugins import available, load_builtin, names
+from potstill import plugins
 
 QUANTIZATIONS = ("auto", "int8", "none")
 
-BUILTIN = PLUGINS["engines"]  # the built-in engines (potstill.plugins.BUILTIN)
+BUILTIN = plugins.BUILTIN["engines"]  # the built-in engines
 
 
 def engine_class(name: str) -> Any:
-    if name in BUILTIN:
-        return load_builtin(BUILTIN[name])
-    eps = available("engines")
-    if name not in eps:
-        raise PotstillError(f"unknown engine '{name}' (available: {', '.join(names('engines'))})")
-    return eps[name].load()
+    return plugins.load_plugin("engines", name, what="engine")
 
 
 def _load(name: str, spec: str, device: str, num_layers: int | None, dtype: str, quantization: str,
