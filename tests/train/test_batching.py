@@ -131,3 +131,31 @@ def test_gpu_collate_copies_to_the_device_without_waiting_for_it(pack):
     for f in ("ids", "position_ids", "ce_targets", "kd_targets") + (() if pack else ("attention_mask",)):
         assert getattr(b, f).is_cuda and torch.equal(getattr(b, f).cpu(), getattr(c, f)), f
     assert b.n_targets == c.n_targets
+
+
+def test_examples_never_exceed_max_length(tiny_model):
+    """``student.max_length`` caps prompt + completion: a long prompt loses its start; a completion
+    longer than the cap keeps its start and one prompt token before it (which predicts its first)."""
+    from potstill.config import TaskConfig
+    from potstill.records import Record
+    from potstill.students import student_format
+    from potstill.tasks import get_task
+    from potstill.train.batching import build_examples
+
+    lm = load_lm(str(tiny_model), device="cpu")
+    task = get_task(TaskConfig(type="freetext", instruction="Continue."))
+    fmt = student_format(lm, task)
+    vocab = "team match goal win phone software internet computer market shares bank profit film award".split()
+    words = " ".join(vocab[(i * 7) % len(vocab)] + (" the" if i % 3 else "") for i in range(150))  # varied ids
+    recs = [Record(messages=[{"role": "user", "content": p}], output=o, valid=True)
+            for p, o in ((words, "short answer"), ("short prompt", words), (words, words), ("hi", "yes"))]
+    full = build_examples(lm, fmt, task, recs, 10_000)
+    cut = build_examples(lm, fmt, task, recs, 48)
+    for f, c in zip(full, cut):
+        f_completion, c_completion = f.ids[f.n_prompt:], c.ids[c.n_prompt:]
+        assert len(c.ids) <= 48 and c.n_prompt >= 1
+        assert c.ids[: c.n_prompt] == f.ids[f.n_prompt - c.n_prompt : f.n_prompt]  # the prompt's end
+        assert c_completion == f_completion[: len(c_completion)]  # the completion's start
+    assert len(full[0].ids) > 48 and cut[0].ids[cut[0].n_prompt:] == full[0].ids[full[0].n_prompt:]  # kept whole
+    assert len(full[1].ids[full[1].n_prompt:]) > 48 and cut[1].n_prompt == 1 and len(cut[1].ids) == 48
+    assert cut[3].ids == full[3].ids  # short pairs are untouched

@@ -100,7 +100,9 @@ def build_examples(lm: Any, fmt: PromptFormat, task: Task, records: list[Record]
     for r in records:
         prompt = prompt_ids(tok, fmt, r.messages)
         completion = tok(fmt.completion(tok, task.target(r)), add_special_tokens=False)["input_ids"]
-        # Keep the whole completion; cut the prompt from the left if the pair is too long.
+        # At most max_length tokens: the prompt loses its start first; a completion longer than
+        # max_length - 1 also loses its end (the prompt keeps its last token, which predicts the first).
+        completion = completion[: max(1, max_length - 1)]
         keep = max(1, max_length - len(completion))
         prompt = prompt[-keep:]
         tlp = None
