@@ -87,6 +87,11 @@ def cmd_worker(args: argparse.Namespace) -> None:
     cfg = TrainConfig(objective="kd", kd_signal="logits", teacher_model=str(root / "teacher"), kd_kind="jsd",
                       kd_beta=0.5, batch_size=args.batch, lr=3e-4 if args.method == "full" else 1e-3,
                       warmup_steps=5, epochs=1.0, seed=0, method=args.method, pack=args.pack, compile=args.compile)
+    if args.teacher_eager:  # the trainer before 2026-12-02: train.compile left the local teacher uncompiled
+        from potstill.train import trainer as T
+
+        init = T._Teacher.__init__
+        T._Teacher.__init__ = lambda self, *a, compile=False, **k: init(self, *a, compile=False, **k)
     lm = load_lm(str(root / "student"))
     out = root / "runs" / args.name
     summary = train(lm, student_format(lm, task), task, records, [], cfg, args.max_length, out / "student",
@@ -94,6 +99,7 @@ def cmd_worker(args: argparse.Namespace) -> None:
     if int(os.environ.get("RANK", "0")) == 0:
         summary["gpus"] = summary["processes"]
         summary["compile"] = args.compile
+        summary["teacher_compiled"] = args.compile and not args.teacher_eager
         summary["gpu_name"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
         summary["peak_mem_gib_rank0"] = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -146,7 +152,8 @@ def cmd_summarize(args: argparse.Namespace) -> int:
             "gpus": gpus, "method": method, "distributed": r["summary"].get("distributed"), "trainable_parameters": r["summary"]["trainable_parameters"],
             "steps": len(r["rows"]), "tokens": r["rows"][-1]["tokens"],
             "tokens_per_s": round(r["tokens_per_s"]),
-            "compile": r["summary"].get("compile", False), "compared_with": ref if same else None,
+            "compile": r["summary"].get("compile", False), "teacher_compiled": r["summary"].get("teacher_compiled"),
+            "compared_with": ref if same else None,
             "scaling_efficiency": round(r["tokens_per_s"] / (gpus * base["tokens_per_s"]), 3)
             if gpus > 1 and method == "full" else None,
             "peak_mem_gib_rank0": r["summary"].get("peak_mem_gib_rank0"),
@@ -196,7 +203,10 @@ def main() -> int | None:
         if name == "worker":
             p.add_argument("--name", required=True)
             p.add_argument("--method", default="full", choices=["full", "lora", "qlora"])
-            p.add_argument("--compile", action="store_true", help="train.compile: the student body under torch.compile")
+            p.add_argument("--compile", action="store_true",
+                           help="train.compile: the student body and the teacher's forward under torch.compile")
+            p.add_argument("--teacher-eager", action="store_true",
+                           help="with --compile, leave the teacher's forward uncompiled (the trainer before 2026-12-02)")
         else:
             p.add_argument("--out", required=True)
             p.add_argument("--loss-rtol", type=float, default=LOSS_RTOL,

@@ -167,3 +167,36 @@ def test_auto_signal_is_labels_for_classification_even_when_records_carry_api_lo
                     tmp_path / "s", tmp_path / "m.jsonl")
     rows = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
     assert summary["kd_signal"] == "labels" and all("kd_topk" not in r for r in rows) and rows[0]["kd_labels"] > 0
+
+
+
+def test_train_compile_compiles_the_local_teacher_and_keeps_the_loss_curve(tiny_model, sharp_teacher, tmp_path,
+                                                                           monkeypatch):
+    """``train.compile`` runs the KD teacher's forward under torch.compile as well as the student's
+    body (the teacher's forward is most of a KD step's work), with the eager run's loss curve.
+    One batch of all eight records and no val split: one shape, so each model compiles once."""
+    records, task = _teacher_records(sharp_teacher), _task()
+
+    def run(name, **kw):
+        lm = load_lm(str(tiny_model), device="cpu")  # fp32 on any machine: the tolerance below is fp32's
+        cfg = TrainConfig(objective="kd", lr=0.02, batch_size=8, seed=0, teacher_model=str(sharp_teacher),
+                          kd_weight=10.0, epochs=3, **kw)
+        train(lm, student_format(lm, task), task, records, [], cfg, 64, tmp_path / name / "student",
+              tmp_path / name / "metrics.jsonl")
+        return [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+
+    eager = run("eager")
+    compiled_norms = []
+    real_compile = torch.compile
+
+    def spy(module, *a, **k):  # the real torch.compile; only notes which decoder it was given
+        compiled_norms.append(float(module.norm.weight.mean()))  # the sharp teacher's final norm is 6x
+        return real_compile(module, *a, **k)
+
+    monkeypatch.setattr(torch, "compile", spy)
+    torch._dynamo.reset()
+    comp = run("compiled", compile=True)
+    assert sorted(round(x) for x in compiled_norms) == [1, 6], compiled_norms  # the student's and the teacher's
+    assert len(comp) == len(eager) == 3
+    for a, b in zip(comp, eager):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4) and a["kd"] == pytest.approx(b["kd"], rel=1e-4)
