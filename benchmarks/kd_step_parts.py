@@ -3,8 +3,9 @@
 The trainer's own pieces (``potstill.train.trainer``: ``_Teacher``, ``_LossModule``, ``collate``,
 fused AdamW, bf16 autocast over fp32 weights, as ``train`` runs them) on the models and text that
 ``benchmarks/multi_gpu.py prepare`` writes (a SmolLM2-135M-shaped student, a 1.7B-shaped teacher,
-BBC articles as right-padded rows of up to 1,024 tokens). Per batch size, each part of the step
-bracketed by CUDA events, median of ``--reps`` steps after ``--warmup``:
+BBC articles as right-padded rows of up to 1,024 tokens, or packed rows with ``--pack``). Per batch
+size, each part of the step bracketed by CUDA events (the host clock on a CPU), median of ``--reps``
+steps after ``--warmup``:
 
 - ``teacher``: the teacher's forward (no grad) to its last hidden states;
 - ``student``: the student's forward, the fused KD + CE head and the backward;
@@ -45,6 +46,7 @@ def main() -> int:
     ap.add_argument("--batch", default="8,16,32")
     ap.add_argument("--max-length", type=int, default=1024)
     ap.add_argument("--compile", action="store_true", help="train.compile: student body and teacher forward")
+    ap.add_argument("--pack", action="store_true", help="train.pack: examples end to end in rows of --max-length")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--reps", type=int, default=8)
     ap.add_argument("--out", default="kd_step_parts.json")
@@ -80,7 +82,7 @@ def main() -> int:
 
     grad_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     out: dict = {"device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "torch": torch.__version__,
-                 "compile": args.compile, "max_length": args.max_length,
+                 "compile": args.compile, "pack": args.pack, "max_length": args.max_length,
                  "student_parameters": sum(p.numel() for p in model.parameters()),
                  "teacher_parameters": sum(p.numel() for p in teacher.lm.model.parameters()),
                  "grad_bytes_per_step": grad_bytes,
@@ -126,7 +128,8 @@ def main() -> int:
         return a.elapsed_time(b) if dev.type == "cuda" else (b - a) * 1e3
 
     for B in sizes:
-        batches = [collate(examples[i * B:(i + 1) * B], pad, dev, kd_tokens=True) for i in range(4)]
+        groups = [examples[i * B:(i + 1) * B] for i in range(4)]
+        batches = [collate(g, pad, dev, kd_tokens=True, pack=args.pack, max_length=args.max_length) for g in groups]
         parts: dict[str, list[float]] = {"teacher": [], "student": [], "optimizer": [], "step": []}
         losses = []
         for i in range(args.warmup + args.reps):
@@ -150,9 +153,9 @@ def main() -> int:
                 for k, v in (("teacher", t), ("student", s_), ("optimizer", o), ("step", t + s_ + o)):
                     parts[k].append(v)
                 losses.append(float(loss.detach()))
-        tokens = [int(x.attention_mask.sum()) if x.attention_mask is not None else x.ids.numel() for x in batches]
+        tokens = [sum(len(e.ids) for e in g) for g in groups]  # real tokens, not padding
         med = {k: statistics.median(v) for k, v in parts.items()} if parts["step"] else {}
-        row = {"batch": B, "tokens_per_batch_mean": statistics.fmean(tokens), "padded_shape_first": list(batches[0].ids.shape),
+        row = {"batch": B, "tokens_per_batch_mean": statistics.fmean(tokens), "shape_first": list(batches[0].ids.shape),
                "ms": med, "losses": losses}
         if med:
             row["teacher_share"] = med["teacher"] / med["step"]
