@@ -169,7 +169,6 @@ def test_auto_signal_is_labels_for_classification_even_when_records_carry_api_lo
     assert summary["kd_signal"] == "labels" and all("kd_topk" not in r for r in rows) and rows[0]["kd_labels"] > 0
 
 
-
 def test_train_compile_compiles_the_local_teacher_and_keeps_the_loss_curve(tiny_model, sharp_teacher, tmp_path,
                                                                            monkeypatch):
     """``train.compile`` runs the KD teacher's forward under torch.compile as well as the student's
