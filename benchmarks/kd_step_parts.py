@@ -91,7 +91,8 @@ def main() -> int:
     if args.compile:  # the compiled teacher and its eager forward, each against an fp32 copy, first batch
         import copy
 
-        from potstill.train.trainer import decoder, hidden_states
+        from potstill.models.scoring import decoder
+        from potstill.train.trainer import hidden_states
 
         b = collate(examples[: sizes[0]], pad, dev, kd_tokens=True)
         keep = b.attention_mask[:, 1:].bool() if b.attention_mask is not None else None
