@@ -19,7 +19,7 @@ with the per-GPU batch: two GPUs at a global batch of 32 run 16 each, so the sin
 Correctness (exit 1 past tolerance): with ``--compile``, the compiled bf16 teacher's last hidden
 states on the first batch are no further from an fp32 copy's than ``HIDDEN_FACTOR`` times the eager
 bf16 forward's (relative L2; the two bf16 paths differ from each other by about as much as each
-differs from fp32), and every timed step's loss is finite.
+differs from fp32), and every timed step's loss is finite. ``--break-teacher`` shows the first check failing.
 
     PYTHONPATH=src:. python benchmarks/kd_step_parts.py --dir /tmp/mg --batch 8,16,32 --compile --out kd_step_parts.json
 """
@@ -50,6 +50,8 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--reps", type=int, default=8)
     ap.add_argument("--out", default="kd_step_parts.json")
+    ap.add_argument("--break-teacher", action="store_true",
+                    help="scale the compiled teacher's hidden states by 1.1: the fp32 check must fail")
     args = ap.parse_args()
 
     from potstill.config import TaskConfig, TrainConfig
@@ -97,7 +99,7 @@ def main() -> int:
         b = collate(examples[: sizes[0]], pad, dev, kd_tokens=True)
         keep = b.attention_mask[:, 1:].bool() if b.attention_mask is not None else None
         with torch.no_grad():
-            got = teacher.hidden(b).float()
+            got = teacher.hidden(b).float() * (1.1 if args.break_teacher else 1.0)
             eager = hidden_states(teacher.lm.model, decoder(teacher.lm.model), b)[:, :-1].float()
             m32 = copy.deepcopy(teacher.lm.model).float()
             ref = hidden_states(m32, decoder(m32), b)[:, :-1].float()
