@@ -3,7 +3,6 @@ evaluate.engine with evaluate.cost_basis, and teacher.engine for a local few-sho
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 
@@ -22,6 +21,7 @@ from potstill.students import student_format
 from potstill.tasks import get_task
 from potstill.teachers import get_teacher
 from tests.engines.conftest import DATA, LABELS, MSGS
+from tests.helpers.inductor import no_cxx_compiler
 from tests.helpers.live_server import LiveServer
 
 TASK = {"type": "classification", "labels": LABELS, "instruction": "classify the text"}
@@ -99,27 +99,12 @@ def test_serve_compile_compiles_before_the_first_request_and_answers_as_eager(tm
     assert _served_labels(service) == _transformers_labels(taught)
 
 
-@contextlib.contextmanager
-def _no_cxx_compiler(tmp_path, monkeypatch):
-    """Inductor pointed at a missing C++ compiler, with no code compiled earlier in this process or
-    on disk to fall back on. inductor's own patch: monkeypatch's undo deletes a config entry it did
-    not find in the module's __dict__, which hides it, and every later compile in the session fails."""
-    from torch._inductor import codecache
-
-    torch._dynamo.reset()
-    for cache in (codecache.PyCodeCache, codecache.CppCodeCache, codecache.CppPythonBindingsCodeCache):
-        cache.cache_clear()
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
-    with torch._inductor.config.patch({"cpp.cxx": ("/nonexistent/c++",), "fx_graph_cache": False}):
-        yield
-
-
 def test_serve_compile_failing_is_one_line_and_other_engines_refuse_it(tmp_path, taught, monkeypatch):
     with pytest.raises(PotstillError) as e:
         load_engine("ctranslate2", str(taught), device="cpu", compile=True)
     assert "\n" not in str(e.value) and "compile is for engine transformers" in str(e.value)
     # No C++ compiler for inductor: the service refuses to start.
-    with _no_cxx_compiler(tmp_path, monkeypatch), pytest.raises(PotstillError) as e:
+    with no_cxx_compiler(tmp_path, monkeypatch), pytest.raises(PotstillError) as e:
         _serve_run(tmp_path, taught, {"engine": "transformers", "compile": True})
     assert "\n" not in str(e.value) and str(e.value).startswith("serve.compile: torch.compile failed (")
     assert str(e.value).endswith("; set serve.compile: false")
@@ -184,7 +169,7 @@ def test_evaluate_compile_compiles_before_timing_and_scores_as_eager(tmp_path, t
 
 
 def test_evaluate_compile_failing_is_one_line(tmp_path, taught, monkeypatch):
-    with _no_cxx_compiler(tmp_path, monkeypatch), pytest.raises(PotstillError) as e:
+    with no_cxx_compiler(tmp_path, monkeypatch), pytest.raises(PotstillError) as e:
         _evaluate_run(tmp_path, taught, {"compile": True})
     assert "\n" not in str(e.value) and str(e.value).startswith("evaluate.compile: torch.compile failed (")
     assert str(e.value).endswith("; set evaluate.compile: false")

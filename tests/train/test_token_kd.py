@@ -199,3 +199,18 @@ def test_train_compile_compiles_the_local_teacher_and_keeps_the_loss_curve(tiny_
     assert len(comp) == len(eager) == 3
     for a, b in zip(comp, eager):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4) and a["kd"] == pytest.approx(b["kd"], rel=1e-4)
+
+
+def test_train_compile_failing_is_one_line(tiny_model, sharp_teacher, tmp_path, monkeypatch):
+    """No C++ compiler for inductor: ``train.compile`` stops at the first step with one line that
+    names the setting to turn off, not inductor's pages."""
+    from tests.helpers.inductor import no_cxx_compiler
+
+    lm = load_lm(str(tiny_model), device="cpu")
+    task = _task()
+    cfg = TrainConfig(objective="kd", batch_size=4, seed=0, teacher_model=str(sharp_teacher), compile=True)
+    with no_cxx_compiler(tmp_path, monkeypatch), pytest.raises(PotstillError) as e:
+        train(lm, student_format(lm, task), task, _records(), [], cfg, 64, tmp_path / "student", tmp_path / "m.jsonl")
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("train.compile: torch.compile failed (") and "C++ compiler" in msg
+    assert msg.endswith("; set train.compile: false") and not (tmp_path / "student").exists()

@@ -283,10 +283,15 @@ def train(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: lis
     torch.manual_seed(cfg.seed)
     s = _setup(lm, fmt, task, records, val, cfg, max_length)
     p = _resume(s, lm, cfg, max_length, out_dir, metrics_path)
-    train_s = _step_loop(s, p, lm, cfg, max_length, metrics_path)
-    # On the prepared module: under FSDP every process takes part in gathering the shards.
-    val_loss = evaluate_loss(s.module, s.val_examples, cfg, s.spec, s.teacher, lm.tokenizer.pad_token_id,
-                             s.accel.device, max_length, s.signal)
+    try:
+        train_s = _step_loop(s, p, lm, cfg, max_length, metrics_path)
+        # On the prepared module: under FSDP every process takes part in gathering the shards.
+        val_loss = evaluate_loss(s.module, s.val_examples, cfg, s.spec, s.teacher, lm.tokenizer.pad_token_id,
+                                 s.accel.device, max_length, s.signal)
+    except torch._dynamo.exc.BackendCompilerFailed as e:  # inductor's failures (no C++ compiler, ...) are pages long
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise PotstillError(f"train.compile: torch.compile failed ({type(e).__name__}: {first})"[:300]
+                            + "; set train.compile: false") from None
     _save_student(s, lm, cfg, out_dir, p.ckpt_dir)
     return {"steps": s.total, "examples": len(s.examples), "tokens": p.tokens, "train_s": train_s,
             "tokens_per_s": p.tokens / train_s if train_s else None, "trainable_parameters": s.n_trainable,
