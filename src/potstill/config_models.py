@@ -283,7 +283,7 @@ class TrainConfig(Section):
     compile: bool = Field(
         False, description="torch.compile the transformer body, and a local KD teacher's forward (one H100: "
         "2.2x the tokens/s of a plain transformers step on SmolLM2-135M, benchmarks/train_step.py; the first "
-        "two steps compile: about a minute for a 135M student, ~150 s with a 1.7B teacher on one H200)."
+        "two steps compile: about a minute for a 135M student, about 4 minutes with a 1.7B teacher on one H200)."
     )
     checkpoint_every: int = Field(
         0, ge=0, description="Save a resumable checkpoint every N steps under student.ckpt/ (0: never)."
