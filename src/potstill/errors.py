@@ -11,3 +11,11 @@ def redact(text: str, secrets: list[str]) -> str:
         if secret:
             text = text.replace(secret, "***")
     return text
+
+
+def compile_failed(section: str, e: BaseException) -> PotstillError:
+    """One line for a failure of ``torch.compile`` under ``<section>.compile`` (inductor's own
+    messages run to pages): its type and first line, and the setting that turns it off."""
+    first = str(e).splitlines()[0] if str(e) else ""
+    return PotstillError(f"{section}.compile: torch.compile failed ({type(e).__name__}: {first})"[:300]
+                         + f"; set {section}.compile: false")

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from potstill.engines.base import static_ids
-from potstill.errors import PotstillError
+from potstill.errors import PotstillError, compile_failed
 from potstill.models.loading import LM, load_lm
 from potstill.models.prompting import PromptFormat, encode_prompt
 from potstill.models.scoring import (Generated, PrefixCache, Scored, build_prefix, decoder, generate, score_labels,
@@ -150,9 +150,7 @@ class TransformersEngine:
         except PotstillError:
             raise
         except Exception as e:  # noqa: BLE001 - inductor's failures are pages long
-            first = str(e).splitlines()[0] if str(e) else ""
-            raise PotstillError(f"{section}.compile: torch.compile failed ({type(e).__name__}: {first})"[:300]
-                                + f"; set {section}.compile: false") from None
+            raise compile_failed(section, e) from None
         return time.perf_counter() - t0
 
     @property

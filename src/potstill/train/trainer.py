@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from potstill.config import TrainConfig
-from potstill.errors import PotstillError
+from potstill.errors import PotstillError, compile_failed
 from potstill.hashing import hash_obj
 from potstill.models.loading import LM, keep_layers, load_lm, save_lm
 from potstill.models.prompting import PromptFormat, label_token_ids
@@ -289,9 +289,7 @@ def train(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: lis
         val_loss = evaluate_loss(s.module, s.val_examples, cfg, s.spec, s.teacher, lm.tokenizer.pad_token_id,
                                  s.accel.device, max_length, s.signal)
     except torch._dynamo.exc.BackendCompilerFailed as e:  # inductor's failures (no C++ compiler, ...) are pages long
-        first = str(e).splitlines()[0] if str(e) else ""
-        raise PotstillError(f"train.compile: torch.compile failed ({type(e).__name__}: {first})"[:300]
-                            + "; set train.compile: false") from None
+        raise compile_failed("train", e) from None
     _save_student(s, lm, cfg, out_dir, p.ckpt_dir)
     return {"steps": s.total, "examples": len(s.examples), "tokens": p.tokens, "train_s": train_s,
             "tokens_per_s": p.tokens / train_s if train_s else None, "trainable_parameters": s.n_trainable,
