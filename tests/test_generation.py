@@ -165,6 +165,29 @@ def test_generation_with_the_cached_prefix_on_a_gpu(kind, tmp_path):
             assert list(zip(g.texts, g.output_tokens)) == ref
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("kind", ["llama", "gemma3_window96"])
+def test_compiled_generation_on_a_gpu_decodes_on_static_caches(kind, tmp_path):
+    """A compiled engine on CUDA (float32) given static caches: generation runs through
+    transformers' CUDA-graphed step with the plain engine's greedy tokens, at batch 1 and in a
+    batch of 3 (filled to 4); the windowed model gets none and keeps the dynamic cache."""
+    from potstill.models.static_decode import StaticCaches
+
+    path = make_model_dir(tmp_path) if kind == "llama" else _windowed_dir(tmp_path, 96)
+    plain = load_engine("transformers", str(path), device="cuda", dtype="float32")
+    engine = load_engine("transformers", str(path), device="cuda", dtype="float32", compile=True)
+    assert engine.static is None  # not switched on by default (README)
+    engine.static = StaticCaches.for_model(engine.lm.model)
+    assert (engine.static is not None) == (kind == "llama")
+    for fmt in (CHAT, SHOTS):
+        ref = _reference(plain, fmt, MSGS, 24)
+        for batch_size in (1, 3):
+            g = engine.generate(fmt, MSGS, 24, batch_size=batch_size)
+            assert list(zip(g.texts, g.output_tokens)) == ref
+    if engine.static is not None:
+        assert sorted(engine.static._caches) == [(1, 256), (4, 256)]
+
+
 def _reference(engine, fmt, msgs, max_new):
     """transformers' greedy ``generate`` over each whole prompt, one at a time, no cache given."""
     tok = engine.tokenizer
@@ -180,3 +203,36 @@ def _reference(engine, fmt, msgs, max_new):
         n = next((j for j, t in enumerate(new) if t in (tok.eos_token_id, tok.pad_token_id)), len(new))
         out.append((tok.decode(new[:n], skip_special_tokens=True), n))
     return out
+
+
+@pytest.mark.parametrize("fmt", [CHAT, SHOTS], ids=["chat_system_turn", "few_shot_prefix"])
+def test_static_cache_generation_gives_the_same_tokens_and_reuses_its_caches(engine, fmt):
+    """The GPU path (``static_decode``: a reused static KV cache, rows bucketed to powers of two, the
+    prefix's keys copied into each row) run eagerly on the CPU: transformers' greedy tokens for each
+    prompt at batch 1 and in a batch of 3 (filled to 4); a second call reuses the same cache
+    objects; a model with sliding-window layers keeps the dynamic cache."""
+    from potstill.models.static_decode import StaticCaches
+
+    static = StaticCaches.for_model(engine.lm.model)
+    if "gemma3" in str(engine.lm.model.config.model_type):
+        assert static is None
+        return
+    prefix = engine.prefix(fmt)
+    ref = _reference(engine, fmt, MSGS, 24)
+    dynamic = generate(engine.lm, fmt, MSGS, 24, batch_size=3, prefix=prefix)
+    calls, hook = _count_forwards(engine.lm.model)
+    try:
+        for batch_size in (1, 3):
+            g = generate(engine.lm, fmt, MSGS, 24, batch_size=batch_size, prefix=prefix, static=static)
+            assert list(zip(g.texts, g.output_tokens)) == ref
+            assert g.mean_logprob == pytest.approx(dynamic.mean_logprob, abs=1e-5)
+    finally:
+        hook.remove()
+    whole = [len(encode_prompt(engine.tokenizer, fmt, fmt.prefix() + fmt.query(engine.tokenizer, m), first=True))
+             for m in MSGS]
+    assert max(calls) == max(whole) - prefix.length  # the prefix is copied, never fed
+    caches = dict(static._caches)
+    assert sorted(caches) == [(1, 256), (4, 256)]
+    g = generate(engine.lm, fmt, MSGS, 24, batch_size=3, prefix=prefix, static=static)
+    assert list(zip(g.texts, g.output_tokens)) == ref
+    assert static._caches == caches and all(static._caches[k] is caches[k] for k in caches)

@@ -26,6 +26,7 @@ engine in a process of its own (``benchmarks/engine_int8.json``). Greedy JSON ex
 outputs identical (CTranslate2 int8: 1.02x, 55%; ``benchmarks/extraction_alone.json``).
 
 On a GPU this is the serving path (bf16); CTranslate2 on CUDA has not been measured here.
+Generation keeps transformers' dynamic KV cache there (``static`` below).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from potstill.engines.base import static_ids
 from potstill.errors import PotstillError, compile_failed
 from potstill.models.loading import LM, load_lm
 from potstill.models.prompting import PromptFormat, encode_prompt
+from potstill.models.static_decode import StaticCaches
 from potstill.models.scoring import (Generated, PrefixCache, Scored, build_prefix, decoder, generate, score_labels,
                                     score_labels_formats, stack_prefixes)
 
@@ -59,6 +61,11 @@ class TransformersEngine:
         # them in one forward (``models.scoring.greedy_lookup``); 0: one token per forward.
         self.draft_tokens = 2  # the fastest of 2, 4 and 8 on the 2-core CPU (benchmarks/generation.json)
         self.compiled = False  # set by compile(): a caller warms it before timing (``warm_compiled``)
+        # Static KV caches for generation (``models.static_decode``): set by hand only (benchmarks/
+        # gpu_generation.py); None, the default everywhere: the dynamic cache. Not switched on under
+        # compile on a GPU: there its bf16 outputs, like transformers' own static-cache generate's,
+        # part from the eager model's at tokens the eager model prefers by up to 9.4 nats (README).
+        self.static: StaticCaches | None = None
         self.int8 = False  # set by quantize_int8()
 
     @classmethod
@@ -188,7 +195,7 @@ class TransformersEngine:
                  stop: Sequence[str] = (), seed: int = 0) -> Generated:
         return generate(self.lm, fmt, messages, max_new_tokens, batch_size=batch_size, progress=progress,
                         temperature=temperature, stop=stop, seed=seed, prefix=self.prefix(fmt),
-                        lookup=self.draft_tokens)
+                        lookup=self.draft_tokens, static=self.static)
 
     @torch.inference_mode()
     def embed(self, fmt: PromptFormat, messages: list[list[dict]], max_length: int = 2048) -> torch.Tensor:
