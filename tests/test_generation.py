@@ -207,8 +207,8 @@ def _reference(engine, fmt, msgs, max_new):
 
 @pytest.mark.parametrize("fmt", [CHAT, SHOTS], ids=["chat_system_turn", "few_shot_prefix"])
 def test_static_cache_generation_gives_the_same_tokens_and_reuses_its_caches(engine, fmt):
-    """The GPU path (``static_decode``: a reused static KV cache, rows bucketed to powers of two, the
-    prefix's keys copied into each row) run eagerly on the CPU: transformers' greedy tokens for each
+    """The static-cache path (``static_decode``: a reused static KV cache, rows bucketed to powers of
+    two, the prefix's keys copied into each row) run eagerly on the CPU: transformers' greedy tokens for each
     prompt at batch 1 and in a batch of 3 (filled to 4); a second call reuses the same cache
     objects; a model with sliding-window layers keeps the dynamic cache."""
     from potstill.models.static_decode import StaticCaches

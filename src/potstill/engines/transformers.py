@@ -41,9 +41,9 @@ from potstill.engines.base import static_ids
 from potstill.errors import PotstillError, compile_failed
 from potstill.models.loading import LM, load_lm
 from potstill.models.prompting import PromptFormat, encode_prompt
-from potstill.models.static_decode import StaticCaches
 from potstill.models.scoring import (Generated, PrefixCache, Scored, build_prefix, decoder, generate, score_labels,
                                     score_labels_formats, stack_prefixes)
+from potstill.models.static_decode import StaticCaches
 
 
 class TransformersEngine:

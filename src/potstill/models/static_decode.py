@@ -58,9 +58,6 @@ class StaticCaches:
             return None
         return cls(model)
 
-    def __len__(self) -> int:
-        return len(self._caches)
-
     def get(self, rows: int, length: int) -> Any:
         """An empty cache of ``rows`` x ``length`` positions (both already bucketed)."""
         from transformers import StaticCache
