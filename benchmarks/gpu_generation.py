@@ -57,11 +57,11 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def hf_static(engine: Any, fmt: PromptFormat, max_new: int) -> Callable[[list], list[str]]:
+def hf_static(engine: Any, fmt: PromptFormat, max_new: int) -> Callable[[list], list]:
     """transformers' ``generate`` with ``cache_implementation="static"`` over whole prompts."""
     tok, lm = engine.tokenizer, engine.lm
 
-    def run(batch: list) -> list[str]:
+    def run(batch: list) -> list[tuple[str, list[int]]]:
         prompts = [encode_prompt(tok, fmt, fmt.query(tok, m), first=True) for m in batch]
         T = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), T), tok.pad_token_id, dtype=torch.long)
