@@ -45,16 +45,12 @@ from typing import Any, Callable
 
 import torch
 
+from benchmarks.serve_gpu import sync
 from potstill.engines import load_engine
 from potstill.models.prompting import PromptFormat, encode_prompt
 
 MAX_GAP = 1.0  # nats: where a path's output parts from dynamic's, dynamic's own lead there
 INSTRUCTION = "Summarise the news article in one sentence."
-
-
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 def hf_static(engine: Any, fmt: PromptFormat, max_new: int) -> Callable[[list], list]:
@@ -195,18 +191,16 @@ def main(argv: list[str] | None = None) -> int:
         texts = [json.loads(ln)["text"] for ln in Path(a.texts).read_text().splitlines() if ln.strip()]
     else:
         texts = bbc_texts(96)
-    if a.break_static:
-        from potstill.models import static_decode
+    if a.break_static:  # the name generation calls, in scoring's namespace
+        import potstill.models.scoring as scoring
 
-        fill = static_decode.fill_prefix
+        fill = scoring.fill_prefix
 
         def broken(cache: Any, past: Any, rows: int) -> None:
             fill(cache, past, rows)
             g = torch.Generator(device=cache.layers[0].values.device).manual_seed(0)
             for layer in cache.layers:  # the copied prefix's values replaced by noise
                 layer.values.normal_(0, 1000 * float(layer.values.float().std()) + 1.0, generator=g)
-        static_decode.fill_prefix = broken
-        import potstill.models.scoring as scoring
         scoring.fill_prefix = broken
 
     t0 = time.perf_counter()
