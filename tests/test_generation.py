@@ -236,3 +236,43 @@ def test_static_cache_generation_gives_the_same_tokens_and_reuses_its_caches(eng
     g = generate(engine.lm, fmt, MSGS, 24, batch_size=3, prefix=prefix, static=static)
     assert list(zip(g.texts, g.output_tokens)) == ref
     assert static._caches == caches and all(static._caches[k] is caches[k] for k in caches)
+
+
+def test_a_template_without_a_special_turn_end_or_none_at_all_ends_turns_with_eos():
+    from potstill.models.prompting import end_of_turn, stop_token_ids
+
+    tok = make_tokenizer()  # ChatML: the turn end is <|im_end|>, also its EOS
+    assert end_of_turn(tok) == "<|im_end|>"
+    plain = make_tokenizer()
+    plain.chat_template = None
+    assert end_of_turn(plain) == plain.eos_token
+    odd = make_tokenizer()
+    odd.chat_template = "{{ raise_exception('no assistant turns here') }}"
+    assert end_of_turn(odd) == odd.eos_token
+    assert stop_token_ids(tok) == sorted({tok.eos_token_id, tok.pad_token_id})
+
+
+@pytest.mark.slow
+def test_generation_stops_at_the_templates_turn_end_when_eos_is_another_token():
+    """Gemma's tokenizer says EOS is ``<eos>`` while its chat template closes a turn with
+    ``<end_of_turn>``; Phi-3's and Llama 3 base's do the same. SmolLM2 (ChatML, real weights) with
+    its EOS and pad set to ``<|endoftext|>`` plays that tokenizer: generation must still stop where
+    the assistant's turn ends, at both batch paths (one prompt, drafts from the context; a batch, transformers' generate), and training completions end with the turn end."""
+    from potstill.models.prompting import _TURN_END
+
+    e = load_engine("transformers", "bundled:smollm2-135m-instruct", device="cpu", dtype="float32")
+    fmt = PromptFormat(kind="chat", instruction="Answer with one word.")
+    msgs = [[{"role": "user", "content": "What is the capital of France?"}],
+            [{"role": "user", "content": "What is the opposite of up?"}],
+            [{"role": "user", "content": "Name the largest planet."}]]
+    want = e.generate(fmt, msgs, 32, batch_size=1)
+    assert all(n < 32 for n in want.output_tokens), want.output_tokens  # they end by themselves
+    tok = e.tokenizer
+    tok.eos_token = tok.pad_token = "<|endoftext|>"
+    e.lm.model.generation_config.eos_token_id = tok.eos_token_id
+    e.lm.model.generation_config.pad_token_id = tok.pad_token_id
+    _TURN_END.pop(tok, None)
+    assert fmt.completion(tok, "Paris") == "Paris<|im_end|>"
+    for bs in (1, 3):
+        got = e.generate(fmt, msgs, 32, batch_size=bs)
+        assert got.texts == want.texts and got.output_tokens == want.output_tokens, (bs, got.texts, got.output_tokens)

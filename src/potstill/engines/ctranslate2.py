@@ -48,7 +48,7 @@ from potstill.engines.base import split_prompt, static_ids
 from potstill.engines.convert import EMBEDDINGS, INFO, ctranslate2_model, require
 from potstill.errors import PotstillError
 from potstill.models.loading import _pick_device, resolve
-from potstill.models.prompting import PromptFormat, encode_prompt
+from potstill.models.prompting import PromptFormat, encode_prompt, stop_token_ids
 from potstill.models.scoring import Generated, Scored
 
 
@@ -65,6 +65,16 @@ def sliding_window(where: Path | str) -> int | None:
     window = cfg.get("sliding_window")
     sliding = "sliding_attention" in (cfg.get("layer_types") or []) or cfg.get("use_sliding_window")
     return int(window) if window and sliding else None
+
+
+def _generation_config(model_dir: Path) -> Any:
+    """The converted model's ``generation_config.json`` (its EOS ids), or None without one."""
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(model_dir)
+    except (OSError, ValueError):
+        return None
 
 
 class CT2Engine:
@@ -84,6 +94,7 @@ class CT2Engine:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        self._generation_config = _generation_config(model_dir)
         self.table = np.load(model_dir / EMBEDDINGS, mmap_mode="r")
         self.info = json.loads((model_dir / INFO).read_text())
         self.identity = identity
@@ -211,7 +222,7 @@ class CT2Engine:
                                 "(e.g. for `potstill synthesize`) need engine: transformers")
         tok = self.tokenizer
         parts = self._split(fmt, messages, False)
-        stop = sorted({tok.eos_token_id} | ({tok.pad_token_id} if tok.pad_token_id is not None else set()))
+        stop = stop_token_ids(tok, self._generation_config)
         n = len(parts)
         texts, n_out, secs, mlp = [""] * n, [0] * n, [0.0] * n, [0.0] * n
         for idx in self._batches(parts, batch_size):

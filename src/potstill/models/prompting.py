@@ -54,17 +54,61 @@ class PromptFormat:
 
     def completion(self, tokenizer: Any, answer: str) -> str:
         if self.kind == "chat":
-            end = _end_of_turn(tokenizer)
-            return f"{answer}{end}"
+            return f"{answer}{end_of_turn(tokenizer)}"
         return f" {answer}\n"
 
     def label_text(self, label: str) -> str:
         return label if self.kind == "chat" else f" {label}"
 
 
-def _end_of_turn(tokenizer: Any) -> str:
-    """The token that closes an assistant turn (``<|im_end|>`` for ChatML, else EOS)."""
-    return tokenizer.eos_token or ""
+_TURN_END: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
+_MARK = "\u2063potstill-answer\u2063"
+
+
+def end_of_turn(tokenizer: Any) -> str:
+    """The special token that closes an assistant turn in the tokenizer's chat template, read off the
+    template itself (a two-turn conversation rendered, the special token right after the answer):
+    ``<|im_end|>`` for ChatML, ``<end_of_turn>`` for Gemma, ``<|eot_id|>`` for Llama 3, ``<|end|>``
+    for Phi-3. Several of these are not the tokenizer's EOS (Gemma's is ``<eos>``), so a completion
+    ended with EOS would teach a turn end the served template never shows, and generation stopped
+    only at EOS would run on into the next turn. EOS where the template shows none."""
+    try:
+        return _TURN_END[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    end = tokenizer.eos_token or ""
+    if getattr(tokenizer, "chat_template", None):
+        try:
+            text = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"},
+                                                  {"role": "assistant", "content": _MARK}], tokenize=False)
+        except Exception:  # noqa: BLE001 - a template that will not render this pair keeps EOS
+            text = ""
+        tail = text.split(_MARK, 1)[1] if _MARK in text else ""
+        specials = set(getattr(tokenizer, "all_special_tokens", None) or ())
+        specials |= {t.content for t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values()
+                     if getattr(t, "special", False)}
+        found = [t for t in specials if t and tail.lstrip(" ").startswith(t)]
+        if found:
+            end = max(found, key=len)
+    try:
+        _TURN_END[tokenizer] = end
+    except TypeError:
+        pass
+    return end
+
+
+def stop_token_ids(tokenizer: Any, generation_config: Any = None) -> list[int]:
+    """Every token that ends a generation: EOS, the pad token (what a finished row is padded with),
+    the chat template's end of turn (``end_of_turn``) and the model's own generation config's EOS
+    ids (Llama 3 and Gemma list several)."""
+    ids = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+    turn = end_of_turn(tokenizer)
+    if turn:
+        ids.add(tokenizer.convert_tokens_to_ids(turn))
+    cfg = getattr(generation_config, "eos_token_id", None)
+    ids |= set(cfg) if isinstance(cfg, (list, tuple)) else {cfg}
+    unk = getattr(tokenizer, "unk_token_id", None)
+    return sorted(i for i in ids if isinstance(i, int) and i >= 0 and (i != unk or i == tokenizer.eos_token_id))
 
 
 def encode_prompt(tokenizer: Any, fmt: PromptFormat, text: str, first: bool) -> list[int]:

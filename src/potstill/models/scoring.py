@@ -24,7 +24,7 @@ import torch
 
 from potstill.models import packing
 from potstill.models.loading import LM
-from potstill.models.prompting import PromptFormat, encode_prompt
+from potstill.models.prompting import PromptFormat, encode_prompt, stop_token_ids
 from potstill.models.static_decode import bucket_length, bucket_rows, fill_prefix
 
 
@@ -453,7 +453,7 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
     sampling: dict[str, Any] = {"do_sample": True, "temperature": temperature, "top_k": 50, "top_p": 0.95} \
         if temperature > 0 else {"do_sample": False}
     prompts = [encode_prompt(tok, fmt, fmt.prefix() + fmt.query(tok, m), first=True) for m in messages]
-    ends = {tok.eos_token_id} | ({tok.pad_token_id} if tok.pad_token_id is not None else set())
+    ends = set(stop_token_ids(tok, getattr(lm.model, "generation_config", None)))
     texts, n_out, secs, mlp = [""] * len(prompts), [0] * len(prompts), [0.0] * len(prompts), [0.0] * len(prompts)
     out_ids: list[list[int]] = [[] for _ in prompts]
     P = prefix.length if prefix is not None and prefix.rows == 1 else 0
@@ -515,7 +515,8 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
                 torch.manual_seed(seed + rank[idx[0]])
                 out = lm.model.generate(
                     input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), max_new_tokens=max_new_tokens,
-                    pad_token_id=tok.pad_token_id, output_scores=True, return_dict_in_generate=True,
+                    pad_token_id=tok.pad_token_id, eos_token_id=sorted(ends), output_scores=True,
+                    return_dict_in_generate=True,
                     stopping_criteria=StoppingCriteriaList([StopOnText(tok, T, stop)]) if stop else None,
                     **sampling, **extra,
                 )

@@ -19,9 +19,11 @@ from potstill.train.batching import Example
 
 
 @torch.no_grad()
-def sample_batch(model: Any, batch: list[Example], pad: int, eos: int | None, max_new_tokens: int,
+def sample_batch(model: Any, batch: list[Example], pad: int, eos: int | list[int] | None, max_new_tokens: int,
                  temperature: float, device: torch.device) -> list[Example]:
-    """Student samples for the prompts of ``batch`` as ``kd_only`` examples (ending at EOS if drawn)."""
+    """Student samples for the prompts of ``batch`` as ``kd_only`` examples (ending at EOS, or at any
+    of a list of end tokens, if drawn)."""
+    ends = set(eos) if isinstance(eos, (list, tuple)) else {eos}
     prompts = [e.ids[: e.n_prompt] for e in batch]
     P = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), P), pad, dtype=torch.long)
@@ -34,7 +36,7 @@ def sample_batch(model: Any, batch: list[Example], pad: int, eos: int | None, ma
     try:
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True,
                              temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
-                             pad_token_id=pad, eos_token_id=eos)
+                             pad_token_id=pad, eos_token_id=sorted(ends) if None not in ends else None)
     finally:
         model.train(was_training)
     samples = []
@@ -42,7 +44,7 @@ def sample_batch(model: Any, batch: list[Example], pad: int, eos: int | None, ma
         gen = []
         for t in row:
             gen.append(t)
-            if t == eos:
+            if t in ends:
                 break
         samples.append(Example(ids=p + gen, n_prompt=len(p), kd_only=True))
     return samples

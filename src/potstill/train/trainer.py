@@ -38,7 +38,7 @@ from potstill.config import TrainConfig
 from potstill.errors import PotstillError, compile_failed
 from potstill.hashing import hash_obj
 from potstill.models.loading import LM, keep_layers, load_lm, save_lm
-from potstill.models.prompting import PromptFormat, label_token_ids
+from potstill.models.prompting import PromptFormat, label_token_ids, stop_token_ids
 from potstill.models.scoring import apply_head, decoder
 from potstill.progress import bar
 from potstill.records import Record
@@ -438,7 +438,8 @@ def _next_batch(s: _Setup, p: _Progress, lm: LM, cfg: TrainConfig) -> tuple[list
     onpolicy = cfg.onpolicy_fraction > 0 and p.rng.random() < cfg.onpolicy_fraction
     mine = deal(batch, s.accel.num_processes)[s.accel.process_index]
     if onpolicy:
-        mine = sample_batch(s.base, mine, lm.tokenizer.pad_token_id, lm.tokenizer.eos_token_id,
+        mine = sample_batch(s.base, mine, lm.tokenizer.pad_token_id,
+                            stop_token_ids(lm.tokenizer, getattr(s.base, "generation_config", None)),
                             cfg.onpolicy_max_new_tokens, cfg.onpolicy_temperature, s.accel.device)
     return mine, onpolicy
 
