@@ -225,6 +225,7 @@ class ServedCall:
     request_hash: str = ""
     id: int | None = None
     created_at: float = field(default_factory=time.time)
+    finish_reason: str = "stop"  # "length": the answer ran to its token budget (what the client is told)
 
     @property
     def messages(self) -> list[dict[str, str]]:
@@ -247,7 +248,8 @@ class ServedCall:
         common = dict(request=request if isinstance(request, dict) else {"body": request}, answered_by=row["role"],
                       model=row["model"], input_tokens=row["input_tokens"], output_tokens=row["output_tokens"],
                       cost_usd=row["cost_usd"], latency_s=row["latency_s"], status=row["status"], error=row["error"],
-                      request_hash=row["request_hash"], id=row["id"], created_at=row["created_at"])
+                      request_hash=row["request_hash"], id=row["id"], created_at=row["created_at"],
+                      finish_reason=row.get("stop_reason") or "stop")
         if row["status"] != "ok" or not isinstance(resp, dict):
             return cls(error_body=resp if isinstance(resp, dict) else None, **common)
         resp = dict(resp)
@@ -326,7 +328,7 @@ class Ledger:
             request_hash=call.request_hash, role=call.answered_by, stage="serve", model=call.model,
             request=call.request, response=call.response_json(), input_tokens=call.input_tokens,
             output_tokens=call.output_tokens, cost_usd=call.cost_usd, latency_s=call.latency_s, status=call.status,
-            error=call.error, created_at=call.created_at,
+            error=call.error, created_at=call.created_at, stop_reason=call.finish_reason if call.status == "ok" else None,
         ))
 
     # ------------------------------------------------------------------ reads

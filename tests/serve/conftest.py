@@ -22,7 +22,7 @@ TEXTS = ["the team won the match", "new phone software", "a vote in the election
          "a goal to win the game", "the market and the bank", "music and film award"]
 
 
-def write_run(root: Path, student: Path, teacher_url: str, **serve) -> Path:
+def write_run(root: Path, student: Path, teacher_url: str, task: dict | None = None, **serve) -> Path:
     run = root / "run"
     run.mkdir(parents=True)
     shutil.copytree(student, run / "student")
@@ -34,7 +34,7 @@ def write_run(root: Path, student: Path, teacher_url: str, **serve) -> Path:
     (run / "train.jsonl").write_text(rows(30, 0))
     (run / "val.jsonl").write_text(rows(20, 3))
     cfg = {
-        "run_dir": ".", "task": {"type": "classification", "labels": LABELS, "instruction": "classify the text"},
+        "run_dir": ".", "task": task or {"type": "classification", "labels": LABELS, "instruction": "classify the text"},
         "teacher": {"type": "openai", "model": "tiny-teacher", "base_url": teacher_url, "api_key_env": "TEACHER_KEY",
                     "max_tokens": 4, "max_retries": 0, "timeout_s": 10,
                     "price": {"input_per_mtok": 2.0, "output_per_mtok": 8.0}},

@@ -243,3 +243,41 @@ def test_malformed_json_body_says_what_is_missing_without_a_byte_offset(served):
     assert r.status_code == 400 and err["param"] is None and err["type"] == "invalid_request_error"
     assert err["message"] == ("the request body is not valid JSON: the text ends inside the object opened at "
                               "column 1: missing '}' at the end")
+
+
+def test_an_answer_cut_at_its_token_budget_finishes_with_length(tmp_path, tiny_model, teacher_server, monkeypatch):
+    """OpenAI's ``finish_reason``: ``length`` where the answer ran to its budget (the student at the
+    task's ``max_output_tokens``, the teacher at its ``max_tokens``), ``stop`` where it ended by
+    itself; the same in the stream's last chunk and in the ledger row."""
+    from potstill.serve import run_config, serve_key
+    from potstill.serve.app import build_app
+    from potstill.serve.service import load_service
+    from tests.helpers.live_server import LiveServer
+    from tests.serve.conftest import TEACHER_KEY, write_run
+
+    monkeypatch.setenv("TEACHER_KEY", TEACHER_KEY)
+    monkeypatch.setenv("SERVE_KEY", SERVE_KEY)
+    budget = 2
+    run = write_run(tmp_path, tiny_model, teacher_server.base_url,
+                    task={"type": "freetext", "instruction": "name the topic", "max_output_tokens": budget})
+    cfg = run_config(run, None)
+    service = load_service(run, cfg, device="cpu")
+    seen = {}
+    try:
+        with LiveServer(build_app(service, serve_key(cfg))) as live:
+            for who, limit in (("student", budget), ("teacher", cfg.teacher.max_tokens)):
+                inf = math.inf if who == "teacher" else -math.inf
+                service.routing = Routing(confidence_threshold=inf, ood_threshold=math.inf)
+                for text in ("the team won the match", "new phone software", "a vote"):
+                    msgs = [{"role": "user", "content": text}]
+                    c = client(live).chat.completions.create(model="potstill", messages=msgs)
+                    assert c.model_extra["potstill"]["answered_by"] == who
+                    want = "length" if c.usage.completion_tokens >= limit else "stop"
+                    assert c.choices[0].finish_reason == want, (who, c.usage)
+                    last = list(client(live).chat.completions.create(model="potstill", messages=msgs, stream=True))[-1]
+                    assert last.choices[0].finish_reason == want
+                    assert rows(service)[-1]["stop_reason"] == want
+                    seen.setdefault(who, set()).add(want)
+    finally:
+        service.close()
+    assert "length" in seen["student"] and "length" in seen["teacher"], seen  # the budgets were met

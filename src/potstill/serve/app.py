@@ -248,11 +248,12 @@ def _add_chat_route(app: FastAPI, service: Service, requests: Counter, latency: 
         headers = _route_headers(served.answered_by, served.reason, served.confidence, served.student)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(_sse(cid, created, served.model, served.content, usage, route, include_usage),
+            return StreamingResponse(_sse(cid, created, served.model, served.content, usage, route, include_usage,
+                                          served.finish_reason),
                                      media_type="text/event-stream", headers=headers)
         completion = {"id": cid, "object": "chat.completion", "created": created, "model": served.model,
                       "choices": [{"index": 0, "message": {"role": "assistant", "content": served.content},
-                                   "finish_reason": "stop"}], "usage": usage, "potstill": route}
+                                   "finish_reason": served.finish_reason}], "usage": usage, "potstill": route}
         return JSONResponse(completion, headers=headers)
 
 
@@ -280,7 +281,8 @@ async def _drain_receive() -> dict:
     return {"type": "http.disconnect"}
 
 
-def _sse(cid: str, created: int, model: str, content: str, usage: dict, route: dict, include_usage: bool):
+def _sse(cid: str, created: int, model: str, content: str, usage: dict, route: dict, include_usage: bool,
+         finish_reason: str = "stop"):
     """Server-sent events in OpenAI's chunk format. The route is decided on the whole answer (it
     must be validated before anyone sees it), so the content arrives as one delta."""
     def chunk(delta: dict, finish: str | None, **extra: Any) -> str:
@@ -290,7 +292,7 @@ def _sse(cid: str, created: int, model: str, content: str, usage: dict, route: d
 
     yield chunk({"role": "assistant", "content": ""}, None)
     yield chunk({"content": content}, None)
-    yield chunk({}, "stop", potstill=route)
+    yield chunk({}, finish_reason, potstill=route)
     if include_usage:
         yield f"data: {json.dumps({'id': cid, 'object': 'chat.completion.chunk', 'created': created, 'model': model, 'choices': [], 'usage': usage})}\n\n"
     yield "data: [DONE]\n\n"

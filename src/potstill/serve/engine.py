@@ -41,6 +41,7 @@ class StudentAnswer:
     prompt_tokens: int
     output_tokens: int
     seconds: float  # this input's share of its batch's wall time
+    truncated: bool = False  # generation stopped at the task's max_output_tokens, not at an end token
 
 
 class ServedStudent:
@@ -100,7 +101,8 @@ class ServedStudent:
             parsed = self.task.parse(text)
             answers.append(StudentAnswer(output=text, parsed=parsed, invalid=self.task.validate(parsed),
                                          confidence=g.mean_logprob[i], embedding=emb[i],
-                                         prompt_tokens=g.prompt_tokens[i], output_tokens=g.output_tokens[i], seconds=dt))
+                                         prompt_tokens=g.prompt_tokens[i], output_tokens=g.output_tokens[i], seconds=dt,
+                                         truncated=g.output_tokens[i] >= self.task.cfg.max_output_tokens))
         return answers
 
 

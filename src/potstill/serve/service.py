@@ -331,7 +331,8 @@ class Service:
                       student_output=a.output, student=live.name, request_hash=h)
         if who == "student":
             return ServedCall(content=a.output, model=live.name, reason=reason, input_tokens=a.prompt_tokens,
-                              output_tokens=a.output_tokens, cost_usd=student_cost, **common)
+                              output_tokens=a.output_tokens, cost_usd=student_cost,
+                              finish_reason="length" if a.truncated else "stop", **common)
         r, cached = await self._ask_teacher(h, req)
         extra: dict[str, Any] = {"teacher_latency_s": 0.0 if cached else r.latency_s}
         if cached:
@@ -341,7 +342,8 @@ class Service:
             extra["teacher_label_probs"] = r.label_probs
         return ServedCall(content=r.output, model=self.teacher_name, reason=reason + ("+cached" if cached else ""),
                           input_tokens=r.input_tokens, output_tokens=r.output_tokens,
-                          cost_usd=student_cost + (0.0 if cached else r.cost_usd), extra=extra, **common)
+                          cost_usd=student_cost + (0.0 if cached else r.cost_usd), extra=extra,
+                          finish_reason=_finish_reason(r.stop_reason), **common)
 
     def log_failure(self, request: dict[str, Any], answered_by: str, model: str, latency_s: float,
                     body: dict[str, Any], error: str) -> None:
@@ -350,6 +352,13 @@ class Service:
         h = self.teacher_request(msgs)[0] if msgs else request_hash({"stage": "serve"}, request)
         self.ledger.record_served(ServedCall(request=request, answered_by=answered_by, model=model, latency_s=latency_s,
                                              status="error", error=error, error_body=body, request_hash=h))
+
+
+def _finish_reason(stop: str | list[str] | None) -> str:
+    """OpenAI's ``finish_reason`` for a teacher's stop reason: ``length`` where it ran out of tokens
+    (OpenAI ``length``, Anthropic ``max_tokens``), else ``stop``."""
+    stops = stop if isinstance(stop, list) else [stop]
+    return "length" if any(s in ("length", "max_tokens") for s in stops) else "stop"
 
 
 def _student_name(lm: Any) -> str:
