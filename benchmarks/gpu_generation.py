@@ -14,6 +14,7 @@ batch by batch after one warm-up round (which compiles and records what each nee
 
 - ``dynamic``: ``plain`` (the GPU path without compile): batch 1 through ``greedy_lookup`` (drafts
   of 2 from the context), batches through ``model.generate`` on a copy of the system turn's cache;
+- ``dynamic-nodraft``: ``dynamic`` without drafts (batch 1: one token per forward);
 - ``dynamic+compile``: ``compiled`` with its static caches switched off, i.e. what ``compile``
   gave on a GPU before static caches (the body compiled, the dynamic cache);
 - ``static``: ``compiled`` given static caches (``TransformersEngine.static``, off by default):
@@ -47,7 +48,7 @@ import torch
 
 from benchmarks.serve_gpu import sync
 from potstill.engines import load_engine
-from potstill.models.prompting import PromptFormat, encode_prompt
+from potstill.models.prompting import PromptFormat, encode_prompt, stop_token_ids
 
 MAX_GAP = 1.0  # nats: where a path's output parts from dynamic's, dynamic's own lead there
 INSTRUCTION = "Summarise the news article in one sentence."
@@ -56,6 +57,7 @@ INSTRUCTION = "Summarise the news article in one sentence."
 def hf_static(engine: Any, fmt: PromptFormat, max_new: int) -> Callable[[list], list]:
     """transformers' ``generate`` with ``cache_implementation="static"`` over whole prompts."""
     tok, lm = engine.tokenizer, engine.lm
+    ends = stop_token_ids(tok, lm.model.generation_config)
 
     def run(batch: list) -> list[tuple[str, list[int]]]:
         prompts = [encode_prompt(tok, fmt, fmt.query(tok, m), first=True) for m in batch]
@@ -67,45 +69,50 @@ def hf_static(engine: Any, fmt: PromptFormat, max_new: int) -> Callable[[list], 
             mask[r, T - len(p):] = 1
         with torch.inference_mode():
             out = lm.model.generate(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), do_sample=False,
-                                    max_new_tokens=max_new, pad_token_id=tok.pad_token_id,
+                                    max_new_tokens=max_new, pad_token_id=tok.pad_token_id, eos_token_id=ends,
                                     cache_implementation="static")
         outs = []
         for row in out[:, T:].tolist():
-            n = next((j for j, t in enumerate(row) if t in (tok.eos_token_id, tok.pad_token_id)), len(row))
+            n = next((j for j, t in enumerate(row) if t in ends), len(row))
             outs.append((tok.decode(row[:n], skip_special_tokens=True), row[:n]))
         return outs
     return run
 
 
-def engine_path(engine: Any, fmt: PromptFormat, max_new: int, static: Any) -> Callable[[list], list]:
+def engine_path(engine: Any, fmt: PromptFormat, max_new: int, static: Any,
+                draft: int | None = None) -> Callable[[list], list]:
     def run(batch: list) -> list[tuple[str, list[int]]]:
-        saved, engine.static = engine.static, static
+        saved, engine.static = (engine.static, engine.draft_tokens), static
+        engine.draft_tokens = saved[1] if draft is None else draft
         try:
             g = engine.generate(fmt, batch, max_new, batch_size=len(batch))
         finally:
-            engine.static = saved
+            engine.static, engine.draft_tokens = saved
         return list(zip(g.texts, g.tokens))
     return run
 
 
 @torch.inference_mode()
-def divergence_gaps(engine: Any, fmt: PromptFormat, msgs: list, ref: list, got: list) -> list[float]:
+def divergence_gaps(engine: Any, fmt: PromptFormat, msgs: list, ref: list, got: list) -> list[dict]:
     """For each output that departs from the reference's, how much the reference model preferred its
-    own token where they part (log-prob of its token minus the other's; an end token where one
-    output stops): a correct path parts from it only at near ties, a broken one anywhere."""
+    own token where they part (log-prob of its token minus the other's; where one output stopped,
+    the likeliest end token): a correct path parts from it only at near ties, a broken one anywhere. Each
+    departure with its place and both tokens (ids), so that a large gap can be looked into."""
     tok, lm = engine.tokenizer, engine.lm
-    end = tok.eos_token_id
-    gaps = []
-    for m, (_, a), (_, b) in zip(msgs, ref, got):
+    ends = stop_token_ids(tok, lm.model.generation_config)
+    out = []
+    for i, (m, (_, a), (_, b)) in enumerate(zip(msgs, ref, got)):
         if a == b:
             continue
-        j = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-        x, y = (a + [end])[j], (b + [end])[j]
+        j = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
         prompt = encode_prompt(tok, fmt, fmt.query(tok, m), first=True)
         ids = torch.tensor([prompt + a[:j]], device=lm.device)
         lp = torch.log_softmax(lm.model(input_ids=ids).logits[0, -1].float(), -1)
-        gaps.append(float(lp[x] - lp[y]))
-    return gaps
+        # An output that stopped there chose "an end token": the likeliest of the stop tokens.
+        x, y = (float(lp[t[j]]) if j < len(t) else float(lp[ends].max()) for t in (a, b))
+        out.append({"input": i, "at": j, "gap": round(x - y, 4), "ref": a[max(0, j - 3):j + 3],
+                    "got": b[max(0, j - 3):j + 3], "ref_len": len(a), "got_len": len(b)})
+    return out
 
 
 def turns(paths: dict[str, Callable[[list], list]], batches: list[list]) -> tuple[dict, dict, dict]:
@@ -221,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     msgs = [[{"role": "user", "content": t}] for t in texts]
     paths_all = {
         "dynamic": engine_path(plain, fmt, a.max_new, None),
+        "dynamic-nodraft": engine_path(plain, fmt, a.max_new, None, draft=0),
         "dynamic+compile": engine_path(compiled, fmt, a.max_new, None),
         "static": engine_path(compiled, fmt, a.max_new, compiled.static),
         "hf-static": hf_static(plain, fmt, a.max_new),
@@ -237,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     result["transformers"] = transformers.__version__
+    result["tokens"] = {"eos": tok.eos_token_id, "pad": tok.pad_token_id,
+                        "generation_eos": plain.lm.model.generation_config.eos_token_id}
     failures = []
     for bs, n in ((1, a.n1), (a.batch, a.n16)):
         if n <= 0:
@@ -257,8 +267,10 @@ def main(argv: list[str] | None = None) -> int:
             }
             if ref is not None:
                 row["identical_to_dynamic"] = sum(x[0] == y[0] for x, y in zip(texts_by[k], ref)) / len(ref)
-                gaps = divergence_gaps(plain, fmt, msgs[:n], ref, texts_by[k])
-                row["divergence_gaps"] = [round(g, 4) for g in gaps]
+                parts = divergence_gaps(plain, fmt, msgs[:n], ref, texts_by[k])
+                gaps = [d["gap"] for d in parts]
+                row["divergence_gaps"] = gaps
+                row["departures"] = parts
                 if gaps and max(gaps) > MAX_GAP:
                     failures.append(f"{k} at batch {bs}: parts from dynamic where dynamic's own token led by "
                                     f"{max(gaps):.2f} nats (> {MAX_GAP})")
