@@ -214,3 +214,28 @@ def test_quickstart_engine_int8_compiles_int8_layers_and_a_bad_engine_is_one_lin
     assert out.returncode != 0 and out.stderr.strip().count("\n") == 0, out.stderr
     assert "--engine must be one of auto, ctranslate2, transformers, int8, not 'onnx'" in out.stderr
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.slow
+def test_a_gguf_conversion_takes_eos_and_pad_from_the_file(tmp_path, monkeypatch, caplog):
+    """transformers 5.17 converts SmolLM2's GGUF tokenizer with EOS ``<|im_start|>`` and no pad
+    (5.24 gets ``<|im_end|>``, the file's id 2): the converted directory must hold the file's."""
+    import transformers
+
+    from potstill.models import loading
+
+    monkeypatch.setenv("POTSTILL_CACHE", str(tmp_path))
+    real = transformers.AutoTokenizer.from_pretrained
+
+    def as_517(*args, **kw):  # what transformers 5.17's GGUF conversion returns for this file
+        tok = real(*args, **kw)
+        if kw.get("gguf_file"):
+            tok.eos_token, tok.pad_token = "<|im_start|>", None
+        return tok
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", as_517)
+    path = loading._gguf_to_dir(resolve_bundled("smollm2-135m-instruct"))
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", real)
+    tok = transformers.AutoTokenizer.from_pretrained(path)
+    assert (tok.eos_token, tok.eos_token_id, tok.pad_token) == ("<|im_end|>", 2, "<|im_end|>")
+    assert "says eos_token is '<|im_start|>', the file says '<|im_end|>'" in caplog.text

@@ -163,16 +163,41 @@ def _fast_gguf_reader() -> Iterator[None]:
         reader_module.np, gguf.GGUFReader = saved_np, cls
 
 
+def _gguf_special_tokens(tok: Any, path: Path) -> None:
+    """EOS and pad as the GGUF file itself names them. transformers 5.17's GGUF tokenizer
+    conversion gives SmolLM2-135M-Instruct's EOS and pad as ``<|im_start|>`` (id 1) where the file
+    says 2 (``<|im_end|>``); 5.24's reads them right. A wrong EOS ends generation at the next
+    turn's start and pads with a real token, so the file's ids win, with one warning line."""
+    try:
+        import gguf
+    except ImportError:  # transformers has already said what to install
+        return
+    fields = gguf.GGUFReader(path).fields
+    for key, attr in (("tokenizer.ggml.eos_token_id", "eos_token"), ("tokenizer.ggml.padding_token_id", "pad_token")):
+        f = fields.get(key)
+        if f is None or not f.data:
+            continue
+        want = tok.convert_ids_to_tokens(int(f.parts[f.data[0]][0]))
+        have = getattr(tok, attr)
+        if want and have != want:
+            if have is not None:
+                log.warning("the tokenizer converted from %s says %s is %r, the file says %r; using the file's",
+                            path.name, attr, have, want)
+            setattr(tok, attr, want)
+
+
 def _gguf_to_dir(path: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target = cache_dir() / "converted" / hash_file(path)[:24]
+    # "-t2": conversions before the file's own EOS and pad were checked (_gguf_special_tokens) are redone.
+    target = cache_dir() / "converted" / f"{hash_file(path)[:24]}-t2"
     if (target / "config.json").exists():
         return target
     _quiet_transformers()
     log.info("converting %s once (cached at %s)", path.name, target)
     with _fast_gguf_reader():
         tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        _gguf_special_tokens(tok, path)
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     _strip_gguf_flag(model)
     with atomic_dir(target) as tmp:
