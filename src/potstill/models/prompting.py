@@ -103,12 +103,13 @@ def stop_token_ids(tokenizer: Any, generation_config: Any = None) -> list[int]:
     ids (Llama 3 and Gemma list several)."""
     ids = {tokenizer.eos_token_id, tokenizer.pad_token_id}
     turn = end_of_turn(tokenizer)
-    if turn:
-        ids.add(tokenizer.convert_tokens_to_ids(turn))
+    if turn and turn != tokenizer.eos_token:
+        i = tokenizer.convert_tokens_to_ids(turn)
+        if i != getattr(tokenizer, "unk_token_id", None):  # unk: not a token of this vocabulary
+            ids.add(i)
     cfg = getattr(generation_config, "eos_token_id", None)
     ids |= set(cfg) if isinstance(cfg, (list, tuple)) else {cfg}
-    unk = getattr(tokenizer, "unk_token_id", None)
-    return sorted(i for i in ids if isinstance(i, int) and i >= 0 and (i != unk or i == tokenizer.eos_token_id))
+    return sorted(i for i in ids if isinstance(i, int) and i >= 0)
 
 
 def encode_prompt(tokenizer: Any, fmt: PromptFormat, text: str, first: bool) -> list[int]:
