@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from benchmarks.sdpa_probe import finish
+
 MAX_GAP = 1.0
 
 
@@ -94,13 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(row), flush=True)
         if name == "default" and row["largest_gap"] > MAX_GAP:
             failures.append(f"default dispatch parts from float32 where it led by {row['largest_gap']:.2f} nats")
-    result["failures"] = failures
-    if a.out:
-        with open(a.out, "w") as f:
-            json.dump(result, f, indent=1)
-    for line in failures:
-        print("FAIL", line, file=sys.stderr)
-    return 1 if failures else 0
+    return finish(result, failures, a.out)
 
 
 if __name__ == "__main__":

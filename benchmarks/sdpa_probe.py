@@ -109,9 +109,15 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(d, float) or d > TOL:
             failures.append(f"{c['call']} at L={c['L']}: default dispatch ({row['default_picks']}) error {d}")
         print(json.dumps(row), flush=True)
+    return finish(result, failures, a.out)
+
+
+def finish(result: dict, failures: list[str], out: str | None) -> int:
+    """The probes' ending: the failures into the JSON, the JSON written, each failure on stderr,
+    and the exit status (1 past a tolerance). Torch-only, as the probes are, for a bare GPU image."""
     result["failures"] = failures
-    if a.out:
-        with open(a.out, "w") as f:
+    if out:
+        with open(out, "w") as f:
             json.dump(result, f, indent=1)
     for line in failures:
         print("FAIL", line, file=sys.stderr)
