@@ -17,8 +17,8 @@ batch by batch after one warm-up round (which compiles and records what each nee
 - ``dynamic-nodraft``: ``dynamic`` without drafts (batch 1: one token per forward);
 - ``dynamic+compile``: ``compiled`` with its static caches switched off, i.e. what ``compile``
   gave on a GPU before static caches (the body compiled, the dynamic cache);
-- ``static``: ``compiled`` given static caches (``TransformersEngine.static``, off by default):
-  rows and lengths in buckets, the system turn's keys copied in, transformers' compiled step with
+- ``static``: ``compiled`` with its static caches (``TransformersEngine.static``, set by ``compile``
+  on CUDA): rows and lengths in buckets, the system turn's keys copied in, transformers' compiled step with
   CUDA graphs;
 - ``hf-static``: transformers' documented fast path on ``plain``: ``model.generate(...,
   cache_implementation="static")`` over each whole prompt, left-padded (transformers compiles the
@@ -219,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         cc = CompileConfig(mode="default" if device == "cpu" else "reduce-overhead")
         cc._compile_all_devices = True  # transformers' own switch for compiling off CUDA
         plain.lm.model.generation_config.compile_config = cc
-    compiled.static = StaticCaches.for_model(compiled.lm.model)  # not the engine's default (README)
+    if compiled.static is None:  # compile sets them on CUDA only; --tiny runs the same code on the CPU
+        compiled.static = StaticCaches.for_model(compiled.lm.model)
     print(f"loaded twice in {time.perf_counter() - t0:.1f} s on {device}", flush=True)
     if compiled.static is None:
         print("this model's cache has sliding-window layers: no static caches", file=sys.stderr)

@@ -168,17 +168,14 @@ def test_generation_with_the_cached_prefix_on_a_gpu(kind, tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("kind", ["llama", "gemma3_window96"])
 def test_compiled_generation_on_a_gpu_decodes_on_static_caches(kind, tmp_path):
-    """A compiled engine on CUDA (float32) given static caches: generation runs through
+    """A compiled engine on CUDA (float32) gets static caches: generation runs through
     transformers' CUDA-graphed step with the plain engine's greedy tokens, at batch 1 and in a
     batch of 3 (filled to 4); the windowed model gets none and keeps the dynamic cache."""
-    from potstill.models.static_decode import StaticCaches
-
     path = make_model_dir(tmp_path) if kind == "llama" else _windowed_dir(tmp_path, 96)
     plain = load_engine("transformers", str(path), device="cuda", dtype="float32")
     engine = load_engine("transformers", str(path), device="cuda", dtype="float32", compile=True)
-    assert engine.static is None  # not switched on by default (README)
-    engine.static = StaticCaches.for_model(engine.lm.model)
-    assert (engine.static is not None) == (kind == "llama")
+    assert plain.static is None
+    assert (engine.static is not None) == (kind == "llama")  # compile on CUDA switches them on
     for fmt in (CHAT, SHOTS):
         ref = _reference(plain, fmt, MSGS, 24)
         for batch_size in (1, 3):

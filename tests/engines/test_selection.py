@@ -357,3 +357,27 @@ def test_draft_tokens_reach_each_sections_engine_and_ctranslate2_refuses_drafts(
         load_engine("ctranslate2", str(taught), device="cpu", draft_tokens=4, recheck_margin=0.3)
     with pytest.raises(PotstillError, match="serve.draft_tokens"):
         load_config(overrides={"task": TASK, "serve": {"draft_tokens": -1}})
+
+
+def test_compile_gives_static_caches_on_cuda_only_and_serve_warms_every_row_bucket(taught):
+    """``compile`` on the CPU keeps the dynamic cache (static caches are CUDA graphs); a served
+    generating student whose engine has static caches warms a batch of each row bucket up to the
+    serving batch (each records its own graphs), a classifier only the usual kinds."""
+    from potstill.models.static_decode import StaticCaches
+    from potstill.serve.engine import ServedStudent
+
+    engine = load_engine("transformers", str(taught), device="cpu", compile=True)
+    assert engine.compiled and engine.static is None
+    freetext = get_task(load_config(overrides={"task": {"type": "freetext", "instruction": "summarise"}}).task)
+    classify = get_task(load_config(overrides={"task": TASK}).task)
+    msgs = MSGS * 2
+    seen = {}
+    for name, task, static in (("freetext", freetext, True), ("dynamic", freetext, False),
+                               ("classification", classify, True)):
+        engine.static = StaticCaches.for_model(engine.lm.model) if static else None
+        served = ServedStudent(engine, task)
+        sizes = []
+        served.answer = lambda batch, sizes=sizes: sizes.append(len(batch))
+        served.warm(msgs, 16)
+        seen[name] = sizes
+    assert seen == {"freetext": [1, 1, 1, 2, 4, 8, 16], "dynamic": [1, 1, 1, 2, 16], "classification": [1, 1, 1, 2, 16]}

@@ -57,10 +57,15 @@ class Engine(Protocol):
         ...
 
 
-def warm_batches(items: list, batch_size: int) -> list[list]:
+def warm_batches(items: list, batch_size: int, row_buckets: bool = False) -> list[list]:
     """One batch of each kind a caller of a compiled engine makes, to run before timing or serving:
-    single inputs at up to three lengths, two inputs, and a batch of up to ``batch_size``."""
-    return [[x] for x in items[:3]] + [items[:2], items[:batch_size]]
+    single inputs at up to three lengths, two inputs, and a batch of up to ``batch_size``.
+    ``row_buckets``: also a batch of every power of two of rows below ``batch_size`` (generation on
+    static caches records a step for each, ``models.static_decode``)."""
+    sizes = [2]
+    while row_buckets and sizes[-1] * 2 < batch_size:
+        sizes.append(sizes[-1] * 2)
+    return [[x] for x in items[:3]] + [items[:n] for n in sizes] + [items[:batch_size]]
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:

@@ -26,7 +26,9 @@ engine in a process of its own (``benchmarks/engine_int8.json``). Greedy JSON ex
 outputs identical (CTranslate2 int8: 1.02x, 55%; ``benchmarks/extraction_alone.json``).
 
 On a GPU this is the serving path (bf16); CTranslate2 on CUDA has not been measured here.
-Generation keeps transformers' dynamic KV cache there (``static`` below).
+Compiled (``compile``) on CUDA, generation decodes on static KV caches through CUDA graphs
+(``static`` below; per input 5.2-6.2x the dynamic cache at batch 1 on an H100 and an H200, 6.1x at 16,
+``benchmarks/gpu_generation.json``); uncompiled, it keeps transformers' dynamic cache.
 """
 
 from __future__ import annotations
@@ -61,10 +63,10 @@ class TransformersEngine:
         # them in one forward (``models.scoring.greedy_lookup``); 0: one token per forward.
         self.draft_tokens = 2  # the fastest of 2, 4 and 8 on the 2-core CPU (benchmarks/generation.json)
         self.compiled = False  # set by compile(): a caller warms it before timing (``warm_compiled``)
-        # Static KV caches for generation (``models.static_decode``): set by hand only (benchmarks/
-        # gpu_generation.py); None, the default everywhere: the dynamic cache. Not switched on under
-        # compile on a GPU yet: its bf16 outputs pass the correctness gate at batch 1 on an H200
-        # (largest gap 0.125 nats where they part from the dynamic path's), batch 16 is not gated (README).
+        # Static KV caches for generation (``models.static_decode``): set by compile() on CUDA, for
+        # models without sliding-window layers; None: the dynamic cache. In bf16 its outputs part from
+        # the dynamic path's only at near ties (largest gap 0.125 / 0.188 nats at batch 1 / 16 on an
+        # H100, ``benchmarks/gpu_generation.py``'s gate).
         self.static: StaticCaches | None = None
         self.int8 = False  # set by quantize_int8()
 
@@ -131,8 +133,11 @@ class TransformersEngine:
         The weights are inputs of the compiled graphs, not constants, so torch's on-disk caches
         serve every later model of the same shape: on the 2-core CPU, the quickstart's int8 student
         compiled and warmed in 104 s on an empty cache and in 19-20 s once any model of its
-        architecture had been (the untrained student for the trained one, or the reverse). The
-        identity is tagged: numbers may differ slightly."""
+        architecture had been (the untrained student for the trained one, or the reverse). On CUDA,
+        generation also gets static KV caches (``models.static_decode``): each bucket of rows and
+        length compiles and records its step on first use (48-53 s for SmolLM2-135M on an H100) and
+        keeps its cache allocated for the next batch of its shape. The identity is tagged: numbers
+        may differ slightly."""
         model = self.lm.model
         # Each model compiled keeps a few graphs (the prefix, batch 1, padded and packed batches) under
         # one code object, transformers' forward wrapper; past torch's default limit of 8 entries,
@@ -144,6 +149,8 @@ class TransformersEngine:
         # batch 16 either way) and their compiled code was not reused across processes (74 s to
         # compile and warm again on a warm cache, against 20 s not frozen).
         setattr(model, model.base_model_prefix, torch.compile(decoder(model)))
+        if self.lm.device.type == "cuda":  # decoding on static caches replays CUDA graphs (None: windowed)
+            self.static = StaticCaches.for_model(model)
         self.lm.identity += "+compiled"
         self.identity = self.lm.identity
         self.compiled = True

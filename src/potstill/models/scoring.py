@@ -441,7 +441,7 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
     With a prefix, a batch's prompts are padded between the prefix and their own tokens; where a
     model's sliding window could then cover padding, the batch's prompts run one at a time.
 
-    ``static`` (``static_decode.StaticCaches``; no engine sets it by default, see the README): every
+    ``static`` (``static_decode.StaticCaches``; a compiled engine on CUDA sets it): every
     batch, a single prompt included, runs ``model.generate`` on a reused static KV cache, which
     transformers decodes through a compiled, CUDA-graphed step; no drafts (a step is one graph
     replay whatever it feeds).
