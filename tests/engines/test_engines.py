@@ -63,6 +63,7 @@ def test_ctranslate2_unquantized_generates_what_transformers_fp32_generates(taug
     want = ref.generate(CHAT, MSGS, 12, batch_size=1)
     got = eng.generate(CHAT, MSGS, 12, batch_size=3)
     assert got.texts == want.texts and got.output_tokens == want.output_tokens
+    assert got.tokens == want.tokens and list(map(len, got.tokens)) == got.output_tokens  # serve cuts them
     scored, scored_ref = (e.score_labels(CHAT, MSGS, label_token_ids(ref.tokenizer, CHAT, LABELS)) for e in (eng, ref))
     torch.testing.assert_close(scored.logits, scored_ref.logits, atol=1e-3, rtol=1e-3)  # no int8 rounding
 

@@ -381,3 +381,28 @@ def test_compile_gives_static_caches_on_cuda_only_and_serve_warms_every_row_buck
         served.warm(msgs, 16)
         seen[name] = sizes
     assert seen == {"freetext": [1, 1, 1, 2, 4, 8, 16], "dynamic": [1, 1, 1, 2, 16], "classification": [1, 1, 1, 2, 16]}
+
+
+def test_local_teacher_answers_a_requests_own_smaller_max_tokens(taught):
+    """A served client's ``max_tokens`` reaches a local teacher inside the request: those requests
+    are generated with that budget (what a teacher configured with it gives), the others with the
+    teacher's own, in one run; ``stop_reason`` ``length`` where a budget was used up."""
+    def teacher(max_tokens: int):
+        cfg = load_config(overrides={"task": {"type": "freetext", "instruction": "summarise"}, "teacher": {
+            "type": "local", "model": str(taught), "max_tokens": max_tokens, "batch_size": 4}})
+        return get_teacher(cfg.teacher, get_task(cfg.task))
+
+    def answers(t, reqs):
+        out: dict[int, object] = {}
+        t.run(reqs, lambda i, r: out.__setitem__(i, r))
+        return [out[i] for i in range(len(reqs))]
+
+    six, two = teacher(6), teacher(2)
+    reqs = [six.request(Record(messages=m)) for m in MSGS]
+    mixed = answers(six, [{**r, "max_tokens": 2} if i % 2 else r for i, r in enumerate(reqs)])
+    whole, cut = answers(six, reqs), answers(two, [two.request(Record(messages=m)) for m in MSGS])
+    assert [r.output for r in mixed] == [(cut if i % 2 else whole)[i].output for i in range(len(MSGS))]
+    assert all(r.output_tokens <= (2 if i % 2 else 6) for i, r in enumerate(mixed))
+    assert all(r.stop_reason == ("length" if r.output_tokens == (2 if i % 2 else 6) else "stop")
+               for i, r in enumerate(mixed))
+    assert any(r.stop_reason == "length" for r in mixed[1::2])

@@ -281,3 +281,68 @@ def test_an_answer_cut_at_its_token_budget_finishes_with_length(tmp_path, tiny_m
     finally:
         service.close()
     assert "length" in seen["student"] and "length" in seen["teacher"], seen  # the budgets were met
+
+
+def test_a_clients_max_tokens_cuts_the_answer_of_either_model(tmp_path, tiny_model, teacher_server, monkeypatch):
+    """``max_tokens`` / ``max_completion_tokens`` from the openai client: the student's answer is the
+    first that many tokens of its greedy answer (what greedy with that budget gives), the teacher is
+    asked for no more; ``finish_reason`` ``length`` and ``completion_tokens`` that many, in the
+    response and the ledger row (which keeps the request's ``max_tokens``). A classifier's label
+    stays whole."""
+    from potstill.serve import run_config, serve_key
+    from potstill.serve.app import build_app
+    from potstill.serve.service import load_service
+    from tests.helpers.live_server import LiveServer
+    from tests.serve.conftest import TEACHER_KEY, write_run
+
+    monkeypatch.setenv("TEACHER_KEY", TEACHER_KEY)
+    monkeypatch.setenv("SERVE_KEY", SERVE_KEY)
+    run = write_run(tmp_path, tiny_model, teacher_server.base_url,
+                    task={"type": "freetext", "instruction": "name the topic", "max_output_tokens": 6})
+    cfg = run_config(run, None)
+    service = load_service(run, cfg, device="cpu")
+    msgs = [{"role": "user", "content": "the team won the match"}]
+    try:
+        with LiveServer(build_app(service, serve_key(cfg))) as live:
+            service.routing = Routing(confidence_threshold=-math.inf, ood_threshold=math.inf)  # the student
+            whole = client(live).chat.completions.create(model="potstill", messages=msgs)
+            assert whole.usage.completion_tokens > 2
+            served = service.live.engine
+            for kw in ({"max_tokens": 2}, {"max_completion_tokens": 2}):
+                c = client(live).chat.completions.create(model="potstill", messages=msgs, **kw)
+                assert c.model_extra["potstill"]["answered_by"] == "student"
+                assert (c.choices[0].finish_reason, c.usage.completion_tokens) == ("length", 2)
+                assert c.choices[0].message.content == served.engine.generate(served.fmt, [msgs], 2).texts[0]
+                assert c.model_extra["potstill"]["student_output"] == whole.choices[0].message.content
+                row = rows(service)[-1]
+                assert (row["stop_reason"], row["output_tokens"]) == ("length", 2)
+                assert json.loads(row["request"])[next(iter(kw))] == 2
+            last = list(client(live).chat.completions.create(model="potstill", messages=msgs, max_tokens=2,
+                                                              stream=True))[-1]
+            assert last.choices[0].finish_reason == "length"
+
+            service.routing = Routing(confidence_threshold=math.inf, ood_threshold=math.inf)  # the teacher
+            asked = sum(teacher_server.requests.values())
+            c = client(live).chat.completions.create(model="potstill", messages=msgs, max_tokens=1)
+            assert c.model_extra["potstill"]["answered_by"] == "teacher"
+            assert (c.choices[0].finish_reason, c.usage.completion_tokens) == ("length", 1)
+            assert sum(teacher_server.requests.values()) == asked + 1
+            full = client(live).chat.completions.create(model="potstill", messages=msgs)
+            assert full.usage.completion_tokens > 1  # the teacher's own budget (4) when the client sets none
+    finally:
+        service.close()
+
+
+@pytest.mark.parametrize("who", ["student", "teacher"])
+def test_max_tokens_leaves_a_label_whole(served, force, who):
+    from tests.serve.conftest import LABELS
+
+    service, live = served
+    force(who)
+    c = client(live).chat.completions.create(model="potstill", max_tokens=1,
+                                             messages=[{"role": "user", "content": "new phone software"}])
+    assert c.model_extra["potstill"]["answered_by"] == who
+    if who == "student":
+        assert c.choices[0].message.content in LABELS and c.choices[0].finish_reason == "stop"
+    else:  # the (tiny, untrained) teacher was asked with its own max_tokens, 4, not the client's 1
+        assert c.usage.completion_tokens > 1

@@ -225,6 +225,7 @@ class CT2Engine:
         stop = stop_token_ids(tok, self._generation_config)
         n = len(parts)
         texts, n_out, secs, mlp = [""] * n, [0] * n, [0.0] * n, [0.0] * n
+        out_ids: list[list[int]] = [[] for _ in range(n)]
         for idx in self._batches(parts, batch_size):
             t0 = time.perf_counter()
             res = self._call(parts, idx, max_length=max_new_tokens, return_scores=True, end_token=stop,
@@ -232,6 +233,7 @@ class CT2Engine:
             dt = (time.perf_counter() - t0) / len(idx)
             for r, i in zip(res, idx):
                 ids = r.sequences_ids[0]
+                out_ids[i] = list(ids)
                 texts[i] = tok.decode(ids, skip_special_tokens=True)
                 n_out[i] = len(ids)
                 mlp[i] = float(r.scores[0])  # already the mean: the sum over length ** length_penalty (1)
@@ -239,7 +241,7 @@ class CT2Engine:
             if progress is not None:
                 progress(len(idx))
         return Generated(texts=texts, prompt_tokens=[len(s) + len(o) for s, o in parts], output_tokens=n_out,
-                         seconds=secs, mean_logprob=mlp)
+                         seconds=secs, mean_logprob=mlp, tokens=out_ids)
 
     def embed(self, fmt: PromptFormat, messages: list[list[dict]]) -> torch.Tensor:
         return self._embed_ids([own for _, own in self._split(fmt, messages, True)])

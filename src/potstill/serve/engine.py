@@ -42,6 +42,7 @@ class StudentAnswer:
     output_tokens: int
     seconds: float  # this input's share of its batch's wall time
     truncated: bool = False  # generation stopped at the task's max_output_tokens, not at an end token
+    tokens: list[int] | None = None  # the generated token ids (generation only)
 
 
 class ServedStudent:
@@ -104,8 +105,16 @@ class ServedStudent:
             answers.append(StudentAnswer(output=text, parsed=parsed, invalid=self.task.validate(parsed),
                                          confidence=g.mean_logprob[i], embedding=emb[i],
                                          prompt_tokens=g.prompt_tokens[i], output_tokens=g.output_tokens[i], seconds=dt,
-                                         truncated=g.output_tokens[i] >= self.task.cfg.max_output_tokens))
+                                         truncated=g.output_tokens[i] >= self.task.cfg.max_output_tokens,
+                                         tokens=g.tokens[i] if g.tokens is not None else None))
         return answers
+
+    def cut(self, a: StudentAnswer, max_tokens: int) -> str:
+        """The text of ``a``'s first ``max_tokens`` generated tokens: what greedy decoding with that
+        budget gives (a prefix of the longer greedy answer)."""
+        tok = self.engine.tokenizer
+        ids = a.tokens if a.tokens is not None else tok.encode(a.output, add_special_tokens=False)
+        return tok.decode(ids[:max_tokens], skip_special_tokens=True)
 
 
 class TransformersEngine(ServedStudent):

@@ -296,12 +296,16 @@ class Service:
         self._watcher.start()
 
     # ------------------------------------------------------------------ answering
-    def teacher_request(self, messages: list[dict]) -> tuple[str, dict[str, Any]]:
-        """The teacher's request for a routed chat and its ledger hash: the one generate computes."""
+    def teacher_request(self, messages: list[dict], max_tokens: int | None = None) -> tuple[str, dict[str, Any]]:
+        """The teacher's request for a routed chat and its ledger hash: the one generate computes,
+        unless a client's ``max_tokens`` is below the teacher's own (then it is the request's
+        ``max_tokens``, and the request another one). Label answers are never cut."""
         teacher = self.teacher
         if self._identity is None or self._identity[0] is not teacher:
             self._identity = (teacher, teacher.identity())
         req = teacher.request(Record(messages=messages))
+        if max_tokens is not None and not self.task.labels and max_tokens < teacher.cfg.max_tokens:
+            req = {**req, "max_tokens": max_tokens}
         return request_hash(self._identity[1], req), req
 
     async def _ask_teacher(self, h: str, req: dict[str, Any]) -> tuple[Response, bool]:
@@ -316,8 +320,13 @@ class Service:
             raise TeacherError(r.error or "the teacher returned no answer")
         return r, False
 
-    async def answer(self, messages: list[dict]) -> ServedCall:
-        """Route one chat (user-side messages only) and return the answer, ready for the ledger."""
+    async def answer(self, messages: list[dict], max_tokens: int | None = None) -> ServedCall:
+        """Route one chat (user-side messages only) and return the answer, ready for the ledger.
+
+        ``max_tokens`` (the client's ``max_completion_tokens`` or ``max_tokens``): generated answers
+        end after that many tokens with ``finish_reason`` ``length``. The student still generates to
+        the task's budget and is routed on that whole answer (what it was calibrated on), then cut;
+        the teacher is asked for at most that many. Label answers are whole labels, never cut."""
         live = self.acquire()
         try:
             a: StudentAnswer = await asyncio.wrap_future(live.batcher.submit(messages))
@@ -326,13 +335,17 @@ class Service:
         finally:
             live.release()
         student_cost = a.seconds * self.cfg.student.usd_per_hour / 3600
-        h, req = self.teacher_request(messages)
+        if self.task.labels:
+            max_tokens = None
+        h, req = self.teacher_request(messages, max_tokens)
         common = dict(request={"messages": messages}, answered_by=who, confidence=a.confidence, ood_distance=dist,
                       student_output=a.output, student=live.name, request_hash=h)
         if who == "student":
-            return ServedCall(content=a.output, model=live.name, reason=reason, input_tokens=a.prompt_tokens,
-                              output_tokens=a.output_tokens, cost_usd=student_cost,
-                              finish_reason="length" if a.truncated else "stop", **common)
+            content, n_out, finish = a.output, a.output_tokens, "length" if a.truncated else "stop"
+            if max_tokens is not None and n_out > max_tokens:
+                content, n_out, finish = live.engine.cut(a, max_tokens), max_tokens, "length"
+            return ServedCall(content=content, model=live.name, reason=reason, input_tokens=a.prompt_tokens,
+                              output_tokens=n_out, cost_usd=student_cost, finish_reason=finish, **common)
         r, cached = await self._ask_teacher(h, req)
         extra: dict[str, Any] = {"teacher_latency_s": 0.0 if cached else r.latency_s}
         if cached:

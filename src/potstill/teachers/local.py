@@ -186,12 +186,17 @@ class LocalTeacher(Teacher):
             return
         for start in range(0, len(requests), bs * 4):
             chunk = requests[start : start + bs * 4]
-            msgs = [r["messages"] for r in chunk]
-            # Sampling is seeded by the chunk's own requests: a rerun of the same requests samples the same texts.
-            g = lm.generate(self.fmt, msgs, self.cfg.max_tokens, batch_size=bs, temperature=self.cfg.temperature,
-                            stop=self.cfg.stop, seed=int(hash_obj(msgs)[:8], 16))
-            for j in range(len(chunk)):
-                on_result(start + j, Response(
-                    output=g.texts[j], input_tokens=g.prompt_tokens[j], output_tokens=g.output_tokens[j],
-                    latency_s=g.seconds[j], cost_usd=self._cost(g.seconds[j]),
-                ))
+            # A request may carry a smaller budget of its own (a served client's max_tokens).
+            budgets = [int(r.get("max_tokens", self.cfg.max_tokens)) for r in chunk]
+            for budget in sorted(set(budgets)):
+                part = [j for j, b in enumerate(budgets) if b == budget]
+                msgs = [chunk[j]["messages"] for j in part]
+                # Sampling is seeded by the requests themselves: a rerun of the same requests samples the same texts.
+                g = lm.generate(self.fmt, msgs, budget, batch_size=bs, temperature=self.cfg.temperature,
+                                stop=self.cfg.stop, seed=int(hash_obj(msgs)[:8], 16))
+                for k, j in enumerate(part):
+                    on_result(start + j, Response(
+                        output=g.texts[k], input_tokens=g.prompt_tokens[k], output_tokens=g.output_tokens[k],
+                        latency_s=g.seconds[k], cost_usd=self._cost(g.seconds[k]),
+                        stop_reason="length" if g.output_tokens[k] >= budget else "stop",
+                    ))
