@@ -283,12 +283,13 @@ def test_an_answer_cut_at_its_token_budget_finishes_with_length(tmp_path, tiny_m
     assert "length" in seen["student"] and "length" in seen["teacher"], seen  # the budgets were met
 
 
-def test_a_clients_max_tokens_cuts_the_answer_of_either_model(tmp_path, tiny_model, teacher_server, monkeypatch):
+def test_a_clients_max_tokens_and_stop_cut_the_answer_of_either_model(tmp_path, tiny_model, teacher_server,
+                                                                      monkeypatch):
     """``max_tokens`` / ``max_completion_tokens`` from the openai client: the student's answer is the
     first that many tokens of its greedy answer (what greedy with that budget gives), the teacher is
     asked for no more; ``finish_reason`` ``length`` and ``completion_tokens`` that many, in the
-    response and the ledger row (which keeps the request's ``max_tokens``). A classifier's label
-    stays whole."""
+    response and the ledger row (which keeps the request's ``max_tokens``). ``stop``: the answer
+    ends before the first stop string (``finish_reason`` ``stop``). A classifier's label stays whole."""
     from potstill.serve import run_config, serve_key
     from potstill.serve.app import build_app
     from potstill.serve.service import load_service
@@ -320,6 +321,19 @@ def test_a_clients_max_tokens_cuts_the_answer_of_either_model(tmp_path, tiny_mod
             last = list(client(live).chat.completions.create(model="potstill", messages=msgs, max_tokens=2,
                                                               stream=True))[-1]
             assert last.choices[0].finish_reason == "length"
+            # stop: the text before the first stop string, as generation stopping at it gives
+            text = whole.choices[0].message.content
+            stop = text[len(text) // 2 : len(text) // 2 + 3]
+            want = served.engine.generate(served.fmt, [msgs], 6, stop=[stop])
+            for kw in ({"stop": stop}, {"stop": ["never said", stop]}, {"stop": stop, "max_tokens": 6}):
+                c = client(live).chat.completions.create(model="potstill", messages=msgs, **kw)
+                assert c.choices[0].message.content == text[: text.find(stop)] == want.texts[0][: want.texts[0].find(stop)]
+                assert (c.choices[0].finish_reason, c.usage.completion_tokens) == ("stop", want.output_tokens[0])
+            c = client(live).chat.completions.create(model="potstill", messages=msgs, stop=stop, max_tokens=1)
+            assert (c.choices[0].finish_reason, c.usage.completion_tokens) == ("length", 1)  # before the stop
+            with pytest.raises(openai.BadRequestError) as e:
+                client(live).chat.completions.create(model="potstill", messages=msgs, stop=list("abcde"))
+            assert e.value.body["param"] == "stop" and "at most 4" in e.value.body["message"]
 
             service.routing = Routing(confidence_threshold=math.inf, ood_threshold=math.inf)  # the teacher
             asked = sum(teacher_server.requests.values())
@@ -329,6 +343,11 @@ def test_a_clients_max_tokens_cuts_the_answer_of_either_model(tmp_path, tiny_mod
             assert sum(teacher_server.requests.values()) == asked + 1
             full = client(live).chat.completions.create(model="potstill", messages=msgs)
             assert full.usage.completion_tokens > 1  # the teacher's own budget (4) when the client sets none
+            text = full.choices[0].message.content
+            stop = text[len(text) // 2 : len(text) // 2 + 3]
+            c = client(live).chat.completions.create(model="potstill", messages=msgs, stop=[stop])
+            assert (c.choices[0].message.content, c.choices[0].finish_reason) == (text[: text.find(stop)], "stop")
+            assert c.usage.completion_tokens == full.usage.completion_tokens  # what the teacher was paid for
     finally:
         service.close()
 

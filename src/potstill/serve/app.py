@@ -233,7 +233,7 @@ def _add_chat_route(app: FastAPI, service: Service, requests: Counter, latency: 
         messages = [{"role": m.role, "content": m.text()} for m in body.messages if m.role not in ("system", "developer")]
         if not any(m["role"] == "user" and m["content"].strip() for m in messages):
             raise APIError(400, "messages: needs a user message with text", "messages")
-        served = await service.answer(messages, body.max_completion_tokens or body.max_tokens)
+        served = await service.answer(messages, body.max_completion_tokens or body.max_tokens, body.stops())
         elapsed = time.perf_counter() - state.get("t0", time.perf_counter())
         route = {"answered_by": served.answered_by, "reason": served.reason, "confidence": served.confidence,
                  "ood_distance": served.ood_distance, "student_output": served.student_output}

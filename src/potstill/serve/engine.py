@@ -16,6 +16,7 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -109,12 +110,29 @@ class ServedStudent:
                                          tokens=g.tokens[i] if g.tokens is not None else None))
         return answers
 
-    def cut(self, a: StudentAnswer, max_tokens: int) -> str:
-        """The text of ``a``'s first ``max_tokens`` generated tokens: what greedy decoding with that
-        budget gives (a prefix of the longer greedy answer)."""
+    def shorten(self, a: StudentAnswer, max_tokens: int | None, stop: Sequence[str] = ()) -> tuple[str, int, str]:
+        """(text, output tokens, finish_reason) of ``a`` as a client's ``stop`` strings and
+        ``max_tokens`` end it: the text before the first stop string (the tokens generated up to
+        its end counted, ``stop``), or the first ``max_tokens`` tokens if that comes first
+        (``length``). What greedy decoding with those limits gives: a prefix of the longer answer."""
+        text, n, finish = a.output, a.output_tokens, "length" if a.truncated else "stop"
+        if not stop and (max_tokens is None or n <= max_tokens):
+            return text, n, finish
         tok = self.engine.tokenizer
         ids = a.tokens if a.tokens is not None else tok.encode(a.output, add_special_tokens=False)
-        return tok.decode(ids[:max_tokens], skip_special_tokens=True)
+
+        def upto(k: int) -> str:
+            return tok.decode(ids[:k], skip_special_tokens=True)
+
+        if stop and any(s in text for s in stop):
+            lo, hi = 1, len(ids)  # the fewest tokens whose text holds a stop string
+            while lo < hi:
+                mid = (lo + hi) // 2
+                lo, hi = (lo, mid) if any(s in upto(mid) for s in stop) else (mid + 1, hi)
+            text, n, finish = text[: min(i for i in (text.find(s) for s in stop) if i >= 0)], lo, "stop"
+        if max_tokens is not None and n > max_tokens:
+            text, n, finish = upto(max_tokens), max_tokens, "length"
+        return text, n, finish
 
 
 class TransformersEngine(ServedStudent):

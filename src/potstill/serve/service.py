@@ -17,6 +17,7 @@ import math
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -320,13 +321,16 @@ class Service:
             raise TeacherError(r.error or "the teacher returned no answer")
         return r, False
 
-    async def answer(self, messages: list[dict], max_tokens: int | None = None) -> ServedCall:
+    async def answer(self, messages: list[dict], max_tokens: int | None = None, stop: Sequence[str] = ()) -> ServedCall:
         """Route one chat (user-side messages only) and return the answer, ready for the ledger.
 
         ``max_tokens`` (the client's ``max_completion_tokens`` or ``max_tokens``): generated answers
         end after that many tokens with ``finish_reason`` ``length``. The student still generates to
         the task's budget and is routed on that whole answer (what it was calibrated on), then cut;
-        the teacher is asked for at most that many. Label answers are whole labels, never cut."""
+        the teacher is asked for at most that many. ``stop`` (the client's): the answer ends before
+        the first of these strings it holds, ``finish_reason`` ``stop``; both models generate as
+        configured and the text is cut (the teacher's ``output_tokens`` stay what it was paid for).
+        Label answers are whole labels, never cut."""
         live = self.acquire()
         try:
             a: StudentAnswer = await asyncio.wrap_future(live.batcher.submit(messages))
@@ -336,14 +340,12 @@ class Service:
             live.release()
         student_cost = a.seconds * self.cfg.student.usd_per_hour / 3600
         if self.task.labels:
-            max_tokens = None
+            max_tokens, stop = None, ()
         h, req = self.teacher_request(messages, max_tokens)
         common = dict(request={"messages": messages}, answered_by=who, confidence=a.confidence, ood_distance=dist,
                       student_output=a.output, student=live.name, request_hash=h)
         if who == "student":
-            content, n_out, finish = a.output, a.output_tokens, "length" if a.truncated else "stop"
-            if max_tokens is not None and n_out > max_tokens:
-                content, n_out, finish = live.engine.cut(a, max_tokens), max_tokens, "length"
+            content, n_out, finish = live.engine.shorten(a, max_tokens, stop)
             return ServedCall(content=content, model=live.name, reason=reason, input_tokens=a.prompt_tokens,
                               output_tokens=n_out, cost_usd=student_cost, finish_reason=finish, **common)
         r, cached = await self._ask_teacher(h, req)
@@ -353,10 +355,14 @@ class Service:
         if r.label_probs:
             # The teacher's soft label, kept so `potstill redistill` can distil from served escalations.
             extra["teacher_label_probs"] = r.label_probs
-        return ServedCall(content=r.output, model=self.teacher_name, reason=reason + ("+cached" if cached else ""),
+        content, finish = r.output, _finish_reason(r.stop_reason)
+        at = min((i for i in (content.find(s) for s in stop) if i >= 0), default=-1)
+        if at >= 0:
+            content, finish = content[:at], "stop"
+        return ServedCall(content=content, model=self.teacher_name, reason=reason + ("+cached" if cached else ""),
                           input_tokens=r.input_tokens, output_tokens=r.output_tokens,
                           cost_usd=student_cost + (0.0 if cached else r.cost_usd), extra=extra,
-                          finish_reason=_finish_reason(r.stop_reason), **common)
+                          finish_reason=finish, **common)
 
     def log_failure(self, request: dict[str, Any], answered_by: str, model: str, latency_s: float,
                     body: dict[str, Any], error: str) -> None:
