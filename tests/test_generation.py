@@ -165,6 +165,31 @@ def test_generation_with_the_cached_prefix_on_a_gpu(kind, tmp_path):
             assert list(zip(g.texts, g.output_tokens)) == ref
 
 
+def test_static_caches_reuse_a_longer_one_and_once_frozen_make_none(tmp_path):
+    """A batch takes the shortest cache of its rows that holds it; frozen (a warmed server), no new
+    cache is made (it would compile while a client waits) and generation runs on the dynamic cache,
+    with the same greedy tokens."""
+    from potstill.models.static_decode import StaticCaches
+
+    engine = load_engine("transformers", str(make_model_dir(tmp_path)), device="cpu")
+    static = StaticCaches.for_model(engine.lm.model)
+    a = static.get(1, 256)
+    assert static.get(1, 256) is a and static.get(2, 256) is not a
+    b = static.get(1, 1024)
+    assert static.get(1, 512) is b and static.get(1, 256) is a  # the shortest that holds it
+    static.frozen = True
+    assert static.get(1, 512) is b and static.get(4, 256) is None and static.get(1, 2048) is None
+    assert sorted(static._caches) == [(1, 256), (1, 1024), (2, 256)]
+    want = engine.generate(CHAT, MSGS, 12, batch_size=3)
+    empty = StaticCaches.for_model(engine.lm.model)
+    empty.frozen = True
+    engine.static = empty
+    for batch_size in (1, 3):
+        got = engine.generate(CHAT, MSGS, 12, batch_size=batch_size)
+        assert (got.texts, got.tokens) == (want.texts, want.tokens)
+    assert not empty._caches
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("kind", ["llama", "gemma3_window96"])
 def test_compiled_generation_on_a_gpu_decodes_on_static_caches(kind, tmp_path):

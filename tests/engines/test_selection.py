@@ -380,6 +380,7 @@ def test_compile_gives_static_caches_on_cuda_only_and_serve_warms_every_row_buck
         served.answer = lambda batch, sizes=sizes: sizes.append(len(batch))
         served.warm(msgs, 16)
         seen[name] = sizes
+        assert (engine.static is not None and engine.static.frozen) == (name == "freetext")
     assert seen == {"freetext": [1, 1, 1, 2, 4, 8, 16], "dynamic": [1, 1, 1, 2, 16], "classification": [1, 1, 1, 2, 16]}
 
 

@@ -135,9 +135,10 @@ class TransformersEngine:
         compiled and warmed in 104 s on an empty cache and in 19-20 s once any model of its
         architecture had been (the untrained student for the trained one, or the reverse). On CUDA,
         generation also gets static KV caches (``models.static_decode``): each bucket of rows and
-        length compiles and records its step on first use (48-53 s for SmolLM2-135M on an H100) and
-        keeps its cache allocated for the next batch of its shape. The identity is tagged: numbers
-        may differ slightly."""
+        length compiles and records its step on first use (about 50 s for SmolLM2-135M on an H100)
+        and keeps its cache allocated for later batches it holds; a server warms them and freezes
+        them (``serve.engine.ServedStudent.warm``). The identity is tagged: numbers may differ
+        slightly."""
         model = self.lm.model
         # Each model compiled keeps a few graphs (the prefix, batch 1, padded and packed batches) under
         # one code object, transformers' forward wrapper; past torch's default limit of 8 entries,

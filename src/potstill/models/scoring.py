@@ -444,7 +444,8 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
     ``static`` (``static_decode.StaticCaches``; a compiled engine on CUDA sets it): every
     batch, a single prompt included, runs ``model.generate`` on a reused static KV cache, which
     transformers decodes through a compiled, CUDA-graphed step; no drafts (a step is one graph
-    replay whatever it feeds).
+    replay whatever it feeds). A batch that no frozen cache holds runs on the dynamic cache, through
+    the uncompiled body (nothing compiles while a server's client waits).
     """
     from transformers import StoppingCriteriaList
 
@@ -480,16 +481,19 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
         for idx in batches:
             use = P > 0 and all(cached[i] for i in idx)
             t0 = time.perf_counter()
-            if static is None and len(idx) == 1 and temperature <= 0 and (use or lookup > 0):
-                toks, logps = greedy_lookup(lm, prompts[idx[0]], prefix if use else None, max_new_tokens, ends,
-                                            stop=stop, draft=lookup)
+            T = max(len(prompts[i]) for i in idx)
+            # A static cache's rows come in buckets: a short batch is filled with its last prompt again.
+            past = static.get(bucket_rows(len(idx)), bucket_length(T + max_new_tokens)) if static is not None else None
+            if past is None and len(idx) == 1 and temperature <= 0 and (use or lookup > 0):
+                with _plain_body(lm.model, static is not None):  # a frozen engine's fallback compiles nothing
+                    toks, logps = greedy_lookup(lm, prompts[idx[0]], prefix if use else None, max_new_tokens, ends,
+                                                stop=stop, draft=lookup)
                 finish(idx[0], toks, logps, time.perf_counter() - t0)
                 if progress is not None:
                     progress(1)
                 continue
-            T = max(len(prompts[i]) for i in idx)
-            # A static cache's rows come in buckets: a short batch is filled with its last prompt again.
-            rows = idx + idx[-1:] * (bucket_rows(len(idx)) - len(idx)) if static is not None else idx
+            on_static = past is not None
+            rows = idx + idx[-1:] * (bucket_rows(len(idx)) - len(idx)) if on_static else idx
             ids = torch.full((len(rows), T), tok.pad_token_id, dtype=torch.long)
             mask = torch.zeros((len(rows), T), dtype=torch.long)
             for r, i in enumerate(rows):
@@ -500,8 +504,7 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
             if use:  # [prefix][padding][own tokens]: positions follow the mask, so the padding is skipped
                 ids[:, :P] = torch.tensor(prefix.ids)
                 mask[:, :P] = 1
-            if static is not None:
-                past = static.get(len(rows), bucket_length(T + max_new_tokens))
+            if on_static:
                 if use:
                     fill_prefix(past, prefix.past, len(rows))
                 extra["past_key_values"] = past

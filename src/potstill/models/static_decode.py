@@ -39,11 +39,16 @@ def bucket_length(n: int) -> int:
 
 class StaticCaches:
     """One ``StaticCache`` per (rows, length) bucket of a model, emptied and reused by each batch:
-    a new cache object would be new tensor addresses, and the compiled step would record again."""
+    a new cache object would be new tensor addresses, and the compiled step would record again
+    (tens of seconds). A batch takes the shortest cache of its rows that holds its length, an
+    existing longer one before a new one of its own bucket. ``frozen`` (set once a server has
+    warmed them): no new caches, so a batch that fits none gets None and runs on the dynamic cache
+    instead of compiling while a client waits."""
 
     def __init__(self, model: Any):
         self.model = model
         self._caches: dict[tuple[int, int], Any] = {}
+        self.frozen = False
 
     @classmethod
     def for_model(cls, model: Any) -> "StaticCaches | None":
@@ -58,15 +63,18 @@ class StaticCaches:
         return cls(model)
 
     def get(self, rows: int, length: int) -> Any:
-        """An empty cache of ``rows`` x ``length`` positions (both already bucketed)."""
+        """An empty cache of ``rows`` x at least ``length`` positions (both already bucketed), or
+        None when frozen and none holds them."""
         from transformers import StaticCache
 
-        key = (rows, length)
-        cache = self._caches.get(key)
-        if cache is None:
-            cache = self._caches[key] = StaticCache(config=self.model.config, max_cache_len=length)
-        else:
+        fits = [n for r, n in self._caches if r == rows and n >= length]
+        if fits:
+            cache = self._caches[rows, min(fits)]
             cache.reset()
+            return cache
+        if self.frozen:
+            return None
+        cache = self._caches[rows, length] = StaticCache(config=self.model.config, max_cache_len=length)
         return cache
 
 

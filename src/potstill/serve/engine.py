@@ -69,12 +69,19 @@ class ServedStudent:
     def warm(self, messages: list[list[dict]], batch_size: int) -> float:
         """Answer once each kind of call serving makes (one input, at up to three lengths; two; a
         batch of up to ``batch_size``), so a compiled engine compiles now rather than while a client
-        waits; generating on static caches, a batch of every row bucket up to ``batch_size``. The
-        seconds it took."""
+        waits. Generating on static caches: a batch of every row bucket up to ``batch_size``, each
+        holding the longest input, then the caches are frozen: a later batch uses the shortest
+        warmed cache of its rows that holds it, or the dynamic cache where none does (a prompt
+        longer than any warmed), never a new one that would compile. The seconds it took."""
         t0 = time.perf_counter()
-        buckets = self.label_ids is None and getattr(self.engine, "static", None) is not None
-        for batch in warm_batches(messages, batch_size, row_buckets=buckets):
+        static = getattr(self.engine, "static", None) if self.label_ids is None else None
+        if static is not None:
+            tok = self.engine.tokenizer
+            messages = sorted(messages, key=lambda m: -sum(len(tok.encode(x["content"])) for x in m))
+        for batch in warm_batches(messages, batch_size, row_buckets=static is not None):
             self.answer(batch)
+        if static is not None:
+            static.frozen = True
         return time.perf_counter() - t0
 
     def embed(self, messages: list[list[dict]]) -> torch.Tensor:
