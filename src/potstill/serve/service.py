@@ -391,8 +391,10 @@ def _served(cfg: Config, path: str, task: Task, device: str, run_dir: Path) -> S
     engine = ServedStudent(section_engine(s, path, device=device, compile=s.compile), task)
     val_path = run_dir / "val.jsonl"
     if s.compile and val_path.exists():  # without val, calibrate_run says what is missing
-        val = [r.messages for r in read_records(val_path)[: s.batch_size]]
-        say(f"serve: compiling the student (torch.compile) on {len(val)} val inputs; minutes on a small CPU")
+        # All of val: a generating student on static caches warms each row bucket on its longest inputs.
+        val = [r.messages for r in read_records(val_path)]
+        say(f"serve: compiling the student (torch.compile) on {min(len(val), s.batch_size)} val inputs; "
+            "minutes on a small CPU")
         seconds = engine.engine.warm_compiled("serve", lambda: engine.warm(val, s.batch_size))
         say(f"serve: student compiled and warmed in {seconds:.0f} s")
     return engine
