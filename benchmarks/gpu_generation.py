@@ -152,6 +152,26 @@ def bbc_texts(n: int) -> list[str]:
     return [" ".join(bbc.read_text(p).split()[:150]) for p in paths[:n]]
 
 
+def load_texts(tiny: bool, path: str | None) -> list[str]:
+    """The prompts' texts: a few short ones for a ``--tiny`` run, a JSONL file's ``text`` fields, or
+    ``bbc_texts(96)``."""
+    if tiny:
+        return ["the team won the match", "new phone software for the computer", "a vote", "the bank said profit"] * 8
+    if path:
+        return [json.loads(ln)["text"] for ln in Path(path).read_text().splitlines() if ln.strip()]
+    return bbc_texts(96)
+
+
+def with_static(engine: Any) -> Any:
+    """``engine`` with static caches: ``compile`` sets them on CUDA only, so a CPU (``--tiny``) run
+    gets them here to run the same code; None stays for a model with sliding-window layers."""
+    from potstill.models.static_decode import StaticCaches
+
+    if engine.static is None:
+        engine.static = StaticCaches.for_model(engine.lm.model)
+    return engine
+
+
 def tiny_model(path: Path) -> str:
     """The tests' tiny random Llama, its (tied) embeddings x 10 so that its next tokens are not all
     near ties (a random model's are, and would pass any cache)."""
@@ -186,18 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
 
     device = "cuda" if torch.cuda.is_available() and not a.tiny else "cpu"
-    from potstill.models.static_decode import StaticCaches
-
     if a.tiny:
         import tempfile
 
         a.model = tiny_model(Path(tempfile.mkdtemp()))
-        texts = ["the team won the match", "new phone software for the computer", "a vote", "the bank said profit"] * 8
         a.n1, a.n16, a.batch, a.max_new = min(a.n1, 4), min(a.n16, 8), min(a.batch, 4), min(a.max_new, 16)
-    elif a.texts:
-        texts = [json.loads(ln)["text"] for ln in Path(a.texts).read_text().splitlines() if ln.strip()]
-    else:
-        texts = bbc_texts(96)
+    texts = load_texts(a.tiny, a.texts)
     if a.break_static:  # the name generation calls, in scoring's namespace
         import potstill.models.scoring as scoring
 
@@ -219,8 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         cc = CompileConfig(mode="default" if device == "cpu" else "reduce-overhead")
         cc._compile_all_devices = True  # transformers' own switch for compiling off CUDA
         plain.lm.model.generation_config.compile_config = cc
-    if compiled.static is None:  # compile sets them on CUDA only; --tiny runs the same code on the CPU
-        compiled.static = StaticCaches.for_model(compiled.lm.model)
+    with_static(compiled)
     print(f"loaded twice in {time.perf_counter() - t0:.1f} s on {device}", flush=True)
     if compiled.static is None:
         print("this model's cache has sliding-window layers: no static caches", file=sys.stderr)

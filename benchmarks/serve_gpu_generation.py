@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.gpu_generation import INSTRUCTION, MAX_GAP, bbc_texts, divergence_gaps, tiny_model
+from benchmarks.gpu_generation import INSTRUCTION, MAX_GAP, divergence_gaps, load_texts, tiny_model, with_static
 from benchmarks.serve_gpu import pct, sync
 
 
@@ -88,19 +88,11 @@ def main(argv: list[str] | None = None) -> int:
         import tempfile
 
         a.model = tiny_model(Path(tempfile.mkdtemp()))
-        texts = ["the team won the match", "new phone software for the computer", "a vote", "the bank said profit"] * 8
         a.n1, a.nc, a.callers, a.batch, a.max_new, a.rounds = 4, 8, 4, 4, 16, 1
-    elif a.texts:
-        texts = [json.loads(ln)["text"] for ln in Path(a.texts).read_text().splitlines() if ln.strip()]
-    else:
-        texts = bbc_texts(96)
-    msgs = [[{"role": "user", "content": t}] for t in texts]
+    msgs = [[{"role": "user", "content": t}] for t in load_texts(a.tiny, a.texts)]
     variants = {"dynamic": served_student(a.model, device, False, a.max_new),
                 "static": served_student(a.model, device, True, a.max_new)}
-    if variants["static"].engine.static is None:  # compile sets them on CUDA only; --tiny: the same code on the CPU
-        from potstill.models.static_decode import StaticCaches
-
-        variants["static"].engine.static = StaticCaches.for_model(variants["static"].engine.lm.model)
+    with_static(variants["static"].engine)
     result: dict[str, Any] = {
         "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__, "model": a.model, "argv": sys.argv[1:] if argv is None else argv,

@@ -32,6 +32,11 @@ from potstill.students import student_format
 from potstill.tasks import Task
 
 
+def first_stop(text: str, stop: Sequence[str]) -> int:
+    """Where the first of a client's ``stop`` strings starts in ``text``; -1 where none is in it."""
+    return min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+
+
 @dataclass
 class StudentAnswer:
     output: str  # the text a client receives
@@ -131,12 +136,13 @@ class ServedStudent:
         def upto(k: int) -> str:
             return tok.decode(ids[:k], skip_special_tokens=True)
 
-        if stop and any(s in text for s in stop):
+        at = first_stop(text, stop)
+        if at >= 0:
             lo, hi = 1, len(ids)  # the fewest tokens whose text holds a stop string
             while lo < hi:
                 mid = (lo + hi) // 2
                 lo, hi = (lo, mid) if any(s in upto(mid) for s in stop) else (mid + 1, hi)
-            text, n, finish = text[: min(i for i in (text.find(s) for s in stop) if i >= 0)], lo, "stop"
+            text, n, finish = text[:at], lo, "stop"
         if max_tokens is not None and n > max_tokens:
             text, n, finish = upto(max_tokens), max_tokens, "length"
         return text, n, finish

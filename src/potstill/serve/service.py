@@ -31,7 +31,7 @@ from potstill.engines import section_engine
 from potstill.ledger import Ledger, ServedCall, user_messages
 from potstill.progress import bar, say
 from potstill.records import Record, read_records
-from potstill.serve.engine import Batcher, ServedStudent, StudentAnswer, embed_all
+from potstill.serve.engine import Batcher, ServedStudent, StudentAnswer, embed_all, first_stop
 from potstill.serve.routing import Routing, calibrate, ood_distance
 from potstill.tasks import Task, get_task
 from potstill.teachers import Response, Teacher, get_teacher, request_hash
@@ -300,12 +300,12 @@ class Service:
     def teacher_request(self, messages: list[dict], max_tokens: int | None = None) -> tuple[str, dict[str, Any]]:
         """The teacher's request for a routed chat and its ledger hash: the one generate computes,
         unless a client's ``max_tokens`` is below the teacher's own (then it is the request's
-        ``max_tokens``, and the request another one). Label answers are never cut."""
+        ``max_tokens``, and the request another one; ``answer`` passes none for labels)."""
         teacher = self.teacher
         if self._identity is None or self._identity[0] is not teacher:
             self._identity = (teacher, teacher.identity())
         req = teacher.request(Record(messages=messages))
-        if max_tokens is not None and not self.task.labels and max_tokens < teacher.cfg.max_tokens:
+        if max_tokens is not None and max_tokens < teacher.cfg.max_tokens:
             req = {**req, "max_tokens": max_tokens}
         return request_hash(self._identity[1], req), req
 
@@ -356,7 +356,7 @@ class Service:
             # The teacher's soft label, kept so `potstill redistill` can distil from served escalations.
             extra["teacher_label_probs"] = r.label_probs
         content, finish = r.output, _finish_reason(r.stop_reason)
-        at = min((i for i in (content.find(s) for s in stop) if i >= 0), default=-1)
+        at = first_stop(content, stop)
         if at >= 0:
             content, finish = content[:at], "stop"
         return ServedCall(content=content, model=self.teacher_name, reason=reason + ("+cached" if cached else ""),
