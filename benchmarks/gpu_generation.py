@@ -172,6 +172,21 @@ def with_static(engine: Any) -> Any:
     return engine
 
 
+def break_static() -> None:
+    """From now on the prefix values that static caches copy in are noise (``--break-static``: the
+    gate failing on a broken cache)."""
+    import potstill.models.scoring as scoring  # the name generation calls, in scoring's namespace
+
+    fill = scoring.fill_prefix
+
+    def broken(cache: Any, past: Any, rows: int) -> None:
+        fill(cache, past, rows)
+        g = torch.Generator(device=cache.layers[0].values.device).manual_seed(0)
+        for layer in cache.layers:  # the copied prefix's values replaced by noise
+            layer.values.normal_(0, 1000 * float(layer.values.float().std()) + 1.0, generator=g)
+    scoring.fill_prefix = broken
+
+
 def tiny_model(path: Path) -> str:
     """The tests' tiny random Llama, its (tied) embeddings x 10 so that its next tokens are not all
     near ties (a random model's are, and would pass any cache)."""
@@ -212,17 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         a.model = tiny_model(Path(tempfile.mkdtemp()))
         a.n1, a.n16, a.batch, a.max_new = min(a.n1, 4), min(a.n16, 8), min(a.batch, 4), min(a.max_new, 16)
     texts = load_texts(a.tiny, a.texts)
-    if a.break_static:  # the name generation calls, in scoring's namespace
-        import potstill.models.scoring as scoring
-
-        fill = scoring.fill_prefix
-
-        def broken(cache: Any, past: Any, rows: int) -> None:
-            fill(cache, past, rows)
-            g = torch.Generator(device=cache.layers[0].values.device).manual_seed(0)
-            for layer in cache.layers:  # the copied prefix's values replaced by noise
-                layer.values.normal_(0, 1000 * float(layer.values.float().std()) + 1.0, generator=g)
-        scoring.fill_prefix = broken
+    if a.break_static:
+        break_static()
 
     t0 = time.perf_counter()
     plain = load_engine("transformers", a.model, device=device, dtype=a.dtype)

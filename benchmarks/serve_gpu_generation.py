@@ -4,6 +4,7 @@
     PYTHONPATH=src:. python benchmarks/serve_gpu_generation.py --model /tmp/m/smol.gguf \
         --texts texts.jsonl --out serve_gpu_generation.json   # texts.jsonl: gpu_generation.bbc_texts(96)
     PYTHONPATH=src:. python benchmarks/serve_gpu_generation.py --tiny   # CPU smoke run of the same code
+    PYTHONPATH=src:. python benchmarks/serve_gpu_generation.py --tiny --break-static   # the gate failing
 
 Both run as ``potstill serve`` runs a free-text student: ``ServedStudent`` (greedy generation to
 the task's ``max_output_tokens``, plus the input embedding routing needs) behind the ``Batcher``
@@ -32,7 +33,8 @@ from typing import Any
 
 import torch
 
-from benchmarks.gpu_generation import INSTRUCTION, MAX_GAP, divergence_gaps, load_texts, tiny_model, with_static
+from benchmarks.gpu_generation import (INSTRUCTION, MAX_GAP, break_static, divergence_gaps, load_texts, tiny_model,
+                                       with_static)
 from benchmarks.serve_gpu import pct, sync
 
 
@@ -80,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-new", type=int, default=64, help="the task's max_output_tokens")
     ap.add_argument("--rounds", type=int, default=2, help="turns of each measurement")
     ap.add_argument("--tiny", action="store_true", help="a tiny random model on the CPU (smoke run)")
+    ap.add_argument("--break-static", action="store_true", help="noise for the values static copies in (gate check)")
     ap.add_argument("--out")
     a = ap.parse_args(argv)
 
@@ -90,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         a.model = tiny_model(Path(tempfile.mkdtemp()))
         a.n1, a.nc, a.callers, a.batch, a.max_new, a.rounds = 4, 8, 4, 4, 16, 1
     msgs = [[{"role": "user", "content": t}] for t in load_texts(a.tiny, a.texts)]
+    if a.break_static:
+        break_static()
     variants = {"dynamic": served_student(a.model, device, False, a.max_new),
                 "static": served_student(a.model, device, True, a.max_new)}
     with_static(variants["static"].engine)
