@@ -260,6 +260,85 @@ def test_static_cache_generation_gives_the_same_tokens_and_reuses_its_caches(eng
     assert static._caches == caches and all(static._caches[k] is caches[k] for k in caches)
 
 
+def _lively_dir(path):
+    """A tiny Llama whose rows end at different steps: untied embeddings and wider random weights
+    (the tied 0.02 default repeats the prompt's last token)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = make_tokenizer()
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.3,
+                      tie_word_embeddings=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                      bos_token_id=None)
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_static_greedy_loop_keeps_stop_strings_and_the_budget_and_leaves_processors_to_generate(monkeypatch,
+                                                                                                  tmp_path):
+    """Greedy batches on static caches decode in ``static_decode.greedy``, not ``model.generate``:
+    the dynamic path's texts, token ids, counts and log-probabilities with and without a stop string,
+    at batch 1 and in a batch of 3, for budgets below and above ``CHECK_EVERY``; a generation config
+    whose greedy choice is not the argmax (a repetition penalty) keeps ``model.generate`` (and its
+    tokens) on either cache."""
+    from potstill.models.static_decode import CHECK_EVERY, StaticCaches
+
+    engine = load_engine("transformers", str(_lively_dir(tmp_path)), device="cpu")
+    model = engine.lm.model
+    static = StaticCaches.for_model(model)
+    assert static is not None and not static.compiled  # compiled on CUDA only
+    calls = []
+    real = model.generate
+    monkeypatch.setattr(model, "generate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    full = engine.generate(CHAT, MSGS, 20, batch_size=3)
+    assert len(set(full.output_tokens)) > 2  # rows end at different steps
+    word = next(t.split()[1] for t in full.texts if len(t.split()) > 2)
+    for budget in (CHECK_EVERY - 3, 20):
+        for stop in ([], [word]):
+            engine.static = None
+            want = engine.generate(CHAT, MSGS, budget, batch_size=3, stop=stop)
+            engine.static = static
+            for batch_size in (1, 3):
+                calls.clear()
+                got = engine.generate(CHAT, MSGS, budget, batch_size=batch_size, stop=stop)
+                assert not calls  # the loop, not model.generate
+                assert (got.texts, got.tokens, got.output_tokens) == (want.texts, want.tokens, want.output_tokens)
+                assert got.mean_logprob == pytest.approx(want.mean_logprob, abs=1e-5)
+    assert any(word in t for t in want.texts) and any(n < 20 for n in want.output_tokens)
+    model.generation_config.repetition_penalty = 1.3
+    try:
+        want = _reference(engine, CHAT, MSGS, 20)  # model.generate over each whole prompt
+        assert [t for t, _ in want] != full.texts  # the penalty changes the greedy tokens
+        for engine.static in (None, static):  # the dynamic path's drafts give way to model.generate too
+            calls.clear()
+            got = engine.generate(CHAT, MSGS, 20, batch_size=1)
+            assert len(calls) == len(MSGS) and list(zip(got.texts, got.output_tokens)) == want
+    finally:
+        model.generation_config.repetition_penalty = 1.0
+
+
+def test_the_compiled_greedy_step_compiles_once_per_row_bucket_whatever_the_prompt_lengths(tmp_path):
+    """The decoding step compiled (as on CUDA; inductor without CUDA graphs here) meets prompts of
+    four lengths at batch 1 and one batch of 3: two graphs (rows 1 and 4), not one per prompt
+    length (a slice's strides once made every length compile again: minutes on a GPU server), and
+    the eager step's tokens."""
+    from torch._dynamo.utils import counters
+
+    from potstill.models.static_decode import StaticCaches
+
+    engine = load_engine("transformers", str(_lively_dir(tmp_path)), device="cpu")
+    want = engine.generate(CHAT, MSGS, 20, batch_size=1)
+    assert len({len(m[0]["content"]) for m in MSGS}) == len(MSGS)
+    engine.static = StaticCaches.for_model(engine.lm.model, compile=True)
+    before = counters["stats"]["unique_graphs"]
+    for batch_size in (1, 3):
+        got = engine.generate(CHAT, MSGS, 20, batch_size=batch_size)
+        assert (got.texts, got.tokens) == (want.texts, want.tokens)
+    assert counters["stats"]["unique_graphs"] - before == 2
+
+
 def test_a_template_without_a_special_turn_end_or_none_at_all_ends_turns_with_eos():
     from potstill.models.prompting import end_of_turn, stop_token_ids
 

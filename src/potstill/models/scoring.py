@@ -25,7 +25,7 @@ import torch
 from potstill.models import packing
 from potstill.models.loading import LM
 from potstill.models.prompting import PromptFormat, encode_prompt, stop_token_ids
-from potstill.models.static_decode import bucket_length, bucket_rows, fill_prefix
+from potstill.models.static_decode import bucket_length, bucket_rows, fill_prefix, greedy, greedy_is_argmax
 
 
 def decoder(model: Any) -> Any:
@@ -433,6 +433,9 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
     Greedy at ``temperature`` 0, else sampled (top-k 50, top-p 0.95) from a
     generator seeded with ``seed`` per batch, so the same request samples the same text. A batch
     stops once every row has produced one of the ``stop`` strings (kept in the text) or EOS.
+    Greedy is the argmax of the logits, as ``model.generate`` chooses under the model's generation
+    config; where that config changes the choice (a repetition penalty, ...), every batch runs
+    ``model.generate`` (no drafts, no own decoding loop).
 
     ``prefix``: the KV cache of the prompts' fixed start (``build_prefix``), copied into each
     batch instead of recomputed; a prompt that does not start with its ids runs whole. Greedy
@@ -442,9 +445,9 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
     model's sliding window could then cover padding, the batch's prompts run one at a time.
 
     ``static`` (``static_decode.StaticCaches``; a compiled engine on CUDA sets it): every
-    batch, a single prompt included, runs ``model.generate`` on a reused static KV cache, which
-    transformers decodes through a compiled, CUDA-graphed step; no drafts (a step is one graph
-    replay whatever it feeds). A batch that no frozen cache holds runs on the dynamic cache, through
+    batch, a single prompt included, decodes on a reused static KV cache through a compiled,
+    CUDA-graphed step (``static_decode.greedy``; sampling: ``model.generate`` on that cache); no
+    drafts (a step is one graph replay whatever it feeds). A batch that no frozen cache holds runs on the dynamic cache, through
     the uncompiled body (nothing compiles while a server's client waits).
     """
     from transformers import StoppingCriteriaList
@@ -477,6 +480,17 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
         secs[i] = dt
         mlp[i] = float(sum(logps[: max(n, 1)]) / len(logps[: max(n, 1)]))
 
+    argmax = greedy_is_argmax(lm.model)  # else model.generate: its processors choose the tokens
+
+    def ended(new: list[int]) -> int | None:
+        """How many of a row's new tokens it keeps once it has ended, as ``model.generate`` ends it
+        (its end token, or ``StopOnText`` on its decoded text), else None."""
+        end = next((j + 1 for j, t in enumerate(new) if t in ends), None)
+        if stop and any(s in tok.decode(new[:end], skip_special_tokens=True) for s in stop):
+            return next(j + 1 for j in range(len(new))
+                        if any(s in tok.decode(new[: j + 1], skip_special_tokens=True) for s in stop))
+        return end
+
     with torch.inference_mode():
         for idx in batches:
             use = P > 0 and all(cached[i] for i in idx)
@@ -484,7 +498,7 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
             T = max(len(prompts[i]) for i in idx)
             # A static cache's rows come in buckets: a short batch is filled with its last prompt again.
             past = static.get(bucket_rows(len(idx)), bucket_length(T + max_new_tokens)) if static is not None else None
-            if past is None and len(idx) == 1 and temperature <= 0 and (use or lookup > 0):
+            if past is None and len(idx) == 1 and temperature <= 0 and (use or lookup > 0) and argmax:
                 with _plain_body(lm.model, static is not None):  # a frozen engine's fallback compiles nothing
                     toks, logps = greedy_lookup(lm, prompts[idx[0]], prefix if use else None, max_new_tokens, ends,
                                                 stop=stop, draft=lookup)
@@ -507,6 +521,16 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
             if on_static:
                 if use:
                     fill_prefix(past, prefix.past, len(rows))
+                if temperature <= 0 and argmax:
+                    with _plain_body(lm.model, True):
+                        toks, logps = greedy(static, ids.to(lm.device), mask.to(lm.device), past, P if use else 0,
+                                             max_new_tokens, ended)
+                    dt = (time.perf_counter() - t0) / len(idx)
+                    for r, i in enumerate(idx):
+                        finish(i, toks[r], logps[r], dt)
+                    if progress is not None:
+                        progress(len(idx))
+                    continue
                 extra["past_key_values"] = past
             elif use:
                 past = copy.deepcopy(prefix.past)

@@ -11,6 +11,15 @@ Python at each new token: a small model on a GPU then waits on its host, not its
 With a ``transformers.StaticCache`` the cache's tensors keep their shapes and addresses, and
 ``generate`` compiles the one-token step (``torch.compile``, mode ``reduce-overhead``: CUDA graphs).
 
+``generate`` decodes greedy batches through its own loop (``greedy``), not ``model.generate``:
+each step is one compiled call (forward, argmax and the chosen token's log-probability) whose
+inputs already sit on the device, so nothing waits on the host between steps; the loop looks at
+the tokens (one copy to the host) every ``CHECK_EVERY`` steps to stop once every row has ended.
+transformers' ``generate`` on the same compiled step spends most of each step in its own Python
+(processors, stopping criteria, input preparation) and waits on the device at every step.
+Sampling, and a model whose generation config changes greedy choices (a repetition penalty, ...),
+keep ``model.generate`` on the static cache.
+
 The graphs are recorded for one cache shape, so caches come in buckets and are reused:
 rows rounded up to a power of two (a short batch gets copies of its last prompt, whose outputs are
 dropped) and lengths to a power of two of at least 256. A prompt prefix whose KV cache the engine
@@ -20,11 +29,13 @@ instead of recomputed, as the dynamic path copies it.
 
 from __future__ import annotations
 
-from typing import Any
+import inspect
+from typing import Any, Callable
 
 import torch
 
 MIN_LENGTH = 256
+CHECK_EVERY = 8  # decoding steps between two looks at the tokens: at most this many steps too many
 
 
 def bucket_rows(n: int) -> int:
@@ -45,22 +56,49 @@ class StaticCaches:
     warmed them): no new caches, so a batch that fits none gets None and runs on the dynamic cache
     instead of compiling while a client waits."""
 
-    def __init__(self, model: Any):
+    def __init__(self, model: Any, compile: bool = False):
         self.model = model
         self._caches: dict[tuple[int, int], Any] = {}
         self.frozen = False
+        params = inspect.signature(model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.2x
+        self._positions = "cache_position" in params  # transformers 4.x: the cache is told where to write
+        self.compiled = compile
+        # reduce-overhead: CUDA graphs, one per cache bucket (its tensors keep their addresses).
+        self.step: Callable[..., Any] = \
+            torch.compile(self._step, mode="reduce-overhead", dynamic=False) if compile else self._step
 
     @classmethod
-    def for_model(cls, model: Any) -> "StaticCaches | None":
+    def for_model(cls, model: Any, compile: bool | None = None) -> "StaticCaches | None":
         """Caches for ``model``, or None where its cache has sliding-window layers (gemma 2 and 3,
         ...): their prefix copy and padded batches would need the window handled, so those keep the
-        dynamic cache."""
+        dynamic cache. ``compile`` (default: the model is on CUDA) compiles the decoding step."""
         from transformers import StaticCache
 
         probe = StaticCache(config=model.config, max_cache_len=MIN_LENGTH)
         if any(getattr(layer, "is_sliding", False) for layer in probe.layers):
             return None
-        return cls(model)
+        if compile is None:
+            compile = next(model.parameters()).device.type == "cuda"
+        return cls(model, compile)
+
+    def forward(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, cache: Any,
+                at: torch.Tensor | None) -> torch.Tensor:
+        """The last position's logits (float32) of ``ids`` fed at positions ``pos`` after what
+        ``cache`` holds; ``mask`` covers the cache's whole length. ``at``: where the cache writes
+        (transformers 4.x only)."""
+        kw: dict[str, Any] = {self._cache_kw: cache}
+        if self._positions:
+            kw["cache_position"] = at
+        out = self.model(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=True, logits_to_keep=1, **kw)
+        return out.logits[:, -1].float()
+
+    def _step(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, cache: Any,
+              at: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One greedy step: each row's next token and its log-probability, both (rows, 1)."""
+        logits = self.forward(ids, pos, mask, cache, at)
+        nxt = logits.argmax(-1, keepdim=True)
+        return nxt, torch.log_softmax(logits, -1).gather(-1, nxt)
 
     def get(self, rows: int, length: int) -> Any:
         """An empty cache of ``rows`` x at least ``length`` positions (both already bucketed), or
@@ -88,3 +126,65 @@ def fill_prefix(cache: Any, prefix_past: Any, rows: int) -> None:
         k = layer.keys.expand(rows, -1, -1, -1).contiguous()
         v = layer.values.expand(rows, -1, -1, -1).contiguous()
         cache.update(k, v, i, {"cache_position": pos})
+
+
+# Settings of a generation config under which transformers' greedy choice is not the argmax of the
+# logits (its logits processors): with any of them set, generation keeps ``model.generate``.
+_PROCESSORS = {"repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
+               "encoder_no_repeat_ngram_size": 0, "bad_words_ids": None, "min_length": 0, "min_new_tokens": None,
+               "suppress_tokens": None, "begin_suppress_tokens": None, "forced_bos_token_id": None,
+               "forced_eos_token_id": None, "sequence_bias": None, "exponential_decay_length_penalty": None,
+               "forced_decoder_ids": None}
+
+
+def greedy_is_argmax(model: Any) -> bool:
+    """Whether ``model.generate``'s greedy token is the argmax of the logits for ``model``."""
+    config = getattr(model, "generation_config", None)
+    return config is None or all(getattr(config, k, d) in (d, None, 0, [], {}) for k, d in _PROCESSORS.items())
+
+
+def greedy(static: StaticCaches, ids: torch.Tensor, mask: torch.Tensor, cache: Any, start: int,
+           max_new_tokens: int, ended: Callable[[list[int]], int | None]) -> tuple[list[list[int]], list[list[float]]]:
+    """Greedy decoding of the left-padded batch ``ids`` / ``mask`` (on the model's device) on the
+    empty static ``cache``, whose first ``start`` positions already hold ``ids[:, :start]`` (a
+    copied prefix). Returns each row's new tokens and their log-probabilities, as
+    ``model.generate`` would choose them: ``ended`` maps a row's new tokens so far to how many of
+    them it keeps once it has ended (through its end token or stop string), else None; a row's
+    tokens stop there, and the batch stops once every row has ended or at ``max_new_tokens``.
+    """
+    rows, T = ids.shape
+    dev = ids.device
+    length = getattr(cache, "max_cache_len", None) or cache.layers[0].max_cache_len  # attribute of each layer in 5.x
+    full = torch.ones(rows, length, dtype=mask.dtype, device=dev)
+    full[:, :T] = mask  # positions past the prompt: causality hides those not yet written
+    pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    at = torch.arange(start, T, device=dev)
+    logits = static.forward(ids[:, start:], pos[:, start:], full, cache, at)
+    toks = torch.empty(rows, max_new_tokens, dtype=torch.long, device=dev)
+    logps = torch.empty(rows, max_new_tokens, dtype=torch.float32, device=dev)
+    nxt = logits.argmax(-1, keepdim=True)
+    toks[:, :1] = nxt
+    logps[:, :1] = torch.log_softmax(logits, -1).gather(-1, nxt)
+    # Fresh (rows, 1) tensors: a slice of ``pos`` keeps its strides, which follow the prompt's
+    # length (even for one row), and the compiled step would compile again for every new length.
+    tok = torch.empty_like(nxt, memory_format=torch.contiguous_format).copy_(nxt)
+    p = torch.empty((rows, 1), dtype=pos.dtype, device=dev).copy_(pos[:, -1:])
+    at = torch.tensor([T], device=dev)
+    n, kept = 1, [None] * rows
+    while True:
+        if n == max_new_tokens or n % CHECK_EVERY == 0:
+            host = toks[:, :n].tolist()
+            kept = [k if k is not None else ended(h) for k, h in zip(kept, host)]
+            if n == max_new_tokens or all(k is not None for k in kept):
+                break
+        p += 1
+        if static.compiled:
+            torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are consumed
+        nxt, lp = static.step(tok, p, full, cache, at)
+        toks[:, n : n + 1] = nxt
+        logps[:, n : n + 1] = lp
+        tok.copy_(nxt)
+        at += 1
+        n += 1
+    out = [h[:k] if k is not None else h for h, k in zip(host, kept)]
+    return out, [lp[: len(o)] for lp, o in zip(logps[:, :n].tolist(), out)]
