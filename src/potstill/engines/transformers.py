@@ -27,8 +27,9 @@ outputs identical (CTranslate2 int8: 1.02x, 55%; ``benchmarks/extraction_alone.j
 
 On a GPU this is the serving path (bf16); CTranslate2 on CUDA has not been measured here.
 Compiled (``compile``) on CUDA, generation decodes on static KV caches through CUDA graphs
-(``static`` below; per input 5.2-6.2x the dynamic cache at batch 1 on an H100 and an H200, 6.1x at 16,
-``benchmarks/gpu_generation.json``); uncompiled, it keeps transformers' dynamic cache.
+(``static`` below; per input on an H200 7.1x the dynamic cache and 2.1x transformers' own static-cache
+``generate`` at batch 1, 9.5x and 1.6x at 16, ``benchmarks/gpu_generation.json`` run_6); uncompiled,
+it keeps transformers' dynamic cache.
 """
 
 from __future__ import annotations

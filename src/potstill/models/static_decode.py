@@ -2,21 +2,22 @@
 
 ``TransformersEngine.compile`` switches it on when the model is on CUDA. In bf16 its outputs part
 from the eager dynamic-cache path's only at near ties (the eager model's own token ahead by at most
-0.125 nats at batch 1 and 0.188 at batch 16, on an H100; ``benchmarks/gpu_generation.json``);
+0.125 nats at batch 1 and 0.188 at batch 16, on an H100 and an H200; ``benchmarks/gpu_generation.json``);
 float32 gives the eager tokens exactly (``tests/test_generation.py``).
 
 Decoding with transformers' default (dynamic) cache launches every kernel of every layer from
 Python at each new token: a small model on a GPU then waits on its host, not its math
 (``model.generate`` of 8 tokens from SmolLM2-135M took about 270 ms on an H100, ``../shared/GPU.md``).
-With a ``transformers.StaticCache`` the cache's tensors keep their shapes and addresses, and
-``generate`` compiles the one-token step (``torch.compile``, mode ``reduce-overhead``: CUDA graphs).
+With a ``transformers.StaticCache`` the cache's tensors keep their shapes and addresses, and the
+one-token step compiles (``torch.compile``, mode ``reduce-overhead``: CUDA graphs).
 
 ``generate`` decodes greedy batches through its own loop (``greedy``), not ``model.generate``:
 each step is one compiled call (forward, argmax and the chosen token's log-probability) whose
 inputs already sit on the device, so nothing waits on the host between steps; the loop looks at
 the tokens (one copy to the host) every ``CHECK_EVERY`` steps to stop once every row has ended.
-transformers' ``generate`` on the same compiled step spends most of each step in its own Python
-(processors, stopping criteria, input preparation) and waits on the device at every step.
+transformers' ``generate`` on a compiled step of its own runs per-step Python (processors, stopping
+criteria, input preparation) and a finished-rows check that waits on the device each step: it took
+2.1x as long per input at batch 1 and 1.6x at 16 on an H200 (``gpu_generation.json`` run_6).
 Sampling, and a model whose generation config changes greedy choices (a repetition penalty, ...),
 keep ``model.generate`` on the static cache.
 
