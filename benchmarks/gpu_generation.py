@@ -203,32 +203,44 @@ def tiny_model(path: Path) -> str:
     return str(path)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_common_args(ap: argparse.ArgumentParser) -> None:
+    """The arguments both GPU generation benchmarks take (this one and ``serve_gpu_generation.py``)."""
     ap.add_argument("--model", help="model spec (GGUF, directory, hub id)")
     ap.add_argument("--texts", help="JSONL with a 'text' per line (default: bbc_texts(96), the corpus installed)")
-    ap.add_argument("--n1", type=int, default=24, help="inputs at batch 1")
-    ap.add_argument("--n16", type=int, default=64, help="inputs in batches of --batch")
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--max-new", type=int, default=64)
-    ap.add_argument("--variants", default="dynamic,dynamic+compile,static,hf-static")
-    ap.add_argument("--dtype", default="auto", help="the engines' dtype (auto: bf16 on a GPU, fp32 on a CPU)")
-    ap.add_argument("--compile-all-devices", action="store_true",
-                    help="hf-static compiles its step on a CPU too (inductor, no CUDA graphs there)")
+    ap.add_argument("--max-new", type=int, default=64, help="new tokens at most (the task's max_output_tokens)")
     ap.add_argument("--tiny", action="store_true", help="a tiny random model on the CPU (smoke run)")
     ap.add_argument("--break-static", action="store_true", help="noise for the values static copies in (gate check)")
     ap.add_argument("--out")
-    a = ap.parse_args(argv)
 
-    device = "cuda" if torch.cuda.is_available() and not a.tiny else "cpu"
+
+def prepare(a: argparse.Namespace) -> str:
+    """The device the parsed arguments ``a`` ask for; ``--tiny`` puts a tiny model in ``a.model`` and
+    ``--break-static`` breaks static caches from now on."""
     if a.tiny:
         import tempfile
 
         a.model = tiny_model(Path(tempfile.mkdtemp()))
-        a.n1, a.n16, a.batch, a.max_new = min(a.n1, 4), min(a.n16, 8), min(a.batch, 4), min(a.max_new, 16)
-    texts = load_texts(a.tiny, a.texts)
     if a.break_static:
         break_static()
+    return "cuda" if torch.cuda.is_available() and not a.tiny else "cpu"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_common_args(ap)
+    ap.add_argument("--n1", type=int, default=24, help="inputs at batch 1")
+    ap.add_argument("--n16", type=int, default=64, help="inputs in batches of --batch")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--variants", default="dynamic,dynamic+compile,static,hf-static")
+    ap.add_argument("--dtype", default="auto", help="the engines' dtype (auto: bf16 on a GPU, fp32 on a CPU)")
+    ap.add_argument("--compile-all-devices", action="store_true",
+                    help="hf-static compiles its step on a CPU too (inductor, no CUDA graphs there)")
+    a = ap.parse_args(argv)
+
+    device = prepare(a)
+    if a.tiny:
+        a.n1, a.n16, a.batch, a.max_new = min(a.n1, 4), min(a.n16, 8), min(a.batch, 4), min(a.max_new, 16)
+    texts = load_texts(a.tiny, a.texts)
 
     t0 = time.perf_counter()
     plain = load_engine("transformers", a.model, device=device, dtype=a.dtype)

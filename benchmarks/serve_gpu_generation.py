@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.gpu_generation import (INSTRUCTION, MAX_GAP, break_static, divergence_gaps, load_texts, tiny_model,
+from benchmarks.gpu_generation import (INSTRUCTION, MAX_GAP, add_common_args, divergence_gaps, load_texts, prepare,
                                        with_static)
 from benchmarks.serve_gpu import pct, sync
 
@@ -73,28 +73,18 @@ def main(argv: list[str] | None = None) -> int:
     from potstill.serve.engine import Batcher
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", help="model spec (GGUF, directory, hub id)")
-    ap.add_argument("--texts", help="JSONL with a 'text' per line (default: bbc_texts(96))")
+    add_common_args(ap)
     ap.add_argument("--n1", type=int, default=16, help="requests at concurrency 1")
     ap.add_argument("--nc", type=int, default=64, help="requests from the concurrent callers")
     ap.add_argument("--callers", type=int, default=16)
     ap.add_argument("--batch", type=int, default=16, help="serve.batch_size")
-    ap.add_argument("--max-new", type=int, default=64, help="the task's max_output_tokens")
     ap.add_argument("--rounds", type=int, default=2, help="turns of each measurement")
-    ap.add_argument("--tiny", action="store_true", help="a tiny random model on the CPU (smoke run)")
-    ap.add_argument("--break-static", action="store_true", help="noise for the values static copies in (gate check)")
-    ap.add_argument("--out")
     a = ap.parse_args(argv)
 
-    device = "cuda" if torch.cuda.is_available() and not a.tiny else "cpu"
+    device = prepare(a)
     if a.tiny:
-        import tempfile
-
-        a.model = tiny_model(Path(tempfile.mkdtemp()))
         a.n1, a.nc, a.callers, a.batch, a.max_new, a.rounds = 4, 8, 4, 4, 16, 1
     msgs = [[{"role": "user", "content": t}] for t in load_texts(a.tiny, a.texts)]
-    if a.break_static:
-        break_static()
     variants = {"dynamic": served_student(a.model, device, False, a.max_new),
                 "static": served_student(a.model, device, True, a.max_new)}
     with_static(variants["static"].engine)
