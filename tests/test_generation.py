@@ -208,6 +208,15 @@ def test_compiled_generation_on_a_gpu_decodes_on_static_caches(kind, tmp_path):
             assert list(zip(g.texts, g.output_tokens)) == ref
     if engine.static is not None:
         assert sorted(engine.static._caches) == [(1, 256), (4, 256)]
+    # The prefill's embeddings (what a server routes on) are embed's, and asking compiles nothing more.
+    from torch._dynamo.utils import counters
+
+    want = plain.embed(CHAT, MSGS)
+    before = counters["stats"]["unique_graphs"]
+    for batch_size in (1, 3):
+        g = engine.generate(CHAT, MSGS, 24, batch_size=batch_size, embed=True)
+        assert torch.allclose(g.embeddings, want, atol=1e-4), (g.embeddings - want).abs().max()
+    assert counters["stats"]["unique_graphs"] == before
 
 
 def _reference(engine, fmt, msgs, max_new):
@@ -377,3 +386,89 @@ def test_generation_stops_at_the_templates_turn_end_when_eos_is_another_token():
     for bs in (1, 3):
         got = e.generate(fmt, msgs, 32, batch_size=bs)
         assert got.texts == want.texts and got.output_tokens == want.output_tokens, (bs, got.texts, got.output_tokens)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_generation_pools_each_prompts_embedding_from_its_prefill(engine, batch_size):
+    """``generate(embed=True)``: each prompt's embedding from the forward generation runs anyway
+    (the prefill of its own tokens after the cached system turn, with the turn's kept sum), equal to
+    ``embed``'s forward over the whole prompt, through ``greedy_lookup`` at batch 1 and
+    ``model.generate`` in batches (greedy and sampled), with no forward more than without it and
+    the same outputs. A few-shot prefix keeps no hidden states: no embeddings there."""
+    want = engine.embed(CHAT, MSGS)
+    plain = engine.generate(CHAT, MSGS, 12, batch_size=batch_size)
+    assert plain.embeddings is None
+    for temperature in (0.0, 0.8):
+        ref = engine.generate(CHAT, MSGS, 12, batch_size=batch_size, temperature=temperature)
+        calls, hook = _count_forwards(engine.lm.model)
+        try:
+            g = engine.generate(CHAT, MSGS, 12, batch_size=batch_size, temperature=temperature, embed=True)
+        finally:
+            hook.remove()
+        ref_calls, hook = _count_forwards(engine.lm.model)
+        try:
+            engine.generate(CHAT, MSGS, 12, batch_size=batch_size, temperature=temperature)
+        finally:
+            hook.remove()
+        assert calls == ref_calls and (g.texts, g.tokens) == (ref.texts, ref.tokens)
+        assert g.embeddings.shape == want.shape
+        assert torch.allclose(g.embeddings, want, atol=1e-5), (g.embeddings - want).abs().max()
+    assert engine.generate(SHOTS, MSGS, 4, batch_size=batch_size, embed=True).embeddings is None
+    assert not engine.lm.model.model._forward_hooks  # the hook is gone
+
+
+def test_static_and_compiled_generation_pool_the_same_embeddings_without_compiling_again(tmp_path):
+    """The prefill's embeddings on static caches (greedy loop; the decoding step compiled, as on
+    CUDA) and through a compiled body: ``embed``'s, and asking for them compiles no graph more."""
+    from torch._dynamo.utils import counters
+
+    from potstill.models.static_decode import StaticCaches
+
+    path = str(_lively_dir(tmp_path))
+    engine = load_engine("transformers", path, device="cpu")
+    want = engine.embed(CHAT, MSGS)
+    engine.static = StaticCaches.for_model(engine.lm.model, compile=True)
+    compiled = load_engine("transformers", path, device="cpu", compile=True)
+    for e in (engine, compiled):
+        for batch_size in (1, 3):
+            e.generate(CHAT, MSGS, 10, batch_size=batch_size)  # compiles what serving compiles
+            before = counters["stats"]["unique_graphs"]
+            g = e.generate(CHAT, MSGS, 10, batch_size=batch_size, embed=True)
+            assert counters["stats"]["unique_graphs"] == before
+            assert torch.allclose(g.embeddings, want, atol=1e-5), (g.embeddings - want).abs().max()
+
+
+def test_a_served_generating_student_takes_its_embeddings_from_generation_and_serves_older_engines(tmp_path):
+    """``ServedStudent.answer`` for free text: the routing embeddings come from the generating call
+    (no ``embed`` forward), equal to ``embed``'s; an engine whose ``generate`` predates ``embed``
+    (a plugin) is still answered, its embeddings from ``embed``."""
+    from potstill.config import load_config
+    from potstill.serve.engine import ServedStudent
+    from potstill.tasks import get_task
+
+    engine = load_engine("transformers", str(make_model_dir(tmp_path)), device="cpu")
+    task = get_task(load_config(overrides={"task": {"type": "freetext", "instruction": "summarise"}}).task)
+    served = ServedStudent(engine, task)
+    want = engine.embed(served.fmt, MSGS)
+    embeds = []
+    real_embed = engine.embed
+    engine.embed = lambda *a, **k: embeds.append(1) or real_embed(*a, **k)
+    for batch in ([MSGS[0]], MSGS):
+        answers = served.answer(batch)
+        assert torch.allclose(torch.stack([a.embedding for a in answers]), want[: len(batch)], atol=1e-5)
+    assert not embeds
+
+    class Older:  # the engine protocol before generate's ``embed``
+        name, identity, tokenizer = "older", engine.identity, engine.tokenizer
+
+        def generate(self, fmt, messages, max_new_tokens, batch_size=16, progress=None, temperature=0.0,
+                     stop=(), seed=0):
+            return engine.generate(fmt, messages, max_new_tokens, batch_size=batch_size)
+
+        def embed(self, fmt, messages):
+            return engine.embed(fmt, messages)
+
+    old = ServedStudent(Older(), task).answer(MSGS)
+    assert len(embeds) == 1
+    assert [a.output for a in old] == [a.output for a in answers]
+    assert torch.allclose(torch.stack([a.embedding for a in old]), want, atol=1e-5)

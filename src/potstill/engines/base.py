@@ -47,9 +47,11 @@ class Engine(Protocol):
 
     def generate(self, fmt: PromptFormat, messages: list[list[dict]], max_new_tokens: int,
                  batch_size: int = 16, progress: Progress = None, temperature: float = 0.0,
-                 stop: Sequence[str] = (), seed: int = 0) -> Generated:
+                 stop: Sequence[str] = (), seed: int = 0, embed: bool = False) -> Generated:
         """Outputs (greedy at ``temperature`` 0, else sampled with ``seed``), each ending at the first
-        ``stop`` string it produced, with the mean log-prob of the tokens chosen."""
+        ``stop`` string it produced, with the mean log-prob of the tokens chosen. ``embed``: also
+        ``Generated.embeddings`` as ``embed`` gives them, where the engine gets them on the way (else
+        None). An engine written before ``embed`` existed is still served (``serve.engine``)."""
         ...
 
     def embed(self, fmt: PromptFormat, messages: list[list[dict]]) -> torch.Tensor:

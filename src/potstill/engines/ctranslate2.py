@@ -216,7 +216,7 @@ class CT2Engine:
 
     def generate(self, fmt: PromptFormat, messages: list[list[dict]], max_new_tokens: int,
                  batch_size: int = 16, progress: Any = None, temperature: float = 0.0,
-                 stop: Sequence[str] = (), seed: int = 0) -> Generated:
+                 stop: Sequence[str] = (), seed: int = 0, embed: bool = False) -> Generated:
         if temperature > 0 or stop:
             raise PotstillError("the ctranslate2 engine decodes greedily to EOS; sampling and stop strings "
                                 "(e.g. for `potstill synthesize`) need engine: transformers")
@@ -241,7 +241,8 @@ class CT2Engine:
             if progress is not None:
                 progress(len(idx))
         return Generated(texts=texts, prompt_tokens=[len(s) + len(o) for s, o in parts], output_tokens=n_out,
-                         seconds=secs, mean_logprob=mlp, tokens=out_ids)
+                         seconds=secs, mean_logprob=mlp, tokens=out_ids,
+                         embeddings=self.embed(fmt, messages) if embed else None)
 
     def embed(self, fmt: PromptFormat, messages: list[list[dict]]) -> torch.Tensor:
         return self._embed_ids([own for _, own in self._split(fmt, messages, True)])

@@ -120,9 +120,9 @@ class RecheckedEngine:
 
     def generate(self, fmt: PromptFormat, messages: list[list[dict]], max_new_tokens: int,
                  batch_size: int = 16, progress: Progress = None, temperature: float = 0.0,
-                 stop: Sequence[str] = (), seed: int = 0) -> Generated:
+                 stop: Sequence[str] = (), seed: int = 0, embed: bool = False) -> Generated:
         return self.fast.generate(fmt, messages, max_new_tokens, batch_size=batch_size, progress=progress,
-                                  temperature=temperature, stop=stop, seed=seed)
+                                  temperature=temperature, stop=stop, seed=seed, embed=embed)
 
     def embed(self, fmt: PromptFormat, messages: list[list[dict]]) -> torch.Tensor:
         return self.fast.embed(fmt, messages)

@@ -15,8 +15,9 @@ summed once with its cache. A batch runs packed, its queries end to end with no 
 the layers (``potstill.models.packing``), where the model allows; so does a single query after a
 cached prefix, which reads the prefix's keys without copying them. Generation copies the same
 prefix cache: a batch runs through ``model.generate``, a single greedy prompt through
-``models.scoring.greedy_lookup`` (drafts from the prompt, checked in one forward); ``embed`` costs
-one extra prefill there.
+``models.scoring.greedy_lookup`` (drafts from the prompt, checked in one forward); asked with
+``embed=True``, it pools each prompt's embedding from the prefill it runs anyway (``embed`` alone
+costs a forward over the prompt).
 
 ``quantization`` int8 (CPU only, with ``compile``): the decoder's linear layers in int8
 (``quantize_int8``, ``potstill.models.int8``); on a 2-core CPU without AMX,
@@ -201,10 +202,10 @@ class TransformersEngine:
 
     def generate(self, fmt: PromptFormat, messages: list[list[dict]], max_new_tokens: int,
                  batch_size: int = 16, progress: Any = None, temperature: float = 0.0,
-                 stop: Sequence[str] = (), seed: int = 0) -> Generated:
+                 stop: Sequence[str] = (), seed: int = 0, embed: bool = False) -> Generated:
         return generate(self.lm, fmt, messages, max_new_tokens, batch_size=batch_size, progress=progress,
                         temperature=temperature, stop=stop, seed=seed, prefix=self.prefix(fmt),
-                        lookup=self.draft_tokens, static=self.static)
+                        lookup=self.draft_tokens, static=self.static, embed=embed)
 
     @torch.inference_mode()
     def embed(self, fmt: PromptFormat, messages: list[list[dict]], max_length: int = 2048) -> torch.Tensor:

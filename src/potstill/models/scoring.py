@@ -308,6 +308,9 @@ class Generated:
     seconds: list[float]
     mean_logprob: list[float]
     tokens: list[list[int]] | None = None  # each output's token ids (up to its end token, excluded)
+    # (N, H) unit input embeddings (``generate(embed=True)``): the mean last hidden state over each
+    # whole prompt, from the prefill that generation runs anyway; None when not asked or not available.
+    embeddings: torch.Tensor | None = None
 
 
 class StopOnText:
@@ -427,7 +430,7 @@ def greedy_lookup(lm: LM, ids: list[int], prefix: PrefixCache | None, max_new_to
 def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_tokens: int,
              batch_size: int = 8, progress: Any = None, temperature: float = 0.0, stop: Sequence[str] = (),
              seed: int = 0, prefix: PrefixCache | None = None, lookup: int = 0,
-             static: Any = None) -> Generated:
+             static: Any = None, embed: bool = False) -> Generated:
     """Generation, batched with left padding; also the mean log-prob of the chosen tokens.
 
     Greedy at ``temperature`` 0, else sampled (top-k 50, top-p 0.95) from a
@@ -449,6 +452,11 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
     CUDA-graphed step (``static_decode.greedy``; sampling: ``model.generate`` on that cache); no
     drafts (a step is one graph replay whatever it feeds). A batch that no frozen cache holds runs on the dynamic cache, through
     the uncompiled body (nothing compiles while a server's client waits).
+
+    ``embed``: also each prompt's input embedding (``Generated.embeddings``), pooled from the
+    prefill's last hidden states, so a server's out-of-distribution check costs no second forward
+    over the prompt. None where a batch's cached prefix is a few-shot prefix (its hidden states are
+    not kept).
     """
     from transformers import StoppingCriteriaList
 
@@ -462,6 +470,9 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
     out_ids: list[list[int]] = [[] for _ in prompts]
     P = prefix.length if prefix is not None and prefix.rows == 1 else 0
     cached = [P > 0 and prefix.starts(p) for p in prompts]
+    # A few-shot prefix keeps no hidden states, so a prompt whose start it caches cannot be pooled whole.
+    embed = embed and (not any(cached) or prefix.hidden_sum is not None)
+    embeddings = torch.zeros(len(prompts), lm.model.config.hidden_size) if embed else None
     # Padding between the prefix and a prompt's own tokens is masked, but a sliding window counts
     # it: a batch whose rows could outgrow the shortest window runs one prompt at a time.
     windows = sliding_windows(prefix.past) if P else []
@@ -499,9 +510,13 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
             # A static cache's rows come in buckets: a short batch is filled with its last prompt again.
             past = static.get(bucket_rows(len(idx)), bucket_length(T + max_new_tokens)) if static is not None else None
             if past is None and len(idx) == 1 and temperature <= 0 and (use or lookup > 0) and argmax:
-                with _plain_body(lm.model, static is not None):  # a frozen engine's fallback compiles nothing
+                with _plain_body(lm.model, static is not None), \
+                        _prefill_hidden(lm.model, embed) as seen:  # a frozen engine's fallback compiles nothing
                     toks, logps = greedy_lookup(lm, prompts[idx[0]], prefix if use else None, max_new_tokens, ends,
                                                 stop=stop, draft=lookup)
+                if embeddings is not None:
+                    embeddings[idx] = _prefill_embeddings(seen, torch.ones(1, len(prompts[idx[0]])), 1,
+                                                          prefix if use else None)
                 finish(idx[0], toks, logps, time.perf_counter() - t0)
                 if progress is not None:
                     progress(1)
@@ -522,9 +537,11 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
                 if use:
                     fill_prefix(past, prefix.past, len(rows))
                 if temperature <= 0 and argmax:
-                    with _plain_body(lm.model, True):
+                    with _plain_body(lm.model, True), _prefill_hidden(lm.model, embed) as seen:
                         toks, logps = greedy(static, ids.to(lm.device), mask.to(lm.device), past, P if use else 0,
                                              max_new_tokens, ended)
+                    if embeddings is not None:
+                        embeddings[idx] = _prefill_embeddings(seen, mask, len(idx), prefix if use else None)
                     dt = (time.perf_counter() - t0) / len(idx)
                     for r, i in enumerate(idx):
                         finish(i, toks[r], logps[r], dt)
@@ -538,7 +555,7 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
                 extra["past_key_values"] = past
             # The global RNG is forked, so seeding here leaves the caller's random state alone.
             with torch.random.fork_rng(devices=[lm.device] if lm.device.type == "cuda" else []), \
-                    _plain_body(lm.model, static is not None):
+                    _plain_body(lm.model, static is not None), _prefill_hidden(lm.model, embed) as seen:
                 torch.manual_seed(seed + rank[idx[0]])
                 out = lm.model.generate(
                     input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), max_new_tokens=max_new_tokens,
@@ -547,6 +564,8 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
                     stopping_criteria=StoppingCriteriaList([StopOnText(tok, T, stop)]) if stop else None,
                     **sampling, **extra,
                 )
+            if embeddings is not None:
+                embeddings[idx] = _prefill_embeddings(seen, mask, len(idx), prefix if use else None)
             dt = (time.perf_counter() - t0) / len(idx)
             new = out.sequences[:, T:]
             # Each chosen token's log-probability, gathered where the scores are: (rows, steps) to the
@@ -559,7 +578,39 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
             if progress is not None:
                 progress(len(idx))
     return Generated(texts=texts, prompt_tokens=[len(p) for p in prompts], output_tokens=n_out, seconds=secs,
-                     mean_logprob=mlp, tokens=out_ids)
+                     mean_logprob=mlp, tokens=out_ids, embeddings=embeddings)
+
+
+@contextlib.contextmanager
+def _prefill_hidden(model: Any, want: bool) -> Iterator[list[torch.Tensor]]:
+    """While active, the last hidden states ``(rows, fed tokens, H)`` of the body's first forward
+    (generation's prefill), read by a forward hook on whatever body is in place then (compiled or
+    not) that removes itself on that call, so no later decoding step, compiled or recorded, sees it."""
+    seen: list[torch.Tensor] = []
+    if not want:
+        yield seen
+        return
+    handle: Any = None
+
+    def hook(module: Any, args: Any, out: Any) -> None:
+        handle.remove()
+        seen.append(out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0])
+
+    handle = decoder(model).register_forward_hook(hook)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def _prefill_embeddings(seen: list[torch.Tensor], mask: torch.Tensor, rows: int,
+                        prefix: PrefixCache | None) -> torch.Tensor:
+    """(rows, H) unit mean of a prefill's last hidden states over the fed tokens ``mask`` marks (its
+    last columns: the prompt after what the cache held) and, where the cache held a split-off
+    prefix, that prefix's: the whole prompt's mean, as ``TransformersEngine.embed`` takes it."""
+    hidden = seen[0][:rows]
+    m = mask[:rows, mask.shape[1] - hidden.shape[1]:].to(hidden.device).unsqueeze(-1).float()
+    return _unit_mean((hidden.float() * m).sum(1), m.sum(1), prefix)
 
 
 @contextlib.contextmanager

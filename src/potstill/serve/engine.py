@@ -2,8 +2,9 @@
 
 For classification one engine call gives both routing signals, the label margin (top-1 minus
 top-2 label probability) and the input embedding for the out-of-distribution check. Other tasks
-generate greedily (confidence: the mean token log-prob) and take the embedding from
-``engine.embed`` (one extra prefill in transformers, none in CTranslate2).
+generate greedily (confidence: the mean token log-prob) and take the embedding from the same
+call (``generate(embed=True)``: pooled from the prefill in transformers), or from ``engine.embed``
+where an engine's ``generate`` has no ``embed`` or returns none (another forward over the prompt).
 
 Concurrent requests are gathered into batches by one worker thread (``Batcher``), so the model
 runs one call at a time and a burst of 32 callers costs ~2 batches of 16, not 32 calls.
@@ -11,6 +12,7 @@ runs one call at a time and a burst of 32 callers costs ~2 batches of 16, not 32
 
 from __future__ import annotations
 
+import inspect
 import queue
 import threading
 import time
@@ -60,6 +62,8 @@ class ServedStudent:
         self.fmt = student_format(engine, task)
         self.max_length = max_length
         self.label_ids = label_token_ids(engine.tokenizer, self.fmt, task.labels) if task.labels else None
+        # Engines (plugins too) written before generate's ``embed`` are served with engine.embed.
+        self._embeds = "embed" in inspect.signature(engine.generate).parameters
 
     @property
     def identity(self) -> str:
@@ -109,8 +113,9 @@ class ServedStudent:
                               prompt_tokens=s.prompt_tokens[i], output_tokens=1, seconds=dt)
                 for i, lab in enumerate(labels)
             ]
-        emb = self.embed(messages)
-        g = self.engine.generate(self.fmt, messages, self.task.cfg.max_output_tokens, batch_size=n)
+        g = self.engine.generate(self.fmt, messages, self.task.cfg.max_output_tokens, batch_size=n,
+                                 **({"embed": True} if self._embeds else {}))
+        emb = g.embeddings if getattr(g, "embeddings", None) is not None else self.embed(messages)
         dt = (time.perf_counter() - t0) / n
         answers = []
         for i, text in enumerate(g.texts):
