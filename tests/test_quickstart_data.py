@@ -239,3 +239,19 @@ def test_a_gguf_conversion_takes_eos_and_pad_from_the_file(tmp_path, monkeypatch
     tok = transformers.AutoTokenizer.from_pretrained(path)
     assert (tok.eos_token, tok.eos_token_id, tok.pad_token) == ("<|im_end|>", 2, "<|im_end|>")
     assert "says eos_token is '<|im_start|>', the file says '<|im_end|>'" in caplog.text
+
+
+def test_bf16_is_native_with_amx_or_where_avx512_bf16_products_measure_fast(monkeypatch):
+    """AMX: yes; AVX-512 BF16 without AMX: only where a bf16 product measures BF16_MIN_SPEEDUP over
+    fp32 (a Xeon with the instructions gained nothing, a Zen 4 2x); neither: no."""
+    import torch
+
+    from potstill.models import loading
+
+    assert loading.bf16_matmul_speedup(rows=64, reps=2) > 0  # it measures, on whatever CPU this is
+    for amx, avx512_bf16, speedup, want in ((True, False, 1.0, True), (False, True, 2.2, True),
+                                            (False, True, 0.9, False), (False, False, 2.2, False)):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda a=amx: a, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda b=avx512_bf16: b, raising=False)
+        monkeypatch.setattr(loading, "bf16_matmul_speedup", lambda s=speedup: s)
+        assert loading.bf16_native() is want, (amx, avx512_bf16, speedup)

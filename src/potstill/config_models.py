@@ -40,7 +40,7 @@ QuantizationName = Literal["auto", "int8", "none"]  # an engine's weights (engin
 def engine_dtype(what: str) -> Any:
     return Field("auto", description=f"{what} with engine transformers (and in another engine's near-tie re-check, "
                  "recheck_margin): auto (bf16 on GPU, fp32 on CPU), float32, "
-                 "or bfloat16 (on a CPU with AMX, 1.4-2x faster than fp32; see potstill.models.loading.bf16_native).")
+                 "or bfloat16 (on a CPU with AMX or AVX-512 BF16, 1.4-2x faster than fp32; see potstill.models.loading.bf16_native).")
 
 
 def engine_name(what: str) -> Any:

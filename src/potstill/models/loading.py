@@ -99,11 +99,42 @@ def _pick_device(device: str) -> torch.device:
 DTYPES = get_args(DtypeName)
 
 
+BF16_MIN_SPEEDUP = 1.5  # bf16 products this much faster than fp32's, on a CPU without AMX
+
+
 def bf16_native() -> bool:
-    """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX tiles): there bf16 forwards
-    run 1.4-2x faster than fp32 (benchmarks/engine.json); elsewhere they are emulated and slower."""
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool(probe and probe())
+    """Whether this CPU multiplies bf16 matrices fast enough for bf16 to pay: Intel AMX tiles, where
+    bf16 forwards ran 1.4-2x faster than fp32 (benchmarks/engine.json); or AVX-512 BF16 where a
+    product of the student's shapes measures ``BF16_MIN_SPEEDUP`` or more (:func:`bf16_matmul_speedup`).
+    The instruction set alone does not say: on a 2-core Zen 4 VM bf16 products ran 2.24x fp32's
+    (benchmarks/int8_peak_probe.json), the quickstart student's forward 1.63x / 2.02x at batch 1 / 16
+    and its teacher 1.79x with fp32's label on 60 of 60 articles (benchmarks/bf16_zen4.json), while
+    on a Xeon VM with AVX-512 BF16 and no AMX the compiled bf16 student gained nothing (0.96x,
+    README, "int8 in transformers, on a CPU without AMX"). Elsewhere bf16 is emulated and slower."""
+    cpu = torch.cpu
+    if getattr(cpu, "_is_amx_tile_supported", lambda: False)():
+        return True
+    if not getattr(cpu, "_is_avx512_bf16_supported", lambda: False)():
+        return False
+    return bf16_matmul_speedup() >= BF16_MIN_SPEEDUP
+
+
+def bf16_matmul_speedup(rows: int = 512, reps: int = 5) -> float:
+    """fp32 over bf16 time of a ``(rows, 576) x (576, 1536)`` product (SmolLM2-135M's MLP) on this
+    CPU, the best of ``reps`` each after a warm-up: about 30 ms in all."""
+    import time
+
+    x, w = torch.randn(rows, 576), torch.randn(576, 1536)
+    best = {}
+    for a, b in ((x, w), (x.bfloat16(), w.bfloat16())):
+        torch.mm(a, b)
+        ts = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            ts.append(time.perf_counter() - t0)
+        best[a.dtype] = min(ts)
+    return best[torch.float32] / best[torch.bfloat16]
 
 
 def torch_dtype(name: str, device: torch.device) -> torch.dtype:

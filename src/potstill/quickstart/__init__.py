@@ -120,7 +120,8 @@ def build(run_dir: str | Path, n_inputs: int = INPUTS, n_shots: int = 50, n_test
                 [{"id": f"real-{a['id']}", "input": a["text"], "label": a["label"]} for a in real])
     # bf16 where the CPU multiplies it in hardware (AMX): teacher 1.35x, student 1.3-2x, training
     # steps 1.5x faster; the teacher (3 orders) gives fp32's label on 250 of 250 test articles,
-    # the 12-layer student on 249 (README, "Quick start"; benchmarks/engine.json).
+    # the 12-layer student on 249 (README, "Quick start"; benchmarks/engine.json). AVX-512 BF16
+    # (Zen 4): teacher 1.79x, 60 of 60 labels; student 1.63-2.02x (benchmarks/bf16_zen4.json).
     dtype = {"dtype": "bfloat16"} if bf16_native() else {}
     # The student's engine; an int8 label whose top two probabilities are within recheck_margin
     # (auto: calibrated by train for the int8 layers, else 0.3) is re-scored by transformers at
