@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.checks import exit_on_failures
+
 MIN_TEACHER_SAME = 0.97
 
 
@@ -113,9 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     out["failures"] = failures
     if a.out:
         a.out.write_text(json.dumps(out, indent=1) + "\n")
-    for f in failures:
-        print(f"FAIL: {f}", file=sys.stderr)
-    return 1 if failures else 0
+    exit_on_failures(failures)
+    return 0
 
 
 if __name__ == "__main__":

@@ -64,6 +64,7 @@ from typing import Any, Callable
 
 import torch
 
+from benchmarks.checks import exit_on_failures  # noqa: F401 - here too for the benchmarks importing it from here
 from potstill.curate.split import split
 from potstill.engines import load_engine
 from potstill.engines.ctranslate2 import CT2Engine
@@ -519,15 +520,6 @@ def main() -> None:
         args.out.write_text(json.dumps(result, indent=2, default=lambda x: None if isinstance(x, float) and math.isnan(x) else str(x)))
         print(f"{name}: written to {args.out}", flush=True)
     exit_on_failures(quality_failures(result))
-
-
-def exit_on_failures(failures: list[str]) -> None:
-    """A benchmark's correctness ending (after its JSON is written): each failure on stderr as one
-    ``CORRECTNESS FAILED:`` line, and exit 1 if there is any."""
-    for f in failures:
-        print(f"CORRECTNESS FAILED: {f}", file=sys.stderr)
-    if failures:
-        raise SystemExit(1)
 
 
 # Issue 17's quality bar for the int8 engine (the speed-only layer cut is not held to it).

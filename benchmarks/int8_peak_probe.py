@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.checks import exit_on_failures
+
 LAYER = [("q", 576, 576), ("k", 576, 192), ("v", 576, 192), ("o", 576, 576),
          ("gate", 576, 1536), ("up", 576, 1536), ("down", 1536, 576)]
 
@@ -104,9 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     out["failures"] = failures
     if a.out:
         a.out.write_text(json.dumps(out, indent=1) + "\n")
-    for f in failures:
-        print(f"FAIL: {f}", file=sys.stderr)
-    return 1 if failures else 0
+    exit_on_failures(failures)
+    return 0
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.checks import exit_on_failures
 from benchmarks.gpu_generation import load_texts
 from benchmarks.serve_gpu import sync
 from benchmarks.serve_gpu_generation import served_student
@@ -122,9 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     out["failures"] = failures
     if a.out:
         Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
-    for f in failures:
-        print(f"FAIL: {f}", file=sys.stderr)
-    return 1 if failures else 0
+    exit_on_failures(failures)
+    return 0
 
 
 if __name__ == "__main__":

@@ -609,8 +609,7 @@ def _prefill_embeddings(seen: list[torch.Tensor], mask: torch.Tensor, rows: int,
     last columns: the prompt after what the cache held) and, where the cache held a split-off
     prefix, that prefix's: the whole prompt's mean, as ``TransformersEngine.embed`` takes it."""
     hidden = seen[0][:rows]
-    m = mask[:rows, mask.shape[1] - hidden.shape[1]:].to(hidden.device).unsqueeze(-1).float()
-    return _unit_mean((hidden.float() * m).sum(1), m.sum(1), prefix)
+    return _pooled(hidden, mask[:rows, mask.shape[1] - hidden.shape[1]:], prefix)
 
 
 @contextlib.contextmanager
