@@ -194,8 +194,8 @@ def test_static_caches_reuse_a_longer_one_and_once_frozen_make_none(tmp_path):
 @pytest.mark.parametrize("kind", ["llama", "gemma3_window96"])
 def test_compiled_generation_on_a_gpu_decodes_on_static_caches(kind, tmp_path):
     """A compiled engine on CUDA (float32) gets static caches: generation runs through
-    transformers' CUDA-graphed step with the plain engine's greedy tokens, at batch 1 and in a
-    batch of 3 (filled to 4); the windowed model gets none and keeps the dynamic cache."""
+    transformers' CUDA-graphed step with the plain engine's greedy tokens, at batch 1, in a
+    batch of 3 (filled to 4) and in batches of 2; the windowed model gets none and keeps the dynamic cache."""
     path = make_model_dir(tmp_path) if kind == "llama" else _windowed_dir(tmp_path, 96)
     plain = load_engine("transformers", str(path), device="cuda", dtype="float32")
     engine = load_engine("transformers", str(path), device="cuda", dtype="float32", compile=True)
@@ -203,11 +203,11 @@ def test_compiled_generation_on_a_gpu_decodes_on_static_caches(kind, tmp_path):
     assert (engine.static is not None) == (kind == "llama")  # compile on CUDA switches them on
     for fmt in (CHAT, SHOTS):
         ref = _reference(plain, fmt, MSGS, 24)
-        for batch_size in (1, 3):
+        for batch_size in (1, 3, 2):  # 4 rows, then 2 on the same graph (rows are dynamic)
             g = engine.generate(fmt, MSGS, 24, batch_size=batch_size)
             assert list(zip(g.texts, g.output_tokens)) == ref
     if engine.static is not None:
-        assert sorted(engine.static._caches) == [(1, 256), (4, 256)]
+        assert sorted(engine.static._caches) == [(1, 256), (2, 256), (4, 256)]
     # The prefill's embeddings (what a server routes on) are embed's, and asking compiles nothing more.
     from torch._dynamo.utils import counters
 
@@ -330,9 +330,9 @@ def test_static_greedy_loop_keeps_stop_strings_and_the_budget_and_leaves_process
 
 def test_the_compiled_greedy_step_compiles_once_per_row_bucket_whatever_the_prompt_lengths(tmp_path):
     """The decoding step compiled (as on CUDA; inductor without CUDA graphs here) meets prompts of
-    four lengths at batch 1 and one batch of 3: two graphs (rows 1 and 4), not one per prompt
-    length (a slice's strides once made every length compile again: minutes on a GPU server), and
-    the eager step's tokens."""
+    four lengths at batch 1, then batches of 3 (4 rows) and 2: two graphs (one row, and any rows),
+    not one per prompt length (a slice's strides once made every length compile again: minutes on a
+    GPU server) nor one per bucket of rows, and the eager step's tokens."""
     from torch._dynamo.utils import counters
 
     from potstill.models.static_decode import StaticCaches
@@ -342,9 +342,10 @@ def test_the_compiled_greedy_step_compiles_once_per_row_bucket_whatever_the_prom
     assert len({len(m[0]["content"]) for m in MSGS}) == len(MSGS)
     engine.static = StaticCaches.for_model(engine.lm.model, compile=True)
     before = counters["stats"]["unique_graphs"]
-    for batch_size in (1, 3):
+    for batch_size in (1, 3, 2):
         got = engine.generate(CHAT, MSGS, 20, batch_size=batch_size)
         assert (got.texts, got.tokens) == (want.texts, want.tokens)
+    assert sorted(engine.static._caches) == [(1, 256), (2, 256), (4, 256)]
     assert counters["stats"]["unique_graphs"] - before == 2
 
 

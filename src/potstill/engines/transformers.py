@@ -137,7 +137,8 @@ class TransformersEngine:
         compiled and warmed in 104 s on an empty cache and in 19-20 s once any model of its
         architecture had been (the untrained student for the trained one, or the reverse). On CUDA,
         generation also gets static KV caches (``models.static_decode``): each bucket of rows and
-        length compiles and records its step on first use (about 50 s for SmolLM2-135M on an H100)
+        length records its step on first use (one compile for every bucket of rows above one and
+        one per length, about 15-25 s each for SmolLM2-135M on an H200)
         and keeps its cache allocated for later batches it holds; a server warms them and freezes
         them (``serve.engine.ServedStudent.warm``). The identity is tagged: numbers may differ
         slightly."""

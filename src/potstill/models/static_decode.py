@@ -65,9 +65,13 @@ class StaticCaches:
         self._cache_kw = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.2x
         self._positions = "cache_position" in params  # transformers 4.x: the cache is told where to write
         self.compiled = compile
-        # reduce-overhead: CUDA graphs, one per cache bucket (its tensors keep their addresses).
+        # reduce-overhead: CUDA graphs, recorded once per cache bucket (its tensors keep their
+        # addresses). ``greedy`` marks the rows dynamic: one graph compiles for every bucket of rows
+        # above one (a compile is tens of seconds, a recording a fraction of one), where a
+        # graph per bucket made a GPU server's warm-up take minutes. A cache's length is a Python
+        # int in transformers, so each length still compiles its own.
         self.step: Callable[..., Any] = \
-            torch.compile(self._step, mode="reduce-overhead", dynamic=False) if compile else self._step
+            torch.compile(self._step, mode="reduce-overhead") if compile else self._step
 
     @classmethod
     def for_model(cls, model: Any, compile: bool | None = None) -> "StaticCaches | None":
@@ -171,6 +175,9 @@ def greedy(static: StaticCaches, ids: torch.Tensor, mask: torch.Tensor, cache: A
     tok = torch.empty_like(nxt, memory_format=torch.contiguous_format).copy_(nxt)
     p = torch.empty((rows, 1), dtype=pos.dtype, device=dev).copy_(pos[:, -1:])
     at = torch.tensor([T], device=dev)
+    if static.compiled:  # rows vary by bucket: one graph for them all (one row stays its own: torch specialises 1)
+        for t in (tok, p, full, *(x for layer in cache.layers for x in (layer.keys, layer.values))):
+            torch._dynamo.maybe_mark_dynamic(t, 0)
     n, kept = 1, [None] * rows
     while True:
         if n == max_new_tokens or n % CHECK_EVERY == 0:

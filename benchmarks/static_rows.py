@@ -1,0 +1,180 @@
+"""A GPU server's warm-up of static-cache generation: a compiled decoding step for each bucket of
+rows (before) against one step whose rows are dynamic (``static_decode.greedy`` marks them).
+
+    PYTHONPATH=src:. python benchmarks/static_rows.py --texts texts.jsonl --batch 16 --out static_rows.json
+    PYTHONPATH=src:. python benchmarks/static_rows.py --tiny            # CPU smoke run of the same code
+    PYTHONPATH=src:. python benchmarks/static_rows.py --tiny --break-static   # the gate failing
+
+(texts.jsonl: ``gpu_generation.bbc_texts(96)``, the default.) A SmolLM2-135M-shaped model with
+random bf16 weights (``--tiny``: the tests' tiny Llama in fp32 on the CPU) served as ``potstill
+serve`` serves a free-text student with ``serve.compile`` (a summary of each article, ``--max-new``
+tokens, the system turn cached). Each variant runs in a fresh process of its own with empty
+inductor and Triton caches, one after the other: ``ServedStudent.warm`` on all texts with
+``--batch`` (what ``potstill serve`` does before taking requests: single inputs, then a batch of
+every power of two of rows up to ``--batch``), timed, with the graphs dynamo compiled; then
+``--rounds`` batches of each bucket of rows answered and timed (ms per batch, p50).
+
+- ``per-bucket``: the step compiled with ``dynamic=False`` and no rows marked (the code before);
+- ``dynamic-rows``: today's ``StaticCaches``.
+
+Correctness (exit 1 past it, after writing the JSON): each input's answer at every bucket from
+both variants; where ``dynamic-rows`` parts from ``per-bucket``, the eager bf16 model scores both
+tokens after the shared start and ``per-bucket``'s may lead by at most ``gpu_generation.MAX_GAP``
+nats (a near tie: another kernel's rounding), as in ``gpu_generation.py``; a wrong cache row or
+position parts anywhere. ``--break-static`` breaks the copied prefix in ``dynamic-rows`` only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.checks import exit_on_failures
+from benchmarks.gpu_generation import MAX_GAP, break_static, divergence_gaps, load_texts, tiny_model
+from benchmarks.serve_gpu import sync
+from benchmarks.serve_gpu_generation import served_student
+
+VARIANTS = ("per-bucket", "dynamic-rows")
+
+
+def buckets(batch: int) -> list[int]:
+    out = [1]
+    while out[-1] < batch:
+        out.append(out[-1] * 2)
+    return out
+
+
+def child(a: argparse.Namespace) -> int:
+    """One variant in this process: warm, then time each bucket; its JSON to ``a.out``."""
+    from torch._dynamo.utils import counters
+
+    from potstill.models.static_decode import StaticCaches
+
+    device = "cpu" if a.tiny else "cuda"
+    if a.break_static and a.child == "dynamic-rows":
+        break_static()
+    t0 = time.perf_counter()
+    served = served_student(a.model, device, True, a.max_new)
+    engine = served.engine
+    if engine.static is None:  # a CPU: compile sets static caches on CUDA only
+        engine.static = StaticCaches.for_model(engine.lm.model, compile=True)
+    if a.child == "per-bucket":  # the code before: a graph per bucket of rows
+        engine.static.step = torch.compile(engine.static._step, mode="reduce-overhead", dynamic=False)
+        torch._dynamo.maybe_mark_dynamic = lambda t, i: None
+    load_s = time.perf_counter() - t0
+    msgs = [[{"role": "user", "content": t}] for t in load_texts(False, a.texts)]
+    graphs0 = counters["stats"]["unique_graphs"]
+    t0 = time.perf_counter()
+    served.warm(msgs, a.batch)
+    sync()
+    warm_s = time.perf_counter() - t0
+    graphs = counters["stats"]["unique_graphs"] - graphs0
+    print(f"{a.child}: warmed in {warm_s:.1f} s, {graphs} graphs, caches {sorted(engine.static._caches)}", flush=True)
+    rows: dict[str, Any] = {}
+    answers: dict[str, list] = {}  # by rows: each input's [text, token ids]
+    n = max(buckets(a.batch)) * a.rounds
+    for r in buckets(a.batch):
+        secs, texts = [], []
+        for i in range(0, n, r):
+            if len(secs) == a.rounds:
+                break
+            batch = msgs[i : i + r]
+            sync()
+            t1 = time.perf_counter()
+            out = served.answer(batch)
+            sync()
+            secs.append(time.perf_counter() - t1)
+            texts += [[x.output, x.tokens] for x in out]
+        rows[str(r)] = {"ms_per_batch_p50": 1000 * statistics.median(secs), "ms_per_batch": [1000 * s for s in secs]}
+        answers[str(r)] = texts
+        print(f"  rows {r:3d}: {rows[str(r)]['ms_per_batch_p50']:8.1f} ms per batch (p50 of {len(secs)})", flush=True)
+    after = counters["stats"]["unique_graphs"] - graphs0 - graphs
+    Path(a.out).write_text(json.dumps({"variant": a.child, "load_s": load_s, "warm_s": warm_s, "graphs": graphs,
+                                       "graphs_after_warm": after, "caches": sorted(engine.static._caches),
+                                       "buckets": rows, "answers": answers}) + "\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", help="model directory (default: SmolLM2-135M-shaped random bf16 weights)")
+    ap.add_argument("--texts", help="JSONL with a 'text' per line (default: gpu_generation.bbc_texts(96))")
+    ap.add_argument("--batch", type=int, default=16, help="serve.batch_size: the largest bucket of rows")
+    ap.add_argument("--max-new", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=3, help="timed batches per bucket of rows")
+    ap.add_argument("--tiny", action="store_true", help="the tests' tiny Llama on the CPU (smoke run)")
+    ap.add_argument("--break-static", action="store_true", help="noise for the prefix dynamic-rows copies in")
+    ap.add_argument("--work", help="folder for the model, texts and each variant's JSON (default: a new temporary one)")
+    ap.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
+    ap.add_argument("--out")
+    a = ap.parse_args(argv)
+    if a.child:
+        return child(a)
+    if a.tiny:
+        a.batch, a.max_new, a.rounds = min(a.batch, 4), min(a.max_new, 12), min(a.rounds, 2)
+    device = "cpu" if a.tiny else "cuda"
+    work = Path(a.work or tempfile.mkdtemp())
+    work.mkdir(parents=True, exist_ok=True)
+    if not a.model:
+        if a.tiny:
+            a.model = tiny_model(work / "tiny")
+        else:
+            from benchmarks.serve_split_probe import smol_shaped
+
+            a.model = smol_shaped(work / "smol")
+    if a.texts is None:  # the children read the same texts from a file
+        a.texts = str(work / "texts.jsonl")
+        Path(a.texts).write_text("".join(json.dumps({"text": t}) + "\n" for t in load_texts(a.tiny, None)))
+    runs = {}
+    for v in VARIANTS:
+        cache = work / f"cache-{v}"  # empty compile caches for each: nothing reused from the other
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"), "TRITON_CACHE_DIR": str(cache / "triton")}
+        cmd = [sys.executable, __file__, "--child", v, "--model", a.model, "--texts", a.texts, "--batch", str(a.batch),
+               "--max-new", str(a.max_new), "--rounds", str(a.rounds), "--out", str(work / f"{v}.json")]
+        cmd += ["--tiny"] * a.tiny + ["--break-static"] * a.break_static
+        t0 = time.perf_counter()
+        if subprocess.run(cmd, env=env).returncode:
+            print(f"{v} failed", file=sys.stderr)
+            return 2
+        runs[v] = json.loads((work / f"{v}.json").read_text())
+        runs[v]["process_s"] = time.perf_counter() - t0
+
+    served = served_student(a.model, device, False, a.max_new)  # eager: the judge of departures
+    msgs = [[{"role": "user", "content": t}] for t in load_texts(False, a.texts)]
+    failures, compared = [], {}
+    ref, got = runs["per-bucket"]["answers"], runs["dynamic-rows"]["answers"]
+    for r in ref:
+        n = len(ref[r])
+        gaps = [d["gap"] for d in divergence_gaps(served.engine, served.fmt, msgs[:n], ref[r], got[r])]
+        compared[r] = {"identical": f"{sum(x[1] == y[1] for x, y in zip(ref[r], got[r]))}/{n}", "divergence_gaps": gaps}
+        if gaps and max(gaps) > MAX_GAP:
+            failures.append(f"rows {r}: dynamic-rows parts from per-bucket where the eager model's own token led "
+                            f"by {max(gaps):.2f} nats (> {MAX_GAP})")
+    for v, run in runs.items():
+        print(f"{v:13s} warm {run['warm_s']:6.1f} s, {run['graphs']} graphs; p50 ms per batch by rows: "
+              + ", ".join(f"{r}: {b['ms_per_batch_p50']:.1f}" for r, b in run["buckets"].items()), flush=True)
+    print("same answers by rows: " + ", ".join(f"{r}: {c['identical']}" for r, c in compared.items()))
+    out = {"device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
+           "torch": torch.__version__, "python": platform.python_version(), "argv": sys.argv[1:],
+           "model": "random SmolLM2-135M shape" if "smol" in a.model else a.model, "batch": a.batch,
+           "max_new": a.max_new, "rounds": a.rounds, "compared": compared, "failures": failures,
+           "variants": {v: {k: x for k, x in run.items() if k != "answers"} for v, run in runs.items()}}
+    if a.out:
+        Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
+    exit_on_failures(failures)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
