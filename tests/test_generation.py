@@ -4,8 +4,6 @@ tokens transformers' own ``generate`` gives for the whole prompt, on a plain mod
 sliding window (8 tokens) is shorter than the cached prefix (prompts then run one at a time), and
 on one whose window (96) holds every prompt and its answer (batches padded after the prefix)."""
 
-import threading
-
 import pytest
 import torch
 
@@ -475,38 +473,3 @@ def test_a_served_generating_student_takes_its_embeddings_from_generation_and_se
     assert len(embeds) == 1
     assert [a.output for a in old] == [a.output for a in answers]
     assert torch.allclose(torch.stack([a.embedding for a in old]), want, atol=1e-5)
-
-
-def test_a_served_student_on_compiled_static_caches_warms_and_answers_on_one_thread(tmp_path):
-    """torch keeps CUDA graphs per thread: a served student whose decoding step is compiled on static
-    caches runs warm-up (called from the main thread), direct answers and the batcher's requests on
-    one thread of its own, so the batcher replays what warming recorded. Same answers as the eager
-    engine; exceptions still reach the caller; a classifier keeps the caller's thread."""
-    from potstill.config import load_config
-    from potstill.models.static_decode import StaticCaches
-    from potstill.serve.engine import Batcher, ServedStudent
-    from potstill.tasks import get_task
-
-    path = str(_lively_dir(tmp_path))
-    task = get_task(load_config(overrides={"task": {"type": "freetext", "instruction": "summarise",
-                                                    "max_output_tokens": 12}}).task)
-    want = [a.output for a in ServedStudent(load_engine("transformers", path, device="cpu"), task).answer(MSGS)]
-    engine = load_engine("transformers", path, device="cpu")
-    engine.static = StaticCaches.for_model(engine.lm.model, compile=True)  # as compile() does on CUDA
-    steps = []
-    step = engine.static.step
-    engine.static.step = lambda *a: steps.append(threading.get_ident()) or step(*a)
-    served = ServedStudent(engine, task)
-    served.warm(MSGS, 2)
-    b = Batcher(served, 2, 1.0)
-    try:
-        got = [b.submit(m).result().output for m in MSGS]
-    finally:
-        b.close()
-    assert got == want
-    assert [a.output for a in served.answer(MSGS)] == want
-    assert len(set(steps)) == 1 and threading.get_ident() not in steps, len(set(steps))
-    with pytest.raises(TypeError):
-        served.answer([None])  # not a chat: the engine thread's exception, raised here
-    labels = get_task(load_config(overrides={"task": {"type": "classification", "labels": ["sport", "tech"]}}).task)
-    assert ServedStudent(engine, labels)._pool is None

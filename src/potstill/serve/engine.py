@@ -8,11 +8,6 @@ where an engine's ``generate`` has no ``embed`` or returns none (another forward
 
 Concurrent requests are gathered into batches by one worker thread (``Batcher``), so the model
 runs one call at a time and a burst of 32 callers costs ~2 batches of 16, not 32 calls.
-
-A student decoding on static caches with a compiled step (a GPU with ``serve.compile``) runs every
-call on one thread of its own: torch keeps CUDA graphs per thread, so graphs recorded while warming
-in the main thread were recorded again in the batcher's (its first requests on an H200 took
-224-251 ms instead of 136-142, ``benchmarks/serve_split_probe.json``) and held a second memory pool.
 """
 
 from __future__ import annotations
@@ -22,7 +17,7 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,17 +64,6 @@ class ServedStudent:
         self.label_ids = label_token_ids(engine.tokenizer, self.fmt, task.labels) if task.labels else None
         # Engines (plugins too) written before generate's ``embed`` are served with engine.embed.
         self._embeds = "embed" in inspect.signature(engine.generate).parameters
-        # CUDA graphs are per thread (module docstring): warm, calibration and the batcher share one.
-        static = getattr(engine, "static", None) if self.label_ids is None else None
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="potstill-engine") \
-            if static is not None and static.compiled else None
-        self._ident = self._pool.submit(threading.get_ident).result() if self._pool else None
-
-    def _on_engine_thread(self, fn: Any, *args: Any) -> Any:
-        """``fn(*args)`` on the engine's own thread where it has one (its result or its exception)."""
-        if self._pool is None or threading.get_ident() == self._ident:
-            return fn(*args)
-        return self._pool.submit(fn, *args).result()
 
     @property
     def identity(self) -> str:
@@ -98,9 +82,6 @@ class ServedStudent:
         holding the longest input, then the caches are frozen: a later batch uses the shortest
         warmed cache of its rows that holds it, or the dynamic cache where none does (a prompt
         longer than any warmed), never a new one that would compile. The seconds it took."""
-        return self._on_engine_thread(self._warm, messages, batch_size)
-
-    def _warm(self, messages: list[list[dict]], batch_size: int) -> float:
         t0 = time.perf_counter()
         static = getattr(self.engine, "static", None) if self.label_ids is None else None
         if static is not None:
@@ -114,14 +95,11 @@ class ServedStudent:
 
     def embed(self, messages: list[list[dict]]) -> torch.Tensor:
         """(N, H) unit embeddings of the prompts, in input order."""
-        return self._on_engine_thread(self.engine.embed, self.fmt, messages)
-
-    def answer(self, messages: list[list[dict]]) -> list[StudentAnswer]:
-        """The student's answers to a batch of chats (no task instruction: the engine adds it)."""
-        return self._on_engine_thread(self._answer, messages)
+        return self.engine.embed(self.fmt, messages)
 
     @torch.inference_mode()
-    def _answer(self, messages: list[list[dict]]) -> list[StudentAnswer]:
+    def answer(self, messages: list[list[dict]]) -> list[StudentAnswer]:
+        """The student's answers to a batch of chats (no task instruction: the engine adds it)."""
         t0 = time.perf_counter()
         n = len(messages)
         if self.label_ids is not None:
