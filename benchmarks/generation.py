@@ -144,7 +144,7 @@ def forwards_part(run: Path, n: int) -> dict[str, Any]:
 
 
 def teacher_part(run: Path, n: int, shots: int) -> dict[str, Any]:
-    from potstill.models.scoring import generate
+    from potstill.models.generation import generate
 
     train = read_records(run / "train.jsonl")
     recs = read_records(run / "test.jsonl")[:n]

@@ -175,16 +175,16 @@ def with_static(engine: Any) -> Any:
 def break_static() -> None:
     """From now on the prefix values that static caches copy in are noise (``--break-static``: the
     gate failing on a broken cache)."""
-    import potstill.models.scoring as scoring  # the name generation calls, in scoring's namespace
+    import potstill.models.generation as generation  # the name generation calls, in its namespace
 
-    fill = scoring.fill_prefix
+    fill = generation.fill_prefix
 
     def broken(cache: Any, past: Any, rows: int) -> None:
         fill(cache, past, rows)
         g = torch.Generator(device=cache.layers[0].values.device).manual_seed(0)
         for layer in cache.layers:  # the copied prefix's values replaced by noise
             layer.values.normal_(0, 1000 * float(layer.values.float().std()) + 1.0, generator=g)
-    scoring.fill_prefix = broken
+    generation.fill_prefix = broken
 
 
 def tiny_model(path: Path) -> str:

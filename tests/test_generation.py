@@ -1,4 +1,4 @@
-"""Generation with the prompt's fixed start cached (``potstill.models.scoring.generate``) and, for a
+"""Generation with the prompt's fixed start cached (``potstill.models.generation.generate``) and, for a
 single greedy prompt, drafts from the context checked in one forward (``greedy_lookup``): the
 tokens transformers' own ``generate`` gives for the whole prompt, on a plain model, on one whose
 sliding window (8 tokens) is shorter than the cached prefix (prompts then run one at a time), and
@@ -9,7 +9,7 @@ import torch
 
 from potstill.engines import load_engine
 from potstill.models.prompting import PromptFormat, encode_prompt
-from potstill.models.scoring import draft_from_context, generate
+from potstill.models.generation import draft_from_context, generate
 from tests.helpers.tiny import make_model_dir, make_tokenizer
 
 TEXTS = ["the team won the match", "new phone software for the computer and the internet", "a vote",
@@ -134,11 +134,11 @@ def test_a_prompt_that_does_not_start_with_the_prefix_runs_whole(engine):
 def test_wrong_drafts_are_taken_back(engine, monkeypatch):
     """Drafts of random tokens, nearly all rejected: the cache drops each rejected draft's keys,
     so the tokens are still transformers' greedy ones."""
-    from potstill.models import scoring
+    from potstill.models import generation
 
     g = torch.Generator().manual_seed(0)
     vocab = engine.lm.model.config.vocab_size
-    monkeypatch.setattr(scoring, "draft_from_context",
+    monkeypatch.setattr(generation, "draft_from_context",
                         lambda seq, k, max_ngram=3: torch.randint(0, vocab, (k,), generator=g).tolist())
     calls, hook = _count_forwards(engine.lm.model)
     try:

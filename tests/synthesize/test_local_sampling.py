@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from potstill.models.loading import load_lm
 from potstill.models.prompting import PromptFormat
-from potstill.models.scoring import cut_at_stop, generate
+from potstill.models.generation import cut_at_stop, generate
 from tests.helpers.tiny import WORDS
 
 FMT = PromptFormat(kind="completion", answer_prefix="Answer:")

@@ -66,7 +66,7 @@ def load_engine(name: str, spec: str, device: str = "auto", num_layers: int | No
     """Load the model ``spec`` (hub id, directory, GGUF, bundled:...) into the engine called ``name``,
     with weights as ``quantization`` says (``QUANTIZATIONS``), compiled where ``compile`` asks
     (engine transformers: ``TransformersEngine.compile``), drafting up to ``draft_tokens`` in greedy
-    generation (engine transformers: ``models.scoring.greedy_lookup``).
+    generation (engine transformers: ``models.generation.greedy_lookup``).
 
     ``recheck_margin`` > 0 with an engine other than transformers, or with int8 weights: label scores
     whose top two probabilities are closer than it come from engine transformers at ``dtype`` instead

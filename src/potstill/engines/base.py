@@ -8,7 +8,8 @@ from typing import Any, Callable, Protocol
 import torch
 
 from potstill.models.prompting import PromptFormat, encode_prompt
-from potstill.models.scoring import Generated, Scored
+from potstill.models.generation import Generated
+from potstill.models.scoring import Scored
 
 Progress = Callable[[int], None] | None
 

@@ -49,7 +49,8 @@ from potstill.engines.convert import EMBEDDINGS, INFO, ctranslate2_model, requir
 from potstill.errors import PotstillError
 from potstill.models.loading import _pick_device, resolve
 from potstill.models.prompting import PromptFormat, encode_prompt, stop_token_ids
-from potstill.models.scoring import Generated, Scored
+from potstill.models.generation import Generated
+from potstill.models.scoring import Scored
 
 
 WEIGHTS = {"auto": "int8", "int8": "int8", "none": "float32"}  # quantization -> converted weight type

@@ -25,7 +25,8 @@ import torch
 
 from potstill.engines.base import Engine, Progress
 from potstill.models.prompting import PromptFormat
-from potstill.models.scoring import Generated, Scored, label_margin
+from potstill.models.generation import Generated
+from potstill.models.scoring import Scored, label_margin
 
 
 def with_recheck_time(s: Scored, r: Scored, near: list[int]) -> Scored:

@@ -15,7 +15,7 @@ summed once with its cache. A batch runs packed, its queries end to end with no 
 the layers (``potstill.models.packing``), where the model allows; so does a single query after a
 cached prefix, which reads the prefix's keys without copying them. Generation copies the same
 prefix cache: a batch runs through ``model.generate``, a single greedy prompt through
-``models.scoring.greedy_lookup`` (drafts from the prompt, checked in one forward); asked with
+``models.generation.greedy_lookup`` (drafts from the prompt, checked in one forward); asked with
 ``embed=True``, it pools each prompt's embedding from the prefill it runs anyway (``embed`` alone
 costs a forward over the prompt).
 
@@ -45,8 +45,9 @@ from potstill.engines.base import static_ids
 from potstill.errors import PotstillError, compile_failed
 from potstill.models.loading import LM, load_lm
 from potstill.models.prompting import PromptFormat, encode_prompt
-from potstill.models.scoring import (Generated, PrefixCache, Scored, build_prefix, decoder, generate, score_labels,
-                                    score_labels_formats, stack_prefixes)
+from potstill.models.generation import Generated, generate
+from potstill.models.scoring import (PrefixCache, Scored, build_prefix, decoder, score_labels, score_labels_formats,
+                                    stack_prefixes)
 from potstill.models.static_decode import StaticCaches
 
 
@@ -62,7 +63,7 @@ class TransformersEngine:
         self.reuse_prefix = True  # False: a chat's system turn is recomputed per call (to measure what reuse saves)
         self.pack = True  # False: batches run padded (to measure what packing saves)
         # Greedy generation at batch 1 drafts up to this many tokens from the prompt and checks
-        # them in one forward (``models.scoring.greedy_lookup``); 0: one token per forward.
+        # them in one forward (``models.generation.greedy_lookup``); 0: one token per forward.
         self.draft_tokens = 2  # the fastest of 2, 4 and 8 on the 2-core CPU (benchmarks/generation.json)
         self.compiled = False  # set by compile(): a caller warms it before timing (``warm_compiled``)
         # Static KV caches for generation (``models.static_decode``): set by compile() on CUDA, for
