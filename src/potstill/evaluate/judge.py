@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import Any, Sequence
 
-from potstill.config import Config, JudgeConfig, TeacherConfig
+from potstill.config import Config, TeacherConfig
 from potstill.evaluate.bootstrap import bootstrap_mean
 from potstill.generate import ledger_call, request_hash
 from potstill.ledger import Ledger

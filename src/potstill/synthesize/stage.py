@@ -9,7 +9,6 @@ already paid for.
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 from potstill.config import Config
