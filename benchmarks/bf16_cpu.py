@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.checks import exit_on_failures
+from benchmarks.checks import finish
 
 MIN_TEACHER_SAME = 0.97
 
@@ -112,10 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     failures = []
     if out["teacher"]["same_label"] < MIN_TEACHER_SAME:
         failures.append(f"bf16 teacher gives fp32's label on {out['teacher']['same_label']:.1%} < {MIN_TEACHER_SAME:.0%}")
-    out["failures"] = failures
-    if a.out:
-        a.out.write_text(json.dumps(out, indent=1) + "\n")
-    exit_on_failures(failures)
+    finish(out, failures, a.out)
     return 0
 
 

@@ -18,7 +18,6 @@ Correctness (exit 1 past it): the int8 product equals an exact int64 reference o
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.checks import exit_on_failures
+from benchmarks.checks import finish
 
 LAYER = [("q", 576, 576), ("k", 576, 192), ("v", 576, 192), ("o", 576, 576),
          ("gate", 576, 1536), ("up", 576, 1536), ("down", 1536, 576)]
@@ -103,10 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     c = out["cube_2048"]
     print(f"2048 cube: fp32 {c['fp32']['gmac_per_s']} / bf16 {c['bf16']['gmac_per_s']} / int8 {c['int8']['gmac_per_s']} "
           f"GMAC/s -> int8 {c['int8_over_fp32']}x fp32", flush=True)
-    out["failures"] = failures
-    if a.out:
-        a.out.write_text(json.dumps(out, indent=1) + "\n")
-    exit_on_failures(failures)
+    finish(out, failures, a.out)
     return 0
 
 

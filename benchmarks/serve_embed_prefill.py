@@ -23,7 +23,6 @@ rounding of a cached against a whole-prompt forward: bf16 on a GPU, fp32 on the 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -33,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.checks import exit_on_failures
+from benchmarks.checks import finish
 from benchmarks.gpu_generation import load_texts
 from benchmarks.serve_gpu import sync
 from benchmarks.serve_gpu_generation import served_student
@@ -120,10 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         failures.append(f"outputs differ on {len(cos) - same} inputs")
     if min(cos) < MIN_COSINE[device]:
         failures.append(f"embeddings part: cosine {min(cos):.6f} < {MIN_COSINE[device]}")
-    out["failures"] = failures
-    if a.out:
-        Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
-    exit_on_failures(failures)
+    finish(out, failures, a.out)
     return 0
 
 

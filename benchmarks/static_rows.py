@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.checks import exit_on_failures
+from benchmarks.checks import finish
 from benchmarks.gpu_generation import MAX_GAP, break_static, divergence_gaps, load_texts, tiny_model
 from benchmarks.serve_gpu import sync
 from benchmarks.serve_gpu_generation import served_student
@@ -168,11 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     out = {"device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
            "torch": torch.__version__, "python": platform.python_version(), "argv": sys.argv[1:],
            "model": "random SmolLM2-135M shape" if "smol" in a.model else a.model, "batch": a.batch,
-           "max_new": a.max_new, "rounds": a.rounds, "compared": compared, "failures": failures,
+           "max_new": a.max_new, "rounds": a.rounds, "compared": compared,
            "variants": {v: {k: x for k, x in run.items() if k != "answers"} for v, run in runs.items()}}
-    if a.out:
-        Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
-    exit_on_failures(failures)
+    finish(out, failures, a.out)
     return 0
 
 
