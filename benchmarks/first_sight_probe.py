@@ -5,6 +5,7 @@ split into the decoding steps (``StaticCaches.step``) and the rest (prefill, hos
 caching allocator's cudaMalloc calls (``segment.all.allocated``) counted per answer.
 
     PYTHONPATH=src:. python benchmarks/first_sight_probe.py --texts texts.jsonl --out first_sight_probe.json
+    PYTHONPATH=src:. python benchmarks/first_sight_probe.py --texts texts.jsonl --sdpa no-cudnn   # cuDNN attention off
 
 Timings only (random weights); ``static_rows.py`` and ``serve_gpu_generation.py`` hold the gates.
 """
@@ -29,9 +30,19 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--texts")
     ap.add_argument("--n", type=int, default=6)
+    ap.add_argument("--sdpa", choices=["default", "no-cudnn", "cudnn-prefill"], default="default",
+                    help="default: today's (the prefill avoids cuDNN attention); no-cudnn: nothing uses it; "
+                         "cudnn-prefill: the prefill may too (the code before)")
     ap.add_argument("--out")
     a = ap.parse_args()
     from torch._dynamo.utils import counters
+
+    if a.sdpa == "no-cudnn":
+        torch.backends.cuda.enable_cudnn_sdp(False)
+    elif a.sdpa == "cudnn-prefill":
+        from potstill.models import static_decode
+
+        static_decode.PREFILL_SDPA = None
 
     msgs = [[{"role": "user", "content": t}] for t in load_texts(False, a.texts)]
     served = served_student(smol_shaped(Path(tempfile.mkdtemp())), "cuda", True, 64)
@@ -72,7 +83,7 @@ def main() -> None:
             print(json.dumps({k: round(v, 1) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     if a.out:
         Path(a.out).write_text(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                                           "rows": rows}, indent=1) + "\n")
+                                           "sdpa": a.sdpa, "rows": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -55,6 +55,22 @@ def buckets(batch: int) -> list[int]:
     return out
 
 
+def fresh_process(script: str, variant: str, work: Path, args: list[str]) -> dict[str, Any] | None:
+    """Run ``script --child variant`` with ``args`` in a fresh process whose inductor and Triton
+    caches are empty (nothing reused from another variant); its JSON (``work/variant.json``) with
+    the process's seconds, or None where it failed."""
+    cache = work / f"cache-{variant}"
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"), "TRITON_CACHE_DIR": str(cache / "triton")}
+    t0 = time.perf_counter()
+    if subprocess.run([sys.executable, script, "--child", variant, *args, "--out", str(work / f"{variant}.json")],
+                      env=env).returncode:
+        print(f"{variant} failed", file=sys.stderr)
+        return None
+    run = json.loads((work / f"{variant}.json").read_text())
+    run["process_s"] = time.perf_counter() - t0
+    return run
+
+
 def child(a: argparse.Namespace) -> int:
     """One variant in this process: warm, then time each bucket; its JSON to ``a.out``."""
     from torch._dynamo.utils import counters
@@ -138,17 +154,12 @@ def main(argv: list[str] | None = None) -> int:
         Path(a.texts).write_text("".join(json.dumps({"text": t}) + "\n" for t in load_texts(a.tiny, None)))
     runs = {}
     for v in VARIANTS:
-        cache = work / f"cache-{v}"  # empty compile caches for each: nothing reused from the other
-        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"), "TRITON_CACHE_DIR": str(cache / "triton")}
-        cmd = [sys.executable, __file__, "--child", v, "--model", a.model, "--texts", a.texts, "--batch", str(a.batch),
-               "--max-new", str(a.max_new), "--rounds", str(a.rounds), "--out", str(work / f"{v}.json")]
-        cmd += ["--tiny"] * a.tiny + ["--break-static"] * a.break_static
-        t0 = time.perf_counter()
-        if subprocess.run(cmd, env=env).returncode:
-            print(f"{v} failed", file=sys.stderr)
+        run = fresh_process(__file__, v, work, ["--model", a.model, "--texts", a.texts, "--batch", str(a.batch),
+                                                "--max-new", str(a.max_new), "--rounds", str(a.rounds)]
+                            + ["--tiny"] * a.tiny + ["--break-static"] * a.break_static)
+        if run is None:
             return 2
-        runs[v] = json.loads((work / f"{v}.json").read_text())
-        runs[v]["process_s"] = time.perf_counter() - t0
+        runs[v] = run
 
     served = served_student(a.model, device, False, a.max_new)  # eager: the judge of departures
     msgs = [[{"role": "user", "content": t}] for t in load_texts(False, a.texts)]

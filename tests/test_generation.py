@@ -165,10 +165,12 @@ def test_generation_with_the_cached_prefix_on_a_gpu(kind, tmp_path):
             assert list(zip(g.texts, g.output_tokens)) == ref
 
 
-def test_static_caches_reuse_a_longer_one_and_once_frozen_make_none(tmp_path):
-    """A batch takes the shortest cache of its rows that holds it; frozen (a warmed server), no new
-    cache is made (it would compile while a client waits) and generation runs on the dynamic cache,
-    with the same greedy tokens."""
+def test_static_caches_reuse_a_longer_one_and_once_frozen_make_only_those_that_compile_nothing(tmp_path):
+    """A batch takes the shortest cache of its rows that holds it. Frozen (a warmed server), a new
+    cache is made only where the step runs it without compiling: an uncompiled step, or a compiled
+    one that builds its own mask (sdpa, eager: any length); under another attention kernel none is
+    (it would compile while a client waits) and generation runs on the dynamic cache, with the same
+    greedy tokens."""
     from potstill.models.static_decode import StaticCaches
 
     engine = load_engine("transformers", str(make_model_dir(tmp_path)), device="cpu")
@@ -178,11 +180,17 @@ def test_static_caches_reuse_a_longer_one_and_once_frozen_make_none(tmp_path):
     b = static.get(1, 1024)
     assert static.get(1, 512) is b and static.get(1, 256) is a  # the shortest that holds it
     static.frozen = True
-    assert static.get(1, 512) is b and static.get(4, 256) is None and static.get(1, 2048) is None
-    assert sorted(static._caches) == [(1, 256), (1, 1024), (2, 256)]
+    assert static.get(1, 512) is b and static.get(1, 2048) is not None
+    assert sorted(static._caches) == [(1, 256), (1, 1024), (1, 2048), (2, 256)]
+    compiled = StaticCaches.for_model(engine.lm.model, compile=True)
+    assert compiled.mask_kind == "bool" and compiled.any_length
+    compiled.frozen = True
+    assert compiled.get(2, 4096) is not None
     want = engine.generate(CHAT, MSGS, 12, batch_size=3)
-    empty = StaticCaches.for_model(engine.lm.model)
+    empty = StaticCaches.for_model(engine.lm.model, compile=True)
+    empty.mask_kind = None  # as under flash attention: transformers builds the mask, a length is an int
     empty.frozen = True
+    assert not empty.any_length and empty.get(1, 256) is None
     engine.static = empty
     for batch_size in (1, 3):
         got = engine.generate(CHAT, MSGS, 12, batch_size=batch_size)
@@ -330,23 +338,40 @@ def test_static_greedy_loop_keeps_stop_strings_and_the_budget_and_leaves_process
 
 def test_the_compiled_greedy_step_compiles_once_per_row_bucket_whatever_the_prompt_lengths(tmp_path):
     """The decoding step compiled (as on CUDA; inductor without CUDA graphs here) meets prompts of
-    four lengths at batch 1, then batches of 3 (4 rows) and 2: two graphs (one row, and any rows),
-    not one per prompt length (a slice's strides once made every length compile again: minutes on a
-    GPU server) nor one per bucket of rows, and the eager step's tokens."""
+    five lengths at batch 1 (one past 256 positions with its answer), then batches of 3 (4 rows)
+    and 2: two graphs (one row, and any rows), not one per prompt length (a slice's strides once
+    made every length compile again: minutes on a GPU server), per cache length (transformers' mask
+    takes it as an int) or per bucket of rows; and the eager step's tokens."""
     from torch._dynamo.utils import counters
 
     from potstill.models.static_decode import StaticCaches
 
     engine = load_engine("transformers", str(_lively_dir(tmp_path)), device="cpu")
-    want = engine.generate(CHAT, MSGS, 20, batch_size=1)
-    assert len({len(m[0]["content"]) for m in MSGS}) == len(MSGS)
+    msgs = MSGS + [[{"role": "user", "content": " ".join(["the match"] * 150)}]]
+    want = engine.generate(CHAT, msgs, 20, batch_size=1)
+    assert len({len(m[0]["content"]) for m in msgs}) == len(msgs)
     engine.static = StaticCaches.for_model(engine.lm.model, compile=True)
     before = counters["stats"]["unique_graphs"]
     for batch_size in (1, 3, 2):
+        got = engine.generate(CHAT, msgs, 20, batch_size=batch_size)
+        assert (got.texts, got.tokens) == (want.texts, want.tokens)
+    assert sorted(engine.static._caches) == [(1, 256), (1, 512), (2, 512), (4, 256)]
+    assert counters["stats"]["unique_graphs"] - before == 2
+
+
+def test_static_greedy_under_eager_attention_gives_the_same_tokens(tmp_path):
+    """Under eager attention the step's own mask is additive (a boolean one would be added to the
+    scores as 0 and 1): the dynamic cache's greedy tokens at batch 1 and in a batch of 3."""
+    from potstill.models.static_decode import StaticCaches
+
+    engine = load_engine("transformers", str(_lively_dir(tmp_path)), device="cpu")
+    engine.lm.model.set_attn_implementation("eager")
+    want = engine.generate(CHAT, MSGS, 20, batch_size=1)
+    engine.static = StaticCaches.for_model(engine.lm.model)
+    assert engine.static.mask_kind == "float"
+    for batch_size in (1, 3):
         got = engine.generate(CHAT, MSGS, 20, batch_size=batch_size)
         assert (got.texts, got.tokens) == (want.texts, want.tokens)
-    assert sorted(engine.static._caches) == [(1, 256), (2, 256), (4, 256)]
-    assert counters["stats"]["unique_graphs"] - before == 2
 
 
 def test_a_template_without_a_special_turn_end_or_none_at_all_ends_turns_with_eos():

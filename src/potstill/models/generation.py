@@ -172,8 +172,9 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
     ``static`` (``static_decode.StaticCaches``; a compiled engine on CUDA sets it): every
     batch, a single prompt included, decodes on a reused static KV cache through a compiled,
     CUDA-graphed step (``static_decode.greedy``; sampling: ``model.generate`` on that cache); no
-    drafts (a step is one graph replay whatever it feeds). A batch that no frozen cache holds runs on the dynamic cache, through
-    the uncompiled body (nothing compiles while a server's client waits).
+    drafts (a step is one graph replay whatever it feeds). A batch for which a frozen ``static``
+    gives no cache (``StaticCaches.get``) runs on the dynamic cache, through the uncompiled body
+    (nothing compiles while a server's client waits).
 
     ``embed``: also each prompt's input embedding (``Generated.embeddings``), pooled from the
     prefill's last hidden states, so a server's out-of-distribution check costs no second forward

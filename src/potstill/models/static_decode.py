@@ -23,19 +23,29 @@ keep ``model.generate`` on the static cache.
 
 The graphs are recorded for one cache shape, so caches come in buckets and are reused:
 rows rounded up to a power of two (a short batch gets copies of its last prompt, whose outputs are
-dropped) and lengths to a power of two of at least 256. A prompt prefix whose KV cache the engine
+dropped) and lengths to a power of two of at least 256. The step compiles once for every bucket
+(twice: one row is its own): it marks rows and lengths dynamic and builds its own 4D attention mask,
+since transformers' mask for a static cache takes the cache's length as a Python int, which would
+make each length compile again (15-25 s for SmolLM2-135M on an H200). A prompt prefix whose KV cache the engine
 keeps (a few-shot prefix, a chat's system turn) is copied into each row of the static cache
 instead of recomputed, as the dynamic path copies it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from typing import Any, Callable
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 MIN_LENGTH = 256
+# SDPA kernels for the prefill on CUDA: not cuDNN's, which builds a plan for each new prompt length
+# (26-110 ms more for an answer's first time on an H200, first_sight_probe.json). The decoding steps
+# keep the default dispatch (cuDNN there): their shapes are few, and they ran faster on it (63 steps
+# in 176-192 ms against 193-202 with cuDNN off). None: the prefill keeps the default too.
+PREFILL_SDPA: list[SDPBackend] | None = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 CHECK_EVERY = 8  # decoding steps between two looks at the tokens: at most this many steps too many
 
 
@@ -51,11 +61,12 @@ def bucket_length(n: int) -> int:
 
 class StaticCaches:
     """One ``StaticCache`` per (rows, length) bucket of a model, emptied and reused by each batch:
-    a new cache object would be new tensor addresses, and the compiled step would record again
-    (tens of seconds). A batch takes the shortest cache of its rows that holds its length, an
+    a new cache object would be new tensor addresses, and the compiled step would record its CUDA
+    graph again (its first batch took 0.4-0.9 s instead of 0.2-0.3 on an H200, static_lengths.json). A batch takes the shortest cache of its rows that holds its length, an
     existing longer one before a new one of its own bucket. ``frozen`` (set once a server has
-    warmed them): no new caches, so a batch that fits none gets None and runs on the dynamic cache
-    instead of compiling while a client waits."""
+    warmed them): a new cache only where it compiles nothing (any length, with a step that builds
+    its own mask) and, on a GPU, takes at most a quarter of its free memory; otherwise None, and the
+    batch runs on the dynamic cache instead of compiling while a client waits."""
 
     def __init__(self, model: Any, compile: bool = False):
         self.model = model
@@ -65,11 +76,16 @@ class StaticCaches:
         self._cache_kw = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.2x
         self._positions = "cache_position" in params  # transformers 4.x: the cache is told where to write
         self.compiled = compile
-        # reduce-overhead: CUDA graphs, recorded once per cache bucket (its tensors keep their
-        # addresses). ``greedy`` marks the rows dynamic, so one compiled graph serves every bucket
-        # of rows above one instead of a compile per bucket (15-25 s each for SmolLM2-135M on an
-        # H200: a server's warm-up up to 16 rows took 109 s instead of 184, static_rows.json). A
-        # cache's length is a Python int in transformers, so each length still compiles its own.
+        # The attention mask the step builds: a boolean one for sdpa, an additive one for eager
+        # attention; None (other kernels: flash, flex, ...): transformers builds it from the 2D mask,
+        # with the cache's length as a Python int, so each length compiles its own step.
+        self.mask_kind = _MASKS.get(getattr(model.config, "_attn_implementation", None))
+        self.dtype = next(model.parameters()).dtype
+        # reduce-overhead: CUDA graphs, recorded once per cache (its tensors keep their addresses).
+        # ``greedy`` marks rows and lengths dynamic, so one compiled graph serves every bucket of
+        # rows above one and every length instead of a compile per bucket (15-25 s each for
+        # SmolLM2-135M on an H200: a server's warm-up up to 16 rows took 109 s instead of 184 once
+        # rows were dynamic, static_rows.json).
         self.step: Callable[..., Any] = \
             torch.compile(self._step, mode="reduce-overhead") if compile else self._step
 
@@ -98,16 +114,26 @@ class StaticCaches:
         out = self.model(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=True, logits_to_keep=1, **kw)
         return out.logits[:, -1].float()
 
+    @property
+    def any_length(self) -> bool:
+        """Whether a cache of a new length runs the step without compiling it again."""
+        return not self.compiled or self.mask_kind is not None
+
     def _step(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, cache: Any,
-              at: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """One greedy step: each row's next token and its log-probability, both (rows, 1)."""
+              at: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One greedy step: each row's next token and its log-probability, both (rows, 1). ``mask``
+        (rows, cache length) marks padding; ``at`` is where this step's token is written."""
+        if self.mask_kind is not None:  # (rows, 1, 1, length): the written positions up to ``at`` that are not padding
+            keep = (mask.bool() & (torch.arange(mask.shape[1], device=mask.device) <= at))[:, None, None, :]
+            mask = keep if self.mask_kind == "bool" else \
+                torch.zeros(keep.shape, dtype=self.dtype, device=keep.device).masked_fill(~keep, torch.finfo(self.dtype).min)
         logits = self.forward(ids, pos, mask, cache, at)
         nxt = logits.argmax(-1, keepdim=True)
         return nxt, torch.log_softmax(logits, -1).gather(-1, nxt)
 
     def get(self, rows: int, length: int) -> Any:
         """An empty cache of ``rows`` x at least ``length`` positions (both already bucketed), or
-        None when frozen and none holds them."""
+        None when frozen and none holds them, unless a new one is allowed (see the class)."""
         from transformers import StaticCache
 
         fits = [n for r, n in self._caches if r == rows and n >= length]
@@ -115,10 +141,26 @@ class StaticCaches:
             cache = self._caches[rows, min(fits)]
             cache.reset()
             return cache
-        if self.frozen:
+        if self.frozen and not (self.any_length and self._room_for(rows, length)):
             return None
         cache = self._caches[rows, length] = StaticCache(config=self.model.config, max_cache_len=length)
         return cache
+
+    def _room_for(self, rows: int, length: int) -> bool:
+        """Whether a cache of ``rows`` x ``length`` takes at most a quarter of the GPU's free memory
+        (a CPU: always), so that a long request held in a cache for good leaves room for the rest."""
+        device = next(self.model.parameters()).device
+        if device.type != "cuda":
+            return True
+        c = self.model.config.get_text_config()
+        heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        need = 2 * c.num_hidden_layers * rows * length * heads * head_dim * self.dtype.itemsize  # keys and values
+        return need <= torch.cuda.mem_get_info(device)[0] / 4
+
+
+# Attention implementations whose mask the decoding step builds, and the kind each takes.
+_MASKS = {"sdpa": "bool", "eager": "float"}
 
 
 def fill_prefix(cache: Any, prefix_past: Any, rows: int) -> None:
@@ -164,7 +206,8 @@ def greedy(static: StaticCaches, ids: torch.Tensor, mask: torch.Tensor, cache: A
     full[:, :T] = mask  # positions past the prompt: causality hides those not yet written
     pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
     at = torch.arange(start, T, device=dev)
-    logits = static.forward(ids[:, start:], pos[:, start:], full, cache, at)
+    with sdpa_kernel(PREFILL_SDPA) if dev.type == "cuda" and PREFILL_SDPA else contextlib.nullcontext():
+        logits = static.forward(ids[:, start:], pos[:, start:], full, cache, at)
     toks = torch.empty(rows, max_new_tokens, dtype=torch.long, device=dev)
     logps = torch.empty(rows, max_new_tokens, dtype=torch.float32, device=dev)
     nxt = logits.argmax(-1, keepdim=True)
@@ -176,8 +219,12 @@ def greedy(static: StaticCaches, ids: torch.Tensor, mask: torch.Tensor, cache: A
     p = torch.empty((rows, 1), dtype=pos.dtype, device=dev).copy_(pos[:, -1:])
     at = torch.tensor([T], device=dev)
     if static.compiled:  # rows vary by bucket: one graph for them all (one row stays its own: torch specialises 1)
-        for t in (tok, p, full, *(x for layer in cache.layers for x in (layer.keys, layer.values))):
+        kv = [x for layer in cache.layers for x in (layer.keys, layer.values)]
+        for t in (tok, p, full, *kv):
             torch._dynamo.maybe_mark_dynamic(t, 0)
+        if static.mask_kind is not None:  # and lengths: nothing in the step reads the cache's length as an int
+            for t, dim in ((full, 1), *((x, 2) for x in kv)):
+                torch._dynamo.maybe_mark_dynamic(t, dim)
     n, kept = 1, [None] * rows
     while True:
         if n == max_new_tokens or n % CHECK_EVERY == 0:

@@ -80,8 +80,8 @@ class ServedStudent:
         batch of up to ``batch_size``), so a compiled engine compiles now rather than while a client
         waits. Generating on static caches: a batch of every row bucket up to ``batch_size``, each
         holding the longest input, then the caches are frozen: a later batch uses the shortest
-        warmed cache of its rows that holds it, or the dynamic cache where none does (a prompt
-        longer than any warmed), never a new one that would compile. The seconds it took."""
+        cache of its rows that holds it, or a new one for a longer prompt where that compiles
+        nothing and fits (``StaticCaches.get``), else the dynamic cache. The seconds it took."""
         t0 = time.perf_counter()
         static = getattr(self.engine, "static", None) if self.label_ids is None else None
         if static is not None:
