@@ -34,7 +34,6 @@ import json
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -42,10 +41,10 @@ from typing import Any
 import torch
 
 from benchmarks.checks import finish
-from benchmarks.gpu_generation import MAX_GAP, break_static, divergence_gaps, load_texts, tiny_model
+from benchmarks.gpu_generation import MAX_GAP, divergence_gaps, load_texts
 from benchmarks.serve_gpu import sync
 from benchmarks.serve_gpu_generation import served_student
-from benchmarks.static_rows import buckets, fresh_process
+from benchmarks.static_rows import buckets, common_args, prepare, run_variants, served_compiled, warm_counted
 
 VARIANTS = ("int-length", "any-length")
 
@@ -59,29 +58,14 @@ def child(a: argparse.Namespace) -> int:
     """One variant in this process: warm, then time each bucket at each length; its JSON to ``a.out``."""
     from torch._dynamo.utils import counters
 
-    from potstill.models.static_decode import StaticCaches
-
-    device = "cpu" if a.tiny else "cuda"
-    if a.break_static and a.child == "any-length":
-        break_static()
-    t0 = time.perf_counter()
-    served = served_student(a.model, device, True, a.max_new)
+    served, load_s = served_compiled(a, "any-length")
     engine = served.engine
-    if engine.static is None:  # a CPU: compile sets static caches on CUDA only
-        engine.static = StaticCaches.for_model(engine.lm.model, compile=True)
     if a.child == "int-length":
         engine.static.mask_kind = None
-    load_s = time.perf_counter() - t0
     texts = load_texts(False, a.texts)
-    msgs = [[{"role": "user", "content": t}] for t in texts]
     graphs0 = counters["stats"]["unique_graphs"]
-    t0 = time.perf_counter()
-    served.warm(msgs, a.batch)
-    sync()
-    warm_s = time.perf_counter() - t0
-    graphs = counters["stats"]["unique_graphs"] - graphs0
+    warm_s, graphs = warm_counted(served, texts, a)
     warmed = sorted(engine.static._caches)
-    print(f"{a.child}: warmed in {warm_s:.1f} s, {graphs} graphs, caches {warmed}", flush=True)
     tok = engine.tokenizer
     results: dict[str, Any] = {}
     answers: dict[str, list] = {}
@@ -113,45 +97,18 @@ def child(a: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", help="model directory (default: SmolLM2-135M-shaped random bf16 weights)")
-    ap.add_argument("--texts", help="JSONL with a 'text' per line (default: gpu_generation.bbc_texts(96))")
-    ap.add_argument("--batch", type=int, default=8, help="serve.batch_size: the largest bucket of rows")
-    ap.add_argument("--max-new", type=int, default=64)
-    ap.add_argument("--rounds", type=int, default=3, help="batches per bucket of rows and length")
+    ap = common_args(__doc__, VARIANTS, 8, "batches per bucket of rows and length", "any-length")
     ap.add_argument("--long", type=int, nargs="*", default=[3, 6], help="texts joined into one longer prompt")
-    ap.add_argument("--tiny", action="store_true", help="the tests' tiny Llama on the CPU (smoke run)")
-    ap.add_argument("--break-static", action="store_true", help="noise for the prefix any-length copies in")
-    ap.add_argument("--work", help="folder for the model, texts and each variant's JSON (default: a new temporary one)")
-    ap.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
-    ap.add_argument("--out")
     a = ap.parse_args(argv)
     if a.child:
         return child(a)
     if a.tiny:
-        a.batch, a.max_new, a.rounds = min(a.batch, 4), min(a.max_new, 12), min(a.rounds, 2)
         a.long = [40, 80]  # the tiny texts are a few words: 40 and 80 of them past 256 and 512 positions
     device = "cpu" if a.tiny else "cuda"
-    work = Path(a.work or tempfile.mkdtemp())
-    work.mkdir(parents=True, exist_ok=True)
-    if not a.model:
-        if a.tiny:
-            a.model = tiny_model(work / "tiny")
-        else:
-            from benchmarks.serve_split_probe import smol_shaped
-
-            a.model = smol_shaped(work / "smol")
-    if a.texts is None:  # the children read the same texts from a file
-        a.texts = str(work / "texts.jsonl")
-        Path(a.texts).write_text("".join(json.dumps({"text": t}) + "\n" for t in load_texts(a.tiny, None)))
-    args = ["--model", a.model, "--texts", a.texts, "--batch", str(a.batch), "--max-new", str(a.max_new),
-            "--rounds", str(a.rounds), "--long", *map(str, a.long)] + ["--tiny"] * a.tiny
-    runs = {}
-    for v in VARIANTS:
-        run = fresh_process(__file__, v, work, args + ["--break-static"] * a.break_static)
-        if run is None:
-            return 2
-        runs[v] = run
+    work = prepare(a)
+    runs = run_variants(__file__, VARIANTS, work, a, ["--long", *map(str, a.long)])
+    if runs is None:
+        return 2
 
     served = served_student(a.model, device, False, a.max_new)  # eager: the judge of departures
     texts = load_texts(False, a.texts)

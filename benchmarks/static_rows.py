@@ -55,48 +55,70 @@ def buckets(batch: int) -> list[int]:
     return out
 
 
-def fresh_process(script: str, variant: str, work: Path, args: list[str]) -> dict[str, Any] | None:
-    """Run ``script --child variant`` with ``args`` in a fresh process whose inductor and Triton
-    caches are empty (nothing reused from another variant); its JSON (``work/variant.json``) with
-    the process's seconds, or None where it failed."""
-    cache = work / f"cache-{variant}"
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"), "TRITON_CACHE_DIR": str(cache / "triton")}
+def run_variants(script: str, variants: tuple[str, ...], work: Path, a: argparse.Namespace,
+                 extra: list[str] = ()) -> dict[str, Any] | None:
+    """Run ``script --child V`` for each variant V, one after the other, each in a fresh process
+    whose inductor and Triton caches are empty (nothing reused from another variant), with the
+    common options of ``a`` and ``extra``: each one's JSON (``work/V.json``) with the process's
+    seconds, or None where one failed."""
+    args = ["--model", a.model, "--texts", a.texts, "--batch", str(a.batch), "--max-new", str(a.max_new),
+            "--rounds", str(a.rounds), *extra] + ["--tiny"] * a.tiny + ["--break-static"] * a.break_static
+    runs = {}
+    for v in variants:
+        cache = work / f"cache-{v}"
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"), "TRITON_CACHE_DIR": str(cache / "triton")}
+        t0 = time.perf_counter()
+        if subprocess.run([sys.executable, script, "--child", v, *args, "--out", str(work / f"{v}.json")],
+                          env=env).returncode:
+            print(f"{v} failed", file=sys.stderr)
+            return None
+        runs[v] = json.loads((work / f"{v}.json").read_text())
+        runs[v]["process_s"] = time.perf_counter() - t0
+    return runs
+
+
+def served_compiled(a: argparse.Namespace, broken: str) -> tuple[Any, float]:
+    """The model served with ``serve.compile`` and static caches (set here on a CPU, where compile
+    leaves them off), the copied prefix broken first where ``--break-static`` names this variant
+    ``broken``; and the seconds loading took."""
+    from potstill.models.static_decode import StaticCaches
+
+    if a.break_static and a.child == broken:
+        break_static()
     t0 = time.perf_counter()
-    if subprocess.run([sys.executable, script, "--child", variant, *args, "--out", str(work / f"{variant}.json")],
-                      env=env).returncode:
-        print(f"{variant} failed", file=sys.stderr)
-        return None
-    run = json.loads((work / f"{variant}.json").read_text())
-    run["process_s"] = time.perf_counter() - t0
-    return run
+    served = served_student(a.model, "cpu" if a.tiny else "cuda", True, a.max_new)
+    if served.engine.static is None:
+        served.engine.static = StaticCaches.for_model(served.engine.lm.model, compile=True)
+    return served, time.perf_counter() - t0
+
+
+def warm_counted(served: Any, texts: list[str], a: argparse.Namespace) -> tuple[float, int]:
+    """``ServedStudent.warm`` on ``texts`` at ``--batch``, as ``potstill serve`` warms: its seconds
+    and the graphs dynamo compiled."""
+    from torch._dynamo.utils import counters
+
+    graphs0 = counters["stats"]["unique_graphs"]
+    t0 = time.perf_counter()
+    served.warm([[{"role": "user", "content": t}] for t in texts], a.batch)
+    sync()
+    warm_s, graphs = time.perf_counter() - t0, counters["stats"]["unique_graphs"] - graphs0
+    print(f"{a.child}: warmed in {warm_s:.1f} s, {graphs} graphs, caches {sorted(served.engine.static._caches)}",
+          flush=True)
+    return warm_s, graphs
 
 
 def child(a: argparse.Namespace) -> int:
     """One variant in this process: warm, then time each bucket; its JSON to ``a.out``."""
     from torch._dynamo.utils import counters
 
-    from potstill.models.static_decode import StaticCaches
-
-    device = "cpu" if a.tiny else "cuda"
-    if a.break_static and a.child == "dynamic-rows":
-        break_static()
-    t0 = time.perf_counter()
-    served = served_student(a.model, device, True, a.max_new)
+    served, load_s = served_compiled(a, "dynamic-rows")
     engine = served.engine
-    if engine.static is None:  # a CPU: compile sets static caches on CUDA only
-        engine.static = StaticCaches.for_model(engine.lm.model, compile=True)
     if a.child == "per-bucket":  # the code before: a graph per bucket of rows
         engine.static.step = torch.compile(engine.static._step, mode="reduce-overhead", dynamic=False)
         torch._dynamo.maybe_mark_dynamic = lambda t, i: None
-    load_s = time.perf_counter() - t0
     msgs = [[{"role": "user", "content": t}] for t in load_texts(False, a.texts)]
     graphs0 = counters["stats"]["unique_graphs"]
-    t0 = time.perf_counter()
-    served.warm(msgs, a.batch)
-    sync()
-    warm_s = time.perf_counter() - t0
-    graphs = counters["stats"]["unique_graphs"] - graphs0
-    print(f"{a.child}: warmed in {warm_s:.1f} s, {graphs} graphs, caches {sorted(engine.static._caches)}", flush=True)
+    warm_s, graphs = warm_counted(served, load_texts(False, a.texts), a)
     rows: dict[str, Any] = {}
     answers: dict[str, list] = {}  # by rows: each input's [text, token ids]
     n = max(buckets(a.batch)) * a.rounds
@@ -122,24 +144,27 @@ def child(a: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def common_args(doc: str, variants: tuple[str, ...], batch: int, rounds: str, broken: str) -> argparse.ArgumentParser:
+    """The options both static-cache benchmarks take."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--model", help="model directory (default: SmolLM2-135M-shaped random bf16 weights)")
     ap.add_argument("--texts", help="JSONL with a 'text' per line (default: gpu_generation.bbc_texts(96))")
-    ap.add_argument("--batch", type=int, default=16, help="serve.batch_size: the largest bucket of rows")
+    ap.add_argument("--batch", type=int, default=batch, help="serve.batch_size: the largest bucket of rows")
     ap.add_argument("--max-new", type=int, default=64)
-    ap.add_argument("--rounds", type=int, default=3, help="timed batches per bucket of rows")
+    ap.add_argument("--rounds", type=int, default=3, help=rounds)
     ap.add_argument("--tiny", action="store_true", help="the tests' tiny Llama on the CPU (smoke run)")
-    ap.add_argument("--break-static", action="store_true", help="noise for the prefix dynamic-rows copies in")
+    ap.add_argument("--break-static", action="store_true", help=f"noise for the prefix {broken} copies in")
     ap.add_argument("--work", help="folder for the model, texts and each variant's JSON (default: a new temporary one)")
-    ap.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=variants, help=argparse.SUPPRESS)
     ap.add_argument("--out")
-    a = ap.parse_args(argv)
-    if a.child:
-        return child(a)
+    return ap
+
+
+def prepare(a: argparse.Namespace) -> Path:
+    """A ``--tiny`` run's smaller sizes, and the work folder with the model and texts the children
+    read (the model made where ``--model`` names none, ``texts.jsonl`` where ``--texts`` names none)."""
     if a.tiny:
         a.batch, a.max_new, a.rounds = min(a.batch, 4), min(a.max_new, 12), min(a.rounds, 2)
-    device = "cpu" if a.tiny else "cuda"
     work = Path(a.work or tempfile.mkdtemp())
     work.mkdir(parents=True, exist_ok=True)
     if not a.model:
@@ -152,14 +177,18 @@ def main(argv: list[str] | None = None) -> int:
     if a.texts is None:  # the children read the same texts from a file
         a.texts = str(work / "texts.jsonl")
         Path(a.texts).write_text("".join(json.dumps({"text": t}) + "\n" for t in load_texts(a.tiny, None)))
-    runs = {}
-    for v in VARIANTS:
-        run = fresh_process(__file__, v, work, ["--model", a.model, "--texts", a.texts, "--batch", str(a.batch),
-                                                "--max-new", str(a.max_new), "--rounds", str(a.rounds)]
-                            + ["--tiny"] * a.tiny + ["--break-static"] * a.break_static)
-        if run is None:
-            return 2
-        runs[v] = run
+    return work
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = common_args(__doc__, VARIANTS, 16, "timed batches per bucket of rows", "dynamic-rows").parse_args(argv)
+    if a.child:
+        return child(a)
+    device = "cpu" if a.tiny else "cuda"
+    work = prepare(a)
+    runs = run_variants(__file__, VARIANTS, work, a)
+    if runs is None:
+        return 2
 
     served = served_student(a.model, device, False, a.max_new)  # eager: the judge of departures
     msgs = [[{"role": "user", "content": t}] for t in load_texts(False, a.texts)]
