@@ -62,7 +62,8 @@ def bucket_length(n: int) -> int:
 class StaticCaches:
     """One ``StaticCache`` per (rows, length) bucket of a model, emptied and reused by each batch:
     a new cache object would be new tensor addresses, and the compiled step would record its CUDA
-    graph again (its first batch took 0.4-0.9 s instead of 0.2-0.3 on an H200, static_lengths.json). A batch takes the shortest cache of its rows that holds its length, an
+    graph again (a new cache's first batch took 0.4-0.9 s instead of 0.2-0.3 on an H200,
+    static_lengths.json). A batch takes the shortest cache of its rows that holds its length, an
     existing longer one before a new one of its own bucket. ``frozen`` (set once a server has
     warmed them): a new cache only where it compiles nothing (any length, with a step that builds
     its own mask) and, on a GPU, takes at most a quarter of its free memory; otherwise None, and the
