@@ -25,8 +25,9 @@ The graphs are recorded for one cache shape, so caches come in buckets and are r
 rows rounded up to a power of two (a short batch gets copies of its last prompt, whose outputs are
 dropped) and lengths to a power of two of at least 256. The step compiles once for every bucket
 (twice: one row is its own): it marks rows and lengths dynamic and builds its own 4D attention mask,
-since transformers' mask for a static cache takes the cache's length as a Python int, which would
-make each length compile again (15-25 s for SmolLM2-135M on an H200). A prompt prefix whose KV cache the engine
+since transformers' mask for a static cache takes the cache's length as a Python int, which makes
+a second length compile the step again (15-25 s for SmolLM2-135M on an H200) before dynamo's
+automatic dynamic shapes take over, and kept a warmed server from making caches of new lengths. A prompt prefix whose KV cache the engine
 keeps (a few-shot prefix, a chat's system turn) is copied into each row of the static cache
 instead of recomputed, as the dynamic path copies it.
 """
@@ -79,7 +80,7 @@ class StaticCaches:
         self.compiled = compile
         # The attention mask the step builds: a boolean one for sdpa, an additive one for eager
         # attention; None (other kernels: flash, flex, ...): transformers builds it from the 2D mask,
-        # with the cache's length as a Python int, so each length compiles its own step.
+        # with the cache's length as a Python int, so a new length can compile the step again.
         self.mask_kind = _MASKS.get(getattr(model.config, "_attn_implementation", None))
         self.dtype = next(model.parameters()).dtype
         # reduce-overhead: CUDA graphs, recorded once per cache (its tensors keep their addresses).
