@@ -34,7 +34,6 @@ import json
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +41,9 @@ import torch
 
 from benchmarks.checks import finish
 from benchmarks.gpu_generation import MAX_GAP, divergence_gaps, load_texts
-from benchmarks.serve_gpu import sync
 from benchmarks.serve_gpu_generation import served_student
-from benchmarks.static_rows import buckets, common_args, prepare, run_variants, served_compiled, warm_counted
+from benchmarks.static_rows import (buckets, common_args, prepare, run_variants, served_compiled, timed_batches,
+                                    warm_counted)
 
 VARIANTS = ("int-length", "any-length")
 
@@ -72,16 +71,9 @@ def child(a: argparse.Namespace) -> int:
     for join in [1, *a.long]:
         prompts = texts if join == 1 else long_texts(texts, join, max(buckets(a.batch)) * a.rounds)
         tokens = statistics.median(len(tok.encode(t)) for t in prompts)
+        msgs = [[{"role": "user", "content": t}] for t in prompts]
         for r in buckets(a.batch):
-            secs, out_all = [], []
-            for i in range(a.rounds):
-                batch = [[{"role": "user", "content": t}] for t in prompts[i * r : (i + 1) * r]]
-                sync()
-                t1 = time.perf_counter()
-                out = served.answer(batch)
-                sync()
-                secs.append(time.perf_counter() - t1)
-                out_all += [[x.output, x.tokens] for x in out]
+            secs, out_all = timed_batches(served, msgs, r, a.rounds)
             key = f"join{join}_rows{r}"
             results[key] = {"prompt_tokens_p50": tokens, "first_ms": 1000 * secs[0],
                             "later_ms_p50": 1000 * statistics.median(secs[1:] or secs), "ms": [1000 * s for s in secs]}

@@ -107,6 +107,20 @@ def warm_counted(served: Any, texts: list[str], a: argparse.Namespace) -> tuple[
     return warm_s, graphs
 
 
+def timed_batches(served: Any, msgs: list, rows: int, rounds: int) -> tuple[list[float], list]:
+    """``rounds`` batches of ``rows`` consecutive chats answered one after the other: each batch's
+    seconds, and every answer as [text, token ids]."""
+    secs, answers = [], []
+    for i in range(rounds):
+        sync()
+        t0 = time.perf_counter()
+        out = served.answer(msgs[i * rows : (i + 1) * rows])
+        sync()
+        secs.append(time.perf_counter() - t0)
+        answers += [[x.output, x.tokens] for x in out]
+    return secs, answers
+
+
 def child(a: argparse.Namespace) -> int:
     """One variant in this process: warm, then time each bucket; its JSON to ``a.out``."""
     from torch._dynamo.utils import counters
@@ -121,19 +135,8 @@ def child(a: argparse.Namespace) -> int:
     warm_s, graphs = warm_counted(served, load_texts(False, a.texts), a)
     rows: dict[str, Any] = {}
     answers: dict[str, list] = {}  # by rows: each input's [text, token ids]
-    n = max(buckets(a.batch)) * a.rounds
     for r in buckets(a.batch):
-        secs, texts = [], []
-        for i in range(0, n, r):
-            if len(secs) == a.rounds:
-                break
-            batch = msgs[i : i + r]
-            sync()
-            t1 = time.perf_counter()
-            out = served.answer(batch)
-            sync()
-            secs.append(time.perf_counter() - t1)
-            texts += [[x.output, x.tokens] for x in out]
+        secs, texts = timed_batches(served, msgs, r, a.rounds)
         rows[str(r)] = {"ms_per_batch_p50": 1000 * statistics.median(secs), "ms_per_batch": [1000 * s for s in secs]}
         answers[str(r)] = texts
         print(f"  rows {r:3d}: {rows[str(r)]['ms_per_batch_p50']:8.1f} ms per batch (p50 of {len(secs)})", flush=True)

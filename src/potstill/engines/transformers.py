@@ -139,7 +139,7 @@ class TransformersEngine:
         architecture had been (the untrained student for the trained one, or the reverse). On CUDA,
         generation also gets static KV caches (``models.static_decode``): each bucket of rows and
         length records its step on first use (one compile for every bucket of rows above one and
-        one per length, about 15-25 s each for SmolLM2-135M on an H200)
+        every length, 15-25 s for SmolLM2-135M on an H200)
         and keeps its cache allocated for later batches it holds; a server warms them and freezes
         them (``serve.engine.ServedStudent.warm``). The identity is tagged: numbers may differ
         slightly."""
