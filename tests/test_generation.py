@@ -293,18 +293,20 @@ def _lively_dir(path):
     return path
 
 
+@pytest.mark.parametrize("graph_steps", [1, 8], ids=["step_by_step", "8_steps_a_call"])
 def test_static_greedy_loop_keeps_stop_strings_and_the_budget_and_leaves_processors_to_generate(monkeypatch,
-                                                                                                  tmp_path):
+                                                                                                  tmp_path, graph_steps):
     """Greedy batches on static caches decode in ``static_decode.greedy``, not ``model.generate``:
     the dynamic path's texts, token ids, counts and log-probabilities with and without a stop string,
-    at batch 1 and in a batch of 3, for budgets below and above ``CHECK_EVERY``; a generation config
-    whose greedy choice is not the argmax (a repetition penalty) keeps ``model.generate`` (and its
-    tokens) on either cache."""
+    at batch 1 and in a batch of 3, for budgets below and above ``CHECK_EVERY`` (and not multiples
+    of it), a step at a time or 8 a call (``Steps``, as CUDA graphs run them: the steps past the
+    budget dropped); a generation config whose greedy choice is not the argmax (a repetition
+    penalty) keeps ``model.generate`` (and its tokens) on either cache."""
     from potstill.models.static_decode import CHECK_EVERY, StaticCaches
 
     engine = load_engine("transformers", str(_lively_dir(tmp_path)), device="cpu")
     model = engine.lm.model
-    static = StaticCaches.for_model(model)
+    static = StaticCaches.for_model(model, graph_steps=graph_steps)
     assert static is not None and not static.compiled  # compiled on CUDA only
     calls = []
     real = model.generate
@@ -324,6 +326,7 @@ def test_static_greedy_loop_keeps_stop_strings_and_the_budget_and_leaves_process
                 assert (got.texts, got.tokens, got.output_tokens) == (want.texts, want.tokens, want.output_tokens)
                 assert got.mean_logprob == pytest.approx(want.mean_logprob, abs=1e-5)
     assert any(word in t for t in want.texts) and any(n < 20 for n in want.output_tokens)
+    assert len(static._steps) == (0 if graph_steps == 1 else len(static._caches))
     model.generation_config.repetition_penalty = 1.3
     try:
         want = _reference(engine, CHAT, MSGS, 20)  # model.generate over each whole prompt
@@ -336,12 +339,15 @@ def test_static_greedy_loop_keeps_stop_strings_and_the_budget_and_leaves_process
         model.generation_config.repetition_penalty = 1.0
 
 
-def test_the_compiled_greedy_step_compiles_once_per_row_bucket_whatever_the_prompt_lengths(tmp_path):
+@pytest.mark.parametrize("graph_steps", [1, 8], ids=["step_by_step", "8_steps_a_call"])
+def test_the_compiled_greedy_step_compiles_once_per_row_bucket_whatever_the_prompt_lengths(tmp_path, graph_steps):
     """The decoding step compiled (as on CUDA; inductor without CUDA graphs here) meets prompts of
     five lengths at batch 1 (one past 256 positions with its answer), then batches of 3 (4 rows)
     and 2: two graphs (one row, and any rows), not one per prompt length (a slice's strides once
     made every length compile again: minutes on a GPU server), per cache length (transformers' mask
-    takes it as an int) or per bucket of rows; and the eager step's tokens."""
+    takes it as an int) or per bucket of rows; and the eager step's tokens. The body is compiled
+    too, as ``TransformersEngine.compile`` leaves it: 8 steps a call are recorded on the plain body,
+    as ``greedy`` runs them (on the compiled one they compiled it for each bucket of rows)."""
     from torch._dynamo.utils import counters
 
     from potstill.models.static_decode import StaticCaches
@@ -350,7 +356,8 @@ def test_the_compiled_greedy_step_compiles_once_per_row_bucket_whatever_the_prom
     msgs = MSGS + [[{"role": "user", "content": " ".join(["the match"] * 150)}]]
     want = engine.generate(CHAT, msgs, 20, batch_size=1)
     assert len({len(m[0]["content"]) for m in msgs}) == len(msgs)
-    engine.static = StaticCaches.for_model(engine.lm.model, compile=True)
+    engine.compile()  # the body (static caches come with it on CUDA only)
+    engine.static = StaticCaches.for_model(engine.lm.model, compile=True, graph_steps=graph_steps)
     torch._dynamo.reset()  # nothing compiled by an earlier test reused
     before = counters["stats"]["unique_graphs"]
     for batch_size in (1, 3, 2):

@@ -231,7 +231,11 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
             t0 = time.perf_counter()
             T = max(len(prompts[i]) for i in idx)
             # A static cache's rows come in buckets: a short batch is filled with its last prompt again.
-            past = static.get(bucket_rows(len(idx)), bucket_length(T + max_new_tokens)) if static is not None else None
+            # Greedy decoding runs up to graph_steps - 1 steps past the budget (``static_decode.Steps``,
+            # which ``get`` records on the plain body, as ``greedy`` runs them).
+            with _plain_body(lm.model, static is not None):
+                past = static.get(bucket_rows(len(idx)), bucket_length(T + max_new_tokens + static.graph_steps - 1),
+                                  greedy=temperature <= 0 and argmax) if static is not None else None
             if past is None and len(idx) == 1 and temperature <= 0 and (use or lookup > 0) and argmax:
                 with _plain_body(lm.model, static is not None), \
                         _prefill_hidden(lm.model, embed) as seen:  # a frozen engine's fallback compiles nothing

@@ -9,12 +9,17 @@ Decoding with transformers' default (dynamic) cache launches every kernel of eve
 Python at each new token: a small model on a GPU then waits on its host, not its math
 (``model.generate`` of 8 tokens from SmolLM2-135M took about 270 ms on an H100, ``../shared/GPU.md``).
 With a ``transformers.StaticCache`` the cache's tensors keep their shapes and addresses, and the
-one-token step compiles (``torch.compile``, mode ``reduce-overhead``: CUDA graphs).
+one-token step compiles (``torch.compile``) and replays as CUDA graphs (8 steps to a graph, below).
 
 ``generate`` decodes greedy batches through its own loop (``greedy``), not ``model.generate``:
 each step is one compiled call (forward, argmax and the chosen token's log-probability) whose
 inputs already sit on the device, so nothing waits on the host between steps; the loop looks at
 the tokens (one copy to the host) every ``CHECK_EVERY`` steps to stop once every row has ended.
+On a GPU those ``CHECK_EVERY`` steps are recorded as one CUDA graph per cache (``Steps``) and
+replayed at once, where ``reduce-overhead`` replays a graph per step from Python: 64-token answers
+from a SmolLM2-135M-shaped model on an H200 took 145 ms instead of 157 at batch 1 and 19.7 ms per
+input instead of 23.8 at batch 8 (``graph_steps.json``); the GPU is then busy for most of a step
+(1.82 ms a step, 1.52 ms of it kernels: 645 of them; ``step_profile_probe.json``).
 transformers' ``generate`` on a compiled step of its own runs per-step Python (processors, stopping
 criteria, input preparation) and a finished-rows check that waits on the device each step: it took
 2.1x as long per input at batch 1 and 1.6x at 16 on an H200 (``gpu_generation.json`` run_6).
@@ -70,9 +75,14 @@ class StaticCaches:
     its own mask) and, on a GPU, takes at most a quarter of its free memory; otherwise None, and the
     batch runs on the dynamic cache instead of compiling while a client waits."""
 
-    def __init__(self, model: Any, compile: bool = False):
+    def __init__(self, model: Any, compile: bool = False, graph_steps: int | None = None):
         self.model = model
         self._caches: dict[tuple[int, int], Any] = {}
+        # Greedy steps recorded as one CUDA graph per cache (``Steps``); 1: a compiled call per step.
+        # Default: CHECK_EVERY compiled on CUDA, the steps between two looks at the tokens.
+        on_cuda = next(model.parameters()).device.type == "cuda"
+        self.graph_steps = graph_steps or (CHECK_EVERY if compile and on_cuda else 1)
+        self._steps: dict[int, Steps] = {}  # by id of the cache they run on
         self.frozen = False
         params = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.2x
@@ -88,11 +98,14 @@ class StaticCaches:
         # rows above one and every length instead of a compile per bucket (15-25 s each for
         # SmolLM2-135M on an H200: a server's warm-up up to 16 rows took 109 s instead of 184 once
         # rows were dynamic, static_rows.json).
-        self.step: Callable[..., Any] = \
-            torch.compile(self._step, mode="reduce-overhead") if compile else self._step
+        # With graph_steps above 1 on CUDA, ``Steps`` records the CUDA graphs itself (K steps each),
+        # so the step compiles without reduce-overhead's.
+        mode = "default" if self.graph_steps > 1 and on_cuda else "reduce-overhead"
+        self.step: Callable[..., Any] = torch.compile(self._step, mode=mode) if compile else self._step
 
     @classmethod
-    def for_model(cls, model: Any, compile: bool | None = None) -> "StaticCaches | None":
+    def for_model(cls, model: Any, compile: bool | None = None,
+                  graph_steps: int | None = None) -> "StaticCaches | None":
         """Caches for ``model``, or None where its cache has sliding-window layers (gemma 2 and 3,
         ...): their prefix copy and padded batches would need the window handled, so those keep the
         dynamic cache. ``compile`` (default: the model is on CUDA) compiles the decoding step."""
@@ -103,7 +116,7 @@ class StaticCaches:
             return None
         if compile is None:
             compile = next(model.parameters()).device.type == "cuda"
-        return cls(model, compile)
+        return cls(model, compile, graph_steps)
 
     def forward(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, cache: Any,
                 at: torch.Tensor | None) -> torch.Tensor:
@@ -133,19 +146,23 @@ class StaticCaches:
         nxt = logits.argmax(-1, keepdim=True)
         return nxt, torch.log_softmax(logits, -1).gather(-1, nxt)
 
-    def get(self, rows: int, length: int) -> Any:
+    def get(self, rows: int, length: int, greedy: bool = False) -> Any:
         """An empty cache of ``rows`` x at least ``length`` positions (both already bucketed), or
-        None when frozen and none holds them, unless a new one is allowed (see the class)."""
+        None when frozen and none holds them, unless a new one is allowed (see the class).
+        ``greedy``: ``greedy`` will decode on it, so its ``Steps`` are made now (they run steps on
+        the cache, which is emptied after)."""
         from transformers import StaticCache
 
         fits = [n for r, n in self._caches if r == rows and n >= length]
         if fits:
             cache = self._caches[rows, min(fits)]
-            cache.reset()
-            return cache
-        if self.frozen and not (self.any_length and self._room_for(rows, length)):
+        elif self.frozen and not (self.any_length and self._room_for(rows, length)):
             return None
-        cache = self._caches[rows, length] = StaticCache(config=self.model.config, max_cache_len=length)
+        else:
+            cache = self._caches[rows, length] = StaticCache(config=self.model.config, max_cache_len=length)
+        if greedy and self.graph_steps > 1 and id(cache) not in self._steps:
+            self._steps[id(cache)] = Steps(self, cache, rows)
+        cache.reset()
         return cache
 
     def _room_for(self, rows: int, length: int) -> bool:
@@ -159,6 +176,76 @@ class StaticCaches:
         head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
         need = 2 * c.num_hidden_layers * rows * length * heads * head_dim * self.dtype.itemsize  # keys and values
         return need <= torch.cuda.mem_get_info(device)[0] / 4
+
+
+class Steps:
+    """``StaticCaches.graph_steps`` (K) greedy decoding steps on one cache, reading and writing
+    buffers of their own. On a GPU they are recorded once as one CUDA graph: replaying it launches K
+    tokens' kernels at once, where K compiled calls each checked their guards and their graph's
+    inputs from Python (the step of a small model waits on its host). Elsewhere ``replay`` runs the
+    same K steps one call at a time (what the CPU tests check)."""
+
+    def __init__(self, static: StaticCaches, cache: Any, rows: int):
+        self.static, self.cache, self.k = static, cache, static.graph_steps
+        dev = next(static.model.parameters()).device
+        length = cache_length(cache)
+        self.tok = torch.zeros(rows, 1, dtype=torch.long, device=dev)  # the last token, then each next one
+        self.p = torch.zeros(rows, 1, dtype=torch.long, device=dev)  # its position
+        self.full = torch.ones(rows, length, dtype=torch.long, device=dev)  # padding mask over the cache
+        self.at = torch.zeros(1, dtype=torch.long, device=dev)  # where the next step writes
+        self.toks = torch.zeros(rows, self.k, dtype=torch.long, device=dev)
+        self.logps = torch.zeros(rows, self.k, dtype=torch.float32, device=dev)
+        self.graph: Any = None
+        # The cache's tensors exist after a first forward (transformers allocates them lazily); on a
+        # GPU the step compiles and loads its kernels in a run before the recording (nothing may
+        # compile or synchronise inside it). ``get`` empties the cache after.
+        static.forward(self.tok, self.p, self.full, cache, self.at)
+        mark_dynamic(static, cache, (self.tok, self.p, self.full))
+        if dev.type != "cuda":
+            return
+        side = torch.cuda.Stream(dev)
+        side.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(side):
+            self._run()
+        torch.cuda.current_stream(dev).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self._run()
+
+    def _run(self) -> None:
+        for j in range(self.k):
+            self.p += 1
+            nxt, lp = self.static.step(self.tok, self.p, self.full, self.cache, self.at)
+            self.toks[:, j : j + 1].copy_(nxt)
+            self.logps[:, j : j + 1].copy_(lp)
+            self.tok.copy_(nxt)
+            self.at += 1
+
+    def replay(self) -> None:
+        """The next K tokens and their log-probabilities into ``toks`` and ``logps``."""
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self._run()
+
+
+def cache_length(cache: Any) -> int:
+    """A static cache's positions (an attribute of each layer in transformers 5.x)."""
+    return getattr(cache, "max_cache_len", None) or cache.layers[0].max_cache_len
+
+
+def mark_dynamic(static: StaticCaches, cache: Any, inputs: tuple[torch.Tensor, ...]) -> None:
+    """Rows (and, where the step builds its own mask, lengths) of the step's inputs and the cache
+    marked dynamic, so that one compiled step serves every bucket (one row stays its own: torch
+    specialises 1); nothing in that step reads the cache's length as an int."""
+    if not static.compiled:
+        return
+    kv = [x for layer in cache.layers for x in (layer.keys, layer.values)]
+    for t in (*inputs, *kv):
+        torch._dynamo.maybe_mark_dynamic(t, 0)
+    if static.mask_kind is not None:
+        for t, dim in ((inputs[-1], 1), *((x, 2) for x in kv)):
+            torch._dynamo.maybe_mark_dynamic(t, dim)
 
 
 # Attention implementations whose mask the decoding step builds, and the kind each takes.
@@ -203,15 +290,17 @@ def greedy(static: StaticCaches, ids: torch.Tensor, mask: torch.Tensor, cache: A
     """
     rows, T = ids.shape
     dev = ids.device
-    length = getattr(cache, "max_cache_len", None) or cache.layers[0].max_cache_len  # attribute of each layer in 5.x
+    length = cache_length(cache)
     full = torch.ones(rows, length, dtype=mask.dtype, device=dev)
     full[:, :T] = mask  # positions past the prompt: causality hides those not yet written
     pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
     at = torch.arange(start, T, device=dev)
     with sdpa_kernel(PREFILL_SDPA) if dev.type == "cuda" and PREFILL_SDPA else contextlib.nullcontext():
         logits = static.forward(ids[:, start:], pos[:, start:], full, cache, at)
-    toks = torch.empty(rows, max_new_tokens, dtype=torch.long, device=dev)
-    logps = torch.empty(rows, max_new_tokens, dtype=torch.float32, device=dev)
+    steps = static._steps.get(id(cache))  # K steps a call, where ``get`` made them
+    k = steps.k if steps is not None else 1
+    toks = torch.empty(rows, max_new_tokens + k - 1, dtype=torch.long, device=dev)  # up to k - 1 steps too many
+    logps = torch.empty(rows, max_new_tokens + k - 1, dtype=torch.float32, device=dev)
     nxt = logits.argmax(-1, keepdim=True)
     toks[:, :1] = nxt
     logps[:, :1] = torch.log_softmax(logits, -1).gather(-1, nxt)
@@ -220,20 +309,26 @@ def greedy(static: StaticCaches, ids: torch.Tensor, mask: torch.Tensor, cache: A
     tok = torch.empty_like(nxt, memory_format=torch.contiguous_format).copy_(nxt)
     p = torch.empty((rows, 1), dtype=pos.dtype, device=dev).copy_(pos[:, -1:])
     at = torch.tensor([T], device=dev)
-    if static.compiled:  # rows vary by bucket: one graph for them all (one row stays its own: torch specialises 1)
-        kv = [x for layer in cache.layers for x in (layer.keys, layer.values)]
-        for t in (tok, p, full, *kv):
-            torch._dynamo.maybe_mark_dynamic(t, 0)
-        if static.mask_kind is not None:  # and lengths: nothing in the step reads the cache's length as an int
-            for t, dim in ((full, 1), *((x, 2) for x in kv)):
-                torch._dynamo.maybe_mark_dynamic(t, dim)
+    if steps is not None:
+        steps.tok.copy_(tok)
+        steps.p.copy_(p)
+        steps.full.copy_(full)
+        steps.at.copy_(at)
+    else:
+        mark_dynamic(static, cache, (tok, p, full))
     n, kept = 1, [None] * rows
     while True:
-        if n == max_new_tokens or n % CHECK_EVERY == 0:
-            host = toks[:, :n].tolist()
-            kept = [k if k is not None else ended(h) for k, h in zip(kept, host)]
-            if n == max_new_tokens or all(k is not None for k in kept):
+        if n >= max_new_tokens or n % CHECK_EVERY == 0 or (steps is not None and n > 1):
+            host = toks[:, : min(n, max_new_tokens)].tolist()
+            kept = [c if c is not None else ended(h) for c, h in zip(kept, host)]
+            if n >= max_new_tokens or all(c is not None for c in kept):
                 break
+        if steps is not None:
+            steps.replay()
+            toks[:, n : n + k] = steps.toks
+            logps[:, n : n + k] = steps.logps
+            n += k
+            continue
         p += 1
         if static.compiled:
             torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are consumed
@@ -244,4 +339,4 @@ def greedy(static: StaticCaches, ids: torch.Tensor, mask: torch.Tensor, cache: A
         at += 1
         n += 1
     out = [h[:k] if k is not None else h for h, k in zip(host, kept)]
-    return out, [lp[: len(o)] for lp, o in zip(logps[:, :n].tolist(), out)]
+    return out, [lp[: len(o)] for lp, o in zip(logps[:, : min(n, max_new_tokens)].tolist(), out)]

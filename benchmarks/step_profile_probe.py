@@ -1,0 +1,150 @@
+"""Where a greedy decoding step's time goes on a GPU: the kernels one step launches and their GPU
+time, against its wall time, for the eager step, the compiled step (inductor, no CUDA graphs) and
+``static_decode.Steps`` (8 steps per CUDA graph replay). A probe: timings and kernel lists, no gate.
+
+    PYTHONPATH=src:. python benchmarks/step_profile_probe.py --out step_profile_probe.json
+    PYTHONPATH=src:. python benchmarks/step_profile_probe.py --tiny     # CPU smoke run
+
+A SmolLM2-135M-shaped Llama with random bf16 weights (``--tiny``: the tests' tiny Llama, fp32, CPU)
+at batch ``--rows``; its cache holds a ``--prompt``-token prompt before the steps run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+
+def kernels(prof) -> tuple[float, int, list[tuple[str, int, float]]]:
+    """GPU kernel time (ms) and launches in ``prof``, and the top kernels by time."""
+    rows = {}
+    for e in prof.events():
+        if e.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        t = getattr(e, "device_time", None)
+        if t is None:
+            t = e.cuda_time
+        n, s = rows.get(e.name, (0, 0.0))
+        rows[e.name] = (n + 1, s + t / 1000)
+    top = sorted(((k, n, s) for k, (n, s) in rows.items()), key=lambda r: -r[2])
+    return sum(s for _, _, s in top), sum(n for _, n, _ in top), top[:15]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=1)
+    ap.add_argument("--prompt", type=int, default=170)
+    ap.add_argument("--steps", type=int, default=16, help="steps profiled (a multiple of 8)")
+    ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--out")
+    a = ap.parse_args(argv)
+    from transformers import AutoModelForCausalLM
+
+    from potstill.models.static_decode import StaticCaches, Steps, mark_dynamic
+
+    work = Path(tempfile.mkdtemp())
+    cuda = not a.tiny
+    if a.tiny:
+        from benchmarks.gpu_generation import tiny_model
+
+        path, dev, dtype = tiny_model(work / "tiny"), "cpu", torch.float32
+    else:
+        from benchmarks.serve_split_probe import smol_shaped
+
+        path, dev, dtype = smol_shaped(work / "smol"), "cuda", torch.bfloat16
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(dev).eval()
+    static = StaticCaches.for_model(model, compile=True, graph_steps=8)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    out: dict = {"device": torch.cuda.get_device_name() if cuda else platform.processor() or "cpu",
+                 "torch": torch.__version__, "argv": sys.argv[1:], "rows": a.rows, "prompt": a.prompt,
+                 "compile_mode_with_graph_steps": "default", "variants": {}}
+    length = 512
+
+    def primed(cache):
+        ids = torch.randint(3, min(100, model.config.vocab_size), (a.rows, a.prompt), device=dev)
+        full = torch.ones(a.rows, length, dtype=torch.long, device=dev)
+        with torch.no_grad():
+            static.forward(ids, torch.arange(a.prompt, device=dev).expand(a.rows, -1), full, cache,
+                           torch.arange(a.prompt, device=dev))
+        return (torch.full((a.rows, 1), 3, dtype=torch.long, device=dev),
+                torch.full((a.rows, 1), a.prompt - 1, dtype=torch.long, device=dev), full,
+                torch.tensor([a.prompt], device=dev))
+
+    for name in ("eager", "compiled"):
+        cache = static.get(a.rows, length)
+        tok, p, full, at = primed(cache)
+        step = static._step if name == "eager" else static.step
+        if name == "compiled":
+            mark_dynamic(static, cache, (tok, p, full))
+
+        def run(n):
+            with torch.no_grad():
+                for _ in range(n):
+                    p.add_(1)
+                    nxt, _ = step(tok, p, full, cache, at)
+                    tok.copy_(nxt)
+                    at.add_(1)
+
+        t0 = time.perf_counter()
+        run(3)
+        sync()
+        first = time.perf_counter() - t0
+        at.fill_(a.prompt)
+        sync()
+        t0 = time.perf_counter()
+        run(a.steps)
+        sync()
+        wall = (time.perf_counter() - t0) / a.steps
+        at.fill_(a.prompt)
+        with profile(activities=acts) as prof:
+            run(a.steps)
+            sync()
+        gpu, launches, top = kernels(prof)
+        out["variants"][name] = {"first_3_steps_s": first, "wall_ms_per_step": 1000 * wall,
+                                 "gpu_ms_per_step": gpu / a.steps, "kernels_per_step": launches / a.steps,
+                                 "top": top}
+    cache = static.get(a.rows, length)
+    primed(cache)
+    t0 = time.perf_counter()
+    with torch.no_grad():  # as the steps above ran (grad mode is in dynamo's guards)
+        steps = Steps(static, cache, a.rows)
+    sync()
+    first = time.perf_counter() - t0
+    reps = a.steps // steps.k
+    with torch.no_grad():
+        steps.replay()
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            steps.replay()
+        sync()
+        wall = (time.perf_counter() - t0) / (reps * steps.k)
+        with profile(activities=acts) as prof:
+            for _ in range(reps):
+                steps.replay()
+            sync()
+    gpu, launches, top = kernels(prof)
+    out["variants"]["8-steps graph"] = {"made_s": first, "wall_ms_per_step": 1000 * wall,
+                                        "gpu_ms_per_step": gpu / a.steps, "kernels_per_step": launches / a.steps,
+                                        "top": top}
+    for name, v in out["variants"].items():
+        print(f"{name:14s} wall {v['wall_ms_per_step']:.3f} ms/step, GPU kernels {v['gpu_ms_per_step']:.3f} ms/step, "
+              f"{v['kernels_per_step']:.0f} kernels/step")
+        for k, n, s in v["top"][:8]:
+            print(f"    {s / a.steps * 1000:8.1f} us/step  x{n / a.steps:.0f}  {k[:110]}")
+    if a.out:
+        Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
