@@ -181,9 +181,9 @@ class StaticCaches:
 class Steps:
     """``StaticCaches.graph_steps`` (K) greedy decoding steps on one cache, reading and writing
     buffers of their own. On a GPU they are recorded once as one CUDA graph: replaying it launches K
-    tokens' kernels at once, where K compiled calls each checked their guards and their graph's
-    inputs from Python (the step of a small model waits on its host). Elsewhere ``replay`` runs the
-    same K steps one call at a time (what the CPU tests check)."""
+    tokens' kernels at once, where K compiled calls each checked their guards and replayed a graph
+    of their own from Python (see the module's docstring for the times). Elsewhere ``replay`` runs
+    the same K steps one call at a time (what the CPU tests check)."""
 
     def __init__(self, static: StaticCaches, cache: Any, rows: int):
         self.static, self.cache, self.k = static, cache, static.graph_steps
