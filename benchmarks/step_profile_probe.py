@@ -1,6 +1,8 @@
 """Where a greedy decoding step's time goes on a GPU: the kernels one step launches and their GPU
-time, against its wall time, for the eager step, the compiled step (inductor, no CUDA graphs) and
-``static_decode.Steps`` (8 steps per CUDA graph replay). A probe: timings and kernel lists, no gate.
+time, against its wall time, for the eager step, the compiled step (inductor, no CUDA graphs), the
+compiled step in mode ``reduce-overhead`` (a CUDA graph per step, the greedy loop's way before
+``static_decode.Steps``) and ``Steps`` (8 steps per CUDA graph replay). A probe: timings and kernel
+lists, no gate.
 
     PYTHONPATH=src:. python benchmarks/step_profile_probe.py --out step_profile_probe.json
     PYTHONPATH=src:. python benchmarks/step_profile_probe.py --tiny     # CPU smoke run
@@ -79,17 +81,21 @@ def main(argv: list[str] | None = None) -> int:
                 torch.full((a.rows, 1), a.prompt - 1, dtype=torch.long, device=dev), full,
                 torch.tensor([a.prompt], device=dev))
 
-    for name in ("eager", "compiled"):
+    # reduce-overhead: a CUDA graph per step, as the greedy loop ran before ``Steps`` (graph_steps 1).
+    one = StaticCaches.for_model(model, compile=True, graph_steps=1)
+    for name in ("eager", "compiled", "reduce-overhead"):
         cache = static.get(a.rows, length)
         tok, p, full, at = primed(cache)
-        step = static._step if name == "eager" else static.step
-        if name == "compiled":
+        step = {"eager": static._step, "compiled": static.step, "reduce-overhead": one.step}[name]
+        if name != "eager":
             mark_dynamic(static, cache, (tok, p, full))
 
         def run(n):
             with torch.no_grad():
                 for _ in range(n):
                     p.add_(1)
+                    if name == "reduce-overhead":
+                        torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are consumed
                     nxt, _ = step(tok, p, full, cache, at)
                     tok.copy_(nxt)
                     at.add_(1)
@@ -137,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                                         "gpu_ms_per_step": gpu / a.steps, "kernels_per_step": launches / a.steps,
                                         "top": top}
     for name, v in out["variants"].items():
-        print(f"{name:14s} wall {v['wall_ms_per_step']:.3f} ms/step, GPU kernels {v['gpu_ms_per_step']:.3f} ms/step, "
+        print(f"{name:15s} wall {v['wall_ms_per_step']:.3f} ms/step, GPU kernels {v['gpu_ms_per_step']:.3f} ms/step, "
               f"{v['kernels_per_step']:.0f} kernels/step")
         for k, n, s in v["top"][:8]:
             print(f"    {s / a.steps * 1000:8.1f} us/step  x{n / a.steps:.0f}  {k[:110]}")
