@@ -1,8 +1,10 @@
 """Where a greedy decoding step's time goes on a GPU: the kernels one step launches and their GPU
 time, against its wall time, for the eager step, the compiled step (inductor, no CUDA graphs), the
 compiled step in mode ``reduce-overhead`` (a CUDA graph per step, the greedy loop's way before
-``static_decode.Steps``) and ``Steps`` (8 steps per CUDA graph replay). A probe: timings and kernel
-lists, no gate.
+``static_decode.Steps``), ``Steps`` (8 steps per CUDA graph replay), and ``Steps`` again with each
+layer's sibling projections fused (q, k, v as one product, gate and up as another: fewer, larger
+GEMMs). A probe: timings and kernel lists, no gate (the fused model's logits against the unfused
+are recorded: ``fused_projections``).
 
     PYTHONPATH=src:. python benchmarks/step_profile_probe.py --out step_profile_probe.json
     PYTHONPATH=src:. python benchmarks/step_profile_probe.py --tiny     # CPU smoke run
@@ -38,6 +40,49 @@ def kernels(prof) -> tuple[float, int, list[tuple[str, int, float]]]:
         rows[e.name] = (n + 1, s + t / 1000)
     top = sorted(((k, n, s) for k, (n, s) in rows.items()), key=lambda r: -r[2])
     return sum(s for _, _, s in top), sum(n for _, n, _ in top), top[:15]
+
+
+class _Fused(torch.nn.Module):
+    """Sibling projections of one input as one product; the first part's call computes it, and
+    each part returns its slice (they are called in order on the same input)."""
+
+    def __init__(self, parts: list[torch.nn.Linear]):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.cat([p.weight.data for p in parts]), requires_grad=False)
+        bias = [p.bias for p in parts]
+        self.bias = None if bias[0] is None else torch.nn.Parameter(torch.cat([b.data for b in bias]),
+                                                                    requires_grad=False)
+        self.sizes = [p.out_features for p in parts]
+        self.out: tuple[torch.Tensor, ...] = ()
+
+
+class _Part(torch.nn.Module):
+    def __init__(self, fused: _Fused, i: int):
+        super().__init__()
+        self.i = i
+        self.__dict__["fused"] = fused  # not a submodule: the weight is held once, by its parent
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.fused
+        if self.i == 0:
+            f.out = torch.nn.functional.linear(x, f.weight, f.bias).split(f.sizes, -1)
+        return f.out[self.i]
+
+
+def fuse_projections(model) -> int:
+    """q/k/v and gate/up of each Llama-style layer as one product each; the layers changed."""
+    n = 0
+    for layer in getattr(model.model, "layers", []):
+        groups = [(layer.self_attn, ("q_proj", "k_proj", "v_proj")), (layer.mlp, ("gate_proj", "up_proj"))]
+        if not all(all(isinstance(getattr(m, x, None), torch.nn.Linear) for x in names) for m, names in groups):
+            continue
+        for m, names in groups:
+            fused = _Fused([getattr(m, x) for x in names])
+            m.add_module("fused_" + "_".join(x[0] for x in names), fused)
+            for i, x in enumerate(names):
+                setattr(m, x, _Part(fused, i))
+        n += 1
+    return n
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,30 +163,42 @@ def main(argv: list[str] | None = None) -> int:
         out["variants"][name] = {"first_3_steps_s": first, "wall_ms_per_step": 1000 * wall,
                                  "gpu_ms_per_step": gpu / a.steps, "kernels_per_step": launches / a.steps,
                                  "top": top}
-    cache = static.get(a.rows, length)
-    primed(cache)
-    t0 = time.perf_counter()
-    with torch.no_grad():  # as the steps above ran (grad mode is in dynamo's guards)
-        steps = Steps(static, cache, a.rows)
-    sync()
-    first = time.perf_counter() - t0
-    reps = a.steps // steps.k
-    with torch.no_grad():
-        steps.replay()
-        sync()
+    def graphed(static: StaticCaches, name: str) -> None:
+        cache = static.get(a.rows, length)
+        primed(cache)
         t0 = time.perf_counter()
-        for _ in range(reps):
-            steps.replay()
+        with torch.no_grad():  # as the steps above ran (grad mode is in dynamo's guards)
+            steps = Steps(static, cache, a.rows)
         sync()
-        wall = (time.perf_counter() - t0) / (reps * steps.k)
-        with profile(activities=acts) as prof:
+        first = time.perf_counter() - t0
+        reps = a.steps // steps.k
+        with torch.no_grad():
+            steps.replay()
+            sync()
+            t0 = time.perf_counter()
             for _ in range(reps):
                 steps.replay()
             sync()
-    gpu, launches, top = kernels(prof)
-    out["variants"]["8-steps graph"] = {"made_s": first, "wall_ms_per_step": 1000 * wall,
-                                        "gpu_ms_per_step": gpu / a.steps, "kernels_per_step": launches / a.steps,
-                                        "top": top}
+            wall = (time.perf_counter() - t0) / (reps * steps.k)
+            with profile(activities=acts) as prof:
+                for _ in range(reps):
+                    steps.replay()
+                sync()
+        gpu, launches, top = kernels(prof)
+        out["variants"][name] = {"made_s": first, "wall_ms_per_step": 1000 * wall, "gpu_ms_per_step": gpu / a.steps,
+                                 "kernels_per_step": launches / a.steps, "top": top}
+
+    graphed(static, "8-steps graph")
+    # The same with each layer's sibling projections as one product (q, k, v; gate, up): fewer,
+    # larger GEMMs a step. The model is changed in place, so this variant comes last.
+    probe = torch.randint(3, min(100, model.config.vocab_size), (1, a.prompt), device=dev)
+    with torch.no_grad():
+        before = model(probe).logits[0, -1].float()
+        fused = fuse_projections(model)
+        after = model(probe).logits[0, -1].float()
+    out["fused_projections"] = {"layers": fused, "max_abs_logit_diff": (after - before).abs().max().item(),
+                                "same_argmax": bool(after.argmax() == before.argmax())}
+    graphed(StaticCaches.for_model(model, compile=True, graph_steps=8), "8-steps fused")
     for name, v in out["variants"].items():
         print(f"{name:15s} wall {v['wall_ms_per_step']:.3f} ms/step, GPU kernels {v['gpu_ms_per_step']:.3f} ms/step, "
               f"{v['kernels_per_step']:.0f} kernels/step")
