@@ -33,6 +33,7 @@ from benchmarks.checks import finish
 from benchmarks.gpu_generation import MAX_GAP, divergence_gaps, load_texts, tiny_model
 from benchmarks.serve_gpu import sync
 from benchmarks.serve_gpu_generation import served_student
+from benchmarks.static_rows import timed_batches
 
 VARIANTS = {"one-step": 1, "8-steps": 8}
 
@@ -89,19 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(a.rounds):
         for v, static in caches.items():
             engine.static = static
-            one = []
-            for m in msgs:
-                sync()
-                t0 = time.perf_counter()
-                one += served.answer([m])
-                sync()
-                secs[v]["1"].append(time.perf_counter() - t0)
-            sync()
-            t0 = time.perf_counter()
-            batch = served.answer(msgs)
-            sync()
-            secs[v][str(a.n)].append((time.perf_counter() - t0) / len(msgs))
-            answers[v] = {"1": [[x.output, x.tokens] for x in one], str(a.n): [[x.output, x.tokens] for x in batch]}
+            one_s, one = timed_batches(served, msgs, 1, len(msgs))
+            batch_s, batch = timed_batches(served, msgs, len(msgs), 1)
+            secs[v]["1"] += one_s
+            secs[v][str(a.n)].append(batch_s[0] / len(msgs))
+            answers[v] = {"1": one, str(a.n): batch}
     ms = {v: {b: 1000 * statistics.median(s) for b, s in d.items()} for v, d in secs.items()}
     engine.static = None  # eager, dynamic cache: the judge of departures
     failures, compared = [], {}

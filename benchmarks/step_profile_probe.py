@@ -116,6 +116,21 @@ def main(argv: list[str] | None = None) -> int:
                  "compile_mode_with_graph_steps": "default", "variants": {}}
     length = 512
 
+    def measured(run) -> dict:
+        """``run`` (``--steps`` decoding steps) timed, then profiled: per step, its wall time, its GPU
+        kernels' time and count, and the top kernels."""
+        sync()
+        t0 = time.perf_counter()
+        run()
+        sync()
+        wall = (time.perf_counter() - t0) / a.steps
+        with profile(activities=acts) as prof:
+            run()
+            sync()
+        gpu, launches, top = kernels(prof)
+        return {"wall_ms_per_step": 1000 * wall, "gpu_ms_per_step": gpu / a.steps, "kernels_per_step": launches / a.steps,
+                "top": top}
+
     def primed(cache):
         ids = torch.randint(3, min(100, model.config.vocab_size), (a.rows, a.prompt), device=dev)
         full = torch.ones(a.rows, length, dtype=torch.long, device=dev)
@@ -148,21 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         run(3)
         sync()
-        first = time.perf_counter() - t0
-        at.fill_(a.prompt)
-        sync()
-        t0 = time.perf_counter()
-        run(a.steps)
-        sync()
-        wall = (time.perf_counter() - t0) / a.steps
-        at.fill_(a.prompt)
-        with profile(activities=acts) as prof:
-            run(a.steps)
-            sync()
-        gpu, launches, top = kernels(prof)
-        out["variants"][name] = {"first_3_steps_s": first, "wall_ms_per_step": 1000 * wall,
-                                 "gpu_ms_per_step": gpu / a.steps, "kernels_per_step": launches / a.steps,
-                                 "top": top}
+        out["variants"][name] = {"first_3_steps_s": time.perf_counter() - t0, **measured(lambda: run(a.steps))}
+
     def graphed(static: StaticCaches, name: str) -> None:
         cache = static.get(a.rows, length)
         primed(cache)
@@ -172,21 +174,14 @@ def main(argv: list[str] | None = None) -> int:
         sync()
         first = time.perf_counter() - t0
         reps = a.steps // steps.k
-        with torch.no_grad():
-            steps.replay()
-            sync()
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                steps.replay()
-            sync()
-            wall = (time.perf_counter() - t0) / (reps * steps.k)
-            with profile(activities=acts) as prof:
+
+        def run() -> None:
+            with torch.no_grad():
                 for _ in range(reps):
                     steps.replay()
-                sync()
-        gpu, launches, top = kernels(prof)
-        out["variants"][name] = {"made_s": first, "wall_ms_per_step": 1000 * wall, "gpu_ms_per_step": gpu / a.steps,
-                                 "kernels_per_step": launches / a.steps, "top": top}
+
+        run()
+        out["variants"][name] = {"made_s": first, **measured(run)}
 
     graphed(static, "8-steps graph")
     # The same with each layer's sibling projections as one product (q, k, v; gate, up): fewer,
