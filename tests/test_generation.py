@@ -201,7 +201,7 @@ def test_static_caches_reuse_a_longer_one_and_once_frozen_make_only_those_that_c
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("kind", ["llama", "gemma3_window96"])
 def test_compiled_generation_on_a_gpu_decodes_on_static_caches(kind, tmp_path):
-    """A compiled engine on CUDA (float32) gets static caches: generation runs through
+    """A compiled engine on CUDA (float32) gets static caches and fused projections: generation runs through
     transformers' CUDA-graphed step with the plain engine's greedy tokens, at batch 1, in a
     batch of 3 (filled to 4) and in batches of 2; the windowed model gets none and keeps the dynamic cache."""
     path = make_model_dir(tmp_path) if kind == "llama" else _windowed_dir(tmp_path, 96)
@@ -209,6 +209,7 @@ def test_compiled_generation_on_a_gpu_decodes_on_static_caches(kind, tmp_path):
     engine = load_engine("transformers", str(path), device="cuda", dtype="float32", compile=True)
     assert plain.static is None
     assert (engine.static is not None) == (kind == "llama")  # compile on CUDA switches them on
+    assert engine.identity.endswith("+fused+compiled")  # and fuses q/k/v and gate/up (models.fused_linear)
     for fmt in (CHAT, SHOTS):
         ref = _reference(plain, fmt, MSGS, 24)
         for batch_size in (1, 3, 2):  # 4 rows, then 2 on the same graph (rows are dynamic)

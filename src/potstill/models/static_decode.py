@@ -19,7 +19,8 @@ On a GPU those ``CHECK_EVERY`` steps are recorded as one CUDA graph per cache (`
 replayed at once, where ``reduce-overhead`` replays a graph per step from Python: 64-token answers
 from a SmolLM2-135M-shaped model on an H200 took 145 ms instead of 157 at batch 1 and 19.7 ms per
 input instead of 23.8 at batch 8 (``graph_steps.json``); the GPU is then busy for most of a step
-(1.82 ms a step, 1.52 ms of it kernels: 645 of them; ``step_profile_probe.json``).
+(1.64 ms a step, 1.35 ms of it kernels: 532 of them; ``step_profile_probe.json``), which is why
+``compile`` on CUDA also fuses sibling projections (``models.fused_linear``: 1.35 ms a step).
 transformers' ``generate`` on a compiled step of its own runs per-step Python (processors, stopping
 criteria, input preparation) and a finished-rows check that waits on the device each step: it took
 2.1x as long per input at batch 1 and 1.6x at 16 on an H200 (``gpu_generation.json`` run_6).

@@ -1,0 +1,160 @@
+"""A generating student served on a GPU with each layer's sibling projections fused (q/k/v and
+gate/up each one product, ``models.fused_linear``, what ``serve.compile`` does on CUDA since
+2026-12-03) against the same engine without them (``fuse_projections = False``, the engine before).
+
+    PYTHONPATH=src:. python benchmarks/fused_decode.py --texts texts.jsonl --out fused_decode.json
+    PYTHONPATH=src:. python benchmarks/fused_decode.py --tiny      # CPU smoke run (no CUDA graphs, no fusion there)
+    PYTHONPATH=src:. python benchmarks/fused_decode.py --tiny --break-fused   # the gate failing
+
+(texts.jsonl: ``gpu_generation.bbc_texts(96)``.) A SmolLM2-135M-shaped model with random bf16
+weights (``--tiny``: a tiny random Llama in fp32 on the CPU, fused there by hand), loaded twice
+and served as ``potstill serve`` serves a free-text student with ``serve.compile`` (64-token
+summaries, the system turn cached, 8 decoding steps per CUDA graph replay). Both in one process:
+each warmed on the ``--n`` texts at batch 1 and in one batch of ``--n`` (its compile and graph
+recording: the warm-up a server pays), then ``--rounds`` rounds taking turns, each answering the
+texts one at a time and as one batch (ms per input, medians).
+
+Correctness (exit 1 past it, after writing the JSON): where the answers part, the unfused model
+(eager, dynamic cache) scores both tokens after the shared start, and its own may lead by at most
+``gpu_generation.MAX_GAP`` nats (a near tie). ``--break-fused`` hands the value projection the
+key's slice, which the gate must catch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.checks import finish
+from benchmarks.gpu_generation import INSTRUCTION, MAX_GAP, divergence_gaps, load_texts
+from benchmarks.serve_gpu import sync
+from benchmarks.static_rows import timed_batches
+
+VARIANTS = ("unfused", "fused")
+
+
+def lively_model(path: Path) -> str:
+    """A tiny random Llama whose answers vary (untied embeddings, weights of std 0.3), so that a
+    broken projection shows in its tokens (``gpu_generation.tiny_model`` repeats one token)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.helpers.tiny import make_tokenizer
+
+    tok = make_tokenizer()
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.3,
+                      tie_word_embeddings=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                      bos_token_id=None)
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def served(spec: str, device: str, fused: bool, max_new: int):
+    from potstill.config import load_config
+    from potstill.engines import load_engine
+    from potstill.models.fused_linear import fuse_projections
+    from potstill.models.static_decode import StaticCaches
+    from potstill.serve.engine import ServedStudent
+    from potstill.tasks import get_task
+
+    engine = load_engine("transformers", spec, device=device)
+    engine.fuse_projections = fused
+    if device == "cpu" and fused:  # compile() fuses on CUDA only
+        fuse_projections(engine.lm.model)
+    engine.compile()
+    if device == "cpu":  # static caches as on CUDA, the steps compiled (no graphs on a CPU)
+        engine.static = StaticCaches.for_model(engine.lm.model, compile=True)
+    task = get_task(load_config(overrides={"task": {"type": "freetext", "instruction": INSTRUCTION,
+                                                    "max_output_tokens": max_new}}).task)
+    return ServedStudent(engine, task)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--texts", help="JSONL with a 'text' per line (default: gpu_generation.bbc_texts(96))")
+    ap.add_argument("--n", type=int, default=8, help="texts answered, one at a time and as one batch")
+    ap.add_argument("--max-new", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--tiny", action="store_true", help="a tiny random Llama on the CPU (smoke run)")
+    ap.add_argument("--break-fused", action="store_true",
+                    help="the value projection returns the key's slice (the gate must then fail)")
+    ap.add_argument("--out")
+    a = ap.parse_args(argv)
+    from torch._dynamo.utils import counters
+
+    from potstill.models.fused_linear import Part
+
+    if a.break_fused:
+        real = Part.forward
+
+        def wrong(self: Part, x: torch.Tensor) -> torch.Tensor:
+            out = real(self, x)
+            return self.fused.slice(x, 1) if self.i == 2 else out  # v_proj gives the keys
+
+        Part.forward = wrong  # type: ignore[method-assign]
+
+    work = Path(tempfile.mkdtemp())
+    device = "cpu" if a.tiny else "cuda"
+    if a.tiny:
+        spec, a.max_new, a.rounds = lively_model(work / "tiny"), min(a.max_new, 12), min(a.rounds, 2)
+    else:
+        from benchmarks.serve_split_probe import smol_shaped
+
+        spec = smol_shaped(work / "smol")
+    msgs = [[{"role": "user", "content": t}] for t in load_texts(a.tiny, a.texts)][: a.n]
+    students = {v: served(spec, device, v == "fused", a.max_new) for v in VARIANTS}
+    warm_s, graphs, answers, secs = {}, {}, {}, {v: {"1": [], str(a.n): []} for v in VARIANTS}
+    for v, s in students.items():
+        graphs0 = counters["stats"]["unique_graphs"]
+        t0 = time.perf_counter()
+        for m in msgs:
+            s.answer([m])
+        s.answer(msgs)
+        sync()
+        warm_s[v], graphs[v] = time.perf_counter() - t0, counters["stats"]["unique_graphs"] - graphs0
+        print(f"{v}: warmed in {warm_s[v]:.1f} s, {graphs[v]} graphs ({s.engine.identity})", flush=True)
+    for _ in range(a.rounds):
+        for v, s in students.items():
+            one_s, one = timed_batches(s, msgs, 1, len(msgs))
+            batch_s, batch = timed_batches(s, msgs, len(msgs), 1)
+            secs[v]["1"] += one_s
+            secs[v][str(a.n)].append(batch_s[0] / len(msgs))
+            answers[v] = {"1": one, str(a.n): batch}
+    ms = {v: {b: 1000 * statistics.median(x) for b, x in d.items()} for v, d in secs.items()}
+    judge = students["unfused"]
+    judge.engine.static = None  # the dynamic cache, unfused: the judge of departures
+    failures, compared = [], {}
+    for b in ("1", str(a.n)):
+        ref, got = answers["unfused"][b], answers["fused"][b]
+        gaps = [d["gap"] for d in divergence_gaps(judge.engine, judge.fmt, msgs, ref, got)]
+        compared[b] = {"identical": f"{sum(x[1] == y[1] for x, y in zip(ref, got))}/{len(ref)}", "divergence_gaps": gaps}
+        if gaps and max(gaps) > MAX_GAP:
+            failures.append(f"batch {b}: fused parts from unfused where the unfused model's own token led by "
+                            f"{max(gaps):.2f} nats (> {MAX_GAP})")
+    for v in VARIANTS:
+        print(f"{v:8s} warm {warm_s[v]:6.1f} s ({graphs[v]} graphs); ms per input: batch 1 {ms[v]['1']:.1f}, "
+              f"batch {a.n} {ms[v][str(a.n)]:.1f}")
+    print("same answers: " + ", ".join(f"batch {b}: {c['identical']}" for b, c in compared.items()))
+    out = {"device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
+           "torch": torch.__version__, "argv": sys.argv[1:], "model": "random SmolLM2-135M shape" if not a.tiny else "tiny",
+           "identities": {v: s.engine.identity for v, s in students.items()},
+           "n": a.n, "max_new": a.max_new, "rounds": a.rounds, "warm_s": warm_s, "graphs_compiled_warming": graphs,
+           "ms_per_input_p50": ms,
+           "ms_per_input": {v: {b: [1000 * x for x in s] for b, s in d.items()} for v, d in secs.items()},
+           "compared": compared}
+    finish(out, failures, a.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
