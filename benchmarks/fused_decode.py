@@ -5,6 +5,7 @@ gate/up each one product, ``models.fused_linear``, what ``serve.compile`` does o
     PYTHONPATH=src:. python benchmarks/fused_decode.py --texts texts.jsonl --out fused_decode.json
     PYTHONPATH=src:. python benchmarks/fused_decode.py --tiny      # CPU smoke run (no CUDA graphs, no fusion there)
     PYTHONPATH=src:. python benchmarks/fused_decode.py --tiny --break-fused   # the gate failing
+    PYTHONPATH=src:. python benchmarks/fused_decode.py --texts texts.jsonl --n 32 --scoring --out fused_scoring.json
 
 (texts.jsonl: ``gpu_generation.bbc_texts(96)``.) A SmolLM2-135M-shaped model with random bf16
 weights (``--tiny``: a tiny random Llama in fp32 on the CPU, fused there by hand), loaded twice
@@ -17,7 +18,7 @@ texts one at a time and as one batch (ms per input, medians).
 Correctness (exit 1 past it, after writing the JSON): where the answers part, the unfused model
 (eager, dynamic cache) scores both tokens after the shared start, and its own may lead by at most
 ``gpu_generation.MAX_GAP`` nats (a near tie). ``--break-fused`` hands the value projection the
-key's slice, which the gate must catch.
+key's slice, which the gate must catch. ``--scoring`` times label scoring instead (see ``scoring``).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def lively_model(path: Path) -> str:
     return str(path)
 
 
-def served(spec: str, device: str, fused: bool, max_new: int):
+def served(spec: str, device: str, fused: bool, max_new: int, labels: list[str] | None = None):
     from potstill.config import load_config
     from potstill.engines import load_engine
     from potstill.models.fused_linear import fuse_projections
@@ -74,9 +75,59 @@ def served(spec: str, device: str, fused: bool, max_new: int):
     engine.compile()
     if device == "cpu":  # static caches as on CUDA, the steps compiled (no graphs on a CPU)
         engine.static = StaticCaches.for_model(engine.lm.model, compile=True)
-    task = get_task(load_config(overrides={"task": {"type": "freetext", "instruction": INSTRUCTION,
-                                                    "max_output_tokens": max_new}}).task)
-    return ServedStudent(engine, task)
+    kind = {"type": "freetext", "instruction": INSTRUCTION, "max_output_tokens": max_new}
+    if labels:
+        kind = {"type": "classification", "labels": labels}
+    return ServedStudent(engine, get_task(load_config(overrides={"task": kind}).task))
+
+
+def scoring(a: argparse.Namespace, spec: str, device: str, msgs: list) -> int:
+    """``--scoring``: the same two engines scoring labels (the quickstart's 5 topics), as a served
+    classifier does: warmed at batch 1 and ``--n``, then taking turns, per input at batch 1 (each
+    text alone) and in one batch of ``--n``; exit 1 where a label probability differs by more
+    than ``serve_gpu.PROB_TOL``."""
+    from benchmarks.serve_gpu import LABELS, PROB_TOL
+
+    students = {v: served(spec, device, v == "fused", a.max_new, LABELS) for v in VARIANTS}
+    warm_s, secs, probs = {}, {v: {"1": [], str(a.n): []} for v in VARIANTS}, {}
+
+    def scored(s, batch):
+        return torch.softmax(s.engine.score_labels(s.fmt, batch, s.label_ids, batch_size=len(batch)).logits, -1)
+
+    for v, s in students.items():
+        t0 = time.perf_counter()
+        for batch in ([msgs[0]], msgs[:2], msgs):
+            scored(s, batch)
+        sync()
+        warm_s[v] = time.perf_counter() - t0
+        print(f"{v}: warmed in {warm_s[v]:.1f} s ({s.engine.identity})", flush=True)
+    for _ in range(a.rounds):
+        for v, s in students.items():
+            for m in msgs:
+                sync()
+                t0 = time.perf_counter()
+                scored(s, [m])
+                sync()
+                secs[v]["1"].append(time.perf_counter() - t0)
+            sync()
+            t0 = time.perf_counter()
+            probs[v] = scored(s, msgs)
+            sync()
+            secs[v][str(a.n)].append((time.perf_counter() - t0) / len(msgs))
+    ms = {v: {b: 1000 * statistics.median(x) for b, x in d.items()} for v, d in secs.items()}
+    diff = (probs["fused"] - probs["unfused"]).abs().max().item()
+    same = int((probs["fused"].argmax(-1) == probs["unfused"].argmax(-1)).sum())
+    failures = [f"label probabilities differ by {diff:.4f} (> {PROB_TOL})"] if diff > PROB_TOL else []
+    for v in VARIANTS:
+        print(f"{v:8s} warm {warm_s[v]:6.1f} s; ms per input: batch 1 {ms[v]['1']:.2f}, batch {a.n} {ms[v][str(a.n)]:.3f}")
+    print(f"largest label probability difference {diff:.4f}; same label {same}/{len(msgs)}")
+    out = {"device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
+           "torch": torch.__version__, "argv": sys.argv[1:], "task": "classification, 5 labels",
+           "identities": {v: s.engine.identity for v, s in students.items()}, "n": a.n, "rounds": a.rounds,
+           "warm_s": warm_s, "ms_per_input_p50": ms, "max_label_prob_diff": diff, "same_label": f"{same}/{len(msgs)}",
+           "ms_per_input": {v: {b: [1000 * x for x in s] for b, s in d.items()} for v, d in secs.items()}}
+    finish(out, failures, a.out)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tiny", action="store_true", help="a tiny random Llama on the CPU (smoke run)")
     ap.add_argument("--break-fused", action="store_true",
                     help="the value projection returns the key's slice (the gate must then fail)")
+    ap.add_argument("--scoring", action="store_true", help="time label scoring (classification) instead")
     ap.add_argument("--out")
     a = ap.parse_args(argv)
     from torch._dynamo.utils import counters
@@ -112,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
 
         spec = smol_shaped(work / "smol")
     msgs = [[{"role": "user", "content": t}] for t in load_texts(a.tiny, a.texts)][: a.n]
+    if a.scoring:
+        return scoring(a, spec, device, msgs)
     students = {v: served(spec, device, v == "fused", a.max_new) for v in VARIANTS}
     warm_s, graphs, answers, secs = {}, {}, {}, {v: {"1": [], str(a.n): []} for v in VARIANTS}
     for v, s in students.items():
