@@ -100,7 +100,9 @@ def fuse_projections(model: Any) -> int:
                 continue
             if len({m.in_features for m in linears}) > 1 or len({m.bias is None for m in linears}) > 1:
                 continue
-            if len({(m.weight.dtype, m.weight.device) for m in linears}) > 1:
+            if len({(m.weight.dtype, m.weight.device) for m in linears}) > 1 or linears[0].weight.is_meta:
+                continue
+            if any(hasattr(m, "_hf_hook") for m in linears):  # accelerate moves these weights itself (offload)
                 continue
             fused = FusedLinear(linears)
             owner.add_module("fused_" + "_".join(x.split("_")[0] for x in names), fused)
