@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -34,30 +33,20 @@ from pathlib import Path
 import torch
 
 from benchmarks.checks import finish
-from benchmarks.gpu_generation import INSTRUCTION, MAX_GAP, divergence_gaps, load_texts
+from benchmarks.gpu_generation import INSTRUCTION, load_texts
 from benchmarks.serve_gpu import sync
-from benchmarks.static_rows import timed_batches
+from benchmarks.served_turns import compare, medians_ms, report, warm_and_take_turns
 
 VARIANTS = ("unfused", "fused")
 
 
 def lively_model(path: Path) -> str:
-    """A tiny random Llama whose answers vary (untied embeddings, weights of std 0.3), so that a
+    """``tests.helpers.tiny.make_lively_model_dir``: a tiny random Llama whose answers vary, so that a
     broken projection shows in its tokens (``gpu_generation.tiny_model`` repeats one token)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tests.helpers.tiny import make_lively_model_dir
 
-    from tests.helpers.tiny import make_tokenizer
-
-    tok = make_tokenizer()
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.3,
-                      tie_word_embeddings=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                      bos_token_id=None)
-    LlamaForCausalLM(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
+    return str(make_lively_model_dir(path))
 
 
 def served(spec: str, device: str, fused: bool, max_new: int, labels: list[str] | None = None):
@@ -114,7 +103,7 @@ def scoring(a: argparse.Namespace, spec: str, device: str, msgs: list) -> int:
             probs[v] = scored(s, msgs)
             sync()
             secs[v][str(a.n)].append((time.perf_counter() - t0) / len(msgs))
-    ms = {v: {b: 1000 * statistics.median(x) for b, x in d.items()} for v, d in secs.items()}
+    ms = medians_ms(secs)
     diff = (probs["fused"] - probs["unfused"]).abs().max().item()
     same = int((probs["fused"].argmax(-1) == probs["unfused"].argmax(-1)).sum())
     failures = [f"label probabilities differ by {diff:.4f} (> {PROB_TOL})"] if diff > PROB_TOL else []
@@ -142,8 +131,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scoring", action="store_true", help="time label scoring (classification) instead")
     ap.add_argument("--out")
     a = ap.parse_args(argv)
-    from torch._dynamo.utils import counters
-
     from potstill.models.fused_linear import Part
 
     if a.break_fused:
@@ -167,38 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     if a.scoring:
         return scoring(a, spec, device, msgs)
     students = {v: served(spec, device, v == "fused", a.max_new) for v in VARIANTS}
-    warm_s, graphs, answers, secs = {}, {}, {}, {v: {"1": [], str(a.n): []} for v in VARIANTS}
-    for v, s in students.items():
-        graphs0 = counters["stats"]["unique_graphs"]
-        t0 = time.perf_counter()
-        for m in msgs:
-            s.answer([m])
-        s.answer(msgs)
-        sync()
-        warm_s[v], graphs[v] = time.perf_counter() - t0, counters["stats"]["unique_graphs"] - graphs0
-        print(f"{v}: warmed in {warm_s[v]:.1f} s, {graphs[v]} graphs ({s.engine.identity})", flush=True)
-    for _ in range(a.rounds):
-        for v, s in students.items():
-            one_s, one = timed_batches(s, msgs, 1, len(msgs))
-            batch_s, batch = timed_batches(s, msgs, len(msgs), 1)
-            secs[v]["1"] += one_s
-            secs[v][str(a.n)].append(batch_s[0] / len(msgs))
-            answers[v] = {"1": one, str(a.n): batch}
-    ms = {v: {b: 1000 * statistics.median(x) for b, x in d.items()} for v, d in secs.items()}
-    judge = students["unfused"]
-    judge.engine.static = None  # the dynamic cache, unfused: the judge of departures
-    failures, compared = [], {}
-    for b in ("1", str(a.n)):
-        ref, got = answers["unfused"][b], answers["fused"][b]
-        gaps = [d["gap"] for d in divergence_gaps(judge.engine, judge.fmt, msgs, ref, got)]
-        compared[b] = {"identical": f"{sum(x[1] == y[1] for x, y in zip(ref, got))}/{len(ref)}", "divergence_gaps": gaps}
-        if gaps and max(gaps) > MAX_GAP:
-            failures.append(f"batch {b}: fused parts from unfused where the unfused model's own token led by "
-                            f"{max(gaps):.2f} nats (> {MAX_GAP})")
-    for v in VARIANTS:
-        print(f"{v:8s} warm {warm_s[v]:6.1f} s ({graphs[v]} graphs); ms per input: batch 1 {ms[v]['1']:.1f}, "
-              f"batch {a.n} {ms[v][str(a.n)]:.1f}")
-    print("same answers: " + ", ".join(f"batch {b}: {c['identical']}" for b, c in compared.items()))
+    run = warm_and_take_turns({v: (lambda s=s: s) for v, s in students.items()}, msgs, a.rounds)
+    warm_s, graphs, secs = run["warm_s"], run["graphs"], run["secs"]
+    ms = medians_ms(secs)
+    students["unfused"].engine.static = None  # the dynamic cache, unfused: the judge of departures
+    compared, failures = compare(students["unfused"], msgs, run["answers"], "unfused", "fused")
+    report(run, ms, compared)
     out = {"device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
            "torch": torch.__version__, "argv": sys.argv[1:], "model": "random SmolLM2-135M shape" if not a.tiny else "tiny",
            "identities": {v: s.engine.identity for v, s in students.items()},

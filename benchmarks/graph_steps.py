@@ -21,19 +21,16 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 from benchmarks.checks import finish
-from benchmarks.gpu_generation import MAX_GAP, divergence_gaps, load_texts, tiny_model
-from benchmarks.serve_gpu import sync
+from benchmarks.gpu_generation import load_texts, tiny_model
 from benchmarks.serve_gpu_generation import served_student
-from benchmarks.static_rows import timed_batches
+from benchmarks.served_turns import compare, medians_ms, report, warm_and_take_turns
 
 VARIANTS = {"one-step": 1, "8-steps": 8}
 
@@ -50,8 +47,6 @@ def main(argv: list[str] | None = None) -> int:
                     help="feed the 8-step graphs a wrong token (the gate must then fail)")
     ap.add_argument("--out")
     a = ap.parse_args(argv)
-    from torch._dynamo.utils import counters
-
     from potstill.models.static_decode import StaticCaches, Steps
 
     if a.break_steps:
@@ -76,39 +71,19 @@ def main(argv: list[str] | None = None) -> int:
     msgs = [[{"role": "user", "content": t}] for t in load_texts(a.tiny, a.texts)][: a.n]
     caches = {v: StaticCaches.for_model(engine.lm.model, compile=True, graph_steps=k) for v, k in VARIANTS.items()
               if a.only in (None, v)}
-    warm_s, graphs, answers, secs = {}, {}, {}, {v: {"1": [], str(a.n): []} for v in caches}
-    for v, static in caches.items():
-        engine.static = static
-        graphs0 = counters["stats"]["unique_graphs"]
-        t0 = time.perf_counter()
-        for m in msgs:
-            served.answer([m])
-        served.answer(msgs)
-        sync()
-        warm_s[v], graphs[v] = time.perf_counter() - t0, counters["stats"]["unique_graphs"] - graphs0
-        print(f"{v}: warmed in {warm_s[v]:.1f} s, {graphs[v]} graphs", flush=True)
-    for _ in range(a.rounds):
-        for v, static in caches.items():
+
+    def using(static):
+        def use():
             engine.static = static
-            one_s, one = timed_batches(served, msgs, 1, len(msgs))
-            batch_s, batch = timed_batches(served, msgs, len(msgs), 1)
-            secs[v]["1"] += one_s
-            secs[v][str(a.n)].append(batch_s[0] / len(msgs))
-            answers[v] = {"1": one, str(a.n): batch}
-    ms = {v: {b: 1000 * statistics.median(s) for b, s in d.items()} for v, d in secs.items()}
+            return served
+        return use
+
+    run = warm_and_take_turns({v: using(static) for v, static in caches.items()}, msgs, a.rounds)
+    warm_s, graphs, secs = run["warm_s"], run["graphs"], run["secs"]
+    ms = medians_ms(secs)
     engine.static = None  # eager, dynamic cache: the judge of departures
-    failures, compared = [], {}
-    for b in ("1", str(a.n)) if a.only is None else ():
-        ref, got = answers["one-step"][b], answers["8-steps"][b]
-        gaps = [d["gap"] for d in divergence_gaps(engine, served.fmt, msgs, ref, got)]
-        compared[b] = {"identical": f"{sum(x[1] == y[1] for x, y in zip(ref, got))}/{len(ref)}", "divergence_gaps": gaps}
-        if gaps and max(gaps) > MAX_GAP:
-            failures.append(f"batch {b}: 8-steps parts from one-step where the eager model's own token led by "
-                            f"{max(gaps):.2f} nats (> {MAX_GAP})")
-    for v in caches:
-        print(f"{v:9s} warm {warm_s[v]:6.1f} s ({graphs[v]} graphs); ms per input: batch 1 {ms[v]['1']:.1f}, "
-              f"batch {a.n} {ms[v][str(a.n)]:.1f}")
-    print("same answers: " + ", ".join(f"batch {b}: {c['identical']}" for b, c in compared.items()))
+    compared, failures = compare(served, msgs, run["answers"], "one-step", "8-steps") if a.only is None else ({}, [])
+    report(run, ms, compared)
     out = {"device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
            "torch": torch.__version__, "argv": sys.argv[1:], "model": "random SmolLM2-135M shape" if not a.tiny else "tiny",
            "n": a.n, "max_new": a.max_new, "rounds": a.rounds, "warm_s": warm_s, "graphs_compiled_warming": graphs,

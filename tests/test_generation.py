@@ -10,7 +10,7 @@ import torch
 from potstill.engines import load_engine
 from potstill.models.prompting import PromptFormat, encode_prompt
 from potstill.models.generation import draft_from_context, generate
-from tests.helpers.tiny import make_model_dir, make_tokenizer
+from tests.helpers.tiny import make_lively_model_dir, make_model_dir, make_tokenizer
 
 TEXTS = ["the team won the match", "new phone software for the computer and the internet", "a vote",
          "the bank said profit was up this year and shares were up"]
@@ -278,22 +278,6 @@ def test_static_cache_generation_gives_the_same_tokens_and_reuses_its_caches(eng
     assert static._caches == caches and all(static._caches[k] is caches[k] for k in caches)
 
 
-def _lively_dir(path):
-    """A tiny Llama whose rows end at different steps: untied embeddings and wider random weights
-    (the tied 0.02 default repeats the prompt's last token)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tok = make_tokenizer()
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.3,
-                      tie_word_embeddings=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                      bos_token_id=None)
-    LlamaForCausalLM(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
 @pytest.mark.parametrize("graph_steps", [1, 8], ids=["step_by_step", "8_steps_a_call"])
 def test_static_greedy_loop_keeps_stop_strings_and_the_budget_and_leaves_processors_to_generate(monkeypatch,
                                                                                                   tmp_path, graph_steps):
@@ -305,7 +289,7 @@ def test_static_greedy_loop_keeps_stop_strings_and_the_budget_and_leaves_process
     penalty) keeps ``model.generate`` (and its tokens) on either cache."""
     from potstill.models.static_decode import CHECK_EVERY, StaticCaches
 
-    engine = load_engine("transformers", str(_lively_dir(tmp_path)), device="cpu")
+    engine = load_engine("transformers", str(make_lively_model_dir(tmp_path)), device="cpu")
     model = engine.lm.model
     static = StaticCaches.for_model(model, graph_steps=graph_steps)
     assert static is not None and not static.compiled  # compiled on CUDA only
@@ -353,7 +337,7 @@ def test_the_compiled_greedy_step_compiles_once_per_row_bucket_whatever_the_prom
 
     from potstill.models.static_decode import StaticCaches
 
-    engine = load_engine("transformers", str(_lively_dir(tmp_path)), device="cpu")
+    engine = load_engine("transformers", str(make_lively_model_dir(tmp_path)), device="cpu")
     msgs = MSGS + [[{"role": "user", "content": " ".join(["the match"] * 150)}]]
     want = engine.generate(CHAT, msgs, 20, batch_size=1)
     assert len({len(m[0]["content"]) for m in msgs}) == len(msgs)
@@ -373,7 +357,7 @@ def test_static_greedy_under_eager_attention_gives_the_same_tokens(tmp_path):
     scores as 0 and 1): the dynamic cache's greedy tokens at batch 1 and in a batch of 3."""
     from potstill.models.static_decode import StaticCaches
 
-    engine = load_engine("transformers", str(_lively_dir(tmp_path)), device="cpu")
+    engine = load_engine("transformers", str(make_lively_model_dir(tmp_path)), device="cpu")
     engine.lm.model.set_attn_implementation("eager")
     want = engine.generate(CHAT, MSGS, 20, batch_size=1)
     engine.static = StaticCaches.for_model(engine.lm.model)
@@ -459,7 +443,7 @@ def test_static_and_compiled_generation_pool_the_same_embeddings_without_compili
 
     from potstill.models.static_decode import StaticCaches
 
-    path = str(_lively_dir(tmp_path))
+    path = str(make_lively_model_dir(tmp_path))
     engine = load_engine("transformers", path, device="cpu")
     want = engine.embed(CHAT, MSGS)
     engine.static = StaticCaches.for_model(engine.lm.model, compile=True)

@@ -1,0 +1,71 @@
+"""Two ways of serving a generating student, side by side in one process (``graph_steps.py``,
+``fused_decode.py``): each warmed, then timed taking turns, then their answers compared by the
+eager model where they part."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+from benchmarks.gpu_generation import MAX_GAP, divergence_gaps
+from benchmarks.serve_gpu import sync
+from benchmarks.static_rows import timed_batches
+
+
+def warm_and_take_turns(variants: dict[str, Callable[[], Any]], msgs: list, rounds: int) -> dict:
+    """``variants``: name -> a call that makes that variant the one served and returns its
+    ``ServedStudent``. Each is warmed on ``msgs`` one at a time and as one batch (its seconds and the
+    graphs it compiled), then ``rounds`` rounds take turns answering them one at a time and as one
+    batch. Returns ``warm_s``, ``graphs``, ``secs`` (seconds per input by batch size) and ``answers``
+    (the last round's, by batch size)."""
+    from torch._dynamo.utils import counters
+
+    n = str(len(msgs))
+    warm_s, graphs, answers, secs = {}, {}, {}, {v: {"1": [], n: []} for v in variants}
+    for v, use in variants.items():
+        served = use()
+        graphs0 = counters["stats"]["unique_graphs"]
+        t0 = time.perf_counter()
+        for m in msgs:
+            served.answer([m])
+        served.answer(msgs)
+        sync()
+        warm_s[v], graphs[v] = time.perf_counter() - t0, counters["stats"]["unique_graphs"] - graphs0
+        print(f"{v}: warmed in {warm_s[v]:.1f} s, {graphs[v]} graphs ({served.engine.identity})", flush=True)
+    for _ in range(rounds):
+        for v, use in variants.items():
+            served = use()
+            one_s, one = timed_batches(served, msgs, 1, len(msgs))
+            batch_s, batch = timed_batches(served, msgs, len(msgs), 1)
+            secs[v]["1"] += one_s
+            secs[v][n].append(batch_s[0] / len(msgs))
+            answers[v] = {"1": one, n: batch}
+    return {"warm_s": warm_s, "graphs": graphs, "secs": secs, "answers": answers}
+
+
+def medians_ms(secs: dict) -> dict:
+    return {v: {b: 1000 * statistics.median(s) for b, s in d.items()} for v, d in secs.items()}
+
+
+def compare(judge: Any, msgs: list, answers: dict, ref: str, got: str) -> tuple[dict, list[str]]:
+    """``got``'s answers against ``ref``'s at each batch size, judged by ``judge`` (a ``ServedStudent``
+    whose engine decodes eagerly on the dynamic cache): how many are identical, the gaps where they
+    part, and a failure where ``ref``'s own token led by more than ``MAX_GAP`` nats."""
+    failures, compared = [], {}
+    for b in answers[ref]:
+        r, g = answers[ref][b], answers[got][b]
+        gaps = [d["gap"] for d in divergence_gaps(judge.engine, judge.fmt, msgs, r, g)]
+        compared[b] = {"identical": f"{sum(x[1] == y[1] for x, y in zip(r, g))}/{len(r)}", "divergence_gaps": gaps}
+        if gaps and max(gaps) > MAX_GAP:
+            failures.append(f"batch {b}: {got} parts from {ref} where the eager model's own token led by "
+                            f"{max(gaps):.2f} nats (> {MAX_GAP})")
+    return compared, failures
+
+
+def report(run: dict, ms: dict, compared: dict) -> None:
+    for v in ms:
+        sizes = ", ".join(f"batch {b} {x:.1f}" for b, x in ms[v].items())
+        print(f"{v:9s} warm {run['warm_s'][v]:6.1f} s ({run['graphs'][v]} graphs); ms per input: {sizes}")
+    print("same answers: " + ", ".join(f"batch {b}: {c['identical']}" for b, c in compared.items()))
