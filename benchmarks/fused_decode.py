@@ -24,18 +24,16 @@ key's slice, which the gate must catch. ``--scoring`` times label scoring instea
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from benchmarks.checks import finish
-from benchmarks.gpu_generation import INSTRUCTION, load_texts
+from benchmarks.gpu_generation import INSTRUCTION
 from benchmarks.serve_gpu import sync
-from benchmarks.served_turns import compare, medians_ms, report, warm_and_take_turns
+from benchmarks.served_turns import compare, header, medians_ms, model_and_texts, report, warm_and_take_turns
 
 VARIANTS = ("unfused", "fused")
 
@@ -110,9 +108,8 @@ def scoring(a: argparse.Namespace, spec: str, device: str, msgs: list) -> int:
     for v in VARIANTS:
         print(f"{v:8s} warm {warm_s[v]:6.1f} s; ms per input: batch 1 {ms[v]['1']:.2f}, batch {a.n} {ms[v][str(a.n)]:.3f}")
     print(f"largest label probability difference {diff:.4f}; same label {same}/{len(msgs)}")
-    out = {"device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
-           "torch": torch.__version__, "argv": sys.argv[1:], "task": "classification, 5 labels",
-           "identities": {v: s.engine.identity for v, s in students.items()}, "n": a.n, "rounds": a.rounds,
+    out = {**header(a, device), "task": "classification, 5 labels",
+           "identities": {v: s.engine.identity for v, s in students.items()},
            "warm_s": warm_s, "ms_per_input_p50": ms, "max_label_prob_diff": diff, "same_label": f"{same}/{len(msgs)}",
            "ms_per_input": {v: {b: [1000 * x for x in s] for b, s in d.items()} for v, d in secs.items()}}
     finish(out, failures, a.out)
@@ -142,15 +139,7 @@ def main(argv: list[str] | None = None) -> int:
 
         Part.forward = wrong  # type: ignore[method-assign]
 
-    work = Path(tempfile.mkdtemp())
-    device = "cpu" if a.tiny else "cuda"
-    if a.tiny:
-        spec, a.max_new, a.rounds = lively_model(work / "tiny"), min(a.max_new, 12), min(a.rounds, 2)
-    else:
-        from benchmarks.serve_split_probe import smol_shaped
-
-        spec = smol_shaped(work / "smol")
-    msgs = [[{"role": "user", "content": t}] for t in load_texts(a.tiny, a.texts)][: a.n]
+    spec, device, msgs = model_and_texts(a, lively_model)
     if a.scoring:
         return scoring(a, spec, device, msgs)
     students = {v: served(spec, device, v == "fused", a.max_new) for v in VARIANTS}
@@ -160,10 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     students["unfused"].engine.static = None  # the dynamic cache, unfused: the judge of departures
     compared, failures = compare(students["unfused"], msgs, run["answers"], "unfused", "fused")
     report(run, ms, compared)
-    out = {"device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
-           "torch": torch.__version__, "argv": sys.argv[1:], "model": "random SmolLM2-135M shape" if not a.tiny else "tiny",
-           "identities": {v: s.engine.identity for v, s in students.items()},
-           "n": a.n, "max_new": a.max_new, "rounds": a.rounds, "warm_s": warm_s, "graphs_compiled_warming": graphs,
+    out = {**header(a, device), "identities": {v: s.engine.identity for v, s in students.items()},
+           "warm_s": warm_s, "graphs_compiled_warming": graphs,
            "ms_per_input_p50": ms,
            "ms_per_input": {v: {b: [1000 * x for x in s] for b, s in d.items()} for v, d in secs.items()},
            "compared": compared}

@@ -20,17 +20,12 @@ shows it failing.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
-import tempfile
-from pathlib import Path
-
-import torch
 
 from benchmarks.checks import finish
-from benchmarks.gpu_generation import load_texts, tiny_model
+from benchmarks.gpu_generation import tiny_model
 from benchmarks.serve_gpu_generation import served_student
-from benchmarks.served_turns import compare, medians_ms, report, warm_and_take_turns
+from benchmarks.served_turns import compare, header, medians_ms, model_and_texts, report, warm_and_take_turns
 
 VARIANTS = {"one-step": 1, "8-steps": 8}
 
@@ -58,17 +53,9 @@ def main(argv: list[str] | None = None) -> int:
 
         Steps.replay = shifted  # type: ignore[method-assign]
 
-    work = Path(tempfile.mkdtemp())
-    device = "cpu" if a.tiny else "cuda"
-    if a.tiny:
-        model, a.max_new, a.rounds = tiny_model(work / "tiny"), min(a.max_new, 12), min(a.rounds, 2)
-    else:
-        from benchmarks.serve_split_probe import smol_shaped
-
-        model = smol_shaped(work / "smol")
+    model, device, msgs = model_and_texts(a, tiny_model)
     served = served_student(model, device, True, a.max_new)
     engine = served.engine
-    msgs = [[{"role": "user", "content": t}] for t in load_texts(a.tiny, a.texts)][: a.n]
     caches = {v: StaticCaches.for_model(engine.lm.model, compile=True, graph_steps=k) for v, k in VARIANTS.items()
               if a.only in (None, v)}
 
@@ -84,9 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     engine.static = None  # eager, dynamic cache: the judge of departures
     compared, failures = compare(served, msgs, run["answers"], "one-step", "8-steps") if a.only is None else ({}, [])
     report(run, ms, compared)
-    out = {"device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
-           "torch": torch.__version__, "argv": sys.argv[1:], "model": "random SmolLM2-135M shape" if not a.tiny else "tiny",
-           "n": a.n, "max_new": a.max_new, "rounds": a.rounds, "warm_s": warm_s, "graphs_compiled_warming": graphs,
+    out = {**header(a, device), "warm_s": warm_s, "graphs_compiled_warming": graphs,
            "ms_per_input_p50": ms,
            "ms_per_input": {v: {b: [1000 * x for x in s] for b, s in d.items()} for v, d in secs.items()},
            "compared": compared}

@@ -4,14 +4,41 @@ eager model where they part."""
 
 from __future__ import annotations
 
+import argparse
+import platform
 import statistics
+import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from benchmarks.gpu_generation import MAX_GAP, divergence_gaps
+import torch
+
+from benchmarks.gpu_generation import MAX_GAP, divergence_gaps, load_texts
 from benchmarks.serve_gpu import sync
 from benchmarks.static_rows import timed_batches
+
+
+def model_and_texts(a: argparse.Namespace, tiny: Callable[[Path], str]) -> tuple[str, str, list]:
+    """The model (``tiny(path)`` on the CPU with ``--tiny``, which also shortens answers and rounds;
+    else a random SmolLM2-135M-shaped one for CUDA), its device and the ``--n`` chats to answer."""
+    work = Path(tempfile.mkdtemp())
+    if a.tiny:
+        spec, device, a.max_new, a.rounds = tiny(work / "tiny"), "cpu", min(a.max_new, 12), min(a.rounds, 2)
+    else:
+        from benchmarks.serve_split_probe import smol_shaped
+
+        spec, device = smol_shaped(work / "smol"), "cuda"
+    return spec, device, [[{"role": "user", "content": t}] for t in load_texts(a.tiny, a.texts)][: a.n]
+
+
+def header(a: argparse.Namespace, device: str) -> dict:
+    """What every JSON of these benchmarks starts with."""
+    return {"device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
+            "torch": torch.__version__, "argv": sys.argv[1:], "model": "tiny" if a.tiny else "random SmolLM2-135M shape",
+            "n": a.n, "max_new": a.max_new, "rounds": a.rounds}
 
 
 def warm_and_take_turns(variants: dict[str, Callable[[], Any]], msgs: list, rounds: int) -> dict:
