@@ -33,7 +33,8 @@ import torch
 from benchmarks.checks import finish
 from benchmarks.gpu_generation import INSTRUCTION
 from benchmarks.serve_gpu import sync
-from benchmarks.served_turns import compare, header, medians_ms, model_and_texts, report, warm_and_take_turns
+from benchmarks.served_turns import (add_args, compare, header, medians_ms, model_and_texts, report, results,
+                                     warm_and_take_turns)
 
 VARIANTS = ("unfused", "fused")
 
@@ -118,11 +119,7 @@ def scoring(a: argparse.Namespace, spec: str, device: str, msgs: list) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--texts", help="JSONL with a 'text' per line (default: gpu_generation.bbc_texts(96))")
-    ap.add_argument("--n", type=int, default=8, help="texts answered, one at a time and as one batch")
-    ap.add_argument("--max-new", type=int, default=64)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--tiny", action="store_true", help="a tiny random Llama on the CPU (smoke run)")
+    add_args(ap, "a tiny random Llama on the CPU (smoke run)")
     ap.add_argument("--break-fused", action="store_true",
                     help="the value projection returns the key's slice (the gate must then fail)")
     ap.add_argument("--scoring", action="store_true", help="time label scoring (classification) instead")
@@ -144,16 +141,11 @@ def main(argv: list[str] | None = None) -> int:
         return scoring(a, spec, device, msgs)
     students = {v: served(spec, device, v == "fused", a.max_new) for v in VARIANTS}
     run = warm_and_take_turns({v: (lambda s=s: s) for v, s in students.items()}, msgs, a.rounds)
-    warm_s, graphs, secs = run["warm_s"], run["graphs"], run["secs"]
-    ms = medians_ms(secs)
     students["unfused"].engine.static = None  # the dynamic cache, unfused: the judge of departures
     compared, failures = compare(students["unfused"], msgs, run["answers"], "unfused", "fused")
-    report(run, ms, compared)
+    report(run, medians_ms(run["secs"]), compared)
     out = {**header(a, device), "identities": {v: s.engine.identity for v, s in students.items()},
-           "warm_s": warm_s, "graphs_compiled_warming": graphs,
-           "ms_per_input_p50": ms,
-           "ms_per_input": {v: {b: [1000 * x for x in s] for b, s in d.items()} for v, d in secs.items()},
-           "compared": compared}
+           **results(run, compared)}
     finish(out, failures, a.out)
     return 0
 

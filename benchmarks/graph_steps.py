@@ -25,18 +25,15 @@ import sys
 from benchmarks.checks import finish
 from benchmarks.gpu_generation import tiny_model
 from benchmarks.serve_gpu_generation import served_student
-from benchmarks.served_turns import compare, header, medians_ms, model_and_texts, report, warm_and_take_turns
+from benchmarks.served_turns import (add_args, compare, header, medians_ms, model_and_texts, report, results,
+                                     warm_and_take_turns)
 
 VARIANTS = {"one-step": 1, "8-steps": 8}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--texts", help="JSONL with a 'text' per line (default: gpu_generation.bbc_texts(96))")
-    ap.add_argument("--n", type=int, default=8, help="texts answered, one at a time and as one batch")
-    ap.add_argument("--max-new", type=int, default=64)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--tiny", action="store_true", help="the tests' tiny Llama on the CPU (smoke run)")
+    add_args(ap, "the tests' tiny Llama on the CPU (smoke run)")
     ap.add_argument("--only", choices=list(VARIANTS), help="one variant, warmed in a fresh process (no comparison)")
     ap.add_argument("--break-steps", action="store_true",
                     help="feed the 8-step graphs a wrong token (the gate must then fail)")
@@ -66,15 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         return use
 
     run = warm_and_take_turns({v: using(static) for v, static in caches.items()}, msgs, a.rounds)
-    warm_s, graphs, secs = run["warm_s"], run["graphs"], run["secs"]
-    ms = medians_ms(secs)
     engine.static = None  # eager, dynamic cache: the judge of departures
     compared, failures = compare(served, msgs, run["answers"], "one-step", "8-steps") if a.only is None else ({}, [])
-    report(run, ms, compared)
-    out = {**header(a, device), "warm_s": warm_s, "graphs_compiled_warming": graphs,
-           "ms_per_input_p50": ms,
-           "ms_per_input": {v: {b: [1000 * x for x in s] for b, s in d.items()} for v, d in secs.items()},
-           "compared": compared}
+    report(run, medians_ms(run["secs"]), compared)
+    out = {**header(a, device), **results(run, compared)}
     finish(out, failures, a.out)
     return 0
 

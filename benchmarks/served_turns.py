@@ -21,6 +21,15 @@ from benchmarks.serve_gpu import sync
 from benchmarks.static_rows import timed_batches
 
 
+def add_args(ap: argparse.ArgumentParser, tiny_help: str) -> None:
+    """The options both benchmarks take: texts, how many, answer length, rounds, ``--tiny``."""
+    ap.add_argument("--texts", help="JSONL with a 'text' per line (default: gpu_generation.bbc_texts(96))")
+    ap.add_argument("--n", type=int, default=8, help="texts answered, one at a time and as one batch")
+    ap.add_argument("--max-new", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--tiny", action="store_true", help=tiny_help)
+
+
 def model_and_texts(a: argparse.Namespace, tiny: Callable[[Path], str]) -> tuple[str, str, list]:
     """The model (``tiny(path)`` on the CPU with ``--tiny``, which also shortens answers and rounds;
     else a random SmolLM2-135M-shaped one for CUDA), its device and the ``--n`` chats to answer."""
@@ -89,6 +98,14 @@ def compare(judge: Any, msgs: list, answers: dict, ref: str, got: str) -> tuple[
             failures.append(f"batch {b}: {got} parts from {ref} where the eager model's own token led by "
                             f"{max(gaps):.2f} nats (> {MAX_GAP})")
     return compared, failures
+
+
+def results(run: dict, compared: dict) -> dict:
+    """The JSON fields of a ``warm_and_take_turns`` run and its ``compare``."""
+    secs = run["secs"]
+    return {"warm_s": run["warm_s"], "graphs_compiled_warming": run["graphs"], "ms_per_input_p50": medians_ms(secs),
+            "ms_per_input": {v: {b: [1000 * x for x in s] for b, s in d.items()} for v, d in secs.items()},
+            "compared": compared}
 
 
 def report(run: dict, ms: dict, compared: dict) -> None:
