@@ -215,12 +215,9 @@ class Steps:
 
     def _run(self) -> None:
         for j in range(self.k):
-            self.p += 1
-            nxt, lp = self.static.step(self.tok, self.p, self.full, self.cache, self.at)
+            nxt, lp = advance(self.static, self.cache, self.tok, self.p, self.full, self.at)
             self.toks[:, j : j + 1].copy_(nxt)
             self.logps[:, j : j + 1].copy_(lp)
-            self.tok.copy_(nxt)
-            self.at += 1
 
     def replay(self) -> None:
         """The next K tokens and their log-probabilities into ``toks`` and ``logps``."""
@@ -228,6 +225,18 @@ class Steps:
             self.graph.replay()
         else:
             self._run()
+
+
+def advance(static: StaticCaches, cache: Any, tok: torch.Tensor, p: torch.Tensor, full: torch.Tensor,
+            at: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One greedy step on ``cache`` after the token ``tok`` at position ``p``: its next token and
+    that token's log-probability, both (rows, 1); ``tok``, ``p`` and the write position ``at`` move
+    on by one in place (so a recorded CUDA graph replays the next step)."""
+    p += 1
+    nxt, lp = static.step(tok, p, full, cache, at)
+    tok.copy_(nxt)
+    at += 1
+    return nxt, lp
 
 
 def cache_length(cache: Any) -> int:
@@ -330,14 +339,11 @@ def greedy(static: StaticCaches, ids: torch.Tensor, mask: torch.Tensor, cache: A
             logps[:, n : n + k] = steps.logps
             n += k
             continue
-        p += 1
         if static.compiled:
             torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are consumed
-        nxt, lp = static.step(tok, p, full, cache, at)
+        nxt, lp = advance(static, cache, tok, p, full, at)
         toks[:, n : n + 1] = nxt
         logps[:, n : n + 1] = lp
-        tok.copy_(nxt)
-        at += 1
         n += 1
     out = [h[:k] if k is not None else h for h, k in zip(host, kept)]
     return out, [lp[: len(o)] for lp, o in zip(logps[:, : min(n, max_new_tokens)].tolist(), out)]
