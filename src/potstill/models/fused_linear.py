@@ -37,15 +37,16 @@ class FusedLinear(nn.Module):
         if parts[0].bias is not None:
             self.bias = nn.Parameter(torch.cat([p.bias.detach() for p in parts]), requires_grad=False)
         self.sizes = [p.out_features for p in parts]
-        self.starts = [sum(self.sizes[:i]) for i in range(len(parts))]
+        self.rows = [slice(sum(self.sizes[:i]), sum(self.sizes[: i + 1])) for i in range(len(parts))]  # each part's
         self.in_features = parts[0].in_features
         # The product's slices for the siblings still to be called, and the input they came from.
         self._x: torch.Tensor | None = None
         self._out: tuple[torch.Tensor, ...] = ()
 
     def slice(self, x: torch.Tensor, i: int) -> torch.Tensor:
-        lo, hi = self.starts[i], self.starts[i] + self.sizes[i]
-        return nn.functional.linear(x, self.weight[lo:hi], None if self.bias is None else self.bias[lo:hi])
+        """Part ``i``'s product alone."""
+        rows = self.rows[i]
+        return nn.functional.linear(x, self.weight[rows], None if self.bias is None else self.bias[rows])
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.sizes}, bias={self.bias is not None}"
@@ -63,8 +64,7 @@ class Part(nn.Module):
     @property
     def weight(self) -> torch.Tensor:
         """This projection's rows of the fused weight (a view), for code that reads ``.weight``."""
-        f = self.fused
-        return f.weight[f.starts[self.i] : f.starts[self.i] + f.sizes[self.i]]
+        return self.fused.weight[self.fused.rows[self.i]]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.fused
