@@ -3,7 +3,7 @@ time, against its wall time, for the eager step, the compiled step (inductor, no
 compiled step in mode ``reduce-overhead`` (a CUDA graph per step, the greedy loop's way before
 ``static_decode.Steps``), ``Steps`` (8 steps per CUDA graph replay), and ``Steps`` again with each
 layer's sibling projections fused (q, k, v as one product, gate and up as another: fewer, larger
-GEMMs). A probe: timings and kernel lists, no gate (the fused model's logits against the unfused
+GEMMs, ``models.fused_linear``). A probe: timings and kernel lists, no gate (the fused model's logits against the unfused
 are recorded: ``fused_projections``).
 
     PYTHONPATH=src:. python benchmarks/step_profile_probe.py --out step_profile_probe.json
@@ -42,49 +42,6 @@ def kernels(prof) -> tuple[float, int, list[tuple[str, int, float]]]:
     return sum(s for _, _, s in top), sum(n for _, n, _ in top), top[:15]
 
 
-class _Fused(torch.nn.Module):
-    """Sibling projections of one input as one product; the first part's call computes it, and
-    each part returns its slice (they are called in order on the same input)."""
-
-    def __init__(self, parts: list[torch.nn.Linear]):
-        super().__init__()
-        self.weight = torch.nn.Parameter(torch.cat([p.weight.data for p in parts]), requires_grad=False)
-        bias = [p.bias for p in parts]
-        self.bias = None if bias[0] is None else torch.nn.Parameter(torch.cat([b.data for b in bias]),
-                                                                    requires_grad=False)
-        self.sizes = [p.out_features for p in parts]
-        self.out: tuple[torch.Tensor, ...] = ()
-
-
-class _Part(torch.nn.Module):
-    def __init__(self, fused: _Fused, i: int):
-        super().__init__()
-        self.i = i
-        self.__dict__["fused"] = fused  # not a submodule: the weight is held once, by its parent
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.fused
-        if self.i == 0:
-            f.out = torch.nn.functional.linear(x, f.weight, f.bias).split(f.sizes, -1)
-        return f.out[self.i]
-
-
-def fuse_projections(model) -> int:
-    """q/k/v and gate/up of each Llama-style layer as one product each; the layers changed."""
-    n = 0
-    for layer in getattr(model.model, "layers", []):
-        groups = [(layer.self_attn, ("q_proj", "k_proj", "v_proj")), (layer.mlp, ("gate_proj", "up_proj"))]
-        if not all(all(isinstance(getattr(m, x, None), torch.nn.Linear) for x in names) for m, names in groups):
-            continue
-        for m, names in groups:
-            fused = _Fused([getattr(m, x) for x in names])
-            m.add_module("fused_" + "_".join(x[0] for x in names), fused)
-            for i, x in enumerate(names):
-                setattr(m, x, _Part(fused, i))
-        n += 1
-    return n
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1)
@@ -95,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     from transformers import AutoModelForCausalLM
 
+    from potstill.models.fused_linear import fuse_projections
     from potstill.models.static_decode import StaticCaches, Steps, mark_dynamic
 
     work = Path(tempfile.mkdtemp())
@@ -191,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         before = model(probe).logits[0, -1].float()
         fused = fuse_projections(model)
         after = model(probe).logits[0, -1].float()
-    out["fused_projections"] = {"layers": fused, "max_abs_logit_diff": (after - before).abs().max().item(),
+    out["fused_projections"] = {"groups": fused, "max_abs_logit_diff": (after - before).abs().max().item(),
                                 "same_argmax": bool(after.argmax() == before.argmax())}
     graphed(StaticCaches.for_model(model, compile=True, graph_steps=8), "8-steps fused")
     for name, v in out["variants"].items():
