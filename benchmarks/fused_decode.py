@@ -48,6 +48,19 @@ def lively_model(path: Path) -> str:
     return str(make_lively_model_dir(path))
 
 
+def break_fused() -> None:
+    """From now on every fused value projection returns the keys (``--break-fused``: a gate must fail)."""
+    from potstill.models.fused_linear import Part
+
+    real = Part.forward
+
+    def wrong(self: Part, x: torch.Tensor) -> torch.Tensor:
+        out = real(self, x)
+        return self.fused.slice(x, 1) if self.i == 2 else out
+
+    Part.forward = wrong  # type: ignore[method-assign]
+
+
 def served(spec: str, device: str, fused: bool, max_new: int, labels: list[str] | None = None):
     from potstill.config import load_config
     from potstill.engines import load_engine
@@ -125,17 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scoring", action="store_true", help="time label scoring (classification) instead")
     ap.add_argument("--out")
     a = ap.parse_args(argv)
-    from potstill.models.fused_linear import Part
-
     if a.break_fused:
-        real = Part.forward
-
-        def wrong(self: Part, x: torch.Tensor) -> torch.Tensor:
-            out = real(self, x)
-            return self.fused.slice(x, 1) if self.i == 2 else out  # v_proj gives the keys
-
-        Part.forward = wrong  # type: ignore[method-assign]
-
+        break_fused()
     spec, device, msgs = model_and_texts(a, lively_model)
     if a.scoring:
         return scoring(a, spec, device, msgs)

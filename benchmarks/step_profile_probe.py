@@ -3,11 +3,12 @@ time, against its wall time, for the eager step, the compiled step (inductor, no
 compiled step in mode ``reduce-overhead`` (a CUDA graph per step, the greedy loop's way before
 ``static_decode.Steps``), ``Steps`` (8 steps per CUDA graph replay), and ``Steps`` again with each
 layer's sibling projections fused (q, k, v as one product, gate and up as another: fewer, larger
-GEMMs, ``models.fused_linear``). A probe: timings and kernel lists, no gate (the fused model's logits against the unfused
-are recorded: ``fused_projections``).
+GEMMs, ``models.fused_linear``). A probe: timings and kernel lists; its one gate, the fused model's
+logits against the unfused (``fused_projections``), exits 1 past ``FUSED_TOL``.
 
     PYTHONPATH=src:. python benchmarks/step_profile_probe.py --out step_profile_probe.json
     PYTHONPATH=src:. python benchmarks/step_profile_probe.py --tiny     # CPU smoke run
+    PYTHONPATH=src:. python benchmarks/step_profile_probe.py --tiny --break-fused   # the gate failing
 
 A SmolLM2-135M-shaped Llama with random bf16 weights (``--tiny``: the tests' tiny Llama, fp32, CPU)
 at batch ``--rows``; its cache holds a ``--prompt``-token prompt before the steps run.
@@ -16,7 +17,6 @@ at batch ``--rows``; its cache holds a ``--prompt``-token prompt before the step
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import tempfile
@@ -25,6 +25,13 @@ from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+
+from benchmarks.checks import finish
+
+# The fused model's last-position logits against the unfused model's, by dtype (exit 1 past it):
+# measured 0.0 on an H200 in bf16, where 0.25 is two bf16 steps at the logits' scale (|logit| < 32);
+# fp32 (``--tiny``) only reorders sums.
+FUSED_TOL = {torch.bfloat16: 0.25, torch.float32: 1e-4}
 
 
 def kernels(prof) -> tuple[float, int, list[tuple[str, int, float]]]:
@@ -48,8 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompt", type=int, default=170)
     ap.add_argument("--steps", type=int, default=16, help="steps profiled (a multiple of 8)")
     ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--break-fused", action="store_true", help="fused value projections give the keys (the gate fails)")
     ap.add_argument("--out")
     a = ap.parse_args(argv)
+    if a.break_fused:
+        from benchmarks.fused_decode import break_fused
+
+        break_fused()
     from transformers import AutoModelForCausalLM
 
     from potstill.models.fused_linear import fuse_projections
@@ -157,8 +169,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{v['kernels_per_step']:.0f} kernels/step")
         for k, n, s in v["top"][:8]:
             print(f"    {s / a.steps * 1000:8.1f} us/step  x{n / a.steps:.0f}  {k[:110]}")
-    if a.out:
-        Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
+    diff = out["fused_projections"]["max_abs_logit_diff"]
+    tol = FUSED_TOL[dtype]
+    failures = [f"the fused model's logits differ from the unfused model's by {diff:.2g} (> {tol:g})"] if diff > tol else []
+    finish(out, failures, a.out)
     return 0
 
 
