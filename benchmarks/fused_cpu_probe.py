@@ -5,6 +5,7 @@ and are not fused): the fused and unfused engines classify the run's test articl
 at batch 1 and in batches of 16, and must give the same labels (exit 1 otherwise).
 
     PYTHONPATH=src:. python benchmarks/fused_cpu_probe.py RUN --out fused_cpu_probe.json
+    PYTHONPATH=src:. python benchmarks/fused_cpu_probe.py RUN --n 16 --rounds 1 --break-fused   # the check failing
 
 RUN: a ``potstill quickstart`` run directory (its ``student/``, ``potstill.yaml``, ``test.jsonl``).
 """
@@ -29,8 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("run")
     ap.add_argument("--n", type=int, default=64, help="test articles (batches of 16; the first 24 alone too)")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--break-fused", action="store_true", help="fused value projections give the keys (the check fails)")
     ap.add_argument("--out")
     a = ap.parse_args(argv)
+    if a.break_fused:
+        from benchmarks.fused_decode import break_fused
+
+        break_fused()
     from potstill.config import load_config
     from potstill.engines import load_engine
     from potstill.models.fused_linear import fuse_projections
