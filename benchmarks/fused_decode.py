@@ -25,16 +25,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 from benchmarks.checks import finish
 from benchmarks.gpu_generation import INSTRUCTION
-from benchmarks.serve_gpu import sync
-from benchmarks.served_turns import (add_args, compare, header, medians_ms, model_and_texts, report, results,
-                                     warm_and_take_turns)
+from benchmarks.served_turns import (add_args, compare, compare_scores, header, medians_ms, model_and_texts, report,
+                                     results, score_results, score_turns, warm_and_take_turns)
 
 VARIANTS = ("unfused", "fused")
 
@@ -84,48 +82,15 @@ def served(spec: str, device: str, fused: bool, max_new: int, labels: list[str] 
 
 def scoring(a: argparse.Namespace, spec: str, device: str, msgs: list) -> int:
     """``--scoring``: the same two engines scoring labels (the quickstart's 5 topics), as a served
-    classifier does: warmed at batch 1 and ``--n``, then taking turns, per input at batch 1 (each
-    text alone) and in one batch of ``--n``; exit 1 where a label probability differs by more
-    than ``serve_gpu.PROB_TOL``."""
+    classifier does (``served_turns.score_turns``); exit 1 where a label probability differs by
+    more than ``serve_gpu.PROB_TOL``."""
     from benchmarks.serve_gpu import LABELS, PROB_TOL
 
     students = {v: served(spec, device, v == "fused", a.max_new, LABELS) for v in VARIANTS}
-    warm_s, secs, probs = {}, {v: {"1": [], str(a.n): []} for v in VARIANTS}, {}
-
-    def scored(s, batch):
-        return torch.softmax(s.engine.score_labels(s.fmt, batch, s.label_ids, batch_size=len(batch)).logits, -1)
-
-    for v, s in students.items():
-        t0 = time.perf_counter()
-        for batch in ([msgs[0]], msgs[:2], msgs):
-            scored(s, batch)
-        sync()
-        warm_s[v] = time.perf_counter() - t0
-        print(f"{v}: warmed in {warm_s[v]:.1f} s ({s.engine.identity})", flush=True)
-    for _ in range(a.rounds):
-        for v, s in students.items():
-            for m in msgs:
-                sync()
-                t0 = time.perf_counter()
-                scored(s, [m])
-                sync()
-                secs[v]["1"].append(time.perf_counter() - t0)
-            sync()
-            t0 = time.perf_counter()
-            probs[v] = scored(s, msgs)
-            sync()
-            secs[v][str(a.n)].append((time.perf_counter() - t0) / len(msgs))
-    ms = medians_ms(secs)
-    diff = (probs["fused"] - probs["unfused"]).abs().max().item()
-    same = int((probs["fused"].argmax(-1) == probs["unfused"].argmax(-1)).sum())
-    failures = [f"label probabilities differ by {diff:.4f} (> {PROB_TOL})"] if diff > PROB_TOL else []
-    for v in VARIANTS:
-        print(f"{v:8s} warm {warm_s[v]:6.1f} s; ms per input: batch 1 {ms[v]['1']:.2f}, batch {a.n} {ms[v][str(a.n)]:.3f}")
-    print(f"largest label probability difference {diff:.4f}; same label {same}/{len(msgs)}")
-    out = {**header(a, device), "task": "classification, 5 labels",
-           "identities": {v: s.engine.identity for v, s in students.items()},
-           "warm_s": warm_s, "ms_per_input_p50": ms, "max_label_prob_diff": diff, "same_label": f"{same}/{len(msgs)}",
-           "ms_per_input": {v: {b: [1000 * x for x in s] for b, s in d.items()} for v, d in secs.items()}}
+    run = score_turns(students, msgs, a.rounds)
+    compared, failures = compare_scores(run, "unfused", "fused", PROB_TOL)
+    out = {**header(a, device), "identities": {v: s.engine.identity for v, s in students.items()},
+           **score_results(run, compared)}
     finish(out, failures, a.out)
     return 0
 

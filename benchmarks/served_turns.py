@@ -113,3 +113,61 @@ def report(run: dict, ms: dict, compared: dict) -> None:
         sizes = ", ".join(f"batch {b} {x:.1f}" for b, x in ms[v].items())
         print(f"{v:9s} warm {run['warm_s'][v]:6.1f} s ({run['graphs'][v]} graphs); ms per input: {sizes}")
     print("same answers: " + ", ".join(f"batch {b}: {c['identical']}" for b, c in compared.items()))
+
+
+def score_turns(students: dict[str, Any], msgs: list, rounds: int) -> dict:
+    """Label scoring, as a served classifier does it: ``students`` (name -> ``ServedStudent`` of a
+    classification task), each warmed on ``msgs`` one at a time and as one batch, then ``rounds``
+    rounds taking turns scoring them one at a time and as one batch. Returns ``warm_s``, ``secs``
+    (seconds per input by batch size) and ``probs`` (each one's label probabilities of the last
+    batch, in ``msgs``' order)."""
+    n = str(len(msgs))
+    warm_s, secs, probs = {}, {v: {"1": [], n: []} for v in students}, {}
+
+    def scored(s: Any, batch: list) -> torch.Tensor:
+        return torch.softmax(s.engine.score_labels(s.fmt, batch, s.label_ids, batch_size=len(batch)).logits, -1)
+
+    for v, s in students.items():
+        t0 = time.perf_counter()
+        for m in msgs:
+            scored(s, [m])
+        scored(s, msgs)
+        sync()
+        warm_s[v] = time.perf_counter() - t0
+        print(f"{v}: warmed in {warm_s[v]:.1f} s ({s.engine.identity})", flush=True)
+    for _ in range(rounds):
+        for v, s in students.items():
+            for m in msgs:
+                sync()
+                t0 = time.perf_counter()
+                scored(s, [m])
+                sync()
+                secs[v]["1"].append(time.perf_counter() - t0)
+            sync()
+            t0 = time.perf_counter()
+            probs[v] = scored(s, msgs)
+            sync()
+            secs[v][n].append((time.perf_counter() - t0) / len(msgs))
+    return {"warm_s": warm_s, "secs": secs, "probs": probs}
+
+
+def compare_scores(run: dict, ref: str, got: str, tol: float) -> tuple[dict, list[str]]:
+    """``got``'s last label probabilities against ``ref``'s: the largest difference, how many inputs
+    keep ``ref``'s label, and a failure past ``tol``."""
+    p, q = run["probs"][ref], run["probs"][got]
+    diff = (q - p).abs().max().item()
+    same = int((q.argmax(-1) == p.argmax(-1)).sum())
+    failures = [f"{got}'s label probabilities differ from {ref}'s by {diff:.4f} (> {tol})"] if diff > tol else []
+    return {"max_label_prob_diff": diff, "same_label": f"{same}/{len(p)}"}, failures
+
+
+def score_results(run: dict, compared: dict) -> dict:
+    """The JSON fields of a ``score_turns`` run and its ``compare_scores``, after printing them."""
+    ms = medians_ms(run["secs"])
+    for v in ms:
+        sizes = ", ".join(f"batch {b} {x:.3f}" for b, x in ms[v].items())
+        print(f"{v:8s} warm {run['warm_s'][v]:6.1f} s; ms per input: {sizes}")
+    print(f"largest label probability difference {compared['max_label_prob_diff']:.4f}; "
+          f"same label {compared['same_label']}")
+    return {"task": "classification, 5 labels", "warm_s": run["warm_s"], "ms_per_input_p50": ms, **compared,
+            "ms_per_input": {v: {b: [1000 * x for x in s] for b, s in d.items()} for v, d in run["secs"].items()}}
