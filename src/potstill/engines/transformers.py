@@ -75,6 +75,8 @@ class TransformersEngine:
         # compile() on CUDA fuses each layer's q/k/v and gate/up into one product each
         # (``models.fused_linear``: 90 fewer GEMM launches per decoding step of SmolLM2-135M); False keeps them.
         self.fuse_projections = True
+        # Label scoring replayed from CUDA graphs (``models.score_graphs``): set by compile() on CUDA.
+        self.score_graphs: Any = None
 
     @classmethod
     def load(cls, spec: str, device: str = "auto", num_layers: int | None = None,
@@ -145,8 +147,9 @@ class TransformersEngine:
         every length, 15-25 s for SmolLM2-135M on an H200)
         and keeps its cache allocated for later batches it holds; a server warms them and freezes
         them (``serve.engine.ServedStudent.warm``). On CUDA each layer's sibling projections also
-        become one product each (``fuse_projections``, ``models.fused_linear``). The identity is
-        tagged: numbers may differ slightly."""
+        become one product each (``fuse_projections``, ``models.fused_linear``), and label scoring
+        replays CUDA graphs by bucket (``models.score_graphs``). The identity is tagged: numbers
+        may differ slightly."""
         model = self.lm.model
         if self.lm.device.type == "cuda" and self.fuse_projections:
             from potstill.models.fused_linear import fuse_projections
@@ -165,6 +168,9 @@ class TransformersEngine:
         setattr(model, model.base_model_prefix, torch.compile(decoder(model)))
         if self.lm.device.type == "cuda":  # decoding on static caches replays CUDA graphs (None: windowed)
             self.static = StaticCaches.for_model(model)
+            from potstill.models.score_graphs import ScoreGraphs
+
+            self.score_graphs = ScoreGraphs(model)  # and so does label scoring
         self.lm.identity += "+compiled"
         self.identity = self.lm.identity
         self.compiled = True
@@ -199,7 +205,7 @@ class TransformersEngine:
     def score_labels(self, fmt: PromptFormat, messages: list[list[dict]], label_ids: list[int],
                      batch_size: int = 16, progress: Any = None, max_length: int | None = None) -> Scored:
         return score_labels(self.lm, fmt, messages, label_ids, batch_size=batch_size, prefix=self.prefix(fmt),
-                            progress=progress, max_length=max_length, pack=self.pack)
+                            progress=progress, max_length=max_length, pack=self.pack, graphs=self.score_graphs)
 
     def score_labels_formats(self, fmts: list[PromptFormat], messages: list[list[dict]], label_ids: list[int],
                              batch_size: int = 16) -> list[Scored]:

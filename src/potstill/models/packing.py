@@ -173,8 +173,14 @@ def forward(decoder: Any, model: Any, queries: list[list[int]], prefix_keys: lis
     rows = prefix_keys[0][0].shape[0] if prefix_keys else 1
     lay = layout([len(q) for q in queries], prefix_length, model.dtype, device, windows(model, prefix_keys), rows)
     ids = torch.tensor([[t for q in queries for t in q]], device=device)
+    return run(decoder, model, ids, lay, prefix_keys), lay
+
+
+def run(decoder: Any, model: Any, ids: torch.Tensor, lay: Layout,
+        prefix_keys: list[tuple[torch.Tensor, torch.Tensor]] | None) -> torch.Tensor:
+    """The last hidden states ``(T, H)`` of the packed row ``ids`` ``(1, T)`` laid out as ``lay``."""
     dynamic(ids, lay.positions, lay.gather, lay.valid, lay.segment, lay.ends, lay.mask, *lay.windowed.values())
     with attention_function(model, NAME, _attention):
         out = decoder(input_ids=ids, position_ids=lay.positions, use_cache=False, potstill_layout=lay,
                       potstill_prefix=prefix_keys)
-    return out.last_hidden_state[0], lay
+    return out.last_hidden_state[0]

@@ -139,12 +139,19 @@ def _unit_mean(total: torch.Tensor, count: torch.Tensor, prefix: PrefixCache | N
 
 
 def _batch_scores(lm: LM, fmt: PromptFormat, queries: list[list[int]], label_ids: list[int],
-                  prefix: PrefixCache | None, pack: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                  prefix: PrefixCache | None, pack: bool = True, graphs: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(label logits (B, K), unit embedding (B, H): the mean last hidden state over each query's own tokens).
-    ``pack``: run the batch packed where the model allows (``potstill.models.packing``), else padded."""
+    ``pack``: run the batch packed where the model allows (``potstill.models.packing``), else padded;
+    ``graphs`` (a ``score_graphs.ScoreGraphs``): packed from a recorded CUDA graph where one holds it."""
     pad = lm.tokenizer.pad_token_id
     B, T = len(queries), max(len(q) for q in queries)
     dev = lm.device
+    if pack and graphs is not None:
+        got = graphs.run(queries, prefix, pad)
+        if got is not None:
+            last, total = got
+            count = torch.tensor([[len(q)] for q in queries], dtype=torch.float32, device=dev)
+            return apply_head(lm.model, last, label_ids).float().cpu(), _unit_mean(total, count, prefix)
     P = prefix.length if prefix is not None else 0
     # Stacked prefixes repeat each query once per prefix: one input under a teacher's shot orders is a
     # batch of equal lengths, with no padding for packing to save (it measured no faster).
@@ -218,11 +225,12 @@ def _queries(lm: LM, fmt: PromptFormat, messages: list[list[dict]], prefix: Pref
 
 def score_labels(lm: LM, fmt: PromptFormat, messages: list[list[dict]], label_ids: list[int],
                  batch_size: int = 8, prefix: PrefixCache | None = None, progress: Any = None,
-                 max_length: int | None = None, pack: bool = True) -> Scored:
+                 max_length: int | None = None, pack: bool = True, graphs: Any = None) -> Scored:
     """Label logits (and input embeddings) for each chat in ``messages``; see the module docstring.
 
     ``max_length``: keep only the last N tokens of each query (the generation prompt, where the
-    answer starts, is at the end). ``pack``: batches run packed where the model allows."""
+    answer starts, is at the end). ``pack``: batches run packed where the model allows; ``graphs``
+    (``score_graphs.ScoreGraphs``, a compiled engine's on CUDA): replayed from CUDA graphs."""
     queries, prefix = _queries(lm, fmt, messages, prefix, max_length)
     logits, secs, embs = [], [], []
     # Sorting by length makes batches of similar length, so little compute goes to padding.
@@ -231,7 +239,7 @@ def score_labels(lm: LM, fmt: PromptFormat, messages: list[list[dict]], label_id
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             t0 = time.perf_counter()
-            out, emb = _batch_scores(lm, fmt, [queries[i] for i in idx], label_ids, prefix, pack)
+            out, emb = _batch_scores(lm, fmt, [queries[i] for i in idx], label_ids, prefix, pack, graphs)
             dt = (time.perf_counter() - t0) / len(idx)
             logits.append((idx, out))
             embs.append((idx, emb))

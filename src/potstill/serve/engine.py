@@ -81,13 +81,16 @@ class ServedStudent:
         waits. Generating on static caches: a batch of every row bucket up to ``batch_size``, each
         holding the longest input, then the caches are frozen: a later batch uses the shortest
         cache of its rows that holds it, or a new one for a longer prompt where that compiles
-        nothing and fits (``StaticCaches.get``), else the dynamic cache. The seconds it took."""
+        nothing and fits (``StaticCaches.get``), else the dynamic cache. Scoring from CUDA graphs
+        (``models.score_graphs``): a batch of every row bucket too, each recording its graph (a
+        later bucket records on first use, compiling nothing). The seconds it took."""
         t0 = time.perf_counter()
         static = getattr(self.engine, "static", None) if self.label_ids is None else None
+        graphs = getattr(self.engine, "score_graphs", None) if self.label_ids is not None else None
         if static is not None:
             tok = self.engine.tokenizer
             messages = sorted(messages, key=lambda m: -sum(len(tok.encode(x["content"])) for x in m))
-        for batch in warm_batches(messages, batch_size, row_buckets=static is not None):
+        for batch in warm_batches(messages, batch_size, row_buckets=static is not None or graphs is not None):
             self.answer(batch)
         if static is not None:
             static.frozen = True

@@ -1,0 +1,126 @@
+"""Label scoring on a GPU replayed from CUDA graphs.
+
+Compiled, the packed scoring forward (``models.packing``) still launches each of its ~500 kernels
+(SmolLM2-135M) from Python, so on a GPU a small classifier waits on its host: a served
+SmolLM2-135M-shaped student took 10.1-10.5 ms per input at batch 1 and 0.66-0.71 ms per input in
+batches of 32 on an H200 (``benchmarks/fused_scoring.json``), for about a millisecond of kernels.
+
+``ScoreGraphs`` pads a batch to a bucket: rows to a power of two, the longest query to one of
+``LENGTHS`` (raised so that prefix plus query is a multiple of 8, as ``packing.layout`` aligns
+keys). The bucket's rows x length slots are one packed row whose every slot is a token: a query's
+own, then padding, which no real token sees (a slot sees only its own row's earlier slots and
+the prefix), so each query's hidden states are those of the packed forward. The decoder's forward
+over that layout, the gather of each row's last hidden state and the sum over its real tokens
+(the embedding's) are recorded once per (prefix, bucket) as one CUDA graph; a batch copies its
+token ids, ends and token mask into the graph's inputs and replays it. The label rows of the head
+(``scoring.apply_head``) run after it. All graphs share one memory pool: replays never overlap,
+and each graph's outputs are read before the next replay. On a CPU the same forward runs without
+recording (what the CPU tests check).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from potstill.models import packing
+from potstill.models.static_decode import bucket_rows
+
+# Query length buckets (tokens after the cached prefix); a longer query runs the packed path.
+LENGTHS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+MAX_SLOTS = 16384  # rows x length of the largest bucket recorded (its activations sit in the pool)
+
+
+def bucket(rows: int, longest: int, prefix_length: int) -> tuple[int, int] | None:
+    """(rows, length) of the graph that holds ``rows`` queries of up to ``longest`` tokens after a
+    prefix of ``prefix_length``; None where none does (the packed path runs)."""
+    length = next((n for n in LENGTHS if n >= longest), None)
+    if length is None:
+        return None
+    length += (-(prefix_length + length)) % 8
+    rows = bucket_rows(rows)
+    return (rows, length) if rows * length <= MAX_SLOTS else None
+
+
+class ScoreGraphs:
+    """The recorded scoring forwards of one model, by (prefix, rows, length)."""
+
+    def __init__(self, model: Any):
+        self.model = model
+        self.device = next(model.parameters()).device
+        self._graphs: dict[tuple, _Graph] = {}
+        self.pool = torch.cuda.graph_pool_handle() if self.device.type == "cuda" else None
+
+    def __len__(self) -> int:
+        return len(self._graphs)
+
+    def run(self, queries: list[list[int]], prefix: Any, pad: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(last hidden state of each query (B, H), sum of the last hidden states over its own tokens
+        (B, H) in float32), on the device; None where no bucket holds the batch, the prefix is several
+        stacked rows, or the model does not pack (``packing.supported``)."""
+        if prefix is not None and prefix.rows != 1:
+            return None
+        P = prefix.length if prefix is not None else 0
+        shape = bucket(len(queries), max(len(q) for q in queries), P)
+        if shape is None or not packing.supported(self.model, P + shape[1]):
+            return None
+        key = (id(prefix), *shape)
+        if key not in self._graphs:
+            self._graphs[key] = _Graph(self, shape, prefix, pad)
+        return self._graphs[key].replay(queries)
+
+
+class _Graph:
+    """One bucket's inputs, outputs and (on CUDA) recorded forward."""
+
+    def __init__(self, owner: ScoreGraphs, shape: tuple[int, int], prefix: Any, pad: int):
+        from potstill.models.scoring import decoder
+
+        self.owner, (self.rows, self.length), self.pad = owner, shape, pad
+        model, dev = owner.model, owner.device
+        self.prefix = prefix  # held: the graph reads its keys where they are
+        self.keys = [(layer.keys, layer.values) for layer in prefix.past.layers] if prefix is not None else None
+        P = prefix.length if prefix is not None else 0
+        self.lay = packing.layout([self.length] * self.rows, P, model.dtype, dev, packing.windows(model, self.keys))
+        self.body = decoder(model)
+        self.ids = torch.full((1, self.rows * self.length), pad, dtype=torch.long, device=dev)
+        self.ends = torch.zeros(self.rows, dtype=torch.long, device=dev)  # each row's last own slot
+        self.real = torch.zeros(self.rows, self.length, 1, dtype=torch.float32, device=dev)  # 1: a query's own token
+        self.last: torch.Tensor | None = None
+        self.total: torch.Tensor | None = None
+        self.graph: Any = None
+        # A first run compiles (nothing may compile or synchronise while recording); on a GPU it
+        # runs on a side stream, as torch asks of the work before a recording.
+        if dev.type != "cuda":
+            return
+        side = torch.cuda.Stream(dev)
+        side.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(side):
+            self._forward()
+        torch.cuda.current_stream(dev).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, pool=owner.pool):
+            self._forward()
+
+    def _forward(self) -> None:
+        hidden = packing.run(self.body, self.owner.model, self.ids, self.lay, self.keys)  # (rows * length, H)
+        self.last = hidden[self.ends + torch.arange(self.rows, device=hidden.device) * self.length]
+        self.total = (hidden.view(self.rows, self.length, -1).float() * self.real).sum(1)
+
+    def replay(self, queries: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.full((self.rows, self.length), self.pad, dtype=torch.long)
+        real = torch.zeros(self.rows, self.length, 1)
+        for i, q in enumerate(queries):
+            ids[i, : len(q)] = torch.tensor(q)
+            real[i, : len(q)] = 1
+        ends = torch.tensor([len(q) - 1 for q in queries] + [0] * (self.rows - len(queries)))
+        self.ids.copy_(ids.view(1, -1))
+        self.real.copy_(real)
+        self.ends.copy_(ends)
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self._forward()
+        B = len(queries)
+        return self.last[:B], self.total[:B]
