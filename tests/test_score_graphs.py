@@ -71,3 +71,24 @@ def test_compiled_scoring_on_a_gpu_replays_a_graph_per_bucket(tmp_path):
     assert counters["stats"]["unique_graphs"] == before
     assert len(engine.score_graphs) == 3
     assert all(g.graph is not None for g in engine.score_graphs._graphs.values())
+
+
+def test_a_recording_that_fails_leaves_scoring_to_the_packed_path(tiny_model, monkeypatch, caplog):
+    """Where a bucket cannot be recorded (here: making it raises, as a forward that synchronises
+    does while recording on CUDA), one warning names the reason and every batch from then on
+    scores through the packed path, with its results."""
+    plain = load_engine("transformers", str(tiny_model), device="cpu")
+    engine = load_engine("transformers", str(tiny_model), device="cpu")
+    engine.score_graphs = ScoreGraphs(engine.lm.model)
+
+    def fails(self, *args):
+        raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
+
+    monkeypatch.setattr(score_graphs._Graph, "__init__", fails)
+    with caplog.at_level("WARNING", logger="potstill.models.score_graphs"):
+        for batch_size in (1, 5):
+            torch.testing.assert_close(_scores(engine, MSGS, batch_size).logits, _scores(plain, MSGS, batch_size).logits,
+                                       rtol=1e-5, atol=1e-5)
+    assert engine.score_graphs.off == "RuntimeError: operation not permitted when stream is capturing"
+    assert len(engine.score_graphs) == 0
+    assert [r.getMessage().count("batches run packed") for r in caplog.records] == [1]

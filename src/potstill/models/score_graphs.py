@@ -20,6 +20,7 @@ recording (what the CPU tests check).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -30,6 +31,8 @@ from potstill.models.static_decode import bucket_rows
 # Query length buckets (tokens after the cached prefix); a longer query runs the packed path.
 LENGTHS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 MAX_SLOTS = 16384  # rows x length of the largest bucket recorded (its activations sit in the pool)
+
+log = logging.getLogger(__name__)
 
 
 def bucket(rows: int, longest: int, prefix_length: int) -> tuple[int, int] | None:
@@ -51,6 +54,9 @@ class ScoreGraphs:
         self.device = next(model.parameters()).device
         self._graphs: dict[tuple, _Graph] = {}
         self.pool = torch.cuda.graph_pool_handle() if self.device.type == "cuda" else None
+        # Set where recording failed (a model whose forward synchronises with the host, memory, ...):
+        # from then on every batch runs the packed path, and the reason was logged once.
+        self.off: str | None = None
 
     def __len__(self) -> int:
         return len(self._graphs)
@@ -58,8 +64,8 @@ class ScoreGraphs:
     def run(self, queries: list[list[int]], prefix: Any, pad: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(last hidden state of each query (B, H), sum of the last hidden states over its own tokens
         (B, H) in float32), on the device; None where no bucket holds the batch, the prefix is several
-        stacked rows, or the model does not pack (``packing.supported``)."""
-        if prefix is not None and prefix.rows != 1:
+        stacked rows, the model does not pack (``packing.supported``) or recording failed (``off``)."""
+        if self.off is not None or (prefix is not None and prefix.rows != 1):
             return None
         P = prefix.length if prefix is not None else 0
         shape = bucket(len(queries), max(len(q) for q in queries), P)
@@ -67,7 +73,12 @@ class ScoreGraphs:
             return None
         key = (id(prefix), *shape)
         if key not in self._graphs:
-            self._graphs[key] = _Graph(self, shape, prefix, pad)
+            try:
+                self._graphs[key] = _Graph(self, shape, prefix, pad)
+            except Exception as e:  # noqa: BLE001 - whatever stops a recording, the packed path still scores
+                self.off = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                log.warning("label scoring from CUDA graphs is off for this model (%s); batches run packed", self.off)
+                return None
         return self._graphs[key].replay(queries)
 
 
