@@ -456,7 +456,8 @@ class ServeConfig(Section):
         "training inputs calibrate the OOD threshold beside val."
     )
     batch_size: int = Field(16, ge=1, description="Most concurrent requests the student answers in one forward pass.")
-    batch_wait_ms: float = Field(2.0, ge=0, description="How long the batcher waits for more requests to join a batch.")
+    batch_wait_ms: float = Field(2.0, ge=0, description="How long a batch waits for more requests to join it, "
+                                 "under load only (after a batch of several); a lone request goes at once.")
     engine: str = engine_name("the served student")
     dtype: DtypeName = engine_dtype("Served student precision")
     quantization: QuantizationName = engine_quantization("Served student weights")
