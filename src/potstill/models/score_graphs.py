@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from potstill.models import packing
-from potstill.models.static_decode import bucket_rows
+from potstill.models.static_decode import bucket_rows, record_graph
 
 # Query length buckets (tokens after the cached prefix); a longer query runs the packed path.
 LENGTHS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
@@ -100,19 +100,7 @@ class _Graph:
         self.real = torch.zeros(self.rows, self.length, 1, dtype=torch.float32, device=dev)  # 1: a query's own token
         self.last: torch.Tensor | None = None
         self.total: torch.Tensor | None = None
-        self.graph: Any = None
-        # A first run compiles (nothing may compile or synchronise while recording); on a GPU it
-        # runs on a side stream, as torch asks of the work before a recording.
-        if dev.type != "cuda":
-            return
-        side = torch.cuda.Stream(dev)
-        side.wait_stream(torch.cuda.current_stream(dev))
-        with torch.cuda.stream(side):
-            self._forward()
-        torch.cuda.current_stream(dev).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=owner.pool):
-            self._forward()
+        self.graph = record_graph(self._forward, dev, owner.pool) if dev.type == "cuda" else None
 
     def _forward(self) -> None:
         hidden = packing.run(self.body, self.owner.model, self.ids, self.lay, self.keys)  # (rows * length, H)

@@ -202,16 +202,8 @@ class Steps:
         # compile or synchronise inside it). ``get`` empties the cache after.
         static.forward(self.tok, self.p, self.full, cache, self.at)
         mark_dynamic(static, cache, (self.tok, self.p, self.full))
-        if dev.type != "cuda":
-            return
-        side = torch.cuda.Stream(dev)
-        side.wait_stream(torch.cuda.current_stream(dev))
-        with torch.cuda.stream(side):
-            self._run()
-        torch.cuda.current_stream(dev).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self._run()
+        if dev.type == "cuda":
+            self.graph = record_graph(self._run, dev)
 
     def _run(self) -> None:
         for j in range(self.k):
@@ -225,6 +217,21 @@ class Steps:
             self.graph.replay()
         else:
             self._run()
+
+
+def record_graph(run: Callable[[], None], device: torch.device, pool: Any = None) -> Any:
+    """``run`` recorded as a CUDA graph (in the memory ``pool``, where given). It runs once on a side
+    stream first, as torch asks of the work before a recording: there it compiles and loads its
+    kernels, since nothing may compile or synchronise while recording."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        run()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        run()
+    return graph
 
 
 def advance(static: StaticCaches, cache: Any, tok: torch.Tensor, p: torch.Tensor, full: torch.Tensor,
