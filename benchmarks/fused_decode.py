@@ -101,7 +101,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--break-fused", action="store_true",
                     help="the value projection returns the key's slice (the gate must then fail)")
     ap.add_argument("--scoring", action="store_true", help="time label scoring (classification) instead")
-    ap.add_argument("--out")
     a = ap.parse_args(argv)
     if a.break_fused:
         break_fused()

@@ -37,7 +37,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", choices=list(VARIANTS), help="one variant, warmed in a fresh process (no comparison)")
     ap.add_argument("--break-steps", action="store_true",
                     help="feed the 8-step graphs a wrong token (the gate must then fail)")
-    ap.add_argument("--out")
     a = ap.parse_args(argv)
     from potstill.models.static_decode import StaticCaches, Steps
 

@@ -70,7 +70,6 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_args(ap, "a tiny random Llama on the CPU (smoke run)")
     ap.add_argument("--break-graphs", action="store_true", help="replays read the wrong position (the gate must fail)")
-    ap.add_argument("--out")
     a = ap.parse_args(argv)
     if a.break_graphs:
         break_graphs()

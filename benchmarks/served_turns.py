@@ -22,12 +22,13 @@ from benchmarks.static_rows import timed_batches
 
 
 def add_args(ap: argparse.ArgumentParser, tiny_help: str) -> None:
-    """The options both benchmarks take: texts, how many, answer length, rounds, ``--tiny``."""
+    """The options these benchmarks take: texts, how many, answer length, rounds, ``--tiny``, ``--out``."""
     ap.add_argument("--texts", help="JSONL with a 'text' per line (default: gpu_generation.bbc_texts(96))")
     ap.add_argument("--n", type=int, default=8, help="texts answered, one at a time and as one batch")
     ap.add_argument("--max-new", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tiny", action="store_true", help=tiny_help)
+    ap.add_argument("--out", help="where to write the JSON")
 
 
 def model_and_texts(a: argparse.Namespace, tiny: Callable[[Path], str]) -> tuple[str, str, list]:
