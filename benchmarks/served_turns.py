@@ -116,17 +116,20 @@ def report(run: dict, ms: dict, compared: dict) -> None:
     print("same answers: " + ", ".join(f"batch {b}: {c['identical']}" for b, c in compared.items()))
 
 
-def score_turns(students: dict[str, Any], msgs: list, rounds: int) -> dict:
-    """Label scoring, as a served classifier does it: ``students`` (name -> ``ServedStudent`` of a
-    classification task), each warmed on ``msgs`` one at a time and as one batch, then ``rounds``
-    rounds taking turns scoring them one at a time and as one batch. Returns ``warm_s``, ``secs``
-    (seconds per input by batch size) and ``probs`` (each one's label probabilities of the last
-    batch, in ``msgs``' order)."""
+def served_probs(s: Any, batch: list) -> torch.Tensor:
+    """A served classifier's label probabilities of ``batch``, scored as one batch."""
+    return torch.softmax(s.engine.score_labels(s.fmt, batch, s.label_ids, batch_size=len(batch)).logits, -1)
+
+
+def score_turns(students: dict[str, Any], msgs: list, rounds: int,
+                scored: Callable[[Any, list], torch.Tensor] = served_probs) -> dict:
+    """Label scoring, as a served classifier does it (or as ``scored(student, batch)`` does):
+    ``students`` (name -> ``ServedStudent`` of a classification task), each warmed on ``msgs`` one at
+    a time and as one batch, then ``rounds`` rounds taking turns scoring them one at a time and as
+    one batch. Returns ``warm_s``, ``secs`` (seconds per input by batch size) and ``probs`` (each
+    one's label probabilities of the last batch, in ``msgs``' order)."""
     n = str(len(msgs))
     warm_s, secs, probs = {}, {v: {"1": [], n: []} for v in students}, {}
-
-    def scored(s: Any, batch: list) -> torch.Tensor:
-        return torch.softmax(s.engine.score_labels(s.fmt, batch, s.label_ids, batch_size=len(batch)).logits, -1)
 
     for v, s in students.items():
         t0 = time.perf_counter()

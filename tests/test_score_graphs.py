@@ -7,9 +7,9 @@ import torch
 
 from potstill.engines import load_engine
 from potstill.models import score_graphs
-from potstill.models.prompting import label_token_ids
+from potstill.models.prompting import PromptFormat, label_token_ids
 from potstill.models.score_graphs import ScoreGraphs, bucket
-from tests.helpers.tiny import make_model_dir
+from tests.helpers.tiny import make_model_dir, make_tokenizer
 from tests.test_packing import CHAT, LABELS, MSGS
 
 LONG = [[{"role": "user", "content": " ".join(["the team won the game"] * 110)}]]  # past the longest bucket
@@ -92,3 +92,65 @@ def test_a_recording_that_fails_leaves_scoring_to_the_packed_path(tiny_model, mo
     assert engine.score_graphs.off == "RuntimeError: operation not permitted when stream is capturing"
     assert len(engine.score_graphs) == 0
     assert [r.getMessage().count("batches run packed") for r in caplog.records] == [1]
+
+
+ORDERS = [PromptFormat(kind="completion", instruction="classify the text", answer_prefix="topic:", shots=shots)
+          for shots in ([("the match", "sports"), ("the phone", "tech"), ("a vote", "politics")],
+                        [("a vote", "politics"), ("the match", "sports"), ("the phone", "tech")])]
+
+
+def _gemma3_dir(path):
+    """A tiny Gemma 3: a sliding-window layer (8 tokens, shorter than the few-shot prefix) and a full one."""
+    import transformers as T
+
+    tok = make_tokenizer()
+    torch.manual_seed(0)
+    cfg = T.Gemma3TextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=512,
+                             sliding_window=8, layer_types=["sliding_attention", "full_attention"],
+                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None)
+    T.Gemma3ForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma3"])
+def test_stacked_shot_orders_score_from_buckets_as_without_them(tmp_path, kind):
+    """A teacher's two shot orders stacked as prefix rows: batches of 1, 3 (a bucket of 4 rows per
+    order, the last row of each block empty) and 2 give the label logits and embeddings of the
+    engine without graphs, on a Llama and on a Gemma 3 whose sliding window is shorter than the
+    prefix; every bucket holds both orders' blocks."""
+    path = make_model_dir(tmp_path / "m") if kind == "llama" else _gemma3_dir(tmp_path / "m")
+    plain = load_engine("transformers", str(path), device="cpu")
+    engine = load_engine("transformers", str(path), device="cpu")
+    engine.score_graphs = ScoreGraphs(engine.lm.model)
+    ids = label_token_ids(plain.tokenizer, ORDERS[0], LABELS)
+    assert plain.prefix(ORDERS[0]).length == plain.prefix(ORDERS[1]).length
+    for batch_size in (1, 3):
+        want = plain.score_labels_formats(ORDERS, MSGS, ids, batch_size=batch_size)
+        got = engine.score_labels_formats(ORDERS, MSGS, ids, batch_size=batch_size)
+        for w, g in zip(want, got):
+            torch.testing.assert_close(g.logits, w.logits, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(g.embeddings, w.embeddings, rtol=1e-5, atol=1e-5)
+            assert g.prompt_tokens == w.prompt_tokens
+    graphs = engine.score_graphs._graphs.values()
+    assert sorted((g.stacks, g.block) for g in graphs) == [(2, 1), (2, 2), (2, 4)]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_compiled_teacher_orders_on_a_gpu_replay_stacked_graphs(tmp_path):
+    """A compiled engine on CUDA (float32) scoring a Gemma 3's two stacked shot orders records a
+    graph per bucket, each holding both orders, with the plain engine's label logits and embeddings."""
+    path = _gemma3_dir(tmp_path / "m")
+    plain = load_engine("transformers", str(path), device="cuda", dtype="float32")
+    engine = load_engine("transformers", str(path), device="cuda", dtype="float32", compile=True)
+    ids = label_token_ids(plain.tokenizer, ORDERS[0], LABELS)
+    for batch_size in (1, 3):
+        want = plain.score_labels_formats(ORDERS, MSGS, ids, batch_size=batch_size)
+        got = engine.score_labels_formats(ORDERS, MSGS, ids, batch_size=batch_size)
+        for w, g in zip(want, got):
+            torch.testing.assert_close(g.logits, w.logits, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(g.embeddings, w.embeddings, rtol=1e-4, atol=1e-4)
+    graphs = engine.score_graphs._graphs.values()
+    assert sorted((g.stacks, g.block) for g in graphs) == [(2, 1), (2, 2), (2, 4)]
+    assert all(g.graph is not None for g in graphs)

@@ -215,7 +215,7 @@ class TransformersEngine:
         if key not in self._stacks:  # stacked once, like each prefix
             self._stacks[key] = stack_prefixes(prefixes) if len(fmts) > 1 and all(prefixes) else None
         return score_labels_formats(self.lm, fmts, messages, label_ids, prefixes, self._stacks[key],
-                                    batch_size=batch_size, pack=self.pack)
+                                    batch_size=batch_size, pack=self.pack, graphs=self.score_graphs)
 
     def generate(self, fmt: PromptFormat, messages: list[list[dict]], max_new_tokens: int,
                  batch_size: int = 16, progress: Any = None, temperature: float = 0.0,

@@ -270,10 +270,11 @@ def score_labels(lm: LM, fmt: PromptFormat, messages: list[list[dict]], label_id
 
 def score_labels_formats(lm: LM, fmts: list[PromptFormat], messages: list[list[dict]], label_ids: list[int],
                          prefixes: list[PrefixCache | None], stacked: PrefixCache | None, batch_size: int = 8,
-                         max_length: int | None = None, pack: bool = True) -> list[Scored]:
+                         max_length: int | None = None, pack: bool = True, graphs: Any = None) -> list[Scored]:
     """``score_labels`` of every chat under each format (a teacher's shot orders). With ``stacked``
     (``stack_prefixes`` of the formats' few-shot prefixes) they run in one forward per batch of
-    inputs: the same work in fewer, larger matrix products, packed where the model allows. Seconds
+    inputs: the same work in fewer, larger matrix products, packed where the model allows (from
+    ``graphs``, a ``score_graphs.ScoreGraphs``, where one of its buckets holds the batch). Seconds
     are shared so that their sum over the formats is each input's cost, and batch seconds so that
     theirs is its wait."""
     tok = lm.tokenizer
@@ -281,7 +282,7 @@ def score_labels_formats(lm: LM, fmts: list[PromptFormat], messages: list[list[d
                for f in fmts]
     if stacked is None or any(q != queries[0] for q in queries[1:]):
         return [score_labels(lm, f, messages, label_ids, batch_size=batch_size, prefix=p, max_length=max_length,
-                             pack=pack) for f, p in zip(fmts, prefixes)]
+                             pack=pack, graphs=graphs) for f, p in zip(fmts, prefixes)]
     K, n = len(fmts), len(messages)
     logits = torch.empty((K, n, len(label_ids)))
     embeddings: torch.Tensor | None = None
@@ -293,7 +294,7 @@ def score_labels_formats(lm: LM, fmts: list[PromptFormat], messages: list[list[d
             idx = order[start : start + step]
             t0 = time.perf_counter()
             out, emb = _batch_scores(lm, fmts[0], [queries[0][i] for _ in range(K) for i in idx], label_ids, stacked,
-                                     pack)
+                                     pack, graphs)
             dt = time.perf_counter() - t0
             logits[:, idx] = out.view(K, len(idx), -1)
             if embeddings is None:
