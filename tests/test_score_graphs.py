@@ -116,22 +116,28 @@ def _gemma3_dir(path):
 
 @pytest.mark.parametrize("kind", ["llama", "gemma3"])
 def test_stacked_shot_orders_score_from_buckets_as_without_them(tmp_path, kind):
-    """A teacher's two shot orders stacked as prefix rows: batches of 1, 3 (a bucket of 4 rows per
-    order, the last row of each block empty) and 2 give the label logits and embeddings of the
-    engine without graphs, on a Llama and on a Gemma 3 whose sliding window is shorter than the
-    prefix; every bucket holds both orders' blocks."""
+    """A teacher's two shot orders stacked as prefix rows: batches of 1, then of 3 (a bucket of 4
+    rows per order, the last row of each block empty) and 2, give the label logits and embeddings
+    of the engine without graphs, on a Llama and on a Gemma 3 whose sliding window is shorter than
+    the prefix; every bucket holds both orders' blocks."""
     path = make_model_dir(tmp_path / "m") if kind == "llama" else _gemma3_dir(tmp_path / "m")
     plain = load_engine("transformers", str(path), device="cpu")
     engine = load_engine("transformers", str(path), device="cpu")
     engine.score_graphs = ScoreGraphs(engine.lm.model)
-    ids = label_token_ids(plain.tokenizer, ORDERS[0], LABELS)
     assert plain.prefix(ORDERS[0]).length == plain.prefix(ORDERS[1]).length
+    _orders_match(plain, engine, 1e-5)
+
+
+def _orders_match(plain, engine, tol: float) -> None:
+    """``engine`` (with score graphs) scores ``ORDERS`` stacked as ``plain`` does, in batches of 1 and
+    of 3, and made one bucket per batch shape, each with a block of rows per order."""
+    ids = label_token_ids(plain.tokenizer, ORDERS[0], LABELS)
     for batch_size in (1, 3):
         want = plain.score_labels_formats(ORDERS, MSGS, ids, batch_size=batch_size)
         got = engine.score_labels_formats(ORDERS, MSGS, ids, batch_size=batch_size)
         for w, g in zip(want, got):
-            torch.testing.assert_close(g.logits, w.logits, rtol=1e-5, atol=1e-5)
-            torch.testing.assert_close(g.embeddings, w.embeddings, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(g.logits, w.logits, rtol=tol, atol=tol)
+            torch.testing.assert_close(g.embeddings, w.embeddings, rtol=tol, atol=tol)
             assert g.prompt_tokens == w.prompt_tokens
     graphs = engine.score_graphs._graphs.values()
     assert sorted((g.stacks, g.block) for g in graphs) == [(2, 1), (2, 2), (2, 4)]
@@ -144,13 +150,5 @@ def test_compiled_teacher_orders_on_a_gpu_replay_stacked_graphs(tmp_path):
     path = _gemma3_dir(tmp_path / "m")
     plain = load_engine("transformers", str(path), device="cuda", dtype="float32")
     engine = load_engine("transformers", str(path), device="cuda", dtype="float32", compile=True)
-    ids = label_token_ids(plain.tokenizer, ORDERS[0], LABELS)
-    for batch_size in (1, 3):
-        want = plain.score_labels_formats(ORDERS, MSGS, ids, batch_size=batch_size)
-        got = engine.score_labels_formats(ORDERS, MSGS, ids, batch_size=batch_size)
-        for w, g in zip(want, got):
-            torch.testing.assert_close(g.logits, w.logits, rtol=1e-4, atol=1e-4)
-            torch.testing.assert_close(g.embeddings, w.embeddings, rtol=1e-4, atol=1e-4)
-    graphs = engine.score_graphs._graphs.values()
-    assert sorted((g.stacks, g.block) for g in graphs) == [(2, 1), (2, 2), (2, 4)]
-    assert all(g.graph is not None for g in graphs)
+    _orders_match(plain, engine, 1e-4)
+    assert all(g.graph is not None for g in engine.score_graphs._graphs.values())
