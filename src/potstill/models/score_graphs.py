@@ -33,7 +33,7 @@ from potstill.models.static_decode import bucket_rows, record_graph
 
 # Query length buckets (tokens after the cached prefix); a longer query runs the packed path.
 LENGTHS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
-MAX_SLOTS = 16384  # rows x length of the largest bucket recorded (its activations sit in the pool)
+MAX_SLOTS = 16384  # rows (every prefix block) x length of the largest bucket (its activations sit in the pool)
 
 log = logging.getLogger(__name__)
 
