@@ -5,7 +5,7 @@ compiled engine scoring packed batches without them (the engine before).
     PYTHONPATH=src:. python benchmarks/score_graphs.py --texts texts.jsonl --n 32 --out score_graphs.json
     PYTHONPATH=src:. python benchmarks/score_graphs.py --tiny                 # CPU smoke run (no recording there)
     PYTHONPATH=src:. python benchmarks/score_graphs.py --tiny --break-graphs  # the gate failing
-    PYTHONPATH=src:. python benchmarks/score_graphs.py --teacher --texts texts.jsonl --n 32 --out teacher_graphs.json
+    PYTHONPATH=src:. python benchmarks/score_graphs.py --teacher --texts texts.jsonl --n 16 --out teacher_graphs.json
 
 (texts.jsonl: ``gpu_generation.bbc_texts(96)``.) A SmolLM2-135M-shaped model with random bf16
 weights (``--tiny``: a tiny random Llama in fp32 on the CPU), loaded twice and served as ``potstill
@@ -25,7 +25,8 @@ shows how far apart inputs score, i.e. what a wrong position moves.
 512 tokens under a longer prefix; ``--tiny``: a tiny Gemma 3 with an 8-token window), ``--shots``
 few-shot examples cut from the texts after them, in ``--orders`` shuffled orders whose prefixes
 are stacked as rows (``scoring.stack_prefixes``), each input scored under all of them in one
-forward and the orders' probabilities averaged, as the teacher does.
+forward and the orders' probabilities averaged, as the teacher does. (``--n 16``: 32 texts of 150
+words under three orders need 3 x 32 x 192 slots, past ``score_graphs.MAX_SLOTS``, and run packed.)
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ import torch
 
 from benchmarks.checks import finish
 from benchmarks.fused_decode import lively_model
-from benchmarks.serve_gpu import LABELS, PROB_TOL
 from benchmarks.gpu_generation import load_texts
+from benchmarks.serve_gpu import LABELS, PROB_TOL
 from benchmarks.served_turns import add_args, compare_scores, header, model_and_texts, score_results, score_turns
 
 VARIANTS = ("packed", "graphs")
