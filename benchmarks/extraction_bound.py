@@ -22,7 +22,8 @@ answers with transformers' fp32 forwards can beat it on this machine.
     HF_HUB_OFFLINE=1 PYTHONPATH=src python benchmarks/extraction_bound.py RUNX --n 40
 
 RUNX is a finished run of ``benchmarks/extraction_run.py``. Exits 1 if the timed forwards do not
-reproduce ``model.generate``'s answer (the pieces must be the same computation).
+reproduce ``model.generate``'s answer (the pieces must be the same computation); ``--break`` makes
+them answer their second choice at the first token, which that check must catch.
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ def main() -> int:
     ap.add_argument("run", type=Path)
     ap.add_argument("--n", type=int, default=40)
     ap.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".json"))
+    ap.add_argument("--break", dest="broken", action="store_true",
+                    help="the cached forwards' first answer token is their second choice (the check must fail)")
     a = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     run = a.run.resolve()
@@ -106,8 +109,8 @@ def main() -> int:
         cache = copy.deepcopy(base.past_key_values)
         logits = forward(suffix, cache).logits[0, -1]
         mine = []
-        for _ in range(n_tok):
-            t = int(logits.argmax())
+        for step_i in range(n_tok):
+            t = int(logits.topk(2).indices[1] if a.broken and step_i == 0 else logits.argmax())
             mine.append(t)
             if t in stops:
                 break
