@@ -22,6 +22,9 @@ def test_buckets_round_rows_to_powers_of_two_and_keys_to_multiples_of_eight():
     assert bucket(5, 20, 13) == (8, 35)  # 13 + 35 = 48 keys
     assert bucket(1, 513, 0) is None  # longer than LENGTHS: the packed path
     assert bucket(64, 512, 0) is None  # more slots than MAX_SLOTS
+    # Under 3 stacked shot orders every order's block counts: 3 x 16 x 193 fits, 3 x 32 x 193 does not.
+    assert bucket(16, 169, 2223, stacks=3) == (16, 193)  # 2223 + 193 = 2416 keys
+    assert bucket(32, 169, 2223, stacks=3) is None
 
 
 def _scores(engine, msgs, batch_size):
