@@ -72,7 +72,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("run", type=Path)
     ap.add_argument("--n", type=int, default=40)
-    ap.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".json"))
+    ap.add_argument("--out", type=Path, help="default: extraction_bound.json beside this script (not with --break)")
     ap.add_argument("--break", dest="broken", action="store_true",
                     help="the cached forwards' first answer token is their second choice (the check must fail)")
     a = ap.parse_args()
@@ -147,7 +147,9 @@ def main() -> int:
               "drafted_bound_speedup": mean["generate_s"] / mean["drafted_bound_s"],
               "prefill_share_of_5x_budget": mean["suffix_prefill_s"] / (mean["generate_s"] / 5),
               "rows": rows, "failures": failures}
-    a.out.write_text(json.dumps(result, indent=1) + "\n")
+    out = a.out or (None if a.broken else Path(__file__).with_suffix(".json"))
+    if out is not None:
+        out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"mean: generate {mean['generate_s'] * 1e3:.0f} ms, suffix prefill {mean['suffix_prefill_s'] * 1e3:.0f} ms "
           f"({result['prefill_share_of_5x_budget']:.0%} of the 5x budget); free drafts of {max(WIDTHS) - 1}: "
           f"{mean['drafted_bound_s'] * 1e3:.0f} ms ({result['drafted_bound_speedup']:.2f}x); one forward over prompt "
