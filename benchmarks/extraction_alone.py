@@ -34,6 +34,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -53,6 +54,11 @@ ENGINES = {
 EXACT = {"fp32-potstill", "ct2-float32"}  # same weights and arithmetic as fp32: held to 98% identical
 
 
+def held_out_chats(run: Path, n: int) -> tuple[Any, list[list[dict]]]:
+    """The task of the finished run ``run`` and its first ``n`` test chats."""
+    return get_task(load_config(run / "potstill.yaml").task), [r.messages for r in read_records(run / "test.jsonl")[:n]]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("run", type=Path)
@@ -62,8 +68,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     run = args.run.resolve()
-    task = get_task(load_config(run / "potstill.yaml").task)
-    msgs = [r.messages for r in read_records(run / "test.jsonl")[: args.n]]
+    task, msgs = held_out_chats(run, args.n)
     max_new = task.cfg.max_output_tokens
     result = json.loads(args.out.read_text()) if args.out.exists() else {}
     if args.engine == "fp32" or result.get("run") != str(run):

@@ -19,7 +19,7 @@ cost if every draft were free and right: ``suffix_prefill + n_tokens * forward(k
 The script prints the mean bound's speed-up over the baseline: no path that computes fp32's
 answers with transformers' fp32 forwards can beat it on this machine.
 
-    HF_HUB_OFFLINE=1 PYTHONPATH=src python benchmarks/extraction_bound.py RUNX --n 40
+    HF_HUB_OFFLINE=1 PYTHONPATH=src:. python benchmarks/extraction_bound.py RUNX --n 40
 
 RUNX is a finished run of ``benchmarks/extraction_run.py``. Exits 1 if the timed forwards do not
 reproduce ``model.generate``'s answer (the pieces must be the same computation); ``--break`` makes
@@ -39,12 +39,10 @@ from pathlib import Path
 
 import torch
 
-from potstill.config import load_config
+from benchmarks.extraction_alone import held_out_chats
 from potstill.engines import load_engine
 from potstill.models.prompting import encode_prompt, stop_token_ids
-from potstill.records import read_records
 from potstill.students import student_format
-from potstill.tasks import get_task
 
 WIDTHS = (1, 4, 16)  # tokens per cached forward: 1 = plain decoding, k + 1 = a verify of k drafts
 
@@ -78,8 +76,7 @@ def main() -> int:
     a = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     run = a.run.resolve()
-    task = get_task(load_config(run / "potstill.yaml").task)
-    msgs = [r.messages for r in read_records(run / "test.jsonl")[: a.n]]
+    task, msgs = held_out_chats(run, a.n)
     max_new = task.cfg.max_output_tokens
     e = load_engine(spec=str(run / "student"), device="cpu", name="transformers")
     model, tok = e.lm.model, e.tokenizer
@@ -121,13 +118,13 @@ def main() -> int:
         per_token = {}
         full = copy.deepcopy(base.past_key_values)
         forward(suffix, full)
+        copy_s = timed(lambda: copy.deepcopy(full), reps=3)  # each timed forward below starts from a copy
         for w in WIDTHS:
             span = (answer + answer)[:w] if answer else [0] * w
 
             def step(span=span):
                 c = copy.deepcopy(full)
                 forward(span, c)
-            copy_s = timed(lambda: copy.deepcopy(full), reps=3)
             per_token[w] = max(timed(step, reps=3) - copy_s, 1e-6) / w
         best_w = min(per_token, key=per_token.get)
         drafted = suffix_s + n_tok * per_token[best_w]
