@@ -25,8 +25,10 @@ shows how far apart inputs score, i.e. what a wrong position moves.
 512 tokens under a longer prefix; ``--tiny``: a tiny Gemma 3 with an 8-token window), ``--shots``
 few-shot examples cut from the texts after them, in ``--orders`` shuffled orders whose prefixes
 are stacked as rows (``scoring.stack_prefixes``), each input scored under all of them in one
-forward and the orders' probabilities averaged, as the teacher does. (``--n 16``: 32 texts of 150
-words under three orders need 3 x 32 x 192 slots, past ``score_graphs.MAX_SLOTS``, and run packed.)
+forward and the orders' probabilities averaged, as the teacher does. 32 texts of 150 words under
+three orders need 3 x 32 x 193 slots, past ``score_graphs.MAX_SLOTS``: since 2026-12-03 such a
+batch replays in parts of 16 per order (``--n 32``, ``teacher_graphs_parts.json``); before, it ran
+packed.
 """
 
 from __future__ import annotations
@@ -76,10 +78,11 @@ def break_graphs() -> None:
     score_graphs._Graph._forward = wrong
 
 
-def cosines(students: dict, msgs: list) -> float:
-    """The smallest cosine between the two variants' embeddings of each input (scored as one batch)."""
+def cosines(students: dict, msgs: list, teacher: bool) -> float:
+    """The smallest cosine between the two variants' embeddings of each input (scored as one batch;
+    ``teacher``: a teacher's first shot order)."""
     embs = [s.engine.score_labels_formats(s.fmts, msgs, s.label_ids, batch_size=len(msgs))[0].embeddings
-            if hasattr(s, "fmts") else s.engine.score_labels(s.fmt, msgs, s.label_ids, batch_size=len(msgs)).embeddings
+            if teacher else s.engine.score_labels(s.fmt, msgs, s.label_ids, batch_size=len(msgs)).embeddings
             for s in students.values()]
     return float((embs[0] * embs[1]).sum(-1).min())
 
@@ -156,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         students = {v: served(spec, device, v == "graphs") for v in VARIANTS}
         run = score_turns(students, msgs, a.rounds)
     compared, failures = compare_scores(run, "packed", "graphs", PROB_TOL)
-    cos = cosines(students, msgs)
+    cos = cosines(students, msgs, a.teacher)
     print(f"smallest embedding cosine {cos:.5f}")
     if cos < MIN_COSINE:
         failures.append(f"an embedding's cosine to the packed path's is {cos:.4f} (< {MIN_COSINE})")
@@ -168,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     out = {**header(a, device), "identities": {v: s.engine.identity for v, s in students.items()},
            **score_results(run, compared), "min_embedding_cosine": cos,
            "label_prob_spread": float((p.max(0).values - p.min(0).values).max()),
-           "graphs_recorded": len(students["graphs"].engine.score_graphs)}
+           "graphs_recorded": len(students["graphs"].engine.score_graphs),
+           "graph_buckets": sorted([g.stacks, g.block, g.length] for g in students["graphs"].engine.score_graphs._graphs.values())}
     if a.teacher:
         out.update(model="random Gemma-3-270M shape" if not a.tiny else "tiny Gemma 3", shots=a.shots,
                    orders=a.orders, prefix_tokens=prefix.length)

@@ -146,6 +146,38 @@ def _orders_match(plain, engine, tol: float) -> None:
     assert sorted((g.stacks, g.block) for g in graphs) == [(2, 1), (2, 2), (2, 4)]
 
 
+GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=GPU)])
+@pytest.mark.parametrize("stacked", [False, True], ids=["one_prefix", "two_orders"])
+def test_a_batch_past_the_slots_replays_in_parts_that_fit(tmp_path, stacked, device, monkeypatch):
+    """With room for two rows per order (``MAX_SLOTS`` cut to 48 per order: queries here pad to 16-23
+    slots), a batch of 5 replays as parts of 2, 2 and 1 (3 under 2 orders: 2 and 1), each part's
+    outputs put back in the batch's order: the label logits and embeddings of the engine without
+    graphs, and no bucket of more than two rows per order was made. On CUDA (compiled, float32)
+    the 2-row graph replays twice in one batch: its first part's outputs must be kept apart."""
+    monkeypatch.setattr(score_graphs, "MAX_SLOTS", 48 * (2 if stacked else 1))
+    path = make_model_dir(tmp_path / "m")
+    plain = load_engine("transformers", str(path), device=device, dtype="float32")
+    engine = load_engine("transformers", str(path), device=device, dtype="float32", compile=device == "cuda")
+    if device == "cpu":
+        engine.score_graphs = ScoreGraphs(engine.lm.model)  # what compile() sets on CUDA
+    tol = 1e-5 if device == "cpu" else 1e-4
+    if stacked:
+        ids = label_token_ids(plain.tokenizer, ORDERS[0], LABELS)
+        want = plain.score_labels_formats(ORDERS, MSGS, ids, batch_size=3)
+        got = engine.score_labels_formats(ORDERS, MSGS, ids, batch_size=3)
+    else:
+        want, got = [_scores(plain, MSGS, 5)], [_scores(engine, MSGS, 5)]
+    for w, g in zip(want, got):
+        torch.testing.assert_close(g.logits, w.logits, rtol=tol, atol=tol)
+        torch.testing.assert_close(g.embeddings, w.embeddings, rtol=tol, atol=tol)
+    made = sorted((g.stacks, g.block) for g in engine.score_graphs._graphs.values())
+    assert made == ([(2, 1), (2, 2)] if stacked else [(1, 1), (1, 2)])
+    assert device == "cpu" or all(g.graph is not None for g in engine.score_graphs._graphs.values())
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_compiled_teacher_orders_on_a_gpu_replay_stacked_graphs(tmp_path):
     """A compiled engine on CUDA (float32) scoring a Gemma 3's two stacked shot orders records a
@@ -155,3 +187,37 @@ def test_compiled_teacher_orders_on_a_gpu_replay_stacked_graphs(tmp_path):
     engine = load_engine("transformers", str(path), device="cuda", dtype="float32", compile=True)
     _orders_match(plain, engine, 1e-4)
     assert all(g.graph is not None for g in engine.score_graphs._graphs.values())
+
+
+@GPU
+def test_a_compiled_local_teacher_on_a_gpu_labels_in_its_default_batches_as_one_at_a_time(tmp_path):
+    """On CUDA, a compiled calibrated local teacher with two shot orders (its batches replayed from
+    score graphs) gives the label probabilities of batch 1 in its default batches of 16."""
+    import json
+
+    from potstill.config import load_config
+    from potstill.records import Record
+    from potstill.tasks import get_task
+    from potstill.teachers import get_teacher
+
+    path = make_model_dir(tmp_path / "m")
+    shots = tmp_path / "shots.jsonl"
+    shots.write_text("".join(json.dumps({"input": t, "output": lab, "label": lab}) + "\n"
+                             for t, lab in [("the match", "sports"), ("the phone", "tech"), ("a vote", "politics"),
+                                            ("a goal", "sports"), ("the laptop", "tech")]))
+    task = {"type": "classification", "labels": LABELS, "instruction": "classify the text"}
+    got = {}
+    for batch_size in (1, None):
+        cfg = load_config(overrides={"task": task, "teacher": {
+            "type": "local", "model": str(path), "prompt_format": "completion", "answer_prefix": "topic:",
+            "calibrate": True, "compile": True, "dtype": "float32", "few_shot": {"path": str(shots), "k": 5, "orders": 2},
+            **({"batch_size": batch_size} if batch_size else {})}})
+        teacher = get_teacher(cfg.teacher, get_task(cfg.task))
+        assert teacher.batch_size == (batch_size or 16)
+        out: dict[int, object] = {}
+        teacher.run([teacher.request(Record(messages=m)) for m in MSGS], lambda i, r: out.__setitem__(i, r))
+        got[batch_size] = [out[i] for i in range(len(MSGS))]
+        assert len(teacher.lm().score_graphs) > 0
+    assert [r.output for r in got[None]] == [r.output for r in got[1]]
+    for a, b in zip(got[None], got[1]):
+        assert a.label_probs == pytest.approx(b.label_probs, abs=1e-4)

@@ -141,7 +141,8 @@ class TeacherConfig(Section):
     concurrency: int = Field(8, ge=1, description="Requests in flight at once (API teachers).")
     timeout_s: float = Field(60.0, gt=0, description="Per-request timeout in seconds.")
     max_retries: int = Field(5, ge=0, description="Retries on 429/5xx/timeouts (SDK backoff with jitter).")
-    batch_size: int = Field(1, ge=1, description="Inputs per forward pass (local teacher).")
+    batch_size: int | None = Field(
+        None, ge=1, description="Inputs per forward pass (local teacher); unset: 1 on a CPU, 16 on a GPU.")
     engine: str = engine_name("the local teacher")
     dtype: DtypeName = engine_dtype("Weights and activations of the local teacher")
     quantization: QuantizationName = engine_quantization("The local teacher's weights")

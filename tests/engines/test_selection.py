@@ -407,3 +407,28 @@ def test_local_teacher_answers_a_requests_own_smaller_max_tokens(taught):
     assert all(r.stop_reason == ("length" if r.output_tokens == (2 if i % 2 else 6) else "stop")
                for i, r in enumerate(mixed))
     assert any(r.stop_reason == "length" for r in mixed[1::2])
+
+
+def test_a_local_teachers_batch_size_unset_is_1_on_a_cpu_and_16_on_a_gpu(taught, monkeypatch):
+    """``teacher.batch_size`` unset scores one input per forward where the teacher loads on a CPU and
+    16 where it loads on a GPU (here the device check is told CUDA; the weights stay on the CPU);
+    set, it is what the config says. Same labels every way."""
+    import potstill.teachers.local as local
+
+    def labels_and_batches(batch_size: int | None) -> tuple[list[str], list[int]]:
+        teacher_cfg = {"type": "local", "model": str(taught), **({"batch_size": batch_size} if batch_size else {})}
+        cfg = load_config(overrides={"task": TASK, "teacher": teacher_cfg})
+        teacher = get_teacher(cfg.teacher, get_task(cfg.task))
+        lm, sizes = teacher.lm(), []
+        score = lm.score_labels_formats
+        monkeypatch.setattr(lm, "score_labels_formats", lambda *a, **k: sizes.append(k["batch_size"]) or score(*a, **k))
+        out: dict[int, object] = {}
+        teacher.run([teacher.request(Record(messages=m)) for m in MSGS], lambda i, r: out.__setitem__(i, r))
+        return [out[i].output for i in range(len(MSGS))], set(sizes)
+
+    on_cpu = labels_and_batches(None)
+    assert on_cpu[1] == {1}
+    assert labels_and_batches(3) == (on_cpu[0], {3})
+    monkeypatch.setattr(local, "_pick_device", lambda device: torch.device("cuda"))
+    assert labels_and_batches(None) == (on_cpu[0], {16})
+

@@ -67,13 +67,37 @@ class ScoreGraphs:
 
     def run(self, queries: list[list[int]], prefix: Any, pad: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(last hidden state of each query (B, H), sum of the last hidden states over its own tokens
-        (B, H) in float32), on the device; None where no bucket holds the batch, the model does not
+        (B, H) in float32), on the device; None where no bucket holds the queries, the model does not
         pack (``packing.supported``) or recording failed (``off``). With stacked prefixes (a teacher's
         shot orders, ``prefix.rows`` > 1) the queries are prefix-major, as ``packing.layout`` takes
-        them: each prefix row's block of the bucket holds that row's queries."""
+        them: each prefix row's block of the bucket holds that row's queries. A batch with more rows
+        than ``MAX_SLOTS`` allows at its length replays in parts of the largest bucket that fits
+        (32 articles of ~170 tokens under a teacher's 3 shot orders: two parts of 16 per order)."""
         stacks = prefix.rows if prefix is not None else 1
         if self.off is not None or len(queries) % stacks:
             return None
+        P = prefix.length if prefix is not None else 0
+        n, longest = len(queries) // stacks, max(len(q) for q in queries)
+        if bucket(n, longest, P, stacks) is not None:
+            return self._replay(queries, prefix, pad)
+        most = bucket(1, longest, P, stacks)
+        if most is None:  # the queries are too long for any bucket
+            return None
+        per = 1 << ((MAX_SLOTS // (stacks * most[1])).bit_length() - 1)  # rows per part: a power of two that fits
+        lasts, totals = [], []
+        for start in range(0, n, per):
+            part = [queries[r * n + i] for r in range(stacks) for i in range(start, min(start + per, n))]
+            got = self._replay(part, prefix, pad)
+            if got is None:
+                return None
+            # The next replay writes over this one's outputs (one memory pool): keep a copy, per order.
+            lasts.append(got[0].view(stacks, -1, got[0].shape[-1]).clone())
+            totals.append(got[1].view(stacks, -1, got[1].shape[-1]).clone())
+        return torch.cat(lasts, 1).flatten(0, 1), torch.cat(totals, 1).flatten(0, 1)
+
+    def _replay(self, queries: list[list[int]], prefix: Any, pad: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``run`` for queries that one bucket holds."""
+        stacks = prefix.rows if prefix is not None else 1
         P = prefix.length if prefix is not None else 0
         shape = bucket(len(queries) // stacks, max(len(q) for q in queries), P, stacks)
         if shape is None or not packing.supported(self.model, P + shape[1]):

@@ -36,7 +36,7 @@ from potstill.errors import PotstillError
 from potstill.hashing import hash_obj
 from potstill.engines import Engine, section_engine
 from potstill.engines.recheck import rechecking, with_recheck_time
-from potstill.models.loading import resolve
+from potstill.models.loading import _pick_device, resolve
 from potstill.models.prompting import PromptFormat, label_token_ids
 from potstill.models.scoring import Scored
 from potstill.records import read_records
@@ -107,14 +107,14 @@ class LocalTeacher(Teacher):
             exact = lm.reference if rechecked else lm
             self._priors = [self._label_prior(exact, f, ids) for f in self.fmts]
         scored = (lm.fast if rechecked else lm).score_labels_formats(self.fmts, messages, ids,
-                                                                      batch_size=self.cfg.batch_size)
+                                                                      batch_size=self.batch_size)
         probs = self._answer(scored)
         if rechecked:
             near = lm.near_ties(probs.log())
             if near:
                 lm.rechecked += len(near)
                 ref = lm.reference.score_labels_formats(self.fmts, [messages[i] for i in near], ids,
-                                                        batch_size=self.cfg.batch_size)
+                                                        batch_size=self.batch_size)
                 probs[near] = self._answer(ref)
                 scored = [with_recheck_time(s, r, near) for s, r in zip(scored, ref)]
         return probs, scored
@@ -152,6 +152,21 @@ class LocalTeacher(Teacher):
             **({"recheck_margin": self.cfg.recheck_margin} if self.cfg.engine != "transformers" else {}),
         }
 
+    # Unset, teacher.batch_size is 1 on a CPU, as it always was there (the quickstart teacher's three
+    # shot orders in batches of 8 took 0.102 s per article against 0.115 s one at a time,
+    # benchmarks/engine.json), and 16 on a GPU, where one input at a time leaves it waiting on the
+    # host: a Gemma-3-270M-shaped teacher's three orders took 4.50 ms per input at batch 1 and 1.86 ms
+    # in batches of 16 on an H200 (benchmarks/teacher_graphs.json; 32 and 64, in parts of 16 per
+    # order: 1.43 and 1.38 ms, teacher_graphs_parts*.json).
+    GPU_BATCH = 16
+
+    @property
+    def batch_size(self) -> int:
+        """``teacher.batch_size``, or its default on the device the teacher loads on."""
+        if self.cfg.batch_size is not None:
+            return self.cfg.batch_size
+        return self.GPU_BATCH if _pick_device("auto").type == "cuda" else 1
+
     def lm(self) -> Engine:
         # Loaded lazily: a fully cached rerun never pays the load.
         if self._engine is None:
@@ -166,7 +181,7 @@ class LocalTeacher(Teacher):
         if not requests:
             return
         lm = self.lm()
-        bs = self.cfg.batch_size
+        bs = self.batch_size
         if self.task.labels:
             ids = label_token_ids(lm.tokenizer, self.fmt, self.task.labels)
             # Chunks of a few batches: each chunk's answers reach the ledger before the next starts.
