@@ -201,6 +201,9 @@ def test_changing_generate_n_reruns_the_pilot(project, tiny_model_b):
     cfg = yaml.safe_load((project / "potstill.yaml").read_text())
     with ChatServer(str(tiny_model_b)) as teacher:
         cfg["teacher"] = {"type": "openai", "model": "tiny", "base_url": teacher.base_url, "api_key_env": "TEACHER_KEY"}
+        # Free text: the tiny teacher's answers are none of the labels, and a pilot with no usable
+        # teacher answer stops (tests/test_pilot_failures.py).
+        cfg["task"] = {"type": "freetext", "instruction": "classify the text"}
         (project / "potstill.yaml").write_text(yaml.safe_dump(cfg))
         env = {"TEACHER_KEY": "unused-by-the-test-server"}
         first = potstill("pilot", "-c", "potstill.yaml", cwd=project, env=env)

@@ -6,9 +6,10 @@ import random
 from typing import Any
 
 from potstill.config import Config
+from potstill.errors import PotstillError
 from potstill.generate import run_generate
 from potstill.progress import say
-from potstill.records import write_json
+from potstill.records import Record, write_json
 from potstill.report import measure_student, measure_teacher, print_table
 from potstill.rundir import RunDir
 from potstill.stage import load_inputs
@@ -29,6 +30,12 @@ def pilot_body(cfg: Config, run: RunDir) -> dict[str, Any]:
     with run.ledger() as ledger:
         labelled, stats = run_generate(cfg, sample, ledger, stage="pilot")
         valid = [r for r in labelled if r.valid]
+        if not valid:
+            # Not marked done and no pilot.json: with nothing to compare against, the table would show the
+            # teacher at 100% and the student at 0%, and a fixed key would never rerun it. Failed calls are
+            # not cached, so the rerun retries them.
+            raise PotstillError(f"pilot: no usable teacher answer for any of the {len(sample)} inputs: "
+                                f"{_unusable(labelled)}; no pilot.json written, fix the teacher and rerun")
         teacher = measure_teacher(task, valid, ledger)
     lm = untrained_student_engine(cfg)
     with run.ledger() as ledger:
@@ -36,9 +43,23 @@ def pilot_body(cfg: Config, run: RunDir) -> dict[str, Any]:
                                      min(cfg.evaluate.latency_samples, 10), "untrained student", ledger, "pilot")
     models = {"untrained student": student, "teacher": teacher}
     write_json(run / "pilot.json", {"n": len(sample), "valid": len(valid), "teacher_calls": stats.calls,
-                                    "teacher_invalid": stats.invalid, "models": models})
+                                    "teacher_errors": stats.errors, "teacher_invalid": stats.invalid,
+                                    "models": models})
+    if len(valid) < len(sample):
+        say(f"pilot: {_unusable(labelled)}; the figures are over the other {len(valid)} of {len(sample)} inputs")
     print_table(f"pilot: {len(valid)} inputs, before training", models)
     gap = (teacher.get("gold_metric") or 0) - (student.get("gold_metric") or 0)
     say(f"pilot: the untrained student agrees with the teacher on {100 * (student['agreement_with_teacher'] or 0):.1f}% "
         + (f"and trails it by {100 * gap:.1f} points on gold" if teacher.get("gold_metric") is not None else ""))
     return {"agreement": student["agreement_with_teacher"], "teacher_calls": stats.calls}
+
+
+def _unusable(labelled: list[Record]) -> str:
+    """How many inputs lack a usable answer, and the first reason: as generate words it, the teacher's
+    error with its keys already redacted by the sender."""
+    reasons = [r.invalid_reason or "no output" for r in labelled if not r.valid]
+    failed = [why for why in reasons if why.startswith("teacher error")]
+    n, other = len(labelled), len(reasons) - len(failed)
+    parts = ([f"{len(failed)} of {n} teacher calls failed"] if failed else []) + (
+        [f"{other} of {n} answers invalid or not sent"] if other else [])
+    return f"{' and '.join(parts)} ({(failed or reasons)[0]})"
