@@ -3,6 +3,9 @@
 Each check reads only tokenizers, configs and the run's JSONL files (no model weights, except the
 cross-rank weight comparison under ``torchrun`` / ``accelerate launch``), so it costs seconds:
 
+* ``inputs``: ``data.inputs`` reads as ``generate`` reads it (the file exists, each line is a
+  usable record, gold labels are the task's).
+* ``teacher``: ``teacher.type`` names a teacher potstill has (a built-in or a plugin).
 * ``vocabulary``: token-level KD (``kd_signal`` logits) needs the teacher's tokenizer and LM
   head rows to be the student's; ``topk`` needs the API teacher's top-k tokens to map onto
   student ids (otherwise KD silently stops at the first token the tokenizers split differently).
@@ -78,12 +81,24 @@ class _Ctx:
         self.task = get_task(cfg.task)
         self.run = Path(cfg.run_dir)
         self._tok: Any = None
+        self._inputs: tuple[list, str | None] | None = None
 
     @property
     def student_tok(self) -> Any:
         if self._tok is None:
             self._tok = _tokenizer(self.cfg.student.model)
         return self._tok
+
+    def inputs(self) -> tuple[list, str | None]:
+        """``data.inputs`` as ``generate`` loads them, and why they cannot be (None: they can)."""
+        if self._inputs is None:
+            from potstill.stage import load_inputs
+
+            try:
+                self._inputs = load_inputs(self.cfg), None
+            except PotstillError as e:
+                self._inputs = [], str(e)
+        return self._inputs
 
     def train_records(self) -> list:
         from potstill.records import read_records
@@ -96,6 +111,25 @@ class _Ctx:
 
         return PromptFormat(kind="chat" if getattr(tok, "chat_template", None) else "completion",
                             instruction=self.task.cfg.instruction)
+
+
+def check_inputs(ctx: _Ctx) -> Check:
+    """``generate`` refuses these too, but only once a run starts; the other checks skip without them."""
+    records, problem = ctx.inputs()
+    if problem:
+        return Check("inputs", "fail", f"data.inputs: {problem}")
+    return Check("inputs", "ok", f"{len(records)} records in {ctx.cfg.data.inputs}")
+
+
+def check_teacher(ctx: _Ctx) -> Check:
+    """Only the name: a teacher's model or key is checked when it is called (a key may be set later)."""
+    from potstill.plugins import load_plugin
+
+    try:
+        load_plugin("teachers", ctx.cfg.teacher.type)
+    except PotstillError as e:
+        return Check("teacher", "fail", f"teacher.type: {e}")
+    return Check("teacher", "ok", f"teacher type '{ctx.cfg.teacher.type}' found")
 
 
 def check_vocabulary(ctx: _Ctx) -> Check:
@@ -148,7 +182,7 @@ def check_prompt(ctx: _Ctx) -> Check:
 
     served_dir = ctx.run / "student"
     served = _tokenizer(served_dir) if (served_dir / "tokenizer_config.json").exists() else ctx.student_tok
-    records = ctx.train_records() or _sample_records(ctx)
+    records = ctx.train_records() or ctx.inputs()[0][:SAMPLE]
     if not records:
         return Check("prompt", "skip", "no inputs to render")
     tok = ctx.student_tok
@@ -164,15 +198,6 @@ def check_prompt(ctx: _Ctx) -> Check:
                          f"the served student ({served_dir}) would see prompts it was not trained on: give both "
                          "the same tokenizer and chat template")
     return Check("prompt", "ok", f"{len(records)} prompts tokenise the same for training and serving")
-
-
-def _sample_records(ctx: _Ctx) -> list:
-    from potstill.records import read_records
-
-    path = Path(ctx.cfg.data.inputs)
-    if not path.exists():
-        return []
-    return read_records(path)[:SAMPLE]
 
 
 def check_labels(ctx: _Ctx) -> Check:
@@ -220,10 +245,11 @@ def projected_cost(ctx: _Ctx) -> tuple[float, int, str]:
     """(USD, inputs, how) for ``generate`` over ``data.inputs``: prompt characters / 4 tokens in, the
     longest label (classification) or ``teacher.max_tokens`` out, times ``generate.n``."""
     from potstill.teachers.api.prices import price_for, token_cost
-    from potstill.stage import load_inputs
 
     cfg = ctx.cfg
-    records = load_inputs(cfg)
+    records, problem = ctx.inputs()
+    if problem:
+        raise PotstillError(problem)
     price = price_for(cfg.teacher.model, cfg.teacher.price, cfg.generate.prices)
     if price is None:
         return 0.0, len(records), f"no price known for '{cfg.teacher.model}'"
@@ -246,8 +272,8 @@ def check_budget(ctx: _Ctx) -> Check:
     budget = ctx.cfg.generate.budget_usd
     if budget is None:
         return Check("budget", "skip", "generate.budget_usd not set")
-    if not Path(ctx.cfg.data.inputs).exists():
-        return Check("budget", "skip", f"{ctx.cfg.data.inputs} not found")
+    if ctx.inputs()[1]:
+        return Check("budget", "skip", "data.inputs cannot be read (see inputs)")
     usd, _, how = projected_cost(ctx)
     if usd > budget:
         return Check("budget", "fail", f"the teacher would cost about ${usd:.4f} ({how}), above generate.budget_usd "
@@ -260,7 +286,7 @@ def check_budget(ctx: _Ctx) -> Check:
 CHECKS: dict[str | None, list[Callable[[_Ctx], Check]]] = {
     "generate": [check_labels, check_budget],
     "train": [check_vocabulary, check_prompt, check_labels],
-    None: [check_vocabulary, check_prompt, check_labels, check_weights, check_budget],
+    None: [check_inputs, check_teacher, check_vocabulary, check_prompt, check_labels, check_weights, check_budget],
 }
 
 

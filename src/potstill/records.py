@@ -118,29 +118,88 @@ def json_problem(text: str) -> str | None:
     return f"{err.msg[0].lower()}{err.msg[1:]} at {_where(text, err.pos)}, near {near!r}"
 
 
+def _not_utf8(path: Path) -> str:
+    """Where a file that failed to decode as UTF-8 first stops being UTF-8 (line and byte)."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+        f.seek(0)
+        for lineno, raw in enumerate(f, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                # Windows tools (PowerShell's ``>``, Notepad's "Unicode") write UTF-16 with this mark.
+                hint = "; it looks like UTF-16: save it as UTF-8" if head in (b"\xff\xfe", b"\xfe\xff") else ""
+                return f"{path}:{lineno}: not UTF-8 (byte {raw[e.start]:#04x}, the line's byte {e.start + 1}){hint}"
+    return f"{path}: not UTF-8"
+
+
 def read_objects(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank line of a JSONL file; a bad line raises one
     error naming file and line."""
     path = Path(path)
     if not path.exists():
         raise PotstillError(f"{path}: file not found")
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                raise PotstillError(f"{path}:{lineno}: malformed JSON: {json_problem(line)}") from None
-            if not isinstance(obj, dict):
-                raise PotstillError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
+    if path.is_dir():
+        raise PotstillError(f"{path} is a directory, not a JSONL file")
+    try:
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError:
+                    raise PotstillError(f"{path}:{lineno}: malformed JSON: {json_problem(line)}") from None
+                if not isinstance(obj, dict):
+                    raise PotstillError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+                yield lineno, obj
+    except UnicodeDecodeError:
+        # The decoder reads ahead in blocks, so its error knows neither line nor offset in the file.
+        raise PotstillError(_not_utf8(path)) from None
+
+
+# OpenAI's chat roles: a teacher refuses (or a chat template drops) any other.
+ROLES = ("system", "developer", "user", "assistant", "tool")
+
+
+def record_problem(obj: dict[str, Any]) -> str | None:
+    """What makes an input line unusable as a prompt (None: nothing), found when it is read: a
+    teacher would be paid to answer an empty prompt, or refuse the request part-way through a run.
+
+    Only what no teacher accepts is refused: an empty conversation, a role it does not know, a
+    message without content (an assistant turn of tool calls may have none), no user text at all.
+    """
+    if "messages" not in obj and "input" in obj:
+        text = obj["input"]
+        if not isinstance(text, str):
+            return f"input: expected a string, got {type(text).__name__} ({json.dumps(text)[:40]})"
+        return "input: empty text" if not text.strip() else None
+    messages = obj.get("messages")
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        return None  # the Record model says what is wrong with its type
+    if not messages:
+        return "messages: empty list"
+    for i, m in enumerate(messages):
+        role, content = m.get("role"), m.get("content")
+        if role not in ROLES:
+            return f"messages.{i}.role: {role!r} is not one of {', '.join(ROLES)}"
+        if content is None and not (role == "assistant" and m.get("tool_calls")):
+            return f"messages.{i}: a {role} message without content"
+        if content is not None and not isinstance(content, (str, list)):
+            return f"messages.{i}.content: expected a string or a list of parts, got {type(content).__name__}"
+    if not any(m["role"] == "user" and (m["content"].strip() if isinstance(m["content"], str) else m["content"])
+               for m in messages):
+        return "messages: no user message with text"
+    return None
 
 
 def read_numbered(path: str | Path) -> list[tuple[int, Record]]:
     """(line number, record) for each record of a JSONL file, so later checks can name file:line."""
     out = []
     for lineno, obj in read_objects(path):
+        problem = record_problem(obj)
+        if problem:
+            raise PotstillError(f"{path}:{lineno}: {problem}")
         try:
             out.append((lineno, Record.model_validate(_coerce(obj))))
         except ValidationError as e:
@@ -153,13 +212,6 @@ def read_numbered(path: str | Path) -> list[tuple[int, Record]]:
 def read_records(path: str | Path) -> list[Record]:
     """Read a JSONL file of records; a bad line raises one error naming file and line."""
     return [r for _, r in read_numbered(path)]
-
-
-def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
 
 
 @contextlib.contextmanager

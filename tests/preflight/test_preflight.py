@@ -116,6 +116,26 @@ def test_projected_teacher_cost_above_budget_refuses(tiny_model, tmp_path):
     assert _status(rich, "budget")[0] == "ok"
 
 
+def test_missing_or_unreadable_inputs_refuse(tiny_model, tmp_path):
+    """Preflight used to skip the prompt check ("no inputs to render") and pass; generate then refused."""
+    cfg = _cfg(tmp_path, student={"model": str(tiny_model)})
+    status, detail = _status(cfg, "inputs")
+    assert status == "fail" and detail == f"data.inputs: {tmp_path / 'inputs.jsonl'}: file not found"
+    _write(tmp_path / "inputs.jsonl", [{"input": "the team won"}, {"messages": [{"role": "wizard", "content": "x"}]}])
+    status, detail = _status(cfg, "inputs")
+    assert status == "fail" and "inputs.jsonl:2: messages.0.role: 'wizard'" in detail
+    _inputs(tmp_path)
+    assert _status(cfg, "inputs") == ("ok", f"4 records in {tmp_path / 'inputs.jsonl'}")
+
+
+def test_unknown_teacher_type_refuses(tiny_model, tmp_path):
+    cfg = _cfg(tmp_path, student={"model": str(tiny_model)}, teacher={"type": "vllm"})
+    status, detail = _status(cfg, "teacher")
+    assert status == "fail" and detail.startswith("teacher.type: unknown teacher type 'vllm' (available: ")
+    ok = _cfg(tmp_path, student={"model": str(tiny_model)}, teacher={"type": "openai"})
+    assert _status(ok, "teacher")[0] == "ok"
+
+
 def test_cli_preflight_prints_every_check_and_exits_non_zero(tiny_model, tmp_path):
     _inputs(tmp_path, n=1000)
     cfg = {"run_dir": "run", "task": {"type": "freetext", "instruction": "summary"},
@@ -125,7 +145,8 @@ def test_cli_preflight_prints_every_check_and_exits_non_zero(tiny_model, tmp_pat
     cmd = [sys.executable, "-m", "potstill.cli", "preflight", "-c", "potstill.yaml"]
     bad = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2, bad.stderr
-    assert [ln.split()[1] for ln in bad.stdout.splitlines()] == ["vocabulary", "prompt", "labels", "weights", "budget"]
+    names = ["inputs", "teacher", "vocabulary", "prompt", "labels", "weights", "budget"]
+    assert [ln.split()[1] for ln in bad.stdout.splitlines()] == names
     assert bad.stderr.strip().splitlines()[-1] == "error: preflight: 1 check(s) failed: budget"
     good = subprocess.run([*cmd, "--generate.budget_usd", "100"], cwd=tmp_path, capture_output=True, text=True,
                           timeout=300)

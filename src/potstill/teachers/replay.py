@@ -6,12 +6,13 @@ is the answer. Nothing is paid, so the ledger rows cost zero.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from potstill.config import GenerateConfig, TeacherConfig
 from potstill.errors import PotstillError
 from potstill.hashing import hash_file, hash_obj
-from potstill.records import iter_jsonl
+from potstill.records import read_objects
 from potstill.tasks import Task
 from potstill.teachers.base import OnResult, Response, RunStats, Teacher
 
@@ -27,12 +28,15 @@ class ReplayTeacher(Teacher):
         super().__init__(cfg, task)
         if not cfg.replay_path:
             raise PotstillError("teacher.replay_path is required for a replay teacher")
+        if not Path(cfg.replay_path).is_file():
+            raise PotstillError(f"teacher.replay_path {cfg.replay_path}: "
+                                f"{'a directory' if Path(cfg.replay_path).is_dir() else 'file not found'}")
         self._answers: dict[str, str] | None = None
 
     def _load(self) -> dict[str, str]:
         if self._answers is None:
             answers = {}
-            for lineno, row in enumerate(iter_jsonl(self.cfg.replay_path), 1):
+            for lineno, row in read_objects(self.cfg.replay_path):
                 msgs = row.get("messages")
                 if not isinstance(msgs, list) or not msgs or msgs[-1].get("role") != "assistant":
                     raise PotstillError(f"{self.cfg.replay_path}:{lineno}: expected messages ending with an assistant turn")
