@@ -75,3 +75,22 @@ def test_path_fields_are_declared_and_saved_relative_to_a_directory(tmp_path):
     (tmp_path / "moved" / "run" / "c.yaml").write_text(yaml.safe_dump(data))
     moved = load_config(tmp_path / "moved" / "run" / "c.yaml")
     assert Path(moved.data.inputs) == tmp_path / "moved" / "in.jsonl" and moved.teacher.model == "org/name"
+
+
+def test_a_key_pasted_where_its_variables_name_belongs_is_refused_without_being_shown(tmp_path):
+    """``teacher.api_key_env`` / ``serve.api_key_env`` take a variable's name; a key given there is
+    refused and never repeated (nor where it is given as ``api_key:``, an OpenAI-style spelling)."""
+    key = "sk-proj-REALKEY1234567890abcdef"
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(yaml.safe_dump({"teacher": {"type": "openai", "api_key": key}}))
+    with pytest.raises(PotstillError, match=r"unknown config field 'teacher.api_key'; did you mean") as e:
+        load_config(cfg)
+    assert key not in str(e.value)
+    cfg.write_text(yaml.safe_dump({"teacher": {"type": "openai", "api_key_env": key}}))
+    for attempt in (lambda: load_config(cfg), lambda: load_config(None, {"teacher.api_key_env": key}),
+                    lambda: load_config(None, {"serve.api_key_env": key})):
+        with pytest.raises(PotstillError, match=r"api_key_env: .*must be the NAME of an environment variable") as e:
+            attempt()
+        assert key not in str(e.value) and "sk-" not in str(e.value)
+    ok = load_config(None, {"teacher.api_key_env": "MY_KEY_2", "serve.api_key_env": "", "task.labels": ["a", "b"]})
+    assert (ok.teacher.api_key_env, ok.serve.api_key_env) == ("MY_KEY_2", "")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
@@ -17,7 +19,7 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 import yaml
 
-from potstill.config import Config, flat_fields, load_config, starter_yaml
+from potstill.config import Config, flat_fields, load_config, starter_yaml, yaml_problem
 from potstill.errors import PotstillError
 from potstill.pipeline import STAGES, SYNTHESIZE, run_all
 from potstill.stage import Stage, leaf_fields
@@ -54,7 +56,7 @@ def config_command(name: str, fields: list[str], on_run: bool = False) -> Callab
             for k, v in kwargs.items():
                 if v is not None:
                     key = k.removeprefix("flag__").replace("__", ".")
-                    overrides[key] = v if k.startswith("flag__") else yaml.safe_load(v)
+                    overrides[key] = v if k.startswith("flag__") else _yaml_value(key, v)
             if on_run:
                 from potstill.serve import run_config
 
@@ -69,6 +71,14 @@ def config_command(name: str, fields: list[str], on_run: bool = False) -> Callab
         return fn
 
     return register
+
+
+def _yaml_value(key: str, text: str) -> Any:
+    """A flag's value read as YAML (the value itself is not repeated in the error: it may be a secret)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise PotstillError(f"--{key}: the value is not valid YAML: {yaml_problem(e)}") from None
 
 
 def _field_flags(key: str, ann: Any, desc: str, short: bool) -> list[inspect.Parameter]:
@@ -129,8 +139,11 @@ def preflight(cfg: Config) -> None:
 def init(path: Annotated[Path, typer.Argument(help="Where to write the config.")] = Path("potstill.yaml"),
          overwrite: Annotated[bool, typer.Option(help="Replace an existing file.")] = False) -> None:
     """Write a commented starter potstill.yaml with every field at its default."""
+    if path.is_dir():
+        raise PotstillError(f"{path} is a directory; name the config file to write")
     if path.exists() and not overwrite:
         raise PotstillError(f"{path} exists (use --overwrite to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(starter_yaml())
     typer.echo(f"wrote {path}")
 
@@ -247,7 +260,7 @@ def report(
 def review(
     run_dir: Annotated[Path, typer.Argument(help="Curated run directory (teacher.jsonl and card.json).")],
     host: Annotated[str, typer.Option(help="Address to bind (keep 127.0.0.1 unless you mean to share it).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port of the review page.")] = 8765,
+    port: Annotated[int, typer.Option(help="Port of the review page.", min=0, max=65535)] = 8765,
     sample: Annotated[int, typer.Option(min=1, help="Records in the stratified sample.")] = 60,
     seed: Annotated[int, typer.Option(help="Seed of the sample order.")] = 0,
 ) -> None:
@@ -312,12 +325,29 @@ def redistill(cfg: Config, run_dir: Annotated[Path, typer.Argument(metavar="RUN"
     rd.redistill(run_dir, cfg)
 
 
+def _os_problem(e: BaseException) -> str:
+    if isinstance(e, UnicodeDecodeError):
+        return f"a file is not UTF-8 text ({e.reason} at byte {e.start})"
+    if isinstance(e, sqlite3.DatabaseError):
+        return f"SQLite: {e}" + ("" if isinstance(e, sqlite3.OperationalError) else " (a file that is not a potstill ledger?)")
+    where = " -> ".join(str(f) for f in (getattr(e, "filename", None), getattr(e, "filename2", None)) if f)
+    return f"{e.strerror or e}: {where}" if where else str(e)
+
+
 def main() -> None:
     """Entry point: usage errors are click's (message + exit 2); PotstillError is one red line, exit 2."""
     try:
         app()
     except PotstillError as e:
         typer.secho(f"error: {e}", fg="red", err=True)
+        sys.exit(2)
+    except (OSError, UnicodeDecodeError, sqlite3.DatabaseError) as e:
+        # What a file the user named can do past the stages' own checks (a folder where a file belongs,
+        # a path under a missing folder, no permission, a file that is not text or not a SQLite
+        # database): one line too. POTSTILL_DEBUG=1 shows the traceback.
+        if os.environ.get("POTSTILL_DEBUG"):
+            raise
+        typer.secho(f"error: {_os_problem(e)}", fg="red", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         typer.secho("interrupted", err=True)

@@ -67,6 +67,13 @@ def set_dotted(data: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def yaml_problem(e: yaml.YAMLError) -> str:
+    """PyYAML's error on one line: the problem and where, without its multi-line excerpt."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Load potstill.yaml (or defaults), apply dotted overrides, validate with clear errors."""
     data: dict[str, Any] = {}
@@ -76,10 +83,14 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         source = str(path)
         if not path.exists():
             raise PotstillError(f"{path}: config file not found (write one with `potstill init`)")
+        if path.is_dir():
+            raise PotstillError(f"{path} is a directory, not a config file")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as e:
+            raise PotstillError(f"{path}: not UTF-8 text (byte {e.start})") from None
         except yaml.YAMLError as e:
-            raise PotstillError(f"{path}: invalid YAML: {e}") from None
+            raise PotstillError(f"{path}: invalid YAML: {yaml_problem(e)}") from None
         if not isinstance(data, dict):
             raise PotstillError(f"{path}: expected a mapping at the top level")
         # Relative paths in a config file are relative to the file, not to the shell's cwd.

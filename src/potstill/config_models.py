@@ -7,10 +7,12 @@ which also re-exports these names.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 @dataclass(frozen=True)
@@ -124,11 +126,23 @@ class FewShotConfig(Section):
     )
 
 
+def _env_name(value: str) -> str:
+    """An environment variable's name ('' for none). A key pasted here instead (``api_key: sk-...`` in
+    an OpenAI-style config maps to this field) is refused without being repeated in the error."""
+    if value and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        raise ValueError("must be the NAME of an environment variable (letters, digits and _), not the key "
+                         "itself; the value given is not shown")
+    return value
+
+
+EnvName = Annotated[str, AfterValidator(_env_name)]
+
+
 class TeacherConfig(Section):
     type: str = Field("local", description="Teacher plugin: openai, local, replay, or a third-party plugin's name.")
     model: Annotated[str, MODEL_REF] = Field("", description="Model id (API), hub id, local directory or .gguf file (local).")
     base_url: str | None = Field(None, description="Base URL of an OpenAI-compatible server.")
-    api_key_env: str = Field("OPENAI_API_KEY", description="Name of the environment variable holding the API key.")
+    api_key_env: EnvName = Field("OPENAI_API_KEY", description="Name of the environment variable holding the API key.")
     prompt_format: Literal["chat", "completion"] = Field(
         "chat", description="chat: instruction as system message; completion: plain text prompt for base models."
     )
@@ -430,7 +444,7 @@ class GenerateConfig(Section):
 class ServeConfig(Section):
     host: str = Field("127.0.0.1", description="Address `potstill serve` binds to.")
     port: int = Field(8000, ge=0, le=65535, description="Port `potstill serve` listens on (0: any free port).")
-    api_key_env: str = Field(
+    api_key_env: EnvName = Field(
         "POTSTILL_SERVE_KEY",
         description="Environment variable holding the Bearer key clients must send ('' serves without auth).",
     )
@@ -562,6 +576,8 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _check(self) -> "Config":
+        if Path(self.run_dir).exists() and not Path(self.run_dir).is_dir():  # found before a model loads
+            raise ValueError(f"run_dir {self.run_dir} is a file, not a run directory")
         if self.task.type == "classification" and len(self.task.labels) < 2:
             raise ValueError("task.labels needs at least two labels for a classification task")
         return self

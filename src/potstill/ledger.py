@@ -284,9 +284,15 @@ class Ledger:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._migrate()
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._migrate()
+        except sqlite3.DatabaseError as e:  # another file in its place: say so, and leave it as it is
+            self._db.close()
+            if isinstance(e, sqlite3.OperationalError):  # locked, disk full, ...: not about what the file is
+                raise
+            raise PotstillError(f"{self.path}: not a potstill ledger (SQLite: {e}); move it aside") from None
 
     def _migrate(self) -> None:
         with self._lock:

@@ -93,6 +93,12 @@ def test_stage_fails_in_one_line_and_writes_nothing_when_nothing_is_left(tmp_pat
 
     run = tmp_path / "run"
     write_jsonl(run / "teacher.jsonl", [rec("x", "weather"), rec("y", "rain")])
-    with pytest.raises(PotstillError, match="no valid training records left"):
+    with pytest.raises(PotstillError, match=r"^curate: no training records left: input=2, invalid=2; rejected: answer "
+                                            r"outside the label set \(2\)$"):
         curate_stage(Config(run_dir=str(run), task={"labels": LABELS}))
+    assert sorted(p.name for p in run.iterdir()) == ["teacher.jsonl"]
+    # Valid answers, all of them held out by the test split: the message says so.
+    write_jsonl(run / "teacher.jsonl", [rec(f"text {i}", LABELS[i % len(LABELS)]) for i in range(4)])
+    with pytest.raises(PotstillError, match=r"no training records left \(curate.val and curate.test took them all\)"):
+        curate_stage(Config(run_dir=str(run), task={"labels": LABELS}, curate={"val": 0, "test": 1000}))
     assert sorted(p.name for p in run.iterdir()) == ["teacher.jsonl"]

@@ -86,3 +86,25 @@ def test_full_student_is_copied_and_missing_student_is_a_clear_error(tiny_model,
 
     a, b = load_file(tiny_model / "model.safetensors"), load_file(tmp_path / "run" / "export" / "hf" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_out_never_replaces_a_folder_export_did_not_write(tiny_model, tmp_path):
+    """``--out`` naming a folder with someone's files in it (or a file) is refused with one line and
+    nothing in it is touched; a new folder, and one the same format wrote before, are written."""
+    cfg = Config(run_dir=str(tmp_path / "run"), task=TaskConfig(labels=LABELS))
+    shutil.copytree(tiny_model, tmp_path / "run" / "student")
+    mine = tmp_path / "project"
+    mine.mkdir()
+    (mine / "precious.txt").write_text("keep me")
+    with pytest.raises(PotstillError, match=r"holds files potstill did not write.*name a new or empty folder"):
+        export(cfg, "hf", mine)
+    assert [p.name for p in mine.iterdir()] == ["precious.txt"]
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(PotstillError, match="is a file"):
+        export(cfg, "hf", tmp_path / "a_file")
+    out = tmp_path / "exported"
+    export(cfg, "hf", out)
+    export(cfg, "hf", out)  # its own earlier export: replaced
+    assert (out / "model.safetensors").exists()
+    with pytest.raises(PotstillError, match="holds a potstill hf export"):
+        export(cfg, "openai-jsonl", out)

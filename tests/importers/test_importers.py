@@ -83,3 +83,22 @@ def test_import_errors_name_file_and_line_and_leave_nothing_behind(tmp_path):
     with pytest.raises(PotstillError, match=r"bad.jsonl:1: expected messages ending with an assistant turn"):
         jsonl(bad, [{"messages": [{"role": "user", "content": "x"}]}])
         import_traffic(bad, tmp_path / "o.jsonl", "finetune")
+
+
+def test_import_never_writes_over_its_own_source_and_names_a_missing_or_folder_input(tmp_path):
+    """``-o`` naming the traffic file (or the --requests file) is refused before anything is read, and
+    the file keeps its bytes; a folder or a missing --requests file is one line, not a traceback."""
+    src = tmp_path / "traffic.jsonl"
+    line = json.dumps({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}) + "\n"
+    src.write_text(line)
+    for out in (src, tmp_path / "." / "traffic.jsonl"):
+        with pytest.raises(PotstillError, match=r"is the file being imported; name another file"):
+            import_traffic(src, out)
+    assert src.read_text() == line
+    with pytest.raises(PotstillError, match=r"is the file being imported"):
+        import_traffic(src, tmp_path / "reqs.jsonl", requests=tmp_path / "reqs.jsonl")
+    with pytest.raises(PotstillError, match=r"is a directory, not a traffic file"):
+        import_traffic(tmp_path, tmp_path / "o.jsonl")
+    with pytest.raises(PotstillError, match=r"--requests .*nope.jsonl: not found; expected a Batch API input JSONL"):
+        import_traffic(src, tmp_path / "o.jsonl", requests=tmp_path / "nope.jsonl")
+    assert not (tmp_path / "o.jsonl").exists()

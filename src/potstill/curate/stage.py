@@ -26,8 +26,12 @@ def curate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
     real = read_records(cfg.curate.real_data) if cfg.curate.real_data else None
     decisions = load_decisions(run / "review.sqlite") if cfg.curate.review else {}
     c = curate(cfg, read_records(run / "teacher.jsonl"), decisions, real)
-    if not c.train:
-        raise PotstillError("curate: no valid training records left (see the reasons in card.json)")
+    if not c.train:  # nothing is written: the counts and the commonest reasons say where the records went
+        counts = ", ".join(f"{k}={v}" for k, v in c.card["counts"].items() if v)
+        reasons = sorted(c.card["rejected_reasons"].items(), key=lambda kv: -kv[1])[:3]
+        why = f"; rejected: {', '.join(f'{r} ({n})' for r, n in reasons)}" if reasons else ""
+        held = " (curate.val and curate.test took them all)" if not reasons and (c.val or c.test) else ""
+        raise PotstillError(f"curate: no training records left{held}: {counts}{why}")
     if (run / "synthesize.json").exists():  # inputs written by `potstill synthesize`: say how many, and what was refused
         syn = json.loads((run / "synthesize.json").read_text())
         c.card["synthesis"] = {**{k: syn[k] for k in ("teacher", "seeds", "written", "rejected", "rejected_by_reason")},

@@ -35,14 +35,37 @@ def _load_builtins() -> None:
     import potstill.export.openai_jsonl  # noqa: F401
 
 
+MARK = ".potstill-export"  # in every folder export wrote: its format, so a later export may replace it
+
+
 def export(cfg: Config, fmt: str, out_dir: str | Path | None = None) -> list[Path]:
-    """Write ``fmt`` for the run in ``cfg.run_dir`` under ``out_dir`` (default: ``RUN/export/FMT``)."""
+    """Write ``fmt`` for the run in ``cfg.run_dir`` under ``out_dir`` (default: ``RUN/export/FMT``).
+
+    The weights formats replace their folder whole, so a given ``out_dir`` must be new, empty, or
+    one this format wrote before (``MARK``): ``--out .`` must never delete a project."""
     _load_builtins()
     if fmt not in FORMATS:
         raise PotstillError(f"unknown export format {fmt!r}; available: {', '.join(sorted(FORMATS))}")
     run = Path(cfg.run_dir)
     out = Path(out_dir) if out_dir is not None else run / "export" / fmt
-    return FORMATS[fmt](cfg, run, out)
+    if out_dir is not None:
+        _check_out(out, fmt)
+    written = FORMATS[fmt](cfg, run, out)
+    (out / MARK).write_text(fmt + "\n")
+    return written
+
+
+def _check_out(out: Path, fmt: str) -> None:
+    if out.exists() and not out.is_dir():
+        raise PotstillError(f"--out {out} is a file; name a folder for the {fmt} export")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    mark = out / MARK
+    made = mark.read_text().strip() if mark.is_file() else None
+    if made != fmt:
+        what = f"a potstill {made} export" if made else "files potstill did not write"
+        raise PotstillError(f"--out {out} holds {what}; the {fmt} export writes a folder of its own: "
+                            f"name a new or empty folder")
 
 
 __all__ = ["FORMATS", "export", "register"]

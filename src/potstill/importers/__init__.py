@@ -132,8 +132,11 @@ def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: dict[str, An
 
 
 def _read_requests(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise PotstillError(f"--requests {path}: {'a directory, not' if path.is_dir() else 'not found; expected'} "
+                            f"a Batch API input JSONL")
     out: dict[str, Any] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
         if line.strip():
             try:
                 obj = json.loads(line)
@@ -163,13 +166,18 @@ def import_traffic(path: str | Path, out: str | Path, fmt: str = "auto", request
     path, out = Path(path), Path(out)
     if fmt not in FORMATS:
         raise PotstillError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
+    for given in (path, requests):
+        if given is not None and out.resolve() == Path(given).resolve():
+            raise PotstillError(f"--out {out} is the file being imported; name another file (it would be replaced)")
     if fmt == "served" or (fmt == "auto" and path.suffix in (".sqlite", ".db")):
         records = import_served(path)
     else:
         if not path.exists():
             raise PotstillError(f"{path}: file not found")
+        if path.is_dir():
+            raise PotstillError(f"{path} is a directory, not a traffic file")
         reqs = _read_requests(Path(requests)) if requests else {}
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8", errors="replace") as f:  # read_objects names a line that is not UTF-8
             total = sum(1 for line in f if line.strip())
         records = []
         with bar(f"import {path.name}", total) as advance:

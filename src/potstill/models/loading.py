@@ -93,7 +93,14 @@ def _pick_device(device: str) -> torch.device:
         if not torch.cuda.is_available():
             return torch.device("cpu")
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise PotstillError(f"device {device!r}: not a device torch knows (auto, cpu, cuda, cuda:N, mps)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        why = "this torch is built for the CPU only" if torch.version.cuda is None else "torch sees no CUDA GPU"
+        raise PotstillError(f"device {device!r}: {why} (use device auto or cpu)")
+    return dev
 
 
 DTYPES = get_args(DtypeName)
@@ -225,6 +232,9 @@ def _gguf_to_dir(path: Path) -> Path:
     if (target / "config.json").exists():
         return target
     _quiet_transformers()
+    with open(path, "rb") as f:  # a truncated download or another format: one line, not the reader's traceback
+        if f.read(4) != b"GGUF":
+            raise PotstillError(f"{path}: not a GGUF file (it does not start with GGUF's magic bytes)")
     log.info("converting %s once (cached at %s)", path.name, target)
     with _fast_gguf_reader():
         tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
@@ -248,6 +258,8 @@ def resolve(spec: str) -> tuple[str, Path | str]:
             raise PotstillError(f"{spec}: GGUF file not found")
         return spec, _gguf_to_dir(p)
     if p.exists():
+        if not p.is_dir():
+            raise PotstillError(f"{spec}: a file, not a model: name a model directory, a .gguf file or a hub id")
         if not (p / "config.json").exists() and not (p / "adapter_config.json").exists():
             raise PotstillError(f"{spec}: directory has no config.json or adapter_config.json")
         return spec, p

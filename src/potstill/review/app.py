@@ -103,11 +103,11 @@ def create_app(run_dir: str | Path, sample: int = 60, seed: int = 0) -> FastAPI:
 
 
 def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8765, sample: int = 60, seed: int = 0) -> None:
-    import uvicorn
-
+    from potstill import listen
     from potstill.progress import say
 
     app = create_app(run_dir, sample, seed)
-    say(f"review: http://{host}:{port}/  (a accept, r reject, 1-9 relabel, arrows move; Ctrl+C to stop, "
-        "then `potstill curate` applies the decisions)")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    sock = listen.bind(host, port)
+    say(f"review: http://{host}:{listen.url_port(sock)}/  (a accept, r reject, 1-9 relabel, arrows move; Ctrl+C to "
+        "stop, then `potstill curate` applies the decisions)")
+    listen.run(app, sock)

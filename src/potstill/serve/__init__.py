@@ -37,16 +37,20 @@ def serve_key(cfg: Config) -> str | None:
 
 
 def serve(run_dir: Path, cfg: Config, recalibrate: bool = False) -> None:
-    import uvicorn
-
+    from potstill import listen
     from potstill.serve.app import build_app
     from potstill.serve.service import load_service
 
     key = serve_key(cfg)
-    service = load_service(Path(run_dir), cfg, recalibrate=recalibrate)
+    sock = listen.bind(cfg.serve.host, cfg.serve.port)  # before the student loads: a taken port fails at once
+    try:
+        service = load_service(Path(run_dir), cfg, recalibrate=recalibrate)
+    except BaseException:
+        sock.close()
+        raise
     if key is None:
         say("serve: no API key configured: anyone who can reach the port can call it")
-    say(f"serve: http://{cfg.serve.host}:{cfg.serve.port}/v1 (student {service.student_name}, "
+    say(f"serve: http://{cfg.serve.host}:{listen.url_port(sock)}/v1 (student {service.student_name}, "
         f"teacher {service.teacher_name}); every request is logged to {service.ledger.path}")
     poll = cfg.redistill.reload_poll_s
     if poll > 0:
@@ -54,7 +58,7 @@ def serve(run_dir: Path, cfg: Config, recalibrate: bool = False) -> None:
             "(or at once with POST /admin/reload)")
     service.watch(poll)
     try:
-        uvicorn.run(build_app(service, key), host=cfg.serve.host, port=cfg.serve.port, log_level="warning")
+        listen.run(build_app(service, key), sock)
     finally:
         service.close()
 

@@ -9,7 +9,7 @@ from potstill.config import Config
 from potstill.errors import PotstillError
 from potstill.models.loading import load_lm
 from potstill.progress import say
-from potstill.records import read_records, write_json
+from potstill.records import read_numbered, write_json
 from potstill.rundir import RunDir
 from potstill.students import student_format
 from potstill.tasks import get_task
@@ -30,8 +30,8 @@ def train_body(cfg: Config, run: RunDir) -> dict[str, Any]:
 
     require(cfg, "train")
     task = get_task(cfg.task)
-    records = read_records(run / "train.jsonl")
-    val = read_records(run / "val.jsonl") if (run / "val.jsonl").exists() else []
+    records = trainable(task, run / "train.jsonl")
+    val = trainable(task, run / "val.jsonl") if (run / "val.jsonl").exists() else []
     with load_on_every_rank():
         lm = load_lm(cfg.student.model, device=cfg.train.device, num_layers=cfg.student.num_layers)
     summary = train(lm, student_format(lm, task), task, records, val, cfg.train, cfg.student.max_length,
@@ -51,6 +51,19 @@ def train_body(cfg: Config, run: RunDir) -> dict[str, Any]:
     say(f"train: {summary['steps']} steps over {summary['examples']} examples, {summary['tokens']} tokens, "
         f"{summary['train_s']:.1f} s, final loss {summary['final_loss']:.4f}, val loss {summary['val_loss']}")
     return summary
+
+
+def trainable(task: Any, path: Any) -> list:
+    """The records of a split, each with a valid answer; one without (curate writes none: a hand edit)
+    is one error naming file and line, before a model loads."""
+    out = []
+    for lineno, r in read_numbered(path):
+        why = "no output" if r.output is None else task.validate(task.parse(r.output))
+        if why:
+            raise PotstillError(f"{path}:{lineno}: {why}; a split holds only answers to train on (`potstill curate` "
+                                "writes them)")
+        out.append(r)
+    return out
 
 
 def calibrate_int8(cfg: Config, student: Any, lm: Any, task: Any, records: list) -> dict[str, Any] | None:

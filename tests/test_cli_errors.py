@@ -1,0 +1,150 @@
+"""Mistakes an engineer makes at the command line end in one line on stderr and exit 2, never a
+traceback (``potstill.cli.main``): files that are folders, not UTF-8, not YAML or not a ledger; a
+flag whose value is not YAML; a port already taken. The value of a flag is never repeated (it may
+be a key)."""
+
+from __future__ import annotations
+
+import socket
+import sys
+
+import pytest
+
+from potstill.cli import main
+from potstill.ledger import Ledger
+
+CONFIG = "task:\n  labels: [a, b]\ndata:\n  inputs: in.jsonl\nteacher:\n  type: openai\n  model: x\n"
+
+
+def _cli(monkeypatch, capsys, *args: str) -> tuple[int, list[str]]:
+    monkeypatch.setattr(sys, "argv", ["potstill", *args])
+    with pytest.raises(SystemExit) as e:
+        main()
+    return e.value.code, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.yaml").write_text(CONFIG)
+    (tmp_path / "in.jsonl").write_text('{"input": "the match"}\n')
+    return tmp_path
+
+
+def test_config_files_that_are_folders_not_utf8_or_not_yaml(work, monkeypatch, capsys):
+    (work / "bin.yaml").write_bytes(b"\xff\xfe\x00task: 1\n")
+    (work / "broken.yaml").write_text("task:\n  labels: [a, b\n")
+    for config, line in ((str(work), f"error: {work} is a directory, not a config file"),
+                         ("bin.yaml", "error: bin.yaml: not UTF-8 text (byte 0)"),
+                         ("broken.yaml", "error: broken.yaml: invalid YAML: expected ',' or ']', but got '<stream "
+                                         "end>' (line 3, column 1)")):
+        assert _cli(monkeypatch, capsys, "preflight", "-c", config) == (2, [line])
+
+
+def test_a_flag_value_that_is_not_yaml_is_one_line_without_the_value(work, monkeypatch, capsys):
+    code, err = _cli(monkeypatch, capsys, "preflight", "-c", "c.yaml", "--task.labels", "[sk-secret-1")
+    assert (code, err) == (2, ["error: --task.labels: the value is not valid YAML: expected ',' or ']', but got "
+                               "'<stream end>' (line 1, column 13)"])
+
+
+def test_a_run_dir_that_is_a_file_and_a_ledger_that_is_not_sqlite(work, monkeypatch, capsys):
+    (work / "afile").write_text("mine")
+    code, err = _cli(monkeypatch, capsys, "generate", "-c", "c.yaml", "--run_dir", "afile")
+    assert (code, err) == (2, ["error: c.yaml: config: Value error, run_dir afile is a file, not a run "
+                               "directory"])
+    assert (work / "afile").read_text() == "mine"
+    (work / "run").mkdir()
+    (work / "run" / "calls.sqlite").write_text("notadb")
+    with pytest.raises(Exception, match=r"calls.sqlite: not a potstill ledger \(SQLite: file is not a database\)"):
+        Ledger(work / "run" / "calls.sqlite")
+    code, err = _cli(monkeypatch, capsys, "cost", "run")
+    assert (code, err) == (2, ["error: run/calls.sqlite: not a potstill ledger (SQLite: file is not a database); "
+                               "move it aside"])
+    assert (work / "run" / "calls.sqlite").read_text() == "notadb"
+
+
+def test_init_makes_the_folders_it_needs_and_refuses_a_folder(work, monkeypatch, capsys):
+    assert _cli(monkeypatch, capsys, "init", "sub/dir/p.yaml")[0] == 0
+    assert (work / "sub" / "dir" / "p.yaml").read_text().startswith("#")
+    assert _cli(monkeypatch, capsys, "init", "sub") == (2, ["error: sub is a directory; name the config file to write"])
+
+
+def test_a_taken_port_is_one_line_before_anything_is_announced(tmp_path, monkeypatch, capsys):
+    """``review`` (``serve`` binds the same way, ``potstill.listen``) on a port another socket holds."""
+    from potstill.listen import bind
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        with pytest.raises(Exception, match=f"cannot listen on 127.0.0.1:{port}: Address already in use"):
+            bind("127.0.0.1", port)
+        with pytest.raises(Exception, match="cannot listen on 999.1.1.1:80: "):
+            bind("999.1.1.1", 80)
+    finally:
+        taken.close()
+
+
+def test_a_hand_edited_split_without_a_valid_answer_is_named_before_training(work, tiny_model, monkeypatch, capsys):
+    """train.jsonl with a line that has no output (or a label outside the set) is file:line and exit 2,
+    where training used to stop on an AssertionError; the earlier student stays."""
+    run = work / "run"
+    run.mkdir()
+    (run / "student").mkdir()
+    (run / "student" / "keep").write_text("earlier student")
+    (work / "c.yaml").write_text(CONFIG.replace("type: openai", "type: replay") + f"run_dir: run\nstudent:\n"
+                                                                                 f"  model: {tiny_model}\n")
+    for line, why in (('{"input": "x y"}', "no output"), ('{"input": "x y", "output": "c"}', "answer outside the label set")):
+        (run / "train.jsonl").write_text('{"input": "the match", "output": "a"}\n' + line + "\n")
+        code, err = _cli(monkeypatch, capsys, "train", "-c", "c.yaml")
+        assert (code, err) == (2, [f"error: run/train.jsonl:2: {why}; a split holds only answers to train on "
+                                   "(`potstill curate` writes them)"])
+    assert (run / "student" / "keep").read_text() == "earlier student"
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks a machine without a CUDA GPU")
+def test_a_device_torch_cannot_use_is_one_line(work, tiny_model, monkeypatch, capsys):
+    """``train.device: cuda`` where torch has no GPU, or a device torch does not know: one line,
+    where loading the student used to end in torch's AssertionError or RuntimeError."""
+    (work / "run").mkdir()
+    (work / "run" / "train.jsonl").write_text('{"input": "the match", "output": "a"}\n')
+    (work / "c.yaml").write_text(CONFIG.replace("type: openai", "type: replay") + f"run_dir: run\nstudent:\n"
+                                                                                 f"  model: {tiny_model}\n")
+    import torch
+
+    cpu_only = "this torch is built for the CPU only" if torch.version.cuda is None else "torch sees no CUDA GPU"
+    for device, line in (("cuda", f"error: device 'cuda': {cpu_only} (use device auto or cpu)"),
+                         ("tpu", "error: device 'tpu': not a device torch knows (auto, cpu, cuda, cuda:N, mps)")):
+        assert _cli(monkeypatch, capsys, "train", "-c", "c.yaml", "--train.device", device) == (2, [line])
+    assert not (work / "run" / "student").exists()
+
+
+def test_a_model_that_is_a_stray_file_or_not_gguf_is_named(tmp_path):
+    from potstill.errors import PotstillError
+    from potstill.models.loading import resolve
+
+    (tmp_path / "inputs.jsonl").write_text("{}\n")
+    (tmp_path / "x.gguf").write_text("junk")
+    with pytest.raises(PotstillError, match=r"inputs.jsonl: a file, not a model: name a model directory"):
+        resolve(str(tmp_path / "inputs.jsonl"))
+    with pytest.raises(PotstillError, match=r"x.gguf: not a GGUF file \(it does not start with GGUF's magic bytes\)"):
+        resolve(str(tmp_path / "x.gguf"))
+
+
+def test_a_replay_teachers_file_missing_or_malformed_is_named(tmp_path):
+    from potstill.config import load_config
+    from potstill.errors import PotstillError
+    from potstill.tasks import get_task
+    from potstill.teachers import get_teacher
+
+    def teacher(path):
+        cfg = load_config(None, {"task.labels": ["a", "b"], "teacher.type": "replay", "teacher.replay_path": str(path)})
+        return get_teacher(cfg.teacher, get_task(cfg.task))
+
+    with pytest.raises(PotstillError, match=r"teacher.replay_path .*nope.jsonl: file not found"):
+        teacher(tmp_path / "nope.jsonl")
+    logs = tmp_path / "logs.jsonl"
+    logs.write_text('{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "a"}]}\n\n{oops\n')
+    with pytest.raises(PotstillError, match=r"logs.jsonl:3: malformed JSON"):
+        teacher(logs)._load()
