@@ -148,3 +148,10 @@ def test_a_replay_teachers_file_missing_or_malformed_is_named(tmp_path):
     logs.write_text('{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "a"}]}\n\n{oops\n')
     with pytest.raises(PotstillError, match=r"logs.jsonl:3: malformed JSON"):
         teacher(logs)._load()
+
+
+def test_a_generate_whose_teacher_cannot_be_made_leaves_no_ledger(work, tiny_model, monkeypatch, capsys):
+    (work / "c.yaml").write_text(CONFIG + f"student:\n  model: {tiny_model}\n")
+    code, err = _cli(monkeypatch, capsys, "generate", "-c", "c.yaml", "--run_dir", "run", "--teacher.type", "vllm")
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: unknown teacher type 'vllm'")
+    assert not (work / "run" / "calls.sqlite").exists()

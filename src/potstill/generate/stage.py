@@ -12,6 +12,8 @@ from potstill.progress import say
 from potstill.records import write_jsonl
 from potstill.rundir import RunDir
 from potstill.stage import load_inputs
+from potstill.tasks import get_task
+from potstill.teachers import get_teacher
 
 
 def generate_stage(cfg: Config, force: bool = False) -> dict[str, Any]:
@@ -22,6 +24,9 @@ def generate_stage(cfg: Config, force: bool = False) -> dict[str, Any]:
 
 def generate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
     records = load_inputs(cfg)
+    # A teacher that cannot be made (an unknown type, a key not set) stops before the ledger is
+    # created: a run that never called anyone leaves no empty calls.sqlite (run_generate makes its own).
+    get_teacher(cfg.teacher, get_task(cfg.task))
     with run.ledger() as ledger:
         labelled, stats = run_generate(cfg, records, ledger, stage="generate")
     # Only answered records (committed to the ledger) reach the output; unsent ones wait for a rerun.
