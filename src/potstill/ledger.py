@@ -184,7 +184,8 @@ def user_messages(request: dict[str, Any]) -> list[dict[str, str]]:
     """The chat as the server routed it: system/developer messages dropped (the run's instruction
     replaces them), content parts joined into text (as ``serve.schemas.Message.text`` does)."""
     out = []
-    for m in request.get("messages") or []:
+    messages = request.get("messages")
+    for m in messages if isinstance(messages, list) else []:  # a rejected request may hold anything here
         if not isinstance(m, dict) or m.get("role") in ("system", "developer"):
             continue
         c = m.get("content")

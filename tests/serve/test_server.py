@@ -365,3 +365,60 @@ def test_max_tokens_leaves_a_label_whole(served, force, who):
         assert c.choices[0].message.content in LABELS and c.choices[0].finish_reason == "stop"
     else:  # the (tiny, untrained) teacher was asked with its own max_tokens, 4, not the client's 1
         assert c.usage.completion_tokens > 1
+
+
+def _raw(live, body: bytes) -> httpx.Response:
+    return httpx.post(live.url + "/v1/chat/completions", content=body, timeout=30,
+                      headers={"Authorization": f"Bearer {SERVE_KEY}", "Content-Type": "application/json"})
+
+
+def test_requests_that_once_got_a_500_are_400s_and_logged(served):
+    """Found by an audit: a lone UTF-16 surrogate escape in the content (the tokenizer raised, and the
+    error's ledger row could not be stored: a bare-text 500), ``messages`` as a number (logging it
+    raised) and JSON nested deeper than Python parses (logging re-parsed it): each a 400 with an
+    OpenAI-style body, and a ledger row each."""
+    service, live = served
+    before = len(rows(service))
+    bodies = [b'{"model": "potstill", "messages": [{"role": "user", "content": "the \\ud800 team"}]}',
+              b'{"model": "potstill", "messages": [{"role": "user", "content": [{"type": "text", "text": "\\udfff"}]}]}',
+              b'{"model": "potstill", "messages": 5}',
+              b'{"model": "potstill", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}"]
+    for body in bodies:
+        r = _raw(live, body)
+        assert r.status_code == 400, (body[:80], r.status_code, r.text[:200])
+        assert set(r.json()["error"]) >= {"message", "type", "param"}
+    assert "surrogate" in _raw(live, bodies[0]).json()["error"]["message"]
+    new = rows(service)[before:]
+    assert [r["error"][:3] for r in new] == ["400"] * (len(bodies) + 1)
+
+
+def test_one_request_that_fails_its_batch_does_not_fail_the_others(served, monkeypatch):
+    """The batcher answers a failed batch's requests again one by one: only the one whose own forward
+    fails gets the error (before, all 16 requests batched with it got a 500)."""
+    from potstill.serve.engine import Batcher
+
+    service, _ = served
+    engine = service.engine
+    real = engine.answer
+
+    def answer(messages):
+        if any("poison" in m[-1]["content"] for m in messages):
+            raise TypeError("this input breaks the tokenizer")
+        return real(messages)
+
+    monkeypatch.setattr(engine, "answer", answer)
+    batcher = Batcher(engine, batch_size=8, wait_ms=200)
+    try:
+        msgs = [[{"role": "user", "content": f"the team won match {i}"}] for i in range(5)]
+        msgs.insert(2, [{"role": "user", "content": "poison"}])
+        futs = [batcher.submit(m) for m in msgs]
+        outcomes = []
+        for f in futs:
+            try:
+                f.result(timeout=60)
+                outcomes.append("ok")
+            except TypeError:
+                outcomes.append("failed")
+    finally:
+        batcher.close()
+    assert outcomes == ["ok", "ok", "failed", "ok", "ok", "ok"]

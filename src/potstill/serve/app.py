@@ -114,9 +114,22 @@ def _logged_request(raw: bytes | None) -> dict[str, Any]:
         return {}
     try:
         obj = json.loads(raw)
-        return obj if isinstance(obj, dict) else {"body": obj}
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than Python parses
         return {"unparsed_body": raw[:2000].decode("utf-8", "replace")}
+    if b"\\ud" in raw.lower():  # a lone surrogate escape (the request is refused) cannot be stored as text
+        obj = _storable(obj)
+    return obj if isinstance(obj, dict) else {"body": obj}
+
+
+def _storable(x: Any) -> Any:
+    """``x`` with each lone UTF-16 surrogate in its strings replaced by '?'."""
+    if isinstance(x, str):
+        return x.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(x, list):
+        return [_storable(v) for v in x]
+    if isinstance(x, dict):
+        return {_storable(k): _storable(v) for k, v in x.items()}
+    return x
 
 
 def build_app(service: Service, api_key: str | None) -> FastAPI:

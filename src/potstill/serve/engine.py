@@ -214,10 +214,19 @@ class Batcher:
                 answers = self.engine.answer([m for m, _ in batch])
                 for (_, fut), a in zip(batch, answers):
                     fut.set_result(a)
-            except Exception as e:  # noqa: BLE001 - each waiting request gets the failure, the loop lives on
-                for _, fut in batch:
-                    if not fut.done():
+            except Exception as e:  # noqa: BLE001 - the loop lives on
+                # One request's failure must not fail the others batched with it (a client could fail
+                # everyone's requests with one bad one): each is answered again alone.
+                for m, fut in batch:
+                    if fut.done():
+                        continue
+                    if len(batch) == 1:
                         fut.set_exception(e)
+                        continue
+                    try:
+                        fut.set_result(self.engine.answer([m])[0])
+                    except Exception as alone:  # noqa: BLE001 - this request's own failure
+                        fut.set_exception(alone)
 
 
 def embed_all(engine: ServedStudent, messages: list[list[dict]], batch_size: int, desc: str) -> torch.Tensor:

@@ -12,16 +12,36 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
+def _utf8(text: str) -> str:
+    """JSON may escape half of a UTF-16 pair (``"\\ud800"``), which is no character: the tokenizer
+    cannot encode it (it failed the whole batch with a 500) and the ledger cannot store it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text holds a lone UTF-16 surrogate (an escape \\ud800-\\udfff without its pair)") from None
+    return text
+
+
 class TextPart(BaseModel):
     model_config = ConfigDict(extra="allow")
     type: Literal["text"]
     text: str
+
+    @field_validator("text")
+    @classmethod
+    def _text(cls, v: str) -> str:
+        return _utf8(v)
 
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _content(cls, v: str | list[TextPart] | None) -> str | list[TextPart] | None:
+        return _utf8(v) if isinstance(v, str) else v
 
     def text(self) -> str:
         if isinstance(self.content, list):
