@@ -422,3 +422,13 @@ def test_one_request_that_fails_its_batch_does_not_fail_the_others(served, monke
     finally:
         batcher.close()
     assert outcomes == ["ok", "ok", "failed", "ok", "ok", "ok"]
+
+
+def test_a_chat_request_by_another_method_is_a_405_and_logged(served):
+    service, live = served
+    before = len(rows(service))
+    for method in ("GET", "PUT", "DELETE"):
+        r = httpx.request(method, live.url + "/v1/chat/completions", timeout=10,
+                          headers={"Authorization": f"Bearer {SERVE_KEY}"})
+        assert r.status_code == 405 and set(r.json()["error"]) >= {"message", "type"}
+    assert [r["error"][:3] for r in rows(service)[before:]] == ["405"] * 3

@@ -164,14 +164,14 @@ def _add_error_handlers(app: FastAPI, service: Service, requests: Counter):
         requests.labels("none", "rejected" if status < 500 else "failed", str(status)).inc()
 
     async def reject(scope: dict, send: Any, status: int, message: str, param: str | None) -> None:
-        if scope["path"] == CHAT and scope["method"] == "POST":
-            await asyncio.to_thread(log_error, scope["state"], status, message)
+        if scope["path"].rstrip("/") == CHAT:  # a chat request by any method is a served request: logged
+            await asyncio.to_thread(log_error, scope.setdefault("state", {}), status, message)
         resp = JSONResponse(error_body(status, message, param), status_code=status)
         await resp(scope, _drain_receive, send)
 
     async def on_error(request: Request, status: int, message: str, param: str | None = None,
                        role: str = "student", model: str | None = None, code: str | None = None) -> JSONResponse:
-        if request.url.path == CHAT and request.method == "POST":
+        if request.url.path.rstrip("/") == CHAT:
             await asyncio.to_thread(log_error, request.scope.setdefault("state", {}), status, message, role, model)
         return JSONResponse(error_body(status, message, param, code), status_code=status)
 
