@@ -432,3 +432,16 @@ def test_a_chat_request_by_another_method_is_a_405_and_logged(served):
                           headers={"Authorization": f"Bearer {SERVE_KEY}"})
         assert r.status_code == 405 and set(r.json()["error"]) >= {"message", "type"}
     assert [r["error"][:3] for r in rows(service)[before:]] == ["405"] * 3
+
+
+def test_values_of_another_type_are_400s_not_coerced(served):
+    """``stream: "yes"`` once streamed and ``max_tokens: "10"`` became 10 (pydantic's lax mode);
+    OpenAI's API refuses both."""
+    service, live = served
+    for field, value in (("stream", "yes"), ("stream", 1), ("max_tokens", "10"), ("max_tokens", True), ("n", "1")):
+        body = {"model": "potstill", "messages": [{"role": "user", "content": "the match"}], field: value}
+        r = _raw(live, json.dumps(body).encode())
+        assert r.status_code == 400 and r.json()["error"]["param"] == field, (field, value, r.text[:200])
+    ok = {"model": "potstill", "messages": [{"role": "user", "content": "the match"}], "max_tokens": 10,
+          "stream": False, "temperature": 1}
+    assert _raw(live, json.dumps(ok).encode()).status_code == 200

@@ -59,13 +59,14 @@ class ChatRequest(BaseModel):
     model: str = Field(..., description="A name GET /v1/models lists (the student's, an alias, the teacher's); "
                        "whichever it is, the router picks the student or the teacher.")
     messages: list[Message] = Field(..., min_length=1)
-    stream: bool | None = False
+    # strict: a JSON value of another type is a 400 as on OpenAI's API, not coerced ("yes" streamed)
+    stream: bool | None = Field(False, strict=True)
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, strict=True)
+    max_completion_tokens: int | None = Field(None, ge=1, strict=True)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
-    n: int | None = Field(None, ge=1, le=1, description="Only one choice per request is served.")
+    n: int | None = Field(None, ge=1, le=1, strict=True, description="Only one choice per request is served.")
     stop: str | list[str] | None = Field(None, description="Up to 4 strings; the answer ends before the first "
                                          "one it contains (finish_reason stop).")
 
