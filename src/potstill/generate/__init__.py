@@ -155,9 +155,12 @@ def _attach(rec: Record, ans: dict[str, Any], task: Task) -> None:
     rec.valid, rec.invalid_reason = reason is None, reason
 
 
-def run_generate(cfg: Config, records: list[Record], ledger: Ledger, stage: str = "generate") -> tuple[list[Record], RunStats]:
+def run_generate(cfg: Config, records: list[Record], ledger: Ledger, stage: str = "generate",
+                 teacher: Teacher | None = None) -> tuple[list[Record], RunStats]:
+    """``label_records`` with the config's task and teacher (``teacher``: one already made from
+    ``cfg.teacher``, closed here like one made here)."""
     task = get_task(cfg.task)
-    teacher = get_teacher(cfg.teacher, task)
+    teacher = teacher or get_teacher(cfg.teacher, task)
     try:
         return label_records(records, task, teacher, ledger, stage, cfg.generate)
     finally:

@@ -24,11 +24,11 @@ def generate_stage(cfg: Config, force: bool = False) -> dict[str, Any]:
 
 def generate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
     records = load_inputs(cfg)
-    # A teacher that cannot be made (an unknown type, a key not set) stops before the ledger is
-    # created: a run that never called anyone leaves no empty calls.sqlite (run_generate makes its own).
-    get_teacher(cfg.teacher, get_task(cfg.task))
+    # Made before the ledger is created: a teacher that cannot be made (an unknown type) stops a run
+    # that never called anyone without leaving an empty calls.sqlite.
+    teacher = get_teacher(cfg.teacher, get_task(cfg.task))
     with run.ledger() as ledger:
-        labelled, stats = run_generate(cfg, records, ledger, stage="generate")
+        labelled, stats = run_generate(cfg, records, ledger, stage="generate", teacher=teacher)
     # Only answered records (committed to the ledger) reach the output; unsent ones wait for a rerun.
     write_jsonl(run / "teacher.jsonl", [r for r in labelled if not (r.invalid_reason or "").startswith("not sent")])
     if stats.budget_stopped:
