@@ -120,6 +120,27 @@ def test_kd_and_lora(project):
     assert "int8_calibration" not in json.loads((run / "train.json").read_text())
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert all("kd" in r for r in rows)
+    # After a promotion RUN/student is a symlink into RUN/students/: retraining replaces the link
+    # with a new directory and leaves the archived student as it was (an adapter was saved into the
+    # link's target, overwriting the champion kept for rollback).
+    kept = run / "students" / "champion"
+    kept.parent.mkdir()
+    (run / "student").rename(kept)
+    (run / "student").symlink_to(Path("students") / "champion")
+    before = {p.name: p.read_bytes() for p in kept.iterdir()}
+    third = potstill("train", "-c", "potstill.yaml", "--train.objective", "kd", "--train.method", "lora",
+                     "--train.lr", "0.02", "--train.int8_calibration", "0", cwd=project)
+    assert third.returncode == 0, third.stderr
+    assert {p.name: p.read_bytes() for p in kept.iterdir()} == before
+    assert not (run / "student").is_symlink() and (run / "student" / "adapter_config.json").exists()
+    # A full fine-tune and then an adapter: the adapter's directory holds no full weights beside it.
+    for method in ("full", "lora"):
+        out = potstill("train", "-c", "potstill.yaml", "--train.objective", "kd", "--train.method", method,
+                       "--train.lr", "0.05", "--train.int8_calibration", "0", cwd=project)
+        assert out.returncode == 0, out.stderr
+    assert (run / "student" / "adapter_config.json").exists()
+    assert not (run / "student" / "config.json").exists()
+    assert not list((run / "student").glob("model*.safetensors"))
     # soft labels travelled from the teacher through curate into train.jsonl
     rec = json.loads((run / "train.jsonl").read_text().splitlines()[0])
     assert set(rec["label_probs"]) == set(LABELS) and abs(sum(rec["label_probs"].values()) - 1) < 1e-5

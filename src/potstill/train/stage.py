@@ -41,10 +41,8 @@ def train_body(cfg: Config, run: RunDir) -> dict[str, Any]:
         say(f"train: resumed from the checkpoint at step {summary['resumed_from_step']} ({run / 'student.ckpt'})")
     if int(os.environ.get("RANK", "0")) != 0:  # `accelerate launch`: the main process writes
         return summary
-    from potstill.engines import calibration
-
-    # An earlier student's file must not smooth this one (LoRA saves into the existing directory).
-    calibration.path(run / "student").unlink(missing_ok=True)
+    # run/student is a new directory (both saves replace it whole), so no earlier student's
+    # calibration file is left to smooth this one.
     if cfg.train.int8_calibration:
         summary["int8_calibration"] = calibrate_int8(cfg, run / "student", lm, task, records)
     write_json(run / "train.json", summary)

@@ -41,7 +41,7 @@ from potstill.models.loading import LM, keep_layers, load_lm, save_lm
 from potstill.models.prompting import PromptFormat, label_token_ids, stop_token_ids
 from potstill.models.scoring import apply_head, decoder
 from potstill.progress import bar
-from potstill.records import Record
+from potstill.records import Record, atomic_dir
 from potstill.tasks import Task
 from potstill.train import checkpoint
 from potstill.train.attention import causal_attention, decoder_inputs
@@ -474,9 +474,12 @@ def _save_student(s: _Setup, lm: LM, cfg: TrainConfig, out_dir: Path, ckpt_dir: 
     model.eval()
     if accel.is_main_process:
         if cfg.method in ("lora", "qlora"):
-            out_dir.mkdir(parents=True, exist_ok=True)
-            model.save_pretrained(out_dir, state_dict=full_state)
-            lm.tokenizer.save_pretrained(out_dir)
+            # Replaced whole, as a full fine-tune is: saved into the old directory, an adapter sat
+            # beside an earlier full student's weights, and through a promoted student's symlink it
+            # overwrote the archived champion in RUN/students/.
+            with atomic_dir(out_dir) as tmp:
+                model.save_pretrained(tmp, state_dict=full_state)
+                lm.tokenizer.save_pretrained(tmp)
         else:
             save_lm(model, lm.tokenizer, out_dir, state_dict=full_state)
         # Checkpoints are for crash recovery; the finished weights supersede them.
