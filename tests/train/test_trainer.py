@@ -68,3 +68,32 @@ def test_trainable_layers_counts_from_the_top_and_never_past_the_bottom(tiny_mod
     freeze_for(lm.model, TrainConfig(trainable_layers=top))
     state = [{p.requires_grad for p in layer.parameters()} for layer in layers]
     assert state == [{i in trained} for i in range(len(layers))]
+
+
+def test_a_diverging_loss_stops_training_and_saves_nothing(tiny_model, tmp_path):
+    """lr 1e9 turns the weights to NaN within a step or two: training stops there with one line
+    naming the step and the setting, and no student is written (it trained all its steps before,
+    saved a NaN student and exited 0)."""
+    from potstill.errors import PotstillError
+
+    task = get_task(TaskConfig(type="classification", labels=LABELS, instruction="classify the text"))
+    records = [Record(messages=[{"role": "user", "content": t}], output=LABELS[i % 3], valid=True)
+               for i, t in enumerate(TEXTS)]
+    lm = load_lm(str(tiny_model))
+    cfg = TrainConfig(lr=1e9, epochs=10, batch_size=2, seed=0)
+    with pytest.raises(PotstillError, match=r"the loss is nan at step \d+ of 30.*Lower train.lr \(now 1e\+09\)"):
+        train(lm, student_format(lm, task), task, records, [], cfg, 64, tmp_path / "student", tmp_path / "m.jsonl")
+    assert not (tmp_path / "student").exists()
+    rows = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert len(rows) < 30 and all(r["loss"] == r["loss"] for r in rows)  # the finite steps before it
+
+
+def test_no_trainable_layer_is_one_line(tiny_model, tmp_path):
+    from potstill.errors import PotstillError
+
+    task = get_task(TaskConfig(type="classification", labels=LABELS, instruction="classify the text"))
+    records = [Record(messages=[{"role": "user", "content": t}], output=LABELS[0], valid=True) for t in TEXTS]
+    lm = load_lm(str(tiny_model))
+    with pytest.raises(PotstillError, match="trainable_layers 0 leaves the student nothing to train"):
+        train(lm, student_format(lm, task), task, records, [], TrainConfig(trainable_layers=0), 64,
+              tmp_path / "student", tmp_path / "m.jsonl")

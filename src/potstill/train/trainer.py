@@ -357,6 +357,9 @@ def _setup(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: li
         for e in examples + val_examples:
             e.teacher_logprobs = None
     params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise PotstillError("train.trainable_layers 0 leaves the student nothing to train; set it to 1 or more, "
+                            "or leave it unset to train every layer")
     # Fused AdamW: one kernel over all parameters (CPU too: 47 vs 170 ms a step for 20 SmolLM2 layers).
     # FSDP keeps the per-tensor loop, the path its flat parameters were tested with.
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
@@ -412,6 +415,13 @@ def _step_loop(s: _Setup, p: _Progress, lm: LM, cfg: TrainConfig, max_length: in
             b = collate(mine, lm.tokenizer.pad_token_id, accel.device, pack=cfg.pack, max_length=max_length,
                         kd_tokens=s.signal == "logits", with_topk=s.signal == "topk")
             logged, grad_norm = _optimiser_step(s, cfg, mine, b)
+            if not math.isfinite(logged["loss"]):
+                # Every later step would be NaN too, and a student saved from here answers nothing
+                # (the loss is global, so every process stops here alike).
+                before = f" after {p.last_loss:.4g} at the step before" if p.last_loss is not None else ""
+                raise PotstillError(
+                    f"train: the loss is {logged['loss']} at step {step + 1} of {s.total}{before}; nothing was "
+                    f"saved. Lower train.lr (now {cfg.lr:g}) or check the data ({metrics_path} has the steps so far)")
             p.tokens += int(logged.pop("tokens"))
             p.last_loss = logged["loss"]
             row = {"step": step + 1, **logged, "grad_norm": grad_norm, "onpolicy": onpolicy,
