@@ -40,7 +40,7 @@ from potstill.hashing import hash_obj
 from potstill.models.loading import LM, keep_layers, load_lm, save_lm
 from potstill.models.prompting import PromptFormat, label_token_ids, stop_token_ids
 from potstill.models.scoring import apply_head, decoder
-from potstill.progress import bar
+from potstill.progress import bar, say
 from potstill.records import Record, atomic_dir
 from potstill.tasks import Task
 from potstill.train import checkpoint
@@ -271,6 +271,7 @@ class _Progress:
     last_loss: float | None
     fingerprint: str
     ckpt_dir: Path
+    done: int = 0  # optimiser steps finished, for the message when interrupted
 
 
 def train(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: list[Record], cfg: TrainConfig,
@@ -403,38 +404,57 @@ def _resume(s: _Setup, lm: LM, cfg: TrainConfig, max_length: int, out_dir: Path,
 
 def _step_loop(s: _Setup, p: _Progress, lm: LM, cfg: TrainConfig, max_length: int, metrics_path: Path) -> float:
     """The optimiser steps from ``p.start``, one metrics row each; returns the training seconds."""
-    accel = s.accel
-    main = accel.is_main_process
+    main = s.accel.is_main_process
     t0 = time.perf_counter() - p.elapsed0
     mf = open(metrics_path if main else "/dev/null", "w")
-    with mf, bar("train" if main else "", s.total) as advance:
-        mf.write("".join(ln + "\n" for ln in p.kept))
-        advance(p.start)
-        for step in range(p.start, s.total):
-            mine, onpolicy = _next_batch(s, p, lm, cfg)
-            b = collate(mine, lm.tokenizer.pad_token_id, accel.device, pack=cfg.pack, max_length=max_length,
-                        kd_tokens=s.signal == "logits", with_topk=s.signal == "topk")
-            logged, grad_norm = _optimiser_step(s, cfg, mine, b)
-            if not math.isfinite(logged["loss"]):
-                # Every later step would be NaN too, and a student saved from here answers nothing
-                # (the loss is global, so every process stops here alike).
-                before = f" after {p.last_loss:.4g} at the step before" if p.last_loss is not None else ""
-                raise PotstillError(
-                    f"train: the loss is {logged['loss']} at step {step + 1} of {s.total}{before}; nothing was "
-                    f"saved. Lower train.lr (now {cfg.lr:g}) or check the data ({metrics_path} has the steps so far)")
-            p.tokens += int(logged.pop("tokens"))
-            p.last_loss = logged["loss"]
-            row = {"step": step + 1, **logged, "grad_norm": grad_norm, "onpolicy": onpolicy,
-                   "lr": s.sched.get_last_lr()[0], "tokens": p.tokens, "elapsed_s": round(time.perf_counter() - t0, 3)}
-            mf.write(json.dumps(row) + "\n")
-            mf.flush()  # so `tail -f metrics.jsonl` follows a run
-            advance(1, loss=f"{logged['loss']:.4f}")
-            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < s.total:
-                if main:
-                    checkpoint.save(p.ckpt_dir, step + 1, p.fingerprint, accel.unwrap_model(s.module).model, s.opt,
-                                    s.sched, p.rng, p.order, {"tokens": p.tokens, "elapsed_s": time.perf_counter() - t0})
-                accel.wait_for_everyone()
+    try:
+        with mf, bar("train" if main else "", s.total) as advance:
+            _steps(s, p, lm, cfg, max_length, mf, advance, t0)
+    except KeyboardInterrupt:
+        if main:  # Ctrl-C: say what a rerun will do (typer exits 130 without a word)
+            kept = checkpoint.latest(p.ckpt_dir, p.fingerprint) if cfg.checkpoint_every else None
+            if kept and cfg.resume:
+                then = f"the same command resumes from its checkpoint at step {int(kept.name.split('-')[1])}"
+            elif kept:
+                then = "a rerun starts over (train.resume is false)"
+            else:
+                then = "no checkpoint was saved yet (train.checkpoint_every), so a rerun starts over"
+            say(f"train: interrupted after {p.done} of {s.total} steps; {then}")
+        raise
     return time.perf_counter() - t0
+
+
+def _steps(s: _Setup, p: _Progress, lm: LM, cfg: TrainConfig, max_length: int, mf: Any, advance: Any,
+           t0: float) -> None:
+    accel = s.accel
+    mf.write("".join(ln + "\n" for ln in p.kept))
+    advance(p.start)
+    p.done = p.start
+    for step in range(p.start, s.total):
+        mine, onpolicy = _next_batch(s, p, lm, cfg)
+        b = collate(mine, lm.tokenizer.pad_token_id, accel.device, pack=cfg.pack, max_length=max_length,
+                    kd_tokens=s.signal == "logits", with_topk=s.signal == "topk")
+        logged, grad_norm = _optimiser_step(s, cfg, mine, b)
+        if not math.isfinite(logged["loss"]):
+            # Every later step would be NaN too, and a student saved from here answers nothing
+            # (the loss is global, so every process stops here alike).
+            before = f" after {p.last_loss:.4g} at the step before" if p.last_loss is not None else ""
+            raise PotstillError(
+                f"train: the loss is {logged['loss']} at step {step + 1} of {s.total}{before}; nothing was "
+                f"saved. Lower train.lr (now {cfg.lr:g}) or check the data ({mf.name} has the steps so far)")
+        p.tokens += int(logged.pop("tokens"))
+        p.last_loss = logged["loss"]
+        row = {"step": step + 1, **logged, "grad_norm": grad_norm, "onpolicy": onpolicy,
+               "lr": s.sched.get_last_lr()[0], "tokens": p.tokens, "elapsed_s": round(time.perf_counter() - t0, 3)}
+        mf.write(json.dumps(row) + "\n")
+        mf.flush()  # so `tail -f metrics.jsonl` follows a run
+        advance(1, loss=f"{logged['loss']:.4f}")
+        p.done = step + 1
+        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < s.total:
+            if accel.is_main_process:
+                checkpoint.save(p.ckpt_dir, step + 1, p.fingerprint, accel.unwrap_model(s.module).model, s.opt,
+                                s.sched, p.rng, p.order, {"tokens": p.tokens, "elapsed_s": time.perf_counter() - t0})
+            accel.wait_for_everyone()
 
 
 def _next_batch(s: _Setup, p: _Progress, lm: LM, cfg: TrainConfig) -> tuple[list[Example], bool]:
