@@ -78,3 +78,14 @@ def test_cli_export_check(tmp_path):
     assert ok.returncode == 0 and ok.stdout.strip() == f"{good}: ok"
     no = subprocess.run([*cmd, str(bad)], capture_output=True, text=True, timeout=120)
     assert no.returncode == 1 and no.stdout.strip().startswith(f"{bad}:2: the last message")
+
+
+def test_a_failed_reexport_keeps_the_previous_export(tmp_path):
+    """A re-export that fails the check is refused before writing: the earlier, good files stay as they were."""
+    cfg = make_run(tmp_path, ["a summary"] * 12)
+    first = export(cfg, "openai-jsonl")
+    before = {p.name: p.read_text() for p in first}
+    make_run(tmp_path, ["a summary"] * 11 + ["  "])  # the next curate left an empty completion
+    with pytest.raises(PotstillError, match=r"train\.jsonl:12: messages\[2\] \(assistant\): empty completion"):
+        export(cfg, "openai-jsonl")
+    assert {p.name: p.read_text() for p in first} == before

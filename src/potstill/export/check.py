@@ -1,7 +1,8 @@
 """Check a file in OpenAI's chat fine-tuning format, the one ``openai-jsonl`` writes.
 
 ``check_openai_jsonl(path)`` returns one ``file:line: problem`` string per problem (empty: the file
-is fine). The exporter runs it on what it wrote; ``potstill export-check FILE`` runs it on any file.
+is fine). The exporter runs ``line_problems`` on each row before it writes; ``potstill export-check
+FILE`` runs it on any file.
 The rules are the ones a fine-tuning upload refuses or silently trains badly on: each line one
 JSON object with ``messages``, a list of ``{role, content}`` with role system/user/assistant and a
 non-empty string content, at least one user message, and an assistant message last (the target).
@@ -18,7 +19,8 @@ ROLES = ("system", "user", "assistant")
 MAX_PROBLEMS = 100  # a file broken on every line says so in the first hundred
 
 
-def _line_problems(line: str) -> list[str]:
+def line_problems(line: str) -> list[str]:
+    """The problems of one line of the file (empty: the line is fine)."""
     try:
         row = json.loads(line)
     except json.JSONDecodeError as e:
@@ -62,7 +64,7 @@ def check_openai_jsonl(path: str | Path) -> list[str]:
                 problems.append(f"{path}:{lineno}: blank line")
                 continue
             n += 1
-            problems += [f"{path}:{lineno}: {p}" for p in _line_problems(line)]
+            problems += [f"{path}:{lineno}: {p}" for p in line_problems(line)]
             if len(problems) >= MAX_PROBLEMS:
                 problems.append(f"{path}: stopped after {MAX_PROBLEMS} problems")
                 return problems

@@ -3,23 +3,24 @@
 The system message is the task instruction and the assistant message the training target, the
 same text the student is trained on, so a hosted fine-tune sees exactly potstill's dataset.
 train.jsonl becomes ``train.jsonl`` (the training file), val.jsonl ``val.jsonl`` (the validation
-file). Every row is built and checked before anything is written, so a bad record leaves no file.
+file). Every row is built and checked before anything is written, so a bad record leaves no file
+and an earlier export in the folder as it was.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from potstill.config import Config
 from potstill.errors import PotstillError
 from potstill.export import register
-from potstill.export.check import check_openai_jsonl
+from potstill.export.check import line_problems
 from potstill.progress import say
 from potstill.records import read_records, write_jsonl
 from potstill.tasks import get_task
 
-ROLES = {"system", "user", "assistant"}
 MIN_EXAMPLES = 10  # OpenAI's fine-tuning API refuses a training file with fewer
 
 
@@ -41,9 +42,9 @@ def export_openai_jsonl(cfg: Config, run: Path, out_dir: Path) -> list[Path]:
             if rec.output is None:
                 raise PotstillError(f"{path}:{lineno}: record {rec.id} has no output to train on")
             row = to_openai(task.messages(rec), task.target(rec))
-            bad = [m for m in row["messages"] if m["role"] not in ROLES or not isinstance(m["content"], str)]
-            if bad:
-                raise PotstillError(f"{path}:{lineno}: message role {bad[0]['role']!r} or its content cannot be exported")
+            problems = line_problems(json.dumps(row, ensure_ascii=False))
+            if problems:  # e.g. an empty teacher output: refused here, before any file is touched
+                raise PotstillError(f"{path}:{lineno}: {problems[0]} (record {rec.id}); nothing was exported")
             rows[split].append(row)
     if len(rows["train"]) < MIN_EXAMPLES:
         say(f"[yellow]export: {len(rows['train'])} training examples; OpenAI fine-tuning needs at least {MIN_EXAMPLES}[/yellow]")
@@ -52,10 +53,5 @@ def export_openai_jsonl(cfg: Config, run: Path, out_dir: Path) -> list[Path]:
         if rs:
             written.append(out_dir / f"{split}.jsonl")
             write_jsonl(written[-1], rs)
-    problems = [p for path in written for p in check_openai_jsonl(path)]
-    if problems:  # e.g. an empty teacher output: remove what was written, report the first problem
-        for path in written:
-            path.unlink(missing_ok=True)
-        raise PotstillError(f"export wrote a file that fails the format check: {problems[0]}")
     say("export: " + ", ".join(f"{p} ({len(rows[p.stem])} examples, format checked)" for p in written))
     return written
