@@ -89,3 +89,15 @@ def test_a_failed_reexport_keeps_the_previous_export(tmp_path):
     with pytest.raises(PotstillError, match=r"train\.jsonl:12: messages\[2\] \(assistant\): empty completion"):
         export(cfg, "openai-jsonl")
     assert {p.name: p.read_text() for p in first} == before
+
+
+def test_an_empty_instruction_exports_no_system_message(tmp_path):
+    """task.instruction "" is a valid config: the student trained with no system turn (PromptFormat drops
+    it), so the export has none either, instead of an empty one that the check (and OpenAI) refuses."""
+    cfg = make_run(tmp_path, ["a summary"] * 12)
+    cfg.task.instruction = ""
+    written = export(cfg, "openai-jsonl")
+    rows = [json.loads(x) for x in written[0].read_text().splitlines()]
+    assert rows[0]["messages"] == [{"role": "user", "content": "text 0"}, {"role": "assistant", "content": "a summary"}]
+    assert all(check_openai_jsonl(p) == [] for p in written)
+

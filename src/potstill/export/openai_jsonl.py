@@ -1,7 +1,8 @@
 """OpenAI fine-tuning JSONL: one ``{"messages": [system, user..., assistant]}`` object per line.
 
-The system message is the task instruction and the assistant message the training target, the
-same text the student is trained on, so a hosted fine-tune sees exactly potstill's dataset.
+The system message is the task instruction (none when it is empty, as in training) and the
+assistant message the training target, the same text the student is trained on, so a hosted
+fine-tune sees exactly potstill's dataset.
 train.jsonl becomes ``train.jsonl`` (the training file), val.jsonl ``val.jsonl`` (the validation
 file). Every row is built and checked before anything is written, so a bad record leaves no file
 and an earlier export in the folder as it was.
@@ -25,7 +26,11 @@ MIN_EXAMPLES = 10  # OpenAI's fine-tuning API refuses a training file with fewer
 
 
 def to_openai(messages: list[dict[str, Any]], target: str) -> dict[str, Any]:
-    msgs = [{"role": m["role"], "content": m["content"]} for m in messages] + [{"role": "assistant", "content": target}]
+    # An empty task.instruction is no system turn: the student was trained without one (PromptFormat
+    # leaves it out), and OpenAI refuses a message with empty content.
+    msgs = [{"role": m["role"], "content": m["content"]} for m in messages
+            if not (m["role"] == "system" and isinstance(m["content"], str) and not m["content"].strip())]
+    msgs.append({"role": "assistant", "content": target})
     return {"messages": msgs}
 
 
