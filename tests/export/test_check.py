@@ -101,3 +101,14 @@ def test_an_empty_instruction_exports_no_system_message(tmp_path):
     assert rows[0]["messages"] == [{"role": "user", "content": "text 0"}, {"role": "assistant", "content": "a summary"}]
     assert all(check_openai_jsonl(p) == [] for p in written)
 
+
+
+def test_a_split_now_empty_leaves_no_stale_file(tmp_path):
+    """After a curate with no validation split, the folder must not keep the earlier val.jsonl: uploaded
+    beside the new train.jsonl it would validate on another dataset (maybe on the new training rows)."""
+    cfg = make_run(tmp_path, ["a summary"] * 12)
+    export(cfg, "openai-jsonl")
+    write_jsonl(Path(cfg.run_dir) / "val.jsonl", [])
+    written = export(cfg, "openai-jsonl")
+    out = Path(cfg.run_dir) / "export" / "openai-jsonl"
+    assert [p.name for p in written] == ["train.jsonl"] and sorted(p.name for p in out.glob("*.jsonl")) == ["train.jsonl"]

@@ -58,5 +58,7 @@ def export_openai_jsonl(cfg: Config, run: Path, out_dir: Path) -> list[Path]:
         if rs:
             written.append(out_dir / f"{split}.jsonl")
             write_jsonl(written[-1], rs)
+        else:  # an earlier export's file of this split would be uploaded beside the new one
+            (out_dir / f"{split}.jsonl").unlink(missing_ok=True)
     say("export: " + ", ".join(f"{p} ({len(rows[p.stem])} examples, format checked)" for p in written))
     return written
