@@ -259,3 +259,32 @@ def test_gguf_conversion_parses_once_in_memory_and_writes_what_transformers_load
         assert torch.equal(got[k], v), k
     for text in TEXTS:
         assert lm.tokenizer(text)["input_ids"] == want_tok(text)["input_ids"]
+
+
+def _render_go(template: str, system: str, prompt: str) -> str:
+    """The subset of Go's text/template a completion TEMPLATE uses: ``if .System`` blocks and fields."""
+    import re
+
+    out = re.sub(r"\{\{-? ?if \.System ?\}\}(.*?)\{\{-? ?end ?\}\}", lambda m: m.group(1) if system else "", template,
+                 flags=re.S)
+    return out.replace("{{ .System }}", system).replace("{{ .Prompt }}", prompt)
+
+
+def test_modelfile_of_a_student_without_a_chat_template_prompts_as_in_training():
+    """A base student (no chat template) trains on PromptFormat's completion prompt: instruction, blank
+    line, input, "Answer:", and answers " label\\n". Its GGUF has no chat template for Ollama to detect,
+    so without a TEMPLATE Ollama would send the bare input: the Modelfile must spell the prompt out."""
+    from potstill.export.modelfile import render_modelfile
+    from potstill.models.prompting import PromptFormat
+    from tests.export.conftest import make_bpe_tokenizer
+
+    tok = make_bpe_tokenizer()
+    tok.chat_template = None
+    text = render_modelfile("./student-f16.gguf", tok, INSTRUCTION, 4, one_line=True)
+    assert 'TEMPLATE """' in text, text
+    template = text.split('TEMPLATE """', 1)[1].split('"""', 1)[0]
+    system = text.split('SYSTEM """', 1)[1].split('"""', 1)[0]
+    fmt = PromptFormat(kind="completion", instruction=INSTRUCTION)
+    for t in TEXTS:
+        assert _render_go(template, system, t) == fmt.prefix() + fmt.query(tok, [{"role": "user", "content": t}])
+    assert 'PARAMETER stop "\\n"' in text.splitlines()  # the completion it learned ends at a newline

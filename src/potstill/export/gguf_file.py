@@ -77,10 +77,14 @@ def convert(hf_dir: Path, path: Path, qtype: str, meta: dict[str, Any] | None = 
 
 
 def output_tokens(task: Any, tokenizer: Any) -> int:
-    """num_predict for the Modelfile: the longest label (+ its end-of-turn token), or the task's limit."""
+    """num_predict for the Modelfile: the longest label's completion as the student learned it (with
+    its end-of-turn token, or " label\\n" without a chat template), or the task's limit."""
+    from potstill.models.prompting import PromptFormat
+
     if task.labels:
-        end = tokenizer.eos_token or ""
-        return max(len(tokenizer(label + end, add_special_tokens=False)["input_ids"]) for label in task.labels)
+        fmt = PromptFormat(kind="chat" if getattr(tokenizer, "chat_template", None) else "completion")
+        return max(len(tokenizer(fmt.completion(tokenizer, label), add_special_tokens=False)["input_ids"])
+                   for label in task.labels)
     return int(task.cfg.max_output_tokens)
 
 
@@ -132,7 +136,8 @@ def export_gguf(cfg: Config, run: Path, out_dir: Path) -> list[Path]:
                 s = convert(hf_dir, tmp / f"student-{qtype}.gguf", qtype, _meta(cfg, run))
                 s["seconds"] = round(time.perf_counter() - t0, 2)
                 (tmp / f"Modelfile.{qtype}").write_text(render_modelfile(
-                    f"./student-{qtype}.gguf", tokenizer, cfg.task.instruction, output_tokens(task, tokenizer)))
+                    f"./student-{qtype}.gguf", tokenizer, cfg.task.instruction, output_tokens(task, tokenizer),
+                    one_line=task.name in ("classification", "extraction")))
                 summaries.append(s)
                 advance(1)
             write_json(tmp / "export.json", {"source": str(run / "student"),

@@ -3,7 +3,9 @@
 Ollama renders prompts with Go templates, not Jinja, so the student's chat template is translated.
 Only ChatML (``<|im_start|>role\\n...<|im_end|>``, SmolLM2's and Qwen's format) is translated; for
 another template the Modelfile leaves TEMPLATE out and Ollama falls back to the template it
-detects from the GGUF's ``tokenizer.chat_template``, with a warning here.
+detects from the GGUF's ``tokenizer.chat_template``, with a warning here. A student without a chat
+template was trained on PromptFormat's plain completion prompt, which its GGUF does not carry, so
+the Modelfile spells that prompt out (``COMPLETION_TEMPLATE``).
 
 The system prompt is the task instruction (``SYSTEM``), as the student saw it in training; Ollama
 places it in ``.System`` and also keeps it among ``.Messages``, so the loop skips system messages.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from potstill.models.prompting import PromptFormat
 from potstill.progress import say
 
 # What the Jinja template renders for ChatML, in Go-template syntax: the system turn, every other
@@ -28,6 +31,13 @@ CHATML_TEMPLATE = """{{- if .System }}<|im_start|>system
 """
 
 
+# PromptFormat's completion prompt (a student with no chat template): the instruction and a blank
+# line, the input, then the answer prefix; it learned to answer " label\n". Ollama puts the
+# Modelfile's SYSTEM in .System and the user's message in .Prompt.
+COMPLETION_TEMPLATE = ("{{- if .System }}{{ .System }}\n\n{{ end }}{{ .Prompt }}\n"
+                       + PromptFormat(kind="completion").answer_prefix)
+
+
 def is_chatml(chat_template: str | None) -> bool:
     return bool(chat_template) and "<|im_start|>" in chat_template and "<|im_end|>" in chat_template
 
@@ -37,14 +47,22 @@ def _quote(text: str) -> str:
     return f'"""{text}"""' if '"""' not in text and not text.endswith('"') else json.dumps(text)
 
 
-def render_modelfile(gguf_path: str, tokenizer: Any, instruction: str, num_predict: int) -> str:
-    """The Modelfile text for ``FROM gguf_path`` (a path relative to the Modelfile)."""
+def render_modelfile(gguf_path: str, tokenizer: Any, instruction: str, num_predict: int,
+                     one_line: bool = False) -> str:
+    """The Modelfile text for ``FROM gguf_path`` (a path relative to the Modelfile).
+
+    ``one_line``: the task's answers never hold a newline (a label, compact JSON), so a student
+    without a chat template, whose completions end with one, stops there."""
     template = getattr(tokenizer, "chat_template", None)
     lines = [f"FROM {gguf_path}", ""]
     stops = []
     if is_chatml(template):
         lines += [f"TEMPLATE {_quote(CHATML_TEMPLATE)}", ""]
         stops = ["<|im_end|>", "<|im_start|>"]
+    elif not template:
+        lines += [f"TEMPLATE {_quote(COMPLETION_TEMPLATE)}", ""]
+        stops = ["\n"] if one_line else []
+        instruction = instruction.strip()  # as PromptFormat.prefix puts it
     else:
         say("[yellow]export: the chat template is not ChatML; the Modelfile has no TEMPLATE "
             "(Ollama uses the one it detects from the GGUF)[/yellow]")
