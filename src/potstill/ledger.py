@@ -414,12 +414,14 @@ class Ledger:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM calls" + where, args).fetchone()[0])
 
-    def summary(self, role: str = "teacher") -> dict[str, Any]:
-        """Spend, tokens and latency of one role's successful calls."""
+    def summary(self, role: str = "teacher", served: bool = True) -> dict[str, Any]:
+        """Spend, tokens and latency of one role's successful calls (``served=False``: leaving out
+        the ``stage='serve'`` rows, e.g. a served request escalated to the teacher)."""
         with self._lock:
             r = self._db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(input_tokens),0), COALESCE(SUM(output_tokens),0),"
-                " COALESCE(SUM(cost_usd),0), COALESCE(SUM(latency_s),0) FROM calls WHERE role=? AND status='ok'",
+                " COALESCE(SUM(cost_usd),0), COALESCE(SUM(latency_s),0) FROM calls WHERE role=? AND status='ok'"
+                + ("" if served else " AND stage<>'serve'"),
                 (role,),
             ).fetchone()
         n = int(r[0])

@@ -218,7 +218,9 @@ def _measure_models(cfg: Config, run: RunDir, task: Task, test: list[Record]):
     with run.ledger() as ledger:
         models["teacher"] = measure_teacher(task, test, ledger, timed_teacher.latency if timed_teacher else None,
                                             cfg.teacher.price.usd_per_hour)
-        spend = ledger.summary("teacher")
+        # Distilling's one-time spend: served requests escalated to the teacher are the cost of
+        # running, paid per call whichever model serves, not of building the student.
+        spend = ledger.summary("teacher", served=False)
     # Keep the three-way order of the table: untrained, teacher, trained.
     models = {k: models[k] for k in ("untrained student", "teacher", "student") if k in models}
     return models, preds, batched, spend
@@ -315,7 +317,8 @@ def _sources(cfg: Config, spend: dict[str, Any], train_s: float, teacher_timed: 
                     "the teacher's recorded answers in test.jsonl; latency and cost from the ledger (calls.sqlite)"),
         "gold": "the label/reference fields of test.jsonl (gold supplied with the inputs)",
         "intervals": f"percentile bootstrap over test examples, {rep.bootstrap_samples} resamples, seed {rep.seed}",
-        "generation_usd": f"ledger: sum of cost_usd over all {spend['calls']} successful teacher calls of this run",
+        "generation_usd": (f"ledger: sum of cost_usd over all {spend['calls']} successful teacher calls of this run "
+                           "(served requests escalated to the teacher left out)"),
         "train_usd": (f"train.json train_s={train_s:.1f} (measured by `potstill train`) x "
                       f"student.usd_per_hour={cfg.student.usd_per_hour} / 3600"),
         "monthly_calls": f"config evaluate.monthly_calls={e.monthly_calls}",
