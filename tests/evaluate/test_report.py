@@ -200,3 +200,16 @@ def test_worst_cases_are_confident_disagreements_first():
     worst = worst_cases(task, recs, preds, list("abab"), [None] * 4, conf, [["s"]] * 4, k=2)
     assert [w["input"] for w in worst] == ["text 3", "text 2"]
     assert worst[0]["teacher"] == "b" and worst[0]["student"] == "a" and worst[0]["confidence"] == 0.95
+
+
+def test_page_states_the_bar_it_judged_when_gold_is_only_reported(evaluated):
+    """quality_bar.min_relative_quality: null judges every slice on agreement: the page's rules must say
+    so, and the gold-ratio plot (still drawn: gold is reported) must not show a bar nobody judged."""
+    ev = json.loads((evaluated / "run" / "eval.json").read_text())
+    ev["quality_bar"]["min_relative_quality"] = None
+    ev["slices"] = [{**r, "judged_on": "agreement"} for r in ev["slices"]]
+    page = render(ev)
+    rules = page.split("Where these numbers come from:</b>", 1)[1].split("</p>", 1)[0]
+    assert "None" not in rules and "the bar is agreement with the teacher &gt;= 0.85" in rules, rules
+    gold_plot = page.split("gold metric / the teacher", 1)[0].rsplit("<svg", 1)[1]
+    assert ">bar " not in gold_plot  # no dashed bar line on the plot of a ratio that was not judged

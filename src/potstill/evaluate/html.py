@@ -93,9 +93,13 @@ def _verdict(ev: dict) -> str:
     lists = "<br>".join(f"{label}: {escape(', '.join(v.get(key, [])) or 'none')}." for label, key in groups)
     qb = ev["quality_bar"]
     months, p95 = qb.get("max_break_even_months"), qb.get("max_p95_latency_s")
+    rel = qb.get("min_relative_quality")
+    bar = (f"the student's gold metric >= {rel} of the teacher's where gold exists, else agreement >= "
+           f"{qb['min_agreement']}" if rel is not None else
+           f"agreement with the teacher >= {qb['min_agreement']} (gold is reported, not judged: "
+           "min_relative_quality is unset)")
     rules = (f"a slice passes when its 95% interval lies wholly at or above the bar, fails when wholly below, and is "
-             f"inconclusive otherwise; the bar is the student's gold metric >= {qb['min_relative_quality']} of the "
-             f"teacher's where gold exists, else agreement >= {qb['min_agreement']}; GO also needs the student cheaper "
+             f"inconclusive otherwise; the bar is {bar}; GO also needs the student cheaper "
              "per call" + (f", break-even within {months:g} months" if months is not None else "")
              + (f" and p95 latency <= {p95:g} s" if p95 is not None else ""))
     cls = {"GO": "go", "NO-GO": "nogo"}.get(_decision(v), "unsure")
@@ -132,13 +136,15 @@ def _slices(ev: dict) -> str:
                  and r["gold"]["relative"].get("value") is not None]
     gap = ""
     if gold_rows:
-        rel_bar = ev["quality_bar"].get("min_relative_quality") or 1.0
+        # Without min_relative_quality the ratio is reported, not judged: no bar line to draw.
+        rel_bar = ev["quality_bar"].get("min_relative_quality")
         lo = min([0.5] + [r["gold"]["relative"]["lo"] for r in gold_rows])
         hi = max([1.5] + [r["gold"]["relative"]["hi"] for r in gold_rows])
         gap = interval_plot([{"label": f"{r['slice']} (n={r['gold']['n']})", "value": r["gold"]["relative"]["value"],
                               "lo": r["gold"]["relative"]["lo"], "hi": r["gold"]["relative"]["hi"],
-                              "color": colour.get(r["verdict"], GREY)} for r in gold_rows],
-                            lo, hi, ref=rel_bar, ref_label=f"bar {rel_bar:.0%}",
+                              "color": colour.get(r["verdict"], GREY) if r.get("judged_on") == "gold" else BLUE}
+                             for r in gold_rows],
+                            lo, hi, ref=rel_bar, ref_label="" if rel_bar is None else f"bar {rel_bar:.0%}",
                             xlabel="trained student's gold metric / the teacher's (paired 95% CI)")
     rows = [[escape(r["slice"]), str(r["n"]), _ci(r["agreement"]), _ci(r.get("untrained_agreement")),
              _pct(r["gold"]["student"]) if r.get("gold") else "-", _pct(r["gold"]["teacher"]) if r.get("gold") else "-",
