@@ -112,3 +112,11 @@ def test_a_split_now_empty_leaves_no_stale_file(tmp_path):
     written = export(cfg, "openai-jsonl")
     out = Path(cfg.run_dir) / "export" / "openai-jsonl"
     assert [p.name for p in written] == ["train.jsonl"] and sorted(p.name for p in out.glob("*.jsonl")) == ["train.jsonl"]
+
+
+def test_nothing_to_export_is_one_clear_error(tmp_path):
+    """An empty train.jsonl gives no training file to upload: said in words, not as a missing-file error."""
+    cfg = make_run(tmp_path, [])
+    with pytest.raises(PotstillError, match=r"train\.jsonl: no records to export"):
+        export(cfg, "openai-jsonl")
+    assert not (Path(cfg.run_dir) / "export").exists()

@@ -51,6 +51,8 @@ def export_openai_jsonl(cfg: Config, run: Path, out_dir: Path) -> list[Path]:
             if problems:  # e.g. an empty teacher output: refused here, before any file is touched
                 raise PotstillError(f"{path}:{lineno}: {problems[0]} (record {rec.id}); nothing was exported")
             rows[split].append(row)
+    if not rows["train"]:  # a validation file alone is no fine-tuning job
+        raise PotstillError(f"{run / 'train.jsonl'}: no records to export (run `potstill curate` first)")
     if len(rows["train"]) < MIN_EXAMPLES:
         say(f"[yellow]export: {len(rows['train'])} training examples; OpenAI fine-tuning needs at least {MIN_EXAMPLES}[/yellow]")
     written = []
