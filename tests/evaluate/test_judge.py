@@ -149,3 +149,16 @@ def test_evaluate_stage_reports_the_judge(tmp_path, tiny_model):
     assert len(seen) == 8 and ev["judge"]["n"] == 4 and ev["judge"]["cost"]["calls"] == 8
     assert "judge" in ev["sources"]
     assert "id='judge'" in (run / "report.html").read_text()
+
+
+def test_identical_answers_are_a_tie_without_asking(tmp_path):
+    """A student that writes exactly the teacher's answer (common for JSON and short answers) gives the
+    judge the same prompt twice: its one reply, read in both orders, made the input "inconsistent"
+    (A: a win, then a loss) and paid for it. The same text is a tie, and nothing needs asking."""
+    cases = [("the same summary", "the same summary", "news", "tie"), *CASES]
+    out, _, rows, seen = judge_once(tmp_path, "biased", cases)
+    assert out["examples"][0]["verdict"] == "tie"
+    assert out["counts"]["tie"] == 1 and out["counts"]["inconsistent"] == len(CASES)
+    assert ("the same summary", "the same summary") not in {(x["A"], x["B"]) for x in seen}
+    assert len(seen) == len(rows) == 2 * len(CASES) and out["cost"]["calls"] == 2 * len(CASES)
+    assert out["first_position_rate"] == 1.0 and out["choices"]["A"] == 2 * len(CASES)

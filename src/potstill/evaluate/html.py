@@ -311,7 +311,9 @@ def _judge(ev: dict) -> str:
             f"asked in both orders ({j['cost']['calls']} new calls, {_usd(j['cost']['cost_usd'])}). It named position A "
             f"in {_pct(j['first_position_rate'])} of its readable answers (a fair judge: about 50%); "
             f"{j['counts']['inconsistent']} inputs got opposite verdicts in the two orders (inconsistent), "
-            f"{j['counts']['bad']} got an unreadable answer (bad). Automatic metric by verdict: {means}; "
+            f"{j['counts']['bad']} got an unreadable answer (bad), "
+            f"{sum(bool(e.get('identical')) for e in j['examples'])} were the teacher's exact answer (a tie, not "
+            f"asked). Automatic metric by verdict: {means}; "
             f"Spearman {_num(agr['spearman'])} over {agr['n']} consistent verdicts.</p>")
     return ("<section id='judge'><h2>Teacher as judge: student vs teacher</h2>" + text
             + _table(["slice", "judged", "win", "tie", "loss", "inconsistent", "bad"], rows)

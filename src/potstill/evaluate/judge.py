@@ -139,18 +139,28 @@ def run_judge(cfg: Config, task: Task, test: Sequence[Record], student: Sequence
     """Judge the student against the teacher on the test split: per-example verdicts, rates per slice, cost."""
     j, rep = cfg.evaluate.judge, cfg.report
     idx = list(range(len(test)))[: j.max_examples]
+    # The student wrote the teacher's very answer: both orders would be one and the same prompt, whose
+    # single reply read once per order turns any A or B into "inconsistent". It is a tie, unasked.
+    same = {i for i in idx if student[i].strip() == (test[i].output or "").strip()}
     prompts = []
     for i in idx:
+        if i in same:
+            continue
         teacher_out = test[i].output or ""
         prompts.append(judge_messages(j.rubric, task.cfg.instruction, test[i].text, student[i], teacher_out))
         prompts.append(judge_messages(j.rubric, task.cfg.instruction, test[i].text, teacher_out, student[i]))
     before = ledger.summary("judge")
-    answers = ask(cfg, task, prompts, ledger)
+    answers = iter(ask(cfg, task, prompts, ledger) if prompts else [])
     after = ledger.summary("judge")
     examples, outcomes = [], []
     choices = {"A": 0, "B": 0, "TIE": 0, "bad": 0}
-    for k, i in enumerate(idx):
-        first, second = (a.get("output") if isinstance(a, dict) else None for a in answers[2 * k : 2 * k + 2])
+    for i in idx:
+        if i in same:
+            outcomes.append("tie")
+            examples.append({"id": test[i].id, "verdict": "tie", "student_first": None, "student_second": None,
+                             "identical": True, "metric": metric[i], "slices": list(names[i])})
+            continue
+        first, second = (a.get("output") if isinstance(a, dict) else None for a in (next(answers), next(answers)))
         c1, c2 = parse_choice(first), parse_choice(second)
         for c in (c1, c2):
             choices[c or "bad"] += 1
