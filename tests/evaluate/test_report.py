@@ -213,3 +213,14 @@ def test_page_states_the_bar_it_judged_when_gold_is_only_reported(evaluated):
     assert "None" not in rules and "the bar is agreement with the teacher &gt;= 0.85" in rules, rules
     gold_plot = page.split("gold metric / the teacher", 1)[0].rsplit("<svg", 1)[1]
     assert ">bar " not in gold_plot  # no dashed bar line on the plot of a ratio that was not judged
+
+
+def test_no_worst_cases_listed_is_not_a_claim_of_full_agreement(evaluated):
+    """report.worst_cases: 0 lists none; the page must not then say the student agrees everywhere."""
+    ev = json.loads((evaluated / "run" / "eval.json").read_text())
+    all_row = {**ev["slices"][0], "agreement": {**ev["slices"][0]["agreement"], "value": 0.75}}
+    page = render({**ev, "worst_cases": [], "slices": [all_row, *ev["slices"][1:]]})
+    assert "agrees with the teacher on every test input" not in page
+    perfect = {**ev["slices"][0], "agreement": {**ev["slices"][0]["agreement"], "value": 1.0}}
+    page = render({**ev, "worst_cases": [], "slices": [perfect, *ev["slices"][1:]]})
+    assert "agrees with the teacher on every test input" in page

@@ -262,8 +262,12 @@ def _worst(ev: dict) -> str:
     rows = [[escape(w["id"]), f"<div class='mono'>{escape(w['input'])}</div>", f"<div class='mono'>{show(w['teacher'])}</div>",
              f"<div class='mono'>{show(w['student'])}</div>", show(w["gold"]) if w["gold"] is not None else "-",
              _pct(w["confidence"]), escape(", ".join(w["slices"]))] for w in ev["worst_cases"]]
+    # No row is full agreement only when the whole split's mean agreement is 1; report.worst_cases: 0
+    # lists none whatever the student did.
+    everywhere = (ev["slices"][0].get("agreement") or {}).get("value") == 1.0 if ev.get("slices") else False
     body = (_table(["id", "input", "teacher", "student", "gold", "student confidence", "slices"], rows, 5) if rows
-            else "<p>The student agrees with the teacher on every test input.</p>")
+            else "<p>The student agrees with the teacher on every test input.</p>" if everywhere
+            else "<p>None listed (report.worst_cases is 0).</p>")
     return ("<section id='worst'><h2>Worst cases: confident disagreements</h2>" + body
             + _src("test inputs where the trained student's answer (measured by this command) differs from the teacher's "
                    "recorded answer, most confident first.") + "</section>")
