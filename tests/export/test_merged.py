@@ -108,3 +108,24 @@ def test_out_never_replaces_a_folder_export_did_not_write(tiny_model, tmp_path):
     assert (out / "model.safetensors").exists()
     with pytest.raises(PotstillError, match="holds a potstill hf export"):
         export(cfg, "openai-jsonl", out)
+
+
+def test_gguf_source_is_the_adapter_when_stale_full_weights_sit_beside_it(lora_run, tmp_path):
+    """A run trained in full and then with LoRA (before train replaced RUN/student whole) has an adapter
+    beside the old full weights. Every loader takes the adapter (load_lm); the GGUF converter must get
+    the same model, merged, and not the stale config.json/model.safetensors."""
+    from safetensors.torch import load_file
+
+    from potstill.export.gguf_file import _hf_source
+    from tests.helpers.tiny import make_model_dir
+
+    run = tmp_path / "run"
+    shutil.copytree(Path(lora_run.run_dir) / "student", run / "student")
+    stale = make_model_dir(tmp_path / "stale", seed=7)
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(stale / name, run / "student" / name)
+    cfg = lora_run.model_copy(update={"run_dir": str(run)})
+    src, _ = _hf_source(cfg, run, tmp_path / "work")
+    got = load_file(src / "model.safetensors")
+    want = load_lm(str(run / "student"), device="cpu").model.state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in got)

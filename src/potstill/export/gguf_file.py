@@ -113,7 +113,9 @@ def _hf_source(cfg: Config, run: Path, tmp: Path) -> tuple[Path, Any]:
 
     lm = load_student(cfg, run)
     student = run / "student"
-    if (student / "config.json").exists() and cfg.student.num_layers is None:
+    # An adapter wins, as in load_lm: a full student's config.json beside it is an older run's.
+    full = (student / "config.json").exists() and not (student / "adapter_config.json").exists()
+    if full and cfg.student.num_layers is None:
         return student, lm.tokenizer
     save_merged(lm.model, lm.tokenizer, tmp / "hf", "f32")
     return tmp / "hf", lm.tokenizer
