@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from potstill.models.loading import load_lm
-from tests.train.ddp_worker import run
 
 
 def _free_port() -> int:
@@ -24,11 +23,14 @@ def _rows(out: Path) -> list[dict]:
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def _torchrun(student, teacher, out: Path, mode: str = "", env: dict | None = None):
+def _torchrun(student, teacher, out: Path, mode: str = "", env: dict | None = None, processes: int = 2):
     worker = Path(__file__).with_name("ddp_worker.py")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), str(worker), str(student), str(teacher), str(out), mode]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
+    # CPU processes (gloo) wherever the test runs: on a one-GPU machine two ranks would both take
+    # cuda:0, which NCCL refuses ("invalid usage").
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", **(env or {})}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
 
 
 @pytest.mark.parametrize("mode", ["", "rank0-loading"])
@@ -39,8 +41,11 @@ def test_two_gloo_processes_match_one(tiny_model, tiny_model_b, tmp_path, mode):
     proc = _torchrun(tiny_model, tiny_model_b, tmp_path / "ddp", mode, env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"processes": 2, "steps": 3}
-    single = run(str(tiny_model), str(tiny_model_b), str(tmp_path / "one"))
-    assert single["processes"] == 1
+    # The one-process reference runs the same way, on the CPU in a process of its own (in this one it
+    # would fix accelerate's process-wide state for the tests after it, bf16 on a GPU machine).
+    single = _torchrun(tiny_model, tiny_model_b, tmp_path / "one", processes=1)
+    assert single.returncode == 0, single.stderr[-3000:]
+    assert json.loads(single.stdout.strip().splitlines()[-1]) == {"processes": 1, "steps": 3}
     two, one = _rows(tmp_path / "ddp"), _rows(tmp_path / "one")
     assert len(two) == len(one) == 3
     for a, b in zip(two, one):
@@ -74,7 +79,9 @@ def test_weights_checksum_sees_one_changed_element(tiny_model):
     assert weights_checksum(load_lm(str(tiny_model)).model) == before
     with torch.no_grad():
         p = next(model.parameters())
-        p.view(-1)[7] = torch.nextafter(p.view(-1)[7], torch.tensor(1e9))  # one ulp
+        # One ulp: the lowest bit of one element (bf16 weights on a GPU, fp32 on the CPU).
+        bits = p.view(-1).view({2: torch.int16, 4: torch.int32}[p.element_size()])
+        bits[7] ^= 1
     assert weights_checksum(model) != before
     for b in model.buffers():  # rotary tables are buffers, not in the state dict
         b.zero_()
