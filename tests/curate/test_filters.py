@@ -83,6 +83,22 @@ def test_exact_and_near_duplicates_are_dropped_and_distinct_texts_kept():
     assert len(kept(none)) == 4
 
 
+def test_inputs_equal_up_to_unicode_normalisation_are_exact_duplicates():
+    # Exports mix NFC and NFD (macOS file names, some CRMs), non-breaking and zero-width spaces, and
+    # case folding beyond lower() (Straße / STRASSE): the same input, which must not be split apart.
+    import unicodedata
+
+    base = ["Zoë wins at Malmö café", "Straße closed in Köln", "Señor Núñez resigns"]
+    twins = [unicodedata.normalize("NFD", base[0]), base[0].replace(" ", "\u00a0"), "Zoë wins at Malmö\u200b café",
+             "STRASSE CLOSED IN KÖLN", unicodedata.normalize("NFD", base[2]).upper()]
+    records = [rec(t, "sports") for t in base + twins]
+    for near in (True, False):
+        c = curate(cfg(near_dup=near, test=0.5), records)
+        assert sorted(r.text for r in kept(c)) == sorted(base), [r.text for r in kept(c)]
+        assert c.card["counts"]["duplicates_exact"] == len(twins)
+        assert all(r.invalid_reason.startswith("exact duplicate input") for r in c.rejected)
+
+
 def _variants(n: int) -> list[tuple[str, str]]:
     """Pairs of near-identical headlines (one word changed), each pair about a different subject."""
     teams = ["Leeds", "Wigan", "Derby", "Fulham", "Stoke", "Hull", "Bolton", "Burnley", "Reading", "Watford",

@@ -1,6 +1,7 @@
 """Exact and near-duplicate inputs.
 
-Exact: the same text after lower-casing and folding whitespace. Near: MinHash LSH (datasketch)
+Exact: the same text after Unicode compatibility normalisation (NFKC), dropping invisible format
+characters (zero-width spaces, soft hyphens, BOMs), case folding and folding whitespace. Near: MinHash LSH (datasketch)
 over character 5-gram sets proposes candidate pairs, and each candidate is confirmed with the
 true Jaccard similarity of the two sets, so LSH's false positives never drop a record. Records
 that are duplicates of each other (transitively) form a cluster and only its first member is
@@ -10,6 +11,7 @@ kept: with one survivor per cluster, no near-duplicate pair can straddle the tra
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 
 from datasketch import MinHash, MinHashLSH
@@ -25,8 +27,21 @@ def normalise(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().lower()
 
 
+def dedup_key(text: str) -> str:
+    """The text as duplicates are compared: one input typed, exported or decoded two ways is one key.
+
+    NFD against NFC (macOS, some CRM exports), non-breaking and zero-width spaces, full-width
+    letters and ß/SS otherwise make two copies of one input look different, and the split (a hash
+    of ``normalise``) can then put them on both sides of the train/test border. Only comparisons
+    use this; the records keep their text, and ``normalise`` (the split's hash) is unchanged so no
+    record moves split.
+    """
+    t = "".join(ch for ch in unicodedata.normalize("NFKC", text) if unicodedata.category(ch) != "Cf")
+    return normalise(t.casefold())
+
+
 def shingles(text: str, k: int = SHINGLE) -> set[str]:
-    t = normalise(text)
+    t = dedup_key(text)
     return {t[i : i + k] for i in range(max(1, len(t) - k + 1))}
 
 
@@ -54,7 +69,7 @@ def find_duplicates(texts: list[str], near: bool = True, threshold: float = 0.8,
     with bar("curate: duplicates", len(texts)) as advance:
         for i, text in enumerate(texts):
             advance()
-            key = normalise(text)
+            key = dedup_key(text)
             if key in first_by_key:
                 dups.of[i], dups.kind[i], dups.similarity[i] = first_by_key[key], "exact", 1.0
                 continue
