@@ -151,6 +151,21 @@ def test_samples_that_disagree():
     assert len(kept(curate(cfg(min_agreement=0.3), records))) == 5
 
 
+def test_a_sample_that_fails_validation_never_becomes_the_output():
+    # min_agreement 0 turns the agreement filter off, not validation: the vote may only pick an
+    # answer that validation (the label set, and curate's own rules) would let through.
+    records = [rec("the vote on the bill was close", "politics", samples=["weather", "cooking", "weather"]),
+               rec("a new phone with a fast chip", "tech", samples=["Tech.", "Tech.", "tech"])]
+    c = curate(cfg(min_agreement=0.0, output_regex=r"[a-z]+"), records)
+    by_text = {r.text: r for r in kept(c)}
+    assert by_text["the vote on the bill was close"].output == "politics"
+    assert by_text["the vote on the bill was close"].meta["agreement"] == 0.0
+    # "Tech." passes the label set but not output_regex: the one sample that passes it wins.
+    assert by_text["a new phone with a fast chip"].output == "tech"
+    assert by_text["a new phone with a fast chip"].meta["agreement"] == round(1 / 3, 4)
+    assert not c.rejected
+
+
 def test_teacher_accuracy_per_label_and_slice_flags_the_weak_spot():
     records = []
     for i in range(10):

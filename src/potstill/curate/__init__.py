@@ -134,7 +134,7 @@ def _consistency_step(valid: list[Record], task, c, rejected: list[Record]) -> l
     """3. Self-consistency; a reviewer's decision outranks the vote."""
     consistent = []
     for r in valid:
-        vote = None if "review" in r.meta else majority(r, task)
+        vote = None if "review" in r.meta else majority(r, task, c)
         if vote is not None:
             text, agreement = vote
             r.meta["agreement"] = round(agreement, 4)

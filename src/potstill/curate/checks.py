@@ -22,7 +22,11 @@ def invalid_reason(rec: Record, task: Task, c: CurateConfig) -> str | None:
     """None when the record may be trained on, else why not (the text before ':' is the card's category)."""
     if rec.output is None:
         return rec.invalid_reason or "teacher error: no output"
-    out = rec.output
+    return output_problem(rec.output, task, c)
+
+
+def output_problem(out: str, task: Task, c: CurateConfig) -> str | None:
+    """Why one teacher answer may not be trained on (the task's check, then curate's rules), or None."""
     reason = task.validate(task.parse(out))
     if reason is not None:
         return reason  # the answer itself stays on the record, in rejected.jsonl
@@ -39,19 +43,21 @@ def _key(parsed: Any) -> str:
     return json.dumps(parsed, sort_keys=True, ensure_ascii=False, default=str)
 
 
-def majority(rec: Record, task: Task) -> tuple[str, float] | None:
+def majority(rec: Record, task: Task, c: CurateConfig) -> tuple[str, float] | None:
     """(the majority sample's text, the share of samples that give its answer); None without samples.
 
-    Samples that fail validation count against agreement but never win the vote; ties go to
-    the answer seen first, so the result does not depend on hash order.
+    Samples that fail validation (the task's check or curate's rules) count against agreement but
+    never win the vote; ties go to the answer seen first, so the result does not depend on hash
+    order. With no valid sample the record keeps its own, validated output at agreement 0: an
+    answer outside the label set must not become the training target, even at min_agreement 0.
     """
     if not rec.samples or len(rec.samples) < 2:
         return None
     parsed = [task.parse(s) for s in rec.samples]
-    keys = [_key(p) if task.validate(p) is None else None for p in parsed]
+    keys = [_key(p) if output_problem(s, task, c) is None else None for s, p in zip(rec.samples, parsed)]
     counts = Counter(k for k in keys if k is not None)
     if not counts:
-        return rec.samples[0], 0.0
+        return rec.output if rec.output is not None else rec.samples[0], 0.0
     top = max(counts.values())
     winner = next(k for k in keys if k is not None and counts[k] == top)
     text = rec.samples[keys.index(winner)]
