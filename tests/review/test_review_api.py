@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import httpx
 
@@ -97,3 +98,38 @@ def test_review_store_migrates_like_the_ledger_and_keeps_old_decisions(tmp_path)
     with ReviewStore(tmp_path / "fresh.sqlite") as store:
         store.decide("r2", "accept")
         assert [r[0] for r in store.db.execute("SELECT id FROM _migrations")] == [1]
+
+
+def test_relabel_to_the_teachers_own_label_is_not_a_teacher_error(served, curated):
+    # A reviewer who labels by number key presses the right label whatever the teacher said: when
+    # it is the teacher's own answer ("Sports." names sports), the teacher was right.
+    import json
+
+    from potstill.config import Config
+    from potstill.curate.stage import curate_stage
+
+    items = httpx.get(served.url + "/api/state").json()["items"]
+    same, other = items[0], items[1]
+    r = httpx.post(served.url + "/api/decisions", json={"id": same["id"], "decision": "relabel", "label": same["output"]})
+    assert r.json()["progress"]["teacher_error_rate"] == 0.0
+    wrong = next(lab for lab in LABELS if lab != other["output"])
+    r = httpx.post(served.url + "/api/decisions", json={"id": other["id"], "decision": "relabel", "label": wrong})
+    assert r.json()["progress"]["teacher_error_rate"] == 0.5
+
+    cfg = Config.model_validate(curated.model_dump())
+    curate_stage(cfg)
+    card = json.loads((Path(curated.run_dir) / "card.json").read_text())
+    assert card["review_decisions"]["relabel"] == 2 and card["review_decisions"]["teacher_error_rate"] == 0.5
+
+
+def test_error_rate_reads_the_teachers_label_as_the_task_does():
+    from potstill.config import TaskConfig
+    from potstill.review.store import error_rate
+    from potstill.tasks import get_task
+
+    parse = get_task(TaskConfig(labels=LABELS)).parse
+    said = {"a": {"decision": "relabel", "label": "sports", "teacher_output": "Sports."},
+            "b": {"decision": "relabel", "label": "tech", "teacher_output": "Sports."},
+            "c": {"decision": "reject", "label": None, "teacher_output": "tech"},
+            "d": {"decision": "accept", "label": None, "teacher_output": "tech"}}
+    assert error_rate(said, parse) == 0.5

@@ -227,7 +227,7 @@ def _card(cfg: Config, counts: dict[str, int], rejected: list[Record], train: li
     if decisions:
         kinds = Counter(d["decision"] for d in decisions.values())
         review = {"decisions": len(decisions), **{k: kinds.get(k, 0) for k in ("accept", "reject", "relabel")},
-                  "teacher_error_rate": round(error_rate(decisions) or 0.0, 4)}
+                  "teacher_error_rate": round(error_rate(decisions, task.parse) or 0.0, 4)}
     c = cfg.curate
     return {
         "counts": counts,

@@ -13,11 +13,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel
 
+from potstill.config import TaskConfig
 from potstill.errors import PotstillError
 from potstill.records import read_records
 from potstill.review.page import PAGE
 from potstill.review.sample import stratified_sample
 from potstill.review.store import DECISIONS, ReviewStore, error_rate
+from potstill.tasks import get_task
 
 
 class Decision(BaseModel):
@@ -50,6 +52,8 @@ def create_app(run_dir: str | Path, sample: int = 60, seed: int = 0) -> FastAPI:
     run = Path(run_dir)
     labels, records = load_run(run, sample, seed)
     by_id = {r.id: r for r in records}
+    # The label a stored teacher output names, as curate reads it (a relabel to it is no teacher error).
+    parse = get_task(TaskConfig(type="classification", labels=labels)).parse if len(labels) >= 2 else None
     store = ReviewStore(run / "review.sqlite")
     lock = threading.Lock()
     @contextlib.asynccontextmanager
@@ -72,7 +76,7 @@ def create_app(run_dir: str | Path, sample: int = 60, seed: int = 0) -> FastAPI:
         items = [{"id": r.id, "text": r.text, "output": r.output, "gold": r.label, "slice": r.slice,
                   "samples": r.samples, "agreement": r.meta.get("agreement"), "decision": mine.get(r.id)}
                  for r in records]
-        rate = error_rate(mine)
+        rate = error_rate(mine, parse)
         return {"labels": labels, "items": items,
                 "progress": {"reviewed": len(mine), "total": len(records),
                              "teacher_error_rate": None if rate is None else round(rate, 4)}}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from potstill.errors import PotstillError
 from potstill.ledger import apply_migrations
@@ -74,8 +74,22 @@ def load_decisions(path: str | Path) -> dict[str, dict[str, Any]]:
         return store.decisions()
 
 
-def error_rate(decisions: dict[str, dict[str, Any]]) -> float | None:
-    """Share of reviewed records where the teacher was wrong (rejected or relabelled)."""
+def error_rate(decisions: dict[str, dict[str, Any]], parse: Callable[[str], Any] | None = None) -> float | None:
+    """Share of reviewed records where the teacher was wrong: rejected, or relabelled to another label.
+
+    A relabel to the label the teacher already gave (``parse`` reads it from the stored teacher
+    output, "Sports." naming sports) confirms the teacher: a reviewer labelling by number key
+    presses the right label whatever the teacher said.
+    """
     if not decisions:
         return None
-    return sum(d["decision"] != "accept" for d in decisions.values()) / len(decisions)
+
+    def wrong(d: dict[str, Any]) -> bool:
+        if d["decision"] != "relabel":
+            return d["decision"] == "reject"
+        said = d.get("teacher_output")
+        if said is None:
+            return True
+        return (parse(said) if parse is not None else said.strip()) != d["label"]
+
+    return sum(wrong(d) for d in decisions.values()) / len(decisions)
