@@ -166,6 +166,28 @@ def test_a_sample_that_fails_validation_never_becomes_the_output():
     assert not c.rejected
 
 
+def test_a_review_decision_holds_for_the_exact_duplicates_of_its_input():
+    # Inputs keep their own ids (a CRM's), so one text twice is two records the review page shows
+    # apart; a reviewer who corrects the copy that dedup then drops must not see the correction lost.
+    records = [rec("Budget vote passes narrowly", "tech", id="crm-1"),
+               rec("budget vote  passes narrowly", "tech", id="crm-2"),
+               rec("Ferrari on pole at Monza", "tech", id="crm-3"),
+               rec("FERRARI ON POLE AT MONZA", "tech", id="crm-4"),
+               rec("Murray through to the final", "sports", id="crm-5"),
+               rec("Murray through to the final.", "tech", id="crm-6")]
+    decisions = {"crm-2": {"decision": "relabel", "label": "politics", "teacher_output": "tech"},
+                 "crm-4": {"decision": "reject", "label": None, "teacher_output": "tech"},
+                 "crm-6": {"decision": "reject", "label": None, "teacher_output": "tech"}}
+    c = curate(cfg(), records, decisions)
+    out = {r.id: r.output for r in kept(c)}
+    assert out == {"crm-1": "politics", "crm-5": "sports"}, out
+    assert next(r for r in kept(c) if r.id == "crm-1").meta["review"] == "relabel"
+    # the reject of crm-6 was about its answer (tech), not crm-5's (sports)
+    assert {r.id: r.invalid_reason.split(":")[0] for r in c.rejected} == {
+        "crm-2": "exact duplicate input", "crm-3": "review", "crm-4": "review", "crm-6": "review"}
+    assert c.card["review_decisions"]["decisions"] == 3  # what the reviewer decided, not its reach
+
+
 def test_teacher_accuracy_per_label_and_slice_flags_the_weak_spot():
     records = []
     for i in range(10):

@@ -5,7 +5,8 @@ In order, each step counted in the dataset card:
 0. Text hygiene: encoding damage (mojibake) in inputs and teacher outputs, counted, and
    repaired when ``curate.fix_text`` is on (see ``potstill.curate.text``).
 1. Review: a reviewer's reject removes a record, a relabel replaces the teacher's answer
-   (decisions from ``potstill review``, in ``review.sqlite``).
+   (decisions from ``potstill review``, in ``review.sqlite``); a decision also holds for the
+   exact duplicates of its input, whichever copy dedup keeps.
 2. Validation: the task's check (label set; JSON Schema with the failing path) and the length
    and format rules of ``curate``. Invalid records go to ``rejected.jsonl`` with the reason.
 3. Self-consistency: with n samples, the majority answer becomes the output; records whose
@@ -26,7 +27,7 @@ from typing import Any
 from potstill.config import Config
 from potstill.curate.card import card_markdown
 from potstill.curate.checks import invalid_reason, majority, teacher_accuracy
-from potstill.curate.dedup import find_duplicates, normalise
+from potstill.curate.dedup import dedup_key, find_duplicates, normalise
 from potstill.curate.split import rank, split
 from potstill.curate.text import Hygiene
 from potstill.records import Record
@@ -78,7 +79,7 @@ def curate(cfg: Config, records: list[Record], decisions: dict[str, dict[str, An
     real = [hygiene.record(r) for r in real or []]
     accuracy = teacher_accuracy(records, task)
 
-    kept = _review_step(records, decisions, cfg.task.labels, rejected)
+    kept = _review_step(records, _share_decisions(records, decisions, task), cfg.task.labels, rejected)
     counts["review_rejected"] = len(records) - len(kept)
     valid = _validate_step(kept, task, c, rejected)
     counts["invalid"] = len(kept) - len(valid)
@@ -99,6 +100,32 @@ def curate(cfg: Config, records: list[Record], decisions: dict[str, dict[str, An
     card = _card(cfg, counts, rejected, train, val, test, decisions, accuracy, len(real or []), real_rejected)
     card["text_hygiene"] = hygiene.card(len(records) + len(real))
     return Curated(train=train, val=val, test=test, rejected=rejected, card=card)
+
+
+def _share_decisions(records: list[Record], decisions: dict[str, dict[str, Any]], task) -> dict[str, dict[str, Any]]:
+    """The decisions extended to the exact duplicates of each reviewed input.
+
+    Records keyed by their own ids (a CRM's) can hold one input twice; the page shows both, and
+    dedup keeps only the first. A decision about either copy is about that input, so it holds for
+    the other: a relabel always (it names the input's label), an accept or reject where the copy
+    gives the same answer the reviewer judged. The first decision of an input wins.
+    """
+    if not decisions:
+        return decisions
+    by_input: dict[str, tuple[dict[str, Any], Any]] = {}
+    for r in records:
+        d = decisions.get(r.id)
+        if d is not None:
+            by_input.setdefault(dedup_key(r.text), (d, task.parse(r.output or "")))
+    shared = dict(decisions)
+    for r in records:
+        hit = by_input.get(dedup_key(r.text))
+        if r.id in shared or hit is None:
+            continue
+        d, answer = hit
+        if d["decision"] == "relabel" or task.parse(r.output or "") == answer:
+            shared[r.id] = d
+    return shared
 
 
 def _review_step(records: list[Record], decisions: dict[str, dict[str, Any]], labels: list[str],
