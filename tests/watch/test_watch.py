@@ -105,3 +105,17 @@ def test_escalation_surge_is_flagged(served_run):
     assert esc["share"] == 1.0 and esc["flagged"] and esc["max"] == pytest.approx(esc["expected"] + 0.15)
     assert report["checks"]["labels"]["flagged"] and report["checks"]["labels"]["live"]["(invalid)"] > 0.5
     assert not report["checks"]["input"]["flagged"]
+
+
+def test_a_window_under_min_requests_is_named_not_blamed_on_the_ledger(tmp_path):
+    # 60 requests served; a window of 20 was reported as "20 answered served request(s) in the ledger".
+    from potstill.config import Config
+    from potstill.ledger import Ledger, ServedCall
+
+    with Ledger(tmp_path / "calls.sqlite") as ledger:
+        for i in range(60):
+            ledger.record_served(ServedCall(request={"messages": [{"role": "user", "content": f"input {i}"}]},
+                                            answered_by="student", model="student", content="tech"))
+    cfg = Config(task={"labels": ["tech", "sports"]}, watch={"window": 20})
+    with pytest.raises(PotstillError, match=r"watch.window 20 is under watch.min_requests 50"):
+        watch_run(tmp_path, cfg)

@@ -126,6 +126,10 @@ def watch_run(run_dir: Path, cfg: Config, since: float | None = None, until: flo
     run_dir = Path(run_dir)
     w = cfg.watch
     task = get_task(cfg.task)
+    if since is None and until is None and w.window < w.min_requests:
+        # Otherwise the count below is the window's, and reads as if the ledger held no more.
+        raise PotstillError(f"watch.window {w.window} is under watch.min_requests {w.min_requests}: no window that "
+                            "small is ever judged; raise --window or lower --min-requests")
     traffic = read_traffic(run_dir / "calls.sqlite", w.window, since, until)
     if len(traffic) < w.min_requests:
         scope = "in that time range" if since is not None or until is not None else "in the ledger"
