@@ -195,3 +195,22 @@ def test_errors_are_one_line(served_run, tmp_path, monkeypatch, capsys):
         "raise --student-sample to have the teacher label student-answered traffic")
     assert _cli(monkeypatch, capsys, str(bare), "--new-test", "1.5") == (
         f"error: {bare / 'potstill.yaml'}: redistill.new_test: Input should be less than 1")
+
+
+def test_an_empty_frozen_test_is_refused_before_anything_is_paid_or_trained(served_run, tmp_path, monkeypatch, capsys):
+    # A run curated with --curate.test 0 has an empty test.jsonl: the challenger was trained, then
+    # the comparison crashed with a TypeError (the frozen gain of no examples is None).
+    run = tmp_path / "run"
+    shutil.copytree(served_run, run, symlinks=True, ignore=shutil.ignore_patterns("students", "redistill"))
+    if (run / "student").is_symlink():  # an earlier test promoted a challenger: serve the original again
+        (run / "student").unlink()
+        shutil.copytree(served_run / "students" / "original", run / "student")
+    (run / "test.jsonl").write_text("")
+    with Ledger(run / "calls.sqlite") as ledger:
+        rows = ledger._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
+    assert _cli(monkeypatch, capsys, str(run)) == (
+        f"error: {run / 'test.jsonl'} is empty: redistill compares champion and challenger on the frozen test "
+        "(curate with curate.test above 0)")
+    assert not (run / "students").exists() and not (run / "redistill").exists()
+    with Ledger(run / "calls.sqlite") as ledger:
+        assert ledger._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0] == rows  # no teacher call

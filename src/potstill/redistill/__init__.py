@@ -165,6 +165,10 @@ def _check_run(run_dir: Path) -> tuple[Path, Path]:
     for name in ("train.jsonl", "val.jsonl", "test.jsonl"):
         if not (run_dir / name).exists():
             raise PotstillError(f"{run_dir / name} not found: redistill needs the run's splits (run `potstill curate` first)")
+    # Checked before any teacher call or training: with no frozen examples there is no frozen gain to judge.
+    if not read_records(run_dir / "test.jsonl"):
+        raise PotstillError(f"{run_dir / 'test.jsonl'} is empty: redistill compares champion and challenger on the "
+                            "frozen test (curate with curate.test above 0)")
     champion = current(run_dir)
     if not _is_student(champion):
         raise PotstillError(f"{run_dir / 'student'}: no trained student to challenge (run `potstill train` first)")
