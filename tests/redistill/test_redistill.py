@@ -214,3 +214,27 @@ def test_an_empty_frozen_test_is_refused_before_anything_is_paid_or_trained(serv
     assert not (run / "students").exists() and not (run / "redistill").exists()
     with Ledger(run / "calls.sqlite") as ledger:
         assert ledger._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0] == rows  # no teacher call
+
+
+def test_an_escalation_the_client_cut_short_is_not_taken_as_the_teachers_answer(tmp_path):
+    # A generated answer is cut to the client's stop or max_tokens before it is logged; that text,
+    # taken as the teacher's answer, would teach the challenger to stop mid-sentence.
+    from potstill.config import TaskConfig
+    from potstill.ledger import ServedCall
+    from potstill.redistill.traffic import read_traffic
+    from potstill.tasks import get_task
+
+    whole = "The minister resigned on Tuesday after a vote of no confidence."
+    rows = [({"stop": ["."]}, "The minister resigned on Tuesday after a vote of no confidence"),
+            ({"max_tokens": 4}, "The minister resigned on"),
+            ({"max_completion_tokens": 4}, "Shares fell"),
+            ({"max_tokens": 4096}, whole),  # above the teacher's own budget: the whole answer
+            ({}, "Rain all week.")]
+    with Ledger(tmp_path / "calls.sqlite") as ledger:
+        for i, (limits, content) in enumerate(rows):
+            request = {"model": "potstill", "messages": [{"role": "user", "content": f"summarise story {i}"}], **limits}
+            ledger.record_served(ServedCall(request=request, answered_by="teacher", model="teacher", content=content,
+                                            reason="low_confidence"))
+        traffic = read_traffic(ledger, get_task(TaskConfig(type="freetext")), teacher_max_tokens=256)
+    assert [r.output for r in traffic.escalated] == [whole, "Rain all week."]
+    assert traffic.counts["escalated_cut"] == 3 and traffic.counts["escalated"] == 2

@@ -182,14 +182,16 @@ def _traffic_step(ledger_path: Path, cfg: Config, task: Task, timings: dict[str,
     """1. Served traffic, and the teacher's labels for a sample of student-answered requests."""
     t0 = time.perf_counter()
     with Ledger(ledger_path) as ledger:
-        traffic = read_traffic(ledger, task)
+        traffic = read_traffic(ledger, task, cfg.teacher.max_tokens)
         check_traffic(traffic, cfg)
         timings["traffic_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         sampled, gstats = label_sample(cfg, traffic, task, ledger)
     timings["teacher_s"] = time.perf_counter() - t0
+    cut = traffic.counts["escalated_cut"]
+    cut_note = f"{cut} escalations left out as the client cut them short, " if cut else ""
     say(f"redistill: {traffic.counts['distinct']} distinct served requests ({traffic.counts['escalated']} escalated, "
-        f"{traffic.counts['student_answered']} answered by the student); teacher asked about {len(sampled)} of the "
+        f"{cut_note}{traffic.counts['student_answered']} answered by the student); teacher asked about {len(sampled)} of the "
         f"latter: {gstats.calls} calls, {gstats.cache_hits} from the ledger cache, ${gstats.cost_usd:.4f}")
     return traffic, sampled, gstats
 

@@ -6,6 +6,9 @@ Two kinds of request, told apart by the ledger row's ``role`` (who answered):
 - student-answered (``student``): a seeded sample is asked anew from the teacher through
   ``potstill.generate.label_records``, so each answer is a ledger row and a rerun is free.
 Identical requests served many times count once (the escalated copy wins: it is already paid).
+A generated escalation the client cut (its ``stop``, or a ``max_tokens`` under the teacher's) was
+logged cut, so it is not the teacher's answer: it is counted (``escalated_cut``) and left out, as
+serving keeps no uncut copy and asking again would pay for the same request twice.
 A request's ``metadata.label`` (the OpenAI chat ``metadata`` field), when it names one of the
 task's labels, is kept as gold.
 """
@@ -33,11 +36,19 @@ class Traffic:
     served_teacher_cost_usd: float = 0.0  # what the escalations cost while serving (already paid)
 
 
-def read_traffic(ledger: Ledger, task: Task) -> Traffic:
-    """Every answered served request, once per distinct chat."""
+def cut_by_client(request: dict, teacher_max_tokens: int) -> bool:
+    """Whether a served generated answer was cut to the client's limits (``serve``'s ``stop`` and
+    ``max_tokens`` handling): a stop sequence, or fewer tokens than the teacher's own budget."""
+    limit = request.get("max_completion_tokens") or request.get("max_tokens")
+    return bool(request.get("stop")) or (isinstance(limit, int) and limit < teacher_max_tokens)
+
+
+def read_traffic(ledger: Ledger, task: Task, teacher_max_tokens: int) -> Traffic:
+    """Every answered served request, once per distinct chat; ``teacher_max_tokens``: the run's
+    ``teacher.max_tokens``, under which a client's ``max_tokens`` cut the teacher's answer."""
     rows = ledger.served(status=None)
     ok = [r for r in rows if r.status == "ok"]
-    t = Traffic(counts={"served_rows": len(rows), "served_ok": len(ok)})
+    t = Traffic(counts={"served_rows": len(rows), "served_ok": len(ok), "escalated_cut": 0})
     seen: dict[str, Record] = {}
     for row in sorted(ok, key=lambda r: (not r.escalated, r.id)):  # escalations first
         messages = row.messages
@@ -45,6 +56,11 @@ def read_traffic(ledger: Ledger, task: Task) -> Traffic:
             continue
         key = hash_obj(messages)
         if key in seen:
+            continue
+        # A label is never cut; a generated answer may have been. Not marked seen: an uncut copy
+        # of the same chat, served another time, is still used.
+        if row.escalated and not task.labels and cut_by_client(row.request, teacher_max_tokens):
+            t.counts["escalated_cut"] += 1
             continue
         metadata = row.request.get("metadata")
         gold = metadata.get("label") if isinstance(metadata, dict) else None
@@ -101,7 +117,9 @@ def check_traffic(traffic: Traffic, cfg: Config) -> None:
     if traffic.counts["served_rows"] == 0:
         raise PotstillError("redistill: no served traffic in calls.sqlite (serve the student with `potstill serve` first)")
     if traffic.counts["distinct"] == 0:
-        raise PotstillError(f"redistill: none of the {traffic.counts['served_rows']} served requests was answered")
+        cut = traffic.counts.get("escalated_cut", 0)
+        raise PotstillError(f"redistill: none of the {traffic.counts['served_rows']} served requests was answered"
+                            + (f" whole ({cut} escalations were cut to the client's stop or max_tokens)" if cut else ""))
     k = sample_size(len(traffic.student), cfg.redistill.student_sample)
     if not traffic.escalated and k == 0:
         why = ("redistill.student_sample is 0" if cfg.redistill.student_sample == 0
