@@ -33,3 +33,21 @@ def test_promotion_is_adopted_by_the_manifest_and_survives_a_retrain(tmp_path):
     assert json.loads((tmp_path / "student" / "config.json").read_text())["tag"] == "retrained"
     assert json.loads((tmp_path / "students" / "abc" / "config.json").read_text())["tag"] == "challenger"
     assert json.loads((tmp_path / "students" / "original" / "config.json").read_text())["tag"] == "champion"
+
+
+def test_a_first_promotion_interrupted_between_its_renames_is_finished_by_the_next(tmp_path):
+    import os
+
+    from potstill.redistill import rollback
+
+    # The state a crash leaves after renameat2 swapped the paths and before the old champion
+    # directory moved on to students/: RUN/student is the new link, the champion sits in the temp name.
+    _student(tmp_path / ".student.promote", "champion")
+    _student(tmp_path / "students" / "abc", "challenger")
+    os.symlink("students/abc", tmp_path / "student")
+    _student(tmp_path / "students" / "def", "next challenger")
+
+    out = switch(tmp_path, tmp_path / "students" / "def")
+    assert out["current"] == "students/def" and not (tmp_path / ".student.promote").exists()
+    assert json.loads((tmp_path / "students" / "original" / "config.json").read_text())["tag"] == "champion"
+    assert rollback(tmp_path, "original")["current"] == "students/original"

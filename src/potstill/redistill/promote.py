@@ -52,6 +52,15 @@ def _adopt(run_dir: Path, target: Path) -> None:
     write_json(run.manifest_path, m)
 
 
+def _unused(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3``... whichever is free."""
+    kept, n = path, 1
+    while kept.exists() or kept.is_symlink():
+        n += 1
+        kept = path.with_name(f"{path.name}-{n}")
+    return kept
+
+
 def current(run_dir: Path) -> Path:
     """The directory RUN/student names now."""
     return (Path(run_dir) / "student").resolve()
@@ -74,18 +83,21 @@ def switch(run_dir: Path, target: Path, keep_as: str = "original") -> dict[str, 
         raise PotstillError(f"{link}: no champion to replace (run `potstill train` first)")
     previous = link.resolve()
     tmp = run_dir / ".student.promote"
-    if tmp.is_symlink() or tmp.exists():
+    if tmp.is_symlink():
         tmp.unlink()
+    elif tmp.exists():
+        # A first promotion interrupted between its two renames: the exchange put the old champion
+        # directory here and the move into students/ never ran. Finish that move, or the champion
+        # would stay hidden here, out of rollback's reach, and this promotion fail on it.
+        students.mkdir(exist_ok=True)
+        os.rename(tmp, _unused(students / keep_as))
     # Relative, so a copied or moved run directory keeps working.
     os.symlink(os.path.join("students", target.name), tmp)
     if link.is_symlink():
         os.replace(tmp, link)
     else:
         students.mkdir(exist_ok=True)
-        kept, n = students / keep_as, 1
-        while kept.exists() or kept.is_symlink():
-            n += 1
-            kept = students / f"{keep_as}-{n}"
+        kept = _unused(students / keep_as)
         if _exchange(tmp, link):
             os.rename(tmp, kept)  # tmp now holds the old directory
         else:
