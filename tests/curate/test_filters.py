@@ -188,6 +188,34 @@ def test_a_review_decision_holds_for_the_exact_duplicates_of_its_input():
     assert c.card["review_decisions"]["decisions"] == 3  # what the reviewer decided, not its reach
 
 
+def test_an_accept_or_reject_of_another_answer_is_stale_after_the_teacher_changes():
+    # review.sqlite outlives teacher.jsonl: after a regenerate with another teacher, a reject of the
+    # old teacher's wrong answer must not throw away the new teacher's answer; a relabel (the
+    # input's label) still holds.
+    records = [rec("Budget vote passes narrowly", "politics", id="a"),
+               rec("Ferrari on pole at Monza", "Sports.", id="b"),
+               rec("New chip doubles battery life", "sports", id="c")]
+    decisions = {"a": {"decision": "reject", "label": None, "teacher_output": "tech"},
+                 "b": {"decision": "reject", "label": None, "teacher_output": "sports"},
+                 "c": {"decision": "relabel", "label": "tech", "teacher_output": "politics"}}
+    c = curate(cfg(), records, decisions)
+    assert {r.id: r.output for r in kept(c)} == {"a": "politics", "c": "tech"}
+    assert "review" not in next(r for r in kept(c) if r.id == "a").meta
+    assert [r.id for r in c.rejected] == ["b"]  # "Sports." is the answer the reviewer rejected
+    assert c.card["counts"]["review_rejected"] == 1
+    assert c.card["review_decisions"]["stale"] == 1
+
+
+def test_a_decision_about_an_answer_fix_text_repaired_still_applies():
+    # The page shows teacher.jsonl as it is; curate.fix_text repairs it before the review step.
+    records = [rec("Summarise the report", "The cafÃ© raised prices.", id="a"),
+               rec("Summarise the budget", "Taxes rise.", id="b")]
+    decisions = {"a": {"decision": "reject", "label": None, "teacher_output": "The cafÃ© raised prices."}}
+    config = Config(task={"type": "freetext"}, curate={"val": 0, "test": 0, "fix_text": True})
+    c = curate(config, records, decisions)
+    assert [r.id for r in c.rejected] == ["a"] and "stale" not in c.card["review_decisions"]
+
+
 def test_teacher_accuracy_per_label_and_slice_flags_the_weak_spot():
     records = []
     for i in range(10):

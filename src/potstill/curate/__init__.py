@@ -73,13 +73,14 @@ def curate(cfg: Config, records: list[Record], decisions: dict[str, dict[str, An
     decisions = decisions or {}
     counts: dict[str, int] = {"input": len(records)}
     rejected: list[Record] = []
+    shown = {r.id: r.output for r in records}  # teacher.jsonl's answers, as the review page showed them
     # 0. encoding damage, before anything compares texts (a mis-decoded copy is still a duplicate)
     hygiene = Hygiene(c.fix_text)
     records = [hygiene.record(r) for r in records]
     real = [hygiene.record(r) for r in real or []]
     accuracy = teacher_accuracy(records, task)
 
-    kept = _review_step(records, _share_decisions(records, decisions, task), cfg.task.labels, rejected)
+    kept, stale = _review_step(records, _share_decisions(records, decisions), shown, task, cfg.task.labels, rejected)
     counts["review_rejected"] = len(records) - len(kept)
     valid = _validate_step(kept, task, c, rejected)
     counts["invalid"] = len(kept) - len(valid)
@@ -97,50 +98,59 @@ def curate(cfg: Config, records: list[Record], decisions: dict[str, dict[str, An
     counts.update(real_added=n_real, train=len(train), val=len(val), test=len(test))
     rejected += real_rejected
 
-    card = _card(cfg, counts, rejected, train, val, test, decisions, accuracy, len(real or []), real_rejected)
+    # The card reports the decisions applied: a stale one judged another teacher's answer.
+    applied = {k: v for k, v in decisions.items() if k not in stale}
+    card = _card(cfg, counts, rejected, train, val, test, applied, accuracy, len(real or []), real_rejected,
+                 stale=len(decisions) - len(applied))
     card["text_hygiene"] = hygiene.card(len(records) + len(real))
     return Curated(train=train, val=val, test=test, rejected=rejected, card=card)
 
 
-def _share_decisions(records: list[Record], decisions: dict[str, dict[str, Any]], task) -> dict[str, dict[str, Any]]:
+def _share_decisions(records: list[Record], decisions: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The decisions extended to the exact duplicates of each reviewed input.
 
     Records keyed by their own ids (a CRM's) can hold one input twice; the page shows both, and
     dedup keeps only the first. A decision about either copy is about that input, so it holds for
-    the other: a relabel always (it names the input's label), an accept or reject where the copy
-    gives the same answer the reviewer judged. The first decision of an input wins.
+    the other (where the copy gives another answer, ``_review_step`` finds an accept or reject
+    stale). The first decision of an input wins.
     """
     if not decisions:
         return decisions
-    by_input: dict[str, tuple[dict[str, Any], Any]] = {}
+    by_input: dict[str, dict[str, Any]] = {}
     for r in records:
-        d = decisions.get(r.id)
-        if d is not None:
-            by_input.setdefault(dedup_key(r.text), (d, task.parse(r.output or "")))
+        if r.id in decisions:
+            by_input.setdefault(dedup_key(r.text), decisions[r.id])
     shared = dict(decisions)
     for r in records:
-        hit = by_input.get(dedup_key(r.text))
-        if r.id in shared or hit is None:
-            continue
-        d, answer = hit
-        if d["decision"] == "relabel" or task.parse(r.output or "") == answer:
+        d = by_input.get(dedup_key(r.text))
+        if r.id not in shared and d is not None:
             shared[r.id] = d
     return shared
 
 
-def _review_step(records: list[Record], decisions: dict[str, dict[str, Any]], labels: list[str],
-                 rejected: list[Record]) -> list[Record]:
-    """1. A reviewer's reject removes a record; a relabel replaces the teacher's answer."""
-    kept = []
+def _review_step(records: list[Record], decisions: dict[str, dict[str, Any]], shown: dict[str, str | None], task,
+                 labels: list[str], rejected: list[Record]) -> tuple[list[Record], set[str]]:
+    """1. A reviewer's reject removes a record; a relabel replaces the teacher's answer.
+
+    An accept or reject judged one answer: when the record now gives another (teacher.jsonl was
+    generated again, by another teacher), it is stale and not applied; a relabel names the
+    input's label and always holds. ``shown``: each record's answer before ``fix_text`` repaired
+    it, the one the reviewer saw. Returns the kept records and the ids of stale decisions.
+    """
+    kept, stale = [], set()
     for r in records:
         d = decisions.get(r.id)
+        if d is not None and d["decision"] != "relabel" and d.get("teacher_output") is not None \
+                and task.parse(d["teacher_output"]) != task.parse(shown.get(r.id) or ""):
+            d = None
+            stale.add(r.id)
         if d is None:
             kept.append(r)
         elif d["decision"] == "reject":
             rejected.append(_reject(r, "review: rejected by a reviewer"))
         else:
             kept.append(_apply_review(r, d, labels))
-    return kept
+    return kept, stale
 
 
 def _validate_step(kept: list[Record], task, c, rejected: list[Record]) -> list[Record]:
@@ -234,7 +244,7 @@ def _prepare_real(real: list[Record], task, c) -> tuple[list[Record], list[Recor
 
 def _card(cfg: Config, counts: dict[str, int], rejected: list[Record], train: list[Record], val: list[Record],
           test: list[Record], decisions: dict[str, dict[str, Any]], accuracy: dict[str, Any] | None,
-          n_real: int, real_rejected: list[Record]) -> dict[str, Any]:
+          n_real: int, real_rejected: list[Record], stale: int = 0) -> dict[str, Any]:
     task = get_task(cfg.task)
     reasons = Counter((r.invalid_reason or "").split(":")[0] for r in rejected)
 
@@ -251,10 +261,12 @@ def _card(cfg: Config, counts: dict[str, int], rejected: list[Record], train: li
                         "license": cfg.curate.real_license, "labelled_by": "people (real labels)",
                         "records": n_real, "added_to_train": counts["real_added"]})
     review = None
-    if decisions:
+    if decisions or stale:
         kinds = Counter(d["decision"] for d in decisions.values())
         review = {"decisions": len(decisions), **{k: kinds.get(k, 0) for k in ("accept", "reject", "relabel")},
                   "teacher_error_rate": round(error_rate(decisions, task.parse) or 0.0, 4)}
+        if stale:  # accepts and rejects of answers teacher.jsonl no longer holds: not applied
+            review["stale"] = stale
     c = cfg.curate
     return {
         "counts": counts,
