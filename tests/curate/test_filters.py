@@ -99,6 +99,20 @@ def test_inputs_equal_up_to_unicode_normalisation_are_exact_duplicates():
         assert all(r.invalid_reason.startswith("exact duplicate input") for r in c.rejected)
 
 
+def test_conversations_that_end_alike_are_not_duplicates():
+    # Chat logs: many conversations end with the same user turn; the input is the whole conversation.
+    def conv(city: str, answer: str) -> Record:
+        return Record(messages=[{"role": "user", "content": f"Tell me about {city}."},
+                                {"role": "assistant", "content": f"{city} is a large city with a long history."},
+                                {"role": "user", "content": "Tell me more."}], output=answer)
+
+    records = [conv("Paris", "It has the Louvre."), conv("Rome", "It has the Colosseum."),
+               conv("Cairo", "It has the pyramids nearby."), conv("Paris", "Its metro is old.")]
+    c = curate(Config(task={"type": "freetext"}, curate={"val": 0, "test": 0}), records)
+    assert sorted(r.output for r in kept(c)) == ["It has the Colosseum.", "It has the Louvre.", "It has the pyramids nearby."]
+    assert [r.output for r in c.rejected] == ["Its metro is old."]  # the same conversation again
+
+
 def _variants(n: int) -> list[tuple[str, str]]:
     """Pairs of near-identical headlines (one word changed), each pair about a different subject."""
     teams = ["Leeds", "Wigan", "Derby", "Fulham", "Stoke", "Hull", "Bolton", "Burnley", "Reading", "Watford",

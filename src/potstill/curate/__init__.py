@@ -27,7 +27,7 @@ from typing import Any
 from potstill.config import Config
 from potstill.curate.card import card_markdown
 from potstill.curate.checks import invalid_reason, majority, teacher_accuracy
-from potstill.curate.dedup import dedup_key, find_duplicates, normalise
+from potstill.curate.dedup import conversation, dedup_key, find_duplicates, normalise
 from potstill.curate.split import rank, split
 from potstill.curate.text import Hygiene
 from potstill.records import Record
@@ -119,10 +119,10 @@ def _share_decisions(records: list[Record], decisions: dict[str, dict[str, Any]]
     by_input: dict[str, dict[str, Any]] = {}
     for r in records:
         if r.id in decisions:
-            by_input.setdefault(dedup_key(r.text), decisions[r.id])
+            by_input.setdefault(dedup_key(conversation(r.messages)), decisions[r.id])
     shared = dict(decisions)
     for r in records:
-        d = by_input.get(dedup_key(r.text))
+        d = by_input.get(dedup_key(conversation(r.messages)))
         if r.id not in shared and d is not None:
             shared[r.id] = d
     return shared
@@ -189,7 +189,8 @@ def _dedup_step(consistent: list[Record], real_ok: list[Record], c, counts: dict
                 rejected: list[Record], has_real: bool) -> tuple[list[Record], list[Record]]:
     """4. Duplicates, teacher records first so a real example never evicts one."""
     pool = consistent + real_ok
-    dups = find_duplicates([r.text for r in pool], near=c.near_dup, threshold=c.near_dup_threshold, seed=c.seed) \
+    dups = find_duplicates([conversation(r.messages) for r in pool], near=c.near_dup, threshold=c.near_dup_threshold,
+                           seed=c.seed) \
         if c.dedup else None
     survivors = []
     for i, r in enumerate(pool):

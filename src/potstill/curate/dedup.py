@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass, field
+from typing import Any
 
 from datasketch import MinHash, MinHashLSH
 
@@ -38,6 +39,19 @@ def dedup_key(text: str) -> str:
     """
     t = "".join(ch for ch in unicodedata.normalize("NFKC", text) if unicodedata.category(ch) != "Cf")
     return normalise(t.casefold())
+
+
+def conversation(messages: list[dict[str, Any]]) -> str:
+    """The text dedup compares for a record: every message's, one per line.
+
+    A record's ``text`` is its last user message, what a classifier reads; chat logs hold many
+    conversations that end with the same turn ("Tell me more."), and those are different inputs.
+    A one-message record compares its text, as before.
+    """
+    def text(c: Any) -> str:
+        return "".join(str(p.get("text", "")) for p in c if isinstance(p, dict)) if isinstance(c, list) else str(c or "")
+
+    return "\n".join(text(m.get("content")) for m in messages)
 
 
 def shingles(text: str, k: int = SHINGLE) -> set[str]:

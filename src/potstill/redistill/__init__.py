@@ -34,7 +34,7 @@ from rich.table import Table
 from potstill import tracking
 from potstill.config import Config
 from potstill.curate import Curated, curate
-from potstill.curate.dedup import find_duplicates
+from potstill.curate.dedup import conversation, find_duplicates
 from potstill.errors import PotstillError
 from potstill.hashing import hash_obj
 from potstill.ledger import Ledger
@@ -57,7 +57,7 @@ def _is_student(path: Path) -> bool:
 def drop_overlap(old: list[Record], new: list[Record], cfg: Config) -> tuple[list[Record], dict[str, int]]:
     """New records that duplicate no old one (frozen test first, then train/val); counts of the rest."""
     c = cfg.curate
-    texts = [r.text for r in old] + [r.text for r in new]
+    texts = [conversation(r.messages) for r in old] + [conversation(r.messages) for r in new]
     dups = find_duplicates(texts, near=c.dedup and c.near_dup, threshold=c.near_dup_threshold, seed=c.seed)
     n_old = len(old)
     kept, counts = [], {"overlap_frozen_test": 0, "overlap_train_val": 0}
