@@ -133,3 +133,22 @@ def test_error_rate_reads_the_teachers_label_as_the_task_does():
             "c": {"decision": "reject", "label": None, "teacher_output": "tech"},
             "d": {"decision": "accept", "label": None, "teacher_output": "tech"}}
     assert error_rate(said, parse) == 0.5
+
+
+def test_a_generated_answer_is_not_a_stratum_so_the_sample_is_not_alphabetical(tmp_path):
+    # Round-robin over strata keyed by the answer makes every free-text answer its own stratum, in
+    # alphabetical order: the sample was the ten answers that sort first, and the error rate the
+    # page and card report was measured on them.
+    from potstill.config import Config
+    from potstill.curate.stage import curate_stage
+    from potstill.records import Record, write_jsonl
+    from potstill.review.app import load_run
+
+    run = tmp_path / "run"
+    answers = [f"{'ABCDEFGHIJ'[i % 10]} summary number {i:03d} of the report" for i in range(100)]
+    write_jsonl(run / "teacher.jsonl", [Record(messages=[{"role": "user", "content": f"report {i} " * 8}],
+                                               output=a, valid=True) for i, a in enumerate(answers)])
+    curate_stage(Config(run_dir=str(run), task={"type": "freetext"}, curate={"val": 0, "test": 0, "near_dup": False}))
+    _, sample = load_run(run, 10)
+    firsts = Counter(r.output[0] for r in sample)
+    assert len(firsts) >= 5, firsts  # old code: ten answers all starting with "A"

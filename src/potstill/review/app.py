@@ -42,7 +42,7 @@ def load_run(run_dir: str | Path, sample: int, seed: int = 0) -> tuple[list[str]
         raise PotstillError(f"{run}: no teacher.jsonl and card.json here: run `potstill generate` and `potstill curate` first")
     card = json.loads(card_path.read_text())
     labels = list((card.get("task") or {}).get("labels") or [])
-    records = stratified_sample(read_records(teacher), sample, seed)
+    records = stratified_sample(read_records(teacher), sample, seed, labelled=bool(labels))
     if not records:
         raise PotstillError(f"{teacher}: no valid teacher outputs to review")
     return labels, records

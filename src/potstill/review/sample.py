@@ -3,6 +3,8 @@
 Round-robin rather than proportional: a rare label gets as many looks as a common one until it
 runs out, because the teacher's errors hide in the rare labels. Within a stratum, records come in
 seeded-hash order, so the sample is the same on every start and a decided record stays in it.
+Only a label is a stratum: a generated answer (free text, JSON) is nearly unique, and strata of
+one record each, taken in sorted order, would make the sample the answers that sort first.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ def _rank(rec_id: str, seed: int) -> str:
     return hashlib.sha256(f"{seed}:{rec_id}".encode()).hexdigest()
 
 
-def stratified_sample(records: list[Record], n: int, seed: int = 0) -> list[Record]:
+def stratified_sample(records: list[Record], n: int, seed: int = 0, labelled: bool = True) -> list[Record]:
+    """``labelled``: the task answers with labels (they are strata); otherwise only slices are."""
     strata: dict[str, list[Record]] = {}
     for r in records:
         if not r.valid or r.output is None or r.meta.get("source") == "real":
             continue
-        strata.setdefault(f"{r.output.strip().lower()}|{','.join(sorted(r.slice))}", []).append(r)
+        answer = r.output.strip().lower() if labelled else ""
+        strata.setdefault(f"{answer}|{','.join(sorted(r.slice))}", []).append(r)
     queues = [sorted(rs, key=lambda r: _rank(r.id, seed)) for _, rs in sorted(strata.items())]
     out: list[Record] = []
     seen: set[str] = set()
