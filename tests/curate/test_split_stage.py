@@ -102,3 +102,17 @@ def test_stage_fails_in_one_line_and_writes_nothing_when_nothing_is_left(tmp_pat
     with pytest.raises(PotstillError, match=r"no training records left \(curate.val and curate.test took them all\)"):
         curate_stage(Config(run_dir=str(run), task={"labels": LABELS}, curate={"val": 0, "test": 1000}))
     assert sorted(p.name for p in run.iterdir()) == ["teacher.jsonl"]
+
+
+def test_an_empty_teacher_file_is_named(tmp_path):
+    # It said "curate: no training records left: " and nothing after the colon (every count was 0).
+    import pytest
+
+    from potstill.errors import PotstillError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "teacher.jsonl").write_text("\n")
+    with pytest.raises(PotstillError, match=r"teacher.jsonl holds no records: run `potstill generate` \(it writes one per input\)$"):
+        curate_stage(Config(run_dir=str(run), task={"labels": LABELS}))
+    assert sorted(p.name for p in run.iterdir()) == ["teacher.jsonl"]

@@ -25,7 +25,10 @@ def curate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
         raise PotstillError(f"{run / 'teacher.jsonl'} not found: run `potstill generate` first")
     real = read_records(cfg.curate.real_data) if cfg.curate.real_data else None
     decisions = load_decisions(run / "review.sqlite") if cfg.curate.review else {}
-    c = curate(cfg, read_records(run / "teacher.jsonl"), decisions, real)
+    records = read_records(run / "teacher.jsonl")
+    if not records:
+        raise PotstillError(f"{run / 'teacher.jsonl'} holds no records: run `potstill generate` (it writes one per input)")
+    c = curate(cfg, records, decisions, real)
     if not c.train:  # nothing is written: the counts and the commonest reasons say where the records went
         counts = ", ".join(f"{k}={v}" for k, v in c.card["counts"].items() if v)
         reasons = sorted(c.card["rejected_reasons"].items(), key=lambda kv: -kv[1])[:3]
