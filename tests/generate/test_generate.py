@@ -297,3 +297,25 @@ def test_scattered_429s_delay_only_their_request_and_clustered_ones_slow_everyon
     with Loopback(key=SECRET, seed=3, p429=0.6, retry_after_s=0.05) as srv:
         c = _engine_run(srv, tmp_path, 60)
     assert c.pauses > 0 and c.lowest_limit < 16
+
+
+def test_a_changed_label_set_rederives_cached_soft_labels_without_resending(tmp_path, monkeypatch):
+    # The instruction does not list the labels, so renaming one leaves every request (and its cache
+    # key) as it was: the cached answers are reused, but their soft labels must be over the new set.
+    monkeypatch.setenv("TEACHER_KEY", SECRET)
+    with Loopback(key=SECRET) as srv:
+        cfg_path = project(tmp_path, srv.base_url, 20, {"logprobs": 5})
+        with Ledger(tmp_path / "calls.sqlite") as ledger:
+            first = {r.id: r for r in run_generate(load_config(cfg_path), read_records(tmp_path / "inputs.jsonl"), ledger)[0]}
+        # The teacher's first token "tech" now names "technology" (a label starts with the token).
+        renamed = [lab if lab != "tech" else "technology" for lab in LABELS]
+        cfg = load_config(cfg_path, {"task.labels": renamed})
+        with Ledger(tmp_path / "calls.sqlite") as ledger:
+            out, stats = run_generate(cfg, read_records(tmp_path / "inputs.jsonl"), ledger)
+        assert stats.calls == 0 and stats.cache_hits == 20
+        assert sum(srv.stats()["answered"].values()) == 20  # nothing sent twice
+    for r in out:
+        assert set(r.label_probs) == set(renamed)
+        old = first[r.id].label_probs
+        assert r.label_probs["technology"] == pytest.approx(old["tech"])
+        assert sum(r.label_probs.values()) == pytest.approx(1.0)

@@ -117,7 +117,7 @@ def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: L
             stats.unsent += h not in errors
             rec.output, rec.valid, rec.invalid_reason = None, False, reason
         else:
-            _attach(rec, ans, task)
+            _attach(rec, ans, task, teacher)
             rec.meta.update({
                 "teacher": teacher.model_name, "teacher_type": teacher.type, "request_hash": h,
                 "input_tokens": ans.get("input_tokens", 0), "output_tokens": ans.get("output_tokens", 0),
@@ -134,12 +134,12 @@ def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: L
     return out, stats
 
 
-def _attach(rec: Record, ans: dict[str, Any], task: Task) -> None:
+def _attach(rec: Record, ans: dict[str, Any], task: Task, teacher: Teacher) -> None:
     """Copy an answer onto a record; with several samples, the output is their majority answer."""
     from potstill.generate.consistency import majority
 
     rec.output = ans.get("output")
-    rec.label_probs = ans.get("label_probs")
+    rec.label_probs = teacher.label_probs(ans)
     rec.logprobs = ans.get("logprobs")
     rec.samples = ans.get("samples")
     if rec.samples and len(rec.samples) > 1:

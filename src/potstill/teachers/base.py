@@ -32,6 +32,8 @@ Overridable:
   traffic; it runs on one long-lived worker (one model, one client) for the teacher's life.
   ``answer_one`` waits for it. The default runs ``run([request])`` on a single worker thread,
   which also serialises access to an in-process model.
+- ``label_probs(answer)``: the soft label of an answer (new or from the ledger) over the task's
+  labels as they are now; the default is the one stored with it.
 - ``close()``: free the model or client; the teacher is not used after it.
 """
 
@@ -169,6 +171,10 @@ class Teacher:
         got: list[Response] = []
         self.run([request], lambda i, r: got.append(r))
         return got[0] if got else Response(output=None, error="the teacher returned no answer")
+
+    def label_probs(self, answer: dict[str, Any]) -> dict[str, float] | None:
+        """The distribution over ``task.labels`` of an answer (``Response.to_json()``, maybe cached)."""
+        return answer.get("label_probs")
 
     def token_cost(self, input_tokens: int, output_tokens: int) -> float:
         p = self.cfg.price

@@ -72,6 +72,15 @@ class OpenAITeacher(ApiTeacher):
             req["top_logprobs"] = self.cfg.logprobs
         return req
 
+    def label_probs(self, answer: dict[str, Any]) -> dict[str, float] | None:
+        # task.labels is in no request unless the instruction lists them, so an answer cached under
+        # another label set (a label renamed or added) is a cache hit: its soft label is derived
+        # again from the stored top-k, never kept with the old label names.
+        logprobs = answer.get("logprobs")
+        if self.task.labels and logprobs:
+            return label_probs_from_top_logprobs(logprobs[0]["top"], self.task.labels)
+        return answer.get("label_probs")
+
     def http_module(self) -> Any:
         # Recent openai releases build on httpx2 (their default client); a plain httpx client
         # still works there but through a slower path, so use the package the SDK itself uses.
