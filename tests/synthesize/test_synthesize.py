@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import yaml
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 
 from potstill.config import load_config
 from potstill.errors import PotstillError
@@ -46,7 +47,8 @@ def written(cell: str, k: int) -> str:
     return f"A {cell} story: " + " ".join(rng.choice(VOCAB) for _ in range(30)) + "."
 
 
-def writer_app(mode: str, seen: Counter, delay: float = 0.0) -> FastAPI:
+def writer_app(mode: str, seen: Counter, delay: float = 0.0, down: set[str] | None = None) -> FastAPI:
+    """``down``: cells whose requests get a 500 (``"*"``: every request), while the set holds them."""
     app = FastAPI()
 
     @app.post("/v1/chat/completions")
@@ -61,6 +63,8 @@ def writer_app(mode: str, seen: Counter, delay: float = 0.0) -> FastAPI:
         cell, k = plan.groups()
         k = int(k)
         seen[f"{cell}#{k}"] += 1
+        if down and ({"*", cell} & down):
+            return JSONResponse({"error": {"message": "overloaded", "type": "server_error"}}, status_code=500)
         if delay:
             time.sleep(delay)
         if mode == "unusable":
@@ -142,6 +146,29 @@ def test_teacher_with_unusable_text_is_one_clear_error(tmp_path):
         with pytest.raises(PotstillError, match=r"returned no usable input in 12 answers .*<input>"):
             synthesize_stage(cfg)
     assert not (tmp_path / "run" / "synthetic.jsonl").exists()
+
+
+def test_failed_teacher_calls_stop_the_stage_and_a_rerun_retries_them(tmp_path):
+    seen: Counter = Counter()
+    down = {"*"}
+    with LiveServer(writer_app("good", seen, down=down)) as srv:
+        cfg = load_config(project(tmp_path, srv.url))
+        # Every call failed (a server down, a wrong key): one line after the first round, nothing written.
+        with pytest.raises(PotstillError, match=r"synthesize: all 12 teacher calls failed \(.*500.*nothing written"):
+            synthesize_stage(cfg)
+        assert sum(seen.values()) == 12  # no further rounds of requests bound to fail
+        assert not (tmp_path / "run" / "synthetic.jsonl").exists()
+        # One cell's calls fail: the others are kept, but the stage is not done while its quota is unmet.
+        down.clear()
+        down.add("politics")
+        with pytest.raises(PotstillError, match=r"synthesize: \d+ teacher calls failed .*politics: 0 of 4"):
+            synthesize_stage(cfg)
+        card = json.loads((tmp_path / "run" / "synthesize.json").read_text())
+        assert card["cells"]["sports"]["kept"] == 4 and card["cells"]["politics"]["kept"] == 0
+        down.clear()
+        synthesize_stage(cfg)  # not "up to date": the failed requests are asked again
+    card = json.loads((tmp_path / "run" / "synthesize.json").read_text())
+    assert card["quotas_met"] and card["written"] == 12
 
 
 def test_kill_9_then_resume_pays_nothing_twice(tmp_path):

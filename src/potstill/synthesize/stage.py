@@ -52,6 +52,8 @@ class Synthesis:
         self.usable = 0
         self.cost_usd = 0.0
         self.calls = 0
+        self.errors = 0  # teacher calls that failed (not cached: a rerun asks them again)
+        self.first_error = ""
 
     def next_slots(self) -> list[Slot]:
         slots = []
@@ -70,7 +72,9 @@ class Synthesis:
     def take(self, sl: Slot, rec: Record, teacher_name: str) -> None:
         """Screen one answered request and keep its input if it passes."""
         if rec.output is None:
-            return self.reject(f"teacher error: {rec.invalid_reason}", sl, None)
+            self.errors += 1
+            self.first_error = self.first_error or str(rec.invalid_reason)
+            return self.reject(str(rec.invalid_reason), sl, None)
         self.answers += 1
         text = extract(rec.output, opened=self.completion)
         if text is None:
@@ -117,6 +121,8 @@ def synthesize(cfg: Config, seeds: list[Record], tests: list[str], ledger: Any) 
             if stats.budget_stopped:
                 raise PotstillError(f"synthesize: budget of ${cfg.generate.budget_usd:g} reached; rerun with a higher "
                                     "generate.budget_usd (answered requests are cached)")
+            if stats.errors == len(slots):
+                break  # a server down, a wrong key, a cell it refuses: more rounds would only fail again
             if rnd == 0 and syn.answers and not syn.usable:
                 first = next(r.output for r in answered if r.output is not None)
                 rule = "continue the prompt's <input> with text" if syn.completion else \
@@ -150,11 +156,20 @@ def synthesize_body(cfg: Config, run: RunDir) -> dict[str, Any]:
     seeds, tests = _references(cfg, run)
     with run.ledger() as ledger:
         syn = synthesize(cfg, seeds, tests, ledger)
+    if syn.errors and not syn.answers:
+        raise PotstillError(f"synthesize: all {syn.errors} teacher calls failed ({syn.first_error}); "
+                            "nothing written. Rerun to retry them")
     real = [r.model_copy(update={"slice": [*r.slice, "real"]}) for r in seeds]
     out_path = run / "synthetic.jsonl"
     write_jsonl(out_path, real + [r for c in syn.kept for r in syn.kept[c]])
     summary = card(syn, cfg.teacher.model or cfg.teacher.type, len(seeds), len(tests))
     write_json(run / "synthesize.json", summary)
+    short = {c: (len(syn.kept[c]), q) for c, q in syn.quota.items() if len(syn.kept[c]) < q}
+    if syn.errors and short:
+        # Not marked done: failed requests are not cached, so the rerun asks them again (the rest is cached).
+        raise PotstillError(f"synthesize: {syn.errors} teacher calls failed ({syn.first_error}) and quotas are not met "
+                            f"({', '.join(f'{c}: {k} of {q}' for c, (k, q) in short.items())}); {out_path} holds "
+                            "what was kept. Rerun to retry them; answered requests are cached")
     say(f"synthesize: {summary['written']} inputs written, {summary['rejected']} rejected "
         f"({', '.join(f'{k}: {v}' for k, v in syn.rejected.items()) or 'none'}), {syn.calls} teacher calls, "
         f"${syn.cost_usd:.4f}; {'quotas met' if summary['quotas_met'] else 'QUOTAS NOT MET'}; -> {out_path}")
