@@ -102,3 +102,37 @@ def test_import_never_writes_over_its_own_source_and_names_a_missing_or_folder_i
     with pytest.raises(PotstillError, match=r"--requests .*nope.jsonl: not found; expected a Batch API input JSONL"):
         import_traffic(src, tmp_path / "o.jsonl", requests=tmp_path / "nope.jsonl")
     assert not (tmp_path / "o.jsonl").exists()
+
+
+@pytest.mark.parametrize("row, why", [
+    ({"messages": ["hi", "there"]}, r"messages.0: expected an object with role and content, got str"),
+    ({"request": ["hi"], "response": "x"}, r"messages.0: expected an object with role and content, got str"),
+    ({"object": "chat.completion", "choices": [{"message": {"content": "x"}}], "input_messages": ["hi"]},
+     r"messages.0: expected an object with role and content, got str"),
+    ({"request": {"messages": [{"role": "user", "content": "hi"}]}, "response": {"choices": ["x"]}},
+     r"cannot find the response's text"),
+    # the same checks as an input file's, so generate never refuses what import wrote
+    ({"messages": [{"role": "user"}, {"role": "assistant", "content": "x"}]}, r"messages.0: a user message without content"),
+    ({"messages": [{"role": "usr", "content": "hi"}, {"role": "assistant", "content": "x"}]},
+     r"messages.0.role: 'usr' is not one of"),
+    ({"prompt": "hi \ud800", "completion": "x"}, r".*surrogates not allowed"),
+])
+def test_import_odd_rows_are_one_line_naming_file_and_line(tmp_path, row, why):
+    """A row of the wrong shape is one line naming it, not a traceback; nothing is written."""
+    good = {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}
+    src = jsonl(tmp_path / "traffic.jsonl", [good, row])
+    with pytest.raises(PotstillError, match=r"traffic.jsonl:2: " + why):
+        import_traffic(src, tmp_path / "o.jsonl")
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_a_stored_completion_after_a_tool_call_keeps_the_call(tmp_path):
+    side = [{"id": "m1", "role": "user", "content": "weather in Oslo?"},
+            {"id": "m2", "role": "assistant", "content": None,
+             "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}]},
+            {"id": "m3", "role": "tool", "tool_call_id": "c1", "content": "4 C"}]
+    src = jsonl(tmp_path / "stored.jsonl", [{**COMPLETION, "input_messages": side}])
+    import_traffic(src, tmp_path / "o.jsonl")
+    (rec,) = read_records(tmp_path / "o.jsonl")  # read as generate reads its inputs
+    assert rec.messages[1]["tool_calls"][0]["id"] == "c1" and rec.messages[2]["tool_call_id"] == "c1"
+    assert "id" not in rec.messages[0] and rec.output == "sports"

@@ -23,24 +23,34 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from potstill.errors import PotstillError
 from potstill.ledger import Ledger
 from potstill.progress import bar
-from potstill.records import Record, read_objects, write_jsonl
+from potstill.records import Record, read_objects, record_problem, write_jsonl
 
 FORMATS = ("auto", "finetune", "openai-log", "pairs", "stored", "served")
+
+
+def _objects(msgs: list[Any], where: str) -> list[dict[str, Any]]:
+    """``msgs`` when each is an object (a message), else one line naming the first that is not."""
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict):
+            raise PotstillError(f"{where}: messages.{i}: expected an object with role and content, got {type(m).__name__}")
+    return msgs
 
 
 def _messages(side: Any, where: str) -> list[dict[str, Any]]:
     if isinstance(side, str):
         return [{"role": "user", "content": side}]
     if isinstance(side, dict) and isinstance(side.get("messages"), list):
-        msgs = list(side["messages"])
+        msgs = _objects(list(side["messages"]), where)
         if side.get("system"):  # an Anthropic request
             msgs.insert(0, {"role": "system", "content": side["system"]})
         return msgs
     if isinstance(side, list):
-        return side
+        return _objects(side, where)
     raise PotstillError(f"{where}: cannot find the request's messages")
 
 
@@ -53,13 +63,13 @@ def _answer(side: Any, where: str) -> tuple[str, dict[str, Any]]:
             if side.get("status_code", 200) != 200:
                 raise PotstillError(f"{where}: the logged response has status {side.get('status_code')}")
             side = side["body"]
-        if side.get("choices"):
-            ch = side["choices"][0]
+        ch = side["choices"][0] if isinstance(side.get("choices"), list) and side["choices"] else None
+        if isinstance(ch, dict) and isinstance(ch.get("message", {}), dict):
             return str(ch.get("message", {}).get("content") or ""), {
                 "teacher": side.get("model"), "usage": side.get("usage"), "finish_reason": ch.get("finish_reason"),
                 "response_id": side.get("id")}
         if side.get("type") == "message" and isinstance(side.get("content"), list):
-            text = "".join(b.get("text", "") for b in side["content"] if b.get("type") == "text")
+            text = "".join(str(b.get("text", "")) for b in side["content"] if isinstance(b, dict) and b.get("type") == "text")
             return text, {"teacher": side.get("model"), "usage": side.get("usage"),
                           "finish_reason": side.get("stop_reason"), "response_id": side.get("id")}
         for k in ("content", "output", "text"):
@@ -85,7 +95,7 @@ def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: dict[str, An
     meta: dict[str, Any] = {}
     if kind == "finetune":
         msgs = obj.get("messages")
-        if not isinstance(msgs, list) or not msgs or msgs[-1].get("role") != "assistant":
+        if not isinstance(msgs, list) or not msgs or _objects(msgs, where)[-1].get("role") != "assistant":
             raise PotstillError(f"{where}: expected messages ending with an assistant turn")
         prompt, output = msgs[:-1], str(msgs[-1].get("content", ""))
     elif kind == "openai-log":
@@ -107,7 +117,9 @@ def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: dict[str, An
             side = side["data"]
         if not isinstance(side, list):
             raise PotstillError(f"{where}: a stored completion needs its input messages under input_messages")
-        prompt = [{"role": m.get("role", "user"), "content": m.get("content", "")} for m in side]
+        # The listing's extra fields go (id, ...); a tool call's own fields stay, or its turn has no content.
+        prompt = [{"role": m.get("role", "user"), "content": m.get("content", ""),
+                   **{k: m[k] for k in ("tool_calls", "tool_call_id") if m.get(k)}} for m in _objects(side, where)]
         output, meta = _answer({k: v for k, v in obj.items() if k not in ("input_messages", "messages")}, where)
         if obj.get("metadata"):
             meta["metadata"] = obj["metadata"]
@@ -125,10 +137,17 @@ def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: dict[str, An
     user = [m for m in prompt if m.get("role") != "system"]
     if not user:
         raise PotstillError(f"{where}: the request has no user message")
+    # What an input file is checked against when generate reads it: refused here, at its own line.
+    problem = record_problem({"messages": prompt})
+    if problem:
+        raise PotstillError(f"{where}: {problem}")
     if system:
         meta["system"] = str(system[0].get("content", ""))
     meta["format"] = kind
-    return Record(messages=user, output=output, meta={k: v for k, v in meta.items() if v is not None})
+    try:
+        return Record(messages=user, output=output, meta={k: v for k, v in meta.items() if v is not None})
+    except ValidationError as e:  # text that cannot be written as UTF-8 (a lone surrogate), ...
+        raise PotstillError(f"{where}: {e.errors()[0]['msg']}") from None
 
 
 def _read_requests(path: Path) -> dict[str, Any]:
