@@ -319,3 +319,23 @@ def test_a_changed_label_set_rederives_cached_soft_labels_without_resending(tmp_
         old = first[r.id].label_probs
         assert r.label_probs["technology"] == pytest.approx(old["tech"])
         assert sum(r.label_probs.values()) == pytest.approx(1.0)
+
+
+def test_a_budget_with_no_known_price_is_refused_before_any_call(tmp_path, monkeypatch):
+    # A model in no price table (a hosted open model, say) costs $0 in the ledger, so a budget
+    # would never stop it: the run must refuse rather than spend without a cap.
+    monkeypatch.setenv("TEACHER_KEY", SECRET)
+    with Loopback(key=SECRET) as srv:
+        cfg_path = project(tmp_path, srv.base_url, 20, {"model": "llama-3.3-70b-instruct"}, {"budget_usd": 0.0001})
+        with pytest.raises(PotstillError, match=r"generate.budget_usd: no price is known for teacher.model "
+                                                r"'llama-3.3-70b-instruct'.*generate.prices"):
+            generate_stage(load_config(cfg_path))
+        for engine in ("async", "batch"):
+            with pytest.raises(PotstillError, match="no price is known"):
+                run_generate(load_config(cfg_path, {"generate.engine": engine}), read_records(tmp_path / "inputs.jsonl"),
+                             Ledger(tmp_path / f"{engine}.sqlite"))
+        assert srv.stats()["answered"] == {}
+        assert not (tmp_path / "run" / "calls.sqlite").exists()
+        # a price of its own (or in generate.prices) makes the budget count, and stop the run
+        with pytest.raises(PotstillError, match=r"budget of \$0.0001 reached"):
+            generate_stage(load_config(cfg_path, {"teacher.price.input_per_mtok": 100.0}))

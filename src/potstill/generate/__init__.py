@@ -76,6 +76,18 @@ def _send(teacher: Teacher, stage: str, ledger: Ledger, gcfg: GenerateConfig, st
             teacher.run([req for _, req in todo], on_result, stats, gcfg)
 
 
+def check_budget(teacher: Teacher, gcfg: GenerateConfig) -> None:
+    """Refuse ``generate.budget_usd`` for an API teacher whose model has no price: its calls cost $0 in
+    the ledger, so the budget would never stop a run that the provider bills."""
+    from potstill.teachers.api.prices import price_for
+
+    if gcfg.budget_usd is None or not teacher.remote or price_for(teacher.cfg.model, teacher.cfg.price, gcfg.prices):
+        return
+    raise PotstillError(f"generate.budget_usd: no price is known for teacher.model {teacher.cfg.model!r}, so no spend "
+                        "would count against the budget; set teacher.price (input_per_mtok, output_per_mtok) or add "
+                        "the model to generate.prices")
+
+
 def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: Ledger, stage: str,
                   gcfg: GenerateConfig | None = None) -> tuple[list[Record], RunStats]:
     """Attach the teacher's answer to each record (cache first), validating it against the task.
@@ -90,6 +102,7 @@ def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: L
         raise PotstillError(f"generate.n={gcfg.n}: the {teacher.type} teacher returns one answer per input; use n: 1")
     if gcfg.engine == "batch" and not teacher.supports_batch:
         raise PotstillError(f"generate.engine batch needs an openai or anthropic teacher, not {teacher.type!r}")
+    check_budget(teacher, gcfg)
     teacher.n = gcfg.n
     ident = teacher.identity()
     reqs = [teacher.request(r) for r in records]
