@@ -339,3 +339,23 @@ def test_a_budget_with_no_known_price_is_refused_before_any_call(tmp_path, monke
         # a price of its own (or in generate.prices) makes the budget count, and stop the run
         with pytest.raises(PotstillError, match=r"budget of \$0.0001 reached"):
             generate_stage(load_config(cfg_path, {"teacher.price.input_per_mtok": 100.0}))
+
+
+def test_anthropic_samples_answered_beside_a_failed_one_are_billed_in_the_ledger(tmp_path, monkeypatch):
+    # generate.n: 3 is three Messages calls; when one fails for good, the two answered are still
+    # billed by the provider, so the ledger's tokens and dollars must hold them.
+    monkeypatch.setenv("TEACHER_KEY", SECRET)
+    with Loopback(key=SECRET, seed=5, p500=0.3) as srv:
+        cfg_path = project(tmp_path, srv.root_url, 40, {"type": "anthropic", "model": "claude-haiku-4-5-20251001",
+                                                        "max_retries": 0}, {"n": 3})
+        with pytest.raises(PotstillError, match=r"teacher calls failed"):
+            generate_stage(load_config(cfg_path))
+        served = sum(srv.stats()["answered"].values())  # messages answered, one output token each
+    with Ledger(tmp_path / "run" / "calls.sqlite") as ledger:
+        rows = ledger.rows(role="teacher")
+    errors = [r for r in rows if r["status"] == "error"]
+    assert errors and any(r["output_tokens"] for r in errors)  # some failed calls had answered samples
+    assert sum(r["output_tokens"] for r in rows) == served
+    assert sum(r["cost_usd"] for r in rows) == pytest.approx(
+        sum(r["input_tokens"] * 1.0 + r["output_tokens"] * 5.0 for r in rows) / 1e6)
+    assert all(SECRET not in (r["error"] or "") for r in errors)

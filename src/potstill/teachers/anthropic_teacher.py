@@ -15,6 +15,7 @@ import asyncio
 import time
 from typing import Any
 
+from potstill.errors import redact
 from potstill.teachers.api import ApiTeacher
 from potstill.teachers.base import Response
 from potstill.teachers.openai_teacher import api_key
@@ -80,8 +81,20 @@ class AnthropicTeacher(ApiTeacher):
         if extra:
             req["extra_body"] = extra
         t0 = time.perf_counter()
-        msgs = await asyncio.gather(*(client.messages.create(**req) for _ in range(n)))
-        return self._response(msgs, time.perf_counter() - t0)
+        got = await asyncio.gather(*(client.messages.create(**req) for _ in range(n)), return_exceptions=True)
+        failed = [g for g in got if isinstance(g, BaseException)]
+        if not failed:
+            return self._response(got, time.perf_counter() - t0)
+        answered = [g for g in got if not isinstance(g, BaseException)]
+        if not answered or any(not isinstance(e, Exception) for e in failed):
+            raise failed[0]
+        # The samples answered beside a failed one are billed all the same: an error row that holds
+        # their tokens (and so their cost) keeps the ledger equal to the bill.
+        paid = self._response(answered, time.perf_counter() - t0)
+        error = redact(f"{type(failed[0]).__name__}: {failed[0]}", self.secrets())[:500]
+        return Response(output=None, input_tokens=paid.input_tokens, output_tokens=paid.output_tokens,
+                        cached_input_tokens=paid.cached_input_tokens, latency_s=paid.latency_s, cost_usd=paid.cost_usd,
+                        error=f"{len(failed)} of {n} samples failed: {error}")
 
     def _response(self, msgs: list[Any], latency: float) -> Response:
         """One Response from the n Messages answering one request (the batch engine parses results with it)."""
