@@ -171,6 +171,20 @@ def test_failed_teacher_calls_stop_the_stage_and_a_rerun_retries_them(tmp_path):
     assert card["quotas_met"] and card["written"] == 12
 
 
+def test_the_budget_caps_all_rounds_together(tmp_path):
+    # Each request costs 200 x $1 + 50 x $4 per Mtok = $0.0004; 1 answer in 4 is kept, so 12 inputs
+    # take several rounds. $0.006 (15 requests) covers round one (12) but not round two as well
+    # (max_tokens 50: the worst case priced before the first answer is the real cost).
+    seen: Counter = Counter()
+    with LiveServer(writer_app("good", seen)) as srv:
+        cfg = load_config(project(tmp_path, srv.url, max_tokens=50), {"generate.budget_usd": 0.006})
+        with pytest.raises(PotstillError, match=r"synthesize: budget of \$0.006 reached"):
+            synthesize_stage(cfg)
+    with Ledger(tmp_path / "run" / "calls.sqlite") as ledger:
+        spent = sum(r["cost_usd"] for r in ledger.rows(role="teacher", stage="synthesize"))
+    assert 12 * 0.0004 <= spent <= 0.006 + 1e-12 and sum(seen.values()) <= 15
+
+
 def test_kill_9_then_resume_pays_nothing_twice(tmp_path):
     seen: Counter = Counter()
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}:{ROOT}"}

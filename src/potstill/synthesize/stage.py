@@ -113,7 +113,11 @@ def synthesize(cfg: Config, seeds: list[Record], tests: list[str], ledger: Any) 
             if not slots:
                 break
             records = [Record(messages=prompt(cfg.task, sl, completion)) for sl in slots]
-            answered, stats = label_records(records, task, teacher, ledger, "synthesize", cfg.generate)
+            gcfg = cfg.generate
+            if gcfg.budget_usd is not None:
+                # The budget is the whole stage's: each round may spend only what earlier rounds left.
+                gcfg = gcfg.model_copy(update={"budget_usd": max(0.0, gcfg.budget_usd - syn.cost_usd)})
+            answered, stats = label_records(records, task, teacher, ledger, "synthesize", gcfg)
             syn.calls += stats.calls
             syn.cost_usd += stats.cost_usd
             for sl, rec in zip(slots, answered):
