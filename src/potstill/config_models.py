@@ -152,6 +152,9 @@ class TeacherConfig(Section):
     max_tokens: int = Field(256, ge=1, description="Max output tokens per call.")
     stop: list[str] = Field(default_factory=list, description="Local teacher, free text: end an answer at the first of these strings.")
     logprobs: int = Field(0, ge=0, le=20, description="Top-k log-probabilities to request per output token (0: none).")
+    reasoning_effort: str | None = Field(
+        None, description="Sent as reasoning_effort (minimal, low, medium, high) when set: OpenAI's reasoning models "
+        "(o-series, gpt-5) count their reasoning in max_tokens, so a short answer needs a low effort.")
     concurrency: int = Field(8, ge=1, description="Requests in flight at once (API teachers).")
     timeout_s: float = Field(60.0, gt=0, description="Per-request timeout in seconds.")
     max_retries: int = Field(5, ge=0, description="Retries on 429/5xx/timeouts (SDK backoff with jitter).")

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import random
+import re
 import socket
 import sqlite3
 import subprocess
@@ -58,6 +59,7 @@ class State:
         self.rng = random.Random(opts.seed)
         self.answered: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()
+        self.efforts: Counter[str] = Counter()  # reasoning_effort values received
         self.arrivals: list[float] = []
         self.window: list[float] = []  # arrival times inside the server's own RPM window
         self.slots = asyncio.Semaphore(opts.slots) if opts.capacity_rps else None
@@ -82,6 +84,28 @@ def _chat(body: dict[str, Any]) -> dict[str, Any]:
     return {"id": "chatcmpl-" + hashlib.md5(text.encode()).hexdigest()[:12], "object": "chat.completion",
             "created": int(time.time()), "model": body.get("model", "m"), "choices": choices,
             "usage": {"prompt_tokens": n_in, "completion_tokens": n, "total_tokens": n_in + n}}
+
+
+# OpenAI's reasoning models (o1, o3, o4-mini, the gpt-5 family but gpt-5-chat) answer 400 to
+# max_tokens, to a temperature other than 1 and to logprobs, with these bodies.
+REASONING = re.compile(r"^(ft:)?(o\d|gpt-5(?!-chat))")
+
+
+def _reasoning_refusal(body: dict[str, Any]) -> dict[str, Any] | None:
+    if not REASONING.match(str(body.get("model", ""))):
+        return None
+    if "max_tokens" in body:
+        return {"message": "Unsupported parameter: 'max_tokens' is not supported with this model. Use "
+                "'max_completion_tokens' instead.", "type": "invalid_request_error", "param": "max_tokens",
+                "code": "unsupported_parameter"}
+    if "temperature" in body and body["temperature"] != 1:
+        return {"message": f"Unsupported value: 'temperature' does not support {body['temperature']} with this "
+                "model. Only the default (1) value is supported.", "type": "invalid_request_error",
+                "param": "temperature", "code": "unsupported_value"}
+    if body.get("logprobs"):
+        return {"message": "This model does not support logprobs.", "type": "invalid_request_error",
+                "param": "logprobs", "code": "unsupported_parameter"}
+    return None
 
 
 def _messages(body: dict[str, Any]) -> dict[str, Any]:
@@ -120,6 +144,7 @@ async def handle(state: State, reader: asyncio.StreamReader, writer: asyncio.Str
                 return  # the client died mid-request (a SIGKILL test)
             if method == "GET" and path == "/stats":
                 writer.write(_response(200, {"answered": dict(state.answered), "faults": dict(state.faults),
+                                             "reasoning_effort": dict(state.efforts),
                                              "arrivals": state.arrivals if o.keep_arrivals else []}))
                 await writer.drain()
                 continue
@@ -133,6 +158,14 @@ async def handle(state: State, reader: asyncio.StreamReader, writer: asyncio.Str
                     writer.write(_response(401, {"error": {"message": "invalid api key", "type": "authentication_error"}}))
                     await writer.drain()
                     continue
+            refusal = None if anthropic else _reasoning_refusal(body)
+            if refusal:
+                state.faults["400-" + refusal["param"]] += 1
+                writer.write(_response(400, {"error": refusal}))
+                await writer.drain()
+                continue
+            if body.get("reasoning_effort"):
+                state.efforts[str(body["reasoning_effort"])] += 1
             now = time.monotonic()
             if o.keep_arrivals:
                 state.arrivals.append(now)

@@ -359,3 +359,43 @@ def test_anthropic_samples_answered_beside_a_failed_one_are_billed_in_the_ledger
     assert sum(r["cost_usd"] for r in rows) == pytest.approx(
         sum(r["input_tokens"] * 1.0 + r["output_tokens"] * 5.0 for r in rows) / 1e6)
     assert all(SECRET not in (r["error"] or "") for r in errors)
+
+
+def test_an_openai_reasoning_model_gets_max_completion_tokens_and_no_temperature(tmp_path, monkeypatch):
+    # gpt-5, o3, o4-mini answer 400 to max_tokens, to temperature 0 and to logprobs (the loopback
+    # refuses them as OpenAI does): every request was an error row. Now the budget goes as
+    # max_completion_tokens, no temperature is sent, and reasoning_effort passes through.
+    monkeypatch.setenv("TEACHER_KEY", SECRET)
+    with Loopback(key=SECRET) as srv:
+        cfg = load_config(project(tmp_path, srv.base_url, 12, {"model": "gpt-5-mini", "reasoning_effort": "minimal"}))
+        summary = generate_stage(cfg)
+        stats = srv.stats()
+    assert summary["errors"] == 0 and stats["faults"] == {}
+    assert sum(stats["answered"].values()) == 12 and stats["reasoning_effort"] == {"minimal": 12}
+    check_output(tmp_path / "run" / "teacher.jsonl", 12)
+    with Ledger(tmp_path / "run" / "calls.sqlite") as ledger:
+        rows = ledger.rows(role="teacher")
+    # priced as gpt-5-mini ($0.25 / $2 per million tokens)
+    assert sum(r["cost_usd"] for r in rows) == pytest.approx(
+        sum(r["input_tokens"] * 0.25 + r["output_tokens"] * 2.0 for r in rows) / 1e6)
+    # Logprobs from a reasoning model: one line before any call.
+    with Loopback(key=SECRET) as srv:
+        (tmp_path / "lp").mkdir()
+        cfg_path = project(tmp_path / "lp", srv.base_url, 3, {"model": "o4-mini", "logprobs": 5})
+        with pytest.raises(PotstillError, match=r"teacher.logprobs 5: o4-mini is an OpenAI reasoning model"):
+            generate_stage(load_config(cfg_path))
+        assert srv.stats()["answered"] == {}
+    # gpt-5-chat is not a reasoning model: it keeps max_tokens and temperature (the loopback would refuse them otherwise)
+    with Loopback(key=SECRET) as srv:
+        (tmp_path / "chat").mkdir()
+        generate_stage(load_config(project(tmp_path / "chat", srv.base_url, 3, {"model": "gpt-5-chat-latest"})))
+        assert sum(srv.stats()["answered"].values()) == 3
+
+
+def test_reasoning_model_names():
+    from potstill.teachers.openai_teacher import reasoning_model
+
+    assert all(map(reasoning_model, ["o1", "o3-mini", "o4-mini-2025-04-16", "gpt-5", "gpt-5.1", "gpt-5-nano",
+                                     "ft:o4-mini:acme::abc"]))
+    assert not any(map(reasoning_model, ["gpt-4o-mini", "gpt-4.1", "gpt-5-chat-latest", "omni-moderation-latest",
+                                         "llama-3.3-70b-instruct", "Qwen/Qwen3-8B"]))

@@ -25,6 +25,7 @@ from typing import Any
 from potstill.config import GenerateConfig
 from potstill.errors import PotstillError, redact
 from potstill.generate.batch_providers import BatchStatus, is_not_found, is_quota, provider_for
+from potstill.teachers.api.engine import max_output
 from potstill.teachers.api.prices import price_for, token_cost
 from potstill.ledger import Ledger
 from potstill.progress import bar, say
@@ -98,7 +99,7 @@ class BatchRun:
         spent, keep = 0.0, []
         for h, q in items:
             est = self.teacher.estimate_tokens(q)
-            out = int(q.get("max_tokens", 0)) * int(q.get("n", 1))
+            out = max_output(q) * int(q.get("n", 1))
             spent += token_cost(self.price, max(0, est - out), out) * self.share
             if spent > budget:
                 self.stats.budget_stopped = True

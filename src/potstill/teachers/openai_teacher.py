@@ -5,18 +5,32 @@ the server's ``x-ratelimit-*`` headers, a budget cap); the SDK retries 429/5xx/t
 connections with exponential backoff and jitter and honours ``Retry-After``. With ``generate.n``
 above 1 one request asks for n choices; top-k logprobs are kept per token, rounded. The key is read from the environment
 variable named in ``teacher.api_key_env`` and never stored, logged or shown in an error.
+
+OpenAI's reasoning models (o1, o3, o4-mini, the gpt-5 family except gpt-5-chat) answer 400 to
+``max_tokens`` ("use max_completion_tokens"), to any temperature but 1 and to logprobs. For them
+the output budget goes as ``max_completion_tokens`` (it counts the hidden reasoning too) and no
+temperature is sent; asking them for logprobs is one error before any call.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 import time
 from typing import Any
 
 from potstill.errors import PotstillError
 from potstill.teachers.api import ApiTeacher
 from potstill.teachers.base import Response
+
+
+REASONING = re.compile(r"^(ft:)?(o\d|gpt-5(?!-chat))")
+
+
+def reasoning_model(model: str) -> bool:
+    """An OpenAI reasoning model by its id (``o3-mini``, ``gpt-5.1``, ``ft:o4-mini-...``)."""
+    return bool(REASONING.match(model))
 
 
 def api_key(env_name: str) -> str:
@@ -58,13 +72,22 @@ class OpenAITeacher(ApiTeacher):
             "instruction": self.task.cfg.instruction,
         }
 
+    def __init__(self, cfg: Any, task: Any):
+        super().__init__(cfg, task)
+        self.reasoning = reasoning_model(cfg.model)
+        if self.reasoning and cfg.logprobs:
+            raise PotstillError(f"teacher.logprobs {cfg.logprobs}: {cfg.model} is an OpenAI reasoning model, which "
+                                "returns no logprobs (every request would be refused); set teacher.logprobs 0")
+
     def request(self, record) -> dict[str, Any]:
-        req: dict[str, Any] = {
-            "model": self.cfg.model,
-            "messages": self.task.messages(record),
-            "temperature": self.cfg.temperature,
-            "max_tokens": self.cfg.max_tokens,
-        }
+        req: dict[str, Any] = {"model": self.cfg.model, "messages": self.task.messages(record)}
+        if self.reasoning:  # samples at temperature 1 only; the budget includes its reasoning tokens
+            req["max_completion_tokens"] = self.cfg.max_tokens
+        else:
+            req["temperature"] = self.cfg.temperature
+            req["max_tokens"] = self.cfg.max_tokens
+        if self.cfg.reasoning_effort:
+            req["reasoning_effort"] = self.cfg.reasoning_effort
         if self.n > 1:
             req["n"] = self.n
         if self.cfg.logprobs:

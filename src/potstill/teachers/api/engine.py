@@ -28,6 +28,12 @@ from potstill.teachers.api.prices import price_for, token_cost
 from potstill.teachers.base import OnResult, Response, RunStats, Teacher
 
 
+def max_output(request: dict[str, Any]) -> int:
+    """A request's output budget per sample: ``max_tokens``, or ``max_completion_tokens`` (OpenAI's
+    reasoning models, where it also covers the hidden reasoning)."""
+    return int(request.get("max_completion_tokens") or request.get("max_tokens") or 0)
+
+
 class ApiTeacher(Teacher):
     """A teacher behind an HTTP API: batches on the async engine, single requests on one session."""
 
@@ -58,7 +64,7 @@ class ApiTeacher(Teacher):
     def estimate_tokens(self, request: dict[str, Any]) -> int:
         """Tokens a request may use, for the TPM bucket and the budget: ~4 characters a token."""
         chars = sum(len(str(m.get("content", ""))) for m in request.get("messages", []))
-        return chars // 4 + 4 + int(request.get("max_tokens", 0)) * int(request.get("n", 1))
+        return chars // 4 + 4 + max_output(request) * int(request.get("n", 1))
 
     def secrets(self) -> list[str]:
         """Strings never to show in an error (the key)."""
@@ -166,7 +172,7 @@ async def run_requests(
         if stats.calls:
             return stats.cost_usd / stats.calls
         est = teacher.estimate_tokens(req)
-        out = int(req.get("max_tokens", 0)) * int(req.get("n", 1))
+        out = max_output(req) * int(req.get("n", 1))
         return token_cost(price, max(0, est - out), out)
 
     async def worker() -> None:
