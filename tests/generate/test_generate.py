@@ -399,3 +399,31 @@ def test_reasoning_model_names():
                                      "ft:o4-mini:acme::abc"]))
     assert not any(map(reasoning_model, ["gpt-4o-mini", "gpt-4.1", "gpt-5-chat-latest", "omni-moderation-latest",
                                          "llama-3.3-70b-instruct", "Qwen/Qwen3-8B"]))
+
+
+def test_requests_held_by_an_open_provider_batch_are_not_sent_live(tmp_path, monkeypatch):
+    # A batch run killed (or abandoned) with its batch still running at the provider, then rerun
+    # with the live engine: the provider bills the batch's answers when it ends, so sending the
+    # same requests live paid for them twice. One line instead, before any call.
+    from potstill.records import read_records
+    from potstill.tasks import get_task
+    from potstill.teachers import get_teacher, request_hash
+
+    monkeypatch.setenv("TEACHER_KEY", SECRET)
+    with Loopback(key=SECRET) as srv:
+        cfg = load_config(project(tmp_path, srv.base_url, 10))
+        teacher = get_teacher(cfg.teacher, get_task(cfg.task))
+        reqs = [teacher.request(r) for r in read_records(tmp_path / "inputs.jsonl")[:4]]
+        (tmp_path / "run").mkdir()
+        with Ledger(tmp_path / "run" / "calls.sqlite") as ledger:
+            ledger.batch_new("potstill-gen-1", "openai", "gpt-4o-mini", "generate", 1,
+                             [(request_hash(teacher.identity(), q), q) for q in reqs])
+            ledger.batch_update("potstill-gen-1", batch_id="batch_abc", state="in_progress")
+        with pytest.raises(PotstillError, match=r"4 of the 10 requests to send are in the open openai batch "
+                                                r"batch_abc \(in_progress\).*generate.engine batch"):
+            generate_stage(cfg)
+        assert srv.stats()["answered"] == {}
+        # once the batch is collected (or refused) its requests may go live again
+        with Ledger(tmp_path / "run" / "calls.sqlite") as ledger:
+            ledger.batch_update("potstill-gen-1", state="collected")
+        assert generate_stage(cfg)["calls"] == 10

@@ -113,6 +113,8 @@ def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: L
     request_of = dict(zip(hashes, reqs))
     todo = [(h, request_of[h]) for h in unique if h not in answers]
     errors: dict[str, str] = {}
+    if gcfg.engine != "batch" and todo:
+        _refuse_batched(ledger, {h for h, _ in todo})
     run_id = ledger.start_run(stage, teacher.model_name, len(records), unique, stats.cache_hits)
     try:
         _send(teacher, stage, ledger, gcfg, stats, todo, answers, errors, t0)
@@ -145,6 +147,19 @@ def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: L
         out.append(rec)
     stats.seconds = time.perf_counter() - t0
     return out, stats
+
+
+def _refuse_batched(ledger: Ledger, todo: set[str]) -> None:
+    """Stop before sending live a request that an open provider batch holds (a run of
+    ``generate.engine: batch`` killed or switched away from): the provider bills the batch's
+    answers when it ends, so the live call would pay for the same answer twice."""
+    for b in ledger.batches(open_only=True):
+        held = todo & set(ledger.batch_items(b["key"]))
+        if held:
+            raise PotstillError(
+                f"generate: {len(held)} of the {len(todo)} requests to send are in the open {b['provider']} batch "
+                f"{b['batch_id'] or b['key']} ({b['state']}) that generate.engine batch submitted; sent live they "
+                "would be paid twice. Rerun with generate.engine batch to collect its answers")
 
 
 def _attach(rec: Record, ans: dict[str, Any], task: Task, teacher: Teacher) -> None:
