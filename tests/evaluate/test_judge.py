@@ -162,3 +162,18 @@ def test_identical_answers_are_a_tie_without_asking(tmp_path):
     assert ("the same summary", "the same summary") not in {(x["A"], x["B"]) for x in seen}
     assert len(seen) == len(rows) == 2 * len(CASES) and out["cost"]["calls"] == 2 * len(CASES)
     assert out["first_position_rate"] == 1.0 and out["choices"]["A"] == 2 * len(CASES)
+
+
+def test_a_judge_key_not_set_names_the_judges_setting(tmp_path, monkeypatch):
+    """The judge's own teacher section names its key variable: the error pointed at
+    teacher.api_key_env, a setting that did not hold it."""
+    from potstill.errors import PotstillError
+
+    monkeypatch.delenv("JUDGE_KEY_T", raising=False)
+    test = [Record(messages=[{"role": "user", "content": "article"}], output="a summary")]
+    cfg = config(tmp_path / "run", "http://127.0.0.1:9")
+    cfg = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"judge": cfg.evaluate.judge.model_copy(
+        update={"teacher": cfg.evaluate.judge.teacher.model_copy(update={"api_key_env": "JUDGE_KEY_T"})})})})
+    with Ledger(tmp_path / "calls.sqlite") as ledger:
+        with pytest.raises(PotstillError, match=r"JUDGE_KEY_T is not set .*see evaluate\.judge\.teacher\.api_key_env\)"):
+            run_judge(cfg, get_task(cfg.task), test, ["another summary"], [0.0], [[]], ledger)

@@ -72,6 +72,8 @@ def judge_teacher_config(cfg: Config) -> TeacherConfig:
 def ask(cfg: Config, task: Task, prompts: list[list[dict[str, str]]], ledger: Ledger) -> list[Response | dict]:
     """Each prompt's answer: from the ledger when cached, else from the judge (one ``judge`` row per call)."""
     teacher = get_teacher(judge_teacher_config(cfg), PromptTask(task.cfg))
+    if cfg.evaluate.judge.teacher is not None and hasattr(teacher, "key_setting"):
+        teacher.key_setting = "evaluate.judge.teacher.api_key_env"
     try:
         ident = teacher.identity()
         reqs = [teacher.request(Record(messages=p)) for p in prompts]

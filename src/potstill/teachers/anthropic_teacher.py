@@ -68,7 +68,7 @@ class AnthropicTeacher(ApiTeacher):
         from anthropic import AsyncAnthropic
 
         env = self.cfg.api_key_env if self.cfg.api_key_env != "OPENAI_API_KEY" else "ANTHROPIC_API_KEY"
-        self._key = api_key(env)
+        self._key = api_key(env, self.key_setting)
         return AsyncAnthropic(api_key=self._key, base_url=self.cfg.base_url, max_retries=self.cfg.max_retries,
                               timeout=self.cfg.timeout_s, http_client=http_client)
 

@@ -33,13 +33,14 @@ def reasoning_model(model: str) -> bool:
     return bool(REASONING.match(model))
 
 
-def api_key(env_name: str) -> str:
-    """The key from the named variable; servers that need none accept any string."""
+def api_key(env_name: str, setting: str = "teacher.api_key_env") -> str:
+    """The key from the named variable; servers that need none accept any string. ``setting``: the
+    config field that names the variable (a judge's is ``evaluate.judge.teacher.api_key_env``)."""
     if not env_name:
         return "unused"
     key = os.environ.get(env_name)
     if not key:
-        raise PotstillError(f"environment variable {env_name} is not set (it should hold the teacher's API key; see teacher.api_key_env)")
+        raise PotstillError(f"environment variable {env_name} is not set (it should hold the API key; see {setting})")
     return key
 
 
@@ -120,7 +121,7 @@ class OpenAITeacher(ApiTeacher):
     def make_client(self, http_client: Any) -> Any:
         from openai import AsyncOpenAI
 
-        self._key = api_key(self.cfg.api_key_env)
+        self._key = api_key(self.cfg.api_key_env, self.key_setting)
         return AsyncOpenAI(api_key=self._key, base_url=self.cfg.base_url, max_retries=self.cfg.max_retries,
                            timeout=self.cfg.timeout_s, http_client=http_client)
 

@@ -37,6 +37,9 @@ def max_output(request: dict[str, Any]) -> int:
 class ApiTeacher(Teacher):
     """A teacher behind an HTTP API: batches on the async engine, single requests on one session."""
 
+    #: The config field naming the key's environment variable, for the error when it is unset.
+    key_setting = "teacher.api_key_env"
+
     supports_samples = True
     remote = True
 
