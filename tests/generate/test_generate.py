@@ -427,3 +427,27 @@ def test_requests_held_by_an_open_provider_batch_are_not_sent_live(tmp_path, mon
         with Ledger(tmp_path / "run" / "calls.sqlite") as ledger:
             ledger.batch_update("potstill-gen-1", state="collected")
         assert generate_stage(cfg)["calls"] == 10
+
+
+def test_ctrl_c_says_how_many_answers_a_rerun_will_not_send_again(tmp_path):
+    # Typer turns Ctrl-C into a silent exit 130: the run now says what it kept and what a rerun sends.
+    env = {**os.environ, "TEACHER_KEY": SECRET, "PYTHONPATH": PYTHONPATH, "COLUMNS": "400"}
+    db = tmp_path / "run" / "calls.sqlite"
+    with Loopback(key=SECRET, capacity_rps=20, slots=2) as srv:  # about 20 answers a second
+        cmd = [sys.executable, "-m", "potstill.cli", "generate", "-c",
+               str(project(tmp_path, srv.base_url, 300, {"concurrency": 4}))]
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 300
+        while proc.poll() is None and time.time() < deadline and committed_answers(db) < 10:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, err[-2000:]
+        kept = committed_answers(db)
+        said = [ln for ln in (out + err).splitlines() if "interrupted" in ln]
+        assert said and f"generate: interrupted; {kept} new answers are in the ledger" in said[0], err[-2000:]
+        assert f"sends only the other {300 - kept} requests" in said[0]
+        assert 10 <= kept < 300
+        again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert f"{kept} from cache" in again.stderr + again.stdout

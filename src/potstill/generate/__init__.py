@@ -20,7 +20,7 @@ from typing import Any
 from potstill.config import Config, GenerateConfig
 from potstill.errors import PotstillError
 from potstill.ledger import Call, Ledger
-from potstill.progress import bar
+from potstill.progress import bar, say
 from potstill.records import Record
 from potstill.tasks import Task, get_task
 from potstill.teachers import Response, RunStats, Teacher, get_teacher, request_hash
@@ -118,9 +118,13 @@ def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: L
     run_id = ledger.start_run(stage, teacher.model_name, len(records), unique, stats.cache_hits)
     try:
         _send(teacher, stage, ledger, gcfg, stats, todo, answers, errors, t0)
-    except BaseException:
+    except BaseException as e:
         # A missing key, a crash in an adapter, Ctrl-C: the run is over, not "running" forever.
         ledger.finish_run(run_id, "error", stats.retries)
+        if isinstance(e, KeyboardInterrupt):  # typer exits 130 without a word: say what a rerun does
+            got = sum(h in answers for h, _ in todo)
+            say(f"{stage}: interrupted; {got} new answers are in the ledger ({ledger.path}), so the same command "
+                f"sends only the other {len(todo) - got} requests")
         raise
     ledger.finish_run(run_id, "budget" if stats.budget_stopped else "errors" if stats.errors else "done", stats.retries)
     out = []
