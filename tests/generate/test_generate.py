@@ -451,3 +451,20 @@ def test_ctrl_c_says_how_many_answers_a_rerun_will_not_send_again(tmp_path):
         again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         assert again.returncode == 0, again.stderr[-2000:]
         assert f"{kept} from cache" in again.stderr + again.stdout
+
+
+def test_a_budget_is_not_stopped_by_the_worst_case_of_requests_in_flight(tmp_path, monkeypatch):
+    # Before the first answer a request is priced at its whole max_tokens. With 4 in flight that
+    # worst case (4 x 1000 output tokens at $1000/Mtok = $4) passed the $2.5 cap after two requests
+    # and stopped the run for good, though each answer costs ~$0.02 (1 output token). Now a worker
+    # waits for an answer in flight and estimates again from the real costs.
+    monkeypatch.setenv("TEACHER_KEY", SECRET)
+    with Loopback(key=SECRET, capacity_rps=50, slots=4) as srv:
+        cfg_path = project(tmp_path, srv.base_url, 40, {"concurrency": 4, "max_tokens": 1000,
+                                                       "price": {"input_per_mtok": 1000, "output_per_mtok": 1000}},
+                           {"budget_usd": 2.5})
+        summary = generate_stage(load_config(cfg_path))
+        assert summary["calls"] == 40 and sum(srv.stats()["answered"].values()) == 40
+    with Ledger(tmp_path / "run" / "calls.sqlite") as ledger:
+        assert 0 < ledger.summary()["cost_usd"] <= 2.5
+    check_output(tmp_path / "run" / "teacher.jsonl", 40)

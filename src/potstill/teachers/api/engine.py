@@ -15,6 +15,7 @@ got it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import threading
 import time
 from concurrent.futures import Future
@@ -168,6 +169,8 @@ async def run_requests(
     budget = gcfg.budget_usd
     http, client = _open(teacher, limiter, stats, http_client_factory)
     it: Iterator[tuple[int, dict[str, Any]]] = iter(requests)
+    held: collections.deque[tuple[int, dict[str, Any]]] = collections.deque()  # put back to wait for an answer
+    answered = asyncio.Event()
     in_flight = 0
 
     def expected_cost(req: dict[str, Any]) -> float:
@@ -181,17 +184,25 @@ async def run_requests(
     async def worker() -> None:
         nonlocal in_flight
         while not stats.budget_stopped:
-            try:
-                j, req = next(it)
-            except StopIteration:
+            item = held.popleft() if held else next(it, None)
+            if item is None:
                 return
+            j, req = item
             if budget is not None and stats.cost_usd + (in_flight + 1) * expected_cost(req) > budget:
-                stats.budget_stopped = True
-                return
+                if not in_flight:
+                    stats.budget_stopped = True
+                    return
+                # Over only while the requests in flight are counted at their worst case: wait for one
+                # to answer (the estimate then uses real costs) instead of stopping the run for good.
+                held.appendleft(item)
+                answered.clear()
+                await answered.wait()
+                continue
             in_flight += 1
             resp = await send(teacher, client, req, limiter, price, stats)
             on_result(j, resp)  # the ledger commit, before this worker sends anything else
             in_flight -= 1
+            answered.set()
             on_tick()
 
     try:
