@@ -114,6 +114,9 @@ class DataConfig(Section):
 class PriceConfig(Section):
     input_per_mtok: float = Field(0.0, ge=0, description="USD per million input tokens.")
     output_per_mtok: float = Field(0.0, ge=0, description="USD per million output tokens.")
+    cached_input_per_mtok: float | None = Field(
+        None, ge=0, description="USD per million input tokens read from the provider's prompt cache (OpenAI's "
+        "automatic cache of prompts over 1,024 tokens, Anthropic cache reads); None: the input price.")
     usd_per_hour: float = Field(0.0, ge=0, description="USD per hour of the hardware a local model runs on.")
 
 
@@ -386,19 +389,24 @@ class EvaluateConfig(Section):
 
 
 def _default_prices() -> dict[str, dict[str, float]]:
-    # USD per million tokens, list prices of late 2025; a model id matches its longest prefix here
-    # (``gpt-4o-mini-2024-07-18`` -> ``gpt-4o-mini``). Edit or extend in potstill.yaml.
+    # USD per million tokens (input, output, cached input), list prices of late 2025; a model id
+    # matches its longest prefix here (``gpt-4o-mini-2024-07-18`` -> ``gpt-4o-mini``). Edit or
+    # extend in potstill.yaml. Cached input: OpenAI bills a prompt-cache hit at 10% (gpt-5), 25%
+    # (gpt-4.1, o3, o4-mini) or 50% (gpt-4o) of the input price, Anthropic a cache read at 10%.
     table = {
-        "gpt-5": (1.25, 10.0), "gpt-5-mini": (0.25, 2.0), "gpt-5-nano": (0.05, 0.40),
-        "gpt-4.1": (2.0, 8.0), "gpt-4.1-mini": (0.40, 1.60), "gpt-4.1-nano": (0.10, 0.40),
-        "gpt-4o": (2.50, 10.0), "gpt-4o-mini": (0.15, 0.60), "o3": (2.0, 8.0), "o4-mini": (1.10, 4.40),
-        "claude-opus-4": (15.0, 75.0), "claude-sonnet-4": (3.0, 15.0), "claude-haiku-4-5": (1.0, 5.0),
-        "claude-3-5-haiku": (0.80, 4.0), "claude-3-7-sonnet": (3.0, 15.0),
+        "gpt-5": (1.25, 10.0, 0.125), "gpt-5-mini": (0.25, 2.0, 0.025), "gpt-5-nano": (0.05, 0.40, 0.005),
+        "gpt-4.1": (2.0, 8.0, 0.50), "gpt-4.1-mini": (0.40, 1.60, 0.10), "gpt-4.1-nano": (0.10, 0.40, 0.025),
+        "gpt-4o": (2.50, 10.0, 1.25), "gpt-4o-mini": (0.15, 0.60, 0.075), "o3": (2.0, 8.0, 0.50),
+        "o4-mini": (1.10, 4.40, 0.275),
+        "claude-opus-4": (15.0, 75.0, 1.50), "claude-sonnet-4": (3.0, 15.0, 0.30),
+        "claude-haiku-4-5": (1.0, 5.0, 0.10), "claude-3-5-haiku": (0.80, 4.0, 0.08),
+        "claude-3-7-sonnet": (3.0, 15.0, 0.30),
         # Fine-tuned OpenAI models (``ft:gpt-4o-mini-2024-07-18:org::id``) bill above their base model.
-        "ft:gpt-4o": (3.75, 15.0), "ft:gpt-4o-mini": (0.30, 1.20), "ft:gpt-4.1": (3.0, 12.0),
-        "ft:gpt-4.1-mini": (0.80, 3.20), "ft:gpt-4.1-nano": (0.20, 0.80),
+        "ft:gpt-4o": (3.75, 15.0, 1.875), "ft:gpt-4o-mini": (0.30, 1.20, 0.15), "ft:gpt-4.1": (3.0, 12.0, 0.75),
+        "ft:gpt-4.1-mini": (0.80, 3.20, 0.20), "ft:gpt-4.1-nano": (0.20, 0.80, 0.05),
     }
-    return {k: {"input_per_mtok": i, "output_per_mtok": o} for k, (i, o) in table.items()}
+    return {k: {"input_per_mtok": i, "output_per_mtok": o, "cached_input_per_mtok": c}
+            for k, (i, o, c) in table.items()}
 
 
 class GenerateConfig(Section):

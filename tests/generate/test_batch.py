@@ -32,7 +32,7 @@ from tests.helpers.batch_server import BatchLoopback
 SECRET = "sk-batch-5e4d3c2b1a09f8e7"
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-haiku-4-5-20251001"}
-LIVE = {"openai": (0.15, 0.60), "anthropic": (1.0, 5.0)}  # the default table's USD per Mtok
+LIVE = {"openai": (0.15, 0.60, 0.075), "anthropic": (1.0, 5.0, 0.10)}  # the default table's USD per Mtok (in, out, cached)
 
 
 def project(tmp: Path, srv: BatchLoopback, provider: str, n: int, generate: dict | None = None) -> Path:
@@ -91,8 +91,10 @@ def test_batches_answer_every_input_once_at_the_batch_price(tmp_path, monkeypatc
     # priced at half the live price; `potstill cost` shows the discount
     with Ledger(db) as ledger:
         rows = ledger.rows(role="teacher")
-    i, o = LIVE[provider]
-    live = sum(r["input_tokens"] * i + r["output_tokens"] * o for r in rows) / 1e6
+    i, o, c = LIVE[provider]
+    assert provider == "openai" or all(r["cached_input_tokens"] for r in rows)  # the loopback reports cache reads
+    live = sum((r["input_tokens"] - r["cached_input_tokens"]) * i + r["cached_input_tokens"] * c
+               + r["output_tokens"] * o for r in rows) / 1e6
     assert summary["cost_usd"] == pytest.approx(live / 2) and all(r["price_multiplier"] == 0.5 for r in rows)
     assert out.returncode == 0, out.stderr
     m = re.search(r"(\d+) through batches, \$([\d.]+) vs \$([\d.]+) at the live price \(saved \$([\d.]+)\)", out.stdout)

@@ -141,10 +141,11 @@ def test_anthropic_teacher_through_the_official_sdk(tmp_path, monkeypatch):
         with Ledger(tmp_path / "run" / "calls.sqlite") as ledger:
             rows = ledger.rows(role="teacher")
         assert {r["stop_reason"] for r in rows} == {"end_turn,end_turn,end_turn"}
-        # usage: cache reads are input tokens too, and counted as cached; priced from the default table
+        # usage: cache reads are input tokens too, counted as cached and priced as cache reads ($0.10
+        # per Mtok, not the $1.0 of input); priced from the default table
         assert all(r["cached_input_tokens"] == 9 and r["output_tokens"] == 3 for r in rows)
         r0 = rows[0]
-        assert r0["cost_usd"] == pytest.approx((r0["input_tokens"] * 1.0 + r0["output_tokens"] * 5.0) / 1e6)
+        assert r0["cost_usd"] == pytest.approx(((r0["input_tokens"] - 9) * 1.0 + 9 * 0.10 + r0["output_tokens"] * 5.0) / 1e6)
         assert srv.stats()["faults"]["429"] > 0  # the SDK retried through them
         # a cut answer keeps its stop reason
         cfg2 = load_config(cfg_path, {"teacher.max_tokens": 1, "generate.n": 1, "data.limit": 3})
@@ -357,7 +358,8 @@ def test_anthropic_samples_answered_beside_a_failed_one_are_billed_in_the_ledger
     assert errors and any(r["output_tokens"] for r in errors)  # some failed calls had answered samples
     assert sum(r["output_tokens"] for r in rows) == served
     assert sum(r["cost_usd"] for r in rows) == pytest.approx(
-        sum(r["input_tokens"] * 1.0 + r["output_tokens"] * 5.0 for r in rows) / 1e6)
+        sum((r["input_tokens"] - r["cached_input_tokens"]) * 1.0 + r["cached_input_tokens"] * 0.10
+            + r["output_tokens"] * 5.0 for r in rows) / 1e6)
     assert all(SECRET not in (r["error"] or "") for r in errors)
 
 

@@ -250,7 +250,8 @@ class BatchRun:
             return
         calls = []
         for h, q, resp in buf:
-            resp.cost_usd = token_cost(self.price, resp.input_tokens, resp.output_tokens) * self.share
+            resp.cost_usd = token_cost(self.price, resp.input_tokens, resp.output_tokens,
+                                       resp.cached_input_tokens) * self.share
             call = ledger_call(h, self.teacher, self.stage, q, resp)
             call.price_multiplier = self.share
             calls.append(call)

@@ -110,7 +110,7 @@ class AnthropicTeacher(ApiTeacher):
             stops.append(m.stop_reason)
         if "refusal" in stops:
             return Response(output=None, input_tokens=n_in, output_tokens=n_out, cached_input_tokens=cached,
-                            latency_s=latency, cost_usd=self.token_cost(n_in, n_out), error="stop_reason refusal")
+                            latency_s=latency, cost_usd=self.token_cost(n_in, n_out, cached), error="stop_reason refusal")
         return Response(output=texts[0], samples=texts if n > 1 else None, input_tokens=n_in, output_tokens=n_out,
-                        cached_input_tokens=cached, latency_s=latency, cost_usd=self.token_cost(n_in, n_out),
+                        cached_input_tokens=cached, latency_s=latency, cost_usd=self.token_cost(n_in, n_out, cached),
                         stop_reason=stops[0] if n == 1 else stops)

@@ -176,9 +176,10 @@ class Teacher:
         """The distribution over ``task.labels`` of an answer (``Response.to_json()``, maybe cached)."""
         return answer.get("label_probs")
 
-    def token_cost(self, input_tokens: int, output_tokens: int) -> float:
-        p = self.cfg.price
-        return (input_tokens * p.input_per_mtok + output_tokens * p.output_per_mtok) / 1e6
+    def token_cost(self, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0) -> float:
+        from potstill.teachers.api.prices import token_cost
+
+        return token_cost(self.cfg.price, input_tokens, output_tokens, cached_input_tokens)
 
     def close(self) -> None:
         if self._worker is not None:

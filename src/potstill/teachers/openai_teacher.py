@@ -143,7 +143,7 @@ class OpenAITeacher(ApiTeacher):
             output=choice.message.content or "", label_probs=label_probs, logprobs=logprobs,
             samples=[c.message.content or "" for c in choices] if len(choices) > 1 else None,
             input_tokens=n_in, output_tokens=n_out, cached_input_tokens=cached, latency_s=latency,
-            cost_usd=self.token_cost(n_in, n_out), stop_reason=choice.finish_reason,
+            cost_usd=self.token_cost(n_in, n_out, cached), stop_reason=choice.finish_reason,
         )
 
     async def call(self, client: Any, request: dict[str, Any]) -> Response:
