@@ -409,7 +409,7 @@ def _step_loop(s: _Setup, p: _Progress, lm: LM, cfg: TrainConfig, max_length: in
     mf = open(metrics_path if main else "/dev/null", "w")
     try:
         with mf, bar("train" if main else "", s.total) as advance:
-            _steps(s, p, lm, cfg, max_length, mf, advance, t0)
+            _steps(s, p, lm, cfg, max_length, mf, advance, t0, metrics_path)
     except KeyboardInterrupt:
         if main:  # Ctrl-C: say what a rerun will do (typer exits 130 without a word)
             kept = checkpoint.latest(p.ckpt_dir, p.fingerprint) if cfg.checkpoint_every else None
@@ -425,7 +425,7 @@ def _step_loop(s: _Setup, p: _Progress, lm: LM, cfg: TrainConfig, max_length: in
 
 
 def _steps(s: _Setup, p: _Progress, lm: LM, cfg: TrainConfig, max_length: int, mf: Any, advance: Any,
-           t0: float) -> None:
+           t0: float, metrics_path: Path) -> None:
     accel = s.accel
     mf.write("".join(ln + "\n" for ln in p.kept))
     advance(p.start)
@@ -441,7 +441,7 @@ def _steps(s: _Setup, p: _Progress, lm: LM, cfg: TrainConfig, max_length: int, m
             before = f" after {p.last_loss:.4g} at the step before" if p.last_loss is not None else ""
             raise PotstillError(
                 f"train: the loss is {logged['loss']} at step {step + 1} of {s.total}{before}; nothing was "
-                f"saved. Lower train.lr (now {cfg.lr:g}) or check the data ({mf.name} has the steps so far)")
+                f"saved. Lower train.lr (now {cfg.lr:g}) or check the data ({metrics_path} has the steps so far)")
         p.tokens += int(logged.pop("tokens"))
         p.last_loss = logged["loss"]
         row = {"step": step + 1, **logged, "grad_norm": grad_norm, "onpolicy": onpolicy,
