@@ -177,3 +177,28 @@ def test_a_judge_key_not_set_names_the_judges_setting(tmp_path, monkeypatch):
     with Ledger(tmp_path / "calls.sqlite") as ledger:
         with pytest.raises(PotstillError, match=r"JUDGE_KEY_T is not set .*see evaluate\.judge\.teacher\.api_key_env\)"):
             run_judge(cfg, get_task(cfg.task), test, ["another summary"], [0.0], [[]], ledger)
+
+
+def test_failed_judge_calls_leave_evaluate_not_done_so_a_rerun_asks_them_again(tmp_path, tiny_model):
+    """A judge down for every call (a 400 here) left evaluate done with every input 'bad', and a plain
+    rerun skipped it. Now eval.json is written, one line says the calls failed, and the rerun asks."""
+    from potstill.errors import PotstillError
+    from potstill.evaluate.stage import evaluate_stage
+
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"input": f"text FAIL {i}", "output": f"summary {i}", "slice": ["s"]} for i in range(4)]
+    (run / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    shutil.copytree(tiny_model, run / "student")
+    seen: list[dict[str, str]] = []
+    with LiveServer(judge_app("failing", seen)) as srv:
+        cfg = config(run, srv.url)
+        cfg = cfg.model_copy(update={"student": cfg.student.model_copy(update={"model": str(tiny_model)})})
+        cfg.task.max_output_tokens = 4
+        cfg.evaluate.latency_samples, cfg.evaluate.batch_size, cfg.evaluate.include_untrained = 2, 2, False
+        cfg.report.min_slice_n = 2
+        for _ in range(2):
+            with pytest.raises(PotstillError, match=r"evaluate: 8 judge calls failed \(.*400.*Rerun to retry"):
+                evaluate_stage(cfg)
+            assert json.loads((run / "eval.json").read_text())["judge"]["counts"]["bad"] == 4
+        assert len(seen) == 16  # the second evaluate was not skipped: it asked the 8 calls again

@@ -152,8 +152,11 @@ def run_judge(cfg: Config, task: Task, test: Sequence[Record], student: Sequence
         prompts.append(judge_messages(j.rubric, task.cfg.instruction, test[i].text, student[i], teacher_out))
         prompts.append(judge_messages(j.rubric, task.cfg.instruction, test[i].text, teacher_out, student[i]))
     before = ledger.summary("judge")
-    answers = iter(ask(cfg, task, prompts, ledger) if prompts else [])
+    asked = ask(cfg, task, prompts, ledger) if prompts else []
     after = ledger.summary("judge")
+    # Calls that failed (not cached: the next evaluate asks them again), apart from unreadable answers.
+    failed = [a["error"] for a in asked if isinstance(a, dict) and "error" in a and a.get("output") is None]
+    answers = iter(asked)
     examples, outcomes = [], []
     choices = {"A": 0, "B": 0, "TIE": 0, "bad": 0}
     for i in idx:
@@ -187,5 +190,6 @@ def run_judge(cfg: Config, task: Task, test: Sequence[Record], student: Sequence
                  "input_tokens": after["input_tokens"] - before["input_tokens"],
                  "output_tokens": after["output_tokens"] - before["output_tokens"],
                  "ledger_total_usd": after["cost_usd"]},
+        "failed_calls": len(failed), "first_error": failed[0] if failed else None,
         "examples": examples,
     }

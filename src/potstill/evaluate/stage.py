@@ -181,6 +181,11 @@ def evaluate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
     print_table(f"evaluate: {len(test)} held-out inputs", models)
     print_slices(slices)
     say(f"verdict: {v['decision']}: {v['reason']}. Report: {run / 'report.html'}")
+    if judged is not None and judged["failed_calls"]:
+        # As generate does: not marked done, so a plain rerun asks the failed calls again (the
+        # answered ones are cached); done, the rerun was skipped and the inputs stayed "bad".
+        raise PotstillError(f"evaluate: {judged['failed_calls']} judge calls failed "
+                            f"({judged['first_error']}); eval.json counts their inputs as bad. Rerun to retry them")
     return {"verdict": v["go"], "agreement": models["student"]["agreement_with_teacher"]}
 
 
