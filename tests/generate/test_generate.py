@@ -470,3 +470,22 @@ def test_a_budget_is_not_stopped_by_the_worst_case_of_requests_in_flight(tmp_pat
     with Ledger(tmp_path / "run" / "calls.sqlite") as ledger:
         assert 0 < ledger.summary()["cost_usd"] <= 2.5
     check_output(tmp_path / "run" / "teacher.jsonl", 40)
+
+
+def test_a_served_escalation_to_a_reasoning_model_cuts_max_completion_tokens():
+    # serve lowers the teacher's output limit to a client's smaller max_tokens; on a reasoning model
+    # it set max_tokens beside max_completion_tokens, a 400 on every such escalation.
+    from types import SimpleNamespace
+
+    from potstill.config import TaskConfig, TeacherConfig
+    from potstill.serve.service import Service
+    from potstill.tasks import get_task
+    from potstill.teachers import get_teacher
+
+    task = get_task(TaskConfig(type="freetext", instruction="Summarise."))
+    for model, key in (("gpt-5-mini", "max_completion_tokens"), ("gpt-4o-mini", "max_tokens")):
+        teacher = get_teacher(TeacherConfig(type="openai", model=model, max_tokens=200), task)
+        _, req = Service.teacher_request(SimpleNamespace(teacher=teacher, _identity=None),
+                                         [{"role": "user", "content": "hi"}], max_tokens=20)
+        other = {"max_tokens", "max_completion_tokens"} - {key}
+        assert req[key] == 20 and not other & set(req)

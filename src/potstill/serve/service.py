@@ -306,7 +306,8 @@ class Service:
             self._identity = (teacher, teacher.identity())
         req = teacher.request(Record(messages=messages))
         if max_tokens is not None and max_tokens < teacher.cfg.max_tokens:
-            req = {**req, "max_tokens": max_tokens}
+            # The teacher's own limit field: an OpenAI reasoning model takes max_completion_tokens only.
+            req = {**req, "max_completion_tokens" if "max_completion_tokens" in req else "max_tokens": max_tokens}
         return request_hash(self._identity[1], req), req
 
     async def _ask_teacher(self, h: str, req: dict[str, Any]) -> tuple[Response, bool]:
