@@ -122,3 +122,23 @@ def test_replay_teacher_and_invalid_labels_are_never_trained_on(tmp_path):
                         "never recorded": "teacher error: no recorded answer for this input"}
     card = json.loads((run / "card.json").read_text())
     assert card["counts"]["invalid"] == 2 and card["counts"]["train"] == 4
+
+
+def test_a_budget_says_it_does_not_cap_a_teacher_that_runs_here(tmp_path, capsys):
+    """generate.budget_usd caps what an API teacher spends; with a teacher run in-process it was
+    silently ignored. One line says so (the run goes on)."""
+    from potstill.config import GenerateConfig, TaskConfig, TeacherConfig
+    from potstill.generate import check_budget
+    from potstill.tasks import get_task
+    from potstill.teachers import get_teacher
+
+    (tmp_path / "traffic.jsonl").write_text(json.dumps({"messages": [
+        {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}) + "\n")
+    teacher = get_teacher(TeacherConfig(type="replay", replay_path=str(tmp_path / "traffic.jsonl")),
+                          get_task(TaskConfig(type="freetext")))
+    check_budget(teacher, GenerateConfig(budget_usd=1.0))
+    said = capsys.readouterr()
+    assert "the replay teacher runs here" in (said.out + said.err).replace("\n", " ")
+    check_budget(teacher, GenerateConfig())
+    said = capsys.readouterr()
+    assert "budget" not in said.out + said.err

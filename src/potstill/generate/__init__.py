@@ -81,6 +81,10 @@ def check_budget(teacher: Teacher, gcfg: GenerateConfig) -> None:
     the ledger, so the budget would never stop a run that the provider bills."""
     from potstill.teachers.api.prices import price_for
 
+    if gcfg.budget_usd is not None and not teacher.remote:
+        say(f"[yellow]generate.budget_usd caps an API teacher's spend; the {teacher.type} teacher runs here, on "
+            "hardware billed by the hour, and is not stopped by it[/yellow]")
+        return
     if gcfg.budget_usd is None or not teacher.remote or price_for(teacher.cfg.model, teacher.cfg.price, gcfg.prices):
         return
     raise PotstillError(f"generate.budget_usd: no price is known for teacher.model {teacher.cfg.model!r}, so no spend "
