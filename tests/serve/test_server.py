@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import sqlite3
 import sys
 
 import httpx
@@ -445,3 +446,29 @@ def test_values_of_another_type_are_400s_not_coerced(served):
     ok = {"model": "potstill", "messages": [{"role": "user", "content": "the match"}], "max_tokens": 10,
           "stream": False, "temperature": 1}
     assert _raw(live, json.dumps(ok).encode()).status_code == 200
+
+
+def test_nan_and_infinity_are_not_json_and_the_ledger_stays_standard_json(served):
+    """Python's parser takes NaN and Infinity, so a request with one was served and its ledger row
+    held non-standard JSON that other tools cannot read. A 400 now, as OpenAI's API answers, and
+    the row's request is standard JSON."""
+    service, live = served
+    before = len(rows(service))
+    for value in (b"NaN", b"Infinity", b"-Infinity"):
+        body = b'{"model": "potstill", "metadata_score": ' + value + \
+            b', "messages": [{"role": "user", "content": "the team won"}]}'
+        r = _raw(live, body)
+        assert r.status_code == 400 and value.decode().lstrip("-") in r.json()["error"]["message"], r.text
+    # the word in a text is fine
+    ok = _raw(live, b'{"model": "potstill", "messages": [{"role": "user", "content": "NaN and Infinity"}]}')
+    assert ok.status_code == 200, ok.text
+    new = rows(service)[before:]
+    assert len(new) == 4 and [r["error"][:3] for r in new[:3]] == ["400"] * 3
+    db = sqlite3.connect(service.ledger.path)
+    stored = [q for (q,) in db.execute("SELECT request FROM calls WHERE stage='serve' ORDER BY id DESC LIMIT 4")]
+
+    def refuse(c):
+        raise ValueError(c)
+
+    for q in stored:
+        json.loads(q, parse_constant=refuse)  # standard JSON

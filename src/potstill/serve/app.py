@@ -96,6 +96,10 @@ class Gate:
                 break
         body = b"".join(chunks)
         scope["state"]["raw_body"] = body
+        constant = _non_standard_constant(body)
+        if constant:  # Python's parser takes NaN and Infinity; JSON (and OpenAI's API) does not
+            return await self.reject(scope, send, 400, f"the request body is not valid JSON: {constant} is not a "
+                                     "JSON value", None)
         sent = False
 
         async def replay() -> dict:
@@ -108,12 +112,24 @@ class Gate:
         await self.app(scope, replay, send)
 
 
+def _non_standard_constant(raw: bytes) -> str | None:
+    """``NaN``, ``Infinity`` or ``-Infinity`` when ``raw`` uses one as a value, else None."""
+    if b"NaN" not in raw and b"Infinity" not in raw:
+        return None
+    seen: list[str] = []
+    try:
+        json.loads(raw, parse_constant=lambda c: seen.append(c))
+    except (ValueError, RecursionError):
+        pass  # any other problem is the handler's to report
+    return seen[0] if seen else None
+
+
 def _logged_request(raw: bytes | None) -> dict[str, Any]:
     """What the ledger keeps of a request: its JSON when it parses, else a bounded excerpt."""
     if raw is None:
         return {}
     try:
-        obj = json.loads(raw)
+        obj = json.loads(raw, parse_constant=str)  # NaN kept as the string "NaN": the row stays standard JSON
     except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than Python parses
         return {"unparsed_body": raw[:2000].decode("utf-8", "replace")}
     if b"\\ud" in raw.lower():  # a lone surrogate escape (the request is refused) cannot be stored as text
