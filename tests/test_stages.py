@@ -264,3 +264,28 @@ def test_stage_commands_take_exactly_their_declared_flags():
     assert {"--serve.port", "--port", "--api-key-env", "--target-escalation", "--recalibrate"} <= serve
     redistill = {o for p in click_app.commands["redistill"].params for o in [*p.opts, *p.secondary_opts]}
     assert {"--student-sample", "--new-test", "--promote", "--no-promote", "--redistill.promote", "--rollback"} <= redistill
+
+
+def test_a_file_hash_is_read_once_per_version(tmp_path, monkeypatch):
+    """Fingerprints hash a model's files for several stages and fields in one command: each version
+    of a file is read once; a rewrite (new size or mtime) or a replacement (new inode) is read again."""
+    import builtins
+    import os
+
+    from potstill.hashing import hash_file
+
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"a" * 1000)
+    opened = []
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda p, *a, **k: (opened.append(str(p)), real_open(p, *a, **k))[1])
+    first = hash_file(f)
+    assert hash_file(f) == first and opened.count(str(f)) == 1
+    f.write_bytes(b"b" * 1000)  # same size, rewritten in place: a new mtime
+    os.utime(f, ns=(1, 1))
+    assert hash_file(f) != first and opened.count(str(f)) == 2
+    tmp = tmp_path / "new.bin"
+    tmp.write_bytes(b"a" * 1000)
+    os.utime(tmp, ns=(1, 1))
+    tmp.replace(f)  # same size and mtime as before, another inode
+    assert hash_file(f) == first and opened.count(str(f)) == 3

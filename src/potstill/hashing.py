@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,22 @@ def hash_obj(obj: Any) -> str:
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
 
 
+# sha256 by (file, inode, size, mtime): one command fingerprints a model directory for several
+# stages and fields; a file rewritten in place or replaced gets another key, so it is read again.
+_DIGESTS: dict[tuple, str] = {}
+
+
 def hash_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key in _DIGESTS:
+        return _DIGESTS[key]
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
-    return h.hexdigest()
+    _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
 
 
 def hash_path(path: str | Path) -> str:
