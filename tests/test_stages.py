@@ -217,6 +217,21 @@ def test_a_file_field_counts_by_content_not_by_name(done_run, tmp_path):
     assert all(s.up_to_date(moved) for s in STAGES.values())
 
 
+def test_a_local_model_directory_counts_by_content(done_run, tmp_path):
+    """student.model naming a local directory: a copy elsewhere reruns nothing; the same directory
+    with new weights (a base model retrained in place) reruns every stage that loads it."""
+    root, cfg, _ = done_run
+    base = tmp_path / "base"
+    shutil.copytree(cfg.student.model, base)
+    moved = cfg.model_copy(update={"student": cfg.student.model_copy(update={"model": str(base)})})
+    assert all(s.up_to_date(moved) for s in STAGES.values())
+    weights = next(base.glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert {n for n, s in STAGES.items() if not s.up_to_date(moved)} == {"pilot", "train", "evaluate"}
+
+
 def test_an_edited_output_reruns_its_stage(done_run, tmp_path):
     root, cfg, _ = done_run
     other = tmp_path / "run"

@@ -47,10 +47,15 @@ def get_dotted(cfg: Any, key: str) -> Any:
 
 
 def by_content(key: str, value: Any) -> Any:
-    """A path field that names an existing file counts by the file's sha256 (see ``PathRole``)."""
+    """A path field that names an existing file or directory counts by its sha256 (see ``PathRole``)."""
     role = path_roles().get(key)
-    if role and role.content and isinstance(value, str) and Path(value).is_file():
-        return {"file_sha256": hash_path(value)}
+    if role and role.content and isinstance(value, str):
+        if Path(value).is_file():
+            return {"file_sha256": hash_path(value)}
+        # A local model directory (student.model, teacher.model, train.teacher_model): by name
+        # alone, a base model retrained in place would leave train "up to date" on the old weights.
+        if Path(value).is_dir():
+            return {"dir_sha256": hash_path(value)}
     return value
 
 
