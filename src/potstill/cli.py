@@ -178,7 +178,7 @@ def quickstart(
 
 @app.command()
 def cost(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]) -> None:
-    """Print spend and tokens per model, cache hits, and the projected cost of the inputs not yet answered."""
+    """Print spend and tokens per model (teacher, judge, student), cache hits, and the projected cost of the inputs not yet answered."""
     from potstill.ledger import Ledger
     from potstill.report import student_spend
 
@@ -191,9 +191,11 @@ def cost(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]) -> Non
             typer.echo(f"teacher {m['model']}: {m['calls']} calls ({m['calls'] - m['ok']} errors), "
                        f"{m['input_tokens']} input ({m['cached_input_tokens']} cached) + {m['output_tokens']} output tokens, "
                        f"${m['cost_usd']:.4f}" + _batch_note(m))
-        for m in student_spend(ledger):
-            typer.echo(f"student {m['model']} ({m['stage']}): {m['calls']} calls ({m['errors']} errors), "
-                       f"{m['input_tokens']} input + {m['output_tokens']} output tokens, ${m['cost_usd']:.4f}")
+        # evaluate.judge's calls are paid API calls as well, logged under their own role.
+        for role in ("judge", "student"):
+            for m in student_spend(ledger, role):
+                typer.echo(f"{role} {m['model']} ({m['stage']}): {m['calls']} calls ({m['errors']} errors), "
+                           f"{m['input_tokens']} input + {m['output_tokens']} output tokens, ${m['cost_usd']:.4f}")
         s = ledger.summary("student")
         typer.echo(f"student: {s['calls']} calls, {s['input_tokens']} input + {s['output_tokens']} output tokens, "
                    f"${s['cost_usd']:.4f}")

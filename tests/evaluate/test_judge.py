@@ -202,3 +202,21 @@ def test_failed_judge_calls_leave_evaluate_not_done_so_a_rerun_asks_them_again(t
                 evaluate_stage(cfg)
             assert json.loads((run / "eval.json").read_text())["judge"]["counts"]["bad"] == 4
         assert len(seen) == 16  # the second evaluate was not skipped: it asked the 8 calls again
+
+
+def test_cost_lists_the_judges_calls_and_spend(tmp_path):
+    """The judge's calls are paid API calls: `potstill cost RUN` lists them beside the teacher's and the student's."""
+    import subprocess
+    import sys
+
+    cases = [("good GARBLE", "plain", "news", None), ("FAIL good", "plain", "news", None), *CASES]
+    _, _, rows, _ = judge_once(tmp_path, "failing", cases)
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert 0 < len(ok) < len(rows)  # failed calls are rows too (asked again by the second judging)
+    out = subprocess.run([sys.executable, "-m", "potstill.cli", "cost", str(tmp_path)], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    spend = sum(r["cost_usd"] for r in ok)
+    assert spend == pytest.approx(len(ok) * PROMPT_TOKENS * PRICE_IN / 1e6)
+    assert (f"judge judge-1 (evaluate): {len(rows)} calls ({len(rows) - len(ok)} errors), {len(ok) * PROMPT_TOKENS} input + "
+            f"{len(ok)} output tokens, ${spend:.4f}") in out.stdout.splitlines()
