@@ -89,3 +89,32 @@ def test_without_mlflow_one_clear_line(tmp_path, tiny_model):
     assert r.stderr.strip().splitlines() == [
         "error: tracking: mlflow is not installed (pip install mlflow-skinny), or remove it from `tracking` in the config"]
     assert not (tmp_path / "run" / "student").exists()  # refused before training
+
+
+def test_a_key_in_a_judge_url_is_not_logged(tmp_path, tiny_model):
+    """evaluate's parameters include the judge's teacher section; a key carried in its base_url
+    (a proxy's ?api-key=, or user:key@host) must not reach the tracker."""
+    import shutil
+
+    from potstill.pipeline import STAGES
+
+    run = tmp_path / "run"
+    write_splits(run)
+    (run / "test.jsonl").write_text((run / "train.jsonl").read_text())
+    shutil.copytree(tiny_model, run / "student")
+    (run / "train.json").write_text("{}")
+    judge = {"type": "openai", "model": "judge-1", "api_key_env": "",
+             "base_url": "https://proxy.example/v1?api-key=sk-SECRET-IN-QUERY"}
+    cfg = Config.model_validate(config(
+        tmp_path, tiny_model, tracking=["mlflow"], teacher={"base_url": "https://u:sk-SECRET-IN-USERINFO@host/v1"},
+        evaluate={"latency_samples": 2, "batch_size": 2, "include_untrained": False, "judge": {"teacher": judge}},
+        report={"min_slice_n": 2, "bootstrap_samples": 100}))
+    STAGES["evaluate"].run(cfg)
+    client = mlflow.MlflowClient(tracking_uri=(run / "mlruns").as_uri())
+    (r,) = client.search_runs([client.get_experiment_by_name("potstill").experiment_id])
+    assert r.info.run_name == "run/evaluate"
+    logged = json.dumps([r.data.params, r.data.tags])
+    assert "SECRET" not in logged
+    # The rest of the judge's section is still there, one parameter per field.
+    assert r.data.params["evaluate.judge.teacher.model"] == "judge-1"
+    assert r.data.params["evaluate.judge.teacher.base_url"] == "https://proxy.example/v1"

@@ -25,9 +25,12 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
+
+from pydantic import BaseModel
 
 from potstill.config import Config
 from potstill.errors import PotstillError
@@ -51,14 +54,27 @@ def check(cfg: Config) -> None:
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts as one level of dotted keys; lists and scalars stay values."""
+    """Nested dicts (and config sections, such as evaluate.judge.teacher) as one level of dotted
+    keys; lists and scalars stay values."""
+    if isinstance(obj, BaseModel):
+        obj = obj.model_dump(mode="json")
     if not isinstance(obj, dict):
         return {prefix: obj} if prefix else {}
     out: dict[str, Any] = {}
     for k, v in obj.items():
         key = f"{prefix}.{k}" if prefix else str(k)
-        out.update(flatten(v, key) if isinstance(v, dict) else {key: v})
+        out.update(flatten(v, key) if isinstance(v, (dict, BaseModel)) else {key: v})
     return out
+
+
+# A URL's user:password@ and its query string can carry a key (a proxy's ``?api-key=``): a
+# tracker gets the URL without them, like every other place a key never reaches.
+_URL = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)(?:[^\s/@?#'\"]*@)?([^\s?#'\"]*)(?:\?[^\s#'\"]*)?")
+
+
+def without_credentials(text: str) -> str:
+    """``text`` with every URL in it stripped of user info and query string."""
+    return _URL.sub(r"\1\2", text)
 
 
 def numbers(obj: Any) -> dict[str, float]:
@@ -98,7 +114,7 @@ class Run:
         self.tags = {"potstill.stage": stage, "potstill.run_dir": str(self.run_dir),
                      "potstill.manifest_sha256": hash_path(manifest) if manifest.exists() else ""}
         # Trackers cap a parameter's length (MLflow: 6000 characters); long lists are context, not keys.
-        self.params = {k: str(v)[:500] for k, v in flatten(params).items()}
+        self.params = {k: without_credentials(str(v))[:500] for k, v in flatten(params).items()}
         self.metrics = metrics
         self.steps = steps
         self.artifacts = [p for p in artifacts if p.exists()]
