@@ -105,3 +105,22 @@ def test_served_rows_round_trip_and_query_by_time_and_limit(tmp_path):
             led._db.execute("DELETE FROM calls")  # read-only: watching never writes
     with pytest.raises(PotstillError, match="not found"):
         Ledger(tmp_path / "none.sqlite", readonly=True)
+
+
+def test_projected_cost_is_priced_from_this_generate_runs_answers(tmp_path):
+    """The rest of a stopped generate is priced at the mean of the answers it got, not of every
+    call to the model: synthesize's long inputs (or served escalations) cost far more per call
+    than a label, and counted in, they inflated `potstill cost`'s projection."""
+    with Ledger(tmp_path / "calls.sqlite") as led:
+        led.record_many([Call(f"s{i}", "teacher", "synthesize", "m", {"s": i}, {"output": "long text"}, 200, 400,
+                              cost_usd=0.01) for i in range(5)])
+        hashes = [f"g{i}" for i in range(10)]
+        run_id = led.start_run("generate", "m", 10, hashes, 0)
+        led.record_many([Call(h, "teacher", "generate", "m", {"g": h}, {"output": "a"}, 20, 1, cost_usd=0.0001)
+                         for h in hashes[:4]])
+        led.record(Call(hashes[4], "teacher", "generate", "m", {"g": 4}, None, status="error", error="boom"))
+        led.finish_run(run_id, "budget", 0)
+        latest = led.cost_report()["latest_run"]
+    assert latest["remaining"] == 6
+    assert latest["cost_per_call_usd"] == pytest.approx(0.0001)
+    assert latest["projected_remaining_usd"] == pytest.approx(6 * 0.0001)

@@ -484,9 +484,16 @@ class Ledger:
                     "SELECT COUNT(*) FROM generate_plan p WHERE p.run_id=? AND NOT EXISTS"
                     " (SELECT 1 FROM calls c WHERE c.request_hash=p.request_hash AND c.status='ok')", (run[0],)
                 ).fetchone()[0])
+                # Priced at this run's own answers: the model's other calls (synthesize's long inputs,
+                # served escalations) are other requests, often far dearer than a label. Before its
+                # first answer, the model's mean is the best guess there is.
                 n, spent = self._db.execute(
-                    "SELECT COUNT(*), COALESCE(SUM(cost_usd),0) FROM calls WHERE role='teacher' AND status='ok' AND model=?",
-                    (run[1],)).fetchone()
+                    "SELECT COUNT(*), COALESCE(SUM(cost_usd),0) FROM calls WHERE role='teacher' AND status='ok'"
+                    " AND request_hash IN (SELECT request_hash FROM generate_plan WHERE run_id=?)", (run[0],)).fetchone()
+                if not n:
+                    n, spent = self._db.execute(
+                        "SELECT COUNT(*), COALESCE(SUM(cost_usd),0) FROM calls WHERE role='teacher' AND status='ok'"
+                        " AND model=?", (run[1],)).fetchone()
                 per_call = float(spent) / n if n else None
                 latest = {
                     "model": run[1], "inputs": run[2], "unique_requests": run[3], "cache_hits": run[4],
