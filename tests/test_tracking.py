@@ -118,3 +118,24 @@ def test_a_key_in_a_judge_url_is_not_logged(tmp_path, tiny_model):
     # The rest of the judge's section is still there, one parameter per field.
     assert r.data.params["evaluate.judge.teacher.model"] == "judge-1"
     assert r.data.params["evaluate.judge.teacher.base_url"] == "https://proxy.example/v1"
+
+
+def test_a_tracker_that_fails_after_the_stage_is_logged_by_the_next_run(tmp_path, tiny_model, monkeypatch, capsys):
+    """An MLflow server down when a long train ends: the train is kept and recorded (not a traceback
+    that leaves the run unlogged for good), one line says so, and the next run of the stage, skipped
+    as up to date, logs it then, once."""
+    write_splits(tmp_path / "run")
+    cfg = Config.model_validate(config(tmp_path, tiny_model, tracking=["mlflow"]))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on the discard port
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    first = train_stage(cfg)
+    assert not first["skipped"]
+    err = capsys.readouterr()
+    assert "train: not tracked in mlflow" in err.out + err.err and "Traceback" not in err.out + err.err
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # the file store in RUN/mlruns
+    store = mlflow.MlflowClient(tracking_uri=(tmp_path / "run" / "mlruns").as_uri())
+    for _ in range(2):
+        assert train_stage(cfg)["skipped"]
+        (r,) = store.search_runs([store.get_experiment_by_name("potstill").experiment_id])
+    assert r.info.run_name == "run/train" and r.data.params["train.lr"] == "0.01"
+    assert r.data.metrics["final_loss"] == pytest.approx(first["final_loss"])

@@ -73,3 +73,15 @@ class RunDir:
             **(info or {}),
         }
         write_json(self.manifest_path, m)
+
+    def set_untracked(self, stage: str, trackers: list[str]) -> None:
+        """Record the trackers a finished stage is not yet logged to (``potstill.stage.Stage._track``)."""
+        m = self.manifest()
+        entry = m["stages"][stage]
+        if sorted(entry.get("untracked", [])) == sorted(trackers):
+            return
+        if trackers:
+            entry["untracked"] = trackers
+        else:
+            entry.pop("untracked", None)
+        write_json(self.manifest_path, m)

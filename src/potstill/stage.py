@@ -113,19 +113,34 @@ class Stage:
         main = int(os.environ.get("RANK", "0")) == 0  # under torchrun / accelerate launch, one process records
         if not force and run.is_done(self.name, fp):
             say(f"[dim]{self.name}: up to date, skipped[/dim]")
+            summary = run.manifest()["stages"][self.name].get("summary", {})
             if main:
                 save_config(cfg, run, self)
-            return {"skipped": True, **run.manifest()["stages"][self.name].get("summary", {})}
+                self._track(cfg, run, summary, retry=True)
+            return {"skipped": True, **summary}
         module, func = self.body.split(":")
         body: Body = getattr(importlib.import_module(module), func)
         summary = body(cfg, run)
         if main:
             run.mark_done(self.name, fp, list(self.outputs), {"summary": summary})
             save_config(cfg, run, self)
-            if self.tracked:
-                tracking.after_stage(cfg, self.name, {k: get_dotted(cfg, k) for k in self.fingerprinted()}, summary,
-                                     run.path)
+            self._track(cfg, run, summary)
         return {"skipped": False, **summary}
+
+    def _track(self, cfg: Config, run: RunDir, summary: dict[str, Any], retry: bool = False) -> None:
+        """Log the finished stage to its trackers; ``retry``: only to those that failed when it ran
+        (the manifest keeps their names), so a tracker that was down logs it once, on a later run."""
+        from potstill import tracking
+
+        if not self.tracked:
+            return
+        pending = run.manifest()["stages"][self.name].get("untracked", [])
+        trackers = [t for t in cfg.tracking if t in pending] if retry else list(cfg.tracking)
+        if not trackers:
+            return
+        failed = tracking.after_stage(cfg.model_copy(update={"tracking": trackers}), self.name,
+                                      {k: get_dotted(cfg, k) for k in self.fingerprinted()}, summary, run.path)
+        run.set_untracked(self.name, sorted(set(failed) | (set(pending) - set(trackers))))
 
 
 def save_config(cfg: Config, run: RunDir, stage: Stage) -> None:

@@ -187,26 +187,39 @@ BACKENDS: dict[str, Callable[[Run], str]] = {"mlflow": _mlflow, "wandb": _wandb,
 
 def log_stage(cfg: Config, stage: str, params: dict[str, Any], metrics: dict[str, float],
               steps: Iterable[dict[str, Any]] = (), artifacts: Iterable[Path] = (),
-              run_dir: Path | None = None) -> None:
+              run_dir: Path | None = None) -> list[str]:
     """Log one finished stage to every tracker in ``cfg.tracking`` (a no-op when it is empty).
 
-    ``steps``: metrics.jsonl rows (each with ``step``); ``run_dir`` defaults to ``cfg.run_dir``."""
+    ``steps``: metrics.jsonl rows (each with ``step``); ``run_dir`` defaults to ``cfg.run_dir``.
+    Returns the trackers that failed (a server down, a store not writable), each said in one line:
+    the stage's own record in the run directory is complete either way, so an hour of training is
+    not turned into a traceback by its copy."""
     if not cfg.tracking:
-        return
+        return []
     series = [{"step": float(r["step"]), **numbers({k: v for k, v in r.items() if k != "step"})} for r in steps]
     run = Run(Path(run_dir or cfg.run_dir), stage, params, metrics, series, list(artifacts))
+    failed = []
     for name in cfg.tracking:
-        say(f"{stage}: tracked as {BACKENDS[name](run)}")
+        try:
+            say(f"{stage}: tracked as {BACKENDS[name](run)}")
+        except Exception as e:  # any backend's own error type (MlflowException, wandb.Error, OSError...)
+            failed.append(name)
+            first = without_credentials(str(e).splitlines()[0] if str(e) else "")[:300]
+            say(f"[yellow]{stage}: not tracked in {name} ({type(e).__name__}: {first}); the next run of this stage "
+                "logs it[/yellow]")
+    return failed
 
 
-def after_stage(cfg: Config, stage: str, params: dict[str, Any], summary: dict[str, Any], run_dir: Path) -> None:
+def after_stage(cfg: Config, stage: str, params: dict[str, Any], summary: dict[str, Any], run_dir: Path) -> list[str]:
     """Log a pipeline stage that just ran: train with its per-step series, evaluate with its headline
-    numbers. Other stages are not tracked (their numbers live in the run directory and the ledger)."""
+    numbers. Other stages are not tracked (their numbers live in the run directory and the ledger).
+    Returns the trackers that failed (``log_stage``)."""
     if not cfg.tracking:
-        return
+        return []
     if stage == "train":
-        log_stage(cfg, "train", params, numbers(summary), read_steps(run_dir / "metrics.jsonl"),
-                  [run_dir / "train.json", run_dir / "metrics.jsonl"], run_dir=run_dir)
-    elif stage == "evaluate":
-        log_stage(cfg, "evaluate", params, eval_metrics(run_dir / "eval.json"),
-                  artifacts=[run_dir / "eval.json", run_dir / "report.html"], run_dir=run_dir)
+        return log_stage(cfg, "train", params, numbers(summary), read_steps(run_dir / "metrics.jsonl"),
+                         [run_dir / "train.json", run_dir / "metrics.jsonl"], run_dir=run_dir)
+    if stage == "evaluate":
+        return log_stage(cfg, "evaluate", params, eval_metrics(run_dir / "eval.json"),
+                         artifacts=[run_dir / "eval.json", run_dir / "report.html"], run_dir=run_dir)
+    return []
