@@ -94,3 +94,18 @@ def test_a_key_pasted_where_its_variables_name_belongs_is_refused_without_being_
         assert key not in str(e.value) and "sk-" not in str(e.value)
     ok = load_config(None, {"teacher.api_key_env": "MY_KEY_2", "serve.api_key_env": "", "task.labels": ["a", "b"]})
     assert (ok.teacher.api_key_env, ok.serve.api_key_env) == ("MY_KEY_2", "")
+
+
+def test_yaml_numbers_in_a_text_field_are_their_text_and_booleans_are_explained(tmp_path):
+    """YAML types bare scalars: star ratings `labels: [1, 2, 3, 4, 5]` arrive as ints and
+    `--data.source 2026` as an int; both are text to potstill. `[yes, no]` arrive as booleans,
+    whose text is lost: the error says why and how to quote."""
+    path = tmp_path / "potstill.yaml"
+    path.write_text("task:\n  labels: [1, 2, 3, 4, 5]\ndata:\n  source: 2026\n  license: 2.0\n")
+    cfg = load_config(path, {"teacher.model": yaml.safe_load("4")})
+    assert cfg.task.labels == ["1", "2", "3", "4", "5"]
+    assert (cfg.data.source, cfg.data.license, cfg.teacher.model) == ("2026", "2.0", "4")
+    with pytest.raises(PotstillError) as e:
+        load_config(None, {"task.labels": yaml.safe_load("[yes, no]")})
+    assert str(e.value).startswith("config: task.labels.0: Input should be a valid string")
+    assert "yes/no" in str(e.value) and "quote" in str(e.value)

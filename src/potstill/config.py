@@ -54,6 +54,10 @@ def _explain(e: ValidationError, source: str) -> str:
         close = [alias] if alias in valid else difflib.get_close_matches(str(loc[-1]), valid, n=1)
         hint = f"; did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'?" if close else ""
         return f"{source}: unknown config field '{where}'{hint}"
+    if err["type"] == "string_type" and isinstance(err.get("input"), bool):
+        # Its text is gone (yes, on and true all load as True): only the user can say which it was.
+        return (f"{source}: {where}: {err['msg']} (YAML reads yes/no, on/off and true/false as booleans: "
+                f"quote the value, as in 'yes')")
     return f"{source}: {where or 'config'}: {err['msg']}"
 
 

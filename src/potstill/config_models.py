@@ -83,7 +83,9 @@ RecheckMargin = Annotated[float, Field(ge=0, le=1)] | Literal["auto"]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # YAML types bare scalars: `labels: [1, 2, 3, 4, 5]` (star ratings) or `--data.source 2026`
+    # arrive as numbers, and their text is what a text field means.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
 
 
 class TaskConfig(Section):
