@@ -109,3 +109,14 @@ def test_yaml_numbers_in_a_text_field_are_their_text_and_booleans_are_explained(
         load_config(None, {"task.labels": yaml.safe_load("[yes, no]")})
     assert str(e.value).startswith("config: task.labels.0: Input should be a valid string")
     assert "yes/no" in str(e.value) and "quote" in str(e.value)
+
+
+def test_a_section_whose_fields_are_all_commented_out_is_its_defaults(tmp_path):
+    """`potstill init` writes every field; commenting out all of a section's leaves `export:` with
+    no value (YAML null), which was refused as 'not a valid dictionary', and an override into it
+    as 'not a section'. A nullable field that is not a section (evaluate.judge.teacher) stays null."""
+    path = tmp_path / "potstill.yaml"
+    path.write_text("task:\n  labels: [a, b]\nexport:\n  # dtype: f32\nwatch:\nevaluate:\n  judge:\n    teacher:\n")
+    cfg = load_config(path, {"watch.window": 50})
+    assert cfg.export.dtype == "f32" and cfg.export.gguf_types == ["f16", "q8_0"]
+    assert cfg.watch.window == 50 and cfg.evaluate.judge.teacher is None

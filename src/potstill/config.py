@@ -97,6 +97,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             raise PotstillError(f"{path}: invalid YAML: {yaml_problem(e)}") from None
         if not isinstance(data, dict):
             raise PotstillError(f"{path}: expected a mapping at the top level")
+        _empty_sections(data, Config)
         # Relative paths in a config file are relative to the file, not to the shell's cwd.
         data = _resolve_paths(data, path.parent)
     for key, value in (overrides or {}).items():
@@ -105,6 +106,18 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         return Config.model_validate(data)
     except ValidationError as e:
         raise PotstillError(_explain(e, source)) from None
+
+
+def _empty_sections(data: dict, model: type[BaseModel]) -> None:
+    """A section left with no value (``export:`` after all its fields were commented out: YAML
+    null) is that section's defaults, as if the line were gone."""
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel) and name in data:
+            if data[name] is None:
+                data[name] = {}
+            if isinstance(data[name], dict):
+                _empty_sections(data[name], ann)
 
 
 def path_roles(model: type[BaseModel] = Config, prefix: str = "") -> dict[str, PathRole]:
