@@ -304,3 +304,38 @@ def test_a_file_hash_is_read_once_per_version(tmp_path, monkeypatch):
     os.utime(tmp, ns=(1, 1))
     tmp.replace(f)  # same size and mtime as before, another inode
     assert hash_file(f) == first and opened.count(str(f)) == 3
+
+
+def test_evaluate_with_a_judge_reads_only_declared_fields(tmp_path, tiny_model):
+    """The done run's evaluate has no judge (a classification task); an API judge runs on the
+    teacher engine with the generate section's limits, budget and prices, which evaluate must
+    declare (as settings of how it runs) to take them as flags and to record them."""
+    from tests.evaluate.test_judge import config as judge_config, judge_app
+    from tests.helpers.live_server import LiveServer
+
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"input": f"text {i}", "output": f"summary {i}", "slice": ["s"]} for i in range(4)]
+    (run / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    shutil.copytree(tiny_model, run / "student")
+    (run / "train.json").write_text("{}")
+    with LiveServer(judge_app("fair", [])) as srv:
+        cfg = judge_config(run, srv.url)
+        cfg = cfg.model_copy(update={"student": cfg.student.model_copy(update={"model": str(tiny_model)})})
+        cfg.task.max_output_tokens = 4
+        cfg.evaluate.latency_samples, cfg.evaluate.batch_size, cfg.evaluate.include_untrained = 2, 2, False
+        cfg.report.min_slice_n = 2
+        recorder = ReadRecorder(cfg)
+        recorder.reads["evaluate"], recorder.current = set(), "evaluate"
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(Stage, "fingerprint", _paused(recorder, Stage.fingerprint))
+            mp.setattr(stage_mod, "save_config", _paused(recorder, save_config))
+            with recorder.installed():
+                STAGES["evaluate"].run(cfg)
+    # The judge's own teacher section is one leaf field (evaluate.judge.teacher): its fields count as it.
+    reads = {"evaluate.judge.teacher" if k.startswith("evaluate.judge.teacher.") else k
+             for k in recorder.reads["evaluate"]}
+    assert "evaluate.judge.enabled" in reads and any(k.startswith("generate.") for k in reads)
+    assert sorted(reads - set(STAGES["evaluate"].fields()) - {"run_dir"}) == []
+    # Limits and prices: how the judge is asked, not what evaluate reports from cached verdicts.
+    assert not {k for k in STAGES["evaluate"].fingerprinted() if k.startswith("generate.")}

@@ -26,6 +26,10 @@ _GENERATE_TUNES = ("generate.rpm", "generate.tpm", "generate.budget_usd", "gener
 _TEACHER_TRANSPORT = ("teacher.base_url", "teacher.api_key_env", "teacher.concurrency", "teacher.timeout_s",
                       "teacher.max_retries", "teacher.terms")
 
+# An API judge (evaluate.judge) runs on the teacher engine under generate's limits, budget and
+# price table: how it is asked; its verdicts are cached in the ledger either way.
+_JUDGE_ENGINE = ("generate.rpm", "generate.tpm", "generate.budget_usd", "generate.prices")
+
 # tracking: where a finished train or evaluate is logged, never what it writes.
 # Train's preflight compares the label tokens under the teacher's prompt: it can refuse, not change, a run.
 _TRAIN_PREFLIGHT = ("teacher.type", "teacher.model", "teacher.prompt_format", "teacher.answer_prefix")
@@ -58,7 +62,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     # A local teacher is loaded and timed beside the student (evaluate.teacher_latency_samples): the
     # teacher fields that shape its calls count; those of an API client's transport do not.
     Stage("evaluate", "Untrained student vs teacher vs trained student on the test split, with a go/no-go verdict.",
-          reads=("task", "student", "evaluate", "report", "tracking", "teacher"), tunes=("tracking", *_TEACHER_TRANSPORT),
+          reads=("task", "student", "evaluate", "report", "tracking", "teacher", *_JUDGE_ENGINE),
+          tunes=("tracking", *_TEACHER_TRANSPORT, *_JUDGE_ENGINE),
           inputs=("test.jsonl", "student", "train.json"),
           outputs=("eval.json", "report.html"), body="potstill.evaluate.stage:evaluate_body", tracked=True),
 )}
