@@ -209,6 +209,25 @@ def test_a_field_no_stage_declares_reruns_nothing(done_run, key, tmp_path):
     assert _rerun(cfg, key, tmp_path) == set()
 
 
+@pytest.mark.parametrize("key, value, expected", [
+    # The student's hourly price is a cost assumption of pilot and evaluate: train never reads it.
+    ("student.usd_per_hour", 0.5, {"pilot", "evaluate"}),
+    # The inputs' source and licence and the teacher's terms are written in the dataset card only.
+    ("data.license", "CC-BY-4.0", {"curate"}),
+    ("data.source", "our inbox", {"curate"}),
+    ("teacher.terms", "no competing models", {"curate"}),
+    # What the teacher's calls cost is the ledger's record of them (like generate.prices);
+    # evaluate times a local teacher and prices it now.
+    ("teacher.price.usd_per_hour", 3.0, {"evaluate"}),
+])
+def test_a_cost_or_card_setting_reruns_neither_generate_nor_train(done_run, key, value, expected):
+    _, cfg, _ = done_run
+    data = cfg.model_dump(mode="json")
+    set_dotted(data, key, value)
+    changed = Config.model_validate(data)
+    assert {name for name, s in STAGES.items() if not s.up_to_date(changed)} == expected
+
+
 def test_a_file_field_counts_by_content_not_by_name(done_run, tmp_path):
     root, cfg, _ = done_run
     copy = tmp_path / "same.jsonl"

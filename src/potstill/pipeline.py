@@ -22,6 +22,14 @@ _GENERATE_TUNES = ("generate.rpm", "generate.tpm", "generate.budget_usd", "gener
                    "generate.ray_gpus_per_worker", "generate.ray_endpoints", "generate.prices", "generate.batch_price",
                    "generate.batch_poll_s", "generate.batch_max_requests", "generate.batch_resubmits")
 
+# What the teacher asks and answers is unchanged by these: each call's cost is the ledger's record
+# of it (teacher.price, like generate.prices, prices new calls and the budget), and its terms of
+# use go to the dataset card (curate).
+_TEACHER_BILLING = ("teacher.price", "teacher.terms")
+
+# The inputs as pilot and generate read them; data.source and data.license are the card's (curate).
+_INPUTS = ("data.inputs", "data.limit", "data.max_unknown_gold")
+
 # How an API teacher is reached: no answer, and no local teacher's timing, depends on these.
 _TEACHER_TRANSPORT = ("teacher.base_url", "teacher.api_key_env", "teacher.concurrency", "teacher.timeout_s",
                       "teacher.max_retries", "teacher.terms")
@@ -36,14 +44,16 @@ _TRAIN_PREFLIGHT = ("teacher.type", "teacher.model", "teacher.prompt_format", "t
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("pilot", "Compare the untrained student with the teacher on ~100 inputs, before any training.",
-          reads=("task", "data", "teacher", "student", "pilot", "generate", "evaluate.batch_size", "evaluate.engine", "evaluate.dtype",
-                 "evaluate.recheck_margin", "evaluate.quantization", "evaluate.latency_samples", "evaluate.compile",
-                 "evaluate.draft_tokens"),
-          tunes=_GENERATE_TUNES, inputs=(), outputs=("pilot.json",), body="potstill.pilot.stage:pilot_body"),
+          reads=("task", *_INPUTS, "teacher", "student", "pilot", "generate", "evaluate.batch_size", "evaluate.engine",
+                 "evaluate.dtype", "evaluate.recheck_margin", "evaluate.quantization", "evaluate.latency_samples",
+                 "evaluate.compile", "evaluate.draft_tokens"),
+          tunes=(*_GENERATE_TUNES, *_TEACHER_BILLING), inputs=(), outputs=("pilot.json",),
+          body="potstill.pilot.stage:pilot_body"),
     # `potstill generate` runs preflight's generate checks first (a projected cost over the budget
     # is refused before a request is sent); train runs its checks inside its body.
     Stage("generate", "Run the teacher over every input (cached in the ledger; a rerun sends nothing twice).",
-          reads=("task", "data", "teacher", "generate"), tunes=_GENERATE_TUNES, inputs=(), outputs=("teacher.jsonl",),
+          reads=("task", *_INPUTS, "teacher", "generate"), tunes=(*_GENERATE_TUNES, *_TEACHER_BILLING), inputs=(),
+          outputs=("teacher.jsonl",),
           body="potstill.generate.stage:generate_body", preflight=True),
     # review.sqlite is an input: a new review decision reruns curate (and so train and evaluate).
     # The dataset card names the inputs, their licence and the teacher.
@@ -54,7 +64,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           outputs=("train.jsonl", "val.jsonl", "test.jsonl", "rejected.jsonl", "card.json", "card.md"),
           body="potstill.curate.stage:curate_body"),
     Stage("train", "Fine-tune the student on the teacher's outputs (full or LoRA; SFT or label-level KD).",
-          reads=("task", "student", "train", *_TRAIN_PREFLIGHT, "tracking"), tunes=(*_TRAIN_PREFLIGHT, "tracking"),
+          # student.usd_per_hour is a cost assumption of pilot and evaluate: a new one retrains nothing.
+          reads=("task", "student.model", "student.num_layers", "student.max_length", "train", *_TRAIN_PREFLIGHT,
+                 "tracking"), tunes=(*_TRAIN_PREFLIGHT, "tracking"),
           inputs=("train.jsonl", "val.jsonl"),
           outputs=("student", "metrics.jsonl", "train.json"), body="potstill.train.stage:train_body", tracked=True),
     # Evaluate also sums the teacher's spend from the ledger (calls.sqlite); the ledger is an
