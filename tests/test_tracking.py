@@ -126,12 +126,14 @@ def test_a_tracker_that_fails_after_the_stage_is_logged_by_the_next_run(tmp_path
     as up to date, logs it then, once."""
     write_splits(tmp_path / "run")
     cfg = Config.model_validate(config(tmp_path, tiny_model, tracking=["mlflow"]))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on the discard port
+    # Nothing listens on the discard port; the URI's password must not reach the line either.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://user:sk-SECRET@127.0.0.1:9")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     first = train_stage(cfg)
     assert not first["skipped"]
     err = capsys.readouterr()
     assert "train: not tracked in mlflow" in err.out + err.err and "Traceback" not in err.out + err.err
+    assert "SECRET" not in err.out + err.err
     monkeypatch.delenv("MLFLOW_TRACKING_URI")  # the file store in RUN/mlruns
     store = mlflow.MlflowClient(tracking_uri=(tmp_path / "run" / "mlruns").as_uri())
     for _ in range(2):

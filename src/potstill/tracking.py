@@ -201,7 +201,7 @@ def log_stage(cfg: Config, stage: str, params: dict[str, Any], metrics: dict[str
     failed = []
     for name in cfg.tracking:
         try:
-            say(f"{stage}: tracked as {BACKENDS[name](run)}")
+            say(f"{stage}: tracked as {without_credentials(BACKENDS[name](run))}")  # MLFLOW_TRACKING_URI may hold user:password@
         except Exception as e:  # any backend's own error type (MlflowException, wandb.Error, OSError...)
             failed.append(name)
             first = without_credentials(str(e).splitlines()[0] if str(e) else "")[:300]
