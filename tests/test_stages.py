@@ -261,6 +261,28 @@ def test_an_edited_output_reruns_its_stage(done_run, tmp_path):
     assert {n for n, s in STAGES.items() if not s.up_to_date(moved)} == {"curate"}
 
 
+def test_a_rebuilt_report_leaves_evaluate_up_to_date(done_run, tmp_path):
+    """`potstill report RUN --compare OTHER` rewrites RUN/report.html from the same eval.json; the
+    next `potstill run` must not take that for an edited output, rerun evaluate (timing every
+    student again) and overwrite the comparison. A report.html edited any other way still reruns it."""
+    import subprocess
+    import sys
+
+    root, cfg, _ = done_run
+    other = tmp_path / "run"
+    shutil.copytree(root / "run", other)
+    moved = cfg.model_copy(update={"run_dir": str(other)})
+    before = (other / "report.html").read_text()
+    out = subprocess.run([sys.executable, "-m", "potstill.cli", "report", str(other), "--compare", str(root / "run")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert (other / "report.html").read_text() != before and "id='compare'" in (other / "report.html").read_text()
+    assert all(s.up_to_date(moved) for s in STAGES.values())
+    with open(other / "report.html", "a") as f:
+        f.write("edited by hand\n")
+    assert {n for n, s in STAGES.items() if not s.up_to_date(moved)} == {"evaluate"}
+
+
 def test_the_run_saves_the_config_it_ran_with(done_run):
     root, cfg, _ = done_run
     saved = load_config(root / "run" / "potstill.yaml")

@@ -254,8 +254,12 @@ def report(
 ) -> None:
     """Rebuild report.html from eval.json, with other runs' students side by side (champion vs challenger)."""
     from potstill.evaluate.html import compare_report
+    from potstill.rundir import RunDir
 
-    typer.echo(f"wrote {compare_report(run_dir, compare or [], out)}")
+    target = compare_report(run_dir, compare or [], out)
+    if run_dir.is_dir() and target.resolve() == (run_dir / "report.html").resolve():
+        RunDir(run_dir).rebuilt("evaluate", "report.html")  # else the next `potstill run` reruns evaluate
+    typer.echo(f"wrote {target}")
 
 
 @app.command()

@@ -74,6 +74,21 @@ class RunDir:
         }
         write_json(self.manifest_path, m)
 
+    def rebuilt(self, stage: str, name: str) -> None:
+        """Record output ``name`` of ``stage`` as rebuilt from its other outputs, which still hold
+        what the stage wrote (``potstill report`` redrawing report.html from eval.json): the stage
+        stays up to date rather than rerunning over a page the user asked for."""
+        m = self.manifest()
+        outputs = m["stages"].get(stage, {}).get("outputs", {})
+        if name not in outputs:
+            return
+        for other, digest in outputs.items():
+            p = self.path / other
+            if other != name and (not p.exists() or hash_path(p) != digest):
+                return
+        outputs[name] = hash_path(self.path / name)
+        write_json(self.manifest_path, m)
+
     def set_untracked(self, stage: str, trackers: list[str]) -> None:
         """Record the trackers a finished stage is not yet logged to (``potstill.stage.Stage._track``)."""
         m = self.manifest()
