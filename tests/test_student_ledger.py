@@ -96,3 +96,18 @@ def test_evaluate_is_tracked_in_mlflow(project):
     assert m["models.student.agreement_with_teacher"] == pytest.approx(ev["models"]["student"]["agreement_with_teacher"])
     assert m["verdict.go"] == float(ev["verdict"]["go"])
     assert {a.path for a in client.list_artifacts(by["run/evaluate"].info.run_id)} == {"eval.json", "report.html"}
+
+
+def test_cost_splits_the_teachers_calls_by_stage(project):
+    """README: `potstill cost RUN` prints the teacher's and the student's calls and spend per model
+    and stage. The pilot's teacher calls and generate's are different spends (the pilot's are a
+    subset of the inputs, answered before generate's cache hits)."""
+    out = subprocess.run([sys.executable, "-m", "potstill.cli", "cost", "run"], cwd=project, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    db = sqlite3.connect(project / "run" / "calls.sqlite")
+    rows = db.execute("SELECT model, stage, COUNT(*), SUM(cost_usd) FROM calls WHERE role='teacher' GROUP BY 1, 2").fetchall()
+    assert {r[1] for r in rows} == {"pilot", "generate"}
+    for model, stage, calls, spend in rows:
+        line = next(x for x in out.stdout.splitlines() if x.startswith(f"teacher {model} ({stage}): "))
+        assert line.startswith(f"teacher {model} ({stage}): {calls} calls (0 errors)") and line.endswith(f"${spend:.4f}")

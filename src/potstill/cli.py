@@ -187,10 +187,15 @@ def cost(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]) -> Non
         raise PotstillError(f"{path} not found")
     with Ledger(path) as ledger:
         rep = ledger.cost_report()
+        by_stage = student_spend(ledger, "teacher")
         for m in rep["models"]:
             typer.echo(f"teacher {m['model']}: {m['calls']} calls ({m['calls'] - m['ok']} errors), "
                        f"{m['input_tokens']} input ({m['cached_input_tokens']} cached) + {m['output_tokens']} output tokens, "
                        f"${m['cost_usd']:.4f}" + _batch_note(m))
+            stages = [g for g in by_stage if g["model"] == m["model"]]
+            for g in stages if len(stages) > 1 else []:  # pilot, synthesize, generate, serve escalations
+                typer.echo(f"teacher {g['model']} ({g['stage']}): {g['calls']} calls ({g['errors']} errors), "
+                           f"{g['input_tokens']} input + {g['output_tokens']} output tokens, ${g['cost_usd']:.4f}")
         # evaluate.judge's calls are paid API calls as well, logged under their own role.
         for role in ("judge", "student"):
             for m in student_spend(ledger, role):
