@@ -180,14 +180,14 @@ def quickstart(
 def cost(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]) -> None:
     """Print spend and tokens per model (teacher, judge, student), cache hits, and the projected cost of the inputs not yet answered."""
     from potstill.ledger import Ledger
-    from potstill.report import student_spend
+    from potstill.report import spend_by_stage
 
     path = run_dir / "calls.sqlite"
     if not path.exists():
         raise PotstillError(f"{path} not found")
     with Ledger(path) as ledger:
         rep = ledger.cost_report()
-        by_stage = student_spend(ledger, "teacher")
+        by_stage = spend_by_stage(ledger, "teacher")
         for m in rep["models"]:
             typer.echo(f"teacher {m['model']}: {m['calls']} calls ({m['calls'] - m['ok']} errors), "
                        f"{m['input_tokens']} input ({m['cached_input_tokens']} cached) + {m['output_tokens']} output tokens, "
@@ -198,7 +198,7 @@ def cost(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]) -> Non
                            f"{g['input_tokens']} input + {g['output_tokens']} output tokens, ${g['cost_usd']:.4f}")
         # evaluate.judge's calls are paid API calls as well, logged under their own role.
         for role in ("judge", "student"):
-            for m in student_spend(ledger, role):
+            for m in spend_by_stage(ledger, role):
                 typer.echo(f"{role} {m['model']} ({m['stage']}): {m['calls']} calls ({m['errors']} errors), "
                            f"{m['input_tokens']} input + {m['output_tokens']} output tokens, ${m['cost_usd']:.4f}")
         s = ledger.summary("student")

@@ -75,9 +75,9 @@ def measure_student(lm: Any, task: Task, records: list[Record], usd_per_hour: fl
     }, preds
 
 
-def student_spend(ledger: Ledger, role: str = "student") -> list[dict[str, Any]]:
-    """The student's calls (or ``role``'s: ``judge``) per model and stage (pilot, evaluate, serve):
-    count, errors, tokens, spend."""
+def spend_by_stage(ledger: Ledger, role: str = "student") -> list[dict[str, Any]]:
+    """One role's calls (student, teacher, judge) per model and stage (pilot, generate, evaluate,
+    serve...): count, errors, tokens, spend."""
     groups: dict[tuple[str, str], dict[str, Any]] = {}
     for r in ledger.rows(role=role):
         g = groups.setdefault((r["model"], r["stage"]), {"model": r["model"], "stage": r["stage"], "calls": 0, "errors": 0,
