@@ -55,21 +55,10 @@ def by_content(key: str, value: Any) -> Any:
         # A local model directory (student.model, teacher.model, train.teacher_model): by name
         # alone, a base model retrained in place would leave train "up to date" on the old weights.
         if Path(value).is_dir():
-            return {"dir_sha256": _dir_sha256(Path(value))}
+            # One run fingerprints a local model in up to four stages; hash_file reads each version
+            # of a file once per process (a 7B model is ~15 GB to read).
+            return {"dir_sha256": hash_path(value)}
     return value
-
-
-_DIR_HASHES: dict[tuple, str] = {}
-
-
-def _dir_sha256(path: Path) -> str:
-    """``hash_path`` of a directory, once per process while no file in it changes: one ``potstill
-    run`` fingerprints a local model in up to four stages, and a 7B model is ~15 GB to read."""
-    files = sorted(p for p in path.rglob("*") if p.is_file())
-    key = (str(path.resolve()), tuple((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
-    if key not in _DIR_HASHES:
-        _DIR_HASHES[key] = hash_path(path)
-    return _DIR_HASHES[key]
 
 
 @dataclass(frozen=True)
