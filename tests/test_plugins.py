@@ -47,3 +47,38 @@ def test_a_third_party_entry_point_loads_and_cannot_shadow_a_builtin(monkeypatch
     assert plugins.load_plugin("teachers", "mine").__name__ == "ReplayTeacher"
     assert plugins.load_plugin("teachers", "openai").__name__ == "OpenAITeacher"
     assert "mine" in plugins.names("teachers")
+
+
+def test_a_broken_plugin_is_one_line_naming_it_and_its_cause(monkeypatch, tmp_path, capsys):
+    """A plugin whose module imports a package that is not installed, or names a class its module
+    lacks, is one error naming the plugin, its entry point and the cause; ``potstill preflight``
+    reports it as the teacher check's failure, not a traceback."""
+    import sys
+    from importlib.metadata import EntryPoint
+
+    from potstill.cli import main
+
+    (tmp_path / "brokenplug.py").write_text("import potstill_missing_dependency_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    broken = EntryPoint(name="mine", value="brokenplug:Teacher", group="potstill.teachers")
+    renamed = EntryPoint(name="fast", value="potstill.engines.transformers:NoSuchEngine", group="potstill.engines")
+    monkeypatch.setattr(plugins, "entry_points", lambda group: {"potstill.teachers": [broken],
+                                                                "potstill.engines": [renamed]}.get(group, []))
+    with pytest.raises(PotstillError, match=r"^plugin 'mine' \(potstill.teachers: brokenplug:Teacher\) does not "
+                                            r"load: ModuleNotFoundError: No module named "
+                                            r"'potstill_missing_dependency_xyz'$"):
+        plugins.load_plugin("teachers", "mine")
+    with pytest.raises(PotstillError, match=r"^plugin 'fast' \(potstill.engines: "
+                                            r"potstill.engines.transformers:NoSuchEngine\) does not load: "
+                                            r"AttributeError: "):
+        plugins.load_plugin("engines", "fast", what="engine")
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.jsonl").write_text('{"input": "the match"}\n')
+    (tmp_path / "c.yaml").write_text("task:\n  type: freetext\n  instruction: sum\ndata:\n  inputs: in.jsonl\n"
+                                     "teacher:\n  type: mine\n  model: x\n")
+    monkeypatch.setattr(sys, "argv", ["potstill", "generate", "-c", "c.yaml"])
+    with pytest.raises(SystemExit) as e:
+        main()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "plugin 'mine'" in err[0] and "Traceback" not in err[0], err

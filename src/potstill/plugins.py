@@ -64,4 +64,10 @@ def load_plugin(group: str, name: str, what: str | None = None) -> Any:
         close = difflib.get_close_matches(name, known, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise PotstillError(f"unknown {what or group[:-1] + ' type'} '{name}' (available: {', '.join(known)}){hint}")
-    return eps[name].load()
+    ep = eps[name]
+    try:
+        return ep.load()
+    except Exception as e:  # noqa: BLE001 - the plugin's own import: a missing dependency, a renamed class
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise PotstillError(f"plugin '{name}' (potstill.{group}: {ep.value}) does not load: "
+                            f"{type(e).__name__}: {first}"[:400]) from None
