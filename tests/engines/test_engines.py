@@ -84,6 +84,39 @@ def test_conversion_is_cached_by_content_and_redone_when_the_model_changes(taugh
     assert len(_ct2_entries()) == len(entries) + 1
 
 
+def test_a_conversion_another_process_finished_meanwhile_is_kept_not_replaced(taught, tmp_path, monkeypatch):
+    """Two processes convert a new student at once (serve and evaluate started together): the one
+    that finishes second keeps the first one's entry instead of deleting and replacing it while the
+    first may be loading it (same files, same inodes), and leaves no temp directory."""
+    import os
+    import subprocess
+
+    from potstill.engines import convert
+
+    model = tmp_path / "model"
+    shutil.copytree(taught, model)
+    (model / "README.md").write_text(str(tmp_path))  # content of its own: not converted by another test
+    other = [sys.executable, "-c", f"from potstill.engines.convert import ctranslate2_model; "
+                                   f"print(ctranslate2_model({str(model)!r})[0])"]
+    seen: dict = {}
+    plain = convert._plain_hf_dir
+
+    def while_converting(*a, **kw):  # the other process converts the same model, start to finish, meanwhile
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        out = subprocess.run(other, capture_output=True, text=True, env=env)
+        assert out.returncode == 0, out.stderr[-2000:]
+        done = Path(out.stdout.strip().splitlines()[-1])
+        seen.update({p.name: p.stat().st_ino for p in done.iterdir()})
+        return plain(*a, **kw)
+
+    monkeypatch.setattr(convert, "_plain_hf_dir", while_converting)
+    target, _ = convert.ctranslate2_model(str(model))
+    assert seen and {p.name: p.stat().st_ino for p in target.iterdir()} == seen
+    assert not [p for p in target.parent.iterdir() if p.name.startswith(".")]
+    eng = load_engine("ctranslate2", str(model), device="cpu")
+    assert eng.score_labels(CHAT, MSGS[:1], [0, 1]).logits.shape == (1, 2)
+
+
 @pytest.mark.parametrize("damage", ["weights", "architecture"])
 def test_a_corrupt_model_gives_one_clear_error_and_no_cache_entry(taught, tmp_path, damage):
     model = tmp_path / "broken"
