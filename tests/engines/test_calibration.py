@@ -141,3 +141,20 @@ def test_a_calibration_of_other_shapes_is_one_clear_error(calibrated):
     with pytest.raises(PotstillError, match="its int8 calibration does not fit the model") as e:
         load_engine("transformers", str(student), device="cpu", quantization="int8", compile=True)
     assert "\n" not in str(e.value)
+
+
+def test_a_calibrated_students_identity_is_its_weights_not_its_calibration(calibrated):
+    """The identity (ledger rows, served model name, routing and drift caches) hashes the weights: a
+    calibrated student whose weights change in place, the old calibration left beside them, gets a
+    new one, and its identity is the same as without the file."""
+    from potstill.models.loading import load_lm
+
+    student, _, _ = calibrated
+    before = load_lm(str(student), device="cpu")
+    with torch.no_grad():
+        before.model.lm_head.weight.mul_(1.01)
+    before.model.save_pretrained(student)  # weights only: the calibration file stays
+    after = load_lm(str(student), device="cpu").identity
+    assert after != before.identity
+    calibration.path(student).unlink()
+    assert load_lm(str(student), device="cpu").identity == after

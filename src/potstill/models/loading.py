@@ -271,7 +271,10 @@ def resolve(spec: str) -> tuple[str, Path | str]:
 def model_identity(spec: str, where: Path | str) -> str:
     """Stable id for ledger rows: the spec plus a hash of the weights when they are local files."""
     if isinstance(where, Path):
-        weights = sorted(where.glob("*.safetensors")) + sorted(where.glob("*.bin"))
+        # Not the int8 calibration beside the weights (engines.calibration.FILE): it sorts first, and
+        # weights retrained in place beside an old one kept their identity (and cached routing).
+        weights = [p for p in sorted(where.glob("*.safetensors")) + sorted(where.glob("*.bin"))
+                   if p.name != "int8_calibration.safetensors"]
         digest = hash_file(weights[0])[:12] if weights else "nofile"
         return f"{spec}@{digest}"
     return spec
