@@ -158,3 +158,37 @@ def test_a_calibrated_students_identity_is_its_weights_not_its_calibration(calib
     assert after != before.identity
     calibration.path(student).unlink()
     assert load_lm(str(student), device="cpu").identity == after
+
+
+def test_a_calibration_of_other_weights_or_layers_is_refused_not_used(calibrated, tmp_path):
+    """Ranges that fit every shape but were measured on other weights (the student retrained in place
+    by another tool, the old file left beside it) or on a deeper model of the same width are refused
+    in one line; unrefused, int8 ran smoothed by them with another model's re-check margin."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from potstill.engines.transformers import TransformersEngine
+    from potstill.models.loading import load_lm
+    from tests.helpers.tiny import make_model_dir
+
+    student, cal, _ = calibrated
+    assert TransformersEngine.load(str(student), device="cpu").quantize_int8(
+        calibration.load(student)) is None  # its own still loads
+    lm = load_lm(str(student), device="cpu")
+    with torch.no_grad():
+        lm.model.lm_head.weight.mul_(1.01)
+    lm.model.save_pretrained(student)  # weights only: the calibration file stays
+    eng = TransformersEngine.load(str(student), device="cpu")
+    with pytest.raises(PotstillError, match=r"its int8 calibration does not fit the model \(it was measured on "
+                                            r"weights [0-9a-f]{12}, these are [0-9a-f]{12}\)") as e:
+        eng.quantize_int8(calibration.load(student))
+    assert "\n" not in str(e.value) and not eng.int8
+
+    shallow = make_model_dir(tmp_path / "shallow", layers=1)  # same width, one layer fewer
+    info = {k: v for k, v in cal.info.items() if k != "weights"}  # as written before the digest was kept
+    save_file({k: v.contiguous() for k, v in cal.absmax.items()}, str(calibration.path(shallow)),
+              metadata={"potstill": json.dumps(info)})
+    eng = TransformersEngine.load(str(shallow), device="cpu")
+    with pytest.raises(PotstillError, match=r"it has ranges for \d+ layers the model lacks, e\.g\. layers\.1\."):
+        eng.quantize_int8(calibration.load(shallow))

@@ -29,6 +29,7 @@ untrained student of ``pilot``) runs unsmoothed int8 layers and ``recheck_margin
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,27 @@ def load(student: str | Path) -> Calibration | None:
                             "delete it or run `potstill train` again")
     return Calibration(absmax=absmax, alpha=float(info["alpha"]), inputs=int(info["inputs"]),
                        recheck_margin=info.get("recheck_margin"), info=info)
+
+
+def weights_of(identity: str) -> str | None:
+    """The weights' digest in a model identity (``loading.model_identity``: ``spec@digest``, then any
+    ``#dtype`` or ``[:layers]``); None for a hub id, whose files were not hashed."""
+    m = re.search(r"@([0-9a-f]{12}|nofile)(?=[#\[]|$)", identity)
+    return m.group(1) if m else None
+
+
+def misfit(cal: Calibration, identity: str, layers: set[str]) -> str | None:
+    """Why ``cal`` is not this model's (another student's file, or weights retrained in place beside
+    the old file), or None. Its ranges would smooth the wrong layers and its margin bound another
+    model's noise, with nothing to show for it; a shape that differs fails in ``quantize_linears``."""
+    measured, now = cal.info.get("weights"), weights_of(identity)
+    if measured and now and measured != now:
+        return f"it was measured on weights {measured}, these are {now}"
+    # A layer without ranges may be one no text forward runs (a vision tower's); one the model lacks is not.
+    extra = sorted(set(cal.absmax) - layers)
+    if extra:
+        return f"it has ranges for {len(extra)} layers the model lacks, e.g. {extra[0]}"
+    return None
 
 
 def label_noise(p_fast: torch.Tensor, p_ref: torch.Tensor) -> torch.Tensor:
@@ -138,7 +160,8 @@ def calibrate(student: str | Path, fmt: Any, messages: list[list[dict]], label_i
     with activation_absmax(decoder(ref.lm.model)) as rec:
         p_ref = torch.softmax(ref.score_labels(fmt, messages, ids, batch_size=batch_size).logits, -1)
     absmax = rec.absmax
-    info: dict[str, Any] = {"version": VERSION, "alpha": alpha, "inputs": len(messages), "recheck_margin": None}
+    info: dict[str, Any] = {"version": VERSION, "alpha": alpha, "inputs": len(messages), "recheck_margin": None,
+                            "weights": weights_of(ref.identity)}  # checked at load (``misfit``)
     if label_ids:
         fast = TransformersEngine.load(str(student), device="cpu", dtype="float32")
         fast.quantize_int8(Calibration(absmax=absmax, alpha=alpha, inputs=len(messages), recheck_margin=None,

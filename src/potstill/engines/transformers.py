@@ -117,6 +117,14 @@ class TransformersEngine:
         from potstill.models.int8 import OUTLIERS, quantize_linears
 
         absmax = calibration.absmax if calibration is not None else None
+        if calibration is not None:
+            from potstill.engines.calibration import misfit
+
+            layers = {n for n, m in decoder(self.lm.model).named_modules() if isinstance(m, torch.nn.Linear)}
+            why = misfit(calibration, self.lm.identity, layers)
+            if why:
+                raise PotstillError(f"{self.lm.identity}: its int8 calibration does not fit the model ({why}); "
+                                    "delete int8_calibration.safetensors or run `potstill train` again")
         try:
             quantize_linears(decoder(self.lm.model), absmax, calibration.alpha if calibration is not None else 0.0)
         except ValueError as e:  # a calibration of another model's shapes
