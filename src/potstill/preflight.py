@@ -134,7 +134,10 @@ def check_teacher(ctx: _Ctx) -> Check:
 
 def check_vocabulary(ctx: _Ctx) -> Check:
     tcfg = ctx.cfg.train
-    if tcfg.objective != "kd" or tcfg.kd_signal == "labels":
+    signal = tcfg.kd_signal
+    if signal == "auto":  # as the trainer resolves it (train.trainer.resolve_signal)
+        signal = "logits" if tcfg.teacher_model else "labels" if ctx.task.labels else "topk"
+    if tcfg.objective != "kd" or signal == "labels":
         return Check("vocabulary", "skip", "no token-level KD")
     if tcfg.teacher_model:
         teacher = _tokenizer(tcfg.teacher_model)

@@ -69,6 +69,20 @@ def test_topk_tokens_of_another_tokenizer_refuse(tiny_model, tmp_path):
     assert _status(cfg, "vocabulary") == ("ok", "100% of the teacher's output tokens map onto student tokens")
 
 
+def test_classification_kd_on_labels_is_not_refused_for_top_k_it_does_not_use(tiny_model, tmp_path):
+    """kd_signal auto on a classification task trains on the label distribution (``resolve_signal``),
+    whatever top-k logprobs an API teacher's records carry: its tokenizer is no reason to refuse
+    ``potstill train``; an explicit topk still is checked."""
+    task = {"type": "classification", "labels": ["sports", "tech"], "instruction": "topic"}
+    cfg = _cfg(tmp_path, task=task, student={"model": str(tiny_model)}, train={"objective": "kd"})
+    row = {**_topk_record(["sp", "orts"]), "output": "sports", "label_probs": {"sports": 0.9, "tech": 0.1}}
+    _write(tmp_path / "run" / "train.jsonl", [row] * 3)
+    assert _status(cfg, "vocabulary", "train")[0] == "skip"
+    require(cfg, "train")
+    topk = _cfg(tmp_path, task=task, student={"model": str(tiny_model)}, train={"objective": "kd", "kd_signal": "topk"})
+    assert _status(topk, "vocabulary", "train")[0] == "fail"
+
+
 def test_served_chat_template_differing_from_training_refuses(tiny_model, tmp_path):
     _inputs(tmp_path)
     cfg = _cfg(tmp_path, student={"model": str(tiny_model)})
