@@ -256,6 +256,8 @@ def projected_cost(ctx: _Ctx) -> tuple[float, int, str]:
     price = price_for(cfg.teacher.model, cfg.teacher.price, cfg.generate.prices)
     if price is None:
         return 0.0, len(records), f"no price known for '{cfg.teacher.model}'"
+    total = len(records)
+    records = _unanswered(ctx, records)
     fs = cfg.teacher.few_shot
     lines = Path(fs.path).read_text().splitlines() if fs.k and fs.path and Path(fs.path).exists() else []
     fixed = len(ctx.task.cfg.instruction) + (fs.k * sum(map(len, lines)) / len(lines) if lines else 0)
@@ -265,10 +267,39 @@ def projected_cost(ctx: _Ctx) -> tuple[float, int, str]:
     n = cfg.generate.n * fs.orders  # every sample and every shot order is a call
     usd = token_cost(price, math.ceil(chars_in / CHARS_PER_TOKEN) * n, math.ceil(out_tokens * len(records) * n))
     how = f"{len(records)} inputs x {n} calls, up to {out_tokens:.0f} output tokens each"
+    if len(records) < total:
+        how += f"; {total - len(records)} more answered in the ledger (a rerun pays nothing for them)"
     if cfg.generate.engine == "batch":  # billed at the provider's batch share of the live price
         share = cfg.generate.batch_price.get(cfg.teacher.type, 1.0)
         usd, how = usd * share, how + f", at {share:g} of the live price (batch)"
     return usd, len(records), how
+
+
+def _unanswered(ctx: _Ctx, records: list) -> list:
+    """The records ``generate`` would send: one each per request not answered in the run's ledger.
+    ``generate.budget_usd`` caps what one run spends, and a run stopped by it says to raise it and
+    rerun; what the ledger answered is not sent again, so it is not projected again."""
+    path = ctx.run / "calls.sqlite"
+    if not path.exists():
+        return records
+    from potstill.ledger import Ledger
+    from potstill.teachers import get_teacher, request_hash
+
+    try:
+        teacher = get_teacher(ctx.cfg.teacher, ctx.task)
+    except PotstillError:  # the teacher check names why; project every input meanwhile
+        return records
+    try:
+        teacher.n = ctx.cfg.generate.n  # as label_records sets it: the request asks for n samples
+        ident = teacher.identity()
+        hashes = [request_hash(ident, teacher.request(r)) for r in records]
+        with Ledger(path, readonly=True) as ledger:
+            answered = ledger.lookup(list(dict.fromkeys(hashes)))
+    finally:
+        teacher.close()
+    todo = dict.fromkeys(h for h in hashes if h not in answered)  # duplicates are sent once
+    first = {h: r for h, r in reversed(list(zip(hashes, records)))}
+    return [first[h] for h in todo]
 
 
 def check_budget(ctx: _Ctx) -> Check:

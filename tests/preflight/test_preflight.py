@@ -168,3 +168,32 @@ def test_cli_preflight_prints_every_check_and_exits_non_zero(tiny_model, tmp_pat
     gen = subprocess.run([sys.executable, "-m", "potstill.cli", "generate", "-c", "potstill.yaml"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=300)
     assert gen.returncode == 2 and "preflight budget:" in gen.stderr and not (tmp_path / "run" / "teacher.jsonl").exists()
+
+
+def test_a_rerun_after_the_budget_stopped_projects_only_what_it_would_send(tiny_model, tiny_model_b, tmp_path,
+                                                                          monkeypatch):
+    """generate's budget caps one run, and a run it stopped says to raise it and rerun; the inputs
+    the ledger answered are not sent again, so preflight projects only the rest (it projected every
+    input and refused the raised budget that covered them)."""
+    from potstill.generate.stage import generate_body
+    from potstill.rundir import RunDir
+    from tests.helpers.chat_server import ChatServer
+
+    words = "business market shares bank profit film music star award election minister party vote".split()
+    _write(tmp_path / "inputs.jsonl", [{"input": f"{a} {b} {c}"} for a, b, c in zip(words, words[1:], words[2:])][:10])
+    monkeypatch.setenv("TEACHER_KEY", "unused-by-the-test-server")
+    with ChatServer(str(tiny_model_b)) as server:
+        teacher = {"type": "openai", "model": "tiny", "base_url": server.base_url, "api_key_env": "TEACHER_KEY",
+                   "max_tokens": 8, "price": {"input_per_mtok": 1000.0, "output_per_mtok": 1000.0}}
+        full = _cfg(tmp_path, student={"model": str(tiny_model)}, teacher=teacher, generate={"budget_usd": 1.0})
+        usd_all, n_all, _ = projected_cost(_Ctx(full))
+        half = _cfg(tmp_path, student={"model": str(tiny_model)}, teacher=teacher, data={"limit": 6})
+        generate_body(half, RunDir(half.run_dir))  # 6 of the 10 inputs answered and paid
+        sent = sum(server.requests.values())
+        usd_rest, n_rest, how = projected_cost(_Ctx(full))
+        assert (n_all, sent, n_rest) == (10, 6, 4) and "6 more answered in the ledger" in how
+        assert usd_rest == pytest.approx(usd_all * 4 / 10, rel=0.15)  # the 4 unanswered inputs' share
+        enough = _cfg(tmp_path, student={"model": str(tiny_model)}, teacher=teacher,
+                      generate={"budget_usd": (usd_rest + usd_all) / 2})
+        assert _status(enough, "budget", "generate")[0] == "ok"
+        assert sum(server.requests.values()) == sent  # preflight sends nothing
