@@ -432,3 +432,61 @@ def test_a_local_teachers_batch_size_unset_is_1_on_a_cpu_and_16_on_a_gpu(taught,
     monkeypatch.setattr(local, "_pick_device", lambda device: torch.device("cuda"))
     assert labels_and_batches(None) == (on_cpu[0], {16})
 
+
+
+OLDER_ENGINE = '''
+from potstill.engines.transformers import TransformersEngine
+
+
+class OlderEngine:
+    """A third party's engine written to the protocol before generate took ``embed``."""
+    name = "older"
+
+    def __init__(self, inner):
+        self.inner, self.tokenizer, self.identity = inner, inner.tokenizer, inner.identity + "#older"
+        self.num_parameters = 0
+
+    @classmethod
+    def load(cls, spec, device="auto", num_layers=None, **options):
+        return cls(TransformersEngine.load(spec, device="cpu", num_layers=num_layers))
+
+    def score_labels(self, fmt, messages, label_ids, batch_size=16, progress=None, max_length=None):
+        return self.inner.score_labels(fmt, messages, label_ids, batch_size=batch_size, progress=progress,
+                                       max_length=max_length)
+
+    def score_labels_formats(self, fmts, messages, label_ids, batch_size=16):
+        return [self.score_labels(f, messages, label_ids, batch_size) for f in fmts]
+
+    def generate(self, fmt, messages, max_new_tokens, batch_size=16, progress=None, temperature=0.0, stop=(),
+                 seed=0):
+        return self.inner.generate(fmt, messages, max_new_tokens, batch_size=batch_size)
+
+    def embed(self, fmt, messages):
+        return self.inner.embed(fmt, messages)
+'''
+
+
+def test_a_plugin_engine_without_generates_embed_is_served_as_the_readme_says(tmp_path, taught, monkeypatch):
+    """``serve.engine: older``, a plugin registered under ``potstill.engines`` whose ``generate`` has
+    no ``embed``: loaded as serve loads it (recheck_margin auto wraps an engine other than
+    transformers in the re-check), a generating student is answered, its embeddings from ``embed``.
+    The re-check passed ``embed=True`` on to the plugin: TypeError on every request."""
+    from importlib.metadata import EntryPoint
+
+    from potstill import plugins
+    from potstill.engines import section_engine
+    from potstill.serve.engine import ServedStudent
+
+    (tmp_path / "older_engine_plugin.py").write_text(OLDER_ENGINE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ep = EntryPoint(name="older", value="older_engine_plugin:OlderEngine", group="potstill.engines")
+    monkeypatch.setattr(plugins, "entry_points", lambda group: [ep] if group == "potstill.engines" else [])
+    cfg = load_config(overrides={"task": {"type": "freetext", "instruction": "summarise", "max_output_tokens": 6},
+                                 "serve": {"engine": "older"}})
+    engine = section_engine(cfg.serve, str(taught), device="cpu")
+    served = ServedStudent(engine, get_task(cfg.task))
+    answers = served.answer(MSGS[:3])
+    ref = load_engine("transformers", str(taught), device="cpu")
+    want = ref.generate(served.fmt, MSGS[:3], 6, batch_size=3)
+    assert [a.output for a in answers] == want.texts
+    assert torch.allclose(torch.stack([a.embedding for a in answers]), ref.embed(served.fmt, MSGS[:3]), atol=1e-5)

@@ -122,8 +122,10 @@ class RecheckedEngine:
     def generate(self, fmt: PromptFormat, messages: list[list[dict]], max_new_tokens: int,
                  batch_size: int = 16, progress: Progress = None, temperature: float = 0.0,
                  stop: Sequence[str] = (), seed: int = 0, embed: bool = False) -> Generated:
+        # A plugin's engine written before ``embed`` takes none: its caller then calls ``embed`` itself.
+        more = {"embed": True} if embed and "embed" in inspect.signature(self.fast.generate).parameters else {}
         return self.fast.generate(fmt, messages, max_new_tokens, batch_size=batch_size, progress=progress,
-                                  temperature=temperature, stop=stop, seed=seed, embed=embed)
+                                  temperature=temperature, stop=stop, seed=seed, **more)
 
     def embed(self, fmt: PromptFormat, messages: list[list[dict]]) -> torch.Tensor:
         return self.fast.embed(fmt, messages)
