@@ -261,6 +261,34 @@ def test_gguf_conversion_parses_once_in_memory_and_writes_what_transformers_load
         assert lm.tokenizer(text)["input_ids"] == want_tok(text)["input_ids"]
 
 
+def test_a_gguf_conversion_another_process_finished_meanwhile_is_kept_not_replaced(exported, tmp_path, monkeypatch):
+    """Every rank of ``accelerate launch`` converts a GGUF student on a fresh cache at once: the rank
+    that finishes second keeps the first one's entry (same files, same inodes) instead of deleting it
+    while the first loads it, and leaves no temp directory."""
+    from potstill.models import loading
+
+    path = exported[0] / "student-f16.gguf"
+    monkeypatch.setenv("POTSTILL_CACHE", str(tmp_path / "cache"))
+    other = [sys.executable, "-c", f"from pathlib import Path; from potstill.models.loading import _gguf_to_dir; "
+                                   f"print(_gguf_to_dir(Path({str(path)!r})))"]
+    seen: dict = {}
+    strip = loading._strip_gguf_flag
+
+    def while_converting(model):  # the other rank converts the same file, start to finish, meanwhile
+        out = subprocess.run(other, capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+        assert out.returncode == 0, out.stderr[-2000:]
+        done = Path(out.stdout.strip().splitlines()[-1])
+        seen.update({p.name: p.stat().st_ino for p in done.iterdir()})
+        return strip(model)
+
+    monkeypatch.setattr(loading, "_strip_gguf_flag", while_converting)
+    target = loading._gguf_to_dir(path)
+    assert seen and {p.name: p.stat().st_ino for p in target.iterdir()} == seen
+    assert not [p for p in target.parent.iterdir() if p.name.startswith(".")]
+    assert loading.load_lm(str(path), device="cpu").model.config.num_hidden_layers > 0
+
+
 def _render_go(template: str, system: str, prompt: str) -> str:
     """The subset of Go's text/template a completion TEMPLATE uses: ``if .System`` blocks and fields."""
     import re

@@ -9,15 +9,12 @@ interrupted or failed conversion never leaves a cache entry that looks usable.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
 import logging
 import math
-import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -26,7 +23,7 @@ import numpy as np
 
 from potstill.errors import PotstillError
 from potstill.hashing import hash_obj, hash_path
-from potstill.models.loading import cache_dir, resolve
+from potstill.models.loading import cache_dir, cache_entry, resolve
 from potstill.progress import say
 
 log = logging.getLogger(__name__)
@@ -100,7 +97,7 @@ def ctranslate2_model(spec: str, quantization: str = "int8", num_layers: int | N
     say(f"ctranslate2: converting {spec} to {quantization} once (cached at {target})")
     scratch = Path(tempfile.mkdtemp(prefix="potstill-ct2-"))
     try:
-        with _first_complete(target) as tmp:
+        with cache_entry(target, INFO) as tmp:
             src = _plain_hf_dir(spec, where, num_layers, scratch)
             importlib.import_module("ctranslate2.converters").TransformersConverter(str(src)).convert(
                 str(tmp), quantization=quantization, force=True)
@@ -120,28 +117,6 @@ def ctranslate2_model(spec: str, quantization: str = "int8", num_layers: int | N
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return target, key
-
-
-@contextlib.contextmanager
-def _first_complete(target: Path) -> Iterator[Path]:
-    """A temp directory beside ``target``, renamed to it once written whole, unless another process
-    converting the same model at once got there first: its entry is then kept as it is and the temp
-    directory dropped. Replacing it (``records.atomic_dir``) would delete files that process, or a
-    third, may be loading that moment (CTranslate2 reads ``model.bin``, then the embeddings)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-    try:
-        yield tmp
-        if not (target / INFO).exists():
-            if target.exists():  # not a whole conversion (written by hand or by another tool): ours replaces it
-                shutil.rmtree(target)
-            try:
-                os.replace(tmp, target)
-            except OSError:
-                if not (target / INFO).exists():  # anything but the other process's rename landing first
-                    raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _fill_special_tokens(config: Path, tok: Any) -> None:

@@ -12,6 +12,8 @@ import contextlib
 import importlib.util
 import logging
 import os
+import shutil
+import tempfile
 import types
 import warnings
 from collections.abc import Iterator
@@ -224,6 +226,29 @@ def _gguf_special_tokens(tok: Any, path: Path) -> None:
             setattr(tok, attr, want)
 
 
+@contextlib.contextmanager
+def cache_entry(target: Path, done: str) -> Iterator[Path]:
+    """A temp directory beside the cache entry ``target``, renamed to it once written whole (``done``,
+    a file written into it, marks a whole entry), unless another process converting the same model
+    at once got there first: its entry is then kept as it is and the temp directory dropped.
+    Replacing it (``records.atomic_dir``) would delete the files that process, or a third, may be
+    loading that moment (every rank of ``accelerate launch`` converts a GGUF student on a fresh cache)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    try:
+        yield tmp
+        if not (target / done).exists():
+            if target.exists():  # not a whole entry (written by hand or by another tool): ours replaces it
+                shutil.rmtree(target)
+            try:
+                os.replace(tmp, target)
+            except OSError:
+                if not (target / done).exists():  # anything but the other process's rename landing first
+                    raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _gguf_to_dir(path: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -241,7 +266,7 @@ def _gguf_to_dir(path: Path) -> Path:
         _gguf_special_tokens(tok, path)
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     _strip_gguf_flag(model)
-    with atomic_dir(target) as tmp:
+    with cache_entry(target, "config.json") as tmp:
         tok.save_pretrained(tmp)
         model.save_pretrained(tmp)
     return target
