@@ -117,6 +117,36 @@ def test_a_conversion_another_process_finished_meanwhile_is_kept_not_replaced(ta
     assert eng.score_labels(CHAT, MSGS[:1], [0, 1]).logits.shape == (1, 2)
 
 
+def test_a_conversion_killed_midway_leaves_no_entry_and_its_leftovers_go_with_the_next(taught, tmp_path):
+    """A process killed (SIGKILL: no cleanup runs) while converting leaves no usable-looking entry;
+    its temp directory is removed by the next conversion of the model, which succeeds."""
+    import os
+    import signal
+    import subprocess
+
+    from potstill.engines import convert
+
+    model = tmp_path / "model"
+    shutil.copytree(taught, model)
+    (model / "README.md").write_text(str(tmp_path))  # content of its own: not converted by another test
+    code = ("import sys, time; from potstill.engines import convert; "
+            "convert._plain_hf_dir = lambda *a: (print('converting', flush=True), time.sleep(600)); "
+            f"convert.ctranslate2_model({str(model)!r})")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout.readline().strip() == "converting"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    root = cache_dir() / "engines" / "ctranslate2"
+    left = [p for p in root.iterdir() if p.name.startswith(".")]
+    assert left and not [p for p in root.iterdir() if (p / convert.INFO).exists() and str(model) in
+                         (p / convert.INFO).read_text()]
+    target, _ = convert.ctranslate2_model(str(model))
+    assert (target / convert.INFO).exists() and not [p for p in left if p.exists()]
+
+
 @pytest.mark.parametrize("damage", ["weights", "architecture"])
 def test_a_corrupt_model_gives_one_clear_error_and_no_cache_entry(taught, tmp_path, damage):
     model = tmp_path / "broken"

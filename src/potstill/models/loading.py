@@ -232,9 +232,14 @@ def cache_entry(target: Path, done: str) -> Iterator[Path]:
     a file written into it, marks a whole entry), unless another process converting the same model
     at once got there first: its entry is then kept as it is and the temp directory dropped.
     Replacing it (``records.atomic_dir``) would delete the files that process, or a third, may be
-    loading that moment (every rank of ``accelerate launch`` converts a GGUF student on a fresh cache)."""
+    loading that moment (every rank of ``accelerate launch`` converts a GGUF student on a fresh cache).
+    A killed conversion's temp directory (a model's size) is removed by the next conversion of the entry."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    for old in target.parent.glob(f".{target.name}-*-*"):  # a killed conversion's (its pid in the name)
+        pid = old.name[len(target.name) + 2 :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-{os.getpid()}-"))
     try:
         yield tmp
         if not (target / done).exists():
@@ -247,6 +252,16 @@ def cache_entry(target: Path, done: str) -> Iterator[Path]:
                     raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _gguf_to_dir(path: Path) -> Path:
