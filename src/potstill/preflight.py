@@ -259,6 +259,8 @@ def projected_cost(ctx: _Ctx) -> tuple[float, int, str]:
     total = len(records)
     records = _unanswered(ctx, records)
     fs = cfg.teacher.few_shot
+    if cfg.teacher.type in ("openai", "anthropic"):  # they send no shots, and each input once
+        fs = fs.model_copy(update={"k": 0, "orders": 1})
     lines = Path(fs.path).read_text().splitlines() if fs.k and fs.path and Path(fs.path).exists() else []
     fixed = len(ctx.task.cfg.instruction) + (fs.k * sum(map(len, lines)) / len(lines) if lines else 0)
     chars_in = sum(fixed + sum(len(str(m.get("content", ""))) for m in r.messages) for r in records)

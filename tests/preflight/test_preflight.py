@@ -130,6 +130,22 @@ def test_projected_teacher_cost_above_budget_refuses(tiny_model, tmp_path):
     assert _status(rich, "budget")[0] == "ok"
 
 
+def test_an_api_teachers_projection_has_no_shots_or_orders_it_never_sends(tiny_model, tmp_path):
+    """teacher.few_shot shapes only the local teacher's prompt (its prefix, one scoring per shot
+    order); an API teacher sends each input once with the instruction alone. A config that keeps
+    few_shot while switching to an API teacher (the quickstart's k 50, orders 3) is projected as
+    the same config without it, not as 3 calls of 50 shots each, which refused a budget it fits."""
+    _write(tmp_path / "shots.jsonl", [{"input": "the team won the match " * 20, "label": "sports"}] * 50)
+    _inputs(tmp_path, n=100)
+    teacher = {"type": "openai", "model": "gpt-4o", "price": {"input_per_mtok": 2.5, "output_per_mtok": 10.0}}
+    plain = _cfg(tmp_path, student={"model": str(tiny_model)}, teacher=teacher, generate={"budget_usd": 1.0})
+    shots = _cfg(tmp_path, student={"model": str(tiny_model)}, generate={"budget_usd": 1.0},
+                 teacher={**teacher, "few_shot": {"path": str(tmp_path / "shots.jsonl"), "k": 50, "orders": 3}})
+    (usd, n, how), (usd_shots, n_shots, how_shots) = projected_cost(_Ctx(plain)), projected_cost(_Ctx(shots))
+    assert (usd_shots, n_shots, how_shots) == (usd, n, how) and usd < 1.0
+    assert _status(shots, "budget", "generate")[0] == "ok"
+
+
 def test_missing_or_unreadable_inputs_refuse(tiny_model, tmp_path):
     """Preflight used to skip the prompt check ("no inputs to render") and pass; generate then refused."""
     cfg = _cfg(tmp_path, student={"model": str(tiny_model)})
