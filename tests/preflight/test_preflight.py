@@ -146,6 +146,20 @@ def test_an_api_teachers_projection_has_no_shots_or_orders_it_never_sends(tiny_m
     assert _status(shots, "budget", "generate")[0] == "ok"
 
 
+def test_a_budget_without_a_price_is_not_projected_as_zero(tiny_model, tmp_path):
+    """An API model with no known price: generate refuses its budget (no spend would count), so
+    preflight fails it too, where it printed "ok, projected $0.0000"; a local teacher (billed by
+    the hour as it runs) has nothing to project: skipped, not "ok"."""
+    _inputs(tmp_path)
+    api = _cfg(tmp_path, student={"model": str(tiny_model)}, teacher={"type": "openai", "model": "my-finetune-7"},
+               generate={"budget_usd": 5.0})
+    status, detail = _status(api, "budget")
+    assert status == "fail" and "no price is known for teacher.model 'my-finetune-7'" in detail
+    local = _cfg(tmp_path, student={"model": str(tiny_model)}, generate={"budget_usd": 5.0},
+                 teacher={"type": "local", "model": str(tiny_model), "price": {"usd_per_hour": 1.0}})
+    assert _status(local, "budget")[0] == "skip"
+
+
 def test_missing_or_unreadable_inputs_refuse(tiny_model, tmp_path):
     """Preflight used to skip the prompt check ("no inputs to render") and pass; generate then refused."""
     cfg = _cfg(tmp_path, student={"model": str(tiny_model)})
