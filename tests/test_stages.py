@@ -351,21 +351,13 @@ def test_evaluate_with_a_judge_reads_only_declared_fields(tmp_path, tiny_model):
     """The done run's evaluate has no judge (a classification task); an API judge runs on the
     teacher engine with the generate section's limits, budget and prices, which evaluate must
     declare (as settings of how it runs) to take them as flags and to record them."""
-    from tests.evaluate.test_judge import config as judge_config, judge_app
+    from tests.evaluate.test_judge import judge_app, judged_run, stage_config
     from tests.helpers.live_server import LiveServer
 
-    run = tmp_path / "run"
-    run.mkdir()
-    rows = [{"input": f"text {i}", "output": f"summary {i}", "slice": ["s"]} for i in range(4)]
-    (run / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    shutil.copytree(tiny_model, run / "student")
+    run = judged_run(tmp_path, tiny_model)
     (run / "train.json").write_text("{}")
     with LiveServer(judge_app("fair", [])) as srv:
-        cfg = judge_config(run, srv.url)
-        cfg = cfg.model_copy(update={"student": cfg.student.model_copy(update={"model": str(tiny_model)})})
-        cfg.task.max_output_tokens = 4
-        cfg.evaluate.latency_samples, cfg.evaluate.batch_size, cfg.evaluate.include_untrained = 2, 2, False
-        cfg.report.min_slice_n = 2
+        cfg = stage_config(run, srv.url, tiny_model)
         recorder = ReadRecorder(cfg)
         recorder.reads["evaluate"], recorder.current = set(), "evaluate"
         with pytest.MonkeyPatch.context() as mp:

@@ -129,22 +129,33 @@ def test_parse_and_combine():
     assert combine("A", "A") == "inconsistent" and combine("A", None) == "bad"
 
 
+def judged_run(tmp_path, tiny_model, text: str = "text"):
+    """A run directory with four free-text test records and the tiny model as its student."""
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"input": f"{text} {i}", "output": f"summary {i}", "slice": ["s"]} for i in range(4)]
+    (run / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    shutil.copytree(tiny_model, run / "student")
+    return run
+
+
+def stage_config(run, url: str, tiny_model):
+    """``config`` for the evaluate stage on ``judged_run``: a fast student pass, slices of 2."""
+    cfg = config(run, url)
+    cfg = cfg.model_copy(update={"student": cfg.student.model_copy(update={"model": str(tiny_model)})})
+    cfg.task.max_output_tokens = 4
+    cfg.evaluate.latency_samples, cfg.evaluate.batch_size, cfg.evaluate.include_untrained = 2, 2, False
+    cfg.report.min_slice_n = 2
+    return cfg
+
+
 def test_evaluate_stage_reports_the_judge(tmp_path, tiny_model):
     from potstill.evaluate.stage import evaluate_stage
 
-    run = tmp_path / "run"
-    run.mkdir()
-    rows = [{"input": f"text {i}", "output": f"summary {i}", "slice": ["s"]} for i in range(4)]
-    (run / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    shutil.copytree(tiny_model, run / "student")
+    run = judged_run(tmp_path, tiny_model)
     seen: list[dict[str, str]] = []
     with LiveServer(judge_app("fair", seen)) as srv:
-        cfg = config(run, srv.url)
-        cfg = cfg.model_copy(update={"student": cfg.student.model_copy(update={"model": str(tiny_model)})})
-        cfg.task.max_output_tokens = 4
-        cfg.evaluate.latency_samples, cfg.evaluate.batch_size, cfg.evaluate.include_untrained = 2, 2, False
-        cfg.report.min_slice_n = 2
-        evaluate_stage(cfg)
+        evaluate_stage(stage_config(run, srv.url, tiny_model))
     ev = json.loads((run / "eval.json").read_text())
     assert len(seen) == 8 and ev["judge"]["n"] == 4 and ev["judge"]["cost"]["calls"] == 8
     assert "judge" in ev["sources"]
@@ -185,18 +196,10 @@ def test_failed_judge_calls_leave_evaluate_not_done_so_a_rerun_asks_them_again(t
     from potstill.errors import PotstillError
     from potstill.evaluate.stage import evaluate_stage
 
-    run = tmp_path / "run"
-    run.mkdir()
-    rows = [{"input": f"text FAIL {i}", "output": f"summary {i}", "slice": ["s"]} for i in range(4)]
-    (run / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    shutil.copytree(tiny_model, run / "student")
+    run = judged_run(tmp_path, tiny_model, "text FAIL")
     seen: list[dict[str, str]] = []
     with LiveServer(judge_app("failing", seen)) as srv:
-        cfg = config(run, srv.url)
-        cfg = cfg.model_copy(update={"student": cfg.student.model_copy(update={"model": str(tiny_model)})})
-        cfg.task.max_output_tokens = 4
-        cfg.evaluate.latency_samples, cfg.evaluate.batch_size, cfg.evaluate.include_untrained = 2, 2, False
-        cfg.report.min_slice_n = 2
+        cfg = stage_config(run, srv.url, tiny_model)
         for _ in range(2):
             with pytest.raises(PotstillError, match=r"evaluate: 8 judge calls failed \(.*400.*Rerun to retry"):
                 evaluate_stage(cfg)
