@@ -97,3 +97,22 @@ def test_no_trainable_layer_is_one_line(tiny_model, tmp_path):
     with pytest.raises(PotstillError, match="trainable_layers 0 leaves the student nothing to train"):
         train(lm, student_format(lm, task), task, records, [], TrainConfig(trainable_layers=0), 64,
               tmp_path / "student", tmp_path / "m.jsonl")
+
+
+def test_examples_cut_to_max_length_are_named(tiny_model, tmp_path, capsys):
+    """A prompt longer than student.max_length loses its start (a chat's instruction first) while
+    evaluate and serve see it whole: train says how many and how long, instead of nothing."""
+    task = get_task(TaskConfig(type="classification", labels=LABELS, instruction="classify the text"))
+    records = [Record(messages=[{"role": "user", "content": t}], output=LABELS[i % 3], valid=True)
+               for i, t in enumerate(TEXTS)]
+    lm = load_lm(str(tiny_model))
+    train(lm, student_format(lm, task), task, records, [], TrainConfig(epochs=1, batch_size=6), 64,
+          tmp_path / "a", tmp_path / "a.jsonl")
+    said = capsys.readouterr()
+    assert "longer than student.max_length" not in said.out + said.err
+    train(load_lm(str(tiny_model)), student_format(lm, task), task, records, [], TrainConfig(epochs=1, batch_size=6),
+          12, tmp_path / "b", tmp_path / "b.jsonl")
+    said = capsys.readouterr()
+    text = (said.out + said.err).replace("\n", " ")
+    assert "train: 6 of 6 training examples are longer than student.max_length 12 tokens" in text, text
+    assert "raise student.max_length to" in text

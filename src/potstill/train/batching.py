@@ -41,6 +41,7 @@ class Example:
     # One entry per completion token: (student ids, teacher log-probs) or None (no KD there).
     topk: list[tuple[list[int], list[float]] | None] | None = None
     kd_only: bool = False  # on-policy samples: divergence to the teacher, no cross-entropy
+    cut: int = 0  # tokens dropped to fit max_length (the prompt's start first)
 
 
 def _single_id(tok: Any, text: str, cache: dict[str, int | None]) -> int | None:
@@ -102,6 +103,7 @@ def build_examples(lm: Any, fmt: PromptFormat, task: Task, records: list[Record]
         completion = tok(fmt.completion(tok, task.target(r)), add_special_tokens=False)["input_ids"]
         # At most max_length tokens: the prompt loses its start first; a completion longer than
         # max_length - 1 also loses its end (the prompt keeps its last token, which predicts the first).
+        whole = len(prompt) + len(completion)
         completion = completion[: max(1, max_length - 1)]
         keep = max(1, max_length - len(completion))
         prompt = prompt[-keep:]
@@ -109,7 +111,8 @@ def build_examples(lm: Any, fmt: PromptFormat, task: Task, records: list[Record]
         if task.labels and r.label_probs:
             tlp = [math.log(max(r.label_probs.get(lab, 0.0), 1e-12)) for lab in task.labels]
         topk = topk_for_completion(tok, completion, r.logprobs, cache) if with_topk and r.logprobs else None
-        out.append(Example(ids=prompt + completion, n_prompt=len(prompt), teacher_logprobs=tlp, topk=topk))
+        out.append(Example(ids=prompt + completion, n_prompt=len(prompt), teacher_logprobs=tlp, topk=topk,
+                           cut=whole - len(prompt) - len(completion)))
     return out
 
 

@@ -354,6 +354,14 @@ def _setup(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: li
     with_topk = signal == "topk"
     examples = build_examples(lm, fmt, task, records, max_length, with_topk=with_topk)
     val_examples = build_examples(lm, fmt, task, val, max_length, with_topk=with_topk)
+    cut = [e for e in examples if e.cut]
+    if cut and accel.is_main_process:
+        # Cut from the start, a chat prompt loses its instruction first, while evaluate and serve
+        # give the student the whole prompt: what it learns and what it is asked then differ.
+        longest = max(len(e.ids) + e.cut for e in cut)
+        say(f"[yellow]train: {len(cut)} of {len(examples)} training examples are longer than student.max_length "
+            f"{max_length} tokens (the longest {longest}) and lost their start, the instruction first; evaluate "
+            f"and serve see them whole: raise student.max_length to {longest} to train on what is served[/yellow]")
     if signal != "labels":  # label_probs only feed the labels signal
         for e in examples + val_examples:
             e.teacher_logprobs = None
