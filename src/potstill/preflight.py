@@ -135,8 +135,10 @@ def check_teacher(ctx: _Ctx) -> Check:
 def check_vocabulary(ctx: _Ctx) -> Check:
     tcfg = ctx.cfg.train
     signal = tcfg.kd_signal
-    if signal == "auto":  # as the trainer resolves it (train.trainer.resolve_signal)
-        signal = "logits" if tcfg.teacher_model else "labels" if ctx.task.labels else "topk"
+    if signal == "auto" and tcfg.objective == "kd":  # as the trainer resolves it
+        from potstill.train.trainer import auto_signal
+
+        signal = auto_signal(tcfg, ctx.task, ctx.train_records())
     if tcfg.objective != "kd" or signal == "labels":
         return Check("vocabulary", "skip", "no token-level KD")
     if tcfg.teacher_model:

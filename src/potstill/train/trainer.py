@@ -217,20 +217,23 @@ class _Teacher:
         return hidden_states(self.lm.model, self._body, b)[:, :-1]
 
 
+def auto_signal(cfg: TrainConfig, task: Task, records: list[Record]) -> str:
+    """What ``kd_signal: auto`` means for this task and these records (preflight asks it too).
+
+    A local teacher_model is checked to share the student's vocabulary (_Teacher), so its logits
+    are exact. API top-k tokens are strings re-encoded with the student's tokenizer: exact only for
+    the same tokenizer, which nothing here can prove; for classification the label distribution
+    says the same thing without any mapping, so it wins there."""
+    if cfg.teacher_model:
+        return "logits"
+    return "topk" if not task.labels and any(r.logprobs for r in records) else "labels"
+
+
 def resolve_signal(cfg: TrainConfig, task: Task, records: list[Record]) -> str | None:
     """Which KD signal the ``kd`` objective uses (None for ``sft``)."""
     if cfg.objective != "kd":
         return None
-    sig = cfg.kd_signal
-    if sig == "auto":
-        # A local teacher_model is checked to share the student's vocabulary (_Teacher), so its
-        # logits are exact. API top-k tokens are strings re-encoded with the student's tokenizer:
-        # exact only for the same tokenizer, which nothing here can prove; for classification the
-        # label distribution says the same thing without any mapping, so it wins there.
-        if cfg.teacher_model:
-            sig = "logits"
-        else:
-            sig = "topk" if not task.labels and any(r.logprobs for r in records) else "labels"
+    sig = auto_signal(cfg, task, records) if cfg.kd_signal == "auto" else cfg.kd_signal
     if sig == "logits" and not cfg.teacher_model:
         raise PotstillError("train.kd_signal logits needs train.teacher_model (a local same-tokenizer teacher)")
     if sig == "labels" and not task.labels:
