@@ -312,19 +312,18 @@ def check_budget(ctx: _Ctx) -> Check:
         return Check("budget", "skip", "generate.budget_usd not set")
     if ctx.inputs()[1]:
         return Check("budget", "skip", "data.inputs cannot be read (see inputs)")
+    from potstill.generate import unpriced_budget
     from potstill.plugins import load_plugin
-    from potstill.teachers.api.prices import price_for
 
     t = ctx.cfg.teacher
-    if price_for(t.model, t.price, ctx.cfg.generate.prices) is None:  # nothing to project: not "$0"
+    why = unpriced_budget(t.model, t.price, ctx.cfg.generate)
+    if why:  # nothing to project: not "$0"
         try:
             remote = load_plugin("teachers", t.type).remote
         except PotstillError:  # the teacher check names it
             remote = False
-        if remote:  # generate refuses it (generate.check_budget): the provider bills what the ledger cannot
-            return Check("budget", "fail", f"generate.budget_usd: no price is known for teacher.model {t.model!r}, "
-                         "so no spend would count against the budget; set teacher.price (input_per_mtok, "
-                         "output_per_mtok) or add the model to generate.prices")
+        if remote:  # generate refuses it too (generate.check_budget)
+            return Check("budget", "fail", why)
         return Check("budget", "skip", f"no token price for teacher.model {t.model!r}: nothing to project")
     usd, _, how = projected_cost(ctx)
     if usd > budget:

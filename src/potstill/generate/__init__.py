@@ -76,20 +76,27 @@ def _send(teacher: Teacher, stage: str, ledger: Ledger, gcfg: GenerateConfig, st
             teacher.run([req for _, req in todo], on_result, stats, gcfg)
 
 
-def check_budget(teacher: Teacher, gcfg: GenerateConfig) -> None:
-    """Refuse ``generate.budget_usd`` for an API teacher whose model has no price: its calls cost $0 in
-    the ledger, so the budget would never stop a run that the provider bills."""
+def unpriced_budget(model: str, price: Any, gcfg: GenerateConfig) -> str | None:
+    """Why ``generate.budget_usd`` cannot cap an API teacher's ``model`` (no token price: its calls
+    cost $0 in the ledger, so the budget would never stop a run that the provider bills), or None."""
     from potstill.teachers.api.prices import price_for
 
+    if gcfg.budget_usd is None or price_for(model, price, gcfg.prices):
+        return None
+    return (f"generate.budget_usd: no price is known for teacher.model {model!r}, so no spend would count against "
+            "the budget; set teacher.price (input_per_mtok, output_per_mtok) or add the model to generate.prices")
+
+
+def check_budget(teacher: Teacher, gcfg: GenerateConfig) -> None:
+    """Refuse a budget that cannot cap an API teacher (``unpriced_budget``); say that it does not cap
+    a teacher that runs here."""
     if gcfg.budget_usd is not None and not teacher.remote:
         say(f"[yellow]generate.budget_usd caps an API teacher's spend; the {teacher.type} teacher runs here, on "
             "hardware billed by the hour, and is not stopped by it[/yellow]")
         return
-    if gcfg.budget_usd is None or not teacher.remote or price_for(teacher.cfg.model, teacher.cfg.price, gcfg.prices):
-        return
-    raise PotstillError(f"generate.budget_usd: no price is known for teacher.model {teacher.cfg.model!r}, so no spend "
-                        "would count against the budget; set teacher.price (input_per_mtok, output_per_mtok) or add "
-                        "the model to generate.prices")
+    why = unpriced_budget(teacher.cfg.model, teacher.cfg.price, gcfg)
+    if why:
+        raise PotstillError(why)
 
 
 def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: Ledger, stage: str,
