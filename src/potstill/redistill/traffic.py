@@ -39,8 +39,9 @@ class Traffic:
 def cut_by_client(request: dict, teacher_max_tokens: int) -> bool:
     """Whether a served generated answer was cut to the client's limits (``serve``'s ``stop`` and
     ``max_tokens`` handling): a stop sequence, or fewer tokens than the teacher's own budget."""
-    limit = request.get("max_completion_tokens") or request.get("max_tokens")
-    return bool(request.get("stop")) or (isinstance(limit, int) and limit < teacher_max_tokens)
+    from potstill.teachers.api.engine import max_output
+
+    return bool(request.get("stop")) or 0 < max_output(request) < teacher_max_tokens
 
 
 def read_traffic(ledger: Ledger, task: Task, teacher_max_tokens: int) -> Traffic:
