@@ -211,8 +211,8 @@ class ServedCall:
     model: str
     content: str | None = None
     reason: str = ""
-    confidence: float = 0.0
-    ood_distance: float = 0.0
+    confidence: float | None = 0.0  # None: the student never scored it (an input over its context)
+    ood_distance: float | None = 0.0
     student_output: str = ""
     student: str = ""  # the student that handled it (answered or escalated): after a hot swap, the new one
     extra: dict[str, Any] = field(default_factory=dict)

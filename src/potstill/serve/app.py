@@ -50,11 +50,11 @@ def error_body(status: int, message: str, param: str | None = None, code: str | 
     return {"error": {"message": message, "type": _TYPES.get(status, "server_error"), "param": param, "code": code}}
 
 
-def _route_headers(who: str, reason: str, confidence: float, student: str) -> dict[str, str]:
+def _route_headers(who: str, reason: str, confidence: float | None, student: str) -> dict[str, str]:
     # X-Potstill-Student names the student that handled the request (it answered or escalated):
-    # after a hot swap it is the promoted one.
-    return {"X-Potstill-Answered-By": who, "X-Potstill-Reason": reason, "X-Potstill-Confidence": f"{confidence:.6g}",
-            "X-Potstill-Student": student}
+    # after a hot swap it is the promoted one. No confidence where the student never ran (too_long).
+    conf = {} if confidence is None else {"X-Potstill-Confidence": f"{confidence:.6g}"}
+    return {"X-Potstill-Answered-By": who, "X-Potstill-Reason": reason, **conf, "X-Potstill-Student": student}
 
 
 def _finite_or_none(x: float) -> float | None:

@@ -27,11 +27,26 @@ from potstill.engines import Engine
 from potstill.engines.base import warm_batches
 from potstill.engines.transformers import TransformersEngine as _Transformers
 from potstill.models.loading import LM
-from potstill.models.prompting import label_token_ids
+from potstill.models.prompting import encode_prompt, label_token_ids
 from potstill.models.scoring import label_margin
 from potstill.progress import bar
 from potstill.students import student_format
 from potstill.tasks import Task
+
+
+def context_length(engine: Any) -> int | None:
+    """Most positions (prompt and answer tokens) the model has, from its config (``max_position_embeddings``,
+    GPT-2's ``n_positions``) or else its tokenizer's ``model_max_length``; None where neither says.
+    A wrapping engine (the near-tie re-check) is asked through the engine it wraps."""
+    for e in (engine, getattr(engine, "fast", None)):
+        cfg = getattr(getattr(getattr(e, "lm", None), "model", None), "config", None)
+        cfg = getattr(cfg, "text_config", None) or cfg
+        for name in ("max_position_embeddings", "n_positions"):
+            n = getattr(cfg, name, None)
+            if isinstance(n, int) and n > 0:
+                return n
+    n = getattr(getattr(engine, "tokenizer", None), "model_max_length", None)
+    return n if isinstance(n, int) and 0 < n < 10**7 else None  # transformers' "no limit" is 1e30
 
 
 def first_stop(text: str, stop: Sequence[str]) -> int:
@@ -64,6 +79,9 @@ class ServedStudent:
         self.label_ids = label_token_ids(engine.tokenizer, self.fmt, task.labels) if task.labels else None
         # Engines (plugins too) written before generate's ``embed`` are served with engine.embed.
         self._embeds = "embed" in inspect.signature(engine.generate).parameters
+        self.context = context_length(engine)
+        prefix = self.fmt.prefix()  # a completion format's instruction and shots (a chat format has none)
+        self._prefix_tokens = len(encode_prompt(engine.tokenizer, self.fmt, prefix, first=True)) if prefix else 0
 
     @property
     def identity(self) -> str:
@@ -95,6 +113,24 @@ class ServedStudent:
         if static is not None:
             static.frozen = True
         return time.perf_counter() - t0
+
+    def over_context(self, messages: list[dict]) -> str | None:
+        """Why the student cannot take this chat: its prompt, tokenised as the engine does, and the
+        answer's budget (the task's ``max_output_tokens``; none for a label) run past the model's
+        positions. A model with learned positions (GPT-2) fails there with an IndexError, a rotary
+        one answers past what it was trained on. None when it fits or the context is unknown."""
+        if self.context is None:
+            return None
+        tok = self.engine.tokenizer
+        n = len(encode_prompt(tok, self.fmt, self.fmt.prefix() + self.fmt.query(tok, messages), first=True))
+        budget = 0
+        if self.label_ids is not None:  # label scoring keeps the query's last max_length tokens
+            n = min(n, self._prefix_tokens + self.max_length)
+        else:
+            budget = self.task.cfg.max_output_tokens
+        if n + budget <= self.context:
+            return None
+        return f"{n} prompt tokens{f' + {budget} to answer' if budget else ''} > the student's {self.context} positions"
 
     def embed(self, messages: list[list[dict]]) -> torch.Tensor:
         """(N, H) unit embeddings of the prompts, in input order."""

@@ -6,7 +6,8 @@ Three rules, checked in this order (the first that holds is the reason given):
    ``ood_threshold`` (cosine distance to the nearest of the reference embeddings);
 3. ``low_confidence``: the label margin (classification) or mean token log-prob (generation) is
    under ``confidence_threshold``.
-Otherwise the student answers with reason ``confident``.
+Otherwise the student answers with reason ``confident``. (Before any of these, a chat longer than
+the student's context goes to the teacher with reason ``too_long``: ``Service.answer``.)
 
 Calibration reads the validation split, whose records hold the teacher's outputs: the student
 answers each one, and the thresholds are chosen so the share escalated (or the end-to-end

@@ -85,9 +85,9 @@ class ChatRequest(BaseModel):
 
 class Route(BaseModel):
     answered_by: Literal["student", "teacher"]
-    reason: Literal["confident", "low_confidence", "out_of_distribution", "invalid_output"]
-    confidence: float
-    ood_distance: float
+    reason: Literal["confident", "low_confidence", "out_of_distribution", "invalid_output", "too_long"]
+    confidence: float | None = Field(None, description="None where the student never ran (too_long).")
+    ood_distance: float | None = None
     student_output: str
 
 

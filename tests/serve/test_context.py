@@ -1,0 +1,77 @@
+"""A request longer than the student's context: escalated to the teacher, the student never runs on it.
+
+Found by an audit: a student with learned position embeddings (GPT-2 style, any causal LM
+transformers loads) failed such a request with a 500 and an IndexError traceback in the server
+log; a rotary one answered it past the positions it has. Real parts: tiny students built from a
+config, the real teacher server on loopback, the official openai client."""
+
+from __future__ import annotations
+
+import math
+
+import openai
+import pytest
+
+from potstill.serve.routing import Routing
+from tests.helpers.live_server import LiveServer
+from tests.helpers.tiny import make_model_dir, make_tokenizer
+from tests.serve.conftest import SERVE_KEY, TEACHER_KEY, write_run
+
+FREETEXT = {"type": "freetext", "instruction": "name the topic", "max_output_tokens": 4}
+
+
+def gpt2_dir(path, positions: int = 128):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tok = make_tokenizer()
+    cfg = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4, n_positions=positions,
+                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)
+    GPT2LMHeadModel(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("kind,task", [("gpt2", None), ("gpt2", FREETEXT), ("llama", FREETEXT)])
+def test_an_input_over_the_students_context_goes_to_the_teacher(tmp_path, teacher_server, monkeypatch, kind, task):
+    from potstill.serve import run_config, serve_key
+    from potstill.serve.app import build_app
+    from potstill.serve.service import load_service
+
+    monkeypatch.setenv("TEACHER_KEY", TEACHER_KEY)
+    monkeypatch.setenv("SERVE_KEY", SERVE_KEY)
+    student = gpt2_dir(tmp_path / "gpt2") if kind == "gpt2" else make_model_dir(tmp_path / "llama")  # 128 / 512 positions
+    context = 128 if kind == "gpt2" else 512
+    run = write_run(tmp_path, student, teacher_server.base_url, task=task)
+    cfg = run_config(run, None)
+    service = load_service(run, cfg, device="cpu")
+    service.routing = Routing(confidence_threshold=-math.inf, ood_threshold=math.inf)  # the student answers all it can
+    calls = []
+    real = service.engine.answer
+    service.engine.answer = lambda batch: calls.append(len(batch)) or real(batch)
+    try:
+        with LiveServer(build_app(service, serve_key(cfg))) as live:
+            client = openai.OpenAI(base_url=live.url + "/v1", api_key=SERVE_KEY, max_retries=0)
+            short = client.chat.completions.create(model="potstill", messages=[{"role": "user", "content": "the team won"}])
+            assert short.model_extra["potstill"]["answered_by"] == "student" and calls == [1]
+            sent = sum(teacher_server.requests.values())
+            for stream in (False, True):
+                long = [{"role": "user", "content": "the team won the match " * (context // 5 + 1)}]
+                raw = client.chat.completions.with_raw_response.create(model="potstill", messages=long, stream=stream)
+                assert raw.status_code == 200 and raw.headers["x-potstill-answered-by"] == "teacher"
+                assert raw.headers["x-potstill-reason"] == "too_long"
+                if stream:
+                    chunks = list(raw.parse())
+                    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+                    assert chunks[-1].model_extra["potstill"]["reason"] == "too_long"
+                else:
+                    c = raw.parse()
+                    assert c.model == "tiny-teacher" and c.choices[0].message.content
+                    assert c.usage.prompt_tokens > context  # the teacher read it whole
+                    route = c.model_extra["potstill"]
+                    assert route["confidence"] is None and route["ood_distance"] is None and route["student_output"] == ""
+            assert calls == [1]  # the student never ran on the long input
+            assert sum(teacher_server.requests.values()) == sent + 2  # the real teacher answered both
+            rows = service.ledger.rows(stage="serve")[-2:]
+            assert [(r["status"], r["role"]) for r in rows] == [("ok", "teacher")] * 2
+    finally:
+        service.close()
