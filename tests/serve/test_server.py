@@ -472,3 +472,26 @@ def test_nan_and_infinity_are_not_json_and_the_ledger_stays_standard_json(served
 
     for q in stored:
         json.loads(q, parse_constant=refuse)  # standard JSON
+
+
+def test_a_content_part_that_is_not_text_is_a_400_that_names_it(served):
+    """Found by an audit: an image part (the openai SDK sends them for vision models) or a content
+    of another type was refused as 'messages.0.content.str: Input should be a valid string', with
+    param 'messages.0.content.str' (pydantic's name for the first branch of the union). Now it
+    names the part and what the server takes, and param is the content."""
+    service, live = served
+    before = len(rows(service))
+    image = [{"role": "user", "content": [{"type": "text", "text": "the team won"},
+                                          {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]
+    with pytest.raises(openai.BadRequestError) as e:
+        client(live).chat.completions.create(model="potstill", messages=image)
+    assert e.value.body["param"] == "messages.0.content"
+    assert e.value.body["message"] == ("messages.0.content: part 1 is of type 'image_url': this server answers text, so "
+                                       "content is a string or a list of parts of type 'text'")
+    r = _raw(live, json.dumps({"model": "potstill", "messages": [{"role": "user", "content": 5}]}).encode())
+    err = r.json()["error"]
+    assert r.status_code == 400 and err["param"] == "messages.0.content", err
+    assert "string or a list of text parts" in err["message"], err
+    ok = [{"role": "user", "content": [{"type": "text", "text": "the team"}, {"type": "text", "text": " won"}]}]
+    assert client(live).chat.completions.create(model="potstill", messages=ok).choices[0].message.content
+    assert [(r["error"] or "ok")[:3] for r in rows(service)[before:]] == ["400", "400", "ok"]

@@ -209,7 +209,8 @@ def _add_error_handlers(app: FastAPI, service: Service, requests: Counter):
             return await on_error(request, 400, f"the request body is not valid JSON: {problem}")
         loc = [str(x) for x in err.get("loc", ()) if x != "body"]
         param = ".".join(loc) or None
-        return await on_error(request, 400, f"{param + ': ' if param else ''}{err.get('msg', 'invalid request')}", param)
+        msg = str(err.get("msg", "invalid request")).removeprefix("Value error, ")  # pydantic's word for our checks
+        return await on_error(request, 400, f"{param + ': ' if param else ''}{msg}", param)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, e: StarletteHTTPException) -> JSONResponse:

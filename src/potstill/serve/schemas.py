@@ -22,6 +22,11 @@ def _utf8(text: str) -> str:
     return text
 
 
+def _json_type(v: object) -> str:
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array",
+            dict: "an object"}.get(type(v), "null")
+
+
 class TextPart(BaseModel):
     model_config = ConfigDict(extra="allow")
     type: Literal["text"]
@@ -37,6 +42,23 @@ class Message(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _parts(cls, v: object) -> object:
+        # Checked before the union is tried: its errors name a branch ("content.str") and not the part.
+        if v is None or isinstance(v, str):
+            return v
+        if not isinstance(v, list):
+            raise ValueError(f"expected a string or a list of text parts, not {_json_type(v)}")
+        for i, part in enumerate(v):
+            if isinstance(part, dict) and part.get("type") == "text":
+                continue
+            what = (f"is {_json_type(part)}" if not isinstance(part, dict) else
+                    f"is of type {part['type']!r}" if "type" in part else "has no type")
+            raise ValueError(f"part {i} {what}: this server answers text, so content is a string or a list "
+                             "of parts of type 'text'")
+        return v
 
     @field_validator("content")
     @classmethod
