@@ -495,3 +495,20 @@ def test_a_content_part_that_is_not_text_is_a_400_that_names_it(served):
     ok = [{"role": "user", "content": [{"type": "text", "text": "the team"}, {"type": "text", "text": " won"}]}]
     assert client(live).chat.completions.create(model="potstill", messages=ok).choices[0].message.content
     assert [(r["error"] or "ok")[:3] for r in rows(service)[before:]] == ["400", "400", "ok"]
+
+
+def test_a_listed_model_can_be_retrieved_by_name(served, monkeypatch):
+    """Found by an audit: ``client.models.retrieve(name)`` (GET /v1/models/{model}, which OpenAI's
+    API serves) was a bare 404 'Not Found' for every name /v1/models lists."""
+    service, live = served
+    monkeypatch.setattr(service.cfg.serve, "model_aliases", ["potstill", "org/classifier"])  # a hub-style name
+    cl = client(live)
+    assert "org/classifier" in [m.id for m in cl.models.list().data]
+    for m in cl.models.list().data:
+        got = cl.models.retrieve(m.id)
+        assert (got.id, got.owned_by, got.object) == (m.id, m.owned_by, "model")
+    with pytest.raises(openai.NotFoundError) as e:
+        cl.models.retrieve("gpt-4o")
+    assert e.value.code == "model_not_found" and "'gpt-4o'" in e.value.message and e.value.body["param"] == "model"
+    with pytest.raises(openai.AuthenticationError):
+        client(live, key="wrong").models.retrieve("potstill")

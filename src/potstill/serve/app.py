@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from potstill.errors import PotstillError
 from potstill.records import json_problem
-from potstill.serve.schemas import ChatCompletion, ChatRequest, ErrorBody, Health, ModelList
+from potstill.serve.schemas import ChatCompletion, ChatRequest, ErrorBody, Health, ModelCard, ModelList
 from potstill.serve.service import Service, TeacherError
 
 CHAT = "/v1/chat/completions"
@@ -229,6 +229,11 @@ def _served_names(service: Service) -> dict[str, str]:
     return {**names, service.teacher_name: names.get(service.teacher_name, "teacher")}
 
 
+def _unknown_model(service: Service, name: str) -> APIError:
+    return APIError(404, f"The model '{name[:100]}' does not exist here; this server answers to "
+                    f"{', '.join(_served_names(service))} (GET /v1/models)", "model", "model_not_found")
+
+
 def _add_info_routes(app: FastAPI, service: Service, registry: CollectorRegistry, bearer: list) -> None:
     @app.get("/health", response_model=Health)
     def health() -> Health:
@@ -246,6 +251,14 @@ def _add_info_routes(app: FastAPI, service: Service, registry: CollectorRegistry
         return {"object": "list", "data": [{"id": name, "object": "model", "created": now, "owned_by": owner}
                                            for name, owner in _served_names(service).items()]}
 
+    # :path, since a teacher's name may hold a slash (a hub id served by vLLM)
+    @app.get("/v1/models/{model:path}", response_model=ModelCard, dependencies=bearer, responses=ERRORS)
+    def model(model: str) -> dict[str, Any]:
+        owner = _served_names(service).get(model)
+        if owner is None:
+            raise _unknown_model(service, model)
+        return {"id": model, "object": "model", "created": int(time.time()), "owned_by": owner}
+
 
 def _add_chat_route(app: FastAPI, service: Service, requests: Counter, latency: Histogram, bearer: list) -> None:
     s = service.cfg.serve
@@ -255,8 +268,7 @@ def _add_chat_route(app: FastAPI, service: Service, requests: Counter, latency: 
     async def chat(body: ChatRequest, request: Request) -> Any:
         state = request.scope.setdefault("state", {})
         if body.model not in _served_names(service):
-            raise APIError(404, f"The model '{body.model[:100]}' does not exist here; this server answers to "
-                           f"{', '.join(_served_names(service))} (GET /v1/models)", "model", "model_not_found")
+            raise _unknown_model(service, body.model)
         if len(body.messages) > s.max_messages:
             raise APIError(400, f"messages: at most {s.max_messages} messages per request", "messages")
         # The run's instruction replaces a client's system prompt: the student was trained with it.
