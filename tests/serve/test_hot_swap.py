@@ -134,3 +134,24 @@ def test_admin_reload_swaps_under_load_and_needs_the_key(swap_run):
     c = openai.OpenAI(base_url=live.url + "/v1", api_key=SERVE_KEY).chat.completions.create(
         model="potstill", messages=[{"role": "user", "content": TEXTS[0]}])
     assert c.choices[0].message.content
+
+
+def test_a_client_that_pinned_the_listed_name_keeps_working_after_a_swap(swap_run):
+    """Found by an audit: a client that took its model name from /v1/models (vLLM's idiom,
+    ``client.models.list().data[0].id``: the student's versioned name) got a 404 model_not_found on
+    every request after the first promotion, the hot swap that needs no restart. A name this
+    server has listed still answers (by the live student, as every name does); /v1/models lists
+    the live one only."""
+    run, service, live = swap_run
+    client = openai.OpenAI(base_url=live.url + "/v1", api_key=SERVE_KEY, max_retries=0)
+    pinned = client.models.list().data[0].id
+    assert pinned == service.student_name
+    switch(run, run / "students" / "b")
+    assert service.reload()["swapped"]
+    listed = [m.id for m in client.models.list().data]
+    assert pinned not in listed and listed[0] == service.student_name
+    raw = client.chat.completions.with_raw_response.create(model=pinned, messages=[{"role": "user", "content": TEXTS[0]}])
+    assert raw.parse().choices[0].message.content and raw.headers["x-potstill-student"] == service.student_name
+    assert client.models.retrieve(pinned).id == pinned
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="potstill-student@000000000000", messages=[{"role": "user", "content": "x"}])

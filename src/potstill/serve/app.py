@@ -229,6 +229,14 @@ def _served_names(service: Service) -> dict[str, str]:
     return {**names, service.teacher_name: names.get(service.teacher_name, "teacher")}
 
 
+def _owner(service: Service, name: str) -> str | None:
+    """Who owns a name a client sent, None when this server never answered to it. A student swapped
+    out still answers to its versioned name (by the live student, as every name does): clients
+    take that name from /v1/models (vLLM's idiom, ``models.list().data[0].id``) and keep it."""
+    owner = _served_names(service).get(name)
+    return owner if owner is not None or name not in {s["previous"] for s in service.swaps} else "potstill"
+
+
 def _unknown_model(service: Service, name: str) -> APIError:
     return APIError(404, f"The model '{name[:100]}' does not exist here; this server answers to "
                     f"{', '.join(_served_names(service))} (GET /v1/models)", "model", "model_not_found")
@@ -254,7 +262,7 @@ def _add_info_routes(app: FastAPI, service: Service, registry: CollectorRegistry
     # :path, since a teacher's name may hold a slash (a hub id served by vLLM)
     @app.get("/v1/models/{model:path}", response_model=ModelCard, dependencies=bearer, responses=ERRORS)
     def model(model: str) -> dict[str, Any]:
-        owner = _served_names(service).get(model)
+        owner = _owner(service, model)
         if owner is None:
             raise _unknown_model(service, model)
         return {"id": model, "object": "model", "created": int(time.time()), "owned_by": owner}
@@ -267,7 +275,7 @@ def _add_chat_route(app: FastAPI, service: Service, requests: Counter, latency: 
               responses={**ERRORS, 200: {"content": {"text/event-stream": {"schema": SSE_EVENT}}}})
     async def chat(body: ChatRequest, request: Request) -> Any:
         state = request.scope.setdefault("state", {})
-        if body.model not in _served_names(service):
+        if _owner(service, body.model) is None:
             raise _unknown_model(service, body.model)
         if len(body.messages) > s.max_messages:
             raise APIError(400, f"messages: at most {s.max_messages} messages per request", "messages")
