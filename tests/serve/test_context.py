@@ -75,3 +75,28 @@ def test_an_input_over_the_students_context_goes_to_the_teacher(tmp_path, teache
             assert [(r["status"], r["role"]) for r in rows] == [("ok", "teacher")] * 2
     finally:
         service.close()
+
+
+def test_a_split_with_inputs_over_the_context_still_calibrates(tmp_path, teacher_server, monkeypatch, capsys):
+    """Found by an audit: one val or train input longer than a GPT-2-style student's positions made
+    `potstill serve` fail at start with an IndexError traceback (calibration embedded and scored
+    it). Such inputs are left out of calibration, as serving leaves them to the teacher."""
+    import json
+
+    from potstill.serve import run_config
+    from potstill.serve.service import load_service
+
+    monkeypatch.setenv("TEACHER_KEY", TEACHER_KEY)
+    monkeypatch.setenv("SERVE_KEY", SERVE_KEY)
+    run = write_run(tmp_path, gpt2_dir(tmp_path / "gpt2"), teacher_server.base_url)
+    long = json.dumps({"messages": [{"role": "user", "content": "the team " * 100}], "output": "sports"}) + "\n"
+    for split in ("train.jsonl", "val.jsonl"):
+        with open(run / split, "a") as f:
+            f.write(long)
+    service = load_service(run, run_config(run, None), device="cpu")
+    try:
+        st = service.routing.stats
+        assert st["n_val"] == 20 and st["n_val_too_long"] == 1 and st["n_reference"] == 30
+        assert "1 of 21 val inputs are longer than the student's context (128 positions)" in capsys.readouterr().err
+    finally:
+        service.close()

@@ -101,10 +101,20 @@ def calibrate_run(run_dir: Path, cfg: Config, engine: ServedStudent, task: Task,
         if saved.get("key") == key:
             r = Routing(float(saved["confidence_threshold"]), float(saved["ood_threshold"]), saved["stats"])
             return r, torch.load(ref_path)
-    train, held = reference_and_holdout(read_records(train_path), s.ood_reference)
-    val = [r for r in read_records(val_path) if r.output is not None]
-    if not val:
+    # Inputs longer than the student's context go to the teacher unread (Service.answer): the student
+    # is neither calibrated on them nor embeds them (a GPT-2-style model would fail with IndexError).
+    fits = [r for r in read_records(train_path) if engine.over_context(r.messages) is None]
+    train, held = reference_and_holdout(fits, s.ood_reference)
+    answered = [r for r in read_records(val_path) if r.output is not None]
+    val = [r for r in answered if engine.over_context(r.messages) is None]
+    if not answered:
         raise PotstillError(f"{val_path}: no record has a teacher output to calibrate on")
+    if not val or not train:
+        raise PotstillError(f"{val_path if not val else train_path}: every input is longer than the student's "
+                            f"context ({engine.context} positions), so it cannot be calibrated to answer any")
+    if len(val) < len(answered):
+        say(f"serve: {len(answered) - len(val)} of {len(answered)} val inputs are longer than the student's context "
+            f"({engine.context} positions): left out of calibration, as serving leaves such inputs to the teacher")
     reference = embed_all(engine, [r.messages for r in train], s.batch_size, "serve: embed training inputs")
     held_dist = (ood_distance(embed_all(engine, [r.messages for r in held], s.batch_size,
                                         "serve: embed held-out training inputs"), reference) if held else [])
@@ -114,6 +124,7 @@ def calibrate_run(run_dir: Path, cfg: Config, engine: ServedStudent, task: Task,
     routing = calibrate([a.confidence for a in answers], agree, dist, [a.invalid is not None for a in answers],
                         s.target_escalation, s.target_agreement, s.ood_quantile, ood_sample=held_dist)
     routing.stats["n_reference"] = len(train)
+    routing.stats["n_val_too_long"] = len(answered) - len(val)
     routing.stats["n_ood_holdout"] = len(held)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Written to temp names and renamed, so a crash never leaves a half-written calibration.
@@ -401,7 +412,7 @@ def _served(cfg: Config, path: str, task: Task, device: str, run_dir: Path) -> S
     val_path = run_dir / "val.jsonl"
     if s.compile and val_path.exists():  # without val, calibrate_run says what is missing
         # All of val: a generating student on static caches warms each row bucket on its longest inputs.
-        val = [r.messages for r in read_records(val_path)]
+        val = [r.messages for r in read_records(val_path) if engine.over_context(r.messages) is None]
         say(f"serve: compiling the student (torch.compile) on {min(len(val), s.batch_size)} val inputs; "
             "minutes on a small CPU")
         seconds = engine.engine.warm_compiled("serve", lambda: engine.warm(val, s.batch_size))
