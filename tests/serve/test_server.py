@@ -512,3 +512,47 @@ def test_a_listed_model_can_be_retrieved_by_name(served, monkeypatch):
     assert e.value.code == "model_not_found" and "'gpt-4o'" in e.value.message and e.value.body["param"] == "model"
     with pytest.raises(openai.AuthenticationError):
         client(live, key="wrong").models.retrieve("potstill")
+
+
+def test_a_teacher_failure_does_not_hand_the_providers_message_to_the_client(served, force):
+    """Found by an audit: the 502 of a failed escalation carried the teacher provider's own error
+    text to whoever called the server: OpenAI's 401 shows the start and end of the operator's key,
+    its 429 the organization id and quota. The client now gets the failure's kind; the ledger row
+    (the operator's) keeps the provider's message."""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    from tests.helpers.live_server import LiveServer
+
+    upstream = {
+        401: "Incorrect API key provided: sk-tea************95e. You can find your API key at "
+             "https://platform.openai.com/account/api-keys.",
+        429: "Rate limit reached for gpt-4o in organization org-Zx81QwErTy on tokens per min (TPM): Limit 30000, "
+             "Used 29876, Requested 512. Please try again in 1.1s.",
+    }
+    provider = FastAPI()
+    status = {"code": 401}
+
+    @provider.post("/v1/chat/completions")
+    def chat() -> JSONResponse:
+        return JSONResponse({"error": {"message": upstream[status["code"]], "type": "invalid_request_error",
+                                       "param": None, "code": None}}, status_code=status["code"])
+
+    service, live = served
+    force("teacher")
+    saved = service.teacher
+    with LiveServer(provider) as fake:
+        service.teacher = get_teacher(saved.cfg.model_copy(update={"base_url": fake.url + "/v1"}), service.task)
+        try:
+            for code, kind, secret in ((401, "AuthenticationError", "sk-tea"), (429, "RateLimitError", "org-Zx81QwErTy")):
+                status["code"] = code
+                with pytest.raises(openai.APIStatusError) as e:
+                    client(live).chat.completions.create(model="potstill", messages=[{"role": "user", "content": f"the vote {code}"}])
+                assert e.value.status_code == 502 and e.value.body["type"] == "upstream_error"
+                assert kind in e.value.body["message"] and secret not in json.dumps(e.value.body), e.value.body
+                row = rows(service)[-1]
+                assert row["status"] == "error" and row["role"] == "teacher" and secret in row["error"]
+                assert secret not in row["response"]  # the body the client got
+        finally:
+            service.teacher.close()
+            service.teacher = saved

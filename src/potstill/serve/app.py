@@ -170,13 +170,15 @@ def _add_error_handlers(app: FastAPI, service: Service, requests: Counter):
 
     Returns the rejecter the Gate middleware uses for what it refuses before routing."""
 
-    def log_error(state: dict, status: int, message: str, role: str = "student", model: str | None = None) -> None:
+    def log_error(state: dict, status: int, message: str, role: str = "student", model: str | None = None,
+                  detail: str | None = None) -> None:
+        """``detail``: what the operator reads in the row's error where the client was told less."""
         if state.get("logged"):
             return
         state["logged"] = True
         service.log_failure(_logged_request(state.get("raw_body")), answered_by=role, model=model or service.student_name,
                             latency_s=time.perf_counter() - state.get("t0", time.perf_counter()),
-                            body=error_body(status, message), error=f"{status}: {message}"[:500])
+                            body=error_body(status, message), error=f"{status}: {detail or message}"[:500])
         requests.labels("none", "rejected" if status < 500 else "failed", str(status)).inc()
 
     async def reject(scope: dict, send: Any, status: int, message: str, param: str | None) -> None:
@@ -186,9 +188,11 @@ def _add_error_handlers(app: FastAPI, service: Service, requests: Counter):
         await resp(scope, _drain_receive, send)
 
     async def on_error(request: Request, status: int, message: str, param: str | None = None,
-                       role: str = "student", model: str | None = None, code: str | None = None) -> JSONResponse:
+                       role: str = "student", model: str | None = None, code: str | None = None,
+                       detail: str | None = None) -> JSONResponse:
         if request.url.path.rstrip("/") == CHAT:
-            await asyncio.to_thread(log_error, request.scope.setdefault("state", {}), status, message, role, model)
+            await asyncio.to_thread(log_error, request.scope.setdefault("state", {}), status, message, role, model,
+                                    detail)
         return JSONResponse(error_body(status, message, param, code), status_code=status)
 
     @app.exception_handler(APIError)
@@ -197,8 +201,12 @@ def _add_error_handlers(app: FastAPI, service: Service, requests: Counter):
 
     @app.exception_handler(TeacherError)
     async def _teacher_error(request: Request, e: TeacherError) -> JSONResponse:
-        return await on_error(request, 502, f"the teacher failed to answer: {e}"[:500], role="teacher",
-                              model=service.teacher_name)
+        # The provider's own text stays in the ledger: OpenAI's 401 shows the start and end of the
+        # operator's key, its 429 the organization id and quota; the client gets the kind only.
+        kind = str(e).split(":", 1)[0].strip()
+        told = f"the teacher failed to answer ({kind})" if kind.isidentifier() else "the teacher failed to answer"
+        return await on_error(request, 502, told + "; the server's ledger holds the details", role="teacher",
+                              model=service.teacher_name, detail=f"the teacher failed to answer: {e}")
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
