@@ -100,3 +100,38 @@ def test_a_split_with_inputs_over_the_context_still_calibrates(tmp_path, teacher
         assert "1 of 21 val inputs are longer than the student's context (128 positions)" in capsys.readouterr().err
     finally:
         service.close()
+
+
+def test_a_chat_the_students_template_refuses_is_a_400(tmp_path, teacher_server, monkeypatch):
+    """Found by an audit: a chat template that refuses a chat (Gemma's and Mistral's raise 'Conversation
+    roles must alternate' on two user turns in a row, which OpenAI's API takes) failed the request
+    with a 500 'internal error (TemplateError)'; it is a 400 that says why, logged like any."""
+    from potstill.serve import run_config, serve_key
+    from potstill.serve.app import build_app
+    from potstill.serve.service import load_service
+    from tests.helpers.tiny import CHATML
+
+    monkeypatch.setenv("TEACHER_KEY", TEACHER_KEY)
+    monkeypatch.setenv("SERVE_KEY", SERVE_KEY)
+    student = make_model_dir(tmp_path / "strict")
+    tok = make_tokenizer()
+    tok.chat_template = ("{% for m in messages %}{% if loop.index0 > 0 and m['role'] == messages[loop.index0 - 1]['role'] %}"
+                         "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+                         "{% endif %}{% endfor %}" + CHATML)
+    tok.save_pretrained(student)
+    run = write_run(tmp_path, student, teacher_server.base_url)
+    cfg = run_config(run, None)
+    service = load_service(run, cfg, device="cpu")
+    try:
+        with LiveServer(build_app(service, serve_key(cfg))) as live:
+            client = openai.OpenAI(base_url=live.url + "/v1", api_key=SERVE_KEY, max_retries=0)
+            two = [{"role": "user", "content": "the team won"}, {"role": "user", "content": "the match"}]
+            with pytest.raises(openai.BadRequestError) as e:
+                client.chat.completions.create(model="potstill", messages=two)
+            assert e.value.body["param"] == "messages" and "Conversation roles must alternate" in e.value.message
+            row = service.ledger.rows(stage="serve")[-1]
+            assert row["status"] == "error" and row["error"].startswith("400")
+            ok = [{"role": "user", "content": "the team won"}]
+            assert client.chat.completions.create(model="potstill", messages=ok).choices[0].message.content
+    finally:
+        service.close()

@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from potstill.errors import PotstillError
 from potstill.records import json_problem
+from potstill.serve.engine import RefusedChat
 from potstill.serve.schemas import ChatCompletion, ChatRequest, ErrorBody, Health, ModelCard, ModelList
 from potstill.serve.service import Service, TeacherError
 
@@ -198,6 +199,10 @@ def _add_error_handlers(app: FastAPI, service: Service, requests: Counter):
     @app.exception_handler(APIError)
     async def _api_error(request: Request, e: APIError) -> JSONResponse:
         return await on_error(request, e.status, e.message, e.param, code=e.code)
+
+    @app.exception_handler(RefusedChat)
+    async def _refused(request: Request, e: RefusedChat) -> JSONResponse:
+        return await on_error(request, 400, f"messages: {e}"[:500], "messages")
 
     @app.exception_handler(TeacherError)
     async def _teacher_error(request: Request, e: TeacherError) -> JSONResponse:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from jinja2 import TemplateError
 
 from potstill.engines import Engine
 from potstill.engines.base import warm_batches
@@ -32,6 +33,11 @@ from potstill.models.scoring import label_margin
 from potstill.progress import bar
 from potstill.students import student_format
 from potstill.tasks import Task
+
+
+class RefusedChat(ValueError):
+    """The student's chat template refuses a chat (Gemma's and Mistral's raise on two user turns in
+    a row, which OpenAI's API takes): the client's 400, not the server's 500."""
 
 
 def context_length(engine: Any) -> int | None:
@@ -118,11 +124,16 @@ class ServedStudent:
         """Why the student cannot take this chat: its prompt, tokenised as the engine does, and the
         answer's budget (the task's ``max_output_tokens``; none for a label) run past the model's
         positions. A model with learned positions (GPT-2) fails there with an IndexError, a rotary
-        one answers past what it was trained on. None when it fits or the context is unknown."""
+        one answers past what it was trained on. None when it fits or the context is unknown.
+        Raises ``RefusedChat`` when the chat template refuses the chat."""
+        tok = self.engine.tokenizer
+        try:
+            text = self.fmt.prefix() + self.fmt.query(tok, messages)
+        except TemplateError as e:  # the template's raise_exception
+            raise RefusedChat(f"the student's chat template refuses this chat: {e}") from None
         if self.context is None:
             return None
-        tok = self.engine.tokenizer
-        n = len(encode_prompt(tok, self.fmt, self.fmt.prefix() + self.fmt.query(tok, messages), first=True))
+        n = len(encode_prompt(tok, self.fmt, text, first=True))
         budget = 0
         if self.label_ids is not None:  # label scoring keeps the query's last max_length tokens
             n = min(n, self._prefix_tokens + self.max_length)
