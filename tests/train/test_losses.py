@@ -360,6 +360,10 @@ _TRITON_SCRIPT = textwrap.dedent(
     labels = torch.randint(0, v, (n,), generator=g); labels[2] = -100
     lp, ids = (ht @ wt.T).log_softmax(-1).topk(5, dim=-1)
     lp_all, ids_all = (ht @ wt.T).log_softmax(-1).topk(v, dim=-1)
+    # padding entries (unused ids at -inf) and an API's rounded top-1 (0.0: no tail left)
+    spare = torch.stack([torch.tensor([i for i in range(v) if i not in r][:2]) for r in ids.tolist()])
+    pad_ids, pad_lp = torch.cat([ids, spare], 1), torch.cat([lp, torch.full((n, 2), float("-inf"))], 1)
+    sure_lp = pad_lp.clone(); sure_lp[:, 0] = 0.0
     cases = [
         lambda h, w, be: FH.fused_linear_kd(h, w, ht, wt, labels, kind="jsd", beta=0.3, temperature=2.0, backend=be),
         lambda h, w, be: FH.fused_linear_kd(h, w, ht, wt, labels, kind="forward_kl", ce_weight=0.5, backend=be),
@@ -368,6 +372,10 @@ _TRITON_SCRIPT = textwrap.dedent(
         lambda h, w, be: FH.fused_linear_sparse_kd(h, w, ids, lp, labels, kind="jsd", backend=be),
         lambda h, w, be: FH.fused_linear_sparse_kd(h, w, ids, lp, labels, temperature=0.7, backend=be),
         lambda h, w, be: FH.fused_linear_sparse_kd(h, w, ids_all, lp_all, kind="reverse_kl", backend=be),
+        lambda h, w, be: FH.fused_linear_sparse_kd(h, w, pad_ids, pad_lp, labels, kind="forward_kl", backend=be),
+        lambda h, w, be: FH.fused_linear_sparse_kd(h, w, pad_ids, sure_lp, labels, kind="reverse_kl", backend=be),
+        lambda h, w, be: FH.fused_linear_sparse_kd(h, w, pad_ids, sure_lp, kind="jsd", beta=0.3, temperature=1.5,
+                                                   backend=be),
     ]
     for i, case in enumerate(cases):
         res = []
@@ -474,3 +482,58 @@ def test_fused_heads_given_the_valid_row_count_never_wait_for_the_gpu():
             _three_heads(d, hs, ws, None, backend="triton")
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+# --- sparse top-k: API rounding and padding ----------------------------------------------------
+
+CONFIDENT_LP = [[0.0, -12.0, -13.0], [-1e-6, -9.0, -20.0], [-0.5, -1.5, -3.0], [-0.001, -7.0, -8.0]]
+
+
+@pytest.mark.parametrize("kind,kw", KINDS + [("jsd", {"beta": 1.0})], ids=KIND_IDS + ["jsd-1"])
+def test_sparse_topk_of_a_confident_teacher_is_finite_and_non_negative(kind, kw):
+    """An API rounds a near-certain token's logprob to 0.0, so its top-k sums to 1 or past it and
+    ``1 - sum`` leaves the teacher no tail. The tail is never empty for a softmax teacher; taken as
+    empty, every divergence that weighs the student's tail mass by ``log(q / p)`` (reverse KL, JSD at
+    beta 1) was 3e38 or inf, and a top-k summing past 1 made reverse KL negative."""
+    s = _logits(n=4, v=40, seed=21, dtype=torch.float32).requires_grad_()
+    ids = torch.tensor([[1, 2, 3]] * 4)
+    lp = torch.tensor(CONFIDENT_LP)
+    loss = L.sparse_topk_kd(s, ids, lp, kind=kind, **kw, reduction="none")
+    assert torch.isfinite(loss).all() and (loss >= 0).all() and loss.max() < 100, loss
+    loss.sum().backward()
+    assert torch.isfinite(s.grad).all()
+    g = torch.Generator().manual_seed(0)
+    hs, ws = _leaf(torch.randn(4, 8, generator=g)), _leaf(torch.randn(40, 8, generator=g))
+    fused = FH.fused_linear_sparse_kd(hs, ws, ids, lp, kind=kind, **kw, backend="torch")
+    fused.backward()
+    ref = L.sparse_topk_kd(hs.detach().double() @ ws.detach().double().T, ids, lp.double(), kind=kind, **kw)
+    assert torch.isfinite(fused) and torch.isfinite(hs.grad).all() and torch.isfinite(ws.grad).all()
+    torch.testing.assert_close(fused.double(), ref, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind,kw", KINDS, ids=KIND_IDS)
+def test_sparse_topk_padding_entries_change_nothing(kind, kw):
+    """collate pads a position with fewer top-k entries than the batch's widest with unused ids at
+    ``-inf``. Those are tokens the teacher did not list, in its tail like every other such token, not
+    tokens it gave zero probability: padding must change neither the loss nor the gradients. As
+    buckets of their own they took the student's mass out of its tail bucket (every divergence
+    changed) and, at p = 0, made reverse KL 3e38."""
+    d = _head_inputs(seed=10)
+    d["labels"][[2, 9]] = -100
+    teacher = (d["h_t"].double() @ d["w_t"].double().T).log_softmax(-1)
+    lp, ids = teacher.topk(4, dim=-1)
+    spare = torch.stack([torch.tensor([i for i in range(53) if i not in row][:2]) for row in ids.tolist()])
+    pad_ids, pad_lp = torch.cat([ids, spare], 1), torch.cat([lp, torch.full_like(lp[:, :2], float("-inf"))], 1)
+    s = d["h_s"].double() @ d["w_s"].double().T
+    plain = L.sparse_topk_kd(s, ids, lp, d["labels"], kind=kind, **kw, reduction="none")
+    torch.testing.assert_close(L.sparse_topk_kd(s, pad_ids, pad_lp, d["labels"], kind=kind, **kw, reduction="none"),
+                               plain)
+    results = []
+    for i, l in ((ids, lp), (pad_ids, pad_lp)):
+        hs, ws = _leaf(d["h_s"]), _leaf(d["w_s"])
+        loss = FH.fused_linear_sparse_kd(hs, ws, i, l.float(), d["labels"], kind=kind, **kw, chunk_size=10,
+                                         backend="torch")
+        loss.backward()
+        results.append((loss, hs.grad, ws.grad))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)

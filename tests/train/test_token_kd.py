@@ -1,6 +1,7 @@
 """Token-level KD on tiny models: full logits of a local teacher, API-style top-k, and on-policy."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -214,3 +215,22 @@ def test_train_compile_failing_is_one_line(tiny_model, sharp_teacher, tmp_path, 
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith("train.compile: torch.compile failed (") and "C++ compiler" in msg
     assert msg.endswith("; set train.compile: false") and not (tmp_path / "student").exists()
+
+
+def test_reverse_kl_on_api_topk_of_a_confident_teacher_trains(tiny_model, sharp_teacher, tmp_path):
+    """An API rounds a near-certain token's logprob to 0.0, so a position's top-k sums to 1 or past
+    it, and positions list different numbers of tokens (collate pads them). Reverse KL (kd_kind
+    reverse_kl, or jsd at beta 1) then read the teacher's tail, and the padding, as zero mass: the
+    first step's loss was 3e38 or inf and training stopped ('lower train.lr')."""
+    records = _teacher_topk(sharp_teacher, _teacher_records(sharp_teacher), k=4)
+    for r in records:
+        for j, e in enumerate(r.logprobs):
+            e["top"] = e["top"][: 1 + j % 4]
+            if j % 2 == 0:  # the top token rounded to certainty
+                if e["token"] == e["top"][0]["token"]:
+                    e["logprob"] = 0.0
+                e["top"][0]["logprob"] = 0.0
+    assert any(sum(math.exp(t["logprob"]) for t in e["top"]) >= 1 for r in records for e in r.logprobs)
+    summary, rows = _train(tiny_model, tmp_path, records, kd_kind="reverse_kl", kd_weight=1.0, epochs=10)
+    assert summary["kd_signal"] == "topk" and all(math.isfinite(r["loss"]) and r["kd_topk"] < 30 for r in rows)
+    assert rows[-1]["kd_topk"] < rows[0]["kd_topk"]

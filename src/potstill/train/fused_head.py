@@ -506,10 +506,12 @@ def fused_linear_sparse_kd(
     ids = topk_ids.reshape(n, -1)
     k = ids.shape[1]
     lp = L.teacher_bucket_logprobs(topk_logprobs.reshape(n, k), V)
+    # Padding entries (-inf) are no buckets: those ids stay in the student's rest (see sparse_topk_kd).
+    pad = torch.isneginf(lp[:, :k]) if k < V else torch.zeros_like(ids, dtype=torch.bool)
     lp = lp.clamp(min=torch.finfo(lp.dtype).min)
     lab = None if labels is None else labels.reshape(-1)
-    idx, n_valid, (hs_v, ids_v, lp_v) = _select_rows(lab, ignore_index, n, hs.detach(), ids, lp,
-                                                     valid_rows=valid_rows)
+    idx, n_valid, (hs_v, ids_v, lp_v, pad_v) = _select_rows(lab, ignore_index, n, hs.detach(), ids, lp, pad,
+                                                            valid_rows=valid_rows)
     cs = chunk_size or default_chunk_size(n_valid, V, student_weight.element_size())
     gs = 1.0 / max(n_valid, 1) if reduction == "mean" else 1.0
     scale = 1.0 / temperature
@@ -517,20 +519,24 @@ def fused_linear_sparse_kd(
     if be == "triton":
         ids_v = ids_v.contiguous()
         lp_v = lp_v.float().contiguous()
-    chunk_fn = _sparse_chunk_fn(ids_v, lp_v, params, scale, gs, has_rest, be, V, k)
+    chunk_fn = _sparse_chunk_fn(ids_v, lp_v, pad_v, params, scale, gs, has_rest, be, V, k)
     body = _head_body(hs, student_weight, hs_v, n_valid, cs, accum_dtype, chunk_fn, gs)
     return _ChunkedHead.apply(hs, student_weight, idx, n, body)
 
 
-def _sparse_chunk_fn(ids_v, lp_v, params, scale, gs, has_rest, be, V, k):
-    """One block of fused_linear_sparse_kd: the student's rest mass with the k ids masked out, loss and dlogits."""
+def _sparse_chunk_fn(ids_v, lp_v, pad_v, params, scale, gs, has_rest, be, V, k):
+    """One block of fused_linear_sparse_kd: the student's rest mass with the listed ids masked out, loss
+    and dlogits. A padding id keeps its logit in ``z`` (it is part of the rest) and is ``-inf`` in
+    ``z_ids``, which is how the row maths tell it from a listed id."""
     a, wp, wq = params
 
     def chunk_fn(z, c0, c1):
         tid = ids_v[c0:c1]
+        pad = pad_v[c0:c1]
         z_ids = z.gather(1, tid)
         if has_rest:
-            z.scatter_(1, tid, float("-inf"))
+            z.scatter_(1, tid, z_ids.masked_fill(~pad, float("-inf")))
+            z_ids = z_ids.masked_fill(pad, float("-inf"))
         if be == "triton":
             loss = torch.empty(z.shape[0], dtype=torch.float32, device=z.device)
             grid, block = _launch(z.shape[0], V, z.device)
@@ -551,17 +557,22 @@ def _sparse_chunk_torch(z, z_ids, tid, lp, params, scale, gs, has_rest):
     k = tid.shape[1]
     zs_ids = z_ids.to(_acc_dtype(z)) * scale
     lse_z = _torch_lse(z, scale).to(zs_ids.dtype)
+    pad = torch.isneginf(zs_ids)  # padding ids (only with a rest bucket): see _sparse_chunk_fn
     if has_rest:
         lse = torch.logaddexp(lse_z, torch.logsumexp(zs_ids, dim=-1))
         lq = torch.cat([zs_ids - lse[:, None], (lse_z - lse)[:, None]], dim=1)
     else:
         lse = lse_z
         lq = zs_ids - lse[:, None]
-    rows, h = L.family_terms(lq, lp.to(lq.dtype), a, wp, wq, need_h=True)
+    lp = lp.to(lq.dtype)
+    lq[:, :k] = torch.where(pad, lp[:, :k], lq[:, :k])  # an empty bucket on both sides: no loss, no gradient
+    rows, h = L.family_terms(lq, lp, a, wp, wq, need_h=True)
     G = h + wq * lq.exp()  # dD / d log(q_bucket)
     g_sum = G.sum(-1)
     c = scale * gs
     if has_rest:
         _torch_exp_scale_(z, lse_z, c * (G[:, k] - g_sum * lq[:, k].exp()), scale)
-    z.scatter_(1, tid, (c * (G[:, :k] - g_sum[:, None] * lq[:, :k].exp())).to(z.dtype))
+    at_ids = (c * (G[:, :k] - g_sum[:, None] * lq[:, :k].exp())).to(z.dtype)
+    # A padding id keeps the rest's gradient written above.
+    z.scatter_(1, tid, torch.where(pad, z.gather(1, tid), at_ids))
     return rows.sum()

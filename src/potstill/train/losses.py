@@ -260,20 +260,29 @@ def distillation_loss(
 
 # --- sparse top-k teacher (API logprobs) -------------------------------------------------------
 
+# The least tail mass a teacher's top-k leaves: far below any tail that float32 rounding near 1
+# (6e-8) or an API's printed digits can show, so no measurable tail changes, while reverse KL's
+# log(q / p) on the tail stays finite (at most 28 nats per unit of the student's tail mass).
+TAIL_FLOOR = 1e-12
+
 
 def teacher_bucket_logprobs(topk_logprobs: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """Teacher log-probabilities over the ``k`` returned tokens plus one "rest" bucket.
 
     ``topk_logprobs`` ``(..., k)`` are log-probabilities of the full teacher distribution (as an
-    API returns them, not renormalised over the k). The rest bucket holds the tail mass
-    ``1 - sum(exp(topk))``, clamped at 0 because rounded API values can sum past 1. Returns
-    ``(..., k + 1)``, or ``(..., k)`` unchanged when ``k == vocab_size`` (no tail exists).
+    API returns them, not renormalised over the k); ``-inf`` entries are padding. The rest bucket
+    holds the tail mass ``1 - sum(exp(topk))``, floored at ``TAIL_FLOOR``: an API rounds a
+    near-certain token's logprob to 0.0, so the top-k can sum to 1 or past it, while a softmax
+    teacher's tail is never empty (an empty one makes reverse KL infinite). Where the floor lifts
+    the total past 1, the ``k + 1`` buckets are renormalised. Returns ``(..., k + 1)``, or
+    ``(..., k)`` unchanged when ``k == vocab_size`` (no tail exists).
     """
     lp = _acc(topk_logprobs.detach())
     if lp.shape[-1] >= vocab_size:
         return lp
-    rest = (1.0 - lp.exp().sum(-1, keepdim=True)).clamp(min=0.0)
-    return torch.cat([lp, rest.log()], dim=-1)
+    listed = lp.exp().sum(-1, keepdim=True)
+    rest = (1.0 - listed).clamp(min=TAIL_FLOOR)
+    return torch.cat([lp, rest.log()], dim=-1) - (listed + rest).log().clamp(min=0.0)
 
 
 def sparse_topk_kd(
@@ -305,8 +314,10 @@ def sparse_topk_kd(
     Args:
         student_logits: ``(..., V)``.
         topk_ids: ``(..., k)`` int64, distinct per position, ids in the student's vocabulary.
-        topk_logprobs: ``(..., k)`` teacher log-probabilities of those ids. Padding entries may be
-            ``-inf`` (zero mass) with any otherwise-unused id.
+        topk_logprobs: ``(..., k)`` teacher log-probabilities of those ids. Padding entries are
+            ``-inf``, with any otherwise-unused id: tokens the teacher did not list, so they stay in
+            the rest bucket on both sides (as buckets of their own at p = 0 they took the student's
+            mass out of its tail, and made reverse KL infinite).
         temperature: applied to the student only: the teacher's tail is unknown, so its sparse
             distribution cannot be re-tempered.
     """
@@ -316,11 +327,17 @@ def sparse_topk_kd(
     ids = topk_ids.reshape(s.shape[0], -1)
     z = _acc(s) / temperature
     lse = torch.logsumexp(z, dim=-1, keepdim=True)
-    lq = z.gather(-1, ids) - lse
-    if ids.shape[-1] < V:
-        lse_rest = torch.logsumexp(z.scatter(-1, ids, float("-inf")), dim=-1, keepdim=True)
-        lq = torch.cat([lq, lse_rest - lse], dim=-1)
+    z_ids = z.gather(-1, ids)
+    lq = z_ids - lse
     lp = teacher_bucket_logprobs(topk_logprobs.reshape(ids.shape), V).to(lq.dtype)
+    if ids.shape[-1] < V:
+        pad = torch.isneginf(lp[..., : ids.shape[-1]])
+        # The rest: every logit but the listed ids' (a padding id keeps its own).
+        lse_rest = torch.logsumexp(z.scatter(-1, ids, z_ids.masked_fill(~pad, float("-inf"))), dim=-1, keepdim=True)
+        lq = torch.cat([lq, lse_rest - lse], dim=-1)
+        lp = lp.clamp(min=torch.finfo(lp.dtype).min)
+        # A padding bucket is empty on both sides: equal log-masses add nothing to any divergence.
+        lq = torch.where(F.pad(pad, (0, 1), value=False), lp, lq)
     return _reduce(divergence_from_logprobs(lq, lp, a, wp, wq), mask, lead, reduction)
 
 

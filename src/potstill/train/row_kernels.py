@@ -237,8 +237,8 @@ def ce_rows_kernel(Z, LAB, LOSS, n_rows, stride, V, gs, BLOCK: tl.constexpr):
 @triton.jit
 def sparse_rows_kernel(Z, ZIDS, IDS, LP, LOSS, n_rows, stride, V, k, nb, scale, a, wp, wq, c,
                         MODE: tl.constexpr, HAS_REST: tl.constexpr, BLOCK: tl.constexpr, KB: tl.constexpr):
-    # Z holds the logits with the k ids already set to -inf (when HAS_REST); ZIDS the original
-    # logits at those ids; LP the teacher's nb = k (+1 rest) bucket log-probabilities.
+    # Z holds the logits with the k listed ids already set to -inf (when HAS_REST); ZIDS the original
+    # logits at those ids (-inf at a padding id, whose logit stays in Z); LP the teacher's nb = k (+1 rest) bucket log-probabilities.
     offs = tl.arange(0, BLOCK)
     kk = tl.arange(0, KB)
     kmask = kk < k
@@ -255,8 +255,10 @@ def sparse_rows_kernel(Z, ZIDS, IDS, LP, LOSS, n_rows, stride, V, k, nb, scale, 
         else:
             lse = lse_z
             lq = zi - lse
-        lq = tl.where(bmask, lq, 0.0)
         lt = tl.load(LP + r * nb + kk, mask=bmask, other=0.0)
+        # A padding id (-inf in ZIDS, its logit left in Z's rest) is an empty bucket on both sides.
+        pad = kmask & (zi == float("-inf"))
+        lq = tl.where(pad, lt, tl.where(bmask, lq, 0.0))
         loss, h, q = _kd_terms(lq, lt, a, wp, wq, MODE, False)
         G = tl.where(bmask, h + wq * q, 0.0)  # dD / d log(q_bucket)
         g_sum = tl.sum(G, 0)
@@ -271,4 +273,4 @@ def sparse_rows_kernel(Z, ZIDS, IDS, LP, LOSS, n_rows, stride, V, k, nb, scale, 
                 tl.store(z_ptr + cols, (tl.exp(x - lse_z) * coef).to(Z.dtype.element_ty), mask=msk)
             tl.debug_barrier()  # the id entries below overwrite what the sweep just wrote
         ids = tl.load(IDS + r * k + kk, mask=kmask, other=0)
-        tl.store(z_ptr + ids, (c * (G - g_sum * q)).to(Z.dtype.element_ty), mask=kmask)
+        tl.store(z_ptr + ids, (c * (G - g_sum * q)).to(Z.dtype.element_ty), mask=kmask & (pad == 0))
