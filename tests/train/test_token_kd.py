@@ -146,6 +146,23 @@ def test_bad_kd_settings_are_clear_errors(tiny_model, tmp_path):
     assert not (tmp_path / "s").exists()
 
 
+def test_kd_temperature_with_api_topk_is_refused(tiny_model, sharp_teacher, tmp_path):
+    """API top-k cannot be re-tempered, so only the student's logits were divided by T: the loss is
+    least where softmax(z / T) equals the teacher, and the served student (T = 1) was the teacher
+    raised to the power T (a 0.6 token learned as 0.83 at T = 2); the label and logits signals temper
+    both sides and keep it."""
+    records = _teacher_topk(sharp_teacher, _records(), k=4)
+    lm = load_lm(str(tiny_model))
+    task = _task()
+    cfg = TrainConfig(objective="kd", kd_temperature=2.0, batch_size=4)
+    with pytest.raises(PotstillError, match="kd_temperature 2 with the topk signal"):
+        train(lm, student_format(lm, task), task, records, [], cfg, 64, tmp_path / "s", tmp_path / "m.jsonl")
+    assert not (tmp_path / "s").exists()
+    cfg = TrainConfig(objective="kd", kd_temperature=2.0, batch_size=4, teacher_model=str(sharp_teacher))
+    assert train(lm, student_format(lm, task), task, records, [], cfg, 64, tmp_path / "s",
+                 tmp_path / "m.jsonl")["kd_signal"] == "logits"
+
+
 def test_auto_signal_is_labels_for_classification_even_when_records_carry_api_logprobs(tiny_model, tmp_path):
     """An API teacher's top-k tokens would be re-encoded with another tokenizer; the label distribution
     needs no mapping. auto used to pick topk here."""

@@ -241,6 +241,12 @@ def resolve_signal(cfg: TrainConfig, task: Task, records: list[Record]) -> str |
     if sig == "topk" and not any(r.logprobs for r in records):
         raise PotstillError("train.kd_signal topk: no training record carries logprobs "
                             "(generate with a teacher that returns top-k logprobs)")
+    if sig == "topk" and cfg.kd_temperature != 1.0:
+        # Only the student's side would be tempered (the top-k's tail is unknown, losses.sparse_topk_kd):
+        # its optimum is softmax(z / T) = p, so at T = 2 a 0.6 teacher token became 0.83 at inference.
+        raise PotstillError(f"train.kd_temperature {cfg.kd_temperature:g} with the topk signal: an API's top-k "
+                            "cannot be re-tempered (its tail is unknown), so the student would learn the teacher's "
+                            f"probabilities raised to the power {cfg.kd_temperature:g}; use kd_temperature 1")
     return sig
 
 
