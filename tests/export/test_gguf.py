@@ -316,3 +316,26 @@ def test_modelfile_of_a_student_without_a_chat_template_prompts_as_in_training()
     for t in TEXTS:
         assert _render_go(template, system, t) == fmt.prefix() + fmt.query(tok, [{"role": "user", "content": t}])
     assert 'PARAMETER stop "\\n"' in text.splitlines()  # the completion it learned ends at a newline
+
+
+GEMMA_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else "
+                  "m['role'] }}\n{{ m['content'] }}<end_of_turn>\n{% endfor %}"
+                  "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+
+
+def test_modelfile_stops_at_the_chat_templates_turn_end_when_it_is_not_eos():
+    """A Gemma-style student ends its turns with <end_of_turn>, not its EOS <eos>: it was trained to
+    write <end_of_turn> after an answer, and every generation in potstill stops there. Its Modelfile
+    (no ChatML, so no TEMPLATE) listed only <eos> as a stop, so Ollama ran past the answer into a
+    next turn until num_predict."""
+    from potstill.export.modelfile import render_modelfile
+    from potstill.models.prompting import end_of_turn
+    from tests.export.conftest import make_bpe_tokenizer
+
+    tok = make_bpe_tokenizer()
+    tok.add_special_tokens({"eos_token": "<eos>", "additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]})
+    tok.chat_template = GEMMA_TEMPLATE
+    assert end_of_turn(tok) == "<end_of_turn>" and tok.eos_token == "<eos>"
+    lines = render_modelfile("./student-f16.gguf", tok, INSTRUCTION, 4, one_line=True).splitlines()
+    assert 'PARAMETER stop "<end_of_turn>"' in lines and 'PARAMETER stop "<eos>"' in lines
+    assert not any(line.startswith("TEMPLATE") for line in lines)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from potstill.models.prompting import PromptFormat
+from potstill.models.prompting import PromptFormat, end_of_turn
 from potstill.progress import say
 
 # What the Jinja template renders for ChatML, in Go-template syntax: the system turn, every other
@@ -66,8 +66,12 @@ def render_modelfile(gguf_path: str, tokenizer: Any, instruction: str, num_predi
     else:
         say("[yellow]export: the chat template is not ChatML; the Modelfile has no TEMPLATE "
             "(Ollama uses the one it detects from the GGUF)[/yellow]")
-    if tokenizer.eos_token and tokenizer.eos_token not in stops:
-        stops.append(tokenizer.eos_token)
+    # The turn end the student learned to write after an answer (``<end_of_turn>`` for Gemma), which
+    # is not always its EOS: every potstill generation stops there, and so must Ollama's.
+    ends = [end_of_turn(tokenizer)] if template else []
+    for end in [*ends, tokenizer.eos_token]:
+        if end and end not in stops:
+            stops.append(end)
     if instruction:
         lines += [f"SYSTEM {_quote(instruction)}", ""]
     # Greedy, like potstill's own evaluation, and no longer than the task's longest answer.
