@@ -339,3 +339,28 @@ def test_modelfile_stops_at_the_chat_templates_turn_end_when_it_is_not_eos():
     lines = render_modelfile("./student-f16.gguf", tok, INSTRUCTION, 4, one_line=True).splitlines()
     assert 'PARAMETER stop "<end_of_turn>"' in lines and 'PARAMETER stop "<eos>"' in lines
     assert not any(line.startswith("TEMPLATE") for line in lines)
+
+
+SMOLLM2_TEMPLATE = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+                    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
+                    "<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+                    "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+                    "{% endif %}")
+
+
+def test_modelfile_of_an_empty_instruction_keeps_the_templates_default_system_turn():
+    """With task.instruction empty the student trains on prompts without a system message, and
+    SmolLM2's (or Qwen2.5's) template then writes its own default system turn: that is the prompt it
+    learned. The Modelfile had no SYSTEM, so Ollama's ChatML TEMPLATE sent no system turn at all."""
+    from potstill.export.modelfile import render_modelfile
+    from potstill.models.prompting import PromptFormat
+    from tests.export.conftest import make_bpe_tokenizer
+
+    tok = make_bpe_tokenizer()
+    tok.chat_template = SMOLLM2_TEMPLATE
+    trained = PromptFormat(kind="chat", instruction="").query(tok, [{"role": "user", "content": "hi"}])
+    assert trained.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
+    text = render_modelfile("./student-f16.gguf", tok, "", 4)
+    assert 'SYSTEM """You are a helpful AI assistant named SmolLM, trained by Hugging Face"""' in text.splitlines()
+    tok = make_bpe_tokenizer()  # a plain ChatML template writes no system turn of its own: no SYSTEM either
+    assert not any(line.startswith("SYSTEM") for line in render_modelfile("./s.gguf", tok, "", 4).splitlines())

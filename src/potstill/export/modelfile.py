@@ -9,6 +9,7 @@ the Modelfile spells that prompt out (``COMPLETION_TEMPLATE``).
 
 The system prompt is the task instruction (``SYSTEM``), as the student saw it in training; Ollama
 places it in ``.System`` and also keeps it among ``.Messages``, so the loop skips system messages.
+Without an instruction it is the system turn the chat template writes by itself, if any (SmolLM2's).
 """
 
 from __future__ import annotations
@@ -42,6 +43,23 @@ def is_chatml(chat_template: str | None) -> bool:
     return bool(chat_template) and "<|im_start|>" in chat_template and "<|im_end|>" in chat_template
 
 
+def default_system(tokenizer: Any) -> str:
+    """The system turn a ChatML template writes for a chat that has none (SmolLM2's "You are a
+    helpful AI assistant named SmolLM, ...", Qwen2.5's "You are Qwen, ..."), else ''. A student trained
+    without an instruction learned its prompts with that turn; Ollama's TEMPLATE writes it only as SYSTEM."""
+    mark = "\u2063potstill-user\u2063"
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": mark}], tokenize=False,
+                                             add_generation_prompt=True)
+    except Exception:  # noqa: BLE001 - a template that will not render keeps no default
+        return ""
+    head, end = "<|im_start|>system\n", "<|im_end|>"
+    before = text.split(mark, 1)[0]
+    if head not in before or end not in before.split(head, 1)[1]:
+        return ""
+    return before.split(head, 1)[1].split(end, 1)[0]
+
+
 def _quote(text: str) -> str:
     """A Modelfile string: triple quotes unless the text holds them, else a JSON-escaped string."""
     return f'"""{text}"""' if '"""' not in text and not text.endswith('"') else json.dumps(text)
@@ -59,6 +77,7 @@ def render_modelfile(gguf_path: str, tokenizer: Any, instruction: str, num_predi
     if is_chatml(template):
         lines += [f"TEMPLATE {_quote(CHATML_TEMPLATE)}", ""]
         stops = ["<|im_end|>", "<|im_start|>"]
+        instruction = instruction or default_system(tokenizer)
     elif not template:
         lines += [f"TEMPLATE {_quote(COMPLETION_TEMPLATE)}", ""]
         stops = ["\n"] if one_line else []
