@@ -10,6 +10,7 @@ from potstill.models.loading import load_lm
 from potstill.records import Record
 from potstill.students import predict, student_format
 from potstill.tasks import get_task
+from potstill.train.batching import build_examples, collate
 from potstill.train.trainer import train
 
 LABELS = ["sports", "tech", "politics"]
@@ -116,3 +117,24 @@ def test_examples_cut_to_max_length_are_named(tiny_model, tmp_path, capsys):
     text = (said.out + said.err).replace("\n", " ")
     assert "train: 6 of 6 training examples are longer than student.max_length 12 tokens" in text, text
     assert "raise student.max_length to" in text
+
+
+def test_val_loss_is_measured_without_dropout(tiny_model, tmp_path):
+    """val_loss (train.json, the closing line) is the trained student's loss on val.jsonl: it was
+    measured with the module still in training mode, so with train.lora_dropout it was the loss of a
+    randomly thinned student, not the one saved."""
+    task = get_task(TaskConfig(type="classification", labels=LABELS, instruction="classify the text"))
+    records = [Record(messages=[{"role": "user", "content": t}], output=LABELS[i % 3], valid=True)
+               for i, t in enumerate(TEXTS)]
+    lm = load_lm(str(tiny_model))
+    cfg = TrainConfig(method="lora", lora_r=4, lora_alpha=8, lora_dropout=0.5, lr=0.2, epochs=10, batch_size=6,
+                      seed=0, int8_calibration=0)
+    summary = train(lm, student_format(lm, task), task, records, records, cfg, 64, tmp_path / "student",
+                    tmp_path / "metrics.jsonl")
+    saved = load_lm(str(tmp_path / "student"))
+    b = collate(build_examples(saved, student_format(saved, task), task, records, 64), saved.tokenizer.pad_token_id,
+                saved.device)
+    with torch.no_grad():
+        logits = saved.model(input_ids=b.ids, attention_mask=b.attention_mask).logits[:, :-1]
+    want = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), b.ce_targets.reshape(-1))
+    assert summary["val_loss"] == pytest.approx(float(want), rel=1e-5)

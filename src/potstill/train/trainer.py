@@ -545,6 +545,8 @@ def evaluate_loss(module: _LossModule, examples: list[Example], cfg: TrainConfig
     if not examples:
         return None
     total, n = 0.0, 0
+    was_training = module.training
+    module.eval()  # the saved student's loss: no LoRA or attention dropout
     with torch.no_grad():
         for i in range(0, len(examples), cfg.batch_size):
             batch = examples[i : i + cfg.batch_size]
@@ -556,4 +558,5 @@ def evaluate_loss(module: _LossModule, examples: list[Example], cfg: TrainConfig
             loss, _ = combine(sums, counts, cfg)
             total += float(loss) * len(batch)
             n += len(batch)
+    module.train(was_training)
     return total / n
