@@ -1,6 +1,7 @@
 """The trainer on a tiny model: label-level KD lowers the KL to the teacher's soft labels."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -138,3 +139,28 @@ def test_val_loss_is_measured_without_dropout(tiny_model, tmp_path):
         logits = saved.model(input_ids=b.ids, attention_mask=b.attention_mask).logits[:, :-1]
     want = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), b.ce_targets.reshape(-1))
     assert summary["val_loss"] == pytest.approx(float(want), rel=1e-5)
+
+
+def test_lora_student_loads_from_any_directory(tmp_path, monkeypatch):
+    """A LoRA student names its base in adapter_config.json. A base given as a relative path
+    (student.model: ./base, read from a config in the current directory) was written as 'base', so
+    serve, evaluate or export started from any other directory looked for it there, and then on the
+    Hugging Face hub as the model id 'base'."""
+    from tests.helpers.tiny import make_model_dir
+
+    monkeypatch.chdir(tmp_path)
+    make_model_dir(Path("base"))
+    task = get_task(TaskConfig(type="classification", labels=LABELS, instruction="classify the text"))
+    records = [Record(messages=[{"role": "user", "content": t}], output=LABELS[i % 3], valid=True)
+               for i, t in enumerate(TEXTS)]
+    lm = load_lm("base")
+    cfg = TrainConfig(method="lora", lora_r=4, lora_alpha=8, lr=0.05, epochs=4, batch_size=6, seed=0)
+    train(lm, student_format(lm, task), task, records, [], cfg, 64, Path("run/student"), Path("run/metrics.jsonl"))
+    ids = torch.tensor([lm.tokenizer("the team won the match")["input_ids"]])
+    with torch.no_grad():
+        want = lm.model(input_ids=ids).logits
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    student = load_lm(str(tmp_path / "run" / "student"))
+    with torch.no_grad():
+        torch.testing.assert_close(student.model(input_ids=ids).logits, want, rtol=1e-4, atol=1e-5)

@@ -521,6 +521,11 @@ def _save_student(s: _Setup, lm: LM, cfg: TrainConfig, out_dir: Path, ckpt_dir: 
     model.eval()
     if accel.is_main_process:
         if cfg.method in ("lora", "qlora"):
+            for conf in model.peft_config.values():
+                # A base read from a relative path ('./base') is named by it: resolved against the cwd
+                # of whoever loads the adapter later, then tried as a hub id.
+                if conf.base_model_name_or_path and Path(conf.base_model_name_or_path).is_dir():
+                    conf.base_model_name_or_path = str(Path(conf.base_model_name_or_path).resolve())
             # Replaced whole, as a full fine-tune is: saved into the old directory, an adapter sat
             # beside an earlier full student's weights, and through a promoted student's symlink it
             # overwrote the archived champion in RUN/students/.
