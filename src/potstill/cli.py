@@ -3,7 +3,8 @@
 Each command's flags are the config fields it reads (``--teacher.model``, ``--train.lr``; a
 stage's come from its declaration in ``potstill.pipeline``), generated from the pydantic models
 so their help is the field's one description. Values are parsed as YAML scalars
-(``--curate.dedup false``, ``--task.labels '[a, b]'``) and validated by the config model.
+(``--curate.dedup false``, ``--task.labels '[a, b]'``), a text field's taken as written
+(``_flag_value``), and validated by the config model.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import os
 import sqlite3
 import sys
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
@@ -45,8 +47,10 @@ def config_command(name: str, fields: list[str], on_run: bool = False) -> Callab
         params.append(inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
             Optional[Path], typer.Option("--config", "-c", help=f"potstill.yaml to load ({where}).")]))
         wanted = set(leaf_fields(fields)) | (set() if on_run else {"run_dir"})
+        types = {}
         for key, ann, desc in flat_fields(Config):
             if key in wanted:
+                types[key] = ann
                 params += _field_flags(key, ann, desc, short=on_run and key.split(".")[0] == name)
 
         def command(**kwargs: Any) -> None:
@@ -56,7 +60,7 @@ def config_command(name: str, fields: list[str], on_run: bool = False) -> Callab
             for k, v in kwargs.items():
                 if v is not None:
                     key = k.removeprefix("flag__").replace("__", ".")
-                    overrides[key] = v if k.startswith("flag__") else _yaml_value(key, v)
+                    overrides[key] = v if k.startswith("flag__") else _flag_value(key, v, types[key])
             if on_run:
                 from potstill.serve import run_config
 
@@ -71,6 +75,31 @@ def config_command(name: str, fields: list[str], on_run: bool = False) -> Callab
         return fn
 
     return register
+
+
+YAML_NULLS = ("null", "Null", "NULL", "~")
+
+
+def _flag_value(key: str, text: str, ann: Any) -> Any:
+    """A flag's value: a YAML scalar, except in a text field, which takes the text as written.
+
+    YAML would read ``--teacher.answer_prefix 'Answer:'`` as a mapping, ``--curate.output_regex
+    '[ab]+'`` as a list, ``'# ...'`` and ``''`` as null (so ``--api-key-env ''`` could not turn auth
+    off); a text field gets none of those. A quoted value still loses its quotes, and a field that
+    may be unset takes null (or ~).
+    """
+    args = set(typing.get_args(ann))
+    if ann is str or args == {str, type(None)}:
+        if args and text.strip() in YAML_NULLS:
+            return None
+        if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+            try:
+                quoted = yaml.safe_load(text)
+            except yaml.YAMLError:
+                return text
+            return quoted if isinstance(quoted, str) else text
+        return text
+    return _yaml_value(key, text)
 
 
 def _yaml_value(key: str, text: str) -> Any:
