@@ -120,3 +120,19 @@ def test_a_section_whose_fields_are_all_commented_out_is_its_defaults(tmp_path):
     cfg = load_config(path, {"watch.window": 50})
     assert cfg.export.dtype == "f32" and cfg.export.gguf_types == ["f16", "q8_0"]
     assert cfg.watch.window == 50 and cfg.evaluate.judge.teacher is None
+
+
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
+    """YAML keeps the last of two equal keys: a second `train:` block (added at the end of a long
+    file) silently dropped every field of the first, and a run trained at the default lr. A merge
+    key (`<<: *base`) may still be overridden."""
+    path = tmp_path / "potstill.yaml"
+    path.write_text("task:\n  labels: [a, b]\ntrain:\n  lr: 0.5\nteacher:\n  type: openai\ntrain:\n  epochs: 3\n")
+    with pytest.raises(PotstillError, match=r"potstill.yaml: invalid YAML: duplicate key 'train' \(first on line 3\) "
+                                            r"\(line 7, column 1\)"):
+        load_config(path)
+    path.write_text("task:\n  labels: [a, b]\n  labels: [c, d]\n")
+    with pytest.raises(PotstillError, match=r"duplicate key 'labels' \(first on line 2\) \(line 3, column 3\)"):
+        load_config(path)
+    path.write_text("task: {labels: [a, b]}\nevaluate: {judge: {teacher: {<<: {model: m, type: openai}, model: n}}}\n")
+    assert load_config(path).evaluate.judge.teacher.model == "n"

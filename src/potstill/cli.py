@@ -21,7 +21,7 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 import yaml
 
-from potstill.config import Config, flat_fields, load_config, starter_yaml, yaml_problem
+from potstill.config import Config, flat_fields, load_config, safe_load, starter_yaml, yaml_problem
 from potstill.errors import PotstillError
 from potstill.pipeline import STAGES, SYNTHESIZE, run_all
 from potstill.stage import Stage, leaf_fields
@@ -94,7 +94,7 @@ def _flag_value(key: str, text: str, ann: Any) -> Any:
             return None
         if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
             try:
-                quoted = yaml.safe_load(text)
+                quoted = safe_load(text)
             except yaml.YAMLError:
                 return text
             return quoted if isinstance(quoted, str) else text
@@ -105,7 +105,7 @@ def _flag_value(key: str, text: str, ann: Any) -> Any:
 def _yaml_value(key: str, text: str) -> Any:
     """A flag's value read as YAML (the value itself is not repeated in the error: it may be a secret)."""
     try:
-        return yaml.safe_load(text)
+        return safe_load(text)
     except yaml.YAMLError as e:
         raise PotstillError(f"--{key}: the value is not valid YAML: {yaml_problem(e)}") from None
 

@@ -71,6 +71,32 @@ def set_dotted(data: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping: plain YAML keeps the last,
+    so a second `train:` block would drop every field of the first without a word. Keys brought in
+    by a merge (``<<: *base``) may still be overridden, as YAML means them to be."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in first:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key '{key}' (first on line {first[key] + 1})", key_node.start_mark)
+                first[key] = key_node.start_mark.line
+            except TypeError:  # an unhashable key: the base loader names it
+                pass
+        return super().construct_mapping(node, deep)
+
+
+def safe_load(text: str) -> Any:
+    """``yaml.safe_load`` that refuses duplicate keys (``UniqueKeyLoader``)."""
+    return yaml.load(text, Loader=UniqueKeyLoader)
+
+
 def yaml_problem(e: yaml.YAMLError) -> str:
     """PyYAML's error on one line: the problem and where, without its multi-line excerpt."""
     mark = getattr(e, "problem_mark", None)
@@ -90,7 +116,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         if path.is_dir():
             raise PotstillError(f"{path} is a directory, not a config file")
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            data = safe_load(path.read_text(encoding="utf-8")) or {}
         except UnicodeDecodeError as e:
             raise PotstillError(f"{path}: not UTF-8 text (byte {e.start})") from None
         except yaml.YAMLError as e:
