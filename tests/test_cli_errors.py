@@ -155,3 +155,18 @@ def test_a_generate_whose_teacher_cannot_be_made_leaves_no_ledger(work, tiny_mod
     code, err = _cli(monkeypatch, capsys, "generate", "-c", "c.yaml", "--run_dir", "run", "--teacher.type", "vllm")
     assert code == 2 and len(err) == 1 and err[0].startswith("error: unknown teacher type 'vllm'")
     assert not (work / "run" / "calls.sqlite").exists()
+
+
+def test_a_manifest_that_is_not_json_or_not_a_manifest_is_one_line_and_kept(work, monkeypatch, capsys):
+    """RUN/manifest.json broken by hand (an edit, a merge conflict) or holding other JSON ended every
+    stage command in a JSONDecodeError or KeyError traceback; it is one line, and the file is left."""
+    (work / "run").mkdir()
+    (work / "run" / "teacher.jsonl").write_text('{"input": "the match", "output": "a"}\n')
+    for text, why in (("{oops", "not valid JSON: Expecting property name enclosed in double quotes (line 1, column 2)"),
+                      ("[1, 2]", "not a potstill manifest (no 'stages' object)"),
+                      ('{"stages": {"curate": 3}}', "not a potstill manifest (stage 'curate' is not an object)")):
+        (work / "run" / "manifest.json").write_text(text)
+        code, err = _cli(monkeypatch, capsys, "curate", "-c", "c.yaml", "--run_dir", "run")
+        assert (code, err) == (2, [f"error: run/manifest.json: {why}; move it aside (the stages then run again)"])
+        assert (work / "run" / "manifest.json").read_text() == text
+        assert not (work / "run" / "train.jsonl").exists()

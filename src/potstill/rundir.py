@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from potstill import __version__
+from potstill.errors import PotstillError
 from potstill.hashing import hash_obj, hash_path
 from potstill.ledger import Ledger
 from potstill.records import write_json
@@ -34,9 +35,24 @@ class RunDir:
 
     # ------------------------------------------------------------------ manifest
     def manifest(self) -> dict[str, Any]:
-        if self.manifest_path.exists():
-            return json.loads(self.manifest_path.read_text())
-        return {"stages": {}}
+        if not self.manifest_path.exists():
+            return {"stages": {}}
+        try:
+            m = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:  # a hand edit or a merge conflict: write_json itself is atomic
+            self._refuse(f"not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})")
+        except UnicodeDecodeError as e:
+            self._refuse(f"not UTF-8 text (byte {e.start})")
+        if not isinstance(m, dict) or not isinstance(m.get("stages"), dict):
+            self._refuse("not a potstill manifest (no 'stages' object)")
+        for name, entry in m["stages"].items():
+            if not isinstance(entry, dict):
+                self._refuse(f"not a potstill manifest (stage '{name}' is not an object)")
+        return m
+
+    def _refuse(self, why: str) -> NoReturn:
+        # Not rewritten over: it may be the only record of which artifacts a stage wrote.
+        raise PotstillError(f"{self.manifest_path}: {why}; move it aside (the stages then run again)")
 
     def fingerprint(self, stage: str, settings: Any, inputs: list[str | Path]) -> str:
         """Hash of a stage's settings, its input artifacts' contents and the code version.
