@@ -49,3 +49,28 @@ def test_text_fields_take_the_text_as_written(curated, monkeypatch, capsys):
          "--curate.val", "0", "--curate.test", "0", "--curate.near_dup", "false")
     saved = yaml.safe_load((curated / "run" / "potstill.yaml").read_text())
     assert (saved["teacher"]["terms"], saved["curate"]["output_regex"]) == ("yes", None)
+
+
+def test_serve_and_redistill_take_a_flag_for_each_field_they_read(tmp_path, monkeypatch, capsys):
+    """README: every config command takes a flag for each config field it reads. serve escalates to
+    the teacher, prices the student and polls for promotions (redistill.reload_poll_s); redistill asks
+    the teacher under generate's budget, curates and trains: those flags were 'No such option', so
+    `potstill redistill RUN --generate.budget_usd 5` could not cap the spend without editing the
+    run's saved config. Each value below is out of range, so the error shows it reached the config."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "potstill.yaml").write_text(CONFIG.replace("run_dir: run", "run_dir: ."))
+    cases = {"serve": [("--teacher.timeout_s", "0", "teacher.timeout_s: Input should be greater than 0"),
+                       ("--student.usd_per_hour", "-1", "student.usd_per_hour: Input should be greater than or equal to 0"),
+                       ("--redistill.reload_poll_s", "-1", "redistill.reload_poll_s: Input should be greater than or equal to 0")],
+             "redistill": [("--generate.budget_usd", "-1", "generate.budget_usd: Input should be greater than or equal to 0"),
+                           ("--train.lr", "0", "train.lr: Input should be greater than 0"),
+                           ("--curate.min_agreement", "2", "curate.min_agreement: Input should be less than or equal to 1"),
+                           ("--teacher.max_tokens", "0", "teacher.max_tokens: Input should be greater than or equal to 1")]}
+    for command, flags in cases.items():
+        for flag, value, why in flags:
+            code, err = _cli(monkeypatch, capsys, command, "run", flag, value)
+            assert (code, err) == (2, [f"error: run/potstill.yaml: {why}"]), (command, flag)
+    # The task is the trained student's: not a flag of serve (changing it there would serve another task).
+    code, err = _cli(monkeypatch, capsys, "serve", "run", "--task.labels", "[x, y]")
+    assert code == 2 and any("No such option: --task.labels" in line for line in err)

@@ -269,7 +269,9 @@ def import_(
     typer.echo(f"wrote {n} records to {out}")
 
 
-@config_command("serve", ["serve"], on_run=True)
+# Besides its own section, a run-directory command takes the other fields it reads; not the task,
+# which is the trained student's own.
+@config_command("serve", ["serve", "teacher", "student.usd_per_hour", "redistill.reload_poll_s"], on_run=True)
 def serve(cfg: Config, run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="Run directory with student/, val.jsonl and train.jsonl.")],
           recalibrate: Annotated[bool, typer.Option(help="Recalibrate routing even if RUN/serve/routing.json is current.")] = False,
           ) -> None:
@@ -350,7 +352,8 @@ def export_check(file: Annotated[Path, typer.Argument(help="JSONL file in OpenAI
     typer.echo(f"{file}: ok")
 
 
-@config_command("redistill", ["redistill"], on_run=True)
+@config_command("redistill", ["redistill", "teacher", "generate", "curate", "train", "student", "evaluate.batch_size",
+                              "report.seed", "report.bootstrap_samples", "tracking"], on_run=True)
 def redistill(cfg: Config, run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="Served run directory (student/, splits, calls.sqlite).")],
               rollback: Annotated[Optional[str], typer.Option(
                   help="Instead: point RUN/student back at a kept student (students/<id>).")] = None,
