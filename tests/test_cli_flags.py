@@ -74,3 +74,29 @@ def test_serve_and_redistill_take_a_flag_for_each_field_they_read(tmp_path, monk
     # The task is the trained student's: not a flag of serve (changing it there would serve another task).
     code, err = _cli(monkeypatch, capsys, "serve", "run", "--task.labels", "[x, y]")
     assert code == 2 and any("No such option: --task.labels" in line for line in err)
+
+
+def test_field_help_is_shown_whole_with_its_type_and_default(monkeypatch, capsys):
+    """A flag's help is its field's description, rendered by rich: text in brackets was read as markup
+    and dropped, so the engine help said `pip install 'potstill'` (the extra [ctranslate2] gone), and
+    the type appended as [int], [float], [str] or [bool] vanished while a choice showed [Literal]."""
+    monkeypatch.setenv("COLUMNS", "1000")
+    monkeypatch.setattr(sys, "argv", ["potstill", "generate", "--help"])
+    with pytest.raises(SystemExit):
+        main()
+    lines = {line.split()[1]: " ".join(line.split()) for line in capsys.readouterr().out.splitlines()
+             if line.startswith("│ --")}
+    assert "pip install 'potstill[ctranslate2]'" in lines["--teacher.engine"]
+    assert lines["--teacher.logprobs"].endswith("Top-k log-probabilities to request per output token (0: none). "
+                                                "[int; default 0] │")
+    assert "[chat | completion; default chat]" in lines["--teacher.prompt_format"]
+    assert "[float | auto; default auto]" in lines["--teacher.recheck_margin"]
+    assert "[text or null; default null]" in lines["--teacher.base_url"]
+    assert "[list of text; default []]" in lines["--teacher.stop"]
+    assert "[int or null; default null]" in lines["--generate.rpm"]
+    # A run-directory command's defaults are the run's saved config, not the built-in ones: none shown.
+    monkeypatch.setattr(sys, "argv", ["potstill", "serve", "--help"])
+    with pytest.raises(SystemExit):
+        main()
+    port = [" ".join(line.split()) for line in capsys.readouterr().out.splitlines() if "--serve.port" in line]
+    assert port[0].endswith("(0: any free port). [int] │")

@@ -14,19 +14,24 @@ import json
 import os
 import sqlite3
 import sys
+import types
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Callable, Literal, Optional
 
 import typer
 import yaml
+from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
+from rich.markup import escape
 
 from potstill.config import Config, flat_fields, load_config, safe_load, starter_yaml, yaml_problem
 from potstill.errors import PotstillError
 from potstill.pipeline import STAGES, SYNTHESIZE, run_all
 from potstill.stage import Stage, leaf_fields
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+# Help is rendered with rich markup (typer's default, said here since field help is escaped for it).
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode="rich",
                   help="potstill: distil a large teacher LLM into a small student, and prove the trade on your data.")
 
 
@@ -47,11 +52,13 @@ def config_command(name: str, fields: list[str], on_run: bool = False) -> Callab
         params.append(inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
             Optional[Path], typer.Option("--config", "-c", help=f"potstill.yaml to load ({where}).")]))
         wanted = set(leaf_fields(fields)) | (set() if on_run else {"run_dir"})
-        types = {}
+        types, defaults = {}, _builtin_defaults()
         for key, ann, desc in flat_fields(Config):
             if key in wanted:
                 types[key] = ann
-                params += _field_flags(key, ann, desc, short=on_run and key.split(".")[0] == name)
+                # A run-directory command's defaults are the run's saved config: the built-in one would mislead.
+                shown = _MISSING if on_run else defaults[key]
+                params += _field_flags(key, ann, desc, shown, short=on_run and key.split(".")[0] == name)
 
         def command(**kwargs: Any) -> None:
             mine = {p.name: kwargs.pop(p.name) for p in own}
@@ -110,14 +117,58 @@ def _yaml_value(key: str, text: str) -> Any:
         raise PotstillError(f"--{key}: the value is not valid YAML: {yaml_problem(e)}") from None
 
 
-def _field_flags(key: str, ann: Any, desc: str, short: bool) -> list[inspect.Parameter]:
-    """``--section.field VALUE`` (a YAML scalar the config model validates), and its short form."""
-    type_name = getattr(ann, "__name__", str(ann)).replace("typing.", "")
+_MISSING = object()
+
+
+def _builtin_defaults(model: type[BaseModel] = Config, prefix: str = "") -> dict[str, Any]:
+    """Dotted leaf field -> its built-in default (what ``flat_fields`` lists)."""
+    out: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out.update(_builtin_defaults(ann, f"{prefix}{name}."))
+        else:
+            out[f"{prefix}{name}"] = field.get_default(call_default_factory=True)
+    return out
+
+
+def _type_text(ann: Any) -> str:
+    """A field's type as a user types it: int, float, text, bool, the choices of a Literal, null."""
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if origin is Annotated:
+        return _type_text(args[0])
+    if origin is Literal:
+        return " | ".join(str(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        shown = " | ".join(_type_text(a) for a in args if a is not type(None))
+        return f"{shown} or null" if type(None) in args else shown
+    if origin is list:
+        return f"list of {_type_text(args[0])}" if args else "list"
+    if origin is dict or (isinstance(ann, type) and issubclass(ann, BaseModel)):
+        return "mapping"
+    return {str: "text", int: "int", float: "float", bool: "bool"}.get(ann, getattr(ann, "__name__", str(ann)))
+
+
+def _default_text(value: Any) -> str | None:
+    """A default as YAML would write it; None for one too long to help (the price table)."""
+    if isinstance(value, str):
+        return value or "''"
+    text = yaml.safe_dump(to_jsonable_python(value), default_flow_style=True, width=10**6).strip()
+    text = text.removesuffix("...").strip()
+    return text if len(text) <= 40 else None
+
+
+def _field_flags(key: str, ann: Any, desc: str, default: Any, short: bool) -> list[inspect.Parameter]:
+    """``--section.field VALUE`` (a YAML scalar the config model validates), and its short form.
+    Its help is the field's description, its type and (``default`` not ``_MISSING``) its default,
+    escaped: rich would read ``'potstill[ctranslate2]'`` or ``[int]`` as markup and drop it."""
+    shown = None if default is _MISSING else _default_text(default)
     panel = key.split(".")[0] if "." in key else "run"
     dashed = key.split(".")[-1].replace("_", "-")
     names = [f"--{key}"] + ([f"--{dashed}"] if short and ann is not bool else [])
+    help = escape(f"{desc} [{_type_text(ann)}" + (f"; default {shown}]" if shown is not None else "]"))
     params = [inspect.Parameter(key.replace(".", "__"), inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
-        Optional[str], typer.Option(*names, help=f"{desc} [{type_name}]", rich_help_panel=panel)])]
+        Optional[str], typer.Option(*names, help=help, rich_help_panel=panel)])]
     if short and ann is bool:
         params.append(inspect.Parameter("flag__" + key.replace(".", "__"), inspect.Parameter.KEYWORD_ONLY, default=None,
                                         annotation=Annotated[Optional[bool], typer.Option(
