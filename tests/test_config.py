@@ -136,3 +136,14 @@ def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
         load_config(path)
     path.write_text("task: {labels: [a, b]}\nevaluate: {judge: {teacher: {<<: {model: m, type: openai}, model: n}}}\n")
     assert load_config(path).evaluate.judge.teacher.model == "n"
+
+
+def test_a_typo_in_the_judges_teacher_section_gets_a_teacher_fields_suggestion():
+    """evaluate.judge.teacher is an optional teacher section: a typo in it was matched against the
+    judge's own fields ('rubrik' -> 'evaluate.judge.teacher.rubric', a field no teacher has) and
+    an OpenAI-style api_key got no pointer to api_key_env."""
+    for typo, meant in (("temprature", "temperature"), ("api_key", "api_key_env"), ("rubrik", None)):
+        with pytest.raises(PotstillError) as e:
+            load_config(None, {"task.labels": ["a", "b"], "evaluate.judge.teacher": {"type": "openai", typo: 1}})
+        hint = f"; did you mean 'evaluate.judge.teacher.{meant}'?" if meant else ""
+        assert str(e.value) == f"config: unknown config field 'evaluate.judge.teacher.{typo}'{hint}"

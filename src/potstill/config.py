@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +26,22 @@ from potstill.config_models import (  # noqa: F401  (the sections, re-exported: 
 from potstill.errors import PotstillError
 
 
+def _section_model(ann: Any) -> type[BaseModel] | None:
+    """The section model a field holds, also where it may be null (``evaluate.judge.teacher``)."""
+    for t in (ann, *typing.get_args(ann)):
+        if isinstance(t, type) and issubclass(t, BaseModel):
+            return t
+    return None
+
+
 def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
     """Field names valid at a location (for 'did you mean' suggestions)."""
     for part in loc:
         field = model.model_fields.get(str(part))
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+        inner = None if field is None else _section_model(field.annotation)
+        if inner is None:
             return list(model.model_fields)
-        model = field.annotation
+        model = inner
     return list(model.model_fields)
 
 
