@@ -147,3 +147,22 @@ def test_a_typo_in_the_judges_teacher_section_gets_a_teacher_fields_suggestion()
             load_config(None, {"task.labels": ["a", "b"], "evaluate.judge.teacher": {"type": "openai", typo: 1}})
         hint = f"; did you mean 'evaluate.judge.teacher.{meant}'?" if meant else ""
         assert str(e.value) == f"config: unknown config field 'evaluate.judge.teacher.{typo}'{hint}"
+
+
+def test_a_price_added_in_the_config_extends_the_built_in_table(tmp_path):
+    """generate.prices 'edit or extend in potstill.yaml': a config adding its own model's price
+    replaced the whole table, so a gpt-4o-mini teacher beside it was unpriced: its calls cost $0 in
+    the ledger, `potstill cost` and evaluate's break-even, without a word. An entry the config gives
+    wins over the built-in one; other models keep theirs (from the file and from a flag)."""
+    from potstill.teachers.api.prices import price_for
+
+    path = tmp_path / "potstill.yaml"
+    path.write_text("task: {labels: [a, b]}\ngenerate:\n  prices:\n    my-judge: {input_per_mtok: 1, output_per_mtok: 2}\n"
+                    "    gpt-4o: {input_per_mtok: 2.0, output_per_mtok: 8.0}\n")
+    for cfg in (load_config(path), load_config(None, {"task.labels": ["a", "b"], "generate.prices": yaml.safe_load(
+            "{my-judge: {input_per_mtok: 1, output_per_mtok: 2}, gpt-4o: {input_per_mtok: 2.0, output_per_mtok: 8.0}}")})):
+        zero = cfg.teacher.price
+        assert price_for("gpt-4o-mini-2024-07-18", zero, cfg.generate.prices) is not None
+        assert cfg.generate.prices["gpt-4o-mini"]["input_per_mtok"] == 0.15
+        assert cfg.generate.prices["gpt-4o"] == {"input_per_mtok": 2.0, "output_per_mtok": 8.0}
+        assert cfg.generate.prices["my-judge"]["output_per_mtok"] == 2

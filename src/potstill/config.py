@@ -21,7 +21,7 @@ from potstill.config_models import (  # noqa: F401  (the sections, re-exported: 
     Config, CurateConfig, DataConfig, DtypeName, EvaluateConfig, ExportConfig, FewShotConfig, GenerateConfig,
     INPUT_FILE, JudgeConfig, MODEL_REF, PathRole, PilotConfig, PriceConfig, QualityBar, RUN_PATH,
     RedistillConfig, ReportConfig, Section, ServeConfig, StudentConfig, SynthesizeConfig, TaskConfig,
-    TeacherConfig, TrainConfig, WatchConfig,
+    TeacherConfig, TrainConfig, WatchConfig, _default_prices,
 )
 from potstill.errors import PotstillError
 
@@ -138,6 +138,11 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         data = _resolve_paths(data, path.parent)
     for key, value in (overrides or {}).items():
         set_dotted(data, key, value)
+    generate = data.get("generate")
+    if isinstance(generate, dict) and isinstance(generate.get("prices"), dict):
+        # A config's price table extends the built-in one (its entries win): a config that priced
+        # only its own model left every built-in one unpriced, its calls at $0.
+        generate["prices"] = {**_default_prices(), **generate["prices"]}
     try:
         return Config.model_validate(data)
     except ValidationError as e:

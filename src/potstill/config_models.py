@@ -430,7 +430,8 @@ class GenerateConfig(Section):
     )
     prices: dict[str, dict[str, float]] = Field(
         default_factory=_default_prices,
-        description="USD per million tokens by model id prefix ({input_per_mtok, output_per_mtok}); used when teacher.price is all zero.",
+        description="USD per million tokens by model id prefix ({input_per_mtok, output_per_mtok}); used when teacher.price "
+        "is all zero. A config's entries extend the built-in table (and replace the entries of the same name).",
     )
 
     batch_price: dict[str, float] = Field(
