@@ -39,7 +39,7 @@ def test_label_kd_lowers_kl_to_teacher(tiny_model, tmp_path, dtype):
                label_probs=dict(zip(LABELS, PROBS[i % 3])), valid=True)
         for i, t in enumerate(TEXTS)
     ]
-    lm = load_lm(str(tiny_model))
+    lm = load_lm(str(tiny_model), device="cpu")  # the CPU's precision rules below, on any machine
     before = kl_to_teacher(lm, task, records)
     cfg = TrainConfig(objective="kd", kd_weight=5.0, lr=0.02, epochs=30, batch_size=6, seed=0, dtype=dtype)
     summary = train(lm, student_format(lm, task), task, records, records[:2], cfg, 64, tmp_path / "student",
@@ -52,10 +52,28 @@ def test_label_kd_lowers_kl_to_teacher(tiny_model, tmp_path, dtype):
     assert summary["mixed_precision"] == ("bf16" if dtype == "bfloat16" else "no")
     if dtype == "bfloat16":  # the first step's loss (same weights, same batch) within bf16 rounding of fp32's
         one = TrainConfig(objective="kd", kd_weight=5.0, lr=0.02, epochs=1, batch_size=6, seed=0)
-        train(load_lm(str(tiny_model)), student_format(lm, task), task, records, records[:2], one, 64,
+        train(load_lm(str(tiny_model), device="cpu"), student_format(lm, task), task, records, records[:2], one, 64,
               tmp_path / "fp32", tmp_path / "fp32.jsonl")
         first = json.loads((tmp_path / "fp32.jsonl").read_text().splitlines()[0])
         assert rows[0]["kd"] == pytest.approx(first["kd"], rel=0.02) and rows[0]["kd"] != first["kd"]
+
+
+def test_a_second_training_in_one_process_may_change_precision(tiny_model, tmp_path):
+    """accelerate's process-wide state, left at bf16 by an earlier Accelerator in this process (the
+    caller's, or a bf16 training on a GPU), refused the next run's precision with 'AcceleratorState has
+    already been initialized and cannot be changed, restart your runtime'."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # whatever earlier tests left
+    Accelerator(cpu=True, mixed_precision="bf16")
+    task = get_task(TaskConfig(type="classification", labels=LABELS, instruction="classify the text"))
+    records = [Record(messages=[{"role": "user", "content": t}], output=LABELS[i % 3], valid=True)
+               for i, t in enumerate(TEXTS)]
+    lm = load_lm(str(tiny_model), device="cpu")
+    summary = train(lm, student_format(lm, task), task, records, [], TrainConfig(epochs=1, batch_size=6), 64,
+                    tmp_path / "student", tmp_path / "metrics.jsonl")
+    assert summary["mixed_precision"] == "no" and summary["steps"] == 1
 
 
 @pytest.mark.parametrize("top, trained", [(1, [1]), (2, [0, 1]), (3, [0, 1]), (5, [0, 1])])

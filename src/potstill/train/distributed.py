@@ -148,3 +148,23 @@ def fsdp_plugin() -> Any:
     else:
         from torch.distributed.fsdp import MixedPrecision as Policy
     return FullyShardedDataParallelPlugin(mixed_precision_policy=Policy())
+
+
+def accelerator(cuda: bool, mixed_precision: str) -> Any:
+    """The run's ``Accelerator`` on the CPU or the GPU, with ``mixed_precision``.
+
+    accelerate keeps one process-wide state and refuses another device or precision once set
+    ("AcceleratorState has already been initialized and cannot be changed, restart your runtime"):
+    a second ``train()`` in one process (a notebook, a sweep over depths, bf16 then float32 on a
+    GPU, or the caller's own ``Accelerator`` first) ended in that traceback. In a single process
+    nothing is shared with other ranks, so the state is started afresh when it disagrees; under a
+    launcher (several processes) it is the launcher's and is left alone."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, DistributedType
+
+    state = AcceleratorState._shared_state
+    if state and state.get("distributed_type") == DistributedType.NO and state.get("num_processes", 1) == 1:
+        device = state.get("device")
+        if state.get("_mixed_precision") != mixed_precision or (device is not None and (device.type == "cuda") != cuda):
+            AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(cpu=not cuda, mixed_precision=mixed_precision, fsdp_plugin=fsdp_plugin())

@@ -46,7 +46,7 @@ from potstill.tasks import Task
 from potstill.train import checkpoint
 from potstill.train.attention import causal_attention, decoder_inputs
 from potstill.train.batching import IGNORE, Batch, Example, build_examples, collate  # noqa: F401 (re-export)
-from potstill.train.distributed import (check_same_weights, deal, fsdp_plugin, global_counts,  # noqa: F401
+from potstill.train.distributed import (accelerator, check_same_weights, deal, fsdp_plugin, global_counts,  # noqa: F401
                                         global_values, load_on_every_rank)
 from potstill.train.fused_head import fused_linear_cross_entropy, fused_linear_kd, fused_linear_sparse_kd
 from potstill.train.losses import label_distribution_kd
@@ -337,8 +337,6 @@ def _lr_schedule(warmup_steps: int, total: int):
 
 def _setup(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: list[Record], cfg: TrainConfig,
            max_length: int) -> _Setup:
-    from accelerate import Accelerator
-
     cuda = lm.device.type == "cuda"
     if cfg.onpolicy_fraction > 0 and not cfg.teacher_model:
         raise PotstillError("train.onpolicy_fraction > 0 needs train.teacher_model to score the student's samples")
@@ -346,8 +344,7 @@ def _setup(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: li
     # bf16 autocast by default on GPU. On a CPU only when asked (train.dtype bfloat16, worth it with
     # AMX), and through torch.autocast in the step: accelerate's process-wide state cannot change
     # its mixed precision between two trainings in one process.
-    accel = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda and cfg.dtype != "float32" else "no",
-                        fsdp_plugin=fsdp_plugin())
+    accel = accelerator(cuda, "bf16" if cuda and cfg.dtype != "float32" else "no")
     if cfg.batch_size < accel.num_processes:
         raise PotstillError(f"train.batch_size {cfg.batch_size} is smaller than the {accel.num_processes} processes")
     model, base = _student_model(lm, cfg)
