@@ -12,7 +12,7 @@ MSGS = [[{"role": "user", "content": t}] for t in ["the team won", "new phone so
 def reference(lm, fmt, m, ids):
     full = encode_prompt(lm.tokenizer, fmt, fmt.prefix() + fmt.query(lm.tokenizer, m), first=True)
     with torch.inference_mode():
-        h = decoder(lm.model)(input_ids=torch.tensor([full])).last_hidden_state[:, -1]
+        h = decoder(lm.model)(input_ids=torch.tensor([full], device=lm.device)).last_hidden_state[:, -1]
         return apply_head(lm.model, h, ids)[0]
 
 

@@ -401,8 +401,19 @@ _TRITON_SCRIPT = textwrap.dedent(
 )
 
 
+def _triton_version() -> tuple[int, ...]:
+    import triton
+
+    return tuple(int(x) for x in triton.__version__.split(".")[:2])
+
+
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
 def test_triton_kernels_match_torch_backend_in_interpreter():
+    if _triton_version() < (3, 9):
+        # Triton 3.6's interpreter (a GPU machine's torch 2.11) cannot index the kernels' grid-stride loops,
+        # range(program_id, n_rows, num_programs): "only 0-dimensional arrays can be converted to Python
+        # scalars". The test install (pyproject's [test]) brings 3.9, which runs them.
+        pytest.skip("Triton's interpreter before 3.9 cannot run the grid-stride loops; the [test] extra installs 3.9")
     env = dict(os.environ, TRITON_INTERPRET="1")
     src = os.path.join(os.path.dirname(__file__), "..", "..", "src")
     env["PYTHONPATH"] = os.pathsep.join([os.path.abspath(src), env.get("PYTHONPATH", "")])

@@ -1,5 +1,6 @@
 """Token-level KD on tiny models: full logits of a local teacher, API-style top-k, and on-policy."""
 
+import importlib.util
 import json
 import math
 
@@ -97,7 +98,7 @@ def _teacher_topk(teacher_dir, records, k):
     out = []
     for r, e in zip(records, ex):
         with torch.no_grad():
-            lp = t.model(input_ids=torch.tensor([e.ids])).logits[0, :-1].log_softmax(-1)
+            lp = t.model(input_ids=torch.tensor([e.ids], device=t.device)).logits[0, :-1].log_softmax(-1).cpu()
         entries = []
         for j in range(e.n_prompt, len(e.ids)):
             row = lp[j - 1]
@@ -140,7 +141,10 @@ def test_bad_kd_settings_are_clear_errors(tiny_model, tmp_path):
     for cfg, msg in [(TrainConfig(onpolicy_fraction=0.5), "needs train.teacher_model"),
                      (TrainConfig(objective="kd", kd_signal="logits"), "needs train.teacher_model"),
                      (TrainConfig(objective="kd", kd_signal="topk"), "no training record carries logprobs"),
-                     (TrainConfig(method="qlora"), "qlora needs a CUDA GPU")]:
+                     (TrainConfig(method="qlora"), "qlora needs a CUDA GPU" if lm.device.type != "cuda" else
+                      "qlora needs bitsandbytes")]:
+        if cfg.method == "qlora" and lm.device.type == "cuda" and importlib.util.find_spec("bitsandbytes"):
+            continue  # a GPU with bitsandbytes trains QLoRA: nothing to refuse
         with pytest.raises(PotstillError, match=msg):
             train(lm, student_format(lm, task), task, _records(), [], cfg, 64, tmp_path / "s", tmp_path / "m.jsonl")
     assert not (tmp_path / "s").exists()
