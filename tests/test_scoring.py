@@ -13,7 +13,7 @@ def reference(lm, fmt, m, ids):
     full = encode_prompt(lm.tokenizer, fmt, fmt.prefix() + fmt.query(lm.tokenizer, m), first=True)
     with torch.inference_mode():
         h = decoder(lm.model)(input_ids=torch.tensor([full], device=lm.device)).last_hidden_state[:, -1]
-        return apply_head(lm.model, h, ids)[0]
+        return apply_head(lm.model, h, ids)[0].cpu()
 
 
 @pytest.mark.parametrize("batch_size", [1, 3])

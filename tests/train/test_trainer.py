@@ -145,12 +145,12 @@ def test_val_loss_is_measured_without_dropout(tiny_model, tmp_path):
     task = get_task(TaskConfig(type="classification", labels=LABELS, instruction="classify the text"))
     records = [Record(messages=[{"role": "user", "content": t}], output=LABELS[i % 3], valid=True)
                for i, t in enumerate(TEXTS)]
-    lm = load_lm(str(tiny_model))
+    lm = load_lm(str(tiny_model), device="cpu")  # fp32 on any machine: the tolerance below is fp32's
     cfg = TrainConfig(method="lora", lora_r=4, lora_alpha=8, lora_dropout=0.5, lr=0.2, epochs=10, batch_size=6,
                       seed=0, int8_calibration=0)
     summary = train(lm, student_format(lm, task), task, records, records, cfg, 64, tmp_path / "student",
                     tmp_path / "metrics.jsonl")
-    saved = load_lm(str(tmp_path / "student"))
+    saved = load_lm(str(tmp_path / "student"), device="cpu")
     b = collate(build_examples(saved, student_format(saved, task), task, records, 64), saved.tokenizer.pad_token_id,
                 saved.device)
     with torch.no_grad():
@@ -171,7 +171,7 @@ def test_lora_student_loads_from_any_directory(tmp_path, monkeypatch):
     task = get_task(TaskConfig(type="classification", labels=LABELS, instruction="classify the text"))
     records = [Record(messages=[{"role": "user", "content": t}], output=LABELS[i % 3], valid=True)
                for i, t in enumerate(TEXTS)]
-    lm = load_lm("base")
+    lm = load_lm("base", device="cpu")  # fp32 on any machine: the tolerance below is fp32's
     cfg = TrainConfig(method="lora", lora_r=4, lora_alpha=8, lr=0.05, epochs=4, batch_size=6, seed=0)
     train(lm, student_format(lm, task), task, records, [], cfg, 64, Path("run/student"), Path("run/metrics.jsonl"))
     ids = torch.tensor([lm.tokenizer("the team won the match")["input_ids"]])
@@ -179,6 +179,6 @@ def test_lora_student_loads_from_any_directory(tmp_path, monkeypatch):
         want = lm.model(input_ids=ids).logits
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
-    student = load_lm(str(tmp_path / "run" / "student"))
+    student = load_lm(str(tmp_path / "run" / "student"), device="cpu")
     with torch.no_grad():
         torch.testing.assert_close(student.model(input_ids=ids).logits, want, rtol=1e-4, atol=1e-5)
