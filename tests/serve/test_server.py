@@ -556,3 +556,52 @@ def test_a_teacher_failure_does_not_hand_the_providers_message_to_the_client(ser
         finally:
             service.teacher.close()
             service.teacher = saved
+
+
+def test_a_teacher_refusing_the_clients_chat_is_a_400_not_a_502(served, force):
+    """Found by an audit: a teacher refusing the client's input (its 400 for a chat over its context)
+    reached the client as a 502 'upstream_error', as if the server had failed: the status was lost
+    in the Response's error text. It is the client's 400 with the provider's error code, and the
+    provider's own text (which may name the organization) stays in the ledger; a teacher failing
+    for the operator's reasons (its 401) is still a 502."""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    from tests.helpers.live_server import LiveServer
+
+    secret = "org-Zx81QwErTy"
+    provider = FastAPI()
+    status = {"code": 400}
+
+    @provider.post("/v1/chat/completions")
+    def chat() -> JSONResponse:
+        return JSONResponse({"error": {"message": f"This model's maximum context length is 8192 tokens ({secret}). "
+                                                  "However, your messages resulted in 9000 tokens.",
+                                       "type": "invalid_request_error", "param": "messages",
+                                       "code": "context_length_exceeded" if status["code"] == 400 else None}},
+                            status_code=status["code"])
+
+    service, live = served
+    force("teacher")
+    saved = service.teacher
+    with LiveServer(provider) as fake:
+        service.teacher = get_teacher(saved.cfg.model_copy(update={"base_url": fake.url + "/v1"}), service.task)
+        try:
+            for stream in (False, True):
+                with pytest.raises(openai.BadRequestError) as e:
+                    client(live).chat.completions.create(model="potstill", stream=stream,
+                                                         messages=[{"role": "user", "content": f"the vote {stream}"}])
+                err = e.value
+                assert (err.status_code, err.type, err.code, err.param) == (400, "invalid_request_error",
+                                                                          "context_length_exceeded", "messages")
+                assert "teacher" in err.message and secret not in json.dumps(err.body), err.body
+                row = rows(service)[-1]
+                assert row["status"] == "error" and row["role"] == "teacher" and row["error"].startswith("400")
+                assert secret in row["error"] and secret not in row["response"]
+            status["code"] = 401
+            with pytest.raises(openai.APIStatusError) as e:
+                client(live).chat.completions.create(model="potstill", messages=[{"role": "user", "content": "the goal"}])
+            assert e.value.status_code == 502
+        finally:
+            service.teacher.close()
+            service.teacher = saved

@@ -14,6 +14,7 @@ import asyncio
 import hmac
 import json
 import math
+import re
 import time
 import uuid
 from typing import Any
@@ -39,6 +40,10 @@ SSE_EVENT = {"type": "object", "required": ["data"],
              "properties": {"data": {"type": "string"}, "event": {"type": "string"}}}
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
           405: "invalid_request_error", 409: "conflict_error", 413: "invalid_request_error", 502: "upstream_error"}
+# A teacher's statuses that say the request itself was refused (bad request, too large, unprocessable):
+# the client's fault, passed on as a 400. Others (401, 403, 404, 429, 5xx) are the operator's: a 502.
+_CLIENTS_FAULT = {400, 413, 422}
+_SAFE_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")  # a provider's error code (context_length_exceeded), not free text
 
 
 class APIError(Exception):
@@ -209,7 +214,16 @@ def _add_error_handlers(app: FastAPI, service: Service, requests: Counter):
         # The provider's own text stays in the ledger: OpenAI's 401 shows the start and end of the
         # operator's key, its 429 the organization id and quota; the client gets the kind only.
         kind = str(e).split(":", 1)[0].strip()
-        told = f"the teacher failed to answer ({kind})" if kind.isidentifier() else "the teacher failed to answer"
+        kind = kind if kind.isidentifier() else ""
+        if e.status in _CLIENTS_FAULT:
+            # The teacher refused the chat itself (over its context, a content filter): the client's
+            # 400, with the provider's error code where it is one (context_length_exceeded), never its text.
+            code = e.code if e.code and _SAFE_CODE.fullmatch(e.code) else None
+            told = (f"the teacher refused this chat ({kind or 'status'} {e.status}"
+                    f"{', ' + code if code else ''}); the server's ledger holds the details")
+            return await on_error(request, 400, told, "messages", role="teacher", model=service.teacher_name,
+                                  code=code, detail=f"the teacher refused the chat: {e}")
+        told = f"the teacher failed to answer ({kind})" if kind else "the teacher failed to answer"
         return await on_error(request, 502, told + "; the server's ledger holds the details", role="teacher",
                               model=service.teacher_name, detail=f"the teacher failed to answer: {e}")
 

@@ -141,7 +141,12 @@ def calibrate_run(run_dir: Path, cfg: Config, engine: ServedStudent, task: Task,
 
 
 class TeacherError(Exception):
-    """The teacher failed to answer an escalated request (a 502 for the client)."""
+    """The teacher failed to answer an escalated request: a 502 for the client, or its 400 where the
+    teacher refused the request itself (``status`` 400, 413 or 422: a chat over its context...)."""
+
+    def __init__(self, message: str, status: int | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.code = status, code
 
 
 class Live:
@@ -330,7 +335,7 @@ class Service:
         # One request on the teacher's long-lived worker (an API client, or the one in-process model).
         r = await asyncio.wrap_future(self.teacher.submit(req))
         if not r.ok:
-            raise TeacherError(r.error or "the teacher returned no answer")
+            raise TeacherError(r.error or "the teacher returned no answer", r.error_status, r.error_code)
         return r, False
 
     async def answer(self, messages: list[dict], max_tokens: int | None = None, stop: Sequence[str] = ()) -> ServedCall:

@@ -64,6 +64,10 @@ class Response:
     latency_s: float = 0.0
     cost_usd: float = 0.0
     error: str | None = None
+    #: A failed request's HTTP status from the provider (400: it refused the request itself, e.g. a
+    #: chat over its context) and the provider's error code (``context_length_exceeded``), where known.
+    error_status: int | None = None
+    error_code: str | None = None
     #: Why the model stopped (``stop``, ``length``, ``end_turn``...); one per sample when n > 1.
     stop_reason: str | list[str] | None = None
 

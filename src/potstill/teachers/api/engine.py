@@ -142,7 +142,9 @@ async def send(teacher: ApiTeacher, client: Any, req: dict[str, Any], limiter: R
             resp = await teacher.call(client, req)
         except Exception as e:  # noqa: BLE001 - every failure becomes an error row, retried next run
             msg = redact(f"{type(e).__name__}: {e}", teacher.secrets())
-            resp = Response(output=None, error=msg[:500])
+            status, code = getattr(e, "status_code", None), getattr(e, "code", None)
+            resp = Response(output=None, error=msg[:500], error_status=status if isinstance(status, int) else None,
+                            error_code=code if isinstance(code, str) else None)
     resp.latency_s = resp.latency_s or time.perf_counter() - t0
     limiter.settle(est, resp.input_tokens + resp.output_tokens)
     if price is not None:
