@@ -135,3 +135,39 @@ def test_a_chat_the_students_template_refuses_is_a_400(tmp_path, teacher_server,
             assert client.chat.completions.create(model="potstill", messages=ok).choices[0].message.content
     finally:
         service.close()
+
+
+def test_a_split_with_chats_the_students_template_refuses_still_calibrates(tmp_path, teacher_server, monkeypatch,
+                                                                           capsys):
+    """Found by an audit: one val or train chat the student's template refuses (two user turns in a
+    row under Gemma's or Mistral's) made `potstill serve` fail at start with a RefusedChat
+    traceback from calibration. Such chats are left out of calibration with one line, as serving
+    answers them with a 400."""
+    import json
+
+    from potstill.serve import run_config
+    from potstill.serve.service import load_service
+    from tests.helpers.tiny import CHATML
+
+    monkeypatch.setenv("TEACHER_KEY", TEACHER_KEY)
+    monkeypatch.setenv("SERVE_KEY", SERVE_KEY)
+    student = make_model_dir(tmp_path / "strict")
+    tok = make_tokenizer()
+    tok.chat_template = ("{% for m in messages %}{% if loop.index0 > 0 and m['role'] == messages[loop.index0 - 1]['role'] %}"
+                         "{{ raise_exception('Conversation roles must alternate') }}{% endif %}{% endfor %}" + CHATML)
+    tok.save_pretrained(student)
+    run = write_run(tmp_path, student, teacher_server.base_url)
+    two = json.dumps({"messages": [{"role": "user", "content": "the team won"}, {"role": "user", "content": "the match"}],
+                      "output": "sports"}) + "\n"
+    for split in ("train.jsonl", "val.jsonl"):
+        with open(run / split, "a") as f:
+            f.write(two)
+    service = load_service(run, run_config(run, None), device="cpu")
+    try:
+        st = service.routing.stats
+        assert st["n_val"] == 20 and st["n_reference"] == 30
+        err = capsys.readouterr().err
+        assert "1 of 21 val inputs are refused by the student's chat template" in err, err
+        assert "Conversation roles must alternate" in err and "Traceback" not in err
+    finally:
+        service.close()

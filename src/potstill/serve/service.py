@@ -31,7 +31,7 @@ from potstill.engines import section_engine
 from potstill.ledger import Ledger, ServedCall, user_messages
 from potstill.progress import bar, say
 from potstill.records import Record, read_records
-from potstill.serve.engine import Batcher, ServedStudent, StudentAnswer, embed_all, first_stop
+from potstill.serve.engine import Batcher, RefusedChat, ServedStudent, StudentAnswer, embed_all, first_stop
 from potstill.serve.routing import Routing, calibrate, ood_distance
 from potstill.tasks import Task, get_task
 from potstill.teachers import Response, Teacher, get_teacher, request_hash
@@ -103,17 +103,20 @@ def calibrate_run(run_dir: Path, cfg: Config, engine: ServedStudent, task: Task,
             return r, torch.load(ref_path)
     # Inputs longer than the student's context go to the teacher unread (Service.answer): the student
     # is neither calibrated on them nor embeds them (a GPT-2-style model would fail with IndexError).
-    fits = [r for r in read_records(train_path) if engine.over_context(r.messages) is None]
+    # Chats its template refuses are a client's 400 when served: left out the same way.
+    fits, _, train_refused = _servable(engine, read_records(train_path), train_path)
     train, held = reference_and_holdout(fits, s.ood_reference)
     answered = [r for r in read_records(val_path) if r.output is not None]
-    val = [r for r in answered if engine.over_context(r.messages) is None]
     if not answered:
         raise PotstillError(f"{val_path}: no record has a teacher output to calibrate on")
+    val, too_long, refused = _servable(engine, answered, val_path)
     if not val or not train:
-        raise PotstillError(f"{val_path if not val else train_path}: every input is longer than the student's "
-                            f"context ({engine.context} positions), so it cannot be calibrated to answer any")
-    if len(val) < len(answered):
-        say(f"serve: {len(answered) - len(val)} of {len(answered)} val inputs are longer than the student's context "
+        path, n_refused = (val_path, refused) if not val else (train_path, train_refused)
+        raise PotstillError(f"{path}: every input is longer than the student's context ({engine.context} positions)"
+                            f"{' or refused by its chat template' if n_refused else ''}, so it cannot be calibrated "
+                            "to answer any")
+    if too_long:
+        say(f"serve: {too_long} of {len(answered)} val inputs are longer than the student's context "
             f"({engine.context} positions): left out of calibration, as serving leaves such inputs to the teacher")
     reference = embed_all(engine, [r.messages for r in train], s.batch_size, "serve: embed training inputs")
     held_dist = (ood_distance(embed_all(engine, [r.messages for r in held], s.batch_size,
@@ -124,7 +127,8 @@ def calibrate_run(run_dir: Path, cfg: Config, engine: ServedStudent, task: Task,
     routing = calibrate([a.confidence for a in answers], agree, dist, [a.invalid is not None for a in answers],
                         s.target_escalation, s.target_agreement, s.ood_quantile, ood_sample=held_dist)
     routing.stats["n_reference"] = len(train)
-    routing.stats["n_val_too_long"] = len(answered) - len(val)
+    routing.stats["n_val_too_long"] = too_long
+    routing.stats["n_val_refused"] = refused
     routing.stats["n_ood_holdout"] = len(held)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Written to temp names and renamed, so a crash never leaves a half-written calibration.
@@ -138,6 +142,26 @@ def calibrate_run(run_dir: Path, cfg: Config, engine: ServedStudent, task: Task,
     }, indent=2))
     os.replace(tmp, routing_path)
     return routing, reference
+
+
+def _servable(engine: ServedStudent, records: list[Record], path: Path, quiet: bool = False) -> tuple[list[Record], int, int]:
+    """The records the student can take (they fit its context and its chat template takes them),
+    how many are too long and how many the template refuses (one line says so, with the first why)."""
+    fits, too_long, refused = [], 0, []
+    for r in records:
+        try:
+            over = engine.over_context(r.messages)
+        except RefusedChat as e:
+            refused.append(str(e).split(": ", 1)[-1])
+            continue
+        if over is None:
+            fits.append(r)
+        else:
+            too_long += 1
+    if refused and not quiet:
+        say(f"serve: {len(refused)} of {len(records)} {path.stem} inputs are refused by the student's chat template "
+            f"({refused[0][:200]}): left out of calibration, as serving answers such chats with a 400")
+    return fits, too_long, len(refused)
 
 
 class TeacherError(Exception):
@@ -417,7 +441,7 @@ def _served(cfg: Config, path: str, task: Task, device: str, run_dir: Path) -> S
     val_path = run_dir / "val.jsonl"
     if s.compile and val_path.exists():  # without val, calibrate_run says what is missing
         # All of val: a generating student on static caches warms each row bucket on its longest inputs.
-        val = [r.messages for r in read_records(val_path) if engine.over_context(r.messages) is None]
+        val = [r.messages for r in _servable(engine, read_records(val_path), val_path, quiet=True)[0]]
         say(f"serve: compiling the student (torch.compile) on {min(len(val), s.batch_size)} val inputs; "
             "minutes on a small CPU")
         seconds = engine.engine.warm_compiled("serve", lambda: engine.warm(val, s.batch_size))
