@@ -71,3 +71,21 @@ def test_after_a_batch_of_several_a_batch_waits_for_company(tiny_model):
         assert student.sizes == [1, 2, 2]
     finally:
         batcher.close()
+
+
+def test_a_label_answer_counts_the_tokens_of_the_label(tiny_model):
+    """Found by an audit: a served label's ``completion_tokens`` (and the ledger's output_tokens) was
+    always 1, the one position scored, even for labels of several tokens; OpenAI's usage counts the
+    tokens of the answer the client gets, as the teacher's does."""
+    labels = ["market shares", "film star award", "phone", "vote"]  # 2, 3, 1 and 1 tokens
+    task = get_task(load_config(overrides={"task": {"type": "classification", "labels": labels}}).task)
+    student = ServedStudent(load_engine("transformers", str(tiny_model), device="cpu"), task)
+    tok = student.engine.tokenizer
+    answers = student.answer([_msg(t) for t in ("the team won", "new phone software", "a vote", "the film star")])
+    for a in answers:
+        assert a.output_tokens == len(tok(a.output, add_special_tokens=False)["input_ids"]), (a.output, a.output_tokens)
+    counts = {lab: len(tok(lab, add_special_tokens=False)["input_ids"]) for lab in labels}
+    assert counts == {"market shares": 2, "film star award": 3, "phone": 1, "vote": 1}
+    assert any(counts[a.output] > 1 for a in answers)  # the tiny student picks a label of several tokens
+    # the client's max_tokens never cuts a label (the service passes none): the count stays whole
+    assert all(student.shorten(a, None)[1] == counts[a.output] for a in answers)

@@ -83,6 +83,10 @@ class ServedStudent:
         self.fmt = student_format(engine, task)
         self.max_length = max_length
         self.label_ids = label_token_ids(engine.tokenizer, self.fmt, task.labels) if task.labels else None
+        # A label is scored at its first token, but the answer is the whole label: usage counts its
+        # tokens as the student would write it (OpenAI's completion_tokens, the teacher's count).
+        self.label_tokens = [len(engine.tokenizer(self.fmt.label_text(lab), add_special_tokens=False)["input_ids"])
+                             for lab in task.labels] if task.labels else None
         # Engines (plugins too) written before generate's ``embed`` are served with engine.embed.
         self._embeds = "embed" in inspect.signature(engine.generate).parameters
         self.context = context_length(engine)
@@ -155,13 +159,13 @@ class ServedStudent:
         if self.label_ids is not None:
             s = self.engine.score_labels(self.fmt, messages, self.label_ids, batch_size=n, max_length=self.max_length)
             margin = label_margin(s.logits)
-            labels = [self.task.labels[i] for i in s.logits.argmax(-1).tolist()]
+            labels, picked = self.task.labels, s.logits.argmax(-1).tolist()
             dt = (time.perf_counter() - t0) / n
             return [
-                StudentAnswer(output=lab, parsed=lab, invalid=self.task.validate(lab),
+                StudentAnswer(output=labels[j], parsed=labels[j], invalid=self.task.validate(labels[j]),
                               confidence=float(margin[i]), embedding=s.embeddings[i],
-                              prompt_tokens=s.prompt_tokens[i], output_tokens=1, seconds=dt)
-                for i, lab in enumerate(labels)
+                              prompt_tokens=s.prompt_tokens[i], output_tokens=self.label_tokens[j], seconds=dt)
+                for i, j in enumerate(picked)
             ]
         g = self.engine.generate(self.fmt, messages, self.task.cfg.max_output_tokens, batch_size=n,
                                  **({"embed": True} if self._embeds else {}))
