@@ -605,3 +605,20 @@ def test_a_teacher_refusing_the_clients_chat_is_a_400_not_a_502(served, force):
         finally:
             service.teacher.close()
             service.teacher = saved
+
+
+def test_stream_options_without_stream_is_a_400(served):
+    """Found by an audit: ``stream_options`` on a request that does not stream was taken and ignored;
+    OpenAI's API and vLLM refuse it with a 400 (a client asking for usage chunks it will never get)."""
+    service, live = served
+    before = len(rows(service))
+    for stream in (False, None):
+        kw = {} if stream is None else {"stream": stream}
+        with pytest.raises(openai.BadRequestError) as e:
+            client(live).chat.completions.create(model="potstill", messages=MSG, stream_options={"include_usage": True},
+                                                 **kw)
+        assert e.value.body["param"] == "stream_options" and "stream" in e.value.message
+    assert [(r["status"], r["error"][:3]) for r in rows(service)[before:]] == [("error", "400")] * 2
+    chunks = list(client(live).chat.completions.create(model="potstill", messages=MSG, stream=True,
+                                                       stream_options={"include_usage": True}))
+    assert chunks[-1].usage is not None

@@ -304,6 +304,8 @@ def _add_chat_route(app: FastAPI, service: Service, requests: Counter, latency: 
         state = request.scope.setdefault("state", {})
         if _owner(service, body.model) is None:
             raise _unknown_model(service, body.model)
+        if body.stream_options is not None and not body.stream:  # as OpenAI's API and vLLM refuse it
+            raise APIError(400, "stream_options: only allowed when stream is true", "stream_options")
         if len(body.messages) > s.max_messages:
             raise APIError(400, f"messages: at most {s.max_messages} messages per request", "messages")
         # The run's instruction replaces a client's system prompt: the student was trained with it.
