@@ -114,7 +114,7 @@ def test_admin_reload_swaps_under_load_and_needs_the_key(swap_run):
     old = service.student_name
     url = live.url + "/admin/reload"
     r = httpx.post(url, timeout=30)
-    assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+    assert r.status_code == 401 and r.json()["error"]["type"] == "invalid_request_error"
     auth = {"Authorization": f"Bearer {SERVE_KEY}"}
     assert httpx.post(url, headers=auth, timeout=30).json() == {"swapped": False, "student": old}
     with Hammer(live.url) as hammer:

@@ -622,3 +622,26 @@ def test_stream_options_without_stream_is_a_400(served):
     chunks = list(client(live).chat.completions.create(model="potstill", messages=MSG, stream=True,
                                                        stream_options={"include_usage": True}))
     assert chunks[-1].usage is not None
+
+
+def test_error_types_and_codes_are_openais(served):
+    """Found by an audit: a bad key's 401 had type 'authentication_error' and a 404 'not_found_error'
+    (Anthropic's words); OpenAI's API answers both with type 'invalid_request_error', code
+    'invalid_api_key' for a wrong key and 'model_not_found' for an unknown model, which clients read
+    from the SDK's error (``e.code``, ``e.type``)."""
+    service, live = served
+    with pytest.raises(openai.AuthenticationError) as e:
+        client(live, key="wrong").chat.completions.create(model="potstill", messages=MSG)
+    assert (e.value.type, e.value.code) == ("invalid_request_error", "invalid_api_key")
+    assert json.loads(rows(service)[-1]["response"])["error"] == e.value.body  # the ledger keeps the body the client got
+    r = httpx.post(live.url + "/v1/chat/completions", json={"model": "potstill", "messages": MSG}, timeout=10)
+    assert r.status_code == 401 and r.json()["error"]["type"] == "invalid_request_error"
+    with pytest.raises(openai.NotFoundError) as e:
+        client(live).chat.completions.create(model="gpt-4o", messages=MSG)
+    assert (e.value.type, e.value.code) == ("invalid_request_error", "model_not_found")
+    assert json.loads(rows(service)[-1]["response"])["error"] == e.value.body
+    with pytest.raises(openai.NotFoundError) as e:
+        client(live).models.retrieve("gpt-4o")
+    assert (e.value.type, e.value.code) == ("invalid_request_error", "model_not_found")
+    r = httpx.get(live.url + "/v1/nothing", headers={"Authorization": f"Bearer {SERVE_KEY}"}, timeout=10)
+    assert r.status_code == 404 and r.json()["error"]["type"] == "invalid_request_error"

@@ -38,8 +38,16 @@ ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 500, 502)}
 # chat.completion.chunk as JSON, or [DONE].
 SSE_EVENT = {"type": "object", "required": ["data"],
              "properties": {"data": {"type": "string"}, "event": {"type": "string"}}}
-_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+# OpenAI's API answers every client error (a bad key's 401 and an unknown model's 404 too) with type
+# invalid_request_error; its code tells them apart (invalid_api_key, model_not_found).
+_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
           405: "invalid_request_error", 409: "conflict_error", 413: "invalid_request_error", 502: "upstream_error"}
+BAD_KEY = "invalid or missing API key (send Authorization: Bearer <key>)"
+
+
+def _key_code(auth: str) -> str | None:
+    """OpenAI's code for a refused key: invalid_api_key for a wrong one, none where none was sent."""
+    return "invalid_api_key" if auth else None
 # A teacher's statuses that say the request itself was refused (bad request, too large, unprocessable):
 # the client's fault, passed on as a 400. Others (401, 403, 404, 429, 5xx) are the operator's: a 502.
 _CLIENTS_FAULT = {400, 413, 422}
@@ -83,7 +91,7 @@ class Gate:
         if self.key is not None:
             auth = headers.get(b"authorization", b"").decode("latin-1")
             if not hmac.compare_digest(auth.encode(), f"Bearer {self.key}".encode()):
-                return await self.reject(scope, send, 401, "invalid or missing API key (send Authorization: Bearer <key>)", None)
+                return await self.reject(scope, send, 401, BAD_KEY, None, _key_code(auth))
         if scope["method"] != "POST":
             return await self.app(scope, receive, send)
         declared = headers.get(b"content-length")
@@ -176,30 +184,34 @@ def _add_error_handlers(app: FastAPI, service: Service, requests: Counter):
 
     Returns the rejecter the Gate middleware uses for what it refuses before routing."""
 
-    def log_error(state: dict, status: int, message: str, role: str = "student", model: str | None = None,
+    def log_error(state: dict, status: int, body: dict[str, Any], role: str = "student", model: str | None = None,
                   detail: str | None = None) -> None:
-        """``detail``: what the operator reads in the row's error where the client was told less."""
+        """``body``: the one the client got; ``detail``: what the operator reads in the row's error
+        where the client was told less."""
         if state.get("logged"):
             return
         state["logged"] = True
         service.log_failure(_logged_request(state.get("raw_body")), answered_by=role, model=model or service.student_name,
                             latency_s=time.perf_counter() - state.get("t0", time.perf_counter()),
-                            body=error_body(status, message), error=f"{status}: {detail or message}"[:500])
+                            body=body, error=f"{status}: {detail or body['error']['message']}"[:500])
         requests.labels("none", "rejected" if status < 500 else "failed", str(status)).inc()
 
-    async def reject(scope: dict, send: Any, status: int, message: str, param: str | None) -> None:
+    async def reject(scope: dict, send: Any, status: int, message: str, param: str | None,
+                     code: str | None = None) -> None:
+        body = error_body(status, message, param, code)
         if scope["path"].rstrip("/") == CHAT:  # a chat request by any method is a served request: logged
-            await asyncio.to_thread(log_error, scope.setdefault("state", {}), status, message)
-        resp = JSONResponse(error_body(status, message, param), status_code=status)
+            await asyncio.to_thread(log_error, scope.setdefault("state", {}), status, body)
+        resp = JSONResponse(body, status_code=status)
         await resp(scope, _drain_receive, send)
 
     async def on_error(request: Request, status: int, message: str, param: str | None = None,
                        role: str = "student", model: str | None = None, code: str | None = None,
                        detail: str | None = None) -> JSONResponse:
+        body = error_body(status, message, param, code)
         if request.url.path.rstrip("/") == CHAT:
-            await asyncio.to_thread(log_error, request.scope.setdefault("state", {}), status, message, role, model,
+            await asyncio.to_thread(log_error, request.scope.setdefault("state", {}), status, body, role, model,
                                     detail)
-        return JSONResponse(error_body(status, message, param, code), status_code=status)
+        return JSONResponse(body, status_code=status)
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, e: APIError) -> JSONResponse:
@@ -346,8 +358,7 @@ def _add_reload_route(app: FastAPI, service: Service, api_key: str | None, beare
         if api_key is not None:
             auth = request.headers.get("authorization", "")
             if not hmac.compare_digest(auth.encode(), f"Bearer {api_key}".encode()):
-                return JSONResponse(error_body(401, "invalid or missing API key (send Authorization: Bearer <key>)"),
-                                    status_code=401)
+                return JSONResponse(error_body(401, BAD_KEY, code=_key_code(auth)), status_code=401)
         try:
             info = await asyncio.to_thread(service.reload)
         except PotstillError as e:
