@@ -23,6 +23,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def tool_turn_problem(messages: list[dict[str, Any]]) -> str | None:
+    """OpenAI's 400 for tool turns it cannot pair: a tool message answers one of the tool_calls of
+    the assistant message before it, by its tool_call_id."""
+    calls: set[str] = set()
+    for i, m in enumerate(messages):
+        if m.get("role") == "assistant":
+            calls = {c.get("id") for c in m.get("tool_calls") or []}
+        elif m.get("role") == "tool":
+            if "tool_call_id" not in m:
+                return f"Missing required parameter: 'messages[{i}].tool_call_id'."
+            if m["tool_call_id"] not in calls:
+                return ("Invalid parameter: messages with role 'tool' must be a response to a preceeding message "
+                        "with 'tool_calls'.")
+        else:
+            calls = set()
+    return None
+
+
 class ChatServer:
     def __init__(self, model_dir: str, api_key: str | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -44,6 +62,10 @@ class ChatServer:
     def chat(self, body: dict[str, Any], authorization: str | None = Header(None)) -> Any:
         if self.api_key and authorization != f"Bearer {self.api_key}":
             return JSONResponse({"error": {"message": "bad key", "type": "invalid_request_error"}}, status_code=401)
+        refused = tool_turn_problem(body["messages"])
+        if refused:
+            return JSONResponse({"error": {"message": refused, "type": "invalid_request_error", "param": "messages",
+                                           "code": None}}, status_code=400)
         with self.lock:
             self.requests[str(body["messages"])] += 1
             prompt = self.tok.apply_chat_template(body["messages"], tokenize=False, add_generation_prompt=True)

@@ -645,3 +645,26 @@ def test_error_types_and_codes_are_openais(served):
     assert (e.value.type, e.value.code) == ("invalid_request_error", "model_not_found")
     r = httpx.get(live.url + "/v1/nothing", headers={"Authorization": f"Bearer {SERVE_KEY}"}, timeout=10)
     assert r.status_code == 404 and r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_an_escalated_chat_with_tool_turns_keeps_them_for_the_teacher(served, teacher_server, force):
+    """Found by an audit: escalation cut every message to role and content, so an assistant turn's
+    tool_calls and a tool turn's tool_call_id were lost and an OpenAI teacher (the loopback one holds
+    its rule) refused the chat: 'messages with role tool must be a response to a preceeding message
+    with tool_calls'. The teacher gets the tool turns as the client sent them; the student reads
+    their text as before."""
+    service, live = served
+    force("teacher")
+    calls = [{"id": "call_1", "type": "function", "function": {"name": "topic", "arguments": "{}"}}]
+    chat = [{"role": "user", "content": "the team won the match"},
+            {"role": "assistant", "content": None, "tool_calls": calls},
+            {"role": "tool", "tool_call_id": "call_1", "content": "sports"},
+            {"role": "user", "content": "so the topic is"}]
+    sent = sum(teacher_server.requests.values())
+    c = client(live).chat.completions.create(model="potstill", messages=chat)
+    assert c.model_extra["potstill"]["answered_by"] == "teacher" and c.model == "tiny-teacher"
+    assert sum(teacher_server.requests.values()) == sent + 1
+    got = [k for k in teacher_server.requests if "call_1" in k][-1]
+    assert "'tool_call_id': 'call_1'" in got and "'tool_calls': [{" in got
+    row = rows(service)[-1]
+    assert row["status"] == "ok" and row["role"] == "teacher"

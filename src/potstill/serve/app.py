@@ -324,7 +324,11 @@ def _add_chat_route(app: FastAPI, service: Service, requests: Counter, latency: 
         messages = [{"role": m.role, "content": m.text()} for m in body.messages if m.role not in ("system", "developer")]
         if not any(m["role"] == "user" and m["content"].strip() for m in messages):
             raise APIError(400, "messages: needs a user message with text", "messages")
-        served = await service.answer(messages, body.max_completion_tokens or body.max_tokens, body.stops())
+        # The teacher gets the tool turns whole: an OpenAI teacher refuses a tool message that no
+        # assistant tool_calls (kept by id) precede. The student reads their text, as it was trained.
+        teacher_messages = [_teacher_message(m) for m in body.messages if m.role not in ("system", "developer")]
+        served = await service.answer(messages, body.max_completion_tokens or body.max_tokens, body.stops(),
+                                      teacher_messages=teacher_messages if teacher_messages != messages else None)
         elapsed = time.perf_counter() - state.get("t0", time.perf_counter())
         route = {"answered_by": served.answered_by, "reason": served.reason, "confidence": served.confidence,
                  "ood_distance": served.ood_distance, "student_output": served.student_output}
@@ -346,6 +350,19 @@ def _add_chat_route(app: FastAPI, service: Service, requests: Counter, latency: 
                       "choices": [{"index": 0, "message": {"role": "assistant", "content": served.content},
                                    "finish_reason": served.finish_reason}], "usage": usage, "potstill": route}
         return JSONResponse(completion, headers=headers)
+
+
+def _teacher_message(m: Any) -> dict[str, Any]:
+    """A client's message as the teacher gets it: its text, with an assistant turn's ``tool_calls``
+    (content may then be null) and a tool turn's ``tool_call_id``."""
+    extra = m.model_extra or {}
+    out: dict[str, Any] = {"role": m.role, "content": m.text()}
+    if m.role == "assistant" and extra.get("tool_calls"):
+        out["content"] = None if m.content is None else out["content"]
+        out["tool_calls"] = extra["tool_calls"]
+    if m.role == "tool" and extra.get("tool_call_id") is not None:
+        out["tool_call_id"] = extra["tool_call_id"]
+    return out
 
 
 def _add_reload_route(app: FastAPI, service: Service, api_key: str | None, bearer: list) -> None:

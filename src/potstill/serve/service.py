@@ -362,7 +362,8 @@ class Service:
             raise TeacherError(r.error or "the teacher returned no answer", r.error_status, r.error_code)
         return r, False
 
-    async def answer(self, messages: list[dict], max_tokens: int | None = None, stop: Sequence[str] = ()) -> ServedCall:
+    async def answer(self, messages: list[dict], max_tokens: int | None = None, stop: Sequence[str] = (),
+                     teacher_messages: list[dict] | None = None) -> ServedCall:
         """Route one chat (user-side messages only) and return the answer, ready for the ledger.
 
         ``max_tokens`` (the client's ``max_completion_tokens`` or ``max_tokens``): generated answers
@@ -372,7 +373,9 @@ class Service:
         the first of these strings it holds, ``finish_reason`` ``stop``; both models generate as
         configured and the text is cut (the teacher's ``output_tokens`` stay what it was paid for).
         Label answers are whole labels, never cut. A chat longer than the student's context goes
-        to the teacher unseen by the student (reason ``too_long``; no confidence or distance)."""
+        to the teacher unseen by the student (reason ``too_long``; no confidence or distance).
+        ``teacher_messages``: the chat as the teacher gets it where it holds more than the
+        student's text (tool turns' ``tool_calls`` and ``tool_call_id``)."""
         live = self.acquire()
         try:
             # Tokenising 1 MB of text takes ~0.5 s: off the event loop; a usual chat (~70 us) on it.
@@ -390,7 +393,7 @@ class Service:
         student_cost = a.seconds * self.cfg.student.usd_per_hour / 3600 if a is not None else 0.0
         if self.task.labels:
             max_tokens, stop = None, ()
-        h, req = self.teacher_request(messages, max_tokens)
+        h, req = self.teacher_request(teacher_messages or messages, max_tokens)
         common = dict(request={"messages": messages}, answered_by=who, confidence=a.confidence if a else None,
                       ood_distance=dist, student_output=a.output if a else "", student=live.name, request_hash=h)
         if who == "student":
