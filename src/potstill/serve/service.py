@@ -144,7 +144,8 @@ def calibrate_run(run_dir: Path, cfg: Config, engine: ServedStudent, task: Task,
     return routing, reference
 
 
-def _servable(engine: ServedStudent, records: list[Record], path: Path, quiet: bool = False) -> tuple[list[Record], int, int]:
+def _servable(engine: ServedStudent, records: list[Record], path: Path,
+              quiet: bool = False) -> tuple[list[Record], int, int]:
     """The records the student can take (they fit its context and its chat template takes them),
     how many are too long and how many the template refuses (one line says so, with the first why)."""
     fits, too_long, refused = [], 0, []
