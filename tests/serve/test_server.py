@@ -571,15 +571,14 @@ def test_a_teacher_refusing_the_clients_chat_is_a_400_not_a_502(served, force):
 
     secret = "org-Zx81QwErTy"
     provider = FastAPI()
-    status = {"code": 400}
+    status = {"code": 400, "error": "context_length_exceeded"}
 
     @provider.post("/v1/chat/completions")
     def chat() -> JSONResponse:
         return JSONResponse({"error": {"message": f"This model's maximum context length is 8192 tokens ({secret}). "
                                                   "However, your messages resulted in 9000 tokens.",
                                        "type": "invalid_request_error", "param": "messages",
-                                       "code": "context_length_exceeded" if status["code"] == 400 else None}},
-                            status_code=status["code"])
+                                       "code": status["error"]}}, status_code=status["code"])
 
     service, live = served
     force("teacher")
@@ -598,10 +597,13 @@ def test_a_teacher_refusing_the_clients_chat_is_a_400_not_a_502(served, force):
                 row = rows(service)[-1]
                 assert row["status"] == "error" and row["role"] == "teacher" and row["error"].startswith("400")
                 assert secret in row["error"] and secret not in row["response"]
-            status["code"] = 401
-            with pytest.raises(openai.APIStatusError) as e:
-                client(live).chat.completions.create(model="potstill", messages=[{"role": "user", "content": "the goal"}])
-            assert e.value.status_code == 502
+            # The operator's failures stay a 502: a bad key, and a 400 about the server's own settings
+            # (OpenAI's unsupported_parameter for max_tokens on a reasoning model), not about the chat.
+            for code, error in ((401, None), (400, "unsupported_parameter")):
+                status.update(code=code, error=error)
+                with pytest.raises(openai.APIStatusError) as e:
+                    client(live).chat.completions.create(model="potstill", messages=[{"role": "user", "content": f"goal {code}"}])
+                assert e.value.status_code == 502, (code, error)
         finally:
             service.teacher.close()
             service.teacher = saved

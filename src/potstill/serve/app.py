@@ -48,9 +48,18 @@ BAD_KEY = "invalid or missing API key (send Authorization: Bearer <key>)"
 def _key_code(auth: str) -> str | None:
     """OpenAI's code for a refused key: invalid_api_key for a wrong one, none where none was sent."""
     return "invalid_api_key" if auth else None
-# A teacher's statuses that say the request itself was refused (bad request, too large, unprocessable):
-# the client's fault, passed on as a 400. Others (401, 403, 404, 429, 5xx) are the operator's: a 502.
-_CLIENTS_FAULT = {400, 413, 422}
+# A teacher's refusals that are about the chat the client sent (over the teacher's context, too
+# large, filtered): passed on as the client's 400. A 400 for the operator's settings (OpenAI's
+# unsupported_parameter for max_tokens on a reasoning model, a wrong model name) and every other
+# failure (401, 403, 404, 429, 5xx) stay the operator's: a 502, the details in the ledger.
+_CLIENTS_FAULT_CODES = {"context_length_exceeded", "string_above_max_length", "content_filter",
+                        "content_policy_violation", "invalid_prompt"}
+
+
+def _clients_fault(status: int | None, code: str | None) -> bool:
+    return status == 413 or (status in (400, 422) and code in _CLIENTS_FAULT_CODES)
+
+
 _SAFE_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")  # a provider's error code (context_length_exceeded), not free text
 
 
@@ -227,7 +236,7 @@ def _add_error_handlers(app: FastAPI, service: Service, requests: Counter):
         # operator's key, its 429 the organization id and quota; the client gets the kind only.
         kind = str(e).split(":", 1)[0].strip()
         kind = kind if kind.isidentifier() else ""
-        if e.status in _CLIENTS_FAULT:
+        if _clients_fault(e.status, e.code):
             # The teacher refused the chat itself (over its context, a content filter): the client's
             # 400, with the provider's error code where it is one (context_length_exceeded), never its text.
             code = e.code if e.code and _SAFE_CODE.fullmatch(e.code) else None
