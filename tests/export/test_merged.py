@@ -129,3 +129,47 @@ def test_gguf_source_is_the_adapter_when_stale_full_weights_sit_beside_it(lora_r
     got = load_file(src / "model.safetensors")
     want = load_lm(str(run / "student"), device="cpu").model.state_dict()
     assert all(torch.equal(got[k], want[k]) for k in got)
+
+
+GEMMA_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else "
+                  "m['role'] }}\n{{ m['content'] }}<end_of_turn>\n{% endfor %}"
+                  "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+
+
+def test_hf_export_stops_at_the_chat_templates_turn_end_when_it_is_not_eos(tmp_path):
+    """A Gemma-style student ends its answers with <end_of_turn>, not its EOS <eos>; potstill's own
+    generation stops there (stop_token_ids). The hf export's generation_config.json listed only <eos>,
+    so transformers' generate (and vLLM, which reads the same file) ran on past the answer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    from potstill.models.prompting import end_of_turn
+    from tests.helpers.tiny import make_tokenizer
+
+    tok = make_tokenizer()
+    tok.add_special_tokens({"eos_token": "<eos>", "additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]})
+    tok.chat_template = GEMMA_TEMPLATE
+    turn = tok.convert_tokens_to_ids("<end_of_turn>")
+    assert end_of_turn(tok) == "<end_of_turn>" and turn != tok.eos_token_id
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
+                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None)
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():  # the student answers one token, then its turn end, as it was trained to
+        model.lm_head.bias = None
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[turn] = 1.0
+    student = tmp_path / "run" / "student"
+    model.save_pretrained(student)
+    tok.save_pretrained(student)
+    export(Config(run_dir=str(tmp_path / "run"), task=TaskConfig(labels=LABELS)), "hf")
+
+    out = tmp_path / "run" / "export" / "hf"
+    eos = GenerationConfig.from_pretrained(out).eos_token_id
+    eos = eos if isinstance(eos, list) else [eos]
+    assert turn in eos and tok.eos_token_id in eos, eos
+    merged, tok2 = AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
+    x = tok2.apply_chat_template([{"role": "user", "content": "the team won"}], add_generation_prompt=True,
+                                 return_tensors="pt", return_dict=True)
+    got = merged.generate(**x, max_new_tokens=8, do_sample=False)[0, x["input_ids"].shape[1]:].tolist()
+    assert got == [turn], got  # stopped at the turn end, not 8 tokens on

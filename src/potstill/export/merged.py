@@ -17,6 +17,7 @@ from potstill.config import Config
 from potstill.errors import PotstillError
 from potstill.export import register
 from potstill.models.loading import LM, load_lm
+from potstill.models.prompting import end_of_turn
 from potstill.progress import bar, say
 from potstill.records import atomic_dir
 
@@ -35,12 +36,30 @@ def save_merged(model: Any, tokenizer: Any, out: Path, dtype: str = "f32") -> No
     """Write ``model`` (already merged) and ``tokenizer`` into ``out`` as one atomic directory."""
     model = model.to(DTYPES[dtype])
     model.config.dtype = DTYPES[dtype]
+    _stop_at_turn_end(model, tokenizer)
     with atomic_dir(out) as tmp:
         tmp.chmod(0o755)  # mkdtemp makes 0700; an export is an ordinary directory
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         for f in tmp.iterdir():  # safetensors writes 0600 files
             f.chmod(0o644)
+
+
+def _stop_at_turn_end(model: Any, tokenizer: Any) -> None:
+    """List the chat template's turn end (``<end_of_turn>`` for Gemma) among generation_config.json's
+    EOS ids where it is not the EOS: the student learned to write it after an answer and potstill's
+    own generation stops there (``stop_token_ids``); transformers and vLLM stop only at these ids."""
+    config = getattr(model, "generation_config", None)
+    turn = end_of_turn(tokenizer) if getattr(tokenizer, "chat_template", None) else None
+    if config is None or not turn or turn == tokenizer.eos_token:
+        return
+    tid = tokenizer.convert_tokens_to_ids(turn)
+    if not isinstance(tid, int) or tid < 0 or tid == getattr(tokenizer, "unk_token_id", None):
+        return
+    eos = config.eos_token_id
+    ids = list(eos) if isinstance(eos, (list, tuple)) else [eos]
+    ids += [tokenizer.eos_token_id, tid]
+    config.eos_token_id = [i for i in dict.fromkeys(ids) if isinstance(i, int) and i >= 0]
 
 
 @register("hf")
