@@ -255,3 +255,26 @@ def test_reverse_kl_on_api_topk_of_a_confident_teacher_trains(tiny_model, sharp_
     summary, rows = _train(tiny_model, tmp_path, records, kd_kind="reverse_kl", kd_weight=1.0, epochs=10)
     assert summary["kd_signal"] == "topk" and all(math.isfinite(r["loss"]) and r["kd_topk"] < 30 for r in rows)
     assert rows[-1]["kd_topk"] < rows[0]["kd_topk"]
+
+
+def test_onpolicy_samples_come_from_the_students_own_distribution(tiny_model):
+    """GKD trains on samples of the student's distribution. sample_batch overrode only temperature,
+    top_k and top_p, so the rest of the student's generation_config (here bad_words_ids banning all
+    but one token, as repetition_penalty or no_repeat_ngram_size would bend it) still shaped them."""
+    from potstill.train.batching import Example
+    from potstill.train.onpolicy import sample_batch
+
+    lm = load_lm(str(tiny_model), device="cpu")
+    tok, model = lm.tokenizer, lm.model
+    only = tok.convert_tokens_to_ids("goal")
+    model.generation_config.bad_words_ids = [[t] for t in range(len(tok)) if t != only]
+    model.generation_config.repetition_penalty = 5.0
+    before = model.generation_config.to_dict()
+    prompt = tok("classify the text : the team won", add_special_tokens=False)["input_ids"]
+    torch.manual_seed(0)
+    got = sample_batch(model, [Example(ids=prompt, n_prompt=len(prompt))] * 4, tok.pad_token_id, tok.eos_token_id,
+                       8, 1.0, torch.device("cpu"))
+    drawn = [t for e in got for t in e.ids[e.n_prompt:]]
+    # The near-uniform tiny student draws from its whole vocabulary: 32 draws all "goal" is ~1e-60.
+    assert len(set(drawn)) > 5, drawn
+    assert model.generation_config.to_dict() == before  # the model's own settings are left as they were

@@ -5,8 +5,9 @@ replaces the teacher's completions with the student's own samples; a local teach
 those samples token by token and the loss is the divergence between the two next-token
 distributions at every sampled position (no cross-entropy: there is no reference text). Training
 on its own samples removes the train/inference mismatch of plain KD, where the student only ever
-sees teacher prefixes. Sampling uses the global torch RNG, which checkpoints save, so a resumed
-run draws the same samples.
+sees teacher prefixes. Samples are drawn from the student's softmax at ``onpolicy_temperature``
+alone: no setting of its generation config (repetition penalty, banned words, ...) applies.
+Sampling uses the global torch RNG, which checkpoints save, so a resumed run draws the same samples.
 """
 
 from __future__ import annotations
@@ -33,11 +34,19 @@ def sample_batch(model: Any, batch: list[Example], pad: int, eos: int | list[int
         mask[i, P - len(p) :] = 1
     was_training = model.training
     model.eval()
+    # A clean generation config for the call: transformers fills every setting a call leaves unset
+    # from model.generation_config, so the student's repetition_penalty, no_repeat_ngram_size,
+    # min_length, bad_words_ids, ... would bend the samples away from its own distribution.
+    from transformers import GenerationConfig
+
+    own = model.generation_config
+    model.generation_config = GenerationConfig()
     try:
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True,
                              temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
                              pad_token_id=pad, eos_token_id=sorted(ends) if None not in ends else None)
     finally:
+        model.generation_config = own
         model.train(was_training)
     samples = []
     for p, row in zip(prompts, out[:, P:].tolist()):
