@@ -1,5 +1,7 @@
 """Packing leaks no attention across examples; API top-k tokens map onto student ids."""
 
+import math
+
 import pytest
 import torch
 
@@ -159,3 +161,35 @@ def test_examples_never_exceed_max_length(tiny_model):
     assert len(full[0].ids) > 48 and cut[0].ids[cut[0].n_prompt:] == full[0].ids[full[0].n_prompt:]  # kept whole
     assert len(full[1].ids[full[1].n_prompt:]) > 48 and cut[1].n_prompt == 1 and len(cut[1].ids) == 48
     assert cut[3].ids == full[3].ids  # short pairs are untouched
+
+
+def test_label_probs_over_other_labels_are_refused_not_made_uniform(tiny_model):
+    """A record whose label_probs name labels that are not task.labels ("Sports" for "sports") lost
+    that mass: with no overlap at all every label got log(1e-12), a uniform teacher after the loss
+    renormalises; with a partial one the rest was renormalised. Both are one line naming the record;
+    labels left out of label_probs are probability 0, as a sparse soft label means."""
+    from potstill.config import TaskConfig
+    from potstill.errors import PotstillError
+    from potstill.records import Record
+    from potstill.students import student_format
+    from potstill.tasks import get_task
+    from potstill.train.batching import build_examples
+
+    lm = load_lm(str(tiny_model), device="cpu")
+    task = get_task(TaskConfig(type="classification", labels=["sports", "tech", "politics"]))
+    fmt = student_format(lm, task)
+
+    def rec(i, probs):
+        return Record(id=f"r{i}", messages=[{"role": "user", "content": "the team won"}], output="sports",
+                      label_probs=probs, valid=True)
+
+    good = [rec(0, {"sports": 0.8, "tech": 0.2, "politics": 0.0}), rec(1, {"sports": 1.0})]
+    ex = build_examples(lm, fmt, task, good, 64)
+    assert [round(math.exp(x), 6) for x in ex[1].teacher_logprobs] == [1.0, 0.0, 0.0]
+    for probs, named in [({"Sports": 0.9, "Tech": 0.1}, "Sports, Tech"), ({"sports": 0.5, "Tech": 0.5}, "Tech"),
+                         ({"sports": 0.0, "tech": 0.0}, "no probability")]:
+        with pytest.raises(PotstillError) as e:
+            build_examples(lm, fmt, task, good + [rec(2, probs), rec(3, probs)], 64)
+        msg = str(e.value)
+        assert "\n" not in msg and "2 of 4 records" in msg and "r2" in msg and named in msg, msg
+        assert "sports, tech, politics" in msg, msg

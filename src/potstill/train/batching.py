@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from potstill.errors import PotstillError
 from potstill.models.prompting import PromptFormat, encode_prompt
 from potstill.records import Record
 from potstill.tasks import Task
@@ -98,6 +99,8 @@ def build_examples(lm: Any, fmt: PromptFormat, task: Task, records: list[Record]
     tok = lm.tokenizer
     out = []
     cache: dict[str, int | None] = {}
+    if task.labels:
+        _check_label_probs(records, task.labels)
     for r in records:
         prompt = prompt_ids(tok, fmt, r.messages)
         completion = tok(fmt.completion(tok, task.target(r)), add_special_tokens=False)["input_ids"]
@@ -114,6 +117,28 @@ def build_examples(lm: Any, fmt: PromptFormat, task: Task, records: list[Record]
         out.append(Example(ids=prompt + completion, n_prompt=len(prompt), teacher_logprobs=tlp, topk=topk,
                            cut=whole - len(prompt) - len(completion)))
     return out
+
+
+def _check_label_probs(records: list[Record], labels: list[str]) -> None:
+    """Refuse soft labels that are not over ``labels``: a label they name outside them ("Sports" for
+    "sports", a renamed class) would lose its mass, and one with no mass on any of them would be a
+    uniform teacher. A label they leave out is probability 0 (a sparse soft label)."""
+    known = set(labels)
+    bad = []
+    for r in records:
+        if not r.label_probs:
+            continue
+        other = [k for k, v in r.label_probs.items() if k not in known and v]  # a 0 loses nothing
+        if other:
+            bad.append((r.id, f"names {', '.join(other)}"))
+        elif not sum(max(float(r.label_probs.get(k, 0.0)), 0.0) for k in labels) > 0:
+            bad.append((r.id, "gives no probability to any of them"))
+    if bad:
+        rid, what = bad[0]
+        raise PotstillError(
+            f"train: {len(bad)} of {len(records)} records have label_probs that are not over task.labels "
+            f"({', '.join(labels)}): record {rid} {what}; fix task.labels (they are case-sensitive) or the "
+            f"records' label_probs")
 
 
 @dataclass
