@@ -7,6 +7,7 @@ broadcast from rank 0 (on 2x H200 they came back all 0.0). FSDP itself needs CUD
 so the run stays DDP on CPU; the loading path is the one that left the teacher empty.
 transformers 5.24 (this venv) reads the files on every rank, so the mode reproduces the older one.
 MODE ``other-teacher``: rank 1 is given TEACHER=STUDENT, a different model from rank 0's.
+MODE ``one-example``: a single training record, fewer than the processes.
 """
 
 import json
@@ -47,9 +48,9 @@ def rank0_only_loading() -> None:
     AutoModelForCausalLM.from_pretrained = from_pretrained
 
 
-def run(student: str, teacher: str, out: str) -> dict:
+def run(student: str, teacher: str, out: str, n: int = len(TEXTS)) -> dict:
     task = get_task(TaskConfig(type="freetext", instruction="summary"))
-    records = [Record(messages=[{"role": "user", "content": t}], output=o, valid=True) for t, o in zip(TEXTS, OUTPUTS)]
+    records = [Record(messages=[{"role": "user", "content": t}], output=o, valid=True) for t, o in zip(TEXTS[:n], OUTPUTS[:n])]
     cfg = TrainConfig(objective="kd", teacher_model=teacher, kd_kind="jsd", kd_weight=2.0, lr=0.01, batch_size=4,
                       epochs=1.5, seed=1)
     lm = load_lm(student)
@@ -65,6 +66,6 @@ if __name__ == "__main__":
         rank0_only_loading()
     if mode == "other-teacher" and int(os.environ.get("RANK", "0")) == 1:
         teacher = student
-    summary = run(student, teacher, out)
+    summary = run(student, teacher, out, 1 if mode == "one-example" else len(TEXTS))
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({"processes": summary["processes"], "steps": summary["steps"]}))

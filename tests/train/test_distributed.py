@@ -101,3 +101,14 @@ def test_deal_balances_tokens_and_keeps_every_example_once():
     loads = [sum(len(e.ids) for e in s) for s in shares]
     assert sorted(loads) == [1507, 1513]  # round-robin (batch[rank::2]) would give 2,925 and 95
     assert all(shares) and len(deal(batch[:3], 3)) == 3 and all(deal(batch[:3], 3))
+
+
+def test_fewer_examples_than_processes_is_one_line_before_training(tiny_model, tiny_model_b, tmp_path):
+    """One training example for two processes left rank 1 an empty share of every batch, and collate
+    crashed on max() of nothing (a ValueError traceback from each rank) after the models had loaded."""
+    proc = _torchrun(tiny_model, tiny_model_b, tmp_path / "ddp", "one-example")
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if "training example" in ln and "2 processes" in ln]
+    assert lines and "1 training example" in lines[0], proc.stderr[-3000:]
+    assert "max() arg is an empty sequence" not in proc.stderr
+    assert not (tmp_path / "ddp" / "metrics.jsonl").exists()

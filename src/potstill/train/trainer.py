@@ -347,6 +347,11 @@ def _setup(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: li
     accel = accelerator(cuda, "bf16" if cuda and cfg.dtype != "float32" else "no")
     if cfg.batch_size < accel.num_processes:
         raise PotstillError(f"train.batch_size {cfg.batch_size} is smaller than the {accel.num_processes} processes")
+    if 0 < len(records) < accel.num_processes:
+        # Every batch is dealt out among the processes; one with no example has nothing to collate.
+        raise PotstillError(f"train: {len(records)} training example{'s' if len(records) > 1 else ''} for "
+                            f"{accel.num_processes} processes; each process needs one in every batch: launch at "
+                            f"most {len(records)} processes or add examples")
     model, base = _student_model(lm, cfg)
     spec = LossSpec(cfg.kd_kind, cfg.kd_beta, cfg.kd_alpha, cfg.kd_temperature,
                     tuple(label_token_ids(lm.tokenizer, fmt, task.labels)) if task.labels else None,
