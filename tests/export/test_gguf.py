@@ -364,3 +364,78 @@ def test_modelfile_of_an_empty_instruction_keeps_the_templates_default_system_tu
     assert 'SYSTEM """You are a helpful AI assistant named SmolLM, trained by Hugging Face"""' in text.splitlines()
     tok = make_bpe_tokenizer()  # a plain ChatML template writes no system turn of its own: no SYSTEM either
     assert not any(line.startswith("SYSTEM") for line in render_modelfile("./s.gguf", tok, "", 4).splitlines())
+
+
+def _ollama_commands(modelfile: str) -> list[tuple[str, str]]:
+    """(command, argument) pairs as Ollama reads a Modelfile: a port of ParseFile and unquote in
+    ollama/ollama parser/parser.go. A value is the text up to the first line end at which it unquotes:
+    ``\"\"\"...\"\"\"`` or ``"..."`` stripped of its quotes, with no escape sequences at all; runes that
+    are not printable are dropped unless they are a space or line end inside an open quote."""
+
+    def unquote(s: str) -> tuple[str, bool]:
+        if s[:3] == '"""':
+            return (s[3:-3], True) if len(s) >= 6 and s[-3:] == '"""' else ("", False)
+        if s[:1] == '"':
+            return (s[1:-1], True) if len(s) >= 2 and s[-1] == '"' else ("", False)
+        return s, True
+
+    def step(r: str, state: str) -> tuple[str, str]:
+        space, newline = r in " \t", r in "\r\n"
+        if state == "nil":
+            return ("comment", "") if r == "#" else ("nil", "") if space or newline else ("name", r)
+        if state == "name":
+            assert r.isalpha() or space, f"invalid command at {r!r}"
+            return ("name", r) if r.isalpha() else ("value", "")
+        if state == "value":
+            return ("nil", r) if space or newline else ("value", r)
+        if state == "param":
+            return ("param", r) if r.isalnum() or r == "_" else ("value", "")
+        return ("nil", "") if newline else ("comment", "")
+
+    commands, state, buf, name = [], "nil", "", ""
+    for r in modelfile:
+        nxt, r = step(r, state)
+        if nxt != state:
+            if state == "name":
+                name = {"from": "model"}.get(buf.lower(), buf.lower())
+                nxt = "param" if name == "parameter" else nxt
+            elif state == "param":
+                name = buf
+            elif state == "value":
+                s, ok = unquote(buf.strip())
+                if not ok or r in " \t":
+                    buf += r
+                    continue
+                commands.append((name, s))
+            buf, state = "", nxt
+        if r and r.isprintable():
+            buf += r
+    if state == "value":
+        s, ok = unquote(buf.strip())
+        assert ok, "unexpected EOF"
+        commands.append((name, s))
+    return commands
+
+
+@pytest.mark.parametrize("instruction", ['Réponds par "oui" ou "non"', 'Classify the text.\nSay "sports" or "tech"',
+                                         'Use the label "n/a" when unsure.'])
+def test_modelfile_strings_reach_ollama_as_written(instruction):
+    """Ollama's Modelfile strings have no escape sequences. An instruction ending in '"' was written
+    with json.dumps, so Ollama's SYSTEM held its backslashes and \\uXXXX escapes literally (é as
+    \\u00e9, a quote as \\", a line break as \\n)."""
+    from potstill.export.modelfile import CHATML_TEMPLATE, render_modelfile
+    from tests.export.conftest import make_bpe_tokenizer
+
+    text = render_modelfile("./student-f16.gguf", make_bpe_tokenizer(), instruction, 4)
+    commands = _ollama_commands(text)
+    assert ("system", instruction) in commands, text
+    assert ("template", CHATML_TEMPLATE) in commands and commands[0] == ("model", "./student-f16.gguf")
+
+
+def test_modelfile_refuses_a_string_ollama_cannot_read():
+    from potstill.export.modelfile import render_modelfile
+    from tests.export.conftest import make_bpe_tokenizer
+
+    with pytest.raises(PotstillError, match="task.instruction") as e:
+        render_modelfile("./student-f16.gguf", make_bpe_tokenizer(), 'Quote it like """\nthis"""', 4)
+    assert "\n" not in str(e.value)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from potstill.errors import PotstillError
 from potstill.models.prompting import PromptFormat, end_of_turn
 from potstill.progress import say
 
@@ -60,9 +61,15 @@ def default_system(tokenizer: Any) -> str:
     return before.split(head, 1)[1].split(end, 1)[0]
 
 
-def _quote(text: str) -> str:
-    """A Modelfile string: triple quotes unless the text holds them, else a JSON-escaped string."""
-    return f'"""{text}"""' if '"""' not in text and not text.endswith('"') else json.dumps(text)
+def _quote(text: str, what: str) -> str:
+    """A Modelfile string: the text as it is between triple quotes. Ollama's parser (parser/parser.go,
+    ``unquote``) knows no escape sequences, so a JSON-escaped string reached the model with its
+    backslashes (and \\uXXXX for every non-ASCII letter); a value ends at the first line end where it
+    unquotes, so ``\"\"\"`` at the end of a line inside the text is the one thing no string can hold."""
+    if any(c in "\r\n" and text[:i].endswith('"""') for i, c in enumerate(text)):
+        raise PotstillError(f'export: {what} has """ at the end of a line, which an Ollama Modelfile string '
+                            f"cannot hold (its parser has no escapes); reword it")
+    return f'"""{text}"""'
 
 
 def render_modelfile(gguf_path: str, tokenizer: Any, instruction: str, num_predict: int,
@@ -75,11 +82,11 @@ def render_modelfile(gguf_path: str, tokenizer: Any, instruction: str, num_predi
     lines = [f"FROM {gguf_path}", ""]
     stops = []
     if is_chatml(template):
-        lines += [f"TEMPLATE {_quote(CHATML_TEMPLATE)}", ""]
+        lines += [f"TEMPLATE {_quote(CHATML_TEMPLATE, 'the template')}", ""]
         stops = ["<|im_end|>", "<|im_start|>"]
         instruction = instruction or default_system(tokenizer)
     elif not template:
-        lines += [f"TEMPLATE {_quote(COMPLETION_TEMPLATE)}", ""]
+        lines += [f"TEMPLATE {_quote(COMPLETION_TEMPLATE, 'the template')}", ""]
         stops = ["\n"] if one_line else []
         instruction = instruction.strip()  # as PromptFormat.prefix puts it
     else:
@@ -92,7 +99,7 @@ def render_modelfile(gguf_path: str, tokenizer: Any, instruction: str, num_predi
         if end and end not in stops:
             stops.append(end)
     if instruction:
-        lines += [f"SYSTEM {_quote(instruction)}", ""]
+        lines += [f"SYSTEM {_quote(instruction, 'task.instruction')}", ""]
     # Greedy, like potstill's own evaluation, and no longer than the task's longest answer.
     lines += ["PARAMETER temperature 0", f"PARAMETER num_predict {int(num_predict)}"]
     lines += [f"PARAMETER stop {json.dumps(s)}" for s in stops]
