@@ -14,7 +14,6 @@ Without an instruction it is the system turn the chat template writes by itself,
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from potstill.errors import PotstillError
@@ -72,6 +71,14 @@ def _quote(text: str, what: str) -> str:
     return f'"""{text}"""'
 
 
+def _stop(text: str) -> str:
+    """A stop string as Ollama reads it: ``"<|im_end|>"``; one with a line break between triple quotes
+    (JSON's ``"\\n"`` reached Ollama as a backslash and an n, a stop no answer ever writes)."""
+    if "\n" in text or "\r" in text or text.startswith('""'):
+        return _quote(text, "a stop string")
+    return f'"{text}"'
+
+
 def render_modelfile(gguf_path: str, tokenizer: Any, instruction: str, num_predict: int,
                      one_line: bool = False) -> str:
     """The Modelfile text for ``FROM gguf_path`` (a path relative to the Modelfile).
@@ -102,5 +109,5 @@ def render_modelfile(gguf_path: str, tokenizer: Any, instruction: str, num_predi
         lines += [f"SYSTEM {_quote(instruction, 'task.instruction')}", ""]
     # Greedy, like potstill's own evaluation, and no longer than the task's longest answer.
     lines += ["PARAMETER temperature 0", f"PARAMETER num_predict {int(num_predict)}"]
-    lines += [f"PARAMETER stop {json.dumps(s)}" for s in stops]
+    lines += [f"PARAMETER stop {_stop(s)}" for s in stops]
     return "\n".join(lines) + "\n"
