@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,20 +12,17 @@ import torch
 from potstill.models.loading import load_lm
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rows(out: Path) -> list[dict]:
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def _torchrun(student, teacher, out: Path, mode: str = "", env: dict | None = None, processes: int = 2):
     worker = Path(__file__).with_name("ddp_worker.py")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(worker), str(student), str(teacher), str(out), mode]
+    # --standalone: the rendezvous store binds a free port itself. A port picked here and bound later
+    # could be taken meanwhile by another test's server (a rank then aborted at start, 'terminate called
+    # without an active exception', about 1 full run in 3 on a loaded 2-core machine).
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+           str(worker), str(student), str(teacher), str(out), mode]
     # CPU processes (gloo) wherever the test runs: on a one-GPU machine two ranks would both take
     # cuda:0, which NCCL refuses ("invalid usage").
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", **(env or {})}
