@@ -100,3 +100,22 @@ def test_field_help_is_shown_whole_with_its_type_and_default(monkeypatch, capsys
         main()
     port = [" ".join(line.split()) for line in capsys.readouterr().out.splitlines() if "--serve.port" in line]
     assert port[0].endswith("(0: any free port). [int] │")
+
+
+def test_a_list_flag_given_one_word_is_a_one_item_list(curated, monkeypatch, capsys):
+    """`--tracking mlflow` (one tracker, as TRL's `--report_to wandb` is given) was refused with
+    'Input should be a valid list': a list field now takes a single value as a one-item list,
+    and a YAML list, `[]` or null as before."""
+    from potstill.config import Config
+    from potstill.cli import _flag_value
+
+    ann = Config.model_fields["tracking"].annotation
+    assert _flag_value("tracking", "mlflow", ann) == ["mlflow"]
+    assert _flag_value("tracking", "[mlflow, wandb]", ann) == ["mlflow", "wandb"]
+    assert _flag_value("tracking", "[]", ann) == []
+    code, err = _cli(monkeypatch, capsys, "curate", "-c", "c.yaml", "--task.labels", "spam")
+    assert code == 2 and len(err) == 1 and "task.labels needs at least two labels" in err[0]
+    code, err = _cli(monkeypatch, capsys, "curate", "-c", "c.yaml", "--task.type", "freetext", "--task.labels", "spam",
+                     "--curate.val", "0", "--curate.test", "0", "--curate.near_dup", "false")
+    assert code in (0, None), err
+    assert yaml.safe_load((curated / "run" / "potstill.yaml").read_text())["task"]["labels"] == ["spam"]

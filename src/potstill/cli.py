@@ -106,7 +106,15 @@ def _flag_value(key: str, text: str, ann: Any) -> Any:
                 return text
             return quoted if isinstance(quoted, str) else text
         return text
-    return _yaml_value(key, text)
+    value = _yaml_value(key, text)
+    if _is_list(ann) and value is not None and not isinstance(value, (list, dict)):
+        return [value]  # `--tracking mlflow`: one value is a one-item list, as `--report_to wandb` is in TRL
+    return value
+
+
+def _is_list(ann: Any) -> bool:
+    """A list field, also where it may be null (``list[str] | None``)."""
+    return any(typing.get_origin(t) is list or t is list for t in (ann, *typing.get_args(ann)))
 
 
 def _yaml_value(key: str, text: str) -> Any:
