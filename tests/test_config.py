@@ -65,7 +65,9 @@ def test_path_fields_are_declared_and_saved_relative_to_a_directory(tmp_path):
     assert roles == {"run_dir": RUN_PATH, "data.inputs": INPUT_FILE, "teacher.model": MODEL_REF,
                      "teacher.few_shot.path": INPUT_FILE, "teacher.replay_path": INPUT_FILE,
                      "student.model": MODEL_REF, "curate.real_data": INPUT_FILE, "train.teacher_model": MODEL_REF,
-                     "synthesize.seeds": INPUT_FILE, "synthesize.test_inputs": INPUT_FILE}
+                     "synthesize.seeds": INPUT_FILE, "synthesize.test_inputs": INPUT_FILE,
+                     "evaluate.judge.teacher.model": MODEL_REF, "evaluate.judge.teacher.few_shot.path": INPUT_FILE,
+                     "evaluate.judge.teacher.replay_path": INPUT_FILE}
     cfg = load_config(None, {"task.labels": ["a", "b"], "run_dir": str(tmp_path / "run"),
                              "data.inputs": str(tmp_path / "in.jsonl"), "teacher.model": "org/name"})
     data = relative_paths(cfg, tmp_path / "run")
@@ -75,6 +77,29 @@ def test_path_fields_are_declared_and_saved_relative_to_a_directory(tmp_path):
     (tmp_path / "moved" / "run" / "c.yaml").write_text(yaml.safe_dump(data))
     moved = load_config(tmp_path / "moved" / "run" / "c.yaml")
     assert Path(moved.data.inputs) == tmp_path / "moved" / "in.jsonl" and moved.teacher.model == "org/name"
+
+
+def test_paths_in_the_judges_teacher_resolve_against_the_config_file(tmp_path):
+    """evaluate.judge.teacher is a whole teacher section (may be null): its replay_path and
+    few_shot.path were left relative to the shell's cwd, unlike the same fields of `teacher`, so
+    `potstill evaluate -c sub/c.yaml` run from elsewhere did not find them. They now resolve against
+    the config file's folder and are saved relative to the run directory, as the run teacher's are."""
+    from potstill.config import relative_paths
+
+    (tmp_path / "sub").mkdir()
+    p = tmp_path / "sub" / "c.yaml"
+    p.write_text(yaml.safe_dump({"run_dir": "run", "task": {"type": "freetext"}, "teacher": {"replay_path": "t.jsonl"},
+                                 "evaluate": {"judge": {"enabled": True, "teacher": {
+                                     "type": "replay", "replay_path": "judged.jsonl", "few_shot": {"path": "shots.jsonl"}}}}}))
+    cfg = load_config(p)
+    assert Path(cfg.teacher.replay_path) == tmp_path / "sub" / "t.jsonl"
+    assert Path(cfg.evaluate.judge.teacher.replay_path) == tmp_path / "sub" / "judged.jsonl"
+    assert Path(cfg.evaluate.judge.teacher.few_shot.path) == tmp_path / "sub" / "shots.jsonl"
+    data = relative_paths(cfg, tmp_path / "sub" / "run")
+    assert data["evaluate"]["judge"]["teacher"]["replay_path"] == "../judged.jsonl"
+    # A judge with no teacher of its own (null) loads and saves as before.
+    p.write_text(yaml.safe_dump({"task": {"type": "freetext"}, "evaluate": {"judge": {"teacher": None}}}))
+    assert relative_paths(load_config(p), tmp_path)["evaluate"]["judge"]["teacher"] is None
 
 
 def test_a_key_pasted_where_its_variables_name_belongs_is_refused_without_being_shown(tmp_path):

@@ -162,12 +162,13 @@ def _empty_sections(data: dict, model: type[BaseModel]) -> None:
 
 
 def path_roles(model: type[BaseModel] = Config, prefix: str = "") -> dict[str, PathRole]:
-    """Dotted name -> PathRole of every field marked as a path."""
+    """Dotted name -> PathRole of every field marked as a path, also inside a section that may be
+    null (``evaluate.judge.teacher.replay_path``)."""
     out: dict[str, PathRole] = {}
     for name, field in model.model_fields.items():
-        ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            out.update(path_roles(ann, f"{prefix}{name}."))
+        inner = _section_model(field.annotation)
+        if inner is not None:
+            out.update(path_roles(inner, f"{prefix}{name}."))
         for role in field.metadata:
             if isinstance(role, PathRole):
                 out[f"{prefix}{name}"] = role
@@ -194,10 +195,10 @@ def relative_paths(cfg: Config, base: Path) -> dict[str, Any]:
     base = base.resolve()
     for key, role in path_roles().items():
         *parents, leaf = key.split(".")
-        node = data
+        node: Any = data
         for p in parents:
-            node = node[p]
-        if role.resolve and isinstance(node[leaf], str):
+            node = node.get(p) if isinstance(node, dict) else None
+        if role.resolve and isinstance(node, dict) and isinstance(node.get(leaf), str):
             node[leaf] = os.path.relpath(Path(node[leaf]).resolve(), base)
     return data
 
