@@ -119,3 +119,27 @@ def test_a_list_flag_given_one_word_is_a_one_item_list(curated, monkeypatch, cap
                      "--curate.val", "0", "--curate.test", "0", "--curate.near_dup", "false")
     assert code in (0, None), err
     assert yaml.safe_load((curated / "run" / "potstill.yaml").read_text())["task"]["labels"] == ["spam"]
+
+
+def test_a_saved_config_that_no_longer_loads_is_kept_aside_not_overwritten(curated, monkeypatch, capsys):
+    """RUN/potstill.yaml records the settings each stage last ran with. One that no longer loaded (a
+    hand edit, a field of another potstill version) was silently replaced by the current command's
+    config, losing the other stages' settings; it is now moved aside to potstill.yaml.broken (its
+    text whole) and one warning line says so."""
+    saved = curated / "run" / "potstill.yaml"
+    saved.parent.mkdir(exist_ok=True)
+    old = "run_dir: .\ntask:\n  labels: [a, b]\ntrain:\n  lr: 0.0003\n  learning_rat: 0.1\n"
+    saved.write_text(old)
+    code, err = _cli(monkeypatch, capsys, "curate", "-c", "c.yaml", "--curate.val", "0", "--curate.test", "0",
+                     "--curate.near_dup", "false")
+    assert code in (0, None), err
+    assert (curated / "run" / "potstill.yaml.broken").read_text() == old
+    assert yaml.safe_load(saved.read_text())["curate"]["val"] == 0
+    warned = [line for line in err if "potstill.yaml.broken" in line]
+    assert len(warned) == 1 and "train.learning_rat" in warned[0]
+    # A second broken file does not replace the first one kept aside.
+    saved.write_text(old + "oops: 1\n")
+    _cli(monkeypatch, capsys, "curate", "-c", "c.yaml", "--curate.val", "0", "--curate.test", "0",
+         "--curate.near_dup", "false", "--force")
+    assert (curated / "run" / "potstill.yaml.broken").read_text() == old
+    assert (curated / "run" / "potstill.yaml.broken.1").read_text() == old + "oops: 1\n"

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import yaml
+from rich.markup import escape
 
 from potstill.config import Config, flat_fields, load_config, path_roles, relative_paths, set_dotted
 from potstill.errors import PotstillError
@@ -178,12 +179,22 @@ def get_dotted_plain(data: dict[str, Any], key: str) -> Any:
 
 
 def _read_saved(path: Path) -> dict[str, Any] | None:
-    """The saved config as plain data, or None when there is none (or it no longer loads)."""
+    """The saved config as plain data, or None when there is none, or when it no longer loads (a hand
+    edit, another potstill version's field): then it is moved aside whole, never written over, since
+    it may be the only record of the settings that produced the other stages' artifacts."""
     if not path.exists():
         return None
     try:
         return relative_paths(load_config(path), path.parent)
-    except PotstillError:
+    except PotstillError as e:
+        aside = path.with_name(path.name + ".broken")
+        n = 0
+        while aside.exists():
+            n += 1
+            aside = path.with_name(f"{path.name}.broken.{n}")
+        os.replace(path, aside)
+        say(f"[yellow]warning:[/yellow] {escape(str(e))}; moved it to {escape(aside.name)} and wrote a new one "
+            "(the other stages' settings are in the old file)")
         return None
 
 
