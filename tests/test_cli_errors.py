@@ -170,3 +170,46 @@ def test_a_manifest_that_is_not_json_or_not_a_manifest_is_one_line_and_kept(work
         assert (code, err) == (2, [f"error: run/manifest.json: {why}; move it aside (the stages then run again)"])
         assert (work / "run" / "manifest.json").read_text() == text
         assert not (work / "run" / "train.jsonl").exists()
+
+
+_FULL_DISK = """
+import resource, signal, sys
+# A file may grow to 4 KB and no further (EFBIG), as on a disk that fills mid-write.
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+"""
+
+
+def test_config_files_written_on_a_full_disk_leave_the_old_file_or_none(tmp_path):
+    """`potstill init --overwrite` and `potstill quickstart` wrote potstill.yaml with Path.write_text:
+    a disk that filled mid-write left a truncated file (the old one gone, or a half config the next
+    `potstill run -c` read as broken YAML). They now write beside it and rename, and the error is one line."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    old = "# mine\ntask:\n  labels: [a, b]\n"
+    (tmp_path / "p.yaml").write_text(old)
+    run = subprocess.run([sys.executable, "-c", _FULL_DISK + "from potstill.cli import main\nsys.argv = "
+                          "['potstill', 'init', 'p.yaml', '--overwrite']\nmain()"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert (tmp_path / "p.yaml").read_text() == old
+    run = subprocess.run([sys.executable, "-c", _FULL_DISK + "from potstill.cli import main\nsys.argv = "
+                          "['potstill', 'init', 'new.yaml']\nmain()"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert run.returncode == 2 and not (tmp_path / "new.yaml").exists(), run.stderr
+    assert not [p.name for p in tmp_path.iterdir() if p.name not in ("p.yaml",)]  # no temp file left either
+    # quickstart: its data files are written first; the disk fills just before potstill.yaml.
+    code = ("import potstill.quickstart as q\nsafe_dump = q.yaml.safe_dump\n"
+            "def full_after(*a, **k):\n    text = safe_dump(*a, **k)\n" + "".join(
+                "    " + line + "\n" for line in _FULL_DISK.strip().splitlines()) +
+            "    return text * 20\nq.yaml.safe_dump = full_after\n"
+            "from potstill.errors import PotstillError\n"
+            "try:\n    q.build('qs', n_inputs=80, n_test=5, n_shots=2, orders=1, n_real=0, engine='transformers')\n"
+            "except OSError as e:\n    print('failed', e.errno)\n")
+    (tmp_path / "qs").mkdir()
+    (tmp_path / "qs" / "potstill.yaml").write_text(old)
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert run.stdout.startswith("failed"), run.stdout + run.stderr
+    assert (tmp_path / "qs" / "potstill.yaml").read_text() == old

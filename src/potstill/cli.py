@@ -231,8 +231,9 @@ def init(path: Annotated[Path, typer.Argument(help="Where to write the config.")
         raise PotstillError(f"{path} is a directory; name the config file to write")
     if path.exists() and not overwrite:
         raise PotstillError(f"{path} exists (use --overwrite to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(starter_yaml())
+    from potstill.records import write_text
+
+    write_text(path, starter_yaml())  # beside it, then renamed: a full disk leaves the old file, not half a new one
     typer.echo(f"wrote {path}")
 
 

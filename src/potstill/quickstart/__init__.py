@@ -33,7 +33,7 @@ from potstill.config import Config, load_config
 from potstill.errors import PotstillError
 from potstill.models.loading import bf16_native
 from potstill.quickstart.bbc import LICENSE, SOURCE, load_articles
-from potstill.records import write_jsonl
+from potstill.records import write_jsonl, write_text
 
 LABELS = ["business", "entertainment", "politics", "sports", "tech"]
 REAL = 300  # gold-labelled articles mixed into train (benchmarks/quickstart_mix.json; README, "Quick start", says why)
@@ -174,8 +174,8 @@ def build(run_dir: str | Path, n_inputs: int = INPUTS, n_shots: int = 50, n_test
         "serve": engine,
     }
     path = run_dir / "potstill.yaml"
-    path.write_text("# Written by `potstill quickstart`; rerun with `potstill run -c potstill.yaml`.\n"
-                    + yaml.safe_dump(cfg, sort_keys=False, width=100))
+    write_text(path, "# Written by `potstill quickstart`; rerun with `potstill run -c potstill.yaml`.\n"
+               + yaml.safe_dump(cfg, sort_keys=False, width=100))
     return path
 
 
