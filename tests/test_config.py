@@ -121,6 +121,31 @@ def test_a_key_pasted_where_its_variables_name_belongs_is_refused_without_being_
     assert (ok.teacher.api_key_env, ok.serve.api_key_env) == ("MY_KEY_2", "")
 
 
+@pytest.mark.parametrize("key", [
+    "sk_live_9fQ2mZ7xLw4Rt8Yp3Kd6Vb1N",  # sk_... style (Stripe-like, some OpenAI-compatible gateways)
+    "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",  # a Hugging Face token
+    "AKIAQ3EGRTXW7ZP4LK2M",  # an AWS access key id
+    "gsk_7pQ2Lw9ZxR4tY8mK3dV6bN1cF5hJ0sA",  # Groq
+    "a3f9c07be21d4e6f8a9b0c1d2e3f4a5b",  # a hex --api-key given to `vllm serve`
+    "Zt7Qp2mXw9LrK4vB8nJd3HsF6yGc1aE",  # letters and digits, as `openssl rand -base64` without + / =
+])
+def test_a_key_made_of_letters_digits_and_underscores_is_refused_without_being_shown(key):
+    """A key with no '-' passed the old check (letters, digits and _), so it was taken as a variable's
+    NAME and printed in 'environment variable <key> is not set' (serve, teachers). Values that look
+    like a key (a known key prefix, or a long run of mixed letters and digits) are refused, unshown."""
+    for field in ("teacher.api_key_env", "serve.api_key_env"):
+        with pytest.raises(PotstillError, match=r"api_key_env: .*looks like a key") as e:
+            load_config(None, {field: key, "task.labels": ["a", "b"]})
+        assert key not in str(e.value)
+
+
+def test_ordinary_variable_names_are_still_accepted():
+    for name in ("OPENAI_API_KEY", "MY_KEY_2", "VLLM_API_KEY", "AZURE_OPENAI_API_KEY", "HF_TOKEN", "hf_token",
+                 "GROQ_API_KEY", "openai_api_key_2024", "SK_PROD_KEY", "TEAM7_LLM_GATEWAY_TOKEN", "AKIA_KEY"):
+        cfg = load_config(None, {"teacher.api_key_env": name, "serve.api_key_env": name, "task.labels": ["a", "b"]})
+        assert cfg.teacher.api_key_env == name
+
+
 def test_yaml_numbers_in_a_text_field_are_their_text_and_booleans_are_explained(tmp_path):
     """YAML types bare scalars: star ratings `labels: [1, 2, 3, 4, 5]` arrive as ints and
     `--data.source 2026` as an int; both are text to potstill. `[yes, no]` arrive as booleans,
