@@ -58,6 +58,40 @@ def test_examples_load(path):
     assert isinstance(cfg, Config)
 
 
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_every_file_a_preset_names_ships_beside_it_or_is_the_users_to_provide(path):
+    """Presets named ../data/*.jsonl, which the repository does not hold, while their comments said to
+    run them as is. Each input file a preset names now exists, or a comment line says `you provide:`
+    that path as it is written in the preset."""
+    from potstill.config import path_roles
+    from potstill.stage import get_dotted_plain
+
+    raw = yaml.safe_load(path.read_text())
+    provided = [line for line in path.read_text().splitlines() if line.lstrip().startswith("#") and "you provide:" in line]
+    for key, role in path_roles().items():
+        if not role.content or not role.resolve:
+            continue
+        try:
+            written = get_dotted_plain(raw, key)
+        except (KeyError, TypeError):
+            continue
+        if written is None or (path.parent / written).is_file():
+            continue
+        assert any(written in line for line in provided), f"{path.name}: {key} {written} neither ships nor is documented"
+
+
+def test_the_replay_preset_runs_as_is(tmp_path, monkeypatch):
+    """The replay preset ships its inputs and the logged chats they are answered from: generate answers
+    every input from the log, with no network and no key."""
+    from potstill.pipeline import STAGES
+    from potstill.records import read_records
+
+    cfg = load_config(Path(__file__).parent.parent / "examples" / "replay-logs.yaml", {"run_dir": str(tmp_path / "run")})
+    STAGES["generate"].run(cfg)
+    recs = read_records(tmp_path / "run" / "teacher.jsonl")
+    assert len(recs) == len(read_records(cfg.data.inputs)) >= 5 and all(r.valid and r.output for r in recs)
+
+
 def test_path_fields_are_declared_and_saved_relative_to_a_directory(tmp_path):
     from potstill.config import INPUT_FILE, MODEL_REF, RUN_PATH, path_roles, relative_paths
 
