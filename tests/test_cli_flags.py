@@ -143,3 +143,15 @@ def test_a_saved_config_that_no_longer_loads_is_kept_aside_not_overwritten(curat
          "--curate.near_dup", "false", "--force")
     assert (curated / "run" / "potstill.yaml.broken").read_text() == old
     assert (curated / "run" / "potstill.yaml.broken.1").read_text() == old + "oops: 1\n"
+
+
+def test_a_stage_that_fails_leaves_no_run_directory_it_created(curated, monkeypatch, capsys):
+    """`curate --run_dir new/sub` with no new/sub/teacher.jsonl failed in one line but left empty
+    new/ and new/sub/ behind, which looked like a run that had started. The folders a failing stage
+    created are removed when they are still empty; a run directory that already existed stays."""
+    code, err = _cli(monkeypatch, capsys, "curate", "-c", "c.yaml", "--run_dir", "new/sub")
+    assert code == 2 and len(err) == 1 and "teacher.jsonl" in err[0]
+    assert not (curated / "new").exists()
+    (curated / "empty").mkdir()
+    code, err = _cli(monkeypatch, capsys, "curate", "-c", "c.yaml", "--run_dir", "empty")
+    assert code == 2 and (curated / "empty").is_dir()

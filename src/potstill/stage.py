@@ -111,6 +111,20 @@ class Stage:
 
         if self.tracked:
             tracking.check(cfg)  # a tracker that is not installed is one line now, not after an hour of training
+        made = _missing_dirs(Path(cfg.run_dir))
+        try:
+            return self._run(cfg, force)
+        except BaseException:
+            # A stage that fails before writing anything leaves no empty run directory that looks
+            # like a started run; rmdir removes only what is still empty, so nothing written is lost.
+            for d in made:
+                try:
+                    d.rmdir()
+                except OSError:
+                    break
+            raise
+
+    def _run(self, cfg: Config, force: bool) -> dict[str, Any]:
         run = RunDir(cfg.run_dir)
         fp = self.fingerprint(cfg, run)
         main = int(os.environ.get("RANK", "0")) == 0  # under torchrun / accelerate launch, one process records
@@ -144,6 +158,16 @@ class Stage:
         failed = tracking.after_stage(cfg.model_copy(update={"tracking": trackers}), self.name,
                                       {k: get_dotted(cfg, k) for k in self.fingerprinted()}, summary, run.path)
         run.set_untracked(self.name, sorted(set(failed) | (set(pending) - set(trackers))))
+
+
+def _missing_dirs(path: Path) -> list[Path]:
+    """``path`` and its ancestors that do not exist yet, deepest first (what ``RunDir`` will create)."""
+    out = []
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        out.append(path)
+        path = path.parent
+    return out
 
 
 def save_config(cfg: Config, run: RunDir, stage: Stage) -> None:
