@@ -1,4 +1,7 @@
-"""The one exception type the CLI turns into a single clear line and a non-zero exit."""
+"""The one exception type the CLI turns into a single clear line and a non-zero exit, and the
+helpers that keep keys out of every message and file."""
+
+import re
 
 
 class PotstillError(Exception):
@@ -11,6 +14,16 @@ def redact(text: str, secrets: list[str]) -> str:
         if secret:
             text = text.replace(secret, "***")
     return text
+
+
+# A URL's user:password@ and its query string can carry a key (a proxy's Basic auth, its
+# ``?api-key=``): what potstill logs, prints or saves gets the URL without them.
+_URL = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)(?:[^\s/@?#'\"]*@)?([^\s?#'\"]*)(?:\?[^\s#'\"]*)?")
+
+
+def without_credentials(text: str) -> str:
+    """``text`` with every URL in it stripped of user info and query string."""
+    return _URL.sub(r"\1\2", text)
 
 
 def compile_failed(section: str, e: BaseException) -> PotstillError:

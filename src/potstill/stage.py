@@ -19,7 +19,7 @@ import yaml
 from rich.markup import escape
 
 from potstill.config import Config, flat_fields, load_config, path_roles, relative_paths, set_dotted
-from potstill.errors import PotstillError
+from potstill.errors import PotstillError, without_credentials
 from potstill.hashing import hash_path
 from potstill.progress import say
 from potstill.records import Record, read_numbered, write_text
@@ -191,9 +191,31 @@ def save_config(cfg: Config, run: RunDir, stage: Stage) -> None:
         for key in keys:
             set_dotted(data, key, get_dotted_plain(new, key))
     data["run_dir"] = "."
+    stripped = _strip_url_credentials(data)
+    if stripped:
+        say(f"[dim]{stage.name}: {', '.join(stripped)} saved in {path} without its user info and query (a key "
+            "there is never written down); give serve, watch and redistill -c with your config[/dim]")
     write_text(path, "# Written by potstill: the settings this run's stages last ran with (paths relative to this\n"
                      "# file); `potstill serve|watch|redistill RUN` load it unless given -c.\n"
                + yaml.safe_dump(data, sort_keys=False, width=100))
+
+
+# The fields that hold a server's URL, which can carry a key (user:password@, ?api-key=).
+_URL_FIELDS = ("base_url", "ray_endpoints")
+
+
+def _strip_url_credentials(data: dict[str, Any], prefix: str = "") -> list[str]:
+    """Remove user info and query strings from every URL field in ``data``, in place; the fields changed."""
+    changed = []
+    for k, v in data.items():
+        if isinstance(v, dict):
+            changed += _strip_url_credentials(v, f"{prefix}{k}.")
+        elif k in _URL_FIELDS and v:
+            clean = [without_credentials(u) for u in v] if isinstance(v, list) else without_credentials(v)
+            if clean != v:
+                data[k] = clean
+                changed.append(prefix + k)
+    return changed
 
 
 def get_dotted_plain(data: dict[str, Any], key: str) -> Any:

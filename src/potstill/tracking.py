@@ -25,7 +25,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -33,7 +32,7 @@ from typing import Any, Callable, Iterable
 from pydantic import BaseModel
 
 from potstill.config import Config
-from potstill.errors import PotstillError
+from potstill.errors import PotstillError, without_credentials
 from potstill.hashing import hash_path
 from potstill.progress import say
 
@@ -65,16 +64,6 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
         key = f"{prefix}.{k}" if prefix else str(k)
         out.update(flatten(v, key) if isinstance(v, (dict, BaseModel)) else {key: v})
     return out
-
-
-# A URL's user:password@ and its query string can carry a key (a proxy's ``?api-key=``): a
-# tracker gets the URL without them, like every other place a key never reaches.
-_URL = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)(?:[^\s/@?#'\"]*@)?([^\s?#'\"]*)(?:\?[^\s#'\"]*)?")
-
-
-def without_credentials(text: str) -> str:
-    """``text`` with every URL in it stripped of user info and query string."""
-    return _URL.sub(r"\1\2", text)
 
 
 def numbers(obj: Any) -> dict[str, float]:

@@ -1,0 +1,70 @@
+"""Keys never reach the files a run writes or what it prints. Real parts: the official openai
+client over HTTP to servers on 127.0.0.1 backed by a tiny model; each test sets a recognisable
+canary and greps everything the run wrote and printed for it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers.chat_server import ChatServer
+
+ROOT = Path(__file__).resolve().parents[1]
+CANARY = "sk-SECRET-canary-7f3a9c1e5b"
+TEXTS = ["the team won the match", "new phone software", "a vote in the election", "the film star",
+         "bank profit and market shares", "the internet and computer"]
+
+
+@pytest.fixture(scope="module")
+def open_server(tiny_model_b):
+    """A teacher with no key of its own: what a proxy that checks Basic auth passes on."""
+    with ChatServer(str(tiny_model_b)) as s:
+        yield s
+
+
+def potstill(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    full = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}", "COLUMNS": "400", **env}
+    return subprocess.run([sys.executable, "-m", "potstill.cli", *args], cwd=cwd, env=full, capture_output=True,
+                          text=True, timeout=600)
+
+
+def leaks(canary: str, run: Path, *printed: str) -> list[str]:
+    """Where ``canary`` shows: the printed texts (as 'output') and every file under ``run``."""
+    where = ["output" for text in printed if canary in text]
+    where += [str(p.relative_to(run)) for p in sorted(run.rglob("*"))
+              if p.is_file() and canary.encode() in p.read_bytes()]
+    return where
+
+
+def write_project(root: Path, teacher: dict, **sections: dict) -> None:
+    (root / "inputs.jsonl").write_text("".join(json.dumps({"input": t}) + "\n" for t in TEXTS))
+    cfg = {"run_dir": "run", "task": {"type": "freetext", "instruction": "summarise"},
+           "data": {"inputs": "inputs.jsonl"},
+           "teacher": {"type": "openai", "model": "tiny-teacher", "concurrency": 2, "max_tokens": 4,
+                       "max_retries": 0, **teacher}, **sections}
+    (root / "potstill.yaml").write_text(yaml.safe_dump(cfg))
+
+
+def test_credentials_in_a_base_url_are_not_saved_with_the_run(open_server, tmp_path):
+    """A base_url with user:password@ (a proxy's Basic auth) works, and RUN/potstill.yaml, which
+    serve, watch and redistill load, holds the URL without its user info."""
+    url = open_server.base_url.replace("http://", f"http://proxy-user:{CANARY}@")
+    judge = {"type": "openai", "model": "judge", "api_key_env": "",
+             "base_url": url.replace("127.0.0.1", "judge.example")}
+    write_project(tmp_path, {"base_url": url, "api_key_env": ""}, evaluate={"judge": {"teacher": judge}},
+                  generate={"ray_endpoints": [url]})
+    out = potstill("generate", "-c", "potstill.yaml", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert sum(open_server.requests.values()) > 0
+    assert leaks(CANARY, tmp_path / "run", out.stdout, out.stderr) == []
+    saved = yaml.safe_load((tmp_path / "run" / "potstill.yaml").read_text())
+    assert saved["teacher"]["base_url"] == open_server.base_url
+    assert saved["evaluate"]["judge"]["teacher"]["base_url"] == open_server.base_url.replace("127.0.0.1", "judge.example")
+    assert saved["generate"]["ray_endpoints"] == [open_server.base_url]
+    assert "teacher.base_url" in out.stderr + out.stdout  # one line says so
