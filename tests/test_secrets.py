@@ -4,14 +4,18 @@ canary and greps everything the run wrote and printed for it."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from fastapi import Header
+from fastapi.responses import JSONResponse
 
 from tests.helpers.chat_server import ChatServer
 
@@ -68,3 +72,26 @@ def test_credentials_in_a_base_url_are_not_saved_with_the_run(open_server, tmp_p
     assert saved["evaluate"]["judge"]["teacher"]["base_url"] == open_server.base_url.replace("127.0.0.1", "judge.example")
     assert saved["generate"]["ray_endpoints"] == [open_server.base_url]
     assert "teacher.base_url" in out.stderr + out.stdout  # one line says so
+
+
+class EchoAuthServer(ChatServer):
+    """A teacher (or the proxy before it) whose 401 repeats the Authorization header it was sent,
+    as some providers' do, so any credential it carries would show."""
+
+    def chat(self, body: dict, authorization: str | None = Header(None)) -> Any:
+        return JSONResponse({"error": {"message": f"Incorrect API key provided: {authorization}",
+                                       "type": "invalid_request_error"}}, status_code=401)
+
+
+def test_a_refused_base_url_password_is_not_shown(tiny_model_b, tmp_path):
+    """httpx sends a base_url's user:password@ as Basic auth; a 401 that echoes the header shows
+    the pair base64-encoded, which is the password in plain sight: the error line, the ledger row
+    and the output show it redacted, as they show an API key."""
+    basic = base64.b64encode(f"proxy-user:{CANARY}".encode()).decode()
+    with EchoAuthServer(str(tiny_model_b)) as srv:
+        url = srv.base_url.replace("http://", f"http://proxy-user:{CANARY}@")
+        write_project(tmp_path, {"base_url": url, "api_key_env": ""})
+        out = potstill("generate", "-c", "potstill.yaml", cwd=tmp_path)
+    assert out.returncode == 2 and "401" in out.stderr and "Basic ***" in out.stderr, out.stderr
+    assert leaks(CANARY, tmp_path / "run", out.stdout, out.stderr) == []
+    assert leaks(basic, tmp_path / "run", out.stdout, out.stderr) == []

@@ -26,6 +26,24 @@ def without_credentials(text: str) -> str:
     return _URL.sub(r"\1\2", text)
 
 
+def url_secrets(url: str | None) -> list[str]:
+    """The credentials a URL carries, as they can come back in an error: its password (as written
+    and decoded) and the ``Basic`` token httpx sends for its ``user:password@`` (an echoed header
+    shows that token, which decodes to the password)."""
+    import base64
+    from urllib.parse import unquote, urlsplit
+
+    try:
+        parts = urlsplit(url or "")
+    except ValueError:
+        return []
+    if parts.password is None:
+        return []
+    user, password = unquote(parts.username or ""), unquote(parts.password)
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return [token, parts.password, password]
+
+
 def compile_failed(section: str, e: BaseException) -> PotstillError:
     """One line for a failure of ``torch.compile`` under ``<section>.compile`` (inductor's own
     messages run to pages): its type and first line, and the setting that turns it off."""

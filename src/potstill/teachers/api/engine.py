@@ -22,7 +22,7 @@ from concurrent.futures import Future
 from typing import Any, Callable, Iterable, Iterator
 
 from potstill.config import GenerateConfig, PriceConfig, TeacherConfig
-from potstill.errors import PotstillError, redact
+from potstill.errors import PotstillError, redact, url_secrets
 from potstill.tasks import Task
 from potstill.teachers.api.limits import RateLimiter
 from potstill.teachers.api.prices import price_for, token_cost
@@ -71,8 +71,8 @@ class ApiTeacher(Teacher):
         return chars // 4 + 4 + max_output(request) * int(request.get("n", 1))
 
     def secrets(self) -> list[str]:
-        """Strings never to show in an error (the key)."""
-        return [self._key or ""]
+        """Strings never to show in an error: the key, and a password in ``base_url``."""
+        return [self._key or "", *url_secrets(self.cfg.base_url)]
 
     def http_module(self) -> Any:
         """The httpx-compatible package the SDK takes clients from (httpx; newer SDKs: httpx2)."""
