@@ -182,3 +182,24 @@ def test_lora_student_loads_from_any_directory(tmp_path, monkeypatch):
     student = load_lm(str(tmp_path / "run" / "student"), device="cpu")
     with torch.no_grad():
         torch.testing.assert_close(student.model(input_ids=ids).logits, want, rtol=1e-4, atol=1e-5)
+
+
+def test_label_kd_with_no_soft_label_is_one_line_not_silent_sft(tiny_model, tmp_path):
+    """objective kd picks the labels signal for classification, but an API teacher asked without
+    teacher.logprobs (its default, 0) records no label_probs: training ran pure SFT and train.json
+    said objective kd, kd_signal labels. It is refused in one line, as topk with no logprobs is."""
+    from potstill.errors import PotstillError
+
+    task = get_task(TaskConfig(type="classification", labels=LABELS, instruction="classify the text"))
+    records = [Record(messages=[{"role": "user", "content": t}], output=LABELS[i % 3], valid=True)
+               for i, t in enumerate(TEXTS)]
+    lm = load_lm(str(tiny_model))
+    cfg = TrainConfig(objective="kd", epochs=1, batch_size=2, seed=0)
+    with pytest.raises(PotstillError, match="no training record carries label_probs.*teacher.logprobs"):
+        train(lm, student_format(lm, task), task, records, [], cfg, 64, tmp_path / "student", tmp_path / "m.jsonl")
+    assert not (tmp_path / "student").exists()
+    # One record with a soft label is enough (the others, real data with a gold label, train on CE).
+    records[0].label_probs = dict(zip(LABELS, PROBS[0]))
+    summary = train(lm, student_format(lm, task), task, records, [], cfg, 64, tmp_path / "student",
+                    tmp_path / "m.jsonl")
+    assert summary["kd_signal"] == "labels"
