@@ -247,10 +247,10 @@ def quickstart(
     real: Annotated[int, typer.Option(help="Other articles mixed into train with their gold label.")] = 300,
     objective: Annotated[str, typer.Option(help="kd (label-level distillation) or sft.")] = "kd",
     engine: Annotated[str, typer.Option(
-        help="The student's engine in pilot, evaluate and serve: auto (int8 on a CPU with AVX-512 VNNI "
-             "and no AMX, else ctranslate2 where installed, else transformers), ctranslate2, "
-             "transformers, or int8 (transformers with int8 layers, compiled: the cheapest per call on a "
-             "CPU without AMX; on 2 cores the first model of an architecture compiles in about 100 s, "
+        help="The student's engine in pilot, evaluate and serve: auto (int8 on a CPU with AVX-512 VNNI or "
+             "AMX and a C++ compiler, else ctranslate2 where installed, else transformers), ctranslate2, "
+             "transformers, or int8 (transformers with int8 layers, compiled: the cheapest per call on such "
+             "a CPU; on 2 cores the first model of an architecture compiles in about 100 s, "
              "the next ones from torch's cache in about 20 s).")] = "auto",
 ) -> None:
     """The embedded default, end to end, offline: BBC News topics, gemma-3-270m teacher, SmolLM2 student."""
