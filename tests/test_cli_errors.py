@@ -213,3 +213,16 @@ def test_config_files_written_on_a_full_disk_leave_the_old_file_or_none(tmp_path
     run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert run.stdout.startswith("failed"), run.stdout + run.stderr
     assert (tmp_path / "qs" / "potstill.yaml").read_text() == old
+
+
+def test_a_bad_value_is_named_by_the_flag_that_set_it_not_by_the_file(work, monkeypatch, capsys):
+    """`potstill curate -c c.yaml --curate.min_agreement 2` said 'c.yaml: curate.min_agreement: ...'
+    though c.yaml holds no curate section at all: the user looked for the mistake in the file. A flag's value is named by its
+    flag (the value not repeated); a file's own bad value is still named by the file."""
+    code, err = _cli(monkeypatch, capsys, "curate", "-c", "c.yaml", "--curate.min_agreement", "2")
+    assert (code, err) == (2, ["error: --curate.min_agreement: Input should be less than or equal to 1"])
+    code, err = _cli(monkeypatch, capsys, "curate", "-c", "c.yaml", "--task.labels", "[a, [b]]")
+    assert (code, err) == (2, ["error: --task.labels: 1: Input should be a valid string"])
+    (work / "bad.yaml").write_text(CONFIG + "curate:\n  min_agreement: 2\n")
+    code, err = _cli(monkeypatch, capsys, "curate", "-c", "bad.yaml", "--curate.val", "0")
+    assert (code, err) == (2, ["error: bad.yaml: curate.min_agreement: Input should be less than or equal to 1"])

@@ -54,10 +54,16 @@ ALIASES = {
 }
 
 
-def _explain(e: ValidationError, source: str) -> str:
+def _explain(e: ValidationError, source: str, flags: list[str] = ()) -> str:
     err = e.errors()[0]
     loc = tuple(err["loc"])
     where = ".".join(str(x) for x in loc)
+    # A value a flag set over a file is named by its flag, not by the file (which may hold a valid one).
+    flag = next((k for k in flags if where == k or where.startswith(k + ".")), None)
+    at = f"--{flag}" + (f": {where[len(flag) + 1:]}" if where != flag else "") if flag else \
+        f"{source}: {where or 'config'}"
+    if flag:
+        source = f"--{flag}"
     if err["type"] == "extra_forbidden":
         valid = _fields_at(Config, loc[:-1])
         alias = ALIASES.get(str(loc[-1]))
@@ -66,9 +72,9 @@ def _explain(e: ValidationError, source: str) -> str:
         return f"{source}: unknown config field '{where}'{hint}"
     if err["type"] == "string_type" and isinstance(err.get("input"), bool):
         # Its text is gone (yes, on and true all load as True): only the user can say which it was.
-        return (f"{source}: {where}: {err['msg']} (YAML reads yes/no, on/off and true/false as booleans: "
+        return (f"{at}: {err['msg']} (YAML reads yes/no, on/off and true/false as booleans: "
                 f"quote the value, as in 'yes')")
-    return f"{source}: {where or 'config'}: {err['msg']}"
+    return f"{at}: {err['msg']}"
 
 
 def set_dotted(data: dict, key: str, value: Any) -> None:
@@ -146,7 +152,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     try:
         return Config.model_validate(data)
     except ValidationError as e:
-        raise PotstillError(_explain(e, source)) from None
+        raise PotstillError(_explain(e, source, list(overrides or {}) if path is not None else [])) from None
 
 
 def _empty_sections(data: dict, model: type[BaseModel]) -> None:
