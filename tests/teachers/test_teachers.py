@@ -142,3 +142,19 @@ def test_a_budget_says_it_does_not_cap_a_teacher_that_runs_here(tmp_path, capsys
     check_budget(teacher, GenerateConfig())
     said = capsys.readouterr()
     assert "budget" not in said.out + said.err
+
+
+@pytest.mark.parametrize("stray", ["\r", "\n", " ", "\u00e9"])
+def test_a_key_with_a_stray_character_is_one_line_naming_the_variable(server, tmp_path, stray):
+    """Found by an audit: a key read from a CRLF .env file ends in '\\r'; httpx refuses such a header
+    value, so every call failed as 'APIConnectionError: Connection error.' (a non-ASCII character:
+    a UnicodeEncodeError), retried and blamed on the network. The key is now refused before any
+    request, in one line that names the variable and never shows the key."""
+    root = project(tmp_path, server.base_url, {"type": "freetext", "instruction": "summarise"}, n=3)
+    before = sum(server.requests.values())
+    out = subprocess.run([sys.executable, "-m", "potstill.cli", "generate", "-c", "potstill.yaml"], cwd=root,
+                         env={**os.environ, "TEACHER_KEY": SECRET + stray}, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "TEACHER_KEY" in out.stderr and "Connection" not in out.stderr
+    assert SECRET not in out.stdout + out.stderr
+    assert sum(server.requests.values()) == before

@@ -41,7 +41,26 @@ def api_key(env_name: str, setting: str = "teacher.api_key_env") -> str:
     key = os.environ.get(env_name)
     if not key:
         raise PotstillError(f"environment variable {env_name} is not set (it should hold the API key; see {setting})")
+    problem = key_problem(key)
+    if problem:
+        raise PotstillError(f"environment variable {env_name} holds {problem}, which no HTTP header can carry "
+                            "(the value is not shown); set it to the key alone")
     return key
+
+
+def key_problem(key: str) -> str | None:
+    """What keeps ``key`` out of an ``Authorization`` header, or None. httpx refuses a header value
+    with a line break and cannot encode one outside ASCII, and the SDKs report either as a
+    connection error on every call; spaces at the ends are the usual copy-paste slip. A key read
+    from a .env file written on Windows ends in '\\r'."""
+    if any(c in key for c in "\r\n"):
+        return "a line break (a .env file with Windows line endings adds '\\r')"
+    if key != key.strip():
+        return "spaces or tabs before or after the key"
+    bad = next((c for c in key if not " " <= c <= "~"), None)
+    if bad is not None:
+        return f"a character outside printable ASCII (U+{ord(bad):04X})"
+    return None
 
 
 def label_probs_from_top_logprobs(top: list[dict[str, Any]], labels: list[str]) -> dict[str, float] | None:
