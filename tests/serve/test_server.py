@@ -670,3 +670,22 @@ def test_an_escalated_chat_with_tool_turns_keeps_them_for_the_teacher(served, te
     assert "'tool_call_id': 'call_1'" in got and "'tool_calls': [{" in got
     row = rows(service)[-1]
     assert row["status"] == "ok" and row["role"] == "teacher"
+
+
+@pytest.mark.parametrize("bad", ["s3rve-key\r", " s3rve-key", "s3rve-kéy"])
+def test_a_serve_key_with_a_stray_character_is_one_line_not_a_401_for_everyone(monkeypatch, bad):
+    """Found by an audit: POTSTILL_SERVE_KEY read from a CRLF .env file ends in '\\r', so the server
+    expected 'Bearer s3rve-key\\r' and every client, sending the clean key, got a 401. It is refused at
+    start, naming the variable and never the key."""
+    from potstill.config import Config
+    from potstill.errors import PotstillError
+    from potstill.serve import serve_key
+
+    monkeypatch.setenv("POTSTILL_SERVE_KEY", bad)
+    cfg = Config.model_validate({"task": {"type": "classification", "labels": ["a", "b"]},
+                                 "serve": {"api_key_env": "POTSTILL_SERVE_KEY"}})
+    with pytest.raises(PotstillError, match="POTSTILL_SERVE_KEY") as e:
+        serve_key(cfg)
+    assert "s3rve" not in str(e.value) and "\n" not in str(e.value)
+    monkeypatch.setenv("POTSTILL_SERVE_KEY", "s3rve-key")
+    assert serve_key(cfg) == "s3rve-key"

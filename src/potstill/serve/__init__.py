@@ -33,6 +33,13 @@ def serve_key(cfg: Config) -> str | None:
     if not key:
         raise PotstillError(f"environment variable {name} is not set (it holds the key clients must send; "
                             "set it, or pass --api-key-env '' to serve without auth)")
+    from potstill.teachers.openai_teacher import key_problem
+
+    # A '\r' from a CRLF .env file would be part of the expected 'Bearer <key>\r': every client,
+    # sending the clean key, would get a 401. The key itself is never shown.
+    problem = key_problem(key)
+    if problem:
+        raise PotstillError(f"environment variable {name} (the key clients must send) has {problem}; fix its value")
     return key
 
 
