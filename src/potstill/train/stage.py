@@ -47,7 +47,8 @@ def train_body(cfg: Config, run: RunDir) -> dict[str, Any]:
         summary["int8_calibration"] = calibrate_int8(cfg, run / "student", lm, task, records)
     write_json(run / "train.json", summary)
     say(f"train: {summary['steps']} steps over {summary['examples']} examples, {summary['tokens']} tokens, "
-        f"{summary['train_s']:.1f} s, final loss {summary['final_loss']:.4f}, val loss {summary['val_loss']}")
+        f"{summary['train_s']:.1f} s, final loss {summary['final_loss']:.4f}, val loss "
+        + (f"{summary['val_loss']:.4f}" if summary.get("val_loss") is not None else "none (no val split)"))
     return summary
 
 
