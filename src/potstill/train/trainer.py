@@ -46,7 +46,7 @@ from potstill.tasks import Task
 from potstill.train import checkpoint
 from potstill.train.attention import causal_attention, decoder_inputs
 from potstill.train.batching import IGNORE, Batch, Example, build_examples, collate  # noqa: F401 (re-export)
-from potstill.train.distributed import (accelerator, check_same_weights, deal, fsdp_plugin, global_counts,  # noqa: F401
+from potstill.train.distributed import (accelerator, check_same_weights, deal, global_counts,  # noqa: F401
                                         global_values, load_on_every_rank)
 from potstill.train.fused_head import fused_linear_cross_entropy, fused_linear_kd, fused_linear_sparse_kd
 from potstill.train.losses import label_distribution_kd
