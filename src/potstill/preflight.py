@@ -268,9 +268,17 @@ def projected_cost(ctx: _Ctx) -> tuple[float, int, str]:
     chars_in = sum(fixed + sum(len(str(m.get("content", ""))) for m in r.messages) for r in records)
     out_tokens = (max(len(lab) for lab in ctx.task.labels) / CHARS_PER_TOKEN + 1 if ctx.task.labels
                   else cfg.teacher.max_tokens)
-    n = cfg.generate.n * fs.orders  # every sample and every shot order is a call
-    usd = token_cost(price, math.ceil(chars_in / CHARS_PER_TOKEN) * n, math.ceil(out_tokens * len(records) * n))
-    how = f"{len(records)} inputs x {n} calls, up to {out_tokens:.0f} output tokens each"
+    # Every shot order is a call. The n samples of generate.n are n calls only where the API has no
+    # ``n`` (Anthropic's: the teacher sends n requests); OpenAI's one request carries them all, so its
+    # prompt is billed once and only the output n times.
+    samples = cfg.generate.n
+    calls = fs.orders * (samples if cfg.teacher.type == "anthropic" else 1)
+    usd = token_cost(price, math.ceil(chars_in / CHARS_PER_TOKEN) * calls,
+                     math.ceil(out_tokens * len(records) * fs.orders * samples))
+    how = f"{len(records)} inputs x {calls} call{'s' if calls > 1 else ''}"
+    if samples > 1 and calls < samples * fs.orders:
+        how += f" of {samples} samples"
+    how += f", up to {out_tokens:.0f} output tokens each" + (" sample" if samples > 1 else "")
     if len(records) < total:
         how += f"; {total - len(records)} more answered in the ledger (a rerun pays nothing for them)"
     if cfg.generate.engine == "batch":  # billed at the provider's batch share of the live price

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -128,6 +129,31 @@ def test_projected_teacher_cost_above_budget_refuses(tiny_model, tmp_path):
     assert status == "fail" and "above generate.budget_usd $1" in detail
     rich = _cfg(tmp_path, student={"model": str(tiny_model)}, teacher=teacher, generate={"budget_usd": 3.0})
     assert _status(rich, "budget")[0] == "ok"
+
+
+def test_openai_samples_pay_the_prompt_once_anthropic_n_times(tiny_model, tmp_path):
+    """generate.n 5 on an OpenAI teacher is one request with n=5: the prompt is billed once and the
+    output five times. It was projected as 5 calls (the prompt five times), so with a long prompt and
+    a short label preflight, and so generate, refused a budget about 5x what the run costs. Anthropic
+    has no n (the teacher sends 5 requests): there the prompt is paid 5 times."""
+    _write(tmp_path / "inputs.jsonl", [{"input": "the team won the match " * 40}] * 1000)  # ~240 tokens in
+    task = {"type": "classification", "instruction": "classify", "labels": ["sports", "tech"]}
+    price = {"input_per_mtok": 2.5, "output_per_mtok": 10.0}
+
+    def cost(kind: str, n: int, budget: float = 1.0) -> tuple[float, str, str]:
+        cfg = _cfg(tmp_path, student={"model": str(tiny_model)}, task=task, generate={"n": n, "budget_usd": budget},
+                   teacher={"type": kind, "model": "m", "price": price})
+        usd, _, how = projected_cost(_Ctx(cfg))
+        return usd, how, _status(cfg, "budget")[0]
+
+    one, _, _ = cost("openai", 1)
+    inp = 1000 * math.ceil((len("classify") + len("the team won the match " * 40)) / 4) * 2.5 / 1e6
+    out = one - inp  # 1,000 x a few label tokens
+    five, how, status = cost("openai", 5)
+    assert five == pytest.approx(inp + 5 * out) and "1 call of 5 samples" in how
+    assert status == "ok"  # $0.71 for a $1 budget; it was projected at $3.03 and refused
+    anth, how, status = cost("anthropic", 5)
+    assert anth == pytest.approx(5 * one) and "x 5 calls" in how and status == "fail"
 
 
 def test_an_api_teachers_projection_has_no_shots_or_orders_it_never_sends(tiny_model, tmp_path):
