@@ -48,6 +48,10 @@ VALID = [
     ({"input": ""}, "input: empty text"),
     ({"input": "  \n"}, "input: empty text"),
     ({"messages": []}, "messages: empty list"),
+    # A Hugging Face dataset's column name: the line has neither field potstill reads, and the message
+    # named only one of them ("messages: Field required"), not the {"input": ...} form a user meant.
+    ({"text": "the team won", "label": "sports"}, 'no "input" (the text) or "messages" (OpenAI chat) field; '
+                                                  "this line has: text, label"),
     ({"messages": [{"role": "user"}]}, "messages.0: a user message without content"),
     ({"messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role: 'wizard' is not one of system, developer, "
                                                           "user, assistant, tool"),

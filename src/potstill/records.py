@@ -174,6 +174,9 @@ def record_problem(obj: dict[str, Any]) -> str | None:
         if not isinstance(text, str):
             return f"input: expected a string, got {type(text).__name__} ({json.dumps(text)[:40]})"
         return "input: empty text" if not text.strip() else None
+    if "messages" not in obj:
+        keys = ", ".join(map(str, list(obj)[:8])) or "nothing"
+        return f'no "input" (the text) or "messages" (OpenAI chat) field; this line has: {keys}'
     messages = obj.get("messages")
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
         return None  # the Record model says what is wrong with its type
