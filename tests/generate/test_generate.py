@@ -363,6 +363,28 @@ def test_anthropic_samples_answered_beside_a_failed_one_are_billed_in_the_ledger
     assert all(SECRET not in (r["error"] or "") for r in errors)
 
 
+def test_anthropic_samples_are_requests_for_the_rate_limit_and_not_retries(tmp_path, monkeypatch):
+    """generate.n 3 on Anthropic sends 3 Messages requests per input. The engine counted one request
+    per input, so the other 2 were reported as SDK retries (generate's line, the ledger's run row,
+    `potstill cost`: '80 retries' on a server that failed nothing) and generate.rpm let 3x its rate
+    through. Each sample now takes its share of the RPM bucket and counts as started, not retried."""
+    monkeypatch.setenv("TEACHER_KEY", SECRET)
+    with Loopback(key=SECRET) as srv:
+        cfg_path = project(tmp_path, srv.root_url, 12, {"type": "anthropic", "model": "claude-haiku-4-5-20251001"},
+                           {"n": 3, "rpm": 600})
+        t0 = time.perf_counter()
+        summary = generate_stage(load_config(cfg_path))
+        took = time.perf_counter() - t0
+        stats = srv.stats()
+    assert sum(stats["answered"].values()) == 36 and stats["faults"] == {}
+    assert summary["retries"] == 0 and summary["errors"] == 0
+    # 600 rpm = 10 requests a second with a burst of 10: 36 requests need 2.6 s at least (12 took ~0.2 s).
+    assert took >= 2.4, took
+    con = sqlite3.connect(tmp_path / "run" / "calls.sqlite")
+    assert con.execute("SELECT retries FROM generate_runs").fetchall() == [(0,)]  # what `potstill cost` prints
+    con.close()
+
+
 def test_an_openai_reasoning_model_gets_max_completion_tokens_and_no_temperature(tmp_path, monkeypatch):
     # gpt-5, o3, o4-mini answer 400 to max_tokens, to temperature 0 and to logprobs (the loopback
     # refuses them as OpenAI does): every request was an error row. Now the budget goes as

@@ -72,6 +72,9 @@ class AnthropicTeacher(ApiTeacher):
         return AsyncAnthropic(api_key=self._key, base_url=self.cfg.base_url, max_retries=self.cfg.max_retries,
                               timeout=self.cfg.timeout_s, http_client=http_client)
 
+    def http_requests(self, request: dict[str, Any]) -> int:
+        return int(request.get("n", 1))  # generate.n samples are n Messages requests
+
     async def call(self, client: Any, request: dict[str, Any]) -> Response:
         req = dict(request)
         n = int(req.pop("n", 1))

@@ -65,10 +65,15 @@ class ApiTeacher(Teacher):
         """One request (with its n samples); raises on failure after the SDK's retries."""
         raise NotImplementedError
 
+    def http_requests(self, request: dict[str, Any]) -> int:
+        """HTTP requests ``call`` sends for one request (before the SDK's retries): 1 where the API
+        takes ``n``; an adapter that sends each sample alone (Anthropic) says n."""
+        return 1
+
     def estimate_tokens(self, request: dict[str, Any]) -> int:
         """Tokens a request may use, for the TPM bucket and the budget: ~4 characters a token."""
         chars = sum(len(str(m.get("content", ""))) for m in request.get("messages", []))
-        return chars // 4 + 4 + max_output(request) * int(request.get("n", 1))
+        return (chars // 4 + 4) * self.http_requests(request) + max_output(request) * int(request.get("n", 1))
 
     def secrets(self) -> list[str]:
         """Strings never to show in an error: the key, and a password in ``base_url``."""
@@ -134,9 +139,10 @@ async def send(teacher: ApiTeacher, client: Any, req: dict[str, Any], limiter: R
                price: PriceConfig | None, stats: RunStats) -> Response:
     """One request through the limits; a failure (after the SDK's retries) becomes an error response."""
     est = teacher.estimate_tokens(req)
+    sends = teacher.http_requests(req)  # each counts against generate.rpm, and none is a retry
     async with limiter.concurrency:
-        await limiter.acquire(est)
-        stats.started += 1
+        await limiter.acquire(est, sends)
+        stats.started += sends
         t0 = time.perf_counter()
         try:
             resp = await teacher.call(client, req)

@@ -152,15 +152,16 @@ class RateLimiter:
             bucket.rate = rate
             bucket.level = min(bucket.level, bucket.capacity)
 
-    async def acquire(self, tokens: float = 0.0) -> None:
+    async def acquire(self, tokens: float = 0.0, requests: int = 1) -> None:
         # One waiter at a time keeps the order fair and the arithmetic simple.
         async with self._lock:
             while True:
-                wait = max(self.paused_until - time.monotonic(), self.requests.wait_for(1), self.tokens.wait_for(tokens))
+                wait = max(self.paused_until - time.monotonic(), self.requests.wait_for(requests),
+                           self.tokens.wait_for(tokens))
                 if wait <= 0:
                     break
                 await asyncio.sleep(wait)
-            self.requests.take(1)
+            self.requests.take(requests)
             self.tokens.take(min(tokens, self.tokens.capacity) if self.tokens.rate else 0)
 
     def settle(self, estimated: float, actual: float) -> None:
