@@ -43,6 +43,10 @@ def test_bad_requests_get_4xx_with_an_openai_style_error(served):
         assert r.status_code == status, (body, r.text)
         err = r.json()["error"]
         assert err["type"] == "invalid_request_error" and err["param"] == param and err["message"]
+    # A body that is not JSON: its error's loc is a byte offset, which read as param "0".
+    r = httpx.post(served.url + "/api/decisions", content=b'{"id": ', headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["param"] is None, r.text
+    assert r.json()["error"]["message"] == "the body is not valid JSON"
     assert httpx.get(served.url + "/api/state").json()["progress"]["reviewed"] == 0
 
 

@@ -66,6 +66,8 @@ def create_app(run_dir: str | Path, sample: int = 60, seed: int = 0) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         err = exc.errors()[0]
+        if err.get("type") == "json_invalid":  # its loc is a byte offset, not a field
+            return _error(400, "the body is not valid JSON", None)
         param = ".".join(str(x) for x in err["loc"][1:]) or None
         return _error(400, f"{param or 'body'}: {err['msg']}", param)
 
