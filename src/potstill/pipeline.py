@@ -63,7 +63,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           inputs=("teacher.jsonl", "review.sqlite", "synthesize.json"),
           outputs=("train.jsonl", "val.jsonl", "test.jsonl", "rejected.jsonl", "card.json", "card.md"),
           body="potstill.curate.stage:curate_body"),
-    Stage("train", "Fine-tune the student on the teacher's outputs (full or LoRA; SFT or label-level KD).",
+    Stage("train", "Fine-tune the student on the teacher's outputs (full, LoRA or QLoRA; SFT or KD from labels, top-k or logits).",
           # student.usd_per_hour is a cost assumption of pilot and evaluate: a new one retrains nothing.
           reads=("task", "student.model", "student.num_layers", "student.max_length", "train", *_TRAIN_PREFLIGHT,
                  "tracking"), tunes=(*_TRAIN_PREFLIGHT, "tracking"),

@@ -335,7 +335,7 @@ def check_budget(ctx: _Ctx) -> Check:
         return Check("budget", "skip", f"no token price for teacher.model {t.model!r}: nothing to project")
     usd, _, how = projected_cost(ctx)
     if usd > budget:
-        return Check("budget", "fail", f"the teacher would cost about ${usd:.4f} ({how}), above generate.budget_usd "
+        return Check("budget", "fail", f"the teacher would cost about ${usd:.4g} ({how}), above generate.budget_usd "
                      f"${budget:g}: the run would stop part-way; raise the budget or set data.limit")
     return Check("budget", "ok", f"projected ${usd:.4f} of ${budget:g} ({how})")
 
