@@ -48,6 +48,8 @@ BAD_KEY = "invalid or missing API key (send Authorization: Bearer <key>)"
 def _key_code(auth: str) -> str | None:
     """OpenAI's code for a refused key: invalid_api_key for a wrong one, none where none was sent."""
     return "invalid_api_key" if auth else None
+
+
 # A teacher's refusals that are about the chat the client sent (over the teacher's context, too
 # large, filtered): passed on as the client's 400. A 400 for the operator's settings (OpenAI's
 # unsupported_parameter for max_tokens on a reasoning model, a wrong model name) and every other
