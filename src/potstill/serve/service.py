@@ -167,7 +167,8 @@ def _servable(engine: ServedStudent, records: list[Record], path: Path,
 
 class TeacherError(Exception):
     """The teacher failed to answer an escalated request: a 502 for the client, or its 400 where the
-    teacher refused the request itself (``status`` 400, 413 or 422: a chat over its context...)."""
+    teacher refused the chat itself (``status`` 413, or 400/422 with a ``code`` such as
+    context_length_exceeded: see ``app._clients_fault``)."""
 
     def __init__(self, message: str, status: int | None = None, code: str | None = None):
         super().__init__(message)
