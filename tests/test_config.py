@@ -35,6 +35,30 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path):
     assert Path(cfg.data.inputs) == tmp_path / "sub" / "in.jsonl"
 
 
+def test_a_path_starting_with_a_tilde_is_in_the_home_directory(tmp_path, monkeypatch):
+    """`data.inputs: ~/data/in.jsonl` was joined to the config's folder (sub/~/data/in.jsonl: 'file not
+    found' naming a file that exists), and `student.model: ~/models/base` counted in the fingerprint by
+    its name, not its weights (Path('~/...').is_dir() is False), so a base model retrained in place left
+    train up to date. A leading ~ is the home directory, in a config file and in a flag."""
+    from potstill.stage import by_content
+    from tests.helpers.tiny import make_model_dir
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    (home / "data").mkdir(parents=True)
+    (home / "data" / "in.jsonl").write_text('{"input": "hello", "label": "a"}\n')
+    make_model_dir(home / "models" / "base")
+    (tmp_path / "sub").mkdir()
+    p = tmp_path / "sub" / "c.yaml"
+    p.write_text(yaml.safe_dump({"run_dir": "~/runs/r", "data": {"inputs": "~/data/in.jsonl"}, "task": {"labels": ["a", "b"]},
+                                 "student": {"model": "~/models/base"}, "teacher": {"few_shot": {"path": "shots.jsonl"}}}))
+    cfg = load_config(p, {"curate.real_data": "~/data/in.jsonl"})
+    assert Path(cfg.data.inputs) == home / "data" / "in.jsonl" and Path(cfg.run_dir) == home / "runs" / "r"
+    assert Path(cfg.curate.real_data) == home / "data" / "in.jsonl"
+    assert Path(cfg.teacher.few_shot.path) == tmp_path / "sub" / "shots.jsonl"  # relative: still the config's folder
+    assert "dir_sha256" in by_content("student.model", cfg.student.model)
+
+
 def test_starter_config_round_trips(tmp_path):
     p = tmp_path / "potstill.yaml"
     p.write_text(starter_yaml())

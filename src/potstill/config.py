@@ -144,6 +144,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         data = _resolve_paths(data, path.parent)
     for key, value in (overrides or {}).items():
         set_dotted(data, key, value)
+    _resolve_paths(data, None)  # a flag's ~/x too (a quoted one the shell left alone); relative: to the cwd
     generate = data.get("generate")
     if isinstance(generate, dict) and isinstance(generate.get("prices"), dict):
         # A config's price table extends the built-in one (its entries win): a config that priced
@@ -181,15 +182,20 @@ def path_roles(model: type[BaseModel] = Config, prefix: str = "") -> dict[str, P
     return out
 
 
-def _resolve_paths(data: dict, base: Path) -> dict:
+def _resolve_paths(data: dict, base: Path | None) -> dict:
+    """Path fields as the stages read them: a leading ``~`` is the home directory (in every path
+    field: ``student.model: ~/models/base`` counts by its weights only once it names the folder),
+    and, given ``base``, a relative path that resolves is relative to it (the config file's folder)."""
     for key, role in path_roles().items():
-        if not role.resolve:
-            continue
         *parents, leaf = key.split(".")
         node: Any = data
         for p in parents:
             node = node.get(p) if isinstance(node, dict) else None
-        if isinstance(node, dict) and isinstance(node.get(leaf), str) and not Path(node[leaf]).is_absolute():
+        if not isinstance(node, dict) or not isinstance(node.get(leaf), str):
+            continue
+        if node[leaf].startswith("~"):
+            node[leaf] = os.path.expanduser(node[leaf])
+        if role.resolve and base is not None and not Path(node[leaf]).is_absolute():
             node[leaf] = os.path.normpath(base / node[leaf])  # RUN/../inputs.jsonl reads as inputs.jsonl
     return data
 
