@@ -59,6 +59,28 @@ def test_a_path_starting_with_a_tilde_is_in_the_home_directory(tmp_path, monkeyp
     assert "dir_sha256" in by_content("student.model", cfg.student.model)
 
 
+def test_a_model_path_starting_with_a_dot_is_relative_to_the_config_file(tmp_path, monkeypatch):
+    """`student.model: ./base` in sub/c.yaml was left as written, so it named ./base in the shell's
+    folder ('model path not found', or another model of that name there) where every other relative
+    path in the file is the file's; a value starting with ./ or ../ is a path (never a hub id,
+    models.loading.resolve) and now resolves as they do. Hub ids and bundled: names stay as written."""
+    from potstill.stage import by_content
+    from tests.helpers.tiny import make_model_dir
+
+    make_model_dir(tmp_path / "sub" / "base")
+    p = tmp_path / "sub" / "c.yaml"
+    p.write_text(yaml.safe_dump({"task": {"labels": ["a", "b"]}, "student": {"model": "./base"},
+                                 "train": {"teacher_model": "../models/teacher"}, "teacher": {"model": "org/name"}}))
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(p)
+    assert Path(cfg.student.model) == tmp_path / "sub" / "base"
+    assert Path(cfg.train.teacher_model) == tmp_path / "models" / "teacher"
+    assert cfg.teacher.model == "org/name" and load_config(None, {"task.labels": ["a", "b"]}).student.model.startswith("bundled:")
+    assert "dir_sha256" in by_content("student.model", cfg.student.model)
+    # A flag's ./path is the shell's, as any path given on the command line.
+    assert load_config(p, {"student.model": "./here"}).student.model == "./here"
+
+
 def test_starter_config_round_trips(tmp_path):
     p = tmp_path / "potstill.yaml"
     p.write_text(starter_yaml())

@@ -185,7 +185,8 @@ def path_roles(model: type[BaseModel] = Config, prefix: str = "") -> dict[str, P
 def _resolve_paths(data: dict, base: Path | None) -> dict:
     """Path fields as the stages read them: a leading ``~`` is the home directory (in every path
     field: ``student.model: ~/models/base`` counts by its weights only once it names the folder),
-    and, given ``base``, a relative path that resolves is relative to it (the config file's folder)."""
+    and, given ``base``, a relative path is relative to it (the config file's folder): a model's
+    only when written ./x or ../x."""
     for key, role in path_roles().items():
         *parents, leaf = key.split(".")
         node: Any = data
@@ -195,7 +196,9 @@ def _resolve_paths(data: dict, base: Path | None) -> dict:
             continue
         if node[leaf].startswith("~"):
             node[leaf] = os.path.expanduser(node[leaf])
-        if role.resolve and base is not None and not Path(node[leaf]).is_absolute():
+        # A model reference is a hub id (org/name) unless it is plainly a path: ./x and ../x are.
+        path_like = role.resolve or node[leaf] in (".", "..") or node[leaf].startswith(("./", "../"))
+        if path_like and base is not None and not Path(node[leaf]).is_absolute():
             node[leaf] = os.path.normpath(base / node[leaf])  # RUN/../inputs.jsonl reads as inputs.jsonl
     return data
 

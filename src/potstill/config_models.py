@@ -31,8 +31,8 @@ class PathRole:
 
 RUN_PATH = PathRole(resolve=True, content=False)
 INPUT_FILE = PathRole(resolve=True, content=True)
-# A hub id or a local path: left as written (``org/name`` is not a path), a local file or directory
-# counts by content.
+# A hub id or a local path: left as written (``org/name`` is not a path) unless written ./x or ../x,
+# which resolves as a RUN_PATH does; a local file or directory counts by content.
 MODEL_REF = PathRole(resolve=False, content=True)
 
 
