@@ -156,3 +156,14 @@ def test_a_stage_that_fails_leaves_no_run_directory_it_created(curated, monkeypa
     (curated / "empty").mkdir()
     code, err = _cli(monkeypatch, capsys, "curate", "-c", "c.yaml", "--run_dir", "empty")
     assert code == 2 and (curated / "empty").is_dir()
+
+
+def test_synthesize_with_a_teacher_it_cannot_make_leaves_no_run_directory(curated, monkeypatch, capsys):
+    """synthesize opened RUN/calls.sqlite before it made its teacher, so a teacher that cannot be made
+    (an unknown plugin, a local one with no model) failed in one line but left a new run directory
+    holding an empty ledger, which the stage's clean-up keeps (it removes only empty folders). The
+    teacher is now made first, as generate's is."""
+    for flags in (["--teacher.type", "nonsense"], ["--teacher.type", "local", "--teacher.model", ""]):
+        code, err = _cli(monkeypatch, capsys, "synthesize", "-c", "c.yaml", "--run_dir", "fresh", *flags)
+        assert code == 2 and len(err) == 1, err
+        assert not (curated / "fresh").exists(), (flags, err)

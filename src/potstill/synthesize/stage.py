@@ -19,6 +19,7 @@ from potstill.records import Record, read_records, write_json, write_jsonl
 from potstill.rundir import RunDir
 from potstill.synthesize import PromptTask, Screen, Slot, extract, prompt, quotas, slot
 from potstill.teachers import get_teacher
+from potstill.teachers.base import Teacher
 
 
 def _references(cfg: Config, run: RunDir) -> tuple[list[Record], list[str]]:
@@ -92,8 +93,8 @@ class Synthesis:
                   "request_hash": rec.meta.get("request_hash"), "cost_usd": rec.meta.get("cost_usd", 0.0)}))
 
 
-def synthesize(cfg: Config, seeds: list[Record], tests: list[str], ledger: Any) -> Synthesis:
-    """Run the plan's rounds through the teacher (and the ledger) until every quota is met or rounds run out."""
+def synthesis_teacher(cfg: Config) -> tuple[Teacher, PromptTask]:
+    """The run's teacher set up to write inputs rather than answer them, and the task it runs."""
     s = cfg.synthesize
     update: dict[str, Any] = {"temperature": s.temperature, "max_tokens": s.max_tokens, "logprobs": 0}
     completion = cfg.teacher.prompt_format == "completion"
@@ -105,7 +106,16 @@ def synthesize(cfg: Config, seeds: list[Record], tests: list[str], ledger: Any) 
                       stop=["</input>", "<input>"])
     tcfg = cfg.teacher.model_copy(update=update)
     task = PromptTask(cfg.task.model_copy(update={"instruction": ""}) if completion else cfg.task)
-    teacher = get_teacher(tcfg, task)
+    return get_teacher(tcfg, task), task
+
+
+def synthesize(cfg: Config, seeds: list[Record], tests: list[str], ledger: Any,
+               made: tuple[Teacher, PromptTask]) -> Synthesis:
+    """Run the plan's rounds through ``teacher`` (``synthesis_teacher``) and the ledger until every
+    quota is met or rounds run out."""
+    s = cfg.synthesize
+    teacher, task = made
+    completion = cfg.teacher.prompt_format == "completion"
     syn = Synthesis(cfg, seeds, tests)
     try:
         for rnd in range(s.max_rounds):
@@ -158,8 +168,11 @@ def synthesize_stage(cfg: Config, force: bool = False) -> dict[str, Any]:
 
 def synthesize_body(cfg: Config, run: RunDir) -> dict[str, Any]:
     seeds, tests = _references(cfg, run)
+    # Made before the ledger is created, as generate's: a teacher that cannot be made leaves no
+    # empty calls.sqlite (nor a new run directory holding only that).
+    made = synthesis_teacher(cfg)
     with run.ledger() as ledger:
-        syn = synthesize(cfg, seeds, tests, ledger)
+        syn = synthesize(cfg, seeds, tests, ledger, made)
     if syn.errors and not syn.answers:
         raise PotstillError(f"synthesize: all {syn.errors} teacher calls failed ({syn.first_error}); "
                             "nothing written. Rerun to retry them")
