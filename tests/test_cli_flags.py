@@ -167,3 +167,22 @@ def test_synthesize_with_a_teacher_it_cannot_make_leaves_no_run_directory(curate
         code, err = _cli(monkeypatch, capsys, "synthesize", "-c", "c.yaml", "--run_dir", "fresh", *flags)
         assert code == 2 and len(err) == 1, err
         assert not (curated / "fresh").exists(), (flags, err)
+
+
+def test_a_list_of_text_flag_given_one_value_takes_the_text_as_written(curated, monkeypatch, capsys):
+    """A one-value list flag was read as YAML and then wrapped, so a stop sequence a completion
+    teacher commonly needs failed: `--teacher.stop 'Q:'` is a YAML mapping and `--teacher.stop '###'`
+    a comment (null), both refused as 'Input should be a valid list'; `--task.labels yes` became
+    [true]. One value of a list of text is now that text, as a text field's is; a value opening
+    with [ is still a YAML list, and a quoted one is still YAML's ('"\\n\\n"' is two line breaks)."""
+    from potstill.cli import _flag_value
+    from potstill.config import TeacherConfig
+
+    ann = TeacherConfig.model_fields["stop"].annotation
+    assert [_flag_value("teacher.stop", t, ann) for t in ("Q:", "###", "User: ", '"\\n\\n"')] == \
+        [["Q:"], ["###"], ["User: "], ["\n\n"]]
+    assert _flag_value("teacher.stop", "[Q, A]", ann) == ["Q", "A"] and _flag_value("teacher.stop", "[]", ann) == []
+    # Through the CLI the one label reaches the config as a list (and is refused for being one).
+    code, err = _cli(monkeypatch, capsys, "curate", "-c", "c.yaml", "--task.labels", "Q:")
+    assert (code, err) == (2, ["error: c.yaml: config: Value error, task.labels needs at least two labels for a "
+                               "classification task"]), err

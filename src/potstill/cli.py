@@ -92,8 +92,8 @@ def _flag_value(key: str, text: str, ann: Any) -> Any:
 
     YAML would read ``--teacher.answer_prefix 'Answer:'`` as a mapping, ``--curate.output_regex
     '[ab]+'`` as a list, ``'# ...'`` and ``''`` as null (so ``--api-key-env ''`` could not turn auth
-    off); a text field gets none of those. A quoted value still loses its quotes, and a field that
-    may be unset takes null (or ~).
+    off); a text field gets none of those, nor does one value of a list of text (``--teacher.stop
+    'Q:'``). A quoted value still loses its quotes, and a field that may be unset takes null (or ~).
     """
     args = set(typing.get_args(ann))
     if ann is str or args == {str, type(None)}:
@@ -106,6 +106,10 @@ def _flag_value(key: str, text: str, ann: Any) -> Any:
                 return text
             return quoted if isinstance(quoted, str) else text
         return text
+    if _text_items(ann) and text.strip() and text.strip() not in YAML_NULLS and not text.lstrip().startswith("["):
+        # One value of a list of text is that text, as a text field's is: YAML would read a stop
+        # sequence 'Q:' as a mapping and '###' as a comment (null).
+        return [_flag_value(key, text, str)]
     value = _yaml_value(key, text)
     if _is_list(ann) and value is not None and not isinstance(value, (list, dict)):
         return [value]  # `--tracking mlflow`: one value is a one-item list, as `--report_to wandb` is in TRL
@@ -115,6 +119,16 @@ def _flag_value(key: str, text: str, ann: Any) -> Any:
 def _is_list(ann: Any) -> bool:
     """A list field, also where it may be null (``list[str] | None``)."""
     return any(typing.get_origin(t) is list or t is list for t in (ann, *typing.get_args(ann)))
+
+
+def _text_items(ann: Any) -> bool:
+    """A list of text (``list[str]``, a list of string choices), also where it may be null."""
+    for t in (ann, *typing.get_args(ann)):
+        if typing.get_origin(t) is list and typing.get_args(t):
+            item = typing.get_args(t)[0]
+            choices = typing.get_args(item) if typing.get_origin(item) is Literal else ()
+            return item is str or (bool(choices) and all(isinstance(c, str) for c in choices))
+    return False
 
 
 def _yaml_value(key: str, text: str) -> Any:
