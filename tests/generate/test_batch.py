@@ -257,6 +257,28 @@ def test_a_batch_failed_whole_for_token_limit_is_one_line_and_resent_on_rerun(tm
     check_output(tmp_path / "run" / "teacher.jsonl", 40)
 
 
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_a_key_quoted_in_batch_item_errors_is_redacted_in_the_ledger(tmp_path, monkeypatch, provider):
+    """Per-line errors in a batch's results go to the ledger and the run's messages through the
+    same redaction as a live call's error."""
+    monkeypatch.setenv("TEACHER_KEY", SECRET)
+    with BatchLoopback(key=SECRET, fail=0.3, echo_key=True) as srv:
+        with pytest.raises(PotstillError, match="teacher calls failed") as e:
+            generate_stage(load_config(project(tmp_path, srv, provider, 30)))
+    assert SECRET not in str(e.value) and "request refused for key ***" in str(e.value)
+    with Ledger(tmp_path / "run" / "calls.sqlite") as ledger:
+        errors = [r["error"] for r in ledger.rows(role="teacher") if r["status"] != "ok"]
+    assert errors and all("request refused for key ***" in e for e in errors)
+    assert SECRET not in (tmp_path / "run" / "calls.sqlite").read_bytes().decode("latin-1")
+
+
+def test_a_key_quoted_in_a_failed_batch_reason_is_redacted(tmp_path):
+    with BatchLoopback(key=SECRET, fail_quota=True, echo_key=True) as srv:
+        run = cli(["generate", "-c", str(project(tmp_path, srv, "openai", 10))], tmp_path)
+    assert run.returncode == 2 and "token_limit_exceeded" in run.stderr and "(key ***)" in run.stderr
+    assert SECRET not in run.stderr + run.stdout
+
+
 def test_batch_needs_an_api_teacher(tmp_path):
     with BatchLoopback(key=SECRET) as srv:
         cfg_path = project(tmp_path, srv, "openai", 5)

@@ -264,6 +264,9 @@ def _lines(s: State, b: dict[str, Any]) -> list[tuple[str, bool]]:
             if fault in ("expired", "cancelled"):
                 obj = {"id": "r", "custom_id": cid, "response": None, "error": {
                     "code": f"batch_{fault}", "message": f"This request was not run: the batch {fault}."}}
+            elif fault == "failed" and s.o.echo_key:  # a gateway that quotes the key it refused
+                obj = {"id": "r", "custom_id": cid, "error": None, "response": {"status_code": 400, "request_id": "x", "body": {
+                    "error": {"message": f"request refused for key {s.o.key}", "type": "invalid_request_error"}}}}
             elif fault == "failed":
                 obj = {"id": "r", "custom_id": cid, "error": None, "response": {
                     "status_code": 500, "request_id": "x", "body": {"error": {"message": "boom", "type": "server_error"}}}}
@@ -273,6 +276,9 @@ def _lines(s: State, b: dict[str, Any]) -> list[tuple[str, bool]]:
         else:
             if fault in ("expired", "cancelled"):
                 res: dict[str, Any] = {"type": "expired" if fault == "expired" else "canceled"}
+            elif fault == "failed" and s.o.echo_key:
+                res = {"type": "errored", "error": {"type": "error", "error": {
+                    "type": "invalid_request_error", "message": f"request refused for key {s.o.key}"}}}
             elif fault == "failed":
                 res = {"type": "errored", "error": {"type": "error", "error": {"type": "api_error", "message": "boom"}}}
             else:
@@ -324,7 +330,8 @@ def _openai_batch(s: State, b: dict[str, Any]) -> dict[str, Any]:
                            "status": "in_progress", "request_counts": {"total": n, "completed": 0, "failed": 0}}
     if b.get("failed"):
         obj.update(status="failed", request_counts={"total": n, "completed": 0, "failed": 0}, errors={"object": "list", "data": [
-            {"code": b["failed"], "message": "Enqueued token limit reached for this model.", "line": None, "param": None}]})
+            {"code": b["failed"], "message": "Enqueued token limit reached for this model."
+            + (f" (key {s.o.key})" if s.o.echo_key else ""), "line": None, "param": None}]})
         return obj
     if not s.ended(b):
         return obj
@@ -394,6 +401,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--upload-delay", type=float, default=0.0)
     p.add_argument("--results-delay", type=float, default=0.0)
     p.add_argument("--keywords", default="")
+    p.add_argument("--echo-key", action="store_true")  # failures quote the key, as some gateways do
     return p.parse_args(argv)
 
 

@@ -147,6 +147,11 @@ class BatchRun:
         row.update(batch_id=bid, state="submitted")
         self.stats.started += row["requests"]
 
+    def _redact(self, text: str | None) -> str:
+        """A provider's words (a batch's failure reason, a results line's error) without the key:
+        a gateway can quote the credentials it refused, as a live call's error can."""
+        return redact(str(text or ""), self.teacher.secrets())
+
     def _clean(self, e: Exception) -> str:
         return redact(str(getattr(e, "message", None) or e), self.teacher.secrets())[:200]
 
@@ -189,8 +194,8 @@ class BatchRun:
         if st.problem:
             self.ledger.batch_update(key, state="refused")
             what = "quota exceeded" if st.quota else "failed"
-            raise PotstillError(f"generate: {self.prov.name} batch {bid} {what} ({st.problem}); none of its "
-                                f"{len(items)} requests was billed and answers already committed are kept. Rerun to resubmit them")
+            raise PotstillError(f"generate: {self.prov.name} batch {bid} {what} ({self._redact(st.problem)}); "
+                                f"none of its {len(items)} requests was billed and answers already committed are kept. Rerun to resubmit them")
         answered = set(self.ledger.lookup(list(items)))
         seen: set[str] = set()
         retry: dict[str, dict[str, Any]] = {}
@@ -240,7 +245,7 @@ class BatchRun:
         elif item.retry:
             retry[h] = items[h]
         else:
-            buf.append((h, items[h], Response(output=None, error=f"batch item: {item.error}")))
+            buf.append((h, items[h], Response(output=None, error=f"batch item: {self._redact(item.error)}")))
 
     def _flush(self, buf: list) -> None:
         """Commit answered results in one transaction, priced at the batch share of the live price."""
