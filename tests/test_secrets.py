@@ -17,6 +17,7 @@ import yaml
 from fastapi import Header
 from fastapi.responses import JSONResponse
 
+from potstill.teachers import get_teacher
 from tests.helpers.chat_server import ChatServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,3 +96,23 @@ def test_a_refused_base_url_password_is_not_shown(tiny_model_b, tmp_path):
     assert out.returncode == 2 and "401" in out.stderr and "Basic ***" in out.stderr, out.stderr
     assert leaks(CANARY, tmp_path / "run", out.stdout, out.stderr) == []
     assert leaks(basic, tmp_path / "run", out.stdout, out.stderr) == []
+
+
+def test_placeholders_and_short_secrets_do_not_mangle_error_words():
+    """A keyless server's placeholder ('unused') is no secret, and a short password is blanked only
+    where it stands alone: ordinary words in an error stay readable, a real key never shows."""
+    import httpx
+
+    from potstill.config import TeacherConfig
+    from potstill.errors import redact
+    from potstill.tasks import get_task
+    from potstill.config import TaskConfig
+
+    task = get_task(TaskConfig(type="freetext", instruction="summarise"))
+    keyless = get_teacher(TeacherConfig(type="openai", model="m", base_url="http://u:ab@127.0.0.1:9/v1",
+                                        api_key_env=""), task)
+    keyless.make_client(httpx.AsyncClient())
+    msg = "Error: parameter 'logit_bias' is unused by this table; auth u:ab refused"
+    assert redact(msg, keyless.secrets()) == "Error: parameter 'logit_bias' is unused by this table; auth u:*** refused"
+    assert redact(f"Bearer {CANARY}, key={CANARY}x", [CANARY]) == "Bearer ***, key=***x"
+

@@ -8,11 +8,19 @@ class PotstillError(Exception):
     """A user-facing error: bad input, bad config, a missing key. Its message is the whole story."""
 
 
+# Below this length a secret (a proxy password like 'ab') is also a piece of ordinary words, so it
+# is blanked only where it stands alone, not inside 'table' or 'unused'; a real API key (OpenAI's
+# and Anthropic's run to 40+ characters) is blanked wherever it appears.
+SHORT_SECRET = 8
+
+
 def redact(text: str, secrets: list[str]) -> str:
     """Replace every secret in ``text`` with ``***`` so keys never reach logs or exceptions."""
-    for secret in secrets:
-        if secret:
+    for secret in sorted(filter(None, secrets), key=len, reverse=True):
+        if len(secret) >= SHORT_SECRET:
             text = text.replace(secret, "***")
+        else:
+            text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", "***", text)
     return text
 
 

@@ -76,8 +76,10 @@ class ApiTeacher(Teacher):
         return (chars // 4 + 4) * self.http_requests(request) + max_output(request) * int(request.get("n", 1))
 
     def secrets(self) -> list[str]:
-        """Strings never to show in an error: the key, and a password in ``base_url``."""
-        return [self._key or "", *url_secrets(self.cfg.base_url)]
+        """Strings never to show in an error: the key, and a password in ``base_url``. With no
+        ``api_key_env`` the SDK gets a placeholder ('unused'), which is no secret."""
+        key = self._key if self.cfg.api_key_env else None
+        return [key or "", *url_secrets(self.cfg.base_url)]
 
     def http_module(self) -> Any:
         """The httpx-compatible package the SDK takes clients from (httpx; newer SDKs: httpx2)."""
