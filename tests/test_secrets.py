@@ -116,3 +116,12 @@ def test_placeholders_and_short_secrets_do_not_mangle_error_words():
     assert redact(msg, keyless.secrets()) == "Error: parameter 'logit_bias' is unused by this table; auth u:*** refused"
     assert redact(f"Bearer {CANARY}, key={CANARY}x", [CANARY]) == "Bearer ***, key=***x"
 
+
+def test_a_malformed_base_url_is_one_line_without_its_password(tmp_path):
+    """An unclosed IPv6 bracket in teacher.base_url was an httpx InvalidURL traceback."""
+    write_project(tmp_path, {"base_url": f"http://u:{CANARY}@[::1/v1", "api_key_env": ""})
+    run = potstill("generate", "-c", "potstill.yaml", cwd=tmp_path)
+    err = [ln for ln in run.stderr.splitlines() if ln.startswith("error:")]
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert len(err) == 1 and "teacher.base_url" in err[0] and "http://[::1/v1" in err[0], err
+    assert CANARY not in run.stderr + run.stdout

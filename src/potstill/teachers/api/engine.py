@@ -22,7 +22,7 @@ from concurrent.futures import Future
 from typing import Any, Callable, Iterable, Iterator
 
 from potstill.config import GenerateConfig, PriceConfig, TeacherConfig
-from potstill.errors import PotstillError, redact, url_secrets
+from potstill.errors import PotstillError, redact, url_secrets, without_credentials
 from potstill.tasks import Task
 from potstill.teachers.api.limits import RateLimiter
 from potstill.teachers.api.prices import price_for, token_cost
@@ -33,6 +33,17 @@ def max_output(request: dict[str, Any]) -> int:
     """A request's output budget per sample: ``max_tokens``, or ``max_completion_tokens`` (OpenAI's
     reasoning models, where it also covers the hidden reasoning)."""
     return int(request.get("max_completion_tokens") or request.get("max_tokens") or 0)
+
+
+def check_base_url(url: str, httpx: Any) -> None:
+    """Refuse a ``teacher.base_url`` the SDK's HTTP client cannot parse (an unclosed IPv6 bracket, a
+    port that is not a number) in one line, before the SDK raises ``InvalidURL`` from deep inside;
+    the URL is shown without its user info and query, which can hold a password."""
+    try:
+        httpx.URL(url)
+    except Exception as e:  # noqa: BLE001 - httpx.InvalidURL, or ValueError/TypeError from its parser
+        why = redact(str(e), url_secrets(url))
+        raise PotstillError(f"teacher.base_url {without_credentials(url)!r} is not a valid URL ({why})") from None
 
 
 class ApiTeacher(Teacher):
@@ -50,6 +61,8 @@ class ApiTeacher(Teacher):
             raise PotstillError(f"teacher.model is required for an {self.type} teacher")
         if cfg.logprobs and not self.supports_logprobs:
             raise PotstillError(f"teacher.logprobs: {self.logprobs_refusal}; set it to 0")
+        if cfg.base_url:
+            check_base_url(cfg.base_url, self.http_module())
         self._key: str | None = None
         self._session: Any = None
         self._session_lock = threading.Lock()
