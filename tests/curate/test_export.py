@@ -61,3 +61,17 @@ def test_cli_export(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "potstill.cli", "export", "-c", "potstill.yaml", "--format", "onnx"],
                          cwd=tmp_path, capture_output=True, text=True, env={**os.environ}, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "unknown export format" in bad.stderr
+
+
+def test_curating_after_failed_teacher_calls_says_so(tmp_path, capsys):
+    """Found by an audit: `potstill curate` after a generate that stopped on failed calls curated the
+    answered records without a word (the failures only counted among the rejected in the card)."""
+    run = tmp_path / "run"
+    ok = [rec(_words(700 + i), LABELS[i % 3]) for i in range(30)]
+    bad = [rec(_words(800 + i), None, valid=False, invalid_reason="teacher error: RateLimitError: 429")
+           for i in range(4)]
+    write_jsonl(run / "teacher.jsonl", ok + bad)
+    curate_stage(Config(run_dir=str(run), task={"labels": LABELS, "instruction": "Topic?"}, curate={"val": 5, "test": 5}))
+    err = capsys.readouterr()
+    line = [x for x in (err.out + err.err).splitlines() if "failed teacher calls" in x]
+    assert len(line) == 1 and "4 of 34" in line[0] and "potstill generate" in line[0], err

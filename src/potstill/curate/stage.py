@@ -14,6 +14,7 @@ from potstill.records import read_records, write_json, write_jsonl, write_text
 from potstill.review.store import load_decisions
 from potstill.rundir import RunDir
 
+
 def curate_stage(cfg: Config, force: bool = False) -> dict[str, Any]:
     from potstill.pipeline import STAGES
 
@@ -28,6 +29,10 @@ def curate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
     records = read_records(run / "teacher.jsonl")
     if not records:
         raise PotstillError(f"{run / 'teacher.jsonl'} holds no records: run `potstill generate` (it writes one per input)")
+    failed = sum((r.invalid_reason or "").startswith("teacher error") for r in records)
+    if failed:  # a generate that stopped on failed calls wrote the rest: curating them is allowed, not silent
+        say(f"[yellow]curate: {failed} of {len(records)} records in teacher.jsonl are failed teacher calls, left out; "
+            "`potstill generate` retries just those (the answered ones are cached), then curate again[/yellow]")
     c = curate(cfg, records, decisions, real)
     if not c.train:  # nothing is written: the counts and the commonest reasons say where the records went
         counts = ", ".join(f"{k}={v}" for k, v in c.card["counts"].items() if v)
