@@ -45,6 +45,14 @@ def test_shorthand_and_ids_are_stable(tmp_path):
     assert r.id == Record(messages=[{"role": "user", "content": "hello"}]).id
 
 
+def test_a_byte_order_mark_at_the_start_is_read_past(tmp_path):
+    """Found by an audit: inputs saved by Windows Notepad (UTF-8 with a BOM) were refused as
+    'malformed JSON: unexpected UTF-8 BOM'; the mark is dropped, the lines read as written."""
+    p = tmp_path / "in.jsonl"
+    p.write_bytes("\ufeff".encode() + b'{"input": "caf\xc3\xa9 one"}\n{"input": "two"}\n')
+    assert [r.messages[0]["content"] for r in read_records(p)] == ["caf\u00e9 one", "two"]
+
+
 def test_write_is_atomic(tmp_path):
     p = tmp_path / "out.jsonl"
     write_jsonl(p, [{"a": 1}])

@@ -142,7 +142,9 @@ def read_objects(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     if path.is_dir():
         raise PotstillError(f"{path} is a directory, not a JSONL file")
     try:
-        with open(path, encoding="utf-8") as f:
+        # utf-8-sig: a byte-order mark at the start (Windows Notepad, Excel's "UTF-8" CSV export) is
+        # dropped, not read as part of the first line ('unexpected UTF-8 BOM'); elsewhere it is UTF-8.
+        with open(path, encoding="utf-8-sig") as f:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
                     continue
