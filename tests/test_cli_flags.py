@@ -11,15 +11,9 @@ import yaml
 from potstill.cli import main
 from potstill.records import read_records, write_jsonl
 from tests.curate.test_filters import rec
+from tests.test_cli_errors import _cli
 
 CONFIG = "task:\n  labels: [a, b]\nrun_dir: run\nteacher:\n  type: openai\n  model: x\n"
-
-
-def _cli(monkeypatch, capsys, *args: str) -> tuple[int, list[str]]:
-    monkeypatch.setattr(sys, "argv", ["potstill", *args])
-    with pytest.raises(SystemExit) as e:
-        main()
-    return e.value.code, capsys.readouterr().err.strip().splitlines()
 
 
 @pytest.fixture

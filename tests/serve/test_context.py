@@ -77,23 +77,29 @@ def test_an_input_over_the_students_context_goes_to_the_teacher(tmp_path, teache
         service.close()
 
 
-def test_a_split_with_inputs_over_the_context_still_calibrates(tmp_path, teacher_server, monkeypatch, capsys):
-    """Found by an audit: one val or train input longer than a GPT-2-style student's positions made
-    `potstill serve` fail at start with an IndexError traceback (calibration embedded and scored
-    it). Such inputs are left out of calibration, as serving leaves them to the teacher."""
+def _load_with_one_more(run, messages: list[dict]):
+    """The run's service, loaded (and calibrated) after one more record with ``messages`` joins
+    train.jsonl and val.jsonl."""
     import json
 
     from potstill.serve import run_config
     from potstill.serve.service import load_service
 
+    line = json.dumps({"messages": messages, "output": "sports"}) + "\n"
+    for split in ("train.jsonl", "val.jsonl"):
+        with open(run / split, "a") as f:
+            f.write(line)
+    return load_service(run, run_config(run, None), device="cpu")
+
+
+def test_a_split_with_inputs_over_the_context_still_calibrates(tmp_path, teacher_server, monkeypatch, capsys):
+    """Found by an audit: one val or train input longer than a GPT-2-style student's positions made
+    `potstill serve` fail at start with an IndexError traceback (calibration embedded and scored
+    it). Such inputs are left out of calibration, as serving leaves them to the teacher."""
     monkeypatch.setenv("TEACHER_KEY", TEACHER_KEY)
     monkeypatch.setenv("SERVE_KEY", SERVE_KEY)
     run = write_run(tmp_path, gpt2_dir(tmp_path / "gpt2"), teacher_server.base_url)
-    long = json.dumps({"messages": [{"role": "user", "content": "the team " * 100}], "output": "sports"}) + "\n"
-    for split in ("train.jsonl", "val.jsonl"):
-        with open(run / split, "a") as f:
-            f.write(long)
-    service = load_service(run, run_config(run, None), device="cpu")
+    service = _load_with_one_more(run, [{"role": "user", "content": "the team " * 100}])
     try:
         st = service.routing.stats
         assert st["n_val"] == 20 and st["n_val_too_long"] == 1 and st["n_reference"] == 30
@@ -143,10 +149,6 @@ def test_a_split_with_chats_the_students_template_refuses_still_calibrates(tmp_p
     row under Gemma's or Mistral's) made `potstill serve` fail at start with a RefusedChat
     traceback from calibration. Such chats are left out of calibration with one line, as serving
     answers them with a 400."""
-    import json
-
-    from potstill.serve import run_config
-    from potstill.serve.service import load_service
     from tests.helpers.tiny import CHATML
 
     monkeypatch.setenv("TEACHER_KEY", TEACHER_KEY)
@@ -157,12 +159,8 @@ def test_a_split_with_chats_the_students_template_refuses_still_calibrates(tmp_p
                          "{{ raise_exception('Conversation roles must alternate') }}{% endif %}{% endfor %}" + CHATML)
     tok.save_pretrained(student)
     run = write_run(tmp_path, student, teacher_server.base_url)
-    two = json.dumps({"messages": [{"role": "user", "content": "the team won"}, {"role": "user", "content": "the match"}],
-                      "output": "sports"}) + "\n"
-    for split in ("train.jsonl", "val.jsonl"):
-        with open(run / split, "a") as f:
-            f.write(two)
-    service = load_service(run, run_config(run, None), device="cpu")
+    service = _load_with_one_more(run, [{"role": "user", "content": "the team won"},
+                                        {"role": "user", "content": "the match"}])
     try:
         st = service.routing.stats
         assert st["n_val"] == 20 and st["n_reference"] == 30

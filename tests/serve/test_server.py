@@ -8,6 +8,7 @@ import json
 import math
 import sqlite3
 import sys
+from contextlib import contextmanager
 
 import httpx
 import openai
@@ -26,6 +27,21 @@ def client(live, key: str = SERVE_KEY) -> openai.OpenAI:
 
 def rows(service, **kw) -> list[dict]:
     return service.ledger.rows(stage="serve", **kw)
+
+
+@contextmanager
+def teacher_behind(service, provider):
+    """The served teacher pointed at ``provider`` (a FastAPI app on loopback) for the with block."""
+    from tests.helpers.live_server import LiveServer
+
+    saved = service.teacher
+    with LiveServer(provider) as fake:
+        service.teacher = get_teacher(saved.cfg.model_copy(update={"base_url": fake.url + "/v1"}), service.task)
+        try:
+            yield
+        finally:
+            service.teacher.close()
+            service.teacher = saved
 
 
 @pytest.fixture()
@@ -522,8 +538,6 @@ def test_a_teacher_failure_does_not_hand_the_providers_message_to_the_client(ser
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse
 
-    from tests.helpers.live_server import LiveServer
-
     upstream = {
         401: "Incorrect API key provided: sk-tea************95e. You can find your API key at "
              "https://platform.openai.com/account/api-keys.",
@@ -540,22 +554,16 @@ def test_a_teacher_failure_does_not_hand_the_providers_message_to_the_client(ser
 
     service, live = served
     force("teacher")
-    saved = service.teacher
-    with LiveServer(provider) as fake:
-        service.teacher = get_teacher(saved.cfg.model_copy(update={"base_url": fake.url + "/v1"}), service.task)
-        try:
-            for code, kind, secret in ((401, "AuthenticationError", "sk-tea"), (429, "RateLimitError", "org-Zx81QwErTy")):
-                status["code"] = code
-                with pytest.raises(openai.APIStatusError) as e:
-                    client(live).chat.completions.create(model="potstill", messages=[{"role": "user", "content": f"the vote {code}"}])
-                assert e.value.status_code == 502 and e.value.body["type"] == "upstream_error"
-                assert kind in e.value.body["message"] and secret not in json.dumps(e.value.body), e.value.body
-                row = rows(service)[-1]
-                assert row["status"] == "error" and row["role"] == "teacher" and secret in row["error"]
-                assert secret not in row["response"]  # the body the client got
-        finally:
-            service.teacher.close()
-            service.teacher = saved
+    with teacher_behind(service, provider):
+        for code, kind, secret in ((401, "AuthenticationError", "sk-tea"), (429, "RateLimitError", "org-Zx81QwErTy")):
+            status["code"] = code
+            with pytest.raises(openai.APIStatusError) as e:
+                client(live).chat.completions.create(model="potstill", messages=[{"role": "user", "content": f"the vote {code}"}])
+            assert e.value.status_code == 502 and e.value.body["type"] == "upstream_error"
+            assert kind in e.value.body["message"] and secret not in json.dumps(e.value.body), e.value.body
+            row = rows(service)[-1]
+            assert row["status"] == "error" and row["role"] == "teacher" and secret in row["error"]
+            assert secret not in row["response"]  # the body the client got
 
 
 def test_a_teacher_refusing_the_clients_chat_is_a_400_not_a_502(served, force):
@@ -566,8 +574,6 @@ def test_a_teacher_refusing_the_clients_chat_is_a_400_not_a_502(served, force):
     for the operator's reasons (its 401) is still a 502."""
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse
-
-    from tests.helpers.live_server import LiveServer
 
     secret = "org-Zx81QwErTy"
     provider = FastAPI()
@@ -582,31 +588,25 @@ def test_a_teacher_refusing_the_clients_chat_is_a_400_not_a_502(served, force):
 
     service, live = served
     force("teacher")
-    saved = service.teacher
-    with LiveServer(provider) as fake:
-        service.teacher = get_teacher(saved.cfg.model_copy(update={"base_url": fake.url + "/v1"}), service.task)
-        try:
-            for stream in (False, True):
-                with pytest.raises(openai.BadRequestError) as e:
-                    client(live).chat.completions.create(model="potstill", stream=stream,
-                                                         messages=[{"role": "user", "content": f"the vote {stream}"}])
-                err = e.value
-                assert (err.status_code, err.type, err.code, err.param) == (400, "invalid_request_error",
-                                                                          "context_length_exceeded", "messages")
-                assert "teacher" in err.message and secret not in json.dumps(err.body), err.body
-                row = rows(service)[-1]
-                assert row["status"] == "error" and row["role"] == "teacher" and row["error"].startswith("400")
-                assert secret in row["error"] and secret not in row["response"]
-            # The operator's failures stay a 502: a bad key, and a 400 about the server's own settings
-            # (OpenAI's unsupported_parameter for max_tokens on a reasoning model), not about the chat.
-            for code, error in ((401, None), (400, "unsupported_parameter")):
-                status.update(code=code, error=error)
-                with pytest.raises(openai.APIStatusError) as e:
-                    client(live).chat.completions.create(model="potstill", messages=[{"role": "user", "content": f"goal {code}"}])
-                assert e.value.status_code == 502, (code, error)
-        finally:
-            service.teacher.close()
-            service.teacher = saved
+    with teacher_behind(service, provider):
+        for stream in (False, True):
+            with pytest.raises(openai.BadRequestError) as e:
+                client(live).chat.completions.create(model="potstill", stream=stream,
+                                                     messages=[{"role": "user", "content": f"the vote {stream}"}])
+            err = e.value
+            assert (err.status_code, err.type, err.code, err.param) == (400, "invalid_request_error",
+                                                                      "context_length_exceeded", "messages")
+            assert "teacher" in err.message and secret not in json.dumps(err.body), err.body
+            row = rows(service)[-1]
+            assert row["status"] == "error" and row["role"] == "teacher" and row["error"].startswith("400")
+            assert secret in row["error"] and secret not in row["response"]
+        # The operator's failures stay a 502: a bad key, and a 400 about the server's own settings
+        # (OpenAI's unsupported_parameter for max_tokens on a reasoning model), not about the chat.
+        for code, error in ((401, None), (400, "unsupported_parameter")):
+            status.update(code=code, error=error)
+            with pytest.raises(openai.APIStatusError) as e:
+                client(live).chat.completions.create(model="potstill", messages=[{"role": "user", "content": f"goal {code}"}])
+            assert e.value.status_code == 502, (code, error)
 
 
 def test_stream_options_without_stream_is_a_400(served):
