@@ -53,6 +53,28 @@ def test_a_byte_order_mark_at_the_start_is_read_past(tmp_path):
     assert [r.messages[0]["content"] for r in read_records(p)] == ["caf\u00e9 one", "two"]
 
 
+def test_content_parts_are_their_text_and_a_non_text_part_is_refused_at_its_line(tmp_path):
+    """OpenAI's content-parts form was let through but read as Python's repr of the list (Record.text,
+    and the chat template of a local teacher or student); an image part reached training unseen."""
+    from potstill.models.prompting import PromptFormat
+    from tests.helpers.tiny import make_tokenizer
+
+    p = tmp_path / "in.jsonl"
+    parts = [{"type": "text", "text": "the team "}, {"type": "text", "text": "won"}]
+    p.write_text(json.dumps({"messages": [{"role": "user", "content": parts}]}) + "\n")
+    (r,) = read_records(p)
+    assert r.text == "the team won"
+    tok = make_tokenizer()
+    for kind in ("chat", "completion"):
+        fmt = PromptFormat(kind=kind, instruction="Topic?")
+        assert fmt.query(tok, r.messages) == fmt.query(tok, [{"role": "user", "content": "the team won"}])
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+    p.write_text('{"input": "ok"}\n' + json.dumps({"messages": [{"role": "user", "content": [parts[0], image]}]}) + "\n")
+    with pytest.raises(PotstillError, match=r"in\.jsonl:2: messages\.0\.content\.1: a part of type 'image_url'; "
+                                            r"potstill distils text"):
+        read_records(p)
+
+
 def test_write_is_atomic(tmp_path):
     p = tmp_path / "out.jsonl"
     write_jsonl(p, [{"a": 1}])

@@ -340,7 +340,7 @@ def import_(
     from potstill.importers import import_traffic
 
     n = import_traffic(source, out, format, requests)
-    typer.echo(f"wrote {n} records to {out}")
+    typer.echo(f"wrote {n} record{'' if n == 1 else 's'} to {out}")
 
 
 # Besides its own section, a run-directory command takes the other fields it reads; not the task,

@@ -47,8 +47,16 @@ class Record(BaseModel):
         """The content of the last user message: what a classifier or extractor reads."""
         for m in reversed(self.messages):
             if m.get("role") == "user":
-                return str(m.get("content", ""))
+                return content_text(m.get("content"))
         return ""
+
+
+def content_text(content: Any) -> str:
+    """A message's text: a string as it is, OpenAI's list of text parts joined (as the server and
+    the ledger join them), None as ''."""
+    if isinstance(content, list):
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return "" if content is None else str(content)
 
 
 def _coerce(obj: dict[str, Any]) -> dict[str, Any]:
@@ -192,8 +200,14 @@ def record_problem(obj: dict[str, Any]) -> str | None:
             return f"messages.{i}: a {role} message without content"
         if content is not None and not isinstance(content, (str, list)):
             return f"messages.{i}.content: expected a string or a list of parts, got {type(content).__name__}"
-    if not any(m["role"] == "user" and (m["content"].strip() if isinstance(m["content"], str) else m["content"])
-               for m in messages):
+        for j, part in enumerate(content if isinstance(content, list) else []):
+            # A student reads text only: an image it never sees cannot be what its answer is learnt from.
+            if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
+                kind = (f"of type {part['type']!r}" if isinstance(part, dict) and "type" in part else
+                        "without a text" if isinstance(part, dict) else f"that is a {type(part).__name__}")
+                return (f"messages.{i}.content.{j}: a part {kind}; potstill distils text, so content is a string "
+                        "or a list of parts of type 'text'")
+    if not any(m["role"] == "user" and content_text(m["content"]).strip() for m in messages):
         return "messages: no user message with text"
     return None
 

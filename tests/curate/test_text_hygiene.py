@@ -67,3 +67,12 @@ def test_clean_data_reports_none():
     c = curate(cfg(True), [Record(messages=[{"role": "user", "content": CLEAN[0]}], output=CLEAN[1])])
     assert c.card["text_hygiene"]["damaged_inputs"] == c.card["text_hygiene"]["damaged_outputs"] == 0
     assert "None found in 1 records." in card_markdown(c.card)
+
+
+def test_text_parts_of_an_input_are_repaired_too():
+    """An input in OpenAI's content-parts form skipped the repair (only string content was read)."""
+    parts = [{"type": "text", "text": DAMAGED_INPUT[0]}, {"type": "text", "text": " today"}]
+    c = curate(cfg(True), [Record(id="p", messages=[{"role": "user", "content": parts}], output="Nothing.")])
+    (r,) = c.train
+    assert r.text == "The minister said we don’t know yet today" and r.meta["text_fixed"] == ["inputs"]
+    assert c.card["text_hygiene"]["damaged_inputs"] == 1

@@ -136,3 +136,21 @@ def test_a_stored_completion_after_a_tool_call_keeps_the_call(tmp_path):
     (rec,) = read_records(tmp_path / "o.jsonl")  # read as generate reads its inputs
     assert rec.messages[1]["tool_calls"][0]["id"] == "c1" and rec.messages[2]["tool_call_id"] == "c1"
     assert "id" not in rec.messages[0] and rec.output == "sports"
+
+
+def test_a_finetune_line_whose_answer_is_a_tool_call_or_text_parts(tmp_path):
+    """OpenAI's fine-tuning format allows an assistant answer of tool calls (content null) and content
+    as a list of text parts: the first is refused at its line (it was imported as the text 'None'),
+    the second is its text (it was Python's repr of the list)."""
+    call = {"role": "assistant", "content": None,
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}]}
+    src = jsonl(tmp_path / "ft.jsonl", [{"messages": [{"role": "user", "content": "weather in Oslo?"}, call]}])
+    with pytest.raises(PotstillError, match=r"ft.jsonl:1: the assistant turn is a tool call, not text"):
+        import_traffic(src, tmp_path / "o.jsonl")
+    assert not (tmp_path / "o.jsonl").exists()
+    parts = {"role": "assistant", "content": [{"type": "text", "text": "spo"}, {"type": "text", "text": "rts"}]}
+    src = jsonl(tmp_path / "ft.jsonl", [{"messages": [{"role": "user", "content": [{"type": "text", "text": "A match."}]},
+                                                      parts]}])
+    import_traffic(src, tmp_path / "o.jsonl")
+    (rec,) = read_records(tmp_path / "o.jsonl")
+    assert rec.output == "sports" and rec.text == "A match."

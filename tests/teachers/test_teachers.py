@@ -158,3 +158,26 @@ def test_a_key_with_a_stray_character_is_one_line_naming_the_variable(server, tm
     assert out.stderr.strip().count("\n") == 0 and "TEACHER_KEY" in out.stderr and "Connection" not in out.stderr
     assert SECRET not in out.stdout + out.stderr
     assert sum(server.requests.values()) == before
+
+
+def test_a_replay_recording_answers_the_same_words_in_content_parts_and_refuses_a_textless_turn(tmp_path):
+    """The recording's key was the raw content, so a chat sent as text parts missed the answer
+    recorded for it as a string; an assistant turn of tool calls was recorded as the text 'None'."""
+    from potstill.config import TaskConfig, TeacherConfig
+    from potstill.errors import PotstillError
+    from potstill.tasks import get_task
+    from potstill.teachers.replay import ReplayTeacher
+
+    task = get_task(TaskConfig(type="classification", labels=["sports", "tech"]))
+    path = tmp_path / "traffic.jsonl"
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": "the team won"},
+                                             {"role": "assistant", "content": "sports"}]}) + "\n")
+    teacher = ReplayTeacher(TeacherConfig(type="replay", replay_path=str(path)), task)
+    got = {}
+    parts = [{"type": "text", "text": "the team "}, {"type": "text", "text": "won"}]
+    teacher.run([{"messages": [{"role": "user", "content": parts}]}], lambda i, r: got.update({i: r}))
+    assert got[0].output == "sports" and got[0].error is None
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": "weather?"}, {"role": "assistant", "content": None,
+                    "tool_calls": [{"id": "c", "type": "function", "function": {"name": "w", "arguments": "{}"}}]}]}) + "\n")
+    with pytest.raises(PotstillError, match=r"traffic.jsonl:1: the assistant turn has no text"):
+        ReplayTeacher(TeacherConfig(type="replay", replay_path=str(path)), task).run([], lambda i, r: None)

@@ -18,6 +18,7 @@ from typing import Any
 from datasketch import MinHash, MinHashLSH
 
 from potstill.progress import bar
+from potstill.records import content_text
 
 SHINGLE = 5  # characters: long enough to ignore letter frequencies, short enough for headlines
 NUM_PERM = 128  # MinHash permutations: the Jaccard estimate's standard error is ~ 1/sqrt(128) = 0.09
@@ -48,10 +49,7 @@ def conversation(messages: list[dict[str, Any]]) -> str:
     conversations that end with the same turn ("Tell me more."), and those are different inputs.
     A one-message record compares its text, as before.
     """
-    def text(c: Any) -> str:
-        return "".join(str(p.get("text", "")) for p in c if isinstance(p, dict)) if isinstance(c, list) else str(c or "")
-
-    return "\n".join(text(m.get("content")) for m in messages)
+    return "\n".join(content_text(m.get("content")) for m in messages)
 
 
 def shingles(text: str, k: int = SHINGLE) -> set[str]:

@@ -56,10 +56,17 @@ class Hygiene:
             self.examples.append({"id": rid, "field": where, "before": text[:160], "after": fixed[:160]})
         return fixed if self.fix else text
 
+    def _content(self, rid: str, content: str | list, hit: set[str]) -> str | list:
+        """A message's content repaired: a string, or each text part of a list of parts."""
+        if isinstance(content, str):
+            return self._text(rid, "inputs", content, hit)
+        return [{**p, "text": self._text(rid, "inputs", p["text"], hit)} if isinstance(p, dict) and isinstance(p.get("text"), str)
+                else p for p in content]
+
     def record(self, r: Record) -> Record:
         """``r`` with damaged text repaired (when ``fix``), counted either way; untouched records are returned as is."""
         hit: set[str] = set()
-        messages = [{**m, "content": self._text(r.id, "inputs", m["content"], hit)} if isinstance(m.get("content"), str)
+        messages = [{**m, "content": self._content(r.id, m["content"], hit)} if isinstance(m.get("content"), (str, list))
                     else m for m in r.messages]
         output = self._text(r.id, "outputs", r.output, hit) if r.output is not None else None
         samples = [self._text(r.id, "outputs", s, hit) for s in r.samples] if r.samples else r.samples

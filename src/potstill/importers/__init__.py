@@ -28,7 +28,7 @@ from pydantic import ValidationError
 from potstill.errors import PotstillError
 from potstill.ledger import Ledger
 from potstill.progress import bar
-from potstill.records import Record, read_objects, record_problem, write_jsonl
+from potstill.records import Record, content_text, read_objects, record_problem, write_jsonl
 
 FORMATS = ("auto", "finetune", "openai-log", "pairs", "stored", "served")
 
@@ -97,7 +97,10 @@ def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: dict[str, An
         msgs = obj.get("messages")
         if not isinstance(msgs, list) or not msgs or _objects(msgs, where)[-1].get("role") != "assistant":
             raise PotstillError(f"{where}: expected messages ending with an assistant turn")
-        prompt, output = msgs[:-1], str(msgs[-1].get("content", ""))
+        if msgs[-1].get("content") is None and msgs[-1].get("tool_calls"):
+            raise PotstillError(f"{where}: the assistant turn is a tool call, not text; potstill distils text "
+                                "answers, so leave tool-call examples out of the file")
+        prompt, output = msgs[:-1], content_text(msgs[-1].get("content"))
     elif kind == "openai-log":
         if "custom_id" in obj:
             req = requests.get(obj["custom_id"])

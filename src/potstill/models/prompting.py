@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from potstill.errors import PotstillError
+from potstill.records import content_text
 
 
 @dataclass
@@ -48,8 +49,11 @@ class PromptFormat:
             chat = [{"role": "system", "content": self.instruction}] if self.instruction else []
             for text, answer in self.shots or []:
                 chat += [{"role": "user", "content": text}, {"role": "assistant", "content": answer}]
-            return tokenizer.apply_chat_template([*chat, *messages], tokenize=False, add_generation_prompt=True)
-        text = "\n".join(str(m.get("content", "")) for m in messages if m.get("role") == "user")
+            # Text parts joined: most templates print a list of parts as Python's repr of it.
+            flat = [{**m, "content": content_text(m["content"])} if isinstance(m.get("content"), list) else m
+                    for m in messages]
+            return tokenizer.apply_chat_template([*chat, *flat], tokenize=False, add_generation_prompt=True)
+        text = "\n".join(content_text(m.get("content")) for m in messages if m.get("role") == "user")
         return f"{text}\n{self.answer_prefix}"
 
     def completion(self, tokenizer: Any, answer: str) -> str:

@@ -12,13 +12,14 @@ from typing import Any
 from potstill.config import GenerateConfig, TeacherConfig
 from potstill.errors import PotstillError
 from potstill.hashing import hash_file, hash_obj
-from potstill.records import read_objects
+from potstill.records import content_text, read_objects
 from potstill.tasks import Task
 from potstill.teachers.base import OnResult, Response, RunStats, Teacher
 
 
 def _key(messages: list[dict[str, Any]]) -> str:
-    return hash_obj([m.get("content") for m in messages if m.get("role") == "user"])
+    # By text, so a chat logged with content parts finds the answer recorded for the same words as a string.
+    return hash_obj([content_text(m.get("content")) for m in messages if m.get("role") == "user"])
 
 
 class ReplayTeacher(Teacher):
@@ -40,7 +41,10 @@ class ReplayTeacher(Teacher):
                 msgs = row.get("messages")
                 if not isinstance(msgs, list) or not msgs or msgs[-1].get("role") != "assistant":
                     raise PotstillError(f"{self.cfg.replay_path}:{lineno}: expected messages ending with an assistant turn")
-                answers[_key(msgs[:-1])] = str(msgs[-1].get("content", ""))
+                if msgs[-1].get("content") is None:
+                    raise PotstillError(f"{self.cfg.replay_path}:{lineno}: the assistant turn has no text "
+                                        "(a tool call?); a replay teacher answers with recorded text")
+                answers[_key(msgs[:-1])] = content_text(msgs[-1]["content"])
             self._answers = answers
         return self._answers
 
