@@ -46,10 +46,15 @@ BAD = {
     "not json": ("{oops", "not valid JSON"),
     "not an object": ("[1, 2]", "expected a JSON object, got list"),
     "no messages": (json.dumps({"prompt": "x"}), "'messages' must be a non-empty list"),
-    "bad role": (json.dumps({"messages": [{"role": "tool", "content": "x"}, *GOOD["messages"][1:]]}),
-                 "messages[0].role 'tool' is not one of system, user, assistant"),
-    "content not a string": (json.dumps({"messages": [{"role": "user", "content": ["x"]}, GOOD["messages"][2]]}),
-                             "messages[0].content must be a string, got list"),
+    "bad role": (json.dumps({"messages": [{"role": "robot", "content": "x"}, *GOOD["messages"][1:]]}),
+                 "messages[0].role 'robot' is not one of system, user, assistant, tool"),
+    "content not a string": (json.dumps({"messages": [{"role": "user", "content": 3}, GOOD["messages"][2]]}),
+                             "messages[0].content must be a string or a list of parts, got int"),
+    "a part not a part": (json.dumps({"messages": [{"role": "user", "content": ["x"]}, GOOD["messages"][2]]}),
+                          "messages[0].content: part 0 is not a part of type text or image_url"),
+    "tool without its call": (json.dumps({"messages": [GOOD["messages"][1], {"role": "tool", "content": "4 C"},
+                                                       GOOD["messages"][2]]}),
+                              "messages[1] (tool): no tool_call_id naming the call it answers"),
     "empty user": (json.dumps({"messages": [{"role": "user", "content": " "}, GOOD["messages"][2]]}),
                    "messages[0] (user): empty content"),
     "empty completion": (json.dumps({"messages": [*GOOD["messages"][:2], {"role": "assistant", "content": ""}]}),
@@ -101,6 +106,26 @@ def test_an_empty_instruction_exports_no_system_message(tmp_path):
     assert rows[0]["messages"] == [{"role": "user", "content": "text 0"}, {"role": "assistant", "content": "a summary"}]
     assert all(check_openai_jsonl(p) == [] for p in written)
 
+
+
+def test_a_tool_chat_and_text_parts_export_as_openai_fine_tuning_takes_them(tmp_path):
+    """Records may hold tool turns and content parts (generate takes them); the export dropped the
+    tool fields and kept the parts, and its own check then refused the run (an assistant turn of
+    tool calls has no content; a tool message needs its tool_call_id)."""
+    call = {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}
+    chat = [{"role": "user", "content": [{"type": "text", "text": "weather in "}, {"type": "text", "text": "Oslo?"}]},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c1", "content": "4 C"}]
+    cfg = make_run(tmp_path, ["a summary"] * 12)
+    recs = [Record(id=f"t{i}", messages=chat, output="Cold: 4 C.", valid=True) for i in range(12)]
+    write_jsonl(Path(cfg.run_dir) / "train.jsonl", recs)
+    written = export(cfg, "openai-jsonl")
+    row = json.loads(written[0].read_text().splitlines()[0])
+    assert row["messages"][1:] == [{"role": "user", "content": "weather in Oslo?"},
+                                   {"role": "assistant", "content": None, "tool_calls": [call]},
+                                   {"role": "tool", "content": "4 C", "tool_call_id": "c1"},
+                                   {"role": "assistant", "content": "Cold: 4 C."}]
+    assert all(check_openai_jsonl(p) == [] for p in written)
 
 
 def test_a_split_now_empty_leaves_no_stale_file(tmp_path):

@@ -4,8 +4,10 @@
 is fine). The exporter runs ``line_problems`` on each row before it writes; ``potstill export-check
 FILE`` runs it on any file.
 The rules are the ones a fine-tuning upload refuses or silently trains badly on: each line one
-JSON object with ``messages``, a list of ``{role, content}`` with role system/user/assistant and a
-non-empty string content, at least one user message, and an assistant message last (the target).
+JSON object with ``messages``, a list of ``{role, content}`` with role system/user/assistant/tool and
+non-empty content (a string, or a list of text and image parts), at least one user message, and an
+assistant message last (the target). An assistant turn of ``tool_calls`` may have no content; a
+``tool`` message names the call it answers (``tool_call_id``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from pathlib import Path
 
 from potstill.errors import PotstillError
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
+PARTS = ("text", "image_url")  # the content parts a chat fine-tuning file may hold
 MAX_PROBLEMS = 100  # a file broken on every line says so in the first hundred
 
 
@@ -38,8 +41,19 @@ def line_problems(line: str) -> list[str]:
         if m.get("role") not in ROLES:
             problems.append(f"messages[{i}].role {m.get('role')!r} is not one of {', '.join(ROLES)}")
         content = m.get("content")
+        if m.get("role") == "tool" and not isinstance(m.get("tool_call_id"), str):
+            problems.append(f"messages[{i}] (tool): no tool_call_id naming the call it answers")
+        if content is None and m.get("role") == "assistant" and m.get("tool_calls"):
+            continue
+        if isinstance(content, list):
+            bad = next((j for j, p in enumerate(content) if not (isinstance(p, dict) and p.get("type") in PARTS)), None)
+            if bad is not None or not content:
+                problems.append(f"messages[{i}].content: " + (f"part {bad} is not a part of type {' or '.join(PARTS)}"
+                                                               if bad is not None else "an empty list of parts"))
+                continue
+            content = "".join(str(p.get("text", "")) for p in content) or "(an image)"
         if not isinstance(content, str):
-            problems.append(f"messages[{i}].content must be a string, got {type(content).__name__}")
+            problems.append(f"messages[{i}].content must be a string or a list of parts, got {type(content).__name__}")
         elif not content.strip():
             what = "empty completion" if m.get("role") == "assistant" else "empty content"
             problems.append(f"messages[{i}] ({m.get('role')}): {what}")

@@ -19,7 +19,7 @@ from potstill.errors import PotstillError
 from potstill.export import register
 from potstill.export.check import line_problems
 from potstill.progress import say
-from potstill.records import read_records, write_jsonl
+from potstill.records import content_text, read_records, write_jsonl
 from potstill.tasks import get_task
 
 MIN_EXAMPLES = 10  # OpenAI's fine-tuning API refuses a training file with fewer
@@ -28,8 +28,11 @@ MIN_EXAMPLES = 10  # OpenAI's fine-tuning API refuses a training file with fewer
 def to_openai(messages: list[dict[str, Any]], target: str) -> dict[str, Any]:
     # An empty task.instruction is no system turn: the student was trained without one (PromptFormat
     # leaves it out), and OpenAI refuses a message with empty content.
-    msgs = [{"role": m["role"], "content": m["content"]} for m in messages
-            if not (m["role"] == "system" and isinstance(m["content"], str) and not m["content"].strip())]
+    # Text parts as their text (what the student read); a tool chat keeps its calls and the ids that
+    # pair each tool message with its call, or the upload refuses it.
+    msgs = [{"role": m["role"], "content": content_text(m["content"]) if isinstance(m.get("content"), list) else m.get("content"),
+             **{k: m[k] for k in ("tool_calls", "tool_call_id", "name") if m.get(k) is not None}} for m in messages
+            if not (m["role"] == "system" and isinstance(m.get("content"), str) and not m["content"].strip())]
     msgs.append({"role": "assistant", "content": target})
     return {"messages": msgs}
 
