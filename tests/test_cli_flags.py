@@ -180,3 +180,31 @@ def test_a_list_of_text_flag_given_one_value_takes_the_text_as_written(curated, 
     code, err = _cli(monkeypatch, capsys, "curate", "-c", "c.yaml", "--task.labels", "Q:")
     assert (code, err) == (2, ["error: c.yaml: config: Value error, task.labels needs at least two labels for a "
                                "classification task"]), err
+
+
+def test_version_and_env_say_what_a_bug_report_needs():
+    """`potstill --version` was "No such option"; `potstill env` prints the versions and hardware that
+    change potstill's behaviour, read from the installed packages' metadata."""
+    import subprocess
+    from importlib import metadata
+
+    import torch
+
+    from potstill import __version__
+    from potstill.envinfo import PACKAGES
+
+    out = subprocess.run([sys.executable, "-m", "potstill.cli", "--version"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == f"potstill {__version__}", out.stderr
+    out = subprocess.run([sys.executable, "-m", "potstill.cli", "env"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = {k: v.strip() for k, v in (line.split(":", 1) for line in out.stdout.splitlines())}
+    for name in PACKAGES:
+        try:
+            expected = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            expected = "not installed"
+        assert lines[name] == expected, name
+    assert lines["torch"] == torch.__version__ and lines["python"] == sys.version.split()[0]
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    assert lines["GPUs"] == (", ".join(gpus) or "none visible")
+    assert lines["CPU features"]

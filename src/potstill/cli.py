@@ -413,6 +413,28 @@ def watch(cfg: Config, run_dir: Annotated[Path, typer.Argument(metavar="RUN", he
     raise typer.Exit(EXIT_DRIFT if report["drift"] else 0)
 
 
+@app.command()
+def env() -> None:
+    """Print the platform, Python, potstill's and its libraries' versions, GPUs and CPU features (for a bug report)."""
+    from potstill.envinfo import env_text
+
+    typer.echo(env_text())
+
+
+def _version(value: bool) -> None:
+    if value:
+        from potstill import __version__
+
+        typer.echo(f"potstill {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                   help="Print potstill's version and exit.")] = False) -> None:
+    """potstill: distil a large teacher LLM into a small student, and prove the trade on your data."""
+
+
 @app.command("export-check")
 def export_check(file: Annotated[Path, typer.Argument(help="JSONL file in OpenAI's chat fine-tuning format.")]) -> None:
     """Check an OpenAI fine-tuning JSONL file: prints one file:line problem per line, exit 1 if any."""
