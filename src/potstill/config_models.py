@@ -121,6 +121,10 @@ class PriceConfig(Section):
         None, ge=0, description="USD per million input tokens read from the provider's prompt cache (OpenAI's "
         "automatic cache of prompts over 1,024 tokens, Anthropic cache reads); None: the input price.")
     usd_per_hour: float = Field(0.0, ge=0, description="USD per hour of the hardware a local model runs on.")
+    usd_per_call: float | None = Field(
+        None, ge=0, description="USD per teacher call as evaluate prices the teacher (cost per call, break-even, "
+        "verdict) in place of the ledger's: a replay teacher's recorded traffic costs nothing to replay, but each "
+        "call cost this when it was made. None: the token price above, else the ledger's recorded cost.")
 
 
 class FewShotConfig(Section):

@@ -6,6 +6,7 @@ from typing import Any
 
 from rich.table import Table
 
+from potstill.config import PriceConfig
 from potstill.hashing import hash_obj
 from potstill.ledger import Call, Ledger
 from potstill.engines.base import warm_batches
@@ -92,26 +93,44 @@ def spend_by_stage(ledger: Ledger, role: str = "student") -> list[dict[str, Any]
 
 
 def measure_teacher(task: Task, records: list[Record], ledger: Ledger, timed: dict[str, Any] | None = None,
-                    usd_per_hour: float = 0.0) -> dict[str, Any]:
+                    price: PriceConfig | None = None) -> dict[str, Any]:
     """The teacher's quality from its recorded answers; latency, tokens and cost from the ledger.
 
     ``timed``: the teacher's batch-1 latency measured here (a local teacher, timed in turns with the
     student: ``students.Beside``). It then gives the latency and the cost per call (mean seconds x
-    ``usd_per_hour``, the rate a local teacher bills its calls at), and the ledger's figures stay
+    ``price.usd_per_hour``, the rate a local teacher bills its calls at), and the ledger's figures stay
     beside them as ``ledger_latency_batch1`` and ``ledger_cost_per_1k_calls_usd``: those were timed
-    whenever generate ran, maybe on a busier or quieter machine than the student's timing."""
-    m = _teacher_from_ledger(task, records, ledger)
+    whenever generate ran, maybe on a busier or quieter machine than the student's timing.
+
+    Else ``price`` (``teacher.price``), when it names one, prices the calls in place of the ledger's
+    recorded cost: ``usd_per_call`` flat (a replay teacher, whose recorded traffic cost nothing to
+    replay), or the token price over each row's recorded tokens, at the row's own batch share. The
+    ledger's figure stays beside it as ``ledger_cost_per_1k_calls_usd``."""
+    m, rows = _teacher_from_ledger(task, records, ledger)
     if timed and timed.get("n"):
+        usd_per_hour = price.usd_per_hour if price is not None else 0.0
         m["ledger_latency_batch1"], m["ledger_cost_per_1k_calls_usd"] = m["latency_batch1"], m["cost_per_1k_calls_usd"]
         m["latency_batch1"] = {**timed, "source": f"timed by this command at batch 1 on {timed['n']} test inputs, in "
                                                   f"{timed['turns']} turns with the student's timed calls"}
         m["cost_per_1k_calls_usd"] = timed["mean_s"] * usd_per_hour / 3600 * 1000
         m["cost_source"] = (f"mean batch-1 latency timed here beside the student x teacher.price.usd_per_hour="
                             f"{usd_per_hour}")
+    elif price is not None and price.usd_per_call is not None:
+        m["ledger_cost_per_1k_calls_usd"] = m["cost_per_1k_calls_usd"]
+        m["cost_per_1k_calls_usd"] = price.usd_per_call * 1000
+        m["cost_source"] = f"teacher.price.usd_per_call={price.usd_per_call} (the ledger's recorded cost beside it)"
+    elif price is not None and (price.input_per_mtok or price.output_per_mtok) and rows:
+        from potstill.teachers.api.prices import token_cost
+
+        usd = [token_cost(price, r["input_tokens"], r["output_tokens"], r["cached_input_tokens"]) * (r["price_multiplier"] or 1.0) for r in rows]
+        m["ledger_cost_per_1k_calls_usd"] = m["cost_per_1k_calls_usd"]
+        m["cost_per_1k_calls_usd"] = sum(usd) / len(usd) * 1000
+        m["cost_source"] = (f"the ledger's tokens of these calls at teacher.price (${price.input_per_mtok:g} input, "
+                            f"${price.output_per_mtok:g} output per Mtok; batch answers at their batch share)")
     return m
 
 
-def _teacher_from_ledger(task: Task, records: list[Record], ledger: Ledger) -> dict[str, Any]:
+def _teacher_from_ledger(task: Task, records: list[Record], ledger: Ledger) -> tuple[dict[str, Any], list[dict]]:
     hashes = [r.meta["request_hash"] for r in records if r.meta.get("request_hash")]
     rows = ledger.rows_for(hashes)
     lat = [r["latency_s"] for r in rows]
@@ -127,7 +146,7 @@ def _teacher_from_ledger(task: Task, records: list[Record], ledger: Ledger) -> d
         "cost_per_1k_calls_usd": sum(r["cost_usd"] for r in rows) / n * 1000,
         "cost_source": "ledger (calls.sqlite): mean cost of these calls",
         "model": rows[0]["model"] if rows else None,
-    }
+    }, rows
 
 
 def _fmt(x: Any, pct: bool = False, digits: int = 3) -> str:

@@ -110,8 +110,10 @@ def latency_cost(models: dict[str, dict[str, Any]], batched: dict[str, dict[str,
                              f"timing): p50 {_secs(m['ledger_latency_batch1'].get('p50_s'))}, "
                              f"${m['ledger_cost_per_1k_calls_usd']:.4g} per 1k calls")
         elif name == "teacher":
-            row["source"] = ("ledger (calls.sqlite): latency of the recorded calls for these test inputs; "
-                             "$ = mean cost_usd of those rows")
+            priced = "ledger_cost_per_1k_calls_usd" in m  # teacher.price in place of the recorded cost
+            row["source"] = ("ledger (calls.sqlite): latency of the recorded calls for these test inputs; $ = "
+                             + (f"{m['cost_source']}; the ledger's: ${m['ledger_cost_per_1k_calls_usd']:.4g} per 1k "
+                                "calls" if priced else "mean cost_usd of those rows"))
         else:
             b = batched.get(name, {})
             row.update({"batched_p50_s": b.get("p50_s"), "batched_p95_s": b.get("p95_s"), "batch_size": b.get("batch_size"),
@@ -170,7 +172,7 @@ def evaluate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
         "one_time": one_time, "break_even": be, "verdict": v, "judge": judged,
         "quality_bar": e.quality_bar.model_dump(), "min_slice_n": rep.min_slice_n,
         "bootstrap_samples": rep.bootstrap_samples,
-        "sources": _sources(cfg, spend, train_s, "ledger_latency_batch1" in models["teacher"]),
+        "sources": _sources(cfg, spend, train_s, models["teacher"]),
     }
     if judged is not None:
         result["sources"]["judge"] = (f"judge {judged['model']}: both orders per input, answers and cost in the ledger "
@@ -222,7 +224,7 @@ def _measure_models(cfg: Config, run: RunDir, task: Task, test: list[Record]):
     measure("student", evaluation_engine(cfg, str(run / "student")), timed_teacher)
     with run.ledger() as ledger:
         models["teacher"] = measure_teacher(task, test, ledger, timed_teacher.latency if timed_teacher else None,
-                                            cfg.teacher.price.usd_per_hour)
+                                            cfg.teacher.price)
         # Distilling's one-time spend: served requests escalated to the teacher are the cost of
         # running, paid per call whichever model serves, not of building the student.
         spend = ledger.summary("teacher", served=False)
@@ -310,16 +312,19 @@ def _break_even(cfg: Config, models: dict[str, dict[str, Any]], one_time: dict[s
     return be
 
 
-def _sources(cfg: Config, spend: dict[str, Any], train_s: float, teacher_timed: bool) -> dict[str, str]:
+def _sources(cfg: Config, spend: dict[str, Any], train_s: float, teacher: dict[str, Any]) -> dict[str, str]:
     """Where each number in eval.json comes from, printed beside its table in report.html."""
     e, rep = cfg.evaluate, cfg.report
+    teacher_timed = "ledger_latency_batch1" in teacher
+    priced = "" if "ledger_cost_per_1k_calls_usd" not in teacher else f"; cost per call: {teacher['cost_source']}"
     return {
         "student": "measured by this command: the student answered every test input on this machine",
         "teacher": ("the teacher's recorded answers in test.jsonl; its batch-1 latency timed by this command in turns "
                     "with the student's (evaluate.teacher_latency_samples), cost per call = that mean x "
                     f"teacher.price.usd_per_hour={cfg.teacher.price.usd_per_hour}; tokens from the ledger (calls.sqlite)"
                     if teacher_timed else
-                    "the teacher's recorded answers in test.jsonl; latency and cost from the ledger (calls.sqlite)"),
+                    "the teacher's recorded answers in test.jsonl; latency and cost from the ledger (calls.sqlite)"
+                    + priced),
         "gold": "the label/reference fields of test.jsonl (gold supplied with the inputs)",
         "intervals": f"percentile bootstrap over test examples, {rep.bootstrap_samples} resamples, seed {rep.seed}",
         "generation_usd": (f"ledger: sum of cost_usd over all {spend['calls']} successful teacher calls of this run "

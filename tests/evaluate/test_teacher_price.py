@@ -1,0 +1,64 @@
+"""The teacher's configured price reprices evaluate's teacher cost per call, break-even and verdict:
+a replay teacher (recorded traffic, $0 to replay) priced per call, and an API teacher's recorded
+tokens at a new token price."""
+
+import json
+import shutil
+
+import pytest
+
+from potstill.config import load_config
+from potstill.evaluate.stage import evaluate_stage
+from potstill.ledger import Call, Ledger
+
+
+def _run(tmp_path, tiny_model, teacher: dict, rows: list[dict]):
+    """A run of 4 test inputs whose teacher answers are ledger rows ``rows`` (one per input)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    recs = [{"input": f"text {i}", "output": f"summary {i}", "meta": {"request_hash": f"h{i}"}} for i in range(4)]
+    (run / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    shutil.copytree(tiny_model, run / "student")
+    with Ledger(run / "calls.sqlite") as ledger:
+        for i, row in enumerate(rows):
+            ledger.record(Call(request_hash=f"h{i}", role="teacher", stage="generate", request={"i": i},
+                               response={"output": f"summary {i}"}, **row))
+    cfg = load_config(overrides={"run_dir": str(run), "task": {"type": "freetext", "instruction": "answer",
+                                                                "max_output_tokens": 2},
+                                 "teacher": teacher, "student.model": str(tiny_model),
+                                 "student.usd_per_hour": 0.01,
+                                 "evaluate": {"latency_samples": 2, "batch_size": 2, "include_untrained": False,
+                                              "monthly_calls": 100000},
+                                 "report": {"min_slice_n": 2, "bootstrap_samples": 100}})
+    evaluate_stage(cfg)
+    return json.loads((run / "eval.json").read_text())
+
+
+def test_a_replay_teacher_priced_per_call_is_not_free(tmp_path, tiny_model):
+    traffic = tmp_path / "traffic.jsonl"
+    traffic.write_text(json.dumps({"messages": [{"role": "user", "content": "x"},
+                                                {"role": "assistant", "content": "y"}]}) + "\n")
+    ev = _run(tmp_path, tiny_model, {"type": "replay", "model": "gpt-4o", "replay_path": str(traffic),
+                                     "price": {"usd_per_call": 0.02}},
+              [{"model": "gpt-4o", "cost_usd": 0.0}] * 4)
+    t = ev["models"]["teacher"]
+    assert t["cost_per_1k_calls_usd"] == pytest.approx(20.0)
+    assert "usd_per_call" in t["cost_source"]
+    cheaper = ev["verdict"]["checks"][1]
+    assert cheaper["check"].startswith("student cheaper") and cheaper["pass"], cheaper
+    assert ev["break_even"]["saving_per_call_usd"] > 0
+    assert ev["one_time"]["generation_usd"] == 0.0  # replaying paid nothing: the one-time spend stays the ledger's
+
+
+def test_a_token_price_reprices_the_recorded_tokens(tmp_path, tiny_model):
+    # Recorded at $0.001 a call; at $2/$8 per Mtok, 1,000 input (400 cached at $0.5) + 100 output tokens is
+    # (600 * 2 + 400 * 0.5 + 100 * 8) / 1e6 = $0.0022; the batched half (price_multiplier 0.5) keeps its discount.
+    rows = [{"model": "gpt-4.1", "input_tokens": 1000, "cached_input_tokens": 400, "output_tokens": 100,
+             "cost_usd": 0.001, "price_multiplier": 0.5 if i % 2 else 1.0} for i in range(4)]
+    ev = _run(tmp_path, tiny_model, {"type": "openai", "model": "gpt-4.1",
+                                     "price": {"input_per_mtok": 2, "output_per_mtok": 8, "cached_input_per_mtok": 0.5}},
+              rows)
+    t = ev["models"]["teacher"]
+    assert t["cost_per_1k_calls_usd"] == pytest.approx(1000 * 0.0022 * 0.75)
+    assert t["ledger_cost_per_1k_calls_usd"] == pytest.approx(1.0)
+    assert "teacher.price" in t["cost_source"]
