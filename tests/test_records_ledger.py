@@ -1,8 +1,10 @@
 import json
 import sqlite3
+import sys
 
 import pytest
 
+from potstill.cli import main
 from potstill.errors import PotstillError
 from potstill.ledger import MIGRATIONS, Call, Ledger
 from potstill.records import Record, read_records, write_jsonl
@@ -154,3 +156,29 @@ def test_projected_cost_is_priced_from_this_generate_runs_answers(tmp_path):
     assert latest["remaining"] == 6
     assert latest["cost_per_call_usd"] == pytest.approx(0.0001)
     assert latest["projected_remaining_usd"] == pytest.approx(6 * 0.0001)
+
+
+def test_projected_cost_covers_what_earlier_runs_of_the_same_teacher_left_unanswered(tmp_path, monkeypatch, capsys):
+    """A budget-stopped generate over 10 inputs, then a trial rerun with data.limit 3 (all cached):
+    the 6 inputs the first run left are still to pay for, and `potstill cost` says so; a run of
+    another teacher (another identity) abandons them."""
+    with Ledger(tmp_path / "calls.sqlite") as led:
+        hashes = [f"g{i}" for i in range(10)]
+        first = led.start_run("generate", "m", 10, hashes, 0, identity="teacher-a")
+        led.record_many([Call(h, "teacher", "generate", "m", {"g": h}, {"output": "a"}, 20, 1, cost_usd=0.0001)
+                         for h in hashes[:4]])
+        led.finish_run(first, "budget", 0)
+        trial = led.start_run("generate", "m", 3, hashes[:3], 3, identity="teacher-a")
+        led.finish_run(trial, "done", 0)
+        latest = led.cost_report()["latest_run"]
+        assert (latest["remaining"], latest["unique_requests"], latest["earlier_remaining"]) == (6, 9, 6)
+        assert latest["projected_remaining_usd"] == pytest.approx(6 * 0.0001)
+        monkeypatch.setattr(sys, "argv", ["potstill", "cost", str(tmp_path)])
+        with pytest.raises(SystemExit) as e:
+            main()
+        out = capsys.readouterr().out
+        assert e.value.code == 0 and "6 of 9 requests unanswered, projected cost of the rest $0.0006 (6 of these" in out
+        other = led.start_run("generate", "m", 2, ["x0", "x1"], 0, identity="teacher-b")
+        led.finish_run(other, "error", 0)
+        latest = led.cost_report()["latest_run"]
+    assert (latest["remaining"], latest["unique_requests"], latest["earlier_remaining"]) == (2, 2, 0)

@@ -311,6 +311,9 @@ def cost(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]) -> Non
         if r:
             proj = "unknown (no answer yet to price)" if r["projected_remaining_usd"] is None else f"${r['projected_remaining_usd']:.4f}"
             head = f"last generate ({r['status']}): {r['inputs']} inputs, {r['cache_hits']} cache hits, {r['retries']} retries, "
+            if r["earlier_remaining"]:
+                proj += (f" ({r['earlier_remaining']} of these requests left unanswered by earlier runs of this teacher, "
+                         "outside the last run's inputs)")
             if r["status"] in ("error", "stale"):
                 # Not a run with work in flight: it stopped (an exception, or its process died).
                 why = "ended by an error" if r["status"] == "error" else "its process died without finishing"

@@ -104,6 +104,12 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (batch_key, request_hash)
     ) WITHOUT ROWID;
     """,
+    # 5: the teacher a generate run asked (hash of its identity), so a run keeps the requests that
+    # earlier runs of the same teacher left unanswered (a budget stop, then a trial with a smaller
+    # data.limit) in `potstill cost`'s projection, and a run of another teacher drops them.
+    """
+    ALTER TABLE generate_runs ADD COLUMN identity TEXT;
+    """,
 ]
 
 #: Batch states after which nothing more comes from the provider.
@@ -442,18 +448,33 @@ class Ledger:
         dead = [rid for rid, pid, h in rows if pid is None or (h == host and not _alive(pid))]
         self._db.executemany("UPDATE generate_runs SET status='stale' WHERE id=?", ((rid,) for rid in dead))
 
-    def start_run(self, stage: str, model: str, inputs: int, hashes: list[str], cache_hits: int) -> int:
-        """Record a generate run and the distinct requests it must answer (older plans of the stage go)."""
+    def start_run(self, stage: str, model: str, inputs: int, hashes: list[str], cache_hits: int,
+                  identity: str | None = None) -> int:
+        """Record a generate run and the distinct requests it must answer.
+
+        Earlier plans of the stage by the same teacher (``identity``, the hash of the teacher's
+        identity) keep their requests still unanswered and not in this plan: a rerun with a smaller
+        ``data.limit`` does not make the rest free. Plans of another teacher (or of none recorded) go:
+        their requests will not be sent again."""
         with self._lock, self._db:
             self._mark_stale()
-            self._db.execute("DELETE FROM generate_plan WHERE run_id IN (SELECT id FROM generate_runs WHERE stage=?)",
-                             (stage,))
+            self._db.execute(
+                "DELETE FROM generate_plan WHERE run_id IN (SELECT id FROM generate_runs WHERE stage=?"
+                " AND (identity IS NULL OR ? IS NULL OR identity<>?))", (stage, identity, identity))
             cur = self._db.execute(
                 "INSERT INTO generate_runs (stage, model, inputs, unique_requests, cache_hits, status, started_at, pid,"
-                " host) VALUES (?,?,?,?,?,'running',?,?,?)",
-                (stage, model, inputs, len(hashes), cache_hits, time.time(), os.getpid(), socket.gethostname()))
+                " host, identity) VALUES (?,?,?,?,?,'running',?,?,?,?)",
+                (stage, model, inputs, len(hashes), cache_hits, time.time(), os.getpid(), socket.gethostname(),
+                 identity))
             run_id = int(cur.lastrowid)
             self._db.executemany("INSERT OR IGNORE INTO generate_plan VALUES (?, ?)", ((run_id, h) for h in hashes))
+            # What is left of the earlier plans: neither answered nor planned again here (bounded by
+            # what is still unanswered, so reruns do not grow the table).
+            self._db.execute(
+                "DELETE FROM generate_plan WHERE run_id IN (SELECT id FROM generate_runs WHERE stage=? AND id<>?)"
+                " AND (EXISTS (SELECT 1 FROM calls c WHERE c.request_hash=generate_plan.request_hash AND c.status='ok')"
+                " OR EXISTS (SELECT 1 FROM generate_plan q WHERE q.run_id=? AND q.request_hash=generate_plan.request_hash))",
+                (stage, run_id, run_id))
         return run_id
 
     def finish_run(self, run_id: int, status: str, retries: int) -> None:
@@ -480,10 +501,16 @@ class Ledger:
                 " WHERE stage=? ORDER BY id DESC LIMIT 1", (stage,)).fetchone()
             latest = None
             if run is not None:
+                unanswered = (" AND NOT EXISTS (SELECT 1 FROM calls c WHERE c.request_hash=p.request_hash"
+                              " AND c.status='ok')")
                 remaining = int(self._db.execute(
-                    "SELECT COUNT(*) FROM generate_plan p WHERE p.run_id=? AND NOT EXISTS"
-                    " (SELECT 1 FROM calls c WHERE c.request_hash=p.request_hash AND c.status='ok')", (run[0],)
-                ).fetchone()[0])
+                    "SELECT COUNT(*) FROM generate_plan p WHERE p.run_id=?" + unanswered, (run[0],)).fetchone()[0])
+                # Left by earlier runs of the same teacher (start_run keeps only those) and not in this plan.
+                earlier = int(self._db.execute(
+                    "SELECT COUNT(DISTINCT p.request_hash) FROM generate_plan p WHERE p.run_id<>? AND p.run_id IN"
+                    " (SELECT id FROM generate_runs WHERE stage=?) AND NOT EXISTS (SELECT 1 FROM generate_plan q"
+                    " WHERE q.run_id=? AND q.request_hash=p.request_hash)" + unanswered,
+                    (run[0], stage, run[0])).fetchone()[0])
                 # Priced at this run's own answers: the model's other calls (synthesize's long inputs,
                 # served escalations) are other requests, often far dearer than a label. Before its
                 # first answer, the model's mean is the best guess there is.
@@ -496,10 +523,10 @@ class Ledger:
                         " AND model=?", (run[1],)).fetchone()
                 per_call = float(spent) / n if n else None
                 latest = {
-                    "model": run[1], "inputs": run[2], "unique_requests": run[3], "cache_hits": run[4],
-                    "retries": run[5], "status": run[6], "remaining": remaining,
-                    "cost_per_call_usd": per_call,
-                    "projected_remaining_usd": None if per_call is None else per_call * remaining,
+                    "model": run[1], "inputs": run[2], "unique_requests": run[3] + earlier, "cache_hits": run[4],
+                    "retries": run[5], "status": run[6], "remaining": remaining + earlier,
+                    "earlier_remaining": earlier, "cost_per_call_usd": per_call,
+                    "projected_remaining_usd": None if per_call is None else per_call * (remaining + earlier),
                 }
         return {"models": models, "latest_run": latest}
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from potstill.config import Config, GenerateConfig
 from potstill.errors import PotstillError
+from potstill.hashing import hash_obj
 from potstill.ledger import Call, Ledger
 from potstill.progress import bar, say
 from potstill.records import Record
@@ -126,7 +127,7 @@ def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: L
     errors: dict[str, str] = {}
     if gcfg.engine != "batch" and todo:
         _refuse_batched(ledger, {h for h, _ in todo})
-    run_id = ledger.start_run(stage, teacher.model_name, len(records), unique, stats.cache_hits)
+    run_id = ledger.start_run(stage, teacher.model_name, len(records), unique, stats.cache_hits, hash_obj(ident))
     try:
         _send(teacher, stage, ledger, gcfg, stats, todo, answers, errors, t0)
     except BaseException as e:
