@@ -372,3 +372,28 @@ def test_evaluate_with_a_judge_reads_only_declared_fields(tmp_path, tiny_model):
     assert sorted(reads - set(STAGES["evaluate"].fields()) - {"run_dir"}) == []
     # Limits and prices: how the judge is asked, not what evaluate reports from cached verdicts.
     assert not {k for k in STAGES["evaluate"].fingerprinted() if k.startswith("generate.")}
+
+
+def test_the_judges_files_count_by_content_not_by_name(tmp_path):
+    """evaluate.judge.teacher is a whole teacher section: its replay and few-shot files count by
+    their bytes as the run's teacher's do, so an edited file reruns evaluate and a copy does not."""
+    replay, shots = tmp_path / "judge.jsonl", tmp_path / "shots.jsonl"
+    replay.write_text(json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "A"}]}) + "\n")
+    shots.write_text(json.dumps({"input": "q", "output": "A"}) + "\n")
+
+    def fingerprint(replay_path: Path) -> str:
+        judge = {"enabled": True, "teacher": {"type": "replay", "replay_path": str(replay_path),
+                                              "few_shot": {"path": str(shots), "k": 1}}}
+        cfg = load_config(overrides={"run_dir": str(tmp_path / "run"), "evaluate.judge": judge,
+                                     "task": {"type": "freetext", "instruction": "answer"}})
+        return STAGES["evaluate"].fingerprint(cfg, RunDir(cfg.run_dir))
+
+    before = fingerprint(replay)
+    copy = tmp_path / "copy.jsonl"
+    shutil.copy(replay, copy)
+    assert fingerprint(copy) == before
+    replay.write_text(replay.read_text().replace('"A"', '"B"'))
+    assert fingerprint(replay) != before
+    edited = fingerprint(replay)
+    shots.write_text(shots.read_text().replace('"A"', '"B"'))
+    assert fingerprint(replay) != edited

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import yaml
+from pydantic import BaseModel
 from rich.markup import escape
 
 from potstill.config import Config, flat_fields, load_config, path_roles, relative_paths, set_dotted
@@ -48,7 +49,22 @@ def get_dotted(cfg: Any, key: str) -> Any:
 
 
 def by_content(key: str, value: Any) -> Any:
-    """A path field that names an existing file or directory counts by its sha256 (see ``PathRole``)."""
+    """A path field that names an existing file or directory counts by its sha256 (see ``PathRole``).
+
+    A whole section held in one field (``evaluate.judge.teacher``, a teacher section or None) counts
+    with each path inside it by content too: by name, an edited judge replay or few-shot file would
+    leave evaluate "up to date" on the old verdicts."""
+    if isinstance(value, BaseModel):
+        data = value.model_dump(mode="json")
+        for sub in path_roles():
+            if sub.startswith(key + "."):
+                *parents, leaf = sub[len(key) + 1:].split(".")
+                node: Any = data
+                for p in parents:
+                    node = node.get(p) if isinstance(node, dict) else None
+                if isinstance(node, dict) and leaf in node:
+                    node[leaf] = by_content(sub, node[leaf])
+        return data
     role = path_roles().get(key)
     if role and role.content and isinstance(value, str):
         if Path(value).is_file():
