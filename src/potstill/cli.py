@@ -369,6 +369,8 @@ def report(
     from potstill.evaluate.html import compare_report
     from potstill.rundir import RunDir
 
+    if run_dir.is_dir():  # a hand-broken manifest.json: its one line before anything is written
+        RunDir(run_dir).manifest()
     target = compare_report(run_dir, compare or [], out)
     if run_dir.is_dir() and target.resolve() == (run_dir / "report.html").resolve():
         RunDir(run_dir).rebuilt("evaluate", "report.html")  # else the next `potstill run` reruns evaluate

@@ -48,6 +48,12 @@ class RunDir:
         for name, entry in m["stages"].items():
             if not isinstance(entry, dict):
                 self._refuse(f"not a potstill manifest (stage '{name}' is not an object)")
+            outputs = entry.get("outputs", {})
+            if not isinstance(outputs, dict) or not all(isinstance(v, str) for v in outputs.values()):
+                self._refuse(f"not a potstill manifest (stage '{name}': 'outputs' is not an object of file hashes)")
+            untracked = entry.get("untracked", [])
+            if not isinstance(untracked, list) or not all(isinstance(v, str) for v in untracked):
+                self._refuse(f"not a potstill manifest (stage '{name}': 'untracked' is not a list of names)")
         return m
 
     def _refuse(self, why: str) -> NoReturn:

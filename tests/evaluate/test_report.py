@@ -224,3 +224,35 @@ def test_no_worst_cases_listed_is_not_a_claim_of_full_agreement(evaluated):
     perfect = {**ev["slices"][0], "agreement": {**ev["slices"][0]["agreement"], "value": 1.0}}
     page = render({**ev, "worst_cases": [], "slices": [perfect, *ev["slices"][1:]]})
     assert "agrees with the teacher on every test input" in page
+
+
+@pytest.mark.parametrize("broken", [
+    # the champion's manifest.json, edited by hand: its evaluate outputs not a {name: sha256} object
+    ("run", "manifest.json", lambda m: m["stages"]["evaluate"].update(outputs=5)),
+    ("run", "manifest.json", lambda m: m["stages"]["evaluate"].update(outputs=["report.html"])),
+    ("run", "manifest.json", lambda m: m["stages"]["evaluate"]["outputs"].update({"report.html": 7})),
+    # the challenger's eval.json with keys missing or of the wrong type
+    ("other", "eval.json", lambda ev: ev.pop("models")),
+    ("other", "eval.json", lambda ev: ev.update(slices=5)),
+    ("other", "eval.json", lambda ev: ev.update(verdict=None)),
+    ("other", "eval.json", lambda ev: ev["models"]["student"].pop("cost_per_1k_calls_usd")),
+])
+def test_report_compare_with_a_hand_broken_file_is_one_line(evaluated, tmp_path, monkeypatch, capsys, broken):
+    import sys
+
+    from potstill.cli import main
+
+    which, name, edit = broken
+    for d in ("run", "other"):
+        shutil.copytree(evaluated / "run", tmp_path / d, ignore=shutil.ignore_patterns("student", "*.sqlite"))
+    path = tmp_path / which / name
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    page = (tmp_path / "run" / "report.html").read_bytes()
+    monkeypatch.setattr(sys, "argv", ["potstill", "report", str(tmp_path / "run"), "--compare", str(tmp_path / "other")])
+    with pytest.raises(SystemExit) as e:
+        main()
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err.count("\n") == 0 and str(path) in err, err
+    assert (tmp_path / "run" / "report.html").read_bytes() == page  # nothing rewritten

@@ -358,6 +358,12 @@ def load_eval(path: str | Path) -> dict:
         raise PotstillError(f"{p}: malformed JSON ({e.msg} at line {e.lineno})") from None
     if not isinstance(ev, dict) or "slices" not in ev or "verdict" not in ev:
         raise PotstillError(f"{p}: not an eval.json written by this version of `potstill evaluate` (no slices/verdict)")
+    try:  # as champion and as challenger: a key missing or of another type (a hand edit) is named here
+        render(ev, [("check", ev)])
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as e:
+        what = f"no {e.args[0]!r} key" if isinstance(e, KeyError) and e.args else f"{type(e).__name__}: {e}"
+        raise PotstillError(f"{p}: an eval.json this version of potstill cannot read ({what}); rerun "
+                            "`potstill evaluate --force` on that run") from None
     return ev
 
 
