@@ -120,6 +120,9 @@ class PriceConfig(Section):
     cached_input_per_mtok: float | None = Field(
         None, ge=0, description="USD per million input tokens read from the provider's prompt cache (OpenAI's "
         "automatic cache of prompts over 1,024 tokens, Anthropic cache reads); None: the input price.")
+    cache_write_input_per_mtok: float | None = Field(
+        None, ge=0, description="USD per million input tokens written to the provider's prompt cache (Anthropic's "
+        "cache_creation_input_tokens); None: 1.25x the input price, Anthropic's 5-minute cache write.")
     usd_per_hour: float = Field(0.0, ge=0, description="USD per hour of the hardware a local model runs on.")
     usd_per_call: float | None = Field(
         None, ge=0, description="USD per teacher call as evaluate prices the teacher (cost per call, break-even, "

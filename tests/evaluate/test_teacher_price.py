@@ -22,7 +22,7 @@ def _run(tmp_path, tiny_model, teacher: dict, rows: list[dict]):
     with Ledger(run / "calls.sqlite") as ledger:
         for i, row in enumerate(rows):
             ledger.record(Call(request_hash=f"h{i}", role="teacher", stage="generate", request={"i": i},
-                               response={"output": f"summary {i}"}, **row))
+                               **{"response": {"output": f"summary {i}"}, **row}))
     cfg = load_config(overrides={"run_dir": str(run), "task": {"type": "freetext", "instruction": "answer",
                                                                 "max_output_tokens": 2},
                                  "teacher": teacher, "student.model": str(tiny_model),
@@ -62,3 +62,14 @@ def test_a_token_price_reprices_the_recorded_tokens(tmp_path, tiny_model):
     assert t["cost_per_1k_calls_usd"] == pytest.approx(1000 * 0.0022 * 0.75)
     assert t["ledger_cost_per_1k_calls_usd"] == pytest.approx(1.0)
     assert "teacher.price" in t["cost_source"]
+
+
+def test_a_token_price_reprices_cache_writes_above_input(tmp_path, tiny_model):
+    # Anthropic: 3,100 input tokens of which 2,000 cache reads and 1,000 cache writes (in the response),
+    # at $3 input: (100 * 3 + 1000 * 3.75 + 2000 * 0.3 + 10 * 15) / 1e6 = $0.0048 a call.
+    rows = [{"model": "claude-sonnet-4-5", "input_tokens": 3100, "cached_input_tokens": 2000, "output_tokens": 10,
+             "response": {"output": f"summary {i}", "cache_write_input_tokens": 1000}} for i in range(4)]
+    ev = _run(tmp_path, tiny_model, {"type": "anthropic", "model": "claude-sonnet-4-5",
+                                     "price": {"input_per_mtok": 3, "output_per_mtok": 15, "cached_input_per_mtok": 0.3}},
+              rows)
+    assert ev["models"]["teacher"]["cost_per_1k_calls_usd"] == pytest.approx(1000 * 0.0048)

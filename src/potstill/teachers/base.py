@@ -61,6 +61,8 @@ class Response:
     input_tokens: int = 0
     output_tokens: int = 0
     cached_input_tokens: int = 0
+    #: Part of ``input_tokens`` written to the provider's prompt cache (Anthropic), billed above input.
+    cache_write_input_tokens: int = 0
     latency_s: float = 0.0
     cost_usd: float = 0.0
     error: str | None = None
@@ -180,10 +182,11 @@ class Teacher:
         """The distribution over ``task.labels`` of an answer (``Response.to_json()``, maybe cached)."""
         return answer.get("label_probs")
 
-    def token_cost(self, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0) -> float:
+    def token_cost(self, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0,
+                   cache_write_input_tokens: int = 0) -> float:
         from potstill.teachers.api.prices import token_cost
 
-        return token_cost(self.cfg.price, input_tokens, output_tokens, cached_input_tokens)
+        return token_cost(self.cfg.price, input_tokens, output_tokens, cached_input_tokens, cache_write_input_tokens)
 
     def close(self) -> None:
         if self._worker is not None:
