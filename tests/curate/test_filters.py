@@ -276,3 +276,28 @@ def test_real_examples_are_mixed_at_the_ratio_tagged_and_never_duplicate_a_held_
     assert c.card["counts"]["real_duplicates"] == 1
     assert reasons(c)["a real one with a bad label"].startswith("real example: answer outside the label set")
     assert c.card["sources"][1]["license"] == "CC-BY-4.0" and c.card["sources"][1]["added_to_train"] == len(real_in_train)
+
+
+def test_a_real_label_wins_over_the_teacher_answer_for_the_same_input():
+    """A person's label for an input the teacher also answered is kept: the teacher's copy keeps its
+    place in the split (no input on both sides of the border) and carries the real label as gold;
+    in train the student learns the real label, the teacher's answer kept in meta."""
+    teacher = [rec(_words(i), "sports", label_probs={"sports": 0.9, "tech": 0.05, "politics": 0.05})
+               for i in range(40)]
+    c0 = curate(cfg(test=10), teacher)
+    in_train, in_test = c0.train[0].text, c0.test[0].text
+    real = [rec(f"  {in_train.upper()} ", None, label="politics", id="human-1"),
+            rec(in_test, "politics", id="human-2")]
+    c = curate(cfg(test=10, real_ratio=0.5), teacher, real=real)
+    by_text = {r.text: r for r in kept(c)}
+    trained = by_text[in_train]
+    assert trained.meta["source"] == "teacher" and trained.meta["real_label"] == "human-1"
+    assert trained.output == "politics" and trained.label == "politics"
+    assert trained.meta["teacher_output"] == "sports" and trained.logprobs is None
+    assert trained.label_probs == {"sports": 0.0, "tech": 0.0, "politics": 1.0}
+    held = by_text[in_test]
+    assert held in c.test and held.label == "politics"
+    assert held.output == "sports"  # the test split still measures agreement with the teacher
+    assert c.card["counts"]["real_labels_applied"] == 2 and c.card["counts"]["real_duplicates"] == 2
+    assert not any(r.id.startswith("human-") for r in c.rejected)
+    assert sum(r.text.strip().lower() == in_train.lower() for r in kept(c)) == 1

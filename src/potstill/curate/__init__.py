@@ -15,7 +15,9 @@ In order, each step counted in the dataset card:
    no input and none of its near-duplicates sit on both sides of the train/test border.
 5. Stratified, hash-based train/val/test split (see ``potstill.curate.split``).
 6. Mixing: real labelled examples added to train at ``curate.real_ratio``, tagged by source;
-   any that duplicate a teacher input (train, val or test) are dropped first.
+   any that duplicate a teacher input (train, val or test) are dropped first. A person's label
+   for the very input the teacher answered (an exact duplicate) is not lost: the teacher's copy
+   keeps its place in the split and takes the real label as gold, and in train as its answer.
 """
 
 from __future__ import annotations
@@ -65,6 +67,24 @@ def _apply_review(rec: Record, d: dict[str, Any], labels: list[str]) -> Record:
     return rec
 
 
+def _train_on_real_answer(rec: Record, labels: list[str]) -> Record:
+    """A train record whose input a person labelled (``curate.real_data``) learns that label.
+
+    As a reviewer's relabel: the teacher's answer moves to ``meta.teacher_output``, the soft
+    label becomes one-hot, and the teacher's token log-probs (of its own answer) are dropped. A
+    reviewer's relabel of this very record outranks it.
+    """
+    answer = rec.meta.get("real_output")
+    if answer is None or rec.meta.get("review") == "relabel" or answer == rec.output:
+        return rec
+    rec = rec.model_copy(deep=True)
+    rec.meta["teacher_output"] = rec.output
+    rec.output, rec.samples, rec.logprobs = answer, None, None
+    if rec.label_probs is not None and labels:
+        rec.label_probs = {lab: float(lab == answer) for lab in labels}
+    return rec
+
+
 def curate(cfg: Config, records: list[Record], decisions: dict[str, dict[str, Any]] | None = None,
            real: list[Record] | None = None) -> Curated:
     c = cfg.curate
@@ -90,6 +110,7 @@ def curate(cfg: Config, records: list[Record], decisions: dict[str, dict[str, An
     real_ok, real_rejected = _prepare_real(real or [], task, c)
     teacher_kept, real_kept = _dedup_step(consistent, real_ok, c, counts, rejected, bool(real))
     train, val, test = _split_step(cfg, task, teacher_kept)
+    train = [_train_on_real_answer(r, cfg.task.labels) for r in train]
 
     # 6. mixing
     n_real = min(len(real_kept), round(c.real_ratio * len(train)))
@@ -187,15 +208,27 @@ def _consistency_step(valid: list[Record], task, c, rejected: list[Record]) -> l
 
 def _dedup_step(consistent: list[Record], real_ok: list[Record], c, counts: dict[str, int],
                 rejected: list[Record], has_real: bool) -> tuple[list[Record], list[Record]]:
-    """4. Duplicates, teacher records first so a real example never evicts one."""
+    """4. Duplicates, teacher records first so a real example never evicts one.
+
+    A real example with exactly a teacher record's input lends it its label instead (gold
+    everywhere, the answer in train: ``_train_on_real_answer``); the first such example wins.
+    """
     pool = consistent + real_ok
     dups = find_duplicates([conversation(r.messages) for r in pool], near=c.near_dup, threshold=c.near_dup_threshold,
                            seed=c.seed) \
         if c.dedup else None
-    survivors = []
+    survivors, applied = [], 0
     for i, r in enumerate(pool):
         if dups is not None and i in dups.of:
-            twin = pool[dups.of[i]]
+            j = dups.of[i]
+            twin = pool[j]
+            if i >= len(consistent) and j < len(consistent) and dups.kind[i] == "exact" \
+                    and "real_output" not in twin.meta:
+                twin.meta.update(real_label=r.id, real_output=r.output)
+                if twin.label is None and twin.reference is None:
+                    twin.label = r.label if r.label is not None else r.output
+                applied += 1
+                continue
             rejected.append(_reject(r, f"{dups.kind[i]} duplicate input: of {twin.id} (similarity "
                                        f"{dups.similarity[i]:.2f})"))
             continue
@@ -207,6 +240,7 @@ def _dedup_step(consistent: list[Record], real_ok: list[Record], c, counts: dict
     counts["duplicates"] = kinds["exact"] + kinds["near"]
     if has_real:
         counts["real_duplicates"] = sum(1 for i in (dups.of if dups else {}) if i >= len(consistent))
+        counts["real_labels_applied"] = applied
     return teacher_kept, real_kept
 
 
