@@ -82,3 +82,54 @@ def test_a_broken_plugin_is_one_line_naming_it_and_its_cause(monkeypatch, tmp_pa
         main()
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and "plugin 'mine'" in err[0] and "Traceback" not in err[0], err
+
+
+def test_a_plugin_whose_constructor_fails_is_one_line_naming_it(monkeypatch, tmp_path, capsys):
+    """A third-party teacher, task or engine that loads but raises when built (a missing option, a
+    bad value) is one error naming the plugin, its entry point and the cause, without the key the
+    teacher's environment holds; from the CLI, one red line and exit 2, not a traceback."""
+    import sys
+    from importlib.metadata import EntryPoint
+
+    from potstill.cli import main
+    from potstill.config import TaskConfig
+    from potstill.engines import load_engine
+    from potstill.tasks import get_task
+
+    (tmp_path / "pickyplug.py").write_text(
+        "import os\n"
+        "class Teacher:\n"
+        "    def __init__(self, cfg, task):\n"
+        "        raise KeyError('option endpoint is required (key ' + os.environ['PICKY_KEY'] + ')')\n"
+        "class Task:\n"
+        "    def __init__(self, cfg):\n"
+        "        raise ValueError('labels must be lowercase\\nsecond line')\n"
+        "class Engine:\n"
+        "    @classmethod\n"
+        "    def load(cls, spec, device='auto', **options):\n"
+        "        raise RuntimeError('no such checkpoint: ' + spec)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PICKY_KEY", "sk-picky0123456789abcdefghij")
+    eps = {"potstill.teachers": [EntryPoint(name="picky", value="pickyplug:Teacher", group="potstill.teachers")],
+           "potstill.tasks": [EntryPoint(name="picky", value="pickyplug:Task", group="potstill.tasks")],
+           "potstill.engines": [EntryPoint(name="picky", value="pickyplug:Engine", group="potstill.engines")]}
+    monkeypatch.setattr(plugins, "entry_points", lambda group: eps.get(group, []))
+
+    with pytest.raises(PotstillError, match=r"^plugin 'picky' \(potstill.tasks: pickyplug:Task\) failed: "
+                                            r"ValueError: labels must be lowercase$"):
+        get_task(TaskConfig(type="picky"))
+    with pytest.raises(PotstillError, match=r"^plugin 'picky' \(potstill.engines: pickyplug:Engine\) failed: "
+                                            r"RuntimeError: no such checkpoint: /models/x$"):
+        load_engine("picky", "/models/x")
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.jsonl").write_text('{"input": "the match"}\n')
+    (tmp_path / "c.yaml").write_text("task:\n  type: freetext\n  instruction: sum\ndata:\n  inputs: in.jsonl\n"
+                                     "teacher:\n  type: picky\n  model: x\n  api_key_env: PICKY_KEY\n")
+    monkeypatch.setattr(sys, "argv", ["potstill", "generate", "-c", "c.yaml"])
+    with pytest.raises(SystemExit) as e:
+        main()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1, err
+    assert "plugin 'picky' (potstill.teachers: pickyplug:Teacher) failed: KeyError" in err[0], err
+    assert "option endpoint is required" in err[0] and "sk-picky" not in err[0], err

@@ -15,7 +15,7 @@ import importlib
 from importlib.metadata import entry_points
 from typing import Any
 
-from potstill.errors import PotstillError
+from potstill.errors import PotstillError, redact
 
 BUILTIN: dict[str, dict[str, str]] = {
     "tasks": {
@@ -68,6 +68,30 @@ def load_plugin(group: str, name: str, what: str | None = None) -> Any:
     try:
         return ep.load()
     except Exception as e:  # noqa: BLE001 - the plugin's own import: a missing dependency, a renamed class
-        first = str(e).splitlines()[0] if str(e) else ""
-        raise PotstillError(f"plugin '{name}' (potstill.{group}: {ep.value}) does not load: "
-                            f"{type(e).__name__}: {first}"[:400]) from None
+        raise PotstillError(f"plugin '{name}' (potstill.{group}: {ep.value}) does not load: {_first_line(e)}"[:400]) \
+            from None
+
+
+def _first_line(e: BaseException, secrets: list[str] | tuple[str, ...] = ()) -> str:
+    first = str(e).splitlines()[0] if str(e) else ""
+    return redact(f"{type(e).__name__}: {first}", list(secrets))
+
+
+def build(group: str, name: str, *args: Any, what: str | None = None, method: str | None = None,
+          secrets: list[str] | tuple[str, ...] = (), **kwargs: Any) -> Any:
+    """``load_plugin(group, name)`` called with the arguments (or its ``method``, an engine's
+    ``load``). A third-party plugin that raises there (a missing option, a bad value) is one error
+    naming it, its entry point and the cause's first line, ``secrets`` blanked; a ``PotstillError``
+    passes as it is, and a built-in's errors are potstill's own."""
+    cls = load_plugin(group, name, what)
+    make = getattr(cls, method) if method else cls
+    if name in BUILTIN.get(group, {}):
+        return make(*args, **kwargs)
+    try:
+        return make(*args, **kwargs)
+    except PotstillError:
+        raise
+    except Exception as e:  # noqa: BLE001 - third-party code: whatever it raises is one line that names it
+        value = available(group)[name].value
+        raise PotstillError(f"plugin '{name}' (potstill.{group}: {value}) failed: {_first_line(e, secrets)}"[:400]) \
+            from e

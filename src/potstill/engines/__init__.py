@@ -57,7 +57,8 @@ def _load(name: str, spec: str, device: str, num_layers: int | None, dtype: str,
         options["compile"] = True
     if draft_tokens != 2:
         options["draft_tokens"] = draft_tokens
-    return engine_class(name).load(spec, device=device, num_layers=num_layers, **options)
+    return plugins.build("engines", name, spec, what="engine", method="load", device=device, num_layers=num_layers,
+                         **options)
 
 
 def load_engine(name: str, spec: str, device: str = "auto", num_layers: int | None = None,

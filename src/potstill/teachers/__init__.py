@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
+
 from potstill.config import TeacherConfig
-from potstill.plugins import load_plugin
+from potstill.errors import url_secrets
+from potstill.plugins import build
 from potstill.tasks import Task
 from potstill.teachers.base import OnResult, Response, RunStats, Teacher, request_hash
 
 
 def get_teacher(cfg: TeacherConfig, task: Task) -> Teacher:
-    return load_plugin("teachers", cfg.type)(cfg, task)
+    secrets = [os.environ.get(cfg.api_key_env, ""), *url_secrets(cfg.base_url)]
+    return build("teachers", cfg.type, cfg, task, secrets=secrets)
 
 
 __all__ = ["OnResult", "Response", "RunStats", "Teacher", "get_teacher", "request_hash"]
