@@ -441,3 +441,22 @@ def test_modelfile_refuses_a_string_ollama_cannot_read():
     with pytest.raises(PotstillError, match="task.instruction") as e:
         render_modelfile("./student-f16.gguf", make_bpe_tokenizer(), 'Quote it like """\nthis"""', 4)
     assert "\n" not in str(e.value)
+
+
+def test_modelfile_warns_once_about_characters_ollama_drops_from_system(capsys):
+    """Ollama's parser keeps only printable runes (Go's strconv.IsPrint): a zero-width space, a
+    no-break space, a soft hyphen in the instruction vanish from the served system prompt, which then
+    differs from the one the student trained on. The Modelfile cannot escape them: one warning line
+    names each, and an instruction without them says nothing."""
+    from potstill.export.modelfile import render_modelfile
+    from tests.export.conftest import make_bpe_tokenizer
+
+    instruction = "Classify\u200b the text.\u00a0Answer with one label."
+    text = render_modelfile("./student-f16.gguf", make_bpe_tokenizer(), instruction, 4)
+    assert ("system", "Classify the text.Answer with one label.") in _ollama_commands(text)  # as Ollama reads it
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert "U+200B" in err[0] and "U+00A0" in err[0] and "task.instruction" in err[0] and "Ollama" in err[0], err
+    render_modelfile("./student-f16.gguf", make_bpe_tokenizer(), instruction, 4, warn=False)
+    render_modelfile("./student-f16.gguf", make_bpe_tokenizer(), "Classify the text.\nTabs\tare kept.", 4)
+    assert capsys.readouterr().err == ""

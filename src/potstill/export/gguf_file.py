@@ -139,7 +139,8 @@ def export_gguf(cfg: Config, run: Path, out_dir: Path) -> list[Path]:
                 s["seconds"] = round(time.perf_counter() - t0, 2)
                 (tmp / f"Modelfile.{qtype}").write_text(render_modelfile(
                     f"./student-{qtype}.gguf", tokenizer, cfg.task.instruction, output_tokens(task, tokenizer),
-                    one_line=task.name in ("classification", "extraction")), encoding="utf-8")  # as Ollama reads it
+                    one_line=task.name in ("classification", "extraction"), warn=not summaries),
+                    encoding="utf-8")  # as Ollama reads it
                 summaries.append(s)
                 advance(1)
             write_json(tmp / "export.json", {"source": str(run / "student"),

@@ -14,6 +14,7 @@ Without an instruction it is the system turn the chat template writes by itself,
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 from potstill.errors import PotstillError
@@ -71,6 +72,25 @@ def _quote(text: str, what: str) -> str:
     return f'"""{text}"""'
 
 
+def ollama_drops(text: str) -> list[tuple[int, str]]:
+    """The characters of a Modelfile string that Ollama's parser drops, with their offsets: it keeps
+    only the runes Go's ``strconv.IsPrint`` accepts (letters, marks, numbers, punctuation, symbols,
+    the ASCII space), and the tabs and line ends inside an open quote. Zero-width and no-break
+    spaces, soft hyphens, other controls go, and no escape brings them back."""
+    return [(i, c) for i, c in enumerate(text) if not c.isprintable() and c not in " \t\r\n"]
+
+
+def _warn_dropped(text: str, what: str) -> None:
+    dropped = ollama_drops(text)
+    if not dropped:
+        return
+    shown = ", ".join(f"U+{ord(c):04X} {unicodedata.name(c, 'unnamed')} at {i}" for i, c in dropped[:5])
+    more = f" and {len(dropped) - 5} more" if len(dropped) > 5 else ""
+    say(f"[yellow]export: {what} holds {len(dropped)} character(s) Ollama's Modelfile parser drops ({shown}{more}): "
+        f"the system prompt Ollama serves differs from the one the student trained on; remove them from "
+        f"{what} and retrain to match[/yellow]")
+
+
 def _stop(text: str) -> str:
     """A stop string as Ollama reads it: ``"<|im_end|>"``; one with a line break between triple quotes
     (JSON's ``"\\n"`` reached Ollama as a backslash and an n, a stop no answer ever writes)."""
@@ -80,23 +100,26 @@ def _stop(text: str) -> str:
 
 
 def render_modelfile(gguf_path: str, tokenizer: Any, instruction: str, num_predict: int,
-                     one_line: bool = False) -> str:
+                     one_line: bool = False, warn: bool = True) -> str:
     """The Modelfile text for ``FROM gguf_path`` (a path relative to the Modelfile).
 
     ``one_line``: the task's answers never hold a newline (a label, compact JSON), so a student
-    without a chat template, whose completions end with one, stops there."""
+    without a chat template, whose completions end with one, stops there. ``warn``: say what Ollama
+    will read otherwise than written (one Modelfile per GGUF type says it once)."""
     template = getattr(tokenizer, "chat_template", None)
     lines = [f"FROM {gguf_path}", ""]
     stops = []
+    what = "task.instruction"
     if is_chatml(template):
         lines += [f"TEMPLATE {_quote(CHATML_TEMPLATE, 'the template')}", ""]
         stops = ["<|im_end|>", "<|im_start|>"]
+        what = "task.instruction" if instruction else "the chat template's default system turn"
         instruction = instruction or default_system(tokenizer)
     elif not template:
         lines += [f"TEMPLATE {_quote(COMPLETION_TEMPLATE, 'the template')}", ""]
         stops = ["\n"] if one_line else []
         instruction = instruction.strip()  # as PromptFormat.prefix puts it
-    else:
+    elif warn:
         say("[yellow]export: the chat template is not ChatML; the Modelfile has no TEMPLATE "
             "(Ollama uses the one it detects from the GGUF)[/yellow]")
     # The turn end the student learned to write after an answer (``<end_of_turn>`` for Gemma), which
@@ -106,7 +129,9 @@ def render_modelfile(gguf_path: str, tokenizer: Any, instruction: str, num_predi
         if end and end not in stops:
             stops.append(end)
     if instruction:
-        lines += [f"SYSTEM {_quote(instruction, 'task.instruction')}", ""]
+        lines += [f"SYSTEM {_quote(instruction, what)}", ""]
+        if warn:
+            _warn_dropped(instruction, what)
     # Greedy, like potstill's own evaluation, and no longer than the task's longest answer.
     lines += ["PARAMETER temperature 0", f"PARAMETER num_predict {int(num_predict)}"]
     lines += [f"PARAMETER stop {_stop(s)}" for s in stops]
