@@ -548,3 +548,33 @@ def test_sparse_topk_padding_entries_change_nothing(kind, kw):
         results.append((loss, hs.grad, ws.grad))
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind,kw", KINDS, ids=KIND_IDS)
+def test_sparse_topk_padding_changes_nothing_when_k_reaches_a_tiny_vocabulary(kind, kw):
+    """With a vocabulary no larger than the batch's widest top-k (a tiny student, an API's top-20),
+    ``k = V`` left no rest bucket, so the ids collate pads a shorter position with were buckets of
+    their own at p = 0: the teacher's tail vanished (forward KL off) and reverse KL was 3e38. A
+    padded position must give the loss and gradients of the same top-k unpadded, pure and fused,
+    and a fully listed position still the dense loss."""
+    V = 6
+    d = _head_inputs(n=5, v=V, seed=31)
+    teacher = (d["h_t"].double() @ d["w_t"].double().T).log_softmax(-1)
+    lp, ids = teacher.topk(3, dim=-1)
+    rest = torch.stack([torch.tensor([i for i in range(V) if i not in row]) for row in ids.tolist()])
+    pad_ids, pad_lp = torch.cat([ids, rest], 1), torch.cat([lp, torch.full_like(lp, float("-inf"))], 1)
+    full_lp, full_ids = teacher.topk(V, dim=-1)
+    pad_ids[0], pad_lp[0] = full_ids[0], full_lp[0]  # the batch's widest position lists all V
+    s = d["h_s"].double() @ d["w_s"].double().T
+    plain = L.sparse_topk_kd(s[1:], ids[1:], lp[1:], kind=kind, **kw, reduction="none")
+    padded = L.sparse_topk_kd(s, pad_ids, pad_lp, kind=kind, **kw, reduction="none")
+    torch.testing.assert_close(padded[1:], plain)
+    torch.testing.assert_close(padded[0], L.kd_divergence(s[:1], teacher[:1], kind=kind, **kw, reduction="none")[0])
+    results = []
+    for i, l in ((ids, lp), (pad_ids, pad_lp)):
+        hs, ws = _leaf(d["h_s"][1:]), _leaf(d["w_s"])
+        loss = FH.fused_linear_sparse_kd(hs, ws, i[1:], l[1:].float(), kind=kind, **kw, chunk_size=2, backend="torch")
+        loss.backward()
+        results.append((loss, hs.grad, ws.grad))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)

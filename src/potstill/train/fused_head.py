@@ -503,9 +503,9 @@ def fused_linear_sparse_kd(
     hs = student_hidden.reshape(-1, student_hidden.shape[-1])
     n = hs.shape[0]
     V = student_weight.shape[0]
-    ids = topk_ids.reshape(n, -1)
+    ids, topk_lp, left_out = L.fit_topk_to_vocab(topk_ids.reshape(n, -1), topk_logprobs.reshape(n, -1), V)
     k = ids.shape[1]
-    lp = L.teacher_bucket_logprobs(topk_logprobs.reshape(n, k), V)
+    lp = L.teacher_bucket_logprobs(topk_lp, V, left_out)
     # Padding entries (-inf) are no buckets: those ids stay in the student's rest (see sparse_topk_kd).
     pad = torch.isneginf(lp[:, :k]) if k < V else torch.zeros_like(ids, dtype=torch.bool)
     lp = lp.clamp(min=torch.finfo(lp.dtype).min)

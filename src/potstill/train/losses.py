@@ -266,7 +266,8 @@ def distillation_loss(
 TAIL_FLOOR = 1e-12
 
 
-def teacher_bucket_logprobs(topk_logprobs: torch.Tensor, vocab_size: int) -> torch.Tensor:
+def teacher_bucket_logprobs(topk_logprobs: torch.Tensor, vocab_size: int,
+                            left_out: torch.Tensor | None = None) -> torch.Tensor:
     """Teacher log-probabilities over the ``k`` returned tokens plus one "rest" bucket.
 
     ``topk_logprobs`` ``(..., k)`` are log-probabilities of the full teacher distribution (as an
@@ -274,15 +275,43 @@ def teacher_bucket_logprobs(topk_logprobs: torch.Tensor, vocab_size: int) -> tor
     holds the tail mass ``1 - sum(exp(topk))``, floored at ``TAIL_FLOOR``: an API rounds a
     near-certain token's logprob to 0.0, so the top-k can sum to 1 or past it, while a softmax
     teacher's tail is never empty (an empty one makes reverse KL infinite). Where the floor lifts
-    the total past 1, the ``k + 1`` buckets are renormalised. Returns ``(..., k + 1)``, or
+    the total past 1, the ``k + 1`` buckets are renormalised. ``left_out`` ``(..., 1)``: the
+    log-probability of the one token ``fit_topk_to_vocab`` moved out of a full listing, the rest's
+    mass where it is finite (``1 - sum`` would lose it to rounding). Returns ``(..., k + 1)``, or
     ``(..., k)`` unchanged when ``k == vocab_size`` (no tail exists).
     """
     lp = _acc(topk_logprobs.detach())
     if lp.shape[-1] >= vocab_size:
         return lp
     listed = lp.exp().sum(-1, keepdim=True)
-    rest = (1.0 - listed).clamp(min=TAIL_FLOOR)
+    rest = 1.0 - listed
+    if left_out is not None:
+        known = _acc(left_out.detach()).to(lp.dtype)
+        rest = torch.where(torch.isneginf(known), rest, known.exp())
+    rest = rest.clamp(min=TAIL_FLOOR)
     return torch.cat([lp, rest.log()], dim=-1) - (listed + rest).log().clamp(min=0.0)
+
+
+def fit_topk_to_vocab(topk_ids: torch.Tensor, topk_logprobs: torch.Tensor,
+                      vocab_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """A top-k as wide as the vocabulary (a tiny one), as ``k = V - 1`` entries and a rest bucket.
+
+    At ``k >= V`` there is no rest bucket, so a padding id (``-inf``) would be a bucket of its own
+    at p = 0: the teacher's tail would vanish and reverse KL would be 3e38. Each position keeps its
+    ``V - 1`` most probable entries (a padded one loses only padding; a fully listed one its least
+    probable token, whose mass the rest bucket then holds: the same ``V`` buckets), so the rest
+    bucket and the padding rules of ``k < V`` apply. Decided by the shapes alone, so a fused head
+    on a GPU never waits to look at the values. Returns ``(ids, logprobs, left_out)``:
+    ``left_out`` ``(..., 1)`` is the log-probability moved to the rest (``-inf``: padding, the
+    tail unknown), ``None`` when ``k < V`` (nothing moved).
+    """
+    k = topk_ids.shape[-1]
+    if k < vocab_size:
+        return topk_ids, topk_logprobs, None
+    order = topk_logprobs.detach().argsort(dim=-1, descending=True, stable=True)
+    lp = topk_logprobs.gather(-1, order)
+    return topk_ids.gather(-1, order[..., : vocab_size - 1]), lp[..., : vocab_size - 1], \
+        lp[..., vocab_size - 1:].logsumexp(-1, keepdim=True)
 
 
 def sparse_topk_kd(
@@ -317,19 +346,21 @@ def sparse_topk_kd(
         topk_logprobs: ``(..., k)`` teacher log-probabilities of those ids. Padding entries are
             ``-inf``, with any otherwise-unused id: tokens the teacher did not list, so they stay in
             the rest bucket on both sides (as buckets of their own at p = 0 they took the student's
-            mass out of its tail, and made reverse KL infinite).
+            mass out of its tail, and made reverse KL infinite); at ``k >= V``: ``fit_topk_to_vocab``.
         temperature: applied to the student only: the teacher's tail is unknown, so its sparse
             distribution cannot be re-tempered.
     """
     a, wp, wq = divergence_params(kind, beta=beta, alpha=alpha)
     lead, s, mask = _flatten(student_logits, labels, ignore_index)
     V = s.shape[-1]
+    topk_ids, topk_logprobs, left_out = fit_topk_to_vocab(topk_ids, topk_logprobs, V)
     ids = topk_ids.reshape(s.shape[0], -1)
     z = _acc(s) / temperature
     lse = torch.logsumexp(z, dim=-1, keepdim=True)
     z_ids = z.gather(-1, ids)
     lq = z_ids - lse
-    lp = teacher_bucket_logprobs(topk_logprobs.reshape(ids.shape), V).to(lq.dtype)
+    lp = teacher_bucket_logprobs(topk_logprobs.reshape(ids.shape), V,
+                                 None if left_out is None else left_out.reshape(-1, 1)).to(lq.dtype)
     if ids.shape[-1] < V:
         pad = torch.isneginf(lp[..., : ids.shape[-1]])
         # The rest: every logit but the listed ids' (a padding id keeps its own).
