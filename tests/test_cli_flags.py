@@ -94,7 +94,7 @@ def test_field_help_is_shown_whole_with_its_type_and_default(monkeypatch, capsys
     with pytest.raises(SystemExit):
         main()
     port = [" ".join(line.split()) for line in capsys.readouterr().out.splitlines() if "--serve.port" in line]
-    assert port[0].endswith("(0: any free port). [int] │")
+    assert port[0].endswith("(0: any free port). (short: --port) [int] │")  # --port is its own hidden option
 
 
 def test_a_list_flag_given_one_word_is_a_one_item_list(curated, monkeypatch, capsys):
@@ -208,3 +208,19 @@ def test_version_and_env_say_what_a_bug_report_needs():
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
     assert lines["GPUs"] == (", ".join(gpus) or "none visible")
     assert lines["CPU features"]
+
+
+def test_a_bad_short_flag_is_named_as_typed(curated, monkeypatch, capsys):
+    """A run-directory command's own fields also answer to short flags (`serve --port`, `redistill
+    --new-test`); an error about the value named the long flag (`--serve.port`), which the user
+    never typed. The flag typed is named, long or short, for a value the model refuses or YAML
+    cannot read."""
+    (curated / "run" / "potstill.yaml").write_text(CONFIG)
+    assert _cli(monkeypatch, capsys, "serve", "run", "--port", "70000") == (
+        2, ["error: --port: Input should be less than or equal to 65535"])
+    assert _cli(monkeypatch, capsys, "serve", "run", "--serve.port", "70000") == (
+        2, ["error: --serve.port: Input should be less than or equal to 65535"])
+    code, err = _cli(monkeypatch, capsys, "serve", "run", "--max-messages", "[1")
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: --max-messages: the value is not valid YAML"), err
+    assert _cli(monkeypatch, capsys, "redistill", "run", "--new-test", "1.5") == (
+        2, ["error: --new-test: Input should be less than 1"])

@@ -63,17 +63,24 @@ def config_command(name: str, fields: list[str], on_run: bool = False) -> Callab
         def command(**kwargs: Any) -> None:
             mine = {p.name: kwargs.pop(p.name) for p in own}
             cfg_path = kwargs.pop("config")
-            overrides = {}
+            overrides, typed = {}, {}
             for k, v in kwargs.items():
                 if v is not None:
-                    key = k.removeprefix("flag__").replace("__", ".")
-                    overrides[key] = v if k.startswith("flag__") else _flag_value(key, v, types[key])
+                    kind, _, rest = k.rpartition("___")  # flag___ (yes/no) or short___: a short flag's
+                    key = rest.replace("__", ".")
+                    # Errors name the flag as typed: `--new-test`, not `--redistill.new_test`.
+                    flag = _short(key) if kind else key
+                    if key in typed:
+                        raise PotstillError(f"--{typed[key]} and --{flag} both set {key}: give one")
+                    typed[key] = flag
+                    overrides[key] = v if kind == "flag" else _flag_value(flag, v, types[key])
+            names = {k: f"--{v}" for k, v in typed.items()}
             if on_run:
                 from potstill.serve import run_config
 
-                cfg = run_config(mine["run_dir"], cfg_path, overrides)
+                cfg = run_config(mine["run_dir"], cfg_path, overrides, names)
             else:
-                cfg = load_config(cfg_path, overrides)
+                cfg = load_config(cfg_path, overrides, names)
             fn(cfg, **mine)
 
         command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
@@ -180,19 +187,33 @@ def _default_text(value: Any) -> str | None:
     return text if len(text) <= 40 else None
 
 
+def _short(key: str) -> str:
+    """A field's short flag, without its dashes: ``redistill.new_test`` -> ``new-test``."""
+    return key.split(".")[-1].replace("_", "-")
+
+
 def _field_flags(key: str, ann: Any, desc: str, default: Any, short: bool) -> list[inspect.Parameter]:
     """``--section.field VALUE`` (a YAML scalar the config model validates), and its short form.
     Its help is the field's description, its type and (``default`` not ``_MISSING``) its default,
-    escaped: rich would read ``'potstill[ctranslate2]'`` or ``[int]`` as markup and drop it."""
+    escaped: rich would read ``'potstill[ctranslate2]'`` or ``[int]`` as markup and drop it.
+
+    The short form is a parameter of its own (``short___``; ``flag___`` for a yes/no field), so an
+    error names the flag the user typed; click tells no option's names apart. Help lists it beside
+    the long one."""
     shown = None if default is _MISSING else _default_text(default)
     panel = key.split(".")[0] if "." in key else "run"
-    dashed = key.split(".")[-1].replace("_", "-")
-    names = [f"--{key}"] + ([f"--{dashed}"] if short and ann is not bool else [])
-    help = escape(f"{desc} [{_type_text(ann)}" + (f"; default {shown}]" if shown is not None else "]"))
-    params = [inspect.Parameter(key.replace(".", "__"), inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
-        Optional[str], typer.Option(*names, help=help, rich_help_panel=panel)])]
+    dashed = _short(key)
+    also = f" (short: --{dashed})" if short and ann is not bool else ""
+    help = escape(f"{desc}{also} [{_type_text(ann)}" + (f"; default {shown}]" if shown is not None else "]"))
+    name = key.replace(".", "__")
+    params = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        Optional[str], typer.Option(f"--{key}", help=help, rich_help_panel=panel)])]
+    if short and ann is not bool:
+        params.append(inspect.Parameter("short___" + name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                        annotation=Annotated[Optional[str], typer.Option(
+                                            f"--{dashed}", help=f"--{key}.", hidden=True, rich_help_panel=panel)]))
     if short and ann is bool:
-        params.append(inspect.Parameter("flag__" + key.replace(".", "__"), inspect.Parameter.KEYWORD_ONLY, default=None,
+        params.append(inspect.Parameter("flag___" + name, inspect.Parameter.KEYWORD_ONLY, default=None,
                                         annotation=Annotated[Optional[bool], typer.Option(
                                             f"--{dashed}/--no-{dashed}", help=f"--{key} true / false.",
                                             rich_help_panel=panel)]))

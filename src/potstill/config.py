@@ -54,16 +54,19 @@ ALIASES = {
 }
 
 
-def _explain(e: ValidationError, source: str, flags: list[str] = ()) -> str:
+def _explain(e: ValidationError, source: str, flags: list[str] = (), names: dict[str, str] | None = None) -> str:
+    """One line for the first error; ``names``: the flag each override key was typed as (``--port``
+    for ``serve.port``), else ``--key``."""
     err = e.errors()[0]
     loc = tuple(err["loc"])
     where = ".".join(str(x) for x in loc)
     # A value a flag set over a file is named by its flag, not by the file (which may hold a valid one).
     flag = next((k for k in flags if where == k or where.startswith(k + ".")), None)
-    at = f"--{flag}" + (f": {where[len(flag) + 1:]}" if where != flag else "") if flag else \
+    typed = (names or {}).get(flag, f"--{flag}")
+    at = typed + (f": {where[len(flag) + 1:]}" if where != flag else "") if flag else \
         f"{source}: {where or 'config'}"
     if flag:
-        source = f"--{flag}"
+        source = typed
     if err["type"] == "extra_forbidden":
         valid = _fields_at(Config, loc[:-1])
         alias = ALIASES.get(str(loc[-1]))
@@ -120,8 +123,10 @@ def yaml_problem(e: yaml.YAMLError) -> str:
     return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """Load potstill.yaml (or defaults), apply dotted overrides, validate with clear errors."""
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                flag_names: dict[str, str] | None = None) -> Config:
+    """Load potstill.yaml (or defaults), apply dotted overrides, validate with clear errors.
+    ``flag_names``: the flag each override was typed as, for its error (default ``--key``)."""
     data: dict[str, Any] = {}
     source = "config"
     if path is not None:
@@ -153,7 +158,8 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     try:
         return Config.model_validate(data)
     except ValidationError as e:
-        raise PotstillError(_explain(e, source, list(overrides or {}) if path is not None else [])) from None
+        raise PotstillError(_explain(e, source, list(overrides or {}) if path is not None else [],
+                                     flag_names)) from None
 
 
 def _empty_sections(data: dict, model: type[BaseModel]) -> None:

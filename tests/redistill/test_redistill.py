@@ -195,7 +195,7 @@ def test_errors_are_one_line(served_run, tmp_path, monkeypatch, capsys):
         "error: redistill: no escalated requests to learn from and redistill.student_sample is 0: "
         "raise --student-sample to have the teacher label student-answered traffic")
     assert _cli(monkeypatch, capsys, str(bare), "--new-test", "1.5") == (
-        "error: --redistill.new_test: Input should be less than 1")  # named by the flag that set it, not the file
+        "error: --new-test: Input should be less than 1")  # named by the flag typed, not the file
 
 
 def test_an_empty_frozen_test_is_refused_before_anything_is_paid_or_trained(served_run, tmp_path, monkeypatch, capsys):

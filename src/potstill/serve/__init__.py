@@ -16,12 +16,13 @@ from potstill.errors import PotstillError
 from potstill.progress import say
 
 
-def run_config(run_dir: Path, config: Path | None, overrides: dict | None = None) -> Config:
+def run_config(run_dir: Path, config: Path | None, overrides: dict | None = None,
+               flag_names: dict[str, str] | None = None) -> Config:
     """The run's own potstill.yaml (written by every pipeline run) unless another is given."""
     path = config or Path(run_dir) / "potstill.yaml"
     if not Path(path).exists():
         raise PotstillError(f"{path}: config not found (pass -c potstill.yaml)")
-    return load_config(path, overrides)
+    return load_config(path, overrides, flag_names)
 
 
 def serve_key(cfg: Config) -> str | None:
