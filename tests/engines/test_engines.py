@@ -427,3 +427,30 @@ def test_compiled_greedy_generation_keeps_one_graph_per_kind_of_step(taught):
     assert got.texts == want.texts
     assert max(got.output_tokens) > 2  # decoding went on past the first steps
     assert counters["stats"]["unique_graphs"] == 3
+
+
+def test_a_hub_models_conversion_key_follows_its_cached_revision(monkeypatch, tmp_path):
+    """A student given as a hub id was keyed by the id's text: after the hub cache moved to a new
+    revision (a re-upload of the weights), the old revision's conversion was served. The key is the
+    id plus the commit of the snapshot in the HF cache (no network), and the id alone when none is."""
+    import huggingface_hub.constants as hf
+    from potstill.engines.convert import model_key
+
+    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    repo = tmp_path / "hub" / "models--org--tiny"
+
+    def cache_revision(commit: str) -> None:
+        (repo / "snapshots" / commit).mkdir(parents=True, exist_ok=True)
+        (repo / "snapshots" / commit / "config.json").write_text("{}")
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / "main").write_text(commit)
+
+    def key() -> str:
+        return model_key("org/tiny", "org/tiny", None, "int8", "4.8.5")
+
+    uncached = key()
+    cache_revision("a" * 40)
+    first = key()
+    assert first != uncached and key() == first
+    cache_revision("b" * 40)
+    assert key() not in (first, uncached)

@@ -181,3 +181,31 @@ def test_a_replay_recording_answers_the_same_words_in_content_parts_and_refuses_
                     "tool_calls": [{"id": "c", "type": "function", "function": {"name": "w", "arguments": "{}"}}]}]}) + "\n")
     with pytest.raises(PotstillError, match=r"traffic.jsonl:1: the assistant turn has no text"):
         ReplayTeacher(TeacherConfig(type="replay", replay_path=str(path)), task).run([], lambda i, r: None)
+
+
+def test_a_local_teacher_whose_weights_are_replaced_in_place_is_asked_again(tmp_path, tiny_model, tiny_model_b):
+    """The ledger cache keyed a local teacher by its folder's path: weights replaced in the same
+    folder (a new fine-tune saved over the old) answered every input from the old model's cache,
+    0 calls. It is keyed by the weights' content: replaced, it is asked again; copied unchanged to
+    another folder under the same path, still cached."""
+    import shutil
+
+    from potstill.records import Record
+
+    teacher_dir = tmp_path / "teacher"
+    shutil.copytree(tiny_model, teacher_dir)
+    cfg = load_config(overrides={"task": {"type": "classification", "labels": ["sports", "tech", "politics"]},
+                                 "teacher": {"type": "local", "model": str(teacher_dir), "batch_size": 4}})
+    records = [Record(messages=[{"role": "user", "content": f"the cup final number {i}"}]) for i in range(3)]
+    with Ledger(tmp_path / "calls.sqlite") as ledger:
+        _, first = run_generate(cfg, records, ledger)
+        _, again = run_generate(cfg, records, ledger)
+        assert (first.calls, again.calls, again.cache_hits) == (3, 0, 3)
+        shutil.rmtree(teacher_dir)
+        shutil.copytree(tiny_model_b, teacher_dir)  # other weights, same folder
+        _, replaced = run_generate(cfg, records, ledger)
+        assert (replaced.calls, replaced.cache_hits) == (3, 0)
+        shutil.rmtree(teacher_dir)
+        shutil.copytree(tiny_model_b, teacher_dir)  # the same weights written again (new inodes, times)
+        _, same = run_generate(cfg, records, ledger)
+        assert (same.calls, same.cache_hits) == (0, 3)

@@ -23,7 +23,7 @@ import numpy as np
 
 from potstill.errors import PotstillError
 from potstill.hashing import hash_obj, hash_path
-from potstill.models.loading import cache_dir, cache_entry, resolve
+from potstill.models.loading import cache_dir, cache_entry, hub_revision, resolve
 from potstill.progress import say
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def require(module: str) -> ModuleType:
 
 def model_key(spec: str, where: Path | str, num_layers: int | None, quantization: str, version: str) -> str:
     """Content hash of a model as one engine would run it (see the module docstring)."""
-    content = hash_path(where) if isinstance(where, Path) else f"hub:{where}"
+    content = hash_path(where) if isinstance(where, Path) else f"hub:{hub_revision(where)}"
     return hash_obj({"model": content, "layers": num_layers, "q": quantization, "v": version, "fmt": 1})[:24]
 
 

@@ -320,6 +320,19 @@ def model_identity(spec: str, where: Path | str) -> str:
     return spec
 
 
+def hub_revision(repo_id: str) -> str:
+    """A hub id with the commit of its snapshot in the local HF cache (``org/name@<commit>``), the
+    id alone when none is cached: what a hub model's cached answers and conversions are keyed by,
+    so a new upstream revision is not mistaken for the old one. Reads the cache only, no network."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # noqa: BLE001 - not a valid repo id for the hub library: the id is all there is
+        return repo_id
+    return f"{repo_id}@{Path(found).parent.name}" if isinstance(found, str) else repo_id
+
+
 def keep_layers(model: Any, n: int) -> None:
     """Depth-prune to the first ``n`` transformer layers (the LM head and final norm stay).
 
