@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from potstill.errors import looks_like_key
+
 
 @dataclass(frozen=True)
 class PathRole:
@@ -139,23 +141,6 @@ class FewShotConfig(Section):
     )
 
 
-# Keys that are valid variable names all the same: a provider's prefix and a long random tail
-# (sk_live_..., hf_..., gsk_..., ghp_..., github_pat_..., r8_...), AWS access key ids (AKIA + 16), Google's AIza + 35.
-_KEY_SHAPES = re.compile(r"(?:(?:sk|pk|rk|hf|gsk|ghp|gho|ghu|ghs|ghr|github_pat|r8|xai|key)_\w*[A-Za-z0-9]{16,}\w*"
-                         r"|(?:AKIA|ASIA)[A-Z0-9]{16}|AIza\w{35})")
-
-
-def _looks_like_key(value: str) -> bool:
-    """A value that is more likely a secret than a variable's name: a known key shape, or a run of 16+
-    characters between underscores mixing letters and digits (hex or base62, as a `vllm serve
-    --api-key` made with `openssl rand -hex 16`); names are words (OPENAI_API_KEY, TEAM7_TOKEN). A
-    random 16-character base62 run has no digit with probability (52/62)^16, about 6%; at 32, 0.4%."""
-    if _KEY_SHAPES.fullmatch(value):
-        return True
-    return any(len(run) >= 16 and re.search(r"[0-9]", run) and re.search(r"[A-Za-z]", run)
-               for run in value.split("_"))
-
-
 def _env_name(value: str) -> str:
     """An environment variable's name ('' for none). A key pasted here instead (``api_key: sk-...`` in
     an OpenAI-style config maps to this field) is refused without being repeated in the error: the
@@ -163,7 +148,7 @@ def _env_name(value: str) -> str:
     if value and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
         raise ValueError("must be the NAME of an environment variable (letters, digits and _), not the key "
                          "itself; the value given is not shown")
-    if value and _looks_like_key(value):
+    if value and looks_like_key(value):
         raise ValueError("looks like a key itself; give the NAME of the environment variable that holds it "
                          "(export MY_KEY=..., then api_key_env: MY_KEY); the value given is not shown")
     return value

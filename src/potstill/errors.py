@@ -24,6 +24,23 @@ def redact(text: str, secrets: list[str]) -> str:
     return text
 
 
+# Keys that are valid variable names all the same: a provider's prefix and a long random tail
+# (sk_live_..., hf_..., gsk_..., ghp_..., github_pat_..., r8_...), AWS access key ids (AKIA + 16), Google's AIza + 35.
+_KEY_SHAPES = re.compile(r"(?:(?:sk|pk|rk|hf|gsk|ghp|gho|ghu|ghs|ghr|github_pat|r8|xai|key)_\w*[A-Za-z0-9]{16,}\w*"
+                         r"|(?:AKIA|ASIA)[A-Z0-9]{16}|AIza\w{35})")
+
+
+def looks_like_key(value: str) -> bool:
+    """A value that is more likely a secret than a variable's name: a known key shape, or a run of 16+
+    characters between underscores mixing letters and digits (hex or base62, as a `vllm serve
+    --api-key` made with `openssl rand -hex 16`); names are words (OPENAI_API_KEY, TEAM7_TOKEN). A
+    random 16-character base62 run has no digit with probability (52/62)^16, about 6%; at 32, 0.4%."""
+    if _KEY_SHAPES.fullmatch(value):
+        return True
+    return any(len(run) >= 16 and re.search(r"[0-9]", run) and re.search(r"[A-Za-z]", run)
+               for run in value.split("_"))
+
+
 # A URL's user:password@ and its query string can carry a key (a proxy's Basic auth, its
 # ``?api-key=``): what potstill logs, prints or saves gets the URL without them.
 _URL = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)(?:[^\s/@?#'\"]*@)?([^\s?#'\"]*)(?:\?[^\s#'\"]*)?")
