@@ -301,3 +301,16 @@ def test_a_real_label_wins_over_the_teacher_answer_for_the_same_input():
     assert c.card["counts"]["real_labels_applied"] == 2 and c.card["counts"]["real_duplicates"] == 2
     assert not any(r.id.startswith("human-") for r in c.rejected)
     assert sum(r.text.strip().lower() == in_train.lower() for r in kept(c)) == 1
+
+
+def test_a_relabel_drops_the_teachers_token_logprobs_and_the_card_counts_the_teachers_own_labels():
+    """A relabel kept the teacher's token log-probs of the answer it replaced (token-level KD pulled the
+    student back to it), and the card's teacher label distribution counted the reviewer's label."""
+    lp = [{"token": "tech", "logprob": -0.1, "top": [{"token": "tech", "logprob": -0.1}]}]
+    records = [rec("Budget vote passes narrowly", "tech", id="a", logprobs=lp),
+               rec("Ferrari on pole at Monza", "sports", id="b", logprobs=lp)]
+    c = curate(cfg(), records, {"a": {"decision": "relabel", "label": "politics", "teacher_output": "tech"}})
+    a = next(r for r in kept(c) if r.id == "a")
+    assert a.output == "politics" and a.logprobs is None and a.meta["teacher_output"] == "tech"
+    assert next(r for r in kept(c) if r.id == "b").logprobs == lp
+    assert c.card["teacher_label_distribution"] == {"tech": 1, "sports": 1}

@@ -59,7 +59,9 @@ def _apply_review(rec: Record, d: dict[str, Any], labels: list[str]) -> Record:
     rec.meta["review"] = d["decision"]
     if d["decision"] == "relabel":
         rec.meta["teacher_output"] = rec.output
-        rec.output, rec.samples = d["label"], None
+        # The token log-probs are the teacher's for its own answer: token-level KD would pull the
+        # student back to the answer the reviewer corrected.
+        rec.output, rec.samples, rec.logprobs = d["label"], None, None
         if rec.label_probs is not None and labels:
             # The reviewer is certain: the soft label becomes one-hot, so KD does not pull back
             # towards the teacher's mistake.
@@ -306,7 +308,9 @@ def _card(cfg: Config, counts: dict[str, int], rejected: list[Record], train: li
     return {
         "counts": counts,
         "rejected_reasons": dict(reasons),
-        "teacher_label_distribution": dict(Counter(str(task.parse(r.output or "")) for r in train + val + test
+        # The teacher's own answers: a reviewer's relabel or a person's label keeps it in meta.teacher_output.
+        "teacher_label_distribution": dict(Counter(str(task.parse(r.meta.get("teacher_output", r.output) or ""))
+                                                   for r in train + val + test
                                                    if r.meta.get("source") != "real")) if cfg.task.labels else None,
         "label_distribution": labels,
         "teacher_accuracy": accuracy,
