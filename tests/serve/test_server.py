@@ -689,3 +689,56 @@ def test_a_serve_key_with_a_stray_character_is_one_line_not_a_401_for_everyone(m
     assert "s3rve" not in str(e.value) and "\n" not in str(e.value)
     monkeypatch.setenv("POTSTILL_SERVE_KEY", "s3rve-key")
     assert serve_key(cfg) == "s3rve-key"
+
+
+def test_a_failed_tool_chat_escalation_is_hashed_as_the_request_the_teacher_got(served, force):
+    """Found by an audit: the ledger row of a failed escalation hashed the chat cut to role and text,
+    so two tool chats that differ only in their tool turns (tool_calls, tool_call_id) shared one
+    request hash, unlike the hash the same chat gets when the teacher answers it. A failed row now
+    carries the hash of the request the teacher got: the one an answered row of the same request has."""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    provider = FastAPI()
+    fail = {"now": True}
+
+    @provider.post("/v1/chat/completions")
+    def chat() -> JSONResponse:
+        if fail["now"]:
+            return JSONResponse({"error": {"message": "overloaded", "type": "server_error", "param": None,
+                                           "code": None}}, status_code=500)
+        return JSONResponse({"id": "x", "object": "chat.completion", "created": 0, "model": "tiny-teacher",
+                             "choices": [{"index": 0, "message": {"role": "assistant", "content": "sports"},
+                                          "finish_reason": "stop"}],
+                             "usage": {"prompt_tokens": 9, "completion_tokens": 1, "total_tokens": 10}})
+
+    def tool_chat(call_id: str, args: str) -> list[dict]:
+        calls = [{"id": call_id, "type": "function", "function": {"name": "topic", "arguments": args}}]
+        return [{"role": "user", "content": "the team won the match"},
+                {"role": "assistant", "content": None, "tool_calls": calls},
+                {"role": "tool", "tool_call_id": call_id, "content": "sports"},
+                {"role": "user", "content": "so the topic is"}]
+
+    service, live = served
+    force("teacher")
+    chats = [tool_chat("call_1", "{}"), tool_chat("call_2", "{}"), tool_chat("call_1", '{"x": 1}')]
+    hashes = {}
+    with teacher_behind(service, provider):
+        for ok in (False, True):
+            fail["now"] = not ok
+            for i, chat_ in enumerate(chats):
+                if ok:
+                    client(live).chat.completions.create(model="potstill", messages=chat_)
+                else:
+                    with pytest.raises(openai.InternalServerError):
+                        client(live).chat.completions.create(model="potstill", messages=chat_)
+                row = rows(service)[-1]
+                assert (row["status"], row["role"]) == ("ok" if ok else "error", "teacher")
+                hashes[ok, i] = row["request_hash"]
+        for i, chat_ in enumerate(chats):  # a tool chat refused before routing: hashed the same way
+            with pytest.raises(openai.BadRequestError):
+                client(live).chat.completions.create(model="potstill", messages=chat_,
+                                                     stream_options={"include_usage": True})
+            hashes["refused", i] = rows(service)[-1]["request_hash"]
+    assert len({hashes[False, i] for i in range(3)}) == 3, hashes  # three requests, three hashes
+    assert all(hashes[False, i] == hashes[True, i] == hashes["refused", i] for i in range(3)), hashes

@@ -30,7 +30,7 @@ from potstill.errors import PotstillError
 from potstill.records import json_problem
 from potstill.serve.engine import RefusedChat
 from potstill.serve.schemas import ChatCompletion, ChatRequest, ErrorBody, Health, ModelCard, ModelList
-from potstill.serve.service import Service, TeacherError
+from potstill.serve.service import Service, TeacherError, with_tool_fields
 
 CHAT = "/v1/chat/completions"
 ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 500, 502)}
@@ -196,7 +196,7 @@ def _add_error_handlers(app: FastAPI, service: Service, requests: Counter):
     Returns the rejecter the Gate middleware uses for what it refuses before routing."""
 
     def log_error(state: dict, status: int, body: dict[str, Any], role: str = "student", model: str | None = None,
-                  detail: str | None = None) -> None:
+                  detail: str | None = None, request_hash: str | None = None) -> None:
         """``body``: the one the client got; ``detail``: what the operator reads in the row's error
         where the client was told less."""
         if state.get("logged"):
@@ -204,7 +204,8 @@ def _add_error_handlers(app: FastAPI, service: Service, requests: Counter):
         state["logged"] = True
         service.log_failure(_logged_request(state.get("raw_body")), answered_by=role, model=model or service.student_name,
                             latency_s=time.perf_counter() - state.get("t0", time.perf_counter()),
-                            body=body, error=f"{status}: {detail or body['error']['message']}"[:500])
+                            body=body, error=f"{status}: {detail or body['error']['message']}"[:500],
+                            teacher_hash=request_hash)
         requests.labels("none", "rejected" if status < 500 else "failed", str(status)).inc()
 
     async def reject(scope: dict, send: Any, status: int, message: str, param: str | None,
@@ -217,11 +218,11 @@ def _add_error_handlers(app: FastAPI, service: Service, requests: Counter):
 
     async def on_error(request: Request, status: int, message: str, param: str | None = None,
                        role: str = "student", model: str | None = None, code: str | None = None,
-                       detail: str | None = None) -> JSONResponse:
+                       detail: str | None = None, request_hash: str | None = None) -> JSONResponse:
         body = error_body(status, message, param, code)
         if request.url.path.rstrip("/") == CHAT:
             await asyncio.to_thread(log_error, request.scope.setdefault("state", {}), status, body, role, model,
-                                    detail)
+                                    detail, request_hash)
         return JSONResponse(body, status_code=status)
 
     @app.exception_handler(APIError)
@@ -245,10 +246,11 @@ def _add_error_handlers(app: FastAPI, service: Service, requests: Counter):
             told = (f"the teacher refused this chat ({kind or 'status'} {e.status}"
                     f"{', ' + code if code else ''}); the server's ledger holds the details")
             return await on_error(request, 400, told, "messages", role="teacher", model=service.teacher_name,
-                                  code=code, detail=f"the teacher refused the chat: {e}")
+                                  code=code, detail=f"the teacher refused the chat: {e}", request_hash=e.request_hash)
         told = f"the teacher failed to answer ({kind})" if kind else "the teacher failed to answer"
         return await on_error(request, 502, told + "; the server's ledger holds the details", role="teacher",
-                              model=service.teacher_name, detail=f"the teacher failed to answer: {e}")
+                              model=service.teacher_name, detail=f"the teacher failed to answer: {e}",
+                              request_hash=e.request_hash)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
@@ -364,16 +366,8 @@ def _add_chat_route(app: FastAPI, service: Service, requests: Counter, latency: 
 
 
 def _teacher_message(m: Any) -> dict[str, Any]:
-    """A client's message as the teacher gets it: its text, with an assistant turn's ``tool_calls``
-    (content may then be null) and a tool turn's ``tool_call_id``."""
-    extra = m.model_extra or {}
-    out: dict[str, Any] = {"role": m.role, "content": m.text()}
-    if m.role == "assistant" and extra.get("tool_calls"):
-        out["content"] = None if m.content is None else out["content"]
-        out["tool_calls"] = extra["tool_calls"]
-    if m.role == "tool" and extra.get("tool_call_id") is not None:
-        out["tool_call_id"] = extra["tool_call_id"]
-    return out
+    """A client's message as the teacher gets it: its text, with its tool fields (``with_tool_fields``)."""
+    return with_tool_fields({"role": m.role, "content": m.text()}, {**(m.model_extra or {}), "content": m.content})
 
 
 def _add_reload_route(app: FastAPI, service: Service, api_key: str | None, bearer: list) -> None:

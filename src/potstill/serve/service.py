@@ -170,9 +170,24 @@ class TeacherError(Exception):
     teacher refused the chat itself (``status`` 413, or 400/422 with a ``code`` such as
     context_length_exceeded: see ``app._clients_fault``)."""
 
-    def __init__(self, message: str, status: int | None = None, code: str | None = None):
+    def __init__(self, message: str, status: int | None = None, code: str | None = None,
+                 request_hash: str | None = None):
         super().__init__(message)
-        self.status, self.code = status, code
+        # request_hash: the ledger key of the request the teacher failed, for the failed row.
+        self.status, self.code, self.request_hash = status, code, request_hash
+
+
+def with_tool_fields(msg: dict[str, Any], sent: dict[str, Any]) -> dict[str, Any]:
+    """``msg`` (a client's message as role and text) as the teacher gets it, from the message as
+    ``sent``: an assistant turn keeps its ``tool_calls`` (and a null content), a tool turn its
+    ``tool_call_id``. An OpenAI teacher refuses a tool turn that no tool_calls precede."""
+    out = dict(msg)
+    if msg["role"] == "assistant" and sent.get("tool_calls"):
+        out["content"] = None if sent.get("content") is None else out["content"]
+        out["tool_calls"] = sent["tool_calls"]
+    if msg["role"] == "tool" and sent.get("tool_call_id") is not None:
+        out["tool_call_id"] = sent["tool_call_id"]
+    return out
 
 
 class Live:
@@ -361,7 +376,7 @@ class Service:
         # One request on the teacher's long-lived worker (an API client, or the one in-process model).
         r = await asyncio.wrap_future(self.teacher.submit(req))
         if not r.ok:
-            raise TeacherError(r.error or "the teacher returned no answer", r.error_status, r.error_code)
+            raise TeacherError(r.error or "the teacher returned no answer", r.error_status, r.error_code, h)
         return r, False
 
     async def answer(self, messages: list[dict], max_tokens: int | None = None, stop: Sequence[str] = (),
@@ -419,10 +434,18 @@ class Service:
                           finish_reason=finish, **common)
 
     def log_failure(self, request: dict[str, Any], answered_by: str, model: str, latency_s: float,
-                    body: dict[str, Any], error: str) -> None:
-        """The ledger row of a request that got an error (rejected, or the teacher failed)."""
-        msgs = user_messages(request)
-        h = self.teacher_request(msgs)[0] if msgs else request_hash({"stage": "serve"}, request)
+                    body: dict[str, Any], error: str, teacher_hash: str | None = None) -> None:
+        """The ledger row of a request that got an error (rejected, or the teacher failed).
+
+        ``teacher_hash``: the hash of the request a failed teacher got (``TeacherError``); else the
+        chat's escalation hash, its tool turns kept (two tool chats with one text are two requests)."""
+        h = teacher_hash
+        if h is None:
+            sent = request.get("messages")
+            sent = [m for m in sent if isinstance(m, dict) and m.get("role") not in ("system", "developer")] \
+                if isinstance(sent, list) else []  # the messages user_messages keeps, in its order
+            msgs = [with_tool_fields(m, raw) for m, raw in zip(user_messages(request), sent)]
+            h = self.teacher_request(msgs)[0] if msgs else request_hash({"stage": "serve"}, request)
         self.ledger.record_served(ServedCall(request=request, answered_by=answered_by, model=model, latency_s=latency_s,
                                              status="error", error=error, error_body=body, request_hash=h))
 
