@@ -742,3 +742,87 @@ def test_a_failed_tool_chat_escalation_is_hashed_as_the_request_the_teacher_got(
             hashes["refused", i] = rows(service)[-1]["request_hash"]
     assert len({hashes[False, i] for i in range(3)}) == 3, hashes  # three requests, three hashes
     assert all(hashes[False, i] == hashes[True, i] == hashes["refused", i] for i in range(3)), hashes
+
+
+def anthropic_provider(seen: list):
+    """A Messages API on loopback that holds Anthropic's rules for a chat: roles user and assistant
+    only, content never null, each assistant tool_use answered by a tool_result at the start of the
+    next (user) turn, each tool_result answering a tool_use of the turn before, tool_use input an object."""
+    from fastapi import Body, FastAPI
+    from fastapi.responses import JSONResponse
+
+    app = FastAPI()
+
+    def bad(msg: str) -> JSONResponse:
+        return JSONResponse({"type": "error", "error": {"type": "invalid_request_error", "message": msg}},
+                            status_code=400)
+
+    @app.post("/v1/messages")
+    def messages(body: dict = Body()) -> JSONResponse:
+        seen.append(body)
+        pending: list[str] = []
+        for i, m in enumerate(body["messages"]):
+            if m.get("role") not in ("user", "assistant"):
+                return bad(f"messages.{i}.role: Input should be 'user' or 'assistant'")
+            blocks = m.get("content")
+            if isinstance(blocks, str):
+                blocks = [{"type": "text", "text": blocks}]
+            if not isinstance(blocks, list):
+                return bad(f"messages.{i}.content: Input should be a valid list")
+            results = [b.get("tool_use_id") for b in blocks if b.get("type") == "tool_result"]
+            if pending and [b.get("type") for b in blocks[:len(pending)]] != ["tool_result"] * len(pending):
+                return bad(f"messages.{i}: Did not find {len(pending)} `tool_result` block(s) at the beginning")
+            if sorted(results) != sorted(pending):
+                return bad(f"messages.{i}: unexpected `tool_use_id` found in `tool_result` blocks: {results}")
+            if any(b.get("type") == "text" and not b.get("text") for b in blocks):
+                return bad(f"messages.{i}: text content blocks must be non-empty")
+            uses = [b for b in blocks if b.get("type") == "tool_use"]
+            if any(not isinstance(b.get("input"), dict) or not b.get("name") for b in uses):
+                return bad(f"messages.{i}: tool_use.input: Input should be a valid dictionary")
+            pending = [b["id"] for b in uses]
+        return JSONResponse({"id": "msg_1", "type": "message", "role": "assistant", "model": body["model"],
+                             "content": [{"type": "text", "text": "sports"}], "stop_reason": "end_turn",
+                             "stop_sequence": None, "usage": {"input_tokens": 12, "output_tokens": 1}})
+
+    return app
+
+
+def test_an_anthropic_teacher_gets_openai_tool_turns_as_tool_use_and_tool_result_blocks(served, force):
+    """Found by an audit: an escalated tool chat reached an Anthropic teacher as OpenAI messages, a
+    'tool' role and an assistant turn of null content with tool_calls, which the Messages API refuses
+    (a 502 for the client). The assistant's tool_calls are tool_use blocks (arguments parsed to
+    input), the tool turns tool_result blocks at the start of one user turn, the user's text after them."""
+    from potstill.config import TeacherConfig
+    from tests.helpers.live_server import LiveServer
+
+    seen: list = []
+    calls = [{"id": "call_1", "type": "function", "function": {"name": "topic", "arguments": '{"about": "match"}'}},
+             {"id": "call_2", "type": "function", "function": {"name": "score", "arguments": "{}"}}]
+    chat = [{"role": "user", "content": "the team won the match"},
+            {"role": "assistant", "content": "Let me look.", "tool_calls": calls},
+            {"role": "tool", "tool_call_id": "call_1", "content": "sports"},
+            {"role": "tool", "tool_call_id": "call_2", "content": [{"type": "text", "text": "2-1"}]},
+            {"role": "user", "content": "so the topic is"}]
+    service, live = served
+    force("teacher")
+    saved = service.teacher
+    with LiveServer(anthropic_provider(seen)) as fake:
+        cfg = TeacherConfig(type="anthropic", model="claude-haiku-4-5", base_url=fake.url, api_key_env="TEACHER_KEY",
+                            max_tokens=4, max_retries=0, timeout_s=10)
+        service.teacher = get_teacher(cfg, service.task)
+        try:
+            c = client(live).chat.completions.create(model="potstill", messages=chat)
+            plain = client(live).chat.completions.create(model="potstill", messages=MSG)
+        finally:
+            service.teacher.close()
+            service.teacher = saved
+    assert c.choices[0].message.content == "sports" and c.model == "claude-haiku-4-5"
+    assert seen[0]["messages"] == [
+        {"role": "user", "content": "the team won the match"},
+        {"role": "assistant", "content": [{"type": "text", "text": "Let me look."},
+                                          {"type": "tool_use", "id": "call_1", "name": "topic", "input": {"about": "match"}},
+                                          {"type": "tool_use", "id": "call_2", "name": "score", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "content": "sports"},
+                                     {"type": "tool_result", "tool_use_id": "call_2", "content": "2-1"},
+                                     {"type": "text", "text": "so the topic is"}]}]
+    assert seen[1]["messages"] == MSG and plain.choices[0].message.content == "sports"  # a chat without tools as before

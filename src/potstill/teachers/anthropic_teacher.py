@@ -8,15 +8,19 @@ reason is kept: ``end_turn`` and ``stop_sequence`` are answers, ``max_tokens`` i
 that was cut (kept, flagged), ``refusal`` is an error row. The API has no ``n`` and no logprobs:
 ``generate.n`` samples are n requests, and asking for logprobs is refused up front.
 The SDK retries 429/5xx/529/timeouts/dropped connections with backoff and jitter.
+A chat with OpenAI tool turns is sent in the Messages API's terms (``_tool_turns``): an assistant's
+``tool_calls`` become ``tool_use`` blocks, ``tool`` messages ``tool_result`` blocks of a user turn.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
 from potstill.errors import redact
+from potstill.records import content_text
 from potstill.teachers.api import ApiTeacher
 from potstill.teachers.base import Response
 from potstill.teachers.openai_teacher import api_key
@@ -26,6 +30,52 @@ def _create_params(client: Any) -> set[str]:
     import inspect
 
     return set(inspect.signature(client.messages.create).parameters)
+
+
+def _tool_use(call: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI tool call as a ``tool_use`` block: its arguments (a JSON string) parsed to the
+    object ``input`` must be; arguments that are not a JSON object are kept whole under ``arguments``."""
+    fn = call.get("function") or {}
+    args = fn.get("arguments")
+    try:
+        parsed = json.loads(args) if isinstance(args, str) else args
+    except ValueError:
+        parsed = None
+    return {"type": "tool_use", "id": call.get("id"), "name": fn.get("name"),
+            "input": parsed if isinstance(parsed, dict) else {"arguments": args}}
+
+
+def _tool_turns(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """OpenAI chat turns as Messages API turns. The API takes roles user and assistant only, and
+    wants each assistant ``tool_use`` answered by a ``tool_result`` at the start of the next turn:
+    so the tool messages after a tool call become one user turn of tool_result blocks, and a user
+    message right after them joins that turn as text after the results (the API's order)."""
+    out: list[dict[str, Any]] = []
+
+    def results_turn() -> list[dict[str, Any]] | None:  # the blocks of a user turn of tool results, if last
+        last = out[-1] if out else {}
+        blocks = last.get("content")
+        ok = last.get("role") == "user" and isinstance(blocks, list) and blocks and blocks[0].get("type") == "tool_result"
+        return blocks if ok else None
+
+    for m in msgs:
+        role, text = m.get("role"), content_text(m.get("content"))
+        if role == "assistant" and m.get("tool_calls"):
+            blocks = [{"type": "text", "text": text}] if text else []  # the API refuses an empty text block
+            out.append({"role": "assistant", "content": blocks + [_tool_use(c) for c in m["tool_calls"]]})
+        elif role == "tool":
+            block = {"type": "tool_result", "tool_use_id": m.get("tool_call_id"), **({"content": text} if text else {})}
+            blocks = results_turn()
+            if blocks is not None and blocks[-1].get("type") == "tool_result":
+                blocks.append(block)
+            else:
+                out.append({"role": "user", "content": [block]})
+        elif role == "user" and (blocks := results_turn()) is not None:
+            if text:
+                blocks.append({"type": "text", "text": text})
+        else:
+            out.append({"role": role, "content": m["content"]})
+    return out
 
 
 class AnthropicTeacher(ApiTeacher):
@@ -40,9 +90,12 @@ class AnthropicTeacher(ApiTeacher):
     def request(self, record) -> dict[str, Any]:
         msgs = self.task.messages(record)
         system = "\n\n".join(str(m["content"]) for m in msgs if m.get("role") == "system")
+        turns = [m for m in msgs if m.get("role") != "system"]
+        tools = any(m.get("role") == "tool" or m.get("tool_calls") for m in turns)
         req: dict[str, Any] = {
             "model": self.cfg.model, "max_tokens": self.cfg.max_tokens, "temperature": self.cfg.temperature,
-            "messages": [{"role": m["role"], "content": m["content"]} for m in msgs if m.get("role") != "system"],
+            # A chat without tool turns as it always was: its request (and so its ledger hash) is unchanged.
+            "messages": _tool_turns(turns) if tools else [{"role": m["role"], "content": m["content"]} for m in turns],
         }
         if system:
             req["system"] = system
