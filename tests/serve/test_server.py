@@ -167,9 +167,12 @@ def test_teacher_failure_is_a_502_and_logged(served, force):
     finally:
         service.teacher.close()
         service.teacher = saved
-    assert e.value.status_code == 502 and e.value.body["type"] == "upstream_error"
+    # Found by an audit: the type was 'upstream_error', which OpenAI's API never sends; a 5xx is its
+    # 'server_error', and the code says the teacher failed.
+    assert e.value.status_code == 502 and (e.value.type, e.value.code) == ("server_error", "teacher_failed")
     row = rows(service)[-1]
     assert row["status"] == "error" and row["role"] == "teacher" and row["error"].startswith("502")
+    assert json.loads(row["response"])["error"] == e.value.body
 
 
 def test_models_health_metrics(served):
@@ -559,7 +562,7 @@ def test_a_teacher_failure_does_not_hand_the_providers_message_to_the_client(ser
             status["code"] = code
             with pytest.raises(openai.APIStatusError) as e:
                 client(live).chat.completions.create(model="potstill", messages=[{"role": "user", "content": f"the vote {code}"}])
-            assert e.value.status_code == 502 and e.value.body["type"] == "upstream_error"
+            assert e.value.status_code == 502 and (e.value.type, e.value.code) == ("server_error", "teacher_failed")
             assert kind in e.value.body["message"] and secret not in json.dumps(e.value.body), e.value.body
             row = rows(service)[-1]
             assert row["status"] == "error" and row["role"] == "teacher" and secret in row["error"]
@@ -568,7 +571,7 @@ def test_a_teacher_failure_does_not_hand_the_providers_message_to_the_client(ser
 
 def test_a_teacher_refusing_the_clients_chat_is_a_400_not_a_502(served, force):
     """Found by an audit: a teacher refusing the client's input (its 400 for a chat over its context)
-    reached the client as a 502 'upstream_error', as if the server had failed: the status was lost
+    reached the client as a 502, as if the server had failed: the status was lost
     in the Response's error text. It is the client's 400 with the provider's error code, and the
     provider's own text (which may name the organization) stays in the ledger; a teacher failing
     for the operator's reasons (its 401) is still a 502."""

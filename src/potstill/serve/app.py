@@ -39,9 +39,10 @@ ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 500, 502)}
 SSE_EVENT = {"type": "object", "required": ["data"],
              "properties": {"data": {"type": "string"}, "event": {"type": "string"}}}
 # OpenAI's API answers every client error (a bad key's 401 and an unknown model's 404 too) with type
-# invalid_request_error; its code tells them apart (invalid_api_key, model_not_found).
+# invalid_request_error; its code tells them apart (invalid_api_key, model_not_found). A 5xx is its
+# server_error, a failed escalation's 502 too (code teacher_failed says whose failure it was).
 _TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
-          405: "invalid_request_error", 409: "conflict_error", 413: "invalid_request_error", 502: "upstream_error"}
+          405: "invalid_request_error", 409: "conflict_error", 413: "invalid_request_error"}
 BAD_KEY = "invalid or missing API key (send Authorization: Bearer <key>)"
 
 
@@ -249,8 +250,8 @@ def _add_error_handlers(app: FastAPI, service: Service, requests: Counter):
                                   code=code, detail=f"the teacher refused the chat: {e}", request_hash=e.request_hash)
         told = f"the teacher failed to answer ({kind})" if kind else "the teacher failed to answer"
         return await on_error(request, 502, told + "; the server's ledger holds the details", role="teacher",
-                              model=service.teacher_name, detail=f"the teacher failed to answer: {e}",
-                              request_hash=e.request_hash)
+                              model=service.teacher_name, code="teacher_failed",
+                              detail=f"the teacher failed to answer: {e}", request_hash=e.request_hash)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
