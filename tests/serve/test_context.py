@@ -169,3 +169,38 @@ def test_a_split_with_chats_the_students_template_refuses_still_calibrates(tmp_p
         assert "Conversation roles must alternate" in err and "Traceback" not in err
     finally:
         service.close()
+
+
+@pytest.mark.parametrize("task", [None, FREETEXT])
+def test_a_served_prompt_is_tokenised_once(tmp_path, teacher_server, monkeypatch, task):
+    """Found by an audit: serve tokenised each prompt to check it against the student's context, then
+    the engine tokenised it again on the batcher's thread, where a long classification prompt (label
+    scoring keeps its last tokens, so it is never too long) held every request batched with it: ~0.5 s
+    a megabyte. The engine now takes the ids the check made; a prompt over the context still goes
+    to the teacher unread."""
+    from potstill.serve import run_config, serve_key
+    from potstill.serve.app import build_app
+    from potstill.serve.service import load_service
+
+    monkeypatch.setenv("TEACHER_KEY", TEACHER_KEY)
+    monkeypatch.setenv("SERVE_KEY", SERVE_KEY)
+    run = write_run(tmp_path, make_model_dir(tmp_path / "llama"), teacher_server.base_url, task=task)  # 512 positions
+    cfg = run_config(run, None)
+    service = load_service(run, cfg, device="cpu")
+    service.routing = Routing(confidence_threshold=-math.inf, ood_threshold=math.inf)  # the student answers all it can
+    seen: list[str] = []
+    cls = type(service.engine.engine.tokenizer)
+    real = cls.__call__
+    monkeypatch.setattr(cls, "__call__", lambda tok, text=None, *a, **kw: seen.append(str(text)) or real(tok, text, *a, **kw))
+    try:
+        with LiveServer(build_app(service, serve_key(cfg))) as live:
+            client = openai.OpenAI(base_url=live.url + "/v1", api_key=SERVE_KEY, max_retries=0)
+            for i, word in enumerate(["zebra", "yak"]):
+                c = client.chat.completions.create(model="potstill", messages=[{"role": "user", "content": f"{word} won"}])
+                assert c.model_extra["potstill"]["answered_by"] == "student"
+                assert sum(word in s for s in seen) == 1, seen
+            long = [{"role": "user", "content": "the team won the match " * 110}]  # 550 words > 512 positions
+            c = client.chat.completions.create(model="potstill", messages=long)
+            assert (c.model_extra["potstill"]["answered_by"], c.model_extra["potstill"]["reason"]) == ("teacher", "too_long")
+    finally:
+        service.close()

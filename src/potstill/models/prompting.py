@@ -6,7 +6,9 @@ own, so the first completion token a trainer learns is exactly the token a score
 
 from __future__ import annotations
 
+import threading
 import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,11 +118,68 @@ def stop_token_ids(tokenizer: Any, generation_config: Any = None) -> list[int]:
     return sorted(i for i in ids if isinstance(i, int) and i >= 0)
 
 
+# Prompts a caller has tokenised and handed on (``hand_over``): tokenizer -> {(vocabulary size,
+# special, text): ids}, the most recent 256 texts and 4 M characters at most. Serve checks each
+# prompt against the student's context, then its engine encodes the same text on the batcher's
+# thread, where tokenising a 1 MB prompt again (~0.5 s) held every request batched with it.
+class _Handed(OrderedDict):
+    chars = 0
+
+
+_HANDED: "weakref.WeakKeyDictionary[Any, _Handed]" = weakref.WeakKeyDictionary()
+_HANDED_LOCK = threading.Lock()
+_HANDED_TEXTS, _HANDED_CHARS = 256, 4_000_000
+
+
+def _handed_key(tokenizer: Any, fmt: PromptFormat, text: str, first: bool) -> tuple:
+    return (len(tokenizer), first and fmt.kind != "chat", text)  # an added token changes the ids
+
+
 def encode_prompt(tokenizer: Any, fmt: PromptFormat, text: str, first: bool) -> list[int]:
     """Token ids of a prompt piece. Chat templates carry their own BOS; a plain prompt gets the
-    tokenizer's special tokens only at the very start (``first``)."""
-    special = first and fmt.kind != "chat"
-    return tokenizer(text, add_special_tokens=special)["input_ids"]
+    tokenizer's special tokens only at the very start (``first``). Ids handed over for the same
+    text (``hand_over``) are taken instead of tokenising again."""
+    if _HANDED:
+        try:
+            handed = _HANDED.get(tokenizer)
+            key = _handed_key(tokenizer, fmt, text, first) if handed else None
+        except TypeError:  # a tokenizer without a size, or that takes no weak reference
+            handed = None
+        if handed:
+            with _HANDED_LOCK:
+                ids = handed.get(key)
+            if ids is not None:
+                return list(ids)  # a copy: callers may cut or extend theirs
+    return tokenizer(text, add_special_tokens=first and fmt.kind != "chat")["input_ids"]
+
+
+def hand_over(tokenizer: Any, fmt: PromptFormat, text: str, first: bool, ids: list[int]) -> None:
+    """Keep ``ids`` (``encode_prompt(tokenizer, fmt, text, first)``) for the next ``encode_prompt``
+    of the same text, which another part of the program is about to make."""
+    if len(text) > _HANDED_CHARS:
+        return
+    try:
+        key = _handed_key(tokenizer, fmt, text, first)
+        with _HANDED_LOCK:
+            handed = _HANDED.setdefault(tokenizer, _Handed())
+            if key not in handed:
+                handed.chars += len(text)
+            handed[key] = list(ids)
+            handed.move_to_end(key)
+            while len(handed) > _HANDED_TEXTS or handed.chars > _HANDED_CHARS:
+                handed.chars -= len(handed.popitem(last=False)[0][2])
+    except TypeError:  # a tokenizer without a size, or that takes no weak reference: not handed over
+        return
+    try:
+        key = _handed_key(tokenizer, fmt, text, first)
+        with _HANDED_LOCK:
+            handed = _HANDED.setdefault(tokenizer, OrderedDict())
+            handed[key] = list(ids)
+            handed.move_to_end(key)
+            while len(handed) > _HANDED_TEXTS or sum(len(k[2]) for k in handed) > _HANDED_CHARS:
+                handed.popitem(last=False)
+    except TypeError:  # a tokenizer without a size, or that takes no weak reference: not handed over
+        return
 
 
 # tokenizer -> {(vocabulary size, label texts): first token ids}. ``predict`` asks on every call,

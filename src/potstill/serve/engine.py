@@ -28,7 +28,7 @@ from potstill.engines import Engine
 from potstill.engines.base import warm_batches
 from potstill.engines.transformers import TransformersEngine as _Transformers
 from potstill.models.loading import LM
-from potstill.models.prompting import encode_prompt, label_token_ids
+from potstill.models.prompting import encode_prompt, hand_over, label_token_ids
 from potstill.models.scoring import label_margin
 from potstill.progress import bar
 from potstill.students import student_format
@@ -137,13 +137,15 @@ class ServedStudent:
             raise RefusedChat(f"the student's chat template refuses this chat: {e}") from None
         if self.context is None:
             return None
-        n = len(encode_prompt(tok, self.fmt, text, first=True))
-        budget = 0
+        ids = encode_prompt(tok, self.fmt, text, first=True)
+        n, budget = len(ids), 0
         if self.label_ids is not None:  # label scoring keeps the query's last max_length tokens
             n = min(n, self._prefix_tokens + self.max_length)
         else:
             budget = self.task.cfg.max_output_tokens
         if n + budget <= self.context:
+            # The engine encodes this text next (a chat format's whole prompt, as here): it takes these ids.
+            hand_over(tok, self.fmt, text, True, ids)
             return None
         return f"{n} prompt tokens{f' + {budget} to answer' if budget else ''} > the student's {self.context} positions"
 
