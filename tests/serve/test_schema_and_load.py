@@ -32,7 +32,7 @@ EXAMPLES = int(os.environ.get("POTSTILL_SCHEMATHESIS_EXAMPLES", "20"))
                                          ("/health", "GET"), ("/metrics", "GET")])
 def test_schemathesis_finds_no_5xx_and_no_schema_violation(served, path, method):
     service, live = served
-    schema = schemathesis.openapi.from_url(live.url + "/openapi.json")
+    schema = schemathesis.openapi.from_url(live.url + "/openapi.json", headers={"Authorization": f"Bearer {SERVE_KEY}"})
     op = schema[path][method]
     before = len(service.ledger.rows(stage="serve"))
     seen: list[int] = []

@@ -182,8 +182,25 @@ def test_models_health_metrics(served):
     h = httpx.get(live.url + "/health", timeout=10).json()
     assert h["status"] == "ok" and h["teacher"] == "tiny-teacher"
     client(live).chat.completions.create(model="potstill", messages=MSG)
-    text = httpx.get(live.url + "/metrics", timeout=10).text
+    text = httpx.get(live.url + "/metrics", headers={"Authorization": f"Bearer {SERVE_KEY}"}, timeout=10).text
     assert "potstill_requests_total{" in text and "potstill_request_seconds_bucket" in text
+
+
+def test_with_a_key_set_every_path_but_health_needs_it(served):
+    """Found by an audit: with serve's key set, /metrics (traffic by route and outcome), /docs, /redoc
+    and /openapi.json answered anyone; only /v1/* and /admin/reload asked for the key. Every path
+    but /health (a load balancer's probe) needs it now: Prometheus sends it as a bearer token."""
+    service, live = served
+    before = len(rows(service))
+    key = {"Authorization": f"Bearer {SERVE_KEY}"}
+    for path in ("/metrics", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"):
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            r = httpx.get(live.url + path, headers=headers, timeout=10)
+            assert r.status_code == 401, (path, headers, r.status_code)
+            assert r.json()["error"]["type"] == "invalid_request_error" and SERVE_KEY not in r.text
+        assert httpx.get(live.url + path, headers=key, timeout=10).status_code == 200, path
+    assert httpx.get(live.url + "/health", timeout=10).status_code == 200
+    assert len(rows(service)) == before  # none of them is a chat request: no ledger row
 
 
 def test_calibration_is_cached_and_targets_met(served):

@@ -3,8 +3,8 @@
 Every request to ``/v1/chat/completions`` becomes exactly one ledger row, whatever happens:
 answered (status ok, role = who answered), rejected (401/400/413: status error), or failed
 (502 when the teacher fails, 500 otherwise). Every 4xx/5xx carries an OpenAI-style body
-``{"error": {"message", "type", "param", "code"}}``. The Bearer key and other headers are never
-logged; the key is compared in constant time. ``POST /admin/reload`` (same key) swaps in a student
+``{"error": {"message", "type", "param", "code"}}``. Where a key is set, every path but /health
+needs it; the Bearer key and other headers are never logged; the key is compared in constant time. ``POST /admin/reload`` (same key) swaps in a student
 that ``potstill redistill`` promoted, without a restart (see ``Service.reload``).
 """
 
@@ -87,15 +87,20 @@ def _finite_or_none(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+# The one path open without the key: a load balancer's probe, which says nothing about traffic.
+OPEN = "/health"
+
+
 class Gate:
-    """Pure ASGI middleware: Bearer auth for /v1/*, a body size limit, and the ledger row of every
+    """Pure ASGI middleware: Bearer auth for every path but /health (/metrics, /docs and
+    /openapi.json too, where a key is set), a body size limit for /v1/*, and the ledger row of every
     chat request rejected before its handler ran. The body is read once and replayed downstream."""
 
     def __init__(self, app: Any, service: Service, key: str | None, max_body: int, reject: Any):
         self.app, self.service, self.key, self.max_body, self.reject = app, service, key, max_body, reject
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+        if scope["type"] != "http" or scope["path"].rstrip("/") == OPEN:
             return await self.app(scope, receive, send)
         t0 = time.perf_counter()
         scope.setdefault("state", {})["t0"] = t0
@@ -104,7 +109,7 @@ class Gate:
             auth = headers.get(b"authorization", b"").decode("latin-1")
             if not hmac.compare_digest(auth.encode(), f"Bearer {self.key}".encode()):
                 return await self.reject(scope, send, 401, BAD_KEY, None, _key_code(auth))
-        if scope["method"] != "POST":
+        if scope["method"] != "POST" or not scope["path"].startswith("/v1/"):
             return await self.app(scope, receive, send)
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body:
@@ -302,7 +307,8 @@ def _add_info_routes(app: FastAPI, service: Service, registry: CollectorRegistry
                       confidence_threshold=_finite_or_none(service.routing.confidence_threshold),
                       ood_threshold=_finite_or_none(service.routing.ood_threshold))
 
-    @app.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+    @app.get("/metrics", response_class=Response, dependencies=bearer,
+             responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}, 401: {"model": ErrorBody}})
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
