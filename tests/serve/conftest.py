@@ -1,16 +1,22 @@
 """A served run built from real parts: a tiny student on disk, a real teacher server on 127.0.0.1
-(the official openai adapter calls it), calibration on a real val split, uvicorn on loopback."""
+(the official openai adapter calls it), calibration on a real val split, uvicorn on loopback;
+and what the tests of it share: the openai client, the ledger's serve rows, a forced route."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
+import openai
 import pytest
 import yaml
 
+from potstill.serve.routing import Routing
+from potstill.teachers import get_teacher
 from tests.helpers.chat_server import ChatServer
 from tests.helpers.live_server import LiveServer
 
@@ -64,3 +70,41 @@ def served(tmp_path_factory, tiny_model, teacher_server):
     with LiveServer(build_app(service, serve_key(cfg))) as live:
         yield service, live
     service.close()
+
+
+MSG = [{"role": "user", "content": "the team won the match"}]
+
+
+def client(live, key: str = SERVE_KEY) -> openai.OpenAI:
+    return openai.OpenAI(base_url=live.url + "/v1", api_key=key, max_retries=0)
+
+
+def rows(service, **kw) -> list[dict]:
+    return service.ledger.rows(stage="serve", **kw)
+
+
+@contextmanager
+def teacher_behind(service, provider):
+    """The served teacher pointed at ``provider`` (a FastAPI app on loopback) for the with block."""
+    saved = service.teacher
+    with LiveServer(provider) as fake:
+        service.teacher = get_teacher(saved.cfg.model_copy(update={"base_url": fake.url + "/v1"}), service.task)
+        try:
+            yield
+        finally:
+            service.teacher.close()
+            service.teacher = saved
+
+
+@pytest.fixture()
+def force(served):
+    """Swap the calibrated routing for one that sends everything to the student or the teacher."""
+    service, _ = served
+    saved = service.routing
+
+    def to(who: str) -> None:
+        inf = math.inf if who == "teacher" else -math.inf
+        service.routing = Routing(confidence_threshold=inf, ood_threshold=math.inf)
+
+    yield to
+    service.routing = saved
