@@ -318,3 +318,43 @@ def test_an_anthropic_teacher_gets_openai_tool_turns_as_tool_use_and_tool_result
                                      {"type": "tool_result", "tool_use_id": "call_2", "content": "2-1"},
                                      {"type": "text", "text": "so the topic is"}]}]
     assert seen[1]["messages"] == MSG and plain.choices[0].message.content == "sports"  # a chat without tools as before
+
+
+def test_a_chat_over_an_anthropic_teachers_context_is_the_clients_400(served, force):
+    """Found by an audit: Anthropic's refusal of a chat over its context (a 400 'prompt is too long',
+    with no error code, unlike OpenAI's context_length_exceeded) reached the client as a 502, as if
+    the server had failed. It is the client's 400 with OpenAI's code, as an OpenAI teacher's is;
+    another Anthropic 400 (about the server's settings) stays a 502."""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    from potstill.config import TeacherConfig
+    from tests.helpers.live_server import LiveServer
+
+    provider = FastAPI()
+    said = {"message": "prompt is too long: 215000 tokens > 200000 maximum"}
+
+    @provider.post("/v1/messages")
+    def messages() -> JSONResponse:
+        return JSONResponse({"type": "error", "error": {"type": "invalid_request_error", "message": said["message"]}},
+                            status_code=400)
+
+    service, live = served
+    force("teacher")
+    saved = service.teacher
+    with LiveServer(provider) as fake:
+        cfg = TeacherConfig(type="anthropic", model="claude-haiku-4-5", base_url=fake.url, api_key_env="TEACHER_KEY",
+                            max_tokens=4, max_retries=0, timeout_s=10)
+        service.teacher = get_teacher(cfg, service.task)
+        try:
+            with pytest.raises(openai.BadRequestError) as e:
+                client(live).chat.completions.create(model="potstill", messages=MSG)
+            assert (e.value.code, e.value.param) == ("context_length_exceeded", "messages")
+            assert "215000" not in json.dumps(e.value.body)  # the provider's words stay in the ledger
+            assert rows(service)[-1]["error"].startswith("400") and "215000" in rows(service)[-1]["error"]
+            said["message"] = "max_tokens: 100000 > 64000, which is the maximum allowed for this model"
+            with pytest.raises(openai.InternalServerError):
+                client(live).chat.completions.create(model="potstill", messages=MSG)
+        finally:
+            service.teacher.close()
+            service.teacher = saved

@@ -126,6 +126,16 @@ class AnthropicTeacher(ApiTeacher):
         return AsyncAnthropic(api_key=self._key, base_url=self.cfg.base_url, max_retries=self.cfg.max_retries,
                               timeout=self.cfg.timeout_s, http_client=http_client)
 
+    def error_code(self, e: Exception) -> str | None:
+        """OpenAI's code for Anthropic's refusal of a chat over the model's context: the Messages
+        API sends a 400 'prompt is too long: N tokens > M maximum' with no code of its own."""
+        body = getattr(e, "body", None)
+        err = body.get("error") if isinstance(body, dict) else None
+        message = err.get("message") if isinstance(err, dict) else None
+        if getattr(e, "status_code", None) == 400 and isinstance(message, str) and message.startswith("prompt is too long"):
+            return "context_length_exceeded"
+        return super().error_code(e)
+
     def http_requests(self, request: dict[str, Any]) -> int:
         return int(request.get("n", 1))  # generate.n samples are n Messages requests
 

@@ -83,6 +83,12 @@ class ApiTeacher(Teacher):
         takes ``n``; an adapter that sends each sample alone (Anthropic) says n."""
         return 1
 
+    def error_code(self, e: Exception) -> str | None:
+        """The provider's error code for a failed call (OpenAI's ``context_length_exceeded``), which
+        says whether the chat itself was refused (serve answers that with the client's 400)."""
+        code = getattr(e, "code", None)
+        return code if isinstance(code, str) else None
+
     def estimate_tokens(self, request: dict[str, Any]) -> int:
         """Tokens a request may use, for the TPM bucket and the budget: ~4 characters a token."""
         chars = sum(len(str(m.get("content", ""))) for m in request.get("messages", []))
@@ -163,9 +169,9 @@ async def send(teacher: ApiTeacher, client: Any, req: dict[str, Any], limiter: R
             resp = await teacher.call(client, req)
         except Exception as e:  # noqa: BLE001 - every failure becomes an error row, retried next run
             msg = redact(f"{type(e).__name__}: {e}", teacher.secrets())
-            status, code = getattr(e, "status_code", None), getattr(e, "code", None)
+            status = getattr(e, "status_code", None)
             resp = Response(output=None, error=msg[:500], error_status=status if isinstance(status, int) else None,
-                            error_code=code if isinstance(code, str) else None)
+                            error_code=teacher.error_code(e))
     resp.latency_s = resp.latency_s or time.perf_counter() - t0
     limiter.settle(est, resp.input_tokens + resp.output_tokens)
     if price is not None:
