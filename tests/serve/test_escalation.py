@@ -239,7 +239,8 @@ def test_a_failed_tool_chat_escalation_is_hashed_as_the_request_the_teacher_got(
 def anthropic_provider(seen: list):
     """A Messages API on loopback that holds Anthropic's rules for a chat: roles user and assistant
     only, content never null, each assistant tool_use answered by a tool_result at the start of the
-    next (user) turn, each tool_result answering a tool_use of the turn before, tool_use input an object."""
+    next (user) turn, each tool_result answering a tool_use of the turn before, tool_use input an
+    object, and a request holding tool_use or tool_result blocks defines its tools."""
     from fastapi import Body, FastAPI
     from fastapi.responses import JSONResponse
 
@@ -272,6 +273,8 @@ def anthropic_provider(seen: list):
             if any(not isinstance(b.get("input"), dict) or not b.get("name") for b in uses):
                 return bad(f"messages.{i}: tool_use.input: Input should be a valid dictionary")
             pending = [b["id"] for b in uses]
+            if (uses or results) and not body.get("tools"):
+                return bad("Requests which include `tool_use` or `tool_result` blocks must define tools.")
         return JSONResponse({"id": "msg_1", "type": "message", "role": "assistant", "model": body["model"],
                              "content": [{"type": "text", "text": "sports"}], "stop_reason": "end_turn",
                              "stop_sequence": None, "usage": {"input_tokens": 12, "output_tokens": 1}})
@@ -317,7 +320,11 @@ def test_an_anthropic_teacher_gets_openai_tool_turns_as_tool_use_and_tool_result
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "content": "sports"},
                                      {"type": "tool_result", "tool_use_id": "call_2", "content": "2-1"},
                                      {"type": "text", "text": "so the topic is"}]}]
+    # The tools the chat called are declared (the API refuses tool blocks otherwise), and none may be
+    # called now: the teacher answers in text.
+    assert [t["name"] for t in seen[0]["tools"]] == ["topic", "score"] and seen[0]["tool_choice"] == {"type": "none"}
     assert seen[1]["messages"] == MSG and plain.choices[0].message.content == "sports"  # a chat without tools as before
+    assert "tools" not in seen[1] and "tool_choice" not in seen[1]
 
 
 def test_a_chat_over_an_anthropic_teachers_context_is_the_clients_400(served, force):

@@ -170,16 +170,6 @@ def hand_over(tokenizer: Any, fmt: PromptFormat, text: str, first: bool, ids: li
                 handed.chars -= len(handed.popitem(last=False)[0][2])
     except TypeError:  # a tokenizer without a size, or that takes no weak reference: not handed over
         return
-    try:
-        key = _handed_key(tokenizer, fmt, text, first)
-        with _HANDED_LOCK:
-            handed = _HANDED.setdefault(tokenizer, OrderedDict())
-            handed[key] = list(ids)
-            handed.move_to_end(key)
-            while len(handed) > _HANDED_TEXTS or sum(len(k[2]) for k in handed) > _HANDED_CHARS:
-                handed.popitem(last=False)
-    except TypeError:  # a tokenizer without a size, or that takes no weak reference: not handed over
-        return
 
 
 # tokenizer -> {(vocabulary size, label texts): first token ids}. ``predict`` asks on every call,

@@ -78,6 +78,20 @@ def _tool_turns(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _declared_tools(turns: list[dict[str, Any]]) -> dict[str, Any]:
+    """``tools`` and ``tool_choice`` for a chat holding tool blocks: the API refuses tool_use and
+    tool_result blocks in a request that defines no tools, and the chat carries only the calls'
+    names (the client's definitions stay with it). Each called tool is declared with an open input
+    schema, and ``tool_choice: none`` keeps the teacher answering in text, the answer distilled."""
+    names = dict.fromkeys(b["name"] for m in turns if isinstance(m.get("content"), list)
+                          for b in m["content"] if b.get("type") == "tool_use" and b.get("name"))
+    if not names:  # tool results alone (their call cut from the chat): one placeholder declaration
+        names = {"tool": None}
+    return {"tools": [{"name": n, "description": "A tool this conversation called earlier.",
+                       "input_schema": {"type": "object"}} for n in names],
+            "tool_choice": {"type": "none"}}
+
+
 class AnthropicTeacher(ApiTeacher):
     type = "anthropic"
     supports_batch = True  # generate.engine batch (potstill.generate.batch_engine)
@@ -89,7 +103,7 @@ class AnthropicTeacher(ApiTeacher):
 
     def request(self, record) -> dict[str, Any]:
         msgs = self.task.messages(record)
-        system = "\n\n".join(str(m["content"]) for m in msgs if m.get("role") == "system")
+        system = "\n\n".join(content_text(m["content"]) for m in msgs if m.get("role") == "system")
         turns = [m for m in msgs if m.get("role") != "system"]
         tools = any(m.get("role") == "tool" or m.get("tool_calls") for m in turns)
         req: dict[str, Any] = {
@@ -97,6 +111,8 @@ class AnthropicTeacher(ApiTeacher):
             # A chat without tool turns as it always was: its request (and so its ledger hash) is unchanged.
             "messages": _tool_turns(turns) if tools else [{"role": m["role"], "content": m["content"]} for m in turns],
         }
+        if tools:
+            req.update(_declared_tools(req["messages"]))
         if system:
             req["system"] = system
         if self.n > 1:
