@@ -219,6 +219,9 @@ def test_a_field_no_stage_declares_reruns_nothing(done_run, key, tmp_path):
     # What the teacher's calls cost is the ledger's record of them (like generate.prices);
     # evaluate times a local teacher and prices it now.
     ("teacher.price.usd_per_hour", 3.0, {"evaluate"}),
+    # A per-call or token price reprices the recorded calls in pilot.json and eval.json alike.
+    ("teacher.price.usd_per_call", 0.02, {"pilot", "evaluate"}),
+    ("teacher.price.output_per_mtok", 8.0, {"pilot", "evaluate"}),
 ])
 def test_a_cost_or_card_setting_reruns_neither_generate_nor_train(done_run, key, value, expected):
     _, cfg, _ = done_run

@@ -127,7 +127,7 @@ class PriceConfig(Section):
         "cache_creation_input_tokens); None: 1.25x the input price, Anthropic's 5-minute cache write.")
     usd_per_hour: float = Field(0.0, ge=0, description="USD per hour of the hardware a local model runs on.")
     usd_per_call: float | None = Field(
-        None, ge=0, description="USD per teacher call as evaluate prices the teacher (cost per call, break-even, "
+        None, ge=0, description="USD per teacher call as pilot and evaluate price the teacher (cost per call, break-even, "
         "verdict) in place of the ledger's: a replay teacher's recorded traffic costs nothing to replay, but each "
         "call cost this when it was made. None: the token price above, else the ledger's recorded cost.")
 

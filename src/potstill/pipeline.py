@@ -47,7 +47,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           reads=("task", *_INPUTS, "teacher", "student", "pilot", "generate", "evaluate.batch_size", "evaluate.engine",
                  "evaluate.dtype", "evaluate.recheck_margin", "evaluate.quantization", "evaluate.latency_samples",
                  "evaluate.compile", "evaluate.draft_tokens"),
-          tunes=(*_GENERATE_TUNES, *_TEACHER_BILLING), inputs=(), outputs=("pilot.json",),
+          # teacher.price reprices the teacher's calls in pilot.json as in evaluate: a new one reruns the pilot.
+          # Its usd_per_hour prices a local teacher timed beside the student, which only evaluate does.
+          tunes=(*_GENERATE_TUNES, "teacher.price.usd_per_hour", "teacher.terms"), inputs=(), outputs=("pilot.json",),
           body="potstill.pilot.stage:pilot_body"),
     # `potstill generate` runs preflight's generate checks first (a projected cost over the budget
     # is refused before a request is sent); train runs its checks inside its body.

@@ -36,7 +36,9 @@ def pilot_body(cfg: Config, run: RunDir) -> dict[str, Any]:
             # not cached, so the rerun retries them.
             raise PotstillError(f"pilot: no usable teacher answer for any of the {len(sample)} inputs: "
                                 f"{_unusable(labelled)}; no pilot.json written, fix the teacher and rerun")
-        teacher = measure_teacher(task, valid, ledger)
+        # As evaluate prices it: teacher.price (per call, or its token price over the recorded tokens) in
+        # place of the ledger's cost, which is $0 for a replay teacher's recorded traffic.
+        teacher = measure_teacher(task, valid, ledger, price=cfg.teacher.price)
     lm = untrained_student_engine(cfg)
     with run.ledger() as ledger:
         student, _ = measure_student(lm, task, valid, cfg.student.usd_per_hour, cfg.evaluate.batch_size,
