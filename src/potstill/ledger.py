@@ -346,13 +346,20 @@ class Ledger:
 
     # ------------------------------------------------------------------ reads
     def served(self, since: float | None = None, until: float | None = None, limit: int | None = None,
-               status: str | None = "ok") -> list[ServedCall]:
+               status: str | None = "ok", student: str | None = None) -> list[ServedCall]:
         """Served requests created between ``since`` and ``until`` (unix seconds), oldest first;
-        with ``limit``, the latest ``limit`` of them. ``status=None``: failed ones too."""
+        with ``limit``, the latest ``limit`` of them. ``status=None``: failed ones too.
+
+        ``student``: only the requests handled by a student whose served name starts so, and those
+        whose row names no student (logged before rows named theirs)."""
         sql, args = "SELECT * FROM calls WHERE stage='serve'", []
         for cond, val in (("status=?", status), ("created_at>=?", since), ("created_at<=?", until)):
             if val is not None:
                 sql, args = f"{sql} AND {cond}", [*args, val]
+        if student is not None:
+            sql += (" AND (coalesce(json_extract(response, '$.student'), '') = ''"
+                    " OR substr(json_extract(response, '$.student'), 1, ?) = ?)")
+            args += [len(student), student]
         sql += " ORDER BY id DESC" + (" LIMIT ?" if limit is not None else "")
         args += [limit] if limit is not None else []
         try:

@@ -33,7 +33,7 @@ from potstill.records import read_records, write_json, write_text
 from potstill.serve.engine import TransformersEngine, embed_all
 from potstill.tasks import get_task
 from potstill.watch.stats import escalation_trend, label_test, mmd_test
-from potstill.watch.traffic import read_traffic
+from potstill.watch.traffic import read_traffic, served_name
 
 EXIT_DRIFT = 3  # 0: within thresholds; 2: an error (one line on stderr); 3: drift flagged
 INVALID = "(invalid)"  # a served answer that names no label
@@ -130,13 +130,21 @@ def watch_run(run_dir: Path, cfg: Config, since: float | None = None, until: flo
         # Otherwise the count below is the window's, and reads as if the ledger held no more.
         raise PotstillError(f"watch.window {w.window} is under watch.min_requests {w.min_requests}: no window that "
                             "small is ever judged; raise --window or lower --min-requests")
-    traffic = read_traffic(run_dir / "calls.sqlite", w.window, since, until)
+    student_dir = run_dir / "student"
+    trained = (student_dir / "config.json").exists() or (student_dir / "adapter_config.json").exists()
+    # Only what the current student handled: before a promotion (a hot swap) the old champion answered and
+    # escalated by its own thresholds, which say nothing of this student or of its routing.json.
+    name = served_name(student_dir) if trained else None
+    traffic = read_traffic(run_dir / "calls.sqlite", w.window, since, until, student=name)
+    earlier = 0 if name is None else sum(1 for s in read_traffic(run_dir / "calls.sqlite", w.window, since, until)
+                                         if s.student and not s.student.startswith(name))
     if len(traffic) < w.min_requests:
         scope = "in that time range" if since is not None or until is not None else "in the ledger"
-        raise PotstillError(f"{run_dir / 'calls.sqlite'}: {len(traffic)} answered served request(s) {scope}; watch needs "
-                            f"at least {w.min_requests} (watch.min_requests) to judge drift")
-    student_dir = run_dir / "student"
-    if not (student_dir / "config.json").exists() and not (student_dir / "adapter_config.json").exists():
+        who = (f" handled by the current student ({earlier} more by an earlier student, before a promotion, left out)"
+               if earlier else "")
+        raise PotstillError(f"{run_dir / 'calls.sqlite'}: {len(traffic)} answered served request(s) {scope}{who}; "
+                            f"watch needs at least {w.min_requests} (watch.min_requests) to judge drift")
+    if not trained:
         raise PotstillError(f"{student_dir}: no trained student to embed the traffic with")
     lm = load_lm(str(student_dir), device=device)
     engine = TransformersEngine(lm, task)
@@ -153,9 +161,12 @@ def watch_run(run_dir: Path, cfg: Config, since: float | None = None, until: flo
         "run_dir": str(run_dir), "student": lm.identity, "created": _iso(time.time()),
         "traffic": {"n": len(traffic), "first": _iso(traffic[0].created_at), "last": _iso(traffic[-1].created_at),
                     "first_id": traffic[0].id, "last_id": traffic[-1].id,
-                    "selection": "time range" if since is not None or until is not None else f"latest {w.window}"},
+                    "selection": "time range" if since is not None or until is not None else f"latest {w.window}",
+                    "earlier_student": earlier},
         "thresholds": w.model_dump(), "notes": [n for n in [note] if n], "seconds": time.perf_counter() - t0,
     })
+    if earlier:
+        report["notes"].append(f"{earlier} request(s) served by an earlier student (before a promotion) left out")
     write_json(run_dir / "watch" / "report.json", report)
     write_text(run_dir / "watch" / "report.md", markdown(report))
     out.print(table(report))

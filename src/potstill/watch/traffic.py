@@ -13,6 +13,7 @@ from pathlib import Path
 
 from potstill.errors import PotstillError
 from potstill.ledger import Ledger, ServedCall
+from potstill.models.loading import model_identity
 
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
@@ -38,12 +39,22 @@ def parse_time(value: str, now: float | None = None) -> float:
     return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
 
 
-def read_traffic(ledger_path: Path, window: int, since: float | None = None, until: float | None = None) -> list[ServedCall]:
+def read_traffic(ledger_path: Path, window: int, since: float | None = None, until: float | None = None,
+                 student: str | None = None) -> list[ServedCall]:
     """The latest ``window`` answered served requests, or all of them between ``since`` and
-    ``until`` (unix seconds) when either is given; oldest first."""
+    ``until`` (unix seconds) when either is given; oldest first. ``student``: only those handled
+    by the student of that served name (``served_name``) or by none named (``Ledger.served``)."""
     ledger_path = Path(ledger_path)
     if not ledger_path.exists():
         raise PotstillError(f"{ledger_path} not found: no served traffic to watch (serve the run with `potstill serve`)")
     with Ledger(ledger_path, readonly=True) as ledger:
-        rows = ledger.served(since, until, limit=window if since is None and until is None else None)
+        rows = ledger.served(since, until, limit=window if since is None and until is None else None, student=student)
     return [s for s in rows if any(m["role"] == "user" and m["content"].strip() for m in s.messages)]
+
+
+def served_name(student_dir: Path) -> str:
+    """The start of the name ``potstill serve`` logs for the student in ``student_dir``
+    (``serve.service._student_name``: ``potstill-student@`` and its weights' digest, whatever engine
+    or dtype serves it)."""
+    identity = model_identity(str(student_dir), Path(student_dir))
+    return "potstill-student@" + re.match(r"[0-9a-zA-Z]*", identity.rsplit("@", 1)[-1]).group(0)
