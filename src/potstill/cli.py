@@ -435,7 +435,9 @@ def watch(cfg: Config, run_dir: Annotated[Path, typer.Argument(metavar="RUN", he
     Exit code: 0 within thresholds, 3 drift flagged, 2 error."""
     from potstill.watch import EXIT_DRIFT, parse_time, watch_run
 
-    report = watch_run(run_dir, cfg, parse_time(since) if since else None, parse_time(until) if until else None)
+    # `is not None`: an empty --since "$SINCE" is an unreadable time, not the latest window instead.
+    report = watch_run(run_dir, cfg, parse_time(since) if since is not None else None,
+                       parse_time(until) if until is not None else None)
     raise typer.Exit(EXIT_DRIFT if report["drift"] else 0)
 
 

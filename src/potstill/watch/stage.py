@@ -118,6 +118,14 @@ def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
 
 
+def _when(t: float) -> str:
+    """A time the user gave, as ISO where it is one (unix seconds past year 9999 are not)."""
+    try:
+        return _iso(t)
+    except (ValueError, OverflowError, OSError):
+        return f"{t:.0f}"
+
+
 def watch_run(run_dir: Path, cfg: Config, since: float | None = None, until: float | None = None,
               device: str = "auto") -> dict[str, Any]:
     """Watch a served run: read its traffic, run the checks, write RUN/watch/report.{json,md},
@@ -126,6 +134,9 @@ def watch_run(run_dir: Path, cfg: Config, since: float | None = None, until: flo
     run_dir = Path(run_dir)
     w = cfg.watch
     task = get_task(cfg.task)
+    if since is not None and until is not None and since > until:
+        raise PotstillError(f"--since {_when(since)} is after --until {_when(until)}: no request falls in that range "
+                            "(a duration counts back from now: --since 3h --until 2h)")
     if since is None and until is None and w.window < w.min_requests:
         # Otherwise the count below is the window's, and reads as if the ledger held no more.
         raise PotstillError(f"watch.window {w.window} is under watch.min_requests {w.min_requests}: no window that "

@@ -6,6 +6,7 @@ opened read-only: watching never writes to the ledger.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from datetime import datetime, timezone
@@ -24,19 +25,24 @@ def parse_time(value: str, now: float | None = None) -> float:
     """Unix seconds from ``1732406400``, an ISO 8601 time (``2026-11-24T01:00``, naive = UTC), or a
     duration before now (``90m``, ``24h``, ``7d``)."""
     v = value.strip()
+    unreadable = PotstillError(f"cannot read time {value!r}: use unix seconds, ISO 8601 (2026-11-24T01:00) "
+                               "or a duration before now (90m, 24h, 7d)")
     rel = _RELATIVE.match(v)
     if rel:
-        return (time.time() if now is None else now) - float(rel.group(1)) * _UNIT_S[rel.group(2)]
-    try:
-        return float(v)
-    except ValueError:
-        pass
-    try:
-        t = datetime.fromisoformat(v)
-    except ValueError:
-        raise PotstillError(f"cannot read time {value!r}: use unix seconds, ISO 8601 (2026-11-24T01:00) "
-                            "or a duration before now (90m, 24h, 7d)") from None
-    return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
+        t = (time.time() if now is None else now) - float(rel.group(1)) * _UNIT_S[rel.group(2)]
+    else:
+        try:
+            t = float(v)
+        except ValueError:
+            try:
+                d = datetime.fromisoformat(v)
+            except ValueError:
+                raise unreadable from None
+            t = (d if d.tzinfo else d.replace(tzinfo=timezone.utc)).timestamp()
+    # float() reads nan and inf too: `created_at >= nan` matches no row, and reads as a quiet time range.
+    if not math.isfinite(t):
+        raise unreadable
+    return t
 
 
 def read_traffic(ledger_path: Path, window: int, since: float | None = None, until: float | None = None,
