@@ -239,3 +239,34 @@ def test_an_escalation_the_client_cut_short_is_not_taken_as_the_teachers_answer(
         traffic = read_traffic(ledger, get_task(TaskConfig(type="freetext")), teacher_max_tokens=256)
     assert [r.output for r in traffic.escalated] == [whole, "Rain all week."]
     assert traffic.counts["escalated_cut"] == 3 and traffic.counts["escalated"] == 2
+
+
+def test_a_challenger_cut_short_is_neither_left_as_a_student_nor_reused(served_run, tmp_path, monkeypatch):
+    # Trained and saved into RUN/students/<id>/, then stopped during its int8 calibration (Ctrl-C, OOM):
+    # the rerun took that directory as "already trained on this data, reused", so the challenger was
+    # compared and promoted never calibrated (serve's int8 engine then runs it unsmoothed), with no
+    # training summary in its decision record; meanwhile it sat in students/ as a rollback target.
+    import potstill.train.stage
+    from potstill.redistill import redistill
+
+    run = tmp_path / "run"
+    shutil.copytree(served_run, run, symlinks=True, ignore=shutil.ignore_patterns("students", "redistill"))
+    if (run / "student").is_symlink():  # an earlier test promoted a challenger: serve the original again
+        (run / "student").unlink()
+        shutil.copytree(served_run / "students" / "original", run / "student")
+    champion = (run / "student").resolve()
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(potstill.train.stage, "calibrate_int8", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            redistill(run, _cfg(run))
+    assert (run / "student").resolve() == champion
+    left = [p for p in (run / "students").iterdir() if (p / "config.json").exists()] if (run / "students").exists() else []
+    assert left == [], left
+
+    rec = redistill(run, _cfg(run))
+    assert not rec["train"].get("reused") and rec["train"]["int8_calibration"] is not None
+    assert (run / "students" / rec["challenger_id"] / "int8_calibration.safetensors").exists()

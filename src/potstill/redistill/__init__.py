@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import gc
 import json
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -246,17 +248,25 @@ def _challenger_step(run_dir: Path, cfg: Config, task: Task, nd: _NewData,
     else:
         from potstill.train.trainer import train
 
+        # Trained and calibrated in RUN/redistill/<id>/, moved into students/ once whole: a challenger
+        # stopped half-way (in its calibration, say) is then neither reused by the rerun as "already
+        # trained" nor a student to roll back to. The path is fixed, so train.resume finds its checkpoints.
+        staging = nd.work / "student.training"
         lm = load_lm(cfg.student.model, device=cfg.train.device, num_layers=cfg.student.num_layers)
         train_summary = train(lm, student_format(lm, task), task, nd.data, nd.old_val, cfg.train,
-                              cfg.student.max_length, challenger, nd.work / "metrics.jsonl")
+                              cfg.student.max_length, staging, nd.work / "metrics.jsonl")
         train_summary["base_model"] = cfg.student.model
         if cfg.train.int8_calibration:  # as `potstill train` does for the champion
             from potstill.train.stage import calibrate_int8
 
-            train_summary["int8_calibration"] = calibrate_int8(cfg, challenger, lm, task, nd.data)
+            train_summary["int8_calibration"] = calibrate_int8(cfg, staging, lm, task, nd.data)
         write_json(nd.work / "train.json", train_summary)
         del lm
         gc.collect()
+        if challenger.exists():  # not a student (checked above): an empty leftover
+            shutil.rmtree(challenger)
+        challenger.parent.mkdir(exist_ok=True)
+        os.rename(staging, challenger)
     timings["train_s"] = time.perf_counter() - t0
     return challenger, train_summary
 
