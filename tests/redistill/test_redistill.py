@@ -270,3 +270,43 @@ def test_a_challenger_cut_short_is_neither_left_as_a_student_nor_reused(served_r
     rec = redistill(run, _cfg(run))
     assert not rec["train"].get("reused") and rec["train"]["int8_calibration"] is not None
     assert (run / "students" / rec["challenger_id"] / "int8_calibration.safetensors").exists()
+
+
+def _copy_original(served_run: Path, run: Path, *ignore: str) -> None:
+    shutil.copytree(served_run, run, symlinks=True, ignore=shutil.ignore_patterns("students", "redistill", *ignore))
+    if (run / "student").is_symlink():  # an earlier test promoted a challenger: serve the original again
+        (run / "student").unlink()
+        shutil.copytree(served_run / "students" / "original", run / "student")
+
+
+def test_failed_teacher_calls_are_named_not_passed_off_as_curation(served_run, tmp_path, capsys):
+    # The replay teacher has no answer for these inputs, as a teacher with a revoked key has none for any.
+    from potstill.errors import PotstillError
+    from potstill.redistill import redistill
+
+    unrecorded = sentences(NEW, 20, 7)
+    recorded = {json.loads(line)["messages"][0]["content"] for line in (served_run / "recorded.jsonl").open()}
+    unrecorded = [(t, topic) for t, topic in unrecorded if t not in recorded]
+    assert len(unrecorded) >= 10
+
+    # Every call failed: before, "no new training records left after curation (... rejected); serve more traffic".
+    bare = tmp_path / "bare"
+    _copy_original(served_run, bare, "calls.sqlite*")
+    serve_traffic(bare, unrecorded, force_student=True)
+    with pytest.raises(PotstillError) as e:
+        redistill(bare, _cfg(bare, **{"redistill.student_sample": 1.0}))
+    msg = str(e.value)
+    assert "\n" not in msg and f"{len(unrecorded)} of {len(unrecorded)} teacher calls failed" in msg, msg
+    assert "no recorded answer" in msg and "rerun" in msg
+    assert not (bare / "students").exists()
+
+    # Some failed: the challenger is trained on the rest, and one line says how many were left out
+    # (before: nothing said it, and the new-traffic test quietly lost that share of the traffic).
+    run = tmp_path / "run"
+    _copy_original(served_run, run)
+    serve_traffic(run, unrecorded, force_student=True)
+    capsys.readouterr()
+    rec = redistill(run, _cfg(run, **{"redistill.student_sample": 1.0}))
+    assert rec["teacher"]["errors"] == len(unrecorded)
+    lines = [line for line in capsys.readouterr().err.splitlines() if "teacher calls failed" in line]
+    assert len(lines) == 1 and f"{len(unrecorded)} of " in lines[0] and "left out" in lines[0], lines

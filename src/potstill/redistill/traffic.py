@@ -23,6 +23,7 @@ from potstill.errors import PotstillError
 from potstill.generate import label_records
 from potstill.hashing import hash_obj
 from potstill.ledger import Ledger
+from potstill.progress import say
 from potstill.records import Record
 from potstill.tasks import Task
 from potstill.teachers import RunStats, get_teacher
@@ -108,6 +109,15 @@ def label_sample(cfg: Config, traffic: Traffic, task: Task, ledger: Ledger) -> t
     if stats.budget_stopped:
         raise PotstillError(f"redistill: generate.budget_usd ${cfg.generate.budget_usd:g} reached after "
                             f"${stats.cost_usd:.4f}; answered requests are cached, raise the budget and rerun")
+    # Failed calls are not cached, so a rerun retries them. With none answered (a revoked key, a teacher
+    # that is down) the new data would be the escalations alone, and curation's "rejected" would hide why.
+    failed = [r.invalid_reason for r in labelled if (r.invalid_reason or "").startswith("teacher error")]
+    if failed and len(failed) == len(labelled):
+        raise PotstillError(f"redistill: {len(failed)} of {len(labelled)} teacher calls failed ({failed[0]}); "
+                            "nothing learnt from the student-answered traffic: fix the teacher and rerun")
+    if failed:
+        say(f"redistill: {len(failed)} of {len(labelled)} teacher calls failed ({failed[0]}); those requests are "
+            "left out of the new data, a rerun retries them")
     for r in labelled:
         r.meta.update(source="serve", answered_by="student")
     return labelled, stats
