@@ -122,3 +122,21 @@ class RunDir:
         else:
             entry.pop("untracked", None)
         write_json(self.manifest_path, m)
+
+
+CHALLENGER_TRAIN = "challenger_train.jsonl"  # RUN/redistill/<id>/: every record challenger <id> was trained on
+
+
+def student_train_path(run_dir: str | Path) -> Path:
+    """The records the student RUN/student names was trained on: RUN/train.jsonl, or, for a
+    challenger redistill promoted (RUN/students/<id>/), RUN/redistill/<id>/challenger_train.jsonl,
+    which adds the served traffic it learnt. Serve's out-of-distribution reference, watch's drift
+    reference and the next redistill's old data read it: with RUN/train.jsonl alone, the traffic a
+    promoted student learnt stayed "out of distribution" and went on to the teacher."""
+    run_dir = Path(run_dir)
+    student = (run_dir / "student").resolve()
+    if student.parent == (run_dir / "students").resolve():
+        kept = run_dir / "redistill" / student.name / CHALLENGER_TRAIN
+        if kept.is_file():
+            return kept
+    return run_dir / "train.jsonl"

@@ -13,7 +13,7 @@ import yaml
 from potstill.errors import PotstillError
 from potstill.ledger import Ledger
 from potstill.watch import parse_time, watch_run
-from tests.watch.test_hot_swap import _cfg, _run, _served
+from tests.watch.test_watch_after_swap import _cfg, _run, _served
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e999"])

@@ -43,6 +43,7 @@ from potstill.ledger import Ledger
 from potstill.models.loading import load_lm
 from potstill.progress import out, say
 from potstill.records import Record, read_records, write_json, write_jsonl
+from potstill.rundir import CHALLENGER_TRAIN, student_train_path
 from potstill.redistill.compare import compare, decide, scores
 from potstill.redistill.promote import current, switch
 from potstill.redistill.traffic import check_traffic, label_sample, read_traffic
@@ -202,7 +203,10 @@ def _curation_step(run_dir: Path, cfg: Config, traffic, sampled: list[Record], t
     """2. New records clear of the old splits, curated and split into new train / new-traffic test."""
     rc = cfg.redistill
     t0 = time.perf_counter()
-    old_train, old_val, frozen = (read_records(run_dir / f"{s}.jsonl") for s in ("train", "val", "test"))
+    # The champion's own training records: a promoted challenger's include the traffic it learnt, which
+    # the next challenger builds on rather than forgets (and which is not new data again).
+    old_train = read_records(student_train_path(run_dir))
+    old_val, frozen = (read_records(run_dir / f"{s}.jsonl") for s in ("val", "test"))
     tagged = [r.model_copy(update={"meta": {**r.meta, "_split": "test"}}) for r in frozen] + old_train + old_val
     kept, overlap = drop_overlap(tagged, traffic.escalated + sampled, cfg)
     ccfg = cfg.model_copy(update={"curate": cfg.curate.model_copy(update={
@@ -211,8 +215,9 @@ def _curation_step(run_dir: Path, cfg: Config, traffic, sampled: list[Record], t
     cur = curate(ccfg, kept)
     if not cur.train:
         raise PotstillError(f"redistill: no new training records left after curation ({overlap['overlap_frozen_test']} "
-                            f"overlap the frozen test, {overlap['overlap_train_val']} the old splits, "
-                            f"{len(cur.rejected)} rejected); serve more traffic")
+                            f"overlap the frozen test, {overlap['overlap_train_val']} the champion's training set or "
+                            f"val, {len(cur.test)} held out as the new-traffic test, {len(cur.rejected)} rejected); "
+                            "serve more traffic")
     if not cur.test:
         raise PotstillError(f"redistill: the new-traffic test is empty ({len(cur.train)} new records, "
                             f"redistill.new_test={rc.new_test:g}); serve more traffic or raise --new-test")
@@ -221,6 +226,7 @@ def _curation_step(run_dir: Path, cfg: Config, traffic, sampled: list[Record], t
                     "student": cfg.student.model_dump(), "task": cfg.task.model_dump()})[:12]
     work = run_dir / "redistill" / cid
     write_jsonl(work / "new_train.jsonl", cur.train)
+    write_jsonl(work / CHALLENGER_TRAIN, data)
     write_jsonl(work / "new_test.jsonl", cur.test)
     write_jsonl(work / "rejected.jsonl", cur.rejected)
     write_json(work / "card.json", cur.card)

@@ -31,6 +31,7 @@ from potstill.engines import section_engine
 from potstill.ledger import Ledger, ServedCall, user_messages
 from potstill.progress import bar, say
 from potstill.records import Record, read_records
+from potstill.rundir import student_train_path
 from potstill.serve.engine import Batcher, RefusedChat, ServedStudent, StudentAnswer, embed_all, first_stop
 from potstill.serve.routing import Routing, calibrate, ood_distance
 from potstill.tasks import Task, get_task
@@ -86,7 +87,7 @@ def reference_and_holdout(records: list[Record], n: int) -> tuple[list[Record], 
 def calibrate_run(run_dir: Path, cfg: Config, engine: ServedStudent, task: Task, force: bool = False) -> tuple[Routing, torch.Tensor]:
     """Routing thresholds and OOD reference embeddings for a run, cached in ``run_dir/serve/``."""
     s = cfg.serve
-    val_path, train_path = run_dir / "val.jsonl", run_dir / "train.jsonl"
+    val_path, train_path = run_dir / "val.jsonl", student_train_path(run_dir)  # a promoted challenger's, if so
     for p in (val_path, train_path):
         if not p.exists():
             raise PotstillError(f"{p} not found: serving calibrates on the run's splits (run `potstill curate` first)")

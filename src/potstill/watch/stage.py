@@ -2,7 +2,8 @@
 
 Three checks over the latest window of answered requests in RUN/calls.sqlite:
 1. input drift: the student's mean-pooled prompt embeddings (``TransformersEngine.embed``, the
-   same vectors serving uses for its OOD rule) of the window vs a sample of RUN/train.jsonl,
+   same vectors serving uses for its OOD rule) of the window vs a sample of the student's training
+   records (RUN/train.jsonl, or a promoted challenger's: ``rundir.student_train_path``),
    by an MMD permutation test (``stats.mmd_test``); flagged when p < alpha AND MMD >= min_effect;
 2. label-mix drift (classification): the labels served vs the teacher labels in train.jsonl,
    by a G-test; flagged when p < alpha AND total variation > label_tv_max;
@@ -30,6 +31,7 @@ from potstill.hashing import hash_file, hash_obj
 from potstill.models.loading import load_lm
 from potstill.progress import out, say
 from potstill.records import read_records, write_json, write_text
+from potstill.rundir import student_train_path
 from potstill.serve.engine import TransformersEngine, embed_all
 from potstill.tasks import get_task
 from potstill.watch.stats import escalation_trend, label_test, mmd_test
@@ -47,7 +49,7 @@ def reference_sample(train: list, w: WatchConfig) -> list:
 def reference_embeddings(run_dir: Path, engine: TransformersEngine, w: WatchConfig) -> tuple[torch.Tensor, list]:
     """Embeddings of ``w.reference_size`` training records drawn with ``w.seed``, and those
     records; cached in RUN/watch/reference.pt, redone when the student or train.jsonl changes."""
-    train_path = run_dir / "train.jsonl"
+    train_path = student_train_path(run_dir)  # a promoted challenger's own training set, new traffic included
     if not train_path.exists():
         raise PotstillError(f"{train_path} not found: watch compares traffic with the training inputs (run `potstill curate` first)")
     train = read_records(train_path)
