@@ -505,6 +505,12 @@ def main() -> None:
     """Entry point: usage errors are click's (message + exit 2); PotstillError is one red line, exit 2."""
     try:
         app()
+    except SystemExit as e:
+        if not e.code and "torch" in sys.modules:  # a command that ran under a launcher, done: end it cleanly
+            from potstill.train.distributed import shutdown
+
+            shutdown()
+        raise
     except PotstillError as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         sys.exit(2)

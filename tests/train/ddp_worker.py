@@ -67,5 +67,8 @@ if __name__ == "__main__":
     if mode == "other-teacher" and int(os.environ.get("RANK", "0")) == 1:
         teacher = student
     summary = run(student, teacher, out, 1 if mode == "one-example" else len(TEXTS))
+    from potstill.train.distributed import shutdown
+
+    shutdown()  # as the CLI does: left to the exit, a rank aborted now and then after the run had finished
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({"processes": summary["processes"], "steps": summary["steps"]}))

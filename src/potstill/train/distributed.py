@@ -168,3 +168,16 @@ def accelerator(cuda: bool, mixed_precision: str) -> Any:
         if state.get("_mixed_precision") != mixed_precision or (device is not None and (device.type == "cuda") != cuda):
             AcceleratorState._reset_state(reset_partial_state=True)
     return Accelerator(cpu=not cuda, mixed_precision=mixed_precision, fsdp_plugin=fsdp_plugin())
+
+
+def shutdown() -> None:
+    """Destroy the process group of a finished multi-process run (``torchrun``, ``accelerate launch``).
+
+    Left to the interpreter's exit, a rank of a run that had finished and saved aborted now and then
+    ("terminate called without an active exception", SIGABRT: gloo's threads torn down unjoined; 1 of
+    12 two-process CPU runs here), and the launcher reported the whole run as failed. ``potstill``'s
+    CLI calls this when a command succeeds; a script that calls ``train()`` under a launcher should
+    too. Nothing happens in a single process."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
