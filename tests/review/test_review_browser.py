@@ -11,6 +11,7 @@ import pytest
 from potstill.curate.stage import curate_stage
 from potstill.records import read_records
 from potstill.review.app import create_app
+from potstill.review.store import load_decisions
 from tests.helpers.live_server import LiveServer
 
 CHROMIUM = "/usr/bin/chromium"
@@ -69,3 +70,40 @@ def test_relabel_and_reject_by_keyboard_then_curate_applies_them(curated, tmp_pa
     assert "2 records reviewed: 0 accepted, 1 rejected, 1 relabelled" in (run / "card.md").read_text()
     after = sum(len(read_records(run / f"{s}.jsonl")) for s in ("train", "val", "test"))
     assert after == sum(len(v) for v in before.values()) - 1
+
+
+def _open(p, url: str):
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian's chromium is required (apt-get install -y chromium; scripts/install.sh --test does it)")
+    browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    page = browser.new_page(viewport={"width": 1100, "height": 720})
+    page.goto(url + "/")
+    page.wait_for_selector("body[data-ready='1']")
+    return browser, page
+
+
+def test_keys_pressed_faster_than_the_server_answers_each_judge_their_own_record(curated):
+    """A reviewer who presses a, r, a in quick succession means three records. The page moved on
+    only when the server answered, so the second key judged the first record again (its accept
+    silently became a reject), the third judged the second, and the third record had none."""
+    from playwright.sync_api import sync_playwright
+
+    run = Path(curated.run_dir)
+    with LiveServer(create_app(curated.run_dir, sample=9)) as served, sync_playwright() as p:
+        browser, page = _open(p, served.url)
+        ids = [it["id"] for it in page.evaluate("S.items")]
+        for key in ("a", "r", "a"):
+            page.keyboard.press(key)
+        page.wait_for_function("document.getElementById('progress').textContent === '3 / 9 reviewed'", timeout=10_000)
+        assert page.text_content("#rid") == ids[3]  # the page waits on the fourth record
+        # A held key repeats: only its first press decides.
+        page.evaluate("document.dispatchEvent(new KeyboardEvent('keydown', {key: 'r', repeat: true}))")
+        page.wait_for_timeout(300)
+        assert page.text_content("#rid") == ids[3] and page.text_content("#decision") == "not yet"
+        served.__exit__(None, None, None)  # the reviewer stopped the server: a decision is not saved, and says so
+        page.keyboard.press("a")
+        page.wait_for_function("document.getElementById('msg').textContent.includes('not saved')", timeout=10_000)
+        assert page.text_content("#rid") == ids[3] and page.text_content("#decision") == "not yet"
+        browser.close()
+    decided = load_decisions(run / "review.sqlite")
+    assert {k: v["decision"] for k, v in decided.items()} == {ids[0]: "accept", ids[1]: "reject", ids[2]: "accept"}

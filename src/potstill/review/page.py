@@ -33,7 +33,10 @@ PAGE = r"""<!doctype html>
  <div id="msg"></div>
 </div></main>
 <script>
-let S = null, i = 0;
+let S = null, i = 0, sending = Promise.resolve();
+// Decisions sent and not yet answered: the page moves on as a key is pressed, not when the server
+// answers, so a reviewer typing ahead judges the record on screen and never the previous one again.
+const pending = new Map();
 const $ = id => document.getElementById(id);
 function render() {
   const it = S.items[i], p = S.progress;
@@ -52,20 +55,36 @@ function render() {
     k.textContent = j + 1; s.append(k, " " + l); return s; }));
   document.body.dataset.ready = "1";
 }
-async function load() { S = await (await fetch("api/state")).json(); render(); }
-async function decide(decision, label) {
-  const it = S.items[i];
-  const r = await fetch("api/decisions", {method: "POST", headers: {"content-type": "application/json"},
-                                          body: JSON.stringify({id: it.id, decision, label})});
-  const body = await r.json();
-  if (!r.ok) { $("msg").textContent = body.error.message; return; }
-  $("msg").textContent = ""; S = body;
+function adopt(state) {  // the server's state, with the decisions still on their way laid over it
+  for (const it of state.items) if (pending.has(it.id)) it.decision = pending.get(it.id);
+  S = state;
+}
+async function load() { adopt(await (await fetch("api/state")).json()); render(); }
+function decide(decision, label) {
+  const it = S.items[i], d = {decision, label: label ?? null};
+  it.decision = d; pending.set(it.id, d); $("msg").textContent = "";
   const next = S.items.findIndex((x, j) => j > i && !x.decision);
   if (next >= 0) i = next; else if (i < S.items.length - 1) i++;
   render();
+  sending = sending.then(() => send(it.id, d));  // in order: a changed mind reaches the store last
+}
+async function send(id, d) {
+  let r = null, body = null;
+  try {
+    r = await fetch("api/decisions", {method: "POST", headers: {"content-type": "application/json"},
+                                      body: JSON.stringify({id, decision: d.decision, label: d.label})});
+    body = await r.json();
+  } catch (e) {}
+  if (pending.get(id) === d) pending.delete(id);
+  if (r && r.ok && body && body.items) { adopt(body); render(); return; }
+  // Not saved: say so, and show that record again as the server holds it.
+  $("msg").textContent = `record ${id} not saved: ` + (body?.error?.message ?? "the review server did not answer");
+  try { await load(); } catch (e) { const it = S.items.find(x => x.id === id); if (!pending.has(id)) it.decision = null; }
+  i = Math.max(0, S.items.findIndex(x => x.id === id)); render();
 }
 document.addEventListener("keydown", e => {
   if (!S || e.ctrlKey || e.metaKey || e.altKey) return;
+  if (e.repeat && /^[ar1-9]$/.test(e.key)) return;  // a decision key held down must not sweep through the records
   if (e.key === "a") decide("accept");
   else if (e.key === "r") decide("reject");
   else if (/^[1-9]$/.test(e.key) && S.labels[+e.key - 1]) decide("relabel", S.labels[+e.key - 1]);
