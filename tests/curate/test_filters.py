@@ -220,6 +220,25 @@ def test_an_accept_or_reject_of_another_answer_is_stale_after_the_teacher_change
     assert c.card["review_decisions"]["stale"] == 1
 
 
+def test_a_decision_for_a_record_teacher_jsonl_no_longer_holds_is_not_counted_as_applied():
+    # review.sqlite outlives teacher.jsonl: after a regenerate on new inputs (or a smaller
+    # data.limit) a decided record can be gone. The card counted its decision as applied: "2
+    # rejected" and a teacher error rate of 100% while one record was rejected.
+    records = [rec("Budget vote passes narrowly", "politics", id="a"),
+               rec("Ferrari on pole at Monza", "sports", id="b")]
+    decisions = {"a": {"decision": "reject", "label": None, "teacher_output": "politics"},
+                 "b": {"decision": "accept", "label": None, "teacher_output": "sports"},
+                 "gone": {"decision": "reject", "label": None, "teacher_output": "tech"}}
+    c = curate(cfg(), records, decisions)
+    assert [r.id for r in c.rejected] == ["a"] and c.card["counts"]["review_rejected"] == 1
+    review = c.card["review_decisions"]
+    assert (review["decisions"], review["accept"], review["reject"]) == (2, 1, 1)
+    assert review["teacher_error_rate"] == 0.5 and review["missing"] == 1
+    from potstill.curate import card_markdown
+
+    assert "1 decision not applied: their records are not in teacher.jsonl" in card_markdown(c.card)
+
+
 def test_a_decision_about_an_answer_fix_text_repaired_still_applies():
     # The page shows teacher.jsonl as it is; curate.fix_text repairs it before the review step.
     records = [rec("Summarise the report", "The cafÃ© raised prices.", id="a"),

@@ -121,10 +121,12 @@ def curate(cfg: Config, records: list[Record], decisions: dict[str, dict[str, An
     counts.update(real_added=n_real, train=len(train), val=len(val), test=len(test))
     rejected += real_rejected
 
-    # The card reports the decisions applied: a stale one judged another teacher's answer.
-    applied = {k: v for k, v in decisions.items() if k not in stale}
+    # The card reports the decisions applied: a stale one judged another teacher's answer, a
+    # missing one a record teacher.jsonl no longer holds (regenerated on other inputs).
+    present = set(shown)
+    applied = {k: v for k, v in decisions.items() if k not in stale and k in present}
     card = _card(cfg, counts, rejected, train, val, test, applied, accuracy, len(real or []), real_rejected,
-                 stale=len(decisions) - len(applied))
+                 stale=sum(k in stale for k in decisions), missing=sum(k not in present for k in decisions))
     card["text_hygiene"] = hygiene.card(len(records) + len(real))
     return Curated(train=train, val=val, test=test, rejected=rejected, card=card)
 
@@ -281,7 +283,7 @@ def _prepare_real(real: list[Record], task, c) -> tuple[list[Record], list[Recor
 
 def _card(cfg: Config, counts: dict[str, int], rejected: list[Record], train: list[Record], val: list[Record],
           test: list[Record], decisions: dict[str, dict[str, Any]], accuracy: dict[str, Any] | None,
-          n_real: int, real_rejected: list[Record], stale: int = 0) -> dict[str, Any]:
+          n_real: int, real_rejected: list[Record], stale: int = 0, missing: int = 0) -> dict[str, Any]:
     task = get_task(cfg.task)
     reasons = Counter((r.invalid_reason or "").split(":")[0] for r in rejected)
 
@@ -298,12 +300,14 @@ def _card(cfg: Config, counts: dict[str, int], rejected: list[Record], train: li
                         "license": cfg.curate.real_license, "labelled_by": "people (real labels)",
                         "records": n_real, "added_to_train": counts["real_added"]})
     review = None
-    if decisions or stale:
+    if decisions or stale or missing:
         kinds = Counter(d["decision"] for d in decisions.values())
         review = {"decisions": len(decisions), **{k: kinds.get(k, 0) for k in ("accept", "reject", "relabel")},
                   "teacher_error_rate": round(error_rate(decisions, task.parse) or 0.0, 4)}
         if stale:  # accepts and rejects of answers teacher.jsonl no longer holds: not applied
             review["stale"] = stale
+        if missing:  # decisions about records teacher.jsonl no longer holds: not applied
+            review["missing"] = missing
     c = cfg.curate
     return {
         "counts": counts,

@@ -57,7 +57,9 @@ def card_markdown(card: dict[str, Any]) -> str:
         lines += [f"{r['decisions']} records reviewed: {r['accept']} accepted, {r['reject']} rejected, "
                   f"{r['relabel']} relabelled; teacher error rate on the reviewed sample: {r['teacher_error_rate']:.1%}."
                   + (f" {r['stale']} accepts or rejects not applied: they judged answers teacher.jsonl no longer "
-                     "holds (generated again)." if r.get("stale") else ""), ""]
+                     "holds (generated again)." if r.get("stale") else "")
+                  + (f" {r['missing']} decision{'s' if r['missing'] != 1 else ''} not applied: their records are not "
+                     "in teacher.jsonl (generated again on other inputs)." if r.get("missing") else ""), ""]
     else:
         lines += ["none", ""]
     return "\n".join(lines)
