@@ -141,3 +141,27 @@ def test_a_tracker_that_fails_after_the_stage_is_logged_by_the_next_run(tmp_path
         (r,) = store.search_runs([store.get_experiment_by_name("potstill").experiment_id])
     assert r.info.run_name == "run/train" and r.data.params["train.lr"] == "0.01"
     assert r.data.metrics["final_loss"] == pytest.approx(first["final_loss"])
+
+
+def test_a_run_that_fails_half_logged_is_not_left_running_beside_the_retry(tmp_path, monkeypatch):
+    """An artifact store that refuses the upload (here a path under a file; an s3:// root without
+    boto3 alike) failed after the parameters were logged: the MLflow run stayed RUNNING for good,
+    and the retry the README promises added a second run of the stage beside it."""
+    from mlflow.entities import ViewType
+
+    from potstill import tracking
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train.json").write_text("{}")
+    (tmp_path / "blocker").write_text("a file where the artifact folder should be")
+    client = mlflow.MlflowClient(tracking_uri=(run / "mlruns").as_uri())
+    exp = client.create_experiment("potstill", artifact_location=(tmp_path / "blocker" / "artifacts").as_uri())
+    cfg = Config.model_validate({"run_dir": str(run), "task": {"type": "freetext"}, "tracking": ["mlflow"]})
+    assert tracking.log_stage(cfg, "train", {"train": {"lr": 0.01}}, {"final_loss": 1.0},
+                              artifacts=[run / "train.json"]) == ["mlflow"]
+    assert client.search_runs([exp]) == []  # nothing half-logged in the default (active) view
+    (gone,) = client.search_runs([exp], run_view_type=ViewType.DELETED_ONLY)
+    assert gone.info.status == "FAILED" and gone.data.params == {"train.lr": "0.01"}

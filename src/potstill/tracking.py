@@ -22,6 +22,7 @@ environment (``WANDB_MODE=offline`` works without an account). TensorBoard: even
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -121,20 +122,28 @@ def _mlflow(run: Run) -> str:
     exp_id = exp.experiment_id if exp else client.create_experiment("potstill")
     r = client.create_run(exp_id, run_name=f"{run.name}/{run.stage}", tags=run.tags)
     rid = r.info.run_id
-    now = int(time.time() * 1000)
-    params = [mlflow.entities.Param(k, v) for k, v in run.params.items()]
-    metrics = [mlflow.entities.Metric(k, v, now, 0) for k, v in run.metrics.items()]
-    for row in run.steps:
-        step = int(row["step"])
-        metrics += [mlflow.entities.Metric(k, v, now, step) for k, v in row.items() if k != "step"]
-    # One log_batch takes at most 100 params and 1000 metrics (the tracking server's limits).
-    for i in range(0, len(params), 100):
-        client.log_batch(rid, params=params[i : i + 100])
-    for i in range(0, len(metrics), 1000):
-        client.log_batch(rid, metrics=metrics[i : i + 1000])
-    for p in run.artifacts:
-        (client.log_artifacts if p.is_dir() else client.log_artifact)(rid, str(p))
-    client.set_terminated(rid)
+    try:
+        now = int(time.time() * 1000)
+        params = [mlflow.entities.Param(k, v) for k, v in run.params.items()]
+        metrics = [mlflow.entities.Metric(k, v, now, 0) for k, v in run.metrics.items()]
+        for row in run.steps:
+            step = int(row["step"])
+            metrics += [mlflow.entities.Metric(k, v, now, step) for k, v in row.items() if k != "step"]
+        # One log_batch takes at most 100 params and 1000 metrics (the tracking server's limits).
+        for i in range(0, len(params), 100):
+            client.log_batch(rid, params=params[i : i + 100])
+        for i in range(0, len(metrics), 1000):
+            client.log_batch(rid, metrics=metrics[i : i + 1000])
+        for p in run.artifacts:
+            (client.log_artifacts if p.is_dir() else client.log_artifact)(rid, str(p))
+        client.set_terminated(rid)
+    except BaseException:
+        # Half logged (its parameters, not its artifacts), the run would stay RUNNING for good beside
+        # the whole one the next run of the stage logs: failed and deleted (MlflowClient.restore_run undoes it).
+        with contextlib.suppress(Exception):
+            client.set_terminated(rid, "FAILED")
+            client.delete_run(rid)
+        raise
     return f"mlflow run {rid} at {uri}"
 
 
