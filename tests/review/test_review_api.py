@@ -156,3 +156,19 @@ def test_a_generated_answer_is_not_a_stratum_so_the_sample_is_not_alphabetical(t
     _, sample = load_run(run, 10)
     firsts = Counter(r.output[0] for r in sample)
     assert len(firsts) >= 5, firsts  # old code: ten answers all starting with "A"
+
+
+def test_a_review_sqlite_that_is_not_a_review_store_is_named(curated):
+    """A review.sqlite overwritten by something else: curate and review said 'SQLite: file is not a
+    database (a file that is not a potstill ledger?)', sending the user to calls.sqlite."""
+    run = Path(curated.run_dir)
+    junk = b"decisions exported by hand, not a database\n" * 40
+    (run / "review.sqlite").write_bytes(junk)
+    for args in (["curate", "--config", str(run / "potstill.yaml"), "--force"], ["review", str(run), "--port", "0"]):
+        out = subprocess.run([sys.executable, "-m", "potstill.cli", *args], capture_output=True, text=True,
+                             env={**os.environ}, timeout=120)
+        assert out.returncode == 2, (args, out.stderr)
+        assert out.stderr.strip().splitlines() == [
+            f"error: {run / 'review.sqlite'}: not a potstill review store (SQLite: file is not a database); "
+            "move it aside"], (args, out.stderr)
+    assert (run / "review.sqlite").read_bytes() == junk

@@ -35,7 +35,13 @@ class ReviewStore:
         # Rollback journal (not WAL): after a commit the whole state is in this one file, so the
         # curate stage's content hash of it sees every decision.
         self.db = sqlite3.connect(self.path, check_same_thread=False)
-        apply_migrations(self.db, MIGRATIONS)
+        try:
+            apply_migrations(self.db, MIGRATIONS)
+        except sqlite3.DatabaseError as e:  # another file in its place: say which, and leave it as it is
+            self.db.close()
+            if isinstance(e, sqlite3.OperationalError):  # locked, disk full, ...: not about what the file is
+                raise
+            raise PotstillError(f"{self.path}: not a potstill review store (SQLite: {e}); move it aside") from None
 
     def __enter__(self) -> "ReviewStore":
         return self
