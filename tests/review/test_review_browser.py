@@ -107,3 +107,26 @@ def test_keys_pressed_faster_than_the_server_answers_each_judge_their_own_record
         browser.close()
     decided = load_decisions(run / "review.sqlite")
     assert {k: v["decision"] for k, v in decided.items()} == {ids[0]: "accept", ids[1]: "reject", ids[2]: "accept"}
+
+
+def test_a_free_text_answer_is_shown_as_written(tmp_path):
+    """A summary's lines ran together in one bold line ("- rates rise - jobs fall"), and an unbroken
+    run of characters (a URL, base64) pushed the page sideways past the window; markup in an
+    answer is shown as text, not run."""
+    from playwright.sync_api import sync_playwright
+
+    from potstill.config import Config
+    from potstill.records import Record, write_jsonl
+
+    run = tmp_path / "run"
+    answer = "- rates rise\n- jobs <b>fall</b><script>document.title = 'ran'</script>\n- source: " + "x9" * 600
+    url = "https://example.org/" + "a1b2c3" * 400
+    write_jsonl(run / "teacher.jsonl", [Record(id="r1", messages=[{"role": "user", "content": f"Summarise {url}"}],
+                                               output=answer, valid=True)])
+    curate_stage(Config(run_dir=str(run), task={"type": "freetext"}, curate={"val": 0, "test": 0}))
+    with LiveServer(create_app(run, sample=1)) as served, sync_playwright() as p:
+        browser, page = _open(p, served.url)
+        assert page.inner_text("#output") == answer
+        assert page.title() == "potstill review"
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        browser.close()

@@ -10,9 +10,10 @@ PAGE = r"""<!doctype html>
  #fill{height:100%;background:#8fd18f;width:0}
  main{max-width:860px;margin:24px auto;padding:0 24px}
  .card{background:#fff;border-radius:8px;padding:20px 24px;box-shadow:0 1px 3px #0002}
- #text{white-space:pre-wrap;font-size:18px;margin:8px 0 16px}
+ #text{white-space:pre-wrap;overflow-wrap:anywhere;font-size:18px;margin:8px 0 16px}
  .row{display:flex;gap:12px;align-items:baseline;margin:6px 0} .k{color:#777;width:120px;flex:none}
- #output{font-weight:700;font-size:18px} .dec{padding:2px 10px;border-radius:12px;font-weight:600}
+ .row>span:not(.k){min-width:0;overflow-wrap:anywhere}
+ #output{font-weight:700;font-size:18px;white-space:pre-wrap} .dec{padding:2px 10px;border-radius:12px;font-weight:600}
  .accept{background:#d8f0d8} .reject{background:#f6d4d4} .relabel{background:#f3e6c4}
  #keys{margin-top:18px;color:#555} kbd{background:#eee;border:1px solid #bbb;border-radius:4px;padding:0 6px;font-size:14px}
  #labels span{margin-right:14px} #msg{color:#a33;min-height:1.5em}
