@@ -83,7 +83,8 @@ def test_stage_writes_card_and_a_review_decision_reruns_it(tmp_path):
     rejected = {r.id: r.invalid_reason for r in read_records(run / "rejected.jsonl")}
     assert rejected[target.id] == "review: rejected by a reviewer"
     card = json.loads((run / "card.json").read_text())
-    assert card["review_decisions"] == {"decisions": 1, "accept": 0, "reject": 1, "relabel": 0, "teacher_error_rate": 1.0}
+    assert card["review_decisions"] == {"decisions": 1, "accept": 0, "reject": 1, "relabel": 0, "edit": 0,
+                                      "teacher_error_rate": 1.0}
 
 
 def test_stage_fails_in_one_line_and_writes_nothing_when_nothing_is_left(tmp_path):

@@ -66,7 +66,8 @@ def test_relabel_and_reject_by_keyboard_then_curate_applies_them(curated, tmp_pa
     assert split != "rejected" and rec.output == new_label and rec.meta["teacher_output"] == first_out
     assert rec.id in before[split]  # a relabel keeps the record's stratum, so its split
     card = json.loads((run / "card.json").read_text())
-    assert card["review_decisions"] == {"decisions": 2, "accept": 0, "reject": 1, "relabel": 1, "teacher_error_rate": 1.0}
+    assert card["review_decisions"] == {"decisions": 2, "accept": 0, "reject": 1, "relabel": 1, "edit": 0,
+                                        "teacher_error_rate": 1.0}
     assert "2 records reviewed: 0 accepted, 1 rejected, 1 relabelled" in (run / "card.md").read_text()
     after = sum(len(read_records(run / f"{s}.jsonl")) for s in ("train", "val", "test"))
     assert after == sum(len(v) for v in before.values()) - 1

@@ -4,8 +4,8 @@ In order, each step counted in the dataset card:
 
 0. Text hygiene: encoding damage (mojibake) in inputs and teacher outputs, counted, and
    repaired when ``curate.fix_text`` is on (see ``potstill.curate.text``).
-1. Review: a reviewer's reject removes a record, a relabel replaces the teacher's answer
-   (decisions from ``potstill review``, in ``review.sqlite``); a decision also holds for the
+1. Review: a reviewer's reject removes a record, a relabel or an edit replaces the teacher's
+   answer (decisions from ``potstill review``, in ``review.sqlite``); a decision also holds for the
    exact duplicates of its input, whichever copy dedup keeps.
 2. Validation: the task's check (label set; JSON Schema with the failing path) and the length
    and format rules of ``curate``. Invalid records go to ``rejected.jsonl`` with the reason.
@@ -54,18 +54,22 @@ def _reject(rec: Record, reason: str) -> Record:
     return out
 
 
-def _apply_review(rec: Record, d: dict[str, Any], labels: list[str]) -> Record:
+def _apply_review(rec: Record, d: dict[str, Any], labels: list[str], task) -> Record:
+    """A relabel puts the reviewer's label in place of the teacher's answer, an edit their
+    corrected text (the validation step then checks it as it checks a teacher's)."""
     rec = rec.model_copy(deep=True)
     rec.meta["review"] = d["decision"]
-    if d["decision"] == "relabel":
+    if d["decision"] in ("relabel", "edit"):
+        answer = d["label"] if d["decision"] == "relabel" else d["output"]
         rec.meta["teacher_output"] = rec.output
         # The token log-probs are the teacher's for its own answer: token-level KD would pull the
         # student back to the answer the reviewer corrected.
-        rec.output, rec.samples, rec.logprobs = d["label"], None, None
-        if rec.label_probs is not None and labels:
+        rec.output, rec.samples, rec.logprobs = answer, None, None
+        label = answer if d["decision"] == "relabel" else task.parse(answer)
+        if rec.label_probs is not None and labels and label in labels:
             # The reviewer is certain: the soft label becomes one-hot, so KD does not pull back
             # towards the teacher's mistake.
-            rec.label_probs = {lab: float(lab == d["label"]) for lab in labels}
+            rec.label_probs = {lab: float(lab == label) for lab in labels}
     return rec
 
 
@@ -74,10 +78,10 @@ def _train_on_real_answer(rec: Record, labels: list[str]) -> Record:
 
     As a reviewer's relabel: the teacher's answer moves to ``meta.teacher_output``, the soft
     label becomes one-hot, and the teacher's token log-probs (of its own answer) are dropped. A
-    reviewer's relabel of this very record outranks it.
+    reviewer's relabel or edit of this very record outranks it.
     """
     answer = rec.meta.get("real_output")
-    if answer is None or rec.meta.get("review") == "relabel" or answer == rec.output:
+    if answer is None or rec.meta.get("review") in ("relabel", "edit") or answer == rec.output:
         return rec
     rec = rec.model_copy(deep=True)
     rec.meta["teacher_output"] = rec.output
@@ -155,17 +159,17 @@ def _share_decisions(records: list[Record], decisions: dict[str, dict[str, Any]]
 
 def _review_step(records: list[Record], decisions: dict[str, dict[str, Any]], shown: dict[str, str | None], task,
                  labels: list[str], rejected: list[Record]) -> tuple[list[Record], set[str]]:
-    """1. A reviewer's reject removes a record; a relabel replaces the teacher's answer.
+    """1. A reviewer's reject removes a record; a relabel or an edit replaces the teacher's answer.
 
     An accept or reject judged one answer: when the record now gives another (teacher.jsonl was
     generated again, by another teacher), it is stale and not applied; a relabel names the
-    input's label and always holds. ``shown``: each record's answer before ``fix_text`` repaired
+    input's label and an edit the input's answer, and they always hold. ``shown``: each record's answer before ``fix_text`` repaired
     it, the one the reviewer saw. Returns the kept records and the ids of stale decisions.
     """
     kept, stale = [], set()
     for r in records:
         d = decisions.get(r.id)
-        if d is not None and d["decision"] != "relabel" and d.get("teacher_output") is not None \
+        if d is not None and d["decision"] not in ("relabel", "edit") and d.get("teacher_output") is not None \
                 and task.parse(d["teacher_output"]) != task.parse(shown.get(r.id) or ""):
             d = None
             stale.add(r.id)
@@ -174,7 +178,7 @@ def _review_step(records: list[Record], decisions: dict[str, dict[str, Any]], sh
         elif d["decision"] == "reject":
             rejected.append(_reject(r, "review: rejected by a reviewer"))
         else:
-            kept.append(_apply_review(r, d, labels))
+            kept.append(_apply_review(r, d, labels, task))
     return kept, stale
 
 
@@ -302,7 +306,7 @@ def _card(cfg: Config, counts: dict[str, int], rejected: list[Record], train: li
     review = None
     if decisions or stale or missing:
         kinds = Counter(d["decision"] for d in decisions.values())
-        review = {"decisions": len(decisions), **{k: kinds.get(k, 0) for k in ("accept", "reject", "relabel")},
+        review = {"decisions": len(decisions), **{k: kinds.get(k, 0) for k in ("accept", "reject", "relabel", "edit")},
                   "teacher_error_rate": round(error_rate(decisions, task.parse) or 0.0, 4)}
         if stale:  # accepts and rejects of answers teacher.jsonl no longer holds: not applied
             review["stale"] = stale
@@ -312,7 +316,7 @@ def _card(cfg: Config, counts: dict[str, int], rejected: list[Record], train: li
     return {
         "counts": counts,
         "rejected_reasons": dict(reasons),
-        # The teacher's own answers: a reviewer's relabel or a person's label keeps it in meta.teacher_output.
+        # The teacher's own answers: a reviewer's relabel or edit, or a person's label, keeps it in meta.teacher_output.
         "teacher_label_distribution": dict(Counter(str(task.parse(r.meta.get("teacher_output", r.output) or ""))
                                                    for r in train + val + test
                                                    if r.meta.get("source") != "real")) if cfg.task.labels else None,
@@ -321,7 +325,9 @@ def _card(cfg: Config, counts: dict[str, int], rejected: list[Record], train: li
         "teacher": {"type": cfg.teacher.type, "model": cfg.teacher.model, "terms_of_use": cfg.teacher.terms or "not given"},
         "inputs": {"path": cfg.data.inputs, "source": cfg.data.source, "license": cfg.data.license},
         "sources": sources,
-        "task": {"type": cfg.task.type, "labels": cfg.task.labels, "instruction": cfg.task.instruction},
+        # json_schema: what the data was validated against, and what `potstill review` checks an edit by.
+        "task": {"type": cfg.task.type, "labels": cfg.task.labels, "instruction": cfg.task.instruction,
+                 "json_schema": cfg.task.json_schema},
         "filters": {"dedup": c.dedup, "near_dup": c.near_dup, "near_dup_threshold": c.near_dup_threshold,
                     "min_agreement": c.min_agreement, "min_output_chars": c.min_output_chars,
                     "max_output_chars": c.max_output_chars, "output_regex": c.output_regex},

@@ -55,7 +55,7 @@ def card_markdown(card: dict[str, Any]) -> str:
     lines += ["## Review decisions", ""]
     if r:
         lines += [f"{r['decisions']} records reviewed: {r['accept']} accepted, {r['reject']} rejected, "
-                  f"{r['relabel']} relabelled; teacher error rate on the reviewed sample: {r['teacher_error_rate']:.1%}."
+                  f"{r['relabel']} relabelled, {r.get('edit', 0)} edited; teacher error rate on the reviewed sample: {r['teacher_error_rate']:.1%}."
                   + (f" {r['stale']} accepts or rejects not applied: they judged answers teacher.jsonl no longer "
                      "holds (generated again)." if r.get("stale") else "")
                   + (f" {r['missing']} decision{'s' if r['missing'] != 1 else ''} not applied: their records are not "

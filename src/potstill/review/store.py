@@ -1,6 +1,7 @@
 """Review decisions in SQLite (``review.sqlite`` in the run directory), read by the next `curate`.
 
-One row per record id: the latest decision wins, so a reviewer can change their mind. The file
+One row per record id: the latest decision wins, so a reviewer can change their mind. An
+``edit`` (a task without a label set) keeps the reviewer's corrected answer in ``output``. The file
 lives beside ``calls.sqlite`` rather than inside it because the curate stage fingerprints it: a
 new decision reruns curate, while teacher traffic does not.
 """
@@ -15,7 +16,7 @@ from typing import Any, Callable
 from potstill.errors import PotstillError
 from potstill.ledger import apply_migrations
 
-DECISIONS = ("accept", "reject", "relabel")
+DECISIONS = ("accept", "reject", "relabel", "edit")
 
 # Numbered and append-only, applied like the ledger's (``potstill.ledger.apply_migrations``).
 MIGRATIONS = [
@@ -26,6 +27,21 @@ MIGRATIONS = [
         teacher_output TEXT,
         decided_at TEXT NOT NULL
     )""",
+    # 2. ``edit``: the CHECK names the decisions, and SQLite cannot alter a CHECK, so the table is
+    # rebuilt with its rows (in the migration's one transaction: a crash leaves the old table).
+    """CREATE TABLE decisions_v2 (
+        record_id TEXT PRIMARY KEY,
+        decision TEXT NOT NULL CHECK (decision IN ('accept', 'reject', 'relabel', 'edit')),
+        label TEXT,
+        teacher_output TEXT,
+        decided_at TEXT NOT NULL,
+        output TEXT,
+        CHECK ((decision = 'edit') = (output IS NOT NULL))
+    );
+    INSERT INTO decisions_v2 (record_id, decision, label, teacher_output, decided_at)
+        SELECT record_id, decision, label, teacher_output, decided_at FROM decisions;
+    DROP TABLE decisions;
+    ALTER TABLE decisions_v2 RENAME TO decisions;""",
 ]
 
 
@@ -52,23 +68,29 @@ class ReviewStore:
     def close(self) -> None:
         self.db.close()
 
-    def decide(self, record_id: str, decision: str, label: str | None = None, teacher_output: str | None = None) -> None:
+    def decide(self, record_id: str, decision: str, label: str | None = None, teacher_output: str | None = None,
+               output: str | None = None) -> None:
+        """``output``: an edit's corrected answer (the caller has validated it against the task)."""
         if decision not in DECISIONS:
             raise PotstillError(f"decision must be one of {', '.join(DECISIONS)}, got {decision!r}")
         if decision == "relabel" and not label:
             raise PotstillError("a relabel decision needs the new label")
+        if decision == "edit" and output is None:
+            raise PotstillError("an edit decision needs the corrected answer")
         with self.db:
             self.db.execute(
-                "INSERT INTO decisions (record_id, decision, label, teacher_output, decided_at) VALUES (?, ?, ?, ?, ?) "
+                "INSERT INTO decisions (record_id, decision, label, teacher_output, decided_at, output) "
+                "VALUES (?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT(record_id) DO UPDATE SET decision=excluded.decision, label=excluded.label, "
-                "teacher_output=excluded.teacher_output, decided_at=excluded.decided_at",
+                "teacher_output=excluded.teacher_output, decided_at=excluded.decided_at, output=excluded.output",
                 (record_id, decision, label if decision == "relabel" else None, teacher_output,
-                 time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())),
+                 time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), output if decision == "edit" else None),
             )
 
     def decisions(self) -> dict[str, dict[str, Any]]:
-        rows = self.db.execute("SELECT record_id, decision, label, teacher_output, decided_at FROM decisions")
-        return {r[0]: {"decision": r[1], "label": r[2], "teacher_output": r[3], "decided_at": r[4]} for r in rows}
+        rows = self.db.execute("SELECT record_id, decision, label, teacher_output, decided_at, output FROM decisions")
+        return {r[0]: {"decision": r[1], "label": r[2], "teacher_output": r[3], "decided_at": r[4], "output": r[5]}
+                for r in rows}
 
 
 def load_decisions(path: str | Path) -> dict[str, dict[str, Any]]:
@@ -81,21 +103,24 @@ def load_decisions(path: str | Path) -> dict[str, dict[str, Any]]:
 
 
 def error_rate(decisions: dict[str, dict[str, Any]], parse: Callable[[str], Any] | None = None) -> float | None:
-    """Share of reviewed records where the teacher was wrong: rejected, or relabelled to another label.
+    """Share of reviewed records where the teacher was wrong: rejected, relabelled to another
+    label, or edited to another answer.
 
     A relabel to the label the teacher already gave (``parse`` reads it from the stored teacher
     output, "Sports." naming sports) confirms the teacher: a reviewer labelling by number key
-    presses the right label whatever the teacher said.
+    presses the right label whatever the teacher said. So does an edit that the task reads as the
+    teacher's answer (JSON with other spacing, a summary with a line break moved).
     """
     if not decisions:
         return None
 
     def wrong(d: dict[str, Any]) -> bool:
-        if d["decision"] != "relabel":
+        if d["decision"] not in ("relabel", "edit"):
             return d["decision"] == "reject"
         said = d.get("teacher_output")
         if said is None:
             return True
-        return (parse(said) if parse is not None else said.strip()) != d["label"]
+        read = parse if parse is not None else str.strip
+        return read(said) != (d["label"] if d["decision"] == "relabel" else read(d.get("output") or ""))
 
     return sum(wrong(d) for d in decisions.values()) / len(decisions)
