@@ -46,3 +46,105 @@ def test_an_edit_is_a_teacher_error_unless_the_task_reads_it_as_the_teachers_ans
                  "b": {"decision": "edit", "label": None, "teacher_output": said, "output": '{"total": 1200,\n "name": "Acme"}'},
                  "c": {"decision": "accept", "label": None, "teacher_output": said, "output": None}}
     assert error_rate(decisions, json.loads) == 1 / 3
+
+
+SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}, "total": {"type": "number"}},
+          "required": ["name", "total"], "additionalProperties": False}
+
+
+def extraction_run(tmp_path):
+    """A curated extraction run: twelve invoices, the teacher's totals off by 10 on each."""
+    from potstill.config import Config
+    from potstill.curate.stage import curate_stage
+    from potstill.records import Record, write_jsonl
+
+    run = tmp_path / "run"
+    names = ["Acme", "Bolt", "Crane", "Dyno", "Echo", "Flux", "Gale", "Hive", "Iris", "Jade", "Kite", "Lumen"]
+    write_jsonl(run / "teacher.jsonl", [
+        Record(id=f"inv-{i}", messages=[{"role": "user", "content": f"Invoice {i} from {n} Ltd, total {100 * i + 5}.00"}],
+               output=f'{{"name": "{n} Ltd", "total": {100 * i + 15}}}', valid=True) for i, n in enumerate(names)])
+    cfg = Config(run_dir=str(run), task={"type": "extraction", "json_schema": SCHEMA},
+                 curate={"val": 0, "test": 0, "near_dup": False, "max_output_chars": 120})
+    curate_stage(cfg)
+    return cfg
+
+
+def test_an_edit_is_checked_by_the_task_stored_and_applied_by_curate(tmp_path):
+    import json
+    from pathlib import Path
+
+    import httpx
+
+    from potstill.curate.stage import curate_stage
+    from potstill.records import read_records
+    from potstill.review.app import create_app
+    from potstill.review.store import load_decisions
+    from tests.helpers.live_server import LiveServer
+
+    cfg = extraction_run(tmp_path)
+    run = Path(cfg.run_dir)
+    with LiveServer(create_app(run, sample=6)) as served:
+        state = httpx.get(served.url + "/api/state").json()
+        assert state["labels"] == []
+        item = state["items"][0]
+        said = json.loads(item["output"])
+        fixed = json.dumps({**said, "total": said["total"] - 10})
+
+        refused = [  # (corrected answer, message): curate would set each aside, so the server says why now
+            ('{"name": "Acme Ltd", "total": ', "output: invalid JSON: Expecting value at column 30"),
+            (json.dumps({**said, "total": "1,250.00"}), "output: schema violation at total: '1,250.00' is not of type 'number'"),
+            (json.dumps({**said, "notes": "x" * 200}), "output: schema violation at (root): Additional properties are not "
+                                                        "allowed ('notes' was unexpected)"),
+            (json.dumps({**said, "name": "x" * 120}), f"output: too long: {len(json.dumps({**said, 'name': 'x' * 120}))} "
+                                                       "> 120 characters"),
+        ]
+        for text, message in refused:
+            r = httpx.post(served.url + "/api/decisions", json={"id": item["id"], "decision": "edit", "output": text})
+            assert r.status_code == 400, (text, r.text)
+            assert r.json()["error"] == {"message": message, "type": "invalid_request_error", "param": "output",
+                                         "code": "invalid_output"}
+        r = httpx.post(served.url + "/api/decisions", json={"id": item["id"], "decision": "edit"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "output"
+        assert load_decisions(run / "review.sqlite") == {}  # nothing refused was stored
+
+        r = httpx.post(served.url + "/api/decisions", json={"id": item["id"], "decision": "edit", "output": fixed})
+        assert r.status_code == 200, r.text
+        assert r.json()["items"][0]["decision"]["output"] == fixed
+        assert r.json()["progress"] == {"reviewed": 1, "total": 6, "teacher_error_rate": 1.0}
+        # an edit the task reads as the teacher's answer (other spacing) confirms the teacher
+        other = state["items"][1]
+        same = json.dumps(json.loads(other["output"]), indent=2)
+        r = httpx.post(served.url + "/api/decisions", json={"id": other["id"], "decision": "edit", "output": same})
+        assert r.json()["progress"]["teacher_error_rate"] == 0.5
+    stored = load_decisions(run / "review.sqlite")[item["id"]]
+    assert (stored["decision"], stored["output"], stored["teacher_output"]) == ("edit", fixed, item["output"])
+
+    assert not curate_stage(cfg)["skipped"]  # review.sqlite changed: curate runs again and applies the edit
+    rec = next(r for r in read_records(run / "train.jsonl") if r.id == item["id"])
+    assert json.loads(rec.output) == json.loads(fixed) and rec.meta["teacher_output"] == item["output"]
+    card = json.loads((run / "card.json").read_text())["review_decisions"]
+    assert (card["edit"], card["teacher_error_rate"]) == (2, 0.5)
+
+
+def test_an_edit_is_refused_where_the_answer_is_a_label_and_old_cards_still_check_the_schema(tmp_path, served):
+    import json
+
+    import httpx
+
+    from potstill.review.app import create_app
+    from tests.helpers.live_server import LiveServer
+
+    item = httpx.get(served.url + "/api/state").json()["items"][0]
+    r = httpx.post(served.url + "/api/decisions", json={"id": item["id"], "decision": "edit", "output": "tech"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "decision"
+    assert "relabel" in r.json()["error"]["message"]
+
+    # A card curated before it named the JSON Schema: RUN/potstill.yaml still does.
+    run = extraction_run(tmp_path / "old").run_dir
+    card = json.loads((tmp_path / "old" / "run" / "card.json").read_text())
+    del card["task"]["json_schema"]
+    (tmp_path / "old" / "run" / "card.json").write_text(json.dumps(card))
+    with LiveServer(create_app(run, sample=2)) as old:
+        item = httpx.get(old.url + "/api/state").json()["items"][0]
+        r = httpx.post(old.url + "/api/decisions", json={"id": item["id"], "decision": "edit", "output": '{"name": 1}'})
+        assert r.status_code == 400 and r.json()["error"]["message"].startswith("output: schema violation"), r.text

@@ -8,12 +8,14 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import yaml
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel
 
-from potstill.config import TaskConfig
+from potstill.config import CurateConfig, TaskConfig
+from potstill.curate.checks import output_problem
 from potstill.errors import PotstillError
 from potstill.records import read_records
 from potstill.review.page import PAGE
@@ -26,6 +28,7 @@ class Decision(BaseModel):
     id: str
     decision: str
     label: str | None = None
+    output: str | None = None  # an edit's corrected answer
 
 
 def _error(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
@@ -48,12 +51,32 @@ def load_run(run_dir: str | Path, sample: int, seed: int = 0) -> tuple[list[str]
     return labels, records
 
 
+def load_checks(run_dir: str | Path) -> tuple[Any, CurateConfig]:
+    """(task, curate's rules) as the run's last curate validated teacher outputs: an edited answer
+    passes the same checks, so the server refuses one that curate would set aside.
+
+    card.json holds the task and the rules; a card written before it held ``json_schema`` leaves
+    the schema to RUN/potstill.yaml, the settings the stages last ran with.
+    """
+    run = Path(run_dir)
+    card = json.loads((run / "card.json").read_text())
+    task = dict(card.get("task") or {})
+    if task.get("type") == "extraction" and not task.get("json_schema") and (run / "potstill.yaml").exists():
+        saved = yaml.safe_load((run / "potstill.yaml").read_text()) or {}
+        task["json_schema"] = ((saved.get("task") or {}) if isinstance(saved, dict) else {}).get("json_schema")
+    f = card.get("filters") or {}
+    rules = CurateConfig(**{k: f[k] for k in ("min_output_chars", "max_output_chars", "output_regex") if k in f})
+    return get_task(TaskConfig(**{k: v for k, v in task.items() if v is not None})), rules
+
+
 def create_app(run_dir: str | Path, sample: int = 60, seed: int = 0) -> FastAPI:
     run = Path(run_dir)
     labels, records = load_run(run, sample, seed)
+    task, rules = load_checks(run)
     by_id = {r.id: r for r in records}
-    # The label a stored teacher output names, as curate reads it (a relabel to it is no teacher error).
-    parse = get_task(TaskConfig(type="classification", labels=labels)).parse if len(labels) >= 2 else None
+    # The answer a stored teacher output gives, as curate reads it (a relabel to its label, an edit
+    # to an answer the task reads the same, is no teacher error).
+    parse = task.parse
     store = ReviewStore(run / "review.sqlite")
     lock = threading.Lock()
     @contextlib.asynccontextmanager
@@ -101,8 +124,17 @@ def create_app(run_dir: str | Path, sample: int = 60, seed: int = 0) -> FastAPI:
         if body.decision == "relabel" and body.label not in labels:
             return _error(400, f"label must be one of {', '.join(labels) or '(no label set: relabel needs one)'}",
                           "label", "invalid_label")
+        if body.decision == "edit":
+            if labels:  # the answer is a label: a relabel names it, and keeps the soft label one-hot
+                return _error(400, "this task has a label set: relabel the record instead of editing its answer",
+                              "decision", "invalid_decision")
+            if body.output is None:
+                return _error(400, "output: an edit needs the corrected answer", "output", "invalid_output")
+            problem = output_problem(body.output, task, rules)
+            if problem is not None:  # curate would set it aside: say why now, while the reviewer can fix it
+                return _error(400, f"output: {problem}", "output", "invalid_output")
         with lock:
-            store.decide(rec.id, body.decision, body.label, rec.output)
+            store.decide(rec.id, body.decision, body.label, rec.output, body.output)
         return state()
 
     return app
@@ -114,6 +146,6 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8765, sample
 
     app = create_app(run_dir, sample, seed)
     sock = listen.bind(host, port)
-    say(f"review: http://{host}:{listen.url_port(sock)}/  (a accept, r reject, 1-9 relabel, arrows move; Ctrl+C to "
+    say(f"review: http://{host}:{listen.url_port(sock)}/  (a accept, r reject, 1-9 relabel, e edit, arrows move; Ctrl+C to "
         "stop, then `potstill curate` applies the decisions)")
     listen.run(app, sock)
