@@ -148,3 +148,69 @@ def test_an_edit_is_refused_where_the_answer_is_a_label_and_old_cards_still_chec
         item = httpx.get(old.url + "/api/state").json()["items"][0]
         r = httpx.post(old.url + "/api/decisions", json={"id": item["id"], "decision": "edit", "output": '{"name": 1}'})
         assert r.status_code == 400 and r.json()["error"]["message"].startswith("output: schema violation"), r.text
+
+
+def test_a_reviewer_corrects_one_field_by_keyboard_and_typing_decides_nothing(tmp_path):
+    """In headless Chromium: e opens the teacher's answer in an editor; the letters typed there (a,
+    r, e, j, k: decision and move keys) are text; a correction the schema refuses stays open with
+    the reason; Ctrl+Enter saves, the page moves on, and curate trains on the corrected answer."""
+    import json
+    from pathlib import Path
+
+    from playwright.sync_api import sync_playwright
+
+    from potstill.curate.stage import curate_stage
+    from potstill.records import read_records
+    from potstill.review.app import create_app
+    from potstill.review.store import load_decisions
+    from tests.helpers.live_server import LiveServer
+    from tests.review.test_review_browser import _open
+
+    cfg = extraction_run(tmp_path)
+    run = Path(cfg.run_dir)
+    with LiveServer(create_app(run, sample=6)) as served, sync_playwright() as p:
+        browser, page = _open(p, served.url)
+        assert page.is_hidden("#relabelkeys") and page.is_visible("#editkey")
+        first, said = page.text_content("#rid"), page.text_content("#output")
+        page.keyboard.press("e")
+        page.wait_for_selector("#edittext:focus")
+        assert page.input_value("#edittext") == said  # the teacher's answer, not an "e" typed into it
+
+        bad = json.dumps({**json.loads(said), "name": "Jake Parker", "total": "1,205.00"})
+        page.keyboard.press("Control+a")
+        page.keyboard.type(bad)
+        page.keyboard.press("ArrowLeft")  # moves the caret, not the record
+        assert page.text_content("#rid") == first and page.text_content("#progress") == "0 / 6 reviewed"
+        page.keyboard.press("Control+Enter")
+        page.wait_for_function("document.getElementById('msg').textContent.includes('not saved')")
+        assert page.text_content("#msg") == (f"record {first} not saved: output: schema violation at total: "
+                                              "'1,205.00' is not of type 'number'")
+        assert page.is_visible("#editor") and page.input_value("#edittext") == bad  # nothing typed is lost
+        assert load_decisions(run / "review.sqlite") == {}
+
+        fixed = json.dumps({**json.loads(said), "name": "Jake Parker", "total": 1205})
+        page.fill("#edittext", fixed)
+        page.keyboard.press("Control+Enter")
+        page.wait_for_function("document.getElementById('progress').textContent === '1 / 6 reviewed'")
+        assert page.is_hidden("#editor") and page.text_content("#rid") != first and page.text_content("#msg") == ""
+        assert page.text_content("#errrate") == "100.0%"
+
+        second = page.text_content("#rid")  # Esc cancels: nothing is decided, the keys work again
+        page.keyboard.press("e")
+        page.wait_for_selector("#edittext:focus")
+        page.keyboard.type(" are")
+        page.keyboard.press("Escape")
+        assert page.is_hidden("#editor") and page.text_content("#decision") == "not yet"
+        page.keyboard.press("ArrowLeft")
+        assert page.text_content("#rid") == first and page.text_content("#decision") == "edit"
+        assert page.inner_text("#edited") == fixed
+        page.keyboard.press("e")  # reopening shows the saved correction
+        page.wait_for_selector("#edittext:focus")
+        assert page.input_value("#edittext") == fixed
+        browser.close()
+    assert set(load_decisions(run / "review.sqlite")) == {first} and second != first
+
+    assert not curate_stage(cfg)["skipped"]
+    rec = next(r for r in read_records(run / "train.jsonl") if r.id == first)
+    assert json.loads(rec.output) == json.loads(fixed) and rec.meta["teacher_output"] == said
+    assert json.loads((run / "card.json").read_text())["review_decisions"]["edit"] == 1

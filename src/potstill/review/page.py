@@ -14,7 +14,9 @@ PAGE = r"""<!doctype html>
  .row{display:flex;gap:12px;align-items:baseline;margin:6px 0} .k{color:#777;width:120px;flex:none}
  .row>span:not(.k){min-width:0;overflow-wrap:anywhere}
  #output{font-weight:700;font-size:18px;white-space:pre-wrap} .dec{padding:2px 10px;border-radius:12px;font-weight:600}
- .accept{background:#d8f0d8} .reject{background:#f6d4d4} .relabel{background:#f3e6c4}
+ .accept{background:#d8f0d8} .reject{background:#f6d4d4} .relabel{background:#f3e6c4} .edit{background:#d6e4f5}
+ #edited{font-weight:700;font-size:18px;white-space:pre-wrap}
+ #editor textarea{width:100%;box-sizing:border-box;min-height:9em;font:15px/1.4 ui-monospace,monospace;margin-top:6px}
  #keys{margin-top:18px;color:#555} kbd{background:#eee;border:1px solid #bbb;border-radius:4px;padding:0 6px;font-size:14px}
  #labels span{margin-right:14px} #msg{color:#a33;min-height:1.5em}
 </style></head>
@@ -29,12 +31,17 @@ PAGE = r"""<!doctype html>
  <div class="row"><span class="k">slices</span><span id="slice"></span></div>
  <div class="row"><span class="k">samples</span><span id="samples"></span></div>
  <div class="row"><span class="k">decision</span><span id="decision"></span></div>
- <div id="keys"><kbd>a</kbd> accept &nbsp; <kbd>r</kbd> reject &nbsp; relabel: <span id="labels"></span>
-  &nbsp; <kbd>←</kbd>/<kbd>→</kbd> previous/next</div>
+ <div class="row" id="editedrow" hidden><span class="k">corrected</span><span id="edited"></span></div>
+ <div id="editor" hidden><textarea id="edittext" spellcheck="false" aria-label="corrected answer"></textarea>
+  <div><button id="save">save</button> <kbd>Ctrl</kbd>+<kbd>Enter</kbd> save &nbsp; <kbd>Esc</kbd> cancel</div></div>
+ <div id="keys"><kbd>a</kbd> accept &nbsp; <kbd>r</kbd> reject &nbsp; <span id="relabelkeys">relabel: <span id="labels"></span></span>
+  <span id="editkey"><kbd>e</kbd> edit the answer</span> &nbsp; <kbd>←</kbd>/<kbd>→</kbd> previous/next</div>
  <div id="msg"></div>
 </div></main>
 <script>
 let S = null, i = 0, sending = Promise.resolve();
+// The record whose answer is open in the editor (its id), or null: keys typed there are text, not decisions.
+let editing = null;
 // Decisions sent and not yet answered: the page moves on as a key is pressed, not when the server
 // answers, so a reviewer typing ahead judges the record on screen and never the previous one again.
 const pending = new Map();
@@ -51,6 +58,9 @@ function render() {
   const d = it.decision, el = $("decision");
   el.className = d ? "dec " + d.decision : ""; el.textContent = d ? (d.decision === "relabel" ? `relabel → ${d.label}` : d.decision) : "not yet";
   el.dataset.decision = d ? d.decision : "";
+  $("editedrow").hidden = !(d && d.decision === "edit"); $("edited").textContent = d && d.decision === "edit" ? d.output : "";
+  if (editing !== null && editing !== it.id) closeEditor();  // the record on screen changed under the editor
+  $("relabelkeys").hidden = !S.labels.length; $("editkey").hidden = !!S.labels.length;
   $("labels").replaceChildren(...S.labels.slice(0, 9).map((l, j) => {
     const s = document.createElement("span"); const k = document.createElement("kbd");
     k.textContent = j + 1; s.append(k, " " + l); return s; }));
@@ -69,6 +79,44 @@ function decide(decision, label) {
   render();
   sending = sending.then(() => send(it.id, d));  // in order: a changed mind reaches the store last
 }
+// An edit: the editor opens with the teacher's answer (or the correction saved before); saving
+// waits for the server, which checks the text as curate checks a teacher answer, and on a refusal
+// the editor stays open with the text and the reason, so nothing typed is lost.
+function openEditor() {
+  const it = S.items[i], d = it.decision;
+  editing = it.id; $("msg").textContent = "";
+  $("edittext").value = d && d.decision === "edit" ? d.output : it.output;
+  $("edittext").disabled = false; $("editor").hidden = false; $("edittext").focus();
+}
+function closeEditor() { editing = null; $("editor").hidden = true; $("edittext").blur(); }
+async function saveEdit() {
+  const id = editing, output = $("edittext").value;
+  if (id === null || $("edittext").disabled) return;
+  $("edittext").disabled = true;
+  let r = null, body = null;
+  await (sending = sending.then(async () => {
+    try {
+      r = await fetch("api/decisions", {method: "POST", headers: {"content-type": "application/json"},
+                                        body: JSON.stringify({id, decision: "edit", output})});
+      body = await r.json();
+    } catch (e) {}
+  }));
+  const open = editing === id;  // not cancelled (Esc) while the server checked it
+  $("edittext").disabled = false;
+  if (!(r && r.ok && body && body.items)) {
+    $("msg").textContent = `record ${id} not saved: ` + (body?.error?.message ?? "the review server did not answer");
+    if (open) $("edittext").focus();
+    return;
+  }
+  adopt(body); $("msg").textContent = "";
+  if (open) {
+    closeEditor();
+    const at = S.items.findIndex(x => x.id === id);
+    const next = S.items.findIndex((x, j) => j > at && !x.decision);
+    i = next >= 0 ? next : Math.min(at + 1, S.items.length - 1);
+  }
+  render();
+}
 async function send(id, d) {
   let r = null, body = null;
   try {
@@ -84,14 +132,22 @@ async function send(id, d) {
   i = Math.max(0, S.items.findIndex(x => x.id === id)); render();
 }
 document.addEventListener("keydown", e => {
-  if (!S || e.ctrlKey || e.metaKey || e.altKey) return;
-  if (e.repeat && /^[ar1-9]$/.test(e.key)) return;  // a decision key held down must not sweep through the records
-  if (e.key === "a") decide("accept");
+  if (!S) return;
+  if (editing !== null) {  // typing a correction: only save and cancel are keys, every other key is text
+    if (e.key === "Escape") { e.preventDefault(); closeEditor(); }
+    else if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); saveEdit(); }
+    return;
+  }
+  if (e.ctrlKey || e.metaKey || e.altKey) return;
+  if (e.repeat && /^[are1-9]$/.test(e.key)) return;  // a decision key held down must not sweep through the records
+  if (e.key === "e" && !S.labels.length) { e.preventDefault(); openEditor(); }  // preventDefault: no "e" typed in
+  else if (e.key === "a") decide("accept");
   else if (e.key === "r") decide("reject");
   else if (/^[1-9]$/.test(e.key) && S.labels[+e.key - 1]) decide("relabel", S.labels[+e.key - 1]);
   else if (e.key === "ArrowRight" || e.key === "j") { i = Math.min(i + 1, S.items.length - 1); render(); }
   else if (e.key === "ArrowLeft" || e.key === "k") { i = Math.max(i - 1, 0); render(); }
 });
+$("save").addEventListener("click", saveEdit);
 load();
 </script></body></html>
 """
