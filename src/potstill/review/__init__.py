@@ -1,4 +1,4 @@
-"""`potstill review RUN`: a local page to accept, reject or relabel teacher outputs by keyboard.
+"""`potstill review RUN`: a local page to accept, reject, relabel or edit teacher outputs by keyboard.
 
 Decisions go to ``review.sqlite`` in the run directory; the next `potstill curate` applies them
 and records them in the dataset card.
