@@ -226,3 +226,6 @@ def test_a_bad_value_is_named_by_the_flag_that_set_it_not_by_the_file(work, monk
     (work / "bad.yaml").write_text(CONFIG + "curate:\n  min_agreement: 2\n")
     code, err = _cli(monkeypatch, capsys, "curate", "-c", "bad.yaml", "--curate.val", "0")
     assert (code, err) == (2, ["error: bad.yaml: curate.min_agreement: Input should be less than or equal to 1"])
+    # Without -c too: it said 'config: teacher.temperature: ...', naming no flag.
+    code, err = _cli(monkeypatch, capsys, "generate", "--teacher.temperature", "-1")
+    assert (code, err) == (2, ["error: --teacher.temperature: Input should be greater than or equal to 0"])

@@ -158,8 +158,10 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     try:
         return Config.model_validate(data)
     except ValidationError as e:
-        raise PotstillError(_explain(e, source, list(overrides or {}) if path is not None else [],
-                                     flag_names)) from None
+        # A flag's bad value is named by the flag, with a config file or without one (the CLI names
+        # its flags in flag_names); overrides a program passes without a file stay "config".
+        flags = list(overrides or {}) if path is not None or flag_names else []
+        raise PotstillError(_explain(e, source, flags, flag_names)) from None
 
 
 def _empty_sections(data: dict, model: type[BaseModel]) -> None:
