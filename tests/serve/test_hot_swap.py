@@ -131,6 +131,8 @@ def test_admin_reload_swaps_under_load_and_needs_the_key(swap_run):
     os.replace(run / ".tmp-link", run / "student")
     r = httpx.post(url, headers=auth, timeout=60)
     assert r.status_code == 409 and r.json()["error"]["message"].startswith(f"reload failed, still serving {body['student']}")
+    # OpenAI's type for a client's error (it has no 'conflict_error'); the code says what failed.
+    assert (r.json()["error"]["type"], r.json()["error"]["code"]) == ("invalid_request_error", "reload_failed")
     c = openai.OpenAI(base_url=live.url + "/v1", api_key=SERVE_KEY).chat.completions.create(
         model="potstill", messages=[{"role": "user", "content": TEXTS[0]}])
     assert c.choices[0].message.content

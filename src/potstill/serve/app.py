@@ -42,7 +42,7 @@ SSE_EVENT = {"type": "object", "required": ["data"],
 # invalid_request_error; its code tells them apart (invalid_api_key, model_not_found). A 5xx is its
 # server_error, a failed escalation's 502 too (code teacher_failed says whose failure it was).
 _TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
-          405: "invalid_request_error", 409: "conflict_error", 413: "invalid_request_error"}
+          405: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error"}
 BAD_KEY = "invalid or missing API key (send Authorization: Bearer <key>)"
 
 
@@ -391,8 +391,8 @@ def _add_reload_route(app: FastAPI, service: Service, api_key: str | None, beare
         try:
             info = await asyncio.to_thread(service.reload)
         except PotstillError as e:
-            return JSONResponse(error_body(409, f"reload failed, still serving {service.student_name}: {e}"[:500]),
-                                status_code=409)
+            return JSONResponse(error_body(409, f"reload failed, still serving {service.student_name}: {e}"[:500],
+                                           code="reload_failed"), status_code=409)
         return JSONResponse(info)
 
 
