@@ -35,6 +35,15 @@ from potstill.errors import PotstillError
 MIN_TOPK_COVERAGE = 0.5
 CHARS_PER_TOKEN = 4.0  # the usual English estimate, for API teachers whose tokenizer we lack
 SAMPLE = 64  # records whose prompts are compared / whose top-k data is mapped
+# A chat request is billed for more than its text. Each message is wrapped in role markers
+# (ChatML's "<|im_start|>user\n" ... "<|im_end|>\n": 5 tokens; Llama 3's header and <|eot_id|>: 5;
+# OpenAI counts 3-4) and the reply is primed ("<|im_start|>assistant\n": 3, plus a BOS). For a
+# 10-token tweet with a 10-token instruction that is 5 + 5 + 5 = 15 tokens more than the text.
+TOKENS_PER_MESSAGE = 5
+TOKENS_PER_REQUEST = 5
+# A classification teacher asked for a label may still answer in a sentence ("The topic is sports."):
+# about 8 tokens around the label, within teacher.max_tokens.
+ANSWER_SENTENCE = 8
 
 
 @dataclass
@@ -247,8 +256,9 @@ def check_weights(ctx: _Ctx) -> Check:
 
 
 def projected_cost(ctx: _Ctx) -> tuple[float, int, str]:
-    """(USD, inputs, how) for ``generate`` over ``data.inputs``: prompt characters / 4 tokens in, the
-    longest label (classification) or ``teacher.max_tokens`` out, times ``generate.n``."""
+    """(USD, inputs, how) for ``generate`` over ``data.inputs``: an upper-ish estimate. In: each
+    message's characters / 4 plus its chat-format tokens, plus the reply's priming; out: the
+    longest label in a short sentence (classification) or ``teacher.max_tokens``, times ``generate.n``."""
     from potstill.teachers.api.prices import price_for, token_cost
 
     cfg = ctx.cfg
@@ -264,27 +274,43 @@ def projected_cost(ctx: _Ctx) -> tuple[float, int, str]:
     if cfg.teacher.type in ("openai", "anthropic"):  # they send no shots, and each input once
         fs = fs.model_copy(update={"k": 0, "orders": 1})
     lines = Path(fs.path).read_text().splitlines() if fs.k and fs.path and Path(fs.path).exists() else []
-    fixed = len(ctx.task.cfg.instruction) + (fs.k * sum(map(len, lines)) / len(lines) if lines else 0)
-    chars_in = sum(fixed + sum(len(str(m.get("content", ""))) for m in r.messages) for r in records)
-    out_tokens = (max(len(lab) for lab in ctx.task.labels) / CHARS_PER_TOKEN + 1 if ctx.task.labels
-                  else cfg.teacher.max_tokens)
+    shots = math.ceil(fs.k * sum(map(len, lines)) / len(lines) / CHARS_PER_TOKEN) if lines else 0
+
+    def prompt_tokens(r: Any) -> int:  # the instruction goes as a system message (Task.messages)
+        texts = [ctx.task.cfg.instruction, *(str(m.get("content", "")) for m in r.messages)]
+        return (sum(math.ceil(len(t) / CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE for t in texts)
+                + TOKENS_PER_REQUEST + shots)
+
+    tokens_in = sum(map(prompt_tokens, records))
+    out_tokens = cfg.teacher.max_tokens
+    if ctx.task.labels and not _reasons(cfg.teacher):
+        longest = math.ceil(max(len(lab) for lab in ctx.task.labels) / CHARS_PER_TOKEN)
+        out_tokens = min(out_tokens, longest + ANSWER_SENTENCE)
     # Every shot order is a call. The n samples of generate.n are n calls only where the API has no
     # ``n`` (Anthropic's: the teacher sends n requests); OpenAI's one request carries them all, so its
     # prompt is billed once and only the output n times.
     samples = cfg.generate.n
     calls = fs.orders * (samples if cfg.teacher.type == "anthropic" else 1)
-    usd = token_cost(price, math.ceil(chars_in / CHARS_PER_TOKEN) * calls,
-                     math.ceil(out_tokens * len(records) * fs.orders * samples))
+    usd = token_cost(price, tokens_in * calls, out_tokens * len(records) * fs.orders * samples)
     how = f"{len(records)} inputs x {calls} call{'s' if calls > 1 else ''}"
     if samples > 1 and calls < samples * fs.orders:
         how += f" of {samples} samples"
-    how += f", up to {out_tokens:.0f} output tokens each" + (" sample" if samples > 1 else "")
+    how += (f", up to {out_tokens} output tokens each" + (" sample" if samples > 1 else "")
+            + (" (teacher.max_tokens)" if out_tokens == cfg.teacher.max_tokens else " (a label in a short sentence)")
+            + f", {CHARS_PER_TOKEN:g} characters a token and {TOKENS_PER_MESSAGE} tokens of chat format per message")
     if len(records) < total:
         how += f"; {total - len(records)} more answered in the ledger (a rerun pays nothing for them)"
     if cfg.generate.engine == "batch":  # billed at the provider's batch share of the live price
         share = cfg.generate.batch_price.get(cfg.teacher.type, 1.0)
         usd, how = usd * share, how + f", at {share:g} of the live price (batch)"
     return usd, len(records), how
+
+
+def _reasons(t: Any) -> bool:
+    """A teacher that thinks before it answers spends up to ``max_tokens`` on any answer."""
+    from potstill.teachers.openai_teacher import reasoning_model
+
+    return bool(getattr(t, "reasoning_effort", None)) or (t.type == "openai" and reasoning_model(t.model or ""))
 
 
 def _unanswered(ctx: _Ctx, records: list) -> list:

@@ -120,11 +120,13 @@ def test_labels_sharing_a_first_token_refuse(tiny_model, tmp_path):
 
 
 def test_projected_teacher_cost_above_budget_refuses(tiny_model, tmp_path):
-    _inputs(tmp_path, n=1000)  # 1,000 x (22 + 7 chars) / 4 ~ 7.3k tokens in; 1,000 x 256 out
+    # 1,000 x (2 + 6 tokens of text, 5 of chat format per message and 5 per request) = 23k tokens in;
+    # 1,000 x 256 out
+    _inputs(tmp_path, n=1000)
     teacher = {"type": "openai", "model": "gpt-4o", "price": {"input_per_mtok": 2.5, "output_per_mtok": 10.0}}
     cfg = _cfg(tmp_path, student={"model": str(tiny_model)}, teacher=teacher, generate={"budget_usd": 1.0})
     usd, n, _ = projected_cost(_Ctx(cfg))
-    assert n == 1000 and usd == pytest.approx((7250 * 2.5 + 256_000 * 10.0) / 1e6, rel=1e-3)  # $2.58
+    assert n == 1000 and usd == pytest.approx((23_000 * 2.5 + 256_000 * 10.0) / 1e6, rel=1e-3)  # $2.62
     status, detail = _status(cfg, "budget", "generate")
     assert status == "fail" and "above generate.budget_usd $1" in detail
     rich = _cfg(tmp_path, student={"model": str(tiny_model)}, teacher=teacher, generate={"budget_usd": 3.0})
@@ -140,18 +142,19 @@ def test_openai_samples_pay_the_prompt_once_anthropic_n_times(tiny_model, tmp_pa
     task = {"type": "classification", "instruction": "classify", "labels": ["sports", "tech"]}
     price = {"input_per_mtok": 2.5, "output_per_mtok": 10.0}
 
-    def cost(kind: str, n: int, budget: float = 1.0) -> tuple[float, str, str]:
+    def cost(kind: str, n: int, budget: float = 1.5) -> tuple[float, str, str]:
         cfg = _cfg(tmp_path, student={"model": str(tiny_model)}, task=task, generate={"n": n, "budget_usd": budget},
                    teacher={"type": kind, "model": "m", "price": price})
         usd, _, how = projected_cost(_Ctx(cfg))
         return usd, how, _status(cfg, "budget")[0]
 
     one, _, _ = cost("openai", 1)
-    inp = 1000 * math.ceil((len("classify") + len("the team won the match " * 40)) / 4) * 2.5 / 1e6
-    out = one - inp  # 1,000 x a few label tokens
+    # the instruction's 2 tokens and the input's 230, each with 5 of chat format, and 5 per request
+    inp = 1000 * (2 + 5 + math.ceil(len("the team won the match " * 40) / 4) + 5 + 5) * 2.5 / 1e6
+    out = one - inp  # 1,000 x a label in a short sentence
     five, how, status = cost("openai", 5)
     assert five == pytest.approx(inp + 5 * out) and "1 call of 5 samples" in how
-    assert status == "ok"  # $0.71 for a $1 budget; it was projected at $3.03 and refused
+    assert status == "ok"  # $1.12 for a $1.50 budget; it was projected at $3.59 and refused
     anth, how, status = cost("anthropic", 5)
     assert anth == pytest.approx(5 * one) and "x 5 calls" in how and status == "fail"
 
@@ -253,3 +256,31 @@ def test_a_rerun_after_the_budget_stopped_projects_only_what_it_would_send(tiny_
                       generate={"budget_usd": (usd_rest + usd_all) / 2})
         assert _status(enough, "budget", "generate")[0] == "ok"
         assert sum(server.requests.values()) == sent  # preflight sends nothing
+
+
+def test_the_projection_covers_what_generate_then_spends_on_short_inputs(tiny_model, tiny_model_b, tmp_path,
+                                                                         monkeypatch):
+    """Tweet-length inputs to a classification teacher: the projection counted the text alone
+    (characters / 4) and the longest label plus one token out, about a third of what the ledger
+    then recorded: each message's role markers and the reply's priming are billed too, and the
+    request lets the teacher write up to teacher.max_tokens, not one word."""
+    from potstill.generate.stage import generate_body
+    from potstill.ledger import Ledger
+    from potstill.rundir import RunDir
+    from tests.helpers.chat_server import ChatServer
+
+    words = "win vote film goal bank game star party music phone".split()
+    _write(tmp_path / "inputs.jsonl", [{"input": f"{a} {b}"} for a, b in zip(words, words[1:])])
+    task = {"type": "classification", "instruction": "topic", "labels": ["sports", "tech", "politics"]}
+    monkeypatch.setenv("TEACHER_KEY", "unused-by-the-test-server")
+    with ChatServer(str(tiny_model_b)) as server:
+        teacher = {"type": "openai", "model": "tiny", "base_url": server.base_url, "api_key_env": "TEACHER_KEY",
+                   "max_tokens": 8, "logprobs": 0, "price": {"input_per_mtok": 1000.0, "output_per_mtok": 1000.0}}
+        cfg = _cfg(tmp_path, student={"model": str(tiny_model)}, task=task, teacher=teacher)
+        usd, n, how = projected_cost(_Ctx(cfg))
+        generate_body(cfg, RunDir(cfg.run_dir))
+    with Ledger(tmp_path / "run" / "calls.sqlite", readonly=True) as ledger:
+        spent = ledger.summary()
+    assert n == spent["calls"] == 9
+    assert spent["cost_usd"] <= usd <= 2 * spent["cost_usd"], (usd, spent, how)
+    assert "up to 8 output tokens each" in how and "tokens of chat format per message" in how
