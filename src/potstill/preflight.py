@@ -61,7 +61,7 @@ def _tokenizer(spec: str | Path) -> Any:
     where = spec if isinstance(spec, Path) else resolve(spec)[1]
     try:
         tok = AutoTokenizer.from_pretrained(where)
-    except OSError as e:
+    except (OSError, ValueError) as e:  # ValueError: a tokenizer file that is not JSON or names no class
         raise PotstillError(f"cannot load the tokenizer of '{spec}': {str(e).splitlines()[0]}") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -94,8 +94,14 @@ class _Ctx:
 
     @property
     def student_tok(self) -> Any:
+        """Loaded once; a student that cannot be loaded fails each check that needs it, with one reason."""
         if self._tok is None:
-            self._tok = _tokenizer(self.cfg.student.model)
+            try:
+                self._tok = _tokenizer(self.cfg.student.model)
+            except PotstillError as e:
+                self._tok = PotstillError(f"student.model: {e}")
+        if isinstance(self._tok, PotstillError):
+            raise self._tok
         return self._tok
 
     def inputs(self) -> tuple[list, str | None]:
@@ -378,7 +384,16 @@ CHECKS: dict[str | None, list[Callable[[_Ctx], Check]]] = {
 def run_checks(cfg: Config, stage: str | None = None) -> list[Check]:
     """Every check for ``stage`` (``generate``, ``train``) or all of them (None)."""
     ctx = _Ctx(cfg)
-    return [fn(ctx) for fn in CHECKS[stage]]
+    return [_run(fn, ctx) for fn in CHECKS[stage]]
+
+
+def _run(fn: Callable[[_Ctx], Check], ctx: _Ctx) -> Check:
+    """One check; one that cannot load what it reads (a student path that does not exist) fails
+    alone with the reason, and the others still run, so the table shows every result."""
+    try:
+        return fn(ctx)
+    except PotstillError as e:
+        return Check(fn.__name__.removeprefix("check_"), "fail", str(e).splitlines()[0] if str(e) else repr(e))
 
 
 def require(cfg: Config, stage: str | None = None) -> list[Check]:

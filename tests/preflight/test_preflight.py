@@ -284,3 +284,24 @@ def test_the_projection_covers_what_generate_then_spends_on_short_inputs(tiny_mo
     assert n == spent["calls"] == 9
     assert spent["cost_usd"] <= usd <= 2 * spent["cost_usd"], (usd, spent, how)
     assert "up to 8 output tokens each" in how and "tokens of chat format per message" in how
+
+
+def test_a_check_that_cannot_load_its_model_fails_alone_and_the_table_is_still_printed(tmp_path):
+    """A student path that does not exist: the first check that loaded its tokenizer raised, and
+    preflight printed one line and none of the other checks' results."""
+    _inputs(tmp_path)
+    cfg = {"run_dir": "run", "task": {"type": "classification", "labels": ["sports", "tech"]},
+           "data": {"inputs": "inputs.jsonl"}, "student": {"model": str(tmp_path / "no-such-student")},
+           "teacher": {"type": "openai", "model": "gpt-4o"}}
+    (tmp_path / "potstill.yaml").write_text(yaml.safe_dump(cfg))
+    run = subprocess.run([sys.executable, "-m", "potstill.cli", "preflight", "-c", "potstill.yaml"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    rows = [ln.split(None, 2) for ln in run.stdout.splitlines()]
+    assert [r[1] for r in rows] == ["inputs", "teacher", "vocabulary", "prompt", "labels", "weights", "budget"]
+    status = {r[1]: r[0] for r in rows}
+    assert status["inputs"] == status["teacher"] == "ok" and status["weights"] == status["budget"] == "skip"
+    assert status["prompt"] == status["labels"] == "fail"
+    reason = next(r[2] for r in rows if r[1] == "prompt")
+    assert "no-such-student" in reason and "\n" not in reason
+    assert run.stderr.strip().splitlines()[-1] == "error: preflight: 2 check(s) failed: prompt, labels"
