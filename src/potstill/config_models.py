@@ -555,6 +555,10 @@ class RedistillConfig(Section):
     new_test: float = Field(
         0.3, gt=0, lt=1, description="Share of the new traffic held out as the new-traffic test (stable hash split)."
     )
+    min_new_test: int = Field(
+        20, ge=1, description="Promote only if the new-traffic test holds at least this many examples (below it, "
+        "one or two answers would decide; evaluate's report.min_slice_n plays this part for a slice)."
+    )
     min_gain: float = Field(
         0.0, ge=0, le=1, description="Promote only if challenger minus champion agreement on new traffic exceeds this."
     )

@@ -38,9 +38,15 @@ def compare(champion: dict[str, list[float]], challenger: dict[str, list[float]]
 
 def decide(new: dict[str, Any], frozen: dict[str, Any], rc: RedistillConfig,
            same_student: bool = False) -> dict[str, Any]:
-    """Promote only if the challenger wins on new traffic and holds on the frozen test."""
+    """Promote only if the challenger wins on a new-traffic test of ``redistill.min_new_test``
+    examples or more and holds on the frozen test."""
     gain, drop = new["teacher"]["gain"], -frozen["teacher"]["gain"]["value"]
-    checks = [{"check": f"new-traffic agreement gain > {rc.min_gain:g}", "value": gain["value"],
+    n = int(new["teacher"]["champion"]["n"])
+    # With min_gain 0 and no significance required, a test of 2 examples that the challenger gets
+    # right and the champion wrong is a +100% gain: too few answers to replace a served student on.
+    checks = [{"check": f"new-traffic test of at least {rc.min_new_test} examples", "value": n,
+               "pass": n >= rc.min_new_test},
+              {"check": f"new-traffic agreement gain > {rc.min_gain:g}", "value": gain["value"],
                "pass": gain["value"] > rc.min_gain + 1e-12}]
     if rc.require_significant:
         checks.append({"check": "95% interval of that gain above 0", "value": gain["lo"], "pass": gain["lo"] > 0})
@@ -55,7 +61,11 @@ def decide(new: dict[str, Any], frozen: dict[str, Any], rc: RedistillConfig,
                   f"and changes frozen-test agreement by {-drop:+.3f} (a drop of up to {rc.max_frozen_drop:g} allowed)")
     else:
         reason = "; ".join(f"fails: {c['check']} (got {c['value']:+.3f})" if isinstance(c["value"], float)
-                           else f"fails: {c['check']}" for c in failed)
+                           else f"fails: {c['check']}" for c in failed if c is not checks[0])
+        if not checks[0]["pass"]:
+            reason = "; ".join(filter(None, [f"new-traffic test too small (n={n} < redistill.min_new_test "
+                                             f"{rc.min_new_test}): serve more traffic or raise redistill.new_test",
+                                             reason]))
     promote = wins and rc.promote
     if wins and not rc.promote:
         reason += "; not promoted: redistill.promote is false"
