@@ -43,3 +43,30 @@ def test_ood_threshold_pools_val_with_training_inputs_outside_the_reference(tmp_
     finally:
         service.close()
     assert os.path.exists(run / "serve" / "routing.json")
+
+
+def test_a_corrupt_calibration_cache_is_calibrated_again(tmp_path, tiny_model, monkeypatch):
+    """RUN/serve/routing.json edited by hand or cut short, or reference.pt truncated: serve stopped
+    at start-up with json's JSONDecodeError or torch's unpickling error. Both are a cache of the
+    calibration: redone and rewritten."""
+    import json
+
+    monkeypatch.setenv("TEACHER_KEY", TEACHER_KEY)
+    run = write_run(tmp_path, tiny_model, "http://127.0.0.1:9/v1", api_key_env="")
+    first = load_service(run, run_config(run, None), device="cpu")
+    routing, reference = first.routing, first.reference
+    first.close()
+    saved = json.loads((run / "serve" / "routing.json").read_text())
+    for name, text in [("routing.json", '{"key": "' + saved["key"] + '", "confidence_threshold": 0.'),
+                       ("routing.json", json.dumps({**saved, "stats": None, "ood_threshold": "high"})),
+                       ("reference.pt", "PK\x03\x04 cut short")]:
+        (run / "serve" / name).write_text(text)
+        service = load_service(run, run_config(run, None), device="cpu")
+        try:
+            assert service.routing.confidence_threshold == pytest.approx(routing.confidence_threshold)
+            assert service.routing.ood_threshold == pytest.approx(routing.ood_threshold)
+            assert torch.allclose(service.reference, reference)
+        finally:
+            service.close()
+        assert json.loads((run / "serve" / "routing.json").read_text()) == saved
+        assert torch.allclose(torch.load(run / "serve" / "reference.pt"), reference)

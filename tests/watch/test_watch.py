@@ -119,3 +119,30 @@ def test_a_window_under_min_requests_is_named_not_blamed_on_the_ledger(tmp_path)
     cfg = Config(task={"labels": ["tech", "sports"]}, watch={"window": 20})
     with pytest.raises(PotstillError, match=r"watch.window 20 is under watch.min_requests 50"):
         watch_run(tmp_path, cfg)
+
+
+def test_a_corrupt_reference_cache_is_embedded_again_and_a_corrupt_routing_file_named(served_run, tmp_path):
+    """RUN/watch/reference.pt cut short or RUN/serve/routing.json edited by hand: watch stopped with
+    a traceback (torch's unpickling error, json's JSONDecodeError). The reference is watch's own
+    cache: it is embedded again and rewritten; routing.json is serve's: the escalation share is
+    reported, not judged, and the note names the file."""
+    import shutil
+
+    import torch
+
+    run, send, _ = served_run
+    send(traffic("unshifted", 30, seed=21))  # the earlier tests may not have run: at least min_requests
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, symlinks=True)
+    watch(copy)  # writes copy/watch/reference.pt
+    good = torch.load(copy / "watch" / "reference.pt")["embeddings"]
+    (copy / "watch" / "reference.pt").write_bytes(b"PK\x03\x04 cut short")
+    (copy / "serve" / "routing.json").write_text('{"key": "abc", "stats": {"val_escala')
+    report = watch(copy)
+    assert torch.equal(torch.load(copy / "watch" / "reference.pt")["embeddings"], good)
+    esc = report["checks"]["escalation"]
+    assert esc["expected"] is None and not esc["flagged"]
+    note = next(n for n in report["notes"] if "routing.json" in n)
+    assert "cannot be read" in note and "reported but not judged" in note and "\n" not in note
+    p = cli(copy)
+    assert p.returncode in (0, EXIT_DRIFT) and "Traceback" not in p.stderr, p.stderr

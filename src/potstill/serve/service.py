@@ -84,6 +84,27 @@ def reference_and_holdout(records: list[Record], n: int) -> tuple[list[Record], 
     return [records[i] for i in sorted(chosen)], _spread(rest, n)
 
 
+def _cached_calibration(routing_path: Path, ref_path: Path, key: str) -> tuple[Routing, torch.Tensor] | None:
+    """The saved calibration when it is this key's; None where there is none, it is another's, or it
+    cannot be read (edited by hand, cut short): a cache, so it is calibrated again and rewritten."""
+    if not (routing_path.exists() and ref_path.exists()):
+        return None
+    try:
+        saved = json.loads(routing_path.read_text())
+        if not isinstance(saved, dict) or saved.get("key") != key:
+            return None
+        routing = Routing(float(saved["confidence_threshold"]), float(saved["ood_threshold"]), dict(saved["stats"]))
+        reference = torch.load(ref_path)
+        if not isinstance(reference, torch.Tensor):
+            raise TypeError(f"{ref_path.name} holds a {type(reference).__name__}, not a tensor")
+    except OSError:  # no permission, a folder: not a cache to redo, the CLI names it
+        raise
+    except Exception as e:  # noqa: BLE001 - json's and float's ValueError, KeyError, torch's RuntimeError or unpickling error
+        say(f"serve: the saved calibration in {routing_path.parent} cannot be read ({type(e).__name__}); calibrating again")
+        return None
+    return routing, reference
+
+
 def calibrate_run(run_dir: Path, cfg: Config, engine: ServedStudent, task: Task, force: bool = False) -> tuple[Routing, torch.Tensor]:
     """Routing thresholds and OOD reference embeddings for a run, cached in ``run_dir/serve/``."""
     s = cfg.serve
@@ -97,11 +118,9 @@ def calibrate_run(run_dir: Path, cfg: Config, engine: ServedStudent, task: Task,
     })
     out_dir = run_dir / "serve"
     routing_path, ref_path = out_dir / "routing.json", out_dir / "reference.pt"
-    if not force and routing_path.exists() and ref_path.exists():
-        saved = json.loads(routing_path.read_text())
-        if saved.get("key") == key:
-            r = Routing(float(saved["confidence_threshold"]), float(saved["ood_threshold"]), saved["stats"])
-            return r, torch.load(ref_path)
+    cached = None if force else _cached_calibration(routing_path, ref_path, key)
+    if cached is not None:
+        return cached
     # Inputs longer than the student's context go to the teacher unread (Service.answer): the student
     # is neither calibrated on them nor embeds them (a GPT-2-style model would fail with IndexError).
     # Chats its template refuses are a client's 400 when served: left out the same way.

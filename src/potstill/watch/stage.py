@@ -59,10 +59,9 @@ def reference_embeddings(run_dir: Path, engine: TransformersEngine, w: WatchConf
     key = hash_obj({"student": engine.lm.identity, "train": hash_file(train_path), "n": w.reference_size,
                     "seed": w.seed, "v": 1})
     cache = run_dir / "watch" / "reference.pt"
-    if cache.exists():
-        saved = torch.load(cache)
-        if saved.get("key") == key:
-            return saved["embeddings"], sample
+    saved = _read_cache(cache)
+    if saved is not None and saved.get("key") == key and isinstance(saved.get("embeddings"), torch.Tensor):
+        return saved["embeddings"], sample
     emb = embed_all(engine, [r.messages for r in sample], w.batch_size, "watch: embed training inputs")
     cache.parent.mkdir(parents=True, exist_ok=True)
     # Saved under a temp name and renamed, so a crash never leaves a half-written cache.
@@ -73,6 +72,21 @@ def reference_embeddings(run_dir: Path, engine: TransformersEngine, w: WatchConf
     finally:
         tmp.unlink(missing_ok=True)
     return emb, sample
+
+
+def _read_cache(path: Path) -> dict | None:
+    """A saved reference, or None where there is none or it cannot be read (cut short, edited by
+    hand): a cache, so it is embedded again and rewritten."""
+    if not path.exists():
+        return None
+    try:
+        saved = torch.load(path)
+    except OSError:  # no permission, a folder: not a cache to redo, the CLI names it
+        raise
+    except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, EOFError or an unpickling error
+        say(f"watch: {path} cannot be read ({type(e).__name__}); embedding the training inputs again")
+        return None
+    return saved if isinstance(saved, dict) else None
 
 
 def label_of(task: Any, text: str) -> str:
@@ -110,10 +124,16 @@ def expected_escalation(run_dir: Path) -> tuple[float | None, str]:
     path = run_dir / "serve" / "routing.json"
     if not path.exists():
         return None, f"{path} not found: the escalation share is reported but not judged"
-    stats = json.loads(path.read_text()).get("stats", {})
-    if "val_escalation" not in stats:
+    try:
+        stats = json.loads(path.read_text()).get("stats", {})
+        share = float(stats["val_escalation"]) if "val_escalation" in stats else None
+    except (ValueError, TypeError, AttributeError) as e:  # serve's cache, edited or cut short: serve redoes it
+        why = e.msg if isinstance(e, json.JSONDecodeError) else f"{type(e).__name__}: {e}"
+        return None, (f"{path} cannot be read ({why}): the escalation share is reported but not judged "
+                      "(`potstill serve` calibrates it again)")
+    if share is None:
         return None, f"{path}: no val_escalation in its stats: the escalation share is reported but not judged"
-    return float(stats["val_escalation"]), ""
+    return share, ""
 
 
 def _iso(t: float) -> str:
