@@ -285,6 +285,23 @@ def write_jsonl(path: str | Path, rows: Iterable[Any]) -> int:
     return n
 
 
+def read_json(path: str | Path) -> dict[str, Any]:
+    """One JSON object from a file a stage wrote (``write_json``); a file cut short or edited into
+    something else raises one error naming it."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise PotstillError(_not_utf8(path)) from None
+    problem = json_problem(text)
+    if problem:
+        raise PotstillError(f"{path}: malformed JSON: {problem}")
+    obj = json.loads(text)
+    if not isinstance(obj, dict):
+        raise PotstillError(f"{path}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """Write one JSON document atomically (see ``atomic_write``)."""
     with atomic_write(path) as f:

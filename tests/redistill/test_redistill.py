@@ -335,3 +335,21 @@ def test_failed_teacher_calls_are_named_not_passed_off_as_curation(served_run, t
     assert rec["teacher"]["errors"] == len(unrecorded)
     lines = [line for line in capsys.readouterr().err.splitlines() if "teacher calls failed" in line]
     assert len(lines) == 1 and f"{len(unrecorded)} of " in lines[0] and "left out" in lines[0], lines
+
+
+def test_an_unreadable_train_json_is_named_in_one_line(served_run, tmp_path, monkeypatch, capsys):
+    # RUN/train.json cut short (a disk that filled, an edit): redistill stopped with json's traceback
+    # after paying the teacher for the traffic, where every other unreadable file is one line; it is
+    # now read with the run's other checks, before any teacher call.
+    run = tmp_path / "run"
+    _copy_original(served_run, run)
+    with Ledger(run / "calls.sqlite") as ledger:
+        rows = ledger._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
+    (run / "train.json").write_text('{"base_model": "')
+    assert _cli(monkeypatch, capsys, str(run)) == (
+        f"error: {run / 'train.json'}: malformed JSON: a string opened at column 16 is never closed (missing '\"')")
+    (run / "train.json").write_text('["not", "an object"]')
+    assert _cli(monkeypatch, capsys, str(run)) == f"error: {run / 'train.json'}: expected a JSON object, got list"
+    assert not (run / "students").exists()
+    with Ledger(run / "calls.sqlite") as ledger:
+        assert ledger._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0] == rows  # no teacher call

@@ -23,7 +23,6 @@ and why the challenger was or was not promoted; its data and training log are in
 from __future__ import annotations
 
 import gc
-import json
 import os
 import shutil
 import time
@@ -42,7 +41,7 @@ from potstill.hashing import hash_obj
 from potstill.ledger import Ledger
 from potstill.models.loading import load_lm
 from potstill.progress import out, say
-from potstill.records import Record, read_records, write_json, write_jsonl
+from potstill.records import Record, read_json, read_records, write_json, write_jsonl
 from potstill.rundir import CHALLENGER_TRAIN, student_train_path
 from potstill.redistill.compare import compare, decide, scores
 from potstill.redistill.promote import current, switch
@@ -121,7 +120,7 @@ def redistill(run_dir: Path, cfg: Config) -> dict[str, Any]:
     rc, task = cfg.redistill, get_task(cfg.task)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    champion, ledger_path = _check_run(run_dir)
+    champion, ledger_path = _check_run(run_dir, cfg)
     traffic, sampled, gstats = _traffic_step(ledger_path, cfg, task, timings)
     nd = _curation_step(run_dir, cfg, traffic, sampled, timings)
     challenger, train_summary = _challenger_step(run_dir, cfg, task, nd, timings)
@@ -163,7 +162,7 @@ def redistill(run_dir: Path, cfg: Config) -> dict[str, Any]:
     return record
 
 
-def _check_run(run_dir: Path) -> tuple[Path, Path]:
+def _check_run(run_dir: Path, cfg: Config) -> tuple[Path, Path]:
     """The run's splits, trained champion and served-traffic ledger, or one clear error."""
     for name in ("train.jsonl", "val.jsonl", "test.jsonl"):
         if not (run_dir / name).exists():
@@ -175,6 +174,11 @@ def _check_run(run_dir: Path) -> tuple[Path, Path]:
     champion = current(run_dir)
     if not _is_student(champion):
         raise PotstillError(f"{run_dir / 'student'}: no trained student to challenge (run `potstill train` first)")
+    # Before the teacher is paid for the traffic, as everything here.
+    base = read_json(run_dir / "train.json").get("base_model") if (run_dir / "train.json").exists() else None
+    if base is not None and base != cfg.student.model:
+        raise PotstillError(f"redistill: the champion was trained from {base} but student.model is {cfg.student.model}: "
+                            "a challenger must start from the champion's base (pass -c with the run's config)")
     ledger_path = run_dir / "calls.sqlite"
     if not ledger_path.exists():
         raise PotstillError(f"{ledger_path} not found: no served traffic (serve the student with `potstill serve` first)")
@@ -242,14 +246,10 @@ def _challenger_step(run_dir: Path, cfg: Config, task: Task, nd: _NewData,
     """3. Train the challenger from the champion's base, or reuse one trained on the same data."""
     t0 = time.perf_counter()
     challenger = run_dir / "students" / nd.cid
-    base = json.loads((run_dir / "train.json").read_text()).get("base_model") if (run_dir / "train.json").exists() else None
-    if base is not None and base != cfg.student.model:
-        raise PotstillError(f"redistill: the champion was trained from {base} but student.model is {cfg.student.model}: "
-                            "a challenger must start from the champion's base (pass -c with the run's config)")
     train_summary: dict[str, Any]
     if _is_student(challenger):
         say(f"redistill: challenger {nd.cid} already trained on this data, reused ({challenger})")
-        train_summary = json.loads((nd.work / "train.json").read_text()) if (nd.work / "train.json").exists() else {}
+        train_summary = read_json(nd.work / "train.json") if (nd.work / "train.json").exists() else {}
         train_summary["reused"] = True
     else:
         from potstill.train.trainer import train
