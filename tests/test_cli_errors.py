@@ -229,3 +229,34 @@ def test_a_bad_value_is_named_by_the_flag_that_set_it_not_by_the_file(work, monk
     # Without -c too: it said 'config: teacher.temperature: ...', naming no flag.
     code, err = _cli(monkeypatch, capsys, "generate", "--teacher.temperature", "-1")
     assert (code, err) == (2, ["error: --teacher.temperature: Input should be greater than or equal to 0"])
+
+
+def test_a_sqlite_error_names_its_file_and_blames_no_ledger_it_did_not_come_from(work, monkeypatch, capsys):
+    """Any SQLite error that reached the CLI read 'SQLite: ... (a file that is not a potstill
+    ledger?)' and named no file, whichever file it came from."""
+    import sqlite3
+
+    from potstill.cli import _os_problem
+
+    # A ledger whose calls table another tool dropped: `cost` fails on its first query.
+    (work / "run").mkdir()
+    Ledger(work / "run" / "calls.sqlite").close()
+    with sqlite3.connect(work / "run" / "calls.sqlite") as db:
+        db.execute("DROP TABLE calls")
+    assert _cli(monkeypatch, capsys, "cost", "run") == (2, ["error: run/calls.sqlite: SQLite: no such table: calls"])
+    # A SQLite error from no file potstill opened says what SQLite said, and blames no ledger.
+    assert _os_problem(sqlite3.DatabaseError("file is not a database")) == "SQLite: file is not a database"
+    # A ledger opened read-only (preflight's budget asks it what is answered) that is not one: the
+    # check fails naming the file, and the other checks still print.
+    (work / "run2").mkdir()
+    (work / "run2" / "calls.sqlite").write_text("spend exported by hand\n" * 40)
+    monkeypatch.setattr(sys, "argv", ["potstill", "preflight", "-c", "c.yaml", "--run_dir", "run2",
+                                      "--teacher.model", "gpt-4o", "--generate.budget_usd", "5"])
+    with pytest.raises(SystemExit) as e:
+        main()
+    out = capsys.readouterr()
+    budget = next(ln for ln in out.out.splitlines() if ln.split()[1] == "budget")
+    assert e.value.code == 2 and len(out.out.splitlines()) == 7
+    assert budget.split(None, 2)[2] == ("run2/calls.sqlite: not a potstill ledger (SQLite: file is not a database); "
+                                         "move it aside")
+    assert (work / "run2" / "calls.sqlite").read_text() == "spend exported by hand\n" * 40

@@ -496,7 +496,8 @@ def _os_problem(e: BaseException) -> str:
     if isinstance(e, UnicodeDecodeError):
         return f"a file is not UTF-8 text ({e.reason} at byte {e.start})"
     if isinstance(e, sqlite3.DatabaseError):
-        return f"SQLite: {e}" + ("" if isinstance(e, sqlite3.OperationalError) else " (a file that is not a potstill ledger?)")
+        where = getattr(e, "filename", None)  # set by the ledger (sqlite3 names no file): others are unknown
+        return f"{where}: SQLite: {e}" if where else f"SQLite: {e}"
     where = " -> ".join(str(f) for f in (getattr(e, "filename", None), getattr(e, "filename2", None)) if f)
     return f"{e.strerror or e}: {where}" if where else str(e)
 

@@ -276,18 +276,44 @@ def _alive(pid: int) -> bool:
     return True
 
 
+class _Guard:
+    """The ledger's lock. A SQLite error raised under it leaves carrying the ledger's path as
+    ``filename`` (sqlite3's errors name no file), so the CLI's one line says which file it was."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> "_Guard":
+        self._lock.acquire()
+        return self
+
+    def __exit__(self, kind: Any, e: BaseException | None, tb: Any) -> None:
+        self._lock.release()
+        if isinstance(e, sqlite3.DatabaseError) and not getattr(e, "filename", None):
+            e.filename = str(self.path)  # type: ignore[attr-defined]
+
+
 class Ledger:
     """A thin, thread-safe wrapper over one SQLite file."""
 
     def __init__(self, path: str | Path, readonly: bool = False):
         """Open (and migrate) the ledger; ``readonly`` opens an existing file without ever writing to it."""
         self.path = Path(path)
-        self._lock = threading.Lock()
+        self._lock = _Guard(self.path)
         if readonly:
             if not self.path.exists():
                 raise PotstillError(f"{self.path} not found")
             self._db = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True, check_same_thread=False,
                                        timeout=30)
+            try:  # SQLite reads a file only at the first query: make that here, where the file is known
+                with self._lock:
+                    self._db.execute("SELECT 1 FROM calls LIMIT 1").fetchall()
+            except sqlite3.DatabaseError as e:
+                self._db.close()
+                if isinstance(e, sqlite3.OperationalError) and "no such table" not in str(e):  # locked, ...
+                    raise
+                raise PotstillError(f"{self.path}: not a potstill ledger (SQLite: {e}); move it aside") from None
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
