@@ -37,3 +37,18 @@ def test_served_escalations_are_not_a_one_time_cost(tmp_path, tiny_model):
     assert ev["one_time"]["generation_usd"] == pytest.approx(0.02)
     assert ev["one_time"]["generation_calls"] == 2
     assert "2 successful teacher calls" in ev["sources"]["generation_usd"]
+
+
+@pytest.mark.parametrize("text, said", [('{"train_s": 12.5', r"train\.json: malformed JSON"),
+                                        ('{"train_s": "soon"}', r"train\.json: train_s is 'soon', not the seconds")])
+def test_a_broken_train_json_is_one_line_naming_it(tmp_path, text, said):
+    """evaluate read RUN/train.json with json.loads and float(): a file cut short or edited was a
+    JSONDecodeError / ValueError traceback at the end of evaluate's work."""
+    from potstill.errors import PotstillError
+    from potstill.evaluate.stage import _one_time_costs
+    from potstill.rundir import RunDir
+
+    (tmp_path / "train.json").write_text(text)
+    cfg = load_config(overrides={"run_dir": str(tmp_path), "task": {"type": "freetext"}})
+    with pytest.raises(PotstillError, match=said):
+        _one_time_costs(cfg, RunDir(tmp_path), {"cost_usd": 0.0, "calls": 0})

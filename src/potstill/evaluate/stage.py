@@ -9,7 +9,6 @@ local teacher's batch-1 latency, timed in turns with the student's: ``evaluate.t
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from typing import Any
@@ -23,7 +22,7 @@ from potstill.evaluate.metrics import task_metrics
 from potstill.evaluate.slices import field_table, length_edges, output_fields, slice_names, slice_table
 from potstill.hashing import hash_obj
 from potstill.progress import bar, say
-from potstill.records import Record, read_records, write_json
+from potstill.records import Record, read_json, read_records, write_json
 from potstill.report import measure_student, measure_teacher, print_slices, print_table
 from potstill.rundir import RunDir
 from potstill.students import (Beside, Predictions, evaluation_engine, latency_stats, predict,
@@ -285,8 +284,10 @@ def _slices(cfg: Config, task: Task, preds: dict[str, Predictions], teacher: lis
 
 def _one_time_costs(cfg: Config, run: RunDir, spend: dict[str, Any]) -> tuple[dict[str, Any], float]:
     """Generation spend from the ledger plus training time from train.json, priced at student.usd_per_hour."""
-    train_info = json.loads((run / "train.json").read_text()) if (run / "train.json").exists() else {}
-    train_s = float(train_info.get("train_s", 0.0))
+    path = run / "train.json"
+    train_s = read_json(path).get("train_s", 0.0) if path.exists() else 0.0
+    if not isinstance(train_s, (int, float)) or isinstance(train_s, bool) or train_s < 0:
+        raise PotstillError(f"{path}: train_s is {train_s!r}, not the seconds training took (run `potstill train` again)")
     one_time = {"generation_usd": spend["cost_usd"], "generation_calls": spend["calls"], "train_s": train_s,
                 "train_usd": train_s / 3600 * cfg.student.usd_per_hour}
     one_time["total_usd"] = one_time["generation_usd"] + one_time["train_usd"]
