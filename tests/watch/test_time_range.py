@@ -42,3 +42,12 @@ def test_an_empty_since_is_an_error_not_the_latest_window(tmp_path, tiny_model):
     assert p.returncode == 2 and p.stderr.strip().count("\n") == 0, (p.returncode, p.stderr)
     assert "cannot read time ''" in p.stderr
     assert not (run / "watch" / "report.json").exists()
+
+
+def test_a_year_or_a_basic_date_is_not_read_as_seconds_after_1970():
+    """`--since 2026` was unix second 2026 (00:33 on 1 January 1970), so the range held all traffic, and
+    `--since 20261124` (ISO 8601's basic date) was 23 August 1970."""
+    with pytest.raises(PotstillError, match=r"cannot read time '2026': as unix seconds it is 1970-01-01T00:33.*date"):
+        parse_time("2026")
+    assert parse_time("20261124") == parse_time("2026-11-24")
+    assert parse_time("1732406400") == 1732406400  # unix seconds of a time traffic is served at still read so

@@ -19,10 +19,12 @@ from potstill.models.loading import model_identity
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+UNIX_FLOOR = 1e9  # 2001-09-09: a bare number below it is no time anyone serves traffic at
 
 
 def parse_time(value: str, now: float | None = None) -> float:
-    """Unix seconds from ``1732406400``, an ISO 8601 time (``2026-11-24T01:00``, naive = UTC), or a
+    """Unix seconds from ``1732406400`` (after 2001: a bare ``2026`` is refused as a year), an ISO 8601
+    time (``2026-11-24T01:00`` or ``20261124``, naive = UTC), or a
     duration before now (``90m``, ``24h``, ``7d``)."""
     v = value.strip()
     unreadable = PotstillError(f"cannot read time {value!r}: use unix seconds, ISO 8601 (2026-11-24T01:00) "
@@ -34,11 +36,18 @@ def parse_time(value: str, now: float | None = None) -> float:
         try:
             t = float(v)
         except ValueError:
+            t = None
+        if t is None or (len(v) == 8 and v.isdigit()):  # 20261124: ISO 8601's basic date, not 1970's seconds
             try:
                 d = datetime.fromisoformat(v)
             except ValueError:
                 raise unreadable from None
             t = (d if d.tzinfo else d.replace(tzinfo=timezone.utc)).timestamp()
+        elif math.isfinite(t) and t < UNIX_FLOOR:
+            # `--since 2026` read as unix seconds is 00:33 on 1 January 1970: a year meant as a date.
+            raise PotstillError(f"cannot read time {value!r}: as unix seconds it is "
+                                f"{datetime.fromtimestamp(t, timezone.utc):%Y-%m-%dT%H:%M}, before any served "
+                                "traffic; give a date (2026-11-24), a time (2026-11-24T01:00) or a duration (24h)")
     # float() reads nan and inf too: `created_at >= nan` matches no row, and reads as a quiet time range.
     if not math.isfinite(t):
         raise unreadable
