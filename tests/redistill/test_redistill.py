@@ -353,3 +353,18 @@ def test_an_unreadable_train_json_is_named_in_one_line(served_run, tmp_path, mon
     assert not (run / "students").exists()
     with Ledger(run / "calls.sqlite") as ledger:
         assert ledger._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0] == rows  # no teacher call
+
+
+def test_a_new_traffic_test_too_small_to_promote_stops_before_training(tmp_path, tiny_model):
+    """With fewer new-traffic examples than redistill.min_new_test no challenger can be promoted, yet
+    one was trained (minutes on a real student) before the decision said so; it stops first, and
+    --no-promote (compare only) still trains and records the comparison."""
+    from potstill.redistill import redistill
+
+    run = build_run(tmp_path, tiny_model)
+    serve_traffic(run, sentences(NEW, 110, 1))
+    with pytest.raises(PotstillError, match=r"new-traffic test holds \d+ examples, under redistill.min_new_test 1000"):
+        redistill(run, _cfg(run, **{"redistill.min_new_test": 1000}))
+    assert not (run / "students").exists() and not list((run / "redistill").glob("*/student.training"))
+    rec = redistill(run, _cfg(run, **{"redistill.min_new_test": 1000, "redistill.promote": False}))
+    assert rec["promotion"] is None and rec["decision"]["reason"].startswith("new-traffic test too small")

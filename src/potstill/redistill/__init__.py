@@ -225,6 +225,12 @@ def _curation_step(run_dir: Path, cfg: Config, traffic, sampled: list[Record], t
     if not cur.test:
         raise PotstillError(f"redistill: the new-traffic test is empty ({len(cur.train)} new records, "
                             f"redistill.new_test={rc.new_test:g}); serve more traffic or raise --new-test")
+    if rc.promote and len(cur.test) < rc.min_new_test:
+        # Such a challenger can never be promoted (compare.decide): stop before paying for its training.
+        # With --no-promote the comparison is all that is asked for, and it is made and recorded.
+        raise PotstillError(f"redistill: the new-traffic test holds {len(cur.test)} examples, under "
+                            f"redistill.min_new_test {rc.min_new_test}, so no challenger could be promoted: serve "
+                            "more traffic, lower --min-new-test, or compare only with --no-promote")
     data = old_train + cur.train
     cid = hash_obj({"data": [r.model_dump(mode="json", exclude_none=True) for r in data], "train": cfg.train.model_dump(),
                     "student": cfg.student.model_dump(), "task": cfg.task.model_dump()})[:12]
