@@ -172,3 +172,11 @@ def test_a_review_sqlite_that_is_not_a_review_store_is_named(curated):
             f"error: {run / 'review.sqlite'}: not a potstill review store (SQLite: file is not a database); "
             "move it aside"], (args, out.stderr)
     assert (run / "review.sqlite").read_bytes() == junk
+    # A folder in its place (SQLite cannot open it): the line names review.sqlite too, not only SQLite.
+    (run / "review.sqlite").unlink()
+    (run / "review.sqlite").mkdir()
+    out = subprocess.run([sys.executable, "-m", "potstill.cli", "curate", "--config", str(run / "potstill.yaml"),
+                          "--force"], capture_output=True, text=True, env={**os.environ}, timeout=120)
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        f"error: {run / 'review.sqlite'}: SQLite: unable to open database file"], out.stderr
+    (run / "review.sqlite").rmdir()

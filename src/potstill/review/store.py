@@ -8,10 +8,11 @@ new decision reruns curate, while teacher traffic does not.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from potstill.errors import PotstillError
 from potstill.ledger import apply_migrations
@@ -50,9 +51,11 @@ class ReviewStore:
         self.path = Path(path)
         # Rollback journal (not WAL): after a commit the whole state is in this one file, so the
         # curate stage's content hash of it sees every decision.
-        self.db = sqlite3.connect(self.path, check_same_thread=False)
+        with _named(self.path):  # a folder in its place, no permission: the CLI's line names the file
+            self.db = sqlite3.connect(self.path, check_same_thread=False)
         try:
-            apply_migrations(self.db, MIGRATIONS)
+            with _named(self.path):
+                apply_migrations(self.db, MIGRATIONS)
         except sqlite3.DatabaseError as e:  # another file in its place: say which, and leave it as it is
             self.db.close()
             if isinstance(e, sqlite3.OperationalError):  # locked, disk full, ...: not about what the file is
@@ -77,7 +80,7 @@ class ReviewStore:
             raise PotstillError("a relabel decision needs the new label")
         if decision == "edit" and output is None:
             raise PotstillError("an edit decision needs the corrected answer")
-        with self.db:
+        with _named(self.path), self.db:
             self.db.execute(
                 "INSERT INTO decisions (record_id, decision, label, teacher_output, decided_at, output) "
                 "VALUES (?, ?, ?, ?, ?, ?) "
@@ -88,9 +91,23 @@ class ReviewStore:
             )
 
     def decisions(self) -> dict[str, dict[str, Any]]:
-        rows = self.db.execute("SELECT record_id, decision, label, teacher_output, decided_at, output FROM decisions")
+        with _named(self.path):
+            rows = self.db.execute("SELECT record_id, decision, label, teacher_output, decided_at, output "
+                                   "FROM decisions").fetchall()
         return {r[0]: {"decision": r[1], "label": r[2], "teacher_output": r[3], "decided_at": r[4], "output": r[5]}
                 for r in rows}
+
+
+@contextlib.contextmanager
+def _named(path: Path) -> Iterator[None]:
+    """A SQLite error raised inside leaves carrying ``path`` as ``filename`` (sqlite3 names no file),
+    as the ledger's do, so the CLI's one line says it was review.sqlite."""
+    try:
+        yield
+    except sqlite3.DatabaseError as e:
+        if not getattr(e, "filename", None):
+            e.filename = str(path)  # type: ignore[attr-defined]
+        raise
 
 
 def load_decisions(path: str | Path) -> dict[str, dict[str, Any]]:
