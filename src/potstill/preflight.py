@@ -392,8 +392,13 @@ def _run(fn: Callable[[_Ctx], Check], ctx: _Ctx) -> Check:
     alone with the reason, and the others still run, so the table shows every result."""
     try:
         return fn(ctx)
-    except PotstillError as e:
-        return Check(fn.__name__.removeprefix("check_"), "fail", str(e).splitlines()[0] if str(e) else repr(e))
+    except (PotstillError, OSError) as e:  # OSError: a file it reads that cannot be read (no permission, ...)
+        if isinstance(e, OSError) and os.environ.get("POTSTILL_DEBUG"):
+            raise
+        why = str(e).splitlines()[0] if str(e) else repr(e)
+        if isinstance(e, OSError) and getattr(e, "filename", None):
+            why = f"{e.filename}: {e.strerror or why}"
+        return Check(fn.__name__.removeprefix("check_"), "fail", why)
 
 
 def require(cfg: Config, stage: str | None = None) -> list[Check]:

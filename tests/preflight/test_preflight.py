@@ -305,3 +305,24 @@ def test_a_check_that_cannot_load_its_model_fails_alone_and_the_table_is_still_p
     reason = next(r[2] for r in rows if r[1] == "prompt")
     assert "no-such-student" in reason and "\n" not in reason
     assert run.stderr.strip().splitlines()[-1] == "error: preflight: 2 check(s) failed: prompt, labels"
+
+
+def test_a_check_that_cannot_read_a_file_fails_alone(monkeypatch):
+    """Only PotstillError was caught per check: an OSError (a file without read permission, a
+    folder where a file belongs) from one check dropped every other check's result."""
+    import errno
+
+    from potstill import preflight
+    from potstill.config import Config
+
+    def check_unreadable(ctx):
+        raise PermissionError(errno.EACCES, "Permission denied", "/data/tok/tokenizer.json")
+
+    def check_fine(ctx):
+        return preflight.Check("fine", "ok", "nothing wrong")
+
+    monkeypatch.setitem(preflight.CHECKS, None, [check_unreadable, check_fine])
+    monkeypatch.delenv("POTSTILL_DEBUG", raising=False)
+    got = preflight.run_checks(Config(task={"type": "freetext"}))
+    assert [(c.name, c.status) for c in got] == [("unreadable", "fail"), ("fine", "ok")]
+    assert got[0].detail == "/data/tok/tokenizer.json: Permission denied"
