@@ -214,3 +214,52 @@ def test_a_reviewer_corrects_one_field_by_keyboard_and_typing_decides_nothing(tm
     rec = next(r for r in read_records(run / "train.jsonl") if r.id == first)
     assert json.loads(rec.output) == json.loads(fixed) and rec.meta["teacher_output"] == said
     assert json.loads((run / "card.json").read_text())["review_decisions"]["edit"] == 1
+
+
+def test_a_failed_earlier_save_keeps_the_correction_being_typed_and_esc_does_not_seem_to_cancel_a_save(tmp_path):
+    """In headless Chromium: an accept whose save failed while the reviewer typed a correction on the
+    next record made the page jump back and close the editor, losing the text; Esc while a
+    correction was being saved closed the box, yet the server stored it."""
+    import json
+    from pathlib import Path
+
+    from playwright.sync_api import sync_playwright
+
+    from potstill.review.app import create_app
+    from potstill.review.store import load_decisions
+    from tests.helpers.live_server import LiveServer
+    from tests.review.test_review_browser import _open
+
+    cfg = extraction_run(tmp_path)
+    run = Path(cfg.run_dir)
+    held = []
+    with LiveServer(create_app(run, sample=6)) as served, sync_playwright() as p:
+        browser, page = _open(p, served.url)
+        page.route("**/api/decisions", lambda route: held.append(route))  # answered when the test says
+        first = page.text_content("#rid")
+        page.keyboard.press("a")  # its save is held, then fails
+        second = page.text_content("#rid")
+        assert second != first
+        page.keyboard.press("e")
+        page.wait_for_selector("#edittext:focus")
+        page.keyboard.type(" (checked)")
+        typed = page.input_value("#edittext")
+        page.wait_for_function("1", timeout=2000)
+        assert len(held) == 1
+        held.pop().abort()
+        page.wait_for_function("document.getElementById('msg').textContent.includes('not saved')")
+        assert page.is_visible("#editor") and page.input_value("#edittext") == typed
+        assert page.text_content("#rid") == second and first in page.text_content("#msg")
+
+        fixed = json.dumps({**json.loads(page.text_content("#output")), "total": 7})
+        page.fill("#edittext", fixed)
+        page.keyboard.press("Control+Enter")  # held: the save is on its way
+        page.wait_for_function("document.getElementById('edittext').disabled")
+        page.keyboard.press("Escape")
+        assert page.is_visible("#editor") and "cannot be cancelled" in page.text_content("#msg")
+        page.wait_for_function("1", timeout=2000)
+        held.pop().continue_()
+        page.wait_for_function("document.getElementById('progress').textContent === '1 / 6 reviewed'")
+        assert page.is_hidden("#editor")
+        browser.close()
+    assert {k: v["decision"] for k, v in load_decisions(run / "review.sqlite").items()} == {second: "edit"}

@@ -129,12 +129,20 @@ async function send(id, d) {
   // Not saved: say so, and show that record again as the server holds it.
   $("msg").textContent = `record ${id} not saved: ` + (body?.error?.message ?? "the review server did not answer");
   try { await load(); } catch (e) { const it = S.items.find(x => x.id === id); if (!pending.has(id)) it.decision = null; }
-  i = Math.max(0, S.items.findIndex(x => x.id === id)); render();
+  // Back to that record, unless a correction is being typed: the jump would close the editor and
+  // lose the text; the message names the record to go back to.
+  if (editing === null) i = Math.max(0, S.items.findIndex(x => x.id === id));
+  render();
 }
 document.addEventListener("keydown", e => {
   if (!S) return;
   if (editing !== null) {  // typing a correction: only save and cancel are keys, every other key is text
-    if (e.key === "Escape") { e.preventDefault(); closeEditor(); }
+    if (e.key === "Escape") {
+      e.preventDefault();
+      // A correction already sent is not withdrawn by closing the box: say so rather than seem to cancel it.
+      if ($("edittext").disabled) $("msg").textContent = "saving the correction: it cannot be cancelled now";
+      else closeEditor();
+    }
     else if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); saveEdit(); }
     return;
   }
