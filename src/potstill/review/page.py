@@ -126,13 +126,15 @@ async function send(id, d) {
   } catch (e) {}
   if (pending.get(id) === d) pending.delete(id);
   if (r && r.ok && body && body.items) { adopt(body); render(); return; }
-  // Not saved: say so, and show that record again as the server holds it.
-  $("msg").textContent = `record ${id} not saved: ` + (body?.error?.message ?? "the review server did not answer");
+  // Not saved: show that record again as the server holds it, then say so (said last, so that when the
+  // message shows, the page is already back on the record it names).
+  const why = `record ${id} not saved: ` + (body?.error?.message ?? "the review server did not answer");
   try { await load(); } catch (e) { const it = S.items.find(x => x.id === id); if (!pending.has(id)) it.decision = null; }
   // Back to that record, unless a correction is being typed: the jump would close the editor and
   // lose the text; the message names the record to go back to.
   if (editing === null) i = Math.max(0, S.items.findIndex(x => x.id === id));
   render();
+  $("msg").textContent = why;
 }
 document.addEventListener("keydown", e => {
   if (!S) return;
