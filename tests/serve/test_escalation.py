@@ -365,3 +365,40 @@ def test_a_chat_over_an_anthropic_teachers_context_is_the_clients_400(served, fo
         finally:
             service.teacher.close()
             service.teacher = saved
+
+
+def test_an_escalation_is_billed_at_the_generate_price_table_when_the_teacher_names_no_price(
+        tmp_path, tiny_model, teacher_server, monkeypatch):
+    """A teacher priced by `generate.prices` (the built-in table, or a config's entry), with no
+    `teacher.price` of its own, is billed by generate; its served escalations were billed $0."""
+    import yaml
+
+    from potstill.serve import run_config
+    from potstill.serve.app import build_app
+    from potstill.serve.routing import Routing
+    from potstill.serve.service import load_service
+    from potstill.teachers.api.prices import token_cost
+    from potstill.config import PriceConfig
+    from tests.helpers.live_server import LiveServer
+    from tests.serve.conftest import SERVE_KEY, TEACHER_KEY, write_run
+
+    monkeypatch.setenv("TEACHER_KEY", TEACHER_KEY)
+    monkeypatch.setenv("SERVE_KEY", SERVE_KEY)
+    run = write_run(tmp_path, tiny_model, teacher_server.base_url)
+    cfg = yaml.safe_load((run / "potstill.yaml").read_text())
+    del cfg["teacher"]["price"]
+    cfg["generate"] = {"prices": {"tiny-teacher": {"input_per_mtok": 3.0, "output_per_mtok": 12.0}}}
+    (run / "potstill.yaml").write_text(yaml.safe_dump(cfg))
+    service = load_service(run, run_config(run, None), device="cpu")
+    service.routing = Routing(confidence_threshold=float("inf"), ood_threshold=float("inf"))
+    try:
+        with LiveServer(build_app(service, SERVE_KEY)) as live:
+            c = client(live).chat.completions.create(model="potstill", messages=MSG)
+        assert c.model_extra["potstill"]["answered_by"] == "teacher"
+        row = rows(service)[-1]
+        price = PriceConfig(input_per_mtok=3.0, output_per_mtok=12.0)
+        teacher_cost = token_cost(price, row["input_tokens"], row["output_tokens"])
+        student_cost = row["cost_usd"] - teacher_cost  # the student's share of its forward comes first
+        assert teacher_cost > 0 and 0 <= student_cost < teacher_cost / 100
+    finally:
+        service.close()

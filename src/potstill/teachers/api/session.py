@@ -11,6 +11,7 @@ import threading
 from concurrent.futures import Future
 from typing import Any
 
+from potstill.config import GenerateConfig
 from potstill.teachers.api.engine import ApiTeacher, _open, send
 from potstill.teachers.api.limits import RateLimiter
 from potstill.teachers.api.prices import price_for
@@ -21,14 +22,16 @@ class ApiSession:
     """Single requests on one long-lived loop and client (a server's escalations).
 
     No rate limits or budget (a server answers its clients as they come); prices are the
-    teacher's own. ``submit`` is thread-safe and returns a ``concurrent.futures.Future``.
+    teacher's own, else its ``prices`` table (``generate.prices``). ``submit`` is thread-safe and returns a ``concurrent.futures.Future``.
     """
 
     def __init__(self, teacher: ApiTeacher):
         self.teacher = teacher
         self.stats = RunStats()
         self.limiter = RateLimiter()
-        self.price = price_for(teacher.cfg.model, teacher.cfg.price, {})
+        # The table generate bills by (a model priced only there was once billed $0 per escalation).
+        table = teacher.prices if teacher.prices is not None else GenerateConfig().prices
+        self.price = price_for(teacher.cfg.model, teacher.cfg.price, table)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name=f"potstill-{teacher.type}-session", daemon=True)
         self.thread.start()
