@@ -402,3 +402,59 @@ def test_an_escalation_is_billed_at_the_generate_price_table_when_the_teacher_na
         assert teacher_cost > 0 and 0 <= student_cost < teacher_cost / 100
     finally:
         service.close()
+
+
+def test_an_escalation_reuses_generates_answer_when_generate_took_n_samples(tmp_path, tiny_model, monkeypatch):
+    """With generate.n 3 generate's request asks for 3 samples, so a served escalation of the same
+    chat (one sample) never found it in the ledger and paid the teacher again; it is now served
+    from generate's answer, whose majority sample is the answer, as generate chose it."""
+    import yaml
+    from fastapi import FastAPI
+
+    from potstill.config import GenerateConfig
+    from potstill.generate import label_records
+    from potstill.records import Record
+    from potstill.serve import run_config
+    from potstill.serve.app import build_app
+    from potstill.serve.routing import Routing
+    from potstill.serve.service import load_service
+    from tests.helpers.live_server import LiveServer
+    from tests.serve.conftest import SERVE_KEY, TEACHER_KEY, write_run
+
+    asked: list[dict] = []
+    provider = FastAPI()
+
+    @provider.post("/v1/chat/completions")
+    def chat(body: dict) -> dict:
+        asked.append(body)
+        answers = ["tech", "sports", "sports"][: int(body.get("n") or 1)]  # the first sample is outvoted
+        return {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
+                "choices": [{"index": i, "message": {"role": "assistant", "content": a}, "finish_reason": "stop"}
+                            for i, a in enumerate(answers)],
+                "usage": {"prompt_tokens": 9, "completion_tokens": len(answers), "total_tokens": 9 + len(answers)}}
+
+    monkeypatch.setenv("TEACHER_KEY", TEACHER_KEY)
+    monkeypatch.setenv("SERVE_KEY", SERVE_KEY)
+    with LiveServer(provider) as fake:
+        run = write_run(tmp_path, tiny_model, fake.url + "/v1")
+        cfg = yaml.safe_load((run / "potstill.yaml").read_text())
+        cfg["generate"] = {"n": 3}
+        (run / "potstill.yaml").write_text(yaml.safe_dump(cfg))
+        service = load_service(run, run_config(run, None), device="cpu")
+        service.routing = Routing(confidence_threshold=float("inf"), ood_threshold=float("inf"))
+        try:
+            msg = [{"role": "user", "content": "the striker scored twice in the cup final"}]
+            generating = get_teacher(service.teacher.cfg, service.task)  # generate's own, as in `potstill generate`
+            (rec,), stats = label_records([Record(messages=msg)], service.task, generating, service.ledger,
+                                          stage="generate", gcfg=GenerateConfig(n=3))
+            generating.close()
+            assert stats.calls == 1 and rec.output == "sports" and asked[-1]["n"] == 3
+            with LiveServer(build_app(service, SERVE_KEY)) as live:
+                raw = client(live).chat.completions.with_raw_response.create(model="potstill", messages=msg)
+            assert len(asked) == 1  # no second teacher call
+            assert raw.headers["x-potstill-reason"] == "low_confidence+cached"
+            assert raw.parse().choices[0].message.content == "sports"
+            row = rows(service)[-1]
+            assert row["request_hash"] == rec.meta["request_hash"]
+        finally:
+            service.close()

@@ -26,6 +26,7 @@ import torch
 
 from potstill.config import Config
 from potstill.errors import PotstillError
+from potstill.generate.consistency import majority
 from potstill.hashing import hash_file, hash_obj
 from potstill.engines import section_engine
 from potstill.ledger import Ledger, ServedCall, user_messages
@@ -387,17 +388,29 @@ class Service:
             req = {**req, "max_completion_tokens" if "max_completion_tokens" in req else "max_tokens": max_tokens}
         return request_hash(self._identity[1], req), req
 
-    async def _ask_teacher(self, h: str, req: dict[str, Any]) -> tuple[Response, bool]:
-        """The teacher's answer and whether it came from the ledger (the cache DESIGN promises:
-        an identical request already answered, by generate or redistill, is never paid twice)."""
-        cached = (await asyncio.to_thread(self.ledger.lookup, [h])).get(h)
-        if cached is not None:
-            return Response(**{k: v for k, v in cached.items() if k in _RESPONSE_FIELDS}), True
+    async def _ask_teacher(self, h: str, req: dict[str, Any]) -> tuple[Response, bool, str]:
+        """The teacher's answer, whether it came from the ledger (the cache DESIGN promises: an
+        identical request already answered, by generate or redistill, is never paid twice), and
+        the hash of the request it answers.
+
+        With ``generate.n`` above 1 generate asked for n samples in one request (``"n"`` in it, as
+        every adapter that takes samples writes it), another hash than the single-sample request
+        served here: that answer is reused too, as its majority sample, the one generate kept."""
+        sampled = None
+        if self.cfg.generate.n > 1 and "n" not in req and self.teacher.supports_samples:
+            sampled = request_hash(self._identity[1], {**req, "n": self.cfg.generate.n})
+        found = await asyncio.to_thread(self.ledger.lookup, [h] if sampled is None else [h, sampled])
+        for key in (h, sampled):
+            if key in found:
+                r = Response(**{k: v for k, v in found[key].items() if k in _RESPONSE_FIELDS})
+                if key == sampled and r.samples and len(r.samples) > 1:
+                    r.output = majority(r.samples, self.task.parse)[0] or r.output
+                return r, True, key
         # One request on the teacher's long-lived worker (an API client, or the one in-process model).
         r = await asyncio.wrap_future(self.teacher.submit(req))
         if not r.ok:
             raise TeacherError(r.error or "the teacher returned no answer", r.error_status, r.error_code, h)
-        return r, False
+        return r, False, h
 
     async def answer(self, messages: list[dict], max_tokens: int | None = None, stop: Sequence[str] = (),
                      teacher_messages: list[dict] | None = None) -> ServedCall:
@@ -437,7 +450,7 @@ class Service:
             content, n_out, finish = live.engine.shorten(a, max_tokens, stop)
             return ServedCall(content=content, model=live.name, reason=reason, input_tokens=a.prompt_tokens,
                               output_tokens=n_out, cost_usd=student_cost, finish_reason=finish, **common)
-        r, cached = await self._ask_teacher(h, req)
+        r, cached, common["request_hash"] = await self._ask_teacher(h, req)
         extra: dict[str, Any] = {"teacher_latency_s": 0.0 if cached else r.latency_s}
         if cached:
             extra["teacher_cached"] = True
