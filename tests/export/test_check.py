@@ -62,6 +62,8 @@ BAD = {
     "no user": (json.dumps({"messages": [GOOD["messages"][0], GOOD["messages"][2]]}), "no user message"),
     "ends with user": (json.dumps({"messages": GOOD["messages"][:2]}), "the last message must be the assistant's"),
     "blank line": ("", "blank line"),
+    "weight not 0 or 1": (json.dumps({"messages": [*GOOD["messages"][:2], {**GOOD["messages"][2], "weight": 2}]}),
+                          "messages[2].weight 2 is not 0 or 1"),
 }
 
 

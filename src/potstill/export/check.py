@@ -7,7 +7,8 @@ The rules are the ones a fine-tuning upload refuses or silently trains badly on:
 JSON object with ``messages``, a list of ``{role, content}`` with role system/user/assistant/tool and
 non-empty content (a string, or a list of text and image parts), at least one user message, and an
 assistant message last (the target). An assistant turn of ``tool_calls`` may have no content; a
-``tool`` message names the call it answers (``tool_call_id``).
+``tool`` message names the call it answers (``tool_call_id``); a message's ``weight``, where
+given, is 0 or 1 (whether the assistant turn is trained on).
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ def line_problems(line: str) -> list[str]:
         if m.get("role") not in ROLES:
             problems.append(f"messages[{i}].role {m.get('role')!r} is not one of {', '.join(ROLES)}")
         content = m.get("content")
+        weight = m.get("weight", 1)
+        if type(weight) is not int or weight not in (0, 1):  # its schema: an integer, 0 or 1 (JSON true is none)
+            problems.append(f"messages[{i}].weight {json.dumps(weight)} is not 0 or 1")
         if m.get("role") == "tool" and not isinstance(m.get("tool_call_id"), str):
             problems.append(f"messages[{i}] (tool): no tool_call_id naming the call it answers")
         if content is None and m.get("role") == "assistant" and m.get("tool_calls"):
