@@ -147,3 +147,12 @@ def test_nothing_to_export_is_one_clear_error(tmp_path):
     with pytest.raises(PotstillError, match=r"train\.jsonl: no records to export"):
         export(cfg, "openai-jsonl")
     assert not (Path(cfg.run_dir) / "export").exists()
+
+
+def test_a_file_not_in_utf8_is_named_so_not_called_invalid_json(tmp_path):
+    """A UTF-16 export (Windows) was read with replacement characters and reported as 'not valid
+    JSON' on every line, which sends the user looking for a syntax error."""
+    path = tmp_path / "utf16.jsonl"
+    path.write_bytes((json.dumps(GOOD) + "\n").encode("utf-16"))
+    problems = check_openai_jsonl(path)
+    assert problems and problems[0].startswith(f"{path}:1: not UTF-8"), problems

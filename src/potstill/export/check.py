@@ -76,8 +76,18 @@ def check_openai_jsonl(path: str | Path) -> list[str]:
         raise PotstillError(f"{path}: file not found")
     problems: list[str] = []
     n = 0
-    with path.open(encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:  # a UTF-16 export from Windows, say: no line of it is JSON
+                n += 1
+                problems.append(f"{path}:{lineno}: not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                                "save the file as UTF-8")
+                if len(problems) >= MAX_PROBLEMS:
+                    problems.append(f"{path}: stopped after {MAX_PROBLEMS} problems")
+                    return problems
+                continue
             if not line.strip():
                 problems.append(f"{path}:{lineno}: blank line")
                 continue
