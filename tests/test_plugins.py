@@ -53,10 +53,7 @@ def test_a_broken_plugin_is_one_line_naming_it_and_its_cause(monkeypatch, tmp_pa
     """A plugin whose module imports a package that is not installed, or names a class its module
     lacks, is one error naming the plugin, its entry point and the cause; ``potstill preflight``
     reports it as the teacher check's failure, not a traceback."""
-    import sys
     from importlib.metadata import EntryPoint
-
-    from potstill.cli import main
 
     (tmp_path / "brokenplug.py").write_text("import potstill_missing_dependency_xyz\n")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -73,25 +70,32 @@ def test_a_broken_plugin_is_one_line_naming_it_and_its_cause(monkeypatch, tmp_pa
                                             r"AttributeError: "):
         plugins.load_plugin("engines", "fast", what="engine")
 
+    code, err = _generate_with(monkeypatch, tmp_path, capsys, "type: mine\n  model: x\n")
+    assert code == 2 and len(err) == 1 and "plugin 'mine'" in err[0] and "Traceback" not in err[0], err
+
+
+def _generate_with(monkeypatch, tmp_path, capsys, teacher: str) -> tuple[int, list[str]]:
+    """``potstill generate`` through the CLI's main on one input with the ``teacher:`` section given."""
+    import sys
+
+    from potstill.cli import main
+
     monkeypatch.chdir(tmp_path)
     (tmp_path / "in.jsonl").write_text('{"input": "the match"}\n')
     (tmp_path / "c.yaml").write_text("task:\n  type: freetext\n  instruction: sum\ndata:\n  inputs: in.jsonl\n"
-                                     "teacher:\n  type: mine\n  model: x\n")
+                                     f"teacher:\n  {teacher}")
     monkeypatch.setattr(sys, "argv", ["potstill", "generate", "-c", "c.yaml"])
     with pytest.raises(SystemExit) as e:
         main()
-    err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == 2 and len(err) == 1 and "plugin 'mine'" in err[0] and "Traceback" not in err[0], err
+    return e.value.code, capsys.readouterr().err.strip().splitlines()
 
 
 def test_a_plugin_whose_constructor_fails_is_one_line_naming_it(monkeypatch, tmp_path, capsys):
     """A third-party teacher, task or engine that loads but raises when built (a missing option, a
     bad value) is one error naming the plugin, its entry point and the cause, without the key the
     teacher's environment holds; from the CLI, one red line and exit 2, not a traceback."""
-    import sys
     from importlib.metadata import EntryPoint
 
-    from potstill.cli import main
     from potstill.config import TaskConfig
     from potstill.engines import load_engine
     from potstill.tasks import get_task
@@ -122,14 +126,7 @@ def test_a_plugin_whose_constructor_fails_is_one_line_naming_it(monkeypatch, tmp
                                             r"RuntimeError: no such checkpoint: /models/x$"):
         load_engine("picky", "/models/x")
 
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "in.jsonl").write_text('{"input": "the match"}\n')
-    (tmp_path / "c.yaml").write_text("task:\n  type: freetext\n  instruction: sum\ndata:\n  inputs: in.jsonl\n"
-                                     "teacher:\n  type: picky\n  model: x\n  api_key_env: PICKY_KEY\n")
-    monkeypatch.setattr(sys, "argv", ["potstill", "generate", "-c", "c.yaml"])
-    with pytest.raises(SystemExit) as e:
-        main()
-    err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == 2 and len(err) == 1, err
+    code, err = _generate_with(monkeypatch, tmp_path, capsys, "type: picky\n  model: x\n  api_key_env: PICKY_KEY\n")
+    assert code == 2 and len(err) == 1, err
     assert "plugin 'picky' (potstill.teachers: pickyplug:Teacher) failed: KeyError" in err[0], err
     assert "option endpoint is required" in err[0] and "sk-picky" not in err[0], err
