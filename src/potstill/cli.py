@@ -464,16 +464,21 @@ def _options(version: Annotated[bool, typer.Option("--version", callback=_versio
 
 
 @app.command("export-check")
-def export_check(file: Annotated[Path, typer.Argument(help="JSONL file in OpenAI's chat fine-tuning format.")]) -> None:
-    """Check an OpenAI fine-tuning JSONL file: prints one file:line problem per line, exit 1 if any."""
-    from potstill.export.check import check_openai_jsonl
+def export_check(file: Annotated[Path, typer.Argument(
+        help="JSONL file in OpenAI's chat fine-tuning format, or a folder: each *.jsonl in it.")]) -> None:
+    """Check OpenAI fine-tuning JSONL (a file, or each *.jsonl of a folder): one file:line problem per line, exit 1 if any."""
+    from potstill.export.check import check_openai_jsonl, files_to_check
 
-    problems = check_openai_jsonl(file)
-    for problem in problems:
-        typer.echo(problem)
-    if problems:
+    failed = False
+    for path in files_to_check(file):
+        problems = check_openai_jsonl(path)
+        for problem in problems:
+            typer.echo(problem)
+        if not problems:
+            typer.echo(f"{path}: ok")
+        failed = failed or bool(problems)
+    if failed:
         raise typer.Exit(1)
-    typer.echo(f"{file}: ok")
 
 
 @config_command("redistill", ["redistill", "teacher", "generate", "curate", "train", "student", "evaluate.batch_size",

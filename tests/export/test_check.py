@@ -156,3 +156,34 @@ def test_a_file_not_in_utf8_is_named_so_not_called_invalid_json(tmp_path):
     path.write_bytes((json.dumps(GOOD) + "\n").encode("utf-16"))
     problems = check_openai_jsonl(path)
     assert problems and problems[0].startswith(f"{path}:1: not UTF-8"), problems
+
+
+def test_cli_export_check_on_the_folder_export_wrote_checks_each_jsonl_in_it(tmp_path):
+    """`export-check RUN/export/openai-jsonl` (the folder export names) checks train.jsonl and val.jsonl in it."""
+    cfg = make_run(tmp_path, ["sports"] * 12)
+    folder = export(cfg, "openai-jsonl")[0].parent
+    cmd = [sys.executable, "-m", "potstill.cli", "export-check"]
+    ok = subprocess.run([*cmd, str(folder)], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stdout.splitlines() == [f"{folder / 'train.jsonl'}: ok", f"{folder / 'val.jsonl'}: ok"]
+    (folder / "val.jsonl").write_text(json.dumps(GOOD) + "\n" + BAD["ends with user"][0] + "\n")
+    no = subprocess.run([*cmd, str(folder)], capture_output=True, text=True, timeout=120)
+    assert no.returncode == 1
+    assert no.stdout.splitlines()[0] == f"{folder / 'train.jsonl'}: ok"
+    assert no.stdout.splitlines()[1].startswith(f"{folder / 'val.jsonl'}:2: the last message")
+
+
+@pytest.mark.parametrize("kind", ["empty folder", "run directory"])
+def test_cli_export_check_on_a_folder_it_cannot_check_says_what_it_expected(tmp_path, kind):
+    """A folder with no *.jsonl, or a run directory (potstill records, not fine-tuning rows), is one line, exit 2."""
+    if kind == "empty folder":
+        folder, expect = tmp_path / "empty", "no *.jsonl file in this folder"
+        folder.mkdir()
+    else:
+        folder, expect = Path(make_run(tmp_path, ["sports"] * 12).run_dir), "a potstill run directory"
+        (folder / "manifest.json").write_text('{"stages": {}}')
+    r = subprocess.run([sys.executable, "-m", "potstill.cli", "export-check", str(folder)],
+                       capture_output=True, text=True, timeout=120)
+    out = (r.stdout + r.stderr).strip()
+    assert r.returncode == 2 and len(out.splitlines()) == 1, out
+    assert str(folder) in out and expect in out and "export/openai-jsonl" in out and "not found" not in out, out

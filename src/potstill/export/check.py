@@ -2,7 +2,7 @@
 
 ``check_openai_jsonl(path)`` returns one ``file:line: problem`` string per problem (empty: the file
 is fine). The exporter runs ``line_problems`` on each row before it writes; ``potstill export-check
-FILE`` runs it on any file.
+FILE`` runs it on any file, and on each ``*.jsonl`` of a folder (``files_to_check``).
 The rules are the ones a fine-tuning upload refuses or silently trains badly on: each line one
 JSON object with ``messages``, a list of ``{role, content}`` with role system/user/assistant/tool and
 non-empty content (a string, or a list of text and image parts), at least one user message, and an
@@ -67,6 +67,26 @@ def line_problems(line: str) -> list[str]:
     if not roles or roles[-1] != "assistant":
         problems.append("the last message must be the assistant's (the completion to train on)")
     return problems
+
+
+def files_to_check(path: str | Path) -> list[Path]:
+    """The files ``export-check PATH`` checks: PATH itself, or each ``*.jsonl`` directly in a folder.
+
+    A folder is what ``export --format openai-jsonl`` names (``RUN/export/openai-jsonl``: train.jsonl,
+    val.jsonl). A run directory is refused: its ``*.jsonl`` are potstill records, which would fail on
+    every line for a reason that is no fault of theirs.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return [path]
+    hint = "give a fine-tuning JSONL file, or the folder `potstill export --format openai-jsonl` writes (RUN/export/openai-jsonl)"
+    if (path / "manifest.json").is_file():
+        raise PotstillError(f"{path}: a potstill run directory (its *.jsonl are potstill records, not OpenAI "
+                            f"fine-tuning rows); {hint}")
+    files = sorted(p for p in path.glob("*.jsonl") if p.is_file())
+    if not files:
+        raise PotstillError(f"{path}: no *.jsonl file in this folder; {hint}")
+    return files
 
 
 def check_openai_jsonl(path: str | Path) -> list[str]:
