@@ -61,3 +61,29 @@ def test_extraction_target_keeps_the_teachers_key_order_unless_asked(tiny_model)
     assert targets["teacher"] == '{"zip": "8001", "name": "Ada", "tags": [{"v": 1, "k": "x"}], "city": "Zurich"}'
     assert targets["schema"] == '{"name": "Ada", "city": "Zurich", "tags": [{"k": "x", "v": 1}], "zip": "8001"}'
     assert targets["sorted"] == '{"city": "Zurich", "name": "Ada", "tags": [{"k": "x", "v": 1}], "zip": "8001"}'
+
+
+def test_an_extraction_gold_label_may_be_a_json_object_or_the_json_string(tmp_path):
+    """Labelled extraction data names its gold as the object itself or as a JSON string: both are the
+    same gold when read, and a real example given either way trains on the same compact JSON."""
+    import json
+
+    from potstill.config import Config
+    from potstill.curate import curate
+    from potstill.records import Record, read_records
+
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}}}
+    gold = {"name": "Ada", "age": 36}
+    path = tmp_path / "labelled.jsonl"
+    path.write_text(json.dumps({"id": "obj", "input": "Ada is 36.", "label": gold}) + "\n"
+                    + json.dumps({"id": "str", "input": "Our new hire, born in 1989, is called Ada.", "label": json.dumps(gold)}) + "\n")
+    records = read_records(path)
+    task = get_task(TaskConfig(type="extraction", json_schema=schema))
+    assert [task.gold(r) for r in records] == [gold, gold]
+    texts = ["Bob signed the lease in May.", "The invoice lists three chairs.", "Zoe moved to Lisbon last year."]
+    teacher = [Record(id=f"t{i}", messages=[{"role": "user", "content": t}], output='{"name": "X"}')
+               for i, t in enumerate(texts)]
+    c = curate(Config(task={"type": "extraction", "json_schema": schema}, curate={"val": 0, "test": 0, "real_ratio": 1}),
+               teacher, real=records)
+    real = sorted((r for r in c.train if r.meta.get("source") == "real"), key=lambda r: r.id)
+    assert [r.id for r in real] == ["obj", "str"] and {task.target(r) for r in real} == {'{"name": "Ada", "age": 36}'}

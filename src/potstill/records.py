@@ -60,10 +60,16 @@ def content_text(content: Any) -> str:
 
 
 def _coerce(obj: dict[str, Any]) -> dict[str, Any]:
-    """Accept the shorthand ``{"input": "..."}`` for a single user message."""
+    """Accept the shorthand ``{"input": "..."}`` for a single user message, and an extraction's gold
+    ``label`` (or a real example's ``output``) given as the JSON object itself rather than as its text."""
     if "messages" not in obj and "input" in obj:
         obj = dict(obj)
         obj["messages"] = [{"role": "user", "content": obj.pop("input")}]
+    for key in ("label", "output"):
+        # A record holds answers as text (what a teacher wrote, what the student learns), so an object
+        # or array becomes its JSON; the extraction task parses it back to the same value.
+        if isinstance(obj.get(key), (dict, list)):
+            obj = {**obj, key: json.dumps(obj[key], ensure_ascii=False)}
     if isinstance(obj.get("slice"), str):
         obj["slice"] = [obj["slice"]]
     return obj
