@@ -1,7 +1,8 @@
 """Validation and self-consistency: which teacher outputs may be trained on.
 
 Validation re-runs the task's own check (label set; JSON Schema, keeping the failing path) and
-adds the configured length and format rules. Self-consistency reads the n ``samples`` of a
+adds the configured length and format rules (``potstill.tasks.answers.output_problem``, which the
+review server also asks of an edited answer). Self-consistency reads the n ``samples`` of a
 record: the majority answer becomes the output, its share of the samples is the agreement, and
 records below ``curate.min_agreement`` are set aside.
 """
@@ -9,13 +10,13 @@ records below ``curate.min_agreement`` are set aside.
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from typing import Any
 
 from potstill.config import CurateConfig
 from potstill.records import Record
 from potstill.tasks import Task
+from potstill.tasks.answers import output_problem
 
 
 def invalid_reason(rec: Record, task: Task, c: CurateConfig) -> str | None:
@@ -23,20 +24,6 @@ def invalid_reason(rec: Record, task: Task, c: CurateConfig) -> str | None:
     if rec.output is None:
         return rec.invalid_reason or "teacher error: no output"
     return output_problem(rec.output, task, c)
-
-
-def output_problem(out: str, task: Task, c: CurateConfig) -> str | None:
-    """Why one teacher answer may not be trained on (the task's check, then curate's rules), or None."""
-    reason = task.validate(task.parse(out))
-    if reason is not None:
-        return reason  # the answer itself stays on the record, in rejected.jsonl
-    if len(out.strip()) < c.min_output_chars:
-        return f"too short: {len(out.strip())} < {c.min_output_chars} characters"
-    if c.max_output_chars is not None and len(out) > c.max_output_chars:
-        return f"too long: {len(out)} > {c.max_output_chars} characters"
-    if c.output_regex is not None and re.fullmatch(c.output_regex, out.strip(), flags=re.S) is None:
-        return f"format: output does not match {c.output_regex!r}"
-    return None
 
 
 def _key(parsed: Any) -> str:

@@ -15,13 +15,13 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel
 
 from potstill.config import CurateConfig, TaskConfig
-from potstill.curate.checks import output_problem
 from potstill.errors import PotstillError
 from potstill.records import read_records
 from potstill.review.page import PAGE
 from potstill.review.sample import stratified_sample
 from potstill.review.store import DECISIONS, ReviewStore, error_rate
 from potstill.tasks import get_task
+from potstill.tasks.answers import output_problem
 
 
 class Decision(BaseModel):
