@@ -1,210 +1,26 @@
 """The pydantic models of potstill.yaml: one section per stage, and the run's ``Config``.
 
-Every field is documented once, here, and that text is the help of its CLI flag
-(``--section.field``). Loading a file, overrides and the starter YAML are in ``potstill.config``,
-which also re-exports these names.
+Every field is documented once, where its model is defined, and that text is the help of its CLI flag
+(``--section.field``). The task, data, teacher, price and student sections are in
+``potstill.config_setup``, the shared building blocks (path roles, engine fields, ``Section``) in
+``potstill.config_fields``; both are re-exported here. Loading a file, overrides and the starter YAML
+are in ``potstill.config``, which re-exports all of them.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
-from potstill.errors import looks_like_key
-
-
-@dataclass(frozen=True)
-class PathRole:
-    """Marks a field whose value names a path: ``field: Annotated[str, INPUT_FILE]``.
-
-    ``resolve``: a relative value in a config file is relative to that file's directory (and the
-    run's saved potstill.yaml stores it relative to the run directory). ``content``: in a stage's
-    fingerprint an existing file counts by its sha256, not its name, so editing the file reruns
-    the stage and moving the project does not.
-    """
-
-    resolve: bool
-    content: bool
-
-
-RUN_PATH = PathRole(resolve=True, content=False)
-INPUT_FILE = PathRole(resolve=True, content=True)
-# A hub id or a local path: left as written (``org/name`` is not a path) unless written ./x or ../x,
-# which resolves as a RUN_PATH does; a local file or directory counts by content.
-MODEL_REF = PathRole(resolve=False, content=True)
-
-
-DtypeName = Literal["auto", "float32", "bfloat16"]  # engines' and training's dtype (models.loading.DTYPES)
-QuantizationName = Literal["auto", "int8", "none"]  # an engine's weights (engines.QUANTIZATIONS)
-
-
-def engine_dtype(what: str) -> Any:
-    return Field("auto", description=f"{what} with engine transformers (and in another engine's near-tie re-check, "
-                 "recheck_margin): auto (bf16 on GPU, fp32 on CPU), float32, "
-                 "or bfloat16 (on a CPU with AMX or AVX-512 BF16, 1.4-2x faster than fp32; see potstill.models.loading.bf16_native).")
-
-
-def engine_name(what: str) -> Any:
-    return Field("transformers", description=f"Engine that runs {what}: transformers (fp32 on CPU, bf16 on GPU) or "
-                 "ctranslate2 (int8 unless `quantization` says none, fixed prompt prefix cached; pip install "
-                 "'potstill[ctranslate2]'); see potstill.engines.")
-
-
-def engine_quantization(what: str) -> Any:
-    return Field("auto", description=f"{what}: auto (the engine's own: ctranslate2 int8, transformers none), "
-                 "int8 (engine ctranslate2; engine transformers with compile: true, int8 layers in the "
-                 "decoder), or none (unquantized: ctranslate2 float32 on CPU, "
-                 "float16 on GPU). int8 is the fast one; none keeps greedy generations identical to transformers "
-                 "fp32's where int8 changes some (README, Engines).")
-
-
-def engine_drafts(what: str) -> Any:
-    return Field(2, ge=0, le=32, description=f"{what} with engine transformers, one greedy prompt at a time: up to "
-                 "this many next tokens drafted from what followed the latest earlier match of the last 1-3 tokens "
-                 "(prompt lookup) and checked in one forward; the text is greedy decoding's either way. 0: no drafts. "
-                 "2 was the fastest on a 2-core CPU, where a wider forward costs more (README, Engines).")
-
-
-def engine_recheck(what: str) -> Any:
-    return Field("auto", description=f"{what} with an engine other than transformers, or with quantization "
-                 "int8: inputs whose top two "
-                 "label probabilities are closer than this are scored again by engine transformers at `dtype`, "
-                 "since int8 flips labels only near ties. auto: the margin calibrated for a student that `potstill "
-                 "train` wrote (engine transformers int8: the label noise on training inputs that all but 1% "
-                 "stay under, with 95% confidence; potstill.engines.calibration), else 0.3 "
-                 "(24.8% re-checked, 97.6% -> 100%; potstill.engines.recheck, "
-                 "potstill.engines.calibration). 0: never.")
-
-
-# A re-check margin: a probability gap, or auto (``engine_recheck``).
-RecheckMargin = Annotated[float, Field(ge=0, le=1)] | Literal["auto"]
-
-
-class Section(BaseModel):
-    # YAML types bare scalars: `labels: [1, 2, 3, 4, 5]` (star ratings) or `--data.source 2026`
-    # arrive as numbers, and their text is what a text field means.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
-
-
-class TaskConfig(Section):
-    type: str = Field("classification", description="Task plugin: classification, extraction or freetext.")
-    instruction: str = Field(
-        "Classify the text.", description="System instruction the student (and a chat teacher) receives."
-    )
-    labels: list[str] = Field(default_factory=list, description="Label set (classification).")
-    json_schema: dict[str, Any] | None = Field(None, description="JSON Schema the output must satisfy (extraction).")
-    max_output_tokens: int = Field(128, ge=1, description="Longest output to generate (extraction, freetext).")
-    json_key_order: Literal["teacher", "schema", "sorted"] = Field(
-        "teacher", description="Key order of the JSON the student learns (extraction): the teacher's, the order of "
-        "json_schema's properties (nested objects too), or sorted.",
-    )
-
-
-class DataConfig(Section):
-    inputs: Annotated[str, INPUT_FILE] = Field("inputs.jsonl", description="JSONL of inputs: {messages|input, label?, slice?, id?}.")
-    limit: int | None = Field(None, ge=1, description="Use only the first N inputs.")
-    max_unknown_gold: float = Field(
-        0.05, ge=0, le=1,
-        description="Classification: refuse the inputs when more than this share of their gold labels is not in "
-        "task.labels (after case-insensitive matching); below it, those records are warned about and kept without gold.",
-    )
-    source: str = Field("user-provided", description="Where the inputs come from (recorded in the dataset card).")
-    license: str = Field("unspecified", description="Licence of the inputs (recorded in the dataset card).")
-
-
-class PriceConfig(Section):
-    input_per_mtok: float = Field(0.0, ge=0, description="USD per million input tokens.")
-    output_per_mtok: float = Field(0.0, ge=0, description="USD per million output tokens.")
-    cached_input_per_mtok: float | None = Field(
-        None, ge=0, description="USD per million input tokens read from the provider's prompt cache (OpenAI's "
-        "automatic cache of prompts over 1,024 tokens, Anthropic cache reads); None: the input price.")
-    cache_write_input_per_mtok: float | None = Field(
-        None, ge=0, description="USD per million input tokens written to the provider's prompt cache (Anthropic's "
-        "cache_creation_input_tokens); None: 1.25x the input price, Anthropic's 5-minute cache write.")
-    usd_per_hour: float = Field(0.0, ge=0, description="USD per hour of the hardware a local model runs on.")
-    usd_per_call: float | None = Field(
-        None, ge=0, description="USD per teacher call as pilot and evaluate price the teacher (cost per call, break-even, "
-        "verdict) in place of the ledger's: a replay teacher's recorded traffic costs nothing to replay, but each "
-        "call cost this when it was made. None: the token price above, else the ledger's recorded cost.")
-
-
-class FewShotConfig(Section):
-    path: Annotated[str | None, INPUT_FILE] = Field(None, description="JSONL of labelled examples (input + label/output) used as shots.")
-    k: int = Field(0, ge=0, description="Number of shots to put in the prompt prefix.")
-    seed: int = Field(0, description="Seed for choosing and ordering the shots.")
-    orders: int = Field(
-        1, ge=1, description="Self-consistency: average the label distribution over this many shot orders (cost x N)."
-    )
-
-
-def _env_name(value: str) -> str:
-    """An environment variable's name ('' for none). A key pasted here instead (``api_key: sk-...`` in
-    an OpenAI-style config maps to this field) is refused without being repeated in the error: the
-    name is printed in 'environment variable NAME is not set', and a key would be with it."""
-    if value and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
-        raise ValueError("must be the NAME of an environment variable (letters, digits and _), not the key "
-                         "itself; the value given is not shown")
-    if value and looks_like_key(value):
-        raise ValueError("looks like a key itself; give the NAME of the environment variable that holds it "
-                         "(export MY_KEY=..., then api_key_env: MY_KEY); the value given is not shown")
-    return value
-
-
-EnvName = Annotated[str, AfterValidator(_env_name)]
-
-
-class TeacherConfig(Section):
-    type: str = Field("local", description="Teacher plugin: openai, local, replay, or a third-party plugin's name.")
-    model: Annotated[str, MODEL_REF] = Field("", description="Model id (API), hub id, local directory or .gguf file (local).")
-    base_url: str | None = Field(None, description="Base URL of an OpenAI-compatible server.")
-    api_key_env: EnvName = Field("OPENAI_API_KEY", description="Name of the environment variable holding the API key.")
-    prompt_format: Literal["chat", "completion"] = Field(
-        "chat", description="chat: instruction as system message; completion: plain text prompt for base models."
-    )
-    answer_prefix: str = Field("Answer:", description="Text before the answer in a completion-format prompt.")
-    few_shot: FewShotConfig = Field(default_factory=FewShotConfig)
-    temperature: float = Field(0.0, ge=0, description="Sampling temperature.")
-    max_tokens: int = Field(256, ge=1, description="Max output tokens per call.")
-    stop: list[str] = Field(default_factory=list, description="Local teacher, free text: end an answer at the first of these strings.")
-    logprobs: int = Field(0, ge=0, le=20, description="Top-k log-probabilities to request per output token (0: none).")
-    reasoning_effort: str | None = Field(
-        None, description="Sent as reasoning_effort (minimal, low, medium, high) when set: OpenAI's reasoning models "
-        "(o-series, gpt-5) count their reasoning in max_tokens, so a short answer needs a low effort.")
-    concurrency: int = Field(8, ge=1, description="Requests in flight at once (API teachers).")
-    timeout_s: float = Field(60.0, gt=0, description="Per-request timeout in seconds.")
-    max_retries: int = Field(5, ge=0, description="Retries on 429/5xx/timeouts (SDK backoff with jitter).")
-    batch_size: int | None = Field(
-        None, ge=1, description="Inputs per forward pass (local teacher); unset: 1 on a CPU, 16 on a GPU.")
-    engine: str = engine_name("the local teacher")
-    dtype: DtypeName = engine_dtype("Weights and activations of the local teacher")
-    quantization: QuantizationName = engine_quantization("The local teacher's weights")
-    recheck_margin: RecheckMargin = engine_recheck("The local teacher's labels")
-    draft_tokens: int = engine_drafts("The local teacher's generated answers")
-    compile: bool = Field(
-        False, description="Local teacher, engine transformers: run it under torch.compile (CPU; needed for "
-        "quantization: int8; the first calls of each shape compile).")
-    calibrate: bool = Field(
-        False, description="Local classification teacher: divide label probabilities by their content-free prior."
-    )
-    replay_path: Annotated[str | None, INPUT_FILE] = Field(None, description="Recorded traffic in OpenAI fine-tuning JSONL (replay).")
-    price: PriceConfig = Field(default_factory=PriceConfig)
-    terms: str = Field("", description="The teacher's terms of use, recorded in the dataset card.")
-
-
-class StudentConfig(Section):
-    model: Annotated[str, MODEL_REF] = Field(
-        "bundled:smollm2-135m-instruct",
-        description="Hub id, local directory, .gguf file, or bundled:smollm2-135m-instruct.",
-    )
-    num_layers: int | None = Field(
-        None, ge=1, description="Keep only the first N transformer layers before training (depth pruning; None: all)."
-    )
-    usd_per_hour: float = Field(0.10, ge=0, description="USD per hour of the hardware the student runs on.")
-    max_length: int = Field(256, ge=8, description="Truncate prompt+completion to this many tokens.")
+from potstill.config_fields import (  # noqa: F401  (re-exported: potstill.config_models keeps every name)
+    INPUT_FILE, MODEL_REF, RUN_PATH, DtypeName, EnvName, PathRole, QuantizationName, RecheckMargin, Section,
+    _env_name, engine_drafts, engine_dtype, engine_name, engine_quantization, engine_recheck,
+)
+from potstill.config_setup import (  # noqa: F401  (re-exported, as above)
+    DataConfig, FewShotConfig, PriceConfig, StudentConfig, TaskConfig, TeacherConfig, _default_prices,
+)
 
 
 class SynthesizeConfig(Section):
@@ -402,27 +218,6 @@ class EvaluateConfig(Section):
         "time) or batched (sustained throughput at evaluate.batch_size, a busy endpoint); both are reported."
     )
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
-
-
-def _default_prices() -> dict[str, dict[str, float]]:
-    # USD per million tokens (input, output, cached input), list prices of late 2025; a model id
-    # matches its longest prefix here (``gpt-4o-mini-2024-07-18`` -> ``gpt-4o-mini``). Edit or
-    # extend in potstill.yaml. Cached input: OpenAI bills a prompt-cache hit at 10% (gpt-5), 25%
-    # (gpt-4.1, o3, o4-mini) or 50% (gpt-4o) of the input price, Anthropic a cache read at 10%.
-    table = {
-        "gpt-5": (1.25, 10.0, 0.125), "gpt-5-mini": (0.25, 2.0, 0.025), "gpt-5-nano": (0.05, 0.40, 0.005),
-        "gpt-4.1": (2.0, 8.0, 0.50), "gpt-4.1-mini": (0.40, 1.60, 0.10), "gpt-4.1-nano": (0.10, 0.40, 0.025),
-        "gpt-4o": (2.50, 10.0, 1.25), "gpt-4o-mini": (0.15, 0.60, 0.075), "o3": (2.0, 8.0, 0.50),
-        "o4-mini": (1.10, 4.40, 0.275),
-        "claude-opus-4": (15.0, 75.0, 1.50), "claude-sonnet-4": (3.0, 15.0, 0.30),
-        "claude-haiku-4-5": (1.0, 5.0, 0.10), "claude-3-5-haiku": (0.80, 4.0, 0.08),
-        "claude-3-7-sonnet": (3.0, 15.0, 0.30),
-        # Fine-tuned OpenAI models (``ft:gpt-4o-mini-2024-07-18:org::id``) bill above their base model.
-        "ft:gpt-4o": (3.75, 15.0, 1.875), "ft:gpt-4o-mini": (0.30, 1.20, 0.15), "ft:gpt-4.1": (3.0, 12.0, 0.75),
-        "ft:gpt-4.1-mini": (0.80, 3.20, 0.20), "ft:gpt-4.1-nano": (0.20, 0.80, 0.05),
-    }
-    return {k: {"input_per_mtok": i, "output_per_mtok": o, "cached_input_per_mtok": c}
-            for k, (i, o, c) in table.items()}
 
 
 class GenerateConfig(Section):

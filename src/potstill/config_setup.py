@@ -1,0 +1,138 @@
+"""What a run distils, from whom and into what: the task and its data, the teacher (and the prices
+its calls are billed at), the student. Each stage's own settings are in ``potstill.config_models``.
+
+Every field is documented once, here, and that text is the help of its CLI flag (``--section.field``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+
+from potstill.config_fields import (
+    INPUT_FILE, MODEL_REF, DtypeName, EnvName, QuantizationName, RecheckMargin, Section, engine_drafts, engine_dtype,
+    engine_name, engine_quantization, engine_recheck,
+)
+
+
+class TaskConfig(Section):
+    type: str = Field("classification", description="Task plugin: classification, extraction or freetext.")
+    instruction: str = Field(
+        "Classify the text.", description="System instruction the student (and a chat teacher) receives."
+    )
+    labels: list[str] = Field(default_factory=list, description="Label set (classification).")
+    json_schema: dict[str, Any] | None = Field(None, description="JSON Schema the output must satisfy (extraction).")
+    max_output_tokens: int = Field(128, ge=1, description="Longest output to generate (extraction, freetext).")
+    json_key_order: Literal["teacher", "schema", "sorted"] = Field(
+        "teacher", description="Key order of the JSON the student learns (extraction): the teacher's, the order of "
+        "json_schema's properties (nested objects too), or sorted.",
+    )
+
+
+class DataConfig(Section):
+    inputs: Annotated[str, INPUT_FILE] = Field("inputs.jsonl", description="JSONL of inputs: {messages|input, label?, slice?, id?}.")
+    limit: int | None = Field(None, ge=1, description="Use only the first N inputs.")
+    max_unknown_gold: float = Field(
+        0.05, ge=0, le=1,
+        description="Classification: refuse the inputs when more than this share of their gold labels is not in "
+        "task.labels (after case-insensitive matching); below it, those records are warned about and kept without gold.",
+    )
+    source: str = Field("user-provided", description="Where the inputs come from (recorded in the dataset card).")
+    license: str = Field("unspecified", description="Licence of the inputs (recorded in the dataset card).")
+
+
+class PriceConfig(Section):
+    input_per_mtok: float = Field(0.0, ge=0, description="USD per million input tokens.")
+    output_per_mtok: float = Field(0.0, ge=0, description="USD per million output tokens.")
+    cached_input_per_mtok: float | None = Field(
+        None, ge=0, description="USD per million input tokens read from the provider's prompt cache (OpenAI's "
+        "automatic cache of prompts over 1,024 tokens, Anthropic cache reads); None: the input price.")
+    cache_write_input_per_mtok: float | None = Field(
+        None, ge=0, description="USD per million input tokens written to the provider's prompt cache (Anthropic's "
+        "cache_creation_input_tokens); None: 1.25x the input price, Anthropic's 5-minute cache write.")
+    usd_per_hour: float = Field(0.0, ge=0, description="USD per hour of the hardware a local model runs on.")
+    usd_per_call: float | None = Field(
+        None, ge=0, description="USD per teacher call as pilot and evaluate price the teacher (cost per call, break-even, "
+        "verdict) in place of the ledger's: a replay teacher's recorded traffic costs nothing to replay, but each "
+        "call cost this when it was made. None: the token price above, else the ledger's recorded cost.")
+
+
+class FewShotConfig(Section):
+    path: Annotated[str | None, INPUT_FILE] = Field(None, description="JSONL of labelled examples (input + label/output) used as shots.")
+    k: int = Field(0, ge=0, description="Number of shots to put in the prompt prefix.")
+    seed: int = Field(0, description="Seed for choosing and ordering the shots.")
+    orders: int = Field(
+        1, ge=1, description="Self-consistency: average the label distribution over this many shot orders (cost x N)."
+    )
+
+
+class TeacherConfig(Section):
+    type: str = Field("local", description="Teacher plugin: openai, local, replay, or a third-party plugin's name.")
+    model: Annotated[str, MODEL_REF] = Field("", description="Model id (API), hub id, local directory or .gguf file (local).")
+    base_url: str | None = Field(None, description="Base URL of an OpenAI-compatible server.")
+    api_key_env: EnvName = Field("OPENAI_API_KEY", description="Name of the environment variable holding the API key.")
+    prompt_format: Literal["chat", "completion"] = Field(
+        "chat", description="chat: instruction as system message; completion: plain text prompt for base models."
+    )
+    answer_prefix: str = Field("Answer:", description="Text before the answer in a completion-format prompt.")
+    few_shot: FewShotConfig = Field(default_factory=FewShotConfig)
+    temperature: float = Field(0.0, ge=0, description="Sampling temperature.")
+    max_tokens: int = Field(256, ge=1, description="Max output tokens per call.")
+    stop: list[str] = Field(default_factory=list, description="Local teacher, free text: end an answer at the first of these strings.")
+    logprobs: int = Field(0, ge=0, le=20, description="Top-k log-probabilities to request per output token (0: none).")
+    reasoning_effort: str | None = Field(
+        None, description="Sent as reasoning_effort (minimal, low, medium, high) when set: OpenAI's reasoning models "
+        "(o-series, gpt-5) count their reasoning in max_tokens, so a short answer needs a low effort.")
+    concurrency: int = Field(8, ge=1, description="Requests in flight at once (API teachers).")
+    timeout_s: float = Field(60.0, gt=0, description="Per-request timeout in seconds.")
+    max_retries: int = Field(5, ge=0, description="Retries on 429/5xx/timeouts (SDK backoff with jitter).")
+    batch_size: int | None = Field(
+        None, ge=1, description="Inputs per forward pass (local teacher); unset: 1 on a CPU, 16 on a GPU.")
+    engine: str = engine_name("the local teacher")
+    dtype: DtypeName = engine_dtype("Weights and activations of the local teacher")
+    quantization: QuantizationName = engine_quantization("The local teacher's weights")
+    recheck_margin: RecheckMargin = engine_recheck("The local teacher's labels")
+    draft_tokens: int = engine_drafts("The local teacher's generated answers")
+    compile: bool = Field(
+        False, description="Local teacher, engine transformers: run it under torch.compile (CPU; needed for "
+        "quantization: int8; the first calls of each shape compile).")
+    calibrate: bool = Field(
+        False, description="Local classification teacher: divide label probabilities by their content-free prior."
+    )
+    replay_path: Annotated[str | None, INPUT_FILE] = Field(None, description="Recorded traffic in OpenAI fine-tuning JSONL (replay).")
+    price: PriceConfig = Field(default_factory=PriceConfig)
+    terms: str = Field("", description="The teacher's terms of use, recorded in the dataset card.")
+
+
+class StudentConfig(Section):
+    model: Annotated[str, MODEL_REF] = Field(
+        "bundled:smollm2-135m-instruct",
+        description="Hub id, local directory, .gguf file, or bundled:smollm2-135m-instruct.",
+    )
+    num_layers: int | None = Field(
+        None, ge=1, description="Keep only the first N transformer layers before training (depth pruning; None: all)."
+    )
+    usd_per_hour: float = Field(0.10, ge=0, description="USD per hour of the hardware the student runs on.")
+    max_length: int = Field(256, ge=8, description="Truncate prompt+completion to this many tokens.")
+
+
+def _default_prices() -> dict[str, dict[str, float]]:
+    # USD per million tokens (input, output, cached input), list prices of late 2025; a model id
+    # matches its longest prefix here (``gpt-4o-mini-2024-07-18`` -> ``gpt-4o-mini``). Edit or
+    # extend in potstill.yaml. Cached input: OpenAI bills a prompt-cache hit at 10% (gpt-5), 25%
+    # (gpt-4.1, o3, o4-mini) or 50% (gpt-4o) of the input price, Anthropic a cache read at 10%.
+    table = {
+        "gpt-5": (1.25, 10.0, 0.125), "gpt-5-mini": (0.25, 2.0, 0.025), "gpt-5-nano": (0.05, 0.40, 0.005),
+        "gpt-4.1": (2.0, 8.0, 0.50), "gpt-4.1-mini": (0.40, 1.60, 0.10), "gpt-4.1-nano": (0.10, 0.40, 0.025),
+        "gpt-4o": (2.50, 10.0, 1.25), "gpt-4o-mini": (0.15, 0.60, 0.075), "o3": (2.0, 8.0, 0.50),
+        "o4-mini": (1.10, 4.40, 0.275),
+        "claude-opus-4": (15.0, 75.0, 1.50), "claude-sonnet-4": (3.0, 15.0, 0.30),
+        "claude-haiku-4-5": (1.0, 5.0, 0.10), "claude-3-5-haiku": (0.80, 4.0, 0.08),
+        "claude-3-7-sonnet": (3.0, 15.0, 0.30),
+        # Fine-tuned OpenAI models (``ft:gpt-4o-mini-2024-07-18:org::id``) bill above their base model.
+        "ft:gpt-4o": (3.75, 15.0, 1.875), "ft:gpt-4o-mini": (0.30, 1.20, 0.15), "ft:gpt-4.1": (3.0, 12.0, 0.75),
+        "ft:gpt-4.1-mini": (0.80, 3.20, 0.20), "ft:gpt-4.1-nano": (0.20, 0.80, 0.05),
+    }
+    return {k: {"input_per_mtok": i, "output_per_mtok": o, "cached_input_per_mtok": c}
+            for k, (i, o, c) in table.items()}
