@@ -87,3 +87,19 @@ def test_an_extraction_gold_label_may_be_a_json_object_or_the_json_string(tmp_pa
                teacher, real=records)
     real = sorted((r for r in c.train if r.meta.get("source") == "real"), key=lambda r: r.id)
     assert [r.id for r in real] == ["obj", "str"] and {task.target(r) for r in real} == {'{"name": "Ada", "age": 36}'}
+
+
+def test_a_star_rating_gold_label_written_as_a_number_is_that_label(tmp_path):
+    """`labels: [1, 2, 3, 4, 5]` in potstill.yaml is the labels '1'..'5' (YAML numbers, read as text);
+    labelled data writes the same gold as a JSON number, and it is the same label, not a refused line."""
+    from potstill.config import load_config
+    from potstill.records import read_numbered
+
+    cfg_path = tmp_path / "potstill.yaml"
+    cfg_path.write_text("task:\n  labels: [1, 2, 3, 4, 5]\n")
+    task = get_task(load_config(cfg_path).task)
+    path = tmp_path / "reviews.jsonl"
+    path.write_text('{"input": "Loved it.", "label": 5}\n{"input": "Meh.", "label": "3"}\n')
+    numbered = read_numbered(path)
+    task.check_gold(numbered, path, 0.05)
+    assert [task.gold(r) for _, r in numbered] == ["5", "3"]

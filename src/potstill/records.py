@@ -60,8 +60,9 @@ def content_text(content: Any) -> str:
 
 
 def _coerce(obj: dict[str, Any]) -> dict[str, Any]:
-    """Accept the shorthand ``{"input": "..."}`` for a single user message, and an extraction's gold
-    ``label`` (or a real example's ``output``) given as the JSON object itself rather than as its text."""
+    """Accept the shorthand ``{"input": "..."}`` for a single user message, an extraction's gold
+    ``label`` (or a real example's ``output``) given as the JSON object itself rather than as its text,
+    and a whole-number gold ``label``."""
     if "messages" not in obj and "input" in obj:
         obj = dict(obj)
         obj["messages"] = [{"role": "user", "content": obj.pop("input")}]
@@ -70,6 +71,9 @@ def _coerce(obj: dict[str, Any]) -> dict[str, Any]:
         # or array becomes its JSON; the extraction task parses it back to the same value.
         if isinstance(obj.get(key), (dict, list)):
             obj = {**obj, key: json.dumps(obj[key], ensure_ascii=False)}
+    # A whole-number gold (a star rating, 5) is the label the config's YAML number 5 became: '5'.
+    if isinstance(obj.get("label"), int) and not isinstance(obj["label"], bool):
+        obj = {**obj, "label": str(obj["label"])}
     if isinstance(obj.get("slice"), str):
         obj["slice"] = [obj["slice"]]
     return obj
