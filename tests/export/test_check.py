@@ -187,3 +187,8 @@ def test_cli_export_check_on_a_folder_it_cannot_check_says_what_it_expected(tmp_
     out = (r.stdout + r.stderr).strip()
     assert r.returncode == 2 and len(out.splitlines()) == 1, out
     assert str(folder) in out and expect in out and "export/openai-jsonl" in out and "not found" not in out, out
+
+
+def test_the_library_check_of_a_folder_says_it_is_a_folder(tmp_path):
+    with pytest.raises(PotstillError, match=r": a directory, not a JSONL file; potstill.export.check.files_to_check"):
+        check_openai_jsonl(tmp_path)

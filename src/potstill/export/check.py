@@ -92,6 +92,9 @@ def files_to_check(path: str | Path) -> list[Path]:
 def check_openai_jsonl(path: str | Path) -> list[str]:
     """Problems of an OpenAI fine-tuning JSONL file as ``file:line: problem`` strings."""
     path = Path(path)
+    if path.is_dir():
+        raise PotstillError(f"{path}: a directory, not a JSONL file; potstill.export.check.files_to_check lists "
+                            "the files of a folder to check")
     if not path.is_file():
         raise PotstillError(f"{path}: file not found")
     problems: list[str] = []
