@@ -8,7 +8,9 @@ Two kinds of request, told apart by the ledger row's ``role`` (who answered):
 Identical requests served many times count once (the escalated copy wins: it is already paid).
 A generated escalation the client cut (its ``stop``, or a ``max_tokens`` under the teacher's) was
 logged cut, so it is not the teacher's answer: it is counted (``escalated_cut``) and left out, as
-serving keeps no uncut copy and asking again would pay for the same request twice.
+serving keeps no uncut copy and asking again would pay for the same request twice. An escalation
+the teacher answered with tool calls (a client's ``tools``) has no text answer to learn: counted
+(``escalated_tool_calls``) and left out.
 A request's ``metadata.label`` (the OpenAI chat ``metadata`` field), when it names one of the
 task's labels, is kept as gold.
 """
@@ -50,7 +52,7 @@ def read_traffic(ledger: Ledger, task: Task, teacher_max_tokens: int) -> Traffic
     ``teacher.max_tokens``, under which a client's ``max_tokens`` cut the teacher's answer."""
     rows = ledger.served(status=None)
     ok = [r for r in rows if r.status == "ok"]
-    t = Traffic(counts={"served_rows": len(rows), "served_ok": len(ok), "escalated_cut": 0})
+    t = Traffic(counts={"served_rows": len(rows), "served_ok": len(ok), "escalated_cut": 0, "escalated_tool_calls": 0})
     seen: dict[str, Record] = {}
     for row in sorted(ok, key=lambda r: (not r.escalated, r.id)):  # escalations first
         messages = row.messages
@@ -63,6 +65,9 @@ def read_traffic(ledger: Ledger, task: Task, teacher_max_tokens: int) -> Traffic
         # of the same chat, served another time, is still used.
         if row.escalated and not task.labels and cut_by_client(row.request, teacher_max_tokens):
             t.counts["escalated_cut"] += 1
+            continue
+        if row.escalated and row.extra.get("tool_calls"):
+            t.counts["escalated_tool_calls"] += 1
             continue
         metadata = row.request.get("metadata")
         gold = metadata.get("label") if isinstance(metadata, dict) else None

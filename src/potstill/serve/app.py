@@ -340,6 +340,15 @@ def _add_chat_route(app: FastAPI, service: Service, requests: Counter, latency: 
             raise APIError(400, "stream_options: only allowed when stream is true", "stream_options")
         if len(body.messages) > s.max_messages:
             raise APIError(400, f"messages: at most {s.max_messages} messages per request", "messages")
+        problem = body.tool_problem()
+        if problem:
+            raise APIError(400, problem, "tool_choice")
+        tools = body.tool_request()
+        if tools is not None and not service.teacher.supports_tools:
+            if body.forces_tool_call():
+                raise APIError(400, f"tool_choice: this server cannot call tools (the student cannot, nor can its "
+                               f"{service.teacher.type} teacher); send tool_choice 'auto' or 'none'", "tool_choice")
+            tools = None  # 'auto': answered in text, as any model may answer it
         # The run's instruction replaces a client's system prompt: the student was trained with it.
         messages = [{"role": m.role, "content": m.text()} for m in body.messages if m.role not in ("system", "developer")]
         if not any(m["role"] == "user" and m["content"].strip() for m in messages):
@@ -348,7 +357,8 @@ def _add_chat_route(app: FastAPI, service: Service, requests: Counter, latency: 
         # assistant tool_calls (kept by id) precede. The student reads their text, as it was trained.
         teacher_messages = [_teacher_message(m) for m in body.messages if m.role not in ("system", "developer")]
         served = await service.answer(messages, body.max_completion_tokens or body.max_tokens, body.stops(),
-                                      teacher_messages=teacher_messages if teacher_messages != messages else None)
+                                      teacher_messages=teacher_messages if teacher_messages != messages else None,
+                                      tools=tools)
         elapsed = time.perf_counter() - state.get("t0", time.perf_counter())
         route = {"answered_by": served.answered_by, "reason": served.reason, "confidence": served.confidence,
                  "ood_distance": served.ood_distance, "student_output": served.student_output}
@@ -361,14 +371,18 @@ def _add_chat_route(app: FastAPI, service: Service, requests: Counter, latency: 
         latency.labels(served.answered_by).observe(elapsed)
         cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         headers = _route_headers(served.answered_by, served.reason, served.confidence, served.student)
+        calls = served.extra.get("tool_calls")
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(_sse(cid, created, served.model, served.content, usage, route, include_usage,
-                                          served.finish_reason),
+                                          served.finish_reason, calls),
                                      media_type="text/event-stream", headers=headers)
+        # As OpenAI answers: content null where the answer is tool calls alone.
+        message = {"role": "assistant", "content": served.content if served.content or not calls else None,
+                   **({"tool_calls": calls} if calls else {})}
         completion = {"id": cid, "object": "chat.completion", "created": created, "model": served.model,
-                      "choices": [{"index": 0, "message": {"role": "assistant", "content": served.content},
-                                   "finish_reason": served.finish_reason}], "usage": usage, "potstill": route}
+                      "choices": [{"index": 0, "message": message, "finish_reason": served.finish_reason}],
+                      "usage": usage, "potstill": route}
         return JSONResponse(completion, headers=headers)
 
 
@@ -401,16 +415,20 @@ async def _drain_receive() -> dict:
 
 
 def _sse(cid: str, created: int, model: str, content: str, usage: dict, route: dict, include_usage: bool,
-         finish_reason: str = "stop"):
+         finish_reason: str = "stop", tool_calls: list[dict] | None = None):
     """Server-sent events in OpenAI's chunk format. The route is decided on the whole answer (it
-    must be validated before anyone sees it), so the content arrives as one delta."""
+    must be validated before anyone sees it), so the content arrives as one delta, and each tool
+    call as one delta holding its id, name and whole arguments."""
     def chunk(delta: dict, finish: str | None, **extra: Any) -> str:
         obj = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
         return f"data: {json.dumps(obj)}\n\n"
 
     yield chunk({"role": "assistant", "content": ""}, None)
-    yield chunk({"content": content}, None)
+    if content or not tool_calls:
+        yield chunk({"content": content}, None)
+    for i, call in enumerate(tool_calls or []):
+        yield chunk({"tool_calls": [{"index": i, **call}]}, None)
     yield chunk({}, finish_reason, potstill=route)
     if include_usage:
         yield f"data: {json.dumps({'id': cid, 'object': 'chat.completion.chunk', 'created': created, 'model': model, 'choices': [], 'usage': usage})}\n\n"

@@ -71,6 +71,25 @@ class Message(BaseModel):
         return self.content or ""
 
 
+class Function(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(..., pattern=r"^[a-zA-Z0-9_-]{1,64}$", description="As OpenAI and Anthropic both take it.")
+    description: str | None = None
+    parameters: dict | None = Field(None, description="A JSON schema of the arguments object; none: any object.")
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["function"] = Field(..., description="Function tools only: an Anthropic teacher has no other kind.")
+    function: Function
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["function"]
+    function: Function
+
+
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="allow")
     include_usage: bool | None = None
@@ -91,6 +110,10 @@ class ChatRequest(BaseModel):
     n: int | None = Field(None, ge=1, le=1, strict=True, description="Only one choice per request is served.")
     stop: str | list[str] | None = Field(None, description="Up to 4 strings; the answer ends before the first "
                                          "one it contains (finish_reason stop).")
+    tools: list[Tool] | None = Field(None, min_length=1, description="Function tools; a request that lets the "
+                                     "model call one (tool_choice not 'none') is answered by the teacher.")
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = Field(None, strict=True)
 
     @field_validator("stop")
     @classmethod
@@ -104,24 +127,59 @@ class ChatRequest(BaseModel):
     def stops(self) -> tuple[str, ...]:
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
 
+    def tool_problem(self) -> str | None:
+        """Why ``tool_choice`` does not fit ``tools`` (OpenAI's API refuses both cases), or None."""
+        if self.tool_choice is not None and not self.tools:
+            return "tool_choice: only allowed when tools are given"
+        if isinstance(self.tool_choice, NamedToolChoice):
+            name = self.tool_choice.function.name
+            if name not in [t.function.name for t in self.tools or []]:
+                return f"tool_choice: names the function {name!r}, which is not in tools"
+        return None
+
+    def tool_request(self) -> dict | None:
+        """The tool fields for the teacher (``Teacher.with_tools``), or None where the model may not
+        call a tool (no tools, or tool_choice 'none'): then the request is routed as one without them."""
+        if not self.tools or self.tool_choice == "none":
+            return None
+        choice = self.tool_choice.model_dump(exclude_none=True) if isinstance(self.tool_choice, BaseModel) \
+            else self.tool_choice
+        return {"tools": [t.model_dump(exclude_none=True) for t in self.tools], "tool_choice": choice,
+                "parallel_tool_calls": self.parallel_tool_calls}
+
+    def forces_tool_call(self) -> bool:
+        return self.tool_choice == "required" or isinstance(self.tool_choice, NamedToolChoice)
+
 
 class Route(BaseModel):
     answered_by: Literal["student", "teacher"]
-    reason: Literal["confident", "low_confidence", "out_of_distribution", "invalid_output", "too_long"]
-    confidence: float | None = Field(None, description="None where the student never ran (too_long).")
+    reason: Literal["confident", "low_confidence", "out_of_distribution", "invalid_output", "too_long", "tools"]
+    confidence: float | None = Field(None, description="None where the student never ran (too_long, tools).")
     ood_distance: float | None = None
     student_output: str
 
 
+class ToolCallFunction(BaseModel):
+    name: str
+    arguments: str = Field(..., description="The arguments object as a JSON string.")
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+
 class ResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None = Field(..., description="None where the answer is tool calls alone.")
+    tool_calls: list[ToolCall] | None = None
 
 
 class Choice(BaseModel):
     index: int = 0
     message: ResponseMessage
-    finish_reason: Literal["stop", "length"] = "stop"
+    finish_reason: Literal["stop", "length", "tool_calls"] = "stop"
 
 
 class Usage(BaseModel):

@@ -375,10 +375,12 @@ class Service:
         self._watcher.start()
 
     # ------------------------------------------------------------------ answering
-    def teacher_request(self, messages: list[dict], max_tokens: int | None = None) -> tuple[str, dict[str, Any]]:
+    def teacher_request(self, messages: list[dict], max_tokens: int | None = None,
+                        tools: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
         """The teacher's request for a routed chat and its ledger hash: the one generate computes,
         unless a client's ``max_tokens`` is below the teacher's own (then it is the request's
-        ``max_tokens``, and the request another one; ``answer`` passes none for labels)."""
+        ``max_tokens``, and the request another one; ``answer`` passes none for labels) or the
+        client offers ``tools`` (``Teacher.with_tools``' arguments)."""
         teacher = self.teacher
         if self._identity is None or self._identity[0] is not teacher:
             self._identity = (teacher, teacher.identity())
@@ -386,6 +388,8 @@ class Service:
         if max_tokens is not None and max_tokens < teacher.cfg.max_tokens:
             # The teacher's own limit field: an OpenAI reasoning model takes max_completion_tokens only.
             req = {**req, "max_completion_tokens" if "max_completion_tokens" in req else "max_tokens": max_tokens}
+        if tools is not None:
+            req = teacher.with_tools(req, **tools)
         return request_hash(self._identity[1], req), req
 
     async def _ask_teacher(self, h: str, req: dict[str, Any]) -> tuple[Response, bool, str]:
@@ -413,7 +417,7 @@ class Service:
         return r, False, h
 
     async def answer(self, messages: list[dict], max_tokens: int | None = None, stop: Sequence[str] = (),
-                     teacher_messages: list[dict] | None = None) -> ServedCall:
+                     teacher_messages: list[dict] | None = None, tools: dict[str, Any] | None = None) -> ServedCall:
         """Route one chat (user-side messages only) and return the answer, ready for the ledger.
 
         ``max_tokens`` (the client's ``max_completion_tokens`` or ``max_tokens``): generated answers
@@ -425,25 +429,31 @@ class Service:
         Label answers are whole labels, never cut. A chat longer than the student's context goes
         to the teacher unseen by the student (reason ``too_long``; no confidence or distance).
         ``teacher_messages``: the chat as the teacher gets it where it holds more than the
-        student's text (tool turns' ``tool_calls`` and ``tool_call_id``)."""
+        student's text (tool turns' ``tool_calls`` and ``tool_call_id``). ``tools``: a client's
+        function tools the model may call (``ChatRequest.tool_request``; the teacher must
+        ``supports_tools``): the student cannot call one, so the teacher answers unasked of the
+        student (reason ``tools``), and its tool calls go in ``extra["tool_calls"]``."""
         live = self.acquire()
         try:
             # Tokenising 1 MB of text takes ~0.5 s: off the event loop; a usual chat (~70 us) on it.
             long = sum(len(m["content"]) for m in messages) > 50_000
-            over = await asyncio.to_thread(live.engine.over_context, messages) if long else \
-                live.engine.over_context(messages)
+            if tools is not None:
+                over: str | None = "the student cannot call tools"
+            else:
+                over = await asyncio.to_thread(live.engine.over_context, messages) if long else \
+                    live.engine.over_context(messages)
             if over is None:
                 a: StudentAnswer | None = await asyncio.wrap_future(live.batcher.submit(messages))
                 dist: float | None = ood_distance(a.embedding[None], live.reference)[0]
                 who, reason = live.routing.decide(a.confidence, dist, a.invalid)
             else:
-                a, dist, who, reason = None, None, "teacher", "too_long"
+                a, dist, who, reason = None, None, "teacher", "too_long" if tools is None else "tools"
         finally:
             live.release()
         student_cost = a.seconds * self.cfg.student.usd_per_hour / 3600 if a is not None else 0.0
         if self.task.labels:
             max_tokens, stop = None, ()
-        h, req = self.teacher_request(teacher_messages or messages, max_tokens)
+        h, req = self.teacher_request(teacher_messages or messages, max_tokens, tools)
         common = dict(request={"messages": messages}, answered_by=who, confidence=a.confidence if a else None,
                       ood_distance=dist, student_output=a.output if a else "", student=live.name, request_hash=h)
         if who == "student":
@@ -461,6 +471,9 @@ class Service:
         at = first_stop(content, stop)
         if at >= 0:
             content, finish = content[:at], "stop"
+        if r.tool_calls:  # whatever cut the text before them; a call cut at the teacher's budget stays length
+            extra["tool_calls"] = r.tool_calls
+            finish = "length" if finish == "length" else "tool_calls"
         return ServedCall(content=content, model=self.teacher_name, reason=reason + ("+cached" if cached else ""),
                           input_tokens=r.input_tokens, output_tokens=r.output_tokens,
                           cost_usd=student_cost + (0.0 if cached else r.cost_usd), extra=extra,

@@ -10,6 +10,9 @@ that was cut (kept, flagged), ``refusal`` is an error row. The API has no ``n`` 
 The SDK retries 429/5xx/529/timeouts/dropped connections with backoff and jitter.
 A chat with OpenAI tool turns is sent in the Messages API's terms (``_tool_turns``): an assistant's
 ``tool_calls`` become ``tool_use`` blocks, ``tool`` messages ``tool_result`` blocks of a user turn.
+A client's function tools (``with_tools``) become tools with an ``input_schema`` and its
+``tool_choice`` the API's (auto, required -> any, a named function -> tool); an answer's
+``tool_use`` blocks come back as OpenAI ``tool_calls`` (arguments as a JSON string).
 """
 
 from __future__ import annotations
@@ -92,9 +95,37 @@ def _declared_tools(turns: list[dict[str, Any]]) -> dict[str, Any]:
             "tool_choice": {"type": "none"}}
 
 
+def _input_tool(tool: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI function tool as a Messages API tool: its parameters schema is the ``input_schema``
+    (an object schema, as the API requires; a function without parameters takes any object)."""
+    fn = tool["function"]
+    schema = fn.get("parameters") or {"type": "object", "properties": {}}
+    return {"name": fn["name"], **({"description": fn["description"]} if fn.get("description") else {}),
+            "input_schema": schema if "type" in schema else {"type": "object", **schema}}
+
+
+def _tool_choice(choice: str | dict | None, parallel: bool | None) -> dict[str, Any]:
+    """OpenAI's ``tool_choice`` in the Messages API's terms; OpenAI's default with tools is auto."""
+    if isinstance(choice, dict):
+        out: dict[str, Any] = {"type": "tool", "name": choice["function"]["name"]}
+    else:
+        out = {"type": "any" if choice == "required" else "auto"}
+    if parallel is False:
+        out["disable_parallel_tool_use"] = True
+    return out
+
+
+def _tool_calls(message: Any) -> list[dict[str, Any]] | None:
+    """A Messages answer's ``tool_use`` blocks as OpenAI tool calls, or None where it has none."""
+    calls = [{"id": b.id, "type": "function", "function": {"name": b.name, "arguments": json.dumps(b.input)}}
+             for b in message.content if getattr(b, "type", "") == "tool_use"]
+    return calls or None
+
+
 class AnthropicTeacher(ApiTeacher):
     type = "anthropic"
     supports_batch = True  # generate.engine batch (potstill.generate.batch_engine)
+    supports_tools = True
     logprobs_refusal = "the Anthropic Messages API returns no log-probabilities"
 
     def identity(self) -> dict[str, Any]:
@@ -118,6 +149,15 @@ class AnthropicTeacher(ApiTeacher):
         if self.n > 1:
             req["n"] = self.n  # not sent: ``call`` turns it into n requests
         return req
+
+    def with_tools(self, request: dict[str, Any], tools: list[dict[str, Any]], tool_choice: str | dict | None = None,
+                   parallel_tool_calls: bool | None = None) -> dict[str, Any]:
+        declared = [_input_tool(t) for t in tools]
+        names = {t["name"] for t in declared}
+        # Tools the chat called earlier that the client no longer lists stay declared (``_declared_tools``):
+        # the API refuses tool_use blocks naming an undeclared tool.
+        earlier = [t for t in request.get("tools", []) if t["name"] not in names]
+        return {**request, "tools": declared + earlier, "tool_choice": _tool_choice(tool_choice, parallel_tool_calls)}
 
     def http_module(self) -> Any:
         # anthropic>=1.x builds on httpx2 and refuses httpx clients; older releases use httpx.
@@ -201,4 +241,5 @@ class AnthropicTeacher(ApiTeacher):
                             cost_usd=self.token_cost(n_in, n_out, cached, written), error="stop_reason refusal")
         return Response(output=texts[0], samples=texts if n > 1 else None, input_tokens=n_in, output_tokens=n_out,
                         cached_input_tokens=cached, cache_write_input_tokens=written, latency_s=latency,
-                        cost_usd=self.token_cost(n_in, n_out, cached, written), stop_reason=stops[0] if n == 1 else stops)
+                        cost_usd=self.token_cost(n_in, n_out, cached, written), stop_reason=stops[0] if n == 1 else stops,
+                        tool_calls=_tool_calls(msgs[0]))

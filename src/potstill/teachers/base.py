@@ -16,6 +16,8 @@ Declared (class attributes; the defaults suit an in-process model):
   hours of latency); generate uses it only when asked to.
 - ``remote``: requests go over the network (``teacher.base_url``), so they can be spread over
   several endpoints (``generate.ray_endpoints``).
+- ``supports_tools``: ``with_tools`` adds a client's function tools to a request and answers carry
+  the model's ``tool_calls`` (serve sends it the tool requests the student cannot answer).
 
 Implemented by every adapter:
 
@@ -32,6 +34,8 @@ Overridable:
   traffic; it runs on one long-lived worker (one model, one client) for the teacher's life.
   ``answer_one`` waits for it. The default runs ``run([request])`` on a single worker thread,
   which also serialises access to an in-process model.
+- ``with_tools(request, tools, tool_choice, parallel_tool_calls)``: the request with OpenAI-format
+  function tools in the API's own terms (only where ``supports_tools``).
 - ``label_probs(answer)``: the soft label of an answer (new or from the ledger) over the task's
   labels as they are now; the default is the one stored with it.
 - ``close()``: free the model or client; the teacher is not used after it.
@@ -72,6 +76,8 @@ class Response:
     error_code: str | None = None
     #: Why the model stopped (``stop``, ``length``, ``end_turn``...); one per sample when n > 1.
     stop_reason: str | list[str] | None = None
+    #: The tools the model called, in OpenAI's form ({id, type: function, function: {name, arguments}}).
+    tool_calls: list[dict[str, Any]] | None = None
 
     @property
     def ok(self) -> bool:
@@ -137,6 +143,7 @@ class Teacher:
     supports_logprobs: ClassVar[bool] = False
     supports_batch: ClassVar[bool] = False
     remote: ClassVar[bool] = False
+    supports_tools: ClassVar[bool] = False
 
     def __init__(self, cfg: TeacherConfig, task: Task):
         self.cfg = cfg
@@ -177,6 +184,13 @@ class Teacher:
         got: list[Response] = []
         self.run([request], lambda i, r: got.append(r))
         return got[0] if got else Response(output=None, error="the teacher returned no answer")
+
+    def with_tools(self, request: dict[str, Any], tools: list[dict[str, Any]], tool_choice: str | dict | None = None,
+                   parallel_tool_calls: bool | None = None) -> dict[str, Any]:
+        """``request`` offering the model OpenAI-format function ``tools``; ``tool_choice`` ('auto',
+        'required' or {type: function, function: {name}}) and ``parallel_tool_calls`` as OpenAI's
+        chat completions take them, None where the client left them out."""
+        raise NotImplementedError(f"a {self.type} teacher cannot call tools")
 
     def label_probs(self, answer: dict[str, Any]) -> dict[str, float] | None:
         """The distribution over ``task.labels`` of an answer (``Response.to_json()``, maybe cached)."""

@@ -85,6 +85,7 @@ class OpenAITeacher(ApiTeacher):
     type = "openai"
     supports_batch = True  # generate.engine batch (potstill.generate.batch_engine)
     supports_logprobs = True
+    supports_tools = True
 
     def identity(self) -> dict[str, Any]:
         return {
@@ -114,6 +115,12 @@ class OpenAITeacher(ApiTeacher):
             req["logprobs"] = True
             req["top_logprobs"] = self.cfg.logprobs
         return req
+
+    def with_tools(self, request: dict[str, Any], tools: list[dict[str, Any]], tool_choice: str | dict | None = None,
+                   parallel_tool_calls: bool | None = None) -> dict[str, Any]:
+        # The API's own fields: sent as the client wrote them, left out where it left them out.
+        given = {"tool_choice": tool_choice, "parallel_tool_calls": parallel_tool_calls}
+        return {**request, "tools": tools, **{k: v for k, v in given.items() if v is not None}}
 
     def label_probs(self, answer: dict[str, Any]) -> dict[str, float] | None:
         # task.labels is in no request unless the instruction lists them, so an answer cached under
@@ -163,6 +170,8 @@ class OpenAITeacher(ApiTeacher):
             samples=[c.message.content or "" for c in choices] if len(choices) > 1 else None,
             input_tokens=n_in, output_tokens=n_out, cached_input_tokens=cached, latency_s=latency,
             cost_usd=self.token_cost(n_in, n_out, cached), stop_reason=choice.finish_reason,
+            tool_calls=[c.model_dump(mode="json", exclude_none=True) for c in choice.message.tool_calls]
+            if choice.message.tool_calls else None,
         )
 
     async def call(self, client: Any, request: dict[str, Any]) -> Response:
