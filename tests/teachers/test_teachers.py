@@ -13,7 +13,7 @@ import yaml
 from potstill.config import load_config
 from potstill.generate import run_generate
 from potstill.ledger import Ledger
-from potstill.records import read_records
+from potstill.records import Record, read_records
 from tests.helpers.chat_server import ChatServer
 
 SECRET = "sk-test-4f9c2e7a1b3d5f60"
@@ -209,3 +209,30 @@ def test_a_local_teacher_whose_weights_are_replaced_in_place_is_asked_again(tmp_
         shutil.copytree(tiny_model_b, teacher_dir)  # the same weights written again (new inodes, times)
         _, same = run_generate(cfg, records, ledger)
         assert (same.calls, same.cache_hits) == (0, 3)
+
+
+def test_a_teacher_from_the_factory_bills_one_request_as_generate_bills_a_run(server, monkeypatch):
+    """generate.prices reached a teacher's single requests (serve's escalations) only because
+    load_service set it on teachers that had the attribute; the factory takes the table now, and
+    one request submitted costs what the same answer costs in a generate run."""
+    from potstill.config import GenerateConfig, PriceConfig, TaskConfig, TeacherConfig
+    from potstill.tasks import get_task
+    from potstill.teachers import get_teacher
+    from potstill.teachers.api.prices import token_cost
+
+    monkeypatch.setenv("TEACHER_KEY", SECRET)
+    table = {"tiny-teacher": {"input_per_mtok": 3.0, "output_per_mtok": 12.0}}
+    cfg = TeacherConfig(type="openai", model="tiny-teacher", base_url=server.base_url, api_key_env="TEACHER_KEY",
+                        max_tokens=4, max_retries=0)  # no teacher.price: the table prices it
+    task = get_task(TaskConfig(type="freetext", instruction="summarise"))
+    teacher = get_teacher(cfg, task, prices=table)
+    try:
+        req = teacher.request(Record(messages=[{"role": "user", "content": "the team won the match"}]))
+        one = teacher.answer_one(req)
+        ran: list = []
+        teacher.run([req], lambda i, r: ran.append(r), gcfg=GenerateConfig(prices=table))
+    finally:
+        teacher.close()
+    assert one.ok and one.cost_usd > 0
+    price = PriceConfig.model_validate(table["tiny-teacher"])
+    assert one.cost_usd == pytest.approx(token_cost(price, one.input_tokens, one.output_tokens)) == ran[0].cost_usd

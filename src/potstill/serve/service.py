@@ -543,9 +543,7 @@ def load_service(run_dir: Path, cfg: Config, recalibrate: bool = False, ledger_p
     if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
         raise PotstillError(f"{run_dir / 'student'}: no trained student (run `potstill train` first)")
     task = get_task(cfg.task)
-    teacher = get_teacher(cfg.teacher, task)
-    if hasattr(teacher, "prices"):  # an API teacher: escalations billed as generate bills its calls
-        teacher.prices = cfg.generate.prices
+    teacher = get_teacher(cfg.teacher, task, prices=cfg.generate.prices)  # escalations billed as generate bills
     t0 = time.perf_counter()
     engine = _served(cfg, str(path), task, device, run_dir)
     routing, reference = calibrate_run(run_dir, cfg, engine, task, force=recalibrate)

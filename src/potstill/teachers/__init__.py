@@ -11,9 +11,14 @@ from potstill.tasks import Task
 from potstill.teachers.base import OnResult, Response, RunStats, Teacher, request_hash
 
 
-def get_teacher(cfg: TeacherConfig, task: Task) -> Teacher:
+def get_teacher(cfg: TeacherConfig, task: Task, prices: dict[str, dict[str, float]] | None = None) -> Teacher:
+    """The adapter ``cfg.type`` names. ``prices``: the run's ``generate.prices``, by which a teacher
+    with no ``teacher.price`` bills answers outside a generate run (``submit``: serve's escalations)
+    as generate bills its own; left out, the built-in table."""
     secrets = [os.environ.get(cfg.api_key_env, ""), *url_secrets(cfg.base_url)]
-    return build("teachers", cfg.type, cfg, task, secrets=secrets)
+    teacher = build("teachers", cfg.type, cfg, task, secrets=secrets)
+    teacher.prices = prices
+    return teacher
 
 
 __all__ = ["OnResult", "Response", "RunStats", "Teacher", "get_teacher", "request_hash"]

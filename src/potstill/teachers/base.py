@@ -144,6 +144,10 @@ class Teacher:
     supports_batch: ClassVar[bool] = False
     remote: ClassVar[bool] = False
     supports_tools: ClassVar[bool] = False
+    #: USD per million tokens by model prefix (``generate.prices``) for answers outside ``run``
+    #: (``submit``) when ``teacher.price`` names none; None: the built-in table. ``run`` takes
+    #: generate's own. Set by ``get_teacher``; a teacher billed by the hour ignores it.
+    prices: dict[str, dict[str, float]] | None = None
 
     def __init__(self, cfg: TeacherConfig, task: Task):
         self.cfg = cfg

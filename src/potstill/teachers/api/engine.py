@@ -54,9 +54,6 @@ class ApiTeacher(Teacher):
 
     supports_samples = True
     remote = True
-    #: USD per million tokens by model prefix for single requests (``submit``: serve's escalations)
-    #: when ``teacher.price`` names none; None: the built-in table. ``run`` takes generate's own.
-    prices: dict[str, dict[str, float]] | None = None
 
     def __init__(self, cfg: TeacherConfig, task: Task):
         super().__init__(cfg, task)
