@@ -176,6 +176,28 @@ def test_malformed_json_body_says_what_is_missing_without_a_byte_offset(served):
                               "column 1: missing '}' at the end")
 
 
+@pytest.mark.parametrize("body, content_type, said", [
+    (b"", "application/json", "the request body is empty: send a JSON object with model and messages"),
+    (b"[]", "application/json", "the request body must be a JSON object, not an array"),
+    # curl -d sends application/x-www-form-urlencoded unless told otherwise
+    (b'{"model": "potstill", "messages": []}', "application/x-www-form-urlencoded",
+     "the request body must be JSON sent with Content-Type: application/json, not "
+     "'application/x-www-form-urlencoded'"),
+    (b'{"model": "potstill", "messages": []}', None, "the request body must be JSON sent with Content-Type: "
+     "application/json, and the request has no Content-Type"),
+])
+def test_a_body_that_is_no_json_object_says_what_it_is(served, body, content_type, said):
+    """Found by an audit: these were 400s saying 'Field required' or 'Input should be a valid
+    dictionary or object to extract fields from' and naming no field, which tells a curl user
+    (whose -d sends a form content type) nothing about what to change."""
+    service, live = served
+    headers = {"Authorization": f"Bearer {SERVE_KEY}", **({"Content-Type": content_type} if content_type else {})}
+    r = httpx.post(live.url + "/v1/chat/completions", content=body, headers=headers, timeout=10)
+    assert r.status_code == 400 and r.json()["error"] == {"message": said, "type": "invalid_request_error",
+                                                          "param": None, "code": None}
+    assert rows(service)[-1]["error"] == f"400: {said}"
+
+
 def test_an_answer_cut_at_its_token_budget_finishes_with_length(tmp_path, tiny_model, teacher_server, monkeypatch):
     """OpenAI's ``finish_reason``: ``length`` where the answer ran to its budget (the student at the
     task's ``max_output_tokens``, the teacher at its ``max_tokens``), ``stop`` where it ended by

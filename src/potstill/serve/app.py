@@ -266,7 +266,9 @@ def _add_error_handlers(app: FastAPI, service: Service, requests: Counter):
             problem = json_problem(raw.decode("utf-8", "replace")) or err.get("ctx", {}).get("error", "")
             return await on_error(request, 400, f"the request body is not valid JSON: {problem}")
         loc = [str(x) for x in err.get("loc", ()) if x != "body"]
-        param = ".".join(loc) or None
+        if not loc:  # the body as a whole: pydantic's words ('Field required') would name nothing
+            return await on_error(request, 400, _body_problem(request))
+        param = ".".join(loc)
         msg = str(err.get("msg", "invalid request")).removeprefix("Value error, ")  # pydantic's word for our checks
         return await on_error(request, 400, f"{param + ': ' if param else ''}{msg}", param)
 
@@ -279,6 +281,27 @@ def _add_error_handlers(app: FastAPI, service: Service, requests: Counter):
         return await on_error(request, 500, f"internal error ({type(e).__name__})")
 
     return reject
+
+
+def _body_problem(request: Request) -> str:
+    """What is wrong with a chat request whose body is no JSON object as a whole. FastAPI reads a
+    body as JSON only under a JSON content type: curl's -d sends a form's, and the JSON is unread."""
+    raw = request.scope.get("state", {}).get("raw_body") or b""
+    kind = request.headers.get("content-type")
+    if not raw.strip():
+        return "the request body is empty: send a JSON object with model and messages"
+    if kind is None or "json" not in kind.split(";")[0].lower():
+        return ("the request body must be JSON sent with Content-Type: application/json, "
+                + (f"not {kind[:100]!r}" if kind else "and the request has no Content-Type"))
+    try:
+        what = _JSON_KINDS.get(type(json.loads(raw)), "a JSON value")
+    except (ValueError, RecursionError):
+        what = "no JSON"
+    return f"the request body must be a JSON object, not {what}"
+
+
+_JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean",
+               type(None): "null"}
 
 
 def _served_names(service: Service) -> dict[str, str]:
