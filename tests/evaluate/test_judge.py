@@ -223,3 +223,27 @@ def test_cost_lists_the_judges_calls_and_spend(tmp_path):
     assert spend == pytest.approx(len(ok) * PROMPT_TOKENS * PRICE_IN / 1e6)
     assert (f"judge judge-1 (evaluate): {len(rows)} calls ({len(rows) - len(ok)} errors), {len(ok) * PROMPT_TOKENS} input + "
             f"{len(ok)} output tokens, ${spend:.4f}") in out.stdout.splitlines()
+
+
+def test_free_text_verdicts_are_set_beside_chrf_not_exact_match(tmp_path, tiny_model):
+    """Free text is scored by chrF (README, Evaluate): the judge's verdicts were set beside exact match,
+    which a student almost never reaches on a summary, so every verdict's mean was 0 and the Spearman
+    correlation null. Each example now carries its chrF against the teacher's answer."""
+    from potstill.evaluate.metrics import chrf
+    from potstill.evaluate.stage import evaluate_stage
+
+    run = judged_run(tmp_path, tiny_model)
+    seen: list[dict[str, str]] = []
+    with LiveServer(judge_app("fair", seen)) as srv:
+        evaluate_stage(stage_config(run, srv.url, tiny_model))
+    judge = json.loads((run / "eval.json").read_text())["judge"]
+    from potstill.records import read_records
+
+    teacher = {r.id: r.output for r in read_records(run / "test.jsonl")}
+    student = {x["B"]: x["A"] for x in seen if x["B"] in teacher.values()}  # the order with the student as A
+    assert judge["agreement_with_metric"]["metric"] == "chrF"
+    for e in judge["examples"]:
+        out = " ".join(student[teacher[e["id"]]].split())
+        assert e["metric"] == pytest.approx(chrf(out, teacher[e["id"]]))
+    assert any(e["metric"] > 0 for e in judge["examples"])  # exact match gave 0 for every one of them
+    assert "chrF" in (run / "report.html").read_text()

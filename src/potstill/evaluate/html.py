@@ -317,7 +317,8 @@ def _judge(ev: dict) -> str:
             f"{j['counts']['inconsistent']} inputs got opposite verdicts in the two orders (inconsistent), "
             f"{j['counts']['bad']} got an unreadable answer (bad), "
             f"{sum(bool(e.get('identical')) for e in j['examples'])} were the teacher's exact answer (a tie, not "
-            f"asked). Automatic metric by verdict: {means}; "
+            f"asked). Automatic metric ({escape(str(agr.get('metric', 'agreement')))} against the teacher) by "
+            f"verdict: {means}; "
             f"Spearman {_num(agr['spearman'])} over {agr['n']} consistent verdicts.</p>")
     return ("<section id='judge'><h2>Teacher as judge: student vs teacher</h2>" + text
             + _table(["slice", "judged", "win", "tie", "loss", "inconsistent", "bad"], rows)

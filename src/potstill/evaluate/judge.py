@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 from potstill.config import Config, TeacherConfig
 from potstill.evaluate.bootstrap import bootstrap_mean
+from potstill.evaluate.metrics import chrf
 from potstill.generate import ledger_call, request_hash
 from potstill.ledger import Ledger
 from potstill.progress import bar
@@ -107,8 +108,20 @@ def ask(cfg: Config, task: Task, prompts: list[list[dict[str, str]]], ledger: Le
     return [answers.get(h) or {"error": errors.get(h, "no answer")} for h in hashes]
 
 
-def agreement_with_metric(outcomes: Sequence[str], metric: Sequence[float]) -> dict[str, Any]:
-    """How the judge's consistent verdicts line up with the automatic metric (student vs teacher).
+def automatic_metric(task: Task, student: Sequence[Any], teacher: Sequence[Any],
+                     agree: Sequence[float]) -> tuple[str, list[float]]:
+    """The per-example metric the verdicts are set beside: (its name, one value per example).
+
+    Free text is scored by chrF against the teacher's answer: exact match, which a summary or a
+    rewrite almost never reaches, gave every verdict a mean of 0 and no correlation to read. Other
+    tasks keep their agreement (exact JSON or label)."""
+    if task.name == "freetext":
+        return "chrF", [chrf(str(s or ""), str(t or "")) for s, t in zip(student, teacher)]
+    return "agreement", [float(a) for a in agree]
+
+
+def agreement_with_metric(outcomes: Sequence[str], metric: Sequence[float], name: str = "agreement") -> dict[str, Any]:
+    """How the judge's consistent verdicts line up with the automatic metric ``name`` (student vs teacher).
 
     The mean metric per verdict (a judge and metric that agree give win >= tie >= loss), and the
     Spearman correlation between the verdict scored win 1, tie 0.5, loss 0 and the metric.
@@ -116,8 +129,8 @@ def agreement_with_metric(outcomes: Sequence[str], metric: Sequence[float]) -> d
     score = {"win": 1.0, "tie": 0.5, "loss": 0.0}
     pairs = [(score[o], float(m)) for o, m in zip(outcomes, metric) if o in score and m is not None]
     by = {o: [float(m) for oo, m in zip(outcomes, metric) if oo == o and m is not None] for o in score}
-    out: dict[str, Any] = {"n": len(pairs), "metric_mean_by_verdict": {o: (sum(v) / len(v) if v else None)
-                                                                        for o, v in by.items()}}
+    out: dict[str, Any] = {"metric": name, "n": len(pairs),
+                           "metric_mean_by_verdict": {o: (sum(v) / len(v) if v else None) for o, v in by.items()}}
     spearman = None
     if len(pairs) >= 3 and len({p[0] for p in pairs}) > 1 and len({p[1] for p in pairs}) > 1:
         from scipy.stats import spearmanr
@@ -137,8 +150,10 @@ def rates(outcomes: Sequence[str], n_boot: int, seed: int) -> dict[str, Any]:
 
 
 def run_judge(cfg: Config, task: Task, test: Sequence[Record], student: Sequence[str], metric: Sequence[float],
-              names: Sequence[list[str]], ledger: Ledger) -> dict[str, Any]:
-    """Judge the student against the teacher on the test split: per-example verdicts, rates per slice, cost."""
+              names: Sequence[list[str]], ledger: Ledger, metric_name: str = "agreement") -> dict[str, Any]:
+    """Judge the student against the teacher on the test split: per-example verdicts, rates per slice, cost.
+
+    ``metric``: the automatic metric per test example (``metric_name``, see ``automatic_metric``)."""
     j, rep = cfg.evaluate.judge, cfg.report
     idx = list(range(len(test)))[: j.max_examples]
     # The student wrote the teacher's very answer: both orders would be one and the same prompt, whose
@@ -185,7 +200,7 @@ def run_judge(cfg: Config, task: Task, test: Sequence[Record], student: Sequence
         "counts": {o: outcomes.count(o) for o in OUTCOMES}, "choices": choices,
         # Share of readable answers that named position A: ~0.5 for a fair judge whatever the quality.
         "first_position_rate": choices["A"] / valid if valid else None,
-        "slices": slices, "agreement_with_metric": agreement_with_metric(outcomes, [metric[i] for i in idx]),
+        "slices": slices, "agreement_with_metric": agreement_with_metric(outcomes, [metric[i] for i in idx], metric_name),
         "cost": {"calls": after["calls"] - before["calls"], "cost_usd": after["cost_usd"] - before["cost_usd"],
                  "input_tokens": after["input_tokens"] - before["input_tokens"],
                  "output_tokens": after["output_tokens"] - before["output_tokens"],

@@ -151,10 +151,11 @@ def evaluate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
     slices = _slices(cfg, task, preds, teacher, gold, names, agree)
     judged = None
     if e.judge.enabled and not task.labels:
-        from potstill.evaluate.judge import run_judge
+        from potstill.evaluate.judge import automatic_metric, run_judge
 
+        metric_name, metric = automatic_metric(task, preds["student"].parsed, teacher, agree["student"])
         with run.ledger() as ledger:
-            judged = run_judge(cfg, task, test, preds["student"].outputs, agree["student"], names, ledger)
+            judged = run_judge(cfg, task, test, preds["student"].outputs, metric, names, ledger, metric_name)
     agreement_ci = {k: bootstrap_mean(v, rep.bootstrap_samples, seed=rep.seed) for k, v in agree.items()}
 
     one_time, train_s = _one_time_costs(cfg, run, spend)
