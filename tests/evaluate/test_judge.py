@@ -247,3 +247,17 @@ def test_free_text_verdicts_are_set_beside_chrf_not_exact_match(tmp_path, tiny_m
         assert e["metric"] == pytest.approx(chrf(out, teacher[e["id"]]))
     assert any(e["metric"] > 0 for e in judge["examples"])  # exact match gave 0 for every one of them
     assert "chrF" in (run / "report.html").read_text()
+
+
+def test_evaluate_says_what_the_judge_found(tmp_path, tiny_model, capsys):
+    """With the judge on, evaluate printed the table and the verdict and nothing of the judge: its 8 paid
+    calls showed only in eval.json and report.html. One line now says what it found and what it cost."""
+    from potstill.evaluate.stage import evaluate_stage
+
+    run = judged_run(tmp_path, tiny_model)
+    with LiveServer(judge_app("biased", [])) as srv:
+        evaluate_stage(stage_config(run, srv.url, tiny_model))
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("evaluate: judge")]
+    assert lines == ["evaluate: judge judge-1 on 4 test inputs: the student won 0, tied 0, lost 0; 4 inconsistent "
+                     "(the two orders disagreed), 0 unreadable; it named position A in 100.0% of its answers; "
+                     "8 new calls, $0.0016"], lines

@@ -140,6 +140,15 @@ def agreement_with_metric(outcomes: Sequence[str], metric: Sequence[float], name
     return out
 
 
+def summary_line(judged: dict[str, Any]) -> str:
+    """What the judge found, in one line for the terminal (eval.json and the report hold the rest)."""
+    c, rate = judged["counts"], judged["first_position_rate"]
+    return (f"evaluate: judge {judged['model']} on {judged['n']} test inputs: the student won {c['win']}, tied "
+            f"{c['tie']}, lost {c['loss']}; {c['inconsistent']} inconsistent (the two orders disagreed), {c['bad']} "
+            f"unreadable; it named position A in " + ("-" if rate is None else f"{100 * rate:.1f}%")
+            + f" of its answers; {judged['cost']['calls']} new calls, ${judged['cost']['cost_usd']:.4f}")
+
+
 def rates(outcomes: Sequence[str], n_boot: int, seed: int) -> dict[str, Any]:
     """Win/tie/loss/inconsistent shares with bootstrap intervals, over the examples judged (bad excluded)."""
     judged = [o for o in outcomes if o != "bad"]

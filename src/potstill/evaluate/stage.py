@@ -182,6 +182,10 @@ def evaluate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
     write_json(run / "eval.json", result)
     print_table(f"evaluate: {len(test)} held-out inputs", models)
     print_slices(slices)
+    if judged is not None:
+        from potstill.evaluate.judge import summary_line
+
+        say(summary_line(judged))
     say(f"verdict: {v['decision']}: {v['reason']}. Report: {run / 'report.html'}")
     if judged is not None and judged["failed_calls"]:
         # As generate does: not marked done, so a plain rerun asks the failed calls again (the
