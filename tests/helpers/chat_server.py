@@ -70,13 +70,16 @@ class ChatServer:
             self.requests[str(body["messages"])] += 1
             prompt = self.tok.apply_chat_template(body["messages"], tokenize=False, add_generation_prompt=True)
             ids = self.tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
-            budget = min(int(body.get("max_tokens") or 8), 8)
+            # At most 8 tokens, to keep tests fast; past a client's larger max_tokens that cap stands for
+            # the model ending its answer ("stop"): only the client's own limit is reported as "length".
+            asked = int(body.get("max_tokens") or 8)
+            budget = min(asked, 8)
             with torch.inference_mode():
                 out = self.model.generate(ids, max_new_tokens=budget, do_sample=False,
                                           output_scores=True, return_dict_in_generate=True,
                                           pad_token_id=self.tok.pad_token_id)
         new = out.sequences[0, ids.shape[1]:].tolist()
-        finish = "length" if len(new) >= budget and self.tok.eos_token_id not in new else "stop"
+        finish = "length" if len(new) >= asked and self.tok.eos_token_id not in new else "stop"
         if self.tok.eos_token_id in new:
             new = new[: new.index(self.tok.eos_token_id)]
         text = self.tok.decode(new, skip_special_tokens=True)

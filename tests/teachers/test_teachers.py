@@ -67,7 +67,8 @@ def test_openai_teacher_through_the_sdk_caches_and_bills(server, tmp_path, tiny_
 
 
 def test_openai_teacher_end_to_end_run_never_leaks_the_key(server, tmp_path, tiny_model):
-    root = project(tmp_path, server.base_url, {"type": "freetext", "instruction": "summarise"})
+    # max_tokens above the server's 8: whole answers (curate sets aside the ones cut at the limit)
+    root = project(tmp_path, server.base_url, {"type": "freetext", "instruction": "summarise"}, max_tokens=16)
     env = {**os.environ, "TEACHER_KEY": SECRET}
     cmd = [sys.executable, "-m", "potstill.cli", "run", "-c", "potstill.yaml", "--student.model", str(tiny_model)]
     first = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)

@@ -19,11 +19,25 @@ from potstill.tasks import Task
 from potstill.tasks.answers import output_problem
 
 
+# The stop reasons of an answer that ran into the request's token limit (OpenAI, local: length;
+# Anthropic: max_tokens), as generate keeps them in meta.stop_reason.
+CUT = ("length", "max_tokens")
+
+
 def invalid_reason(rec: Record, task: Task, c: CurateConfig) -> str | None:
-    """None when the record may be trained on, else why not (the text before ':' is the card's category)."""
+    """None when the record may be trained on, else why not (the text before ':' is the card's category).
+
+    A generated answer (free text, JSON) that the teacher's token limit cut is half an answer, which
+    would teach the student to stop mid-sentence; one a reviewer decided on stands (an edit replaced
+    it). A label answer is read whole from its first words, so a cut one is kept."""
     if rec.output is None:
         return rec.invalid_reason or "teacher error: no output"
-    return output_problem(rec.output, task, c)
+    problem = output_problem(rec.output, task, c)
+    if problem is None and not task.labels and rec.meta.get("stop_reason") in CUT and "review" not in rec.meta:
+        n = rec.meta.get("output_tokens")
+        return (f"truncated: the teacher's answer ran to its token limit{f' ({n} tokens)' if n else ''}; raise "
+                "teacher.max_tokens and run `potstill generate` again")
+    return problem
 
 
 def _key(parsed: Any) -> str:

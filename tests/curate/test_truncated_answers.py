@@ -1,0 +1,53 @@
+"""A free-text answer the teacher cut at its token limit is half an answer: curate sets it aside.
+
+Generate keeps the teacher's stop reason (``meta.stop_reason``: OpenAI's ``length``, Anthropic's
+``max_tokens``); curate trained on a summary that ran into ``teacher.max_tokens`` as if it were whole,
+so the student learnt to end mid-sentence. The teacher here is a real OpenAI-compatible server on
+127.0.0.1 (a tiny model) reached through the official openai client.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from potstill.config import load_config
+from potstill.curate import curate
+from potstill.curate.stage import curate_stage
+from potstill.errors import PotstillError
+from potstill.generate.stage import generate_stage
+from potstill.records import read_records
+from tests.helpers.chat_server import ChatServer
+
+WORDS = "the market film music team goal phone software minister party vote bank profit star award win".split()
+
+
+def _config(tmp_path, url: str, max_tokens: int):
+    rows = [{"input": " ".join(WORDS[(i + j) % len(WORDS)] for j in range(7 + i % 4)) + f" {i}"} for i in range(12)]
+    (tmp_path / "inputs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return load_config(overrides={
+        "run_dir": str(tmp_path / "run"), "data": {"inputs": str(tmp_path / "inputs.jsonl")},
+        "task": {"type": "freetext", "instruction": "Summarise the text."},
+        "teacher": {"type": "openai", "model": "tiny", "base_url": url, "api_key_env": "", "max_tokens": max_tokens},
+        "curate": {"val": 2, "test": 2, "near_dup": False}})
+
+
+def test_answers_cut_at_the_teachers_token_limit_are_set_aside(tmp_path, tiny_model_b):
+    with ChatServer(str(tiny_model_b)) as teacher:
+        cfg = _config(tmp_path, teacher.base_url, max_tokens=3)
+        generate_stage(cfg)
+    records = read_records(tmp_path / "run" / "teacher.jsonl")
+    cut = {r.id for r in records if r.meta.get("stop_reason") == "length"}
+    assert cut, [r.meta.get("stop_reason") for r in records]  # the tiny teacher runs on past 3 tokens
+    edited = sorted(cut)[0]  # a reviewer who wrote the whole answer keeps it
+    out = curate(cfg, records, {edited: {"decision": "edit", "output": "a whole summary", "label": None,
+                                         "teacher_output": None}})
+    kept = {r.id for r in out.train + out.val + out.test}
+    truncated = {r.id for r in out.rejected if (r.invalid_reason or "").startswith("truncated")}
+    assert truncated == cut - {edited} and not (kept & truncated) and edited in kept
+    assert out.card["counts"]["invalid"] == len(truncated)
+    assert "teacher.max_tokens" in next(r.invalid_reason for r in out.rejected if r.id in truncated)
+    if cut == {r.id for r in records}:  # every answer cut: the stage's one line says why nothing is left
+        with pytest.raises(PotstillError, match=r"no training records left.*truncated"):
+            curate_stage(cfg)
