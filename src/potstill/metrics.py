@@ -19,16 +19,23 @@ def agreement(task: Task, preds: list[Any], refs: list[Any]) -> float | None:
 
 
 def compare(task: Task, parsed: list[Any], records: list[Record]) -> dict[str, Any]:
-    """Agreement with the teacher's answers and, where records carry gold, the gold metric."""
+    """Agreement with the teacher's answers and, where records carry gold, the gold metric; for free
+    text also the mean chrF against the teacher's answers."""
     teacher = [task.parse(r.output) if r.output is not None else None for r in records]
     gold = [task.gold(r) for r in records]
     n_gold = sum(g is not None for g in gold)
-    return {
+    out = {
         "n": len(records),
         "agreement_with_teacher": agreement(task, parsed, teacher),
         "gold_metric": agreement(task, parsed, gold) if n_gold else None,
         "n_gold": n_gold,
     }
+    if task.name == "freetext":
+        # Agreement is exact match, which a summary or a rewrite almost never reaches: chrF says how close.
+        from potstill.evaluate.metrics import text_scores
+
+        out["chrf_with_teacher"] = text_scores(parsed, teacher)["chrf"]
+    return out
 
 
 def teacher_gold_metric(task: Task, records: list[Record]) -> float | None:

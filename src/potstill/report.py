@@ -171,12 +171,16 @@ def _fmt(x: Any, pct: bool = False, digits: int = 3) -> str:
 
 def print_table(title: str, models: dict[str, dict[str, Any]]) -> None:
     t = Table(title=title)
-    for col in ("model", "gold metric", "agreement w/ teacher", "p50 latency", "p95 latency", "tokens/call", "$ per 1k calls"):
+    # Free text: exact agreement is near 0 for any model but the teacher; chrF shows how close each came.
+    text = any("chrf_with_teacher" in m for m in models.values())
+    for col in ("model", "gold metric", "agreement w/ teacher", *(["chrF w/ teacher"] if text else []), "p50 latency",
+                "p95 latency", "tokens/call", "$ per 1k calls"):
         t.add_column(col, justify="right" if col != "model" else "left")
     for name, m in models.items():
         lat = m.get("latency_batch1", {})
+        chrf = [_fmt(m.get("chrf_with_teacher"), digits=3)] if text else []
         t.add_row(
-            name, _fmt(m.get("gold_metric"), pct=True), _fmt(m.get("agreement_with_teacher"), pct=True),
+            name, _fmt(m.get("gold_metric"), pct=True), _fmt(m.get("agreement_with_teacher"), pct=True), *chrf,
             _fmt(lat.get("p50_s")) + " s", _fmt(lat.get("p95_s")) + " s", _fmt(m.get("tokens_per_call"), digits=0),
             _fmt(m.get("cost_per_1k_calls_usd"), digits=5),
         )

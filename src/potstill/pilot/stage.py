@@ -51,7 +51,9 @@ def pilot_body(cfg: Config, run: RunDir) -> dict[str, Any]:
         say(f"pilot: {_unusable(labelled)}; the figures are over the other {len(valid)} of {len(sample)} inputs")
     print_table(f"pilot: {len(valid)} inputs, before training", models)
     gap = (teacher.get("gold_metric") or 0) - (student.get("gold_metric") or 0)
+    chrf = student.get("chrf_with_teacher")
     say(f"pilot: the untrained student agrees with the teacher on {100 * (student['agreement_with_teacher'] or 0):.1f}%"
+        + (f" (exact match), chrF {chrf:.3f} against its answers" if chrf is not None else "")
         + (f" and trails it by {100 * gap:.1f} points on gold" if teacher.get("gold_metric") is not None else ""))
     return {"agreement": student["agreement_with_teacher"], "teacher_calls": stats.calls}
 
