@@ -168,6 +168,12 @@ class QualityBar(Section):
         0.95, ge=0,
         description="Trained student's gold metric over the teacher's, judged where gold exists (None: judge agreement).",
     )
+    min_judge_score: float | None = Field(
+        0.45, ge=0, le=1,
+        description="Free text without gold, where evaluate.judge ran: the judge's mean score of the trained student "
+                    "against the teacher (win 1, tie or opposite verdicts in the two orders 0.5, loss 0; 0.5 is as "
+                    "good) decides in place of exact-match agreement (None: agreement decides).",
+    )
     max_break_even_months: float | None = Field(
         12.0, gt=0,
         description="GO needs the one-time cost repaid within this many months at evaluate.monthly_calls (None: any).",

@@ -40,6 +40,10 @@ def judge_app(mode: str, seen: list[dict[str, str]]) -> FastAPI:
             return JSONResponse({"error": {"message": "bad request", "type": "invalid_request_error"}}, status_code=400)
         if mode == "biased":
             text = "A"
+        elif mode == "tie":
+            text = "TIE"
+        elif mode == "teacher":  # prefers the teacher's answer ("summary N", judged_run's) wherever it stands
+            text = "A" if re.fullmatch(r"summary \d+", a) else "B"
         elif mode == "garbled" and "GARBLE" in user:
             text = "Both answers have merit, hard to say."
         else:
@@ -261,3 +265,24 @@ def test_evaluate_says_what_the_judge_found(tmp_path, tiny_model, capsys):
     assert lines == ["evaluate: judge judge-1 on 4 test inputs: the student won 0, tied 0, lost 0; 4 inconsistent "
                      "(the two orders disagreed), 0 unreadable; it named position A in 100.0% of its answers; "
                      "8 new calls, $0.0016"], lines
+
+
+@pytest.mark.parametrize("mode, verdict, score", [("tie", "pass", 0.5), ("teacher", "fail", 0.0)])
+def test_on_free_text_the_judge_decides_the_verdict_not_exact_match(tmp_path, tiny_model, mode, verdict, score):
+    """A free-text slice without gold was judged on exact-match agreement with the teacher (bar 0.85),
+    which a summary almost never reaches, so any summariser got NO-GO, even one the judge found as good
+    as the teacher. Where the judge ran, its score (win 1, tie 0.5, loss 0) decides against
+    quality_bar.min_judge_score; agreement stays in the row, reported only."""
+    from potstill.evaluate.stage import evaluate_stage
+
+    run = judged_run(tmp_path, tiny_model)
+    with LiveServer(judge_app(mode, [])) as srv:
+        evaluate_stage(stage_config(run, srv.url, tiny_model))
+    ev = json.loads((run / "eval.json").read_text())
+    whole = ev["slices"][0]
+    assert whole["slice"] == "all" and whole["agreement"]["value"] == 0.0  # never the teacher's very words
+    assert whole["judged_on"] == "judge" and whole["n_judged"] == 4
+    assert whole["judge_score"]["value"] == score and whole["verdict"] == verdict, whole["reason"]
+    assert "judge score against the teacher" in whole["reason"] and "reported only" in whole["reason"]
+    assert ev["judge"]["slices"][0]["score"]["value"] == score
+    assert "judge score of the trained student against the teacher" in (run / "report.html").read_text()

@@ -98,6 +98,8 @@ def _verdict(ev: dict) -> str:
            f"{qb['min_agreement']}" if rel is not None else
            f"agreement with the teacher >= {qb['min_agreement']} (gold is reported, not judged: "
            "min_relative_quality is unset)")
+    if any(r.get("judged_on") == "judge" for r in ev["slices"]):
+        bar += f"; on free text without gold, the judge's score >= {qb.get('min_judge_score')} in place of agreement"
     rules = (f"a slice passes when its 95% interval lies wholly at or above the bar, fails when wholly below, and is "
              f"inconclusive otherwise; the bar is {bar}; GO also needs the student cheaper "
              "per call" + (f", break-even within {months:g} months" if months is not None else "")
@@ -154,7 +156,8 @@ def _slices(ev: dict) -> str:
     a, b = ev["length_edges_words"]
     legend = ("<p class='legend'>Dot: the trained student, with its 95% interval; hollow circle: the untrained "
               "student. Green: pass; red: fail; amber: inconclusive (the interval straddles the bar); grey: too small "
-              "to judge; blue: agreement reported only, because gold labels judge that slice (second plot).</p>")
+              "to judge; blue: agreement reported only, because gold labels judge that slice (second plot) or, on free "
+              "text, the judge does (its section).</p>")
     return ("<section id='slices'><h2>Per-slice gap</h2>" + legend + agr + gap
             + _table(["slice", "n", "agreement [95% CI]", "untrained [95% CI]", "student gold", "teacher gold",
                       "gap [95% CI]", "student / teacher gold [95% CI]", "verdict", "why"], rows)
@@ -308,7 +311,17 @@ def _judge(ev: dict) -> str:
     if not j:
         return ""
     rows = [[escape(r["slice"]), str(r["judged"]), _ci(r["win"]), _ci(r["tie"]), _ci(r["loss"]), _ci(r["inconsistent"]),
-             str(r["bad"])] for r in j["slices"]]
+             str(r["bad"]), _num((r.get("score") or {}).get("value"))] for r in j["slices"]]
+    # Where the judge decided a slice (free text without gold), its score against the bar, coloured by verdict.
+    colour = {"pass": GREEN, "fail": RED, "inconclusive": AMBER, "too small": GREY}
+    decided = [r for r in ev["slices"] if r.get("judged_on") == "judge" and r.get("judge_score")]
+    bar = ev["quality_bar"].get("min_judge_score")
+    plot = interval_plot([{"label": f"{r['slice']} (n={r['judge_score']['n']})", "value": r["judge_score"]["value"],
+                           "lo": r["judge_score"]["lo"], "hi": r["judge_score"]["hi"],
+                           "color": colour.get(r["verdict"], GREY)} for r in decided],
+                         0.0, 1.0, ref=bar, ref_label=f"bar {bar:.2f}",
+                         xlabel="judge score of the trained student against the teacher (0.5: as good)") \
+        if decided and bar is not None else ""
     agr = j["agreement_with_metric"]
     means = ", ".join(f"{k} {_num(v)}" for k, v in agr["metric_mean_by_verdict"].items())
     text = (f"<p>Judge {escape(str(j['model']))} compared the trained student with the teacher on {j['n']} test inputs, "
@@ -319,9 +332,11 @@ def _judge(ev: dict) -> str:
             f"{sum(bool(e.get('identical')) for e in j['examples'])} were the teacher's exact answer (a tie, not "
             f"asked). Automatic metric ({escape(str(agr.get('metric', 'agreement')))} against the teacher) by "
             f"verdict: {means}; "
-            f"Spearman {_num(agr['spearman'])} over {agr['n']} consistent verdicts.</p>")
-    return ("<section id='judge'><h2>Teacher as judge: student vs teacher</h2>" + text
-            + _table(["slice", "judged", "win", "tie", "loss", "inconsistent", "bad"], rows)
+            f"Spearman {_num(agr['spearman'])} over {agr['n']} consistent verdicts. Score: win 1, tie or "
+            f"inconsistent 0.5, loss 0 (0.5: as good as the teacher)"
+            + ("; on free text without gold it decides each slice's verdict (plot)" if decided else "") + ".</p>")
+    return ("<section id='judge'><h2>Teacher as judge: student vs teacher</h2>" + text + plot
+            + _table(["slice", "judged", "win", "tie", "loss", "inconsistent", "bad", "score"], rows)
             + _src("the judge's answers, recorded in the ledger (role judge); rates over judged inputs with "
                    "bootstrap intervals") + "</section>")
 

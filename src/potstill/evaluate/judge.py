@@ -149,12 +149,26 @@ def summary_line(judged: dict[str, Any]) -> str:
             + f" of its answers; {judged['cost']['calls']} new calls, ${judged['cost']['cost_usd']:.4f}")
 
 
+# A verdict as the student's score against the teacher, 0.5 being as good. Opposite verdicts in the two
+# orders are a judge that cannot tell the answers apart beyond its position bias: a tie.
+SCORE = {"win": 1.0, "tie": 0.5, "inconsistent": 0.5, "loss": 0.0}
+
+
+def scores(judged: dict[str, Any], n: int) -> list[float | None]:
+    """The judge score (``SCORE``) of each of the ``n`` test examples, None where it gave none (an
+    unreadable answer or a failed call, or past ``judge.max_examples``), for the verdict's slices."""
+    out: list[float | None] = [SCORE.get(e["verdict"]) for e in judged["examples"]]
+    return out + [None] * (n - len(out))
+
+
 def rates(outcomes: Sequence[str], n_boot: int, seed: int) -> dict[str, Any]:
-    """Win/tie/loss/inconsistent shares with bootstrap intervals, over the examples judged (bad excluded)."""
+    """Win/tie/loss/inconsistent shares and the mean score with bootstrap intervals, over the examples
+    judged (bad excluded)."""
     judged = [o for o in outcomes if o != "bad"]
     row: dict[str, Any] = {"n": len(outcomes), "judged": len(judged), "bad": len(outcomes) - len(judged)}
     for o in ("win", "tie", "loss", "inconsistent"):
         row[o] = bootstrap_mean([float(x == o) for x in judged], n_boot, seed=seed)
+    row["score"] = bootstrap_mean([SCORE[o] for o in judged], n_boot, seed=seed)
     return row
 
 

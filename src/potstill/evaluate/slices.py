@@ -72,18 +72,26 @@ def judge_interval(ci: dict[str, Any], bar: float) -> str:
 WHERE = {"pass": "wholly at or above", "fail": "wholly below", "inconclusive": "straddling"}
 
 
-def judge(agreement: dict[str, Any], gold: dict[str, Any] | None, bar: QualityBar, min_n: int) -> dict[str, Any]:
+def judge(agreement: dict[str, Any], gold: dict[str, Any] | None, bar: QualityBar, min_n: int,
+          judged: dict[str, Any] | None = None) -> dict[str, Any]:
     """pass / fail / inconclusive / too small for one slice, with the reason in words.
 
     Where the slice has gold labels (and ``bar.min_relative_quality`` is set) the student's gold
     metric relative to the teacher's decides, and agreement is only reported: agreeing with a wrong
-    teacher is no virtue. Elsewhere agreement with the teacher decides.
+    teacher is no virtue. Else, where a judge compared free-text answers (``judged``: the judge
+    score's mean and interval, win 1, tie 0.5, loss 0) and ``bar.min_judge_score`` is set, the judge
+    decides: exact-match agreement, which a summary or a rewrite almost never reaches, would fail
+    any student. Elsewhere agreement with the teacher decides.
     """
     rel = (gold or {}).get("relative") or {}
     if bar.min_relative_quality is not None and rel.get("value") is not None:
         on, ci, b, n = "gold", rel, bar.min_relative_quality, gold["n"]
         what = f"gold metric is {ci['value']:.1%} of the teacher's"
         aside = f"; agreement {agreement['value']:.1%}, reported only (gold decides)"
+    elif bar.min_judge_score is not None and judged and judged.get("value") is not None:
+        on, ci, b, n = "judge", judged, bar.min_judge_score, judged["n"]
+        what = f"judge score against the teacher is {ci['value']:.2f} (0.5: as good)"
+        aside = f"; exact-match agreement {agreement['value']:.1%}, reported only (the judge decides)"
     else:
         on, ci, b, n = "agreement", agreement, bar.min_agreement, agreement["n"]
         what, aside = f"agreement with the teacher is {ci['value']:.1%}", ""
@@ -93,7 +101,8 @@ def judge(agreement: dict[str, Any], gold: dict[str, Any] | None, bar: QualityBa
                 "statement": f"{n} examples are fewer than the {min_n} needed to judge",
                 "reason": f"too small to judge: {n} examples < {min_n}"}
     v = judge_interval(ci, b)
-    statement = f"{what} [{ci['lo']:.1%}, {ci['hi']:.1%}], {WHERE[v]} the {b:.0%} bar"
+    statement = (f"{what} [{ci['lo']:.2f}, {ci['hi']:.2f}], {WHERE[v]} the {b:.2f} bar" if on == "judge" else
+                 f"{what} [{ci['lo']:.1%}, {ci['hi']:.1%}], {WHERE[v]} the {b:.0%} bar")
     need = settle_n(ci["value"], ci["lo"], ci["hi"], n, b) if v == "inconclusive" else None
     if v == "inconclusive":
         statement += (f"; about {need} test examples ({need - n} more) would settle it" if need else
@@ -103,10 +112,14 @@ def judge(agreement: dict[str, Any], gold: dict[str, Any] | None, bar: QualityBa
 
 def _row(name: str, idx: list[int], student_agree: Sequence[float | None],
          untrained_agree: Sequence[float | None] | None, student_gold: Sequence[float | None],
-         teacher_gold: Sequence[float | None], bar: QualityBar, min_n: int, n_boot: int, seed: int) -> dict[str, Any]:
-    """One slice's row: agreement with the teacher, the gold gap and ratio, and a verdict."""
+         teacher_gold: Sequence[float | None], bar: QualityBar, min_n: int, n_boot: int, seed: int,
+         judge_scores: Sequence[float | None] | None = None) -> dict[str, Any]:
+    """One slice's row: agreement with the teacher, the gold gap and ratio, the judge score, and a verdict."""
     row: dict[str, Any] = {"slice": name, "n": len(idx),
                            "agreement": bootstrap_mean([student_agree[i] for i in idx], n_boot, seed=seed)}
+    scored = [judge_scores[i] for i in idx if judge_scores[i] is not None] if judge_scores is not None else []
+    if scored:
+        row["judge_score"] = bootstrap_mean(scored, n_boot, seed=seed)
     if untrained_agree is not None:
         row["untrained_agreement"] = bootstrap_mean([untrained_agree[i] for i in idx], n_boot, seed=seed)
     g = [i for i in idx if student_gold[i] is not None and teacher_gold[i] is not None]
@@ -115,25 +128,26 @@ def _row(name: str, idx: list[int], student_agree: Sequence[float | None],
         row["gold"] = {"n": len(g), "student": sum(s) / len(s), "teacher": sum(t) / len(t),
                        "gap": bootstrap_gap(s, t, n_boot, seed=seed),
                        "relative": bootstrap_ratio(s, t, n_boot, seed=seed)}
-    row.update(judge(row["agreement"], row.get("gold"), bar, min_n))
+    row.update(judge(row["agreement"], row.get("gold"), bar, min_n, row.get("judge_score")))
     return row
 
 
 def slice_table(names: Sequence[list[str]], student_agree: Sequence[float],
                 untrained_agree: Sequence[float] | None, student_gold: Sequence[float | None],
                 teacher_gold: Sequence[float | None], bar: QualityBar, min_n: int, n_boot: int,
-                seed: int = 0) -> list[dict[str, Any]]:
+                seed: int = 0, judge_scores: Sequence[float | None] | None = None) -> list[dict[str, Any]]:
     """One row per slice (``all`` first): agreement with the teacher, the gold gap and ratio, and a verdict.
 
     ``*_agree`` are per-example agreements with the teacher in [0, 1]; ``*_gold`` per-example
-    scores against gold (None where an example has no gold).
+    scores against gold (None where an example has no gold); ``judge_scores`` the judge's per-example
+    score of the student against the teacher (``judge.score``; None where it did not judge).
     """
     members: dict[str, list[int]] = {"all": list(range(len(names)))}
     for i, ns in enumerate(names):
         for n in ns:
             members.setdefault(n, []).append(i)
     return [_row(name, members[name], student_agree, untrained_agree, student_gold, teacher_gold,
-                 bar, min_n, n_boot, seed)
+                 bar, min_n, n_boot, seed, judge_scores)
             for name in ["all", *sorted(k for k in members if k != "all")]]
 
 
