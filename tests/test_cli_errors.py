@@ -260,3 +260,16 @@ def test_a_sqlite_error_names_its_file_and_blames_no_ledger_it_did_not_come_from
     assert budget.split(None, 2)[2] == ("run2/calls.sqlite: not a potstill ledger (SQLite: file is not a database); "
                                          "move it aside")
     assert (work / "run2" / "calls.sqlite").read_text() == "spend exported by hand\n" * 40
+
+
+def test_python_dash_m_potstill_is_the_cli():
+    """`python -m potstill` said 'No module named potstill.__main__' (only `-m potstill.cli` worked),
+    the usual way to run a tool whose console script is not on PATH."""
+    import subprocess
+    import sys
+
+    import potstill
+
+    r = subprocess.run([sys.executable, "-m", "potstill", "--version"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert potstill.__version__ in r.stdout
