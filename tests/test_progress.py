@@ -39,3 +39,10 @@ def test_never_is_silent_and_always_draws_the_bar():
     assert run_step(POTSTILL_PROGRESS="never", POTSTILL_PROGRESS_INTERVAL="0.05").stderr == ""
     drawn = run_step(POTSTILL_PROGRESS="always").stderr
     assert "scoring" in drawn and "4/4" in drawn
+
+
+def test_sizes_read_as_a_person_would_say_them():
+    """export printed '0 MB of weights' for an 86 kB test model."""
+    from potstill.progress import size_text
+
+    assert [size_text(n) for n in (512, 86_000, 1_234_567, 270e6, 3.4e9)] == ["512 B", "86 kB", "1.2 MB", "270 MB", "3.4 GB"]

@@ -24,6 +24,15 @@ console = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 140)
 
 
+def size_text(n_bytes: float) -> str:
+    """A file size for a person: '86 kB', '1.2 MB', '270 MB', '3.4 GB' (a tiny test model is not '0 MB')."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n_bytes >= scale:
+            v = n_bytes / scale
+            return f"{v:.1f} {unit}" if v < 10 else f"{v:.0f} {unit}"
+    return f"{int(n_bytes)} B"
+
+
 def _mode() -> str:
     mode = os.environ.get("POTSTILL_PROGRESS", "auto")
     if mode == "auto":

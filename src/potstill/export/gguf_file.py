@@ -31,7 +31,7 @@ from potstill.errors import PotstillError
 from potstill.export import register
 from potstill.export import llama_convert
 from potstill.export.llama_convert import llama_cpp_dir
-from potstill.progress import bar, say
+from potstill.progress import bar, say, size_text
 from potstill.records import atomic_dir, write_json
 
 QTYPES = ("f16", "q8_0")
@@ -145,7 +145,7 @@ def export_gguf(cfg: Config, run: Path, out_dir: Path) -> list[Path]:
                 advance(1)
             write_json(tmp / "export.json", {"source": str(run / "student"),
                                              "converter": "llama.cpp convert_hf_to_gguf.py", "files": summaries})
-    say("export: " + ", ".join(f"{s['file']} ({s['architecture']}, {s['bytes'] / 1e6:.0f} MB, {s['seconds']:.1f} s)"
+    say("export: " + ", ".join(f"{s['file']} ({s['architecture']}, {size_text(s['bytes'])}, {s['seconds']:.1f} s)"
                                for s in summaries)
         + f"; Modelfile.<type> beside each (ollama create NAME -f {out_dir}/Modelfile.{cfg.export.gguf_types[-1]})")
     return sorted(out_dir.iterdir())

@@ -18,7 +18,7 @@ from potstill.errors import PotstillError
 from potstill.export import register
 from potstill.models.loading import LM, load_lm
 from potstill.models.prompting import end_of_turn
-from potstill.progress import bar, say
+from potstill.progress import bar, say, size_text
 from potstill.records import atomic_dir
 
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
@@ -72,5 +72,5 @@ def export_hf(cfg: Config, run: Path, out_dir: Path) -> list[Path]:
         advance(1)
     size = sum(p.stat().st_size for p in out_dir.glob("*.safetensors"))
     say(f"export: {out_dir} ({'LoRA adapter merged, ' if adapter else ''}{cfg.export.dtype}, "
-        f"{size / 1e6:.0f} MB of weights)")
+        f"{size_text(size)} of weights)")
     return sorted(out_dir.iterdir())
