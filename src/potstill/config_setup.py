@@ -51,6 +51,9 @@ class PriceConfig(Section):
     cache_write_input_per_mtok: float | None = Field(
         None, ge=0, description="USD per million input tokens written to the provider's prompt cache (Anthropic's "
         "cache_creation_input_tokens); None: 1.25x the input price, Anthropic's 5-minute cache write.")
+    cache_write_1h_input_per_mtok: float | None = Field(
+        None, ge=0, description="USD per million input tokens written to Anthropic's 1-hour prompt cache (usage "
+        "cache_creation.ephemeral_1h_input_tokens); None: 2x the input price, Anthropic's 1-hour cache write.")
     usd_per_hour: float = Field(0.0, ge=0, description="USD per hour of the hardware a local model runs on.")
     usd_per_call: float | None = Field(
         None, ge=0, description="USD per teacher call as pilot and evaluate price the teacher (cost per call, break-even, "

@@ -123,7 +123,8 @@ def measure_teacher(task: Task, records: list[Record], ledger: Ledger, timed: di
     elif price is not None and (price.input_per_mtok or price.output_per_mtok) and rows:
         from potstill.teachers.api.prices import token_cost
 
-        usd = [token_cost(price, r["input_tokens"], r["output_tokens"], r["cached_input_tokens"], _cache_writes(r)) * (r["price_multiplier"] or 1.0) for r in rows]
+        usd = [token_cost(price, r["input_tokens"], r["output_tokens"], r["cached_input_tokens"], *_cache_writes(r))
+               * (r["price_multiplier"] or 1.0) for r in rows]
         m["ledger_cost_per_1k_calls_usd"] = m["cost_per_1k_calls_usd"]
         m["cost_per_1k_calls_usd"] = sum(usd) / len(usd) * 1000
         m["cost_source"] = (f"the ledger's tokens of these calls at teacher.price (${price.input_per_mtok:g} input, "
@@ -131,13 +132,16 @@ def measure_teacher(task: Task, records: list[Record], ledger: Ledger, timed: di
     return m
 
 
-def _cache_writes(row: dict[str, Any]) -> int:
-    """Prompt-cache writes of a ledger row (Anthropic's ``cache_creation_input_tokens``), kept in its response."""
+def _cache_writes(row: dict[str, Any]) -> tuple[int, int]:
+    """Prompt-cache writes of a ledger row (Anthropic's ``cache_creation_input_tokens``) and the part of
+    them kept an hour (``ephemeral_1h_input_tokens``), both kept in its response."""
     try:
         resp = json.loads(row.get("response") or "{}")
-        return int(resp.get("cache_write_input_tokens") or 0) if isinstance(resp, dict) else 0
+        if not isinstance(resp, dict):
+            return 0, 0
+        return int(resp.get("cache_write_input_tokens") or 0), int(resp.get("cache_write_1h_input_tokens") or 0)
     except (ValueError, TypeError):
-        return 0
+        return 0, 0
 
 
 def _teacher_from_ledger(task: Task, records: list[Record], ledger: Ledger) -> tuple[dict[str, Any], list[dict]]:

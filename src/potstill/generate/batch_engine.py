@@ -256,7 +256,8 @@ class BatchRun:
         calls = []
         for h, q, resp in buf:
             resp.cost_usd = token_cost(self.price, resp.input_tokens, resp.output_tokens,
-                                       resp.cached_input_tokens, resp.cache_write_input_tokens) * self.share
+                                       resp.cached_input_tokens, resp.cache_write_input_tokens,
+                                       resp.cache_write_1h_input_tokens) * self.share
             call = ledger_call(h, self.teacher, self.stage, q, resp)
             call.price_multiplier = self.share
             calls.append(call)

@@ -3,7 +3,8 @@
 The task's instruction becomes the ``system`` parameter (the Messages API takes no system turn);
 usage maps to the ledger as input tokens (``input_tokens`` plus cache reads and writes), cached
 input tokens (``cache_read_input_tokens``, billed at the cached price) and output tokens; cache
-writes (``cache_creation_input_tokens``, billed at 1.25x input) are kept in the response for pricing. The stop
+writes (``cache_creation_input_tokens``, billed at 1.25x input, of which those kept an hour,
+``cache_creation.ephemeral_1h_input_tokens``, at 2x) are kept in the response for pricing. The stop
 reason is kept: ``end_turn`` and ``stop_sequence`` are answers, ``max_tokens`` is an answer
 that was cut (kept, flagged), ``refusal`` is an error row. The API has no ``n`` and no logprobs:
 ``generate.n`` samples are n requests, and asking for logprobs is refused up front.
@@ -217,29 +218,31 @@ class AnthropicTeacher(ApiTeacher):
         error = redact(f"{type(failed[0]).__name__}: {failed[0]}", self.secrets())[:500]
         return Response(output=None, input_tokens=paid.input_tokens, output_tokens=paid.output_tokens,
                         cached_input_tokens=paid.cached_input_tokens,
-                        cache_write_input_tokens=paid.cache_write_input_tokens, latency_s=paid.latency_s,
+                        cache_write_input_tokens=paid.cache_write_input_tokens,
+                        cache_write_1h_input_tokens=paid.cache_write_1h_input_tokens, latency_s=paid.latency_s,
                         cost_usd=paid.cost_usd,
                         error=f"{len(failed)} of {n} samples failed: {error}")
 
     def _response(self, msgs: list[Any], latency: float) -> Response:
         """One Response from the n Messages answering one request (the batch engine parses results with it)."""
         n = len(msgs)
-        texts, n_in, n_out, cached, written, stops = [], 0, 0, 0, 0, []
+        texts, n_in, n_out, cached, written, hour, stops = [], 0, 0, 0, 0, 0, []
         for m in msgs:
             texts.append("".join(getattr(b, "text", "") for b in m.content if getattr(b, "type", "") == "text"))
             u = m.usage
             read = getattr(u, "cache_read_input_tokens", 0) or 0
             write = getattr(u, "cache_creation_input_tokens", 0) or 0
+            # The writes kept an hour (2x input, not 1.25x); usage without the split: all 5-minute ones.
+            hour += min(write, getattr(getattr(u, "cache_creation", None), "ephemeral_1h_input_tokens", 0) or 0)
             n_in += (u.input_tokens or 0) + read + write
             cached += read
             written += write
             n_out += u.output_tokens or 0
             stops.append(m.stop_reason)
+        tokens = dict(input_tokens=n_in, output_tokens=n_out, cached_input_tokens=cached,
+                      cache_write_input_tokens=written, cache_write_1h_input_tokens=hour, latency_s=latency,
+                      cost_usd=self.token_cost(n_in, n_out, cached, written, hour))
         if "refusal" in stops:
-            return Response(output=None, input_tokens=n_in, output_tokens=n_out, cached_input_tokens=cached,
-                            cache_write_input_tokens=written, latency_s=latency,
-                            cost_usd=self.token_cost(n_in, n_out, cached, written), error="stop_reason refusal")
-        return Response(output=texts[0], samples=texts if n > 1 else None, input_tokens=n_in, output_tokens=n_out,
-                        cached_input_tokens=cached, cache_write_input_tokens=written, latency_s=latency,
-                        cost_usd=self.token_cost(n_in, n_out, cached, written), stop_reason=stops[0] if n == 1 else stops,
-                        tool_calls=_tool_calls(msgs[0]))
+            return Response(output=None, error="stop_reason refusal", **tokens)
+        return Response(output=texts[0], samples=texts if n > 1 else None, stop_reason=stops[0] if n == 1 else stops,
+                        tool_calls=_tool_calls(msgs[0]), **tokens)

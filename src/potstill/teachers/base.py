@@ -67,6 +67,8 @@ class Response:
     cached_input_tokens: int = 0
     #: Part of ``input_tokens`` written to the provider's prompt cache (Anthropic), billed above input.
     cache_write_input_tokens: int = 0
+    #: Part of ``cache_write_input_tokens`` kept in the cache for an hour (Anthropic), billed above a 5-minute write.
+    cache_write_1h_input_tokens: int = 0
     latency_s: float = 0.0
     cost_usd: float = 0.0
     error: str | None = None
@@ -201,10 +203,11 @@ class Teacher:
         return answer.get("label_probs")
 
     def token_cost(self, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0,
-                   cache_write_input_tokens: int = 0) -> float:
+                   cache_write_input_tokens: int = 0, cache_write_1h_input_tokens: int = 0) -> float:
         from potstill.teachers.api.prices import token_cost
 
-        return token_cost(self.cfg.price, input_tokens, output_tokens, cached_input_tokens, cache_write_input_tokens)
+        return token_cost(self.cfg.price, input_tokens, output_tokens, cached_input_tokens, cache_write_input_tokens,
+                          cache_write_1h_input_tokens)
 
     def close(self) -> None:
         if self._worker is not None:

@@ -176,7 +176,7 @@ async def send(teacher: ApiTeacher, client: Any, req: dict[str, Any], limiter: R
     limiter.settle(est, resp.input_tokens + resp.output_tokens)
     if price is not None:
         resp.cost_usd = token_cost(price, resp.input_tokens, resp.output_tokens, resp.cached_input_tokens,
-                                   resp.cache_write_input_tokens)
+                                   resp.cache_write_input_tokens, resp.cache_write_1h_input_tokens)
     return resp
 
 

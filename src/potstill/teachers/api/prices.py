@@ -13,21 +13,26 @@ def price_for(model: str, own: PriceConfig, table: dict[str, dict[str, float]]) 
     return PriceConfig.model_validate(table[max(hits, key=len)]) if hits else None
 
 
-# Anthropic bills a 5-minute prompt-cache write at 1.25x the input price (a 1-hour write at 2x).
+# Anthropic bills a 5-minute prompt-cache write at 1.25x the input price, a 1-hour write at 2x.
 CACHE_WRITE_SHARE = 1.25
+CACHE_WRITE_1H_SHARE = 2.0
 
 
 def token_cost(price: PriceConfig | None, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0,
-               cache_write_input_tokens: int = 0) -> float:
+               cache_write_input_tokens: int = 0, cache_write_1h_input_tokens: int = 0) -> float:
     """Dollars of one call. ``cached_input_tokens`` (read from the prompt cache) and
     ``cache_write_input_tokens`` (written to it) are parts of ``input_tokens``, at the cached price and
-    the cache-write price; the rest at the input price."""
+    the cache-write price; the rest at the input price. ``cache_write_1h_input_tokens`` is the part of
+    the writes kept for an hour (Anthropic's ``ephemeral_1h_input_tokens``), at the 1-hour write price."""
     if price is None:
         return 0.0
     cached = min(cached_input_tokens, input_tokens)
     written = min(cache_write_input_tokens, input_tokens - cached)
+    hour = min(cache_write_1h_input_tokens, written)
     cached_price = price.input_per_mtok if price.cached_input_per_mtok is None else price.cached_input_per_mtok
     write_price = (price.input_per_mtok * CACHE_WRITE_SHARE if price.cache_write_input_per_mtok is None
                    else price.cache_write_input_per_mtok)
+    hour_price = (price.input_per_mtok * CACHE_WRITE_1H_SHARE if price.cache_write_1h_input_per_mtok is None
+                  else price.cache_write_1h_input_per_mtok)
     return ((input_tokens - cached - written) * price.input_per_mtok + cached * cached_price
-            + written * write_price + output_tokens * price.output_per_mtok) / 1e6
+            + (written - hour) * write_price + hour * hour_price + output_tokens * price.output_per_mtok) / 1e6
