@@ -105,30 +105,36 @@ def measure_teacher(task: Task, records: list[Record], ledger: Ledger, timed: di
 
     Else ``price`` (``teacher.price``), when it names one, prices the calls in place of the ledger's
     recorded cost: ``usd_per_call`` flat (a replay teacher, whose recorded traffic cost nothing to
-    replay), or the token price over each row's recorded tokens, at the row's own batch share. The
-    ledger's figure stays beside it as ``ledger_cost_per_1k_calls_usd``."""
+    replay), or the token price over each row's recorded tokens. The ledger's recorded spend stays
+    beside it as ``ledger_cost_per_1k_calls_usd``.
+
+    Every way prices a call at the live (interactive) price: the calls the student would take over
+    are interactive, so a generate through a provider's batch API (``price_multiplier`` 0.5) must not
+    halve the teacher's cost per call in the break-even. What was paid stays the recorded spend."""
     m, rows = _teacher_from_ledger(task, records, ledger)
+    recorded = sum(r["cost_usd"] for r in rows) / max(1, len(rows)) * 1000
     if timed and timed.get("n"):
         usd_per_hour = price.usd_per_hour if price is not None else 0.0
-        m["ledger_latency_batch1"], m["ledger_cost_per_1k_calls_usd"] = m["latency_batch1"], m["cost_per_1k_calls_usd"]
+        m["ledger_latency_batch1"], m["ledger_cost_per_1k_calls_usd"] = m["latency_batch1"], recorded
         m["latency_batch1"] = {**timed, "source": f"timed by this command at batch 1 on {timed['n']} test inputs, in "
                                                   f"{timed['turns']} turns with the student's timed calls"}
         m["cost_per_1k_calls_usd"] = timed["mean_s"] * usd_per_hour / 3600 * 1000
         m["cost_source"] = (f"mean batch-1 latency timed here beside the student x teacher.price.usd_per_hour="
                             f"{usd_per_hour}")
     elif price is not None and price.usd_per_call is not None:
-        m["ledger_cost_per_1k_calls_usd"] = m["cost_per_1k_calls_usd"]
+        m["ledger_cost_per_1k_calls_usd"] = recorded
         m["cost_per_1k_calls_usd"] = price.usd_per_call * 1000
         m["cost_source"] = f"teacher.price.usd_per_call={price.usd_per_call} (the ledger's recorded cost beside it)"
     elif price is not None and (price.input_per_mtok or price.output_per_mtok) and rows:
         from potstill.teachers.api.prices import token_cost
 
         usd = [token_cost(price, r["input_tokens"], r["output_tokens"], r["cached_input_tokens"], *_cache_writes(r))
-               * (r["price_multiplier"] or 1.0) for r in rows]
-        m["ledger_cost_per_1k_calls_usd"] = m["cost_per_1k_calls_usd"]
+               for r in rows]
+        m["ledger_cost_per_1k_calls_usd"] = recorded
         m["cost_per_1k_calls_usd"] = sum(usd) / len(usd) * 1000
         m["cost_source"] = (f"the ledger's tokens of these calls at teacher.price (${price.input_per_mtok:g} input, "
-                            f"${price.output_per_mtok:g} output per Mtok; batch answers at their batch share)")
+                            f"${price.output_per_mtok:g} output per Mtok), the live price"
+                            + (", batch answers too" if any(_batched(r) for r in rows) else ""))
     return m
 
 
@@ -144,11 +150,30 @@ def _cache_writes(row: dict[str, Any]) -> tuple[int, int]:
         return 0, 0
 
 
+def _batched(row: dict[str, Any]) -> bool:
+    """A call answered through a provider's batch API, billed at ``price_multiplier`` of the live price."""
+    return (row.get("price_multiplier") or 1.0) != 1.0
+
+
+def _live_cost(row: dict[str, Any]) -> float:
+    """A row's cost at the live price: a batch answer's recorded cost over its share of the live price."""
+    share = row.get("price_multiplier") or 1.0
+    return row["cost_usd"] / share if share > 0 else row["cost_usd"]
+
+
 def _teacher_from_ledger(task: Task, records: list[Record], ledger: Ledger) -> tuple[dict[str, Any], list[dict]]:
     hashes = [r.meta["request_hash"] for r in records if r.meta.get("request_hash")]
     rows = ledger.rows_for(hashes)
     lat = [r["latency_s"] for r in rows]
     n = max(1, len(rows))
+    batched = sum(map(_batched, rows))
+    cost = ({"cost_per_1k_calls_usd": sum(map(_live_cost, rows)) / n * 1000,
+             "ledger_cost_per_1k_calls_usd": sum(r["cost_usd"] for r in rows) / n * 1000,
+             "cost_source": (f"ledger (calls.sqlite): mean cost of these calls at the live price ({batched} of "
+                             f"{len(rows)} were answered through a provider batch API at a discount, undone here: "
+                             "the calls a student takes over are interactive)")}
+            if batched else {"cost_per_1k_calls_usd": sum(r["cost_usd"] for r in rows) / n * 1000,
+                             "cost_source": "ledger (calls.sqlite): mean cost of these calls"})
     return {
         "n": len(records),
         "agreement_with_teacher": 1.0,
@@ -157,8 +182,7 @@ def _teacher_from_ledger(task: Task, records: list[Record], ledger: Ledger) -> t
                            "source": "ledger (calls.sqlite), as the calls were made"},
         "tokens_per_call": sum(r["input_tokens"] for r in rows) / n,
         "cached_tokens_per_call": sum(r["cached_input_tokens"] for r in rows) / n,
-        "cost_per_1k_calls_usd": sum(r["cost_usd"] for r in rows) / n * 1000,
-        "cost_source": "ledger (calls.sqlite): mean cost of these calls",
+        **cost,
         "model": rows[0]["model"] if rows else None,
     }, rows
 

@@ -52,14 +52,15 @@ def test_a_replay_teacher_priced_per_call_is_not_free(tmp_path, tiny_model):
 
 def test_a_token_price_reprices_the_recorded_tokens(tmp_path, tiny_model):
     # Recorded at $0.001 a call; at $2/$8 per Mtok, 1,000 input (400 cached at $0.5) + 100 output tokens is
-    # (600 * 2 + 400 * 0.5 + 100 * 8) / 1e6 = $0.0022; the batched half (price_multiplier 0.5) keeps its discount.
+    # (600 * 2 + 400 * 0.5 + 100 * 8) / 1e6 = $0.0022 at the live price, the batched half (price_multiplier 0.5)
+    # too: the calls a student takes over are interactive.
     rows = [{"model": "gpt-4.1", "input_tokens": 1000, "cached_input_tokens": 400, "output_tokens": 100,
              "cost_usd": 0.001, "price_multiplier": 0.5 if i % 2 else 1.0} for i in range(4)]
     ev = _run(tmp_path, tiny_model, {"type": "openai", "model": "gpt-4.1",
                                      "price": {"input_per_mtok": 2, "output_per_mtok": 8, "cached_input_per_mtok": 0.5}},
               rows)
     t = ev["models"]["teacher"]
-    assert t["cost_per_1k_calls_usd"] == pytest.approx(1000 * 0.0022 * 0.75)
+    assert t["cost_per_1k_calls_usd"] == pytest.approx(1000 * 0.0022)
     assert t["ledger_cost_per_1k_calls_usd"] == pytest.approx(1.0)
     assert "teacher.price" in t["cost_source"]
 
@@ -73,3 +74,22 @@ def test_a_token_price_reprices_cache_writes_above_input(tmp_path, tiny_model):
                                      "price": {"input_per_mtok": 3, "output_per_mtok": 15, "cached_input_per_mtok": 0.3}},
               rows)
     assert ev["models"]["teacher"]["cost_per_1k_calls_usd"] == pytest.approx(1000 * 0.0048)
+
+
+def test_calls_answered_through_a_batch_api_are_priced_live_in_the_break_even(tmp_path, tiny_model):
+    """generate.engine batch paid half the live price ($0.001 a call recorded, price_multiplier 0.5); after
+    the switch the traffic the student takes over is interactive, at $0.002 a call. The teacher's cost per
+    call, the cost check and the break-even use the live price; the recorded spend stays beside it and in
+    the one-time cost."""
+    rows = [{"model": "claude-sonnet-4-5", "input_tokens": 300, "output_tokens": 10, "cost_usd": 0.001,
+             "price_multiplier": 0.5} for _ in range(4)]
+    ev = _run(tmp_path, tiny_model, {"type": "anthropic", "model": "claude-sonnet-4-5"}, rows)
+    t = ev["models"]["teacher"]
+    assert t["cost_per_1k_calls_usd"] == pytest.approx(2.0)
+    assert t["ledger_cost_per_1k_calls_usd"] == pytest.approx(1.0)
+    assert "live price" in t["cost_source"] and "batch" in t["cost_source"]
+    student = ev["models"]["student"]["cost_per_1k_calls_usd"] / 1000
+    assert ev["break_even"]["saving_per_call_usd"] == pytest.approx(0.002 - student)
+    assert ev["one_time"]["generation_usd"] == pytest.approx(0.004)  # what was paid
+    (row,) = [r for r in ev["latency_cost"] if r["model"] == "teacher"]
+    assert "live price" in row["source"] and "$1 per 1k" in row["source"]

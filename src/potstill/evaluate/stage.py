@@ -111,8 +111,9 @@ def latency_cost(models: dict[str, dict[str, Any]], batched: dict[str, dict[str,
         elif name == "teacher":
             priced = "ledger_cost_per_1k_calls_usd" in m  # teacher.price in place of the recorded cost
             row["source"] = ("ledger (calls.sqlite): latency of the recorded calls for these test inputs; $ = "
-                             + (f"{m['cost_source']}; the ledger's: ${m['ledger_cost_per_1k_calls_usd']:.4g} per 1k "
-                                "calls" if priced else "mean cost_usd of those rows"))
+                             + (f"{m['cost_source']}; the ledger's recorded spend: "
+                                f"${m['ledger_cost_per_1k_calls_usd']:.4g} per 1k calls" if priced
+                                else "mean cost_usd of those rows"))
         else:
             b = batched.get(name, {})
             row.update({"batched_p50_s": b.get("p50_s"), "batched_p95_s": b.get("p95_s"), "batch_size": b.get("batch_size"),
