@@ -482,13 +482,15 @@ class Ledger:
         self._db.executemany("UPDATE generate_runs SET status='stale' WHERE id=?", ((rid,) for rid in dead))
 
     def start_run(self, stage: str, model: str, inputs: int, hashes: list[str], cache_hits: int,
-                  identity: str | None = None) -> int:
+                  identity: str | None = None, current: list[str] | None = None) -> int:
         """Record a generate run and the distinct requests it must answer.
 
         Earlier plans of the stage by the same teacher (``identity``, the hash of the teacher's
         identity) keep their requests still unanswered and not in this plan: a rerun with a smaller
         ``data.limit`` does not make the rest free. Plans of another teacher (or of none recorded) go:
-        their requests will not be sent again."""
+        their requests will not be sent again. ``current``: the requests of every input now in the
+        input file (``data.limit`` aside); earlier plans keep only those, as an input removed from the
+        file will not be sent again either (None: the file is not known, they keep what they hold)."""
         with self._lock, self._db:
             self._mark_stale()
             self._db.execute(
@@ -501,6 +503,14 @@ class Ledger:
                  identity))
             run_id = int(cur.lastrowid)
             self._db.executemany("INSERT OR IGNORE INTO generate_plan VALUES (?, ?)", ((run_id, h) for h in hashes))
+            if current is not None:
+                self._db.execute("CREATE TEMP TABLE IF NOT EXISTS current_inputs (request_hash TEXT PRIMARY KEY)"
+                                 " WITHOUT ROWID")
+                self._db.execute("DELETE FROM current_inputs")
+                self._db.executemany("INSERT OR IGNORE INTO current_inputs VALUES (?)", ((h,) for h in current))
+                self._db.execute(
+                    "DELETE FROM generate_plan WHERE run_id IN (SELECT id FROM generate_runs WHERE stage=? AND id<>?)"
+                    " AND request_hash NOT IN (SELECT request_hash FROM current_inputs)", (stage, run_id))
             # What is left of the earlier plans: neither answered nor planned again here (bounded by
             # what is still unanswered, so reruns do not grow the table).
             self._db.execute(

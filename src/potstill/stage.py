@@ -260,6 +260,13 @@ def _read_saved(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def inputs_beyond_limit(cfg: Config) -> list[Record]:
+    """The records of the input file past ``data.limit`` (none without a limit)."""
+    if cfg.data.limit is None:
+        return []
+    return [r for _, r in read_numbered(cfg.data.inputs)[cfg.data.limit:]]
+
+
 def load_inputs(cfg: Config) -> list[Record]:
     """The inputs, gold labels checked against the task's label set (see ``Task.check_gold``)."""
     numbered = read_numbered(cfg.data.inputs)

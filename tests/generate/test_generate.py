@@ -181,6 +181,37 @@ def test_budget_cap_stops_cleanly_and_cost_reports_the_rest(tmp_path, monkeypatc
     check_output(tmp_path / "run" / "teacher.jsonl", 100)
 
 
+def test_inputs_removed_from_the_file_leave_the_cost_projection(tmp_path, monkeypatch):
+    """A budget stop over 60 inputs, then inputs.jsonl cut to its first 30 and a rerun (stopped by its
+    budget too): `potstill cost` projects the current inputs still unanswered, not the 30 removed ones
+    that the first run's plan held. A trial with data.limit still counts the rest of the file."""
+    monkeypatch.setenv("TEACHER_KEY", SECRET)
+
+    def cost() -> str:
+        out = subprocess.run([sys.executable, "-m", "potstill.cli", "cost", "run"], cwd=tmp_path, capture_output=True,
+                             text=True, env={**os.environ, "PYTHONPATH": PYTHONPATH}, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    with Loopback(key=SECRET) as srv:
+        # each request: ~22 input + 1 output tokens at $1000/$1000 per Mtok = ~$0.023
+        cfg_path = project(tmp_path, srv.base_url, 60, {"concurrency": 2, "price": {"input_per_mtok": 1000,
+                                                                                     "output_per_mtok": 1000}},
+                           {"budget_usd": 0.2})
+        with pytest.raises(PotstillError, match="budget"):
+            generate_stage(load_config(cfg_path))
+        lines = (tmp_path / "inputs.jsonl").read_text().splitlines(keepends=True)
+        (tmp_path / "inputs.jsonl").write_text("".join(lines[:30]))
+        with pytest.raises(PotstillError, match="budget"):
+            generate_stage(load_config(cfg_path))
+        answered = len(read_records(tmp_path / "run" / "teacher.jsonl"))  # of the 30 current inputs
+        assert 0 < answered < 30
+        assert f"{30 - answered} of 30 requests unanswered" in cost()
+        generate_stage(load_config(cfg_path, {"data.limit": 2, "generate.budget_usd": None}))
+        left = 30 - answered  # all beyond the limit: the 2 inputs of the trial are among the first answered
+        assert f"{left} of {2 + left} requests unanswered, projected" in cost()
+
+
 def test_client_side_rpm_spaces_requests(tmp_path, monkeypatch):
     monkeypatch.setenv("TEACHER_KEY", SECRET)
     with Loopback(key=SECRET, keep_arrivals=True) as srv:

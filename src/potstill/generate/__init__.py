@@ -101,11 +101,14 @@ def check_budget(teacher: Teacher, gcfg: GenerateConfig) -> None:
 
 
 def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: Ledger, stage: str,
-                  gcfg: GenerateConfig | None = None) -> tuple[list[Record], RunStats]:
+                  gcfg: GenerateConfig | None = None, beyond: list[Record] | None = None) -> tuple[list[Record], RunStats]:
     """Attach the teacher's answer to each record (cache first), validating it against the task.
 
     Records the run did not answer (budget reached) come back with ``output=None`` and
-    ``invalid_reason`` starting ``not sent``.
+    ``invalid_reason`` starting ``not sent``. ``beyond``: the input file's records past ``data.limit``,
+    not answered here but still to be paid for in `potstill cost`'s projection; with it, requests that
+    earlier runs planned for inputs since removed from the file leave the projection (None: the file
+    is not known, and they stay).
     """
     gcfg = gcfg or GenerateConfig()
     t0 = time.perf_counter()
@@ -127,7 +130,9 @@ def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: L
     errors: dict[str, str] = {}
     if gcfg.engine != "batch" and todo:
         _refuse_batched(ledger, {h for h, _ in todo})
-    run_id = ledger.start_run(stage, teacher.model_name, len(records), unique, stats.cache_hits, hash_obj(ident))
+    current = None if beyond is None else unique + [request_hash(ident, teacher.request(r)) for r in beyond]
+    run_id = ledger.start_run(stage, teacher.model_name, len(records), unique, stats.cache_hits, hash_obj(ident),
+                              current)
     try:
         _send(teacher, stage, ledger, gcfg, stats, todo, answers, errors, t0)
     except BaseException as e:
@@ -200,12 +205,12 @@ def _attach(rec: Record, ans: dict[str, Any], task: Task, teacher: Teacher) -> N
 
 
 def run_generate(cfg: Config, records: list[Record], ledger: Ledger, stage: str = "generate",
-                 teacher: Teacher | None = None) -> tuple[list[Record], RunStats]:
+                 teacher: Teacher | None = None, beyond: list[Record] | None = None) -> tuple[list[Record], RunStats]:
     """``label_records`` with the config's task and teacher (``teacher``: one already made from
     ``cfg.teacher``, closed here like one made here)."""
     task = get_task(cfg.task)
     teacher = teacher or get_teacher(cfg.teacher, task)
     try:
-        return label_records(records, task, teacher, ledger, stage, cfg.generate)
+        return label_records(records, task, teacher, ledger, stage, cfg.generate, beyond)
     finally:
         teacher.close()

@@ -11,7 +11,7 @@ from potstill.generate import check_budget, run_generate
 from potstill.progress import say
 from potstill.records import write_jsonl
 from potstill.rundir import RunDir
-from potstill.stage import load_inputs
+from potstill.stage import inputs_beyond_limit, load_inputs
 from potstill.tasks import get_task
 from potstill.teachers import get_teacher
 
@@ -29,7 +29,8 @@ def generate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
     teacher = get_teacher(cfg.teacher, get_task(cfg.task))
     check_budget(teacher, cfg.generate)  # label_records checks it too, once the ledger exists
     with run.ledger() as ledger:
-        labelled, stats = run_generate(cfg, records, ledger, stage="generate", teacher=teacher)
+        labelled, stats = run_generate(cfg, records, ledger, stage="generate", teacher=teacher,
+                                       beyond=inputs_beyond_limit(cfg))
     # Only answered records (committed to the ledger) reach the output; unsent ones wait for a rerun.
     write_jsonl(run / "teacher.jsonl", [r for r in labelled if not (r.invalid_reason or "").startswith("not sent")])
     if stats.budget_stopped:
