@@ -71,8 +71,9 @@ def main() -> None:
         "teacher_calls_added_by_rerun": teacher_calls(run) - calls,
         "pilot": {k: {m: v.get(m) for m in ("gold_metric", "agreement_with_teacher")} for k, v in pilot["models"].items()},
         "evaluate": {
-            name: {k: m.get(k) for k in ("gold_metric", "agreement_with_teacher", "tokens_per_call",
-                                         "cost_per_1k_calls_usd", "ledger_cost_per_1k_calls_usd")}
+            name: {k: m.get(k) for k in ("gold_metric", "agreement_with_teacher", "input_tokens_per_call",
+                                         "output_tokens_per_call", "cost_per_1k_calls_usd",
+                                         "ledger_cost_per_1k_calls_usd")}
                   | {"latency_batch1": m.get("latency_batch1"), "ledger_latency_batch1": m.get("ledger_latency_batch1")}
             for name, m in ev["models"].items()
         },

@@ -65,7 +65,8 @@ def measure_student(lm: Any, task: Task, records: list[Record], usd_per_hour: fl
         "latency_batch1": latency,
         "throughput": {"calls_per_s": len(records) / preds.wall_s if preds.wall_s else None,
                        "batch_size": batch_size, "wall_s": preds.wall_s},
-        "tokens_per_call": sum(preds.prompt_tokens) / max(1, len(records)),
+        "input_tokens_per_call": sum(preds.prompt_tokens) / max(1, len(records)),
+        "output_tokens_per_call": sum(preds.output_tokens) / max(1, len(records)),
         # Same basis as a teacher's ledger rows: one call at a time.
         "cost_per_1k_calls_usd": single_s * usd_per_hour / 3600 * 1000,
         "cost_per_1k_calls_batched_usd": batched_cost_s * usd_per_hour / 3600 * 1000,
@@ -180,7 +181,8 @@ def _teacher_from_ledger(task: Task, records: list[Record], ledger: Ledger) -> t
         "gold_metric": teacher_gold_metric(task, records),
         "latency_batch1": {"n": len(lat), "p50_s": percentile(lat, 0.5), "p95_s": percentile(lat, 0.95),
                            "source": "ledger (calls.sqlite), as the calls were made"},
-        "tokens_per_call": sum(r["input_tokens"] for r in rows) / n,
+        "input_tokens_per_call": sum(r["input_tokens"] for r in rows) / n,
+        "output_tokens_per_call": sum(r["output_tokens"] for r in rows) / n,
         "cached_tokens_per_call": sum(r["cached_input_tokens"] for r in rows) / n,
         **cost,
         "model": rows[0]["model"] if rows else None,
@@ -202,14 +204,15 @@ def print_table(title: str, models: dict[str, dict[str, Any]]) -> None:
     # Free text: exact agreement is near 0 for any model but the teacher; chrF shows how close each came.
     text = any("chrf_with_teacher" in m for m in models.values())
     for col in ("model", "gold metric", "agreement w/ teacher", *(["chrF w/ teacher"] if text else []), "p50 latency",
-                "p95 latency", "tokens/call", "$ per 1k calls"):
+                "p95 latency", "tokens/call in + out", "$ per 1k calls"):
         t.add_column(col, justify="right" if col != "model" else "left")
     for name, m in models.items():
         lat = m.get("latency_batch1", {})
         chrf = [_fmt(m.get("chrf_with_teacher"), digits=3)] if text else []
         t.add_row(
             name, _fmt(m.get("gold_metric"), pct=True), _fmt(m.get("agreement_with_teacher"), pct=True), *chrf,
-            _fmt(lat.get("p50_s")) + " s", _fmt(lat.get("p95_s")) + " s", _fmt(m.get("tokens_per_call"), digits=0),
+            _fmt(lat.get("p50_s")) + " s", _fmt(lat.get("p95_s")) + " s",
+            _fmt(m.get("input_tokens_per_call"), digits=0) + " + " + _fmt(m.get("output_tokens_per_call"), digits=0),
             _fmt(m.get("cost_per_1k_calls_usd"), digits=5),
         )
     out.print(t)
