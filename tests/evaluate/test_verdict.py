@@ -155,3 +155,25 @@ def test_break_even_horizon_and_latency_bar():
 def test_whole_set_must_come_first():
     with pytest.raises(ValueError, match="'all'"):
         verdict(CHEAP, BAR, [row("label:a", 100, (0.95, 0.9, 1.0))], CHEAP_BE)
+
+
+def test_the_cost_checks_use_the_cost_basis_of_the_break_even():
+    """evaluate.cost_basis batched: the break-even prices the student at its batched cost, $0.01 per
+    1,000 calls, and so must the verdict's cost checks; at batch 1 ($0.08) it is dearer than the
+    teacher ($0.05), and the verdict said NO-GO ("1.6x more expensive") beside a report whose
+    break-even repaid distilling in 0.40 months. The headline break-even's basis decides both."""
+    from potstill.config import load_config
+    from potstill.evaluate.stage import _break_even
+
+    models = {"student": {"cost_per_1k_calls_usd": 0.08, "cost_per_1k_calls_batched_usd": 0.01,
+                          "latency_batch1": {"p95_s": 0.05}},
+              "teacher": {"cost_per_1k_calls_usd": 0.05}}
+    task = {"type": "freetext", "instruction": "answer"}
+    batched = load_config(overrides={"task": task, "evaluate": {"cost_basis": "batched", "monthly_calls": 250_000}})
+    be = _break_even(batched, models, {"total_usd": 4.0})
+    v = verdict(models, BAR, [WHOLE_PASS], be)
+    assert (v["decision"], be["months"]) == ("GO", pytest.approx(0.40))
+    assert v["reason"].startswith(GO_HEAD)
+    batch1 = load_config(overrides={"task": task, "evaluate": {"cost_basis": "batch1", "monthly_calls": 250_000}})
+    v = verdict(models, BAR, [WHOLE_PASS], _break_even(batch1, models, {"total_usd": 4.0}))
+    assert v["decision"] == "NO-GO" and "1.6x more expensive per call" in v["reason"]

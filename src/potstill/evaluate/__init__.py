@@ -96,14 +96,18 @@ def verdict(models: dict[str, dict[str, Any]], bar: QualityBar, slices: list[dic
             be: dict[str, Any]) -> dict[str, Any]:
     """GO / NO-GO / INCONCLUSIVE for the trained student, and one sentence saying what to do with each slice.
 
-    Money and time first: a student dearer per call than the teacher, slower to repay distilling
+    Money and time first (per-call costs on the break-even's basis, ``be['cost_basis']``): a student
+    dearer per call than the teacher, slower to repay distilling
     than the horizon, or over the latency bar is NO-GO whatever its quality. Then quality on the
     whole test set (the ``all`` row of ``slices``, judged by its 95% interval as every slice is):
     pass is GO, fail is NO-GO, straddling the bar is INCONCLUSIVE. Under GO, slices that pass on
     their own switch now, slices that fail stay on the teacher, and the rest need more data.
     """
     s, t = models["student"], models["teacher"]
-    econ = economics(t["cost_per_1k_calls_usd"] / 1000, s["cost_per_1k_calls_usd"] / 1000, be,
+    # The per-call costs behind the headline break-even (evaluate.cost_basis: the student at batch 1 or
+    # batched), so that "cheaper per call" and the months to repay are one sum; batch 1 where be has none.
+    econ = economics(be.get("teacher_cost_per_call_usd", t["cost_per_1k_calls_usd"] / 1000),
+                     be.get("student_cost_per_call_usd", s["cost_per_1k_calls_usd"] / 1000), be,
                      s.get("latency_batch1", {}).get("p95_s"), bar)
     whole, rest = slices[0], slices[1:]
     if whole["slice"] != "all":

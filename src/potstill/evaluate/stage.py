@@ -311,7 +311,8 @@ def _break_even(cfg: Config, models: dict[str, dict[str, Any]], one_time: dict[s
     basis = "cost_per_1k_calls_batched_usd" if e.cost_basis == "batched" else "cost_per_1k_calls_usd"
     s_call = (models["student"].get(basis) or models["student"]["cost_per_1k_calls_usd"]) / 1000
     be = break_even(t_call, s_call, one_time["total_usd"], e.monthly_calls)
-    be["cost_basis"] = e.cost_basis
+    # The verdict's cost checks read these, so that they and the headline break-even share one basis.
+    be.update(cost_basis=e.cost_basis, teacher_cost_per_call_usd=t_call, student_cost_per_call_usd=s_call)
     be["curve"] = break_even_curve(t_call, s_call, one_time["total_usd"], e.monthly_calls, be["months"])
     s1 = models["student"]["cost_per_1k_calls_usd"] / 1000
     be["batch1"] = {"student_cost_per_call_usd": s1, **break_even(t_call, s1, one_time["total_usd"], e.monthly_calls)}
