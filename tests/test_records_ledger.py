@@ -182,3 +182,25 @@ def test_projected_cost_covers_what_earlier_runs_of_the_same_teacher_left_unansw
         led.finish_run(other, "error", 0)
         latest = led.cost_report()["latest_run"]
     assert (latest["remaining"], latest["unique_requests"], latest["earlier_remaining"]) == (2, 2, 0)
+
+
+def test_spend_counts_the_paid_error_rows(tmp_path, monkeypatch, capsys):
+    """An error row can hold a billed cost (Anthropic's samples answered beside a failed one, a refusal):
+    the ledger keeps it so that it equals the bill. The per-model spend counted it, but the per-stage
+    lines of `potstill cost` and ``summary`` (evaluate's one-time generation cost) read ok rows only."""
+    with Ledger(tmp_path / "calls.sqlite") as led:
+        led.record(Call("g0", "teacher", "generate", "m", {"g": 0}, {"output": "a"}, 20, 5, cost_usd=0.01))
+        led.record(Call("g1", "teacher", "generate", "m", {"g": 1}, None, 20, 5, cost_usd=0.004, status="error",
+                        error="1 of 2 samples failed: APIStatusError"))
+        led.record(Call("p0", "teacher", "pilot", "m", {"p": 0}, {"output": "a"}, 20, 5, cost_usd=0.002))
+        led.record(Call("p1", "teacher", "pilot", "m", {"p": 1}, None, status="error", error="timeout"))
+        s = led.summary("teacher")
+        assert (s["calls"], s["cost_usd"], s["input_tokens"], s["output_tokens"]) == (2, pytest.approx(0.016), 60, 15)
+    monkeypatch.setattr(sys, "argv", ["potstill", "cost", str(tmp_path)])
+    with pytest.raises(SystemExit) as e:
+        main()
+    out = capsys.readouterr().out
+    assert e.value.code == 0
+    assert "teacher m: 4 calls (2 errors), 60 input (0 cached) + 15 output tokens, $0.0160" in out
+    assert "teacher m (generate): 2 calls (1 errors), 40 input + 10 output tokens, $0.0140" in out
+    assert "teacher m (pilot): 2 calls (1 errors), 20 input + 5 output tokens, $0.0020" in out

@@ -454,13 +454,16 @@ class Ledger:
             return int(self._db.execute("SELECT COUNT(*) FROM calls" + where, args).fetchone()[0])
 
     def summary(self, role: str = "teacher", served: bool = True) -> dict[str, Any]:
-        """Spend, tokens and latency of one role's successful calls (``served=False``: leaving out
-        the ``stage='serve'`` rows, e.g. a served request escalated to the teacher)."""
+        """One role's successful calls and their latency, and its spend and tokens (``served=False``:
+        leaving out the ``stage='serve'`` rows, e.g. a served request escalated to the teacher).
+
+        Spend and tokens count the error rows too: one holds a cost only where the provider billed it
+        (Anthropic's samples answered beside a failed one, a refusal), and the ledger equals the bill."""
         with self._lock:
             r = self._db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(input_tokens),0), COALESCE(SUM(output_tokens),0),"
-                " COALESCE(SUM(cost_usd),0), COALESCE(SUM(latency_s),0) FROM calls WHERE role=? AND status='ok'"
-                + ("" if served else " AND stage<>'serve'"),
+                "SELECT COALESCE(SUM(status='ok'),0), COALESCE(SUM(input_tokens),0), COALESCE(SUM(output_tokens),0),"
+                " COALESCE(SUM(cost_usd),0), COALESCE(SUM(CASE WHEN status='ok' THEN latency_s ELSE 0 END),0)"
+                " FROM calls WHERE role=?" + ("" if served else " AND stage<>'serve'"),
                 (role,),
             ).fetchone()
         n = int(r[0])

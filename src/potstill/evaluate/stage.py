@@ -340,7 +340,7 @@ def _sources(cfg: Config, spend: dict[str, Any], train_s: float, teacher: dict[s
         "gold": "the label/reference fields of test.jsonl (gold supplied with the inputs)",
         "intervals": f"percentile bootstrap over test examples, {rep.bootstrap_samples} resamples, seed {rep.seed}",
         "generation_usd": (f"ledger: sum of cost_usd over all {spend['calls']} successful teacher calls of this run "
-                           "(served requests escalated to the teacher left out)"),
+                           "and what failed ones were billed (served requests escalated to the teacher left out)"),
         "train_usd": (f"train.json train_s={train_s:.1f} (measured by `potstill train`) x "
                       f"student.usd_per_hour={cfg.student.usd_per_hour} / 3600"),
         "monthly_calls": f"config evaluate.monthly_calls={e.monthly_calls}",
