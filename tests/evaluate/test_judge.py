@@ -286,3 +286,18 @@ def test_on_free_text_the_judge_decides_the_verdict_not_exact_match(tmp_path, ti
     assert "judge score against the teacher" in whole["reason"] and "reported only" in whole["reason"]
     assert ev["judge"]["slices"][0]["score"]["value"] == score
     assert "judge score of the trained student against the teacher" in (run / "report.html").read_text()
+
+
+def test_a_judge_model_without_a_price_says_its_calls_count_nothing(tmp_path, capsys):
+    """A judge model that neither evaluate.judge.teacher.price nor generate.prices prices cost $0 in the
+    ledger, eval.json and the report without a word, though its provider bills every call."""
+    cfg = config(tmp_path / "run", "http://127.0.0.1:9")
+    cfg.evaluate.judge.teacher.price.input_per_mtok = 0.0
+    with LiveServer(judge_app("fair", [])) as srv:
+        cfg.evaluate.judge.teacher.base_url = srv.url + "/v1"
+        test = [Record(messages=[{"role": "user", "content": "article"}], output="a summary")]
+        with Ledger(tmp_path / "calls.sqlite") as ledger:
+            out = run_judge(cfg, get_task(cfg.task), test, ["a good summary"], [0.0], [["tag:x"]], ledger)
+    assert out["cost"]["calls"] == 2 and out["cost"]["cost_usd"] == 0.0
+    err = capsys.readouterr().err
+    assert "no price is known for the judge model 'judge-1'" in err and "evaluate.judge.teacher.price" in err, err

@@ -20,10 +20,11 @@ from potstill.evaluate.bootstrap import bootstrap_mean
 from potstill.evaluate.metrics import chrf
 from potstill.generate import ledger_call, request_hash
 from potstill.ledger import Ledger
-from potstill.progress import bar
+from potstill.progress import bar, say
 from potstill.records import Record
 from potstill.tasks import Task
 from potstill.teachers import Response, get_teacher
+from potstill.teachers.api.prices import price_for
 from potstill.teachers.base import RunStats
 
 OUTCOMES = ("win", "tie", "loss", "inconsistent", "bad")
@@ -76,6 +77,12 @@ def ask(cfg: Config, task: Task, prompts: list[list[dict[str, str]]], ledger: Le
     if cfg.evaluate.judge.teacher is not None and hasattr(teacher, "key_setting"):
         teacher.key_setting = "evaluate.judge.teacher.api_key_env"
     try:
+        priced = not teacher.remote or price_for(teacher.cfg.model, teacher.cfg.price, cfg.generate.prices)
+        if not priced:
+            where = "evaluate.judge.teacher.price" if cfg.evaluate.judge.teacher is not None else "teacher.price"
+            say(f"[yellow]evaluate: no price is known for the judge model {teacher.cfg.model!r}: its calls count $0 in "
+                f"the ledger, eval.json and the report; set {where} (input_per_mtok, output_per_mtok) or add the "
+                "model to generate.prices[/yellow]")
         ident = teacher.identity()
         reqs = [teacher.request(Record(messages=p)) for p in prompts]
         hashes = [request_hash({"judge": ident}, q) for q in reqs]
