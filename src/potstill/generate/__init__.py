@@ -185,15 +185,18 @@ def _refuse_batched(ledger: Ledger, todo: set[str]) -> None:
 
 def _attach(rec: Record, ans: dict[str, Any], task: Task, teacher: Teacher) -> None:
     """Copy an answer onto a record; with several samples, the output is their majority answer."""
-    from potstill.generate.consistency import majority
+    from potstill.generate.consistency import sample_logprobs, vote
 
     rec.output = ans.get("output")
     rec.label_probs = teacher.label_probs(ans)
     rec.logprobs = ans.get("logprobs")
     rec.samples = ans.get("samples")
     if rec.samples and len(rec.samples) > 1:
-        best, agreement = majority(rec.samples, task.parse)
+        i, agreement = vote(rec.samples, task.parse)
+        best = rec.samples[i] if i is not None else None
         rec.output = best
+        # The log-probs of the sample that is the output (choice 0's may be of an outvoted text).
+        rec.logprobs = sample_logprobs(ans, i) if i is not None else None
         rec.meta["majority"] = task.parse(best) if best is not None else None
         rec.meta["agreement"] = agreement
         if task.labels and rec.label_probs is None:

@@ -62,6 +62,8 @@ class Response:
     label_probs: dict[str, float] | None = None
     logprobs: list[dict[str, Any]] | None = None
     samples: list[str] | None = None
+    #: With n > 1 samples and logprobs: each sample's top-k log-probs (``logprobs`` is sample 0's).
+    sample_logprobs: list[list[dict[str, Any]] | None] | None = None
     input_tokens: int = 0
     output_tokens: int = 0
     cached_input_tokens: int = 0

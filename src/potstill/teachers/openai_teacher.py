@@ -165,9 +165,14 @@ class OpenAITeacher(ApiTeacher):
             logprobs = compact_logprobs(choice.logprobs.content)
             if self.task.labels:
                 label_probs = label_probs_from_top_logprobs(logprobs[0]["top"], self.task.labels)
+        per_sample = None
+        if len(choices) > 1 and logprobs is not None:
+            per_sample = [compact_logprobs(c.logprobs.content) if c.logprobs is not None and c.logprobs.content
+                          else None for c in choices]
         return Response(
             output=choice.message.content or "", label_probs=label_probs, logprobs=logprobs,
             samples=[c.message.content or "" for c in choices] if len(choices) > 1 else None,
+            sample_logprobs=per_sample,
             input_tokens=n_in, output_tokens=n_out, cached_input_tokens=cached, latency_s=latency,
             cost_usd=self.token_cost(n_in, n_out, cached), stop_reason=choice.finish_reason,
             tool_calls=[c.model_dump(mode="json", exclude_none=True) for c in choice.message.tool_calls]

@@ -1,0 +1,78 @@
+"""generate.n > 1 against a real OpenAI-compatible server on 127.0.0.1 whose samples disagree in
+chosen ways: which sample becomes the output, and what the record keeps of it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+
+from potstill.config import GenerateConfig, TaskConfig, TeacherConfig
+from potstill.generate import label_records
+from potstill.ledger import Ledger
+from potstill.records import Record
+from potstill.tasks import get_task
+from potstill.teachers import get_teacher
+from tests.helpers.live_server import LiveServer
+
+KEY = "sk-votes-5e1f0c9a7b3d"
+
+
+def provider(answers: list[str], asked: list[dict]) -> FastAPI:
+    """Answers every request with ``answers`` as its n choices (cut to n), each with the
+    log-probs of its own text (one token per word) when asked; 1 completion token per word."""
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    def chat(body: dict) -> dict:
+        asked.append(body)
+        texts = answers[: int(body.get("n") or 1)]
+        choices: list[dict[str, Any]] = []
+        for i, text in enumerate(texts):
+            choice: dict[str, Any] = {"index": i, "message": {"role": "assistant", "content": text},
+                                      "finish_reason": "stop"}
+            if body.get("logprobs"):
+                words = [w if j == 0 else " " + w for j, w in enumerate(text.split(" "))]
+                choice["logprobs"] = {"content": [
+                    {"token": w, "logprob": -0.1 * (i + 1), "bytes": None,
+                     "top_logprobs": [{"token": w, "logprob": -0.1 * (i + 1), "bytes": None}]} for w in words]}
+            choices.append(choice)
+        out = sum(len(t.split(" ")) for t in texts)
+        return {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"], "choices": choices,
+                "usage": {"prompt_tokens": 9, "completion_tokens": out, "total_tokens": 9 + out}}
+
+    return app
+
+
+def label(tmp_path, monkeypatch, answers: list[str], task: dict, n: int, logprobs: int = 0) -> tuple[Record, Any, list]:
+    """One record through ``label_records`` with n samples, twice: the second run answers from the ledger."""
+    monkeypatch.setenv("VOTES_KEY", KEY)
+    asked: list[dict] = []
+    t = get_task(TaskConfig(**task))
+    got = []
+    with LiveServer(provider(answers, asked)) as srv, Ledger(tmp_path / "calls.sqlite") as ledger:
+        for _ in range(2):
+            teacher = get_teacher(TeacherConfig(type="openai", model="gpt-4o-mini", base_url=srv.url + "/v1",
+                                                api_key_env="VOTES_KEY", max_tokens=16, max_retries=0,
+                                                logprobs=logprobs), t)
+            try:
+                (rec,), stats = label_records([Record(id="r0", messages=[{"role": "user", "content": "x"}])], t,
+                                              teacher, ledger, "generate", GenerateConfig(n=n))
+            finally:
+                teacher.close()
+            got.append(rec)
+    assert len(asked) == 1 and asked[0]["n"] == n  # the rerun is answered from the ledger
+    fresh, cached = got
+    assert cached.model_dump() == fresh.model_dump()
+    return fresh, stats, asked
+
+
+def test_the_logprobs_kept_are_those_of_the_majority_sample_not_of_the_first_choice(tmp_path, monkeypatch):
+    """Choice 0 is outvoted: the record's output is the majority text, so its token log-probs
+    (what top-k KD trains on) must be that text's, not choice 0's."""
+    rec, _, _ = label(tmp_path, monkeypatch, ["the cat sat", "a dog ran off", "a dog ran off"],
+                      {"type": "freetext", "instruction": "Say something."}, n=3, logprobs=1)
+    assert rec.output == "a dog ran off" and rec.meta["agreement"] == pytest.approx(2 / 3)
+    assert "".join(t["token"] for t in rec.logprobs) == rec.output
+    assert rec.logprobs[0]["logprob"] == pytest.approx(-0.2)  # choice 1's, the first that gives the output
