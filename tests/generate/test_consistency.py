@@ -5,8 +5,17 @@ from potstill.generate.consistency import majority
 
 def test_majority_votes_on_parsed_answers():
     parse = lambda s: s.strip(" .").lower()  # noqa: E731
-    assert majority(["Sports.", "tech", "sports", "film"], parse) == ("Sports.", 0.5)
-    assert majority(["a", "b"], parse) == ("a", 0.5) and majority([], parse) == (None, 0.0)
+    ok = lambda p: None  # noqa: E731
+    assert majority(["Sports.", "tech", "sports", "film"], parse, ok) == ("Sports.", 0.5)
+    assert majority(["a", "b"], parse, ok) == ("a", 0.5) and majority([], parse, ok) == (None, 0.0)
+
+
+def test_invalid_samples_count_against_agreement_but_never_win():
+    labels = {"sports", "tech"}
+    parse = lambda s: s if s in labels else None  # noqa: E731
+    valid = lambda p: None if p in labels else "answer outside the label set"  # noqa: E731
+    assert majority(["x", "y", "tech", "z"], parse, valid) == ("tech", 0.25)
+    assert majority(["x", "y"], parse, valid) == ("x", 0.0)  # none valid: the first, at agreement 0
 
 
 def test_a_ledger_row_without_per_sample_logprobs_lends_choice_0s_only_to_a_sample_of_the_same_text():

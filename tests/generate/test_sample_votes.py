@@ -76,3 +76,24 @@ def test_the_logprobs_kept_are_those_of_the_majority_sample_not_of_the_first_cho
     assert rec.output == "a dog ran off" and rec.meta["agreement"] == pytest.approx(2 / 3)
     assert "".join(t["token"] for t in rec.logprobs) == rec.output
     assert rec.logprobs[0]["logprob"] == pytest.approx(-0.2)  # choice 1's, the first that gives the output
+
+
+def test_invalid_samples_never_outvote_a_valid_minority(tmp_path, monkeypatch):
+    """Three answers outside the label set against two 'sports': they voted together (as None)
+    and won, so the record's output was invalid and curate dropped it though two samples agreed."""
+    labels = ["sports", "tech", "film"]
+    rec, stats, _ = label(tmp_path, monkeypatch, ["dunno", "maybe", "sports", "no idea", "sports"],
+                          {"type": "classification", "labels": labels, "instruction": "Topic?"}, n=5)
+    assert rec.valid and rec.output == "sports" and stats.invalid == 0
+    assert rec.meta["majority"] == "sports" and rec.meta["agreement"] == pytest.approx(0.4)  # 2 of all 5
+    # The soft label is the share of the valid votes: a distribution, not 0.4 of one.
+    assert rec.label_probs == {"sports": 1.0, "tech": 0.0, "film": 0.0}
+
+
+def test_unparseable_json_samples_vote_alike_and_a_valid_one_wins(tmp_path, monkeypatch):
+    """Each unparseable sample's key held its object's address, so each voted alone: the first
+    of a tie won (an invalid one here) and the vote changed from run to run."""
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    rec, _, _ = label(tmp_path, monkeypatch, ["oops", '{"a": 1}', "nope"],
+                      {"type": "extraction", "json_schema": schema, "instruction": "Extract."}, n=3)
+    assert rec.valid and rec.output == '{"a": 1}' and rec.meta["agreement"] == pytest.approx(1 / 3)

@@ -192,16 +192,15 @@ def _attach(rec: Record, ans: dict[str, Any], task: Task, teacher: Teacher) -> N
     rec.logprobs = ans.get("logprobs")
     rec.samples = ans.get("samples")
     if rec.samples and len(rec.samples) > 1:
-        i, agreement = vote(rec.samples, task.parse)
-        best = rec.samples[i] if i is not None else None
-        rec.output = best
+        i, agreement = vote(rec.samples, task.parse, task.validate)
+        rec.output = rec.samples[i]
         # The log-probs of the sample that is the output (choice 0's may be of an outvoted text).
-        rec.logprobs = sample_logprobs(ans, i) if i is not None else None
-        rec.meta["majority"] = task.parse(best) if best is not None else None
+        rec.logprobs = sample_logprobs(ans, i)
+        rec.meta["majority"] = task.parse(rec.output) if agreement > 0 else None
         rec.meta["agreement"] = agreement
-        if task.labels and rec.label_probs is None:
-            # With no logprobs, the vote shares are the soft label (n samples -> steps of 1/n).
-            votes = [task.parse(s) for s in rec.samples]
+        votes = [v for v in map(task.parse, rec.samples) if v in task.labels] if task.labels else []
+        if votes and rec.label_probs is None:
+            # With no logprobs, the shares of the valid votes are the soft label (n samples -> steps of 1/n).
             rec.label_probs = {lab: votes.count(lab) / len(votes) for lab in task.labels}
     reason = task.validate(task.parse(rec.output or ""))
     rec.valid, rec.invalid_reason = reason is None, reason

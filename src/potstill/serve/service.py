@@ -408,7 +408,7 @@ class Service:
             if key in found:
                 r = Response(**{k: v for k, v in found[key].items() if k in _RESPONSE_FIELDS})
                 if key == sampled and r.samples and len(r.samples) > 1:
-                    r.output = majority(r.samples, self.task.parse)[0] or r.output
+                    r.output = majority(r.samples, self.task.parse, self.task.validate)[0] or r.output
                 return r, True, key
         # One request on the teacher's long-lived worker (an API client, or the one in-process model).
         r = await asyncio.wrap_future(self.teacher.submit(req))
