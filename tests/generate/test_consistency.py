@@ -25,3 +25,13 @@ def test_a_ledger_row_without_per_sample_logprobs_lends_choice_0s_only_to_a_samp
     assert sample_logprobs({"samples": ["a", "b", "b"], "logprobs": lp}, 1) is None
     assert sample_logprobs({"samples": ["b", "a", "b"], "logprobs": lp}, 2) == lp
     assert sample_logprobs({"samples": ["a", "b"], "logprobs": lp, "sample_logprobs": [lp, None]}, 1) is None
+
+
+def test_one_sample_of_an_anthropic_answer_is_billed_as_its_own_request():
+    """Anthropic's n samples are n requests: the answer's tokens add up all n prompts and outputs."""
+    from potstill.generate.consistency import one_sample
+
+    ans = {"output": "a", "samples": ["a", "bb", "bb"], "input_tokens": 30, "output_tokens": 9, "cost_usd": 1.0,
+           "sample_tokens": [[10, 1], [10, 4], [10, 4]], "stop_reason": ["end_turn", "max_tokens", "max_tokens"]}
+    assert one_sample(ans, 1) == {"output": "bb", "logprobs": None, "input_tokens": 10, "output_tokens": 4,
+                                  "cost_usd": 1.0, "stop_reason": "max_tokens"}

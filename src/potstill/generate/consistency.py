@@ -49,3 +49,36 @@ def sample_logprobs(answer: dict[str, Any], i: int) -> list[dict[str, Any]] | No
         return per_sample[i] if i < len(per_sample) else None
     samples = answer.get("samples") or []
     return answer.get("logprobs") if samples and samples[0] == samples[i] else None
+
+
+def sample_output_tokens(answer: dict[str, Any], i: int) -> int:
+    """Sample ``i``'s completion tokens in a stored n-sample answer whose ``output_tokens`` counts
+    all n (what the provider billed). Exact where the provider tells: one request per sample
+    (``sample_tokens``, Anthropic) or one log-prob per token; else the sample's share of the
+    characters (OpenAI reports one ``completion_tokens`` for all its choices)."""
+    per_request = answer.get("sample_tokens")
+    if per_request is not None and i < len(per_request):
+        return int(per_request[i][1])
+    logprobs = (answer.get("sample_logprobs") or [None] * (i + 1))[i]
+    if logprobs is not None:
+        return len(logprobs)
+    samples, total = answer["samples"], int(answer.get("output_tokens") or 0)
+    chars = sum(len(s) for s in samples)
+    return round(total * len(samples[i]) / chars) if chars else total // len(samples)
+
+
+def one_sample(answer: dict[str, Any], i: int) -> dict[str, Any]:
+    """A stored n-sample answer as the answer of its sample ``i`` alone, with that sample's text,
+    log-probs, stop reason and tokens: what a single-sample call would have returned (serve reuses
+    generate's answer so). ``cost_usd`` stays what all n cost: a reuse is billed nothing anyway."""
+    out = {k: v for k, v in answer.items() if k not in ("samples", "sample_logprobs", "sample_tokens")}
+    out["output"] = answer["samples"][i]
+    out["logprobs"] = sample_logprobs(answer, i)
+    out["output_tokens"] = sample_output_tokens(answer, i)
+    per_request = answer.get("sample_tokens")
+    if per_request is not None and i < len(per_request):
+        out["input_tokens"] = int(per_request[i][0])  # each sample was a request of its own, its prompt billed each time
+    stop = answer.get("stop_reason")
+    if isinstance(stop, list) and i < len(stop):
+        out["stop_reason"] = stop[i]
+    return out

@@ -26,7 +26,7 @@ import torch
 
 from potstill.config import Config
 from potstill.errors import PotstillError
-from potstill.generate.consistency import majority
+from potstill.generate.consistency import one_sample, vote
 from potstill.hashing import hash_file, hash_obj
 from potstill.engines import section_engine
 from potstill.ledger import Ledger, ServedCall, user_messages
@@ -406,9 +406,11 @@ class Service:
         found = await asyncio.to_thread(self.ledger.lookup, [h] if sampled is None else [h, sampled])
         for key in (h, sampled):
             if key in found:
-                r = Response(**{k: v for k, v in found[key].items() if k in _RESPONSE_FIELDS})
-                if key == sampled and r.samples and len(r.samples) > 1:
-                    r.output = majority(r.samples, self.task.parse, self.task.validate)[0] or r.output
+                ans = found[key]
+                if key == sampled and len(ans.get("samples") or []) > 1:
+                    # Served as its one sample: that sample's text, and its tokens in the usage.
+                    ans = one_sample(ans, vote(ans["samples"], self.task.parse, self.task.validate)[0])
+                r = Response(**{k: v for k, v in ans.items() if k in _RESPONSE_FIELDS})
                 return r, True, key
         # One request on the teacher's long-lived worker (an API client, or the one in-process model).
         r = await asyncio.wrap_future(self.teacher.submit(req))

@@ -226,7 +226,7 @@ class AnthropicTeacher(ApiTeacher):
     def _response(self, msgs: list[Any], latency: float) -> Response:
         """One Response from the n Messages answering one request (the batch engine parses results with it)."""
         n = len(msgs)
-        texts, n_in, n_out, cached, written, hour, stops = [], 0, 0, 0, 0, 0, []
+        texts, n_in, n_out, cached, written, hour, stops, each = [], 0, 0, 0, 0, 0, [], []
         for m in msgs:
             texts.append("".join(getattr(b, "text", "") for b in m.content if getattr(b, "type", "") == "text"))
             u = m.usage
@@ -238,11 +238,12 @@ class AnthropicTeacher(ApiTeacher):
             cached += read
             written += write
             n_out += u.output_tokens or 0
+            each.append([(u.input_tokens or 0) + read + write, u.output_tokens or 0])
             stops.append(m.stop_reason)
         tokens = dict(input_tokens=n_in, output_tokens=n_out, cached_input_tokens=cached,
                       cache_write_input_tokens=written, cache_write_1h_input_tokens=hour, latency_s=latency,
                       cost_usd=self.token_cost(n_in, n_out, cached, written, hour))
         if "refusal" in stops:
             return Response(output=None, error="stop_reason refusal", **tokens)
-        return Response(output=texts[0], samples=texts if n > 1 else None, stop_reason=stops[0] if n == 1 else stops,
-                        tool_calls=_tool_calls(msgs[0]), **tokens)
+        return Response(output=texts[0], samples=texts if n > 1 else None, sample_tokens=each if n > 1 else None,
+                        stop_reason=stops[0] if n == 1 else stops, tool_calls=_tool_calls(msgs[0]), **tokens)

@@ -64,6 +64,8 @@ class Response:
     samples: list[str] | None = None
     #: With n > 1 samples and logprobs: each sample's top-k log-probs (``logprobs`` is sample 0's).
     sample_logprobs: list[list[dict[str, Any]] | None] | None = None
+    #: With n > 1 samples sent as n requests (Anthropic): each one's [input_tokens, output_tokens].
+    sample_tokens: list[list[int]] | None = None
     input_tokens: int = 0
     output_tokens: int = 0
     cached_input_tokens: int = 0
