@@ -333,3 +333,14 @@ def test_a_relabel_drops_the_teachers_token_logprobs_and_the_card_counts_the_tea
     assert a.output == "politics" and a.logprobs is None and a.meta["teacher_output"] == "tech"
     assert next(r for r in kept(c) if r.id == "b").logprobs == lp
     assert c.card["teacher_label_distribution"] == {"tech": 1, "sports": 1}
+
+
+def test_a_vote_that_changes_the_output_drops_the_log_probs_of_the_text_it_replaced():
+    # Token log-probs are the teacher's for one text: top-k KD on them teaches that text, so once the
+    # vote makes another sample the output they must go (the record holds no log-probs of the others).
+    tech = [{"token": "tech", "logprob": -0.1, "top": [{"token": "tech", "logprob": -0.1}]}]
+    records = [rec("a new phone", "tech", samples=["sports", "Sports.", "tech"], logprobs=tech),
+               rec("a new laptop", "tech", samples=["tech", "Tech.", "sports"], logprobs=tech)]
+    by_text = {r.text: r for r in kept(curate(cfg(), records))}
+    assert by_text["a new phone"].output == "sports" and by_text["a new phone"].logprobs is None
+    assert by_text["a new laptop"].output == "tech" and by_text["a new laptop"].logprobs == tech

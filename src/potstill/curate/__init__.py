@@ -209,7 +209,9 @@ def _consistency_step(valid: list[Record], task, c, rejected: list[Record]) -> l
                 continue
             if text != r.output:
                 r.meta["first_output"] = r.output
-                r.output = text
+                # The token log-probs are the teacher's for the replaced text (the record holds no
+                # other sample's): top-k KD would teach it under the new output.
+                r.output, r.logprobs = text, None
         consistent.append(r)
     return consistent
 
