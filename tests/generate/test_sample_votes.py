@@ -97,3 +97,15 @@ def test_unparseable_json_samples_vote_alike_and_a_valid_one_wins(tmp_path, monk
     rec, _, _ = label(tmp_path, monkeypatch, ["oops", '{"a": 1}', "nope"],
                       {"type": "extraction", "json_schema": schema, "instruction": "Extract."}, n=3)
     assert rec.valid and rec.output == '{"a": 1}' and rec.meta["agreement"] == pytest.approx(1 / 3)
+
+
+def test_a_server_that_ignores_n_is_named_not_taken_for_self_consistency(tmp_path, monkeypatch, capsys):
+    """An OpenAI-compatible server that ignores n (Ollama's takes no n) answers one choice: the
+    record had no samples and no agreement, so curate's min_agreement let it through unvoted, and
+    nothing said that generate.n had not been applied."""
+    rec, stats, _ = label(tmp_path, monkeypatch, ["sports"], {"type": "classification", "labels": ["sports", "tech"],
+                                                              "instruction": "Topic?"}, n=5)
+    assert rec.output == "sports" and rec.samples is None
+    assert stats.fewer_samples == 1
+    err = capsys.readouterr().err
+    assert "generate.n 5: the teacher answered 1 sample for 1 of 1 inputs" in " ".join(err.split())

@@ -145,6 +145,8 @@ def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: L
         raise
     ledger.finish_run(run_id, "budget" if stats.budget_stopped else "errors" if stats.errors else "done", stats.retries)
     out = []
+    short: list[int] = []  # sample counts of answers with fewer than n
+    answered = 0
     for rec, h in zip(records, hashes):
         rec = rec.model_copy(deep=True)
         ans = answers.get(h)
@@ -154,6 +156,10 @@ def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: L
             rec.output, rec.valid, rec.invalid_reason = None, False, reason
         else:
             _attach(rec, ans, task, teacher)
+            answered += 1
+            got = len(ans.get("samples") or [ans.get("output")])
+            if got < gcfg.n:
+                short.append(got)
             rec.meta.update({
                 "teacher": teacher.model_name, "teacher_type": teacher.type, "request_hash": h,
                 "input_tokens": ans.get("input_tokens", 0), "output_tokens": ans.get("output_tokens", 0),
@@ -166,6 +172,15 @@ def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: L
             key = (rec.invalid_reason or "").split(":")[0]
             stats.invalid_reasons[key] = stats.invalid_reasons.get(key, 0) + 1
         out.append(rec)
+    stats.fewer_samples = len(short)
+    if short:
+        # Ollama's OpenAI endpoint (no n among its fields) answers one choice whatever n: those outputs were
+        # never voted on, and curate.min_agreement cannot filter them (they have no agreement).
+        m = min(short)
+        got = f"{m} sample{'s' * (m != 1)}" if m == max(short) else f"as few as {m} samples"
+        say(f"[yellow]{stage}: generate.n {gcfg.n}: the teacher answered {got} for {len(short)} of "
+            f"{answered} inputs (a server that ignores n?); their outputs are not "
+            "majority votes and curate.min_agreement does not filter them[/yellow]")
     stats.seconds = time.perf_counter() - t0
     return out, stats
 

@@ -118,6 +118,7 @@ class RunStats:
     pauses: int = 0  # times every worker was paused (clustered 429s, or a rate-limit header at zero)
     lowest_limit: float = 0.0  # the lowest the adaptive limit on requests in flight went
     invalid_reasons: dict[str, int] = field(default_factory=dict)
+    fewer_samples: int = 0  # answers with fewer than generate.n samples (a server that ignores n)
 
     def count(self, resp: Response) -> None:
         self.calls += 1
