@@ -297,6 +297,36 @@ def test_a_challenger_cut_short_is_neither_left_as_a_student_nor_reused(served_r
     assert (run / "students" / rec["challenger_id"] / "int8_calibration.safetensors").exists()
 
 
+def test_a_half_calibrated_challenger_left_by_an_older_version_is_trained_again(served_run, tmp_path, monkeypatch):
+    # Versions before the staging directory trained and calibrated the challenger in place in
+    # RUN/students/<id>/ and wrote RUN/redistill/<id>/train.json last. One stopped in its calibration
+    # left a student there without either; this version still took it as "already trained, reused".
+    import potstill.train.stage
+    from potstill.redistill import redistill
+
+    run = tmp_path / "run"
+    _copy_original(served_run, run)
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(potstill.train.stage, "calibrate_int8", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            redistill(run, _cfg(run, **{"train.epochs": 1}))
+    (work,) = [p for p in (run / "redistill").iterdir() if p.is_dir()]
+    assert not (work / "train.json").exists()
+    (run / "students").mkdir(exist_ok=True)
+    (work / "student.training").rename(run / "students" / work.name)  # where the older version left it
+
+    rec = redistill(run, _cfg(run, **{"train.epochs": 1, "redistill.promote": False}))
+    assert rec["challenger_id"] == work.name
+    assert not rec["train"].get("reused") and rec["train"]["int8_calibration"] is not None
+    assert (run / "students" / work.name / "int8_calibration.safetensors").exists()
+    again = redistill(run, _cfg(run, **{"train.epochs": 1, "redistill.promote": False}))
+    assert again["train"]["reused"] is True  # once whole, it is reused
+
+
 def _copy_original(served_run: Path, run: Path, *ignore: str) -> None:
     shutil.copytree(served_run, run, symlinks=True, ignore=shutil.ignore_patterns("students", "redistill", *ignore))
     if (run / "student").is_symlink():  # an earlier test promoted a challenger: serve the original again

@@ -253,7 +253,11 @@ def _challenger_step(run_dir: Path, cfg: Config, task: Task, nd: _NewData,
     t0 = time.perf_counter()
     challenger = run_dir / "students" / nd.cid
     train_summary: dict[str, Any]
-    if _is_student(challenger):
+    # Whole only with its train.json, written once trained and calibrated (by this version before the
+    # move into students/, by versions that trained in place after the calibration): a directory
+    # without it was left half-calibrated by such a version and is trained again. The champion is
+    # whole whatever is left beside it: it was promoted.
+    if _is_student(challenger) and ((nd.work / "train.json").exists() or challenger.resolve() == current(run_dir)):
         say(f"redistill: challenger {nd.cid} already trained on this data, reused ({challenger})")
         train_summary = read_json(nd.work / "train.json") if (nd.work / "train.json").exists() else {}
         train_summary["reused"] = True
@@ -275,7 +279,7 @@ def _challenger_step(run_dir: Path, cfg: Config, task: Task, nd: _NewData,
         write_json(nd.work / "train.json", train_summary)
         del lm
         gc.collect()
-        if challenger.exists():  # not a student (checked above): an empty leftover
+        if challenger.exists():  # an empty or half-calibrated leftover (checked above)
             shutil.rmtree(challenger)
         challenger.parent.mkdir(exist_ok=True)
         os.rename(staging, challenger)
