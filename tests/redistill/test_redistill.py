@@ -327,6 +327,24 @@ def test_a_half_calibrated_challenger_left_by_an_older_version_is_trained_again(
     assert again["train"]["reused"] is True  # once whole, it is reused
 
 
+def test_the_new_traffic_test_holds_no_input_an_earlier_round_trained_on(served_run, tmp_path):
+    # The hash split keeps an input on one side only under the same redistill.seed and new_test: a
+    # second round with another seed held out, as "new traffic", inputs the first round's challenger
+    # had trained on (RUN/redistill/<id>/challenger_train.jsonl).
+    from potstill.redistill import redistill
+
+    run = tmp_path / "run"
+    _copy_original(served_run, run)
+    first = redistill(run, _cfg(run, **{"train.epochs": 1, "redistill.promote": False}))
+    trained = {r.text for r in read_records(run / first["data"]["files"]["new_train"])}
+    second = redistill(run, _cfg(run, **{"train.epochs": 1, "redistill.promote": False, "redistill.seed": 1}))
+    held = {r.text for r in read_records(run / second["data"]["files"]["new_test"])}
+    assert held and not held & trained, sorted(held & trained)[:3]
+    moved = second["data"]["test_trained_by_earlier_round"]
+    assert moved > 0 and second["data"]["curate"]["test"] == len(held) == second["data"]["new_test"]
+    assert trained <= {r.text for r in read_records(run / "redistill" / second["challenger_id"] / "challenger_train.jsonl")}
+
+
 def _copy_original(served_run: Path, run: Path, *ignore: str) -> None:
     shutil.copytree(served_run, run, symlinks=True, ignore=shutil.ignore_patterns("students", "redistill", *ignore))
     if (run / "student").is_symlink():  # an earlier test promoted a challenger: serve the original again

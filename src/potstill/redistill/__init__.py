@@ -35,7 +35,7 @@ from rich.table import Table
 from potstill import tracking
 from potstill.config import Config
 from potstill.curate import Curated, curate
-from potstill.curate.dedup import conversation, find_duplicates
+from potstill.curate.dedup import conversation, dedup_key, find_duplicates
 from potstill.errors import PotstillError
 from potstill.hashing import hash_obj
 from potstill.ledger import Ledger
@@ -217,6 +217,7 @@ def _curation_step(run_dir: Path, cfg: Config, traffic, sampled: list[Record], t
         "val": 0.0, "test": rc.new_test, "seed": rc.seed, "real_data": None, "real_ratio": 0.0, "review": False,
         "max_train": None})})
     cur = curate(ccfg, kept)
+    overlap["test_trained_by_earlier_round"] = _train_earlier_rounds_trained_on(run_dir, cur)
     if not cur.train:
         raise PotstillError(f"redistill: no new training records left after curation ({overlap['overlap_frozen_test']} "
                             f"overlap the frozen test, {overlap['overlap_train_val']} the champion's training set or "
@@ -243,8 +244,27 @@ def _curation_step(run_dir: Path, cfg: Config, traffic, sampled: list[Record], t
     timings["curate_s"] = time.perf_counter() - t0
     say(f"redistill: new data {len(cur.train)} train + {len(cur.test)} new-traffic test "
         f"({overlap['overlap_frozen_test']} dropped as overlapping the frozen test, {overlap['overlap_train_val']} "
-        f"as already in train/val, {len(cur.rejected)} rejected by curation)")
+        f"as already in train/val, {len(cur.rejected)} rejected by curation"
+        + (f", {moved} kept out of the test as an earlier round trained on them" if (moved := overlap[
+            "test_trained_by_earlier_round"]) else "") + ")")
     return _NewData(old_train, old_val, frozen, cur, overlap, data, cid, work)
+
+
+def _train_earlier_rounds_trained_on(run_dir: Path, cur: Curated) -> int:
+    """Move to the new train split each new-traffic test input that an earlier round's challenger
+    trained on (any RUN/redistill/<id>/challenger_train.jsonl); how many moved. The hash split keeps
+    an input on its side only under the same ``redistill.seed`` and ``new_test``: with others an input
+    one round trained on fell in the next round's test, which was then not new to every student (a
+    champion whose training file is not found, one copied out of RUN/students/, a later rollback)."""
+    seen: set[str] = set()
+    for path in sorted((run_dir / "redistill").glob(f"*/{CHALLENGER_TRAIN}")):
+        seen.update(dedup_key(conversation(r.messages)) for r in read_records(path))
+    moved = [r for r in cur.test if dedup_key(conversation(r.messages)) in seen]
+    if moved:
+        cur.test = [r for r in cur.test if dedup_key(conversation(r.messages)) not in seen]
+        cur.train = cur.train + moved
+        cur.card["counts"].update(train=len(cur.train), test=len(cur.test), test_trained_by_earlier_round=len(moved))
+    return len(moved)
 
 
 def _challenger_step(run_dir: Path, cfg: Config, task: Task, nd: _NewData,
