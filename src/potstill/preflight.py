@@ -33,7 +33,10 @@ from potstill.errors import PotstillError
 
 # Below this share of completion tokens with mapped top-k data, topk KD trains on almost nothing.
 MIN_TOPK_COVERAGE = 0.5
-CHARS_PER_TOKEN = 4.0  # the usual English estimate, for API teachers whose tokenizer we lack
+CHARS_PER_TOKEN = 4.0  # the usual English estimate, where no tokenizer loads
+# Inputs whose tokens the budget projection counts; more are projected from their mean. A fast
+# tokenizer counts ~2,000 short inputs in well under a second; 100k would take tens of seconds.
+TOKEN_SAMPLE = 2000
 SAMPLE = 64  # records whose prompts are compared / whose top-k data is mapped
 # A chat request is billed for more than its text. Each message is wrapped in role markers
 # (ChatML's "<|im_start|>user\n" ... "<|im_end|>\n": 5 tokens; Llama 3's header and <|eot_id|>: 5;
@@ -261,10 +264,41 @@ def check_weights(ctx: _Ctx) -> Check:
     return Check("weights", "ok", f"{len(models)} models bit-identical on {dist.get_world_size()} ranks")
 
 
+class _Counter:
+    """Token counts for the budget projection: the teacher's tokenizer when it is a local model, else
+    the student's (always at hand: preflight loads it for its other checks) as a proxy, else
+    ``CHARS_PER_TOKEN``. Characters / 4 holds for English prose; code, numbers and most other
+    scripts take two or more times as many tokens, which a real tokenizer counts."""
+
+    def __init__(self, ctx: _Ctx) -> None:
+        from potstill.models.loading import resolve
+
+        self.tok, self.how = None, f"{CHARS_PER_TOKEN:g} characters a token"
+        t = ctx.cfg.teacher
+        try:
+            if t.type == "local" and t.model and isinstance(resolve(t.model)[1], Path):
+                self.tok, self.how = _tokenizer(t.model), "tokens by the teacher's tokenizer"
+        except PotstillError:  # the labels check names why; fall back to the student's
+            pass
+        if self.tok is None:
+            try:
+                self.tok, self.how = ctx.student_tok, "tokens by the student's tokenizer (a proxy for the teacher's)"
+            except PotstillError:
+                pass
+
+    def __call__(self, texts: list[str]) -> list[int]:
+        if self.tok is None:
+            return [math.ceil(len(t) / CHARS_PER_TOKEN) for t in texts]
+        return [len(ids) for ids in self.tok(texts, add_special_tokens=False)["input_ids"]] if texts else []
+
+
 def projected_cost(ctx: _Ctx) -> tuple[float, int, str]:
     """(USD, inputs, how) for ``generate`` over ``data.inputs``: an upper-ish estimate. In: each
-    message's characters / 4 plus its chat-format tokens, plus the reply's priming; out: the
-    longest label in a short sentence (classification) or ``teacher.max_tokens``, times ``generate.n``."""
+    message's tokens (``_Counter``; over ``TOKEN_SAMPLE`` inputs, a seeded sample's mean) plus its
+    chat-format tokens, plus the reply's priming; out: the longest label in a short sentence
+    (classification) or ``teacher.max_tokens``, times ``generate.n``."""
+    import random
+
     from potstill.teachers.api.prices import price_for, token_cost
 
     cfg = ctx.cfg
@@ -276,22 +310,23 @@ def projected_cost(ctx: _Ctx) -> tuple[float, int, str]:
         return 0.0, len(records), f"no price known for '{cfg.teacher.model}'"
     total = len(records)
     records = _unanswered(ctx, records)
+    count = _Counter(ctx)
     fs = cfg.teacher.few_shot
     if cfg.teacher.type in ("openai", "anthropic"):  # they send no shots, and each input once
         fs = fs.model_copy(update={"k": 0, "orders": 1})
     lines = Path(fs.path).read_text().splitlines() if fs.k and fs.path and Path(fs.path).exists() else []
-    shots = math.ceil(fs.k * sum(map(len, lines)) / len(lines) / CHARS_PER_TOKEN) if lines else 0
+    shots = math.ceil(fs.k * sum(count(lines)) / len(lines)) if lines else 0
 
-    def prompt_tokens(r: Any) -> int:  # the instruction goes as a system message (Task.messages)
-        texts = [ctx.task.cfg.instruction, *(str(m.get("content", "")) for m in r.messages)]
-        return (sum(math.ceil(len(t) / CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE for t in texts)
-                + TOKENS_PER_REQUEST + shots)
-
-    tokens_in = sum(map(prompt_tokens, records))
+    # The instruction goes as a system message (Task.messages), the same in every request.
+    per_request = count([ctx.task.cfg.instruction])[0] + TOKENS_PER_MESSAGE + TOKENS_PER_REQUEST + shots
+    counted = records if len(records) <= TOKEN_SAMPLE else random.Random(0).sample(records, TOKEN_SAMPLE)
+    contents = [[str(m.get("content", "")) for m in r.messages] for r in counted]
+    sizes = iter(count([t for texts in contents for t in texts]))
+    text_tokens = sum(next(sizes) + TOKENS_PER_MESSAGE for texts in contents for _ in texts)
+    tokens_in = math.ceil(text_tokens * len(records) / max(1, len(counted))) + per_request * len(records)
     out_tokens = cfg.teacher.max_tokens
     if ctx.task.labels and not _reasons(cfg.teacher):
-        longest = math.ceil(max(len(lab) for lab in ctx.task.labels) / CHARS_PER_TOKEN)
-        out_tokens = min(out_tokens, longest + ANSWER_SENTENCE)
+        out_tokens = min(out_tokens, max(count(list(ctx.task.labels))) + ANSWER_SENTENCE)
     # Every shot order is a call. The n samples of generate.n are n calls only where the API has no
     # ``n`` (Anthropic's: the teacher sends n requests); OpenAI's one request carries them all, so its
     # prompt is billed once and only the output n times.
@@ -301,9 +336,10 @@ def projected_cost(ctx: _Ctx) -> tuple[float, int, str]:
     how = f"{len(records)} inputs x {calls} call{'s' if calls > 1 else ''}"
     if samples > 1 and calls < samples * fs.orders:
         how += f" of {samples} samples"
+    sampled = f" counted on a sample of {len(counted)} inputs" if len(counted) < len(records) else ""
     how += (f", up to {out_tokens} output tokens each" + (" sample" if samples > 1 else "")
             + (" (teacher.max_tokens)" if out_tokens == cfg.teacher.max_tokens else " (a label in a short sentence)")
-            + f", {CHARS_PER_TOKEN:g} characters a token and {TOKENS_PER_MESSAGE} tokens of chat format per message")
+            + f", {count.how}{sampled} and {TOKENS_PER_MESSAGE} tokens of chat format per message")
     if len(records) < total:
         how += f"; {total - len(records)} more answered in the ledger (a rerun pays nothing for them)"
     if cfg.generate.engine == "batch":  # billed at the provider's batch share of the live price

@@ -120,17 +120,42 @@ def test_labels_sharing_a_first_token_refuse(tiny_model, tmp_path):
 
 
 def test_projected_teacher_cost_above_budget_refuses(tiny_model, tmp_path):
-    # 1,000 x (2 + 6 tokens of text, 5 of chat format per message and 5 per request) = 23k tokens in;
-    # 1,000 x 256 out
+    # 1,000 x (1 + 5 tokens of text by the student's tokenizer, 5 of chat format per message and 5 per
+    # request) = 21k tokens in; 1,000 x 256 out
     _inputs(tmp_path, n=1000)
     teacher = {"type": "openai", "model": "gpt-4o", "price": {"input_per_mtok": 2.5, "output_per_mtok": 10.0}}
     cfg = _cfg(tmp_path, student={"model": str(tiny_model)}, teacher=teacher, generate={"budget_usd": 1.0})
     usd, n, _ = projected_cost(_Ctx(cfg))
-    assert n == 1000 and usd == pytest.approx((23_000 * 2.5 + 256_000 * 10.0) / 1e6, rel=1e-3)  # $2.62
+    assert n == 1000 and usd == pytest.approx((21_000 * 2.5 + 256_000 * 10.0) / 1e6, rel=1e-3)  # $2.61
     status, detail = _status(cfg, "budget", "generate")
     assert status == "fail" and "above generate.budget_usd $1" in detail
     rich = _cfg(tmp_path, student={"model": str(tiny_model)}, teacher=teacher, generate={"budget_usd": 3.0})
     assert _status(rich, "budget")[0] == "ok"
+
+
+def test_the_budget_projection_counts_tokens_with_a_tokenizer_not_four_characters(tiny_model, tmp_path, monkeypatch):
+    """Four characters a token holds for English prose; code, numbers and most other scripts take
+    several times more, so a run that preflight passed could stop on generate.budget_usd part-way.
+    The student's tokenizer (always local) counts them, as a proxy for an API teacher's; over
+    TOKEN_SAMPLE inputs a seeded sample is counted and scaled, and the message says so."""
+    import potstill.preflight as preflight
+
+    code = '{"a": {"a": {"a": "the"}}}, ' * 20
+    _write(tmp_path / "inputs.jsonl", [{"messages": [{"role": "user", "content": code}]}] * 100)
+    teacher = {"type": "openai", "model": "gpt-4o", "max_tokens": 10,
+               "price": {"input_per_mtok": 1.0, "output_per_mtok": 0.0}}
+    cfg = _cfg(tmp_path, student={"model": str(tiny_model)}, teacher=teacher, generate={"budget_usd": 0.03})
+    usd, n, how = projected_cost(_Ctx(cfg))
+    tok = make_tokenizer()
+    text = len(tok(code, add_special_tokens=False)["input_ids"])
+    assert text > 2 * math.ceil(len(code) / 4)  # 1.3 characters a token: quotes, braces and colons
+    assert n == 100 and usd == pytest.approx(100 * (1 + 5 + text + 5 + 5) / 1e6)
+    assert "tokens by the student's tokenizer (a proxy for the teacher's)" in how and "sample" not in how
+    status, detail = _status(cfg, "budget")  # $0.0157 at four characters a token: it passed
+    assert status == "fail" and "student's tokenizer" in detail
+    monkeypatch.setattr(preflight, "TOKEN_SAMPLE", 10)
+    sampled, n, how = projected_cost(_Ctx(cfg))
+    assert sampled == pytest.approx(usd) and "counted on a sample of 10 inputs" in how
 
 
 def test_openai_samples_pay_the_prompt_once_anthropic_n_times(tiny_model, tmp_path):
@@ -138,7 +163,7 @@ def test_openai_samples_pay_the_prompt_once_anthropic_n_times(tiny_model, tmp_pa
     output five times. It was projected as 5 calls (the prompt five times), so with a long prompt and
     a short label preflight, and so generate, refused a budget about 5x what the run costs. Anthropic
     has no n (the teacher sends 5 requests): there the prompt is paid 5 times."""
-    _write(tmp_path / "inputs.jsonl", [{"input": "the team won the match " * 40}] * 1000)  # ~240 tokens in
+    _write(tmp_path / "inputs.jsonl", [{"input": "the team won the match " * 40}] * 1000)  # ~210 tokens in
     task = {"type": "classification", "instruction": "classify", "labels": ["sports", "tech"]}
     price = {"input_per_mtok": 2.5, "output_per_mtok": 10.0}
 
@@ -149,8 +174,8 @@ def test_openai_samples_pay_the_prompt_once_anthropic_n_times(tiny_model, tmp_pa
         return usd, how, _status(cfg, "budget")[0]
 
     one, _, _ = cost("openai", 1)
-    # the instruction's 2 tokens and the input's 230, each with 5 of chat format, and 5 per request
-    inp = 1000 * (2 + 5 + math.ceil(len("the team won the match " * 40) / 4) + 5 + 5) * 2.5 / 1e6
+    # the instruction's 1 token and the input's 200, each with 5 of chat format, and 5 per request
+    inp = 1000 * (1 + 5 + 200 + 5 + 5) * 2.5 / 1e6
     out = one - inp  # 1,000 x a label in a short sentence
     five, how, status = cost("openai", 5)
     assert five == pytest.approx(inp + 5 * out) and "1 call of 5 samples" in how
