@@ -333,13 +333,28 @@ def model_identity(spec: str, where: Path | str) -> str:
     return f"{spec}@{digest}.{hash_obj([[p.name, hash_file(p)] for p in rest])[:8]}"
 
 
+_HUB_ASKED: set[str] = set()  # hub ids whose newest commit this process has asked the hub for
+
+
 def hub_revision(repo_id: str) -> str:
     """A hub id with the commit of its snapshot in the local HF cache (``org/name@<commit>``), the
     id alone when none is cached: what a hub model's cached answers and conversions are keyed by,
-    so a new upstream revision is not mistaken for the old one. Reads the cache only, no network."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
+    so a new upstream revision is not mistaken for the old one.
 
+    Online (``HF_HUB_OFFLINE`` unset) the hub is asked first, once a process, for its newest commit
+    (its config.json only, a few kB): the load that follows downloads that commit, and the cache
+    alone named the one before it, so a run whose load fetched a new revision cached the new
+    model's answers and conversion under the old commit's key. Offline, or with no network, the
+    cache is what the load reads too."""
+    try:
+        from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+        if repo_id not in _HUB_ASKED:
+            _HUB_ASKED.add(repo_id)
+            try:
+                hf_hub_download(repo_id, "config.json")  # moves the cache's refs/main to the newest commit
+            except Exception:  # noqa: BLE001 - offline, unreachable, gated: the load falls back to the cache too
+                log.debug("hub not asked for %s's newest commit", repo_id)
         found = try_to_load_from_cache(repo_id, "config.json")
     except Exception:  # noqa: BLE001 - not a valid repo id for the hub library: the id is all there is
         return repo_id
