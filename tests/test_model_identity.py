@@ -101,3 +101,26 @@ def test_a_large_files_digest_is_kept_across_commands_until_it_changes(tmp_path,
     hashing.hash_file(small)
     with sqlite3.connect(db) as c:  # small files are not worth a row
         assert c.execute("SELECT count(*) FROM digests").fetchone()[0] == 2
+
+
+def test_a_lora_adapters_identity_follows_its_local_base_model(tmp_path):
+    """An adapter names its base by path only: a base retrained or replaced there kept the adapter's
+    identity, so evaluate's ledger cache answered with the old base's outputs."""
+    from peft import LoraConfig, get_peft_model
+
+    from tests.helpers.tiny import make_model_dir
+
+    base = make_model_dir(tmp_path / "base")
+    model = LlamaForCausalLM.from_pretrained(base)
+    adapter = tmp_path / "adapter"
+    get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(adapter)
+    make_tokenizer().save_pretrained(adapter)
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == str(base)
+    before = _ident(adapter)
+    make_model_dir(base, seed=1)  # retrained in place
+    assert _ident(adapter) != before
+    from potstill.engines.convert import model_key
+
+    key = model_key(str(adapter), adapter, None, "int8", "v")
+    make_model_dir(base, seed=2)  # the engine conversion merges the adapter into this base
+    assert model_key(str(adapter), adapter, None, "int8", "v") != key

@@ -23,7 +23,7 @@ import numpy as np
 
 from potstill.errors import PotstillError
 from potstill.hashing import hash_obj, hash_path
-from potstill.models.loading import cache_dir, cache_entry, hub_revision, resolve
+from potstill.models.loading import adapter_base, cache_dir, cache_entry, hub_revision, resolve
 from potstill.progress import say
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,9 @@ def require(module: str) -> ModuleType:
 def model_key(spec: str, where: Path | str, num_layers: int | None, quantization: str, version: str) -> str:
     """Content hash of a model as one engine would run it (see the module docstring)."""
     content = hash_path(where) if isinstance(where, Path) else f"hub:{hub_revision(where)}"
+    base = adapter_base(where) if isinstance(where, Path) else None
+    if base is not None:  # a LoRA adapter is converted merged into its base, which it names by path only
+        content += f"+base:{hash_path(base)}"
     return hash_obj({"model": content, "layers": num_layers, "q": quantization, "v": version, "fmt": 1})[:24]
 
 

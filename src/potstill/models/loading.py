@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -319,18 +320,34 @@ def _weight_files(where: Path) -> list[Path]:
             if p.name != "int8_calibration.safetensors"]
 
 
-def model_identity(spec: str, where: Path | str) -> str:
+def model_identity(spec: str, where: Path | str, _depth: int = 0) -> str:
     """Stable id for ledger rows and caches: the spec, then for local files ``@`` the digest of the
     first weights file and ``.`` a digest of the rest that shapes outputs (later shards, config,
-    tokenizer, chat template: ``SHAPING_FILES``). The first digest is the weights' digest of earlier
-    versions, so int8 calibrations (``calibration.weights_of``) and served names (``watch``) recorded
-    then still match. Large files are hashed once per version, not at every load (``hash_file``)."""
+    tokenizer, chat template: ``SHAPING_FILES``; a LoRA adapter's local base model). The first
+    digest is the weights' digest of earlier versions, so int8 calibrations (``calibration.weights_of``)
+    and served names (``watch``) recorded then still match. Large files are hashed once per
+    version, not at every load (``hash_file``)."""
     if not isinstance(where, Path):
         return spec
     weights = _weight_files(where)
     rest = sorted({p for pat in SHAPING_FILES for p in where.glob(pat) if p.is_file()} | set(weights[1:]))
     digest = hash_file(weights[0])[:12] if weights else "nofile"
-    return f"{spec}@{digest}.{hash_obj([[p.name, hash_file(p)] for p in rest])[:8]}"
+    parts: list = [[p.name, hash_file(p)] for p in rest]
+    # An adapter names its base by path only (adapter_config.json): a base retrained or replaced
+    # there answers otherwise. A hub id is named in that file, which is hashed above.
+    base = adapter_base(where)
+    if base is not None and _depth < 3:
+        parts.append(["base", model_identity("", base, _depth + 1)])  # by content, not path
+    return f"{spec}@{digest}.{hash_obj(parts)[:8]}"
+
+
+def adapter_base(where: Path) -> Path | None:
+    """A LoRA adapter's base model directory (as PEFT finds it: absolute, or relative to the cwd), or None."""
+    try:
+        base = json.loads((where / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return Path(base) if isinstance(base, str) and base and Path(base).is_dir() else None
 
 
 _HUB_ASKED: set[str] = set()  # hub ids whose newest commit this process has asked the hub for
