@@ -204,3 +204,38 @@ def test_spend_counts_the_paid_error_rows(tmp_path, monkeypatch, capsys):
     assert "teacher m: 4 calls (2 errors), 60 input (0 cached) + 15 output tokens, $0.0160" in out
     assert "teacher m (generate): 2 calls (1 errors), 40 input + 10 output tokens, $0.0140" in out
     assert "teacher m (pilot): 2 calls (1 errors), 20 input + 5 output tokens, $0.0020" in out
+
+
+def _cost_out(monkeypatch, capsys, run) -> str:
+    monkeypatch.setattr(sys, "argv", ["potstill", "cost", str(run)])
+    with pytest.raises(SystemExit) as e:
+        main()
+    out = capsys.readouterr().out
+    assert e.value.code == 0, out
+    return out
+
+
+def test_the_projection_after_a_batch_run_is_priced_at_what_the_rerun_pays(tmp_path, monkeypatch, capsys):
+    """A budget-stopped generate answered through a provider batch API (half the live price): a plain
+    rerun sends the rest live, at full price, so the projection must not be the batch run's mean
+    cost per call; under generate.engine batch the rerun pays generate.batch_price, and it says which."""
+    import yaml
+
+    with Ledger(tmp_path / "calls.sqlite") as led:
+        hashes = [f"g{i}" for i in range(10)]
+        run_id = led.start_run("generate", "gpt-4o-mini", 10, hashes, 0)
+        led.record_many([Call(h, "teacher", "generate", "gpt-4o-mini", {"g": h}, {"output": "a"}, 20, 1,
+                              cost_usd=0.00005, price_multiplier=0.5) for h in hashes[:4]])
+        led.finish_run(run_id, "budget", 0)
+    # no saved config: the live price, said so
+    out = _cost_out(monkeypatch, capsys, tmp_path)
+    assert "projected cost of the rest $0.0006 at the live price" in out, out
+    cfg = {"task": {"type": "classification", "labels": ["a", "b"]}, "teacher": {"type": "openai", "model": "gpt-4o-mini"}}
+    (tmp_path / "potstill.yaml").write_text(yaml.safe_dump(cfg))
+    out = _cost_out(monkeypatch, capsys, tmp_path)
+    assert "projected cost of the rest $0.0006 at the live price (generate.engine async)" in out, out
+    cfg["generate"] = {"engine": "batch", "batch_price": {"openai": 0.2}}
+    (tmp_path / "potstill.yaml").write_text(yaml.safe_dump(cfg))
+    out = _cost_out(monkeypatch, capsys, tmp_path)
+    assert ("projected cost of the rest $0.0001 at 0.2 of the live price (generate.engine batch, "
+            "generate.batch_price.openai)") in out, out

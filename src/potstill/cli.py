@@ -301,7 +301,10 @@ def quickstart(
 
 
 @app.command()
-def cost(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]) -> None:
+def cost(run_dir: Annotated[Path, typer.Argument(help="Run directory.")],
+         config: Annotated[Optional[Path], typer.Option(
+             "--config", "-c", help="potstill.yaml whose generate.engine prices the rest (default: RUN/potstill.yaml).")]
+         = None) -> None:
     """Print spend and tokens per model (teacher, judge, student), cache hits, and the projected cost of the inputs not yet answered."""
     from potstill.ledger import Ledger
     from potstill.report import spend_by_stage
@@ -309,8 +312,9 @@ def cost(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]) -> Non
     path = run_dir / "calls.sqlite"
     if not path.exists():
         raise PotstillError(f"{path} not found")
+    share, basis = _rerun_price(run_dir, config)
     with Ledger(path) as ledger:
-        rep = ledger.cost_report()
+        rep = ledger.cost_report(share=share)
         by_stage = spend_by_stage(ledger, "teacher")
         for m in rep["models"]:
             typer.echo(f"teacher {m['model']}: {m['calls']} calls ({m['calls'] - m['ok']} errors), "
@@ -335,6 +339,8 @@ def cost(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]) -> Non
             if r["earlier_remaining"]:
                 proj += (f" ({r['earlier_remaining']} of these requests left unanswered by earlier runs of this teacher, "
                          "outside the last run's inputs)")
+            if r["projected_remaining_usd"] is not None:
+                proj += f" {basis}"
             if r["status"] in ("error", "stale"):
                 # Not a run with work in flight: it stopped (an exception, or its process died).
                 why = "ended by an error" if r["status"] == "error" else "its process died without finishing"
@@ -343,6 +349,24 @@ def cost(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]) -> Non
             else:
                 typer.echo(head + f"{r['remaining']} of {r['unique_requests']} requests unanswered, "
                            f"projected cost of the rest {proj}")
+
+
+def _rerun_price(run_dir: Path, config: Path | None) -> tuple[float, str]:
+    """(share of the live price, how it was found) that a rerun of generate pays for the rest.
+
+    A run through a provider's batch API paid half; a plain rerun sends the rest live, at full price.
+    Only the config says which engine the rerun takes."""
+    path = config or run_dir / "potstill.yaml"
+    if config is None and not path.exists():
+        return 1.0, "at the live price (no RUN/potstill.yaml names generate.engine; pass -c for another)"
+    cfg = load_config(path)
+    engine = cfg.generate.engine
+    if engine != "batch":
+        return 1.0, f"at the live price (generate.engine {engine})"
+    share = cfg.generate.batch_price.get(cfg.teacher.type)
+    if share is None:
+        return 1.0, f"at the live price (generate.engine batch, no generate.batch_price.{cfg.teacher.type})"
+    return share, f"at {share:g} of the live price (generate.engine batch, generate.batch_price.{cfg.teacher.type})"
 
 
 def _batch_note(m: dict) -> str:

@@ -114,6 +114,9 @@ MIGRATIONS: list[str] = [
 
 #: Batch states after which nothing more comes from the provider.
 BATCH_CLOSED = ("collected", "refused")
+# Calls and their cost at the live price: a batch answer is billed at price_multiplier of it.
+LIVE_SUM = ("SELECT COUNT(*), COALESCE(SUM(CASE WHEN price_multiplier > 0 THEN cost_usd / price_multiplier"
+            " ELSE cost_usd END), 0)")
 
 
 def _statements(script: str) -> list[str]:
@@ -529,8 +532,13 @@ class Ledger:
             self._db.execute("UPDATE generate_runs SET status=?, retries=?, finished_at=? WHERE id=?",
                              (status, retries, time.time(), run_id))
 
-    def cost_report(self, stage: str = "generate") -> dict[str, Any]:
-        """Spend and tokens per teacher model, and the latest run's cache hits and projected remaining cost."""
+    def cost_report(self, stage: str = "generate", share: float = 1.0) -> dict[str, Any]:
+        """Spend and tokens per teacher model, and the latest run's cache hits and projected remaining cost.
+
+        The rest is priced at what a rerun pays: the live price of a call (a batch answer's recorded
+        cost over its ``price_multiplier``) times ``share``, the rerun's share of the live price (1 for
+        a live engine, ``generate.batch_price`` for engine batch). A batch run's own mean would price a
+        plain (live) rerun at half."""
         with self._lock, self._db:
             self._mark_stale()
             models = [
@@ -557,22 +565,21 @@ class Ledger:
                     " (SELECT id FROM generate_runs WHERE stage=?) AND NOT EXISTS (SELECT 1 FROM generate_plan q"
                     " WHERE q.run_id=? AND q.request_hash=p.request_hash)" + unanswered,
                     (run[0], stage, run[0])).fetchone()[0])
-                # Priced at this run's own answers: the model's other calls (synthesize's long inputs,
-                # served escalations) are other requests, often far dearer than a label. Before its
-                # first answer, the model's mean is the best guess there is.
+                # Priced at this run's own answers (at the live price): the model's other calls
+                # (synthesize's long inputs, served escalations) are other requests, often far dearer
+                # than a label. Before its first answer, the model's mean is the best guess there is.
                 n, spent = self._db.execute(
-                    "SELECT COUNT(*), COALESCE(SUM(cost_usd),0) FROM calls WHERE role='teacher' AND status='ok'"
+                    f"{LIVE_SUM} FROM calls WHERE role='teacher' AND status='ok'"
                     " AND request_hash IN (SELECT request_hash FROM generate_plan WHERE run_id=?)", (run[0],)).fetchone()
                 if not n:
                     n, spent = self._db.execute(
-                        "SELECT COUNT(*), COALESCE(SUM(cost_usd),0) FROM calls WHERE role='teacher' AND status='ok'"
-                        " AND model=?", (run[1],)).fetchone()
+                        f"{LIVE_SUM} FROM calls WHERE role='teacher' AND status='ok' AND model=?", (run[1],)).fetchone()
                 per_call = float(spent) / n if n else None
                 latest = {
                     "model": run[1], "inputs": run[2], "unique_requests": run[3] + earlier, "cache_hits": run[4],
                     "retries": run[5], "status": run[6], "remaining": remaining + earlier,
-                    "earlier_remaining": earlier, "cost_per_call_usd": per_call,
-                    "projected_remaining_usd": None if per_call is None else per_call * (remaining + earlier),
+                    "earlier_remaining": earlier, "cost_per_call_usd": per_call, "share": share,
+                    "projected_remaining_usd": None if per_call is None else per_call * share * (remaining + earlier),
                 }
         return {"models": models, "latest_run": latest}
 
