@@ -256,3 +256,25 @@ def test_report_compare_with_a_hand_broken_file_is_one_line(evaluated, tmp_path,
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and err.count("\n") == 0 and str(path) in err, err
     assert (tmp_path / "run" / "report.html").read_bytes() == page  # nothing rewritten
+
+
+def test_the_report_gives_the_break_even_on_both_cost_bases(evaluated):
+    """evaluate.cost_basis: batched makes the headline break-even the batched one; the page must then
+    also give the one-call-at-a-time figure (not the batched one twice), and the champion vs
+    challenger table must not show the one-at-a-time cost beside the batched break-even."""
+    from potstill.evaluate import break_even
+
+    ev = json.loads((evaluated / "run" / "eval.json").read_text())
+    s = {**ev["models"]["student"], "cost_per_1k_calls_usd": 2.0, "cost_per_1k_calls_batched_usd": 0.5}
+    one, batched = break_even(0.01, 0.002, 10.0, 1000), break_even(0.01, 0.0005, 10.0, 1000)
+    assert (round(one["calls"]), round(batched["calls"])) == (1250, 1053)
+    be = {**ev["break_even"], **batched, "cost_basis": "batched", "student_cost_per_call_usd": 0.0005,
+          "teacher_cost_per_call_usd": 0.01, "batch1": {"student_cost_per_call_usd": 0.002, **one},
+          "batched": {"batch_size": 4, "student_cost_per_call_usd": 0.0005, **batched}}
+    ev = {**ev, "models": {**ev["models"], "student": s}, "break_even": be}
+    section = render(ev).split("<section id='break-even'>", 1)[1].split("</section>", 1)[0]
+    text = section.split("<svg", 1)[0]
+    assert text.count("1,053 calls") == 1 and "1,250 calls" in text and "1.25 months" in text, text
+    assert "$0.00200 per call" in text and "$0.000500 per call" in text, text
+    table = render(ev, [("run2", ev)]).split("<section id='compare'>", 1)[1].split("</table>", 1)[0]
+    assert "$0.50" in table and "$2.00" in table and "1.05" in table and "1.25" in table, table

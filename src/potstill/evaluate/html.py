@@ -233,29 +233,56 @@ def _cost(ev: dict) -> str:
                    "model's dollars are its measured seconds per call times its configured hourly price.") + "</section>")
 
 
+def _basis_name(basis: str, batch_size: Any = None) -> str:
+    return "one call at a time (batch 1)" if basis == "batch1" else f"serving in batches of {batch_size or '-'}"
+
+
 def _break_even(ev: dict) -> str:
     be = ev["break_even"]
     c = be["curve"]
     plot = line_plot([("stay on the teacher", c["months"], c["teacher_usd"], RED),
                       ("distil + student", c["months"], c["student_usd"], BLUE)],
                      "months at the configured volume", "cumulative $", be.get("months"), "break-even")
+    # The headline is on evaluate.cost_basis; the other basis follows it, so that the page gives both
+    # (batched: the throughput pass, a busy endpoint; batch 1: interactive calls).
+    basis = be.get("cost_basis", "batch1")
+    other = "batched" if basis == "batch1" else "batch1"
+    b = be.get("batched") or {}
+    head = f"{_basis_name(basis, b.get('batch_size')).capitalize()} (evaluate.cost_basis {basis})"
+    if be.get("student_cost_per_call_usd") is not None:
+        head += f", the student costs {_usd(be['student_cost_per_call_usd'])} per call"
     if be.get("calls") is not None:
-        text = (f"The student saves {_usd(be['saving_per_call_usd'])} per call and repays the one-time "
+        text = (f"{head}: it saves {_usd(be['saving_per_call_usd'])} per call and repays the one-time "
                 f"{_usd(be['one_time_usd'])} after <b>{be['calls']:,.0f} calls</b>"
                 + (f", <b>{be['months']:.2f} months</b> at {be['monthly_calls']:,} calls a month." if be.get("months") is not None
                    else "."))
     else:
-        text = escape(be.get("note", "no break-even")) + "."
-    b = be.get("batched")
-    if b:
-        text += (f" Serving in batches of {b['batch_size']} (the throughput pass), the student costs "
-                 f"{_usd(b['student_cost_per_call_usd'])} per call: "
-                 + (f"break-even after {b['calls']:,.0f} calls" + (f", {b['months']:.2f} months." if b.get("months") is not None
-                                                                  else ".") if b.get("calls") is not None
+        text = f"{head}: " + escape(be.get("note", "no break-even")) + "."
+    o = be.get(other)
+    if o:
+        text += (f" {_basis_name(other, b.get('batch_size')).capitalize()}"
+                 + (" (the throughput pass)" if other == "batched" else "")
+                 + f", the student costs {_usd(o['student_cost_per_call_usd'])} per call: "
+                 + (f"break-even after {o['calls']:,.0f} calls" + (f", {o['months']:.2f} months." if o.get("months") is not None
+                                                                  else ".") if o.get("calls") is not None
                     else "it is still not cheaper than the teacher."))
     return (f"<section id='break-even'><h2>Break-even</h2><p>{text}</p>{plot}"
             + _src(f"per-call costs from the latency and cost table; one-time cost from the ledger and train.json; "
                    f"volume from {ev['sources']['monthly_calls']}.") + "</section>")
+
+
+def _on_both_bases(s: dict, be: dict) -> tuple[str, str]:
+    """The student's $ per 1k calls and the break-even months, one call at a time / batched."""
+    def months(b: dict | None) -> str:
+        if not b:
+            return "-"
+        return f"{b['months']:.2f}" if b.get("months") is not None else "never"
+
+    # An older eval.json has no batch1 entry: its headline then is the batch-1 one.
+    one = be.get("batch1") or (be if be.get("cost_basis", "batch1") == "batch1" else None)
+    batched = be.get("batched") or (be if be.get("cost_basis") == "batched" else None)
+    return (f"{_usd(s['cost_per_1k_calls_usd'])} / {_usd(s.get('cost_per_1k_calls_batched_usd'))}",
+            f"{months(one)} / {months(batched)}")
 
 
 def _worst(ev: dict) -> str:
@@ -285,8 +312,7 @@ def _compare(ev: dict, others: Sequence[tuple[str, dict]]) -> str:
         s = e["models"]["student"]
         be = e["break_even"]
         rows.append([escape(name), escape(str(s.get("model"))), _pct(s.get("gold_metric")), _ci(e["agreement_ci"].get("student")),
-                     f"{_num(s['latency_batch1'].get('p50_s'))} s", _usd(s["cost_per_1k_calls_usd"]),
-                     f"{be['months']:.2f}" if be.get("months") is not None else "never",
+                     f"{_num(s['latency_batch1'].get('p50_s'))} s", *_on_both_bases(s, be),
                      _decision(e["verdict"]), escape(e.get("created_at", "-"))])
     names = [r["slice"] for r in ev["slices"]]
     slice_rows = []
@@ -299,8 +325,9 @@ def _compare(ev: dict, others: Sequence[tuple[str, dict]]) -> str:
     warn = "".join(f"<p><b>Warning:</b> {escape(n)} was evaluated on a different test split; its numbers are not paired "
                    "with the champion's.</p>" for n, o in others if o.get("test_hash") != ev.get("test_hash"))
     return ("<section id='compare'><h2>Champion vs challenger</h2>" + warn
-            + _table(["run", "student", "gold metric", "agreement [95% CI]", "p50 latency", "$ per 1k calls",
-                      "break-even months", "verdict", "evaluated at"], rows, 2)
+            + _table(["run", "student", "gold metric", "agreement [95% CI]", "p50 latency",
+                      "$ per 1k calls (batch 1 / batched)", "break-even months (batch 1 / batched)", "verdict",
+                      "evaluated at"], rows, 2)
             + _table(["slice", *[n for n, _ in runs]], slice_rows)
             + _src("each run's own eval.json, as written by its `potstill evaluate` (see the evaluated-at column).")
             + "</section>")
