@@ -124,3 +124,31 @@ def test_a_lora_adapters_identity_follows_its_local_base_model(tmp_path):
     key = model_key(str(adapter), adapter, None, "int8", "v")
     make_model_dir(base, seed=2)  # the engine conversion merges the adapter into this base
     assert model_key(str(adapter), adapter, None, "int8", "v") != key
+
+
+def test_a_hub_students_identity_follows_its_revision(tmp_path, monkeypatch, tiny_model, tiny_model_b):
+    """A hub-id student's identity was the id alone, so evaluate's ledger cache (keyed by it) answered
+    a new upstream revision with the old one's outputs; it now names the commit, as a local hub
+    teacher's does (``hub_revision``). The hub is a snapshot cache faked on disk, offline."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    from potstill.models import loading
+
+    cache = tmp_path / "hf"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    repo = cache / "models--org--tiny"
+
+    def publish(commit: str, model: Path) -> None:
+        shutil.copytree(model, repo / "snapshots" / commit)
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / "main").write_text(commit)
+        loading._HUB_ASKED.clear()  # a new command
+
+    publish("a" * 40, tiny_model)
+    first = model_identity("org/tiny", loading.resolve("org/tiny")[1])
+    assert first == "org/tiny@" + "a" * 40
+    publish("b" * 40, tiny_model_b)
+    assert model_identity("org/tiny", "org/tiny") == "org/tiny@" + "b" * 40

@@ -326,9 +326,10 @@ def model_identity(spec: str, where: Path | str, _depth: int = 0) -> str:
     tokenizer, chat template: ``SHAPING_FILES``; a LoRA adapter's local base model). The first
     digest is the weights' digest of earlier versions, so int8 calibrations (``calibration.weights_of``)
     and served names (``watch``) recorded then still match. Large files are hashed once per
-    version, not at every load (``hash_file``)."""
+    version, not at every load (``hash_file``). A hub id is ``hub_revision``'s ``id@<commit>``: the id
+    alone kept a new upstream revision's answers under the old one's key."""
     if not isinstance(where, Path):
-        return spec
+        return hub_revision(where)
     weights = _weight_files(where)
     rest = sorted({p for pat in SHAPING_FILES for p in where.glob(pat) if p.is_file()} | set(weights[1:]))
     digest = hash_file(weights[0])[:12] if weights else "nofile"
