@@ -3,6 +3,7 @@ every file that changes what it answers must change it, and large files are not 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -99,8 +100,8 @@ def test_a_large_files_digest_is_kept_across_commands_until_it_changes(tmp_path,
     small.write_text("{}")
     monkeypatch.setattr(hashing, "DISK_MEMO_MIN_BYTES", 10**6)
     hashing.hash_file(small)
-    with sqlite3.connect(db) as c:  # small files are not worth a row
-        assert c.execute("SELECT count(*) FROM digests").fetchone()[0] == 2
+    with sqlite3.connect(db) as c:  # small files are not worth a row (nor is the rewritten file's old version)
+        assert c.execute("SELECT count(*) FROM digests").fetchone()[0] == 1
 
 
 def test_a_lora_adapters_identity_follows_its_local_base_model(tmp_path):
@@ -152,3 +153,41 @@ def test_a_hub_students_identity_follows_its_revision(tmp_path, monkeypatch, tin
     assert first == "org/tiny@" + "a" * 40
     publish("b" * 40, tiny_model_b)
     assert model_identity("org/tiny", "org/tiny") == "org/tiny@" + "b" * 40
+
+
+def test_the_digest_cache_keeps_one_row_per_file_not_one_per_version(tmp_path, monkeypatch):
+    """digests.sqlite gained a row for every version of every large file (each checkpoint saved over
+    the last, each retrained student) and nothing pruned them: a file's new version now replaces
+    its old row, whether it was rewritten in place (same inode) or replaced at the same path."""
+    monkeypatch.setenv("POTSTILL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(hashing, "DISK_MEMO_MIN_BYTES", 100)
+    db = tmp_path / "cache" / hashing.DIGESTS_DB
+
+    def rows() -> list[str]:
+        with contextlib.closing(sqlite3.connect(db)) as c:
+            return [r[0] for r in c.execute("SELECT sha256 FROM digests")]
+
+    db.parent.mkdir()
+    with contextlib.closing(sqlite3.connect(db)) as c, c:  # the first version's table, a row per file version
+        c.execute("CREATE TABLE digests (file TEXT PRIMARY KEY, sha256 TEXT NOT NULL)")
+        c.executemany("INSERT INTO digests VALUES (?, 'old')", [(f"[1, {i}, 2, 3, 4]",) for i in range(50)])
+    f, g = tmp_path / "w.safetensors", tmp_path / "other.safetensors"
+    for i in range(3):  # rewritten in place: one inode, three versions
+        f.write_bytes(bytes([i]) * 1000)
+        hashing._DIGESTS.clear()
+        hashing.hash_file(f)
+    assert rows() == [hashing.hash_file(f)]
+    for i in range(3):  # saved beside and renamed over it (save_pretrained, atomic writes): a new inode each time
+        tmp = tmp_path / "w.tmp"
+        tmp.write_bytes(bytes([10 + i]) * 1000)
+        os.replace(tmp, f)
+        hashing._DIGESTS.clear()
+        hashing.hash_file(f)
+    g.write_bytes(b"g" * 1000)
+    hashing.hash_file(g)
+    assert sorted(rows()) == sorted([hashing.hash_file(f), hashing.hash_file(g)])
+    # and each row still answers for its file, without reading it
+    with contextlib.closing(sqlite3.connect(db)) as c, c:
+        c.execute("UPDATE digests SET sha256 = 'remembered'")
+    hashing._DIGESTS.clear()
+    assert hashing.hash_file(f) == hashing.hash_file(g) == "remembered"

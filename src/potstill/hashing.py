@@ -35,25 +35,35 @@ _DIGESTS: dict[tuple, str] = {}
 # load fingerprints the model (``loading.model_identity``), and re-reading a 5 GB shard each time
 # costs seconds (sha256 runs at about 1 GB/s on one core). The row is keyed by device, inode, size,
 # mtime and ctime: any write changes the ctime, which no tool can set back, so a stale row is never
-# read for a changed file. Smaller files are quicker to hash than to look up.
+# read for a changed file. Smaller files are quicker to hash than to look up. One row per file: a
+# new version (the same inode rewritten, or another file renamed over the same path, as
+# save_pretrained and atomic writes do) replaces the old one's, which no lookup could match again.
 DISK_MEMO_MIN_BYTES = 64 << 20
 DIGESTS_DB = "digests.sqlite"
+_SCHEMA = ("CREATE TABLE digests (dev INTEGER NOT NULL, ino INTEGER NOT NULL, path TEXT NOT NULL, size INTEGER NOT NULL,"
+           " mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL, PRIMARY KEY (dev, ino))")
 
 
-def _disk_memo(key: tuple, digest: str | None = None) -> str | None:
-    """Look up (``digest`` None) or store a digest; a cache that cannot be read or written is skipped."""
+def _disk_memo(path: str, st: os.stat_result, digest: str | None = None) -> str | None:
+    """Look up (``digest`` None) or store a file's digest; a cache that cannot be read or written is skipped."""
     try:
-        path = cache_dir() / DIGESTS_DB
-        if digest is None and not path.exists():
+        db_path = cache_dir() / DIGESTS_DB
+        if digest is None and not db_path.exists():
             return None
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.closing(sqlite3.connect(path, timeout=5)) as db, db:
-            db.execute("CREATE TABLE IF NOT EXISTS digests (file TEXT PRIMARY KEY, sha256 TEXT NOT NULL)")
-            name = json.dumps(key)
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.closing(sqlite3.connect(db_path, timeout=5)) as db, db:
+            cols = {r[1] for r in db.execute("PRAGMA table_info(digests)")}
+            if "ino" not in cols:  # none yet, or the first version's (a row per file version, by a JSON key)
+                db.execute("DROP TABLE IF EXISTS digests")
+                db.execute(_SCHEMA)
             if digest is None:
-                row = db.execute("SELECT sha256 FROM digests WHERE file = ?", (name,)).fetchone()
+                row = db.execute("SELECT sha256 FROM digests WHERE dev=? AND ino=? AND size=? AND mtime_ns=?"
+                                 " AND ctime_ns=?", (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+                                                    st.st_ctime_ns)).fetchone()
                 return row[0] if row else None
-            db.execute("INSERT OR REPLACE INTO digests VALUES (?, ?)", (name, digest))
+            db.execute("DELETE FROM digests WHERE path=? AND NOT (dev=? AND ino=?)", (path, st.st_dev, st.st_ino))
+            db.execute("INSERT OR REPLACE INTO digests VALUES (?,?,?,?,?,?,?)",
+                       (st.st_dev, st.st_ino, path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, digest))
     except (OSError, sqlite3.Error) as e:  # a read-only or full cache: hash again next time
         log.debug("file digest cache skipped: %s", e)
     return None
@@ -64,9 +74,8 @@ def hash_file(path: str | Path, chunk: int = 1 << 20) -> str:
     key = (os.path.abspath(path), st.st_ino, st.st_size, st.st_mtime_ns)
     if key in _DIGESTS:
         return _DIGESTS[key]
-    disk = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     big = st.st_size >= DISK_MEMO_MIN_BYTES
-    if big and (known := _disk_memo(disk)):
+    if big and (known := _disk_memo(key[0], st)):
         _DIGESTS[key] = known
         return known
     h = hashlib.sha256()
@@ -75,7 +84,7 @@ def hash_file(path: str | Path, chunk: int = 1 << 20) -> str:
             h.update(block)
     _DIGESTS[key] = h.hexdigest()
     if big:
-        _disk_memo(disk, _DIGESTS[key])
+        _disk_memo(key[0], st, _DIGESTS[key])
     return _DIGESTS[key]
 
 
