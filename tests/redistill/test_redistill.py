@@ -9,6 +9,7 @@ sentences, the traffic is politics/tech."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import sys
@@ -325,6 +326,40 @@ def test_a_half_calibrated_challenger_left_by_an_older_version_is_trained_again(
     assert (run / "students" / work.name / "int8_calibration.safetensors").exists()
     again = redistill(run, _cfg(run, **{"train.epochs": 1, "redistill.promote": False}))
     assert again["train"]["reused"] is True  # once whole, it is reused
+
+
+def test_a_challenger_trained_whole_but_not_yet_moved_is_moved_not_trained_again(served_run, tmp_path, monkeypatch):
+    # Stopped after train.json was written (trained and calibrated, whole) but before the staged
+    # challenger was moved into RUN/students/<id>/: the rerun trained it all again.
+    import potstill.train.trainer
+    from potstill.redistill import redistill
+
+    run = tmp_path / "run"
+    _copy_original(served_run, run)
+    real_rename = os.rename
+
+    def stopped(src, dst, *a, **k):
+        if Path(src).name == "student.training":
+            raise KeyboardInterrupt
+        return real_rename(src, dst, *a, **k)
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "rename", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            redistill(run, _cfg(run, **{"train.epochs": 1, "redistill.promote": False}))
+    (work,) = [p for p in (run / "redistill").iterdir() if p.is_dir()]
+    trained = json.loads((work / "train.json").read_text())
+    assert (work / "student.training" / "config.json").exists() and not (run / "students" / work.name).exists()
+
+    def never(*a, **k):
+        raise AssertionError("trained again")
+
+    with monkeypatch.context() as m:
+        m.setattr(potstill.train.trainer, "train", never)
+        rec = redistill(run, _cfg(run, **{"train.epochs": 1, "redistill.promote": False}))
+    assert rec["challenger_id"] == work.name and rec["train"]["int8_calibration"] == trained["int8_calibration"]
+    assert (run / "students" / work.name / "int8_calibration.safetensors").exists()
+    assert not (work / "student.training").exists()
 
 
 def test_the_new_traffic_test_holds_no_input_an_earlier_round_trained_on(served_run, tmp_path):

@@ -277,17 +277,28 @@ def _challenger_step(run_dir: Path, cfg: Config, task: Task, nd: _NewData,
     # move into students/, by versions that trained in place after the calibration): a directory
     # without it was left half-calibrated by such a version and is trained again. The champion is
     # whole whatever is left beside it: it was promoted.
-    if _is_student(challenger) and ((nd.work / "train.json").exists() or challenger.resolve() == current(run_dir)):
+    # Trained and calibrated in RUN/redistill/<id>/, moved into students/ once whole: a challenger
+    # stopped half-way (in its calibration, say) is then neither reused by the rerun as "already
+    # trained" nor a student to roll back to. The path is fixed, so train.resume finds its checkpoints.
+    staging = nd.work / "student.training"
+    if ((nd.work / "train.json").exists() and _is_student(staging)
+            and not (challenger.exists() and challenger.resolve() == current(run_dir))):
+        # train.json beside the staging directory: whole (it is written last, and removed before a
+        # training starts), stopped before the move. Finish the move rather than train it again.
+        say(f"redistill: challenger {nd.cid} was trained whole by a run stopped before moving it into students/; "
+            "moved")
+        train_summary = read_json(nd.work / "train.json")
+        _install(staging, challenger)
+    elif _is_student(challenger) and ((nd.work / "train.json").exists() or challenger.resolve() == current(run_dir)):
         say(f"redistill: challenger {nd.cid} already trained on this data, reused ({challenger})")
         train_summary = read_json(nd.work / "train.json") if (nd.work / "train.json").exists() else {}
         train_summary["reused"] = True
     else:
         from potstill.train.trainer import train
 
-        # Trained and calibrated in RUN/redistill/<id>/, moved into students/ once whole: a challenger
-        # stopped half-way (in its calibration, say) is then neither reused by the rerun as "already
-        # trained" nor a student to roll back to. The path is fixed, so train.resume finds its checkpoints.
-        staging = nd.work / "student.training"
+        # A train.json of an earlier training of this id (its challenger since deleted from students/)
+        # would mark the staging directory whole while this training is under way in it.
+        (nd.work / "train.json").unlink(missing_ok=True)
         lm = load_lm(cfg.student.model, device=cfg.train.device, num_layers=cfg.student.num_layers)
         train_summary = train(lm, student_format(lm, task), task, nd.data, nd.old_val, cfg.train,
                               cfg.student.max_length, staging, nd.work / "metrics.jsonl")
@@ -299,12 +310,18 @@ def _challenger_step(run_dir: Path, cfg: Config, task: Task, nd: _NewData,
         write_json(nd.work / "train.json", train_summary)
         del lm
         gc.collect()
-        if challenger.exists():  # an empty or half-calibrated leftover (checked above)
-            shutil.rmtree(challenger)
-        challenger.parent.mkdir(exist_ok=True)
-        os.rename(staging, challenger)
+        _install(staging, challenger)
     timings["train_s"] = time.perf_counter() - t0
     return challenger, train_summary
+
+
+def _install(staging: Path, challenger: Path) -> None:
+    """Move a whole staged challenger to RUN/students/<id>/, over any leftover there (an empty or
+    half-calibrated one, or one half-deleted by a run stopped here)."""
+    if challenger.exists():
+        shutil.rmtree(challenger)
+    challenger.parent.mkdir(exist_ok=True)
+    os.rename(staging, challenger)
 
 
 def _record_id(run_dir: Path, cid: str, now: time.struct_time) -> str:
