@@ -79,7 +79,7 @@ class CurateConfig(Section):
     min_output_chars: int = Field(1, ge=0, description="Reject teacher outputs shorter than this (characters).")
     max_output_chars: int | None = Field(None, ge=1, description="Reject teacher outputs longer than this (characters).")
     output_regex: str | None = Field(None, description="Reject teacher outputs that do not fully match this regex.")
-    real_data: Annotated[str | None, INPUT_FILE] = Field(None, description="JSONL of real labelled examples (input + label/output) to mix into train.")
+    real_data: Annotated[str | None, INPUT_FILE] = Field(None, description="JSONL of real labelled examples (input + label, output or reference) to mix into train.")
     real_ratio: float = Field(0.0, ge=0, description="Real examples added per teacher example in train (0.25: one in five).")
     real_source: str = Field("user-provided", description="Where the real examples come from (dataset card).")
     real_license: str = Field("unspecified", description="Licence of the real examples (dataset card).")

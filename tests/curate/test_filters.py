@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from potstill.config import Config
 from potstill.curate import curate
 from potstill.curate.dedup import jaccard, shingles
@@ -344,3 +346,36 @@ def test_a_vote_that_changes_the_output_drops_the_log_probs_of_the_text_it_repla
     by_text = {r.text: r for r in kept(curate(cfg(), records))}
     assert by_text["a new phone"].output == "sports" and by_text["a new phone"].logprobs is None
     assert by_text["a new laptop"].output == "tech" and by_text["a new laptop"].logprobs == tech
+
+
+def test_a_real_example_with_only_a_reference_trains_on_it(tmp_path):
+    """``reference`` is a record's gold answer (``Task.gold`` reads it where there is no ``label``): an
+    extraction object or a free-text answer. A real example that gave only that was rejected as having
+    "no label or output"; it now trains on its reference, validated like any answer, and lends it as
+    gold to the teacher record of the same input."""
+    from potstill.records import read_records
+
+    schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+    ext = Config(task={"type": "extraction", "json_schema": schema}, curate={"val": 0, "test": 0, "real_ratio": 1})
+    teacher = [rec(_words(i), '{"name": "T"}') for i in range(10)]
+    path = tmp_path / "real.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [
+        {"id": "r1", "input": "Ada Lovelace wrote the notes", "reference": {"name": "Ada"}},
+        {"id": "r2", "input": "nobody is named here at all", "reference": {"age": 3}},
+        {"id": "r3", "input": "no answer given for this one"},
+        {"id": "r4", "input": teacher[0].text, "reference": {"name": "Real"}}]) + "\n")
+    c = curate(ext, teacher, real=read_records(path))
+    real_in_train = {r.id: r for r in c.train if r.meta.get("source") == "real"}
+    assert list(real_in_train) == ["r1"] and json.loads(real_in_train["r1"].output) == {"name": "Ada"}
+    why = {r.id: r.invalid_reason for r in c.rejected}
+    assert why["r2"].startswith("real example: schema violation") and why["r3"] == "real example: no label, output or reference"
+    twin = next(r for r in c.train if r.text == teacher[0].text)
+    assert json.loads(twin.output) == {"name": "Real"} and twin.meta["teacher_output"] == '{"name": "T"}'
+    from potstill.tasks import get_task
+
+    assert get_task(ext.task).gold(twin) == {"name": "Real"}
+
+    free = Config(task={"type": "freetext"}, curate={"val": 0, "test": 0, "real_ratio": 1})
+    c = curate(free, [rec(_words(i), "a teacher summary") for i in range(4)],
+               real=[rec("summarise the match report", None, reference="The home team won.")])
+    assert [r.output for r in c.train if r.meta.get("source") == "real"] == ["The home team won."]

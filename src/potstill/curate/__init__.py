@@ -22,6 +22,7 @@ In order, each step counted in the dataset card:
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -236,7 +237,10 @@ def _dedup_step(consistent: list[Record], real_ok: list[Record], c, counts: dict
                     and "real_output" not in twin.meta:
                 twin.meta.update(real_label=r.id, real_output=r.output)
                 if twin.label is None and twin.reference is None:
-                    twin.label = r.label if r.label is not None else r.output
+                    if r.label is None and r.reference is not None:
+                        twin.reference = r.reference
+                    else:
+                        twin.label = r.label if r.label is not None else r.output
                 applied += 1
                 continue
             rejected.append(_reject(r, f"{dups.kind[i]} duplicate input: of {twin.id} (similarity "
@@ -277,8 +281,12 @@ def _prepare_real(real: list[Record], task, c) -> tuple[list[Record], list[Recor
         r = r.model_copy(deep=True)
         if r.output is None and r.label is not None:
             r.output = r.label
+        elif r.output is None and r.reference is not None:
+            # The gold answer (Task.gold reads it where there is no label): an extraction's object,
+            # a free-text answer. Trained on as its text, validated as any answer is.
+            r.output = r.reference if isinstance(r.reference, str) else json.dumps(r.reference, ensure_ascii=False)
         r.meta.update(source="real", dataset=c.real_source)
-        reason = invalid_reason(r, task, c) if r.output is not None else "no label or output"
+        reason = invalid_reason(r, task, c) if r.output is not None else "no label, output or reference"
         if reason is None:
             r.valid = True
             ok.append(r)
