@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from potstill.config import TaskConfig
@@ -103,3 +105,28 @@ def test_a_star_rating_gold_label_written_as_a_number_is_that_label(tmp_path):
     numbered = read_numbered(path)
     task.check_gold(numbered, path, 0.05)
     assert [task.gold(r) for _, r in numbered] == ["5", "3"]
+
+
+def test_a_whole_number_gold_written_as_a_float_is_that_label_and_the_callers_dict_is_left_alone(tmp_path):
+    """A JSON writer that types a column as float (pandas, with a missing value in it) writes the star
+    rating 5 as 5.0: it was refused while 5 was the label '5'. A fraction is still no label. And the
+    coercion changed the caller's own dict when ``slice`` was one string."""
+    from potstill.config import load_config
+    from potstill.errors import PotstillError
+    from potstill.records import _coerce, read_numbered
+
+    cfg_path = tmp_path / "potstill.yaml"
+    cfg_path.write_text("task:\n  labels: [1, 2, 3, 4, 5]\n")
+    task = get_task(load_config(cfg_path).task)
+    path = tmp_path / "reviews.jsonl"
+    path.write_text('{"input": "Loved it.", "label": 5.0}\n{"input": "Meh.", "label": 3}\n')
+    numbered = read_numbered(path)
+    task.check_gold(numbered, path, 0.05)
+    assert [task.gold(r) for _, r in numbered] == ["5", "3"]
+    path.write_text('{"input": "Loved it.", "label": 4.5}\n')
+    with pytest.raises(PotstillError, match=r"reviews.jsonl:1: label: "):
+        read_numbered(path)
+
+    given = {"messages": [{"role": "user", "content": "x"}], "slice": "night", "label": 2.0}
+    kept = json.loads(json.dumps(given))
+    assert _coerce(given)["slice"] == ["night"] and given == kept

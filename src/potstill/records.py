@@ -62,18 +62,23 @@ def content_text(content: Any) -> str:
 def _coerce(obj: dict[str, Any]) -> dict[str, Any]:
     """Accept the shorthand ``{"input": "..."}`` for a single user message, an extraction's gold
     ``label`` (or a real example's ``output``) given as the JSON object itself rather than as its text,
-    and a whole-number gold ``label``."""
+    a whole-number gold ``label`` (also written as a float, ``5.0``) and one ``slice`` tag as text.
+    The caller's dict is left as it was."""
+    obj = dict(obj)
     if "messages" not in obj and "input" in obj:
-        obj = dict(obj)
         obj["messages"] = [{"role": "user", "content": obj.pop("input")}]
     for key in ("label", "output"):
         # A record holds answers as text (what a teacher wrote, what the student learns), so an object
         # or array becomes its JSON; the extraction task parses it back to the same value.
         if isinstance(obj.get(key), (dict, list)):
-            obj = {**obj, key: json.dumps(obj[key], ensure_ascii=False)}
-    # A whole-number gold (a star rating, 5) is the label the config's YAML number 5 became: '5'.
-    if isinstance(obj.get("label"), int) and not isinstance(obj["label"], bool):
-        obj = {**obj, "label": str(obj["label"])}
+            obj[key] = json.dumps(obj[key], ensure_ascii=False)
+    # A whole-number gold (a star rating, 5) is the label the config's YAML number 5 became: '5'. A
+    # writer that types the column as float (pandas, with a gap in it) writes it 5.0; a fraction is no label.
+    label = obj.get("label")
+    if isinstance(label, float) and label.is_integer():
+        label = int(label)
+    if isinstance(label, int) and not isinstance(label, bool):
+        obj["label"] = str(label)
     if isinstance(obj.get("slice"), str):
         obj["slice"] = [obj["slice"]]
     return obj
