@@ -130,3 +130,15 @@ def test_a_whole_number_gold_written_as_a_float_is_that_label_and_the_callers_di
     given = {"messages": [{"role": "user", "content": "x"}], "slice": "night", "label": 2.0}
     kept = json.loads(json.dumps(given))
     assert _coerce(given)["slice"] == ["night"] and given == kept
+
+
+def test_an_extraction_reference_written_as_a_json_string_is_the_same_gold_as_the_object():
+    """`Task.gold` returned a `reference` as written, while a `label` is parsed: an extraction reference
+    given as JSON text never equalled the student's parsed object, so that gold always scored wrong."""
+    from potstill.records import Record
+
+    schema = {"type": "object", "properties": {"name": {"type": "string"}}}
+    task = get_task(TaskConfig(type="extraction", json_schema=schema))
+    rec = lambda ref: Record(messages=[{"role": "user", "content": "Ada."}], reference=ref)  # noqa: E731
+    assert task.gold(rec('{"name": "Ada"}')) == task.gold(rec({"name": "Ada"})) == {"name": "Ada"}
+    assert task.agree(task.parse('{"name": "Ada"}'), task.gold(rec('{"name": "Ada"}'))) == 1.0

@@ -46,6 +46,7 @@ class Task:
         """The gold answer, parsed, when the record has one."""
         if record.label is not None:
             return self.parse(record.label)
-        if record.reference is not None:
-            return record.reference
-        return None
+        if isinstance(record.reference, str):
+            # Read as a label is: an extraction reference written as JSON text is the object it names.
+            return self.parse(record.reference)
+        return record.reference
