@@ -236,6 +236,10 @@ class ServedCall:
     id: int | None = None
     created_at: float = field(default_factory=time.time)
     finish_reason: str = "stop"  # "length": the answer ran to its token budget (what the client is told)
+    # Asked with logprobs: OpenAI's logprobs.content the client gets, or why there are none. Not kept
+    # in the row (a teacher's, which an escalation may be answered from again, are: extra).
+    logprobs: list[dict[str, Any]] | None = None
+    logprobs_unavailable: str | None = None
 
     @property
     def messages(self) -> list[dict[str, str]]:

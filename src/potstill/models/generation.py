@@ -354,3 +354,25 @@ def _plain_body(model: Any, swap: bool) -> Iterator[None]:
         yield
     finally:
         setattr(model, model.base_model_prefix, body)
+
+
+@torch.inference_mode()
+def token_logprobs(lm: LM, prompt: list[int], answer: list[int], top: int = 0) -> list[tuple[float, list[tuple[int, float]]]]:
+    """Each ``answer`` token's log-probability after ``prompt`` and the ones before it, and the ``top``
+    most likely tokens at its position with theirs: one forward over prompt + answer (teacher forcing),
+    log-softmax over the whole vocabulary in float32. Run on the model's eager body (a compiled one
+    would compile a new graph while a client waits), so the numbers match generation's up to the
+    float rounding of another batch shape."""
+    if not answer:
+        return []
+    ids = torch.tensor([prompt + answer], device=lm.device)
+    with _plain_body(lm.model, True):
+        logits = lm.model(input_ids=ids, use_cache=False, logits_to_keep=len(answer) + 1).logits[0]
+    # Position j of the kept logits predicts the token after it: the last len(answer) + 1 positions
+    # are the prompt's last token (predicting answer[0]) to the answer's last (predicting nothing).
+    lp = torch.log_softmax(logits[:-1].float(), -1)
+    chosen = lp.gather(-1, torch.tensor(answer, device=lp.device)[:, None])[:, 0].tolist()
+    if top <= 0:
+        return [(c, []) for c in chosen]
+    best = lp.topk(min(top, lp.shape[-1]), -1)
+    return [(c, list(zip(i, v))) for c, i, v in zip(chosen, best.indices.tolist(), best.values.tolist())]

@@ -366,6 +366,12 @@ def _add_chat_route(app: FastAPI, service: Service, requests: Counter, latency: 
         problem = body.tool_problem()
         if problem:
             raise APIError(400, problem, "tool_choice")
+        if body.top_logprobs is not None and not body.logprobs:  # as OpenAI's API refuses it
+            raise APIError(400, "top_logprobs: only allowed when logprobs is true", "top_logprobs")
+        logprobs = body.logprob_request()
+        cannot = service.engine.logprobs_unavailable if logprobs is not None else None
+        if cannot:
+            raise APIError(400, f"logprobs: {cannot}; serve the student with serve.engine transformers", "logprobs")
         tools = body.tool_request()
         if tools is not None and not service.teacher.supports_tools:
             if body.forces_tool_call():
@@ -381,10 +387,13 @@ def _add_chat_route(app: FastAPI, service: Service, requests: Counter, latency: 
         teacher_messages = [_teacher_message(m) for m in body.messages if m.role not in ("system", "developer")]
         served = await service.answer(messages, body.max_completion_tokens or body.max_tokens, body.stops(),
                                       teacher_messages=teacher_messages if teacher_messages != messages else None,
-                                      tools=tools)
+                                      tools=tools, logprobs=logprobs)
         elapsed = time.perf_counter() - state.get("t0", time.perf_counter())
         route = {"answered_by": served.answered_by, "reason": served.reason, "confidence": served.confidence,
-                 "ood_distance": served.ood_distance, "student_output": served.student_output}
+                 "ood_distance": served.ood_distance, "student_output": served.student_output,
+                 **({"logprobs_unavailable": served.logprobs_unavailable} if served.logprobs_unavailable else {})}
+        # OpenAI's choices[0].logprobs: null unless asked; asked and not given, null and the route says why.
+        lps = {"content": served.logprobs, "refusal": None} if served.logprobs is not None else None
         usage = {"prompt_tokens": served.input_tokens, "completion_tokens": served.output_tokens,
                  "total_tokens": served.input_tokens + served.output_tokens}
         state["logged"] = True
@@ -398,13 +407,14 @@ def _add_chat_route(app: FastAPI, service: Service, requests: Counter, latency: 
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(_sse(cid, created, served.model, served.content, usage, route, include_usage,
-                                          served.finish_reason, calls),
+                                          served.finish_reason, calls, lps),
                                      media_type="text/event-stream", headers=headers)
         # As OpenAI answers: content null where the answer is tool calls alone.
         message = {"role": "assistant", "content": served.content if served.content or not calls else None,
                    **({"tool_calls": calls} if calls else {})}
         completion = {"id": cid, "object": "chat.completion", "created": created, "model": served.model,
-                      "choices": [{"index": 0, "message": message, "finish_reason": served.finish_reason}],
+                      "choices": [{"index": 0, "message": message, "logprobs": lps,
+                                   "finish_reason": served.finish_reason}],
                       "usage": usage, "potstill": route}
         return JSONResponse(completion, headers=headers)
 
@@ -438,18 +448,19 @@ async def _drain_receive() -> dict:
 
 
 def _sse(cid: str, created: int, model: str, content: str, usage: dict, route: dict, include_usage: bool,
-         finish_reason: str = "stop", tool_calls: list[dict] | None = None):
+         finish_reason: str = "stop", tool_calls: list[dict] | None = None, logprobs: dict | None = None):
     """Server-sent events in OpenAI's chunk format. The route is decided on the whole answer (it
-    must be validated before anyone sees it), so the content arrives as one delta, and each tool
-    call as one delta holding its id, name and whole arguments."""
-    def chunk(delta: dict, finish: str | None, **extra: Any) -> str:
+    must be validated before anyone sees it), so the content arrives as one delta (with its tokens'
+    ``logprobs`` where asked), and each tool call as one delta holding its id, name and whole arguments."""
+    def chunk(delta: dict, finish: str | None, lps: dict | None = None, **extra: Any) -> str:
+        choice = {"index": 0, "delta": delta, **({"logprobs": lps} if lps is not None else {}), "finish_reason": finish}
         obj = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+               "choices": [choice], **extra}
         return f"data: {json.dumps(obj)}\n\n"
 
     yield chunk({"role": "assistant", "content": ""}, None)
     if content or not tool_calls:
-        yield chunk({"content": content}, None)
+        yield chunk({"content": content}, None, logprobs)
     for i, call in enumerate(tool_calls or []):
         yield chunk({"tool_calls": [{"index": i, **call}]}, None)
     yield chunk({}, finish_reason, potstill=route)

@@ -27,6 +27,7 @@ from jinja2 import TemplateError
 from potstill.engines import Engine
 from potstill.engines.base import warm_batches
 from potstill.engines.transformers import TransformersEngine as _Transformers
+from potstill.models.generation import token_logprobs
 from potstill.models.loading import LM
 from potstill.models.prompting import encode_prompt, hand_over, label_token_ids
 from potstill.models.scoring import label_margin
@@ -92,6 +93,8 @@ class ServedStudent:
         self.context = context_length(engine)
         prefix = self.fmt.prefix()  # a completion format's instruction and shots (a chat format has none)
         self._prefix_tokens = len(encode_prompt(engine.tokenizer, self.fmt, prefix, first=True)) if prefix else 0
+        # One model call at a time: the batcher's thread answers, a request's log-probs run beside it.
+        self._lock = threading.RLock()
 
     @property
     def identity(self) -> str:
@@ -153,9 +156,58 @@ class ServedStudent:
         """(N, H) unit embeddings of the prompts, in input order."""
         return self.engine.embed(self.fmt, messages)
 
-    @torch.inference_mode()
     def answer(self, messages: list[list[dict]]) -> list[StudentAnswer]:
         """The student's answers to a batch of chats (no task instruction: the engine adds it)."""
+        with self._lock:
+            return self._answer(messages)
+
+    @property
+    def logprobs_unavailable(self) -> str | None:
+        """Why this student cannot give its tokens' log-probabilities, None where it can: they take
+        a forward over the prompt and the answer, which the transformers engine runs (any dtype,
+        int8 too); ctranslate2 scores only the tokens it chose, with no alternatives."""
+        return None if self._scorer() is not None else \
+            f"the student's engine ({self.engine.name}) gives no token log-probabilities"
+
+    def _scorer(self) -> LM | None:
+        # A near-tie re-check wraps the fast engine (transformers int8): its model answered.
+        return getattr(self.engine, "lm", None) or getattr(getattr(self.engine, "fast", None), "lm", None)
+
+    def logprobs(self, messages: list[dict], a: StudentAnswer, content: str, n_tokens: int,
+                 top: int) -> list[dict[str, Any]]:
+        """OpenAI's ``logprobs.content`` for ``content``, the answer ``a`` as sent (``shorten``'s
+        text and token count): each token's log-probability under the student after the prompt it
+        answered and the tokens before it, and the ``top`` likeliest tokens there (full vocabulary,
+        one teacher-forced forward). A label is its tokens as the student writes it (the label
+        chosen among the labels' first tokens: its log-prob here is over every token, not the
+        label probability routing reads). A text cut by a stop string keeps the tokens wholly in it."""
+        tok = self.engine.tokenizer
+        prompt = encode_prompt(tok, self.fmt, self.fmt.prefix() + self.fmt.query(tok, messages), first=True)
+        if self.label_ids is not None:
+            ids = tok(self.fmt.label_text(content), add_special_tokens=False)["input_ids"]
+        else:
+            ids = list(a.tokens if a.tokens is not None else tok.encode(a.output, add_special_tokens=False))[:n_tokens]
+            while ids and not content.startswith(tok.decode(ids, skip_special_tokens=True)):
+                ids.pop()
+        with self._lock:
+            scored = token_logprobs(self._scorer(), prompt, ids, top)
+
+        def piece(before: list[int], t: int) -> str:
+            # A token's text as it reads after the one before it (a leading space a lone decode drops);
+            # an end token among the alternatives shows as itself ("<|im_end|>"), as OpenAI's do.
+            return tok.decode(before + [t])[len(tok.decode(before)):]
+
+        def entry(text: str, lp: float) -> dict[str, Any]:
+            return {"token": text, "logprob": lp, "bytes": list(text.encode("utf-8"))}
+
+        out = []
+        for j, (t, (lp, best)) in enumerate(zip(ids, scored)):
+            before = ids[j - 1 : j]
+            out.append({**entry(piece(before, t), lp), "top_logprobs": [entry(piece(before, b), v) for b, v in best]})
+        return out
+
+    @torch.inference_mode()
+    def _answer(self, messages: list[list[dict]]) -> list[StudentAnswer]:
         t0 = time.perf_counter()
         n = len(messages)
         if self.label_ids is not None:

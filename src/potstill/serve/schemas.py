@@ -114,6 +114,10 @@ class ChatRequest(BaseModel):
                                      "model call one (tool_choice not 'none') is answered by the teacher.")
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = Field(None, strict=True)
+    logprobs: bool | None = Field(None, strict=True, description="Each returned token's log-probability "
+                                  "(choices[0].logprobs.content), from whichever model answered.")
+    top_logprobs: int | None = Field(None, ge=0, le=20, strict=True, description="With logprobs: also the most "
+                                     "likely tokens at each position, up to 20 as on OpenAI's API.")
 
     @field_validator("stop")
     @classmethod
@@ -147,6 +151,11 @@ class ChatRequest(BaseModel):
         return {"tools": [t.model_dump(exclude_none=True) for t in self.tools], "tool_choice": choice,
                 "parallel_tool_calls": self.parallel_tool_calls}
 
+    def logprob_request(self) -> int | None:
+        """How many alternatives per token the client asked for (0: the chosen tokens' log-probs
+        only), None where it asked for no log-probs."""
+        return (self.top_logprobs or 0) if self.logprobs else None
+
     def forces_tool_call(self) -> bool:
         return self.tool_choice == "required" or isinstance(self.tool_choice, NamedToolChoice)
 
@@ -157,6 +166,7 @@ class Route(BaseModel):
     confidence: float | None = Field(None, description="None where the student never ran (too_long, tools).")
     ood_distance: float | None = None
     student_output: str
+    logprobs_unavailable: str | None = Field(None, description="Why choices[0].logprobs is null although asked.")
 
 
 class ToolCallFunction(BaseModel):
@@ -176,9 +186,25 @@ class ResponseMessage(BaseModel):
     tool_calls: list[ToolCall] | None = None
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = Field(None, description="The token's text as UTF-8 bytes.")
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob] | None
+
+
 class Choice(BaseModel):
     index: int = 0
     message: ResponseMessage
+    logprobs: ChoiceLogprobs | None = Field(None, description="Asked with logprobs: true; null where the answering "
+                                            "model gave none (potstill.logprobs_unavailable says why).")
     finish_reason: Literal["stop", "length", "tool_calls"] = "stop"
 
 

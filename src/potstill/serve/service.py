@@ -375,12 +375,23 @@ class Service:
         self._watcher.start()
 
     # ------------------------------------------------------------------ answering
+    def teacher_logprobs_unavailable(self) -> str | None:
+        """Why the teacher cannot give token log-probabilities, None where it can (OpenAI-compatible
+        ones other than OpenAI's reasoning models)."""
+        t = self.teacher
+        if not t.supports_logprobs:
+            return f"the {t.type} teacher gives no token log-probabilities"
+        if getattr(t, "reasoning", False):
+            return f"the teacher {t.model_name} is an OpenAI reasoning model, which returns no log-probabilities"
+        return None
+
     def teacher_request(self, messages: list[dict], max_tokens: int | None = None,
-                        tools: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+                        tools: dict[str, Any] | None = None, logprobs: int | None = None) -> tuple[str, dict[str, Any]]:
         """The teacher's request for a routed chat and its ledger hash: the one generate computes,
         unless a client's ``max_tokens`` is below the teacher's own (then it is the request's
-        ``max_tokens``, and the request another one; ``answer`` passes none for labels) or the
-        client offers ``tools`` (``Teacher.with_tools``' arguments)."""
+        ``max_tokens``, and the request another one; ``answer`` passes none for labels), the
+        client offers ``tools`` (``Teacher.with_tools``' arguments) or asks for ``logprobs`` (top
+        alternatives per token) beyond what the teacher's request already asks (``teacher.logprobs``)."""
         teacher = self.teacher
         if self._identity is None or self._identity[0] is not teacher:
             self._identity = (teacher, teacher.identity())
@@ -390,6 +401,9 @@ class Service:
             req = {**req, "max_completion_tokens" if "max_completion_tokens" in req else "max_tokens": max_tokens}
         if tools is not None:
             req = teacher.with_tools(req, **tools)
+        if logprobs is not None and self.teacher_logprobs_unavailable() is None \
+                and not (req.get("logprobs") and (req.get("top_logprobs") or 0) >= logprobs):
+            req = {**req, "logprobs": True, "top_logprobs": logprobs}
         return request_hash(self._identity[1], req), req
 
     async def _ask_teacher(self, h: str, req: dict[str, Any]) -> tuple[Response, bool, str]:
@@ -419,7 +433,8 @@ class Service:
         return r, False, h
 
     async def answer(self, messages: list[dict], max_tokens: int | None = None, stop: Sequence[str] = (),
-                     teacher_messages: list[dict] | None = None, tools: dict[str, Any] | None = None) -> ServedCall:
+                     teacher_messages: list[dict] | None = None, tools: dict[str, Any] | None = None,
+                     logprobs: int | None = None) -> ServedCall:
         """Route one chat (user-side messages only) and return the answer, ready for the ledger.
 
         ``max_tokens`` (the client's ``max_completion_tokens`` or ``max_tokens``): generated answers
@@ -434,7 +449,10 @@ class Service:
         student's text (tool turns' ``tool_calls`` and ``tool_call_id``). ``tools``: a client's
         function tools the model may call (``ChatRequest.tool_request``; the teacher must
         ``supports_tools``): the student cannot call one, so the teacher answers unasked of the
-        student (reason ``tools``), and its tool calls go in ``extra["tool_calls"]``."""
+        student (reason ``tools``), and its tool calls go in ``extra["tool_calls"]``. ``logprobs``
+        (the client's ``top_logprobs``, 0 without; None: not asked): the answer's tokens' log-probs
+        in ``ServedCall.logprobs``, the student's from its own forward (``ServedStudent.logprobs``),
+        the teacher's as it returned them; else ``logprobs_unavailable`` says why."""
         live = self.acquire()
         try:
             # Tokenising 1 MB of text takes ~0.5 s: off the event loop; a usual chat (~70 us) on it.
@@ -455,13 +473,19 @@ class Service:
         student_cost = a.seconds * self.cfg.student.usd_per_hour / 3600 if a is not None else 0.0
         if self.task.labels:
             max_tokens, stop = None, ()
-        h, req = self.teacher_request(teacher_messages or messages, max_tokens, tools)
+        h, req = self.teacher_request(teacher_messages or messages, max_tokens, tools, logprobs)
         common = dict(request={"messages": messages}, answered_by=who, confidence=a.confidence if a else None,
                       ood_distance=dist, student_output=a.output if a else "", student=live.name, request_hash=h)
         if who == "student":
             content, n_out, finish = live.engine.shorten(a, max_tokens, stop)
+            lps, why = None, None
+            if logprobs is not None:
+                why = live.engine.logprobs_unavailable
+                if why is None:
+                    lps = await asyncio.to_thread(live.engine.logprobs, messages, a, content, n_out, logprobs)
             return ServedCall(content=content, model=live.name, reason=reason, input_tokens=a.prompt_tokens,
-                              output_tokens=n_out, cost_usd=student_cost, finish_reason=finish, **common)
+                              output_tokens=n_out, cost_usd=student_cost, finish_reason=finish, logprobs=lps,
+                              logprobs_unavailable=why, **common)
         r, cached, common["request_hash"] = await self._ask_teacher(h, req)
         extra: dict[str, Any] = {"teacher_latency_s": 0.0 if cached else r.latency_s}
         if cached:
@@ -476,10 +500,17 @@ class Service:
         if r.tool_calls:  # whatever cut the text before them; a call cut at the teacher's budget stays length
             extra["tool_calls"] = r.tool_calls
             finish = "length" if finish == "length" else "tool_calls"
+        lps, why = None, None
+        if logprobs is not None:
+            why = self.teacher_logprobs_unavailable()
+            if why is None and r.logprobs is None:
+                why = "the teacher returned no log-probabilities"
+            elif why is None:
+                lps = openai_logprobs(r.logprobs, content, r.output, logprobs)
         return ServedCall(content=content, model=self.teacher_name, reason=reason + ("+cached" if cached else ""),
                           input_tokens=r.input_tokens, output_tokens=r.output_tokens,
                           cost_usd=student_cost + (0.0 if cached else r.cost_usd), extra=extra,
-                          finish_reason=finish, **common)
+                          finish_reason=finish, logprobs=lps, logprobs_unavailable=why, **common)
 
     def log_failure(self, request: dict[str, Any], answered_by: str, model: str, latency_s: float,
                     body: dict[str, Any], error: str, teacher_hash: str | None = None) -> None:
@@ -496,6 +527,22 @@ class Service:
             h = self.teacher_request(msgs)[0] if msgs else request_hash({"stage": "serve"}, request)
         self.ledger.record_served(ServedCall(request=request, answered_by=answered_by, model=model, latency_s=latency_s,
                                              status="error", error=error, error_body=body, request_hash=h))
+
+
+def openai_logprobs(compact: list[dict[str, Any]], content: str, output: str, top: int) -> list[dict[str, Any]]:
+    """A teacher's log-probs as its adapter keeps them ({token, logprob, top}, rounded to 1e-4 nats)
+    in OpenAI's ``logprobs.content`` form, ``top`` alternatives each, for the ``content`` sent: every
+    token of the teacher's ``output``, or where a client's stop string cut it, the tokens wholly
+    inside what is left (as far as the token strings spell the text)."""
+    out, text = [], ""
+    for t in compact:
+        text += t["token"]
+        if content != output and not content.startswith(text):
+            break
+        out.append({"token": t["token"], "logprob": t["logprob"], "bytes": list(t["token"].encode("utf-8")),
+                    "top_logprobs": [{"token": a["token"], "logprob": a["logprob"],
+                                      "bytes": list(a["token"].encode("utf-8"))} for a in t.get("top", [])[:top]]})
+    return out
 
 
 def _finish_reason(stop: str | list[str] | None) -> str:

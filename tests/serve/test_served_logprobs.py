@@ -1,0 +1,124 @@
+"""``logprobs`` / ``top_logprobs`` through the official openai client: the student's are its own
+log-probs of the tokens it returned (checked against a plain forward of the tiny model), a teacher's
+are what it returned for its answer, and a teacher that gives none says so."""
+
+from __future__ import annotations
+
+import math
+
+import openai
+import pytest
+import torch
+
+from potstill.config import TeacherConfig
+from potstill.serve.routing import Routing
+from potstill.teachers import get_teacher
+from tests.helpers.live_server import LiveServer
+from tests.serve.conftest import MSG, SERVE_KEY, TEACHER_KEY, client, write_run
+from tests.serve.test_tool_calls import anthropic_provider
+
+
+def forward_logprobs(model_dir, prompt: list[int], answer: list[int]) -> torch.Tensor:
+    """(len(answer), vocab) log-probs at each answer position: the model as transformers loads it."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + answer])).logits[0].float()
+    return torch.log_softmax(logits, -1)[len(prompt) - 1 : len(prompt) + len(answer) - 1]
+
+
+def check_against_forward(model_dir, service, msgs: list[dict], content: list, text: str, top: int) -> None:
+    engine = service.live.engine
+    tok = engine.engine.tokenizer
+    prompt = tok(engine.fmt.prefix() + engine.fmt.query(tok, msgs), add_special_tokens=False)["input_ids"]
+    answer = tok(text, add_special_tokens=False)["input_ids"]
+    assert "".join(t.token for t in content) == text and len(content) == len(answer)
+    lp = forward_logprobs(model_dir, prompt, answer)
+    for j, (t, want) in enumerate(zip(content, answer)):
+        assert t.logprob == pytest.approx(float(lp[j, want]), abs=1e-4)
+        assert bytes(t.bytes).decode("utf-8") == t.token
+        assert len(t.top_logprobs) == top
+        best = lp[j].topk(top)
+        assert [a.logprob for a in t.top_logprobs] == pytest.approx(best.values.tolist(), abs=1e-4)
+        assert [tok.convert_tokens_to_ids(a.token.strip()) for a in t.top_logprobs] == best.indices.tolist()
+
+
+def test_a_generating_students_logprobs_are_its_own_for_the_tokens_it_returned(tmp_path, tiny_model, teacher_server,
+                                                                               monkeypatch):
+    """Found by an audit: logprobs and top_logprobs were accepted and ignored, so a client reading
+    choices[0].logprobs.content got None."""
+    from potstill.serve import run_config, serve_key
+    from potstill.serve.app import build_app
+    from potstill.serve.service import load_service
+
+    monkeypatch.setenv("TEACHER_KEY", TEACHER_KEY)
+    monkeypatch.setenv("SERVE_KEY", SERVE_KEY)
+    run = write_run(tmp_path, tiny_model, teacher_server.base_url,
+                    task={"type": "freetext", "instruction": "name the topic", "max_output_tokens": 6})
+    cfg = run_config(run, None)
+    service = load_service(run, cfg, device="cpu")
+    msgs = [{"role": "user", "content": "the team won the match"}]
+    try:
+        with LiveServer(build_app(service, serve_key(cfg))) as live:
+            service.routing = Routing(confidence_threshold=-math.inf, ood_threshold=math.inf)  # the student
+            cl = client(live)
+            c = cl.chat.completions.create(model="potstill", messages=msgs, logprobs=True, top_logprobs=5)
+            text = c.choices[0].message.content
+            content = c.choices[0].logprobs.content
+            assert c.model_extra["potstill"]["answered_by"] == "student" and len(content) == c.usage.completion_tokens
+            check_against_forward(tiny_model, service, msgs, content, text, 5)
+            # greedy: each returned token is the likeliest, and their mean is the confidence routing read
+            assert all(t.top_logprobs[0].token == t.token for t in content)
+            mean = sum(t.logprob for t in content) / len(content)
+            assert mean == pytest.approx(c.model_extra["potstill"]["confidence"], abs=1e-4)
+            # cut by max_tokens: the tokens sent; streamed: the same numbers on the content delta
+            cut = cl.chat.completions.create(model="potstill", messages=msgs, logprobs=True, max_tokens=2)
+            assert [(t.token, t.logprob, t.top_logprobs) for t in cut.choices[0].logprobs.content] == \
+                [(t.token, t.logprob, []) for t in content[:2]]
+            chunks = list(cl.chat.completions.create(model="potstill", messages=msgs, logprobs=True, top_logprobs=5,
+                                                     stream=True))
+            streamed = [t for ch in chunks for choice in ch.choices if choice.logprobs for t in choice.logprobs.content]
+            assert [(t.token, t.logprob) for t in streamed] == [(t.token, t.logprob) for t in content]
+            plain = cl.chat.completions.create(model="potstill", messages=msgs)
+            assert plain.choices[0].logprobs is None  # not asked: none computed
+    finally:
+        service.close()
+
+
+def test_a_labels_logprobs_from_the_student_and_from_an_openai_teacher(served, force, teacher_server, tiny_model):
+    service, live = served
+    force("student")
+    c = client(live).chat.completions.create(model="potstill", messages=MSG, logprobs=True, top_logprobs=3)
+    label = c.choices[0].message.content
+    assert label in service.task.labels
+    check_against_forward(tiny_model, service, MSG, c.choices[0].logprobs.content, label, 3)
+    # the teacher (the real tiny model behind an OpenAI-compatible server) is asked for them
+    force("teacher")
+    c = client(live).chat.completions.create(model="potstill", messages=MSG, logprobs=True, top_logprobs=3)
+    assert c.model_extra["potstill"]["answered_by"] == "teacher"
+    content = c.choices[0].logprobs.content
+    assert len(content) == c.usage.completion_tokens
+    assert all(len(t.top_logprobs) == 3 and t.top_logprobs[0].logprob == t.logprob for t in content)  # greedy
+
+
+def test_a_teacher_without_logprobs_says_so_and_bad_fields_are_400s(served, force):
+    service, live = served
+    force("teacher")
+    saved = service.teacher
+    with LiveServer(anthropic_provider([])) as fake:
+        service.teacher = get_teacher(TeacherConfig(type="anthropic", model="claude-haiku-4-5", base_url=fake.url,
+                                                     api_key_env="TEACHER_KEY", max_tokens=64, max_retries=0,
+                                                     timeout_s=10), service.task)
+        try:
+            c = client(live).chat.completions.create(model="potstill", messages=MSG, logprobs=True)
+        finally:
+            service.teacher.close()
+            service.teacher = saved
+    assert c.choices[0].message.content == "sports" and c.choices[0].logprobs is None
+    assert c.model_extra["potstill"]["logprobs_unavailable"] == "the anthropic teacher gives no token log-probabilities"
+    for kw, param in (({"top_logprobs": 2}, "top_logprobs"), ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+                      ({"logprobs": "yes"}, "logprobs")):
+        with pytest.raises(openai.BadRequestError) as e:
+            client(live).chat.completions.create(model="potstill", messages=MSG, **kw)
+        assert e.value.body["param"] == param
