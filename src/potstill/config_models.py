@@ -313,6 +313,11 @@ class ServeConfig(Section):
         "(README, Engines). Other engines refuse it.")
     recheck_margin: RecheckMargin = engine_recheck("Served labels")
     draft_tokens: int = engine_drafts("Served generations")
+    reuse_escalations: bool | None = Field(
+        None, description="Answer an escalation from serve's own earlier answer to the identical teacher request "
+        "(the chat, the client's max_tokens, tools, logprobs) instead of paying the teacher again. Unset: only when "
+        "the teacher answers deterministically (teacher.temperature 0, not an OpenAI reasoning model); true: "
+        "always; false: never (a teacher sampling at temperature > 0 gives each repeat a fresh sample).")
 
 
 class WatchConfig(Section):

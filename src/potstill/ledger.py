@@ -423,6 +423,28 @@ class Ledger:
                     out[h] = json.loads(resp)
         return out
 
+    def served_escalations(self, request_hashes: list[str]) -> dict[str, dict[str, Any]]:
+        """The teacher's answer as serve kept it, for each hash one of serve's escalations answered
+        (the latest wins): its whole output (``teacher_output`` where a client's stop cut what was
+        sent), stop reason, soft label, tool calls and log-probs, and its tokens. Only rows that keep
+        the whole answer (``teacher_stop_reason``, written since 2026-12) count: an older row's text
+        may be cut by a stop string it does not name."""
+        out: dict[str, dict[str, Any]] = {}
+        if not request_hashes:
+            return out
+        q = ",".join("?" * len(request_hashes))
+        with self._lock:
+            found = self._db.execute(
+                "SELECT request_hash, response, input_tokens, output_tokens FROM calls WHERE stage='serve' AND "
+                f"role='teacher' AND status='ok' AND request_hash IN ({q}) AND "
+                "json_extract(response, '$.teacher_stop_reason') IS NOT NULL ORDER BY id", request_hashes).fetchall()
+        for h, resp, n_in, n_out in found:
+            r = json.loads(resp)
+            out[h] = {"output": r.get("teacher_output", r.get("content") or ""), "stop_reason": r["teacher_stop_reason"],
+                      "label_probs": r.get("teacher_label_probs"), "tool_calls": r.get("tool_calls"),
+                      "logprobs": r.get("teacher_logprobs"), "input_tokens": n_in, "output_tokens": n_out}
+        return out
+
     @staticmethod
     def _where(**filters: str | None) -> tuple[str, list[str]]:
         """' WHERE col=? AND ...' for the filters that are set, and their values."""

@@ -55,7 +55,8 @@ def test_an_input_over_the_students_context_goes_to_the_teacher(tmp_path, teache
             assert short.model_extra["potstill"]["answered_by"] == "student" and calls == [1]
             sent = sum(teacher_server.requests.values())
             for stream in (False, True):
-                long = [{"role": "user", "content": "the team won the match " * (context // 5 + 1)}]
+                # two chats: a repeat of the first would be answered from its row (serve.reuse_escalations)
+                long = [{"role": "user", "content": "the team won the match " * (context // 5 + 1) + "goal" * stream}]
                 raw = client.chat.completions.with_raw_response.create(model="potstill", messages=long, stream=stream)
                 assert raw.status_code == 200 and raw.headers["x-potstill-answered-by"] == "teacher"
                 assert raw.headers["x-potstill-reason"] == "too_long"

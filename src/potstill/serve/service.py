@@ -406,10 +406,18 @@ class Service:
             req = {**req, "logprobs": True, "top_logprobs": logprobs}
         return request_hash(self._identity[1], req), req
 
+    def reuses_escalations(self) -> bool:
+        """Whether an escalation may be answered from serve's own earlier answer to it
+        (``serve.reuse_escalations``; unset: where the teacher would answer it the same again)."""
+        setting = self.cfg.serve.reuse_escalations
+        if setting is not None:
+            return setting
+        return self.teacher.cfg.temperature == 0 and not getattr(self.teacher, "reasoning", False)
+
     async def _ask_teacher(self, h: str, req: dict[str, Any]) -> tuple[Response, bool, str]:
         """The teacher's answer, whether it came from the ledger (the cache DESIGN promises: an
-        identical request already answered, by generate or redistill, is never paid twice), and
-        the hash of the request it answers.
+        identical request already answered, by generate or redistill, is never paid twice; by serve
+        itself, where ``reuses_escalations``), and the hash of the request it answers.
 
         With ``generate.n`` above 1 generate asked for n samples in one request (``"n"`` in it, as
         every adapter that takes samples writes it), another hash than the single-sample request
@@ -417,7 +425,10 @@ class Service:
         sampled = None
         if self.cfg.generate.n > 1 and "n" not in req and self.teacher.supports_samples:
             sampled = request_hash(self._identity[1], {**req, "n": self.cfg.generate.n})
-        found = await asyncio.to_thread(self.ledger.lookup, [h] if sampled is None else [h, sampled])
+        keys = [h] if sampled is None else [h, sampled]
+        found = await asyncio.to_thread(self.ledger.lookup, keys)
+        if not found and self.reuses_escalations():
+            found = await asyncio.to_thread(self.ledger.served_escalations, keys)
         for key in (h, sampled):
             if key in found:
                 ans = found[key]
@@ -493,9 +504,15 @@ class Service:
         if r.label_probs:
             # The teacher's soft label, kept so `potstill redistill` can distil from served escalations.
             extra["teacher_label_probs"] = r.label_probs
+        # The teacher's whole answer, so a repeat of this request can be answered from this row
+        # (``Ledger.served_escalations``) whatever a client's stop strings cut from what was sent.
+        extra["teacher_stop_reason"] = r.stop_reason or "stop"
+        if r.logprobs is not None and req.get("logprobs"):
+            extra["teacher_logprobs"] = r.logprobs
         content, finish = r.output, _finish_reason(r.stop_reason)
         at = first_stop(content, stop)
         if at >= 0:
+            extra["teacher_output"] = content
             content, finish = content[:at], "stop"
         if r.tool_calls:  # whatever cut the text before them; a call cut at the teacher's budget stays length
             extra["tool_calls"] = r.tool_calls

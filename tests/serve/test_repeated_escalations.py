@@ -1,0 +1,97 @@
+"""A repeated escalation (the identical teacher request) against the real teacher server: answered
+from serve's own earlier row where the teacher is deterministic or ``serve.reuse_escalations`` says
+so, whole even when a client's stop string cut the first answer; asked again otherwise."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from potstill.serve.routing import Routing
+from tests.serve.conftest import SERVE_KEY, TEACHER_KEY, client, rows, write_run
+
+
+def reuse(service, value: bool | None) -> None:
+    cfg = service.cfg
+    service.cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"reuse_escalations": value})})
+
+
+def test_a_repeated_escalation_is_answered_from_serves_own_row(served, teacher_server, force):
+    """Found by an audit: the ledger lookup left out serve's own rows, so the same escalated request
+    was sent to (and paid to) the teacher every time."""
+    service, live = served
+    force("teacher")
+    msgs = [{"role": "user", "content": "the minister won the vote in the city"}]
+    sent = sum(teacher_server.requests.values())
+    first = client(live).chat.completions.create(model="potstill", messages=msgs)
+    assert sum(teacher_server.requests.values()) == sent + 1 and rows(service)[-1]["cost_usd"] > 0
+    raw = client(live).chat.completions.with_raw_response.create(model="potstill", messages=msgs)
+    again = raw.parse()
+    assert sum(teacher_server.requests.values()) == sent + 1  # no second teacher call
+    assert raw.headers["x-potstill-reason"] == "low_confidence+cached"
+    assert again.choices[0].message.content == first.choices[0].message.content
+    assert (again.usage.prompt_tokens, again.usage.completion_tokens) == \
+        (first.usage.prompt_tokens, first.usage.completion_tokens)
+    row = rows(service)[-1]
+    assert json.loads(row["response"])["teacher_cached"] is True
+    assert row["request_hash"] == rows(service)[-2]["request_hash"]
+
+
+def test_a_repeat_after_a_stop_cut_gets_the_whole_answer(tmp_path, tiny_model, teacher_server, monkeypatch):
+    """A client's stop string cuts what is sent, not what serve keeps: a repeat without it is whole."""
+    from potstill.serve import run_config, serve_key
+    from potstill.serve.app import build_app
+    from potstill.serve.service import load_service
+    from tests.helpers.live_server import LiveServer
+
+    monkeypatch.setenv("TEACHER_KEY", TEACHER_KEY)
+    monkeypatch.setenv("SERVE_KEY", SERVE_KEY)
+    run = write_run(tmp_path, tiny_model, teacher_server.base_url,
+                    task={"type": "freetext", "instruction": "name the topic", "max_output_tokens": 6})
+    cfg = run_config(run, None)
+    service = load_service(run, cfg, device="cpu")
+    msgs = [{"role": "user", "content": "the film star and the music award"}]
+    try:
+        with LiveServer(build_app(service, serve_key(cfg))) as live:
+            service.routing = Routing(confidence_threshold=math.inf, ood_threshold=math.inf)  # the teacher
+            sent = sum(teacher_server.requests.values())
+            whole = client(live).chat.completions.create(model="potstill", messages=msgs, stop=["never said"])
+            text = whole.choices[0].message.content
+            stop = text[len(text) // 2 : len(text) // 2 + 3]
+            cut = client(live).chat.completions.create(model="potstill", messages=msgs, stop=[stop])
+            assert cut.choices[0].message.content == text[: text.find(stop)] != text
+            again = client(live).chat.completions.create(model="potstill", messages=msgs)
+            assert again.choices[0].message.content == text and again.choices[0].finish_reason == \
+                whole.choices[0].finish_reason
+            assert sum(teacher_server.requests.values()) == sent + 1
+            # the client's max_tokens is another teacher request: asked once, then reused
+            for _ in range(2):
+                short = client(live).chat.completions.create(model="potstill", messages=msgs, max_tokens=1)
+            assert short.usage.completion_tokens == 1 and sum(teacher_server.requests.values()) == sent + 2
+    finally:
+        service.close()
+
+
+def test_a_sampling_teacher_is_asked_again_unless_the_setting_says_reuse(served, teacher_server, force):
+    service, live = served
+    force("teacher")
+    saved_cfg, saved_temp = service.cfg, service.teacher.cfg.temperature
+    msgs = [{"role": "user", "content": "the bank and the market and the election"}]
+    try:
+        service.teacher.cfg.temperature = 0.7  # each repeat a fresh sample, by default
+        sent = sum(teacher_server.requests.values())
+        for _ in range(2):
+            client(live).chat.completions.create(model="potstill", messages=msgs)
+        assert sum(teacher_server.requests.values()) == sent + 2
+        reuse(service, True)
+        raw = client(live).chat.completions.with_raw_response.create(model="potstill", messages=msgs)
+        assert raw.headers["x-potstill-reason"] == "low_confidence+cached"
+        assert sum(teacher_server.requests.values()) == sent + 2
+        service.teacher.cfg.temperature = 0.0  # deterministic, but the setting says never
+        reuse(service, False)
+        for _ in range(2):
+            client(live).chat.completions.create(model="potstill", messages=msgs)
+        assert sum(teacher_server.requests.values()) == sent + 4
+    finally:
+        service.cfg = saved_cfg
+        service.teacher.cfg.temperature = saved_temp
