@@ -106,7 +106,7 @@ def judge(live_emb: torch.Tensor, ref_emb: torch.Tensor, live_labels: list[str] 
     mmd = mmd_test(live_emb, ref_emb, w.permutations, w.seed)
     mmd["flagged"] = mmd["p_value"] < w.alpha and mmd["effect"] >= w.min_effect
     checks["input"] = mmd
-    if live_labels is not None and ref_labels:
+    if live_labels and ref_labels:
         lab = label_test(live_labels, ref_labels)
         lab["flagged"] = lab["p_value"] < w.alpha and lab["tv"] > w.label_tv_max
         checks["labels"] = lab
@@ -183,8 +183,11 @@ def watch_run(run_dir: Path, cfg: Config, since: float | None = None, until: flo
     engine = TransformersEngine(lm, task)
     ref_emb, ref_records = reference_embeddings(run_dir, engine, w)
     live_emb = embed_all(engine, [s.messages for s in traffic], w.batch_size, "watch: embed served inputs")
+    # An escalation answered with tool calls (a client's tools) holds no label: its empty text is
+    # no answer to count as an invalid one in the label mix. Counted apart.
+    tool_calls = sum(1 for s in traffic if s.extra.get("tool_calls"))
     if task.labels:
-        live_labels: list[str] | None = [label_of(task, s.content) for s in traffic]
+        live_labels: list[str] | None = [label_of(task, s.content) for s in traffic if not s.extra.get("tool_calls")]
         ref_labels = [label_of(task, r.output) for r in ref_records if r.output is not None]
     else:
         live_labels, ref_labels = None, None
@@ -195,9 +198,12 @@ def watch_run(run_dir: Path, cfg: Config, since: float | None = None, until: flo
         "traffic": {"n": len(traffic), "first": _iso(traffic[0].created_at), "last": _iso(traffic[-1].created_at),
                     "first_id": traffic[0].id, "last_id": traffic[-1].id,
                     "selection": "time range" if since is not None or until is not None else f"latest {w.window}",
-                    "earlier_student": earlier},
+                    "earlier_student": earlier, "tool_calls": tool_calls},
         "thresholds": w.model_dump(), "notes": [n for n in [note] if n], "seconds": time.perf_counter() - t0,
     })
+    if tool_calls and task.labels:
+        report["notes"].append(f"{tool_calls} request(s) answered with tool calls, which hold no label, left out "
+                               "of the label mix")
     if earlier:
         report["notes"].append(f"{earlier} request(s) served by an earlier student (before a promotion) left out")
     write_json(run_dir / "watch" / "report.json", report)

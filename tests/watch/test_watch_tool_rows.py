@@ -1,0 +1,29 @@
+"""`potstill watch` over a ledger where some requests were answered with tool calls and some rows
+hold no user text: real ledger rows as `potstill serve` writes them, a tiny student on disk."""
+
+from __future__ import annotations
+
+from potstill.ledger import Ledger, ServedCall
+from potstill.watch import watch_run
+from tests.watch.test_watch_after_swap import _cfg, _run, _served
+
+CALL = [{"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}]
+
+
+def test_tool_call_answers_are_left_out_of_the_label_mix_and_counted(tmp_path, tiny_model):
+    """Found by an audit: a tool-call escalation's empty content was read as a label, so every tool
+    request counted as an invalid label in the label-mix check."""
+    run, texts, current = _run(tmp_path, tiny_model)
+    with Ledger(run / "calls.sqlite") as ledger:
+        _served(ledger, texts[:40], current, False, 1000.0)
+        for i, t in enumerate(texts[40:60]):
+            ledger.record_served(ServedCall(
+                request={"model": "potstill", "messages": [{"role": "user", "content": t}], "tools": []},
+                answered_by="teacher", model="m", content="", reason="tools", student=current,
+                extra={"tool_calls": CALL}, finish_reason="tool_calls", created_at=2000.0 + i))
+    report = watch_run(run, _cfg(), device="cpu")
+    labels = report["checks"]["labels"]
+    assert labels["n_live"] == 40 and "(invalid)" not in labels["live"]
+    assert report["traffic"]["n"] == 60 and report["traffic"]["tool_calls"] == 20
+    assert not labels["flagged"]
+    assert any("20 request(s) answered with tool calls" in n for n in report["notes"])
