@@ -27,3 +27,17 @@ def test_tool_call_answers_are_left_out_of_the_label_mix_and_counted(tmp_path, t
     assert report["traffic"]["n"] == 60 and report["traffic"]["tool_calls"] == 20
     assert not labels["flagged"]
     assert any("20 request(s) answered with tool calls" in n for n in report["notes"])
+
+
+def test_the_window_holds_as_many_requests_as_asked_when_some_rows_have_no_user_text(tmp_path, tiny_model):
+    """Found by an audit: watch.window was applied in SQL before the rows with no user text were
+    dropped, so 10 such rows among the latest 60 left a window of 50."""
+    run, texts, current = _run(tmp_path, tiny_model)
+    with Ledger(run / "calls.sqlite") as ledger:
+        _served(ledger, texts[:60], current, False, 1000.0)
+        for i in range(10):
+            ledger.record_served(ServedCall(request={"model": "potstill", "messages": [{"role": "user", "content": " "}]},
+                                            answered_by="student", model="m", content="tech", student=current,
+                                            created_at=2000.0 + i))
+    report = watch_run(run, _cfg(), device="cpu")
+    assert report["traffic"]["n"] == 60 and report["traffic"]["first"].startswith("1970-01-01T00:16:40")

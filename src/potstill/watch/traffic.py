@@ -62,9 +62,21 @@ def read_traffic(ledger_path: Path, window: int, since: float | None = None, unt
     ledger_path = Path(ledger_path)
     if not ledger_path.exists():
         raise PotstillError(f"{ledger_path} not found: no served traffic to watch (serve the run with `potstill serve`)")
+    def usable(rows: list[ServedCall]) -> list[ServedCall]:
+        return [s for s in rows if any(m["role"] == "user" and m["content"].strip() for m in s.messages)]
+
     with Ledger(ledger_path, readonly=True) as ledger:
-        rows = ledger.served(since, until, limit=window if since is None and until is None else None, student=student)
-    return [s for s in rows if any(m["role"] == "user" and m["content"].strip() for m in s.messages)]
+        if since is not None or until is not None:
+            return usable(ledger.served(since, until, student=student))
+        # The window counts requests with user text: rows without any (nothing to embed) are dropped
+        # after the query, so it reads further back until it has the window or the ledger's start.
+        limit = window
+        while True:
+            rows = ledger.served(limit=limit, student=student)
+            kept = usable(rows)
+            if len(kept) >= window or len(rows) < limit:
+                return kept[-window:]
+            limit += window + (limit - len(kept))
 
 
 def served_name(student_dir: Path) -> str:
