@@ -40,6 +40,10 @@ from potstill.teachers import Response, Teacher, get_teacher, request_hash
 
 
 _RESPONSE_FIELDS = {f.name for f in fields(Response)}
+# The teacher's output budget for a tool request in a classification run when the client sets none:
+# the run's teacher.max_tokens is a label's (often 4), which cuts a call's arguments. 4096 is the
+# smallest output limit among current chat models (Claude 3 Haiku, gpt-3.5-turbo), so none refuses it.
+TOOL_MAX_TOKENS = 4096
 
 
 def _finite(x: float) -> float | str:
@@ -375,6 +379,18 @@ class Service:
         self._watcher.start()
 
     # ------------------------------------------------------------------ answering
+    def escalation_limits(self, max_tokens: int | None, stop: Sequence[str],
+                          tools: dict[str, Any] | None) -> tuple[int | None, Sequence[str]]:
+        """A client's ``max_tokens`` and ``stop`` as they apply to a routed chat: a label is whole, so
+        a classifier's answers take neither (the teacher request is generate's, its answers reused).
+        A tool request is no label: its calls' arguments would be cut at the label budget (often 4
+        tokens), so it gets the client's ``max_tokens``, else ``TOOL_MAX_TOKENS``."""
+        if not self.task.labels:
+            return max_tokens, stop
+        if tools is None:
+            return None, ()
+        return max_tokens or TOOL_MAX_TOKENS, stop
+
     def teacher_logprobs_unavailable(self) -> str | None:
         """Why the teacher cannot give token log-probabilities, None where it can (OpenAI-compatible
         ones other than OpenAI's reasoning models)."""
@@ -388,15 +404,15 @@ class Service:
     def teacher_request(self, messages: list[dict], max_tokens: int | None = None,
                         tools: dict[str, Any] | None = None, logprobs: int | None = None) -> tuple[str, dict[str, Any]]:
         """The teacher's request for a routed chat and its ledger hash: the one generate computes,
-        unless a client's ``max_tokens`` is below the teacher's own (then it is the request's
-        ``max_tokens``, and the request another one; ``answer`` passes none for labels), the
+        unless a client's ``max_tokens`` is below the teacher's own, or a classifier's tool request's
+        (``escalation_limits``), (then it is the request's ``max_tokens``, and the request another one), the
         client offers ``tools`` (``Teacher.with_tools``' arguments) or asks for ``logprobs`` (top
         alternatives per token) beyond what the teacher's request already asks (``teacher.logprobs``)."""
         teacher = self.teacher
         if self._identity is None or self._identity[0] is not teacher:
             self._identity = (teacher, teacher.identity())
         req = teacher.request(Record(messages=messages))
-        if max_tokens is not None and max_tokens < teacher.cfg.max_tokens:
+        if max_tokens is not None and (max_tokens < teacher.cfg.max_tokens or (tools is not None and self.task.labels)):
             # The teacher's own limit field: an OpenAI reasoning model takes max_completion_tokens only.
             req = {**req, "max_completion_tokens" if "max_completion_tokens" in req else "max_tokens": max_tokens}
         if tools is not None:
@@ -482,8 +498,7 @@ class Service:
         finally:
             live.release()
         student_cost = a.seconds * self.cfg.student.usd_per_hour / 3600 if a is not None else 0.0
-        if self.task.labels:
-            max_tokens, stop = None, ()
+        max_tokens, stop = self.escalation_limits(max_tokens, stop, tools)
         h, req = self.teacher_request(teacher_messages or messages, max_tokens, tools, logprobs)
         common = dict(request={"messages": messages}, answered_by=who, confidence=a.confidence if a else None,
                       ood_distance=dist, student_output=a.output if a else "", student=live.name, request_hash=h)

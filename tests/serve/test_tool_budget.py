@@ -1,0 +1,38 @@
+"""A tool request in a classification run: the teacher gets a budget for tool calls (the client's
+max_tokens, else TOOL_MAX_TOKENS), not the label budget the run's teacher.max_tokens holds; and a
+tool request refused before routing is logged under the hash it gets when answered."""
+
+from __future__ import annotations
+
+from potstill.config import TeacherConfig
+from potstill.serve.service import TOOL_MAX_TOKENS
+from potstill.teachers import get_teacher
+from tests.helpers.live_server import LiveServer
+from tests.serve.conftest import MSG, client, teacher_behind
+from tests.serve.test_tool_calls import TOOLS, anthropic_provider, openai_provider
+
+
+def test_a_tool_request_in_a_classification_run_is_not_cut_at_the_label_budget(served, force):
+    """Found by an audit: the client's max_tokens was dropped for label tasks, so a tool request went
+    to the teacher with teacher.max_tokens (4 here) and its calls' arguments were cut."""
+    service, live = served
+    assert service.task.labels and service.teacher.cfg.max_tokens == 4
+    seen: list = []
+    with teacher_behind(service, openai_provider(seen)):
+        client(live).chat.completions.create(model="potstill", messages=MSG, tools=TOOLS)
+        client(live).chat.completions.create(model="potstill", messages=MSG, tools=TOOLS, max_tokens=300)
+        force("teacher")  # a label answer still gets the teacher's own label request
+        client(live).chat.completions.create(model="potstill", messages=MSG, max_tokens=300)
+    assert [b["max_tokens"] for b in seen] == [TOOL_MAX_TOKENS, 300, 4]
+    seen.clear()
+    saved = service.teacher
+    with LiveServer(anthropic_provider(seen)) as fake:
+        service.teacher = get_teacher(TeacherConfig(type="anthropic", model="claude-haiku-4-5", base_url=fake.url,
+                                                    api_key_env="TEACHER_KEY", max_tokens=4, max_retries=0,
+                                                    timeout_s=10), service.task)
+        try:
+            client(live).chat.completions.create(model="potstill", messages=MSG, tools=TOOLS)
+        finally:
+            service.teacher.close()
+            service.teacher = saved
+    assert seen[0]["max_tokens"] == TOOL_MAX_TOKENS
