@@ -36,3 +36,24 @@ def test_a_tool_request_in_a_classification_run_is_not_cut_at_the_label_budget(s
             service.teacher.close()
             service.teacher = saved
     assert seen[0]["max_tokens"] == TOOL_MAX_TOKENS
+
+
+def test_a_tool_request_refused_before_routing_is_logged_under_its_answered_hash(served, force):
+    """Found by an audit: a refused tool request was hashed without its tools, so its row's hash
+    differed from the one the same request gets when answered."""
+    import openai
+    import pytest
+
+    from tests.serve.conftest import rows
+
+    service, live = served
+    msgs = [{"role": "user", "content": "the phone and the software"}]
+    with teacher_behind(service, openai_provider([])):
+        with pytest.raises(openai.BadRequestError):  # stream_options without stream: refused before routing
+            client(live).chat.completions.create(model="potstill", messages=msgs, tools=TOOLS, max_tokens=50,
+                                                 stream_options={"include_usage": True})
+        refused = rows(service)[-1]
+        client(live).chat.completions.create(model="potstill", messages=msgs, tools=TOOLS, max_tokens=50)
+        answered = rows(service)[-1]
+    assert (refused["status"], answered["status"]) == ("error", "ok") and answered["stop_reason"] == "tool_calls"
+    assert refused["request_hash"] == answered["request_hash"]

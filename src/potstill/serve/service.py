@@ -35,6 +35,7 @@ from potstill.records import Record, read_records
 from potstill.rundir import student_train_path
 from potstill.serve.engine import Batcher, RefusedChat, ServedStudent, StudentAnswer, embed_all, first_stop
 from potstill.serve.routing import Routing, calibrate, ood_distance
+from potstill.serve.schemas import ChatRequest
 from potstill.tasks import Task, get_task
 from potstill.teachers import Response, Teacher, get_teacher, request_hash
 
@@ -544,21 +545,37 @@ class Service:
                           cost_usd=student_cost + (0.0 if cached else r.cost_usd), extra=extra,
                           finish_reason=finish, logprobs=lps, logprobs_unavailable=why, **common)
 
+    def _escalation_hash(self, request: dict[str, Any]) -> str:
+        """The hash a refused or failed chat request would have had escalated, as ``answer`` computes
+        it: its tool turns kept (two tool chats with one text are two requests), and, where its
+        fields are valid, its tools (a teacher that calls them), ``max_tokens`` and ``logprobs``."""
+        sent = request.get("messages")
+        sent = [m for m in sent if isinstance(m, dict) and m.get("role") not in ("system", "developer")] \
+            if isinstance(sent, list) else []  # the messages user_messages keeps, in its order
+        msgs = [with_tool_fields(m, raw) for m, raw in zip(user_messages(request), sent)]
+        if not msgs:
+            return request_hash({"stage": "serve"}, request)
+        body = _fields_of(request)
+        tools = body.tool_request() if body is not None and self.teacher.supports_tools else None
+        max_tokens, _ = self.escalation_limits(body and (body.max_completion_tokens or body.max_tokens), (), tools)
+        return self.teacher_request(msgs, max_tokens, tools, body.logprob_request() if body else None)[0]
+
     def log_failure(self, request: dict[str, Any], answered_by: str, model: str, latency_s: float,
                     body: dict[str, Any], error: str, teacher_hash: str | None = None) -> None:
         """The ledger row of a request that got an error (rejected, or the teacher failed).
 
         ``teacher_hash``: the hash of the request a failed teacher got (``TeacherError``); else the
-        chat's escalation hash, its tool turns kept (two tool chats with one text are two requests)."""
-        h = teacher_hash
-        if h is None:
-            sent = request.get("messages")
-            sent = [m for m in sent if isinstance(m, dict) and m.get("role") not in ("system", "developer")] \
-                if isinstance(sent, list) else []  # the messages user_messages keeps, in its order
-            msgs = [with_tool_fields(m, raw) for m, raw in zip(user_messages(request), sent)]
-            h = self.teacher_request(msgs)[0] if msgs else request_hash({"stage": "serve"}, request)
+        chat's escalation hash (``_escalation_hash``)."""
+        h = teacher_hash if teacher_hash is not None else self._escalation_hash(request)
         self.ledger.record_served(ServedCall(request=request, answered_by=answered_by, model=model, latency_s=latency_s,
                                              status="error", error=error, error_body=body, request_hash=h))
+
+
+def _fields_of(request: dict[str, Any]) -> ChatRequest | None:
+    try:
+        return ChatRequest.model_validate(request)
+    except ValueError:  # pydantic's ValidationError: a request refused for its fields
+        return None
 
 
 def openai_logprobs(compact: list[dict[str, Any]], content: str, output: str, top: int) -> list[dict[str, Any]]:
