@@ -41,3 +41,22 @@ def test_the_window_holds_as_many_requests_as_asked_when_some_rows_have_no_user_
                                             created_at=2000.0 + i))
     report = watch_run(run, _cfg(), device="cpu")
     assert report["traffic"]["n"] == 60 and report["traffic"]["first"].startswith("1970-01-01T00:16:40")
+
+
+def test_requests_sent_to_the_teacher_for_their_tools_are_not_counted_as_escalations(tmp_path, tiny_model):
+    """A request offering tools goes to the teacher by design (reason tools), yet watch counted it in the
+    escalation share that val calibrated on the student's routing: 20 tool requests among 60 made a 33%
+    share against val's 5% and flagged an escalation surge (drift) the student had no part in."""
+    run, texts, current = _run(tmp_path, tiny_model)
+    with Ledger(run / "calls.sqlite") as ledger:
+        _served(ledger, texts[:40], current, False, 1000.0)
+        for i, t in enumerate(texts[40:60]):
+            ledger.record_served(ServedCall(
+                request={"model": "potstill", "messages": [{"role": "user", "content": t}]},
+                answered_by="teacher", model="m", content="", reason="tools", student=current,
+                extra={"tool_calls": CALL}, finish_reason="tool_calls", created_at=2000.0 + i))
+    report = watch_run(run, _cfg(), device="cpu")
+    esc = report["checks"]["escalation"]
+    assert esc["n"] == 40 and esc["share"] == 0.0 and not esc["flagged"]
+    assert report["traffic"]["tool_requests"] == 20
+    assert any("20 request(s) offering tools" in n for n in report["notes"])

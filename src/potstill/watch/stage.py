@@ -192,18 +192,27 @@ def watch_run(run_dir: Path, cfg: Config, since: float | None = None, until: flo
     else:
         live_labels, ref_labels = None, None
     expected, note = expected_escalation(run_dir)
-    report = judge(live_emb, ref_emb, live_labels, ref_labels, [s.escalated for s in traffic], expected, w)
+    # A request whose tools the model may call goes to the teacher by design (reason tools), not by
+    # the student's routing, which is what val's escalation share was calibrated on: left out of it.
+    routed = [s.escalated for s in traffic if not s.reason.startswith("tools")]
+    if not routed:
+        raise PotstillError(f"{run_dir / 'calls.sqlite'}: all {len(traffic)} requests in the window offered tools, which go "
+                            "to the teacher by design: no routing of the student's to judge")
+    report = judge(live_emb, ref_emb, live_labels, ref_labels, routed, expected, w)
     report.update({
         "run_dir": str(run_dir), "student": lm.identity, "created": _iso(time.time()),
         "traffic": {"n": len(traffic), "first": _iso(traffic[0].created_at), "last": _iso(traffic[-1].created_at),
                     "first_id": traffic[0].id, "last_id": traffic[-1].id,
                     "selection": "time range" if since is not None or until is not None else f"latest {w.window}",
-                    "earlier_student": earlier, "tool_calls": tool_calls},
+                    "earlier_student": earlier, "tool_calls": tool_calls, "tool_requests": len(traffic) - len(routed)},
         "thresholds": w.model_dump(), "notes": [n for n in [note] if n], "seconds": time.perf_counter() - t0,
     })
     if tool_calls and task.labels:
         report["notes"].append(f"{tool_calls} request(s) answered with tool calls, which hold no label, left out "
                                "of the label mix")
+    if len(routed) < len(traffic):
+        report["notes"].append(f"{len(traffic) - len(routed)} request(s) offering tools, sent to the teacher by design, "
+                               "left out of the escalation share")
     if earlier:
         report["notes"].append(f"{earlier} request(s) served by an earlier student (before a promotion) left out")
     write_json(run_dir / "watch" / "report.json", report)
