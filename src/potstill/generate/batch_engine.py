@@ -87,20 +87,35 @@ class BatchRun:
             if row["state"] == "preparing":
                 self._submit(row, resumed=True)
         new = [(h, q) for h, q in items if h not in held_keys]
-        rows += self._submit_new(self._within_budget(new), attempt=1)
+        # The resumed batches are billed when they end, whatever this run sends: their requests not yet
+        # answered in the ledger take their share of the budget first.
+        answered = set(self.ledger.lookup(list(held_keys)))
+        resumed = [(h, q) for r in rows for h, q in self.items[r["key"]].items() if h not in answered]
+        rows += self._submit_new(self._within_budget(new, self._worst_cost(resumed)), attempt=1)
         self._poll(rows, len(items))
         return self.errors
 
-    def _within_budget(self, items: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
-        """The requests whose worst-case cost (all of max_tokens) fits ``generate.budget_usd``."""
+    def _worst_cost(self, items: list[tuple[str, dict[str, Any]]]) -> float:
+        """The requests' cost at the batch price if each used all of its max_tokens."""
+        usd = 0.0
+        for _, q in items:
+            est = self.teacher.estimate_tokens(q)
+            out = max_output(q) * int(q.get("n", 1))
+            usd += token_cost(self.price, max(0, est - out), out) * self.share
+        return usd
+
+    def _within_budget(self, items: list[tuple[str, dict[str, Any]]], spent: float = 0.0) -> list[tuple[str, dict[str, Any]]]:
+        """The requests whose worst-case cost (all of max_tokens) fits ``generate.budget_usd`` after
+        ``spent`` (the worst case of the open batches this run resumes)."""
         budget = self.gcfg.budget_usd
         if budget is None:
             return items
-        spent, keep = 0.0, []
+        keep = []
+        if spent > budget:
+            say(f"[yellow]generate: the open batches resumed may cost up to ${spent:.4f}, above generate.budget_usd "
+                f"${budget:g}; no new batch is sent[/yellow]")
         for h, q in items:
-            est = self.teacher.estimate_tokens(q)
-            out = max_output(q) * int(q.get("n", 1))
-            spent += token_cost(self.price, max(0, est - out), out) * self.share
+            spent += self._worst_cost([(h, q)])
             if spent > budget:
                 self.stats.budget_stopped = True
                 break
