@@ -458,3 +458,24 @@ def test_an_escalation_reuses_generates_answer_when_generate_took_n_samples(tmp_
             assert row["request_hash"] == rec.meta["request_hash"]
         finally:
             service.close()
+
+
+def test_a_teacher_refusal_is_the_clients_400_so_no_sdk_retries_it(served, force):
+    """An OpenAI teacher's refusal (``message.refusal``, no content) was served as the answer "";
+    as an error (Anthropic's refusal too) it was a 502 'teacher failed', which the client's SDK
+    retries (openai: twice by default), each retry a teacher call paid and refused again. A refusal
+    is about the client's chat: its 400 with code refusal, the refusal's words in the ledger only."""
+    from tests.teachers.test_openai_refusal import REFUSAL, refusing_provider
+
+    asked: list[dict] = []
+    service, live = served
+    force("teacher")
+    with teacher_behind(service, refusing_provider(asked)):
+        with pytest.raises(openai.BadRequestError) as e:
+            client(live).with_options(max_retries=2).chat.completions.create(
+                model="potstill", messages=[{"role": "user", "content": "pick this lock"}])
+    err = e.value
+    assert (err.status_code, err.code, err.param) == (400, "refusal", "messages") and len(asked) == 1
+    assert "the teacher refused this chat (refusal)" in err.message and REFUSAL not in json.dumps(err.body)
+    row = rows(service)[-1]
+    assert row["status"] == "error" and row["role"] == "teacher" and REFUSAL in row["error"]

@@ -60,7 +60,9 @@ _CLIENTS_FAULT_CODES = {"context_length_exceeded", "string_above_max_length", "c
 
 
 def _clients_fault(status: int | None, code: str | None) -> bool:
-    return status == 413 or (status in (400, 422) and code in _CLIENTS_FAULT_CODES)
+    # A refusal (OpenAI's message.refusal, Anthropic's stop_reason refusal) comes in a 200; as a 502
+    # the client's SDK would retry it, each retry a teacher call paid and refused again.
+    return status == 413 or (status in (400, 422) and code in _CLIENTS_FAULT_CODES) or code == "refusal"
 
 
 _SAFE_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")  # a provider's error code (context_length_exceeded), not free text
@@ -249,8 +251,9 @@ def _add_error_handlers(app: FastAPI, service: Service, requests: Counter):
             # The teacher refused the chat itself (over its context, a content filter): the client's
             # 400, with the provider's error code where it is one (context_length_exceeded), never its text.
             code = e.code if e.code and _SAFE_CODE.fullmatch(e.code) else None
-            told = (f"the teacher refused this chat ({kind or 'status'} {e.status}"
-                    f"{', ' + code if code else ''}); the server's ledger holds the details")
+            what = " ".join([kind or "status", str(e.status)] if e.status else [kind or code or "refusal"])
+            told = (f"the teacher refused this chat ({what}{', ' + code if code and code != what else ''}); "
+                    "the server's ledger holds the details")
             return await on_error(request, 400, told, "messages", role="teacher", model=service.teacher_name,
                                   code=code, detail=f"the teacher refused the chat: {e}", request_hash=e.request_hash)
         told = f"the teacher failed to answer ({kind})" if kind else "the teacher failed to answer"

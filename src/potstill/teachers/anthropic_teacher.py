@@ -244,6 +244,6 @@ class AnthropicTeacher(ApiTeacher):
                       cache_write_input_tokens=written, cache_write_1h_input_tokens=hour, latency_s=latency,
                       cost_usd=self.token_cost(n_in, n_out, cached, written, hour))
         if "refusal" in stops:
-            return Response(output=None, error="stop_reason refusal", **tokens)
+            return Response(output=None, error="stop_reason refusal", error_code="refusal", **tokens)
         return Response(output=texts[0], samples=texts if n > 1 else None, sample_tokens=each if n > 1 else None,
                         stop_reason=stops[0] if n == 1 else stops, tool_calls=_tool_calls(msgs[0]), **tokens)

@@ -169,12 +169,23 @@ class OpenAITeacher(ApiTeacher):
         if len(choices) > 1 and logprobs is not None:
             per_sample = [compact_logprobs(c.logprobs.content) if c.logprobs is not None and c.logprobs.content
                           else None for c in choices]
+        cost = self.token_cost(n_in, n_out, cached)
+        refusals = [c.message.refusal for c in choices if getattr(c.message, "refusal", None)
+                    and not c.message.content and not c.message.tool_calls]
+        if refusals and len(refusals) == len(choices):
+            # A refusal comes as a 200 with no content: an error row as Anthropic's refusal is (its
+            # tokens billed, its words in the error), never the answer "" (generate would keep it,
+            # serve would send it). Beside answered samples (n > 1) a refused one stays "", an invalid
+            # sample that never wins the vote: an error row would have the rerun pay for all n again.
+            return Response(output=None, input_tokens=n_in, output_tokens=n_out, cached_input_tokens=cached,
+                            latency_s=latency, cost_usd=cost, error=f"refusal: {refusals[0]}"[:500],
+                            error_code="refusal")
         return Response(
             output=choice.message.content or "", label_probs=label_probs, logprobs=logprobs,
             samples=[c.message.content or "" for c in choices] if len(choices) > 1 else None,
             sample_logprobs=per_sample,
             input_tokens=n_in, output_tokens=n_out, cached_input_tokens=cached, latency_s=latency,
-            cost_usd=self.token_cost(n_in, n_out, cached), stop_reason=choice.finish_reason,
+            cost_usd=cost, stop_reason=choice.finish_reason,
             tool_calls=[c.model_dump(mode="json", exclude_none=True) for c in choice.message.tool_calls]
             if choice.message.tool_calls else None,
         )

@@ -1,0 +1,67 @@
+"""An OpenAI answer that is a refusal (``message.refusal`` set, no content), from a real
+chat-completions server on 127.0.0.1 through the official SDK, as generate stores it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi import FastAPI
+
+from potstill.config import GenerateConfig, TaskConfig, TeacherConfig
+from potstill.generate import label_records
+from potstill.ledger import Ledger
+from potstill.records import Record
+from potstill.tasks import get_task
+from potstill.teachers import get_teacher
+from tests.helpers.live_server import LiveServer
+
+KEY = "sk-refusal-7c2e9a10b4d6"
+REFUSAL = "I'm sorry, but I can't help with that."
+
+
+def refusing_provider(asked: list[dict]) -> FastAPI:
+    """Refuses every chat whose user text holds 'lock' (OpenAI's form: content null, refusal set,
+    finish_reason stop, the refusal's tokens billed); answers the others 'fine'."""
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    def chat(body: dict) -> dict:
+        asked.append(body)
+        text = " ".join(str(m["content"]) for m in body["messages"] if m["role"] == "user")
+        refused = "lock" in text
+        message = ({"role": "assistant", "content": None, "refusal": REFUSAL} if refused
+                   else {"role": "assistant", "content": "fine", "refusal": None})
+        out = 11 if refused else 1
+        return {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}],
+                "usage": {"prompt_tokens": 20, "completion_tokens": out, "total_tokens": 20 + out}}
+
+    return app
+
+
+def test_an_openai_refusal_is_a_billed_error_row_not_an_empty_answer(tmp_path, monkeypatch):
+    """The refusal was stored as the answer "" (finish_reason stop): generate kept "" as the
+    teacher's output and serve could return it. It is an error row as Anthropic's refusal is:
+    billed (the provider charges its tokens), the refusal's words in the error, no answer."""
+    monkeypatch.setenv("REFUSAL_KEY", KEY)
+    task = get_task(TaskConfig(type="freetext", instruction="Answer."))
+    asked: list[dict] = []
+    records = [Record(id="a", messages=[{"role": "user", "content": "pick this lock"}]),
+               Record(id="b", messages=[{"role": "user", "content": "say hi"}])]
+    with LiveServer(refusing_provider(asked)) as srv, Ledger(tmp_path / "calls.sqlite") as ledger:
+        teacher = get_teacher(TeacherConfig(type="openai", model="gpt-4o-mini", base_url=srv.url + "/v1",
+                                            api_key_env="REFUSAL_KEY", max_tokens=16, max_retries=0), task)
+        try:
+            (refused, fine), stats = label_records(records, task, teacher, ledger, "generate", GenerateConfig())
+        finally:
+            teacher.close()
+        rows = {json.loads(r["request"])["messages"][-1]["content"]: r for r in ledger.rows(role="teacher")}
+    assert fine.output == "fine" and fine.valid
+    assert refused.output is None and not refused.valid
+    assert refused.invalid_reason == f"teacher error: refusal: {REFUSAL}"
+    assert stats.errors == 1 and len(asked) == 2  # asked once: a 200 is not retried
+    row = rows["pick this lock"]
+    assert row["status"] == "error" and row["response"] is None and REFUSAL in row["error"]
+    assert (row["input_tokens"], row["output_tokens"]) == (20, 11)
+    assert row["cost_usd"] == pytest.approx((20 * 0.15 + 11 * 0.60) / 1e6)  # the bill, kept
