@@ -445,6 +445,24 @@ class Ledger:
                       "logprobs": r.get("teacher_logprobs"), "input_tokens": n_in, "output_tokens": n_out}
         return out
 
+    def partial(self, request_hashes: list[str], role: str = "teacher") -> dict[str, dict[str, Any]]:
+        """The samples of a failed n-sample request that did answer (and were billed in its error
+        row), for each hash whose latest such row holds some: a rerun asks only for the others."""
+        out: dict[str, dict[str, Any]] = {}
+        with self._lock:
+            for i in range(0, len(request_hashes), 500):
+                part = request_hashes[i : i + 500]
+                q = ",".join("?" * len(part))
+                for h, resp in self._db.execute(
+                    "SELECT request_hash, response FROM calls WHERE status='error' AND response IS NOT NULL AND role=?"
+                    f" AND stage<>'serve' AND request_hash IN ({q}) ORDER BY id",
+                    [role, *part],
+                ):
+                    answer = json.loads(resp)
+                    if isinstance(answer, dict) and answer.get("samples"):
+                        out[h] = answer
+        return out
+
     @staticmethod
     def _where(**filters: str | None) -> tuple[str, list[str]]:
         """' WHERE col=? AND ...' for the filters that are set, and their values."""

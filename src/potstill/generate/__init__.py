@@ -33,7 +33,8 @@ def ledger_call(h: str, teacher: Teacher, stage: str, request: dict[str, Any], r
     stop = resp.stop_reason
     return Call(
         request_hash=h, role="teacher", stage=stage, model=teacher.model_name, request=request,
-        response=resp.to_json() if ok else None,
+        # A failed n-sample request keeps the samples that did answer (paid): the rerun asks for the rest.
+        response=resp.to_json() if ok or resp.samples else None,
         input_tokens=resp.input_tokens, output_tokens=resp.output_tokens, cached_input_tokens=resp.cached_input_tokens,
         cost_usd=resp.cost_usd, latency_s=resp.latency_s, status="ok" if ok else "error", error=resp.error,
         stop_reason=stop if isinstance(stop, str) or stop is None else ",".join(map(str, stop)),
@@ -49,11 +50,19 @@ def _fields(stats: RunStats, t0: float) -> dict[str, str]:
 def _send(teacher: Teacher, stage: str, ledger: Ledger, gcfg: GenerateConfig, stats: RunStats,
           todo: list[tuple[str, dict[str, Any]]], answers: dict[str, dict[str, Any]], errors: dict[str, str],
           t0: float) -> None:
-    """Ask the teacher for each ``(hash, request)``, committing every answer to the ledger as it arrives."""
+    """Ask the teacher for each ``(hash, request)``, committing every answer to the ledger as it arrives.
+
+    An n-sample request whose earlier attempt failed with some samples answered (Anthropic sends n
+    requests) asks only for the others; the row committed holds them all (``consistency.with_earlier``)."""
+    from potstill.generate.consistency import rest_request, with_earlier
+
+    earlier = ledger.partial([h for h, _ in todo]) if gcfg.n > 1 and gcfg.engine != "batch" else {}
     with bar(f"{stage}: teacher {teacher.model_name}", len(todo)) as advance:
 
         def on_result(j: int, resp: Response) -> None:
             h, req = todo[j]
+            if h in earlier:
+                resp = with_earlier(earlier[h], resp)
             call = ledger_call(h, teacher, stage, req, resp)
             ledger.record(call)
             stats.count(resp)
@@ -66,7 +75,7 @@ def _send(teacher: Teacher, stage: str, ledger: Ledger, gcfg: GenerateConfig, st
         if gcfg.engine == "ray" and todo:
             from potstill.generate.ray_engine import run_ray
 
-            errors.update(run_ray(teacher, todo, ledger.path, stage, gcfg, stats))
+            errors.update(run_ray(teacher, todo, ledger.path, stage, gcfg, stats, earlier))
             answers.update(ledger.lookup([h for h, _ in todo]))
         elif gcfg.engine == "batch" and todo:
             from potstill.generate.batch_engine import run_batch
@@ -74,7 +83,8 @@ def _send(teacher: Teacher, stage: str, ledger: Ledger, gcfg: GenerateConfig, st
             errors.update(run_batch(teacher, todo, ledger, stage, gcfg, stats))
             answers.update(ledger.lookup([h for h, _ in todo]))
         else:
-            teacher.run([req for _, req in todo], on_result, stats, gcfg)
+            teacher.run([rest_request(req, earlier[h]) if h in earlier else req for h, req in todo], on_result, stats,
+                        gcfg)
 
 
 def unpriced_budget(model: str, price: Any, gcfg: GenerateConfig) -> str | None:

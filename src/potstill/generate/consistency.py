@@ -6,6 +6,8 @@ import json
 from collections import Counter
 from typing import Any, Callable
 
+from potstill.teachers.base import Response
+
 
 def vote(samples: list[str], parse: Callable[[str], Any],
          validate: Callable[[Any], str | None]) -> tuple[int | None, float]:
@@ -82,3 +84,30 @@ def one_sample(answer: dict[str, Any], i: int) -> dict[str, Any]:
     if isinstance(stop, list) and i < len(stop):
         out["stop_reason"] = stop[i]
     return out
+
+
+def rest_request(request: dict[str, Any], earlier: dict[str, Any]) -> dict[str, Any]:
+    """``request`` (n samples) asking only for the samples ``earlier`` (a failed attempt's answered
+    ones, already paid) lacks; one sample is a request without ``n``, as the adapters write it."""
+    rest = int(request.get("n", 1)) - len(earlier["samples"])
+    out = {k: v for k, v in request.items() if k != "n"}
+    return {**out, "n": rest} if rest > 1 else out
+
+
+def with_earlier(earlier: dict[str, Any], resp: Response) -> Response:
+    """``resp`` (the answer to ``rest_request``) with ``earlier``'s samples before its own. Its
+    tokens and cost stay its own: the earlier ones are billed in the earlier (error) row."""
+    if resp.output is None and not resp.samples:
+        return resp  # nothing new answered: the earlier row still holds what was
+    new = resp.samples or [resp.output]
+    stops = resp.stop_reason if isinstance(resp.stop_reason, list) else [resp.stop_reason]
+    old_stops = earlier.get("stop_reason")
+    old_stops = old_stops if isinstance(old_stops, list) else [old_stops] * len(earlier["samples"])
+    tokens = resp.sample_tokens or [[resp.input_tokens, resp.output_tokens]]
+    samples = [*earlier["samples"], *new]
+    resp.samples = samples
+    resp.sample_tokens = [*earlier["sample_tokens"], *tokens] if earlier.get("sample_tokens") else None
+    resp.stop_reason = [*old_stops, *stops]
+    if resp.output is not None:
+        resp.output = samples[0]
+    return resp

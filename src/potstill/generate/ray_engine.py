@@ -23,9 +23,10 @@ from potstill.teachers import Response, RunStats, Teacher
 
 
 def _shard(teacher_cfg: dict, task_cfg: dict, gen_cfg: dict, items: list[tuple[str, dict]], ledger_path: str,
-           stage: str) -> tuple[RunStats, dict[str, str]]:
+           stage: str, earlier: dict[str, dict]) -> tuple[RunStats, dict[str, str]]:
     from potstill.config import GenerateConfig, TaskConfig, TeacherConfig
     from potstill.generate import ledger_call
+    from potstill.generate.consistency import rest_request, with_earlier
     from potstill.ledger import Ledger
     from potstill.tasks import get_task
     from potstill.teachers import get_teacher
@@ -39,20 +40,23 @@ def _shard(teacher_cfg: dict, task_cfg: dict, gen_cfg: dict, items: list[tuple[s
 
         def on_result(j: int, resp: Response) -> None:
             h, req = items[j]
+            if h in earlier:
+                resp = with_earlier(earlier[h], resp)
             call = ledger_call(h, teacher, stage, req, resp)
             ledger.record(call)
             stats.count(resp)
             if call.status != "ok":
                 errors[h] = resp.error or "no output"
 
-        teacher.run([req for _, req in items], on_result, stats, gcfg)
+        teacher.run([rest_request(req, earlier[h]) if h in earlier else req for h, req in items], on_result, stats, gcfg)
     teacher.close()
     return stats, errors
 
 
 def run_ray(teacher: Teacher, items: list[tuple[str, dict]], ledger_path: Path, stage: str, gcfg: GenerateConfig,
-            stats: RunStats) -> dict[str, str]:
-    """Answer ``(hash, request)`` items on Ray workers, adding their numbers to ``stats``; returns errors by hash."""
+            stats: RunStats, earlier: dict[str, dict] | None = None) -> dict[str, str]:
+    """Answer ``(hash, request)`` items on Ray workers, adding their numbers to ``stats``; returns errors by hash.
+    ``earlier``: by hash, the samples a failed attempt did answer (``Ledger.partial``), not asked again."""
     try:
         import ray
     except ImportError:
@@ -77,7 +81,8 @@ def run_ray(teacher: Teacher, items: list[tuple[str, dict]], ledger_path: Path, 
 
     # Round-robin shards: each worker gets a mix of the input file, not one end of it.
     pending = [remote.remote(worker_cfg(i), teacher.task.cfg.model_dump(), split.model_dump(),
-                             items[i::k], str(ledger_path), stage) for i in range(k)]
+                             items[i::k], str(ledger_path), stage,
+                             {h: (earlier or {})[h] for h, _ in items[i::k] if h in (earlier or {})}) for i in range(k)]
     from potstill.ledger import Ledger
 
     results = []

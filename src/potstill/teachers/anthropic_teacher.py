@@ -213,10 +213,16 @@ class AnthropicTeacher(ApiTeacher):
         if not answered or any(not isinstance(e, Exception) for e in failed):
             raise failed[0]
         # The samples answered beside a failed one are billed all the same: an error row that holds
-        # their tokens (and so their cost) keeps the ledger equal to the bill.
+        # their tokens (and so their cost) keeps the ledger equal to the bill, and their texts, so a
+        # rerun asks only for the missing ones (generate: Ledger.partial, consistency.rest_request).
         paid = self._response(answered, time.perf_counter() - t0)
         error = redact(f"{type(failed[0]).__name__}: {failed[0]}", self.secrets())[:500]
-        return Response(output=None, input_tokens=paid.input_tokens, output_tokens=paid.output_tokens,
+        kept = {}
+        if paid.ok:  # not beside a refusal: that answer is an error whatever the others say
+            kept = dict(samples=paid.samples or [paid.output],
+                        sample_tokens=paid.sample_tokens or [[paid.input_tokens, paid.output_tokens]],
+                        stop_reason=paid.stop_reason if isinstance(paid.stop_reason, list) else [paid.stop_reason])
+        return Response(output=None, **kept, input_tokens=paid.input_tokens, output_tokens=paid.output_tokens,
                         cached_input_tokens=paid.cached_input_tokens,
                         cache_write_input_tokens=paid.cache_write_input_tokens,
                         cache_write_1h_input_tokens=paid.cache_write_1h_input_tokens, latency_s=paid.latency_s,
