@@ -98,6 +98,22 @@ def unpriced_budget(model: str, price: Any, gcfg: GenerateConfig) -> str | None:
             "the budget; set teacher.price (input_per_mtok, output_per_mtok) or add the model to generate.prices")
 
 
+def check_settings(teacher: Teacher, gcfg: GenerateConfig) -> None:
+    """Refuse what the teacher cannot do (``generate.n`` samples, ``generate.engine`` batch) and a
+    budget it cannot keep (``check_budget``). ``generate`` calls it before the ledger exists, so a
+    refused run leaves nothing behind: no run row, no open batch resumed."""
+    from potstill.generate.batch_providers import samples_problem
+
+    if gcfg.n > 1 and not teacher.supports_samples:
+        raise PotstillError(f"generate.n={gcfg.n}: the {teacher.type} teacher returns one answer per input; use n: 1")
+    if gcfg.engine == "batch" and not teacher.supports_batch:
+        raise PotstillError(f"generate.engine batch needs an openai or anthropic teacher, not {teacher.type!r}")
+    why = samples_problem(teacher.type, gcfg.n) if gcfg.engine == "batch" else None
+    if why:
+        raise PotstillError(why)
+    check_budget(teacher, gcfg)
+
+
 def check_budget(teacher: Teacher, gcfg: GenerateConfig) -> None:
     """Refuse a budget that cannot cap an API teacher (``unpriced_budget``); say that it does not cap
     a teacher that runs here."""
@@ -123,11 +139,7 @@ def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: L
     gcfg = gcfg or GenerateConfig()
     t0 = time.perf_counter()
     stats = RunStats(inputs=len(records))
-    if gcfg.n > 1 and not teacher.supports_samples:
-        raise PotstillError(f"generate.n={gcfg.n}: the {teacher.type} teacher returns one answer per input; use n: 1")
-    if gcfg.engine == "batch" and not teacher.supports_batch:
-        raise PotstillError(f"generate.engine batch needs an openai or anthropic teacher, not {teacher.type!r}")
-    check_budget(teacher, gcfg)
+    check_settings(teacher, gcfg)
     teacher.n = gcfg.n
     ident = teacher.identity()
     reqs = [teacher.request(r) for r in records]

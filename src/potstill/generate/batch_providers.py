@@ -158,8 +158,6 @@ class AnthropicBatches:
                                 timeout=max(cfg.timeout_s, 600.0))
 
     def line(self, h: str, request: dict[str, Any]) -> bytes:
-        if int(request.get("n", 1)) > 1:
-            raise PotstillError("generate.n > 1 with engine batch: Anthropic batches take one sample per request; use n: 1")
         return (json.dumps({"custom_id": h, "params": request}, separators=(",", ":")) + "\n").encode()
 
     def find_file(self, key: str) -> str | None:
@@ -212,6 +210,14 @@ class AnthropicBatches:
         etype = err.get("type", "error")
         final = etype in ("invalid_request_error", "authentication_error", "permission_error", "not_found_error")
         return Item(cid, error=f"{etype}: {err.get('message', '')}"[:300], retry=not final)
+
+
+def samples_problem(teacher_type: str, n: int) -> str | None:
+    """Why the batch API of ``teacher_type`` cannot take ``generate.n`` samples, or None."""
+    if teacher_type == "anthropic" and n > 1:  # a batch request is one Messages request: one sample
+        return (f"generate.n {n} with generate.engine batch: Anthropic batches take one sample per request; "
+                "use generate.n 1, or generate.engine async (n requests per input)")
+    return None
 
 
 def provider_for(teacher: Any) -> OpenAIBatches | AnthropicBatches:

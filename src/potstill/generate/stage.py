@@ -7,7 +7,7 @@ from typing import Any
 
 from potstill.config import Config
 from potstill.errors import PotstillError
-from potstill.generate import check_budget, run_generate
+from potstill.generate import check_settings, run_generate
 from potstill.progress import say
 from potstill.records import write_jsonl
 from potstill.rundir import RunDir
@@ -27,7 +27,7 @@ def generate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
     # Made before the ledger is created: a teacher that cannot be made (an unknown type) stops a run
     # that never called anyone without leaving an empty calls.sqlite.
     teacher = get_teacher(cfg.teacher, get_task(cfg.task))
-    check_budget(teacher, cfg.generate)  # label_records checks it too, once the ledger exists
+    check_settings(teacher, cfg.generate)  # label_records checks them too, once the ledger exists
     with run.ledger() as ledger:
         labelled, stats = run_generate(cfg, records, ledger, stage="generate", teacher=teacher,
                                        beyond=inputs_beyond_limit(cfg))
