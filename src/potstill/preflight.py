@@ -16,6 +16,8 @@ cross-rank weight comparison under ``torchrun`` / ``accelerate launch``), so it 
 * ``weights``: under several processes, every rank loads bit-identical weights (see
   ``train/distributed.py``); with one process there is nothing to compare.
 * ``budget``: the projected teacher cost of ``generate`` stays within ``generate.budget_usd``.
+* ``samples``: ``generate.n`` above 1 samples at a temperature above 0 (a warning, not a refusal:
+  some servers sample anyway, and n greedy answers can still differ a little).
 
 ``potstill train`` runs the train checks and ``potstill generate`` the generate checks first.
 """
@@ -52,7 +54,7 @@ ANSWER_SENTENCE = 8
 @dataclass
 class Check:
     name: str
-    status: str  # ok | skip | fail
+    status: str  # ok | skip | warn | fail (only fail stops a run; warn is said and the run goes on)
     detail: str
 
 
@@ -408,12 +410,28 @@ def check_budget(ctx: _Ctx) -> Check:
     return Check("budget", "ok", f"projected ${usd:.4f} of ${budget:g} ({how})")
 
 
+def check_samples(ctx: _Ctx) -> Check:
+    """generate.n samples are paid n times (OpenAI: n outputs; Anthropic: n whole requests); greedy
+    ones (temperature 0, the default) are near-identical, so the vote learns almost nothing."""
+    n, t = ctx.cfg.generate.n, ctx.cfg.teacher
+    if n == 1:
+        return Check("samples", "skip", "generate.n is 1")
+    if _reasons(t) and t.type == "openai":  # sent no temperature: OpenAI's reasoning models sample at 1
+        return Check("samples", "ok", f"generate.n {n}: {t.model} samples at its own temperature (1)")
+    if t.temperature > 0:
+        return Check("samples", "ok", f"generate.n {n} at teacher.temperature {t.temperature:g}")
+    return Check("samples", "warn", f"generate.n {n} at teacher.temperature 0: greedy samples are near-identical, so "
+                 f"the teacher is paid about {n} times for one answer and a vote that agrees with itself; set "
+                 "teacher.temperature (0.7 is usual for self-consistency) or generate.n 1")
+
+
 # ``train`` leaves the weights to the trainer, which compares the very models it loaded (a second
 # load here would double the start-up and open a gloo group before accelerate opens NCCL).
 CHECKS: dict[str | None, list[Callable[[_Ctx], Check]]] = {
-    "generate": [check_labels, check_budget],
+    "generate": [check_labels, check_budget, check_samples],
     "train": [check_vocabulary, check_prompt, check_labels],
-    None: [check_inputs, check_teacher, check_vocabulary, check_prompt, check_labels, check_weights, check_budget],
+    None: [check_inputs, check_teacher, check_vocabulary, check_prompt, check_labels, check_weights, check_budget,
+           check_samples],
 }
 
 
@@ -438,9 +456,14 @@ def _run(fn: Callable[[_Ctx], Check], ctx: _Ctx) -> Check:
 
 
 def require(cfg: Config, stage: str | None = None) -> list[Check]:
-    """Raise one ``PotstillError`` line naming the first failed check."""
+    """Raise one ``PotstillError`` line naming the first failed check; say each warning in one line."""
+    from potstill.progress import say
+
     checks = run_checks(cfg, stage)
     for c in checks:
         if c.status == "fail":
             raise PotstillError(f"preflight {c.name}: {c.detail}")
+    for c in checks:
+        if c.status == "warn":
+            say(f"[yellow]preflight {c.name}: {c.detail}[/yellow]")
     return checks

@@ -243,7 +243,7 @@ def test_cli_preflight_prints_every_check_and_exits_non_zero(tiny_model, tmp_pat
     cmd = [sys.executable, "-m", "potstill.cli", "preflight", "-c", "potstill.yaml"]
     bad = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2, bad.stderr
-    names = ["inputs", "teacher", "vocabulary", "prompt", "labels", "weights", "budget"]
+    names = ["inputs", "teacher", "vocabulary", "prompt", "labels", "weights", "budget", "samples"]
     assert [ln.split()[1] for ln in bad.stdout.splitlines()] == names
     assert bad.stderr.strip().splitlines()[-1] == "error: preflight: 1 check(s) failed: budget"
     good = subprocess.run([*cmd, "--generate.budget_usd", "100"], cwd=tmp_path, capture_output=True, text=True,
@@ -323,7 +323,8 @@ def test_a_check_that_cannot_load_its_model_fails_alone_and_the_table_is_still_p
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 2 and "Traceback" not in run.stderr
     rows = [ln.split(None, 2) for ln in run.stdout.splitlines()]
-    assert [r[1] for r in rows] == ["inputs", "teacher", "vocabulary", "prompt", "labels", "weights", "budget"]
+    assert [r[1] for r in rows] == ["inputs", "teacher", "vocabulary", "prompt", "labels", "weights", "budget",
+                                    "samples"]
     status = {r[1]: r[0] for r in rows}
     assert status["inputs"] == status["teacher"] == "ok" and status["weights"] == status["budget"] == "skip"
     assert status["prompt"] == status["labels"] == "fail"
@@ -351,3 +352,23 @@ def test_a_check_that_cannot_read_a_file_fails_alone(monkeypatch):
     got = preflight.run_checks(Config(task={"type": "freetext"}))
     assert [(c.name, c.status) for c in got] == [("unreadable", "fail"), ("fine", "ok")]
     assert got[0].detail == "/data/tok/tokenizer.json: Permission denied"
+
+
+def test_n_greedy_samples_are_a_warning_that_generate_says(tiny_model, tmp_path, capsys):
+    """generate.n 5 at teacher.temperature 0 (the default) paid 5 times for near-identical greedy
+    samples and nothing said so. A warning (some servers sample anyway), said before generate runs."""
+    _inputs(tmp_path)
+    teacher = {"type": "openai", "model": "gpt-4o-mini"}
+    cfg = _cfg(tmp_path, student={"model": str(tiny_model)}, teacher=teacher, generate={"n": 5})
+    status, detail = _status(cfg, "samples", "generate")
+    assert status == "warn" and "generate.n 5 at teacher.temperature 0" in detail and "about 5 times" in detail
+    require(cfg, "generate")  # a warning does not stop the run
+    said = " ".join(capsys.readouterr().err.split())
+    assert "preflight samples: generate.n 5 at teacher.temperature 0" in said
+    warm = _cfg(tmp_path, student={"model": str(tiny_model)}, teacher={**teacher, "temperature": 0.7}, generate={"n": 5})
+    assert _status(warm, "samples")[0] == "ok"
+    # An OpenAI reasoning model is sent no temperature: it samples at 1 whatever teacher.temperature says.
+    o3 = _cfg(tmp_path, student={"model": str(tiny_model)}, teacher={"type": "openai", "model": "o3-mini"},
+              generate={"n": 5})
+    assert _status(o3, "samples")[0] == "ok"
+    assert _status(_cfg(tmp_path, student={"model": str(tiny_model)}, teacher=teacher), "samples")[0] == "skip"
