@@ -137,7 +137,7 @@ def test_anthropic_teacher_through_the_official_sdk(tmp_path, monkeypatch):
         cfg = load_config(cfg_path)
         generate_stage(cfg)
         recs = check_output(tmp_path / "run" / "teacher.jsonl", 30)
-        assert all(r.samples == [answer_for(r.text)] * 3 and r.meta["stop_reason"] == ["end_turn"] * 3 for r in recs)
+        assert all(r.samples == [answer_for(r.text)] * 3 and r.meta["stop_reason"] == "end_turn" for r in recs)  # the output sample's
         with Ledger(tmp_path / "run" / "calls.sqlite") as ledger:
             rows = ledger.rows(role="teacher")
         assert {r["stop_reason"] for r in rows} == {"end_turn,end_turn,end_turn"}

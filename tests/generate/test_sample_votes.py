@@ -19,9 +19,10 @@ from tests.helpers.live_server import LiveServer
 KEY = "sk-votes-5e1f0c9a7b3d"
 
 
-def provider(answers: list[str], asked: list[dict]) -> FastAPI:
+def provider(answers: list[str], asked: list[dict], finish: list[str] | None = None) -> FastAPI:
     """Answers every request with ``answers`` as its n choices (cut to n), each with the
-    log-probs of its own text (one token per word) when asked; 1 completion token per word."""
+    log-probs of its own text (one token per word) when asked; 1 completion token per word;
+    ``finish``: each choice's finish_reason (default stop)."""
     app = FastAPI()
 
     @app.post("/v1/chat/completions")
@@ -31,7 +32,7 @@ def provider(answers: list[str], asked: list[dict]) -> FastAPI:
         choices: list[dict[str, Any]] = []
         for i, text in enumerate(texts):
             choice: dict[str, Any] = {"index": i, "message": {"role": "assistant", "content": text},
-                                      "finish_reason": "stop"}
+                                      "finish_reason": finish[i] if finish else "stop"}
             if body.get("logprobs"):
                 words = [w if j == 0 else " " + w for j, w in enumerate(text.split(" "))]
                 choice["logprobs"] = {"content": [
@@ -45,13 +46,14 @@ def provider(answers: list[str], asked: list[dict]) -> FastAPI:
     return app
 
 
-def label(tmp_path, monkeypatch, answers: list[str], task: dict, n: int, logprobs: int = 0) -> tuple[Record, Any, list]:
+def label(tmp_path, monkeypatch, answers: list[str], task: dict, n: int, logprobs: int = 0,
+          finish: list[str] | None = None) -> tuple[Record, Any, list]:
     """One record through ``label_records`` with n samples, twice: the second run answers from the ledger."""
     monkeypatch.setenv("VOTES_KEY", KEY)
     asked: list[dict] = []
     t = get_task(TaskConfig(**task))
     got = []
-    with LiveServer(provider(answers, asked)) as srv, Ledger(tmp_path / "calls.sqlite") as ledger:
+    with LiveServer(provider(answers, asked, finish)) as srv, Ledger(tmp_path / "calls.sqlite") as ledger:
         for _ in range(2):
             teacher = get_teacher(TeacherConfig(type="openai", model="gpt-4o-mini", base_url=srv.url + "/v1",
                                                 api_key_env="VOTES_KEY", max_tokens=16, max_retries=0,
@@ -109,3 +111,21 @@ def test_a_server_that_ignores_n_is_named_not_taken_for_self_consistency(tmp_pat
     assert stats.fewer_samples == 1
     err = capsys.readouterr().err
     assert "generate.n 5: the teacher answered 1 sample for 1 of 1 inputs" in " ".join(err.split())
+
+
+def test_the_stop_reason_kept_is_that_of_the_sample_that_is_the_output(tmp_path, monkeypatch):
+    """Only choice 0's finish_reason was kept: an outvoted choice cut at max_tokens made the
+    record's meta.stop_reason 'length' (curate's truncated check drops it) while its output ended
+    whole, and a cut majority passed as 'stop'. Each choice's is kept; the output's is the record's."""
+    task = {"type": "freetext", "instruction": "Say something."}
+    rec, _, _ = label(tmp_path / "a", monkeypatch, ["the cat", "a dog ran off", "a dog ran off"], task, n=3,
+                      finish=["length", "stop", "stop"])
+    assert rec.output == "a dog ran off" and rec.meta["stop_reason"] == "stop"
+    rec, _, _ = label(tmp_path / "b", monkeypatch, ["the cat sat", "a dog", "a dog"], task, n=3,
+                      finish=["stop", "length", "length"])
+    assert rec.output == "a dog" and rec.meta["stop_reason"] == "length"
+
+    from potstill.config import CurateConfig
+    from potstill.curate.checks import invalid_reason
+
+    assert invalid_reason(rec, get_task(TaskConfig(**task)), CurateConfig()).startswith("truncated")

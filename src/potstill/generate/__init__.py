@@ -187,8 +187,6 @@ def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: L
                 "input_tokens": ans.get("input_tokens", 0), "output_tokens": ans.get("output_tokens", 0),
                 "cost_usd": ans.get("cost_usd", 0.0), "latency_s": ans.get("latency_s", 0.0),
             })
-            if ans.get("stop_reason") is not None:
-                rec.meta["stop_reason"] = ans["stop_reason"]
         if not rec.valid:
             stats.invalid += 1
             key = (rec.invalid_reason or "").split(":")[0]
@@ -228,6 +226,8 @@ def _attach(rec: Record, ans: dict[str, Any], task: Task, teacher: Teacher) -> N
     rec.label_probs = teacher.label_probs(ans)
     rec.logprobs = ans.get("logprobs")
     rec.samples = ans.get("samples")
+    stop = ans.get("stop_reason")  # one per sample with n above 1 (an OpenAI row before that: choice 0's)
+    i = 0
     if rec.samples and len(rec.samples) > 1:
         i, agreement = vote(rec.samples, task.parse, task.validate)
         rec.output = rec.samples[i]
@@ -239,6 +239,13 @@ def _attach(rec: Record, ans: dict[str, Any], task: Task, teacher: Teacher) -> N
         if votes and rec.label_probs is None:
             # With no logprobs, the shares of the valid votes are the soft label (n samples -> steps of 1/n).
             rec.label_probs = {lab: votes.count(lab) / len(votes) for lab in task.labels}
+    if isinstance(stop, list):
+        # The stop reason of the sample that is the output: curate's truncated check reads it.
+        stop = stop[i] if i < len(stop) else None
+    elif i:
+        stop = None  # choice 0's (an OpenAI row written before one per sample), not the output's
+    if stop is not None:
+        rec.meta["stop_reason"] = stop
     reason = task.validate(task.parse(rec.output or ""))
     rec.valid, rec.invalid_reason = reason is None, reason
 

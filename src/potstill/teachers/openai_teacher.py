@@ -185,7 +185,7 @@ class OpenAITeacher(ApiTeacher):
             samples=[c.message.content or "" for c in choices] if len(choices) > 1 else None,
             sample_logprobs=per_sample,
             input_tokens=n_in, output_tokens=n_out, cached_input_tokens=cached, latency_s=latency,
-            cost_usd=cost, stop_reason=choice.finish_reason,
+            cost_usd=cost, stop_reason=choice.finish_reason if len(choices) == 1 else [c.finish_reason for c in choices],
             tool_calls=[c.model_dump(mode="json", exclude_none=True) for c in choice.message.tool_calls]
             if choice.message.tool_calls else None,
         )
