@@ -479,3 +479,21 @@ def test_a_teacher_refusal_is_the_clients_400_so_no_sdk_retries_it(served, force
     assert "the teacher refused this chat (refusal)" in err.message and REFUSAL not in json.dumps(err.body)
     row = rows(service)[-1]
     assert row["status"] == "error" and row["role"] == "teacher" and REFUSAL in row["error"]
+
+
+def test_a_refused_escalation_keeps_the_tokens_and_cost_the_provider_billed(served, force):
+    """A refusal is billed by the provider (its prompt and the refusal's tokens), and generate's error
+    row keeps that cost; serve's failed row was written with 0 tokens and $0, so its ledger, and
+    `potstill cost`, came out under the bill by every refused escalation."""
+    from tests.teachers.test_openai_refusal import refusing_provider
+
+    service, live = served
+    force("teacher")
+    with teacher_behind(service, refusing_provider([])):
+        expected = service.teacher.token_cost(20, 11)
+        with pytest.raises(openai.BadRequestError):
+            client(live).with_options(max_retries=0).chat.completions.create(
+                model="potstill", messages=[{"role": "user", "content": "pick this lock"}])
+    row = rows(service)[-1]
+    assert row["status"] == "error" and (row["input_tokens"], row["output_tokens"]) == (20, 11)
+    assert expected > 0 and row["cost_usd"] == pytest.approx(expected)

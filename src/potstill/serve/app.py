@@ -204,7 +204,7 @@ def _add_error_handlers(app: FastAPI, service: Service, requests: Counter):
     Returns the rejecter the Gate middleware uses for what it refuses before routing."""
 
     def log_error(state: dict, status: int, body: dict[str, Any], role: str = "student", model: str | None = None,
-                  detail: str | None = None, request_hash: str | None = None) -> None:
+                  detail: str | None = None, request_hash: str | None = None, billed: Any = None) -> None:
         """``body``: the one the client got; ``detail``: what the operator reads in the row's error
         where the client was told less."""
         if state.get("logged"):
@@ -213,7 +213,7 @@ def _add_error_handlers(app: FastAPI, service: Service, requests: Counter):
         service.log_failure(_logged_request(state.get("raw_body")), answered_by=role, model=model or service.student_name,
                             latency_s=time.perf_counter() - state.get("t0", time.perf_counter()),
                             body=body, error=f"{status}: {detail or body['error']['message']}"[:500],
-                            teacher_hash=request_hash)
+                            teacher_hash=request_hash, billed=billed)
         requests.labels("none", "rejected" if status < 500 else "failed", str(status)).inc()
 
     async def reject(scope: dict, send: Any, status: int, message: str, param: str | None,
@@ -226,11 +226,11 @@ def _add_error_handlers(app: FastAPI, service: Service, requests: Counter):
 
     async def on_error(request: Request, status: int, message: str, param: str | None = None,
                        role: str = "student", model: str | None = None, code: str | None = None,
-                       detail: str | None = None, request_hash: str | None = None) -> JSONResponse:
+                       detail: str | None = None, request_hash: str | None = None, billed: Any = None) -> JSONResponse:
         body = error_body(status, message, param, code)
         if request.url.path.rstrip("/") == CHAT:
             await asyncio.to_thread(log_error, request.scope.setdefault("state", {}), status, body, role, model,
-                                    detail, request_hash)
+                                    detail, request_hash, billed)
         return JSONResponse(body, status_code=status)
 
     @app.exception_handler(APIError)
@@ -255,11 +255,13 @@ def _add_error_handlers(app: FastAPI, service: Service, requests: Counter):
             told = (f"the teacher refused this chat ({what}{', ' + code if code and code != what else ''}); "
                     "the server's ledger holds the details")
             return await on_error(request, 400, told, "messages", role="teacher", model=service.teacher_name,
-                                  code=code, detail=f"the teacher refused the chat: {e}", request_hash=e.request_hash)
+                                  code=code, detail=f"the teacher refused the chat: {e}", request_hash=e.request_hash,
+                                  billed=e.billed)
         told = f"the teacher failed to answer ({kind})" if kind else "the teacher failed to answer"
         return await on_error(request, 502, told + "; the server's ledger holds the details", role="teacher",
                               model=service.teacher_name, code="teacher_failed",
-                              detail=f"the teacher failed to answer: {e}", request_hash=e.request_hash)
+                              detail=f"the teacher failed to answer: {e}", request_hash=e.request_hash,
+                              billed=e.billed)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:

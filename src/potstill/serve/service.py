@@ -197,10 +197,11 @@ class TeacherError(Exception):
     context_length_exceeded: see ``app._clients_fault``)."""
 
     def __init__(self, message: str, status: int | None = None, code: str | None = None,
-                 request_hash: str | None = None):
+                 request_hash: str | None = None, billed: Response | None = None):
         super().__init__(message)
-        # request_hash: the ledger key of the request the teacher failed, for the failed row.
-        self.status, self.code, self.request_hash = status, code, request_hash
+        # request_hash: the ledger key of the request the teacher failed, for the failed row; billed:
+        # the failed answer, whose tokens and cost the provider may still bill (a refusal), for that row.
+        self.status, self.code, self.request_hash, self.billed = status, code, request_hash, billed
 
 
 def with_tool_fields(msg: dict[str, Any], sent: dict[str, Any]) -> dict[str, Any]:
@@ -457,7 +458,7 @@ class Service:
         # One request on the teacher's long-lived worker (an API client, or the one in-process model).
         r = await asyncio.wrap_future(self.teacher.submit(req))
         if not r.ok:
-            raise TeacherError(r.error or "the teacher returned no answer", r.error_status, r.error_code, h)
+            raise TeacherError(r.error or "the teacher returned no answer", r.error_status, r.error_code, h, r)
         return r, False, h
 
     async def answer(self, messages: list[dict], max_tokens: int | None = None, stop: Sequence[str] = (),
@@ -561,14 +562,18 @@ class Service:
         return self.teacher_request(msgs, max_tokens, tools, body.logprob_request() if body else None)[0]
 
     def log_failure(self, request: dict[str, Any], answered_by: str, model: str, latency_s: float,
-                    body: dict[str, Any], error: str, teacher_hash: str | None = None) -> None:
+                    body: dict[str, Any], error: str, teacher_hash: str | None = None,
+                    billed: Response | None = None) -> None:
         """The ledger row of a request that got an error (rejected, or the teacher failed).
 
         ``teacher_hash``: the hash of the request a failed teacher got (``TeacherError``); else the
-        chat's escalation hash (``_escalation_hash``)."""
+        chat's escalation hash (``_escalation_hash``). ``billed``: the teacher's failed answer, whose
+        tokens and cost (a refusal's, billed by the provider) the row keeps, so the ledger is the bill."""
         h = teacher_hash if teacher_hash is not None else self._escalation_hash(request)
+        paid = {} if billed is None else {"input_tokens": billed.input_tokens, "output_tokens": billed.output_tokens,
+                                         "cost_usd": billed.cost_usd}
         self.ledger.record_served(ServedCall(request=request, answered_by=answered_by, model=model, latency_s=latency_s,
-                                             status="error", error=error, error_body=body, request_hash=h))
+                                             status="error", error=error, error_body=body, request_hash=h, **paid))
 
 
 def _fields_of(request: dict[str, Any]) -> ChatRequest | None:
