@@ -231,6 +231,9 @@ class GenerateConfig(Section):
     tpm: int | None = Field(None, ge=1, description="Client-side cap on tokens per minute, input + output (None: none).")
     budget_usd: float | None = Field(None, ge=0, description="Stop sending once this many dollars are spent (None: no cap).")
     n: int = Field(1, ge=1, le=64, description="Samples per input; with n > 1 the output is the majority answer.")
+    retry_refusals: bool = Field(
+        False, description="Send again a request the teacher refused in an earlier run (billed, and as a rule refused "
+        "again); false: the refusal stands and its input stays out of the data.")
     engine: Literal["async", "ray", "batch"] = Field(
         "async", description="async: one process; ray: shard inputs over Ray workers; batch: the provider's batch API "
         "(openai, anthropic teachers; answers within 24 h at generate.batch_price of the live price).")

@@ -423,6 +423,27 @@ class Ledger:
                     out[h] = json.loads(resp)
         return out
 
+    def refusals(self, request_hashes: list[str], role: str = "teacher") -> dict[str, str]:
+        """The refusal (its error text) of each hash whose latest failed answer is the model refusing
+        it (``teachers.base.is_refusal``), outside serve. Answered hashes are the caller's to leave out."""
+        from potstill.teachers.base import is_refusal
+
+        out: dict[str, str] = {}
+        with self._lock:
+            for i in range(0, len(request_hashes), 500):
+                part = request_hashes[i : i + 500]
+                q = ",".join("?" * len(part))
+                for h, error in self._db.execute(
+                    "SELECT request_hash, error FROM calls WHERE status='error' AND role=? AND stage<>'serve'"
+                    f" AND request_hash IN ({q}) ORDER BY id",
+                    [role, *part],
+                ):
+                    if is_refusal(error):
+                        out[h] = error
+                    else:
+                        out.pop(h, None)  # a later failure of another kind: that one is retried
+        return out
+
     def served_escalations(self, request_hashes: list[str]) -> dict[str, dict[str, Any]]:
         """The teacher's answer as serve kept it, for each hash one of serve's escalations answered
         (the latest wins): its whole output (``teacher_output`` where a client's stop cut what was

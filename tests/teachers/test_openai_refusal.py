@@ -59,9 +59,46 @@ def test_an_openai_refusal_is_a_billed_error_row_not_an_empty_answer(tmp_path, m
         rows = {json.loads(r["request"])["messages"][-1]["content"]: r for r in ledger.rows(role="teacher")}
     assert fine.output == "fine" and fine.valid
     assert refused.output is None and not refused.valid
-    assert refused.invalid_reason == f"teacher error: refusal: {REFUSAL}"
-    assert stats.errors == 1 and len(asked) == 2  # asked once: a 200 is not retried
+    assert refused.invalid_reason == f"teacher refused: refusal: {REFUSAL}"
+    assert stats.errors == 0 and stats.refused == 1 and len(asked) == 2  # asked once: a 200 is not retried
     row = rows["pick this lock"]
     assert row["status"] == "error" and row["response"] is None and REFUSAL in row["error"]
     assert (row["input_tokens"], row["output_tokens"]) == (20, 11)
     assert row["cost_usd"] == pytest.approx((20 * 0.15 + 11 * 0.60) / 1e6)  # the bill, kept
+
+
+def test_a_refused_input_is_not_paid_for_again_by_the_next_generate(tmp_path, monkeypatch):
+    """A refusal was an error row, and generate exited 'N teacher calls failed; rerun to retry them':
+    every rerun sent the refused request again, paid for it, was refused again and failed again, so a
+    data set with one input the teacher refuses could never finish. A refusal stands: the run finishes,
+    the input is set aside as refused, and no later run sends it again unless generate.retry_refusals."""
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("REFUSAL_KEY", KEY)
+    asked: list[dict] = []
+    (tmp_path / "inputs.jsonl").write_text(json.dumps({"input": "pick this lock"}) + "\n"
+                                          + json.dumps({"input": "say hi"}) + "\n")
+    with LiveServer(refusing_provider(asked)) as srv:
+        (tmp_path / "potstill.yaml").write_text(json.dumps({
+            "run_dir": str(tmp_path / "run"), "task": {"type": "freetext", "instruction": "Answer."},
+            "data": {"inputs": str(tmp_path / "inputs.jsonl")},
+            "teacher": {"type": "openai", "model": "gpt-4o-mini", "base_url": srv.url + "/v1",
+                        "api_key_env": "REFUSAL_KEY", "max_tokens": 16, "max_retries": 0}}))
+
+        def generate(*flags: str) -> subprocess.CompletedProcess:
+            return subprocess.run([sys.executable, "-m", "potstill", "generate", "-c", str(tmp_path / "potstill.yaml"),
+                                   "--force", *flags], capture_output=True, text=True, timeout=300)
+
+        first = generate()
+        assert first.returncode == 0, first.stderr
+        assert "1 refused by the teacher" in first.stderr, first.stderr
+        teacher = [json.loads(line) for line in (tmp_path / "run" / "teacher.jsonl").read_text().splitlines()]
+        assert sorted(r.get("invalid_reason") or "" for r in teacher) == ["", f"teacher refused: refusal: {REFUSAL}"]
+        assert len(asked) == 2
+        again = generate()
+        assert again.returncode == 0, again.stderr
+        assert len(asked) == 2  # the refusal stands: nothing sent, nothing paid
+        retry = generate("--generate.retry_refusals", "true")
+        assert retry.returncode == 0, retry.stderr
+        assert len(asked) == 3 and "lock" in json.dumps(asked[-1]["messages"])

@@ -25,6 +25,7 @@ from potstill.progress import bar, say
 from potstill.records import Record
 from potstill.tasks import Task, get_task
 from potstill.teachers import Response, RunStats, Teacher, get_teacher, request_hash
+from potstill.teachers.base import is_refusal
 
 
 def ledger_call(h: str, teacher: Teacher, stage: str, request: dict[str, Any], resp: Response) -> Call:
@@ -148,7 +149,10 @@ def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: L
     answers: dict[str, dict[str, Any]] = ledger.lookup(unique)
     stats.cache_hits = sum(h in answers for h in hashes)
     request_of = dict(zip(hashes, reqs))
-    todo = [(h, request_of[h]) for h in unique if h not in answers]
+    # A request the teacher refused is billed and, as a rule, refused again: not sent again unless
+    # generate.retry_refusals, and its input stays out of the data (not an error to rerun for).
+    refused = {} if gcfg.retry_refusals else ledger.refusals([h for h in unique if h not in answers])
+    todo = [(h, request_of[h]) for h in unique if h not in answers and h not in refused]
     errors: dict[str, str] = {}
     if gcfg.engine != "batch" and todo:
         _refuse_batched(ledger, {h for h, _ in todo})
@@ -165,6 +169,9 @@ def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: L
             say(f"{stage}: interrupted; {got} new answers are in the ledger ({ledger.path}), so the same command "
                 f"sends only the other {len(todo) - got} requests")
         raise
+    for h in [h for h, e in errors.items() if is_refusal(e)]:
+        refused[h] = errors.pop(h)
+        stats.errors = max(0, stats.errors - 1)
     ledger.finish_run(run_id, "budget" if stats.budget_stopped else "errors" if stats.errors else "done", stats.retries)
     out = []
     short: list[int] = []  # sample counts of answers with fewer than n
@@ -172,7 +179,11 @@ def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: L
     for rec, h in zip(records, hashes):
         rec = rec.model_copy(deep=True)
         ans = answers.get(h)
-        if ans is None:
+        if ans is None and h in refused:
+            rec.output, rec.valid = None, False
+            rec.invalid_reason = f"teacher refused: {refused[h]}"[:500]
+            stats.refused += 1
+        elif ans is None:
             reason = f"teacher error: {errors[h]}" if h in errors else "not sent: budget reached"
             stats.unsent += h not in errors
             rec.output, rec.valid, rec.invalid_reason = None, False, reason

@@ -44,6 +44,8 @@ def generate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
                             "rerun to retry them, the others are cached")
     # Printed only on success: a failed run says everything in its one error line.
     say(f"generate: {stats.inputs} inputs, {stats.cache_hits} from cache, {stats.calls} teacher calls, "
-        f"{stats.retries} retries, {stats.errors} errors, {stats.invalid} invalid, "
+        f"{stats.retries} retries, {stats.errors} errors, {stats.invalid} invalid"
+        + (f" ({stats.refused} refused by the teacher, not sent again: generate.retry_refusals)" if stats.refused else "")
+        + ", "
         f"{stats.input_tokens + stats.output_tokens} tokens, ${stats.cost_usd:.4f}, {stats.seconds:.1f} s")
     return asdict(stats)

@@ -96,6 +96,12 @@ class Response:
 OnResult = Callable[[int, Response], None]
 
 
+def is_refusal(error: str | None) -> bool:
+    """Whether a failed answer's error is the model refusing the request (OpenAI's ``refusal: ...``,
+    Anthropic's ``stop_reason refusal``): billed, and as a rule refused again if asked again."""
+    return bool(error) and (error.startswith("refusal") or error.startswith("stop_reason refusal"))
+
+
 @dataclass
 class RunStats:
     """One run's numbers: answers (counted by the caller), what the sender saw, and what generate adds."""
@@ -119,6 +125,7 @@ class RunStats:
     lowest_limit: float = 0.0  # the lowest the adaptive limit on requests in flight went
     invalid_reasons: dict[str, int] = field(default_factory=dict)
     fewer_samples: int = 0  # answers with fewer than generate.n samples (a server that ignores n)
+    refused: int = 0  # inputs the teacher refused (this run or an earlier one): not sent again
 
     def count(self, resp: Response) -> None:
         self.calls += 1
