@@ -37,7 +37,8 @@ from potstill.records import read_records
 from potstill.serve import run_config
 from potstill.serve.app import build_app
 from potstill.serve.routing import Routing, calibrate, ood_distance, outcome
-from potstill.serve.service import jsonable, load_service
+from potstill.serve.calibration import jsonable
+from potstill.serve.service import load_service
 from potstill.students import percentile
 from tests.serve.conftest import LiveServer
 

@@ -24,7 +24,8 @@ import torch
 from potstill.records import read_records
 from potstill.serve import run_config
 from potstill.serve.routing import MIN_OOD, _quantile, ood_distance
-from potstill.serve.service import load_service, reference_and_holdout
+from potstill.serve.calibration import reference_and_holdout
+from potstill.serve.service import load_service
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """A served run: the student engine, the teacher fallback, the calibrated routing and the ledger.
 
-``load_service(run_dir, cfg)`` loads ``run_dir/student``, calibrates routing on ``val.jsonl``
-(cached in ``run_dir/serve/`` and redone when the student, the splits or the targets change),
+``load_service(run_dir, cfg)`` loads ``run_dir/student``, calibrates routing on ``val.jsonl`` (``serve.calibration``;
+cached in ``run_dir/serve/`` and redone when the student, the splits or the targets change),
 and opens ``run_dir/calls.sqlite``, where every request becomes one row with ``stage='serve'``.
 
 Hot swap: ``Service.reload`` (``POST /admin/reload``, or ``Service.watch`` polling where
@@ -12,9 +12,6 @@ replaces the ``Live`` reference in one assignment; requests in flight finish on 
 from __future__ import annotations
 
 import asyncio
-import json
-import math
-import os
 import threading
 import time
 from collections.abc import Sequence
@@ -27,14 +24,13 @@ import torch
 from potstill.config import Config
 from potstill.errors import PotstillError
 from potstill.generate.consistency import one_sample, vote
-from potstill.hashing import hash_file, hash_obj
 from potstill.engines import section_engine
 from potstill.ledger import Ledger, ServedCall, user_messages
-from potstill.progress import bar, say
+from potstill.progress import say
 from potstill.records import Record, read_records
-from potstill.rundir import student_train_path
-from potstill.serve.engine import Batcher, RefusedChat, ServedStudent, StudentAnswer, embed_all, first_stop
-from potstill.serve.routing import Routing, calibrate, ood_distance
+from potstill.serve.calibration import _servable, calibrate_run
+from potstill.serve.engine import Batcher, ServedStudent, StudentAnswer, first_stop
+from potstill.serve.routing import Routing, ood_distance
 from potstill.serve.schemas import ChatRequest
 from potstill.tasks import Task, get_task
 from potstill.teachers import Response, Teacher, get_teacher, request_hash
@@ -45,150 +41,6 @@ _RESPONSE_FIELDS = {f.name for f in fields(Response)}
 # the run's teacher.max_tokens is a label's (often 4), which cuts a call's arguments. 4096 is the
 # smallest output limit among current chat models (Claude 3 Haiku, gpt-3.5-turbo), so none refuses it.
 TOOL_MAX_TOKENS = 4096
-
-
-def _finite(x: float) -> float | str:
-    return x if math.isfinite(x) else ("inf" if x > 0 else "-inf")
-
-
-def jsonable(obj: Any) -> Any:
-    """Strict JSON: infinite thresholds ("escalate none/all") become the strings "inf"/"-inf"."""
-    if isinstance(obj, float):
-        return _finite(obj)
-    if isinstance(obj, dict):
-        return {k: jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    return obj
-
-
-def _answer_all(engine: ServedStudent, messages: list[list[dict]], batch_size: int, desc: str) -> list[StudentAnswer]:
-    out: list[StudentAnswer] = []
-    with bar(desc, len(messages)) as advance:
-        for i in range(0, len(messages), batch_size):
-            out += engine.answer(messages[i : i + batch_size])
-            advance(min(batch_size, len(messages) - i))
-    return out
-
-
-def _spread_indices(count: int, n: int) -> list[int]:
-    """n indices evenly spaced through range(count) (the training split is already shuffled by hash)."""
-    if count <= n:
-        return list(range(count))
-    return [int(i * count / n) for i in range(n)]
-
-
-def _spread(records: list[Record], n: int) -> list[Record]:
-    return [records[i] for i in _spread_indices(len(records), n)]
-
-
-def reference_and_holdout(records: list[Record], n: int) -> tuple[list[Record], list[Record]]:
-    """The OOD reference (n training records spread through the split) and up to n of the others,
-    which calibrate the OOD threshold as in-distribution inputs the reference does not hold."""
-    chosen = set(_spread_indices(len(records), n))
-    rest = [r for i, r in enumerate(records) if i not in chosen]
-    return [records[i] for i in sorted(chosen)], _spread(rest, n)
-
-
-def _cached_calibration(routing_path: Path, ref_path: Path, key: str) -> tuple[Routing, torch.Tensor] | None:
-    """The saved calibration when it is this key's; None where there is none, it is another's, or it
-    cannot be read (edited by hand, cut short): a cache, so it is calibrated again and rewritten."""
-    if not (routing_path.exists() and ref_path.exists()):
-        return None
-    try:
-        saved = json.loads(routing_path.read_text())
-        if not isinstance(saved, dict) or saved.get("key") != key:
-            return None
-        routing = Routing(float(saved["confidence_threshold"]), float(saved["ood_threshold"]), dict(saved["stats"]))
-        reference = torch.load(ref_path)
-        if not isinstance(reference, torch.Tensor):
-            raise TypeError(f"{ref_path.name} holds a {type(reference).__name__}, not a tensor")
-    except OSError:  # no permission, a folder: not a cache to redo, the CLI names it
-        raise
-    except Exception as e:  # noqa: BLE001 - json's and float's ValueError, KeyError, torch's RuntimeError or unpickling error
-        say(f"serve: the saved calibration in {routing_path.parent} cannot be read ({type(e).__name__}); calibrating again")
-        return None
-    return routing, reference
-
-
-def calibrate_run(run_dir: Path, cfg: Config, engine: ServedStudent, task: Task, force: bool = False) -> tuple[Routing, torch.Tensor]:
-    """Routing thresholds and OOD reference embeddings for a run, cached in ``run_dir/serve/``."""
-    s = cfg.serve
-    val_path, train_path = run_dir / "val.jsonl", student_train_path(run_dir)  # a promoted challenger's, if so
-    for p in (val_path, train_path):
-        if not p.exists():
-            raise PotstillError(f"{p} not found: serving calibrates on the run's splits (run `potstill curate` first)")
-    key = hash_obj({
-        "student": engine.identity, "val": hash_file(val_path), "train": hash_file(train_path),
-        "targets": [s.target_escalation, s.target_agreement, s.ood_quantile, s.ood_reference], "v": 2,
-    })
-    out_dir = run_dir / "serve"
-    routing_path, ref_path = out_dir / "routing.json", out_dir / "reference.pt"
-    cached = None if force else _cached_calibration(routing_path, ref_path, key)
-    if cached is not None:
-        return cached
-    # Inputs longer than the student's context go to the teacher unread (Service.answer): the student
-    # is neither calibrated on them nor embeds them (a GPT-2-style model would fail with IndexError).
-    # Chats its template refuses are a client's 400 when served: left out the same way.
-    fits, _, train_refused = _servable(engine, read_records(train_path), train_path)
-    train, held = reference_and_holdout(fits, s.ood_reference)
-    answered = [r for r in read_records(val_path) if r.output is not None]
-    if not answered:
-        raise PotstillError(f"{val_path}: no record has a teacher output to calibrate on")
-    val, too_long, refused = _servable(engine, answered, val_path)
-    if not val or not train:
-        path, n_refused = (val_path, refused) if not val else (train_path, train_refused)
-        raise PotstillError(f"{path}: every input is longer than the student's context ({engine.context} positions)"
-                            f"{' or refused by its chat template' if n_refused else ''}, so it cannot be calibrated "
-                            "to answer any")
-    if too_long:
-        say(f"serve: {too_long} of {len(answered)} val inputs are longer than the student's context "
-            f"({engine.context} positions): left out of calibration, as serving leaves such inputs to the teacher")
-    reference = embed_all(engine, [r.messages for r in train], s.batch_size, "serve: embed training inputs")
-    held_dist = (ood_distance(embed_all(engine, [r.messages for r in held], s.batch_size,
-                                        "serve: embed held-out training inputs"), reference) if held else [])
-    answers = _answer_all(engine, [r.messages for r in val], s.batch_size, "serve: calibrate on val")
-    agree = [task.agree(a.parsed, task.parse(r.output or "")) for a, r in zip(answers, val)]
-    dist = ood_distance(torch.stack([a.embedding for a in answers]), reference)
-    routing = calibrate([a.confidence for a in answers], agree, dist, [a.invalid is not None for a in answers],
-                        s.target_escalation, s.target_agreement, s.ood_quantile, ood_sample=held_dist)
-    routing.stats["n_reference"] = len(train)
-    routing.stats["n_val_too_long"] = too_long
-    routing.stats["n_val_refused"] = refused
-    routing.stats["n_ood_holdout"] = len(held)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # Written to temp names and renamed, so a crash never leaves a half-written calibration.
-    torch.save(reference, ref_path.with_suffix(".tmp"))
-    os.replace(ref_path.with_suffix(".tmp"), ref_path)
-    tmp = routing_path.with_suffix(".tmp")
-    stats = jsonable(routing.stats)
-    tmp.write_text(json.dumps({
-        "key": key, "confidence_threshold": _finite(routing.confidence_threshold),
-        "ood_threshold": _finite(routing.ood_threshold), "stats": stats,
-    }, indent=2))
-    os.replace(tmp, routing_path)
-    return routing, reference
-
-
-def _servable(engine: ServedStudent, records: list[Record], path: Path,
-              quiet: bool = False) -> tuple[list[Record], int, int]:
-    """The records the student can take (they fit its context and its chat template takes them),
-    how many are too long and how many the template refuses (one line says so, with the first why)."""
-    fits, too_long, refused = [], 0, []
-    for r in records:
-        try:
-            over = engine.over_context(r.messages)
-        except RefusedChat as e:
-            refused.append(str(e).split(": ", 1)[-1])
-            continue
-        if over is None:
-            fits.append(r)
-        else:
-            too_long += 1
-    if refused and not quiet:
-        say(f"serve: {len(refused)} of {len(records)} {path.stem} inputs are refused by the student's chat template "
-            f"({refused[0][:200]}): left out of calibration, as serving answers such chats with a 400")
-    return fits, too_long, len(refused)
 
 
 class TeacherError(Exception):
