@@ -27,7 +27,6 @@ articles re-checked (``benchmarks/teacher_int8_answer_recheck.json``).
 from __future__ import annotations
 
 import random
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,7 +36,7 @@ from potstill.errors import PotstillError
 from potstill.hashing import hash_obj
 from potstill.engines import Engine, section_engine
 from potstill.engines.recheck import rechecking, with_recheck_time
-from potstill.models.loading import _pick_device, hub_revision, model_identity, resolve
+from potstill.models.loading import _pick_device, model_identity, resolve
 from potstill.models.prompting import PromptFormat, label_token_ids
 from potstill.models.scoring import Scored
 from potstill.records import read_records
@@ -139,7 +138,7 @@ class LocalTeacher(Teacher):
             "model": self.cfg.model,
             # By content, not by path: weights saved over the old ones in the same folder are another
             # teacher, and a hub id's new revision another too.
-            "weights": model_identity(self.cfg.model, where) if isinstance(where, Path) else hub_revision(where),
+            "weights": model_identity(self.cfg.model, where),
             "prompt": hash_obj([[f.kind, f.instruction, f.answer_prefix, f.shots] for f in self.fmts]),
             "labels": self.task.labels,
             "max_tokens": self.cfg.max_tokens,
