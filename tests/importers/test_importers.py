@@ -154,3 +154,25 @@ def test_a_finetune_line_whose_answer_is_a_tool_call_or_text_parts(tmp_path):
     import_traffic(src, tmp_path / "o.jsonl")
     (rec,) = read_records(tmp_path / "o.jsonl")
     assert rec.output == "sports" and rec.text == "A match."
+
+
+def test_a_developer_message_is_the_system_prompt_not_part_of_the_input(tmp_path):
+    """OpenAI's newer models take their instruction as a ``developer`` message: import keeps it in
+    ``meta.system`` as it does a system message. Kept among the record's messages, the teacher got
+    the instruction twice (task.instruction, then this) and `export --format openai-jsonl` refused
+    every record ('developer' is no fine-tuning role)."""
+    dev = {"role": "developer", "content": "Topic?"}
+    user = {"role": "user", "content": "the team won"}
+    src = jsonl(tmp_path / "logs.jsonl", [
+        {"request": {"model": "gpt-4.1", "messages": [dev, user]}, "response": COMPLETION},
+        {**COMPLETION, "input_messages": [{"id": "m1", **dev}, {"id": "m2", **user}]},
+        {"messages": [dev, user, {"role": "assistant", "content": "sports"}]},
+    ])
+    assert import_traffic(src, tmp_path / "o.jsonl") == 3
+    recs = read_records(tmp_path / "o.jsonl")
+    assert [r.messages for r in recs] == [[user]] * 3 and [r.meta["system"] for r in recs] == ["Topic?"] * 3
+    with Ledger(tmp_path / "calls.sqlite") as ledger:
+        ledger.record(Call(request_hash="h1", role="student", stage="serve", model="student-v1",
+                           request={"model": "student", "messages": [dev, user]}, response={"content": "sports"}))
+    import_traffic(tmp_path / "calls.sqlite", tmp_path / "s.jsonl")
+    assert read_records(tmp_path / "s.jsonl")[0].messages == [user]

@@ -15,6 +15,7 @@ Formats (``--format auto`` picks one per line, by its keys):
 
 Every record keeps where it came from: ``meta.source`` (file), ``meta.line`` (or ledger row
 id), ``meta.format`` and, where the log has them, ``teacher``, ``usage`` and ``finish_reason``.
+The instruction (a system or developer message) goes to ``meta.system``, not the record's messages.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from potstill.progress import bar
 from potstill.records import Record, content_text, read_objects, record_problem, write_jsonl
 
 FORMATS = ("auto", "finetune", "openai-log", "pairs", "stored", "served")
+# The instruction's roles: OpenAI's newer models take it as a developer message (serve drops both alike).
+INSTRUCTION_ROLES = ("system", "developer")
 
 
 def _objects(msgs: list[Any], where: str) -> list[dict[str, Any]]:
@@ -136,8 +139,8 @@ def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: dict[str, An
     else:
         raise PotstillError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
     # Records hold the user-side conversation; the system instruction belongs to the task.
-    system = [m for m in prompt if m.get("role") == "system"]
-    user = [m for m in prompt if m.get("role") != "system"]
+    system = [m for m in prompt if m.get("role") in INSTRUCTION_ROLES]
+    user = [m for m in prompt if m.get("role") not in INSTRUCTION_ROLES]
     if not user:
         raise PotstillError(f"{where}: the request has no user message")
     # What an input file is checked against when generate reads it: refused here, at its own line.
@@ -145,7 +148,7 @@ def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: dict[str, An
     if problem:
         raise PotstillError(f"{where}: {problem}")
     if system:
-        meta["system"] = str(system[0].get("content", ""))
+        meta["system"] = content_text(system[0].get("content", ""))
     meta["format"] = kind
     try:
         return Record(messages=user, output=output, meta={k: v for k, v in meta.items() if v is not None})
@@ -176,7 +179,7 @@ def import_served(db: Path) -> list[Record]:
         rows = ledger.served()
     out = []
     for row in rows:
-        user = [m for m in _messages(row.request, f"{db}#calls.id={row.id}") if m.get("role") != "system"]
+        user = [m for m in _messages(row.request, f"{db}#calls.id={row.id}") if m.get("role") not in INSTRUCTION_ROLES]
         out.append(Record(messages=user, output=row.content or "", meta={
             "format": "served", "source": str(db), "ledger_id": row.id, "teacher": row.model, "role": row.answered_by,
             "input_tokens": row.input_tokens, "output_tokens": row.output_tokens, "created_at": row.created_at}))
