@@ -17,7 +17,7 @@ from potstill.curate import curate
 from potstill.curate.stage import curate_stage
 from potstill.errors import PotstillError
 from potstill.generate.stage import generate_stage
-from potstill.records import read_records
+from potstill.records import Record, read_records
 from tests.helpers.chat_server import ChatServer
 
 WORDS = "the market film music team goal phone software minister party vote bank profit star award win".split()
@@ -51,3 +51,33 @@ def test_answers_cut_at_the_teachers_token_limit_are_set_aside(tmp_path, tiny_mo
     if cut == {r.id for r in records}:  # every answer cut: the stage's one line says why nothing is left
         with pytest.raises(PotstillError, match=r"no training records left.*truncated"):
             curate_stage(cfg)
+
+
+def test_imported_logged_answers_cut_at_their_token_limit_are_not_real_examples(tmp_path):
+    """`potstill import` keeps a logged answer's stop reason as the log names it (``finish_reason``;
+    Anthropic's ``stop_reason`` lands there too). Used as ``curate.real_data``, a logged answer that ran
+    into its ``max_tokens`` was trained on whole: curate's check read only generate's ``meta.stop_reason``."""
+    from potstill.importers import import_traffic
+
+    def completion(text: str, finish: str) -> dict:
+        return {"id": "c", "object": "chat.completion", "model": "gpt-4o",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}]}
+
+    logs = [{"request": {"messages": [{"role": "user", "content": f"long text number {i}"}]},
+             "response": completion(f"summary {i} of the whole text" if i % 2 else f"summary {i} of the", "stop" if i % 2 else "length")}
+            for i in range(8)]
+    logs.append({"request": {"messages": [{"role": "user", "content": "an anthropic text"}]},
+                 "response": {"type": "message", "model": "claude-haiku-4-5", "stop_reason": "max_tokens",
+                              "content": [{"type": "text", "text": "a summary cut"}]}})
+    (tmp_path / "logs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in logs))
+    assert import_traffic(tmp_path / "logs.jsonl", tmp_path / "real.jsonl") == 9
+    cfg = load_config(overrides={
+        "run_dir": str(tmp_path / "run"), "task": {"type": "freetext", "instruction": "Summarise the text."},
+        "curate": {"val": 1, "test": 1, "near_dup": False, "real_ratio": 10.0}})
+    teacher = [Record(messages=[{"role": "user", "content": f"teacher text {w}"}], output=f"about {w}", valid=True,
+                      meta={"stop_reason": "stop"}) for w in WORDS[:6]]
+    out = curate(cfg, teacher, real=read_records(tmp_path / "real.jsonl"))
+    trained = {r.text for r in out.train if r.meta.get("source") == "real"}
+    assert trained == {f"long text number {i}" for i in range(1, 8, 2)}
+    cut = [r for r in out.rejected if (r.invalid_reason or "").startswith("real example: truncated")]
+    assert len(cut) == 5 and out.card["counts"]["real_added"] == 4

@@ -286,6 +286,10 @@ def _prepare_real(real: list[Record], task, c) -> tuple[list[Record], list[Recor
             # a free-text answer. Trained on as its text, validated as any answer is.
             r.output = r.reference if isinstance(r.reference, str) else json.dumps(r.reference, ensure_ascii=False)
         r.meta.update(source="real", dataset=c.real_source)
+        if r.meta.get("stop_reason") is None and r.meta.get("finish_reason") is not None:
+            # An imported log's answer (`potstill import` keeps the log's own name): one cut at its
+            # max_tokens is set aside as truncated, as a teacher's is.
+            r.meta["stop_reason"] = r.meta["finish_reason"]
         reason = invalid_reason(r, task, c) if r.output is not None else "no label, output or reference"
         if reason is None:
             r.valid = True
