@@ -176,3 +176,14 @@ def test_a_developer_message_is_the_system_prompt_not_part_of_the_input(tmp_path
                            request={"model": "student", "messages": [dev, user]}, response={"content": "sports"}))
     import_traffic(tmp_path / "calls.sqlite", tmp_path / "s.jsonl")
     assert read_records(tmp_path / "s.jsonl")[0].messages == [user]
+
+
+def test_an_out_that_is_a_folder_is_named_before_anything_is_read(tmp_path):
+    """``-o`` naming a folder was read to the end and then refused as 'Is a directory: <a temp file
+    the user never made> -> DIR'; it is one line naming --out, and nothing is left beside it."""
+    src = jsonl(tmp_path / "traffic.jsonl", [{"prompt": "new phone", "completion": "tech"}])
+    (tmp_path / "data").mkdir()
+    with pytest.raises(PotstillError) as e:
+        import_traffic(src, tmp_path / "data")
+    assert str(e.value) == f"--out {tmp_path / 'data'} is a folder; name the records file to write (-o data/records.jsonl)"
+    assert list((tmp_path / "data").iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["data", "traffic.jsonl"]

@@ -194,6 +194,8 @@ def import_traffic(path: str | Path, out: str | Path, fmt: str = "auto", request
     for given in (path, requests):
         if given is not None and out.resolve() == Path(given).resolve():
             raise PotstillError(f"--out {out} is the file being imported; name another file (it would be replaced)")
+    if out.is_dir():  # else found only at the final rename, after the whole file was read
+        raise PotstillError(f"--out {out} is a folder; name the records file to write (-o {out.name}/records.jsonl)")
     if fmt == "served" or (fmt == "auto" and path.suffix in (".sqlite", ".db")):
         records = import_served(path)
     else:
