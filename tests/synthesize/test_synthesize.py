@@ -281,3 +281,30 @@ def test_local_teacher_that_writes_nothing_is_one_clear_error(tmp_path, tiny_mod
     cfg_path.write_text(yaml.safe_dump(raw))
     with pytest.raises(PotstillError, match=r"no usable input in 6 answers \(each must continue the prompt's <input>"):
         synthesize_stage(load_config(cfg_path))
+
+
+def test_growing_the_plan_after_curate_keeps_its_own_inputs_in_test(tmp_path):
+    """RUN/test.jsonl holds synthesize's own earlier inputs once curate has split them: a rerun with a
+    larger n gets them back from the ledger and must keep them (they are those test inputs, not near
+    one), or the next curate silently loses them from the test split."""
+    from potstill.curate.stage import curate_stage
+    from potstill.generate.stage import generate_stage
+
+    seen: Counter = Counter()
+    with LiveServer(writer_app("good", seen)) as srv:
+        cfg_path = project(tmp_path, srv.url, n=12)
+        raw = yaml.safe_load(cfg_path.read_text())
+        raw.update({"data": {"inputs": "run/synthetic.jsonl"}, "curate": {"val": 2, "test": 6}})
+        cfg_path.write_text(yaml.safe_dump(raw))
+        cfg = load_config(cfg_path)
+        for stage in (synthesize_stage, generate_stage, curate_stage):
+            stage(cfg)
+        in_test = [r.text for r in read_records(tmp_path / "run" / "test.jsonl") if "synthetic" in r.slice]
+        assert in_test
+        raw["synthesize"]["n"] = 15
+        cfg_path.write_text(yaml.safe_dump(raw))
+        synthesize_stage(load_config(cfg_path))
+    texts = {r.text for r in read_records(tmp_path / "run" / "synthetic.jsonl")}
+    assert [t for t in in_test if t not in texts] == []
+    card = json.loads((tmp_path / "run" / "synthesize.json").read_text())
+    assert card["written"] == 15 and card["quotas_met"]

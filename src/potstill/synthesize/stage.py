@@ -9,6 +9,7 @@ already paid for.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from potstill.config import Config
@@ -22,20 +23,23 @@ from potstill.teachers import get_teacher
 from potstill.teachers.base import Teacher
 
 
-def _references(cfg: Config, run: RunDir) -> tuple[list[Record], list[str]]:
-    """The seed records, and the test inputs no synthetic input may come near."""
+def _references(cfg: Config, run: RunDir) -> tuple[list[Record], list[str], list[str]]:
+    """The seed records, the test inputs no synthetic input may come near, and those of RUN/test.jsonl
+    that an earlier synthesize wrote (curate split them there; a rerun that writes one again keeps it)."""
     s = cfg.synthesize
     seeds = read_records(s.seeds) if s.seeds else []
     tests = [r.text for r in read_records(s.test_inputs)] if s.test_inputs else []
+    own: list[str] = []
     if (run / "test.jsonl").exists():
-        tests += [r.text for r in read_records(run / "test.jsonl")]
-    return seeds, tests
+        for r in read_records(run / "test.jsonl"):
+            (own if r.meta.get("synthetic") else tests).append(r.text)
+    return seeds, tests, own
 
 
 class Synthesis:
     """One synthesize run: the plan's state, the screen and the tally of what was kept or rejected."""
 
-    def __init__(self, cfg: Config, seeds: list[Record], tests: list[str]):
+    def __init__(self, cfg: Config, seeds: list[Record], tests: list[str], own_tests: Sequence[str] = ()):
         self.cfg, self.s = cfg, cfg.synthesize
         self.completion = cfg.teacher.prompt_format == "completion"
         self.quota = quotas(self.s, cfg.task)
@@ -44,7 +48,7 @@ class Synthesis:
         # model continues the pattern it is shown, whatever the header says.
         self.pools = {c: [r.text for r in seeds if r.label == c] or self.seed_texts for c in self.quota}
         self.screen = Screen([("a seed input", t) for t in self.seed_texts], tests, self.s.near_dup_threshold,
-                             self.s.test_threshold)
+                             self.s.test_threshold, own_tests)
         self.kept: dict[str, list[Record]] = {c: [] for c in self.quota}
         self.attempts: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
@@ -110,13 +114,13 @@ def synthesis_teacher(cfg: Config) -> tuple[Teacher, PromptTask]:
 
 
 def synthesize(cfg: Config, seeds: list[Record], tests: list[str], ledger: Any,
-               made: tuple[Teacher, PromptTask]) -> Synthesis:
+               made: tuple[Teacher, PromptTask], own_tests: Sequence[str] = ()) -> Synthesis:
     """Run the plan's rounds through ``teacher`` (``synthesis_teacher``) and the ledger until every
     quota is met or rounds run out."""
     s = cfg.synthesize
     teacher, task = made
     completion = cfg.teacher.prompt_format == "completion"
-    syn = Synthesis(cfg, seeds, tests)
+    syn = Synthesis(cfg, seeds, tests, own_tests)
     try:
         for rnd in range(s.max_rounds):
             slots = syn.next_slots()
@@ -167,19 +171,19 @@ def synthesize_stage(cfg: Config, force: bool = False) -> dict[str, Any]:
 
 
 def synthesize_body(cfg: Config, run: RunDir) -> dict[str, Any]:
-    seeds, tests = _references(cfg, run)
+    seeds, tests, own = _references(cfg, run)
     # Made before the ledger is created, as generate's: a teacher that cannot be made leaves no
     # empty calls.sqlite (nor a new run directory holding only that).
     made = synthesis_teacher(cfg)
     with run.ledger() as ledger:
-        syn = synthesize(cfg, seeds, tests, ledger, made)
+        syn = synthesize(cfg, seeds, tests, ledger, made, own)
     if syn.errors and not syn.answers:
         raise PotstillError(f"synthesize: all {syn.errors} teacher calls failed ({syn.first_error}); "
                             "nothing written. Rerun to retry them")
     real = [r.model_copy(update={"slice": [*r.slice, "real"]}) for r in seeds]
     out_path = run / "synthetic.jsonl"
     write_jsonl(out_path, real + [r for c in syn.kept for r in syn.kept[c]])
-    summary = card(syn, cfg.teacher.model or cfg.teacher.type, len(seeds), len(tests))
+    summary = card(syn, cfg.teacher.model or cfg.teacher.type, len(seeds), len(tests) + len(own))
     write_json(run / "synthesize.json", summary)
     short = {c: (len(syn.kept[c]), q) for c, q in syn.quota.items() if len(syn.kept[c]) < q}
     if syn.errors and short:
