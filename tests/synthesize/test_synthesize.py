@@ -308,3 +308,17 @@ def test_growing_the_plan_after_curate_keeps_its_own_inputs_in_test(tmp_path):
     assert [t for t in in_test if t not in texts] == []
     card = json.loads((tmp_path / "run" / "synthesize.json").read_text())
     assert card["written"] == 15 and card["quotas_met"]
+
+
+@pytest.mark.parametrize("synth, named", [({"quotas": {"sports": 2, "weather": 2}}, r"'weather' \(synthesize.quotas\)"),
+                                          ({"cells": ["Sports", "tech"]}, r"'Sports' \(synthesize.cells\)")])
+def test_classification_cells_that_are_not_labels_are_refused_before_any_call(tmp_path, synth, named):
+    """A classification prompt asks for an input 'whose correct label is' the cell: a cell outside
+    task.labels would have the teacher write to a label the task does not have."""
+    seen: Counter = Counter()
+    with LiveServer(writer_app("good", seen)) as srv:
+        cfg = load_config(project(tmp_path, srv.url, **synth))
+        with pytest.raises(PotstillError, match=rf"synthesize: cell {named} is not one of task.labels") as err:
+            synthesize_stage(cfg)
+    assert ("did you mean 'sports'?" in str(err.value)) == ("Sports" in named)
+    assert not seen and not (tmp_path / "run").exists()

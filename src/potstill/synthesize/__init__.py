@@ -14,6 +14,7 @@ with the reason, and counted in ``synthesize.json``.
 
 from __future__ import annotations
 
+import difflib
 import random
 import re
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from typing import Any
 from datasketch import MinHash, MinHashLSH
 
 from potstill.config import SynthesizeConfig, TaskConfig
+from potstill.errors import PotstillError
 from potstill.curate.dedup import CANDIDATE_MARGIN, NUM_PERM, jaccard, normalise, shingles
 from potstill.records import Record
 from potstill.tasks import Task
@@ -63,6 +65,22 @@ def quotas(s: SynthesizeConfig, task: TaskConfig) -> dict[str, int]:
     cells = s.cells or (task.labels if task.type == "classification" else []) or ["all"]
     base, extra = divmod(s.n, len(cells))
     return {c: base + (i < extra) for i, c in enumerate(cells)}
+
+
+def check_cells(s: SynthesizeConfig, task: TaskConfig) -> None:
+    """Refuse a classification cell that is not a label: its prompt asks for an input "whose correct
+    label is" the cell, so the teacher would write to a label the task does not have."""
+    if task.type != "classification":
+        return
+    for cell in s.quotas or s.cells:
+        if cell not in task.labels:
+            close = [lab for lab in task.labels if lab.lower() == cell.lower()] or \
+                difflib.get_close_matches(cell, task.labels, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            field = "quotas" if s.quotas else "cells"
+            raise PotstillError(f"synthesize: cell '{cell}' (synthesize.{field}) is not one of task.labels "
+                                f"({', '.join(task.labels)}); a classification cell is the label to write "
+                                f"inputs for{hint}")
 
 
 def slot(s: SynthesizeConfig, cell: str, attempt: int, seeds: list[str]) -> Slot:

@@ -18,7 +18,7 @@ from potstill.generate import label_records
 from potstill.progress import say
 from potstill.records import Record, read_records, write_json, write_jsonl
 from potstill.rundir import RunDir
-from potstill.synthesize import PromptTask, Screen, Slot, extract, prompt, quotas, slot
+from potstill.synthesize import PromptTask, Screen, Slot, check_cells, extract, prompt, quotas, slot
 from potstill.teachers import get_teacher
 from potstill.teachers.base import Teacher
 
@@ -171,6 +171,7 @@ def synthesize_stage(cfg: Config, force: bool = False) -> dict[str, Any]:
 
 
 def synthesize_body(cfg: Config, run: RunDir) -> dict[str, Any]:
+    check_cells(cfg.synthesize, cfg.task)
     seeds, tests, own = _references(cfg, run)
     # Made before the ledger is created, as generate's: a teacher that cannot be made leaves no
     # empty calls.sqlite (nor a new run directory holding only that).
