@@ -322,3 +322,26 @@ def test_classification_cells_that_are_not_labels_are_refused_before_any_call(tm
             synthesize_stage(cfg)
     assert ("did you mean 'sports'?" in str(err.value)) == ("Sports" in named)
     assert not seen and not (tmp_path / "run").exists()
+
+
+def test_seed_labels_in_another_case_are_the_cells_labels(tmp_path):
+    """Seeds exported as "Sports" or "TECH" are the labels sports and tech, as generate reads them:
+    a cell's prompts show that label's seeds (not every seed), and synthetic.jsonl keeps the
+    label set's spelling."""
+    prompts: list[str] = []
+    app = writer_app("good", Counter())
+
+    @app.middleware("http")
+    async def keep(request, call_next):
+        prompts.append(json.loads(await request.body())["messages"][-1]["content"])
+        return await call_next(request)
+
+    with LiveServer(app) as srv:
+        cfg_path = project(tmp_path, srv.url, n=3, exemplars=3, max_rounds=1)
+        (tmp_path / "seeds.jsonl").write_text("".join(
+            json.dumps({"input": t, "label": lab}) + "\n" for t, lab in zip(SEEDS, ["Sports", "TECH", "Politics"])))
+        synthesize_stage(load_config(cfg_path))
+    tech = [p for p in prompts if "(request tech#" in p]
+    assert tech and all(SEEDS[1] in p and SEEDS[0] not in p and SEEDS[2] not in p for p in tech)
+    seeds = read_records(tmp_path / "run" / "synthetic.jsonl")[:3]
+    assert [r.label for r in seeds] == LABELS

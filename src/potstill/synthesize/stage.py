@@ -16,9 +16,10 @@ from potstill.config import Config
 from potstill.errors import PotstillError
 from potstill.generate import label_records
 from potstill.progress import say
-from potstill.records import Record, read_records, write_json, write_jsonl
+from potstill.records import Record, read_numbered, read_records, write_json, write_jsonl
 from potstill.rundir import RunDir
 from potstill.synthesize import PromptTask, Screen, Slot, check_cells, extract, prompt, quotas, slot
+from potstill.tasks import get_task
 from potstill.teachers import get_teacher
 from potstill.teachers.base import Teacher
 
@@ -27,7 +28,11 @@ def _references(cfg: Config, run: RunDir) -> tuple[list[Record], list[str], list
     """The seed records, the test inputs no synthetic input may come near, and those of RUN/test.jsonl
     that an earlier synthesize wrote (curate split them there; a rerun that writes one again keeps it)."""
     s = cfg.synthesize
-    seeds = read_records(s.seeds) if s.seeds else []
+    numbered = read_numbered(s.seeds) if s.seeds else []
+    # Gold labels in the label set's spelling ("Sports" -> "sports"), as generate reads them: a label
+    # cell's prompts show the seeds of that label, and synthetic.jsonl keeps what generate expects.
+    get_task(cfg.task).check_gold(numbered, s.seeds, cfg.data.max_unknown_gold)
+    seeds = [r for _, r in numbered]
     tests = [r.text for r in read_records(s.test_inputs)] if s.test_inputs else []
     own: list[str] = []
     if (run / "test.jsonl").exists():
