@@ -187,3 +187,24 @@ def test_an_out_that_is_a_folder_is_named_before_anything_is_read(tmp_path):
         import_traffic(src, tmp_path / "data")
     assert str(e.value) == f"--out {tmp_path / 'data'} is a folder; name the records file to write (-o data/records.jsonl)"
     assert list((tmp_path / "data").iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["data", "traffic.jsonl"]
+
+
+def test_logged_answers_that_are_a_tool_call_or_a_refusal_are_skipped_and_counted(tmp_path, capsys):
+    """A logged completion whose answer is a tool call or a refusal (content null) was imported as the
+    answer "" with no word, then trained on as an empty answer (curate.real_data) or counted as input
+    with an empty gold; such lines are skipped and counted, the others imported."""
+    call = {"role": "assistant", "content": None,
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}]}
+    refusal = {"role": "assistant", "content": None, "refusal": "I can't help with that."}
+    asked = {"input_messages": [{"role": "user", "content": "A match."}]}
+    lines = [{**COMPLETION, **asked, "choices": [{**COMPLETION["choices"][0], "message": m}]} for m in (call, refusal)]
+    anthropic = {"request": {"messages": [{"role": "user", "content": "weather?"}]},
+                 "response": {"type": "message", "model": "claude", "stop_reason": "tool_use",
+                              "content": [{"type": "tool_use", "id": "t1", "name": "weather", "input": {}}]}}
+    src = jsonl(tmp_path / "log.jsonl", [{**COMPLETION, **asked}, *lines, anthropic])
+    assert import_traffic(src, tmp_path / "o.jsonl") == 1
+    (rec,) = read_records(tmp_path / "o.jsonl")
+    assert rec.output == "sports"
+    err = capsys.readouterr().err
+    assert "2 line(s) skipped, its answer is a tool call with no text to distil (first at" in err and ":2)" in err
+    assert "1 line(s) skipped, its answer is a refusal" in err

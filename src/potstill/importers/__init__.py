@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from potstill.errors import PotstillError
 from potstill.ledger import Ledger
-from potstill.progress import bar
+from potstill.progress import bar, say
 from potstill.records import Record, content_text, read_objects, record_problem, write_jsonl
 
 FORMATS = ("auto", "finetune", "openai-log", "pairs", "stored", "served")
@@ -57,8 +57,24 @@ def _messages(side: Any, where: str) -> list[dict[str, Any]]:
     raise PotstillError(f"{where}: cannot find the request's messages")
 
 
+class NoText(Exception):
+    """A logged answer with no text to distil (a tool call, a refusal): the line is skipped and counted."""
+
+
+def _no_text(message: dict[str, Any]) -> str | None:
+    """Why a logged answer message holds no text to learn, or None when it holds some."""
+    if content_text(message.get("content") or ""):
+        return None
+    if message.get("tool_calls") or message.get("function_call"):
+        return "its answer is a tool call"
+    if message.get("refusal"):
+        return "its answer is a refusal"
+    return None
+
+
 def _answer(side: Any, where: str) -> tuple[str, dict[str, Any]]:
-    """The answer text and provenance fields from a completion, message or plain string."""
+    """The answer text and provenance fields from a completion, message or plain string
+    (``NoText`` where the answer is a tool call or a refusal)."""
     if isinstance(side, str):
         return side, {}
     if isinstance(side, dict):
@@ -68,11 +84,18 @@ def _answer(side: Any, where: str) -> tuple[str, dict[str, Any]]:
             side = side["body"]
         ch = side["choices"][0] if isinstance(side.get("choices"), list) and side["choices"] else None
         if isinstance(ch, dict) and isinstance(ch.get("message", {}), dict):
-            return str(ch.get("message", {}).get("content") or ""), {
+            why = _no_text(ch.get("message", {}))
+            if why:
+                raise NoText(why)
+            return content_text(ch.get("message", {}).get("content") or ""), {
                 "teacher": side.get("model"), "usage": side.get("usage"), "finish_reason": ch.get("finish_reason"),
                 "response_id": side.get("id")}
         if side.get("type") == "message" and isinstance(side.get("content"), list):
             text = "".join(str(b.get("text", "")) for b in side["content"] if isinstance(b, dict) and b.get("type") == "text")
+            if not text and (side.get("stop_reason") == "refusal" or any(
+                    isinstance(b, dict) and b.get("type") == "tool_use" for b in side["content"])):
+                raise NoText("its answer is a refusal" if side.get("stop_reason") == "refusal" else
+                             "its answer is a tool call")
             return text, {"teacher": side.get("model"), "usage": side.get("usage"),
                           "finish_reason": side.get("stop_reason"), "response_id": side.get("id")}
         for k in ("content", "output", "text"):
@@ -207,12 +230,20 @@ def import_traffic(path: str | Path, out: str | Path, fmt: str = "auto", request
         with open(path, encoding="utf-8", errors="replace") as f:  # read_objects names a line that is not UTF-8
             total = sum(1 for line in f if line.strip())
         records = []
+        skipped: dict[str, list[int]] = {}
         with bar(f"import {path.name}", total) as advance:
             for lineno, obj in read_objects(path):
                 advance(1)
-                rec = _from_line(obj, fmt, f"{path}:{lineno}", reqs)
+                try:
+                    rec = _from_line(obj, fmt, f"{path}:{lineno}", reqs)
+                except NoText as e:  # nothing to distil; one log line is no reason to refuse the file
+                    skipped.setdefault(str(e), []).append(lineno)
+                    continue
                 rec.meta.update({"source": str(path), "line": lineno})
                 records.append(rec)
+        for why, lines in skipped.items():
+            say(f"[yellow]import: {len(lines)} line(s) skipped, {why} with no text to distil "
+                f"(first at {path}:{lines[0]})[/yellow]")
     if not records:
         raise PotstillError(f"{path}: no records to import")
     return write_jsonl(out, records)
