@@ -208,3 +208,21 @@ def test_logged_answers_that_are_a_tool_call_or_a_refusal_are_skipped_and_counte
     err = capsys.readouterr().err
     assert "2 line(s) skipped, its answer is a tool call with no text to distil (first at" in err and ":2)" in err
     assert "1 line(s) skipped, its answer is a refusal" in err
+
+
+def test_served_rows_answered_with_tool_calls_are_skipped_and_counted(tmp_path, capsys):
+    """A served escalation answered with tool calls (a client's tools) has no text, and its row was
+    imported as the answer ""."""
+    from potstill.ledger import ServedCall
+
+    user = {"role": "user", "content": "A match."}
+    call = [{"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}]
+    with Ledger(tmp_path / "calls.sqlite") as ledger:
+        ledger.record_served(ServedCall(request={"model": "potstill", "messages": [user]}, answered_by="student",
+                                        model="s", content="sports"))
+        ledger.record_served(ServedCall(request={"model": "potstill", "messages": [user], "tools": []},
+                                        answered_by="teacher", model="t", content="", reason="tools",
+                                        extra={"tool_calls": call}, finish_reason="tool_calls"))
+    assert import_traffic(tmp_path / "calls.sqlite", tmp_path / "s.jsonl") == 1
+    assert [r.output for r in read_records(tmp_path / "s.jsonl")] == ["sports"]
+    assert "1 served row(s) skipped, their answer is a tool call" in capsys.readouterr().err

@@ -201,7 +201,13 @@ def import_served(db: Path) -> list[Record]:
     with Ledger(db, readonly=True) as ledger:
         rows = ledger.served()
     out = []
+    calls = [row.id for row in rows if row.extra.get("tool_calls")]
+    if calls:  # an escalation answered with tool calls (a client's tools): no text to distil
+        say(f"[yellow]import: {len(calls)} served row(s) skipped, their answer is a tool call with no text to distil "
+            f"(first: calls.id={calls[0]})[/yellow]")
     for row in rows:
+        if row.extra.get("tool_calls"):
+            continue
         user = [m for m in _messages(row.request, f"{db}#calls.id={row.id}") if m.get("role") not in INSTRUCTION_ROLES]
         out.append(Record(messages=user, output=row.content or "", meta={
             "format": "served", "source": str(db), "ledger_id": row.id, "teacher": row.model, "role": row.answered_by,
