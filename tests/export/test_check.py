@@ -130,6 +130,21 @@ def test_a_tool_chat_and_text_parts_export_as_openai_fine_tuning_takes_them(tmp_
     assert all(check_openai_jsonl(p) == [] for p in written)
 
 
+def test_a_developer_message_exports_as_the_system_message_the_fine_tuning_format_takes(tmp_path):
+    """Input files may hold OpenAI's newer `developer` instruction turn (generate and train take it), but
+    the fine-tuning format's roles are system, user, assistant and tool: the export wrote it as it was,
+    and its own check then refused every row, so the run could not be exported."""
+    cfg = make_run(tmp_path, ["a summary"] * 12)
+    chat = [{"role": "developer", "content": "Answer briefly."}, {"role": "user", "content": "text"}]
+    write_jsonl(Path(cfg.run_dir) / "train.jsonl",
+                [Record(id=f"t{i}", messages=chat, output="short.", valid=True) for i in range(12)])
+    written = export(cfg, "openai-jsonl")
+    row = json.loads(written[0].read_text().splitlines()[0])
+    assert row["messages"][1:] == [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "text"},
+                                   {"role": "assistant", "content": "short."}]
+    assert all(check_openai_jsonl(p) == [] for p in written)
+
+
 def test_a_split_now_empty_leaves_no_stale_file(tmp_path):
     """After a curate with no validation split, the folder must not keep the earlier val.jsonl: uploaded
     beside the new train.jsonl it would validate on another dataset (maybe on the new training rows)."""

@@ -30,7 +30,8 @@ def to_openai(messages: list[dict[str, Any]], target: str) -> dict[str, Any]:
     # leaves it out), and OpenAI refuses a message with empty content.
     # Text parts as their text (what the student read); a tool chat keeps its calls and the ids that
     # pair each tool message with its call, or the upload refuses it.
-    msgs = [{"role": m["role"], "content": content_text(m["content"]) if isinstance(m.get("content"), list) else m.get("content"),
+    # OpenAI's newer `developer` instruction turn is a system message in the fine-tuning format's roles.
+    msgs = [{"role": "system" if m["role"] == "developer" else m["role"], "content": content_text(m["content"]) if isinstance(m.get("content"), list) else m.get("content"),
              **{k: m[k] for k in ("tool_calls", "tool_call_id", "name") if m.get(k) is not None}} for m in messages
             if not (m["role"] == "system" and isinstance(m.get("content"), str) and not m["content"].strip())]
     msgs.append({"role": "assistant", "content": target})
