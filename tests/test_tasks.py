@@ -142,3 +142,15 @@ def test_an_extraction_reference_written_as_a_json_string_is_the_same_gold_as_th
     rec = lambda ref: Record(messages=[{"role": "user", "content": "Ada."}], reference=ref)  # noqa: E731
     assert task.gold(rec('{"name": "Ada"}')) == task.gold(rec({"name": "Ada"})) == {"name": "Ada"}
     assert task.agree(task.parse('{"name": "Ada"}'), task.gold(rec('{"name": "Ada"}'))) == 1.0
+
+
+def test_labels_written_as_whole_floats_in_yaml_are_the_labels_gold_data_names():
+    """`labels: [1.0, 2.0]` in potstill.yaml became the labels '1.0', '2.0', while a gold label 1.0 (or 1)
+    reads as '1': no gold matched the label set. A whole float is its whole number, as gold's is."""
+    from potstill.config import load_config
+    from potstill.records import Record, _coerce
+
+    cfg = load_config(overrides={"task": {"labels": [1.0, 2.0, 2.5, "neutral"]}})
+    assert cfg.task.labels == ["1", "2", "2.5", "neutral"]
+    task = get_task(cfg.task)
+    assert task.gold(Record.model_validate(_coerce({"input": "ok", "label": 1.0}))) == "1"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from potstill.config_fields import (
     INPUT_FILE, MODEL_REF, DtypeName, EnvName, QuantizationName, RecheckMargin, Section, engine_drafts, engine_dtype,
@@ -22,6 +22,14 @@ class TaskConfig(Section):
         "Classify the text.", description="System instruction the student (and a chat teacher) receives."
     )
     labels: list[str] = Field(default_factory=list, description="Label set (classification).")
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _whole_numbers(cls, v: Any) -> Any:
+        # YAML's 5.0 is the label 5, as a gold label 5.0 is (records._coerce): '5.0' would match no gold.
+        if isinstance(v, list):
+            return [int(x) if isinstance(x, float) and x.is_integer() else x for x in v]
+        return v
     json_schema: dict[str, Any] | None = Field(None, description="JSON Schema the output must satisfy (extraction).")
     max_output_tokens: int = Field(128, ge=1, description="Longest output to generate (extraction, freetext).")
     json_key_order: Literal["teacher", "schema", "sorted"] = Field(
