@@ -345,3 +345,15 @@ def test_seed_labels_in_another_case_are_the_cells_labels(tmp_path):
     assert tech and all(SEEDS[1] in p and SEEDS[0] not in p and SEEDS[2] not in p for p in tech)
     seeds = read_records(tmp_path / "run" / "synthetic.jsonl")[:3]
     assert [r.label for r in seeds] == LABELS
+
+
+def test_a_budget_that_cannot_cap_the_teacher_is_refused_before_the_ledger_exists(tmp_path):
+    """generate refuses a budget no price can count (an unknown model, no teacher.price) before it makes
+    the ledger; synthesize checked it only inside its first round, after RUN/calls.sqlite (and the
+    run directory) were created for a run that never called anyone."""
+    path = project(tmp_path, "http://127.0.0.1:9")
+    cfg = load_config(path, {"generate.budget_usd": 1.0, "teacher.price.input_per_mtok": 0.0,
+                             "teacher.price.output_per_mtok": 0.0})
+    with pytest.raises(PotstillError, match=r"generate.budget_usd: no price is known for teacher.model 'writer-1'"):
+        synthesize_stage(cfg)
+    assert not (tmp_path / "run" / "calls.sqlite").exists()

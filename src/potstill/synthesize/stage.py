@@ -14,7 +14,7 @@ from typing import Any
 
 from potstill.config import Config
 from potstill.errors import PotstillError
-from potstill.generate import label_records
+from potstill.generate import check_settings, label_records
 from potstill.progress import say
 from potstill.records import Record, read_numbered, read_records, write_json, write_jsonl
 from potstill.rundir import RunDir
@@ -181,6 +181,7 @@ def synthesize_body(cfg: Config, run: RunDir) -> dict[str, Any]:
     # Made before the ledger is created, as generate's: a teacher that cannot be made leaves no
     # empty calls.sqlite (nor a new run directory holding only that).
     made = synthesis_teacher(cfg)
+    check_settings(made[0], cfg.generate)  # label_records checks them too, once the ledger exists
     with run.ledger() as ledger:
         syn = synthesize(cfg, seeds, tests, ledger, made, own)
     if syn.errors and not syn.answers:
