@@ -357,3 +357,14 @@ def test_a_budget_that_cannot_cap_the_teacher_is_refused_before_the_ledger_exist
     with pytest.raises(PotstillError, match=r"generate.budget_usd: no price is known for teacher.model 'writer-1'"):
         synthesize_stage(cfg)
     assert not (tmp_path / "run" / "calls.sqlite").exists()
+
+
+def test_quotas_that_do_not_add_up_to_n_say_that_n_is_not_used(tmp_path, capsys):
+    """With synthesize.quotas the written count is their sum, and an n set beside them was silently
+    ignored: asking for n 100 with quotas of 4 wrote 4 without a word."""
+    path = project(tmp_path, "http://127.0.0.1:9", n=100)
+    cfg = load_config(path, {"synthesize.quotas": {"sports": 4}, "generate.budget_usd": 1.0,
+                             "teacher.price.input_per_mtok": 0.0, "teacher.price.output_per_mtok": 0.0})
+    with pytest.raises(PotstillError):  # stopped by the unpriced budget before any call: only the warning matters
+        synthesize_stage(cfg)
+    assert "synthesize.quotas ask for 4 inputs in all; synthesize.n (100) is not used" in capsys.readouterr().err

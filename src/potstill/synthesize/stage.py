@@ -177,6 +177,10 @@ def synthesize_stage(cfg: Config, force: bool = False) -> dict[str, Any]:
 
 def synthesize_body(cfg: Config, run: RunDir) -> dict[str, Any]:
     check_cells(cfg.synthesize, cfg.task)
+    s = cfg.synthesize
+    if s.quotas and "n" in s.model_fields_set and sum(s.quotas.values()) != s.n:
+        say(f"[yellow]synthesize: synthesize.quotas ask for {sum(s.quotas.values())} inputs in all; synthesize.n "
+            f"({s.n}) is not used when quotas are given[/yellow]")
     seeds, tests, own = _references(cfg, run)
     # Made before the ledger is created, as generate's: a teacher that cannot be made leaves no
     # empty calls.sqlite (nor a new run directory holding only that).
