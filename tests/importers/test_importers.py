@@ -226,3 +226,17 @@ def test_served_rows_answered_with_tool_calls_are_skipped_and_counted(tmp_path, 
     assert import_traffic(tmp_path / "calls.sqlite", tmp_path / "s.jsonl") == 1
     assert [r.output for r in read_records(tmp_path / "s.jsonl")] == ["sports"]
     assert "1 served row(s) skipped, their answer is a tool call" in capsys.readouterr().err
+
+
+def test_a_logged_completion_with_several_choices_keeps_the_first_and_says_so(tmp_path, capsys):
+    """A completion asked with n > 1 holds several choices; import kept choices[0] and dropped the
+    others without a word."""
+    asked = {"input_messages": [{"role": "user", "content": "A match."}]}
+    two = {**COMPLETION, **asked, "choices": [COMPLETION["choices"][0],
+                                             {"index": 1, "message": {"role": "assistant", "content": "tech"},
+                                              "finish_reason": "stop"}]}
+    src = jsonl(tmp_path / "log.jsonl", [{**COMPLETION, **asked}, two])
+    assert import_traffic(src, tmp_path / "o.jsonl") == 2
+    recs = read_records(tmp_path / "o.jsonl")
+    assert [r.output for r in recs] == ["sports", "sports"] and recs[1].meta["choices"] == 2 and "choices" not in recs[0].meta
+    assert "1 logged completion(s) held several choices (n > 1); the first of each is kept" in capsys.readouterr().err

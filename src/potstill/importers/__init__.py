@@ -89,7 +89,9 @@ def _answer(side: Any, where: str) -> tuple[str, dict[str, Any]]:
                 raise NoText(why)
             return content_text(ch.get("message", {}).get("content") or ""), {
                 "teacher": side.get("model"), "usage": side.get("usage"), "finish_reason": ch.get("finish_reason"),
-                "response_id": side.get("id")}
+                "response_id": side.get("id"),
+                # A completion asked with n > 1: the first choice is the answer, the count kept and said.
+                "choices": len(side["choices"]) if len(side["choices"]) > 1 else None}
         if side.get("type") == "message" and isinstance(side.get("content"), list):
             text = "".join(str(b.get("text", "")) for b in side["content"] if isinstance(b, dict) and b.get("type") == "text")
             if not text and (side.get("stop_reason") == "refusal" or any(
@@ -247,6 +249,10 @@ def import_traffic(path: str | Path, out: str | Path, fmt: str = "auto", request
                     continue
                 rec.meta.update({"source": str(path), "line": lineno})
                 records.append(rec)
+        several = [r.meta["line"] for r in records if r.meta.get("choices")]
+        if several:
+            say(f"[yellow]import: {len(several)} logged completion(s) held several choices (n > 1); the first of each "
+                f"is kept, meta.choices counts them (first at {path}:{several[0]})[/yellow]")
         for why, lines in skipped.items():
             say(f"[yellow]import: {len(lines)} line(s) skipped, {why} with no text to distil "
                 f"(first at {path}:{lines[0]})[/yellow]")
