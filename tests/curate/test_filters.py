@@ -379,3 +379,17 @@ def test_a_real_example_with_only_a_reference_trains_on_it(tmp_path):
     c = curate(free, [rec(_words(i), "a teacher summary") for i in range(4)],
                real=[rec("summarise the match report", None, reference="The home team won.")])
     assert [r.output for r in c.train if r.meta.get("source") == "real"] == ["The home team won."]
+
+
+def test_a_real_examples_import_provenance_is_kept():
+    """`potstill import` records where each example came from in meta.source (its file); curate set
+    meta.source to 'real' over it, so the example's origin was lost from the training data."""
+    from potstill.records import Record
+
+    cfg = Config(task={"type": "freetext"}, curate={"val": 0, "test": 0, "real_ratio": 1})
+    teacher = [rec(_words(i), "a teacher answer") for i in range(10)]
+    real = [Record(id="r1", messages=[{"role": "user", "content": "a logged question about tides"}],
+                   output="a logged answer", meta={"source": "/data/logs.jsonl", "line": 7})]
+    c = curate(cfg, teacher, real=real)
+    (r1,) = [r for r in c.train if r.id == "r1"]
+    assert r1.meta["source"] == "real" and r1.meta["imported_from"] == "/data/logs.jsonl" and r1.meta["line"] == 7

@@ -285,6 +285,8 @@ def _prepare_real(real: list[Record], task, c) -> tuple[list[Record], list[Recor
             # The gold answer (Task.gold reads it where there is no label): an extraction's object,
             # a free-text answer. Trained on as its text, validated as any answer is.
             r.output = r.reference if isinstance(r.reference, str) else json.dumps(r.reference, ensure_ascii=False)
+        if r.meta.get("source") not in (None, "real"):  # `potstill import`'s file: where the example came from
+            r.meta["imported_from"] = r.meta["source"]
         r.meta.update(source="real", dataset=c.real_source)
         if r.meta.get("stop_reason") is None and r.meta.get("finish_reason") is not None:
             # An imported log's answer (`potstill import` keeps the log's own name): one cut at its
