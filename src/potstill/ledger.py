@@ -409,18 +409,19 @@ class Ledger:
 
         Served rows are not answers to reuse: their response is what a client got, routing included.
         """
-        out: dict[str, dict[str, Any]] = {}
+        return {h: json.loads(resp) for h, resp in self._by_hash("response", "status='ok'", role, request_hashes)}
+
+    def _by_hash(self, column: str, where: str, role: str, request_hashes: list[str]) -> list[tuple[str, Any]]:
+        """``(request_hash, column)`` of the non-serve rows of ``role`` matching ``where`` for these
+        hashes, oldest first (so a dict built from them keeps the latest), 500 hashes a query."""
+        out: list[tuple[str, Any]] = []
         with self._lock:
             for i in range(0, len(request_hashes), 500):
                 part = request_hashes[i : i + 500]
                 q = ",".join("?" * len(part))
-                for h, resp in self._db.execute(
-                    "SELECT request_hash, response FROM calls WHERE status='ok' AND role=? AND stage<>'serve'"
-                    f" AND request_hash IN ({q})"
-                    " ORDER BY id",
-                    [role, *part],
-                ):
-                    out[h] = json.loads(resp)
+                out += self._db.execute(
+                    f"SELECT request_hash, {column} FROM calls WHERE {where} AND role=? AND stage<>'serve'"
+                    f" AND request_hash IN ({q}) ORDER BY id", [role, *part]).fetchall()
         return out
 
     def refusals(self, request_hashes: list[str], role: str = "teacher") -> dict[str, str]:
@@ -429,19 +430,11 @@ class Ledger:
         from potstill.teachers.base import is_refusal
 
         out: dict[str, str] = {}
-        with self._lock:
-            for i in range(0, len(request_hashes), 500):
-                part = request_hashes[i : i + 500]
-                q = ",".join("?" * len(part))
-                for h, error in self._db.execute(
-                    "SELECT request_hash, error FROM calls WHERE status='error' AND role=? AND stage<>'serve'"
-                    f" AND request_hash IN ({q}) ORDER BY id",
-                    [role, *part],
-                ):
-                    if is_refusal(error):
-                        out[h] = error
-                    else:
-                        out.pop(h, None)  # a later failure of another kind: that one is retried
+        for h, error in self._by_hash("error", "status='error'", role, request_hashes):
+            if is_refusal(error):
+                out[h] = error
+            else:
+                out.pop(h, None)  # a later failure of another kind: that one is retried
         return out
 
     def served_escalations(self, request_hashes: list[str]) -> dict[str, dict[str, Any]]:
@@ -470,18 +463,10 @@ class Ledger:
         """The samples of a failed n-sample request that did answer (and were billed in its error
         row), for each hash whose latest such row holds some: a rerun asks only for the others."""
         out: dict[str, dict[str, Any]] = {}
-        with self._lock:
-            for i in range(0, len(request_hashes), 500):
-                part = request_hashes[i : i + 500]
-                q = ",".join("?" * len(part))
-                for h, resp in self._db.execute(
-                    "SELECT request_hash, response FROM calls WHERE status='error' AND response IS NOT NULL AND role=?"
-                    f" AND stage<>'serve' AND request_hash IN ({q}) ORDER BY id",
-                    [role, *part],
-                ):
-                    answer = json.loads(resp)
-                    if isinstance(answer, dict) and answer.get("samples"):
-                        out[h] = answer
+        for h, resp in self._by_hash("response", "status='error' AND response IS NOT NULL", role, request_hashes):
+            answer = json.loads(resp)
+            if isinstance(answer, dict) and answer.get("samples"):
+                out[h] = answer
         return out
 
     @staticmethod
