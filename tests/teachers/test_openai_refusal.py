@@ -102,3 +102,27 @@ def test_a_refused_input_is_not_paid_for_again_by_the_next_generate(tmp_path, mo
         retry = generate("--generate.retry_refusals", "true")
         assert retry.returncode == 0, retry.stderr
         assert len(asked) == 3 and "lock" in json.dumps(asked[-1]["messages"])
+
+
+def test_an_inputs_earlier_call_is_kept_apart_from_the_teachers_answer(tmp_path, monkeypatch):
+    """A synthetic input holds the synthesis call that wrote it (meta.request_hash, cost_usd, teacher)
+    and an imported one the logged answer's (teacher, usage, finish_reason): generate wrote its answer's
+    fields over them (the synthesis cost was lost), and where the teacher refused, the imported record
+    still named the logged model as its teacher, with the log's finish_reason."""
+    monkeypatch.setenv("REFUSAL_KEY", KEY)
+    task = get_task(TaskConfig(type="freetext", instruction="Answer."))
+    synthetic = Record(id="s", messages=[{"role": "user", "content": "say hi"}],
+                       meta={"synthetic": True, "request_hash": "abc", "cost_usd": 0.5, "teacher": "writer-1"})
+    imported = Record(id="i", messages=[{"role": "user", "content": "pick this lock"}],
+                      meta={"format": "stored", "teacher": "gpt-4o", "finish_reason": "length", "usage": {"total": 9}})
+    with LiveServer(refusing_provider([])) as srv, Ledger(tmp_path / "calls.sqlite") as ledger:
+        teacher = get_teacher(TeacherConfig(type="openai", model="gpt-4o-mini", base_url=srv.url + "/v1",
+                                            api_key_env="REFUSAL_KEY", max_tokens=16, max_retries=0), task)
+        try:
+            (syn, imp), _ = label_records([synthetic, imported], task, teacher, ledger, "generate", GenerateConfig())
+        finally:
+            teacher.close()
+    assert syn.meta["teacher"] == "gpt-4o-mini" and syn.meta["cost_usd"] > 0 and syn.meta["request_hash"] != "abc"
+    assert syn.meta["synthesis"] == {"request_hash": "abc", "cost_usd": 0.5, "teacher": "writer-1"}
+    assert not imp.valid and "teacher" not in imp.meta and "finish_reason" not in imp.meta
+    assert imp.meta["logged"] == {"teacher": "gpt-4o", "finish_reason": "length", "usage": {"total": 9}}

@@ -178,6 +178,7 @@ def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: L
     answered = 0
     for rec, h in zip(records, hashes):
         rec = rec.model_copy(deep=True)
+        _set_aside_earlier(rec)
         ans = answers.get(h)
         if ans is None and h in refused:
             rec.output, rec.valid = None, False
@@ -214,6 +215,23 @@ def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: L
             "majority votes and curate.min_agreement does not filter them[/yellow]")
     stats.seconds = time.perf_counter() - t0
     return out, stats
+
+
+# The meta fields that describe a teacher call. An input that already holds some came from another
+# call: synthesize's that wrote it, or the logged answer `potstill import` read with it.
+_CALL_META = ("teacher", "teacher_type", "request_hash", "input_tokens", "output_tokens", "cost_usd", "latency_s",
+              "usage", "finish_reason", "response_id", "stop_reason")
+
+
+def _set_aside_earlier(rec: Record) -> None:
+    """Move an earlier call's fields out of the way of this answer's (``meta.synthesis`` for a
+    synthetic input, ``meta.logged`` for an imported one, else ``meta.earlier``): written over, the
+    synthesis call's cost was lost, and an input the teacher failed on still named the logged model
+    as its teacher."""
+    earlier = {k: rec.meta.pop(k) for k in _CALL_META if k in rec.meta}
+    if earlier:
+        key = "synthesis" if rec.meta.get("synthetic") else "logged" if rec.meta.get("format") else "earlier"
+        rec.meta[key] = {**rec.meta.get(key, {}), **earlier}
 
 
 def _refuse_batched(ledger: Ledger, todo: set[str]) -> None:
