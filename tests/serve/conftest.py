@@ -84,6 +84,26 @@ def rows(service, **kw) -> list[dict]:
 
 
 @contextmanager
+def served_free_text(tmp_path, tiny_model, teacher_server, monkeypatch):
+    """A free-text run (answers up to 6 tokens) served on loopback for the with block: (service, live)."""
+    from potstill.serve import run_config, serve_key
+    from potstill.serve.app import build_app
+    from potstill.serve.service import load_service
+
+    monkeypatch.setenv("TEACHER_KEY", TEACHER_KEY)
+    monkeypatch.setenv("SERVE_KEY", SERVE_KEY)
+    run = write_run(tmp_path, tiny_model, teacher_server.base_url,
+                    task={"type": "freetext", "instruction": "name the topic", "max_output_tokens": 6})
+    cfg = run_config(run, None)
+    service = load_service(run, cfg, device="cpu")
+    try:
+        with LiveServer(build_app(service, serve_key(cfg))) as live:
+            yield service, live
+    finally:
+        service.close()
+
+
+@contextmanager
 def teacher_behind(service, provider):
     """The served teacher pointed at ``provider`` (a FastAPI app on loopback) for the with block."""
     saved = service.teacher

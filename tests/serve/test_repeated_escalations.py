@@ -8,7 +8,7 @@ import json
 import math
 
 from potstill.serve.routing import Routing
-from tests.serve.conftest import SERVE_KEY, TEACHER_KEY, client, rows, write_run
+from tests.serve.conftest import client, rows, served_free_text
 
 
 def reuse(service, value: bool | None) -> None:
@@ -39,37 +39,23 @@ def test_a_repeated_escalation_is_answered_from_serves_own_row(served, teacher_s
 
 def test_a_repeat_after_a_stop_cut_gets_the_whole_answer(tmp_path, tiny_model, teacher_server, monkeypatch):
     """A client's stop string cuts what is sent, not what serve keeps: a repeat without it is whole."""
-    from potstill.serve import run_config, serve_key
-    from potstill.serve.app import build_app
-    from potstill.serve.service import load_service
-    from tests.helpers.live_server import LiveServer
-
-    monkeypatch.setenv("TEACHER_KEY", TEACHER_KEY)
-    monkeypatch.setenv("SERVE_KEY", SERVE_KEY)
-    run = write_run(tmp_path, tiny_model, teacher_server.base_url,
-                    task={"type": "freetext", "instruction": "name the topic", "max_output_tokens": 6})
-    cfg = run_config(run, None)
-    service = load_service(run, cfg, device="cpu")
     msgs = [{"role": "user", "content": "the film star and the music award"}]
-    try:
-        with LiveServer(build_app(service, serve_key(cfg))) as live:
-            service.routing = Routing(confidence_threshold=math.inf, ood_threshold=math.inf)  # the teacher
-            sent = sum(teacher_server.requests.values())
-            whole = client(live).chat.completions.create(model="potstill", messages=msgs, stop=["never said"])
-            text = whole.choices[0].message.content
-            stop = text[len(text) // 2 : len(text) // 2 + 3]
-            cut = client(live).chat.completions.create(model="potstill", messages=msgs, stop=[stop])
-            assert cut.choices[0].message.content == text[: text.find(stop)] != text
-            again = client(live).chat.completions.create(model="potstill", messages=msgs)
-            assert again.choices[0].message.content == text and again.choices[0].finish_reason == \
-                whole.choices[0].finish_reason
-            assert sum(teacher_server.requests.values()) == sent + 1
-            # the client's max_tokens is another teacher request: asked once, then reused
-            for _ in range(2):
-                short = client(live).chat.completions.create(model="potstill", messages=msgs, max_tokens=1)
-            assert short.usage.completion_tokens == 1 and sum(teacher_server.requests.values()) == sent + 2
-    finally:
-        service.close()
+    with served_free_text(tmp_path, tiny_model, teacher_server, monkeypatch) as (service, live):
+        service.routing = Routing(confidence_threshold=math.inf, ood_threshold=math.inf)  # the teacher
+        sent = sum(teacher_server.requests.values())
+        whole = client(live).chat.completions.create(model="potstill", messages=msgs, stop=["never said"])
+        text = whole.choices[0].message.content
+        stop = text[len(text) // 2 : len(text) // 2 + 3]
+        cut = client(live).chat.completions.create(model="potstill", messages=msgs, stop=[stop])
+        assert cut.choices[0].message.content == text[: text.find(stop)] != text
+        again = client(live).chat.completions.create(model="potstill", messages=msgs)
+        assert again.choices[0].message.content == text and again.choices[0].finish_reason == \
+            whole.choices[0].finish_reason
+        assert sum(teacher_server.requests.values()) == sent + 1
+        # the client's max_tokens is another teacher request: asked once, then reused
+        for _ in range(2):
+            short = client(live).chat.completions.create(model="potstill", messages=msgs, max_tokens=1)
+        assert short.usage.completion_tokens == 1 and sum(teacher_server.requests.values()) == sent + 2
 
 
 def test_a_sampling_teacher_is_asked_again_unless_the_setting_says_reuse(served, teacher_server, force):

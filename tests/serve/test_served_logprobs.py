@@ -14,7 +14,7 @@ from potstill.config import TeacherConfig
 from potstill.serve.routing import Routing
 from potstill.teachers import get_teacher
 from tests.helpers.live_server import LiveServer
-from tests.serve.conftest import MSG, SERVE_KEY, TEACHER_KEY, client, write_run
+from tests.serve.conftest import MSG, client, served_free_text
 from tests.serve.test_tool_calls import anthropic_provider
 
 
@@ -48,42 +48,29 @@ def test_a_generating_students_logprobs_are_its_own_for_the_tokens_it_returned(t
                                                                                monkeypatch):
     """Found by an audit: logprobs and top_logprobs were accepted and ignored, so a client reading
     choices[0].logprobs.content got None."""
-    from potstill.serve import run_config, serve_key
-    from potstill.serve.app import build_app
-    from potstill.serve.service import load_service
-
-    monkeypatch.setenv("TEACHER_KEY", TEACHER_KEY)
-    monkeypatch.setenv("SERVE_KEY", SERVE_KEY)
-    run = write_run(tmp_path, tiny_model, teacher_server.base_url,
-                    task={"type": "freetext", "instruction": "name the topic", "max_output_tokens": 6})
-    cfg = run_config(run, None)
-    service = load_service(run, cfg, device="cpu")
     msgs = [{"role": "user", "content": "the team won the match"}]
-    try:
-        with LiveServer(build_app(service, serve_key(cfg))) as live:
-            service.routing = Routing(confidence_threshold=-math.inf, ood_threshold=math.inf)  # the student
-            cl = client(live)
-            c = cl.chat.completions.create(model="potstill", messages=msgs, logprobs=True, top_logprobs=5)
-            text = c.choices[0].message.content
-            content = c.choices[0].logprobs.content
-            assert c.model_extra["potstill"]["answered_by"] == "student" and len(content) == c.usage.completion_tokens
-            check_against_forward(tiny_model, service, msgs, content, text, 5)
-            # greedy: each returned token is the likeliest, and their mean is the confidence routing read
-            assert all(t.top_logprobs[0].token == t.token for t in content)
-            mean = sum(t.logprob for t in content) / len(content)
-            assert mean == pytest.approx(c.model_extra["potstill"]["confidence"], abs=1e-4)
-            # cut by max_tokens: the tokens sent; streamed: the same numbers on the content delta
-            cut = cl.chat.completions.create(model="potstill", messages=msgs, logprobs=True, max_tokens=2)
-            assert [(t.token, t.logprob, t.top_logprobs) for t in cut.choices[0].logprobs.content] == \
-                [(t.token, t.logprob, []) for t in content[:2]]
-            chunks = list(cl.chat.completions.create(model="potstill", messages=msgs, logprobs=True, top_logprobs=5,
-                                                     stream=True))
-            streamed = [t for ch in chunks for choice in ch.choices if choice.logprobs for t in choice.logprobs.content]
-            assert [(t.token, t.logprob) for t in streamed] == [(t.token, t.logprob) for t in content]
-            plain = cl.chat.completions.create(model="potstill", messages=msgs)
-            assert plain.choices[0].logprobs is None  # not asked: none computed
-    finally:
-        service.close()
+    with served_free_text(tmp_path, tiny_model, teacher_server, monkeypatch) as (service, live):
+        service.routing = Routing(confidence_threshold=-math.inf, ood_threshold=math.inf)  # the student
+        cl = client(live)
+        c = cl.chat.completions.create(model="potstill", messages=msgs, logprobs=True, top_logprobs=5)
+        text = c.choices[0].message.content
+        content = c.choices[0].logprobs.content
+        assert c.model_extra["potstill"]["answered_by"] == "student" and len(content) == c.usage.completion_tokens
+        check_against_forward(tiny_model, service, msgs, content, text, 5)
+        # greedy: each returned token is the likeliest, and their mean is the confidence routing read
+        assert all(t.top_logprobs[0].token == t.token for t in content)
+        mean = sum(t.logprob for t in content) / len(content)
+        assert mean == pytest.approx(c.model_extra["potstill"]["confidence"], abs=1e-4)
+        # cut by max_tokens: the tokens sent; streamed: the same numbers on the content delta
+        cut = cl.chat.completions.create(model="potstill", messages=msgs, logprobs=True, max_tokens=2)
+        assert [(t.token, t.logprob, t.top_logprobs) for t in cut.choices[0].logprobs.content] == \
+            [(t.token, t.logprob, []) for t in content[:2]]
+        chunks = list(cl.chat.completions.create(model="potstill", messages=msgs, logprobs=True, top_logprobs=5,
+                                                 stream=True))
+        streamed = [t for ch in chunks for choice in ch.choices if choice.logprobs for t in choice.logprobs.content]
+        assert [(t.token, t.logprob) for t in streamed] == [(t.token, t.logprob) for t in content]
+        plain = cl.chat.completions.create(model="potstill", messages=msgs)
+        assert plain.choices[0].logprobs is None  # not asked: none computed
 
 
 def test_a_labels_logprobs_from_the_student_and_from_an_openai_teacher(served, force, teacher_server, tiny_model):

@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from potstill.serve.routing import Routing
-from tests.serve.conftest import MSG, SERVE_KEY, client, rows
+from tests.serve.conftest import MSG, SERVE_KEY, client, rows, served_free_text
 
 
 def test_sync_completion_says_who_answered_and_is_logged(served):
@@ -243,66 +243,51 @@ def test_a_clients_max_tokens_and_stop_cut_the_answer_of_either_model(tmp_path, 
     asked for no more; ``finish_reason`` ``length`` and ``completion_tokens`` that many, in the
     response and the ledger row (which keeps the request's ``max_tokens``). ``stop``: the answer
     ends before the first stop string (``finish_reason`` ``stop``). A classifier's label stays whole."""
-    from potstill.serve import run_config, serve_key
-    from potstill.serve.app import build_app
-    from potstill.serve.service import load_service
-    from tests.helpers.live_server import LiveServer
-    from tests.serve.conftest import TEACHER_KEY, write_run
-
-    monkeypatch.setenv("TEACHER_KEY", TEACHER_KEY)
-    monkeypatch.setenv("SERVE_KEY", SERVE_KEY)
-    run = write_run(tmp_path, tiny_model, teacher_server.base_url,
-                    task={"type": "freetext", "instruction": "name the topic", "max_output_tokens": 6})
-    cfg = run_config(run, None)
-    service = load_service(run, cfg, device="cpu")
     msgs = [{"role": "user", "content": "the team won the match"}]
-    try:
-        with LiveServer(build_app(service, serve_key(cfg))) as live:
-            service.routing = Routing(confidence_threshold=-math.inf, ood_threshold=math.inf)  # the student
-            whole = client(live).chat.completions.create(model="potstill", messages=msgs)
-            assert whole.usage.completion_tokens > 2
-            served = service.live.engine
-            for kw in ({"max_tokens": 2}, {"max_completion_tokens": 2}):
-                c = client(live).chat.completions.create(model="potstill", messages=msgs, **kw)
-                assert c.model_extra["potstill"]["answered_by"] == "student"
-                assert (c.choices[0].finish_reason, c.usage.completion_tokens) == ("length", 2)
-                assert c.choices[0].message.content == served.engine.generate(served.fmt, [msgs], 2).texts[0]
-                assert c.model_extra["potstill"]["student_output"] == whole.choices[0].message.content
-                row = rows(service)[-1]
-                assert (row["stop_reason"], row["output_tokens"]) == ("length", 2)
-                assert json.loads(row["request"])[next(iter(kw))] == 2
-            last = list(client(live).chat.completions.create(model="potstill", messages=msgs, max_tokens=2,
-                                                              stream=True))[-1]
-            assert last.choices[0].finish_reason == "length"
-            # stop: the text before the first stop string, as generation stopping at it gives
-            text = whole.choices[0].message.content
-            stop = text[len(text) // 2 : len(text) // 2 + 3]
-            want = served.engine.generate(served.fmt, [msgs], 6, stop=[stop])
-            for kw in ({"stop": stop}, {"stop": ["never said", stop]}, {"stop": stop, "max_tokens": 6}):
-                c = client(live).chat.completions.create(model="potstill", messages=msgs, **kw)
-                assert c.choices[0].message.content == text[: text.find(stop)] == want.texts[0][: want.texts[0].find(stop)]
-                assert (c.choices[0].finish_reason, c.usage.completion_tokens) == ("stop", want.output_tokens[0])
-            c = client(live).chat.completions.create(model="potstill", messages=msgs, stop=stop, max_tokens=1)
-            assert (c.choices[0].finish_reason, c.usage.completion_tokens) == ("length", 1)  # before the stop
-            with pytest.raises(openai.BadRequestError) as e:
-                client(live).chat.completions.create(model="potstill", messages=msgs, stop=list("abcde"))
-            assert e.value.body["param"] == "stop" and "at most 4" in e.value.body["message"]
+    with served_free_text(tmp_path, tiny_model, teacher_server, monkeypatch) as (service, live):
+        service.routing = Routing(confidence_threshold=-math.inf, ood_threshold=math.inf)  # the student
+        whole = client(live).chat.completions.create(model="potstill", messages=msgs)
+        assert whole.usage.completion_tokens > 2
+        served = service.live.engine
+        for kw in ({"max_tokens": 2}, {"max_completion_tokens": 2}):
+            c = client(live).chat.completions.create(model="potstill", messages=msgs, **kw)
+            assert c.model_extra["potstill"]["answered_by"] == "student"
+            assert (c.choices[0].finish_reason, c.usage.completion_tokens) == ("length", 2)
+            assert c.choices[0].message.content == served.engine.generate(served.fmt, [msgs], 2).texts[0]
+            assert c.model_extra["potstill"]["student_output"] == whole.choices[0].message.content
+            row = rows(service)[-1]
+            assert (row["stop_reason"], row["output_tokens"]) == ("length", 2)
+            assert json.loads(row["request"])[next(iter(kw))] == 2
+        last = list(client(live).chat.completions.create(model="potstill", messages=msgs, max_tokens=2,
+                                                          stream=True))[-1]
+        assert last.choices[0].finish_reason == "length"
+        # stop: the text before the first stop string, as generation stopping at it gives
+        text = whole.choices[0].message.content
+        stop = text[len(text) // 2 : len(text) // 2 + 3]
+        want = served.engine.generate(served.fmt, [msgs], 6, stop=[stop])
+        for kw in ({"stop": stop}, {"stop": ["never said", stop]}, {"stop": stop, "max_tokens": 6}):
+            c = client(live).chat.completions.create(model="potstill", messages=msgs, **kw)
+            assert c.choices[0].message.content == text[: text.find(stop)] == want.texts[0][: want.texts[0].find(stop)]
+            assert (c.choices[0].finish_reason, c.usage.completion_tokens) == ("stop", want.output_tokens[0])
+        c = client(live).chat.completions.create(model="potstill", messages=msgs, stop=stop, max_tokens=1)
+        assert (c.choices[0].finish_reason, c.usage.completion_tokens) == ("length", 1)  # before the stop
+        with pytest.raises(openai.BadRequestError) as e:
+            client(live).chat.completions.create(model="potstill", messages=msgs, stop=list("abcde"))
+        assert e.value.body["param"] == "stop" and "at most 4" in e.value.body["message"]
 
-            service.routing = Routing(confidence_threshold=math.inf, ood_threshold=math.inf)  # the teacher
-            asked = sum(teacher_server.requests.values())
-            c = client(live).chat.completions.create(model="potstill", messages=msgs, max_tokens=1)
-            assert c.model_extra["potstill"]["answered_by"] == "teacher"
-            assert (c.choices[0].finish_reason, c.usage.completion_tokens) == ("length", 1)
-            assert sum(teacher_server.requests.values()) == asked + 1
-            full = client(live).chat.completions.create(model="potstill", messages=msgs)
-            assert full.usage.completion_tokens > 1  # the teacher's own budget (4) when the client sets none
-            text = full.choices[0].message.content
-            stop = text[len(text) // 2 : len(text) // 2 + 3]
-            c = client(live).chat.completions.create(model="potstill", messages=msgs, stop=[stop])
-            assert (c.choices[0].message.content, c.choices[0].finish_reason) == (text[: text.find(stop)], "stop")
-            assert c.usage.completion_tokens == full.usage.completion_tokens  # what the teacher was paid for
-    finally:
-        service.close()
+        service.routing = Routing(confidence_threshold=math.inf, ood_threshold=math.inf)  # the teacher
+        asked = sum(teacher_server.requests.values())
+        c = client(live).chat.completions.create(model="potstill", messages=msgs, max_tokens=1)
+        assert c.model_extra["potstill"]["answered_by"] == "teacher"
+        assert (c.choices[0].finish_reason, c.usage.completion_tokens) == ("length", 1)
+        assert sum(teacher_server.requests.values()) == asked + 1
+        full = client(live).chat.completions.create(model="potstill", messages=msgs)
+        assert full.usage.completion_tokens > 1  # the teacher's own budget (4) when the client sets none
+        text = full.choices[0].message.content
+        stop = text[len(text) // 2 : len(text) // 2 + 3]
+        c = client(live).chat.completions.create(model="potstill", messages=msgs, stop=[stop])
+        assert (c.choices[0].message.content, c.choices[0].finish_reason) == (text[: text.find(stop)], "stop")
+        assert c.usage.completion_tokens == full.usage.completion_tokens  # what the teacher was paid for
 
 
 @pytest.mark.parametrize("who", ["student", "teacher"])
