@@ -226,6 +226,20 @@ def test_compiled_generation_on_a_gpu_decodes_on_static_caches(kind, tmp_path):
         g = engine.generate(CHAT, MSGS, 24, batch_size=batch_size, embed=True)
         assert torch.allclose(g.embeddings, want, atol=1e-4), (g.embeddings - want).abs().max()
     assert counters["stats"]["unique_graphs"] == before
+    # serve's logprobs (token_logprobs) on the compiled, fused engine: the plain engine's numbers for
+    # the tokens it generated, each greedy token the likeliest, and no graph compiled while a client waits.
+    from potstill.models.generation import token_logprobs
+
+    tok = plain.tokenizer
+    g = engine.generate(CHAT, MSGS, 24, batch_size=1)
+    for m, toks in zip(MSGS, g.tokens):
+        prompt = encode_prompt(tok, CHAT, CHAT.prefix() + CHAT.query(tok, m), first=True)
+        got, ref = token_logprobs(engine.lm, prompt, toks, 3), token_logprobs(plain.lm, prompt, toks, 3)
+        assert len(got) == len(toks) > 0
+        for (lp, best), (lp_ref, best_ref), t in zip(got, ref, toks):
+            assert lp == pytest.approx(lp_ref, abs=1e-4) and best[0][0] == t
+            assert [b for b, _ in best] == [b for b, _ in best_ref]
+    assert counters["stats"]["unique_graphs"] == before
 
 
 def _reference(engine, fmt, msgs, max_new):
