@@ -14,7 +14,6 @@
 """
 import json
 import os
-import statistics
 import sys
 
 import torch

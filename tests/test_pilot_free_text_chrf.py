@@ -16,7 +16,6 @@ from potstill.config import load_config
 from potstill.evaluate.metrics import chrf
 from potstill.ledger import Ledger
 from potstill.pilot.stage import pilot_stage
-from potstill.records import read_records
 from tests.helpers.chat_server import ChatServer
 
 TEXTS = ["the team won the match with a late goal", "new phone software for the internet",

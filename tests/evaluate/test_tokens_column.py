@@ -2,7 +2,6 @@
 named: the column once showed the input tokens alone under "tokens/call", so a teacher writing long
 answers looked as cheap in tokens as one answering a label."""
 
-import pytest
 
 from tests.evaluate.test_teacher_price import _run
 

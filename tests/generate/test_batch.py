@@ -25,7 +25,7 @@ from potstill.config import load_config
 from potstill.errors import PotstillError
 from potstill.generate.stage import generate_stage
 from potstill.ledger import Ledger
-from tests.generate.loopback import LABELS, answer_for, committed_answers
+from tests.generate.loopback import LABELS, committed_answers
 from tests.generate.test_generate import check_output
 from tests.helpers.batch_server import BatchLoopback
 
