@@ -39,7 +39,7 @@ class TaskConfig(Section):
 
 
 class DataConfig(Section):
-    inputs: Annotated[str, INPUT_FILE] = Field("inputs.jsonl", description="JSONL of inputs: {messages|input, label?, slice?, id?}.")
+    inputs: Annotated[str, INPUT_FILE] = Field("inputs.jsonl", description="Inputs: JSONL, or a CSV, TSV or Parquet table by its suffix: {messages|input, label?, slice?, id?}.")
     limit: int | None = Field(None, ge=1, description="Use only the first N inputs.")
     max_unknown_gold: float = Field(
         0.05, ge=0, le=1,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -81,6 +82,8 @@ def _coerce(obj: dict[str, Any]) -> dict[str, Any]:
         obj["label"] = str(label)
     if isinstance(obj.get("slice"), str):
         obj["slice"] = [obj["slice"]]
+    if isinstance(obj.get("id"), int) and not isinstance(obj["id"], bool):  # a numeric id column
+        obj["id"] = str(obj["id"])
     return obj
 
 
@@ -156,14 +159,82 @@ def _not_utf8(path: Path) -> str:
     return f"{path}: not UTF-8"
 
 
+# Columns of a table (CSV, TSV, Parquet) whose cells hold JSON in a text format: a CSV cell is text,
+# so a chat, a tag list or an extraction's object arrives as its JSON.
+_JSON_COLUMNS = ("messages", "slice", "meta", "label_probs", "logprobs", "samples", "reference", "label", "output")
+TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
+
+
+def _cell(path: Path, where: int, key: str, value: Any) -> Any:
+    """A table cell as a JSONL line would hold it: a text cell of a JSON column that starts like a
+    JSON array or object is parsed (the tags ``["a", "b"]``, a chat), anything else kept as it is."""
+    if key == "messages" and isinstance(value, list):  # Parquet's structs give every field of every message
+        return [{k: v for k, v in m.items() if v is not None} if isinstance(m, dict) else m for m in value]
+    if key == "label" and isinstance(value, str) and re.fullmatch(r"-?\d+\.0+", value.strip()):
+        return str(int(float(value)))  # a whole-number label a float column wrote (pandas: 5.0), as in JSONL
+    starts = ("{",) if key in ("label", "output", "reference") else ("[", "{")  # an answer in brackets is text
+    if key in _JSON_COLUMNS and isinstance(value, str) and value.lstrip()[:1] in starts:
+        try:
+            return _cell(path, where, key, json.loads(value))
+        except json.JSONDecodeError:
+            if key not in ("label", "output", "reference"):
+                raise PotstillError(f"{path}:{where}: column {key}: malformed JSON: {json_problem(value)}") from None
+    return value  # a label or answer that only looks like JSON stays text; the task judges it
+
+
+def _table_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(row, object) for each row of a CSV / TSV (a header row names the fields; the number is the
+    file line the row ends on) or Parquet file (the number is the row, from 1). An empty cell or a
+    null is a field left out, as a JSONL line would leave it."""
+    if path.suffix.lower() == ".parquet":
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise PotstillError(f"{path}: reading Parquet needs pyarrow: pip install 'potstill[parquet]'") from None
+        try:
+            batches = pq.ParquetFile(path).iter_batches(batch_size=4096)
+            rows = [obj for batch in batches for obj in batch.to_pylist()]
+        except (pa.ArrowException, OSError) as e:  # not Parquet, cut short, a type pyarrow cannot read
+            raise PotstillError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0][:200]})") from None
+        for row, obj in enumerate(rows, 1):
+            cells = {k: v for k, v in obj.items() if v is not None and v != ""}
+            if cells:
+                yield row, {k: _cell(path, row, k, v) for k, v in cells.items()}
+        return
+    import csv
+
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+            if not reader.fieldnames:
+                return
+            if len(set(reader.fieldnames)) < len(reader.fieldnames):
+                raise PotstillError(f"{path}:1: a column name appears twice in the header: {reader.fieldnames}")
+            for obj in reader:
+                if None in obj:  # more cells than the header names
+                    raise PotstillError(f"{path}:{reader.line_num}: {len(reader.fieldnames) + len(obj[None])} cells "
+                                        f"for {len(reader.fieldnames)} columns")
+                cells = {k: v for k, v in obj.items() if v not in (None, "")}
+                if cells:
+                    yield reader.line_num, {k: _cell(path, reader.line_num, k, v) for k, v in cells.items()}
+    except csv.Error as e:
+        raise PotstillError(f"{path}: malformed {path.suffix[1:].upper()}: {e}") from None
+    except UnicodeDecodeError:
+        raise PotstillError(_not_utf8(path)) from None
+
+
 def read_objects(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-blank line of a JSONL file; a bad line raises one
-    error naming file and line."""
+    """(line number, object) for each non-blank line of a JSONL file, or each row of a CSV, TSV or
+    Parquet file (by its suffix; see ``_table_objects``); a bad line raises one error naming file and line."""
     path = Path(path)
     if not path.exists():
         raise PotstillError(f"{path}: file not found")
     if path.is_dir():
         raise PotstillError(f"{path} is a directory, not a JSONL file")
+    if path.suffix.lower() in TABLE_SUFFIXES:
+        yield from _table_objects(path)
+        return
     try:
         # utf-8-sig: a byte-order mark at the start (Windows Notepad, Excel's "UTF-8" CSV export) is
         # dropped, not read as part of the first line ('unexpected UTF-8 BOM'); elsewhere it is UTF-8.

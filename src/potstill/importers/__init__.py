@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from potstill.errors import PotstillError
 from potstill.ledger import Ledger
 from potstill.progress import bar, say
-from potstill.records import Record, content_text, read_objects, record_problem, write_jsonl
+from potstill.records import TABLE_SUFFIXES, Record, content_text, read_objects, record_problem, write_jsonl
 
 FORMATS = ("auto", "finetune", "openai-log", "pairs", "stored", "served")
 # The instruction's roles: OpenAI's newer models take it as a developer message (serve drops both alike).
@@ -235,8 +235,11 @@ def import_traffic(path: str | Path, out: str | Path, fmt: str = "auto", request
         if path.is_dir():
             raise PotstillError(f"{path} is a directory, not a traffic file")
         reqs = _read_requests(Path(requests)) if requests else {}
-        with open(path, encoding="utf-8", errors="replace") as f:  # read_objects names a line that is not UTF-8
-            total = sum(1 for line in f if line.strip())
+        if path.suffix.lower() in TABLE_SUFFIXES:  # a CSV cell or a Parquet row may span lines
+            total = sum(1 for _ in read_objects(path))
+        else:
+            with open(path, encoding="utf-8", errors="replace") as f:  # read_objects names a line that is not UTF-8
+                total = sum(1 for line in f if line.strip())
         records = []
         skipped: dict[str, list[int]] = {}
         with bar(f"import {path.name}", total) as advance:
