@@ -207,3 +207,16 @@ def test_cli_export_check_on_a_folder_it_cannot_check_says_what_it_expected(tmp_
 def test_the_library_check_of_a_folder_says_it_is_a_folder(tmp_path):
     with pytest.raises(PotstillError, match=r": a directory, not a JSONL file; potstill.export.check.files_to_check"):
         check_openai_jsonl(tmp_path)
+
+
+@pytest.mark.parametrize("task,outputs,why", [
+    (TaskConfig(type="classification", labels=LABELS, instruction="Classify."), ["sports", "maybe"], "answer outside the label set"),
+    (TaskConfig(type="extraction", instruction="Extract.", json_schema={"type": "object"}), ['{"a": 1}', "{oops"], "invalid JSON"),
+])
+def test_an_answer_the_task_cannot_parse_is_named_at_its_line_not_a_traceback(tmp_path, task, outputs, why):
+    """A hand-edited split can hold an answer that is no label (or no JSON); `potstill train` names such a
+    line. The export asserted (classification) or hit a TypeError (extraction), a traceback and no line."""
+    cfg = make_run(tmp_path, outputs * 6).model_copy(update={"task": task})
+    with pytest.raises(PotstillError, match=rf"train\.jsonl:2: .*{why}.*nothing was exported"):
+        export(cfg, "openai-jsonl")
+    assert not (Path(cfg.run_dir) / "export").exists()

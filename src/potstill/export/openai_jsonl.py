@@ -49,9 +49,13 @@ def export_openai_jsonl(cfg: Config, run: Path, out_dir: Path) -> list[Path]:
         rows[split] = []
         for lineno, rec in enumerate(read_records(path), 1):
             if rec.output is None:
-                raise PotstillError(f"{path}:{lineno}: record {rec.id} has no output to train on")
-            row = to_openai(task.messages(rec), task.target(rec))
-            problems = line_problems(json.dumps(row, ensure_ascii=False))
+                raise PotstillError(f"{path}:{lineno}: record {rec.id} has no output to train on; nothing was exported")
+            # What `potstill train` checks: a hand-edited split may hold an answer that is no label (no
+            # JSON), which task.target cannot make a target of. Such a row is checked with the answer as
+            # written (the format check names an empty one in its terms) and never written.
+            why = task.validate(task.parse(rec.output))
+            row = to_openai(task.messages(rec), rec.output if why else task.target(rec))
+            problems = line_problems(json.dumps(row, ensure_ascii=False)) or ([why] if why else [])
             if problems:  # e.g. an empty teacher output: refused here, before any file is touched
                 raise PotstillError(f"{path}:{lineno}: {problems[0]} (record {rec.id}); nothing was exported")
             rows[split].append(row)
