@@ -124,7 +124,7 @@ def test_a_tool_chat_and_text_parts_export_as_openai_fine_tuning_takes_them(tmp_
     written = export(cfg, "openai-jsonl")
     row = json.loads(written[0].read_text().splitlines()[0])
     assert row["messages"][1:] == [{"role": "user", "content": "weather in Oslo?"},
-                                   {"role": "assistant", "content": None, "tool_calls": [call]},
+                                   {"role": "assistant", "content": None, "tool_calls": [call], "weight": 0},
                                    {"role": "tool", "content": "4 C", "tool_call_id": "c1"},
                                    {"role": "assistant", "content": "Cold: 4 C."}]
     assert all(check_openai_jsonl(p) == [] for p in written)
@@ -220,3 +220,20 @@ def test_an_answer_the_task_cannot_parse_is_named_at_its_line_not_a_traceback(tm
     with pytest.raises(PotstillError, match=rf"train\.jsonl:2: .*{why}.*nothing was exported"):
         export(cfg, "openai-jsonl")
     assert not (Path(cfg.run_dir) / "export").exists()
+
+
+def test_a_multi_turn_chat_trains_the_hosted_model_on_the_final_answer_only(tmp_path):
+    """potstill trains on the completion only; an input's earlier assistant turns are prompt. OpenAI's
+    fine-tuning trains on every assistant message of an example unless its weight is 0, so the export
+    taught the hosted model the chat's history (often not the teacher's words) besides the target."""
+    cfg = make_run(tmp_path, ["a summary"] * 12)
+    chat = [{"role": "user", "content": "first text"}, {"role": "assistant", "content": "an old answer"},
+            {"role": "user", "content": "second text"}]
+    write_jsonl(Path(cfg.run_dir) / "train.jsonl",
+                [Record(id=f"t{i}", messages=chat, output="the teacher's answer", valid=True) for i in range(12)])
+    written = export(cfg, "openai-jsonl")
+    msgs = json.loads(written[0].read_text().splitlines()[0])["messages"]
+    trained = [m["content"] for m in msgs if m["role"] == "assistant" and m.get("weight", 1) == 1]
+    assert trained == ["the teacher's answer"], msgs
+    assert msgs[2] == {"role": "assistant", "content": "an old answer", "weight": 0}
+    assert all(check_openai_jsonl(p) == [] for p in written)

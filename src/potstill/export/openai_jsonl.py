@@ -1,8 +1,9 @@
 """OpenAI fine-tuning JSONL: one ``{"messages": [system, user..., assistant]}`` object per line.
 
 The system message is the task instruction (none when it is empty, as in training) and the
-assistant message the training target, the same text the student is trained on, so a hosted
-fine-tune sees exactly potstill's dataset.
+last assistant message the training target, the same text the student is trained on (an input's
+own assistant turns get ``weight: 0``: prompt, as in training), so a hosted fine-tune sees
+exactly potstill's dataset.
 train.jsonl becomes ``train.jsonl`` (the training file), val.jsonl ``val.jsonl`` (the validation
 file). Every row is built and checked before anything is written, so a bad record leaves no file
 and an earlier export in the folder as it was.
@@ -31,8 +32,11 @@ def to_openai(messages: list[dict[str, Any]], target: str) -> dict[str, Any]:
     # Text parts as their text (what the student read); a tool chat keeps its calls and the ids that
     # pair each tool message with its call, or the upload refuses it.
     # OpenAI's newer `developer` instruction turn is a system message in the fine-tuning format's roles.
+    # An assistant turn of the input is prompt, as in potstill's training (completion tokens only):
+    # weight 0, or OpenAI trains on every assistant message of the example.
     msgs = [{"role": "system" if m["role"] == "developer" else m["role"], "content": content_text(m["content"]) if isinstance(m.get("content"), list) else m.get("content"),
-             **{k: m[k] for k in ("tool_calls", "tool_call_id", "name") if m.get(k) is not None}} for m in messages
+             **{k: m[k] for k in ("tool_calls", "tool_call_id", "name") if m.get(k) is not None},
+             **({"weight": 0} if m["role"] == "assistant" else {})} for m in messages
             if not (m["role"] == "system" and isinstance(m.get("content"), str) and not m["content"].strip())]
     msgs.append({"role": "assistant", "content": target})
     return {"messages": msgs}
