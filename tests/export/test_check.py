@@ -237,3 +237,21 @@ def test_a_multi_turn_chat_trains_the_hosted_model_on_the_final_answer_only(tmp_
     assert trained == ["the teacher's answer"], msgs
     assert msgs[2] == {"role": "assistant", "content": "an old answer", "weight": 0}
     assert all(check_openai_jsonl(p) == [] for p in written)
+
+
+def test_text_utf8_cannot_encode_is_named_and_the_earlier_export_kept(tmp_path):
+    """A record can hold a lone surrogate (JSON's "\\ud83d" alone: an emoji cut in half at a token limit).
+    The export checked the row, replaced train.jsonl, then died writing val.jsonl with a
+    UnicodeEncodeError traceback: a new train file beside none (or an old val file), no mark."""
+    cfg = make_run(tmp_path, ["a summary"] * 12)
+    first = export(cfg, "openai-jsonl")
+    before = {p.name: p.read_text() for p in first}
+    val = Path(cfg.run_dir) / "val.jsonl"
+    lines = val.read_text().splitlines()
+    lines[2] = lines[2].replace("text 2", "text 2 \\ud83d")  # as JSON escapes it; read back, one lone surrogate
+    val.write_text("\n".join(lines) + "\n")
+    (Path(cfg.run_dir) / "train.jsonl").write_text((Path(cfg.run_dir) / "train.jsonl").read_text().replace("a summary", "new"))
+    with pytest.raises(PotstillError, match=r"val\.jsonl:3: .*U\+D83D.*nothing was exported"):
+        export(cfg, "openai-jsonl")
+    assert {p.name: p.read_text() for p in first} == before
+    assert sorted(p.name for p in first[0].parent.iterdir()) == [".potstill-export", "train.jsonl", "val.jsonl"]

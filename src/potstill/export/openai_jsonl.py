@@ -11,6 +11,7 @@ and an earlier export in the folder as it was.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from potstill.errors import PotstillError
 from potstill.export import register
 from potstill.export.check import line_problems
 from potstill.progress import say
-from potstill.records import content_text, read_records, write_jsonl
+from potstill.records import atomic_write, content_text, read_records
 from potstill.tasks import get_task
 
 MIN_EXAMPLES = 10  # OpenAI's fine-tuning API refuses a training file with fewer
@@ -42,10 +43,21 @@ def to_openai(messages: list[dict[str, Any]], target: str) -> dict[str, Any]:
     return {"messages": msgs}
 
 
+def _not_utf8(line: str) -> list[str]:
+    """A lone surrogate (JSON's "\\ud83d" alone: an emoji cut in half at a token limit) reads back as
+    text but cannot be written as UTF-8."""
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return [f"a lone surrogate U+{ord(line[e.start]):04X} (half a character) near {line[max(0, e.start - 30):e.start]!r}, "
+                "which UTF-8 cannot encode; fix the text"]
+    return []
+
+
 @register("openai-jsonl")
 def export_openai_jsonl(cfg: Config, run: Path, out_dir: Path) -> list[Path]:
     task = get_task(cfg.task)
-    rows: dict[str, list[dict[str, Any]]] = {}
+    rows: dict[str, list[str]] = {}  # each split's lines, checked and encodable, before any file is written
     for split in ("train", "val"):
         path = run / f"{split}.jsonl"
         if not path.exists():
@@ -58,21 +70,24 @@ def export_openai_jsonl(cfg: Config, run: Path, out_dir: Path) -> list[Path]:
             # JSON), which task.target cannot make a target of. Such a row is checked with the answer as
             # written (the format check names an empty one in its terms) and never written.
             why = task.validate(task.parse(rec.output))
-            row = to_openai(task.messages(rec), rec.output if why else task.target(rec))
-            problems = line_problems(json.dumps(row, ensure_ascii=False)) or ([why] if why else [])
+            line = json.dumps(to_openai(task.messages(rec), rec.output if why else task.target(rec)), ensure_ascii=False)
+            problems = line_problems(line) or ([why] if why else []) or _not_utf8(line)
             if problems:  # e.g. an empty teacher output: refused here, before any file is touched
                 raise PotstillError(f"{path}:{lineno}: {problems[0]} (record {rec.id}); nothing was exported")
-            rows[split].append(row)
+            rows[split].append(line)
     if not rows["train"]:  # a validation file alone is no fine-tuning job
         raise PotstillError(f"{run / 'train.jsonl'}: no records to export (run `potstill curate` first)")
     if len(rows["train"]) < MIN_EXAMPLES:
         say(f"[yellow]export: {len(rows['train'])} training examples; OpenAI fine-tuning needs at least {MIN_EXAMPLES}[/yellow]")
-    written = []
-    for split, rs in rows.items():
-        if rs:
-            written.append(out_dir / f"{split}.jsonl")
-            write_jsonl(written[-1], rs)
-        else:  # an earlier export's file of this split would be uploaded beside the new one
+    written = [out_dir / f"{split}.jsonl" for split, lines in rows.items() if lines]
+    # Both files are written to temp names before either is renamed into place: a failure leaves the
+    # earlier export's pair, never a new train.jsonl beside an old val.jsonl.
+    with contextlib.ExitStack() as stack:
+        for path in written:
+            f = stack.enter_context(atomic_write(path))
+            f.writelines(line + "\n" for line in rows[path.stem])
+    for split, lines in rows.items():
+        if not lines:  # an earlier export's file of this split would be uploaded beside the new one
             (out_dir / f"{split}.jsonl").unlink(missing_ok=True)
     say("export: " + ", ".join(f"{p} ({len(rows[p.stem])} examples, format checked)" for p in written))
     return written
