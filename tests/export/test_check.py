@@ -255,3 +255,19 @@ def test_text_utf8_cannot_encode_is_named_and_the_earlier_export_kept(tmp_path):
         export(cfg, "openai-jsonl")
     assert {p.name: p.read_text() for p in first} == before
     assert sorted(p.name for p in first[0].parent.iterdir()) == [".potstill-export", "train.jsonl", "val.jsonl"]
+
+
+def test_a_tool_call_turn_with_empty_content_exports_as_one_without_content(tmp_path):
+    """Many clients log an assistant turn of tool calls with content "" rather than null; generate and
+    train take it (records.record_problem), but the export refused the whole run as an 'empty
+    completion'. It is written as the fine-tuning format's tool-call turn: content null."""
+    call = {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}
+    chat = [{"role": "user", "content": "weather in Oslo?"}, {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c1", "content": "4 C"}]
+    cfg = make_run(tmp_path, ["a summary"] * 12)
+    write_jsonl(Path(cfg.run_dir) / "train.jsonl",
+                [Record(id=f"t{i}", messages=chat, output="Cold: 4 C.", valid=True) for i in range(12)])
+    written = export(cfg, "openai-jsonl")
+    msgs = json.loads(written[0].read_text().splitlines()[0])["messages"]
+    assert msgs[2] == {"role": "assistant", "content": None, "tool_calls": [call], "weight": 0}
+    assert all(check_openai_jsonl(p) == [] for p in written)

@@ -30,17 +30,27 @@ MIN_EXAMPLES = 10  # OpenAI's fine-tuning API refuses a training file with fewer
 def to_openai(messages: list[dict[str, Any]], target: str) -> dict[str, Any]:
     # An empty task.instruction is no system turn: the student was trained without one (PromptFormat
     # leaves it out), and OpenAI refuses a message with empty content.
-    # Text parts as their text (what the student read); a tool chat keeps its calls and the ids that
-    # pair each tool message with its call, or the upload refuses it.
-    # OpenAI's newer `developer` instruction turn is a system message in the fine-tuning format's roles.
-    # An assistant turn of the input is prompt, as in potstill's training (completion tokens only):
-    # weight 0, or OpenAI trains on every assistant message of the example.
-    msgs = [{"role": "system" if m["role"] == "developer" else m["role"], "content": content_text(m["content"]) if isinstance(m.get("content"), list) else m.get("content"),
-             **{k: m[k] for k in ("tool_calls", "tool_call_id", "name") if m.get(k) is not None},
-             **({"weight": 0} if m["role"] == "assistant" else {})} for m in messages
+    msgs = [_message(m) for m in messages
             if not (m["role"] == "system" and isinstance(m.get("content"), str) and not m["content"].strip())]
     msgs.append({"role": "assistant", "content": target})
     return {"messages": msgs}
+
+
+def _message(m: dict[str, Any]) -> dict[str, Any]:
+    """One input message as the fine-tuning format takes it.
+
+    Text parts as their text (what the student read); a tool chat keeps its calls and the ids that
+    pair each tool message with its call, or the upload refuses it; a tool-call turn logged with
+    content "" (many clients do) is the format's turn without content. OpenAI's newer `developer`
+    instruction turn is a system message in the format's roles. An assistant turn of the input is
+    prompt, as in potstill's training (completion tokens only): weight 0, or OpenAI trains on every
+    assistant message of the example."""
+    content = content_text(m["content"]) if isinstance(m.get("content"), list) else m.get("content")
+    if m["role"] == "assistant" and m.get("tool_calls") and isinstance(content, str) and not content.strip():
+        content = None
+    return {"role": "system" if m["role"] == "developer" else m["role"], "content": content,
+            **{k: m[k] for k in ("tool_calls", "tool_call_id", "name") if m.get(k) is not None},
+            **({"weight": 0} if m["role"] == "assistant" else {})}
 
 
 def _not_utf8(line: str) -> list[str]:
