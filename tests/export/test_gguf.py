@@ -224,6 +224,21 @@ def test_unsupported_student_is_one_clear_error(tmp_path):
     assert not (Path(cfg.run_dir) / "export" / "gguf").exists()  # nothing half-written
 
 
+def test_a_tokenizer_llama_cpp_does_not_know_is_named_as_such(tmp_path):
+    """A student whose tokenizer llama.cpp cannot name (here a word-level one; likewise a BPE with a
+    pre-tokenizer outside its hash list that is not a standard byte-level one) got the converter's
+    own advice for its developers, 'update get_vocab_base_pre()', which a user cannot act on."""
+    from tests.helpers.tiny import make_model_dir
+
+    cfg = make_run(tmp_path, make_model_dir(tmp_path / "wordlevel"), gguf_types=["f16"])
+    with pytest.raises(PotstillError) as e:
+        export(cfg, "gguf")
+    msg = str(e.value)
+    assert "\n" not in msg and "get_vocab_base_pre" not in msg, msg
+    assert "tokenizer" in msg and "pre-tokenizer" in msg and "llama.cpp" in msg, msg
+    assert not (Path(cfg.run_dir) / "export" / "gguf").exists()
+
+
 def test_cli_without_the_converter_exits_with_one_line(tmp_path, bpe_model):
     make_run(tmp_path, bpe_model)
     (tmp_path / "potstill.yaml").write_text(f"run_dir: run\ntask:\n  labels: {LABELS}\n")

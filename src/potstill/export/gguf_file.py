@@ -43,6 +43,10 @@ def _failure(stderr: str) -> str:
     if "tokenizer.model" in last:
         return ("this architecture's converter reads a SentencePiece tokenizer.model, which the student does not "
                 f"have ({last[:200]})")
+    if "pre-tokenizer was not recognized" in last:
+        return ("llama.cpp's converter does not know the student's tokenizer: its pre-tokenizer is not in llama.cpp's "
+                "list, nor a byte-level one potstill names from tokenizer.json (gpt-2, smollm); GGUF needs a tokenizer "
+                "llama.cpp supports (a word-level one never is)")
     if "not supported" in last:
         return f"llama.cpp's converter does not support this student ({last[:200]})"
     return last[:300]
