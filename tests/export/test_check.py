@@ -271,3 +271,21 @@ def test_a_tool_call_turn_with_empty_content_exports_as_one_without_content(tmp_
     msgs = json.loads(written[0].read_text().splitlines()[0])["messages"]
     assert msgs[2] == {"role": "assistant", "content": None, "tool_calls": [call], "weight": 0}
     assert all(check_openai_jsonl(p) == [] for p in written)
+
+
+def test_legacy_function_calling_examples_pass_as_openai_takes_them(tmp_path):
+    """OpenAI's fine-tuning format still takes the legacy function calling (Azure's fine-tuning requires
+    it): an assistant turn of `function_call` without content, a `function` message naming the function.
+    export-check called both problems, so a valid training file from an OpenAI fine-tune failed it."""
+    call = {"name": "get_weather", "arguments": "{\"city\": \"Oslo\"}"}
+    fns = [{"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]
+    rows = [{"messages": [{"role": "user", "content": "Weather in Oslo?"}, {"role": "assistant", "function_call": call}],
+             "functions": fns},
+            {"messages": [{"role": "user", "content": "Weather in Oslo?"}, {"role": "assistant", "content": None, "function_call": call},
+                          {"role": "function", "name": "get_weather", "content": "4 C"},
+                          {"role": "assistant", "content": "It is 4 C in Oslo."}], "functions": fns},
+            {"messages": [{"role": "user", "content": "Weather?"}, {"role": "function", "content": "4 C"},
+                          {"role": "assistant", "content": "4 C."}]}]
+    path = tmp_path / "legacy.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert check_openai_jsonl(path) == [f"{path}:3: messages[1] (function): no name naming the function it answers"]

@@ -8,7 +8,9 @@ JSON object with ``messages``, a list of ``{role, content}`` with role system/us
 non-empty content (a string, or a list of text and image parts), at least one user message, and an
 assistant message last (the target). An assistant turn of ``tool_calls`` may have no content; a
 ``tool`` message names the call it answers (``tool_call_id``); a message's ``weight``, where
-given, is 0 or 1 (whether the assistant turn is trained on).
+given, is 0 or 1 (whether the assistant turn is trained on). The legacy function calling, which
+OpenAI's format still takes (and Azure's fine-tuning requires), passes too: an assistant turn of
+``function_call`` without content, a ``function`` message with its ``name``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from potstill.errors import PotstillError
 
-ROLES = ("system", "user", "assistant", "tool")
+ROLES = ("system", "user", "assistant", "tool", "function")  # function: legacy function calling, still taken
 PARTS = ("text", "image_url")  # the content parts a chat fine-tuning file may hold
 MAX_PROBLEMS = 100  # a file broken on every line says so in the first hundred
 
@@ -47,7 +49,11 @@ def line_problems(line: str) -> list[str]:
             problems.append(f"messages[{i}].weight {json.dumps(weight)} is not 0 or 1")
         if m.get("role") == "tool" and not isinstance(m.get("tool_call_id"), str):
             problems.append(f"messages[{i}] (tool): no tool_call_id naming the call it answers")
-        if content is None and m.get("role") == "assistant" and m.get("tool_calls"):
+        if m.get("role") == "function" and not isinstance(m.get("name"), str):
+            problems.append(f"messages[{i}] (function): no name naming the function it answers")
+        if content is None and m.get("role") == "assistant" and (m.get("tool_calls") or m.get("function_call")):
+            continue
+        if content is None and m.get("role") == "function":  # its schema: content required but nullable
             continue
         if isinstance(content, list):
             bad = next((j for j, p in enumerate(content) if not (isinstance(p, dict) and p.get("type") in PARTS)), None)
