@@ -289,3 +289,18 @@ def test_legacy_function_calling_examples_pass_as_openai_takes_them(tmp_path):
     path = tmp_path / "legacy.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert check_openai_jsonl(path) == [f"{path}:3: messages[1] (function): no name naming the function it answers"]
+
+
+@pytest.mark.parametrize("role", ["system", "developer"])
+def test_an_inputs_empty_instruction_turn_is_left_out_not_a_refused_run(tmp_path, role):
+    """An input's own blank system turn is left out (OpenAI refuses empty content); a blank developer
+    turn, the same instruction turn under OpenAI's newer name, was written as an empty system message,
+    and the export refused the whole run though generate and train take it."""
+    cfg = make_run(tmp_path, ["a summary"] * 12)
+    chat = [{"role": role, "content": " "}, {"role": "user", "content": "text"}]
+    write_jsonl(Path(cfg.run_dir) / "train.jsonl",
+                [Record(id=f"t{i}", messages=chat, output="short.", valid=True) for i in range(12)])
+    written = export(cfg, "openai-jsonl")
+    row = json.loads(written[0].read_text().splitlines()[0])
+    assert row["messages"] == [{"role": "system", "content": "Summarise."}, {"role": "user", "content": "text"},
+                               {"role": "assistant", "content": "short."}]

@@ -29,9 +29,10 @@ MIN_EXAMPLES = 10  # OpenAI's fine-tuning API refuses a training file with fewer
 
 def to_openai(messages: list[dict[str, Any]], target: str) -> dict[str, Any]:
     # An empty task.instruction is no system turn: the student was trained without one (PromptFormat
-    # leaves it out), and OpenAI refuses a message with empty content.
-    msgs = [_message(m) for m in messages
-            if not (m["role"] == "system" and isinstance(m.get("content"), str) and not m["content"].strip())]
+    # leaves it out), and OpenAI refuses a message with empty content; nor is an input's own blank
+    # instruction turn (system, or developer: the same turn under OpenAI's newer name).
+    msgs = [_message(m) for m in messages if not (m["role"] in ("system", "developer")
+                                                  and isinstance(m.get("content"), str) and not m["content"].strip())]
     msgs.append({"role": "assistant", "content": target})
     return {"messages": msgs}
 
