@@ -393,3 +393,17 @@ def test_a_real_examples_import_provenance_is_kept():
     c = curate(cfg, teacher, real=real)
     (r1,) = [r for r in c.train if r.id == "r1"]
     assert r1.meta["source"] == "real" and r1.meta["imported_from"] == "/data/logs.jsonl" and r1.meta["line"] == 7
+
+
+def test_a_real_label_in_another_case_is_the_one_hot_soft_label_of_its_input():
+    """A person's label written 'Politics' for the task's 'politics' (a CRM export, a spreadsheet)
+    replaced the teacher's soft label with {sports: 0, tech: 0, politics: 0}: the one-hot compared
+    the raw text with the labels, so label KD learnt from a distribution with no mass at all."""
+    teacher = [rec(_words(i), "sports", label_probs={"sports": 0.9, "tech": 0.05, "politics": 0.05})
+               for i in range(10)]
+    real = [rec(teacher[0].text, None, label="Politics", id="human-1"),
+            rec(teacher[1].text, "Tech.", id="human-2")]
+    c = curate(cfg(real_ratio=0.5), teacher, real=real)
+    by_text = {r.text: r for r in kept(c)}
+    assert by_text[teacher[0].text].label_probs == {"sports": 0.0, "tech": 0.0, "politics": 1.0}
+    assert by_text[teacher[1].text].label_probs == {"sports": 0.0, "tech": 1.0, "politics": 0.0}

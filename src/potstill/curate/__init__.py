@@ -74,7 +74,7 @@ def _apply_review(rec: Record, d: dict[str, Any], labels: list[str], task) -> Re
     return rec
 
 
-def _train_on_real_answer(rec: Record, labels: list[str]) -> Record:
+def _train_on_real_answer(rec: Record, labels: list[str], task) -> Record:
     """A train record whose input a person labelled (``curate.real_data``) learns that label.
 
     As a reviewer's relabel: the teacher's answer moves to ``meta.teacher_output``, the soft
@@ -87,8 +87,9 @@ def _train_on_real_answer(rec: Record, labels: list[str]) -> Record:
     rec = rec.model_copy(deep=True)
     rec.meta["teacher_output"] = rec.output
     rec.output, rec.samples, rec.logprobs = answer, None, None
-    if rec.label_probs is not None and labels:
-        rec.label_probs = {lab: float(lab == answer) for lab in labels}
+    label = task.parse(answer)  # a person's "Politics" or "Tech." names the label set's spelling
+    if rec.label_probs is not None and labels and label in labels:
+        rec.label_probs = {lab: float(lab == label) for lab in labels}
     return rec
 
 
@@ -117,7 +118,7 @@ def curate(cfg: Config, records: list[Record], decisions: dict[str, dict[str, An
     real_ok, real_rejected = _prepare_real(real or [], task, c)
     teacher_kept, real_kept = _dedup_step(consistent, real_ok, c, counts, rejected, bool(real))
     train, val, test = _split_step(cfg, task, teacher_kept)
-    train = [_train_on_real_answer(r, cfg.task.labels) for r in train]
+    train = [_train_on_real_answer(r, cfg.task.labels, task) for r in train]
 
     # 6. mixing
     n_real = min(len(real_kept), round(c.real_ratio * len(train)))
