@@ -117,3 +117,15 @@ def test_an_empty_teacher_file_is_named(tmp_path):
     with pytest.raises(PotstillError, match=r"teacher.jsonl holds no records: run `potstill generate` \(it writes one per input\)$"):
         curate_stage(Config(run_dir=str(run), task={"labels": LABELS}))
     assert sorted(p.name for p in run.iterdir()) == ["teacher.jsonl"]
+
+
+def test_the_counts_add_up_to_the_input_when_max_train_caps_train():
+    """curate.max_train cut train to its cap and the cut records went nowhere: the counts (and the card)
+    said input=20 ... train=3, val=5, test=4, and 8 records were neither kept nor set aside."""
+    rs = records(20) + [rec("a match", "weather"), rec(_words(1000).upper(), "sports")]
+    c = curate(Config(task={"labels": LABELS}, curate={"val": 0.2, "test": 0.2, "max_train": 3}), rs)
+    n = c.card["counts"]
+    assert len(c.train) == n["train"] == 3
+    assert n["over_max_train"] > 0
+    assert n["input"] == (n["review_rejected"] + n["invalid"] + n["inconsistent"] + n["duplicates"]
+                          + n["over_max_train"] + n["train"] - n["real_added"] + n["val"] + n["test"])

@@ -13,7 +13,8 @@ In order, each step counted in the dataset card:
    majority holds less than ``curate.min_agreement`` of the samples are set aside.
 4. Deduplication of inputs, exact and near (MinHash LSH), keeping the first of each cluster, so
    no input and none of its near-duplicates sit on both sides of the train/test border.
-5. Stratified, hash-based train/val/test split (see ``potstill.curate.split``).
+5. Stratified, hash-based train/val/test split (see ``potstill.curate.split``); train capped at
+   ``curate.max_train``, the records over it counted as ``over_max_train``.
 6. Mixing: real labelled examples added to train at ``curate.real_ratio``, tagged by source;
    any that duplicate a teacher input (train, val or test) are dropped first. A person's label
    for the very input the teacher answered (an exact duplicate) is not lost: the teacher's copy
@@ -118,6 +119,9 @@ def curate(cfg: Config, records: list[Record], decisions: dict[str, dict[str, An
     real_ok, real_rejected = _prepare_real(real or [], task, c)
     teacher_kept, real_kept = _dedup_step(consistent, real_ok, c, counts, rejected, bool(real))
     train, val, test = _split_step(cfg, task, teacher_kept)
+    if c.max_train is not None:  # counted, so that what was kept and what was set aside add up to the input
+        counts["over_max_train"] = max(0, len(train) - c.max_train)
+        train = train[: c.max_train]
     train = [_train_on_real_answer(r, cfg.task.labels, task) for r in train]
 
     # 6. mixing
@@ -260,7 +264,7 @@ def _dedup_step(consistent: list[Record], real_ok: list[Record], c, counts: dict
 
 
 def _split_step(cfg: Config, task, teacher_kept: list[Record]) -> tuple[list[Record], list[Record], list[Record]]:
-    """5. Stratified, hash-based split; train capped at ``curate.max_train``."""
+    """5. Stratified, hash-based split."""
     c = cfg.curate
 
     def stratum(r: Record) -> str:
@@ -270,10 +274,7 @@ def _split_step(cfg: Config, task, teacher_kept: list[Record]) -> tuple[list[Rec
 
     for r in teacher_kept:
         r.meta.setdefault("source", "teacher")
-    train, val, test = split(teacher_kept, c.val, c.test, c.seed, stratum)
-    if c.max_train is not None:
-        train = train[: c.max_train]
-    return train, val, test
+    return split(teacher_kept, c.val, c.test, c.seed, stratum)
 
 
 def _prepare_real(real: list[Record], task, c) -> tuple[list[Record], list[Record]]:
