@@ -180,3 +180,15 @@ def test_a_review_sqlite_that_is_not_a_review_store_is_named(curated):
     assert out.returncode == 2 and out.stderr.strip().splitlines() == [
         f"error: {run / 'review.sqlite'}: SQLite: unable to open database file"], out.stderr
     (run / "review.sqlite").rmdir()
+
+
+def test_cli_refuses_a_damaged_card_in_one_line(curated):
+    """A card.json cut short or hand-edited into something else ended `potstill review` with a
+    JSONDecodeError traceback; it is one line naming the file, and nothing is created."""
+    run = Path(curated.run_dir)
+    (run / "card.json").write_text('{"task": {"labels": ["sports", ')
+    out = subprocess.run([sys.executable, "-m", "potstill.cli", "review", str(run), "--port", "0"], capture_output=True,
+                         text=True, env={**os.environ}, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().count("\n") == 0 and "card.json" in out.stderr and "Traceback" not in out.stderr
+    assert not (run / "review.sqlite").exists()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from pydantic import BaseModel
 
 from potstill.config import CurateConfig, TaskConfig
 from potstill.errors import PotstillError
-from potstill.records import read_records
+from potstill.records import read_json, read_records
 from potstill.review.page import PAGE
 from potstill.review.sample import stratified_sample
 from potstill.review.store import DECISIONS, ReviewStore, error_rate
@@ -43,7 +42,7 @@ def load_run(run_dir: str | Path, sample: int, seed: int = 0) -> tuple[list[str]
     card_path, teacher = run / "card.json", run / "teacher.jsonl"
     if not teacher.exists() or not card_path.exists():
         raise PotstillError(f"{run}: no teacher.jsonl and card.json here: run `potstill generate` and `potstill curate` first")
-    card = json.loads(card_path.read_text())
+    card = read_json(card_path)  # cut short or edited into something else: one line naming it
     labels = list((card.get("task") or {}).get("labels") or [])
     records = stratified_sample(read_records(teacher), sample, seed, labelled=bool(labels))
     if not records:
@@ -59,7 +58,7 @@ def load_checks(run_dir: str | Path) -> tuple[Any, CurateConfig]:
     the schema to RUN/potstill.yaml, the settings the stages last ran with.
     """
     run = Path(run_dir)
-    card = json.loads((run / "card.json").read_text())
+    card = read_json(run / "card.json")
     task = dict(card.get("task") or {})
     if task.get("type") == "extraction" and not task.get("json_schema") and (run / "potstill.yaml").exists():
         saved = yaml.safe_load((run / "potstill.yaml").read_text()) or {}
