@@ -430,7 +430,7 @@ def review(
     sample: Annotated[int, typer.Option(min=1, help="Records in the stratified sample.")] = 60,
     seed: Annotated[int, typer.Option(help="Seed of the sample order.")] = 0,
 ) -> None:
-    """Review a stratified sample of teacher outputs in the browser (a accept, r reject, 1-9 relabel, e edit a free-text or JSON answer); the next curate applies it."""
+    """Review a stratified sample of teacher outputs in the browser (a accept, r reject, 1-9 relabel, l any label, e edit a free-text or JSON answer); the next curate applies it."""
     from potstill.review.app import serve as serve_review
 
     serve_review(run_dir, host, port, sample, seed)

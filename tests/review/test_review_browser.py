@@ -131,3 +131,38 @@ def test_a_free_text_answer_is_shown_as_written(tmp_path):
         assert page.title() == "potstill review"
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
         browser.close()
+
+
+def test_a_label_past_the_ninth_can_be_chosen_by_keyboard(tmp_path):
+    """With more than nine labels (intents, topics), keys 1-9 reached the first nine and the page
+    listed only those: a record whose right label was the tenth could not be relabelled at all.
+    `l` opens the whole label set; typing or arrows pick one, Enter relabels, Esc closes."""
+    from playwright.sync_api import sync_playwright
+
+    from potstill.config import Config
+    from potstill.records import Record, write_jsonl
+
+    labels = [f"intent{n:02d}" for n in range(1, 13)]
+    asks = ["reset my password", "where is my parcel", "cancel the order", "change my address", "a refund please",
+            "talk to a person"]
+    run = tmp_path / "run"
+    write_jsonl(run / "teacher.jsonl", [Record(id=f"r{n}", messages=[{"role": "user", "content": ask}],
+                                               output=labels[n % 3], valid=True) for n, ask in enumerate(asks)])
+    curate_stage(Config(run_dir=str(run), task={"labels": labels}, curate={"val": 0, "test": 0}))
+    with LiveServer(create_app(run, sample=6)) as served, sync_playwright() as p:
+        browser, page = _open(p, served.url)
+        first = page.text_content("#rid")
+        assert "intent12" in page.text_content("#keys")  # every label is on the page, not only the first nine
+        page.keyboard.press("l")
+        page.keyboard.press("End")  # the last label
+        page.keyboard.press("Enter")
+        page.wait_for_function("document.getElementById('progress').textContent === '1 / 6 reviewed'", timeout=10_000)
+        assert page.text_content("#rid") != first  # on to the next record, as a number key does
+        page.keyboard.press("l")
+        page.keyboard.press("a")  # a key typed in the open list picks a label, it is no accept
+        page.keyboard.press("Escape")
+        page.wait_for_timeout(300)
+        assert page.text_content("#progress") == "1 / 6 reviewed" and page.text_content("#decision") == "not yet"
+        browser.close()
+    assert load_decisions(run / "review.sqlite")[first] == {**load_decisions(run / "review.sqlite")[first],
+                                                             "decision": "relabel", "label": "intent12"}

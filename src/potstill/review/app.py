@@ -145,6 +145,6 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8765, sample
 
     app = create_app(run_dir, sample, seed)
     sock = listen.bind(host, port)
-    say(f"review: http://{host}:{listen.url_port(sock)}/  (a accept, r reject, 1-9 relabel, e edit, arrows move; Ctrl+C to "
+    say(f"review: http://{host}:{listen.url_port(sock)}/  (a accept, r reject, 1-9 relabel, l any label, e edit, arrows move; Ctrl+C to "
         "stop, then `potstill curate` applies the decisions)")
     listen.run(app, sock)

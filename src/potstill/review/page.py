@@ -19,6 +19,7 @@ PAGE = r"""<!doctype html>
  #editor textarea{width:100%;box-sizing:border-box;min-height:9em;font:15px/1.4 ui-monospace,monospace;margin-top:6px}
  #keys{margin-top:18px;color:#555} kbd{background:#eee;border:1px solid #bbb;border-radius:4px;padding:0 6px;font-size:14px}
  #labels span{margin-right:14px} #msg{color:#a33;min-height:1.5em}
+ #picker select{min-width:16em;font:15px/1.4 system-ui,sans-serif;margin-top:6px}
 </style></head>
 <body>
 <header><h1>potstill review</h1><div id="progress">loading…</div><div id="bar"><div id="fill"></div></div>
@@ -34,7 +35,10 @@ PAGE = r"""<!doctype html>
  <div class="row" id="editedrow" hidden><span class="k">corrected</span><span id="edited"></span></div>
  <div id="editor" hidden><textarea id="edittext" spellcheck="false" aria-label="corrected answer"></textarea>
   <div><button id="save">save</button> <kbd>Ctrl</kbd>+<kbd>Enter</kbd> save &nbsp; <kbd>Esc</kbd> cancel</div></div>
- <div id="keys"><kbd>a</kbd> accept &nbsp; <kbd>r</kbd> reject &nbsp; <span id="relabelkeys">relabel: <span id="labels"></span></span>
+ <div id="picker" hidden><select id="pick" size="8" aria-label="relabel to"></select>
+  <div><kbd>Enter</kbd> relabel &nbsp; <kbd>Esc</kbd> cancel</div></div>
+ <div id="keys"><kbd>a</kbd> accept &nbsp; <kbd>r</kbd> reject &nbsp; <span id="relabelkeys">relabel: <span id="labels"></span>
+  <kbd>l</kbd> any label<span id="morelabels"></span></span>
   <span id="editkey"><kbd>e</kbd> edit the answer</span> &nbsp; <kbd>←</kbd>/<kbd>→</kbd> previous/next</div>
  <div id="msg"></div>
 </div></main>
@@ -42,6 +46,8 @@ PAGE = r"""<!doctype html>
 let S = null, i = 0, sending = Promise.resolve();
 // The record whose answer is open in the editor (its id), or null: keys typed there are text, not decisions.
 let editing = null;
+// The record whose label list (l) is open, or null: keys typed there pick a label, they are not decisions.
+let picking = null;
 // Decisions sent and not yet answered: the page moves on as a key is pressed, not when the server
 // answers, so a reviewer typing ahead judges the record on screen and never the previous one again.
 const pending = new Map();
@@ -60,10 +66,13 @@ function render() {
   el.dataset.decision = d ? d.decision : "";
   $("editedrow").hidden = !(d && d.decision === "edit"); $("edited").textContent = d && d.decision === "edit" ? d.output : "";
   if (editing !== null && editing !== it.id) closeEditor();  // the record on screen changed under the editor
+  if (picking !== null && picking !== it.id) closePicker();
   $("relabelkeys").hidden = !S.labels.length; $("editkey").hidden = !!S.labels.length;
   $("labels").replaceChildren(...S.labels.slice(0, 9).map((l, j) => {
     const s = document.createElement("span"); const k = document.createElement("kbd");
     k.textContent = j + 1; s.append(k, " " + l); return s; }));
+  // Keys 1-9 reach the first nine labels; the rest are named here and picked from the list (l).
+  $("morelabels").textContent = S.labels.length > 9 ? ` (also ${S.labels.slice(9).join(", ")})` : "";
   document.body.dataset.ready = "1";
 }
 function adopt(state) {  // the server's state, with the decisions still on their way laid over it
@@ -87,6 +96,21 @@ function openEditor() {
   editing = it.id; $("msg").textContent = "";
   $("edittext").value = d && d.decision === "edit" ? d.output : it.output;
   $("edittext").disabled = false; $("editor").hidden = false; $("edittext").focus();
+}
+// The whole label set in a list: arrows or the label's first letters pick one, Enter relabels.
+function openPicker() {
+  const it = S.items[i], d = it.decision;
+  picking = it.id; $("msg").textContent = "";
+  $("pick").replaceChildren(...S.labels.map(l => { const o = document.createElement("option"); o.value = o.textContent = l; return o; }));
+  const now = d && d.decision === "relabel" ? d.label : it.output;
+  $("pick").selectedIndex = Math.max(0, S.labels.indexOf(now));
+  $("picker").hidden = false; $("pick").focus();
+}
+function closePicker() { picking = null; $("picker").hidden = true; $("pick").blur(); }
+function pick() {
+  const label = $("pick").value, id = picking;
+  closePicker();
+  if (label && id === S.items[i].id) decide("relabel", label);
 }
 function closeEditor() { editing = null; $("editor").hidden = true; $("edittext").blur(); }
 async function saveEdit() {
@@ -148,16 +172,24 @@ document.addEventListener("keydown", e => {
     else if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); saveEdit(); }
     return;
   }
+  if (picking !== null) {  // the label list: the list takes every key but these two
+    if (e.key === "Escape") { e.preventDefault(); closePicker(); }
+    else if (e.key === "Enter") { e.preventDefault(); pick(); }
+    return;
+  }
   if (e.ctrlKey || e.metaKey || e.altKey) return;
   if (e.repeat && /^[are1-9]$/.test(e.key)) return;  // a decision key held down must not sweep through the records
   if (e.key === "e" && !S.labels.length) { e.preventDefault(); openEditor(); }  // preventDefault: no "e" typed in
   else if (e.key === "a") decide("accept");
   else if (e.key === "r") decide("reject");
   else if (/^[1-9]$/.test(e.key) && S.labels[+e.key - 1]) decide("relabel", S.labels[+e.key - 1]);
+  else if (e.key === "l" && S.labels.length) { e.preventDefault(); openPicker(); }
   else if (e.key === "ArrowRight" || e.key === "j") { i = Math.min(i + 1, S.items.length - 1); render(); }
   else if (e.key === "ArrowLeft" || e.key === "k") { i = Math.max(i - 1, 0); render(); }
 });
 $("save").addEventListener("click", saveEdit);
+$("pick").addEventListener("dblclick", pick);
+$("pick").addEventListener("blur", () => { if (picking !== null) closePicker(); });  // clicked away: keys decide again
 load();
 </script></body></html>
 """
