@@ -166,3 +166,26 @@ def test_a_label_past_the_ninth_can_be_chosen_by_keyboard(tmp_path):
         browser.close()
     assert load_decisions(run / "review.sqlite")[first] == {**load_decisions(run / "review.sqlite")[first],
                                                              "decision": "relabel", "label": "intent12"}
+
+
+def test_the_earlier_turns_of_a_conversation_are_shown_with_its_last_message(tmp_path):
+    """A record from a chat log is a conversation; the page showed only its last user message
+    ("When will it arrive?"), so the reviewer judged an answer without what the teacher had read."""
+    from playwright.sync_api import sync_playwright
+
+    from potstill.config import Config
+    from potstill.records import Record, write_jsonl
+
+    run = tmp_path / "run"
+    chat = [{"role": "user", "content": "My parcel <b>123</b> never came"},
+            {"role": "assistant", "content": "Sorry about that: I have sent a new one."},
+            {"role": "user", "content": [{"type": "text", "text": "When will it arrive?"}]}]
+    write_jsonl(run / "teacher.jsonl", [Record(id="c1", messages=chat, output="Within three days.", valid=True)])
+    curate_stage(Config(run_dir=str(run), task={"type": "freetext"}, curate={"val": 0, "test": 0}))
+    with LiveServer(create_app(run, sample=1)) as served, sync_playwright() as p:
+        browser, page = _open(p, served.url)
+        assert page.inner_text("#text") == "When will it arrive?"
+        shown = page.inner_text("#context")
+        assert "My parcel <b>123</b> never came" in shown and "I have sent a new one." in shown
+        assert shown.index("user") < shown.index("My parcel") < shown.index("assistant") < shown.index("I have sent")
+        browser.close()

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from potstill.config import CurateConfig, TaskConfig
 from potstill.errors import PotstillError
-from potstill.records import read_json, read_records
+from potstill.records import Record, content_text, read_json, read_records
 from potstill.review.page import PAGE
 from potstill.review.sample import stratified_sample
 from potstill.review.store import DECISIONS, ReviewStore, error_rate
@@ -48,6 +48,13 @@ def load_run(run_dir: str | Path, sample: int, seed: int = 0) -> tuple[list[str]
     if not records:
         raise PotstillError(f"{teacher}: no valid teacher outputs to review")
     return labels, records
+
+
+def earlier_turns(rec: Record) -> list[dict[str, str]]:
+    """The messages of a conversation before its last user message (``Record.text``, shown as the
+    input): a chat log's answer is judged on what the teacher read, not on "Tell me more." alone."""
+    last = max((n for n, m in enumerate(rec.messages) if m.get("role") == "user"), default=len(rec.messages))
+    return [{"role": str(m.get("role")), "text": content_text(m.get("content"))} for m in rec.messages[:last]]
 
 
 def load_checks(run_dir: str | Path) -> tuple[Any, CurateConfig]:
@@ -97,7 +104,7 @@ def create_app(run_dir: str | Path, sample: int = 60, seed: int = 0) -> FastAPI:
         with lock:
             decisions = store.decisions()
         mine = {k: v for k, v in decisions.items() if k in by_id}
-        items = [{"id": r.id, "text": r.text, "output": r.output, "gold": r.label, "slice": r.slice,
+        items = [{"id": r.id, "context": earlier_turns(r), "text": r.text, "output": r.output, "gold": r.label, "slice": r.slice,
                   "samples": r.samples, "agreement": r.meta.get("agreement"), "decision": mine.get(r.id)}
                  for r in records]
         rate = error_rate(mine, parse)
