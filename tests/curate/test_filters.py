@@ -407,3 +407,24 @@ def test_a_real_label_in_another_case_is_the_one_hot_soft_label_of_its_input():
     by_text = {r.text: r for r in kept(c)}
     assert by_text[teacher[0].text].label_probs == {"sports": 0.0, "tech": 0.0, "politics": 1.0}
     assert by_text[teacher[1].text].label_probs == {"sports": 0.0, "tech": 1.0, "politics": 0.0}
+
+
+def test_the_card_names_the_teacher_that_wrote_the_records_not_only_the_configured_one():
+    """The card's teacher (and terms of use) came from the config alone: a teacher.jsonl written by
+    gpt-4o-mini, curated after teacher.model was changed to another model, went out with a card
+    naming the new model and its terms as the source of every answer."""
+    from potstill.curate import card_markdown
+
+    records = [rec(_words(i), "sports", meta={"teacher": "gpt-4o-mini", "teacher_type": "openai"}) for i in range(4)]
+    config = Config(task={"labels": LABELS}, teacher={"type": "anthropic", "model": "claude-haiku-4-5",
+                                                      "terms": "Anthropic commercial terms"},
+                    curate={"val": 0, "test": 0})
+    c = curate(config, records)
+    assert c.card["teacher"]["records_by_model"] == {"gpt-4o-mini": 4}
+    md = card_markdown(c.card)
+    assert "`gpt-4o-mini` (4 records)" in md and "claude-haiku-4-5" in md and "wrote none of them" in md
+    same = curate(Config(task={"labels": LABELS}, teacher={"model": "gpt-4o-mini"}, curate={"val": 0, "test": 0}), records)
+    assert "wrote none of them" not in card_markdown(same.card)
+    replayed = [rec(_words(i), "sports", meta={"teacher": "replay"}) for i in range(2)]  # a teacher with no model
+    assert "wrote none" not in card_markdown(curate(Config(task={"labels": LABELS}, teacher={"type": "replay"},
+                                                           curate={"val": 0, "test": 0}), replayed).card)

@@ -340,7 +340,11 @@ def _card(cfg: Config, counts: dict[str, int], rejected: list[Record], train: li
                                                    if r.meta.get("source") != "real")) if cfg.task.labels else None,
         "label_distribution": labels,
         "teacher_accuracy": accuracy,
-        "teacher": {"type": cfg.teacher.type, "model": cfg.teacher.model, "terms_of_use": cfg.teacher.terms or "not given"},
+        "teacher": {"type": cfg.teacher.type, "model": cfg.teacher.model, "terms_of_use": cfg.teacher.terms or "not given",
+                    # Who wrote the kept answers (generate's meta.teacher): the config may name another
+                    # teacher since, and the terms above are then that one's, not the data's.
+                    "records_by_model": dict(Counter(r.meta["teacher"] for r in train + val + test
+                                                     if r.meta.get("source") != "real" and r.meta.get("teacher")))},
         "inputs": {"path": cfg.data.inputs, "source": cfg.data.source, "license": cfg.data.license},
         "sources": sources,
         # json_schema: what the data was validated against, and what `potstill review` checks an edit by.

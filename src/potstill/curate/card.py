@@ -11,6 +11,12 @@ def _table(head: list[str], rows: list[list[Any]]) -> list[str]:
     return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *["| " + " | ".join(map(str, r)) + " |" for r in rows], ""]
 
 
+def configured_teacher(t: dict[str, Any]) -> str:
+    """The name generate writes in each record's meta.teacher for the card's teacher: its model, or
+    its type where it names none (a replay teacher)."""
+    return t["model"] or t["type"]
+
+
 def card_markdown(card: dict[str, Any]) -> str:
     c = card["counts"]
     lines = ["# Dataset card", "", "## Counts at each step", "", *_table(["step", "records"], [[k, v] for k, v in c.items()])]
@@ -46,6 +52,11 @@ def card_markdown(card: dict[str, Any]) -> str:
     lines += ["## Provenance", "",
               f"- Teacher: {t['type']} `{t['model']}`",
               f"- Teacher terms of use: {t['terms_of_use']}"]
+    wrote, named = t.get("records_by_model") or {}, configured_teacher(t)
+    if wrote and set(wrote) != {named}:
+        lines.append("- Answers written by: " + ", ".join(f"`{m}` ({n} records)" for m, n in wrote.items())
+                     + ("" if named in wrote else f"; the configured teacher `{named}` wrote none of them, "
+                        "so the terms of use above may not be the ones that apply to this data"))
     for s in card.get("sources") or [{"name": "inputs", **card["inputs"]}]:
         lines.append(f"- Source `{s['name']}` ({s.get('records', '?')} records, labelled by {s.get('labelled_by', 'teacher')}): "
                      f"{s['source']}; licence: {s['license']}")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
-
 from typing import Any
+
+from rich.markup import escape
 
 from potstill.config import Config
 from potstill.curate import card_markdown, curate
+from potstill.curate.card import configured_teacher
 from potstill.errors import PotstillError
 from potstill.progress import say
 from potstill.records import read_records, write_json, write_jsonl, write_text
@@ -45,6 +47,11 @@ def curate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
         c.card["synthesis"] = {**{k: syn[k] for k in ("teacher", "seeds", "written", "rejected", "rejected_by_reason")},
                                "synthetic_per_split": {n: sum("synthetic" in r.slice for r in rows)
                                                        for n, rows in (("train", c.train), ("val", c.val), ("test", c.test))}}
+    wrote, named = c.card["teacher"]["records_by_model"], configured_teacher(c.card["teacher"])
+    if wrote and named not in wrote:  # the card says so too; said here, where it can still be fixed
+        say("[yellow]" + escape(f"curate: teacher.jsonl was written by {', '.join(map(str, wrote))}, not the configured "
+                                f"teacher {named}; run `potstill generate` for this teacher, or curate with the config "
+                                "that wrote it") + "[/yellow]")
     for name, rows in (("train", c.train), ("val", c.val), ("test", c.test), ("rejected", c.rejected)):
         write_jsonl(run / f"{name}.jsonl", rows)
     write_json(run / "card.json", c.card)
