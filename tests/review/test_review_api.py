@@ -192,3 +192,16 @@ def test_cli_refuses_a_damaged_card_in_one_line(curated):
     assert out.returncode == 2, out.stderr
     assert out.stderr.strip().count("\n") == 0 and "card.json" in out.stderr and "Traceback" not in out.stderr
     assert not (run / "review.sqlite").exists()
+
+
+def test_a_decision_against_a_stale_view_gets_a_409_and_changes_nothing(served, curated):
+    item = httpx.get(served.url + "/api/state").json()["items"][0]["id"]
+    url = served.url + "/api/decisions"
+    httpx.post(url, json={"id": item, "decision": "relabel", "label": "tech", "previous": None}).raise_for_status()
+    r = httpx.post(url, json={"id": item, "decision": "accept", "previous": None})  # saw it undecided
+    assert r.status_code == 409 and r.json()["error"]["code"] == "decision_conflict"
+    assert r.json()["error"]["param"] == "previous" and "relabel to tech" in r.json()["error"]["message"]
+    assert load_decisions(f"{curated.run_dir}/review.sqlite")[item]["label"] == "tech"
+    seen = {"decision": "relabel", "label": "tech"}
+    httpx.post(url, json={"id": item, "decision": "accept", "previous": seen}).raise_for_status()
+    assert load_decisions(f"{curated.run_dir}/review.sqlite")[item]["decision"] == "accept"

@@ -189,3 +189,32 @@ def test_the_earlier_turns_of_a_conversation_are_shown_with_its_last_message(tmp
         assert "My parcel <b>123</b> never came" in shown and "I have sent a new one." in shown
         assert shown.index("user") < shown.index("My parcel") < shown.index("assistant") < shown.index("I have sent")
         browser.close()
+
+
+def test_a_decision_made_in_another_tab_is_not_overwritten_unseen(curated):
+    """Two tabs on one review (two reviewers, or one who opened the page twice): tab B still showed a
+    record as undecided after tab A relabelled it, and B's accept silently replaced the relabel. B's
+    decision is refused with the reason, B then shows A's decision, and a second press replaces it."""
+    from playwright.sync_api import sync_playwright
+
+    run = Path(curated.run_dir)
+    with LiveServer(create_app(curated.run_dir, sample=9)) as served, sync_playwright() as p:
+        browser, a = _open(p, served.url)
+        b = browser.new_page(viewport={"width": 1100, "height": 720})
+        b.goto(served.url + "/")
+        b.wait_for_selector("body[data-ready='1']")
+        first = a.text_content("#rid")
+        assert b.text_content("#rid") == first
+        relabel = next(str(n + 1) for n, lab in enumerate(["sports", "tech", "politics"]) if lab != a.text_content("#output"))
+        a.keyboard.press(relabel)
+        a.wait_for_function("document.getElementById('progress').textContent === '1 / 9 reviewed'", timeout=10_000)
+        b.keyboard.press("a")
+        b.wait_for_function("document.getElementById('msg').textContent.includes('not saved')", timeout=10_000)
+        assert "another tab" in b.text_content("#msg")
+        assert b.text_content("#rid") == first and b.text_content("#decision").startswith("relabel")
+        assert load_decisions(run / "review.sqlite")[first]["decision"] == "relabel"
+        b.keyboard.press("a")  # seen now: the reviewer means it
+        b.wait_for_function("document.getElementById('progress').textContent === '1 / 9 reviewed' && "
+                            "document.getElementById('rid').textContent !== " + repr(first), timeout=10_000)
+        browser.close()
+    assert load_decisions(run / "review.sqlite")[first]["decision"] == "accept"

@@ -23,11 +23,34 @@ from potstill.tasks import get_task
 from potstill.tasks.answers import output_problem
 
 
+class Shown(BaseModel):
+    decision: str
+    label: str | None = None
+    output: str | None = None
+
+
 class Decision(BaseModel):
     id: str
     decision: str
     label: str | None = None
     output: str | None = None  # an edit's corrected answer
+    # The record's decision as the client last saw it (null: undecided). Given, the decision is refused
+    # when the store holds another (made since in another tab), rather than replacing it unseen.
+    previous: Shown | None = None
+
+
+def _same(stored: dict[str, Any] | None, shown: Shown | None) -> bool:
+    """Whether the stored decision is the one the client showed (a label only counts for a relabel,
+    a text only for an edit: the page keeps neither for the others)."""
+    if stored is None or shown is None:
+        return stored is None and shown is None
+    return (stored["decision"] == shown.decision
+            and (shown.decision != "relabel" or stored["label"] == shown.label)
+            and (shown.decision != "edit" or stored["output"] == shown.output))
+
+
+def _said(d: dict[str, Any]) -> str:
+    return f"relabel to {d['label']}" if d["decision"] == "relabel" else d["decision"]
 
 
 def _error(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
@@ -140,6 +163,12 @@ def create_app(run_dir: str | Path, sample: int = 60, seed: int = 0) -> FastAPI:
             if problem is not None:  # curate would set it aside: say why now, while the reviewer can fix it
                 return _error(400, f"output: {problem}", "output", "invalid_output")
         with lock:
+            stored = store.decisions().get(rec.id) if "previous" in body.model_fields_set else None
+            if "previous" in body.model_fields_set and not _same(stored, body.previous):
+                now = _said(stored) if stored else "no decision"
+                return _error(409, f"record {rec.id} holds another decision ({now}) since this page showed it, made "
+                                   "in another tab: the page now shows it; decide again to replace it",
+                              "previous", "decision_conflict")
             store.decide(rec.id, body.decision, body.label, rec.output, body.output)
         return state()
 

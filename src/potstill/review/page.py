@@ -88,13 +88,16 @@ function adopt(state) {  // the server's state, with the decisions still on thei
   S = state;
 }
 async function load() { adopt(await (await fetch("api/state")).json()); render(); }
+// The decision a record shows, as the server compares it: a decision made since in another tab is
+// then refused rather than replaced unseen.
+const shown = d => d ? {decision: d.decision, label: d.label ?? null, output: d.output ?? null} : null;
 function decide(decision, label) {
-  const it = S.items[i], d = {decision, label: label ?? null};
+  const it = S.items[i], d = {decision, label: label ?? null}, previous = shown(it.decision);
   it.decision = d; pending.set(it.id, d); $("msg").textContent = "";
   const next = S.items.findIndex((x, j) => j > i && !x.decision);
   if (next >= 0) i = next; else if (i < S.items.length - 1) i++;
   render();
-  sending = sending.then(() => send(it.id, d));  // in order: a changed mind reaches the store last
+  sending = sending.then(() => send(it.id, d, previous));  // in order: a changed mind reaches the store last
 }
 // An edit: the editor opens with the teacher's answer (or the correction saved before); saving
 // waits for the server, which checks the text as curate checks a teacher answer, and on a refusal
@@ -122,20 +125,21 @@ function pick() {
 }
 function closeEditor() { editing = null; $("editor").hidden = true; $("edittext").blur(); }
 async function saveEdit() {
-  const id = editing, output = $("edittext").value;
+  const id = editing, output = $("edittext").value, previous = shown(S.items.find(x => x.id === id).decision);
   if (id === null || $("edittext").disabled) return;
   $("edittext").disabled = true;
   let r = null, body = null;
   await (sending = sending.then(async () => {
     try {
       r = await fetch("api/decisions", {method: "POST", headers: {"content-type": "application/json"},
-                                        body: JSON.stringify({id, decision: "edit", output})});
+                                        body: JSON.stringify({id, decision: "edit", output, previous})});
       body = await r.json();
     } catch (e) {}
   }));
   const open = editing === id;  // not cancelled (Esc) while the server checked it
   $("edittext").disabled = false;
   if (!(r && r.ok && body && body.items)) {
+    if (r && r.status === 409) { try { await load(); } catch (e) {} }  // the decision made in another tab
     $("msg").textContent = `record ${id} not saved: ` + (body?.error?.message ?? "the review server did not answer");
     if (open) $("edittext").focus();
     return;
@@ -149,11 +153,11 @@ async function saveEdit() {
   }
   render();
 }
-async function send(id, d) {
+async function send(id, d, previous) {
   let r = null, body = null;
   try {
     r = await fetch("api/decisions", {method: "POST", headers: {"content-type": "application/json"},
-                                      body: JSON.stringify({id, decision: d.decision, label: d.label})});
+                                      body: JSON.stringify({id, decision: d.decision, label: d.label, previous})});
     body = await r.json();
   } catch (e) {}
   if (pending.get(id) === d) pending.delete(id);
