@@ -340,6 +340,18 @@ def atomic_write(path: str | Path) -> Iterator[TextIO]:
 
 
 @contextlib.contextmanager
+def atomic_files(paths: Iterable[str | Path]) -> Iterator[dict[Path, TextIO]]:
+    """``atomic_write`` for artifacts that belong together (a stage's train/val/test): every temp
+    file is written before any replaces its path, so a failure midway (a full disk, an exception)
+    leaves all the previous files, never new ones beside old ones. Renames do not fail for want of
+    space; a kill between them is the only window left, microseconds rather than a whole write."""
+    with contextlib.ExitStack() as stack:
+        files = {Path(p): stack.enter_context(atomic_write(p)) for p in paths}
+        yield files
+        # ExitStack exits last-entered first: each atomic_write then renames its file into place.
+
+
+@contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temp directory beside ``path``; on success it replaces ``path`` whole."""
     path = Path(path)
@@ -359,15 +371,20 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 
 def write_jsonl(path: str | Path, rows: Iterable[Any]) -> int:
     """Write rows as JSONL atomically (see ``atomic_write``); returns the number of rows."""
-    n = 0
     with atomic_write(path) as f:
-        for row in rows:
-            if isinstance(row, BaseModel):
-                f.write(row.model_dump_json(exclude_none=True))
-            else:
-                f.write(json.dumps(row, ensure_ascii=False))
-            f.write("\n")
-            n += 1
+        return dump_jsonl(f, rows)
+
+
+def dump_jsonl(f: TextIO, rows: Iterable[Any]) -> int:
+    """Rows (records or plain objects) as JSON lines into ``f``; returns the number of rows."""
+    n = 0
+    for row in rows:
+        if isinstance(row, BaseModel):
+            f.write(row.model_dump_json(exclude_none=True))
+        else:
+            f.write(json.dumps(row, ensure_ascii=False))
+        f.write("\n")
+        n += 1
     return n
 
 

@@ -129,3 +129,31 @@ def test_the_counts_add_up_to_the_input_when_max_train_caps_train():
     assert n["over_max_train"] > 0
     assert n["input"] == (n["review_rejected"] + n["invalid"] + n["inconsistent"] + n["duplicates"]
                           + n["over_max_train"] + n["train"] - n["real_added"] + n["val"] + n["test"])
+
+
+def test_a_write_that_fails_midway_leaves_the_previous_split_whole(tmp_path, monkeypatch):
+    """Each file was replaced as soon as it was written: a failure while writing test.jsonl (a full
+    disk) left the new train.jsonl beside the old test.jsonl, and after a change of split (here the
+    seed) records sat in both; `potstill train` and `evaluate` read that mix. Now every file is
+    written first and none replaces its old one unless all were written."""
+    import pytest
+
+    cfg = _project(tmp_path)
+    run = tmp_path / "run"
+    curate_stage(cfg)
+    before = {n: (run / n).read_bytes() for n in ("train.jsonl", "val.jsonl", "test.jsonl", "card.json")}
+    reseeded = cfg.model_copy(update={"curate": cfg.curate.model_copy(update={"seed": 5})})
+    new_test = ids(curate(reseeded, read_records(run / "teacher.jsonl")).test)
+    assert new_test != ids(read_records(run / "test.jsonl"))
+    dump = Record.model_dump_json
+
+    def full_disk(self, **kw):
+        if self.id in new_test:
+            raise OSError(28, "No space left on device")
+        return dump(self, **kw)
+
+    monkeypatch.setattr(Record, "model_dump_json", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        curate_stage(reseeded)
+    assert {n: (run / n).read_bytes() for n in before} == before
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]

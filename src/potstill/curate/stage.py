@@ -12,7 +12,7 @@ from potstill.curate import card_markdown, curate
 from potstill.curate.card import configured_teacher
 from potstill.errors import PotstillError
 from potstill.progress import say
-from potstill.records import read_records, write_json, write_jsonl, write_text
+from potstill.records import atomic_files, dump_jsonl, read_records
 from potstill.review.store import load_decisions
 from potstill.rundir import RunDir
 
@@ -52,10 +52,16 @@ def curate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
         say("[yellow]" + escape(f"curate: teacher.jsonl was written by {', '.join(map(str, wrote))}, not the configured "
                                 f"teacher {named}; run `potstill generate` for this teacher, or curate with the config "
                                 "that wrote it") + "[/yellow]")
-    for name, rows in (("train", c.train), ("val", c.val), ("test", c.test), ("rejected", c.rejected)):
-        write_jsonl(run / f"{name}.jsonl", rows)
-    write_json(run / "card.json", c.card)
-    write_text(run / "card.md", card_markdown(c.card))
+    # One set: a failure midway leaves every previous file, never a new train beside an old test.
+    splits = {run / f"{name}.jsonl": rows for name, rows in
+              (("train", c.train), ("val", c.val), ("test", c.test), ("rejected", c.rejected))}
+    markdown = card_markdown(c.card)
+    with atomic_files([*splits, run / "card.json", run / "card.md"]) as files:
+        for path, rows in splits.items():
+            dump_jsonl(files[path], rows)
+        json.dump(c.card, files[run / "card.json"], indent=2, ensure_ascii=False, default=str)
+        files[run / "card.json"].write("\n")
+        files[run / "card.md"].write(markdown)
     counts = c.card["counts"]
     say("curate: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
     return counts
