@@ -240,3 +240,18 @@ def test_a_logged_completion_with_several_choices_keeps_the_first_and_says_so(tm
     recs = read_records(tmp_path / "o.jsonl")
     assert [r.output for r in recs] == ["sports", "sports"] and recs[1].meta["choices"] == 2 and "choices" not in recs[0].meta
     assert "1 logged completion(s) held several choices (n > 1); the first of each is kept" in capsys.readouterr().err
+
+
+def test_a_finetune_files_weights_stay_out_of_the_imported_chat(tmp_path):
+    """OpenAI's fine-tuning format marks an assistant turn ``weight: 0`` (not trained on), and
+    `potstill export --format openai-jsonl` writes it on an input's earlier assistant turns. Import kept
+    the key on the prompt's messages, so generate sent it to the teacher, where OpenAI's chat API
+    refuses a message field it does not know; the chat is imported without it."""
+    src = jsonl(tmp_path / "ft.jsonl", [{"messages": [
+        {"role": "system", "content": "Topic?"}, {"role": "user", "content": "the team won"},
+        {"role": "assistant", "content": "sports", "weight": 0}, {"role": "user", "content": "and this one?"},
+        {"role": "assistant", "content": "business", "weight": 1}]}])
+    import_traffic(src, tmp_path / "o.jsonl")
+    (rec,) = read_records(tmp_path / "o.jsonl")
+    assert rec.output == "business" and all("weight" not in m for m in rec.messages)
+    assert [m["content"] for m in rec.messages] == ["the team won", "sports", "and this one?"]

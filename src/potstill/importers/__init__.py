@@ -128,7 +128,10 @@ def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: dict[str, An
         if msgs[-1].get("content") is None and msgs[-1].get("tool_calls"):
             raise PotstillError(f"{where}: the assistant turn is a tool call, not text; potstill distils text "
                                 "answers, so leave tool-call examples out of the file")
-        prompt, output = msgs[:-1], content_text(msgs[-1].get("content"))
+        # ``weight`` (0: an assistant turn not trained on) is the fine-tuning file's, not the chat's:
+        # a chat API refuses a message field it does not know.
+        prompt = [{k: v for k, v in m.items() if k != "weight"} for m in msgs[:-1]]
+        output = content_text(msgs[-1].get("content"))
     elif kind == "openai-log":
         if "custom_id" in obj:
             req = requests.get(obj["custom_id"])
