@@ -475,3 +475,16 @@ def test_modelfile_warns_once_about_characters_ollama_drops_from_system(capsys):
     render_modelfile("./student-f16.gguf", make_bpe_tokenizer(), instruction, 4, warn=False)
     render_modelfile("./student-f16.gguf", make_bpe_tokenizer(), "Classify the text.\nTabs\tare kept.", 4)
     assert capsys.readouterr().err == ""
+
+
+def test_the_files_metadata_holds_no_local_path_of_the_base_model(tmp_path):
+    """general.base_models and general.description named ``student.model`` as written, so a student
+    trained from a local folder carried the exporter's absolute path (a home directory, a user name)
+    into a file meant to be published; and a teacher with no model (replay) read 'teacher , base'."""
+    base = tmp_path / "home" / "alice" / "models" / "smol-ft"
+    cfg = Config(run_dir=str(tmp_path / "run"), task=TaskConfig(labels=LABELS, instruction=INSTRUCTION),
+                 student={"model": str(base)}, teacher={"type": "replay", "replay_path": "r.jsonl"})
+    meta = gguf_file._meta(cfg, tmp_path / "run")
+    text = json.dumps(meta)
+    assert str(tmp_path) not in text and "alice" not in text, text
+    assert meta["general.base_models"] == [{"name": "smol-ft"}] and "teacher replay" in meta["general.description"]

@@ -97,11 +97,15 @@ def _meta(cfg: Config, run: Path) -> dict[str, Any]:
 
     base = cfg.student.model
     licence = BUNDLED[base.split(":", 1)[1]][2] if base.startswith("bundled:") and base.split(":", 1)[1] in BUNDLED else ""
+    # A local folder or file goes in by its name only: the file is meant to be published, and the
+    # exporter's absolute path names their home directory. A hub id ("org/name") or bundled: stays.
+    if Path(base).is_absolute() or Path(base).exists() or base.startswith(("./", "../", "~")):
+        base = Path(base).name
     meta = {
         "general.name": f"potstill student ({Path(run).resolve().name}, {cfg.task.type})",
         "general.base_models": [{"name": base}],
         "general.description": f"Distilled by potstill from the run directory {Path(run).resolve().name!r}: task "
-                               f"{cfg.task.type}, teacher {cfg.teacher.model}, base {base}.",
+                               f"{cfg.task.type}, teacher {cfg.teacher.model or cfg.teacher.type}, base {base}.",
     }
     if licence:
         meta["general.license"] = licence
