@@ -250,6 +250,8 @@ def test_a_section_whose_fields_are_all_commented_out_is_its_defaults(tmp_path):
     cfg = load_config(path, {"watch.window": 50})
     assert cfg.export.dtype == "f32" and cfg.export.gguf_types == ["f16", "q8_0"]
     assert cfg.watch.window == 50 and cfg.evaluate.judge.teacher is None
+    # a GGUF type named twice is written once (it was converted twice and listed twice in export.json)
+    assert load_config(path, {"export.gguf_types": ["q8_0", "f16", "q8_0"]}).export.gguf_types == ["q8_0", "f16"]
 
 
 def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):

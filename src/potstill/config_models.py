@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from potstill.config_fields import (  # noqa: F401  (re-exported: potstill.config_models keeps every name)
     INPUT_FILE, MODEL_REF, RUN_PATH, DtypeName, EnvName, PathRole, QuantizationName, RecheckMargin, Section,
@@ -353,6 +353,11 @@ class ExportConfig(Section):
         default_factory=lambda: ["f16", "q8_0"], min_length=1,
         description="GGUF files to write (format gguf): f16 (2 bytes/weight) and/or q8_0 (~1.06 bytes/weight).",
     )
+
+    @field_validator("gguf_types")
+    @classmethod
+    def _each_type_once(cls, v: list[str]) -> list[str]:
+        return list(dict.fromkeys(v))  # [q8_0, q8_0] converted one file twice and listed it twice in export.json
 
 
 class RedistillConfig(Section):
