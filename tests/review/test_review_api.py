@@ -205,3 +205,22 @@ def test_a_decision_against_a_stale_view_gets_a_409_and_changes_nothing(served, 
     seen = {"decision": "relabel", "label": "tech"}
     httpx.post(url, json={"id": item, "decision": "accept", "previous": seen}).raise_for_status()
     assert load_decisions(f"{curated.run_dir}/review.sqlite")[item]["decision"] == "accept"
+
+
+def test_an_answer_in_another_spelling_is_the_same_stratum(tmp_path):
+    """Strata were keyed by the raw answer lowered, so an API teacher's "Sports." and "sports" were
+    two strata, each given as many looks as the rare label: the sample of 6 held 4 sports and 2 tech
+    where the round-robin promises 3 and 3. They are read as the task reads them."""
+    from potstill.config import Config
+    from potstill.curate.stage import curate_stage
+    from potstill.records import Record, write_jsonl
+    from potstill.review.app import load_run
+
+    run = tmp_path / "run"
+    answers = ["Sports."] * 10 + ["sports"] * 10 + ["tech"] * 10
+    write_jsonl(run / "teacher.jsonl", [Record(messages=[{"role": "user", "content": f"article {i} about things"}],
+                                               output=a, valid=True) for i, a in enumerate(answers)])
+    curate_stage(Config(run_dir=str(run), task={"labels": ["sports", "tech"]},
+                        curate={"val": 0, "test": 0, "near_dup": False}))
+    _, sample = load_run(run, 6)
+    assert Counter(r.output.strip(".").lower() for r in sample) == {"sports": 3, "tech": 3}

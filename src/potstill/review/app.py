@@ -67,7 +67,8 @@ def load_run(run_dir: str | Path, sample: int, seed: int = 0) -> tuple[list[str]
         raise PotstillError(f"{run}: no teacher.jsonl and card.json here: run `potstill generate` and `potstill curate` first")
     card = read_json(card_path)  # cut short or edited into something else: one line naming it
     labels = list((card.get("task") or {}).get("labels") or [])
-    records = stratified_sample(read_records(teacher), sample, seed, labelled=bool(labels))
+    parse = get_task(TaskConfig(type="classification", labels=labels)).parse if labels else None
+    records = stratified_sample(read_records(teacher), sample, seed, labelled=bool(labels), parse=parse)
     if not records:
         raise PotstillError(f"{teacher}: no valid teacher outputs to review")
     return labels, records

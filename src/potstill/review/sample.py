@@ -10,6 +10,7 @@ one record each, taken in sorted order, would make the sample the answers that s
 from __future__ import annotations
 
 import hashlib
+from typing import Any, Callable
 
 from potstill.records import Record
 
@@ -18,13 +19,16 @@ def _rank(rec_id: str, seed: int) -> str:
     return hashlib.sha256(f"{seed}:{rec_id}".encode()).hexdigest()
 
 
-def stratified_sample(records: list[Record], n: int, seed: int = 0, labelled: bool = True) -> list[Record]:
-    """``labelled``: the task answers with labels (they are strata); otherwise only slices are."""
+def stratified_sample(records: list[Record], n: int, seed: int = 0, labelled: bool = True,
+                      parse: Callable[[str], Any] | None = None) -> list[Record]:
+    """``labelled``: the task answers with labels (they are strata); otherwise only slices are.
+    ``parse``: the task's reading of an answer, so "Sports." and "sports" are one stratum (keyed by
+    the raw text, an API teacher's punctuation or case made a stratum of its own, as many looks as a label)."""
     strata: dict[str, list[Record]] = {}
     for r in records:
         if not r.valid or r.output is None or r.meta.get("source") == "real":
             continue
-        answer = r.output.strip().lower() if labelled else ""
+        answer = str((parse(r.output) if parse else None) or r.output.strip().lower()) if labelled else ""
         strata.setdefault(f"{answer}|{','.join(sorted(r.slice))}", []).append(r)
     queues = [sorted(rs, key=lambda r: _rank(r.id, seed)) for _, rs in sorted(strata.items())]
     out: list[Record] = []
