@@ -407,6 +407,12 @@ def test_a_real_label_in_another_case_is_the_one_hot_soft_label_of_its_input():
     by_text = {r.text: r for r in kept(c)}
     assert by_text[teacher[0].text].label_probs == {"sports": 0.0, "tech": 0.0, "politics": 1.0}
     assert by_text[teacher[1].text].label_probs == {"sports": 0.0, "tech": 1.0, "politics": 0.0}
+    # and the person's label is written in the label set's spelling, as a teacher's is
+    assert (by_text[teacher[0].text].output, by_text[teacher[1].text].output) == ("politics", "tech")
+    alone = curate(cfg(real_ratio=1.0), teacher[2:], real=[rec("a text no teacher answered at all", None,
+                                                                label="Politics", id="human-3")])
+    (added,) = [r for r in kept(alone) if r.meta.get("source") == "real"]
+    assert (added.output, added.label) == ("politics", "politics")
 
 
 def test_the_card_names_the_teacher_that_wrote_the_records_not_only_the_configured_one():

@@ -297,6 +297,13 @@ def _prepare_real(real: list[Record], task, c) -> tuple[list[Record], list[Recor
         reason = invalid_reason(r, task, c) if r.output is not None else "no label, output or reference"
         if reason is None:
             r.valid = True
+            labels = getattr(task, "labels", None)
+            if labels and (named := task.parse(r.output)) in labels:
+                # A person's "Politics" or "Tech." is written in the label set's spelling, as a
+                # teacher's label is, so every split and the dataset's label counts read one way.
+                r.output = named
+                if r.label is not None and task.parse(r.label) == named:
+                    r.label = named
             ok.append(r)
         else:
             bad.append(_reject(r, f"real example: {reason}"))
