@@ -98,3 +98,19 @@ def test_ctrl_c_says_what_a_rerun_does(tiny_model, tmp_path, monkeypatch, capsys
     calls.clear()
     monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
     assert run(str(tiny_model), str(tmp_path))["resumed_from_step"] == 3
+
+
+def test_a_kill_during_the_first_resumed_step_keeps_the_curve_before_the_checkpoint(tiny_model, tmp_path):
+    """The resumed run truncated metrics.jsonl and rewrote the rows up to its checkpoint into a write
+    buffer flushed only after its first step: killed during that step (a long step, a preempted
+    machine), it left metrics.jsonl empty, and the next resume, finding no rows, lost steps 1-3 of the
+    curve for good."""
+    worker = Path(__file__).with_name("kill_worker.py")
+    for kill_at in (5, 1):  # step 5 of a fresh run, then the first step (4) of the resumed one
+        proc = subprocess.run([sys.executable, str(worker), str(tiny_model), str(tmp_path / "b"), str(kill_at)],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == -9, proc.stderr[-2000:]
+    assert [s for s, _, _ in _curve(tmp_path / "b")] == [1, 2, 3]
+    assert run(str(tiny_model), str(tmp_path / "b"))["resumed_from_step"] == 3
+    run(str(tiny_model), str(tmp_path / "a"))
+    assert _curve(tmp_path / "b") == _curve(tmp_path / "a")

@@ -41,7 +41,7 @@ from potstill.models.loading import LM, keep_layers, load_lm, save_lm
 from potstill.models.prompting import PromptFormat, label_token_ids, stop_token_ids
 from potstill.models.scoring import apply_head, decoder
 from potstill.progress import bar, say
-from potstill.records import Record, atomic_dir
+from potstill.records import Record, atomic_dir, write_text
 from potstill.tasks import Task
 from potstill.train import checkpoint
 from potstill.train.attention import causal_attention, decoder_inputs
@@ -431,7 +431,12 @@ def _step_loop(s: _Setup, p: _Progress, lm: LM, cfg: TrainConfig, max_length: in
     """The optimiser steps from ``p.start``, one metrics row each; returns the training seconds."""
     main = s.accel.is_main_process
     t0 = time.perf_counter() - p.elapsed0
-    mf = open(metrics_path if main else "/dev/null", "w")
+    if main:
+        # The curve up to the checkpoint, in place before the first step: truncated and rewritten
+        # through the step's write buffer, a kill during that step left metrics.jsonl empty and the
+        # next resume had no rows before its checkpoint to keep.
+        write_text(metrics_path, "".join(ln + "\n" for ln in p.kept))
+    mf = open(metrics_path if main else "/dev/null", "a")
     try:
         with mf, bar("train" if main else "", s.total) as advance:
             _steps(s, p, lm, cfg, max_length, mf, advance, t0, metrics_path)
@@ -452,7 +457,6 @@ def _step_loop(s: _Setup, p: _Progress, lm: LM, cfg: TrainConfig, max_length: in
 def _steps(s: _Setup, p: _Progress, lm: LM, cfg: TrainConfig, max_length: int, mf: Any, advance: Any,
            t0: float, metrics_path: Path) -> None:
     accel = s.accel
-    mf.write("".join(ln + "\n" for ln in p.kept))
     advance(p.start)
     p.done = p.start
     for step in range(p.start, s.total):
