@@ -31,6 +31,8 @@ def train_body(cfg: Config, run: RunDir) -> dict[str, Any]:
     require(cfg, "train")
     task = get_task(cfg.task)
     records = trainable(task, run / "train.jsonl")
+    if not records:
+        raise PotstillError(f"{run / 'train.jsonl'}: no training examples; run `potstill curate` (or add records) first")
     val = trainable(task, run / "val.jsonl") if (run / "val.jsonl").exists() else []
     with load_on_every_rank():
         lm = load_lm(cfg.student.model, device=cfg.train.device, num_layers=cfg.student.num_layers)

@@ -344,6 +344,8 @@ def _lr_schedule(warmup_steps: int, total: int):
 def _setup(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: list[Record], cfg: TrainConfig,
            max_length: int) -> _Setup:
     cuda = lm.device.type == "cuda"
+    if not records:
+        raise PotstillError("train: no training examples")
     if cfg.onpolicy_fraction > 0 and not cfg.teacher_model:
         raise PotstillError("train.onpolicy_fraction > 0 needs train.teacher_model to score the student's samples")
     signal = resolve_signal(cfg, task, records)

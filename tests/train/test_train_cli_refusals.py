@@ -1,0 +1,54 @@
+"""`potstill train` on input it cannot train on: one line on stderr, exit 2, nothing written."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from potstill.cli import main
+
+
+def _cli(monkeypatch, capsys, *args: str) -> tuple[int, list[str]]:
+    monkeypatch.setattr(sys, "argv", ["potstill", *args])
+    with pytest.raises(SystemExit) as e:
+        main()
+    return e.value.code, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch, tiny_model):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.yaml").write_text(f"task:\n  labels: [sports, tech]\ndata:\n  inputs: in.jsonl\nteacher:\n"
+                                     f"  type: replay\n  model: x\nrun_dir: run\nstudent:\n  model: {tiny_model}\n"
+                                     "train:\n  int8_calibration: 0\n")
+    (tmp_path / "in.jsonl").write_text('{"input": "the match"}\n')
+    (tmp_path / "run").mkdir()
+    return tmp_path
+
+
+@pytest.mark.parametrize("text", ["", "\n\n"])
+def test_an_empty_training_split_is_one_line(work, monkeypatch, capsys, text):
+    """An empty train.jsonl (a curate that kept nothing, a truncated copy) ended in collate's
+    'ValueError: max() arg is an empty sequence' traceback, after the student had loaded, and left
+    an empty metrics.jsonl behind."""
+    (work / "run" / "train.jsonl").write_text(text)
+    code, err = _cli(monkeypatch, capsys, "train", "-c", "c.yaml")
+    assert (code, err) == (2, ["error: run/train.jsonl: no training examples; run `potstill curate` (or add "
+                               "records) first"])
+    assert sorted(p.name for p in (work / "run").iterdir()) == ["train.jsonl"]
+
+
+def test_the_library_refuses_no_records(tiny_model, tmp_path):
+    from potstill.config import TaskConfig, TrainConfig
+    from potstill.errors import PotstillError
+    from potstill.models.loading import load_lm
+    from potstill.students import student_format
+    from potstill.tasks import get_task
+    from potstill.train.trainer import train
+
+    task = get_task(TaskConfig(type="classification", labels=["sports", "tech"]))
+    lm = load_lm(str(tiny_model))
+    with pytest.raises(PotstillError, match="^train: no training examples$"):
+        train(lm, student_format(lm, task), task, [], [], TrainConfig(), 64, tmp_path / "student", tmp_path / "m.jsonl")
+    assert not (tmp_path / "m.jsonl").exists()
