@@ -8,6 +8,8 @@ so the run stays DDP on CPU; the loading path is the one that left the teacher e
 transformers 5.24 (this venv) reads the files on every rank, so the mode reproduces the older one.
 MODE ``other-teacher``: rank 1 is given TEACHER=STUDENT, a different model from rank 0's.
 MODE ``one-example``: a single training record, fewer than the processes.
+MODE ``dropout-ckpt``: attention dropout on (each rank draws its own masks) and a checkpoint every
+step; ``dropout-ckpt-crash``: the same, and every rank fails in its third optimiser step.
 """
 
 import json
@@ -48,12 +50,15 @@ def rank0_only_loading() -> None:
     AutoModelForCausalLM.from_pretrained = from_pretrained
 
 
-def run(student: str, teacher: str, out: str, n: int = len(TEXTS)) -> dict:
+def run(student: str, teacher: str, out: str, n: int = len(TEXTS), dropout: float = 0.0) -> dict:
     task = get_task(TaskConfig(type="freetext", instruction="summary"))
     records = [Record(messages=[{"role": "user", "content": t}], output=o, valid=True) for t, o in zip(TEXTS[:n], OUTPUTS[:n])]
     cfg = TrainConfig(objective="kd", teacher_model=teacher, kd_kind="jsd", kd_weight=2.0, lr=0.01, batch_size=4,
-                      epochs=1.5, seed=1)
+                      epochs=1.5, seed=1, checkpoint_every=1 if dropout else 0)
     lm = load_lm(student)
+    if dropout:
+        for layer in lm.model.model.layers:
+            layer.self_attn.attention_dropout = dropout
     return train(lm, student_format(lm, task), task, records, [], cfg, 64, Path(out) / "student",
                  Path(out) / "metrics.jsonl")
 
@@ -66,7 +71,18 @@ if __name__ == "__main__":
         rank0_only_loading()
     if mode == "other-teacher" and int(os.environ.get("RANK", "0")) == 1:
         teacher = student
-    summary = run(student, teacher, out, 1 if mode == "one-example" else len(TEXTS))
+    if mode == "dropout-ckpt-crash":
+        real_step, calls = torch.optim.AdamW.step, []
+
+        def step(self, *a, **kw):
+            calls.append(1)
+            if len(calls) == 3:
+                raise SystemExit(3)
+            return real_step(self, *a, **kw)
+
+        torch.optim.AdamW.step = step
+    summary = run(student, teacher, out, 1 if mode == "one-example" else len(TEXTS),
+                  dropout=0.3 if mode.startswith("dropout-ckpt") else 0.0)
     from potstill.train.distributed import shutdown
 
     shutdown()  # as the CLI does: left to the exit, a rank aborted now and then after the run had finished

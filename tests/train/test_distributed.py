@@ -58,6 +58,20 @@ def test_two_gloo_processes_match_one(tiny_model, tiny_model_b, tmp_path, mode):
     assert max(float((wb[k] - moved[k]).abs().max()) for k in wb) > 0.02  # the weights really trained
 
 
+def test_two_processes_resume_with_each_rank_s_own_random_state(tiny_model, tiny_model_b, tmp_path):
+    """A checkpoint held rank 0's torch RNG state only, and every rank restored it: rank 1 then drew
+    rank 0's dropout masks (on-policy samples too) where the run never stopped drew its own, so a
+    resumed two-process run left the loss curve that checkpoint_every promises to keep bit for bit."""
+    whole = _torchrun(tiny_model, tiny_model_b, tmp_path / "whole", "dropout-ckpt")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    crashed = _torchrun(tiny_model, tiny_model_b, tmp_path / "b", "dropout-ckpt-crash")
+    assert crashed.returncode != 0 and [r["step"] for r in _rows(tmp_path / "b")] == [1, 2], crashed.stderr[-3000:]
+    resumed = _torchrun(tiny_model, tiny_model_b, tmp_path / "b", "dropout-ckpt")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    curve = [(r["step"], r["loss"], r["grad_norm"]) for r in _rows(tmp_path / "b")]
+    assert curve == [(r["step"], r["loss"], r["grad_norm"]) for r in _rows(tmp_path / "whole")]
+
+
 def test_other_weights_on_one_rank_refuse_to_train(tiny_model, tiny_model_b, tmp_path):
     proc = _torchrun(tiny_model, tiny_model_b, tmp_path / "ddp", "other-teacher")
     assert proc.returncode != 0

@@ -2,9 +2,10 @@
 
 A checkpoint holds everything the next step depends on: the trainable weights, the optimizer and
 scheduler state, the Python shuffle RNG and the not-yet-consumed part of the epoch order, and the
-torch RNG states (dropout, on-policy sampling). It is written to a temp directory and renamed
-into place, so a kill during the save leaves the previous checkpoint intact, and it carries the
-fingerprint of the settings and data: a checkpoint from other settings is never resumed.
+torch RNG states (dropout, on-policy sampling) of every process, since each rank draws its own
+masks and samples (``rank_rngs``, gathered by the trainer). It is written to a temp directory and
+renamed into place, so a kill during the save leaves the previous checkpoint intact, and it carries
+the fingerprint of the settings and data: a checkpoint from other settings is never resumed.
 """
 
 from __future__ import annotations
@@ -27,16 +28,23 @@ def _trainable_state(model: Any) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k in names}
 
 
+def rng_state() -> dict[str, Any]:
+    """This process's torch RNG states (CPU, and every CUDA device where there is one)."""
+    return {"cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
 def save(ckpt_dir: Path, step: int, fingerprint: str, model: Any, opt: Any, sched: Any, rng: random.Random,
-         order: list[int], extra: dict[str, Any]) -> Path:
-    """Write ``ckpt_dir/step-N`` atomically and drop older checkpoints (only the latest is kept)."""
+         order: list[int], extra: dict[str, Any], rank_rngs: list[dict[str, Any]] | None = None) -> Path:
+    """Write ``ckpt_dir/step-N`` atomically and drop older checkpoints (only the latest is kept).
+
+    ``rank_rngs``: every process's ``rng_state()`` in rank order (None: this process's alone)."""
     out = ckpt_dir / NAME.format(step)
     with atomic_dir(out) as tmp:
         torch.save(_trainable_state(model), tmp / "model.pt")
         torch.save({"opt": opt.state_dict(), "sched": sched.state_dict()}, tmp / "optim.pt")
         state = {"step": step, "fingerprint": fingerprint, "order": list(order), "py_rng": rng.getstate(),
-                 "torch_rng": torch.get_rng_state(),
-                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None, **extra}
+                 "rank_rngs": rank_rngs or [rng_state()], **extra}
         with open(tmp / "state.pkl", "wb") as f:
             pickle.dump(state, f)
     for old in ckpt_dir.glob("step-*"):
@@ -58,8 +66,9 @@ def latest(ckpt_dir: Path, fingerprint: str) -> Path | None:
     return None
 
 
-def load(path: Path, model: Any, opt: Any, sched: Any, rng: random.Random) -> dict[str, Any]:
-    """Restore a checkpoint in place; returns its state (``step``, ``order`` and the extras)."""
+def load(path: Path, model: Any, opt: Any, sched: Any, rng: random.Random, rank: int = 0) -> dict[str, Any]:
+    """Restore a checkpoint in place, with process ``rank``'s torch RNG states; returns its state
+    (``step``, ``order`` and the extras)."""
     weights = torch.load(path / "model.pt", map_location="cpu")
     missing = set(weights) - set(model.state_dict())
     if missing:
@@ -71,7 +80,11 @@ def load(path: Path, model: Any, opt: Any, sched: Any, rng: random.Random) -> di
     with open(path / "state.pkl", "rb") as f:
         state = pickle.load(f)
     rng.setstate(state["py_rng"])
-    torch.set_rng_state(state["torch_rng"])
-    if state.get("cuda_rng") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    # The fingerprint holds the world size, so every rank has its entry; a checkpoint written before
+    # per-rank states were kept has the one process's under torch_rng / cuda_rng.
+    mine = (state["rank_rngs"][rank] if "rank_rngs" in state
+            else {"cpu": state["torch_rng"], "cuda": state.get("cuda_rng")})
+    torch.set_rng_state(mine["cpu"])
+    if mine["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(mine["cuda"])
     return state

@@ -80,6 +80,17 @@ def gathered(values: list[int], device: torch.device) -> list[list[int]]:
     return [t.tolist() for t in out]
 
 
+def gather_objects(obj: Any) -> list[Any]:
+    """``obj`` of every rank, in rank order (``[obj]`` in a single process)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def check_same_weights(models: dict[str, Any], device: torch.device) -> dict[str, int]:
     """Refuse to go on if any model's weights differ from rank 0's; returns this rank's checksums
     (none with one process).

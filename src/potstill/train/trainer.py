@@ -46,8 +46,8 @@ from potstill.tasks import Task
 from potstill.train import checkpoint
 from potstill.train.attention import causal_attention, decoder_inputs
 from potstill.train.batching import IGNORE, Batch, Example, build_examples, collate  # noqa: F401 (re-export)
-from potstill.train.distributed import (accelerator, check_same_weights, deal, global_counts,  # noqa: F401
-                                        global_values, load_on_every_rank)
+from potstill.train.distributed import (accelerator, check_same_weights, deal, gather_objects,  # noqa: F401
+                                        global_counts, global_values, load_on_every_rank)
 from potstill.train.fused_head import fused_linear_cross_entropy, fused_linear_kd, fused_linear_sparse_kd
 from potstill.train.losses import label_distribution_kd
 from potstill.train.onpolicy import sample_batch
@@ -419,7 +419,8 @@ def _resume(s: _Setup, lm: LM, cfg: TrainConfig, max_length: int, out_dir: Path,
                             "max_length": max_length, "world": s.accel.num_processes, "model": lm.identity})
     found = checkpoint.latest(ckpt_dir, fingerprint) if cfg.resume and cfg.checkpoint_every else None
     if found is not None:
-        state = checkpoint.load(found, s.accel.unwrap_model(s.module).model, s.opt, s.sched, rng)
+        state = checkpoint.load(found, s.accel.unwrap_model(s.module).model, s.opt, s.sched, rng,
+                                rank=s.accel.process_index)
         start, order, tokens, elapsed0 = state["step"], state["order"], state["tokens"], state["elapsed_s"]
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     kept: list[str] = []
@@ -482,9 +483,13 @@ def _steps(s: _Setup, p: _Progress, lm: LM, cfg: TrainConfig, max_length: int, m
         advance(1, loss=f"{logged['loss']:.4f}")
         p.done = step + 1
         if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < s.total:
+            # Every rank's own RNG states (dropout masks, on-policy samples differ by rank): with rank 0's
+            # alone, the other ranks resumed on rank 0's draws and the curve left the uninterrupted one.
+            rngs = gather_objects(checkpoint.rng_state())
             if accel.is_main_process:
                 checkpoint.save(p.ckpt_dir, step + 1, p.fingerprint, accel.unwrap_model(s.module).model, s.opt,
-                                s.sched, p.rng, p.order, {"tokens": p.tokens, "elapsed_s": time.perf_counter() - t0})
+                                s.sched, p.rng, p.order, {"tokens": p.tokens, "elapsed_s": time.perf_counter() - t0},
+                                rank_rngs=rngs)
             accel.wait_for_everyone()
 
 
