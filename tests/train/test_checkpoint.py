@@ -114,3 +114,28 @@ def test_a_kill_during_the_first_resumed_step_keeps_the_curve_before_the_checkpo
     assert run(str(tiny_model), str(tmp_path / "b"))["resumed_from_step"] == 3
     run(str(tiny_model), str(tmp_path / "a"))
     assert _curve(tmp_path / "b") == _curve(tmp_path / "a")
+
+
+def test_a_resume_keeps_its_own_curve_after_another_run_rewrote_metrics(tiny_model, tmp_path):
+    """Killed at step 5 (checkpoint at 3), then a run with other settings that stopped before saving
+    a checkpoint (here a NaN at lr 1e9, which says to lower train.lr), then the first settings again:
+    the resume took steps 1-3 of its curve from metrics.jsonl, which now held the other run's rows, so
+    the curve joined two runs (and lacked the steps that other run never reached)."""
+    import pytest
+
+    from potstill.errors import PotstillError
+
+    worker = Path(__file__).with_name("kill_worker.py")
+    proc = subprocess.run([sys.executable, str(worker), str(tiny_model), str(tmp_path / "b"), "5"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    task = get_task(TaskConfig(type="classification", labels=LABELS))
+    records = [Record(messages=[{"role": "user", "content": t}], output=LABELS[i % 5], valid=True)
+               for i, t in enumerate(TEXTS)]
+    lm = load_lm(str(tiny_model))
+    with pytest.raises(PotstillError, match="the loss is nan"):
+        train(lm, student_format(lm, task), task, records, [], TrainConfig(lr=1e9, batch_size=3, epochs=3), 64,
+              tmp_path / "b" / "student", tmp_path / "b" / "metrics.jsonl")
+    assert run(str(tiny_model), str(tmp_path / "b"))["resumed_from_step"] == 3
+    run(str(tiny_model), str(tmp_path / "a"))
+    assert _curve(tmp_path / "b") == _curve(tmp_path / "a")

@@ -5,7 +5,9 @@ scheduler state, the Python shuffle RNG and the not-yet-consumed part of the epo
 torch RNG states (dropout, on-policy sampling) of every process, since each rank draws its own
 masks and samples (``rank_rngs``, gathered by the trainer). It is written to a temp directory and
 renamed into place, so a kill during the save leaves the previous checkpoint intact, and it carries
-the fingerprint of the settings and data: a checkpoint from other settings is never resumed.
+the fingerprint of the settings and data: a checkpoint from other settings is never resumed. It also
+keeps the curve up to its step (``metrics.jsonl``), since the run's own file may since have been
+rewritten by a run with other settings.
 """
 
 from __future__ import annotations
@@ -35,12 +37,16 @@ def rng_state() -> dict[str, Any]:
 
 
 def save(ckpt_dir: Path, step: int, fingerprint: str, model: Any, opt: Any, sched: Any, rng: random.Random,
-         order: list[int], extra: dict[str, Any], rank_rngs: list[dict[str, Any]] | None = None) -> Path:
+         order: list[int], extra: dict[str, Any], rank_rngs: list[dict[str, Any]] | None = None,
+         metrics: Path | None = None) -> Path:
     """Write ``ckpt_dir/step-N`` atomically and drop older checkpoints (only the latest is kept).
 
-    ``rank_rngs``: every process's ``rng_state()`` in rank order (None: this process's alone)."""
+    ``rank_rngs``: every process's ``rng_state()`` in rank order (None: this process's alone).
+    ``metrics``: the run's metrics file, its rows up to this step, copied in (``curve``)."""
     out = ckpt_dir / NAME.format(step)
     with atomic_dir(out) as tmp:
+        if metrics is not None and metrics.exists():
+            shutil.copyfile(metrics, tmp / "metrics.jsonl")
         torch.save(_trainable_state(model), tmp / "model.pt")
         torch.save({"opt": opt.state_dict(), "sched": sched.state_dict()}, tmp / "optim.pt")
         state = {"step": step, "fingerprint": fingerprint, "order": list(order), "py_rng": rng.getstate(),
@@ -64,6 +70,12 @@ def latest(ckpt_dir: Path, fingerprint: str) -> Path | None:
         if state.get("fingerprint") == fingerprint:
             return d
     return None
+
+
+def curve(path: Path) -> list[str] | None:
+    """The metrics rows (JSON lines) a checkpoint keeps up to its step; None where it keeps none."""
+    f = path / "metrics.jsonl"
+    return [ln for ln in f.read_text().splitlines() if ln] if f.exists() else None
 
 
 def load(path: Path, model: Any, opt: Any, sched: Any, rng: random.Random, rank: int = 0) -> dict[str, Any]:

@@ -418,14 +418,18 @@ def _resume(s: _Setup, lm: LM, cfg: TrainConfig, max_length: int, out_dir: Path,
                             "data": [(e.ids, e.n_prompt, e.teacher_logprobs, e.topk) for e in s.examples],
                             "max_length": max_length, "world": s.accel.num_processes, "model": lm.identity})
     found = checkpoint.latest(ckpt_dir, fingerprint) if cfg.resume and cfg.checkpoint_every else None
+    kept: list[str] = []
     if found is not None:
         state = checkpoint.load(found, s.accel.unwrap_model(s.module).model, s.opt, s.sched, rng,
                                 rank=s.accel.process_index)
         start, order, tokens, elapsed0 = state["step"], state["order"], state["tokens"], state["elapsed_s"]
+        # The curve up to the checkpoint, as the checkpoint kept it: metrics.jsonl may since hold the
+        # rows of a run with other settings. Later rows are redone.
+        kept = checkpoint.curve(found)
+        if kept is None:  # a checkpoint written before checkpoints kept their curve
+            kept = metrics_path.read_text().splitlines() if metrics_path.exists() else []
+        kept = [ln for ln in kept if ln and json.loads(ln)["step"] <= start]
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
-    kept: list[str] = []
-    if start and metrics_path.exists():  # the curve up to the checkpoint; later rows are redone
-        kept = [ln for ln in metrics_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= start]
     last_loss = json.loads(kept[-1])["loss"] if kept else None
     return _Progress(start, order, rng, tokens, elapsed0, kept, last_loss, fingerprint, ckpt_dir)
 
@@ -489,7 +493,7 @@ def _steps(s: _Setup, p: _Progress, lm: LM, cfg: TrainConfig, max_length: int, m
             if accel.is_main_process:
                 checkpoint.save(p.ckpt_dir, step + 1, p.fingerprint, accel.unwrap_model(s.module).model, s.opt,
                                 s.sched, p.rng, p.order, {"tokens": p.tokens, "elapsed_s": time.perf_counter() - t0},
-                                rank_rngs=rngs)
+                                rank_rngs=rngs, metrics=metrics_path)
             accel.wait_for_everyone()
 
 
