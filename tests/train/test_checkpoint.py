@@ -19,7 +19,7 @@ TEXTS = ["the team won the match", "new phone software", "the minister and the p
 LABELS = ["sports", "tech", "politics", "business", "entertainment"]
 
 
-def run(model_dir: str, out: str) -> dict:
+def run(model_dir: str, out: str, **overrides) -> dict:
     """Nine steps of SFT + label KD with a checkpoint every 3 steps and dropout on (so the RNG matters)."""
     task = get_task(TaskConfig(type="classification", labels=LABELS))
     records = [Record(messages=[{"role": "user", "content": t}], output=LABELS[i % 5], valid=True,
@@ -29,7 +29,8 @@ def run(model_dir: str, out: str) -> dict:
     lm.model.config.attention_dropout = 0.2
     for layer in lm.model.model.layers:
         layer.self_attn.attention_dropout = 0.2
-    cfg = TrainConfig(objective="kd", lr=0.01, batch_size=3, epochs=3, warmup_steps=2, seed=3, checkpoint_every=3)
+    cfg = TrainConfig(**{"objective": "kd", "lr": 0.01, "batch_size": 3, "epochs": 3, "warmup_steps": 2, "seed": 3,
+                         "checkpoint_every": 3, **overrides})
     out = Path(out)
     return train(lm, student_format(lm, task), task, records, records[:2], cfg, 64, out / "student",
                  out / "metrics.jsonl")
@@ -137,5 +138,18 @@ def test_a_resume_keeps_its_own_curve_after_another_run_rewrote_metrics(tiny_mod
         train(lm, student_format(lm, task), task, records, [], TrainConfig(lr=1e9, batch_size=3, epochs=3), 64,
               tmp_path / "b" / "student", tmp_path / "b" / "metrics.jsonl")
     assert run(str(tiny_model), str(tmp_path / "b"))["resumed_from_step"] == 3
+    run(str(tiny_model), str(tmp_path / "a"))
+    assert _curve(tmp_path / "b") == _curve(tmp_path / "a")
+
+
+def test_a_setting_read_after_training_does_not_discard_the_checkpoint(tiny_model, tmp_path):
+    """train.int8_calibration is read after the last step (it calibrates the saved student), yet it
+    was part of the checkpoint's fingerprint: rerun with calibration off (to finish sooner), a killed
+    run silently started again from step 1 and dropped its checkpoint at the next save."""
+    worker = Path(__file__).with_name("kill_worker.py")
+    proc = subprocess.run([sys.executable, str(worker), str(tiny_model), str(tmp_path / "b"), "5"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert run(str(tiny_model), str(tmp_path / "b"), int8_calibration=0)["resumed_from_step"] == 3
     run(str(tiny_model), str(tmp_path / "a"))
     assert _curve(tmp_path / "b") == _curve(tmp_path / "a")

@@ -414,7 +414,10 @@ def _resume(s: _Setup, lm: LM, cfg: TrainConfig, max_length: int, out_dir: Path,
     rng = random.Random(cfg.seed)
     tokens, start, elapsed0 = 0, 0, 0.0
     ckpt_dir = out_dir.parent / f"{out_dir.name}.ckpt"
-    fingerprint = hash_obj({"cfg": cfg.model_dump(exclude={"resume", "checkpoint_every", "device"}),
+    # Settings the steps do not read stay out: how to resume and save, where, and int8_calibration
+    # (read after the last step), so changing them on a rerun still resumes.
+    fingerprint = hash_obj({"cfg": cfg.model_dump(exclude={"resume", "checkpoint_every", "device",
+                                                           "int8_calibration"}),
                             "data": [(e.ids, e.n_prompt, e.teacher_logprobs, e.topk) for e in s.examples],
                             "max_length": max_length, "world": s.accel.num_processes, "model": lm.identity})
     found = checkpoint.latest(ckpt_dir, fingerprint) if cfg.resume and cfg.checkpoint_every else None
