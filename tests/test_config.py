@@ -298,3 +298,15 @@ def test_a_price_added_in_the_config_extends_the_built_in_table(tmp_path):
         assert cfg.generate.prices["gpt-4o-mini"]["input_per_mtok"] == 0.15
         assert cfg.generate.prices["gpt-4o"] == {"input_per_mtok": 2.0, "output_per_mtok": 8.0}
         assert cfg.generate.prices["my-judge"]["output_per_mtok"] == 2
+
+
+def test_trainable_layers_with_lora_is_refused_not_ignored(tmp_path):
+    """LoRA puts adapters on every layer; train.trainable_layers beside it was ignored without a word."""
+    path = tmp_path / "potstill.yaml"
+    path.write_text("task:\n  labels: [a, b]\ntrain:\n  method: lora\n  trainable_layers: 4\n")
+    with pytest.raises(PotstillError, match=r"train.trainable_layers applies to train.method full; lora trains"):
+        load_config(path)
+    path.write_text("task:\n  labels: [a, b]\ntrain:\n  trainable_layers: 4\n")
+    with pytest.raises(PotstillError, match=r"trainable_layers applies to train.method full; qlora"):
+        load_config(path, {"train.method": "qlora"})
+    assert load_config(path).train.trainable_layers == 4

@@ -156,6 +156,15 @@ class TrainConfig(Section):
     seed: int = Field(0, description="Seed for shuffling and initialisation.")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N.")
 
+    @model_validator(mode="after")
+    def _layers_for_full_only(self) -> "TrainConfig":
+        # LoRA puts its adapters on every layer's projections; a trainable_layers beside it was ignored
+        # without a word, and the run trained (and cost) what the user had asked to leave frozen.
+        if self.trainable_layers is not None and self.method != "full":
+            raise ValueError(f"train.trainable_layers applies to train.method full; {self.method} trains adapters on "
+                             "every layer: leave trainable_layers unset, or use method full")
+        return self
+
 
 class QualityBar(Section):
     """What GO needs: each check is judged by its 95% interval, pass only when wholly at or above the bar."""
