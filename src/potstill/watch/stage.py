@@ -32,7 +32,7 @@ from potstill.models.loading import load_lm
 from potstill.progress import out, say
 from potstill.records import read_records, write_json, write_text
 from potstill.rundir import student_train_path
-from potstill.serve.engine import TransformersEngine, embed_all
+from potstill.serve.engine import RefusedChat, TransformersEngine, embed_all
 from potstill.tasks import get_task
 from potstill.watch.stats import escalation_trend, label_test, mmd_test
 from potstill.watch.traffic import read_traffic, served_name
@@ -56,13 +56,18 @@ def reference_embeddings(run_dir: Path, engine: TransformersEngine, w: WatchConf
     if len(train) < 2:
         raise PotstillError(f"{train_path}: {len(train)} record(s); the reference sample needs at least 2")
     sample = reference_sample(train, w)
+    # v2: only the inputs that fit the student's context are embedded (``fits``).
     key = hash_obj({"student": engine.lm.identity, "train": hash_file(train_path), "n": w.reference_size,
-                    "seed": w.seed, "v": 1})
+                    "seed": w.seed, "v": 2})
     cache = run_dir / "watch" / "reference.pt"
     saved = _read_cache(cache)
     if saved is not None and saved.get("key") == key and isinstance(saved.get("embeddings"), torch.Tensor):
         return saved["embeddings"], sample
-    emb = embed_all(engine, [r.messages for r in sample], w.batch_size, "watch: embed training inputs")
+    readable = [r.messages for r in sample if fits(engine, r.messages)]
+    if len(readable) < 2:
+        raise PotstillError(f"{train_path}: {len(readable)} of the {len(sample)} sampled training inputs fit the "
+                            f"student's context ({engine.context} positions); the reference sample needs at least 2")
+    emb = embed_all(engine, readable, w.batch_size, "watch: embed training inputs")
     cache.parent.mkdir(parents=True, exist_ok=True)
     # Saved under a temp name and renamed, so a crash never leaves a half-written cache.
     tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
@@ -89,6 +94,16 @@ def _read_cache(path: Path) -> dict | None:
     return saved if isinstance(saved, dict) else None
 
 
+def fits(engine: TransformersEngine, messages: list[dict]) -> bool:
+    """Whether the student reads this chat when served (``ServedStudent.over_context``): serve sends a
+    longer one to the teacher unread (reason too_long), and a student with learned positions (GPT-2)
+    cannot even embed it."""
+    try:
+        return engine.over_context(messages) is None
+    except RefusedChat:  # its chat template refuses it: serve answers such a chat with a 400
+        return False
+
+
 def label_of(task: Any, text: str) -> str:
     parsed = task.parse(text or "")
     return parsed if isinstance(parsed, str) and parsed in task.labels else INVALID
@@ -103,8 +118,12 @@ def judge(live_emb: torch.Tensor, ref_emb: torch.Tensor, live_labels: list[str] 
     Everything ``watch_run`` decides goes through here (the benchmark calls it on windows sampled
     from a pre-embedded pool)."""
     checks: dict[str, Any] = {}
-    mmd = mmd_test(live_emb, ref_emb, w.permutations, w.seed)
-    mmd["flagged"] = mmd["p_value"] < w.alpha and mmd["effect"] >= w.min_effect
+    if live_emb.shape[0] >= 2:
+        mmd = mmd_test(live_emb, ref_emb, w.permutations, w.seed)
+        mmd["flagged"] = mmd["p_value"] < w.alpha and mmd["effect"] >= w.min_effect
+    else:  # the window's inputs are (nearly) all past the student's context: the escalation share says so
+        mmd = {"mmd2": None, "effect": None, "p_value": None, "n_live": int(live_emb.shape[0]),
+               "n_reference": int(ref_emb.shape[0]), "flagged": False}
     checks["input"] = mmd
     if live_labels and ref_labels:
         lab = label_test(live_labels, ref_labels)
@@ -182,7 +201,12 @@ def watch_run(run_dir: Path, cfg: Config, since: float | None = None, until: flo
     lm = load_lm(str(student_dir), device=device)
     engine = TransformersEngine(lm, task)
     ref_emb, ref_records = reference_embeddings(run_dir, engine, w)
-    live_emb = embed_all(engine, [s.messages for s in traffic], w.batch_size, "watch: embed served inputs")
+    # What the student never read (longer than its context; serve sent it to the teacher) is left out of
+    # the input check and counted; it stays an escalation in the escalation share.
+    readable = [s.messages for s in traffic if fits(engine, s.messages)]
+    too_long = len(traffic) - len(readable)
+    live_emb = embed_all(engine, readable, w.batch_size, "watch: embed served inputs") if readable \
+        else torch.zeros(0, ref_emb.shape[1])
     # An escalation answered with tool calls (a client's tools) holds no label: its empty text is
     # no answer to count as an invalid one in the label mix. Counted apart.
     tool_calls = sum(1 for s in traffic if s.extra.get("tool_calls"))
@@ -204,7 +228,8 @@ def watch_run(run_dir: Path, cfg: Config, since: float | None = None, until: flo
         "traffic": {"n": len(traffic), "first": _iso(traffic[0].created_at), "last": _iso(traffic[-1].created_at),
                     "first_id": traffic[0].id, "last_id": traffic[-1].id,
                     "selection": "time range" if since is not None or until is not None else f"latest {w.window}",
-                    "earlier_student": earlier, "tool_calls": tool_calls, "tool_requests": len(traffic) - len(routed)},
+                    "earlier_student": earlier, "tool_calls": tool_calls, "tool_requests": len(traffic) - len(routed),
+                    "too_long": too_long},
         "thresholds": w.model_dump(), "notes": [n for n in [note] if n], "seconds": time.perf_counter() - t0,
     })
     if tool_calls and task.labels:
@@ -213,6 +238,9 @@ def watch_run(run_dir: Path, cfg: Config, since: float | None = None, until: flo
     if len(routed) < len(traffic):
         report["notes"].append(f"{len(traffic) - len(routed)} request(s) offering tools, sent to the teacher by design, "
                                "left out of the escalation share")
+    if too_long:
+        report["notes"].append(f"{too_long} request(s) longer than the student's context ({engine.context} positions), "
+                               "which it never read, left out of the input check (escalations in the share)")
     if earlier:
         report["notes"].append(f"{earlier} request(s) served by an earlier student (before a promotion) left out")
     write_json(run_dir / "watch" / "report.json", report)
@@ -228,8 +256,12 @@ def _rows(report: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
     verdict = {True: "DRIFT", False: "ok"}
     rows = []
     i = c["input"]
-    rows.append(("inputs (MMD)", f"MMD^2 {i['mmd2']:.4f}", f"{i['p_value']:.4f}", f"MMD {i['effect']:.3f}",
-                 f"p < {w['alpha']} and MMD >= {w['min_effect']}", verdict[i["flagged"]]))
+    if i["mmd2"] is None:
+        rows.append(("inputs (MMD)", f"{i['n_live']} input(s) within the student's context", "-", "-",
+                     "not judged (needs 2)", verdict[False]))
+    else:
+        rows.append(("inputs (MMD)", f"MMD^2 {i['mmd2']:.4f}", f"{i['p_value']:.4f}", f"MMD {i['effect']:.3f}",
+                     f"p < {w['alpha']} and MMD >= {w['min_effect']}", verdict[i["flagged"]]))
     if "labels" in c:
         lab = c["labels"]
         rows.append(("label mix (G-test)", f"G {lab['g']:.1f} (df {lab['df']})", f"{lab['p_value']:.4f}",
