@@ -338,6 +338,10 @@ class WatchConfig(Section):
     window: int = Field(200, ge=2, description="Watch the latest N answered served requests (unless a time range is given).")
     min_requests: int = Field(50, ge=2, description="Refuse to judge fewer served requests than this (too little power).")
     reference_size: int = Field(256, ge=2, description="Training inputs (train.jsonl) embedded as the reference sample.")
+    max_sample: int = Field(
+        1000, ge=2, description="Embed at most this many of the watched requests for the input check, a seeded sample "
+        "(its kernel holds (N + reference_size)^2 numbers); the label mix and escalation share count them all."
+    )
     alpha: float = Field(0.01, gt=0, lt=1, description="Significance level of the input and label-mix tests.")
     min_effect: float = Field(
         0.1, ge=0, description="Input drift needs MMD (RBF, median bandwidth; 0..sqrt 2) at least this, besides p < alpha."

@@ -205,6 +205,11 @@ def watch_run(run_dir: Path, cfg: Config, since: float | None = None, until: flo
     # the input check and counted; it stays an escalation in the escalation share.
     readable = [s.messages for s in traffic if fits(engine, s.messages)]
     too_long = len(traffic) - len(readable)
+    # A time range can hold a day of traffic: the MMD kernel of 30,000 requests is ~7 GB per (N, N)
+    # float64 matrix, several held at once. A seeded uniform sample of max_sample keeps it ~10 MB.
+    sampled = len(readable) > w.max_sample
+    if sampled:
+        readable = random.Random(w.seed).sample(readable, w.max_sample)
     live_emb = embed_all(engine, readable, w.batch_size, "watch: embed served inputs") if readable \
         else torch.zeros(0, ref_emb.shape[1])
     # An escalation answered with tool calls (a client's tools) holds no label: its empty text is
@@ -238,6 +243,9 @@ def watch_run(run_dir: Path, cfg: Config, since: float | None = None, until: flo
     if len(routed) < len(traffic):
         report["notes"].append(f"{len(traffic) - len(routed)} request(s) offering tools, sent to the teacher by design, "
                                "left out of the escalation share")
+    if sampled:
+        report["notes"].append(f"input check on a seeded sample of {w.max_sample} of the {len(traffic) - too_long} "
+                               "requests the student read (watch.max_sample)")
     if too_long:
         report["notes"].append(f"{too_long} request(s) longer than the student's context ({engine.context} positions), "
                                "which it never read, left out of the input check (escalations in the share)")
