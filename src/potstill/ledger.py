@@ -311,8 +311,7 @@ class Ledger:
         if readonly:
             if not self.path.exists():
                 raise PotstillError(f"{self.path} not found")
-            self._db = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True, check_same_thread=False,
-                                       timeout=30)
+            self._db = self._connect(self.path.resolve().as_uri() + "?mode=ro", uri=True)
             try:  # SQLite reads a file only at the first query: make that here, where the file is known
                 with self._lock:
                     self._db.execute("SELECT 1 FROM calls LIMIT 1").fetchall()
@@ -323,7 +322,7 @@ class Ledger:
                 raise PotstillError(f"{self.path}: not a potstill ledger (SQLite: {e}); move it aside") from None
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+        self._db = self._connect(self.path)
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -333,6 +332,13 @@ class Ledger:
             if isinstance(e, sqlite3.OperationalError):  # locked, disk full, ...: not about what the file is
                 raise
             raise PotstillError(f"{self.path}: not a potstill ledger (SQLite: {e}); move it aside") from None
+
+    def _connect(self, target: str | Path, uri: bool = False) -> sqlite3.Connection:
+        try:
+            return sqlite3.connect(target, uri=uri, check_same_thread=False, timeout=30)
+        except sqlite3.DatabaseError as e:  # a folder in the file's place: name it, as the _Guard does
+            e.filename = str(self.path)  # type: ignore[attr-defined]
+            raise
 
     def _migrate(self) -> None:
         with self._lock:
