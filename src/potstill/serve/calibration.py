@@ -142,7 +142,8 @@ def calibrate_run(run_dir: Path, cfg: Config, engine: ServedStudent, task: Task,
     tmp = routing_path.with_suffix(".tmp")
     stats = jsonable(routing.stats)
     tmp.write_text(json.dumps({
-        "key": key, "confidence_threshold": _finite(routing.confidence_threshold),
+        # Whom it was calibrated for: watch judges the served escalation share against it only for that student.
+        "key": key, "student": engine.identity, "confidence_threshold": _finite(routing.confidence_threshold),
         "ood_threshold": _finite(routing.ood_threshold), "stats": stats,
     }, indent=2))
     os.replace(tmp, routing_path)

@@ -137,21 +137,28 @@ def judge(live_emb: torch.Tensor, ref_emb: torch.Tensor, live_labels: list[str] 
     return {"drift": any(c["flagged"] for c in checks.values()), "checks": checks}
 
 
-def expected_escalation(run_dir: Path) -> tuple[float | None, str]:
+def expected_escalation(run_dir: Path, student: str | None = None) -> tuple[float | None, str]:
     """The share of val escalated at the calibrated thresholds (RUN/serve/routing.json), or None
-    and why not."""
+    and why not. ``student``: the served name (``served_name``) of the student in RUN/student; a file
+    serve calibrated for another (a server of a promoted student, then a rollback) is not used."""
     path = run_dir / "serve" / "routing.json"
     if not path.exists():
         return None, f"{path} not found: the escalation share is reported but not judged"
     try:
-        stats = json.loads(path.read_text()).get("stats", {})
+        saved = json.loads(path.read_text())
+        stats = saved.get("stats", {})
         share = float(stats["val_escalation"]) if "val_escalation" in stats else None
+        owner = saved.get("student")  # written since serve named it; older files are taken as the current student's
     except (ValueError, TypeError, AttributeError) as e:  # serve's cache, edited or cut short: serve redoes it
         why = e.msg if isinstance(e, json.JSONDecodeError) else f"{type(e).__name__}: {e}"
         return None, (f"{path} cannot be read ({why}): the escalation share is reported but not judged "
                       "(`potstill serve` calibrates it again)")
     if share is None:
         return None, f"{path}: no val_escalation in its stats: the escalation share is reported but not judged"
+    if student is not None and isinstance(owner, str) and \
+            not f"potstill-student@{owner.rsplit('@', 1)[-1]}".startswith(student):
+        return None, (f"{path} was calibrated for another student than the one in RUN/student: the escalation share "
+                      "is reported but not judged (`potstill serve` calibrates the current one)")
     return share, ""
 
 
@@ -220,7 +227,7 @@ def watch_run(run_dir: Path, cfg: Config, since: float | None = None, until: flo
         ref_labels = [label_of(task, r.output) for r in ref_records if r.output is not None]
     else:
         live_labels, ref_labels = None, None
-    expected, note = expected_escalation(run_dir)
+    expected, note = expected_escalation(run_dir, name)
     # A request whose tools the model may call goes to the teacher by design (reason tools), not by
     # the student's routing, which is what val's escalation share was calibrated on: left out of it.
     routed = [s.escalated for s in traffic if not s.reason.startswith("tools")]
