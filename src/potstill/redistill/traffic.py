@@ -6,9 +6,11 @@ Two kinds of request, told apart by the ledger row's ``role`` (who answered):
 - student-answered (``student``): a seeded sample is asked anew from the teacher through
   ``potstill.generate.label_records``, so each answer is a ledger row and a rerun is free.
 Identical requests served many times count once (the escalated copy wins: it is already paid).
-A generated escalation the client cut (its ``stop``, or a ``max_tokens`` under the teacher's) was
-logged cut, so it is not the teacher's answer: it is counted (``escalated_cut``) and left out, as
-serving keeps no uncut copy and asking again would pay for the same request twice. An escalation
+A generated escalation the client cut with a ``max_tokens`` under the teacher's was asked of the
+teacher so, so it is not the teacher's answer: it is counted (``escalated_cut``) and left out, as
+asking again would pay for the same request twice. One its ``stop`` cut is learnt from the whole
+answer serve keeps in the row (``teacher_output``); an older row, which kept only the cut text, is
+left out the same way. An escalation
 the teacher answered with tool calls (a client's ``tools``) has no text answer to learn: counted
 (``escalated_tool_calls``) and left out.
 A request's ``metadata.label`` (the OpenAI chat ``metadata`` field), when it names one of the
@@ -39,12 +41,19 @@ class Traffic:
     served_teacher_cost_usd: float = 0.0  # what the escalations cost while serving (already paid)
 
 
-def cut_by_client(request: dict, teacher_max_tokens: int) -> bool:
+def cut_by_client(request: dict, teacher_max_tokens: int, whole_kept: bool = False) -> bool:
     """Whether a served generated answer was cut to the client's limits (``serve``'s ``stop`` and
-    ``max_tokens`` handling): a stop sequence, or fewer tokens than the teacher's own budget."""
+    ``max_tokens`` handling): fewer tokens than the teacher's own budget (the teacher was asked for
+    no more), or a stop sequence where the row does not keep the whole answer (``whole_kept``)."""
     from potstill.teachers.api.engine import max_output
 
-    return bool(request.get("stop")) or 0 < max_output(request) < teacher_max_tokens
+    return (bool(request.get("stop")) and not whole_kept) or 0 < max_output(request) < teacher_max_tokens
+
+
+def teacher_answer(row) -> str:
+    """The teacher's whole answer to a served escalation: the text serve kept before a client's stop
+    cut what it sent (``teacher_output``), else the text sent."""
+    return str(row.extra.get("teacher_output", row.content))
 
 
 def read_traffic(ledger: Ledger, task: Task, teacher_max_tokens: int) -> Traffic:
@@ -63,7 +72,9 @@ def read_traffic(ledger: Ledger, task: Task, teacher_max_tokens: int) -> Traffic
             continue
         # A label is never cut; a generated answer may have been. Not marked seen: an uncut copy
         # of the same chat, served another time, is still used.
-        if row.escalated and not task.labels and cut_by_client(row.request, teacher_max_tokens):
+        # Rows that name the teacher's stop reason (since 2026-12) keep its whole answer (``teacher_answer``).
+        if row.escalated and not task.labels and cut_by_client(row.request, teacher_max_tokens,
+                                                                "teacher_stop_reason" in row.extra):
             t.counts["escalated_cut"] += 1
             continue
         if row.escalated and row.extra.get("tool_calls"):
@@ -76,7 +87,7 @@ def read_traffic(ledger: Ledger, task: Task, teacher_max_tokens: int) -> Traffic
         rec = Record(messages=messages, label=gold if gold in task.labels else None, meta=meta,
                      slice=[f"served:{'escalated' if row.escalated else 'student'}"])
         if row.escalated:
-            rec.output = row.content
+            rec.output = teacher_answer(row)
             rec.label_probs = row.extra.get("teacher_label_probs")
             rec.meta.update(teacher=row.model, cost_usd=row.cost_usd, input_tokens=row.input_tokens,
                             output_tokens=row.output_tokens)
