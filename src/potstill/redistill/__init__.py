@@ -142,7 +142,7 @@ def redistill(run_dir: Path, cfg: Config) -> dict[str, Any]:
     promotion = switch(run_dir, challenger) if decision["promote"] else None
     timings["promote_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
-    rel = lambda p: str(Path(p).resolve().relative_to(run_dir.resolve()))  # noqa: E731
+    rel = lambda p: run_path(run_dir, p)  # noqa: E731
     now = time.gmtime()
     rid = _record_id(run_dir, nd.cid, now)
     record = {
@@ -160,6 +160,13 @@ def redistill(run_dir: Path, cfg: Config) -> dict[str, Any]:
     }
     _publish(run_dir, cfg, rid, record, results, decision, nd.work, train_summary, promotion)
     return record
+
+
+def run_path(run_dir: Path, path: Path) -> str:
+    """``path`` as the decision record names it: relative to the run, or whole where it lies outside
+    (a champion RUN/student linked to a student trained elsewhere)."""
+    p, root = Path(path).resolve(), Path(run_dir).resolve()
+    return str(p.relative_to(root)) if p.is_relative_to(root) else str(p)
 
 
 def _check_run(run_dir: Path, cfg: Config) -> tuple[Path, Path]:

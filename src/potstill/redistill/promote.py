@@ -74,14 +74,14 @@ def switch(run_dir: Path, target: Path, keep_as: str = "original") -> dict[str, 
     """
     run_dir = Path(run_dir)
     link, students = run_dir / "student", run_dir / "students"
-    target = Path(target).resolve()
-    if target.parent != students.resolve():
+    # The entry in students/, not where it leads: one kept for a champion that lives elsewhere is a link.
+    target = Path(os.path.abspath(target))
+    if target.parent.resolve() != students.resolve():
         raise PotstillError(f"{target}: a promoted student must live in {students}/")
     if not (target / "config.json").exists() and not (target / "adapter_config.json").exists():
         raise PotstillError(f"{target}: not a student directory (no config.json)")
     if not link.exists() and not link.is_symlink():
         raise PotstillError(f"{link}: no champion to replace (run `potstill train` first)")
-    previous = link.resolve()
     tmp = run_dir / ".student.promote"
     if tmp.is_symlink():
         tmp.unlink()
@@ -94,6 +94,18 @@ def switch(run_dir: Path, target: Path, keep_as: str = "original") -> dict[str, 
     # Relative, so a copied or moved run directory keeps working.
     os.symlink(os.path.join("students", target.name), tmp)
     if link.is_symlink():
+        named = Path(os.path.abspath(link.parent / os.readlink(link)))
+        if named.parent.resolve() == students.resolve():
+            previous = os.path.join("students", named.name)
+        elif link.exists():
+            # RUN/student linked to a champion outside RUN/students/ (trained elsewhere): a link to it is
+            # kept as students/<keep_as>, or rollback could not reach it (its target must be in students/).
+            students.mkdir(exist_ok=True)
+            kept = _unused(students / keep_as)
+            os.symlink(link.resolve(), kept)
+            previous = os.path.join("students", kept.name)
+        else:  # a dangling link: nothing to keep
+            previous = os.readlink(link)
         os.replace(tmp, link)
     else:
         students.mkdir(exist_ok=True)
@@ -103,7 +115,6 @@ def switch(run_dir: Path, target: Path, keep_as: str = "original") -> dict[str, 
         else:
             os.rename(link, kept)
             os.replace(tmp, link)
-        previous = kept.resolve()
+        previous = os.path.join("students", kept.name)
     _adopt(run_dir, target)
-    return {"previous": str(previous.relative_to(run_dir.resolve())),
-            "current": str(current(run_dir).relative_to(run_dir.resolve()))}
+    return {"previous": previous, "current": os.path.join("students", target.name)}
