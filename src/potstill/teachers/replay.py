@@ -2,10 +2,19 @@
 
 An input is matched to a recording by its user messages; the recording's last assistant message
 is the answer. Nothing is paid, so the ledger rows cost zero.
+
+A recording longer than the request's token budget (``teacher.max_tokens``, or a served client's
+``max_tokens`` below it) is cut as a live teacher would have cut it and marked ``length``, so curate
+sets a generated answer aside as truncated (a label answer is read from its first words and kept).
+With no tokenizer at hand, its length in tokens is ``CHARS_PER_TOKEN`` characters a token (the
+usual English estimate), and the cut falls at the end of the word in which the budget runs out:
+a short label is never cut into a word that is not one.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +24,19 @@ from potstill.hashing import hash_file, hash_obj
 from potstill.records import content_text, read_objects
 from potstill.tasks import Task
 from potstill.teachers.base import OnResult, Response, RunStats, Teacher
+
+
+CHARS_PER_TOKEN = 4.0  # as preflight estimates tokens where no tokenizer loads
+
+
+def _within(text: str, budget: int) -> tuple[str, str]:
+    """(the text a teacher limited to ``budget`` tokens would have written, its stop reason)."""
+    tokens = math.ceil(len(text) / CHARS_PER_TOKEN)
+    if tokens <= budget:
+        return text, "stop"
+    # The budget's share of the characters, on to the end of the word it falls in.
+    end = re.compile(r"\S*").match(text, int(len(text) * budget / tokens)).end()
+    return text[:end], "length"
 
 
 def _key(messages: list[dict[str, Any]]) -> str:
@@ -53,11 +75,17 @@ class ReplayTeacher(Teacher):
         return self.cfg.model or "replay"
 
     def identity(self) -> dict[str, Any]:
-        return {"type": "replay", "file": hash_file(self.cfg.replay_path)}
+        # max_tokens cuts a long recording: answers cut under one budget are not another's.
+        return {"type": "replay", "file": hash_file(self.cfg.replay_path), "max_tokens": self.cfg.max_tokens}
 
     def run(self, requests: list[dict[str, Any]], on_result: OnResult, stats: RunStats | None = None,
             gcfg: GenerateConfig | None = None) -> None:
         answers = self._load()
         for i, req in enumerate(requests):
             out = answers.get(_key(req["messages"]))
-            on_result(i, Response(output=out, error=None if out is not None else "no recorded answer for this input"))
+            if out is None:
+                on_result(i, Response(output=None, error="no recorded answer for this input"))
+                continue
+            # A served client's budget under the teacher's own is the request's (Service.teacher_request).
+            text, stop = _within(out, int(req.get("max_tokens") or self.cfg.max_tokens))
+            on_result(i, Response(output=text, stop_reason=stop))
