@@ -111,7 +111,7 @@ class TeacherConfig(Section):
     calibrate: bool = Field(
         False, description="Local classification teacher: divide label probabilities by their content-free prior."
     )
-    replay_path: Annotated[str | None, INPUT_FILE] = Field(None, description="Recorded traffic in OpenAI fine-tuning JSONL (replay).")
+    replay_path: Annotated[str | None, INPUT_FILE] = Field(None, description="Recorded traffic (replay): OpenAI fine-tuning JSONL, or the records `potstill import` writes.")
     price: PriceConfig = Field(default_factory=PriceConfig)
     terms: str = Field("", description="The teacher's terms of use, recorded in the dataset card.")
 

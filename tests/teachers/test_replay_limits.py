@@ -3,6 +3,8 @@ recordings, a real SQLite ledger, generate and curate as the CLI runs them."""
 
 import json
 
+import pytest
+
 from potstill.config import TeacherConfig, load_config
 from potstill.curate import curate
 from potstill.generate import run_generate
@@ -57,3 +59,51 @@ def test_a_served_clients_max_tokens_cuts_a_recorded_answer(tmp_path):
     assert got[0].stop_reason == "length" and LONG.startswith(got[0].output) and len(got[0].output.split()) <= 5
     assert got[1].output == LONG and got[1].stop_reason == "stop"
 
+
+def _completion(text, finish, out_tokens):
+    return {"object": "chat.completion", "id": "c", "model": "gpt-x",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
+            "usage": {"prompt_tokens": 9, "completion_tokens": out_tokens, "total_tokens": 9 + out_tokens}}
+
+
+def test_the_records_potstill_import_writes_are_a_replay_recording(tmp_path):
+    """`potstill import` writes records (user messages, output, the log's finish_reason and usage in
+    meta); replay read only fine-tuning chats ending in an assistant turn and refused the file at its
+    first line. It takes them as written: the logged answer, cut where the log says its model was cut
+    (finish_reason length) or where the log's own token count passes max_tokens (text in a script the
+    character estimate undercounts)."""
+    from potstill.importers import import_traffic
+
+    cjk = "\u6570\u636e" * 20  # 40 characters, 40 tokens by the log; 10 by characters / 4
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps({"request": {"messages": [{"role": "system", "content": "be brief"},
+                                                                {"role": "user", "content": q}]},
+                                       "response": _completion(a, finish, n)}) + "\n"
+                           for q, a, finish, n in [("whole", "a whole answer", "stop", 3),
+                                                   ("cut by the log", "an answer the log cut", "length", 16),
+                                                   ("many tokens", cjk, "stop", 40)]))
+    imported = tmp_path / "imported.jsonl"
+    assert import_traffic(log, imported) == 3
+    cfg = load_config(overrides={"task": {"type": "freetext"}, "curate": {"val": 0, "test": 0},
+                                 "teacher": {"type": "replay", "replay_path": str(imported), "max_tokens": 32}})
+    records = [Record(messages=[{"role": "user", "content": q}]) for q in ("whole", "cut by the log", "many tokens")]
+    with Ledger(tmp_path / "calls.sqlite") as ledger:
+        out, stats = run_generate(cfg, records, ledger)
+    assert stats.errors == 0
+    assert [r.output for r in out] == ["a whole answer", "an answer the log cut", cjk]
+    assert [r.meta.get("stop_reason") for r in out] == ["stop", "length", "length"]
+    done = curate(cfg, out)
+    assert [r.output for r in done.train] == ["a whole answer"]
+    assert [r.invalid_reason.split(":")[0] for r in done.rejected] == ["truncated", "truncated"]
+
+
+def test_a_replay_file_that_is_neither_chats_nor_records_is_one_line(tmp_path):
+    from potstill.errors import PotstillError
+
+    path = tmp_path / "traffic.jsonl"
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": "q"}]}) + "\n")
+    teacher = ReplayTeacher(TeacherConfig(type="replay", replay_path=str(path)),
+                            get_task(load_config(overrides={"task": {"type": "freetext"}}).task))
+    with pytest.raises(PotstillError, match=r"traffic.jsonl:1: expected messages ending with an assistant turn, "
+                                            r"or a record with an output \(the records `potstill import` writes\)$"):
+        teacher.run([], lambda i, r: None)

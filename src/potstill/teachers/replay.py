@@ -1,14 +1,16 @@
-"""Replay: answers come from recorded traffic in OpenAI fine-tuning JSONL (``{"messages": [...]}``).
-
-An input is matched to a recording by its user messages; the recording's last assistant message
-is the answer. Nothing is paid, so the ledger rows cost zero.
+"""Replay: answers come from recorded traffic: OpenAI fine-tuning JSONL (``{"messages": [...]}``,
+the last assistant message is the answer) or records with an ``output`` (what ``potstill import``
+writes, or an earlier run's ``teacher.jsonl``). An input is matched to a recording by its user
+messages. Nothing is paid, so the ledger rows cost zero.
 
 A recording longer than the request's token budget (``teacher.max_tokens``, or a served client's
 ``max_tokens`` below it) is cut as a live teacher would have cut it and marked ``length``, so curate
 sets a generated answer aside as truncated (a label answer is read from its first words and kept).
 With no tokenizer at hand, its length in tokens is ``CHARS_PER_TOKEN`` characters a token (the
-usual English estimate), and the cut falls at the end of the word in which the budget runs out:
-a short label is never cut into a word that is not one.
+usual English estimate) or the recording's own count where it keeps one (an imported log's
+``usage``), and the cut falls at the end of the word in which the budget runs out:
+a short label is never cut into a word that is not one. A recording its own model cut (an imported
+log's ``finish_reason`` ``length``) is marked ``length`` whatever the budget.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from potstill.config import GenerateConfig, TeacherConfig
 from potstill.errors import PotstillError
@@ -27,13 +29,22 @@ from potstill.teachers.base import OnResult, Response, RunStats, Teacher
 
 
 CHARS_PER_TOKEN = 4.0  # as preflight estimates tokens where no tokenizer loads
+# The stop reasons of an answer its model cut at its token limit (OpenAI, local: length; Anthropic: max_tokens).
+CUT = ("length", "max_tokens")
 
 
-def _within(text: str, budget: int) -> tuple[str, str]:
+class Recorded(NamedTuple):
+    text: str
+    tokens: int | None = None  # the recording's own output token count, where it keeps one
+    cut: bool = False  # its model stopped at its own token limit
+
+
+def _within(rec: Recorded, budget: int) -> tuple[str, str]:
     """(the text a teacher limited to ``budget`` tokens would have written, its stop reason)."""
-    tokens = math.ceil(len(text) / CHARS_PER_TOKEN)
+    text = rec.text
+    tokens = rec.tokens if rec.tokens is not None else math.ceil(len(text) / CHARS_PER_TOKEN)
     if tokens <= budget:
-        return text, "stop"
+        return text, "length" if rec.cut else "stop"
     # The budget's share of the characters, on to the end of the word it falls in.
     end = re.compile(r"\S*").match(text, int(len(text) * budget / tokens)).end()
     return text[:end], "length"
@@ -42,6 +53,25 @@ def _within(text: str, budget: int) -> tuple[str, str]:
 def _key(messages: list[dict[str, Any]]) -> str:
     # By text, so a chat logged with content parts finds the answer recorded for the same words as a string.
     return hash_obj([content_text(m.get("content")) for m in messages if m.get("role") == "user"])
+
+
+def _from_record(row: dict[str, Any], where: str) -> Recorded | None:
+    """A record's answer: its ``output``, how long its log says it was (``meta.usage``: OpenAI's
+    completion_tokens, Anthropic's output_tokens; else ``meta.output_tokens``) and whether its model
+    cut it (``meta.finish_reason`` as imported, ``meta.stop_reason`` as generate keeps it)."""
+    out = row["output"]
+    if out is None:
+        return None
+    if not isinstance(out, str):
+        raise PotstillError(f"{where}: output: expected the answer's text, got {type(out).__name__}")
+    meta = row.get("meta") if isinstance(row.get("meta"), dict) else {}
+    usage = meta.get("usage") if isinstance(meta.get("usage"), dict) else {}
+    tokens = next((v for v in (usage.get("completion_tokens"), usage.get("output_tokens"), meta.get("output_tokens"))
+                   if isinstance(v, int) and not isinstance(v, bool) and v > 0), None)
+    if len(row.get("samples") or ()) > 1 or (meta.get("choices") or 0) > 1:
+        tokens = None  # the count of all n samples (choices) together, not of the one kept as the output
+    stop = meta.get("finish_reason") or meta.get("stop_reason")
+    return Recorded(out, tokens, stop in CUT)
 
 
 class ReplayTeacher(Teacher):
@@ -54,19 +84,29 @@ class ReplayTeacher(Teacher):
         if not Path(cfg.replay_path).is_file():
             raise PotstillError(f"teacher.replay_path {cfg.replay_path}: "
                                 f"{'a directory' if Path(cfg.replay_path).is_dir() else 'file not found'}")
-        self._answers: dict[str, str] | None = None
+        self._answers: dict[str, Recorded] | None = None
 
-    def _load(self) -> dict[str, str]:
+    def _load(self) -> dict[str, Recorded]:
         if self._answers is None:
             answers = {}
             for lineno, row in read_objects(self.cfg.replay_path):
+                where = f"{self.cfg.replay_path}:{lineno}"
                 msgs = row.get("messages")
-                if not isinstance(msgs, list) or not msgs or msgs[-1].get("role") != "assistant":
-                    raise PotstillError(f"{self.cfg.replay_path}:{lineno}: expected messages ending with an assistant turn")
+                if not isinstance(msgs, list) or not msgs or not all(isinstance(m, dict) for m in msgs):
+                    raise PotstillError(f"{where}: expected a chat under messages (fine-tuning JSONL, or the records "
+                                        "`potstill import` writes)")
+                if "output" in row:
+                    found = _from_record(row, where)
+                    if found is not None:  # None: a record with no answer (a failed teacher call in teacher.jsonl)
+                        answers[_key(msgs)] = found
+                    continue
+                if msgs[-1].get("role") != "assistant":
+                    raise PotstillError(f"{where}: expected messages ending with an assistant turn, or a record with "
+                                        "an output (the records `potstill import` writes)")
                 if msgs[-1].get("content") is None:
-                    raise PotstillError(f"{self.cfg.replay_path}:{lineno}: the assistant turn has no text "
+                    raise PotstillError(f"{where}: the assistant turn has no text "
                                         "(a tool call?); a replay teacher answers with recorded text")
-                answers[_key(msgs[:-1])] = content_text(msgs[-1]["content"])
+                answers[_key(msgs[:-1])] = Recorded(content_text(msgs[-1]["content"]))
             self._answers = answers
         return self._answers
 
