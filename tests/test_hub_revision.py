@@ -38,7 +38,7 @@ def hub(monkeypatch, tmp_path):
         monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", live.url + "/{repo_id}/resolve/{revision}/{filename}")
         monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setattr(loading, "_HUB_ASKED", set(), raising=False)
+        monkeypatch.setattr(loading, "_HUB_ASKED", {}, raising=False)
         yield state
 
 

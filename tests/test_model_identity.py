@@ -140,6 +140,7 @@ def test_a_hub_students_identity_follows_its_revision(tmp_path, monkeypatch, tin
     cache = tmp_path / "hf"
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(loading, "_HUB_ASKED", {})  # a process keeps the commit it first keyed by: none leaks out
     repo = cache / "models--org--tiny"
 
     def publish(commit: str, model: Path) -> None:

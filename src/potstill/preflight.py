@@ -61,11 +61,11 @@ class Check:
 def _tokenizer(spec: str | Path) -> Any:
     from transformers import AutoTokenizer
 
-    from potstill.models.loading import resolve
+    from potstill.models.loading import pretrained_source, resolve
 
-    where = spec if isinstance(spec, Path) else resolve(spec)[1]
+    src, pin = pretrained_source(spec if isinstance(spec, Path) else resolve(spec)[1])
     try:
-        tok = AutoTokenizer.from_pretrained(where)
+        tok = AutoTokenizer.from_pretrained(src, **pin)
     except (OSError, ValueError) as e:  # ValueError: a tokenizer file that is not JSON or names no class
         raise PotstillError(f"cannot load the tokenizer of '{spec}': {str(e).splitlines()[0]}") from None
     if tok.pad_token is None:
@@ -76,11 +76,11 @@ def _tokenizer(spec: str | Path) -> Any:
 def _vocab_rows(spec: str) -> int | None:
     from transformers import AutoConfig
 
-    from potstill.models.loading import resolve
+    from potstill.models.loading import pretrained_source, resolve
 
-    _, where = resolve(spec)
+    src, pin = pretrained_source(resolve(spec)[1])
     try:
-        return getattr(AutoConfig.from_pretrained(where), "vocab_size", None)
+        return getattr(AutoConfig.from_pretrained(src, **pin), "vocab_size", None)
     except (OSError, ValueError):
         return None
 

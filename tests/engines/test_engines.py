@@ -436,7 +436,10 @@ def test_a_hub_models_conversion_key_follows_its_cached_revision(monkeypatch, tm
     import huggingface_hub.constants as hf
     from potstill.engines.convert import model_key
 
+    from potstill.models import loading
+
     monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(loading, "_HUB_ASKED", {})
     repo = tmp_path / "hub" / "models--org--tiny"
 
     def cache_revision(commit: str) -> None:
@@ -444,6 +447,7 @@ def test_a_hub_models_conversion_key_follows_its_cached_revision(monkeypatch, tm
         (repo / "snapshots" / commit / "config.json").write_text("{}")
         (repo / "refs").mkdir(parents=True, exist_ok=True)
         (repo / "refs" / "main").write_text(commit)
+        loading._HUB_ASKED.clear()  # a new command: a process keeps the commit it first keyed by
 
     def key() -> str:
         return model_key("org/tiny", "org/tiny", None, "int8", "4.8.5")

@@ -351,32 +351,60 @@ def adapter_base(where: Path) -> Path | None:
     return Path(base) if isinstance(base, str) and base and Path(base).is_dir() else None
 
 
-_HUB_ASKED: set[str] = set()  # hub ids whose newest commit this process has asked the hub for
+# Hub specs this process has asked the hub about, each with the identity (``org/name@<commit>``) it
+# was keyed by, None while no snapshot is cached: the commit is pinned for the process's life.
+_HUB_ASKED: dict[str, str | None] = {}
+
+
+def hub_split(spec: str) -> tuple[str, str | None]:
+    """A hub spec's repo id and the revision it names (``org/name@<commit, branch or tag>``), else None.
+    A repo id holds no ``@``."""
+    repo, _, revision = spec.partition("@")
+    return repo, revision or None
 
 
 def hub_revision(repo_id: str) -> str:
     """A hub id with the commit of its snapshot in the local HF cache (``org/name@<commit>``), the
     id alone when none is cached: what a hub model's cached answers and conversions are keyed by,
-    so a new upstream revision is not mistaken for the old one.
+    so a new upstream revision is not mistaken for the old one. ``repo_id`` may name a revision
+    (``org/name@<revision>``): then it is that revision's commit.
 
     Online (``HF_HUB_OFFLINE`` unset) the hub is asked first, once a process, for its newest commit
     (its config.json only, a few kB): the load that follows downloads that commit, and the cache
     alone named the one before it, so a run whose load fetched a new revision cached the new
     model's answers and conversion under the old commit's key. Offline, or with no network, the
-    cache is what the load reads too."""
+    cache is what the load reads too. The commit found is the process's from then on: ``load_lm``
+    loads it whatever another command downloads meanwhile (its refs/main moving on)."""
+    if _HUB_ASKED.get(repo_id):
+        return _HUB_ASKED[repo_id]
+    repo, revision = hub_split(repo_id)
     try:
         from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
         if repo_id not in _HUB_ASKED:
-            _HUB_ASKED.add(repo_id)
+            _HUB_ASKED[repo_id] = None
             try:
-                hf_hub_download(repo_id, "config.json")  # moves the cache's refs/main to the newest commit
+                hf_hub_download(repo, "config.json", revision=revision)  # moves the cache's refs to the newest commit
             except Exception:  # noqa: BLE001 - offline, unreachable, gated: the load falls back to the cache too
                 log.debug("hub not asked for %s's newest commit", repo_id)
-        found = try_to_load_from_cache(repo_id, "config.json")
+        found = try_to_load_from_cache(repo, "config.json", revision=revision)
     except Exception:  # noqa: BLE001 - not a valid repo id for the hub library: the id is all there is
         return repo_id
-    return f"{repo_id}@{Path(found).parent.name}" if isinstance(found, str) else repo_id
+    if not isinstance(found, str):
+        return repo_id
+    _HUB_ASKED[repo_id] = f"{repo}@{Path(found).parent.name}"
+    return _HUB_ASKED[repo_id]
+
+
+def pretrained_source(where: Path | str) -> tuple[Path | str, dict[str, str]]:
+    """What from_pretrained takes for ``resolve``'s ``where``: a directory as it is; a hub id and the
+    revision its identity names (``hub_revision``'s commit; the spec's own revision where none is
+    cached yet), so the files read are those its answers and conversions are keyed by."""
+    if isinstance(where, Path):
+        return where, {}
+    repo, commit = hub_split(hub_revision(where))
+    revision = commit or hub_split(where)[1]
+    return repo, {"revision": revision} if revision else {}
 
 
 def keep_layers(model: Any, n: int) -> None:
@@ -408,14 +436,15 @@ def load_lm(spec: str, device: str = "auto", dtype: torch.dtype | str | None = N
     dev = _pick_device(device)
     if dtype is None or isinstance(dtype, str):
         dtype = torch_dtype(dtype or "auto", dev)
+    src, pin = pretrained_source(where)
     try:
         if isinstance(where, Path) and (where / "adapter_config.json").exists():
             from peft import AutoPeftModelForCausalLM
 
             model = AutoPeftModelForCausalLM.from_pretrained(where, dtype=dtype).merge_and_unload()
         else:
-            model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)
-        tok = AutoTokenizer.from_pretrained(where)
+            model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, **pin)
+        tok = AutoTokenizer.from_pretrained(src, **pin)
     except OSError as e:
         raise PotstillError(f"cannot load model '{spec}': {str(e).splitlines()[0]}") from None
     if tok.pad_token is None:
