@@ -65,3 +65,31 @@ def test_a_rerun_asks_only_for_the_samples_a_failed_request_did_not_get(tmp_path
     # The bill: 4 answers were asked for and 3 answered, each 10 input tokens; out 1 + 3 + 4.
     assert sum(r["input_tokens"] for r in rows) == 30 and sum(r["output_tokens"] for r in rows) == 8
     assert sum(r["cost_usd"] for r in rows) == pytest.approx((30 * 1.0 + 8 * 5.0) / 1e6)
+
+
+def test_a_record_completed_by_a_rerun_holds_what_all_its_samples_cost(tmp_path, monkeypatch):
+    """The rerun's row bills only the missing sample (the error row billed the other two), and the
+    record's meta took that row's cost and tokens: teacher.jsonl said one sample's price for three
+    samples. The record now holds the total paid for it, from the ledger cache too, and the ledger's
+    spend is unchanged (nothing counted twice)."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    task = get_task(TaskConfig(type="freetext", instruction="Answer."))
+    app, _ = failing_once({2})
+    runs = []
+    with LiveServer(app) as srv, Ledger(tmp_path / "calls.sqlite") as ledger:
+        for _ in range(3):  # fails one sample, completes it, then answers from the ledger
+            teacher = get_teacher(TeacherConfig(type="anthropic", model="claude-haiku-4-5-20251001", base_url=srv.url,
+                                                api_key_env="ANTHROPIC_API_KEY", max_tokens=16, max_retries=0,
+                                                temperature=1.0), task)
+            try:
+                runs.append(label_records([Record(id="r", messages=[{"role": "user", "content": "hi"}])], task,
+                                          teacher, ledger, "generate", GenerateConfig(n=3)))
+            finally:
+                teacher.close()
+        spent = ledger.summary()["cost_usd"]
+    total = (30 * 1.0 + 8 * 5.0) / 1e6  # 3 answered samples: 10 input tokens each, out 1 + 3 + 4
+    assert spent == pytest.approx(total)
+    assert runs[2][1].cache_hits == 1
+    for (rec,), _ in runs[1:]:
+        assert rec.meta["cost_usd"] == pytest.approx(total)
+        assert (rec.meta["input_tokens"], rec.meta["output_tokens"]) == (30, 8)

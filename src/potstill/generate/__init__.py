@@ -137,6 +137,8 @@ def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: L
     earlier runs planned for inputs since removed from the file leave the projection (None: the file
     is not known, and they stay).
     """
+    from potstill.generate.consistency import paid
+
     gcfg = gcfg or GenerateConfig()
     t0 = time.perf_counter()
     stats = RunStats(inputs=len(records))
@@ -196,8 +198,8 @@ def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: L
                 short.append(got)
             rec.meta.update({
                 "teacher": teacher.model_name, "teacher_type": teacher.type, "request_hash": h,
-                "input_tokens": ans.get("input_tokens", 0), "output_tokens": ans.get("output_tokens", 0),
-                "cost_usd": ans.get("cost_usd", 0.0), "latency_s": ans.get("latency_s", 0.0),
+                # All its samples', where a rerun completed what a failed attempt began (consistency.paid).
+                **paid(ans), "latency_s": ans.get("latency_s", 0.0),
             })
         if not rec.valid:
             stats.invalid += 1

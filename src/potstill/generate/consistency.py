@@ -94,11 +94,24 @@ def rest_request(request: dict[str, Any], earlier: dict[str, Any]) -> dict[str, 
     return {**out, "n": rest} if rest > 1 else out
 
 
+PAID = ("input_tokens", "output_tokens", "cost_usd")
+
+
+def paid(answer: dict[str, Any]) -> dict[str, Any]:
+    """What an answer cost in all (``PAID``): its own row's, plus what earlier failed attempts paid
+    for the samples it took from them (``Response.earlier_paid``). A record's meta holds this; the
+    ledger's spend is the rows', each billed once."""
+    before = answer.get("earlier_paid") or {}
+    return {k: (answer.get(k) or 0) + (before.get(k) or 0) for k in PAID}
+
+
 def with_earlier(earlier: dict[str, Any], resp: Response) -> Response:
     """``resp`` (the answer to ``rest_request``) with ``earlier``'s samples before its own. Its
-    tokens and cost stay its own: the earlier ones are billed in the earlier (error) row."""
+    tokens and cost stay its own: the earlier ones are billed in the earlier (error) row, and kept
+    as ``earlier_paid``, so the record says what all its samples cost."""
     if resp.output is None and not resp.samples:
         return resp  # nothing new answered: the earlier row still holds what was
+    resp.earlier_paid = paid(earlier)
     new = resp.samples or [resp.output]
     stops = resp.stop_reason if isinstance(resp.stop_reason, list) else [resp.stop_reason]
     old_stops = earlier.get("stop_reason")

@@ -84,6 +84,10 @@ class Response:
     stop_reason: str | list[str] | None = None
     #: The tools the model called, in OpenAI's form ({id, type: function, function: {name, arguments}}).
     tool_calls: list[dict[str, Any]] | None = None
+    #: With n > 1 samples, what earlier failed attempts at the same request paid for the samples they
+    #: did answer ({input_tokens, output_tokens, cost_usd}): billed in their error rows, so not in this
+    #: answer's own tokens and cost (its row bills only the samples it asked for). See ``consistency.paid``.
+    earlier_paid: dict[str, float] | None = None
 
     @property
     def ok(self) -> bool:
