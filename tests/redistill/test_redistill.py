@@ -111,6 +111,8 @@ def serve_traffic(run: Path, texts: list[tuple[str, str]], force_student: bool =
 
 @pytest.fixture(scope="module")
 def served_run(tmp_path_factory, tiny_model):
+    """The served run, built once a module; every test works on a copy (``_copy_original``), so
+    none depends on which others ran before it in the same process (pytest-xdist splits a module)."""
     run = build_run(tmp_path_factory.mktemp("redistill"), tiny_model)
     frozen = [(r.text, r.output) for r in read_records(run / "test.jsonl")]
     # Shifted traffic (new words), a few repeats, and three inputs copied from the frozen test set.
@@ -123,17 +125,19 @@ def _cfg(run: Path, **over):
     return load_config(run / "potstill.yaml", over)
 
 
-def test_not_better_challenger_is_not_promoted(served_run):
+def test_not_better_challenger_is_not_promoted(served_run, tmp_path):
     from potstill.redistill import redistill
 
-    before = (served_run / "student").resolve()
+    run = tmp_path / "run"
+    _copy_original(served_run, run)
+    before = (run / "student").resolve()
     # lr ~ 0: the challenger keeps the base weights, which are the champion's: no gain.
-    rec = redistill(served_run, _cfg(served_run, **{"train.lr": 1e-12}))
+    rec = redistill(run, _cfg(run, **{"train.lr": 1e-12}))
     assert rec["decision"]["promote"] is False and rec["promotion"] is None
     assert "fails: new-traffic agreement gain > 0" in rec["decision"]["reason"]
     assert rec["results"]["new_traffic_test"]["teacher"]["gain"]["value"] == 0
-    assert not (served_run / "student").is_symlink() and (served_run / "student").resolve() == before
-    saved = json.loads((served_run / "redistill" / f"{rec['id']}.json").read_text())
+    assert not (run / "student").is_symlink() and (run / "student").resolve() == before
+    saved = json.loads((run / "redistill" / f"{rec['id']}.json").read_text())
     assert saved["decision"]["reason"] == rec["decision"]["reason"]
     d = rec["data"]
     assert d["distinct"] == 113 and d["overlap_frozen_test"] == 3
@@ -142,39 +146,44 @@ def test_not_better_challenger_is_not_promoted(served_run):
     t = rec["teacher"]
     assert t["calls"] > 0 and t["calls"] + t["cache_hits"] == d["student_answered"] and t["cache_hits"] <= 3
     assert rec["teacher"]["escalations_reused"] == d["escalated"]
-    frozen = {r.text for r in read_records(served_run / "test.jsonl")}
-    held = read_records(served_run / saved["data"]["files"]["new_test"])
+    frozen = {r.text for r in read_records(run / "test.jsonl")}
+    held = read_records(run / saved["data"]["files"]["new_test"])
     assert held and not frozen & {r.text for r in held}
     assert all(r.meta["source"] == "serve" for r in held)
 
 
-def test_better_challenger_is_promoted_atomically(served_run):
+def test_better_challenger_is_promoted_atomically(served_run, tmp_path):
     from potstill.redistill import redistill, rollback
 
-    rec = redistill(served_run, _cfg(served_run))
+    run = tmp_path / "run"
+    _copy_original(served_run, run)
+    # A first round on this traffic pays the teacher for it (lr ~ 0: not promoted), as an earlier
+    # `potstill redistill` would have; this one must pay nothing again.
+    redistill(run, _cfg(run, **{"train.lr": 1e-12}))
+    rec = redistill(run, _cfg(run))
     new = rec["results"]["new_traffic_test"]["teacher"]
     assert new["gain"]["value"] > 0, rec["decision"]
     assert rec["decision"]["promote"] is True
     # The same served traffic again: nothing paid twice.
     assert rec["teacher"]["calls"] == 0 and rec["teacher"]["cache_hits"] == rec["data"]["student_answered"]
-    link = served_run / "student"
-    assert link.is_symlink() and link.resolve() == (served_run / "students" / rec["challenger_id"]).resolve()
+    link = run / "student"
+    assert link.is_symlink() and link.resolve() == (run / "students" / rec["challenger_id"]).resolve()
     assert rec["promotion"] == {"previous": "students/original", "current": f"students/{rec['challenger_id']}"}
-    assert (served_run / "students" / "original" / "config.json").exists()
+    assert (run / "students" / "original" / "config.json").exists()
     assert "gold" in rec["results"]["new_traffic_test"]  # metadata.label of the requests
     # The champion's training records are now the challenger's: the old train set and the traffic it
     # learnt. Serve's out-of-distribution reference and watch's drift reference read them (with
     # RUN/train.jsonl alone, the promoted student's new traffic stayed "out of distribution" and went
     # on to the teacher), and so does the next redistill: a rerun on the same traffic finds nothing new.
-    learnt = served_run / "redistill" / rec["challenger_id"] / "challenger_train.jsonl"
-    assert student_train_path(served_run) == learnt
+    learnt = run / "redistill" / rec["challenger_id"] / "challenger_train.jsonl"
+    assert student_train_path(run) == learnt
     assert len(read_records(learnt)) == rec["data"]["old_train"] + rec["data"]["new_train"] == rec["data"]["challenger_train"]
-    assert _out_of_distribution(served_run, sentences(NEW, 40, 7)) <= 10  # of 40 new-domain inputs, none served
+    assert _out_of_distribution(run, sentences(NEW, 40, 7)) <= 10  # of 40 new-domain inputs, none served
     with pytest.raises(PotstillError, match=r"no new training records left after curation .* the champion's training set"):
-        redistill(served_run, _cfg(served_run))
-    assert len(list((served_run / "redistill").glob("*.json"))) == 2  # one record per decision, none overwritten
-    assert rollback(served_run, "students/original")["current"] == "students/original"
-    assert link.resolve() == (served_run / "students" / "original").resolve()
+        redistill(run, _cfg(run))
+    assert len(list((run / "redistill").glob("*.json"))) == 2  # one record per decision, none overwritten
+    assert rollback(run, "students/original")["current"] == "students/original"
+    assert link.resolve() == (run / "students" / "original").resolve()
 
 
 def _out_of_distribution(run: Path, texts: list[tuple[str, str]]) -> int:
@@ -209,9 +218,7 @@ def _cli(monkeypatch, capsys, *args: str) -> str:
 
 def test_errors_are_one_line(served_run, tmp_path, monkeypatch, capsys):
     bare = tmp_path / "bare"
-    shutil.copytree(served_run, bare, symlinks=True, ignore=shutil.ignore_patterns("calls.sqlite*", "students", "redistill"))
-    if (served_run / "students" / "original").exists():  # an earlier test promoted: RUN/student links there
-        shutil.copytree(served_run / "students" / "original", bare / "students" / "original")
+    _copy_original(served_run, bare, "calls.sqlite*")
     assert _cli(monkeypatch, capsys, str(bare)) == (
         f"error: {bare / 'calls.sqlite'} not found: no served traffic (serve the student with `potstill serve` first)")
     Ledger(bare / "calls.sqlite").close()
@@ -228,10 +235,7 @@ def test_an_empty_frozen_test_is_refused_before_anything_is_paid_or_trained(serv
     # A run curated with --curate.test 0 has an empty test.jsonl: the challenger was trained, then
     # the comparison crashed with a TypeError (the frozen gain of no examples is None).
     run = tmp_path / "run"
-    shutil.copytree(served_run, run, symlinks=True, ignore=shutil.ignore_patterns("students", "redistill"))
-    if (run / "student").is_symlink():  # an earlier test promoted a challenger: serve the original again
-        (run / "student").unlink()
-        shutil.copytree(served_run / "students" / "original", run / "student")
+    _copy_original(served_run, run)
     (run / "test.jsonl").write_text("")
     with Ledger(run / "calls.sqlite") as ledger:
         rows = ledger._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
@@ -276,10 +280,7 @@ def test_a_challenger_cut_short_is_neither_left_as_a_student_nor_reused(served_r
     from potstill.redistill import redistill
 
     run = tmp_path / "run"
-    shutil.copytree(served_run, run, symlinks=True, ignore=shutil.ignore_patterns("students", "redistill"))
-    if (run / "student").is_symlink():  # an earlier test promoted a challenger: serve the original again
-        (run / "student").unlink()
-        shutil.copytree(served_run / "students" / "original", run / "student")
+    _copy_original(served_run, run)
     champion = (run / "student").resolve()
 
     def interrupted(*a, **k):
@@ -381,10 +382,8 @@ def test_the_new_traffic_test_holds_no_input_an_earlier_round_trained_on(served_
 
 
 def _copy_original(served_run: Path, run: Path, *ignore: str) -> None:
+    """A copy of the module's served run for one test to change (``ignore``: more to leave out)."""
     shutil.copytree(served_run, run, symlinks=True, ignore=shutil.ignore_patterns("students", "redistill", *ignore))
-    if (run / "student").is_symlink():  # an earlier test promoted a challenger: serve the original again
-        (run / "student").unlink()
-        shutil.copytree(served_run / "students" / "original", run / "student")
 
 
 def test_failed_teacher_calls_are_named_not_passed_off_as_curation(served_run, tmp_path, capsys):
