@@ -64,3 +64,23 @@ def test_a_spec_naming_a_revision_loads_that_revision(hub, tiny_model, tiny_mode
     with pytest.raises(PotstillError, match=r"^cannot load model 'org/tiny@c{40}': ") as e:
         load_lm("org/tiny@" + "c" * 40, device="cpu")
     assert "\n" not in str(e.value)
+
+
+def test_a_hub_students_ctranslate2_conversion_reads_the_pinned_commit(hub, tiny_model, tiny_model_b, tmp_path,
+                                                                       monkeypatch):
+    """The conversion is keyed by the commit (``hub_revision``), but the converter and the tokenizer
+    read the hub id at whatever refs/main named when they ran: an entry keyed by commit a held b's
+    weights. It reads the keyed commit (the weights' bytes are those of a's 2 layers, not b's 3)."""
+    pytest.importorskip("ctranslate2")
+    from potstill.engines.convert import ctranslate2_model
+
+    monkeypatch.setenv("POTSTILL_CACHE", str(tmp_path / "cache"))
+    local, _ = ctranslate2_model(str(tiny_model), "int8")  # commit a's files, converted from their folder
+    three, _ = ctranslate2_model(str(tiny_model_b), "int8")
+    hub(A, tiny_model)
+    assert loading.hub_revision("org/tiny") == f"org/tiny@{A}"  # the run keys its student by commit a
+    hub(B, tiny_model_b)  # another command moved refs/main on
+    out, _ = ctranslate2_model("org/tiny", "int8")
+    size = lambda d: (d / "model.bin").stat().st_size  # noqa: E731
+    assert size(three) > 1.2 * size(local) and abs(size(out) - size(local)) < 0.05 * size(local), \
+        (size(out), size(local), size(three))

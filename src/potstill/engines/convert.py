@@ -23,7 +23,7 @@ import numpy as np
 
 from potstill.errors import PotstillError
 from potstill.hashing import hash_obj, hash_path
-from potstill.models.loading import adapter_base, cache_dir, cache_entry, hub_revision, resolve
+from potstill.models.loading import adapter_base, cache_dir, cache_entry, hub_revision, pretrained_source, resolve
 from potstill.progress import say
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,11 @@ def _embedding_table(src: Path) -> np.ndarray:
             for name in st.keys():  # noqa: SIM118 - safe_open has keys(), not iteration
                 if name.endswith("embed_tokens.weight"):
                     return st.get_tensor(name).float().numpy().astype(np.float16)
-    raise PotstillError(f"{src}: no '*embed_tokens.weight' tensor found for the input embedding")
+    # Weights in another name or format (pytorch_model.bin, GPT-2's wte): the model's own accessor.
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(src, dtype="float32")
+    return model.get_input_embeddings().weight.detach().float().numpy().astype(np.float16)
 
 
 def _parameters(src: Path) -> int:
@@ -89,6 +93,10 @@ def _plain_hf_dir(spec: str, where: Path | str, num_layers: int | None, scratch:
     return out
 
 
+# What a conversion reads of a hub snapshot: config, weights, tokenizer (not other formats' copies).
+HUB_FILES = ["*.json", "*.safetensors", "pytorch_model*.bin", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
+
+
 def ctranslate2_model(spec: str, quantization: str = "int8", num_layers: int | None = None) -> tuple[Path, str]:
     """(directory of the converted model, content key); converts on first use only."""
     ct2 = require("ctranslate2")
@@ -102,6 +110,14 @@ def ctranslate2_model(spec: str, quantization: str = "int8", num_layers: int | N
     try:
         with cache_entry(target, INFO) as tmp:
             src = _plain_hf_dir(spec, where, num_layers, scratch)
+            if not isinstance(src, Path):
+                # A hub id is read from the snapshot of the commit its key names (load_lm's pin), not at
+                # whatever refs/main names now (another command's download would put b's weights under
+                # a's key); CTranslate2's converter reads the config without a revision, so a folder.
+                from huggingface_hub import snapshot_download
+
+                repo, pin = pretrained_source(src)
+                src = Path(snapshot_download(repo, revision=pin.get("revision"), allow_patterns=HUB_FILES))
             importlib.import_module("ctranslate2.converters").TransformersConverter(str(src)).convert(
                 str(tmp), quantization=quantization, force=True)
             from transformers import AutoTokenizer
@@ -109,9 +125,8 @@ def ctranslate2_model(spec: str, quantization: str = "int8", num_layers: int | N
             tok = AutoTokenizer.from_pretrained(src)
             tok.save_pretrained(tmp)
             _fill_special_tokens(tmp / "config.json", tok)
-            local = isinstance(src, Path)
-            np.save(tmp / EMBEDDINGS, _embedding_table(src) if local else _hub_embeddings(str(src)))
-            (tmp / INFO).write_text(json.dumps({"parameters": _parameters(src) if local else None, "source": spec}))
+            np.save(tmp / EMBEDDINGS, _embedding_table(src))
+            (tmp / INFO).write_text(json.dumps({"parameters": _parameters(src), "source": spec}))
     except PotstillError:
         raise
     except Exception as e:  # noqa: BLE001 - any converter failure is one line for the user, and no cache entry
@@ -130,10 +145,3 @@ def _fill_special_tokens(config: Path, tok: Any) -> None:
         if data.get(k, "") is None:
             data[k] = tok.eos_token or tok.unk_token
     config.write_text(json.dumps(data, indent=2))
-
-
-def _hub_embeddings(hub_id: str) -> np.ndarray:
-    from potstill.models.loading import load_lm
-
-    lm = load_lm(hub_id, device="cpu")
-    return lm.model.get_input_embeddings().weight.detach().float().numpy().astype(np.float16)
