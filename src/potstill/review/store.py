@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from potstill.errors import PotstillError
-from potstill.ledger import apply_migrations
+from potstill.sqlite_migrations import apply_migrations
 
 DECISIONS = ("accept", "reject", "relabel", "edit")
 
-# Numbered and append-only, applied like the ledger's (``potstill.ledger.apply_migrations``).
+# Numbered and append-only, applied like the ledger's (``potstill.sqlite_migrations.apply_migrations``).
 MIGRATIONS = [
     """CREATE TABLE decisions (
         record_id TEXT PRIMARY KEY,

@@ -1,0 +1,99 @@
+"""The ledger's schema: numbered, append-only migrations (applied by ``potstill.sqlite_migrations``)
+and the SQL fragments its queries share. A new column or table is a new entry at the end; an
+applied entry never changes, since every ledger on disk recorded it as done."""
+
+from __future__ import annotations
+
+MIGRATIONS: list[str] = [
+    # 1: the calls table.
+    """
+    CREATE TABLE calls (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        request_hash TEXT NOT NULL,
+        role TEXT NOT NULL,            -- teacher | student
+        stage TEXT NOT NULL,           -- pilot | generate | evaluate | serve | ...
+        model TEXT NOT NULL,
+        request TEXT NOT NULL,         -- canonical JSON of what was sent (never a key)
+        response TEXT,                 -- JSON of the parsed response
+        input_tokens INTEGER NOT NULL DEFAULT 0,
+        output_tokens INTEGER NOT NULL DEFAULT 0,
+        cached_input_tokens INTEGER NOT NULL DEFAULT 0,
+        cost_usd REAL NOT NULL DEFAULT 0,
+        latency_s REAL NOT NULL DEFAULT 0,
+        status TEXT NOT NULL,          -- ok | error
+        error TEXT,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX calls_hash ON calls(request_hash, status);
+    CREATE INDEX calls_role_stage ON calls(role, stage);
+    """,
+    # 2: why the model stopped; and each generate run's plan, so `potstill cost` can show cache
+    # hits and price the inputs still unanswered, even for a run that was killed.
+    """
+    ALTER TABLE calls ADD COLUMN stop_reason TEXT;
+    CREATE TABLE generate_runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        stage TEXT NOT NULL,
+        model TEXT NOT NULL,
+        inputs INTEGER NOT NULL,       -- records in the input file
+        unique_requests INTEGER NOT NULL,
+        cache_hits INTEGER NOT NULL,   -- inputs answered from the ledger at the start
+        retries INTEGER NOT NULL DEFAULT 0,
+        status TEXT NOT NULL,          -- running | done | budget | errors (| error | stale: migration 3)
+        started_at REAL NOT NULL,
+        finished_at REAL
+    );
+    CREATE TABLE generate_plan (
+        run_id INTEGER NOT NULL,
+        request_hash TEXT NOT NULL,
+        PRIMARY KEY (run_id, request_hash)
+    ) WITHOUT ROWID;
+    """,
+    # 3: who runs a generate run, so the next run can tell a crashed one (status stale) from a
+    # live one; a run that ends by an exception is marked error.
+    """
+    ALTER TABLE generate_runs ADD COLUMN pid INTEGER;
+    ALTER TABLE generate_runs ADD COLUMN host TEXT;
+    """,
+    # 4: provider batches (generate.engine: batch). A batch row and its requests are committed
+    # before anything is uploaded, and its provider ids as soon as they are known, so a rerun
+    # after kill -9 finds (or polls) the same batch instead of paying for the requests twice.
+    # A call answered through a batch keeps the price multiplier it was billed at.
+    """
+    ALTER TABLE calls ADD COLUMN price_multiplier REAL NOT NULL DEFAULT 1;
+    CREATE TABLE batches (
+        key TEXT PRIMARY KEY,          -- our name: the upload's file name and the batch's metadata
+        provider TEXT NOT NULL,        -- openai | anthropic
+        model TEXT NOT NULL,
+        stage TEXT NOT NULL,
+        attempt INTEGER NOT NULL,      -- 1, then +1 for each resubmission of expired/failed items
+        batch_id TEXT,
+        file_id TEXT,
+        state TEXT NOT NULL,           -- preparing | submitted | <provider status> | collected | refused
+        requests INTEGER NOT NULL,
+        done INTEGER NOT NULL DEFAULT 0,
+        failed INTEGER NOT NULL DEFAULT 0,
+        expired INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE batch_items (
+        batch_key TEXT NOT NULL,
+        request_hash TEXT NOT NULL,
+        request TEXT NOT NULL,         -- canonical JSON, so a resumed batch commits without the inputs
+        PRIMARY KEY (batch_key, request_hash)
+    ) WITHOUT ROWID;
+    """,
+    # 5: the teacher a generate run asked (hash of its identity), so a run keeps the requests that
+    # earlier runs of the same teacher left unanswered (a budget stop, then a trial with a smaller
+    # data.limit) in `potstill cost`'s projection, and a run of another teacher drops them.
+    """
+    ALTER TABLE generate_runs ADD COLUMN identity TEXT;
+    """,
+]
+
+#: Batch states after which nothing more comes from the provider.
+BATCH_CLOSED = ("collected", "refused")
+# Calls and their cost at the live price: a batch answer is billed at price_multiplier of it.
+LIVE_SUM = ("SELECT COUNT(*), COALESCE(SUM(CASE WHEN price_multiplier > 0 THEN cost_usd / price_multiplier"
+            " ELSE cost_usd END), 0)")
