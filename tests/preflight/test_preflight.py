@@ -55,6 +55,17 @@ def test_vocabulary_mismatch_of_a_local_teacher_refuses(tiny_model, tmp_path):
         require(cfg, "train")
 
 
+def test_heads_padded_to_other_sizes_past_one_tokenizer_pass(tiny_model, tmp_path):
+    """One family's sizes pad the LM head differently past one tokenizer (Qwen2.5-7B, 0.5B): refused as
+    a mismatch before; the rows both heads have hold every token, so it is ok and says so."""
+    from tests.train.test_padded_heads import padded
+
+    teacher = padded(tiny_model, tmp_path / "teacher-pad", extra=8)
+    kd = {"objective": "kd", "kd_signal": "logits", "teacher_model": str(teacher)}
+    status, detail = _status(_cfg(tmp_path, student={"model": str(tiny_model)}, train=kd), "vocabulary")
+    assert status == "ok" and "padded to" in detail, detail
+
+
 def _topk_record(tokens: list[str]) -> dict:
     return {"messages": [{"role": "user", "content": "a goal"}], "output": "sports match win", "valid": True,
             "logprobs": [{"token": t, "logprob": -0.1, "top": [{"token": t, "logprob": -0.1}]} for t in tokens]}

@@ -21,9 +21,10 @@ from potstill.train.batching import Example
 
 @torch.no_grad()
 def sample_batch(model: Any, batch: list[Example], pad: int, eos: int | list[int] | None, max_new_tokens: int,
-                 temperature: float, device: torch.device) -> list[Example]:
+                 temperature: float, device: torch.device, rows: int | None = None) -> list[Example]:
     """Student samples for the prompts of ``batch`` as ``kd_only`` examples (ending at EOS, or at any
-    of a list of end tokens, if drawn)."""
+    of a list of end tokens, if drawn). ``rows``: the LM-head rows the teacher shares with the student;
+    the student's padding rows past them are never drawn (the teacher has no embedding for them)."""
     ends = set(eos) if isinstance(eos, (list, tuple)) else {eos}
     prompts = [e.ids[: e.n_prompt] for e in batch]
     P = max(len(p) for p in prompts)
@@ -42,9 +43,11 @@ def sample_batch(model: Any, batch: list[Example], pad: int, eos: int | list[int
     own = model.generation_config
     model.generation_config = GenerationConfig()
     try:
+        vocab = model.get_output_embeddings().weight.shape[0]
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True,
                              temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
-                             pad_token_id=pad, eos_token_id=sorted(ends) if None not in ends else None)
+                             pad_token_id=pad, eos_token_id=sorted(ends) if None not in ends else None,
+                             **({"suppress_tokens": list(range(rows, vocab))} if rows is not None and rows < vocab else {}))
     finally:
         model.generation_config = own
         model.train(was_training)

@@ -162,7 +162,9 @@ class _LossModule(torch.nn.Module):
             kd_args = dict(kind=spec.kind, beta=spec.beta, alpha=spec.alpha, temperature=spec.temperature,
                            reduction="sum")
             if teacher_h is not None and n["kd"]:
-                out["kd"] = fused_linear_kd(hc, wc, teacher_h.to(cdt), teacher_w.to(cdt), b.kd_targets,
+                # The rows both heads have (every token; padding rows past the tokenizer may differ).
+                v = min(wc.shape[0], teacher_w.shape[0])
+                out["kd"] = fused_linear_kd(hc, wc[:v], teacher_h.to(cdt), teacher_w[:v].to(cdt), b.kd_targets,
                                             valid_rows=n["kd"], **kd_args)
             if b.topk_ids is not None and n["topk"]:
                 out["topk"] = fused_linear_sparse_kd(hc, wc, b.topk_ids, b.topk_lp, b.topk_mask, valid_rows=n["topk"],
@@ -209,8 +211,14 @@ class _Teacher:
             raise PotstillError(f"train.teacher_model '{spec}' has another tokenizer than the student; token-level "
                                 "KD and on-policy batches need the same vocabulary (use kd_signal labels instead)")
         self.w = self.lm.model.get_output_embeddings().weight.detach()
-        if self.w.shape[0] != student.model.get_output_embeddings().weight.shape[0] or not fused_head_ok(self.lm.model):
-            raise PotstillError(f"train.teacher_model '{spec}': its LM head does not match the student's vocabulary")
+        # One family's sizes pad the LM head differently past the tokenizer (Qwen2.5-7B 152,064 rows,
+        # 0.5B 151,936, both over the tokenizer's 151,665 tokens): rows past the tokenizer name no token,
+        # so KD compares the rows both heads have (``rows``), which hold every token.
+        student_rows, tokens = student.model.get_output_embeddings().weight.shape[0], len(student.tokenizer)
+        self.rows = min(self.w.shape[0], student_rows)
+        if self.rows < tokens or not fused_head_ok(self.lm.model):
+            raise PotstillError(f"train.teacher_model '{spec}': its LM head ({self.w.shape[0]} rows) does not match the "
+                                f"student's ({student_rows} rows) over the tokenizer's {tokens} tokens")
 
     @torch.no_grad()
     def hidden(self, b: Batch) -> torch.Tensor:
@@ -513,7 +521,8 @@ def _next_batch(s: _Setup, p: _Progress, lm: LM, cfg: TrainConfig) -> tuple[list
     if onpolicy:
         mine = sample_batch(s.base, mine, lm.tokenizer.pad_token_id,
                             stop_token_ids(lm.tokenizer, getattr(s.base, "generation_config", None)),
-                            cfg.onpolicy_max_new_tokens, cfg.onpolicy_temperature, s.accel.device)
+                            cfg.onpolicy_max_new_tokens, cfg.onpolicy_temperature, s.accel.device,
+                            rows=s.teacher.rows if s.teacher is not None else None)
     return mine, onpolicy
 
 
