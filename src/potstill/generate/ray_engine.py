@@ -86,17 +86,42 @@ def run_ray(teacher: Teacher, items: list[tuple[str, dict]], ledger_path: Path, 
     from potstill.ledger import Ledger
 
     results = []
+    failed: list[BaseException] = []
     with Ledger(ledger_path) as ledger, bar(f"{stage}: teacher {teacher.model_name} on {k} Ray workers", len(items)) as advance:
         base = ledger.count(role="teacher", stage=stage)
         shown = 0
         while pending:
             done, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5)
-            results += ray.get(done)
+            for ref in done:  # one by one: a failed shard must not leave the others' results unread
+                try:
+                    results.append(ray.get(ref))
+                except ray.exceptions.RayError as e:
+                    failed.append(e)
             now = ledger.count(role="teacher", stage=stage) - base
             advance(now - shown, workers_left=len(pending))
             shown = now
+    if failed:
+        raise _one_line(failed[0], teacher, len(failed), k)
     errors: dict[str, str] = {}
     for shard_stats, shard_errors in results:
         stats.merge(shard_stats)
         errors.update(shard_errors)
     return errors
+
+
+def _one_line(e: BaseException, teacher: Teacher, failed: int, workers: int) -> PotstillError:
+    """A worker's failure as the single-process engine would show it: a PotstillError's own line
+    (a missing key), else the exception's type and message, never the worker's remote traceback
+    (``str`` of a RayTaskError). The other shards ran to their end, their answers committed."""
+    import os
+
+    from potstill.errors import redact
+
+    cause = getattr(e, "cause", None) or e
+    if isinstance(cause, PotstillError):
+        return PotstillError(str(cause))
+    env = teacher.cfg.api_key_env
+    secrets = [*teacher.secrets(), *(os.environ.get(v, "") for v in (env, "ANTHROPIC_API_KEY") if v)]
+    what = redact(f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}", secrets)[:300]
+    return PotstillError(f"generate: {failed} of {workers} Ray workers failed ({what}); the answers committed are in "
+                         "the ledger and a rerun sends only the rest")
