@@ -61,6 +61,8 @@ class State:
         self.faults: Counter[str] = Counter()
         self.efforts: Counter[str] = Counter()  # reasoning_effort values received
         self.arrivals: list[float] = []
+        self.slow_now = 0  # requests inside their slow answer right now
+        self.slow_peak = 0  # the most at once: with --pslow 1, the most requests in flight the server saw
         self.window: list[float] = []  # arrival times inside the server's own RPM window
         self.slots = asyncio.Semaphore(opts.slots) if opts.capacity_rps else None
 
@@ -144,7 +146,7 @@ async def handle(state: State, reader: asyncio.StreamReader, writer: asyncio.Str
                 return  # the client died mid-request (a SIGKILL test)
             if method == "GET" and path == "/stats":
                 writer.write(_response(200, {"answered": dict(state.answered), "faults": dict(state.faults),
-                                             "reasoning_effort": dict(state.efforts),
+                                             "reasoning_effort": dict(state.efforts), "slow_peak": state.slow_peak,
                                              "arrivals": state.arrivals if o.keep_arrivals else []}))
                 await writer.drain()
                 continue
@@ -205,7 +207,13 @@ async def handle(state: State, reader: asyncio.StreamReader, writer: asyncio.Str
             r -= o.p500
             if r < o.pslow:
                 state.faults["slow"] += 1
-                await asyncio.sleep(o.slow_s)
+                state.slow_now += 1
+                state.slow_peak = max(state.slow_peak, state.slow_now)
+                try:
+                    await asyncio.sleep(o.slow_s)
+                finally:
+                    state.slow_now -= 1
+                r = math.inf  # one fault per attempt: a slow answer then comes whole
             r -= o.pslow
             obj = _messages(body) if anthropic else _chat(body)
             key = _user_text(body["messages"])
