@@ -204,8 +204,15 @@ class AnthropicTeacher(ApiTeacher):
         extra = {k: req.pop(k) for k in list(req) if k not in known}
         if extra:
             req["extra_body"] = extra
+        # The engine holds min(n, teacher.concurrency) of its slots for them: no more go out at once.
+        slots = asyncio.Semaphore(self.cfg.concurrency)
+
+        async def sample() -> Any:
+            async with slots:
+                return await client.messages.create(**req)
+
         t0 = time.perf_counter()
-        got = await asyncio.gather(*(client.messages.create(**req) for _ in range(n)), return_exceptions=True)
+        got = await asyncio.gather(*(sample() for _ in range(n)), return_exceptions=True)
         failed = [g for g in got if isinstance(g, BaseException)]
         if not failed:
             return self._response(got, time.perf_counter() - t0)

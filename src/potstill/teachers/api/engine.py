@@ -160,8 +160,10 @@ async def send(teacher: ApiTeacher, client: Any, req: dict[str, Any], limiter: R
                price: PriceConfig | None, stats: RunStats) -> Response:
     """One request through the limits; a failure (after the SDK's retries) becomes an error response."""
     est = teacher.estimate_tokens(req)
-    sends = teacher.http_requests(req)  # each counts against generate.rpm, and none is a retry
-    async with limiter.concurrency:
+    sends = teacher.http_requests(req)  # each counts against generate.rpm and teacher.concurrency, none is a retry
+    # At most teacher.concurrency HTTP requests in flight: n samples sent as n requests hold n slots
+    # (past the whole concurrency, the adapter sends them that many at a time: ``call``).
+    async with limiter.concurrency.hold(min(sends, teacher.cfg.concurrency)):
         await limiter.acquire(est, sends)
         stats.started += sends
         t0 = time.perf_counter()

@@ -97,7 +97,9 @@ DECREASE = 0.7
 
 
 class Concurrency:
-    """An AIMD limit on requests in flight: ``async with concurrency:`` around each request."""
+    """An AIMD limit on HTTP requests in flight: ``async with concurrency.hold(k):`` around a
+    request that sends ``k`` of them at once (Anthropic's n samples; ``async with concurrency:``
+    for one). ``k`` above the limit goes alone, when nothing else is in flight."""
 
     def __init__(self, most: int):
         self.most = most
@@ -107,15 +109,14 @@ class Concurrency:
         self.decreases = 0
         self._cond = asyncio.Condition()
 
+    def hold(self, k: int = 1) -> "_Held":
+        return _Held(self, max(1, k))
+
     async def __aenter__(self) -> None:
-        async with self._cond:
-            await self._cond.wait_for(lambda: self.in_flight < max(1, int(self.limit)))
-            self.in_flight += 1
+        await self.hold(1).__aenter__()
 
     async def __aexit__(self, *exc: object) -> None:
-        async with self._cond:
-            self.in_flight -= 1
-            self._cond.notify_all()
+        await self.hold(1).__aexit__()
 
     def increase(self) -> None:
         self.limit = min(float(self.most), self.limit + 1.0 / self.limit)
@@ -124,6 +125,25 @@ class Concurrency:
         self.limit = max(1.0, self.limit * DECREASE)
         self.lowest = min(self.lowest, self.limit)
         self.decreases += 1
+
+
+class _Held:
+    """``k`` slots of a ``Concurrency`` for the length of an ``async with``."""
+
+    def __init__(self, c: Concurrency, k: int):
+        self.c, self.k = c, k
+
+    async def __aenter__(self) -> None:
+        c = self.c
+        async with c._cond:
+            await c._cond.wait_for(lambda: not c.in_flight or c.in_flight + self.k <= max(1, int(c.limit)))
+            c.in_flight += self.k
+
+    async def __aexit__(self, *exc: object) -> None:
+        c = self.c
+        async with c._cond:
+            c.in_flight -= self.k
+            c._cond.notify_all()
 
 
 class RateLimiter:
