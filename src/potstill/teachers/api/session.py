@@ -21,14 +21,17 @@ from potstill.teachers.base import Response, RunStats
 class ApiSession:
     """Single requests on one long-lived loop and client (a server's escalations).
 
-    No rate limits or budget (a server answers its clients as they come); prices are the
-    teacher's own, else its ``prices`` table (``generate.prices``). ``submit`` is thread-safe and returns a ``concurrent.futures.Future``.
+    No rate limits or budget (a server answers its clients as they come, ``teacher.concurrency`` at
+    once); prices are the teacher's own, else its ``prices`` table (``generate.prices``). ``submit``
+    is thread-safe and returns a ``concurrent.futures.Future``.
     """
 
     def __init__(self, teacher: ApiTeacher):
         self.teacher = teacher
         self.stats = RunStats()
-        self.limiter = RateLimiter()
+        # No rate limits, but teacher.concurrency escalations in flight at once (the limiter's default
+        # of one request at a time made each client wait for every escalation queued before it).
+        self.limiter = RateLimiter(concurrency=teacher.cfg.concurrency)
         # The table generate bills by (a model priced only there was once billed $0 per escalation).
         table = teacher.prices if teacher.prices is not None else GenerateConfig().prices
         self.price = price_for(teacher.cfg.model, teacher.cfg.price, table)
