@@ -167,9 +167,7 @@ def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: L
         # A missing key, a crash in an adapter, Ctrl-C: the run is over, not "running" forever.
         ledger.finish_run(run_id, "error", stats.retries)
         if isinstance(e, KeyboardInterrupt):  # typer exits 130 without a word: say what a rerun does
-            got = sum(h in answers for h, _ in todo)
-            say(f"{stage}: interrupted; {got} new answers are in the ledger ({ledger.path}), so the same command "
-                f"sends only the other {len(todo) - got} requests")
+            _say_interrupted(stage, ledger, todo, gcfg)
         raise
     for h in [h for h, e in errors.items() if is_refusal(e)]:
         refused[h] = errors.pop(h)
@@ -234,6 +232,29 @@ def _set_aside_earlier(rec: Record) -> None:
     if earlier:
         key = "synthesis" if rec.meta.get("synthetic") else "logged" if rec.meta.get("format") else "earlier"
         rec.meta[key] = {**rec.meta.get(key, {}), **earlier}
+
+
+def _say_interrupted(stage: str, ledger: Ledger, todo: list[tuple[str, dict[str, Any]]], gcfg: GenerateConfig) -> None:
+    """What a rerun after Ctrl-C does. The answers are counted in the ledger, where every engine
+    commits them (the batch and Ray engines hand theirs back only at the end). Requests that open
+    provider batches hold are not sent again: the provider bills them, and the rerun collects them."""
+    hashes = {h for h, _ in todo}
+    answered = set(ledger.lookup(list(hashes)))
+    got = len(answered)
+    line = f"{stage}: interrupted; {got} new answers are in the ledger ({ledger.path}), so the same command "
+    if gcfg.engine != "batch":
+        say(line + f"sends only the other {len(todo) - got} requests")
+        return
+    batches = [b for b in ledger.batches(open_only=True) if hashes & set(ledger.batch_items(b["key"]))]
+    held = {h for b in batches for h in ledger.batch_items(b["key"])} & hashes - answered
+    rest = len(todo) - got - len(held)
+    if not batches:
+        say(line + f"submits the {rest} others in new batches")
+        return
+    providers = "/".join(sorted({b["provider"] for b in batches}))
+    say(line + f"collects the {len(held)} requests of the {len(batches)} open {providers} batch"
+        f"{'es' * (len(batches) != 1)} at the provider (billed when they end, never submitted again)"
+        + (f" and submits the other {rest} in new batches" if rest else ""))
 
 
 def _refuse_batched(ledger: Ledger, todo: set[str]) -> None:
