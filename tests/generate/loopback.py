@@ -157,9 +157,17 @@ async def handle(state: State, reader: asyncio.StreamReader, writer: asyncio.Str
                 if anthropic and "x-api-key" in hdrs:  # older anthropic SDKs send x-api-key, newer a bearer token
                     given = hdrs["x-api-key"]
                 if given != o.key:
+                    state.faults["401"] += 1
                     writer.write(_response(401, {"error": {"message": "invalid api key", "type": "authentication_error"}}))
                     await writer.drain()
                     continue
+            if o.no_credit:  # OpenAI's answer to every request of an account out of credit
+                state.faults["429-quota"] += 1
+                writer.write(_response(429, {"error": {
+                    "message": "You exceeded your current quota, please check your plan and billing details.",
+                    "type": "insufficient_quota", "param": None, "code": "insufficient_quota"}}))
+                await writer.drain()
+                continue
             refusal = None if anthropic else _reasoning_refusal(body)
             if refusal:
                 state.faults["400-" + refusal["param"]] += 1
@@ -253,6 +261,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--slots", type=int, default=16)
     p.add_argument("--retry-after-s", type=float, default=0.0)
     p.add_argument("--keep-arrivals", action="store_true")
+    p.add_argument("--no-credit", action="store_true")  # every request: 429 insufficient_quota
     return p.parse_args(argv)
 
 

@@ -77,16 +77,18 @@ def test_openai_teacher_end_to_end_run_never_leaks_the_key(server, tmp_path, tin
     second = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr
     assert sum(server.requests.values()) == n
-    # a wrong key: every call fails with 401 and the error rows never contain the key
-    # (another model name, so the requests are new and really go out)
+    # a wrong key: calls fail with 401 until five in a row stop the run (those in flight then finish; the
+    # rest are not sent) and the error rows never contain the key (another model name, so the requests
+    # are new and really go out)
     bad = subprocess.run([*cmd[:3], "generate", "-c", "potstill.yaml", "--teacher.model", "other",
                           "--teacher.max_retries", "0"], cwd=root,
                          env={**env, "TEACHER_KEY": SECRET + "-wrong"}, capture_output=True, text=True, timeout=600)
-    assert bad.returncode != 0 and "12 of 12 teacher calls failed" in bad.stderr and "401" in bad.stderr
+    assert bad.returncode != 0 and "401" in bad.stderr
+    assert "stopped, the key was refused" in bad.stderr or "12 of 12 teacher calls failed" in bad.stderr
     assert bad.stderr.strip().count("\n") == 0
     with Ledger(root / "run" / "calls.sqlite") as ledger:
         errors = [r for r in ledger.rows(model="other") if r["status"] == "error"]
-    assert len(errors) == 12 and all("401" in r["error"] for r in errors)
+    assert 5 <= len(errors) <= 12 and all("401" in r["error"] for r in errors)
     blobs = [first.stdout, first.stderr, second.stdout, second.stderr, bad.stdout, bad.stderr]
     for p in (root / "run").rglob("*"):
         if p.is_file():

@@ -185,7 +185,8 @@ def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: L
             rec.invalid_reason = f"teacher refused: {refused[h]}"[:500]
             stats.refused += 1
         elif ans is None:
-            reason = f"teacher error: {errors[h]}" if h in errors else "not sent: budget reached"
+            unsent = f"not sent: {stats.halted}"[:500] if stats.halted else "not sent: budget reached"
+            reason = f"teacher error: {errors[h]}" if h in errors else unsent
             stats.unsent += h not in errors
             rec.output, rec.valid, rec.invalid_reason = None, False, reason
         else:

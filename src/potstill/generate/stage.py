@@ -37,6 +37,10 @@ def generate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
         raise PotstillError(f"generate: budget of ${cfg.generate.budget_usd:g} reached (${stats.cost_usd:.4f} spent "
                             f"this run); {stats.unsent} of {stats.inputs} inputs not sent. Raise generate.budget_usd "
                             "and rerun: answered inputs are cached")
+    if stats.halted and stats.unsent:
+        raise PotstillError(f"generate: stopped, {stats.halted[:300]}; every other request would fail the same way, so "
+                            f"{stats.unsent} of {stats.inputs} inputs were not sent. Fix it and rerun: answered inputs "
+                            "are cached")
     if stats.errors:
         # Not marked done: the next run retries exactly the failed requests (answers are cached).
         first = next(r.invalid_reason for r in labelled if (r.invalid_reason or "").startswith("teacher error"))

@@ -125,6 +125,9 @@ def label_sample(cfg: Config, traffic: Traffic, task: Task, ledger: Ledger) -> t
     if stats.budget_stopped:
         raise PotstillError(f"redistill: generate.budget_usd ${cfg.generate.budget_usd:g} reached after "
                             f"${stats.cost_usd:.4f}; answered requests are cached, raise the budget and rerun")
+    if stats.halted:
+        raise PotstillError(f"redistill: stopped, {stats.halted[:300]}; every other request would fail the same way: "
+                            "fix the teacher and rerun (answered requests are cached)")
     # Failed calls are not cached, so a rerun retries them. With none answered (a revoked key, a teacher
     # that is down) the new data would be the escalations alone, and curation's "rejected" would hide why.
     failed = [r.invalid_reason for r in labelled if (r.invalid_reason or "").startswith("teacher error")]

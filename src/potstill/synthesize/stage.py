@@ -144,7 +144,7 @@ def synthesize(cfg: Config, seeds: list[Record], tests: list[str], ledger: Any,
             if stats.budget_stopped:
                 raise PotstillError(f"synthesize: budget of ${cfg.generate.budget_usd:g} reached; rerun with a higher "
                                     "generate.budget_usd (answered requests are cached)")
-            if stats.errors == len(slots):
+            if stats.errors == len(slots) or stats.halted:
                 break  # a server down, a wrong key, a cell it refuses: more rounds would only fail again
             if rnd == 0 and syn.answers and not syn.usable:
                 first = next(r.output for r in answered if r.output is not None)

@@ -106,6 +106,18 @@ def is_refusal(error: str | None) -> bool:
     return bool(error) and (error.startswith("refusal") or error.startswith("stop_reason refusal"))
 
 
+def halting(resp: Response) -> str | None:
+    """Why every other request would fail as ``resp`` did, or None: the key refused (401), no
+    permission (403), the account out of credit (``insufficient_quota``, a 429 the SDK retries as if
+    it would pass) or no such model. Sending the rest would only repeat it, thousands of times
+    (the engine stops after ``HALT_AFTER`` such answers in a row)."""
+    if resp.ok:
+        return None
+    if resp.error_code in ("insufficient_quota", "model_not_found"):
+        return resp.error_code
+    return {401: "the key was refused", 403: "the key has no permission"}.get(resp.error_status or 0)
+
+
 @dataclass
 class RunStats:
     """One run's numbers: answers (counted by the caller), what the sender saw, and what generate adds."""
@@ -130,6 +142,8 @@ class RunStats:
     invalid_reasons: dict[str, int] = field(default_factory=dict)
     fewer_samples: int = 0  # answers with fewer than generate.n samples (a server that ignores n)
     refused: int = 0  # inputs the teacher refused (this run or an earlier one): not sent again
+    #: Why the sender stopped taking requests (``halting``: the key refused, no credit), or None.
+    halted: str | None = None
 
     def count(self, resp: Response) -> None:
         self.calls += 1
@@ -144,6 +158,7 @@ class RunStats:
                      "throttled", "pauses"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.budget_stopped |= other.budget_stopped
+        self.halted = self.halted or other.halted
         if other.lowest_limit:  # 0.0: that worker never ran the adaptive limit
             self.lowest_limit = min(self.lowest_limit or other.lowest_limit, other.lowest_limit)
 

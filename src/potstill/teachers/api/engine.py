@@ -26,7 +26,13 @@ from potstill.errors import PotstillError, redact, url_secrets, without_credenti
 from potstill.tasks import Task
 from potstill.teachers.api.limits import RateLimiter
 from potstill.teachers.api.prices import price_for, token_cost
-from potstill.teachers.base import OnResult, Response, RunStats, Teacher
+from potstill.teachers.base import OnResult, Response, RunStats, Teacher, halting
+
+
+#: Answers in a row refused as every other request would be (``halting``: the key, the credit, the model)
+#: that stop the run. Not the first: a gateway can refuse one request with a 403 of its own (its
+#: content) while the others go through; five in a row, with nothing answered between, is the account.
+HALT_AFTER = 5
 
 
 def max_output(request: dict[str, Any]) -> int:
@@ -194,7 +200,9 @@ async def run_requests(
     """Answer ``(index, request)`` pairs through ``teacher``, calling ``on_result`` as each completes.
 
     The budget reads ``stats.calls`` and ``stats.cost_usd``, which ``on_result`` counts
-    (``RunStats.count``) before this worker sends anything else.
+    (``RunStats.count``) before this worker sends anything else. ``HALT_AFTER`` answers in a row that
+    failed as every other request would (``halting``) set ``stats.halted``: the requests in flight
+    finish, no other is sent.
     """
     limiter = RateLimiter(gcfg.rpm, gcfg.tpm, teacher.cfg.concurrency)
     price = price_for(teacher.cfg.model, teacher.cfg.price, gcfg.prices)
@@ -204,6 +212,7 @@ async def run_requests(
     held: collections.deque[tuple[int, dict[str, Any]]] = collections.deque()  # put back to wait for an answer
     answered = asyncio.Event()
     in_flight = 0
+    streak = 0  # answers in a row that failed as every other request would (``halting``)
 
     def expected_cost(req: dict[str, Any]) -> float:
         # Before any answer, price the worst case (the whole max_tokens); after, the mean so far.
@@ -214,8 +223,8 @@ async def run_requests(
         return token_cost(price, max(0, est - out), out)
 
     async def worker() -> None:
-        nonlocal in_flight
-        while not stats.budget_stopped:
+        nonlocal in_flight, streak
+        while not stats.budget_stopped and not stats.halted:
             item = held.popleft() if held else next(it, None)
             if item is None:
                 return
@@ -234,6 +243,10 @@ async def run_requests(
             resp = await send(teacher, client, req, limiter, price, stats)
             on_result(j, resp)  # the ledger commit, before this worker sends anything else
             in_flight -= 1
+            why = halting(resp)
+            streak = streak + 1 if why else 0
+            if why and streak >= HALT_AFTER and not stats.halted:  # the requests in flight finish; no other goes out
+                stats.halted = f"{why}: {resp.error}"
             answered.set()
             on_tick()
 
