@@ -152,13 +152,17 @@ class OpenAITeacher(ApiTeacher):
                            timeout=self.cfg.timeout_s, http_client=http_client)
 
     def _response(self, completion: Any, latency: float) -> Response:
-        choices = sorted(completion.choices, key=lambda c: c.index)
-        choice = choices[0]
+        choices = sorted(completion.choices or [], key=lambda c: c.index)
         usage = completion.usage
         n_in = getattr(usage, "prompt_tokens", 0) or 0
         n_out = getattr(usage, "completion_tokens", 0) or 0
         details = getattr(usage, "prompt_tokens_details", None)
         cached = (getattr(details, "cached_tokens", 0) or 0) if details else 0
+        if not choices:  # a proxy's filtered or cancelled generation: a 200 with nothing in it, maybe billed
+            return Response(output=None, error="the server answered with no choices (an empty completion)",
+                            input_tokens=n_in, output_tokens=n_out, cached_input_tokens=cached, latency_s=latency,
+                            cost_usd=self.token_cost(n_in, n_out, cached))
+        choice = choices[0]
         logprobs = None
         label_probs = None
         if choice.logprobs is not None and choice.logprobs.content:
