@@ -245,6 +245,21 @@ def test_a_quota_refusal_is_one_line_and_the_submitted_batch_is_collected_on_rer
     assert stats["created"] == {provider: 2} and set(stats["submissions"].values()) == {1}
 
 
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_a_refused_key_is_one_line_that_says_to_check_it_not_to_wait_for_quota(tmp_path, provider):
+    """A 401 from the batch API ended with 'Rerun when the quota allows': a bad key is not fixed by
+    waiting. The line names the key's variable, never the key."""
+    with BatchLoopback(key=SECRET) as srv:
+        cfg_path = project(tmp_path, srv, provider, 5)
+        run = subprocess.run([sys.executable, "-m", "potstill.cli", "generate", "-c", str(cfg_path)], cwd=tmp_path,
+                             env={**cli_env(), "TEACHER_KEY": "sk-wrong-0000"}, capture_output=True, text=True,
+                             timeout=300)
+    err = [ln for ln in run.stderr.splitlines() if ln.startswith("error:")]
+    assert run.returncode == 2 and len(err) == 1, run.stderr
+    assert "HTTP 401" in err[0] and "Check the key in $TEACHER_KEY" in err[0] and "quota" not in err[0], err[0]
+    assert "sk-wrong-0000" not in run.stderr and SECRET not in run.stderr
+
+
 def test_a_batch_failed_whole_for_token_limit_is_one_line_and_resent_on_rerun(tmp_path):
     with BatchLoopback(key=SECRET, fail_quota=True) as srv:
         cfg_path = project(tmp_path, srv, "openai", 40)

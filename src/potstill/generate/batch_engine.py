@@ -154,10 +154,13 @@ class BatchRun:
                 raise
             self.ledger.batch_update(key, state="refused")
             what = "quota exceeded" if is_quota(e) else f"HTTP {status}"
+            # What the user does next depends on the refusal: a key or permission is not fixed by waiting.
+            then = ("Rerun when the quota allows" if is_quota(e) or status == 429 else
+                    f"Check the key in ${self.teacher.cfg.api_key_env} and its access to the batch API, then rerun"
+                    if status in (401, 403) else "Fix the request the provider names, then rerun")
             raise PotstillError(
                 f"generate: the {prov.name} batch API refused a batch of {row['requests']} requests ({what}: "
-                f"{self._clean(e)}); nothing in it was billed and answers already committed are kept. "
-                "Rerun when the quota allows") from None
+                f"{self._clean(e)}); nothing in it was billed and answers already committed are kept. {then}") from None
         self.ledger.batch_update(key, batch_id=bid, state="submitted")
         row.update(batch_id=bid, state="submitted")
         self.stats.started += row["requests"]
