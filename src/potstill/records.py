@@ -204,6 +204,9 @@ def _table_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         return
     import csv
 
+    # csv refuses a cell over 131,072 characters by default; a long document (a contract, a
+    # transcript to summarise) is an ordinary input. 2**31 - 1: the most a C long holds everywhere.
+    limit = csv.field_size_limit(2**31 - 1)
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
             reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
@@ -222,6 +225,8 @@ def _table_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         raise PotstillError(f"{path}: malformed {path.suffix[1:].upper()}: {e}") from None
     except UnicodeDecodeError:
         raise PotstillError(_not_utf8(path)) from None
+    finally:
+        csv.field_size_limit(limit)
 
 
 def read_objects(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:

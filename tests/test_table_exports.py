@@ -1,0 +1,35 @@
+"""Tables as real tools export them: Excel's CSV (a byte-order mark, CRLF, a semicolon where the
+locale writes decimal commas), pandas' ``to_csv`` (its index as an unnamed first column, NaN as an
+empty cell) and ``to_parquet`` (``__index_level_0__``), Polars' NaN, a long document in one cell,
+and a file whose suffix is not its content. Each reads as the equivalent JSONL, or fails in one line
+naming the file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from potstill.errors import PotstillError
+from potstill.records import read_numbered, read_records
+
+
+def jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def dumps(records):
+    return [r.model_dump() for r in records]
+
+
+def test_a_cell_longer_than_the_csv_modules_default_limit_is_read(tmp_path):
+    """Python's csv refuses a field over 131,072 characters unless told otherwise: a long document
+    (a contract, a transcript) to summarise is an ordinary input."""
+    doc = "word " * 40_000  # 200,000 characters
+    p = tmp_path / "in.csv"
+    p.write_text(f'input,label\n"{doc}",long\nshort text,short\n')
+    got = read_numbered(p)
+    assert [n for n, _ in got] == [2, 3]
+    want = read_records(jsonl(tmp_path / "in.jsonl", [{"input": doc, "label": "long"}, {"input": "short text", "label": "short"}]))
+    assert dumps(r for _, r in got) == dumps(want)
