@@ -33,3 +33,14 @@ def test_a_cell_longer_than_the_csv_modules_default_limit_is_read(tmp_path):
     assert [n for n, _ in got] == [2, 3]
     want = read_records(jsonl(tmp_path / "in.jsonl", [{"input": doc, "label": "long"}, {"input": "short text", "label": "short"}]))
     assert dumps(r for _, r in got) == dumps(want)
+
+
+def test_a_semicolon_csv_as_european_excel_writes_it_is_read(tmp_path):
+    """Excel in a locale whose decimal separator is a comma (German, French, ...) saves "CSV" with
+    semicolons, a byte-order mark and CRLF line ends; a comma inside a text is then no delimiter."""
+    p = tmp_path / "in.csv"
+    p.write_bytes("\ufeffid;input;label\r\n1;Hallo, Welt;sports\r\n2;\"Zwei; drei\";tech\r\n".encode("utf-8"))
+    want = read_records(jsonl(tmp_path / "in.jsonl", [{"id": "1", "input": "Hallo, Welt", "label": "sports"},
+                                                      {"id": "2", "input": "Zwei; drei", "label": "tech"}]))
+    got = read_numbered(p)
+    assert dumps(r for _, r in got) == dumps(want) and [n for n, _ in got] == [2, 3]

@@ -182,6 +182,16 @@ def _cell(path: Path, where: int, key: str, value: Any) -> Any:
     return value  # a label or answer that only looks like JSON stays text; the task judges it
 
 
+def _delimiter(path: Path) -> str:
+    """A TSV's tab; a CSV's comma, unless its header has none and a semicolon (what Excel writes as
+    "CSV" where the decimal separator is a comma: German, French, ...) or a tab (a TSV named .csv)."""
+    if path.suffix.lower() == ".tsv":
+        return "\t"
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        header = f.readline()
+    return next((d for d in (";", "\t") if d in header), ",") if "," not in header else ","
+
+
 def _table_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(row, object) for each row of a CSV / TSV (a header row names the fields; the number is the
     file line the row ends on) or Parquet file (the number is the row, from 1). An empty cell or a
@@ -209,7 +219,7 @@ def _table_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     limit = csv.field_size_limit(2**31 - 1)
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
-            reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+            reader = csv.DictReader(f, delimiter=_delimiter(path))
             if not reader.fieldnames:
                 return
             if len(set(reader.fieldnames)) < len(reader.fieldnames):
