@@ -44,3 +44,30 @@ def test_a_semicolon_csv_as_european_excel_writes_it_is_read(tmp_path):
                                                       {"id": "2", "input": "Zwei; drei", "label": "tech"}]))
     got = read_numbered(p)
     assert dumps(r for _, r in got) == dumps(want) and [n for n, _ in got] == [2, 3]
+
+
+PANDAS_JSONL = [{"input": "a text", "label": "1"}, {"input": "b text"}, {"input": "c", "label": "3"}]
+
+
+def test_pandas_to_csv_with_its_index_and_nan_labels_reads_as_the_jsonl(tmp_path):
+    """``df.to_csv(path)``: the index as a first column with an empty name, a float label column
+    (an int column with a gap) as 1.0 and an empty cell; read back and saved again
+    (``pd.read_csv(path).to_csv(path, index=False)``) the index is a column named 'Unnamed: 0'."""
+    want = dumps(read_records(jsonl(tmp_path / "in.jsonl", PANDAS_JSONL)))
+    p = tmp_path / "in.csv"
+    p.write_text(",input,label\n0,a text,1.0\n1,b text,\n2,c,3.0\n")
+    assert dumps(read_records(p)) == want
+    p.write_text("Unnamed: 0,input,label\n0,a text,1.0\n1,b text,\n2,c,3.0\n")
+    assert dumps(read_records(p)) == want
+
+
+def test_a_parquet_file_with_pandas_index_column_reads_as_the_jsonl(tmp_path):
+    """``df.to_parquet`` of a filtered frame (or ``datasets.Dataset.from_pandas(df)``) keeps the
+    index as a column ``__index_level_0__``."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    want = dumps(read_records(jsonl(tmp_path / "in.jsonl", PANDAS_JSONL)))
+    pq.write_table(pa.table({"input": ["a text", "b text", "c"], "label": [1.0, None, 3.0],
+                             "__index_level_0__": [4, 7, 9]}), tmp_path / "in.parquet")
+    assert dumps(read_records(tmp_path / "in.parquet")) == want

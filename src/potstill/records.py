@@ -163,6 +163,10 @@ def _not_utf8(path: Path) -> str:
 # so a chat, a tag list or an extraction's object arrives as its JSON.
 _JSON_COLUMNS = ("messages", "slice", "meta", "label_probs", "logprobs", "samples", "reference", "label", "output")
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
+# pandas' index, never a field: ``to_csv`` writes it as a first column with no name (which
+# ``read_csv`` names 'Unnamed: 0', and a later ``to_csv(index=False)`` keeps), ``to_parquet`` and
+# ``datasets.Dataset.from_pandas`` as ``__index_level_0__`` when it is not 0, 1, 2, ...
+_INDEX_COLUMN = re.compile(r"|Unnamed: \d+|__index_level_\d+__")
 
 
 def _cell(path: Path, where: int, key: str, value: Any) -> Any:
@@ -208,7 +212,7 @@ def _table_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         except (pa.ArrowException, OSError) as e:  # not Parquet, cut short, a type pyarrow cannot read
             raise PotstillError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0][:200]})") from None
         for row, obj in enumerate(rows, 1):
-            cells = {k: v for k, v in obj.items() if v is not None and v != ""}
+            cells = {k: v for k, v in obj.items() if v is not None and v != "" and not _INDEX_COLUMN.fullmatch(k)}
             if cells:
                 yield row, {k: _cell(path, row, k, v) for k, v in cells.items()}
         return
@@ -222,13 +226,14 @@ def _table_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             reader = csv.DictReader(f, delimiter=_delimiter(path))
             if not reader.fieldnames:
                 return
-            if len(set(reader.fieldnames)) < len(reader.fieldnames):
+            named = [k for k in reader.fieldnames if not _INDEX_COLUMN.fullmatch(k)]
+            if len(set(named)) < len(named):
                 raise PotstillError(f"{path}:1: a column name appears twice in the header: {reader.fieldnames}")
             for obj in reader:
                 if None in obj:  # more cells than the header names
                     raise PotstillError(f"{path}:{reader.line_num}: {len(reader.fieldnames) + len(obj[None])} cells "
                                         f"for {len(reader.fieldnames)} columns")
-                cells = {k: v for k, v in obj.items() if v not in (None, "")}
+                cells = {k: v for k, v in obj.items() if v not in (None, "") and not _INDEX_COLUMN.fullmatch(k)}
                 if cells:
                     yield reader.line_num, {k: _cell(path, reader.line_num, k, v) for k, v in cells.items()}
     except csv.Error as e:
