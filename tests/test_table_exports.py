@@ -71,3 +71,16 @@ def test_a_parquet_file_with_pandas_index_column_reads_as_the_jsonl(tmp_path):
     pq.write_table(pa.table({"input": ["a text", "b text", "c"], "label": [1.0, None, 3.0],
                              "__index_level_0__": [4, 7, 9]}), tmp_path / "in.parquet")
     assert dumps(read_records(tmp_path / "in.parquet")) == want
+
+
+def test_a_nan_in_a_parquet_float_column_is_a_cell_left_out(tmp_path):
+    """Polars and DuckDB write a float column's NaN as NaN, not null (pandas turns it into null):
+    for a label column that is an unlabelled row, as pandas reads it, not 'label: Input should be a
+    valid string'."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    want = dumps(read_records(jsonl(tmp_path / "in.jsonl", PANDAS_JSONL)))
+    pq.write_table(pa.table({"input": ["a text", "b text", "c"], "label": pa.array([1.0, float("nan"), 3.0])}),
+                   tmp_path / "in.parquet")
+    assert dumps(read_records(tmp_path / "in.parquet")) == want

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import shutil
@@ -212,7 +213,9 @@ def _table_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         except (pa.ArrowException, OSError) as e:  # not Parquet, cut short, a type pyarrow cannot read
             raise PotstillError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0][:200]})") from None
         for row, obj in enumerate(rows, 1):
-            cells = {k: v for k, v in obj.items() if v is not None and v != "" and not _INDEX_COLUMN.fullmatch(k)}
+            # NaN: Polars and DuckDB keep a float column's NaN (pandas writes it as null); a gap either way.
+            cells = {k: v for k, v in obj.items() if v is not None and v != "" and not _INDEX_COLUMN.fullmatch(k)
+                     and not (isinstance(v, float) and math.isnan(v))}
             if cells:
                 yield row, {k: _cell(path, row, k, v) for k, v in cells.items()}
         return
