@@ -84,3 +84,26 @@ def test_a_nan_in_a_parquet_float_column_is_a_cell_left_out(tmp_path):
     pq.write_table(pa.table({"input": ["a text", "b text", "c"], "label": pa.array([1.0, float("nan"), 3.0])}),
                    tmp_path / "in.parquet")
     assert dumps(read_records(tmp_path / "in.parquet")) == want
+
+
+@pytest.mark.parametrize("lines", [1, 3])
+def test_jsonl_saved_with_a_csv_suffix_is_one_line_not_zero_records(tmp_path, lines):
+    """Its first line was read as the header: one line of JSONL gave no records at all, three gave
+    rows refused for a field named '{"input": "a text"'."""
+    p = tmp_path / "in.csv"
+    p.write_text("".join(json.dumps(r) + "\n" for r in PANDAS_JSONL[:lines]))
+    with pytest.raises(PotstillError) as e:
+        read_records(p)
+    assert str(e.value) == f"{p}:1: this is JSONL (a JSON object a line), not a CSV: name the file .jsonl"
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_parquet_saved_with_another_suffix_names_its_format(tmp_path, suffix):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    p = tmp_path / f"in{suffix}"
+    pq.write_table(pa.table({"input": ["a text"]}), p)
+    with pytest.raises(PotstillError) as e:
+        read_records(p)
+    assert str(e.value) == f"{p}: this is a Parquet file, not a {suffix[1:].upper()}: name the file .parquet"

@@ -229,6 +229,9 @@ def _table_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             reader = csv.DictReader(f, delimiter=_delimiter(path))
             if not reader.fieldnames:
                 return
+            if reader.fieldnames[0].lstrip().startswith("{"):  # its header would be half a JSON object
+                raise PotstillError(f"{path}:1: this is JSONL (a JSON object a line), not a "
+                                    f"{path.suffix[1:].upper()}: name the file .jsonl")
             named = [k for k in reader.fieldnames if not _INDEX_COLUMN.fullmatch(k)]
             if len(set(named)) < len(named):
                 raise PotstillError(f"{path}:1: a column name appears twice in the header: {reader.fieldnames}")
@@ -255,7 +258,13 @@ def read_objects(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
         raise PotstillError(f"{path}: file not found")
     if path.is_dir():
         raise PotstillError(f"{path} is a directory, not a JSONL file")
-    if path.suffix.lower() in TABLE_SUFFIXES:
+    suffix = path.suffix.lower()
+    if suffix != ".parquet":
+        with open(path, "rb") as f:
+            if f.read(4) == b"PAR1":  # Parquet's magic number: as text, 'not UTF-8' at a line of binary
+                raise PotstillError(f"{path}: this is a Parquet file, not a {suffix[1:].upper() or 'JSONL'}: "
+                                    "name the file .parquet")
+    if suffix in TABLE_SUFFIXES:
         yield from _table_objects(path)
         return
     try:
