@@ -7,7 +7,8 @@ Formats (``--format auto`` picks one per line, by its keys):
   "response": {"body": <chat.completion>}}``, joined to its input file by ``custom_id`` through
   ``--requests``) or ``{"request": <body>, "response": <chat.completion>}`` lines.
 * ``pairs``: ``{"request"|"prompt"|"input": ..., "response"|"output"|"completion": ...}``
-  where each side is a string, a chat request/completion, or an Anthropic message.
+  where each side is a string, a chat request/completion, or an Anthropic message; an ``output``
+  that is none of these but a JSON object or array (an extraction's answer) is its JSON text.
 * ``stored``: OpenAI stored completions (``store: true``) as exported through the API: one
   ``chat.completion`` object a line (what ``GET /v1/chat/completions`` lists), with its input
   messages (``GET /v1/chat/completions/{id}/messages``) under ``input_messages`` or ``messages``.
@@ -106,6 +107,11 @@ def _answer(side: Any, where: str) -> tuple[str, dict[str, Any]]:
     raise PotstillError(f"{where}: cannot find the response's text")
 
 
+# The keys by which ``_answer`` knows a logged response (a chat completion, a Batch wrapper, an
+# Anthropic message, a plain {"content": ...}).
+_RESPONSE_KEYS = {"choices", "body", "type", "content", "output", "text"}
+
+
 def _detect(obj: dict[str, Any]) -> str:
     if obj.get("object") == "chat.completion" and "choices" in obj:
         return "stored"
@@ -159,11 +165,17 @@ def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: dict[str, An
             meta["metadata"] = obj["metadata"]
     elif kind == "pairs":
         req = next((obj[k] for k in ("request", "prompt", "input") if k in obj), None)
-        resp = next((obj[k] for k in ("response", "output", "completion") if k in obj), None)
+        key = next((k for k in ("response", "output", "completion") if k in obj), None)
+        resp = obj[key] if key else None
         if req is None or resp is None:
             raise PotstillError(f"{where}: expected a request (request|prompt|input) and a response (response|output|completion)")
         prompt = _messages(req, where)
-        output, meta = _answer(resp, where)
+        if key == "output" and (isinstance(resp, list) or isinstance(resp, dict) and not _RESPONSE_KEYS & resp.keys()):
+            # A JSON answer (an extraction's object; a table's JSON cell of `output` is read as one), as
+            # a record's output object is: its JSON text.
+            output, meta = json.dumps(resp, ensure_ascii=False), {}
+        else:
+            output, meta = _answer(resp, where)
     else:
         raise PotstillError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
     # Records hold the user-side conversation; the system instruction belongs to the task.
