@@ -32,3 +32,34 @@ def test_a_pairs_table_whose_answers_are_json_imports_them_as_text(tmp_path):
     got, want = read_records(tmp_path / "t.jsonl"), read_records(tmp_path / "o.jsonl")
     assert [r.output for r in got] == [r.output for r in want] == ['{"name": "Ada", "age": 36}', "plain text"]
     assert [r.messages for r in got] == [r.messages for r in want]
+
+
+COMPLETION = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "ft:gpt-4o-mini:org::abc",
+              "choices": [{"index": 0, "message": {"role": "assistant", "content": "sports", "refusal": None},
+                           "logprobs": None, "finish_reason": "stop"}],
+              "usage": {"prompt_tokens": 12, "completion_tokens": 1, "total_tokens": 13}}
+
+
+def _part(**fields):
+    """A content part as the stored-messages endpoint lists it: every field, null where unused."""
+    return {"type": "text", "text": None, "image_url": None, "input_audio": None, "file": None, **fields}
+
+
+def test_a_stored_completion_whose_input_was_content_parts_keeps_its_text(tmp_path):
+    """GET /v1/chat/completions/{id}/messages lists a message sent as content parts with
+    ``content: null`` and the parts under ``content_parts``; import refused it as 'a user message
+    without content'. The parts are the message's content (null fields left out); an image part is
+    refused as any input's would be."""
+    msgs = [{"id": "m0", "role": "developer", "content": "Topic?", "content_parts": None, "name": None},
+            {"id": "m1", "role": "user", "content": None, "name": None,
+             "content_parts": [_part(text="the team "), _part(text="won")]}]
+    src = jsonl(tmp_path / "stored.jsonl", [{**COMPLETION, "input_messages": msgs}])
+    assert import_traffic(src, tmp_path / "o.jsonl") == 1
+    rec = read_records(tmp_path / "o.jsonl")[0]
+    assert rec.text == "the team won" and rec.output == "sports" and rec.meta["system"] == "Topic?"
+    assert rec.messages == [{"role": "user", "content": [{"type": "text", "text": "the team "},
+                                                         {"type": "text", "text": "won"}]}]
+    msgs[1]["content_parts"].append(_part(type="image_url", image_url={"url": "https://x/y.png", "detail": None}))
+    src = jsonl(tmp_path / "stored.jsonl", [{**COMPLETION, "input_messages": msgs}])
+    with pytest.raises(PotstillError, match=r"stored\.jsonl:1: messages\.1\.content\.2: a part of type 'image_url'"):
+        import_traffic(src, tmp_path / "o.jsonl")

@@ -112,6 +112,14 @@ def _answer(side: Any, where: str) -> tuple[str, dict[str, Any]]:
 _RESPONSE_KEYS = {"choices", "body", "type", "content", "output", "text"}
 
 
+def _stored_content(m: dict[str, Any]) -> Any:
+    """A stored message's content: the messages endpoint lists one sent as content parts with
+    ``content: null`` and the parts, every field present and null where unused, under ``content_parts``."""
+    if m.get("content") is None and isinstance(m.get("content_parts"), list):
+        return [{k: v for k, v in p.items() if v is not None} if isinstance(p, dict) else p for p in m["content_parts"]]
+    return m.get("content", "")
+
+
 def _detect(obj: dict[str, Any]) -> str:
     if obj.get("object") == "chat.completion" and "choices" in obj:
         return "stored"
@@ -158,7 +166,7 @@ def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: dict[str, An
         if not isinstance(side, list):
             raise PotstillError(f"{where}: a stored completion needs its input messages under input_messages")
         # The listing's extra fields go (id, ...); a tool call's own fields stay, or its turn has no content.
-        prompt = [{"role": m.get("role", "user"), "content": m.get("content", ""),
+        prompt = [{"role": m.get("role", "user"), "content": _stored_content(m),
                    **{k: m[k] for k in ("tool_calls", "tool_call_id") if m.get(k)}} for m in _objects(side, where)]
         output, meta = _answer({k: v for k, v in obj.items() if k not in ("input_messages", "messages")}, where)
         if obj.get("metadata"):
