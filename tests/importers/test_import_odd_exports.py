@@ -63,3 +63,28 @@ def test_a_stored_completion_whose_input_was_content_parts_keeps_its_text(tmp_pa
     src = jsonl(tmp_path / "stored.jsonl", [{**COMPLETION, "input_messages": msgs}])
     with pytest.raises(PotstillError, match=r"stored\.jsonl:1: messages\.1\.content\.2: a part of type 'image_url'"):
         import_traffic(src, tmp_path / "o.jsonl")
+
+
+USER = {"role": "user", "content": "the team won"}
+
+
+def _batch_requests(path: Path, ids: str, bom: bool = False) -> Path:
+    lines = "".join(json.dumps({"custom_id": c, "method": "POST", "url": "/v1/chat/completions",
+                                "body": {"model": "m", "messages": [USER]}}) + "\n" for c in ids)
+    path.write_bytes(("\ufeff" if bom else "").encode() + lines.encode())
+    return path
+
+
+def _batch_output(path: Path, ids: str) -> Path:
+    return jsonl(path, [{"id": f"batch_req_{c}", "custom_id": c, "error": None,
+                         "response": {"status_code": 200, "request_id": "r", "body": COMPLETION}} for c in ids])
+
+
+def test_batch_output_without_its_requests_file_says_to_give_it(tmp_path):
+    """Without --requests every custom_id was 'not in the --requests file', a file never given."""
+    out = _batch_output(tmp_path / "batch_out.jsonl", "ab")
+    with pytest.raises(PotstillError) as e:
+        import_traffic(out, tmp_path / "o.jsonl")
+    assert str(e.value) == (f"{out}:1: a Batch API output line (custom_id 'a') holds no request: give the batch's "
+                            "input file with --requests")
+    assert not (tmp_path / "o.jsonl").exists()

@@ -132,7 +132,7 @@ def _detect(obj: dict[str, Any]) -> str:
     return "pairs"
 
 
-def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: dict[str, Any]) -> Record:
+def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: dict[str, Any] | None) -> Record:
     kind = _detect(obj) if fmt == "auto" else fmt
     meta: dict[str, Any] = {}
     if kind == "finetune":
@@ -148,6 +148,9 @@ def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: dict[str, An
         output = content_text(msgs[-1].get("content"))
     elif kind == "openai-log":
         if "custom_id" in obj:
+            if requests is None:  # the output holds answers only; the prompts are in the batch's input file
+                raise PotstillError(f"{where}: a Batch API output line (custom_id {obj['custom_id']!r}) holds no "
+                                    "request: give the batch's input file with --requests")
             req = requests.get(obj["custom_id"])
             if req is None:
                 raise PotstillError(f"{where}: custom_id {obj['custom_id']!r} is not in the --requests file")
@@ -257,7 +260,7 @@ def import_traffic(path: str | Path, out: str | Path, fmt: str = "auto", request
             raise PotstillError(f"{path}: file not found")
         if path.is_dir():
             raise PotstillError(f"{path} is a directory, not a traffic file")
-        reqs = _read_requests(Path(requests)) if requests else {}
+        reqs = _read_requests(Path(requests)) if requests else None
         if path.suffix.lower() in TABLE_SUFFIXES:  # a CSV cell or a Parquet row may span lines
             total = sum(1 for _ in read_objects(path))
         else:
