@@ -88,3 +88,16 @@ def test_batch_output_without_its_requests_file_says_to_give_it(tmp_path):
     assert str(e.value) == (f"{out}:1: a Batch API output line (custom_id 'a') holds no request: give the batch's "
                             "input file with --requests")
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_a_batch_requests_file_with_a_byte_order_mark_is_read(tmp_path):
+    """A requests file saved by a Windows editor starts with a byte-order mark: its first line was
+    refused as 'expected a Batch API request line', and a line that is not UTF-8 was read with
+    replacement characters in its prompt; both are read as every other input file is."""
+    reqs = _batch_requests(tmp_path / "batch_in.jsonl", "ab", bom=True)
+    assert import_traffic(_batch_output(tmp_path / "batch_out.jsonl", "ab"), tmp_path / "o.jsonl", requests=reqs) == 2
+    assert [r.messages for r in read_records(tmp_path / "o.jsonl")] == [[USER], [USER]]
+    reqs.write_bytes(reqs.read_bytes().replace(b"the team", b"the t\xe9am", 1))  # Latin-1, not UTF-8
+    with pytest.raises(PotstillError, match=r"batch_in\.jsonl:1: not UTF-8"):
+        import_traffic(tmp_path / "batch_out.jsonl", tmp_path / "o2.jsonl", requests=reqs)
+    assert not (tmp_path / "o2.jsonl").exists()

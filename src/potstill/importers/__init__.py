@@ -212,13 +212,11 @@ def _read_requests(path: Path) -> dict[str, Any]:
         raise PotstillError(f"--requests {path}: {'a directory, not' if path.is_dir() else 'not found; expected'} "
                             f"a Batch API input JSONL")
     out: dict[str, Any] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        if line.strip():
-            try:
-                obj = json.loads(line)
-                out[obj["custom_id"]] = obj["body"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise PotstillError(f"{path}:{lineno}: expected a Batch API request line with custom_id and body") from None
+    # read_objects: a byte-order mark dropped, a line that is not JSON or not UTF-8 named as an input file's.
+    for lineno, obj in read_objects(path):
+        if not isinstance(obj.get("custom_id"), str) or "body" not in obj:
+            raise PotstillError(f"{path}:{lineno}: expected a Batch API request line with custom_id and body")
+        out[obj["custom_id"]] = obj["body"]
     return out
 
 
