@@ -101,3 +101,24 @@ def test_a_batch_requests_file_with_a_byte_order_mark_is_read(tmp_path):
     with pytest.raises(PotstillError, match=r"batch_in\.jsonl:1: not UTF-8"):
         import_traffic(tmp_path / "batch_out.jsonl", tmp_path / "o2.jsonl", requests=reqs)
     assert not (tmp_path / "o2.jsonl").exists()
+
+
+def test_batch_lines_that_failed_are_skipped_and_counted(tmp_path, capsys):
+    """vLLM's run_batch writes every request's line to one output file, a failed one with status
+    400, no body and its error; OpenAI's error file has the status and the error body, an expired
+    request an error and no response. One such line refused the whole file, so a batch with one
+    failure could not be imported at all; they are skipped and counted, the answers imported."""
+    reqs = _batch_requests(tmp_path / "batch_in.jsonl", "abcde")
+    out = _batch_output(tmp_path / "batch_out.jsonl", "ad")
+    good = out.read_text().splitlines()
+    failed = [{"id": "vllm-b", "custom_id": "b", "response": {"status_code": 400, "request_id": "r", "body": None},
+               "error": "This model's maximum context length is 2048 tokens"},
+              {"id": "batch_req_c", "custom_id": "c", "error": None,
+               "response": {"status_code": 429, "request_id": "r",
+                            "body": {"error": {"message": "Rate limit", "type": "requests", "code": None}}}},
+              {"id": "batch_req_e", "custom_id": "e", "response": None,
+               "error": {"code": "batch_expired", "message": "not executed before the completion window expired"}}]
+    out.write_text("\n".join([good[0], *map(json.dumps, failed), good[1]]) + "\n")
+    assert import_traffic(out, tmp_path / "o.jsonl", requests=reqs) == 2
+    assert [r.meta["custom_id"] for r in read_records(tmp_path / "o.jsonl")] == ["a", "d"]
+    assert f"3 line(s) skipped, its request failed with no text to distil (first at {out}:2)" in capsys.readouterr().err

@@ -59,7 +59,8 @@ def _messages(side: Any, where: str) -> list[dict[str, Any]]:
 
 
 class NoText(Exception):
-    """A logged answer with no text to distil (a tool call, a refusal): the line is skipped and counted."""
+    """A logged answer with no text to distil (a tool call, a refusal, a failed request): the line is
+    skipped and counted."""
 
 
 def _no_text(message: dict[str, Any]) -> str | None:
@@ -80,8 +81,8 @@ def _answer(side: Any, where: str) -> tuple[str, dict[str, Any]]:
         return side, {}
     if isinstance(side, dict):
         if "body" in side and isinstance(side["body"], dict):  # Batch API response wrapper
-            if side.get("status_code", 200) != 200:
-                raise PotstillError(f"{where}: the logged response has status {side.get('status_code')}")
+            if side.get("status_code", 200) != 200:  # a failed request (its body the error, or none)
+                raise NoText("its request failed")
             side = side["body"]
         ch = side["choices"][0] if isinstance(side.get("choices"), list) and side["choices"] else None
         if isinstance(ch, dict) and isinstance(ch.get("message", {}), dict):
@@ -154,8 +155,8 @@ def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: dict[str, An
             req = requests.get(obj["custom_id"])
             if req is None:
                 raise PotstillError(f"{where}: custom_id {obj['custom_id']!r} is not in the --requests file")
-            if obj.get("error"):
-                raise PotstillError(f"{where}: the batch line is an error ({obj['error']})")
+            if obj.get("error"):  # vLLM's run_batch writes failures into the output file; OpenAI an expiry
+                raise NoText("its request failed")
             meta["custom_id"] = obj["custom_id"]
         else:
             req = obj.get("request")
