@@ -255,3 +255,20 @@ def test_a_finetune_files_weights_stay_out_of_the_imported_chat(tmp_path):
     (rec,) = read_records(tmp_path / "o.jsonl")
     assert rec.output == "business" and all("weight" not in m for m in rec.messages)
     assert [m["content"] for m in rec.messages] == ["the team won", "sports", "and this one?"]
+
+
+def test_a_legacy_completions_log_imports_its_prompt_and_text(tmp_path):
+    """A /v1/completions log (gpt-3.5-turbo-instruct, vLLM's completions endpoint) has ``prompt`` and
+    ``choices[0].text``: its request was refused ('cannot find the request's messages') and, as
+    pairs, its answer imported as "" without a word."""
+    resp = {"id": "cmpl-1", "object": "text_completion", "model": "gpt-3.5-turbo-instruct",
+            "choices": [{"index": 0, "text": "sports", "finish_reason": "stop", "logprobs": None}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}}
+    src = jsonl(tmp_path / "logs.jsonl", [{"request": {"model": "gpt-3.5-turbo-instruct", "prompt": "the team won"},
+                                           "response": resp},
+                                          {"prompt": "new phone software", "response": {**resp, "choices": [
+                                              {"index": 0, "text": "tech", "finish_reason": "length"}]}}])
+    assert import_traffic(src, tmp_path / "o.jsonl") == 2
+    recs = read_records(tmp_path / "o.jsonl")
+    assert [(r.text, r.output) for r in recs] == [("the team won", "sports"), ("new phone software", "tech")]
+    assert recs[0].meta["teacher"] == "gpt-3.5-turbo-instruct" and recs[1].meta["finish_reason"] == "length"

@@ -55,6 +55,8 @@ def _messages(side: Any, where: str) -> list[dict[str, Any]]:
         return msgs
     if isinstance(side, list):
         return _objects(side, where)
+    if isinstance(side, dict) and isinstance(side.get("prompt"), str):  # the legacy /v1/completions request
+        return [{"role": "user", "content": side["prompt"]}]
     raise PotstillError(f"{where}: cannot find the request's messages")
 
 
@@ -85,6 +87,10 @@ def _answer(side: Any, where: str) -> tuple[str, dict[str, Any]]:
                 raise NoText("its request failed")
             side = side["body"]
         ch = side["choices"][0] if isinstance(side.get("choices"), list) and side["choices"] else None
+        if isinstance(ch, dict) and "message" not in ch and isinstance(ch.get("text"), str):
+            # The legacy /v1/completions answer (gpt-3.5-turbo-instruct, vLLM's completions): its text,
+            # which the chat branch below read as a message of nothing, an empty answer.
+            ch = {**ch, "message": {"role": "assistant", "content": ch["text"]}}
         if isinstance(ch, dict) and isinstance(ch.get("message", {}), dict):
             why = _no_text(ch.get("message", {}))
             if why:
@@ -159,7 +165,7 @@ def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: dict[str, An
                 raise NoText("its request failed")
             meta["custom_id"] = obj["custom_id"]
         else:
-            req = obj.get("request")
+            req = obj.get("request", obj.get("prompt"))  # a completions log may name its prompt alone
         prompt = _messages(req, where)
         output, meta2 = _answer(obj.get("response"), where)
         meta.update(meta2)
