@@ -24,6 +24,7 @@ cross-rank weight comparison under ``torchrun`` / ``accelerate launch``), so it 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from typing import Any, Callable
 
 from potstill.config import Config
 from potstill.errors import PotstillError
+from potstill.records import content_text, read_records
 
 # Below this share of completion tokens with mapped top-k data, topk KD trains on almost nothing.
 MIN_TOPK_COVERAGE = 0.5
@@ -121,8 +123,6 @@ class _Ctx:
         return self._inputs
 
     def train_records(self) -> list:
-        from potstill.records import read_records
-
         path = self.run / "train.jsonl"
         return read_records(path)[:SAMPLE] if path.exists() else []
 
@@ -322,13 +322,18 @@ def projected_cost(ctx: _Ctx) -> tuple[float, int, str]:
     fs = cfg.teacher.few_shot
     if cfg.teacher.type in ("openai", "anthropic"):  # they send no shots, and each input once
         fs = fs.model_copy(update={"k": 0, "orders": 1})
-    lines = Path(fs.path).read_text().splitlines() if fs.k and fs.path and Path(fs.path).exists() else []
+    # A shot is its input and its answer (read as the local teacher reads the file: JSONL or a table).
+    lines = [f"{r.text}\n{r.label if r.label is not None else r.output}" for r in read_records(fs.path)
+             if r.label or r.output] if fs.k and fs.path and Path(fs.path).exists() else []
     shots = math.ceil(fs.k * sum(count(lines)) / len(lines)) if lines else 0
 
     # The instruction goes as a system message (Task.messages), the same in every request.
     per_request = count([ctx.task.cfg.instruction])[0] + TOKENS_PER_MESSAGE + TOKENS_PER_REQUEST + shots
     counted = records if len(records) <= TOKEN_SAMPLE else random.Random(0).sample(records, TOKEN_SAMPLE)
-    contents = [[str(m.get("content", "")) for m in r.messages] for r in counted]
+    # A message's text as a teacher receives it: content parts joined (their repr counted the JSON
+    # around them), a tool-call turn its calls (it was the word "None").
+    contents = [[content_text(m.get("content")) + (json.dumps(m["tool_calls"]) if m.get("tool_calls") else "")
+                 for m in r.messages] for r in counted]
     sizes = iter(count([t for texts in contents for t in texts]))
     text_tokens = sum(next(sizes) + TOKENS_PER_MESSAGE for texts in contents for _ in texts)
     tokens_in = math.ceil(text_tokens * len(records) / max(1, len(counted))) + per_request * len(records)

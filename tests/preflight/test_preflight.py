@@ -383,3 +383,18 @@ def test_n_greedy_samples_are_a_warning_that_generate_says(tiny_model, tmp_path,
               generate={"n": 5})
     assert _status(o3, "samples")[0] == "ok"
     assert _status(_cfg(tmp_path, student={"model": str(tiny_model)}, teacher=teacher), "samples")[0] == "skip"
+
+
+def test_the_budget_counts_a_content_parts_message_by_its_text(tiny_model, tmp_path):
+    """Each message was counted as str(content): a message of content parts (as an OpenAI client
+    sends them) was counted as the repr of its list, type keys and quotes and all, several times
+    its text, which could fail a budget the run fits."""
+    teacher = {"type": "openai", "model": "gpt-4o", "max_tokens": 10,
+               "price": {"input_per_mtok": 1.0, "output_per_mtok": 0.0}}
+    text = "the team won the match " * 5
+    _write(tmp_path / "inputs.jsonl", [{"messages": [{"role": "user", "content": text}]}] * 20)
+    plain, _, _ = projected_cost(_Ctx(_cfg(tmp_path, student={"model": str(tiny_model)}, teacher=teacher)))
+    _write(tmp_path / "inputs.jsonl", [{"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "the team won the match " * 2}, {"type": "text", "text": "the team won the match " * 3}]}]}] * 20)
+    parts, _, _ = projected_cost(_Ctx(_cfg(tmp_path, student={"model": str(tiny_model)}, teacher=teacher)))
+    assert parts == pytest.approx(plain, rel=0.05), (parts, plain)
