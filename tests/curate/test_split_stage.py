@@ -119,6 +119,21 @@ def test_an_empty_teacher_file_is_named(tmp_path):
     assert sorted(p.name for p in run.iterdir()) == ["teacher.jsonl"]
 
 
+def test_an_empty_real_data_file_is_named_not_mixed_in_as_nothing(tmp_path):
+    """A curate.real_data file with no records (a failed export, a header-only CSV) mixed nothing in
+    and said nothing: the run trained on teacher answers alone while its config named real data."""
+    import pytest
+
+    from potstill.errors import PotstillError
+
+    run = tmp_path / "run"
+    write_jsonl(run / "teacher.jsonl", [rec(_words(i), "sports") for i in range(6)])
+    (tmp_path / "real.csv").write_text("input,label\n")
+    with pytest.raises(PotstillError, match=r"curate.real_data .*real.csv holds no records; fill it, or unset"):
+        curate_stage(Config(run_dir=str(run), task={"labels": LABELS}, curate={"real_data": str(tmp_path / "real.csv")}))
+    assert sorted(p.name for p in run.iterdir()) == ["teacher.jsonl"]
+
+
 def test_the_counts_add_up_to_the_input_when_max_train_caps_train():
     """curate.max_train cut train to its cap and the cut records went nowhere: the counts (and the card)
     said input=20 ... train=3, val=5, test=4, and 8 records were neither kept nor set aside."""

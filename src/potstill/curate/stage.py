@@ -27,6 +27,9 @@ def curate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
     if not (run / "teacher.jsonl").exists():
         raise PotstillError(f"{run / 'teacher.jsonl'} not found: run `potstill generate` first")
     real = read_records(cfg.curate.real_data) if cfg.curate.real_data else None
+    if real == []:  # a failed export, a header-only table: mixing nothing in without a word hides it
+        raise PotstillError(f"curate.real_data {cfg.curate.real_data} holds no records; fill it, or unset "
+                            "curate.real_data to curate without real examples")
     decisions = load_decisions(run / "review.sqlite") if cfg.curate.review else {}
     records = read_records(run / "teacher.jsonl")
     if not records:
