@@ -41,6 +41,9 @@ _RESPONSE_FIELDS = {f.name for f in fields(Response)}
 # the run's teacher.max_tokens is a label's (often 4), which cuts a call's arguments. 4096 is the
 # smallest output limit among current chat models (Claude 3 Haiku, gpt-3.5-turbo), so none refuses it.
 TOOL_MAX_TOKENS = 4096
+# A promoted student that failed to load (a transient out-of-memory, a file still being written) is
+# tried again after this long, doubling up to an hour: not every poll (each try loads and calibrates).
+RELOAD_RETRY_S = 60.0
 
 
 class TeacherError(Exception):
@@ -137,7 +140,7 @@ class Service:
                          cfg.serve.batch_wait_ms)
         self.swaps: list[dict[str, Any]] = []
         self._reload_lock = threading.Lock()
-        self._failed: str | None = None
+        self._failed: tuple[str, float, float] | None = None  # (path, monotonic time of the next try, delay)
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._identity: tuple[Teacher, dict[str, Any]] | None = None
@@ -221,13 +224,16 @@ class Service:
         def loop() -> None:
             while not self._stop.wait(interval_s):
                 path = str(student_dir(self.run_dir))
-                if path == self.live.path or path == self._failed:
+                failed = self._failed if self._failed is not None and self._failed[0] == path else None
+                if path == self.live.path or (failed is not None and time.monotonic() < failed[1]):
                     continue
                 try:
                     self.reload()
                 except Exception as e:  # noqa: BLE001 - a broken promotion must not stop serving
-                    self._failed = path
-                    say(f"serve: could not load the promoted student {path} ({e}); still serving {self.live.name}")
+                    delay = min(3600.0, failed[2] * 2) if failed is not None else RELOAD_RETRY_S
+                    self._failed = (path, time.monotonic() + delay, delay)
+                    say(f"serve: could not load the promoted student {path} ({e}); still serving {self.live.name}, "
+                        f"trying again in {delay:.0f} s (or at once on POST /admin/reload)")
 
         self._watcher = threading.Thread(target=loop, name="potstill-reload-watch", daemon=True)
         self._watcher.start()

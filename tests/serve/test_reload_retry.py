@@ -1,0 +1,31 @@
+"""A promoted student that fails to load once (its weights still being copied, a transient
+out-of-memory) is tried again by the polling reload, after a backoff, and swapped in once it loads."""
+
+from __future__ import annotations
+
+import shutil
+
+from potstill.redistill.promote import switch
+from potstill.serve import service as service_module
+from tests.serve.test_hot_swap import _wait, swap_run  # noqa: F401 (swap_run: the fixture)
+
+
+def test_a_promotion_that_failed_to_load_is_tried_again(swap_run, monkeypatch):  # noqa: F811
+    """It was never tried again until RUN/student pointed elsewhere: a server whose promoted student
+    failed once kept serving the old one for good, though the files were whole a moment later."""
+    run, service, _ = swap_run
+    monkeypatch.setattr(service_module, "RELOAD_RETRY_S", 0.3)
+    good = run / "students" / "b"
+    broken = run / "students" / "c"
+    broken.mkdir()
+    shutil.copy(good / "config.json", broken / "config.json")
+    (broken / "model.safetensors").write_bytes(b"not whole yet")
+    old = service.student_name
+    service.watch(0.05)
+    switch(run, broken)
+    _wait(lambda: service._failed is not None)
+    assert service.student_name == old and not service.swaps
+    for f in good.iterdir():  # the copy finishes
+        shutil.copy(f, broken / f.name)
+    _wait(lambda: service.swaps, timeout=60)
+    assert service.swaps[-1]["previous"] == old and service.student_name != old
