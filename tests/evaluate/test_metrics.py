@@ -43,6 +43,21 @@ def test_ece_by_hand():
     assert calibration([1.0, 1.0], [1, 1])["ece"] == 0.0  # perfectly confident and right
 
 
+def test_ece_bins_are_right_closed_tenths_not_one_bin_low():
+    """calibration() put c in bin floor(10c) - 1 (int() truncates; the comment said ceil): each bin's
+    lo/hi in eval.json, and its bar in the reliability plot, sat one tenth below its confidences (0.95
+    drawn at 80-90%, so a calibrated student looked under-confident), and 0.05 and 0.15 shared a bin."""
+    # (0.9,1.0]: .95 right -> |1-.95|/2 = .025;  (0.8,0.9]: .85 wrong -> |0-.85|/2 = .425;  ECE = .45
+    cal = calibration([0.95, 0.85], [1, 0])
+    assert cal["ece"] == pytest.approx(0.45)
+    assert [(b["lo"], b["hi"], b["n"]) for b in cal["bins"]] == [(0.8, 0.9, 1), (0.9, 1.0, 1)]
+    # (0.0,0.1]: .05 right -> |1-.05|/2 = .475;  (0.1,0.2]: .15 wrong -> |0-.15|/2 = .075;  ECE = .55
+    assert calibration([0.05, 0.15], [1, 0])["ece"] == pytest.approx(0.55)
+    assert [(b["lo"], b["hi"]) for b in calibration([0.379], [1])["bins"]] == [(0.3, 0.4)]
+    # A confidence on a bin edge stays in the bin it closes, whatever 0.7 * 10 rounds to in floating point.
+    assert [b["hi"] for b in calibration([0.3, 0.7, 1.0, 0.0], [1, 1, 1, 1])["bins"]] == [0.1, 0.3, 0.7, 1.0]
+
+
 def test_json_field_metrics_by_hand():
     task = ExtractionTask(TaskConfig(type="extraction", json_schema={"type": "object", "required": ["a"]}))
     preds = [task.parse('{"a": 1, "b": 2}'), task.parse("not json"), task.parse('{"a": 1}')]

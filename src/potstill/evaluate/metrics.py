@@ -8,6 +8,7 @@ Free text: chrF (Popovic 2015, as sacrebleu computes it) and ROUGE-L (Lin 2004),
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from typing import Any, Callable, Sequence
 
@@ -62,7 +63,9 @@ def calibration(confidence: Sequence[float], correct: Sequence[float], n_bins: i
     n = len(confidence)
     bins = [{"lo": b / n_bins, "hi": (b + 1) / n_bins, "n": 0, "conf_sum": 0.0, "acc_sum": 0.0} for b in range(n_bins)]
     for c, ok in zip(confidence, correct):
-        b = min(n_bins - 1, max(0, -int(-c * n_bins) - 1))  # ceil(c * n_bins) - 1: right-closed bins
+        # ceil(c * n_bins) - 1: right-closed bins. Rounded first, so that an edge stays in the bin it
+        # closes (0.7 * 10 is 7.000000000000001 in floating point, whose ceil is 8).
+        b = min(n_bins - 1, max(0, math.ceil(round(c * n_bins, 9)) - 1))
         bins[b]["n"] += 1
         bins[b]["conf_sum"] += c
         bins[b]["acc_sum"] += ok
