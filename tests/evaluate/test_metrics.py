@@ -154,3 +154,22 @@ def test_field_rows_score_each_field_against_the_teacher_and_gold():
     assert rows["field:b"]["agreement"]["value"] == pytest.approx(1 / 3)
     g = rows["field:a"]["gold"]
     assert (g["n"], g["student"], g["teacher"], g["relative"]["value"]) == (2, 0.5, 1.0, 0.5)
+
+
+def test_a_student_right_where_the_teacher_never_is_passes_on_gold():
+    """A slice whose gold the teacher never gets right has no gold ratio (its mean is 0), and the slice
+    was judged on agreement instead: a student right on 30 of its 40 gold labels, and so disagreeing
+    with the wrong teacher, failed and was kept on the teacher that gets 0 of 40."""
+    bar = QualityBar()  # agreement >= 85%, gold ratio >= 95%
+    s_gold, t_gold = [1.0] * 30 + [0.0] * 10, [0.0] * 40
+    agree = [0.0] * 30 + [1.0] * 10
+    whole = slice_table([[]] * 40, agree, None, s_gold, t_gold, bar, min_n=30, n_boot=200)[0]
+    assert whole["gold"]["relative"]["value"] is None and whole["gold"]["student"] == 0.75
+    assert (whole["judged_on"], whole["verdict"], whole["n_judged"]) == ("gold", "pass", 40), whole["reason"]
+    assert whole["reason"].startswith("gold metric is 75.0% where the teacher's is 0.0%")
+    assert "agreement 25.0%, reported only" in whole["reason"]
+    # Under min_slice_n it is too small, as any slice is.
+    assert slice_table([[]] * 40, agree, None, s_gold, t_gold, bar, min_n=50, n_boot=200)[0]["verdict"] == "too small"
+    # Both at 0 (free text's exact match to a reference, say): gold tells them apart in nothing, agreement decides.
+    both = slice_table([[]] * 40, agree, None, [0.0] * 40, t_gold, bar, min_n=30, n_boot=200)[0]
+    assert both["judged_on"] == "agreement" and both["verdict"] == "fail"

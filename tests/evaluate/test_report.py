@@ -77,8 +77,10 @@ def test_eval_json_has_every_part_of_the_decision(evaluated):
         a = r["agreement"]
         assert a["lo"] <= a["value"] <= a["hi"]
         assert r["verdict"] in {"pass", "fail", "inconclusive", "too small"} and r["reason"]
-        # Gold decides wherever the teacher's gold metric is above 0 (else there is no ratio: agreement decides).
-        assert r["judged_on"] == ("gold" if r["gold"]["relative"]["value"] is not None else "agreement")
+        # Gold decides wherever the teacher's gold metric is above 0, or the student's is where the teacher's
+        # is 0 (else there is no ratio and gold tells them apart in nothing: agreement decides).
+        on_gold = r["gold"]["relative"]["value"] is not None or r["gold"]["student"] > 0
+        assert r["judged_on"] == ("gold" if on_gold else "agreement")
         assert (r["verdict"] == "too small") == (r["n_judged"] < 4)
         assert r["gold"]["gap"]["lo"] <= r["gold"]["gap"]["value"] <= r["gold"]["gap"]["hi"]
         if r["verdict"] in {"pass", "fail"}:

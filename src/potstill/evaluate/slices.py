@@ -78,13 +78,23 @@ def judge(agreement: dict[str, Any], gold: dict[str, Any] | None, bar: QualityBa
 
     Where the slice has gold labels (and ``bar.min_relative_quality`` is set) the student's gold
     metric relative to the teacher's decides, and agreement is only reported: agreeing with a wrong
-    teacher is no virtue. Else, where a judge compared free-text answers (``judged``: the judge
+    teacher is no virtue (a teacher at 0 on gold is passed by any student above 0). Else, where a judge compared free-text answers (``judged``: the judge
     score's mean and interval, win 1, tie 0.5, loss 0) and ``bar.min_judge_score`` is set, the judge
     decides: exact-match agreement, which a summary or a rewrite almost never reaches, would fail
     any student. Elsewhere agreement with the teacher decides.
     """
     rel = (gold or {}).get("relative") or {}
-    if bar.min_relative_quality is not None and rel.get("value") is not None:
+    # The teacher right on none of the slice's gold examples and the student on some: there is no ratio,
+    # but student >= bar x teacher (= 0) holds in every resample, so gold passes it. Agreement, judged
+    # instead, failed a student that is right where the teacher is wrong (and kept the slice on the
+    # teacher). Both at 0, gold tells the two apart in nothing (free text's exact match to a reference,
+    # say): agreement or the judge decides, as where gold is absent.
+    beats_zero = (bar.min_relative_quality is not None and gold is not None and rel.get("value") is None
+                  and gold.get("teacher") == 0 and (gold.get("student") or 0) > 0)
+    if beats_zero:
+        on, ci, b, n = "gold", None, bar.min_relative_quality, gold["n"]
+        what, aside = "", f"; agreement {agreement['value']:.1%}, reported only (gold decides)"
+    elif bar.min_relative_quality is not None and rel.get("value") is not None:
         on, ci, b, n = "gold", rel, bar.min_relative_quality, gold["n"]
         what = f"gold metric is {ci['value']:.1%} of the teacher's"
         aside = f"; agreement {agreement['value']:.1%}, reported only (gold decides)"
@@ -100,6 +110,10 @@ def judge(agreement: dict[str, Any], gold: dict[str, Any] | None, bar: QualityBa
         return {**row, "verdict": "too small", "settle_n": min_n,
                 "statement": f"{n} examples are fewer than the {min_n} needed to judge",
                 "reason": f"too small to judge: {n} examples < {min_n}"}
+    if beats_zero:
+        statement = (f"gold metric is {gold['student']:.1%} where the teacher's is 0.0%, at or above {b:.0%} of "
+                     "the teacher's in every resample")
+        return {**row, "verdict": "pass", "settle_n": None, "statement": statement, "reason": statement + aside}
     v = judge_interval(ci, b)
     statement = (f"{what} [{ci['lo']:.2f}, {ci['hi']:.2f}], {WHERE[v]} the {b:.2f} bar" if on == "judge" else
                  f"{what} [{ci['lo']:.1%}, {ci['hi']:.1%}], {WHERE[v]} the {b:.0%} bar")
