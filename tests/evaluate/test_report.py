@@ -280,3 +280,31 @@ def test_the_report_gives_the_break_even_on_both_cost_bases(evaluated):
     assert "$0.00200 per call" in text and "$0.000500 per call" in text, text
     table = render(ev, [("run2", ev)]).split("<section id='compare'>", 1)[1].split("</table>", 1)[0]
     assert "$0.50" in table and "$2.00" in table and "1.05" in table and "1.25" in table, table
+
+
+def test_compare_shows_the_slices_only_a_challenger_has(evaluated, tmp_path, monkeypatch, capsys):
+    """`potstill report RUN --compare OTHER` listed the champion's slices only: a challenger evaluated on a
+    test split with other tags (a new source, say) lost its own slices from the table without a word."""
+    import sys
+
+    from potstill.cli import main
+
+    for d in ("run", "other"):
+        shutil.copytree(evaluated / "run", tmp_path / d, ignore=shutil.ignore_patterns("student", "*.sqlite"))
+    path = tmp_path / "other" / "eval.json"
+    ev = json.loads(path.read_text())
+    extra = {**ev["slices"][1], "slice": "tag:only-in-other", "verdict": "fail"}
+    ev["slices"] = [s for s in ev["slices"] if s["slice"] != "tag:short-form"] + [extra]
+    path.write_text(json.dumps(ev))
+    monkeypatch.setattr(sys, "argv", ["potstill", "report", str(tmp_path / "run"), "--compare", str(tmp_path / "other"),
+                                      "--out", str(tmp_path / "cmp.html")])
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == 0, capsys.readouterr().err
+    table = (tmp_path / "cmp.html").read_text().split("<section id='compare'>", 1)[1].split("</table>", 2)[1]
+    rows = {r.split("</td>", 1)[0]: r for r in table.split("<tr><td class='l'>")[1:]}
+    assert "tag:only-in-other" in rows and "tag:short-form" in rows, list(rows)
+    # Each run's own cell: the champion has no such slice ("-"), the challenger's verdict shows.
+    cells = rows["tag:only-in-other"].split("<td")
+    assert cells[1] == " class=''>-</td>" and "<b>fail</b>" in cells[2], cells
+    assert rows["tag:short-form"].split("<td")[2] == " class=''>-</td></tr>", rows["tag:short-form"]

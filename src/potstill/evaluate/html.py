@@ -314,7 +314,8 @@ def _compare(ev: dict, others: Sequence[tuple[str, dict]]) -> str:
         rows.append([escape(name), escape(str(s.get("model"))), _pct(s.get("gold_metric")), _ci(e["agreement_ci"].get("student")),
                      f"{_num(s['latency_batch1'].get('p50_s'))} s", *_on_both_bases(s, be),
                      _decision(e["verdict"]), escape(e.get("created_at", "-"))])
-    names = [r["slice"] for r in ev["slices"]]
+    # Every run's slices, the champion's first: a challenger tested on other tags keeps its own rows.
+    names = list(dict.fromkeys(r["slice"] for _, e in runs for r in e["slices"]))
     slice_rows = []
     for sl in names:
         cells = []
