@@ -308,3 +308,35 @@ def test_compare_shows_the_slices_only_a_challenger_has(evaluated, tmp_path, mon
     cells = rows["tag:only-in-other"].split("<td")
     assert cells[1] == " class=''>-</td>" and "<b>fail</b>" in cells[2], cells
     assert rows["tag:short-form"].split("<td")[2] == " class=''>-</td></tr>", rows["tag:short-form"]
+
+
+def test_report_fits_a_375px_phone_screen(evaluated, tmp_path):
+    """At 375 px (a phone) the page was 1,038 px wide: no viewport meta, fixed-size SVG plots and wide
+    tables pushed the whole page sideways, the verdict scrolled off with it. Now the page is the
+    screen's width: plots scale down, and each wide table scrolls inside its own box."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not CHROMIUM.exists():
+        pytest.skip("chromium is not installed (scripts/install.sh --test installs it)")
+    shutil.copytree(evaluated / "run", tmp_path / "other", ignore=shutil.ignore_patterns("student", "*.sqlite"))
+    ev = json.loads((evaluated / "run" / "eval.json").read_text())
+    page_path = tmp_path / "phone.html"
+    page_path.write_text(render(ev, [(str(tmp_path / "other"), ev)]))
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
+        page = browser.new_page(viewport={"width": 375, "height": 800}, is_mobile=True, device_scale_factor=2)
+        page.goto(page_path.as_uri())
+        width = page.evaluate("document.documentElement.scrollWidth")
+        inner = page.evaluate("window.innerWidth")
+        plots = page.evaluate("[...document.querySelectorAll('svg')].map(s => s.getBoundingClientRect().right)")
+        # A table wider than the screen sits in a box that scrolls sideways (overflow-x auto), so
+        # none of its columns is cut off or out of reach.
+        tables = page.evaluate("""[...document.querySelectorAll('table')].map(t => {
+            const box = t.parentElement, style = getComputedStyle(box);
+            return [t.getBoundingClientRect().width, box.getBoundingClientRect().right, style.overflowX];})""")
+        section = page.evaluate("document.querySelector('#compare').getBoundingClientRect().width")
+        browser.close()
+    assert inner == 375 and width <= 375, width
+    assert len(plots) >= 4 and max(plots) <= 375, plots
+    assert len(tables) >= 10 and all(right <= 375 for _, right, _ in tables), tables
+    assert all(ox == "auto" for w, _, ox in tables if w > 375), tables
+    assert section <= 375

@@ -20,7 +20,8 @@ from potstill.evaluate.plots import BLUE, GREEN, GREY, RED, interval_plot, line_
 AMBER = "#ca8a04"  # inconclusive: the interval straddles the bar
 
 CSS = """
-body{font-family:system-ui,sans-serif;margin:24px auto;max-width:1100px;color:#111827;line-height:1.4}
+body{font-family:system-ui,sans-serif;margin:24px auto;padding:0 12px;max-width:1100px;color:#111827;line-height:1.4;overflow-wrap:break-word}
+.scroll{overflow-x:auto;max-width:100%}svg{max-width:100%;height:auto}
 h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #e5e7eb;padding-bottom:4px}
 table{border-collapse:collapse;margin:8px 0;font-size:13px}th,td{border:1px solid #e5e7eb;padding:4px 8px;text-align:right;vertical-align:top}
 th{background:#f9fafb}td.l,th.l,td.s{text-align:left}.legend{font-size:12px;color:#374151;margin:0 0 8px}.src{color:#6b7280;font-size:12px;margin:4px 0 0}
@@ -74,7 +75,8 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) ->
     th = "".join(f"<th class='{'l' if i in text_cols else ''}'>{escape(h)}</th>" for i, h in enumerate(head))
     body = "".join("<tr>" + "".join(f"<td class='{'l' if i in text_cols else ''}'>{c}</td>" for i, c in enumerate(r))
                    + "</tr>" for r in rows)
-    return f"<table><tr>{th}</tr>{body}</table>"
+    # Wider than a phone's screen, a table scrolls sideways in its own box, not the whole page.
+    return f"<div class='scroll'><table><tr>{th}</tr>{body}</table></div>"
 
 
 def _decision(v: dict) -> str:
@@ -197,7 +199,7 @@ def _confusion(ev: dict) -> str:
         body += f"<tr><th class='l'>{escape(label)}</th>" + "".join(
             f"<td style='background:rgba(37,99,235,{0.85 * c / peak:.2f});color:{'white' if c / peak > 0.5 else 'inherit'}'>"
             f"{c}</td>" for c in row) + "</tr>"
-    return (f"<section id='confusion'><h2>Confusion matrix</h2><table>{head}{body}</table>"
+    return (f"<section id='confusion'><h2>Confusion matrix</h2><div class='scroll'><table>{head}{body}</table></div>"
             + _src("rows: the teacher's recorded label; columns: the trained student's answer, measured by this command "
                    f"on the {m.get('n')} test inputs.") + "</section>")
 
@@ -379,7 +381,8 @@ def render(ev: dict, others: Sequence[tuple[str, dict]] = ()) -> str:
     title = f"potstill evaluation: {ev['task']}, {ev['n_test']} test inputs"
     body = "".join([_verdict(ev), _models(ev), _slices(ev), _metrics(ev), _confusion(ev), _calibration(ev), _cost(ev),
                     _break_even(ev), _judge(ev), _worst(ev), _compare(ev, others), _sources(ev)])
-    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{escape(title)}</title>"
+    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+            "<meta name='viewport' content='width=device-width, initial-scale=1'><title>{escape(title)}</title>"
             f"<style>{CSS}</style></head><body><h1>{escape(title)}</h1><p class='small'>run {escape(ev.get('run_dir', ''))}, "
             f"evaluated {escape(ev.get('created_at', ''))}</p>{body}</body></html>")
 

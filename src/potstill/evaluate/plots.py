@@ -8,6 +8,13 @@ from typing import Sequence
 BLUE, GREY, RED, GREEN = "#2563eb", "#9ca3af", "#dc2626", "#16a34a"
 
 
+def _svg(width: float, height: float) -> str:
+    """An SVG's opening tag: its natural size, and a viewBox so that a narrower screen (the page's
+    ``max-width: 100%``) scales the whole plot down instead of cutting its right side off."""
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+            'role="img" font-family="sans-serif" font-size="12">')
+
+
 def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     return [lo + (hi - lo) * i / (n - 1) for i in range(n)]
 
@@ -28,8 +35,7 @@ def interval_plot(rows: Sequence[dict], lo: float, hi: float, ref: float | None 
     left, width, row_h, top = 260, 420, 24, 26
     h = top + row_h * len(rows) + 44
     x = lambda v: left + (min(max(v, lo), hi) - lo) / (hi - lo) * width  # noqa: E731
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 30}" height="{h}" role="img" '
-             f'font-family="sans-serif" font-size="12">']
+    parts = [_svg(left + width + 30, h)]
     for t in _ticks(lo, hi):
         parts.append(f'<line x1="{x(t):.1f}" y1="{top - 6}" x2="{x(t):.1f}" y2="{h - 38}" stroke="#e5e7eb"/>'
                      f'<text x="{x(t):.1f}" y="{h - 24}" text-anchor="middle">{_fmt(t, pct)}</text>')
@@ -65,8 +71,7 @@ def line_plot(series: Sequence[tuple[str, Sequence[float], Sequence[float], str]
     xmax, ymax = max(xs_all) or 1.0, max(ys_all) or 1.0
     x = lambda v: left + v / xmax * width  # noqa: E731
     y = lambda v: top + height - v / ymax * height  # noqa: E731
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 170}" height="{top + height + 50}" '
-             f'role="img" font-family="sans-serif" font-size="12">']
+    parts = [_svg(left + width + 170, top + height + 50)]
     for t in _ticks(0, xmax):
         parts.append(f'<line x1="{x(t):.1f}" y1="{top}" x2="{x(t):.1f}" y2="{top + height}" stroke="#e5e7eb"/>'
                      f'<text x="{x(t):.1f}" y="{top + height + 16}" text-anchor="middle">{_fmt(t, False)}</text>')
@@ -93,8 +98,7 @@ def reliability_plot(bins: Sequence[dict]) -> str:
     left, size, top = 50, 240, 16
     x = lambda v: left + v * size  # noqa: E731
     y = lambda v: top + size - v * size  # noqa: E731
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + size + 20}" height="{top + size + 44}" role="img" '
-             f'font-family="sans-serif" font-size="12">',
+    parts = [_svg(left + size + 20, top + size + 44),
              f'<rect x="{left}" y="{top}" width="{size}" height="{size}" fill="none" stroke="#d1d5db"/>']
     for b in bins:
         parts.append(f'<rect x="{x(b["lo"]) + 1:.1f}" y="{y(b["accuracy"]):.1f}" width="{(b["hi"] - b["lo"]) * size - 2:.1f}" '
