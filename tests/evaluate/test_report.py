@@ -340,3 +340,21 @@ def test_report_fits_a_375px_phone_screen(evaluated, tmp_path):
     assert len(tables) >= 10 and all(right <= 375 for _, right, _ in tables), tables
     assert all(ox == "auto" for w, _, ox in tables if w > 375), tables
     assert section <= 375
+
+
+def test_a_long_slice_name_keeps_its_n_on_the_plot():
+    """The plots cut each row's label at 40 characters after escaping it: a 36-character label name lost
+    the end of its '(n=45)' and read 'n=4', and a name with '&' lost more to '&amp;' or was cut inside it."""
+    import re
+
+    from potstill.evaluate.plots import interval_plot
+
+    rows = [{"label": "label:environment_and_sustainability (n=45)", "value": 0.9, "lo": 0.8, "hi": 1.0},
+            {"label": "tag:R&D & M&A & Q&A & P&L & S&P news (n=31)", "value": 0.5, "lo": 0.4, "hi": 0.6},
+            {"label": "all (n=120)", "value": 0.7, "lo": 0.6, "hi": 0.8}]
+    svg = interval_plot(rows, 0.0, 1.0)
+    shown = re.findall(r'text-anchor="end">([^<]*)</text>', svg)
+    assert len(shown) == 3 and shown[2] == "all (n=120)", shown
+    assert shown[0].endswith("(n=45)") and shown[1].endswith("(n=31)"), shown
+    assert all(len(re.sub(r"&\w+;", "x", s)) <= 40 for s in shown), shown
+    assert all(re.fullmatch(r"([^&]|&(amp|lt|gt|quot|#x27);)*", s) for s in shown), shown  # no entity cut in two

@@ -15,6 +15,12 @@ def _svg(width: float, height: float) -> str:
             'role="img" font-family="sans-serif" font-size="12">')
 
 
+def _short(label: str, most: int = 40) -> str:
+    """A row label that fits left of the plot: cut in the middle, so that its end ("(n=45)") stays whole.
+    Cut before escaping: an escaped '&' is five characters, and a cut could split it."""
+    return label if len(label) <= most else label[: most - 14] + "…" + label[-13:]
+
+
 def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     return [lo + (hi - lo) * i / (n - 1) for i in range(n)]
 
@@ -45,7 +51,7 @@ def interval_plot(rows: Sequence[dict], lo: float, hi: float, ref: float | None 
                      f'fill="{RED}">{escape(ref_label)}</text>')
     for i, r in enumerate(rows):
         y = top + row_h * i + row_h / 2
-        parts.append(f'<text x="{left - 8}" y="{y + 4:.1f}" text-anchor="end">{escape(str(r["label"]))[:40]}</text>')
+        parts.append(f'<text x="{left - 8}" y="{y + 4:.1f}" text-anchor="end">{escape(_short(str(r["label"])))}</text>')
         if r.get("value") is None:
             continue
         c = r.get("color", BLUE)
