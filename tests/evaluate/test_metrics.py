@@ -173,3 +173,24 @@ def test_a_student_right_where_the_teacher_never_is_passes_on_gold():
     # Both at 0 (free text's exact match to a reference, say): gold tells them apart in nothing, agreement decides.
     both = slice_table([[]] * 40, agree, None, [0.0] * 40, t_gold, bar, min_n=30, n_boot=200)[0]
     assert both["judged_on"] == "agreement" and both["verdict"] == "fail"
+
+
+def test_json_values_compare_as_json_true_is_not_1_and_2_is_2_0():
+    """Extraction compared field values with Python's ==, where True == 1: a student writing 1 for the
+    teacher's true agreed on that field (agreement, the field rows, the verdict), while exact match and
+    field precision/recall, comparing JSON text, called it wrong, and called 2.0 and 2 (one JSON number)
+    different. Every one of them now compares JSON values: true is not 1, 2.0 is 2."""
+    from potstill.evaluate.slices import field_table
+
+    task = ExtractionTask(TaskConfig(type="extraction", json_schema={"type": "object"}))
+    student = [task.parse('{"urgent": 1, "n": 2.0, "tags": [true]}')]
+    teacher = [task.parse('{"urgent": true, "n": 2, "tags": [1]}')]
+    assert task.agree(student[0], teacher[0]) == pytest.approx(1 / 3)  # n only
+    assert task.agree(task.parse('{"a": 0}'), task.parse('{"a": false}')) == 0.0
+    assert task.agree(task.parse('{"a": {"b": 1.0}}'), task.parse('{"a": {"b": 1}}')) == 1.0
+    prf = field_prf(student, teacher)
+    assert prf["precision"] == pytest.approx(1 / 3) and prf["recall"] == pytest.approx(1 / 3)
+    assert exact_match([task.parse('{"n": 2.0, "m": [1.5]}')], [task.parse('{"m": [1.5], "n": 2}')]) == 1.0
+    bar = QualityBar(min_agreement=0.5, min_relative_quality=None)
+    rows = {r["slice"]: r for r in field_table(["urgent", "n"], student, None, teacher, [None], bar, 1, 50)}
+    assert rows["field:urgent"]["agreement"]["value"] == 0.0 and rows["field:n"]["agreement"]["value"] == 1.0

@@ -7,10 +7,11 @@ Free text: chrF (Popovic 2015, as sacrebleu computes it) and ROUGE-L (Lin 2004),
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from typing import Any, Callable, Sequence
+
+from potstill.tasks.extraction import json_text
 
 INVALID = "(invalid)"
 
@@ -86,7 +87,7 @@ def _items(obj: Any) -> set[tuple[str, str]]:
     """Top-level (field, canonical JSON value) pairs of a dict; anything else has none."""
     if not isinstance(obj, dict):
         return set()
-    return {(str(k), json.dumps(v, sort_keys=True, ensure_ascii=False)) for k, v in obj.items()}
+    return {(str(k), json_text(v)) for k, v in obj.items()}
 
 
 def field_prf(preds: Sequence[Any], refs: Sequence[Any]) -> dict[str, float | None]:
@@ -119,7 +120,7 @@ def exact_match(preds: Sequence[Any], refs: Sequence[Any]) -> float | None:
 def _canon(x: Any) -> str | None:
     """Canonical JSON text of a parsed value; None for a parse failure (which equals nothing)."""
     try:
-        return json.dumps(x, sort_keys=True, ensure_ascii=False)
+        return json_text(x)
     except TypeError:
         return None
 

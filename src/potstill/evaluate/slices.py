@@ -18,6 +18,7 @@ from typing import Any, Sequence
 from potstill.config import QualityBar
 from potstill.evaluate.bootstrap import bootstrap_gap, bootstrap_mean, bootstrap_ratio
 from potstill.records import Record
+from potstill.tasks.extraction import json_same
 
 
 def length_edges(records: Sequence[Record]) -> tuple[int, int]:
@@ -183,7 +184,7 @@ def _same_field(a: Any, b: Any, field: str) -> float | None:
     where ``b`` is not an object (an invalid reference says nothing about its fields)."""
     if not isinstance(b, dict):
         return None
-    return float(isinstance(a, dict) and a.get(field) == b.get(field))
+    return float(isinstance(a, dict) and json_same(a.get(field), b.get(field)))
 
 
 def field_table(fields: Sequence[str], student: Sequence[Any], untrained: Sequence[Any] | None,

@@ -27,6 +27,31 @@ class _Invalid:
     __hash__ = None  # type: ignore[assignment]
 
 
+def _json_number(x: Any) -> Any:
+    """``x`` with each integral float an int, recursively (bools left alone: bool is an int in Python)."""
+    if isinstance(x, float) and x.is_integer() and abs(x) < 2**53:
+        return int(x)
+    if isinstance(x, dict):
+        return {k: _json_number(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_json_number(v) for v in x]
+    return x
+
+
+def json_text(x: Any) -> str:
+    """Canonical JSON text of a parsed value, equal for equal JSON values: keys sorted, 2.0 written as 2
+    (one JSON number), and true never equal to 1 (Python's True == 1 is). TypeError for a non-JSON value."""
+    return json.dumps(_json_number(x), sort_keys=True, ensure_ascii=False)
+
+
+def json_same(a: Any, b: Any) -> bool:
+    """Whether two parsed values are the same JSON value (see ``json_text``); a parse failure equals nothing."""
+    try:
+        return json_text(a) == json_text(b)
+    except TypeError:
+        return False
+
+
 def schema_order(value: Any, schema: Any) -> Any:
     """``value`` with each object's keys in its schema's ``properties`` order (keys the schema
     does not name keep their order, after those it does); arrays follow ``items``."""
@@ -89,5 +114,5 @@ class ExtractionTask(Task):
             return 0.0
         if isinstance(a, dict) and isinstance(b, dict):
             keys = set(a) | set(b)
-            return sum(a.get(k) == b.get(k) for k in keys) / len(keys) if keys else 1.0
-        return float(a == b)
+            return sum(json_same(a.get(k), b.get(k)) for k in keys) / len(keys) if keys else 1.0
+        return float(json_same(a, b))
