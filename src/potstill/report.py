@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from potstill.config import PriceConfig
@@ -225,5 +226,7 @@ def print_slices(slices: list[dict[str, Any]]) -> None:
     style = {"pass": "green", "fail": "red", "inconclusive": "yellow"}
     for r in slices:
         v = r["verdict"]
-        t.add_row(r["slice"], str(r["n"]), r.get("judged_on", "-"), f"[{style.get(v, 'dim')}]{v}[/]", r["reason"])
+        # Slice names are the user's tags and labels, printed as written ("[en] news" is no markup).
+        t.add_row(escape(r["slice"]), str(r["n"]), r.get("judged_on", "-"), f"[{style.get(v, 'dim')}]{v}[/]",
+                  escape(r["reason"]))
     out.print(t)

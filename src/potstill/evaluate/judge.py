@@ -15,6 +15,8 @@ from __future__ import annotations
 import re
 from typing import Any, Sequence
 
+from rich.markup import escape
+
 from potstill.config import Config, TeacherConfig
 from potstill.evaluate.bootstrap import bootstrap_mean
 from potstill.evaluate.metrics import chrf
@@ -80,7 +82,7 @@ def ask(cfg: Config, task: Task, prompts: list[list[dict[str, str]]], ledger: Le
         priced = not teacher.remote or price_for(teacher.cfg.model, teacher.cfg.price, cfg.generate.prices)
         if not priced:
             where = "evaluate.judge.teacher.price" if cfg.evaluate.judge.teacher is not None else "teacher.price"
-            say(f"[yellow]evaluate: no price is known for the judge model {teacher.cfg.model!r}: its calls count $0 in "
+            say(f"[yellow]evaluate: no price is known for the judge model {escape(repr(teacher.cfg.model))}: its calls count $0 in "
                 f"the ledger, eval.json and the report; set {where} (input_per_mtok, output_per_mtok) or add the "
                 "model to generate.prices[/yellow]")
         ident = teacher.identity()

@@ -13,6 +13,8 @@ import math
 import time
 from typing import Any
 
+from rich.markup import escape
+
 from potstill.config import Config
 from potstill.errors import PotstillError
 from potstill.evaluate import break_even, break_even_curve, verdict
@@ -188,8 +190,9 @@ def evaluate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
     if judged is not None:
         from potstill.evaluate.judge import summary_line
 
-        say(summary_line(judged))
-    say(f"verdict: {v['decision']}: {v['reason']}. Report: {run / 'report.html'}")
+        say(escape(summary_line(judged)))
+    # The reason names slices (the user's tags and labels) and the path: printed as written, not as markup.
+    say(escape(f"verdict: {v['decision']}: {v['reason']}. Report: {run / 'report.html'}"))
     if judged is not None and judged["failed_calls"]:
         # As generate does: not marked done, so a plain rerun asks the failed calls again (the
         # answered ones are cached); done, the rerun was skipped and the inputs stayed "bad".
@@ -254,8 +257,8 @@ def _local_teacher(cfg: Config, task: Task, test: list[Record]) -> Beside | None
         teacher.lm()
     except Exception as e:  # noqa: BLE001 - an optional measurement: the ledger still has the teacher's timings
         first = str(e).splitlines()[0] if str(e) else ""
-        say(f"evaluate: the local teacher did not load here ({type(e).__name__}: {first[:200]}); its latency and "
-            "cost come from the ledger rows generate wrote")
+        say(escape(f"evaluate: the local teacher did not load here ({type(e).__name__}: {first[:200]}); its latency "
+                   "and cost come from the ledger rows generate wrote"))
         return None
 
     def call(r: Record) -> None:

@@ -8,6 +8,8 @@ from typing import Any
 from potstill.config import Config
 from potstill.errors import PotstillError
 from potstill.generate import run_generate
+from rich.markup import escape
+
 from potstill.progress import say
 from potstill.records import Record, write_json
 from potstill.report import measure_student, measure_teacher, print_table
@@ -48,7 +50,8 @@ def pilot_body(cfg: Config, run: RunDir) -> dict[str, Any]:
                                     "teacher_errors": stats.errors, "teacher_invalid": stats.invalid,
                                     "models": models})
     if len(valid) < len(sample):
-        say(f"pilot: {_unusable(labelled)}; the figures are over the other {len(valid)} of {len(sample)} inputs")
+        # The teacher's error text as the provider wrote it: "[/messages/1]" is a JSON path, not markup.
+        say(escape(f"pilot: {_unusable(labelled)}; the figures are over the other {len(valid)} of {len(sample)} inputs"))
     print_table(f"pilot: {len(valid)} inputs, before training", models)
     gap = (teacher.get("gold_metric") or 0) - (student.get("gold_metric") or 0)
     chrf = student.get("chrf_with_teacher")
