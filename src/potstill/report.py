@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from rich.markup import escape
@@ -190,7 +191,7 @@ def _teacher_from_ledger(task: Task, records: list[Record], ledger: Ledger) -> t
 
 
 def _fmt(x: Any, pct: bool = False, digits: int = 3) -> str:
-    if x is None:
+    if x is None or (isinstance(x, float) and math.isnan(x)):  # nan: a mean or percentile of no rows
         return "-"
     if pct:
         return f"{100 * x:.1f}%"
@@ -211,7 +212,7 @@ def print_table(title: str, models: dict[str, dict[str, Any]]) -> None:
         chrf = [_fmt(m.get("chrf_with_teacher"), digits=3)] if text else []
         t.add_row(
             name, _fmt(m.get("gold_metric"), pct=True), _fmt(m.get("agreement_with_teacher"), pct=True), *chrf,
-            _fmt(lat.get("p50_s")) + " s", _fmt(lat.get("p95_s")) + " s",
+            *(f if f == "-" else f + " s" for f in (_fmt(lat.get("p50_s")), _fmt(lat.get("p95_s")))),
             _fmt(m.get("input_tokens_per_call"), digits=0) + " + " + _fmt(m.get("output_tokens_per_call"), digits=0),
             _fmt(m.get("cost_per_1k_calls_usd"), digits=5),
         )

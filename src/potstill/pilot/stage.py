@@ -53,12 +53,20 @@ def pilot_body(cfg: Config, run: RunDir) -> dict[str, Any]:
         # The teacher's error text as the provider wrote it: "[/messages/1]" is a JSON path, not markup.
         say(escape(f"pilot: {_unusable(labelled)}; the figures are over the other {len(valid)} of {len(sample)} inputs"))
     print_table(f"pilot: {len(valid)} inputs, before training", models)
+    say(summary_line(student, teacher))
+    return {"agreement": student["agreement_with_teacher"], "teacher_calls": stats.calls}
+
+
+def summary_line(student: dict[str, Any], teacher: dict[str, Any]) -> str:
+    """The pilot's one line: agreement (and chrF for free text), and the gold gap where there is gold."""
     gap = (teacher.get("gold_metric") or 0) - (student.get("gold_metric") or 0)
     chrf = student.get("chrf_with_teacher")
-    say(f"pilot: the untrained student agrees with the teacher on {100 * (student['agreement_with_teacher'] or 0):.1f}%"
-        + (f" (exact match), chrF {chrf:.3f} against its answers" if chrf is not None else "")
-        + (f" and trails it by {100 * gap:.1f} points on gold" if teacher.get("gold_metric") is not None else ""))
-    return {"agreement": student["agreement_with_teacher"], "teacher_calls": stats.calls}
+    # An untrained student can beat the teacher on gold (a weak teacher): "trails it by -5.0 points" read wrong.
+    gold = (f" and trails it by {100 * gap:.1f} points on gold" if gap > 0 else
+            f" and leads it by {-100 * gap:.1f} points on gold" if gap < 0 else " and matches it on gold")
+    return (f"pilot: the untrained student agrees with the teacher on {100 * (student['agreement_with_teacher'] or 0):.1f}%"
+            + (f" (exact match), chrF {chrf:.3f} against its answers" if chrf is not None else "")
+            + (gold if teacher.get("gold_metric") is not None else ""))
 
 
 def _unusable(labelled: list[Record]) -> str:
