@@ -129,3 +129,22 @@ def test_the_stop_reason_kept_is_that_of_the_sample_that_is_the_output(tmp_path,
     from potstill.curate.checks import invalid_reason
 
     assert invalid_reason(rec, get_task(TaskConfig(**task)), CurateConfig()).startswith("truncated")
+
+
+def test_samples_that_are_one_json_value_vote_together():
+    """The vote keyed samples by json.dumps of the parsed answer, so {"n": 2} and {"n": 2.0}, one JSON
+    value (and one answer to evaluate, which compares canonical JSON), split their votes: a third
+    sample {"n": 3} tied them and the first won at agreement 1/3. Curate's re-vote the same."""
+    import json
+
+    from potstill.config import CurateConfig, TaskConfig
+    from potstill.curate.checks import majority
+    from potstill.generate.consistency import vote
+    from potstill.records import Record
+    from potstill.tasks import get_task
+
+    samples = ['{"n": 3}', '{"n": 2}', '{"n": 2.0}']
+    assert vote(samples, json.loads, lambda x: None) == (1, 2 / 3)
+    task = get_task(TaskConfig(type="extraction", instruction="n?", json_schema={"type": "object"}))
+    rec = Record(messages=[{"role": "user", "content": "x"}], output=samples[0], samples=samples)
+    assert majority(rec, task, CurateConfig()) == ('{"n": 2}', 2 / 3)

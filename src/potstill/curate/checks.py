@@ -17,6 +17,7 @@ from potstill.config import CurateConfig
 from potstill.records import Record
 from potstill.tasks import Task
 from potstill.tasks.answers import output_problem
+from potstill.tasks.extraction import json_text
 
 
 # The stop reasons of an answer that ran into the request's token limit (OpenAI, local: length;
@@ -41,7 +42,10 @@ def invalid_reason(rec: Record, task: Task, c: CurateConfig) -> str | None:
 
 
 def _key(parsed: Any) -> str:
-    return json.dumps(parsed, sort_keys=True, ensure_ascii=False, default=str)
+    try:  # canonical JSON, as generate's vote: {"n": 2} and {"n": 2.0} are one answer
+        return json_text(parsed)
+    except TypeError:
+        return json.dumps(parsed, sort_keys=True, ensure_ascii=False, default=str)
 
 
 def majority(rec: Record, task: Task, c: CurateConfig) -> tuple[str, float] | None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from typing import Any, Callable
 
+from potstill.tasks.extraction import json_text
 from potstill.teachers.base import Response
 
 
@@ -25,7 +25,8 @@ def vote(samples: list[str], parse: Callable[[str], Any],
     for s in samples:
         try:
             parsed = parse(s)
-            keys.append(json.dumps(parsed, sort_keys=True) if validate(parsed) is None else None)
+            # Canonical JSON (tasks.extraction.json_text): {"n": 2} and {"n": 2.0} are one answer, true is not 1.
+            keys.append(json_text(parsed) if validate(parsed) is None else None)
         except Exception:  # noqa: BLE001 - a sample the task cannot parse (or put in JSON) is invalid
             keys.append(None)
     counts = Counter(k for k in keys if k is not None)
