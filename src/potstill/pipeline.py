@@ -14,7 +14,7 @@ from typing import Any
 from potstill.config import Config
 from potstill.records import write_json
 from potstill.rundir import RunDir
-from potstill.stage import Stage
+from potstill.stage import Stage, held_run
 
 # How the teacher is driven, not what it answers: a changed rate limit or budget reruns nothing
 # (answers are cached in the ledger either way). generate.n and every other generate field count.
@@ -86,13 +86,16 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
 def run_all(cfg: Config, skip_pilot: bool = False, force: bool = False) -> dict[str, Any]:
     """Run the stages in order; write each stage's wall time to timings.json in the run directory."""
     results, timings = {}, {}
-    for name, stage in STAGES.items():
-        if name == "pilot" and skip_pilot:
-            continue
-        t0 = time.perf_counter()
-        results[name] = stage.run(cfg, force)
-        timings[name] = {"seconds": round(time.perf_counter() - t0, 2), "skipped": results[name].get("skipped", False)}
-    write_json(RunDir(cfg.run_dir) / "timings.json", timings)
+    # Held from the first stage to the last: another command cannot slip in between two stages.
+    with held_run(cfg):
+        for name, stage in STAGES.items():
+            if name == "pilot" and skip_pilot:
+                continue
+            t0 = time.perf_counter()
+            results[name] = stage.run(cfg, force)
+            timings[name] = {"seconds": round(time.perf_counter() - t0, 2),
+                             "skipped": results[name].get("skipped", False)}
+        write_json(RunDir(cfg.run_dir) / "timings.json", timings)
     return {"results": results, "timings": timings}
 
 

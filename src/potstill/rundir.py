@@ -9,10 +9,12 @@ outputs changes the fingerprint of every stage that reads them, so those rerun t
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Iterator, NoReturn
 
 from potstill import __version__
 from potstill.errors import PotstillError
@@ -122,6 +124,49 @@ class RunDir:
         else:
             entry.pop("untracked", None)
         write_json(self.manifest_path, m)
+
+
+# Run directories this process holds: `potstill run` holds its directory across the stages, and
+# each stage takes it again on the way in.
+_HELD: set[Path] = set()
+
+
+@contextlib.contextmanager
+def exclusive(path: str | Path) -> Iterator[None]:
+    """Hold the run directory ``path`` (an existing directory) for this process, or refuse at once.
+
+    Two commands at once on one run would write over each other's artifacts, and the manifest
+    would record one's fingerprint beside the other's outputs (a later run then skips a stage on
+    the wrong weights). The lock is ``flock`` on the directory itself: nothing is written into it,
+    and a killed process lets go with its descriptor. Where there are no such locks (Windows, a
+    file system without them), the command runs unguarded.
+    """
+    key = Path(path).resolve()
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None  # type: ignore[assignment]
+    if key in _HELD or fcntl is None:
+        yield
+        return
+    fd = os.open(key, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            locked = True
+        except BlockingIOError:
+            raise PotstillError(f"{path}: another potstill command is running a stage in this run directory; "
+                                "wait for it to finish (two at once would write over each other's artifacts)") from None
+        except OSError:  # some network and container mounts
+            locked = False
+        if locked:
+            _HELD.add(key)
+        try:
+            yield
+        finally:
+            _HELD.discard(key)
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 CHALLENGER_TRAIN = "challenger_train.jsonl"  # RUN/redistill/<id>/: every record challenger <id> was trained on

@@ -9,11 +9,12 @@ each stage's body actually reads and fails on any that is not declared.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import yaml
 from pydantic import BaseModel
@@ -24,7 +25,7 @@ from potstill.errors import PotstillError, without_credentials
 from potstill.hashing import hash_path
 from potstill.progress import say
 from potstill.records import Record, read_numbered, write_text
-from potstill.rundir import RunDir
+from potstill.rundir import RunDir, exclusive
 from potstill.tasks import get_task
 
 Body = Callable[[Config, RunDir], dict[str, Any]]
@@ -127,18 +128,8 @@ class Stage:
 
         if self.tracked:
             tracking.check(cfg)  # a tracker that is not installed is one line now, not after an hour of training
-        made = _missing_dirs(Path(cfg.run_dir))
-        try:
+        with held_run(cfg):
             return self._run(cfg, force)
-        except BaseException:
-            # A stage that fails before writing anything leaves no empty run directory that looks
-            # like a started run; rmdir removes only what is still empty, so nothing written is lost.
-            for d in made:
-                try:
-                    d.rmdir()
-                except OSError:
-                    break
-            raise
 
     def _run(self, cfg: Config, force: bool) -> dict[str, Any]:
         run = RunDir(cfg.run_dir)
@@ -174,6 +165,27 @@ class Stage:
         failed = tracking.after_stage(cfg.model_copy(update={"tracking": trackers}), self.name,
                                       {k: get_dotted(cfg, k) for k in self.fingerprinted()}, summary, run.path)
         run.set_untracked(self.name, sorted(set(failed) | (set(pending) - set(trackers))))
+
+
+@contextlib.contextmanager
+def held_run(cfg: Config) -> Iterator[None]:
+    """The run directory, made and held against a second command (``rundir.exclusive``) while the
+    block runs. Under torchrun / accelerate launch the ranks of one command share it: rank 0 holds
+    it for them."""
+    made = _missing_dirs(Path(cfg.run_dir))
+    try:
+        run = RunDir(cfg.run_dir)
+        with exclusive(run.path) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext():
+            yield
+    except BaseException:
+        # A stage that fails before writing anything leaves no empty run directory that looks
+        # like a started run; rmdir removes only what is still empty, so nothing written is lost.
+        for d in made:
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
 
 
 def _missing_dirs(path: Path) -> list[Path]:
