@@ -310,6 +310,50 @@ def test_a_single_stage_records_only_its_own_fields(tmp_path):
     assert sorted(p.name for p in run.path.iterdir()) == ["potstill.yaml"]  # no temp file left behind
 
 
+def test_a_local_model_path_is_saved_relative_to_the_run(tmp_path, monkeypatch):
+    """A model written ./x or ../x in a config is a path relative to that config's folder; the run's
+    potstill.yaml kept it as written (relative to the shell's folder), so serve, watch and redistill,
+    loading it from RUN/, looked beside the run for another directory (or, once './' was gone, a hub
+    id): redistill refused the champion's own base."""
+    project = tmp_path / "project"
+    for name in ("student", "teacher", "big"):
+        (project / "models" / name).mkdir(parents=True)
+        (project / "models" / name / "config.json").write_text("{}")
+    (tmp_path / "shared.gguf").write_text("not read")
+    (project / "potstill.yaml").write_text(yaml.safe_dump({
+        "run_dir": "runs/a", "task": {"labels": ["x", "y"]},
+        "teacher": {"model": "./models/teacher"}, "student": {"model": "./models/student"},
+        "train": {"teacher_model": "../shared.gguf"},
+        "evaluate": {"judge": {"teacher": {"type": "local", "model": str(project / "models" / "big")}}},
+    }))
+    monkeypatch.chdir(project)
+    cfg = load_config("potstill.yaml")
+    run = RunDir(cfg.run_dir)
+    for s in STAGES.values():
+        save_config(cfg, run, s)
+    want = {"student.model": project / "models" / "student", "teacher.model": project / "models" / "teacher",
+            "train.teacher_model": tmp_path / "shared.gguf"}
+    for where in (project, tmp_path, project / "runs" / "a"):  # serve RUN from any folder
+        monkeypatch.chdir(where)
+        saved = load_config(project / "runs" / "a" / "potstill.yaml")
+        for key, path in want.items():
+            assert Path(get_dotted(saved, key)).resolve() == path, (where, key, get_dotted(saved, key))
+        # An absolute path stays one (a run moved alone still finds the model).
+        assert get_dotted(saved, "evaluate.judge.teacher.model") == str(project / "models" / "big")
+    # The saved file, saved again by the next stage, still names the same folders.
+    monkeypatch.chdir(project)
+    save_config(cfg, run, STAGES["curate"])
+    saved = load_config(project / "runs" / "a" / "potstill.yaml")
+    assert Path(saved.student.model).resolve() == want["student.model"]
+    # A hub id stays a hub id, and an API teacher's model its served name, even beside a folder of that name.
+    hub = load_config(None, {"run_dir": str(run.path), "task.labels": ["x", "y"], "student.model": "org/name",
+                             "teacher.type": "openai", "teacher.model": "models/teacher"})
+    save_config(hub, run, STAGES["train"])
+    save_config(hub, run, STAGES["generate"])
+    text = yaml.safe_load((run / "potstill.yaml").read_text())
+    assert (text["student"]["model"], text["teacher"]["model"]) == ("org/name", "models/teacher")
+
+
 def test_stage_commands_take_exactly_their_declared_flags():
     import typer.main
 

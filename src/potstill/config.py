@@ -221,8 +221,18 @@ def relative_paths(cfg: Config, base: Path) -> dict[str, Any]:
         node: Any = data
         for p in parents:
             node = node.get(p) if isinstance(node, dict) else None
-        if role.resolve and isinstance(node, dict) and isinstance(node.get(leaf), str):
+        if not isinstance(node, dict) or not isinstance(node.get(leaf), str):
+            continue
+        if role.resolve:
             node[leaf] = os.path.relpath(Path(node[leaf]).resolve(), base)
+        elif (node[leaf] and not os.path.isabs(node[leaf]) and Path(node[leaf]).exists()
+              and node.get("type", "local") == "local"):
+            # A local model named by a relative path (relative to the shell's folder once loaded; a
+            # hub id, or an absolute path, is left as written) is read back as a path only when
+            # written ./x or ../x (``_resolve_paths``). An API teacher's model is a served name,
+            # whatever folder happens to share it.
+            rel = os.path.relpath(Path(node[leaf]).resolve(), base)
+            node[leaf] = rel if rel.startswith("..") else os.path.join(".", rel)
     return data
 
 
