@@ -51,8 +51,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           # Its usd_per_hour prices a local teacher timed beside the student, which only evaluate does.
           tunes=(*_GENERATE_TUNES, "teacher.price.usd_per_hour", "teacher.terms"), inputs=(), outputs=("pilot.json",),
           body="potstill.pilot.stage:pilot_body"),
-    # `potstill generate` runs preflight's generate checks first (a projected cost over the budget
-    # is refused before a request is sent); train runs its checks inside its body.
+    # `potstill generate` and `potstill run` run preflight's generate checks first (a projected cost
+    # over the budget is refused before a request is sent); train runs its checks inside its body.
     Stage("generate", "Run the teacher over every input (cached in the ledger; a rerun sends nothing twice).",
           reads=("task", *_INPUTS, "teacher", "generate"), tunes=(*_GENERATE_TUNES, *_TEACHER_BILLING), inputs=(),
           outputs=("teacher.jsonl",),
@@ -88,6 +88,13 @@ def run_all(cfg: Config, skip_pilot: bool = False, force: bool = False) -> dict[
     results, timings = {}, {}
     # Held from the first stage to the last: another command cannot slip in between two stages.
     with held_run(cfg):
+        # What `potstill generate` refuses before a request is sent (a projected cost over the
+        # budget), `run` refuses before the pilot's; a stage that has nothing left to do is not checked.
+        for stage in STAGES.values():
+            if stage.preflight and (force or not stage.up_to_date(cfg)):
+                from potstill.preflight import require
+
+                require(cfg, stage.name)
         for name, stage in STAGES.items():
             if name == "pilot" and skip_pilot:
                 continue
