@@ -239,3 +239,26 @@ def test_the_projection_after_a_batch_run_is_priced_at_what_the_rerun_pays(tmp_p
     out = _cost_out(monkeypatch, capsys, tmp_path)
     assert ("projected cost of the rest $0.0001 at 0.2 of the live price (generate.engine batch, "
             "generate.batch_price.openai)") in out, out
+
+
+def test_a_directory_written_atomically_has_the_modes_mkdir_and_open_give(tmp_path):
+    """atomic_dir (the trained student, checkpoints, converted models) renamed mkdtemp's 0700
+    directory into place, and files some writers make 0600 kept that: a student trained by one
+    account could not be served by another. The modes follow the umask, as a plain mkdir's would."""
+    import os
+    import stat
+    import tempfile
+
+    from potstill.records import atomic_dir
+
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "student") as d:
+            fd, f = tempfile.mkstemp(dir=d)  # 0600, as safetensors and torch may leave a file
+            os.close(fd)
+            (d / "sub").mkdir(mode=0o700)
+    finally:
+        os.umask(old)
+    out = tmp_path / "student"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755 and stat.S_IMODE((out / "sub").stat().st_mode) == 0o755
+    assert stat.S_IMODE((out / os.path.basename(f)).stat().st_mode) == 0o644

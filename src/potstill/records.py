@@ -383,6 +383,18 @@ def atomic_files(paths: Iterable[str | Path]) -> Iterator[dict[Path, TextIO]]:
         # ExitStack exits last-entered first: each atomic_write then renames its file into place.
 
 
+def _ordinary_modes(root: Path) -> None:
+    """The modes a plain ``mkdir`` and ``open`` would have given under the process's umask: mkdtemp
+    makes 0700 and some writers 0600 files, so a student trained by one user could not be served
+    (or a checkpoint read) by another account, as any other output can."""
+    umask = os.umask(0)
+    os.umask(umask)
+    root.chmod(0o777 & ~umask)
+    for p in root.rglob("*"):
+        if not p.is_symlink():
+            p.chmod((0o777 if p.is_dir() else 0o666) & ~umask | (p.stat().st_mode & 0o111 & ~umask))
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temp directory beside ``path``; on success it replaces ``path`` whole."""
@@ -391,6 +403,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
     try:
         yield tmp
+        _ordinary_modes(tmp)
         if path.is_symlink():  # a promoted student (RUN/student -> students/ID): the target is kept
             path.unlink()
         elif path.exists():
