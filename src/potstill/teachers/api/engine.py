@@ -215,9 +215,12 @@ async def run_requests(
     streak = 0  # answers in a row that failed as every other request would (``halting``)
 
     def expected_cost(req: dict[str, Any]) -> float:
-        # Before any answer, price the worst case (the whole max_tokens); after, the mean so far.
-        if stats.calls:
-            return stats.cost_usd / stats.calls
+        # Before any answer, price the worst case (the whole max_tokens); after, the mean of the answers
+        # so far. Over answered calls only: a failed one is mostly free (a 400, a 5xx), and counted in the
+        # mean it priced the requests in flight near $0 (twelve free errors, then $5 spent on a $2.5 cap).
+        paid = stats.calls - stats.errors
+        if paid:
+            return stats.cost_usd / paid
         est = teacher.estimate_tokens(req)
         out = max_output(req) * int(req.get("n", 1))
         return token_cost(price, max(0, est - out), out)
