@@ -540,6 +540,9 @@ def main() -> None:
             from potstill.train.distributed import shutdown
 
             shutdown()
+        if e.code == 130:  # Ctrl-C: Typer turns it into exit 130 without a word, before the handler below sees it
+            typer.secho("interrupted: artifacts are written whole or not at all, and the stage is not marked done, "
+                        "so the same command runs it again (answers already paid for come from the ledger)", err=True)
         raise
     except PotstillError as e:
         typer.secho(f"error: {e}", fg="red", err=True)
