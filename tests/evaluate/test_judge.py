@@ -251,6 +251,12 @@ def test_free_text_verdicts_are_set_beside_chrf_not_exact_match(tmp_path, tiny_m
         assert e["metric"] == pytest.approx(chrf(out, teacher[e["id"]]))
     assert any(e["metric"] > 0 for e in judge["examples"])  # exact match gave 0 for every one of them
     assert "chrF" in (run / "report.html").read_text()
+    # and the report's three-way table has each model's chrF, as the terminal's does (it had none)
+    html = (run / "report.html").read_text()
+    models = html[html.index("<section id='models'>"):html.index("</section>", html.index("<section id='models'>"))]
+    ev = json.loads((run / "eval.json").read_text())
+    assert "chrF with teacher" in models
+    assert f"{ev['models']['student']['chrf_with_teacher']:.3f}" in models
 
 
 def test_evaluate_says_what_the_judge_found(tmp_path, tiny_model, capsys):

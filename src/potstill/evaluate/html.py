@@ -114,16 +114,20 @@ def _verdict(ev: dict) -> str:
 
 def _models(ev: dict) -> str:
     rows = []
+    # Free text: exact agreement is near 0 for any model but the teacher; chrF shows how close each came,
+    # as the terminal's table does.
+    text = any("chrf_with_teacher" in m for m in ev["models"].values())
     for name, m in ev["models"].items():
         ci = ev["agreement_ci"].get(name)
         lat = m.get("latency_batch1", {})
         src = ev["sources"]["teacher"] if name == "teacher" else ev["sources"]["student"]
+        chrf = [_num(m.get("chrf_with_teacher"))] if text else []
         rows.append([escape(name), escape(str(m.get("model") or "-")), _pct(m.get("gold_metric")),
-                     _ci(ci) if ci else _pct(m.get("agreement_with_teacher")), f"{_num(lat.get('p50_s'))} s",
+                     _ci(ci) if ci else _pct(m.get("agreement_with_teacher")), *chrf, f"{_num(lat.get('p50_s'))} s",
                      _usd(m.get("cost_per_1k_calls_usd")), f"<span class='small'>{escape(src)}</span>"])
     return ("<section id='models'><h2>Untrained student, teacher, trained student</h2>"
-            + _table(["", "model", "gold metric", "agreement with teacher [95% CI]", "p50 latency", "$ per 1k calls",
-                      "source"], rows, left=2)
+            + _table(["", "model", "gold metric", "agreement with teacher [95% CI]",
+                      *(["chrF with teacher"] if text else []), "p50 latency", "$ per 1k calls", "source"], rows, left=2)
             + _src(f"{ev['n_test']} held-out test inputs. Gold metric: task agreement with {ev['sources']['gold']}. "
                    f"Agreement: task agreement with the teacher's recorded answer. Intervals: {ev['sources']['intervals']}.")
             + "</section>")
