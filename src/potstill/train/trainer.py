@@ -37,7 +37,7 @@ import torch
 from potstill.config import TrainConfig
 from potstill.errors import PotstillError, compile_failed
 from potstill.hashing import hash_obj
-from potstill.models.loading import LM, keep_layers, load_lm, save_lm
+from potstill.models.loading import LM, load_lm, save_lm
 from potstill.models.prompting import PromptFormat, label_token_ids, stop_token_ids
 from potstill.models.scoring import apply_head, decoder
 from potstill.progress import bar, say
@@ -51,58 +51,10 @@ from potstill.train.distributed import (accelerator, check_same_weights, deal, g
 from potstill.train.fused_head import fused_linear_cross_entropy, fused_linear_kd, fused_linear_sparse_kd
 from potstill.train.losses import label_distribution_kd
 from potstill.train.onpolicy import sample_batch
+from potstill.train.params import apply_lora, freeze_for, load_qlora_base
 
 TERMS = ("ce", "kd", "topk", "labels")
 METRIC = {"kd": "logits", "topk": "topk", "labels": "labels"}
-
-
-def freeze_for(model: Any, cfg: TrainConfig) -> None:
-    """Full method: train everything, or only the top ``trainable_layers`` layers and the final norm
-    (all layers when the model has no more than that, e.g. a student cut by ``student.num_layers``)."""
-    if cfg.trainable_layers is None:
-        for p in model.parameters():
-            p.requires_grad_(True)
-        return
-    for p in model.parameters():
-        p.requires_grad_(False)
-    body = decoder(model)
-    layers = body.layers
-    for layer in layers[max(0, len(layers) - cfg.trainable_layers) :]:
-        for p in layer.parameters():
-            p.requires_grad_(True)
-    if cfg.trainable_layers and getattr(body, "norm", None) is not None:
-        for p in body.norm.parameters():
-            p.requires_grad_(True)
-
-
-def apply_lora(model: Any, cfg: TrainConfig) -> Any:
-    from peft import LoraConfig, get_peft_model
-
-    conf = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules="all-linear", task_type="CAUSAL_LM")
-    return get_peft_model(model, conf)
-
-
-def load_qlora_base(lm: LM) -> Any:
-    """The student reloaded with 4-bit NF4 linear layers (bitsandbytes), ready for LoRA adapters."""
-    if lm.device.type != "cuda":
-        raise PotstillError("train.method qlora needs a CUDA GPU (bitsandbytes 4-bit kernels); "
-                            "use train.method lora on CPU")
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        raise PotstillError("train.method qlora needs bitsandbytes: pip install bitsandbytes") from None
-    from peft import prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=torch.bfloat16)
-    n_layers = lm.model.config.num_hidden_layers
-    model = AutoModelForCausalLM.from_pretrained(lm.model.config._name_or_path, quantization_config=quant,
-                                                 dtype=torch.bfloat16, device_map={"": lm.device})
-    if model.config.num_hidden_layers != n_layers:
-        keep_layers(model, n_layers)
-    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
 def hidden_states(model: Any, body: Any, b: Batch) -> torch.Tensor:
