@@ -11,7 +11,6 @@ and an earlier export in the folder as it was.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from potstill.errors import PotstillError
 from potstill.export import register
 from potstill.export.check import line_problems
 from potstill.progress import say
-from potstill.records import atomic_write, content_text, read_records
+from potstill.records import atomic_files, content_text, read_records
 from potstill.tasks import get_task
 
 MIN_EXAMPLES = 10  # OpenAI's fine-tuning API refuses a training file with fewer
@@ -93,9 +92,8 @@ def export_openai_jsonl(cfg: Config, run: Path, out_dir: Path) -> list[Path]:
     written = [out_dir / f"{split}.jsonl" for split, lines in rows.items() if lines]
     # Both files are written to temp names before either is renamed into place: a failure leaves the
     # earlier export's pair, never a new train.jsonl beside an old val.jsonl.
-    with contextlib.ExitStack() as stack:
-        for path in written:
-            f = stack.enter_context(atomic_write(path))
+    with atomic_files(written) as files:
+        for path, f in files.items():
             f.writelines(line + "\n" for line in rows[path.stem])
     for split, lines in rows.items():
         if not lines:  # an earlier export's file of this split would be uploaded beside the new one
