@@ -266,15 +266,17 @@ def import_traffic(path: str | Path, out: str | Path, fmt: str = "auto", request
         if path.is_dir():
             raise PotstillError(f"{path} is a directory, not a traffic file")
         reqs = _read_requests(Path(requests)) if requests else None
-        if path.suffix.lower() in TABLE_SUFFIXES:  # a CSV cell or a Parquet row may span lines
-            total = sum(1 for _ in read_objects(path))
+        if path.suffix.lower() in TABLE_SUFFIXES:  # a CSV cell or a Parquet row may span lines: read once, counted
+            rows: Any = list(read_objects(path))
+            total = len(rows)
         else:
+            rows = read_objects(path)
             with open(path, encoding="utf-8", errors="replace") as f:  # read_objects names a line that is not UTF-8
                 total = sum(1 for line in f if line.strip())
         records = []
         skipped: dict[str, list[int]] = {}
         with bar(f"import {path.name}", total) as advance:
-            for lineno, obj in read_objects(path):
+            for lineno, obj in rows:
                 advance(1)
                 try:
                     rec = _from_line(obj, fmt, f"{path}:{lineno}", reqs)
