@@ -35,7 +35,7 @@ from potstill.rundir import student_train_path
 from potstill.serve.engine import RefusedChat, TransformersEngine, embed_all
 from potstill.tasks import get_task
 from potstill.watch.stats import escalation_trend, label_test, mmd_test
-from potstill.watch.traffic import read_traffic, served_name
+from potstill.watch.traffic import read_traffic, served_name, served_name_of
 
 EXIT_DRIFT = 3  # 0: within thresholds; 2: an error (one line on stderr); 3: drift flagged
 INVALID = "(invalid)"  # a served answer that names no label
@@ -155,8 +155,7 @@ def expected_escalation(run_dir: Path, student: str | None = None) -> tuple[floa
                       "(`potstill serve` calibrates it again)")
     if share is None:
         return None, f"{path}: no val_escalation in its stats: the escalation share is reported but not judged"
-    if student is not None and isinstance(owner, str) and \
-            not f"potstill-student@{owner.rsplit('@', 1)[-1]}".startswith(student):
+    if student is not None and isinstance(owner, str) and served_name_of(owner) != student:
         return None, (f"{path} was calibrated for another student than the one in RUN/student: the escalation share "
                       "is reported but not judged (`potstill serve` calibrates the current one)")
     return share, ""

@@ -83,5 +83,9 @@ def served_name(student_dir: Path) -> str:
     """The start of the name ``potstill serve`` logs for the student in ``student_dir``
     (``serve.service._student_name``: ``potstill-student@`` and its weights' digest, whatever engine
     or dtype serves it)."""
-    identity = model_identity(str(student_dir), Path(student_dir))
+    return served_name_of(model_identity(str(student_dir), Path(student_dir)))
+
+
+def served_name_of(identity: str) -> str:
+    """``served_name`` from a model identity (the weights' digest after its last ``@``)."""
     return "potstill-student@" + re.match(r"[0-9a-zA-Z]*", identity.rsplit("@", 1)[-1]).group(0)
