@@ -12,15 +12,9 @@ import pytest
 
 from potstill.cli import main
 from potstill.ledger import Ledger
+from tests.helpers.cli import run_main
 
 CONFIG = "task:\n  labels: [a, b]\ndata:\n  inputs: in.jsonl\nteacher:\n  type: openai\n  model: x\n"
-
-
-def _cli(monkeypatch, capsys, *args: str) -> tuple[int, list[str]]:
-    monkeypatch.setattr(sys, "argv", ["potstill", *args])
-    with pytest.raises(SystemExit) as e:
-        main()
-    return e.value.code, capsys.readouterr().err.strip().splitlines()
 
 
 @pytest.fixture
@@ -38,18 +32,18 @@ def test_config_files_that_are_folders_not_utf8_or_not_yaml(work, monkeypatch, c
                          ("bin.yaml", "error: bin.yaml: not UTF-8 text (byte 0)"),
                          ("broken.yaml", "error: broken.yaml: invalid YAML: expected ',' or ']', but got '<stream "
                                          "end>' (line 3, column 1)")):
-        assert _cli(monkeypatch, capsys, "preflight", "-c", config) == (2, [line])
+        assert run_main(monkeypatch, capsys, "preflight", "-c", config) == (2, [line])
 
 
 def test_a_flag_value_that_is_not_yaml_is_one_line_without_the_value(work, monkeypatch, capsys):
-    code, err = _cli(monkeypatch, capsys, "preflight", "-c", "c.yaml", "--task.labels", "[sk-secret-1")
+    code, err = run_main(monkeypatch, capsys, "preflight", "-c", "c.yaml", "--task.labels", "[sk-secret-1")
     assert (code, err) == (2, ["error: --task.labels: the value is not valid YAML: expected ',' or ']', but got "
                                "'<stream end>' (line 1, column 13)"])
 
 
 def test_a_run_dir_that_is_a_file_and_a_ledger_that_is_not_sqlite(work, monkeypatch, capsys):
     (work / "afile").write_text("mine")
-    code, err = _cli(monkeypatch, capsys, "generate", "-c", "c.yaml", "--run_dir", "afile")
+    code, err = run_main(monkeypatch, capsys, "generate", "-c", "c.yaml", "--run_dir", "afile")
     assert (code, err) == (2, ["error: c.yaml: config: Value error, run_dir afile is a file, not a run "
                                "directory"])
     assert (work / "afile").read_text() == "mine"
@@ -57,16 +51,16 @@ def test_a_run_dir_that_is_a_file_and_a_ledger_that_is_not_sqlite(work, monkeypa
     (work / "run" / "calls.sqlite").write_text("notadb")
     with pytest.raises(Exception, match=r"calls.sqlite: not a potstill ledger \(SQLite: file is not a database\)"):
         Ledger(work / "run" / "calls.sqlite")
-    code, err = _cli(monkeypatch, capsys, "cost", "run")
+    code, err = run_main(monkeypatch, capsys, "cost", "run")
     assert (code, err) == (2, ["error: run/calls.sqlite: not a potstill ledger (SQLite: file is not a database); "
                                "move it aside"])
     assert (work / "run" / "calls.sqlite").read_text() == "notadb"
 
 
 def test_init_makes_the_folders_it_needs_and_refuses_a_folder(work, monkeypatch, capsys):
-    assert _cli(monkeypatch, capsys, "init", "sub/dir/p.yaml")[0] == 0
+    assert run_main(monkeypatch, capsys, "init", "sub/dir/p.yaml")[0] == 0
     assert (work / "sub" / "dir" / "p.yaml").read_text().startswith("#")
-    assert _cli(monkeypatch, capsys, "init", "sub") == (2, ["error: sub is a directory; name the config file to write"])
+    assert run_main(monkeypatch, capsys, "init", "sub") == (2, ["error: sub is a directory; name the config file to write"])
 
 
 def test_a_taken_port_is_one_line_before_anything_is_announced(tmp_path, monkeypatch, capsys):
@@ -97,7 +91,7 @@ def test_a_hand_edited_split_without_a_valid_answer_is_named_before_training(wor
                                                                                  f"  model: {tiny_model}\n")
     for line, why in (('{"input": "x y"}', "no output"), ('{"input": "x y", "output": "c"}', "answer outside the label set")):
         (run / "train.jsonl").write_text('{"input": "the match", "output": "a"}\n' + line + "\n")
-        code, err = _cli(monkeypatch, capsys, "train", "-c", "c.yaml")
+        code, err = run_main(monkeypatch, capsys, "train", "-c", "c.yaml")
         assert (code, err) == (2, [f"error: run/train.jsonl:2: {why}; a split holds only answers to train on "
                                    "(`potstill curate` writes them)"])
     assert (run / "student" / "keep").read_text() == "earlier student"
@@ -116,7 +110,7 @@ def test_a_device_torch_cannot_use_is_one_line(work, tiny_model, monkeypatch, ca
     cpu_only = "this torch is built for the CPU only" if torch.version.cuda is None else "torch sees no CUDA GPU"
     for device, line in (("cuda", f"error: device 'cuda': {cpu_only} (use device auto or cpu)"),
                          ("tpu", "error: device 'tpu': not a device torch knows (auto, cpu, cuda, cuda:N, mps)")):
-        assert _cli(monkeypatch, capsys, "train", "-c", "c.yaml", "--train.device", device) == (2, [line])
+        assert run_main(monkeypatch, capsys, "train", "-c", "c.yaml", "--train.device", device) == (2, [line])
     assert not (work / "run" / "student").exists()
 
 
@@ -152,7 +146,7 @@ def test_a_replay_teachers_file_missing_or_malformed_is_named(tmp_path):
 
 def test_a_generate_whose_teacher_cannot_be_made_leaves_no_ledger(work, tiny_model, monkeypatch, capsys):
     (work / "c.yaml").write_text(CONFIG + f"student:\n  model: {tiny_model}\n")
-    code, err = _cli(monkeypatch, capsys, "generate", "-c", "c.yaml", "--run_dir", "run", "--teacher.type", "vllm")
+    code, err = run_main(monkeypatch, capsys, "generate", "-c", "c.yaml", "--run_dir", "run", "--teacher.type", "vllm")
     assert code == 2 and len(err) == 1 and err[0].startswith("error: unknown teacher type 'vllm'")
     assert not (work / "run" / "calls.sqlite").exists()
 
@@ -166,7 +160,7 @@ def test_a_manifest_that_is_not_json_or_not_a_manifest_is_one_line_and_kept(work
                       ("[1, 2]", "not a potstill manifest (no 'stages' object)"),
                       ('{"stages": {"curate": 3}}', "not a potstill manifest (stage 'curate' is not an object)")):
         (work / "run" / "manifest.json").write_text(text)
-        code, err = _cli(monkeypatch, capsys, "curate", "-c", "c.yaml", "--run_dir", "run")
+        code, err = run_main(monkeypatch, capsys, "curate", "-c", "c.yaml", "--run_dir", "run")
         assert (code, err) == (2, [f"error: run/manifest.json: {why}; move it aside (the stages then run again)"])
         assert (work / "run" / "manifest.json").read_text() == text
         assert not (work / "run" / "train.jsonl").exists()
@@ -219,15 +213,15 @@ def test_a_bad_value_is_named_by_the_flag_that_set_it_not_by_the_file(work, monk
     """`potstill curate -c c.yaml --curate.min_agreement 2` said 'c.yaml: curate.min_agreement: ...'
     though c.yaml holds no curate section at all: the user looked for the mistake in the file. A flag's value is named by its
     flag (the value not repeated); a file's own bad value is still named by the file."""
-    code, err = _cli(monkeypatch, capsys, "curate", "-c", "c.yaml", "--curate.min_agreement", "2")
+    code, err = run_main(monkeypatch, capsys, "curate", "-c", "c.yaml", "--curate.min_agreement", "2")
     assert (code, err) == (2, ["error: --curate.min_agreement: Input should be less than or equal to 1"])
-    code, err = _cli(monkeypatch, capsys, "curate", "-c", "c.yaml", "--task.labels", "[a, [b]]")
+    code, err = run_main(monkeypatch, capsys, "curate", "-c", "c.yaml", "--task.labels", "[a, [b]]")
     assert (code, err) == (2, ["error: --task.labels: 1: Input should be a valid string"])
     (work / "bad.yaml").write_text(CONFIG + "curate:\n  min_agreement: 2\n")
-    code, err = _cli(monkeypatch, capsys, "curate", "-c", "bad.yaml", "--curate.val", "0")
+    code, err = run_main(monkeypatch, capsys, "curate", "-c", "bad.yaml", "--curate.val", "0")
     assert (code, err) == (2, ["error: bad.yaml: curate.min_agreement: Input should be less than or equal to 1"])
     # Without -c too: it said 'config: teacher.temperature: ...', naming no flag.
-    code, err = _cli(monkeypatch, capsys, "generate", "--teacher.temperature", "-1")
+    code, err = run_main(monkeypatch, capsys, "generate", "--teacher.temperature", "-1")
     assert (code, err) == (2, ["error: --teacher.temperature: Input should be greater than or equal to 0"])
 
 
@@ -243,7 +237,7 @@ def test_a_sqlite_error_names_its_file_and_blames_no_ledger_it_did_not_come_from
     Ledger(work / "run" / "calls.sqlite").close()
     with sqlite3.connect(work / "run" / "calls.sqlite") as db:
         db.execute("DROP TABLE calls")
-    assert _cli(monkeypatch, capsys, "cost", "run") == (2, ["error: run/calls.sqlite: SQLite: no such table: calls"])
+    assert run_main(monkeypatch, capsys, "cost", "run") == (2, ["error: run/calls.sqlite: SQLite: no such table: calls"])
     # A SQLite error from no file potstill opened says what SQLite said, and blames no ledger.
     assert _os_problem(sqlite3.DatabaseError("file is not a database")) == "SQLite: file is not a database"
     # A ledger opened read-only (preflight's budget asks it what is answered) that is not one: the

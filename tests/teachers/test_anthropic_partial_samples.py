@@ -37,6 +37,22 @@ def failing_once(fail_at: set[int]) -> tuple[FastAPI, list[int]]:
     return app, seen
 
 
+def generate_n3(srv, ledger, task, times: int) -> list:
+    """``times`` generate runs of one input at n=3 through a fresh Anthropic teacher each (as separate
+    `potstill generate` commands would), on one ledger: each run's (records, stats)."""
+    runs = []
+    for _ in range(times):
+        teacher = get_teacher(TeacherConfig(type="anthropic", model="claude-haiku-4-5-20251001", base_url=srv.url,
+                                            api_key_env="ANTHROPIC_API_KEY", max_tokens=16, max_retries=0,
+                                            temperature=1.0), task)
+        try:
+            runs.append(label_records([Record(id="r", messages=[{"role": "user", "content": "hi"}])], task,
+                                      teacher, ledger, "generate", GenerateConfig(n=3)))
+        finally:
+            teacher.close()
+    return runs
+
+
 def test_a_rerun_asks_only_for_the_samples_a_failed_request_did_not_get(tmp_path, monkeypatch):
     """n=3, the second request of the first run fails: its error row billed the two answered
     samples, and the rerun sent all 3 again, so those two were paid twice. The rerun asks for
@@ -44,17 +60,8 @@ def test_a_rerun_asks_only_for_the_samples_a_failed_request_did_not_get(tmp_path
     monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
     task = get_task(TaskConfig(type="freetext", instruction="Answer."))
     app, seen = failing_once({2})
-    runs = []
     with LiveServer(app) as srv, Ledger(tmp_path / "calls.sqlite") as ledger:
-        for _ in range(2):
-            teacher = get_teacher(TeacherConfig(type="anthropic", model="claude-haiku-4-5-20251001", base_url=srv.url,
-                                                api_key_env="ANTHROPIC_API_KEY", max_tokens=16, max_retries=0,
-                                                temperature=1.0), task)
-            try:
-                runs.append(label_records([Record(id="r", messages=[{"role": "user", "content": "hi"}])], task,
-                                          teacher, ledger, "generate", GenerateConfig(n=3)))
-            finally:
-                teacher.close()
+        runs = generate_n3(srv, ledger, task, 2)
         rows = ledger.rows(role="teacher")
     (first,), s1 = runs[0]
     (rec,), s2 = runs[1]
@@ -75,17 +82,8 @@ def test_a_record_completed_by_a_rerun_holds_what_all_its_samples_cost(tmp_path,
     monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
     task = get_task(TaskConfig(type="freetext", instruction="Answer."))
     app, _ = failing_once({2})
-    runs = []
     with LiveServer(app) as srv, Ledger(tmp_path / "calls.sqlite") as ledger:
-        for _ in range(3):  # fails one sample, completes it, then answers from the ledger
-            teacher = get_teacher(TeacherConfig(type="anthropic", model="claude-haiku-4-5-20251001", base_url=srv.url,
-                                                api_key_env="ANTHROPIC_API_KEY", max_tokens=16, max_retries=0,
-                                                temperature=1.0), task)
-            try:
-                runs.append(label_records([Record(id="r", messages=[{"role": "user", "content": "hi"}])], task,
-                                          teacher, ledger, "generate", GenerateConfig(n=3)))
-            finally:
-                teacher.close()
+        runs = generate_n3(srv, ledger, task, 3)  # fails one sample, completes it, then answers from the ledger
         spent = ledger.summary()["cost_usd"]
     total = (30 * 1.0 + 8 * 5.0) / 1e6  # 3 answered samples: 10 input tokens each, out 1 + 3 + 4
     assert spent == pytest.approx(total)

@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 
-from potstill.cli import main
-
-
-def _cli(monkeypatch, capsys, *args: str) -> tuple[int, list[str]]:
-    monkeypatch.setattr(sys, "argv", ["potstill", *args])
-    with pytest.raises(SystemExit) as e:
-        main()
-    return e.value.code, capsys.readouterr().err.strip().splitlines()
+from tests.helpers.cli import run_main
 
 
 @pytest.fixture
@@ -33,7 +24,7 @@ def test_an_empty_training_split_is_one_line(work, monkeypatch, capsys, text):
     'ValueError: max() arg is an empty sequence' traceback, after the student had loaded, and left
     an empty metrics.jsonl behind."""
     (work / "run" / "train.jsonl").write_text(text)
-    code, err = _cli(monkeypatch, capsys, "train", "-c", "c.yaml")
+    code, err = run_main(monkeypatch, capsys, "train", "-c", "c.yaml")
     assert (code, err) == (2, ["error: run/train.jsonl: no training examples; run `potstill curate` (or add "
                                "records) first"])
     assert sorted(p.name for p in (work / "run").iterdir()) == ["train.jsonl"]
