@@ -140,7 +140,6 @@ def export_gguf(cfg: Config, run: Path, out_dir: Path) -> list[Path]:
     with tempfile.TemporaryDirectory(prefix="potstill-gguf-src-") as src:
         hf_dir, tokenizer = _hf_source(cfg, run, Path(src))  # before atomic_dir: no student, no export folder
         with atomic_dir(out_dir) as tmp, bar("export gguf (llama.cpp converter)", len(cfg.export.gguf_types)) as advance:
-            tmp.chmod(0o755)  # mkdtemp makes 0700; an export is an ordinary directory
             for qtype in cfg.export.gguf_types:
                 t0 = time.perf_counter()
                 s = convert(hf_dir, tmp / f"student-{qtype}.gguf", qtype, _meta(cfg, run))

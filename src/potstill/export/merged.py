@@ -37,12 +37,9 @@ def save_merged(model: Any, tokenizer: Any, out: Path, dtype: str = "f32") -> No
     model = model.to(DTYPES[dtype])
     model.config.dtype = DTYPES[dtype]
     _stop_at_turn_end(model, tokenizer)
-    with atomic_dir(out) as tmp:
-        tmp.chmod(0o755)  # mkdtemp makes 0700; an export is an ordinary directory
+    with atomic_dir(out) as tmp:  # which gives the folder and its files ordinary modes (safetensors writes 0600)
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        for f in tmp.iterdir():  # safetensors writes 0600 files
-            f.chmod(0o644)
 
 
 def _stop_at_turn_end(model: Any, tokenizer: Any) -> None:
