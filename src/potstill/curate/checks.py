@@ -9,15 +9,12 @@ records below ``curate.min_agreement`` are set aside.
 
 from __future__ import annotations
 
-import json
-from collections import Counter
 from typing import Any
 
 from potstill.config import CurateConfig
 from potstill.records import Record
 from potstill.tasks import Task
-from potstill.tasks.answers import output_problem
-from potstill.tasks.extraction import json_text
+from potstill.tasks.answers import output_problem, vote
 
 
 # The stop reasons of an answer that ran into the request's token limit (OpenAI, local: length;
@@ -41,32 +38,20 @@ def invalid_reason(rec: Record, task: Task, c: CurateConfig) -> str | None:
     return problem
 
 
-def _key(parsed: Any) -> str:
-    try:  # canonical JSON, as generate's vote: {"n": 2} and {"n": 2.0} are one answer
-        return json_text(parsed)
-    except TypeError:
-        return json.dumps(parsed, sort_keys=True, ensure_ascii=False, default=str)
-
-
 def majority(rec: Record, task: Task, c: CurateConfig) -> tuple[str, float] | None:
     """(the majority sample's text, the share of samples that give its answer); None without samples.
 
-    Samples that fail validation (the task's check or curate's rules) count against agreement but
-    never win the vote; ties go to the answer seen first, so the result does not depend on hash
-    order. With no valid sample the record keeps its own, validated output at agreement 0: an
+    ``tasks.answers.vote`` under curate's rules: samples that fail validation (the task's check or
+    curate's rules) count against agreement but never win the vote; ties go to the answer seen
+    first. With no valid sample the record keeps its own, validated output at agreement 0: an
     answer outside the label set must not become the training target, even at min_agreement 0.
     """
     if not rec.samples or len(rec.samples) < 2:
         return None
-    parsed = [task.parse(s) for s in rec.samples]
-    keys = [_key(p) if output_problem(s, task, c) is None else None for s, p in zip(rec.samples, parsed)]
-    counts = Counter(k for k in keys if k is not None)
-    if not counts:
+    i, share = vote(rec.samples, task.parse, task.validate, lambda s: output_problem(s, task, c))
+    if not share:
         return rec.output if rec.output is not None else rec.samples[0], 0.0
-    top = max(counts.values())
-    winner = next(k for k in keys if k is not None and counts[k] == top)
-    text = rec.samples[keys.index(winner)]
-    return text, top / len(rec.samples)
+    return rec.samples[i], share
 
 
 def teacher_accuracy(records: list[Record], task: Task) -> dict[str, Any] | None:

@@ -2,38 +2,10 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any, Callable
 
-from potstill.tasks.extraction import json_text
+from potstill.tasks.answers import vote
 from potstill.teachers.base import Response
-
-
-def vote(samples: list[str], parse: Callable[[str], Any],
-         validate: Callable[[Any], str | None]) -> tuple[int | None, float]:
-    """(index of the first sample that gives the most common valid answer, share of all samples that give it).
-
-    Samples are compared by their *parsed* answer (a label, a JSON object), so "Sport." and
-    "sport" vote together. Ties go to the answer seen first. A sample the task cannot parse or
-    validate (``validate`` gives a reason) counts against agreement but never wins, as in curate:
-    three answers outside the label set must not outvote two that agree on a label. With no
-    valid sample: (0, 0.0), the first sample, which the task then reports invalid.
-    """
-    if not samples:
-        return None, 0.0
-    keys: list[str | None] = []
-    for s in samples:
-        try:
-            parsed = parse(s)
-            # Canonical JSON (tasks.extraction.json_text): {"n": 2} and {"n": 2.0} are one answer, true is not 1.
-            keys.append(json_text(parsed) if validate(parsed) is None else None)
-        except Exception:  # noqa: BLE001 - a sample the task cannot parse (or put in JSON) is invalid
-            keys.append(None)
-    counts = Counter(k for k in keys if k is not None)
-    if not counts:
-        return 0, 0.0
-    best = max(counts, key=lambda k: (counts[k], -keys.index(k)))
-    return keys.index(best), counts[best] / len(samples)
 
 
 def majority(samples: list[str], parse: Callable[[str], Any],

@@ -9,9 +9,12 @@ the other's internals.
 from __future__ import annotations
 
 import re
+from collections import Counter
+from typing import Any, Callable
 
 from potstill.config import CurateConfig
 from potstill.tasks.base import Task
+from potstill.tasks.extraction import json_text
 
 
 def output_problem(out: str, task: Task, c: CurateConfig) -> str | None:
@@ -26,3 +29,35 @@ def output_problem(out: str, task: Task, c: CurateConfig) -> str | None:
     if c.output_regex is not None and re.fullmatch(c.output_regex, out.strip(), flags=re.S) is None:
         return f"format: output does not match {c.output_regex!r}"
     return None
+
+
+def vote(samples: list[str], parse: Callable[[str], Any], validate: Callable[[Any], str | None],
+         check: Callable[[str], str | None] | None = None) -> tuple[int | None, float]:
+    """(index of the first sample that gives the most common valid answer, share of all samples that give it).
+
+    Samples are compared by their *parsed* answer (a label, a JSON object), so "Sport." and
+    "sport" vote together. Ties go to the answer seen first. A sample the task cannot parse or
+    validate (``validate`` gives a reason) counts against agreement but never wins, as in curate:
+    three answers outside the label set must not outvote two that agree on a label. ``check``: a
+    further reason a sample's text may not win (curate's rules, ``output_problem``). With no valid
+    sample: (0, 0.0), the first sample, which the task then reports invalid.
+
+    Generate votes when it stores an n-sample answer, serve when it reuses one, curate again under
+    its own rules: one rule for all three, here with the tasks so no stage imports another's.
+    """
+    if not samples:
+        return None, 0.0
+    keys: list[str | None] = []
+    for s in samples:
+        try:
+            parsed = parse(s)
+            # Canonical JSON (tasks.extraction.json_text): {"n": 2} and {"n": 2.0} are one answer, true is not 1.
+            ok = validate(parsed) is None and (check is None or check(s) is None)
+            keys.append(json_text(parsed) if ok else None)
+        except Exception:  # noqa: BLE001 - a sample the task cannot parse (or put in JSON) is invalid
+            keys.append(None)
+    counts = Counter(k for k in keys if k is not None)
+    if not counts:
+        return 0, 0.0
+    best = max(counts, key=lambda k: (counts[k], -keys.index(k)))
+    return keys.index(best), counts[best] / len(samples)
