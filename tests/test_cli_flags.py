@@ -11,7 +11,7 @@ import yaml
 from potstill.cli import main
 from potstill.records import read_records, write_jsonl
 from tests.curate.test_filters import rec
-from tests.test_cli_errors import _cli
+from tests.helpers.cli import run_main
 
 CONFIG = "task:\n  labels: [a, b]\nrun_dir: run\nteacher:\n  type: openai\n  model: x\n"
 
@@ -30,7 +30,7 @@ def test_text_fields_take_the_text_as_written(curated, monkeypatch, capsys):
     """A text field's value is text even where YAML reads it as something else: 'Terms: none' is a
     mapping, '[ab]' a list, '# x' a comment (null) and '' null; they were refused as 'Input should be
     a valid string', so `--api-key-env ''` (what serve's own error suggests) could not be given."""
-    code, err = _cli(monkeypatch, capsys, "curate", "-c", "c.yaml", "--teacher.terms", "Terms: none",
+    code, err = run_main(monkeypatch, capsys, "curate", "-c", "c.yaml", "--teacher.terms", "Terms: none",
                      "--curate.output_regex", "[a]", "--data.source", "# inbox", "--data.license", "",
                      "--curate.val", "0", "--curate.test", "0", "--curate.near_dup", "false")
     assert code in (0, None), err
@@ -39,7 +39,7 @@ def test_text_fields_take_the_text_as_written(curated, monkeypatch, capsys):
     assert (saved["curate"]["output_regex"], saved["data"]["source"], saved["data"]["license"]) == ("[a]", "# inbox", "")
     assert {r.output for r in read_records(curated / "run" / "train.jsonl")} == {"a"}  # the regex did filter
     # A quoted value is still YAML's (its quotes go), and null unsets a field that may be unset.
-    _cli(monkeypatch, capsys, "curate", "-c", "c.yaml", "--teacher.terms", "'yes'", "--curate.output_regex", "null",
+    run_main(monkeypatch, capsys, "curate", "-c", "c.yaml", "--teacher.terms", "'yes'", "--curate.output_regex", "null",
          "--curate.val", "0", "--curate.test", "0", "--curate.near_dup", "false")
     saved = yaml.safe_load((curated / "run" / "potstill.yaml").read_text())
     assert (saved["teacher"]["terms"], saved["curate"]["output_regex"]) == ("yes", None)
@@ -63,11 +63,11 @@ def test_serve_and_redistill_take_a_flag_for_each_field_they_read(tmp_path, monk
                            ("--teacher.max_tokens", "0", "teacher.max_tokens: Input should be greater than or equal to 1")]}
     for command, flags in cases.items():
         for flag, value, why in flags:
-            code, err = _cli(monkeypatch, capsys, command, "run", flag, value)
+            code, err = run_main(monkeypatch, capsys, command, "run", flag, value)
             # Named by the flag that set it (run/potstill.yaml holds a valid value), the value not repeated.
             assert (code, err) == (2, [f"error: {flag}: {why.split(': ', 1)[1]}"]), (command, flag)
     # The task is the trained student's: not a flag of serve (changing it there would serve another task).
-    code, err = _cli(monkeypatch, capsys, "serve", "run", "--task.labels", "[x, y]")
+    code, err = run_main(monkeypatch, capsys, "serve", "run", "--task.labels", "[x, y]")
     assert code == 2 and any("No such option: --task.labels" in line for line in err)
 
 
@@ -108,9 +108,9 @@ def test_a_list_flag_given_one_word_is_a_one_item_list(curated, monkeypatch, cap
     assert _flag_value("tracking", "mlflow", ann) == ["mlflow"]
     assert _flag_value("tracking", "[mlflow, wandb]", ann) == ["mlflow", "wandb"]
     assert _flag_value("tracking", "[]", ann) == []
-    code, err = _cli(monkeypatch, capsys, "curate", "-c", "c.yaml", "--task.labels", "spam")
+    code, err = run_main(monkeypatch, capsys, "curate", "-c", "c.yaml", "--task.labels", "spam")
     assert code == 2 and len(err) == 1 and "task.labels needs at least two labels" in err[0]
-    code, err = _cli(monkeypatch, capsys, "curate", "-c", "c.yaml", "--task.type", "freetext", "--task.labels", "spam",
+    code, err = run_main(monkeypatch, capsys, "curate", "-c", "c.yaml", "--task.type", "freetext", "--task.labels", "spam",
                      "--curate.val", "0", "--curate.test", "0", "--curate.near_dup", "false")
     assert code in (0, None), err
     assert yaml.safe_load((curated / "run" / "potstill.yaml").read_text())["task"]["labels"] == ["spam"]
@@ -125,7 +125,7 @@ def test_a_saved_config_that_no_longer_loads_is_kept_aside_not_overwritten(curat
     saved.parent.mkdir(exist_ok=True)
     old = "run_dir: .\ntask:\n  labels: [a, b]\ntrain:\n  lr: 0.0003\n  learning_rat: 0.1\n"
     saved.write_text(old)
-    code, err = _cli(monkeypatch, capsys, "curate", "-c", "c.yaml", "--curate.val", "0", "--curate.test", "0",
+    code, err = run_main(monkeypatch, capsys, "curate", "-c", "c.yaml", "--curate.val", "0", "--curate.test", "0",
                      "--curate.near_dup", "false")
     assert code in (0, None), err
     assert (curated / "run" / "potstill.yaml.broken").read_text() == old
@@ -134,7 +134,7 @@ def test_a_saved_config_that_no_longer_loads_is_kept_aside_not_overwritten(curat
     assert len(warned) == 1 and "train.learning_rat" in warned[0]
     # A second broken file does not replace the first one kept aside.
     saved.write_text(old + "oops: 1\n")
-    _cli(monkeypatch, capsys, "curate", "-c", "c.yaml", "--curate.val", "0", "--curate.test", "0",
+    run_main(monkeypatch, capsys, "curate", "-c", "c.yaml", "--curate.val", "0", "--curate.test", "0",
          "--curate.near_dup", "false", "--force")
     assert (curated / "run" / "potstill.yaml.broken").read_text() == old
     assert (curated / "run" / "potstill.yaml.broken.1").read_text() == old + "oops: 1\n"
@@ -144,11 +144,11 @@ def test_a_stage_that_fails_leaves_no_run_directory_it_created(curated, monkeypa
     """`curate --run_dir new/sub` with no new/sub/teacher.jsonl failed in one line but left empty
     new/ and new/sub/ behind, which looked like a run that had started. The folders a failing stage
     created are removed when they are still empty; a run directory that already existed stays."""
-    code, err = _cli(monkeypatch, capsys, "curate", "-c", "c.yaml", "--run_dir", "new/sub")
+    code, err = run_main(monkeypatch, capsys, "curate", "-c", "c.yaml", "--run_dir", "new/sub")
     assert code == 2 and len(err) == 1 and "teacher.jsonl" in err[0]
     assert not (curated / "new").exists()
     (curated / "empty").mkdir()
-    code, err = _cli(monkeypatch, capsys, "curate", "-c", "c.yaml", "--run_dir", "empty")
+    code, err = run_main(monkeypatch, capsys, "curate", "-c", "c.yaml", "--run_dir", "empty")
     assert code == 2 and (curated / "empty").is_dir()
 
 
@@ -158,7 +158,7 @@ def test_synthesize_with_a_teacher_it_cannot_make_leaves_no_run_directory(curate
     holding an empty ledger, which the stage's clean-up keeps (it removes only empty folders). The
     teacher is now made first, as generate's is."""
     for flags in (["--teacher.type", "nonsense"], ["--teacher.type", "local", "--teacher.model", ""]):
-        code, err = _cli(monkeypatch, capsys, "synthesize", "-c", "c.yaml", "--run_dir", "fresh", *flags)
+        code, err = run_main(monkeypatch, capsys, "synthesize", "-c", "c.yaml", "--run_dir", "fresh", *flags)
         assert code == 2 and len(err) == 1, err
         assert not (curated / "fresh").exists(), (flags, err)
 
@@ -177,7 +177,7 @@ def test_a_list_of_text_flag_given_one_value_takes_the_text_as_written(curated, 
         [["Q:"], ["###"], ["User: "], ["\n\n"]]
     assert _flag_value("teacher.stop", "[Q, A]", ann) == ["Q", "A"] and _flag_value("teacher.stop", "[]", ann) == []
     # Through the CLI the one label reaches the config as a list (and is refused for being one).
-    code, err = _cli(monkeypatch, capsys, "curate", "-c", "c.yaml", "--task.labels", "Q:")
+    code, err = run_main(monkeypatch, capsys, "curate", "-c", "c.yaml", "--task.labels", "Q:")
     assert (code, err) == (2, ["error: c.yaml: config: Value error, task.labels needs at least two labels for a "
                                "classification task"]), err
 
@@ -216,11 +216,11 @@ def test_a_bad_short_flag_is_named_as_typed(curated, monkeypatch, capsys):
     never typed. The flag typed is named, long or short, for a value the model refuses or YAML
     cannot read."""
     (curated / "run" / "potstill.yaml").write_text(CONFIG)
-    assert _cli(monkeypatch, capsys, "serve", "run", "--port", "70000") == (
+    assert run_main(monkeypatch, capsys, "serve", "run", "--port", "70000") == (
         2, ["error: --port: Input should be less than or equal to 65535"])
-    assert _cli(monkeypatch, capsys, "serve", "run", "--serve.port", "70000") == (
+    assert run_main(monkeypatch, capsys, "serve", "run", "--serve.port", "70000") == (
         2, ["error: --serve.port: Input should be less than or equal to 65535"])
-    code, err = _cli(monkeypatch, capsys, "serve", "run", "--max-messages", "[1")
+    code, err = run_main(monkeypatch, capsys, "serve", "run", "--max-messages", "[1")
     assert code == 2 and len(err) == 1 and err[0].startswith("error: --max-messages: the value is not valid YAML"), err
-    assert _cli(monkeypatch, capsys, "redistill", "run", "--new-test", "1.5") == (
+    assert run_main(monkeypatch, capsys, "redistill", "run", "--new-test", "1.5") == (
         2, ["error: --new-test: Input should be less than 1"])
