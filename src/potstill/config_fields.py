@@ -51,13 +51,15 @@ def engine_dtype(what: str) -> Any:
 def engine_name(what: str) -> Any:
     return Field("transformers", description=f"Engine that runs {what}: transformers (fp32 on CPU, bf16 on GPU) or "
                  "ctranslate2 (int8 unless `quantization` says none, fixed prompt prefix cached; pip install "
-                 "'potstill[ctranslate2]'); see potstill.engines.")
+                 "'potstill[ctranslate2]') or llamacpp (a GGUF file, q8_0 unless `quantization` says none, run by "
+                 "llama.cpp's llama-server, which must be on PATH; pip install 'potstill[gguf]' for the converter); "
+                 "see potstill.engines.")
 
 
 def engine_quantization(what: str) -> Any:
     return Field("auto", description=f"{what}: auto (the engine's own: ctranslate2 int8, transformers none), "
                  "int8 (engine ctranslate2; engine transformers with compile: true, int8 layers in the "
-                 "decoder), or none (unquantized: ctranslate2 float32 on CPU, "
+                 "decoder), or none (unquantized: ctranslate2 float32 on CPU, llamacpp f32, "
                  "float16 on GPU). int8 is the fast one; none keeps greedy generations identical to transformers "
                  "fp32's where int8 changes some (README, Engines).")
 

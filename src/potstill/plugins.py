@@ -32,6 +32,7 @@ BUILTIN: dict[str, dict[str, str]] = {
     "engines": {
         "transformers": "potstill.engines.transformers:TransformersEngine",
         "ctranslate2": "potstill.engines.ctranslate2:CT2Engine",
+        "llamacpp": "potstill.engines.llamacpp:LlamaCppEngine",
     },
 }
 

