@@ -173,3 +173,36 @@ def test_hf_export_stops_at_the_chat_templates_turn_end_when_it_is_not_eos(tmp_p
                                  return_tensors="pt", return_dict=True)
     got = merged.generate(**x, max_new_tokens=8, do_sample=False)[0, x["input_ids"].shape[1]:].tolist()
     assert got == [turn], got  # stopped at the turn end, not 8 tokens on
+
+
+def test_hf_export_generation_config_is_greedy_as_the_student_was_evaluated(tmp_path):
+    """A base model ships sampling defaults (Qwen2.5-Instruct: do_sample, temperature 0.7, top_p 0.8,
+    top_k 20, repetition_penalty 1.05); potstill evaluated and serves the student greedily under the rest
+    of that config. The export kept do_sample, so a plain ``model.generate`` (and vLLM) sampled: the
+    exported generation config must be greedy, with the penalty evaluation applied kept."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    from potstill.models.generation import generate
+    from potstill.models.prompting import PromptFormat
+    from tests.helpers.tiny import make_lively_model_dir
+
+    student = make_lively_model_dir(tmp_path / "run" / "student")
+    base = GenerationConfig.from_pretrained(student)
+    base.update(do_sample=True, temperature=1.5, top_p=0.8, top_k=20, repetition_penalty=1.05)
+    base.save_pretrained(student)
+    export(Config(run_dir=str(tmp_path / "run"), task=TaskConfig(labels=LABELS)), "hf")
+
+    out = tmp_path / "run" / "export" / "hf"
+    gen = GenerationConfig.from_pretrained(out)
+    assert gen.do_sample is False, gen
+    assert gen.repetition_penalty == 1.05  # evaluation's greedy decoding ran under it: kept
+    written = json.loads((out / "generation_config.json").read_text())
+    assert written["temperature"] == 0.0 and "top_p" not in written  # vLLM reads temperature, not do_sample
+    chats = [[{"role": "user", "content": "the team won the match"}], [{"role": "user", "content": "new phone software"}]]
+    want = generate(load_lm(str(student), device="cpu"), PromptFormat(kind="chat"), chats, 8).tokens
+    model, tok = AutoModelForCausalLM.from_pretrained(out).eval(), AutoTokenizer.from_pretrained(out)
+    for chat, tokens in zip(chats, want):
+        x = tok.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        torch.manual_seed(0)
+        got = model.generate(**x, max_new_tokens=8)[0, x["input_ids"].shape[1]:].tolist()  # the file's settings only
+        assert got[:len(tokens)] == tokens, (got, tokens)

@@ -3,13 +3,16 @@
 A full fine-tune is saved as is; a LoRA/QLoRA adapter (RUN/student/adapter_config.json) is loaded
 on its base and folded in with ``merge_and_unload`` (W + B @ A * alpha/r), so the output is one
 ordinary checkpoint: safetensors, tokenizer, chat template and generation config, loadable with
-``AutoModelForCausalLM.from_pretrained(dir)``.
+``AutoModelForCausalLM.from_pretrained(dir)``. The generation config is greedy, as potstill evaluated
+and serves the student (``_greedy``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+import json
 
 import torch
 
@@ -37,9 +40,11 @@ def save_merged(model: Any, tokenizer: Any, out: Path, dtype: str = "f32") -> No
     model = model.to(DTYPES[dtype])
     model.config.dtype = DTYPES[dtype]
     _stop_at_turn_end(model, tokenizer)
+    _greedy(getattr(model, "generation_config", None))
     with atomic_dir(out) as tmp:  # which gives the folder and its files ordinary modes (safetensors writes 0600)
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        _temperature_zero(tmp / "generation_config.json")
 
 
 def _stop_at_turn_end(model: Any, tokenizer: Any) -> None:
@@ -57,6 +62,34 @@ def _stop_at_turn_end(model: Any, tokenizer: Any) -> None:
     ids = list(eos) if isinstance(eos, (list, tuple)) else [eos]
     ids += [tokenizer.eos_token_id, tid]
     config.eos_token_id = [i for i in dict.fromkeys(ids) if isinstance(i, int) and i >= 0]
+
+
+# Flags that only shape sampling; transformers refuses to save any of them beside do_sample false.
+SAMPLING_ONLY = ("temperature", "top_k", "top_p", "min_p", "top_h", "typical_p", "epsilon_cutoff", "eta_cutoff")
+
+
+def _greedy(config: Any) -> None:
+    """Greedy decoding, as potstill's evaluation and server ran the student (``generate`` passes
+    ``do_sample=False`` over the rest of the model's generation config, so a repetition penalty
+    stays). A base model's sampling defaults (Qwen2.5-Instruct: do_sample, temperature 0.7, top_p 0.8,
+    top_k 20) made a plain ``model.generate`` sample answers the report never measured."""
+    if config is None:
+        return
+    config.do_sample = False
+    for name in SAMPLING_ONLY:
+        if hasattr(config, name):
+            setattr(config, name, None)
+
+
+def _temperature_zero(path: Path) -> None:
+    """``"temperature": 0.0`` in the saved generation_config.json: vLLM (and SGLang) read the
+    temperature, not ``do_sample``, and sample at 1.0 without one. transformers will not save it
+    (it calls a temperature beside do_sample false invalid), so it is added to the file; it loads
+    with a one-line note that the flag is ignored, and ``generate(do_sample=True)`` then needs a
+    temperature of its own."""
+    config = json.loads(path.read_text()) if path.is_file() else {}
+    config.update(do_sample=False, temperature=0.0)
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 @register("hf")
