@@ -19,6 +19,7 @@ from potstill.errors import PotstillError
 from potstill.export import export
 from potstill.export import gguf_file, llama_convert
 from tests.export.conftest import make_bpe_model
+from tests.helpers.ollama import ollama_commands
 
 LABELS = ["business", "politics", "sports"]
 INSTRUCTION = "Which topic is this article: business, politics or sports?"
@@ -332,7 +333,7 @@ def test_modelfile_of_a_student_without_a_chat_template_prompts_as_in_training()
         assert _render_go(template, system, t) == fmt.prefix() + fmt.query(tok, [{"role": "user", "content": t}])
     # The completion it learned ends at a newline: a real one for Ollama, which reads no escapes (the
     # Modelfile said "\\n", a backslash and an n, so the one-line student ran on to num_predict).
-    assert ("stop", "\n") in _ollama_commands(text) and ("stop", "\\n") not in _ollama_commands(text), text
+    assert ("stop", "\n") in ollama_commands(text) and ("stop", "\\n") not in ollama_commands(text), text
 
 
 GEMMA_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else "
@@ -343,8 +344,7 @@ GEMMA_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<start_of_turn>{{ 'mode
 def test_modelfile_stops_at_the_chat_templates_turn_end_when_it_is_not_eos():
     """A Gemma-style student ends its turns with <end_of_turn>, not its EOS <eos>: it was trained to
     write <end_of_turn> after an answer, and every generation in potstill stops there. Its Modelfile
-    (no ChatML, so no TEMPLATE) listed only <eos> as a stop, so Ollama ran past the answer into a
-    next turn until num_predict."""
+    listed only <eos> as a stop, so Ollama ran past the answer into a next turn until num_predict."""
     from potstill.export.modelfile import render_modelfile
     from potstill.models.prompting import end_of_turn
     from tests.export.conftest import make_bpe_tokenizer
@@ -355,7 +355,6 @@ def test_modelfile_stops_at_the_chat_templates_turn_end_when_it_is_not_eos():
     assert end_of_turn(tok) == "<end_of_turn>" and tok.eos_token == "<eos>"
     lines = render_modelfile("./student-f16.gguf", tok, INSTRUCTION, 4, one_line=True).splitlines()
     assert 'PARAMETER stop "<end_of_turn>"' in lines and 'PARAMETER stop "<eos>"' in lines
-    assert not any(line.startswith("TEMPLATE") for line in lines)
 
 
 SMOLLM2_TEMPLATE = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
@@ -383,57 +382,6 @@ def test_modelfile_of_an_empty_instruction_keeps_the_templates_default_system_tu
     assert not any(line.startswith("SYSTEM") for line in render_modelfile("./s.gguf", tok, "", 4).splitlines())
 
 
-def _ollama_commands(modelfile: str) -> list[tuple[str, str]]:
-    """(command, argument) pairs as Ollama reads a Modelfile: a port of ParseFile and unquote in
-    ollama/ollama parser/parser.go. A value is the text up to the first line end at which it unquotes:
-    ``\"\"\"...\"\"\"`` or ``"..."`` stripped of its quotes, with no escape sequences at all; runes that
-    are not printable are dropped unless they are a space or line end inside an open quote."""
-
-    def unquote(s: str) -> tuple[str, bool]:
-        if s[:3] == '"""':
-            return (s[3:-3], True) if len(s) >= 6 and s[-3:] == '"""' else ("", False)
-        if s[:1] == '"':
-            return (s[1:-1], True) if len(s) >= 2 and s[-1] == '"' else ("", False)
-        return s, True
-
-    def step(r: str, state: str) -> tuple[str, str]:
-        space, newline = r in " \t", r in "\r\n"
-        if state == "nil":
-            return ("comment", "") if r == "#" else ("nil", "") if space or newline else ("name", r)
-        if state == "name":
-            assert r.isalpha() or space, f"invalid command at {r!r}"
-            return ("name", r) if r.isalpha() else ("value", "")
-        if state == "value":
-            return ("nil", r) if space or newline else ("value", r)
-        if state == "param":
-            return ("param", r) if r.isalnum() or r == "_" else ("value", "")
-        return ("nil", "") if newline else ("comment", "")
-
-    commands, state, buf, name = [], "nil", "", ""
-    for r in modelfile:
-        nxt, r = step(r, state)
-        if nxt != state:
-            if state == "name":
-                name = {"from": "model"}.get(buf.lower(), buf.lower())
-                nxt = "param" if name == "parameter" else nxt
-            elif state == "param":
-                name = buf
-            elif state == "value":
-                s, ok = unquote(buf.strip())
-                if not ok or r in " \t":
-                    buf += r
-                    continue
-                commands.append((name, s))
-            buf, state = "", nxt
-        if r and r.isprintable():
-            buf += r
-    if state == "value":
-        s, ok = unquote(buf.strip())
-        assert ok, "unexpected EOF"
-        commands.append((name, s))
-    return commands
-
-
 @pytest.mark.parametrize("instruction", ['Réponds par "oui" ou "non"', 'Classify the text.\nSay "sports" or "tech"',
                                          'Use the label "n/a" when unsure.'])
 def test_modelfile_strings_reach_ollama_as_written(instruction):
@@ -444,7 +392,7 @@ def test_modelfile_strings_reach_ollama_as_written(instruction):
     from tests.export.conftest import make_bpe_tokenizer
 
     text = render_modelfile("./student-f16.gguf", make_bpe_tokenizer(), instruction, 4)
-    commands = _ollama_commands(text)
+    commands = ollama_commands(text)
     assert ("system", instruction) in commands, text
     assert ("template", CHATML_TEMPLATE) in commands and commands[0] == ("model", "./student-f16.gguf")
 
@@ -468,7 +416,7 @@ def test_modelfile_warns_once_about_characters_ollama_drops_from_system(capsys):
 
     instruction = "Classify\u200b the text.\u00a0Answer with one label."
     text = render_modelfile("./student-f16.gguf", make_bpe_tokenizer(), instruction, 4)
-    assert ("system", "Classify the text.Answer with one label.") in _ollama_commands(text)  # as Ollama reads it
+    assert ("system", "Classify the text.Answer with one label.") in ollama_commands(text)  # as Ollama reads it
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
     assert "U+200B" in err[0] and "U+00A0" in err[0] and "task.instruction" in err[0] and "Ollama" in err[0], err

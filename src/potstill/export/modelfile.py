@@ -1,11 +1,13 @@
 """An Ollama Modelfile for a GGUF student: its chat template, the task instruction, greedy decoding.
 
-Ollama renders prompts with Go templates, not Jinja, so the student's chat template is translated.
-Only ChatML (``<|im_start|>role\\n...<|im_end|>``, SmolLM2's and Qwen's format) is translated; for
-another template the Modelfile leaves TEMPLATE out and Ollama falls back to the template it
-detects from the GGUF's ``tokenizer.chat_template``, with a warning here. A student without a chat
-template was trained on PromptFormat's plain completion prompt, which its GGUF does not carry, so
-the Modelfile spells that prompt out (``COMPLETION_TEMPLATE``).
+Ollama renders prompts with Go templates, not Jinja, so the student's chat template is translated:
+ChatML (``<|im_start|>role\\n...<|im_end|>``, SmolLM2's and Qwen's format) by ``CHATML_TEMPLATE``,
+any other (Gemma, Llama 3, Phi-3, ...) by ``ollama_template.translate``, which reads the template's
+pieces off its own renderings. One it cannot translate gets no TEMPLATE, a comment in the Modelfile
+and a warning saying why: Ollama then uses a template of its own that it finds close to the GGUF's,
+or none (the bare message). A student without a chat template was trained on PromptFormat's plain
+completion prompt, which its GGUF does not carry, so the Modelfile spells that prompt out
+(``COMPLETION_TEMPLATE``).
 
 The system prompt is the task instruction (``SYSTEM``), as the student saw it in training; Ollama
 places it in ``.System`` and also keeps it among ``.Messages``, so the loop skips system messages.
@@ -17,7 +19,10 @@ from __future__ import annotations
 import unicodedata
 from typing import Any
 
+from rich.markup import escape
+
 from potstill.errors import PotstillError
+from potstill.export.ollama_template import Untranslatable, translate
 from potstill.models.prompting import PromptFormat, end_of_turn
 from potstill.progress import say
 
@@ -119,9 +124,22 @@ def render_modelfile(gguf_path: str, tokenizer: Any, instruction: str, num_predi
         lines += [f"TEMPLATE {_quote(COMPLETION_TEMPLATE, 'the template')}", ""]
         stops = ["\n"] if one_line else []
         instruction = instruction.strip()  # as PromptFormat.prefix puts it
-    elif warn:
-        say("[yellow]export: the chat template is not ChatML; the Modelfile has no TEMPLATE "
-            "(Ollama uses the one it detects from the GGUF)[/yellow]")
+    else:
+        try:
+            translated = translate(tokenizer, instruction)
+        except Untranslatable as e:
+            lines += [f"# No TEMPLATE: potstill could not translate the student's chat template ({e}).", ""]
+            if warn:
+                say(f"[yellow]export: the chat template could not be translated into an Ollama TEMPLATE ({escape(str(e))}); "
+                    "the Modelfile has none, so Ollama uses a template of its own it finds close to the GGUF's, or "
+                    "sends the bare message: the prompt differs from training unless you write a TEMPLATE[/yellow]")
+        else:
+            lines += [f"TEMPLATE {_quote(translated.template, 'the template')}", ""]
+            instruction = translated.system
+            if warn and not translated.multi_turn:
+                say("[yellow]export: the Modelfile's TEMPLATE renders one user message as the chat template does, "
+                    "not a conversation of several turns (the chat template places the system prompt or the "
+                    "turns otherwise)[/yellow]")
     # The turn end the student learned to write after an answer (``<end_of_turn>`` for Gemma), which
     # is not always its EOS: every potstill generation stops there, and so must Ollama's.
     ends = [end_of_turn(tokenizer)] if template else []

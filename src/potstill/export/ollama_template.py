@@ -1,0 +1,140 @@
+"""An Ollama TEMPLATE (Go's text/template) for a chat template that is not ChatML, read off the Jinja
+template's own renderings.
+
+Ollama never runs Jinja. Without a TEMPLATE it looks the GGUF's chat template up among its own by
+edit distance (a match under 100 characters) and otherwise sends ``{{ .Prompt }}``, the bare message,
+so a student whose template it does not know exactly got prompts it never trained on. For the chats
+a student serves (user and assistant turns, one system prompt) a chat template is fixed text around
+each message, five pieces in all:
+
+    first user turn:     HEAD  message                   (no system prompt)
+                         SYS_OPEN  system  SYS_CLOSE  message
+    user -> assistant:   ... USER_TO_ASSISTANT  message
+    assistant -> user:   ... ASSISTANT_TO_USER  message
+    after the last user: TAIL  (the generation prompt)
+
+``translate`` reads the pieces off renderings of chats of marker messages and keeps them only if they
+rebuild the template's own rendering of each of those chats. One user message (with or without the
+system prompt: what a potstill task serves) must rebuild; conversations of several turns may not (a
+template that moves the system prompt into the *last* user turn, as Mistral's does), which is said.
+Gemma's template (the system prompt folded into the first user turn), Llama 3's (a system header with
+a date line, written even without a system prompt) and Phi-3's translate whole.
+
+What no TEMPLATE can do: a template that trims each message (Gemma's, Llama 3's) gets the message as
+sent, so a message with leading or trailing white space is prompted with it; a date a template writes
+(Llama 3.2's "Today Date") is the export's; roles other than user and assistant (tool) are left out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+_MARK = "potstill{}mark"  # letters and digits only: no template escapes, trims or splits them
+
+
+class Untranslatable(Exception):
+    """The chat template is not fixed text around each message; the reason is the message."""
+
+
+@dataclass(frozen=True)
+class Pieces:
+    head: str
+    sys_open: str
+    sys_close: str
+    user_to_assistant: str
+    assistant_to_user: str
+    tail: str
+
+    def render(self, system: str, turns: list[str]) -> str:
+        """The prompt these pieces give for alternating user/assistant ``turns`` (user first)."""
+        out = [self.sys_open + system + self.sys_close if system else self.head]
+        for i, text in enumerate(turns):
+            if i:
+                out.append(self.user_to_assistant if i % 2 else self.assistant_to_user)
+            out.append(text)
+        return "".join(out) + self.tail
+
+    def go(self) -> str:
+        """The Go template Ollama executes: the same pieces, with ``.System`` and ``.Messages`` (in which
+        Ollama also keeps the system messages, hence only user and assistant turns are written)."""
+        first = f"{{{{ if $.System }}}}{self.sys_open}{{{{ $.System }}}}{self.sys_close}{{{{ else }}}}{self.head}{{{{ end }}}}"
+        return (f'{{{{ $prev := "" }}}}{{{{ range .Messages }}}}{{{{ if eq .Role "user" "assistant" }}}}'
+                f'{{{{ if eq $prev "" }}}}{first}{{{{ else if eq .Role "assistant" }}}}{self.user_to_assistant}'
+                f"{{{{ else }}}}{self.assistant_to_user}{{{{ end }}}}"
+                f"{{{{ .Content }}}}{{{{ $prev = .Role }}}}{{{{ end }}}}{{{{ end }}}}"
+                f'{{{{ if eq $prev "user" }}}}{self.tail}{{{{ end }}}}')
+
+
+@dataclass(frozen=True)
+class Translated:
+    template: str  # the Go template, for the Modelfile's TEMPLATE
+    system: str  # the instruction as the chat template writes it (Llama 3 trims it), for SYSTEM
+    multi_turn: bool  # whether conversations of several turns rebuild too, not only one user message
+
+
+def _render(tokenizer: Any, chat: list[dict[str, str]]) -> str:
+    try:
+        return tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    except Exception as e:  # noqa: BLE001 - a template's own raise_exception, or any error of its code
+        why = " ".join(str(e).split())[:120]  # one line: the reason goes into a Modelfile comment
+        raise Untranslatable(f"it does not render a chat of {', '.join(m['role'] for m in chat)}: {why}") from None
+
+
+def _split(text: str, marks: list[str]) -> list[str]:
+    """``text`` cut at each of ``marks``, in order, each appearing once: len(marks) + 1 pieces."""
+    out, rest = [], text
+    for m in marks:
+        if text.count(m) != 1 or m not in rest:
+            raise Untranslatable("it does not write each message once, as given, in order")
+        before, rest = rest.split(m, 1)
+        out.append(before)
+    return out + [rest]
+
+
+def _chat(system: str | None, turns: list[str]) -> list[dict[str, str]]:
+    msgs = [{"role": "system", "content": system}] if system is not None else []
+    return msgs + [{"role": "assistant" if i % 2 else "user", "content": t} for i, t in enumerate(turns)]
+
+
+def _adds_bos(tokenizer: Any) -> bool:
+    """Whether encoding adds the BOS token, as llama.cpp then does for the GGUF's prompts: Ollama's
+    prompt text must not carry a second one."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    try:
+        ids = tokenizer("a")["input_ids"]
+    except Exception:  # noqa: BLE001 - no plain encoding: keep the template's text as it is
+        return False
+    return bos is not None and bool(ids) and ids[0] == bos
+
+
+def translate(tokenizer: Any, instruction: str) -> Translated:
+    """The Go template for ``tokenizer``'s chat template (see the module's docstring); raises
+    ``Untranslatable`` with the reason where its renderings are not fixed pieces around messages."""
+    s, u0, a1, u2, a3, u4 = (_MARK.format(i) for i in ("s", 0, 1, 2, 3, 4))
+    head, tail = _split(_render(tokenizer, _chat(None, [u0])), [u0])
+    sys_open, sys_close, tail_s = _split(_render(tokenizer, _chat(s, [u0])), [s, u0])
+    if tail_s != tail:
+        raise Untranslatable("its generation prompt depends on the system prompt")
+    try:
+        head3, ua, au, tail3 = _split(_render(tokenizer, _chat(None, [u0, a1, u2])), [u0, a1, u2])
+    except Untranslatable:  # one user message still translates; a second one gets no separators
+        head3, ua, au, tail3 = head, "", "", tail
+    pieces = Pieces(head, sys_open, sys_close, ua, au, tail)
+    try:
+        multi = head3 == head and tail3 == tail and all(
+            pieces.render(sys or "", turns) == _render(tokenizer, _chat(sys, turns))
+            for sys in (None, s) for turns in ([u0, a1, u2], [u0, a1, u2, a3, u4]))
+    except Untranslatable:
+        multi = False
+    if any("{{" in p or "}}" in p for p in (head, sys_open, sys_close, ua, au, tail)):
+        raise Untranslatable("it writes '{{' or '}}', which a Go template reads as an action")
+    system = instruction
+    if instruction:  # as the template writes it: Llama 3's trims it, which .System must not undo
+        rendered, end = _render(tokenizer, _chat(instruction, [u0])), sys_close + u0 + tail
+        if rendered.startswith(sys_open) and rendered.endswith(end) and len(rendered) >= len(sys_open) + len(end):
+            system = rendered[len(sys_open):len(rendered) - len(end)]
+    bos = tokenizer.bos_token or ""
+    if bos and _adds_bos(tokenizer) and head.startswith(bos) and sys_open.startswith(bos):
+        pieces = Pieces(head[len(bos):], sys_open[len(bos):], sys_close, ua, au, tail)
+    return Translated(pieces.go(), system, multi)
