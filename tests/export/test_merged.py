@@ -206,3 +206,40 @@ def test_hf_export_generation_config_is_greedy_as_the_student_was_evaluated(tmp_
         torch.manual_seed(0)
         got = model.generate(**x, max_new_tokens=8)[0, x["input_ids"].shape[1]:].tolist()  # the file's settings only
         assert got[:len(tokens)] == tokens, (got, tokens)
+
+
+def test_out_naming_a_symlink_writes_where_it_points(tiny_model, tmp_path):
+    """``--out LINK`` (a symlink to a folder on another disk, say) replaced the link itself with a new
+    folder beside it and left the folder it names as it was; the export goes where the link points and
+    the link stays. A link to someone's files is refused like the folder itself, a dangling one creates
+    its target."""
+    cfg = Config(run_dir=str(tmp_path / "run"), task=TaskConfig(labels=LABELS))
+    shutil.copytree(tiny_model, tmp_path / "run" / "student")
+    real = tmp_path / "disk" / "models"
+    real.mkdir(parents=True)
+    link = tmp_path / "out"
+    link.symlink_to(real, target_is_directory=True)
+    for _ in range(2):  # the second replaces the first export, through the link again
+        export(cfg, "hf", link)
+        assert link.is_symlink() and link.resolve() == real.resolve()
+        assert (real / "model.safetensors").is_file() and (real / ".potstill-export").read_text() == "hf\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["disk", "out", "run"]  # nothing left beside the link
+
+    mine = tmp_path / "project"
+    mine.mkdir()
+    (mine / "precious.txt").write_text("keep me")
+    to_mine = tmp_path / "to_project"
+    to_mine.symlink_to(mine)
+    with pytest.raises(PotstillError, match="holds files potstill did not write"):
+        export(cfg, "hf", to_mine)
+    assert to_mine.is_symlink() and [p.name for p in mine.iterdir()] == ["precious.txt"]
+
+    dangling = tmp_path / "later"
+    dangling.symlink_to(tmp_path / "disk" / "new")
+    export(cfg, "hf", dangling)
+    assert dangling.is_symlink() and (tmp_path / "disk" / "new" / "model.safetensors").is_file()
+
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    with pytest.raises(PotstillError, match="symlink that does not resolve"):
+        export(cfg, "hf", loop)

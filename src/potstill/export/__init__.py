@@ -42,12 +42,20 @@ def export(cfg: Config, fmt: str, out_dir: str | Path | None = None) -> list[Pat
     """Write ``fmt`` for the run in ``cfg.run_dir`` under ``out_dir`` (default: ``RUN/export/FMT``).
 
     The weights formats replace their folder whole, so a given ``out_dir`` must be new, empty, or
-    one this format wrote before (``MARK``): ``--out .`` must never delete a project."""
+    one this format wrote before (``MARK``): ``--out .`` must never delete a project. A symlink is
+    written through: the folder it names gets the export, held to the same rule, and the link stays."""
     _load_builtins()
     if fmt not in FORMATS:
         raise PotstillError(f"unknown export format {fmt!r}; available: {', '.join(sorted(FORMATS))}")
     run = Path(cfg.run_dir)
     out = Path(out_dir) if out_dir is not None else run / "export" / fmt
+    if out.is_symlink():
+        # Written through, as any write to a link is: the weights formats replace their folder whole,
+        # which replaced the link itself with a new folder beside it and left the one it names as it was.
+        try:
+            out = out.resolve()
+        except (OSError, RuntimeError) as e:  # a loop of links
+            raise PotstillError(f"--out {out} is a symlink that does not resolve ({e})") from None
     if out_dir is not None:
         _check_out(out, fmt)
     written = FORMATS[fmt](cfg, run, out)
