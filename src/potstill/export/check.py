@@ -10,7 +10,10 @@ assistant message last (the target). An assistant turn of ``tool_calls`` may hav
 ``tool`` message names the call it answers (``tool_call_id``); a message's ``weight``, where
 given, is 0 or 1 (whether the assistant turn is trained on). The legacy function calling, which
 OpenAI's format still takes (and Azure's fine-tuning requires), passes too: an assistant turn of
-``function_call`` without content, a ``function`` message with its ``name``.
+``function_call`` without content, a ``function`` message with its ``name``. Every string must be
+text UTF-8 can encode (no lone surrogate). The exporter refuses a row for exactly these problems
+(and its task's own validation), so a file ``export`` writes passes the check and one it would
+refuse does not.
 """
 
 from __future__ import annotations
@@ -72,7 +75,26 @@ def line_problems(line: str) -> list[str]:
         problems.append("no user message")
     if not roles or roles[-1] != "assistant":
         problems.append("the last message must be the assistant's (the completion to train on)")
-    return problems
+    return problems + _not_text(row)
+
+
+def _not_text(value: object, where: str = "") -> list[str]:
+    """A lone surrogate (JSON's "\\ud83d" alone: an emoji cut in half at a token limit) reads back from
+    JSON as a string but is no text: UTF-8 cannot encode it, nor can a fine-tuning upload take it."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return [f"{where or 'a string'}: a lone surrogate U+{ord(value[e.start]):04X} (half a character) after "
+                    f"{value[max(0, e.start - 30):e.start]!r}, which UTF-8 cannot encode; fix the text"]
+        return []
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _not_text(key, f"{where or 'the line'} (a key)") if isinstance(key, str) else []
+        found = found or _not_text(item, f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}" if where else key)
+        if found:
+            return found  # the first one: the line is refused for it, and the fix is the same for others
+    return []
 
 
 def files_to_check(path: str | Path) -> list[Path]:

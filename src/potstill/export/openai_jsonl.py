@@ -53,17 +53,6 @@ def _message(m: dict[str, Any]) -> dict[str, Any]:
             **({"weight": 0} if m["role"] == "assistant" else {})}
 
 
-def _not_utf8(line: str) -> list[str]:
-    """A lone surrogate (JSON's "\\ud83d" alone: an emoji cut in half at a token limit) reads back as
-    text but cannot be written as UTF-8."""
-    try:
-        line.encode("utf-8")
-    except UnicodeEncodeError as e:
-        return [f"a lone surrogate U+{ord(line[e.start]):04X} (half a character) near {line[max(0, e.start - 30):e.start]!r}, "
-                "which UTF-8 cannot encode; fix the text"]
-    return []
-
-
 @register("openai-jsonl")
 def export_openai_jsonl(cfg: Config, run: Path, out_dir: Path) -> list[Path]:
     task = get_task(cfg.task)
@@ -81,7 +70,7 @@ def export_openai_jsonl(cfg: Config, run: Path, out_dir: Path) -> list[Path]:
             # written (the format check names an empty one in its terms) and never written.
             why = task.validate(task.parse(rec.output))
             line = json.dumps(to_openai(task.messages(rec), rec.output if why else task.target(rec)), ensure_ascii=False)
-            problems = line_problems(line) or ([why] if why else []) or _not_utf8(line)
+            problems = line_problems(line) or ([why] if why else [])
             if problems:  # e.g. an empty teacher output: refused here, before any file is touched
                 raise PotstillError(f"{path}:{lineno}: {problems[0]} (record {rec.id}); nothing was exported")
             rows[split].append(line)
