@@ -31,9 +31,11 @@ MAX_PROBLEMS = 100  # a file broken on every line says so in the first hundred
 def line_problems(line: str) -> list[str]:
     """The problems of one line of the file (empty: the line is fine)."""
     try:
-        row = json.loads(line)
+        row = json.loads(line, parse_constant=_no_constant)
     except json.JSONDecodeError as e:
         return [f"not valid JSON ({e.msg} at column {e.colno})"]
+    except ValueError as e:
+        return [f"not valid JSON ({e})"]
     if not isinstance(row, dict):
         return [f"expected a JSON object, got {type(row).__name__}"]
     msgs = row.get("messages")
@@ -95,6 +97,11 @@ def _not_text(value: object, where: str = "") -> list[str]:
         if found:
             return found  # the first one: the line is refused for it, and the fix is the same for others
     return []
+
+
+def _no_constant(name: str) -> None:
+    """Python's json reads NaN, Infinity and -Infinity; JSON has no such values."""
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def files_to_check(path: str | Path) -> list[Path]:
