@@ -55,7 +55,7 @@ def export(cfg: Config, fmt: str, out_dir: str | Path | None = None) -> list[Pat
         try:
             out = out.resolve()
         except (OSError, RuntimeError) as e:  # a loop of links
-            raise PotstillError(f"--out {out} is a symlink that does not resolve ({e})") from None
+            raise PotstillError(f"{out} is a symlink that does not resolve ({e}); name a folder for the {fmt} export") from None
     if out_dir is not None:
         _check_out(out, fmt)
     written = FORMATS[fmt](cfg, run, out)

@@ -9,10 +9,9 @@ and serves the student (``_greedy``).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
-
-import json
 
 import torch
 
@@ -64,7 +63,7 @@ def _stop_at_turn_end(model: Any, tokenizer: Any) -> None:
     config.eos_token_id = [i for i in dict.fromkeys(ids) if isinstance(i, int) and i >= 0]
 
 
-# Flags that only shape sampling; transformers refuses to save any of them beside do_sample false.
+# Flags that only shape sampling; transformers refuses to save any of them, set, beside do_sample false.
 SAMPLING_ONLY = ("temperature", "top_k", "top_p", "min_p", "top_h", "typical_p", "epsilon_cutoff", "eta_cutoff")
 
 
@@ -75,10 +74,13 @@ def _greedy(config: Any) -> None:
     top_k 20) made a plain ``model.generate`` sample answers the report never measured."""
     if config is None:
         return
+    from transformers import GenerationConfig
+
+    default = GenerationConfig()  # this transformers' own values (None in 5.x, temperature 1.0 in 4.x)
     config.do_sample = False
     for name in SAMPLING_ONLY:
         if hasattr(config, name):
-            setattr(config, name, None)
+            setattr(config, name, getattr(default, name, None))
 
 
 def _temperature_zero(path: Path) -> None:
