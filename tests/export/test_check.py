@@ -64,11 +64,11 @@ BAD = {
     "blank line": ("", "blank line"),
     "weight not 0 or 1": (json.dumps({"messages": [*GOOD["messages"][:2], {**GOOD["messages"][2], "weight": 2}]}),
                           "messages[2].weight 2 is not 0 or 1"),
-    # What the exporter refuses (test_text_utf8_cannot_encode_is_named_and_the_earlier_export_kept), the
-    # check passed as "ok": half an emoji, escaped as JSON writes it ("\ud83d"), reads back but is no text.
     # Python's json reads NaN and Infinity, which are not JSON: an upload's parser refuses the line.
     "NaN": ('{"messages": [{"role": "user", "content": "a goal"}, {"role": "assistant", "content": "sports"}], "score": NaN}',
             "not valid JSON (NaN is not a JSON value)"),
+    # What the exporter refuses (test_text_utf8_cannot_encode_is_named_and_the_earlier_export_kept), the
+    # check passed as "ok": half an emoji, escaped as JSON writes it ("\ud83d"), reads back but is no text.
     "lone surrogate": (json.dumps({"messages": [{"role": "user", "content": "a goal \ud83d"}, GOOD["messages"][2]]}),
                        "messages[0].content: a lone surrogate U+D83D (half a character) after 'a goal '"),
 }
