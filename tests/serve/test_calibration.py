@@ -4,6 +4,7 @@ the reference does not hold (a tiny student on disk; the teacher is never called
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 import torch
@@ -69,4 +70,34 @@ def test_a_corrupt_calibration_cache_is_calibrated_again(tmp_path, tiny_model, m
         finally:
             service.close()
         assert json.loads((run / "serve" / "routing.json").read_text()) == saved
-        assert torch.allclose(torch.load(run / "serve" / "reference.pt"), reference)
+        assert torch.allclose(torch.load(run / "serve" / "reference.pt")["reference"], reference)
+
+
+def test_a_calibration_cut_between_its_two_files_is_not_taken_for_the_other_students(tmp_path, tiny_model, monkeypatch):
+    """RUN/serve/ holds a pair, routing.json (thresholds, keyed by the student) and reference.pt (the
+    OOD reference embeddings), written one after the other. A calibration of student B stopped
+    between the two (here: routing.json's temp name is taken, as by a crash) left B's reference.pt
+    beside A's routing.json; serving A again took the cache as A's and measured every request's
+    distance against B's embeddings. Both files now carry the key: a pair that disagrees is redone."""
+    from potstill.redistill.promote import switch
+    from tests.helpers.tiny import make_model_dir
+
+    monkeypatch.setenv("TEACHER_KEY", TEACHER_KEY)
+    run = write_run(tmp_path, tiny_model, "http://127.0.0.1:9/v1", api_key_env="")
+    make_model_dir(run / "students" / "b", seed=2)
+    shutil.copytree(tiny_model, run / "students" / "a")
+    switch(run, run / "students" / "a")  # A and B both in students/: each keeps its path, so its key
+    first = load_service(run, run_config(run, None), device="cpu")
+    reference = first.reference
+    first.close()
+    switch(run, run / "students" / "b")
+    (run / "serve" / "routing.tmp").mkdir()  # routing.json's write fails after reference.pt's
+    with pytest.raises(IsADirectoryError):
+        load_service(run, run_config(run, None), device="cpu")
+    (run / "serve" / "routing.tmp").rmdir()
+    switch(run, run / "students" / "a")
+    again = load_service(run, run_config(run, None), device="cpu")
+    try:
+        assert torch.allclose(again.reference, reference), "A served with B's out-of-distribution reference"
+    finally:
+        again.close()

@@ -2,7 +2,8 @@
 
 ``calibrate_run`` answers the run's val split with the student and embeds training inputs, sets the
 confidence and OOD thresholds (``serve.routing.calibrate``), and caches both in ``RUN/serve/``
-(``routing.json``, ``reference.pt``), redone when the student, the splits or the targets change.
+(``routing.json``, ``reference.pt``, each stamped with the key of what it was calibrated on), redone
+when the student, the splits or the targets change.
 """
 
 from __future__ import annotations
@@ -70,8 +71,9 @@ def reference_and_holdout(records: list[Record], n: int) -> tuple[list[Record], 
 
 
 def _cached_calibration(routing_path: Path, ref_path: Path, key: str) -> tuple[Routing, torch.Tensor] | None:
-    """The saved calibration when it is this key's; None where there is none, it is another's, or it
-    cannot be read (edited by hand, cut short): a cache, so it is calibrated again and rewritten."""
+    """The saved calibration when both files are this key's; None where there is none, either is
+    another's (a calibration stopped between its two renames leaves a pair of two keys), or it cannot
+    be read (edited by hand, cut short): a cache, so it is calibrated again and rewritten."""
     if not (routing_path.exists() and ref_path.exists()):
         return None
     try:
@@ -79,7 +81,12 @@ def _cached_calibration(routing_path: Path, ref_path: Path, key: str) -> tuple[R
         if not isinstance(saved, dict) or saved.get("key") != key:
             return None
         routing = Routing(float(saved["confidence_threshold"]), float(saved["ood_threshold"]), dict(saved["stats"]))
-        reference = torch.load(ref_path)
+        ref = torch.load(ref_path)
+        if not isinstance(ref, dict) or ref.get("key") != key:
+            # Another calibration's (one stopped between the two writes, or under way as this reads),
+            # or a reference.pt from before the key was stamped in it: redone as any other.
+            return None
+        reference = ref.get("reference")
         if not isinstance(reference, torch.Tensor):
             raise TypeError(f"{ref_path.name} holds a {type(reference).__name__}, not a tensor")
     except OSError:  # no permission, a folder: not a cache to redo, the CLI names it
@@ -136,8 +143,9 @@ def calibrate_run(run_dir: Path, cfg: Config, engine: ServedStudent, task: Task,
     routing.stats["n_val_refused"] = refused
     routing.stats["n_ood_holdout"] = len(held)
     out_dir.mkdir(parents=True, exist_ok=True)
-    # Written to temp names and renamed, so a crash never leaves a half-written calibration.
-    torch.save(reference, ref_path.with_suffix(".tmp"))
+    # Written to temp names and renamed, so a crash never leaves a half-written file; the pair is
+    # two renames, so each file carries the key and is read only beside the other of its key.
+    torch.save({"key": key, "reference": reference}, ref_path.with_suffix(".tmp"))
     os.replace(ref_path.with_suffix(".tmp"), ref_path)
     tmp = routing_path.with_suffix(".tmp")
     stats = jsonable(routing.stats)
