@@ -157,3 +157,42 @@ def test_a_client_that_pinned_the_listed_name_keeps_working_after_a_swap(swap_ru
     assert client.models.retrieve(pinned).id == pinned
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="potstill-student@000000000000", messages=[{"role": "user", "content": "x"}])
+
+
+def test_a_request_in_flight_across_a_swap_is_answered_and_scored_by_its_own_student(swap_run, tiny_model):
+    """A request asking for logprobs is checked, answered and scored on the one student it entered:
+    the promoted student is swapped in while it waits in the old student's batcher (the old model
+    held busy), and its answer, name and log-probs are the old student's, from a forward of the old
+    weights. (The logprobs check ran in the route against whichever student was live then, apart
+    from the answer's; it now runs in ``Service.answer`` on the student the request entered.)"""
+    import math
+    from types import SimpleNamespace
+
+    from potstill.serve.routing import Routing
+    from tests.serve.test_served_logprobs import check_against_forward
+
+    run, service, live = swap_run
+    old = service.live
+    service.routing = Routing(confidence_threshold=-math.inf, ood_threshold=math.inf)  # the old student answers
+    client = openai.OpenAI(base_url=live.url + "/v1", api_key=SERVE_KEY, max_retries=0, timeout=60)
+    msgs = [{"role": "user", "content": TEXTS[0]}]
+    got: dict = {}
+
+    def ask() -> None:
+        got["raw"] = client.chat.completions.with_raw_response.create(model="potstill", messages=msgs, logprobs=True,
+                                                                       top_logprobs=3)
+
+    with old.engine._lock:  # the old model busy: the request waits in its batcher, entered on it
+        asking = threading.Thread(target=ask)
+        asking.start()
+        _wait(lambda: old._inflight == 1)
+        switch(run, run / "students" / "b")
+        assert service.reload()["swapped"] and service.live is not old
+    asking.join(timeout=60)
+    raw = got["raw"]
+    c = raw.parse()
+    assert raw.headers["x-potstill-student"] == c.model == old.name != service.student_name
+    assert c.model_extra["potstill"]["answered_by"] == "student"
+    check_against_forward(tiny_model, SimpleNamespace(live=old), msgs, c.choices[0].logprobs.content,
+                          c.choices[0].message.content, 3)
+    assert old.closed.wait(10)

@@ -109,3 +109,32 @@ def test_a_teacher_without_logprobs_says_so_and_bad_fields_are_400s(served, forc
         with pytest.raises(openai.BadRequestError) as e:
             client(live).chat.completions.create(model="potstill", messages=MSG, **kw)
         assert e.value.body["param"] == param
+
+
+def test_a_student_whose_engine_scores_no_tokens_refuses_logprobs_with_a_400(tmp_path, tiny_model, monkeypatch):
+    """serve.engine ctranslate2 (the real engine, the tiny student converted): a request asking for
+    logprobs is a 400 naming the engine, before the student or the teacher is asked, with its row
+    in the ledger; the same request without them is answered."""
+    from potstill.serve import run_config, serve_key
+    from potstill.serve.app import build_app
+    from potstill.serve.service import load_service
+    from tests.serve.conftest import SERVE_KEY, TEACHER_KEY, rows, write_run
+
+    monkeypatch.setenv("TEACHER_KEY", TEACHER_KEY)
+    monkeypatch.setenv("SERVE_KEY", SERVE_KEY)
+    run = write_run(tmp_path, tiny_model, "http://127.0.0.1:9/v1", engine="ctranslate2", recheck_margin=0)
+    cfg = run_config(run, None)
+    service = load_service(run, cfg, device="cpu")
+    service.routing = Routing(confidence_threshold=-math.inf, ood_threshold=math.inf)  # the student
+    try:
+        with LiveServer(build_app(service, serve_key(cfg))) as live:
+            with pytest.raises(openai.BadRequestError) as e:
+                client(live).chat.completions.create(model="potstill", messages=MSG, logprobs=True)
+            assert e.value.body["param"] == "logprobs"
+            assert e.value.body["message"] == ("logprobs: the student's engine (ctranslate2) gives no token "
+                                               "log-probabilities; serve the student with serve.engine transformers")
+            assert [r["status"] for r in rows(service)] == ["error"]
+            c = client(live).chat.completions.create(model="potstill", messages=MSG)
+            assert c.model_extra["potstill"]["answered_by"] == "student" and c.choices[0].logprobs is None
+    finally:
+        service.close()

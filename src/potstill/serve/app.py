@@ -30,7 +30,7 @@ from potstill.errors import PotstillError
 from potstill.records import json_problem
 from potstill.serve.engine import RefusedChat
 from potstill.serve.schemas import ChatCompletion, ChatRequest, ErrorBody, Health, ModelCard, ModelList
-from potstill.serve.service import Service, TeacherError, with_tool_fields
+from potstill.serve.service import LogprobsUnavailable, Service, TeacherError, with_tool_fields
 
 CHAT = "/v1/chat/completions"
 ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 500, 502)}
@@ -241,6 +241,11 @@ def _add_error_handlers(app: FastAPI, service: Service, requests: Counter):
     async def _refused(request: Request, e: RefusedChat) -> JSONResponse:
         return await on_error(request, 400, f"messages: {e}"[:500], "messages")
 
+    @app.exception_handler(LogprobsUnavailable)
+    async def _no_logprobs(request: Request, e: LogprobsUnavailable) -> JSONResponse:
+        return await on_error(request, 400, f"logprobs: {e}; serve the student with serve.engine transformers",
+                              "logprobs")
+
     @app.exception_handler(TeacherError)
     async def _teacher_error(request: Request, e: TeacherError) -> JSONResponse:
         # The provider's own text stays in the ledger: OpenAI's 401 shows the start and end of the
@@ -373,10 +378,7 @@ def _add_chat_route(app: FastAPI, service: Service, requests: Counter, latency: 
             raise APIError(400, problem, "tool_choice")
         if body.top_logprobs is not None and not body.logprobs:  # as OpenAI's API refuses it
             raise APIError(400, "top_logprobs: only allowed when logprobs is true", "top_logprobs")
-        logprobs = body.logprob_request()
-        cannot = service.engine.logprobs_unavailable if logprobs is not None else None
-        if cannot:
-            raise APIError(400, f"logprobs: {cannot}; serve the student with serve.engine transformers", "logprobs")
+        logprobs = body.logprob_request()  # whether the student can: Service.answer, on the one that answers
         tools = body.tool_request()
         if tools is not None and not service.teacher.supports_tools:
             if body.forces_tool_call():

@@ -46,6 +46,12 @@ TOOL_MAX_TOKENS = 4096
 RELOAD_RETRY_S = 60.0
 
 
+class LogprobsUnavailable(ValueError):
+    """A client asked for ``logprobs`` and the student the request entered gives none (its engine
+    scores no tokens): the client's 400, before the student runs, as whether it or the teacher will
+    answer is not known yet."""
+
+
 class TeacherError(Exception):
     """The teacher failed to answer an escalated request: a 502 for the client, or its 400 where the
     teacher refused the chat itself (``status`` 413, or 400/422 with a ``code`` such as
@@ -342,6 +348,11 @@ class Service:
         the teacher's as it returned them; else ``logprobs_unavailable`` says why."""
         live = self.acquire()
         try:
+            # Checked on the student this request entered, which answers it and scores its tokens: the
+            # route checked whichever was live before, and a swap could come between the two.
+            cannot = live.engine.logprobs_unavailable if logprobs is not None else None
+            if cannot:
+                raise LogprobsUnavailable(cannot)
             # Tokenising 1 MB of text takes ~0.5 s: off the event loop; a usual chat (~70 us) on it.
             long = sum(len(m["content"]) for m in messages) > 50_000
             if tools is not None:
@@ -355,23 +366,21 @@ class Service:
                 who, reason = live.routing.decide(a.confidence, dist, a.invalid)
             else:
                 a, dist, who, reason = None, None, "teacher", "too_long" if tools is None else "tools"
+            student_cost = a.seconds * self.cfg.student.usd_per_hour / 3600 if a is not None else 0.0
+            max_tokens, stop = self.escalation_limits(max_tokens, stop, tools)
+            h, req = self.teacher_request(teacher_messages or messages, max_tokens, tools, logprobs)
+            common = dict(request={"messages": messages}, answered_by=who, confidence=a.confidence if a else None,
+                          ood_distance=dist, student_output=a.output if a else "", student=live.name, request_hash=h)
+            if who == "student":
+                # Still entered: its engine scores the tokens before a swap may retire it.
+                content, n_out, finish = live.engine.shorten(a, max_tokens, stop)
+                lps = None if logprobs is None else \
+                    await asyncio.to_thread(live.engine.logprobs, messages, a, content, n_out, logprobs)
+                return ServedCall(content=content, model=live.name, reason=reason, input_tokens=a.prompt_tokens,
+                                  output_tokens=n_out, cost_usd=student_cost, finish_reason=finish, logprobs=lps,
+                                  **common)
         finally:
             live.release()
-        student_cost = a.seconds * self.cfg.student.usd_per_hour / 3600 if a is not None else 0.0
-        max_tokens, stop = self.escalation_limits(max_tokens, stop, tools)
-        h, req = self.teacher_request(teacher_messages or messages, max_tokens, tools, logprobs)
-        common = dict(request={"messages": messages}, answered_by=who, confidence=a.confidence if a else None,
-                      ood_distance=dist, student_output=a.output if a else "", student=live.name, request_hash=h)
-        if who == "student":
-            content, n_out, finish = live.engine.shorten(a, max_tokens, stop)
-            lps, why = None, None
-            if logprobs is not None:
-                why = live.engine.logprobs_unavailable
-                if why is None:
-                    lps = await asyncio.to_thread(live.engine.logprobs, messages, a, content, n_out, logprobs)
-            return ServedCall(content=content, model=live.name, reason=reason, input_tokens=a.prompt_tokens,
-                              output_tokens=n_out, cost_usd=student_cost, finish_reason=finish, logprobs=lps,
-                              logprobs_unavailable=why, **common)
         r, cached, common["request_hash"] = await self._ask_teacher(h, req)
         extra: dict[str, Any] = {"teacher_latency_s": 0.0 if cached else r.latency_s}
         if cached:
