@@ -109,18 +109,6 @@ def serve_traffic(run: Path, texts: list[tuple[str, str]], force_student: bool =
         service.close()
 
 
-@pytest.fixture(scope="module")
-def served_run(tmp_path_factory, tiny_model):
-    """The served run, built once a module; every test works on a copy (``_copy_original``), so
-    none depends on which others ran before it in the same process (pytest-xdist splits a module)."""
-    run = build_run(tmp_path_factory.mktemp("redistill"), tiny_model)
-    frozen = [(r.text, r.output) for r in read_records(run / "test.jsonl")]
-    # Shifted traffic (new words), a few repeats, and three inputs copied from the frozen test set.
-    new = sentences(NEW, 110, 1)
-    serve_traffic(run, new + new[:10] + frozen[:3])
-    return run
-
-
 def _cfg(run: Path, **over):
     return load_config(run / "potstill.yaml", over)
 

@@ -183,13 +183,24 @@ def _check_run(run_dir: Path, cfg: Config) -> tuple[Path, Path]:
         raise PotstillError(f"{run_dir / 'student'}: no trained student to challenge (run `potstill train` first)")
     # Before the teacher is paid for the traffic, as everything here.
     base = read_json(run_dir / "train.json").get("base_model") if (run_dir / "train.json").exists() else None
-    if base is not None and base != cfg.student.model:
+    if base is not None and not same_model(base, cfg.student.model):
         raise PotstillError(f"redistill: the champion was trained from {base} but student.model is {cfg.student.model}: "
                             "a challenger must start from the champion's base (pass -c with the run's config)")
     ledger_path = run_dir / "calls.sqlite"
     if not ledger_path.exists():
         raise PotstillError(f"{ledger_path} not found: no served traffic (serve the student with `potstill serve` first)")
     return champion, ledger_path
+
+
+def same_model(a: Any, b: str) -> bool:
+    """Whether two model references name one model: the same text, or two spellings of one folder
+    (``/a/./b``, a symlink: RUN/potstill.yaml is saved with the path resolved, RUN/train.json keeps
+    it as it was given). A hub id is its text."""
+    if a == b:
+        return True
+    if not isinstance(a, str) or not (Path(a).exists() and Path(b).exists()):
+        return False
+    return Path(a).resolve() == Path(b).resolve()
 
 
 def _traffic_step(ledger_path: Path, cfg: Config, task: Task, timings: dict[str, float]):
