@@ -286,6 +286,28 @@ def test_a_rebuilt_report_leaves_evaluate_up_to_date(done_run, tmp_path):
     assert {n for n, s in STAGES.items() if not s.up_to_date(moved)} == {"evaluate"}
 
 
+def test_report_into_a_run_another_command_holds_is_refused(done_run, tmp_path, monkeypatch, capsys):
+    """Found by an audit: `potstill report RUN` rewrote RUN/report.html and the manifest (``RunDir.rebuilt``)
+    without the run directory's lock that every stage holds, so under a running evaluate one
+    read-modify-write of manifest.json lost the other's (evaluate then reran on the next run, or
+    the page recorded was not the page on disk). It holds the run now, and is refused while
+    another command does; a page written elsewhere (--out) touches nothing of the run."""
+    from tests.helpers.cli import run_main
+    from tests.helpers.run_lock import held_elsewhere
+
+    root, _, _ = done_run
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run)
+    page, manifest = (run / "report.html").read_bytes(), (run / "manifest.json").read_bytes()
+    with held_elsewhere(run):
+        code, err = run_main(monkeypatch, capsys, "report", str(run))
+        assert code == 2 and len(err) == 1 and "another potstill command is running" in err[0], err
+        assert (run / "report.html").read_bytes() == page and (run / "manifest.json").read_bytes() == manifest
+        assert run_main(monkeypatch, capsys, "report", str(run), "--out", str(tmp_path / "copy.html"))[0] == 0
+        assert (tmp_path / "copy.html").exists() and (run / "manifest.json").read_bytes() == manifest
+    assert run_main(monkeypatch, capsys, "report", str(run))[0] == 0
+
+
 def test_the_run_saves_the_config_it_ran_with(done_run):
     root, cfg, _ = done_run
     saved = load_config(root / "run" / "potstill.yaml")

@@ -9,6 +9,7 @@ so their help is the field's one description. Values are parsed as YAML scalars
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
@@ -412,13 +413,17 @@ def report(
 ) -> None:
     """Rebuild report.html from eval.json, with other runs' students side by side (champion vs challenger)."""
     from potstill.evaluate.html import compare_report
-    from potstill.rundir import RunDir
+    from potstill.rundir import RunDir, exclusive
 
-    if run_dir.is_dir():  # a hand-broken manifest.json: its one line before anything is written
-        RunDir(run_dir).manifest()
-    target = compare_report(run_dir, compare or [], out)
-    if run_dir.is_dir() and target.resolve() == (run_dir / "report.html").resolve():
-        RunDir(run_dir).rebuilt("evaluate", "report.html")  # else the next `potstill run` reruns evaluate
+    target = out or run_dir / "report.html"
+    into_run = run_dir.is_dir() and target.resolve() == (run_dir / "report.html").resolve()
+    # Into the run: its page and manifest, held as a stage holds them (an evaluate writes both).
+    with exclusive(run_dir) if into_run else contextlib.nullcontext():
+        if run_dir.is_dir():  # a hand-broken manifest.json: its one line before anything is written
+            RunDir(run_dir).manifest()
+        target = compare_report(run_dir, compare or [], out)
+        if into_run:
+            RunDir(run_dir).rebuilt("evaluate", "report.html")  # else the next `potstill run` reruns evaluate
     typer.echo(f"wrote {target}")
 
 

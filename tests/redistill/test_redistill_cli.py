@@ -5,9 +5,37 @@ command, and the champion's base model named by another spelling of the same pat
 from __future__ import annotations
 
 import json
+import os
 
+from potstill.ledger import Ledger
 from tests.helpers.cli import run_main
+from tests.helpers.run_lock import held_elsewhere
 from tests.redistill.test_redistill import _copy_original
+
+
+def test_redistill_and_rollback_are_refused_while_another_command_holds_the_run(served_run, tmp_path, monkeypatch,
+                                                                                capsys):
+    """Found by an audit: every stage holds the run directory (``rundir.exclusive``), but redistill took
+    no lock: it trained a challenger, rewrote RUN/student and the manifest (the train stage's entry)
+    under a running `potstill run` or a second cron redistill."""
+    from potstill.redistill.promote import switch
+    from tests.helpers.tiny import make_model_dir
+
+    run = tmp_path / "run"
+    _copy_original(served_run, run)
+    make_model_dir(run / "students" / "b", seed=2)
+    switch(run, run / "students" / "b")
+    with Ledger(run / "calls.sqlite") as ledger:
+        calls = ledger._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
+    with held_elsewhere(run):
+        for args in (("--rollback", "original"), ()):
+            code, err = run_main(monkeypatch, capsys, "redistill", str(run), *args)
+            assert code == 2 and len(err) == 1 and "another potstill command is running" in err[0], (args, err)
+        assert os.readlink(run / "student") == os.path.join("students", "b")
+        assert not (run / "redistill").exists()
+    with Ledger(run / "calls.sqlite") as ledger:
+        assert ledger._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0] == calls  # no teacher call
+    assert run_main(monkeypatch, capsys, "redistill", str(run), "--rollback", "original")[0] == 0
 
 
 def test_the_champions_base_named_by_another_spelling_of_its_path_is_the_same_base(served_run, tmp_path,

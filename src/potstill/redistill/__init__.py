@@ -22,6 +22,7 @@ and why the challenger was or was not promoted; its data and training log are in
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import shutil
@@ -42,7 +43,7 @@ from potstill.ledger import Ledger
 from potstill.models.loading import load_lm
 from potstill.progress import out, say
 from potstill.records import Record, read_json, read_records, write_json, write_jsonl
-from potstill.rundir import CHALLENGER_TRAIN, student_train_path
+from potstill.rundir import CHALLENGER_TRAIN, exclusive, student_train_path
 from potstill.redistill.compare import compare, decide, scores
 from potstill.redistill.promote import current, switch
 from potstill.redistill.traffic import check_traffic, label_sample, read_traffic
@@ -114,9 +115,18 @@ class _NewData:
 
 
 def redistill(run_dir: Path, cfg: Config) -> dict[str, Any]:
-    """Run the five steps above; returns the decision record (also written to RUN/redistill/<id>.json)."""
+    """Run the five steps above; returns the decision record (also written to RUN/redistill/<id>.json).
+
+    The run directory is held throughout, as a stage holds it (``rundir.exclusive``): a second
+    redistill, or a `potstill run` retraining RUN/student, is refused at once rather than training
+    into the same RUN/redistill/<id>/ or rewriting the manifest under this one."""
     run_dir = Path(run_dir)
     tracking.check(cfg)
+    with exclusive(run_dir) if run_dir.is_dir() else contextlib.nullcontext():  # none: _check_run says so
+        return _redistill(run_dir, cfg)
+
+
+def _redistill(run_dir: Path, cfg: Config) -> dict[str, Any]:
     rc, task = cfg.redistill, get_task(cfg.task)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -381,4 +391,5 @@ def rollback(run_dir: Path, to: str) -> dict[str, str]:
     target = run_dir / to if (run_dir / to).exists() else run_dir / "students" / to
     if not _is_student(target):
         raise PotstillError(f"{target}: no student there to roll back to (see RUN/students/)")
-    return switch(run_dir, target)
+    with exclusive(run_dir):
+        return switch(run_dir, target)

@@ -19,7 +19,7 @@ from pathlib import Path
 from potstill.errors import PotstillError
 from potstill.hashing import hash_path
 from potstill.records import write_json
-from potstill.rundir import RunDir
+from potstill.rundir import RunDir, exclusive
 
 RENAME_EXCHANGE = 2  # linux/fs.h
 AT_FDCWD = -100
@@ -70,9 +70,14 @@ def switch(run_dir: Path, target: Path, keep_as: str = "original") -> dict[str, 
     """Point RUN/student at ``target`` (a directory under RUN/students/) atomically.
 
     A plain directory at RUN/student is kept as RUN/students/<keep_as>/. Returns
-    {previous, current} as paths relative to the run directory.
+    {previous, current} as paths relative to the run directory. The run directory is held meanwhile
+    (``rundir.exclusive``), as a stage holds it: the manifest is rewritten here (``_adopt``).
     """
-    run_dir = Path(run_dir)
+    with exclusive(run_dir):
+        return _switch(Path(run_dir), target, keep_as)
+
+
+def _switch(run_dir: Path, target: Path, keep_as: str) -> dict[str, str]:
     link, students = run_dir / "student", run_dir / "students"
     # The entry in students/, not where it leads: one kept for a champion that lives elsewhere is a link.
     target = Path(os.path.abspath(target))
