@@ -515,14 +515,18 @@ def export_check(file: Annotated[Path, typer.Argument(
 def redistill(cfg: Config, run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="Served run directory (student/, splits, calls.sqlite).")],
               rollback: Annotated[Optional[str], typer.Option(
                   help="Instead: point RUN/student back at a kept student (students/<id>).")] = None,
+              force: Annotated[bool, typer.Option(
+                  help="With --rollback: also to a challenger that lost its comparison and was never promoted.")] = False,
               ) -> None:
     """Train a challenger on served traffic and promote it only if it beats the champion on new traffic and holds on the frozen test."""
     from potstill import redistill as rd
 
     if rollback is not None:
-        info = rd.rollback(run_dir, rollback)
+        info = rd.rollback(run_dir, rollback, force=force)
         typer.echo(f"RUN/student -> {info['current']} (was {info['previous']})")
         return
+    if force:
+        raise PotstillError("--force is for --rollback (to a challenger that lost its comparison)")
     rd.redistill(run_dir, cfg)
 
 

@@ -13,6 +13,31 @@ from tests.helpers.run_lock import held_elsewhere
 from tests.redistill.test_redistill import _copy_original
 
 
+def test_a_challenger_that_lost_is_no_rollback_target_unless_forced(served_run, tmp_path, monkeypatch, capsys):
+    """Found by an audit: `--rollback` pointed RUN/student at any student in RUN/students/, a challenger
+    that lost its comparison and was never promoted too: the student the comparison had just refused
+    went live with no word. It is refused in one line naming the decision record; --force does it."""
+    from potstill.redistill import redistill
+    from tests.redistill.test_redistill import _cfg
+
+    run = tmp_path / "run"
+    _copy_original(served_run, run)
+    loser = redistill(run, _cfg(run, **{"train.lr": 1e-12}))
+    assert not loser["decision"]["challenger_wins"]
+    cid = loser["challenger_id"]
+    capsys.readouterr()
+    code, err = run_main(monkeypatch, capsys, "redistill", str(run), "--rollback", cid)
+    assert code == 2 and err == [
+        f"error: students/{cid} lost its comparison with the champion (redistill/{loser['id']}.json: "
+        f"{loser['decision']['reason']}) and was never promoted; pass --force to point RUN/student at it anyway"], err
+    assert not (run / "student").is_symlink()
+    assert run_main(monkeypatch, capsys, "redistill", str(run), "--rollback", f"students/{cid}", "--force")[0] == 0
+    assert (run / "student").resolve() == (run / "students" / cid).resolve()
+    # The champion it replaced was never a challenger: back to it without --force.
+    assert run_main(monkeypatch, capsys, "redistill", str(run), "--rollback", "original")[0] == 0
+    assert (run / "student").resolve() == (run / "students" / "original").resolve()
+
+
 def test_redistill_and_rollback_are_refused_while_another_command_holds_the_run(served_run, tmp_path, monkeypatch,
                                                                                 capsys):
     """Found by an audit: every stage holds the run directory (``rundir.exclusive``), but redistill took

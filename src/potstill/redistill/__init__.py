@@ -385,11 +385,41 @@ def _publish(run_dir: Path, cfg: Config, rid: str, record: dict[str, Any], resul
            if promotion else ""))
 
 
-def rollback(run_dir: Path, to: str) -> dict[str, str]:
-    """Point RUN/student back at a kept student (a path relative to the run, or an id under RUN/students/)."""
+def rollback(run_dir: Path, to: str, force: bool = False) -> dict[str, str]:
+    """Point RUN/student back at a kept student (a path relative to the run, or an id under RUN/students/).
+
+    A challenger that lost its comparison and was never promoted is refused unless ``force``: that
+    is the student the decision record turned down, not one that served."""
     run_dir = Path(run_dir)
     target = run_dir / to if (run_dir / to).exists() else run_dir / "students" / to
     if not _is_student(target):
         raise PotstillError(f"{target}: no student there to roll back to (see RUN/students/)")
     with exclusive(run_dir):
+        lost = None if force else _lost_comparison(run_dir, target)
+        if lost is not None:
+            rid, reason = lost
+            name = os.path.join("students", target.name)
+            raise PotstillError(f"{name} lost its comparison with the champion (redistill/{rid}.json: {reason}) and was "
+                                "never promoted; pass --force to point RUN/student at it anyway")
         return switch(run_dir, target)
+
+
+def _lost_comparison(run_dir: Path, target: Path) -> tuple[str, str] | None:
+    """(record id, reason) of the last decision record in which ``target`` lost as the challenger, when
+    no record has it winning, promoted, or replaced as a champion; else None (a record that cannot be
+    read is passed over: they guard a rollback, they do not stop one)."""
+    name = os.path.join("students", target.name)
+    lost = None
+    for path in sorted((run_dir / "redistill").glob("*.json")):
+        try:
+            rec = read_json(path)
+        except PotstillError:
+            continue
+        promotion, decision = (x if isinstance(x, dict) else {} for x in (rec.get("promotion"), rec.get("decision")))
+        if name in (promotion.get("previous"), promotion.get("current")):
+            return None
+        if rec.get("challenger") == name:
+            if decision.get("challenger_wins"):
+                return None
+            lost = (rec.get("id", path.stem), str(decision.get("reason", "")))
+    return lost
