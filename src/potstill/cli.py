@@ -517,17 +517,24 @@ def redistill(cfg: Config, run_dir: Annotated[Path, typer.Argument(metavar="RUN"
                   help="Instead: point RUN/student back at a kept student (students/<id>).")] = None,
               force: Annotated[bool, typer.Option(
                   help="With --rollback: also to a challenger that lost its comparison and was never promoted.")] = False,
+              fail_on_keep: Annotated[bool, typer.Option(
+                  help="Exit 3 when the champion is kept (not promoted), for cron; 0 only on a promotion.")] = False,
               ) -> None:
-    """Train a challenger on served traffic and promote it only if it beats the champion on new traffic and holds on the frozen test."""
+    """Train a challenger on served traffic and promote it only if it beats the champion on new traffic and holds on the frozen test.
+    Exit code: 0 promoted or kept (with --fail-on-keep: 0 promoted, 3 kept), 2 error."""
     from potstill import redistill as rd
 
     if rollback is not None:
+        if fail_on_keep:
+            raise PotstillError("--fail-on-keep judges a comparison; --rollback makes none")
         info = rd.rollback(run_dir, rollback, force=force)
         typer.echo(f"RUN/student -> {info['current']} (was {info['previous']})")
         return
     if force:
         raise PotstillError("--force is for --rollback (to a challenger that lost its comparison)")
-    rd.redistill(run_dir, cfg)
+    record = rd.redistill(run_dir, cfg)
+    if fail_on_keep and record["promotion"] is None:
+        raise typer.Exit(rd.EXIT_KEPT)
 
 
 def _os_problem(e: BaseException) -> str:

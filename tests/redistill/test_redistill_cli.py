@@ -13,6 +13,32 @@ from tests.helpers.run_lock import held_elsewhere
 from tests.redistill.test_redistill import _copy_original
 
 
+def _records(run) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((run / "redistill").glob("*.json"))]
+
+
+def test_a_kept_champion_exits_3_with_fail_on_keep(served_run, tmp_path, monkeypatch, capsys):
+    """Found by an audit: `potstill redistill` exited 0 whether or not it promoted, so a cron job could
+    not tell without reading the decision record. It still does by default (a champion kept is the
+    rule working, not a failure); --fail-on-keep exits 3 when RUN/student is left as it was."""
+    run = tmp_path / "run"
+    _copy_original(served_run, run)
+    # lr ~ 0: the challenger keeps the base weights, which are the champion's: no gain, kept.
+    assert run_main(monkeypatch, capsys, "redistill", str(run), "--train.lr", "1e-12")[0] == 0
+    code, err = run_main(monkeypatch, capsys, "redistill", str(run), "--train.lr", "1e-12", "--fail-on-keep")
+    assert code == 3, err
+    assert not (run / "student").is_symlink()
+    code, err = run_main(monkeypatch, capsys, "redistill", str(run), "--fail-on-keep")
+    assert code == 0, err
+    promoted = _records(run)[-1]
+    assert promoted["decision"]["promote"]
+    assert (run / "student").resolve() == (run / "students" / promoted["challenger_id"]).resolve()
+    code, err = run_main(monkeypatch, capsys, "redistill", str(run), "--rollback", "original", "--fail-on-keep")
+    assert code == 2 and err == ["error: --fail-on-keep judges a comparison; --rollback makes none"], err
+    code, err = run_main(monkeypatch, capsys, "redistill", str(run), "--force")
+    assert code == 2 and err == ["error: --force is for --rollback (to a challenger that lost its comparison)"], err
+
+
 def test_a_challenger_that_lost_is_no_rollback_target_unless_forced(served_run, tmp_path, monkeypatch, capsys):
     """Found by an audit: `--rollback` pointed RUN/student at any student in RUN/students/, a challenger
     that lost its comparison and was never promoted too: the student the comparison had just refused

@@ -50,7 +50,9 @@ from potstill.redistill.traffic import check_traffic, label_sample, read_traffic
 from potstill.students import predict, student_format
 from potstill.tasks import Task, get_task
 
-__all__ = ["redistill", "switch"]
+__all__ = ["EXIT_KEPT", "redistill", "rollback", "switch"]
+
+EXIT_KEPT = 3  # `potstill redistill --fail-on-keep`: the champion stays (0: promoted; 2: an error)
 
 
 def _is_student(path: Path) -> bool:
