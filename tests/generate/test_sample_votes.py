@@ -147,4 +147,28 @@ def test_samples_that_are_one_json_value_vote_together():
     assert vote(samples, json.loads, lambda x: None) == (1, 2 / 3)
     task = get_task(TaskConfig(type="extraction", instruction="n?", json_schema={"type": "object"}))
     rec = Record(messages=[{"role": "user", "content": "x"}], output=samples[0], samples=samples)
-    assert majority(rec, task, CurateConfig()) == ('{"n": 2}', 2 / 3)
+    assert majority(rec, task, CurateConfig()) == ('{"n": 2}', 2 / 3, None)  # no stop reasons kept: not known
+
+
+def test_curates_re_vote_never_makes_a_sample_cut_at_the_token_limit_the_output(tmp_path, monkeypatch):
+    """Curate re-votes generate's samples under its own rules, but the record kept no stop reason
+    per sample, so the re-vote counted a sample cut at max_tokens as a whole answer. Here generate's
+    output ('a dog ran off', tied 2 to 2 and seen first) passes curate's 13-character limit but its
+    other copy (two spaces, 14 characters) does not; the re-vote went to the two cut 'the cat'
+    (agreement 0.5, at min_agreement), which became the training target while meta.stop_reason still
+    said 'stop' (that of the replaced output), so curate's truncated check never saw it."""
+    from potstill.config import load_config
+    from potstill.curate import curate
+
+    task = {"type": "freetext", "instruction": "Say something."}
+    rec, _, _ = label(tmp_path, monkeypatch, ["a dog ran off", "a dog  ran off", "the cat", "the cat"], task, n=4,
+                      finish=["stop", "stop", "length", "length"])
+    assert rec.output == "a dog ran off" and rec.meta["stop_reason"] == "stop"
+    assert rec.meta["sample_stop_reasons"] == ["stop", "stop", "length", "length"]
+    cfg = load_config(overrides={"run_dir": str(tmp_path / "run"), "task": task,
+                                 "curate": {"val": 0, "test": 0, "max_output_chars": 13}})
+    out = curate(cfg, [rec])
+    kept = out.train + out.val + out.test
+    assert [r.output for r in kept] == []  # a whole answer at 1 of 4 (0.25 < 0.5): set aside, not swapped for a cut one
+    (gone,) = out.rejected
+    assert gone.invalid_reason.startswith("self-consistency: agreement 0.25")

@@ -208,7 +208,7 @@ def _consistency_step(valid: list[Record], task, c, rejected: list[Record]) -> l
     for r in valid:
         vote = None if "review" in r.meta else majority(r, task, c)
         if vote is not None:
-            text, agreement = vote
+            text, agreement, stop = vote
             r.meta["agreement"] = round(agreement, 4)
             if agreement < c.min_agreement:
                 rejected.append(_reject(r, f"self-consistency: agreement {agreement:.2f} < {c.min_agreement:.2f}"))
@@ -218,6 +218,9 @@ def _consistency_step(valid: list[Record], task, c, rejected: list[Record]) -> l
                 # The token log-probs are the teacher's for the replaced text (the record holds no
                 # other sample's): top-k KD would teach it under the new output.
                 r.output, r.logprobs = text, None
+                # The replaced output's stop reason is not the new one's (None: a record from before
+                # generate kept one per sample).
+                r.meta["stop_reason"] = stop
         consistent.append(r)
     return consistent
 

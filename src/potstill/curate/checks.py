@@ -22,6 +22,11 @@ from potstill.tasks.answers import output_problem, vote
 CUT = ("length", "max_tokens")
 
 
+def _cut(stop: str | None, task: Task, rec: Record) -> bool:
+    """Whether an answer that stopped for ``stop`` is half an answer curate sets aside (see ``invalid_reason``)."""
+    return not task.labels and stop in CUT and "review" not in rec.meta
+
+
 def invalid_reason(rec: Record, task: Task, c: CurateConfig) -> str | None:
     """None when the record may be trained on, else why not (the text before ':' is the card's category).
 
@@ -31,27 +36,35 @@ def invalid_reason(rec: Record, task: Task, c: CurateConfig) -> str | None:
     if rec.output is None:
         return rec.invalid_reason or "teacher error: no output"
     problem = output_problem(rec.output, task, c)
-    if problem is None and not task.labels and rec.meta.get("stop_reason") in CUT and "review" not in rec.meta:
+    if problem is None and _cut(rec.meta.get("stop_reason"), task, rec):
         n = rec.meta.get("output_tokens")
         return (f"truncated: the teacher's answer ran to its token limit{f' ({n} tokens)' if n else ''}; raise "
                 "teacher.max_tokens and run `potstill generate` again")
     return problem
 
 
-def majority(rec: Record, task: Task, c: CurateConfig) -> tuple[str, float] | None:
-    """(the majority sample's text, the share of samples that give its answer); None without samples.
+def majority(rec: Record, task: Task, c: CurateConfig) -> tuple[str, float, str | None] | None:
+    """(the majority sample's text, the share of samples that give its answer, that sample's stop
+    reason or None where the record does not say); None without samples.
 
-    ``tasks.answers.vote`` under curate's rules: samples that fail validation (the task's check or
-    curate's rules) count against agreement but never win the vote; ties go to the answer seen
-    first. With no valid sample the record keeps its own, validated output at agreement 0: an
-    answer outside the label set must not become the training target, even at min_agreement 0.
+    ``tasks.answers.vote`` under curate's rules: samples that fail validation (the task's check,
+    curate's rules, or a cut at the token limit as ``invalid_reason`` reads it, from generate's
+    ``meta.sample_stop_reasons``) count against agreement but never win the vote; ties go to the
+    answer seen first. With no valid sample the record keeps its own, validated output at agreement
+    0: an answer outside the label set must not become the training target, even at min_agreement 0.
     """
     if not rec.samples or len(rec.samples) < 2:
         return None
-    i, share = vote(rec.samples, task.parse, task.validate, lambda s: output_problem(s, task, c))
+    stops = rec.meta.get("sample_stop_reasons") or []
+    stops = stops if len(stops) == len(rec.samples) else [None] * len(rec.samples)  # a record written before them
+
+    def problem(i: int, s: str) -> str | None:
+        return "truncated" if _cut(stops[i], task, rec) else output_problem(s, task, c)
+
+    i, share = vote(rec.samples, task.parse, task.validate, problem)
     if not share:
-        return rec.output if rec.output is not None else rec.samples[0], 0.0
-    return rec.samples[i], share
+        return rec.output if rec.output is not None else rec.samples[0], 0.0, rec.meta.get("stop_reason")
+    return rec.samples[i], share, stops[i]
 
 
 def teacher_accuracy(records: list[Record], task: Task) -> dict[str, Any] | None:

@@ -293,6 +293,8 @@ def _attach(rec: Record, ans: dict[str, Any], task: Task, teacher: Teacher) -> N
             # With no logprobs, the shares of the valid votes are the soft label (n samples -> steps of 1/n).
             rec.label_probs = {lab: votes.count(lab) / len(votes) for lab in task.labels}
     if isinstance(stop, list):
+        if rec.samples and len(stop) == len(rec.samples):
+            rec.meta["sample_stop_reasons"] = stop  # curate's re-vote lets no sample cut at the token limit win
         # The stop reason of the sample that is the output: curate's truncated check reads it.
         stop = stop[i] if i < len(stop) else None
     elif i:

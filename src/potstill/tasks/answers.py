@@ -32,14 +32,15 @@ def output_problem(out: str, task: Task, c: CurateConfig) -> str | None:
 
 
 def vote(samples: list[str], parse: Callable[[str], Any], validate: Callable[[Any], str | None],
-         check: Callable[[str], str | None] | None = None) -> tuple[int | None, float]:
+         check: Callable[[int, str], str | None] | None = None) -> tuple[int | None, float]:
     """(index of the first sample that gives the most common valid answer, share of all samples that give it).
 
     Samples are compared by their *parsed* answer (a label, a JSON object), so "Sport." and
     "sport" vote together. Ties go to the answer seen first. A sample the task cannot parse or
     validate (``validate`` gives a reason) counts against agreement but never wins, as in curate:
-    three answers outside the label set must not outvote two that agree on a label. ``check``: a
-    further reason a sample's text may not win (curate's rules, ``output_problem``). With no valid
+    three answers outside the label set must not outvote two that agree on a label. ``check(i, text)``:
+    a further reason sample ``i`` may not win (curate's rules, ``output_problem``, and its cut at the
+    token limit, which only the sample's index tells). With no valid
     sample: (0, 0.0), the first sample, which the task then reports invalid.
 
     Generate votes when it stores an n-sample answer, serve when it reuses one, curate again under
@@ -48,11 +49,11 @@ def vote(samples: list[str], parse: Callable[[str], Any], validate: Callable[[An
     if not samples:
         return None, 0.0
     keys: list[str | None] = []
-    for s in samples:
+    for i, s in enumerate(samples):
         try:
             parsed = parse(s)
             # Canonical JSON (tasks.extraction.json_text): {"n": 2} and {"n": 2.0} are one answer, true is not 1.
-            ok = validate(parsed) is None and (check is None or check(s) is None)
+            ok = validate(parsed) is None and (check is None or check(i, s) is None)
             keys.append(json_text(parsed) if ok else None)
         except Exception:  # noqa: BLE001 - a sample the task cannot parse (or put in JSON) is invalid
             keys.append(None)
