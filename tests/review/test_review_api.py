@@ -224,3 +224,38 @@ def test_an_answer_in_another_spelling_is_the_same_stratum(tmp_path):
                         curate={"val": 0, "test": 0, "near_dup": False}))
     _, sample = load_run(run, 6)
     assert Counter(r.output.strip(".").lower() for r in sample) == {"sports": 3, "tech": 3}
+
+
+def test_one_decision_sends_back_only_what_changed(served, curated):
+    """Every keypress's POST answered with the whole sample (each record's input, conversation, answer
+    and samples) re-read from review.sqlite: a 60-article review sent the 60 articles back per key.
+    One decision now answers the decisions changed since the version the client names (its own, one
+    another tab made, one another process wrote to review.sqlite), the progress and the new version."""
+    from potstill.review.store import ReviewStore
+
+    state = httpx.get(served.url + "/api/state").json()
+    full = len(httpx.get(served.url + "/api/state").content)
+    a, b, c = (it["id"] for it in state["items"][:3])
+    url = served.url + "/api/decisions"
+    r = httpx.post(url, json={"id": a, "decision": "accept", "since": state["version"]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == {"decisions", "progress", "version"} and list(body["decisions"]) == [a]
+    assert body["decisions"][a]["decision"] == "accept"
+    assert body["progress"] == {"reviewed": 1, "total": 9, "teacher_error_rate": 0.0}
+    assert not any(it["text"] in r.text for it in state["items"])  # no record's input travels with a decision
+    assert len(r.content) < 400 < full  # bytes per keypress: one decision, not the 9-record sample
+    mine = body["version"]
+
+    httpx.post(url, json={"id": b, "decision": "reject"}).raise_for_status()  # another tab
+    with ReviewStore(Path(curated.run_dir) / "review.sqlite") as other:  # another process on the same file
+        other.decide(c, "relabel", "tech", "sports")
+    body = httpx.post(url, json={"id": a, "decision": "reject", "since": mine}).json()
+    assert {k: d["decision"] for k, d in body["decisions"].items()} == {a: "reject", b: "reject", c: "relabel"}
+    assert body["progress"]["reviewed"] == 3
+    assert httpx.post(url, json={"id": a, "decision": "reject", "since": body["version"]}).json()["decisions"].keys() == {a}
+    # a version from another server (restarted since): every decision of the sample, nothing missed
+    assert httpx.post(url, json={"id": a, "decision": "reject", "since": "gone:9"}).json()["decisions"].keys() == {a, b, c}
+    state = httpx.get(served.url + "/api/state").json()
+    assert {it["id"]: (it["decision"] or {}).get("decision") for it in state["items"][:3]} == \
+        {a: "reject", b: "reject", c: "relabel"}

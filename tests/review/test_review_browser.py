@@ -216,5 +216,11 @@ def test_a_decision_made_in_another_tab_is_not_overwritten_unseen(curated):
         b.keyboard.press("a")  # seen now: the reviewer means it
         b.wait_for_function("document.getElementById('progress').textContent === '1 / 9 reviewed' && "
                             "document.getElementById('rid').textContent !== " + repr(first), timeout=10_000)
+        # A's next decision brings back what changed since A's version, B's accept among it (not the sample).
+        a.keyboard.press("r")
+        a.wait_for_function("document.getElementById('progress').textContent === '2 / 9 reviewed'", timeout=10_000)
+        a.keyboard.press("ArrowLeft")
+        a.keyboard.press("ArrowLeft")  # back past the record A just rejected, to the first
+        assert a.text_content("#rid") == first and a.text_content("#decision") == "accept"
         browser.close()
     assert load_decisions(run / "review.sqlite")[first]["decision"] == "accept"

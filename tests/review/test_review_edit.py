@@ -109,7 +109,7 @@ def test_an_edit_is_checked_by_the_task_stored_and_applied_by_curate(tmp_path):
 
         r = httpx.post(served.url + "/api/decisions", json={"id": item["id"], "decision": "edit", "output": fixed})
         assert r.status_code == 200, r.text
-        assert r.json()["items"][0]["decision"]["output"] == fixed
+        assert r.json()["decisions"][item["id"]]["output"] == fixed
         assert r.json()["progress"] == {"reviewed": 1, "total": 6, "teacher_error_rate": 1.0}
         # an edit the task reads as the teacher's answer (other spacing) confirms the teacher
         other = state["items"][1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import secrets
 import threading
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,61 @@ class Decision(BaseModel):
     # The record's decision as the client last saw it (null: undecided). Given, the decision is refused
     # when the store holds another (made since in another tab), rather than replacing it unseen.
     previous: Shown | None = None
+    # The version of the decisions the client holds (``state``'s or the last answer's): the answer
+    # holds the decisions changed since. Absent: only this record's.
+    since: str | None = None
+
+
+class SampleDecisions:
+    """The review sample's decisions, kept in memory with the version at which each last changed, so
+    that a decision is answered with what changed since the client's version, not the whole sample.
+
+    review.sqlite is read again only when another connection wrote to it (``ReviewStore.data_version``:
+    a second review server, a script); this server's own decisions update the memory as they are
+    stored. Versions are ``epoch:n``, the epoch this server's own: a version from another server (one
+    restarted since) says nothing here, and gets every decision.
+    """
+
+    def __init__(self, store: ReviewStore, ids: list[str]):
+        self.store, self.ids = store, set(ids)
+        self.epoch = secrets.token_hex(4)
+        self.mine: dict[str, dict[str, Any]] = {}
+        self.changed_at: dict[str, int] = {}  # record id -> the version at which its decision last changed
+        self.n = 0
+        self.seen: int | None = None  # review.sqlite's data_version when it was last read
+        self.sync()
+
+    @property
+    def version(self) -> str:
+        return f"{self.epoch}:{self.n}"
+
+    def sync(self) -> None:
+        """Read review.sqlite again if another connection committed to it since it was last read."""
+        now_version = self.store.data_version()
+        if now_version == self.seen:
+            return
+        self.seen = now_version
+        now = {k: d for k, d in self.store.decisions().items() if k in self.ids}
+        for k in sorted(now.keys() | self.mine.keys()):
+            if now.get(k) != self.mine.get(k):
+                self._set(k, now.get(k))
+
+    def _set(self, record_id: str, d: dict[str, Any] | None) -> None:
+        self.n += 1
+        self.changed_at[record_id] = self.n
+        if d is None:  # a row deleted by hand
+            self.mine.pop(record_id, None)
+        else:
+            self.mine[record_id] = d
+
+    def decide(self, record_id: str, *args: Any) -> None:
+        self._set(record_id, self.store.decide(record_id, *args))
+
+    def since(self, version: str | None) -> dict[str, dict[str, Any] | None]:
+        """The decisions changed after ``version`` (null where one was removed)."""
+        epoch, _, n = (version or "").partition(":")
+        start = int(n) if epoch == self.epoch and n.isdigit() else 0
+        return {k: self.mine.get(k) for k, at in self.changed_at.items() if at > start}
 
 
 def _same(stored: dict[str, Any] | None, shown: Shown | None) -> bool:
@@ -109,6 +165,10 @@ def create_app(run_dir: str | Path, sample: int = 60, seed: int = 0) -> FastAPI:
     parse = task.parse
     store = ReviewStore(run / "review.sqlite")
     lock = threading.Lock()
+    decisions = SampleDecisions(store, list(by_id))
+    # What the page shows of each record, built once: a decision changes only its ``decision``.
+    shown = [{"id": r.id, "context": earlier_turns(r), "text": r.text, "output": r.output, "gold": r.label,
+              "slice": r.slice, "samples": r.samples, "agreement": r.meta.get("agreement")} for r in records]
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
@@ -124,17 +184,16 @@ def create_app(run_dir: str | Path, sample: int = 60, seed: int = 0) -> FastAPI:
         param = ".".join(str(x) for x in err["loc"][1:]) or None
         return _error(400, f"{param or 'body'}: {err['msg']}", param)
 
+    def progress() -> dict[str, Any]:
+        rate = error_rate(decisions.mine, parse)
+        return {"reviewed": len(decisions.mine), "total": len(records),
+                "teacher_error_rate": None if rate is None else round(rate, 4)}
+
     def state() -> dict[str, Any]:
         with lock:
-            decisions = store.decisions()
-        mine = {k: v for k, v in decisions.items() if k in by_id}
-        items = [{"id": r.id, "context": earlier_turns(r), "text": r.text, "output": r.output, "gold": r.label, "slice": r.slice,
-                  "samples": r.samples, "agreement": r.meta.get("agreement"), "decision": mine.get(r.id)}
-                 for r in records]
-        rate = error_rate(mine, parse)
-        return {"labels": labels, "items": items,
-                "progress": {"reviewed": len(mine), "total": len(records),
-                             "teacher_error_rate": None if rate is None else round(rate, 4)}}
+            decisions.sync()
+            items = [{**it, "decision": decisions.mine.get(it["id"])} for it in shown]
+            return {"labels": labels, "items": items, "progress": progress(), "version": decisions.version}
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
@@ -164,14 +223,17 @@ def create_app(run_dir: str | Path, sample: int = 60, seed: int = 0) -> FastAPI:
             if problem is not None:  # curate would set it aside: say why now, while the reviewer can fix it
                 return _error(400, f"output: {problem}", "output", "invalid_output")
         with lock:
-            stored = store.decisions().get(rec.id) if "previous" in body.model_fields_set else None
+            decisions.sync()
+            stored = decisions.mine.get(rec.id)
             if "previous" in body.model_fields_set and not _same(stored, body.previous):
                 now = _said(stored) if stored else "no decision"
                 return _error(409, f"record {rec.id} holds another decision ({now}) since this page showed it, made "
                                    "in another tab: the page now shows it; decide again to replace it",
                               "previous", "decision_conflict")
-            store.decide(rec.id, body.decision, body.label, rec.output, body.output)
-        return state()
+            decisions.decide(rec.id, body.decision, body.label, rec.output, body.output)
+            changed = decisions.since(body.since) if "since" in body.model_fields_set else {rec.id: decisions.mine[rec.id]}
+            # What changed, not the sample: a keypress costs one decision (and any made elsewhere since).
+            return {"decisions": changed, "progress": progress(), "version": decisions.version}
 
     return app
 

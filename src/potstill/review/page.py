@@ -87,6 +87,15 @@ function adopt(state) {  // the server's state, with the decisions still on thei
   for (const it of state.items) if (pending.has(it.id)) it.decision = pending.get(it.id);
   S = state;
 }
+// A decision's answer: the decisions changed since S.version (this one, any made in another tab),
+// the progress and the new version; a decision still on its way stays as the page shows it.
+function merge(body) {
+  for (const [id, d] of Object.entries(body.decisions)) {
+    const it = S.items.find(x => x.id === id);
+    if (it && !pending.has(id)) it.decision = d;
+  }
+  S.progress = body.progress; S.version = body.version;
+}
 async function load() { adopt(await (await fetch("api/state")).json()); render(); }
 // The decision a record shows, as the server compares it: a decision made since in another tab is
 // then refused rather than replaced unseen.
@@ -132,19 +141,19 @@ async function saveEdit() {
   await (sending = sending.then(async () => {
     try {
       r = await fetch("api/decisions", {method: "POST", headers: {"content-type": "application/json"},
-                                        body: JSON.stringify({id, decision: "edit", output, previous})});
+                                        body: JSON.stringify({id, decision: "edit", output, previous, since: S.version})});
       body = await r.json();
     } catch (e) {}
   }));
   const open = editing === id;  // not cancelled (Esc) while the server checked it
   $("edittext").disabled = false;
-  if (!(r && r.ok && body && body.items)) {
+  if (!(r && r.ok && body && body.decisions)) {
     if (r && r.status === 409) { try { await load(); } catch (e) {} }  // the decision made in another tab
     $("msg").textContent = `record ${id} not saved: ` + (body?.error?.message ?? "the review server did not answer");
     if (open) $("edittext").focus();
     return;
   }
-  adopt(body); $("msg").textContent = "";
+  merge(body); $("msg").textContent = "";
   if (open) {
     closeEditor();
     const at = S.items.findIndex(x => x.id === id);
@@ -157,11 +166,12 @@ async function send(id, d, previous) {
   let r = null, body = null;
   try {
     r = await fetch("api/decisions", {method: "POST", headers: {"content-type": "application/json"},
-                                      body: JSON.stringify({id, decision: d.decision, label: d.label, previous})});
+                                      body: JSON.stringify({id, decision: d.decision, label: d.label, previous,
+                                                            since: S.version})});
     body = await r.json();
   } catch (e) {}
   if (pending.get(id) === d) pending.delete(id);
-  if (r && r.ok && body && body.items) { adopt(body); render(); return; }
+  if (r && r.ok && body && body.decisions) { merge(body); render(); return; }
   // Not saved: show that record again as the server holds it, then say so (said last, so that when the
   // message shows, the page is already back on the record it names).
   const why = `record ${id} not saved: ` + (body?.error?.message ?? "the review server did not answer");

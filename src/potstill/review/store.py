@@ -72,23 +72,34 @@ class ReviewStore:
         self.db.close()
 
     def decide(self, record_id: str, decision: str, label: str | None = None, teacher_output: str | None = None,
-               output: str | None = None) -> None:
-        """``output``: an edit's corrected answer (the caller has validated it against the task)."""
+               output: str | None = None) -> dict[str, Any]:
+        """Store a decision and give it back as ``decisions`` reads it. ``output``: an edit's corrected
+        answer (the caller has validated it against the task)."""
         if decision not in DECISIONS:
             raise PotstillError(f"decision must be one of {', '.join(DECISIONS)}, got {decision!r}")
         if decision == "relabel" and not label:
             raise PotstillError("a relabel decision needs the new label")
         if decision == "edit" and output is None:
             raise PotstillError("an edit decision needs the corrected answer")
+        row = {"decision": decision, "label": label if decision == "relabel" else None, "teacher_output": teacher_output,
+               "decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "output": output if decision == "edit" else None}
         with _named(self.path), self.db:
             self.db.execute(
                 "INSERT INTO decisions (record_id, decision, label, teacher_output, decided_at, output) "
                 "VALUES (?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT(record_id) DO UPDATE SET decision=excluded.decision, label=excluded.label, "
                 "teacher_output=excluded.teacher_output, decided_at=excluded.decided_at, output=excluded.output",
-                (record_id, decision, label if decision == "relabel" else None, teacher_output,
-                 time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), output if decision == "edit" else None),
+                (record_id, row["decision"], row["label"], row["teacher_output"], row["decided_at"], row["output"]),
             )
+        return row
+
+    def data_version(self) -> int:
+        """SQLite's ``data_version``: it changes when *another* connection (a second review server, a
+        script) commits to the file, never for this one's own commits, so a reader that keeps the
+        decisions it wrote re-reads the table only then."""
+        with _named(self.path):
+            return self.db.execute("PRAGMA data_version").fetchone()[0]
 
     def decisions(self) -> dict[str, dict[str, Any]]:
         with _named(self.path):
