@@ -177,3 +177,24 @@ def test_the_cost_checks_use_the_cost_basis_of_the_break_even():
     batch1 = load_config(overrides={"task": task, "evaluate": {"cost_basis": "batch1", "monthly_calls": 250_000}})
     v = verdict(models, BAR, [WHOLE_PASS], _break_even(batch1, models, {"total_usd": 4.0}))
     assert v["decision"] == "NO-GO" and "1.6x more expensive per call" in v["reason"]
+
+
+def test_nothing_to_repay_breaks_even_at_once_whatever_the_volume():
+    """A run whose distilling cost nothing (a local teacher priced at $0, student.usd_per_hour 0) and
+    evaluate.monthly_calls 0: break_even gave months None (0 calls / 0 a month), and the verdict was
+    NO-GO because 'the one-time $0.00 is never repaid'. Nothing to repay is repaid at once."""
+    be = break_even(0.05 / 1000, 0.01 / 1000, 0.0, 0)
+    assert (be["calls"], be["months"]) == (0.0, 0.0)
+    v = verdict(CHEAP, BAR, [WHOLE_PASS], be)
+    assert (v["go"], v["decision"]) == (True, "GO"), v["reason"]
+    assert v["reason"].startswith("the student is 5.0x cheaper per call, repays distilling at once (no one-time cost) "
+                                  "and on the whole test set")
+    from potstill.evaluate import break_even_curve
+    from potstill.evaluate.html import _break_even
+
+    be["curve"] = break_even_curve(0.05 / 1000, 0.01 / 1000, 0.0, 0, be["months"])
+    page = _break_even({"break_even": be, "sources": {"monthly_calls": "config evaluate.monthly_calls=0"}})
+    assert "distilling cost nothing, so it breaks even at once" in page
+    # With a one-time cost and no volume it is never repaid, and the reason says which setting to change.
+    c = economics(0.05 / 1000, 0.01 / 1000, break_even(0.05 / 1000, 0.01 / 1000, 4.0, 0), None, BAR)
+    assert not c[1]["pass"] and "evaluate.monthly_calls" in c[1]["why"] and "max_break_even_months" in c[1]["why"]

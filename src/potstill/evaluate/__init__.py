@@ -47,12 +47,15 @@ def economics(teacher_usd_per_call: float, student_usd_per_call: float, be: dict
         why = None
         if months is None:
             why = (f"no monthly volume is configured (evaluate.monthly_calls = {be.get('monthly_calls')}), "
-                   f"so the one-time {_usd(be['one_time_usd'])} is never repaid")
+                   f"so the one-time {_usd(be['one_time_usd'])} is never repaid (set evaluate.monthly_calls to the "
+                   "expected calls a month, or evaluate.quality_bar.max_break_even_months to null to leave the "
+                   "break-even out of the verdict)")
         elif months > h:
             why = (f"the student repays the one-time {_usd(be['one_time_usd'])} only after {months:.1f} months at "
                    f"{be['monthly_calls']:,} calls a month, past the {h:g}-month horizon")
         checks.append({"check": f"break-even within {h:g} months", "pass": why is None, "why": why,
-                       "value": "never" if months is None else f"{months:.2f} months"})
+                       "value": "never" if months is None else "at once (no one-time cost)" if not be.get("calls")
+                       else f"{months:.2f} months"})
     if bar.max_p95_latency_s is not None:
         lim, p95 = bar.max_p95_latency_s, student_p95_s
         ok = p95 is not None and p95 <= lim
@@ -122,7 +125,8 @@ def verdict(models: dict[str, dict[str, Any]], bar: QualityBar, slices: list[dic
         reason = _names(money) + ", so switching loses money or time whatever its quality: keep every slice on the teacher"
         return {"go": False, "decision": "NO-GO", "reason": reason, **out}
     cheaper = econ[0]["value"].split(" (")[0]  # "5.3x cheaper"
-    repays = next((f", repays distilling in {c['value']}" for c in econ if c["check"].startswith("break-even")), "")
+    repays = next(((", repays distilling " + ("in " if c["value"][0].isdigit() else "") + c["value"]) for c in econ
+                   if c["check"].startswith("break-even")), "")
     fast = next((f", answers within the {bar.max_p95_latency_s:g} s latency bar" for c in econ
                  if c["check"].startswith("student p95")), "")
     if whole["verdict"] == "fail":
@@ -146,8 +150,10 @@ def break_even(teacher_cost_per_call: float, student_cost_per_call: float, one_t
                 "monthly_calls": monthly_calls,
                 "note": "the student is not cheaper per call, so it never breaks even"}
     calls = one_time_usd / saving
+    # Nothing to repay (a $0 teacher and training) is repaid at once, at any volume, 0 a month included.
+    months = 0.0 if calls <= 0 else calls / monthly_calls if monthly_calls else None
     return {"saving_per_call_usd": saving, "one_time_usd": one_time_usd, "calls": calls, "monthly_calls": monthly_calls,
-            "months": calls / monthly_calls if monthly_calls else None}
+            "months": months}
 
 
 def break_even_curve(teacher_cost_per_call: float, student_cost_per_call: float, one_time_usd: float,

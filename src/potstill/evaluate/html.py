@@ -257,7 +257,9 @@ def _break_even(ev: dict) -> str:
     head = f"{_basis_name(basis, b.get('batch_size')).capitalize()} (evaluate.cost_basis {basis})"
     if be.get("student_cost_per_call_usd") is not None:
         head += f", the student costs {_usd(be['student_cost_per_call_usd'])} per call"
-    if be.get("calls") is not None:
+    if be.get("calls") == 0:
+        text = f"{head}: it saves {_usd(be['saving_per_call_usd'])} per call and distilling cost nothing, so it breaks even at once."
+    elif be.get("calls") is not None:
         text = (f"{head}: it saves {_usd(be['saving_per_call_usd'])} per call and repays the one-time "
                 f"{_usd(be['one_time_usd'])} after <b>{be['calls']:,.0f} calls</b>"
                 + (f", <b>{be['months']:.2f} months</b> at {be['monthly_calls']:,} calls a month." if be.get("months") is not None
