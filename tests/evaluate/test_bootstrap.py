@@ -99,3 +99,34 @@ def test_settle_n_settles_about_80_percent_of_the_time():
     settled = sum(judge(bootstrap_mean((rng.random(need) < 0.9).astype(float), seed=rep), None, bar, 30)["verdict"]
                   == "pass" for rep in range(200))
     assert 0.7 <= settled / 200 <= 0.9, settled
+
+
+def test_resamples_where_the_teacher_scores_0_are_counted_not_dropped():
+    """The teacher right on 1 of 40 inputs and the student right on that one: (39/40)^40 = 36% of
+    resamples miss it, 0 / 0, and were dropped, so every kept resample gave exactly 1 and the
+    interval was [100%, 100%], wholly above a 95% bar on one example. Those resamples say nothing:
+    the lower bound takes them at 0 and the upper at no bound, so the slice is inconclusive."""
+    teacher = [1.0] + [0.0] * 39
+    r = bootstrap_ratio(teacher, teacher, n_boot=1000, seed=0)
+    assert r["value"] == 1.0 and r["lo"] == 0.0 and r["hi"] is None
+    assert 300 <= r["teacher_zero"] <= 420  # ~ 1000 x 0.36, counted
+    g = {"n": 40, "student": 1 / 40, "teacher": 1 / 40, "relative": r}
+    row = judge(r | {"value": 0.9}, g, QualityBar(), 30)  # agreement 90% (reported only: gold decides)
+    assert (row["judged_on"], row["verdict"]) == ("gold", "inconclusive")
+    assert "[0.0%, no upper bound]" in row["reason"]
+    from potstill.evaluate.html import _ci
+
+    assert _ci(r) == "100.0% <span class='small'>[0.0%, ∞]</span>"  # report.html's table
+    # The student also right on a second input: a resample that misses the teacher's one but holds the
+    # student's is a ratio of +inf (the top of the distribution), not a gap in it: no upper bound either,
+    # where dropping them cut the upper end down to the finite ratios.
+    r = bootstrap_ratio([1.0, 1.0] + [0.0] * 38, teacher, n_boot=1000, seed=0)
+    assert r["value"] == 2.0 and r["hi"] is None
+    # A ratio the student is below the bar on and whose upper end is unbounded: no sample size to promise.
+    low = bootstrap_ratio([0.0] * 40, [1.0] * 2 + [0.0] * 38, n_boot=1000, seed=0)
+    assert (low["value"], low["lo"], low["hi"]) == (0.0, 0.0, None)  # (38/40)^40 = 13% of resamples are 0 / 0
+    row = judge({"value": 0.9, "lo": 0.85, "hi": 0.95, "n": 40}, {"n": 40, "student": 0.0, "teacher": 0.05,
+                                                                   "relative": low}, QualityBar(), 30)
+    assert row["verdict"] == "inconclusive" and row["settle_n"] is None and "no upper bound" in row["reason"]
+    # Where the teacher always scores, nothing changes: no resample has a teacher mean of 0.
+    assert bootstrap_ratio([1, 1, 0, 1], [1, 1, 1, 1], n_boot=200)["teacher_zero"] == 0

@@ -5,7 +5,8 @@ distribution of the mean, whose 2.5% and 97.5% quantiles bound a 95% interval. A
 (student minus teacher on the same inputs) resamples the per-example differences, which keeps
 the correlation between the two and gives a tighter, correct interval. A paired ratio
 (mean(student) / mean(teacher), "the student keeps 98% of the teacher's quality") resamples the
-same index set for both and divides the two resampled means.
+same index set for both and divides the two resampled means (``bootstrap_ratio`` says what a
+resample whose teacher mean is 0 counts as).
 """
 
 from __future__ import annotations
@@ -40,20 +41,44 @@ def bootstrap_gap(a: Sequence[float], b: Sequence[float], n_boot: int = 1000, co
 
 def bootstrap_ratio(a: Sequence[float], b: Sequence[float], n_boot: int = 1000, confidence: float = 0.95,
                     seed: int = 0) -> dict[str, float | int | None]:
-    """mean(a) / mean(b) over paired examples, with a percentile-bootstrap interval.
+    """mean(a) / mean(b) over paired examples of non-negative scores, with a percentile-bootstrap
+    interval: {value, lo, hi, n, teacher_zero}.
 
-    A resample whose mean(b) is 0 has no ratio; it is dropped (it needs every b in it to be 0,
-    which for a teacher right on 70% of 40 inputs happens with probability 0.3**40).
+    A resample in which every b is 0 (``teacher_zero`` counts them) has no finite ratio. Where its
+    a-mean is above 0 the ratio is +inf: the top of the distribution, not a gap in it. Where both
+    are 0 it says nothing either way, so each bound takes it against its own claim: the lower bound
+    at 0, the upper at +inf. Dropping both kinds (as this did) kept only resamples in which the
+    teacher scored: the teacher right on 1 of 40 inputs and the student on that one, (39/40)^40 = 36%
+    of resamples were dropped and every other gave exactly 1, an interval [1, 1] on one example.
+    An upper bound that reaches +inf is ``hi`` None (JSON has no infinity); the lower one is finite,
+    as a resample misses every positive b with probability at most (1 - 1/n)^n < 1/e.
     """
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if len(x) != len(y):
         raise ValueError(f"paired samples differ in length: {len(x)} vs {len(y)}")
+    if (x < 0).any() or (y < 0).any():
+        raise ValueError("bootstrap_ratio: scores must be non-negative (a ratio of means of signed scores is not a share)")
     n = len(x)
     if n == 0 or y.mean() == 0:
-        return {"value": None, "lo": None, "hi": None, "n": n}
+        return {"value": None, "lo": None, "hi": None, "n": n, "teacher_zero": None}
     idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
     num, den = x[idx].mean(axis=1), y[idx].mean(axis=1)
-    ratios = num[den > 0] / den[den > 0]
+    zero = den == 0
+    ratios = np.divide(num, den, out=np.full(n_boot, np.inf), where=~zero)
+    undecided = zero & (num == 0)
     tail = (1 - confidence) / 2
-    lo, hi = np.quantile(ratios, [tail, 1 - tail])
-    return {"value": float(x.mean() / y.mean()), "lo": float(lo), "hi": float(hi), "n": n}
+    lo = _quantile(np.where(undecided, 0.0, ratios), tail)
+    hi = _quantile(ratios, 1 - tail)  # 0 / 0 stays +inf here
+    return {"value": float(x.mean() / y.mean()), "lo": lo, "hi": hi, "n": n, "teacher_zero": int(zero.sum())}
+
+
+def _quantile(x: np.ndarray, q: float) -> float | None:
+    """``np.quantile(x, q)`` (linear) where ``x`` may hold +inf: None where the quantile reaches one.
+
+    An infinite entry stands in as one above the largest finite value: a quantile that interpolates
+    toward it lands above that value (unbounded), one that does not is the same number as before.
+    """
+    finite = np.isfinite(x)
+    top = float(x[finite].max()) if finite.any() else 0.0
+    v = float(np.quantile(np.where(finite, x, top + 1.0), q))
+    return None if v > top else v

@@ -54,7 +54,8 @@ def _usd(x: Any) -> str:
 def _ci(d: dict | None) -> str:
     if not d or d.get("value") is None:
         return "-"
-    return f"{_pct(d['value'])} <span class='small'>[{_pct(d['lo'])}, {_pct(d['hi'])}]</span>"
+    # hi None beside a value: no upper bound (a gold ratio whose teacher scored 0 in many resamples).
+    return f"{_pct(d['value'])} <span class='small'>[{_pct(d['lo'])}, {'∞' if d['hi'] is None else _pct(d['hi'])}]</span>"
 
 
 def _ci_pt(d: dict | None) -> str:
@@ -147,9 +148,10 @@ def _slices(ev: dict) -> str:
         # Without min_relative_quality the ratio is reported, not judged: no bar line to draw.
         rel_bar = ev["quality_bar"].get("min_relative_quality")
         lo = min([0.5] + [r["gold"]["relative"]["lo"] for r in gold_rows])
-        hi = max([1.5] + [r["gold"]["relative"]["hi"] for r in gold_rows])
+        hi = max([1.5] + [r["gold"]["relative"]["hi"] for r in gold_rows if r["gold"]["relative"]["hi"] is not None])
+        # No upper bound: the whisker runs to the plot's right edge.
         gap = interval_plot([{"label": f"{r['slice']} (n={r['gold']['n']})", "value": r["gold"]["relative"]["value"],
-                              "lo": r["gold"]["relative"]["lo"], "hi": r["gold"]["relative"]["hi"],
+                              "lo": r["gold"]["relative"]["lo"], "hi": hi if r["gold"]["relative"]["hi"] is None else r["gold"]["relative"]["hi"],
                               "color": colour.get(r["verdict"], GREY) if r.get("judged_on") == "gold" else BLUE}
                              for r in gold_rows],
                             lo, hi, ref=rel_bar, ref_label="" if rel_bar is None else f"bar {rel_bar:.0%}",

@@ -45,7 +45,7 @@ def slice_names(record: Record, label: Any, edges: tuple[int, int]) -> list[str]
 Z_95, Z_POWER_80 = 1.959964, 0.841621
 
 
-def settle_n(value: float, lo: float, hi: float, n: int, bar: float) -> int | None:
+def settle_n(value: float, lo: float, hi: float | None, n: int, bar: float) -> int | None:
     """Test examples that would likely settle an interval straddling ``bar`` (None: the estimate is on the bar).
 
     The half-width facing the bar, h = value - lo (or hi - value below the bar), shrinks as 1/sqrt(n),
@@ -55,17 +55,18 @@ def settle_n(value: float, lo: float, hi: float, n: int, bar: float) -> int | No
     Example: value 0.90, interval [0.80, 0.98], bar 0.85, n 60: h = 0.10, d = 0.05 -> 60 x 4 x 2.04 = 490.
     """
     d = abs(value - bar)
-    if d == 0:
+    if d == 0 or (value < bar and hi is None):  # hi None: no upper bound (bootstrap_ratio), no width to shrink
         return None
     h = value - lo if value >= bar else hi - value
     return math.ceil(n * (h / d) ** 2 * ((Z_95 + Z_POWER_80) / Z_95) ** 2)
 
 
 def judge_interval(ci: dict[str, Any], bar: float) -> str:
-    """pass: the interval lies at or above the bar; fail: wholly below it; otherwise inconclusive."""
+    """pass: the interval lies at or above the bar; fail: wholly below it; otherwise inconclusive.
+    ``hi`` None: no upper bound (a gold ratio whose teacher scored 0 in many resamples), never a fail."""
     if ci["lo"] >= bar:
         return "pass"
-    if ci["hi"] < bar:
+    if ci["hi"] is not None and ci["hi"] < bar:
         return "fail"
     return "inconclusive"
 
@@ -117,10 +118,13 @@ def judge(agreement: dict[str, Any], gold: dict[str, Any] | None, bar: QualityBa
         return {**row, "verdict": "pass", "settle_n": None, "statement": statement, "reason": statement + aside}
     v = judge_interval(ci, b)
     statement = (f"{what} [{ci['lo']:.2f}, {ci['hi']:.2f}], {WHERE[v]} the {b:.2f} bar" if on == "judge" else
-                 f"{what} [{ci['lo']:.1%}, {ci['hi']:.1%}], {WHERE[v]} the {b:.0%} bar")
+                 f"{what} [{ci['lo']:.1%}, {'no upper bound' if ci['hi'] is None else format(ci['hi'], '.1%')}], "
+                 f"{WHERE[v]} the {b:.0%} bar")
     need = settle_n(ci["value"], ci["lo"], ci["hi"], n, b) if v == "inconclusive" else None
     if v == "inconclusive":
         statement += (f"; about {need} test examples ({need - n} more) would settle it" if need else
+                      "; the teacher scores 0 in too many resamples for an upper bound: more test examples with "
+                      "gold, where the teacher is right, would narrow it" if ci["hi"] is None else
                       "; the estimate sits on the bar, so no number of examples is sure to settle it")
     return {**row, "verdict": v, "settle_n": need, "statement": statement, "reason": statement + aside}
 
