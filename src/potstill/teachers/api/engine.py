@@ -170,7 +170,7 @@ async def send(teacher: ApiTeacher, client: Any, req: dict[str, Any], limiter: R
     # At most teacher.concurrency HTTP requests in flight: n samples sent as n requests hold n slots
     # (past the whole concurrency, the adapter sends them that many at a time: ``call``).
     async with limiter.concurrency.hold(min(sends, teacher.cfg.concurrency)):
-        await limiter.acquire(est, sends)
+        ticket = await limiter.acquire(est, sends)
         stats.started += sends
         t0 = time.perf_counter()
         try:
@@ -181,7 +181,7 @@ async def send(teacher: ApiTeacher, client: Any, req: dict[str, Any], limiter: R
             resp = Response(output=None, error=msg[:500], error_status=status if isinstance(status, int) else None,
                             error_code=teacher.error_code(e))
     resp.latency_s = resp.latency_s or time.perf_counter() - t0
-    limiter.settle(est, resp.input_tokens + resp.output_tokens)
+    limiter.settle(ticket, resp.input_tokens + resp.output_tokens)
     if price is not None:
         resp.cost_usd = token_cost(price, resp.input_tokens, resp.output_tokens, resp.cached_input_tokens,
                                    resp.cache_write_input_tokens, resp.cache_write_1h_input_tokens)

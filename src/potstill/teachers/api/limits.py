@@ -1,7 +1,8 @@
 """Client-side rate limits that also follow what the server says, and adaptive concurrency.
 
-Two token buckets, requests per minute and tokens per minute, refill continuously (a 600 RPM
-cap lets one request through every 0.1 s, with a burst of at most one second's worth). The
+Two caps, requests per minute and tokens per minute, each a token bucket that refills
+continuously (a 600 RPM cap lets one request through every 0.1 s, with a burst of at most one
+second's worth) under a log of the last minute's sends, which never passes the cap (``_Bucket``). The
 server can only tighten them: an ``x-ratelimit-remaining-*`` of zero with its reset time pauses
 every worker until then, and an ``x-ratelimit-limit-*`` below the configured cap lowers the cap.
 
@@ -22,7 +23,7 @@ import re
 import time
 from collections import deque
 from datetime import datetime
-from typing import Mapping
+from typing import Callable, Mapping
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -58,34 +59,100 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
     return parse_reset(headers.get("retry-after"))
 
 
+# The span a per-minute cap is counted over: what was sent in any MINUTE_S seconds stays under it.
+MINUTE_S = 60.0
+
+
 class _Bucket:
-    def __init__(self, per_minute: float | None):
-        self.rate = per_minute / 60 if per_minute else None  # units per second
+    """A per-minute cap (requests or tokens), held two ways at once.
+
+    A token bucket paces the sends: it refills continuously and holds at most one second's worth,
+    so a 600 RPM cap lets one request through every 0.1 s rather than 600 at once (servers count
+    their limits over shorter spans too). A log of the last minute's sends caps them: what was sent
+    in any ``MINUTE_S`` never passes the cap. The bucket alone let its first second's worth through
+    on top of a minute's refill (6,090 tokens in a minute at 6,000 TPM), and took a request above
+    its one-second capacity at that capacity until the answer's usage came back (10,000 tokens in
+    the first minute at 6,000 TPM, with 1,000-token estimates and 10 s answers).
+
+    The log charges each send its whole amount when sent, and ``correct`` sets it to what the send
+    used once that is known: an estimate above the usage frees the difference, one below holds back
+    the sends after it. The bucket takes at most its capacity when a send goes and the rest at
+    ``correct`` (a debt): taking a 1,000-token estimate whole from a 100-token bucket and refunding
+    the unused 500 when the bucket had refilled anyway lost the refund, halving the throughput. One
+    amount above the cap goes alone, once nothing sent in the last minute counts.
+    """
+
+    def __init__(self, per_minute: float | None, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self.per_minute = float(per_minute) if per_minute else None
         self.level = self.capacity
-        self.t = time.monotonic()
+        self.t = clock()
+        # [sent at, amount charged, amount the bucket took, 1.0 while in the log], oldest first
+        self.log: deque[list[float]] = deque()
+        self.in_log = 0.0  # the log's amounts summed (kept as it changes: thousands of sends a minute at a high cap)
+
+    @property
+    def rate(self) -> float | None:
+        """Units per second."""
+        return self.per_minute / 60 if self.per_minute else None
 
     @property
     def capacity(self) -> float:
         return max(1.0, self.rate) if self.rate else 0.0
 
     def refill(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         if self.rate:
             self.level = min(self.capacity, self.level + (now - self.t) * self.rate)
         self.t = now
 
     def wait_for(self, amount: float) -> float:
-        """Seconds until ``amount`` is available (0: take it now)."""
+        """Seconds until ``amount`` may be sent (0: send it now)."""
         if not self.rate:
             return 0.0
         self.refill()
         # An amount above capacity (a huge prompt under a small TPM) goes once the bucket is full.
         need = min(amount, self.capacity)
-        return 0.0 if self.level >= need else (need - self.level) / self.rate
+        pace = 0.0 if self.level >= need else (need - self.level) / self.rate
+        return max(pace, self._window_wait(amount))
 
-    def take(self, amount: float) -> None:
-        if self.rate:
-            self.level -= amount
+    def _window_wait(self, amount: float) -> float:
+        now = self.clock()
+        while self.log and self.log[0][0] <= now - MINUTE_S:
+            gone = self.log.popleft()
+            self.in_log -= gone[1]
+            gone[3] = 0.0
+        if not self.log:
+            self.in_log = 0.0  # no float residue from the additions and removals
+        assert self.per_minute is not None
+        over = self.in_log + min(amount, self.per_minute) - self.per_minute
+        if over <= 0:
+            return 0.0
+        freed = 0.0  # the oldest sends leave the minute first: wait until enough of them have
+        for at, a, _, _ in self.log:
+            freed += a
+            if freed >= over:
+                return at + MINUTE_S - now
+        return self.log[-1][0] + MINUTE_S - now
+
+    def take(self, amount: float) -> list[float] | None:
+        """Charge ``amount`` now; the returned entry is what ``correct`` takes (None: no cap)."""
+        if not self.rate:
+            return None
+        taken = min(amount, self.capacity)
+        self.level -= taken
+        entry = [self.clock(), float(amount), taken, 1.0]
+        self.log.append(entry)
+        self.in_log += entry[1]
+        return entry
+
+    def correct(self, entry: list[float] | None, actual: float) -> None:
+        """Charge a send what it used (``actual``) instead of what it was charged when sent."""
+        if entry is not None and self.rate:
+            self.level -= actual - entry[2]
+            if entry[3]:  # still in the log: its total follows
+                self.in_log += actual - entry[1]
+            entry[1] = entry[2] = float(actual)
 
 
 # Over the last WINDOW HTTP responses: at 5% random 429s, 8 or more of 40 happen by chance in
@@ -149,9 +216,11 @@ class _Held:
 class RateLimiter:
     """``await acquire(tokens)`` before each request; ``observe(status, headers)`` after each HTTP response."""
 
-    def __init__(self, rpm: int | None = None, tpm: int | None = None, concurrency: int = 1):
-        self.requests = _Bucket(rpm)
-        self.tokens = _Bucket(tpm)
+    def __init__(self, rpm: int | None = None, tpm: int | None = None, concurrency: int = 1,
+                 clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self.requests = _Bucket(rpm, clock)
+        self.tokens = _Bucket(tpm, clock)
         self.concurrency = Concurrency(concurrency)
         self.paused_until = 0.0
         self.pauses = 0
@@ -161,33 +230,39 @@ class RateLimiter:
         self._lock = asyncio.Lock()
 
     def pause(self, seconds: float) -> None:
-        until = time.monotonic() + seconds
+        until = self.clock() + seconds
         if until > self.paused_until:
             self.paused_until = until
             self.pauses += 1
 
     def lower(self, bucket: _Bucket, per_minute: float) -> None:
-        rate = per_minute / 60
-        if bucket.rate is None or rate < bucket.rate:
-            bucket.rate = rate
+        if bucket.per_minute is None or per_minute < bucket.per_minute:
+            bucket.per_minute = float(per_minute)
             bucket.level = min(bucket.level, bucket.capacity)
 
-    async def acquire(self, tokens: float = 0.0, requests: int = 1) -> None:
+    def try_acquire(self, tokens: float = 0.0, requests: int = 1) -> tuple[float, list[float] | None]:
+        """(0, ticket) with the request's ``tokens`` (its estimate) and ``requests`` charged, or
+        (seconds to wait, None) with nothing charged. ``settle`` takes the ticket."""
+        wait = max(self.paused_until - self.clock(), self.requests.wait_for(requests), self.tokens.wait_for(tokens))
+        if wait > 0:
+            return wait, None
+        self.requests.take(requests)
+        return 0.0, self.tokens.take(tokens)
+
+    async def acquire(self, tokens: float = 0.0, requests: int = 1) -> list[float] | None:
+        """Wait until a request of ``tokens`` (estimated) and ``requests`` HTTP requests may go; the
+        ticket it returns goes to ``settle`` with the request's real usage."""
         # One waiter at a time keeps the order fair and the arithmetic simple.
         async with self._lock:
             while True:
-                wait = max(self.paused_until - time.monotonic(), self.requests.wait_for(requests),
-                           self.tokens.wait_for(tokens))
+                wait, ticket = self.try_acquire(tokens, requests)
                 if wait <= 0:
-                    break
+                    return ticket
                 await asyncio.sleep(wait)
-            self.requests.take(requests)
-            self.tokens.take(min(tokens, self.tokens.capacity) if self.tokens.rate else 0)
 
-    def settle(self, estimated: float, actual: float) -> None:
-        """Correct the token bucket once the real usage of a request is known."""
-        if self.tokens.rate:
-            self.tokens.level -= actual - min(estimated, self.tokens.capacity)
+    def settle(self, ticket: list[float] | None, actual: float) -> None:
+        """Charge a sent request (``acquire``'s ticket) its real token usage once it is known."""
+        self.tokens.correct(ticket, actual)
 
     def on_429(self, wait: float | None) -> None:
         """One 429: slow down only when they cluster (see the module docstring)."""
