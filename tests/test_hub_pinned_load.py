@@ -84,3 +84,58 @@ def test_a_hub_students_ctranslate2_conversion_reads_the_pinned_commit(hub, tiny
     size = lambda d: (d / "model.bin").stat().st_size  # noqa: E731
     assert size(three) > 1.2 * size(local) and abs(size(out) - size(local)) < 0.05 * size(local), \
         (size(out), size(local), size(three))
+
+
+def test_a_hub_models_stages_are_fingerprinted_by_its_pinned_commit(hub, tiny_model, tiny_model_b, tmp_path,
+                                                                    monkeypatch):
+    """The stages' fingerprints (the manifest's skip-if-done) named a hub student by its id: once
+    org/tiny moved to a new revision, `potstill run` skipped train ("up to date") and evaluated the
+    student trained on the old one, although every answer, conversion and checkpoint was keyed by
+    the commit. A local teacher from the hub (and train.teacher_model) likewise; an API teacher's
+    model name is no hub id and is not looked up."""
+    from potstill.config import load_config
+    from potstill.pipeline import STAGES
+    from potstill.rundir import RunDir
+    from potstill.stage import by_content
+
+    def config(teacher: dict):
+        return load_config(overrides={"run_dir": str(tmp_path / "run"), "task": {"labels": ["a", "b"]},
+                                      "student": {"model": "org/tiny"}, "teacher": teacher,
+                                      "train": {"teacher_model": "org/tiny"}})
+
+    api = config({"type": "openai", "model": "org/tiny", "base_url": "http://127.0.0.1:9/v1", "api_key_env": ""})
+    local = config({"type": "local", "model": "org/tiny"})
+    run = RunDir(api.run_dir)
+    hub(A, tiny_model)
+    before = {name: STAGES[name].fingerprint(api, run) for name in ("train", "evaluate")}
+    assert by_content("student.model", "org/tiny", api) == {"hub": f"org/tiny@{A}"}
+    assert by_content("train.teacher_model", "org/tiny", api) == {"hub": f"org/tiny@{A}"}
+    assert by_content("teacher.model", "org/tiny", local) == {"hub": f"org/tiny@{A}"}
+    assert by_content("teacher.model", "org/tiny", api) == "org/tiny"  # a model name an API serves
+    hub(B, tiny_model_b)
+    # This process pinned commit a (what its loads read): its fingerprints stay a's.
+    assert {name: STAGES[name].fingerprint(api, run) for name in before} == before
+    monkeypatch.setattr(loading, "_HUB_ASKED", {})  # the next command: refs/main names b
+    after = {name: STAGES[name].fingerprint(api, run) for name in before}
+    assert all(after[name] != before[name] for name in before), "a new revision must rerun train and evaluate"
+    assert by_content("student.model", "org/tiny", api) == {"hub": f"org/tiny@{B}"}
+
+
+def test_redistills_challenger_is_keyed_by_the_students_pinned_commit(hub, tiny_model, tiny_model_b, tmp_path,
+                                                                       monkeypatch):
+    """redistill names its challenger by a hash of its data and settings, the student's by name: after
+    org/tiny's new revision, a rerun found the challenger trained on the old base "already trained on
+    this data" and reused it."""
+    from potstill.config import load_config
+    from potstill.records import Record
+    from potstill.redistill import challenger_id
+
+    cfg = load_config(overrides={"run_dir": str(tmp_path / "run"), "task": {"labels": ["a", "b"]},
+                                 "student": {"model": "org/tiny"}})
+    data = [Record(messages=[{"role": "user", "content": "x"}], output="a")]
+    hub(A, tiny_model)
+    before = challenger_id(cfg, data)
+    hub(B, tiny_model_b)
+    assert challenger_id(cfg, data) == before  # this process loads commit a: the same challenger
+    monkeypatch.setattr(loading, "_HUB_ASKED", {})
+    assert challenger_id(cfg, data) != before

@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel
 from rich.markup import escape
 
-from potstill.config import Config, flat_fields, load_config, path_roles, relative_paths, set_dotted
+from potstill.config import MODEL_REF, Config, flat_fields, load_config, path_roles, relative_paths, set_dotted
 from potstill.errors import PotstillError, without_credentials
 from potstill.hashing import hash_path
 from potstill.progress import say
@@ -49,8 +49,9 @@ def get_dotted(cfg: Any, key: str) -> Any:
     return cfg
 
 
-def by_content(key: str, value: Any) -> Any:
-    """A path field that names an existing file or directory counts by its sha256 (see ``PathRole``).
+def by_content(key: str, value: Any, cfg: Config | None = None, _section: Any = None) -> Any:
+    """A path field that names an existing file or directory counts by its sha256 (see ``PathRole``),
+    and, given the run's ``cfg``, a model field that names a hub id counts by its pinned commit.
 
     A whole section held in one field (``evaluate.judge.teacher``, a teacher section or None) counts
     with each path inside it by content too: by name, an edited judge replay or few-shot file would
@@ -64,7 +65,7 @@ def by_content(key: str, value: Any) -> Any:
                 for p in parents:
                     node = node.get(p) if isinstance(node, dict) else None
                 if isinstance(node, dict) and leaf in node:
-                    node[leaf] = by_content(sub, node[leaf])
+                    node[leaf] = by_content(sub, node[leaf], cfg, node)
         return data
     role = path_roles().get(key)
     if role and role.content and isinstance(value, str):
@@ -76,7 +77,22 @@ def by_content(key: str, value: Any) -> Any:
             # One run fingerprints a local model in up to four stages; hash_file reads each version
             # of a file once per process (a 7B model is ~15 GB to read).
             return {"dir_sha256": hash_path(value)}
+        if role == MODEL_REF and cfg is not None and _hub_id(value):
+            section = _section if _section is not None else get_dotted(cfg, key.rpartition(".")[0])
+            kind = section.get("type") if isinstance(section, dict) else getattr(section, "type", None)
+            if kind in (None, "local"):  # a student, train.teacher_model, a local teacher: not an API's model name
+                from potstill.models.loading import hub_revision
+
+                # By name alone, a new upstream revision left train and evaluate "up to date" on the
+                # old weights; the commit is the one this process's loads read (hub_revision pins it).
+                return {"hub": hub_revision(value)}
     return value
+
+
+def _hub_id(spec: str) -> bool:
+    """Whether a model spec names a hub repo (``org/name``, ``org/name@rev``), as ``models.loading.resolve`` reads it."""
+    return bool(spec) and not spec.startswith(("bundled:", ".", "/", "~")) and not spec.endswith(".gguf") \
+        and spec.count("/") <= 1 and not Path(spec).expanduser().exists()
 
 
 @dataclass(frozen=True)
@@ -115,7 +131,7 @@ class Stage:
         return [k for k in self.fields() if k not in tunes]
 
     def fingerprint(self, cfg: Config, run: RunDir) -> str:
-        settings = {k: by_content(k, get_dotted(cfg, k)) for k in self.fingerprinted()}
+        settings = {k: by_content(k, get_dotted(cfg, k), cfg) for k in self.fingerprinted()}
         return run.fingerprint(self.name, settings, [run / name for name in self.inputs])
 
     def up_to_date(self, cfg: Config) -> bool:

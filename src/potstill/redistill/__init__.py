@@ -263,8 +263,7 @@ def _curation_step(run_dir: Path, cfg: Config, traffic, sampled: list[Record], t
                             f"redistill.min_new_test {rc.min_new_test}, so no challenger could be promoted: serve "
                             "more traffic, lower --min-new-test, or compare only with --no-promote")
     data = old_train + cur.train
-    cid = hash_obj({"data": [r.model_dump(mode="json", exclude_none=True) for r in data], "train": cfg.train.model_dump(),
-                    "student": cfg.student.model_dump(), "task": cfg.task.model_dump()})[:12]
+    cid = challenger_id(cfg, data)
     work = run_dir / "redistill" / cid
     write_jsonl(work / "new_train.jsonl", cur.train)
     write_jsonl(work / CHALLENGER_TRAIN, data)
@@ -278,6 +277,18 @@ def _curation_step(run_dir: Path, cfg: Config, traffic, sampled: list[Record], t
         + (f", {moved} kept out of the test as an earlier round trained on them" if (moved := overlap[
             "test_trained_by_earlier_round"]) else "") + ")")
     return _NewData(old_train, old_val, frozen, cur, overlap, data, cid, work)
+
+
+def challenger_id(cfg: Config, data: list[Record]) -> str:
+    """The challenger's id (RUN/students/<id>): its training data and settings, with the base model
+    and train.teacher_model as the manifest counts them (``stage.by_content``: a local directory by
+    its files, a hub id by its pinned commit). By name, a hub student's new upstream revision (or a
+    base retrained in place) found the challenger trained on the old base and reused it."""
+    from potstill.stage import by_content
+
+    return hash_obj({"data": [r.model_dump(mode="json", exclude_none=True) for r in data],
+                     "train": by_content("train", cfg.train, cfg), "student": by_content("student", cfg.student, cfg),
+                     "task": cfg.task.model_dump()})[:12]
 
 
 def _train_earlier_rounds_trained_on(run_dir: Path, cur: Curated) -> int:
