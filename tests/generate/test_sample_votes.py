@@ -172,3 +172,9 @@ def test_curates_re_vote_never_makes_a_sample_cut_at_the_token_limit_the_output(
     assert [r.output for r in kept] == []  # a whole answer at 1 of 4 (0.25 < 0.5): set aside, not swapped for a cut one
     (gone,) = out.rejected
     assert gone.invalid_reason.startswith("self-consistency: agreement 0.25")
+    # A record written before generate kept each sample's stop reason: the swapped-in output's is not
+    # known, so the replaced output's is not kept as if it were.
+    old = Record(id="r1", messages=[{"role": "user", "content": "y"}], output="a dog ran off",
+                 samples=["a dog ran off", "a dog  ran off", "the cat", "the cat"], meta={"stop_reason": "stop"})
+    (kept,) = curate(cfg, [old]).train
+    assert kept.output == "the cat" and "stop_reason" not in kept.meta and kept.meta["first_output"] == "a dog ran off"

@@ -218,9 +218,11 @@ def _consistency_step(valid: list[Record], task, c, rejected: list[Record]) -> l
                 # The token log-probs are the teacher's for the replaced text (the record holds no
                 # other sample's): top-k KD would teach it under the new output.
                 r.output, r.logprobs = text, None
-                # The replaced output's stop reason is not the new one's (None: a record from before
-                # generate kept one per sample).
-                r.meta["stop_reason"] = stop
+                # The replaced output's stop reason is not the new one's (unknown, and left out, in a
+                # record from before generate kept one per sample).
+                r.meta.pop("stop_reason", None)
+                if stop is not None:
+                    r.meta["stop_reason"] = stop
         consistent.append(r)
     return consistent
 
