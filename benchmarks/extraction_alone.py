@@ -19,7 +19,9 @@ RUNX is a finished run of ``benchmarks/extraction_run.py``. Engines:
 - ``int8``: engine transformers with torchao's int8 layers, compiled frozen (``load_and_warm_s``,
   as for every engine: loading, quantizing, compiling and 3 warm-up generations, before the
   timed pass);
-- ``ct2-int8``, ``ct2-float32``: engine ctranslate2.
+- ``ct2-int8``, ``ct2-float32``: engine ctranslate2;
+- ``llamacpp-q8_0``, ``llamacpp-f32``: engine llamacpp (``llama-server`` on PATH or
+  ``POTSTILL_LLAMA_SERVER``; its build is recorded in the row).
 Each run adds its engine to ``extraction_alone.json`` (an engine other than ``fp32`` needs the
 ``fp32`` row of the same RUNX first). Exits 1 if an engine that should reproduce fp32 token for
 token (``fp32-potstill``, ``ct2-float32``) gives identical outputs on fewer than 98% of inputs.
@@ -50,8 +52,10 @@ ENGINES = {
     "int8": dict(name="transformers", quantization="int8", compile=True),
     "ct2-int8": dict(name="ctranslate2"),
     "ct2-float32": dict(name="ctranslate2", quantization="none"),
+    "llamacpp-q8_0": dict(name="llamacpp"),
+    "llamacpp-f32": dict(name="llamacpp", quantization="none"),
 }
-EXACT = {"fp32-potstill", "ct2-float32"}  # same weights and arithmetic as fp32: held to 98% identical
+EXACT = {"fp32-potstill", "ct2-float32", "llamacpp-f32"}  # same weights and arithmetic as fp32: held to 98% identical
 
 
 def held_out_chats(run: Path, n: int) -> tuple[Any, list[list[dict]]]:
@@ -65,6 +69,7 @@ def main() -> None:
     ap.add_argument("engine", choices=sorted(ENGINES))
     ap.add_argument("--n", type=int, default=40)
     ap.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".json"))
+    ap.add_argument("--tag", default="", help="stored as ENGINE+TAG: a variant (e.g. other llama-server arguments)")
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     run = args.run.resolve()
@@ -92,13 +97,24 @@ def main() -> None:
         secs.append(time.perf_counter() - t1)
     row = {"mean_s": statistics.fmean(secs), "p50_s": statistics.median(secs), "texts": texts,
            "load_and_warm_s": round(warm_s, 1), "compiled": bool(getattr(e, "compiled", False)),
+           "loadavg_after": list(os.getloadavg()),
            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     ref = base or row
     row["speedup_vs_fp32_mean"] = ref["mean_s"] / row["mean_s"]
     row["identical_to_fp32"] = sum(a == b for a, b in zip(texts, ref["texts"])) / len(texts)
-    result["engines"][args.engine] = row
+    if args.engine.startswith("llamacpp"):
+        import subprocess
+
+        from potstill.engines.llamacpp import server_binary
+
+        v = subprocess.run([server_binary(), "--version"], capture_output=True, text=True)
+        row["llama_server"] = " ".join((v.stdout + v.stderr).split())[-160:]
+        row["server_args"] = list(e.server.proc.args[1:])
+        row["server_args"][row["server_args"].index("-m") + 1] = "MODEL.gguf"
+        e.close()
+    result["engines"][args.engine + (f"+{args.tag}" if args.tag else "")] = row
     args.out.write_text(json.dumps(result, indent=2))
-    print(f"{args.engine}: mean {row['mean_s']:.3f} s, p50 {row['p50_s']:.3f} s, "
+    print(f"{args.engine}{'+' + args.tag if args.tag else ''}: mean {row['mean_s']:.3f} s, p50 {row['p50_s']:.3f} s, "
           f"{row['speedup_vs_fp32_mean']:.2f}x fp32, {row['identical_to_fp32']:.0%} identical")
     if args.engine in EXACT and row["identical_to_fp32"] < 0.98:
         print(f"CORRECTNESS FAILED: {args.engine} gave fp32's output on {row['identical_to_fp32']:.0%} "

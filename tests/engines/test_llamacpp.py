@@ -160,3 +160,27 @@ def test_closing_the_engine_stops_its_server(taught_bpe):
     pid = int(out.stdout.split()[-1])
     assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower() or \
         Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] == "Z"
+
+
+@needs_server
+def test_labels_outside_the_top_tokens_are_read_from_the_whole_vocabulary(taught_bpe, engines, monkeypatch):
+    from potstill.engines import llamacpp
+
+    e = engines["none"]
+    ids = label_token_ids(e.tokenizer, CHAT, LABELS)
+    rare = ids + [len(e.tokenizer) - 1]  # a token no prompt here makes likely: never among the first TOP
+    whole = e.score_labels(CHAT, MSGS, rare, batch_size=4)
+    assert torch.isfinite(whole.logits).all()
+    monkeypatch.setattr(llamacpp, "TOP", 1)  # the first ask returns as many tokens as labels: the rare one missing
+    asked_again = e.score_labels(CHAT, MSGS, rare, batch_size=4)
+    assert torch.allclose(asked_again.logits, whole.logits, atol=1e-5)
+
+
+def test_a_flag_in_the_extra_arguments_replaces_potstills_own():
+    from potstill.engines.llamacpp import SERVER_ARGS, server_args
+
+    plain = server_args([])
+    assert plain[plain.index("--cache-type-k") + 1] == "f32" and len(plain) == 2 * len(SERVER_ARGS)
+    mine = server_args(["--cache-type-k", "f16", "--n-gpu-layers", "99"])
+    assert mine.count("--cache-type-k") == 1 and mine[mine.index("--cache-type-k") + 1] == "f16"
+    assert mine[-2:] == ["--n-gpu-layers", "99"] and "--cache-type-v" in mine

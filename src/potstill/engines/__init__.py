@@ -15,7 +15,10 @@ Built-in engines:
   ``compile``) gives its decoder int8 layers (``potstill.models.int8``);
 - ``ctranslate2``: int8 weights through CTranslate2 (``pip install 'potstill[ctranslate2]'``), or
   float32 ones with ``quantization`` none, converted on first use and cached by the model's content
-  hash and the weight type (``convert``).
+  hash and the weight type (``convert``);
+- ``llamacpp``: a GGUF file (q8_0, or f32 with ``quantization`` none) converted by llama.cpp's
+  converter (``pip install 'potstill[gguf]'``) and run by llama.cpp's own ``llama-server``, which the
+  user installs (on PATH, or ``POTSTILL_LLAMA_SERVER``); fast greedy generation on a CPU.
 ``quantization`` (``QUANTIZATIONS``) names an engine's weights apart from ``dtype``, its arithmetic:
 auto is each engine's own, and an engine refuses a value it has no path for with one error.
 Label scores of an engine other than transformers, or of int8 weights, can be re-checked near ties

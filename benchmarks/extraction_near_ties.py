@@ -1,0 +1,66 @@
+"""Could q8_0 answers be kept and only near ties re-generated at f32? How close each q8_0 answer
+came to a tie, against whether it matches transformers fp32's output.
+
+    POTSTILL_LLAMA_SERVER=... HF_HUB_OFFLINE=1 PYTHONPATH=src python benchmarks/extraction_near_ties.py RUNX
+
+RUNX is a finished run of ``benchmarks/extraction_run.py`` whose fp32 outputs are in
+``extraction_llamacpp.json`` (``extraction_alone.py RUNX fp32 --out benchmarks/extraction_llamacpp.json``).
+Each q8_0 answer is generated greedily by engine llamacpp with the top two probabilities of every
+step (``n_probs`` 2); its *gap* is the smallest top-1 minus top-2 probability over its tokens. A
+re-check that re-generates every answer whose gap is under a margin catches every changed output
+only if the margin is above the widest gap of a changed one; the JSON gives that margin and the
+share of answers under it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+from potstill.config import load_config
+from potstill.engines import load_engine
+from potstill.records import read_records
+from potstill.students import student_format
+from potstill.tasks import get_task
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("run", type=Path)
+    ap.add_argument("--n", type=int, default=40)
+    ap.add_argument("--ref", type=Path, default=Path(__file__).with_name("extraction_llamacpp.json"))
+    ap.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".json"))
+    args = ap.parse_args()
+    run = args.run.resolve()
+    task = get_task(load_config(run / "potstill.yaml").task)
+    msgs = [r.messages for r in read_records(run / "test.jsonl")[: args.n]]
+    ref = json.loads(args.ref.read_text())
+    if ref.get("run") != str(run):
+        raise SystemExit(f"{args.ref} holds the fp32 outputs of {ref.get('run')}, not {run}")
+    want = ref["engines"]["fp32"]["texts"]
+    e = load_engine("llamacpp", str(run / "student"), device="cpu")
+    fmt = student_format(e, task)
+    rows = []
+    for x, w in zip(e._ids(fmt, msgs), want):
+        r = e.server.post("/completion", {"prompt": x, "n_predict": task.cfg.max_output_tokens, "n_probs": 2,
+                                          "samplers": ["top_k"], "top_k": 1, "cache_prompt": True})
+        gaps = [math.exp(p["top_logprobs"][0]["logprob"]) - math.exp(p["top_logprobs"][1]["logprob"])
+                for p in r["completion_probabilities"] if len(p["top_logprobs"]) > 1]
+        rows.append({"gap": min(gaps, default=1.0), "identical": r["content"] == w})
+    e.close()
+    changed = [r["gap"] for r in rows if not r["identical"]]
+    margin = max(changed, default=0.0)
+    under = sum(r["gap"] <= margin for r in rows)
+    out = {"run": str(run), "n": len(rows), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "identical": sum(r["identical"] for r in rows), "widest_gap_of_a_changed_output": margin,
+           "answers_at_or_under_it": under, "rows": rows}
+    args.out.write_text(json.dumps(out, indent=2))
+    print(f"q8_0: {out['identical']}/{len(rows)} identical; a changed output's gap up to {margin:.4f}; "
+          f"{under}/{len(rows)} answers have a gap that small")
+
+
+if __name__ == "__main__":
+    main()
