@@ -137,6 +137,7 @@ def test_stop_strings_end_the_text_as_in_transformers_and_sampling_follows_its_s
 @needs_server
 def test_a_server_that_died_is_one_clear_error(taught_bpe):
     e = load_engine("llamacpp", str(taught_bpe), device="cpu", quantization="int8")
+    log = Path(e.server.log.name)
     try:
         e.server.proc.kill()
         e.server.proc.wait()
@@ -145,6 +146,7 @@ def test_a_server_that_died_is_one_clear_error(taught_bpe):
         assert "\n" not in str(err.value) and "llama-server" in str(err.value)
     finally:
         e.close()
+    assert not log.exists()  # the server's log goes with it
 
 
 @needs_server

@@ -115,6 +115,7 @@ def _stop(proc: subprocess.Popen, log: Any) -> None:
             proc.kill()
             proc.wait()
     log.close()
+    Path(log.name).unlink(missing_ok=True)
 
 
 class LlamaServer:
