@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import yaml
+from tests.helpers.cli import sigint_default
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,7 +31,7 @@ def test_ctrl_c_in_a_stage_says_what_a_rerun_does(tmp_path):
     (tmp_path / "potstill.yaml").write_text(yaml.safe_dump({"run_dir": "run", "task": {"labels": ["sports", "tech"]}}))
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}", "COLUMNS": "400"}
     proc = subprocess.Popen([sys.executable, "-m", "potstill", "curate", "-c", "potstill.yaml"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
     time.sleep(6)  # reading and deduplicating 120,000 records takes far longer
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGINT)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 from tests.generate.loopback import committed_answers
+from tests.helpers.cli import sigint_default
 from tests.generate.test_batch import _submitted, _wait, cli, cli_env, project
 from tests.generate.test_generate import check_output
 from tests.helpers.batch_server import BatchLoopback
@@ -22,7 +23,7 @@ def test_ctrl_c_during_a_batch_run_says_the_same_command_collects_the_open_batch
         db = tmp_path / "run" / "calls.sqlite"
         cmd = [sys.executable, "-m", "potstill.cli", "generate", "-c", str(cfg_path)]
         proc = subprocess.Popen(cmd, cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
+                                text=True, preexec_fn=sigint_default)
         _wait(lambda: _submitted(db) == 2, proc)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=120)

@@ -24,6 +24,7 @@ from potstill.generate.stage import generate_stage
 from potstill.ledger import Ledger
 from potstill.records import read_records
 from tests.generate.loopback import LABELS, Loopback, answer_for, committed_answers
+from tests.helpers.cli import sigint_default
 
 SECRET = "sk-live-9d8c7b6a5f4e3d2c1b0a"
 ROOT = Path(__file__).resolve().parents[2]
@@ -491,7 +492,8 @@ def test_ctrl_c_says_how_many_answers_a_rerun_will_not_send_again(tmp_path):
     with Loopback(key=SECRET, capacity_rps=20, slots=2) as srv:  # about 20 answers a second
         cmd = [sys.executable, "-m", "potstill.cli", "generate", "-c",
                str(project(tmp_path, srv.base_url, 300, {"concurrency": 4}))]
-        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=sigint_default)
         deadline = time.time() + 300
         while proc.poll() is None and time.time() < deadline and committed_answers(db) < 10:
             time.sleep(0.05)
