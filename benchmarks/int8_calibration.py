@@ -92,6 +92,18 @@ def quality(rows: dict[str, Any], test: list, labels: list[str], key: str) -> di
     return out
 
 
+def with_ratios(rows: dict[str, Any], q: dict[str, Any], key: str) -> dict[str, Any]:
+    """Each engine's row without its logits, with its ``quality`` and its batch-1 and ``key`` (batched)
+    ratios against the fp32 baseline's (``BASE``)."""
+    base = rows[BASE]
+    for k, r in rows.items():
+        r.pop("logits")
+        r.update(q[k])
+        r["batch1_mean_vs_fp32"] = base["batch1"]["mean_s"] / r["batch1"]["mean_s"]
+        r["throughput_vs_fp32"] = base[key]["per_input_s"] / r[key]["per_input_s"]
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", type=Path, required=True, help="a finished quickstart run")
@@ -139,14 +151,8 @@ def main() -> None:
         print(f"{k}: done", file=sys.stderr, flush=True)
     key = f"throughput_batch{args.batch_size}"
     q = quality(rows, test, task.labels, key)
-    base = rows[BASE]
-    out["engines"] = {}
-    for k, r in rows.items():
-        r.pop("logits")
-        r.update(q[k])
-        r["batch1_mean_vs_fp32"] = base["batch1"]["mean_s"] / r["batch1"]["mean_s"]
-        r["throughput_vs_fp32"] = base[key]["per_input_s"] / r[key]["per_input_s"]
-        out["engines"][k] = r
+    out["engines"] = with_ratios(rows, q, key)
+    for k, r in out["engines"].items():
         print(f"{k}: p50 {r['batch1']['p50_s'] * 1e3:.1f} ms, mean {r['batch1']['mean_s'] * 1e3:.1f} ms "
               f"({r['batch1_mean_vs_fp32']:.2f}x), batch {args.batch_size} {r[key]['per_input_s'] * 1e3:.2f} ms/input "
               f"({r['throughput_vs_fp32']:.2f}x), same label {r['same_label_as_fp32']:.1%}, re-checked "

@@ -27,7 +27,7 @@ import torch
 
 from benchmarks.engine import BASE, MIN_SAME_LABEL, padded, quickstart
 from benchmarks.engine_int8 import machine, run_alone, time_alone
-from benchmarks.int8_calibration import quality
+from benchmarks.int8_calibration import quality, with_ratios
 from potstill.engines import load_engine
 
 Q8 = "llamacpp q8_0"
@@ -71,14 +71,8 @@ def main() -> None:
         print(f"{k}: done", file=sys.stderr, flush=True)
     key = f"throughput_batch{args.batch_size}"
     q = quality(rows, test, get_task(cfg.task).labels, key)
-    base = rows[BASE]
-    out: dict[str, Any] = {"student_model": spec, "machine": machine(), "engines": {}}
-    for k, r in rows.items():
-        r.pop("logits")
-        r.update(q[k])
-        r["batch1_mean_vs_fp32"] = base["batch1"]["mean_s"] / r["batch1"]["mean_s"]
-        r["throughput_vs_fp32"] = base[key]["per_input_s"] / r[key]["per_input_s"]
-        out["engines"][k] = r
+    out: dict[str, Any] = {"student_model": spec, "machine": machine(), "engines": with_ratios(rows, q, key)}
+    for k, r in out["engines"].items():
         print(f"{k}: p50 {r['batch1']['p50_s'] * 1e3:.1f} ms, batch {args.batch_size} "
               f"{r[key]['per_input_s'] * 1e3:.2f} ms/input ({r['throughput_vs_fp32']:.2f}x), same label "
               f"{r['same_label_as_fp32']:.1%}, re-checked {r['rechecked_share']:.1%}")
