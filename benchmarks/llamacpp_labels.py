@@ -6,7 +6,7 @@ against the transformers fp32 engine (issue 17's throughput goal: 5x fp32 padded
 RUN is a finished quickstart run. Each engine in a process of its own, as ``int8_calibration.py``
 times them (``engine_int8.time_alone``): ``n_latency`` batch-1 calls, then the 250 test articles in
 arrival-order batches of 16, ``--passes`` times (the median pass). Engines: transformers fp32 with
-padded batches (the baseline), llamacpp q8_0 alone and with the default near-tie re-check (0.3,
+padded batches (issue 17's baseline) and packed (engine transformers' default, the faster fp32), llamacpp q8_0 alone and with the default near-tie re-check (0.3,
 transformers fp32), and llamacpp f32. Label agreement with fp32 and gold accuracy come from the
 first pass's logits. Exits 1 if llamacpp f32 gives fp32's label on fewer than 99% of the articles.
 """
@@ -33,10 +33,12 @@ from potstill.engines import load_engine
 Q8 = "llamacpp q8_0"
 Q8_RECHECK = "llamacpp q8_0, fp32 re-check under 0.3 (the default)"
 F32 = "llamacpp f32 (quantization: none)"
+PACKED = "transformers fp32, packed (engine transformers' default)"
 
 
 def factories(spec: str) -> dict[str, Callable[[], Any]]:
     return {BASE: lambda: padded(load_engine("transformers", spec, device="cpu")),
+            PACKED: lambda: load_engine("transformers", spec, device="cpu"),
             Q8: lambda: load_engine("llamacpp", spec, device="cpu"),
             Q8_RECHECK: lambda: load_engine("llamacpp", spec, device="cpu", recheck_margin="auto"),
             F32: lambda: load_engine("llamacpp", spec, device="cpu", quantization="none")}
