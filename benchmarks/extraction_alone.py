@@ -1,4 +1,4 @@
-"""Greedy JSON extraction at batch 1, one engine per process: what each engine costs alone.
+"""Greedy JSON extraction, one engine per process: what each engine costs alone, at batch 1 or in bulk.
 
 ``engine.py``'s extraction part and ``extraction_probe.py`` time their engines interleaved in one
 process, input by input. There, the torch paths ran slower beside CTranslate2's or
@@ -22,6 +22,10 @@ RUNX is a finished run of ``benchmarks/extraction_run.py``. Engines:
 - ``ct2-int8``, ``ct2-float32``: engine ctranslate2;
 - ``llamacpp-q8_0``, ``llamacpp-f32``: engine llamacpp (``llama-server`` on PATH or
   ``POTSTILL_LLAMA_SERVER``; its build is recorded in the row).
+``--batch B`` (B > 1) times the whole set in one ``generate`` call with ``batch_size`` B, as
+evaluate passes a test set (bulk throughput: wall time / inputs), stored as ``ENGINE@bB``; run
+``fp32 --batch B`` first to get the baseline batched the same way as well (each row's
+``speedup_vs_fp32@bB_mean``). Outputs are always compared with fp32's at batch 1.
 Each run adds its engine to ``extraction_alone.json`` (an engine other than ``fp32`` needs the
 ``fp32`` row of the same RUNX first). Exits 1 if an engine that should reproduce fp32 token for
 token (``fp32-potstill``, ``ct2-float32``) gives identical outputs on fewer than 98% of inputs.
@@ -69,6 +73,9 @@ def main() -> None:
     ap.add_argument("engine", choices=sorted(ENGINES))
     ap.add_argument("--n", type=int, default=40)
     ap.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".json"))
+    ap.add_argument("--batch", type=int, default=1,
+                    help="inputs per generate call; above 1 the row is bulk throughput (wall time / inputs), "
+                         "stored as ENGINE@bB, and compared with fp32 at batch 1 and with fp32@bB when present")
     ap.add_argument("--tag", default="", help="stored as ENGINE+TAG: a variant (e.g. other llama-server arguments)")
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
@@ -76,11 +83,12 @@ def main() -> None:
     task, msgs = held_out_chats(run, args.n)
     max_new = task.cfg.max_output_tokens
     result = json.loads(args.out.read_text()) if args.out.exists() else {}
-    if args.engine == "fp32" or result.get("run") != str(run):
+    key = args.engine + (f"+{args.tag}" if args.tag else "") + (f"@b{args.batch}" if args.batch > 1 else "")
+    if key == "fp32" or result.get("run") != str(run):
         result = {"run": str(run), "n": len(msgs), "max_new_tokens": max_new, "cpus": os.cpu_count(),
                   "torch": torch.__version__, "engines": {}}
     base = result["engines"].get("fp32")
-    if args.engine != "fp32" and base is None:
+    if key != "fp32" and base is None:
         sys.exit(f"no fp32 row for {run} in {args.out}: run engine fp32 first")
     t0 = time.perf_counter()
     e = load_engine(spec=str(run / "student"), device="cpu", **ENGINES[args.engine])
@@ -91,10 +99,15 @@ def main() -> None:
         e.generate(fmt, [m], max_new, batch_size=1)
     warm_s = time.perf_counter() - t0
     secs, texts = [], []
-    for m in msgs:
+    if args.batch == 1:
+        for m in msgs:
+            t1 = time.perf_counter()
+            texts.append(e.generate(fmt, [m], max_new, batch_size=1).texts[0])
+            secs.append(time.perf_counter() - t1)
+    else:  # the whole set in one call, as evaluate passes it: the engine batches it its own way
         t1 = time.perf_counter()
-        texts.append(e.generate(fmt, [m], max_new, batch_size=1).texts[0])
-        secs.append(time.perf_counter() - t1)
+        texts = e.generate(fmt, msgs, max_new, batch_size=args.batch).texts
+        secs = [(time.perf_counter() - t1) / len(msgs)] * len(msgs)  # per input: the wall time shared
     row = {"mean_s": statistics.fmean(secs), "p50_s": statistics.median(secs), "texts": texts,
            "load_and_warm_s": round(warm_s, 1), "compiled": bool(getattr(e, "compiled", False)),
            "loadavg_after": list(os.getloadavg()),
@@ -102,6 +115,9 @@ def main() -> None:
     ref = base or row
     row["speedup_vs_fp32_mean"] = ref["mean_s"] / row["mean_s"]
     row["identical_to_fp32"] = sum(a == b for a, b in zip(texts, ref["texts"])) / len(texts)
+    same_batch = result["engines"].get(f"fp32@b{args.batch}")
+    if args.batch > 1 and key != f"fp32@b{args.batch}" and same_batch:  # the baseline batched as well
+        row[f"speedup_vs_fp32@b{args.batch}_mean"] = same_batch["mean_s"] / row["mean_s"]
     if args.engine.startswith("llamacpp"):
         import subprocess
 
@@ -112,10 +128,12 @@ def main() -> None:
         row["server_args"] = list(e.server.proc.args[1:])
         row["server_args"][row["server_args"].index("-m") + 1] = "MODEL.gguf"
         e.close()
-    result["engines"][args.engine + (f"+{args.tag}" if args.tag else "")] = row
+    result["engines"][key] = row
     args.out.write_text(json.dumps(result, indent=2))
-    print(f"{args.engine}{'+' + args.tag if args.tag else ''}: mean {row['mean_s']:.3f} s, p50 {row['p50_s']:.3f} s, "
-          f"{row['speedup_vs_fp32_mean']:.2f}x fp32, {row['identical_to_fp32']:.0%} identical")
+    vs_batch = (f", {row[f'speedup_vs_fp32@b{args.batch}_mean']:.2f}x fp32@b{args.batch}"
+                if f"speedup_vs_fp32@b{args.batch}_mean" in row else "")
+    print(f"{key}: mean {row['mean_s']:.3f} s, p50 {row['p50_s']:.3f} s, "
+          f"{row['speedup_vs_fp32_mean']:.2f}x fp32{vs_batch}, {row['identical_to_fp32']:.0%} identical")
     if args.engine in EXACT and row["identical_to_fp32"] < 0.98:
         print(f"CORRECTNESS FAILED: {args.engine} gave fp32's output on {row['identical_to_fp32']:.0%} "
               "of inputs (tolerance 98%)", file=sys.stderr)

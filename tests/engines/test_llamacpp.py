@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -115,6 +116,39 @@ def test_llamacpp_f32_generates_what_transformers_fp32_generates(taught_bpe, eng
         assert got.texts == want.texts and got.tokens == want.tokens and got.output_tokens == want.output_tokens
         assert max(abs(a - b) for a, b in zip(got.mean_logprob, want.mean_logprob)) < 5e-3  # float32 sums in another order
     assert engines["none"].identity.endswith("#llamacpp-f32") and engines["int8"].identity.endswith("#llamacpp-q8_0")
+
+
+@needs_server
+def test_generation_keeps_the_batch_width_in_flight_and_answers_in_order(taught_bpe, engines, monkeypatch):
+    """Generation sends one request per prompt, up to batch_size at once (a slot freed by a short
+    answer takes the next prompt); answers come back in the prompts' order, progress counts each."""
+    e = engines["none"]
+    many = (MSGS * 3)[:7]
+    want = e.generate(CHAT, many, 12, batch_size=1)
+    sent, live, most = [], [0], [0]
+    lock, together = threading.Lock(), threading.Barrier(3, timeout=30)  # the first 3 must be in flight at once
+    real = e.server.post
+
+    def post(path, body):
+        with lock:
+            sent.append(body["prompt"])
+            first = len(sent) <= 3
+            live[0] += 1
+            most[0] = max(most[0], live[0])
+        if first:
+            together.wait()
+        try:
+            return real(path, body)
+        finally:
+            with lock:
+                live[0] -= 1
+
+    monkeypatch.setattr(e.server, "post", post)
+    ticks = []
+    got = e.generate(CHAT, many, 12, batch_size=3, progress=ticks.append)
+    assert got.texts == want.texts and got.tokens == want.tokens
+    assert len(sent) == 7 and all(isinstance(p[0], int) for p in sent)  # one prompt (a list of ids) per request
+    assert most[0] == 3 and sum(ticks) == 7
 
 
 @needs_server
