@@ -223,6 +223,23 @@ def test_client_side_rpm_spaces_requests(tmp_path, monkeypatch):
     assert arrivals[-1] - arrivals[0] >= 1.4
 
 
+def test_the_sdks_retries_wait_for_the_client_side_rpm_too(tmp_path, monkeypatch):
+    """generate.rpm charged each request's first attempt; the SDK's retries of a 500 went out
+    after its own backoff (about 0.5 s), uncharged, while OpenAI counts unsuccessful requests
+    against the limit too. Every HTTP attempt now waits for the limiter: at 60 RPM (one a second,
+    a burst of one) no two attempts arrive closer than about a second."""
+    monkeypatch.setenv("TEACHER_KEY", SECRET)
+    with Loopback(key=SECRET, seed=3, p500=0.45, keep_arrivals=True) as srv:
+        cfg = load_config(project(tmp_path, srv.base_url, 5, {"concurrency": 4}, {"rpm": 60}))
+        summary = generate_stage(cfg)
+        stats = srv.stats()
+    arrivals = sorted(stats["arrivals"])
+    assert summary["errors"] == 0 and stats["faults"].get("500", 0) >= 2  # some attempts were retries
+    assert len(arrivals) == 5 + stats["faults"]["500"]
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+    assert min(gaps) >= 0.8, gaps
+
+
 def test_api_key_never_reaches_logs_ledger_errors_or_artifacts(tmp_path):
     env = {**os.environ, "TEACHER_KEY": SECRET, "PYTHONPATH": PYTHONPATH, "POTSTILL_PROGRESS": "always"}
     with Loopback(key=SECRET, seed=4, p429=0.1, p500=0.1, pdrop=0.05) as srv:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import threading
 import time
 from concurrent.futures import Future
@@ -134,11 +135,22 @@ class ApiTeacher(Teacher):
         super().close()
 
 
+# The estimated tokens of one HTTP request of the request ``send`` is sending: the SDK's retries of
+# it are charged that much again (the hooks run in the task that sends, so they see it).
+_RETRY_TOKENS: contextvars.ContextVar[float] = contextvars.ContextVar("potstill_retry_tokens", default=0.0)
+
+
 def _hooks(limiter: RateLimiter, stats: RunStats) -> dict[str, list[Callable]]:
     async def on_request(request: Any) -> None:
         stats.attempts += 1
         # Every HTTP attempt beyond the first of each started request is a retry (the SDK's).
         stats.retries = max(0, stats.attempts - stats.started)
+        # ``send`` charged each request's first attempt to generate.rpm/tpm; the SDK's retries
+        # (a 5xx, a timeout, a 429: providers count unsuccessful requests against their limits too)
+        # went out uncharged, as fast as the SDK's backoff. The OpenAI and Anthropic SDKs number
+        # each attempt in this header: a retry now waits for the limits and is charged like a send.
+        if request.headers.get("x-stainless-retry-count", "0") not in ("", "0"):
+            await limiter.acquire(_RETRY_TOKENS.get(), 1)
 
     async def on_response(response: Any) -> None:
         limiter.observe(response.status_code, response.headers)
@@ -172,6 +184,7 @@ async def send(teacher: ApiTeacher, client: Any, req: dict[str, Any], limiter: R
     async with limiter.concurrency.hold(min(sends, teacher.cfg.concurrency)):
         ticket = await limiter.acquire(est, sends)
         stats.started += sends
+        _RETRY_TOKENS.set(est / max(1, sends))
         t0 = time.perf_counter()
         try:
             resp = await teacher.call(client, req)
