@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from potstill.config import TaskConfig, TrainConfig
@@ -153,3 +154,26 @@ def test_a_setting_read_after_training_does_not_discard_the_checkpoint(tiny_mode
     assert run(str(tiny_model), str(tmp_path / "b"), int8_calibration=0)["resumed_from_step"] == 3
     run(str(tiny_model), str(tmp_path / "a"))
     assert _curve(tmp_path / "b") == _curve(tmp_path / "a")
+
+
+def test_checkpoints_under_fsdp_are_refused_before_any_loading(tiny_model, tmp_path, monkeypatch):
+    """Under FSDP the main process alone gathered the state dicts for a checkpoint (collectives every
+    rank must join), so ``checkpoint_every`` would hang the run at its first checkpoint; it is now
+    one line at the start. (FSDP needs CUDA in accelerate: the launcher's accelerator is stood in
+    for by one that reports FSDP.)"""
+    from types import SimpleNamespace
+
+    from potstill.errors import PotstillError
+    from potstill.train import trainer
+
+    fsdp = SimpleNamespace(distributed_type=SimpleNamespace(value="FSDP"), num_processes=2, is_main_process=True,
+                           device=torch.device("cpu"))
+    monkeypatch.setattr(trainer, "accelerator", lambda cuda, mixed: fsdp)
+    monkeypatch.setattr(trainer, "_student_model", lambda *a: pytest.fail("loaded the student before refusing"))
+    task = get_task(TaskConfig(type="classification", labels=LABELS))
+    records = [Record(messages=[{"role": "user", "content": t}], output="tech", valid=True) for t in TEXTS]
+    lm = load_lm(str(tiny_model))
+    cfg = TrainConfig(lr=0.02, batch_size=4, epochs=1, seed=3, checkpoint_every=2)
+    with pytest.raises(PotstillError, match=r"train.checkpoint_every is not supported under FSDP"):
+        train(lm, student_format(lm, task), task, records, [], cfg, 64, tmp_path / "student", tmp_path / "m.jsonl")
+    assert not (tmp_path / "student").exists()

@@ -313,6 +313,14 @@ def _setup(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: li
     # AMX), and through torch.autocast in the step: accelerate's process-wide state cannot change
     # its mixed precision between two trainings in one process.
     accel = accelerator(cuda, "bf16" if cuda and cfg.dtype != "float32" else "no")
+    if cfg.checkpoint_every and accel.distributed_type.value == "FSDP":
+        # A checkpoint is written by the main process from its model's and optimizer's state dicts;
+        # under FSDP those are collectives every rank must join, and the optimizer state is sharded:
+        # the main process alone would wait forever for the others, or keep its shard only. No 2-GPU
+        # run has checked a sharded checkpoint, so it is refused before any loading, not left to hang.
+        raise PotstillError("train.checkpoint_every is not supported under FSDP (a checkpoint would need every "
+                            "rank's shard of the weights and optimizer state); launch with DDP "
+                            "(accelerate launch --multi_gpu) or set train.checkpoint_every 0")
     if cfg.batch_size < accel.num_processes:
         raise PotstillError(f"train.batch_size {cfg.batch_size} is smaller than the {accel.num_processes} processes")
     if 0 < len(records) < accel.num_processes:
