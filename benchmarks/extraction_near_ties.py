@@ -65,7 +65,6 @@ def main() -> None:
     out = {"run": str(run), "n": len(rows), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "identical": sum(r["identical"] for r in rows), "widest_gap_of_a_changed_output": margin,
            "answers_at_or_under_it": under, "rows": rows}
-    args.out.write_text(json.dumps(out, indent=2))
     same = sum(a == b for a, b in zip(texts, engine_texts)) / len(texts)
     out["same_as_engine_row"] = same
     args.out.write_text(json.dumps(out, indent=2))

@@ -267,8 +267,8 @@ class LlamaCppEngine:
         request, which the server runs in its slots together. Generation (``continuous``) keeps
         ``batch_size`` one-prompt requests in flight instead, so that a slot freed by a short answer
         takes the next prompt at once rather than waiting for the longest answer of its group: greedy
-        JSON extraction in batches of 16, 0.365 s per input against 0.410 s in groups
-        (``benchmarks/extraction_llamacpp.json``). For scoring, groups are faster (8.2 against 9.6 ms
+        JSON extraction in batches of 16 at f32, 0.309-0.365 s per input in runs that evening against
+        0.410 s in groups (``benchmarks/extraction_llamacpp.json``, ``llamacpp-f32@b16``). For scoring, groups are faster (8.2 against 9.6 ms
         per input: 16 client threads cost more than they save when every prompt ends after one step).
         """
         width = max(1, min(batch_size, self.slots))
