@@ -13,6 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
+import openai
 import pytest
 import torch
 
@@ -23,6 +24,7 @@ from potstill.models.loading import cache_dir, load_lm, save_lm
 from potstill.models.prompting import label_token_ids
 from tests.engines.conftest import CHAT, LABELS, MSGS, SHOTS, _teach
 from tests.export.conftest import make_bpe_model
+from tests.helpers.live_server import LiveServer
 
 pytest.importorskip("gguf")
 
@@ -210,6 +212,60 @@ def test_labels_outside_the_top_tokens_are_read_from_the_whole_vocabulary(taught
     monkeypatch.setattr(llamacpp, "TOP", 1)  # the first ask returns as many tokens as labels: the rare one missing
     asked_again = e.score_labels(CHAT, MSGS, rare, batch_size=4)
     assert torch.allclose(asked_again.logits, whole.logits, atol=1e-5)
+
+
+@needs_server
+def test_token_logprobs_are_transformers_fp32_ones_with_rare_tokens_read_from_the_whole_vocabulary(taught_bpe, engines,
+                                                                                                monkeypatch):
+    from potstill.engines import llamacpp
+    from potstill.models.generation import token_logprobs
+
+    lm = load_lm(str(taught_bpe), device="cpu")
+    e = engines["none"]
+    prompt = e._ids(CHAT, MSGS[:1])[0]
+    answer = e.tokenizer.encode(" the phone rang", add_special_tokens=False) + [len(e.tokenizer) - 1]  # ends rare
+    want = token_logprobs(lm, prompt, answer, 3)
+
+    def check(got):
+        assert len(got) == len(want)
+        for (lp, best), (wlp, wbest) in zip(got, want):
+            assert lp == pytest.approx(wlp, abs=2e-3)
+            assert [v for _, v in best] == pytest.approx([v for _, v in wbest], abs=2e-3)
+            assert [i for i, _ in best] == [i for i, _ in wbest]
+
+    check(e.token_logprobs(prompt, answer, 3))
+    monkeypatch.setattr(llamacpp, "TOP", 1)  # most answer tokens now missing from the first ask: asked again whole
+    check(e.token_logprobs(prompt, answer, 3))
+    assert e.token_logprobs(prompt, [], 3) == []
+
+
+@needs_server
+def test_a_served_llamacpp_student_returns_its_logprobs_through_the_openai_client(taught_bpe, tmp_path):
+    """Engine llamacpp answered a client's logprobs with 400 ('gives no token log-probabilities');
+    its token_logprobs now give OpenAI's logprobs.content, as transformers' forward would."""
+    from potstill.models.generation import token_logprobs
+    from potstill.serve.app import build_app
+    from potstill.serve.routing import Routing
+    from tests.engines.test_selection import _serve_run
+
+    service = _serve_run(tmp_path, taught_bpe, {"engine": "llamacpp", "quantization": "none"})
+    try:
+        assert service.engine.engine.name == "llamacpp"
+        service.routing = Routing(float("-inf"), float("inf"))  # the student answers
+        with LiveServer(build_app(service, None)) as live:
+            client = openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0)
+            c = client.chat.completions.create(model="potstill", messages=MSGS[0], logprobs=True, top_logprobs=2)
+        content = c.choices[0].logprobs.content
+        assert c.model_extra["potstill"]["answered_by"] == "student" and content
+        eng = service.engine
+        tok = eng.engine.tokenizer
+        prompt = tok(eng.fmt.prefix() + eng.fmt.query(tok, MSGS[0]), add_special_tokens=False)["input_ids"]
+        ids = tok(eng.fmt.label_text(c.choices[0].message.content), add_special_tokens=False)["input_ids"]
+        want = token_logprobs(load_lm(str(taught_bpe), device="cpu"), prompt, ids, 2)
+        assert [t.logprob for t in content] == pytest.approx([w for w, _ in want], abs=2e-3)
+        assert all(len(t.top_logprobs) == 2 for t in content)
+    finally:
+        service.close()
 
 
 def test_a_flag_in_the_extra_arguments_replaces_potstills_own():

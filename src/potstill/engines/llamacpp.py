@@ -362,6 +362,31 @@ class LlamaCppEngine:
                       cached_tokens=[len(x) - len(o) if x[: len(static)] == static else 0 for x, o in zip(ids, own)],
                       seconds=secs, batch_seconds=waited, embeddings=self._embed_ids(own))
 
+    def token_logprobs(self, prompt: list[int], answer: list[int], top: int = 0) -> list[tuple[float, list[tuple[int, float]]]]:
+        """Each ``answer`` token's log-probability after ``prompt`` and the ones before it, and the
+        ``top`` likeliest tokens at its position (``models.generation.token_logprobs``'s contract,
+        for serve's ``logprobs``). llama-server gives no log-probabilities of prompt tokens, so each
+        position is a one-token step on ``prompt`` + the answer before it, the positions sent
+        together (the slots share nothing, each computes its prompt); a position whose token is not
+        among the ``TOP`` likeliest asks again for the whole vocabulary."""
+        if not answer:
+            return []
+        asks = [list(prompt) + list(answer[:j]) for j in range(len(answer))]
+        body = {"n_predict": 1, "n_probs": max(TOP, top), "samplers": ["top_k"], "top_k": 1, "cache_prompt": True}
+        res, _, _ = self._run(body, asks, self.slots, None)
+        tops = [{p["id"]: float(p["logprob"]) for p in r["completion_probabilities"][0]["top_logprobs"]} for r in res]
+        again = [j for j, t in enumerate(tops) if answer[j] not in t]
+        if again:
+            vocab = int(self.info.get("vocab") or len(self.tokenizer))
+            res2, _, _ = self._run({**body, "n_probs": vocab}, [asks[j] for j in again], self.slots, None)
+            for j, r in zip(again, res2):
+                tops[j] = {p["id"]: float(p["logprob"]) for p in r["completion_probabilities"][0]["top_logprobs"]}
+        out = []
+        for t, d in zip(answer, tops):
+            best = sorted(d.items(), key=lambda kv: -kv[1])[:top] if top > 0 else []
+            out.append((d.get(t, -math.inf), best))
+        return out
+
     def score_labels_formats(self, fmts: list[PromptFormat], messages: list[list[dict]], label_ids: list[int],
                              batch_size: int = 16) -> list[Scored]:
         return [self.score_labels(f, messages, label_ids, batch_size=batch_size) for f in fmts]

@@ -16,7 +16,7 @@ import inspect
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -165,13 +165,25 @@ class ServedStudent:
     def logprobs_unavailable(self) -> str | None:
         """Why this student cannot give its tokens' log-probabilities, None where it can: they take
         a forward over the prompt and the answer, which the transformers engine runs (any dtype,
-        int8 too); ctranslate2 scores only the tokens it chose, with no alternatives."""
-        return None if self._scorer() is not None else \
+        int8 too), or the engine's own ``token_logprobs`` (llamacpp); ctranslate2 scores only the
+        tokens it chose, with no alternatives."""
+        return None if self._token_scorer() is not None else \
             f"the student's engine ({self.engine.name}) gives no token log-probabilities"
 
     def _scorer(self) -> LM | None:
         # A near-tie re-check wraps the fast engine (transformers int8): its model answered.
         return getattr(self.engine, "lm", None) or getattr(getattr(self.engine, "fast", None), "lm", None)
+
+    def _token_scorer(self) -> Callable[[list[int], list[int], int], list] | None:
+        """``token_logprobs(prompt, ids, top)`` for this student: a forward of its transformers model,
+        or the engine's own (llamacpp; the fast engine's under a near-tie re-check), else None."""
+        lm = self._scorer()
+        if lm is not None:
+            return lambda prompt, ids, top: token_logprobs(lm, prompt, ids, top)
+        for e in (self.engine, getattr(self.engine, "fast", None)):
+            if e is not None and callable(getattr(e, "token_logprobs", None)):
+                return e.token_logprobs
+        return None
 
     def logprobs(self, messages: list[dict], a: StudentAnswer, content: str, n_tokens: int,
                  top: int) -> list[dict[str, Any]]:
@@ -190,7 +202,7 @@ class ServedStudent:
             while ids and not content.startswith(tok.decode(ids, skip_special_tokens=True)):
                 ids.pop()
         with self._lock:
-            scored = token_logprobs(self._scorer(), prompt, ids, top)
+            scored = self._token_scorer()(prompt, ids, top)
 
         def piece(before: list[int], t: int) -> str:
             # A token's text as it reads after the one before it (a leading space a lone decode drops);
