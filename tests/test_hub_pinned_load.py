@@ -139,3 +139,31 @@ def test_redistills_challenger_is_keyed_by_the_students_pinned_commit(hub, tiny_
     assert challenger_id(cfg, data) == before  # this process loads commit a: the same challenger
     monkeypatch.setattr(loading, "_HUB_ASKED", {})
     assert challenger_id(cfg, data) != before
+
+
+def test_a_lora_student_of_a_hub_base_reloads_the_commit_it_was_trained_on(hub, tiny_model, tiny_model_b, tmp_path):
+    """A LoRA adapter named its hub base by id alone (adapter_config.json), so PEFT loaded whatever
+    revision the cache's refs/main held later: after another command fetched commit b, the student
+    reloaded as a's adapter on b's base. The adapter now records the commit (``revision``)."""
+    import json
+
+    from potstill.config import TaskConfig, TrainConfig
+    from potstill.records import Record
+    from potstill.students import student_format
+    from potstill.tasks import get_task
+    from potstill.train.trainer import train
+
+    hub(A, tiny_model)  # 2 layers
+    labels = ["sports", "tech", "politics"]
+    task = get_task(TaskConfig(type="classification", labels=labels, instruction="classify the text"))
+    texts = ["the team won the match", "the phone has a new chip", "the vote passed", "a goal in the final",
+             "the laptop runs fast", "the minister spoke"]
+    records = [Record(messages=[{"role": "user", "content": t}], output=labels[i % 3], valid=True)
+               for i, t in enumerate(texts)]
+    lm = load_lm("org/tiny", device="cpu")
+    cfg = TrainConfig(method="lora", lora_r=4, lora_alpha=8, lr=0.05, epochs=2, batch_size=3, seed=0)
+    train(lm, student_format(lm, task), task, records, [], cfg, 64, tmp_path / "student", tmp_path / "m.jsonl")
+    conf = json.loads((tmp_path / "student" / "adapter_config.json").read_text())
+    assert conf["base_model_name_or_path"] == "org/tiny" and conf["revision"] == A
+    hub(B, tiny_model_b)  # 3 layers: refs/main moves on
+    assert load_lm(str(tmp_path / "student"), device="cpu").model.config.num_hidden_layers == 2

@@ -37,7 +37,7 @@ import torch
 from potstill.config import TrainConfig
 from potstill.errors import PotstillError, compile_failed
 from potstill.hashing import hash_obj
-from potstill.models.loading import LM, load_lm, save_lm
+from potstill.models.loading import LM, hub_revision, hub_split, load_lm, save_lm
 from potstill.models.prompting import PromptFormat, label_token_ids, stop_token_ids
 from potstill.models.scoring import apply_head, decoder
 from potstill.progress import bar, say
@@ -521,6 +521,12 @@ def _save_student(s: _Setup, lm: LM, cfg: TrainConfig, out_dir: Path, ckpt_dir: 
                 # of whoever loads the adapter later, then tried as a hub id.
                 if conf.base_model_name_or_path and Path(conf.base_model_name_or_path).is_dir():
                     conf.base_model_name_or_path = str(Path(conf.base_model_name_or_path).resolve())
+                elif conf.base_model_name_or_path and not conf.revision:
+                    # A hub base is named by its id alone: PEFT then loads whatever revision the hub
+                    # (or the cache's refs/main) holds at load time, not the commit this adapter was
+                    # trained on and its run keyed by. PEFT loads the base at ``revision``.
+                    repo, commit = hub_split(hub_revision(conf.base_model_name_or_path))
+                    conf.base_model_name_or_path, conf.revision = repo, commit
             # Replaced whole, as a full fine-tune is: saved into the old directory, an adapter sat
             # beside an earlier full student's weights, and through a promoted student's symlink it
             # overwrote the archived champion in RUN/students/.
