@@ -370,8 +370,8 @@ class LlamaCppEngine:
         after another: each finds the slot holding the one before it cached and computes one token
         (sent together, each slot computed its whole prompt: 2.29 s per answer against 0.49-0.58 s,
         26 answer tokens on average, the 30-layer extraction student at f32; a transformers fp32
-        forward 0.28 s; ``benchmarks/llamacpp_logprobs.json``). A
-        position whose token is not among the ``TOP`` likeliest asks again for the whole vocabulary."""
+        forward 0.28 s; ``benchmarks/llamacpp_logprobs.json``). A position whose token is not among
+        the ``TOP`` likeliest asks again for the whole vocabulary."""
         if not answer:
             return []
         asks = [list(prompt) + list(answer[:j]) for j in range(len(answer))]
