@@ -67,6 +67,14 @@ def held_out_chats(run: Path, n: int) -> tuple[Any, list[list[dict]]]:
     return get_task(load_config(run / "potstill.yaml").task), [r.messages for r in read_records(run / "test.jsonl")[:n]]
 
 
+def outputs_of(ref: Path, run: Path) -> dict:
+    """``ref``, a JSON this script wrote, refused unless its rows are ``run``'s."""
+    result = json.loads(ref.read_text())
+    if result.get("run") != str(run):
+        raise SystemExit(f"{ref} holds the outputs of {result.get('run')}, not {run}")
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("run", type=Path)

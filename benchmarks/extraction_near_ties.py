@@ -1,7 +1,7 @@
 """Could q8_0 answers be kept and only near ties re-generated at f32? How close each q8_0 answer
 came to a tie, against whether it matches transformers fp32's output.
 
-    POTSTILL_LLAMA_SERVER=... HF_HUB_OFFLINE=1 PYTHONPATH=src python benchmarks/extraction_near_ties.py RUNX
+    POTSTILL_LLAMA_SERVER=... HF_HUB_OFFLINE=1 PYTHONPATH=src:. python benchmarks/extraction_near_ties.py RUNX
 
 RUNX is a finished run of ``benchmarks/extraction_run.py`` whose fp32 outputs are in
 ``extraction_llamacpp.json`` (``extraction_alone.py RUNX fp32 --out benchmarks/extraction_llamacpp.json``).
@@ -25,11 +25,9 @@ import sys
 import time
 from pathlib import Path
 
-from potstill.config import load_config
+from benchmarks.extraction_alone import held_out_chats, outputs_of
 from potstill.engines import load_engine
-from potstill.records import read_records
 from potstill.students import student_format
-from potstill.tasks import get_task
 
 
 def main() -> None:
@@ -40,11 +38,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".json"))
     args = ap.parse_args()
     run = args.run.resolve()
-    task = get_task(load_config(run / "potstill.yaml").task)
-    msgs = [r.messages for r in read_records(run / "test.jsonl")[: args.n]]
-    ref = json.loads(args.ref.read_text())
-    if ref.get("run") != str(run):
-        raise SystemExit(f"{args.ref} holds the fp32 outputs of {ref.get('run')}, not {run}")
+    task, msgs = held_out_chats(run, args.n)
+    ref = outputs_of(args.ref, run)
     want = ref["engines"]["fp32"]["texts"]
     engine_texts = ref["engines"]["llamacpp-q8_0"]["texts"]
     e = load_engine("llamacpp", str(run / "student"), device="cpu")

@@ -7,7 +7,7 @@ gives no log-probabilities of prompt tokens, so engine llamacpp's ``token_logpro
 one-token step per answer token on the prompt and the answer before it. This times both on the
 extraction student's own greedy answers (the fp32 texts of ``extraction_llamacpp.json``):
 
-    POTSTILL_LLAMA_SERVER=... HF_HUB_OFFLINE=1 PYTHONPATH=src python benchmarks/llamacpp_logprobs.py RUNX --n 10
+    POTSTILL_LLAMA_SERVER=... HF_HUB_OFFLINE=1 PYTHONPATH=src:. python benchmarks/llamacpp_logprobs.py RUNX --n 10
 
 RUNX is the run of ``benchmarks/extraction_run.py`` that ``extraction_llamacpp.json`` names. Each
 engine in this one process, answer by answer, 2 passes (the second timed). Exits 1 if llamacpp f32
@@ -27,13 +27,11 @@ from pathlib import Path
 
 import torch
 
-from potstill.config import load_config
+from benchmarks.extraction_alone import held_out_chats, outputs_of
 from potstill.engines import load_engine
 from potstill.models.generation import token_logprobs
 from potstill.models.loading import load_lm
-from potstill.records import read_records
 from potstill.students import student_format
-from potstill.tasks import get_task
 
 TOP = 5
 TOL = 2e-3
@@ -48,11 +46,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     run = args.run.resolve()
-    ref = json.loads(args.ref.read_text())
-    if ref.get("run") != str(run):
-        raise SystemExit(f"{args.ref} holds the outputs of {ref.get('run')}, not {run}")
-    task = get_task(load_config(run / "potstill.yaml").task)
-    msgs = [r.messages for r in read_records(run / "test.jsonl")[: args.n]]
+    ref = outputs_of(args.ref, run)
+    task, msgs = held_out_chats(run, args.n)
     texts = ref["engines"]["fp32"]["texts"][: args.n]
 
     engines = {"llamacpp f32": load_engine("llamacpp", str(run / "student"), device="cpu", quantization="none"),
