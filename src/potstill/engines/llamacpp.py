@@ -376,14 +376,17 @@ class LlamaCppEngine:
             return []
         asks = [list(prompt) + list(answer[:j]) for j in range(len(answer))]
         body = {"n_predict": 1, "n_probs": max(TOP, top), "samplers": ["top_k"], "top_k": 1, "cache_prompt": True}
+        def step(r: dict) -> dict[int, float]:
+            return {p["id"]: float(p["logprob"]) for p in r["completion_probabilities"][0]["top_logprobs"]}
+
         res, _, _ = self._run(body, asks, 1, None)
-        tops = [{p["id"]: float(p["logprob"]) for p in r["completion_probabilities"][0]["top_logprobs"]} for r in res]
+        tops = [step(r) for r in res]
         again = [j for j, t in enumerate(tops) if answer[j] not in t]
         if again:
             vocab = int(self.info.get("vocab") or len(self.tokenizer))
             res2, _, _ = self._run({**body, "n_probs": vocab}, [asks[j] for j in again], self.slots, None)
             for j, r in zip(again, res2):
-                tops[j] = {p["id"]: float(p["logprob"]) for p in r["completion_probabilities"][0]["top_logprobs"]}
+                tops[j] = step(r)
         out = []
         for t, d in zip(answer, tops):
             best = sorted(d.items(), key=lambda kv: -kv[1])[:top] if top > 0 else []
