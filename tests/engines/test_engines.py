@@ -13,7 +13,7 @@ import torch
 from potstill.engines import load_engine
 from potstill.errors import PotstillError
 from potstill.models.loading import cache_dir, load_lm, save_lm
-from potstill.models.prompting import label_token_ids
+from potstill.models.prompting import encode_prompt, label_token_ids
 from tests.engines.conftest import CHAT, DATA, LABELS, MSGS, SHOTS
 
 
@@ -66,6 +66,37 @@ def test_ctranslate2_unquantized_generates_what_transformers_fp32_generates(taug
     assert got.tokens == want.tokens and list(map(len, got.tokens)) == got.output_tokens  # serve cuts them
     scored, scored_ref = (e.score_labels(CHAT, MSGS, label_token_ids(ref.tokenizer, CHAT, LABELS)) for e in (eng, ref))
     torch.testing.assert_close(scored.logits, scored_ref.logits, atol=1e-3, rtol=1e-3)  # no int8 rounding
+
+
+def test_ctranslate2_token_logprobs_are_the_models_own(taught):
+    """Serve's logprobs on a ctranslate2 student were a 400 ('gives no token log-probabilities'):
+    its token_logprobs now read them from one forward_batch. Float32 weights give transformers fp32's
+    and the same likeliest tokens; int8 ones give the engine's own generation's (its greedy tokens
+    the likeliest, their mean the confidence generate reports; int8 rounding moves the taught tiny
+    model's probabilities by up to 0.04 from fp32's, so fp32's are no reference there)."""
+    from potstill.models.generation import token_logprobs
+
+    lm = load_lm(str(taught), device="cpu")
+    tok = lm.tokenizer
+    prompt = encode_prompt(tok, CHAT, CHAT.prefix() + CHAT.query(tok, MSGS[3]), first=True)
+    answer = tok(" sports and the team", add_special_tokens=False)["input_ids"]
+    want = token_logprobs(lm, prompt, answer, 4)
+    exact = load_engine("ctranslate2", str(taught), device="cpu", quantization="none")
+    got = exact.token_logprobs(prompt, answer, 4)
+    assert len(got) == len(answer)
+    for (lp, best), (wlp, wbest) in zip(got, want):
+        assert lp == pytest.approx(wlp, abs=1e-4)
+        assert [v for _, v in best] == pytest.approx([v for _, v in wbest], abs=1e-4)
+        assert [i for i, _ in best] == [i for i, _ in wbest]
+    assert [lp for lp, _ in exact.token_logprobs(prompt, answer, 0)] == [lp for lp, _ in got]
+    assert exact.token_logprobs(prompt, [], 3) == []
+    int8 = load_engine("ctranslate2", str(taught), device="cpu")
+    for m in MSGS[:4]:
+        prompt = encode_prompt(tok, CHAT, CHAT.prefix() + CHAT.query(tok, m), first=True)
+        g = int8.generate(CHAT, [m], 8)
+        lps = int8.token_logprobs(prompt, g.tokens[0], 2)
+        assert [best[0][0] for _, best in lps] == g.tokens[0]
+        assert sum(lp for lp, _ in lps) / len(lps) == pytest.approx(g.mean_logprob[0], abs=1e-4)
 
 
 def test_conversion_is_cached_by_content_and_redone_when_the_model_changes(taught, tmp_path):

@@ -111,28 +111,65 @@ def test_a_teacher_without_logprobs_says_so_and_bad_fields_are_400s(served, forc
         assert e.value.body["param"] == param
 
 
-def test_a_student_whose_engine_scores_no_tokens_refuses_logprobs_with_a_400(tmp_path, tiny_model, monkeypatch):
-    """serve.engine ctranslate2 (the real engine, the tiny student converted): a request asking for
-    logprobs is a 400 naming the engine, before the student or the teacher is asked, with its row
-    in the ledger; the same request without them is answered."""
-    from potstill.serve import run_config, serve_key
-    from potstill.serve.app import build_app
+def _served_run(tmp_path, tiny_model, monkeypatch, **serve):
+    """The served run of serve/conftest's ``write_run`` with ``serve`` fields, the student answering."""
+    from potstill.serve import run_config
     from potstill.serve.service import load_service
-    from tests.serve.conftest import SERVE_KEY, TEACHER_KEY, rows, write_run
+    from tests.serve.conftest import SERVE_KEY, TEACHER_KEY, write_run
 
     monkeypatch.setenv("TEACHER_KEY", TEACHER_KEY)
     monkeypatch.setenv("SERVE_KEY", SERVE_KEY)
-    run = write_run(tmp_path, tiny_model, "http://127.0.0.1:9/v1", engine="ctranslate2", recheck_margin=0)
+    run = write_run(tmp_path, tiny_model, "http://127.0.0.1:9/v1", recheck_margin=0, **serve)
     cfg = run_config(run, None)
     service = load_service(run, cfg, device="cpu")
     service.routing = Routing(confidence_threshold=-math.inf, ood_threshold=math.inf)  # the student
+    return service, cfg
+
+
+def test_a_ctranslate2_student_returns_its_logprobs(tmp_path, tiny_model, monkeypatch):
+    """serve.engine ctranslate2 (the real engine, the tiny student converted to float32 weights):
+    logprobs were a 400 ('gives no token log-probabilities'); they are now its own, as a plain
+    forward of the model gives them."""
+    from potstill.serve import serve_key
+    from potstill.serve.app import build_app
+
+    service, cfg = _served_run(tmp_path, tiny_model, monkeypatch, engine="ctranslate2", quantization="none")
     try:
+        assert service.live.engine.engine.name == "ctranslate2"
+        with LiveServer(build_app(service, serve_key(cfg))) as live:
+            c = client(live).chat.completions.create(model="potstill", messages=MSG, logprobs=True, top_logprobs=3)
+        assert c.model_extra["potstill"]["answered_by"] == "student"
+        check_against_forward(tiny_model, service, MSG, c.choices[0].logprobs.content, c.choices[0].message.content, 3)
+    finally:
+        service.close()
+
+
+def test_a_student_whose_engine_scores_no_tokens_refuses_logprobs_with_a_400(tmp_path, tiny_model, monkeypatch):
+    """A plugin engine written to the protocol alone (no ``token_logprobs``, no transformers model):
+    a request asking for logprobs is a 400 naming the engine, before the student or the teacher is
+    asked, with its row in the ledger; the same request without them is answered."""
+    from importlib.metadata import EntryPoint
+
+    from potstill import plugins
+    from potstill.serve import serve_key
+    from potstill.serve.app import build_app
+    from tests.engines.test_selection import OLDER_ENGINE
+    from tests.serve.conftest import rows
+
+    (tmp_path / "older_engine_plugin.py").write_text(OLDER_ENGINE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ep = EntryPoint(name="older", value="older_engine_plugin:OlderEngine", group="potstill.engines")
+    monkeypatch.setattr(plugins, "entry_points", lambda group: [ep] if group == "potstill.engines" else [])
+    service, cfg = _served_run(tmp_path, tiny_model, monkeypatch, engine="older")
+    try:
+        assert service.live.engine.engine.name == "older"
         with LiveServer(build_app(service, serve_key(cfg))) as live:
             with pytest.raises(openai.BadRequestError) as e:
                 client(live).chat.completions.create(model="potstill", messages=MSG, logprobs=True)
             assert e.value.body["param"] == "logprobs"
-            assert e.value.body["message"] == ("logprobs: the student's engine (ctranslate2) gives no token "
-                                               "log-probabilities; serve the student with serve.engine transformers")
+            assert e.value.body["message"] == ("logprobs: the student's engine (older) gives no token "
+                                               "log-probabilities; serve the student with serve.engine transformers, "
+                                               "ctranslate2 or llamacpp")
             assert [r["status"] for r in rows(service)] == ["error"]
             c = client(live).chat.completions.create(model="potstill", messages=MSG)
             assert c.model_extra["potstill"]["answered_by"] == "student" and c.choices[0].logprobs is None

@@ -19,6 +19,11 @@ class Engine(Protocol):
 
     Messages are chats without the task instruction: ``fmt`` (a ``PromptFormat``) adds it, and a
     teacher's few-shot examples. Results come back in input order.
+
+    Optional: ``token_logprobs(prompt, answer, top)``, each answer token's log-probability and the
+    ``top`` likeliest at its position (``models.generation.token_logprobs``'s contract), for served
+    ``logprobs``; an engine without it, and without a transformers model as ``lm``, answers them
+    with a 400.
     """
 
     name: str  # the engine's registry name: "transformers", "ctranslate2", ...

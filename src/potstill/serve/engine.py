@@ -165,8 +165,8 @@ class ServedStudent:
     def logprobs_unavailable(self) -> str | None:
         """Why this student cannot give its tokens' log-probabilities, None where it can: they take
         a forward over the prompt and the answer, which the transformers engine runs (any dtype,
-        int8 too), or the engine's own ``token_logprobs`` (llamacpp); ctranslate2 scores only the
-        tokens it chose, with no alternatives."""
+        int8 too), or the engine's own ``token_logprobs`` (ctranslate2, llamacpp); a plugin engine
+        without one gives none."""
         return None if self._token_scorer() is not None else \
             f"the student's engine ({self.engine.name}) gives no token log-probabilities"
 
@@ -176,7 +176,7 @@ class ServedStudent:
 
     def _token_scorer(self) -> Callable[[list[int], list[int], int], list] | None:
         """``token_logprobs(prompt, ids, top)`` for this student: a forward of its transformers model,
-        or the engine's own (llamacpp; the fast engine's under a near-tie re-check), else None."""
+        or the engine's own (ctranslate2, llamacpp; the fast engine's under a near-tie re-check), else None."""
         lm = self._scorer()
         if lm is not None:
             return lambda prompt, ids, top: token_logprobs(lm, prompt, ids, top)
