@@ -238,6 +238,10 @@ def test_prompts_longer_than_a_sliding_window_are_refused(taught, tmp_path):
     with pytest.raises(PotstillError) as e:
         eng.score_labels(SHOTS, MSGS, ids)
     assert "\n" not in str(e.value) and "sliding attention window" in str(e.value)
+    eng.token_logprobs(list(range(3, 9)), list(range(3, 9)))  # 12 tokens: within it
+    with pytest.raises(PotstillError, match="sliding attention window") as e:  # served logprobs too
+        eng.token_logprobs(list(range(3, 9)), list(range(3, 10)))
+    assert "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("fmt", [CHAT, SHOTS], ids=["chat", "few-shot"])

@@ -138,8 +138,18 @@ def test_a_ctranslate2_student_returns_its_logprobs(tmp_path, tiny_model, monkey
         assert service.live.engine.engine.name == "ctranslate2"
         with LiveServer(build_app(service, serve_key(cfg))) as live:
             c = client(live).chat.completions.create(model="potstill", messages=MSG, logprobs=True, top_logprobs=3)
-        assert c.model_extra["potstill"]["answered_by"] == "student"
-        check_against_forward(tiny_model, service, MSG, c.choices[0].logprobs.content, c.choices[0].message.content, 3)
+            assert c.model_extra["potstill"]["answered_by"] == "student"
+            check_against_forward(tiny_model, service, MSG, c.choices[0].logprobs.content, c.choices[0].message.content,
+                                  3)
+            # An answer CTranslate2 cannot score (past a sliding window that the prompt alone fits):
+            # answered, its logprobs null and the reason given, as a teacher without them.
+            student = service.live.engine
+            tok = student.engine.tokenizer
+            student.engine.window = len(tok(student.fmt.prefix() + student.fmt.query(tok, MSG),
+                                            add_special_tokens=False)["input_ids"])
+            c = client(live).chat.completions.create(model="potstill", messages=MSG, logprobs=True)
+            assert c.model_extra["potstill"]["answered_by"] == "student" and c.choices[0].logprobs is None
+            assert "sliding attention window" in c.model_extra["potstill"]["logprobs_unavailable"]
     finally:
         service.close()
 

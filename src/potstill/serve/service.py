@@ -374,11 +374,15 @@ class Service:
             if who == "student":
                 # Still entered: its engine scores the tokens before a swap may retire it.
                 content, n_out, finish = live.engine.shorten(a, max_tokens, stop)
-                lps = None if logprobs is None else \
-                    await asyncio.to_thread(live.engine.logprobs, messages, a, content, n_out, logprobs)
+                lps, why = None, None
+                if logprobs is not None:
+                    try:
+                        lps = await asyncio.to_thread(live.engine.logprobs, messages, a, content, n_out, logprobs)
+                    except PotstillError as e:  # an engine that cannot score this answer (ctranslate2 past a window)
+                        why = str(e)
                 return ServedCall(content=content, model=live.name, reason=reason, input_tokens=a.prompt_tokens,
                                   output_tokens=n_out, cost_usd=student_cost, finish_reason=finish, logprobs=lps,
-                                  **common)
+                                  logprobs_unavailable=why, **common)
         finally:
             live.release()
         r, cached, common["request_hash"] = await self._ask_teacher(h, req)
