@@ -15,6 +15,9 @@ another's:
 RUNX is a finished run of ``benchmarks/extraction_run.py``. Engines:
 - ``fp32``: engine transformers fp32 as transformers' ``model.generate`` runs it (whole prompt,
   no drafts): the baseline, and the reference for identical outputs;
+- ``fp32-compiled``: the same ``model.generate`` on a static KV cache with its forward under
+  ``torch.compile`` (transformers' ``CompileConfig``, default mode), the compiled baseline (with
+  ``--batch``, the whole set runs once untimed first, so that every batch's shapes are compiled);
 - ``fp32-potstill``: potstill's fp32 engine (the system turn's cache reused, drafts of 2);
 - ``int8``: engine transformers with torchao's int8 layers, compiled frozen (``load_and_warm_s``,
   as for every engine: loading, quantizing, compiling and 3 warm-up generations, before the
@@ -25,7 +28,9 @@ RUNX is a finished run of ``benchmarks/extraction_run.py``. Engines:
 ``--batch B`` (B > 1) times the whole set in one ``generate`` call with ``batch_size`` B, as
 evaluate passes a test set (bulk throughput: wall time / inputs), stored as ``ENGINE@bB``; run
 ``fp32 --batch B`` first to get the baseline batched the same way as well (each row's
-``speedup_vs_fp32@bB_mean``). Outputs are always compared with fp32's at batch 1.
+``speedup_vs_fp32@bB_mean``), and ``fp32-compiled`` (``--batch B`` too) for the compiled one:
+each other row also gives ``speedup_vs_best_baseline_mean``, against the faster of the two at its
+batch size. Outputs are always compared with fp32's at batch 1.
 Each run adds its engine to ``extraction_alone.json`` (an engine other than ``fp32`` needs the
 ``fp32`` row of the same RUNX first). Exits 1 if an engine that should reproduce fp32 token for
 token (``fp32-potstill``, ``ct2-float32``) gives identical outputs on fewer than 98% of inputs.
@@ -52,6 +57,7 @@ from potstill.tasks import get_task
 
 ENGINES = {
     "fp32": dict(name="transformers"),
+    "fp32-compiled": dict(name="transformers"),
     "fp32-potstill": dict(name="transformers"),
     "int8": dict(name="transformers", quantization="int8", compile=True),
     "ct2-int8": dict(name="ctranslate2"),
@@ -100,8 +106,18 @@ def main() -> None:
         sys.exit(f"no fp32 row for {run} in {args.out}: run engine fp32 first")
     t0 = time.perf_counter()
     e = load_engine(spec=str(run / "student"), device="cpu", **ENGINES[args.engine])
-    if args.engine == "fp32":
+    if args.engine in ("fp32", "fp32-compiled"):
         e.reuse_prefix, e.draft_tokens = False, 0  # transformers' generate as a user calls it
+    if args.engine == "fp32-compiled":
+        # transformers' own compiled generation: a static KV cache, the forward under torch.compile
+        # (inductor, default mode: reduce-overhead's CUDA graphs do not apply on a CPU), which
+        # generate does only on an accelerator unless the config says all devices.
+        from transformers import CompileConfig
+
+        cc = CompileConfig(mode="default")
+        cc._compile_all_devices = True
+        e.lm.model.generation_config.cache_implementation = "static"
+        e.lm.model.generation_config.compile_config = cc
     fmt = student_format(e, task)
     for m in msgs[:3]:  # warm-up (compiling, for int8), not timed below
         e.generate(fmt, [m], max_new, batch_size=1)
@@ -113,6 +129,9 @@ def main() -> None:
             texts.append(e.generate(fmt, [m], max_new, batch_size=1).texts[0])
             secs.append(time.perf_counter() - t1)
     else:  # the whole set in one call, as evaluate passes it: the engine batches it its own way
+        if args.engine == "fp32-compiled":  # each batch's shapes compiled before the timed pass, not in it
+            e.generate(fmt, msgs, max_new, batch_size=args.batch)
+            warm_s = time.perf_counter() - t0
         t1 = time.perf_counter()
         texts = e.generate(fmt, msgs, max_new, batch_size=args.batch).texts
         secs = [(time.perf_counter() - t1) / len(msgs)] * len(msgs)  # per input: the wall time shared
@@ -126,6 +145,12 @@ def main() -> None:
     same_batch = result["engines"].get(f"fp32@b{args.batch}")
     if args.batch > 1 and key != f"fp32@b{args.batch}" and same_batch:  # the baseline batched as well
         row[f"speedup_vs_fp32@b{args.batch}_mean"] = same_batch["mean_s"] / row["mean_s"]
+    at = f"@b{args.batch}" if args.batch > 1 else ""
+    baselines = {k: result["engines"][k] for k in (f"fp32{at}", f"fp32-compiled{at}") if k in result["engines"]}
+    if args.engine not in ("fp32", "fp32-compiled") and baselines:  # the faster of eager and compiled
+        best = min(baselines, key=lambda k: baselines[k]["mean_s"])
+        row["best_baseline"] = best
+        row["speedup_vs_best_baseline_mean"] = baselines[best]["mean_s"] / row["mean_s"]
     if args.engine.startswith("llamacpp"):
         import subprocess
 
@@ -140,6 +165,8 @@ def main() -> None:
     args.out.write_text(json.dumps(result, indent=2))
     vs_batch = (f", {row[f'speedup_vs_fp32@b{args.batch}_mean']:.2f}x fp32@b{args.batch}"
                 if f"speedup_vs_fp32@b{args.batch}_mean" in row else "")
+    if "best_baseline" in row:
+        vs_batch += f", {row['speedup_vs_best_baseline_mean']:.2f}x the best baseline ({row['best_baseline']})"
     print(f"{key}: mean {row['mean_s']:.3f} s, p50 {row['p50_s']:.3f} s, "
           f"{row['speedup_vs_fp32_mean']:.2f}x fp32{vs_batch}, {row['identical_to_fp32']:.0%} identical")
     if args.engine in EXACT and row["identical_to_fp32"] < 0.98:
