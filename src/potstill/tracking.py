@@ -38,7 +38,7 @@ from potstill.hashing import hash_path
 from potstill.progress import say
 
 # The module each backend needs, and the pip requirement that brings it.
-MODULES = {"mlflow": ("mlflow", "mlflow-skinny"), "wandb": ("wandb", "wandb"),
+MODULES = {"mlflow": ("mlflow", "mlflow-skinny"), "wandb": ("wandb", "'wandb>=0.19.10'"),
            "tensorboard": ("torch.utils.tensorboard", "tensorboard")}
 
 
@@ -152,7 +152,8 @@ def _wandb(run: Run) -> str:
 
     w = wandb.init(project=os.environ.get("WANDB_PROJECT", "potstill"), name=f"{run.name}/{run.stage}",
                    dir=str(run.run_dir), config=run.params, job_type=run.stage,
-                   tags=[run.stage, run.tags["potstill.manifest_sha256"][:12]], reinit=True)
+                   tags=[run.stage, run.tags["potstill.manifest_sha256"][:12]],
+                   reinit="finish_previous")  # a string since wandb 0.19.10; True is deprecated
     for row in run.steps:
         w.log({k: v for k, v in row.items() if k != "step"}, step=int(row["step"]))
     w.summary.update(run.metrics)
@@ -160,9 +161,10 @@ def _wandb(run: Run) -> str:
         art = wandb.Artifact(f"{run.name}-{run.stage}-{p.name}".replace("/", "-"), type=run.stage)
         (art.add_dir if p.is_dir() else art.add_file)(str(p))
         w.log_artifact(art)
-    url = w.url or str(run.run_dir / "wandb")
+    # Offline (WANDB_MODE=offline) a run has no URL, only the folder that `wandb sync` uploads.
+    where = f"offline in {Path(w.dir).parent}" if w.offline else w.url
     w.finish()
-    return f"wandb run {url}"
+    return f"wandb run {where}"
 
 
 def _tensorboard(run: Run) -> str:

@@ -1,0 +1,148 @@
+"""`tracking: [wandb, tensorboard]`: a tiny training run logged by the real libraries (W&B offline,
+TensorBoard's event files) and read back from the files they wrote. Until 2026-12-05 neither path
+had ever run ("written against their documented APIs"); running them found W&B's deprecation
+warning for ``reinit=True`` and an offline run reported as a folder that held no run."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import yaml
+
+from potstill.config import Config
+from potstill.hashing import hash_path
+from potstill.train.stage import train_stage
+from tests.test_tracking import config, write_splits
+
+wandb = pytest.importorskip("wandb")
+pytest.importorskip("tensorboard")
+
+
+def wandb_records(path: Path) -> Iterator[bytes]:
+    """The records of an offline W&B run file (``run-ID.wandb``): a 7-byte header (``:W&B``, magic,
+    version), then LevelDB's log format, 32 KiB blocks of chunks each behind a 7-byte header
+    (CRC-32C, length, type: 1 whole, 2 first, 3 middle, 4 last); a block's last < 7 bytes are padding."""
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, parts = 7, b""
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:
+            pos += 32768 - pos % 32768
+            continue
+        _, n, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        body, pos = data[pos + 7 : pos + 7 + n], pos + 7 + n
+        if kind == 0:  # zeros past the last record
+            break
+        if kind == 1:
+            yield body
+        elif kind == 2:
+            parts = body
+        elif kind == 3:
+            parts += body
+        else:
+            yield parts + body
+
+
+def read_wandb(run_dir: Path) -> dict:
+    """The run, history rows, summary and artifacts of the one offline W&B run under ``run_dir``."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    out: dict = {"history": [], "summary": {}, "artifacts": {}}
+    for raw in wandb_records(path):
+        r = pb.Record()
+        r.ParseFromString(raw)
+        kind = r.WhichOneof("record_type")
+        if kind == "run":
+            out["run"] = r.run
+            out["config"] = {i.key: json.loads(i.value_json) for i in r.run.config.update}
+        elif kind == "history":
+            out["history"].append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item})
+        elif kind == "summary":
+            out["summary"].update({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.summary.update})
+        elif kind == "artifact":
+            out["artifacts"][r.artifact.name] = [e.path for e in r.artifact.manifest.contents]
+    return out
+
+
+@pytest.fixture(scope="module")
+def offline(tmp_path_factory):
+    """W&B offline for this module's runs, with its settings away from the user's home. One
+    environment for every run here: W&B warns when it changes within a process."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WANDB_MODE", "offline")
+        mp.setenv("WANDB_CONFIG_DIR", str(tmp_path_factory.mktemp("wandb-config")))
+        for var in ("WANDB_API_KEY", "WANDB_DIR", "WANDB_PROJECT", "WANDB_SILENT"):
+            mp.delenv(var, raising=False)
+        yield
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory, tiny_model, offline):
+    root = tmp_path_factory.mktemp("tracking-files")
+    write_splits(root / "run")
+    train_stage(Config.model_validate(config(root, tiny_model, tracking=["wandb", "tensorboard"])))
+    return root / "run"
+
+
+def steps(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_wandb_holds_the_step_series_summary_and_artifacts(tracked):
+    w = read_wandb(tracked)
+    assert w["run"].display_name == "run/train" and w["run"].job_type == "train"
+    assert list(w["run"].tags) == ["train", hash_path(tracked / "manifest.json")[:12]]
+    assert w["config"]["train.lr"] == "0.01" and w["config"]["student.max_length"] == "32"
+    rows = steps(tracked)
+    assert len(rows) == 6
+    for key in ("loss", "grad_norm", "lr", "tokens"):
+        assert [h[key] for h in w["history"]] == [pytest.approx(float(r[key]), rel=1e-12) for r in rows]
+    assert [h["_step"] for h in w["history"]] == [r["step"] for r in rows]
+    train = json.loads((tracked / "train.json").read_text())
+    assert w["summary"]["final_loss"] == pytest.approx(train["final_loss"])
+    assert w["artifacts"] == {"run-train-train.json": ["train.json"], "run-train-metrics.jsonl": ["metrics.jsonl"]}
+
+
+def test_tensorboard_holds_the_step_series_and_the_run(tracked):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tracked / "tensorboard" / "train"), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    rows = steps(tracked)
+    for key in ("loss", "grad_norm", "lr"):
+        series = [(e.step, e.value) for e in acc.Scalars(key) if e.step > 0]
+        assert series == [(r["step"], pytest.approx(float(r[key]), rel=1e-6)) for r in rows]  # float32 events
+    train = json.loads((tracked / "train.json").read_text())
+    (final,) = acc.Scalars("final_loss")
+    assert final.step == 0 and final.value == pytest.approx(train["final_loss"], rel=1e-6)
+    (text,) = acc.Tensors("potstill/text_summary")
+    logged = text.tensor_proto.string_val[0].decode()
+    assert f"potstill.manifest_sha256: {hash_path(tracked / 'manifest.json')}" in logged and "train.lr: 0.01" in logged
+
+
+def test_potstill_train_says_where_each_tracker_wrote_and_wandb_warns_of_nothing(tmp_path, tiny_model):
+    """`potstill train` in a process of its own: the line after train names the offline W&B run's
+    own folder (what `wandb sync` takes), not RUN/wandb, which holds every run of the directory; W&B
+    printed "WARNING Using a boolean value for 'reinit' is deprecated" and "URL not available in
+    offline run" (once per process, so not seen by the tests above)."""
+    write_splits(tmp_path / "run")
+    (tmp_path / "potstill.yaml").write_text(yaml.safe_dump(config(tmp_path, tiny_model,
+                                                                  tracking=["wandb", "tensorboard"])))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(WANDB_MODE="offline", WANDB_CONFIG_DIR=str(tmp_path / "wandb-config"))
+    r = subprocess.run([sys.executable, "-m", "potstill", "train", "-c", "potstill.yaml"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+    said = r.stdout + r.stderr
+    assert r.returncode == 0, said[-2000:]
+    (folder,) = (tmp_path / "run").glob("wandb/offline-run-*")
+    assert f"train: tracked as wandb run offline in {folder}" in " ".join(said.split())
+    assert f"tracked as tensorboard events at {tmp_path / 'run' / 'tensorboard' / 'train'}" in " ".join(said.split())
+    assert "wandb: WARNING" not in said and "wandb:" in said  # W&B spoke, and warned of nothing
