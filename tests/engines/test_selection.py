@@ -110,6 +110,26 @@ def test_serve_compile_failing_is_one_line_and_other_engines_refuse_it(tmp_path,
     assert str(e.value).endswith("; set serve.compile: false")
 
 
+def test_an_engine_setting_refused_names_its_config_section(taught):
+    """`potstill serve RUN --serve.engine ctranslate2` on a quickstart run (whose config sets
+    serve.compile: true) said only "engine ctranslate2 runs its own compiled kernels; compile is for
+    engine transformers", not which section's compile: each section's refusal now names it."""
+    from potstill.config import TeacherConfig
+    from potstill.config_models import EvaluateConfig, ServeConfig
+    from potstill.engines import section_engine
+
+    for section, Section in (("serve", ServeConfig), ("evaluate", EvaluateConfig)):
+        with pytest.raises(PotstillError) as e:
+            section_engine(Section(engine="ctranslate2", compile=True), str(taught), device="cpu", compile=True)
+        assert str(e.value) == (f"{section}: engine ctranslate2 runs its own compiled kernels; compile is for "
+                                "engine transformers")
+    teacher = TeacherConfig(type="local", model=str(taught), engine="ctranslate2", draft_tokens=5)
+    with pytest.raises(PotstillError) as e:
+        section_engine(teacher, str(taught), device="cpu")
+    assert str(e.value) == ("teacher: engine ctranslate2 decodes one token per step; draft_tokens (5) is for "
+                            "engine transformers")
+
+
 @pytest.mark.parametrize("basis", ["batch1", "batched"])
 def test_evaluate_engine_and_cost_basis(tmp_path, taught, basis):
     ev = _evaluate_run(tmp_path, taught, {"latency_samples": 2, "engine": "ctranslate2", "cost_basis": basis})

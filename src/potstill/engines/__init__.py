@@ -103,10 +103,18 @@ def recheck_margin_for(margin: float | str, name: str, spec: str, quantization: 
 def section_engine(section: Any, spec: str, device: str = "auto", num_layers: int | None = None,
                    compile: bool = False) -> Engine:
     """``spec`` in the engine a config section names: the ``teacher``, ``evaluate`` and ``serve``
-    sections each carry ``engine``, ``dtype``, ``quantization``, ``recheck_margin`` and ``draft_tokens``."""
-    return load_engine(section.engine, spec, device=device, num_layers=num_layers, dtype=section.dtype,
-                       recheck_margin=section.recheck_margin, quantization=section.quantization, compile=compile,
-                       draft_tokens=section.draft_tokens)
+    sections each carry ``engine``, ``dtype``, ``quantization``, ``recheck_margin`` and ``draft_tokens``.
+    An error names the section, whose fields it is about (``serve: engine ctranslate2 runs its own
+    compiled kernels; compile is for ...``: serve.compile, which a quickstart's config sets)."""
+    try:
+        return load_engine(section.engine, spec, device=device, num_layers=num_layers, dtype=section.dtype,
+                           recheck_margin=section.recheck_margin, quantization=section.quantization,
+                           compile=compile, draft_tokens=section.draft_tokens)
+    except PotstillError as e:
+        name = type(section).__name__.removesuffix("Config").lower()
+        if str(e).startswith((f"{name}.", f"{name}:")):  # already names it (serve.compile: torch.compile failed ...)
+            raise
+        raise PotstillError(f"{name}: {e}") from None
 
 
 __all__ = ["BUILTIN", "Engine", "engine_class", "load_engine", "section_engine"]
