@@ -72,6 +72,19 @@ def test_a_missing_llama_server_names_how_to_get_it(taught_bpe, monkeypatch, tmp
         load_engine("llamacpp", str(taught_bpe), device="cpu")
 
 
+def test_a_bad_context_size_in_the_extra_arguments_is_one_line_before_any_conversion(taught_bpe, monkeypatch):
+    from potstill.engines.llamacpp import ARGS_ENV
+
+    for given, says in (("--ctx-size lots", "--ctx-size takes a whole number of positions"),
+                        ("--threads 2 -c", "-c takes a whole number of positions"),
+                        ("-c 128", "-c 128 leaves 8 positions to each of engine llamacpp's 16 slots; give at least 256")):
+        monkeypatch.setenv(ARGS_ENV, given)
+        with pytest.raises(PotstillError) as e:
+            load_engine("llamacpp", str(taught_bpe), device="cpu")
+        assert str(e.value) == f"{ARGS_ENV}: {says}"
+    assert not (cache_dir() / "engines" / "llamacpp").exists()
+
+
 def test_conversion_is_cached_by_content_and_a_corrupt_model_leaves_no_entry(taught_bpe, tmp_path):
     import shutil
 
@@ -264,6 +277,33 @@ def test_a_served_llamacpp_student_returns_its_logprobs_through_the_openai_clien
         want = token_logprobs(load_lm(str(taught_bpe), device="cpu"), prompt, ids, 2)
         assert [t.logprob for t in content] == pytest.approx([w for w, _ in want], abs=2e-3)
         assert all(len(t.top_logprobs) == 2 for t in content)
+    finally:
+        service.close()
+
+
+@needs_server
+def test_a_context_size_in_the_extra_arguments_sets_each_slots_positions_and_serve_routes_by_it(taught_bpe, tmp_path,
+                                                                                                monkeypatch):
+    """potstill gave each of its 16 slots the model's context up to 8,192 positions: a KV cache of
+    6.5 GB at f32 for the 30-layer extraction student. A user's --ctx-size N (shared by the slots, as
+    llama-server shares it) replaced potstill's on the command line, but the engine and serve still
+    took 8,192 positions a slot, so a prompt past N / 16 failed in llama-server instead of going to
+    the teacher. Now the engine's context is N / 16, and serve reads it."""
+    from potstill.engines.llamacpp import ARGS_ENV
+    from tests.engines.test_selection import _serve_run
+
+    monkeypatch.setenv(ARGS_ENV, "--ctx-size 1024")
+    service = _serve_run(tmp_path, taught_bpe, {"engine": "llamacpp", "quantization": "none"})
+    try:
+        eng = service.engine.engine.fast  # under serve's near-tie re-check
+        argv = list(eng.server.proc.args)
+        assert argv.count("--ctx-size") == 1 and argv[argv.index("--ctx-size") + 1] == "1024"
+        assert eng.context == 64 and service.engine.context == 64
+        assert service.engine.over_context(MSGS[0]) is None
+        long = [{"role": "user", "content": " ".join(["the team won a match"] * 30)}]
+        assert service.engine.over_context(long).endswith("> the student's 64 positions")
+        with pytest.raises(PotstillError, match="does not fit engine llamacpp's 64-token context per slot"):
+            eng.generate(service.engine.fmt, [long], 4)
     finally:
         service.close()
 

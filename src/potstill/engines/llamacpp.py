@@ -80,6 +80,28 @@ TOP = 64  # label scoring's first ask: this many likeliest tokens (see score_lab
 SERVER_ARGS = {"--cache-type-k": "f32", "--cache-type-v": "f32", "--flash-attn": "off"}
 
 
+_CTX_FLAGS = ("--ctx-size", "-c")
+SLOTS = 16  # requests in flight; 32 were no faster on 2 cores (benchmarks/llamacpp_slots.json)
+
+
+def _user_context(slots: int) -> tuple[int | None, list[str]]:
+    """The positions per slot a user's ``--ctx-size N`` (or ``-c N``) in ``POTSTILL_LLAMA_SERVER_ARGS``
+    gives (N shared evenly by the slots, as llama-server does), else None; and the other arguments.
+    The KV cache holds slots x positions x layers in f32: potstill's 16 slots of 8,192 positions
+    kept the 30-layer extraction student's server at 6.5 GB of memory (RSS)."""
+    extra = shlex.split(os.environ.get(ARGS_ENV, ""))
+    for i, a in enumerate(extra):
+        if a in _CTX_FLAGS:
+            if i + 1 >= len(extra) or not extra[i + 1].isdigit():
+                raise PotstillError(f"{ARGS_ENV}: {a} takes a whole number of positions")
+            per_slot = int(extra[i + 1]) // slots
+            if per_slot < 16:
+                raise PotstillError(f"{ARGS_ENV}: {a} {extra[i + 1]} leaves {per_slot} positions to each of engine "
+                                    f"llamacpp's {slots} slots; give at least {16 * slots}")
+            return per_slot, [*extra[:i], *extra[i + 2 :]]
+    return None, extra
+
+
 def server_args(extra: Sequence[str]) -> list[str]:
     """potstill's ``SERVER_ARGS`` but those ``extra`` names, then ``extra``."""
     return [a for k, v in SERVER_ARGS.items() if k not in extra for a in (k, v)] + list(extra)
@@ -191,7 +213,7 @@ class LlamaServer:
 class LlamaCppEngine:
     name = "llamacpp"
 
-    def __init__(self, gguf: Path, model_dir: Path, identity: str, slots: int = 16, threads: int | None = None,
+    def __init__(self, gguf: Path, model_dir: Path, identity: str, slots: int = SLOTS, threads: int | None = None,
                  gpu: bool = False, ctx_per_slot: int | None = None):
         from transformers import AutoTokenizer
 
@@ -204,10 +226,11 @@ class LlamaCppEngine:
         self.identity = identity
         self.slots = slots
         self._static: dict[tuple, list[int]] = {}
-        ctx = ctx_per_slot or min(int(self.info.get("context") or 4096), 8192)
-        self.context = ctx
+        given, extra = _user_context(slots)
+        ctx = given or ctx_per_slot or min(int(self.info.get("context") or 4096), 8192)
+        self.context = ctx  # positions per slot: prompt and answer (serve sends a longer request to the teacher)
         self.server = LlamaServer(server_binary(), gguf, slots, ctx, threads or torch.get_num_threads(), gpu,
-                                  extra=shlex.split(os.environ.get(ARGS_ENV, "")))
+                                  extra=extra)
         self._stop_ids = set(stop_token_ids(self.tokenizer, generation_config(model_dir)))
 
     @classmethod
@@ -224,7 +247,8 @@ class LlamaCppEngine:
         if quantization not in QTYPES:
             raise PotstillError(f"engine llamacpp takes quantization auto, int8 (q8_0) or none (f32), not "
                                 f"'{quantization}'")
-        server_binary()  # a missing binary is one line before any conversion
+        _user_context(SLOTS)  # a bad --ctx-size, then a missing binary, each one line before any conversion
+        server_binary()
         qtype = QTYPES[quantization]
         gguf, model_dir, key = gguf_model(spec, qtype, num_layers)
         from potstill.models.loading import resolve

@@ -42,9 +42,14 @@ class RefusedChat(ValueError):
 
 
 def context_length(engine: Any) -> int | None:
-    """Most positions (prompt and answer tokens) the model has, from its config (``max_position_embeddings``,
-    GPT-2's ``n_positions``) or else its tokenizer's ``model_max_length``; None where neither says.
-    A wrapping engine (the near-tie re-check) is asked through the engine it wraps."""
+    """Most positions (prompt and answer tokens) the model has: an engine's own ``context`` where it
+    has one (llamacpp's positions per slot), else from the model's config
+    (``max_position_embeddings``, GPT-2's ``n_positions``) or else its tokenizer's ``model_max_length``;
+    None where none says. A wrapping engine (the near-tie re-check) is asked through the engine it wraps."""
+    for e in (engine, getattr(engine, "fast", None)):
+        n = getattr(e, "context", None)
+        if isinstance(n, int) and n > 0:
+            return n
     for e in (engine, getattr(engine, "fast", None)):
         cfg = getattr(getattr(getattr(e, "lm", None), "model", None), "config", None)
         cfg = getattr(cfg, "text_config", None) or cfg
