@@ -1,7 +1,8 @@
 """`tracking: [wandb, tensorboard]`: a tiny training run logged by the real libraries (W&B offline,
 TensorBoard's event files) and read back from the files they wrote. Until 2026-12-05 neither path
 had ever run ("written against their documented APIs"); running them found W&B's deprecation
-warning for ``reinit=True`` and an offline run reported as a folder that held no run."""
+warning for ``reinit=True`` and an offline run reported as RUN/wandb, the folder of every run,
+instead of its own."""
 
 from __future__ import annotations
 
