@@ -50,7 +50,7 @@ from potstill.engines.convert import EMBEDDINGS, INFO, ctranslate2_model, embedd
 from potstill.errors import PotstillError
 from potstill.models.loading import _pick_device, resolve
 from potstill.models.prompting import PromptFormat, encode_prompt, stop_token_ids
-from potstill.models.generation import Generated
+from potstill.models.generation import Generated, read_logprobs
 from potstill.models.scoring import Scored
 
 
@@ -256,9 +256,5 @@ class CT2Engine:
         if self.device != "cpu":
             out = out.to_device(require("ctranslate2").Device.cpu)
         # Row j predicts token j + 1: the prompt's last row (predicting answer[0]) to the one before the end.
-        lp = torch.from_numpy(np.asarray(out)[0, len(prompt) - 1 : len(ids) - 1].astype(np.float32))
-        chosen = lp.gather(-1, torch.tensor(answer)[:, None])[:, 0].tolist()
-        if top <= 0:
-            return [(c, []) for c in chosen]
-        best = lp.topk(min(top, lp.shape[-1]), -1)
-        return [(c, list(zip(i, v))) for c, i, v in zip(chosen, best.indices.tolist(), best.values.tolist())]
+        return read_logprobs(torch.from_numpy(np.asarray(out)[0, len(prompt) - 1 : len(ids) - 1].astype(np.float32)),
+                             answer, top)

@@ -370,7 +370,12 @@ def token_logprobs(lm: LM, prompt: list[int], answer: list[int], top: int = 0) -
         logits = lm.model(input_ids=ids, use_cache=False, logits_to_keep=len(answer) + 1).logits[0]
     # Position j of the kept logits predicts the token after it: the last len(answer) + 1 positions
     # are the prompt's last token (predicting answer[0]) to the answer's last (predicting nothing).
-    lp = torch.log_softmax(logits[:-1].float(), -1)
+    return read_logprobs(torch.log_softmax(logits[:-1].float(), -1), answer, top)
+
+
+def read_logprobs(lp: torch.Tensor, answer: list[int], top: int) -> list[tuple[float, list[tuple[int, float]]]]:
+    """``token_logprobs``' answer from ``lp``, (len(answer), vocabulary) log-probabilities, row j at
+    the position that predicts ``answer[j]``: each answer token's own, and the ``top`` likeliest."""
     chosen = lp.gather(-1, torch.tensor(answer, device=lp.device)[:, None])[:, 0].tolist()
     if top <= 0:
         return [(c, []) for c in chosen]

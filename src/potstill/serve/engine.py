@@ -50,7 +50,6 @@ def context_length(engine: Any) -> int | None:
         n = getattr(e, "context", None)
         if isinstance(n, int) and n > 0:
             return n
-    for e in (engine, getattr(engine, "fast", None)):
         cfg = getattr(getattr(getattr(e, "lm", None), "model", None), "config", None)
         cfg = getattr(cfg, "text_config", None) or cfg
         for name in ("max_position_embeddings", "n_positions"):
