@@ -20,7 +20,7 @@ TEXTS = ["the team won the match", "new phone software", "the minister and the p
 LABELS = ["sports", "tech", "politics", "business", "entertainment"]
 
 
-def run(model_dir: str, out: str, **overrides) -> dict:
+def run(model_dir: str, out: str, on_row=None, **overrides) -> dict:
     """Nine steps of SFT + label KD with a checkpoint every 3 steps and dropout on (so the RNG matters)."""
     task = get_task(TaskConfig(type="classification", labels=LABELS))
     records = [Record(messages=[{"role": "user", "content": t}], output=LABELS[i % 5], valid=True,
@@ -34,7 +34,7 @@ def run(model_dir: str, out: str, **overrides) -> dict:
                          "checkpoint_every": 3, **overrides})
     out = Path(out)
     return train(lm, student_format(lm, task), task, records, records[:2], cfg, 64, out / "student",
-                 out / "metrics.jsonl")
+                 out / "metrics.jsonl", on_row=on_row)
 
 
 def _curve(out: Path) -> list[tuple]:
@@ -57,6 +57,20 @@ def test_resume_after_kill_reproduces_the_loss_curve(tiny_model, tmp_path):
     a = load_lm(str(tmp_path / "a" / "student")).model.state_dict()
     b = load_lm(str(tmp_path / "b" / "student")).model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_resumed_run_hands_on_row_the_whole_curve(tiny_model, tmp_path):
+    """``on_row`` (what a live tracker follows) gets every row of metrics.jsonl as it is written; a
+    resumed run first hands it the rows kept from its checkpoint, so a tracker run opened by the
+    resume holds the whole curve, not only the steps after the checkpoint."""
+    worker = Path(__file__).with_name("kill_worker.py")
+    proc = subprocess.run([sys.executable, str(worker), str(tiny_model), str(tmp_path), "5"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    seen = []
+    assert run(str(tiny_model), str(tmp_path), on_row=seen.append)["resumed_from_step"] == 3
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in seen] == list(range(1, 10)) and seen == rows
 
 
 def test_checkpoint_from_other_settings_is_not_resumed(tiny_model, tmp_path):

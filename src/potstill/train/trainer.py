@@ -30,7 +30,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -250,17 +250,20 @@ class _Progress:
 
 
 def train(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: list[Record], cfg: TrainConfig,
-          max_length: int, out_dir: Path, metrics_path: Path) -> dict[str, Any]:
+          max_length: int, out_dir: Path, metrics_path: Path,
+          on_row: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train ``lm`` in place on ``records``; save weights (or the LoRA adapter) to ``out_dir``.
 
     With ``checkpoint_every`` a resumable checkpoint goes to ``<out_dir>.ckpt/``; a later call with
-    the same settings and data resumes from it (``resume``) and reproduces the same loss curve."""
+    the same settings and data resumes from it (``resume``) and reproduces the same loss curve.
+    ``on_row``: called in the main process with each metrics.jsonl row once it is written (on a
+    resume, first with the rows kept from the checkpoint), e.g. to follow the run in a tracker."""
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     s = _setup(lm, fmt, task, records, val, cfg, max_length)
     p = _resume(s, lm, cfg, max_length, out_dir, metrics_path)
     try:
-        train_s = _step_loop(s, p, lm, cfg, max_length, metrics_path)
+        train_s = _step_loop(s, p, lm, cfg, max_length, metrics_path, on_row)
         # On the prepared module: under FSDP every process takes part in gathering the shards.
         val_loss = evaluate_loss(s.module, s.val_examples, cfg, s.spec, s.teacher, lm.tokenizer.pad_token_id,
                                  s.accel.device, max_length, s.signal)
@@ -405,7 +408,8 @@ def _resume(s: _Setup, lm: LM, cfg: TrainConfig, max_length: int, out_dir: Path,
     return _Progress(start, order, rng, tokens, elapsed0, kept, last_loss, fingerprint, ckpt_dir)
 
 
-def _step_loop(s: _Setup, p: _Progress, lm: LM, cfg: TrainConfig, max_length: int, metrics_path: Path) -> float:
+def _step_loop(s: _Setup, p: _Progress, lm: LM, cfg: TrainConfig, max_length: int, metrics_path: Path,
+               on_row: Callable[[dict[str, Any]], None] | None = None) -> float:
     """The optimiser steps from ``p.start``, one metrics row each; returns the training seconds."""
     main = s.accel.is_main_process
     t0 = time.perf_counter() - p.elapsed0
@@ -414,10 +418,13 @@ def _step_loop(s: _Setup, p: _Progress, lm: LM, cfg: TrainConfig, max_length: in
         # through the step's write buffer, a kill during that step left metrics.jsonl empty and the
         # next resume had no rows before its checkpoint to keep.
         write_text(metrics_path, "".join(ln + "\n" for ln in p.kept))
+    on_row = on_row if main else None
+    for ln in p.kept if on_row else ():
+        on_row(json.loads(ln))
     mf = open(metrics_path if main else "/dev/null", "a")
     try:
         with mf, bar("train" if main else "", s.total) as advance:
-            _steps(s, p, lm, cfg, max_length, mf, advance, t0, metrics_path)
+            _steps(s, p, lm, cfg, max_length, mf, advance, t0, metrics_path, on_row)
     except KeyboardInterrupt:
         if main:  # Ctrl-C: say what a rerun will do (typer exits 130 without a word)
             kept = checkpoint.latest(p.ckpt_dir, p.fingerprint) if cfg.checkpoint_every else None
@@ -433,7 +440,7 @@ def _step_loop(s: _Setup, p: _Progress, lm: LM, cfg: TrainConfig, max_length: in
 
 
 def _steps(s: _Setup, p: _Progress, lm: LM, cfg: TrainConfig, max_length: int, mf: Any, advance: Any,
-           t0: float, metrics_path: Path) -> None:
+           t0: float, metrics_path: Path, on_row: Callable[[dict[str, Any]], None] | None = None) -> None:
     accel = s.accel
     advance(p.start)
     p.done = p.start
@@ -455,6 +462,8 @@ def _steps(s: _Setup, p: _Progress, lm: LM, cfg: TrainConfig, max_length: int, m
                "lr": s.sched.get_last_lr()[0], "tokens": p.tokens, "elapsed_s": round(time.perf_counter() - t0, 3)}
         mf.write(json.dumps(row) + "\n")
         mf.flush()  # so `tail -f metrics.jsonl` follows a run
+        if on_row:
+            on_row(row)
         advance(1, loss=f"{logged['loss']:.4f}")
         p.done = step + 1
         if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < s.total:
