@@ -149,10 +149,23 @@ class TrainConfig(Section):
     lora_alpha: int = Field(32, ge=1, description="LoRA alpha.")
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
     epochs: float = Field(1.0, gt=0, description="Passes over the training set.")
-    batch_size: int = Field(8, ge=1, description="Examples per optimizer step.")
-    lr: float = Field(1e-4, gt=0, description="Peak learning rate (AdamW, linear decay).")
+    batch_size: int = Field(8, ge=1, description="Examples per optimizer step (all processes together).")
+    grad_accum_steps: int = Field(
+        1, ge=1, description="Run each step's batch_size examples as this many micro-batches, one after another, "
+        "their gradients summed: the same update as one batch (each loss term is still divided by its count over "
+        "the whole batch), with the activation memory of batch_size / grad_accum_steps examples.")
+    max_grad_norm: float | None = Field(
+        None, gt=0, description="Clip the gradients' global L2 norm to this before each step (TRL's default is 1.0); "
+        "none: no clipping. metrics.jsonl's grad_norm is the norm before clipping.")
+    lr: float = Field(1e-4, gt=0, description="Peak learning rate (AdamW; see lr_scheduler).")
+    lr_scheduler: Literal["linear", "cosine", "constant"] = Field(
+        "linear", description="After warm-up: linear decay to zero at the last step, cosine decay to zero, or "
+        "constant.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
+    eval_every: int = Field(
+        0, ge=0, description="Measure the loss on val.jsonl every N optimizer steps (metrics.jsonl's val_loss "
+        "column; the last step's is train.json's val_loss either way). 0: only after the last step.")
     seed: int = Field(0, description="Seed for shuffling and initialisation.")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N.")
 

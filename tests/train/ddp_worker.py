@@ -8,6 +8,7 @@ so the run stays DDP on CPU; the loading path is the one that left the teacher e
 transformers 5.24 (this venv) reads the files on every rank, so the mode reproduces the older one.
 MODE ``other-teacher``: rank 1 is given TEACHER=STUDENT, a different model from rank 0's.
 MODE ``one-example``: a single training record, fewer than the processes.
+MODE ``accum2``: each process runs its share of every batch as two micro-batches (train.grad_accum_steps).
 MODE ``dropout-ckpt``: attention dropout on (each rank draws its own masks) and a checkpoint every
 step; ``dropout-ckpt-crash``: the same, and every rank fails in its third optimiser step.
 """
@@ -50,11 +51,11 @@ def rank0_only_loading() -> None:
     AutoModelForCausalLM.from_pretrained = from_pretrained
 
 
-def run(student: str, teacher: str, out: str, n: int = len(TEXTS), dropout: float = 0.0) -> dict:
+def run(student: str, teacher: str, out: str, n: int = len(TEXTS), dropout: float = 0.0, accum: int = 1) -> dict:
     task = get_task(TaskConfig(type="freetext", instruction="summary"))
     records = [Record(messages=[{"role": "user", "content": t}], output=o, valid=True) for t, o in zip(TEXTS[:n], OUTPUTS[:n])]
     cfg = TrainConfig(objective="kd", teacher_model=teacher, kd_kind="jsd", kd_weight=2.0, lr=0.01, batch_size=4,
-                      epochs=1.5, seed=1, checkpoint_every=1 if dropout else 0)
+                      epochs=1.5, seed=1, checkpoint_every=1 if dropout else 0, grad_accum_steps=accum)
     lm = load_lm(student)
     if dropout:
         for layer in lm.model.model.layers:
@@ -82,7 +83,7 @@ if __name__ == "__main__":
 
         torch.optim.AdamW.step = step
     summary = run(student, teacher, out, 1 if mode == "one-example" else len(TEXTS),
-                  dropout=0.3 if mode.startswith("dropout-ckpt") else 0.0)
+                  dropout=0.3 if mode.startswith("dropout-ckpt") else 0.0, accum=2 if mode == "accum2" else 1)
     from potstill.train.distributed import shutdown
 
     shutdown()  # as the CLI does: left to the exit, a rank aborted now and then after the run had finished

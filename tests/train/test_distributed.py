@@ -29,11 +29,13 @@ def _torchrun(student, teacher, out: Path, mode: str = "", env: dict | None = No
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
 
 
-@pytest.mark.parametrize("mode", ["", "rank0-loading"])
+@pytest.mark.parametrize("mode", ["", "rank0-loading", "accum2"])
 def test_two_gloo_processes_match_one(tiny_model, tiny_model_b, tmp_path, mode):
     """``rank0-loading``: transformers' rank-0-only loading (accelerate's FSDP default) left rank 1's
-    teacher empty; the trainer now reads the files on every rank, so the curve still matches."""
-    env = {"FSDP_CPU_RAM_EFFICIENT_LOADING": "true"} if mode else {}
+    teacher empty; the trainer now reads the files on every rank, so the curve still matches.
+    ``accum2``: each process runs its half of every batch as two micro-batches, gradients all-reduced
+    once after the second: still the one-process curve without accumulation."""
+    env = {"FSDP_CPU_RAM_EFFICIENT_LOADING": "true"} if mode == "rank0-loading" else {}
     proc = _torchrun(tiny_model, tiny_model_b, tmp_path / "ddp", mode, env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"processes": 2, "steps": 3}

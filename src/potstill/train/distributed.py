@@ -111,8 +111,8 @@ def check_same_weights(models: dict[str, Any], device: torch.device) -> dict[str
     return sums
 
 
-def global_counts(accel: Any, b: Any, terms: tuple[str, ...]) -> dict[str, float]:
-    local = b.counts()
+def global_counts(accel: Any, local: dict[str, int], terms: tuple[str, ...]) -> dict[str, float]:
+    """Each term's count of positions (``local``: this process's) summed over processes."""
     if accel.num_processes == 1:
         return {k: float(v) for k, v in local.items()}
     t = accel.reduce(torch.tensor([float(local[k]) for k in terms], device=accel.device), "sum")

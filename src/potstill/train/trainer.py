@@ -23,6 +23,7 @@ single process's at the same global batch whatever the per-process token counts
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -247,6 +248,7 @@ class _Progress:
     fingerprint: str
     ckpt_dir: Path
     done: int = 0  # optimiser steps finished, for the message when interrupted
+    val_loss: float | None = None  # the latest eval_every measurement
 
 
 def train(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: list[Record], cfg: TrainConfig,
@@ -264,9 +266,8 @@ def train(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: lis
     p = _resume(s, lm, cfg, max_length, out_dir, metrics_path)
     try:
         train_s = _step_loop(s, p, lm, cfg, max_length, metrics_path, on_row)
-        # On the prepared module: under FSDP every process takes part in gathering the shards.
-        val_loss = evaluate_loss(s.module, s.val_examples, cfg, s.spec, s.teacher, lm.tokenizer.pad_token_id,
-                                 s.accel.device, max_length, s.signal)
+        # With eval_every it was measured after the last step already (the same weights).
+        val_loss = p.val_loss if cfg.eval_every else _val_loss(s, lm, cfg, max_length)
     except torch._dynamo.exc.BackendCompilerFailed as e:  # inductor's failures (no C++ compiler, ...) are pages long
         raise compile_failed("train", e) from None
     _save_student(s, lm, cfg, out_dir, p.ckpt_dir)
@@ -293,13 +294,19 @@ def _student_model(lm: LM, cfg: TrainConfig) -> tuple[Any, Any]:
     return model, base
 
 
-def _lr_schedule(warmup_steps: int, total: int):
-    """Linear warm-up, then linear decay to zero at the last step (a LambdaLR factor)."""
+def _lr_schedule(warmup_steps: int, total: int, kind: str = "linear"):
+    """Linear warm-up, then ``kind``: linear or cosine decay to zero at the last step, or constant
+    (a LambdaLR factor of the step about to run, 0-based)."""
 
     def lr_at(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
-        return max(0.0, 1 - (step - warmup_steps) / max(1, total - warmup_steps))
+        done = min(1.0, (step - warmup_steps) / max(1, total - warmup_steps))
+        if kind == "constant":
+            return 1.0
+        if kind == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * done))
+        return 1 - done
 
     return lr_at
 
@@ -324,8 +331,14 @@ def _setup(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: li
         raise PotstillError("train.checkpoint_every is not supported under FSDP (a checkpoint would need every "
                             "rank's shard of the weights and optimizer state); launch with DDP "
                             "(accelerate launch --multi_gpu) or set train.checkpoint_every 0")
-    if cfg.batch_size < accel.num_processes:
-        raise PotstillError(f"train.batch_size {cfg.batch_size} is smaller than the {accel.num_processes} processes")
+    if cfg.batch_size < accel.num_processes * cfg.grad_accum_steps:
+        # Each process runs grad_accum_steps micro-batches of its share, and under DDP every one of
+        # them must hold an example: a process skipping its last backward would leave the others
+        # waiting in its all-reduce.
+        split = f" x train.grad_accum_steps {cfg.grad_accum_steps}" if cfg.grad_accum_steps > 1 else ""
+        raise PotstillError(f"train.batch_size {cfg.batch_size} is smaller than the {accel.num_processes} "
+                            f"process{'es' if accel.num_processes > 1 else ''}{split}: every micro-batch needs "
+                            "an example")
     if 0 < len(records) < accel.num_processes:
         # Every batch is dealt out among the processes; one with no example has nothing to collate.
         raise PotstillError(f"train: {len(records)} training example{'s' if len(records) > 1 else ''} for "
@@ -364,7 +377,7 @@ def _setup(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: li
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
                             fused=accel.distributed_type.value != "FSDP")
     total = max(1, math.ceil(math.ceil(len(examples) / cfg.batch_size) * cfg.epochs))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_schedule(cfg.warmup_steps, total))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_schedule(cfg.warmup_steps, total, cfg.lr_scheduler))
     module = _LossModule(model, base, compile=cfg.compile)
     tied = base.get_output_embeddings().weight is base.get_input_embeddings().weight
     module, opt = accel.prepare(module, opt)
@@ -386,9 +399,12 @@ def _resume(s: _Setup, lm: LM, cfg: TrainConfig, max_length: int, out_dir: Path,
     tokens, start, elapsed0 = 0, 0, 0.0
     ckpt_dir = out_dir.parent / f"{out_dir.name}.ckpt"
     # Settings the steps do not read stay out: how to resume and save, where, and int8_calibration
-    # (read after the last step), so changing them on a rerun still resumes.
+    # (read after the last step), so changing them on a rerun still resumes. So do grad_accum_steps
+    # (the same update, split for memory: a run that ran out of memory resumes with more micro-batches)
+    # and eval_every (the val passes change no weight and draw no random number).
     fingerprint = hash_obj({"cfg": cfg.model_dump(exclude={"resume", "checkpoint_every", "device",
-                                                           "int8_calibration"}),
+                                                           "int8_calibration", "grad_accum_steps",
+                                                           "eval_every"}),
                             "data": [(e.ids, e.n_prompt, e.teacher_logprobs, e.topk) for e in s.examples],
                             "max_length": max_length, "world": s.accel.num_processes, "model": lm.identity})
     found = checkpoint.latest(ckpt_dir, fingerprint) if cfg.resume and cfg.checkpoint_every else None
@@ -446,9 +462,11 @@ def _steps(s: _Setup, p: _Progress, lm: LM, cfg: TrainConfig, max_length: int, m
     p.done = p.start
     for step in range(p.start, s.total):
         mine, onpolicy = _next_batch(s, p, lm, cfg)
-        b = collate(mine, lm.tokenizer.pad_token_id, accel.device, pack=cfg.pack, max_length=max_length,
-                    kd_tokens=s.signal == "logits", with_topk=s.signal == "topk")
-        logged, grad_norm = _optimiser_step(s, cfg, mine, b)
+        # grad_accum_steps micro-batches of balanced token counts (one, the whole share, by default).
+        micro = [collate(m, lm.tokenizer.pad_token_id, accel.device, pack=cfg.pack, max_length=max_length,
+                         kd_tokens=s.signal == "logits", with_topk=s.signal == "topk")
+                 for m in deal(mine, cfg.grad_accum_steps)]
+        logged, grad_norm = _optimiser_step(s, cfg, mine, micro)
         if not math.isfinite(logged["loss"]):
             # Every later step would be NaN too, and a student saved from here answers nothing
             # (the loss is global, so every process stops here alike).
@@ -460,6 +478,9 @@ def _steps(s: _Setup, p: _Progress, lm: LM, cfg: TrainConfig, max_length: int, m
         p.last_loss = logged["loss"]
         row = {"step": step + 1, **logged, "grad_norm": grad_norm, "onpolicy": onpolicy,
                "lr": s.sched.get_last_lr()[0], "tokens": p.tokens, "elapsed_s": round(time.perf_counter() - t0, 3)}
+        if cfg.eval_every and s.val_examples and ((step + 1) % cfg.eval_every == 0 or step + 1 == s.total):
+            # Every process takes part (under FSDP the forward gathers shards); the main one writes it.
+            p.val_loss = row["val_loss"] = _val_loss(s, lm, cfg, max_length)
         mf.write(json.dumps(row) + "\n")
         mf.flush()  # so `tail -f metrics.jsonl` follows a run
         if on_row:
@@ -495,22 +516,43 @@ def _next_batch(s: _Setup, p: _Progress, lm: LM, cfg: TrainConfig) -> tuple[list
     return mine, onpolicy
 
 
-def _optimiser_step(s: _Setup, cfg: TrainConfig, mine: list[Example], b: Batch) -> tuple[dict[str, float], float]:
-    """Loss, backward and one optimiser step; the loss terms and token count as global values, and the grad norm."""
+def _optimiser_step(s: _Setup, cfg: TrainConfig, mine: list[Example], micro: list[Batch]) -> tuple[dict[str, float], float]:
+    """Loss and backward of each micro-batch, then one optimiser step; the loss terms and token
+    count as global values, and the grad norm before clipping.
+
+    Every term of every micro-batch is divided by the term's count over all of them (and all
+    processes), so the summed gradients are those of one batch of ``mine``: not the mean of
+    per-micro-batch means, which weights a token by how few others its micro-batch holds."""
     accel, teacher = s.accel, s.teacher
-    counts = global_counts(accel, b, TERMS)
-    th = teacher.hidden(b) if teacher is not None and counts["kd"] else None
-    with accel.autocast(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=s.cpu_bf16):
-        sums = s.module(b, s.spec, th, teacher.w if teacher else None)
-        loss, parts = combine(sums, counts, cfg)
-    accel.backward(loss * accel.num_processes)  # DDP averages gradients over processes; the terms are global means
+    local = {k: sum(b.counts()[k] for b in micro) for k in TERMS}
+    counts = global_counts(accel, local, TERMS)
+    loss = torch.zeros((), device=accel.device)
+    parts: dict[str, Any] = {}
+    for i, b in enumerate(micro):
+        # DDP all-reduces in the last micro-batch's backward only; the others add to local gradients.
+        with accel.no_sync(s.module) if i < len(micro) - 1 else contextlib.nullcontext():
+            th = teacher.hidden(b) if teacher is not None and b.counts()["kd"] else None
+            with accel.autocast(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=s.cpu_bf16):
+                sums = s.module(b, s.spec, th, teacher.w if teacher else None)
+                part_loss, part = combine(sums, counts, cfg)
+            # DDP averages gradients over processes; the terms are global means.
+            accel.backward(part_loss * accel.num_processes)
+        loss = loss + part_loss.detach()
+        for k, v in part.items():
+            parts[k] = parts.get(k, 0.0) + (v.detach() if torch.is_tensor(v) else v)
     # Through accelerate, so the norm is of the whole model under FSDP too (shards summed).
-    grad_norm = float(accel.clip_grad_norm_(s.module.parameters(), float("inf")))
+    grad_norm = float(accel.clip_grad_norm_(s.module.parameters(), cfg.max_grad_norm or float("inf")))
     s.opt.step()
     s.sched.step()
     s.opt.zero_grad(set_to_none=True)
     logged = global_values(accel, {"loss": loss, **parts, "tokens": float(sum(len(e.ids) for e in mine))})
     return logged, grad_norm
+
+
+def _val_loss(s: _Setup, lm: LM, cfg: TrainConfig, max_length: int) -> float | None:
+    # On the prepared module: under FSDP every process takes part in gathering the shards.
+    return evaluate_loss(s.module, s.val_examples, cfg, s.spec, s.teacher, lm.tokenizer.pad_token_id,
+                         s.accel.device, max_length, s.signal)
 
 
 def _save_student(s: _Setup, lm: LM, cfg: TrainConfig, out_dir: Path, ckpt_dir: Path) -> None:

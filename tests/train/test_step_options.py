@@ -1,0 +1,108 @@
+"""The optimiser step's options on a tiny model: gradient accumulation (the same update as one
+batch), gradient clipping, the learning-rate schedule and periodic validation loss."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from potstill.config import TaskConfig, TrainConfig
+from potstill.errors import PotstillError
+from potstill.models.loading import load_lm
+from potstill.records import Record
+from potstill.students import student_format
+from potstill.tasks import get_task
+from potstill.train.trainer import train
+
+LABELS = ["sports", "tech", "politics"]
+# Lengths differ a lot, so micro-batches hold different token counts: a mean of per-micro-batch
+# means would weight the short examples' tokens more than one batch does.
+TEXTS = ["the team won the match in the last minute of the game after a long season", "new phone",
+         "the minister and the party said the vote would come next week", "a goal",
+         "the internet and computer software", "a vote", "the bank profit", "a film star and the award night"]
+
+
+def _run(model_dir, out, texts=TEXTS, **overrides):
+    task = get_task(TaskConfig(type="classification", labels=LABELS, instruction="classify the text"))
+    records = [Record(messages=[{"role": "user", "content": t}], output=LABELS[i % 3], valid=True,
+                      label_probs={lab: (0.8 if j == i % 3 else 0.1) for j, lab in enumerate(LABELS)})
+               for i, t in enumerate(texts)]
+    lm = load_lm(str(model_dir), device="cpu")  # fp32 on any machine: the tolerances below are fp32's
+    cfg = TrainConfig(**{"objective": "kd", "kd_weight": 2.0, "lr": 0.01, "batch_size": 4, "epochs": 2, "seed": 2,
+                         "int8_calibration": 0, **overrides})
+    summary = train(lm, student_format(lm, task), task, records, records[:3], cfg, 64, out / "student",
+                    out / "metrics.jsonl")
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return summary, rows
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_accumulated_micro_batches_make_the_update_of_one_batch(tiny_model, tmp_path, pack):
+    one, rows1 = _run(tiny_model, tmp_path / "one", pack=pack)
+    for accum in (2, 4):
+        acc, rows = _run(tiny_model, tmp_path / f"acc{accum}", pack=pack, grad_accum_steps=accum)
+        assert len(rows) == len(rows1) == 4 and acc["tokens"] == one["tokens"]
+        for a, b in zip(rows, rows1):
+            for key in ("loss", "ce", "kd", "grad_norm", "tokens"):
+                assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (accum, a["step"], key)
+        wa = load_lm(str(tmp_path / f"acc{accum}" / "student")).model.state_dict()
+        wb = load_lm(str(tmp_path / "one" / "student")).model.state_dict()
+        # Adam divides by sqrt(v): where a gradient is ~0, a 1e-7 difference in it (the sums run in
+        # another order) moved one weight of 2,048 by 1.8e-4; 1e-3 is a tenth of one lr=0.01 step.
+        for k in wa:
+            torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-3)
+    assert acc["val_loss"] == pytest.approx(one["val_loss"], rel=1e-5)
+
+
+def test_more_micro_batches_than_examples_is_one_line(tiny_model, tmp_path):
+    with pytest.raises(PotstillError, match=r"train.batch_size 4 is smaller than the 1 process x "
+                                            r"train.grad_accum_steps 8: every micro-batch needs an example"):
+        _run(tiny_model, tmp_path, grad_accum_steps=8)
+
+
+def test_gradients_are_clipped_to_max_grad_norm(tiny_model, tmp_path, monkeypatch):
+    """The optimiser sees gradients of norm at most max_grad_norm; metrics.jsonl keeps the norm before."""
+    seen = []
+    real = torch.optim.AdamW.step
+
+    def step(self, *a, **kw):
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        seen.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(x) for x in grads]))))
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    _, free = _run(tiny_model, tmp_path / "free")
+    assert seen == pytest.approx([r["grad_norm"] for r in free], rel=1e-5)
+    limit = 0.5 * min(r["grad_norm"] for r in free)
+    seen.clear()
+    _, clipped = _run(tiny_model, tmp_path / "clipped", max_grad_norm=limit)
+    assert clipped[0]["grad_norm"] == pytest.approx(free[0]["grad_norm"], rel=1e-6)  # same first step
+    assert all(r["grad_norm"] > limit for r in clipped)
+    assert seen == pytest.approx([limit] * len(clipped), rel=1e-4)
+    assert clipped[1]["loss"] != pytest.approx(free[1]["loss"], rel=1e-6)  # the clip changed the update
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine", "constant"])
+def test_the_learning_rate_follows_the_schedule(tiny_model, tmp_path, kind):
+    _, rows = _run(tiny_model, tmp_path, epochs=5, warmup_steps=2, lr_scheduler=kind)
+    total, warm = len(rows), 2
+    assert total == 10
+
+    def want(step):  # the rate the optimiser step `step` (0-based) ran at
+        if step < warm:
+            return (step + 1) / warm
+        done = (step - warm) / (total - warm)
+        return {"linear": 1 - done, "cosine": 0.5 * (1 + math.cos(math.pi * done)), "constant": 1.0}[kind]
+
+    # metrics.jsonl's lr is the scheduler's after its step: the rate the next step runs at.
+    assert [r["lr"] for r in rows] == pytest.approx([0.01 * want(i + 1) for i in range(total)], abs=1e-12)
+
+
+def test_val_loss_every_n_steps_leaves_the_curve_alone(tiny_model, tmp_path):
+    base, rows = _run(tiny_model, tmp_path / "plain", epochs=3)
+    summary, every = _run(tiny_model, tmp_path / "every", epochs=3, eval_every=2)
+    assert [r["loss"] for r in every] == [r["loss"] for r in rows]  # bit for bit: no weight or draw changed
+    assert [r["step"] for r in every if "val_loss" in r] == [2, 4, 6]
+    assert every[-1]["val_loss"] == summary["val_loss"] == base["val_loss"]
+    assert every[1]["val_loss"] != every[3]["val_loss"]
