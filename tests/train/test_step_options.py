@@ -23,12 +23,14 @@ TEXTS = ["the team won the match in the last minute of the game after a long sea
          "the internet and computer software", "a vote", "the bank profit", "a film star and the award night"]
 
 
-def _run(model_dir, out, texts=TEXTS, **overrides):
+def _run(model_dir, out, texts=TEXTS, dropout=0.0, **overrides):
     task = get_task(TaskConfig(type="classification", labels=LABELS, instruction="classify the text"))
     records = [Record(messages=[{"role": "user", "content": t}], output=LABELS[i % 3], valid=True,
                       label_probs={lab: (0.8 if j == i % 3 else 0.1) for j, lab in enumerate(LABELS)})
                for i, t in enumerate(texts)]
     lm = load_lm(str(model_dir), device="cpu")  # fp32 on any machine: the tolerances below are fp32's
+    for layer in lm.model.model.layers:
+        layer.self_attn.attention_dropout = dropout
     cfg = TrainConfig(**{"objective": "kd", "kd_weight": 2.0, "lr": 0.01, "batch_size": 4, "epochs": 2, "seed": 2,
                          "int8_calibration": 0, **overrides})
     summary = train(lm, student_format(lm, task), task, records, records[:3], cfg, 64, out / "student",
@@ -106,3 +108,46 @@ def test_val_loss_every_n_steps_leaves_the_curve_alone(tiny_model, tmp_path):
     assert [r["step"] for r in every if "val_loss" in r] == [2, 4, 6]
     assert every[-1]["val_loss"] == summary["val_loss"] == base["val_loss"]
     assert every[1]["val_loss"] != every[3]["val_loss"]
+
+
+def test_gradient_checkpointing_recomputes_each_layer_and_keeps_the_curve(tiny_model, tmp_path, monkeypatch):
+    """Each layer runs twice a step (forward, then again in the backward) and, with dropout on, the
+    recomputation draws the forward's masks: the curve is the one without checkpointing, bit for bit."""
+    from transformers.models.llama.modeling_llama import LlamaMLP
+
+    calls = []
+    real = LlamaMLP.forward
+
+    def forward(self, *a, **kw):
+        calls.append(1)
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(LlamaMLP, "forward", forward)  # inside the checkpointed layer: runs again in the recompute
+    plain, rows = _run(tiny_model, tmp_path / "plain", dropout=0.3, eval_every=4)
+    n_plain = len(calls)
+    calls.clear()
+    ckpt, rows_ckpt = _run(tiny_model, tmp_path / "ckpt", dropout=0.3, eval_every=4, gradient_checkpointing=True)
+    steps, layers = len(rows), 2
+    assert len(calls) == n_plain + steps * layers  # one recompute per layer and step (none in val passes)
+    assert [(r["loss"], r["grad_norm"]) for r in rows_ckpt] == [(r["loss"], r["grad_norm"]) for r in rows]
+    assert ckpt["val_loss"] == plain["val_loss"]
+    saved = load_lm(str(tmp_path / "ckpt" / "student")).model
+    assert not any(getattr(m, "gradient_checkpointing", False) for m in saved.modules())
+
+
+def test_gradient_checkpointing_records_nothing_below_the_trained_layers(tiny_model_b, tmp_path, monkeypatch):
+    """With trainable_layers the frozen bottom runs without autograd; transformers' checkpointing
+    also hooks the input embeddings to require a gradient, which would record it all again."""
+    from transformers.models.llama.modeling_llama import LlamaMLP
+
+    grad_on = []
+    real = LlamaMLP.forward
+
+    def forward(self, x, *a, **kw):
+        grad_on.append(x.requires_grad)
+        return real(self, x, *a, **kw)
+
+    monkeypatch.setattr(LlamaMLP, "forward", forward)
+    _run(tiny_model_b, tmp_path, epochs=0.5, trainable_layers=1, gradient_checkpointing=True)
+    # 3 layers: the bottom two frozen see inputs without a gradient; the top one twice (forward, recompute).
+    assert grad_on[:4] == [False, False, True, True], grad_on

@@ -271,6 +271,8 @@ def train(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: lis
     except torch._dynamo.exc.BackendCompilerFailed as e:  # inductor's failures (no C++ compiler, ...) are pages long
         raise compile_failed("train", e) from None
     _save_student(s, lm, cfg, out_dir, p.ckpt_dir)
+    if cfg.gradient_checkpointing:  # the caller's model goes on to answer, not to train
+        _activation_checkpointing(s.base, False)
     return {"steps": s.total, "examples": len(s.examples), "tokens": p.tokens, "train_s": train_s,
             "tokens_per_s": p.tokens / train_s if train_s else None, "trainable_parameters": s.n_trainable,
             "final_loss": p.last_loss, "val_loss": val_loss, "method": cfg.method, "objective": cfg.objective,
@@ -290,8 +292,30 @@ def _student_model(lm: LM, cfg: TrainConfig) -> tuple[Any, Any]:
         model = lm.model.float().train()
         freeze_for(model, cfg)
         base = model
+    if cfg.gradient_checkpointing:
+        if not getattr(base, "supports_gradient_checkpointing", False):
+            raise PotstillError(f"train.gradient_checkpointing: {type(base).__name__} does not support it in "
+                                "transformers; set it to false")
+        _activation_checkpointing(base, True)
     model.train()
     return model, base
+
+
+def _activation_checkpointing(base: Any, on: bool) -> None:
+    """transformers' activation checkpointing of every decoder layer, on or off.
+
+    Non-reentrant: the recomputation runs under the forward's RNG state (the same dropout masks),
+    under torch.compile too, and needs no input that requires a gradient. transformers also makes
+    the input embeddings' output require one (for the reentrant kind, and LoRA under it); that hook
+    is removed, else autograd would record the frozen layers below ``trainable_layers`` again.
+    transformers 5.25 renamed ``gradient_checkpointing_*`` to ``activation_checkpointing_*``."""
+    new = "activation" if hasattr(base, "activation_checkpointing_enable") else "gradient"
+    if not on:
+        getattr(base, f"{new}_checkpointing_disable")()
+        return
+    getattr(base, f"{new}_checkpointing_enable")(**{f"{new}_checkpointing_kwargs": {"use_reentrant": False}})
+    if getattr(base, "_require_grads_hook", None) is not None:
+        base.disable_input_require_grads()
 
 
 def _lr_schedule(warmup_steps: int, total: int, kind: str = "linear"):
