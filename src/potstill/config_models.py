@@ -10,7 +10,7 @@ are in ``potstill.config``, which re-exports all of them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -152,7 +152,13 @@ class TrainConfig(Section):
     lora_r: int = Field(16, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(32, ge=1, description="LoRA alpha.")
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
+    lora_targets: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Modules given LoRA adapters: all-linear (every linear layer but the LM head), "
+        "or names as PEFT's target_modules takes them, e.g. [q_proj, v_proj].")
     epochs: float = Field(1.0, gt=0, description="Passes over the training set.")
+    max_steps: int | None = Field(
+        None, ge=1, description="Optimizer steps to run, instead of the number epochs gives (batches keep "
+        "drawing from reshuffled passes).")
     batch_size: int = Field(8, ge=1, description="Examples per optimizer step (all processes together).")
     grad_accum_steps: int = Field(
         1, ge=1, description="Run each step's batch_size examples as this many micro-batches, one after another, "
@@ -172,6 +178,14 @@ class TrainConfig(Section):
         "column; the last step's is train.json's val_loss either way). 0: only after the last step.")
     seed: int = Field(0, description="Seed for shuffling and initialisation.")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N.")
+
+    @field_validator("lora_targets", mode="before")
+    @classmethod
+    def _one_target(cls, v: Any) -> Any:
+        # `lora_targets: q_proj` in YAML is one module; `--train.lora_targets all-linear` arrives as a list of one.
+        if isinstance(v, str) and v != "all-linear":
+            return [v]
+        return "all-linear" if v == ["all-linear"] else v
 
     @model_validator(mode="after")
     def _layers_for_full_only(self) -> "TrainConfig":

@@ -151,3 +151,24 @@ def test_gradient_checkpointing_records_nothing_below_the_trained_layers(tiny_mo
     _run(tiny_model_b, tmp_path, epochs=0.5, trainable_layers=1, gradient_checkpointing=True)
     # 3 layers: the bottom two frozen see inputs without a gradient; the top one twice (forward, recompute).
     assert grad_on[:4] == [False, False, True, True], grad_on
+
+
+def test_lora_adapters_go_where_lora_targets_says(tiny_model, tmp_path):
+    summary, _ = _run(tiny_model, tmp_path / "qv", epochs=0.5, method="lora", lora_r=2, lora_targets=["q_proj", "v_proj"])
+    every, _ = _run(tiny_model, tmp_path / "all", epochs=0.5, method="lora", lora_r=2)
+    # 2 layers, H=32, 2 KV heads of 8: q 32->32 and v 32->16, r=2: (32+32)*2 + (32+16)*2 = 224 per layer.
+    assert summary["trainable_parameters"] == 2 * 224
+    assert every["trainable_parameters"] > summary["trainable_parameters"]
+    adapter = json.loads((tmp_path / "qv" / "student" / "adapter_config.json").read_text())
+    assert sorted(adapter["target_modules"]) == ["q_proj", "v_proj"]
+
+
+def test_a_lora_target_the_student_lacks_is_one_line(tiny_model, tmp_path):
+    with pytest.raises(PotstillError, match=r"train.lora_targets: query_key_value names no linear layer of this "
+                                            r"student \(its linear layers: down_proj, gate_proj, k_proj, lm_head"):
+        _run(tiny_model, tmp_path, method="lora", lora_targets=["q_proj", "query_key_value"])
+
+
+def test_max_steps_sets_the_number_of_steps(tiny_model, tmp_path):
+    summary, rows = _run(tiny_model, tmp_path, epochs=1, max_steps=5)  # 8 examples, batches of 4: past one pass
+    assert summary["steps"] == 5 and [r["step"] for r in rows] == [1, 2, 3, 4, 5] and rows[-1]["lr"] == 0.0

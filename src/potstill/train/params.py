@@ -35,8 +35,15 @@ def freeze_for(model: Any, cfg: TrainConfig) -> None:
 def apply_lora(model: Any, cfg: TrainConfig) -> Any:
     from peft import LoraConfig, get_peft_model
 
+    targets = cfg.lora_targets
+    if targets != "all-linear":
+        names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        missing = sorted(set(targets) - names)
+        if missing:  # PEFT names only the first miss, after building the model's wrapper
+            raise PotstillError(f"train.lora_targets: {', '.join(missing)} name{'s' if len(missing) == 1 else ''} no "
+                                f"linear layer of this student (its linear layers: {', '.join(sorted(names))})")
     conf = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules="all-linear", task_type="CAUSAL_LM")
+                      target_modules=targets, task_type="CAUSAL_LM")
     return get_peft_model(model, conf)
 
 

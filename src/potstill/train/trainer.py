@@ -400,7 +400,7 @@ def _setup(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: li
     # FSDP keeps the per-tensor loop, the path its flat parameters were tested with.
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
                             fused=accel.distributed_type.value != "FSDP")
-    total = max(1, math.ceil(math.ceil(len(examples) / cfg.batch_size) * cfg.epochs))
+    total = cfg.max_steps or max(1, math.ceil(math.ceil(len(examples) / cfg.batch_size) * cfg.epochs))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_schedule(cfg.warmup_steps, total, cfg.lr_scheduler))
     module = _LossModule(model, base, compile=cfg.compile)
     tied = base.get_output_embeddings().weight is base.get_input_embeddings().weight
