@@ -1,12 +1,15 @@
-"""Experiment tracking: each finished train, evaluate and redistill logged to MLflow, W&B or TensorBoard.
+"""Experiment tracking: train, evaluate and redistill logged to MLflow, W&B or TensorBoard.
 
 The run directory stays the record (its manifest, metrics.jsonl, eval.json); a tracker gets a copy
 so runs can be compared in the tools teams already use. ``tracking: [mlflow]`` in potstill.yaml
-turns it on; the stages call two hooks:
+turns it on; the stages call these hooks:
 
 - ``check(cfg)`` before any work, so a tracker that is not installed is one clear error up front
   rather than after an hour of training;
-- ``log_stage(cfg, stage, ...)`` after the stage finished (not when it was skipped as up to date).
+- while a training runs, ``tracking_live.Live`` opens each tracker's run and logs every
+  metrics.jsonl row as it is written (so the curve can be watched as it grows);
+- ``log_stage(cfg, stage, ...)`` after the stage finished (not when it was skipped as up to date):
+  the run opened live gets the rest; a stage not followed live is logged whole here.
 
 Every backend gets the same run: named after the run directory, tagged with the stage and the
 SHA-256 of ``manifest.json`` as it stands once the stage is recorded (so a tracked run points at
@@ -110,7 +113,7 @@ class Run:
 
     def recorded_tags(self) -> dict[str, str]:
         """The tags with the SHA-256 of manifest.json as it stands now: read when the stage is
-        recorded, once its tracker run is open."""
+        recorded, which for a run followed live is long after its tracker run opened."""
         manifest = self.run_dir / "manifest.json"
         return {**self.tags, "potstill.manifest_sha256": hash_path(manifest) if manifest.exists() else ""}
 
@@ -193,7 +196,8 @@ class WandbRun:
 
     def log(self, rows: list[dict[str, float]]) -> None:
         for row in rows:
-            self.w.log({k: v for k, v in row.items() if k != "step"}, step=int(row["step"]))
+            # commit: a row is whole when logged; W&B would otherwise hold it until the next step's.
+            self.w.log({k: v for k, v in row.items() if k != "step"}, step=int(row["step"]), commit=True)
 
     def finish(self, run: Run) -> str:
         self.w.tags = (run.stage, run.recorded_tags()["potstill.manifest_sha256"][:12])
@@ -231,6 +235,8 @@ class TensorBoardRun:
             for k, v in row.items():
                 if k != "step":
                     self.w.add_scalar(k, v, int(row["step"]))
+        # SummaryWriter writes its queue every 120 s (or 10 events): a live curve would lag by minutes.
+        self.w.flush()
 
     def finish(self, run: Run) -> str:
         for k, v in run.metrics.items():
@@ -271,10 +277,13 @@ def not_tracked(stage: str, name: str, e: Exception) -> None:
 
 def log_stage(cfg: Config, stage: str, params: dict[str, Any], metrics: dict[str, float],
               steps: Iterable[dict[str, Any]] = (), artifacts: Iterable[Path] = (),
-              run_dir: Path | None = None) -> list[str]:
+              run_dir: Path | None = None, live: Any = None) -> list[str]:
     """Log one finished stage to every tracker in ``cfg.tracking`` (a no-op when it is empty).
 
     ``steps``: metrics.jsonl rows (each with ``step``); ``run_dir`` defaults to ``cfg.run_dir``.
+    ``live``: the ``tracking_live.Live`` that followed the stage's training, whose open tracker
+    runs get the rest (final metrics, artifacts, tags) rather than a second run being made; the
+    steps go only to trackers it did not follow.
     Returns the trackers that failed (a server down, a store not writable), each said in one line:
     the stage's own record in the run directory is complete either way, so an hour of training is
     not turned into a traceback by its copy."""
@@ -283,13 +292,18 @@ def log_stage(cfg: Config, stage: str, params: dict[str, Any], metrics: dict[str
     run = Run(Path(run_dir or cfg.run_dir), stage, params, metrics, series(steps), list(artifacts))
     failed = []
     for name in cfg.tracking:
+        if live is not None and name in live.failed:  # said when it failed
+            failed.append(name)
+            continue
         try:
-            tracker = BACKENDS[name](run)
-            try:
-                tracker.log(run.steps)
-            except BaseException:
-                tracker.abandon()
-                raise
+            tracker = live.take(name) if live is not None else None
+            if tracker is None:
+                tracker = BACKENDS[name](run)
+                try:
+                    tracker.log(run.steps)
+                except BaseException:
+                    tracker.abandon()
+                    raise
             say(f"{stage}: tracked as {without_credentials(finish(tracker, run))}")
         except Exception as e:
             failed.append(name)
@@ -297,15 +311,16 @@ def log_stage(cfg: Config, stage: str, params: dict[str, Any], metrics: dict[str
     return failed
 
 
-def after_stage(cfg: Config, stage: str, params: dict[str, Any], summary: dict[str, Any], run_dir: Path) -> list[str]:
+def after_stage(cfg: Config, stage: str, params: dict[str, Any], summary: dict[str, Any], run_dir: Path,
+                live: Any = None) -> list[str]:
     """Log a pipeline stage that just ran: train with its per-step series, evaluate with its headline
     numbers. Other stages are not tracked (their numbers live in the run directory and the ledger).
-    Returns the trackers that failed (``log_stage``)."""
+    ``live``: see ``log_stage``. Returns the trackers that failed (``log_stage``)."""
     if not cfg.tracking:
         return []
     if stage == "train":
         return log_stage(cfg, "train", params, numbers(summary), read_steps(run_dir / "metrics.jsonl"),
-                         [run_dir / "train.json", run_dir / "metrics.jsonl"], run_dir=run_dir)
+                         [run_dir / "train.json", run_dir / "metrics.jsonl"], run_dir=run_dir, live=live)
     if stage == "evaluate":
         return log_stage(cfg, "evaluate", params, eval_metrics(run_dir / "eval.json"),
                          artifacts=[run_dir / "eval.json", run_dir / "report.html"], run_dir=run_dir)
