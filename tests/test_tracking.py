@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable, Iterator
 
 import pytest
 import yaml
 
+import potstill
 from potstill.config import Config, load_config
 from potstill.errors import PotstillError
 from potstill.hashing import hash_path
@@ -37,14 +41,60 @@ def config(root: Path, student: Path, **extra) -> dict:
             "train": {"lr": 0.01, "epochs": 3, "batch_size": 2}, **extra}
 
 
+@contextlib.contextmanager
+def before_each_step(callback: Callable[[int], None]) -> Iterator[None]:
+    """``callback(k)`` in the training loop right before its k-th optimiser step (1-based): the
+    rows of steps 1 .. k-1 are written to metrics.jsonl and handed to ``on_row`` by then."""
+    from potstill.train import trainer
+
+    real, calls = trainer._optimiser_step, itertools.count(1)
+
+    def step(*args, **kwargs):
+        callback(next(calls))
+        return real(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trainer, "_optimiser_step", step)
+        yield
+
+
+def mlflow_runs(run: Path, **search) -> list[tuple[str, str, dict, list[int]]]:
+    """Each run of the store in RUN/mlruns: name, status, parameters and the steps of its loss."""
+    client = mlflow.MlflowClient(tracking_uri=(run / "mlruns").as_uri())
+    exp = client.get_experiment_by_name("potstill")
+    return [(r.info.run_name, r.info.status, r.data.params,
+             sorted(m.step for m in client.get_metric_history(r.info.run_id, "loss")))
+            for r in (client.search_runs([exp.experiment_id], **search) if exp else [])]
+
+
 @pytest.fixture(scope="module")
-def tracked(tmp_path_factory, tiny_model):
+def trained(tmp_path_factory, tiny_model):
+    """The run trained with `tracking: [mlflow]`, and what the store held before each step."""
     root = tmp_path_factory.mktemp("tracking")
     write_splits(root / "run")
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     cfg = Config.model_validate(config(root, tiny_model, tracking=["mlflow"]))
-    train_stage(cfg)
-    return root / "run"
+    seen = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # to read the store before potstill has written to it
+        with before_each_step(lambda k: seen.update({k: mlflow_runs(root / "run")})):
+            train_stage(cfg)
+    return root / "run", seen
+
+
+@pytest.fixture(scope="module")
+def tracked(trained):
+    return trained[0]
+
+
+def test_train_is_in_mlflow_while_it_runs(trained):
+    """Before step k the store holds the run, RUNNING, with its parameters and the loss of every
+    step before k: the curve can be watched as the training goes, as with TRL's report_to."""
+    _, seen = trained
+    assert sorted(seen) == [1, 2, 3, 4, 5, 6]
+    for k, runs in seen.items():
+        ((name, status, params, steps),) = runs
+        assert (name, status, params["train.lr"], steps) == ("run/train", "RUNNING", "0.01", list(range(1, k)))
 
 
 def test_train_metrics_match_metrics_jsonl(tracked):
@@ -132,7 +182,8 @@ def test_a_tracker_that_fails_after_the_stage_is_logged_by_the_next_run(tmp_path
     first = train_stage(cfg)
     assert not first["skipped"]
     err = capsys.readouterr()
-    assert "train: not tracked in mlflow" in err.out + err.err and "Traceback" not in err.out + err.err
+    # One line, said when the run failed to open as the training started, not again at its end.
+    assert (err.out + err.err).count("train: not tracked in mlflow") == 1 and "Traceback" not in err.out + err.err
     assert "SECRET" not in err.out + err.err
     monkeypatch.delenv("MLFLOW_TRACKING_URI")  # the file store in RUN/mlruns
     store = mlflow.MlflowClient(tracking_uri=(tmp_path / "run" / "mlruns").as_uri())
@@ -165,3 +216,130 @@ def test_a_run_that_fails_half_logged_is_not_left_running_beside_the_retry(tmp_p
     assert client.search_runs([exp]) == []  # nothing half-logged in the default (active) view
     (gone,) = client.search_runs([exp], run_view_type=ViewType.DELETED_ONLY)
     assert gone.info.status == "FAILED" and gone.data.params == {"train.lr": "0.01"}
+
+
+def _failing(how: str, at: int) -> tuple[Callable[[int], None], Callable]:
+    """A callback for ``before_each_step`` that fails the training at step ``at`` (an error, Ctrl-C), or
+    for ``nan`` a wrapper of the optimiser step whose loss is NaN there (the trainer then raises);
+    and a check of the exception that came out."""
+    raised = {"error": RuntimeError("CUDA error: an illegal memory access"), "interrupt": KeyboardInterrupt()}.get(how)
+
+    def callback(k: int) -> None:
+        if k == at and raised is not None:
+            raise raised
+
+    def same(e: pytest.ExceptionInfo) -> bool:
+        if how == "nan":
+            return e.type is PotstillError and f"the loss is nan at step {at}" in str(e.value)
+        return e.value is raised  # the training's own exception, not one of the trackers'
+
+    return callback, same
+
+
+@pytest.mark.parametrize("how", ["error", "interrupt", "nan"])
+def test_a_training_that_fails_leaves_a_failed_run_with_its_curve(tmp_path, tiny_model, monkeypatch, how):
+    """A training that fails at step 3 ends its MLflow run FAILED and keeps it (it holds steps 1-2,
+    the real curve up to the failure), and the exception propagates unchanged. The same command then
+    resumes from the checkpoint at step 2 and opens a new run, whose curve starts with the rows kept
+    from the checkpoint: the whole curve in one run, beside the failed one."""
+    from potstill.train import trainer
+
+    write_splits(tmp_path / "run")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    cfg = Config.model_validate(config(tmp_path, tiny_model, tracking=["mlflow"],
+                                       train={"lr": 0.01, "epochs": 3, "batch_size": 2, "checkpoint_every": 2}))
+    callback, same = _failing(how, 3)
+    with pytest.MonkeyPatch.context() as mp:
+        if how == "nan":
+            real, calls = trainer._optimiser_step, itertools.count(1)
+
+            def nan_at_3(*args, **kwargs):
+                logged, grad_norm = real(*args, **kwargs)
+                return ({**logged, "loss": float("nan")} if next(calls) == 3 else logged), grad_norm
+
+            mp.setattr(trainer, "_optimiser_step", nan_at_3)
+        with before_each_step(callback), pytest.raises(BaseException) as e:
+            train_stage(cfg)
+    assert same(e), e.value
+    run = tmp_path / "run"
+    ((name, status, params, steps),) = mlflow_runs(run)
+    assert (name, status, params["train.lr"], steps) == ("run/train", "FAILED", "0.01", [1, 2])
+
+    resumed = train_stage(cfg)
+    assert resumed["resumed_from_step"] == 2
+    runs = sorted(mlflow_runs(run), key=lambda r: r[1])
+    assert [(r[0], r[1], r[3]) for r in runs] == [("run/train", "FAILED", [1, 2]),
+                                                  ("run/train", "FINISHED", [1, 2, 3, 4, 5, 6])]
+    client = mlflow.MlflowClient(tracking_uri=(run / "mlruns").as_uri())
+    (done,) = client.search_runs([client.get_experiment_by_name("potstill").experiment_id],
+                                 filter_string="attributes.status = 'FINISHED'")
+    assert done.data.tags["potstill.manifest_sha256"] == hash_path(run / "manifest.json")
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    history = sorted((m.step, m.value) for m in client.get_metric_history(done.info.run_id, "loss") if m.step > 0)
+    assert history == [(r["step"], pytest.approx(r["loss"], rel=1e-12)) for r in rows]
+
+
+def test_a_tracker_that_fails_mid_training_is_one_line_and_logged_by_the_next_run(tmp_path, tiny_model, monkeypatch,
+                                                                                 capsys):
+    """The MLflow store made unwritable under the run at step 3 (the file its grad_norm series is
+    appended to replaced by a folder; the tests run as root, so a chmod would not stop a write): one
+    line, the training goes on to the end, the half-logged run is failed and deleted as one
+    half-logged at the end is, and the next run of the stage (skipped as up to date) logs the whole
+    stage, once."""
+    from mlflow.entities import ViewType
+
+    write_splits(tmp_path / "run")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    run = tmp_path / "run"
+    client = mlflow.MlflowClient(tracking_uri=(run / "mlruns").as_uri())
+
+    def break_store(k: int) -> None:
+        if k == 3:
+            (r,) = client.search_runs([client.get_experiment_by_name("potstill").experiment_id])
+            series = run / "mlruns" / r.info.experiment_id / r.info.run_id / "metrics" / "grad_norm"
+            series.unlink()
+            series.mkdir()
+
+    cfg = Config.model_validate(config(tmp_path, tiny_model, tracking=["mlflow"]))
+    with before_each_step(break_store):
+        first = train_stage(cfg)
+    assert not first["skipped"] and first["steps"] == 6
+    said = capsys.readouterr()
+    lines = [ln for ln in (said.out + said.err).splitlines() if "not tracked" in ln]
+    assert len(lines) == 1 and lines[0].startswith("train: not tracked in mlflow"), lines
+    assert json.loads((run / "manifest.json").read_text())["stages"]["train"]["untracked"] == ["mlflow"]
+    assert mlflow_runs(run) == []
+    ((_, status, _, steps),) = mlflow_runs(run, run_view_type=ViewType.DELETED_ONLY)
+    assert status == "FAILED" and steps[:2] == [1, 2] and len(steps) <= 3  # step 3's row failed part-way
+
+    for _ in range(2):
+        assert train_stage(cfg)["skipped"]
+    ((name, status, params, steps),) = mlflow_runs(run)
+    assert (name, status, steps) == ("run/train", "FINISHED", [1, 2, 3, 4, 5, 6])
+    assert "untracked" not in json.loads((run / "manifest.json").read_text())["stages"]["train"]
+
+
+def test_under_torchrun_only_the_main_process_tracks(tmp_path, tiny_model, monkeypatch):
+    """`potstill train` in two processes (torchrun, gloo on CPU): rank 0 alone opens, follows and
+    finishes the runs, so there is one MLflow run holding each step once and one TensorBoard event
+    file. (The code before live tracking logged on rank 0 too: this guards the live path, it is not
+    a test that failed before.)"""
+    write_splits(tmp_path / "run")
+    (tmp_path / "potstill.yaml").write_text(yaml.safe_dump(config(tmp_path, tiny_model,
+                                                                  tracking=["mlflow", "tensorboard"])))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # this process reads the store
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # two CPU ranks (gloo), even on a GPU machine
+    # The potstill under test, from any cwd (a relative PYTHONPATH=src would name nothing in tmp_path).
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(potstill.__file__).parents[1]), env.get("PYTHONPATH")]))
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m", "potstill", "train", "-c", "potstill.yaml"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path / "run"
+    assert json.loads((run / "train.json").read_text())["processes"] == 2
+    ((name, status, _, steps),) = mlflow_runs(run)
+    assert (name, status, steps) == ("run/train", "FINISHED", [1, 2, 3, 4, 5, 6])
+    assert len(list((run / "tensorboard" / "train").glob("events.out.tfevents.*"))) == 1

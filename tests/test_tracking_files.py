@@ -20,10 +20,11 @@ import yaml
 from potstill.config import Config
 from potstill.hashing import hash_path
 from potstill.train.stage import train_stage
-from tests.test_tracking import config, write_splits
+from tests.test_tracking import _failing, before_each_step, config, write_splits
 
 wandb = pytest.importorskip("wandb")
 pytest.importorskip("tensorboard")
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 
 def wandb_records(path: Path) -> Iterator[bytes]:
@@ -70,6 +71,8 @@ def read_wandb(run_dir: Path) -> dict:
             out["summary"].update({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.summary.update})
         elif kind == "artifact":
             out["artifacts"][r.artifact.name] = [e.path for e in r.artifact.manifest.contents]
+        elif kind == "exit":
+            out["exit_code"] = r.exit.exit_code
     return out
 
 
@@ -85,16 +88,50 @@ def offline(tmp_path_factory):
         yield
 
 
+def tensorboard_events(run: Path) -> EventAccumulator:
+    acc = EventAccumulator(str(run / "tensorboard" / "train"), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def tensorboard_steps(run: Path, key: str = "loss") -> list[int]:
+    if not (run / "tensorboard" / "train").is_dir():
+        return []
+    acc = tensorboard_events(run)
+    return [e.step for e in acc.Scalars(key)] if key in acc.Tags()["scalars"] else []
+
+
 @pytest.fixture(scope="module")
-def tracked(tmp_path_factory, tiny_model, offline):
+def trained(tmp_path_factory, tiny_model, offline):
+    """The run trained with `tracking: [wandb, tensorboard]`, and what each had written before each step."""
     root = tmp_path_factory.mktemp("tracking-files")
     write_splits(root / "run")
-    train_stage(Config.model_validate(config(root, tiny_model, tracking=["wandb", "tensorboard"])))
-    return root / "run"
+    seen = {}
+
+    def look(k: int) -> None:
+        seen[k] = {"wandb runs": len(list((root / "run").glob("wandb/offline-run-*"))),
+                   "tensorboard steps": tensorboard_steps(root / "run")}
+
+    with before_each_step(look):
+        train_stage(Config.model_validate(config(root, tiny_model, tracking=["wandb", "tensorboard"])))
+    return root / "run", seen
+
+
+@pytest.fixture(scope="module")
+def tracked(trained):
+    return trained[0]
 
 
 def steps(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_the_trackers_follow_the_training_as_it_runs(trained):
+    """Before step k TensorBoard's event files already hold the loss of every step before k (the
+    writer is flushed after each row; by itself it writes every 120 s), and the W&B run is open
+    (its offline file holds a step's row only once the next begins, so only its folder is checked)."""
+    _, seen = trained
+    assert seen == {k: {"wandb runs": 1, "tensorboard steps": list(range(1, k))} for k in range(1, 7)}
 
 
 def test_wandb_holds_the_step_series_summary_and_artifacts(tracked):
@@ -106,17 +143,15 @@ def test_wandb_holds_the_step_series_summary_and_artifacts(tracked):
     assert len(rows) == 6
     for key in ("loss", "grad_norm", "lr", "tokens"):
         assert [h[key] for h in w["history"]] == [pytest.approx(float(r[key]), rel=1e-12) for r in rows]
-    assert [h["_step"] for h in w["history"]] == [r["step"] for r in rows]
+    assert [h["_step"] for h in w["history"]] == [r["step"] for r in rows]  # every step, once
+    assert w["exit_code"] == 0
     train = json.loads((tracked / "train.json").read_text())
     assert w["summary"]["final_loss"] == pytest.approx(train["final_loss"])
     assert w["artifacts"] == {"run-train-train.json": ["train.json"], "run-train-metrics.jsonl": ["metrics.jsonl"]}
 
 
 def test_tensorboard_holds_the_step_series_and_the_run(tracked):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(tracked / "tensorboard" / "train"), size_guidance={"scalars": 0, "tensors": 0})
-    acc.Reload()
+    acc = tensorboard_events(tracked)
     rows = steps(tracked)
     for key in ("loss", "grad_norm", "lr"):
         series = [(e.step, e.value) for e in acc.Scalars(key) if e.step > 0]
@@ -147,3 +182,19 @@ def test_potstill_train_says_where_each_tracker_wrote_and_wandb_warns_of_nothing
     assert f"train: tracked as wandb run offline in {folder}" in " ".join(said.split())
     assert f"tracked as tensorboard events at {tmp_path / 'run' / 'tensorboard' / 'train'}" in " ".join(said.split())
     assert "wandb: WARNING" not in said and "wandb:" in said  # W&B spoke, and warned of nothing
+
+
+@pytest.mark.parametrize("how", ["error", "interrupt"])
+def test_a_training_that_fails_ends_its_wandb_run_failed_and_keeps_its_event_files(tmp_path, tiny_model, offline,
+                                                                                  how):
+    """A training that fails at step 3: the W&B run holds steps 1-2 and ends with exit code 1 (W&B
+    marks it failed), TensorBoard's event files keep steps 1-2, and the exception propagates unchanged."""
+    write_splits(tmp_path / "run")
+    callback, same = _failing(how, 3)
+    with before_each_step(callback), pytest.raises(BaseException) as e:
+        train_stage(Config.model_validate(config(tmp_path, tiny_model, tracking=["wandb", "tensorboard"])))
+    assert same(e), e.value
+    w = read_wandb(tmp_path / "run")
+    assert w["run"].display_name == "run/train" and [h["_step"] for h in w["history"]] == [1, 2]
+    assert w["exit_code"] == 1
+    assert tensorboard_steps(tmp_path / "run") == [1, 2]

@@ -14,7 +14,7 @@ import importlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import yaml
 from pydantic import BaseModel
@@ -27,6 +27,9 @@ from potstill.progress import say
 from potstill.records import Record, read_numbered, write_text
 from potstill.rundir import RunDir, exclusive
 from potstill.tasks import get_task
+
+if TYPE_CHECKING:
+    from potstill.tracking_live import Live
 
 Body = Callable[[Config, RunDir], dict[str, Any]]
 
@@ -160,16 +163,28 @@ class Stage:
             return {"skipped": True, **summary}
         module, func = self.body.split(":")
         body: Body = getattr(importlib.import_module(module), func)
-        summary = body(cfg, run)
-        if main:
-            run.mark_done(self.name, fp, list(self.outputs), {"summary": summary})
-            save_config(cfg, run, self)
-            self._track(cfg, run, summary)
+        from potstill.tracking_live import Live, following
+
+        # A body that trains follows it live in the trackers (tracking_live); the runs it opens
+        # stay open until _track gives them the recorded stage, or end failed if the stage fails.
+        live = Live.main(cfg, self.name, self._params(cfg), run.path) if self.tracked else None
+        with following(live):
+            summary = body(cfg, run)
+            if main:
+                run.mark_done(self.name, fp, list(self.outputs), {"summary": summary})
+                save_config(cfg, run, self)
+                self._track(cfg, run, summary, live=live)
         return {"skipped": False, **summary}
 
-    def _track(self, cfg: Config, run: RunDir, summary: dict[str, Any], retry: bool = False) -> None:
+    def _params(self, cfg: Config) -> dict[str, Any]:
+        """What a tracker logs as the stage's parameters: the fields that decide what it writes."""
+        return {k: get_dotted(cfg, k) for k in self.fingerprinted()}
+
+    def _track(self, cfg: Config, run: RunDir, summary: dict[str, Any], retry: bool = False,
+               live: Live | None = None) -> None:
         """Log the finished stage to its trackers; ``retry``: only to those that failed when it ran
-        (the manifest keeps their names), so a tracker that was down logs it once, on a later run."""
+        (the manifest keeps their names), so a tracker that was down logs it once, on a later run.
+        ``live``: the runs that followed its training, which get the rest rather than a second run."""
         from potstill import tracking
 
         if not self.tracked:
@@ -178,8 +193,8 @@ class Stage:
         trackers = [t for t in cfg.tracking if t in pending] if retry else list(cfg.tracking)
         if not trackers:
             return
-        failed = tracking.after_stage(cfg.model_copy(update={"tracking": trackers}), self.name,
-                                      {k: get_dotted(cfg, k) for k in self.fingerprinted()}, summary, run.path)
+        failed = tracking.after_stage(cfg.model_copy(update={"tracking": trackers}), self.name, self._params(cfg),
+                                      summary, run.path, live=live)
         run.set_untracked(self.name, sorted(set(failed) | (set(pending) - set(trackers))))
 
 

@@ -438,3 +438,30 @@ def test_a_new_traffic_test_too_small_to_promote_stops_before_training(tmp_path,
     assert not (run / "students").exists() and not list((run / "redistill").glob("*/student.training"))
     rec = redistill(run, _cfg(run, **{"redistill.min_new_test": 1000, "redistill.promote": False}))
     assert rec["promotion"] is None and rec["decision"]["reason"].startswith("new-traffic test too small")
+
+
+def test_the_challengers_training_is_followed_live_in_mlflow(served_run, tmp_path, monkeypatch):
+    """The challenger trains through the same ``train()`` as `potstill train`: while it trains, the
+    redistill run is in MLflow, RUNNING, with every step before the current one; once the decision
+    is made the same run, FINISHED, gets the decision's numbers and record. One run in all."""
+    from potstill.redistill import redistill
+    from tests.test_tracking import before_each_step, mlflow, mlflow_runs
+
+    run = tmp_path / "run"
+    _copy_original(served_run, run)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    seen = {}
+    with before_each_step(lambda k: seen.update({k: mlflow_runs(run)})):
+        rec = redistill(run, _cfg(run, **{"train.epochs": 1, "tracking": ["mlflow"]}))
+    assert seen and sorted(seen) == list(range(1, len(seen) + 1))
+    for k, runs in seen.items():
+        ((name, status, params, steps),) = runs
+        assert (name, status, params["train.lr"], steps) == ("run/redistill", "RUNNING", "0.003", list(range(1, k)))
+    rows = [json.loads(ln) for ln in (run / "redistill" / rec["challenger_id"] / "metrics.jsonl").read_text().splitlines()]
+    ((name, status, _, steps),) = mlflow_runs(run)
+    assert (name, status, steps) == ("run/redistill", "FINISHED", [r["step"] for r in rows]) and len(rows) == len(seen)
+    client = mlflow.MlflowClient(tracking_uri=(run / "mlruns").as_uri())
+    (r,) = client.search_runs([client.get_experiment_by_name("potstill").experiment_id])
+    assert r.data.metrics["decision.promote"] == float(rec["decision"]["promote"])
+    assert {a.path for a in client.list_artifacts(r.info.run_id)} == {f"{rec['id']}.json", "metrics.jsonl"}

@@ -33,7 +33,7 @@ from typing import Any
 
 from rich.table import Table
 
-from potstill import tracking
+from potstill import tracking, tracking_live
 from potstill.config import Config
 from potstill.curate import Curated, curate
 from potstill.curate.dedup import conversation, dedup_key, find_duplicates
@@ -129,13 +129,25 @@ def redistill(run_dir: Path, cfg: Config) -> dict[str, Any]:
 
 
 def _redistill(run_dir: Path, cfg: Config) -> dict[str, Any]:
+    # The challenger's training is followed live in the trackers (tracking_live); the runs it opens
+    # get the decision in _publish, or end failed if a later step fails.
+    live = tracking_live.Live.main(cfg, "redistill", _tracked_params(cfg), run_dir)
+    with tracking_live.following(live):
+        return _run_steps(run_dir, cfg, live)
+
+
+def _tracked_params(cfg: Config) -> dict[str, Any]:
+    return {"redistill": cfg.redistill.model_dump(), "train": cfg.train.model_dump()}
+
+
+def _run_steps(run_dir: Path, cfg: Config, live: tracking_live.Live | None) -> dict[str, Any]:
     rc, task = cfg.redistill, get_task(cfg.task)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     champion, ledger_path = _check_run(run_dir, cfg)
     traffic, sampled, gstats = _traffic_step(ledger_path, cfg, task, timings)
     nd = _curation_step(run_dir, cfg, traffic, sampled, timings)
-    challenger, train_summary = _challenger_step(run_dir, cfg, task, nd, timings)
+    challenger, train_summary = _challenger_step(run_dir, cfg, task, nd, timings, live)
 
     # 4. comparison
     t0 = time.perf_counter()
@@ -170,7 +182,7 @@ def _redistill(run_dir: Path, cfg: Config) -> dict[str, Any]:
         "rollback": None if promotion is None else f"potstill redistill {run_dir} --rollback {promotion['previous']}",
         "settings": rc.model_dump(), "train": train_summary, "timings_s": timings,
     }
-    _publish(run_dir, cfg, rid, record, results, decision, nd.work, train_summary, promotion)
+    _publish(run_dir, cfg, rid, record, results, decision, nd.work, train_summary, promotion, live)
     return record
 
 
@@ -308,9 +320,10 @@ def _train_earlier_rounds_trained_on(run_dir: Path, cur: Curated) -> int:
     return len(moved)
 
 
-def _challenger_step(run_dir: Path, cfg: Config, task: Task, nd: _NewData,
-                     timings: dict[str, float]) -> tuple[Path, dict[str, Any]]:
-    """3. Train the challenger from the champion's base, or reuse one trained on the same data."""
+def _challenger_step(run_dir: Path, cfg: Config, task: Task, nd: _NewData, timings: dict[str, float],
+                     live: tracking_live.Live | None = None) -> tuple[Path, dict[str, Any]]:
+    """3. Train the challenger from the champion's base, or reuse one trained on the same data
+    (``live``: the trackers that follow a training)."""
     t0 = time.perf_counter()
     challenger = run_dir / "students" / nd.cid
     train_summary: dict[str, Any]
@@ -342,7 +355,8 @@ def _challenger_step(run_dir: Path, cfg: Config, task: Task, nd: _NewData,
         (nd.work / "train.json").unlink(missing_ok=True)
         lm = load_lm(cfg.student.model, device=cfg.train.device, num_layers=cfg.student.num_layers)
         train_summary = train(lm, student_format(lm, task), task, nd.data, nd.old_val, cfg.train,
-                              cfg.student.max_length, staging, nd.work / "metrics.jsonl")
+                              cfg.student.max_length, staging, nd.work / "metrics.jsonl",
+                              on_row=live.start() if live else None)
         train_summary["base_model"] = cfg.student.model
         if cfg.train.int8_calibration:  # as `potstill train` does for the champion
             from potstill.train.stage import calibrate_int8
@@ -384,15 +398,16 @@ def _teacher_summary(gstats, traffic) -> dict[str, Any]:
 
 
 def _publish(run_dir: Path, cfg: Config, rid: str, record: dict[str, Any], results, decision, work: Path,
-             train_summary: dict[str, Any], promotion: dict[str, str] | None) -> None:
-    """Write the decision record, print the comparison, log to tracking and say where it went."""
-    rc = cfg.redistill
+             train_summary: dict[str, Any], promotion: dict[str, str] | None,
+             live: tracking_live.Live | None = None) -> None:
+    """Write the decision record, print the comparison, log to tracking (the runs ``live`` opened
+    for the challenger's training get the rest) and say where it went."""
     write_json(run_dir / "redistill" / f"{rid}.json", record)
     print_comparison(results, decision)
-    tracking.log_stage(cfg, "redistill", {"redistill": rc.model_dump(), "train": cfg.train.model_dump()},
+    tracking.log_stage(cfg, "redistill", _tracked_params(cfg),
                        tracking.numbers({k: record[k] for k in ("data", "teacher", "results", "decision", "timings_s")}),
                        [] if train_summary.get("reused") else tracking.read_steps(work / "metrics.jsonl"),
-                       [run_dir / "redistill" / f"{rid}.json", work / "metrics.jsonl"], run_dir=run_dir)
+                       [run_dir / "redistill" / f"{rid}.json", work / "metrics.jsonl"], run_dir=run_dir, live=live)
     say(f"redistill: decision record {run_dir / 'redistill' / (rid + '.json')}"
         + (f"; RUN/student -> {promotion['current']} (previous {promotion['previous']} kept for rollback)"
            if promotion else ""))

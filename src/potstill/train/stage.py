@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from potstill import tracking_live
 from potstill.config import Config
 from potstill.errors import PotstillError
 from potstill.models.loading import load_lm
@@ -36,8 +37,10 @@ def train_body(cfg: Config, run: RunDir) -> dict[str, Any]:
     val = trainable(task, run / "val.jsonl") if (run / "val.jsonl").exists() else []
     with load_on_every_rank():
         lm = load_lm(cfg.student.model, device=cfg.train.device, num_layers=cfg.student.num_layers)
+    # Followed live in the trackers of `tracking` (set by Stage.run; None off the main process).
+    live = tracking_live.current()
     summary = train(lm, student_format(lm, task), task, records, val, cfg.train, cfg.student.max_length,
-                    run / "student", run / "metrics.jsonl")
+                    run / "student", run / "metrics.jsonl", on_row=live.start() if live else None)
     summary["base_model"] = cfg.student.model
     if summary.get("resumed_from_step"):
         say(f"train: resumed from the checkpoint at step {summary['resumed_from_step']} ({run / 'student.ckpt'})")
