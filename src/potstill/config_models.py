@@ -173,6 +173,9 @@ class TrainConfig(Section):
         "constant.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
+    warmup_ratio: float | None = Field(
+        None, ge=0, lt=1, description="Warm-up as a share of the run's optimizer steps (rounded up), instead of "
+        "warmup_steps.")
     eval_every: int = Field(
         0, ge=0, description="Measure the loss on val.jsonl every N optimizer steps (metrics.jsonl's val_loss "
         "column; the last step's is train.json's val_loss either way). 0: only after the last step.")
@@ -186,6 +189,13 @@ class TrainConfig(Section):
         if isinstance(v, str) and v != "all-linear":
             return [v]
         return "all-linear" if v == ["all-linear"] else v
+
+    @model_validator(mode="after")
+    def _one_warmup(self) -> "TrainConfig":
+        if self.warmup_ratio is not None and self.warmup_steps:
+            raise ValueError(f"train.warmup_steps {self.warmup_steps} and train.warmup_ratio {self.warmup_ratio:g} "
+                             "both set the warm-up; keep one")
+        return self
 
     @model_validator(mode="after")
     def _layers_for_full_only(self) -> "TrainConfig":

@@ -101,6 +101,14 @@ def test_the_learning_rate_follows_the_schedule(tiny_model, tmp_path, kind):
     assert [r["lr"] for r in rows] == pytest.approx([0.01 * want(i + 1) for i in range(total)], abs=1e-12)
 
 
+def test_warmup_ratio_is_a_share_of_the_steps(tiny_model, tmp_path):
+    _, by_ratio = _run(tiny_model, tmp_path / "ratio", epochs=5, warmup_ratio=0.25)  # 10 steps: 3 of warm-up
+    _, by_steps = _run(tiny_model, tmp_path / "steps", epochs=5, warmup_steps=3)
+    assert [r["lr"] for r in by_ratio] == [r["lr"] for r in by_steps] and by_ratio[1]["lr"] == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="train.warmup_steps 3 and train.warmup_ratio 0.25 both set the warm-up"):
+        TrainConfig(warmup_steps=3, warmup_ratio=0.25)
+
+
 def test_val_loss_every_n_steps_leaves_the_curve_alone(tiny_model, tmp_path):
     base, rows = _run(tiny_model, tmp_path / "plain", epochs=3)
     summary, every = _run(tiny_model, tmp_path / "every", epochs=3, eval_every=2)

@@ -401,7 +401,8 @@ def _setup(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: li
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
                             fused=accel.distributed_type.value != "FSDP")
     total = cfg.max_steps or max(1, math.ceil(math.ceil(len(examples) / cfg.batch_size) * cfg.epochs))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_schedule(cfg.warmup_steps, total, cfg.lr_scheduler))
+    warmup = math.ceil(cfg.warmup_ratio * total) if cfg.warmup_ratio is not None else cfg.warmup_steps
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_schedule(warmup, total, cfg.lr_scheduler))
     module = _LossModule(model, base, compile=cfg.compile)
     tied = base.get_output_embeddings().weight is base.get_input_embeddings().weight
     module, opt = accel.prepare(module, opt)
