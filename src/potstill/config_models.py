@@ -179,6 +179,9 @@ class TrainConfig(Section):
     eval_every: int = Field(
         0, ge=0, description="Measure the loss on val.jsonl every N optimizer steps (metrics.jsonl's val_loss "
         "column; the last step's is train.json's val_loss either way). 0: only after the last step.")
+    keep_best: bool = Field(
+        False, description="With eval_every: save the student of the measured step with the lowest val loss, "
+        "not the last step's (train.json: best_step, and its val_loss).")
     seed: int = Field(0, description="Seed for shuffling and initialisation.")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N.")
 
@@ -189,6 +192,13 @@ class TrainConfig(Section):
         if isinstance(v, str) and v != "all-linear":
             return [v]
         return "all-linear" if v == ["all-linear"] else v
+
+    @model_validator(mode="after")
+    def _best_needs_evals(self) -> "TrainConfig":
+        if self.keep_best and not self.eval_every:
+            raise ValueError("train.keep_best picks among the val losses that train.eval_every measures; set "
+                             "eval_every (e.g. 50)")
+        return self
 
     @model_validator(mode="after")
     def _one_warmup(self) -> "TrainConfig":

@@ -13,6 +13,7 @@ from potstill.models.loading import load_lm
 from potstill.records import Record
 from potstill.students import student_format
 from potstill.tasks import get_task
+from potstill.train.batching import build_examples, collate
 from potstill.train.trainer import train
 
 LABELS = ["sports", "tech", "politics"]
@@ -180,3 +181,70 @@ def test_a_lora_target_the_student_lacks_is_one_line(tiny_model, tmp_path):
 def test_max_steps_sets_the_number_of_steps(tiny_model, tmp_path):
     summary, rows = _run(tiny_model, tmp_path, epochs=1, max_steps=5)  # 8 examples, batches of 4: past one pass
     assert summary["steps"] == 5 and [r["step"] for r in rows] == [1, 2, 3, 4, 5] and rows[-1]["lr"] == 0.0
+
+
+def _overfit(model_dir, out, **overrides):
+    """Val answers contradict the training answers for the same texts: the longer the student fits
+    the training set, the worse its val loss, after a first drop (both start from chance)."""
+    task = get_task(TaskConfig(type="classification", labels=LABELS, instruction="classify the text"))
+    train_recs = [Record(messages=[{"role": "user", "content": t}], output=LABELS[i % 3], valid=True)
+                  for i, t in enumerate(TEXTS)]
+    val_recs = [Record(messages=[{"role": "user", "content": t}], output=LABELS[(i + 1) % 3], valid=True)
+                for i, t in enumerate(TEXTS)]
+    lm = load_lm(str(model_dir), device="cpu")
+    cfg = TrainConfig(**{"lr": 0.05, "batch_size": 4, "epochs": 6, "seed": 0, "int8_calibration": 0,
+                         "eval_every": 1, "keep_best": True, **overrides})
+    summary = train(lm, student_format(lm, task), task, train_recs, val_recs, cfg, 64, out / "student",
+                    out / "metrics.jsonl")
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return summary, rows, task, val_recs
+
+
+def test_keep_best_saves_the_step_with_the_lowest_val_loss(tiny_model, tmp_path):
+    summary, rows, task, val_recs = _overfit(tiny_model, tmp_path)
+    vals = [r["val_loss"] for r in rows]
+    best = min(range(len(vals)), key=vals.__getitem__)
+    assert 0 < best < len(rows) - 1, vals  # the case this test is about: neither the first nor the last step
+    assert summary["best_step"] == best + 1 and summary["val_loss"] == vals[best]
+    saved = load_lm(str(tmp_path / "student"), device="cpu")
+    b = collate(build_examples(saved, student_format(saved, task), task, val_recs, 64), saved.tokenizer.pad_token_id,
+                saved.device)
+    with torch.no_grad():
+        logits = saved.model(input_ids=b.ids, attention_mask=b.attention_mask).logits[:, :-1]
+    # The trainer's val loss: per batch of 4 (batch_size), CE summed over its tokens / its token
+    # count, then the batches' means weighted by their number of examples.
+    counts = (b.ce_targets != -100).sum(1)
+    token_ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), b.ce_targets, reduction="none",
+                                                 ignore_index=-100).sum(1)
+    loss = sum(float(token_ce[i:i + 4].sum() / counts[i:i + 4].sum()) * len(token_ce[i:i + 4])
+               for i in range(0, len(token_ce), 4)) / len(token_ce)
+    assert loss == pytest.approx(vals[best], rel=1e-5)
+
+
+def test_keep_best_survives_a_crash_and_resume(tiny_model, tmp_path, monkeypatch):
+    """The best step's weights ride in the checkpoint: a run killed after it (and after the next
+    checkpoint) still saves that step's student, the one an uninterrupted run saves."""
+    whole, rows, _, _ = _overfit(tiny_model, tmp_path / "whole", checkpoint_every=5)
+    real, calls = torch.optim.AdamW.step, []
+
+    def step(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == 11:  # after the checkpoint at step 10
+            raise RuntimeError("killed")
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    with pytest.raises(RuntimeError, match="killed"):
+        _overfit(tiny_model, tmp_path / "b", checkpoint_every=5)
+    monkeypatch.setattr(torch.optim.AdamW, "step", real)
+    resumed, rows_b, _, _ = _overfit(tiny_model, tmp_path / "b", checkpoint_every=5)
+    assert rows_b == [{**r, "elapsed_s": rb["elapsed_s"]} for r, rb in zip(rows, rows_b)]
+    assert resumed["resumed_from_step"] == 10 and resumed["best_step"] == whole["best_step"] < 10, whole
+    a = load_lm(str(tmp_path / "whole" / "student")).model.state_dict()
+    b = load_lm(str(tmp_path / "b" / "student")).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_keep_best_without_eval_every_is_refused():
+    with pytest.raises(ValueError, match="train.keep_best picks among the val losses that train.eval_every measures"):
+        TrainConfig(keep_best=True)

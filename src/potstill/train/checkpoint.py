@@ -25,7 +25,8 @@ from potstill.records import atomic_dir
 NAME = "step-{:08d}"
 
 
-def _trainable_state(model: Any) -> dict[str, torch.Tensor]:
+def trainable_state(model: Any) -> dict[str, torch.Tensor]:
+    """A CPU copy of ``model``'s trainable tensors (all weights of a full fine-tune, a LoRA's adapters)."""
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k in names}
 
@@ -38,16 +39,19 @@ def rng_state() -> dict[str, Any]:
 
 def save(ckpt_dir: Path, step: int, fingerprint: str, model: Any, opt: Any, sched: Any, rng: random.Random,
          order: list[int], extra: dict[str, Any], rank_rngs: list[dict[str, Any]] | None = None,
-         metrics: Path | None = None) -> Path:
+         metrics: Path | None = None, best: dict[str, torch.Tensor] | None = None) -> Path:
     """Write ``ckpt_dir/step-N`` atomically and drop older checkpoints (only the latest is kept).
 
     ``rank_rngs``: every process's ``rng_state()`` in rank order (None: this process's alone).
+    ``best``: ``train.keep_best``'s snapshot of the best step so far (``best_weights`` reads it back).
     ``metrics``: the run's metrics file, its rows up to this step, copied in (``curve``)."""
     out = ckpt_dir / NAME.format(step)
     with atomic_dir(out) as tmp:
         if metrics is not None and metrics.exists():
             shutil.copyfile(metrics, tmp / "metrics.jsonl")
-        torch.save(_trainable_state(model), tmp / "model.pt")
+        torch.save(trainable_state(model), tmp / "model.pt")
+        if best is not None:
+            torch.save(best, tmp / "best.pt")
         torch.save({"opt": opt.state_dict(), "sched": sched.state_dict()}, tmp / "optim.pt")
         state = {"step": step, "fingerprint": fingerprint, "order": list(order), "py_rng": rng.getstate(),
                  "rank_rngs": rank_rngs or [rng_state()], **extra}
@@ -70,6 +74,12 @@ def latest(ckpt_dir: Path, fingerprint: str) -> Path | None:
         if state.get("fingerprint") == fingerprint:
             return d
     return None
+
+
+def best_weights(path: Path) -> dict[str, torch.Tensor] | None:
+    """The ``train.keep_best`` snapshot a checkpoint keeps, or None."""
+    f = path / "best.pt"
+    return torch.load(f, map_location="cpu") if f.exists() else None
 
 
 def curve(path: Path) -> list[str] | None:

@@ -249,6 +249,9 @@ class _Progress:
     ckpt_dir: Path
     done: int = 0  # optimiser steps finished, for the message when interrupted
     val_loss: float | None = None  # the latest eval_every measurement
+    best_step: int | None = None  # train.keep_best: the step of the lowest val loss so far, that loss,
+    best_val: float | None = None  # and its trainable weights (main process; None while it is the last step)
+    best_state: dict[str, torch.Tensor] | None = None
 
 
 def train(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: list[Record], cfg: TrainConfig,
@@ -270,13 +273,18 @@ def train(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: lis
         val_loss = p.val_loss if cfg.eval_every else _val_loss(s, lm, cfg, max_length)
     except torch._dynamo.exc.BackendCompilerFailed as e:  # inductor's failures (no C++ compiler, ...) are pages long
         raise compile_failed("train", e) from None
+    if cfg.keep_best and s.accel.is_main_process:
+        if p.best_state is not None:  # an earlier step beat the last: its weights are the student
+            s.accel.unwrap_model(s.module).model.load_state_dict(p.best_state, strict=False)
+        val_loss = p.best_val
     _save_student(s, lm, cfg, out_dir, p.ckpt_dir)
     if cfg.gradient_checkpointing:  # the caller's model goes on to answer, not to train
         _activation_checkpointing(s.base, False)
     return {"steps": s.total, "examples": len(s.examples), "tokens": p.tokens, "train_s": train_s,
             "tokens_per_s": p.tokens / train_s if train_s else None, "trainable_parameters": s.n_trainable,
             "final_loss": p.last_loss, "val_loss": val_loss, "method": cfg.method, "objective": cfg.objective,
-            "kd_signal": s.signal, "resumed_from_step": p.start or None, "processes": s.accel.num_processes,
+            "kd_signal": s.signal, "resumed_from_step": p.start or None,
+            **({"best_step": p.best_step} if cfg.keep_best else {}), "processes": s.accel.num_processes,
             "distributed": s.accel.distributed_type.value, "mixed_precision": "bf16" if s.cpu_bf16 else s.accel.mixed_precision}
 
 
@@ -381,6 +389,12 @@ def _setup(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: li
     with_topk = signal == "topk"
     examples = build_examples(lm, fmt, task, records, max_length, with_topk=with_topk)
     val_examples = build_examples(lm, fmt, task, val, max_length, with_topk=with_topk)
+    if cfg.keep_best and not val_examples:
+        raise PotstillError("train.keep_best picks the step with the lowest loss on val.jsonl, and there is no "
+                            "validation example (curate.val); set keep_best false or keep a val split")
+    if cfg.keep_best and accel.distributed_type.value == "FSDP":
+        # Its snapshot is the main process's state dict, which FSDP only gathers with every rank.
+        raise PotstillError("train.keep_best is not supported under FSDP; launch with DDP or set keep_best false")
     cut = [e for e in examples if e.cut]
     if cut and accel.is_main_process:
         # Cut from the start, a chat prompt loses its instruction first, while evaluate and serve
@@ -426,10 +440,11 @@ def _resume(s: _Setup, lm: LM, cfg: TrainConfig, max_length: int, out_dir: Path,
     # Settings the steps do not read stay out: how to resume and save, where, and int8_calibration
     # (read after the last step), so changing them on a rerun still resumes. So do grad_accum_steps
     # (the same update, split for memory: a run that ran out of memory resumes with more micro-batches)
-    # and eval_every (the val passes change no weight and draw no random number).
+    # and eval_every (the val passes change no weight and draw no random number), unless keep_best
+    # chooses among the steps it measures.
     fingerprint = hash_obj({"cfg": cfg.model_dump(exclude={"resume", "checkpoint_every", "device",
                                                            "int8_calibration", "grad_accum_steps",
-                                                           "eval_every"}),
+                                                           *(() if cfg.keep_best else ("eval_every",))}),
                             "data": [(e.ids, e.n_prompt, e.teacher_logprobs, e.topk) for e in s.examples],
                             "max_length": max_length, "world": s.accel.num_processes, "model": lm.identity})
     found = checkpoint.latest(ckpt_dir, fingerprint) if cfg.resume and cfg.checkpoint_every else None
@@ -444,9 +459,14 @@ def _resume(s: _Setup, lm: LM, cfg: TrainConfig, max_length: int, out_dir: Path,
         if kept is None:  # a checkpoint written before checkpoints kept their curve
             kept = metrics_path.read_text().splitlines() if metrics_path.exists() else []
         kept = [ln for ln in kept if ln and json.loads(ln)["step"] <= start]
+        best = (state.get("best_step"), state.get("best_val"),
+                checkpoint.best_weights(found) if s.accel.is_main_process else None)
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     last_loss = json.loads(kept[-1])["loss"] if kept else None
-    return _Progress(start, order, rng, tokens, elapsed0, kept, last_loss, fingerprint, ckpt_dir)
+    p = _Progress(start, order, rng, tokens, elapsed0, kept, last_loss, fingerprint, ckpt_dir)
+    if found is not None:
+        p.best_step, p.best_val, p.best_state = best
+    return p
 
 
 def _step_loop(s: _Setup, p: _Progress, lm: LM, cfg: TrainConfig, max_length: int, metrics_path: Path,
@@ -506,6 +526,11 @@ def _steps(s: _Setup, p: _Progress, lm: LM, cfg: TrainConfig, max_length: int, m
         if cfg.eval_every and s.val_examples and ((step + 1) % cfg.eval_every == 0 or step + 1 == s.total):
             # Every process takes part (under FSDP the forward gathers shards); the main one writes it.
             p.val_loss = row["val_loss"] = _val_loss(s, lm, cfg, max_length)
+            if cfg.keep_best and accel.is_main_process and (p.best_val is None or p.val_loss < p.best_val):
+                p.best_step, p.best_val = step + 1, p.val_loss
+                # A copy on the host, unless it is the last step's: then the model itself is the best.
+                p.best_state = (checkpoint.trainable_state(accel.unwrap_model(s.module).model)
+                                if step + 1 < s.total else None)
         mf.write(json.dumps(row) + "\n")
         mf.flush()  # so `tail -f metrics.jsonl` follows a run
         if on_row:
@@ -518,8 +543,9 @@ def _steps(s: _Setup, p: _Progress, lm: LM, cfg: TrainConfig, max_length: int, m
             rngs = gather_objects(checkpoint.rng_state())
             if accel.is_main_process:
                 checkpoint.save(p.ckpt_dir, step + 1, p.fingerprint, accel.unwrap_model(s.module).model, s.opt,
-                                s.sched, p.rng, p.order, {"tokens": p.tokens, "elapsed_s": time.perf_counter() - t0},
-                                rank_rngs=rngs, metrics=metrics_path)
+                                s.sched, p.rng, p.order, {"tokens": p.tokens, "elapsed_s": time.perf_counter() - t0,
+                                                          "best_step": p.best_step, "best_val": p.best_val},
+                                rank_rngs=rngs, metrics=metrics_path, best=p.best_state)
             accel.wait_for_everyone()
 
 
