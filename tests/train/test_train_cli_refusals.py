@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.helpers.cli import run_main
@@ -43,3 +45,24 @@ def test_the_library_refuses_no_records(tiny_model, tmp_path):
     with pytest.raises(PotstillError, match="^train: no training examples$"):
         train(lm, student_format(lm, task), task, [], [], TrainConfig(), 64, tmp_path / "student", tmp_path / "m.jsonl")
     assert not (tmp_path / "m.jsonl").exists()
+
+
+def test_keep_best_without_eval_every_is_one_line(work, monkeypatch, capsys):
+    code, err = run_main(monkeypatch, capsys, "train", "-c", "c.yaml", "--train.keep_best", "true")
+    assert code == 2 and len(err) == 1 and "train.keep_best picks among the val losses that train.eval_every " \
+                                              "measures; set eval_every (e.g. 50)" in err[0], err
+
+
+def test_keep_best_names_the_step_it_kept(work, monkeypatch, capsys):
+    from potstill.records import Record, write_jsonl
+
+    rows = [Record(messages=[{"role": "user", "content": t}], output=lab, label=lab)
+            for t, lab in [("the team won the match", "sports"), ("new phone software", "tech"),
+                           ("a late goal to win", "sports"), ("the internet and a computer", "tech")]]
+    write_jsonl(work / "run" / "train.jsonl", rows)
+    write_jsonl(work / "run" / "val.jsonl", rows[:2])
+    code, err = run_main(monkeypatch, capsys, "train", "-c", "c.yaml", "--train.eval_every", "1", "--train.keep_best",
+                         "true", "--train.epochs", "2", "--train.batch_size", "2")
+    assert code == 0
+    best = json.loads((work / "run" / "train.json").read_text())["best_step"]
+    assert any(f"the student of step {best} (train.keep_best)" in line for line in err), err

@@ -53,7 +53,8 @@ def train_body(cfg: Config, run: RunDir) -> dict[str, Any]:
     write_json(run / "train.json", summary)
     say(f"train: {summary['steps']} steps over {summary['examples']} examples, {summary['tokens']} tokens, "
         f"{summary['train_s']:.1f} s, final loss {summary['final_loss']:.4f}, val loss "
-        + (f"{summary['val_loss']:.4f}" if summary.get("val_loss") is not None else "none (no val split)"))
+        + (f"{summary['val_loss']:.4f}" if summary.get("val_loss") is not None else "none (no val split)")
+        + (f", the student of step {summary['best_step']} (train.keep_best)" if summary.get("best_step") else ""))
     return summary
 
 
