@@ -278,3 +278,37 @@ def test_onpolicy_samples_come_from_the_students_own_distribution(tiny_model):
     # The near-uniform tiny student draws from its whole vocabulary: 32 draws all "goal" is ~1e-60.
     assert len(set(drawn)) > 5, drawn
     assert model.generation_config.to_dict() == before  # the model's own settings are left as they were
+
+
+@pytest.mark.parametrize("combo", ["logits", "topk", "onpolicy", "lora", "pack", "compile"])
+def test_accumulation_and_checkpointing_keep_the_curve_of_every_objective(tiny_model, sharp_teacher, tmp_path, combo):
+    """train.grad_accum_steps 2 with train.gradient_checkpointing on, against neither, for each kind of
+    training a user combines them with: the same loss and KD terms at every step."""
+    base = {"logits": dict(teacher_model=str(sharp_teacher), kd_weight=10.0),
+            "topk": dict(kd_signal="topk"),
+            "onpolicy": dict(teacher_model=str(sharp_teacher), onpolicy_fraction=0.5, onpolicy_max_new_tokens=4),
+            "lora": dict(teacher_model=str(sharp_teacher), method="lora", lora_r=4),
+            "pack": dict(teacher_model=str(sharp_teacher), pack=True),
+            "compile": dict(teacher_model=str(sharp_teacher))}[combo]
+    records = _teacher_topk(sharp_teacher, _records(), k=4) if combo == "topk" else _records()
+
+    def run(name, **kw):
+        lm = load_lm(str(tiny_model), device="cpu")  # fp32 on any machine: the tolerances below are fp32's
+        cfg = TrainConfig(objective="kd", lr=0.02, batch_size=4, epochs=1.5, seed=0, int8_calibration=0, **base, **kw)
+        train(lm, student_format(lm, _task()), _task(), records, [], cfg, 64, tmp_path / name / "student",
+              tmp_path / name / "metrics.jsonl")
+        return [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+
+    plain = run("plain")
+    if combo == "compile":
+        torch._dynamo.reset()
+    both = run("both", grad_accum_steps=2, gradient_checkpointing=True, compile=combo == "compile")
+    assert len(both) == len(plain) == 3
+    rtol = 1e-4 if combo == "compile" else 1e-5  # inductor's fused kernels sum in another order
+    for a, b in zip(both, plain):
+        assert a["onpolicy"] == b["onpolicy"] and a["tokens"] == b["tokens"]
+        assert a.keys() == b.keys()
+        for key in ("loss", "ce", "kd"):
+            if key in b:  # an on-policy batch has no CE term
+                assert a[key] == pytest.approx(b[key], rel=rtol, abs=1e-7), (a["step"], key, a[key], b[key])
+    assert any(r["onpolicy"] for r in plain) == (combo == "onpolicy")
