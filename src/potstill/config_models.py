@@ -178,7 +178,8 @@ class TrainConfig(Section):
         "warmup_steps.")
     eval_every: int = Field(
         0, ge=0, description="Measure the loss on val.jsonl every N optimizer steps (metrics.jsonl's val_loss "
-        "column; the last step's is train.json's val_loss either way). 0: only after the last step.")
+        "column, and val_label_agreement for classification; the last step's are train.json's either way). 0: "
+        "only after the last step.")
     keep_best: bool = Field(
         False, description="With eval_every: save the student of the measured step with the lowest val loss, "
         "not the last step's (train.json: best_step, and its val_loss).")

@@ -11,7 +11,7 @@ from potstill.config import TaskConfig, TrainConfig
 from potstill.errors import PotstillError
 from potstill.models.loading import load_lm
 from potstill.records import Record
-from potstill.students import student_format
+from potstill.students import predict, student_format
 from potstill.tasks import get_task
 from potstill.train.batching import build_examples, collate
 from potstill.train.trainer import train
@@ -24,7 +24,7 @@ TEXTS = ["the team won the match in the last minute of the game after a long sea
          "the internet and computer software", "a vote", "the bank profit", "a film star and the award night"]
 
 
-def _run(model_dir, out, texts=TEXTS, dropout=0.0, **overrides):
+def _run(model_dir, out, texts=TEXTS, dropout=0.0, n_val=3, **overrides):
     task = get_task(TaskConfig(type="classification", labels=LABELS, instruction="classify the text"))
     records = [Record(messages=[{"role": "user", "content": t}], output=LABELS[i % 3], valid=True,
                       label_probs={lab: (0.8 if j == i % 3 else 0.1) for j, lab in enumerate(LABELS)})
@@ -34,7 +34,7 @@ def _run(model_dir, out, texts=TEXTS, dropout=0.0, **overrides):
         layer.self_attn.attention_dropout = dropout
     cfg = TrainConfig(**{"objective": "kd", "kd_weight": 2.0, "lr": 0.01, "batch_size": 4, "epochs": 2, "seed": 2,
                          "int8_calibration": 0, **overrides})
-    summary = train(lm, student_format(lm, task), task, records, records[:3], cfg, 64, out / "student",
+    summary = train(lm, student_format(lm, task), task, records, records[:n_val], cfg, 64, out / "student",
                     out / "metrics.jsonl")
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     return summary, rows
@@ -117,6 +117,20 @@ def test_val_loss_every_n_steps_leaves_the_curve_alone(tiny_model, tmp_path):
     assert [r["step"] for r in every if "val_loss" in r] == [2, 4, 6]
     assert every[-1]["val_loss"] == summary["val_loss"] == base["val_loss"]
     assert every[1]["val_loss"] != every[3]["val_loss"]
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_val_label_agreement_is_what_the_saved_student_answers(tiny_model, tmp_path, pack):
+    """Classification: each val row also holds the share of val examples whose most likely label is
+    the one they are trained to give, as evaluate scores the saved student (padded or packed rows)."""
+    summary, rows = _run(tiny_model, tmp_path, n_val=8, epochs=30, eval_every=10, lr=0.02, pack=pack)
+    task = get_task(TaskConfig(type="classification", labels=LABELS, instruction="classify the text"))
+    val = [Record(messages=[{"role": "user", "content": t}], output=LABELS[i % 3]) for i, t in enumerate(TEXTS)]
+    got = predict(load_lm(str(tmp_path / "student"), device="cpu"), task, val)
+    assert len(set(got.outputs)) > 1, got.outputs  # answers that depend on the input: a misread position shows
+    share = sum(o == r.output for o, r in zip(got.outputs, val)) / len(val)
+    assert rows[-1]["val_label_agreement"] == summary["val_label_agreement"] == share
+    assert [r["step"] for r in rows if "val_label_agreement" in r] == [10, 20, 30, 40, 50, 60]
 
 
 def test_gradient_checkpointing_recomputes_each_layer_and_keeps_the_curve(tiny_model, tmp_path, monkeypatch):
@@ -206,6 +220,7 @@ def test_keep_best_saves_the_step_with_the_lowest_val_loss(tiny_model, tmp_path)
     best = min(range(len(vals)), key=vals.__getitem__)
     assert 0 < best < len(rows) - 1, vals  # the case this test is about: neither the first nor the last step
     assert summary["best_step"] == best + 1 and summary["val_loss"] == vals[best]
+    assert summary["val_label_agreement"] == rows[best]["val_label_agreement"]  # the kept step's, not the last's
     saved = load_lm(str(tmp_path / "student"), device="cpu")
     b = collate(build_examples(saved, student_format(saved, task), task, val_recs, 64), saved.tokenizer.pad_token_id,
                 saved.device)

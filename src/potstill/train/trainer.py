@@ -94,7 +94,9 @@ class _LossModule(torch.nn.Module):
         self._body = torch.compile(decoder(base)) if compile else None
 
     def forward(self, b: Batch, spec: LossSpec, teacher_h: torch.Tensor | None = None,
-                teacher_w: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                teacher_w: torch.Tensor | None = None, label_choices: bool = False) -> dict[str, torch.Tensor]:
+        """``label_choices`` (classification, val passes): also ``label_logits`` (N, K labels) at each
+        completion's first position and ``label_targets`` (N,), the token each is trained to give there."""
         hidden = hidden_states(self.base, self._body if self._body is not None else decoder(self.base), b)
         h = hidden[:, :-1]
         w = self.base.get_output_embeddings().weight
@@ -129,6 +131,16 @@ class _LossModule(torch.nn.Module):
                 out["labels"] = label_distribution_kd(
                     student, torch.arange(len(spec.label_ids), device=hidden.device), b.label_lp,
                     kind=spec.kind, beta=spec.beta, alpha=spec.alpha, temperature=spec.temperature, reduction="sum")
+            if label_choices and spec.label_ids:
+                # A completion starts where a CE target follows none (padded rows start at one; packed
+                # rows hold several); h[:, t] predicts ce_targets[:, t]. Inside forward: under FSDP
+                # the head's rows exist only here.
+                ce = b.ce_targets
+                start = ce != IGNORE
+                start[:, 1:] &= ce[:, :-1] == IGNORE
+                rows, cols = start.nonzero(as_tuple=True)
+                out["label_logits"] = apply_head(self.base, h[rows, cols], list(spec.label_ids))
+                out["label_targets"] = ce[rows, cols]
         return out
 
 
@@ -248,9 +260,9 @@ class _Progress:
     fingerprint: str
     ckpt_dir: Path
     done: int = 0  # optimiser steps finished, for the message when interrupted
-    val_loss: float | None = None  # the latest eval_every measurement
-    best_step: int | None = None  # train.keep_best: the step of the lowest val loss so far, that loss,
-    best_val: float | None = None  # and its trainable weights (main process; None while it is the last step)
+    val: dict[str, float] | None = None  # the latest eval_every measurement (evaluate_val)
+    best_step: int | None = None  # train.keep_best: the step of the lowest val loss so far, its measurement,
+    best_val: dict[str, float] | None = None  # and its trainable weights (main process; None while it is the last step)
     best_state: dict[str, torch.Tensor] | None = None
 
 
@@ -270,19 +282,21 @@ def train(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: lis
     try:
         train_s = _step_loop(s, p, lm, cfg, max_length, metrics_path, on_row)
         # With eval_every it was measured after the last step already (the same weights).
-        val_loss = p.val_loss if cfg.eval_every else _val_loss(s, lm, cfg, max_length)
+        val = p.val if cfg.eval_every else _val(s, lm, cfg, max_length)
     except torch._dynamo.exc.BackendCompilerFailed as e:  # inductor's failures (no C++ compiler, ...) are pages long
         raise compile_failed("train", e) from None
     if cfg.keep_best and s.accel.is_main_process:
         if p.best_state is not None:  # an earlier step beat the last: its weights are the student
             s.accel.unwrap_model(s.module).model.load_state_dict(p.best_state, strict=False)
-        val_loss = p.best_val
+        val = p.best_val
     _save_student(s, lm, cfg, out_dir, p.ckpt_dir)
     if cfg.gradient_checkpointing:  # the caller's model goes on to answer, not to train
         _activation_checkpointing(s.base, False)
     return {"steps": s.total, "examples": len(s.examples), "tokens": p.tokens, "train_s": train_s,
             "tokens_per_s": p.tokens / train_s if train_s else None, "trainable_parameters": s.n_trainable,
-            "final_loss": p.last_loss, "val_loss": val_loss, "method": cfg.method, "objective": cfg.objective,
+            "final_loss": p.last_loss, "val_loss": (val or {}).get("val_loss"),
+            **{k: v for k, v in (val or {}).items() if k != "val_loss"},
+            "method": cfg.method, "objective": cfg.objective,
             "kd_signal": s.signal, "resumed_from_step": p.start or None,
             **({"best_step": p.best_step} if cfg.keep_best else {}), "processes": s.accel.num_processes,
             "distributed": s.accel.distributed_type.value, "mixed_precision": "bf16" if s.cpu_bf16 else s.accel.mixed_precision}
@@ -525,9 +539,11 @@ def _steps(s: _Setup, p: _Progress, lm: LM, cfg: TrainConfig, max_length: int, m
                "lr": s.sched.get_last_lr()[0], "tokens": p.tokens, "elapsed_s": round(time.perf_counter() - t0, 3)}
         if cfg.eval_every and s.val_examples and ((step + 1) % cfg.eval_every == 0 or step + 1 == s.total):
             # Every process takes part (under FSDP the forward gathers shards); the main one writes it.
-            p.val_loss = row["val_loss"] = _val_loss(s, lm, cfg, max_length)
-            if cfg.keep_best and accel.is_main_process and (p.best_val is None or p.val_loss < p.best_val):
-                p.best_step, p.best_val = step + 1, p.val_loss
+            p.val = _val(s, lm, cfg, max_length)
+            row.update(p.val)
+            if cfg.keep_best and accel.is_main_process and (p.best_val is None
+                                                            or p.val["val_loss"] < p.best_val["val_loss"]):
+                p.best_step, p.best_val = step + 1, p.val
                 # A copy on the host, unless it is the last step's: then the model itself is the best.
                 p.best_state = (checkpoint.trainable_state(accel.unwrap_model(s.module).model)
                                 if step + 1 < s.total else None)
@@ -600,10 +616,10 @@ def _optimiser_step(s: _Setup, cfg: TrainConfig, mine: list[Example], micro: lis
     return logged, grad_norm
 
 
-def _val_loss(s: _Setup, lm: LM, cfg: TrainConfig, max_length: int) -> float | None:
+def _val(s: _Setup, lm: LM, cfg: TrainConfig, max_length: int) -> dict[str, float]:
     # On the prepared module: under FSDP every process takes part in gathering the shards.
-    return evaluate_loss(s.module, s.val_examples, cfg, s.spec, s.teacher, lm.tokenizer.pad_token_id,
-                         s.accel.device, max_length, s.signal)
+    return evaluate_val(s.module, s.val_examples, cfg, s.spec, s.teacher, lm.tokenizer.pad_token_id,
+                        s.accel.device, max_length, s.signal)
 
 
 def _save_student(s: _Setup, lm: LM, cfg: TrainConfig, out_dir: Path, ckpt_dir: Path) -> None:
@@ -650,11 +666,23 @@ def _unprefixed(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.
 def evaluate_loss(module: _LossModule, examples: list[Example], cfg: TrainConfig, spec: LossSpec,
                   teacher: _Teacher | None, pad: int, device: torch.device, max_length: int,
                   signal: str | None) -> float | None:
+    """The training loss on ``examples`` (None for none)."""
+    return evaluate_val(module, examples, cfg, spec, teacher, pad, device, max_length, signal).get("val_loss")
+
+
+def evaluate_val(module: _LossModule, examples: list[Example], cfg: TrainConfig, spec: LossSpec,
+                 teacher: _Teacher | None, pad: int, device: torch.device, max_length: int,
+                 signal: str | None) -> dict[str, float]:
+    """``val_loss``: the training loss on ``examples``, a mean over batches of ``batch_size``
+    weighted by their examples; for classification also ``val_label_agreement``: the share of
+    examples whose most likely label (first tokens, as evaluate and serve score them) is the one
+    they are trained to give, the teacher's. Empty for no examples."""
     if not examples:
-        return None
-    total, n = 0.0, 0
+        return {}
+    total, n, agree, scored = 0.0, 0, 0, 0
     was_training = module.training
     module.eval()  # the saved student's loss: no LoRA or attention dropout
+    ids = torch.tensor(spec.label_ids, device=device) if spec.label_ids else None
     with torch.no_grad():
         for i in range(0, len(examples), cfg.batch_size):
             batch = examples[i : i + cfg.batch_size]
@@ -662,9 +690,14 @@ def evaluate_loss(module: _LossModule, examples: list[Example], cfg: TrainConfig
                         with_topk=signal == "topk")
             counts = {k: float(v) for k, v in b.counts().items()}
             th = teacher.hidden(b) if teacher is not None and counts["kd"] else None
-            sums = module(b, spec, th, teacher.w if teacher else None)
+            sums = module(b, spec, th, teacher.w if teacher else None, label_choices=ids is not None)
             loss, _ = combine(sums, counts, cfg)
             total += float(loss) * len(batch)
             n += len(batch)
+            if ids is not None:
+                want = sums["label_targets"][:, None] == ids[None]  # (N, K): which label each is trained to give
+                known = want.any(1)
+                agree += int((want.float().argmax(1) == sums["label_logits"].argmax(1))[known].sum())
+                scored += int(known.sum())
     module.train(was_training)
-    return total / n
+    return {"val_loss": total / n, **({"val_label_agreement": agree / scored} if scored else {})}
