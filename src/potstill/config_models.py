@@ -195,13 +195,6 @@ class TrainConfig(Section):
         return "all-linear" if v == ["all-linear"] else v
 
     @model_validator(mode="after")
-    def _best_needs_evals(self) -> "TrainConfig":
-        if self.keep_best and not self.eval_every:
-            raise ValueError("train.keep_best picks among the val losses that train.eval_every measures; set "
-                             "eval_every (e.g. 50)")
-        return self
-
-    @model_validator(mode="after")
     def _one_warmup(self) -> "TrainConfig":
         if self.warmup_ratio is not None and self.warmup_steps:
             raise ValueError(f"train.warmup_steps {self.warmup_steps} and train.warmup_ratio {self.warmup_ratio:g} "

@@ -260,6 +260,7 @@ def test_keep_best_survives_a_crash_and_resume(tiny_model, tmp_path, monkeypatch
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_keep_best_without_eval_every_is_refused():
-    with pytest.raises(ValueError, match="train.keep_best picks among the val losses that train.eval_every measures"):
-        TrainConfig(keep_best=True)
+def test_keep_best_without_eval_every_is_refused(tiny_model, tmp_path):
+    with pytest.raises(PotstillError, match="train.keep_best picks among the val losses that train.eval_every measures"):
+        _run(tiny_model, tmp_path, keep_best=True)
+    assert not (tmp_path / "metrics.jsonl").exists()

@@ -15,7 +15,7 @@ from potstill.rundir import RunDir
 from potstill.students import student_format
 from potstill.tasks import get_task
 from potstill.train.distributed import load_on_every_rank
-from potstill.train.trainer import train
+from potstill.train.trainer import check_settings, train
 
 
 def train_stage(cfg: Config, force: bool = False) -> dict[str, Any]:
@@ -25,6 +25,7 @@ def train_stage(cfg: Config, force: bool = False) -> dict[str, Any]:
 
 
 def train_body(cfg: Config, run: RunDir) -> dict[str, Any]:
+    check_settings(cfg.train)
     if not (run / "train.jsonl").exists():
         raise PotstillError(f"{run / 'train.jsonl'} not found: run `potstill curate` first")
     from potstill.preflight import require

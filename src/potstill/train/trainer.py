@@ -357,8 +357,17 @@ def _lr_schedule(warmup_steps: int, total: int, kind: str = "linear"):
     return lr_at
 
 
+def check_settings(cfg: TrainConfig) -> None:
+    """Settings that only make sense together, refused before a model loads. (Not a config
+    validator: each field alone stays a valid value, which the stage's rerun rules are tested on.)"""
+    if cfg.keep_best and not cfg.eval_every:
+        raise PotstillError("train.keep_best picks among the val losses that train.eval_every measures; set "
+                            "eval_every (e.g. 50)")
+
+
 def _setup(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: list[Record], cfg: TrainConfig,
            max_length: int) -> _Setup:
+    check_settings(cfg)
     cuda = lm.device.type == "cuda"
     if not records:
         raise PotstillError("train: no training examples")
