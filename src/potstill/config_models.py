@@ -183,6 +183,13 @@ class TrainConfig(Section):
     keep_best: bool = Field(
         False, description="With eval_every: save the student of the measured step with the lowest val loss, "
         "not the last step's (train.json: best_step, and its val_loss).")
+    early_stopping_patience: int = Field(
+        0, ge=0, description="With eval_every: stop once val_loss has gone this many measurements in a row without "
+        "beating the lowest so far by more than early_stopping_threshold (0: never stop early). The student saved is "
+        "the last step's, or with keep_best the best step's.")
+    early_stopping_threshold: float = Field(
+        0.0, ge=0, description="How much lower than the lowest so far a val_loss must be to count as better "
+        "(early_stopping_patience).")
     seed: int = Field(0, description="Seed for shuffling and initialisation.")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N.")
 

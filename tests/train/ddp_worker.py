@@ -11,6 +11,8 @@ MODE ``one-example``: a single training record, fewer than the processes.
 MODE ``accum2``: each process runs its share of every batch as two micro-batches (train.grad_accum_steps).
 MODE ``dropout-ckpt``: attention dropout on (each rank draws its own masks) and a checkpoint every
 step; ``dropout-ckpt-crash``: the same, and every rank fails in its third optimiser step.
+MODE ``early-stop``: a val split measured every step and early stopping that ends the run at step 2
+of 6 (threshold 100: no measurement counts as lower); every rank writes its summary to OUT/rankR.json.
 """
 
 import json
@@ -51,17 +53,21 @@ def rank0_only_loading() -> None:
     AutoModelForCausalLM.from_pretrained = from_pretrained
 
 
-def run(student: str, teacher: str, out: str, n: int = len(TEXTS), dropout: float = 0.0, accum: int = 1) -> dict:
+def run(student: str, teacher: str, out: str, n: int = len(TEXTS), dropout: float = 0.0, accum: int = 1,
+        early: bool = False) -> dict:
     task = get_task(TaskConfig(type="freetext", instruction="summary"))
     records = [Record(messages=[{"role": "user", "content": t}], output=o, valid=True) for t, o in zip(TEXTS[:n], OUTPUTS[:n])]
-    cfg = TrainConfig(objective="kd", teacher_model=teacher, kd_kind="jsd", kd_weight=2.0, lr=0.01, batch_size=4,
-                      epochs=1.5, seed=1, checkpoint_every=1 if dropout else 0, grad_accum_steps=accum)
+    stop = {"eval_every": 1, "early_stopping_patience": 1, "early_stopping_threshold": 100.0, "keep_best": True,
+            "epochs": 3} if early else {}
+    cfg = TrainConfig(**{"objective": "kd", "teacher_model": teacher, "kd_kind": "jsd", "kd_weight": 2.0, "lr": 0.01,
+                         "batch_size": 4, "epochs": 1.5, "seed": 1, "checkpoint_every": 1 if dropout else 0,
+                         "grad_accum_steps": accum, **stop})
     lm = load_lm(student)
     if dropout:
         for layer in lm.model.model.layers:
             layer.self_attn.attention_dropout = dropout
-    return train(lm, student_format(lm, task), task, records, [], cfg, 64, Path(out) / "student",
-                 Path(out) / "metrics.jsonl")
+    return train(lm, student_format(lm, task), task, records, records[:3] if early else [], cfg, 64,
+                 Path(out) / "student", Path(out) / "metrics.jsonl")
 
 
 if __name__ == "__main__":
@@ -83,7 +89,10 @@ if __name__ == "__main__":
 
         torch.optim.AdamW.step = step
     summary = run(student, teacher, out, 1 if mode == "one-example" else len(TEXTS),
-                  dropout=0.3 if mode.startswith("dropout-ckpt") else 0.0, accum=2 if mode == "accum2" else 1)
+                  dropout=0.3 if mode.startswith("dropout-ckpt") else 0.0, accum=2 if mode == "accum2" else 1,
+                  early=mode == "early-stop")
+    if mode == "early-stop":
+        Path(out, f"rank{os.environ.get('RANK', '0')}.json").write_text(json.dumps(summary))
     from potstill.train.distributed import shutdown
 
     shutdown()  # as the CLI does: left to the exit, a rank aborted now and then after the run had finished

@@ -60,6 +60,25 @@ def test_two_gloo_processes_match_one(tiny_model, tiny_model_b, tmp_path, mode):
     assert max(float((wb[k] - moved[k]).abs().max()) for k in wb) > 0.02  # the weights really trained
 
 
+def test_early_stopping_stops_every_process_at_the_same_step(tiny_model, tiny_model_b, tmp_path):
+    """Each process measures the val split; the main one's count ends the run for all (a rank that
+    went on alone would wait in its next all-reduce), at the step one process stops at."""
+    proc = _torchrun(tiny_model, tiny_model_b, tmp_path / "ddp", "early-stop")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    single = _torchrun(tiny_model, tiny_model_b, tmp_path / "one", "early-stop", processes=1)
+    assert single.returncode == 0, single.stderr[-3000:]
+    summaries = [json.loads((tmp_path / "ddp" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    one = json.loads((tmp_path / "one" / "rank0.json").read_text())
+    for s in (*summaries, one):
+        assert (s["steps"], s["stopped_early"]) == (2, True), s
+    assert summaries[0]["best_step"] == one["best_step"]
+    two, ref = _rows(tmp_path / "ddp"), _rows(tmp_path / "one")
+    assert [r["step"] for r in two] == [r["step"] for r in ref] == [1, 2]
+    for a, b in zip(two, ref):
+        for key in ("loss", "val_loss"):
+            assert abs(a[key] - b[key]) <= 1e-5 * max(1.0, abs(b[key])), (a["step"], key, a[key], b[key])
+
+
 def test_two_processes_resume_with_each_rank_s_own_random_state(tiny_model, tiny_model_b, tmp_path):
     """A checkpoint held rank 0's torch RNG state only, and every rank restored it: rank 1 then drew
     rank 0's dropout masks (on-policy samples too) where the run never stopped drew its own, so a

@@ -221,19 +221,22 @@ def test_keep_best_saves_the_step_with_the_lowest_val_loss(tiny_model, tmp_path)
     assert 0 < best < len(rows) - 1, vals  # the case this test is about: neither the first nor the last step
     assert summary["best_step"] == best + 1 and summary["val_loss"] == vals[best]
     assert summary["val_label_agreement"] == rows[best]["val_label_agreement"]  # the kept step's, not the last's
-    saved = load_lm(str(tmp_path / "student"), device="cpu")
+    assert _saved_val_loss(tmp_path / "student", task, val_recs) == pytest.approx(vals[best], rel=1e-5)
+
+
+def _saved_val_loss(student, task, val_recs):
+    """The trainer's val loss, recomputed on a saved student: per batch of 4 (batch_size), CE summed
+    over its tokens / its token count, then the batches' means weighted by their number of examples."""
+    saved = load_lm(str(student), device="cpu")
     b = collate(build_examples(saved, student_format(saved, task), task, val_recs, 64), saved.tokenizer.pad_token_id,
                 saved.device)
     with torch.no_grad():
         logits = saved.model(input_ids=b.ids, attention_mask=b.attention_mask).logits[:, :-1]
-    # The trainer's val loss: per batch of 4 (batch_size), CE summed over its tokens / its token
-    # count, then the batches' means weighted by their number of examples.
     counts = (b.ce_targets != -100).sum(1)
     token_ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), b.ce_targets, reduction="none",
                                                  ignore_index=-100).sum(1)
-    loss = sum(float(token_ce[i:i + 4].sum() / counts[i:i + 4].sum()) * len(token_ce[i:i + 4])
+    return sum(float(token_ce[i:i + 4].sum() / counts[i:i + 4].sum()) * len(token_ce[i:i + 4])
                for i in range(0, len(token_ce), 4)) / len(token_ce)
-    assert loss == pytest.approx(vals[best], rel=1e-5)
 
 
 def test_keep_best_survives_a_crash_and_resume(tiny_model, tmp_path, monkeypatch):
@@ -263,4 +266,97 @@ def test_keep_best_survives_a_crash_and_resume(tiny_model, tmp_path, monkeypatch
 def test_keep_best_without_eval_every_is_refused(tiny_model, tmp_path):
     with pytest.raises(PotstillError, match="train.keep_best picks among the val losses that train.eval_every measures"):
         _run(tiny_model, tmp_path, keep_best=True)
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def _counts(vals, threshold=0.0):
+    """Early stopping's count after each measurement of ``vals`` (eval_every 1): measurements in a
+    row not lower than the lowest before by more than ``threshold``."""
+    best, stale, out = None, 0, []
+    for v in vals:
+        if best is None or v < best - threshold:
+            best, stale = v, 0
+        else:
+            stale += 1
+        out.append(stale)
+    return out
+
+
+def _stop_step(vals, patience, threshold=0.0):
+    """Where early stopping should end a run whose every step measured ``vals`` (never at the last)."""
+    return next((i + 1 for i, c in enumerate(_counts(vals[:-1], threshold)) if c >= patience), len(vals))
+
+
+def test_early_stopping_ends_the_run_patience_measurements_after_the_last_better_one(tiny_model, tmp_path):
+    _, rows, _, _ = _overfit(tiny_model, tmp_path / "whole", keep_best=False)
+    vals = [r["val_loss"] for r in rows]
+    stop = _stop_step(vals, 1)
+    assert 2 < stop < len(rows) - 1, vals  # the case: better measurements first, a stop well before the end
+    summary, rows_b, _, _ = _overfit(tiny_model, tmp_path / "b", keep_best=False, early_stopping_patience=1)
+    assert [{**r, "elapsed_s": 0} for r in rows_b] == [{**r, "elapsed_s": 0} for r in rows[:stop]]
+    assert summary["steps"] == stop and summary["stopped_early"] is True and summary["val_loss"] == vals[stop - 1]
+    assert "best_step" not in summary and not (tmp_path / "b" / "student.ckpt").exists()
+
+
+def test_early_stopping_with_keep_best_saves_the_best_step_before_the_stop(tiny_model, tmp_path):
+    _, rows, task, val_recs = _overfit(tiny_model, tmp_path / "whole", keep_best=False)
+    vals = [r["val_loss"] for r in rows]
+    stop = _stop_step(vals, 1)
+    best = min(range(stop), key=vals.__getitem__)
+    assert best < stop - 1, vals  # the kept step is not the one the run stopped at
+    summary, rows_b, _, _ = _overfit(tiny_model, tmp_path / "b", early_stopping_patience=1)
+    assert len(rows_b) == stop and summary["stopped_early"] is True
+    assert summary["best_step"] == best + 1 and summary["val_loss"] == vals[best]
+    assert _saved_val_loss(tmp_path / "b" / "student", task, val_recs) == pytest.approx(vals[best], rel=1e-5)
+
+
+def test_a_threshold_counts_small_gains_as_none(tiny_model, tmp_path):
+    summary, rows, _, _ = _overfit(tiny_model, tmp_path, early_stopping_patience=3, early_stopping_threshold=100.0)
+    assert summary["steps"] == 4 and len(rows) == 4  # the first measurement, then three not 100 lower
+    # keep_best keeps the lowest, which may be the step the run stopped at: each is lower than the last here
+    assert [r["val_loss"] for r in rows] == sorted((r["val_loss"] for r in rows), reverse=True)
+    assert summary["best_step"] == 4
+
+
+def test_early_stopping_counts_across_a_crash_and_resume(tiny_model, tmp_path, monkeypatch):
+    """The count of measurements without a lower val loss is rebuilt from the checkpoint's curve:
+    a run killed with some counted stops where one never killed does, with the same student."""
+    _, rows, _, _ = _overfit(tiny_model, tmp_path / "whole", keep_best=False)
+    vals = [r["val_loss"] for r in rows]
+    patience = 2
+    stop = _stop_step(vals, patience)
+    # The last step before the stop whose count is not zero, checkpointed: a resume that counted
+    # afresh from there would stop later, or not at all.
+    ckpt = max(i + 1 for i, c in enumerate(_counts(vals[: stop - 1])) if c)
+    assert stop < len(rows) and 0 < _counts(vals)[ckpt - 1] < patience, vals
+    whole, rows_w, _, _ = _overfit(tiny_model, tmp_path / "whole_es", keep_best=False,
+                                   early_stopping_patience=patience, checkpoint_every=ckpt)
+    assert whole["steps"] == stop
+    real, calls = torch.optim.AdamW.step, []
+
+    def step(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == ckpt + 1:  # the step after the checkpoint
+            raise RuntimeError("killed")
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    with pytest.raises(RuntimeError, match="killed"):
+        _overfit(tiny_model, tmp_path / "b", keep_best=False, early_stopping_patience=patience, checkpoint_every=ckpt)
+    monkeypatch.setattr(torch.optim.AdamW, "step", real)
+    resumed, rows_b, _, _ = _overfit(tiny_model, tmp_path / "b", keep_best=False, early_stopping_patience=patience,
+                                     checkpoint_every=ckpt)
+    assert resumed["resumed_from_step"] == ckpt and resumed["steps"] == stop and resumed["stopped_early"]
+    assert [{**r, "elapsed_s": 0} for r in rows_b] == [{**r, "elapsed_s": 0} for r in rows_w]
+    a = load_lm(str(tmp_path / "whole_es" / "student")).model.state_dict()
+    b = load_lm(str(tmp_path / "b" / "student")).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_early_stopping_without_eval_every_or_val_is_refused(tiny_model, tmp_path):
+    with pytest.raises(PotstillError, match="train.early_stopping_patience counts the val losses that "
+                                            "train.eval_every measures"):
+        _run(tiny_model, tmp_path, early_stopping_patience=2)
+    with pytest.raises(PotstillError, match="train.early_stopping_patience stops on the loss on val.jsonl"):
+        _run(tiny_model, tmp_path, early_stopping_patience=2, eval_every=1, n_val=0)
     assert not (tmp_path / "metrics.jsonl").exists()

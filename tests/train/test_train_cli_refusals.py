@@ -53,7 +53,14 @@ def test_keep_best_without_eval_every_is_one_line(work, monkeypatch, capsys):
                                               "measures; set eval_every (e.g. 50)" in err[0], err
 
 
-def test_keep_best_names_the_step_it_kept(work, monkeypatch, capsys):
+def test_early_stopping_without_eval_every_is_one_line(work, monkeypatch, capsys):
+    code, err = run_main(monkeypatch, capsys, "train", "-c", "c.yaml", "--train.early_stopping_patience", "3")
+    assert code == 2 and err == ["error: train.early_stopping_patience counts the val losses that train.eval_every "
+                                 "measures; set eval_every (e.g. 50)"], err
+    assert sorted(p.name for p in (work / "run").iterdir()) == []
+
+
+def _splits(work):
     from potstill.records import Record, write_jsonl
 
     rows = [Record(messages=[{"role": "user", "content": t}], output=lab, label=lab)
@@ -61,6 +68,23 @@ def test_keep_best_names_the_step_it_kept(work, monkeypatch, capsys):
                            ("a late goal to win", "sports"), ("the internet and a computer", "tech")]]
     write_jsonl(work / "run" / "train.jsonl", rows)
     write_jsonl(work / "run" / "val.jsonl", rows[:2])
+
+
+def test_the_closing_line_says_the_run_stopped_early(work, monkeypatch, capsys):
+    _splits(work)
+    code, err = run_main(monkeypatch, capsys, "train", "-c", "c.yaml", "--train.eval_every", "1",
+                         "--train.early_stopping_patience", "1", "--train.early_stopping_threshold", "100",
+                         "--train.epochs", "2", "--train.batch_size", "2")
+    assert code == 0
+    summary = json.loads((work / "run" / "train.json").read_text())
+    assert (summary["steps"], summary["stopped_early"]) == (2, True)  # of 4: a second measurement, not 100 lower
+    assert any(line.startswith("train: 2 steps over 4 examples") and line.endswith(
+        "; stopped early: no lower val loss in the last 1 measurement (train.early_stopping_patience)")
+        for line in err), err
+
+
+def test_keep_best_names_the_step_it_kept(work, monkeypatch, capsys):
+    _splits(work)
     code, err = run_main(monkeypatch, capsys, "train", "-c", "c.yaml", "--train.eval_every", "1", "--train.keep_best",
                          "true", "--train.epochs", "2", "--train.batch_size", "2")
     assert code == 0

@@ -55,8 +55,14 @@ def train_body(cfg: Config, run: RunDir) -> dict[str, Any]:
     say(f"train: {summary['steps']} steps over {summary['examples']} examples, {summary['tokens']} tokens, "
         f"{summary['train_s']:.1f} s, final loss {summary['final_loss']:.4f}, val loss "
         + (f"{summary['val_loss']:.4f}" if summary.get("val_loss") is not None else "none (no val split)")
-        + (f", the student of step {summary['best_step']} (train.keep_best)" if summary.get("best_step") else ""))
+        + (f", the student of step {summary['best_step']} (train.keep_best)" if summary.get("best_step") else "")
+        + (f"; stopped early: no lower val loss in the last {_count(cfg.train.early_stopping_patience, 'measurement')} "
+           "(train.early_stopping_patience)" if summary.get("stopped_early") else ""))
     return summary
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def trainable(task: Any, path: Any) -> list:

@@ -264,6 +264,19 @@ class _Progress:
     best_step: int | None = None  # train.keep_best: the step of the lowest val loss so far, its measurement,
     best_val: dict[str, float] | None = None  # and its trainable weights (main process; None while it is the last step)
     best_state: dict[str, torch.Tensor] | None = None
+    stale: int = 0  # train.early_stopping_patience: measurements in a row not better than es_best
+    es_best: float | None = None
+    stopped_at: int | None = None  # the step early stopping ended the run at
+
+
+def _no_better(p: _Progress, val_loss: float, cfg: TrainConfig) -> bool:
+    """Early stopping's count, one val measurement at a time: True once ``early_stopping_patience``
+    measurements in a row have not beaten the lowest so far by more than the threshold."""
+    if p.es_best is None or val_loss < p.es_best - cfg.early_stopping_threshold:
+        p.es_best, p.stale = val_loss, 0
+    else:
+        p.stale += 1
+    return p.stale >= cfg.early_stopping_patience
 
 
 def train(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: list[Record], cfg: TrainConfig,
@@ -292,13 +305,14 @@ def train(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: lis
     _save_student(s, lm, cfg, out_dir, p.ckpt_dir)
     if cfg.gradient_checkpointing:  # the caller's model goes on to answer, not to train
         _activation_checkpointing(s.base, False)
-    return {"steps": s.total, "examples": len(s.examples), "tokens": p.tokens, "train_s": train_s,
+    return {"steps": p.done, "examples": len(s.examples), "tokens": p.tokens, "train_s": train_s,
             "tokens_per_s": p.tokens / train_s if train_s else None, "trainable_parameters": s.n_trainable,
             "final_loss": p.last_loss, "val_loss": (val or {}).get("val_loss"),
             **{k: v for k, v in (val or {}).items() if k != "val_loss"},
             "method": cfg.method, "objective": cfg.objective,
             "kd_signal": s.signal, "resumed_from_step": p.start or None,
-            **({"best_step": p.best_step} if cfg.keep_best else {}), "processes": s.accel.num_processes,
+            **({"best_step": p.best_step} if cfg.keep_best else {}),
+            **({"stopped_early": p.stopped_at is not None} if cfg.early_stopping_patience else {}), "processes": s.accel.num_processes,
             "distributed": s.accel.distributed_type.value, "mixed_precision": "bf16" if s.cpu_bf16 else s.accel.mixed_precision}
 
 
@@ -363,6 +377,9 @@ def check_settings(cfg: TrainConfig) -> None:
     if cfg.keep_best and not cfg.eval_every:
         raise PotstillError("train.keep_best picks among the val losses that train.eval_every measures; set "
                             "eval_every (e.g. 50)")
+    if cfg.early_stopping_patience and not cfg.eval_every:
+        raise PotstillError("train.early_stopping_patience counts the val losses that train.eval_every measures; "
+                            "set eval_every (e.g. 50)")
 
 
 def _setup(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: list[Record], cfg: TrainConfig,
@@ -415,6 +432,9 @@ def _setup(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: li
     if cfg.keep_best and not val_examples:
         raise PotstillError("train.keep_best picks the step with the lowest loss on val.jsonl, and there is no "
                             "validation example (curate.val); set keep_best false or keep a val split")
+    if cfg.early_stopping_patience and not val_examples:
+        raise PotstillError("train.early_stopping_patience stops on the loss on val.jsonl, and there is no "
+                            "validation example (curate.val); set it to 0 or keep a val split")
     if cfg.keep_best and accel.distributed_type.value == "FSDP":
         # Its snapshot is the main process's state dict, which FSDP only gathers with every rank.
         raise PotstillError("train.keep_best is not supported under FSDP; launch with DDP or set keep_best false")
@@ -464,10 +484,11 @@ def _resume(s: _Setup, lm: LM, cfg: TrainConfig, max_length: int, out_dir: Path,
     # (read after the last step), so changing them on a rerun still resumes. So do grad_accum_steps
     # (the same update, split for memory: a run that ran out of memory resumes with more micro-batches)
     # and eval_every (the val passes change no weight and draw no random number), unless keep_best
-    # chooses among the steps it measures.
+    # chooses among the steps it measures or early stopping counts them.
     fingerprint = hash_obj({"cfg": cfg.model_dump(exclude={"resume", "checkpoint_every", "device",
                                                            "int8_calibration", "grad_accum_steps",
-                                                           *(() if cfg.keep_best else ("eval_every",))}),
+                                                           *(() if cfg.keep_best or cfg.early_stopping_patience
+                                                             else ("eval_every",))}),
                             "data": [(e.ids, e.n_prompt, e.teacher_logprobs, e.topk) for e in s.examples],
                             "max_length": max_length, "world": s.accel.num_processes, "model": lm.identity})
     found = checkpoint.latest(ckpt_dir, fingerprint) if cfg.resume and cfg.checkpoint_every else None
@@ -489,6 +510,10 @@ def _resume(s: _Setup, lm: LM, cfg: TrainConfig, max_length: int, out_dir: Path,
     p = _Progress(start, order, rng, tokens, elapsed0, kept, last_loss, fingerprint, ckpt_dir)
     if found is not None:
         p.best_step, p.best_val, p.best_state = best
+    if cfg.early_stopping_patience:  # the count so far, from the curve's measurements (every process reads it)
+        for row in map(json.loads, kept):
+            if "val_loss" in row:
+                _no_better(p, row["val_loss"], cfg)
     return p
 
 
@@ -550,18 +575,26 @@ def _steps(s: _Setup, p: _Progress, lm: LM, cfg: TrainConfig, max_length: int, m
             # Every process takes part (under FSDP the forward gathers shards); the main one writes it.
             p.val = _val(s, lm, cfg, max_length)
             row.update(p.val)
+            if cfg.early_stopping_patience and step + 1 < s.total:
+                stop = _no_better(p, p.val["val_loss"], cfg)
+                # Every process measured the same weights on the same val set; the main one's count decides.
+                if gather_objects(stop)[0]:
+                    p.stopped_at = step + 1
+            last = step + 1 == s.total or p.stopped_at is not None
             if cfg.keep_best and accel.is_main_process and (p.best_val is None
                                                             or p.val["val_loss"] < p.best_val["val_loss"]):
                 p.best_step, p.best_val = step + 1, p.val
                 # A copy on the host, unless it is the last step's: then the model itself is the best.
                 p.best_state = (checkpoint.trainable_state(accel.unwrap_model(s.module).model)
-                                if step + 1 < s.total else None)
+                                if not last else None)
         mf.write(json.dumps(row) + "\n")
         mf.flush()  # so `tail -f metrics.jsonl` follows a run
         if on_row:
             on_row(row)
         advance(1, loss=f"{logged['loss']:.4f}")
         p.done = step + 1
+        if p.stopped_at is not None:  # no checkpoint: the student is saved next
+            break
         if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < s.total:
             # Every rank's own RNG states (dropout masks, on-policy samples differ by rank): with rank 0's
             # alone, the other ranks resumed on rank 0's draws and the curve left the uninterrupted one.
