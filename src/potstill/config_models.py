@@ -183,6 +183,10 @@ class TrainConfig(Section):
     keep_best: bool = Field(
         False, description="With eval_every: save the student of the measured step with the lowest val loss, "
         "not the last step's (train.json: best_step, and its val_loss).")
+    neftune_noise_alpha: float | None = Field(
+        None, gt=0, description="NEFTune: uniform noise on the input embeddings while training (not in val passes or "
+        "the saved student), scaled alpha / sqrt(L * d) with L the example's own length (TRL's setting; 5 is the "
+        "paper's usual value). None: no noise.")
     early_stopping_patience: int = Field(
         0, ge=0, description="With eval_every: stop once val_loss has gone this many measurements in a row without "
         "beating the lowest so far by more than early_stopping_threshold (0: never stop early). The student saved is "

@@ -360,3 +360,62 @@ def test_early_stopping_without_eval_every_or_val_is_refused(tiny_model, tmp_pat
     with pytest.raises(PotstillError, match="train.early_stopping_patience stops on the loss on val.jsonl"):
         _run(tiny_model, tmp_path, early_stopping_patience=2, eval_every=1, n_val=0)
     assert not (tmp_path / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_neftune_noise_is_bounded_by_each_example_s_own_length(tiny_model, pack):
+    from potstill.train.trainer import neftune_noise
+
+    task = get_task(TaskConfig(type="classification", labels=LABELS, instruction="classify the text"))
+    lm = load_lm(str(tiny_model), device="cpu")
+    recs = [Record(messages=[{"role": "user", "content": t}], output=LABELS[i % 3], valid=True)
+            for i, t in enumerate(TEXTS[:4])]
+    examples = build_examples(lm, student_format(lm, task), task, recs, 256)
+    b = collate(examples, lm.tokenizer.pad_token_id, lm.device, pack=pack, max_length=256)
+    d = 2048  # wide, so each example's largest draw comes near its bound
+    torch.manual_seed(0)
+    noise = neftune_noise(torch.zeros(*b.ids.shape, d), b, 5.0)
+    # Where each example sits: its row and columns (rows_of's order: first fit).
+    spans, row, col = [], 0, 0
+    for e in examples:
+        if not pack or col + len(e.ids) > 256:
+            row, col = (row + 1 if spans else 0), 0
+        spans.append((row, col, len(e.ids)))
+        col += len(e.ids)
+    assert len({n for _, _, n in spans}) > 1 and (not pack or len({r for r, _, _ in spans}) == 1)
+    for r, c, n in spans:
+        bound = 5.0 / math.sqrt(n * d)
+        top = float(noise[r, c:c + n].abs().max())
+        assert 0.99 * bound < top <= bound, (n, top, bound)
+
+
+def test_neftune_trains_on_noisy_embeddings_and_measures_val_without(tiny_model, tmp_path):
+    _, plain, _, _ = _overfit(tiny_model, tmp_path / "plain", keep_best=False, max_steps=3)
+    summary, rows, task, val_recs = _overfit(tiny_model, tmp_path / "noisy", keep_best=False, max_steps=3,
+                                             neftune_noise_alpha=5.0)
+    assert rows[0]["loss"] != plain[0]["loss"]  # the first step already trains on noisy embeddings
+    assert rows[0]["val_loss"] != plain[0]["val_loss"]  # and so moved the weights otherwise
+    # The val pass runs without noise: it is the saved student's own loss, to fp32 rounding.
+    assert _saved_val_loss(tmp_path / "noisy" / "student", task, val_recs) == pytest.approx(summary["val_loss"],
+                                                                                           rel=1e-5)
+
+
+def test_neftune_noise_resumes_on_the_same_draws(tiny_model, tmp_path, monkeypatch):
+    whole, rows, _, _ = _overfit(tiny_model, tmp_path / "whole", keep_best=False, neftune_noise_alpha=5.0,
+                                 checkpoint_every=3)
+    real, calls = torch.optim.AdamW.step, []
+
+    def step(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == 5:
+            raise RuntimeError("killed")
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    with pytest.raises(RuntimeError, match="killed"):
+        _overfit(tiny_model, tmp_path / "b", keep_best=False, neftune_noise_alpha=5.0, checkpoint_every=3)
+    monkeypatch.setattr(torch.optim.AdamW, "step", real)
+    resumed, rows_b, _, _ = _overfit(tiny_model, tmp_path / "b", keep_best=False, neftune_noise_alpha=5.0,
+                                     checkpoint_every=3)
+    assert resumed["resumed_from_step"] == 3
+    assert [{**r, "elapsed_s": 0} for r in rows_b] == [{**r, "elapsed_s": 0} for r in rows]

@@ -58,12 +58,39 @@ TERMS = ("ce", "kd", "topk", "labels")
 METRIC = {"kd": "logits", "topk": "topk", "labels": "labels"}
 
 
-def hidden_states(model: Any, body: Any, b: Batch) -> torch.Tensor:
+def hidden_states(model: Any, body: Any, b: Batch, neftune_alpha: float | None = None) -> torch.Tensor:
     """The last hidden states of ``model`` on batch ``b``, through ``body`` (its decoder, maybe compiled),
-    with no materialised attention mask where the batch needs none (see ``attention.py``)."""
+    with no materialised attention mask where the batch needs none (see ``attention.py``);
+    ``neftune_alpha``: NEFTune's noise on the input embeddings (``neftune_noise``)."""
     with causal_attention(model):
         inputs = decoder_inputs(model, b.attention_mask, b.position_ids, packed=b.attention_mask is None)
+        if neftune_alpha:
+            # The embedding module's own output (Gemma's scaled embedding included), as the ids path computes it.
+            embeds = model.get_input_embeddings()(b.ids)
+            embeds = embeds + neftune_noise(embeds, b, neftune_alpha)
+            return body(inputs_embeds=embeds, use_cache=False, **inputs).last_hidden_state
         return body(input_ids=b.ids, use_cache=False, **inputs).last_hidden_state
+
+
+def example_lengths(b: Batch) -> torch.Tensor:
+    """(B, T): the token count of the example each position belongs to (padded rows: the row's
+    tokens; packed rows: the segment's, where positions restart at 0; trailing padding counts as
+    a segment of its own)."""
+    if b.attention_mask is not None:
+        return b.attention_mask.sum(1, keepdim=True).expand_as(b.attention_mask)
+    rows, width = b.position_ids.shape
+    seg = (b.position_ids == 0).long().cumsum(1)  # 1, 2, ... within each row
+    seg = seg + torch.arange(rows, device=seg.device)[:, None] * (width + 1)  # unique across rows
+    return torch.bincount(seg.flatten(), minlength=rows * (width + 1))[seg]
+
+
+def neftune_noise(embeds: torch.Tensor, b: Batch, alpha: float) -> torch.Tensor:
+    """NEFTune (Jain et al., 2023): uniform noise in [-s, s] for every embedding coordinate, with
+    s = alpha / sqrt(L * d), d the embedding width and L the length of the token's own example.
+    transformers' hook takes L from the padded (or packed) row instead, so there a token's noise
+    depends on what else shares its batch."""
+    scale = alpha / torch.sqrt(example_lengths(b).to(embeds.dtype).clamp(min=1) * embeds.shape[-1])
+    return torch.empty_like(embeds).uniform_(-1, 1) * scale[..., None]
 
 
 def fused_head_ok(model: Any) -> bool:
@@ -85,8 +112,9 @@ class LossSpec:
 class _LossModule(torch.nn.Module):
     """Per-term loss *sums* of one batch; every trainable weight is used inside ``forward``."""
 
-    def __init__(self, model: Any, base: Any, compile: bool = False) -> None:
+    def __init__(self, model: Any, base: Any, compile: bool = False, neftune_alpha: float | None = None) -> None:
         super().__init__()
+        self.neftune_alpha = neftune_alpha  # train.neftune_noise_alpha: in training forwards only, not val
         self.model = model  # the trained module (a peft wrapper for LoRA), so its parameters are ours
         self.base = base  # the causal LM inside it (same parameters)
         # Fuses the norms, rotary and activation kernels. The first shape compiles static (the fastest
@@ -97,7 +125,8 @@ class _LossModule(torch.nn.Module):
                 teacher_w: torch.Tensor | None = None, label_choices: bool = False) -> dict[str, torch.Tensor]:
         """``label_choices`` (classification, val passes): also ``label_logits`` (N, K labels) at each
         completion's first position and ``label_targets`` (N,), the token each is trained to give there."""
-        hidden = hidden_states(self.base, self._body if self._body is not None else decoder(self.base), b)
+        hidden = hidden_states(self.base, self._body if self._body is not None else decoder(self.base), b,
+                               self.neftune_alpha if self.training else None)
         h = hidden[:, :-1]
         w = self.base.get_output_embeddings().weight
         # bf16 GEMMs on GPU (the fused heads do their softmax maths in fp32), fp32 on CPU.
@@ -460,7 +489,7 @@ def _setup(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: li
     total = cfg.max_steps or max(1, math.ceil(math.ceil(len(examples) / cfg.batch_size) * cfg.epochs))
     warmup = math.ceil(cfg.warmup_ratio * total) if cfg.warmup_ratio is not None else cfg.warmup_steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_schedule(warmup, total, cfg.lr_scheduler))
-    module = _LossModule(model, base, compile=cfg.compile)
+    module = _LossModule(model, base, compile=cfg.compile, neftune_alpha=cfg.neftune_noise_alpha)
     tied = base.get_output_embeddings().weight is base.get_input_embeddings().weight
     module, opt = accel.prepare(module, opt)
     inner = accel.unwrap_model(module).base
