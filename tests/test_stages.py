@@ -167,7 +167,8 @@ def _other_value(cfg: Config, key: str, tmp: Path) -> Any:
         candidates = [value[:-1], value + ["x"], *([a] for a in literal)]
     elif isinstance(value, dict):
         candidates = [{**value, "zz": {"input_per_mtok": 1.0, "output_per_mtok": 1.0}}, {"type": "object"},
-                      {k: v / 2 if isinstance(v, (int, float)) else v for k, v in value.items()}, {"zz": 1}]
+                      {k: v / 2 if isinstance(v, (int, float)) else v for k, v in value.items()}, {"zz": 1},
+                      {"input": "text"}]
     elif isinstance(value, str):  # a number too, for a field that is a number or a word (recheck_margin: auto)
         candidates = [*literal, value + "x", 0.5]
     else:  # None

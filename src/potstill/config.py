@@ -202,6 +202,8 @@ def _resolve_paths(data: dict, base: Path | None) -> dict:
             node = node.get(p) if isinstance(node, dict) else None
         if not isinstance(node, dict) or not isinstance(node.get(leaf), str):
             continue
+        if node[leaf].startswith("hf://"):  # a file on the Hugging Face Hub (hub_files), not a path
+            continue
         if node[leaf].startswith("~"):
             node[leaf] = os.path.expanduser(node[leaf])
         # A model reference is a hub id (org/name) unless it is plainly a path: ./x and ../x are.
@@ -221,7 +223,7 @@ def relative_paths(cfg: Config, base: Path) -> dict[str, Any]:
         node: Any = data
         for p in parents:
             node = node.get(p) if isinstance(node, dict) else None
-        if not isinstance(node, dict) or not isinstance(node.get(leaf), str):
+        if not isinstance(node, dict) or not isinstance(node.get(leaf), str) or node[leaf].startswith("hf://"):
             continue
         if role.resolve:
             node[leaf] = os.path.relpath(Path(node[leaf]).resolve(), base)

@@ -39,7 +39,10 @@ class TaskConfig(Section):
 
 
 class DataConfig(Section):
-    inputs: Annotated[str, INPUT_FILE] = Field("inputs.jsonl", description="Inputs: JSONL, or a CSV, TSV or Parquet table by its suffix: {messages|input, label?, slice?, id?}.")
+    inputs: Annotated[str, INPUT_FILE] = Field("inputs.jsonl", description="Inputs: JSONL, or a CSV, TSV or Parquet table by its suffix: {messages|input, label?, slice?, id?}; a local path, or hf://datasets/OWNER/NAME[@REVISION]/PATH on the Hugging Face Hub.")
+    columns: dict[Literal["input", "messages", "label", "reference", "slice", "id"], str] = Field(
+        default_factory=dict, description="The column of data.inputs that holds each field, for a table or dataset "
+        "whose columns are named otherwise, e.g. {input: text, label: label_text}; only the named columns are read.")
     limit: int | None = Field(None, ge=1, description="Use only the first N inputs.")
     max_unknown_gold: float = Field(
         0.05, ge=0, le=1,
@@ -48,6 +51,15 @@ class DataConfig(Section):
     )
     source: str = Field("user-provided", description="Where the inputs come from (recorded in the dataset card).")
     license: str = Field("unspecified", description="Licence of the inputs (recorded in the dataset card).")
+
+    @field_validator("columns")
+    @classmethod
+    def _one_text(cls, v: dict[str, str]) -> dict[str, str]:
+        if "input" in v and "messages" in v:
+            raise ValueError("name a column for input (the text) or for messages (a chat), not both")
+        if any(not c.strip() for c in v.values()):
+            raise ValueError("a column name is empty")
+        return v
 
 
 class PriceConfig(Section):

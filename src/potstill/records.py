@@ -21,6 +21,7 @@ from typing import Any, Iterable, Iterator, TextIO
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from potstill.errors import PotstillError
+from potstill.hub_files import is_hub_file, local_file
 from potstill.hashing import hash_obj
 
 
@@ -253,6 +254,13 @@ def _table_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 def read_objects(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank line of a JSONL file, or each row of a CSV, TSV or
     Parquet file (by its suffix; see ``_table_objects``); a bad line raises one error naming file and line."""
+    if is_hub_file(path):  # read from the Hugging Face cache; messages name the hf:// file
+        local = local_file(str(path))
+        try:
+            yield from read_objects(local)
+        except PotstillError as e:
+            raise PotstillError(str(e).replace(str(local), str(path))) from None
+        return
     path = Path(path)
     if not path.exists():
         raise PotstillError(f"{path}: file not found")
@@ -330,10 +338,20 @@ def record_problem(obj: dict[str, Any]) -> str | None:
     return None
 
 
-def read_numbered(path: str | Path) -> list[tuple[int, Record]]:
-    """(line number, record) for each record of a JSONL file, so later checks can name file:line."""
+def read_numbered(path: str | Path, columns: dict[str, str] | None = None) -> list[tuple[int, Record]]:
+    """(line number, record) for each record of a JSONL file, so later checks can name file:line.
+    ``columns`` (``data.columns``): read each field from the column it names, and nothing else."""
     out = []
+    seen: set[str] = set()
     for lineno, obj in read_objects(path):
+        if columns:
+            seen.update(obj)
+            text = columns.get("input") or columns.get("messages")
+            if text and text not in obj:
+                field = "input" if "input" in columns else "messages"
+                raise PotstillError(f"{path}:{lineno}: no {text!r} (data.columns.{field}) in this row; it has: "
+                                    f"{', '.join(map(str, list(obj)[:8])) or 'nothing'}")
+            obj = {field: obj[col] for field, col in columns.items() if col in obj}
         problem = record_problem(obj)
         if problem:
             raise PotstillError(f"{path}:{lineno}: {problem}")
@@ -343,6 +361,10 @@ def read_numbered(path: str | Path) -> list[tuple[int, Record]]:
             err = e.errors()[0]
             where = ".".join(str(x) for x in err["loc"]) or "record"
             raise PotstillError(f"{path}:{lineno}: {where}: {err['msg']}") from None
+    for field, col in (columns or {}).items():
+        if out and col not in seen:
+            raise PotstillError(f"{path}: no row has a column {col!r} (data.columns.{field}); its columns: "
+                                f"{', '.join(sorted(map(str, seen)))}")
     return out
 
 

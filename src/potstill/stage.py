@@ -72,6 +72,10 @@ def by_content(key: str, value: Any, cfg: Config | None = None, _section: Any = 
         return data
     role = path_roles().get(key)
     if role and role.content and isinstance(value, str):
+        from potstill.hub_files import is_hub_file, local_file
+
+        if is_hub_file(value):  # by the content fetched (an unpinned revision moves with the hub)
+            return {"file_sha256": hash_path(local_file(value))}
         if Path(value).is_file():
             return {"file_sha256": hash_path(value)}
         # A local model directory (student.model, teacher.model, train.teacher_model): by name
@@ -307,12 +311,12 @@ def inputs_beyond_limit(cfg: Config) -> list[Record]:
     """The records of the input file past ``data.limit`` (none without a limit)."""
     if cfg.data.limit is None:
         return []
-    return [r for _, r in read_numbered(cfg.data.inputs)[cfg.data.limit:]]
+    return [r for _, r in read_numbered(cfg.data.inputs, cfg.data.columns)[cfg.data.limit:]]
 
 
 def load_inputs(cfg: Config) -> list[Record]:
     """The inputs, gold labels checked against the task's label set (see ``Task.check_gold``)."""
-    numbered = read_numbered(cfg.data.inputs)
+    numbered = read_numbered(cfg.data.inputs, cfg.data.columns)
     if cfg.data.limit is not None:
         numbered = numbered[: cfg.data.limit]
     if not numbered:

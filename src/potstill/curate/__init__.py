@@ -34,6 +34,7 @@ from potstill.curate.checks import invalid_reason, majority, teacher_accuracy
 from potstill.curate.dedup import conversation, dedup_key, find_duplicates, normalise
 from potstill.curate.split import rank, split
 from potstill.curate.text import Hygiene
+from potstill.hub_files import provenance
 from potstill.records import Record
 from potstill.review.store import error_rate
 from potstill.tasks import get_task
@@ -327,8 +328,9 @@ def _card(cfg: Config, counts: dict[str, int], rejected: list[Record], train: li
     labels = None
     if cfg.task.labels:
         labels = {"train": dist(train), "val": dist(val), "test": dist(test)}
-    sources = [{"name": "inputs", "path": cfg.data.inputs, "source": cfg.data.source, "license": cfg.data.license,
-                "labelled_by": "teacher", "records": counts["input"]}]
+    hub = provenance(cfg.data.inputs)  # the commit a hf:// file was read at
+    sources = [{"name": "inputs", "path": cfg.data.inputs, **hub, "source": cfg.data.source,
+                "license": cfg.data.license, "labelled_by": "teacher", "records": counts["input"]}]
     if cfg.curate.real_data or n_real:
         sources.append({"name": "real", "path": cfg.curate.real_data, "source": cfg.curate.real_source,
                         "license": cfg.curate.real_license, "labelled_by": "people (real labels)",
@@ -357,7 +359,7 @@ def _card(cfg: Config, counts: dict[str, int], rejected: list[Record], train: li
                     # teacher since, and the terms above are then that one's, not the data's.
                     "records_by_model": dict(Counter(r.meta["teacher"] for r in train + val + test
                                                      if r.meta.get("source") != "real" and r.meta.get("teacher")))},
-        "inputs": {"path": cfg.data.inputs, "source": cfg.data.source, "license": cfg.data.license},
+        "inputs": {"path": cfg.data.inputs, **hub, "source": cfg.data.source, "license": cfg.data.license},
         "sources": sources,
         # json_schema: what the data was validated against, and what `potstill review` checks an edit by.
         "task": {"type": cfg.task.type, "labels": cfg.task.labels, "instruction": cfg.task.instruction,

@@ -59,7 +59,8 @@ def card_markdown(card: dict[str, Any]) -> str:
                         "so the terms of use above may not be the ones that apply to this data"))
     for s in card.get("sources") or [{"name": "inputs", **card["inputs"]}]:
         lines.append(f"- Source `{s['name']}` ({s.get('records', '?')} records, labelled by {s.get('labelled_by', 'teacher')}): "
-                     f"{s['source']}; licence: {s['license']}")
+                     f"{s['source']}; licence: {s['license']}"
+                     + (f"; read from `{s['path']}` at commit `{s['hub_commit']}`" if s.get("hub_commit") else ""))
     sp = card["split"]
     lines += [f"- Split: {sp['method']} (val={sp['val']}, test={sp['test']}, seed={sp['seed']})", ""]
     r = card.get("review_decisions")
