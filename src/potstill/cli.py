@@ -445,11 +445,16 @@ def review(
 def export(cfg: Config,
            fmt: Annotated[str, typer.Option("--format", help="Export format: openai-jsonl, hf or gguf.")] = "openai-jsonl",
            out: Annotated[Optional[Path], typer.Option("--out", help="Output directory (default: RUN/export/FORMAT).")] = None,
+           push_to_hub: Annotated[Optional[str], typer.Option(
+               "--push-to-hub", help="Format hf: upload the export (weights, tokenizer, model card) to this Hugging "
+               "Face model repository, OWNER/NAME (HF_TOKEN or `huggingface-cli login`).")] = None,
+           private: Annotated[bool, typer.Option("--private", help="With --push-to-hub: create the repository "
+                                                                   "private.")] = False,
            ) -> None:
-    """Export the run: openai-jsonl (train/val as OpenAI fine-tuning JSONL), hf (merged student weights), gguf (f16/q8_0 + Ollama Modelfiles)."""
+    """Export the run: openai-jsonl (train/val as OpenAI fine-tuning JSONL), hf (merged student weights and a model card, optionally pushed to the Hugging Face Hub), gguf (f16/q8_0 + Ollama Modelfiles)."""
     from potstill.export import export as write_export
 
-    for path in write_export(cfg, fmt, out):
+    for path in write_export(cfg, fmt, out, push_to_hub, private):
         typer.echo(f"wrote {path}")
 
 

@@ -38,15 +38,25 @@ def _load_builtins() -> None:
 MARK = ".potstill-export"  # in every folder export wrote: its format, so a later export may replace it
 
 
-def export(cfg: Config, fmt: str, out_dir: str | Path | None = None) -> list[Path]:
+def export(cfg: Config, fmt: str, out_dir: str | Path | None = None, push_to: str | None = None,
+           private: bool = False) -> list[Path]:
     """Write ``fmt`` for the run in ``cfg.run_dir`` under ``out_dir`` (default: ``RUN/export/FMT``).
 
     The weights formats replace their folder whole, so a given ``out_dir`` must be new, empty, or
     one this format wrote before (``MARK``): ``--out .`` must never delete a project. A symlink is
-    written through: the folder it names gets the export, held to the same rule, and the link stays."""
+    written through: the folder it names gets the export, held to the same rule, and the link stays.
+    ``hf`` also writes README.md, the model card (``model_card``); ``push_to`` (OWNER/NAME) then
+    uploads the folder to that Hugging Face model repository (``push``)."""
     _load_builtins()
     if fmt not in FORMATS:
         raise PotstillError(f"unknown export format {fmt!r}; available: {', '.join(sorted(FORMATS))}")
+    if push_to is not None:
+        if fmt != "hf":
+            raise PotstillError(f"--push-to-hub uploads the hf export (merged weights and model card); run "
+                                f"`potstill export --format hf --push-to-hub {push_to}`")
+        from potstill.export.push import check_repo_id
+
+        check_repo_id(push_to)
     run = Path(cfg.run_dir)
     out = Path(out_dir) if out_dir is not None else run / "export" / fmt
     if out.is_symlink():
@@ -59,7 +69,20 @@ def export(cfg: Config, fmt: str, out_dir: str | Path | None = None) -> list[Pat
     if out_dir is not None:
         _check_out(out, fmt)
     written = FORMATS[fmt](cfg, run, out)
+    if fmt == "hf":
+        from potstill.export.model_card import model_card
+
+        chat = (out / "chat_template.jinja").is_file() or "chat_template" in (out / "tokenizer_config.json").read_text()
+        (out / "README.md").write_text(model_card(cfg, run, push_to or f"The student of {run.resolve().name}",
+                                                  push_to or str(out.resolve()), chat))
+        written = sorted({*written, out / "README.md"})
     (out / MARK).write_text(fmt + "\n")
+    if push_to is not None:
+        from potstill.export.push import push
+        from potstill.progress import say
+
+        url = push(out, push_to, private, f"potstill export of {run}", [MARK])
+        say(f"export: pushed {out} to {push_to}: {url}")
     return written
 
 

@@ -1,0 +1,125 @@
+"""README.md for an exported student: the Hugging Face model card, from what the run recorded.
+
+Every number comes from a file of the run (``train.json``, ``eval.json``, ``card.json``); a stage
+that has not run is said to be missing, never filled in. The YAML header is the hub's metadata
+(``base_model``, ``datasets``, ``library_name``, ``pipeline_tag``, ``tags``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from potstill.config import Config
+from potstill.hub_files import is_hub_file, parse
+from potstill.models.prompting import PromptFormat
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _hub_model(spec: str) -> str | None:
+    """A student model named by a hub id (``org/name``, ``org/name@rev``): the id, for base_model."""
+    if spec.startswith(("bundled:", ".", "/", "~")) or spec.endswith(".gguf") or spec.count("/") != 1 \
+            or Path(spec).expanduser().exists():
+        return None
+    return spec.split("@")[0]
+
+
+def _pct(x: Any) -> str:
+    return f"{x:.1%}" if isinstance(x, (int, float)) else "-"
+
+
+def _yaml_list(items: list[str]) -> list[str]:
+    return [f"- {json.dumps(i)}" for i in items]
+
+
+def model_card(cfg: Config, run: Path, name: str, ref: str, chat: bool) -> str:
+    """The card of the student in ``run``. ``name``: its title (the repo id when pushed); ``ref``:
+    what ``from_pretrained`` is given in the usage example; ``chat``: whether it is prompted through
+    its chat template (else potstill's plain-text prompt)."""
+    train, ev, card = _read(run / "train.json"), _read(run / "eval.json"), _read(run / "card.json")
+    base = _hub_model(cfg.student.model)
+    datasets = [parse(p)[0] for p in (cfg.data.inputs, cfg.curate.real_data) if is_hub_file(p)]
+    head = ["---", "library_name: transformers", "pipeline_tag: text-generation",
+            "tags:", *_yaml_list(["potstill", "distillation", cfg.task.type])]
+    if base:
+        head += [f"base_model: {json.dumps(base)}"]
+    if datasets:
+        head += ["datasets:", *_yaml_list(sorted(set(datasets)))]
+    head += ["---", ""]
+
+    t = cfg.task
+    lines = [f"# {name}", "",
+             f"A student distilled with potstill from `{cfg.student.model}` "
+             f"to do one task as its teacher `{cfg.teacher.model}` ({cfg.teacher.type}) does it.", "",
+             "## Task", "", f"- Type: {t.type}", f"- Instruction (the system message it was trained with): {t.instruction!r}"]
+    if t.labels:
+        lines.append("- Labels: " + ", ".join(f"`{x}`" for x in t.labels))
+    lines += ["", "## Teacher and data", ""]
+    terms = (card or {}).get("teacher", {}).get("terms_of_use") or cfg.teacher.terms or "not given"
+    lines.append(f"- Teacher: `{cfg.teacher.model}` ({cfg.teacher.type}); its terms of use: {terms}. Check that they "
+                 "allow training and sharing a model on its outputs.")
+    if card:
+        for s in card.get("sources") or [{"name": "inputs", **card.get("inputs", {})}]:
+            commit = f" at commit `{s['hub_commit']}`" if s.get("hub_commit") else ""
+            lines.append(f"- Source `{s.get('name')}`: {s.get('records', '?')} records from `{s.get('path')}`{commit}, "
+                         f"labelled by {s.get('labelled_by', 'teacher')}; {s.get('source')}; licence: {s.get('license')}")
+        counts = card.get("counts") or {}
+        if counts:
+            lines.append("- Kept after curation: " + ", ".join(f"{k} {v}" for k, v in counts.items()
+                                                               if k in ("train", "val", "test")))
+    else:
+        lines.append("- No dataset card in the run (`potstill curate` writes card.json).")
+    lines += ["", "## Training", ""]
+    if train:
+        lines.append(f"- {train.get('method')} fine-tuning, objective {train.get('objective')}"
+                     + (f" (KD signal: {train['kd_signal']})" if train.get("kd_signal") else "")
+                     + f", {train.get('steps')} steps over {train.get('examples')} examples, "
+                     f"{train.get('tokens')} tokens")
+        if train.get("val_loss") is not None:
+            lines.append(f"- Val loss {train['val_loss']:.4f}"
+                         + (f" (the student of step {train['best_step']}, the lowest)" if train.get("best_step") else ""))
+    else:
+        lines.append("- No train.json in the run.")
+    lines += ["", "## Evaluation", ""]
+    if ev:
+        lines += [f"On {ev.get('n_test')} held-out test inputs (`potstill evaluate`, {ev.get('created_at')}):", "",
+                  "| model | gold metric | agreement with the teacher | p50 latency | $ per 1k calls |",
+                  "|---|---:|---:|---:|---:|"]
+        for label, m in (ev.get("models") or {}).items():
+            p50 = (m.get("latency_batch1") or {}).get("p50_s")
+            cost = m.get("cost_per_1k_calls_usd")
+            lines.append(f"| {label} | {_pct(m.get('gold_metric'))} | {_pct(m.get('agreement_with_teacher'))} | "
+                         + (f"{p50 * 1000:.1f} ms" if isinstance(p50, (int, float)) else "-") + " | "
+                         + (f"{cost:.4g}" if isinstance(cost, (int, float)) else "-") + " |")
+        v = ev.get("verdict") or {}
+        if v:
+            lines += ["", f"Verdict: **{v.get('decision')}**: {v.get('reason')}."]
+        lines += ["", "Latency and cost were measured on the machine that ran the evaluation; they are "
+                  "that machine's, not a promise for another."]
+    else:
+        lines.append("Not evaluated: no eval.json in the run (`potstill evaluate` writes it).")
+    budget = t.max_output_tokens if not t.labels else 8
+    lines += ["", "## Use", "", "The prompt it was trained and evaluated on:", "", "```python",
+              "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+              f"tok = AutoTokenizer.from_pretrained({ref!r})",
+              f"model = AutoModelForCausalLM.from_pretrained({ref!r})", "text = \"...\"  # the input"]
+    if chat:
+        system = f"{{\"role\": \"system\", \"content\": {t.instruction!r}}}, " if t.instruction else ""
+        lines += [f"messages = [{system}{{\"role\": \"user\", \"content\": text}}]",
+                  "ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors=\"pt\", "
+                  "return_dict=True)[\"input_ids\"]"]
+    else:
+        fmt = PromptFormat(kind="completion", instruction=t.instruction)
+        lines += [f"prompt = {fmt.prefix()!r} + text + {chr(10) + fmt.answer_prefix!r}",
+                  "ids = tok(prompt, return_tensors=\"pt\").input_ids"]
+    lines += [f"out = model.generate(ids, max_new_tokens={budget})",
+              "print(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())", "```", "",
+              "Its generation config is greedy, as it was evaluated."]
+    return "\n".join(head + lines) + "\n"
