@@ -180,3 +180,15 @@ def test_columns_map_a_jsonl_chat_too(tmp_path):
     path.write_text(json.dumps({"conversation": [{"role": "user", "content": "hi"}], "gold": "tech"}) + "\n")
     [(_, r)] = read_numbered(path, {"messages": "conversation", "label": "gold"})
     assert (r.text, r.label) == ("hi", "tech")
+
+
+def test_class_indices_are_named_by_label_names(hub):
+    """A hub dataset's ClassLabel column holds indices; data.label_names names them."""
+    cfg = _cfg("hf://datasets/org/news/data/train.csv", columns={"input": "text", "label": "label"},
+               label_names=["world", "business", "science", "sport", "tech"])
+    assert [r.label for r in load_inputs(cfg)] == ["sport", "tech"]
+    bad = _cfg("hf://datasets/org/news/data/train.csv", columns={"input": "text", "label": "label"},
+               label_names=["sport", "tech"])
+    with pytest.raises(PotstillError, match=r"^hf://datasets/org/news/data/train.csv:2: label '3' is not a class index "
+                                            r"into data.label_names \(0 to 1\)$"):
+        load_inputs(bad)

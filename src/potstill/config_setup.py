@@ -43,6 +43,9 @@ class DataConfig(Section):
     columns: dict[Literal["input", "messages", "label", "reference", "slice", "id"], str] = Field(
         default_factory=dict, description="The column of data.inputs that holds each field, for a table or dataset "
         "whose columns are named otherwise, e.g. {input: text, label: label_text}; only the named columns are read.")
+    label_names: list[str] = Field(
+        default_factory=list, description="Gold labels stored as class indices (0, 1, ...; a Hugging Face ClassLabel "
+        "column): gold label i is label_names[i]. Empty: labels are read as written.")
     limit: int | None = Field(None, ge=1, description="Use only the first N inputs.")
     max_unknown_gold: float = Field(
         0.05, ge=0, le=1,

@@ -28,7 +28,7 @@ _GENERATE_TUNES = ("generate.rpm", "generate.tpm", "generate.budget_usd", "gener
 _TEACHER_BILLING = ("teacher.price", "teacher.terms")
 
 # The inputs as pilot and generate read them; data.source and data.license are the card's (curate).
-_INPUTS = ("data.inputs", "data.columns", "data.limit", "data.max_unknown_gold")
+_INPUTS = ("data.inputs", "data.columns", "data.label_names", "data.limit", "data.max_unknown_gold")
 
 # How an API teacher is reached: no answer, and no local teacher's timing, depends on these.
 _TEACHER_TRANSPORT = ("teacher.base_url", "teacher.api_key_env", "teacher.concurrency", "teacher.timeout_s",

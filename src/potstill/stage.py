@@ -307,16 +307,30 @@ def _read_saved(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def read_inputs(cfg: Config) -> list[tuple[int, Record]]:
+    """``data.inputs`` with ``data.columns`` applied and class indices named (``data.label_names``)."""
+    numbered = read_numbered(cfg.data.inputs, cfg.data.columns)
+    names = cfg.data.label_names
+    for lineno, r in numbered if names else ():
+        if r.label is None:
+            continue
+        if not (r.label.isdigit() and int(r.label) < len(names)):
+            raise PotstillError(f"{cfg.data.inputs}:{lineno}: label {r.label!r} is not a class index into "
+                                f"data.label_names (0 to {len(names) - 1})")
+        r.label = names[int(r.label)]
+    return numbered
+
+
 def inputs_beyond_limit(cfg: Config) -> list[Record]:
     """The records of the input file past ``data.limit`` (none without a limit)."""
     if cfg.data.limit is None:
         return []
-    return [r for _, r in read_numbered(cfg.data.inputs, cfg.data.columns)[cfg.data.limit:]]
+    return [r for _, r in read_inputs(cfg)[cfg.data.limit:]]
 
 
 def load_inputs(cfg: Config) -> list[Record]:
     """The inputs, gold labels checked against the task's label set (see ``Task.check_gold``)."""
-    numbered = read_numbered(cfg.data.inputs, cfg.data.columns)
+    numbered = read_inputs(cfg)
     if cfg.data.limit is not None:
         numbered = numbered[: cfg.data.limit]
     if not numbered:
