@@ -173,8 +173,8 @@ def test_push_to_hub_uploads_the_export_as_one_commit(evaluated, hub, monkeypatc
 
 
 @pytest.mark.parametrize("args, why", [
-    (["--format", "gguf", "--push-to-hub", "org/x"], "error: --push-to-hub uploads the hf export (merged weights and "
-     "model card); run `potstill export --format hf --push-to-hub org/x`"),
+    (["--format", "openai-jsonl", "--push-to-hub", "org/x"], "error: --push-to-hub uploads a model (format hf or "
+     "gguf), not the openai-jsonl export; run `potstill export --format hf --push-to-hub org/x`"),
     (["--format", "hf", "--push-to-hub", "news-student"], "error: --push-to-hub 'news-student': name a model "
      "repository as OWNER/NAME (letters, digits, '-', '_', '.')"),
 ])
@@ -233,3 +233,22 @@ def test_a_student_without_a_chat_template_gets_its_plain_text_prompt(evaluated,
     exec(re.search(r"```python\n(.*?)```", card, re.S).group(1).replace('text = "..."', f"text = {text!r}"), scope)
     fmt = PromptFormat(kind="completion", instruction="classify the text")
     assert scope["ids"][0].tolist() == prompt_ids(tok, fmt, [{"role": "user", "content": text}])
+
+
+def test_a_gguf_export_is_pushed_with_a_card_naming_its_files(bpe_model, hub, monkeypatch, capsys, tmp_path):
+    from potstill.config import Config, TaskConfig
+    from potstill.export import export
+
+    shutil.copytree(bpe_model, tmp_path / "run" / "student")
+    cfg = Config(run_dir=str(tmp_path / "run"), task=TaskConfig(labels=LABELS, instruction="classify the text"))
+    export(cfg, "gguf", push_to="org/news-gguf")
+    out = tmp_path / "run" / "export" / "gguf"
+    [commit] = hub["commits"]
+    assert commit["files"] == {p.name: p.read_bytes() for p in out.iterdir() if p.name != MARK}
+    card = commit["files"]["README.md"].decode()
+    meta = _front_matter(card)
+    assert "gguf" in meta["tags"] and "library_name" not in meta
+    assert "huggingface-cli download org/news-gguf --local-dir student" in card
+    assert "ollama create student -f student/Modelfile.q8_0" in card and "llama-server -m student/student-q8_0.gguf" in card
+    assert {"Modelfile.q8_0", "student-q8_0.gguf", "student-f16.gguf"} <= set(commit["files"])
+    assert "No train.json in the run." in card and "Not evaluated: no eval.json in the run" in card

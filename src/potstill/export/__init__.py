@@ -45,14 +45,14 @@ def export(cfg: Config, fmt: str, out_dir: str | Path | None = None, push_to: st
     The weights formats replace their folder whole, so a given ``out_dir`` must be new, empty, or
     one this format wrote before (``MARK``): ``--out .`` must never delete a project. A symlink is
     written through: the folder it names gets the export, held to the same rule, and the link stays.
-    ``hf`` also writes README.md, the model card (``model_card``); ``push_to`` (OWNER/NAME) then
-    uploads the folder to that Hugging Face model repository (``push``)."""
+    ``hf`` and ``gguf`` also write README.md, the model card (``model_card``); ``push_to``
+    (OWNER/NAME) then uploads the folder to that Hugging Face model repository (``push``)."""
     _load_builtins()
     if fmt not in FORMATS:
         raise PotstillError(f"unknown export format {fmt!r}; available: {', '.join(sorted(FORMATS))}")
     if push_to is not None:
-        if fmt != "hf":
-            raise PotstillError(f"--push-to-hub uploads the hf export (merged weights and model card); run "
+        if fmt not in ("hf", "gguf"):
+            raise PotstillError(f"--push-to-hub uploads a model (format hf or gguf), not the {fmt} export; run "
                                 f"`potstill export --format hf --push-to-hub {push_to}`")
         from potstill.export.push import check_repo_id
 
@@ -69,12 +69,13 @@ def export(cfg: Config, fmt: str, out_dir: str | Path | None = None, push_to: st
     if out_dir is not None:
         _check_out(out, fmt)
     written = FORMATS[fmt](cfg, run, out)
-    if fmt == "hf":
+    if fmt in ("hf", "gguf"):
         from potstill.export.model_card import model_card
 
-        chat = (out / "chat_template.jinja").is_file() or "chat_template" in (out / "tokenizer_config.json").read_text()
+        chat = fmt == "hf" and ((out / "chat_template.jinja").is_file()
+                                or "chat_template" in (out / "tokenizer_config.json").read_text())
         (out / "README.md").write_text(model_card(cfg, run, push_to or f"The student of {run.resolve().name}",
-                                                  push_to or str(out.resolve()), chat))
+                                                  push_to or str(out.resolve()), chat, fmt, pushed=bool(push_to)))
         written = sorted({*written, out / "README.md"})
     (out / MARK).write_text(fmt + "\n")
     if push_to is not None:

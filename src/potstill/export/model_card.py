@@ -39,15 +39,15 @@ def _yaml_list(items: list[str]) -> list[str]:
     return [f"- {json.dumps(i)}" for i in items]
 
 
-def model_card(cfg: Config, run: Path, name: str, ref: str, chat: bool) -> str:
-    """The card of the student in ``run``. ``name``: its title (the repo id when pushed); ``ref``:
-    what ``from_pretrained`` is given in the usage example; ``chat``: whether it is prompted through
-    its chat template (else potstill's plain-text prompt)."""
+def model_card(cfg: Config, run: Path, name: str, ref: str, chat: bool, fmt: str = "hf", pushed: bool = False) -> str:
+    """The card of the student in ``run``, exported as ``fmt`` (hf or gguf). ``name``: its title (the
+    repo id when pushed); ``ref``: the folder or repo id the usage example reads (``pushed``: a repo
+    id); ``chat``: whether it is prompted through its chat template (else potstill's plain text)."""
     train, ev, card = _read(run / "train.json"), _read(run / "eval.json"), _read(run / "card.json")
     base = _hub_model(cfg.student.model)
     datasets = [parse(p)[0] for p in (cfg.data.inputs, cfg.curate.real_data) if is_hub_file(p)]
-    head = ["---", "library_name: transformers", "pipeline_tag: text-generation",
-            "tags:", *_yaml_list(["potstill", "distillation", cfg.task.type])]
+    head = ["---", *(["library_name: transformers"] if fmt == "hf" else []), "pipeline_tag: text-generation",
+            "tags:", *_yaml_list([*(["gguf"] if fmt == "gguf" else []), "potstill", "distillation", cfg.task.type])]
     if base:
         head += [f"base_model: {json.dumps(base)}"]
     if datasets:
@@ -103,8 +103,15 @@ def model_card(cfg: Config, run: Path, name: str, ref: str, chat: bool) -> str:
             lines += ["", f"Verdict: **{v.get('decision')}**: {v.get('reason')}."]
         lines += ["", "Latency and cost were measured on the machine that ran the evaluation; they are "
                   "that machine's, not a promise for another."]
+        if fmt == "gguf":
+            lines += ["", "These numbers are the student's as potstill ran it (transformers); the GGUF files are "
+                      "llama.cpp's conversions of it. f16 keeps its weights to 16 bits; q8_0 rounds them to 8 and may "
+                      "change an answer where two were close (on potstill's quickstart it moved 2.4-4% of the test "
+                      "labels): prefer f16 where agreement with these numbers matters."]
     else:
         lines.append("Not evaluated: no eval.json in the run (`potstill evaluate` writes it).")
+    if fmt == "gguf":
+        return "\n".join(head + lines + _gguf_use(cfg, ref, pushed)) + "\n"
     budget = t.max_output_tokens if not t.labels else 8
     lines += ["", "## Use", "", "The prompt it was trained and evaluated on:", "", "```python",
               "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
@@ -123,3 +130,19 @@ def model_card(cfg: Config, run: Path, name: str, ref: str, chat: bool) -> str:
               "print(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())", "```", "",
               "Its generation config is greedy, as it was evaluated."]
     return "\n".join(head + lines) + "\n"
+
+
+def _gguf_use(cfg: Config, ref: str, pushed: bool) -> list[str]:
+    qtypes = cfg.export.gguf_types
+    q = qtypes[-1]
+    folder = "student" if pushed else ref
+    get = [f"huggingface-cli download {ref} --local-dir student"] if pushed else []
+    return ["", "## Use", "",
+            "One GGUF file per type (" + ", ".join(f"`student-{x}.gguf`" for x in qtypes) + "), each with an Ollama "
+            "Modelfile (`Modelfile.<type>`) that carries the system message it was trained with, its stop tokens "
+            "and greedy decoding:", "", "```sh", *get,
+            f"ollama create student -f {folder}/Modelfile.{q}",
+            "ollama run student \"...\"", "```", "",
+            "With llama.cpp's server (OpenAI-compatible), send the same system message, "
+            f"{cfg.task.instruction!r}, and temperature 0:", "", "```sh",
+            f"llama-server -m {folder}/student-{q}.gguf", "```"]
