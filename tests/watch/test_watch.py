@@ -33,7 +33,7 @@ def watch(run, **kw):
 
 def test_flags_shifted_traffic_and_not_unshifted(served_run):
     run, send, _ = served_run
-    verdicts = {}
+    verdicts, order = {}, []
     for seed in SEEDS:
         for kind in ("unshifted", "topic", "language"):
             send(traffic(kind, WATCH["window"], seed))
@@ -47,6 +47,7 @@ def test_flags_shifted_traffic_and_not_unshifted(served_run):
                 report = watch(run)
             assert report["traffic"]["n"] == WATCH["window"]
             verdicts[kind, seed] = report
+            order.append(report)
     for seed in SEEDS:
         calm, topic, lang = verdicts["unshifted", seed], verdicts["topic", seed], verdicts["language", seed]
         assert not calm["drift"], calm["checks"]
@@ -57,7 +58,16 @@ def test_flags_shifted_traffic_and_not_unshifted(served_run):
     # The report on disk is the last verdict, whole, with its human-readable twin; no temp files stay.
     md = (run / "watch" / "report.md").read_text()
     assert md.startswith("# potstill watch: DRIFT") and "| inputs (MMD) |" in md
-    assert sorted(p.name for p in (run / "watch").iterdir()) == ["reference.pt", "report.json", "report.md"]
+    assert sorted(p.name for p in (run / "watch").iterdir()) == ["history.jsonl", "reference.pt", "report.json",
+                                                                  "report.md"]
+    # Every run is a line of history.jsonl, in order, and report.md tabulates them, newest first.
+    history = [json.loads(x) for x in (run / "watch" / "history.jsonl").read_text().splitlines()]
+    assert [(h["created"], h["drift"], h["input"]["effect"]) for h in history] == \
+        [(r["created"], r["drift"], r["checks"]["input"]["effect"]) for r in order]
+    assert "## History: the last 9 of 9 runs" in md
+    table = [ln for ln in md.split("## History", 1)[1].splitlines() if ln.startswith("| 20")]
+    assert [ln.split(" | ")[0][2:] for ln in table] == [r["created"] for r in reversed(order)]
+    assert [ln.rstrip(" |").endswith("DRIFT") for ln in table] == [r["drift"] for r in reversed(order)]
 
 
 def test_time_range_selects_requests_by_time(served_run):
@@ -146,3 +156,15 @@ def test_a_corrupt_reference_cache_is_embedded_again_and_a_corrupt_routing_file_
     assert "cannot be read" in note and "reported but not judged" in note and "\n" not in note
     p = cli(copy)
     assert p.returncode in (0, EXIT_DRIFT) and "Traceback" not in p.stderr, p.stderr
+
+
+def test_a_history_line_cut_short_is_skipped_and_the_next_run_starts_its_own(tmp_path):
+    from potstill.watch.stage import append_history, read_history
+
+    path = tmp_path / "watch" / "history.jsonl"
+    append_history(path, {"created": "a", "drift": False})
+    with open(path, "a") as f:
+        f.write('{"created": "b", "dri')  # a run killed in the middle of its line
+    append_history(path, {"created": "c", "drift": True})
+    rows, cut = read_history(path)
+    assert [r["created"] for r in rows] == ["a", "c"] and cut == 1

@@ -9,8 +9,9 @@ Three checks over the latest window of answered requests in RUN/calls.sqlite:
    by a G-test; flagged when p < alpha AND total variation > label_tv_max;
 3. escalation: the share answered by the teacher vs the share calibrated on val
    (RUN/serve/routing.json); flagged when it exceeds it by more than escalation_margin.
-The report goes to RUN/watch/report.json and report.md (each written atomically); the CLI exits
-with ``EXIT_DRIFT`` when any check is flagged.
+The report goes to RUN/watch/report.json and report.md (each written atomically), and one line per
+run to RUN/watch/history.jsonl, whose latest runs report.md tabulates; the CLI exits with
+``EXIT_DRIFT`` when any check is flagged.
 """
 
 from __future__ import annotations
@@ -258,10 +259,79 @@ def watch_run(run_dir: Path, cfg: Config, since: float | None = None, until: flo
     if earlier:
         report["notes"].append(f"{earlier} request(s) served by an earlier student (before a promotion) left out")
     write_json(run_dir / "watch" / "report.json", report)
-    write_text(run_dir / "watch" / "report.md", markdown(report))
+    history = run_dir / "watch" / "history.jsonl"
+    append_history(history, history_row(report))
+    rows, cut = read_history(history)
+    write_text(run_dir / "watch" / "report.md", markdown(report, rows, cut))
     out.print(table(report))
     say(f"watch: report in {run_dir / 'watch' / 'report.json'} and report.md ({report['seconds']:.1f} s)")
     return report
+
+
+HISTORY_SHOWN = 20  # runs in report.md's history table (history.jsonl keeps every one)
+
+
+def history_row(report: dict[str, Any]) -> dict[str, Any]:
+    """One run's line in RUN/watch/history.jsonl: when, what it read, each check's numbers and flag."""
+    c, tr = report["checks"], report["traffic"]
+    row = {"created": report["created"], "drift": report["drift"], "student": report["student"],
+           "traffic": {k: tr[k] for k in ("n", "first", "last", "selection")},
+           "input": {k: c["input"].get(k) for k in ("mmd2", "effect", "p_value", "flagged")},
+           "escalation": {k: c["escalation"].get(k) for k in ("share", "max", "flagged")}}
+    if "labels" in c:
+        row["labels"] = {k: c["labels"].get(k) for k in ("tv", "p_value", "flagged")}
+    return row
+
+
+def append_history(path: Path, row: dict[str, Any]) -> None:
+    """Add ``row`` as one line, in one write to a file opened for appending: two watches at once each
+    add a whole line, and a line a crash cut short stays alone on its line (``read_history`` skips it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(row) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size:
+            with open(path, "rb") as f:
+                f.seek(size - 1)
+                if f.read(1) != b"\n":  # the end of a line a crash cut short
+                    line = b"\n" + line
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+def read_history(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """The runs in ``path``, oldest first, and how many lines were skipped (cut short, not JSON)."""
+    rows, cut = [], 0
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            cut += 1
+            continue
+        if isinstance(row, dict) and "created" in row:
+            rows.append(row)
+        else:
+            cut += 1
+    return rows, cut
+
+
+def _history_lines(rows: list[dict[str, Any]], cut: int) -> list[str]:
+    shown = rows[-HISTORY_SHOWN:]
+    lines = [f"## History: the last {len(shown)} of {len(rows)} runs (RUN/watch/history.jsonl)", "",
+             "| written | requests | inputs: MMD (p) | label mix: TV (p) | escalation | verdict |",
+             "|---|---|---|---|---|---|"]
+    for r in reversed(shown):
+        i, lab, e = r["input"], r.get("labels"), r["escalation"]
+        mmd = "-" if i.get("mmd2") is None else f"{i['effect']:.3f} ({i['p_value']:.3f})"
+        tv = "-" if not lab else f"{lab['tv']:.3f} ({lab['p_value']:.3f})"
+        lines.append(f"| {r['created']} | {r['traffic']['n']} | {mmd}{' !' if i.get('flagged') else ''} | "
+                     f"{tv}{' !' if lab and lab.get('flagged') else ''} | {e['share']:.1%}"
+                     f"{' !' if e.get('flagged') else ''} | {'DRIFT' if r['drift'] else 'ok'} |")
+    if cut:
+        lines.append(f"\n{cut} line(s) of history.jsonl could not be read (cut short by a crash?) and were skipped.")
+    return lines + [""]
 
 
 def _rows(report: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
@@ -300,7 +370,7 @@ def table(report: dict[str, Any]):
     return t
 
 
-def markdown(report: dict[str, Any]) -> str:
+def markdown(report: dict[str, Any], history: list[dict[str, Any]] | None = None, cut: int = 0) -> str:
     tr = report["traffic"]
     lines = [
         f"# potstill watch: {'DRIFT' if report['drift'] else 'no drift'}", "",
@@ -315,4 +385,6 @@ def markdown(report: dict[str, Any]) -> str:
                   *(f"| {k} | {lab['live'][k]:.1%} | {lab['reference'][k]:.1%} |" for k in lab["live"]), ""]
     lines += [f"- {n}" for n in report["notes"]]
     lines.append("Exit code of `potstill watch`: 0 within thresholds, 3 drift, 2 error.")
+    if history:
+        lines += ["", *_history_lines(history, cut)]
     return "\n".join(lines) + "\n"
