@@ -175,6 +175,13 @@ def test_columns_name_one_text_field():
         _cfg("in.jsonl", columns={"text": "input"})
 
 
+def test_a_mapped_csv_column_of_json_text_is_read_as_its_field(tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_text('chat,gold\n"[{""role"": ""user"", ""content"": ""hi""}]",5.0\n')
+    [(_, r)] = read_numbered(path, {"messages": "chat", "label": "gold"})
+    assert (r.messages, r.label) == ([{"role": "user", "content": "hi"}], "5")
+
+
 def test_columns_map_a_jsonl_chat_too(tmp_path):
     path = tmp_path / "in.jsonl"
     path.write_text(json.dumps({"conversation": [{"role": "user", "content": "hi"}], "gold": "tech"}) + "\n")

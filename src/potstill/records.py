@@ -351,7 +351,8 @@ def read_numbered(path: str | Path, columns: dict[str, str] | None = None) -> li
                 field = "input" if "input" in columns else "messages"
                 raise PotstillError(f"{path}:{lineno}: no {text!r} (data.columns.{field}) in this row; it has: "
                                     f"{', '.join(map(str, list(obj)[:8])) or 'nothing'}")
-            obj = {field: obj[col] for field, col in columns.items() if col in obj}
+            # A table's JSON text (a chat, a tag list) is parsed by the field it becomes, as if so named.
+            obj = {field: _cell(path, lineno, field, obj[col]) for field, col in columns.items() if col in obj}
         problem = record_problem(obj)
         if problem:
             raise PotstillError(f"{path}:{lineno}: {problem}")

@@ -314,7 +314,7 @@ def read_inputs(cfg: Config) -> list[tuple[int, Record]]:
     for lineno, r in numbered if names else ():
         if r.label is None:
             continue
-        if not (r.label.isdigit() and int(r.label) < len(names)):
+        if not (r.label.isascii() and r.label.isdigit() and int(r.label) < len(names)):
             raise PotstillError(f"{cfg.data.inputs}:{lineno}: label {r.label!r} is not a class index into "
                                 f"data.label_names (0 to {len(names) - 1})")
         r.label = names[int(r.label)]

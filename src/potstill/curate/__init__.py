@@ -332,7 +332,8 @@ def _card(cfg: Config, counts: dict[str, int], rejected: list[Record], train: li
     sources = [{"name": "inputs", "path": cfg.data.inputs, **hub, "source": cfg.data.source,
                 "license": cfg.data.license, "labelled_by": "teacher", "records": counts["input"]}]
     if cfg.curate.real_data or n_real:
-        sources.append({"name": "real", "path": cfg.curate.real_data, "source": cfg.curate.real_source,
+        sources.append({"name": "real", "path": cfg.curate.real_data, **provenance(cfg.curate.real_data),
+                        "source": cfg.curate.real_source,
                         "license": cfg.curate.real_license, "labelled_by": "people (real labels)",
                         "records": n_real, "added_to_train": counts["real_added"]})
     review = None
