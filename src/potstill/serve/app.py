@@ -1,6 +1,7 @@
 """The HTTP face: an OpenAI-compatible FastAPI app over a ``Service``.
 
-Every request to ``/v1/chat/completions`` becomes exactly one ledger row, whatever happens:
+Every request to ``/v1/chat/completions`` (and to ``/v1/responses``, OpenAI's Responses API for
+text) becomes exactly one ledger row, whatever happens:
 answered (status ok, role = who answered), rejected (401/400/413: status error), or failed
 (502 when the teacher fails, 500 otherwise). Every 4xx/5xx carries an OpenAI-style body
 ``{"error": {"message", "type", "param", "code"}}``. Where a key is set, every path but /health
@@ -29,10 +30,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from potstill.errors import PotstillError
 from potstill.records import json_problem
 from potstill.serve.engine import RefusedChat
-from potstill.serve.schemas import ChatCompletion, ChatRequest, ErrorBody, Health, ModelCard, ModelList
+from potstill.serve.schemas import (ChatCompletion, ChatRequest, ErrorBody, Health, ModelCard, ModelList,
+                                    ResponsesRequest)
 from potstill.serve.service import LogprobsUnavailable, Service, TeacherError, with_tool_fields
 
 CHAT = "/v1/chat/completions"
+RESPONSES = "/v1/responses"
+SERVED = (CHAT, RESPONSES)  # the paths whose every request is a ledger row
 ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 500, 502)}
 # One server-sent event (OpenAPI 3.1: the event-stream schema describes each event): its data is a
 # chat.completion.chunk as JSON, or [DONE].
@@ -193,6 +197,7 @@ def build_app(service: Service, api_key: str | None) -> FastAPI:
     bearer = [Depends(HTTPBearer(auto_error=False))]  # documents the scheme; Gate enforces it
     _add_info_routes(app, service, registry, bearer)
     _add_chat_route(app, service, requests, latency, bearer)
+    _add_responses_route(app, service, requests, latency, bearer)
     _add_reload_route(app, service, api_key, bearer)
     app.add_middleware(Gate, service=service, key=api_key, max_body=s.max_body_bytes, reject=reject)
     return app
@@ -219,7 +224,7 @@ def _add_error_handlers(app: FastAPI, service: Service, requests: Counter):
     async def reject(scope: dict, send: Any, status: int, message: str, param: str | None,
                      code: str | None = None) -> None:
         body = error_body(status, message, param, code)
-        if scope["path"].rstrip("/") == CHAT:  # a chat request by any method is a served request: logged
+        if scope["path"].rstrip("/") in SERVED:  # a chat request by any method is a served request: logged
             await asyncio.to_thread(log_error, scope.setdefault("state", {}), status, body)
         resp = JSONResponse(body, status_code=status)
         await resp(scope, _drain_receive, send)
@@ -228,7 +233,7 @@ def _add_error_handlers(app: FastAPI, service: Service, requests: Counter):
                        role: str = "student", model: str | None = None, code: str | None = None,
                        detail: str | None = None, request_hash: str | None = None, billed: Any = None) -> JSONResponse:
         body = error_body(status, message, param, code)
-        if request.url.path.rstrip("/") == CHAT:
+        if request.url.path.rstrip("/") in SERVED:
             await asyncio.to_thread(log_error, request.scope.setdefault("state", {}), status, body, role, model,
                                     detail, request_hash, billed)
         return JSONResponse(body, status_code=status)
@@ -424,6 +429,88 @@ def _add_chat_route(app: FastAPI, service: Service, requests: Counter, latency: 
                                    "finish_reason": served.finish_reason}],
                       "usage": usage, "potstill": route}
         return JSONResponse(completion, headers=headers)
+
+
+def _add_responses_route(app: FastAPI, service: Service, requests: Counter, latency: Histogram, bearer: list) -> None:
+    """OpenAI's Responses API for text (``client.responses.create``): routed, logged and metered as
+    a chat completion is; the ledger row's request carries the input as ``messages`` too, so watch,
+    redistill and import read it as they read a chat request."""
+    s = service.cfg.serve
+
+    @app.post(RESPONSES, dependencies=bearer,
+              responses={**ERRORS, 200: {"content": {"text/event-stream": {"schema": SSE_EVENT}}}})
+    async def responses(body: ResponsesRequest, request: Request) -> Any:
+        state = request.scope.setdefault("state", {})
+        if _owner(service, body.model) is None:
+            raise _unknown_model(service, body.model)
+        if body.previous_response_id is not None:
+            raise APIError(400, "previous_response_id: this server stores no responses; send the whole conversation "
+                           "in input", "previous_response_id")
+        if body.tools:
+            raise APIError(400, "tools: not supported on /v1/responses here; send tool requests to "
+                           "/v1/chat/completions", "tools")
+        try:
+            chat = body.messages()
+        except ValueError as e:
+            raise APIError(400, str(e), "input") from None
+        if len(chat) > s.max_messages:
+            raise APIError(400, f"input: at most {s.max_messages} messages per request", "input")
+        # As chat: the run's instruction replaces a client's system prompt and instructions.
+        messages = [m for m in chat if m["role"] not in ("system", "developer")]
+        if not any(m["role"] == "user" and m["content"].strip() for m in messages):
+            raise APIError(400, "input: needs a user message with text", "input")
+        served = await service.answer(messages, body.max_output_tokens, [])
+        elapsed = time.perf_counter() - state.get("t0", time.perf_counter())
+        route = {"answered_by": served.answered_by, "reason": served.reason, "confidence": served.confidence,
+                 "ood_distance": served.ood_distance, "student_output": served.student_output}
+        state["logged"] = True
+        served.request = {**body.model_dump(exclude_none=True), "messages": messages, "endpoint": RESPONSES}
+        served.latency_s = elapsed
+        await asyncio.to_thread(service.ledger.record_served, served)
+        requests.labels(served.answered_by, served.reason, "200").inc()
+        latency.labels(served.answered_by).observe(elapsed)
+        rid, mid = f"resp_{uuid.uuid4().hex[:24]}", f"msg_{uuid.uuid4().hex[:24]}"
+        cut = served.finish_reason == "length"
+        item = {"type": "message", "id": mid, "status": "incomplete" if cut else "completed", "role": "assistant",
+                "content": [{"type": "output_text", "text": served.content, "annotations": []}]}
+        response = {
+            "id": rid, "object": "response", "created_at": int(time.time()),
+            "status": "incomplete" if cut else "completed", "model": served.model, "output": [item],
+            "incomplete_details": {"reason": "max_output_tokens"} if cut else None, "error": None,
+            "instructions": body.instructions, "max_output_tokens": body.max_output_tokens,
+            "temperature": body.temperature, "top_p": body.top_p, "tools": [], "tool_choice": "auto",
+            "parallel_tool_calls": False, "text": {"format": {"type": "text"}}, "metadata": {},
+            "usage": {"input_tokens": served.input_tokens, "output_tokens": served.output_tokens,
+                      "total_tokens": served.input_tokens + served.output_tokens,
+                      "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}},
+            "potstill": route}
+        headers = _route_headers(served.answered_by, served.reason, served.confidence, served.student)
+        if body.stream:
+            return StreamingResponse(_response_events(response), media_type="text/event-stream", headers=headers)
+        return JSONResponse(response, headers=headers)
+
+
+def _response_events(response: dict[str, Any]):
+    """The Responses API's server-sent events for one text answer. As for chat, the route is decided
+    on the whole answer, so the text arrives as one delta."""
+    item = response["output"][0]
+    part, text = item["content"][0], item["content"][0]["text"]
+    seq = iter(range(1_000))
+
+    def event(kind: str, **fields: Any) -> str:
+        return f"event: {kind}\ndata: {json.dumps({'type': kind, 'sequence_number': next(seq), **fields})}\n\n"
+
+    where = {"item_id": item["id"], "output_index": 0, "content_index": 0}
+    yield event("response.created", response={**response, "status": "in_progress", "output": [], "usage": None})
+    yield event("response.in_progress", response={**response, "status": "in_progress", "output": [], "usage": None})
+    yield event("response.output_item.added", output_index=0, item={**item, "status": "in_progress", "content": []})
+    yield event("response.content_part.added", **where, part={**part, "text": ""})
+    yield event("response.output_text.delta", **where, delta=text, logprobs=[])
+    yield event("response.output_text.done", **where, text=text, logprobs=[])
+    yield event("response.content_part.done", **where, part=part)
+    yield event("response.output_item.done", output_index=0, item=item)
+    yield event("response.incomplete" if response["status"] == "incomplete" else "response.completed",
+                response=response)
 
 
 def _teacher_message(m: Any) -> dict[str, Any]:

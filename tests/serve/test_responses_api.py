@@ -1,0 +1,102 @@
+"""``POST /v1/responses`` through the official openai client's ``responses.create``: the same
+router and ledger as chat completions, streaming too, and OpenAI-shaped 400s."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+
+from potstill.ledger import ServedCall
+from tests.serve.conftest import MSG, client, rows
+
+
+@pytest.mark.parametrize("who", ["student", "teacher"])
+def test_a_response_is_the_chat_completion_s_answer_and_is_logged(served, force, who):
+    service, live = served
+    force(who)
+    cl = client(live)
+    chat = cl.chat.completions.create(model="potstill", messages=MSG)
+    before = len(rows(service))
+    raw = cl.responses.with_raw_response.create(model="potstill", input=MSG[0]["content"])
+    r = raw.parse()
+    assert r.output_text == chat.choices[0].message.content
+    # An answer cut at its token budget is OpenAI's "incomplete" response, as it is chat's finish_reason length.
+    cut = chat.choices[0].finish_reason == "length"
+    assert (r.status, r.incomplete_details and r.incomplete_details.reason) == \
+        (("incomplete", "max_output_tokens") if cut else ("completed", None))
+    assert raw.headers["x-potstill-answered-by"] == who == r.model_extra["potstill"]["answered_by"]
+    assert r.usage.total_tokens == r.usage.input_tokens + r.usage.output_tokens > 0
+    [row] = rows(service)[before:]
+    assert row["status"] == "ok" and row["role"] == who
+    logged = ServedCall.from_row(row)
+    # The row reads as a chat request's does: watch, redistill and import take its messages.
+    assert logged.messages == MSG and json.loads(row["request"])["endpoint"] == "/v1/responses"
+
+
+def test_a_message_list_with_text_parts_and_instructions(served, force):
+    _, live = served
+    force("student")
+    cl = client(live)
+    want = cl.chat.completions.create(model="potstill", messages=MSG).choices[0].message.content
+    r = cl.responses.create(model="potstill", instructions="ignored: the run's instruction stands", input=[
+        {"role": "user", "content": [{"type": "input_text", "text": "the team won "},
+                                     {"type": "input_text", "text": "the match"}]}])
+    assert r.output_text == want
+
+
+def test_streaming_events_carry_the_same_text(served, force):
+    _, live = served
+    force("student")
+    cl = client(live)
+    want = cl.responses.create(model="potstill", input=MSG[0]["content"]).output_text
+    events = list(cl.responses.create(model="potstill", input=MSG[0]["content"], stream=True))
+    kinds = [e.type for e in events]
+    assert kinds[0] == "response.created" and kinds[-1] in ("response.completed", "response.incomplete")
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == want
+    assert events[-1].response.output_text == want
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+
+
+@pytest.mark.parametrize("kwargs, param, says", [
+    ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "http://x/y.png"}]}]}, "input",
+     "input.0.content.0: a part of type 'input_image'"),
+    ({"input": [{"type": "function_call_output", "call_id": "c", "output": "1"}]}, "input",
+     "input.0: an item of type 'function_call_output'"),
+    ({"input": "hi", "previous_response_id": "resp_1"}, "previous_response_id", "this server stores no responses"),
+    ({"input": [{"role": "system", "content": "only a system turn"}]}, "input", "needs a user message with text"),
+])
+def test_what_it_cannot_answer_is_an_openai_400_and_logged(served, kwargs, param, says):
+    service, live = served
+    before = len(rows(service))
+    with pytest.raises(openai.BadRequestError) as e:
+        client(live).responses.create(model="potstill", **kwargs)
+    assert e.value.body["type"] == "invalid_request_error" and e.value.body["param"] == param
+    assert says in e.value.body["message"]
+    [row] = rows(service)[before:]
+    assert row["status"] == "error" and row["error"].startswith("400: ")
+
+
+def test_an_unknown_model_is_a_404(served):
+    _, live = served
+    with pytest.raises(openai.NotFoundError) as e:
+        client(live).responses.create(model="gpt-9", input="hi")
+    assert e.value.body["code"] == "model_not_found"
+
+
+def test_max_output_tokens_cuts_the_answer_as_max_tokens_does(tmp_path, tiny_model, teacher_server, monkeypatch):
+    import math
+
+    from potstill.serve.routing import Routing
+    from tests.serve.conftest import served_free_text
+
+    msgs = [{"role": "user", "content": "the team won the match in the last minute"}]
+    with served_free_text(tmp_path, tiny_model, teacher_server, monkeypatch) as (service, live):
+        service.routing = Routing(confidence_threshold=-math.inf, ood_threshold=math.inf)  # the student
+        cl = client(live)
+        chat = cl.chat.completions.create(model="potstill", messages=msgs, max_completion_tokens=2)
+        r = cl.responses.create(model="potstill", input=msgs, max_output_tokens=2)
+        assert chat.choices[0].finish_reason == "length" and r.output_text == chat.choices[0].message.content
+        assert (r.status, r.incomplete_details.reason, r.usage.output_tokens) == ("incomplete", "max_output_tokens", 2)
+        assert rows(service)[-1]["stop_reason"] == "length"
