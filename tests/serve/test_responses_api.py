@@ -33,6 +33,10 @@ def test_a_response_is_the_chat_completion_s_answer_and_is_logged(served, force,
     logged = ServedCall.from_row(row)
     # The row reads as a chat request's does: watch, redistill and import take its messages.
     assert logged.messages == MSG and json.loads(row["request"])["endpoint"] == "/v1/responses"
+    from potstill.importers import import_served
+
+    [rec] = [r for r in import_served(service.ledger.path) if r.meta["ledger_id"] == row["id"]]
+    assert (rec.messages, rec.output) == (MSG, r.output_text)
 
 
 def test_a_message_list_with_text_parts_and_instructions(served, force):
