@@ -14,6 +14,7 @@ from potstill.errors import PotstillError
 from potstill.records import read_numbered
 from potstill.stage import by_content, load_inputs
 from tests.helpers.cli import run_main
+from tests.helpers.hub import use_hub
 from tests.helpers.live_server import LiveServer
 
 CSV_A = "text,label_text,label\nthe team won the match,sport,3\nnew phone software,tech,4\n"
@@ -49,17 +50,12 @@ def _hub(state: dict) -> FastAPI:
 
 @pytest.fixture
 def hub(monkeypatch, tmp_path):
-    from huggingface_hub import constants
-
     a, b = "a" * 40, "b" * 40
     state = {"requests": [], "repos": {
         "org/news": {"refs": {"main": a}, "commits": {a: {"data/train.csv": CSV_A}, b: {"data/train.csv": CSV_B}}},
         "org/gated": {"gated": True, "refs": {"main": a}, "commits": {a: {"train.csv": CSV_A}}}}}
     with LiveServer(_hub(state)) as live:
-        monkeypatch.setattr(constants, "ENDPOINT", live.url)
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", live.url + "/{repo_id}/resolve/{revision}/{filename}")
-        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        use_hub(monkeypatch, live.url, tmp_path / "hf")
         monkeypatch.delenv("HF_TOKEN", raising=False)
         yield state
 

@@ -10,6 +10,7 @@ import pytest
 from fastapi import FastAPI, Request, Response
 
 from potstill.models import loading
+from tests.helpers.hub import use_hub
 from tests.helpers.live_server import LiveServer
 
 
@@ -30,14 +31,9 @@ def _hub(state: dict) -> FastAPI:
 
 @pytest.fixture
 def hub(monkeypatch, tmp_path):
-    from huggingface_hub import constants
-
     state = {"commit": "a" * 40, "requests": 0}
     with LiveServer(_hub(state)) as live:
-        monkeypatch.setattr(constants, "ENDPOINT", live.url)
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", live.url + "/{repo_id}/resolve/{revision}/{filename}")
-        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        use_hub(monkeypatch, live.url, tmp_path / "hf")
         monkeypatch.setattr(loading, "_HUB_ASKED", {}, raising=False)
         yield state
 

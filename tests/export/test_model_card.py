@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response
 
 from potstill.export import MARK
 from tests.helpers.cli import run_main
+from tests.helpers.hub import use_hub
 from tests.helpers.live_server import LiveServer
 from tests.test_pipeline import LABELS, write_inputs
 
@@ -143,13 +144,10 @@ def _hub(state: dict) -> FastAPI:
 
 
 @pytest.fixture
-def hub(monkeypatch):
-    from huggingface_hub import constants
-
+def hub(monkeypatch, tmp_path):
     state: dict = {"auth": [], "commits": [], "unexpected": []}
     with LiveServer(_hub(state)) as live:
-        monkeypatch.setattr(constants, "ENDPOINT", live.url)
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        use_hub(monkeypatch, live.url, tmp_path / "hf")
         monkeypatch.setenv("HF_TOKEN", TOKEN)
         yield state
 

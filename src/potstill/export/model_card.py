@@ -24,11 +24,10 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 
 def _hub_model(spec: str) -> str | None:
-    """A student model named by a hub id (``org/name``, ``org/name@rev``): the id, for base_model."""
-    if spec.startswith(("bundled:", ".", "/", "~")) or spec.endswith(".gguf") or spec.count("/") != 1 \
-            or Path(spec).expanduser().exists():
-        return None
-    return spec.split("@")[0]
+    """A student model named by a namespaced hub id (``org/name``, ``org/name@rev``): the id, for base_model."""
+    from potstill.stage import _hub_id
+
+    return spec.split("@")[0] if _hub_id(spec) and "/" in spec else None
 
 
 def _pct(x: Any) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import itertools
 import json
 import math
 import re
@@ -365,6 +366,21 @@ def _add_info_routes(app: FastAPI, service: Service, registry: CollectorRegistry
         return {"id": model, "object": "model", "created": int(time.time()), "owned_by": owner}
 
 
+async def _record(service: Service, state: dict, served: Any, request: dict[str, Any], requests: Counter,
+                  latency: Histogram) -> dict[str, Any]:
+    """An answered request's ledger row (``request`` as logged) and metrics; returns its route for the client."""
+    elapsed = time.perf_counter() - state.get("t0", time.perf_counter())
+    route = {"answered_by": served.answered_by, "reason": served.reason, "confidence": served.confidence,
+             "ood_distance": served.ood_distance, "student_output": served.student_output,
+             **({"logprobs_unavailable": served.logprobs_unavailable} if served.logprobs_unavailable else {})}
+    state["logged"] = True
+    served.request, served.latency_s = request, elapsed
+    await asyncio.to_thread(service.ledger.record_served, served)
+    requests.labels(served.answered_by, served.reason, "200").inc()
+    latency.labels(served.answered_by).observe(elapsed)
+    return route
+
+
 def _add_chat_route(app: FastAPI, service: Service, requests: Counter, latency: Histogram, bearer: list) -> None:
     s = service.cfg.serve
 
@@ -400,19 +416,11 @@ def _add_chat_route(app: FastAPI, service: Service, requests: Counter, latency: 
         served = await service.answer(messages, body.max_completion_tokens or body.max_tokens, body.stops(),
                                       teacher_messages=teacher_messages if teacher_messages != messages else None,
                                       tools=tools, logprobs=logprobs)
-        elapsed = time.perf_counter() - state.get("t0", time.perf_counter())
-        route = {"answered_by": served.answered_by, "reason": served.reason, "confidence": served.confidence,
-                 "ood_distance": served.ood_distance, "student_output": served.student_output,
-                 **({"logprobs_unavailable": served.logprobs_unavailable} if served.logprobs_unavailable else {})}
+        route = await _record(service, state, served, body.model_dump(exclude_none=True), requests, latency)
         # OpenAI's choices[0].logprobs: null unless asked; asked and not given, null and the route says why.
         lps = {"content": served.logprobs, "refusal": None} if served.logprobs is not None else None
         usage = {"prompt_tokens": served.input_tokens, "completion_tokens": served.output_tokens,
                  "total_tokens": served.input_tokens + served.output_tokens}
-        state["logged"] = True
-        served.request, served.latency_s = body.model_dump(exclude_none=True), elapsed
-        await asyncio.to_thread(service.ledger.record_served, served)
-        requests.labels(served.answered_by, served.reason, "200").inc()
-        latency.labels(served.answered_by).observe(elapsed)
         cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         headers = _route_headers(served.answered_by, served.reason, served.confidence, served.student)
         calls = served.extra.get("tool_calls")
@@ -460,15 +468,8 @@ def _add_responses_route(app: FastAPI, service: Service, requests: Counter, late
         if not any(m["role"] == "user" and m["content"].strip() for m in messages):
             raise APIError(400, "input: needs a user message with text", "input")
         served = await service.answer(messages, body.max_output_tokens, [])
-        elapsed = time.perf_counter() - state.get("t0", time.perf_counter())
-        route = {"answered_by": served.answered_by, "reason": served.reason, "confidence": served.confidence,
-                 "ood_distance": served.ood_distance, "student_output": served.student_output}
-        state["logged"] = True
-        served.request = {**body.model_dump(exclude_none=True), "messages": messages, "endpoint": RESPONSES}
-        served.latency_s = elapsed
-        await asyncio.to_thread(service.ledger.record_served, served)
-        requests.labels(served.answered_by, served.reason, "200").inc()
-        latency.labels(served.answered_by).observe(elapsed)
+        route = await _record(service, state, served, {**body.model_dump(exclude_none=True), "messages": messages,
+                                                       "endpoint": RESPONSES}, requests, latency)
         rid, mid = f"resp_{uuid.uuid4().hex[:24]}", f"msg_{uuid.uuid4().hex[:24]}"
         cut = served.finish_reason == "length"
         item = {"type": "message", "id": mid, "status": "incomplete" if cut else "completed", "role": "assistant",
@@ -495,7 +496,7 @@ def _response_events(response: dict[str, Any]):
     on the whole answer, so the text arrives as one delta."""
     item = response["output"][0]
     part, text = item["content"][0], item["content"][0]["text"]
-    seq = iter(range(1_000))
+    seq = itertools.count()
 
     def event(kind: str, **fields: Any) -> str:
         return f"event: {kind}\ndata: {json.dumps({'type': kind, 'sequence_number': next(seq), **fields})}\n\n"

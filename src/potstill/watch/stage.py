@@ -288,14 +288,11 @@ def append_history(path: Path, row: dict[str, Any]) -> None:
     add a whole line, and a line a crash cut short stays alone on its line (``read_history`` skips it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     line = (json.dumps(row) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         size = os.fstat(fd).st_size
-        if size:
-            with open(path, "rb") as f:
-                f.seek(size - 1)
-                if f.read(1) != b"\n":  # the end of a line a crash cut short
-                    line = b"\n" + line
+        if size and os.pread(fd, 1, size - 1) != b"\n":  # the end of a line a crash cut short
+            line = b"\n" + line
         os.write(fd, line)
     finally:
         os.close(fd)
