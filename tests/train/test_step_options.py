@@ -364,7 +364,7 @@ def test_early_stopping_without_eval_every_or_val_is_refused(tiny_model, tmp_pat
 
 @pytest.mark.parametrize("pack", [False, True])
 def test_neftune_noise_is_bounded_by_each_example_s_own_length(tiny_model, pack):
-    from potstill.train.trainer import neftune_noise
+    from potstill.train.neftune import neftune_noise
 
     task = get_task(TaskConfig(type="classification", labels=LABELS, instruction="classify the text"))
     lm = load_lm(str(tiny_model), device="cpu")
