@@ -8,7 +8,7 @@
    - ``hf+liger``: the same after ``liger_kernel.transformers.apply_liger_kernel_to_llama``
      (RMSNorm, RoPE, SwiGLU and fused linear cross-entropy: what ``use_liger_kernel=True`` gives
      TRL users); the class-level patch is undone afterwards so later variants stay stock;
-   - ``potstill``: the trainer's own loss module (``potstill.train.trainer._LossModule``): the
+   - ``potstill``: the trainer's own loss module (``potstill.train.loss_module.LossModule``): the
      decoder body with the training attention of ``train/attention.py``, then the chunked
      cross-entropy head;
    - ``potstill+compile``: the same with ``train.compile: true`` (the body under ``torch.compile``).
@@ -47,7 +47,7 @@ import torch
 from potstill.models.scoring import decoder
 from potstill.train import losses as L
 from potstill.train.batching import IGNORE, Example, collate
-from potstill.train.trainer import LossSpec, _LossModule, hidden_states
+from potstill.train.loss_module import LossModule, LossSpec, hidden_states
 
 STUDENT = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192, rope_theta=100000.0,
@@ -120,9 +120,9 @@ class liger_patched:
         ML.LlamaForCausalLM.forward = self.forward
 
 
-def loss_module(model, compiled: bool, mode: str | None) -> _LossModule:
+def loss_module(model, compiled: bool, mode: str | None) -> LossModule:
     """The trainer's loss module; ``mode`` (e.g. reduce-overhead) swaps in a body compiled with it."""
-    module = _LossModule(model, model, compile=compiled)
+    module = LossModule(model, model, compile=compiled)
     if compiled and mode:
         module._body = torch.compile(decoder(model), mode=mode)
     return module

@@ -156,7 +156,7 @@ def check_vocabulary(ctx: _Ctx) -> Check:
     tcfg = ctx.cfg.train
     signal = tcfg.kd_signal
     if signal == "auto" and tcfg.objective == "kd":  # as the trainer resolves it
-        from potstill.train.trainer import auto_signal
+        from potstill.train.teacher import auto_signal
 
         signal = auto_signal(tcfg, ctx.task, ctx.train_records())
     if tcfg.objective != "kd" or signal == "labels":

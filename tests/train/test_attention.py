@@ -10,7 +10,7 @@ from potstill.models.loading import load_lm
 from potstill.models.scoring import decoder
 from potstill.train import attention as A
 from potstill.train.batching import Example, collate
-from potstill.train.trainer import LossSpec, _LossModule, fused_head_ok, hidden_states
+from potstill.train.loss_module import LossModule, LossSpec, fused_head_ok, hidden_states
 
 
 def _examples(vocab: int, lengths: list[int], seed: int = 0) -> list[Example]:
@@ -123,7 +123,7 @@ def test_loss_module_unchanged_on_padded_batches(tiny_model):
     """The trainer's loss sums through the new path equal the stock path's (the CE term), in fp32
     (on a GPU the model would otherwise load in bf16, where the two paths round apart)."""
     lm = load_lm(str(tiny_model), dtype=torch.float32)
-    module = _LossModule(lm.model, lm.model)
+    module = LossModule(lm.model, lm.model)
     spec = LossSpec("forward_kl", 0.5, 0.1, 1.0, None, fused_head_ok(lm.model))
     b = collate(_examples(lm.model.config.vocab_size, [4, 9, 13]), lm.tokenizer.pad_token_id, lm.device)
     with torch.no_grad():

@@ -7,7 +7,7 @@ import torch
 
 from potstill.models.loading import load_lm
 from potstill.train.batching import Example, collate, rows_of, topk_for_completion
-from potstill.train.trainer import LossSpec, _LossModule, fused_head_ok
+from potstill.train.loss_module import LossModule, LossSpec, fused_head_ok
 
 
 def _examples(vocab: int, lengths: list[int], seed: int = 0) -> list[Example]:
@@ -23,7 +23,7 @@ def _examples(vocab: int, lengths: list[int], seed: int = 0) -> list[Example]:
 def test_packed_loss_equals_unpacked(tiny_model, attn):
     lm = load_lm(str(tiny_model))
     lm.model.set_attn_implementation(attn)
-    module = _LossModule(lm.model, lm.model)
+    module = LossModule(lm.model, lm.model)
     spec = LossSpec("forward_kl", 0.5, 0.1, 1.0, None, fused_head_ok(lm.model))
     ex = _examples(lm.model.config.vocab_size, [7, 12, 5, 9, 16, 3])
     pad = lm.tokenizer.pad_token_id

@@ -122,7 +122,7 @@ def test_weights_checksum_sees_one_changed_element(tiny_model):
 
 def test_deal_balances_tokens_and_keeps_every_example_once():
     from potstill.train.batching import Example
-    from potstill.train.trainer import deal
+    from potstill.train.distributed import deal
 
     lengths = [900, 10, 850, 12, 600, 15, 500, 20, 40, 8, 35, 30]  # every other one long
     batch = [Example(ids=list(range(n)), n_prompt=1) for n in lengths]

@@ -170,7 +170,7 @@ def test_kd_temperature_with_api_topk_is_refused(tiny_model, sharp_teacher, tmp_
 def test_auto_signal_is_labels_for_classification_even_when_records_carry_api_logprobs(tiny_model, tmp_path):
     """An API teacher's top-k tokens would be re-encoded with another tokenizer; the label distribution
     needs no mapping. auto used to pick topk here."""
-    from potstill.train.trainer import resolve_signal
+    from potstill.train.teacher import resolve_signal
 
     labels = ["sports", "tech", "politics", "business", "entertainment"]
     task = get_task(TaskConfig(type="classification", labels=labels, instruction="topic"))

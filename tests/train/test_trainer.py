@@ -80,7 +80,8 @@ def test_a_second_training_in_one_process_may_change_precision(tiny_model, tmp_p
 def test_trainable_layers_counts_from_the_top_and_never_past_the_bottom(tiny_model, top, trained):
     """More trainable layers than the model has trains them all (a 12-layer cut with the default
     20 once trained only its top 8: a negative slice start)."""
-    from potstill.train.trainer import decoder, freeze_for
+    from potstill.models.scoring import decoder
+    from potstill.train.params import freeze_for
 
     lm = load_lm(str(tiny_model))
     layers = decoder(lm.model).layers

@@ -18,7 +18,7 @@ the global batch of ``batch_size``; every loss term is a sum divided by its *glo
 processes' tokens), times the world size because DDP averages gradients, so the update equals a
 single process's at the same global batch whatever the per-process token counts
 (``tests/train/test_distributed.py``). All weight use happens inside one module's forward
-(``_LossModule``), which is what DDP and FSDP need to see.
+(``loss_module.LossModule``), which is what DDP and FSDP need to see.
 """
 
 from __future__ import annotations
@@ -38,204 +38,19 @@ import torch
 from potstill.config import TrainConfig
 from potstill.errors import PotstillError, compile_failed
 from potstill.hashing import hash_obj
-from potstill.models.loading import LM, hub_revision, hub_split, load_lm, save_lm
+from potstill.models.loading import LM, hub_revision, hub_split, save_lm
 from potstill.models.prompting import PromptFormat, label_token_ids, stop_token_ids
-from potstill.models.scoring import apply_head, decoder
 from potstill.progress import bar, say
 from potstill.records import Record, atomic_dir, write_text
 from potstill.tasks import Task
 from potstill.train import checkpoint
-from potstill.train.attention import causal_attention, decoder_inputs
-from potstill.train.batching import IGNORE, Batch, Example, build_examples, collate  # noqa: F401 (re-export)
-from potstill.train.distributed import (accelerator, check_same_weights, deal, gather_objects,  # noqa: F401
-                                        global_counts, global_values, load_on_every_rank)
-from potstill.train.fused_head import fused_linear_cross_entropy, fused_linear_kd, fused_linear_sparse_kd
-from potstill.train.neftune import neftune_noise
-from potstill.train.losses import label_distribution_kd
+from potstill.train.batching import Batch, Example, build_examples, collate
+from potstill.train.distributed import (accelerator, check_same_weights, deal, gather_objects, global_counts,
+                                        global_values)
+from potstill.train.loss_module import TERMS, LossModule, LossSpec, combine, evaluate_val, fused_head_ok
 from potstill.train.onpolicy import sample_batch
 from potstill.train.params import apply_lora, freeze_for, load_qlora_base
-
-TERMS = ("ce", "kd", "topk", "labels")
-METRIC = {"kd": "logits", "topk": "topk", "labels": "labels"}
-
-
-def hidden_states(model: Any, body: Any, b: Batch, neftune_alpha: float | None = None) -> torch.Tensor:
-    """The last hidden states of ``model`` on batch ``b``, through ``body`` (its decoder, maybe compiled),
-    with no materialised attention mask where the batch needs none (see ``attention.py``);
-    ``neftune_alpha``: NEFTune's noise on the input embeddings (``neftune_noise``)."""
-    with causal_attention(model):
-        inputs = decoder_inputs(model, b.attention_mask, b.position_ids, packed=b.attention_mask is None)
-        if neftune_alpha:
-            # The embedding module's own output (Gemma's scaled embedding included), as the ids path computes it.
-            embeds = model.get_input_embeddings()(b.ids)
-            embeds = embeds + neftune_noise(embeds, b, neftune_alpha)
-            return body(inputs_embeds=embeds, use_cache=False, **inputs).last_hidden_state
-        return body(input_ids=b.ids, use_cache=False, **inputs).last_hidden_state
-
-
-def fused_head_ok(model: Any) -> bool:
-    """The chunked heads compute ``hidden @ W.T``: no bias, no final logit soft-cap."""
-    head = model.get_output_embeddings()
-    return getattr(head, "bias", None) is None and not getattr(model.config, "final_logit_softcapping", None)
-
-
-@dataclass(frozen=True)
-class LossSpec:
-    kind: str
-    beta: float
-    alpha: float
-    temperature: float
-    label_ids: tuple[int, ...] | None
-    fused: bool
-
-
-class _LossModule(torch.nn.Module):
-    """Per-term loss *sums* of one batch; every trainable weight is used inside ``forward``."""
-
-    def __init__(self, model: Any, base: Any, compile: bool = False, neftune_alpha: float | None = None) -> None:
-        super().__init__()
-        self.neftune_alpha = neftune_alpha  # train.neftune_noise_alpha: in training forwards only, not val
-        self.model = model  # the trained module (a peft wrapper for LoRA), so its parameters are ours
-        self.base = base  # the causal LM inside it (same parameters)
-        # Fuses the norms, rotary and activation kernels. The first shape compiles static (the fastest
-        # code while shapes stay constant); a second shape recompiles once with dynamic sizes.
-        self._body = torch.compile(decoder(base)) if compile else None
-
-    def forward(self, b: Batch, spec: LossSpec, teacher_h: torch.Tensor | None = None,
-                teacher_w: torch.Tensor | None = None, label_choices: bool = False) -> dict[str, torch.Tensor]:
-        """``label_choices`` (classification, val passes): also ``label_logits`` (N, K labels) at each
-        completion's first position and ``label_targets`` (N,), the token each is trained to give there."""
-        hidden = hidden_states(self.base, self._body if self._body is not None else decoder(self.base), b,
-                               self.neftune_alpha if self.training else None)
-        h = hidden[:, :-1]
-        w = self.base.get_output_embeddings().weight
-        # bf16 GEMMs on GPU (the fused heads do their softmax maths in fp32), fp32 on CPU.
-        cdt = torch.bfloat16 if h.is_cuda else w.dtype
-        zero = hidden.sum() * 0.0
-        out = {k: zero for k in TERMS}
-        n = b.counts()  # counted on the host by collate: no wait for the GPU here
-        with torch.autocast(device_type=h.device.type, enabled=False):
-            hc, wc = h.to(cdt), w.to(cdt)
-            if n["ce"]:
-                if spec.fused:
-                    out["ce"] = fused_linear_cross_entropy(hc, wc, b.ce_targets, reduction="sum", valid_rows=n["ce"])
-                else:  # completion positions only: a few rows, never B x T x V
-                    sel = b.ce_targets != IGNORE
-                    logits = apply_head(self.base, h[sel]).float()
-                    out["ce"] = torch.nn.functional.cross_entropy(logits, b.ce_targets[sel], reduction="sum")
-            kd_args = dict(kind=spec.kind, beta=spec.beta, alpha=spec.alpha, temperature=spec.temperature,
-                           reduction="sum")
-            if teacher_h is not None and n["kd"]:
-                # The rows both heads have (every token; padding rows past the tokenizer may differ).
-                v = min(wc.shape[0], teacher_w.shape[0])
-                out["kd"] = fused_linear_kd(hc, wc[:v], teacher_h.to(cdt), teacher_w[:v].to(cdt), b.kd_targets,
-                                            valid_rows=n["kd"], **kd_args)
-            if b.topk_ids is not None and n["topk"]:
-                out["topk"] = fused_linear_sparse_kd(hc, wc, b.topk_ids, b.topk_lp, b.topk_mask, valid_rows=n["topk"],
-                                                     **kd_args)
-            if b.label_lp is not None and spec.label_ids:
-                rows = torch.tensor([r for r, _ in b.label_pos], device=hidden.device)
-                cols = torch.tensor([c for _, c in b.label_pos], device=hidden.device)
-                student = apply_head(self.base, hidden[rows, cols], list(spec.label_ids)).float()
-                out["labels"] = label_distribution_kd(
-                    student, torch.arange(len(spec.label_ids), device=hidden.device), b.label_lp,
-                    kind=spec.kind, beta=spec.beta, alpha=spec.alpha, temperature=spec.temperature, reduction="sum")
-            if label_choices and spec.label_ids:
-                # A completion starts where a CE target follows none (padded rows start at one; packed
-                # rows hold several); h[:, t] predicts ce_targets[:, t]. Inside forward: under FSDP
-                # the head's rows exist only here.
-                ce = b.ce_targets
-                start = ce != IGNORE
-                start[:, 1:] &= ce[:, :-1] == IGNORE
-                rows, cols = start.nonzero(as_tuple=True)
-                out["label_logits"] = apply_head(self.base, h[rows, cols], list(spec.label_ids))
-                out["label_targets"] = ce[rows, cols]
-        return out
-
-
-def combine(sums: dict[str, torch.Tensor], counts: dict[str, float], cfg: TrainConfig) -> tuple[torch.Tensor, dict]:
-    """``CE + kd_weight * T^2 * KD`` with each term a mean over its global count of positions."""
-    t2 = cfg.kd_temperature**2
-    loss = sums["ce"] * 0.0
-    parts: dict[str, torch.Tensor] = {}
-    for k in TERMS:
-        if counts[k] > 0:
-            term = sums[k] / counts[k]
-            if k == "ce":
-                parts["ce"] = term
-                loss = loss + term
-            else:  # metrics: "kd" is the KD total, "kd_<signal>" each signal's share
-                parts[f"kd_{METRIC[k]}"] = term
-                parts["kd"] = parts.get("kd", 0.0) + term
-                loss = loss + cfg.kd_weight * t2 * term
-    return loss, parts
-
-
-class _Teacher:
-    """A local teacher with the student's tokenizer: its last hidden states and LM head weight."""
-
-    def __init__(self, spec: str, student: LM, device: torch.device, compile: bool = False) -> None:
-        with load_on_every_rank():  # loaded after Accelerator(): see distributed.py
-            self.lm = load_lm(spec, device=str(device))
-        # With train.compile its forward is compiled too: in a KD step the teacher's forward is the
-        # largest share of the work (a 1.7B teacher against a 135M student).
-        body = decoder(self.lm.model)
-        self._body = torch.compile(body) if compile else body
-        if self.lm.tokenizer.get_vocab() != student.tokenizer.get_vocab():
-            raise PotstillError(f"train.teacher_model '{spec}' has another tokenizer than the student; token-level "
-                                "KD and on-policy batches need the same vocabulary (use kd_signal labels instead)")
-        self.w = self.lm.model.get_output_embeddings().weight.detach()
-        # One family's sizes pad the LM head differently past the tokenizer (Qwen2.5-7B 152,064 rows,
-        # 0.5B 151,936, both over the tokenizer's 151,665 tokens): rows past the tokenizer name no token,
-        # so KD compares the rows both heads have (``rows``), which hold every token.
-        student_rows, tokens = student.model.get_output_embeddings().weight.shape[0], len(student.tokenizer)
-        self.rows = min(self.w.shape[0], student_rows)
-        if self.rows < tokens or not fused_head_ok(self.lm.model):
-            raise PotstillError(f"train.teacher_model '{spec}': its LM head ({self.w.shape[0]} rows) does not match the "
-                                f"student's ({student_rows} rows) over the tokenizer's {tokens} tokens")
-
-    @torch.no_grad()
-    def hidden(self, b: Batch) -> torch.Tensor:
-        return hidden_states(self.lm.model, self._body, b)[:, :-1]
-
-
-def auto_signal(cfg: TrainConfig, task: Task, records: list[Record]) -> str:
-    """What ``kd_signal: auto`` means for this task and these records (preflight asks it too).
-
-    A local teacher_model is checked to share the student's vocabulary (_Teacher), so its logits
-    are exact. API top-k tokens are strings re-encoded with the student's tokenizer: exact only for
-    the same tokenizer, which nothing here can prove; for classification the label distribution
-    says the same thing without any mapping, so it wins there."""
-    if cfg.teacher_model:
-        return "logits"
-    return "topk" if not task.labels and any(r.logprobs for r in records) else "labels"
-
-
-def resolve_signal(cfg: TrainConfig, task: Task, records: list[Record]) -> str | None:
-    """Which KD signal the ``kd`` objective uses (None for ``sft``)."""
-    if cfg.objective != "kd":
-        return None
-    sig = auto_signal(cfg, task, records) if cfg.kd_signal == "auto" else cfg.kd_signal
-    if sig == "logits" and not cfg.teacher_model:
-        raise PotstillError("train.kd_signal logits needs train.teacher_model (a local same-tokenizer teacher)")
-    if sig == "labels" and not task.labels:
-        raise PotstillError("train.kd_signal labels needs a classification task (label_probs)")
-    if sig == "labels" and not any(r.label_probs for r in records):
-        # Else every example's KD term is empty and the run is plain SFT while train.json says kd.
-        raise PotstillError("train.objective kd (labels signal): no training record carries label_probs, the "
-                            "teacher's distribution over labels (a local teacher writes them; an API teacher "
-                            "needs teacher.logprobs 5 or so, on a server that returns logprobs); regenerate so, "
-                            "or set train.objective sft")
-    if sig == "topk" and not any(r.logprobs for r in records):
-        raise PotstillError("train.kd_signal topk: no training record carries logprobs "
-                            "(generate with a teacher that returns top-k logprobs)")
-    if sig == "topk" and cfg.kd_temperature != 1.0:
-        # Only the student's side would be tempered (the top-k's tail is unknown, losses.sparse_topk_kd):
-        # its optimum is softmax(z / T) = p, so at T = 2 a 0.6 teacher token became 0.83 at inference.
-        raise PotstillError(f"train.kd_temperature {cfg.kd_temperature:g} with the topk signal: an API's top-k "
-                            "cannot be re-tempered (its tail is unknown), so the student would learn the teacher's "
-                            f"probabilities raised to the power {cfg.kd_temperature:g}; use kd_temperature 1")
-    return sig
+from potstill.train.teacher import LocalTeacher, resolve_signal
 
 
 @dataclass
@@ -247,7 +62,7 @@ class _Setup:
     sched: Any
     base: Any
     spec: LossSpec
-    teacher: _Teacher | None
+    teacher: LocalTeacher | None
     signal: str | None
     examples: list[Example]
     val_examples: list[Example]
@@ -429,7 +244,7 @@ def _setup(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: li
     spec = LossSpec(cfg.kd_kind, cfg.kd_beta, cfg.kd_alpha, cfg.kd_temperature,
                     tuple(label_token_ids(lm.tokenizer, fmt, task.labels)) if task.labels else None,
                     fused_head_ok(base))
-    teacher = _Teacher(cfg.teacher_model, lm, accel.device, compile=cfg.compile) if cfg.teacher_model else None
+    teacher = LocalTeacher(cfg.teacher_model, lm, accel.device, compile=cfg.compile) if cfg.teacher_model else None
     # Before prepare(): FSDP shards differ by rank by design, the loaded weights must not.
     check_same_weights({"student": model, **({"teacher (train.teacher_model)": teacher.lm.model} if teacher else {})},
                        accel.device)
@@ -469,7 +284,7 @@ def _setup(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: li
     total = cfg.max_steps or max(1, math.ceil(math.ceil(len(examples) / cfg.batch_size) * cfg.epochs))
     warmup = math.ceil(cfg.warmup_ratio * total) if cfg.warmup_ratio is not None else cfg.warmup_steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_schedule(warmup, total, cfg.lr_scheduler))
-    module = _LossModule(model, base, compile=cfg.compile, neftune_alpha=cfg.neftune_noise_alpha)
+    module = LossModule(model, base, compile=cfg.compile, neftune_alpha=cfg.neftune_noise_alpha)
     tied = base.get_output_embeddings().weight is base.get_input_embeddings().weight
     module, opt = accel.prepare(module, opt)
     inner = accel.unwrap_model(module).base
@@ -710,45 +525,7 @@ def _save_student(s: _Setup, lm: LM, cfg: TrainConfig, out_dir: Path, ckpt_dir: 
 
 
 def _unprefixed(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """The trained model's entries of ``_LossModule``'s state dict (it also lists ``base.*``)."""
+    """The trained model's entries of ``LossModule``'s state dict (it also lists ``base.*``)."""
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def evaluate_loss(module: _LossModule, examples: list[Example], cfg: TrainConfig, spec: LossSpec,
-                  teacher: _Teacher | None, pad: int, device: torch.device, max_length: int,
-                  signal: str | None) -> float | None:
-    """The training loss on ``examples`` (None for none)."""
-    return evaluate_val(module, examples, cfg, spec, teacher, pad, device, max_length, signal).get("val_loss")
-
-
-def evaluate_val(module: _LossModule, examples: list[Example], cfg: TrainConfig, spec: LossSpec,
-                 teacher: _Teacher | None, pad: int, device: torch.device, max_length: int,
-                 signal: str | None) -> dict[str, float]:
-    """``val_loss``: the training loss on ``examples``, a mean over batches of ``batch_size``
-    weighted by their examples; for classification also ``val_label_agreement``: the share of
-    examples whose most likely label (first tokens, as evaluate and serve score them) is the one
-    they are trained to give, the teacher's. Empty for no examples."""
-    if not examples:
-        return {}
-    total, n, agree, scored = 0.0, 0, 0, 0
-    was_training = module.training
-    module.eval()  # the saved student's loss: no LoRA or attention dropout
-    ids = torch.tensor(spec.label_ids, device=device) if spec.label_ids else None
-    with torch.no_grad():
-        for i in range(0, len(examples), cfg.batch_size):
-            batch = examples[i : i + cfg.batch_size]
-            b = collate(batch, pad, device, pack=cfg.pack, max_length=max_length, kd_tokens=signal == "logits",
-                        with_topk=signal == "topk")
-            counts = {k: float(v) for k, v in b.counts().items()}
-            th = teacher.hidden(b) if teacher is not None and counts["kd"] else None
-            sums = module(b, spec, th, teacher.w if teacher else None, label_choices=ids is not None)
-            loss, _ = combine(sums, counts, cfg)
-            total += float(loss) * len(batch)
-            n += len(batch)
-            if ids is not None:
-                want = sums["label_targets"][:, None] == ids[None]  # (N, K): which label each is trained to give
-                known = want.any(1)
-                agree += int((want.float().argmax(1) == sums["label_logits"].argmax(1))[known].sum())
-                scored += int(known.sum())
-    module.train(was_training)
-    return {"val_loss": total / n, **({"val_label_agreement": agree / scored} if scored else {})}
