@@ -60,3 +60,26 @@ def test_requests_sent_to_the_teacher_for_their_tools_are_not_counted_as_escalat
     assert esc["n"] == 40 and esc["share"] == 0.0 and not esc["flagged"]
     assert report["traffic"]["tool_requests"] == 20
     assert any("20 request(s) offering tools" in n for n in report["notes"])
+
+
+def test_format_escalations_are_left_out_of_the_label_mix_and_the_escalation_share(tmp_path, tiny_model):
+    """A request whose response_format the student's label could not fit goes to the teacher by the
+    format, not by the routing val calibrated, and its answer is JSON, not a label: counted apart.
+    Counting them made 20 among 60 a 33% share and 20 invalid labels."""
+    run, texts, current = _run(tmp_path, tiny_model)
+    with Ledger(run / "calls.sqlite") as ledger:
+        _served(ledger, texts[:40], current, False, 1000.0)
+        for i, t in enumerate(texts[40:60]):
+            ledger.record_served(ServedCall(
+                request={"model": "potstill", "messages": [{"role": "user", "content": t}],
+                         "response_format": {"type": "json_object"}},
+                answered_by="teacher", model="m", content='{"topic": "tech"}',
+                reason="response_format+cached" if i % 2 else "response_format", student=current,
+                created_at=2000.0 + i))
+    report = watch_run(run, _cfg(), device="cpu")
+    labels, esc = report["checks"]["labels"], report["checks"]["escalation"]
+    assert labels["n_live"] == 40 and "(invalid)" not in labels["live"] and not labels["flagged"]
+    assert esc["n"] == 40 and esc["share"] == 0.0 and not esc["flagged"]
+    assert report["traffic"]["response_format_escalations"] == 20 and report["traffic"]["tool_requests"] == 0
+    assert any("20 request(s) sent to the teacher because the student's answer was not the JSON" in n
+               for n in report["notes"])

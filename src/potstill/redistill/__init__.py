@@ -237,8 +237,9 @@ def _traffic_step(ledger_path: Path, cfg: Config, task: Task, timings: dict[str,
         t0 = time.perf_counter()
         sampled, gstats = label_sample(cfg, traffic, task, ledger)
     timings["teacher_s"] = time.perf_counter() - t0
-    cut = traffic.counts["escalated_cut"]
+    cut, formatted = traffic.counts["escalated_cut"], traffic.counts["escalated_response_format"]
     cut_note = f"{cut} escalations left out as the client cut them short, " if cut else ""
+    cut_note += f"{formatted} left out as asked in a client's response_format, " if formatted else ""
     say(f"redistill: {traffic.counts['distinct']} distinct served requests ({traffic.counts['escalated']} escalated, "
         f"{cut_note}{traffic.counts['student_answered']} answered by the student); teacher asked about {len(sampled)} of the "
         f"latter: {gstats.calls} calls, {gstats.cache_hits} from the ledger cache, ${gstats.cost_usd:.4f}")

@@ -12,7 +12,9 @@ asking again would pay for the same request twice. One its ``stop`` cut is learn
 answer serve keeps in the row (``teacher_output``); an older row, which kept only the cut text, is
 left out the same way. An escalation
 the teacher answered with tool calls (a client's ``tools``) has no text answer to learn: counted
-(``escalated_tool_calls``) and left out.
+(``escalated_tool_calls``) and left out. So is one a client's ``response_format`` sent to the
+teacher (``escalated_response_format``): it was asked for the client's JSON, not the task's answer;
+like a cut one, it leaves the chat to another copy served without the format.
 A request's ``metadata.label`` (the OpenAI chat ``metadata`` field), when it names one of the
 task's labels, is kept as gold.
 """
@@ -61,7 +63,8 @@ def read_traffic(ledger: Ledger, task: Task, teacher_max_tokens: int) -> Traffic
     ``teacher.max_tokens``, under which a client's ``max_tokens`` cut the teacher's answer."""
     rows = ledger.served(status=None)
     ok = [r for r in rows if r.status == "ok"]
-    t = Traffic(counts={"served_rows": len(rows), "served_ok": len(ok), "escalated_cut": 0, "escalated_tool_calls": 0})
+    t = Traffic(counts={"served_rows": len(rows), "served_ok": len(ok), "escalated_cut": 0, "escalated_tool_calls": 0,
+                        "escalated_response_format": 0})
     seen: dict[str, Record] = {}
     for row in sorted(ok, key=lambda r: (not r.escalated, r.id)):  # escalations first
         messages = row.messages
@@ -76,6 +79,9 @@ def read_traffic(ledger: Ledger, task: Task, teacher_max_tokens: int) -> Traffic
         if row.escalated and not task.labels and cut_by_client(row.request, teacher_max_tokens,
                                                                 "teacher_stop_reason" in row.extra):
             t.counts["escalated_cut"] += 1
+            continue
+        if row.escalated and row.reason.startswith("response_format"):
+            t.counts["escalated_response_format"] += 1
             continue
         if row.escalated and row.extra.get("tool_calls"):
             t.counts["escalated_tool_calls"] += 1

@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from potstill.errors import PotstillError
 from potstill.records import json_problem
 from potstill.serve.engine import RefusedChat
+from potstill.serve.formats import FormatError, responses_form
 from potstill.serve.schemas import (ChatCompletion, ChatRequest, ErrorBody, Health, ModelCard, ModelList,
                                     ResponsesRequest)
 from potstill.serve.service import LogprobsUnavailable, Service, TeacherError, with_tool_fields
@@ -372,7 +373,8 @@ async def _record(service: Service, state: dict, served: Any, request: dict[str,
     elapsed = time.perf_counter() - state.get("t0", time.perf_counter())
     route = {"answered_by": served.answered_by, "reason": served.reason, "confidence": served.confidence,
              "ood_distance": served.ood_distance, "student_output": served.student_output,
-             **({"logprobs_unavailable": served.logprobs_unavailable} if served.logprobs_unavailable else {})}
+             **({"logprobs_unavailable": served.logprobs_unavailable} if served.logprobs_unavailable else {}),
+             **{k: served.extra[k] for k in ("response_format_problem",) if served.extra.get(k)}}
     state["logged"] = True
     served.request, served.latency_s = request, elapsed
     await asyncio.to_thread(service.ledger.record_served, served)
@@ -400,6 +402,7 @@ def _add_chat_route(app: FastAPI, service: Service, requests: Counter, latency: 
         if body.top_logprobs is not None and not body.logprobs:  # as OpenAI's API refuses it
             raise APIError(400, "top_logprobs: only allowed when logprobs is true", "top_logprobs")
         logprobs = body.logprob_request()  # whether the student can: Service.answer, on the one that answers
+        fmt = _format(body)
         tools = body.tool_request()
         if tools is not None and not service.teacher.supports_tools:
             if body.forces_tool_call():
@@ -415,7 +418,7 @@ def _add_chat_route(app: FastAPI, service: Service, requests: Counter, latency: 
         teacher_messages = [_teacher_message(m) for m in body.messages if m.role not in ("system", "developer")]
         served = await service.answer(messages, body.max_completion_tokens or body.max_tokens, body.stops(),
                                       teacher_messages=teacher_messages if teacher_messages != messages else None,
-                                      tools=tools, logprobs=logprobs)
+                                      tools=tools, logprobs=logprobs, response_format=fmt)
         route = await _record(service, state, served, body.model_dump(exclude_none=True), requests, latency)
         # OpenAI's choices[0].logprobs: null unless asked; asked and not given, null and the route says why.
         lps = {"content": served.logprobs, "refusal": None} if served.logprobs is not None else None
@@ -463,11 +466,12 @@ def _add_responses_route(app: FastAPI, service: Service, requests: Counter, late
             raise APIError(400, str(e), "input") from None
         if len(chat) > s.max_messages:
             raise APIError(400, f"input: at most {s.max_messages} messages per request", "input")
+        fmt = _format(body)
         # As chat: the run's instruction replaces a client's system prompt and instructions.
         messages = [m for m in chat if m["role"] not in ("system", "developer")]
         if not any(m["role"] == "user" and m["content"].strip() for m in messages):
             raise APIError(400, "input: needs a user message with text", "input")
-        served = await service.answer(messages, body.max_output_tokens, [])
+        served = await service.answer(messages, body.max_output_tokens, [], response_format=fmt)
         route = await _record(service, state, served, {**body.model_dump(exclude_none=True), "messages": messages,
                                                        "endpoint": RESPONSES}, requests, latency)
         rid, mid = f"resp_{uuid.uuid4().hex[:24]}", f"msg_{uuid.uuid4().hex[:24]}"
@@ -480,7 +484,7 @@ def _add_responses_route(app: FastAPI, service: Service, requests: Counter, late
             "incomplete_details": {"reason": "max_output_tokens"} if cut else None, "error": None,
             "instructions": body.instructions, "max_output_tokens": body.max_output_tokens,
             "temperature": body.temperature, "top_p": body.top_p, "tools": [], "tool_choice": "auto",
-            "parallel_tool_calls": False, "text": {"format": {"type": "text"}}, "metadata": {},
+            "parallel_tool_calls": False, "text": {"format": responses_form(fmt)}, "metadata": {},
             "usage": {"input_tokens": served.input_tokens, "output_tokens": served.output_tokens,
                       "total_tokens": served.input_tokens + served.output_tokens,
                       "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}},
@@ -489,6 +493,14 @@ def _add_responses_route(app: FastAPI, service: Service, requests: Counter, late
         if body.stream:
             return StreamingResponse(_response_events(response), media_type="text/event-stream", headers=headers)
         return JSONResponse(response, headers=headers)
+
+
+def _format(body: ChatRequest | ResponsesRequest) -> dict[str, Any] | None:
+    """The request's structured-output format as served (``potstill.serve.formats``), or its 400."""
+    try:
+        return body.format_request()
+    except FormatError as e:
+        raise APIError(400, str(e), e.param) from None
 
 
 def _response_events(response: dict[str, Any]):

@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from potstill.serve.formats import check_chat_format, check_responses_format
+
 
 def _utf8(text: str) -> str:
     """JSON may escape half of a UTF-16 pair (``"\\ud800"``), which is no character: the tokenizer
@@ -118,6 +120,9 @@ class ChatRequest(BaseModel):
                                   "(choices[0].logprobs.content), from whichever model answered.")
     top_logprobs: int | None = Field(None, ge=0, le=20, strict=True, description="With logprobs: also the most "
                                      "likely tokens at each position, up to 20 as on OpenAI's API.")
+    response_format: dict[str, Any] | None = Field(None, description="text, json_object or json_schema (what "
+                                                   "client.chat.completions.parse sends): a student answer that is "
+                                                   "not that JSON goes to the teacher, which gets the format.")
 
     @field_validator("stop")
     @classmethod
@@ -159,14 +164,22 @@ class ChatRequest(BaseModel):
     def forces_tool_call(self) -> bool:
         return self.tool_choice == "required" or isinstance(self.tool_choice, NamedToolChoice)
 
+    def format_request(self) -> dict[str, Any] | None:
+        """``response_format`` as served (``formats.check_chat_format``; None for text or none), or
+        ``FormatError``."""
+        return None if self.response_format is None else check_chat_format(self.response_format)
+
 
 class Route(BaseModel):
     answered_by: Literal["student", "teacher"]
-    reason: Literal["confident", "low_confidence", "out_of_distribution", "invalid_output", "too_long", "tools"]
+    reason: Literal["confident", "low_confidence", "out_of_distribution", "invalid_output", "response_format",
+                    "too_long", "tools"]
     confidence: float | None = Field(None, description="None where the student never ran (too_long, tools).")
     ood_distance: float | None = None
     student_output: str
     logprobs_unavailable: str | None = Field(None, description="Why choices[0].logprobs is null although asked.")
+    response_format_problem: str | None = Field(None, description="Why the teacher's answer is not the JSON the "
+                                                "request's format asks for (a teacher that cannot be constrained).")
 
 
 class ToolCallFunction(BaseModel):
@@ -273,6 +286,13 @@ class ResponsesRequest(BaseModel):
                                              "the conversation in input.")
     tools: list[Any] | None = Field(None, description="Not supported here; tool calls go through "
                                     "/v1/chat/completions.")
+    text: dict[str, Any] | None = Field(None, description="format: text, json_object or json_schema (what "
+                                        "client.responses.parse sends), served as chat's response_format.")
+
+    def format_request(self) -> dict[str, Any] | None:
+        """``text.format`` in chat's ``response_format`` form (None for text or none), or ``FormatError``."""
+        fmt = (self.text or {}).get("format")
+        return None if fmt is None else check_responses_format(fmt)
 
     def messages(self) -> list[dict[str, str]]:
         """``input`` as chat messages (role, text), or ValueError naming the item that is not text."""

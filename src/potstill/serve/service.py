@@ -30,6 +30,7 @@ from potstill.progress import say
 from potstill.records import Record, read_records
 from potstill.serve.calibration import _servable, calibrate_run
 from potstill.serve.engine import Batcher, ServedStudent, StudentAnswer, first_stop
+from potstill.serve.formats import FormatError, answer_problem
 from potstill.serve.routing import Routing, ood_distance
 from potstill.serve.schemas import ChatRequest
 from potstill.tasks import Task, get_task
@@ -245,15 +246,16 @@ class Service:
         self._watcher.start()
 
     # ------------------------------------------------------------------ answering
-    def escalation_limits(self, max_tokens: int | None, stop: Sequence[str],
-                          tools: dict[str, Any] | None) -> tuple[int | None, Sequence[str]]:
+    def escalation_limits(self, max_tokens: int | None, stop: Sequence[str], tools: dict[str, Any] | None,
+                          response_format: dict[str, Any] | None = None) -> tuple[int | None, Sequence[str]]:
         """A client's ``max_tokens`` and ``stop`` as they apply to a routed chat: a label is whole, so
         a classifier's answers take neither (the teacher request is generate's, its answers reused).
-        A tool request is no label: its calls' arguments would be cut at the label budget (often 4
-        tokens), so it gets the client's ``max_tokens``, else ``TOOL_MAX_TOKENS``."""
+        A tool request, or one asking for JSON (``response_format``), is no label: its calls'
+        arguments or its object would be cut at the label budget (often 4 tokens), so it gets the
+        client's ``max_tokens``, else ``TOOL_MAX_TOKENS``."""
         if not self.task.labels:
             return max_tokens, stop
-        if tools is None:
+        if tools is None and response_format is None:
             return None, ()
         return max_tokens or TOOL_MAX_TOKENS, stop
 
@@ -268,21 +270,26 @@ class Service:
         return None
 
     def teacher_request(self, messages: list[dict], max_tokens: int | None = None,
-                        tools: dict[str, Any] | None = None, logprobs: int | None = None) -> tuple[str, dict[str, Any]]:
+                        tools: dict[str, Any] | None = None, logprobs: int | None = None,
+                        response_format: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
         """The teacher's request for a routed chat and its ledger hash: the one generate computes,
         unless a client's ``max_tokens`` is below the teacher's own, or a classifier's tool request's
         (``escalation_limits``), (then it is the request's ``max_tokens``, and the request another one), the
         client offers ``tools`` (``Teacher.with_tools``' arguments) or asks for ``logprobs`` (top
-        alternatives per token) beyond what the teacher's request already asks (``teacher.logprobs``)."""
+        alternatives per token) beyond what the teacher's request already asks (``teacher.logprobs``),
+        or asks for JSON (``response_format``, in the teacher's terms where it takes one)."""
         teacher = self.teacher
         if self._identity is None or self._identity[0] is not teacher:
             self._identity = (teacher, teacher.identity())
         req = teacher.request(Record(messages=messages))
-        if max_tokens is not None and (max_tokens < teacher.cfg.max_tokens or (tools is not None and self.task.labels)):
+        opened = (tools is not None or response_format is not None) and self.task.labels  # escalation_limits
+        if max_tokens is not None and (max_tokens < teacher.cfg.max_tokens or opened):
             # The teacher's own limit field: an OpenAI reasoning model takes max_completion_tokens only.
             req = {**req, "max_completion_tokens" if "max_completion_tokens" in req else "max_tokens": max_tokens}
         if tools is not None:
             req = teacher.with_tools(req, **tools)
+        if response_format is not None:
+            req = teacher.with_response_format(req, response_format) or req
         if logprobs is not None and self.teacher_logprobs_unavailable() is None \
                 and not (req.get("logprobs") and (req.get("top_logprobs") or 0) >= logprobs):
             req = {**req, "logprobs": True, "top_logprobs": logprobs}
@@ -327,7 +334,7 @@ class Service:
 
     async def answer(self, messages: list[dict], max_tokens: int | None = None, stop: Sequence[str] = (),
                      teacher_messages: list[dict] | None = None, tools: dict[str, Any] | None = None,
-                     logprobs: int | None = None) -> ServedCall:
+                     logprobs: int | None = None, response_format: dict[str, Any] | None = None) -> ServedCall:
         """Route one chat (user-side messages only) and return the answer, ready for the ledger.
 
         ``max_tokens`` (the client's ``max_completion_tokens`` or ``max_tokens``): generated answers
@@ -345,7 +352,10 @@ class Service:
         student (reason ``tools``), and its tool calls go in ``extra["tool_calls"]``. ``logprobs``
         (the client's ``top_logprobs``, 0 without; None: not asked): the answer's tokens' log-probs
         in ``ServedCall.logprobs``, the student's from its own forward (``ServedStudent.logprobs``),
-        the teacher's as it returned them; else ``logprobs_unavailable`` says why."""
+        the teacher's as it returned them; else ``logprobs_unavailable`` says why. ``response_format``
+        (``ChatRequest.format_request``): a student answer that is not that JSON goes to the teacher
+        (reason ``response_format``), asked in the format where it takes one; a teacher answer that
+        is not says why in ``extra["response_format_problem"]``."""
         live = self.acquire()
         try:
             # Checked on the student this request entered, which answers it and scores its tokens: the
@@ -364,11 +374,13 @@ class Service:
                 a: StudentAnswer | None = await asyncio.wrap_future(live.batcher.submit(messages))
                 dist: float | None = ood_distance(a.embedding[None], live.reference)[0]
                 who, reason = live.routing.decide(a.confidence, dist, a.invalid)
+                if who == "student" and answer_problem(a.output, response_format):
+                    who, reason = "teacher", "response_format"
             else:
                 a, dist, who, reason = None, None, "teacher", "too_long" if tools is None else "tools"
             student_cost = a.seconds * self.cfg.student.usd_per_hour / 3600 if a is not None else 0.0
-            max_tokens, stop = self.escalation_limits(max_tokens, stop, tools)
-            h, req = self.teacher_request(teacher_messages or messages, max_tokens, tools, logprobs)
+            max_tokens, stop = self.escalation_limits(max_tokens, stop, tools, response_format)
+            h, req = self.teacher_request(teacher_messages or messages, max_tokens, tools, logprobs, response_format)
             common = dict(request={"messages": messages}, answered_by=who, confidence=a.confidence if a else None,
                           ood_distance=dist, student_output=a.output if a else "", student=live.name, request_hash=h)
             if who == "student":
@@ -402,6 +414,9 @@ class Service:
         if at >= 0:
             extra["teacher_output"] = content
             content, finish = content[:at], "stop"
+        problem = None if r.tool_calls else answer_problem(r.output, response_format)
+        if problem:  # the whole answer, as the student's is judged: a client's stop string may cut any JSON
+            extra["response_format_problem"] = problem
         if r.tool_calls:  # whatever cut the text before them; a call cut at the teacher's budget stays length
             extra["tool_calls"] = r.tool_calls
             finish = "length" if finish == "length" else "tool_calls"
@@ -429,8 +444,12 @@ class Service:
             return request_hash({"stage": "serve"}, request)
         body = _fields_of(request)
         tools = body.tool_request() if body is not None and self.teacher.supports_tools else None
-        max_tokens, _ = self.escalation_limits(body and (body.max_completion_tokens or body.max_tokens), (), tools)
-        return self.teacher_request(msgs, max_tokens, tools, body.logprob_request() if body else None)[0]
+        try:
+            fmt = body.format_request() if body is not None else None
+        except FormatError:
+            fmt = None
+        max_tokens, _ = self.escalation_limits(body and (body.max_completion_tokens or body.max_tokens), (), tools, fmt)
+        return self.teacher_request(msgs, max_tokens, tools, body.logprob_request() if body else None, fmt)[0]
 
     def log_failure(self, request: dict[str, Any], answered_by: str, model: str, latency_s: float,
                     body: dict[str, Any], error: str, teacher_hash: str | None = None,

@@ -160,6 +160,15 @@ class AnthropicTeacher(ApiTeacher):
         earlier = [t for t in request.get("tools", []) if t["name"] not in names]
         return {**request, "tools": declared + earlier, "tool_choice": _tool_choice(tool_choice, parallel_tool_calls)}
 
+    def with_response_format(self, request: dict[str, Any], response_format: dict[str, Any]) -> dict[str, Any] | None:
+        # Claude's structured outputs take a JSON schema (output_config.format); the Messages API has no
+        # plain JSON mode, so json_object, or a json_schema without a schema, goes unconstrained.
+        schema = (response_format.get("json_schema") or {}).get("schema")
+        if schema is None:
+            return None
+        config = {**request.get("output_config", {}), "format": {"type": "json_schema", "schema": schema}}
+        return {**request, "output_config": config}
+
     def http_module(self) -> Any:
         # anthropic>=1.x builds on httpx2 and refuses httpx clients; older releases use httpx.
         try:

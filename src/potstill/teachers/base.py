@@ -36,6 +36,9 @@ Overridable:
   which also serialises access to an in-process model.
 - ``with_tools(request, tools, tool_choice, parallel_tool_calls)``: the request with OpenAI-format
   function tools in the API's own terms (only where ``supports_tools``).
+- ``with_response_format(request, response_format)``: the request constrained to an OpenAI-format
+  ``response_format`` (json_object, json_schema) in the API's own terms, or None where the API
+  cannot constrain its answer so (the default); serve checks the answer either way.
 - ``label_probs(answer)``: the soft label of an answer (new or from the ledger) over the task's
   labels as they are now; the default is the one stored with it.
 - ``close()``: free the model or client; the teacher is not used after it.
@@ -228,6 +231,11 @@ class Teacher:
         'required' or {type: function, function: {name}}) and ``parallel_tool_calls`` as OpenAI's
         chat completions take them, None where the client left them out."""
         raise NotImplementedError(f"a {self.type} teacher cannot call tools")
+
+    def with_response_format(self, request: dict[str, Any], response_format: dict[str, Any]) -> dict[str, Any] | None:
+        """``request`` asking for an answer in ``response_format`` (chat completions' form, see
+        ``potstill.serve.formats``), or None where this API takes no such constraint."""
+        return None
 
     def label_probs(self, answer: dict[str, Any]) -> dict[str, float] | None:
         """The distribution over ``task.labels`` of an answer (``Response.to_json()``, maybe cached)."""

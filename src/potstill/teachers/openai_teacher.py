@@ -122,6 +122,10 @@ class OpenAITeacher(ApiTeacher):
         given = {"tool_choice": tool_choice, "parallel_tool_calls": parallel_tool_calls}
         return {**request, "tools": tools, **{k: v for k, v in given.items() if v is not None}}
 
+    def with_response_format(self, request: dict[str, Any], response_format: dict[str, Any]) -> dict[str, Any]:
+        # The API's own field: OpenAI, vLLM, llama.cpp's server and Ollama all constrain their decoding to it.
+        return {**request, "response_format": response_format}
+
     def label_probs(self, answer: dict[str, Any]) -> dict[str, float] | None:
         # task.labels is in no request unless the instruction lists them, so an answer cached under
         # another label set (a label renamed or added) is a cache hit: its soft label is derived

@@ -222,34 +222,46 @@ def watch_run(run_dir: Path, cfg: Config, since: float | None = None, until: flo
     # An escalation answered with tool calls (a client's tools) holds no label: its empty text is
     # no answer to count as an invalid one in the label mix. Counted apart.
     tool_calls = sum(1 for s in traffic if s.extra.get("tool_calls"))
+    # An escalation a client's response_format sent to the teacher is decided by the format, not by the
+    # routing calibrated on val, and its answer is the client's JSON, not the task's: left out of both.
+    formatted = [s for s in traffic if s.escalated and s.reason.startswith("response_format")]
+    formatted_ids = {s.id for s in formatted}
     if task.labels:
-        live_labels: list[str] | None = [label_of(task, s.content) for s in traffic if not s.extra.get("tool_calls")]
+        live_labels: list[str] | None = [label_of(task, s.content) for s in traffic
+                                         if not s.extra.get("tool_calls") and s.id not in formatted_ids]
         ref_labels = [label_of(task, r.output) for r in ref_records if r.output is not None]
     else:
         live_labels, ref_labels = None, None
     expected, note = expected_escalation(run_dir, name)
     # A request whose tools the model may call goes to the teacher by design (reason tools), not by
     # the student's routing, which is what val's escalation share was calibrated on: left out of it.
-    routed = [s.escalated for s in traffic if not s.reason.startswith("tools")]
+    routed = [s.escalated for s in traffic if not s.reason.startswith(("tools", "response_format"))]
     if not routed:
-        raise PotstillError(f"{run_dir / 'calls.sqlite'}: all {len(traffic)} requests in the window offered tools, which go "
-                            "to the teacher by design: no routing of the student's to judge")
+        raise PotstillError(f"{run_dir / 'calls.sqlite'}: all {len(traffic)} requests in the window offered tools or "
+                            "asked for a JSON format the student's answer did not fit, which go to the teacher by "
+                            "design: no routing of the student's to judge")
     report = judge(live_emb, ref_emb, live_labels, ref_labels, routed, expected, w)
     report.update({
         "run_dir": str(run_dir), "student": lm.identity, "created": _iso(time.time()),
         "traffic": {"n": len(traffic), "first": _iso(traffic[0].created_at), "last": _iso(traffic[-1].created_at),
                     "first_id": traffic[0].id, "last_id": traffic[-1].id,
                     "selection": "time range" if since is not None or until is not None else f"latest {w.window}",
-                    "earlier_student": earlier, "tool_calls": tool_calls, "tool_requests": len(traffic) - len(routed),
+                    "earlier_student": earlier, "tool_calls": tool_calls,
+                    "tool_requests": len(traffic) - len(routed) - len(formatted),
+                    "response_format_escalations": len(formatted),
                     "too_long": too_long},
         "thresholds": w.model_dump(), "notes": [n for n in [note] if n], "seconds": time.perf_counter() - t0,
     })
     if tool_calls and task.labels:
         report["notes"].append(f"{tool_calls} request(s) answered with tool calls, which hold no label, left out "
                                "of the label mix")
-    if len(routed) < len(traffic):
-        report["notes"].append(f"{len(traffic) - len(routed)} request(s) offering tools, sent to the teacher by design, "
-                               "left out of the escalation share")
+    if len(routed) + len(formatted) < len(traffic):
+        report["notes"].append(f"{len(traffic) - len(routed) - len(formatted)} request(s) offering tools, sent to the "
+                               "teacher by design, left out of the escalation share")
+    if formatted:
+        report["notes"].append(f"{len(formatted)} request(s) sent to the teacher because the student's answer was not "
+                               "the JSON their response_format asked for, left out of the escalation share"
+                               + (" and the label mix" if task.labels else ""))
     if sampled:
         report["notes"].append(f"input check on a seeded sample of {w.max_sample} of the {len(traffic) - too_long} "
                                "requests the student read (watch.max_sample)")

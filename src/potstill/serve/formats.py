@@ -1,0 +1,140 @@
+"""A client's structured-output request: ``response_format`` (chat completions) or ``text.format``
+(Responses), what it asks of an answer, and whether an answer gives it.
+
+Every served answer is routed on its whole text before anything is sent (``Service.answer``), so a
+student's answer that is not the JSON asked for goes to the teacher (route reason
+``response_format``) instead of reaching a client whose ``client.chat.completions.parse`` would
+raise on it. The teacher gets the format in its API's own terms where it takes one
+(``Teacher.with_response_format``: an OpenAI-compatible server constrains its own decoding; Claude
+takes a JSON schema as ``output_config.format``); its answer is checked too, and where it fails the
+route says why (``response_format_problem``), as nothing else could have answered.
+
+Formats are kept in the chat-completions form throughout (``{"type": "json_object"}``,
+``{"type": "json_schema", "json_schema": {"name", "schema", "strict", "description"}}``); a plain
+``{"type": "text"}`` asks nothing and is the same as none.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import lru_cache
+from typing import Any
+
+NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+TYPES = ("text", "json_object", "json_schema")
+
+
+class FormatError(ValueError):
+    """A format the server refuses (a 400): ``param`` names the field, as OpenAI's errors do."""
+
+    def __init__(self, param: str, problem: str) -> None:
+        super().__init__(f"{param}: {problem}")
+        self.param = param
+
+
+def check_chat_format(value: Any) -> dict[str, Any] | None:
+    """A chat request's ``response_format`` as served (None for text), or FormatError saying what is
+    wrong with it (as OpenAI's API refuses it: an unknown type, a json_schema without a name, or a
+    schema that is no JSON Schema)."""
+    if not isinstance(value, dict):
+        raise FormatError("response_format", "expected an object such as {\"type\": \"json_object\"}")
+    kind = value.get("type")
+    if kind not in TYPES:
+        raise FormatError("response_format.type", f"{kind!r} is not one of {', '.join(TYPES)}")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "json_object"}
+    spec = value.get("json_schema")
+    if not isinstance(spec, dict):
+        raise FormatError("response_format.json_schema", "required with type json_schema (an object with a name "
+                          "and a schema)")
+    return {"type": "json_schema", "json_schema": _schema_spec(spec, "response_format.json_schema")}
+
+
+def check_responses_format(value: Any) -> dict[str, Any] | None:
+    """A Responses request's ``text.format`` (``{type, name, schema, strict}`` flat) in the chat form
+    (None for text), or FormatError as ``check_chat_format``."""
+    if not isinstance(value, dict):
+        raise FormatError("text.format", "expected an object such as {\"type\": \"json_object\"}")
+    kind = value.get("type")
+    if kind not in TYPES:
+        raise FormatError("text.format.type", f"{kind!r} is not one of {', '.join(TYPES)}")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "json_object"}
+    spec = {k: v for k, v in value.items() if k != "type"}
+    return {"type": "json_schema", "json_schema": _schema_spec(spec, "text.format")}
+
+
+def responses_form(fmt: dict[str, Any] | None) -> dict[str, Any]:
+    """The Responses API's ``text.format`` of a chat-form format (as a response echoes it)."""
+    if fmt is None:
+        return {"type": "text"}
+    if fmt["type"] == "json_object":
+        return {"type": "json_object"}
+    return {"type": "json_schema", **fmt["json_schema"]}
+
+
+def _schema_spec(spec: dict[str, Any], where: str) -> dict[str, Any]:
+    name = spec.get("name")
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise FormatError(f"{where}.name", "required, 1-64 letters, digits, '_' or '-'")
+    schema = spec.get("schema")
+    if schema is not None:
+        if not isinstance(schema, dict):
+            raise FormatError(f"{where}.schema", "expected a JSON Schema object")
+        problem = _schema_error(json.dumps(schema, sort_keys=True))
+        if problem:
+            raise FormatError(f"{where}.schema", f"not a valid JSON Schema: {problem}")
+    if spec.get("strict") is not None and not isinstance(spec.get("strict"), bool):
+        raise FormatError(f"{where}.strict", "expected a boolean")
+    return {k: spec[k] for k in ("name", "description", "schema", "strict") if spec.get(k) is not None}
+
+
+@lru_cache(maxsize=256)
+def _schema_error(schema_json: str) -> str | None:
+    import jsonschema
+
+    schema = json.loads(schema_json)
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as e:
+        return e.message
+    return None
+
+
+@lru_cache(maxsize=256)
+def _validator(schema_json: str) -> Any:
+    import jsonschema
+
+    schema = json.loads(schema_json)
+    return jsonschema.validators.validator_for(schema)(schema)
+
+
+def answer_problem(text: str, fmt: dict[str, Any] | None) -> str | None:
+    """Why ``text`` is not what ``fmt`` asks for (one line), None where it is (or nothing is asked).
+
+    ``json_object``: the text parses as one JSON object. ``json_schema``: it parses as JSON and that
+    value is valid under the schema (JSON Schema as written, by the draft its ``$schema`` names,
+    else the latest; OpenAI's strict mode accepts a subset of the same language)."""
+    if fmt is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        return f"not JSON ({e.msg} at character {e.pos})"
+    if fmt["type"] == "json_object":
+        return None if isinstance(value, dict) else "JSON, but not an object"
+    schema = fmt["json_schema"].get("schema")
+    if schema is None:
+        return None
+    import jsonschema
+
+    err = jsonschema.exceptions.best_match(_validator(json.dumps(schema, sort_keys=True)).iter_errors(value))
+    if err is None:
+        return None
+    at = "/".join(str(p) for p in err.absolute_path)
+    return f"does not match the schema{f' at /{at}' if at else ''}: {err.message}"
