@@ -342,4 +342,4 @@ def test_under_torchrun_only_the_main_process_tracks(tmp_path, tiny_model, monke
     assert json.loads((run / "train.json").read_text())["processes"] == 2
     ((name, status, _, steps),) = mlflow_runs(run)
     assert (name, status, steps) == ("run/train", "FINISHED", [1, 2, 3, 4, 5, 6])
-    assert len(list((run / "tensorboard" / "train").glob("events.out.tfevents.*"))) == 1
+    assert len(list((run / "tensorboard" / "train").glob("*/events.out.tfevents.*"))) == 1

@@ -88,16 +88,25 @@ def offline(tmp_path_factory):
         yield
 
 
-def tensorboard_events(run: Path) -> EventAccumulator:
-    acc = EventAccumulator(str(run / "tensorboard" / "train"), size_guidance={"scalars": 0, "tensors": 0})
+def tensorboard_runs(run: Path) -> list[Path]:
+    """The TensorBoard runs of the train stage (a folder each), oldest first."""
+    parent = run / "tensorboard" / "train"
+    return sorted(parent.iterdir(), key=lambda p: p.stat().st_mtime_ns) if parent.is_dir() else []
+
+
+def tensorboard_events(folder: Path) -> EventAccumulator:
+    """One TensorBoard run's events; a run directory: its only train run."""
+    if (folder / "tensorboard").is_dir():  # a run directory, not a TensorBoard run's folder
+        (folder,) = tensorboard_runs(folder)
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0, "tensors": 0})
     acc.Reload()
     return acc
 
 
-def tensorboard_steps(run: Path, key: str = "loss") -> list[int]:
-    if not (run / "tensorboard" / "train").is_dir():
+def tensorboard_steps(where: Path, key: str = "loss") -> list[int]:
+    if not where.exists() or (where / "train.jsonl").exists() and not tensorboard_runs(where):
         return []
-    acc = tensorboard_events(run)
+    acc = tensorboard_events(where)
     return [e.step for e in acc.Scalars(key)] if key in acc.Tags()["scalars"] else []
 
 
@@ -180,7 +189,8 @@ def test_potstill_train_says_where_each_tracker_wrote_and_wandb_warns_of_nothing
     assert r.returncode == 0, said[-2000:]
     (folder,) = (tmp_path / "run").glob("wandb/offline-run-*")
     assert f"train: tracked as wandb run offline in {folder}" in " ".join(said.split())
-    assert f"tracked as tensorboard events at {tmp_path / 'run' / 'tensorboard' / 'train'}" in " ".join(said.split())
+    (folder,) = tensorboard_runs(tmp_path / "run")
+    assert f"tracked as tensorboard events at {folder}" in " ".join(said.split())
     assert "wandb: WARNING" not in said and "wandb:" in said  # W&B spoke, and warned of nothing
 
 
@@ -198,3 +208,44 @@ def test_a_training_that_fails_ends_its_wandb_run_failed_and_keeps_its_event_fil
     assert w["run"].display_name == "run/train" and [h["_step"] for h in w["history"]] == [1, 2]
     assert w["exit_code"] == 1
     assert tensorboard_steps(tmp_path / "run") == [1, 2]
+
+
+def test_a_resumed_training_is_a_tensorboard_run_of_its_own(tmp_path, tiny_model, offline):
+    """A training that fails at step 3 and is resumed from its checkpoint at step 2: two TensorBoard
+    runs, the failed one with steps 1-2 and the resumed one with the whole curve, each step once.
+    In one folder per stage, TensorBoard merged the two event files into one run that drew steps
+    1-2 twice."""
+    write_splits(tmp_path / "run")
+    cfg = Config.model_validate(config(tmp_path, tiny_model, tracking=["tensorboard"],
+                                       train={"lr": 0.01, "epochs": 3, "batch_size": 2, "checkpoint_every": 2}))
+    callback, _ = _failing("error", 3)
+    with before_each_step(callback), pytest.raises(RuntimeError):
+        train_stage(cfg)
+    assert train_stage(cfg)["resumed_from_step"] == 2
+    failed, resumed = tensorboard_runs(tmp_path / "run")
+    assert tensorboard_steps(failed) == [1, 2]
+    rows = steps(tmp_path / "run")
+    acc = tensorboard_events(resumed)
+    assert [(e.step, e.value) for e in acc.Scalars("loss")] == \
+        [(r["step"], pytest.approx(float(r["loss"]), rel=1e-6)) for r in rows]
+    # TensorBoard reads every run under RUN/tensorboard: this is what it plots for train.
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+    mux = EventMultiplexer(size_guidance={"scalars": 0}).AddRunsFromDirectory(str(tmp_path / "run" / "tensorboard"))
+    mux.Reload()
+    per_run = {name: [e.step for e in mux.Scalars(name, "loss")] for name in mux.Runs()}
+    assert sorted(per_run.values()) == [[1, 2], [1, 2, 3, 4, 5, 6]]
+
+
+def test_an_abandoned_tensorboard_run_leaves_nothing_and_a_new_one_takes_another_folder(tmp_path):
+    from potstill.tracking import Run, TensorBoardRun
+
+    run = Run(tmp_path / "run", "train", {"train.lr": 0.01})
+    first, second = TensorBoardRun(run), TensorBoardRun(run)  # within one second: two folders all the same
+    assert first.out != second.out and first.out.parent == second.out.parent
+    first.log([{"step": 1.0, "loss": 2.0}])
+    first.abandon()
+    assert not first.out.exists() and tensorboard_steps(second.out) == []
+    second.log([{"step": 1.0, "loss": 3.0}])
+    assert tensorboard_steps(second.out) == [1]
+    second.fail()

@@ -20,7 +20,7 @@ MLflow: ``MLFLOW_TRACKING_URI`` when set, else a file store at ``RUN/mlruns`` (M
 file store in maintenance mode and refuses it unless ``MLFLOW_ALLOW_FILE_STORE`` is set, which
 this module does for the store it chose itself). W&B: ``wandb.init`` with the usual ``WANDB_*``
 environment (``WANDB_MODE=offline`` works without an account). TensorBoard: event files under
-``RUN/tensorboard/<stage>``.
+``RUN/tensorboard/<stage>/<time>``, a folder per tracker run.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import contextlib
 import importlib
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -220,15 +221,21 @@ class WandbRun:
 
 
 class TensorBoardRun:
-    """Event files under ``RUN/tensorboard/<stage>``."""
+    """Event files under ``RUN/tensorboard/<stage>/<time>``: a folder per tracker run, which
+    TensorBoard lists as a run of its own (as transformers' ``runs/<time>`` logging dirs). In one
+    folder per stage, a resumed training's event file sat beside the failed one's and TensorBoard
+    merged them into one curve that drew the steps before the checkpoint twice."""
 
     def __init__(self, run: Run):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.out = run.run_dir / "tensorboard" / run.stage
-        before = set(self.out.glob("events.out.tfevents.*"))
+        parent = run.run_dir / "tensorboard" / run.stage
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        self.out, n = parent / stamp, 1
+        while self.out.exists():  # two runs of the stage within a second
+            n += 1
+            self.out = parent / f"{stamp}-{n}"
         self.w = SummaryWriter(str(self.out))
-        self.files = set(self.out.glob("events.out.tfevents.*")) - before  # its own, for abandon
 
     def log(self, rows: list[dict[str, float]]) -> None:
         for row in rows:
@@ -251,9 +258,7 @@ class TensorBoardRun:
     def abandon(self) -> None:
         with contextlib.suppress(Exception):
             self.w.close()
-        for f in self.files:
-            with contextlib.suppress(OSError):
-                f.unlink()
+        shutil.rmtree(self.out, ignore_errors=True)  # its own folder: the part it logged
 
 
 BACKENDS: dict[str, Callable[[Run], Any]] = {"mlflow": MLflowRun, "wandb": WandbRun, "tensorboard": TensorBoardRun}
