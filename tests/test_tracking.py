@@ -343,3 +343,20 @@ def test_under_torchrun_only_the_main_process_tracks(tmp_path, tiny_model, monke
     ((name, status, _, steps),) = mlflow_runs(run)
     assert (name, status, steps) == ("run/train", "FINISHED", [1, 2, 3, 4, 5, 6])
     assert len(list((run / "tensorboard" / "train").glob("*/events.out.tfevents.*"))) == 1
+
+
+def test_a_training_that_fails_before_its_first_row_leaves_no_tracker_run(tmp_path, tiny_model, monkeypatch):
+    """Refused in its setup (train.trainable_layers 0 leaves nothing to train), a training has no
+    curve: its MLflow run is deleted and its TensorBoard folder removed, where each used to stay as
+    an empty failed run, one more for every try of a wrong setting."""
+    write_splits(tmp_path / "run")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    cfg = Config.model_validate(config(tmp_path, tiny_model, tracking=["mlflow", "tensorboard"],
+                                       train={"lr": 0.01, "epochs": 3, "batch_size": 2, "trainable_layers": 0}))
+    with pytest.raises(PotstillError, match="trainable_layers 0"):
+        train_stage(cfg)
+    run = tmp_path / "run"
+    assert mlflow_runs(run) == []
+    assert list((run / "tensorboard").glob("train/*")) == []
+    # A training that wrote rows keeps its failed run (test_a_training_that_fails_leaves_a_failed_run...).

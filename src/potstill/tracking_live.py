@@ -10,7 +10,10 @@ rest (final metrics, artifacts, the manifest's hash): one tracker run per traini
 
 - The training fails (an exception, Ctrl-C, a NaN loss): ``following`` ends each open run as
   failed and keeps it (it holds the curve up to the failure), and the exception goes on
-  unchanged. A resumed training opens new runs, first given the rows kept from its checkpoint.
+  unchanged. One that failed before its first row (in its setup: a model that does not load, a
+  setting refused) has no curve to keep: its runs are abandoned, as a tracker's own failure's are,
+  so a wrong setting tried three times leaves no three empty failed runs. A resumed training opens
+  new runs, first given the rows kept from its checkpoint.
 - A tracker fails (a server down, a store not writable), on opening or on a row: one line, the
   part it logged is abandoned (``tracking.MLflowRun.abandon``), the training goes on, and
   ``log_stage`` reports the tracker as failed, so the stage's next run logs the stage whole then.
@@ -43,6 +46,7 @@ class Live:
         self.run_dir = Path(run_dir)
         self.open: dict[str, Any] = {}
         self.failed: list[str] = []  # said when they failed; the stage's next run logs it for them
+        self.rows = 0  # metrics rows handed over so far
 
     @classmethod
     def main(cls, cfg: Config, stage: str, params: dict[str, Any], run_dir: Path) -> Live | None:
@@ -64,6 +68,7 @@ class Live:
     def row(self, row: dict[str, Any]) -> None:
         """Log one metrics.jsonl row to each open tracker run, at its step."""
         rows = tracking.series([row])
+        self.rows += 1
         for name, tracker in list(self.open.items()):
             try:
                 tracker.log(rows)
@@ -77,10 +82,11 @@ class Live:
         return self.open.pop(name, None)
 
     def fail(self) -> None:
-        """The stage failed: every open run ends failed and is kept."""
+        """The stage failed: every open run ends failed and is kept, or, where the training wrote no
+        row yet, is abandoned (nothing to keep)."""
         for tracker in self.open.values():
             with contextlib.suppress(Exception):  # the stage's own exception is the one to see
-                tracker.fail()
+                tracker.fail() if self.rows else tracker.abandon()
         self.open.clear()
 
     def _lost(self, name: str, e: Exception) -> None:
