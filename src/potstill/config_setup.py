@@ -110,6 +110,11 @@ class TeacherConfig(Section):
     reasoning_effort: str | None = Field(
         None, description="Sent as reasoning_effort (minimal, low, medium, high) when set: OpenAI's reasoning models "
         "(o-series, gpt-5) count their reasoning in max_tokens, so a short answer needs a low effort.")
+    structured_outputs: Literal["off", "on", "strict"] = Field(
+        "off", description="Extraction with an API teacher: ask for task.json_schema as the answer's format, so each "
+        "answer is JSON that fits (OpenAI-compatible servers: response_format json_schema, with strict: true for "
+        "'strict', which OpenAI takes only for schemas in its strict subset; Anthropic: output_config.format). "
+        "It changes the requests: answers cached without it are asked again.")
     concurrency: int = Field(8, ge=1, description="Requests in flight at once (API teachers).")
     timeout_s: float = Field(60.0, gt=0, description="Per-request timeout in seconds.")
     max_retries: int = Field(5, ge=0, description="Retries on 429/5xx/timeouts (SDK backoff with jitter).")

@@ -38,7 +38,9 @@ Overridable:
   function tools in the API's own terms (only where ``supports_tools``).
 - ``with_response_format(request, response_format)``: the request constrained to an OpenAI-format
   ``response_format`` (json_object, json_schema) in the API's own terms, or None where the API
-  cannot constrain its answer so (the default); serve checks the answer either way.
+  cannot constrain its answer so (the default); serve checks the answer either way. An adapter
+  that can passes its requests through ``structured(request)``, which asks for the extraction
+  task's schema when ``teacher.structured_outputs`` is on (refused for an adapter that cannot).
 - ``label_probs(answer)``: the soft label of an answer (new or from the ledger) over the task's
   labels as they are now; the default is the one stored with it.
 - ``close()``: free the model or client; the teacher is not used after it.
@@ -52,6 +54,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, ClassVar
 
 from potstill.config import GenerateConfig, TeacherConfig
+from potstill.errors import PotstillError
 from potstill.hashing import hash_obj
 from potstill.records import Record
 from potstill.tasks import Task
@@ -188,6 +191,10 @@ class Teacher:
     def __init__(self, cfg: TeacherConfig, task: Task):
         self.cfg = cfg
         self.task = task
+        fmt = self.task_format()
+        if fmt is not None and self.with_response_format({}, fmt) is None:
+            raise PotstillError(f"teacher.structured_outputs {cfg.structured_outputs}: a {self.type} teacher cannot "
+                                "constrain its answers to a schema; set it to off")
         #: Samples per input; generate sets it from ``generate.n`` (only above 1 when ``supports_samples``).
         self.n = 1
         self._worker: ThreadPoolExecutor | None = None
@@ -231,6 +238,24 @@ class Teacher:
         'required' or {type: function, function: {name}}) and ``parallel_tool_calls`` as OpenAI's
         chat completions take them, None where the client left them out."""
         raise NotImplementedError(f"a {self.type} teacher cannot call tools")
+
+    def task_format(self) -> dict[str, Any] | None:
+        """The task's JSON Schema as a structured-output format in chat completions' form
+        (``teacher.structured_outputs``), or None where it is off."""
+        mode = self.cfg.structured_outputs
+        if mode == "off":
+            return None
+        schema = getattr(self.task.cfg, "json_schema", None)
+        if self.task.cfg.type != "extraction" or schema is None:
+            raise PotstillError(f"teacher.structured_outputs {mode}: only an extraction task has a JSON Schema to "
+                                f"ask for (task.type is {self.task.cfg.type}); set it to off")
+        return {"type": "json_schema", "json_schema": {"name": "extraction", "schema": schema,
+                                                       "strict": mode == "strict"}}
+
+    def structured(self, request: dict[str, Any]) -> dict[str, Any]:
+        """``request`` asking for the task's format where ``teacher.structured_outputs`` is on."""
+        fmt = self.task_format()
+        return request if fmt is None else self.with_response_format(request, fmt) or request
 
     def with_response_format(self, request: dict[str, Any], response_format: dict[str, Any]) -> dict[str, Any] | None:
         """``request`` asking for an answer in ``response_format`` (chat completions' form, see

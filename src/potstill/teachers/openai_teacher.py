@@ -114,7 +114,7 @@ class OpenAITeacher(ApiTeacher):
         if self.cfg.logprobs:
             req["logprobs"] = True
             req["top_logprobs"] = self.cfg.logprobs
-        return req
+        return self.structured(req)
 
     def with_tools(self, request: dict[str, Any], tools: list[dict[str, Any]], tool_choice: str | dict | None = None,
                    parallel_tool_calls: bool | None = None) -> dict[str, Any]:

@@ -1,0 +1,87 @@
+"""``teacher.structured_outputs``: an extraction task's JSON Schema asked of an API teacher as the
+answer's format, through the official SDKs to real servers on 127.0.0.1, as generate sends it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi import FastAPI
+
+from potstill.config import GenerateConfig, TaskConfig, TeacherConfig
+from potstill.errors import PotstillError
+from potstill.generate import label_records
+from potstill.ledger import Ledger
+from potstill.records import Record
+from potstill.tasks import get_task
+from potstill.teachers import get_teacher
+from tests.helpers.live_server import LiveServer
+
+KEY = "sk-structured-5d1c0e7a92b3"
+SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}, "year": {"type": "integer"}},
+          "required": ["city", "year"], "additionalProperties": False}
+
+
+def provider(asked: list[dict]) -> FastAPI:
+    """Answers the JSON the schema asks for when the request carries a response_format, else the
+    same object wrapped in words, as a chat model often does unconstrained."""
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    def chat(body: dict) -> dict:
+        asked.append(body)
+        content = '{"city": "Paris", "year": 1889}'
+        if "response_format" not in body:
+            content = f"Here is the JSON you asked for: {content}"
+        return {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 30, "completion_tokens": 12, "total_tokens": 42}}
+
+    return app
+
+
+def extraction():
+    return get_task(TaskConfig(type="extraction", instruction="Extract the city and the year.", json_schema=SCHEMA))
+
+
+@pytest.mark.parametrize("mode", ["off", "on", "strict"])
+def test_an_openai_teacher_is_asked_for_the_task_s_schema(tmp_path, monkeypatch, mode):
+    monkeypatch.setenv("STRUCTURED_KEY", KEY)
+    task = extraction()
+    asked: list[dict] = []
+    records = [Record(id="a", messages=[{"role": "user", "content": "The tower opened in Paris in 1889."}])]
+    with LiveServer(provider(asked)) as srv, Ledger(tmp_path / "calls.sqlite") as ledger:
+        teacher = get_teacher(TeacherConfig(type="openai", model="gpt-4o-mini", base_url=srv.url + "/v1",
+                                            api_key_env="STRUCTURED_KEY", max_tokens=64, max_retries=0,
+                                            structured_outputs=mode), task)
+        try:
+            (rec,), _ = label_records(records, task, teacher, ledger, "generate", GenerateConfig())
+        finally:
+            teacher.close()
+    [body] = asked
+    if mode == "off":  # the request as it always was: answers cached before the field existed still match
+        assert "response_format" not in body
+        assert not rec.valid  # the words around the object fail the task's parse
+    else:
+        assert body["response_format"] == {"type": "json_schema", "json_schema": {
+            "name": "extraction", "schema": SCHEMA, "strict": mode == "strict"}}
+        assert rec.valid and json.loads(rec.output) == {"city": "Paris", "year": 1889}
+
+
+def test_claude_is_asked_for_the_schema_as_output_config(monkeypatch):
+    monkeypatch.setenv("STRUCTURED_KEY", KEY)
+    teacher = get_teacher(TeacherConfig(type="anthropic", model="claude-haiku-4-5", api_key_env="STRUCTURED_KEY",
+                                        structured_outputs="on"), extraction())
+    try:
+        req = teacher.request(Record(messages=[{"role": "user", "content": "Paris, 1889"}]))
+    finally:
+        teacher.close()
+    assert req["output_config"] == {"format": {"type": "json_schema", "schema": SCHEMA}}
+
+
+def test_a_teacher_or_task_that_cannot_take_it_is_one_line(tiny_model):
+    with pytest.raises(PotstillError, match="a local teacher cannot constrain its answers to a schema; set it to off"):
+        get_teacher(TeacherConfig(type="local", model=str(tiny_model), structured_outputs="on"), extraction())
+    free = get_task(TaskConfig(type="freetext", instruction="Answer."))
+    with pytest.raises(PotstillError, match="only an extraction task has a JSON Schema to ask for"):
+        get_teacher(TeacherConfig(type="openai", model="gpt-4o-mini", structured_outputs="strict"), free)
