@@ -135,6 +135,12 @@ class TeacherConfig(Section):
     price: PriceConfig = Field(default_factory=PriceConfig)
     terms: str = Field("", description="The teacher's terms of use, recorded in the dataset card.")
 
+    @field_validator("structured_outputs", mode="before")
+    @classmethod
+    def _on_off(cls, v: object) -> object:
+        # YAML 1.1 (PyYAML, and the CLI's flag values) reads a bare on / off as true / false.
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
 
 class StudentConfig(Section):
     model: Annotated[str, MODEL_REF] = Field(

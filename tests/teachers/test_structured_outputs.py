@@ -4,6 +4,7 @@ answer's format, through the official SDKs to real servers on 127.0.0.1, as gene
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
@@ -85,3 +86,16 @@ def test_a_teacher_or_task_that_cannot_take_it_is_one_line(tiny_model):
     free = get_task(TaskConfig(type="freetext", instruction="Answer."))
     with pytest.raises(PotstillError, match="only an extraction task has a JSON Schema to ask for"):
         get_teacher(TeacherConfig(type="openai", model="gpt-4o-mini", structured_outputs="strict"), free)
+
+
+def test_on_and_off_read_as_yaml_writes_them(tmp_path):
+    """YAML 1.1 reads a bare `on` as true: the preset's `structured_outputs: on` and the flag
+    `--teacher.structured_outputs on` mean on, not a validation error."""
+    import yaml
+
+    from potstill.config import load_config
+
+    cfg = load_config(Path(__file__).parents[2] / "examples" / "vllm-extraction.yaml")
+    assert cfg.teacher.structured_outputs == "on"
+    assert TeacherConfig.model_validate(yaml.safe_load("structured_outputs: off")).structured_outputs == "off"
+    assert TeacherConfig.model_validate({"structured_outputs": "strict"}).structured_outputs == "strict"
