@@ -1,5 +1,6 @@
 """``POST /v1/responses`` through the official openai client's ``responses.create``: the same
-router and ledger as chat completions, streaming too, and OpenAI-shaped 400s."""
+router and ledger as chat completions, streaming too, and OpenAI-shaped 400s (function tools:
+``test_responses_tools.py``)."""
 
 from __future__ import annotations
 
@@ -64,10 +65,12 @@ def test_streaming_events_carry_the_same_text(served, force):
 
 
 @pytest.mark.parametrize("kwargs, param, says", [
-    ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "http://x/y.png"}]}]}, "input",
-     "input.0.content.0: a part of type 'input_image'"),
+    ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "http://x/y.png"}]}]},
+     "input.0.content.0", "input.0.content.0: a part of type 'input_image'"),
+    ({"input": [{"type": "reasoning", "id": "rs_1", "summary": []}]}, "input.0",
+     "input.0: an item of type 'reasoning'"),
     ({"input": [{"type": "function_call_output", "call_id": "c", "output": "1"}]}, "input",
-     "input.0: an item of type 'function_call_output'"),
+     "needs a user message with text"),
     ({"input": "hi", "previous_response_id": "resp_1"}, "previous_response_id", "this server stores no responses"),
     ({"input": [{"role": "system", "content": "only a system turn"}]}, "input", "needs a user message with text"),
 ])

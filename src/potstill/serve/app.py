@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import itertools
 import json
 import math
 import re
@@ -32,6 +31,9 @@ from potstill.errors import PotstillError
 from potstill.records import json_problem
 from potstill.serve.engine import RefusedChat
 from potstill.serve.formats import FormatError, responses_form
+from potstill.serve.responses import (ResponsesInputError, chat_messages, chat_tools, output_items,
+                                      student_view)
+from potstill.serve.responses import events as response_events
 from potstill.serve.schemas import (ChatCompletion, ChatRequest, ErrorBody, Health, ModelCard, ModelList,
                                     ResponsesRequest)
 from potstill.serve.service import LogprobsUnavailable, Service, TeacherError, with_tool_fields
@@ -403,12 +405,7 @@ def _add_chat_route(app: FastAPI, service: Service, requests: Counter, latency: 
             raise APIError(400, "top_logprobs: only allowed when logprobs is true", "top_logprobs")
         logprobs = body.logprob_request()  # whether the student can: Service.answer, on the one that answers
         fmt = _format(body)
-        tools = body.tool_request()
-        if tools is not None and not service.teacher.supports_tools:
-            if body.forces_tool_call():
-                raise APIError(400, f"tool_choice: this server cannot call tools (the student cannot, nor can its "
-                               f"{service.teacher.type} teacher); send tool_choice 'auto' or 'none'", "tool_choice")
-            tools = None  # 'auto': answered in text, as any model may answer it
+        tools = _servable_tools(service, body.tool_request())
         # The run's instruction replaces a client's system prompt: the student was trained with it.
         messages = [{"role": m.role, "content": m.text()} for m in body.messages if m.role not in ("system", "developer")]
         if not any(m["role"] == "user" and m["content"].strip() for m in messages):
@@ -457,42 +454,56 @@ def _add_responses_route(app: FastAPI, service: Service, requests: Counter, late
         if body.previous_response_id is not None:
             raise APIError(400, "previous_response_id: this server stores no responses; send the whole conversation "
                            "in input", "previous_response_id")
-        if body.tools:
-            raise APIError(400, "tools: not supported on /v1/responses here; send tool requests to "
-                           "/v1/chat/completions", "tools")
         try:
-            chat = body.messages()
-        except ValueError as e:
-            raise APIError(400, str(e), "input") from None
+            chat = chat_messages(body.input)
+            tools = chat_tools(body.tools, body.tool_choice, body.parallel_tool_calls)
+        except ResponsesInputError as e:
+            raise APIError(400, str(e), e.param) from None
         if len(chat) > s.max_messages:
             raise APIError(400, f"input: at most {s.max_messages} messages per request", "input")
         fmt = _format(body)
-        # As chat: the run's instruction replaces a client's system prompt and instructions.
-        messages = [m for m in chat if m["role"] not in ("system", "developer")]
+        tools = _servable_tools(service, tools)
+        # As chat: the run's instruction replaces a client's system prompt and instructions; the
+        # teacher gets the tool turns whole, the student their text.
+        teacher_messages = [m for m in chat if m["role"] not in ("system", "developer")]
+        messages = student_view(teacher_messages)
         if not any(m["role"] == "user" and m["content"].strip() for m in messages):
             raise APIError(400, "input: needs a user message with text", "input")
-        served = await service.answer(messages, body.max_output_tokens, [], response_format=fmt)
+        served = await service.answer(messages, body.max_output_tokens, [],
+                                      teacher_messages=teacher_messages if teacher_messages != messages else None,
+                                      tools=tools, logprobs=None, response_format=fmt)
         route = await _record(service, state, served, {**body.model_dump(exclude_none=True), "messages": messages,
                                                        "endpoint": RESPONSES}, requests, latency)
-        rid, mid = f"resp_{uuid.uuid4().hex[:24]}", f"msg_{uuid.uuid4().hex[:24]}"
         cut = served.finish_reason == "length"
-        item = {"type": "message", "id": mid, "status": "incomplete" if cut else "completed", "role": "assistant",
-                "content": [{"type": "output_text", "text": served.content, "annotations": []}]}
         response = {
-            "id": rid, "object": "response", "created_at": int(time.time()),
-            "status": "incomplete" if cut else "completed", "model": served.model, "output": [item],
+            "id": f"resp_{uuid.uuid4().hex[:24]}", "object": "response", "created_at": int(time.time()),
+            "status": "incomplete" if cut else "completed", "model": served.model,
+            "output": output_items(served.content, served.extra.get("tool_calls"), cut),
             "incomplete_details": {"reason": "max_output_tokens"} if cut else None, "error": None,
             "instructions": body.instructions, "max_output_tokens": body.max_output_tokens,
-            "temperature": body.temperature, "top_p": body.top_p, "tools": [], "tool_choice": "auto",
-            "parallel_tool_calls": False, "text": {"format": responses_form(fmt)}, "metadata": {},
+            "temperature": body.temperature, "top_p": body.top_p, "tools": body.tools or [],
+            "tool_choice": body.tool_choice or "auto", "parallel_tool_calls": body.parallel_tool_calls is not False,
+            "text": {"format": responses_form(fmt)}, "metadata": {},
             "usage": {"input_tokens": served.input_tokens, "output_tokens": served.output_tokens,
                       "total_tokens": served.input_tokens + served.output_tokens,
                       "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}},
             "potstill": route}
         headers = _route_headers(served.answered_by, served.reason, served.confidence, served.student)
         if body.stream:
-            return StreamingResponse(_response_events(response), media_type="text/event-stream", headers=headers)
+            return StreamingResponse(response_events(response), media_type="text/event-stream", headers=headers)
         return JSONResponse(response, headers=headers)
+
+
+def _servable_tools(service: Service, tools: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A request's tools (chat form) as served: where the teacher cannot call tools either, 'auto'
+    is answered in text, as any model may answer it, and a forced call is a 400."""
+    if tools is None or service.teacher.supports_tools:
+        return tools
+    choice = tools.get("tool_choice")
+    if choice == "required" or isinstance(choice, dict):
+        raise APIError(400, f"tool_choice: this server cannot call tools (the student cannot, nor can its "
+                       f"{service.teacher.type} teacher); send tool_choice 'auto' or 'none'", "tool_choice")
+    return None
 
 
 def _format(body: ChatRequest | ResponsesRequest) -> dict[str, Any] | None:
@@ -501,29 +512,6 @@ def _format(body: ChatRequest | ResponsesRequest) -> dict[str, Any] | None:
         return body.format_request()
     except FormatError as e:
         raise APIError(400, str(e), e.param) from None
-
-
-def _response_events(response: dict[str, Any]):
-    """The Responses API's server-sent events for one text answer. As for chat, the route is decided
-    on the whole answer, so the text arrives as one delta."""
-    item = response["output"][0]
-    part, text = item["content"][0], item["content"][0]["text"]
-    seq = itertools.count()
-
-    def event(kind: str, **fields: Any) -> str:
-        return f"event: {kind}\ndata: {json.dumps({'type': kind, 'sequence_number': next(seq), **fields})}\n\n"
-
-    where = {"item_id": item["id"], "output_index": 0, "content_index": 0}
-    yield event("response.created", response={**response, "status": "in_progress", "output": [], "usage": None})
-    yield event("response.in_progress", response={**response, "status": "in_progress", "output": [], "usage": None})
-    yield event("response.output_item.added", output_index=0, item={**item, "status": "in_progress", "content": []})
-    yield event("response.content_part.added", **where, part={**part, "text": ""})
-    yield event("response.output_text.delta", **where, delta=text, logprobs=[])
-    yield event("response.output_text.done", **where, text=text, logprobs=[])
-    yield event("response.content_part.done", **where, part=part)
-    yield event("response.output_item.done", output_index=0, item=item)
-    yield event("response.incomplete" if response["status"] == "incomplete" else "response.completed",
-                response=response)
 
 
 def _teacher_message(m: Any) -> dict[str, Any]:

@@ -161,9 +161,6 @@ class ChatRequest(BaseModel):
         only), None where it asked for no log-probs."""
         return (self.top_logprobs or 0) if self.logprobs else None
 
-    def forces_tool_call(self) -> bool:
-        return self.tool_choice == "required" or isinstance(self.tool_choice, NamedToolChoice)
-
     def format_request(self) -> dict[str, Any] | None:
         """``response_format`` as served (``formats.check_chat_format``; None for text or none), or
         ``FormatError``."""
@@ -269,13 +266,14 @@ class Health(BaseModel):
 
 
 class ResponsesRequest(BaseModel):
-    """``POST /v1/responses`` (OpenAI's Responses API, ``client.responses.create``), for text: the
-    same router as chat completions. ``input`` is a string (one user message) or a list of
-    messages whose content is a string or input/output text parts."""
+    """``POST /v1/responses`` (OpenAI's Responses API, ``client.responses.create``), for text and
+    function tools: the same router as chat completions. ``input`` is a string (one user message)
+    or a list of items (``potstill.serve.responses.chat_messages``)."""
 
     model_config = ConfigDict(extra="allow")
     model: str = Field(..., description="A name GET /v1/models lists; the router picks the student or the teacher.")
-    input: str | list[dict[str, Any]] = Field(..., description="The user's text, or a list of messages.")
+    input: str | list[Any] = Field(..., description="The user's text, or a list of message, function_call and "
+                                   "function_call_output items.")
     instructions: str | None = Field(None, description="Accepted and not used: the student answers under the run's "
                                      "instruction, which it was trained with.")
     max_output_tokens: int | None = Field(None, ge=1, strict=True)
@@ -284,8 +282,10 @@ class ResponsesRequest(BaseModel):
     top_p: float | None = Field(None, ge=0, le=1)
     previous_response_id: str | None = Field(None, description="Not supported: responses are not stored; send "
                                              "the conversation in input.")
-    tools: list[Any] | None = Field(None, description="Not supported here; tool calls go through "
-                                    "/v1/chat/completions.")
+    tools: list[Any] | None = Field(None, description="Function tools; a request that lets the model call one "
+                                    "(tool_choice not 'none') is answered by the teacher, as on chat completions.")
+    tool_choice: Any = Field(None, description="none, auto, required, or {type: function, name}.")
+    parallel_tool_calls: bool | None = Field(None, strict=True)
     text: dict[str, Any] | None = Field(None, description="format: text, json_object or json_schema (what "
                                         "client.responses.parse sends), served as chat's response_format.")
 
@@ -293,32 +293,3 @@ class ResponsesRequest(BaseModel):
         """``text.format`` in chat's ``response_format`` form (None for text or none), or ``FormatError``."""
         fmt = (self.text or {}).get("format")
         return None if fmt is None else check_responses_format(fmt)
-
-    def messages(self) -> list[dict[str, str]]:
-        """``input`` as chat messages (role, text), or ValueError naming the item that is not text."""
-        if isinstance(self.input, str):
-            return [{"role": "user", "content": _utf8(self.input)}]
-        out = []
-        for i, item in enumerate(self.input):
-            kind = item.get("type", "message")
-            if kind != "message":
-                raise ValueError(f"input.{i}: an item of type {kind!r}; this server answers text messages (send "
-                                 "tool calls and their outputs to /v1/chat/completions)")
-            role, content = item.get("role"), item.get("content")
-            if role not in ("system", "developer", "user", "assistant"):
-                raise ValueError(f"input.{i}.role: {role!r} is not one of system, developer, user, assistant")
-            if isinstance(content, list):
-                texts = []
-                for j, part in enumerate(content):
-                    if not (isinstance(part, dict) and part.get("type") in ("input_text", "output_text", "text")
-                            and isinstance(part.get("text"), str)):
-                        what = f"of type {part.get('type')!r}" if isinstance(part, dict) else f"that is {_json_type(part)}"
-                        raise ValueError(f"input.{i}.content.{j}: a part {what}; this server answers text, so content "
-                                         "is a string or a list of input_text parts")
-                    texts.append(part["text"])
-                content = "".join(texts)
-            if not isinstance(content, str):
-                raise ValueError(f"input.{i}.content: expected a string or a list of input_text parts, not "
-                                 f"{_json_type(content)}")
-            out.append({"role": role, "content": _utf8(content)})
-        return out
