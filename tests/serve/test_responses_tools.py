@@ -78,3 +78,28 @@ def test_a_tool_it_cannot_serve_is_an_openai_400(served, kwargs, param, says):
     with pytest.raises(openai.BadRequestError) as e:
         client(live).responses.create(model="potstill", **{"input": ASK, **kwargs})
     assert e.value.body["param"] == param and says in e.value.body["message"]
+
+
+def test_a_response_has_every_field_the_sdk_s_own_type_requires(served, force):
+    """The client builds responses without validating them, so a missing required field passes
+    unnoticed there (usage.input_tokens_details.cache_write_tokens did): read strictly here."""
+    from openai.types.responses import Response
+
+    service, live = served
+    force("teacher")
+    with teacher_behind(service, openai_provider([])):
+        for kwargs in ({}, {"tools": TOOLS}):
+            raw = client(live).responses.with_raw_response.create(model="potstill", input=ASK, **kwargs)
+            Response.model_validate(json.loads(raw.text))
+
+
+def test_a_lone_surrogate_in_input_is_a_400(served):
+    import httpx
+
+    from tests.serve.conftest import SERVE_KEY
+
+    _, live = served
+    body = '{"model": "potstill", "input": [{"role": "user", "content": "a \\ud800 b"}]}'
+    r = httpx.post(live.url + "/v1/responses", content=body, headers={"authorization": f"Bearer {SERVE_KEY}",
+                                                                       "content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "input.0.content"

@@ -5,13 +5,17 @@ Formats (``--format auto`` picks one per line, by its keys):
 * ``finetune``: OpenAI fine-tuning JSONL, ``{"messages": [..., {"role": "assistant", ...}]}``.
 * ``openai-log``: OpenAI chat-completion logs: the Batch API output (``{"custom_id",
   "response": {"body": <chat.completion>}}``, joined to its input file by ``custom_id`` through
-  ``--requests``) or ``{"request": <body>, "response": <chat.completion>}`` lines.
+  ``--requests``) or ``{"request": <body>, "response": <chat.completion>}`` lines; the same with a
+  Responses API request (``input``, ``instructions``) and ``response`` object.
 * ``pairs``: ``{"request"|"prompt"|"input": ..., "response"|"output"|"completion": ...}``
   where each side is a string, a chat request/completion, or an Anthropic message; an ``output``
   that is none of these but a JSON object or array (an extraction's answer) is its JSON text.
 * ``stored``: OpenAI stored completions (``store: true``) as exported through the API: one
   ``chat.completion`` object a line (what ``GET /v1/chat/completions`` lists), with its input
   messages (``GET /v1/chat/completions/{id}/messages``) under ``input_messages`` or ``messages``.
+  Stored Responses alike: one ``response`` object a line (``GET /v1/responses/{id}``) with its input
+  items (``GET /v1/responses/{id}/input_items``, whose page lists the newest first: ``"order":
+  "asc"`` in the page says otherwise) under ``input_items``, or the request's ``input``.
 * ``served``: potstill's own served traffic, the ``serve`` rows of a ``calls.sqlite``.
 
 Every record keeps where it came from: ``meta.source`` (file), ``meta.line`` (or ledger row
@@ -31,6 +35,7 @@ from potstill.errors import PotstillError
 from potstill.ledger import Ledger
 from potstill.progress import bar, say
 from potstill.records import TABLE_SUFFIXES, Record, content_text, read_objects, record_problem, write_jsonl
+from potstill.responses_format import ResponsesInputError, chat_messages, output_text
 
 FORMATS = ("auto", "finetune", "openai-log", "pairs", "stored", "served")
 # The instruction's roles: OpenAI's newer models take it as a developer message (serve drops both alike).
@@ -45,9 +50,29 @@ def _objects(msgs: list[Any], where: str) -> list[dict[str, Any]]:
     return msgs
 
 
+def _responses_input(items: Any, instructions: Any, where: str) -> list[dict[str, Any]]:
+    """A Responses API request's ``input`` (and ``instructions``) as chat messages."""
+    try:
+        msgs = chat_messages(items)
+    except ResponsesInputError as e:
+        raise PotstillError(f"{where}: {e}") from None
+    return ([{"role": "system", "content": instructions}] if isinstance(instructions, str) and instructions
+            else []) + msgs
+
+
+def _is_items(side: Any) -> bool:
+    """Whether a list is Responses input items rather than chat messages (items name their type)."""
+    return isinstance(side, list) and any(isinstance(m, dict) and "type" in m and "role" not in m or
+                                          isinstance(m, dict) and m.get("type") == "message" for m in side)
+
+
 def _messages(side: Any, where: str) -> list[dict[str, Any]]:
     if isinstance(side, str):
         return [{"role": "user", "content": side}]
+    if isinstance(side, dict) and "input" in side and "messages" not in side:  # a Responses API request
+        return _responses_input(side["input"], side.get("instructions"), where)
+    if _is_items(side):
+        return _responses_input(side, None, where)
     if isinstance(side, dict) and isinstance(side.get("messages"), list):
         msgs = _objects(list(side["messages"]), where)
         if side.get("system"):  # an Anthropic request
@@ -81,6 +106,8 @@ def _answer(side: Any, where: str) -> tuple[str, dict[str, Any]]:
     (``NoText`` where the answer is a tool call or a refusal)."""
     if isinstance(side, str):
         return side, {}
+    if isinstance(side, dict) and side.get("object") == "response":  # the Responses API's answer
+        return _response_answer(side)
     if isinstance(side, dict):
         if "body" in side and isinstance(side["body"], dict):  # Batch API response wrapper
             if side.get("status_code", 200) != 200:  # a failed request (its body the error, or none)
@@ -114,6 +141,22 @@ def _answer(side: Any, where: str) -> tuple[str, dict[str, Any]]:
     raise PotstillError(f"{where}: cannot find the response's text")
 
 
+def _response_answer(resp: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A Responses API ``response`` object's text and provenance (``NoText`` where it failed or its
+    answer is function calls or a refusal alone)."""
+    if resp.get("status") == "failed" or resp.get("error"):
+        raise NoText("its request failed")
+    text, calls = output_text(resp)
+    if not text:
+        refused = any(isinstance(p, dict) and p.get("type") == "refusal" for item in resp.get("output") or []
+                      if isinstance(item, dict) for p in item.get("content") or [])
+        if refused or calls:
+            raise NoText("its answer is a refusal" if refused else "its answer is a tool call")
+    finish = "length" if resp.get("status") == "incomplete" else "stop"
+    return text, {"teacher": resp.get("model"), "usage": resp.get("usage"), "finish_reason": finish,
+                  "response_id": resp.get("id")}
+
+
 # The keys by which ``_answer`` knows a logged response (a chat completion, a Batch wrapper, an
 # Anthropic message, a plain {"content": ...}).
 _RESPONSE_KEYS = {"choices", "body", "type", "content", "output", "text"}
@@ -128,11 +171,12 @@ def _stored_content(m: dict[str, Any]) -> Any:
 
 
 def _detect(obj: dict[str, Any]) -> str:
-    if obj.get("object") == "chat.completion" and "choices" in obj:
+    if obj.get("object") in ("chat.completion", "response") and ("choices" in obj or "output" in obj):
         return "stored"
     if "custom_id" in obj and "response" in obj:
         return "openai-log"
-    if isinstance(obj.get("response"), dict) and (obj["response"].get("choices") or "body" in obj["response"]):
+    if isinstance(obj.get("response"), dict) and (obj["response"].get("choices") or "body" in obj["response"]
+                                                  or obj["response"].get("object") == "response"):
         return "openai-log"
     if "messages" in obj and not any(k in obj for k in ("request", "response", "prompt")):
         return "finetune"
@@ -169,6 +213,22 @@ def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: dict[str, An
         prompt = _messages(req, where)
         output, meta2 = _answer(obj.get("response"), where)
         meta.update(meta2)
+    elif kind == "stored" and obj.get("object") == "response":
+        # A stored response (GET /v1/responses/{id}) with its input items (GET .../input_items, or the
+        # request's input) under input_items or input.
+        side = obj.get("input_items", obj.get("input"))
+        if isinstance(side, dict) and isinstance(side.get("data"), list):  # the input items list endpoint's page
+            if side.get("has_more"):
+                raise PotstillError(f"{where}: its input_items page holds part of the conversation (has_more); "
+                                    "fetch every item (the SDK's auto-paging, or limit=100)")
+            # That endpoint lists the newest item first unless asked order=asc, which the page does not say.
+            side = side["data"][::-1] if side.get("order", "desc") == "desc" else side["data"]
+        if not isinstance(side, (list, str)):
+            raise PotstillError(f"{where}: a stored response needs its input items under input_items")
+        prompt = _responses_input(side, obj.get("instructions"), where)
+        output, meta = _response_answer(obj)
+        if obj.get("metadata"):
+            meta["metadata"] = obj["metadata"]
     elif kind == "stored":
         side = obj.get("input_messages", obj.get("messages"))
         if isinstance(side, dict) and isinstance(side.get("data"), list):  # the messages list endpoint's page

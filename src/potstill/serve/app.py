@@ -31,8 +31,8 @@ from potstill.errors import PotstillError
 from potstill.records import json_problem
 from potstill.serve.engine import RefusedChat
 from potstill.serve.formats import FormatError, responses_form
-from potstill.serve.responses import (ResponsesInputError, chat_messages, chat_tools, output_items,
-                                      student_view)
+from potstill.responses_format import ResponsesInputError, chat_messages
+from potstill.serve.responses import chat_tools, output_items, student_view
 from potstill.serve.responses import events as response_events
 from potstill.serve.schemas import (ChatCompletion, ChatRequest, ErrorBody, Health, ModelCard, ModelList,
                                     ResponsesRequest)
@@ -486,7 +486,8 @@ def _add_responses_route(app: FastAPI, service: Service, requests: Counter, late
             "text": {"format": responses_form(fmt)}, "metadata": {},
             "usage": {"input_tokens": served.input_tokens, "output_tokens": served.output_tokens,
                       "total_tokens": served.input_tokens + served.output_tokens,
-                      "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}},
+                      "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+                      "output_tokens_details": {"reasoning_tokens": 0}},
             "potstill": route}
         headers = _route_headers(served.answered_by, served.reason, served.confidence, served.student)
         if body.stream:

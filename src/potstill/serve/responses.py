@@ -1,14 +1,8 @@
-"""OpenAI's Responses API in the terms of chat completions, which the router, the teachers and the
-ledger speak: input items to chat messages, function tools to chat tools, and an answer back to
-output items and server-sent events.
-
-Input: ``message`` items (string content or text parts), ``function_call`` items (an assistant's
-call: ``call_id``, ``name``, ``arguments``) and ``function_call_output`` items (``call_id``,
-``output``), as ``client.responses.create`` and the OpenAI Agents SDK send a conversation. A call
-becomes an assistant message's ``tool_calls`` entry (consecutive calls, and the assistant text just
-before them, one message), an output a ``tool`` message. Tools: ``function`` tools only
-(``{type, name, description, parameters, strict}``); hosted tools (web search, file search, ...)
-are the provider's own and a 400 here.
+"""OpenAI's Responses API for the server, in chat completions' terms (which the router, the
+teachers and the ledger speak): function tools to chat tools, and an answer back to output items
+and server-sent events. Input items to chat messages: ``potstill.responses_format``. Tools:
+``function`` tools only (``{type, name, description, parameters, strict}``); hosted tools (web
+search, file search, ...) are the provider's own and a 400 here.
 """
 
 from __future__ import annotations
@@ -18,69 +12,8 @@ import json
 import uuid
 from typing import Any
 
-from potstill.serve.schemas import _json_type, _utf8
-
-
-class ResponsesInputError(ValueError):
-    """An input item or tool this server cannot take (a 400): ``param`` names it."""
-
-    def __init__(self, param: str, problem: str) -> None:
-        super().__init__(f"{param}: {problem}")
-        self.param = param
-
-
-def _text(content: Any, where: str) -> str:
-    if isinstance(content, list):
-        texts = []
-        for j, part in enumerate(content):
-            if not (isinstance(part, dict) and part.get("type") in ("input_text", "output_text", "text")
-                    and isinstance(part.get("text"), str)):
-                what = f"of type {part.get('type')!r}" if isinstance(part, dict) else f"that is {_json_type(part)}"
-                raise ResponsesInputError(f"{where}.{j}", f"a part {what}; this server answers text, so content is "
-                                          "a string or a list of input_text parts")
-            texts.append(part["text"])
-        content = "".join(texts)
-    if not isinstance(content, str):
-        raise ResponsesInputError(where, f"expected a string or a list of input_text parts, not {_json_type(content)}")
-    return _utf8(content)
-
-
-def chat_messages(input_: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``input`` as chat messages: role and text, an assistant's ``tool_calls`` and a tool turn's
-    ``tool_call_id`` where the items hold calls (the teacher's form; ``student_view`` drops them)."""
-    if isinstance(input_, str):
-        return [{"role": "user", "content": _utf8(input_)}]
-    out: list[dict[str, Any]] = []
-    for i, item in enumerate(input_):
-        if not isinstance(item, dict):
-            raise ResponsesInputError(f"input.{i}", f"expected an object, not {_json_type(item)}")
-        kind = item.get("type", "message")
-        if kind == "message":
-            role = item.get("role")
-            if role not in ("system", "developer", "user", "assistant"):
-                raise ResponsesInputError(f"input.{i}.role", f"{role!r} is not one of system, developer, user, "
-                                          "assistant")
-            out.append({"role": role, "content": _text(item.get("content"), f"input.{i}.content")})
-        elif kind == "function_call":
-            call_id, name, arguments = item.get("call_id"), item.get("name"), item.get("arguments")
-            for field, value in (("call_id", call_id), ("name", name), ("arguments", arguments)):
-                if not isinstance(value, str):
-                    raise ResponsesInputError(f"input.{i}.{field}", "required, a string")
-            call = {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
-            if out and out[-1]["role"] == "assistant":
-                # Calls right after the assistant's text (or its earlier calls) are that turn's.
-                out[-1].setdefault("tool_calls", []).append(call)
-            else:
-                out.append({"role": "assistant", "content": None, "tool_calls": [call]})
-        elif kind == "function_call_output":
-            call_id, output = item.get("call_id"), item.get("output")
-            if not isinstance(call_id, str):
-                raise ResponsesInputError(f"input.{i}.call_id", "required, a string")
-            out.append({"role": "tool", "tool_call_id": call_id, "content": _text(output, f"input.{i}.output")})
-        else:
-            raise ResponsesInputError(f"input.{i}", f"an item of type {kind!r}; this server takes message, "
-                                      "function_call and function_call_output items")
-    return out
+from potstill.responses_format import ResponsesInputError
+from potstill.serve.schemas import _json_type
 
 
 def student_view(messages: list[dict[str, Any]]) -> list[dict[str, str]]:

@@ -11,22 +11,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from potstill.responses_format import json_type as _json_type
+from potstill.responses_format import utf8 as _utf8
 from potstill.serve.formats import check_chat_format, check_responses_format
-
-
-def _utf8(text: str) -> str:
-    """JSON may escape half of a UTF-16 pair (``"\\ud800"``), which is no character: the tokenizer
-    cannot encode it (it failed the whole batch with a 500) and the ledger cannot store it."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("text holds a lone UTF-16 surrogate (an escape \\ud800-\\udfff without its pair)") from None
-    return text
-
-
-def _json_type(v: object) -> str:
-    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array",
-            dict: "an object"}.get(type(v), "null")
 
 
 class TextPart(BaseModel):

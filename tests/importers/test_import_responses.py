@@ -1,0 +1,96 @@
+"""`potstill import` of Responses API traffic: request/response logs and stored responses with their
+input items. Each logged object is first read by the official SDK's own types (so it has the shape
+the API returns), then imported as generate reads its inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from openai.types.responses import Response
+
+from potstill.errors import PotstillError
+from potstill.importers import import_traffic
+from potstill.records import read_records
+
+
+def response(output: list[dict], status: str = "completed", **kw) -> dict:
+    body = {"id": "resp_1", "object": "response", "created_at": 1764900000, "status": status, "model": "gpt-4.1-mini",
+            "output": output, "parallel_tool_calls": True, "tool_choice": "auto", "tools": [], "error": None,
+            "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
+            "instructions": None, "metadata": {}, "temperature": 1.0, "top_p": 1.0,
+            "usage": {"input_tokens": 40, "output_tokens": 2, "total_tokens": 42,
+                      "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+                      "output_tokens_details": {"reasoning_tokens": 0}},
+            **kw}
+    Response.model_validate(body)  # the SDK's own reading of a response
+    return body
+
+
+def text(t: str) -> dict:
+    return {"type": "message", "id": "msg_1", "status": "completed", "role": "assistant",
+            "content": [{"type": "output_text", "text": t, "annotations": []}]}
+
+
+CALL = {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "weather", "arguments": '{"city": "Oslo"}',
+        "status": "completed"}
+
+
+def jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_a_request_response_log_imports_its_input_instructions_and_text(tmp_path):
+    rows = [{"request": {"model": "gpt-4.1-mini", "instructions": "Name the topic.", "input": "A late goal won it."},
+             "response": response([text("sports")])},
+            {"request": {"model": "gpt-4.1-mini", "input": [
+                {"role": "user", "content": [{"type": "input_text", "text": "weather in Oslo?"}]},
+                {"type": "function_call", "call_id": "call_1", "name": "weather", "arguments": '{"city": "Oslo"}'},
+                {"type": "function_call_output", "call_id": "call_1", "output": "4 C"}]},
+             "response": response([text("It is 4 C in Oslo.")], status="incomplete")}]
+    assert import_traffic(jsonl(tmp_path / "log.jsonl", rows), tmp_path / "o.jsonl") == 2
+    first, second = read_records(tmp_path / "o.jsonl")  # read as generate reads its inputs
+    assert first.messages == [{"role": "user", "content": "A late goal won it."}] and first.output == "sports"
+    assert first.meta["system"] == "Name the topic." and first.meta["format"] == "openai-log"
+    assert first.meta["teacher"] == "gpt-4.1-mini" and first.meta["usage"]["output_tokens"] == 2
+    assert second.messages[1]["tool_calls"][0]["id"] == "call_1" and second.messages[2]["tool_call_id"] == "call_1"
+    assert second.output == "It is 4 C in Oslo." and second.meta["finish_reason"] == "length"
+
+
+def test_a_stored_response_with_its_input_items_page(tmp_path):
+    """The input items endpoint lists the newest item first by default: read back in order."""
+    page = {"object": "list", "has_more": False, "first_id": "msg_3", "last_id": "msg_0", "data": [
+        {"type": "message", "id": "msg_3", "role": "user", "content": [{"type": "input_text", "text": "and Bergen?"}]},
+        {"type": "message", "id": "msg_2", "role": "assistant", "status": "completed",
+         "content": [{"type": "output_text", "text": "4 C", "annotations": []}]},
+        {"type": "message", "id": "msg_1", "role": "user", "content": [{"type": "input_text", "text": "Oslo?"}]}]}
+    stored = {**response([text("6 C")], instructions="Answer with the temperature."), "input_items": page}
+    partial = {**stored, "input_items": {**page, "has_more": True}}
+    assert import_traffic(jsonl(tmp_path / "stored.jsonl", [stored]), tmp_path / "o.jsonl") == 1
+    (rec,) = read_records(tmp_path / "o.jsonl")
+    assert [m["content"] for m in rec.messages] == ["Oslo?", "4 C", "and Bergen?"] and rec.output == "6 C"
+    assert rec.meta["format"] == "stored" and rec.meta["system"] == "Answer with the temperature."
+    with pytest.raises(PotstillError, match=r"stored\.jsonl:1: its input_items page holds part of the conversation"):
+        import_traffic(jsonl(tmp_path / "stored.jsonl", [partial]), tmp_path / "p.jsonl")
+
+
+def test_a_response_of_calls_or_a_refusal_alone_is_skipped_and_counted(tmp_path, capsys):
+    refusal = {"type": "message", "id": "msg_9", "status": "completed", "role": "assistant",
+               "content": [{"type": "refusal", "refusal": "I can't help with that."}]}
+    ask = {"model": "gpt-4.1-mini", "input": "weather in Oslo?"}
+    rows = [{"request": ask, "response": response([CALL])}, {"request": ask, "response": response([refusal])},
+            {"request": ask, "response": response([text("4 C"), CALL])}]
+    assert import_traffic(jsonl(tmp_path / "log.jsonl", rows), tmp_path / "o.jsonl") == 1
+    (rec,) = read_records(tmp_path / "o.jsonl")
+    assert rec.output == "4 C"
+    err = capsys.readouterr().err
+    assert "1 line(s) skipped, its answer is a tool call" in err and "1 line(s) skipped, its answer is a refusal" in err
+
+
+def test_an_input_item_it_cannot_read_is_one_line(tmp_path):
+    rows = [{"request": {"input": [{"type": "input_image_call", "id": "x"}]}, "response": response([text("a")])}]
+    with pytest.raises(PotstillError, match=r"log\.jsonl:1: input\.0: an item of type 'input_image_call'"):
+        import_traffic(jsonl(tmp_path / "log.jsonl", rows), tmp_path / "o.jsonl")
+    assert not (tmp_path / "o.jsonl").exists()
