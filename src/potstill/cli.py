@@ -383,7 +383,7 @@ def import_(
     source: Annotated[Path, typer.Argument(help="Traffic: JSONL, or a calls.sqlite for served traffic.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Records JSONL to write.")] = Path("imported.jsonl"),
     format: Annotated[str, typer.Option(help="auto, finetune, openai-log, pairs, stored or served.")] = "auto",
-    requests: Annotated[Optional[Path], typer.Option(help="Batch API input JSONL, to join a batch output by custom_id.")] = None,
+    requests: Annotated[Optional[Path], typer.Option(help="A batch's requests JSONL (OpenAI Batch input, or Anthropic Message Batches custom_id + params), to join its output by custom_id.")] = None,
 ) -> None:
     """Turn existing teacher traffic (chat-completion logs, fine-tuning JSONL, request/response pairs, served calls) into records."""
     from potstill.importers import import_traffic

@@ -94,3 +94,31 @@ def test_an_input_item_it_cannot_read_is_one_line(tmp_path):
     with pytest.raises(PotstillError, match=r"log\.jsonl:1: input\.0: an item of type 'input_image_call'"):
         import_traffic(jsonl(tmp_path / "log.jsonl", rows), tmp_path / "o.jsonl")
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_anthropic_message_batches_results_join_their_requests(tmp_path, capsys):
+    """Message Batches results (read first by the anthropic SDK's own type) joined by custom_id to the
+    batch's requests (``params`` as ``messages.batches.create`` takes them); an errored or expired
+    one has no answer and is skipped and counted."""
+    from anthropic.types.messages import MessageBatchIndividualResponse
+
+    params = {"model": "claude-haiku-4-5", "max_tokens": 16, "system": "Name the topic.",
+              "messages": [{"role": "user", "content": "A late goal won it."}]}
+    reqs = jsonl(tmp_path / "batch_requests.jsonl", [{"custom_id": f"r{i}", "params": params} for i in range(3)])
+    message = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-haiku-4-5",
+               "content": [{"type": "text", "text": "sports"}], "stop_reason": "end_turn", "stop_sequence": None,
+               "usage": {"input_tokens": 20, "output_tokens": 1}}
+    error = {"type": "error", "request_id": None, "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    results = [{"custom_id": "r0", "result": {"type": "succeeded", "message": message}},
+               {"custom_id": "r1", "result": {"type": "errored", "error": error}},
+               {"custom_id": "r2", "result": {"type": "expired"}}]
+    for line in results:
+        MessageBatchIndividualResponse.model_validate(line)
+    out = jsonl(tmp_path / "batch_results.jsonl", results)
+    assert import_traffic(out, tmp_path / "o.jsonl", requests=reqs) == 1
+    (rec,) = read_records(tmp_path / "o.jsonl")
+    assert rec.messages == params["messages"] and rec.output == "sports" and rec.meta["system"] == "Name the topic."
+    assert rec.meta["custom_id"] == "r0" and rec.meta["teacher"] == "claude-haiku-4-5"
+    assert "2 line(s) skipped, its request failed" in capsys.readouterr().err
+    with pytest.raises(PotstillError, match="holds no request: give the batch's input file with --requests"):
+        import_traffic(out, tmp_path / "p.jsonl")

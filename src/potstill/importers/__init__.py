@@ -5,7 +5,9 @@ Formats (``--format auto`` picks one per line, by its keys):
 * ``finetune``: OpenAI fine-tuning JSONL, ``{"messages": [..., {"role": "assistant", ...}]}``.
 * ``openai-log``: OpenAI chat-completion logs: the Batch API output (``{"custom_id",
   "response": {"body": <chat.completion>}}``, joined to its input file by ``custom_id`` through
-  ``--requests``) or ``{"request": <body>, "response": <chat.completion>}`` lines; the same with a
+  ``--requests``), Anthropic's Message Batches results (``{"custom_id", "result": {"type":
+  "succeeded", "message"}}``, joined the same way to the batch's ``{"custom_id", "params"}``
+  requests) or ``{"request": <body>, "response": <chat.completion>}`` lines; the same with a
   Responses API request (``input``, ``instructions``) and ``response`` object.
 * ``pairs``: ``{"request"|"prompt"|"input": ..., "response"|"output"|"completion": ...}``
   where each side is a string, a chat request/completion, or an Anthropic message; an ``output``
@@ -173,7 +175,7 @@ def _stored_content(m: dict[str, Any]) -> Any:
 def _detect(obj: dict[str, Any]) -> str:
     if obj.get("object") in ("chat.completion", "response") and ("choices" in obj or "output" in obj):
         return "stored"
-    if "custom_id" in obj and "response" in obj:
+    if "custom_id" in obj and ("response" in obj or isinstance(obj.get("result"), dict)):
         return "openai-log"
     if isinstance(obj.get("response"), dict) and (obj["response"].get("choices") or "body" in obj["response"]
                                                   or obj["response"].get("object") == "response"):
@@ -207,6 +209,11 @@ def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: dict[str, An
                 raise PotstillError(f"{where}: custom_id {obj['custom_id']!r} is not in the --requests file")
             if obj.get("error"):  # vLLM's run_batch writes failures into the output file; OpenAI an expiry
                 raise NoText("its request failed")
+            result = obj.get("result")
+            if isinstance(result, dict) and "response" not in obj:  # an Anthropic Message Batches result
+                if result.get("type") != "succeeded":  # errored, canceled, expired: no answer
+                    raise NoText("its request failed")
+                obj = {**obj, "response": result.get("message")}
             meta["custom_id"] = obj["custom_id"]
         else:
             req = obj.get("request", obj.get("prompt"))  # a completions log may name its prompt alone
@@ -275,15 +282,19 @@ def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: dict[str, An
 
 
 def _read_requests(path: Path) -> dict[str, Any]:
+    """A batch's requests by ``custom_id``: OpenAI's Batch input (``body``) or Anthropic's Message
+    Batches requests (``params``, as ``messages.batches.create`` takes them, one a line)."""
     if not path.is_file():
         raise PotstillError(f"--requests {path}: {'a directory, not' if path.is_dir() else 'not found; expected'} "
                             f"a Batch API input JSONL")
     out: dict[str, Any] = {}
     # read_objects: a byte-order mark dropped, a line that is not JSON or not UTF-8 named as an input file's.
     for lineno, obj in read_objects(path):
-        if not isinstance(obj.get("custom_id"), str) or "body" not in obj:
-            raise PotstillError(f"{path}:{lineno}: expected a Batch API request line with custom_id and body")
-        out[obj["custom_id"]] = obj["body"]
+        body = obj.get("body", obj.get("params"))
+        if not isinstance(obj.get("custom_id"), str) or not isinstance(body, dict):
+            raise PotstillError(f"{path}:{lineno}: expected a batch request line with custom_id and body (OpenAI) "
+                                "or params (Anthropic)")
+        out[obj["custom_id"]] = body
     return out
 
 
