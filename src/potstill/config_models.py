@@ -16,7 +16,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from potstill.config_fields import (  # noqa: F401  (re-exported: potstill.config_models keeps every name)
     INPUT_FILE, MODEL_REF, RUN_PATH, DtypeName, EnvName, PathRole, QuantizationName, RecheckMargin, Section,
-    _env_name, engine_drafts, engine_dtype, engine_name, engine_quantization, engine_recheck,
+    _env_name, engine_drafts, engine_dtype, engine_guided, engine_name, engine_quantization, engine_recheck,
 )
 from potstill.config_setup import (  # noqa: F401  (re-exported, as above)
     DataConfig, FewShotConfig, PriceConfig, StudentConfig, TaskConfig, TeacherConfig, _default_prices,
@@ -279,6 +279,7 @@ class EvaluateConfig(Section):
     quantization: QuantizationName = engine_quantization("Student weights in evaluate and pilot")
     recheck_margin: RecheckMargin = engine_recheck("Student labels in evaluate and pilot")
     draft_tokens: int = engine_drafts("Student generations in evaluate and pilot")
+    guided_json: bool = engine_guided("Student generations in evaluate and pilot")
     compile: bool = Field(
         False, description="Engine transformers: run the students in evaluate (and pilot's untrained one) with "
         "the decoder under torch.compile, as serve.compile serves them, so that eval.json's latency and cost "
@@ -381,6 +382,7 @@ class ServeConfig(Section):
         "(README, Engines). Other engines refuse it.")
     recheck_margin: RecheckMargin = engine_recheck("Served labels")
     draft_tokens: int = engine_drafts("Served generations")
+    guided_json: bool = engine_guided("Served generations")
     reuse_escalations: bool | None = Field(
         None, description="Answer an escalation from serve's own earlier answer to the identical teacher request "
         "(the chat, the client's max_tokens, tools, logprobs) instead of paying the teacher again. Unset: only when "

@@ -101,15 +101,20 @@ def recheck_margin_for(margin: float | str, name: str, spec: str, quantization: 
 
 
 def section_engine(section: Any, spec: str, device: str = "auto", num_layers: int | None = None,
-                   compile: bool = False) -> Engine:
+                   compile: bool = False, task: Any = None) -> Engine:
     """``spec`` in the engine a config section names: the ``teacher``, ``evaluate`` and ``serve``
-    sections each carry ``engine``, ``dtype``, ``quantization``, ``recheck_margin`` and ``draft_tokens``.
+    sections each carry ``engine``, ``dtype``, ``quantization``, ``recheck_margin`` and ``draft_tokens``;
+    ``evaluate`` and ``serve`` also ``guided_json`` (decoding under ``task``'s JSON Schema, ``guide``).
     An error names the section, whose fields it is about (``serve: engine ctranslate2 runs its own
     compiled kernels; compile is for ...``: serve.compile, which a quickstart's config sets)."""
     try:
-        return load_engine(section.engine, spec, device=device, num_layers=num_layers, dtype=section.dtype,
-                           recheck_margin=section.recheck_margin, quantization=section.quantization,
-                           compile=compile, draft_tokens=section.draft_tokens)
+        schema = _guided_schema(section, task)
+        engine = load_engine(section.engine, spec, device=device, num_layers=num_layers, dtype=section.dtype,
+                             recheck_margin=section.recheck_margin, quantization=section.quantization,
+                             compile=compile, draft_tokens=section.draft_tokens)
+        if schema is not None:
+            guide(engine, schema)
+        return engine
     except PotstillError as e:
         name = type(section).__name__.removesuffix("Config").lower()
         if str(e).startswith((f"{name}.", f"{name}:")):  # already names it (serve.compile: torch.compile failed ...)
@@ -117,4 +122,28 @@ def section_engine(section: Any, spec: str, device: str = "auto", num_layers: in
         raise PotstillError(f"{name}: {e}") from None
 
 
-__all__ = ["BUILTIN", "Engine", "engine_class", "load_engine", "section_engine"]
+def _guided_schema(section: Any, task: Any) -> dict | None:
+    """The JSON Schema a section's ``guided_json`` decodes under, None where it is off."""
+    if not getattr(section, "guided_json", False):
+        return None
+    if section.engine in ("ctranslate2", "llamacpp"):  # before a conversion or a server start
+        raise PotstillError(f"guided_json: the {section.engine} engine cannot decode under a schema; use engine "
+                            "transformers")
+    cfg = getattr(task, "cfg", task)
+    if cfg is None or getattr(cfg, "type", None) != "extraction" or cfg.json_schema is None:
+        raise PotstillError(f"guided_json: only an extraction task has a JSON Schema to decode under (task.type is "
+                            f"{getattr(cfg, 'type', None)}); set it to false")
+    return cfg.json_schema
+
+
+def guide(engine: Engine, schema: dict) -> None:
+    """Make ``engine`` decode its greedy generations under ``schema`` (``models.json_constraint``):
+    the transformers engine, or the one that generates inside a re-checking pair."""
+    target = getattr(engine, "fast", engine)
+    if not hasattr(target, "json_schema"):
+        raise PotstillError(f"guided_json: the {getattr(target, 'name', type(target).__name__)} engine cannot decode "
+                            "under a schema; use engine transformers")
+    target.json_schema = schema
+
+
+__all__ = ["BUILTIN", "Engine", "engine_class", "guide", "load_engine", "section_engine"]

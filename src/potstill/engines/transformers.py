@@ -65,6 +65,7 @@ class TransformersEngine:
         # Greedy generation at batch 1 drafts up to this many tokens from the prompt and checks
         # them in one forward (``models.generation.greedy_lookup``); 0: one token per forward.
         self.draft_tokens = 2  # the fastest of 2, 4 and 8 on the 2-core CPU (benchmarks/generation.json)
+        self.json_schema: dict | None = None  # guided_json: greedy generations decode under it (``engines.guide``)
         self.compiled = False  # set by compile(): a caller warms it before timing (``warm_compiled``)
         # Static KV caches for generation (``models.static_decode``): set by compile() on CUDA, for
         # models without sliding-window layers; None: the dynamic cache. In bf16 its outputs part from
@@ -230,7 +231,8 @@ class TransformersEngine:
                  stop: Sequence[str] = (), seed: int = 0, embed: bool = False) -> Generated:
         return generate(self.lm, fmt, messages, max_new_tokens, batch_size=batch_size, progress=progress,
                         temperature=temperature, stop=stop, seed=seed, prefix=self.prefix(fmt),
-                        lookup=self.draft_tokens, static=self.static, embed=embed)
+                        lookup=self.draft_tokens, static=self.static, embed=embed,
+                        json_schema=self.json_schema if temperature <= 0 else None)
 
     @torch.inference_mode()
     def embed(self, fmt: PromptFormat, messages: list[list[dict]], max_length: int = 2048) -> torch.Tensor:

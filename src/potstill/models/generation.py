@@ -152,7 +152,7 @@ def greedy_lookup(lm: LM, ids: list[int], prefix: PrefixCache | None, max_new_to
 def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_tokens: int,
              batch_size: int = 8, progress: Any = None, temperature: float = 0.0, stop: Sequence[str] = (),
              seed: int = 0, prefix: PrefixCache | None = None, lookup: int = 0,
-             static: Any = None, embed: bool = False) -> Generated:
+             static: Any = None, embed: bool = False, json_schema: dict | None = None) -> Generated:
     """Generation, batched with left padding; also the mean log-prob of the chosen tokens.
 
     Greedy at ``temperature`` 0, else sampled (top-k 50, top-p 0.95) from a
@@ -180,8 +180,17 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
     prefill's last hidden states, so a server's out-of-distribution check costs no second forward
     over the prompt. None where a batch's cached prefix is a few-shot prefix (its hidden states are
     not kept).
+
+    ``json_schema`` (greedy only): decode under that schema (``json_constraint.JsonSchemaLogits``),
+    every batch through ``model.generate`` with the processor (no drafts, no static caches); the
+    mean log-prob is still the model's own, from its unprocessed logits.
     """
-    from transformers import StoppingCriteriaList
+    from transformers import LogitsProcessorList, StoppingCriteriaList
+
+    from potstill.models.json_constraint import JsonSchemaLogits
+
+    if json_schema is not None and temperature > 0:
+        raise ValueError("decoding under a JSON schema is greedy only")
 
     tok = lm.tokenizer
     # Nucleus 0.95 over transformers' top-50: the unlikely tail is where a small model's junk comes from.
@@ -235,8 +244,10 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
             # which ``get`` records on the plain body, as ``greedy`` runs them).
             with _plain_body(lm.model, static is not None):
                 past = static.get(bucket_rows(len(idx)), bucket_length(T + max_new_tokens + static.graph_steps - 1),
-                                  greedy=temperature <= 0 and argmax) if static is not None else None
-            if past is None and len(idx) == 1 and temperature <= 0 and (use or lookup > 0) and argmax:
+                                  greedy=temperature <= 0 and argmax) if static is not None and json_schema is None \
+                    else None
+            if past is None and len(idx) == 1 and temperature <= 0 and (use or lookup > 0) and argmax \
+                    and json_schema is None:
                 with _plain_body(lm.model, static is not None), \
                         _prefill_hidden(lm.model, embed) as seen:  # a frozen engine's fallback compiles nothing
                     toks, logps = greedy_lookup(lm, prompts[idx[0]], prefix if use else None, max_new_tokens, ends,
@@ -289,6 +300,8 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
                     pad_token_id=tok.pad_token_id, eos_token_id=sorted(ends), output_scores=True,
                     return_dict_in_generate=True,
                     stopping_criteria=StoppingCriteriaList([StopOnText(tok, T, stop)]) if stop else None,
+                    logits_processor=LogitsProcessorList([JsonSchemaLogits(tok, json_schema, T, sorted(ends))])
+                    if json_schema is not None else None, output_logits=json_schema is not None,
                     **sampling, **extra,
                 )
             if embeddings is not None:
@@ -297,8 +310,10 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
             new = out.sequences[:, T:]
             # Each chosen token's log-probability, gathered where the scores are: (rows, steps) to the
             # host, not (rows, steps, vocabulary) (200 MB for 16 rows of 64 tokens over 49k).
+            # Under a schema the scores are the processor's (one finite logit a row): the model's own logits.
+            raw = out.logits if json_schema is not None else out.scores
             chosen = torch.stack([torch.log_softmax(s.float(), -1).gather(-1, new[:, j : j + 1]).squeeze(-1)
-                                  for j, s in enumerate(out.scores)], 1).cpu()
+                                  for j, s in enumerate(raw)], 1).cpu()
             new = new.cpu()
             for r, i in enumerate(idx):
                 finish(i, new[r].tolist(), chosen[r].tolist(), dt)

@@ -504,7 +504,7 @@ def _served(cfg: Config, path: str, task: Task, device: str, run_dir: Path) -> S
     """The student at ``path`` in the engine ``serve`` names (engine, dtype, quantization, recheck),
     compiled and warmed on the run's val inputs first where ``serve.compile`` asks."""
     s = cfg.serve
-    engine = ServedStudent(section_engine(s, path, device=device, compile=s.compile), task)
+    engine = ServedStudent(section_engine(s, path, device=device, compile=s.compile, task=task), task)
     val_path = run_dir / "val.jsonl"
     if s.compile and val_path.exists():  # without val, calibrate_run says what is missing
         # All of val: a generating student on static caches warms each row bucket on its longest inputs.

@@ -26,7 +26,7 @@ from potstill.tasks import Task
 def evaluation_engine(cfg: Any, spec: str, num_layers: int | None = None) -> Engine:
     """The student ``spec`` in the engine evaluate runs it in (``evaluate.engine``, ``dtype``,
     ``recheck_margin``, ``quantization``); pilot measures the untrained student in the same one."""
-    return section_engine(cfg.evaluate, spec, num_layers=num_layers, compile=cfg.evaluate.compile)
+    return section_engine(cfg.evaluate, spec, num_layers=num_layers, compile=cfg.evaluate.compile, task=cfg.task)
 
 
 def untrained_student_engine(cfg: Any) -> Engine:

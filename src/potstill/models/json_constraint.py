@@ -1,0 +1,490 @@
+"""Greedy decoding under a JSON Schema: each step keeps the most likely token whose text continues a
+JSON document the schema can still accept, so an extraction student's answer always parses.
+
+``JsonPrefix`` reads text one character at a time with a stack of frames (an object, an array, a
+string, a number, a literal), each knowing its part of the schema: an object takes only the keys
+its ``properties`` name when ``additionalProperties`` is false, closes only once its ``required``
+keys are in, and gives each value its property's schema; a string of an ``enum`` only grows toward
+one of its values; a value takes only the ``type``'s kinds (``integer``: no fraction or exponent);
+arrays follow ``items`` (``prefixItems``), ``minItems`` and ``maxItems``; local ``$ref``s
+(``#/$defs/...``, as pydantic writes nested models) are followed. Keywords it does not follow
+(``pattern``, ``minimum``, ``anyOf``, ...) are left to the task's validation of the finished answer,
+which may then still fail them, as without the constraint.
+
+``JsonSchemaLogits`` is the ``model.generate`` logits processor: for each row it tries the top
+candidates in order (32, then 1,024, then the one-character tokens by logit), keeps the first whose
+text the prefix accepts, and sets every other logit to -inf; once the document is complete it keeps
+only an end token. A row none of whose candidates fits (a choice that needs a character no token
+writes alone) is left as the model wants it, and its answer then fails validation.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Sequence
+
+import torch
+
+WS = " \t\n\r"
+# A run of whitespace between tokens, and a number, are capped: unbounded, a model that prefers
+# one more space (or digit) would fill its whole budget with them. 16 covers indent=4 to depth 4.
+MAX_WS = 16
+MAX_NUMBER = 32
+_TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
+
+
+def _resolve(schema: Any, root: dict) -> dict:
+    """``schema`` with local ``$ref``s followed (``#/$defs/Name``, ``#/definitions/Name``)."""
+    for _ in range(32):
+        if not isinstance(schema, dict) or "$ref" not in schema:
+            break
+        ref = schema["$ref"]
+        if not isinstance(ref, str) or not ref.startswith("#/"):
+            return {}  # a remote ref: unconstrained here, validated at the end
+        target: Any = root
+        for part in ref[2:].split("/"):
+            target = target.get(part.replace("~1", "/").replace("~0", "~"), {}) if isinstance(target, dict) else {}
+        schema = target
+    return schema if isinstance(schema, dict) else {}
+
+
+def _kinds(schema: dict) -> set[str]:
+    """The JSON kinds a value under ``schema`` may take (all where the schema does not say)."""
+    if any(k in schema for k in ("anyOf", "oneOf", "allOf", "not", "if")):
+        return set(_TYPES)
+    t = schema.get("type")
+    if isinstance(t, str):
+        kinds = {t}
+    elif isinstance(t, list):
+        kinds = {x for x in t if isinstance(x, str)}
+    elif "enum" in schema or "const" in schema:
+        values = schema["enum"] if "enum" in schema else [schema["const"]]
+        kinds = {_kind(v) for v in values if _kind(v)}
+    elif "properties" in schema or "required" in schema or "additionalProperties" in schema:
+        kinds = {"object"}
+    elif "items" in schema or "prefixItems" in schema:
+        kinds = {"array"}
+    else:
+        kinds = set(_TYPES)
+    return kinds or set(_TYPES)
+
+
+def _kind(v: Any) -> str | None:
+    if isinstance(v, bool):
+        return "boolean"
+    if v is None:
+        return "null"
+    if isinstance(v, int):
+        return "integer"
+    if isinstance(v, float):
+        return "number"
+    if isinstance(v, str):
+        return "string"
+    if isinstance(v, list):
+        return "array"
+    if isinstance(v, dict):
+        return "object"
+    return None
+
+
+def _string_choices(schema: dict) -> list[str] | None:
+    """The strings an ``enum`` / ``const`` allows, or None for any string."""
+    if "enum" in schema or "const" in schema:
+        values = schema["enum"] if "enum" in schema else [schema["const"]]
+        strings = [v for v in values if isinstance(v, str)]
+        return strings if isinstance(values, list) else None
+    return None
+
+
+class _Value:
+    """Before a value: whitespace, then the first character picks the frame."""
+
+    def __init__(self, schema: dict, root: dict):
+        self.schema, self.root = _resolve(schema, root), root
+
+    def step(self, c: str, p: "JsonPrefix") -> bool:
+        if c in WS:
+            return True
+        kinds = _kinds(self.schema)
+        frame: Any = None
+        if c == "{" and "object" in kinds:
+            frame = _Object(self.schema, self.root)
+        elif c == "[" and "array" in kinds:
+            frame = _Array(self.schema, self.root)
+        elif c == '"' and "string" in kinds:
+            frame = _String(_string_choices(self.schema))
+        elif (c == "-" or c.isdigit() and c.isascii()) and kinds & {"number", "integer"}:
+            frame = _Number(integer="number" not in kinds)
+            p.stack[-1] = frame
+            return frame.step(c, p)
+        elif c == "t" and "boolean" in kinds:
+            frame = _Literal("true")
+        elif c == "f" and "boolean" in kinds:
+            frame = _Literal("false")
+        elif c == "n" and "null" in kinds:
+            frame = _Literal("null")
+        if frame is None:
+            return False
+        p.stack[-1] = frame  # the value is this frame from here on
+        if isinstance(frame, _Literal):
+            frame.i = 1
+            if frame.i == len(frame.word):
+                p.pop()
+        return True
+
+
+class _Object:
+    def __init__(self, schema: dict, root: dict):
+        self.root = root
+        self.props: dict = schema.get("properties") or {}
+        extra = schema.get("additionalProperties", True)
+        self.extra: dict | None = None if extra is False else (extra if isinstance(extra, dict) else {})
+        self.required = [k for k in schema.get("required") or [] if isinstance(k, str)]
+        self.seen: set[str] = set()
+        self.phase = "first"  # first (after '{'), key (after ','), colon, after (a value just ended)
+        self.key = ""
+
+    def _keys_left(self) -> list[str] | None:
+        """The keys that may still come (None: any string)."""
+        return None if self.extra is not None else [k for k in self.props if k not in self.seen]
+
+    def step(self, c: str, p: "JsonPrefix") -> bool:
+        if c in WS:
+            return True
+        if self.phase in ("first", "key"):
+            if c == "}" and self.phase == "first" and not self.required:
+                p.pop()
+                return True
+            left = self._keys_left()
+            if c == '"' and (left is None or left):
+                p.push(_String(left, key_of=self))
+                return True
+            return False
+        if self.phase == "colon":
+            if c != ":":
+                return False
+            self.phase = "value"
+            schema = self.props.get(self.key, self.extra if self.extra is not None else {})
+            p.push(_Value(schema, self.root))
+            return True
+        if self.phase == "after":
+            if c == "}" and all(k in self.seen for k in self.required):
+                p.pop()
+                return True
+            left = self._keys_left()
+            if c == "," and (left is None or left):
+                self.phase = "key"
+                return True
+        return False
+
+    def child_done(self, child: Any) -> None:
+        if isinstance(child, _String) and child.key_of is self:
+            self.key = child.text
+            self.seen.add(child.text)
+            self.phase = "colon"
+        else:
+            self.phase = "after"
+
+
+class _Array:
+    def __init__(self, schema: dict, root: dict):
+        self.root = root
+        self.items = schema.get("items") if isinstance(schema.get("items"), dict) else {}
+        self.prefix = schema.get("prefixItems") if isinstance(schema.get("prefixItems"), list) else []
+        self.min = int(schema.get("minItems") or 0)
+        self.max = schema.get("maxItems") if isinstance(schema.get("maxItems"), int) else None
+        self.n = 0
+        self.phase = "first"  # first (after '['), item (after ','), after (an item just ended)
+
+    def _item(self) -> dict:
+        return self.prefix[self.n] if self.n < len(self.prefix) else self.items
+
+    def step(self, c: str, p: "JsonPrefix") -> bool:
+        if c in WS:
+            return True
+        if self.phase == "after":
+            if c == "]" and self.n >= self.min:
+                p.pop()
+                return True
+            if c == "," and (self.max is None or self.n < self.max):
+                self.phase = "item"
+                return True
+            return False
+        if c == "]" and self.phase == "first" and self.min == 0:
+            p.pop()
+            return True
+        if self.max is not None and self.n >= self.max:
+            return False
+        p.push(_Value(self._item(), self.root))
+        return p.step(c)
+
+    def child_done(self, child: Any) -> None:
+        self.n += 1
+        self.phase = "after"
+
+
+_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+
+
+class _String:
+    """After the opening quote; ``choices``: the strings it may become (None: any)."""
+
+    def __init__(self, choices: list[str] | None, key_of: Any = None):
+        self.choices, self.key_of = choices, key_of
+        self.text = ""
+        self.esc: str | None = None  # "" after a backslash, "uXXX" while reading a \\u escape
+
+    def _fits(self, text: str) -> bool:
+        return self.choices is None or any(ch.startswith(text) for ch in self.choices)
+
+    def _next_chars(self) -> set[str] | None:
+        """The characters a choice may take next (None: any)."""
+        if self.choices is None:
+            return None
+        n = len(self.text)
+        return {ch[n] for ch in self.choices if ch.startswith(self.text) and len(ch) > n}
+
+    def step(self, c: str, p: "JsonPrefix") -> bool:
+        if self.esc is not None:
+            if self.esc == "":
+                if c == "u":
+                    self.esc = "u"
+                    return True
+                if c not in _ESCAPES or not self._fits(self.text + _ESCAPES[c]):
+                    return False
+                self.text += _ESCAPES[c]
+                self.esc = None
+                return True
+            if c not in "0123456789abcdefABCDEF":
+                return False
+            nexts = self._next_chars()
+            # A \u escape of an enum's string or a key grows only toward a character one of them holds.
+            if nexts is not None and not any(f"{ord(n):04x}".startswith((self.esc[1:] + c).lower()) for n in nexts):
+                return False
+            self.esc += c
+            if len(self.esc) == 5:
+                ch = chr(int(self.esc[1:], 16))
+                if not self._fits(self.text + ch):
+                    return False
+                self.text += ch
+                self.esc = None
+            return True
+        if c == '"':
+            if self.choices is not None and self.text not in self.choices:
+                return False
+            p.pop()
+            return True
+        if c == "\\":
+            nexts = self._next_chars()
+            # Only where a choice's next character is one a JSON string may write escaped.
+            if nexts is not None and not any(n in _ESCAPES.values() or not n.isascii() or ord(n) < 0x20 for n in nexts):
+                return False
+            self.esc = ""
+            return True
+        if ord(c) < 0x20 or not self._fits(self.text + c):
+            return False
+        self.text += c
+        return True
+
+
+class _Number:
+    # A DFA over JSON's number grammar: -?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?
+    ACCEPT = {"zero", "int", "frac", "expdig"}
+
+    def __init__(self, integer: bool):
+        self.integer = integer
+        self.state = "start"
+        self.length = 0
+
+    def _next(self, c: str) -> str | None:
+        s, digit = self.state, c.isascii() and c.isdigit()
+        if s == "start":
+            return "minus" if c == "-" else "zero" if c == "0" else "int" if digit else None
+        if s == "minus":
+            return "zero" if c == "0" else "int" if digit else None
+        if s in ("zero", "int"):
+            if digit and s == "int":
+                return "int"
+            if c == "." and not self.integer:
+                return "dot"
+            if c in "eE" and not self.integer:
+                return "exp"
+            return None
+        if s in ("dot", "frac"):
+            if digit:
+                return "frac"
+            return "exp" if c in "eE" and s == "frac" else None
+        if s == "exp":
+            return "expsign" if c in "+-" else "expdig" if digit else None
+        if s in ("expsign", "expdig"):
+            return "expdig" if digit else None
+        return None
+
+    def step(self, c: str, p: "JsonPrefix") -> bool:
+        nxt = self._next(c)
+        if nxt is not None and self.length < MAX_NUMBER:
+            self.state, self.length = nxt, self.length + 1
+            return True
+        if self.state not in self.ACCEPT:
+            return False
+        p.pop()  # the number ended before c, which belongs to the frame below
+        return p.step(c)
+
+
+class _Literal:
+    def __init__(self, word: str):
+        self.word, self.i = word, 0
+
+    def step(self, c: str, p: "JsonPrefix") -> bool:
+        if self.i >= len(self.word) or c != self.word[self.i]:
+            return False
+        self.i += 1
+        if self.i == len(self.word):
+            p.pop()
+        return True
+
+
+class JsonPrefix:
+    """Whether a text is the start of a JSON document ``schema`` can accept (see the module)."""
+
+    def __init__(self, schema: dict):
+        self.root = schema if isinstance(schema, dict) else {}
+        self.stack: list[Any] = [_Value(self.root, self.root)]
+        self.done = False  # the top-level value is complete: only the end may follow
+        self.ws = 0  # whitespace characters in a row outside strings
+
+    def copy(self) -> "JsonPrefix":
+        return copy.deepcopy(self)
+
+    def __deepcopy__(self, memo: dict) -> "JsonPrefix":
+        # The schema is shared, never changed: copy the frames' own state, not the schema.
+        new = JsonPrefix.__new__(JsonPrefix)
+        new.root, new.done, new.ws = self.root, self.done, self.ws
+        new.stack = []
+        twins: dict[int, Any] = {}
+        for f in self.stack:
+            g = copy.copy(f)
+            if isinstance(f, _Object):
+                g.seen = set(f.seen)
+            twins[id(f)] = g
+            new.stack.append(g)
+        for g in new.stack:
+            if isinstance(g, _String) and g.key_of is not None:
+                g.key_of = twins.get(id(g.key_of), g.key_of)
+        return new
+
+    def push(self, frame: Any) -> None:
+        self.stack.append(frame)
+
+    def pop(self) -> None:
+        child = self.stack.pop()
+        if self.stack:
+            parent = self.stack[-1]
+            if isinstance(parent, _Value):  # a value frame is replaced by its kind's, never a parent
+                raise AssertionError("a value frame left on the stack")
+            parent.child_done(child)
+        else:
+            self.done = True
+
+    def step(self, c: str) -> bool:
+        if self.done:
+            return False
+        top = self.stack[-1]
+        if c in WS and not isinstance(top, _String):
+            self.ws += 1
+            if self.ws > MAX_WS:
+                return False
+        else:
+            self.ws = 0
+        return top.step(c, self)
+
+    def feed(self, text: str) -> bool:
+        """Read ``text``; False (the prefix is then unusable) where it cannot continue the document."""
+        return all(self.step(c) for c in text)
+
+    def can_end(self) -> bool:
+        """Whether the text so far is a whole document (a top-level number ends only here)."""
+        if self.done:
+            return True
+        return len(self.stack) == 1 and isinstance(self.stack[0], _Number) and self.stack[0].state in _Number.ACCEPT
+
+
+class JsonSchemaLogits:
+    """``model.generate``'s logits processor for greedy decoding under a JSON Schema (the module
+    docstring). ``start``: the column where each row's answer begins (the padded prompt's width)."""
+
+    def __init__(self, tokenizer: Any, schema: dict, start: int, ends: Sequence[int], tries: Sequence[int] = (32, 1024)):
+        self.tok, self.schema, self.start = tokenizer, schema, start
+        self.ends = [int(e) for e in ends]
+        self.tries = tries
+        self.rows: dict[int, tuple[list[int], str, JsonPrefix]] = {}
+        self._chars: list[int] | None = None
+
+    def _char_tokens(self) -> list[int]:
+        """Tokens that are one printable ASCII character or one whitespace each: the last resort,
+        where none of the likely tokens fits, since some such character continues any prefix
+        (a quote, a brace, a digit, a key's next letter)."""
+        if self._chars is None:
+            ids = set()
+            for c in [chr(i) for i in range(32, 127)] + list(WS):
+                enc = self.tok.encode(c, add_special_tokens=False)
+                if len(enc) == 1 and self._decode(enc) == c:
+                    ids.add(enc[0])
+            self._chars = sorted(ids)
+        return self._chars
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def _state(self, r: int, gen: list[int]) -> tuple[str, JsonPrefix] | None:
+        """The decoded answer so far and its prefix state (None where it left the grammar)."""
+        ids, text, state = self.rows.get(r, ([], "", JsonPrefix(self.schema)))
+        if gen[: len(ids)] != ids:
+            ids, text, state = [], "", JsonPrefix(self.schema)
+        if len(gen) > len(ids):
+            now = self._decode(gen)
+            if not now.startswith(text) or not state.feed(now[len(text):]):
+                return None
+            ids, text = list(gen), now
+        self.rows[r] = (ids, text, state)
+        return text, state
+
+    def _pick(self, gen: list[int], text: str, state: JsonPrefix, scores: torch.Tensor) -> int | None:
+        if state.done:
+            return self.ends[0] if self.ends else None
+        tried = 0
+        for k in self.tries:
+            top = scores.topk(min(k, scores.shape[-1])).indices.tolist()
+            for t in top[tried:]:
+                if t in self.ends:
+                    if state.can_end():
+                        return t
+                    continue
+                now = self._decode(gen + [t])
+                delta = now[len(text):] if now.startswith(text) else ""
+                if delta and "\ufffd" not in delta and state.copy().feed(delta):
+                    return t
+            tried = len(top)
+        chars = self._char_tokens()
+        for t in sorted(chars, key=lambda t: -float(scores[t])):
+            if state.copy().feed(self._decode(gen + [t])[len(text):]):
+                return t
+        return None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        # A copy: generate keeps the tensor it passed in as the step's raw logits (output_logits),
+        # from which the answer's own log-probabilities are read.
+        scores = scores.clone()
+        for r in range(input_ids.shape[0]):
+            gen = input_ids[r, self.start:].tolist()
+            if any(t in self.ends for t in gen):
+                continue  # finished: generate pads it from here
+            got = self._state(r, gen)
+            if got is None:
+                continue
+            pick = self._pick(gen, got[0], got[1], scores[r])
+            if pick is not None:
+                keep = scores[r, pick].clone()
+                scores[r] = float("-inf")
+                scores[r, pick] = keep
+        return scores

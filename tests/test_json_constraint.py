@@ -1,0 +1,114 @@
+"""Greedy decoding under a JSON Schema (``potstill.models.json_constraint``): the prefix automaton
+on its own, and a tiny real Llama with a byte-level BPE tokenizer decoding under it."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+from pydantic import BaseModel
+
+from potstill.models.json_constraint import JsonPrefix
+
+INVOICE = {"type": "object", "properties": {
+    "vendor": {"type": "string"}, "total": {"type": "number"}, "kind": {"enum": ["invoice", "receipt"]},
+    "items": {"type": "array", "items": {"type": "integer"}, "maxItems": 3}, "paid": {"type": "boolean"},
+    "note": {"type": ["string", "null"]}}, "required": ["vendor", "total"], "additionalProperties": False}
+
+
+def accepts(schema: dict, text: str) -> bool:
+    p = JsonPrefix(schema)
+    return p.feed(text) and p.can_end()
+
+
+@pytest.mark.parametrize("doc", [
+    {"vendor": 'A"c\\me \u00e9 \u2603', "total": -12.5e3, "kind": "receipt", "items": [1, 20, 300], "paid": True,
+     "note": None},
+    {"total": 0, "vendor": ""},
+    {"vendor": "x", "total": 3, "items": [], "note": "n/a"},
+])
+def test_every_prefix_of_a_valid_document_is_accepted(doc):
+    jsonschema.validate(doc, INVOICE)
+    for text in (json.dumps(doc), json.dumps(doc, indent=2), json.dumps(doc, ensure_ascii=False),
+                 json.dumps(doc, separators=(",", ":"))):
+        p = JsonPrefix(INVOICE)
+        for i, c in enumerate(text):
+            assert p.step(c), f"{text!r} refused at {i}: {text[: i + 1]!r}"
+        assert p.can_end()
+
+
+@pytest.mark.parametrize("text", [
+    '{"other": 1}',  # a key the schema does not name (additionalProperties false)
+    '{"vendor": "x"}',  # a required key missing at the close
+    '{"vendor": 1',  # a number where a string goes
+    '{"vendor": "x", "total": 1.5, "kind": "inv"}',  # not one of the enum's strings
+    '{"vendor": "x", "total": 1, "items": [1, 2, 3, 4]}',  # past maxItems
+    '{"vendor": "x", "total": 1, "items": [1.5]}',  # an integer with a fraction
+    '{"vendor": "x", "total": 01}',  # JSON has no leading zeros
+    '{"vendor": "x", "total": 1} x',  # anything after the document
+    '{"vendor": "x", "vendor"',  # a key twice
+    '{"vendor": "a\nb", "total": 1}',  # a raw control character in a string
+    '{"vendor": "x", "total": 1' + " " * 17 + "}",  # a run of whitespace past MAX_WS
+])
+def test_what_the_schema_cannot_accept_is_refused(text):
+    assert not accepts(INVOICE, text)
+
+
+def test_pydantic_refs_and_a_schema_that_says_nothing():
+    class Line(BaseModel):
+        sku: str
+        qty: int
+
+    class Invoice(BaseModel):
+        vendor: str
+        lines: list[Line]
+
+    schema = Invoice.model_json_schema()  # nested models as #/$defs refs
+    assert accepts(schema, Invoice(vendor="v", lines=[Line(sku="a", qty=2)]).model_dump_json())
+    assert not JsonPrefix(schema).feed('{"vendor": "v", "lines": [{"sku": "a", "qty": 2.5')
+    assert accepts({}, '[1, {"a": null}, "x", true]') and accepts({"type": "integer"}, "42")
+    assert not accepts({"type": "integer"}, "4.2")
+
+
+TOPIC = {"type": "object", "properties": {"topic": {"enum": ["sports", "tech", "politics"]}, "paid": {"type": "boolean"}},
+         "required": ["topic", "paid"], "additionalProperties": False}
+ASKS = [[{"role": "user", "content": t}] for t in
+        ("The team scored a late goal.", "New phone software.", "The minister said the vote is in May.")]
+
+
+@pytest.fixture(scope="module")
+def bpe_lm(tmp_path_factory):
+    from potstill.models.loading import load_lm
+    from tests.export.conftest import make_bpe_model
+
+    return load_lm(str(make_bpe_model(tmp_path_factory.mktemp("bpe-json") / "model")), device="cpu")
+
+
+def test_a_random_tiny_model_answers_json_that_fits_under_the_schema(bpe_lm):
+    """Unconstrained, the random model's greedy answers are not JSON; under the schema each parses and
+    validates, batched and one at a time alike, and its mean log-prob is the model's own for those tokens."""
+    from potstill.models.generation import generate, token_logprobs
+    from potstill.models.prompting import PromptFormat, encode_prompt
+
+    fmt = PromptFormat(kind="chat", instruction="Answer in JSON.")
+    free = generate(bpe_lm, fmt, ASKS, 48)
+    assert not any(_valid(t) for t in free.texts)
+    batched = generate(bpe_lm, fmt, ASKS, 200, batch_size=3, json_schema=TOPIC)
+    single = generate(bpe_lm, fmt, ASKS, 200, batch_size=1, json_schema=TOPIC)
+    for g in (batched, single):
+        assert all(_valid(t) for t in g.texts), g.texts
+    assert batched.texts == single.texts
+    tok = bpe_lm.tokenizer
+    for i, m in enumerate(ASKS):
+        prompt = encode_prompt(tok, fmt, fmt.prefix() + fmt.query(tok, m), first=True)
+        own = [lp for lp, _ in token_logprobs(bpe_lm, prompt, single.tokens[i])]
+        assert single.mean_logprob[i] == pytest.approx(sum(own) / len(own), abs=1e-4)
+
+
+def _valid(text: str) -> bool:
+    try:
+        jsonschema.validate(json.loads(text), TOPIC)
+    except (ValueError, jsonschema.ValidationError):
+        return False
+    return True
