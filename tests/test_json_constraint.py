@@ -112,3 +112,14 @@ def _valid(text: str) -> bool:
     except (ValueError, jsonschema.ValidationError):
         return False
     return True
+
+
+def test_string_lengths_and_an_anchored_pattern():
+    date = {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}$"}
+    assert accepts(date, '"2026-03-12"')
+    assert not JsonPrefix(date).feed('"12 M')  # refused at the first character that cannot lead to a match
+    assert not accepts(date, '"2026-03-1"')  # a prefix of a match, not a match: no close
+    code = {"type": "string", "minLength": 2, "maxLength": 3}
+    assert accepts(code, '"ab"') and accepts(code, '"abc"')
+    assert not accepts(code, '"a"') and not JsonPrefix(code).feed('"abcd')
+    assert accepts({"type": "string", "pattern": "b"}, '"abc"')  # unanchored: left to validation

@@ -6,10 +6,11 @@ string, a number, a literal), each knowing its part of the schema: an object tak
 its ``properties`` name when ``additionalProperties`` is false, closes only once its ``required``
 keys are in, and gives each value its property's schema; a string of an ``enum`` only grows toward
 one of its values; a value takes only the ``type``'s kinds (``integer``: no fraction or exponent);
-arrays follow ``items`` (``prefixItems``), ``minItems`` and ``maxItems``; local ``$ref``s
-(``#/$defs/...``, as pydantic writes nested models) are followed. Keywords it does not follow
-(``pattern``, ``minimum``, ``anyOf``, ...) are left to the task's validation of the finished answer,
-which may then still fail them, as without the constraint.
+arrays follow ``items`` (``prefixItems``), ``minItems`` and ``maxItems``; strings ``minLength``,
+``maxLength`` and an anchored ``pattern``; local ``$ref``s (``#/$defs/...``, as pydantic writes
+nested models) are followed. Keywords it does not follow (an unanchored ``pattern``, ``format``,
+``minimum``, ``anyOf``, ...) are left to the task's validation of the finished answer, which may
+then still fail them, as without the constraint.
 
 ``JsonSchemaLogits`` is the ``model.generate`` logits processor: for each row it tries the top
 candidates in order (32, then 1,024, then the one-character tokens by logit), keeps the first whose
@@ -87,6 +88,22 @@ def _kind(v: Any) -> str | None:
     return None
 
 
+_PATTERNS: dict[str, Any] = {}
+
+
+def _anchored(pattern: str) -> Any:
+    """``pattern`` compiled by the ``regex`` module (transformers' own dependency), whose partial
+    matching says whether a prefix can still match; None where it is missing or cannot compile it."""
+    if pattern not in _PATTERNS:
+        try:
+            import regex
+
+            _PATTERNS[pattern] = regex.compile(pattern)
+        except Exception:  # an ECMA-262 construct Python's regex does not take: left to validation
+            _PATTERNS[pattern] = None
+    return _PATTERNS[pattern]
+
+
 def _string_choices(schema: dict) -> list[str] | None:
     """The strings an ``enum`` / ``const`` allows, or None for any string."""
     if "enum" in schema or "const" in schema:
@@ -112,7 +129,7 @@ class _Value:
         elif c == "[" and "array" in kinds:
             frame = _Array(self.schema, self.root)
         elif c == '"' and "string" in kinds:
-            frame = _String(_string_choices(self.schema))
+            frame = _String(_string_choices(self.schema), schema=self.schema)
         elif (c == "-" or c.isdigit() and c.isascii()) and kinds & {"number", "integer"}:
             frame = _Number(integer="number" not in kinds)
             p.stack[-1] = frame
@@ -227,14 +244,25 @@ _ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r"
 
 
 class _String:
-    """After the opening quote; ``choices``: the strings it may become (None: any)."""
+    """After the opening quote; ``choices``: the strings it may become (None: any); ``schema``: its
+    ``minLength``, ``maxLength`` and an anchored ``pattern`` (``^...``, the form formats such as
+    dates take; an unanchored one is left to validation, since text can always be added to match)."""
 
-    def __init__(self, choices: list[str] | None, key_of: Any = None):
+    def __init__(self, choices: list[str] | None, key_of: Any = None, schema: dict | None = None):
         self.choices, self.key_of = choices, key_of
         self.text = ""
         self.esc: str | None = None  # "" after a backslash, "uXXX" while reading a \\u escape
+        schema = schema or {}
+        self.min = schema.get("minLength") if isinstance(schema.get("minLength"), int) else 0
+        self.max = schema.get("maxLength") if isinstance(schema.get("maxLength"), int) else None
+        pattern = schema.get("pattern")
+        self.pattern = _anchored(pattern) if isinstance(pattern, str) and pattern.startswith("^") else None
 
     def _fits(self, text: str) -> bool:
+        if self.max is not None and len(text) > self.max:
+            return False
+        if self.pattern is not None and not self.pattern.fullmatch(text, partial=True):
+            return False
         return self.choices is None or any(ch.startswith(text) for ch in self.choices)
 
     def _next_chars(self) -> set[str] | None:
@@ -270,7 +298,9 @@ class _String:
                 self.esc = None
             return True
         if c == '"':
-            if self.choices is not None and self.text not in self.choices:
+            if self.choices is not None and self.text not in self.choices or len(self.text) < self.min:
+                return False
+            if self.pattern is not None and not self.pattern.fullmatch(self.text):
                 return False
             p.pop()
             return True
