@@ -13,10 +13,11 @@ without the processor), at batch 1 and in one batch of 8, taking turns input by 
 Reported per way: seconds per input and per decoding step (a batch's step decodes all its rows,
 until its longest ends), the share of answers that parse as
 JSON and that pass the task's validation (the schema, ``pattern`` included) and that ran to the
-budget, and the overhead of guidance per step. Correctness (exit 1): every guided answer that
-ended before the budget parses as JSON; and where an unguided
-answer is itself a whole document the guide accepts, the guided answer is the same text (the guide
-then never had to move a token).
+budget, and the overhead of guidance per step. Correctness (exit 1): every guided answer is a start
+of a document the guide accepts, and one that ended before the budget parses as JSON; and where an
+unguided answer is itself a whole document the guide accepts, the guided answer is the same text
+(the guide then never had to move a token). ``--break-guide`` runs the guided way unguided: exit 1
+("8 guided answers are not a start the guide accepts" with ``--repeat 1``).
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
+    ap.add_argument("--break-guide", action="store_true",
+                    help="run the 'guided' way unguided, to see the correctness section fail (exit 1)")
     args = ap.parse_args()
 
     preset = yaml.safe_load((ROOT / "examples" / "vllm-extraction.yaml").read_text())
@@ -61,7 +64,8 @@ def main() -> int:
 
     def run(batch: int, guided: bool, msgs: list) -> tuple[float, object]:
         t = time.perf_counter()
-        g = generate(lm, fmt, msgs, n, batch_size=batch, lookup=0, json_schema=schema if guided else None)
+        g = generate(lm, fmt, msgs, n, batch_size=batch, lookup=0,
+                     json_schema=schema if guided and not args.break_guide else None)
         return time.perf_counter() - t, g
 
     run(1, True, messages[:1])  # warm both paths (first calls allocate)
@@ -114,6 +118,9 @@ def main() -> int:
     quality["unguided"]["at_budget"] = sum(k >= n for k in tokens["unguided"]) / len(tokens["unguided"])
     if unfinished:
         failures.append(f"{len(unfinished)} guided answers ended before the budget and are not JSON")
+    off = [t for t in answers["guided"] if not JsonPrefix(schema).feed(t)]
+    if off:
+        failures.append(f"{len(off)} guided answers are not a start the guide accepts (first: {off[0]!r})")
     moved = 0
     for free, guided in zip(answers["unguided"], answers["guided"]):
         p = JsonPrefix(schema)

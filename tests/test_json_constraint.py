@@ -123,3 +123,15 @@ def test_string_lengths_and_an_anchored_pattern():
     assert accepts(code, '"ab"') and accepts(code, '"abc"')
     assert not accepts(code, '"a"') and not JsonPrefix(code).feed('"abcd')
     assert accepts({"type": "string", "pattern": "b"}, '"abc"')  # unanchored: left to validation
+
+
+def test_no_accepted_prefix_is_a_dead_end():
+    """Found by the benchmark: under a date pattern the guide took "\\\\u26f" (a \\\\u escape no
+    character could complete to a digit), then no token fitted and the answer left the schema.
+    Every prefix it accepts must still lead to a document."""
+    date = {"type": "string", "pattern": r"^\\d{4}-\\d{2}-\\d{2}$"}
+    assert not JsonPrefix(date).feed('"5\\\\u')
+    assert not JsonPrefix(date).feed('"5\\\\n')
+    assert not JsonPrefix({"type": "string", "maxLength": 1}).feed('"a\\\\')
+    p = JsonPrefix({"type": "number"})
+    assert p.feed("1" * 31) and not p.copy().feed(".") and p.copy().feed("1") and p.can_end()

@@ -275,7 +275,7 @@ class _String:
     def step(self, c: str, p: "JsonPrefix") -> bool:
         if self.esc is not None:
             if self.esc == "":
-                if c == "u":
+                if c == "u" and self.pattern is None:  # under a pattern, \\u could open an escape no character completes
                     self.esc = "u"
                     return True
                 if c not in _ESCAPES or not self._fits(self.text + _ESCAPES[c]):
@@ -305,9 +305,14 @@ class _String:
             p.pop()
             return True
         if c == "\\":
+            # Every prefix accepted must still lead somewhere: an escape only where what it may write
+            # fits (a choice's next character, the pattern, the length).
             nexts = self._next_chars()
-            # Only where a choice's next character is one a JSON string may write escaped.
             if nexts is not None and not any(n in _ESCAPES.values() or not n.isascii() or ord(n) < 0x20 for n in nexts):
+                return False
+            if self.pattern is not None and not any(self._fits(self.text + v) for v in _ESCAPES.values()):
+                return False
+            if self.max is not None and len(self.text) >= self.max:
                 return False
             self.esc = ""
             return True
@@ -352,7 +357,8 @@ class _Number:
 
     def step(self, c: str, p: "JsonPrefix") -> bool:
         nxt = self._next(c)
-        if nxt is not None and self.length < MAX_NUMBER:
+        # Near the cap only a step into a whole number: a number cut at "1." could not end.
+        if nxt is not None and (self.length < MAX_NUMBER - 2 or nxt in self.ACCEPT and self.length < MAX_NUMBER):
             self.state, self.length = nxt, self.length + 1
             return True
         if self.state not in self.ACCEPT:
