@@ -46,7 +46,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("pilot", "Compare the untrained student with the teacher on ~100 inputs, before any training.",
           reads=("task", *_INPUTS, "teacher", "student", "pilot", "generate", "evaluate.batch_size", "evaluate.engine",
                  "evaluate.dtype", "evaluate.recheck_margin", "evaluate.quantization", "evaluate.latency_samples",
-                 "evaluate.compile", "evaluate.draft_tokens"),
+                 "evaluate.compile", "evaluate.draft_tokens", "evaluate.guided_json"),
           # teacher.price reprices the teacher's calls in pilot.json as in evaluate: a new one reruns the pilot.
           # Its usd_per_hour prices a local teacher timed beside the student, which only evaluate does.
           tunes=(*_GENERATE_TUNES, "teacher.price.usd_per_hour", "teacher.terms"), inputs=(), outputs=("pilot.json",),

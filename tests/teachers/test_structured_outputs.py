@@ -80,9 +80,13 @@ def test_claude_is_asked_for_the_schema_as_output_config(monkeypatch):
     assert req["output_config"] == {"format": {"type": "json_schema", "schema": SCHEMA}}
 
 
-def test_a_teacher_or_task_that_cannot_take_it_is_one_line(tiny_model):
-    with pytest.raises(PotstillError, match="a local teacher cannot constrain its answers to a schema; set it to off"):
-        get_teacher(TeacherConfig(type="local", model=str(tiny_model), structured_outputs="on"), extraction())
+def test_a_teacher_or_task_that_cannot_take_it_is_one_line(tmp_path):
+    recorded = tmp_path / "recorded.jsonl"
+    recorded.write_text(json.dumps({"messages": [{"role": "user", "content": "Paris, 1889"},
+                                                 {"role": "assistant", "content": '{"city": "Paris", "year": 1889}'}]})
+                        + "\n")
+    with pytest.raises(PotstillError, match="a replay teacher cannot constrain its answers to a schema; set it to off"):
+        get_teacher(TeacherConfig(type="replay", replay_path=str(recorded), structured_outputs="on"), extraction())
     free = get_task(TaskConfig(type="freetext", instruction="Answer."))
     with pytest.raises(PotstillError, match="only an extraction task has a JSON Schema to ask for"):
         get_teacher(TeacherConfig(type="openai", model="gpt-4o-mini", structured_outputs="strict"), free)
@@ -99,3 +103,27 @@ def test_on_and_off_read_as_yaml_writes_them(tmp_path):
     assert cfg.teacher.structured_outputs == "on"
     assert TeacherConfig.model_validate(yaml.safe_load("structured_outputs: off")).structured_outputs == "off"
     assert TeacherConfig.model_validate({"structured_outputs": "strict"}).structured_outputs == "strict"
+
+
+def test_a_local_teacher_decodes_under_the_schema(tmp_path):
+    """A local extraction teacher (a random tiny BPE Llama) with structured_outputs decodes its greedy
+    answers under the task's schema (models.json_constraint): each is valid JSON, where without it
+    none is; the request carries the schema, so the two are cached apart."""
+    from tests.export.conftest import make_bpe_model
+    from tests.test_json_constraint import ASKS, TOPIC, _valid
+
+    model = make_bpe_model(tmp_path / "bpe")
+    task = get_task(TaskConfig(type="extraction", instruction="Answer in JSON.", json_schema=TOPIC))
+    records = [Record(id=str(i), messages=m) for i, m in enumerate(ASKS)]
+    outs = {}
+    with Ledger(tmp_path / "calls.sqlite") as ledger:
+        for mode in ("off", "on"):
+            teacher = get_teacher(TeacherConfig(type="local", model=str(model), max_tokens=100,
+                                                structured_outputs=mode), task)
+            try:
+                outs[mode], _ = label_records(records, task, teacher, ledger, "generate", GenerateConfig())
+                assert ("json_schema" in teacher.request(records[0])) == (mode == "on")
+            finally:
+                teacher.close()
+    assert not any(_valid(r.output or "") for r in outs["off"])
+    assert all(_valid(r.output) and r.valid for r in outs["on"]), [r.output for r in outs["on"]]

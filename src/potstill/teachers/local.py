@@ -26,8 +26,10 @@ articles re-checked (``benchmarks/teacher_int8_answer_recheck.json``).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import random
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -169,6 +171,19 @@ class LocalTeacher(Teacher):
             return self.cfg.batch_size
         return self.GPU_BATCH if _pick_device("auto").type == "cuda" else 1
 
+    def request(self, record: Any) -> dict[str, Any]:
+        return self.structured(super().request(record))
+
+    def with_response_format(self, request: dict[str, Any], response_format: dict[str, Any]) -> dict[str, Any] | None:
+        # Greedy generation decodes under the schema (models.json_constraint, as guided_json does for a
+        # student); a label is scored, not generated, and sampling is not guided.
+        if self.task.labels or self.cfg.temperature > 0 or self.cfg.engine in ("ctranslate2", "llamacpp"):
+            return None
+        schema = (response_format.get("json_schema") or {}).get("schema")
+        if schema is None:
+            schema = {"type": "object"} if response_format.get("type") == "json_object" else {}
+        return {**request, "json_schema": schema}
+
     def lm(self) -> Engine:
         # Loaded lazily: a fully cached rerun never pays the load.
         if self._engine is None:
@@ -204,16 +219,33 @@ class LocalTeacher(Teacher):
         for start in range(0, len(requests), bs * 4):
             chunk = requests[start : start + bs * 4]
             # A request may carry a smaller budget of its own (a served client's max_tokens).
-            budgets = [int(r.get("max_tokens", self.cfg.max_tokens)) for r in chunk]
-            for budget in sorted(set(budgets)):
-                part = [j for j, b in enumerate(budgets) if b == budget]
+            # ... and a schema to decode under (teacher.structured_outputs, or a served client's format).
+            kinds = [(int(r.get("max_tokens", self.cfg.max_tokens)), json.dumps(r.get("json_schema"), sort_keys=True))
+                     for r in chunk]
+            for budget, schema in sorted(set(kinds)):
+                part = [j for j, kind in enumerate(kinds) if kind == (budget, schema)]
                 msgs = [chunk[j]["messages"] for j in part]
                 # Sampling is seeded by the requests themselves: a rerun of the same requests samples the same texts.
-                g = lm.generate(self.fmt, msgs, budget, batch_size=bs, temperature=self.cfg.temperature,
-                                stop=self.cfg.stop, seed=int(hash_obj(msgs)[:8], 16))
+                with _guided(lm, json.loads(schema)):
+                    g = lm.generate(self.fmt, msgs, budget, batch_size=bs, temperature=self.cfg.temperature,
+                                    stop=self.cfg.stop, seed=int(hash_obj(msgs)[:8], 16))
                 for k, j in enumerate(part):
                     on_result(start + j, Response(
                         output=g.texts[k], input_tokens=g.prompt_tokens[k], output_tokens=g.output_tokens[k],
                         latency_s=g.seconds[k], cost_usd=self._cost(g.seconds[k]),
                         stop_reason="length" if g.output_tokens[k] >= budget else "stop",
                     ))
+
+
+@contextlib.contextmanager
+def _guided(engine: Engine, schema: dict | None) -> Iterator[None]:
+    """``engine``'s greedy generations decode under ``schema`` for the block (None: as they were)."""
+    target = getattr(engine, "fast", engine)
+    if schema is None or not hasattr(target, "json_schema"):
+        yield
+        return
+    before, target.json_schema = target.json_schema, schema
+    try:
+        yield
+    finally:
+        target.json_schema = before
