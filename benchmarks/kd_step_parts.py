@@ -1,6 +1,6 @@
 """Where a KD training step's time goes on one GPU, by per-GPU batch size: what the 2-GPU runs inherit.
 
-The trainer's own pieces (``potstill.train``: ``LocalTeacher``, ``LossModule``, ``collate``,
+The trainer's own pieces (``potstill.train``: ``KDTeacher``, ``LossModule``, ``collate``,
 fused AdamW, bf16 autocast over fp32 weights, as ``train`` runs them) on the models and text that
 ``benchmarks/multi_gpu.py prepare`` writes (a SmolLM2-135M-shaped student, a 1.7B-shaped teacher,
 BBC articles as right-padded rows of up to 1,024 tokens, or packed rows with ``--pack``). Per batch
@@ -61,7 +61,7 @@ def main() -> int:
     from potstill.tasks import get_task
     from potstill.train.batching import build_examples, collate
     from potstill.train.loss_module import LossModule, LossSpec, combine
-    from potstill.train.teacher import LocalTeacher
+    from potstill.train.teacher import KDTeacher
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     root = Path(args.dir)
@@ -74,7 +74,7 @@ def main() -> int:
                       kd_beta=0.5, compile=args.compile)
     lm = load_lm(str(root / "student"), device=str(dev))
     examples = build_examples(lm, student_format(lm, task), task, records, args.max_length)
-    teacher = LocalTeacher(cfg.teacher_model, lm, dev, compile=args.compile)
+    teacher = KDTeacher(cfg.teacher_model, lm, dev, compile=args.compile)
     model = lm.model.float().train()
     module = LossModule(model, model, compile=args.compile)
     spec = LossSpec("jsd", 0.5, 0.0, 1.0, None, True)

@@ -88,10 +88,10 @@ def cmd_worker(args: argparse.Namespace) -> None:
                       kd_beta=0.5, batch_size=args.batch, lr=3e-4 if args.method == "full" else 1e-3,
                       warmup_steps=5, epochs=1.0, seed=0, method=args.method, pack=args.pack, compile=args.compile)
     if args.teacher_eager:  # the trainer before 2026-12-02: train.compile left the local teacher uncompiled
-        from potstill.train.teacher import LocalTeacher
+        from potstill.train.teacher import KDTeacher
 
-        init = LocalTeacher.__init__
-        LocalTeacher.__init__ = lambda self, *a, compile=False, **k: init(self, *a, compile=False, **k)
+        init = KDTeacher.__init__
+        KDTeacher.__init__ = lambda self, *a, compile=False, **k: init(self, *a, compile=False, **k)
     lm = load_lm(str(root / "student"))
     out = root / "runs" / args.name
     summary = train(lm, student_format(lm, task), task, records, [], cfg, args.max_length, out / "student",

@@ -22,7 +22,7 @@ from potstill.train.losses import label_distribution_kd
 from potstill.train.neftune import neftune_noise
 
 if TYPE_CHECKING:
-    from potstill.train.teacher import LocalTeacher
+    from potstill.train.teacher import KDTeacher
 
 TERMS = ("ce", "kd", "topk", "labels")
 METRIC = {"kd": "logits", "topk": "topk", "labels": "labels"}
@@ -141,7 +141,7 @@ def combine(sums: dict[str, torch.Tensor], counts: dict[str, float], cfg: TrainC
 
 
 def evaluate_val(module: LossModule, examples: list[Example], cfg: TrainConfig, spec: LossSpec,
-                 teacher: LocalTeacher | None, pad: int, device: torch.device, max_length: int,
+                 teacher: KDTeacher | None, pad: int, device: torch.device, max_length: int,
                  signal: str | None) -> dict[str, float]:
     """``val_loss``: the training loss on ``examples``, a mean over batches of ``batch_size``
     weighted by their examples; for classification also ``val_label_agreement``: the share of

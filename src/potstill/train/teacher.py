@@ -1,4 +1,4 @@
-"""The teacher's side of KD in training: which signal ``kd_signal`` means, and a local
+"""The teacher's side of KD in training: which signal ``kd_signal`` means, and ``KDTeacher``, a local
 same-tokenizer teacher whose hidden states and LM head give the logits KD term."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from potstill.train.batching import Batch
 from potstill.train.distributed import load_on_every_rank
 from potstill.train.loss_module import fused_head_ok, hidden_states
 
-class LocalTeacher:
+class KDTeacher:
     """A local teacher with the student's tokenizer: its last hidden states and LM head weight."""
 
     def __init__(self, spec: str, student: LM, device: torch.device, compile: bool = False) -> None:
@@ -45,7 +45,7 @@ class LocalTeacher:
 def auto_signal(cfg: TrainConfig, task: Task, records: list[Record]) -> str:
     """What ``kd_signal: auto`` means for this task and these records (preflight asks it too).
 
-    A local teacher_model is checked to share the student's vocabulary (LocalTeacher), so its logits
+    A local teacher_model is checked to share the student's vocabulary (KDTeacher), so its logits
     are exact. API top-k tokens are strings re-encoded with the student's tokenizer: exact only for
     the same tokenizer, which nothing here can prove; for classification the label distribution
     says the same thing without any mapping, so it wins there."""

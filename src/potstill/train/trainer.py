@@ -50,7 +50,7 @@ from potstill.train.distributed import (accelerator, check_same_weights, deal, g
 from potstill.train.loss_module import TERMS, LossModule, LossSpec, combine, evaluate_val, fused_head_ok
 from potstill.train.onpolicy import sample_batch
 from potstill.train.params import apply_lora, freeze_for, load_qlora_base
-from potstill.train.teacher import LocalTeacher, resolve_signal
+from potstill.train.teacher import KDTeacher, resolve_signal
 
 
 @dataclass
@@ -62,7 +62,7 @@ class _Setup:
     sched: Any
     base: Any
     spec: LossSpec
-    teacher: LocalTeacher | None
+    teacher: KDTeacher | None
     signal: str | None
     examples: list[Example]
     val_examples: list[Example]
@@ -244,7 +244,7 @@ def _setup(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: li
     spec = LossSpec(cfg.kd_kind, cfg.kd_beta, cfg.kd_alpha, cfg.kd_temperature,
                     tuple(label_token_ids(lm.tokenizer, fmt, task.labels)) if task.labels else None,
                     fused_head_ok(base))
-    teacher = LocalTeacher(cfg.teacher_model, lm, accel.device, compile=cfg.compile) if cfg.teacher_model else None
+    teacher = KDTeacher(cfg.teacher_model, lm, accel.device, compile=cfg.compile) if cfg.teacher_model else None
     # Before prepare(): FSDP shards differ by rank by design, the loaded weights must not.
     check_same_weights({"student": model, **({"teacher (train.teacher_model)": teacher.lm.model} if teacher else {})},
                        accel.device)
