@@ -6,7 +6,8 @@ student's answer that is not the JSON asked for goes to the teacher (route reaso
 ``response_format``) instead of reaching a client whose ``client.chat.completions.parse`` would
 raise on it. The teacher gets the format in its API's own terms where it takes one
 (``Teacher.with_response_format``: an OpenAI-compatible server constrains its own decoding; Claude
-takes a JSON schema as ``output_config.format``); its answer is checked too, and where it fails the
+takes a JSON schema as ``output_config.format``; a greedy local teacher decodes under it,
+``models.json_constraint``); its answer is checked too, and where it fails the
 route says why (``response_format_problem``), as nothing else could have answered.
 
 Formats are kept in the chat-completions form throughout (``{"type": "json_object"}``,
