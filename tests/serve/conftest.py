@@ -116,6 +116,23 @@ def teacher_behind(service, provider):
             service.teacher = saved
 
 
+@contextmanager
+def claude_behind(service, provider, max_tokens: int):
+    """The served teacher an Anthropic one at ``provider`` (the Messages API on loopback) for the with block."""
+    from potstill.config import TeacherConfig
+
+    saved = service.teacher
+    with LiveServer(provider) as fake:
+        service.teacher = get_teacher(TeacherConfig(type="anthropic", model="claude-haiku-4-5", base_url=fake.url,
+                                                    api_key_env="TEACHER_KEY", max_tokens=max_tokens, max_retries=0,
+                                                    timeout_s=10), service.task)
+        try:
+            yield
+        finally:
+            service.teacher.close()
+            service.teacher = saved
+
+
 @pytest.fixture()
 def force(served):
     """Swap the calibrated routing for one that sends everything to the student or the teacher."""

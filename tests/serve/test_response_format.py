@@ -22,7 +22,8 @@ import pytest
 from pydantic import BaseModel, ConfigDict
 
 from potstill.serve.routing import Routing
-from tests.serve.conftest import MSG, SERVE_KEY, TEACHER_KEY, client, rows, teacher_behind, write_run
+from tests.serve.conftest import (MSG, SERVE_KEY, TEACHER_KEY, claude_behind, client, rows, teacher_behind,
+                                  write_run)
 from tests.serve.test_tool_calls import anthropic_provider
 
 
@@ -230,25 +231,13 @@ def test_a_classifier_escalates_a_json_request_with_a_budget_for_it(served):
 
 
 def test_claude_gets_the_schema_as_output_config(json_served):
-    from potstill.config import TeacherConfig
-    from potstill.teachers import get_teacher
-    from tests.helpers.live_server import LiveServer
-
     service, live = json_served
     seen: list = []
-    saved = service.teacher
-    with LiveServer(anthropic_provider(seen)) as fake:
-        service.teacher = get_teacher(TeacherConfig(type="anthropic", model="claude-haiku-4-5", base_url=fake.url,
-                                                    api_key_env="TEACHER_KEY", max_tokens=50, max_retries=0,
-                                                    timeout_s=10), service.task)
-        try:
-            r = client(live).chat.completions.create(model="potstill", messages=MSG, response_format=TOPIC_FORMAT)
-            # The Messages API has no plain JSON mode: a json_object request goes unconstrained.
-            req = service.teacher_request(MSG)[1]
-            assert service.teacher.with_response_format(req, {"type": "json_object"}) is None
-        finally:
-            service.teacher.close()
-            service.teacher = saved
+    with claude_behind(service, anthropic_provider(seen), max_tokens=50):
+        r = client(live).chat.completions.create(model="potstill", messages=MSG, response_format=TOPIC_FORMAT)
+        # The Messages API has no plain JSON mode: a json_object request goes unconstrained.
+        req = service.teacher_request(MSG)[1]
+        assert service.teacher.with_response_format(req, {"type": "json_object"}) is None
     [body] = seen
     assert body["output_config"] == {"format": {"type": "json_schema", "schema": TOPIC_FORMAT["json_schema"]["schema"]}}
     assert r.model_extra["potstill"]["answered_by"] == "teacher"

@@ -10,11 +10,9 @@ import openai
 import pytest
 import torch
 
-from potstill.config import TeacherConfig
 from potstill.serve.routing import Routing
-from potstill.teachers import get_teacher
 from tests.helpers.live_server import LiveServer
-from tests.serve.conftest import MSG, client, served_free_text
+from tests.serve.conftest import MSG, claude_behind, client, served_free_text
 from tests.serve.test_tool_calls import anthropic_provider
 
 
@@ -92,16 +90,8 @@ def test_a_labels_logprobs_from_the_student_and_from_an_openai_teacher(served, f
 def test_a_teacher_without_logprobs_says_so_and_bad_fields_are_400s(served, force):
     service, live = served
     force("teacher")
-    saved = service.teacher
-    with LiveServer(anthropic_provider([])) as fake:
-        service.teacher = get_teacher(TeacherConfig(type="anthropic", model="claude-haiku-4-5", base_url=fake.url,
-                                                     api_key_env="TEACHER_KEY", max_tokens=64, max_retries=0,
-                                                     timeout_s=10), service.task)
-        try:
-            c = client(live).chat.completions.create(model="potstill", messages=MSG, logprobs=True)
-        finally:
-            service.teacher.close()
-            service.teacher = saved
+    with claude_behind(service, anthropic_provider([]), max_tokens=64):
+        c = client(live).chat.completions.create(model="potstill", messages=MSG, logprobs=True)
     assert c.choices[0].message.content == "sports" and c.choices[0].logprobs is None
     assert c.model_extra["potstill"]["logprobs_unavailable"] == "the anthropic teacher gives no token log-probabilities"
     for kw, param in (({"top_logprobs": 2}, "top_logprobs"), ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),

@@ -4,11 +4,8 @@ tool request refused before routing is logged under the hash it gets when answer
 
 from __future__ import annotations
 
-from potstill.config import TeacherConfig
 from potstill.serve.service import TOOL_MAX_TOKENS
-from potstill.teachers import get_teacher
-from tests.helpers.live_server import LiveServer
-from tests.serve.conftest import MSG, client, teacher_behind
+from tests.serve.conftest import MSG, claude_behind, client, teacher_behind
 from tests.serve.test_tool_calls import TOOLS, anthropic_provider, openai_provider
 
 
@@ -25,16 +22,8 @@ def test_a_tool_request_in_a_classification_run_is_not_cut_at_the_label_budget(s
         client(live).chat.completions.create(model="potstill", messages=MSG, max_tokens=300)
     assert [b["max_tokens"] for b in seen] == [TOOL_MAX_TOKENS, 300, 4]
     seen.clear()
-    saved = service.teacher
-    with LiveServer(anthropic_provider(seen)) as fake:
-        service.teacher = get_teacher(TeacherConfig(type="anthropic", model="claude-haiku-4-5", base_url=fake.url,
-                                                    api_key_env="TEACHER_KEY", max_tokens=4, max_retries=0,
-                                                    timeout_s=10), service.task)
-        try:
-            client(live).chat.completions.create(model="potstill", messages=MSG, tools=TOOLS)
-        finally:
-            service.teacher.close()
-            service.teacher = saved
+    with claude_behind(service, anthropic_provider(seen), max_tokens=4):
+        client(live).chat.completions.create(model="potstill", messages=MSG, tools=TOOLS)
     assert seen[0]["max_tokens"] == TOOL_MAX_TOKENS
 
 

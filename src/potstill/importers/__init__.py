@@ -64,8 +64,8 @@ def _responses_input(items: Any, instructions: Any, where: str) -> list[dict[str
 
 def _is_items(side: Any) -> bool:
     """Whether a list is Responses input items rather than chat messages (items name their type)."""
-    return isinstance(side, list) and any(isinstance(m, dict) and "type" in m and "role" not in m or
-                                          isinstance(m, dict) and m.get("type") == "message" for m in side)
+    return isinstance(side, list) and any(isinstance(m, dict) and ("type" in m and "role" not in m
+                                                                   or m.get("type") == "message") for m in side)
 
 
 def _messages(side: Any, where: str) -> list[dict[str, Any]]:

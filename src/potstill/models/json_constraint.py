@@ -144,9 +144,7 @@ class _Value:
             return False
         p.stack[-1] = frame  # the value is this frame from here on
         if isinstance(frame, _Literal):
-            frame.i = 1
-            if frame.i == len(frame.word):
-                p.pop()
+            frame.i = 1  # its first letter was c (true, false, null: never whole at one)
         return True
 
 
@@ -390,9 +388,6 @@ class JsonPrefix:
         self.ws = 0  # whitespace characters in a row outside strings
 
     def copy(self) -> "JsonPrefix":
-        return copy.deepcopy(self)
-
-    def __deepcopy__(self, memo: dict) -> "JsonPrefix":
         # The schema is shared, never changed: copy the frames' own state, not the schema.
         new = JsonPrefix.__new__(JsonPrefix)
         new.root, new.done, new.ws = self.root, self.done, self.ws

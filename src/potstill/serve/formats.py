@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import re
 from functools import lru_cache
-from typing import Any
+from typing import Any, Callable
 
 NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 TYPES = ("text", "json_object", "json_schema")
@@ -38,36 +38,30 @@ def check_chat_format(value: Any) -> dict[str, Any] | None:
     """A chat request's ``response_format`` as served (None for text), or FormatError saying what is
     wrong with it (as OpenAI's API refuses it: an unknown type, a json_schema without a name, or a
     schema that is no JSON Schema)."""
-    if not isinstance(value, dict):
-        raise FormatError("response_format", "expected an object such as {\"type\": \"json_object\"}")
-    kind = value.get("type")
-    if kind not in TYPES:
-        raise FormatError("response_format.type", f"{kind!r} is not one of {', '.join(TYPES)}")
-    if kind == "text":
-        return None
-    if kind == "json_object":
-        return {"type": "json_object"}
-    spec = value.get("json_schema")
-    if not isinstance(spec, dict):
-        raise FormatError("response_format.json_schema", "required with type json_schema (an object with a name "
-                          "and a schema)")
-    return {"type": "json_schema", "json_schema": _schema_spec(spec, "response_format.json_schema")}
+    return _check(value, "response_format", lambda v: v.get("json_schema"), "response_format.json_schema")
 
 
 def check_responses_format(value: Any) -> dict[str, Any] | None:
     """A Responses request's ``text.format`` (``{type, name, schema, strict}`` flat) in the chat form
     (None for text), or FormatError as ``check_chat_format``."""
+    return _check(value, "text.format", lambda v: {k: x for k, x in v.items() if k != "type"}, "text.format")
+
+
+def _check(value: Any, where: str, spec_of: Callable[[dict], Any], spec_where: str) -> dict[str, Any] | None:
+    """One format at ``where`` in the chat form; ``spec_of``: where its json_schema fields sit."""
     if not isinstance(value, dict):
-        raise FormatError("text.format", "expected an object such as {\"type\": \"json_object\"}")
+        raise FormatError(where, "expected an object such as {\"type\": \"json_object\"}")
     kind = value.get("type")
     if kind not in TYPES:
-        raise FormatError("text.format.type", f"{kind!r} is not one of {', '.join(TYPES)}")
+        raise FormatError(f"{where}.type", f"{kind!r} is not one of {', '.join(TYPES)}")
     if kind == "text":
         return None
     if kind == "json_object":
         return {"type": "json_object"}
-    spec = {k: v for k, v in value.items() if k != "type"}
-    return {"type": "json_schema", "json_schema": _schema_spec(spec, "text.format")}
+    spec = spec_of(value)
+    if not isinstance(spec, dict):
+        raise FormatError(spec_where, "required with type json_schema (an object with a name and a schema)")
+    return {"type": "json_schema", "json_schema": _schema_spec(spec, spec_where)}
 
 
 def responses_form(fmt: dict[str, Any] | None) -> dict[str, Any]:

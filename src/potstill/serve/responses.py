@@ -13,7 +13,7 @@ import uuid
 from typing import Any
 
 from potstill.responses_format import ResponsesInputError
-from potstill.serve.schemas import _json_type
+from potstill.responses_format import json_type as _json_type
 
 
 def student_view(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
@@ -41,10 +41,11 @@ def chat_tools(tools: list[Any] | None, tool_choice: Any, parallel: bool | None)
                                                                            "strict") if tool.get(k) is not None}})
     names = [t["function"]["name"] for t in out]
     if isinstance(tool_choice, dict):
-        if tool_choice.get("type") != "function" or tool_choice.get("name") not in names:
+        if tool_choice.get("type") != "function":
+            raise ResponsesInputError("tool_choice", "only 'none', 'auto', 'required' or a function tool")
+        if tool_choice.get("name") not in names:
             raise ResponsesInputError("tool_choice", f"names the function {tool_choice.get('name')!r}, which is not "
-                                      "in tools" if tool_choice.get("type") == "function" else
-                                      "only 'none', 'auto', 'required' or a function tool")
+                                      "in tools")
         tool_choice = {"type": "function", "function": {"name": tool_choice["name"]}}
     elif tool_choice not in (None, "auto", "none", "required"):
         raise ResponsesInputError("tool_choice", f"{tool_choice!r} is not one of none, auto, required")
