@@ -7,7 +7,7 @@ import json
 
 import jsonschema
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from potstill.models.json_constraint import JsonPrefix
 
@@ -69,6 +69,42 @@ def test_pydantic_refs_and_a_schema_that_says_nothing():
     assert not JsonPrefix(schema).feed('{"vendor": "v", "lines": [{"sku": "a", "qty": 2.5')
     assert accepts({}, '[1, {"a": null}, "x", true]') and accepts({"type": "integer"}, "42")
     assert not accepts({"type": "integer"}, "4.2")
+
+
+def test_unions_take_the_branch_their_first_character_picks():
+    """pydantic's Optional fields and unions are anyOf: the first character picks the branch (null,
+    a nested model's object, an integer), so a wrong kind is refused at once, and each branch is
+    held to its own schema afterwards; several branches of one kind are held to the kind alone."""
+    from typing import Literal, Optional
+
+    class Address(BaseModel):
+        model_config = ConfigDict(extra="forbid")  # additionalProperties: false, as strict formats are
+        city: str
+        zip: Optional[int] = None
+
+    class Person(BaseModel):
+        name: str
+        age: Optional[int] = None
+        home: Optional[Address] = None
+        role: Literal["admin", "user"] | Literal["guest"] | None = None
+        score: int | float | str = 0
+
+    schema = Person.model_json_schema()
+    assert "anyOf" in schema["properties"]["age"] and "anyOf" in schema["properties"]["home"]
+    for doc in (Person(name="a"), Person(name="b", age=3, home=Address(city="c", zip=12), role="guest", score=1.5),
+                Person(name="d", home=Address(city="e"), role="admin", score="x")):
+        assert accepts(schema, doc.model_dump_json()), doc
+        jsonschema.validate(json.loads(doc.model_dump_json()), schema)
+    assert accepts(schema, '{"name": "x", "score": -2}')
+    assert not JsonPrefix(schema).feed('{"name": "x", "age": "')  # neither an integer nor null
+    assert not JsonPrefix(schema).feed('{"name": "x", "age": 1.')  # the integer branch has no fraction
+    assert not JsonPrefix(schema).feed('{"name": "x", "home": {"town"')  # the Address branch's keys
+    assert not JsonPrefix(schema).feed('{"name": "x", "home": {"city": "c", "zip": tr')
+    assert not JsonPrefix(schema).feed('{"name": "x", "role": "s')  # the enums of both string branches
+    assert accepts(schema, '{"name": "x", "role": "guest"}')
+    assert not JsonPrefix(schema).feed('{"name": "x", "score": n')  # no null branch
+    # A branch not followed (allOf inside) leaves the value open, as before: validation judges it.
+    assert accepts({"anyOf": [{"allOf": [{"type": "string"}]}, {"type": "null"}]}, "[1]")
 
 
 TOPIC = {"type": "object", "properties": {"topic": {"enum": ["sports", "tech", "politics"]}, "paid": {"type": "boolean"}},

@@ -8,9 +8,12 @@ keys are in, and gives each value its property's schema; a string of an ``enum``
 one of its values; a value takes only the ``type``'s kinds (``integer``: no fraction or exponent);
 arrays follow ``items`` (``prefixItems``), ``minItems`` and ``maxItems``; strings ``minLength``,
 ``maxLength`` and an anchored ``pattern``; local ``$ref``s (``#/$defs/...``, as pydantic writes
-nested models) are followed. Keywords it does not follow (an unanchored ``pattern``, ``format``,
-``minimum``, ``anyOf``, ...) are left to the task's validation of the finished answer, which may
-then still fail them, as without the constraint.
+nested models) are followed. ``anyOf`` / ``oneOf`` (pydantic's ``Optional[X]`` and unions) take the
+branch the value's first character picks (``n``: the null branch, ``{``: the object one); where
+several branches of that kind remain, the value is held to the kind alone (strings to the union of
+their ``enum``s). Keywords it does not follow (an unanchored ``pattern``, ``format``, ``minimum``,
+``allOf``, ``not``, the choice between two object branches, ...) are left to the task's validation
+of the finished answer, which may then still fail them, as without the constraint.
 
 ``JsonSchemaLogits`` is the ``model.generate`` logits processor: for each row it tries the top
 candidates in order (32, then 1,024, then the one-character tokens by logit), keeps the first whose
@@ -47,6 +50,49 @@ def _resolve(schema: Any, root: dict) -> dict:
             target = target.get(part.replace("~1", "/").replace("~0", "~"), {}) if isinstance(target, dict) else {}
         schema = target
     return schema if isinstance(schema, dict) else {}
+
+
+def _branches(schema: dict, root: dict, depth: int = 0) -> list[dict] | None:
+    """The alternatives of an ``anyOf`` / ``oneOf`` (nested ones flattened, ``$ref``s followed), or
+    None where ``schema`` has neither (or sits under ``allOf`` / ``not`` / ``if``, left unconstrained)."""
+    if any(k in schema for k in ("allOf", "not", "if")):
+        return None
+    alts = schema.get("anyOf", schema.get("oneOf"))
+    if not isinstance(alts, list) or not alts or depth > 8:
+        return None
+    out: list[dict] = []
+    for a in alts:
+        a = _resolve(a, root)
+        inner = _branches(a, root, depth + 1)
+        if inner is None and any(k in a for k in ("anyOf", "oneOf", "allOf", "not", "if")):
+            return None  # a branch of its own that is not followed: the whole value is left open
+        out.extend(inner if inner is not None else [a])
+    return out
+
+
+def _first_kind(c: str) -> str | None:
+    """The kind of value a first character starts (``number`` for a digit or minus)."""
+    return {"{": "object", "[": "array", '"': "string", "t": "boolean", "f": "boolean", "n": "null"}.get(c) \
+        or ("number" if c == "-" or c.isascii() and c.isdigit() else None)
+
+
+def _branch_for(alts: list[dict], c: str) -> dict | None:
+    """The schema a value under ``alts`` takes once its first character is ``c``: the one branch
+    that allows that kind, or the kind alone where several do (strings: their enums joined, where
+    each has one); None where none does."""
+    kind = _first_kind(c)
+    if kind is None:
+        return None
+    fit = [a for a in alts if kind in _kinds(a) or kind == "number" and "integer" in _kinds(a)]
+    if len(fit) <= 1:
+        return fit[0] if fit else None
+    if kind == "number":
+        return {"type": "number" if any("number" in _kinds(a) for a in fit) else "integer"}
+    if kind == "string":
+        choices = [_string_choices(a) for a in fit]
+        if all(ch is not None for ch in choices):
+            return {"enum": sorted({x for ch in choices for x in ch})}
+    return {"type": kind}
 
 
 def _kinds(schema: dict) -> set[str]:
@@ -122,14 +168,20 @@ class _Value:
     def step(self, c: str, p: "JsonPrefix") -> bool:
         if c in WS:
             return True
-        kinds = _kinds(self.schema)
+        schema = self.schema
+        alts = _branches(schema, self.root)
+        if alts is not None:  # the first character picks the branch
+            schema = _branch_for(alts, c)
+            if schema is None:
+                return False
+        kinds = _kinds(schema)
         frame: Any = None
         if c == "{" and "object" in kinds:
-            frame = _Object(self.schema, self.root)
+            frame = _Object(schema, self.root)
         elif c == "[" and "array" in kinds:
-            frame = _Array(self.schema, self.root)
+            frame = _Array(schema, self.root)
         elif c == '"' and "string" in kinds:
-            frame = _String(_string_choices(self.schema), schema=self.schema)
+            frame = _String(_string_choices(schema), schema=schema)
         elif (c == "-" or c.isdigit() and c.isascii()) and kinds & {"number", "integer"}:
             frame = _Number(integer="number" not in kinds)
             p.stack[-1] = frame
