@@ -108,8 +108,9 @@ def _env_name(value: str) -> str:
 EnvName = Annotated[str, AfterValidator(_env_name)]
 
 
-def engine_guided(what: str) -> Any:
+def engine_guided(what: str, more: str = "") -> Any:
     return Field(False, description=f"{what}, extraction, engine transformers: decode greedily under task.json_schema "
                  "(each token kept to one that continues a JSON document the schema can accept, as vLLM's guided "
-                 "decoding), so every answer parses; keywords it does not follow (pattern, minimum, anyOf) are left "
-                 "to the task's validation. One model.generate per batch: no drafts, no static caches.")
+                 f"decoding), so every answer parses{more}; keywords it does not follow (an unanchored pattern, "
+                 "minimum, allOf) are left to the task's validation. One model.generate per batch: no drafts, no "
+                 "static caches.")

@@ -382,7 +382,9 @@ class ServeConfig(Section):
         "(README, Engines). Other engines refuse it.")
     recheck_margin: RecheckMargin = engine_recheck("Served labels")
     draft_tokens: int = engine_drafts("Served generations")
-    guided_json: bool = engine_guided("Served generations")
+    guided_json: bool = engine_guided("Served generations", more=(
+        "; a request's response_format (json_schema: its schema; json_object: any object) guides its answer "
+        "instead, for a free-text task too, as vLLM does"))
     reuse_escalations: bool | None = Field(
         None, description="Answer an escalation from serve's own earlier answer to the identical teacher request "
         "(the chat, the client's max_tokens, tools, logprobs) instead of paying the teacher again. Unset: only when "

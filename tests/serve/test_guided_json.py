@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import pytest
 
+from potstill.models.json_constraint import JsonPrefix
 from tests.test_json_constraint import ASKS, TOPIC, _valid
 
 
 def test_a_served_extraction_student_with_guided_json_answers_valid_json(tmp_path, teacher_server, monkeypatch):
     """serve.guided_json: the same random student served as is gives answers that fail the task's
     schema (escalated as invalid_output); guided, its answers parse and validate, through the
-    official openai client. A task without a schema, or an engine that cannot, is one line."""
+    official openai client. A classifier (a label is scored, never decoded), or an engine that
+    cannot, is one line."""
     import math
 
     import yaml
@@ -49,9 +51,11 @@ def test_a_served_extraction_student_with_guided_json_answers_valid_json(tmp_pat
     with pytest.raises(PotstillError, match="guided_json: the ctranslate2 engine cannot decode under a schema"):
         load_service(run, Config.model_validate({**raw, "serve": {**raw["serve"], "guided_json": True,
                                                                   "engine": "ctranslate2"}}), device="cpu")
-    free = {**raw, "task": {"type": "freetext", "instruction": "x"}, "serve": {**raw["serve"], "guided_json": True}}
-    with pytest.raises(PotstillError, match="only an extraction task has a JSON Schema to decode under"):
-        load_service(run, Config.model_validate(free), device="cpu")
+    labels = {**raw, "task": {"type": "classification", "labels": ["a", "b"], "instruction": "x"},
+              "serve": {**raw["serve"], "guided_json": True}}
+    with pytest.raises(PotstillError, match="only an extraction task or free text served to clients' "
+                                            "response_format has a JSON Schema to decode under"):
+        load_service(run, Config.model_validate(labels), device="cpu")
 
 
 def test_evaluate_and_pilot_guide_their_students_as_serve_does(tmp_path):
@@ -65,3 +69,109 @@ def test_evaluate_and_pilot_guide_their_students_as_serve_does(tmp_path):
     assert evaluation_engine(cfg, str(model)).json_schema == TOPIC
     cfg.evaluate.guided_json = False
     assert evaluation_engine(cfg, str(model)).json_schema is None
+
+
+def test_a_clients_response_format_guides_the_served_student(tmp_path, teacher_server, monkeypatch):
+    """Under serve.guided_json a request's response_format guides the student's decoding, as vLLM's
+    does: a free-text task's random tiny student, whose own answers are never JSON, answers
+    ``chat.completions.parse(response_format=Model)`` with a pydantic model (an Optional field:
+    anyOf) itself through the official openai client, which parses it into the model, and writes
+    objects for ``json_object``; without guided_json the same requests go to the teacher (reason
+    response_format), and a request without a format gets the same answer either way."""
+    import math
+    from typing import Literal, Optional
+
+    from openai.lib._parsing._completions import type_to_response_format_param
+    from pydantic import BaseModel
+
+    from potstill.serve import run_config, serve_key
+    from potstill.serve.app import build_app
+    from potstill.serve.routing import Routing
+    from potstill.serve.service import load_service
+    from tests.export.conftest import make_bpe_model
+    from tests.helpers.live_server import LiveServer
+    from tests.serve.conftest import SERVE_KEY, TEACHER_KEY, client, write_run
+
+    class Ticket(BaseModel):
+        topic: Literal["sports", "tech", "politics"]
+        urgent: bool
+        team: Optional[Literal["red", "blue"]]
+
+    monkeypatch.setenv("TEACHER_KEY", TEACHER_KEY)
+    monkeypatch.setenv("SERVE_KEY", SERVE_KEY)
+    run = write_run(tmp_path, make_bpe_model(tmp_path / "bpe"), teacher_server.base_url,
+                    task={"type": "freetext", "instruction": "Answer.", "max_output_tokens": 160})
+    fmt = type_to_response_format_param(Ticket)
+    got = {}
+    for guided in (False, True):
+        cfg = run_config(run, None).model_copy(deep=True)
+        cfg.serve.guided_json = guided
+        service = load_service(run, cfg, device="cpu")
+        service.routing = Routing(confidence_threshold=-math.inf, ood_threshold=math.inf)  # every chat to the student
+        try:
+            with LiveServer(build_app(service, serve_key(cfg))) as live:
+                c = client(live)
+                got[guided] = {
+                    "schema": [c.chat.completions.create(model="potstill", messages=m, response_format=fmt) for m in ASKS],
+                    "object": [c.chat.completions.create(model="potstill", messages=m,
+                                                         response_format={"type": "json_object"}) for m in ASKS[:2]],
+                    "plain": [c.chat.completions.create(model="potstill", messages=m) for m in ASKS[:2]],
+                }
+                if guided:
+                    parsed = [c.chat.completions.parse(model="potstill", messages=m, response_format=Ticket)
+                              for m in ASKS]
+                    via_responses = c.responses.parse(model="potstill", input=ASKS[0], text_format=Ticket)
+        finally:
+            service.close()
+    free, guided = got[False], got[True]
+    assert all(r.model_extra["potstill"]["reason"] == "response_format" for r in free["schema"] + free["object"])
+    for r in guided["schema"] + guided["plain"]:
+        assert r.model_extra["potstill"]["answered_by"] == "student", r.model_extra["potstill"]
+    for r in guided["schema"]:
+        Ticket.model_validate_json(r.choices[0].message.content)
+    # Any object: this random student writes keys of its own until its budget, unless guidance ends it
+    # first; every answer is at least a start of one, which unguided none is.
+    for r in guided["object"]:
+        assert JsonPrefix({"type": "object"}).feed(r.model_extra["potstill"]["student_output"])
+    for r in free["object"]:
+        assert not JsonPrefix({"type": "object"}).feed(r.model_extra["potstill"]["student_output"])
+    # A request without a format is answered as before: the same text with guidance on or off.
+    assert [r.choices[0].message.content for r in guided["plain"]] == [r.choices[0].message.content for r in free["plain"]]
+    assert all(isinstance(p.choices[0].message.parsed, Ticket) for p in parsed)
+    assert isinstance(via_responses.output_parsed, Ticket)  # the Responses API's text.format alike
+    assert via_responses.model_extra["potstill"]["answered_by"] == "student"
+
+
+def test_one_batch_decodes_each_chat_under_its_own_schema(tmp_path):
+    """Requests batched together keep their own formats: a row under a schema, a row under any
+    object and an unguided row in one batch; the unguided row is the text it gets in a batch where
+    nothing is guided. An engine that cannot decode under a schema says so."""
+    from potstill.config import load_config
+    from potstill.engines import load_engine
+    from potstill.serve.engine import ServedStudent
+    from potstill.tasks import get_task
+    from tests.export.conftest import make_bpe_model
+
+    task = get_task(load_config(overrides={"task": {"type": "freetext", "instruction": "x",
+                                                    "max_output_tokens": 160}}).task)
+    served = ServedStudent(load_engine("transformers", str(make_bpe_model(tmp_path / "bpe")), device="cpu"), task)
+    assert served.guides
+    chats = ASKS[:3]
+    mixed = served.answer(chats, [TOPIC, {"type": "object"}, None])
+    assert _valid(mixed[0].output)
+    assert JsonPrefix({"type": "object"}).feed(mixed[1].output)  # any object: a start of one (see above)
+    assert mixed[2].output == served.answer(chats)[2].output
+    assert not any(_valid(a.output) for a in served.answer(chats))  # unguided, none of them is the JSON
+
+    class Old:  # a plugin engine whose generate takes no json_schemas
+        name, tokenizer = "old", served.engine.tokenizer
+
+        def generate(self, fmt, messages, max_new_tokens, batch_size=16, progress=None, temperature=0.0,
+                     stop=(), seed=0):
+            raise AssertionError("not reached")
+
+    old = ServedStudent.__new__(ServedStudent)
+    old.__dict__.update(served.__dict__, engine=Old(), _guides=False)
+    assert not old.guides
+    with pytest.raises(ValueError, match="the old engine cannot decode under a JSON schema"):
+        old.answer(chats[:1], [TOPIC])

@@ -101,14 +101,16 @@ def recheck_margin_for(margin: float | str, name: str, spec: str, quantization: 
 
 
 def section_engine(section: Any, spec: str, device: str = "auto", num_layers: int | None = None,
-                   compile: bool = False, task: Any = None) -> Engine:
+                   compile: bool = False, task: Any = None, client_formats: bool = False) -> Engine:
     """``spec`` in the engine a config section names: the ``teacher``, ``evaluate`` and ``serve``
     sections each carry ``engine``, ``dtype``, ``quantization``, ``recheck_margin`` and ``draft_tokens``;
-    ``evaluate`` and ``serve`` also ``guided_json`` (decoding under ``task``'s JSON Schema, ``guide``).
+    ``evaluate`` and ``serve`` also ``guided_json`` (decoding under ``task``'s JSON Schema, ``guide``;
+    ``client_formats``: serve's, which also decodes under a client's format, so a free-text task
+    takes it with no schema of its own).
     An error names the section, whose fields it is about (``serve: engine ctranslate2 runs its own
     compiled kernels; compile is for ...``: serve.compile, which a quickstart's config sets)."""
     try:
-        schema = _guided_schema(section, task)
+        schema = _guided_schema(section, task, client_formats)
         engine = load_engine(section.engine, spec, device=device, num_layers=num_layers, dtype=section.dtype,
                              recheck_margin=section.recheck_margin, quantization=section.quantization,
                              compile=compile, draft_tokens=section.draft_tokens)
@@ -122,17 +124,22 @@ def section_engine(section: Any, spec: str, device: str = "auto", num_layers: in
         raise PotstillError(f"{name}: {e}") from None
 
 
-def _guided_schema(section: Any, task: Any) -> dict | None:
-    """The JSON Schema a section's ``guided_json`` decodes under, None where it is off."""
+def _guided_schema(section: Any, task: Any, client_formats: bool = False) -> dict | None:
+    """The JSON Schema a section's ``guided_json`` decodes under, None where it is off (or, with
+    ``client_formats``, where a free-text task has none of its own: only clients' formats guide)."""
     if not getattr(section, "guided_json", False):
         return None
     if section.engine in ("ctranslate2", "llamacpp"):  # before a conversion or a server start
         raise PotstillError(f"guided_json: the {section.engine} engine cannot decode under a schema; use engine "
                             "transformers")
     cfg = getattr(task, "cfg", task)
-    if cfg is None or getattr(cfg, "type", None) != "extraction" or cfg.json_schema is None:
-        raise PotstillError(f"guided_json: only an extraction task has a JSON Schema to decode under (task.type is "
-                            f"{getattr(cfg, 'type', None)}); set it to false")
+    kind = getattr(cfg, "type", None)
+    if client_formats and kind == "freetext":
+        return None
+    if cfg is None or kind != "extraction" or cfg.json_schema is None:
+        also = " or free text served to clients' response_format" if client_formats else ""
+        raise PotstillError(f"guided_json: only an extraction task{also} has a JSON Schema to decode under "
+                            f"(task.type is {kind}); set it to false")
     return cfg.json_schema
 
 

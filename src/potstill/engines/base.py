@@ -57,7 +57,9 @@ class Engine(Protocol):
         """Outputs (greedy at ``temperature`` 0, else sampled with ``seed``), each ending at the first
         ``stop`` string it produced, with the mean log-prob of the tokens chosen. ``embed``: also
         ``Generated.embeddings`` as ``embed`` gives them, where the engine gets them on the way (else
-        None). An engine written before ``embed`` existed is still served (``serve.engine``)."""
+        None). An engine written before ``embed`` existed is still served (``serve.engine``).
+        An engine that can decode under a JSON Schema also takes ``json_schemas`` (one per message,
+        None for none), as the transformers engine does; ``serve.guided_json`` needs it."""
         ...
 
     def embed(self, fmt: PromptFormat, messages: list[list[dict]]) -> torch.Tensor:

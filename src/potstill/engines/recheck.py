@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from potstill.engines.base import Engine, Progress
+from potstill.errors import PotstillError
 from potstill.models.prompting import PromptFormat
 from potstill.models.generation import Generated
 from potstill.models.scoring import Scored, label_margin
@@ -121,9 +122,15 @@ class RecheckedEngine:
 
     def generate(self, fmt: PromptFormat, messages: list[list[dict]], max_new_tokens: int,
                  batch_size: int = 16, progress: Progress = None, temperature: float = 0.0,
-                 stop: Sequence[str] = (), seed: int = 0, embed: bool = False) -> Generated:
+                 stop: Sequence[str] = (), seed: int = 0, embed: bool = False,
+                 json_schemas: Sequence[dict | None] | None = None) -> Generated:
         # A plugin's engine written before ``embed`` takes none: its caller then calls ``embed`` itself.
-        more = {"embed": True} if embed and "embed" in inspect.signature(self.fast.generate).parameters else {}
+        params = inspect.signature(self.fast.generate).parameters
+        more: dict = {"embed": True} if embed and "embed" in params else {}
+        if json_schemas is not None:
+            if "json_schemas" not in params:
+                raise PotstillError(f"the {self.fast.name} engine cannot decode under a JSON schema")
+            more["json_schemas"] = json_schemas
         return self.fast.generate(fmt, messages, max_new_tokens, batch_size=batch_size, progress=progress,
                                   temperature=temperature, stop=stop, seed=seed, **more)
 

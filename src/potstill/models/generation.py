@@ -152,7 +152,8 @@ def greedy_lookup(lm: LM, ids: list[int], prefix: PrefixCache | None, max_new_to
 def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_tokens: int,
              batch_size: int = 8, progress: Any = None, temperature: float = 0.0, stop: Sequence[str] = (),
              seed: int = 0, prefix: PrefixCache | None = None, lookup: int = 0,
-             static: Any = None, embed: bool = False, json_schema: dict | None = None) -> Generated:
+             static: Any = None, embed: bool = False,
+             json_schema: dict | Sequence[dict | None] | None = None) -> Generated:
     """Generation, batched with left padding; also the mean log-prob of the chosen tokens.
 
     Greedy at ``temperature`` 0, else sampled (top-k 50, top-p 0.95) from a
@@ -182,14 +183,21 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
     not kept).
 
     ``json_schema`` (greedy only): decode under that schema (``json_constraint.JsonSchemaLogits``),
-    every batch through ``model.generate`` with the processor (no drafts, no static caches); the
-    mean log-prob is still the model's own, from its unprocessed logits.
+    or a list of one per message (None: that one unguided), every batch that holds a guided row
+    through ``model.generate`` with the processor (no drafts, no static caches); the mean log-prob
+    is still the model's own, from its unprocessed logits.
     """
     from transformers import LogitsProcessorList, StoppingCriteriaList
 
     from potstill.models.json_constraint import JsonSchemaLogits
 
-    if json_schema is not None and temperature > 0:
+    schemas = None if json_schema is None else [json_schema] * len(messages) if isinstance(json_schema, dict) \
+        else list(json_schema)
+    if schemas is not None and len(schemas) != len(messages):
+        raise ValueError(f"{len(schemas)} JSON schemas for {len(messages)} messages")
+    if schemas is not None and not any(x is not None for x in schemas):
+        schemas = None
+    if schemas is not None and temperature > 0:
         raise ValueError("decoding under a JSON schema is greedy only")
 
     tok = lm.tokenizer
@@ -236,6 +244,8 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
 
     with torch.inference_mode():
         for idx in batches:
+            guides = [schemas[i] for i in idx] if schemas is not None else []
+            guided = any(x is not None for x in guides)
             use = P > 0 and all(cached[i] for i in idx)
             t0 = time.perf_counter()
             T = max(len(prompts[i]) for i in idx)
@@ -244,10 +254,10 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
             # which ``get`` records on the plain body, as ``greedy`` runs them).
             with _plain_body(lm.model, static is not None):
                 past = static.get(bucket_rows(len(idx)), bucket_length(T + max_new_tokens + static.graph_steps - 1),
-                                  greedy=temperature <= 0 and argmax) if static is not None and json_schema is None \
+                                  greedy=temperature <= 0 and argmax) if static is not None and not guided \
                     else None
             if past is None and len(idx) == 1 and temperature <= 0 and (use or lookup > 0) and argmax \
-                    and json_schema is None:
+                    and not guided:
                 with _plain_body(lm.model, static is not None), \
                         _prefill_hidden(lm.model, embed) as seen:  # a frozen engine's fallback compiles nothing
                     toks, logps = greedy_lookup(lm, prompts[idx[0]], prefix if use else None, max_new_tokens, ends,
@@ -300,8 +310,8 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
                     pad_token_id=tok.pad_token_id, eos_token_id=sorted(ends), output_scores=True,
                     return_dict_in_generate=True,
                     stopping_criteria=StoppingCriteriaList([StopOnText(tok, T, stop)]) if stop else None,
-                    logits_processor=LogitsProcessorList([JsonSchemaLogits(tok, json_schema, T, sorted(ends))])
-                    if json_schema is not None else None, output_logits=json_schema is not None,
+                    logits_processor=LogitsProcessorList([JsonSchemaLogits(tok, guides, T, sorted(ends))])
+                    if guided else None, output_logits=guided,
                     **sampling, **extra,
                 )
             if embeddings is not None:
@@ -311,7 +321,7 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
             # Each chosen token's log-probability, gathered where the scores are: (rows, steps) to the
             # host, not (rows, steps, vocabulary) (200 MB for 16 rows of 64 tokens over 49k).
             # Under a schema the scores are the processor's (one finite logit a row): the model's own logits.
-            raw = out.logits if json_schema is not None else out.scores
+            raw = out.logits if guided else out.scores
             chosen = torch.stack([torch.log_softmax(s.float(), -1).gather(-1, new[:, j : j + 1]).squeeze(-1)
                                   for j, s in enumerate(raw)], 1).cpu()
             new = new.cpu()

@@ -494,10 +494,14 @@ class JsonPrefix:
 
 class JsonSchemaLogits:
     """``model.generate``'s logits processor for greedy decoding under a JSON Schema (the module
-    docstring). ``start``: the column where each row's answer begins (the padded prompt's width)."""
+    docstring). ``start``: the column where each row's answer begins (the padded prompt's width).
+    ``schema``: one for every row, or a list with each row's (None: that row decodes unguided)."""
 
-    def __init__(self, tokenizer: Any, schema: dict, start: int, ends: Sequence[int], tries: Sequence[int] = (32, 1024)):
-        self.tok, self.schema, self.start = tokenizer, schema, start
+    def __init__(self, tokenizer: Any, schema: dict | Sequence[dict | None], start: int, ends: Sequence[int],
+                 tries: Sequence[int] = (32, 1024)):
+        self.tok, self.start = tokenizer, start
+        self.schemas: Sequence[dict | None] | None = None if isinstance(schema, dict) else list(schema)
+        self.schema = schema if isinstance(schema, dict) else None
         self.ends = [int(e) for e in ends]
         self.tries = tries
         self.rows: dict[int, tuple[list[int], str, JsonPrefix]] = {}
@@ -519,11 +523,14 @@ class JsonSchemaLogits:
     def _decode(self, ids: list[int]) -> str:
         return self.tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
+    def _schema(self, r: int) -> dict | None:
+        return self.schema if self.schemas is None else self.schemas[r]
+
     def _state(self, r: int, gen: list[int]) -> tuple[str, JsonPrefix] | None:
         """The decoded answer so far and its prefix state (None where it left the grammar)."""
-        ids, text, state = self.rows.get(r, ([], "", JsonPrefix(self.schema)))
+        ids, text, state = self.rows.get(r, ([], "", JsonPrefix(self._schema(r))))
         if gen[: len(ids)] != ids:
-            ids, text, state = [], "", JsonPrefix(self.schema)
+            ids, text, state = [], "", JsonPrefix(self._schema(r))
         if len(gen) > len(ids):
             now = self._decode(gen)
             if not now.startswith(text) or not state.feed(now[len(text):]):
@@ -560,8 +567,8 @@ class JsonSchemaLogits:
         scores = scores.clone()
         for r in range(input_ids.shape[0]):
             gen = input_ids[r, self.start:].tolist()
-            if any(t in self.ends for t in gen):
-                continue  # finished: generate pads it from here
+            if self._schema(r) is None or any(t in self.ends for t in gen):
+                continue  # unguided, or finished: generate pads it from here
             got = self._state(r, gen)
             if got is None:
                 continue

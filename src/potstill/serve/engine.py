@@ -94,6 +94,7 @@ class ServedStudent:
                              for lab in task.labels] if task.labels else None
         # Engines (plugins too) written before generate's ``embed`` are served with engine.embed.
         self._embeds = "embed" in inspect.signature(engine.generate).parameters
+        self._guides = "json_schemas" in inspect.signature(engine.generate).parameters
         self.context = context_length(engine)
         prefix = self.fmt.prefix()  # a completion format's instruction and shots (a chat format has none)
         self._prefix_tokens = len(encode_prompt(engine.tokenizer, self.fmt, prefix, first=True)) if prefix else 0
@@ -160,10 +161,18 @@ class ServedStudent:
         """(N, H) unit embeddings of the prompts, in input order."""
         return self.engine.embed(self.fmt, messages)
 
-    def answer(self, messages: list[list[dict]]) -> list[StudentAnswer]:
-        """The student's answers to a batch of chats (no task instruction: the engine adds it)."""
+    def answer(self, messages: list[list[dict]], schemas: Sequence[dict | None] | None = None) -> list[StudentAnswer]:
+        """The student's answers to a batch of chats (no task instruction: the engine adds it).
+        ``schemas``: a JSON Schema per chat to decode its answer under (a client's
+        ``response_format`` under ``serve.guided_json``; None: as configured); a label is scored,
+        never decoded, and takes none."""
         with self._lock:
-            return self._answer(messages)
+            return self._answer(messages, schemas)
+
+    @property
+    def guides(self) -> bool:
+        """Whether this student's engine decodes under a client's JSON Schema (``json_schemas``)."""
+        return self.label_ids is None and self._guides
 
     @property
     def logprobs_unavailable(self) -> str | None:
@@ -223,7 +232,7 @@ class ServedStudent:
         return out
 
     @torch.inference_mode()
-    def _answer(self, messages: list[list[dict]]) -> list[StudentAnswer]:
+    def _answer(self, messages: list[list[dict]], schemas: Sequence[dict | None] | None = None) -> list[StudentAnswer]:
         t0 = time.perf_counter()
         n = len(messages)
         if self.label_ids is not None:
@@ -237,8 +246,12 @@ class ServedStudent:
                               prompt_tokens=s.prompt_tokens[i], output_tokens=self.label_tokens[j], seconds=dt)
                 for i, j in enumerate(picked)
             ]
-        g = self.engine.generate(self.fmt, messages, self.task.cfg.max_output_tokens, batch_size=n,
-                                 **({"embed": True} if self._embeds else {}))
+        more: dict[str, Any] = {"embed": True} if self._embeds else {}
+        if schemas is not None and any(x is not None for x in schemas):
+            if not self._guides:
+                raise ValueError(f"the {self.engine.name} engine cannot decode under a JSON schema")
+            more["json_schemas"] = list(schemas)
+        g = self.engine.generate(self.fmt, messages, self.task.cfg.max_output_tokens, batch_size=n, **more)
         emb = g.embeddings if getattr(g, "embeddings", None) is not None else self.embed(messages)
         dt = (time.perf_counter() - t0) / n
         answers = []
@@ -300,13 +313,15 @@ class Batcher:
         self.batch_size = batch_size
         self.wait_s = wait_ms / 1000
         self.always_wait = False  # True: every batch waits, loaded or not (to measure what that costs)
-        self._q: queue.Queue[tuple[list[dict], Future] | None] = queue.Queue()
+        self._q: queue.Queue[tuple[list[dict], dict | None, Future] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="potstill-batcher", daemon=True)
         self._thread.start()
 
-    def submit(self, messages: list[dict]) -> Future:
+    def submit(self, messages: list[dict], schema: dict | None = None) -> Future:
+        """A future of the student's answer to one chat; ``schema``: the JSON Schema to decode it
+        under (``ServedStudent.answer``), None for the configured decoding."""
         fut: Future = Future()
-        self._q.put((messages, fut))
+        self._q.put((messages, schema, fut))
         return fut
 
     def close(self) -> None:
@@ -332,20 +347,22 @@ class Batcher:
                 batch.append(nxt)
             loaded = len(batch) > 1
             try:
-                answers = self.engine.answer([m for m, _ in batch])
-                for (_, fut), a in zip(batch, answers):
+                schemas = [x for _, x, _ in batch]
+                answers = self.engine.answer([m for m, _, _ in batch], schemas) \
+                    if any(x is not None for x in schemas) else self.engine.answer([m for m, _, _ in batch])
+                for (_, _, fut), a in zip(batch, answers):
                     fut.set_result(a)
             except Exception as e:  # noqa: BLE001 - the loop lives on
                 # One request's failure must not fail the others batched with it (a client could fail
                 # everyone's requests with one bad one): each is answered again alone.
-                for m, fut in batch:
+                for m, x, fut in batch:
                     if fut.done():
                         continue
                     if len(batch) == 1:
                         fut.set_exception(e)
                         continue
                     try:
-                        fut.set_result(self.engine.answer([m])[0])
+                        fut.set_result((self.engine.answer([m]) if x is None else self.engine.answer([m], [x]))[0])
                     except Exception as alone:  # noqa: BLE001 - this request's own failure
                         fut.set_exception(alone)
 

@@ -355,7 +355,8 @@ class Service:
         the teacher's as it returned them; else ``logprobs_unavailable`` says why. ``response_format``
         (``ChatRequest.format_request``): a student answer that is not that JSON goes to the teacher
         (reason ``response_format``), asked in the format where it takes one; a teacher answer that
-        is not says why in ``extra["response_format_problem"]``."""
+        is not says why in ``extra["response_format_problem"]``. Under ``serve.guided_json`` the
+        student decodes its answer under the format (``student_guide``)."""
         live = self.acquire()
         try:
             # Checked on the student this request entered, which answers it and scores its tokens: the
@@ -371,7 +372,9 @@ class Service:
                 over = await asyncio.to_thread(live.engine.over_context, messages) if long else \
                     live.engine.over_context(messages)
             if over is None:
-                a: StudentAnswer | None = await asyncio.wrap_future(live.batcher.submit(messages))
+                guide = self.student_guide(live, response_format)
+                a: StudentAnswer | None = await asyncio.wrap_future(
+                    live.batcher.submit(messages) if guide is None else live.batcher.submit(messages, guide))
                 dist: float | None = ood_distance(a.embedding[None], live.reference)[0]
                 who, reason = live.routing.decide(a.confidence, dist, a.invalid)
                 if who == "student" and answer_problem(a.output, response_format):
@@ -431,6 +434,20 @@ class Service:
                           input_tokens=r.input_tokens, output_tokens=r.output_tokens,
                           cost_usd=student_cost + (0.0 if cached else r.cost_usd), extra=extra,
                           finish_reason=finish, logprobs=lps, logprobs_unavailable=why, **common)
+
+    def student_guide(self, live: Live, response_format: dict[str, Any] | None) -> dict | None:
+        """The JSON Schema the student decodes a request's answer under, as vLLM's guided decoding
+        does for ``response_format``: under ``serve.guided_json``, a ``json_schema`` format's schema
+        (none given: any JSON value) or, for ``json_object``, any object; None where nothing is
+        asked, guidance is off, or the student scores labels (it then answers as configured, and
+        an answer that is not the format goes to the teacher). An extraction student's answer is
+        still validated by its task's schema too, so a client schema that differs from it escalates
+        the answer as ``invalid_output`` unless it fits both."""
+        if response_format is None or not self.cfg.serve.guided_json or not live.engine.guides:
+            return None
+        if response_format["type"] == "json_object":
+            return {"type": "object"}
+        return response_format["json_schema"].get("schema") or {}
 
     def _escalation_hash(self, request: dict[str, Any]) -> str:
         """The hash a refused or failed chat request would have had escalated, as ``answer`` computes
@@ -504,7 +521,8 @@ def _served(cfg: Config, path: str, task: Task, device: str, run_dir: Path) -> S
     """The student at ``path`` in the engine ``serve`` names (engine, dtype, quantization, recheck),
     compiled and warmed on the run's val inputs first where ``serve.compile`` asks."""
     s = cfg.serve
-    engine = ServedStudent(section_engine(s, path, device=device, compile=s.compile, task=task), task)
+    engine = ServedStudent(section_engine(s, path, device=device, compile=s.compile, task=task, client_formats=True),
+                           task)
     val_path = run_dir / "val.jsonl"
     if s.compile and val_path.exists():  # without val, calibrate_run says what is missing
         # All of val: a generating student on static caches warms each row bucket on its longest inputs.
