@@ -497,6 +497,8 @@ class JsonSchemaLogits:
     docstring). ``start``: the column where each row's answer begins (the padded prompt's width).
     ``schema``: one for every row, or a list with each row's (None: that row decodes unguided)."""
 
+    WINDOW = 8  # tokens of the answer decoded with each candidate: enough for a character or a leading space
+
     def __init__(self, tokenizer: Any, schema: dict | Sequence[dict | None], start: int, ends: Sequence[int],
                  tries: Sequence[int] = (32, 1024)):
         self.tok, self.start = tokenizer, start
@@ -523,6 +525,13 @@ class JsonSchemaLogits:
     def _decode(self, ids: list[int]) -> str:
         return self.tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
+    def _delta(self, ids: list[int], base: str, t: int) -> str | None:
+        """The text token ``t`` adds after ``ids``, whose last ``WINDOW`` tokens decode to ``base``
+        (a decode of the window, not of the whole answer, per candidate tried); None where the
+        window's text does not stay a prefix (a token finishing a character begun before it)."""
+        now = self._decode(ids[-self.WINDOW:] + [t])
+        return now[len(base):] if now.startswith(base) else None
+
     def _schema(self, r: int) -> dict | None:
         return self.schema if self.schemas is None else self.schemas[r]
 
@@ -532,49 +541,68 @@ class JsonSchemaLogits:
         if gen[: len(ids)] != ids:
             ids, text, state = [], "", JsonPrefix(self._schema(r))
         if len(gen) > len(ids):
-            now = self._decode(gen)
-            if not now.startswith(text) or not state.feed(now[len(text):]):
+            if len(gen) == len(ids) + 1:  # the usual step: one token more than last time
+                delta = self._delta(ids, self._decode(ids[-self.WINDOW:]), gen[-1])
+                now = None if delta is None else text + delta
+            else:
+                now = self._decode(gen)
+            if now is None or not now.startswith(text) or not state.feed(now[len(text):]):
                 return None
             ids, text = list(gen), now
         self.rows[r] = (ids, text, state)
         return text, state
 
-    def _pick(self, gen: list[int], text: str, state: JsonPrefix, scores: torch.Tensor) -> int | None:
+    def _pick(self, gen: list[int], text: str, state: JsonPrefix, scores: torch.Tensor, first: list[int]) -> int | None:
+        """The likeliest token that keeps the row's answer a start of an acceptable document;
+        ``first``: its top ``tries[0]`` tokens, already on the host."""
         if state.done:
             return self.ends[0] if self.ends else None
+        base = self._decode(gen[-self.WINDOW:])
         tried = 0
         for k in self.tries:
-            top = scores.topk(min(k, scores.shape[-1])).indices.tolist()
+            top = first if k == self.tries[0] else scores.topk(min(k, scores.shape[-1])).indices.tolist()
             for t in top[tried:]:
                 if t in self.ends:
                     if state.can_end():
                         return t
                     continue
-                now = self._decode(gen + [t])
-                delta = now[len(text):] if now.startswith(text) else ""
+                delta = self._delta(gen, base, t)
                 if delta and "\ufffd" not in delta and state.copy().feed(delta):
                     return t
             tried = len(top)
         chars = self._char_tokens()
         for t in sorted(chars, key=lambda t: -float(scores[t])):
-            if state.copy().feed(self._decode(gen + [t])[len(text):]):
+            delta = self._delta(gen, base, t)
+            if delta is not None and state.copy().feed(delta):
                 return t
         return None
 
+    def choose(self, gens: list[list[int]], scores: torch.Tensor) -> list[int | None]:
+        """Each row's token under its schema, given its answer's tokens so far and the step's
+        logits (rows, vocabulary): None for a row left as the model wants it (unguided, finished,
+        off the grammar, or no candidate fits). One transfer of every row's top candidates to the
+        host, not one a row."""
+        picks: list[int | None] = [None] * len(gens)
+        live = [r for r, gen in enumerate(gens) if self._schema(r) is not None and not any(t in self.ends for t in gen)]
+        if not live:
+            return picks
+        first = scores[live].topk(min(self.tries[0], scores.shape[-1])).indices.tolist()
+        for j, r in enumerate(live):
+            got = self._state(r, gens[r])
+            if got is not None:
+                picks[r] = self._pick(gens[r], got[0], got[1], scores[r], first[j])
+        return picks
+
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        picks = self.choose(input_ids[:, self.start:].tolist(), scores)
+        kept = [(r, t) for r, t in enumerate(picks) if t is not None]
+        if not kept:
+            return scores
         # A copy: generate keeps the tensor it passed in as the step's raw logits (output_logits),
         # from which the answer's own log-probabilities are read.
-        scores = scores.clone()
-        for r in range(input_ids.shape[0]):
-            gen = input_ids[r, self.start:].tolist()
-            if self._schema(r) is None or any(t in self.ends for t in gen):
-                continue  # unguided, or finished: generate pads it from here
-            got = self._state(r, gen)
-            if got is None:
-                continue
-            pick = self._pick(gen, got[0], got[1], scores[r])
-            if pick is not None:
-                keep = scores[r, pick].clone()
-                scores[r] = float("-inf")
-                scores[r, pick] = keep
-        return scores
+        rows = torch.tensor([r for r, _ in kept], device=scores.device)
+        toks = torch.tensor([t for _, t in kept], device=scores.device)
+        out = scores.clone()
+        out[rows] = float("-inf")
+        out[rows, toks] = scores[rows, toks]
+        return out
