@@ -2,6 +2,7 @@
 schema, side by side in one process on the same student, prompts and budget.
 
     HF_HUB_OFFLINE=1 PYTHONPATH=src:. python benchmarks/guided_json.py [--student bundled:smollm2-135m-instruct]
+    PYTHONPATH=src:. python benchmarks/guided_json.py --student /tmp/m/smol.gguf --device cuda --out gpu.json
 
 The student is the bundled SmolLM2-135M-Instruct, untrained (so many of its free answers are not
 the JSON asked for: the case guided decoding is for), on the 8 invoices of
@@ -20,6 +21,15 @@ of a document the guide accepts, and one that ended before the budget parses as 
 unguided answer is itself a whole document the guide accepts, the guided answer is the same text
 (the guide then never had to move a token). ``--break-guide`` runs the guided way unguided: exit 1
 ("8 guided answers are not a start the guide accepts" with ``--repeat 1``).
+
+``--device cuda``: the same in the GPU's dtype (bf16), plus the engine's own paths there, ``static``:
+a compiled engine (``compile: true``, what ``serve.compile`` gives) decoding on static KV caches,
+unguided (CUDA graphs of 8 steps: the fastest unguided path) and guided (one compiled step at a
+time, the step's logits computed again where the guide refuses its argmax), warmed once before the
+timed rounds, at batch 1 and 8, compared per decoding step and per input. Guided on static caches
+must pass the same checks, and its share of answers identical to ``model.generate``'s guided ones
+is reported (bf16 kernels part at near ties). ``--static`` on a CPU runs those rows uncompiled (a
+smoke run of the same code).
 """
 
 from __future__ import annotations
@@ -49,6 +59,8 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--static", action="store_true", help="on a CPU too: the static-cache rows, uncompiled")
     ap.add_argument("--break-guide", action="store_true",
                     help="run the 'guided' way unguided, to see the correctness section fail (exit 1)")
     args = ap.parse_args()
@@ -59,10 +71,27 @@ def main() -> int:
     inputs = [json.loads(line)["input"] for line in (ROOT / "examples" / "data" / "invoices.jsonl").read_text().splitlines()]
     messages = [[{"role": "user", "content": t}] for t in inputs]
     t0 = time.perf_counter()
-    lm = load_lm(args.student, device="cpu")
+    lm = load_lm(args.student, device=args.device)
     load_s = time.perf_counter() - t0
     fmt = student_format(lm, task)
     n = args.max_new_tokens
+    engine = None
+    if lm.device.type == "cuda" or args.static:  # the engine's static caches (CUDA graphs on a GPU)
+        from potstill.engines import load_engine
+        from potstill.models.static_decode import StaticCaches
+
+        on_gpu = lm.device.type == "cuda"
+        engine = load_engine("transformers", args.student, device=args.device, compile=on_gpu)
+        if not on_gpu:
+            engine.static = StaticCaches.for_model(engine.lm.model)
+        t = time.perf_counter()
+        for guided in (False, True):
+            engine.json_schema = schema if guided else None
+            for m in messages:
+                engine.generate(fmt, [m], n, batch_size=1)
+            engine.generate(fmt, messages, n, batch_size=len(messages))
+        engine.static.frozen = True
+        print(f"  static caches warmed in {time.perf_counter() - t:.1f} s", flush=True)
 
     def run(batch: int, guided: bool, msgs: list, lookup: int = 0) -> tuple[float, object]:
         t = time.perf_counter()
@@ -81,6 +110,18 @@ def main() -> int:
     # The engine's own unguided default at batch 1: drafts of 2 (guided decoding takes none), its
     # fastest batch-1 path; a forward may keep several tokens, so it is compared per token.
     rows["unguided-drafts@b1"] = {"seconds": [], "tokens": 0, "steps": 0, "wall": 0.0}
+    if engine is not None:
+        for way in ("unguided", "guided"):
+            rows[f"{way}-static@b1"] = {"seconds": [], "tokens": 0, "steps": 0, "wall": 0.0}
+            rows[f"{way}-static@b8"] = {"seconds": [], "tokens": 0, "steps": 0, "wall": 0.0}
+        answers["guided-static"], tokens["guided-static"] = [], []
+
+    def static_run(msgs: list, guided: bool) -> tuple[float, object]:
+        engine.json_schema = schema if guided and not args.break_guide else None
+        t = time.perf_counter()
+        g = engine.generate(fmt, msgs, n, batch_size=len(msgs))
+        return time.perf_counter() - t, g
+
     for _ in range(args.repeat):
         for m in messages:  # batch 1, taking turns
             for way in ("unguided", "guided"):
@@ -96,6 +137,23 @@ def main() -> int:
             r["seconds"].append(dt)
             r["tokens"] += g.output_tokens[0]
             r["steps"] += g.output_tokens[0]  # tokens, not forwards: ms_per_step is per token here
+            r["wall"] += dt
+            for way in ("unguided", "guided") if engine is not None else ():
+                dt, g = static_run([m], way == "guided")
+                r = rows[f"{way}-static@b1"]
+                r["seconds"].append(dt)
+                r["tokens"] += g.output_tokens[0]
+                r["steps"] += g.output_tokens[0]
+                r["wall"] += dt
+                if way == "guided":
+                    answers["guided-static"].append(g.texts[0])
+                    tokens["guided-static"].append(g.output_tokens[0])
+        for way in ("unguided", "guided") if engine is not None else ():
+            dt, g = static_run(messages, way == "guided")
+            r = rows[f"{way}-static@b8"]
+            r["seconds"].append(dt / len(messages))
+            r["tokens"] += sum(g.output_tokens)
+            r["steps"] += max(g.output_tokens)
             r["wall"] += dt
         for way in ("unguided", "guided"):  # one batch of all 8
             dt, g = run(8, way == "guided", messages)
@@ -124,14 +182,18 @@ def main() -> int:
                for way, a in answers.items()}
     failures = []
     # An answer that ran to the token budget is cut mid-document, guided or not: counted apart.
-    unfinished = [t for t, k in zip(answers["guided"], tokens["guided"]) if not parses(t) and k < n]
-    quality["guided"]["at_budget"] = sum(k >= n for k in tokens["guided"]) / len(tokens["guided"])
-    quality["unguided"]["at_budget"] = sum(k >= n for k in tokens["unguided"]) / len(tokens["unguided"])
-    if unfinished:
-        failures.append(f"{len(unfinished)} guided answers ended before the budget and are not JSON")
-    off = [t for t in answers["guided"] if not JsonPrefix(schema).feed(t)]
-    if off:
-        failures.append(f"{len(off)} guided answers are not a start the guide accepts (first: {off[0]!r})")
+    for way in tokens:
+        quality[way]["at_budget"] = sum(k >= n for k in tokens[way]) / len(tokens[way])
+    for way in [w for w in answers if w.startswith("guided")]:
+        unfinished = [t for t, k in zip(answers[way], tokens[way]) if not parses(t) and k < n]
+        if unfinished:
+            failures.append(f"{len(unfinished)} {way} answers ended before the budget and are not JSON")
+        off = [t for t in answers[way] if not JsonPrefix(schema).feed(t)]
+        if off:
+            failures.append(f"{len(off)} {way} answers are not a start the guide accepts (first: {off[0]!r})")
+    if "guided-static" in answers:  # bf16 kernels part at near ties: reported, not a failure
+        same = sum(a == b for a, b in zip(answers["guided"], answers["guided-static"]))
+        quality["guided-static"]["identical_to_guided"] = same / len(answers["guided"])
     moved = 0
     for free, guided in zip(answers["unguided"], answers["guided"]):
         p = JsonPrefix(schema)
@@ -145,6 +207,11 @@ def main() -> int:
     # Against the fastest unguided batch-1 path (drafts), per generated token.
     overhead["b1_vs_drafts_per_token"] = round(rows["guided@b1"]["ms_per_step"]
                                                / rows["unguided-drafts@b1"]["ms_per_step"], 3)
+    if engine is not None:  # against the engine's unguided static path (CUDA graphs on a GPU), per step
+        for b in ("b1", "b8"):
+            base = rows[f"unguided-static@{b}"]["ms_per_step"]
+            overhead[f"{b}_generate_vs_static"] = round(rows[f"guided@{b}"]["ms_per_step"] / base, 3)
+            overhead[f"{b}_static_vs_static"] = round(rows[f"guided-static@{b}"]["ms_per_step"] / base, 3)
     result = {"student": lm.identity, "load_s": round(load_s, 1), "inputs": len(messages), "repeat": args.repeat,
               "max_new_tokens": n, "rows": rows, "quality": quality, "guided_over_unguided_ms_per_step": overhead,
               "example": {"unguided": answers["unguided"][0], "guided": answers["guided"][0]},
@@ -159,8 +226,12 @@ def _machine() -> dict:
     import os
     import platform
 
+    import torch
+
     return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "load_avg": [round(x, 2) for x in os.getloadavg()]}
+            "load_avg": [round(x, 2) for x in os.getloadavg()],
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "torch": torch.__version__}
 
 
 if __name__ == "__main__":

@@ -142,6 +142,51 @@ def test_a_random_tiny_model_answers_json_that_fits_under_the_schema(bpe_lm):
         assert single.mean_logprob[i] == pytest.approx(sum(own) / len(own), abs=1e-4)
 
 
+@pytest.mark.parametrize("graph_steps", [1, 8], ids=["step_by_step", "8_steps_a_call"])
+def test_guided_decoding_on_static_caches_gives_the_processors_tokens(bpe_lm, graph_steps):
+    """On static caches (``static_decode.greedy`` with the guide: the step's argmax where it fits,
+    else the guide's choice from the step's logits computed again) guided answers are the
+    ``model.generate`` processor's, token for token, with the same log-probs, alone and in a
+    batch of 3 (filled to 4) holding an unguided row, which keeps its unguided answer."""
+    from potstill.models.generation import generate
+    from potstill.models.prompting import PromptFormat
+    from potstill.models.static_decode import StaticCaches
+
+    fmt = PromptFormat(kind="chat", instruction="Answer in JSON.")
+    static = StaticCaches.for_model(bpe_lm.model, graph_steps=graph_steps)
+    schemas = [TOPIC, None, {"type": "object"}]
+    for batch_size in (1, 3):
+        ref = generate(bpe_lm, fmt, ASKS, 120, batch_size=batch_size, json_schema=schemas)
+        got = generate(bpe_lm, fmt, ASKS, 120, batch_size=batch_size, json_schema=schemas, static=static)
+        assert got.tokens == ref.tokens and got.texts == ref.texts
+        assert got.mean_logprob == pytest.approx(ref.mean_logprob, abs=1e-5)
+        assert _valid(got.texts[0]) and JsonPrefix({"type": "object"}).feed(got.texts[2])
+        free = generate(bpe_lm, fmt, ASKS[1:2], 120, static=static)
+        assert got.texts[1] == free.texts[0] and not _valid(free.texts[0])
+    assert static._caches  # the batches decoded on static caches
+
+
+@pytest.mark.skipif("not __import__('torch').cuda.is_available()", reason="needs a CUDA GPU")
+def test_a_compiled_engine_on_a_gpu_guides_on_its_static_caches(tmp_path):
+    """``compile`` on CUDA (float32): guided answers decode on the engine's static caches, through
+    the compiled step, with the plain engine's guided texts, alone and in a batch of 3 (filled to 4)."""
+    from potstill.engines import guide, load_engine
+    from potstill.models.prompting import PromptFormat
+    from tests.export.conftest import make_bpe_model
+
+    path = str(make_bpe_model(tmp_path / "bpe"))
+    plain = load_engine("transformers", path, device="cuda", dtype="float32")
+    engine = load_engine("transformers", path, device="cuda", dtype="float32", compile=True)
+    for e in (plain, engine):
+        guide(e, TOPIC)
+    fmt = PromptFormat(kind="chat", instruction="Answer in JSON.")
+    for batch_size in (1, 3):
+        ref = plain.generate(fmt, ASKS, 120, batch_size=batch_size)
+        got = engine.generate(fmt, ASKS, 120, batch_size=batch_size)
+        assert got.texts == ref.texts and all(_valid(t) for t in got.texts)
+    assert sorted(engine.static._caches) == [(1, 256), (4, 256)]
+
+
 def _valid(text: str) -> bool:
     try:
         jsonschema.validate(json.loads(text), TOPIC)

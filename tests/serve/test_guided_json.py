@@ -145,7 +145,8 @@ def test_a_clients_response_format_guides_the_served_student(tmp_path, teacher_s
 def test_one_batch_decodes_each_chat_under_its_own_schema(tmp_path):
     """Requests batched together keep their own formats: a row under a schema, a row under any
     object and an unguided row in one batch; the unguided row is the text it gets in a batch where
-    nothing is guided. An engine that cannot decode under a schema says so."""
+    nothing is guided. A server's warm-up decodes under a schema too. An engine that cannot decode
+    under a schema says so."""
     from potstill.config import load_config
     from potstill.engines import load_engine
     from potstill.serve.engine import ServedStudent
@@ -162,6 +163,13 @@ def test_one_batch_decodes_each_chat_under_its_own_schema(tmp_path):
     assert JsonPrefix({"type": "object"}).feed(mixed[1].output)  # any object: a start of one (see above)
     assert mixed[2].output == served.answer(chats)[2].output
     assert not any(_valid(a.output) for a in served.answer(chats))  # unguided, none of them is the JSON
+    # Warming a server under guided_json also decodes each warm batch under a schema (its own step to compile).
+    calls: list = []
+    real = served.answer
+    served.answer = lambda m, schemas=None: calls.append(schemas) or real(m, schemas)
+    served.warm(chats, 2, guided=True)
+    del served.answer
+    assert [c is not None for c in calls] == [False, True] * (len(calls) // 2) and calls
 
     class Old:  # a plugin engine whose generate takes no json_schemas
         name, tokenizer = "old", served.engine.tokenizer

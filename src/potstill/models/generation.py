@@ -183,9 +183,10 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
     not kept).
 
     ``json_schema`` (greedy only): decode under that schema (``json_constraint.JsonSchemaLogits``),
-    or a list of one per message (None: that one unguided), every batch that holds a guided row
-    through ``model.generate`` with the processor (no drafts, no static caches); the mean log-prob
-    is still the model's own, from its unprocessed logits.
+    or a list of one per message (None: that one unguided); a batch that holds a guided row takes
+    no drafts, and decodes on ``static`` (one compiled step at a time, ``static_decode.greedy``'s
+    guide) where it gets a cache, else through ``model.generate`` with the processor; the mean
+    log-prob is still the model's own, from its unprocessed logits.
     """
     from transformers import LogitsProcessorList, StoppingCriteriaList
 
@@ -254,8 +255,8 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
             # which ``get`` records on the plain body, as ``greedy`` runs them).
             with _plain_body(lm.model, static is not None):
                 past = static.get(bucket_rows(len(idx)), bucket_length(T + max_new_tokens + static.graph_steps - 1),
-                                  greedy=temperature <= 0 and argmax) if static is not None and not guided \
-                    else None
+                                  greedy=temperature <= 0 and argmax and not guided) \
+                    if static is not None and (argmax or not guided) else None
             if past is None and len(idx) == 1 and temperature <= 0 and (use or lookup > 0) and argmax \
                     and not guided:
                 with _plain_body(lm.model, static is not None), \
@@ -285,9 +286,10 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
                 if use:
                     fill_prefix(past, prefix.past, len(rows))
                 if temperature <= 0 and argmax:
+                    guide = JsonSchemaLogits(tok, [schemas[i] for i in rows], 0, sorted(ends)) if guided else None
                     with _plain_body(lm.model, True), _prefill_hidden(lm.model, embed) as seen:
                         toks, logps = greedy(static, ids.to(lm.device), mask.to(lm.device), past, P if use else 0,
-                                             max_new_tokens, ended)
+                                             max_new_tokens, ended, guide=guide)
                     if embeddings is not None:
                         embeddings[idx] = _prefill_embeddings(seen, mask, len(idx), prefix if use else None)
                     dt = (time.perf_counter() - t0) / len(idx)

@@ -15,7 +15,8 @@ their ``enum``s). Keywords it does not follow (an unanchored ``pattern``, ``form
 ``allOf``, ``not``, the choice between two object branches, ...) are left to the task's validation
 of the finished answer, which may then still fail them, as without the constraint.
 
-``JsonSchemaLogits`` is the ``model.generate`` logits processor: for each row it tries the top
+``JsonSchemaLogits`` is the ``model.generate`` logits processor (and the guide of greedy decoding on
+static caches, ``static_decode.greedy``, through ``pick`` and ``choose``): for each row it tries the top
 candidates in order (32, then 1,024, then the one-character tokens by logit), keeps the first whose
 text the prefix accepts, and sets every other logit to -inf; once the document is complete it keeps
 only an end token. A row none of whose candidates fits (a choice that needs a character no token
@@ -552,6 +553,14 @@ class JsonSchemaLogits:
         self.rows[r] = (ids, text, state)
         return text, state
 
+    def _fits(self, gen: list[int], state: JsonPrefix, base: str, t: int) -> bool:
+        """Whether token ``t`` after ``gen`` (whose window decodes to ``base``) keeps the answer a
+        start of an acceptable document."""
+        if t in self.ends:
+            return state.can_end()
+        delta = self._delta(gen, base, t)
+        return bool(delta) and "\ufffd" not in delta and state.copy().feed(delta)
+
     def _pick(self, gen: list[int], text: str, state: JsonPrefix, scores: torch.Tensor, first: list[int]) -> int | None:
         """The likeliest token that keeps the row's answer a start of an acceptable document;
         ``first``: its top ``tries[0]`` tokens, already on the host."""
@@ -562,12 +571,7 @@ class JsonSchemaLogits:
         for k in self.tries:
             top = first if k == self.tries[0] else scores.topk(min(k, scores.shape[-1])).indices.tolist()
             for t in top[tried:]:
-                if t in self.ends:
-                    if state.can_end():
-                        return t
-                    continue
-                delta = self._delta(gen, base, t)
-                if delta and "\ufffd" not in delta and state.copy().feed(delta):
+                if self._fits(gen, state, base, t):
                     return t
             tried = len(top)
         chars = self._char_tokens()
@@ -576,6 +580,24 @@ class JsonSchemaLogits:
             if delta is not None and state.copy().feed(delta):
                 return t
         return None
+
+    def pick(self, gens: list[list[int]], candidates: list[list[int]]) -> list[int]:
+        """For each row, the place in ``candidates[r]`` (its likeliest ``tries[0]`` tokens, best
+        first) of the token ``choose`` keeps, where it is among them: 0 for a row left as the model
+        wants it, -1 where none of them fits (``choose`` then looks further, in the logits)."""
+        out = []
+        for r, (gen, cands) in enumerate(zip(gens, candidates)):
+            got = None if self._schema(r) is None or any(x in self.ends for x in gen) else self._state(r, gen)
+            if got is None:
+                out.append(0)
+                continue
+            state = got[1]
+            if state.done:
+                out.append(0 if not self.ends else cands.index(self.ends[0]) if self.ends[0] in cands else -1)
+                continue
+            base = self._decode(gen[-self.WINDOW:])
+            out.append(next((j for j, t in enumerate(cands) if self._fits(gen, state, base, t)), -1))
+        return out
 
     def choose(self, gens: list[list[int]], scores: torch.Tensor) -> list[int | None]:
         """Each row's token under its schema, given its answer's tokens so far and the step's

@@ -54,6 +54,7 @@ MIN_LENGTH = 256
 # in 176-192 ms against 193-202 with cuDNN off). None: the prefill keeps the default too.
 PREFILL_SDPA: list[SDPBackend] | None = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 CHECK_EVERY = 8  # decoding steps between two looks at the tokens: at most this many steps too many
+GUIDE_TOP = 32  # the candidates a guided step brings to the host (JsonSchemaLogits' first try)
 
 
 def bucket_rows(n: int) -> int:
@@ -103,6 +104,8 @@ class StaticCaches:
         # so the step compiles without reduce-overhead's.
         mode = "default" if self.graph_steps > 1 and on_cuda else "reduce-overhead"
         self.step: Callable[..., Any] = torch.compile(self._step, mode=mode) if compile else self._step
+        # Guided decoding's step (``greedy`` with a guide): the likeliest GUIDE_TOP tokens, compiled on first use.
+        self.step_top: Callable[..., Any] = torch.compile(self._step_top, mode=mode) if compile else self._step_top
 
     @classmethod
     def for_model(cls, model: Any, compile: bool | None = None,
@@ -139,13 +142,27 @@ class StaticCaches:
               at: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One greedy step: each row's next token and its log-probability, both (rows, 1). ``mask``
         (rows, cache length) marks padding; ``at`` is where this step's token is written."""
+        logits = self.logits(ids, pos, mask, cache, at)
+        nxt = logits.argmax(-1, keepdim=True)
+        return nxt, torch.log_softmax(logits, -1).gather(-1, nxt)
+
+    def _step_top(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, cache: Any,
+                  at: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``_step`` for guided decoding: each row's GUIDE_TOP likeliest tokens, best first, and
+        their log-probabilities, both (rows, GUIDE_TOP)."""
+        lps = torch.log_softmax(self.logits(ids, pos, mask, cache, at), -1)
+        top_lp, top = lps.topk(GUIDE_TOP, -1)
+        return top, top_lp
+
+    def logits(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, cache: Any,
+               at: torch.Tensor) -> torch.Tensor:
+        """A decoding step's logits (rows, vocabulary; float32), as ``_step`` computes them; called
+        alone (uncompiled) where guided decoding needs more than the argmax."""
         if self.mask_kind is not None:  # (rows, 1, 1, length): the written positions up to ``at`` that are not padding
             keep = (mask.bool() & (torch.arange(mask.shape[1], device=mask.device) <= at))[:, None, None, :]
             mask = keep if self.mask_kind == "bool" else \
                 torch.zeros(keep.shape, dtype=self.dtype, device=keep.device).masked_fill(~keep, torch.finfo(self.dtype).min)
-        logits = self.forward(ids, pos, mask, cache, at)
-        nxt = logits.argmax(-1, keepdim=True)
-        return nxt, torch.log_softmax(logits, -1).gather(-1, nxt)
+        return self.forward(ids, pos, mask, cache, at)
 
     def get(self, rows: int, length: int, greedy: bool = False) -> Any:
         """An empty cache of ``rows`` x at least ``length`` positions (both already bucketed), or
@@ -246,6 +263,18 @@ def advance(static: StaticCaches, cache: Any, tok: torch.Tensor, p: torch.Tensor
     return nxt, lp
 
 
+def rewind(cache: Any, n: int) -> None:
+    """Set ``cache`` back ``n`` positions, so that the next forward writes where the last ``n`` were
+    written (transformers 5 keeps the write position in each layer's ``cumulative_length``; where
+    a model takes ``cache_position`` instead, the caller says where)."""
+    for layer in cache.layers:
+        done = getattr(layer, "cumulative_length", None)
+        if isinstance(done, torch.Tensor):
+            done.sub_(n)
+        elif isinstance(done, int):
+            layer.cumulative_length = done - n
+
+
 def cache_length(cache: Any) -> int:
     """A static cache's positions (an attribute of each layer in transformers 5.x)."""
     return getattr(cache, "max_cache_len", None) or cache.layers[0].max_cache_len
@@ -297,13 +326,22 @@ def greedy_is_argmax(model: Any) -> bool:
 
 
 def greedy(static: StaticCaches, ids: torch.Tensor, mask: torch.Tensor, cache: Any, start: int,
-           max_new_tokens: int, ended: Callable[[list[int]], int | None]) -> tuple[list[list[int]], list[list[float]]]:
+           max_new_tokens: int, ended: Callable[[list[int]], int | None],
+           guide: Any = None) -> tuple[list[list[int]], list[list[float]]]:
     """Greedy decoding of the left-padded batch ``ids`` / ``mask`` (on the model's device) on the
     empty static ``cache``, whose first ``start`` positions already hold ``ids[:, :start]`` (a
     copied prefix). Returns each row's new tokens and their log-probabilities, as
     ``model.generate`` would choose them: ``ended`` maps a row's new tokens so far to how many of
     them it keeps once it has ended (through its end token or stop string), else None; a row's
     tokens stop there, and the batch stops once every row has ended or at ``max_new_tokens``.
+
+    ``guide`` (``json_constraint.JsonSchemaLogits``, a schema per row): decoding under JSON Schemas,
+    one compiled step per call (``step_top``), whose likeliest ``GUIDE_TOP`` tokens and their
+    log-probabilities come to the host: a row keeps the first its schema accepts (``guide.pick``),
+    as the guide's logits processor does in ``model.generate``; where none does, the step's
+    logits are computed again, uncompiled, at the same position (its keys and values written again
+    as they were) and the guide chooses from them (``guide.choose``). The log-probability is the
+    model's own for the token kept.
     """
     rows, T = ids.shape
     dev = ids.device
@@ -314,13 +352,19 @@ def greedy(static: StaticCaches, ids: torch.Tensor, mask: torch.Tensor, cache: A
     at = torch.arange(start, T, device=dev)
     with sdpa_kernel(PREFILL_SDPA) if dev.type == "cuda" and PREFILL_SDPA else contextlib.nullcontext():
         logits = static.forward(ids[:, start:], pos[:, start:], full, cache, at)
-    steps = static._steps.get(id(cache))  # K steps a call, where ``get`` made them
+    steps = static._steps.get(id(cache)) if guide is None else None  # K steps a call, where ``get`` made them
     k = steps.k if steps is not None else 1
     toks = torch.empty(rows, max_new_tokens + k - 1, dtype=torch.long, device=dev)  # up to k - 1 steps too many
     logps = torch.empty(rows, max_new_tokens + k - 1, dtype=torch.float32, device=dev)
-    nxt = logits.argmax(-1, keepdim=True)
+    gens: list[list[int]] = [[] for _ in range(rows)]  # each row's tokens so far, on the host (guided only)
+    if guide is not None:
+        top_lp, top = torch.log_softmax(logits, -1).topk(GUIDE_TOP, -1)
+        nxt, lp = _guided(guide, gens, top, top_lp, lambda: logits)
+    else:
+        nxt = logits.argmax(-1, keepdim=True)
+        lp = torch.log_softmax(logits, -1).gather(-1, nxt)
     toks[:, :1] = nxt
-    logps[:, :1] = torch.log_softmax(logits, -1).gather(-1, nxt)
+    logps[:, :1] = lp
     # Fresh (rows, 1) tensors: a slice of ``pos`` keeps its strides, which follow the prompt's
     # length (even for one row), and the compiled step would compile again for every new length.
     tok = torch.empty_like(nxt, memory_format=torch.contiguous_format).copy_(nxt)
@@ -335,7 +379,7 @@ def greedy(static: StaticCaches, ids: torch.Tensor, mask: torch.Tensor, cache: A
         mark_dynamic(static, cache, (tok, p, full))
     n, kept = 1, [None] * rows
     while True:
-        if n >= max_new_tokens or n % CHECK_EVERY == 0 or (steps is not None and n > 1):
+        if n >= max_new_tokens or n % CHECK_EVERY == 0 or (steps is not None and n > 1) or guide is not None:
             host = toks[:, : min(n, max_new_tokens)].tolist()
             kept = [c if c is not None else ended(h) for c, h in zip(kept, host)]
             if n >= max_new_tokens or all(c is not None for c in kept):
@@ -348,9 +392,43 @@ def greedy(static: StaticCaches, ids: torch.Tensor, mask: torch.Tensor, cache: A
             continue
         if static.compiled:
             torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are consumed
-        nxt, lp = advance(static, cache, tok, p, full, at)
+        if guide is not None:
+            p += 1
+            fed = (tok.clone(), p.clone(), at.clone())  # to compute the step's logits again
+            top, top_lp = static.step_top(tok, p, full, cache, at)
+            at += 1
+
+            def again() -> torch.Tensor:  # the step's logits, its token's keys and values written again in place
+                rewind(cache, 1)
+                return static.logits(fed[0], fed[1], full, cache, fed[2])
+            nxt, lp = _guided(guide, gens, top, top_lp, again)
+            tok.copy_(nxt)
+        else:
+            nxt, lp = advance(static, cache, tok, p, full, at)
         toks[:, n : n + 1] = nxt
         logps[:, n : n + 1] = lp
         n += 1
     out = [h[:k] if k is not None else h for h, k in zip(host, kept)]
     return out, [lp[: len(o)] for lp, o in zip(logps[:, : min(n, max_new_tokens)].tolist(), out)]
+
+
+def _guided(guide: Any, gens: list[list[int]], top: torch.Tensor, top_lp: torch.Tensor,
+            logits: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A guided step's tokens and their log-probabilities, both (rows, 1), from its likeliest tokens
+    ``top`` and their log-probabilities (``greedy``); ``logits()``: the step's whole logits, asked
+    for only where no candidate fits a row's schema. Each row's token joins ``gens``."""
+    cands, lps = top.tolist(), top_lp.tolist()
+    at = guide.pick(gens, cands)
+    chosen = [c[j] if j >= 0 else c[0] for c, j in zip(cands, at)]
+    chosen_lp = [v[j] if j >= 0 else v[0] for v, j in zip(lps, at)]
+    if any(j < 0 for j in at):
+        full = logits()
+        more = guide.choose(gens, full)
+        for r, j in enumerate(at):
+            if j < 0 and more[r] is not None:
+                chosen[r] = more[r]
+                chosen_lp[r] = float(torch.log_softmax(full[r], -1)[more[r]])
+    for g, t in zip(gens, chosen):
+        g.append(t)
+    return (torch.tensor(chosen, device=top.device)[:, None],
+            torch.tensor(chosen_lp, dtype=top_lp.dtype, device=top.device)[:, None])

@@ -111,13 +111,15 @@ class ServedStudent:
     def lm(self) -> LM | None:
         return getattr(self.engine, "lm", None)
 
-    def warm(self, messages: list[list[dict]], batch_size: int) -> float:
+    def warm(self, messages: list[list[dict]], batch_size: int, guided: bool = False) -> float:
         """Answer once each kind of call serving makes (one input, at up to three lengths; two; a
         batch of up to ``batch_size``), so a compiled engine compiles now rather than while a client
         waits. Generating on static caches: a batch of every row bucket up to ``batch_size``, each
         holding the longest input, then the caches are frozen: a later batch uses the shortest
         cache of its rows that holds it, or a new one for a longer prompt where that compiles
-        nothing and fits (``StaticCaches.get``), else the dynamic cache. Scoring from CUDA graphs
+        nothing and fits (``StaticCaches.get``), else the dynamic cache. ``guided`` (``serve.guided_json``):
+        each batch also decodes under a schema (any object) where the student's own answers do
+        not, since guided decoding has a compiled step of its own. Scoring from CUDA graphs
         (``models.score_graphs``): a batch of every row bucket too, each recording its graph (a
         later bucket records on first use, compiling nothing). The seconds it took."""
         t0 = time.perf_counter()
@@ -126,8 +128,11 @@ class ServedStudent:
         if static is not None:
             tok = self.engine.tokenizer
             messages = sorted(messages, key=lambda m: -sum(len(tok.encode(x["content"])) for x in m))
+        own = getattr(getattr(self.engine, "fast", self.engine), "json_schema", None)  # already guided
         for batch in warm_batches(messages, batch_size, row_buckets=static is not None or graphs is not None):
             self.answer(batch)
+            if guided and self.guides and own is None:
+                self.answer(batch, [{"type": "object"}] * len(batch))
         if static is not None:
             static.frozen = True
         return time.perf_counter() - t0

@@ -529,7 +529,7 @@ def _served(cfg: Config, path: str, task: Task, device: str, run_dir: Path) -> S
         val = [r.messages for r in _servable(engine, read_records(val_path), val_path, quiet=True)[0]]
         say(f"serve: compiling the student (torch.compile) on {min(len(val), s.batch_size)} val inputs; "
             "minutes on a small CPU")
-        seconds = engine.engine.warm_compiled("serve", lambda: engine.warm(val, s.batch_size))
+        seconds = engine.engine.warm_compiled("serve", lambda: engine.warm(val, s.batch_size, guided=s.guided_json))
         say(f"serve: student compiled and warmed in {seconds:.0f} s")
     return engine
 
