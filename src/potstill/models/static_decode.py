@@ -380,7 +380,7 @@ def greedy(static: StaticCaches, ids: torch.Tensor, mask: torch.Tensor, cache: A
     n, kept = 1, [None] * rows
     while True:
         if n >= max_new_tokens or n % CHECK_EVERY == 0 or (steps is not None and n > 1) or guide is not None:
-            host = toks[:, : min(n, max_new_tokens)].tolist()
+            host = gens if guide is not None else toks[:, : min(n, max_new_tokens)].tolist()  # guided: already here
             kept = [c if c is not None else ended(h) for c, h in zip(kept, host)]
             if n >= max_new_tokens or all(c is not None for c in kept):
                 break
