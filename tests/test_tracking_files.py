@@ -249,3 +249,20 @@ def test_an_abandoned_tensorboard_run_leaves_nothing_and_a_new_one_takes_another
     second.log([{"step": 1.0, "loss": 3.0}])
     assert tensorboard_steps(second.out) == [1]
     second.fail()
+
+
+def test_an_abandoned_offline_wandb_run_leaves_no_run_to_sync(tmp_path, offline):
+    """A W&B run abandoned offline (a training refused in its setup, before its first row) leaves no
+    offline-run folder for `wandb sync` to upload as an empty failed run; a run beside it stays."""
+    from potstill.tracking import Run, WandbRun
+
+    run = Run(tmp_path / "run", "train", {"train.lr": 0.01})
+    kept = WandbRun(run)
+    kept.log([{"step": 1.0, "loss": 2.0}])
+    kept.fail()
+    dropped = WandbRun(run)
+    dropped.abandon()
+    folders = sorted((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(folders) == 1 and folders[0] == Path(kept.w.dir).parent
+    assert not (tmp_path / "run" / "wandb" / "latest-run").exists()
+

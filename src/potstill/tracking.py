@@ -216,8 +216,19 @@ class WandbRun:
         self.w.finish(exit_code=1)
 
     def abandon(self) -> None:
-        with contextlib.suppress(Exception):  # W&B deletes no run from here: it ends failed
+        """Offline, the run's folder goes (never synced, it is then no run at all); online, the
+        run is deleted through W&B's public API, where that fails it stays, ended failed."""
+        folder, path, offline = Path(self.w.dir).parent, self.w.path, self.w.offline
+        with contextlib.suppress(Exception):
             self.w.finish(exit_code=1)
+        if offline:
+            latest = folder.parent / "latest-run"
+            if latest.is_symlink() and latest.resolve() == folder.resolve():
+                latest.unlink()
+            shutil.rmtree(folder, ignore_errors=True)
+            return
+        with contextlib.suppress(Exception):  # not run here: no network to W&B's cloud
+            self._wandb.Api().run(path).delete()
 
 
 class TensorBoardRun:
