@@ -132,15 +132,13 @@ def _guided_schema(section: Any, task: Any, client_formats: bool = False) -> dic
     if section.engine in ("ctranslate2", "llamacpp"):  # before a conversion or a server start
         raise PotstillError(f"guided_json: the {section.engine} engine cannot decode under a schema; use engine "
                             "transformers")
+    from potstill.tasks import extraction_schema
+
     cfg = getattr(task, "cfg", task)
-    kind = getattr(cfg, "type", None)
-    if client_formats and kind == "freetext":
+    if client_formats and getattr(cfg, "type", None) == "freetext":
         return None
-    if cfg is None or kind != "extraction" or cfg.json_schema is None:
-        also = " or free text served to clients' response_format" if client_formats else ""
-        raise PotstillError(f"guided_json: only an extraction task{also} has a JSON Schema to decode under "
-                            f"(task.type is {kind}); set it to false")
-    return cfg.json_schema
+    return extraction_schema(cfg, "guided_json", "decode under", "false",
+                             also=" or free text served to clients' response_format" if client_formats else "")
 
 
 def guide(engine: Engine, schema: dict) -> None:

@@ -57,7 +57,7 @@ from potstill.config import GenerateConfig, TeacherConfig
 from potstill.errors import PotstillError
 from potstill.hashing import hash_obj
 from potstill.records import Record
-from potstill.tasks import Task
+from potstill.tasks import Task, extraction_schema
 
 
 @dataclass
@@ -245,10 +245,7 @@ class Teacher:
         mode = self.cfg.structured_outputs
         if mode == "off":
             return None
-        schema = getattr(self.task.cfg, "json_schema", None)
-        if self.task.cfg.type != "extraction" or schema is None:
-            raise PotstillError(f"teacher.structured_outputs {mode}: only an extraction task has a JSON Schema to "
-                                f"ask for (task.type is {self.task.cfg.type}); set it to off")
+        schema = extraction_schema(self.task.cfg, f"teacher.structured_outputs {mode}", "ask for", "off")
         return {"type": "json_schema", "json_schema": {"name": "extraction", "schema": schema,
                                                        "strict": mode == "strict"}}
 
