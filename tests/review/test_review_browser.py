@@ -4,6 +4,7 @@ reject another with the keyboard, rerun curate, and check the dataset changed ac
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -216,6 +217,11 @@ def test_a_decision_made_in_another_tab_is_not_overwritten_unseen(curated):
         b.keyboard.press("a")  # seen now: the reviewer means it
         b.wait_for_function("document.getElementById('progress').textContent === '1 / 9 reviewed' && "
                             "document.getElementById('rid').textContent !== " + repr(first), timeout=10_000)
+        # B's page moves on before its decision reaches the store (found flaky under load: A's next
+        # decision could arrive first): wait for the store.
+        deadline = time.monotonic() + 10
+        while load_decisions(run / "review.sqlite")[first]["decision"] != "accept" and time.monotonic() < deadline:
+            time.sleep(0.02)
         # A's next decision brings back what changed since A's version, B's accept among it (not the sample).
         a.keyboard.press("r")
         a.wait_for_function("document.getElementById('progress').textContent === '2 / 9 reviewed'", timeout=10_000)
