@@ -204,6 +204,41 @@ def test_string_lengths_and_an_anchored_pattern():
     assert accepts(code, '"ab"') and accepts(code, '"abc"')
     assert not accepts(code, '"a"') and not JsonPrefix(code).feed('"abcd')
     assert accepts({"type": "string", "pattern": "b"}, '"abc"')  # unanchored: left to validation
+    # Anchored at the start only, a pattern lets anything follow its match (JSON Schema searches):
+    # it was held to the match alone, which refused "abzz" under "^ab".
+    starts = {"type": "string", "pattern": "^ab"}
+    assert accepts(starts, '"abzz"') and accepts(starts, '"ab"') and not JsonPrefix(starts).feed('"x')
+
+
+def test_string_formats_are_held_to_their_patterns():
+    """``format`` (as pydantic writes date, datetime, time and UUID fields, and OpenAI's strict mode
+    lists them): a value is held to the format's pattern, refused at the first character that
+    cannot lead to one, and the pattern of the field, where it has one, holds too."""
+    import datetime as dt
+    import uuid
+
+    class Event(BaseModel):
+        day: dt.date
+        at: dt.datetime
+        starts: dt.time
+        id: uuid.UUID
+
+    schema = Event.model_json_schema()
+    doc = Event(day=dt.date(2026, 3, 12), at=dt.datetime(2026, 3, 12, 9, 30, tzinfo=dt.timezone.utc),
+                starts=dt.time(9, 5, 1), id=uuid.UUID(int=7))
+    assert accepts(schema, doc.model_dump_json())
+    assert accepts(schema, '{"day": "2026-03-12", "at": "2026-03-12T09:30:00.5+01:00", "starts": "23:59:60Z", '
+                           '"id": "123e4567-e89b-12d3-a456-426614174000"}')
+    for bad in ('{"day": "12 M', '{"day": "2026-13', '{"day": "2026-03-12", "at": "2026-03-12X',
+                '{"day": "2026-03-12", "at": "2026-03-12T25', '{"day": "2026-03-12", "at": "2026-03-12T09:30:00Z", '
+                '"starts": "9', '{"day": "2026-03-12", "at": "2026-03-12T09:30:00Z", "starts": "09:05:01", "id": "g'):
+        assert not JsonPrefix(schema).feed(bad), bad
+    assert not accepts({"type": "string", "format": "date"}, '"2026-03-1"')  # a start of one, not one
+    for fmt, good, bad in (("ipv4", "10.0.255.1", "256."), ("email", "a.b@c.org", "a@b@"), ("duration", "P1DT2H", "P1H")):
+        assert accepts({"type": "string", "format": fmt}, f'"{good}"') and not JsonPrefix({"format": fmt, "type": "string"}).feed(f'"{bad}')
+    both = {"type": "string", "format": "date", "pattern": "^2026-"}
+    assert accepts(both, '"2026-01-02"') and not JsonPrefix(both).feed('"2025')
+    assert accepts({"type": "string", "format": "hostname"}, '"anything at all"')  # not followed: validation's
 
 
 def test_no_accepted_prefix_is_a_dead_end():

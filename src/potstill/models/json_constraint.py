@@ -7,11 +7,12 @@ its ``properties`` name when ``additionalProperties`` is false, closes only once
 keys are in, and gives each value its property's schema; a string of an ``enum`` only grows toward
 one of its values; a value takes only the ``type``'s kinds (``integer``: no fraction or exponent);
 arrays follow ``items`` (``prefixItems``), ``minItems`` and ``maxItems``; strings ``minLength``,
-``maxLength`` and an anchored ``pattern``; local ``$ref``s (``#/$defs/...``, as pydantic writes
+``maxLength``, an anchored ``pattern`` and the ``format``s of ``FORMATS`` (date, time, date-time,
+uuid, ipv4, email, duration, as patterns); local ``$ref``s (``#/$defs/...``, as pydantic writes
 nested models) are followed. ``anyOf`` / ``oneOf`` (pydantic's ``Optional[X]`` and unions) take the
 branch the value's first character picks (``n``: the null branch, ``{``: the object one); where
 several branches of that kind remain, the value is held to the kind alone (strings to the union of
-their ``enum``s). Keywords it does not follow (an unanchored ``pattern``, ``format``, ``minimum``,
+their ``enum``s). Keywords it does not follow (an unanchored ``pattern``, other ``format``s, ``minimum``,
 ``allOf``, ``not``, the choice between two object branches, ...) are left to the task's validation
 of the finished answer, which may then still fail them, as without the constraint.
 
@@ -136,6 +137,17 @@ def _kind(v: Any) -> str | None:
 
 
 _PATTERNS: dict[str, Any] = {}
+_DATE = r"\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])"
+_TIME = r"([01]\d|2[0-3]):[0-5]\d:([0-5]\d|60)(\.\d+)?([Zz]|[+-]([01]\d|2[0-3]):[0-5]\d)?"
+_BYTE = r"(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+# String formats as anchored patterns (those OpenAI's strict mode lists, less hostname and ipv6, and
+# what pydantic writes for date, datetime, time, UUID and EmailStr fields). The UTC offset of a time
+# is optional, as pydantic reads it; the email pattern is loose (no quoted local parts), and a
+# duration may be a bare "P" (partial matching takes no lookahead).
+FORMATS = {"date": f"^{_DATE}$", "time": f"^{_TIME}$", "date-time": f"^{_DATE}[Tt ]{_TIME}$",
+           "uuid": r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+           "ipv4": rf"^({_BYTE}\.){{3}}{_BYTE}$", "email": r"^[^@\s\\\"]+@[^@\s\\\"]+\.[^@\s\\\".]+$",
+           "duration": r"^P(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(\d+H)?(\d+M)?(\d+S)?)?$"}
 
 
 def _anchored(pattern: str) -> Any:
@@ -306,13 +318,16 @@ class _String:
         schema = schema or {}
         self.min = schema.get("minLength") if isinstance(schema.get("minLength"), int) else 0
         self.max = schema.get("maxLength") if isinstance(schema.get("maxLength"), int) else None
-        pattern = schema.get("pattern")
-        self.pattern = _anchored(pattern) if isinstance(pattern, str) and pattern.startswith("^") else None
+        pattern, fmt = schema.get("pattern"), schema.get("format")
+        if isinstance(pattern, str) and pattern.startswith("^") and not (pattern.endswith("$") and not pattern.endswith("\\$")):
+            pattern = f"(?:{pattern})(?s:.*)"  # anchored at its start only: anything may follow a match
+        self.patterns = [x for x in (_anchored(pattern) if isinstance(pattern, str) and pattern.startswith(("^", "(?:^")) else None,
+                                     _anchored(FORMATS[fmt]) if fmt in FORMATS else None) if x is not None]
 
     def _fits(self, text: str) -> bool:
         if self.max is not None and len(text) > self.max:
             return False
-        if self.pattern is not None and not self.pattern.fullmatch(text, partial=True):
+        if any(not x.fullmatch(text, partial=True) for x in self.patterns):
             return False
         return self.choices is None or any(ch.startswith(text) for ch in self.choices)
 
@@ -326,7 +341,7 @@ class _String:
     def step(self, c: str, p: "JsonPrefix") -> bool:
         if self.esc is not None:
             if self.esc == "":
-                if c == "u" and self.pattern is None:  # under a pattern, \\u could open an escape no character completes
+                if c == "u" and not self.patterns:  # under a pattern, \\u could open an escape no character completes
                     self.esc = "u"
                     return True
                 if c not in _ESCAPES or not self._fits(self.text + _ESCAPES[c]):
@@ -351,7 +366,7 @@ class _String:
         if c == '"':
             if self.choices is not None and self.text not in self.choices or len(self.text) < self.min:
                 return False
-            if self.pattern is not None and not self.pattern.fullmatch(self.text):
+            if any(not x.fullmatch(self.text) for x in self.patterns):
                 return False
             p.pop()
             return True
@@ -361,7 +376,7 @@ class _String:
             nexts = self._next_chars()
             if nexts is not None and not any(n in _ESCAPES.values() or not n.isascii() or ord(n) < 0x20 for n in nexts):
                 return False
-            if self.pattern is not None and not any(self._fits(self.text + v) for v in _ESCAPES.values()):
+            if self.patterns and not any(self._fits(self.text + v) for v in _ESCAPES.values()):
                 return False
             if self.max is not None and len(self.text) >= self.max:
                 return False
