@@ -241,6 +241,29 @@ def test_string_formats_are_held_to_their_patterns():
     assert accepts({"type": "string", "format": "hostname"}, '"anything at all"')  # not followed: validation's
 
 
+@pytest.mark.parametrize("low,high", [(1, 5), (0, 100), (-20, -3), (10, 10), (-5, 250), (None, 42), (7, None)])
+def test_an_integers_bounds_hold_and_every_value_between_them_is_reachable(low, high):
+    """``minimum`` / ``maximum`` (``Field(ge=1, le=5)``): every integer between the bounds is accepted
+    character by character, every one just outside is refused before it closes, and no prefix
+    accepted is a dead end (some digit, or the end, follows it)."""
+    schema = {"type": "integer", **({"minimum": low} if low is not None else {}),
+              **({"maximum": high} if high is not None else {})}
+    lo, hi = (low if low is not None else high - 300), (high if high is not None else low + 300)
+    for v in range(lo - 30, hi + 31):
+        assert accepts(schema, str(v)) == (lo <= v <= hi if low is not None and high is not None else
+                                           (v <= high if low is None else v >= low)), v
+    for v in range(lo, hi + 1):  # every prefix of a value in range is still open
+        for i in range(1, len(str(v))):
+            p = JsonPrefix(schema)
+            assert p.feed(str(v)[:i])
+            assert p.can_end() or any(p.copy().feed(d) for d in "0123456789")
+    exclusive = {"type": "integer", "exclusiveMinimum": 0, "exclusiveMaximum": 3}
+    assert [v for v in range(-3, 6) if accepts(exclusive, str(v))] == [1, 2]
+    assert accepts({"type": "object", "properties": {"n": {"type": "integer", "minimum": 1, "maximum": 5}}},
+                   '{"n": 3}')
+    assert not JsonPrefix({"type": "object", "properties": {"n": {"type": "integer", "maximum": 5}}}).feed('{"n": 6}')
+
+
 def test_no_accepted_prefix_is_a_dead_end():
     """Found by the benchmark: under a date pattern the guide took "\\\\u26f" (a \\\\u escape no
     character could complete to a digit), then no token fitted and the answer left the schema.

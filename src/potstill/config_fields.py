@@ -112,5 +112,5 @@ def engine_guided(what: str, more: str = "") -> Any:
     return Field(False, description=f"{what}, extraction, engine transformers: decode greedily under task.json_schema "
                  "(each token kept to one that continues a JSON document the schema can accept, as vLLM's guided "
                  f"decoding), so every answer parses{more}; keywords it does not follow (an unanchored pattern, "
-                 "minimum, allOf, most formats) are left to the task's validation. No drafts; on a compiled GPU engine's static "
+                 "a float's minimum, allOf, most formats) are left to the task's validation. No drafts; on a compiled GPU engine's static "
                  "caches one compiled step at a time, elsewhere model.generate with a logits processor.")

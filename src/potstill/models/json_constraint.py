@@ -8,12 +8,14 @@ keys are in, and gives each value its property's schema; a string of an ``enum``
 one of its values; a value takes only the ``type``'s kinds (``integer``: no fraction or exponent);
 arrays follow ``items`` (``prefixItems``), ``minItems`` and ``maxItems``; strings ``minLength``,
 ``maxLength``, an anchored ``pattern`` and the ``format``s of ``FORMATS`` (date, time, date-time,
-uuid, ipv4, email, duration, as patterns); local ``$ref``s (``#/$defs/...``, as pydantic writes
+uuid, ipv4, email, duration, as patterns); an integer's ``minimum`` / ``maximum`` (exclusive ones
+too: its digits only grow toward a value between them); local ``$ref``s (``#/$defs/...``, as pydantic writes
 nested models) are followed. ``anyOf`` / ``oneOf`` (pydantic's ``Optional[X]`` and unions) take the
 branch the value's first character picks (``n``: the null branch, ``{``: the object one); where
 several branches of that kind remain, the value is held to the kind alone (strings to the union of
-their ``enum``s). Keywords it does not follow (an unanchored ``pattern``, other ``format``s, ``minimum``,
-``allOf``, ``not``, the choice between two object branches, ...) are left to the task's validation
+their ``enum``s). Keywords it does not follow (an unanchored ``pattern``, other ``format``s, a
+non-integer's ``minimum``, ``allOf``, ``not``, the choice between two object branches, ...) are left
+to the task's validation
 of the finished answer, which may then still fail them, as without the constraint.
 
 ``JsonSchemaLogits`` is the ``model.generate`` logits processor (and the guide of greedy decoding on
@@ -27,6 +29,7 @@ writes alone) is left as the model wants it, and its answer then fails validatio
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any, Sequence
 
 import torch
@@ -196,7 +199,7 @@ class _Value:
         elif c == '"' and "string" in kinds:
             frame = _String(_string_choices(schema), schema=schema)
         elif (c == "-" or c.isdigit() and c.isascii()) and kinds & {"number", "integer"}:
-            frame = _Number(integer="number" not in kinds)
+            frame = _Number(integer="number" not in kinds, bounds=_int_bounds(schema) if "number" not in kinds else None)
             p.stack[-1] = frame
             return frame.step(c, p)
         elif c == "t" and "boolean" in kinds:
@@ -388,14 +391,56 @@ class _String:
         return True
 
 
+def _int_bounds(schema: dict) -> tuple[float, float] | None:
+    """An integer's ``minimum`` / ``maximum`` (exclusive ones moved in by one) as (low, high), None
+    where it has neither."""
+    def num(key: str) -> float | None:
+        v = schema.get(key)
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    lows = [x for x in (num("minimum"), None if num("exclusiveMinimum") is None else math.floor(num("exclusiveMinimum")) + 1)
+            if x is not None]
+    highs = [x for x in (num("maximum"), None if num("exclusiveMaximum") is None else math.ceil(num("exclusiveMaximum")) - 1)
+             if x is not None]
+    if not lows and not highs:
+        return None
+    return (math.ceil(max(lows)) if lows else -math.inf, math.floor(min(highs)) if highs else math.inf)
+
+
 class _Number:
     # A DFA over JSON's number grammar: -?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?
     ACCEPT = {"zero", "int", "frac", "expdig"}
 
-    def __init__(self, integer: bool):
+    def __init__(self, integer: bool, bounds: tuple[float, float] | None = None):
         self.integer = integer
         self.state = "start"
         self.length = 0
+        self.bounds = bounds  # an integer's (low, high): its digits only grow toward a value between them
+        self.text = ""
+
+    def _reachable(self, text: str, state: str) -> bool:
+        """Whether an integer written ``text`` so far (in ``state``) can still end between the bounds."""
+        low, high = self.bounds
+        if state == "minus":
+            return low <= 0  # "-0" is 0; any other is negative
+        sign = -1 if text.startswith("-") else 1
+        v = int(text.lstrip("-"))
+        if state == "zero":
+            return low <= 0 <= high
+        for k in range(MAX_NUMBER - len(text) + 1):  # k more digits: v * 10^k .. v * 10^k + 10^k - 1
+            a, b = v * 10**k, v * 10**k + 10**k - 1
+            lo, hi = (a, b) if sign > 0 else (-b, -a)
+            if lo <= high and hi >= low:
+                return True
+            if (a > high) if sign > 0 else (-a < low):  # more digits only move it further out
+                break
+        return False
+
+    def _ends(self) -> bool:
+        """Whether the number written so far is a whole one between the bounds."""
+        if self.state not in self.ACCEPT:
+            return False
+        return self.bounds is None or self.bounds[0] <= int(self.text) <= self.bounds[1]
 
     def _next(self, c: str) -> str | None:
         s, digit = self.state, c.isascii() and c.isdigit()
@@ -424,10 +469,11 @@ class _Number:
     def step(self, c: str, p: "JsonPrefix") -> bool:
         nxt = self._next(c)
         # Near the cap only a step into a whole number: a number cut at "1." could not end.
-        if nxt is not None and (self.length < MAX_NUMBER - 2 or nxt in self.ACCEPT and self.length < MAX_NUMBER):
-            self.state, self.length = nxt, self.length + 1
+        if nxt is not None and (self.length < MAX_NUMBER - 2 or nxt in self.ACCEPT and self.length < MAX_NUMBER) \
+                and (self.bounds is None or self._reachable(self.text + c, nxt)):
+            self.state, self.length, self.text = nxt, self.length + 1, self.text + c
             return True
-        if self.state not in self.ACCEPT:
+        if not self._ends():
             return False
         p.pop()  # the number ended before c, which belongs to the frame below
         return p.step(c)
@@ -505,7 +551,7 @@ class JsonPrefix:
         """Whether the text so far is a whole document (a top-level number ends only here)."""
         if self.done:
             return True
-        return len(self.stack) == 1 and isinstance(self.stack[0], _Number) and self.stack[0].state in _Number.ACCEPT
+        return len(self.stack) == 1 and isinstance(self.stack[0], _Number) and self.stack[0]._ends()
 
 
 class JsonSchemaLogits:
