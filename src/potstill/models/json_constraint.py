@@ -15,8 +15,8 @@ branch the value's first character picks (``n``: the null branch, ``{``: the obj
 several branches of that kind remain, the value is held to the kind alone (strings to the union of
 their ``enum``s). Keywords it does not follow (an unanchored ``pattern``, other ``format``s, a
 non-integer's ``minimum``, ``allOf``, ``not``, the choice between two object branches, ...) are left
-to the task's validation
-of the finished answer, which may then still fail them, as without the constraint.
+to the task's validation of the finished answer, which may then still fail them, as without the
+constraint.
 
 ``JsonSchemaLogits`` is the ``model.generate`` logits processor (and the guide of greedy decoding on
 static caches, ``static_decode.greedy``, through ``pick`` and ``choose``): for each row it tries the top
