@@ -237,7 +237,11 @@ def test_the_sdks_retries_wait_for_the_client_side_rpm_too(tmp_path, monkeypatch
     assert summary["errors"] == 0 and stats["faults"].get("500", 0) >= 2  # some attempts were retries
     assert len(arrivals) == 5 + stats["faults"]["500"]
     gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
-    assert min(gaps) >= 0.7, gaps  # the SDK retried after ~0.3-0.5 s
+    # A retry sent outside the limiter (the SDK retries after ~0.3-0.5 s) makes a short gap of its own,
+    # and there are at least two. One short gap is allowed: the first attempt carries the client's
+    # start-up, and on a loaded machine it reached the server 0.77 s after it was paced, 0.23 s before
+    # the second (a fresh CI run: gaps 0.23, 1.00, 1.00, ...).
+    assert sorted(gaps)[1] >= 0.7, gaps
 
 
 def test_api_key_never_reaches_logs_ledger_errors_or_artifacts(tmp_path):
