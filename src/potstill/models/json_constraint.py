@@ -199,7 +199,8 @@ class _Value:
         elif c == '"' and "string" in kinds:
             frame = _String(_string_choices(schema), schema=schema)
         elif (c == "-" or c.isdigit() and c.isascii()) and kinds & {"number", "integer"}:
-            frame = _Number(integer="number" not in kinds, bounds=_int_bounds(schema) if "number" not in kinds else None)
+            integer = "number" not in kinds
+            frame = _Number(integer=integer, bounds=_int_bounds(schema) if integer else None)
             p.stack[-1] = frame
             return frame.step(c, p)
         elif c == "t" and "boolean" in kinds:
@@ -322,10 +323,14 @@ class _String:
         self.min = schema.get("minLength") if isinstance(schema.get("minLength"), int) else 0
         self.max = schema.get("maxLength") if isinstance(schema.get("maxLength"), int) else None
         pattern, fmt = schema.get("pattern"), schema.get("format")
-        if isinstance(pattern, str) and pattern.startswith("^") and not (pattern.endswith("$") and not pattern.endswith("\\$")):
-            pattern = f"(?:{pattern})(?s:.*)"  # anchored at its start only: anything may follow a match
-        self.patterns = [x for x in (_anchored(pattern) if isinstance(pattern, str) and pattern.startswith(("^", "(?:^")) else None,
-                                     _anchored(FORMATS[fmt]) if fmt in FORMATS else None) if x is not None]
+        self.patterns = []
+        if isinstance(pattern, str) and pattern.startswith("^"):
+            if not (pattern.endswith("$") and not pattern.endswith("\\$")):
+                pattern = f"(?:{pattern})(?s:.*)"  # anchored at its start only: anything may follow a match
+            self.patterns.append(_anchored(pattern))
+        if fmt in FORMATS:
+            self.patterns.append(_anchored(FORMATS[fmt]))
+        self.patterns = [x for x in self.patterns if x is not None]
 
     def _fits(self, text: str) -> bool:
         if self.max is not None and len(text) > self.max:
@@ -398,10 +403,9 @@ def _int_bounds(schema: dict) -> tuple[float, float] | None:
         v = schema.get(key)
         return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
-    lows = [x for x in (num("minimum"), None if num("exclusiveMinimum") is None else math.floor(num("exclusiveMinimum")) + 1)
-            if x is not None]
-    highs = [x for x in (num("maximum"), None if num("exclusiveMaximum") is None else math.ceil(num("exclusiveMaximum")) - 1)
-             if x is not None]
+    above, below = num("exclusiveMinimum"), num("exclusiveMaximum")
+    lows = [x for x in (num("minimum"), None if above is None else math.floor(above) + 1) if x is not None]
+    highs = [x for x in (num("maximum"), None if below is None else math.ceil(below) - 1) if x is not None]
     if not lows and not highs:
         return None
     return (math.ceil(max(lows)) if lows else -math.inf, math.floor(min(highs)) if highs else math.inf)
