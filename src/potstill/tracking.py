@@ -218,9 +218,14 @@ class WandbRun:
     def abandon(self) -> None:
         """Offline, the run's folder goes (never synced, it is then no run at all); online, the
         run is deleted through W&B's public API, where that fails it stays, ended failed."""
-        folder, path, offline = Path(self.w.dir).parent, self.w.path, self.w.offline
+        try:
+            folder, path, offline = Path(self.w.dir).parent, self.w.path, self.w.offline
+        except Exception:  # noqa: BLE001 - a run in a state that says nothing: end it, as before
+            folder, path, offline = None, None, False
         with contextlib.suppress(Exception):
             self.w.finish(exit_code=1)
+        if folder is None:
+            return
         if offline:
             latest = folder.parent / "latest-run"
             if latest.is_symlink() and latest.resolve() == folder.resolve():
