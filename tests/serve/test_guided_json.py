@@ -75,8 +75,8 @@ def test_a_clients_response_format_guides_the_served_student(tmp_path, teacher_s
     """Under serve.guided_json a request's response_format guides the student's decoding, as vLLM's
     does: a free-text task's random tiny student, whose own answers are never JSON, answers
     ``chat.completions.parse(response_format=Model)`` with a pydantic model (an Optional field:
-    anyOf) itself through the official openai client, which parses it into the model, and writes
-    objects for ``json_object``; without guided_json the same requests go to the teacher (reason
+    anyOf) itself through the official openai client, which parses it into the model, and starts
+    an object for ``json_object`` (whole where its budget allows); without guided_json the same requests go to the teacher (reason
     response_format), and a request without a format gets the same answer either way."""
     import math
     from typing import Literal, Optional
