@@ -73,6 +73,14 @@ def responses_form(fmt: dict[str, Any] | None) -> dict[str, Any]:
     return {"type": "json_schema", **fmt["json_schema"]}
 
 
+def format_schema(fmt: dict[str, Any]) -> dict[str, Any]:
+    """The JSON Schema a (chat-form) format holds an answer to, to decode under: a ``json_schema``
+    format's schema (none given: any JSON value), any object for ``json_object``."""
+    if fmt["type"] == "json_object":
+        return {"type": "object"}
+    return fmt["json_schema"].get("schema") or {}
+
+
 def _schema_spec(spec: dict[str, Any], where: str) -> dict[str, Any]:
     name = spec.get("name")
     if not isinstance(name, str) or not NAME.fullmatch(name):

@@ -30,7 +30,7 @@ from potstill.progress import say
 from potstill.records import Record, read_records
 from potstill.serve.calibration import _servable, calibrate_run
 from potstill.serve.engine import Batcher, ServedStudent, StudentAnswer, first_stop
-from potstill.serve.formats import FormatError, answer_problem
+from potstill.serve.formats import FormatError, answer_problem, format_schema
 from potstill.serve.routing import Routing, ood_distance
 from potstill.serve.schemas import ChatRequest
 from potstill.tasks import Task, get_task
@@ -445,9 +445,7 @@ class Service:
         the answer as ``invalid_output`` unless it fits both."""
         if response_format is None or not self.cfg.serve.guided_json or not live.engine.guides:
             return None
-        if response_format["type"] == "json_object":
-            return {"type": "object"}
-        return response_format["json_schema"].get("schema") or {}
+        return format_schema(response_format)
 
     def _escalation_hash(self, request: dict[str, Any]) -> str:
         """The hash a refused or failed chat request would have had escalated, as ``answer`` computes

@@ -42,6 +42,7 @@ from potstill.models.loading import _pick_device, model_identity, resolve
 from potstill.models.prompting import PromptFormat, label_token_ids
 from potstill.models.scoring import Scored
 from potstill.records import read_records
+from potstill.serve.formats import format_schema
 from potstill.tasks import Task
 from potstill.teachers.base import OnResult, Response, RunStats, Teacher
 
@@ -179,10 +180,7 @@ class LocalTeacher(Teacher):
         # student); a label is scored, not generated, and sampling is not guided.
         if self.task.labels or self.cfg.temperature > 0 or self.cfg.engine in ("ctranslate2", "llamacpp"):
             return None
-        schema = (response_format.get("json_schema") or {}).get("schema")
-        if schema is None:
-            schema = {"type": "object"} if response_format.get("type") == "json_object" else {}
-        return {**request, "json_schema": schema}
+        return {**request, "json_schema": format_schema(response_format)}
 
     def lm(self) -> Engine:
         # Loaded lazily: a fully cached rerun never pays the load.
