@@ -26,10 +26,10 @@ articles re-checked (``benchmarks/teacher_int8_answer_recheck.json``).
 
 from __future__ import annotations
 
-import contextlib
+import inspect
 import json
 import random
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -223,10 +223,13 @@ class LocalTeacher(Teacher):
             for budget, schema in sorted(set(kinds)):
                 part = [j for j, kind in enumerate(kinds) if kind == (budget, schema)]
                 msgs = [chunk[j]["messages"] for j in part]
+                guide = json.loads(schema)
+                # An engine that cannot decode under a schema (a plugin's) answers as it would without one.
+                more = {"json_schemas": [guide] * len(msgs)} if guide is not None and \
+                    "json_schemas" in inspect.signature(lm.generate).parameters else {}
                 # Sampling is seeded by the requests themselves: a rerun of the same requests samples the same texts.
-                with _guided(lm, json.loads(schema)):
-                    g = lm.generate(self.fmt, msgs, budget, batch_size=bs, temperature=self.cfg.temperature,
-                                    stop=self.cfg.stop, seed=int(hash_obj(msgs)[:8], 16))
+                g = lm.generate(self.fmt, msgs, budget, batch_size=bs, temperature=self.cfg.temperature,
+                                stop=self.cfg.stop, seed=int(hash_obj(msgs)[:8], 16), **more)
                 for k, j in enumerate(part):
                     on_result(start + j, Response(
                         output=g.texts[k], input_tokens=g.prompt_tokens[k], output_tokens=g.output_tokens[k],
@@ -234,16 +237,3 @@ class LocalTeacher(Teacher):
                         stop_reason="length" if g.output_tokens[k] >= budget else "stop",
                     ))
 
-
-@contextlib.contextmanager
-def _guided(engine: Engine, schema: dict | None) -> Iterator[None]:
-    """``engine``'s greedy generations decode under ``schema`` for the block (None: as they were)."""
-    target = getattr(engine, "fast", engine)
-    if schema is None or not hasattr(target, "json_schema"):
-        yield
-        return
-    before, target.json_schema = target.json_schema, schema
-    try:
-        yield
-    finally:
-        target.json_schema = before
