@@ -182,7 +182,7 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
     over the prompt. None where a batch's cached prefix is a few-shot prefix (its hidden states are
     not kept).
 
-    ``json_schema`` (greedy only): decode under that schema (``json_constraint.JsonSchemaLogits``),
+    ``json_schema`` (greedy only): decode under that schema (``json_guide.JsonSchemaLogits``),
     or a list of one per message (None: that one unguided); a batch that holds a guided row takes
     no drafts, and decodes on ``static`` (one compiled step at a time, ``static_decode.greedy``'s
     guide) where it gets a cache, else through ``model.generate`` with the processor; the mean
@@ -190,7 +190,7 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
     """
     from transformers import LogitsProcessorList, StoppingCriteriaList
 
-    from potstill.models.json_constraint import JsonSchemaLogits
+    from potstill.models.json_guide import JsonSchemaLogits
 
     schemas = None if json_schema is None else [json_schema] * len(messages) if isinstance(json_schema, dict) \
         else list(json_schema)

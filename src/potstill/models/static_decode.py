@@ -335,7 +335,7 @@ def greedy(static: StaticCaches, ids: torch.Tensor, mask: torch.Tensor, cache: A
     them it keeps once it has ended (through its end token or stop string), else None; a row's
     tokens stop there, and the batch stops once every row has ended or at ``max_new_tokens``.
 
-    ``guide`` (``json_constraint.JsonSchemaLogits``, a schema per row): decoding under JSON Schemas,
+    ``guide`` (``json_guide.JsonSchemaLogits``, a schema per row): decoding under JSON Schemas,
     one compiled step per call (``step_top``), whose likeliest ``GUIDE_TOP`` tokens and their
     log-probabilities come to the host: a row keeps the first its schema accepts (``guide.pick``),
     as the guide's logits processor does in ``model.generate``; where none does, the step's
