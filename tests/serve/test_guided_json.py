@@ -4,10 +4,37 @@ official openai client."""
 
 from __future__ import annotations
 
+import contextlib
+import math
+from pathlib import Path
+from typing import Any, Iterator
+
 import pytest
 
 from potstill.models.json_constraint import JsonPrefix
 from tests.test_json_constraint import ASKS, TOPIC, _valid
+
+
+@contextlib.contextmanager
+def served(run: Path, guided: bool) -> Iterator[Any]:
+    """The official openai client of a live server on ``run``'s student with ``serve.guided_json``
+    as given, every chat routed to the student."""
+    from potstill.serve import run_config, serve_key
+    from potstill.serve.app import build_app
+    from potstill.serve.routing import Routing
+    from potstill.serve.service import load_service
+    from tests.helpers.live_server import LiveServer
+    from tests.serve.conftest import client
+
+    cfg = run_config(run, None).model_copy(deep=True)
+    cfg.serve.guided_json = guided
+    service = load_service(run, cfg, device="cpu")
+    service.routing = Routing(confidence_threshold=-math.inf, ood_threshold=math.inf)
+    try:
+        with LiveServer(build_app(service, serve_key(cfg))) as live:
+            yield client(live)
+    finally:
+        service.close()
 
 
 def test_a_served_extraction_student_with_guided_json_answers_valid_json(tmp_path, teacher_server, monkeypatch):
@@ -15,19 +42,13 @@ def test_a_served_extraction_student_with_guided_json_answers_valid_json(tmp_pat
     schema (escalated as invalid_output); guided, its answers parse and validate, through the
     official openai client. A classifier (a label is scored, never decoded), or an engine that
     cannot, is one line."""
-    import math
-
     import yaml
 
     from potstill.config import Config
     from potstill.errors import PotstillError
-    from potstill.serve import run_config, serve_key
-    from potstill.serve.app import build_app
-    from potstill.serve.routing import Routing
     from potstill.serve.service import load_service
     from tests.export.conftest import make_bpe_model
-    from tests.helpers.live_server import LiveServer
-    from tests.serve.conftest import SERVE_KEY, TEACHER_KEY, client, write_run
+    from tests.serve.conftest import SERVE_KEY, TEACHER_KEY, write_run
 
     monkeypatch.setenv("TEACHER_KEY", TEACHER_KEY)
     monkeypatch.setenv("SERVE_KEY", SERVE_KEY)
@@ -35,15 +56,8 @@ def test_a_served_extraction_student_with_guided_json_answers_valid_json(tmp_pat
     run = write_run(tmp_path, make_bpe_model(tmp_path / "bpe"), teacher_server.base_url, task=task)
     answers = {}
     for guided in (False, True):
-        cfg = run_config(run, None).model_copy(deep=True)
-        cfg.serve.guided_json = guided
-        service = load_service(run, cfg, device="cpu")
-        service.routing = Routing(confidence_threshold=-math.inf, ood_threshold=math.inf)  # every chat to the student
-        try:
-            with LiveServer(build_app(service, serve_key(cfg))) as live:
-                answers[guided] = [client(live).chat.completions.create(model="potstill", messages=m) for m in ASKS]
-        finally:
-            service.close()
+        with served(run, guided) as c:
+            answers[guided] = [c.chat.completions.create(model="potstill", messages=m) for m in ASKS]
     assert all(r.model_extra["potstill"]["reason"] == "invalid_output" for r in answers[False]), [r.model_extra["potstill"] for r in answers[False]]
     assert all(r.model_extra["potstill"]["answered_by"] == "student" for r in answers[True])
     assert all(_valid(r.choices[0].message.content) for r in answers[True])
@@ -78,19 +92,13 @@ def test_a_clients_response_format_guides_the_served_student(tmp_path, teacher_s
     anyOf) itself through the official openai client, which parses it into the model, and starts
     an object for ``json_object`` (whole where its budget allows); without guided_json the same requests go to the teacher (reason
     response_format), and a request without a format gets the same answer either way."""
-    import math
     from typing import Literal, Optional
 
     from openai.lib._parsing._completions import type_to_response_format_param
     from pydantic import BaseModel
 
-    from potstill.serve import run_config, serve_key
-    from potstill.serve.app import build_app
-    from potstill.serve.routing import Routing
-    from potstill.serve.service import load_service
     from tests.export.conftest import make_bpe_model
-    from tests.helpers.live_server import LiveServer
-    from tests.serve.conftest import SERVE_KEY, TEACHER_KEY, client, write_run
+    from tests.serve.conftest import SERVE_KEY, TEACHER_KEY, write_run
 
     class Ticket(BaseModel):
         topic: Literal["sports", "tech", "politics"]
@@ -104,26 +112,18 @@ def test_a_clients_response_format_guides_the_served_student(tmp_path, teacher_s
     fmt = type_to_response_format_param(Ticket)
     got = {}
     for guided in (False, True):
-        cfg = run_config(run, None).model_copy(deep=True)
-        cfg.serve.guided_json = guided
-        service = load_service(run, cfg, device="cpu")
-        service.routing = Routing(confidence_threshold=-math.inf, ood_threshold=math.inf)  # every chat to the student
-        try:
-            with LiveServer(build_app(service, serve_key(cfg))) as live:
-                c = client(live)
-                got[guided] = {
-                    "schema": [c.chat.completions.create(model="potstill", messages=m, response_format=fmt)
-                               for m in ASKS],
-                    "object": [c.chat.completions.create(model="potstill", messages=m,
-                                                         response_format={"type": "json_object"}) for m in ASKS[:2]],
-                    "plain": [c.chat.completions.create(model="potstill", messages=m) for m in ASKS[:2]],
-                }
-                if guided:
-                    parsed = [c.chat.completions.parse(model="potstill", messages=m, response_format=Ticket)
-                              for m in ASKS]
-                    via_responses = c.responses.parse(model="potstill", input=ASKS[0], text_format=Ticket)
-        finally:
-            service.close()
+        with served(run, guided) as c:
+            got[guided] = {
+                "schema": [c.chat.completions.create(model="potstill", messages=m, response_format=fmt)
+                           for m in ASKS],
+                "object": [c.chat.completions.create(model="potstill", messages=m,
+                                                     response_format={"type": "json_object"}) for m in ASKS[:2]],
+                "plain": [c.chat.completions.create(model="potstill", messages=m) for m in ASKS[:2]],
+            }
+            if guided:
+                parsed = [c.chat.completions.parse(model="potstill", messages=m, response_format=Ticket)
+                          for m in ASKS]
+                via_responses = c.responses.parse(model="potstill", input=ASKS[0], text_format=Ticket)
     free, guided = got[False], got[True]
     assert all(r.model_extra["potstill"]["reason"] == "response_format" for r in free["schema"] + free["object"])
     for r in guided["schema"] + guided["plain"]:
