@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any, Callable, Protocol
 
@@ -65,6 +66,12 @@ class Engine(Protocol):
     def embed(self, fmt: PromptFormat, messages: list[list[dict]]) -> torch.Tensor:
         """(N, H) unit input embeddings, comparable only with the same engine's."""
         ...
+
+
+def generate_takes(engine: Any, name: str) -> bool:
+    """Whether ``engine.generate`` takes the keyword ``name`` (``embed``, ``json_schemas``): a plugin
+    engine written before it was added does not, and is called without it."""
+    return name in inspect.signature(engine.generate).parameters
 
 
 def warm_batches(items: list, batch_size: int, row_buckets: bool = False) -> list[list]:

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from potstill.engines.base import Engine, Progress
+from potstill.engines.base import Engine, Progress, generate_takes
 from potstill.errors import PotstillError
 from potstill.models.prompting import PromptFormat
 from potstill.models.generation import Generated
@@ -125,10 +125,9 @@ class RecheckedEngine:
                  stop: Sequence[str] = (), seed: int = 0, embed: bool = False,
                  json_schemas: Sequence[dict | None] | None = None) -> Generated:
         # A plugin's engine written before ``embed`` takes none: its caller then calls ``embed`` itself.
-        params = inspect.signature(self.fast.generate).parameters
-        more: dict = {"embed": True} if embed and "embed" in params else {}
+        more: dict = {"embed": True} if embed and generate_takes(self.fast, "embed") else {}
         if json_schemas is not None:
-            if "json_schemas" not in params:
+            if not generate_takes(self.fast, "json_schemas"):
                 raise PotstillError(f"the {self.fast.name} engine cannot decode under a JSON schema")
             more["json_schemas"] = json_schemas
         return self.fast.generate(fmt, messages, max_new_tokens, batch_size=batch_size, progress=progress,

@@ -12,7 +12,6 @@ runs one call at a time and a burst of 32 callers costs ~2 batches of 16, not 32
 
 from __future__ import annotations
 
-import inspect
 import queue
 import threading
 import time
@@ -25,7 +24,7 @@ import torch
 from jinja2 import TemplateError
 
 from potstill.engines import Engine
-from potstill.engines.base import warm_batches
+from potstill.engines.base import generate_takes, warm_batches
 from potstill.engines.transformers import TransformersEngine as _Transformers
 from potstill.models.generation import token_logprobs
 from potstill.models.loading import LM
@@ -93,8 +92,8 @@ class ServedStudent:
         self.label_tokens = [len(engine.tokenizer(self.fmt.label_text(lab), add_special_tokens=False)["input_ids"])
                              for lab in task.labels] if task.labels else None
         # Engines (plugins too) written before generate's ``embed`` are served with engine.embed.
-        self._embeds = "embed" in inspect.signature(engine.generate).parameters
-        self._guides = "json_schemas" in inspect.signature(engine.generate).parameters
+        self._embeds = generate_takes(engine, "embed")
+        self._guides = generate_takes(engine, "json_schemas")
         self.context = context_length(engine)
         prefix = self.fmt.prefix()  # a completion format's instruction and shots (a chat format has none)
         self._prefix_tokens = len(encode_prompt(engine.tokenizer, self.fmt, prefix, first=True)) if prefix else 0

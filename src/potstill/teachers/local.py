@@ -26,7 +26,6 @@ articles re-checked (``benchmarks/teacher_int8_answer_recheck.json``).
 
 from __future__ import annotations
 
-import inspect
 import json
 import random
 from typing import Any
@@ -37,6 +36,7 @@ from potstill.config import GenerateConfig, TeacherConfig
 from potstill.errors import PotstillError
 from potstill.hashing import hash_obj
 from potstill.engines import Engine, section_engine
+from potstill.engines.base import generate_takes
 from potstill.engines.recheck import rechecking, with_recheck_time
 from potstill.models.loading import _pick_device, model_identity, resolve
 from potstill.models.prompting import PromptFormat, label_token_ids
@@ -226,7 +226,7 @@ class LocalTeacher(Teacher):
                 guide = json.loads(schema)
                 # An engine that cannot decode under a schema (a plugin's) answers as it would without one.
                 more = {"json_schemas": [guide] * len(msgs)} if guide is not None and \
-                    "json_schemas" in inspect.signature(lm.generate).parameters else {}
+                    generate_takes(lm, "json_schemas") else {}
                 # Sampling is seeded by the requests themselves: a rerun of the same requests samples the same texts.
                 g = lm.generate(self.fmt, msgs, budget, batch_size=bs, temperature=self.cfg.temperature,
                                 stop=self.cfg.stop, seed=int(hash_obj(msgs)[:8], 16), **more)
