@@ -40,6 +40,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -101,20 +102,24 @@ def main() -> int:
 
     run(1, True, messages[:1])  # warm both paths (first calls allocate)
     run(1, False, messages[:1])
-    rows: dict[str, dict] = {}
     answers: dict[str, list[str]] = {"unguided": [], "guided": []}
     tokens: dict[str, list[int]] = {"unguided": [], "guided": []}
-    for way in ("unguided", "guided"):
-        rows[f"{way}@b1"] = {"seconds": [], "tokens": 0, "steps": 0, "wall": 0.0}
-        rows[f"{way}@b8"] = {"seconds": [], "tokens": 0, "steps": 0, "wall": 0.0}
     # The engine's own unguided default at batch 1: drafts of 2 (guided decoding takes none), its
     # fastest batch-1 path; a forward may keep several tokens, so it is compared per token.
-    rows["unguided-drafts@b1"] = {"seconds": [], "tokens": 0, "steps": 0, "wall": 0.0}
+    keys = [f"{way}@{b}" for way in ("unguided", "guided") for b in ("b1", "b8")] + ["unguided-drafts@b1"]
     if engine is not None:
-        for way in ("unguided", "guided"):
-            rows[f"{way}-static@b1"] = {"seconds": [], "tokens": 0, "steps": 0, "wall": 0.0}
-            rows[f"{way}-static@b8"] = {"seconds": [], "tokens": 0, "steps": 0, "wall": 0.0}
+        keys += [f"{way}-static@{b}" for way in ("unguided", "guided") for b in ("b1", "b8")]
         answers["guided-static"], tokens["guided-static"] = [], []
+    rows: dict[str, dict] = {k: {"seconds": [], "tokens": 0, "steps": 0, "wall": 0.0} for k in keys}
+
+    def record(key: str, dt: float, g: Any) -> None:
+        """One timed call of ``key``'s way: seconds per input, tokens, and steps (a batch decodes until
+        its longest row ends; at batch 1 a step is a token, with drafts too: tokens, not forwards)."""
+        r = rows[key]
+        r["seconds"].append(dt / len(g.texts))
+        r["tokens"] += sum(g.output_tokens)
+        r["steps"] += max(g.output_tokens)
+        r["wall"] += dt
 
     def static_run(msgs: list, guided: bool) -> tuple[float, object]:
         engine.json_schema = schema if guided and not args.break_guide else None
@@ -126,42 +131,20 @@ def main() -> int:
         for m in messages:  # batch 1, taking turns
             for way in ("unguided", "guided"):
                 dt, g = run(1, way == "guided", [m])
-                rows[f"{way}@b1"]["seconds"].append(dt)
-                rows[f"{way}@b1"]["tokens"] += g.output_tokens[0]
-                rows[f"{way}@b1"]["steps"] += g.output_tokens[0]
-                rows[f"{way}@b1"]["wall"] += dt
+                record(f"{way}@b1", dt, g)
                 answers[way].append(g.texts[0])
                 tokens[way].append(g.output_tokens[0])
-            dt, g = run(1, False, [m], lookup=2)
-            r = rows["unguided-drafts@b1"]
-            r["seconds"].append(dt)
-            r["tokens"] += g.output_tokens[0]
-            r["steps"] += g.output_tokens[0]  # tokens, not forwards: ms_per_step is per token here
-            r["wall"] += dt
+            record("unguided-drafts@b1", *run(1, False, [m], lookup=2))
             for way in ("unguided", "guided") if engine is not None else ():
                 dt, g = static_run([m], way == "guided")
-                r = rows[f"{way}-static@b1"]
-                r["seconds"].append(dt)
-                r["tokens"] += g.output_tokens[0]
-                r["steps"] += g.output_tokens[0]
-                r["wall"] += dt
+                record(f"{way}-static@b1", dt, g)
                 if way == "guided":
                     answers["guided-static"].append(g.texts[0])
                     tokens["guided-static"].append(g.output_tokens[0])
         for way in ("unguided", "guided") if engine is not None else ():
-            dt, g = static_run(messages, way == "guided")
-            r = rows[f"{way}-static@b8"]
-            r["seconds"].append(dt / len(messages))
-            r["tokens"] += sum(g.output_tokens)
-            r["steps"] += max(g.output_tokens)
-            r["wall"] += dt
+            record(f"{way}-static@b8", *static_run(messages, way == "guided"))
         for way in ("unguided", "guided"):  # one batch of all 8
-            dt, g = run(8, way == "guided", messages)
-            rows[f"{way}@b8"]["seconds"].append(dt / len(messages))
-            rows[f"{way}@b8"]["tokens"] += sum(g.output_tokens)
-            # A batch decodes until its longest row ends: its steps, each a forward of all 8 rows.
-            rows[f"{way}@b8"]["steps"] += max(g.output_tokens)
-            rows[f"{way}@b8"]["wall"] += dt
+            record(f"{way}@b8", *run(8, way == "guided", messages))
     for key, r in rows.items():
         secs, wall = r.pop("seconds"), r.pop("wall")
         inputs_timed = len(secs) * (1 if key.endswith("b1") else len(messages))
