@@ -103,8 +103,8 @@ def test_unions_take_the_branch_their_first_character_picks():
     assert not JsonPrefix(schema).feed('{"name": "x", "role": "s')  # the enums of both string branches
     assert accepts(schema, '{"name": "x", "role": "guest"}')
     assert not JsonPrefix(schema).feed('{"name": "x", "score": n')  # no null branch
-    # A branch not followed (allOf inside) leaves the value open, as before: validation judges it.
-    assert accepts({"anyOf": [{"allOf": [{"type": "string"}]}, {"type": "null"}]}, "[1]")
+    # A branch not followed (a ``not`` inside) leaves the value open: validation judges it.
+    assert accepts({"anyOf": [{"not": {"type": "string"}}, {"type": "null"}]}, '"x"')
 
 
 TOPIC = {"type": "object", "properties": {"topic": {"enum": ["sports", "tech", "politics"]}, "paid": {"type": "boolean"}},
@@ -239,7 +239,9 @@ def test_string_formats_are_held_to_their_patterns():
         assert accepts(one, f'"{good}"') and not JsonPrefix(one).feed(f'"{bad}')
     both = {"type": "string", "format": "date", "pattern": "^2026-"}
     assert accepts(both, '"2026-01-02"') and not JsonPrefix(both).feed('"2025')
-    assert accepts({"type": "string", "format": "hostname"}, '"anything at all"')  # not followed: validation's
+    host = {"type": "string", "format": "hostname"}
+    assert accepts(host, '"api.example-1.com"') and not JsonPrefix(host).feed('"-') and not JsonPrefix(host).feed('"a..')
+    assert accepts({"type": "string", "format": "uri"}, '"anything at all"')  # not followed: an annotation
 
 
 @pytest.mark.parametrize("low,high", [(1, 5), (0, 100), (-20, -3), (10, 10), (-5, 250), (None, 42), (7, None)])
@@ -275,3 +277,110 @@ def test_no_accepted_prefix_is_a_dead_end():
     assert not JsonPrefix({"type": "string", "maxLength": 1}).feed('"a\\\\')
     p = JsonPrefix({"type": "number"})
     assert p.feed("1" * 31) and not p.copy().feed(".") and p.copy().feed("1") and p.can_end()
+
+
+def _prefixes_open(schema: dict, text: str) -> None:
+    """Every prefix of ``text`` is accepted, and the whole of it can end."""
+    p = JsonPrefix(schema)
+    for i, c in enumerate(text):
+        assert p.step(c), f"{text!r} refused at {i}: {text[: i + 1]!r}"
+    assert p.can_end(), text
+
+
+def test_a_union_of_models_follows_each_branch_until_the_text_picks_one():
+    """Two object branches (pydantic's tagged and plain unions of models) are read side by side, each
+    under its own schema, until the text leaves one of them: a tag, a key, a value's kind. A wrong
+    tag or a key neither branch names is refused; an array of such unions keeps one reading per
+    branch at most (equal readings merge), however long."""
+    from typing import Annotated, Literal, Union
+
+    from pydantic import Field
+
+    class Cat(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        kind: Literal["cat"]
+        lives: int = Field(ge=0, le=9)
+
+    class Dog(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        kind: Literal["dog"]
+        good: bool
+
+    class Home(BaseModel):
+        pet: Annotated[Union[Cat, Dog], Field(discriminator="kind")]
+        pets: list[Union[Cat, Dog]] = []
+
+    schema = Home.model_json_schema()
+    assert "oneOf" in schema["properties"]["pet"]
+    for doc in (Home(pet=Cat(kind="cat", lives=3)), Home(pet=Dog(kind="dog", good=True),
+                                                          pets=[Cat(kind="cat", lives=9), Dog(kind="dog", good=False)])):
+        for text in (doc.model_dump_json(), json.dumps(doc.model_dump(), indent=2)):
+            jsonschema.validate(json.loads(text), schema)
+            _prefixes_open(schema, text)
+    _prefixes_open(schema, '{"pet": {"lives": 2, "kind": "cat"}}')  # the key order the tag does not lead
+    for bad in ('{"pet": {"kind": "cow', '{"pet": {"kind": "dog", "lives"', '{"pet": {"kind": "cat", "lives": 12',
+                '{"pet": {"good": true, "kind": "cat', '{"pet": {"name"', '{"pet": {"kind": "dog", "good": 1'):
+        assert not JsonPrefix(schema).feed(bad), bad
+    assert not accepts(schema, '{"pet": {"kind": "dog"}}')  # Dog's required key missing
+    p = JsonPrefix(schema)
+    assert p.feed('{"pet": {"kind": "dog", "good": true}, "pets": [')
+    for i in range(60):
+        assert p.feed(('{"kind": "cat", "lives": 1}' if i % 2 else '{"kind": "dog", "good": false}') + ", ")
+        assert len(p.parses) == 1
+    q = JsonPrefix({"type": "array", "items": {"anyOf": [{"type": "object"}, {"type": "object", "properties": {"a": {}}}]}})
+    assert q.feed("[" + ", ".join(['{"b": 1}'] * 40)) and len(q.parses) <= 2  # never-parted readings merge
+    # One reading per branch that takes the first character, each held to its own schema to the end.
+    nums = {"anyOf": [{"type": "integer", "minimum": 10}, {"type": "number", "maximum": 0}]}
+    assert accepts(nums, "12") and accepts(nums, "-0.5") and not accepts(nums, "5") and not JsonPrefix(nums).feed("12.")
+
+
+@pytest.mark.parametrize("bounds", [{"minimum": 0, "maximum": 1}, {"minimum": -2.5, "maximum": 3.75},
+                                    {"exclusiveMinimum": 0, "exclusiveMaximum": 1}, {"minimum": 0.25},
+                                    {"exclusiveMaximum": -0.5}, {"minimum": 100, "maximum": 100.5}])
+def test_a_numbers_bounds_hold_and_every_value_between_them_is_reachable(bounds):
+    """``Field(ge=0, le=1)`` on a float (a confidence, a price): a number written without an exponent
+    is accepted exactly where it lies between the bounds, refused at the first character that can
+    only leave them, and no prefix accepted is a dead end."""
+    from decimal import Decimal
+
+    schema = {"type": "number", **bounds}
+    values = sorted({Decimal(v) / 4 for v in range(-20, 21)} | {Decimal(v) for v in range(95, 106)}
+                    | {Decimal("100.5"), Decimal("100.25"), Decimal("0.999"), Decimal("-0.5000001")})
+    for v in values:
+        text = format(v, "f")
+        inside = jsonschema.Draft202012Validator(schema).is_valid(float(text))
+        assert accepts(schema, text) == inside, (text, bounds)
+        if inside:
+            for i in range(1, len(text)):
+                p = JsonPrefix(schema)
+                assert p.feed(text[:i])
+                assert p.can_end() or any(p.copy().feed(d) for d in "0123456789."), (text[:i], bounds)
+    assert not JsonPrefix(schema).feed("1e")  # bounded: no exponent, so what is left stays an interval
+    assert accepts({"type": "number"}, "1e-3")  # unbounded: as before
+
+
+def test_all_of_and_constraints_beside_a_ref_or_a_union_are_merged():
+    """``allOf`` parts are merged (properties and required joined, types and enums intersected, the
+    tighter bound kept), a ``$ref`` beside constraints is the allOf of both, and constraints beside
+    an ``anyOf`` hold in each of its branches; parts that disagree otherwise leave the value open."""
+    base = {"type": "object", "properties": {"id": {"type": "integer", "minimum": 0}}, "required": ["id"]}
+    schema = {"$defs": {"Base": base}, "allOf": [
+        {"$ref": "#/$defs/Base"},
+        {"properties": {"name": {"type": "string"}, "id": {"maximum": 9}}, "required": ["name"]}],
+        "additionalProperties": False}
+    assert accepts(schema, '{"id": 3, "name": "x"}')
+    for bad in ('{"id": 3}', '{"name": "x", "id": 10', '{"id": -', '{"other"', '{"name": 1'):
+        assert not accepts(schema, bad), bad
+    near = {"$defs": {"Base": base}, "properties": {"b": {"$ref": "#/$defs/Base", "description": "kept",
+                                                          "required": ["id", "tag"]}}}
+    assert accepts(near, '{"b": {"id": 1, "tag": 2}}') and not accepts(near, '{"b": {"id": 1}}')
+    one_of = {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "string"}},
+              "additionalProperties": False, "anyOf": [{"required": ["a"]}, {"required": ["b"]}]}
+    assert accepts(one_of, '{"a": 1}') and accepts(one_of, '{"b": "x"}')
+    assert not accepts(one_of, "{}") and not JsonPrefix(one_of).feed('{"c"')
+    assert not accepts({"allOf": [{"type": ["string", "integer"]}, {"type": "number"}]}, '"x"')
+    assert accepts({"allOf": [{"type": ["string", "integer"]}, {"type": "number"}]}, "4")
+    assert accepts({"allOf": [{"enum": ["a", "b"]}, {"enum": ["b", "c"]}]}, '"b"')
+    assert not JsonPrefix({"allOf": [{"enum": ["a", "b"]}, {"enum": ["b", "c"]}]}).feed('"a')
+    clash = {"allOf": [{"type": "string", "pattern": "^a"}, {"type": "string", "pattern": "^b"}]}
+    assert accepts(clash, "[1]")  # two patterns do not merge: open, for validation to judge

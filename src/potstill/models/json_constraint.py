@@ -9,15 +9,22 @@ keys are in, and gives each value its property's schema; a string of an ``enum``
 one of its values; a value takes only the ``type``'s kinds (``integer``: no fraction or exponent);
 arrays follow ``items`` (``prefixItems``), ``minItems`` and ``maxItems``; strings ``minLength``,
 ``maxLength``, an anchored ``pattern`` and the ``format``s of ``FORMATS`` (date, time, date-time,
-uuid, ipv4, email, duration, as patterns); an integer's ``minimum`` / ``maximum`` (exclusive ones
-too: its digits only grow toward a value between them); local ``$ref``s (``#/$defs/...``, as pydantic writes
-nested models) are followed. ``anyOf`` / ``oneOf`` (pydantic's ``Optional[X]`` and unions) take the
-branch the value's first character picks (``n``: the null branch, ``{``: the object one); where
-several branches of that kind remain, the value is held to the kind alone (strings to the union of
-their ``enum``s). Keywords it does not follow (an unanchored ``pattern``, other ``format``s, a
-non-integer's ``minimum``, ``allOf``, ``not``, the choice between two object branches, ...) are left
-to the task's validation of the finished answer, which may then still fail them, as without the
-constraint.
+uuid, ipv4, email, duration, as patterns); a number's ``minimum`` / ``maximum`` (exclusive ones
+too; ``Field(ge=0, le=1)`` on an int or a float): its text only grows toward a value between them,
+and a bounded float is written without an exponent. Local ``$ref``s (``#/$defs/...``, as pydantic
+writes nested models) are followed; an ``allOf``, or a ``$ref`` beside constraints of its own, is
+merged into one schema (``models.json_schema_parts``, which reads the schema; this module reads
+the text).
+
+``anyOf`` / ``oneOf`` (pydantic's ``Optional[X]``, unions, tagged unions of models) are read as
+parallel readings (``_Parse``): a value starts one for each branch that takes its first character,
+each held to its branch's schema (with the constraints beside the ``anyOf``), and a reading ends
+where the text leaves its branch (a tag's ``const``, a key the branch does not name, a value of
+another kind). Readings that have come to the same state merge, and at most ``MAX_PARSES`` are kept.
+
+Keywords it does not follow (an unanchored ``pattern``, other ``format``s, ``multipleOf``,
+``not``, ``if``, ``allOf`` parts that disagree, ...) are left open, to the task's validation of
+the finished answer, which may then still fail them, as without the constraint.
 
 ``models.json_guide`` decodes under it, a token at a time.
 """
@@ -26,175 +33,54 @@ from __future__ import annotations
 
 import copy
 import math
+from fractions import Fraction
 from typing import Any
+
+from potstill.models.json_schema_parts import (FORMATS, Root, anchored, branches, first_kind, in_bounds, int_bounds,
+                                               kinds_of, num_bounds, resolve, string_choices, takes)
 
 WS = " \t\n\r"
 # A run of whitespace between tokens, and a number, are capped: unbounded, a model that prefers
 # one more space (or digit) would fill its whole budget with them. 16 covers indent=4 to depth 4.
 MAX_WS = 16
 MAX_NUMBER = 32
-_TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
-
-
-def _resolve(schema: Any, root: dict) -> dict:
-    """``schema`` with local ``$ref``s followed (``#/$defs/Name``, ``#/definitions/Name``)."""
-    for _ in range(32):
-        if not isinstance(schema, dict) or "$ref" not in schema:
-            break
-        ref = schema["$ref"]
-        if not isinstance(ref, str) or not ref.startswith("#/"):
-            return {}  # a remote ref: unconstrained here, validated at the end
-        target: Any = root
-        for part in ref[2:].split("/"):
-            target = target.get(part.replace("~1", "/").replace("~0", "~"), {}) if isinstance(target, dict) else {}
-        schema = target
-    return schema if isinstance(schema, dict) else {}
-
-
-def _branches(schema: dict, root: dict, depth: int = 0) -> list[dict] | None:
-    """The alternatives of an ``anyOf`` / ``oneOf`` (nested ones flattened, ``$ref``s followed), or
-    None where ``schema`` has neither (or sits under ``allOf`` / ``not`` / ``if``, left unconstrained)."""
-    if any(k in schema for k in ("allOf", "not", "if")):
-        return None
-    alts = schema.get("anyOf", schema.get("oneOf"))
-    if not isinstance(alts, list) or not alts or depth > 8:
-        return None
-    out: list[dict] = []
-    for a in alts:
-        a = _resolve(a, root)
-        inner = _branches(a, root, depth + 1)
-        if inner is None and any(k in a for k in ("anyOf", "oneOf", "allOf", "not", "if")):
-            return None  # a branch of its own that is not followed: the whole value is left open
-        out.extend(inner if inner is not None else [a])
-    return out
-
-
-def _first_kind(c: str) -> str | None:
-    """The kind of value a first character starts (``number`` for a digit or minus)."""
-    return {"{": "object", "[": "array", '"': "string", "t": "boolean", "f": "boolean", "n": "null"}.get(c) \
-        or ("number" if c == "-" or c.isascii() and c.isdigit() else None)
-
-
-def _branch_for(alts: list[dict], c: str) -> dict | None:
-    """The schema a value under ``alts`` takes once its first character is ``c``: the one branch
-    that allows that kind, or the kind alone where several do (strings: their enums joined, where
-    each has one); None where none does."""
-    kind = _first_kind(c)
-    if kind is None:
-        return None
-    fit = [a for a in alts if kind in _kinds(a) or kind == "number" and "integer" in _kinds(a)]
-    if len(fit) <= 1:
-        return fit[0] if fit else None
-    if kind == "number":
-        return {"type": "number" if any("number" in _kinds(a) for a in fit) else "integer"}
-    if kind == "string":
-        choices = [_string_choices(a) for a in fit]
-        if all(ch is not None for ch in choices):
-            return {"enum": sorted({x for ch in choices for x in ch})}
-    return {"type": kind}
-
-
-def _kinds(schema: dict) -> set[str]:
-    """The JSON kinds a value under ``schema`` may take (all where the schema does not say)."""
-    if any(k in schema for k in ("anyOf", "oneOf", "allOf", "not", "if")):
-        return set(_TYPES)
-    t = schema.get("type")
-    if isinstance(t, str):
-        kinds = {t}
-    elif isinstance(t, list):
-        kinds = {x for x in t if isinstance(x, str)}
-    elif "enum" in schema or "const" in schema:
-        values = schema["enum"] if "enum" in schema else [schema["const"]]
-        kinds = {_kind(v) for v in values if _kind(v)}
-    elif "properties" in schema or "required" in schema or "additionalProperties" in schema:
-        kinds = {"object"}
-    elif "items" in schema or "prefixItems" in schema:
-        kinds = {"array"}
-    else:
-        kinds = set(_TYPES)
-    return kinds or set(_TYPES)
-
-
-def _kind(v: Any) -> str | None:
-    if isinstance(v, bool):
-        return "boolean"
-    if v is None:
-        return "null"
-    if isinstance(v, int):
-        return "integer"
-    if isinstance(v, float):
-        return "number"
-    if isinstance(v, str):
-        return "string"
-    if isinstance(v, list):
-        return "array"
-    if isinstance(v, dict):
-        return "object"
-    return None
-
-
-_PATTERNS: dict[str, Any] = {}
-_DATE = r"\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])"
-_TIME = r"([01]\d|2[0-3]):[0-5]\d:([0-5]\d|60)(\.\d+)?([Zz]|[+-]([01]\d|2[0-3]):[0-5]\d)?"
-_BYTE = r"(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
-# String formats as anchored patterns (those OpenAI's strict mode lists, less hostname and ipv6, and
-# what pydantic writes for date, datetime, time, UUID and EmailStr fields). The UTC offset of a time
-# is optional, as pydantic reads it; the email pattern is loose (no quoted local parts), and a
-# duration may be a bare "P" (partial matching takes no lookahead).
-FORMATS = {"date": f"^{_DATE}$", "time": f"^{_TIME}$", "date-time": f"^{_DATE}[Tt ]{_TIME}$",
-           "uuid": r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
-           "ipv4": rf"^({_BYTE}\.){{3}}{_BYTE}$", "email": r"^[^@\s\\\"]+@[^@\s\\\"]+\.[^@\s\\\".]+$",
-           "duration": r"^P(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(\d+H)?(\d+M)?(\d+S)?)?$"}
-
-
-def _anchored(pattern: str) -> Any:
-    """``pattern`` compiled by the ``regex`` module (transformers' own dependency), whose partial
-    matching says whether a prefix can still match; None where it is missing or cannot compile it."""
-    if pattern not in _PATTERNS:
-        try:
-            import regex
-
-            _PATTERNS[pattern] = regex.compile(pattern)
-        except Exception:  # an ECMA-262 construct Python's regex does not take: left to validation
-            _PATTERNS[pattern] = None
-    return _PATTERNS[pattern]
-
-
-def _string_choices(schema: dict) -> list[str] | None:
-    """The strings an ``enum`` / ``const`` allows, or None for any string."""
-    if "enum" in schema or "const" in schema:
-        values = schema["enum"] if "enum" in schema else [schema["const"]]
-        strings = [v for v in values if isinstance(v, str)]
-        return strings if isinstance(values, list) else None
-    return None
 
 
 class _Value:
-    """Before a value: whitespace, then the first character picks the frame."""
+    """Before a value: whitespace, then the first character picks the frame (and, under an ``anyOf`` /
+    ``oneOf``, the branches that take it: the parse follows the first, a twin of it each other one)."""
 
-    def __init__(self, schema: dict, root: dict):
-        self.schema, self.root = _resolve(schema, root), root
+    def __init__(self, schema: dict, root: Root):
+        self.schema, self.root = resolve(schema, root), root
 
-    def step(self, c: str, p: "JsonPrefix") -> bool:
+    def key(self) -> tuple:
+        return ("v", id(self.schema))
+
+    def step(self, c: str, p: "_Parse") -> bool:
         if c in WS:
             return True
         schema = self.schema
-        alts = _branches(schema, self.root)
-        if alts is not None:  # the first character picks the branch
-            schema = _branch_for(alts, c)
-            if schema is None:
+        alts = branches(schema, self.root)
+        if alts is not None:
+            kind = first_kind(c)
+            fit = [a for a in alts if takes(a, kind)]
+            if not fit:
                 return False
-        kinds = _kinds(schema)
+            for other in fit[1:]:  # a twin parse for each other branch, from here, before c
+                twin = p.copy()
+                twin.stack[-1] = _Value(other, self.root)
+                p.forks.append(twin)
+            schema = fit[0]
+        kinds = kinds_of(schema)
         frame: Any = None
         if c == "{" and "object" in kinds:
             frame = _Object(schema, self.root)
         elif c == "[" and "array" in kinds:
             frame = _Array(schema, self.root)
         elif c == '"' and "string" in kinds:
-            frame = _String(_string_choices(schema), schema=schema)
+            frame = _String(string_choices(schema), schema=schema)
         elif (c == "-" or c.isdigit() and c.isascii()) and kinds & {"number", "integer"}:
-            integer = "number" not in kinds
-            frame = _Number(integer=integer, bounds=_int_bounds(schema) if integer else None)
+            frame = _Number(integer="number" not in kinds, schema=schema)
             p.stack[-1] = frame
             return frame.step(c, p)
         elif c == "t" and "boolean" in kinds:
@@ -212,21 +98,24 @@ class _Value:
 
 
 class _Object:
-    def __init__(self, schema: dict, root: dict):
-        self.root = root
+    def __init__(self, schema: dict, root: Root):
+        self.root, self.sid = root, id(schema)
         self.props: dict = schema.get("properties") or {}
         extra = schema.get("additionalProperties", True)
         self.extra: dict | None = None if extra is False else (extra if isinstance(extra, dict) else {})
         self.required = [k for k in schema.get("required") or [] if isinstance(k, str)]
         self.seen: set[str] = set()
         self.phase = "first"  # first (after '{'), key (after ','), colon, after (a value just ended)
-        self.key = ""
+        self.key_ = ""  # the key whose value comes next
+
+    def key(self) -> tuple:
+        return ("o", self.sid, self.phase, self.key_, frozenset(self.seen))
 
     def _keys_left(self) -> list[str] | None:
         """The keys that may still come (None: any string)."""
         return None if self.extra is not None else [k for k in self.props if k not in self.seen]
 
-    def step(self, c: str, p: "JsonPrefix") -> bool:
+    def step(self, c: str, p: "_Parse") -> bool:
         if c in WS:
             return True
         if self.phase in ("first", "key"):
@@ -242,7 +131,7 @@ class _Object:
             if c != ":":
                 return False
             self.phase = "value"
-            schema = self.props.get(self.key, self.extra if self.extra is not None else {})
+            schema = self.props.get(self.key_, self.extra if self.extra is not None else {})
             p.push(_Value(schema, self.root))
             return True
         if self.phase == "after":
@@ -257,7 +146,7 @@ class _Object:
 
     def child_done(self, child: Any) -> None:
         if isinstance(child, _String) and child.key_of is self:
-            self.key = child.text
+            self.key_ = child.text
             self.seen.add(child.text)
             self.phase = "colon"
         else:
@@ -265,8 +154,8 @@ class _Object:
 
 
 class _Array:
-    def __init__(self, schema: dict, root: dict):
-        self.root = root
+    def __init__(self, schema: dict, root: Root):
+        self.root, self.sid = root, id(schema)
         self.items = schema.get("items") if isinstance(schema.get("items"), dict) else {}
         self.prefix = schema.get("prefixItems") if isinstance(schema.get("prefixItems"), list) else []
         self.min = int(schema.get("minItems") or 0)
@@ -274,10 +163,13 @@ class _Array:
         self.n = 0
         self.phase = "first"  # first (after '['), item (after ','), after (an item just ended)
 
+    def key(self) -> tuple:
+        return ("a", self.sid, self.n, self.phase)
+
     def _item(self) -> dict:
         return self.prefix[self.n] if self.n < len(self.prefix) else self.items
 
-    def step(self, c: str, p: "JsonPrefix") -> bool:
+    def step(self, c: str, p: "_Parse") -> bool:
         if c in WS:
             return True
         if self.phase == "after":
@@ -321,10 +213,14 @@ class _String:
         if isinstance(pattern, str) and pattern.startswith("^"):
             if not (pattern.endswith("$") and not pattern.endswith("\\$")):
                 pattern = f"(?:{pattern})(?s:.*)"  # anchored at its start only: anything may follow a match
-            self.patterns.append(_anchored(pattern))
+            self.patterns.append(anchored(pattern))
         if fmt in FORMATS:
-            self.patterns.append(_anchored(FORMATS[fmt]))
+            self.patterns.append(anchored(FORMATS[fmt]))
         self.patterns = [x for x in self.patterns if x is not None]
+
+    def key(self) -> tuple:
+        return ("s", None if self.choices is None else tuple(self.choices), self.key_of is not None,
+                self.min, self.max, tuple(id(x) for x in self.patterns), self.text, self.esc)
 
     def _fits(self, text: str) -> bool:
         if self.max is not None and len(text) > self.max:
@@ -340,7 +236,7 @@ class _String:
         n = len(self.text)
         return {ch[n] for ch in self.choices if ch.startswith(self.text) and len(ch) > n}
 
-    def step(self, c: str, p: "JsonPrefix") -> bool:
+    def step(self, c: str, p: "_Parse") -> bool:
         if self.esc is not None:
             if self.esc == "":
                 if c == "u" and not self.patterns:  # under a pattern, \\u could open an escape no character completes
@@ -390,31 +286,24 @@ class _String:
         return True
 
 
-def _int_bounds(schema: dict) -> tuple[float, float] | None:
-    """An integer's ``minimum`` / ``maximum`` (exclusive ones moved in by one) as (low, high), None
-    where it has neither."""
-    def num(key: str) -> float | None:
-        v = schema.get(key)
-        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-
-    above, below = num("exclusiveMinimum"), num("exclusiveMaximum")
-    lows = [x for x in (num("minimum"), None if above is None else math.floor(above) + 1) if x is not None]
-    highs = [x for x in (num("maximum"), None if below is None else math.ceil(below) - 1) if x is not None]
-    if not lows and not highs:
-        return None
-    return (math.ceil(max(lows)) if lows else -math.inf, math.floor(min(highs)) if highs else math.inf)
-
-
 class _Number:
-    # A DFA over JSON's number grammar: -?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?
+    """A number, by a DFA over JSON's grammar: -?(0|[1-9]\\d*)(\\.\\d+)?([eE][+-]?\\d+)?. Under bounds
+    its text only grows toward a value between them (an integer's, ``int_bounds``; a number's,
+    ``num_bounds``, written without an exponent, so that what the text can still become is an
+    interval)."""
+
     ACCEPT = {"zero", "int", "frac", "expdig"}
 
-    def __init__(self, integer: bool, bounds: tuple[float, float] | None = None):
+    def __init__(self, integer: bool, schema: dict | None = None):
         self.integer = integer
         self.state = "start"
         self.length = 0
-        self.bounds = bounds  # an integer's (low, high): its digits only grow toward a value between them
+        self.bounds = int_bounds(schema or {}) if integer else None  # (low, high), both closed
+        self.dec = None if integer else num_bounds(schema or {})
         self.text = ""
+
+    def key(self) -> tuple:
+        return ("n", self.integer, self.bounds, self.dec, self.state, self.text)
 
     def _reachable(self, text: str, state: str) -> bool:
         """Whether an integer written ``text`` so far (in ``state``) can still end between the bounds."""
@@ -434,10 +323,39 @@ class _Number:
                 break
         return False
 
+    def _reachable_dec(self, text: str, state: str) -> bool:
+        """The same for a number: what ``text`` can still become is the union of intervals
+        [a, b) of magnitudes (mirrored for a negative one), each checked against the bounds."""
+        bounds = self.dec
+        if state == "minus":
+            return in_bounds(bounds, -math.inf, True, 0, False)  # "-0" is 0
+        neg, body = text.startswith("-"), text.lstrip("-")
+
+        def meets(a: Any, b: Any) -> bool:
+            return in_bounds(bounds, -b, True, -a, False) if neg else in_bounds(bounds, a, False, b, True)
+
+        if state == "zero":
+            return meets(0, 1)
+        if state in ("dot", "frac"):
+            whole, _, frac = body.partition(".")
+            x = Fraction(int(whole + frac), 10 ** len(frac))
+            return meets(x, x + Fraction(1, 10 ** len(frac)))
+        v = int(body)
+        for k in range(MAX_NUMBER - len(text) + 1):  # k more digits before any point
+            a, b = v * 10**k, (v + 1) * 10**k
+            if meets(a, b):
+                return True
+            if (a > bounds[2]) if not neg else (-a < bounds[0]):
+                break
+        return False
+
     def _ends(self) -> bool:
         """Whether the number written so far is a whole one between the bounds."""
         if self.state not in self.ACCEPT:
             return False
+        if self.dec is not None:
+            x = Fraction(self.text)
+            return in_bounds(self.dec, x, False, x, False)
         return self.bounds is None or self.bounds[0] <= int(self.text) <= self.bounds[1]
 
     def _next(self, c: str) -> str | None:
@@ -446,29 +364,29 @@ class _Number:
             return "minus" if c == "-" else "zero" if c == "0" else "int" if digit else None
         if s == "minus":
             return "zero" if c == "0" else "int" if digit else None
+        exp = c in "eE" and not self.integer and self.dec is None
         if s in ("zero", "int"):
             if digit and s == "int":
                 return "int"
             if c == "." and not self.integer:
                 return "dot"
-            if c in "eE" and not self.integer:
-                return "exp"
-            return None
+            return "exp" if exp else None
         if s in ("dot", "frac"):
             if digit:
                 return "frac"
-            return "exp" if c in "eE" and s == "frac" else None
+            return "exp" if exp and s == "frac" else None
         if s == "exp":
             return "expsign" if c in "+-" else "expdig" if digit else None
         if s in ("expsign", "expdig"):
             return "expdig" if digit else None
         return None
 
-    def step(self, c: str, p: "JsonPrefix") -> bool:
+    def step(self, c: str, p: "_Parse") -> bool:
         nxt = self._next(c)
         # Near the cap only a step into a whole number: a number cut at "1." could not end.
         if nxt is not None and (self.length < MAX_NUMBER - 2 or nxt in self.ACCEPT and self.length < MAX_NUMBER) \
-                and (self.bounds is None or self._reachable(self.text + c, nxt)):
+                and (self.bounds is None or self._reachable(self.text + c, nxt)) \
+                and (self.dec is None or self._reachable_dec(self.text + c, nxt)):
             self.state, self.length, self.text = nxt, self.length + 1, self.text + c
             return True
         if not self._ends():
@@ -481,7 +399,10 @@ class _Literal:
     def __init__(self, word: str):
         self.word, self.i = word, 0
 
-    def step(self, c: str, p: "JsonPrefix") -> bool:
+    def key(self) -> tuple:
+        return ("l", self.word, self.i)
+
+    def step(self, c: str, p: "_Parse") -> bool:
         if self.i >= len(self.word) or c != self.word[self.i]:
             return False
         self.i += 1
@@ -490,19 +411,24 @@ class _Literal:
         return True
 
 
-class JsonPrefix:
-    """Whether a text is the start of a JSON document ``schema`` can accept (see the module)."""
+MAX_PARSES = 16  # readings of one text kept at once (a union's branches); more are dropped
 
-    def __init__(self, schema: dict):
-        self.root = schema if isinstance(schema, dict) else {}
-        self.stack: list[Any] = [_Value(self.root, self.root)]
+
+class _Parse:
+    """One reading of the text: a stack of frames. Under an ``anyOf`` / ``oneOf`` a value may start
+    several readings (``forks``), one per branch that takes its first character."""
+
+    def __init__(self, root: Root):
+        self.root = root
+        self.stack: list[Any] = [_Value(root.doc, root)]
         self.done = False  # the top-level value is complete: only the end may follow
         self.ws = 0  # whitespace characters in a row outside strings
+        self.forks: list[_Parse] = []
 
-    def copy(self) -> "JsonPrefix":
+    def copy(self) -> "_Parse":
         # The schema is shared, never changed: copy the frames' own state, not the schema.
-        new = JsonPrefix.__new__(JsonPrefix)
-        new.root, new.done, new.ws = self.root, self.done, self.ws
+        new = _Parse.__new__(_Parse)
+        new.root, new.done, new.ws, new.forks = self.root, self.done, self.ws, []
         new.stack = []
         twins: dict[int, Any] = {}
         for f in self.stack:
@@ -515,6 +441,11 @@ class JsonPrefix:
             if isinstance(g, _String) and g.key_of is not None:
                 g.key_of = twins.get(id(g.key_of), g.key_of)
         return new
+
+    def key(self) -> tuple:
+        """Equal for two readings that accept the same continuations (the same frames, in the same
+        states, under the same schemas)."""
+        return (self.done, self.ws, *(f.key() for f in self.stack))
 
     def push(self, frame: Any) -> None:
         self.stack.append(frame)
@@ -541,13 +472,49 @@ class JsonPrefix:
             self.ws = 0
         return top.step(c, self)
 
-    def feed(self, text: str) -> bool:
-        """Read ``text``; False (the prefix is then unusable) where it cannot continue the document."""
-        return all(self.step(c) for c in text)
-
     def can_end(self) -> bool:
         """Whether the text so far is a whole document (a top-level number ends only here)."""
         if self.done:
             return True
         return len(self.stack) == 1 and isinstance(self.stack[0], _Number) and self.stack[0]._ends()
 
+
+class JsonPrefix:
+    """Whether a text is the start of a JSON document ``schema`` can accept (see the module): the
+    readings of it still alive, one unless a union's branches all take what was read so far."""
+
+    def __init__(self, schema: dict):
+        self.parses = [_Parse(Root(schema))]
+
+    @property
+    def done(self) -> bool:
+        """The top-level value is complete: only the end may follow."""
+        return any(p.done for p in self.parses)
+
+    def copy(self) -> "JsonPrefix":
+        new = JsonPrefix.__new__(JsonPrefix)
+        new.parses = [p.copy() for p in self.parses]
+        return new
+
+    def step(self, c: str) -> bool:
+        """Read one character; False (the prefix is then unusable) where no reading takes it."""
+        alive: list[_Parse] = []
+        for p in self.parses:
+            if p.step(c):
+                alive.append(p)
+            if p.forks:  # readings started by c's value under other branches: each reads c too
+                twins, p.forks = p.forks, []
+                alive.extend(t for t in twins if t.stack[-1].step(c, t))
+        if len(alive) > 1:
+            seen: set[tuple] = set()
+            alive = [p for p in alive if not (p.key() in seen or seen.add(p.key()))][:MAX_PARSES]
+        self.parses = alive
+        return bool(alive)
+
+    def feed(self, text: str) -> bool:
+        """Read ``text``; False (the prefix is then unusable) where it cannot continue the document."""
+        return all(self.step(c) for c in text)
+
+    def can_end(self) -> bool:
+        """Whether the text so far is a whole document (a top-level number ends only here)."""
+        return any(p.can_end() for p in self.parses)
