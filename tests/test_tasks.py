@@ -154,3 +154,22 @@ def test_labels_written_as_whole_floats_in_yaml_are_the_labels_gold_data_names()
     assert cfg.task.labels == ["1", "2", "2.5", "neutral"]
     task = get_task(cfg.task)
     assert task.gold(Record.model_validate(_coerce({"input": "ok", "label": 1.0}))) == "1"
+
+
+def test_extraction_asserts_the_formats_the_guide_holds():
+    """``format`` is checked as guided decoding holds it (date, date-time, time, uuid, ipv4, email,
+    duration, hostname; ipv6 too): a teacher's "March 3" for a date field is a schema violation,
+    as is a day the calendar lacks, the same on every install; other formats stay annotations."""
+    schema = {"type": "object", "properties": {
+        "day": {"type": "string", "format": "date"}, "at": {"type": "string", "format": "date-time"},
+        "mail": {"type": "string", "format": "email"}, "host": {"type": "string", "format": "hostname"},
+        "ip": {"type": "string", "format": "ipv6"}, "span": {"type": "string", "format": "duration"},
+        "site": {"type": "string", "format": "uri"}}}
+    t = get_task(TaskConfig(type="extraction", json_schema=schema))
+    good = {"day": "2026-03-03", "at": "2026-03-03T09:30:00Z", "mail": "a@b.org", "host": "api.example.com",
+            "ip": "::1", "span": "P1DT2H", "site": "not a uri, unchecked"}
+    assert t.validate(good) is None
+    for key, bad in (("day", "March 3"), ("day", "2026-02-30"), ("at", "2026-03-03"), ("mail", "nobody"),
+                     ("host", "-bad-.com"), ("ip", "1.2.3.4"), ("span", "P"), ("span", "P1DT")):
+        got = t.validate({**good, key: bad})
+        assert got is not None and got.startswith(f"schema violation at {key}") and "is not a" in got, (key, bad, got)

@@ -286,3 +286,14 @@ def test_a_format_escalation_is_not_distilled(json_served, tmp_path):
         traffic = read_traffic(ledger, service.task, teacher_max_tokens=6)
     assert traffic.counts["escalated_response_format"] == 1 and traffic.escalated == []
     assert [r.messages for r in traffic.student] == [chat]  # the plain copy, which the student answered
+
+
+def test_answer_problem_checks_a_formats_string_formats():
+    """A client's schema with ``format: date`` (pydantic's date field) refuses an answer that is no
+    date, as the task's validation does."""
+    from potstill.serve.formats import answer_problem
+
+    fmt = {"type": "json_schema", "json_schema": {"name": "d", "schema": {
+        "type": "object", "properties": {"day": {"type": "string", "format": "date"}}}}}
+    assert answer_problem('{"day": "2026-03-03"}', fmt) is None
+    assert answer_problem('{"day": "3 March"}', fmt).startswith("does not match the schema at /day")

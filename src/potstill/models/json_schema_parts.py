@@ -203,12 +203,48 @@ _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 # String formats as anchored patterns (those OpenAI's strict mode lists, less ipv6, and what pydantic
 # writes for date, datetime, time, UUID and EmailStr fields). The UTC offset of a time is optional,
 # as pydantic reads it; the email pattern is loose (no quoted local parts); a duration may be a bare
-# "P" and a hostname longer than 253 characters (partial matching takes no lookahead).
+# "P" and a hostname longer than 253 characters (partial matching takes no lookahead), which
+# ``format_checker`` refuses.
 FORMATS = {"date": f"^{_DATE}$", "time": f"^{_TIME}$", "date-time": f"^{_DATE}[Tt ]{_TIME}$",
            "uuid": r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
            "ipv4": rf"^({_BYTE}\.){{3}}{_BYTE}$", "email": r"^[^@\s\\\"]+@[^@\s\\\"]+\.[^@\s\\\".]+$",
            "duration": r"^P(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(\d+H)?(\d+M)?(\d+S)?)?$",
            "hostname": rf"^{_LABEL}(\.{_LABEL})*$"}
+_CHECKER: Any = None
+
+
+def format_checker() -> Any:
+    """A ``jsonschema.FormatChecker`` that asserts the ``format``s the guide holds a string to, as
+    it holds them (``FORMATS``), and no looser: a date (of a date-time too) must be a day of the
+    calendar, a duration name at least one part, a hostname fit in 253 characters; ``ipv6`` by
+    the standard library. Other formats stay annotations, as ``jsonschema`` treats them by default.
+    The same for every install (``jsonschema``'s own checkers depend on optional packages)."""
+    global _CHECKER
+    if _CHECKER is None:
+        import datetime
+        import ipaddress
+        import re
+
+        import jsonschema
+
+        checker = jsonschema.FormatChecker(formats=())
+        for name, pattern in FORMATS.items():
+            def check(value: Any, rx: Any = re.compile(pattern), name: str = name) -> bool:
+                if not isinstance(value, str):
+                    return True
+                if not rx.fullmatch(value):
+                    return False
+                if name in ("date", "date-time"):
+                    datetime.date.fromisoformat(value[:10])  # ValueError: not a day of the calendar
+                return not (name == "duration" and (value == "P" or value.endswith("T"))
+                            or name == "hostname" and len(value) > 253)
+
+            checker.checks(name, raises=ValueError)(check)
+        checker.checks("ipv6", raises=ValueError)(lambda v: not isinstance(v, str) or bool(ipaddress.IPv6Address(v)))
+        _CHECKER = checker
+    return _CHECKER
+
+
 def anchored(pattern: str) -> Any:
     """``pattern`` compiled by the ``regex`` module (transformers' own dependency), whose partial
     matching says whether a prefix can still match; None where it is missing or cannot compile it."""

@@ -113,8 +113,10 @@ def _schema_error(schema_json: str) -> str | None:
 def _validator(schema_json: str) -> Any:
     import jsonschema
 
+    from potstill.models.json_schema_parts import format_checker
+
     schema = json.loads(schema_json)
-    return jsonschema.validators.validator_for(schema)(schema)
+    return jsonschema.validators.validator_for(schema)(schema, format_checker=format_checker())
 
 
 def answer_problem(text: str, fmt: dict[str, Any] | None) -> str | None:
