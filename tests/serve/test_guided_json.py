@@ -5,10 +5,12 @@ official openai client."""
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from pathlib import Path
 from typing import Any, Iterator
 
+import jsonschema
 import pytest
 
 from potstill.models.json_constraint import JsonPrefix
@@ -55,12 +57,23 @@ def test_a_served_extraction_student_with_guided_json_answers_valid_json(tmp_pat
     task = {"type": "extraction", "instruction": "Answer in JSON.", "json_schema": TOPIC, "max_output_tokens": 100}
     run = write_run(tmp_path, make_bpe_model(tmp_path / "bpe"), teacher_server.base_url, task=task)
     answers = {}
+    # A client's own schema, which the task's (TOPIC: "paid" required, no other key) refuses.
+    theirs = {"type": "object", "properties": {"topic": {"enum": ["sports", "tech"]}, "urgent": {"type": "boolean"}},
+              "required": ["topic", "urgent"], "additionalProperties": False}
+    fmt = {"type": "json_schema", "json_schema": {"name": "theirs", "schema": theirs, "strict": True}}
     for guided in (False, True):
         with served(run, guided) as c:
             answers[guided] = [c.chat.completions.create(model="potstill", messages=m) for m in ASKS]
+            if guided:
+                own = [c.chat.completions.create(model="potstill", messages=m, response_format=fmt) for m in ASKS]
     assert all(r.model_extra["potstill"]["reason"] == "invalid_output" for r in answers[False]), [r.model_extra["potstill"] for r in answers[False]]
     assert all(r.model_extra["potstill"]["answered_by"] == "student" for r in answers[True])
     assert all(_valid(r.choices[0].message.content) for r in answers[True])
+    # Decoded under the client's schema, an answer is judged by it, not by the task's.
+    for r in own:
+        assert r.model_extra["potstill"]["answered_by"] == "student", r.model_extra["potstill"]
+        jsonschema.validate(json.loads(r.choices[0].message.content), theirs)
+        assert not _valid(r.choices[0].message.content)
     raw = yaml.safe_load((run / "potstill.yaml").read_text())
     with pytest.raises(PotstillError, match="guided_json: the ctranslate2 engine cannot decode under a schema"):
         load_service(run, Config.model_validate({**raw, "serve": {**raw["serve"], "guided_json": True,
