@@ -137,6 +137,9 @@ def test_a_clients_response_format_guides_the_served_student(tmp_path, teacher_s
                 parsed = [c.chat.completions.parse(model="potstill", messages=m, response_format=Ticket)
                           for m in ASKS]
                 via_responses = c.responses.parse(model="potstill", input=ASKS[0], text_format=Ticket)
+                vllm_style = [c.chat.completions.create(model="potstill", messages=m,
+                                                        extra_body={"guided_json": fmt["json_schema"]["schema"]})
+                              for m in ASKS[:2]]
     free, guided = got[False], got[True]
     assert all(r.model_extra["potstill"]["reason"] == "response_format" for r in free["schema"] + free["object"])
     for r in guided["schema"] + guided["plain"]:
@@ -155,6 +158,54 @@ def test_a_clients_response_format_guides_the_served_student(tmp_path, teacher_s
     assert all(isinstance(p.choices[0].message.parsed, Ticket) for p in parsed)
     assert isinstance(via_responses.output_parsed, Ticket)  # the Responses API's text.format alike
     assert via_responses.model_extra["potstill"]["answered_by"] == "student"
+    # vLLM's own spellings (extra_body), as a client written against a vLLM server sends them, are
+    # the same format: the same answers as response_format's.
+    assert [r.choices[0].message.content for r in vllm_style] == [r.choices[0].message.content
+                                                                 for r in guided["schema"][:2]]
+    assert all(r.model_extra["potstill"]["answered_by"] == "student" for r in vllm_style)
+
+
+def test_vllm_structured_output_fields_are_served_or_refused_by_name(tmp_path, teacher_server, monkeypatch):
+    """guided_json / structured_outputs.json (a schema or its JSON text) is response_format's
+    json_schema and structured_outputs.json_object its json_object; a regex, a choice or a grammar
+    is a 400 naming the field, never an answer that silently ignores it; two constraints at once,
+    or one beside response_format, are a 400 too."""
+    import json
+
+    import openai
+
+    from tests.export.conftest import make_bpe_model
+    from tests.serve.conftest import SERVE_KEY, TEACHER_KEY, write_run
+
+    monkeypatch.setenv("TEACHER_KEY", TEACHER_KEY)
+    monkeypatch.setenv("SERVE_KEY", SERVE_KEY)
+    run = write_run(tmp_path, make_bpe_model(tmp_path / "bpe"), teacher_server.base_url,
+                    task={"type": "freetext", "instruction": "Answer.", "max_output_tokens": 160})
+    with served(run, True) as c:
+        def ask(**extra: Any) -> Any:
+            return c.chat.completions.create(model="potstill", messages=ASKS[0], extra_body=extra)
+
+        fmt = {"type": "json_schema", "json_schema": {"name": "guided_json", "schema": TOPIC}}
+        want = c.chat.completions.create(model="potstill", messages=ASKS[0], response_format=fmt)
+        for extra in ({"guided_json": TOPIC}, {"guided_json": json.dumps(TOPIC)}, {"structured_outputs": {"json": TOPIC}}):
+            r = ask(**extra)
+            assert r.choices[0].message.content == want.choices[0].message.content, extra
+            assert r.model_extra["potstill"]["answered_by"] == "student" and _valid(r.choices[0].message.content)
+        any_object = ask(structured_outputs={"json_object": True}).model_extra["potstill"]["student_output"]
+        assert JsonPrefix({"type": "object"}).feed(any_object)  # a start of one at least (see above)
+        for extra, param in (({"guided_regex": "[a-z]+"}, "guided_regex"), ({"guided_choice": ["a", "b"]}, "guided_choice"),
+                             ({"guided_grammar": "root ::= x"}, "guided_grammar"),
+                             ({"structured_outputs": {"choice": ["a"]}}, "structured_outputs.choice"),
+                             ({"guided_json": TOPIC, "guided_regex": "x"}, "guided_regex"),
+                             ({"guided_json": "{not json"}, "guided_json"),
+                             ({"guided_json": {"type": 7}}, "guided_json.schema")):
+            with pytest.raises(openai.BadRequestError) as e:
+                ask(**extra)
+            assert e.value.status_code == 400 and e.value.body["param"] == param, (extra, e.value.body)
+        with pytest.raises(openai.BadRequestError) as e:
+            c.chat.completions.create(model="potstill", messages=ASKS[0], response_format=fmt,
+                                      extra_body={"guided_json": TOPIC})
+        assert e.value.body["param"] == "response_format" and "not both" in e.value.body["message"]
 
 
 def test_one_batch_decodes_each_chat_under_its_own_schema(tmp_path):

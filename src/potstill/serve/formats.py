@@ -64,6 +64,50 @@ def _check(value: Any, where: str, spec_of: Callable[[dict], Any], spec_where: s
     return {"type": "json_schema", "json_schema": _schema_spec(spec, spec_where)}
 
 
+# vLLM's structured-output parameters, as its OpenAI-compatible server takes them beside the API's own
+# (``extra_body`` in the openai client): the older ``guided_*`` fields and ``structured_outputs``.
+VLLM_FIELDS = ("guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs")
+_VLLM_KINDS = ("json", "regex", "choice", "grammar", "json_object", "structural_tag")
+
+
+def check_vllm_format(fields: dict[str, Any]) -> dict[str, Any] | None:
+    """vLLM's structured-output request (``fields``: a request's ``VLLM_FIELDS`` that are set) in the
+    chat form, or None where it asks nothing, or FormatError: ``guided_json`` / ``structured_outputs.json``
+    (a JSON Schema, or its JSON text) is a ``json_schema`` format named ``guided_json``;
+    ``structured_outputs.json_object`` is ``json_object``; a regular expression, a choice, a grammar
+    or a structural tag is refused by name, since the student would otherwise answer unconstrained
+    and the client never know; two constraints at once are refused, as vLLM refuses them."""
+    asks: list[tuple[str, str, Any]] = []  # (param, kind, value)
+    for name, value in fields.items():
+        if value is None:
+            continue
+        if name == "structured_outputs":
+            if not isinstance(value, dict):
+                raise FormatError(name, "expected an object such as {\"json\": {...}}")
+            asks += [(f"{name}.{k}", k, v) for k, v in value.items() if k in _VLLM_KINDS and v not in (None, False)]
+        else:
+            asks.append((name, name.removeprefix("guided_"), value))
+    if not asks:
+        return None
+    if len(asks) > 1:
+        raise FormatError(asks[1][0], f"one structured-output constraint per request; {asks[0][0]} is given too")
+    param, kind, value = asks[0]
+    if kind == "json_object":
+        return {"type": "json_object"}
+    if kind != "json":
+        raise FormatError(param, f"not served here: potstill's guided decoding follows JSON Schemas only "
+                          f"(guided_json, structured_outputs.json or response_format); this {kind} would "
+                          f"go unconstrained")
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise FormatError(param, "expected a JSON Schema (an object, or its JSON text)") from None
+    if not isinstance(value, dict):
+        raise FormatError(param, "expected a JSON Schema (an object, or its JSON text)")
+    return {"type": "json_schema", "json_schema": _schema_spec({"name": "guided_json", "schema": value}, param)}
+
+
 def responses_form(fmt: dict[str, Any] | None) -> dict[str, Any]:
     """The Responses API's ``text.format`` of a chat-form format (as a response echoes it)."""
     if fmt is None:

@@ -13,7 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from potstill.responses_format import json_type as _json_type
 from potstill.responses_format import utf8 as _utf8
-from potstill.serve.formats import check_chat_format, check_responses_format
+from potstill.serve.formats import (VLLM_FIELDS, FormatError, check_chat_format, check_responses_format,
+                                    check_vllm_format)
 
 
 class TextPart(BaseModel):
@@ -110,6 +111,14 @@ class ChatRequest(BaseModel):
     response_format: dict[str, Any] | None = Field(None, description="text, json_object or json_schema (what "
                                                    "client.chat.completions.parse sends): a student answer that is "
                                                    "not that JSON goes to the teacher, which gets the format.")
+    # vLLM's structured outputs (extra_body), for clients written against a vLLM server.
+    guided_json: dict[str, Any] | str | None = Field(None, description="vLLM's: a JSON Schema (or its JSON text), "
+                                                     "served as response_format json_schema.")
+    guided_regex: Any = Field(None, description="vLLM's; refused with a 400 (JSON Schemas only).")
+    guided_choice: Any = Field(None, description="vLLM's; refused with a 400 (JSON Schemas only).")
+    guided_grammar: Any = Field(None, description="vLLM's; refused with a 400 (JSON Schemas only).")
+    structured_outputs: Any = Field(None, description="vLLM's: {json: schema} or {json_object: true} as "
+                                    "response_format; regex, choice, grammar and structural_tag refused.")
 
     @field_validator("stop")
     @classmethod
@@ -150,8 +159,12 @@ class ChatRequest(BaseModel):
 
     def format_request(self) -> dict[str, Any] | None:
         """``response_format`` as served (``formats.check_chat_format``; None for text or none), or
-        ``FormatError``."""
-        return None if self.response_format is None else check_chat_format(self.response_format)
+        vLLM's structured-output fields in the same form (``formats.check_vllm_format``), or
+        ``FormatError`` (also for both at once)."""
+        vllm = check_vllm_format({k: getattr(self, k) for k in VLLM_FIELDS})
+        if vllm is not None and self.response_format is not None:
+            raise FormatError("response_format", "give response_format or vLLM's structured-output fields, not both")
+        return vllm if self.response_format is None else check_chat_format(self.response_format)
 
 
 class Route(BaseModel):
