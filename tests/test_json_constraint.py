@@ -384,3 +384,34 @@ def test_all_of_and_constraints_beside_a_ref_or_a_union_are_merged():
     assert not JsonPrefix({"allOf": [{"enum": ["a", "b"]}, {"enum": ["b", "c"]}]}).feed('"a')
     clash = {"allOf": [{"type": "string", "pattern": "^a"}, {"type": "string", "pattern": "^b"}]}
     assert accepts(clash, "[1]")  # two patterns do not merge: open, for validation to judge
+
+
+def test_a_regular_expression_or_a_choice_guides_the_whole_answer(bpe_lm):
+    """vLLM's guided_regex and guided_choice: the random tiny model's greedy answers, never of the
+    form unguided, match the pattern whole (or are one of the choices), batched and alone alike, in
+    one batch with a JSON row; the reader refuses at the first character that cannot lead to a
+    match, and ends a spelled-out choice."""
+    import regex
+
+    from potstill.models.generation import generate
+    from potstill.models.prompting import PromptFormat
+    from potstill.models.regex_constraint import RegexPrefix, choice_pattern, regex_guide
+
+    p = RegexPrefix(r"[0-9]{3}-[a-z]{2}")
+    assert p.copy().feed("12") and not p.copy().feed("1a") and not p.can_end()
+    assert p.feed("123-ab") and p.can_end() and p.done and not p.copy().feed("c")
+    c = RegexPrefix(choice_pattern(["tech", "tea", "teas"]))
+    assert c.copy().feed("te") and not c.copy().feed("ax") and not c.done
+    assert c.feed("tea") and c.can_end() and not c.done  # "teas" is still open
+    assert c.feed("s") and c.done
+    assert RegexPrefix(choice_pattern(["a.b"])).feed("a.b") and not RegexPrefix(choice_pattern(["a.b"])).feed("axb")
+    code, choices = r"[A-Z]{2}-[0-9]{2,4}", ["sports", "tech", "politics"]
+    guides = [regex_guide(code), regex_guide(choice_pattern(choices)), TOPIC]
+    fmt = PromptFormat(kind="chat", instruction="Answer.")
+    free = generate(bpe_lm, fmt, ASKS, 24)
+    assert not any(regex.fullmatch(code, t) or t in choices for t in free.texts)
+    batched = generate(bpe_lm, fmt, ASKS, 200, batch_size=3, json_schema=guides)
+    single = generate(bpe_lm, fmt, ASKS, 200, batch_size=1, json_schema=guides)
+    assert batched.texts == single.texts
+    assert regex.fullmatch(code, batched.texts[0]) and batched.texts[1] in choices, batched.texts
+    assert _valid(batched.texts[2])

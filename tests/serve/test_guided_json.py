@@ -165,49 +165,6 @@ def test_a_clients_response_format_guides_the_served_student(tmp_path, teacher_s
     assert all(r.model_extra["potstill"]["answered_by"] == "student" for r in vllm_style)
 
 
-def test_vllm_structured_output_fields_are_served_or_refused_by_name(tmp_path, teacher_server, monkeypatch):
-    """guided_json / structured_outputs.json (a schema or its JSON text) is response_format's
-    json_schema and structured_outputs.json_object its json_object; a regex, a choice or a grammar
-    is a 400 naming the field, never an answer that silently ignores it; two constraints at once,
-    or one beside response_format, are a 400 too."""
-    import json
-
-    import openai
-
-    from tests.export.conftest import make_bpe_model
-    from tests.serve.conftest import SERVE_KEY, TEACHER_KEY, write_run
-
-    monkeypatch.setenv("TEACHER_KEY", TEACHER_KEY)
-    monkeypatch.setenv("SERVE_KEY", SERVE_KEY)
-    run = write_run(tmp_path, make_bpe_model(tmp_path / "bpe"), teacher_server.base_url,
-                    task={"type": "freetext", "instruction": "Answer.", "max_output_tokens": 160})
-    with served(run, True) as c:
-        def ask(**extra: Any) -> Any:
-            return c.chat.completions.create(model="potstill", messages=ASKS[0], extra_body=extra)
-
-        fmt = {"type": "json_schema", "json_schema": {"name": "guided_json", "schema": TOPIC}}
-        want = c.chat.completions.create(model="potstill", messages=ASKS[0], response_format=fmt)
-        for extra in ({"guided_json": TOPIC}, {"guided_json": json.dumps(TOPIC)}, {"structured_outputs": {"json": TOPIC}}):
-            r = ask(**extra)
-            assert r.choices[0].message.content == want.choices[0].message.content, extra
-            assert r.model_extra["potstill"]["answered_by"] == "student" and _valid(r.choices[0].message.content)
-        any_object = ask(structured_outputs={"json_object": True}).model_extra["potstill"]["student_output"]
-        assert JsonPrefix({"type": "object"}).feed(any_object)  # a start of one at least (see above)
-        for extra, param in (({"guided_regex": "[a-z]+"}, "guided_regex"), ({"guided_choice": ["a", "b"]}, "guided_choice"),
-                             ({"guided_grammar": "root ::= x"}, "guided_grammar"),
-                             ({"structured_outputs": {"choice": ["a"]}}, "structured_outputs.choice"),
-                             ({"guided_json": TOPIC, "guided_regex": "x"}, "guided_regex"),
-                             ({"guided_json": "{not json"}, "guided_json"),
-                             ({"guided_json": {"type": 7}}, "guided_json.schema")):
-            with pytest.raises(openai.BadRequestError) as e:
-                ask(**extra)
-            assert e.value.status_code == 400 and e.value.body["param"] == param, (extra, e.value.body)
-        with pytest.raises(openai.BadRequestError) as e:
-            c.chat.completions.create(model="potstill", messages=ASKS[0], response_format=fmt,
-                                      extra_body={"guided_json": TOPIC})
-        assert e.value.body["param"] == "response_format" and "not both" in e.value.body["message"]
-
-
 def test_one_batch_decodes_each_chat_under_its_own_schema(tmp_path):
     """Requests batched together keep their own formats: a row under a schema, a row under any
     object and an unguided row in one batch; the unguided row is the text it gets in a batch where
@@ -249,3 +206,77 @@ def test_one_batch_decodes_each_chat_under_its_own_schema(tmp_path):
     assert not old.guides
     with pytest.raises(ValueError, match="the old engine cannot decode under a JSON schema"):
         old.answer(chats[:1], [TOPIC])
+
+
+def test_vllm_structured_output_fields_are_served_or_refused_by_name(tmp_path, teacher_server, monkeypatch):
+    """guided_json / structured_outputs.json (a schema or its JSON text) is response_format's
+    json_schema and structured_outputs.json_object its json_object; guided_regex and guided_choice
+    (and their structured_outputs forms) guide the student's whole answer, or, without guided_json,
+    send an answer that does not match to the teacher, asked unconstrained (no API takes them) and
+    its answer checked; a grammar is a 400 naming the field, never an answer that silently ignores
+    it; two constraints at once, or one beside response_format, are a 400 too."""
+    import json
+
+    import openai
+    import regex
+
+    from tests.export.conftest import make_bpe_model
+    from tests.serve.conftest import SERVE_KEY, TEACHER_KEY, write_run
+
+    monkeypatch.setenv("TEACHER_KEY", TEACHER_KEY)
+    monkeypatch.setenv("SERVE_KEY", SERVE_KEY)
+    run = write_run(tmp_path, make_bpe_model(tmp_path / "bpe"), teacher_server.base_url,
+                    task={"type": "freetext", "instruction": "Answer.", "max_output_tokens": 160})
+    code, choices = r"[A-Z]{2}-[0-9]{2,4}", ["sports", "tech", "politics"]
+    patterned: dict[bool, list] = {}
+    for guided in (True, False):
+        with served(run, guided) as c:
+            def ask(**extra: Any) -> Any:
+                return c.chat.completions.create(model="potstill", messages=ASKS[0], extra_body=extra)
+
+            patterned[guided] = [ask(guided_regex=code), ask(guided_choice=choices),
+                                 ask(structured_outputs={"regex": code}), ask(structured_outputs={"choice": choices})]
+            if not guided:
+                continue
+            fmt = {"type": "json_schema", "json_schema": {"name": "guided_json", "schema": TOPIC}}
+            want = c.chat.completions.create(model="potstill", messages=ASKS[0], response_format=fmt)
+            for extra in ({"guided_json": TOPIC}, {"guided_json": json.dumps(TOPIC)}, {"structured_outputs": {"json": TOPIC}}):
+                r = ask(**extra)
+                assert r.choices[0].message.content == want.choices[0].message.content, extra
+                assert r.model_extra["potstill"]["answered_by"] == "student" and _valid(r.choices[0].message.content)
+            any_object = ask(structured_outputs={"json_object": True}).model_extra["potstill"]["student_output"]
+            assert JsonPrefix({"type": "object"}).feed(any_object)  # a start of one at least (see above)
+            for extra, param in (({"guided_grammar": "root ::= x"}, "guided_grammar"),
+                                 ({"structured_outputs": {"structural_tag": "{}"}}, "structured_outputs.structural_tag"),
+                                 ({"guided_json": TOPIC, "guided_regex": "x"}, "guided_regex"),
+                                 ({"guided_json": "{not json"}, "guided_json"),
+                                 ({"guided_json": {"type": 7}}, "guided_json.schema"),
+                                 ({"guided_regex": "(unclosed"}, "guided_regex"),
+                                 ({"guided_choice": []}, "guided_choice"), ({"guided_choice": "a"}, "guided_choice")):
+                with pytest.raises(openai.BadRequestError) as e:
+                    ask(**extra)
+                assert e.value.status_code == 400 and e.value.body["param"] == param, (extra, e.value.body)
+            with pytest.raises(openai.BadRequestError) as e:
+                c.chat.completions.create(model="potstill", messages=ASKS[0], response_format=fmt,
+                                          extra_body={"guided_json": TOPIC})
+            assert e.value.body["param"] == "response_format" and "not both" in e.value.body["message"]
+    for r in patterned[True]:
+        assert r.model_extra["potstill"]["answered_by"] == "student", r.model_extra["potstill"]
+    texts = [r.choices[0].message.content for r in patterned[True]]
+    assert regex.fullmatch(code, texts[0]) and texts[1] in choices and texts[2:] == texts[:2], texts
+    for r in patterned[False]:  # unguided, the random student's answer matches neither: the teacher's turn
+        route = r.model_extra["potstill"]
+        assert route["answered_by"] == "teacher" and route["reason"] in ("response_format", "response_format+cached"), route
+        assert route["response_format_problem"] in ("does not match the regular expression", "not one of the choices")
+
+
+def test_a_regex_or_choice_is_no_response_format_for_an_api_teacher():
+    from potstill.config import TaskConfig, TeacherConfig
+    from potstill.tasks import get_task
+    from potstill.teachers.openai_teacher import OpenAITeacher
+
+    teacher = OpenAITeacher(TeacherConfig(type="openai", model="gpt-4.1-mini"),
+                            get_task(TaskConfig(type="freetext", instruction="x")))
+    assert teacher.with_response_format({}, {"type": "regex", "regex": "a+"}) is None
+    assert teacher.with_response_format({}, {"type": "choice", "choice": ["a"]}) is None
+    assert teacher.with_response_format({}, {"type": "json_object"}) == {"response_format": {"type": "json_object"}}

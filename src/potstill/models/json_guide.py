@@ -1,5 +1,7 @@
 """Greedy decoding under JSON Schemas, a token at a time: each step keeps the most likely token whose
-text continues a JSON document the row's schema can still accept (``models.json_constraint``).
+text continues a JSON document the row's schema can still accept (``models.json_constraint``), or,
+for a row guided by ``{REGEX: pattern}`` (vLLM's ``guided_regex``, and ``guided_choice`` as the
+alternation of its strings), a text the pattern can still match whole (``RegexPrefix``).
 
 ``JsonSchemaLogits`` is the ``model.generate`` logits processor (and the guide of greedy decoding on
 static caches, ``static_decode.greedy``, through ``pick`` and ``choose``): for each row it tries the top
@@ -16,6 +18,13 @@ from typing import Any, Sequence
 import torch
 
 from potstill.models.json_constraint import WS, JsonPrefix
+from potstill.models.regex_constraint import REGEX, RegexPrefix
+
+
+def text_prefix(spec: dict) -> JsonPrefix | RegexPrefix:
+    """The prefix reader of a row's guide: a regular expression's, or a JSON Schema's."""
+    pattern = spec.get(REGEX) if isinstance(spec, dict) else None
+    return RegexPrefix(pattern) if isinstance(pattern, str) else JsonPrefix(spec)
 
 
 class JsonSchemaLogits:
@@ -32,7 +41,7 @@ class JsonSchemaLogits:
         self.schema = schema if isinstance(schema, dict) else None
         self.ends = [int(e) for e in ends]
         self.tries = tries
-        self.rows: dict[int, tuple[list[int], str, JsonPrefix]] = {}
+        self.rows: dict[int, tuple[list[int], str, JsonPrefix | RegexPrefix]] = {}
         self._chars: list[int] | None = None
 
     def _char_tokens(self) -> list[int]:
@@ -61,11 +70,11 @@ class JsonSchemaLogits:
     def _schema(self, r: int) -> dict | None:
         return self.schema if self.schemas is None else self.schemas[r]
 
-    def _state(self, r: int, gen: list[int]) -> tuple[str, JsonPrefix] | None:
+    def _state(self, r: int, gen: list[int]) -> tuple[str, JsonPrefix | RegexPrefix] | None:
         """The decoded answer so far and its prefix state (None where it left the grammar)."""
-        ids, text, state = self.rows.get(r, ([], "", JsonPrefix(self._schema(r))))
+        ids, text, state = self.rows.get(r, ([], "", text_prefix(self._schema(r))))
         if gen[: len(ids)] != ids:
-            ids, text, state = [], "", JsonPrefix(self._schema(r))
+            ids, text, state = [], "", text_prefix(self._schema(r))
         if len(gen) > len(ids):
             if len(gen) == len(ids) + 1:  # the usual step: one token more than last time
                 delta = self._delta(ids, self._decode(ids[-self.WINDOW:]), gen[-1])
@@ -78,7 +87,7 @@ class JsonSchemaLogits:
         self.rows[r] = (ids, text, state)
         return text, state
 
-    def _fits(self, gen: list[int], state: JsonPrefix, base: str, t: int) -> bool:
+    def _fits(self, gen: list[int], state: JsonPrefix | RegexPrefix, base: str, t: int) -> bool:
         """Whether token ``t`` after ``gen`` (whose window decodes to ``base``) keeps the answer a
         start of an acceptable document."""
         if t in self.ends:
@@ -86,7 +95,7 @@ class JsonSchemaLogits:
         delta = self._delta(gen, base, t)
         return bool(delta) and "\ufffd" not in delta and state.copy().feed(delta)
 
-    def _pick(self, gen: list[int], text: str, state: JsonPrefix, scores: torch.Tensor, first: list[int]) -> int | None:
+    def _pick(self, gen: list[int], text: str, state: JsonPrefix | RegexPrefix, scores: torch.Tensor, first: list[int]) -> int | None:
         """The likeliest token that keeps the row's answer a start of an acceptable document;
         ``first``: its top ``tries[0]`` tokens, already on the host."""
         if state.done:
@@ -104,7 +113,9 @@ class JsonSchemaLogits:
             delta = self._delta(gen, base, t)
             if delta is not None and state.copy().feed(delta):
                 return t
-        return None
+        # Nothing tried continues it, but the text is whole already (a pattern whose next character no
+        # likely token writes): end it there rather than leave the row as the model wants it.
+        return self.ends[0] if self.ends and state.can_end() else None
 
     def pick(self, gens: list[list[int]], candidates: list[list[int]]) -> list[int]:
         """For each row, the place in ``candidates[r]`` (its likeliest ``tries[0]`` tokens, best

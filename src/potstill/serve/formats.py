@@ -12,7 +12,10 @@ route says why (``response_format_problem``), as nothing else could have answere
 
 Formats are kept in the chat-completions form throughout (``{"type": "json_object"}``,
 ``{"type": "json_schema", "json_schema": {"name", "schema", "strict", "description"}}``); a plain
-``{"type": "text"}`` asks nothing and is the same as none.
+``{"type": "text"}`` asks nothing and is the same as none. vLLM's structured-output fields
+(``check_vllm_format``) add two of potstill's own: ``{"type": "regex", "regex": pattern}`` and
+``{"type": "choice", "choice": [...]}``, the whole answer matched, which no API teacher takes (a
+greedy local teacher decodes under them).
 """
 
 from __future__ import annotations
@@ -74,9 +77,10 @@ def check_vllm_format(fields: dict[str, Any]) -> dict[str, Any] | None:
     """vLLM's structured-output request (``fields``: a request's ``VLLM_FIELDS`` that are set) in the
     chat form, or None where it asks nothing, or FormatError: ``guided_json`` / ``structured_outputs.json``
     (a JSON Schema, or its JSON text) is a ``json_schema`` format named ``guided_json``;
-    ``structured_outputs.json_object`` is ``json_object``; a regular expression, a choice, a grammar
-    or a structural tag is refused by name, since the student would otherwise answer unconstrained
-    and the client never know; two constraints at once are refused, as vLLM refuses them."""
+    ``structured_outputs.json_object`` is ``json_object``; a regular expression and a choice are
+    formats of their own (``regex``, ``choice``); a grammar or a structural tag is refused by name,
+    since the student would otherwise answer unconstrained and the client never know; two
+    constraints at once are refused, as vLLM refuses them."""
     asks: list[tuple[str, str, Any]] = []  # (param, kind, value)
     for name, value in fields.items():
         if value is None:
@@ -94,10 +98,20 @@ def check_vllm_format(fields: dict[str, Any]) -> dict[str, Any] | None:
     param, kind, value = asks[0]
     if kind == "json_object":
         return {"type": "json_object"}
+    if kind == "regex":
+        from potstill.models.regex_constraint import pattern_problem
+
+        problem = pattern_problem(value) if isinstance(value, str) else "expected a regular expression (a string)"
+        if problem:
+            raise FormatError(param, f"not a regular expression: {problem}")
+        return {"type": "regex", "regex": value}
+    if kind == "choice":
+        if not isinstance(value, list) or not value or not all(isinstance(c, str) and c for c in value):
+            raise FormatError(param, "expected a list of non-empty strings")
+        return {"type": "choice", "choice": list(value)}
     if kind != "json":
-        raise FormatError(param, f"not served here: potstill's guided decoding follows JSON Schemas only "
-                          f"(guided_json, structured_outputs.json or response_format); this {kind} would "
-                          f"go unconstrained")
+        raise FormatError(param, f"not served here: potstill's guided decoding follows JSON Schemas, regular "
+                          f"expressions and choices; this {kind} would go unconstrained")
     if isinstance(value, str):
         try:
             value = json.loads(value)
@@ -118,8 +132,13 @@ def responses_form(fmt: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def format_schema(fmt: dict[str, Any]) -> dict[str, Any]:
-    """The JSON Schema a (chat-form) format holds an answer to, to decode under: a ``json_schema``
-    format's schema (none given: any JSON value), any object for ``json_object``."""
+    """The guide a (chat-form) format holds an answer to, to decode under: a ``json_schema`` format's
+    schema (none given: any JSON value), any object for ``json_object``; for vLLM's regex and choice
+    formats, the pattern (``models.regex_constraint.regex_guide``)."""
+    if fmt["type"] in ("regex", "choice"):
+        from potstill.models.regex_constraint import choice_pattern, regex_guide
+
+        return regex_guide(fmt["regex"] if fmt["type"] == "regex" else choice_pattern(fmt["choice"]))
     if fmt["type"] == "json_object":
         return {"type": "object"}
     return fmt["json_schema"].get("schema") or {}
@@ -168,9 +187,16 @@ def answer_problem(text: str, fmt: dict[str, Any] | None) -> str | None:
 
     ``json_object``: the text parses as one JSON object. ``json_schema``: it parses as JSON and that
     value is valid under the schema (JSON Schema as written, by the draft its ``$schema`` names,
-    else the latest; OpenAI's strict mode accepts a subset of the same language)."""
+    else the latest; OpenAI's strict mode accepts a subset of the same language). ``regex``: the
+    pattern matches the whole text; ``choice``: the text is one of the choices."""
     if fmt is None:
         return None
+    if fmt["type"] == "choice":
+        return None if text in fmt["choice"] else "not one of the choices"
+    if fmt["type"] == "regex":
+        import regex
+
+        return None if regex.fullmatch(fmt["regex"], text) else "does not match the regular expression"
     try:
         value = json.loads(text)
     except ValueError as e:

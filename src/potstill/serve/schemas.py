@@ -114,11 +114,11 @@ class ChatRequest(BaseModel):
     # vLLM's structured outputs (extra_body), for clients written against a vLLM server.
     guided_json: dict[str, Any] | str | None = Field(None, description="vLLM's: a JSON Schema (or its JSON text), "
                                                      "served as response_format json_schema.")
-    guided_regex: Any = Field(None, description="vLLM's; refused with a 400 (JSON Schemas only).")
-    guided_choice: Any = Field(None, description="vLLM's; refused with a 400 (JSON Schemas only).")
-    guided_grammar: Any = Field(None, description="vLLM's; refused with a 400 (JSON Schemas only).")
-    structured_outputs: Any = Field(None, description="vLLM's: {json: schema} or {json_object: true} as "
-                                    "response_format; regex, choice, grammar and structural_tag refused.")
+    guided_regex: Any = Field(None, description="vLLM's: a regular expression the whole answer matches.")
+    guided_choice: Any = Field(None, description="vLLM's: strings, one of which is the whole answer.")
+    guided_grammar: Any = Field(None, description="vLLM's; refused with a 400 (no grammar guide here).")
+    structured_outputs: Any = Field(None, description="vLLM's: {json: schema}, {json_object: true}, {regex} or "
+                                    "{choice}, as the fields above; grammar and structural_tag refused.")
 
     @field_validator("stop")
     @classmethod

@@ -376,10 +376,11 @@ class Service:
                 a: StudentAnswer | None = await asyncio.wrap_future(
                     live.batcher.submit(messages) if guide is None else live.batcher.submit(messages, guide))
                 dist: float | None = ood_distance(a.embedding[None], live.reference)[0]
-                # Decoded under the client's own schema, the answer is judged by it (below), not by
-                # the task's, which that schema replaces for this request.
-                client_schema = guide is not None and bool((response_format.get("json_schema") or {}).get("schema"))
-                who, reason = live.routing.decide(a.confidence, dist, None if client_schema else a.invalid)
+                # Decoded under the client's own schema (or pattern), the answer is judged by it (below),
+                # not by the task's, which it replaces for this request.
+                theirs = guide is not None and (response_format["type"] in ("regex", "choice")
+                                                or bool((response_format.get("json_schema") or {}).get("schema")))
+                who, reason = live.routing.decide(a.confidence, dist, None if theirs else a.invalid)
                 if who == "student" and answer_problem(a.output, response_format):
                     who, reason = "teacher", "response_format"
             else:
@@ -443,10 +444,10 @@ class Service:
         does for ``response_format``: under ``serve.guided_json``, a ``json_schema`` format's schema
         (none given: any JSON value) or, for ``json_object``, any object; None where nothing is
         asked, guidance is off, or the student scores labels (it then answers as configured, and
-        an answer that is not the format goes to the teacher). An answer decoded under a client's
-        ``json_schema`` is judged by that schema alone, not by an extraction task's own (a client
-        schema that differs from the task's replaces it for the request); under ``json_object`` the
-        task's schema still holds."""
+        an answer that is not the format goes to the teacher). vLLM's ``regex`` and ``choice``
+        formats guide by their pattern (``models.regex_constraint``). An answer decoded under a
+        client's ``json_schema``, regex or choice is judged by it alone, not by an extraction task's
+        schema, which it replaces for the request; under ``json_object`` the task's schema still holds."""
         if response_format is None or not self.cfg.serve.guided_json or not live.engine.guides:
             return None
         return format_schema(response_format)

@@ -122,8 +122,11 @@ class OpenAITeacher(ApiTeacher):
         given = {"tool_choice": tool_choice, "parallel_tool_calls": parallel_tool_calls}
         return {**request, "tools": tools, **{k: v for k, v in given.items() if v is not None}}
 
-    def with_response_format(self, request: dict[str, Any], response_format: dict[str, Any]) -> dict[str, Any]:
+    def with_response_format(self, request: dict[str, Any], response_format: dict[str, Any]) -> dict[str, Any] | None:
         # The API's own field: OpenAI, vLLM, llama.cpp's server and Ollama all constrain their decoding to it.
+        # A regex or a choice (vLLM's fields, served by potstill) is no response_format: asked unconstrained.
+        if response_format["type"] not in ("json_object", "json_schema"):
+            return None
         return {**request, "response_format": response_format}
 
     def label_probs(self, answer: dict[str, Any]) -> dict[str, float] | None:
