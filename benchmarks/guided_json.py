@@ -14,7 +14,9 @@ also the engine's unguided default, drafts of 2 (its fastest batch-1 path, which
 compared per generated token.
 
 Reported per way: seconds per input and per decoding step (a batch's step decodes all its rows,
-until its longest ends), the share of answers that parse as
+until its longest ends), for guided ways the guide's own host time per guided row and step and its
+share of the wall time (``GuideClock``: what a faster step on a GPU cannot shrink), the share of
+answers that parse as
 JSON and that pass the task's validation (the schema, ``pattern`` included) and that ran to the
 budget, and the overhead of guidance per step. Correctness (exit 1): every guided answer is a start
 of a document the guide accepts, and one that ended before the budget parses as JSON; and where an
@@ -110,7 +112,10 @@ def main() -> int:
     if engine is not None:
         keys += [f"{way}-static@{b}" for way in ("unguided", "guided") for b in ("b1", "b8")]
         answers["guided-static"], tokens["guided-static"] = [], []
-    rows: dict[str, dict] = {k: {"seconds": [], "tokens": 0, "steps": 0, "wall": 0.0} for k in keys}
+    rows: dict[str, dict] = {k: {"seconds": [], "tokens": 0, "steps": 0, "wall": 0.0, "guide_s": 0.0,
+                                 "guide_row_steps": 0} for k in keys}
+    clock = GuideClock()
+    clock.take()  # the warm-up's
 
     def record(key: str, dt: float, g: Any) -> None:
         """One timed call of ``key``'s way: seconds per input, tokens, and steps (a batch decodes until
@@ -120,6 +125,9 @@ def main() -> int:
         r["tokens"] += sum(g.output_tokens)
         r["steps"] += max(g.output_tokens)
         r["wall"] += dt
+        spent, row_steps = clock.take()
+        r["guide_s"] += spent
+        r["guide_row_steps"] += row_steps
 
     def static_run(msgs: list, guided: bool) -> tuple[float, object]:
         engine.json_schema = schema if guided and not args.break_guide else None
@@ -147,6 +155,10 @@ def main() -> int:
             record(f"{way}@b8", *run(8, way == "guided", messages))
     for key, r in rows.items():
         secs, wall = r.pop("seconds"), r.pop("wall")
+        guide_s, guide_rows = r.pop("guide_s"), r.pop("guide_row_steps")
+        if guide_rows:  # the guide's host work per guided row and step (GuideClock)
+            r["guide_ms_per_row_step"] = round(1000 * guide_s / guide_rows, 3)
+            r["guide_share_of_step"] = round(guide_s / wall, 3)
         inputs_timed = len(secs) * (1 if key.endswith("b1") else len(messages))
         r.update(seconds_per_input_median=round(statistics.median(secs), 4),
                  ms_per_step=round(1000 * wall / r["steps"], 2), mean_tokens=round(r["tokens"] / inputs_timed, 1))
@@ -203,6 +215,47 @@ def main() -> int:
     print(json.dumps({k: result[k] for k in ("rows", "quality", "guided_over_unguided_ms_per_step", "failures")},
                      indent=2))
     return 1 if failures else 0
+
+
+class GuideClock:
+    """The host time the guide (``json_guide.JsonSchemaLogits``) spends, per guided row and step:
+    its entry points wrapped (``__call__`` in ``model.generate``; ``pick``, and ``choose`` where pick
+    found no fit, on static caches), the GPU drained before each so that its queued work is not
+    counted, rows counted once a step (the live guided rows of ``__call__`` and ``pick``)."""
+
+    def __init__(self) -> None:
+        from potstill.models import json_guide
+
+        self.seconds, self.row_steps, self.inside = 0.0, 0, False
+        cls = json_guide.JsonSchemaLogits
+        for name, counts in (("__call__", True), ("pick", True), ("choose", False)):
+            setattr(cls, name, self._timed(getattr(cls, name), counts))
+
+    def _timed(self, fn: Any, counts: bool) -> Any:
+        import torch
+
+        def wrapper(guide: Any, gens: Any, arg: Any) -> Any:
+            if self.inside:  # choose inside __call__: already on the clock
+                return fn(guide, gens, arg)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.inside, t = True, time.perf_counter()
+            try:
+                return fn(guide, gens, arg)
+            finally:
+                self.seconds += time.perf_counter() - t
+                self.inside = False
+                if counts:  # __call__ gets the whole ids (prompt first), pick the answers' tokens
+                    answers = [g[guide.start:] for g in gens.tolist()] if hasattr(gens, "tolist") else gens
+                    self.row_steps += sum(1 for r, g in enumerate(answers) if guide._schema(r) is not None
+                                          and not any(x in guide.ends for x in g))
+
+        return wrapper
+
+    def take(self) -> tuple[float, int]:
+        out = (self.seconds, self.row_steps)
+        self.seconds, self.row_steps = 0.0, 0
+        return out
 
 
 def _machine() -> dict:
