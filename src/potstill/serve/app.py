@@ -1,7 +1,8 @@
 """The HTTP face: an OpenAI-compatible FastAPI app over a ``Service``.
 
 Every request to ``/v1/chat/completions`` (and to ``/v1/responses``, OpenAI's Responses API for
-text) becomes exactly one ledger row, whatever happens:
+text) becomes exactly one ledger row, whatever happens (a ``/v1/completions`` request, one row per
+prompt answered, ``serve.completions``):
 answered (status ok, role = who answered), rejected (401/400/413: status error), or failed
 (502 when the teacher fails, 500 otherwise). Every 4xx/5xx carries an OpenAI-style body
 ``{"error": {"message", "type", "param", "code"}}``. Where a key is set, every path but /health
@@ -29,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from potstill.errors import PotstillError
 from potstill.records import json_problem
+from potstill.serve.completions import COMPLETIONS, add_completions_route
 from potstill.serve.engine import RefusedChat
 from potstill.serve.formats import FormatError, responses_form
 from potstill.responses_format import ResponsesInputError, chat_messages
@@ -40,7 +42,7 @@ from potstill.serve.service import LogprobsUnavailable, Service, TeacherError, w
 
 CHAT = "/v1/chat/completions"
 RESPONSES = "/v1/responses"
-SERVED = (CHAT, RESPONSES)  # the paths whose every request is a ledger row
+SERVED = (CHAT, RESPONSES, COMPLETIONS)  # the paths whose every request is a ledger row
 ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 500, 502)}
 # One server-sent event (OpenAPI 3.1: the event-stream schema describes each event): its data is a
 # chat.completion.chunk as JSON, or [DONE].
@@ -202,6 +204,7 @@ def build_app(service: Service, api_key: str | None) -> FastAPI:
     _add_info_routes(app, service, registry, bearer)
     _add_chat_route(app, service, requests, latency, bearer)
     _add_responses_route(app, service, requests, latency, bearer)
+    add_completions_route(app, service, requests, latency, bearer)
     _add_reload_route(app, service, api_key, bearer)
     app.add_middleware(Gate, service=service, key=api_key, max_body=s.max_body_bytes, reject=reject)
     return app

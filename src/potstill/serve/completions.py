@@ -1,0 +1,173 @@
+"""``POST /v1/completions``: the legacy text-completions API (``client.completions.create``), which
+vLLM serves beside chat and batch jobs use for a list of prompts in one request.
+
+Each prompt is one user message under the run's instruction, as the student was trained, routed as
+a chat would be (``Service.answer``), logged as a chat row of its own (so watch, redistill and import
+read it), and answered as one choice; the prompts of one request are answered concurrently, so the
+serving batcher batches them. vLLM's structured-output fields and ``response_format`` work as on chat.
+``max_tokens`` unset is the task's budget, not OpenAI's 16. Token-id prompts, ``echo``, ``suffix``,
+``best_of`` and ``n`` above 1 are refused by name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from prometheus_client import Counter, Histogram
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from potstill.serve.formats import VLLM_FIELDS, FormatError, check_chat_format, check_vllm_format
+
+COMPLETIONS = "/v1/completions"
+
+
+class CompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str = Field(..., description="A name GET /v1/models lists; the router picks the student or the teacher.")
+    prompt: str | list[Any] = Field(..., description="A prompt, or a list of them (one choice each); each is one "
+                                    "user message under the run's instruction. Token ids are not served.")
+    max_tokens: int | None = Field(None, ge=1, strict=True, description="Unset: the task's budget (OpenAI's "
+                                   "default, 16, would cut most answers).")
+    stop: str | list[str] | None = Field(None, description="Up to 4 strings; an answer ends before the first one.")
+    logprobs: int | None = Field(None, ge=0, le=20, strict=True, description="Each token's log-probability and "
+                                 "this many likeliest alternatives, in the legacy form.")
+    stream: bool | None = Field(False, strict=True)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    n: int | None = Field(None, ge=1, le=1, strict=True, description="Only one choice per prompt is served.")
+    best_of: int | None = Field(None, ge=1, le=1, strict=True, description="Only 1.")
+    echo: bool | None = Field(None, strict=True, description="Not served: the prompt is not returned.")
+    suffix: str | None = Field(None, description="Not served: there is no insertion.")
+    response_format: dict[str, Any] | None = Field(None, description="As on chat completions.")
+    guided_json: dict[str, Any] | str | None = Field(None, description="vLLM's, as on chat completions.")
+    guided_regex: Any = None
+    guided_choice: Any = None
+    guided_grammar: Any = None
+    structured_outputs: Any = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, v: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(v, list) and len(v) > 4:
+            raise ValueError("at most 4 stop sequences")
+        if any(not s for s in ([v] if isinstance(v, str) else v or [])):
+            raise ValueError("a stop sequence must not be empty")
+        return v
+
+    def prompts(self) -> list[str]:
+        """The prompts as text, or ValueError naming the first that is not."""
+        if isinstance(self.prompt, str):
+            return [self.prompt]
+        if not self.prompt:
+            raise ValueError("expected a string or a non-empty list of strings")
+        for i, p in enumerate(self.prompt):
+            if not isinstance(p, str):
+                raise ValueError(f"item {i} is not a string (token-id prompts are not served: send the text)")
+        return list(self.prompt)
+
+    def format_request(self) -> dict[str, Any] | None:
+        vllm = check_vllm_format({k: getattr(self, k) for k in VLLM_FIELDS})
+        if vllm is not None and self.response_format is not None:
+            raise FormatError("response_format", "give response_format or vLLM's structured-output fields, not both")
+        return vllm if self.response_format is None else check_chat_format(self.response_format)
+
+
+class CompletionChoice(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    text: str
+    index: int
+    logprobs: dict[str, Any] | None = None
+    finish_reason: Literal["stop", "length"] = "stop"
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice] = Field(..., description="One per prompt, in order; each carries its route "
+                                            "as potstill (answered_by, reason, confidence, ...).")
+    usage: dict[str, int]
+
+
+def legacy_logprobs(content: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    """Chat's ``logprobs.content`` (token, logprob, top_logprobs) in the legacy completions form:
+    ``tokens``, ``token_logprobs``, ``top_logprobs`` (a token -> log-prob map per position) and
+    ``text_offset`` (each token's character offset in the text)."""
+    if content is None:
+        return None
+    offsets, at = [], 0
+    for t in content:
+        offsets.append(at)
+        at += len(t["token"])
+    return {"tokens": [t["token"] for t in content], "token_logprobs": [t["logprob"] for t in content],
+            "top_logprobs": [{a["token"]: a["logprob"] for a in t.get("top_logprobs", [])} for t in content],
+            "text_offset": offsets}
+
+
+def add_completions_route(app: FastAPI, service: Any, requests: Counter, latency: Histogram, bearer: list) -> None:
+    from potstill.serve.app import ERRORS, APIError, _format, _owner, _record, _route_headers, _unknown_model
+
+    s = service.cfg.serve
+
+    @app.post(COMPLETIONS, response_model=Completion, dependencies=bearer, responses=ERRORS)
+    async def completions(body: CompletionRequest, request: Request) -> Any:
+        state = request.scope.setdefault("state", {})
+        if _owner(service, body.model) is None:
+            raise _unknown_model(service, body.model)
+        for name, why in (("echo", "the prompt is not returned"), ("suffix", "there is no insertion")):
+            if getattr(body, name):
+                raise APIError(400, f"{name}: not served here ({why})", name)
+        try:
+            prompts = body.prompts()
+        except ValueError as e:
+            raise APIError(400, f"prompt: {e}", "prompt") from None
+        if len(prompts) > s.max_messages:
+            raise APIError(400, f"prompt: at most {s.max_messages} prompts per request", "prompt")
+        if not all(p.strip() for p in prompts):
+            raise APIError(400, "prompt: every prompt needs text", "prompt")
+        fmt = _format(body)
+        stops = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+        logged = body.model_dump(exclude_none=True, exclude={"prompt"})
+
+        async def one(prompt: str) -> tuple[Any, dict]:
+            messages = [{"role": "user", "content": prompt}]
+            served = await service.answer(messages, body.max_tokens, stops, logprobs=body.logprobs,
+                                          response_format=fmt)
+            return served, await _record(service, state, served, {**logged, "messages": messages,
+                                                                  "endpoint": COMPLETIONS}, requests, latency)
+
+        answered = await asyncio.gather(*(one(p) for p in prompts))
+        choices = [{"text": served.content, "index": i,
+                    "logprobs": legacy_logprobs(served.logprobs) if body.logprobs is not None else None,
+                    "finish_reason": served.finish_reason, "potstill": route}
+                   for i, (served, route) in enumerate(answered)]
+        models = {served.model for served, _ in answered}
+        model = models.pop() if len(models) == 1 else body.model
+        n_in = sum(served.input_tokens for served, _ in answered)
+        n_out = sum(served.output_tokens for served, _ in answered)
+        usage = {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}
+        cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        first = answered[0][0]
+        headers = _route_headers(first.answered_by, first.reason, first.confidence, first.student) \
+            if len(answered) == 1 else {}
+        result = {"id": cid, "object": "text_completion", "created": created, "model": model,
+                  "choices": choices, "usage": usage}
+        if body.stream:
+            return StreamingResponse(_sse(result), media_type="text/event-stream", headers=headers)
+        return JSONResponse(result, headers=headers)
+
+
+def _sse(result: dict[str, Any]):
+    """The answers as server-sent events in the completions chunk form: each choice's whole text in
+    one chunk (routed on the whole answer, as chat streams it), then ``[DONE]``."""
+    for choice in result["choices"]:
+        chunk = {k: result[k] for k in ("id", "object", "created", "model")}
+        yield f"data: {json.dumps({**chunk, 'choices': [choice]})}\n\n"
+    yield "data: [DONE]\n\n"

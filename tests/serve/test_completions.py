@@ -1,0 +1,56 @@
+"""``/v1/completions`` through the official openai client (``client.completions.create``): each prompt
+is answered as the same chat would be, one choice and one ledger row each, streamed or not, with
+legacy log-probs; what it does not serve is a 400 naming the field."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import openai
+import pytest
+
+from potstill.serve.routing import Routing
+from tests.serve.conftest import client, rows, served_free_text
+
+PROMPTS = ["the team won the match", "a new phone was released", "the vote is in May"]
+
+
+def test_completions_answer_each_prompt_as_the_chat_would(tmp_path, tiny_model, teacher_server, monkeypatch):
+    with served_free_text(tmp_path, tiny_model, teacher_server, monkeypatch) as (service, live):
+        service.routing = Routing(confidence_threshold=-math.inf, ood_threshold=math.inf)  # all to the student
+        c = client(live)
+        chats = [c.chat.completions.create(model="potstill", messages=[{"role": "user", "content": p}])
+                 for p in PROMPTS]
+        before = len(rows(service))
+        got = c.completions.create(model="potstill", prompt=PROMPTS)
+        assert got.object == "text_completion" and [ch.index for ch in got.choices] == [0, 1, 2]
+        for ch, chat in zip(got.choices, chats):
+            assert ch.text == chat.choices[0].message.content
+            assert ch.finish_reason == chat.choices[0].finish_reason
+            route, want = ch.model_extra["potstill"], chat.model_extra["potstill"]
+            assert (route["answered_by"], route["student_output"]) == (want["answered_by"], want["student_output"])
+        logged = rows(service)[before:]
+        assert sorted(json.loads(r["request"])["messages"][0]["content"] for r in logged) == sorted(PROMPTS)
+        assert got.usage.completion_tokens == sum(r["output_tokens"] for r in logged)
+        assert all(json.loads(r["request"])["endpoint"] == "/v1/completions" for r in logged)
+        one = c.completions.create(model="potstill", prompt=PROMPTS[0], max_tokens=2, logprobs=2)
+        lp = one.choices[0].logprobs
+        assert one.choices[0].model_extra["potstill"]["answered_by"] == "student"
+        assert "".join(lp.tokens) == one.choices[0].text and len(lp.token_logprobs) == len(lp.tokens) == 2
+        assert all(len(alts) == 2 for alts in lp.top_logprobs) and lp.text_offset[0] == 0
+        assert all(x <= 0 for x in lp.token_logprobs) and one.choices[0].finish_reason == "length"
+        streamed = list(c.completions.create(model="potstill", prompt=PROMPTS[:2], stream=True))
+        assert [s.choices[0].text for s in streamed] == [ch.text for ch in got.choices[:2]]
+        for kw, param in (({"prompt": [[1, 2, 3]]}, "prompt"), ({"prompt": []}, "prompt"),
+                          ({"prompt": PROMPTS[0], "echo": True}, "echo"),
+                          ({"prompt": PROMPTS[0], "suffix": "x"}, "suffix"),
+                          ({"prompt": PROMPTS[0], "n": 2}, "n"), ({"prompt": PROMPTS[0], "best_of": 3}, "best_of"),
+                          ({"prompt": PROMPTS[0], "extra_body": {"guided_grammar": "x"}}, "guided_grammar")):
+            with pytest.raises(openai.BadRequestError) as e:
+                c.completions.create(model="potstill", **kw)
+            assert e.value.body["param"] == param, (kw, e.value.body)
+        with pytest.raises(openai.NotFoundError):
+            c.completions.create(model="nope", prompt=PROMPTS[0])
+        # A refused request is a ledger row too, as on chat.
+        assert rows(service)[-1]["status"] == "error"
