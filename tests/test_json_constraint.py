@@ -415,3 +415,20 @@ def test_a_regular_expression_or_a_choice_guides_the_whole_answer(bpe_lm):
     assert batched.texts == single.texts
     assert regex.fullmatch(code, batched.texts[0]) and batched.texts[1] in choices, batched.texts
     assert _valid(batched.texts[2])
+
+
+@pytest.mark.parametrize("schema", [{"type": "integer", "multipleOf": 5}, {"type": "integer", "multipleOf": 7, "minimum": 10,
+                                                                         "maximum": 60},
+                                    {"type": "integer", "multipleOf": 25, "minimum": -100, "exclusiveMaximum": 80}])
+def test_an_integers_multiple_of_holds_with_its_bounds(schema):
+    """``Field(multiple_of=5)``: exactly the multiples between the bounds are accepted, and no
+    accepted prefix is a dead end (a digit, or the end, follows it)."""
+    valid = jsonschema.Draft202012Validator(schema)
+    for v in range(-160, 161):
+        assert accepts(schema, str(v)) == valid.is_valid(v), (v, schema)
+        if valid.is_valid(v):
+            for i in range(1, len(str(v))):
+                p = JsonPrefix(schema)
+                assert p.feed(str(v)[:i]) and (p.can_end() or any(p.copy().feed(d) for d in "0123456789"))
+    only_50 = {"type": "integer", "multipleOf": 25, "minimum": 30, "maximum": 60}
+    assert not JsonPrefix(only_50).feed("4") and JsonPrefix(only_50).feed("5")  # 40-49 holds no multiple of 25

@@ -10,8 +10,8 @@ one of its values; a value takes only the ``type``'s kinds (``integer``: no frac
 arrays follow ``items`` (``prefixItems``), ``minItems`` and ``maxItems``; strings ``minLength``,
 ``maxLength``, an anchored ``pattern`` and the ``format``s of ``FORMATS`` (date, time, date-time,
 uuid, ipv4, email, duration, as patterns); a number's ``minimum`` / ``maximum`` (exclusive ones
-too; ``Field(ge=0, le=1)`` on an int or a float): its text only grows toward a value between them,
-and a bounded float is written without an exponent. Local ``$ref``s (``#/$defs/...``, as pydantic
+too; ``Field(ge=0, le=1)`` on an int or a float) and an integer's ``multipleOf``: its text only
+grows toward a value between them (a multiple), and a bounded float is written without an exponent. Local ``$ref``s (``#/$defs/...``, as pydantic
 writes nested models) are followed; an ``allOf``, or a ``$ref`` beside constraints of its own, is
 merged into one schema (``models.json_schema_parts``, which reads the schema; this module reads
 the text).
@@ -22,7 +22,7 @@ each held to its branch's schema (with the constraints beside the ``anyOf``), an
 where the text leaves its branch (a tag's ``const``, a key the branch does not name, a value of
 another kind). Readings that have come to the same state merge, and at most ``MAX_PARSES`` are kept.
 
-Keywords it does not follow (an unanchored ``pattern``, other ``format``s, ``multipleOf``,
+Keywords it does not follow (an unanchored ``pattern``, other ``format``s, a float's ``multipleOf``,
 ``not``, ``if``, ``allOf`` parts that disagree, ...) are left open, to the task's validation of
 the finished answer, which may then still fail them, as without the constraint.
 
@@ -299,14 +299,20 @@ class _Number:
         self.state = "start"
         self.length = 0
         self.bounds = int_bounds(schema or {}) if integer else None  # (low, high), both closed
+        step = (schema or {}).get("multipleOf")
+        # An integer's multipleOf (a whole one): its digits only grow toward a multiple between the bounds.
+        self.multiple = step if integer and isinstance(step, int) and not isinstance(step, bool) and step > 0 else None
+        if self.multiple is not None and self.bounds is None:
+            self.bounds = (-math.inf, math.inf)
         self.dec = None if integer else num_bounds(schema or {})
         self.text = ""
 
     def key(self) -> tuple:
-        return ("n", self.integer, self.bounds, self.dec, self.state, self.text)
+        return ("n", self.integer, self.bounds, self.multiple, self.dec, self.state, self.text)
 
     def _reachable(self, text: str, state: str) -> bool:
-        """Whether an integer written ``text`` so far (in ``state``) can still end between the bounds."""
+        """Whether an integer written ``text`` so far (in ``state``) can still end between the bounds
+        (on a ``multipleOf``, where it has one)."""
         low, high = self.bounds
         if state == "minus":
             return low <= 0  # "-0" is 0; any other is negative
@@ -317,7 +323,8 @@ class _Number:
         for k in range(MAX_NUMBER - len(text) + 1):  # k more digits: v * 10^k .. v * 10^k + 10^k - 1
             a, b = v * 10**k, v * 10**k + 10**k - 1
             lo, hi = (a, b) if sign > 0 else (-b, -a)
-            if lo <= high and hi >= low:
+            x, y = max(lo, low), min(hi, high)  # what is left of it between the bounds
+            if x <= y and (self.multiple is None or -(-x // self.multiple) * self.multiple <= y):
                 return True
             if (a > high) if sign > 0 else (-a < low):  # more digits only move it further out
                 break
@@ -356,7 +363,8 @@ class _Number:
         if self.dec is not None:
             x = Fraction(self.text)
             return in_bounds(self.dec, x, False, x, False)
-        return self.bounds is None or self.bounds[0] <= int(self.text) <= self.bounds[1]
+        return self.bounds is None or self.bounds[0] <= int(self.text) <= self.bounds[1] \
+            and (self.multiple is None or int(self.text) % self.multiple == 0)
 
     def _next(self, c: str) -> str | None:
         s, digit = self.state, c.isascii() and c.isdigit()
