@@ -9,12 +9,12 @@ keys are in, and gives each value its property's schema; a string of an ``enum``
 one of its values; a value takes only the ``type``'s kinds (``integer``: no fraction or exponent);
 arrays follow ``items`` (``prefixItems``), ``minItems`` and ``maxItems``; strings ``minLength``,
 ``maxLength``, an anchored ``pattern`` and the ``format``s of ``FORMATS`` (date, time, date-time,
-uuid, ipv4, email, duration, as patterns); a number's ``minimum`` / ``maximum`` (exclusive ones
-too; ``Field(ge=0, le=1)`` on an int or a float) and an integer's ``multipleOf``: its text only
-grows toward a value between them (a multiple), and a bounded float is written without an exponent. Local ``$ref``s (``#/$defs/...``, as pydantic
-writes nested models) are followed; an ``allOf``, or a ``$ref`` beside constraints of its own, is
-merged into one schema (``models.json_schema_parts``, which reads the schema; this module reads
-the text).
+uuid, ipv4, email, duration, hostname, as patterns); a number's ``minimum`` / ``maximum``
+(exclusive ones too; ``Field(ge=0, le=1)`` on an int or a float) and an integer's ``multipleOf``:
+its text only grows toward a value between them (a multiple), and a bounded float is written
+without an exponent. Local ``$ref``s (``#/$defs/...``, as pydantic writes nested models) are
+followed; an ``allOf``, or a ``$ref`` beside constraints of its own, is merged into one schema
+(``models.json_schema_parts``, which reads the schema; this module reads the text).
 
 ``anyOf`` / ``oneOf`` (pydantic's ``Optional[X]``, unions, tagged unions of models) are read as
 parallel readings (``_Parse``): a value starts one for each branch that takes its first character,
