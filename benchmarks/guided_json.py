@@ -113,7 +113,7 @@ def main() -> int:
         keys += [f"{way}-static@{b}" for way in ("unguided", "guided") for b in ("b1", "b8")]
         answers["guided-static"], tokens["guided-static"] = [], []
     rows: dict[str, dict] = {k: {"seconds": [], "tokens": 0, "steps": 0, "wall": 0.0, "guide_s": 0.0,
-                                 "guide_row_steps": 0} for k in keys}
+                                 "guide_row_steps": 0, "guide_beyond_top": 0} for k in keys}
     clock = GuideClock()
     clock.take()  # the warm-up's
 
@@ -125,9 +125,10 @@ def main() -> int:
         r["tokens"] += sum(g.output_tokens)
         r["steps"] += max(g.output_tokens)
         r["wall"] += dt
-        spent, row_steps = clock.take()
+        spent, row_steps, beyond = clock.take()
         r["guide_s"] += spent
         r["guide_row_steps"] += row_steps
+        r["guide_beyond_top"] += beyond
 
     def static_run(msgs: list, guided: bool) -> tuple[float, object]:
         engine.json_schema = schema if guided and not args.break_guide else None
@@ -155,10 +156,13 @@ def main() -> int:
             record(f"{way}@b8", *run(8, way == "guided", messages))
     for key, r in rows.items():
         secs, wall = r.pop("seconds"), r.pop("wall")
-        guide_s, guide_rows = r.pop("guide_s"), r.pop("guide_row_steps")
+        guide_s, guide_rows, beyond = r.pop("guide_s"), r.pop("guide_row_steps"), r.pop("guide_beyond_top")
         if guide_rows:  # the guide's host work per guided row and step (GuideClock)
             r["guide_ms_per_row_step"] = round(1000 * guide_s / guide_rows, 3)
             r["guide_share_of_step"] = round(guide_s / wall, 3)
+            # Row-steps where none of the likeliest 32 tokens fitted (model.generate's path; on static
+            # caches such a step computes its logits again): counted where _pick ran.
+            r["guide_row_steps_beyond_top32"] = beyond
         inputs_timed = len(secs) * (1 if key.endswith("b1") else len(messages))
         r.update(seconds_per_input_median=round(statistics.median(secs), 4),
                  ms_per_step=round(1000 * wall / r["steps"], 2), mean_tokens=round(r["tokens"] / inputs_timed, 1))
@@ -226,10 +230,18 @@ class GuideClock:
     def __init__(self) -> None:
         from potstill.models import json_guide
 
-        self.seconds, self.row_steps, self.inside = 0.0, 0, False
+        self.seconds, self.row_steps, self.inside, self.beyond = 0.0, 0, False, 0
         cls = json_guide.JsonSchemaLogits
         for name, counts in (("__call__", True), ("pick", True), ("choose", False)):
             setattr(cls, name, self._timed(getattr(cls, name), counts))
+        first_pick = cls._pick
+
+        def counted(guide: Any, gen: Any, text: Any, state: Any, scores: Any, first: list[int]) -> Any:
+            t = first_pick(guide, gen, text, state, scores, first)
+            self.beyond += t not in first  # none of the likeliest tries[0] fitted: the logits searched further
+            return t
+
+        cls._pick = counted
 
     def _timed(self, fn: Any, counts: bool) -> Any:
         import torch
@@ -252,9 +264,9 @@ class GuideClock:
 
         return wrapper
 
-    def take(self) -> tuple[float, int]:
-        out = (self.seconds, self.row_steps)
-        self.seconds, self.row_steps = 0.0, 0
+    def take(self) -> tuple[float, int, int]:
+        out = (self.seconds, self.row_steps, self.beyond)
+        self.seconds, self.row_steps, self.beyond = 0.0, 0, 0
         return out
 
 
