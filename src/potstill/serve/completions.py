@@ -20,21 +20,19 @@ from typing import Any, Literal
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import Counter, Histogram
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from potstill.serve.formats import VLLM_FIELDS, FormatError, check_chat_format, check_vllm_format
+from potstill.serve.schemas import GeneratedRequest
 
 COMPLETIONS = "/v1/completions"
 
 
-class CompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class CompletionRequest(GeneratedRequest):
     model: str = Field(..., description="A name GET /v1/models lists; the router picks the student or the teacher.")
     prompt: str | list[Any] = Field(..., description="A prompt, or a list of them (one choice each); each is one "
                                     "user message under the run's instruction. Token ids are not served.")
     max_tokens: int | None = Field(None, ge=1, strict=True, description="Unset: the task's budget (OpenAI's "
                                    "default, 16, would cut most answers).")
-    stop: str | list[str] | None = Field(None, description="Up to 4 strings; an answer ends before the first one.")
     logprobs: int | None = Field(None, ge=0, le=20, strict=True, description="Each token's log-probability and "
                                  "this many likeliest alternatives, in the legacy form.")
     stream: bool | None = Field(False, strict=True)
@@ -44,21 +42,6 @@ class CompletionRequest(BaseModel):
     best_of: int | None = Field(None, ge=1, le=1, strict=True, description="Only 1.")
     echo: bool | None = Field(None, strict=True, description="Not served: the prompt is not returned.")
     suffix: str | None = Field(None, description="Not served: there is no insertion.")
-    response_format: dict[str, Any] | None = Field(None, description="As on chat completions.")
-    guided_json: dict[str, Any] | str | None = Field(None, description="vLLM's, as on chat completions.")
-    guided_regex: Any = None
-    guided_choice: Any = None
-    guided_grammar: Any = None
-    structured_outputs: Any = None
-
-    @field_validator("stop")
-    @classmethod
-    def _stop(cls, v: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(v, list) and len(v) > 4:
-            raise ValueError("at most 4 stop sequences")
-        if any(not s for s in ([v] if isinstance(v, str) else v or [])):
-            raise ValueError("a stop sequence must not be empty")
-        return v
 
     def prompts(self) -> list[str]:
         """The prompts as text, or ValueError naming the first that is not."""
@@ -70,12 +53,6 @@ class CompletionRequest(BaseModel):
             if not isinstance(p, str):
                 raise ValueError(f"item {i} is not a string (token-id prompts are not served: send the text)")
         return list(self.prompt)
-
-    def format_request(self) -> dict[str, Any] | None:
-        vllm = check_vllm_format({k: getattr(self, k) for k in VLLM_FIELDS})
-        if vllm is not None and self.response_format is not None:
-            raise FormatError("response_format", "give response_format or vLLM's structured-output fields, not both")
-        return vllm if self.response_format is None else check_chat_format(self.response_format)
 
 
 class CompletionChoice(BaseModel):
@@ -133,12 +110,11 @@ def add_completions_route(app: FastAPI, service: Any, requests: Counter, latency
         if not all(p.strip() for p in prompts):
             raise APIError(400, "prompt: every prompt needs text", "prompt")
         fmt = _format(body)
-        stops = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
         logged = body.model_dump(exclude_none=True, exclude={"prompt"})
 
         async def one(prompt: str) -> tuple[Any, dict]:
             messages = [{"role": "user", "content": prompt}]
-            served = await service.answer(messages, body.max_tokens, stops, logprobs=body.logprobs,
+            served = await service.answer(messages, body.max_tokens, body.stops(), logprobs=body.logprobs,
                                           response_format=fmt)
             return served, await _record(service, state, served, {**logged, "messages": messages,
                                                                   "endpoint": COMPLETIONS}, requests, latency)

@@ -85,29 +85,13 @@ class StreamOptions(BaseModel):
     include_usage: bool | None = None
 
 
-class ChatRequest(BaseModel):
+class GeneratedRequest(BaseModel):
+    """What chat completions and text completions share: ``stop``, and a structured-output format,
+    ``response_format`` or vLLM's fields."""
+
     model_config = ConfigDict(extra="allow")
-    model: str = Field(..., description="A name GET /v1/models lists (the student's, an alias, the teacher's); "
-                       "whichever it is, the router picks the student or the teacher.")
-    messages: list[Message] = Field(..., min_length=1)
-    # strict: a JSON value of another type is a 400 as on OpenAI's API, not coerced ("yes" streamed)
-    stream: bool | None = Field(False, strict=True)
-    stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(None, ge=1, strict=True)
-    max_completion_tokens: int | None = Field(None, ge=1, strict=True)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, ge=0, le=1)
-    n: int | None = Field(None, ge=1, le=1, strict=True, description="Only one choice per request is served.")
     stop: str | list[str] | None = Field(None, description="Up to 4 strings; the answer ends before the first "
                                          "one it contains (finish_reason stop).")
-    tools: list[Tool] | None = Field(None, min_length=1, description="Function tools; a request that lets the "
-                                     "model call one (tool_choice not 'none') is answered by the teacher.")
-    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
-    parallel_tool_calls: bool | None = Field(None, strict=True)
-    logprobs: bool | None = Field(None, strict=True, description="Each returned token's log-probability "
-                                  "(choices[0].logprobs.content), from whichever model answered.")
-    top_logprobs: int | None = Field(None, ge=0, le=20, strict=True, description="With logprobs: also the most "
-                                     "likely tokens at each position, up to 20 as on OpenAI's API.")
     response_format: dict[str, Any] | None = Field(None, description="text, json_object or json_schema (what "
                                                    "client.chat.completions.parse sends): a student answer that is "
                                                    "not that JSON goes to the teacher, which gets the format.")
@@ -131,6 +115,37 @@ class ChatRequest(BaseModel):
 
     def stops(self) -> tuple[str, ...]:
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+
+    def format_request(self) -> dict[str, Any] | None:
+        """``response_format`` as served (``formats.check_chat_format``; None for text or none), or
+        vLLM's structured-output fields in the same form (``formats.check_vllm_format``), or
+        ``FormatError`` (also for both at once)."""
+        vllm = check_vllm_format({k: getattr(self, k) for k in VLLM_FIELDS})
+        if vllm is not None and self.response_format is not None:
+            raise FormatError("response_format", "give response_format or vLLM's structured-output fields, not both")
+        return vllm if self.response_format is None else check_chat_format(self.response_format)
+
+
+class ChatRequest(GeneratedRequest):
+    model: str = Field(..., description="A name GET /v1/models lists (the student's, an alias, the teacher's); "
+                       "whichever it is, the router picks the student or the teacher.")
+    messages: list[Message] = Field(..., min_length=1)
+    # strict: a JSON value of another type is a 400 as on OpenAI's API, not coerced ("yes" streamed)
+    stream: bool | None = Field(False, strict=True)
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(None, ge=1, strict=True)
+    max_completion_tokens: int | None = Field(None, ge=1, strict=True)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    n: int | None = Field(None, ge=1, le=1, strict=True, description="Only one choice per request is served.")
+    tools: list[Tool] | None = Field(None, min_length=1, description="Function tools; a request that lets the "
+                                     "model call one (tool_choice not 'none') is answered by the teacher.")
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = Field(None, strict=True)
+    logprobs: bool | None = Field(None, strict=True, description="Each returned token's log-probability "
+                                  "(choices[0].logprobs.content), from whichever model answered.")
+    top_logprobs: int | None = Field(None, ge=0, le=20, strict=True, description="With logprobs: also the most "
+                                     "likely tokens at each position, up to 20 as on OpenAI's API.")
 
     def tool_problem(self) -> str | None:
         """Why ``tool_choice`` does not fit ``tools`` (OpenAI's API refuses both cases), or None."""
@@ -156,15 +171,6 @@ class ChatRequest(BaseModel):
         """How many alternatives per token the client asked for (0: the chosen tokens' log-probs
         only), None where it asked for no log-probs."""
         return (self.top_logprobs or 0) if self.logprobs else None
-
-    def format_request(self) -> dict[str, Any] | None:
-        """``response_format`` as served (``formats.check_chat_format``; None for text or none), or
-        vLLM's structured-output fields in the same form (``formats.check_vllm_format``), or
-        ``FormatError`` (also for both at once)."""
-        vllm = check_vllm_format({k: getattr(self, k) for k in VLLM_FIELDS})
-        if vllm is not None and self.response_format is not None:
-            raise FormatError("response_format", "give response_format or vLLM's structured-output fields, not both")
-        return vllm if self.response_format is None else check_chat_format(self.response_format)
 
 
 class Route(BaseModel):
