@@ -514,8 +514,10 @@ class JsonPrefix:
                 twins, p.forks = p.forks, []
                 alive.extend(t for t in twins if t.stack[-1].step(c, t))
         if len(alive) > 1:
-            seen: set[tuple] = set()
-            alive = [p for p in alive if not (p.key() in seen or seen.add(p.key()))][:MAX_PARSES]
+            seen: dict[tuple, _Parse] = {}
+            for p in alive:
+                seen.setdefault(p.key(), p)
+            alive = list(seen.values())[:MAX_PARSES]
         self.parses = alive
         return bool(alive)
 
