@@ -26,17 +26,21 @@ unguided answer is itself a whole document the guide accepts, the guided answer 
 
 ``--device cuda``: the same in the GPU's dtype (bf16), plus the engine's own paths there, ``static``:
 a compiled engine (``compile: true``, what ``serve.compile`` gives) decoding on static KV caches,
-unguided (CUDA graphs of 8 steps: the fastest unguided path) and guided (one compiled step at a
-time, the step's logits computed again where the guide refuses its argmax), warmed once before the
-timed rounds, at batch 1 and 8, compared per decoding step and per input. Guided on static caches
-must pass the same checks, and its share of answers identical to ``model.generate``'s guided ones
-is reported (bf16 kernels part at near ties). ``--static`` on a CPU runs those rows uncompiled (a
-smoke run of the same code).
+unguided (CUDA graphs of 8 steps: the fastest unguided path) and guided (one step a call, replayed
+from each cache's guided CUDA graph; the host picks each token from the step's likeliest 32, or
+from its whole log-probabilities where none fits), warmed once before the timed rounds, at batch 1
+and 8, compared per decoding step and per input; ``guided-static-ungraphed``: the same guided step
+called as a compiled function without the graph (the path before 2026-12-05), in the same rounds.
+Guided on static caches must pass the same checks, both ways must give the same answers (exit 1),
+and its share of answers identical to ``model.generate``'s guided ones is reported (bf16 kernels
+part at near ties). ``--static`` on a CPU runs those rows uncompiled (a smoke run of the same
+code).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -88,11 +92,12 @@ def main() -> int:
         if not on_gpu:
             engine.static = StaticCaches.for_model(engine.lm.model)
         t = time.perf_counter()
-        for guided in (False, True):
+        for guided, graphs in ((False, True), (True, True), (True, False)):
             engine.json_schema = schema if guided else None
-            for m in messages:
-                engine.generate(fmt, [m], n, batch_size=1)
-            engine.generate(fmt, messages, n, batch_size=len(messages))
+            with contextlib.nullcontext() if graphs else ungraphed(engine.static):
+                for m in messages:
+                    engine.generate(fmt, [m], n, batch_size=1)
+                engine.generate(fmt, messages, n, batch_size=len(messages))
         engine.static.frozen = True
         print(f"  static caches warmed in {time.perf_counter() - t:.1f} s", flush=True)
 
@@ -109,9 +114,11 @@ def main() -> int:
     # The engine's own unguided default at batch 1: drafts of 2 (guided decoding takes none), its
     # fastest batch-1 path; a forward may keep several tokens, so it is compared per token.
     keys = [f"{way}@{b}" for way in ("unguided", "guided") for b in ("b1", "b8")] + ["unguided-drafts@b1"]
+    statics = ("unguided-static", "guided-static", "guided-static-ungraphed")
     if engine is not None:
-        keys += [f"{way}-static@{b}" for way in ("unguided", "guided") for b in ("b1", "b8")]
-        answers["guided-static"], tokens["guided-static"] = [], []
+        keys += [f"{way}@{b}" for way in statics for b in ("b1", "b8")]
+        for way in statics[1:]:
+            answers[way], tokens[way] = [], []
     rows: dict[str, dict] = {k: {"seconds": [], "tokens": 0, "steps": 0, "wall": 0.0, "guide_s": 0.0,
                                  "guide_row_steps": 0, "guide_beyond_top": 0} for k in keys}
     clock = GuideClock()
@@ -130,11 +137,12 @@ def main() -> int:
         r["guide_row_steps"] += row_steps
         r["guide_beyond_top"] += beyond
 
-    def static_run(msgs: list, guided: bool) -> tuple[float, object]:
-        engine.json_schema = schema if guided and not args.break_guide else None
-        t = time.perf_counter()
-        g = engine.generate(fmt, msgs, n, batch_size=len(msgs))
-        return time.perf_counter() - t, g
+    def static_run(msgs: list, way: str) -> tuple[float, object]:
+        engine.json_schema = schema if way.startswith("guided") and not args.break_guide else None
+        with ungraphed(engine.static) if way.endswith("ungraphed") else contextlib.nullcontext():
+            t = time.perf_counter()
+            g = engine.generate(fmt, msgs, n, batch_size=len(msgs))
+            return time.perf_counter() - t, g
 
     for _ in range(args.repeat):
         for m in messages:  # batch 1, taking turns
@@ -144,14 +152,14 @@ def main() -> int:
                 answers[way].append(g.texts[0])
                 tokens[way].append(g.output_tokens[0])
             record("unguided-drafts@b1", *run(1, False, [m], lookup=2))
-            for way in ("unguided", "guided") if engine is not None else ():
-                dt, g = static_run([m], way == "guided")
-                record(f"{way}-static@b1", dt, g)
-                if way == "guided":
-                    answers["guided-static"].append(g.texts[0])
-                    tokens["guided-static"].append(g.output_tokens[0])
-        for way in ("unguided", "guided") if engine is not None else ():
-            record(f"{way}-static@b8", *static_run(messages, way == "guided"))
+            for way in statics if engine is not None else ():
+                dt, g = static_run([m], way)
+                record(f"{way}@b1", dt, g)
+                if way in answers:
+                    answers[way].append(g.texts[0])
+                    tokens[way].append(g.output_tokens[0])
+        for way in statics if engine is not None else ():
+            record(f"{way}@b8", *static_run(messages, way))
         for way in ("unguided", "guided"):  # one batch of all 8
             record(f"{way}@b8", *run(8, way == "guided", messages))
     for key, r in rows.items():
@@ -161,7 +169,7 @@ def main() -> int:
             r["guide_ms_per_row_step"] = round(1000 * guide_s / guide_rows, 3)
             r["guide_share_of_step"] = round(guide_s / wall, 3)
             # Row-steps where none of the likeliest 32 tokens fitted (model.generate's path; on static
-            # caches such a step computes its logits again): counted where _pick ran.
+            # caches such a step brings its whole log-probabilities to the host): counted where _pick ran.
             r["guide_row_steps_beyond_top32"] = beyond
         inputs_timed = len(secs) * (1 if key.endswith("b1") else len(messages))
         r.update(seconds_per_input_median=round(statistics.median(secs), 4),
@@ -193,6 +201,10 @@ def main() -> int:
     if "guided-static" in answers:  # bf16 kernels part at near ties: reported, not a failure
         same = sum(a == b for a, b in zip(answers["guided"], answers["guided-static"]))
         quality["guided-static"]["identical_to_guided"] = same / len(answers["guided"])
+        # The graph replays the same compiled step's kernels: the same answers, or the graph is wrong.
+        differ = sum(a != b for a, b in zip(answers["guided-static"], answers["guided-static-ungraphed"]))
+        if differ:
+            failures.append(f"{differ} guided answers differ between the guided step's graph and the step alone")
     moved = 0
     for free, guided in zip(answers["unguided"], answers["guided"]):
         p = JsonPrefix(schema)
@@ -211,6 +223,8 @@ def main() -> int:
             base = rows[f"unguided-static@{b}"]["ms_per_step"]
             overhead[f"{b}_generate_vs_static"] = round(rows[f"guided@{b}"]["ms_per_step"] / base, 3)
             overhead[f"{b}_static_vs_static"] = round(rows[f"guided-static@{b}"]["ms_per_step"] / base, 3)
+            overhead[f"{b}_static_ungraphed_vs_static"] = round(
+                rows[f"guided-static-ungraphed@{b}"]["ms_per_step"] / base, 3)
     result = {"student": lm.identity, "load_s": round(load_s, 1), "inputs": len(messages), "repeat": args.repeat,
               "max_new_tokens": n, "rows": rows, "quality": quality, "guided_over_unguided_ms_per_step": overhead,
               "example": {"unguided": answers["unguided"][0], "guided": answers["guided"][0]},
@@ -219,6 +233,20 @@ def main() -> int:
     print(json.dumps({k: result[k] for k in ("rows", "quality", "guided_over_unguided_ms_per_step", "failures")},
                      indent=2))
     return 1 if failures else 0
+
+
+@contextlib.contextmanager
+def ungraphed(static: Any) -> Any:
+    """Guided decoding on ``static`` as it ran before each cache had a guided graph: its guided
+    ``Steps`` hidden and none made, so ``greedy`` calls the compiled ``step_top`` itself."""
+    plain_get, own = static.get, static._guided
+    static.get = lambda rows, length, greedy=False, guided=False: plain_get(rows, length, greedy)
+    static._guided = {}
+    try:
+        yield
+    finally:
+        del static.get
+        static._guided = own
 
 
 class GuideClock:

@@ -143,15 +143,21 @@ def test_a_random_tiny_model_answers_json_that_fits_under_the_schema(bpe_lm):
 
 
 @pytest.mark.parametrize("graph_steps", [1, 8], ids=["step_by_step", "8_steps_a_call"])
-def test_guided_decoding_on_static_caches_gives_the_processors_tokens(bpe_lm, graph_steps):
+def test_guided_decoding_on_static_caches_gives_the_processors_tokens(bpe_lm, graph_steps, monkeypatch):
     """On static caches (``static_decode.greedy`` with the guide: the step's argmax where it fits,
-    else the guide's choice from the step's logits computed again) guided answers are the
+    else the guide's choice from the step's whole log-probabilities) guided answers are the
     ``model.generate`` processor's, token for token, with the same log-probs, alone and in a
-    batch of 3 (filled to 4) holding an unguided row, which keeps its unguided answer."""
+    batch of 3 (filled to 4) holding an unguided row, which keeps its unguided answer. With
+    steps recorded per cache (8 a call), each guided step runs through the cache's guided
+    ``Steps`` (a CUDA graph on a GPU), one per cache."""
+    from potstill.models import static_decode
     from potstill.models.generation import generate
     from potstill.models.prompting import PromptFormat
     from potstill.models.static_decode import StaticCaches
 
+    replays = []
+    plain_replay = static_decode.Steps.replay
+    monkeypatch.setattr(static_decode.Steps, "replay", lambda self: (replays.append(self.guided), plain_replay(self))[1])
     fmt = PromptFormat(kind="chat", instruction="Answer in JSON.")
     static = StaticCaches.for_model(bpe_lm.model, graph_steps=graph_steps)
     schemas = [TOPIC, None, {"type": "object"}]
@@ -164,6 +170,12 @@ def test_guided_decoding_on_static_caches_gives_the_processors_tokens(bpe_lm, gr
         free = generate(bpe_lm, fmt, ASKS[1:2], 120, static=static)
         assert got.texts[1] == free.texts[0] and not _valid(free.texts[0])
     assert static._caches  # the batches decoded on static caches
+    if graph_steps > 1:
+        assert sorted(map(id, static._caches.values())) == sorted(static._guided)
+        assert all(s.guided and s.k == 1 for s in static._guided.values())
+        assert replays.count(True) >= 100 and False in replays  # guided steps, and the free answers' 8-step calls
+    else:
+        assert not static._guided and not replays
 
 
 @pytest.mark.skipif("not __import__('torch').cuda.is_available()", reason="needs a CUDA GPU")
@@ -185,6 +197,8 @@ def test_a_compiled_engine_on_a_gpu_guides_on_its_static_caches(tmp_path):
         got = engine.generate(fmt, ASKS, 120, batch_size=batch_size)
         assert got.texts == ref.texts and all(_valid(t) for t in got.texts)
     assert sorted(engine.static._caches) == [(1, 256), (4, 256)]
+    # Each cache's guided step is one CUDA graph, replayed for every guided token.
+    assert len(engine.static._guided) == 2 and all(s.graph is not None for s in engine.static._guided.values())
 
 
 def _valid(text: str) -> bool:

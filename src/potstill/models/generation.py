@@ -184,8 +184,8 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
 
     ``json_schema`` (greedy only): decode under that schema (``json_guide.JsonSchemaLogits``),
     or a list of one per message (None: that one unguided); a batch that holds a guided row takes
-    no drafts, and decodes on ``static`` (one compiled step at a time, ``static_decode.greedy``'s
-    guide) where it gets a cache, else through ``model.generate`` with the processor; the mean
+    no drafts, and decodes on ``static`` (one step at a time, replayed from the cache's guided CUDA
+    graph on a GPU, ``static_decode.greedy``'s guide) where it gets a cache, else through ``model.generate`` with the processor; the mean
     log-prob is still the model's own, from its unprocessed logits.
     """
     from transformers import LogitsProcessorList, StoppingCriteriaList
@@ -255,7 +255,8 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
             # which ``get`` records on the plain body, as ``greedy`` runs them).
             with _plain_body(lm.model, static is not None):
                 past = static.get(bucket_rows(len(idx)), bucket_length(T + max_new_tokens + static.graph_steps - 1),
-                                  greedy=temperature <= 0 and argmax and not guided) \
+                                  greedy=temperature <= 0 and argmax and not guided,
+                                  guided=temperature <= 0 and argmax and guided) \
                     if static is not None and (argmax or not guided) else None
             if past is None and len(idx) == 1 and temperature <= 0 and (use or lookup > 0) and argmax \
                     and not guided:

@@ -85,6 +85,7 @@ class StaticCaches:
         on_cuda = next(model.parameters()).device.type == "cuda"
         self.graph_steps = graph_steps or (CHECK_EVERY if compile and on_cuda else 1)
         self._steps: dict[int, Steps] = {}  # by id of the cache they run on
+        self._guided: dict[int, Steps] = {}  # a guided step (``Steps(guided=True)``) per cache, likewise
         self.frozen = False
         params = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.2x
@@ -147,28 +148,30 @@ class StaticCaches:
         return nxt, torch.log_softmax(logits, -1).gather(-1, nxt)
 
     def _step_top(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, cache: Any,
-                  at: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                  at: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``_step`` for guided decoding: each row's GUIDE_TOP likeliest tokens, best first, and
-        their log-probabilities, both (rows, GUIDE_TOP)."""
+        their log-probabilities, both (rows, GUIDE_TOP), and the step's whole log-probabilities
+        (rows, vocabulary; float32), read only where none of those tokens fits a row's schema."""
         lps = torch.log_softmax(self.logits(ids, pos, mask, cache, at), -1)
         top_lp, top = lps.topk(GUIDE_TOP, -1)
-        return top, top_lp
+        return top, top_lp, lps
 
     def logits(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, cache: Any,
                at: torch.Tensor) -> torch.Tensor:
-        """A decoding step's logits (rows, vocabulary; float32), as ``_step`` computes them; called
-        alone (uncompiled) where guided decoding needs more than the argmax."""
+        """A decoding step's logits (rows, vocabulary; float32), as ``_step`` and ``_step_top``
+        compute them."""
         if self.mask_kind is not None:  # (rows, 1, 1, length): the written positions up to ``at`` that are not padding
             keep = (mask.bool() & (torch.arange(mask.shape[1], device=mask.device) <= at))[:, None, None, :]
             mask = keep if self.mask_kind == "bool" else \
                 torch.zeros(keep.shape, dtype=self.dtype, device=keep.device).masked_fill(~keep, torch.finfo(self.dtype).min)
         return self.forward(ids, pos, mask, cache, at)
 
-    def get(self, rows: int, length: int, greedy: bool = False) -> Any:
+    def get(self, rows: int, length: int, greedy: bool = False, guided: bool = False) -> Any:
         """An empty cache of ``rows`` x at least ``length`` positions (both already bucketed), or
         None when frozen and none holds them, unless a new one is allowed (see the class).
         ``greedy``: ``greedy`` will decode on it, so its ``Steps`` are made now (they run steps on
-        the cache, which is emptied after)."""
+        the cache, which is emptied after); ``guided``: ``greedy`` will decode on it with a guide,
+        so its guided step is made now, likewise."""
         from transformers import StaticCache
 
         fits = [n for r, n in self._caches if r == rows and n >= length]
@@ -180,6 +183,8 @@ class StaticCaches:
             cache = self._caches[rows, length] = StaticCache(config=self.model.config, max_cache_len=length)
         if greedy and self.graph_steps > 1 and id(cache) not in self._steps:
             self._steps[id(cache)] = Steps(self, cache, rows)
+        if guided and self.graph_steps > 1 and id(cache) not in self._guided:
+            self._guided[id(cache)] = Steps(self, cache, rows, guided=True)
         cache.reset()
         return cache
 
@@ -201,10 +206,18 @@ class Steps:
     buffers of their own. On a GPU they are recorded once as one CUDA graph: replaying it launches K
     tokens' kernels at once, where K compiled calls each checked their guards and replayed a graph
     of their own from Python (see the module's docstring for the times). Elsewhere ``replay`` runs
-    the same K steps one call at a time (what the CPU tests check)."""
+    the same K steps one call at a time (what the CPU tests check).
 
-    def __init__(self, static: StaticCaches, cache: Any, rows: int):
-        self.static, self.cache, self.k = static, cache, static.graph_steps
+    ``guided``: one step of guided decoding (``StaticCaches.step_top``), whose likeliest tokens,
+    their log-probabilities and the whole log-probabilities land in ``top``, ``top_lp`` and
+    ``lps``; the host then picks each row's token and writes it into ``tok``. On an H100 the same
+    compiled step launched from Python took 13.8 ms at batch 1 against 1.7 for an unguided step
+    replayed from a graph (guided_json_gpu.json, 2026-12-05): its kernels are few microseconds each,
+    their launches were the step."""
+
+    def __init__(self, static: StaticCaches, cache: Any, rows: int, guided: bool = False):
+        self.static, self.cache, self.guided = static, cache, guided
+        self.k = 1 if guided else static.graph_steps
         dev = next(static.model.parameters()).device
         length = cache_length(cache)
         self.tok = torch.zeros(rows, 1, dtype=torch.long, device=dev)  # the last token, then each next one
@@ -213,6 +226,7 @@ class Steps:
         self.at = torch.zeros(1, dtype=torch.long, device=dev)  # where the next step writes
         self.toks = torch.zeros(rows, self.k, dtype=torch.long, device=dev)
         self.logps = torch.zeros(rows, self.k, dtype=torch.float32, device=dev)
+        self.top = self.top_lp = self.lps = torch.empty(0)  # guided: the step's outputs (the graph's own tensors)
         self.graph: Any = None
         # The cache's tensors exist after a first forward (transformers allocates them lazily); on a
         # GPU the step compiles and loads its kernels in a run before the recording (nothing may
@@ -223,13 +237,19 @@ class Steps:
             self.graph = record_graph(self._run, dev)
 
     def _run(self) -> None:
+        if self.guided:
+            self.p += 1
+            self.top, self.top_lp, self.lps = self.static.step_top(self.tok, self.p, self.full, self.cache, self.at)
+            self.at += 1
+            return
         for j in range(self.k):
             nxt, lp = advance(self.static, self.cache, self.tok, self.p, self.full, self.at)
             self.toks[:, j : j + 1].copy_(nxt)
             self.logps[:, j : j + 1].copy_(lp)
 
     def replay(self) -> None:
-        """The next K tokens and their log-probabilities into ``toks`` and ``logps``."""
+        """The next K tokens and their log-probabilities into ``toks`` and ``logps`` (guided: the
+        next step's candidates into ``top``, ``top_lp`` and ``lps``)."""
         if self.graph is not None:
             self.graph.replay()
         else:
@@ -261,18 +281,6 @@ def advance(static: StaticCaches, cache: Any, tok: torch.Tensor, p: torch.Tensor
     tok.copy_(nxt)
     at += 1
     return nxt, lp
-
-
-def rewind(cache: Any, n: int) -> None:
-    """Set ``cache`` back ``n`` positions, so that the next forward writes where the last ``n`` were
-    written (transformers 5 keeps the write position in each layer's ``cumulative_length``; where
-    a model takes ``cache_position`` instead, the caller says where)."""
-    for layer in cache.layers:
-        done = getattr(layer, "cumulative_length", None)
-        if isinstance(done, torch.Tensor):
-            done.sub_(n)
-        elif isinstance(done, int):
-            layer.cumulative_length = done - n
 
 
 def cache_length(cache: Any) -> int:
@@ -336,11 +344,11 @@ def greedy(static: StaticCaches, ids: torch.Tensor, mask: torch.Tensor, cache: A
     tokens stop there, and the batch stops once every row has ended or at ``max_new_tokens``.
 
     ``guide`` (``json_guide.JsonSchemaLogits``, a schema per row): decoding under JSON Schemas,
-    one compiled step per call (``step_top``), whose likeliest ``GUIDE_TOP`` tokens and their
-    log-probabilities come to the host: a row keeps the first its schema accepts (``guide.pick``),
-    as the guide's logits processor does in ``model.generate``; where none does, the step's
-    logits are computed again, uncompiled, at the same position (its keys and values written again
-    as they were) and the guide chooses from them (``guide.choose``). The log-probability is the
+    one step per call (``step_top``; replayed from the cache's guided CUDA graph where ``get``
+    recorded one), whose likeliest ``GUIDE_TOP`` tokens and their log-probabilities come to the
+    host: a row keeps the first its schema accepts (``guide.pick``), as the guide's logits
+    processor does in ``model.generate``; where none does, the step's whole log-probabilities come
+    to the host too and the guide chooses from them (``guide.choose``). The log-probability is the
     model's own for the token kept.
     """
     rows, T = ids.shape
@@ -353,13 +361,15 @@ def greedy(static: StaticCaches, ids: torch.Tensor, mask: torch.Tensor, cache: A
     with sdpa_kernel(PREFILL_SDPA) if dev.type == "cuda" and PREFILL_SDPA else contextlib.nullcontext():
         logits = static.forward(ids[:, start:], pos[:, start:], full, cache, at)
     steps = static._steps.get(id(cache)) if guide is None else None  # K steps a call, where ``get`` made them
+    guided = static._guided.get(id(cache)) if guide is not None else None  # likewise, one guided step a call
     k = steps.k if steps is not None else 1
     toks = torch.empty(rows, max_new_tokens + k - 1, dtype=torch.long, device=dev)  # up to k - 1 steps too many
     logps = torch.empty(rows, max_new_tokens + k - 1, dtype=torch.float32, device=dev)
     gens: list[list[int]] = [[] for _ in range(rows)]  # each row's tokens so far, on the host (guided only)
     if guide is not None:
-        top_lp, top = torch.log_softmax(logits, -1).topk(GUIDE_TOP, -1)
-        nxt, lp = _guided(guide, gens, top, top_lp, lambda: logits)
+        lps = torch.log_softmax(logits, -1)
+        top_lp, top = lps.topk(GUIDE_TOP, -1)
+        nxt, lp = _guided(guide, gens, top, top_lp, lps)
     else:
         nxt = logits.argmax(-1, keepdim=True)
         lp = torch.log_softmax(logits, -1).gather(-1, nxt)
@@ -370,12 +380,13 @@ def greedy(static: StaticCaches, ids: torch.Tensor, mask: torch.Tensor, cache: A
     tok = torch.empty_like(nxt, memory_format=torch.contiguous_format).copy_(nxt)
     p = torch.empty((rows, 1), dtype=pos.dtype, device=dev).copy_(pos[:, -1:])
     at = torch.tensor([T], device=dev)
-    if steps is not None:
-        steps.tok.copy_(tok)
-        steps.p.copy_(p)
-        steps.full.copy_(full)
-        steps.at.copy_(at)
-    else:
+    for own in (steps, guided):
+        if own is not None:
+            own.tok.copy_(tok)
+            own.p.copy_(p)
+            own.full.copy_(full)
+            own.at.copy_(at)
+    if steps is None and guided is None:
         mark_dynamic(static, cache, (tok, p, full))
     n, kept = 1, [None] * rows
     while True:
@@ -392,16 +403,15 @@ def greedy(static: StaticCaches, ids: torch.Tensor, mask: torch.Tensor, cache: A
             continue
         if static.compiled:
             torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are consumed
-        if guide is not None:
+        if guided is not None:
+            guided.replay()
+            nxt, lp = _guided(guide, gens, guided.top, guided.top_lp, guided.lps)
+            guided.tok.copy_(nxt)
+        elif guide is not None:
             p += 1
-            fed = (tok.clone(), p.clone(), at.clone())  # to compute the step's logits again
-            top, top_lp = static.step_top(tok, p, full, cache, at)
+            top, top_lp, lps = static.step_top(tok, p, full, cache, at)
             at += 1
-
-            def again() -> torch.Tensor:  # the step's logits, its token's keys and values written again in place
-                rewind(cache, 1)
-                return static.logits(fed[0], fed[1], full, cache, fed[2])
-            nxt, lp = _guided(guide, gens, top, top_lp, again)
+            nxt, lp = _guided(guide, gens, top, top_lp, lps)
             tok.copy_(nxt)
         else:
             nxt, lp = advance(static, cache, tok, p, full, at)
@@ -413,21 +423,22 @@ def greedy(static: StaticCaches, ids: torch.Tensor, mask: torch.Tensor, cache: A
 
 
 def _guided(guide: Any, gens: list[list[int]], top: torch.Tensor, top_lp: torch.Tensor,
-            logits: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+            lps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A guided step's tokens and their log-probabilities, both (rows, 1), from its likeliest tokens
-    ``top`` and their log-probabilities (``greedy``); ``logits()``: the step's whole logits, asked
-    for only where no candidate fits a row's schema. Each row's token joins ``gens``."""
-    cands, lps = top.tolist(), top_lp.tolist()
+    ``top`` and their log-probabilities (``greedy``); ``lps``: the step's whole log-probabilities,
+    brought to the host (once, for every row: the guide reads many of them one at a time) only
+    where no candidate fits a row's schema. Each row's token joins ``gens``."""
+    cands, cand_lps = top.tolist(), top_lp.tolist()
     at = guide.pick(gens, cands)
     chosen = [c[j] if j >= 0 else c[0] for c, j in zip(cands, at)]
-    chosen_lp = [v[j] if j >= 0 else v[0] for v, j in zip(lps, at)]
+    chosen_lp = [v[j] if j >= 0 else v[0] for v, j in zip(cand_lps, at)]
     if any(j < 0 for j in at):
-        full = logits()
+        full = lps.cpu()
         more = guide.choose(gens, full)
         for r, j in enumerate(at):
             if j < 0 and more[r] is not None:
                 chosen[r] = more[r]
-                chosen_lp[r] = float(torch.log_softmax(full[r], -1)[more[r]])
+                chosen_lp[r] = float(full[r, more[r]])
     for g, t in zip(gens, chosen):
         g.append(t)
     return (torch.tensor(chosen, device=top.device)[:, None],
