@@ -127,3 +127,37 @@ def test_a_local_teacher_decodes_under_the_schema(tmp_path):
                 teacher.close()
     assert not any(_valid(r.output or "") for r in outs["off"])
     assert all(_valid(r.output) and r.valid for r in outs["on"]), [r.output for r in outs["on"]]
+
+
+@pytest.mark.parametrize("fmt", [{"type": "regex", "regex": "(yes|no)-[0-9]{2}"},
+                                 {"type": "choice", "choice": ["alpha beta", "gamma", "{not json}"]}],
+                         ids=["regex", "choice"])
+def test_a_local_teacher_decodes_under_a_served_regex_or_choice(tmp_path, fmt):
+    """A served client's vLLM ``guided_regex`` / ``guided_choice`` escalated to a local teacher (a
+    random tiny BPE Llama): the request it builds (``with_response_format``) carries the pattern as
+    its guide and every greedy answer is then the whole match, batched and alone; without it, none is."""
+    import regex
+
+    from potstill.models.regex_constraint import choice_pattern
+    from tests.export.conftest import make_bpe_model
+    from tests.test_json_constraint import ASKS
+
+    pattern = fmt["regex"] if fmt["type"] == "regex" else choice_pattern(fmt["choice"])
+    model = make_bpe_model(tmp_path / "bpe")
+    task = get_task(TaskConfig(type="freetext", instruction="Answer."))
+    records = [Record(id=str(i), messages=m) for i, m in enumerate(ASKS)]
+    for batch_size in (1, 3):
+        teacher = get_teacher(TeacherConfig(type="local", model=str(model), max_tokens=40, batch_size=batch_size), task)
+        try:
+            outs: dict[str, dict[int, str]] = {"free": {}, "guided": {}}
+            for way in outs:
+                reqs = [teacher.request(r) for r in records]
+                if way == "guided":
+                    reqs = [teacher.with_response_format(q, fmt) for q in reqs]
+                    assert all(q["json_schema"] == {"x-potstill-regex": pattern} for q in reqs)
+                teacher.run(reqs, lambda i, resp, way=way: outs[way].__setitem__(i, resp.output))
+        finally:
+            teacher.close()
+        assert not any(regex.fullmatch(pattern, t) for t in outs["free"].values()), outs["free"]
+        assert len(outs["guided"]) == len(ASKS) and all(regex.fullmatch(pattern, t) for t in outs["guided"].values()), \
+            outs["guided"]
