@@ -142,6 +142,33 @@ def test_a_random_tiny_model_answers_json_that_fits_under_the_schema(bpe_lm):
         assert single.mean_logprob[i] == pytest.approx(sum(own) / len(own), abs=1e-4)
 
 
+def test_the_guides_own_decode_is_the_tokenizers(bpe_lm):
+    """The guide decodes its windows through the ``tokenizers`` library directly (``native_decode``)
+    only where that is transformers' decode: the same text for random windows of ids, special ones
+    included; a tokenizer class with a decode of its own keeps it."""
+    import copy
+    import random
+
+    from potstill.models.json_guide import JsonSchemaLogits, native_decode
+
+    tok = bpe_lm.tokenizer
+    native = native_decode(tok)
+    assert native is not None
+    rng = random.Random(0)
+    for _ in range(300):
+        ids = [rng.randrange(len(tok)) for _ in range(rng.randint(1, 9))]
+        assert native(ids, skip_special_tokens=False) == \
+            tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    class OwnDecode(type(tok)):
+        def decode(self, *args, **kwargs):
+            return "own"
+
+    mine = copy.copy(tok)
+    mine.__class__ = OwnDecode
+    assert native_decode(mine) is None and JsonSchemaLogits(mine, TOPIC, 0, [])._decode([1, 2]) == "own"
+
+
 @pytest.mark.parametrize("graph_steps", [1, 8], ids=["step_by_step", "8_steps_a_call"])
 def test_guided_decoding_on_static_caches_gives_the_processors_tokens(bpe_lm, graph_steps, monkeypatch):
     """On static caches (``static_decode.greedy`` with the guide: the step's argmax where it fits,

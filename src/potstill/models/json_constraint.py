@@ -31,7 +31,6 @@ the finished answer, which may then still fail them, as without the constraint.
 
 from __future__ import annotations
 
-import copy
 import math
 from fractions import Fraction
 from typing import Any
@@ -440,7 +439,8 @@ class _Parse:
         new.stack = []
         twins: dict[int, Any] = {}
         for f in self.stack:
-            g = copy.copy(f)
+            g = object.__new__(f.__class__)  # copy.copy's result without its __reduce_ex__ (guide_host.json)
+            g.__dict__.update(f.__dict__)
             if isinstance(f, _Object):
                 g.seen = set(f.seen)
             twins[id(f)] = g
