@@ -197,15 +197,16 @@ def test_max_steps_sets_the_number_of_steps(tiny_model, tmp_path):
     assert summary["steps"] == 5 and [r["step"] for r in rows] == [1, 2, 3, 4, 5] and rows[-1]["lr"] == 0.0
 
 
-def _overfit(model_dir, out, **overrides):
+def _overfit(model_dir, out, device="cpu", **overrides):
     """Val answers contradict the training answers for the same texts: the longer the student fits
-    the training set, the worse its val loss, after a first drop (both start from chance)."""
+    the training set, the worse its val loss, after a first drop (both start from chance).
+    ``device``: where the student trains (float32 there too)."""
     task = get_task(TaskConfig(type="classification", labels=LABELS, instruction="classify the text"))
     train_recs = [Record(messages=[{"role": "user", "content": t}], output=LABELS[i % 3], valid=True)
                   for i, t in enumerate(TEXTS)]
     val_recs = [Record(messages=[{"role": "user", "content": t}], output=LABELS[(i + 1) % 3], valid=True)
                 for i, t in enumerate(TEXTS)]
-    lm = load_lm(str(model_dir), device="cpu")
+    lm = load_lm(str(model_dir), device=device, dtype="float32")
     cfg = TrainConfig(**{"lr": 0.05, "batch_size": 4, "epochs": 6, "seed": 0, "int8_calibration": 0,
                          "eval_every": 1, "keep_best": True, **overrides})
     summary = train(lm, student_format(lm, task), task, train_recs, val_recs, cfg, 64, out / "student",
@@ -419,3 +420,44 @@ def test_neftune_noise_resumes_on_the_same_draws(tiny_model, tmp_path, monkeypat
                                      checkpoint_every=3)
     assert resumed["resumed_from_step"] == 3
     assert [{**r, "elapsed_s": 0} for r in rows_b] == [{**r, "elapsed_s": 0} for r in rows]
+
+
+@pytest.mark.skipif("not __import__('torch').cuda.is_available()", reason="needs a CUDA GPU")
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_neftune_on_a_gpu_trains_on_noise_and_resumes_on_the_same_draws(tiny_model, tmp_path, monkeypatch, compiled):
+    """On CUDA (float32), eager and under ``train.compile``: the noise keeps each example's own bound,
+    the first step trains on it (another loss than without), and a run killed after its checkpoint
+    resumes on the same draws (the same curve, to the GPU's float32 summation order)."""
+    from potstill.train.neftune import neftune_noise
+
+    task = get_task(TaskConfig(type="classification", labels=LABELS, instruction="classify the text"))
+    lm = load_lm(str(tiny_model), device="cuda", dtype="float32")
+    recs = [Record(messages=[{"role": "user", "content": t}], output=LABELS[i % 3], valid=True)
+            for i, t in enumerate(TEXTS[:4])]
+    examples = build_examples(lm, student_format(lm, task), task, recs, 256)
+    b = collate(examples, lm.tokenizer.pad_token_id, lm.device, max_length=256)
+    noise = neftune_noise(torch.zeros(*b.ids.shape, 2048, device="cuda"), b, 5.0)
+    for r, e in enumerate(examples):
+        bound = 5.0 / math.sqrt(len(e.ids) * 2048)
+        assert 0.99 * bound < float(noise[r].abs().max()) <= bound
+
+    kw = dict(device="cuda", keep_best=False, checkpoint_every=3, compile=compiled)
+    _, plain, _, _ = _overfit(tiny_model, tmp_path / "plain", max_steps=3, **{**kw, "checkpoint_every": 0})
+    whole, rows, _, _ = _overfit(tiny_model, tmp_path / "whole", neftune_noise_alpha=5.0, **kw)
+    assert rows[0]["loss"] != pytest.approx(plain[0]["loss"], rel=1e-4)
+    real, calls = torch.optim.AdamW.step, []
+
+    def step(self, *a, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise RuntimeError("killed")
+        return real(self, *a, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    with pytest.raises(RuntimeError, match="killed"):
+        _overfit(tiny_model, tmp_path / "b", neftune_noise_alpha=5.0, **kw)
+    monkeypatch.setattr(torch.optim.AdamW, "step", real)
+    resumed, rows_b, _, _ = _overfit(tiny_model, tmp_path / "b", neftune_noise_alpha=5.0, **kw)
+    assert resumed["resumed_from_step"] == 3 and len(rows_b) == len(rows)
+    for x, y in zip(rows_b, rows):
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-4) and x["val_loss"] == pytest.approx(y["val_loss"], rel=1e-4)
