@@ -30,7 +30,8 @@ unguided (CUDA graphs of 8 steps: the fastest unguided path) and guided (one ste
 from each cache's guided CUDA graph; the host picks each token from the step's likeliest 32, or
 from its whole log-probabilities where none fits), warmed once before the timed rounds, at batch 1
 and 8, compared per decoding step and per input; ``guided-static-ungraphed``: the same guided step
-called as a compiled function without the graph (the path before 2026-12-05), in the same rounds.
+called as a compiled function without the graph (the path before 2026-12-05, less its second
+forward where none of the 32 fitted), in the same rounds.
 Guided on static caches must pass the same checks, both ways must give the same answers (exit 1),
 and its share of answers identical to ``model.generate``'s guided ones is reported (bf16 kernels
 part at near ties). ``--static`` on a CPU runs those rows uncompiled (a smoke run of the same
