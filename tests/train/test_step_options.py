@@ -24,12 +24,12 @@ TEXTS = ["the team won the match in the last minute of the game after a long sea
          "the internet and computer software", "a vote", "the bank profit", "a film star and the award night"]
 
 
-def _run(model_dir, out, texts=TEXTS, dropout=0.0, n_val=3, **overrides):
+def _run(model_dir, out, texts=TEXTS, dropout=0.0, n_val=3, device="cpu", **overrides):
     task = get_task(TaskConfig(type="classification", labels=LABELS, instruction="classify the text"))
     records = [Record(messages=[{"role": "user", "content": t}], output=LABELS[i % 3], valid=True,
                       label_probs={lab: (0.8 if j == i % 3 else 0.1) for j, lab in enumerate(LABELS)})
                for i, t in enumerate(texts)]
-    lm = load_lm(str(model_dir), device="cpu")  # fp32 on any machine: the tolerances below are fp32's
+    lm = load_lm(str(model_dir), device=device, dtype="float32")  # fp32 anywhere: the tolerances below are fp32's
     for layer in lm.model.model.layers:
         layer.self_attn.attention_dropout = dropout
     cfg = TrainConfig(**{"objective": "kd", "kd_weight": 2.0, "lr": 0.01, "batch_size": 4, "epochs": 2, "seed": 2,
@@ -461,3 +461,23 @@ def test_neftune_on_a_gpu_trains_on_noise_and_resumes_on_the_same_draws(tiny_mod
     assert resumed["resumed_from_step"] == 3 and len(rows_b) == len(rows)
     for x, y in zip(rows_b, rows):
         assert x["loss"] == pytest.approx(y["loss"], rel=1e-4) and x["val_loss"] == pytest.approx(y["val_loss"], rel=1e-4)
+
+
+@pytest.mark.skipif("not __import__('torch').cuda.is_available()", reason="needs a CUDA GPU")
+@pytest.mark.parametrize("extra", [{}, {"pack": True, "gradient_checkpointing": True}], ids=["plain", "pack+checkpointing"])
+def test_lora_under_compile_on_a_gpu_keeps_the_curve(tiny_model, tmp_path, extra):
+    """LoRA under ``train.compile`` on CUDA (float32, KD on label probabilities): the same loss, CE and
+    KD terms as eager LoRA at every step, alone and with packing and gradient checkpointing, and the
+    same val loss of the saved student. The first step (no update yet) agrees to 1e-4 (inductor's
+    kernels sum in another order); after it, AdamW's normalised step turns those differences on
+    near-zero gradients into whole steps (2e-4 at step 2 on an H100), so later steps agree to 2e-3,
+    a twentieth of what one step of training moves this loss (3.7% at step 2 against lr 1e-9)."""
+    kw = dict(device="cuda", epochs=1.5, method="lora", lora_r=4, **extra)
+    eager, plain = _run(tiny_model, tmp_path / "eager", **kw)
+    torch._dynamo.reset()
+    compiled, rows = _run(tiny_model, tmp_path / "compiled", compile=True, **kw)
+    assert len(rows) == len(plain) >= 3
+    for a, b in zip(rows, plain):
+        for key in ("loss", "ce", "kd"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4 if a["step"] == 1 else 2e-3, abs=1e-7), (a["step"], key)
+    assert compiled["val_loss"] == pytest.approx(eager["val_loss"], rel=2e-3)
