@@ -473,3 +473,29 @@ def test_an_integers_multiple_of_holds_with_its_bounds(schema):
                 assert p.feed(str(v)[:i]) and (p.can_end() or any(p.copy().feed(d) for d in "0123456789"))
     only_50 = {"type": "integer", "multipleOf": 25, "minimum": 30, "maximum": 60}
     assert not JsonPrefix(only_50).feed("4") and JsonPrefix(only_50).feed("5")  # 40-49 holds no multiple of 25
+
+
+@pytest.mark.parametrize("schema", [{"const": 3}, {"type": "integer", "const": 3}, {"enum": [1, 10, -2, 2.5, 3.0]},
+                                    {"type": "number", "enum": [0.1, 1e-07, 12]}, {"enum": [True, None, "a"]},
+                                    {"const": False}, {"type": "integer", "enum": [1, 1.5]}])
+def test_an_enums_or_consts_numbers_and_literals_hold(schema):
+    """``Literal[3]``, ``Literal[1, 10, -2]``, an int tag of a tagged union, ``Literal[True]``: a
+    number, true, false or null is accepted exactly where jsonschema takes it, among numbers from
+    -30 to 30 (and a few fractions) written plainly, and the literals; the values allowed are
+    reached character by character, with no accepted prefix a dead end. Before, any number and
+    either boolean passed under an enum or a const."""
+    valid = jsonschema.Draft202012Validator(schema).is_valid
+    texts = [str(v) for v in range(-30, 31)] + ["2.5", "0.1", "0.0000001", "1.5", "3.5", "true", "false", "null"]
+    for text in texts:
+        if accepts(schema, text):
+            assert valid(json.loads(text)), text
+    allowed = [t for t in texts if valid(json.loads(t))]
+    # Each allowed value has a spelling the guide accepts (3.0 is written 3, 1e-07 plainly).
+    assert all(accepts(schema, t) for t in allowed), allowed
+    for text in allowed:
+        for i in range(1, len(text)):  # every prefix of one is still open
+            p = JsonPrefix(schema)
+            assert p.feed(text[:i]), text[:i]
+            assert p.can_end() or any(p.copy().feed(c) for c in "0123456789.-truefalsn")
+    wrapped = {"type": "object", "properties": {"v": schema}, "required": ["v"]}
+    assert not JsonPrefix(wrapped).feed('{"v": 4') and not accepts(wrapped, '{"v": 7}')

@@ -5,8 +5,10 @@ answer always parses.
 ``JsonPrefix`` reads text one character at a time with a stack of frames (an object, an array, a
 string, a number, a literal), each knowing its part of the schema: an object takes only the keys
 its ``properties`` name when ``additionalProperties`` is false, closes only once its ``required``
-keys are in, and gives each value its property's schema; a string of an ``enum`` only grows toward
-one of its values; a value takes only the ``type``'s kinds (``integer``: no fraction or exponent);
+keys are in, and gives each value its property's schema; a string or a number of an ``enum`` (or a
+``const``) only grows toward one of its values (a number toward its plain spelling: ``3`` for 3.0),
+and true, false and null only where it holds them; a value takes only the ``type``'s kinds
+(``integer``: no fraction or exponent);
 arrays follow ``items`` (``prefixItems``), ``minItems`` and ``maxItems``; strings ``minLength``,
 ``maxLength``, an anchored ``pattern`` and the ``format``s of ``FORMATS`` (date, time, date-time,
 uuid, ipv4, email, duration, hostname, as patterns); a number's ``minimum`` / ``maximum``
@@ -35,8 +37,9 @@ import math
 from fractions import Fraction
 from typing import Any
 
-from potstill.models.json_schema_parts import (FORMATS, Root, anchored, branches, first_kind, in_bounds, int_bounds,
-                                               kinds_of, num_bounds, resolve, string_choices, takes)
+from potstill.models.json_schema_parts import (FORMATS, Root, allows, anchored, branches, first_kind, in_bounds,
+                                               int_bounds, kinds_of, num_bounds, number_choices, resolve,
+                                               string_choices, takes)
 
 WS = " \t\n\r"
 # A run of whitespace between tokens, and a number, are capped: unbounded, a model that prefers
@@ -82,11 +85,11 @@ class _Value:
             frame = _Number(integer="number" not in kinds, schema=schema)
             p.stack[-1] = frame
             return frame.step(c, p)
-        elif c == "t" and "boolean" in kinds:
+        elif c == "t" and "boolean" in kinds and allows(schema, True):
             frame = _Literal("true")
-        elif c == "f" and "boolean" in kinds:
+        elif c == "f" and "boolean" in kinds and allows(schema, False):
             frame = _Literal("false")
-        elif c == "n" and "null" in kinds:
+        elif c == "n" and "null" in kinds and allows(schema, None):
             frame = _Literal("null")
         if frame is None:
             return False
@@ -304,10 +307,12 @@ class _Number:
         if self.multiple is not None and self.bounds is None:
             self.bounds = (-math.inf, math.inf)
         self.dec = None if integer else num_bounds(schema or {})
+        # An enum's or a const's numbers: the text only grows toward one of their spellings.
+        self.choices = number_choices(schema or {}, integer)
         self.text = ""
 
     def key(self) -> tuple:
-        return ("n", self.integer, self.bounds, self.multiple, self.dec, self.state, self.text)
+        return ("n", self.integer, self.bounds, self.multiple, self.dec, self.choices, self.state, self.text)
 
     def _reachable(self, text: str, state: str) -> bool:
         """Whether an integer written ``text`` so far (in ``state``) can still end between the bounds
@@ -357,7 +362,7 @@ class _Number:
 
     def _ends(self) -> bool:
         """Whether the number written so far is a whole one between the bounds."""
-        if self.state not in self.ACCEPT:
+        if self.state not in self.ACCEPT or self.choices is not None and self.text not in self.choices:
             return False
         if self.dec is not None:
             x = Fraction(self.text)
@@ -393,7 +398,8 @@ class _Number:
         # Near the cap only a step into a whole number: a number cut at "1." could not end.
         if nxt is not None and (self.length < MAX_NUMBER - 2 or nxt in self.ACCEPT and self.length < MAX_NUMBER) \
                 and (self.bounds is None or self._reachable(self.text + c, nxt)) \
-                and (self.dec is None or self._reachable_dec(self.text + c, nxt)):
+                and (self.dec is None or self._reachable_dec(self.text + c, nxt)) \
+                and (self.choices is None or any(x.startswith(self.text + c) for x in self.choices)):
             self.state, self.length, self.text = nxt, self.length + 1, self.text + c
             return True
         if not self._ends():

@@ -10,6 +10,7 @@ can tell two readings apart by the identity of the schema they follow.
 from __future__ import annotations
 
 import math
+from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
@@ -265,6 +266,35 @@ def string_choices(schema: dict) -> list[str] | None:
         strings = [v for v in values if isinstance(v, str)]
         return strings if isinstance(values, list) else None
     return None
+
+
+def number_choices(schema: dict, integer: bool) -> frozenset[str] | None:
+    """How a number an ``enum`` / ``const`` allows is written (None: any number): an integral value
+    as an integer (``3`` for 3 and 3.0, which JSON Schema holds equal), another as its shortest
+    decimal without an exponent (``0.1``, ``0.0000001``); none but integral ones for an integer."""
+    if "enum" not in schema and "const" not in schema:
+        return None
+    values = schema["enum"] if "enum" in schema else [schema["const"]]
+    if not isinstance(values, list):
+        return None
+    out = set()
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            continue
+        if float(v).is_integer():
+            out.add(str(int(v)))
+        elif not integer:
+            out.add(format(Decimal(repr(float(v))), "f"))
+    return frozenset(out)
+
+
+def allows(schema: dict, value: Any) -> bool:
+    """Whether an ``enum`` / ``const`` lets the value be ``value`` (true, false or null; the same
+    object, so that 1 is not true); yes where the schema has neither."""
+    if "enum" not in schema and "const" not in schema:
+        return True
+    values = schema["enum"] if "enum" in schema else [schema["const"]]
+    return not isinstance(values, list) or any(v is value for v in values)
 
 
 def int_bounds(schema: dict) -> tuple[float, float] | None:
