@@ -499,3 +499,49 @@ def test_an_enums_or_consts_numbers_and_literals_hold(schema):
             assert p.can_end() or any(p.copy().feed(c) for c in "0123456789.-truefalsn")
     wrapped = {"type": "object", "properties": {"v": schema}, "required": ["v"]}
     assert not JsonPrefix(wrapped).feed('{"v": 4') and not accepts(wrapped, '{"v": 7}')
+
+
+UNIQUE = {
+    "literals": {"type": "array", "items": {"enum": ["a", "b"]}, "uniqueItems": True},
+    "bools": {"type": "array", "items": {"type": "boolean"}, "uniqueItems": True},
+    "small ints": {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 3}, "uniqueItems": True},
+    "ints": {"type": "array", "items": {"type": "integer"}, "uniqueItems": True, "maxItems": 6},
+    "numbers": {"type": "array", "items": {"type": "number"}, "uniqueItems": True, "maxItems": 6},
+    "short strings": {"type": "array", "items": {"type": "string", "pattern": "^[ab]$"}, "uniqueItems": True},
+    "dates": {"type": "array", "items": {"type": "string", "format": "date"}, "uniqueItems": True, "maxItems": 3},
+    "tuple": {"type": "array", "prefixItems": [{"const": 1}, {"enum": [1, 2]}], "uniqueItems": True, "minItems": 2},
+}
+
+
+@pytest.mark.parametrize("name", list(UNIQUE))
+def test_unique_items_hold_and_no_walk_dead_ends(name):
+    """``uniqueItems`` (pydantic's ``set[...]``): an item equal to an earlier one is refused where it
+    would close (``["a", "a"``, ``[1, 1,``, ``[true, true``), a ``,`` where no other item remains
+    (``["a", "b"``), and random walks over printable characters never reach a prefix that nothing
+    continues; every document they finish validates. Before, duplicates passed and failed validation."""
+    import random
+
+    schema = UNIQUE[name]
+    valid = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker()).is_valid
+    dupes = {"literals": '["a", "a"', "bools": "[true, true", "small ints": "[1, 2, 1,", "ints": "[7, 7,",
+             "numbers": "[0.5, 0.50,", "short strings": '["b", "b"', "dates": '["2024-02-29", "2024-02-29"',
+             "tuple": "[1, 1,"}
+    assert not JsonPrefix(schema).feed(dupes[name])
+    alphabet = [chr(i) for i in range(32, 127)]
+    rng = random.Random(0)
+    done = 0
+    for _ in range(25):
+        p, text = JsonPrefix(schema), ""
+        while True:
+            nxt = [c for c in alphabet if p.copy().feed(c)]
+            assert nxt or p.can_end(), (name, text)  # no accepted prefix is a dead end
+            if p.can_end() and (not nxt or rng.random() < 0.15) or len(text) > 120:
+                break
+            # Lean toward closing and separating, so walks finish documents with several items.
+            c = rng.choice([x for x in nxt if x in ',"]'] or nxt) if rng.random() < 0.3 else rng.choice(nxt)
+            assert p.feed(c)
+            text += c
+        if p.can_end():
+            done += 1
+            assert valid(json.loads(text)), (name, text)
+    assert done >= 10, name

@@ -9,7 +9,9 @@ keys are in, and gives each value its property's schema; a string or a number of
 ``const``) only grows toward one of its values (a number toward its plain spelling: ``3`` for 3.0),
 and true, false and null only where it holds them; a value takes only the ``type``'s kinds
 (``integer``: no fraction or exponent);
-arrays follow ``items`` (``prefixItems``), ``minItems`` and ``maxItems``; strings ``minLength``,
+arrays follow ``items`` (``prefixItems``), ``minItems``, ``maxItems`` and ``uniqueItems`` (an item may
+not be an earlier string, number, true, false or null, and a ``,`` comes only where another item
+remains; objects and arrays as items are not compared); strings ``minLength``,
 ``maxLength``, an anchored ``pattern`` and the ``format``s of ``FORMATS`` (date, time, date-time,
 uuid, ipv4, email, duration, hostname, as patterns); a number's ``minimum`` / ``maximum``
 (exclusive ones too; ``Field(ge=0, le=1)`` on an int or a float) and an integer's ``multipleOf``:
@@ -52,11 +54,12 @@ class _Value:
     """Before a value: whitespace, then the first character picks the frame (and, under an ``anyOf`` /
     ``oneOf``, the branches that take it: the parse follows the first, a twin of it each other one)."""
 
-    def __init__(self, schema: dict, root: Root):
+    def __init__(self, schema: dict, root: Root, exclude: frozenset = frozenset()):
         self.schema, self.root = resolve(schema, root), root
+        self.exclude = exclude  # values it may not be (``value_key``s): its array's earlier items under uniqueItems
 
     def key(self) -> tuple:
-        return ("v", id(self.schema))
+        return ("v", id(self.schema), self.exclude)
 
     def step(self, c: str, p: "_Parse") -> bool:
         if c in WS:
@@ -70,7 +73,7 @@ class _Value:
                 return False
             for other in fit[1:]:  # a twin parse for each other branch, from here, before c
                 twin = p.copy()
-                twin.stack[-1] = _Value(other, self.root)
+                twin.stack[-1] = _Value(other, self.root, self.exclude)
                 p.forks.append(twin)
             schema = fit[0]
         kinds = kinds_of(schema)
@@ -80,11 +83,18 @@ class _Value:
         elif c == "[" and "array" in kinds:
             frame = _Array(schema, self.root)
         elif c == '"' and "string" in kinds:
-            frame = _String(string_choices(schema), schema=schema)
+            choices = string_choices(schema)
+            if choices is not None and self.exclude:
+                choices = [x for x in choices if ("s", x) not in self.exclude]
+            frame = _String(choices, schema=schema, exclude=self.exclude)
+            if choices == [] or self.exclude and not frame.viable(""):
+                return False
         elif (c == "-" or c.isdigit() and c.isascii()) and kinds & {"number", "integer"}:
-            frame = _Number(integer="number" not in kinds, schema=schema)
+            frame = _Number(integer="number" not in kinds, schema=schema, exclude=self.exclude)
             p.stack[-1] = frame
             return frame.step(c, p)
+        elif c in _LITERALS and _LITERALS[c] in self.exclude:
+            return False
         elif c == "t" and "boolean" in kinds and allows(schema, True):
             frame = _Literal("true")
         elif c == "f" and "boolean" in kinds and allows(schema, False):
@@ -164,9 +174,13 @@ class _Array:
         self.max = schema.get("maxItems") if isinstance(schema.get("maxItems"), int) else None
         self.n = 0
         self.phase = "first"  # first (after '['), item (after ','), after (an item just ended)
+        # uniqueItems (pydantic's set[...]): the items so far (``value_key``s; objects and arrays are
+        # not compared, left to validation), which each next item may not be.
+        self.unique = schema.get("uniqueItems") is True
+        self.seen: frozenset = frozenset()
 
     def key(self) -> tuple:
-        return ("a", self.sid, self.n, self.phase)
+        return ("a", self.sid, self.n, self.phase, self.seen)
 
     def _item(self) -> dict:
         return self.prefix[self.n] if self.n < len(self.prefix) else self.items
@@ -178,7 +192,8 @@ class _Array:
             if c == "]" and self.n >= self.min:
                 p.pop()
                 return True
-            if c == "," and (self.max is None or self.n < self.max):
+            if c == "," and (self.max is None or self.n < self.max) \
+                    and (not self.seen or possible(self._item(), self.root, self.seen)):
                 self.phase = "item"
                 return True
             return False
@@ -187,12 +202,15 @@ class _Array:
             return True
         if self.max is not None and self.n >= self.max:
             return False
-        p.push(_Value(self._item(), self.root))
+        p.push(_Value(self._item(), self.root, self.seen))
         return p.step(c)
 
     def child_done(self, child: Any) -> None:
         self.n += 1
         self.phase = "after"
+        v = value_key(child) if self.unique else None
+        if v is not None:
+            self.seen = self.seen | {v}
 
 
 _ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
@@ -203,8 +221,10 @@ class _String:
     ``minLength``, ``maxLength`` and an anchored ``pattern`` (``^...``, the form formats such as
     dates take; an unanchored one is left to validation, since text can always be added to match)."""
 
-    def __init__(self, choices: list[str] | None, key_of: Any = None, schema: dict | None = None):
+    def __init__(self, choices: list[str] | None, key_of: Any = None, schema: dict | None = None,
+                 exclude: frozenset = frozenset()):
         self.choices, self.key_of = choices, key_of
+        self.exclude = frozenset(x[1] for x in exclude if x[0] == "s")  # strings it may not be
         self.text = ""
         self.esc: str | None = None  # "" after a backslash, "uXXX" while reading a \\u escape
         schema = schema or {}
@@ -222,14 +242,32 @@ class _String:
 
     def key(self) -> tuple:
         return ("s", None if self.choices is None else tuple(self.choices), self.key_of is not None,
-                self.min, self.max, tuple(id(x) for x in self.patterns), self.text, self.esc)
+                self.min, self.max, tuple(id(x) for x in self.patterns), self.text, self.esc, self.exclude)
 
     def _fits(self, text: str) -> bool:
+        return self._plain(text) and (not self.exclude or self.viable(text))
+
+    def _plain(self, text: str) -> bool:
+        """Whether ``text`` can still grow into a string the schema takes (exclusions aside)."""
         if self.max is not None and len(text) > self.max:
             return False
         if any(not x.fullmatch(text, partial=True) for x in self.patterns):
             return False
         return self.choices is None or any(ch.startswith(text) for ch in self.choices)
+
+    def viable(self, text: str) -> bool:
+        """Whether ``text`` can still grow into a string the schema takes that is not excluded: where
+        no excluded string starts with it, whether it fits; else whether it may end here or some
+        character carries it on (only along the excluded strings' prefixes is more than one step
+        looked at)."""
+        if not self._plain(text):
+            return False
+        if not any(x.startswith(text) for x in self.exclude):
+            return True
+        if text not in self.exclude and len(text) >= self.min and all(x.fullmatch(text) for x in self.patterns) \
+                and (self.choices is None or text in self.choices):
+            return True
+        return any(self.viable(text + c) for c in _PROBE)
 
     def _next_chars(self) -> set[str] | None:
         """The characters a choice may take next (None: any)."""
@@ -264,7 +302,8 @@ class _String:
                 self.esc = None
             return True
         if c == '"':
-            if self.choices is not None and self.text not in self.choices or len(self.text) < self.min:
+            if self.choices is not None and self.text not in self.choices or len(self.text) < self.min \
+                    or self.text in self.exclude:
                 return False
             if any(not x.fullmatch(self.text) for x in self.patterns):
                 return False
@@ -296,8 +335,9 @@ class _Number:
 
     ACCEPT = {"zero", "int", "frac", "expdig"}
 
-    def __init__(self, integer: bool, schema: dict | None = None):
+    def __init__(self, integer: bool, schema: dict | None = None, exclude: frozenset = frozenset()):
         self.integer = integer
+        self.exclude = frozenset(x[1] for x in exclude if x[0] == "n")  # values it may not be (Fractions)
         self.state = "start"
         self.length = 0
         self.bounds = int_bounds(schema or {}) if integer else None  # (low, high), both closed
@@ -309,30 +349,51 @@ class _Number:
         self.dec = None if integer else num_bounds(schema or {})
         # An enum's or a const's numbers: the text only grows toward one of their spellings.
         self.choices = number_choices(schema or {}, integer)
+        if self.choices is not None and self.exclude:
+            self.choices = frozenset(x for x in self.choices if Fraction(x) not in self.exclude)
+        if self.exclude and integer and self.bounds is None:
+            self.bounds = (-math.inf, math.inf)  # so that _reachable steers clear of the excluded values
         self.text = ""
 
     def key(self) -> tuple:
-        return ("n", self.integer, self.bounds, self.multiple, self.dec, self.choices, self.state, self.text)
+        return ("n", self.integer, self.bounds, self.multiple, self.dec, self.choices, self.exclude, self.state,
+                self.text)
 
     def _reachable(self, text: str, state: str) -> bool:
         """Whether an integer written ``text`` so far (in ``state``) can still end between the bounds
         (on a ``multipleOf``, where it has one)."""
         low, high = self.bounds
-        if state == "minus":
-            return low <= 0  # "-0" is 0; any other is negative
+        if state == "minus":  # "-0" is 0; any other is negative
+            if not self.exclude:
+                return low <= 0
+            return low <= 0 <= high and 0 not in self.exclude or self._left(low, min(high, -1))
         sign = -1 if text.startswith("-") else 1
         v = int(text.lstrip("-"))
         if state == "zero":
-            return low <= 0 <= high
+            return low <= 0 <= high and 0 not in self.exclude
         for k in range(MAX_NUMBER - len(text) + 1):  # k more digits: v * 10^k .. v * 10^k + 10^k - 1
             a, b = v * 10**k, v * 10**k + 10**k - 1
             lo, hi = (a, b) if sign > 0 else (-b, -a)
-            x, y = max(lo, low), min(hi, high)  # what is left of it between the bounds
-            if x <= y and (self.multiple is None or -(-x // self.multiple) * self.multiple <= y):
+            if self._left(max(lo, low), min(hi, high)):  # what is left of it between the bounds
                 return True
             if (a > high) if sign > 0 else (-a < low):  # more digits only move it further out
                 break
         return False
+
+    def _left(self, x: Any, y: Any) -> bool:
+        """Whether [x, y] holds an integer the number may be: a multiple (of 1 without a multipleOf)
+        that is not excluded."""
+        step = self.multiple or 1
+        if x > y:
+            return False
+        if x == -math.inf:
+            return True  # unbounded below: more than any exclusion
+        first = -(-int(x) // step) * step
+        if first > y:
+            return False
+        if not self.exclude or y == math.inf or (y - first) // step + 1 > len(self.exclude):
+            return True
+        return any(w not in self.exclude for w in range(first, int(y) + 1, step))
 
     def _reachable_dec(self, text: str, state: str) -> bool:
         """The same for a number: what ``text`` can still become is the union of intervals
@@ -363,6 +424,8 @@ class _Number:
     def _ends(self) -> bool:
         """Whether the number written so far is a whole one between the bounds."""
         if self.state not in self.ACCEPT or self.choices is not None and self.text not in self.choices:
+            return False
+        if self.exclude and Fraction(self.text) in self.exclude:
             return False
         if self.dec is not None:
             x = Fraction(self.text)
@@ -422,6 +485,58 @@ class _Literal:
         if self.i == len(self.word):
             p.pop()
         return True
+
+
+# The value a literal's first letter starts, as ``value_key`` writes it.
+_LITERALS = {"t": ("b", True), "f": ("b", False), "n": ("z", None)}
+# Characters tried along an excluded string's prefixes: whether the text can grow into another.
+_PROBE = [chr(i) for i in range(32, 127)]
+
+
+def value_key(frame: Any) -> tuple | None:
+    """A finished item's value, as uniqueItems compares them (1 and 1.0 equal, true not 1): None for an
+    object or an array, which are not compared."""
+    if isinstance(frame, _String):
+        return ("s", frame.text)
+    if isinstance(frame, _Number):
+        return ("n", Fraction(frame.text))
+    if isinstance(frame, _Literal):
+        return _LITERALS[frame.word[0]]
+    return None
+
+
+def possible(schema: dict, root: Root, exclude: frozenset) -> bool:
+    """Whether a value under ``schema`` other than those ``exclude`` holds remains: False only where
+    the schema allows a few values and all of them are excluded (an enum's, a bounded integer's, a
+    boolean's, a string's under a pattern or a length); any other number is taken to have more."""
+    schema = resolve(schema, root)
+    alts = branches(schema, root)
+    if alts is not None:
+        return any(possible(a, root, exclude) for a in alts)
+    kinds = kinds_of(schema)
+    if kinds & {"object", "array"}:
+        return True
+    if "string" in kinds:
+        choices = string_choices(schema)
+        if choices is not None:
+            choices = [x for x in choices if ("s", x) not in exclude]
+        if choices != [] and _String(choices, schema=schema, exclude=exclude).viable(""):
+            return True
+    for lit in ("true", "false", "null"):
+        if ("boolean" if lit != "null" else "null") in kinds and allows(schema, {"true": True, "false": False}.get(lit)) \
+                and _LITERALS[lit[0]] not in exclude:
+            return True
+    if kinds & {"number", "integer"}:
+        integer = "number" not in kinds
+        choices = number_choices(schema, integer)
+        if choices is not None:
+            return any(("n", Fraction(x)) not in exclude for x in choices)
+        bounds = int_bounds(schema) if integer else None
+        if bounds is None or -math.inf in bounds or math.inf in bounds or bounds[1] - bounds[0] + 1 > len(exclude):
+            return True
+        step = schema.get("multipleOf") if isinstance(schema.get("multipleOf"), int) else 1
+        return any(("n", Fraction(v)) not in exclude for v in range(int(bounds[0]), int(bounds[1]) + 1) if v % step == 0)
+    return False
 
 
 MAX_PARSES = 16  # readings of one text kept at once (a union's branches); more are dropped
