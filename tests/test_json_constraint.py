@@ -4,6 +4,7 @@ on its own, and a tiny real Llama with a byte-level BPE tokenizer decoding under
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -545,3 +546,79 @@ def test_unique_items_hold_and_no_walk_dead_ends(name):
             done += 1
             assert valid(json.loads(text)), (name, text)
     assert done >= 10, name
+
+
+def test_random_walks_under_a_rich_pydantic_model_never_dead_end_and_validate():
+    """A model with most of what pydantic writes (a UUID, a date, an optional datetime, a tagged union,
+    nested models in a bounded list, a set of literals, bounded ints and floats, an int multiple, a
+    Literal of ints, a union of scalars, a tuple, a dict with max_length, no extra keys), and the
+    vLLM example's invoice schema: 40 random walks each over printable characters (leaning toward
+    closing quotes, commas and brackets) never reach a prefix nothing continues, and every document
+    they finish passes the task's validation (``format_checker``: a date a day of the calendar).
+    Found by it: a dict's maxProperties went unheeded, a date could be April 31st or February 29th
+    of 2023, a duration a bare "P"."""
+    import datetime
+    import random
+    import uuid
+    from typing import Annotated, Literal, Optional, Union
+
+    import yaml
+    from pydantic import Field
+
+    from potstill.config import TaskConfig
+    from potstill.models.json_schema_parts import format_checker
+    from potstill.tasks import get_task
+
+    strict = ConfigDict(extra="forbid")
+
+    class Cat(BaseModel):
+        model_config = strict
+        kind: Literal["cat"]
+        lives: int = Field(ge=1, le=9)
+
+    class Dog(BaseModel):
+        model_config = strict
+        kind: Literal["dog"]
+        good: bool
+
+    class Item(BaseModel):
+        model_config = strict
+        name: str = Field(min_length=1, max_length=8)
+        qty: int = Field(ge=0, le=100)
+        price: float = Field(ge=0)
+        tags: set[Literal["x", "y", "z"]] = set()
+
+    class Doc(BaseModel):
+        model_config = strict
+        id: uuid.UUID
+        when: datetime.date
+        at: Optional[datetime.datetime] = None
+        span: Optional[datetime.timedelta] = None
+        pet: Annotated[Union[Cat, Dog], Field(discriminator="kind")]
+        items: list[Item] = Field(max_length=2)
+        score: Optional[float] = Field(default=None, ge=0, le=1)
+        level: Literal[1, 2, 3]
+        ratio: float = Field(gt=-1.5, lt=2.25)
+        step: int = Field(multiple_of=5, ge=-20, le=20)
+        maybe: Union[int, str, None]
+        pair: tuple[bool, Optional[int]]
+        counts: dict[str, int] = Field(default={}, max_length=2)
+
+    preset = yaml.safe_load((Path(__file__).parents[1] / "examples" / "vllm-extraction.yaml").read_text())
+    alphabet = [chr(i) for i in range(32, 127)]
+    rng = random.Random(0)
+    for schema in (Doc.model_json_schema(), get_task(TaskConfig.model_validate(preset["task"])).cfg.json_schema):
+        valid = jsonschema.Draft202012Validator(schema, format_checker=format_checker()).is_valid
+        for _ in range(40):
+            p, text = JsonPrefix(schema), ""
+            while True:
+                nxt = [c for c in alphabet if p.copy().feed(c)]
+                assert nxt or p.can_end(), text
+                if p.can_end() and (not nxt or rng.random() < 0.3):
+                    break
+                lean = [x for x in nxt if x in ',"]}:'] if rng.random() < 0.6 else []
+                c = rng.choice(lean or nxt)
+                assert p.feed(c)
+                text += c
+                assert len(text) < 5000, text
+            assert valid(json.loads(text)), text

@@ -5,7 +5,7 @@ answer always parses.
 ``JsonPrefix`` reads text one character at a time with a stack of frames (an object, an array, a
 string, a number, a literal), each knowing its part of the schema: an object takes only the keys
 its ``properties`` name when ``additionalProperties`` is false, closes only once its ``required``
-keys are in, and gives each value its property's schema; a string or a number of an ``enum`` (or a
+keys are in, holds ``maxProperties`` / ``minProperties``, and gives each value its property's schema; a string or a number of an ``enum`` (or a
 ``const``) only grows toward one of its values (a number toward its plain spelling: ``3`` for 3.0),
 and true, false and null only where it holds them; a value takes only the ``type``'s kinds
 (``integer``: no fraction or exponent);
@@ -116,6 +116,9 @@ class _Object:
         extra = schema.get("additionalProperties", True)
         self.extra: dict | None = None if extra is False else (extra if isinstance(extra, dict) else {})
         self.required = [k for k in schema.get("required") or [] if isinstance(k, str)]
+        # maxProperties / minProperties (pydantic's dict[...] with max_length / min_length).
+        self.most = schema.get("maxProperties") if isinstance(schema.get("maxProperties"), int) else None
+        self.least = schema.get("minProperties") if isinstance(schema.get("minProperties"), int) else 0
         self.seen: set[str] = set()
         self.phase = "first"  # first (after '{'), key (after ','), colon, after (a value just ended)
         self.key_ = ""  # the key whose value comes next
@@ -124,14 +127,23 @@ class _Object:
         return ("o", self.sid, self.phase, self.key_, frozenset(self.seen))
 
     def _keys_left(self) -> list[str] | None:
-        """The keys that may still come (None: any string)."""
-        return None if self.extra is not None else [k for k in self.props if k not in self.seen]
+        """The keys that may still come (None: any string): under ``maxProperties``, once the room
+        left is the required keys still missing, only those."""
+        left = None if self.extra is not None else [k for k in self.props if k not in self.seen]
+        if self.most is not None:
+            missing = [k for k in self.required if k not in self.seen]
+            if len(self.seen) + len(missing) >= self.most:
+                left = missing if left is None else [k for k in left if k in missing]
+        return left
+
+    def _can_close(self) -> bool:
+        return all(k in self.seen for k in self.required) and len(self.seen) >= self.least
 
     def step(self, c: str, p: "_Parse") -> bool:
         if c in WS:
             return True
         if self.phase in ("first", "key"):
-            if c == "}" and self.phase == "first" and not self.required:
+            if c == "}" and self.phase == "first" and self._can_close():
                 p.pop()
                 return True
             left = self._keys_left()
@@ -147,7 +159,7 @@ class _Object:
             p.push(_Value(schema, self.root))
             return True
         if self.phase == "after":
-            if c == "}" and all(k in self.seen for k in self.required):
+            if c == "}" and self._can_close():
                 p.pop()
                 return True
             left = self._keys_left()

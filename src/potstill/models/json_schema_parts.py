@@ -197,19 +197,26 @@ def _kind(v: Any) -> str | None:
 
 
 _PATTERNS: dict[str, Any] = {}
-_DATE = r"\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])"
+# A day of the calendar, as ``datetime.date.fromisoformat`` takes it: years 0001-9999, each month's
+# own days, February 29th in leap years only (a year is known before its days, so a regular
+# expression can tell).
+_YEAR = r"([1-9]\d{3}|0[1-9]\d\d|00[1-9]\d|000[1-9])"
+_LEAP = r"(\d\d(0[48]|[2468][048]|[13579][26])|(0[48]|[2468][048]|[13579][26])00)"
+_DATE = (rf"({_YEAR}-((0[13578]|1[02])-(0[1-9]|[12]\d|3[01])|(0[469]|11)-(0[1-9]|[12]\d|30)"
+         rf"|02-(0[1-9]|1\d|2[0-8]))|{_LEAP}-02-29)")
 _TIME = r"([01]\d|2[0-3]):[0-5]\d:([0-5]\d|60)(\.\d+)?([Zz]|[+-]([01]\d|2[0-3]):[0-5]\d)?"
 _BYTE = r"(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 # String formats as anchored patterns (those OpenAI's strict mode lists, less ipv6, and what pydantic
 # writes for date, datetime, time, UUID and EmailStr fields). The UTC offset of a time is optional,
-# as pydantic reads it; the email pattern is loose (no quoted local parts); a duration may be a bare
-# "P" and a hostname longer than 253 characters (partial matching takes no lookahead), which
-# ``format_checker`` refuses.
+# as pydantic reads it; the email pattern is loose (no quoted local parts); a hostname may be longer
+# than 253 characters (partial matching takes no lookahead), which ``format_checker`` refuses.
 FORMATS = {"date": f"^{_DATE}$", "time": f"^{_TIME}$", "date-time": f"^{_DATE}[Tt ]{_TIME}$",
            "uuid": r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
            "ipv4": rf"^({_BYTE}\.){{3}}{_BYTE}$", "email": r"^[^@\s\\\"]+@[^@\s\\\"]+\.[^@\s\\\".]+$",
-           "duration": r"^P(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(\d+H)?(\d+M)?(\d+S)?)?$",
+           # At least one part, and one after a T (no lookahead: partial matching must see the end).
+           "duration": r"^P((\d+Y(\d+M)?(\d+W)?(\d+D)?|\d+M(\d+W)?(\d+D)?|\d+W(\d+D)?|\d+D)"
+                       r"(T(\d+H(\d+M)?(\d+S)?|\d+M(\d+S)?|\d+S))?|T(\d+H(\d+M)?(\d+S)?|\d+M(\d+S)?|\d+S))$",
            "hostname": rf"^{_LABEL}(\.{_LABEL})*$"}
 _CHECKER: Any = None
 
