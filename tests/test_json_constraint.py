@@ -622,3 +622,24 @@ def test_random_walks_under_a_rich_pydantic_model_never_dead_end_and_validate():
                 text += c
                 assert len(text) < 5000, text
             assert valid(json.loads(text)), text
+
+
+def test_a_date_is_a_day_of_the_calendar():
+    """``format: date`` (and a date-time's date): every YYYY-MM-DD of 11 years (leap and not, 0000,
+    centuries) with months 00-13 and days 00-32 is accepted exactly where ``datetime.date`` takes
+    it, so 2023-02-29 and 2024-04-31 are refused where the 9 would close them."""
+    import datetime
+
+    date = {"type": "string", "format": "date"}
+    for y in ("0000", "0001", "0004", "0100", "0400", "1900", "1999", "2000", "2023", "2024", "9999"):
+        for m in range(14):
+            for d in range(33):
+                text = f"{y}-{m:02d}-{d:02d}"
+                try:
+                    day = bool(datetime.date.fromisoformat(text))
+                except ValueError:
+                    day = False
+                assert accepts(date, f'"{text}"') == day, text
+    assert not JsonPrefix(date).feed('"2023-02-29') and JsonPrefix(date).feed('"2024-02-29')
+    assert accepts({"type": "string", "format": "date-time"}, '"2024-02-29T12:00:00Z"')
+    assert not accepts({"type": "string", "format": "date-time"}, '"2023-02-29T12:00:00Z"')
