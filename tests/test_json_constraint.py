@@ -643,3 +643,51 @@ def test_a_date_is_a_day_of_the_calendar():
     assert not JsonPrefix(date).feed('"2023-02-29') and JsonPrefix(date).feed('"2024-02-29')
     assert accepts({"type": "string", "format": "date-time"}, '"2024-02-29T12:00:00Z"')
     assert not accepts({"type": "string", "format": "date-time"}, '"2023-02-29T12:00:00Z"')
+
+
+@pytest.mark.parametrize("schema", [{"type": "number", "multipleOf": 0.01, "minimum": 0},
+                                    {"type": "number", "multipleOf": 0.25, "exclusiveMinimum": -1, "maximum": 1.5},
+                                    {"type": "number", "multipleOf": 3}, {"type": "number", "multipleOf": 0.1}])
+def test_a_numbers_multiple_of_holds_as_written_in_decimal(schema):
+    """A float's ``multipleOf`` (``Field(multiple_of=0.01)`` on a price): a number written plainly is
+    accepted exactly where it is a multiple as a decimal (and within the bounds), every prefix of one
+    stays open, and the task's validation agrees; jsonschema's own check divides floats (0.07 /
+    0.01 = 7.000000000000001), which potstill's validator (``json_schema_parts.validator``) does not."""
+    from decimal import Decimal
+    from fractions import Fraction
+
+    from potstill.models.json_schema_parts import validator
+
+    check = validator(schema)
+    step = Fraction(repr(schema["multipleOf"])) if isinstance(schema["multipleOf"], float) else schema["multipleOf"]
+    values = sorted({Decimal(v) / 200 for v in range(-300, 400)} | {Decimal(v) for v in range(-9, 13)})
+    for v in values:
+        text = format(v, "f")
+        x = Fraction(text)
+        lo = schema.get("minimum", schema.get("exclusiveMinimum", -10**9))
+        inside = x % step == 0 and (x >= lo if "minimum" in schema else x > lo) and x <= schema.get("maximum", 10**9)
+        assert accepts(schema, text) == inside, text
+        assert check.is_valid(float(text)) == inside, text
+        if inside:
+            for i in range(1, len(text)):
+                p = JsonPrefix(schema)
+                assert p.feed(text[:i]), text[:i]
+                assert p.can_end() or any(p.copy().feed(c) for c in "0123456789."), text[:i]
+    assert not JsonPrefix(schema).feed("1e")  # written plainly, so that what it can become is an interval
+
+
+def test_the_tasks_validation_takes_decimal_multiples():
+    """The extraction task (curate, evaluate, serve) and a client's json_schema judge multipleOf on the
+    decimal written: 0.07 a multiple of 0.01 and 1.1 of 0.1 (jsonschema alone refuses both), 0.075 not."""
+    from potstill.config import TaskConfig
+    from potstill.serve.formats import answer_problem
+    from potstill.tasks import get_task
+
+    schema = {"type": "object", "properties": {"p": {"type": "number", "multipleOf": 0.01},
+                                               "q": {"type": "number", "multipleOf": 0.1}}}
+    assert not jsonschema.Draft202012Validator(schema).is_valid({"p": 0.07, "q": 1.1})
+    task = get_task(TaskConfig(type="extraction", instruction="Extract.", json_schema=schema))
+    assert task.validate(task.parse('{"p": 0.07, "q": 1.1}')) is None
+    assert task.validate(task.parse('{"p": 0.075}')) is not None
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+    assert answer_problem('{"p": 0.07, "q": 1.1}', fmt) is None and answer_problem('{"q": 1.15}', fmt) is not None

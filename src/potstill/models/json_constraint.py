@@ -14,9 +14,9 @@ not be an earlier string, number, true, false or null, and a ``,`` comes only wh
 remains; objects and arrays as items are not compared); strings ``minLength``,
 ``maxLength``, an anchored ``pattern`` and the ``format``s of ``FORMATS`` (date, time, date-time,
 uuid, ipv4, email, duration, hostname, as patterns); a number's ``minimum`` / ``maximum``
-(exclusive ones too; ``Field(ge=0, le=1)`` on an int or a float) and an integer's ``multipleOf``:
-its text only grows toward a value between them (a multiple), and a bounded float is written
-without an exponent. Local ``$ref``s (``#/$defs/...``, as pydantic writes nested models) are
+(exclusive ones too; ``Field(ge=0, le=1)`` on an int or a float) and a ``multipleOf`` (a float's
+exact as a decimal: 0.07 is a multiple of 0.01): its text only grows toward a value between them (a
+multiple), and a bounded float, or one with a multipleOf, is written without an exponent. Local ``$ref``s (``#/$defs/...``, as pydantic writes nested models) are
 followed; an ``allOf``, or a ``$ref`` beside constraints of its own, is merged into one schema
 (``models.json_schema_parts``, which reads the schema; this module reads the text).
 
@@ -26,8 +26,8 @@ each held to its branch's schema (with the constraints beside the ``anyOf``), an
 where the text leaves its branch (a tag's ``const``, a key the branch does not name, a value of
 another kind). Readings that have come to the same state merge, and at most ``MAX_PARSES`` are kept.
 
-Keywords it does not follow (an unanchored ``pattern``, other ``format``s, a float's ``multipleOf``,
-``not``, ``if``, ``allOf`` parts that disagree, ...) are left open, to the task's validation of
+Keywords it does not follow (an unanchored ``pattern``, other ``format``s, ``not``, ``if``,
+``allOf`` parts that disagree, uniqueness of objects and arrays, ...) are left open, to the task's validation of
 the finished answer, which may then still fail them, as without the constraint.
 
 ``models.json_guide`` decodes under it, a token at a time.
@@ -39,7 +39,7 @@ import math
 from fractions import Fraction
 from typing import Any
 
-from potstill.models.json_schema_parts import (FORMATS, Root, allows, anchored, branches, first_kind, in_bounds,
+from potstill.models.json_schema_parts import (FORMATS, Root, allows, anchored, branches, exact, first_kind, in_bounds,
                                                int_bounds, kinds_of, num_bounds, number_choices, resolve,
                                                string_choices, takes)
 
@@ -359,6 +359,13 @@ class _Number:
         if self.multiple is not None and self.bounds is None:
             self.bounds = (-math.inf, math.inf)
         self.dec = None if integer else num_bounds(schema or {})
+        # A number's multipleOf, exact (0.01 as written): its text grows only toward a multiple, without an exponent.
+        self.step_dec = None if integer or isinstance(step, bool) or not isinstance(step, (int, float)) \
+            else exact(step)
+        if self.step_dec is not None and self.step_dec <= 0:
+            self.step_dec = None
+        if self.step_dec is not None and self.dec is None:
+            self.dec = (-math.inf, False, math.inf, False)
         # An enum's or a const's numbers: the text only grows toward one of their spellings.
         self.choices = number_choices(schema or {}, integer)
         if self.choices is not None and self.exclude:
@@ -368,8 +375,8 @@ class _Number:
         self.text = ""
 
     def key(self) -> tuple:
-        return ("n", self.integer, self.bounds, self.multiple, self.dec, self.choices, self.exclude, self.state,
-                self.text)
+        return ("n", self.integer, self.bounds, self.multiple, self.dec, self.step_dec, self.choices, self.exclude,
+                self.state, self.text)
 
     def _reachable(self, text: str, state: str) -> bool:
         """Whether an integer written ``text`` so far (in ``state``) can still end between the bounds
@@ -416,7 +423,8 @@ class _Number:
         neg, body = text.startswith("-"), text.lstrip("-")
 
         def meets(a: Any, b: Any) -> bool:
-            return in_bounds(bounds, -b, True, -a, False) if neg else in_bounds(bounds, a, False, b, True)
+            return in_bounds(bounds, -b, True, -a, False, self.step_dec) if neg \
+                else in_bounds(bounds, a, False, b, True, self.step_dec)
 
         if state == "zero":
             return meets(0, 1)
@@ -441,7 +449,7 @@ class _Number:
             return False
         if self.dec is not None:
             x = Fraction(self.text)
-            return in_bounds(self.dec, x, False, x, False)
+            return in_bounds(self.dec, x, False, x, False) and (self.step_dec is None or x % self.step_dec == 0)
         return self.bounds is None or self.bounds[0] <= int(self.text) <= self.bounds[1] \
             and (self.multiple is None or int(self.text) % self.multiple == 0)
 

@@ -253,6 +253,39 @@ def format_checker() -> Any:
     return _CHECKER
 
 
+_VALIDATORS: dict[Any, Any] = {}
+
+
+def validator(schema: dict) -> Any:
+    """The ``jsonschema`` validator answers are checked with: the schema's own draft, the formats
+    asserted (``format_checker``), and ``multipleOf`` taken on numbers as written in decimal, as the
+    guide holds it: jsonschema divides floats, so 0.07 was no multiple of 0.01 there
+    (0.07 / 0.01 = 7.000000000000001), nor 1.1 of 0.1."""
+    import jsonschema
+
+    base = jsonschema.validators.validator_for(schema)
+    if base not in _VALIDATORS:
+        _VALIDATORS[base] = jsonschema.validators.extend(base, {"multipleOf": _multiple_of})
+    return _VALIDATORS[base](schema, format_checker=format_checker())
+
+
+def exact(x: Any) -> Fraction | None:
+    """A JSON number as the decimal it was written as (a float's shortest repr), None if not finite."""
+    if isinstance(x, float):
+        return Fraction(repr(x)) if math.isfinite(x) else None
+    return Fraction(x)
+
+
+def _multiple_of(checker: Any, step: Any, instance: Any, schema: dict) -> Any:
+    import jsonschema
+
+    if not checker.is_type(instance, "number") or not checker.is_type(step, "number"):
+        return
+    x, m = exact(instance), exact(step)
+    if x is None or m is None or m <= 0 or x % m:
+        yield jsonschema.ValidationError(f"{instance!r} is not a multiple of {step!r}")
+
+
 def anchored(pattern: str) -> Any:
     """``pattern`` compiled by the ``regex`` module (transformers' own dependency), whose partial
     matching says whether a prefix can still match; None where it is missing or cannot compile it."""
@@ -340,9 +373,15 @@ def num_bounds(schema: dict) -> tuple | None:
     return None if lo == -math.inf and hi == math.inf else (lo, lo_open, hi, hi_open)
 
 
-def in_bounds(bounds: tuple, a: Any, a_open: bool, b: Any, b_open: bool) -> bool:
-    """Whether some number from ``a`` to ``b`` (each end open where flagged) lies within ``bounds``."""
+def in_bounds(bounds: tuple, a: Any, a_open: bool, b: Any, b_open: bool, step: Fraction | None = None) -> bool:
+    """Whether some number from ``a`` to ``b`` (each end open where flagged) lies within ``bounds``
+    (and is a multiple of ``step``, where given)."""
     lo, lo_open, hi, hi_open = bounds
     low, low_open = (a, a_open) if a > lo else (lo, lo_open) if lo > a else (a, a_open or lo_open)
     high, high_open = (b, b_open) if b < hi else (hi, hi_open) if hi < b else (b, b_open or hi_open)
-    return low < high or low == high and not low_open and not high_open
+    if step is None or math.inf in (-low, high):
+        return low < high or low == high and not low_open and not high_open
+    v = math.ceil(Fraction(low) / step) * step  # the first multiple at or above low
+    if low_open and v == low:
+        v += step
+    return v < high or v == high and not high_open

@@ -174,12 +174,9 @@ def _schema_error(schema_json: str) -> str | None:
 
 @lru_cache(maxsize=256)
 def _validator(schema_json: str) -> Any:
-    import jsonschema
+    from potstill.models.json_schema_parts import validator
 
-    from potstill.models.json_schema_parts import format_checker
-
-    schema = json.loads(schema_json)
-    return jsonschema.validators.validator_for(schema)(schema, format_checker=format_checker())
+    return validator(json.loads(schema_json))
 
 
 def answer_problem(text: str, fmt: dict[str, Any] | None) -> str | None:

@@ -10,7 +10,7 @@ import jsonschema
 
 from potstill.config import TaskConfig
 from potstill.errors import PotstillError
-from potstill.models.json_schema_parts import format_checker
+from potstill.models.json_schema_parts import validator
 from potstill.tasks.base import Task
 
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.S)
@@ -79,7 +79,7 @@ class ExtractionTask(Task):
             cls.check_schema(cfg.json_schema)
         except jsonschema.SchemaError as e:
             raise PotstillError(f"task.json_schema is not a valid JSON Schema: {e.message}") from None
-        self.validator = cls(cfg.json_schema, format_checker=format_checker())
+        self.validator = validator(cfg.json_schema)
 
     def target(self, record) -> str:
         """The teacher's JSON, compact; keys in the teacher's order unless task.json_key_order says
