@@ -691,3 +691,32 @@ def test_the_tasks_validation_takes_decimal_multiples():
     assert task.validate(task.parse('{"p": 0.075}')) is not None
     fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
     assert answer_problem('{"p": 0.07, "q": 1.1}', fmt) is None and answer_problem('{"q": 1.15}', fmt) is not None
+
+
+def test_an_ipv6_address_is_written_in_hex_groups():
+    """``format: ipv6`` (pydantic's IPv6Address): 3,000 random addresses, compressed, exploded and in
+    capitals, are accepted; random walks over hex digits and colons end only on what ``ipaddress``
+    takes, with no prefix nothing continues; a second "::" or a fifth hex digit is refused."""
+    import ipaddress
+    import random
+
+    schema = {"type": "string", "format": "ipv6"}
+    rng = random.Random(0)
+    for _ in range(3000):
+        groups = [rng.choice([0, 0, 0, rng.getrandbits(16)]) for _ in range(8)]
+        a = ipaddress.IPv6Address(int("".join(f"{g:04x}" for g in groups), 16))
+        for text in (a.compressed, a.exploded, a.compressed.upper()):
+            assert accepts(schema, f'"{text}"'), text
+    for _ in range(300):
+        p, text = JsonPrefix(schema), '"'
+        assert p.feed(text)
+        while True:
+            nxt = [c for c in '0123456789abcdefABCDEF:."g' if p.copy().feed(c)]
+            assert nxt, text
+            if '"' in nxt and (nxt == ['"'] or rng.random() < 0.1):
+                break
+            c = rng.choice([x for x in nxt if x != '"'])
+            assert p.feed(c)
+            text += c
+        ipaddress.IPv6Address(text[1:])  # ValueError: not an address
+    assert not JsonPrefix(schema).feed('"1::2::') and not JsonPrefix(schema).feed('"12345')

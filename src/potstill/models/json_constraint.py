@@ -13,7 +13,7 @@ arrays follow ``items`` (``prefixItems``), ``minItems``, ``maxItems`` and ``uniq
 not be an earlier string, number, true, false or null, and a ``,`` comes only where another item
 remains; objects and arrays as items are not compared); strings ``minLength``,
 ``maxLength``, an anchored ``pattern`` and the ``format``s of ``FORMATS`` (date, time, date-time,
-uuid, ipv4, email, duration, hostname, as patterns); a number's ``minimum`` / ``maximum``
+uuid, ipv4, ipv6, email, duration, hostname, as patterns); a number's ``minimum`` / ``maximum``
 (exclusive ones too; ``Field(ge=0, le=1)`` on an int or a float) and a ``multipleOf`` (a float's
 exact as a decimal: 0.07 is a multiple of 0.01): its text only grows toward a value between them (a
 multiple), and a bounded float, or one with a multipleOf, is written without an exponent. Local ``$ref``s (``#/$defs/...``, as pydantic writes nested models) are

@@ -207,7 +207,12 @@ _DATE = (rf"({_YEAR}-((0[13578]|1[02])-(0[1-9]|[12]\d|3[01])|(0[469]|11)-(0[1-9]
 _TIME = r"([01]\d|2[0-3]):[0-5]\d:([0-5]\d|60)(\.\d+)?([Zz]|[+-]([01]\d|2[0-3]):[0-5]\d)?"
 _BYTE = r"(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-# String formats as anchored patterns (those OpenAI's strict mode lists, less ipv6, and what pydantic
+# IPv6 in hex groups, "::" at most once (no embedded IPv4, no zone: the guide writes a subset of what
+# ``ipaddress`` takes).
+_H = r"[0-9a-fA-F]{1,4}"
+_IPV6 = "|".join([rf"({_H}:){{7}}{_H}", rf"({_H}:){{1,7}}:", rf"({_H}:){{1,6}}:{_H}",
+                  *(rf"({_H}:){{1,{7 - k}}}(:{_H}){{1,{k}}}" for k in range(2, 7)), rf":((:{_H}){{1,7}}|:)"])
+# String formats as anchored patterns (those OpenAI's strict mode lists, and what pydantic
 # writes for date, datetime, time, UUID and EmailStr fields). The UTC offset of a time is optional,
 # as pydantic reads it; the email pattern is loose (no quoted local parts); a hostname may be longer
 # than 253 characters (partial matching takes no lookahead), which ``format_checker`` refuses.
@@ -217,15 +222,16 @@ FORMATS = {"date": f"^{_DATE}$", "time": f"^{_TIME}$", "date-time": f"^{_DATE}[T
            # At least one part, and one after a T (no lookahead: partial matching must see the end).
            "duration": r"^P((\d+Y(\d+M)?(\d+W)?(\d+D)?|\d+M(\d+W)?(\d+D)?|\d+W(\d+D)?|\d+D)"
                        r"(T(\d+H(\d+M)?(\d+S)?|\d+M(\d+S)?|\d+S))?|T(\d+H(\d+M)?(\d+S)?|\d+M(\d+S)?|\d+S))$",
-           "hostname": rf"^{_LABEL}(\.{_LABEL})*$"}
+           "hostname": rf"^{_LABEL}(\.{_LABEL})*$", "ipv6": f"^({_IPV6})$"}
 _CHECKER: Any = None
 
 
 def format_checker() -> Any:
     """A ``jsonschema.FormatChecker`` that asserts the ``format``s the guide holds a string to, as
     it holds them (``FORMATS``), and no looser: a date (of a date-time too) must be a day of the
-    calendar, a duration name at least one part, a hostname fit in 253 characters; ``ipv6`` by
-    the standard library. Other formats stay annotations, as ``jsonschema`` treats them by default.
+    calendar, a hostname fit in 253 characters; ``ipv6`` by the standard library (which also takes
+    an embedded IPv4 address or a zone, forms the guide does not write). Other formats stay
+    annotations, as ``jsonschema`` treats them by default.
     The same for every install (``jsonschema``'s own checkers depend on optional packages)."""
     global _CHECKER
     if _CHECKER is None:
