@@ -5,20 +5,21 @@ answer always parses.
 ``JsonPrefix`` reads text one character at a time with a stack of frames (an object, an array, a
 string, a number, a literal), each knowing its part of the schema: an object takes only the keys
 its ``properties`` name when ``additionalProperties`` is false, closes only once its ``required``
-keys are in, holds ``maxProperties`` / ``minProperties``, and gives each value its property's schema; a string or a number of an ``enum`` (or a
-``const``) only grows toward one of its values (a number toward its plain spelling: ``3`` for 3.0),
-and true, false and null only where it holds them; a value takes only the ``type``'s kinds
-(``integer``: no fraction or exponent);
-arrays follow ``items`` (``prefixItems``), ``minItems``, ``maxItems`` and ``uniqueItems`` (an item may
-not be an earlier string, number, true, false or null, and a ``,`` comes only where another item
-remains; objects and arrays as items are not compared); strings ``minLength``,
-``maxLength``, an anchored ``pattern`` and the ``format``s of ``FORMATS`` (date, time, date-time,
-uuid, ipv4, ipv6, email, duration, hostname, as patterns); a number's ``minimum`` / ``maximum``
-(exclusive ones too; ``Field(ge=0, le=1)`` on an int or a float) and a ``multipleOf`` (a float's
-exact as a decimal: 0.07 is a multiple of 0.01): its text only grows toward a value between them (a
-multiple), and a bounded float, or one with a multipleOf, is written without an exponent. Local ``$ref``s (``#/$defs/...``, as pydantic writes nested models) are
-followed; an ``allOf``, or a ``$ref`` beside constraints of its own, is merged into one schema
-(``models.json_schema_parts``, which reads the schema; this module reads the text).
+keys are in, holds ``maxProperties`` / ``minProperties``, and gives each value its property's
+schema; a string or a number of an ``enum`` (or a ``const``) only grows toward one of its values (a
+number toward its plain spelling: ``3`` for 3.0), and true, false and null come only where it holds
+them; a value takes only the ``type``'s kinds (``integer``: no fraction or exponent); arrays follow
+``items`` (``prefixItems``), ``minItems``, ``maxItems`` and ``uniqueItems`` (an item may not be an
+earlier string, number, true, false or null, and a ``,`` comes only where another item remains;
+objects and arrays as items are not compared); strings ``minLength``, ``maxLength``, an anchored
+``pattern`` and the ``format``s of ``FORMATS`` (date, time, date-time, uuid, ipv4, ipv6, email,
+duration, hostname, as patterns); a number's ``minimum`` / ``maximum`` (exclusive ones too;
+``Field(ge=0, le=1)`` on an int or a float) and a ``multipleOf`` (a float's exact as a decimal:
+0.07 is a multiple of 0.01): its text only grows toward a value between them (a multiple), and a
+bounded float, or one with a multipleOf, is written without an exponent. Local ``$ref``s
+(``#/$defs/...``, as pydantic writes nested models) are followed; an ``allOf``, or a ``$ref`` beside
+constraints of its own, is merged into one schema (``models.json_schema_parts``, which reads the
+schema; this module reads the text).
 
 ``anyOf`` / ``oneOf`` (pydantic's ``Optional[X]``, unions, tagged unions of models) are read as
 parallel readings (``_Parse``): a value starts one for each branch that takes its first character,
@@ -27,8 +28,8 @@ where the text leaves its branch (a tag's ``const``, a key the branch does not n
 another kind). Readings that have come to the same state merge, and at most ``MAX_PARSES`` are kept.
 
 Keywords it does not follow (an unanchored ``pattern``, other ``format``s, ``not``, ``if``,
-``allOf`` parts that disagree, uniqueness of objects and arrays, ...) are left open, to the task's validation of
-the finished answer, which may then still fail them, as without the constraint.
+``allOf`` parts that disagree, uniqueness of objects and arrays, ...) are left open, to the task's
+validation of the finished answer, which may then still fail them, as without the constraint.
 
 ``models.json_guide`` decodes under it, a token at a time.
 """
