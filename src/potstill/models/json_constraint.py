@@ -84,24 +84,15 @@ class _Value:
         elif c == "[" and "array" in kinds:
             frame = _Array(schema, self.root)
         elif c == '"' and "string" in kinds:
-            choices = string_choices(schema)
-            if choices is not None and self.exclude:
-                choices = [x for x in choices if ("s", x) not in self.exclude]
-            frame = _String(choices, schema=schema, exclude=self.exclude)
-            if choices == [] or self.exclude and not frame.viable(""):
+            frame = _String(string_choices(schema), schema=schema, exclude=self.exclude)
+            if frame.choices == [] or self.exclude and not frame.viable(""):
                 return False
         elif (c == "-" or c.isdigit() and c.isascii()) and kinds & {"number", "integer"}:
             frame = _Number(integer="number" not in kinds, schema=schema, exclude=self.exclude)
             p.stack[-1] = frame
             return frame.step(c, p)
-        elif c in _LITERALS and _LITERALS[c] in self.exclude:
-            return False
-        elif c == "t" and "boolean" in kinds and allows(schema, True):
-            frame = _Literal("true")
-        elif c == "f" and "boolean" in kinds and allows(schema, False):
-            frame = _Literal("false")
-        elif c == "n" and "null" in kinds and allows(schema, None):
-            frame = _Literal("null")
+        elif c in _WORDS and _takes_literal(c, kinds, schema, self.exclude):
+            frame = _Literal(_WORDS[c][0])
         if frame is None:
             return False
         p.stack[-1] = frame  # the value is this frame from here on
@@ -236,8 +227,10 @@ class _String:
 
     def __init__(self, choices: list[str] | None, key_of: Any = None, schema: dict | None = None,
                  exclude: frozenset = frozenset()):
-        self.choices, self.key_of = choices, key_of
         self.exclude = frozenset(x[1] for x in exclude if x[0] == "s")  # strings it may not be
+        if choices is not None and self.exclude:
+            choices = [x for x in choices if x not in self.exclude]
+        self.choices, self.key_of = choices, key_of
         self.text = ""
         self.esc: str | None = None  # "" after a backslash, "uXXX" while reading a \\u escape
         schema = schema or {}
@@ -510,6 +503,15 @@ class _Literal:
 
 # The value a literal's first letter starts, as ``value_key`` writes it.
 _LITERALS = {"t": ("b", True), "f": ("b", False), "n": ("z", None)}
+# Each literal by its first letter: the word, the kind that holds it, its value.
+_WORDS = {"t": ("true", "boolean", True), "f": ("false", "boolean", False), "n": ("null", "null", None)}
+
+
+def _takes_literal(c: str, kinds: set[str], schema: dict, exclude: frozenset) -> bool:
+    """Whether a value of ``kinds`` under ``schema`` may be the literal ``c`` starts (its enum, if
+    any, holding it) and is not one ``exclude`` holds."""
+    _, kind, value = _WORDS[c]
+    return kind in kinds and allows(schema, value) and _LITERALS[c] not in exclude
 # Characters tried along an excluded string's prefixes: whether the text can grow into another.
 _PROBE = [chr(i) for i in range(32, 127)]
 
@@ -538,25 +540,16 @@ def possible(schema: dict, root: Root, exclude: frozenset) -> bool:
     if kinds & {"object", "array"}:
         return True
     if "string" in kinds:
-        choices = string_choices(schema)
-        if choices is not None:
-            choices = [x for x in choices if ("s", x) not in exclude]
-        if choices != [] and _String(choices, schema=schema, exclude=exclude).viable(""):
+        text = _String(string_choices(schema), schema=schema, exclude=exclude)
+        if text.choices != [] and text.viable(""):
             return True
-    for lit in ("true", "false", "null"):
-        if ("boolean" if lit != "null" else "null") in kinds and allows(schema, {"true": True, "false": False}.get(lit)) \
-                and _LITERALS[lit[0]] not in exclude:
-            return True
+    if any(_takes_literal(c, kinds, schema, exclude) for c in _WORDS):
+        return True
     if kinds & {"number", "integer"}:
-        integer = "number" not in kinds
-        choices = number_choices(schema, integer)
-        if choices is not None:
-            return any(("n", Fraction(x)) not in exclude for x in choices)
-        bounds = int_bounds(schema) if integer else None
-        if bounds is None or -math.inf in bounds or math.inf in bounds or bounds[1] - bounds[0] + 1 > len(exclude):
-            return True
-        step = schema.get("multipleOf") if isinstance(schema.get("multipleOf"), int) else 1
-        return any(("n", Fraction(v)) not in exclude for v in range(int(bounds[0]), int(bounds[1]) + 1) if v % step == 0)
+        number = _Number(integer="number" not in kinds, schema=schema, exclude=exclude)
+        if number.choices is not None:  # an enum's, less the excluded ones
+            return bool(number.choices)
+        return number.bounds is None or number._left(*number.bounds)
     return False
 
 
