@@ -23,6 +23,26 @@ def accepts(schema: dict, text: str) -> bool:
     return p.feed(text) and p.can_end()
 
 
+def walk(schema: dict, rng, alphabet: list[str], stop: float = 0.3, lean: float = 0.6, toward: str = ',"]}:',
+         limit: int = 5000, give_up: bool = False) -> tuple[str, bool]:
+    """One random walk under ``schema``: at each step a character of ``alphabet`` the prefix takes
+    (with chance ``lean`` one of ``toward``, so that walks finish documents), asserting that some
+    character or the end always does (no accepted prefix is a dead end); it ends with chance
+    ``stop`` wherever the text is a whole document. ``limit``: the text's length it may not reach
+    (``give_up``: where it stops instead). Returns the text and whether it is a whole document."""
+    p, text = JsonPrefix(schema), ""
+    while True:
+        nxt = [c for c in alphabet if p.copy().feed(c)]
+        assert nxt or p.can_end(), text
+        if p.can_end() and (not nxt or rng.random() < stop) or give_up and len(text) > limit:
+            return text, p.can_end()
+        near = [x for x in nxt if x in toward] if rng.random() < lean else []
+        c = rng.choice(near or nxt)
+        assert p.feed(c)
+        text += c
+        assert give_up or len(text) < limit, text
+
+
 @pytest.mark.parametrize("doc", [
     {"vendor": 'A"c\\me \u00e9 \u2603', "total": -12.5e3, "kind": "receipt", "items": [1, 20, 300], "paid": True,
      "note": None},
@@ -532,17 +552,8 @@ def test_unique_items_hold_and_no_walk_dead_ends(name):
     rng = random.Random(0)
     done = 0
     for _ in range(25):
-        p, text = JsonPrefix(schema), ""
-        while True:
-            nxt = [c for c in alphabet if p.copy().feed(c)]
-            assert nxt or p.can_end(), (name, text)  # no accepted prefix is a dead end
-            if p.can_end() and (not nxt or rng.random() < 0.15) or len(text) > 120:
-                break
-            # Lean toward closing and separating, so walks finish documents with several items.
-            c = rng.choice([x for x in nxt if x in ',"]'] or nxt) if rng.random() < 0.3 else rng.choice(nxt)
-            assert p.feed(c)
-            text += c
-        if p.can_end():
+        text, whole = walk(schema, rng, alphabet, stop=0.15, lean=0.3, toward=',"]', limit=120, give_up=True)
+        if whole:
             done += 1
             assert valid(json.loads(text)), (name, text)
     assert done >= 10, name
@@ -610,17 +621,7 @@ def test_random_walks_under_a_rich_pydantic_model_never_dead_end_and_validate():
     for schema in (Doc.model_json_schema(), get_task(TaskConfig.model_validate(preset["task"])).cfg.json_schema):
         valid = jsonschema.Draft202012Validator(schema, format_checker=format_checker()).is_valid
         for _ in range(40):
-            p, text = JsonPrefix(schema), ""
-            while True:
-                nxt = [c for c in alphabet if p.copy().feed(c)]
-                assert nxt or p.can_end(), text
-                if p.can_end() and (not nxt or rng.random() < 0.3):
-                    break
-                lean = [x for x in nxt if x in ',"]}:'] if rng.random() < 0.6 else []
-                c = rng.choice(lean or nxt)
-                assert p.feed(c)
-                text += c
-                assert len(text) < 5000, text
+            text, _ = walk(schema, rng, alphabet)
             assert valid(json.loads(text)), text
 
 
@@ -763,15 +764,5 @@ def test_random_walks_under_edge_schemas_never_dead_end_and_validate(name):
     alphabet = [chr(i) for i in range(32, 127)] + ["é", "\u2028"]
     rng = random.Random(1)
     for _ in range(15):
-        p, text = JsonPrefix(schema), ""
-        while True:
-            nxt = [c for c in alphabet if p.copy().feed(c)]
-            assert nxt or p.can_end(), text
-            if p.can_end() and (not nxt or rng.random() < 0.3):
-                break
-            lean = [x for x in nxt if x in ',"]}:'] if rng.random() < 0.6 else []
-            c = rng.choice(lean or nxt)
-            assert p.feed(c)
-            text += c
-            assert len(text) < 3000, text
+        text, _ = walk(schema, rng, alphabet, limit=3000)
         assert check.is_valid(json.loads(text)), text

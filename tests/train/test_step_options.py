@@ -225,6 +225,24 @@ def test_keep_best_saves_the_step_with_the_lowest_val_loss(tiny_model, tmp_path)
     assert _saved_val_loss(tmp_path / "student", task, val_recs) == pytest.approx(vals[best], rel=1e-5)
 
 
+def _killed_then_resumed(monkeypatch, kill_at, run):
+    """``run()`` killed at AdamW's ``kill_at``-th step, then run again, as a resumed run would be:
+    what the second run returns."""
+    real, calls = torch.optim.AdamW.step, []
+
+    def step(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == kill_at:
+            raise RuntimeError("killed")
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    with pytest.raises(RuntimeError, match="killed"):
+        run()
+    monkeypatch.setattr(torch.optim.AdamW, "step", real)
+    return run()
+
+
 def _saved_val_loss(student, task, val_recs):
     """The trainer's val loss, recomputed on a saved student: per batch of 4 (batch_size), CE summed
     over its tokens / its token count, then the batches' means weighted by their number of examples."""
@@ -244,19 +262,9 @@ def test_keep_best_survives_a_crash_and_resume(tiny_model, tmp_path, monkeypatch
     """The best step's weights ride in the checkpoint: a run killed after it (and after the next
     checkpoint) still saves that step's student, the one an uninterrupted run saves."""
     whole, rows, _, _ = _overfit(tiny_model, tmp_path / "whole", checkpoint_every=5)
-    real, calls = torch.optim.AdamW.step, []
-
-    def step(self, *a, **kw):
-        calls.append(1)
-        if len(calls) == 11:  # after the checkpoint at step 10
-            raise RuntimeError("killed")
-        return real(self, *a, **kw)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", step)
-    with pytest.raises(RuntimeError, match="killed"):
-        _overfit(tiny_model, tmp_path / "b", checkpoint_every=5)
-    monkeypatch.setattr(torch.optim.AdamW, "step", real)
-    resumed, rows_b, _, _ = _overfit(tiny_model, tmp_path / "b", checkpoint_every=5)
+    # Killed after the checkpoint at step 10.
+    resumed, rows_b, _, _ = _killed_then_resumed(monkeypatch, 11,
+                                                 lambda: _overfit(tiny_model, tmp_path / "b", checkpoint_every=5))
     assert rows_b == [{**r, "elapsed_s": rb["elapsed_s"]} for r, rb in zip(rows, rows_b)]
     assert resumed["resumed_from_step"] == 10 and resumed["best_step"] == whole["best_step"] < 10, whole
     a = load_lm(str(tmp_path / "whole" / "student")).model.state_dict()
@@ -333,20 +341,9 @@ def test_early_stopping_counts_across_a_crash_and_resume(tiny_model, tmp_path, m
     whole, rows_w, _, _ = _overfit(tiny_model, tmp_path / "whole_es", keep_best=False,
                                    early_stopping_patience=patience, checkpoint_every=ckpt)
     assert whole["steps"] == stop
-    real, calls = torch.optim.AdamW.step, []
-
-    def step(self, *a, **kw):
-        calls.append(1)
-        if len(calls) == ckpt + 1:  # the step after the checkpoint
-            raise RuntimeError("killed")
-        return real(self, *a, **kw)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", step)
-    with pytest.raises(RuntimeError, match="killed"):
-        _overfit(tiny_model, tmp_path / "b", keep_best=False, early_stopping_patience=patience, checkpoint_every=ckpt)
-    monkeypatch.setattr(torch.optim.AdamW, "step", real)
-    resumed, rows_b, _, _ = _overfit(tiny_model, tmp_path / "b", keep_best=False, early_stopping_patience=patience,
-                                     checkpoint_every=ckpt)
+    # Killed at the step after the checkpoint.
+    resumed, rows_b, _, _ = _killed_then_resumed(monkeypatch, ckpt + 1, lambda: _overfit(
+        tiny_model, tmp_path / "b", keep_best=False, early_stopping_patience=patience, checkpoint_every=ckpt))
     assert resumed["resumed_from_step"] == ckpt and resumed["steps"] == stop and resumed["stopped_early"]
     assert [{**r, "elapsed_s": 0} for r in rows_b] == [{**r, "elapsed_s": 0} for r in rows_w]
     a = load_lm(str(tmp_path / "whole_es" / "student")).model.state_dict()
@@ -404,20 +401,8 @@ def test_neftune_trains_on_noisy_embeddings_and_measures_val_without(tiny_model,
 def test_neftune_noise_resumes_on_the_same_draws(tiny_model, tmp_path, monkeypatch):
     whole, rows, _, _ = _overfit(tiny_model, tmp_path / "whole", keep_best=False, neftune_noise_alpha=5.0,
                                  checkpoint_every=3)
-    real, calls = torch.optim.AdamW.step, []
-
-    def step(self, *a, **kw):
-        calls.append(1)
-        if len(calls) == 5:
-            raise RuntimeError("killed")
-        return real(self, *a, **kw)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", step)
-    with pytest.raises(RuntimeError, match="killed"):
-        _overfit(tiny_model, tmp_path / "b", keep_best=False, neftune_noise_alpha=5.0, checkpoint_every=3)
-    monkeypatch.setattr(torch.optim.AdamW, "step", real)
-    resumed, rows_b, _, _ = _overfit(tiny_model, tmp_path / "b", keep_best=False, neftune_noise_alpha=5.0,
-                                     checkpoint_every=3)
+    resumed, rows_b, _, _ = _killed_then_resumed(monkeypatch, 5, lambda: _overfit(
+        tiny_model, tmp_path / "b", keep_best=False, neftune_noise_alpha=5.0, checkpoint_every=3))
     assert resumed["resumed_from_step"] == 3
     assert [{**r, "elapsed_s": 0} for r in rows_b] == [{**r, "elapsed_s": 0} for r in rows]
 
@@ -445,19 +430,8 @@ def test_neftune_on_a_gpu_trains_on_noise_and_resumes_on_the_same_draws(tiny_mod
     _, plain, _, _ = _overfit(tiny_model, tmp_path / "plain", max_steps=3, **{**kw, "checkpoint_every": 0})
     whole, rows, _, _ = _overfit(tiny_model, tmp_path / "whole", neftune_noise_alpha=5.0, **kw)
     assert rows[0]["loss"] != pytest.approx(plain[0]["loss"], rel=1e-4)
-    real, calls = torch.optim.AdamW.step, []
-
-    def step(self, *a, **kwargs):
-        calls.append(1)
-        if len(calls) == 5:
-            raise RuntimeError("killed")
-        return real(self, *a, **kwargs)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", step)
-    with pytest.raises(RuntimeError, match="killed"):
-        _overfit(tiny_model, tmp_path / "b", neftune_noise_alpha=5.0, **kw)
-    monkeypatch.setattr(torch.optim.AdamW, "step", real)
-    resumed, rows_b, _, _ = _overfit(tiny_model, tmp_path / "b", neftune_noise_alpha=5.0, **kw)
+    resumed, rows_b, _, _ = _killed_then_resumed(
+        monkeypatch, 5, lambda: _overfit(tiny_model, tmp_path / "b", neftune_noise_alpha=5.0, **kw))
     assert resumed["resumed_from_step"] == 3 and len(rows_b) == len(rows)
     for x, y in zip(rows_b, rows):
         assert x["loss"] == pytest.approx(y["loss"], rel=1e-4) and x["val_loss"] == pytest.approx(y["val_loss"], rel=1e-4)
