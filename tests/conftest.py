@@ -33,6 +33,15 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_model_dir(tmp_path_factory.mktemp("tiny") / "model")
 
 
+@pytest.fixture(scope="module")
+def bpe_lm(tmp_path_factory: pytest.TempPathFactory):
+    """A random tiny Llama with a byte-level BPE tokenizer, loaded (guided decoding's tests)."""
+    from potstill.models.loading import load_lm
+    from tests.export.conftest import make_bpe_model
+
+    return load_lm(str(make_bpe_model(tmp_path_factory.mktemp("bpe-json") / "model")), device="cpu")
+
+
 @pytest.fixture(scope="session")
 def tiny_model_b(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A second tiny model with other weights (a 'teacher' that differs from the student)."""

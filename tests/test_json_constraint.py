@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
@@ -23,14 +24,15 @@ def accepts(schema: dict, text: str) -> bool:
     return p.feed(text) and p.can_end()
 
 
-def walk(schema: dict, rng, alphabet: list[str], stop: float = 0.3, lean: float = 0.6, toward: str = ',"]}:',
+def walk(schema: Any, rng, alphabet: list[str], stop: float = 0.3, lean: float = 0.6, toward: str = ',"]}:',
          limit: int = 5000, give_up: bool = False) -> tuple[str, bool]:
-    """One random walk under ``schema``: at each step a character of ``alphabet`` the prefix takes
+    """One random walk under ``schema`` (a JSON Schema, or a fresh prefix reader of any guide's kind,
+    such as a ``GrammarPrefix``): at each step a character of ``alphabet`` the prefix takes
     (with chance ``lean`` one of ``toward``, so that walks finish documents), asserting that some
     character or the end always does (no accepted prefix is a dead end); it ends with chance
     ``stop`` wherever the text is a whole document. ``limit``: the text's length it may not reach
     (``give_up``: where it stops instead). Returns the text and whether it is a whole document."""
-    p, text = JsonPrefix(schema), ""
+    p, text = (schema if hasattr(schema, "feed") else JsonPrefix(schema)), ""
     while True:
         nxt = [c for c in alphabet if p.copy().feed(c)]
         assert nxt or p.can_end(), text
@@ -132,14 +134,6 @@ TOPIC = {"type": "object", "properties": {"topic": {"enum": ["sports", "tech", "
          "required": ["topic", "paid"], "additionalProperties": False}
 ASKS = [[{"role": "user", "content": t}] for t in
         ("The team scored a late goal.", "New phone software.", "The minister said the vote is in May.")]
-
-
-@pytest.fixture(scope="module")
-def bpe_lm(tmp_path_factory):
-    from potstill.models.loading import load_lm
-    from tests.export.conftest import make_bpe_model
-
-    return load_lm(str(make_bpe_model(tmp_path_factory.mktemp("bpe-json") / "model")), device="cpu")
 
 
 def test_a_random_tiny_model_answers_json_that_fits_under_the_schema(bpe_lm):

@@ -210,15 +210,18 @@ def test_one_batch_decodes_each_chat_under_its_own_schema(tmp_path):
 
 def test_vllm_structured_output_fields_are_served_or_refused_by_name(tmp_path, teacher_server, monkeypatch):
     """guided_json / structured_outputs.json (a schema or its JSON text) is response_format's
-    json_schema and structured_outputs.json_object its json_object; guided_regex and guided_choice
-    (and their structured_outputs forms) guide the student's whole answer, or, without guided_json,
-    send an answer that does not match to the teacher, asked unconstrained (no API takes them) and
-    its answer checked; a grammar is a 400 naming the field, never an answer that silently ignores
-    it; two constraints at once, or one beside response_format, are a 400 too."""
+    json_schema and structured_outputs.json_object its json_object; guided_regex, guided_choice and
+    guided_grammar (and their structured_outputs forms) guide the student's whole answer, or,
+    without guided_json, send an answer that does not match to the teacher, asked unconstrained (no
+    API takes them) and its answer checked; a structural tag or a grammar that cannot guide is a 400
+    naming the field, never an answer that silently ignores it; two constraints at once, or one
+    beside response_format, are a 400 too."""
     import json
 
     import openai
     import regex
+
+    from potstill.models.grammar_constraint import derives
 
     from tests.export.conftest import make_bpe_model
     from tests.serve.conftest import SERVE_KEY, TEACHER_KEY, write_run
@@ -228,14 +231,16 @@ def test_vllm_structured_output_fields_are_served_or_refused_by_name(tmp_path, t
     run = write_run(tmp_path, make_bpe_model(tmp_path / "bpe"), teacher_server.base_url,
                     task={"type": "freetext", "instruction": "Answer.", "max_output_tokens": 160})
     code, choices = r"[A-Z]{2}-[0-9]{2,4}", ["sports", "tech", "politics"]
+    gbnf = 'root ::= ("yes" | "no") ", " num\nnum ::= [1-9] [0-9]{0,2}'
     patterned: dict[bool, list] = {}
     for guided in (True, False):
         with served(run, guided) as c:
             def ask(**extra: Any) -> Any:
                 return c.chat.completions.create(model="potstill", messages=ASKS[0], extra_body=extra)
 
-            patterned[guided] = [ask(guided_regex=code), ask(guided_choice=choices),
-                                 ask(structured_outputs={"regex": code}), ask(structured_outputs={"choice": choices})]
+            patterned[guided] = [ask(guided_regex=code), ask(guided_choice=choices), ask(guided_grammar=gbnf),
+                                 ask(structured_outputs={"regex": code}), ask(structured_outputs={"choice": choices}),
+                                 ask(structured_outputs={"grammar": gbnf})]
             if not guided:
                 continue
             fmt = {"type": "json_schema", "json_schema": {"name": "guided_json", "schema": TOPIC}}
@@ -247,6 +252,8 @@ def test_vllm_structured_output_fields_are_served_or_refused_by_name(tmp_path, t
             any_object = ask(structured_outputs={"json_object": True}).model_extra["potstill"]["student_output"]
             assert JsonPrefix({"type": "object"}).feed(any_object)  # a start of one at least (see above)
             for extra, param in (({"guided_grammar": "root ::= x"}, "guided_grammar"),
+                                 ({"structured_outputs": {"grammar": "root: x"}}, "structured_outputs.grammar"),
+                                 ({"guided_grammar": ["root ::= x"]}, "guided_grammar"),
                                  ({"structured_outputs": {"structural_tag": "{}"}}, "structured_outputs.structural_tag"),
                                  ({"guided_json": TOPIC, "guided_regex": "x"}, "guided_regex"),
                                  ({"guided_json": "{not json"}, "guided_json"),
@@ -263,14 +270,16 @@ def test_vllm_structured_output_fields_are_served_or_refused_by_name(tmp_path, t
     for r in patterned[True]:
         assert r.model_extra["potstill"]["answered_by"] == "student", r.model_extra["potstill"]
     texts = [r.choices[0].message.content for r in patterned[True]]
-    assert regex.fullmatch(code, texts[0]) and texts[1] in choices and texts[2:] == texts[:2], texts
+    assert regex.fullmatch(code, texts[0]) and texts[1] in choices and derives(gbnf, texts[2]), texts
+    assert texts[3:] == texts[:3], texts
     for r in patterned[False]:  # unguided, the random student's answer matches neither: the teacher's turn
         route = r.model_extra["potstill"]
         assert route["answered_by"] == "teacher" and route["reason"] in ("response_format", "response_format+cached"), route
-        assert route["response_format_problem"] in ("does not match the regular expression", "not one of the choices")
+        assert route["response_format_problem"] in ("does not match the regular expression", "not one of the choices",
+                                                    "not derived by the grammar")
 
 
-def test_a_regex_or_choice_is_no_response_format_for_an_api_teacher():
+def test_a_regex_choice_or_grammar_is_no_response_format_for_an_api_teacher():
     from potstill.config import TaskConfig, TeacherConfig
     from potstill.tasks import get_task
     from potstill.teachers.openai_teacher import OpenAITeacher
@@ -279,4 +288,5 @@ def test_a_regex_or_choice_is_no_response_format_for_an_api_teacher():
                             get_task(TaskConfig(type="freetext", instruction="x")))
     assert teacher.with_response_format({}, {"type": "regex", "regex": "a+"}) is None
     assert teacher.with_response_format({}, {"type": "choice", "choice": ["a"]}) is None
+    assert teacher.with_response_format({}, {"type": "grammar", "grammar": 'root ::= "a"'}) is None
     assert teacher.with_response_format({}, {"type": "json_object"}) == {"response_format": {"type": "json_object"}}

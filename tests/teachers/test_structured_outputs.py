@@ -130,19 +130,18 @@ def test_a_local_teacher_decodes_under_the_schema(tmp_path):
 
 
 @pytest.mark.parametrize("fmt", [{"type": "regex", "regex": "(yes|no)-[0-9]{2}"},
-                                 {"type": "choice", "choice": ["alpha beta", "gamma", "{not json}"]}],
-                         ids=["regex", "choice"])
-def test_a_local_teacher_decodes_under_a_served_regex_or_choice(tmp_path, fmt):
-    """A served client's vLLM ``guided_regex`` / ``guided_choice`` escalated to a local teacher (a
-    random tiny BPE Llama): the request it builds (``with_response_format``) carries the pattern as
-    its guide and every greedy answer is then the whole match, batched and alone; without it, none is."""
-    import regex
-
-    from potstill.models.regex_constraint import choice_pattern
+                                 {"type": "choice", "choice": ["alpha beta", "gamma", "{not json}"]},
+                                 {"type": "grammar", "grammar": 'root ::= ("yes" | "no") "-" d d\nd ::= [0-9]'}],
+                         ids=["regex", "choice", "grammar"])
+def test_a_local_teacher_decodes_under_a_served_regex_choice_or_grammar(tmp_path, fmt):
+    """A served client's vLLM ``guided_regex`` / ``guided_choice`` / ``guided_grammar`` escalated to a
+    local teacher (a random tiny BPE Llama): the request it builds (``with_response_format``) carries
+    the pattern or grammar as its guide and every greedy answer is then the whole match, batched and
+    alone; without it, none is."""
+    from potstill.serve.formats import answer_problem, format_schema
     from tests.export.conftest import make_bpe_model
     from tests.test_json_constraint import ASKS
 
-    pattern = fmt["regex"] if fmt["type"] == "regex" else choice_pattern(fmt["choice"])
     model = make_bpe_model(tmp_path / "bpe")
     task = get_task(TaskConfig(type="freetext", instruction="Answer."))
     records = [Record(id=str(i), messages=m) for i, m in enumerate(ASKS)]
@@ -154,10 +153,10 @@ def test_a_local_teacher_decodes_under_a_served_regex_or_choice(tmp_path, fmt):
                 reqs = [teacher.request(r) for r in records]
                 if way == "guided":
                     reqs = [teacher.with_response_format(q, fmt) for q in reqs]
-                    assert all(q["json_schema"] == {"x-potstill-regex": pattern} for q in reqs)
+                    assert all(q["json_schema"] == format_schema(fmt) for q in reqs)
                 teacher.run(reqs, lambda i, resp, way=way: outs[way].__setitem__(i, resp.output))
         finally:
             teacher.close()
-        assert not any(regex.fullmatch(pattern, t) for t in outs["free"].values()), outs["free"]
-        assert len(outs["guided"]) == len(ASKS) and all(regex.fullmatch(pattern, t) for t in outs["guided"].values()), \
+        assert all(answer_problem(t, fmt) for t in outs["free"].values()), outs["free"]
+        assert len(outs["guided"]) == len(ASKS) and not any(answer_problem(t, fmt) for t in outs["guided"].values()), \
             outs["guided"]

@@ -1,7 +1,9 @@
 """Greedy decoding under JSON Schemas, a token at a time: each step keeps the most likely token whose
 text continues a JSON document the row's schema can still accept (``models.json_constraint``), or,
 for a row guided by ``{REGEX: pattern}`` (vLLM's ``guided_regex``, and ``guided_choice`` as the
-alternation of its strings), a text the pattern can still match whole (``RegexPrefix``).
+alternation of its strings), a text the pattern can still match whole (``RegexPrefix``), or for one
+guided by ``{GRAMMAR: text}`` (vLLM's ``guided_grammar``), a text the GBNF grammar can still derive
+whole (``models.grammar_constraint.GrammarPrefix``).
 
 ``JsonSchemaLogits`` is the ``model.generate`` logits processor (and the guide of greedy decoding on
 static caches, ``static_decode.greedy``, through ``pick`` and ``choose``): for each row it tries the top
@@ -17,14 +19,20 @@ from typing import Any, Sequence
 
 import torch
 
+from potstill.models.grammar_constraint import GRAMMAR, GrammarPrefix
 from potstill.models.json_constraint import WS, JsonPrefix
 from potstill.models.regex_constraint import REGEX, RegexPrefix
 
+Prefix = JsonPrefix | RegexPrefix | GrammarPrefix  # what reads a row's answer under its guide
 
-def text_prefix(spec: dict) -> JsonPrefix | RegexPrefix:
-    """The prefix reader of a row's guide: a regular expression's, or a JSON Schema's."""
+
+def text_prefix(spec: dict) -> Prefix:
+    """The prefix reader of a row's guide: a regular expression's, a grammar's or a JSON Schema's."""
     pattern = spec.get(REGEX) if isinstance(spec, dict) else None
-    return RegexPrefix(pattern) if isinstance(pattern, str) else JsonPrefix(spec)
+    if isinstance(pattern, str):
+        return RegexPrefix(pattern)
+    grammar = spec.get(GRAMMAR) if isinstance(spec, dict) else None
+    return GrammarPrefix(grammar) if isinstance(grammar, str) else JsonPrefix(spec)
 
 
 def native_decode(tok: Any) -> Any:
@@ -57,13 +65,13 @@ class JsonSchemaLogits:
         self.ends = [int(e) for e in ends]
         self._ends = set(self.ends)
         self.tries = tries
-        self.rows: dict[int, tuple[list[int], str, JsonPrefix | RegexPrefix]] = {}
+        self.rows: dict[int, tuple[list[int], str, Prefix]] = {}
         self._chars: list[int] | None = None
         self._native = native_decode(tokenizer)
         # Per row, the token ``pick`` kept last (the answer's length before it, the token, its text,
         # the state that read it): the next step's ``_state`` takes them instead of decoding and
         # reading the token again.
-        self._kept: dict[int, tuple[int, int, str, JsonPrefix | RegexPrefix]] = {}
+        self._kept: dict[int, tuple[int, int, str, Prefix]] = {}
 
     def _char_tokens(self) -> list[int]:
         """Tokens that are one printable ASCII character or one whitespace each: the last resort,
@@ -93,7 +101,7 @@ class JsonSchemaLogits:
     def _schema(self, r: int) -> dict | None:
         return self.schema if self.schemas is None else self.schemas[r]
 
-    def _state(self, r: int, gen: list[int]) -> tuple[str, JsonPrefix | RegexPrefix] | None:
+    def _state(self, r: int, gen: list[int]) -> tuple[str, Prefix] | None:
         """The decoded answer so far and its prefix state (None where it left the grammar)."""
         ids, text, state = self.rows.get(r, ([], "", text_prefix(self._schema(r))))
         if gen[: len(ids)] != ids:
@@ -113,15 +121,15 @@ class JsonSchemaLogits:
         self.rows[r] = (ids, text, state)
         return text, state
 
-    def _fits(self, gen: list[int], state: JsonPrefix | RegexPrefix, base: str, t: int) -> bool:
+    def _fits(self, gen: list[int], state: Prefix, base: str, t: int) -> bool:
         """Whether token ``t`` after ``gen`` (whose window decodes to ``base``) keeps the answer a
         start of an acceptable document."""
         if t in self._ends:
             return state.can_end()
         return self._read(gen, state, base, t) is not None
 
-    def _read(self, gen: list[int], state: JsonPrefix | RegexPrefix, base: str,
-              t: int) -> tuple[str, JsonPrefix | RegexPrefix] | None:
+    def _read(self, gen: list[int], state: Prefix, base: str,
+              t: int) -> tuple[str, Prefix] | None:
         """Token ``t``'s text after ``gen`` and a copy of ``state`` that read it, where it keeps the
         answer a start of an acceptable document (``t`` not an end token); else None."""
         delta = self._delta(gen, base, t)
@@ -130,7 +138,7 @@ class JsonSchemaLogits:
         fed = state.copy()
         return (delta, fed) if fed.feed(delta) else None
 
-    def _pick(self, gen: list[int], text: str, state: JsonPrefix | RegexPrefix, scores: torch.Tensor, first: list[int]) -> int | None:
+    def _pick(self, gen: list[int], text: str, state: Prefix, scores: torch.Tensor, first: list[int]) -> int | None:
         """The likeliest token that keeps the row's answer a start of an acceptable document;
         ``first``: its top ``tries[0]`` tokens, already on the host."""
         if state.done:

@@ -13,9 +13,9 @@ route says why (``response_format_problem``), as nothing else could have answere
 Formats are kept in the chat-completions form throughout (``{"type": "json_object"}``,
 ``{"type": "json_schema", "json_schema": {"name", "schema", "strict", "description"}}``); a plain
 ``{"type": "text"}`` asks nothing and is the same as none. vLLM's structured-output fields
-(``check_vllm_format``) add two of potstill's own: ``{"type": "regex", "regex": pattern}`` and
-``{"type": "choice", "choice": [...]}``, the whole answer matched, which no API teacher takes (a
-greedy local teacher decodes under them).
+(``check_vllm_format``) add three of potstill's own: ``{"type": "regex", "regex": pattern}``,
+``{"type": "choice", "choice": [...]}`` and ``{"type": "grammar", "grammar": gbnf}``, the whole
+answer matched, which no API teacher takes (a greedy local teacher decodes under them).
 """
 
 from __future__ import annotations
@@ -77,10 +77,10 @@ def check_vllm_format(fields: dict[str, Any]) -> dict[str, Any] | None:
     """vLLM's structured-output request (``fields``: a request's ``VLLM_FIELDS`` that are set) in the
     chat form, or None where it asks nothing, or FormatError: ``guided_json`` / ``structured_outputs.json``
     (a JSON Schema, or its JSON text) is a ``json_schema`` format named ``guided_json``;
-    ``structured_outputs.json_object`` is ``json_object``; a regular expression and a choice are
-    formats of their own (``regex``, ``choice``); a grammar or a structural tag is refused by name,
-    since the student would otherwise answer unconstrained and the client never know; two
-    constraints at once are refused, as vLLM refuses them."""
+    ``structured_outputs.json_object`` is ``json_object``; a regular expression, a choice and a GBNF
+    grammar are formats of their own (``regex``, ``choice``, ``grammar``); a structural tag is
+    refused by name, since the student would otherwise answer unconstrained and the client never
+    know; two constraints at once are refused, as vLLM refuses them."""
     asks: list[tuple[str, str, Any]] = []  # (param, kind, value)
     for name, value in fields.items():
         if value is None:
@@ -109,9 +109,16 @@ def check_vllm_format(fields: dict[str, Any]) -> dict[str, Any] | None:
         if not isinstance(value, list) or not value or not all(isinstance(c, str) and c for c in value):
             raise FormatError(param, "expected a list of non-empty strings")
         return {"type": "choice", "choice": list(value)}
+    if kind == "grammar":
+        from potstill.models.grammar_constraint import grammar_problem
+
+        problem = grammar_problem(value) if isinstance(value, str) else "expected a GBNF grammar (a string)"
+        if problem:
+            raise FormatError(param, f"not a grammar: {problem}")
+        return {"type": "grammar", "grammar": value}
     if kind != "json":
         raise FormatError(param, f"not served here: potstill's guided decoding follows JSON Schemas, regular "
-                          f"expressions and choices; this {kind} would go unconstrained")
+                          f"expressions, choices and GBNF grammars; this {kind} would go unconstrained")
     if isinstance(value, str):
         try:
             value = json.loads(value)
@@ -134,7 +141,12 @@ def responses_form(fmt: dict[str, Any] | None) -> dict[str, Any]:
 def format_schema(fmt: dict[str, Any]) -> dict[str, Any]:
     """The guide a (chat-form) format holds an answer to, to decode under: a ``json_schema`` format's
     schema (none given: any JSON value), any object for ``json_object``; for vLLM's regex and choice
-    formats, the pattern (``models.regex_constraint.regex_guide``)."""
+    formats, the pattern (``models.regex_constraint.regex_guide``); for a grammar, the grammar
+    (``models.grammar_constraint.grammar_guide``)."""
+    if fmt["type"] == "grammar":
+        from potstill.models.grammar_constraint import grammar_guide
+
+        return grammar_guide(fmt["grammar"])
     if fmt["type"] in ("regex", "choice"):
         from potstill.models.regex_constraint import choice_pattern, regex_guide
 
@@ -185,9 +197,14 @@ def answer_problem(text: str, fmt: dict[str, Any] | None) -> str | None:
     ``json_object``: the text parses as one JSON object. ``json_schema``: it parses as JSON and that
     value is valid under the schema (JSON Schema as written, by the draft its ``$schema`` names,
     else the latest; OpenAI's strict mode accepts a subset of the same language). ``regex``: the
-    pattern matches the whole text; ``choice``: the text is one of the choices."""
+    pattern matches the whole text; ``choice``: the text is one of the choices; ``grammar``: the
+    grammar derives the whole text from its root."""
     if fmt is None:
         return None
+    if fmt["type"] == "grammar":
+        from potstill.models.grammar_constraint import derives
+
+        return None if derives(fmt["grammar"], text) else "not derived by the grammar"
     if fmt["type"] == "choice":
         return None if text in fmt["choice"] else "not one of the choices"
     if fmt["type"] == "regex":

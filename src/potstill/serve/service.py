@@ -378,7 +378,7 @@ class Service:
                 dist: float | None = ood_distance(a.embedding[None], live.reference)[0]
                 # Decoded under the client's own schema (or pattern), the answer is judged by it (below),
                 # not by the task's, which it replaces for this request.
-                theirs = guide is not None and (response_format["type"] in ("regex", "choice")
+                theirs = guide is not None and (response_format["type"] in ("regex", "choice", "grammar")
                                                 or bool((response_format.get("json_schema") or {}).get("schema")))
                 who, reason = live.routing.decide(a.confidence, dist, None if theirs else a.invalid)
                 if who == "student" and answer_problem(a.output, response_format):
@@ -445,8 +445,9 @@ class Service:
         (none given: any JSON value) or, for ``json_object``, any object; None where nothing is
         asked, guidance is off, or the student scores labels (it then answers as configured, and
         an answer that is not the format goes to the teacher). vLLM's ``regex`` and ``choice``
-        formats guide by their pattern (``models.regex_constraint``). An answer decoded under a
-        client's ``json_schema``, regex or choice is judged by it alone, not by an extraction task's
+        formats guide by their pattern (``models.regex_constraint``), its ``grammar`` by the GBNF
+        grammar (``models.grammar_constraint``). An answer decoded under a client's
+        ``json_schema``, regex, choice or grammar is judged by it alone, not by an extraction task's
         schema, which it replaces for the request; under ``json_object`` the task's schema still holds."""
         if response_format is None or not self.cfg.serve.guided_json or not live.engine.guides:
             return None

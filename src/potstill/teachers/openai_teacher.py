@@ -124,7 +124,7 @@ class OpenAITeacher(ApiTeacher):
 
     def with_response_format(self, request: dict[str, Any], response_format: dict[str, Any]) -> dict[str, Any] | None:
         # The API's own field: OpenAI, vLLM, llama.cpp's server and Ollama all constrain their decoding to it.
-        # A regex or a choice (vLLM's fields, served by potstill) is no response_format: asked unconstrained.
+        # A regex, a choice or a grammar (vLLM's fields, served by potstill) is no response_format: asked unconstrained.
         if response_format["type"] not in ("json_object", "json_schema"):
             return None
         return {**request, "response_format": response_format}

@@ -1,0 +1,174 @@
+"""Guided decoding under a GBNF grammar (``potstill.models.grammar_constraint``, vLLM's
+``guided_grammar``): the parser's errors, the Earley reader against regular expressions and
+nested languages, random walks, and a tiny real Llama decoding under grammars."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import regex
+
+from potstill.models.grammar_constraint import GrammarPrefix, derives, grammar_guide, grammar_problem
+from tests.test_json_constraint import ASKS, TOPIC, _valid, walk
+
+# Each grammar beside a regular expression for the same language: repetitions written every way,
+# empty alternatives, left and right recursion, negated classes, '.', escapes and single quotes.
+SAME_AS = [
+    ('root ::= "a"* "b"', r"a*b"),
+    ('root ::= ("ab" | "a")+ "c"?', r"(?:ab|a)+c?"),
+    ('root ::= x{2,4} y\nx ::= [ab]\ny ::= | "c" y', r"[ab]{2,4}c*"),
+    ('root ::= (x | "")* "b"\nx ::= "a" | ""', r"a*b"),
+    ('root ::= ("a" [bc]?){1,3} ("c"{2})?', r"(?:a[bc]?){1,3}(?:cc)?"),
+    ('root ::= s\ns ::= s "a" | "b"', r"ba*"),
+    ('root ::= s\ns ::= "a" s | "b"', r"a*b"),
+    ('root ::= [^a]{0,2} "a"', r"[^a]{0,2}a"),
+    ('root ::= . "b" .?', r"(?s:.)b(?s:.)?"),
+    ('root ::= (("a"?)? ("b"*)?)+ "c"', r"(?:a?b*)+c"),
+    ('root ::= "x"{,2} # at most two\n', r"x{0,2}"),
+    ('root ::= "x"{3}', r"x{3}"),
+    ('root ::= "x"{2,}', r"x{2,}"),
+    ("root ::= 'a' [\\x62-\\x63] \"\\\\\"", r"a[b-c]\\"),
+]
+
+# A JSON grammar in GBNF, as llama.cpp's and xgrammar's users write them.
+JSON_GBNF = r'''
+root   ::= object
+value  ::= object | array | string | number | ("true" | "false" | "null") ws
+object ::=
+  "{" ws (
+            string ":" ws value
+    ("," ws string ":" ws value)*
+  )? "}" ws
+array  ::= "[" ws ( value ("," ws value)* )? "]" ws
+string ::=
+  "\"" (
+    [^"\\\x7F\x00-\x1F] |
+    "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4}) # escapes
+  )* "\"" ws
+number ::= ("-"? ([0-9] | [1-9] [0-9]{0,15})) ("." [0-9]+)? ([eE] [-+]? [0-9]{1,3})? ws
+ws ::= | " " | "\n" [ \t]{0,20}
+'''
+
+ARITHMETIC = '''
+root ::= expr
+expr ::= term (("+" | "-") term)*
+term ::= factor (("*" | "/") factor)*
+factor ::= [0-9]+ | "(" expr ")" | "-" factor
+'''
+
+# Bounded, so a random model's greedy answer has to finish within its budget.
+SQL = '''
+root ::= "SELECT " cols " FROM " table (" WHERE " cond)?
+cols ::= col (", " col){0,2}
+col ::= "id" | "name" | "price"
+table ::= "items" | "orders"
+cond ::= col " " [=<>] " " [0-9]{1,3}
+'''
+
+
+def test_a_grammar_reads_as_the_regular_expression_of_its_language():
+    """Every prefix the grammar accepts is one the pattern can still match (and only those), every
+    whole text the same; ``done`` only where nothing may follow."""
+    rng = random.Random(0)
+    alphabet = "abcx\\"
+    for grammar, pattern in SAME_AS:
+        rx = regex.compile(pattern)
+        for _ in range(400):
+            text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 7)))
+            p = GrammarPrefix(grammar)
+            fed = p.feed(text)
+            assert fed == (rx.fullmatch(text, partial=True) is not None), (grammar, text)
+            assert (fed and p.can_end()) == (rx.fullmatch(text) is not None), (grammar, text)
+            if fed and p.done:
+                assert not any(rx.fullmatch(text + c, partial=True) for c in alphabet), (grammar, text)
+
+
+def test_a_nested_language_and_copies_that_go_their_own_ways():
+    rng = random.Random(1)
+    for _ in range(2000):
+        text = "".join(rng.choice("()x") for _ in range(rng.randint(0, 10)))
+        depth = [0]
+        for c in text:
+            depth.append(depth[-1] + (1 if c == "(" else -1 if c == ")" else 99))
+        prefix = "x" not in text and min(depth) >= 0
+        p = GrammarPrefix('root ::= "(" root ")" root | ""')
+        assert p.feed(text) == prefix, text
+        assert p.can_end() == (prefix and depth[-1] == 0), text
+    assert derives(ARITHMETIC, "2*(3+-4)/17") and not derives(ARITHMETIC, "2*(3+4") and \
+        not GrammarPrefix(ARITHMETIC).feed("2+)")
+    p = GrammarPrefix('root ::= "ab" | "ac"')
+    q = p.copy()
+    assert p.feed("a")
+    r = p.copy()
+    assert p.feed("b") and p.done and r.feed("c") and r.done and not q.can_end() and not q.copy().feed("b")
+
+
+@pytest.mark.parametrize("doc", [{"vendor": 'A"c\\me é ☃', "total": -12.5e3, "items": [1, 20, 300], "paid": True,
+                                  "note": None, "nested": {"a": [], "b": {}}}, {}, {"x": [[[]]]}])
+def test_the_json_grammar_takes_json_and_refuses_the_rest(doc):
+    for text in (json.dumps(doc), json.dumps(doc, ensure_ascii=False), json.dumps(doc, separators=(",", ":"))):
+        assert derives(JSON_GBNF, text), text
+        assert not derives(JSON_GBNF, text[:-1])
+    for bad in ('{"a" 1}', "[1]", '{"a": 01}', '{"a": "\x01"}', "{,}", '{"a": tru}'):
+        assert not derives(JSON_GBNF, bad), bad
+
+
+@pytest.mark.parametrize("grammar, problem", [
+    ("root ::= x", "rule 'x' is used but never defined at line 1, column 10"),
+    ('root: "a"', "looks like Lark's"),
+    ('root ::= "a" (', "'(' is never closed at line 1, column 14"),
+    ('root ::= "a")', "')' closes no '('"),
+    ("root ::= [a", "a character class that is never closed"),
+    ('root ::= "a', "a string that is never closed"),
+    ('root ::= "a"{3,2}', "maximum below its minimum"),
+    ('root ::= "a"{5000}', "a repetition over 1000"),
+    ('root ::= [z-a]', "runs backwards"),
+    ('root ::= r\nr ::= "a" r', "rule 'root' derives no finite text"),
+    ("root ::= [^\\x00-\\U0010FFFF]", "rule 'root' derives no finite text"),
+    ('a ::= "x"', "the grammar has no rule 'root'"),
+    ("  # nothing\n", "the grammar is empty"),
+    ("root ::= <think>", "token terminals"),
+    ('root ::= "\\q"', "unknown escape \\q"),
+    ('root ::= "\\xZZ"', "\\x takes 2 hex digits"),
+    ('root ::= "a"\nroot ::= "b"', "rule 'root' is defined twice (first at line 1, column 1) at line 2, column 1"),
+    ("root ::= @", "unexpected '@' at line 1, column 10"),
+])
+def test_a_grammar_that_cannot_guide_is_one_line_saying_where(grammar, problem):
+    got = grammar_problem(grammar)
+    assert got is not None and problem in got and "\n" not in got, got
+
+
+def test_random_walks_never_dead_end_and_every_whole_walk_derives():
+    """A rule that only ever recurses is dropped with the alternatives that need it, so that no
+    accepted prefix is one that could never finish."""
+    rng = random.Random(2)
+    trap = 'root ::= "a" loop | "b" [0-9]*\nloop ::= "c" loop'
+    assert not GrammarPrefix(trap).feed("a") and derives(trap, "b12")
+    printable = [chr(i) for i in range(32, 127)] + ["\n", "\t", "é"]
+    for grammar, toward in ((JSON_GBNF, ',"]}:'), (ARITHMETIC, ")+"), (SQL, " "), (trap, "")):
+        for _ in range(30):
+            text, whole = walk(GrammarPrefix(grammar), rng, printable, toward=toward, limit=400, give_up=True)
+            assert not whole or derives(grammar, text), (grammar, text)
+            if grammar == JSON_GBNF and whole:
+                json.loads(text)
+
+
+def test_a_random_tiny_model_answers_what_the_grammar_derives(bpe_lm):
+    """vLLM's guided_grammar: the random tiny model's greedy answers, never derived unguided, are
+    derived whole under the grammar, batched and alone alike, in one batch with a pattern's row and
+    a JSON Schema's."""
+    from potstill.models.generation import generate
+    from potstill.models.prompting import PromptFormat
+    from potstill.models.regex_constraint import regex_guide
+
+    fmt = PromptFormat(kind="chat", instruction="Answer.")
+    free = generate(bpe_lm, fmt, ASKS, 24)
+    assert not any(derives(SQL, t) or derives(ARITHMETIC, t) for t in free.texts)
+    guides = [grammar_guide(SQL), regex_guide(r"[A-Z]{2}-[0-9]{2,4}"), TOPIC]
+    batched = generate(bpe_lm, fmt, ASKS, 200, batch_size=3, json_schema=guides)
+    single = generate(bpe_lm, fmt, ASKS, 200, batch_size=1, json_schema=guides)
+    assert batched.texts == single.texts
+    assert derives(SQL, batched.texts[0]) and regex.fullmatch(r"[A-Z]{2}-[0-9]{2,4}", batched.texts[1]), batched.texts
+    assert _valid(batched.texts[2])
