@@ -172,3 +172,29 @@ def test_a_random_tiny_model_answers_what_the_grammar_derives(bpe_lm):
     assert batched.texts == single.texts
     assert derives(SQL, batched.texts[0]) and regex.fullmatch(r"[A-Z]{2}-[0-9]{2,4}", batched.texts[1]), batched.texts
     assert _valid(batched.texts[2])
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    "not __import__('torch').cuda.is_available()", reason="needs a CUDA GPU"))])
+def test_a_grammar_guides_on_static_caches_as_the_logits_processor_does(bpe_lm, device, tmp_path):
+    """On static caches with steps recorded per cache (a CUDA graph each on a GPU), grammar-guided
+    answers are ``model.generate``'s with the guide as a logits processor, token for token, beside
+    an unguided row (the same too on the CPU; on a GPU the random model's 120 free tokens may part
+    at a near tie, the two paths' kernels differing)."""
+    from potstill.models.generation import generate
+    from potstill.models.loading import load_lm
+    from potstill.models.prompting import PromptFormat
+    from potstill.models.static_decode import StaticCaches
+    from tests.export.conftest import make_bpe_model
+
+    if device == "cuda":
+        bpe_lm = load_lm(str(make_bpe_model(tmp_path / "bpe")), device="cuda", dtype="float32")
+    fmt = PromptFormat(kind="chat", instruction="Answer.")
+    static = StaticCaches.for_model(bpe_lm.model, graph_steps=8)
+    guides = [grammar_guide(SQL), None, grammar_guide('root ::= "(" [0-9]{1,2} (" " [a-z]+){1,3} ")"')]
+    ref = generate(bpe_lm, fmt, ASKS, 120, batch_size=3, json_schema=guides)
+    got = generate(bpe_lm, fmt, ASKS, 120, batch_size=3, json_schema=guides, static=static)
+    rows = [0, 1, 2] if device == "cpu" else [0, 2]
+    assert [got.tokens[r] for r in rows] == [ref.tokens[r] for r in rows] and static._guided
+    assert device == "cpu" or all(s.graph is not None for s in static._guided.values())
+    assert derives(SQL, got.texts[0]) and regex.fullmatch(r"\([0-9]{1,2}(?: [a-z]+){1,3}\)", got.texts[2]), got.texts
