@@ -172,7 +172,7 @@ def _other_value(cfg: Config, key: str, tmp: Path) -> Any:
     elif isinstance(value, str):  # a number too, for a field that is a number or a word (recheck_margin: auto)
         candidates = [*literal, value + "x", 0.5]
     else:  # None
-        candidates = [1, 0.5, "x", {"type": "object"}, ["x"]]
+        candidates = [1, 0.5, "x", {"type": "object"}, ["x"], 'root ::= "x"']  # the last: a grammar
     data = cfg.model_dump(mode="json")
     for candidate in candidates:
         set_dotted(data, key, candidate)

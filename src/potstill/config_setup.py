@@ -31,6 +31,22 @@ class TaskConfig(Section):
             return [int(x) if isinstance(x, float) and x.is_integer() else x for x in v]
         return v
     json_schema: dict[str, Any] | None = Field(None, description="JSON Schema the output must satisfy (extraction).")
+    grammar: str | None = Field(
+        None, description="Free text: a GBNF grammar (llama.cpp's format, vLLM's guided_grammar) that every output, "
+        "its surrounding white space stripped, must be derived by from the rule root: curate drops teacher answers "
+        "it does not derive, evaluate counts the student's as invalid, and guided_json (evaluate, serve) and "
+        "teacher.structured_outputs (a local teacher) decode under it.")
+
+    @field_validator("grammar")
+    @classmethod
+    def _grammar(cls, v: str | None) -> str | None:
+        if v is not None:
+            from potstill.models.grammar_constraint import grammar_problem
+
+            problem = grammar_problem(v)
+            if problem:
+                raise ValueError(f"not a GBNF grammar: {problem}")
+        return v
     max_output_tokens: int = Field(128, ge=1, description="Longest output to generate (extraction, freetext).")
     json_key_order: Literal["teacher", "schema", "sorted"] = Field(
         "teacher", description="Key order of the JSON the student learns (extraction): the teacher's, the order of "

@@ -80,8 +80,8 @@ def test_a_served_extraction_student_with_guided_json_answers_valid_json(tmp_pat
                                                                   "engine": "ctranslate2"}}), device="cpu")
     labels = {**raw, "task": {"type": "classification", "labels": ["a", "b"], "instruction": "x"},
               "serve": {**raw["serve"], "guided_json": True}}
-    with pytest.raises(PotstillError, match="only an extraction task or free text served to clients' "
-                                            "response_format has a JSON Schema to decode under"):
+    with pytest.raises(PotstillError, match=r"only an extraction task \(or free text with task.grammar, or served to "
+                                            r"clients' response_format\) has a JSON Schema to decode under"):
         load_service(run, Config.model_validate(labels), device="cpu")
 
 

@@ -88,7 +88,8 @@ def test_a_teacher_or_task_that_cannot_take_it_is_one_line(tmp_path):
     with pytest.raises(PotstillError, match="a replay teacher cannot constrain its answers to a schema; set it to off"):
         get_teacher(TeacherConfig(type="replay", replay_path=str(recorded), structured_outputs="on"), extraction())
     free = get_task(TaskConfig(type="freetext", instruction="Answer."))
-    with pytest.raises(PotstillError, match="only an extraction task has a JSON Schema to ask for"):
+    with pytest.raises(PotstillError, match=r"only an extraction task \(or free text with task.grammar, for a local "
+                                            r"teacher\) has a JSON Schema to ask for"):
         get_teacher(TeacherConfig(type="openai", model="gpt-4o-mini", structured_outputs="strict"), free)
 
 

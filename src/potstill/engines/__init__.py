@@ -125,8 +125,9 @@ def section_engine(section: Any, spec: str, device: str = "auto", num_layers: in
 
 
 def _guided_schema(section: Any, task: Any, client_formats: bool = False) -> dict | None:
-    """The JSON Schema a section's ``guided_json`` decodes under, None where it is off (or, with
-    ``client_formats``, where a free-text task has none of its own: only clients' formats guide)."""
+    """The JSON Schema a section's ``guided_json`` decodes under (a free-text task's ``grammar`` as
+    its guide, ``grammar_constraint.grammar_guide``), None where it is off (or, with
+    ``client_formats``, where a free-text task has no grammar: only clients' formats guide)."""
     if not getattr(section, "guided_json", False):
         return None
     if section.engine in ("ctranslate2", "llamacpp"):  # before a conversion or a server start
@@ -135,10 +136,15 @@ def _guided_schema(section: Any, task: Any, client_formats: bool = False) -> dic
     from potstill.tasks import extraction_schema
 
     cfg = getattr(task, "cfg", task)
+    if getattr(cfg, "type", None) == "freetext" and getattr(cfg, "grammar", None) is not None:
+        from potstill.models.grammar_constraint import grammar_guide
+
+        return grammar_guide(cfg.grammar)
     if client_formats and getattr(cfg, "type", None) == "freetext":
         return None
     return extraction_schema(cfg, "guided_json", "decode under", "false",
-                             also=" or free text served to clients' response_format" if client_formats else "")
+                             also=" (or free text with task.grammar" +
+                             (", or served to clients' response_format)" if client_formats else ")"))
 
 
 def guide(engine: Engine, schema: dict) -> None:

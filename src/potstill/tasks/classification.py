@@ -26,6 +26,9 @@ class ClassificationTask(Task):
 
     def __init__(self, cfg: TaskConfig):
         super().__init__(cfg)
+        if cfg.grammar is not None:
+            raise PotstillError("task.grammar: a classification task answers one of task.labels; a grammar is for "
+                                "free text (task.type freetext)")
         if len(cfg.labels) < 2:
             raise PotstillError("task.labels needs at least two labels for a classification task")
         self.labels = list(cfg.labels)

@@ -72,6 +72,9 @@ class ExtractionTask(Task):
 
     def __init__(self, cfg: TaskConfig):
         super().__init__(cfg)
+        if cfg.grammar is not None:
+            raise PotstillError("task.grammar: an extraction task's answers follow task.json_schema; a grammar is for "
+                                "free text (task.type freetext)")
         if cfg.json_schema is None:
             raise PotstillError("task.json_schema is required for an extraction task")
         try:

@@ -193,8 +193,11 @@ class Teacher:
         self.task = task
         fmt = self.task_format()
         if fmt is not None and self.with_response_format({}, fmt) is None:
-            raise PotstillError(f"teacher.structured_outputs {cfg.structured_outputs}: a {self.type} teacher cannot "
-                                "constrain its answers to a schema; set it to off")
+            article = "an" if self.type[:1] in ("a", "e", "i", "o", "u") else "a"
+            raise PotstillError(f"teacher.structured_outputs {cfg.structured_outputs}: {article} {self.type} teacher "
+                                f"cannot constrain its answers to a {fmt['type'].replace('json_', '')}; set it to off" +
+                                ("; curate still drops answers task.grammar does not derive"
+                                 if fmt["type"] == "grammar" else ""))
         #: Samples per input; generate sets it from ``generate.n`` (only above 1 when ``supports_samples``).
         self.n = 1
         self._worker: ThreadPoolExecutor | None = None
@@ -241,11 +244,16 @@ class Teacher:
 
     def task_format(self) -> dict[str, Any] | None:
         """The task's JSON Schema as a structured-output format in chat completions' form
-        (``teacher.structured_outputs``), or None where it is off."""
+        (``teacher.structured_outputs``; a free-text task's ``grammar`` as potstill's own grammar
+        format, ``serve.formats``), or None where it is off."""
         mode = self.cfg.structured_outputs
         if mode == "off":
             return None
-        schema = extraction_schema(self.task.cfg, f"teacher.structured_outputs {mode}", "ask for", "off")
+        task = self.task.cfg
+        if task.type == "freetext" and task.grammar is not None:  # a greedy local teacher decodes under it
+            return {"type": "grammar", "grammar": task.grammar}
+        schema = extraction_schema(self.task.cfg, f"teacher.structured_outputs {mode}", "ask for", "off",
+                                   also=" (or free text with task.grammar, for a local teacher)")
         return {"type": "json_schema", "json_schema": {"name": "extraction", "schema": schema,
                                                        "strict": mode == "strict"}}
 
