@@ -192,7 +192,7 @@ def test_the_json_grammar_takes_json_and_refuses_the_rest(doc):
 
 @pytest.mark.parametrize("grammar, problem", [
     ("root ::= x", "rule 'x' is used but never defined at line 1, column 10"),
-    ('root: "a"', "looks like Lark's"),
+    ('root: "a"', "the Lark grammar has no rule 'start'"),  # read as Lark (tests/test_grammar_lark.py)
     ('root ::= "a" (', "'(' is never closed at line 1, column 14"),
     ('root ::= "a")', "')' closes no '('"),
     ("root ::= [a", "a character class that is never closed"),

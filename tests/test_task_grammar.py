@@ -61,7 +61,7 @@ def test_a_grammar_where_it_cannot_apply_is_one_line(tmp_path, monkeypatch, caps
     (tmp_path / "c.yaml").write_text("task:\n  type: freetext\n  grammar: 'root ::= cols'\ndata:\n  inputs: in.jsonl\n")
     code, err = run_main(monkeypatch, capsys, "preflight", "-c", "c.yaml")
     assert code == 2 and len(err) == 1 and "task.grammar" in err[0] and \
-        "not a GBNF grammar: rule 'cols' is used but never defined at line 1, column 10" in err[0], err
+        "not a grammar: rule 'cols' is used but never defined at line 1, column 10" in err[0], err
 
 
 def test_a_local_teacher_and_the_student_decode_under_the_tasks_grammar(tmp_path):
@@ -98,5 +98,5 @@ def test_a_local_teacher_and_the_student_decode_under_the_tasks_grammar(tmp_path
     free = Config.model_validate({"task": {"type": "freetext", "instruction": "x"}, "serve": {"guided_json": True}})
     assert section_engine(free.serve, str(model), task=free.task, client_formats=True).json_schema is None
     asked = prompt(cfg.task, Slot("all", 0, None, None, None, None, []))
-    assert "Answers must follow this grammar (GBNF, from its rule root)" in asked[-1]["content"]
+    assert "Answers must follow this grammar (GBNF from its rule root, or Lark from start)" in asked[-1]["content"]
     assert 'cols ::= col (", " col){0,2}' in asked[-1]["content"]

@@ -32,8 +32,8 @@ class TaskConfig(Section):
         return v
     json_schema: dict[str, Any] | None = Field(None, description="JSON Schema the output must satisfy (extraction).")
     grammar: str | None = Field(
-        None, description="Free text: a GBNF grammar (llama.cpp's format, vLLM's guided_grammar) that every output, "
-        "its surrounding white space stripped, must be derived by from the rule root: curate drops teacher answers "
+        None, description="Free text: a grammar, GBNF (llama.cpp's format, rule root) or Lark (rule start), as "
+        "vLLM's guided_grammar takes them, that every output, its surrounding white space stripped, must be derived by: curate drops teacher answers "
         "it does not derive, evaluate counts the student's as invalid, and guided_json (evaluate, serve) and "
         "teacher.structured_outputs (a local teacher) decode under it.")
 
@@ -45,7 +45,7 @@ class TaskConfig(Section):
 
             problem = grammar_problem(v)
             if problem:
-                raise ValueError(f"not a GBNF grammar: {problem}")
+                raise ValueError(f"not a grammar: {problem}")
         return v
     max_output_tokens: int = Field(128, ge=1, description="Longest output to generate (extraction, freetext).")
     json_key_order: Literal["teacher", "schema", "sorted"] = Field(

@@ -1,6 +1,7 @@
 """Guided decoding under a context-free grammar: vLLM's ``guided_grammar`` in GBNF, the grammar
 format of llama.cpp that vLLM's xgrammar backend reads (``root ::= ...``, literals in quotes,
-character classes, ``.``, groups, ``* + ? {m} {m,} {m,n}``, ``#`` comments).
+character classes, ``.``, groups, ``* + ? {m} {m,} {m,n}``, ``#`` comments), or in Lark's format,
+which ``models.grammar_lark`` rewrites as GBNF first (told apart as vLLM does: ``:`` and no ``::=``).
 
 ``compile_grammar`` parses a grammar once (cached by its text) into productions over characters and
 drops those that can never finish (a rule that only ever recurses), so that every prefix it accepts
@@ -137,9 +138,6 @@ class _Parser:
         while self.i < len(self.s):
             m = _RULE.match(self.s, self.i)
             if not m:
-                if re.match(r"[A-Za-z_?!][A-Za-z0-9_.-]*\s*:(?!:=)", self.s[self.i:]):
-                    raise self.fail("expected 'name ::= ...' (GBNF, as llama.cpp and vLLM's xgrammar read it); "
-                                    "this looks like Lark's 'name: ...'")
                 raise self.fail("expected a rule 'name ::= ...'")
             name, start = m.group(1), self.i
             if name in self.defined:
@@ -299,10 +297,14 @@ class _Parser:
 
 @lru_cache(maxsize=64)
 def compile_grammar(text: str) -> Grammar:
-    """GBNF ``text`` as productions, those that can never finish dropped (GrammarError where
+    """GBNF (or Lark) ``text`` as productions, those that can never finish dropped (GrammarError where
     ``root`` itself cannot)."""
     if not isinstance(text, str):
         raise GrammarError("expected a grammar (a string)")
+    from potstill.models.grammar_lark import lark_to_gbnf, looks_like_lark
+
+    if looks_like_lark(text):  # as vLLM takes either: Lark's rules, rewritten as GBNF
+        text = lark_to_gbnf(text)
     p = _Parser(text)
     p.parse()
     prods = [(lhs, tuple(rhs)) for lhs, alts in p.alts.items() for rhs in alts]

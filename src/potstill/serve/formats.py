@@ -77,8 +77,8 @@ def check_vllm_format(fields: dict[str, Any]) -> dict[str, Any] | None:
     """vLLM's structured-output request (``fields``: a request's ``VLLM_FIELDS`` that are set) in the
     chat form, or None where it asks nothing, or FormatError: ``guided_json`` / ``structured_outputs.json``
     (a JSON Schema, or its JSON text) is a ``json_schema`` format named ``guided_json``;
-    ``structured_outputs.json_object`` is ``json_object``; a regular expression, a choice and a GBNF
-    grammar are formats of their own (``regex``, ``choice``, ``grammar``); a structural tag is
+    ``structured_outputs.json_object`` is ``json_object``; a regular expression, a choice and a grammar
+    (GBNF or Lark) are formats of their own (``regex``, ``choice``, ``grammar``); a structural tag is
     refused by name, since the student would otherwise answer unconstrained and the client never
     know; two constraints at once are refused, as vLLM refuses them."""
     asks: list[tuple[str, str, Any]] = []  # (param, kind, value)
@@ -112,13 +112,13 @@ def check_vllm_format(fields: dict[str, Any]) -> dict[str, Any] | None:
     if kind == "grammar":
         from potstill.models.grammar_constraint import grammar_problem
 
-        problem = grammar_problem(value) if isinstance(value, str) else "expected a GBNF grammar (a string)"
+        problem = grammar_problem(value) if isinstance(value, str) else "expected a GBNF or Lark grammar (a string)"
         if problem:
             raise FormatError(param, f"not a grammar: {problem}")
         return {"type": "grammar", "grammar": value}
     if kind != "json":
         raise FormatError(param, f"not served here: potstill's guided decoding follows JSON Schemas, regular "
-                          f"expressions, choices and GBNF grammars; this {kind} would go unconstrained")
+                          f"expressions, choices and grammars; this {kind} would go unconstrained")
     if isinstance(value, str):
         try:
             value = json.loads(value)

@@ -100,8 +100,8 @@ class GeneratedRequest(BaseModel):
                                                      "served as response_format json_schema.")
     guided_regex: Any = Field(None, description="vLLM's: a regular expression the whole answer matches.")
     guided_choice: Any = Field(None, description="vLLM's: strings, one of which is the whole answer.")
-    guided_grammar: Any = Field(None, description="vLLM's: a GBNF grammar (llama.cpp's, as xgrammar reads it) "
-                                "that derives the whole answer from its rule root.")
+    guided_grammar: Any = Field(None, description="vLLM's: a grammar that derives the whole answer, GBNF "
+                                "(llama.cpp's, as xgrammar reads it; rule root) or Lark (rule start).")
     structured_outputs: Any = Field(None, description="vLLM's: {json: schema}, {json_object: true}, {regex}, "
                                     "{choice} or {grammar}, as the fields above; structural_tag refused.")
 

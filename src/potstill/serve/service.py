@@ -445,8 +445,8 @@ class Service:
         (none given: any JSON value) or, for ``json_object``, any object; None where nothing is
         asked, guidance is off, or the student scores labels (it then answers as configured, and
         an answer that is not the format goes to the teacher). vLLM's ``regex`` and ``choice``
-        formats guide by their pattern (``models.regex_constraint``), its ``grammar`` by the GBNF
-        grammar (``models.grammar_constraint``). An answer decoded under a client's
+        formats guide by their pattern (``models.regex_constraint``), its ``grammar`` by the grammar
+        (``models.grammar_constraint``, GBNF or Lark). An answer decoded under a client's
         ``json_schema``, regex, choice or grammar is judged by it alone, not by an extraction task's
         schema, which it replaces for the request; under ``json_object`` the task's schema still holds."""
         if response_format is None or not self.cfg.serve.guided_json or not live.engine.guides:

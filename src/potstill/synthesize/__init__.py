@@ -135,8 +135,8 @@ def prompt(task: TaskConfig, sl: Slot, completion: bool = False) -> list[dict[st
     elif task.json_schema is not None:
         lines.append(f"Answers must follow this JSON Schema, so the input should contain what it asks for: {task.json_schema}")
     elif task.grammar is not None:
-        lines.append(f"Answers must follow this grammar (GBNF, from its rule root), so the input should ask for what "
-                     f"it derives:\n{task.grammar.strip()}")
+        lines.append("Answers must follow this grammar (GBNF from its rule root, or Lark from start), so the input "
+                     f"should ask for what it derives:\n{task.grammar.strip()}")
     if sl.cell != "all" and task.type != "classification":
         lines.append(f"Kind of input: {sl.cell}.")
     lines += plan

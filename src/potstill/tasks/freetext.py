@@ -1,4 +1,4 @@
-"""Free text: any non-empty output is valid, or, with ``task.grammar``, one the GBNF grammar derives
+"""Free text: any non-empty output is valid, or, with ``task.grammar``, one the grammar derives
 (its surrounding white space stripped); agreement is exact match after whitespace folding."""
 
 from __future__ import annotations
