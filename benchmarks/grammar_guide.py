@@ -16,6 +16,11 @@ batches of 1 and 8, taking turns for ``--rounds`` rounds. Pairs that hold one la
 
 Correctness (exit 1): every guide, at every row-step, keeps the answer's next token (each answer
 was decoded under the schema, and each grammar accepts it).
+
+Then ``examples/vllm-text-to-sql.yaml`` end to end: the same untrained student answers its 12
+questions greedily with and without its ``task.grammar`` (batches of 4), and the task's validation
+counts the answers the grammar derives; exit 1 if a guided one is neither derived nor, cut at the
+task's token budget, a start the grammar accepts.
 """
 
 from __future__ import annotations
@@ -100,18 +105,48 @@ def main() -> int:
                 results[f"b{b}"][name].append(1e6 * spent / rows)
                 if wrong:
                     failures.append(f"{name} at batch {b}: {wrong} row-steps did not keep the answer's next token")
+    sql = _text_to_sql(lm, failures)
     summary = {b: {w: round(statistics.median(v), 2) for w, v in ways.items()} for b, ways in results.items()}
     ratio = {b: {"grammar / schema": round(s["grammar"] / s["schema"], 2),
                  "any-json grammar / schema": round(s["any-json grammar"] / s["any-json schema"], 2)}
              for b, s in summary.items()}
     out = {"student": lm.identity, "answers": g.texts, "answer_tokens": [len(a) for a in answers],
            "rounds": args.rounds, "grammar_compile_ms": compile_s, "us_per_row_step_median": summary,
-           "ratios": ratio, "us_per_row_step_rounds": results, "failures": sorted(set(failures)),
+           "ratios": ratio, "us_per_row_step_rounds": results, "text_to_sql": sql, "failures": sorted(set(failures)),
            "machine": _machine()}
     Path(args.out).write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
     print(json.dumps({k: out[k] for k in ("answer_tokens", "grammar_compile_ms", "us_per_row_step_median", "ratios",
                                           "failures")}, indent=2))
+    print(json.dumps({k: v for k, v in sql.items() if k != "answers"}, indent=2))
     return 1 if failures else 0
+
+
+def _text_to_sql(lm, failures: list[str]) -> dict:
+    """The text-to-SQL preset's questions answered by the untrained student, free and guided."""
+    from potstill.config import load_config
+    from potstill.models.grammar_constraint import GrammarPrefix, grammar_guide
+
+    cfg = load_config(ROOT / "examples" / "vllm-text-to-sql.yaml")
+    task = get_task(cfg.task)
+    questions = [[{"role": "user", "content": json.loads(line)["input"]}]
+                 for line in (ROOT / "examples" / "data" / "questions.jsonl").read_text().splitlines()]
+    fmt = student_format(lm, task)
+    out: dict = {}
+    for way, guide in (("free", None), ("guided", grammar_guide(cfg.task.grammar))):
+        t = time.perf_counter()
+        g = generate(lm, fmt, questions, cfg.task.max_output_tokens, batch_size=4, json_schema=guide)
+        secs = time.perf_counter() - t
+        problems = [task.validate(task.parse(x)) for x in g.texts]
+        cut = [p is not None and n >= cfg.task.max_output_tokens and GrammarPrefix(cfg.task.grammar).feed(x.strip())
+               for p, n, x in zip(problems, g.output_tokens, g.texts)]
+        out[way] = {"derived": sum(p is None for p in problems), "cut_at_budget": sum(cut), "of": len(problems),
+                    "seconds": round(secs, 2),
+                    "tokens": sum(g.output_tokens), "ms_per_token": round(1e3 * secs / max(1, sum(g.output_tokens)), 1)}
+        out.setdefault("answers", {})[way] = g.texts
+        if way == "guided":
+            failures += [f"guided SQL answer {i} not derived: {p}" for i, (p, c) in enumerate(zip(problems, cut))
+                         if p is not None and not c]
+    return out
 
 
 if __name__ == "__main__":
