@@ -109,7 +109,8 @@ EnvName = Annotated[str, AfterValidator(_env_name)]
 
 
 def engine_guided(what: str, more: str = "") -> Any:
-    return Field(False, description=f"{what}, extraction, engine transformers: decode greedily under task.json_schema "
+    return Field(False, description=f"{what}, extraction, engine transformers (or llamacpp, through llama.cpp's own "
+                 "grammar sampler and its JSON Schema subset): decode greedily under task.json_schema "
                  "(each token kept to one that continues a JSON document the schema can accept, as vLLM's guided "
                  f"decoding), so every answer parses{more}; free text with task.grammar: under the grammar; keywords it does not follow (an unanchored pattern, "
                  "not, if, allOf parts that disagree, formats other than date, time, uuid, ipv4, ipv6, email, hostname and duration) are left to the task's validation. No drafts; on a compiled GPU engine's static "

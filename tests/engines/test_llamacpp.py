@@ -316,3 +316,70 @@ def test_a_flag_in_the_extra_arguments_replaces_potstills_own():
     mine = server_args(["--cache-type-k", "f16", "--n-gpu-layers", "99"])
     assert mine.count("--cache-type-k") == 1 and mine[mine.index("--cache-type-k") + 1] == "f16"
     assert mine[-2:] == ["--n-gpu-layers", "99"] and "--cache-type-v" in mine
+
+
+def test_each_guide_becomes_the_request_field_llama_server_takes():
+    """A JSON Schema goes as json_schema; a pattern and a grammar (GBNF or Lark) as a grammar in
+    llama.cpp's GBNF, which reads back as the same language with no rule that starts with itself
+    (llama.cpp refuses left recursion; repetitions here are written left-recursive); a pattern no
+    grammar can say is none (answered unguided, and judged by its format)."""
+    import itertools
+    import random
+
+    from potstill.engines.llamacpp import llama_guide
+    from potstill.models.grammar_constraint import GrammarPrefix, compile_grammar, grammar_guide
+    from potstill.models.regex_constraint import regex_guide
+    from tests.test_grammar_constraint import JSON_GBNF, _random_grammar
+    from tests.test_grammar_lark import SQL_LARK
+
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    assert llama_guide(schema) == {"json_schema": schema} and llama_guide(None) == {}
+    assert llama_guide(regex_guide("(?=a)b")) == {}
+    pattern = llama_guide(regex_guide(r"[A-Z]{2}-[0-9]{2,4}"))["grammar"]
+    assert compile_grammar(pattern) and all(GrammarPrefix(pattern).feed(t) == ok for t, ok in
+                                            (("AB-12", True), ("AB-12345", False), ("ab", False)))
+    rng = random.Random(11)
+    words = [""] + ["".join(w) for n in range(1, 5) for w in itertools.product("abc", repeat=n)]
+    grammars = [JSON_GBNF, SQL_LARK] + [_random_grammar(rng, rng.randint(1, 3)) for _ in range(60)]
+    checked = 0
+    for text in grammars:
+        try:
+            mine = compile_grammar(text)
+        except ValueError:
+            continue
+        theirs = compile_grammar(llama_guide(grammar_guide(text))["grammar"])
+        assert all(rhs[:1] != (lhs,) for lhs, rhs in theirs.prods), text
+        for w in words:
+            a, b = GrammarPrefix(mine), GrammarPrefix(theirs)
+            assert (a.feed(w) and a.can_end()) == (b.feed(w) and b.can_end()), (text, w)
+        checked += 1
+    assert checked > 30
+
+
+@needs_server
+def test_llamacpp_decodes_under_a_schema_a_pattern_and_a_grammar(taught_bpe, engines):
+    """llama.cpp's own grammar sampler holds each row to its guide, in one batch with an unguided
+    row; without guides none of the answers fits them. (Inputs whose free answers are valid UTF-8:
+    this llama-server refuses an answer holding a stray byte, see ``LlamaServer.post``.)"""
+    import json
+
+    import jsonschema
+    import regex
+
+    from potstill.models.grammar_constraint import derives, grammar_guide
+    from potstill.models.regex_constraint import regex_guide
+
+    schema = {"type": "object", "properties": {"topic": {"enum": LABELS}, "n": {"type": "integer", "minimum": 0,
+                                                                                "maximum": 9}},
+              "required": ["topic", "n"], "additionalProperties": False}
+    code = r"[A-Z]{2}-[0-9]{2,4}"
+    sql = 'start: "SELECT " NAME (", " NAME)~0..2 " FROM " NAME\nNAME: /(id|name|price)/'
+    msgs = MSGS[1:5]
+    engine = engines["none"]
+    free = engine.generate(CHAT, msgs, 80, batch_size=4)
+    got = engine.generate(CHAT, msgs, 80, batch_size=4,
+                          json_schemas=[schema, regex_guide(code), grammar_guide(sql), None])
+    jsonschema.validate(json.loads(got.texts[0]), schema)
+    assert regex.fullmatch(code, got.texts[1]) and derives(sql, got.texts[2]), got.texts
+    assert got.texts[3] == free.texts[3]
+    assert not any(regex.fullmatch(code, t) or derives(sql, t) for t in free.texts)

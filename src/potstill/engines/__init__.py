@@ -130,9 +130,9 @@ def _guided_schema(section: Any, task: Any, client_formats: bool = False) -> dic
     ``client_formats``, where a free-text task has no grammar: only clients' formats guide)."""
     if not getattr(section, "guided_json", False):
         return None
-    if section.engine in ("ctranslate2", "llamacpp"):  # before a conversion or a server start
-        raise PotstillError(f"guided_json: the {section.engine} engine cannot decode under a schema; use engine "
-                            "transformers")
+    if section.engine == "ctranslate2":  # before a conversion
+        raise PotstillError("guided_json: the ctranslate2 engine cannot decode under a schema; use engine "
+                            "transformers or llamacpp")
     from potstill.tasks import extraction_schema
 
     cfg = getattr(task, "cfg", task)
@@ -148,12 +148,13 @@ def _guided_schema(section: Any, task: Any, client_formats: bool = False) -> dic
 
 
 def guide(engine: Engine, schema: dict) -> None:
-    """Make ``engine`` decode its greedy generations under ``schema`` (``models.json_constraint``):
-    the transformers engine, or the one that generates inside a re-checking pair."""
+    """Make ``engine`` decode its generations under ``schema`` (``models.json_constraint``; llama.cpp's
+    own grammar sampler for engine llamacpp): the transformers or llamacpp engine, or the one that
+    generates inside a re-checking pair."""
     target = getattr(engine, "fast", engine)
     if not hasattr(target, "json_schema"):
         raise PotstillError(f"guided_json: the {getattr(target, 'name', type(target).__name__)} engine cannot decode "
-                            "under a schema; use engine transformers")
+                            "under a schema; use engine transformers or llamacpp")
     target.json_schema = schema
 
 

@@ -202,7 +202,9 @@ class LlamaServer:
                 msg = r.json().get("error", {}).get("message", r.text)
             except ValueError:
                 msg = r.text
-            raise PotstillError(f"llama-server answered {r.status_code}: {str(msg)[:300]}")
+            why = "; llama-server's output parser refuses an answer that is not valid UTF-8 (a byte-level model's " \
+                "stray byte)" if "does not match the expected" in str(msg) else ""
+            raise PotstillError(f"llama-server answered {r.status_code}: {str(msg)[:300]}{why}")
         return r.json()
 
     def close(self) -> None:
@@ -232,6 +234,7 @@ class LlamaCppEngine:
         self.server = LlamaServer(server_binary(), gguf, slots, ctx, threads or torch.get_num_threads(), gpu,
                                   extra=extra)
         self._stop_ids = set(stop_token_ids(self.tokenizer, generation_config(model_dir)))
+        self.json_schema: dict | None = None  # guided_json: generations decode under it (``engines.guide``)
 
     @classmethod
     def load(cls, spec: str, device: str = "auto", num_layers: int | None = None, quantization: str = "auto",
@@ -423,7 +426,11 @@ class LlamaCppEngine:
 
     def generate(self, fmt: PromptFormat, messages: list[list[dict]], max_new_tokens: int,
                  batch_size: int = 16, progress: Any = None, temperature: float = 0.0,
-                 stop: Sequence[str] = (), seed: int = 0, embed: bool = False) -> Generated:
+                 stop: Sequence[str] = (), seed: int = 0, embed: bool = False,
+                 json_schemas: Sequence[dict | None] | None = None) -> Generated:
+        """``json_schemas``: a guide per message (a JSON Schema, a pattern or a grammar, as a served
+        client's format gives them; None: ``json_schema``, the task's under ``guided_json``), which
+        llama.cpp's own grammar sampler holds the answer to (``llama_guide``)."""
         ids = self._ids(fmt, messages)
         base = {"n_predict": max_new_tokens, "n_probs": 1, "return_tokens": True, "cache_prompt": True,
                 "stop": list(stop)}
@@ -431,8 +438,27 @@ class LlamaCppEngine:
             sampling = {"samplers": ["temperature"], "temperature": float(temperature)}
         else:
             sampling = {"samplers": ["top_k"], "top_k": 1}
-        res, secs, _ = self._run({**base, **sampling, "seed": seed % 2**31}, ids, batch_size, progress,
-                                 continuous=True)
+        body = {**base, **sampling, "seed": seed % 2**31}
+        guides = list(json_schemas) if json_schemas is not None else [None] * len(ids)
+        asks = [llama_guide(g if g is not None else self.json_schema) for g in guides]
+        res: list[dict] = [{}] * len(ids)
+        secs: list[float] = [0.0] * len(ids)
+        groups: dict[str, list[int]] = {}
+        for i, ask in enumerate(asks):
+            groups.setdefault(json.dumps(ask, sort_keys=True), []).append(i)
+        for key, rows in groups.items():
+            ask = json.loads(key)
+            try:
+                got, took, _ = self._run({**body, **ask}, [ids[i] for i in rows], batch_size, progress,
+                                         continuous=True)
+            except PotstillError:
+                if not ask:
+                    raise
+                # A schema llama.cpp's converter cannot take (an unanchored pattern, ...): answered
+                # unguided, and judged by the format as any answer is.
+                got, took, _ = self._run(body, [ids[i] for i in rows], batch_size, progress, continuous=True)
+            for i, r, s in zip(rows, got, took):
+                res[i], secs[i] = r, s
         texts, toks, mlp = [], [], []
         for r in res:
             out = [t for t in r.get("tokens") or [] if t not in self._stop_ids]
@@ -452,3 +478,24 @@ class LlamaCppEngine:
 
     def embed(self, fmt: PromptFormat, messages: list[list[dict]]) -> torch.Tensor:
         return self._embed_ids(self._own(fmt, self._ids(fmt, messages)))
+
+
+def llama_guide(guide: dict | None) -> dict:
+    """A row's guide (``json_guide.text_prefix``'s kinds) as llama-server's request fields: a JSON
+    Schema as ``json_schema`` (llama.cpp converts it itself), a pattern or a grammar as a
+    ``grammar`` in llama.cpp's GBNF (``grammar_constraint.llama_gbnf``); {} for none, and for a
+    pattern a grammar cannot say (a lookaround, a back-reference), which then decodes unguided."""
+    from potstill.models.grammar_constraint import GRAMMAR, GrammarError, llama_gbnf
+    from potstill.models.grammar_lark import regex_to_gbnf
+    from potstill.models.regex_constraint import REGEX
+
+    if guide is None:
+        return {}
+    try:
+        if isinstance(guide.get(REGEX), str):
+            return {"grammar": llama_gbnf(regex_to_gbnf(guide[REGEX]))}
+        if isinstance(guide.get(GRAMMAR), str):
+            return {"grammar": llama_gbnf(guide[GRAMMAR])}
+    except GrammarError:
+        return {}
+    return {"json_schema": guide}

@@ -14,6 +14,7 @@ travels as ``{GRAMMAR: text}`` (``grammar_guide``), as a JSON Schema or a patter
 from __future__ import annotations
 
 import re
+from typing import Any
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -418,3 +419,41 @@ def derives(grammar: str, text: str) -> bool:
     """Whether GBNF ``grammar`` derives ``text`` whole from its root."""
     p = GrammarPrefix(grammar)
     return p.feed(text) and p.can_end()
+
+
+def llama_gbnf(text: str) -> str:
+    """A grammar (GBNF or Lark, as ``compile_grammar`` reads it) as GBNF that llama.cpp's own
+    grammar sampler takes (``llama-server``'s ``grammar`` field): the productions as read here,
+    rules named ``root`` and ``r<n>`` (llama.cpp's names hold letters, digits and dashes only),
+    classes with hex escapes, and the left recursion of repetitions turned into right recursion,
+    which llama.cpp's stack-based sampler needs (a grammar left-recursive of its own, through other
+    rules, stays so, and llama.cpp refuses it)."""
+    g = compile_grammar(text)
+    alts: dict[int, list[tuple]] = {lhs: [g.prods[k][1] for k in ks] for lhs, ks in g.by_lhs.items()}
+    fresh = len(g.names)  # past every rule's number
+    for lhs in list(alts):  # A -> A x | y  becomes  A -> y A',  A' -> x A' | (empty)
+        own = [rhs[1:] for rhs in alts[lhs] if rhs[:1] == (lhs,)]
+        if not own:
+            continue
+        rest = [rhs for rhs in alts[lhs] if rhs[:1] != (lhs,)]
+        alts[lhs] = [(*rhs, fresh) for rhs in rest]
+        alts[fresh] = [(*rhs, fresh) for rhs in own if rhs] + [()]
+        fresh += 1
+
+    def name(n: int) -> str:
+        return "root" if n == g.root else f"r{n}"
+
+    def char(o: int) -> str:
+        return f"\\x{o:02X}" if o < 0x100 else f"\\u{o:04X}" if o < 0x10000 else f"\\U{o:08X}"
+
+    def symbol(s: Any) -> str:
+        if isinstance(s, int):
+            return name(s)
+        if s.negated and not s.ranges:
+            return "."
+        body = "".join(char(lo) + ("" if lo == hi else "-" + char(hi)) for lo, hi in s.ranges)
+        return f"[{'^' if s.negated else ''}{body}]"
+
+    lines = [f"{name(lhs)} ::= " + " | ".join(" ".join(map(symbol, rhs)) or '""' for rhs in rhss)
+             for lhs, rhss in sorted(alts.items(), key=lambda kv: kv[0] != g.root)]
+    return "\n".join(lines) + "\n"

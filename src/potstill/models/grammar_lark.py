@@ -77,6 +77,15 @@ def _counts(low: str, high: str | None, fail, where: str) -> str:
     return f"{{{lo},{'' if high is None else high}}}"
 
 
+def regex_to_gbnf(pattern: str) -> str:
+    """A regular expression matched whole (vLLM's ``guided_regex``) as a GBNF grammar, where a
+    grammar can say it (GrammarError otherwise: lookarounds, back-references, inline flags...)."""
+    def fail(what: str) -> GrammarError:
+        return GrammarError(what)
+
+    return f"root ::= {_Regex(pattern, '', fail).convert() or chr(34) * 2}\n"
+
+
 def _gbnf_char(c: str) -> str:
     """One character inside a GBNF string or class, escaped where GBNF would read it otherwise."""
     o = ord(c)

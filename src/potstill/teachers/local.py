@@ -177,8 +177,9 @@ class LocalTeacher(Teacher):
 
     def with_response_format(self, request: dict[str, Any], response_format: dict[str, Any]) -> dict[str, Any] | None:
         # Greedy generation decodes under the schema (models.json_constraint, as guided_json does for a
-        # student); a label is scored, not generated, and sampling is not guided.
-        if self.task.labels or self.cfg.temperature > 0 or self.cfg.engine in ("ctranslate2", "llamacpp"):
+        # student; engine llamacpp: llama.cpp's grammar sampler); a label is scored, not generated,
+        # and sampling is not guided.
+        if self.task.labels or self.cfg.temperature > 0 or self.cfg.engine == "ctranslate2":
             return None
         return {**request, "json_schema": format_schema(response_format)}
 
