@@ -14,11 +14,11 @@ travels as ``{GRAMMAR: text}`` (``grammar_guide``), as a JSON Schema or a patter
 from __future__ import annotations
 
 import re
-from typing import Any
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
-# A guide that is a GBNF grammar, not a JSON Schema: ``{GRAMMAR: text}`` (``grammar_guide``).
+# A guide that is a grammar, not a JSON Schema: ``{GRAMMAR: text}`` (``grammar_guide``).
 GRAMMAR = "x-potstill-grammar"
 MAX_REPEAT = 1000  # the largest count a {m,n} may name: each is spelled out as that many symbols
 MAX_SYMBOLS = 200_000  # productions' symbols in all, once repetitions are spelled out
@@ -33,12 +33,13 @@ class GrammarError(ValueError):
 
 
 def grammar_guide(text: str) -> dict:
-    """The guide of answers that GBNF ``text`` derives from its ``root``, in the form a schema travels in."""
+    """The guide of answers that grammar ``text`` (GBNF or Lark) derives whole, in the form a schema
+    travels in."""
     return {GRAMMAR: text}
 
 
 def grammar_problem(text: str) -> str | None:
-    """Why GBNF ``text`` cannot guide decoding (one line), or None."""
+    """Why grammar ``text`` (GBNF or Lark) cannot guide decoding (one line), or None."""
     try:
         compile_grammar(text)
     except GrammarError as e:
@@ -416,7 +417,7 @@ class GrammarPrefix:
 
 
 def derives(grammar: str, text: str) -> bool:
-    """Whether GBNF ``grammar`` derives ``text`` whole from its root."""
+    """Whether ``grammar`` (GBNF or Lark) derives ``text`` whole from its root."""
     p = GrammarPrefix(grammar)
     return p.feed(text) and p.can_end()
 

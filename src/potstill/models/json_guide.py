@@ -2,7 +2,7 @@
 text continues a JSON document the row's schema can still accept (``models.json_constraint``), or,
 for a row guided by ``{REGEX: pattern}`` (vLLM's ``guided_regex``, and ``guided_choice`` as the
 alternation of its strings), a text the pattern can still match whole (``RegexPrefix``), or for one
-guided by ``{GRAMMAR: text}`` (vLLM's ``guided_grammar``), a text the GBNF grammar can still derive
+guided by ``{GRAMMAR: text}`` (vLLM's ``guided_grammar``), a text the grammar can still derive
 whole (``models.grammar_constraint.GrammarPrefix``).
 
 ``JsonSchemaLogits`` is the ``model.generate`` logits processor (and the guide of greedy decoding on
