@@ -290,3 +290,27 @@ def test_a_regex_choice_or_grammar_is_no_response_format_for_an_api_teacher():
     assert teacher.with_response_format({}, {"type": "choice", "choice": ["a"]}) is None
     assert teacher.with_response_format({}, {"type": "grammar", "grammar": 'root ::= "a"'}) is None
     assert teacher.with_response_format({}, {"type": "json_object"}) == {"response_format": {"type": "json_object"}}
+
+
+def test_a_served_grammar_task_answers_from_the_student_under_its_grammar(tmp_path, teacher_server, monkeypatch):
+    """serve.guided_json on a free-text task with task.grammar: a plain chat (no format asked) is
+    answered by the random student with a query the grammar derives; served without it, the same
+    student's answer is not one, so it goes to the teacher (the task's validation)."""
+    from potstill.models.grammar_constraint import derives
+    from tests.export.conftest import make_bpe_model
+    from tests.serve.conftest import SERVE_KEY, TEACHER_KEY, write_run
+    from tests.test_task_grammar import SQL
+
+    monkeypatch.setenv("TEACHER_KEY", TEACHER_KEY)
+    monkeypatch.setenv("SERVE_KEY", SERVE_KEY)
+    run = write_run(tmp_path, make_bpe_model(tmp_path / "bpe"), teacher_server.base_url,
+                    task={"type": "freetext", "instruction": "Write the query.", "max_output_tokens": 80,
+                          "grammar": SQL})
+    got = {}
+    for guided in (True, False):
+        with served(run, guided) as c:
+            got[guided] = c.chat.completions.create(model="potstill", messages=ASKS[0])
+    route = got[True].model_extra["potstill"]
+    assert route["answered_by"] == "student" and derives(SQL, got[True].choices[0].message.content), route
+    route = got[False].model_extra["potstill"]
+    assert route["answered_by"] == "teacher" and not derives(SQL, route["student_output"]), route
