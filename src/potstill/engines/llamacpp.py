@@ -81,6 +81,9 @@ SERVER_ARGS = {"--cache-type-k": "f32", "--cache-type-v": "f32", "--flash-attn":
 
 
 _CTX_FLAGS = ("--ctx-size", "-c")
+# llama-server's chat output parser, which it runs on /completion answers too, fails on text that is
+# not valid UTF-8 (a byte-level model's stray byte) and answers a 500 instead of the text.
+NOT_UTF8 = "llama-server's output parser refuses an answer that is not valid UTF-8 (a byte-level model's stray byte)"
 SLOTS = 16  # requests in flight; 32 were no faster on 2 cores (benchmarks/llamacpp_slots.json)
 
 
@@ -202,8 +205,7 @@ class LlamaServer:
                 msg = r.json().get("error", {}).get("message", r.text)
             except ValueError:
                 msg = r.text
-            why = "; llama-server's output parser refuses an answer that is not valid UTF-8 (a byte-level model's " \
-                "stray byte)" if "does not match the expected" in str(msg) else ""
+            why = f"; {NOT_UTF8}" if "does not match the expected" in str(msg) else ""
             raise PotstillError(f"llama-server answered {r.status_code}: {str(msg)[:300]}{why}")
         return r.json()
 
@@ -330,7 +332,14 @@ class LlamaCppEngine:
 
         def one(ids: list[int]) -> tuple[dict, float]:
             t0 = time.perf_counter()
-            res = self.server.post("/completion", {**body, "prompt": ids})
+            try:
+                res = self.server.post("/completion", {**body, "prompt": ids})
+            except PotstillError as e:
+                if NOT_UTF8 not in str(e):
+                    raise
+                # This answer alone is lost, not its batch: an empty one, which every task's validation
+                # refuses (serve sends the chat to the teacher; evaluate counts it invalid).
+                res = {"content": "", "tokens": [], "completion_probabilities": [], "stop_type": "refused"}
             res = res[0] if isinstance(res, list) and len(res) == 1 else res
             if not isinstance(res, dict):
                 raise PotstillError("llama-server answered more than one completion for one prompt")
