@@ -33,9 +33,9 @@ class TaskConfig(Section):
     json_schema: dict[str, Any] | None = Field(None, description="JSON Schema the output must satisfy (extraction).")
     grammar: str | None = Field(
         None, description="Free text: a grammar, GBNF (llama.cpp's format, rule root) or Lark (rule start), as "
-        "vLLM's guided_grammar takes them, that every output, its surrounding white space stripped, must be derived by: curate drops teacher answers "
-        "it does not derive, evaluate counts the student's as invalid, and guided_json (evaluate, serve) and "
-        "teacher.structured_outputs (a local teacher) decode under it.")
+        "vLLM's guided_grammar takes them, that every output, its surrounding white space stripped, must be "
+        "derived by: curate drops teacher answers it does not derive, evaluate counts the student's as invalid, "
+        "and guided_json (evaluate, serve) and teacher.structured_outputs (a local teacher) decode under it.")
 
     @field_validator("grammar")
     @classmethod
