@@ -11,6 +11,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -52,8 +53,19 @@ def wandb_records(path: Path) -> Iterator[bytes]:
             yield parts + body
 
 
-def read_wandb(run_dir: Path) -> dict:
-    """The run, history rows, summary and artifacts of the one offline W&B run under ``run_dir``."""
+def read_wandb(run_dir: Path, wait_s: float = 10.0) -> dict:
+    """The run, history rows, summary and artifacts of the one offline W&B run under ``run_dir``,
+    read again (up to ``wait_s``) until its exit record is there: W&B's own process writes the file,
+    and in one CI run in many a run ended by an interrupt was read before it had (no records yet)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        out = _read_wandb_once(run_dir)
+        if "exit_code" in out or time.monotonic() > deadline:
+            return out
+        time.sleep(0.2)
+
+
+def _read_wandb_once(run_dir: Path) -> dict:
     from wandb.proto import wandb_internal_pb2 as pb
 
     (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
