@@ -33,13 +33,9 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
-from benchmarks.guide_host import _machine, replay
-from potstill.config import TaskConfig
+from benchmarks.guide_host import _machine, invoice_answers, replay
 from potstill.models.generation import generate
 from potstill.models.grammar_constraint import compile_grammar, derives, grammar_guide
-from potstill.models.loading import load_lm
 from potstill.students import student_format
 from potstill.tasks import get_task
 
@@ -72,16 +68,8 @@ def main() -> int:
     ap.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
     args = ap.parse_args()
 
-    preset = yaml.safe_load((ROOT / "examples" / "vllm-extraction.yaml").read_text())
-    task = get_task(TaskConfig.model_validate(preset["task"]))
-    schema = task.cfg.json_schema
-    inputs = [json.loads(line)["input"] for line in (ROOT / "examples" / "data" / "invoices.jsonl").read_text().splitlines()]
-    lm = load_lm(args.student, device="cpu")
+    lm, _, schema, g, ends, answers = invoice_answers(args.student, args.max_new_tokens)
     tok = lm.tokenizer
-    g = generate(lm, student_format(lm, task), [[{"role": "user", "content": t}] for t in inputs],
-                 args.max_new_tokens, batch_size=len(inputs), json_schema=schema)
-    ends = sorted({int(tok.eos_token_id), *(t for t in tok.convert_tokens_to_ids(["<|im_end|>"]) if t is not None)})
-    answers = [list(t) if set(t) & set(ends) else [*t, ends[0]] for t in g.tokens]
     compile_s = {}
     for name, text in (("grammar", INVOICE_GBNF), ("any-json grammar", ANY_JSON_GBNF)):
         t = time.perf_counter()

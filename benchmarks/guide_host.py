@@ -98,6 +98,23 @@ def replay(tok: Any, schema: dict, ends: list[int], answers: list[list[int]], wa
         json_constraint._Parse.copy = plain_copy
 
 
+def invoice_answers(student: str, max_new_tokens: int) -> tuple[Any, Any, dict, Any, list[int], list[list[int]]]:
+    """The student (on the CPU) answering the 8 invoices of ``examples/vllm-extraction.yaml``
+    greedily under its schema: (lm, task, schema, the generation, the end tokens, each answer's
+    tokens ending in an end token, so a row that has ended is done with, as in decoding)."""
+    preset = yaml.safe_load((ROOT / "examples" / "vllm-extraction.yaml").read_text())
+    task = get_task(TaskConfig.model_validate(preset["task"]))
+    schema = task.cfg.json_schema
+    inputs = [json.loads(line)["input"] for line in (ROOT / "examples" / "data" / "invoices.jsonl").read_text().splitlines()]
+    lm = load_lm(student, device="cpu")
+    tok = lm.tokenizer
+    g = generate(lm, student_format(lm, task), [[{"role": "user", "content": t}] for t in inputs], max_new_tokens,
+                 batch_size=len(inputs), json_schema=schema)
+    ends = sorted({int(tok.eos_token_id), *(t for t in tok.convert_tokens_to_ids(["<|im_end|>"]) if t is not None)})
+    answers = [list(t) if set(t) & set(ends) else [*t, ends[0]] for t in g.tokens]
+    return lm, task, schema, g, ends, answers
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--student", default="bundled:smollm2-135m-instruct")
@@ -107,18 +124,8 @@ def main() -> int:
     ap.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
     args = ap.parse_args()
 
-    preset = yaml.safe_load((ROOT / "examples" / "vllm-extraction.yaml").read_text())
-    task = get_task(TaskConfig.model_validate(preset["task"]))
-    schema = task.cfg.json_schema
-    inputs = [json.loads(line)["input"] for line in (ROOT / "examples" / "data" / "invoices.jsonl").read_text().splitlines()]
-    lm = load_lm(args.student, device="cpu")
+    lm, task, schema, g, ends, answers = invoice_answers(args.student, args.max_new_tokens)
     tok = lm.tokenizer
-    fmt = student_format(lm, task)
-    g = generate(lm, fmt, [[{"role": "user", "content": t}] for t in inputs], args.max_new_tokens,
-                 batch_size=len(inputs), json_schema=schema)
-    ends = sorted({int(tok.eos_token_id), *(t for t in tok.convert_tokens_to_ids(["<|im_end|>"]) if t is not None)})
-    # Each answer ends in an end token, so a row that has ended is done with, as in decoding.
-    answers = [list(t) if set(t) & set(ends) else [*t, ends[0]] for t in g.tokens]
     # Tokens that fit nowhere in JSON (control characters, raw even inside a string), tried first.
     misfits = [t for t in range(len(tok)) if tok.decode([t]) in [chr(c) for c in range(1, 9)]][: args.behind]
     results: dict[str, dict[str, list[float]]] = {f"b{b}": {w: [] for w in WAYS} for b in (1, 8)}

@@ -30,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.guide_host import _machine
 from potstill.config import load_config
 from potstill.engines import load_engine
 from potstill.models.grammar_constraint import grammar_guide
@@ -102,12 +103,8 @@ def main() -> int:
     finally:
         for engine in engines.values():
             getattr(engine, "close", lambda: None)()
-    import os
-    import platform
-
     out = {"student": args.student, "rounds": args.rounds, "results": results, "failures": failures,
-           "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                       "load_avg": [round(x, 2) for x in os.getloadavg()]}}
+           "machine": _machine()}
     Path(args.out).write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
     print(json.dumps({n: {k: v for k, v in r.items() if k not in ("answers", "seconds_per_answer_rounds")}
                       for n, r in results.items()}, indent=2))

@@ -14,15 +14,8 @@ from potstill.records import Record
 from potstill.tasks import get_task
 from potstill.teachers import get_teacher
 from tests.helpers.cli import run_main
+from tests.test_grammar_constraint import SQL
 from tests.test_json_constraint import ASKS
-
-SQL = '''
-root ::= "SELECT " cols " FROM " table (" WHERE " cond)?
-cols ::= col (", " col){0,2}
-col ::= "id" | "name" | "price"
-table ::= "items" | "orders"
-cond ::= col " " [=<>] " " [0-9]{1,3}
-'''
 
 
 def sql_task() -> object:

@@ -299,7 +299,7 @@ def test_a_served_grammar_task_answers_from_the_student_under_its_grammar(tmp_pa
     from potstill.models.grammar_constraint import derives
     from tests.export.conftest import make_bpe_model
     from tests.serve.conftest import SERVE_KEY, TEACHER_KEY, write_run
-    from tests.test_task_grammar import SQL
+    from tests.test_grammar_constraint import SQL
 
     monkeypatch.setenv("TEACHER_KEY", TEACHER_KEY)
     monkeypatch.setenv("SERVE_KEY", SERVE_KEY)
