@@ -385,6 +385,12 @@ class ServeConfig(Section):
     guided_json: bool = engine_guided("Served generations", more=(
         "; a request's response_format (json_schema: its schema; json_object: any object) guides its answer "
         "instead, for a free-text task too, as vLLM does"))
+    stream_teacher: bool = Field(
+        True, description="A chat completion asked with stream: true that escalates gets the teacher's answer "
+        "as the teacher writes it (an openai or anthropic teacher asked anew; not with tools or logprobs), "
+        "instead of in one chunk once it is whole; the route headers and the answer logged are the same. Needs "
+        "a teacher server that reports token usage in streams (OpenAI, Anthropic, vLLM, llama.cpp's server "
+        "and Ollama do); false: escalations arrive whole.")
     reuse_escalations: bool | None = Field(
         None, description="Answer an escalation from serve's own earlier answer to the identical teacher request "
         "(the chat, the client's max_tokens, tools, logprobs) instead of paying the teacher again. Unset: only when "

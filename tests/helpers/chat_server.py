@@ -1,6 +1,8 @@
 """A real OpenAI-compatible chat-completions server on 127.0.0.1, backed by a real tiny model.
 
-It counts the requests it answers, so tests can prove a rerun sent none.
+It counts the requests it answers, so tests can prove a rerun sent none. Asked to ``stream``, it
+sends a chunk per token (and the usage where ``stream_options.include_usage`` asks), waiting after
+the first for ``hold`` where a test set one (so the test sees the text arrive before the answer ends).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 import torch
 import uvicorn
 from fastapi import FastAPI, Header
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 
 def free_port() -> int:
@@ -49,6 +51,8 @@ class ChatServer:
         self.model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
         self.api_key = api_key
         self.requests: Counter[str] = Counter()
+        self.hold: threading.Event | None = None  # streams wait for it after their first token
+        self.holding = threading.Event()  # set while a stream waits for hold
         self.lock = threading.Lock()
         self.app = FastAPI()
         self.app.post("/v1/chat/completions")(self.chat)
@@ -96,11 +100,40 @@ class ChatServer:
                                      for v, i in zip(top.values, top.indices)],
                 })
             choice["logprobs"] = {"content": content}
+        if body.get("stream"):
+            usage = ({"prompt_tokens": ids.shape[1], "completion_tokens": len(new), "total_tokens": ids.shape[1] + len(new)}
+                     if (body.get("stream_options") or {}).get("include_usage") else None)
+            return StreamingResponse(self._chunks(body["model"], new, finish, usage), media_type="text/event-stream")
         return {
             "id": f"chatcmpl-{sum(self.requests.values())}", "object": "chat.completion", "created": int(time.time()),
             "model": body["model"], "choices": [choice],
             "usage": {"prompt_tokens": ids.shape[1], "completion_tokens": len(new), "total_tokens": ids.shape[1] + len(new)},
         }
+
+    def _chunks(self, model: str, new: list[int], finish: str, usage: dict | None):
+        """OpenAI's chunks: the role, each token's new text, the finish, the usage, [DONE]."""
+        import json
+
+        def event(delta: dict, finish_reason: str | None = None, **extra: Any) -> str:
+            obj = {"id": "chatcmpl-s", "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}], **extra}
+            return f"data: {json.dumps(obj)}\n\n"
+
+        yield event({"role": "assistant", "content": ""})
+        text = ""
+        for i in range(len(new)):
+            now = self.tok.decode(new[: i + 1], skip_special_tokens=True)
+            if now[len(text):]:
+                yield event({"content": now[len(text):]})
+                if self.hold is not None and not text:
+                    self.holding.set()
+                    assert self.hold.wait(timeout=20), "the test never let the stream go on"
+                    self.holding.clear()
+                text = now
+        yield event({}, finish)
+        if usage is not None:
+            yield f"data: {json.dumps({'id': 'chatcmpl-s', 'object': 'chat.completion.chunk', 'model': model, 'created': 0, 'choices': [], 'usage': usage})}\n\n"
+        yield "data: [DONE]\n\n"
 
     def __enter__(self) -> "ChatServer":
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")

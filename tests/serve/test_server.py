@@ -67,6 +67,8 @@ def test_streaming_matches_non_streaming(served, force):
     force("teacher")
     with cl.chat.completions.with_streaming_response.create(model="potstill", messages=MSG, stream=True) as r:
         assert r.headers["x-potstill-answered-by"] == "teacher"
+        text = "".join(ch.choices[0].delta.content or "" for ch in r.parse() if ch.choices)  # read whole: logged
+    assert text == cl.chat.completions.create(model="potstill", messages=MSG).choices[0].message.content
 
 
 def test_errors_are_openai_shaped_and_logged(served):

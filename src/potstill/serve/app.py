@@ -36,6 +36,7 @@ from potstill.serve.formats import FormatError, responses_form
 from potstill.responses_format import ResponsesInputError, chat_messages
 from potstill.serve.responses import chat_tools, output_items, student_view
 from potstill.serve.responses import events as response_events
+from potstill.serve.streaming import LiveText, live_events, whole_events
 from potstill.serve.schemas import (ChatCompletion, ChatRequest, ErrorBody, Health, ModelCard, ModelList,
                                     ResponsesRequest)
 from potstill.serve.service import LogprobsUnavailable, Service, TeacherError, with_tool_fields
@@ -199,10 +200,10 @@ def build_app(service: Service, api_key: str | None) -> FastAPI:
                         buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 
     app = FastAPI(title="potstill serve", version="1", description="OpenAI-compatible student with teacher fallback.")
-    reject = _add_error_handlers(app, service, requests)
+    reject, log_error = _add_error_handlers(app, service, requests)
     bearer = [Depends(HTTPBearer(auto_error=False))]  # documents the scheme; Gate enforces it
     _add_info_routes(app, service, registry, bearer)
-    _add_chat_route(app, service, requests, latency, bearer)
+    _add_chat_route(app, service, requests, latency, bearer, log_error)
     _add_responses_route(app, service, requests, latency, bearer)
     add_completions_route(app, service, requests, latency, bearer)
     _add_reload_route(app, service, api_key, bearer)
@@ -213,7 +214,8 @@ def build_app(service: Service, api_key: str | None) -> FastAPI:
 def _add_error_handlers(app: FastAPI, service: Service, requests: Counter):
     """OpenAI-style error bodies for every failure; a failed chat request is logged once to the ledger.
 
-    Returns the rejecter the Gate middleware uses for what it refuses before routing."""
+    Returns the rejecter the Gate middleware uses for what it refuses before routing, and the logger
+    of a failed request's ledger row (a live stream's, which fails after its 200)."""
 
     def log_error(state: dict, status: int, body: dict[str, Any], role: str = "student", model: str | None = None,
                   detail: str | None = None, request_hash: str | None = None, billed: Any = None) -> None:
@@ -260,25 +262,7 @@ def _add_error_handlers(app: FastAPI, service: Service, requests: Counter):
 
     @app.exception_handler(TeacherError)
     async def _teacher_error(request: Request, e: TeacherError) -> JSONResponse:
-        # The provider's own text stays in the ledger: OpenAI's 401 shows the start and end of the
-        # operator's key, its 429 the organization id and quota; the client gets the kind only.
-        kind = str(e).split(":", 1)[0].strip()
-        kind = kind if kind.isidentifier() else ""
-        if _clients_fault(e.status, e.code):
-            # The teacher refused the chat itself (over its context, a content filter): the client's
-            # 400, with the provider's error code where it is one (context_length_exceeded), never its text.
-            code = e.code if e.code and _SAFE_CODE.fullmatch(e.code) else None
-            what = " ".join([kind or "status", str(e.status)] if e.status else [kind or code or "refusal"])
-            told = (f"the teacher refused this chat ({what}{', ' + code if code and code != what else ''}); "
-                    "the server's ledger holds the details")
-            return await on_error(request, 400, told, "messages", role="teacher", model=service.teacher_name,
-                                  code=code, detail=f"the teacher refused the chat: {e}", request_hash=e.request_hash,
-                                  billed=e.billed)
-        told = f"the teacher failed to answer ({kind})" if kind else "the teacher failed to answer"
-        return await on_error(request, 502, told + "; the server's ledger holds the details", role="teacher",
-                              model=service.teacher_name, code="teacher_failed",
-                              detail=f"the teacher failed to answer: {e}", request_hash=e.request_hash,
-                              billed=e.billed)
+        return await on_error(request, **teacher_error_reply(service, e))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
@@ -302,7 +286,29 @@ def _add_error_handlers(app: FastAPI, service: Service, requests: Counter):
     async def _crash(request: Request, e: Exception) -> JSONResponse:
         return await on_error(request, 500, f"internal error ({type(e).__name__})")
 
-    return reject
+    return reject, log_error
+
+
+def teacher_error_reply(service: Service, e: TeacherError) -> dict[str, Any]:
+    """What a client is told of a failed escalation (``on_error``'s arguments): the client's 400
+    where the teacher refused the chat itself, else a 502. The provider's own text stays in the
+    ledger (``detail``): OpenAI's 401 shows the start and end of the operator's key, its 429 the
+    organization id and quota; the client gets the kind only."""
+    kind = str(e).split(":", 1)[0].strip()
+    kind = kind if kind.isidentifier() else ""
+    who = dict(role="teacher", model=service.teacher_name, request_hash=e.request_hash, billed=e.billed)
+    if _clients_fault(e.status, e.code):
+        # Over its context, a content filter: the provider's error code where it is one
+        # (context_length_exceeded), never its text.
+        code = e.code if e.code and _SAFE_CODE.fullmatch(e.code) else None
+        what = " ".join([kind or "status", str(e.status)] if e.status else [kind or code or "refusal"])
+        told = (f"the teacher refused this chat ({what}{', ' + code if code and code != what else ''}); "
+                "the server's ledger holds the details")
+        return dict(status=400, message=told, param="messages", code=code, detail=f"the teacher refused the chat: {e}",
+                    **who)
+    told = f"the teacher failed to answer ({kind})" if kind else "the teacher failed to answer"
+    return dict(status=502, message=told + "; the server's ledger holds the details", code="teacher_failed",
+                detail=f"the teacher failed to answer: {e}", **who)
 
 
 def _body_problem(request: Request) -> str:
@@ -388,7 +394,8 @@ async def _record(service: Service, state: dict, served: Any, request: dict[str,
     return route
 
 
-def _add_chat_route(app: FastAPI, service: Service, requests: Counter, latency: Histogram, bearer: list) -> None:
+def _add_chat_route(app: FastAPI, service: Service, requests: Counter, latency: Histogram, bearer: list,
+                    log_error: Any) -> None:
     s = service.cfg.serve
 
     @app.post(CHAT, response_model=ChatCompletion, dependencies=bearer,
@@ -416,9 +423,29 @@ def _add_chat_route(app: FastAPI, service: Service, requests: Counter, latency: 
         # The teacher gets the tool turns whole: an OpenAI teacher refuses a tool message that no
         # assistant tool_calls (kept by id) precede. The student reads their text, as it was trained.
         teacher_messages = [_teacher_message(m) for m in body.messages if m.role not in ("system", "developer")]
-        served = await service.answer(messages, body.max_completion_tokens or body.max_tokens, body.stops(),
-                                      teacher_messages=teacher_messages if teacher_messages != messages else None,
-                                      tools=tools, logprobs=logprobs, response_format=fmt)
+        live_text = LiveText(body.stops()) if body.stream and service.streams(tools, logprobs) else None
+        answering = service.answer(messages, body.max_completion_tokens or body.max_tokens, body.stops(),
+                                   teacher_messages=teacher_messages if teacher_messages != messages else None,
+                                   tools=tools, logprobs=logprobs, response_format=fmt, live_text=live_text)
+        if live_text is not None:
+            # Streamed live once the teacher's first text comes before the whole answer; otherwise
+            # (the student answered, the ledger did, the teacher failed first) as any request.
+            task = asyncio.ensure_future(answering)
+            first = asyncio.ensure_future(live_text.queue.get())
+            await asyncio.wait({task, first}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                include_usage = bool(body.stream_options and body.stream_options.include_usage)
+                events = live_events(task, live_text, first.result(), service.teacher_name, include_usage,
+                                     lambda served: _record(service, state, served, body.model_dump(exclude_none=True),
+                                                            requests, latency),
+                                     lambda e: asyncio.to_thread(_stream_failure, service, state, e, log_error))
+                route = live_text.route or {}
+                return StreamingResponse(events, media_type="text/event-stream", headers=_route_headers(
+                    route["answered_by"], route["reason"], route["confidence"], route["student"]))
+            first.cancel()
+            served = task.result()
+        else:
+            served = await answering
         route = await _record(service, state, served, body.model_dump(exclude_none=True), requests, latency)
         # OpenAI's choices[0].logprobs: null unless asked; asked and not given, null and the route says why.
         lps = {"content": served.logprobs, "refusal": None} if served.logprobs is not None else None
@@ -429,9 +456,9 @@ def _add_chat_route(app: FastAPI, service: Service, requests: Counter, latency: 
         calls = served.extra.get("tool_calls")
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(_sse(cid, created, served.model, served.content, usage, route, include_usage,
-                                          served.finish_reason, calls, lps),
-                                     media_type="text/event-stream", headers=headers)
+            events = whole_events(cid, created, served.model, served.content, usage, route, include_usage,
+                                  served.finish_reason, calls, lps)
+            return StreamingResponse(events, media_type="text/event-stream", headers=headers)
         # As OpenAI answers: content null where the answer is tool calls alone.
         message = {"role": "assistant", "content": served.content if served.content or not calls else None,
                    **({"tool_calls": calls} if calls else {})}
@@ -440,6 +467,19 @@ def _add_chat_route(app: FastAPI, service: Service, requests: Counter, latency: 
                                    "finish_reason": served.finish_reason}],
                       "usage": usage, "potstill": route}
         return JSONResponse(completion, headers=headers)
+
+
+def _stream_failure(service: Service, state: dict, e: BaseException, log_error: Any) -> dict[str, Any]:
+    """A live stream's failure after its 200: logged as a failed request is, and the error body
+    (OpenAI's form) its last event carries."""
+    if isinstance(e, TeacherError):
+        reply = teacher_error_reply(service, e)
+    else:
+        reply = dict(status=500, message=f"internal error ({type(e).__name__})", param=None, code=None)
+    body = error_body(reply["status"], reply["message"], reply.get("param"), reply.get("code"))
+    log_error(state, reply["status"], body, **{k: reply[k] for k in ("role", "model", "detail", "request_hash",
+                                                                     "billed") if k in reply})
+    return body
 
 
 def _add_responses_route(app: FastAPI, service: Service, requests: Counter, latency: Histogram, bearer: list) -> None:
@@ -544,25 +584,3 @@ def _add_reload_route(app: FastAPI, service: Service, api_key: str | None, beare
 
 async def _drain_receive() -> dict:
     return {"type": "http.disconnect"}
-
-
-def _sse(cid: str, created: int, model: str, content: str, usage: dict, route: dict, include_usage: bool,
-         finish_reason: str = "stop", tool_calls: list[dict] | None = None, logprobs: dict | None = None):
-    """Server-sent events in OpenAI's chunk format. The route is decided on the whole answer (it
-    must be validated before anyone sees it), so the content arrives as one delta (with its tokens'
-    ``logprobs`` where asked), and each tool call as one delta holding its id, name and whole arguments."""
-    def chunk(delta: dict, finish: str | None, lps: dict | None = None, **extra: Any) -> str:
-        choice = {"index": 0, "delta": delta, **({"logprobs": lps} if lps is not None else {}), "finish_reason": finish}
-        obj = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-               "choices": [choice], **extra}
-        return f"data: {json.dumps(obj)}\n\n"
-
-    yield chunk({"role": "assistant", "content": ""}, None)
-    if content or not tool_calls:
-        yield chunk({"content": content}, None, logprobs)
-    for i, call in enumerate(tool_calls or []):
-        yield chunk({"tool_calls": [{"index": i, **call}]}, None)
-    yield chunk({}, finish_reason, potstill=route)
-    if include_usage:
-        yield f"data: {json.dumps({'id': cid, 'object': 'chat.completion.chunk', 'created': created, 'model': model, 'choices': [], 'usage': usage})}\n\n"
-    yield "data: [DONE]\n\n"

@@ -32,6 +32,7 @@ from potstill.serve.calibration import _servable, calibrate_run
 from potstill.serve.engine import Batcher, ServedStudent, StudentAnswer, first_stop
 from potstill.serve.formats import FormatError, answer_problem, format_schema
 from potstill.serve.routing import Routing, ood_distance
+from potstill.serve.streaming import LiveText
 from potstill.serve.schemas import ChatRequest
 from potstill.tasks import Task, get_task
 from potstill.teachers import Response, Teacher, get_teacher, request_hash
@@ -151,6 +152,7 @@ class Service:
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._identity: tuple[Teacher, dict[str, Any]] | None = None
+        self._warned_usage = False  # said once: the teacher's streams carry no token usage
 
     # The current student's parts, read through the live reference (tests and /health use these).
     @property
@@ -303,14 +305,16 @@ class Service:
             return setting
         return self.teacher.cfg.temperature == 0 and not getattr(self.teacher, "reasoning", False)
 
-    async def _ask_teacher(self, h: str, req: dict[str, Any]) -> tuple[Response, bool, str]:
+    async def _ask_teacher(self, h: str, req: dict[str, Any],
+                           live_text: LiveText | None = None) -> tuple[Response, bool, str]:
         """The teacher's answer, whether it came from the ledger (the cache DESIGN promises: an
         identical request already answered, by generate or redistill, is never paid twice; by serve
         itself, where ``reuses_escalations``), and the hash of the request it answers.
 
         With ``generate.n`` above 1 generate asked for n samples in one request (``"n"`` in it, as
         every adapter that takes samples writes it), another hash than the single-sample request
-        served here: that answer is reused too, as its majority sample, the one generate kept."""
+        served here: that answer is reused too, as its majority sample, the one generate kept.
+        ``live_text``: a teacher asked (not the ledger) streams its text there as it writes it."""
         sampled = None
         if self.cfg.generate.n > 1 and "n" not in req and self.teacher.supports_samples:
             sampled = request_hash(self._identity[1], {**req, "n": self.cfg.generate.n})
@@ -327,14 +331,16 @@ class Service:
                 r = Response(**{k: v for k, v in ans.items() if k in _RESPONSE_FIELDS})
                 return r, True, key
         # One request on the teacher's long-lived worker (an API client, or the one in-process model).
-        r = await asyncio.wrap_future(self.teacher.submit(req))
+        r = await asyncio.wrap_future(self.teacher.submit(req) if live_text is None else
+                                      self.teacher.submit(req, on_text=live_text))
         if not r.ok:
             raise TeacherError(r.error or "the teacher returned no answer", r.error_status, r.error_code, h, r)
         return r, False, h
 
     async def answer(self, messages: list[dict], max_tokens: int | None = None, stop: Sequence[str] = (),
                      teacher_messages: list[dict] | None = None, tools: dict[str, Any] | None = None,
-                     logprobs: int | None = None, response_format: dict[str, Any] | None = None) -> ServedCall:
+                     logprobs: int | None = None, response_format: dict[str, Any] | None = None,
+                     live_text: LiveText | None = None) -> ServedCall:
         """Route one chat (user-side messages only) and return the answer, ready for the ledger.
 
         ``max_tokens`` (the client's ``max_completion_tokens`` or ``max_tokens``): generated answers
@@ -356,7 +362,8 @@ class Service:
         (``ChatRequest.format_request``): a student answer that is not that JSON goes to the teacher
         (reason ``response_format``), asked in the format where it takes one; a teacher answer that
         is not says why in ``extra["response_format_problem"]``. Under ``serve.guided_json`` the
-        student decodes its answer under the format (``student_guide``)."""
+        student decodes its answer under the format (``student_guide``). ``live_text``: where an
+        escalation the teacher answers anew goes as it is written (where it ``streams``; the route first)."""
         live = self.acquire()
         try:
             # Checked on the student this request entered, which answers it and scores its tokens: the
@@ -404,8 +411,21 @@ class Service:
                                   logprobs_unavailable=why, **common)
         finally:
             live.release()
-        r, cached, common["request_hash"] = await self._ask_teacher(h, req)
+        if not self.streams(tools, logprobs):
+            live_text = None
+        elif live_text is not None:
+            live_text.route = {"answered_by": "teacher", "reason": reason, "confidence": common["confidence"],
+                               "student": live.name}
+        asked = time.perf_counter()
+        r, cached, common["request_hash"] = await self._ask_teacher(h, req, live_text)
         extra: dict[str, Any] = {"teacher_latency_s": 0.0 if cached else r.latency_s}
+        if live_text is not None and live_text.first_at is not None:
+            # The teacher's time to its first text, what a streaming client waited past the student.
+            extra["teacher_first_text_s"] = round(live_text.first_at - asked, 6)
+        if live_text is not None and not cached and r.input_tokens == 0 and not self._warned_usage:
+            self._warned_usage = True
+            say(f"serve: the teacher {self.teacher_name}'s stream carried no token usage, so streamed escalations "
+                "are logged with 0 tokens and $0; set serve.stream_teacher false to have them counted")
         if cached:
             extra["teacher_cached"] = True
         if r.label_probs:
@@ -438,6 +458,12 @@ class Service:
                           input_tokens=r.input_tokens, output_tokens=r.output_tokens,
                           cost_usd=student_cost + (0.0 if cached else r.cost_usd), extra=extra,
                           finish_reason=finish, logprobs=lps, logprobs_unavailable=why, **common)
+
+    def streams(self, tools: dict[str, Any] | None, logprobs: int | None) -> bool:
+        """Whether an escalation can be streamed as the teacher writes it (``LiveText``): under
+        ``serve.stream_teacher``, with a teacher that ``streams``, and no tools or logprobs asked
+        (those answers come whole)."""
+        return self.cfg.serve.stream_teacher and self.teacher.streams and tools is None and logprobs is None
 
     def student_guide(self, live: Live, response_format: dict[str, Any] | None) -> dict | None:
         """The JSON Schema the student decodes a request's answer under, as vLLM's guided decoding

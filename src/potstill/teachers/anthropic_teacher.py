@@ -26,7 +26,7 @@ from typing import Any
 from potstill.errors import redact
 from potstill.records import content_text
 from potstill.teachers.api import ApiTeacher
-from potstill.teachers.base import Response
+from potstill.teachers.base import OnText, Response
 from potstill.teachers.openai_teacher import api_key
 
 
@@ -127,6 +127,7 @@ class AnthropicTeacher(ApiTeacher):
     type = "anthropic"
     supports_batch = True  # generate.engine batch (potstill.generate.batch_engine)
     supports_tools = True
+    streams = True
     logprobs_refusal = "the Anthropic Messages API returns no log-probabilities"
 
     def identity(self) -> dict[str, Any]:
@@ -205,7 +206,7 @@ class AnthropicTeacher(ApiTeacher):
     def http_requests(self, request: dict[str, Any]) -> int:
         return int(request.get("n", 1))  # generate.n samples are n Messages requests
 
-    async def call(self, client: Any, request: dict[str, Any]) -> Response:
+    async def call(self, client: Any, request: dict[str, Any], on_text: OnText | None = None) -> Response:
         req = dict(request)
         n = int(req.pop("n", 1))
         # Fields this SDK release has no argument for (recent ones dropped ``temperature``) go in the body as-is.
@@ -213,6 +214,14 @@ class AnthropicTeacher(ApiTeacher):
         extra = {k: req.pop(k) for k in list(req) if k not in known}
         if extra:
             req["extra_body"] = extra
+        if on_text is not None and n == 1:
+            # The SDK's stream helper gathers the events into the Message create would have returned.
+            t0 = time.perf_counter()
+            async with client.messages.stream(**req) as stream:
+                async for text in stream.text_stream:
+                    on_text(text)
+                msg = await stream.get_final_message()
+            return self._response([msg], time.perf_counter() - t0)
         # The engine holds min(n, teacher.concurrency) of its slots for them: no more go out at once.
         slots = asyncio.Semaphore(self.cfg.concurrency)
 

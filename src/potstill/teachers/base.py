@@ -104,6 +104,8 @@ class Response:
 
 
 OnResult = Callable[[int, Response], None]
+#: A piece of an answer's text as the teacher writes it (``Teacher.submit``'s ``on_text``).
+OnText = Callable[[str], None]
 
 
 def is_refusal(error: str | None) -> bool:
@@ -183,6 +185,9 @@ class Teacher:
     supports_batch: ClassVar[bool] = False
     remote: ClassVar[bool] = False
     supports_tools: ClassVar[bool] = False
+    #: Whether ``submit`` can hand its answer's text on as the teacher writes it (``on_text``: a served
+    #: escalation streamed live). Not with tools, log-probabilities or samples, which come whole.
+    streams: ClassVar[bool] = False
     #: USD per million tokens by model prefix (``generate.prices``) for answers outside ``run``
     #: (``submit``) when ``teacher.price`` names none; None: the built-in table. ``run`` takes
     #: generate's own. Set by ``get_teacher``; a teacher billed by the hour ignores it.
@@ -219,8 +224,10 @@ class Teacher:
         """Answer every request, calling ``on_result(index, response)`` as each one completes."""
         raise NotImplementedError
 
-    def submit(self, request: dict[str, Any]) -> "Future[Response]":
-        """Answer one request on the teacher's single long-lived worker."""
+    def submit(self, request: dict[str, Any], on_text: OnText | None = None) -> "Future[Response]":
+        """Answer one request on the teacher's single long-lived worker. ``on_text``: where a
+        teacher that ``streams`` hands each piece of its answer's text as it arrives (called on
+        another thread); others, and requests with tools, log-probabilities or samples, ignore it."""
         with self._worker_lock:
             if self._worker is None:
                 self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"potstill-{self.type}")

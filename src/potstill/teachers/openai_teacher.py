@@ -22,7 +22,7 @@ from typing import Any
 
 from potstill.errors import PotstillError
 from potstill.teachers.api import ApiTeacher
-from potstill.teachers.base import Response
+from potstill.teachers.base import OnText, Response
 
 
 REASONING = re.compile(r"^(ft:)?(o\d|gpt-5(?!-chat))")
@@ -86,6 +86,7 @@ class OpenAITeacher(ApiTeacher):
     supports_batch = True  # generate.engine batch (potstill.generate.batch_engine)
     supports_logprobs = True
     supports_tools = True
+    streams = True
 
     def identity(self) -> dict[str, Any]:
         return {
@@ -201,10 +202,46 @@ class OpenAITeacher(ApiTeacher):
             if choice.message.tool_calls else None,
         )
 
-    async def call(self, client: Any, request: dict[str, Any]) -> Response:
+    async def call(self, client: Any, request: dict[str, Any], on_text: OnText | None = None) -> Response:
         t0 = time.perf_counter()
+        if on_text is not None:
+            return await self._streamed(client, request, on_text, t0)
         completion = await client.chat.completions.create(**request)
         return self._response(completion, time.perf_counter() - t0)
+
+    async def _streamed(self, client: Any, request: dict[str, Any], on_text: OnText, t0: float) -> Response:
+        """The answer as server-sent chunks, each piece of text handed to ``on_text`` as it comes,
+        with its usage in the last chunk (``stream_options.include_usage``: OpenAI, vLLM, llama.cpp's
+        server and Ollama send it). The Response is the unstreamed one's: text, tokens, cost, stop."""
+        stream = await client.chat.completions.create(**request, stream=True, stream_options={"include_usage": True})
+        parts: list[str] = []
+        refusal: list[str] = []
+        finish, usage = None, None
+        try:
+            async for chunk in stream:
+                usage = chunk.usage or usage
+                for c in chunk.choices or []:
+                    if c.index:
+                        continue
+                    if c.delta.content:
+                        parts.append(c.delta.content)
+                        on_text(c.delta.content)
+                    if getattr(c.delta, "refusal", None):
+                        refusal.append(c.delta.refusal)
+                    finish = c.finish_reason or finish
+        finally:
+            await stream.close()
+        n_in = getattr(usage, "prompt_tokens", 0) or 0
+        n_out = getattr(usage, "completion_tokens", 0) or 0
+        details = getattr(usage, "prompt_tokens_details", None)
+        cached = (getattr(details, "cached_tokens", 0) or 0) if details else 0
+        tokens = dict(input_tokens=n_in, output_tokens=n_out, cached_input_tokens=cached,
+                      latency_s=time.perf_counter() - t0, cost_usd=self.token_cost(n_in, n_out, cached))
+        if refusal and not parts:  # as _response: a refusal is an error row, never the answer ""
+            return Response(output=None, error=f"refusal: {''.join(refusal)}"[:500], error_code="refusal", **tokens)
+        if finish is None:
+            raise ConnectionError("the teacher's stream ended before its answer did (no finish_reason)")
+        return Response(output="".join(parts), stop_reason=finish, **tokens)
 
 
 def compact_logprobs(content: Any) -> list[dict[str, Any]]:

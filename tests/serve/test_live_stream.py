@@ -1,0 +1,227 @@
+"""Escalations streamed as the teacher writes them (``serve.stream_teacher``), through the official
+openai client against a served free-text run whose teacher is a real OpenAI-compatible server (or
+an Anthropic Messages API) on loopback: the first text reaches the client while the teacher is
+still writing, a stop string never streams past itself, a teacher failing mid-answer ends the
+stream with an error event, a client that leaves still gets its ledger row."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import threading
+import time
+from contextlib import contextmanager
+
+import openai
+import pytest
+from fastapi import Body, FastAPI
+from fastapi.responses import StreamingResponse
+
+from potstill.serve.routing import Routing
+from potstill.serve.streaming import LiveText
+from tests.helpers.live_server import LiveServer
+from tests.serve.conftest import SERVE_KEY, TEACHER_KEY, claude_behind, client, rows, teacher_behind, write_run
+
+ASK = [{"role": "user", "content": "the minister said the party will vote"}]
+
+
+@contextmanager
+def escalating(tmp_path, tiny_model, teacher_server, monkeypatch, **serve):
+    """A free-text run served on loopback whose every request goes to the teacher, asked anew each time."""
+    from potstill.serve import run_config, serve_key
+    from potstill.serve.app import build_app
+    from potstill.serve.service import load_service
+
+    monkeypatch.setenv("TEACHER_KEY", TEACHER_KEY)
+    monkeypatch.setenv("SERVE_KEY", SERVE_KEY)
+    run = write_run(tmp_path, tiny_model, teacher_server.base_url, reuse_escalations=False,
+                    task={"type": "freetext", "instruction": "name the topic", "max_output_tokens": 6}, **serve)
+    service = load_service(run, run_config(run, None), device="cpu")
+    service.routing = Routing(confidence_threshold=math.inf, ood_threshold=math.inf)
+    try:
+        with LiveServer(build_app(service, serve_key(run_config(run, None)))) as live:
+            yield service, live
+    finally:
+        service.close()
+
+
+@contextmanager
+def held(teacher_server):
+    """The teacher server's streams wait after their first token until the test lets them go on."""
+    teacher_server.hold = threading.Event()
+    try:
+        yield teacher_server.hold
+    finally:
+        teacher_server.hold.set()
+        teacher_server.hold = None
+
+
+def test_an_escalation_streams_while_the_teacher_is_still_writing(tmp_path, tiny_model, teacher_server, monkeypatch):
+    with escalating(tmp_path, tiny_model, teacher_server, monkeypatch) as (service, live):
+        whole = client(live).chat.completions.create(model="potstill", messages=ASK)
+        assert whole.model_extra["potstill"]["answered_by"] == "teacher" and len(whole.choices[0].message.content) > 1
+        with held(teacher_server) as hold:
+            with client(live).chat.completions.with_streaming_response.create(
+                    model="potstill", messages=ASK, stream=True, stream_options={"include_usage": True}) as r:
+                assert (r.headers["x-potstill-answered-by"], r.headers["x-potstill-reason"]) == ("teacher", "low_confidence")
+                chunks = r.parse()
+                pieces = []
+                for ch in chunks:
+                    if ch.choices and ch.choices[0].delta.content:
+                        pieces.append(ch.choices[0].delta.content)
+                        break
+                # The teacher server is still waiting after its first token: the text came before the answer was whole.
+                assert teacher_server.holding.is_set() and not hold.is_set() and pieces
+                hold.set()
+                rest = list(chunks)
+        text = "".join(pieces + [ch.choices[0].delta.content or "" for ch in rest if ch.choices])
+        assert text == whole.choices[0].message.content
+        last = [ch for ch in rest if ch.choices and ch.choices[0].finish_reason][-1]
+        assert last.choices[0].finish_reason == whole.choices[0].finish_reason
+        assert last.model_extra["potstill"]["answered_by"] == "teacher"
+        assert rest[-1].usage.total_tokens == whole.usage.total_tokens > 0
+        row = rows(service)[-1]
+        logged = json.loads(row["response"])
+        assert (row["role"], row["status"], logged["content"]) == ("teacher", "ok", text)
+        assert row["cost_usd"] > 0 and row["output_tokens"] == whole.usage.completion_tokens
+        assert 0 < logged["teacher_first_text_s"] <= logged["teacher_latency_s"]
+
+
+def test_a_stop_string_never_streams_past_itself(tmp_path, tiny_model, teacher_server, monkeypatch):
+    with escalating(tmp_path, tiny_model, teacher_server, monkeypatch) as (service, live):
+        whole = client(live).chat.completions.create(model="potstill", messages=ASK).choices[0].message.content
+        stop = whole[2:4]
+        assert len(stop) == 2
+        chunks = list(client(live).chat.completions.create(model="potstill", messages=ASK, stream=True, stop=[stop]))
+        texts = [ch.choices[0].delta.content for ch in chunks if ch.choices and ch.choices[0].delta.content]
+        assert "".join(texts) == whole[:whole.find(stop)] and all(stop not in t for t in texts)
+        assert [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason] == ["stop"]
+
+
+def _broken_teacher(hold: threading.Event) -> FastAPI:
+    """An OpenAI-compatible server whose stream breaks after its first piece of text."""
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    def chat(body: dict = Body()) -> StreamingResponse:
+        def chunks():
+            obj = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": body["model"],
+                   "choices": [{"index": 0, "delta": {"role": "assistant", "content": "half an"}, "finish_reason": None}]}
+            yield f"data: {json.dumps(obj)}\n\n"
+            hold.wait(timeout=20)
+            raise ConnectionResetError("the teacher's machine went away")
+
+        return StreamingResponse(chunks(), media_type="text/event-stream")
+
+    return app
+
+
+def test_a_teacher_failing_mid_stream_ends_it_with_an_error_event(tmp_path, tiny_model, teacher_server, monkeypatch):
+    with escalating(tmp_path, tiny_model, teacher_server, monkeypatch) as (service, live):
+        hold = threading.Event()
+        with teacher_behind(service, _broken_teacher(hold)):
+            stream = client(live).chat.completions.create(model="potstill", messages=ASK, stream=True)
+            got = []
+            with pytest.raises(openai.APIError) as e:
+                for ch in stream:
+                    if ch.choices and ch.choices[0].delta.content:
+                        got.append(ch.choices[0].delta.content)
+                        hold.set()
+        assert got == ["half an"]
+        assert "the teacher failed to answer" in e.value.message and "went away" not in e.value.message
+        row = rows(service)[-1]
+        assert (row["role"], row["status"]) == ("teacher", "error") and row["error"].startswith("502")
+        assert "Connection error" in row["error"]  # the SDK's words for the broken stream, kept for the operator
+
+
+def test_a_client_that_leaves_mid_stream_still_gets_its_row(tmp_path, tiny_model, teacher_server, monkeypatch):
+    with escalating(tmp_path, tiny_model, teacher_server, monkeypatch) as (service, live):
+        whole = client(live).chat.completions.create(model="potstill", messages=ASK).choices[0].message.content
+        before = len(rows(service))
+        with held(teacher_server) as hold:
+            with client(live).chat.completions.with_streaming_response.create(model="potstill", messages=ASK,
+                                                                             stream=True) as r:
+                for ch in r.parse():
+                    if ch.choices and ch.choices[0].delta.content:
+                        break  # and leave
+            hold.set()
+            deadline = time.time() + 15
+            while len(rows(service)) == before and time.time() < deadline:
+                time.sleep(0.1)
+        row = rows(service)[-1]
+        assert len(rows(service)) == before + 1 and (row["status"], json.loads(row["response"])["content"]) == ("ok", whole)
+
+
+def _streaming_claude(hold: threading.Event) -> FastAPI:
+    """Anthropic's Messages API streaming 'sports' in two pieces, waiting for ``hold`` between them."""
+    app = FastAPI()
+
+    @app.post("/v1/messages")
+    def messages(body: dict = Body()) -> StreamingResponse:
+        assert body.get("stream") is True
+
+        def events():
+            def ev(kind: str, data: dict) -> str:
+                return f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n"
+
+            yield ev("message_start", {"message": {"id": "msg_1", "type": "message", "role": "assistant",
+                                                   "model": body["model"], "content": [], "stop_reason": None,
+                                                   "stop_sequence": None, "usage": {"input_tokens": 30, "output_tokens": 1}}})
+            yield ev("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
+            yield ev("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": "spo"}})
+            hold.wait(timeout=20)
+            yield ev("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": "rts"}})
+            yield ev("content_block_stop", {"index": 0})
+            yield ev("message_delta", {"delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                       "usage": {"output_tokens": 12}})
+            yield ev("message_stop", {})
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return app
+
+
+def test_an_anthropic_teacher_streams_too(tmp_path, tiny_model, teacher_server, monkeypatch):
+    with escalating(tmp_path, tiny_model, teacher_server, monkeypatch) as (service, live):
+        hold = threading.Event()
+        with claude_behind(service, _streaming_claude(hold), max_tokens=50):
+            stream = client(live).chat.completions.create(model="potstill", messages=ASK, stream=True)
+            pieces = []
+            for ch in stream:
+                if ch.choices and ch.choices[0].delta.content:
+                    pieces.append(ch.choices[0].delta.content)
+                    if len(pieces) == 1:
+                        assert not hold.is_set()
+                        hold.set()
+            hold.set()
+        assert pieces == ["spo", "rts"]
+        row = rows(service)[-1]
+        assert (json.loads(row["response"])["content"], row["input_tokens"], row["output_tokens"]) == ("sports", 30, 12)
+        assert row["cost_usd"] > 0
+
+
+def test_off_or_with_logprobs_an_escalation_arrives_whole(tmp_path, tiny_model, teacher_server, monkeypatch):
+    with escalating(tmp_path, tiny_model, teacher_server, monkeypatch, stream_teacher=False) as (service, live):
+        chunks = list(client(live).chat.completions.create(model="potstill", messages=ASK, stream=True))
+        assert len([ch for ch in chunks if ch.choices and ch.choices[0].delta.content]) == 1
+    with escalating(tmp_path / "on", tiny_model, teacher_server, monkeypatch) as (service, live):
+        chunks = list(client(live).chat.completions.create(model="potstill", messages=ASK, stream=True, logprobs=True))
+        content = [ch for ch in chunks if ch.choices and ch.choices[0].delta.content]
+        assert len(content) == 1 and content[0].choices[0].logprobs is not None
+
+
+def test_live_text_holds_back_what_may_start_a_stop_string():
+    async def feed(stops, pieces):
+        live = LiveText(stops)
+        for p in pieces:
+            live(p)
+        await asyncio.sleep(0)
+        out = []
+        while not live.queue.empty():
+            out.append(live.queue.get_nowait())
+        return out
+
+    assert asyncio.run(feed([], ["ab", "c"])) == ["ab", "c"]
+    assert asyncio.run(feed(["XY"], ["ab", "cX", "Yd"])) == ["a", "bc"]  # 'c' then the stop: nothing past it
+    assert asyncio.run(feed(["XY", "Q"], ["abX", "Z", "Q", "more"])) == ["ab", "X", "Z"]
