@@ -225,3 +225,39 @@ def test_live_text_holds_back_what_may_start_a_stop_string():
     assert asyncio.run(feed([], ["ab", "c"])) == ["ab", "c"]
     assert asyncio.run(feed(["XY"], ["ab", "cX", "Yd"])) == ["a", "bc"]  # 'c' then the stop: nothing past it
     assert asyncio.run(feed(["XY", "Q"], ["abX", "Z", "Q", "more"])) == ["ab", "X", "Z"]
+
+
+def test_the_responses_api_streams_an_escalation_too(tmp_path, tiny_model, teacher_server, monkeypatch):
+    with escalating(tmp_path, tiny_model, teacher_server, monkeypatch) as (service, live):
+        whole = client(live).responses.create(model="potstill", input=ASK[0]["content"]).output_text
+        assert len(whole) > 1
+        with held(teacher_server) as hold:
+            stream = client(live).responses.create(model="potstill", input=ASK[0]["content"], stream=True)
+            kinds, deltas = [], []
+            for ev in stream:
+                kinds.append(ev.type)
+                if ev.type == "response.output_text.delta":
+                    if not deltas:  # the teacher server still waits after its first token
+                        assert teacher_server.holding.is_set() and not hold.is_set()
+                        hold.set()
+                    deltas.append(ev)
+                if ev.type in ("response.completed", "response.incomplete"):  # incomplete: the teacher's budget
+                    done = ev.response
+        assert len(deltas) > 1 and "".join(d.delta for d in deltas) == whole == done.output_text
+        assert {d.item_id for d in deltas} == {done.output[0].id}
+        assert kinds[:4] == ["response.created", "response.in_progress", "response.output_item.added",
+                             "response.content_part.added"] and kinds[-1] in ("response.completed", "response.incomplete")
+        assert done.model_extra["potstill"]["answered_by"] == "teacher" and done.usage.output_tokens > 0
+        row = rows(service)[-1]
+        assert json.loads(row["response"])["content"] == whole and json.loads(row["request"])["endpoint"] == "/v1/responses"
+        hold = threading.Event()
+        with teacher_behind(service, _broken_teacher(hold)):
+            kinds = []
+            for ev in client(live).responses.create(model="potstill", input=ASK[0]["content"], stream=True):
+                kinds.append(ev.type)
+                if ev.type == "response.output_text.delta":
+                    hold.set()
+                if ev.type == "response.failed":
+                    assert ev.response.error.code == "teacher_failed"
+        assert kinds[-1] == "response.failed" and "response.output_text.delta" in kinds
+        assert rows(service)[-1]["status"] == "error"

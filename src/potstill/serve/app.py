@@ -32,11 +32,9 @@ from potstill.errors import PotstillError
 from potstill.records import json_problem
 from potstill.serve.completions import COMPLETIONS, add_completions_route
 from potstill.serve.engine import RefusedChat
-from potstill.serve.formats import FormatError, responses_form
-from potstill.responses_format import ResponsesInputError, chat_messages
-from potstill.serve.responses import chat_tools, output_items, student_view
-from potstill.serve.responses import events as response_events
-from potstill.serve.streaming import LiveText, live_events, whole_events
+from potstill.serve.formats import FormatError
+from potstill.serve.responses import add_responses_route
+from potstill.serve.streaming import LiveText, first_text, live_events, whole_events
 from potstill.serve.schemas import (ChatCompletion, ChatRequest, ErrorBody, Health, ModelCard, ModelList,
                                     ResponsesRequest)
 from potstill.serve.service import LogprobsUnavailable, Service, TeacherError, with_tool_fields
@@ -94,6 +92,12 @@ def _route_headers(who: str, reason: str, confidence: float | None, student: str
     # after a hot swap it is the promoted one. No confidence where the student never ran (too_long).
     conf = {} if confidence is None else {"X-Potstill-Confidence": f"{confidence:.6g}"}
     return {"X-Potstill-Answered-By": who, "X-Potstill-Reason": reason, **conf, "X-Potstill-Student": student}
+
+
+def _live_headers(live_text: LiveText) -> dict[str, str]:
+    """A live escalation's route headers, from its route (set before the teacher was asked)."""
+    r = live_text.route or {}
+    return _route_headers(r["answered_by"], r["reason"], r["confidence"], r["student"])
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -204,7 +208,7 @@ def build_app(service: Service, api_key: str | None) -> FastAPI:
     bearer = [Depends(HTTPBearer(auto_error=False))]  # documents the scheme; Gate enforces it
     _add_info_routes(app, service, registry, bearer)
     _add_chat_route(app, service, requests, latency, bearer, log_error)
-    _add_responses_route(app, service, requests, latency, bearer)
+    add_responses_route(app, service, requests, latency, bearer, log_error)
     add_completions_route(app, service, requests, latency, bearer)
     _add_reload_route(app, service, api_key, bearer)
     app.add_middleware(Gate, service=service, key=api_key, max_body=s.max_body_bytes, reject=reject)
@@ -427,25 +431,15 @@ def _add_chat_route(app: FastAPI, service: Service, requests: Counter, latency: 
         answering = service.answer(messages, body.max_completion_tokens or body.max_tokens, body.stops(),
                                    teacher_messages=teacher_messages if teacher_messages != messages else None,
                                    tools=tools, logprobs=logprobs, response_format=fmt, live_text=live_text)
-        if live_text is not None:
-            # Streamed live once the teacher's first text comes before the whole answer; otherwise
-            # (the student answered, the ledger did, the teacher failed first) as any request.
-            task = asyncio.ensure_future(answering)
-            first = asyncio.ensure_future(live_text.queue.get())
-            await asyncio.wait({task, first}, return_when=asyncio.FIRST_COMPLETED)
-            if not task.done():
-                include_usage = bool(body.stream_options and body.stream_options.include_usage)
-                events = live_events(task, live_text, first.result(), service.teacher_name, include_usage,
-                                     lambda served: _record(service, state, served, body.model_dump(exclude_none=True),
-                                                            requests, latency),
-                                     lambda e: asyncio.to_thread(_stream_failure, service, state, e, log_error))
-                route = live_text.route or {}
-                return StreamingResponse(events, media_type="text/event-stream", headers=_route_headers(
-                    route["answered_by"], route["reason"], route["confidence"], route["student"]))
-            first.cancel()
-            served = task.result()
-        else:
-            served = await answering
+        task, first = await first_text(answering, live_text) if live_text is not None else (None, None)
+        if first is not None:  # the teacher's text came before its whole answer: streamed as it is written
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            events = live_events(task, live_text, first, service.teacher_name, include_usage,
+                                 lambda served: _record(service, state, served, body.model_dump(exclude_none=True),
+                                                        requests, latency),
+                                 lambda e: asyncio.to_thread(_stream_failure, service, state, e, log_error))
+            return StreamingResponse(events, media_type="text/event-stream", headers=_live_headers(live_text))
+        served = task.result() if task is not None else await answering
         route = await _record(service, state, served, body.model_dump(exclude_none=True), requests, latency)
         # OpenAI's choices[0].logprobs: null unless asked; asked and not given, null and the route says why.
         lps = {"content": served.logprobs, "refusal": None} if served.logprobs is not None else None
@@ -480,62 +474,6 @@ def _stream_failure(service: Service, state: dict, e: BaseException, log_error: 
     log_error(state, reply["status"], body, **{k: reply[k] for k in ("role", "model", "detail", "request_hash",
                                                                      "billed") if k in reply})
     return body
-
-
-def _add_responses_route(app: FastAPI, service: Service, requests: Counter, latency: Histogram, bearer: list) -> None:
-    """OpenAI's Responses API for text (``client.responses.create``): routed, logged and metered as
-    a chat completion is; the ledger row's request carries the input as ``messages`` too, so watch,
-    redistill and import read it as they read a chat request."""
-    s = service.cfg.serve
-
-    @app.post(RESPONSES, dependencies=bearer,
-              responses={**ERRORS, 200: {"content": {"text/event-stream": {"schema": SSE_EVENT}}}})
-    async def responses(body: ResponsesRequest, request: Request) -> Any:
-        state = request.scope.setdefault("state", {})
-        if _owner(service, body.model) is None:
-            raise _unknown_model(service, body.model)
-        if body.previous_response_id is not None:
-            raise APIError(400, "previous_response_id: this server stores no responses; send the whole conversation "
-                           "in input", "previous_response_id")
-        try:
-            chat = chat_messages(body.input)
-            tools = chat_tools(body.tools, body.tool_choice, body.parallel_tool_calls)
-        except ResponsesInputError as e:
-            raise APIError(400, str(e), e.param) from None
-        if len(chat) > s.max_messages:
-            raise APIError(400, f"input: at most {s.max_messages} messages per request", "input")
-        fmt = _format(body)
-        tools = _servable_tools(service, tools)
-        # As chat: the run's instruction replaces a client's system prompt and instructions; the
-        # teacher gets the tool turns whole, the student their text.
-        teacher_messages = [m for m in chat if m["role"] not in ("system", "developer")]
-        messages = student_view(teacher_messages)
-        if not any(m["role"] == "user" and m["content"].strip() for m in messages):
-            raise APIError(400, "input: needs a user message with text", "input")
-        served = await service.answer(messages, body.max_output_tokens, [],
-                                      teacher_messages=teacher_messages if teacher_messages != messages else None,
-                                      tools=tools, logprobs=None, response_format=fmt)
-        route = await _record(service, state, served, {**body.model_dump(exclude_none=True), "messages": messages,
-                                                       "endpoint": RESPONSES}, requests, latency)
-        cut = served.finish_reason == "length"
-        response = {
-            "id": f"resp_{uuid.uuid4().hex[:24]}", "object": "response", "created_at": int(time.time()),
-            "status": "incomplete" if cut else "completed", "model": served.model,
-            "output": output_items(served.content, served.extra.get("tool_calls"), cut),
-            "incomplete_details": {"reason": "max_output_tokens"} if cut else None, "error": None,
-            "instructions": body.instructions, "max_output_tokens": body.max_output_tokens,
-            "temperature": body.temperature, "top_p": body.top_p, "tools": body.tools or [],
-            "tool_choice": body.tool_choice or "auto", "parallel_tool_calls": body.parallel_tool_calls is not False,
-            "text": {"format": responses_form(fmt)}, "metadata": {},
-            "usage": {"input_tokens": served.input_tokens, "output_tokens": served.output_tokens,
-                      "total_tokens": served.input_tokens + served.output_tokens,
-                      "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
-                      "output_tokens_details": {"reasoning_tokens": 0}},
-            "potstill": route}
-        headers = _route_headers(served.answered_by, served.reason, served.confidence, served.student)
-        if body.stream:
-            return StreamingResponse(response_events(response), media_type="text/event-stream", headers=headers)
-        return JSONResponse(response, headers=headers)
 
 
 def _servable_tools(service: Service, tools: dict[str, Any] | None) -> dict[str, Any] | None:

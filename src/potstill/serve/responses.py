@@ -1,19 +1,33 @@
-"""OpenAI's Responses API for the server, in chat completions' terms (which the router, the
-teachers and the ledger speak): function tools to chat tools, and an answer back to output items
-and server-sent events. Input items to chat messages: ``potstill.responses_format``. Tools:
-``function`` tools only (``{type, name, description, parameters, strict}``); hosted tools (web
-search, file search, ...) are the provider's own and a 400 here.
+"""OpenAI's Responses API for the server (``POST /v1/responses``, ``client.responses.create``), in
+chat completions' terms (which the router, the teachers and the ledger speak): function tools to
+chat tools, and an answer back to output items and server-sent events. Input items to chat
+messages: ``potstill.responses_format``. Tools: ``function`` tools only (``{type, name,
+description, parameters, strict}``); hosted tools (web search, file search, ...) are the provider's
+own and a 400 here. An escalation asked with ``stream`` streams its text as the teacher writes it,
+as chat completions' does (``serve.streaming``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
+import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
-from potstill.responses_format import ResponsesInputError
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from prometheus_client import Counter, Histogram
+
+from potstill.ledger import ServedCall
+from potstill.responses_format import ResponsesInputError, chat_messages
 from potstill.responses_format import json_type as _json_type
+from potstill.serve.formats import responses_form
+from potstill.serve.schemas import ResponsesRequest
+from potstill.serve.streaming import (Failed, LiveText, Record, answered, failure_body, first_text, pieces,
+                                      settle_later)
 
 
 def student_view(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
@@ -54,12 +68,13 @@ def chat_tools(tools: list[Any] | None, tool_choice: Any, parallel: bool | None)
     return {"tools": out, "tool_choice": tool_choice, "parallel_tool_calls": parallel}
 
 
-def output_items(content: str, calls: list[dict[str, Any]] | None, incomplete: bool) -> list[dict[str, Any]]:
-    """A routed answer as Responses output items: its text as a message item (none where the
-    answer is calls alone), then each tool call as a ``function_call`` item."""
+def output_items(content: str, calls: list[dict[str, Any]] | None, incomplete: bool,
+                 msg_id: str | None = None) -> list[dict[str, Any]]:
+    """A routed answer as Responses output items: its text as a message item (``msg_id``, or a new
+    id; none where the answer is calls alone), then each tool call as a ``function_call`` item."""
     items: list[dict[str, Any]] = []
     if content or not calls:
-        items.append({"type": "message", "id": f"msg_{uuid.uuid4().hex[:24]}",
+        items.append({"type": "message", "id": msg_id or f"msg_{uuid.uuid4().hex[:24]}",
                       "status": "incomplete" if incomplete else "completed", "role": "assistant",
                       "content": [{"type": "output_text", "text": content, "annotations": []}]})
     for call in calls or []:
@@ -69,13 +84,18 @@ def output_items(content: str, calls: list[dict[str, Any]] | None, incomplete: b
     return items
 
 
-def events(response: dict[str, Any]):
-    """The Responses API's server-sent events for one answer. The route is decided on the whole
-    answer, so each text or arguments arrives as one delta."""
+def _events() -> Any:
     seq = itertools.count()
 
     def event(kind: str, **fields: Any) -> str:
         return f"event: {kind}\ndata: {json.dumps({'type': kind, 'sequence_number': next(seq), **fields})}\n\n"
+
+    return event
+
+
+def events(response: dict[str, Any]):
+    """The Responses API's server-sent events for one whole answer: each text or arguments as one delta."""
+    event = _events()
 
     opening = {**response, "status": "in_progress", "output": [], "usage": None}
     yield event("response.created", response=opening)
@@ -100,3 +120,130 @@ def events(response: dict[str, Any]):
         yield event("response.output_item.done", output_index=index, item=item)
     yield event("response.incomplete" if response["status"] == "incomplete" else "response.completed",
                 response=response)
+
+
+def response_body(body: ResponsesRequest, served: ServedCall, fmt: dict[str, Any] | None, route: dict[str, Any],
+                  rid: str | None = None, created: int | None = None, msg_id: str | None = None) -> dict[str, Any]:
+    """The Responses object for a routed answer (``route``: the ``potstill`` object the client gets)."""
+    cut = served.finish_reason == "length"
+    return {
+        "id": rid or f"resp_{uuid.uuid4().hex[:24]}", "object": "response",
+        "created_at": created if created is not None else int(time.time()),
+        "status": "incomplete" if cut else "completed", "model": served.model,
+        "output": output_items(served.content, served.extra.get("tool_calls"), cut, msg_id),
+        "incomplete_details": {"reason": "max_output_tokens"} if cut else None, "error": None,
+        "instructions": body.instructions, "max_output_tokens": body.max_output_tokens,
+        "temperature": body.temperature, "top_p": body.top_p, "tools": body.tools or [],
+        "tool_choice": body.tool_choice or "auto", "parallel_tool_calls": body.parallel_tool_calls is not False,
+        "text": {"format": responses_form(fmt)}, "metadata": {},
+        "usage": {"input_tokens": served.input_tokens, "output_tokens": served.output_tokens,
+                  "total_tokens": served.input_tokens + served.output_tokens,
+                  "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+                  "output_tokens_details": {"reasoning_tokens": 0}},
+        "potstill": route}
+
+
+async def live_events(task: asyncio.Future, live_text: LiveText, first: str, opening: dict[str, Any], msg_id: str,
+                      finish: Record, failed: Failed) -> AsyncIterator[str]:
+    """The Responses API's events for one live escalation: the response opened (``opening``), its
+    message item (``msg_id``) with ``first`` and each later piece of text as a delta as it comes,
+    then, once ``task`` (``Service.answer``) is done, the rest of the text and the closing events of
+    the whole response (``finish``: logs the answer and returns the response); or, where ``task``
+    failed, ``response.failed`` with the error ``failed`` logs and returns."""
+    event = _events()
+    where = {"item_id": msg_id, "output_index": 0, "content_index": 0}
+    settled = False
+    try:
+        yield event("response.created", response=opening)
+        yield event("response.in_progress", response=opening)
+        yield event("response.output_item.added", output_index=0, item={
+            "type": "message", "id": msg_id, "status": "in_progress", "role": "assistant", "content": []})
+        yield event("response.content_part.added", **where, part={"type": "output_text", "text": "", "annotations": []})
+        yield event("response.output_text.delta", **where, delta=first, logprobs=[])
+        sent = first
+        async for piece in pieces(task, live_text):
+            sent += piece
+            yield event("response.output_text.delta", **where, delta=piece, logprobs=[])
+        settled = True
+        try:
+            served = answered(task, sent)
+        except Exception as e:  # noqa: BLE001 - after the 200 a failure can only be an event
+            error = (await failure_body(failed, e))["error"]
+            yield event("response.failed", response={**opening, "status": "failed", "error": {
+                "code": error.get("code") or error.get("type") or "server_error", "message": error["message"]}})
+            return
+        response = await finish(served)
+        if served.content[len(sent):]:
+            yield event("response.output_text.delta", **where, delta=served.content[len(sent):], logprobs=[])
+        item = response["output"][0]
+        yield event("response.output_text.done", **where, text=served.content, logprobs=[])
+        yield event("response.content_part.done", **where, part=item["content"][0])
+        yield event("response.output_item.done", output_index=0, item=item)
+        yield event("response.incomplete" if response["status"] == "incomplete" else "response.completed",
+                    response=response)
+    finally:
+        if not settled:
+            settle_later(task, finish, failed)
+
+
+def add_responses_route(app: FastAPI, service: Any, requests: Counter, latency: Histogram, bearer: list,
+                        log_error: Any) -> None:
+    """``POST /v1/responses``: routed, logged and metered as a chat completion is; the ledger row's
+    request carries the input as ``messages`` too, so watch, redistill and import read it as they
+    read a chat request."""
+    from potstill.serve.app import (ERRORS, RESPONSES, SSE_EVENT, APIError, _format, _live_headers, _owner, _record,
+                                    _route_headers, _servable_tools, _stream_failure, _unknown_model)
+
+    s = service.cfg.serve
+
+    @app.post(RESPONSES, dependencies=bearer,
+              responses={**ERRORS, 200: {"content": {"text/event-stream": {"schema": SSE_EVENT}}}})
+    async def responses(body: ResponsesRequest, request: Request) -> Any:
+        state = request.scope.setdefault("state", {})
+        if _owner(service, body.model) is None:
+            raise _unknown_model(service, body.model)
+        if body.previous_response_id is not None:
+            raise APIError(400, "previous_response_id: this server stores no responses; send the whole conversation "
+                           "in input", "previous_response_id")
+        try:
+            chat = chat_messages(body.input)
+            tools = chat_tools(body.tools, body.tool_choice, body.parallel_tool_calls)
+        except ResponsesInputError as e:
+            raise APIError(400, str(e), e.param) from None
+        if len(chat) > s.max_messages:
+            raise APIError(400, f"input: at most {s.max_messages} messages per request", "input")
+        fmt = _format(body)
+        tools = _servable_tools(service, tools)
+        # As chat: the run's instruction replaces a client's system prompt and instructions; the
+        # teacher gets the tool turns whole, the student their text.
+        teacher_messages = [m for m in chat if m["role"] not in ("system", "developer")]
+        messages = student_view(teacher_messages)
+        if not any(m["role"] == "user" and m["content"].strip() for m in messages):
+            raise APIError(400, "input: needs a user message with text", "input")
+        live_text = LiveText() if body.stream and service.streams(tools, None) else None
+        answering = service.answer(messages, body.max_output_tokens, [],
+                                   teacher_messages=teacher_messages if teacher_messages != messages else None,
+                                   tools=tools, logprobs=None, response_format=fmt, live_text=live_text)
+        logged = {**body.model_dump(exclude_none=True), "messages": messages, "endpoint": RESPONSES}
+        task, first = await first_text(answering, live_text) if live_text is not None else (None, None)
+        if first is not None:  # the teacher's text came before its whole answer: streamed as it is written
+            rid, created, msg_id = f"resp_{uuid.uuid4().hex[:24]}", int(time.time()), f"msg_{uuid.uuid4().hex[:24]}"
+            opening = {**response_body(body, ServedCall(request={}, answered_by="teacher", model=service.teacher_name,
+                                                        content=""), fmt, {}, rid, created),
+                       "status": "in_progress", "output": [], "usage": None}
+            opening.pop("potstill")
+
+            async def finish(served: ServedCall) -> dict[str, Any]:
+                route = await _record(service, state, served, logged, requests, latency)
+                return response_body(body, served, fmt, route, rid, created, msg_id)
+
+            events_ = live_events(task, live_text, first, opening, msg_id, finish,
+                                  lambda e: asyncio.to_thread(_stream_failure, service, state, e, log_error))
+            return StreamingResponse(events_, media_type="text/event-stream", headers=_live_headers(live_text))
+        served = task.result() if task is not None else await answering
+        route = await _record(service, state, served, logged, requests, latency)
+        response = response_body(body, served, fmt, route)
+        headers = _route_headers(served.answered_by, served.reason, served.confidence, served.student)
+        if body.stream:
+            return StreamingResponse(events(response), media_type="text/event-stream", headers=headers)
+        return JSONResponse(response, headers=headers)

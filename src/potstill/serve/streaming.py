@@ -56,15 +56,80 @@ class LiveText:
 # Answers still being awaited for clients that left mid-stream (a task needs a reference to run on).
 _SETTLING: set[asyncio.Task] = set()
 
+Record = Callable[[ServedCall], Awaitable[Any]]
+Failed = Callable[[BaseException], Awaitable[dict[str, Any]]]
+
+
+async def first_text(answering: Awaitable[ServedCall], live_text: LiveText) -> tuple[asyncio.Future, str | None]:
+    """``answering`` (``Service.answer`` given ``live_text``) started, and the teacher's first piece
+    of text where it comes before the answer is done; None where the answer came first (the
+    student's, the ledger's, or a failure, which the caller then raises as it would unstreamed)."""
+    task = asyncio.ensure_future(answering)
+    first = asyncio.ensure_future(live_text.queue.get())
+    await asyncio.wait({task, first}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        first.cancel()
+        return task, None
+    return task, first.result()
+
+
+async def pieces(task: asyncio.Future, live_text: LiveText) -> AsyncIterator[str]:
+    """Each later piece of ``live_text`` as it comes, until ``task`` is done. The teacher's thread
+    put every piece before its answer returned, so what is queued then is all there is."""
+    while True:
+        piece = asyncio.ensure_future(live_text.queue.get())
+        try:
+            await asyncio.wait({task, piece}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            got = piece.done()
+            if not got:  # a cancelled get leaves its item in the queue
+                piece.cancel()
+        if not got:
+            break
+        yield piece.result()
+    while not live_text.queue.empty():
+        yield live_text.queue.get_nowait()
+
+
+def answered(task: asyncio.Future, sent: str) -> ServedCall:
+    """The whole answer of a live stream that sent ``sent`` so far (``task``'s result or exception)."""
+    served: ServedCall = task.result()
+    if not (served.content or "").startswith(sent):
+        raise RuntimeError("the streamed text is not the start of the answer")
+    return served
+
+
+def settle_later(task: asyncio.Future, record: Record, failed: Failed) -> None:
+    """A live stream ended before its answer was logged (the client left, the server is stopping):
+    the answer, paid for, is still awaited and logged, or its failure."""
+    async def settle() -> None:
+        try:
+            served = await task
+        except Exception as e:  # noqa: BLE001 - logged as the failed request it is
+            await failed(e)
+        else:
+            await record(served)
+
+    t = asyncio.ensure_future(settle())
+    _SETTLING.add(t)
+    t.add_done_callback(_SETTLING.discard)
+
+
+async def failure_body(failed: Failed, e: BaseException) -> dict[str, Any]:
+    """The error body of a live stream's failure, logged by ``failed``; a generic one where that fails too."""
+    try:
+        return await failed(e)
+    except Exception:  # noqa: BLE001 - the client still learns the stream failed
+        return {"error": {"message": "internal error", "type": "server_error", "param": None, "code": None}}
+
 
 async def live_events(task: asyncio.Future, live_text: LiveText, first: str, model: str, include_usage: bool,
-                      record: Callable[[ServedCall], Awaitable[dict[str, Any]]],
-                      failed: Callable[[BaseException], Awaitable[dict[str, Any]]]) -> AsyncIterator[str]:
-    """The server-sent events of one live escalation: the role, ``first`` and each later piece of
-    ``live_text`` as it comes, then, once ``task`` (``Service.answer``) is done, the rest of the answer
-    (text held back for a stop string), the finish with the route (``record``: the ledger row and
-    metrics, returning the route), the usage where asked, and ``[DONE]``; or, where ``task`` failed,
-    the error body ``failed`` logs and returns."""
+                      record: Record, failed: Failed) -> AsyncIterator[str]:
+    """A chat completion's server-sent events for one live escalation: the role, ``first`` and
+    each later piece of ``live_text`` as it comes, then, once ``task`` (``Service.answer``) is done,
+    the rest of the answer (text held back for a stop string), the finish with the route
+    (``record``: the ledger row and metrics, returning the route), the usage where asked, and
+    ``[DONE]``; or, where ``task`` failed, the error body ``failed`` logs and returns."""
     cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
 
     def chunk(delta: dict, finish: str | None, **extra: Any) -> str:
@@ -77,32 +142,15 @@ async def live_events(task: asyncio.Future, live_text: LiveText, first: str, mod
         yield chunk({"role": "assistant", "content": ""}, None)
         yield chunk({"content": first}, None)
         sent = first
-        while True:
-            piece = asyncio.ensure_future(live_text.queue.get())
-            await asyncio.wait({task, piece}, return_when=asyncio.FIRST_COMPLETED)
-            if not piece.done():
-                piece.cancel()
-                break
-            sent += piece.result()
-            yield chunk({"content": piece.result()}, None)
-        # The teacher's thread put every piece before its answer returned: what is queued is all there is.
-        while not live_text.queue.empty():
-            more = live_text.queue.get_nowait()
-            sent += more
-            yield chunk({"content": more}, None)
-        try:
-            served: ServedCall = task.result()
-            if not (served.content or "").startswith(sent):
-                raise RuntimeError("the streamed text is not the start of the answer")
-        except Exception as e:  # noqa: BLE001 - after the 200 a failure can only be an event
-            settled = True
-            try:
-                body = await failed(e)
-            except Exception:  # noqa: BLE001 - the client still learns the stream failed
-                body = {"error": {"message": "internal error", "type": "server_error", "param": None, "code": None}}
-            yield f"data: {json.dumps(body)}\n\n"
-            return
+        async for piece in pieces(task, live_text):
+            sent += piece
+            yield chunk({"content": piece}, None)
         settled = True
+        try:
+            served = answered(task, sent)
+        except Exception as e:  # noqa: BLE001 - after the 200 a failure can only be an event
+            yield f"data: {json.dumps(await failure_body(failed, e))}\n\n"
+            return
         route = await record(served)
         if served.content[len(sent):]:
             yield chunk({"content": served.content[len(sent):]}, None)
@@ -115,23 +163,8 @@ async def live_events(task: asyncio.Future, live_text: LiveText, first: str, mod
             yield f"data: {json.dumps(obj)}\n\n"
         yield "data: [DONE]\n\n"
     finally:
-        if not settled:  # the client left (or the server is stopping): the answer is still logged
-            _settle(task, record, failed)
-
-
-def _settle(task: asyncio.Future, record: Callable[[ServedCall], Awaitable[Any]],
-            failed: Callable[[BaseException], Awaitable[Any]]) -> None:
-    async def settle() -> None:
-        try:
-            served = await task
-        except Exception as e:  # noqa: BLE001 - logged as the failed request it is
-            await failed(e)
-        else:
-            await record(served)
-
-    t = asyncio.ensure_future(settle())
-    _SETTLING.add(t)
-    t.add_done_callback(_SETTLING.discard)
+        if not settled:
+            settle_later(task, record, failed)
 
 
 def whole_events(cid: str, created: int, model: str, content: str, usage: dict, route: dict, include_usage: bool,
