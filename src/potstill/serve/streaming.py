@@ -1,13 +1,15 @@
-"""Chat completions as server-sent events: a whole answer in one chunk (``whole_events``), and an
-escalation streamed as the teacher writes it (``serve.stream_teacher``: ``LiveText``, ``live_events``).
+"""Served answers as server-sent events: a chat completion's whole answer in one chunk
+(``whole_events``), and an escalation streamed as the teacher writes it (``serve.stream_teacher``:
+``LiveText``, ``first_text``, ``pieces``; chat completions' ``live_events`` here, the Responses
+API's in ``serve.responses``).
 
-The route is decided before the teacher is asked, so its answer can go out piece by piece in
-OpenAI's chunk format; only where a client's ``stop`` string may begin is text held back
-(``LiveText``). The answer is logged, metered and billed once it is whole, exactly as the
-unstreamed one: the ledger row, the route object in the last chunk and the usage chunk are the
-same. A teacher that fails after its first text ends the stream with an ``error`` event (what the
-official SDKs raise as an ``APIError``), logged as a failed request. A client that leaves early does
-not lose the row: the teacher's answer, paid for, is still awaited and logged.
+The route is decided before the teacher is asked, so its answer can go out piece by piece; only
+where a client's ``stop`` string may begin is text held back (``LiveText``). The answer is logged,
+metered and billed once it is whole, exactly as the unstreamed one: the ledger row, the route object
+in the last chunk and the usage chunk are the same. A teacher that fails after its first text ends
+the stream with an ``error`` event (what the official SDKs raise as an ``APIError``), logged as a
+failed request. A client that leaves early does not lose the row: the teacher's answer, paid for,
+is still awaited and logged (``settle_later``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 from potstill.ledger import ServedCall
 from potstill.serve.engine import first_stop
+
 
 class LiveText:
     """An escalated answer streamed as the teacher writes it (``Service.answer``'s ``live_text``,
