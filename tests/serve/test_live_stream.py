@@ -85,7 +85,8 @@ def test_an_escalation_streams_while_the_teacher_is_still_writing(tmp_path, tiny
         logged = json.loads(row["response"])
         assert (row["role"], row["status"], logged["content"]) == ("teacher", "ok", text)
         assert row["cost_usd"] > 0 and row["output_tokens"] == whole.usage.completion_tokens
-        assert 0 < logged["teacher_first_text_s"] <= logged["teacher_latency_s"]
+        # The first text came while the teacher server was held: well before the request's end.
+        assert 0 < logged["teacher_first_text_s"] < row["latency_s"]
 
 
 def test_a_stop_string_never_streams_past_itself(tmp_path, tiny_model, teacher_server, monkeypatch):
@@ -261,3 +262,23 @@ def test_the_responses_api_streams_an_escalation_too(tmp_path, tiny_model, teach
                     assert ev.response.error.code == "teacher_failed"
         assert kinds[-1] == "response.failed" and "response.output_text.delta" in kinds
         assert rows(service)[-1]["status"] == "error"
+
+
+def test_a_one_prompt_completion_streams_an_escalation(tmp_path, tiny_model, teacher_server, monkeypatch):
+    with escalating(tmp_path, tiny_model, teacher_server, monkeypatch) as (service, live):
+        prompt = ASK[0]["content"]
+        whole = client(live).completions.create(model="potstill", prompt=prompt).choices[0].text
+        with held(teacher_server) as hold:
+            got = []
+            for ch in client(live).completions.create(model="potstill", prompt=prompt, stream=True):
+                if not got:  # the teacher server still waits after its first token
+                    assert teacher_server.holding.is_set() and not hold.is_set()
+                    hold.set()
+                got.append(ch)
+        assert len(got) > 2 and "".join(ch.choices[0].text for ch in got) == whole
+        assert got[-1].choices[0].finish_reason in ("stop", "length")
+        assert got[-1].choices[0].model_extra["potstill"]["answered_by"] == "teacher"
+        assert json.loads(rows(service)[-1]["response"])["content"] == whole
+        # Two prompts: each choice whole, as before.
+        two = list(client(live).completions.create(model="potstill", prompt=[prompt, prompt], stream=True))
+        assert sorted(ch.choices[0].index for ch in two) == [0, 1] and {ch.choices[0].text for ch in two} == {whole}

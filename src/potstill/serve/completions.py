@@ -6,7 +6,8 @@ a chat would be (``Service.answer``), logged as a chat row of its own (so watch,
 read it), and answered as one choice; the prompts of one request are answered concurrently, so the
 serving batcher batches them. vLLM's structured-output fields and ``response_format`` work as on chat.
 ``max_tokens`` unset is the task's budget, not OpenAI's 16. Token-id prompts, ``echo``, ``suffix``,
-``best_of`` and ``n`` above 1 are refused by name.
+``best_of`` and ``n`` above 1 are refused by name. Streamed, each choice's text comes as one chunk,
+except a single prompt that escalates, whose text streams as the teacher writes it (``serve.streaming``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import asyncio
 import json
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -23,6 +25,8 @@ from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, ConfigDict, Field
 
 from potstill.serve.schemas import GeneratedRequest
+from potstill.serve.streaming import (Failed, LiveText, Record, answered, failure_body, first_text, pieces,
+                                      settle_later)
 
 COMPLETIONS = "/v1/completions"
 
@@ -88,8 +92,10 @@ def legacy_logprobs(content: list[dict[str, Any]] | None) -> dict[str, Any] | No
             "text_offset": offsets}
 
 
-def add_completions_route(app: FastAPI, service: Any, requests: Counter, latency: Histogram, bearer: list) -> None:
-    from potstill.serve.app import ERRORS, APIError, _format, _owner, _record, _route_headers, _unknown_model
+def add_completions_route(app: FastAPI, service: Any, requests: Counter, latency: Histogram, bearer: list,
+                          log_error: Any) -> None:
+    from potstill.serve.app import (ERRORS, APIError, _format, _live_headers, _owner, _record, _route_headers,
+                                    _stream_failure, _unknown_model)
 
     s = service.cfg.serve
 
@@ -112,32 +118,79 @@ def add_completions_route(app: FastAPI, service: Any, requests: Counter, latency
         fmt = _format(body)
         logged = body.model_dump(exclude_none=True, exclude={"prompt"})
 
+        def record(messages: list[dict]) -> Any:
+            return lambda served: _record(service, state, served, {**logged, "messages": messages,
+                                                                   "endpoint": COMPLETIONS}, requests, latency)
+
         async def one(prompt: str) -> tuple[Any, dict]:
             messages = [{"role": "user", "content": prompt}]
             served = await service.answer(messages, body.max_tokens, body.stops(), logprobs=body.logprobs,
                                           response_format=fmt)
-            return served, await _record(service, state, served, {**logged, "messages": messages,
-                                                                  "endpoint": COMPLETIONS}, requests, latency)
+            return served, await record(messages)(served)
 
-        answered = await asyncio.gather(*(one(p) for p in prompts))
+        if body.stream and len(prompts) == 1 and service.streams(None, body.logprobs):
+            # One prompt that escalates: its text streams as the teacher writes it, as chat's does.
+            messages = [{"role": "user", "content": prompts[0]}]
+            live_text = LiveText(body.stops())
+            task, first = await first_text(service.answer(messages, body.max_tokens, body.stops(), logprobs=body.logprobs,
+                                                          response_format=fmt, live_text=live_text), live_text)
+            if first is not None:
+                events = live_events(task, live_text, first, service.teacher_name, record(messages),
+                                     lambda e: asyncio.to_thread(_stream_failure, service, state, e, log_error))
+                return StreamingResponse(events, media_type="text/event-stream", headers=_live_headers(live_text))
+            results = [(task.result(), await record(messages)(task.result()))]
+        else:
+            results = await asyncio.gather(*(one(p) for p in prompts))
         choices = [{"text": served.content, "index": i,
                     "logprobs": legacy_logprobs(served.logprobs) if body.logprobs is not None else None,
                     "finish_reason": served.finish_reason, "potstill": route}
-                   for i, (served, route) in enumerate(answered)]
-        models = {served.model for served, _ in answered}
+                   for i, (served, route) in enumerate(results)]
+        models = {served.model for served, _ in results}
         model = models.pop() if len(models) == 1 else body.model
-        n_in = sum(served.input_tokens for served, _ in answered)
-        n_out = sum(served.output_tokens for served, _ in answered)
+        n_in = sum(served.input_tokens for served, _ in results)
+        n_out = sum(served.output_tokens for served, _ in results)
         usage = {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}
         cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        first = answered[0][0]
+        first = results[0][0]
         headers = _route_headers(first.answered_by, first.reason, first.confidence, first.student) \
-            if len(answered) == 1 else {}
+            if len(results) == 1 else {}
         result = {"id": cid, "object": "text_completion", "created": created, "model": model,
                   "choices": choices, "usage": usage}
         if body.stream:
             return StreamingResponse(_sse(result), media_type="text/event-stream", headers=headers)
         return JSONResponse(result, headers=headers)
+
+
+async def live_events(task: asyncio.Future, live_text: LiveText, first: str, model: str, record: Record,
+                      failed: Failed) -> AsyncIterator[str]:
+    """A one-prompt completion's events for a live escalation: ``first`` and each later piece of
+    text as a chunk as it comes, then the rest of the text with the finish and the route (``record``
+    logs the answer and returns it), and ``[DONE]``; or the error body ``failed`` logs and returns."""
+    cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+
+    def chunk(text: str, finish: str | None = None, **extra: Any) -> str:
+        choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": finish, **extra}
+        return f"data: {json.dumps({'id': cid, 'object': 'text_completion', 'created': created, 'model': model, 'choices': [choice]})}\n\n"
+
+    settled = False
+    try:
+        yield chunk(first)
+        sent = first
+        async for piece in pieces(task, live_text):
+            sent += piece
+            yield chunk(piece)
+        settled = True
+        try:
+            served = answered(task, sent)
+        except Exception as e:  # noqa: BLE001 - after the 200 a failure can only be an event
+            yield f"data: {json.dumps(await failure_body(failed, e))}\n\n"
+            return
+        route = await record(served)
+        yield chunk(served.content[len(sent):], served.finish_reason, potstill=route)
+        yield "data: [DONE]\n\n"
+    finally:
+        if not settled:
+            settle_later(task, record, failed)
 
 
 def _sse(result: dict[str, Any]):

@@ -331,6 +331,8 @@ class Service:
                 r = Response(**{k: v for k, v in ans.items() if k in _RESPONSE_FIELDS})
                 return r, True, key
         # One request on the teacher's long-lived worker (an API client, or the one in-process model).
+        if live_text is not None:
+            live_text.asked_at = time.perf_counter()
         r = await asyncio.wrap_future(self.teacher.submit(req) if live_text is None else
                                       self.teacher.submit(req, on_text=live_text))
         if not r.ok:
@@ -416,12 +418,11 @@ class Service:
         elif live_text is not None:
             live_text.route = {"answered_by": "teacher", "reason": reason, "confidence": common["confidence"],
                                "student": live.name}
-        asked = time.perf_counter()
         r, cached, common["request_hash"] = await self._ask_teacher(h, req, live_text)
         extra: dict[str, Any] = {"teacher_latency_s": 0.0 if cached else r.latency_s}
         if live_text is not None and live_text.first_at is not None:
             # The teacher's time to its first text, what a streaming client waited past the student.
-            extra["teacher_first_text_s"] = round(live_text.first_at - asked, 6)
+            extra["teacher_first_text_s"] = round(live_text.first_at - live_text.asked_at, 6)
         if live_text is not None and not cached and r.input_tokens == 0 and not self._warned_usage:
             self._warned_usage = True
             say(f"serve: the teacher {self.teacher_name}'s stream carried no token usage, so streamed escalations "

@@ -38,6 +38,7 @@ class LiveText:
         self.queue: asyncio.Queue[str] = asyncio.Queue()
         self.route: dict[str, Any] | None = None
         self.stops = tuple(stops)
+        self.asked_at = 0.0  # perf_counter() when the teacher was asked (``Service._ask_teacher``)
         self.first_at: float | None = None  # perf_counter() of the teacher's first piece of text
         self._hold = max((len(s) - 1 for s in self.stops), default=0)
         self._text, self._sent, self._stopped = "", 0, False
