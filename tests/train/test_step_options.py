@@ -462,7 +462,7 @@ def test_lora_under_compile_on_a_gpu_keeps_the_curve(tiny_model, tmp_path, extra
 def test_qlora_under_compile_on_a_gpu_keeps_the_curve(tiny_model, tmp_path):
     """QLoRA (NF4 base, bf16 compute, LoRA adapters) under ``train.compile`` on CUDA: the same loss,
     CE and KD terms as eager QLoRA at every step, and a saved adapter with eager's val loss. On an
-    H100 (bitsandbytes 0.50.2) the first step agreed exactly and later ones to 7e-5, where each step
+    H100 (bitsandbytes 0.50.2) the first step agreed exactly and later ones to 8e-5, where each step
     moved the loss by 1-3%: 1e-4 / 1e-3 keep a margin and still catch a compiled step that does not train."""
     kw = dict(device="cuda", epochs=1.5, method="qlora", lora_r=4)
     eager, plain = _run(tiny_model, tmp_path / "eager", **kw)
