@@ -282,3 +282,38 @@ def test_a_one_prompt_completion_streams_an_escalation(tmp_path, tiny_model, tea
         # Two prompts: each choice whole, as before.
         two = list(client(live).completions.create(model="potstill", prompt=[prompt, prompt], stream=True))
         assert sorted(ch.choices[0].index for ch in two) == [0, 1] and {ch.choices[0].text for ch in two} == {whole}
+
+
+def _no_streams_teacher(seen: list[dict]) -> FastAPI:
+    """An OpenAI-compatible server that refuses streamed requests, as a server without
+    ``stream_options`` does, and answers others whole."""
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    def chat(body: dict = Body()):
+        from fastapi.responses import JSONResponse
+
+        seen.append(body)
+        if body.get("stream"):
+            return JSONResponse({"error": {"message": "Unrecognized request argument supplied: stream_options",
+                                           "type": "invalid_request_error", "param": None, "code": None}},
+                                status_code=400)
+        return {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "a whole answer"},
+                             "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 20, "completion_tokens": 3, "total_tokens": 23}}
+
+    return app
+
+
+def test_a_server_that_refuses_streams_answers_whole(tmp_path, tiny_model, teacher_server, monkeypatch):
+    with escalating(tmp_path, tiny_model, teacher_server, monkeypatch) as (service, live):
+        seen: list[dict] = []
+        with teacher_behind(service, _no_streams_teacher(seen)):
+            for _ in range(2):
+                chunks = list(client(live).chat.completions.create(model="potstill", messages=ASK, stream=True))
+                assert [ch.choices[0].delta.content for ch in chunks if ch.choices and ch.choices[0].delta.content] \
+                    == ["a whole answer"]
+                assert rows(service)[-1]["status"] == "ok" and rows(service)[-1]["output_tokens"] == 3
+        # Asked streamed once, then whole, and never streamed again.
+        assert [bool(b.get("stream")) for b in seen] == [True, False, False]

@@ -97,6 +97,7 @@ class OpenAITeacher(ApiTeacher):
     def __init__(self, cfg: Any, task: Any):
         super().__init__(cfg, task)
         self.reasoning = reasoning_model(cfg.model)
+        self.stream_refused = False  # the server refused a streamed request: answers come whole
         if self.reasoning and cfg.logprobs:
             raise PotstillError(f"teacher.logprobs {cfg.logprobs}: {cfg.model} is an OpenAI reasoning model, which "
                                 "returns no logprobs (every request would be refused); set teacher.logprobs 0")
@@ -204,8 +205,18 @@ class OpenAITeacher(ApiTeacher):
 
     async def call(self, client: Any, request: dict[str, Any], on_text: OnText | None = None) -> Response:
         t0 = time.perf_counter()
-        if on_text is not None:
-            return await self._streamed(client, request, on_text, t0)
+        if on_text is not None and not self.stream_refused:
+            import openai
+
+            try:
+                return await self._streamed(client, request, on_text, t0)
+            except openai.BadRequestError as e:
+                if "stream" not in str(e).lower():
+                    raise
+                # A server that refuses streams or stream_options (an older vLLM, a proxy) answered
+                # before writing anything: asked again whole, and never streamed again.
+                self.stream_refused = True
+                t0 = time.perf_counter()
         completion = await client.chat.completions.create(**request)
         return self._response(completion, time.perf_counter() - t0)
 
