@@ -317,3 +317,35 @@ def test_a_server_that_refuses_streams_answers_whole(tmp_path, tiny_model, teach
                 assert rows(service)[-1]["status"] == "ok" and rows(service)[-1]["output_tokens"] == 3
         # Asked streamed once, then whole, and never streamed again.
         assert [bool(b.get("stream")) for b in seen] == [True, False, False]
+
+
+def test_concurrent_streamed_escalations_each_get_their_own_text(tmp_path, tiny_model, teacher_server, monkeypatch):
+    """16 streamed escalations at once (the async openai client): each stream carries exactly its
+    own answer, the one the same chat gets unstreamed, and each is one ledger row."""
+    asks = [[{"role": "user", "content": f"{t} number {i}"}] for i, t in
+            enumerate(["the team won", "a new phone", "the vote", "the film"] * 4)]
+    with escalating(tmp_path, tiny_model, teacher_server, monkeypatch) as (service, live):
+        whole = [client(live).chat.completions.create(model="potstill", messages=m).choices[0].message.content
+                 for m in asks]
+        before = len(rows(service))
+
+        async def streamed():
+            c = openai.AsyncOpenAI(base_url=live.url + "/v1", api_key=SERVE_KEY, max_retries=0)
+
+            async def one(m):
+                texts = []
+                async for ch in await c.chat.completions.create(model="potstill", messages=m, stream=True):
+                    if ch.choices and ch.choices[0].delta.content:
+                        texts.append(ch.choices[0].delta.content)
+                return texts
+
+            try:
+                return await asyncio.gather(*(one(m) for m in asks))
+            finally:
+                await c.close()
+
+        got = asyncio.run(streamed())
+        assert ["".join(t) for t in got] == whole
+        assert sum(len(t) > 1 for t in got) >= 12  # streamed in pieces, not whole
+        new = rows(service)[before:]
+        assert len(new) == 16 and all(r["status"] == "ok" and r["role"] == "teacher" for r in new)
