@@ -18,7 +18,8 @@ off, so every request is an escalation the teacher answers anew. Inputs: the 15 
 
 Recorded per mode: p50 / p95 of the client's time to its first content chunk and to the stream's
 end (seconds). Correctness (exit 1): each input's text is the same in every mode and round, and each
-ledger row of a streamed escalation carries the tokens of that input's whole one.
+ledger row of a streamed escalation carries the tokens of that input's whole one (``--break-stream``
+loses each streamed answer's last piece on the client's side: the check fails).
 """
 
 from __future__ import annotations
@@ -70,16 +71,17 @@ def start_teacher(gguf: Path) -> tuple[subprocess.Popen, str]:
     sys.exit("llama-server did not start")
 
 
-def timed(call) -> tuple[float, float, str]:
+def timed(call, drop_last: bool = False) -> tuple[float, float, str]:
     """Seconds from sending to the first content chunk and to the end, and the text, of one streamed
-    answer (``call`` sends the request and returns the SDK's stream)."""
+    answer (``call`` sends the request and returns the SDK's stream; ``drop_last``: its last piece lost)."""
     t0 = time.perf_counter()
     first, parts = None, []
     for ch in call():
         if ch.choices and ch.choices[0].delta.content:
             first = first if first is not None else time.perf_counter() - t0
             parts.append(ch.choices[0].delta.content)
-    return first if first is not None else math.nan, time.perf_counter() - t0, "".join(parts)
+    text = "".join(parts[:-1] if drop_last else parts)
+    return first if first is not None else math.nan, time.perf_counter() - t0, text
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -92,6 +94,8 @@ def main() -> int:  # noqa: C901 - one linear benchmark
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
+    ap.add_argument("--break-stream", action="store_true",
+                    help="drop each streamed answer's last piece as a lossy relay would: the text check must fail")
     args = ap.parse_args()
 
     from potstill.serve import run_config, serve_key
@@ -132,7 +136,8 @@ def main() -> int:  # noqa: C901 - one linear benchmark
                             else:
                                 service.cfg.serve.stream_teacher = mode == "streamed"
                                 first, end, text = timed(lambda: served.chat.completions.create(
-                                    model="potstill", messages=msgs, stream=True))
+                                    model="potstill", messages=msgs, stream=True),
+                                    drop_last=args.break_stream and mode == "streamed")
                                 row = service.ledger.rows(stage="serve")[-1]
                                 if row["status"] != "ok" or row["role"] != "teacher":
                                     failures.append(f"ticket {i} {mode}: row {row['status']} {row['role']}")
