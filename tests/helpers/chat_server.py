@@ -123,13 +123,16 @@ class ChatServer:
         text = ""
         for i in range(len(new)):
             now = self.tok.decode(new[: i + 1], skip_special_tokens=True)
-            if now[len(text):]:
+            if now[len(text):] and now.startswith(text) and not now.endswith("\ufffd"):  # whole characters only
                 yield event({"content": now[len(text):]})
                 if self.hold is not None and not text:
                     self.holding.set()
                     assert self.hold.wait(timeout=20), "the test never let the stream go on"
                     self.holding.clear()
                 text = now
+        whole = self.tok.decode(new, skip_special_tokens=True)
+        if whole != text:  # a last character held back, or a decode that is not its prefixes'
+            yield event({"content": whole[len(text):] if whole.startswith(text) else whole})
         yield event({}, finish)
         if usage is not None:
             yield f"data: {json.dumps({'id': 'chatcmpl-s', 'object': 'chat.completion.chunk', 'model': model, 'created': 0, 'choices': [], 'usage': usage})}\n\n"

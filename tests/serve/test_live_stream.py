@@ -349,3 +349,25 @@ def test_concurrent_streamed_escalations_each_get_their_own_text(tmp_path, tiny_
         assert sum(len(t) > 1 for t in got) >= 12  # streamed in pieces, not whole
         new = rows(service)[before:]
         assert len(new) == 16 and all(r["status"] == "ok" and r["role"] == "teacher" for r in new)
+
+
+def test_a_server_that_ignores_stream_is_read_whole_and_paid_once(tmp_path, tiny_model, teacher_server, monkeypatch):
+    """A server that answers a streamed request in plain JSON: that answer is read (not asked again)."""
+    with escalating(tmp_path, tiny_model, teacher_server, monkeypatch) as (service, live):
+        seen: list[dict] = []
+        app = FastAPI()
+
+        @app.post("/v1/chat/completions")
+        def chat(body: dict = Body()):
+            seen.append(body)
+            return {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "json all the same"},
+                                 "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 21, "completion_tokens": 4, "total_tokens": 25}}
+
+        with teacher_behind(service, app):
+            chunks = list(client(live).chat.completions.create(model="potstill", messages=ASK, stream=True))
+        assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == "json all the same"
+        assert len(seen) == 1 and seen[0]["stream"] is True
+        row = rows(service)[-1]
+        assert (row["status"], row["input_tokens"], row["output_tokens"]) == ("ok", 21, 4) and row["cost_usd"] > 0

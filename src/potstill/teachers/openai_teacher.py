@@ -225,6 +225,16 @@ class OpenAITeacher(ApiTeacher):
         with its usage in the last chunk (``stream_options.include_usage``: OpenAI, vLLM, llama.cpp's
         server and Ollama send it). The Response is the unstreamed one's: text, tokens, cost, stop."""
         stream = await client.chat.completions.create(**request, stream=True, stream_options={"include_usage": True})
+        if "text/event-stream" not in stream.response.headers.get("content-type", ""):
+            # A server that ignores stream answered whole, in JSON: read as the unstreamed answer
+            # (asking again would pay twice).
+            from openai.types.chat import ChatCompletion
+
+            try:
+                body = await stream.response.aread()
+            finally:
+                await stream.close()
+            return self._response(ChatCompletion.model_validate_json(body), time.perf_counter() - t0)
         parts: list[str] = []
         refusal: list[str] = []
         finish, usage = None, None
