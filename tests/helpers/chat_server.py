@@ -124,9 +124,11 @@ class ChatServer:
         for i in range(len(new)):
             now = self.tok.decode(new[: i + 1], skip_special_tokens=True)
             if now[len(text):] and now.startswith(text) and not now.endswith("\ufffd"):  # whole characters only
-                yield event({"content": now[len(text):]})
-                if self.hold is not None and not text:
+                first = self.hold is not None and not text
+                if first:  # set before the text goes out: the rest cannot come before the test lets it
                     self.holding.set()
+                yield event({"content": now[len(text):]})
+                if first:
                     assert self.hold.wait(timeout=20), "the test never let the stream go on"
                     self.holding.clear()
                 text = now

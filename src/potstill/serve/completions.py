@@ -25,7 +25,7 @@ from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, ConfigDict, Field
 
 from potstill.serve.schemas import GeneratedRequest
-from potstill.serve.streaming import (Failed, LiveText, Record, answered, failure_body, first_text, pieces,
+from potstill.serve.streaming import (LiveText, OnAnswer, OnFailure, answered, failure_body, first_text, pieces,
                                       settle_later)
 
 COMPLETIONS = "/v1/completions"
@@ -161,8 +161,8 @@ def add_completions_route(app: FastAPI, service: Any, requests: Counter, latency
         return JSONResponse(result, headers=headers)
 
 
-async def live_events(task: asyncio.Future, live_text: LiveText, first: str, model: str, record: Record,
-                      failed: Failed) -> AsyncIterator[str]:
+async def live_events(task: asyncio.Future, live_text: LiveText, first: str, model: str, record: OnAnswer,
+                      failed: OnFailure) -> AsyncIterator[str]:
     """A one-prompt completion's events for a live escalation: ``first`` and each later piece of
     text as a chunk as it comes, then the rest of the text with the finish and the route (``record``
     logs the answer and returns it), and ``[DONE]``; or the error body ``failed`` logs and returns."""

@@ -26,7 +26,7 @@ from potstill.responses_format import ResponsesInputError, chat_messages
 from potstill.responses_format import json_type as _json_type
 from potstill.serve.formats import responses_form
 from potstill.serve.schemas import ResponsesRequest
-from potstill.serve.streaming import (Failed, LiveText, Record, answered, failure_body, first_text, pieces,
+from potstill.serve.streaming import (LiveText, OnAnswer, OnFailure, answered, failure_body, first_text, pieces,
                                       settle_later)
 
 
@@ -144,7 +144,7 @@ def response_body(body: ResponsesRequest, served: ServedCall, fmt: dict[str, Any
 
 
 async def live_events(task: asyncio.Future, live_text: LiveText, first: str, opening: dict[str, Any], msg_id: str,
-                      finish: Record, failed: Failed) -> AsyncIterator[str]:
+                      finish: OnAnswer, failed: OnFailure) -> AsyncIterator[str]:
     """The Responses API's events for one live escalation: the response opened (``opening``), its
     message item (``msg_id``) with ``first`` and each later piece of text as a delta as it comes,
     then, once ``task`` (``Service.answer``) is done, the rest of the text and the closing events of

@@ -60,8 +60,8 @@ class LiveText:
 # Answers still being awaited for clients that left mid-stream (a task needs a reference to run on).
 _SETTLING: set[asyncio.Task] = set()
 
-Record = Callable[[ServedCall], Awaitable[Any]]
-Failed = Callable[[BaseException], Awaitable[dict[str, Any]]]
+OnAnswer = Callable[[ServedCall], Awaitable[Any]]
+OnFailure = Callable[[BaseException], Awaitable[dict[str, Any]]]
 
 
 async def first_text(answering: Awaitable[ServedCall], live_text: LiveText) -> tuple[asyncio.Future, str | None]:
@@ -103,7 +103,7 @@ def answered(task: asyncio.Future, sent: str) -> ServedCall:
     return served
 
 
-def settle_later(task: asyncio.Future, record: Record, failed: Failed) -> None:
+def settle_later(task: asyncio.Future, record: OnAnswer, failed: OnFailure) -> None:
     """A live stream ended before its answer was logged (the client left, the server is stopping):
     the answer, paid for, is still awaited and logged, or its failure."""
     async def settle() -> None:
@@ -119,7 +119,7 @@ def settle_later(task: asyncio.Future, record: Record, failed: Failed) -> None:
     t.add_done_callback(_SETTLING.discard)
 
 
-async def failure_body(failed: Failed, e: BaseException) -> dict[str, Any]:
+async def failure_body(failed: OnFailure, e: BaseException) -> dict[str, Any]:
     """The error body of a live stream's failure, logged by ``failed``; a generic one where that fails too."""
     try:
         return await failed(e)
@@ -128,7 +128,7 @@ async def failure_body(failed: Failed, e: BaseException) -> dict[str, Any]:
 
 
 async def live_events(task: asyncio.Future, live_text: LiveText, first: str, model: str, include_usage: bool,
-                      record: Record, failed: Failed) -> AsyncIterator[str]:
+                      record: OnAnswer, failed: OnFailure) -> AsyncIterator[str]:
     """A chat completion's server-sent events for one live escalation: the role, ``first`` and
     each later piece of ``live_text`` as it comes, then, once ``task`` (``Service.answer``) is done,
     the rest of the answer (text held back for a stop string), the finish with the route
