@@ -25,8 +25,7 @@ from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, ConfigDict, Field
 
 from potstill.serve.schemas import GeneratedRequest
-from potstill.serve.streaming import (LiveText, OnAnswer, OnFailure, answered, failure_body, first_text, pieces,
-                                      settle_later)
+from potstill.serve.streaming import LiveText, OnAnswer, OnFailure, first_text, relay
 
 COMPLETIONS = "/v1/completions"
 
@@ -161,36 +160,23 @@ def add_completions_route(app: FastAPI, service: Any, requests: Counter, latency
         return JSONResponse(result, headers=headers)
 
 
-async def live_events(task: asyncio.Future, live_text: LiveText, first: str, model: str, record: OnAnswer,
-                      failed: OnFailure) -> AsyncIterator[str]:
-    """A one-prompt completion's events for a live escalation: ``first`` and each later piece of
-    text as a chunk as it comes, then the rest of the text with the finish and the route (``record``
-    logs the answer and returns it), and ``[DONE]``; or the error body ``failed`` logs and returns."""
+def live_events(task: asyncio.Future, live_text: LiveText, first: str, model: str, record: OnAnswer,
+                failed: OnFailure) -> AsyncIterator[str]:
+    """A one-prompt completion's events for a live escalation (``relay``): each piece of text as a
+    chunk as it comes, then the rest of the text with the finish and the route (``record`` logs the
+    answer and returns it), and ``[DONE]``; or the error body ``failed`` logs and returns."""
     cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
 
     def chunk(text: str, finish: str | None = None, **extra: Any) -> str:
         choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": finish, **extra}
-        return f"data: {json.dumps({'id': cid, 'object': 'text_completion', 'created': created, 'model': model, 'choices': [choice]})}\n\n"
+        obj = {"id": cid, "object": "text_completion", "created": created, "model": model, "choices": [choice]}
+        return f"data: {json.dumps(obj)}\n\n"
 
-    settled = False
-    try:
-        yield chunk(first)
-        sent = first
-        async for piece in pieces(task, live_text):
-            sent += piece
-            yield chunk(piece)
-        settled = True
-        try:
-            served = answered(task, sent)
-        except Exception as e:  # noqa: BLE001 - after the 200 a failure can only be an event
-            yield f"data: {json.dumps(await failure_body(failed, e))}\n\n"
-            return
-        route = await record(served)
-        yield chunk(served.content[len(sent):], served.finish_reason, potstill=route)
-        yield "data: [DONE]\n\n"
-    finally:
-        if not settled:
-            settle_later(task, record, failed)
+    def closing(served: Any, route: dict[str, Any], rest: str) -> list[str]:
+        return [chunk(rest, served.finish_reason, potstill=route), "data: [DONE]\n\n"]
+
+    return relay(task, live_text, first, record, failed, [], chunk, closing,
+                 lambda body: f"data: {json.dumps(body)}\n\n")
 
 
 def _sse(result: dict[str, Any]):

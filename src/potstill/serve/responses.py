@@ -14,7 +14,7 @@ import itertools
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -26,8 +26,7 @@ from potstill.responses_format import ResponsesInputError, chat_messages
 from potstill.responses_format import json_type as _json_type
 from potstill.serve.formats import responses_form
 from potstill.serve.schemas import ResponsesRequest
-from potstill.serve.streaming import (LiveText, OnAnswer, OnFailure, answered, failure_body, first_text, pieces,
-                                      settle_later)
+from potstill.serve.streaming import LiveText, OnAnswer, OnFailure, first_text, relay
 
 
 def student_view(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
@@ -143,47 +142,38 @@ def response_body(body: ResponsesRequest, served: ServedCall, fmt: dict[str, Any
         "potstill": route}
 
 
-async def live_events(task: asyncio.Future, live_text: LiveText, first: str, opening: dict[str, Any], msg_id: str,
-                      finish: OnAnswer, failed: OnFailure) -> AsyncIterator[str]:
-    """The Responses API's events for one live escalation: the response opened (``opening``), its
-    message item (``msg_id``) with ``first`` and each later piece of text as a delta as it comes,
-    then, once ``task`` (``Service.answer``) is done, the rest of the text and the closing events of
-    the whole response (``finish``: logs the answer and returns the response); or, where ``task``
-    failed, ``response.failed`` with the error ``failed`` logs and returns."""
+def live_events(task: asyncio.Future, live_text: LiveText, first: str, opening: dict[str, Any], msg_id: str,
+                finish: OnAnswer, failed: OnFailure) -> AsyncIterator[str]:
+    """The Responses API's events for one live escalation (``relay``): the response opened
+    (``opening``), its message item (``msg_id``) with each piece of text as a delta as it comes,
+    then the rest of the text and the closing events of the whole response (``finish``: logs the
+    answer and returns the response); or ``response.failed`` with the error ``failed`` logs and returns."""
     event = _events()
     where = {"item_id": msg_id, "output_index": 0, "content_index": 0}
-    settled = False
-    try:
-        yield event("response.created", response=opening)
-        yield event("response.in_progress", response=opening)
-        yield event("response.output_item.added", output_index=0, item={
-            "type": "message", "id": msg_id, "status": "in_progress", "role": "assistant", "content": []})
-        yield event("response.content_part.added", **where, part={"type": "output_text", "text": "", "annotations": []})
-        yield event("response.output_text.delta", **where, delta=first, logprobs=[])
-        sent = first
-        async for piece in pieces(task, live_text):
-            sent += piece
-            yield event("response.output_text.delta", **where, delta=piece, logprobs=[])
-        settled = True
-        try:
-            served = answered(task, sent)
-        except Exception as e:  # noqa: BLE001 - after the 200 a failure can only be an event
-            error = (await failure_body(failed, e))["error"]
-            yield event("response.failed", response={**opening, "status": "failed", "error": {
-                "code": error.get("code") or error.get("type") or "server_error", "message": error["message"]}})
-            return
-        response = await finish(served)
-        if served.content[len(sent):]:
-            yield event("response.output_text.delta", **where, delta=served.content[len(sent):], logprobs=[])
+    start = [event("response.created", response=opening), event("response.in_progress", response=opening),
+             event("response.output_item.added", output_index=0, item={
+                 "type": "message", "id": msg_id, "status": "in_progress", "role": "assistant", "content": []}),
+             event("response.content_part.added", **where, part={"type": "output_text", "text": "", "annotations": []})]
+
+    def delta(text: str) -> str:
+        return event("response.output_text.delta", **where, delta=text, logprobs=[])
+
+    def closing(served: ServedCall, response: dict[str, Any], rest: str) -> Iterator[str]:
+        if rest:
+            yield delta(rest)
         item = response["output"][0]
         yield event("response.output_text.done", **where, text=served.content, logprobs=[])
         yield event("response.content_part.done", **where, part=item["content"][0])
         yield event("response.output_item.done", output_index=0, item=item)
         yield event("response.incomplete" if response["status"] == "incomplete" else "response.completed",
                     response=response)
-    finally:
-        if not settled:
-            settle_later(task, finish, failed)
+
+    def failure(body: dict[str, Any]) -> str:
+        error = body["error"]
+        return event("response.failed", response={**opening, "status": "failed", "error": {
+            "code": error.get("code") or error.get("type") or "server_error", "message": error["message"]}})
+
+    return relay(task, live_text, first, finish, failed, start, delta, closing, failure)
 
 
 def add_responses_route(app: FastAPI, service: Any, requests: Counter, latency: Histogram, bearer: list,

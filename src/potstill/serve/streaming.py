@@ -1,7 +1,7 @@
 """Served answers as server-sent events: a chat completion's whole answer in one chunk
 (``whole_events``), and an escalation streamed as the teacher writes it (``serve.stream_teacher``:
-``LiveText``, ``first_text``, ``pieces``; chat completions' ``live_events`` here, the Responses
-API's in ``serve.responses``).
+``LiveText``, ``first_text``, and ``relay``, which each API's live events run on: chat
+completions' ``live_events`` here, the Responses API's and text completions' beside their routes).
 
 The route is decided before the teacher is asked, so its answer can go out piece by piece; only
 where a client's ``stop`` string may begin is text held back (``LiveText``). The answer is logged,
@@ -18,7 +18,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from potstill.ledger import ServedCall
@@ -127,37 +127,53 @@ async def failure_body(failed: OnFailure, e: BaseException) -> dict[str, Any]:
         return {"error": {"message": "internal error", "type": "server_error", "param": None, "code": None}}
 
 
-async def live_events(task: asyncio.Future, live_text: LiveText, first: str, model: str, include_usage: bool,
-                      record: OnAnswer, failed: OnFailure) -> AsyncIterator[str]:
-    """A chat completion's server-sent events for one live escalation: the role, ``first`` and
-    each later piece of ``live_text`` as it comes, then, once ``task`` (``Service.answer``) is done,
-    the rest of the answer (text held back for a stop string), the finish with the route
-    (``record``: the ledger row and metrics, returning the route), the usage where asked, and
-    ``[DONE]``; or, where ``task`` failed, the error body ``failed`` logs and returns."""
-    cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-
-    def chunk(delta: dict, finish: str | None, **extra: Any) -> str:
-        obj = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
-        return f"data: {json.dumps(obj)}\n\n"
-
+async def relay(task: asyncio.Future, live_text: LiveText, first: str, record: OnAnswer, failed: OnFailure,
+                opening: Iterable[str], delta: Callable[[str], str],
+                closing: Callable[[ServedCall, Any, str], Iterable[str]],
+                failure: Callable[[dict[str, Any]], str]) -> AsyncIterator[str]:
+    """One live escalation's events in any API's form: ``opening``, ``delta`` of ``first`` and of
+    each later piece of ``live_text`` as it comes; once ``task`` (``Service.answer``) is done,
+    ``closing(answer, what record returned, the rest of its text)`` (text held back for a stop
+    string is that rest); where it failed, ``failure`` of the error body ``failed`` logs and returns.
+    A stream that ends before the answer is logged (the client left) leaves it to ``settle_later``."""
     settled = False
     try:
-        yield chunk({"role": "assistant", "content": ""}, None)
-        yield chunk({"content": first}, None)
+        for event in opening:
+            yield event
+        yield delta(first)
         sent = first
         async for piece in pieces(task, live_text):
             sent += piece
-            yield chunk({"content": piece}, None)
+            yield delta(piece)
         settled = True
         try:
             served = answered(task, sent)
         except Exception as e:  # noqa: BLE001 - after the 200 a failure can only be an event
-            yield f"data: {json.dumps(await failure_body(failed, e))}\n\n"
+            yield failure(await failure_body(failed, e))
             return
-        route = await record(served)
-        if served.content[len(sent):]:
-            yield chunk({"content": served.content[len(sent):]}, None)
+        for event in closing(served, await record(served), served.content[len(sent):]):
+            yield event
+    finally:
+        if not settled:
+            settle_later(task, record, failed)
+
+
+def live_events(task: asyncio.Future, live_text: LiveText, first: str, model: str, include_usage: bool,
+                record: OnAnswer, failed: OnFailure) -> AsyncIterator[str]:
+    """A chat completion's server-sent events for one live escalation (``relay``): the role, each
+    piece of text as a content delta, the rest of the answer, the finish with the route (``record``:
+    the ledger row and metrics, returning the route), the usage where asked, and ``[DONE]``; or the
+    error body ``failed`` logs and returns."""
+    cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+
+    def chunk(delta: dict, finish: str | None = None, **extra: Any) -> str:
+        obj = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+        return f"data: {json.dumps(obj)}\n\n"
+
+    def closing(served: ServedCall, route: dict[str, Any], rest: str) -> Iterator[str]:
+        if rest:
+            yield chunk({"content": rest})
         yield chunk({}, served.finish_reason, potstill=route)
         if include_usage:
             usage = {"prompt_tokens": served.input_tokens, "completion_tokens": served.output_tokens,
@@ -166,9 +182,9 @@ async def live_events(task: asyncio.Future, live_text: LiveText, first: str, mod
                    "usage": usage}
             yield f"data: {json.dumps(obj)}\n\n"
         yield "data: [DONE]\n\n"
-    finally:
-        if not settled:
-            settle_later(task, record, failed)
+
+    return relay(task, live_text, first, record, failed, [chunk({"role": "assistant", "content": ""})],
+                 lambda text: chunk({"content": text}), closing, lambda body: f"data: {json.dumps(body)}\n\n")
 
 
 def whole_events(cid: str, created: int, model: str, content: str, usage: dict, route: dict, include_usage: bool,
