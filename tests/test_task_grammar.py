@@ -6,16 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-from potstill.config import Config, GenerateConfig, TaskConfig, TeacherConfig
+from potstill.config import Config, TaskConfig, TeacherConfig
 from potstill.errors import PotstillError
-from potstill.generate import label_records
-from potstill.ledger import Ledger
-from potstill.records import Record
 from potstill.tasks import get_task
 from potstill.teachers import get_teacher
 from tests.helpers.cli import run_main
 from tests.test_grammar_constraint import SQL
-from tests.test_json_constraint import ASKS
 
 
 def sql_task() -> object:
@@ -66,21 +62,12 @@ def test_a_local_teacher_and_the_student_decode_under_the_tasks_grammar(tmp_path
     from potstill.models.grammar_constraint import derives, grammar_guide
     from potstill.students import evaluation_engine
     from potstill.synthesize import Slot, prompt
-    from tests.export.conftest import make_bpe_model
+    from tests.teachers.test_structured_outputs import answers_off_and_on
 
-    model = make_bpe_model(tmp_path / "bpe")
-    task = sql_task()
-    records = [Record(id=str(i), messages=m) for i, m in enumerate(ASKS)]
-    outs = {}
-    with Ledger(tmp_path / "calls.sqlite") as ledger:
-        for mode in ("off", "on"):
-            teacher = get_teacher(TeacherConfig(type="local", model=str(model), max_tokens=60,
-                                                structured_outputs=mode), task)
-            try:
-                outs[mode], _ = label_records(records, task, teacher, ledger, "generate", GenerateConfig())
-                assert teacher.request(records[0]).get("json_schema") == (grammar_guide(SQL) if mode == "on" else None)
-            finally:
-                teacher.close()
+    model, got = answers_off_and_on(tmp_path, sql_task(), max_tokens=60)
+    for mode, (_, request) in got.items():
+        assert request.get("json_schema") == (grammar_guide(SQL) if mode == "on" else None)
+    outs = {mode: records for mode, (records, _) in got.items()}
     assert not any(r.valid for r in outs["off"]) and all(r.invalid_reason for r in outs["off"])
     assert all(r.valid and derives(SQL, r.output) for r in outs["on"]), [r.output for r in outs["on"]]
 

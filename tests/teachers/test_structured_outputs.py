@@ -106,26 +106,39 @@ def test_on_and_off_read_as_yaml_writes_them(tmp_path):
     assert TeacherConfig.model_validate({"structured_outputs": "strict"}).structured_outputs == "strict"
 
 
+def answers_off_and_on(tmp_path, task, max_tokens: int):
+    """A random tiny BPE Llama as a local teacher of ``task``, structured_outputs off then on, each
+    answering ``ASKS`` through generate's path into one ledger: the model's path, and per mode the
+    records and the request the teacher built for the first."""
+    from tests.export.conftest import make_bpe_model
+    from tests.test_json_constraint import ASKS
+
+    model = make_bpe_model(tmp_path / "bpe")
+    records = [Record(id=str(i), messages=m) for i, m in enumerate(ASKS)]
+    got = {}
+    with Ledger(tmp_path / "calls.sqlite") as ledger:
+        for mode in ("off", "on"):
+            teacher = get_teacher(TeacherConfig(type="local", model=str(model), max_tokens=max_tokens,
+                                                structured_outputs=mode), task)
+            try:
+                got[mode] = (label_records(records, task, teacher, ledger, "generate", GenerateConfig())[0],
+                             teacher.request(records[0]))
+            finally:
+                teacher.close()
+    return model, got
+
+
 def test_a_local_teacher_decodes_under_the_schema(tmp_path):
     """A local extraction teacher (a random tiny BPE Llama) with structured_outputs decodes its greedy
     answers under the task's schema (models.json_constraint): each is valid JSON, where without it
     none is; the request carries the schema, so the two are cached apart."""
-    from tests.export.conftest import make_bpe_model
-    from tests.test_json_constraint import ASKS, TOPIC, _valid
+    from tests.test_json_constraint import TOPIC, _valid
 
-    model = make_bpe_model(tmp_path / "bpe")
     task = get_task(TaskConfig(type="extraction", instruction="Answer in JSON.", json_schema=TOPIC))
-    records = [Record(id=str(i), messages=m) for i, m in enumerate(ASKS)]
-    outs = {}
-    with Ledger(tmp_path / "calls.sqlite") as ledger:
-        for mode in ("off", "on"):
-            teacher = get_teacher(TeacherConfig(type="local", model=str(model), max_tokens=100,
-                                                structured_outputs=mode), task)
-            try:
-                outs[mode], _ = label_records(records, task, teacher, ledger, "generate", GenerateConfig())
-                assert ("json_schema" in teacher.request(records[0])) == (mode == "on")
-            finally:
-                teacher.close()
+    _, got = answers_off_and_on(tmp_path, task, max_tokens=100)
+    for mode, (_, request) in got.items():
+        assert ("json_schema" in request) == (mode == "on")
+    outs = {mode: records for mode, (records, _) in got.items()}
     assert not any(_valid(r.output or "") for r in outs["off"])
     assert all(_valid(r.output) and r.valid for r in outs["on"]), [r.output for r in outs["on"]]
 
