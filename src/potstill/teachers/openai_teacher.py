@@ -163,10 +163,7 @@ class OpenAITeacher(ApiTeacher):
     def _response(self, completion: Any, latency: float) -> Response:
         choices = sorted(completion.choices or [], key=lambda c: c.index)
         usage = completion.usage
-        n_in = getattr(usage, "prompt_tokens", 0) or 0
-        n_out = getattr(usage, "completion_tokens", 0) or 0
-        details = getattr(usage, "prompt_tokens_details", None)
-        cached = (getattr(details, "cached_tokens", 0) or 0) if details else 0
+        n_in, n_out, cached = usage_tokens(usage)
         if not choices:  # a proxy's filtered or cancelled generation: a 200 with nothing in it, maybe billed
             return Response(output=None, error="the server answered with no choices (an empty completion)",
                             input_tokens=n_in, output_tokens=n_out, cached_input_tokens=cached, latency_s=latency,
@@ -252,10 +249,7 @@ class OpenAITeacher(ApiTeacher):
                     finish = c.finish_reason or finish
         finally:
             await stream.close()
-        n_in = getattr(usage, "prompt_tokens", 0) or 0
-        n_out = getattr(usage, "completion_tokens", 0) or 0
-        details = getattr(usage, "prompt_tokens_details", None)
-        cached = (getattr(details, "cached_tokens", 0) or 0) if details else 0
+        n_in, n_out, cached = usage_tokens(usage)
         tokens = dict(input_tokens=n_in, output_tokens=n_out, cached_input_tokens=cached,
                       latency_s=time.perf_counter() - t0, cost_usd=self.token_cost(n_in, n_out, cached))
         if refusal and not parts:  # as _response: a refusal is an error row, never the answer ""
@@ -263,6 +257,14 @@ class OpenAITeacher(ApiTeacher):
         if finish is None:
             raise ConnectionError("the teacher's stream ended before its answer did (no finish_reason)")
         return Response(output="".join(parts), stop_reason=finish, **tokens)
+
+
+def usage_tokens(usage: Any) -> tuple[int, int, int]:
+    """A completion's (or a stream's last chunk's) usage as input, output and cached input tokens;
+    zeros where the server sent none."""
+    details = getattr(usage, "prompt_tokens_details", None)
+    return (getattr(usage, "prompt_tokens", 0) or 0, getattr(usage, "completion_tokens", 0) or 0,
+            (getattr(details, "cached_tokens", 0) or 0) if details else 0)
 
 
 def compact_logprobs(content: Any) -> list[dict[str, Any]]:
