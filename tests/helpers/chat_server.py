@@ -103,22 +103,31 @@ class ChatServer:
         if body.get("stream"):
             usage = ({"prompt_tokens": ids.shape[1], "completion_tokens": len(new), "total_tokens": ids.shape[1] + len(new)}
                      if (body.get("stream_options") or {}).get("include_usage") else None)
-            return StreamingResponse(self._chunks(body["model"], new, finish, usage), media_type="text/event-stream")
+            entries = choice.get("logprobs", {}).get("content")
+            return StreamingResponse(self._chunks(body["model"], new, finish, usage, entries),
+                                     media_type="text/event-stream")
         return {
             "id": f"chatcmpl-{sum(self.requests.values())}", "object": "chat.completion", "created": int(time.time()),
             "model": body["model"], "choices": [choice],
             "usage": {"prompt_tokens": ids.shape[1], "completion_tokens": len(new), "total_tokens": ids.shape[1] + len(new)},
         }
 
-    def _chunks(self, model: str, new: list[int], finish: str, usage: dict | None):
-        """OpenAI's chunks: the role, each token's new text, the finish, the usage, [DONE]."""
+    def _chunks(self, model: str, new: list[int], finish: str, usage: dict | None, entries: list[dict] | None):
+        """OpenAI's chunks: the role, each token's new text (with the log-probs of the tokens it
+        completes, where ``entries`` holds them), the finish, the usage, [DONE]."""
         import json
 
-        def event(delta: dict, finish_reason: str | None = None, **extra: Any) -> str:
+        def event(delta: dict, finish_reason: str | None = None, upto: int = 0, **extra: Any) -> str:
+            nonlocal done
+            choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+            if entries is not None and upto > done:
+                choice["logprobs"] = {"content": entries[done:upto], "refusal": None}
+                done = upto
             obj = {"id": "chatcmpl-s", "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}], **extra}
+                   "choices": [choice], **extra}
             return f"data: {json.dumps(obj)}\n\n"
 
+        done = 0  # tokens whose log-probs went out
         yield event({"role": "assistant", "content": ""})
         text = ""
         for i in range(len(new)):
@@ -127,14 +136,15 @@ class ChatServer:
                 first = self.hold is not None and not text
                 if first:  # set before the text goes out: the rest cannot come before the test lets it
                     self.holding.set()
-                yield event({"content": now[len(text):]})
+                yield event({"content": now[len(text):]}, upto=i + 1)
                 if first:
                     assert self.hold.wait(timeout=20), "the test never let the stream go on"
                     self.holding.clear()
                 text = now
         whole = self.tok.decode(new, skip_special_tokens=True)
-        if whole != text:  # a last character held back, or a decode that is not its prefixes'
-            yield event({"content": whole[len(text):] if whole.startswith(text) else whole})
+        if whole != text or (entries and done < len(entries)):  # a last character held back, or a decode
+            # that is not its prefixes'
+            yield event({"content": whole[len(text):] if whole.startswith(text) else whole}, upto=len(new))
         yield event({}, finish)
         if usage is not None:
             yield f"data: {json.dumps({'id': 'chatcmpl-s', 'object': 'chat.completion.chunk', 'model': model, 'created': 0, 'choices': [], 'usage': usage})}\n\n"

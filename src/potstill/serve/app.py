@@ -34,7 +34,7 @@ from potstill.serve.completions import COMPLETIONS, add_completions_route
 from potstill.serve.engine import RefusedChat
 from potstill.serve.formats import FormatError
 from potstill.serve.responses import add_responses_route
-from potstill.serve.streaming import LiveText, first_text, live_events, whole_events
+from potstill.serve.streaming import LiveText, first_piece, live_events, whole_events
 from potstill.serve.schemas import (ChatCompletion, ChatRequest, ErrorBody, Health, ModelCard, ModelList,
                                     ResponsesRequest)
 from potstill.serve.service import LogprobsUnavailable, Service, TeacherError, with_tool_fields
@@ -427,12 +427,12 @@ def _add_chat_route(app: FastAPI, service: Service, requests: Counter, latency: 
         # The teacher gets the tool turns whole: an OpenAI teacher refuses a tool message that no
         # assistant tool_calls (kept by id) precede. The student reads their text, as it was trained.
         teacher_messages = [_teacher_message(m) for m in body.messages if m.role not in ("system", "developer")]
-        live_text = LiveText(body.stops()) if body.stream and service.streams(tools, logprobs) else None
+        live_text = LiveText(body.stops(), logprobs) if body.stream and service.streams() else None
         answering = service.answer(messages, body.max_completion_tokens or body.max_tokens, body.stops(),
                                    teacher_messages=teacher_messages if teacher_messages != messages else None,
                                    tools=tools, logprobs=logprobs, response_format=fmt, live_text=live_text)
-        task, first = await first_text(answering, live_text) if live_text is not None else (None, None)
-        if first is not None:  # the teacher's text came before its whole answer: streamed as it is written
+        task, first = await first_piece(answering, live_text) if live_text is not None else (None, None)
+        if first is not None:  # the teacher's first piece came before its whole answer: streamed as it is written
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             events = live_events(task, live_text, first, service.teacher_name, include_usage,
                                  lambda served: _record(service, state, served, body.model_dump(exclude_none=True),

@@ -16,7 +16,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -25,7 +25,7 @@ from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, ConfigDict, Field
 
 from potstill.serve.schemas import GeneratedRequest
-from potstill.serve.streaming import LiveText, OnAnswer, OnFailure, first_text, relay
+from potstill.serve.streaming import LiveText, OnAnswer, OnFailure, Piece, first_piece, relay
 
 COMPLETIONS = "/v1/completions"
 
@@ -76,13 +76,13 @@ class Completion(BaseModel):
     usage: dict[str, int]
 
 
-def legacy_logprobs(content: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+def legacy_logprobs(content: Sequence[dict[str, Any]] | None, at: int = 0) -> dict[str, Any] | None:
     """Chat's ``logprobs.content`` (token, logprob, top_logprobs) in the legacy completions form:
     ``tokens``, ``token_logprobs``, ``top_logprobs`` (a token -> log-prob map per position) and
-    ``text_offset`` (each token's character offset in the text)."""
+    ``text_offset`` (each token's character offset in the text, the first at ``at``)."""
     if content is None:
         return None
-    offsets, at = [], 0
+    offsets = []
     for t in content:
         offsets.append(at)
         at += len(t["token"])
@@ -127,14 +127,15 @@ def add_completions_route(app: FastAPI, service: Any, requests: Counter, latency
                                           response_format=fmt)
             return served, await record(messages)(served)
 
-        if body.stream and len(prompts) == 1 and service.streams(None, body.logprobs):
+        if body.stream and len(prompts) == 1 and service.streams():
             # One prompt that escalates: its text streams as the teacher writes it, as chat's does.
             messages = [{"role": "user", "content": prompts[0]}]
-            live_text = LiveText(body.stops())
-            task, first = await first_text(service.answer(messages, body.max_tokens, body.stops(), logprobs=body.logprobs,
+            live_text = LiveText(body.stops(), body.logprobs)
+            task, first = await first_piece(service.answer(messages, body.max_tokens, body.stops(), logprobs=body.logprobs,
                                                           response_format=fmt, live_text=live_text), live_text)
             if first is not None:
-                events = live_events(task, live_text, first, service.teacher_name, record(messages),
+                events = live_events(task, live_text, first, service.teacher_name, body.logprobs is not None,
+                                     record(messages),
                                      lambda e: asyncio.to_thread(_stream_failure, service, state, e, log_error))
                 return StreamingResponse(events, media_type="text/event-stream", headers=_live_headers(live_text))
             results = [(task.result(), await record(messages)(task.result()))]
@@ -160,19 +161,24 @@ def add_completions_route(app: FastAPI, service: Any, requests: Counter, latency
         return JSONResponse(result, headers=headers)
 
 
-def live_events(task: asyncio.Future, live_text: LiveText, first: str, model: str, record: OnAnswer,
-                failed: OnFailure) -> AsyncIterator[str]:
+def live_events(task: asyncio.Future, live_text: LiveText, first: Piece, model: str, logprobs: bool,
+                record: OnAnswer, failed: OnFailure) -> AsyncIterator[str]:
     """A one-prompt completion's events for a live escalation (``relay``): each piece of text as a
-    chunk as it comes, then the rest of the text with the finish and the route (``record`` logs the
-    answer and returns it), and ``[DONE]``; or the error body ``failed`` logs and returns."""
+    chunk as it comes (with its tokens' legacy ``logprobs`` where asked), then the rest of the text
+    with the finish and the route (``record`` logs the answer and returns it), and ``[DONE]``; or
+    the error body ``failed`` logs and returns."""
     cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+    at = 0  # the text offset of the next token whose log-probs go out
 
-    def chunk(text: str, finish: str | None = None, **extra: Any) -> str:
-        choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": finish, **extra}
+    def chunk(piece: Piece, finish: str | None = None, **extra: Any) -> str:
+        nonlocal at
+        lps = legacy_logprobs(piece.logprobs, at) if logprobs else None
+        at += sum(len(t["token"]) for t in piece.logprobs)
+        choice = {"text": piece.text, "index": 0, "logprobs": lps, "finish_reason": finish, **extra}
         obj = {"id": cid, "object": "text_completion", "created": created, "model": model, "choices": [choice]}
         return f"data: {json.dumps(obj)}\n\n"
 
-    def closing(served: Any, route: dict[str, Any], rest: str) -> list[str]:
+    def closing(served: Any, route: dict[str, Any], rest: Piece) -> list[str]:
         return [chunk(rest, served.finish_reason, potstill=route), "data: [DONE]\n\n"]
 
     return relay(task, live_text, first, record, failed, [], chunk, closing,

@@ -3,8 +3,8 @@ chat completions' terms (which the router, the teachers and the ledger speak): f
 chat tools, and an answer back to output items and server-sent events. Input items to chat
 messages: ``potstill.responses_format``. Tools: ``function`` tools only (``{type, name,
 description, parameters, strict}``); hosted tools (web search, file search, ...) are the provider's
-own and a 400 here. An escalation asked with ``stream`` streams its text as the teacher writes it,
-as chat completions' does (``serve.streaming``).
+own and a 400 here. An escalation asked with ``stream`` streams its text and its function calls as
+the teacher writes them, as chat completions' does (``serve.streaming``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from potstill.responses_format import ResponsesInputError, chat_messages
 from potstill.responses_format import json_type as _json_type
 from potstill.serve.formats import responses_form
 from potstill.serve.schemas import ResponsesRequest
-from potstill.serve.streaming import LiveText, OnAnswer, OnFailure, first_text, relay
+from potstill.serve.streaming import LiveText, OnAnswer, OnFailure, Piece, first_piece, relay
 
 
 def student_view(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
@@ -142,29 +142,88 @@ def response_body(body: ResponsesRequest, served: ServedCall, fmt: dict[str, Any
         "potstill": route}
 
 
-def live_events(task: asyncio.Future, live_text: LiveText, first: str, opening: dict[str, Any], msg_id: str,
+def live_events(task: asyncio.Future, live_text: LiveText, first: Piece, opening: dict[str, Any], msg_id: str,
                 finish: OnAnswer, failed: OnFailure) -> AsyncIterator[str]:
     """The Responses API's events for one live escalation (``relay``): the response opened
-    (``opening``), its message item (``msg_id``) with each piece of text as a delta as it comes,
-    then the rest of the text and the closing events of the whole response (``finish``: logs the
-    answer and returns the response); or ``response.failed`` with the error ``failed`` logs and returns."""
+    (``opening``); each output item added as the teacher begins it, its message (``msg_id``) at the
+    first text, each tool call as a ``function_call`` item at its first fragment, with text and
+    arguments as deltas as they come; then the rest of the text, each item done, and the whole
+    response (``finish``: logs the answer and returns the response, its items in the order they
+    went out); or ``response.failed`` with the error ``failed`` logs and returns."""
     event = _events()
-    where = {"item_id": msg_id, "output_index": 0, "content_index": 0}
-    start = [event("response.created", response=opening), event("response.in_progress", response=opening),
-             event("response.output_item.added", output_index=0, item={
-                 "type": "message", "id": msg_id, "status": "in_progress", "role": "assistant", "content": []}),
-             event("response.content_part.added", **where, part={"type": "output_text", "text": "", "annotations": []})]
+    items: list[dict[str, Any]] = []  # as they went out: message, or function_call with its call index
+    calls: dict[int, dict[str, Any]] = {}  # tool call index -> its item
+    text = {"item_id": msg_id, "content_index": 0}
+    start = [event("response.created", response=opening), event("response.in_progress", response=opening)]
 
-    def delta(text: str) -> str:
-        return event("response.output_text.delta", **where, delta=text, logprobs=[])
+    def message() -> list[str]:
+        """The message item opened where it is not yet."""
+        if any(item["type"] == "message" for item in items):
+            return []
+        items.append({"type": "message", "id": msg_id})
+        text["output_index"] = len(items) - 1
+        return [event("response.output_item.added", output_index=len(items) - 1, item={
+                    "type": "message", "id": msg_id, "status": "in_progress", "role": "assistant", "content": []}),
+                event("response.content_part.added", **text, part={"type": "output_text", "text": "",
+                                                                   "annotations": []})]
 
-    def closing(served: ServedCall, response: dict[str, Any], rest: str) -> Iterator[str]:
-        if rest:
-            yield delta(rest)
-        item = response["output"][0]
-        yield event("response.output_text.done", **where, text=served.content, logprobs=[])
-        yield event("response.content_part.done", **where, part=item["content"][0])
-        yield event("response.output_item.done", output_index=0, item=item)
+    def call_done(item: dict[str, Any], done: dict[str, Any]) -> list[str]:
+        where = {"item_id": item["id"], "output_index": item["output_index"]}
+        item["done"] = True
+        return [event("response.function_call_arguments.done", **where, name=done["name"], arguments=done["arguments"]),
+                event("response.output_item.done", output_index=item["output_index"], item=done)]
+
+    def delta(piece: Piece) -> str:
+        out: list[str] = []
+        if piece.text:
+            out += message()
+            out.append(event("response.output_text.delta", **text, delta=piece.text, logprobs=[]))
+        for f in piece.tool_calls:
+            fn = f.get("function") or {}
+            item = calls.get(f.get("index", 0))
+            if item is None:
+                for earlier in calls.values():  # one call at a time: the one before is whole
+                    if not earlier.get("done"):
+                        out += call_done(earlier, {**earlier["item"], "status": "completed"})
+                item = calls[f.get("index", 0)] = {
+                    "type": "function_call", "id": f"fc_{uuid.uuid4().hex[:24]}", "output_index": len(items),
+                    "call": f.get("index", 0),
+                    "item": {"type": "function_call", "call_id": f.get("id"), "name": fn.get("name") or "",
+                             "arguments": "", "status": "in_progress"}}
+                item["item"]["id"] = item["id"]
+                items.append(item)
+                out.append(event("response.output_item.added", output_index=item["output_index"], item=item["item"]))
+            elif fn.get("name"):
+                item["item"]["name"] += fn["name"]
+            if fn.get("arguments"):
+                item["item"]["arguments"] += fn["arguments"]
+                out.append(event("response.function_call_arguments.delta", item_id=item["id"],
+                                 output_index=item["output_index"], delta=fn["arguments"]))
+        return "".join(out)
+
+    def closing(served: ServedCall, response: dict[str, Any], rest: Piece) -> Iterator[str]:
+        whole = response["output"]
+        said = [i for i in whole if i["type"] == "message"]
+        if said or rest.text:
+            yield from message()
+        if rest.text:
+            yield event("response.output_text.delta", **text, delta=rest.text, logprobs=[])
+        answered = [i for i in whole if i["type"] == "function_call"]
+        output = []
+        for item in items:
+            if item["type"] == "message":
+                done = said[0]
+                yield event("response.output_text.done", **text, text=served.content, logprobs=[])
+                yield event("response.content_part.done", **text, part=done["content"][0])
+                yield event("response.output_item.done", output_index=text["output_index"], item=done)
+            else:
+                # The call as the teacher's answer holds it (in the order of the calls' indexes),
+                # under the id its events went out with.
+                done = {**answered[sorted(calls).index(item["call"])], "id": item["id"]}
+                if not item.get("done"):
+                    yield from call_done(item, done)
+            output.append(done)
+        response = {**response, "output": output}
         yield event("response.incomplete" if response["status"] == "incomplete" else "response.completed",
                     response=response)
 
@@ -210,13 +269,13 @@ def add_responses_route(app: FastAPI, service: Any, requests: Counter, latency: 
         messages = student_view(teacher_messages)
         if not any(m["role"] == "user" and m["content"].strip() for m in messages):
             raise APIError(400, "input: needs a user message with text", "input")
-        live_text = LiveText() if body.stream and service.streams(tools, None) else None
+        live_text = LiveText() if body.stream and service.streams() else None
         answering = service.answer(messages, body.max_output_tokens, [],
                                    teacher_messages=teacher_messages if teacher_messages != messages else None,
                                    tools=tools, logprobs=None, response_format=fmt, live_text=live_text)
         logged = {**body.model_dump(exclude_none=True), "messages": messages, "endpoint": RESPONSES}
-        task, first = await first_text(answering, live_text) if live_text is not None else (None, None)
-        if first is not None:  # the teacher's text came before its whole answer: streamed as it is written
+        task, first = await first_piece(answering, live_text) if live_text is not None else (None, None)
+        if first is not None:  # the teacher's first piece came before its whole answer: streamed as it is written
             rid, created, msg_id = f"resp_{uuid.uuid4().hex[:24]}", int(time.time()), f"msg_{uuid.uuid4().hex[:24]}"
             opening = {**response_body(body, ServedCall(request={}, answered_by="teacher", model=service.teacher_name,
                                                         content=""), fmt, {}, rid, created),

@@ -32,7 +32,7 @@ from potstill.serve.calibration import _servable, calibrate_run
 from potstill.serve.engine import Batcher, ServedStudent, StudentAnswer, first_stop
 from potstill.serve.formats import FormatError, answer_problem, format_schema
 from potstill.serve.routing import Routing, ood_distance
-from potstill.serve.streaming import LiveText
+from potstill.serve.streaming import LiveText, openai_logprob
 from potstill.serve.schemas import ChatRequest
 from potstill.tasks import Task, get_task
 from potstill.teachers import Response, Teacher, get_teacher, request_hash
@@ -334,7 +334,7 @@ class Service:
         if live_text is not None:
             live_text.asked_at = time.perf_counter()
         r = await asyncio.wrap_future(self.teacher.submit(req) if live_text is None else
-                                      self.teacher.submit(req, on_text=live_text))
+                                      self.teacher.submit(req, on_delta=live_text))
         if not r.ok:
             raise TeacherError(r.error or "the teacher returned no answer", r.error_status, r.error_code, h, r)
         return r, False, h
@@ -413,7 +413,7 @@ class Service:
                                   logprobs_unavailable=why, **common)
         finally:
             live.release()
-        if not self.streams(tools, logprobs):
+        if not self.streams():
             live_text = None
         elif live_text is not None:
             live_text.route = {"answered_by": "teacher", "reason": reason, "confidence": common["confidence"],
@@ -421,7 +421,7 @@ class Service:
         r, cached, common["request_hash"] = await self._ask_teacher(h, req, live_text)
         extra: dict[str, Any] = {"teacher_latency_s": 0.0 if cached else r.latency_s}
         if live_text is not None and live_text.first_at is not None:
-            # The teacher's time to its first text, what a streaming client waited past the student.
+            # The teacher's time to its first text (or tool call), what a streaming client waited past the student.
             extra["teacher_first_text_s"] = round(live_text.first_at - live_text.asked_at, 6)
         if live_text is not None and not cached and r.input_tokens == 0 and not self._warned_usage:
             self._warned_usage = True
@@ -460,11 +460,10 @@ class Service:
                           cost_usd=student_cost + (0.0 if cached else r.cost_usd), extra=extra,
                           finish_reason=finish, logprobs=lps, logprobs_unavailable=why, **common)
 
-    def streams(self, tools: dict[str, Any] | None, logprobs: int | None) -> bool:
+    def streams(self) -> bool:
         """Whether an escalation can be streamed as the teacher writes it (``LiveText``): under
-        ``serve.stream_teacher``, with a teacher that ``streams``, and no tools or logprobs asked
-        (those answers come whole)."""
-        return self.cfg.serve.stream_teacher and self.teacher.streams and tools is None and logprobs is None
+        ``serve.stream_teacher``, with a teacher that ``streams``."""
+        return self.cfg.serve.stream_teacher and self.teacher.streams
 
     def student_guide(self, live: Live, response_format: dict[str, Any] | None) -> dict | None:
         """The JSON Schema the student decodes a request's answer under, as vLLM's guided decoding
@@ -531,9 +530,7 @@ def openai_logprobs(compact: list[dict[str, Any]], content: str, output: str, to
         text += t["token"]
         if content != output and not content.startswith(text):
             break
-        out.append({"token": t["token"], "logprob": t["logprob"], "bytes": list(t["token"].encode("utf-8")),
-                    "top_logprobs": [{"token": a["token"], "logprob": a["logprob"],
-                                      "bytes": list(a["token"].encode("utf-8"))} for a in t.get("top", [])[:top]]})
+        out.append(openai_logprob(t, top))
     return out
 
 

@@ -1,10 +1,11 @@
 """Served answers as server-sent events: a chat completion's whole answer in one chunk
 (``whole_events``), and an escalation streamed as the teacher writes it (``serve.stream_teacher``:
-``LiveText``, ``first_text``, and ``relay``, which each API's live events run on: chat
+``LiveText``, ``first_piece``, and ``relay``, which each API's live events run on: chat
 completions' ``live_events`` here, the Responses API's and text completions' beside their routes).
 
-The route is decided before the teacher is asked, so its answer can go out piece by piece; only
-where a client's ``stop`` string may begin is text held back (``LiveText``). The answer is logged,
+The route is decided before the teacher is asked, so its answer can go out piece by piece (text,
+its tokens' log-probs, tool-call fragments); only where a client's ``stop`` string may begin is
+text held back (``LiveText``). What went out is checked against the whole answer (``Sent``). The answer is logged,
 metered and billed once it is whole, exactly as the unstreamed one: the ledger row, the route object
 in the last chunk and the usage chunk are the same. A teacher that fails after its first text ends
 the stream with an ``error`` event (what the official SDKs raise as an ``APIError``), logged as a
@@ -19,42 +20,108 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from potstill.ledger import ServedCall
 from potstill.serve.engine import first_stop
+from potstill.teachers.base import Delta
+
+
+class Piece(NamedTuple):
+    """What one event of a live stream carries: new text, the OpenAI ``logprobs.content`` entries of
+    the tokens it completes, and tool-call fragments in OpenAI's chunk form."""
+
+    text: str = ""
+    logprobs: tuple[dict[str, Any], ...] = ()
+    tool_calls: tuple[dict[str, Any], ...] = ()
+
+
+def openai_logprob(entry: dict[str, Any], top: int) -> dict[str, Any]:
+    """One token's log-probs as a teacher adapter keeps them ({token, logprob, top}, rounded to 1e-4
+    nats) as an entry of OpenAI's ``logprobs.content``, with ``top`` alternatives."""
+    return {"token": entry["token"], "logprob": entry["logprob"], "bytes": list(entry["token"].encode("utf-8")),
+            "top_logprobs": [{"token": a["token"], "logprob": a["logprob"], "bytes": list(a["token"].encode("utf-8"))}
+                             for a in entry.get("top", [])[:top]]}
 
 
 class LiveText:
     """An escalated answer streamed as the teacher writes it (``Service.answer``'s ``live_text``,
     made on the server's event loop). ``route`` (answered_by, reason, confidence, student) is set
-    before the teacher is asked; each piece of its text then goes on ``queue``, called from the
-    teacher's thread. Text where a client's ``stop`` string may begin is held back, and nothing past
-    the first stop goes out, so what the queue carries is always a start of the answer sent; the
-    rest (held back, or none streamed) is the client's once the answer is whole."""
+    before the teacher is asked; each piece the teacher writes (a ``Delta``, called from the
+    teacher's thread) then goes on ``queue`` as a ``Piece``. Text where a client's ``stop`` string
+    may begin is held back, and nothing past the first stop goes out, so the text the queue carries
+    is always a start of the answer sent; a token's log-probs (``top_logprobs``: the client's, None
+    where it asked for none) go out with the text that completes it; tool-call fragments go out as
+    they come. The rest (held back, or none streamed) is the client's once the answer is whole."""
 
-    def __init__(self, stops: Sequence[str] = ()):
+    def __init__(self, stops: Sequence[str] = (), top_logprobs: int | None = None):
         self.loop = asyncio.get_running_loop()
-        self.queue: asyncio.Queue[str] = asyncio.Queue()
+        self.queue: asyncio.Queue[Piece] = asyncio.Queue()
         self.route: dict[str, Any] | None = None
         self.stops = tuple(stops)
+        self.top = top_logprobs
         self.asked_at = 0.0  # perf_counter() when the teacher was asked (``Service._ask_teacher``)
-        self.first_at: float | None = None  # perf_counter() of the teacher's first piece of text
+        self.first_at: float | None = None  # perf_counter() of the teacher's first piece (text or tool call)
         self._hold = max((len(s) - 1 for s in self.stops), default=0)
         self._text, self._sent, self._stopped = "", 0, False
+        self._tokens: list[dict[str, Any]] = []  # log-probs whose text has not all gone out yet
+        self._spelled = ""  # the text of the tokens whose log-probs went out
 
-    def __call__(self, piece: str) -> None:
-        if self._stopped or not piece:
-            return
-        if self.first_at is None:
+    def __call__(self, delta: Delta) -> None:
+        if self.first_at is None and (delta.text or delta.tool_calls):
             self.first_at = time.perf_counter()
-        self._text += piece
-        at = first_stop(self._text, self.stops)
-        end = at if at >= 0 else len(self._text) - self._hold
-        self._stopped = at >= 0
-        if end > self._sent:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, self._text[self._sent:end])
-            self._sent = end
+        text = ""
+        if delta.text and not self._stopped:
+            self._text += delta.text
+            at = first_stop(self._text, self.stops)
+            end = at if at >= 0 else len(self._text) - self._hold
+            self._stopped = at >= 0
+            if end > self._sent:
+                text, self._sent = self._text[self._sent:end], end
+        if self.top is not None and delta.logprobs:
+            self._tokens.extend(delta.logprobs)
+        out = self._text[:self._sent]
+        tokens = []
+        while self._tokens and out.startswith(self._spelled + self._tokens[0]["token"]):
+            self._spelled += self._tokens[0]["token"]
+            tokens.append(openai_logprob(self._tokens.pop(0), self.top or 0))
+        if text or tokens or delta.tool_calls:
+            piece = Piece(text, tuple(tokens), tuple(delta.tool_calls or ()))
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, piece)
+
+
+class Sent:
+    """What a live stream has sent so far: text, log-probs entries, and each tool call (by index:
+    id, name, arguments) as the client's SDK puts its fragments together."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.logprobs: list[dict[str, Any]] = []
+        self.calls: dict[int, dict[str, Any]] = {}
+
+    def add(self, piece: Piece) -> None:
+        self.text += piece.text
+        self.logprobs.extend(piece.logprobs)
+        for f in piece.tool_calls:
+            call = self.calls.setdefault(f.get("index", 0), {"id": None, "name": "", "arguments": ""})
+            fn = f.get("function") or {}
+            call["id"] = f.get("id") or call["id"]
+            call["name"] += fn.get("name") or ""
+            call["arguments"] += fn.get("arguments") or ""
+
+    def rest(self, served: ServedCall) -> Piece:
+        """What the whole ``served`` answer holds past what went out (its text and log-probs); an
+        error where what went out is not its start, or where a tool call went out otherwise or not at all."""
+        if not (served.content or "").startswith(self.text):
+            raise RuntimeError("the streamed text is not the start of the answer")
+        logprobs = served.logprobs or []
+        if logprobs[:len(self.logprobs)] != self.logprobs:
+            raise RuntimeError("the streamed log-probabilities are not the start of the answer's")
+        calls = [{"id": c.get("id"), "name": c["function"]["name"], "arguments": c["function"]["arguments"]}
+                 for c in served.extra.get("tool_calls") or []]
+        if calls != [self.calls[i] for i in sorted(self.calls)]:
+            raise RuntimeError("the streamed tool calls are not the answer's")
+        return Piece(served.content[len(self.text):], tuple(logprobs[len(self.logprobs):]))
 
 
 # Answers still being awaited for clients that left mid-stream (a task needs a reference to run on).
@@ -64,10 +131,10 @@ OnAnswer = Callable[[ServedCall], Awaitable[Any]]
 OnFailure = Callable[[BaseException], Awaitable[dict[str, Any]]]
 
 
-async def first_text(answering: Awaitable[ServedCall], live_text: LiveText) -> tuple[asyncio.Future, str | None]:
+async def first_piece(answering: Awaitable[ServedCall], live_text: LiveText) -> tuple[asyncio.Future, Piece | None]:
     """``answering`` (``Service.answer`` given ``live_text``) started, and the teacher's first piece
-    of text where it comes before the answer is done; None where the answer came first (the
-    student's, the ledger's, or a failure, which the caller then raises as it would unstreamed)."""
+    (text or a tool call) where it comes before the answer is done; None where the answer came first
+    (the student's, the ledger's, or a failure, which the caller then raises as it would unstreamed)."""
     task = asyncio.ensure_future(answering)
     first = asyncio.ensure_future(live_text.queue.get())
     await asyncio.wait({task, first}, return_when=asyncio.FIRST_COMPLETED)
@@ -77,7 +144,7 @@ async def first_text(answering: Awaitable[ServedCall], live_text: LiveText) -> t
     return task, first.result()
 
 
-async def pieces(task: asyncio.Future, live_text: LiveText) -> AsyncIterator[str]:
+async def pieces(task: asyncio.Future, live_text: LiveText) -> AsyncIterator[Piece]:
     """Each later piece of ``live_text`` as it comes, until ``task`` is done. The teacher's thread
     put every piece before its answer returned, so what is queued then is all there is."""
     while True:
@@ -93,14 +160,6 @@ async def pieces(task: asyncio.Future, live_text: LiveText) -> AsyncIterator[str
         yield piece.result()
     while not live_text.queue.empty():
         yield live_text.queue.get_nowait()
-
-
-def answered(task: asyncio.Future, sent: str) -> ServedCall:
-    """The whole answer of a live stream that sent ``sent`` so far (``task``'s result or exception)."""
-    served: ServedCall = task.result()
-    if not (served.content or "").startswith(sent):
-        raise RuntimeError("the streamed text is not the start of the answer")
-    return served
 
 
 def settle_later(task: asyncio.Future, record: OnAnswer, failed: OnFailure) -> None:
@@ -127,53 +186,66 @@ async def failure_body(failed: OnFailure, e: BaseException) -> dict[str, Any]:
         return {"error": {"message": "internal error", "type": "server_error", "param": None, "code": None}}
 
 
-async def relay(task: asyncio.Future, live_text: LiveText, first: str, record: OnAnswer, failed: OnFailure,
-                opening: Iterable[str], delta: Callable[[str], str],
-                closing: Callable[[ServedCall, Any, str], Iterable[str]],
+async def relay(task: asyncio.Future, live_text: LiveText, first: Piece, record: OnAnswer, failed: OnFailure,
+                opening: Iterable[str], delta: Callable[[Piece], str],
+                closing: Callable[[ServedCall, Any, Piece], Iterable[str]],
                 failure: Callable[[dict[str, Any]], str]) -> AsyncIterator[str]:
     """One live escalation's events in any API's form: ``opening``, ``delta`` of ``first`` and of
     each later piece of ``live_text`` as it comes; once ``task`` (``Service.answer``) is done,
-    ``closing(answer, what record returned, the rest of its text)`` (text held back for a stop
-    string is that rest); where it failed, ``failure`` of the error body ``failed`` logs and returns.
-    A stream that ends before the answer is logged (the client left) leaves it to ``settle_later``."""
+    ``closing(answer, what record returned, the rest of it)`` (text held back for a stop string,
+    and its log-probs, are that rest); where it failed, ``failure`` of the error body ``failed``
+    logs and returns. A stream that ends before the answer is logged (the client left) leaves it to
+    ``settle_later``."""
     settled = False
     try:
         for event in opening:
             yield event
+        sent = Sent()
         yield delta(first)
-        sent = first
+        sent.add(first)
         async for piece in pieces(task, live_text):
-            sent += piece
             yield delta(piece)
+            sent.add(piece)
         settled = True
         try:
-            served = answered(task, sent)
+            served = task.result()
+            rest = sent.rest(served)
         except Exception as e:  # noqa: BLE001 - after the 200 a failure can only be an event
             yield failure(await failure_body(failed, e))
             return
-        for event in closing(served, await record(served), served.content[len(sent):]):
+        for event in closing(served, await record(served), rest):
             yield event
     finally:
         if not settled:
             settle_later(task, record, failed)
 
 
-def live_events(task: asyncio.Future, live_text: LiveText, first: str, model: str, include_usage: bool,
+def live_events(task: asyncio.Future, live_text: LiveText, first: Piece, model: str, include_usage: bool,
                 record: OnAnswer, failed: OnFailure) -> AsyncIterator[str]:
     """A chat completion's server-sent events for one live escalation (``relay``): the role, each
-    piece of text as a content delta, the rest of the answer, the finish with the route (``record``:
-    the ledger row and metrics, returning the route), the usage where asked, and ``[DONE]``; or the
-    error body ``failed`` logs and returns."""
+    piece as a delta (its text as content with its tokens' ``logprobs``, its tool-call fragments as
+    ``tool_calls``), the rest of the answer, the finish with the route (``record``: the ledger row
+    and metrics, returning the route), the usage where asked, and ``[DONE]``; or the error body
+    ``failed`` logs and returns."""
     cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
 
-    def chunk(delta: dict, finish: str | None = None, **extra: Any) -> str:
+    def chunk(delta: dict, finish: str | None = None, logprobs: Sequence[dict] = (), **extra: Any) -> str:
+        choice = {"index": 0, "delta": delta,
+                  **({"logprobs": {"content": list(logprobs), "refusal": None}} if logprobs else {}),
+                  "finish_reason": finish}
         obj = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+               "choices": [choice], **extra}
         return f"data: {json.dumps(obj)}\n\n"
 
-    def closing(served: ServedCall, route: dict[str, Any], rest: str) -> Iterator[str]:
-        if rest:
-            yield chunk({"content": rest})
+    def piece_chunk(piece: Piece) -> str:
+        delta: dict[str, Any] = {"content": piece.text} if piece.text or not piece.tool_calls else {}
+        if piece.tool_calls:
+            delta["tool_calls"] = list(piece.tool_calls)
+        return chunk(delta, logprobs=piece.logprobs)
+
+    def closing(served: ServedCall, route: dict[str, Any], rest: Piece) -> Iterator[str]:
+        if rest.text or rest.logprobs:
+            yield piece_chunk(rest)
         yield chunk({}, served.finish_reason, potstill=route)
         if include_usage:
             usage = {"prompt_tokens": served.input_tokens, "completion_tokens": served.output_tokens,
@@ -184,7 +256,7 @@ def live_events(task: asyncio.Future, live_text: LiveText, first: str, model: st
         yield "data: [DONE]\n\n"
 
     return relay(task, live_text, first, record, failed, [chunk({"role": "assistant", "content": ""})],
-                 lambda text: chunk({"content": text}), closing, lambda body: f"data: {json.dumps(body)}\n\n")
+                 piece_chunk, closing, lambda body: f"data: {json.dumps(body)}\n\n")
 
 
 def whole_events(cid: str, created: int, model: str, content: str, usage: dict, route: dict, include_usage: bool,

@@ -26,7 +26,7 @@ from typing import Any
 from potstill.errors import redact
 from potstill.records import content_text
 from potstill.teachers.api import ApiTeacher
-from potstill.teachers.base import OnText, Response
+from potstill.teachers.base import Delta, OnDelta, Response
 from potstill.teachers.openai_teacher import api_key
 
 
@@ -123,6 +123,42 @@ def _tool_calls(message: Any) -> list[dict[str, Any]] | None:
     return calls or None
 
 
+async def _streamed(client: Any, req: dict[str, Any], on_delta: OnDelta) -> tuple[Any, list[str]]:
+    """A Messages answer streamed, each piece handed to ``on_delta`` as it comes: text, and each
+    ``tool_use`` block as an OpenAI tool call (its id and name where it begins, then its input's
+    JSON as the API writes it; ``{}`` for a call with no input). The SDK's stream helper gathers
+    the events into the Message ``create`` would have returned; with it, each call's arguments as
+    they were streamed."""
+    arguments: dict[int, str] = {}  # by content block: the tool_use blocks' JSON so far
+    calls: dict[int, int] = {}  # content block -> its tool call's index
+
+    def fragment(block: int, call_id: str | None = None, **function: str) -> Delta:
+        call: dict[str, Any] = {"index": calls[block], "function": function}
+        if call_id is not None:  # where the call begins
+            call.update(id=call_id, type="function")
+        return Delta(tool_calls=[call])
+
+    async with client.messages.stream(**req) as stream:
+        async for event in stream:
+            kind = getattr(event, "type", "")
+            if kind == "content_block_start" and getattr(event.content_block, "type", "") == "tool_use":
+                calls[event.index] = len(calls)
+                arguments[event.index] = ""
+                on_delta(fragment(event.index, event.content_block.id, name=event.content_block.name, arguments=""))
+            elif kind == "content_block_delta":
+                d = event.delta
+                if d.type == "text_delta" and d.text:
+                    on_delta(Delta(text=d.text))
+                elif d.type == "input_json_delta" and d.partial_json and event.index in calls:
+                    arguments[event.index] += d.partial_json
+                    on_delta(fragment(event.index, arguments=d.partial_json))
+            elif kind == "content_block_stop" and event.index in calls and not arguments[event.index]:
+                arguments[event.index] = "{}"  # a call with no input: json.dumps({}), as unstreamed
+                on_delta(fragment(event.index, arguments="{}"))
+        msg = await stream.get_final_message()
+    return msg, [arguments[b] for b in sorted(calls, key=calls.get)]
+
+
 class AnthropicTeacher(ApiTeacher):
     type = "anthropic"
     supports_batch = True  # generate.engine batch (potstill.generate.batch_engine)
@@ -206,7 +242,7 @@ class AnthropicTeacher(ApiTeacher):
     def http_requests(self, request: dict[str, Any]) -> int:
         return int(request.get("n", 1))  # generate.n samples are n Messages requests
 
-    async def call(self, client: Any, request: dict[str, Any], on_text: OnText | None = None) -> Response:
+    async def call(self, client: Any, request: dict[str, Any], on_delta: OnDelta | None = None) -> Response:
         req = dict(request)
         n = int(req.pop("n", 1))
         # Fields this SDK release has no argument for (recent ones dropped ``temperature``) go in the body as-is.
@@ -214,14 +250,13 @@ class AnthropicTeacher(ApiTeacher):
         extra = {k: req.pop(k) for k in list(req) if k not in known}
         if extra:
             req["extra_body"] = extra
-        if on_text is not None and n == 1:
-            # The SDK's stream helper gathers the events into the Message create would have returned.
+        if on_delta is not None and n == 1:
             t0 = time.perf_counter()
-            async with client.messages.stream(**req) as stream:
-                async for text in stream.text_stream:
-                    on_text(text)
-                msg = await stream.get_final_message()
-            return self._response([msg], time.perf_counter() - t0)
+            msg, arguments = await _streamed(client, req, on_delta)
+            r = self._response([msg], time.perf_counter() - t0)
+            for call, args in zip(r.tool_calls or [], arguments):
+                call["function"]["arguments"] = args  # as the client got them, not as json.dumps writes them
+            return r
         # The engine holds min(n, teacher.concurrency) of its slots for them: no more go out at once.
         slots = asyncio.Semaphore(self.cfg.concurrency)
 

@@ -104,8 +104,19 @@ class Response:
 
 
 OnResult = Callable[[int, Response], None]
-#: A piece of an answer's text as the teacher writes it (``Teacher.submit``'s ``on_text``).
-OnText = Callable[[str], None]
+@dataclass(frozen=True)
+class Delta:
+    """A piece of an answer as the teacher writes it (``Teacher.submit``'s ``on_delta``): new
+    ``text``, the ``logprobs`` of the tokens that text holds (as the adapter keeps them: token,
+    logprob, top, rounded), and ``tool_calls`` fragments in OpenAI's chunk form (``index``; ``id``,
+    ``type`` and the function's ``name`` where a call begins; a piece of its ``arguments``)."""
+
+    text: str = ""
+    logprobs: list[dict[str, Any]] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+OnDelta = Callable[[Delta], None]
 
 
 def is_refusal(error: str | None) -> bool:
@@ -185,8 +196,9 @@ class Teacher:
     supports_batch: ClassVar[bool] = False
     remote: ClassVar[bool] = False
     supports_tools: ClassVar[bool] = False
-    #: Whether ``submit`` can hand its answer's text on as the teacher writes it (``on_text``: a served
-    #: escalation streamed live). Not with tools, log-probabilities or samples, which come whole.
+    #: Whether ``submit`` can hand its answer on piece by piece as the teacher writes it (``on_delta``:
+    #: a served escalation streamed live): its text, tokens' log-probabilities and tool calls. Not
+    #: with several samples, which come whole.
     streams: ClassVar[bool] = False
     #: USD per million tokens by model prefix (``generate.prices``) for answers outside ``run``
     #: (``submit``) when ``teacher.price`` names none; None: the built-in table. ``run`` takes
@@ -224,10 +236,10 @@ class Teacher:
         """Answer every request, calling ``on_result(index, response)`` as each one completes."""
         raise NotImplementedError
 
-    def submit(self, request: dict[str, Any], on_text: OnText | None = None) -> "Future[Response]":
-        """Answer one request on the teacher's single long-lived worker. ``on_text``: where a
-        teacher that ``streams`` hands each piece of its answer's text as it arrives (called on
-        another thread); others, and requests with tools, log-probabilities or samples, ignore it."""
+    def submit(self, request: dict[str, Any], on_delta: OnDelta | None = None) -> "Future[Response]":
+        """Answer one request on the teacher's single long-lived worker. ``on_delta``: where a
+        teacher that ``streams`` hands each piece of its answer (a ``Delta``) as it arrives (called
+        on another thread); others, and requests for several samples, ignore it."""
         with self._worker_lock:
             if self._worker is None:
                 self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"potstill-{self.type}")

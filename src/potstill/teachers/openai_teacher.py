@@ -22,7 +22,7 @@ from typing import Any
 
 from potstill.errors import PotstillError
 from potstill.teachers.api import ApiTeacher
-from potstill.teachers.base import OnText, Response
+from potstill.teachers.base import Delta, OnDelta, Response
 
 
 REASONING = re.compile(r"^(ft:)?(o\d|gpt-5(?!-chat))")
@@ -200,13 +200,13 @@ class OpenAITeacher(ApiTeacher):
             if choice.message.tool_calls else None,
         )
 
-    async def call(self, client: Any, request: dict[str, Any], on_text: OnText | None = None) -> Response:
+    async def call(self, client: Any, request: dict[str, Any], on_delta: OnDelta | None = None) -> Response:
         t0 = time.perf_counter()
-        if on_text is not None and not self.stream_refused:
+        if on_delta is not None and not self.stream_refused:
             import openai
 
             try:
-                return await self._streamed(client, request, on_text, t0)
+                return await self._streamed(client, request, on_delta, t0)
             except openai.BadRequestError as e:
                 if "stream" not in str(e).lower():
                     raise
@@ -217,10 +217,11 @@ class OpenAITeacher(ApiTeacher):
         completion = await client.chat.completions.create(**request)
         return self._response(completion, time.perf_counter() - t0)
 
-    async def _streamed(self, client: Any, request: dict[str, Any], on_text: OnText, t0: float) -> Response:
-        """The answer as server-sent chunks, each piece of text handed to ``on_text`` as it comes,
-        with its usage in the last chunk (``stream_options.include_usage``: OpenAI, vLLM, llama.cpp's
-        server and Ollama send it). The Response is the unstreamed one's: text, tokens, cost, stop."""
+    async def _streamed(self, client: Any, request: dict[str, Any], on_delta: OnDelta, t0: float) -> Response:
+        """The answer as server-sent chunks, each piece handed to ``on_delta`` as it comes (its text,
+        its tokens' log-probabilities where asked, its tool calls' fragments), with its usage in the
+        last chunk (``stream_options.include_usage``: OpenAI, vLLM, llama.cpp's server and Ollama send
+        it). The Response is the unstreamed one's: text, log-probs, tool calls, tokens, cost, stop."""
         stream = await client.chat.completions.create(**request, stream=True, stream_options={"include_usage": True})
         if "text/event-stream" not in stream.response.headers.get("content-type", ""):
             # A server that ignores stream answered whole, in JSON: read as the unstreamed answer
@@ -234,6 +235,8 @@ class OpenAITeacher(ApiTeacher):
             return self._response(ChatCompletion.model_validate_json(body), time.perf_counter() - t0)
         parts: list[str] = []
         refusal: list[str] = []
+        logprobs: list[dict[str, Any]] = []
+        calls: dict[int, dict[str, Any]] = {}  # by index: id, name, the arguments so far
         finish, usage = None, None
         try:
             async for chunk in stream:
@@ -241,9 +244,19 @@ class OpenAITeacher(ApiTeacher):
                 for c in chunk.choices or []:
                     if c.index:
                         continue
-                    if c.delta.content:
-                        parts.append(c.delta.content)
-                        on_text(c.delta.content)
+                    text = c.delta.content or ""
+                    lps = compact_logprobs(c.logprobs.content) if c.logprobs is not None and c.logprobs.content else None
+                    fragments = [f.model_dump(mode="json", exclude_none=True) for f in c.delta.tool_calls or []]
+                    for f in fragments:
+                        call = calls.setdefault(f.get("index", 0), {"id": None, "name": "", "arguments": ""})
+                        fn = f.get("function") or {}
+                        call["id"] = f.get("id") or call["id"]
+                        call["name"] += fn.get("name") or ""
+                        call["arguments"] += fn.get("arguments") or ""
+                    parts.append(text)
+                    logprobs.extend(lps or [])
+                    if text or lps or fragments:
+                        on_delta(Delta(text, lps, fragments or None))
                     if getattr(c.delta, "refusal", None):
                         refusal.append(c.delta.refusal)
                     finish = c.finish_reason or finish
@@ -252,11 +265,17 @@ class OpenAITeacher(ApiTeacher):
         n_in, n_out, cached = usage_tokens(usage)
         tokens = dict(input_tokens=n_in, output_tokens=n_out, cached_input_tokens=cached,
                       latency_s=time.perf_counter() - t0, cost_usd=self.token_cost(n_in, n_out, cached))
-        if refusal and not parts:  # as _response: a refusal is an error row, never the answer ""
+        output = "".join(parts)
+        if refusal and not output and not calls:  # as _response: a refusal is an error row, never the answer ""
             return Response(output=None, error=f"refusal: {''.join(refusal)}"[:500], error_code="refusal", **tokens)
         if finish is None:
             raise ConnectionError("the teacher's stream ended before its answer did (no finish_reason)")
-        return Response(output="".join(parts), stop_reason=finish, **tokens)
+        tool_calls = [{"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+                      for _, c in sorted(calls.items())] or None
+        label_probs = (label_probs_from_top_logprobs(logprobs[0]["top"], self.task.labels)
+                       if logprobs and self.task.labels else None)
+        return Response(output=output, logprobs=logprobs or None, label_probs=label_probs, tool_calls=tool_calls,
+                        stop_reason=finish, **tokens)
 
 
 def usage_tokens(usage: Any) -> tuple[int, int, int]:

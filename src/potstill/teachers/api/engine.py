@@ -27,7 +27,7 @@ from potstill.errors import PotstillError, redact, url_secrets, without_credenti
 from potstill.tasks import Task
 from potstill.teachers.api.limits import RateLimiter
 from potstill.teachers.api.prices import price_for, token_cost
-from potstill.teachers.base import OnResult, OnText, Response, RunStats, Teacher, halting
+from potstill.teachers.base import OnDelta, OnResult, Response, RunStats, Teacher, halting
 
 
 #: Answers in a row refused as every other request would be (``halting``: the key, the credit, the model)
@@ -81,10 +81,10 @@ class ApiTeacher(Teacher):
         """The SDK's async client over ``http_client`` (reads the key here, never earlier)."""
         raise NotImplementedError
 
-    async def call(self, client: Any, request: dict[str, Any], on_text: OnText | None = None) -> Response:
-        """One request (with its n samples); raises on failure after the SDK's retries. ``on_text``
-        (given only where the adapter ``streams``): the answer is streamed and each piece of its text
-        handed there as it arrives; the Response is the one the unstreamed call would give."""
+    async def call(self, client: Any, request: dict[str, Any], on_delta: OnDelta | None = None) -> Response:
+        """One request (with its n samples); raises on failure after the SDK's retries. ``on_delta``
+        (given only where the adapter ``streams``): the answer is streamed and each piece of it handed
+        there as it arrives (a ``Delta``); the Response is the one the unstreamed call would give."""
         raise NotImplementedError
 
     def http_requests(self, request: dict[str, Any]) -> int:
@@ -121,13 +121,13 @@ class ApiTeacher(Teacher):
             asyncio.run(run_requests(self, enumerate(requests), on_result, gcfg or GenerateConfig(prices={}),
                                      stats if stats is not None else RunStats()))
 
-    def submit(self, request: dict[str, Any], on_text: OnText | None = None) -> "Future[Response]":
+    def submit(self, request: dict[str, Any], on_delta: OnDelta | None = None) -> "Future[Response]":
         from potstill.teachers.api.session import ApiSession
 
         with self._session_lock:
             if self._session is None:
                 self._session = ApiSession(self)
-        return self._session.submit(request, on_text if self.streams and streamable(request) else None)
+        return self._session.submit(request, on_delta if self.streams and streamable(request) else None)
 
     def close(self) -> None:
         with self._session_lock:
@@ -177,15 +177,15 @@ def _open(teacher: ApiTeacher, limiter: RateLimiter, stats: RunStats,
 
 
 def streamable(request: dict[str, Any]) -> bool:
-    """Whether a request's answer may be streamed as text: not one asking for tools, log-probabilities
-    or several samples, whose answers come whole."""
-    return not request.get("tools") and not request.get("logprobs") and int(request.get("n", 1)) == 1
+    """Whether a request's answer may be streamed piece by piece: not one asking for several
+    samples, whose answers come whole."""
+    return int(request.get("n", 1)) == 1
 
 
 async def send(teacher: ApiTeacher, client: Any, req: dict[str, Any], limiter: RateLimiter,
-               price: PriceConfig | None, stats: RunStats, on_text: OnText | None = None) -> Response:
+               price: PriceConfig | None, stats: RunStats, on_delta: OnDelta | None = None) -> Response:
     """One request through the limits; a failure (after the SDK's retries) becomes an error response.
-    ``on_text``: the answer streamed, its text handed there as it arrives (``ApiTeacher.call``)."""
+    ``on_delta``: the answer streamed, each piece handed there as it arrives (``ApiTeacher.call``)."""
     est = teacher.estimate_tokens(req)
     sends = teacher.http_requests(req)  # each counts against generate.rpm and teacher.concurrency, none is a retry
     # At most teacher.concurrency HTTP requests in flight: n samples sent as n requests hold n slots
@@ -196,7 +196,7 @@ async def send(teacher: ApiTeacher, client: Any, req: dict[str, Any], limiter: R
         _RETRY_TOKENS.set(est / max(1, sends))
         t0 = time.perf_counter()
         try:
-            resp = await (teacher.call(client, req, on_text) if on_text is not None else teacher.call(client, req))
+            resp = await (teacher.call(client, req, on_delta) if on_delta is not None else teacher.call(client, req))
         except Exception as e:  # noqa: BLE001 - every failure becomes an error row, retried next run
             msg = redact(f"{type(e).__name__}: {e}", teacher.secrets())
             status = getattr(e, "status_code", None)

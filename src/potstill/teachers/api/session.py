@@ -15,7 +15,7 @@ from potstill.config import GenerateConfig
 from potstill.teachers.api.engine import ApiTeacher, _open, send
 from potstill.teachers.api.limits import RateLimiter
 from potstill.teachers.api.prices import price_for
-from potstill.teachers.base import OnText, Response, RunStats
+from potstill.teachers.base import OnDelta, Response, RunStats
 
 
 class ApiSession:
@@ -49,9 +49,9 @@ class ApiSession:
     async def _start(self) -> None:
         self._http, self._client = _open(self.teacher, self.limiter, self.stats)
 
-    def submit(self, request: dict[str, Any], on_text: OnText | None = None) -> "Future[Response]":
+    def submit(self, request: dict[str, Any], on_delta: OnDelta | None = None) -> "Future[Response]":
         return asyncio.run_coroutine_threadsafe(
-            send(self.teacher, self._client, request, self.limiter, self.price, self.stats, on_text), self.loop)
+            send(self.teacher, self._client, request, self.limiter, self.price, self.stats, on_delta), self.loop)
 
     async def _stop(self) -> None:
         if self._client is not None:
