@@ -3,10 +3,13 @@ streamed as the teacher writes it (``serve.stream_teacher``) against the whole a
 
     POTSTILL_LLAMA_SERVER=.../llama-server HF_HUB_OFFLINE=1 PYTHONPATH=src:. \\
         python benchmarks/stream_escalations.py [--rounds 3] [--max-tokens 96]
+    HF_HUB_OFFLINE=1 PYTHONPATH=src:. python benchmarks/stream_escalations.py --teacher local
 
 The teacher: llama.cpp's ``llama-server`` (OpenAI-compatible) serving the bundled
 SmolLM2-135M-Instruct (Q4_1 GGUF) on loopback, greedy, one request at a time: a stand-in for a
-remote API whose answers take a second or more. The served run: a free-text task (answer the
+remote API whose answers take a second or more. ``--teacher local``: the same model as a ``local``
+teacher in the server's own process (engine ``transformers``, fp32, greedy; written to
+``stream_escalations_local.json``), with no ``teacher`` mode. The served run: a free-text task (answer the
 support ticket), a tiny random student, routing forced to the teacher and ``reuse_escalations``
 off, so every request is an escalation the teacher answers anew. Inputs: the 15 tickets of
 ``examples/data/tickets.jsonl``. Each round, each input goes through every mode in turn:
@@ -93,10 +96,14 @@ def main() -> int:  # noqa: C901 - one linear benchmark
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--max-tokens", type=int, default=96)
-    ap.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
+    ap.add_argument("--out")
+    ap.add_argument("--teacher", choices=["llama-server", "local"], default="llama-server")
     ap.add_argument("--break-stream", action="store_true",
                     help="drop each streamed answer's last piece as a lossy relay would: the text check must fail")
     args = ap.parse_args()
+    local = args.teacher == "local"
+    args.out = args.out or str(Path(__file__).with_name("stream_escalations" + ("_local" if local else "") + ".json"))
+    modes = ("streamed", "whole") if local else ("streamed", "whole", "teacher")
 
     from potstill.serve import run_config, serve_key
     from potstill.serve.app import build_app
@@ -107,9 +114,9 @@ def main() -> int:  # noqa: C901 - one linear benchmark
     from tests.serve.conftest import SERVE_KEY, TEACHER_KEY, write_run
 
     tickets = [json.loads(x)["input"] for x in (ROOT / "examples/data/tickets.jsonl").read_text().splitlines()]
-    proc, teacher_url = start_teacher(resolve_bundled("smollm2-135m-instruct"))
+    proc, teacher_url = start_teacher(resolve_bundled("smollm2-135m-instruct")) if not local else (None, "http://unused")
     failures: list[str] = []
-    times: dict[str, dict[str, list[float]]] = {m: {"first": [], "end": []} for m in ("streamed", "whole", "teacher")}
+    times: dict[str, dict[str, list[float]]] = {m: {"first": [], "end": []} for m in modes}
     try:
         with tempfile.TemporaryDirectory() as tmp:
             os.environ["TEACHER_KEY"], os.environ["SERVE_KEY"] = TEACHER_KEY, SERVE_KEY
@@ -119,6 +126,11 @@ def main() -> int:  # noqa: C901 - one linear benchmark
                                   "sentences.", "max_output_tokens": 8})
             cfg = run_config(run, None)
             cfg.teacher.max_tokens, cfg.teacher.timeout_s = args.max_tokens, 120
+            if local:
+                from potstill.config import TeacherConfig
+
+                cfg.teacher = TeacherConfig(type="local", model="bundled:smollm2-135m-instruct",
+                                            max_tokens=args.max_tokens)
             service = load_service(run, cfg, device="cpu")
             service.routing = Routing(confidence_threshold=math.inf, ood_threshold=math.inf)
             direct = openai.OpenAI(base_url=teacher_url, api_key=TEACHER_KEY, max_retries=0, timeout=120)
@@ -129,7 +141,7 @@ def main() -> int:  # noqa: C901 - one linear benchmark
                 for r in range(args.rounds):
                     for i, ticket in enumerate(tickets):
                         msgs = [{"role": "user", "content": ticket}]
-                        for mode in ("streamed", "whole", "teacher"):
+                        for mode in modes:
                             if mode == "teacher":
                                 req = service.teacher.request(Record(messages=msgs))  # what the served teacher gets
                                 first, end, text = timed(lambda: direct.chat.completions.create(**req, stream=True))
@@ -156,12 +168,16 @@ def main() -> int:  # noqa: C901 - one linear benchmark
             if len(tokens[i]) != 1:
                 failures.append(f"ticket {i}: ledger tokens differ between streamed and whole: {sorted(tokens[i])}")
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=30)
     result = {
-        "command": "POTSTILL_LLAMA_SERVER=... HF_HUB_OFFLINE=1 PYTHONPATH=src:. python benchmarks/stream_escalations.py "
-                   f"--rounds {args.rounds} --max-tokens {args.max_tokens}",
-        "machine": _machine(), "teacher": "llama-server, bundled SmolLM2-135M-Instruct Q4_1, greedy",
+        "command": ("" if local else "POTSTILL_LLAMA_SERVER=... ") + "HF_HUB_OFFLINE=1 PYTHONPATH=src:. python "
+                   f"benchmarks/stream_escalations.py --teacher {args.teacher} --rounds {args.rounds} "
+                   f"--max-tokens {args.max_tokens}",
+        "machine": _machine(),
+        "teacher": "local (transformers fp32, in the server's process)" if local else "llama-server",
+        "teacher_model": "bundled SmolLM2-135M-Instruct Q4_1, greedy",
         "inputs": len(tickets), "rounds": args.rounds, "max_tokens": args.max_tokens,
         "seconds": {m: {"first_p50": pct(v["first"], 0.5), "first_p95": pct(v["first"], 0.95),
                         "end_p50": pct(v["end"], 0.5), "end_p95": pct(v["end"], 0.95), "n": len(v["first"])}

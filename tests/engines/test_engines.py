@@ -52,6 +52,21 @@ def test_ctranslate2_greedy_generation_matches_transformers(taught):
     assert all(c <= 0 for c in got.mean_logprob)
 
 
+def test_ctranslate2_hands_on_its_text_as_it_decodes(taught):
+    """``on_text`` (a local teacher's streamed escalation): CTranslate2's per-token callback, adding
+    up to the text it returns, in pieces; one message only."""
+    eng = load_engine("ctranslate2", str(taught), device="cpu", quantization="none")
+    longest = 0
+    for msg in MSGS:
+        pieces: list[str] = []
+        got = eng.generate(CHAT, [msg], 12, on_text=pieces.append)
+        assert "".join(pieces) == got.texts[0] == eng.generate(CHAT, [msg], 12).texts[0] and all(pieces)
+        longest = max(longest, len(pieces))
+    assert longest > 1
+    with pytest.raises(ValueError, match="one answer"):
+        eng.generate(CHAT, MSGS[:2], 4, on_text=print)
+
+
 def test_ctranslate2_unquantized_generates_what_transformers_fp32_generates(taught):
     """quantization none: float32 weights, converted and cached apart from the int8 ones; greedy
     generations token for token as transformers fp32's, where int8 may change some."""

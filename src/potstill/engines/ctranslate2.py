@@ -39,7 +39,7 @@ import json
 import os
 import time
 from pathlib import Path
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -50,7 +50,7 @@ from potstill.engines.convert import EMBEDDINGS, INFO, ctranslate2_model, embedd
 from potstill.errors import PotstillError
 from potstill.models.loading import _pick_device, resolve
 from potstill.models.prompting import PromptFormat, encode_prompt, stop_token_ids
-from potstill.models.generation import Generated, read_logprobs
+from potstill.models.generation import Generated, TextStream, read_logprobs
 from potstill.models.scoring import Scored
 
 
@@ -207,25 +207,40 @@ class CT2Engine:
 
     def generate(self, fmt: PromptFormat, messages: list[list[dict]], max_new_tokens: int,
                  batch_size: int = 16, progress: Any = None, temperature: float = 0.0,
-                 stop: Sequence[str] = (), seed: int = 0, embed: bool = False) -> Generated:
+                 stop: Sequence[str] = (), seed: int = 0, embed: bool = False,
+                 on_text: Callable[[str], None] | None = None) -> Generated:
+        """Greedy, to an end token. ``on_text`` (one message): each piece of its answer's text as it
+        is decoded (CTranslate2's per-token callback, ``TextStream``)."""
         if temperature > 0 or stop:
             raise PotstillError("the ctranslate2 engine decodes greedily to EOS; sampling and stop strings "
                                 "(e.g. for `potstill synthesize`) need engine: transformers")
+        if on_text is not None and len(messages) != 1:
+            raise ValueError(f"on_text streams one answer, not {len(messages)}")
         tok = self.tokenizer
         parts = self._split(fmt, messages, False)
         stop = stop_token_ids(tok, self._generation_config)
+        stream = TextStream(tok, set(stop), (), on_text) if on_text is not None else None
+        steps: list[int] = []
+
+        def step(r: Any) -> bool:
+            steps.append(r.token_id)
+            stream(steps)
+            return False  # go on: the end token and the budget end it
+
         n = len(parts)
         texts, n_out, secs, mlp = [""] * n, [0] * n, [0.0] * n, [0.0] * n
         out_ids: list[list[int]] = [[] for _ in range(n)]
         for idx in self._batches(parts, batch_size):
             t0 = time.perf_counter()
             res = self._call(parts, idx, max_length=max_new_tokens, return_scores=True, end_token=stop,
-                             length_penalty=1.0)
+                             length_penalty=1.0, **({"callback": step} if stream is not None else {}))
             dt = (time.perf_counter() - t0) / len(idx)
             for r, i in zip(res, idx):
                 ids = r.sequences_ids[0]
                 out_ids[i] = list(ids)
                 texts[i] = tok.decode(ids, skip_special_tokens=True)
+                if stream is not None:
+                    stream(ids, final=True)
                 n_out[i] = len(ids)
                 mlp[i] = float(r.scores[0])  # already the mean: the sum over length ** length_penalty (1)
                 secs[i] = dt

@@ -229,17 +229,19 @@ class TransformersEngine:
     def generate(self, fmt: PromptFormat, messages: list[list[dict]], max_new_tokens: int,
                  batch_size: int = 16, progress: Any = None, temperature: float = 0.0,
                  stop: Sequence[str] = (), seed: int = 0, embed: bool = False,
-                 json_schemas: Sequence[dict | None] | None = None) -> Generated:
+                 json_schemas: Sequence[dict | None] | None = None,
+                 on_text: Callable[[str], None] | None = None) -> Generated:
         """``json_schemas``: a JSON Schema per message to decode it under greedily (a served
         client's ``response_format``); None entries, and every message without it, decode under
-        ``json_schema`` (``guided_json``), or unguided where that is unset."""
+        ``json_schema`` (``guided_json``), or unguided where that is unset. ``on_text`` (one
+        message): each piece of its answer's text as it is decoded (a served escalation streamed)."""
         schema: Any = self.json_schema
         if json_schemas is not None:
             schema = [s if s is not None else self.json_schema for s in json_schemas]
         return generate(self.lm, fmt, messages, max_new_tokens, batch_size=batch_size, progress=progress,
                         temperature=temperature, stop=stop, seed=seed, prefix=self.prefix(fmt),
                         lookup=self.draft_tokens, static=self.static, embed=embed,
-                        json_schema=schema if temperature <= 0 else None)
+                        json_schema=schema if temperature <= 0 else None, on_text=on_text)
 
     @torch.inference_mode()
     def embed(self, fmt: PromptFormat, messages: list[list[dict]], max_length: int = 2048) -> torch.Tensor:

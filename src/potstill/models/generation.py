@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +54,51 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     return text[: min(ends)] if ends else text
 
 
+class TextStream:
+    """One prompt's answer handed on as text while it is decoded (``generate``'s ``on_text``). Called
+    with the new tokens so far, it hands ``on_text`` the text past what went out, as the answer's
+    final text (``generate``: up to its end token, up to and including its first ``stop`` string)
+    will start: held back are a character still being spelled (a trailing U+FFFD) and trailing white
+    space (a tokenizer may tidy a space before what follows). Once the answer has ended (``final``,
+    an end token, or a stop string), the rest of its text goes out and nothing after it."""
+
+    def __init__(self, tokenizer: Any, ends: set[int], stop: Sequence[str], on_text: Callable[[str], None]):
+        self.tok, self.ends, self.stop, self.on_text = tokenizer, ends, list(stop), on_text
+        self.sent, self.done = "", False
+
+    def __call__(self, toks: Sequence[int], final: bool = False) -> None:
+        if self.done:
+            return
+        toks = list(toks)
+        n = next((j for j, t in enumerate(toks) if t in self.ends), None)
+        text = self.tok.decode(toks[:n], skip_special_tokens=True)
+        cut = cut_at_stop(text, self.stop)
+        self.done = final or n is not None or cut != text or any(s in text for s in self.stop)
+        if not self.done:
+            cut = cut.rstrip("\ufffd").rstrip()
+        if len(cut) > len(self.sent) and cut.startswith(self.sent):
+            piece, self.sent = cut[len(self.sent):], cut
+            self.on_text(piece)
+
+
+class _TokenStreamer:
+    """transformers' streamer protocol (``put`` / ``end``) for ``model.generate`` at batch 1: the
+    first ``put`` is the prompt, each later one a new token, handed on to ``stream``."""
+
+    def __init__(self, stream: TextStream):
+        self.stream, self.toks, self.prompt_seen = stream, [], False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        self.toks += value.reshape(-1).tolist()
+        self.stream(self.toks)
+
+    def end(self) -> None:
+        pass
+
+
 def draft_from_context(seq: list[int], k: int, max_ngram: int = 3) -> list[int]:
     """Up to ``k`` tokens that followed the latest earlier occurrence of ``seq``'s last n-gram
     (n from ``max_ngram`` down to 1) in ``seq`` itself: prompt lookup. An extraction copies runs
@@ -89,14 +134,15 @@ def _contiguous(past: Any) -> None:
 
 
 def greedy_lookup(lm: LM, ids: list[int], prefix: PrefixCache | None, max_new_tokens: int, ends: set[int],
-                  stop: Sequence[str] = (), draft: int = 8) -> tuple[list[int], list[float]]:
+                  stop: Sequence[str] = (), draft: int = 8,
+                  on_tokens: Callable[[list[int]], None] | None = None) -> tuple[list[int], list[float]]:
     """Greedy decoding of one prompt with drafts from the context (``draft_from_context``)
     verified in one forward each: every draft token the model would have chosen itself is kept,
     then the model's own next token, so the output is greedy decoding's (up to the float
     rounding of a wider matrix product, the same class of difference as another batch size) at
     a fraction of the forwards. ``prefix``'s KV cache (the prompt's fixed start) is copied, not
     recomputed. Returns the new tokens (up to and including an end token) and each one's
-    log-probability."""
+    log-probability. ``on_tokens``: given the new tokens so far after each forward."""
     tok = lm.tokenizer
     # Only a compiled decoder needs the cache's layout and dynamic sizes set: marking them costs
     # about 1.2 ms per step for 30 layers, and the copies a few more, for nothing in eager mode.
@@ -136,6 +182,8 @@ def greedy_lookup(lm: LM, ids: list[int], prefix: PrefixCache | None, max_new_to
                     stop and any(s in tok.decode(out, skip_special_tokens=True) for s in stop)):
                 done = True
                 break
+        if on_tokens is not None:
+            on_tokens(out)
         if done:
             return out, logps
         seq += chosen
@@ -153,7 +201,8 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
              batch_size: int = 8, progress: Any = None, temperature: float = 0.0, stop: Sequence[str] = (),
              seed: int = 0, prefix: PrefixCache | None = None, lookup: int = 0,
              static: Any = None, embed: bool = False,
-             json_schema: dict | Sequence[dict | None] | None = None) -> Generated:
+             json_schema: dict | Sequence[dict | None] | None = None,
+             on_text: Callable[[str], None] | None = None) -> Generated:
     """Generation, batched with left padding; also the mean log-prob of the chosen tokens.
 
     Greedy at ``temperature`` 0, else sampled (top-k 50, top-p 0.95) from a
@@ -187,6 +236,9 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
     no drafts, and decodes on ``static`` (one step at a time, replayed from the cache's guided CUDA
     graph on a GPU, ``static_decode.greedy``'s guide) where it gets a cache, else through ``model.generate`` with the processor; the mean
     log-prob is still the model's own, from its unprocessed logits.
+
+    ``on_text`` (one message only): each piece of the answer's text as it is decoded
+    (``TextStream``; on ``static`` caches, every few steps, as the tokens come to the host).
     """
     from transformers import LogitsProcessorList, StoppingCriteriaList
 
@@ -201,12 +253,15 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
     if schemas is not None and temperature > 0:
         raise ValueError("decoding under a JSON schema is greedy only")
 
+    if on_text is not None and len(messages) != 1:
+        raise ValueError(f"on_text streams one answer, not {len(messages)}")
     tok = lm.tokenizer
     # Nucleus 0.95 over transformers' top-50: the unlikely tail is where a small model's junk comes from.
     sampling: dict[str, Any] = {"do_sample": True, "temperature": temperature, "top_k": 50, "top_p": 0.95} \
         if temperature > 0 else {"do_sample": False}
     prompts = [encode_prompt(tok, fmt, fmt.prefix() + fmt.query(tok, m), first=True) for m in messages]
     ends = set(stop_token_ids(tok, getattr(lm.model, "generation_config", None)))
+    stream = TextStream(tok, ends, stop, on_text) if on_text is not None else None
     texts, n_out, secs, mlp = [""] * len(prompts), [0] * len(prompts), [0.0] * len(prompts), [0.0] * len(prompts)
     out_ids: list[list[int]] = [[] for _ in prompts]
     P = prefix.length if prefix is not None and prefix.rows == 1 else 0
@@ -227,6 +282,8 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
     def finish(i: int, toks: list[int], logps: list[float], dt: float) -> None:
         n = next((j for j, t in enumerate(toks) if t in ends), len(toks))
         texts[i] = cut_at_stop(tok.decode(toks[:n], skip_special_tokens=True), stop)
+        if stream is not None:
+            stream(toks, final=True)
         out_ids[i] = list(toks[:n])
         n_out[i] = n
         secs[i] = dt
@@ -263,7 +320,7 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
                 with _plain_body(lm.model, static is not None), \
                         _prefill_hidden(lm.model, embed) as seen:  # a frozen engine's fallback compiles nothing
                     toks, logps = greedy_lookup(lm, prompts[idx[0]], prefix if use else None, max_new_tokens, ends,
-                                                stop=stop, draft=lookup)
+                                                stop=stop, draft=lookup, on_tokens=stream)
                 if embeddings is not None:
                     embeddings[idx] = _prefill_embeddings(seen, torch.ones(1, len(prompts[idx[0]])), 1,
                                                           prefix if use else None)
@@ -290,7 +347,8 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
                     guide = JsonSchemaLogits(tok, [schemas[i] for i in rows], 0, sorted(ends)) if guided else None
                     with _plain_body(lm.model, True), _prefill_hidden(lm.model, embed) as seen:
                         toks, logps = greedy(static, ids.to(lm.device), mask.to(lm.device), past, P if use else 0,
-                                             max_new_tokens, ended, guide=guide)
+                                             max_new_tokens, ended if stream is None else streamed(ended, stream),
+                                             guide=guide)
                     if embeddings is not None:
                         embeddings[idx] = _prefill_embeddings(seen, mask, len(idx), prefix if use else None)
                     dt = (time.perf_counter() - t0) / len(idx)
@@ -315,6 +373,7 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
                     stopping_criteria=StoppingCriteriaList([StopOnText(tok, T, stop)]) if stop else None,
                     logits_processor=LogitsProcessorList([JsonSchemaLogits(tok, guides, T, sorted(ends))])
                     if guided else None, output_logits=guided,
+                    streamer=_TokenStreamer(stream) if stream is not None else None,
                     **sampling, **extra,
                 )
             if embeddings is not None:
@@ -334,6 +393,16 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
                 progress(len(idx))
     return Generated(texts=texts, prompt_tokens=[len(p) for p in prompts], output_tokens=n_out, seconds=secs,
                      mean_logprob=mlp, tokens=out_ids, embeddings=embeddings)
+
+
+def streamed(ended: Callable[[list[int]], int | None], stream: TextStream) -> Callable[[list[int]], int | None]:
+    """``ended`` for ``static_decode.greedy`` that also hands a row's tokens so far to ``stream``
+    (one prompt: every row of its bucket is that prompt, and ``stream`` sends only new text)."""
+    def check(new: list[int]) -> int | None:
+        stream(new)
+        return ended(new)
+
+    return check
 
 
 @contextlib.contextmanager

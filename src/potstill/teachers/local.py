@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -44,7 +46,7 @@ from potstill.models.scoring import Scored
 from potstill.records import read_records
 from potstill.serve.formats import format_schema
 from potstill.tasks import Task
-from potstill.teachers.base import OnResult, Response, RunStats, Teacher
+from potstill.teachers.base import Delta, OnDelta, OnResult, Response, RunStats, Teacher
 
 
 def choose_shots(path: str, k: int, seed: int, labels: list[str]) -> list[tuple[str, str]]:
@@ -223,18 +225,46 @@ class LocalTeacher(Teacher):
                      for r in chunk]
             for budget, schema in sorted(set(kinds)):
                 part = [j for j, kind in enumerate(kinds) if kind == (budget, schema)]
-                msgs = [chunk[j]["messages"] for j in part]
-                guide = json.loads(schema)
-                # An engine that cannot decode under a schema (a plugin's) answers as it would without one.
-                more = {"json_schemas": [guide] * len(msgs)} if guide is not None and \
-                    generate_takes(lm, "json_schemas") else {}
-                # Sampling is seeded by the requests themselves: a rerun of the same requests samples the same texts.
-                g = lm.generate(self.fmt, msgs, budget, batch_size=bs, temperature=self.cfg.temperature,
-                                stop=self.cfg.stop, seed=int(hash_obj(msgs)[:8], 16), **more)
-                for k, j in enumerate(part):
-                    on_result(start + j, Response(
-                        output=g.texts[k], input_tokens=g.prompt_tokens[k], output_tokens=g.output_tokens[k],
-                        latency_s=g.seconds[k], cost_usd=self._cost(g.seconds[k]),
-                        stop_reason="length" if g.output_tokens[k] >= budget else "stop",
-                    ))
+                for k, response in enumerate(self._generated([chunk[j]["messages"] for j in part], budget,
+                                                             json.loads(schema))):
+                    on_result(start + part[k], response)
+
+    def _generated(self, msgs: list[list[dict]], budget: int, guide: dict | None,
+                   on_text: Callable[[str], None] | None = None) -> list[Response]:
+        """The answers to ``msgs`` generated at one token budget, under one JSON schema (``guide``)
+        or none; ``on_text`` (one message): its text handed on as it is decoded."""
+        lm = self.lm()
+        # An engine that cannot decode under a schema (a plugin's) answers as it would without one.
+        more: dict[str, Any] = {"json_schemas": [guide] * len(msgs)} if guide is not None and \
+            generate_takes(lm, "json_schemas") else {}
+        if on_text is not None:
+            more["on_text"] = on_text
+        # Sampling is seeded by the requests themselves: a rerun of the same requests samples the same texts.
+        g = lm.generate(self.fmt, msgs, budget, batch_size=self.batch_size, temperature=self.cfg.temperature,
+                        stop=self.cfg.stop, seed=int(hash_obj(msgs)[:8], 16), **more)
+        return [Response(output=g.texts[k], input_tokens=g.prompt_tokens[k], output_tokens=g.output_tokens[k],
+                         latency_s=g.seconds[k], cost_usd=self._cost(g.seconds[k]),
+                         stop_reason="length" if g.output_tokens[k] >= budget else "stop")
+                for k in range(len(msgs))]
+
+    @property
+    def streams(self) -> bool:  # type: ignore[override]
+        """A generating teacher hands its answer on as it decodes it (``submit``'s ``on_delta``), on an
+        engine whose ``generate`` takes ``on_text`` (transformers); a label is scored, not written."""
+        return not self.task.labels
+
+    def submit(self, request: dict[str, Any], on_delta: OnDelta | None = None) -> "Future[Response]":
+        if on_delta is None or self.task.labels:
+            return super().submit(request)
+        with self._worker_lock:
+            if self._worker is None:
+                self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"potstill-{self.type}")
+        return self._worker.submit(self._streamed, request, on_delta)
+
+    def _streamed(self, request: dict[str, Any], on_delta: OnDelta) -> Response:
+        """One request answered with its text handed to ``on_delta`` as it is decoded; an engine
+        whose ``generate`` takes no ``on_text`` (ctranslate2, llamacpp, a plugin's) answers whole."""
+        on_text = (lambda text: on_delta(Delta(text))) if generate_takes(self.lm(), "on_text") else None
+        return self._generated([request["messages"]], int(request.get("max_tokens", self.cfg.max_tokens)),
+                               request.get("json_schema"), on_text)[0]
 

@@ -1,0 +1,126 @@
+"""A local teacher's escalations stream as it decodes them (``serve.stream_teacher``): the served
+run's teacher is a real tiny model in the server's process, and the client's first text arrives
+while that model is stopped in the middle of its answer. ``TextStream`` (the text handed on from
+the tokens so far) never sends what the final text will not start with."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from potstill.config import TeacherConfig
+from potstill.models import generation
+from potstill.models.generation import TextStream
+from potstill.teachers import get_teacher
+from tests.serve.conftest import client, rows
+from tests.serve.test_live_stream import ASK, escalating
+
+
+@pytest.fixture()
+def local_teacher(tmp_path, tiny_model, tiny_model_b, teacher_server, monkeypatch):
+    """A free-text run served on loopback whose every request goes to a local teacher (greedy, no
+    drafts: one token per forward), answering up to 24 tokens: (service, live)."""
+    with escalating(tmp_path, tiny_model, teacher_server, monkeypatch) as (service, live):
+        saved = service.teacher
+        service.teacher = get_teacher(TeacherConfig(type="local", model=str(tiny_model_b), max_tokens=24,
+                                                    draft_tokens=0), service.task)
+        try:
+            yield service, live
+        finally:
+            service.teacher.close()
+            service.teacher = saved
+
+
+def test_a_local_teacher_streams_its_answer_as_it_decodes(local_teacher, monkeypatch):
+    service, live = local_teacher
+    whole = client(live).chat.completions.create(model="potstill", messages=ASK)
+    text = whole.choices[0].message.content
+    assert whole.model_extra["potstill"]["answered_by"] == "teacher" and len(text) > 8
+
+    # The model stops at its next forward once some of its text has gone out, until the test lets it go on.
+    sent, hold, stopped = threading.Event(), threading.Event(), threading.Event()
+    handed = TextStream.__call__
+
+    def observed(self, toks, final=False):
+        before = self.sent
+        handed(self, toks, final)
+        if self.sent != before:
+            sent.set()
+
+    monkeypatch.setattr(generation.TextStream, "__call__", observed)
+
+    def pause(module, args, kwargs):
+        if sent.is_set() and not hold.is_set():
+            stopped.set()
+            assert hold.wait(timeout=20), "the test never let the teacher go on"
+
+    handle = service.teacher.lm().lm.model.register_forward_pre_hook(pause, with_kwargs=True)
+    try:
+        with client(live).chat.completions.with_streaming_response.create(
+                model="potstill", messages=ASK, stream=True, stream_options={"include_usage": True}) as r:
+            chunks = r.parse()
+            for first in chunks:
+                if first.choices and first.choices[0].delta.content:
+                    break
+            # The client has text while the teacher's model waits in the middle of the same answer.
+            assert stopped.wait(timeout=20) and not hold.is_set()
+            hold.set()
+            rest = list(chunks)
+    finally:
+        hold.set()
+        handle.remove()
+    pieces = [first.choices[0].delta.content] + [ch.choices[0].delta.content for ch in rest
+                                                 if ch.choices and ch.choices[0].delta.content]
+    assert "".join(pieces) == text and len(pieces) > 1
+    assert [ch.choices[0].finish_reason for ch in rest if ch.choices and ch.choices[0].finish_reason] == \
+        [whole.choices[0].finish_reason]
+    assert rest[-1].usage.completion_tokens == whole.usage.completion_tokens
+    row = rows(service)[-1]
+    logged = json.loads(row["response"])
+    assert (row["role"], row["status"], logged["content"]) == ("teacher", "ok", text)
+    assert 0 < logged["teacher_first_text_s"] < row["latency_s"]
+
+
+def test_a_local_classifier_teacher_answers_whole(tiny_model_b):
+    """A label is scored, not written: nothing to stream, and the answer comes as before."""
+    from potstill.config import TaskConfig
+    from potstill.tasks import get_task
+
+    writer = get_teacher(TeacherConfig(type="local", model=str(tiny_model_b)),
+                         get_task(TaskConfig(type="freetext", instruction="name the topic")))
+    labeller = get_teacher(TeacherConfig(type="local", model=str(tiny_model_b)),
+                           get_task(TaskConfig(type="classification", labels=["sports", "tech"])))
+    try:
+        assert writer.streams and not labeller.streams
+        pieces: list = []
+        answer = labeller.submit({"messages": ASK}, on_delta=pieces.append).result(timeout=120)
+        assert answer.output in ("sports", "tech") and pieces == []
+    finally:
+        writer.close()
+        labeller.close()
+
+
+def test_text_stream_sends_only_what_the_final_text_starts_with(bpe_lm):
+    """A byte-level BPE tokenizer, whose tokens can end inside a character (é, ☃)."""
+    tok = bpe_lm.tokenizer
+    ids = tok("The café said ☃: stop here, then more words.", add_special_tokens=False)["input_ids"]
+    end = tok.eos_token_id
+
+    def run(toks, stop=()):
+        got = []
+        stream = TextStream(tok, {end}, stop, got.append)
+        for n in range(1, len(toks) + 1):
+            stream(toks[:n])
+        stream(toks, final=True)
+        return got
+
+    whole = tok.decode(ids, skip_special_tokens=True)
+    assert "☃" in whole and any(tok.decode(ids[:n]).endswith("\ufffd") for n in range(1, len(ids)))
+    got = run(ids)
+    assert "".join(got) == whole and len(got) > 3
+    assert all(not p.endswith("\ufffd") for p in got)
+    # An end token: nothing past it; a stop string: up to and including it, as generate cuts the text.
+    assert "".join(run(ids[:5] + [end] + ids[5:])) == tok.decode(ids[:5], skip_special_tokens=True)
+    assert "".join(run(ids, stop=["stop"])) == whole[:whole.index("stop") + 4]
