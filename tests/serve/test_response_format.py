@@ -186,6 +186,77 @@ def test_the_responses_api_takes_text_format(json_served):
     assert as_object.text.format.type == "json_object"
 
 
+def _streaming_json(hold, holding):
+    """OpenAI's chat completions on loopback streaming '{"topic": "sports"}' in pieces (waiting for
+    ``hold`` after the first) to a streamed request with a ``response_format``."""
+    from fastapi import Body, FastAPI
+    from fastapi.responses import StreamingResponse
+
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    def chat(body: dict = Body()) -> StreamingResponse:
+        assert body.get("stream") is True and body["response_format"]["type"] == "json_schema"
+
+        def chunks():
+            def chunk(delta: dict, finish: str | None = None) -> str:
+                obj = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": body["model"],
+                       "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+                return f"data: {json.dumps(obj)}\n\n"
+
+            holding.set()  # before the first piece goes out: the rest waits for the test
+            yield chunk({"role": "assistant", "content": '{"to'})
+            assert hold.wait(timeout=20), "the test never let the stream go on"
+            for piece in ('pic": "sp', 'orts"', "}"):
+                yield chunk({"content": piece})
+            yield chunk({}, "stop")
+            usage = {"prompt_tokens": 20, "completion_tokens": 6, "total_tokens": 26}
+            last = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": body["model"], "choices": [],
+                    "usage": usage}
+            yield f"data: {json.dumps(last)}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(chunks(), media_type="text/event-stream")
+
+    return app
+
+
+def test_the_sdks_stream_helpers_parse_a_format_escalation_streamed_live(json_served):
+    """``chat.completions.stream(response_format=Model)`` and ``responses.stream(text_format=Model)``,
+    what SDK users call to parse structured outputs as they stream: the teacher's JSON arrives in
+    pieces while the teacher is still writing, and the helpers parse the whole of it."""
+    import threading
+
+    service, live = json_served
+    hold, holding = threading.Event(), threading.Event()
+    with teacher_behind(service, _streaming_json(hold, holding)):
+        deltas = []
+        with client(live).chat.completions.stream(model="potstill", messages=MSG, response_format=Topic) as stream:
+            for event in stream:
+                if event.type == "content.delta":
+                    if not deltas:
+                        assert holding.is_set() and not hold.is_set()  # the teacher is still writing
+                        hold.set()
+                    deltas.append(event.delta)
+            final = stream.get_final_completion()
+        assert final.choices[0].message.parsed == Topic(topic="sports") and len(deltas) > 1
+        hold.clear()
+        texts = []
+        # Another input: the same request again would be answered from the first one's row (not streamed).
+        with client(live).responses.stream(model="potstill", input="the final went to extra time",
+                                           text_format=Topic) as stream:
+            for event in stream:
+                if event.type == "response.output_text.delta":
+                    if not texts:
+                        assert not hold.is_set()
+                        hold.set()
+                    texts.append(event.delta)
+            done = stream.get_final_response()
+        assert done.output_parsed == Topic(topic="sports") and len(texts) > 1
+    logged = [json.loads(r["response"]) for r in rows(service)[-2:]]
+    assert [(json.loads(x["content"]), x["reason"]) for x in logged] == [({"topic": "sports"}, "response_format")] * 2
+
+
 @pytest.mark.parametrize("fmt, param, words", [
     ({"type": "xml"}, "response_format.type", "'xml' is not one of"),
     ({"type": "json_schema"}, "response_format.json_schema", "required with type json_schema"),
