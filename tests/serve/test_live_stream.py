@@ -276,9 +276,43 @@ def test_a_one_prompt_completion_streams_an_escalation(tmp_path, tiny_model, tea
         assert got[-1].choices[0].finish_reason in ("stop", "length")
         assert got[-1].choices[0].model_extra["potstill"]["answered_by"] == "teacher"
         assert json.loads(rows(service)[-1]["response"])["content"] == whole
-        # Two prompts: each choice whole, as before.
-        two = list(client(live).completions.create(model="potstill", prompt=[prompt, prompt], stream=True))
-        assert sorted(ch.choices[0].index for ch in two) == [0, 1] and {ch.choices[0].text for ch in two} == {whole}
+        # Two prompts: each choice streams too, under its own index.
+        before = len(rows(service))
+        two = list(client(live).completions.create(model="potstill", prompt=[prompt, prompt + " again"], stream=True))
+        texts = {i: "".join(ch.choices[0].text for ch in two if ch.choices[0].index == i) for i in (0, 1)}
+        alone = client(live).completions.create(model="potstill", prompt=prompt + " again").choices[0].text
+        assert texts == {0: whole, 1: alone}
+        assert all(sum(ch.choices[0].index == i for ch in two) > 2 for i in (0, 1))  # in pieces, not whole
+        assert [ch.choices[0].model_extra["potstill"]["answered_by"] for ch in two if ch.choices[0].finish_reason] \
+            == ["teacher", "teacher"]
+        assert len(rows(service)) == before + 3
+
+
+def test_several_streamed_prompts_fail_as_one_request(tmp_path, tiny_model, teacher_server, monkeypatch):
+    """A prompt failing before anything went out is the request's error, as unstreamed (a 502); one
+    failing after another's text went out ends the stream with an error event."""
+    prompts = ["the team won the match", "a new phone was released"]
+    with escalating(tmp_path, tiny_model, teacher_server, monkeypatch) as (service, live):
+        app = FastAPI()
+
+        @app.post("/v1/chat/completions")
+        def down(body: dict = Body()):
+            from fastapi.responses import JSONResponse
+
+            return JSONResponse({"error": {"message": "overloaded", "type": "server_error"}}, status_code=503)
+
+        with teacher_behind(service, app):
+            with pytest.raises(openai.InternalServerError) as e:
+                list(client(live).completions.create(model="potstill", prompt=prompts, stream=True))
+        assert e.value.status_code == 502
+        hold = threading.Event()
+        with teacher_behind(service, _broken_teacher(hold)):
+            got = []
+            with pytest.raises(openai.APIError) as e:
+                for ch in client(live).completions.create(model="potstill", prompt=prompts, stream=True):
+                    got.append(ch.choices[0].text)
+                    hold.set()
+        assert got and got[0] == "half an" and "the teacher failed to answer" in e.value.message
 
 
 def _no_streams_teacher(seen: list[dict]) -> FastAPI:

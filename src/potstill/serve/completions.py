@@ -6,8 +6,9 @@ a chat would be (``Service.answer``), logged as a chat row of its own (so watch,
 read it), and answered as one choice; the prompts of one request are answered concurrently, so the
 serving batcher batches them. vLLM's structured-output fields and ``response_format`` work as on chat.
 ``max_tokens`` unset is the task's budget, not OpenAI's 16. Token-id prompts, ``echo``, ``suffix``,
-``best_of`` and ``n`` above 1 are refused by name. Streamed, each choice's text comes as one chunk,
-except a single prompt that escalates, whose text streams as the teacher writes it (``serve.streaming``).
+``best_of`` and ``n`` above 1 are refused by name. Streamed, a choice answered by the student (or
+from the ledger) comes as one chunk once routed, and one that escalates as the teacher writes it
+(``serve.streaming``); several prompts' choices go out as each comes (``several``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -25,7 +26,7 @@ from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, ConfigDict, Field
 
 from potstill.serve.schemas import GeneratedRequest
-from potstill.serve.streaming import LiveText, OnAnswer, OnFailure, Piece, first_piece, relay
+from potstill.serve.streaming import LiveText, OnAnswer, OnFailure, Piece, failure_body, first_piece, relay
 
 COMPLETIONS = "/v1/completions"
 
@@ -139,6 +140,17 @@ def add_completions_route(app: FastAPI, service: Any, requests: Counter, latency
                                      lambda e: asyncio.to_thread(_stream_failure, service, state, e, log_error))
                 return StreamingResponse(events, media_type="text/event-stream", headers=_live_headers(live_text))
             results = [(task.result(), await record(messages)(task.result()))]
+        elif body.stream and len(prompts) > 1:
+            # Each choice as soon as it is answered, an escalation as the teacher writes it.
+            events = several(
+                prompts, lambda messages, live_text: service.answer(
+                    messages, body.max_tokens, body.stops(), logprobs=body.logprobs, response_format=fmt,
+                    live_text=live_text),
+                lambda: LiveText(body.stops(), body.logprobs) if service.streams() else None, record,
+                lambda e: asyncio.to_thread(_stream_failure, service, state, e, log_error), service.teacher_name,
+                body.logprobs is not None)
+            first = await anext(events)  # a prompt failing before anything went out: the request's error
+            return StreamingResponse(_chain(first, events), media_type="text/event-stream")
         else:
             results = await asyncio.gather(*(one(p) for p in prompts))
         choices = [{"text": served.content, "index": i,
@@ -161,28 +173,105 @@ def add_completions_route(app: FastAPI, service: Any, requests: Counter, latency
         return JSONResponse(result, headers=headers)
 
 
+class _Failure(str):
+    """The error event that ends a live choice's stream (``relay``'s failure): with several prompts,
+    the whole response ends there too."""
+
+
 def live_events(task: asyncio.Future, live_text: LiveText, first: Piece, model: str, logprobs: bool,
-                record: OnAnswer, failed: OnFailure) -> AsyncIterator[str]:
-    """A one-prompt completion's events for a live escalation (``relay``): each piece of text as a
-    chunk as it comes (with its tokens' legacy ``logprobs`` where asked), then the rest of the text
-    with the finish and the route (``record`` logs the answer and returns it), and ``[DONE]``; or
-    the error body ``failed`` logs and returns."""
-    cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+                record: OnAnswer, failed: OnFailure, index: int = 0, cid: str | None = None,
+                created: int | None = None, last: bool = True) -> AsyncIterator[str]:
+    """One prompt's completion events for a live escalation (``relay``): each piece of text as a
+    chunk as it comes (choice ``index``, with its tokens' legacy ``logprobs`` where asked), then the
+    rest of the text with the finish and the route (``record`` logs the answer and returns it), and
+    ``[DONE]`` where it is the ``last`` choice; or the error body ``failed`` logs and returns."""
+    cid, created = cid or f"cmpl-{uuid.uuid4().hex[:24]}", created if created is not None else int(time.time())
     at = 0  # the text offset of the next token whose log-probs go out
 
     def chunk(piece: Piece, finish: str | None = None, **extra: Any) -> str:
         nonlocal at
         lps = legacy_logprobs(piece.logprobs, at) if logprobs else None
         at += sum(len(t["token"]) for t in piece.logprobs)
-        choice = {"text": piece.text, "index": 0, "logprobs": lps, "finish_reason": finish, **extra}
-        obj = {"id": cid, "object": "text_completion", "created": created, "model": model, "choices": [choice]}
-        return f"data: {json.dumps(obj)}\n\n"
+        return _chunk(cid, created, model, {"text": piece.text, "index": index, "logprobs": lps,
+                                            "finish_reason": finish, **extra})
 
     def closing(served: Any, route: dict[str, Any], rest: Piece) -> list[str]:
-        return [chunk(rest, served.finish_reason, potstill=route), "data: [DONE]\n\n"]
+        return [chunk(rest, served.finish_reason, potstill=route)] + (["data: [DONE]\n\n"] if last else [])
 
     return relay(task, live_text, first, record, failed, [], chunk, closing,
-                 lambda body: f"data: {json.dumps(body)}\n\n")
+                 lambda body: _Failure(f"data: {json.dumps(body)}\n\n"))
+
+
+def _chunk(cid: str, created: int, model: str, choice: dict[str, Any]) -> str:
+    obj = {"id": cid, "object": "text_completion", "created": created, "model": model, "choices": [choice]}
+    return f"data: {json.dumps(obj)}\n\n"
+
+
+# The answers of several streamed prompts still running for a client that left (a task needs a reference).
+_PUMPS: set[asyncio.Task] = set()
+
+
+async def several(prompts: list[str], answer: Callable[[list[dict], LiveText | None], Awaitable[Any]],
+                  live: Callable[[], LiveText | None], record: Callable[[list[dict]], OnAnswer], failed: OnFailure,
+                  model: str, logprobs: bool) -> AsyncIterator[str]:
+    """Several prompts streamed: all asked at once, each choice's events (its ``index``) sent as they
+    come, choices interleaved: a student's answer (or one from the ledger) as one chunk once it is
+    routed, an escalation as the teacher writes it (``live``, where the teacher streams), then
+    ``[DONE]``. ``answer(messages, live_text)`` routes one prompt; ``record(messages)`` logs its
+    answer. A prompt that fails before anything went out raises here (the request's error, as
+    unstreamed); after, its error event ends the stream. Every answer is logged, the client there or not."""
+    queue: asyncio.Queue = asyncio.Queue()
+    cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+
+    async def pump(i: int, prompt: str) -> None:
+        messages = [{"role": "user", "content": prompt}]
+        live_text = live()
+        try:
+            answering = answer(messages, live_text)
+            task, first = await first_piece(answering, live_text) if live_text is not None else \
+                (asyncio.ensure_future(answering), None)
+            if first is not None:
+                async for event in live_events(task, live_text, first, model, logprobs, record(messages), failed,
+                                               index=i, cid=cid, created=created, last=False):
+                    queue.put_nowait(event)
+            else:
+                served = await task
+                route = await record(messages)(served)
+                queue.put_nowait(_chunk(cid, created, served.model, {
+                    "text": served.content, "index": i,
+                    "logprobs": legacy_logprobs(served.logprobs) if logprobs else None,
+                    "finish_reason": served.finish_reason, "potstill": route}))
+        except Exception as e:  # noqa: BLE001 - the request's error, or an error event
+            queue.put_nowait(e)
+        finally:
+            queue.put_nowait(None)  # this prompt is done
+
+    for i, prompt in enumerate(prompts):
+        t = asyncio.ensure_future(pump(i, prompt))
+        _PUMPS.add(t)
+        t.add_done_callback(_PUMPS.discard)
+    left, started = len(prompts), False
+    while left:
+        item = await queue.get()
+        if item is None:
+            left -= 1
+        elif isinstance(item, BaseException):
+            if not started:
+                raise item
+            yield f"data: {json.dumps(await failure_body(failed, item))}\n\n"
+            return
+        else:
+            started = True
+            yield item
+            if isinstance(item, _Failure):
+                return
+    yield "data: [DONE]\n\n"
+
+
+async def _chain(first: str, rest: AsyncIterator[str]) -> AsyncIterator[str]:
+    yield first
+    async for event in rest:
+        yield event
 
 
 def _sse(result: dict[str, Any]):
