@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 from potstill.ledger import ServedCall
 from potstill.serve.engine import first_stop
-from potstill.teachers.base import Delta
+from potstill.teachers.base import Delta, join_fragment
 
 
 class Piece(NamedTuple):
@@ -103,11 +103,7 @@ class Sent:
         self.text += piece.text
         self.logprobs.extend(piece.logprobs)
         for f in piece.tool_calls:
-            call = self.calls.setdefault(f.get("index", 0), {"id": None, "name": "", "arguments": ""})
-            fn = f.get("function") or {}
-            call["id"] = f.get("id") or call["id"]
-            call["name"] += fn.get("name") or ""
-            call["arguments"] += fn.get("arguments") or ""
+            join_fragment(self.calls, f)
 
     def rest(self, served: ServedCall) -> Piece:
         """What the whole ``served`` answer holds past what went out (its text and log-probs); an

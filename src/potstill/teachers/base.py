@@ -119,6 +119,16 @@ class Delta:
 OnDelta = Callable[[Delta], None]
 
 
+def join_fragment(calls: dict[int, dict[str, Any]], fragment: dict[str, Any]) -> None:
+    """A tool-call fragment (OpenAI's chunk form) joined to the call it continues in ``calls`` (by
+    index: id, name and arguments so far), as the openai SDK joins a streamed answer's calls."""
+    call = calls.setdefault(fragment.get("index", 0), {"id": None, "name": "", "arguments": ""})
+    fn = fragment.get("function") or {}
+    call["id"] = fragment.get("id") or call["id"]
+    call["name"] += fn.get("name") or ""
+    call["arguments"] += fn.get("arguments") or ""
+
+
 def is_refusal(error: str | None) -> bool:
     """Whether a failed answer's error is the model refusing the request (OpenAI's ``refusal: ...``,
     Anthropic's ``stop_reason refusal``): billed, and as a rule refused again if asked again."""

@@ -22,7 +22,7 @@ from typing import Any
 
 from potstill.errors import PotstillError
 from potstill.teachers.api import ApiTeacher
-from potstill.teachers.base import Delta, OnDelta, Response
+from potstill.teachers.base import Delta, OnDelta, Response, join_fragment
 
 
 REASONING = re.compile(r"^(ft:)?(o\d|gpt-5(?!-chat))")
@@ -248,11 +248,7 @@ class OpenAITeacher(ApiTeacher):
                     lps = compact_logprobs(c.logprobs.content) if c.logprobs is not None and c.logprobs.content else None
                     fragments = [f.model_dump(mode="json", exclude_none=True) for f in c.delta.tool_calls or []]
                     for f in fragments:
-                        call = calls.setdefault(f.get("index", 0), {"id": None, "name": "", "arguments": ""})
-                        fn = f.get("function") or {}
-                        call["id"] = f.get("id") or call["id"]
-                        call["name"] += fn.get("name") or ""
-                        call["arguments"] += fn.get("arguments") or ""
+                        join_fragment(calls, f)
                     parts.append(text)
                     logprobs.extend(lps or [])
                     if text or lps or fragments:
