@@ -167,6 +167,28 @@ def test_generation_keeps_the_batch_width_in_flight_and_answers_in_order(taught_
 
 
 @needs_server
+def test_on_text_streams_what_the_whole_request_answers(taught_bpe, engines):
+    """``on_text`` (a local teacher's streamed escalation): llama-server's stream gathered into the
+    unstreamed answer (text, tokens, mean log-prob, stop string kept), handed on in pieces."""
+    e = engines["none"]
+    longest = 0
+    for msg in MSGS:
+        want = e.generate(CHAT, [msg], 12)
+        for kw in ({}, {"stop": [want.texts[0][1:3]]} if len(want.texts[0]) >= 3 else {}):
+            pieces: list[str] = []
+            got = e.generate(CHAT, [msg], 12, on_text=pieces.append, **kw)
+            whole = e.generate(CHAT, [msg], 12, **kw)
+            assert "".join(pieces) == got.texts[0] == whole.texts[0] and got.tokens == whole.tokens
+            assert got.output_tokens == whole.output_tokens
+            if not kw:  # past a stop string the unstreamed answer leaves its tokens' probabilities out
+                assert got.mean_logprob == whole.mean_logprob
+            longest = max(longest, len(pieces))
+    assert longest > 1
+    with pytest.raises(ValueError, match="one answer"):
+        e.generate(CHAT, MSGS[:2], 4, on_text=print)
+
+
+@needs_server
 def test_stop_strings_end_the_text_as_in_transformers_and_sampling_follows_its_seed(taught_bpe, engines):
     e = engines["none"]
     free = e.generate(CHAT, MSGS[:3], 12, batch_size=3)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 
@@ -124,3 +125,44 @@ def test_text_stream_sends_only_what_the_final_text_starts_with(bpe_lm):
     # An end token: nothing past it; a stop string: up to and including it, as generate cuts the text.
     assert "".join(run(ids[:5] + [end] + ids[5:])) == tok.decode(ids[:5], skip_special_tokens=True)
     assert "".join(run(ids, stop=["stop"])) == whole[:whole.index("stop") + 4]
+
+
+@pytest.mark.parametrize("engine", ["ctranslate2", "llamacpp"])
+def test_a_local_teacher_on_another_engine_streams_too(tmp_path, tiny_model, teacher_server, monkeypatch, engine):
+    """CTranslate2's per-token callback and llama-server's own stream (skipped without a llama-server)."""
+    from tests.export.conftest import make_bpe_model
+
+    if engine == "llamacpp":
+        from potstill.engines.llamacpp import server_binary
+        from potstill.errors import PotstillError
+
+        try:
+            server_binary()
+        except PotstillError:
+            pytest.skip("llama-server not on PATH")
+    from potstill.models.loading import load_lm, save_lm
+    from tests.engines.conftest import _teach
+
+    lm = load_lm(str(make_bpe_model(tmp_path / "bpe")), device="cpu")
+    _teach(lm, steps=120)  # a random byte-level model writes stray bytes, which llama-server refuses
+    model = tmp_path / "taught"
+    save_lm(lm.model, lm.tokenizer, model)
+    # A tiny model answers in milliseconds, before the server has sent its first piece (then it goes
+    # whole): the teacher's thread waits a little after each piece it hands on.
+    from potstill.serve.streaming import LiveText
+
+    handed = LiveText.__call__
+    monkeypatch.setattr(LiveText, "__call__", lambda self, delta: (handed(self, delta), time.sleep(0.02)))
+    with escalating(tmp_path, tiny_model, teacher_server, monkeypatch) as (service, live):
+        saved = service.teacher
+        service.teacher = get_teacher(TeacherConfig(type="local", model=str(model), engine=engine,
+                                                    quantization="none", max_tokens=16), service.task)
+        try:
+            whole = client(live).chat.completions.create(model="potstill", messages=ASK).choices[0].message.content
+            chunks = list(client(live).chat.completions.create(model="potstill", messages=ASK, stream=True))
+        finally:
+            service.teacher.close()
+            service.teacher = saved
+        pieces = [ch.choices[0].delta.content for ch in chunks if ch.choices and ch.choices[0].delta.content]
+        assert "".join(pieces) == whole and len(pieces) > 1
+        assert json.loads(rows(service)[-1]["response"])["teacher_first_text_s"] > 0

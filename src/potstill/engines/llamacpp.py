@@ -48,7 +48,7 @@ import subprocess
 import tempfile
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +208,27 @@ class LlamaServer:
             why = f"; {NOT_UTF8}" if "does not match the expected" in str(msg) else ""
             raise PotstillError(f"llama-server answered {r.status_code}: {str(msg)[:300]}{why}")
         return r.json()
+
+    def stream(self, path: str, body: dict) -> Iterator[dict]:
+        """``post`` with ``stream: true``: each server-sent chunk as it comes."""
+        import httpx
+
+        try:
+            with self.http.stream("POST", path, json={**body, "stream": True}) as r:
+                if r.status_code != 200:
+                    r.read()
+                    try:
+                        msg = r.json().get("error", {}).get("message", r.text)
+                    except ValueError:
+                        msg = r.text
+                    why = f"; {NOT_UTF8}" if "does not match the expected" in str(msg) else ""
+                    raise PotstillError(f"llama-server answered {r.status_code}: {str(msg)[:300]}{why}")
+                for line in r.iter_lines():
+                    if line.startswith("data: ") and line[6:].strip() != "[DONE]":
+                        yield json.loads(line[6:])
+        except httpx.TransportError as e:
+            raise PotstillError(f"llama-server at {self.url} failed ({type(e).__name__}: {e}); "
+                                f"its log: {self._tail()}") from None
 
     def close(self) -> None:
         self.http.close()
@@ -436,10 +457,14 @@ class LlamaCppEngine:
     def generate(self, fmt: PromptFormat, messages: list[list[dict]], max_new_tokens: int,
                  batch_size: int = 16, progress: Any = None, temperature: float = 0.0,
                  stop: Sequence[str] = (), seed: int = 0, embed: bool = False,
-                 json_schemas: Sequence[dict | None] | None = None) -> Generated:
+                 json_schemas: Sequence[dict | None] | None = None,
+                 on_text: Callable[[str], None] | None = None) -> Generated:
         """``json_schemas``: a guide per message (a JSON Schema, a pattern or a grammar, as a served
         client's format gives them; None: ``json_schema``, the task's under ``guided_json``), which
-        llama.cpp's own grammar sampler holds the answer to (``llama_guide``)."""
+        llama.cpp's own grammar sampler holds the answer to (``llama_guide``). ``on_text`` (one
+        message): each piece of its answer's text as llama-server streams it (``_streamed``)."""
+        if on_text is not None and len(messages) != 1:
+            raise ValueError(f"on_text streams one answer, not {len(messages)}")
         ids = self._ids(fmt, messages)
         base = {"n_predict": max_new_tokens, "n_probs": 1, "return_tokens": True, "cache_prompt": True,
                 "stop": list(stop)}
@@ -457,15 +482,16 @@ class LlamaCppEngine:
             groups.setdefault(json.dumps(ask, sort_keys=True), []).append(i)
         for key, rows in groups.items():
             ask = json.loads(key)
+            run = (lambda b, prompts: self._streamed(b, prompts[0], on_text, progress)) if on_text is not None else \
+                (lambda b, prompts: self._run(b, prompts, batch_size, progress, continuous=True)[:2])
             try:
-                got, took, _ = self._run({**body, **ask}, [ids[i] for i in rows], batch_size, progress,
-                                         continuous=True)
+                got, took = run({**body, **ask}, [ids[i] for i in rows])
             except PotstillError:
                 if not ask:
                     raise
                 # A schema llama.cpp's converter cannot take (an unanchored pattern, ...): answered
                 # unguided, and judged by the format as any answer is.
-                got, took, _ = self._run(body, [ids[i] for i in rows], batch_size, progress, continuous=True)
+                got, took = run(body, [ids[i] for i in rows])
             for i, r, s in zip(rows, got, took):
                 res[i], secs[i] = r, s
         texts, toks, mlp = [], [], []
@@ -487,6 +513,30 @@ class LlamaCppEngine:
 
     def embed(self, fmt: PromptFormat, messages: list[list[dict]]) -> torch.Tensor:
         return self._embed_ids(self._own(fmt, self._ids(fmt, messages)))
+
+    def _streamed(self, body: dict, prompt: list[int], on_text: Callable[[str], None],
+                  progress: Any) -> tuple[list[dict], list[float]]:
+        """One prompt's completion streamed, each piece of its text handed to ``on_text`` as it
+        comes (a stop string that ended it last, as ``generate`` keeps it), gathered into the
+        answer the unstreamed request gives: its content, tokens, probabilities and stop. (Where a
+        stop string ended it, the stream holds every generated token's probability, where the
+        unstreamed answer leaves out those of the stop string's tokens: a mean log-prob a little
+        apart, which no one reads of a local teacher's answer.)"""
+        t0 = time.perf_counter()
+        res: dict[str, Any] = {"content": "", "tokens": [], "completion_probabilities": []}
+        for chunk in self.server.stream("/completion", {**body, "prompt": prompt}):
+            if chunk.get("content"):
+                res["content"] += chunk["content"]
+                on_text(chunk["content"])
+            res["tokens"] += chunk.get("tokens") or []
+            res["completion_probabilities"] += chunk.get("completion_probabilities") or []
+            if chunk.get("stop"):
+                res.update({k: chunk[k] for k in ("stop_type", "stopping_word") if k in chunk})
+        if res.get("stop_type") == "word" and res.get("stopping_word"):
+            on_text(res["stopping_word"])
+        if progress is not None:
+            progress(1)
+        return [res], [time.perf_counter() - t0]
 
 
 def llama_guide(guide: dict | None) -> dict:

@@ -123,13 +123,16 @@ class RecheckedEngine:
     def generate(self, fmt: PromptFormat, messages: list[list[dict]], max_new_tokens: int,
                  batch_size: int = 16, progress: Progress = None, temperature: float = 0.0,
                  stop: Sequence[str] = (), seed: int = 0, embed: bool = False,
-                 json_schemas: Sequence[dict | None] | None = None) -> Generated:
+                 json_schemas: Sequence[dict | None] | None = None,
+                 on_text: Callable[[str], None] | None = None) -> Generated:
         # A plugin's engine written before ``embed`` takes none: its caller then calls ``embed`` itself.
         more: dict = {"embed": True} if embed and generate_takes(self.fast, "embed") else {}
         if json_schemas is not None:
             if not generate_takes(self.fast, "json_schemas"):
                 raise PotstillError(f"the {self.fast.name} engine cannot decode under a JSON schema")
             more["json_schemas"] = json_schemas
+        if on_text is not None and generate_takes(self.fast, "on_text"):  # else the answer goes whole
+            more["on_text"] = on_text
         return self.fast.generate(fmt, messages, max_new_tokens, batch_size=batch_size, progress=progress,
                                   temperature=temperature, stop=stop, seed=seed, **more)
 

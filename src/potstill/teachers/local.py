@@ -250,7 +250,7 @@ class LocalTeacher(Teacher):
     @property
     def streams(self) -> bool:  # type: ignore[override]
         """A generating teacher hands its answer on as it decodes it (``submit``'s ``on_delta``), on an
-        engine whose ``generate`` takes ``on_text`` (transformers); a label is scored, not written."""
+        engine whose ``generate`` takes ``on_text`` (the built-in ones); a label is scored, not written."""
         return not self.task.labels
 
     def submit(self, request: dict[str, Any], on_delta: OnDelta | None = None) -> "Future[Response]":
@@ -263,7 +263,7 @@ class LocalTeacher(Teacher):
 
     def _streamed(self, request: dict[str, Any], on_delta: OnDelta) -> Response:
         """One request answered with its text handed to ``on_delta`` as it is decoded; an engine
-        whose ``generate`` takes no ``on_text`` (ctranslate2, llamacpp, a plugin's) answers whole."""
+        whose ``generate`` takes no ``on_text`` (a plugin's written before it) answers whole."""
         on_text = (lambda text: on_delta(Delta(text))) if generate_takes(self.lm(), "on_text") else None
         return self._generated([request["messages"]], int(request.get("max_tokens", self.cfg.max_tokens)),
                                request.get("json_schema"), on_text)[0]
