@@ -117,11 +117,16 @@ class Gate:
         self.app, self.service, self.key, self.max_body, self.reject = app, service, key, max_body, reject
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"].rstrip("/") == OPEN:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        rid = request_id(headers.get(b"x-request-id"))
+        scope.setdefault("state", {})["request_id"] = rid
+        send = _with_request_id(send, rid)
+        if scope["path"].rstrip("/") == OPEN:
             return await self.app(scope, receive, send)
         t0 = time.perf_counter()
-        scope.setdefault("state", {})["t0"] = t0
-        headers = dict(scope.get("headers") or [])
+        scope["state"]["t0"] = t0
         if self.key is not None:
             auth = headers.get(b"authorization", b"").decode("latin-1")
             if not hmac.compare_digest(auth.encode(), f"Bearer {self.key}".encode()):
@@ -158,6 +163,26 @@ class Gate:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def request_id(given: bytes | None) -> str:
+    """A response's ``x-request-id``: the client's own (letters, digits and ``._:-``, up to 128),
+    so a client's trace id finds its ledger row, else a new ``req_`` one, as OpenAI's API gives."""
+    text = given.decode("latin-1") if given else ""
+    return text if _REQUEST_ID.fullmatch(text) else f"req_{uuid.uuid4().hex}"
+
+
+def _with_request_id(send: Any, rid: str) -> Any:
+    """``send`` with ``x-request-id: rid`` added to the response's headers."""
+    async def sending(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", rid.encode("latin-1"))]}
+        await send(message)
+
+    return sending
 
 
 def _non_standard_constant(raw: bytes) -> str | None:
@@ -231,7 +256,7 @@ def _add_error_handlers(app: FastAPI, service: Service, requests: Counter):
         service.log_failure(_logged_request(state.get("raw_body")), answered_by=role, model=model or service.student_name,
                             latency_s=time.perf_counter() - state.get("t0", time.perf_counter()),
                             body=body, error=f"{status}: {detail or body['error']['message']}"[:500],
-                            teacher_hash=request_hash, billed=billed)
+                            teacher_hash=request_hash, billed=billed, request_id=state.get("request_id"))
         requests.labels("none", "rejected" if status < 500 else "failed", str(status)).inc()
 
     async def reject(scope: dict, send: Any, status: int, message: str, param: str | None,
@@ -391,7 +416,7 @@ async def _record(service: Service, state: dict, served: Any, request: dict[str,
              **({"logprobs_unavailable": served.logprobs_unavailable} if served.logprobs_unavailable else {}),
              **{k: served.extra[k] for k in ("response_format_problem",) if served.extra.get(k)}}
     state["logged"] = True
-    served.request, served.latency_s = request, elapsed
+    served.request, served.latency_s = {**request, "request_id": state.get("request_id")}, elapsed
     await asyncio.to_thread(service.ledger.record_served, served)
     requests.labels(served.answered_by, served.reason, "200").inc()
     latency.labels(served.answered_by).observe(elapsed)

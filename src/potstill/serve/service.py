@@ -429,6 +429,8 @@ class Service:
                 "are logged with 0 tokens and $0; set serve.stream_teacher false to have them counted")
         if cached:
             extra["teacher_cached"] = True
+        elif r.provider_request_id:  # the provider's id of this escalation, for its support and its bill
+            extra["teacher_request_id"] = r.provider_request_id
         if r.label_probs:
             # The teacher's soft label, kept so `potstill redistill` can distil from served escalations.
             extra["teacher_label_probs"] = r.label_probs
@@ -500,13 +502,16 @@ class Service:
 
     def log_failure(self, request: dict[str, Any], answered_by: str, model: str, latency_s: float,
                     body: dict[str, Any], error: str, teacher_hash: str | None = None,
-                    billed: Response | None = None) -> None:
+                    billed: Response | None = None, request_id: str | None = None) -> None:
         """The ledger row of a request that got an error (rejected, or the teacher failed).
 
         ``teacher_hash``: the hash of the request a failed teacher got (``TeacherError``); else the
         chat's escalation hash (``_escalation_hash``). ``billed``: the teacher's failed answer, whose
-        tokens and cost (a refusal's, billed by the provider) the row keeps, so the ledger is the bill."""
+        tokens and cost (a refusal's, billed by the provider) the row keeps, so the ledger is the bill.
+        ``request_id``: the response's ``x-request-id``, kept in the logged request."""
         h = teacher_hash if teacher_hash is not None else self._escalation_hash(request)
+        if request_id is not None:
+            request = {**request, "request_id": request_id}
         paid = {} if billed is None else {"input_tokens": billed.input_tokens, "output_tokens": billed.output_tokens,
                                          "cost_usd": billed.cost_usd}
         self.ledger.record_served(ServedCall(request=request, answered_by=answered_by, model=model, latency_s=latency_s,

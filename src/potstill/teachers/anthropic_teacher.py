@@ -156,6 +156,8 @@ async def _streamed(client: Any, req: dict[str, Any], on_delta: OnDelta) -> tupl
                 arguments[event.index] = "{}"  # a call with no input: json.dumps({}), as unstreamed
                 on_delta(fragment(event.index, arguments="{}"))
         msg = await stream.get_final_message()
+        if getattr(msg, "_request_id", None) is None:
+            msg._request_id = stream.response.headers.get("request-id")
     return msg, [arguments[b] for b in sorted(calls, key=calls.get)]
 
 
@@ -309,7 +311,11 @@ class AnthropicTeacher(ApiTeacher):
         tokens = dict(input_tokens=n_in, output_tokens=n_out, cached_input_tokens=cached,
                       cache_write_input_tokens=written, cache_write_1h_input_tokens=hour, latency_s=latency,
                       cost_usd=self.token_cost(n_in, n_out, cached, written, hour))
+        # One request's id (the provider's request-id header); n samples are n requests: none.
+        rid = getattr(msgs[0], "_request_id", None) if n == 1 else None
         if "refusal" in stops:
-            return Response(output=None, error="stop_reason refusal", error_code="refusal", **tokens)
+            return Response(output=None, error="stop_reason refusal", error_code="refusal", provider_request_id=rid,
+                            **tokens)
         return Response(output=texts[0], samples=texts if n > 1 else None, sample_tokens=each if n > 1 else None,
-                        stop_reason=stops[0] if n == 1 else stops, tool_calls=_tool_calls(msgs[0]), **tokens)
+                        stop_reason=stops[0] if n == 1 else stops, tool_calls=_tool_calls(msgs[0]),
+                        provider_request_id=rid, **tokens)

@@ -94,6 +94,9 @@ class Response:
     #: did answer ({input_tokens, output_tokens, cost_usd}): billed in their error rows, so not in this
     #: answer's own tokens and cost (its row bills only the samples it asked for). See ``consistency.paid``.
     earlier_paid: dict[str, float] | None = None
+    #: The provider's id of the HTTP request that answered (OpenAI's ``x-request-id``, Anthropic's
+    #: ``request-id``), what its support asks for about one answer or one charge.
+    provider_request_id: str | None = None
 
     @property
     def ok(self) -> bool:

@@ -18,6 +18,7 @@ import math
 import os
 import re
 import time
+from dataclasses import replace
 from typing import Any
 
 from potstill.errors import PotstillError
@@ -215,7 +216,8 @@ class OpenAITeacher(ApiTeacher):
                 self.stream_refused = True
                 t0 = time.perf_counter()
         completion = await client.chat.completions.create(**request)
-        return self._response(completion, time.perf_counter() - t0)
+        return replace(self._response(completion, time.perf_counter() - t0),
+                       provider_request_id=getattr(completion, "_request_id", None))
 
     async def _streamed(self, client: Any, request: dict[str, Any], on_delta: OnDelta, t0: float) -> Response:
         """The answer as server-sent chunks, each piece handed to ``on_delta`` as it comes (its text,
@@ -232,7 +234,8 @@ class OpenAITeacher(ApiTeacher):
                 body = await stream.response.aread()
             finally:
                 await stream.close()
-            return self._response(ChatCompletion.model_validate_json(body), time.perf_counter() - t0)
+            return replace(self._response(ChatCompletion.model_validate_json(body), time.perf_counter() - t0),
+                           provider_request_id=stream.response.headers.get("x-request-id"))
         parts: list[str] = []
         refusal: list[str] = []
         logprobs: list[dict[str, Any]] = []
@@ -263,7 +266,8 @@ class OpenAITeacher(ApiTeacher):
                       latency_s=time.perf_counter() - t0, cost_usd=self.token_cost(n_in, n_out, cached))
         output = "".join(parts)
         if refusal and not output and not calls:  # as _response: a refusal is an error row, never the answer ""
-            return Response(output=None, error=f"refusal: {''.join(refusal)}"[:500], error_code="refusal", **tokens)
+            return Response(output=None, error=f"refusal: {''.join(refusal)}"[:500], error_code="refusal",
+                            provider_request_id=stream.response.headers.get("x-request-id"), **tokens)
         if finish is None:
             raise ConnectionError("the teacher's stream ended before its answer did (no finish_reason)")
         tool_calls = [{"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
@@ -271,7 +275,7 @@ class OpenAITeacher(ApiTeacher):
         label_probs = (label_probs_from_top_logprobs(logprobs[0]["top"], self.task.labels)
                        if logprobs and self.task.labels else None)
         return Response(output=output, logprobs=logprobs or None, label_probs=label_probs, tool_calls=tool_calls,
-                        stop_reason=finish, **tokens)
+                        stop_reason=finish, provider_request_id=stream.response.headers.get("x-request-id"), **tokens)
 
 
 def usage_tokens(usage: Any) -> tuple[int, int, int]:
