@@ -107,3 +107,49 @@ def test_max_output_tokens_cuts_the_answer_as_max_tokens_does(tmp_path, tiny_mod
         assert chat.choices[0].finish_reason == "length" and r.output_text == chat.choices[0].message.content
         assert (r.status, r.incomplete_details.reason, r.usage.output_tokens) == ("incomplete", "max_output_tokens", 2)
         assert rows(service)[-1]["stop_reason"] == "length"
+
+
+def test_log_probs_as_the_responses_api_gives_them(tmp_path, tiny_model, teacher_server, monkeypatch):
+    """``include=["message.output_text.logprobs"]`` and ``top_logprobs``: the output_text's
+    ``logprobs``, the chat completion's for the same answer, the student's (whole and streamed) or
+    the teacher's (streamed as it writes them); an ``include`` OpenAI does not know is a 400."""
+    import math
+
+    from potstill.serve.routing import Routing
+    from tests.serve.conftest import served_free_text
+    from tests.serve.test_live_stream import held
+
+    text = "the team won the match in the last minute"
+
+    def entries(lps):
+        return [(t.token, t.logprob, [(a.token, a.logprob) for a in t.top_logprobs]) for t in lps]
+
+    with served_free_text(tmp_path, tiny_model, teacher_server, monkeypatch) as (service, live):
+        cl = client(live)
+        service.cfg.serve.reuse_escalations = False  # each escalation asked anew: the teacher's streams live
+        for to in (-math.inf, math.inf):  # the student answers, then the teacher
+            service.routing = Routing(confidence_threshold=to, ood_threshold=math.inf)
+            chat = cl.chat.completions.create(model="potstill", messages=[{"role": "user", "content": text}],
+                                              logprobs=True, top_logprobs=2)
+            want = entries(chat.choices[0].logprobs.content)
+            assert want and all(len(top) == 2 for _, _, top in want)
+            r = cl.responses.create(model="potstill", input=text, include=["message.output_text.logprobs"],
+                                    top_logprobs=2)
+            assert entries(r.output[0].content[0].logprobs) == want and r.top_logprobs == 2
+            events = []
+            with held(teacher_server) as hold:  # the teacher waits after its first token until a delta came
+                for ev in cl.responses.create(model="potstill", input=text, top_logprobs=2, stream=True):
+                    events.append(ev)
+                    if ev.type == "response.output_text.delta":
+                        hold.set()
+            deltas = [e for e in events if e.type == "response.output_text.delta"]
+            assert [x for d in deltas for x in entries(d.logprobs)] == want
+            done = [e for e in events if e.type == "response.output_text.done"][0]
+            assert entries(done.logprobs) == want and entries(events[-1].response.output[0].content[0].logprobs) == want
+            assert events[-1].response.model_extra["potstill"]["answered_by"] == ("student" if to < 0 else "teacher")
+            if to > 0:  # the teacher's text and log-probs as it writes them, not in one delta
+                assert len(deltas) > 1
+            assert not cl.responses.create(model="potstill", input=text).output[0].content[0].logprobs
+        with pytest.raises(openai.BadRequestError) as e:
+            cl.responses.create(model="potstill", input=text, include=["message.output_text.everything"])
+        assert e.value.body["param"] == "include.0"

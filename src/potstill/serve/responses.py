@@ -68,14 +68,16 @@ def chat_tools(tools: list[Any] | None, tool_choice: Any, parallel: bool | None)
 
 
 def output_items(content: str, calls: list[dict[str, Any]] | None, incomplete: bool,
-                 msg_id: str | None = None) -> list[dict[str, Any]]:
+                 msg_id: str | None = None, logprobs: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """A routed answer as Responses output items: its text as a message item (``msg_id``, or a new
-    id; none where the answer is calls alone), then each tool call as a ``function_call`` item."""
+    id; none where the answer is calls alone; its tokens' ``logprobs`` where asked and given), then
+    each tool call as a ``function_call`` item."""
     items: list[dict[str, Any]] = []
     if content or not calls:
         items.append({"type": "message", "id": msg_id or f"msg_{uuid.uuid4().hex[:24]}",
                       "status": "incomplete" if incomplete else "completed", "role": "assistant",
-                      "content": [{"type": "output_text", "text": content, "annotations": []}]})
+                      "content": [{"type": "output_text", "text": content, "annotations": [],
+                                   "logprobs": logprobs or []}]})
     for call in calls or []:
         items.append({"type": "function_call", "id": f"fc_{uuid.uuid4().hex[:24]}", "call_id": call["id"],
                       "name": call["function"]["name"], "arguments": call["function"]["arguments"],
@@ -105,9 +107,9 @@ def events(response: dict[str, Any]):
             where = {"item_id": item["id"], "output_index": index, "content_index": 0}
             yield event("response.output_item.added", output_index=index,
                         item={**item, "status": "in_progress", "content": []})
-            yield event("response.content_part.added", **where, part={**part, "text": ""})
-            yield event("response.output_text.delta", **where, delta=text, logprobs=[])
-            yield event("response.output_text.done", **where, text=text, logprobs=[])
+            yield event("response.content_part.added", **where, part={**part, "text": "", "logprobs": []})
+            yield event("response.output_text.delta", **where, delta=text, logprobs=part["logprobs"])
+            yield event("response.output_text.done", **where, text=text, logprobs=part["logprobs"])
             yield event("response.content_part.done", **where, part=part)
         else:
             where = {"item_id": item["id"], "output_index": index}
@@ -129,12 +131,12 @@ def response_body(body: ResponsesRequest, served: ServedCall, fmt: dict[str, Any
         "id": rid or f"resp_{uuid.uuid4().hex[:24]}", "object": "response",
         "created_at": created if created is not None else int(time.time()),
         "status": "incomplete" if cut else "completed", "model": served.model,
-        "output": output_items(served.content, served.extra.get("tool_calls"), cut, msg_id),
+        "output": output_items(served.content, served.extra.get("tool_calls"), cut, msg_id, served.logprobs),
         "incomplete_details": {"reason": "max_output_tokens"} if cut else None, "error": None,
         "instructions": body.instructions, "max_output_tokens": body.max_output_tokens,
         "temperature": body.temperature, "top_p": body.top_p, "tools": body.tools or [],
         "tool_choice": body.tool_choice or "auto", "parallel_tool_calls": body.parallel_tool_calls is not False,
-        "text": {"format": responses_form(fmt)}, "metadata": {},
+        "text": {"format": responses_form(fmt)}, "metadata": {}, "top_logprobs": body.top_logprobs,
         "usage": {"input_tokens": served.input_tokens, "output_tokens": served.output_tokens,
                   "total_tokens": served.input_tokens + served.output_tokens,
                   "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
@@ -165,7 +167,7 @@ def live_events(task: asyncio.Future, live_text: LiveText, first: Piece, opening
         return [event("response.output_item.added", output_index=len(items) - 1, item={
                     "type": "message", "id": msg_id, "status": "in_progress", "role": "assistant", "content": []}),
                 event("response.content_part.added", **text, part={"type": "output_text", "text": "",
-                                                                   "annotations": []})]
+                                                                   "annotations": [], "logprobs": []})]
 
     def call_done(item: dict[str, Any], done: dict[str, Any]) -> list[str]:
         where = {"item_id": item["id"], "output_index": item["output_index"]}
@@ -175,9 +177,9 @@ def live_events(task: asyncio.Future, live_text: LiveText, first: Piece, opening
 
     def delta(piece: Piece) -> str:
         out: list[str] = []
-        if piece.text:
+        if piece.text or piece.logprobs:
             out += message()
-            out.append(event("response.output_text.delta", **text, delta=piece.text, logprobs=[]))
+            out.append(event("response.output_text.delta", **text, delta=piece.text, logprobs=list(piece.logprobs)))
         for f in piece.tool_calls:
             fn = f.get("function") or {}
             item = calls.get(f.get("index", 0))
@@ -204,16 +206,17 @@ def live_events(task: asyncio.Future, live_text: LiveText, first: Piece, opening
     def closing(served: ServedCall, response: dict[str, Any], rest: Piece) -> Iterator[str]:
         whole = response["output"]
         said = [i for i in whole if i["type"] == "message"]
-        if said or rest.text:
+        if said or rest.text or rest.logprobs:
             yield from message()
-        if rest.text:
-            yield event("response.output_text.delta", **text, delta=rest.text, logprobs=[])
+        if rest.text or rest.logprobs:
+            yield event("response.output_text.delta", **text, delta=rest.text, logprobs=list(rest.logprobs))
         answered = [i for i in whole if i["type"] == "function_call"]
         output = []
         for item in items:
             if item["type"] == "message":
                 done = said[0]
-                yield event("response.output_text.done", **text, text=served.content, logprobs=[])
+                yield event("response.output_text.done", **text, text=served.content,
+                            logprobs=done["content"][0]["logprobs"])
                 yield event("response.content_part.done", **text, part=done["content"][0])
                 yield event("response.output_item.done", output_index=text["output_index"], item=done)
             else:
@@ -269,10 +272,11 @@ def add_responses_route(app: FastAPI, service: Any, requests: Counter, latency: 
         messages = student_view(teacher_messages)
         if not any(m["role"] == "user" and m["content"].strip() for m in messages):
             raise APIError(400, "input: needs a user message with text", "input")
-        live_text = LiveText() if body.stream and service.streams() else None
+        logprobs = body.logprob_request()
+        live_text = LiveText((), logprobs) if body.stream and service.streams() else None
         answering = service.answer(messages, body.max_output_tokens, [],
                                    teacher_messages=teacher_messages if teacher_messages != messages else None,
-                                   tools=tools, logprobs=None, response_format=fmt, live_text=live_text)
+                                   tools=tools, logprobs=logprobs, response_format=fmt, live_text=live_text)
         logged = {**body.model_dump(exclude_none=True), "messages": messages, "endpoint": RESPONSES}
         task, first = await first_piece(answering, live_text) if live_text is not None else (None, None)
         if first is not None:  # the teacher's first piece came before its whole answer: streamed as it is written

@@ -272,6 +272,14 @@ class Health(BaseModel):
     ood_threshold: float | None
 
 
+#: What a Responses request may ``include`` (OpenAI's list): only the log-probs are ever in this
+#: server's answers; the rest are hosted tools', images' and reasoning's, accepted and empty.
+RESPONSES_INCLUDE = Literal["message.output_text.logprobs", "file_search_call.results", "web_search_call.results",
+                            "web_search_call.action.sources", "message.input_image.image_url",
+                            "computer_call_output.output.image_url", "code_interpreter_call.outputs",
+                            "reasoning.encrypted_content"]
+
+
 class ResponsesRequest(BaseModel):
     """``POST /v1/responses`` (OpenAI's Responses API, ``client.responses.create``), for text and
     function tools: the same router as chat completions. ``input`` is a string (one user message)
@@ -295,6 +303,17 @@ class ResponsesRequest(BaseModel):
     parallel_tool_calls: bool | None = Field(None, strict=True)
     text: dict[str, Any] | None = Field(None, description="format: text, json_object or json_schema (what "
                                         "client.responses.parse sends), served as chat's response_format.")
+    include: list[RESPONSES_INCLUDE] | None = Field(None, description="message.output_text.logprobs: the answer's "
+                                                    "tokens' log-probs; the others name what this server never "
+                                                    "outputs (hosted tools, images, reasoning).")
+    top_logprobs: int | None = Field(None, ge=0, le=20, strict=True, description="Alternatives per token with "
+                                     "the log-probs.")
+
+    def logprob_request(self) -> int | None:
+        """As chat's: how many alternatives per token, None where no log-probs were asked (neither
+        ``include`` ``message.output_text.logprobs`` nor ``top_logprobs``)."""
+        asked = "message.output_text.logprobs" in (self.include or []) or self.top_logprobs is not None
+        return (self.top_logprobs or 0) if asked else None
 
     def format_request(self) -> dict[str, Any] | None:
         """``text.format`` in chat's ``response_format`` form (None for text or none), or ``FormatError``."""
