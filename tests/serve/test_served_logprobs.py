@@ -174,5 +174,10 @@ def test_a_student_whose_engine_scores_no_tokens_refuses_logprobs_with_a_400(tmp
             assert [r["status"] for r in rows(service)] == ["error"]
             c = client(live).chat.completions.create(model="potstill", messages=MSG)
             assert c.model_extra["potstill"]["answered_by"] == "student" and c.choices[0].logprobs is None
+            # The Responses API asks for them in include: the 400 names that.
+            with pytest.raises(openai.BadRequestError) as e:
+                client(live).responses.create(model="potstill", input=MSG[0]["content"],
+                                              include=["message.output_text.logprobs"])
+            assert e.value.body["param"] == "include" and e.value.body["message"].startswith("include: the student's")
     finally:
         service.close()

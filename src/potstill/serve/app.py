@@ -286,8 +286,9 @@ def _add_error_handlers(app: FastAPI, service: Service, requests: Counter):
 
     @app.exception_handler(LogprobsUnavailable)
     async def _no_logprobs(request: Request, e: LogprobsUnavailable) -> JSONResponse:
-        return await on_error(request, 400, f"logprobs: {e}; serve the student with serve.engine transformers, "
-                              "ctranslate2 or llamacpp", "logprobs")
+        param = "include" if request.url.path.rstrip("/") == RESPONSES else "logprobs"  # where each API asks
+        return await on_error(request, 400, f"{param}: {e}; serve the student with serve.engine transformers, "
+                              "ctranslate2 or llamacpp", param)
 
     @app.exception_handler(TeacherError)
     async def _teacher_error(request: Request, e: TeacherError) -> JSONResponse:
