@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import pytest
 
@@ -148,19 +147,31 @@ def test_a_local_teacher_on_another_engine_streams_too(tmp_path, tiny_model, tea
     model = tmp_path / "taught"
     save_lm(lm.model, lm.tokenizer, model)
     # A tiny model answers in milliseconds, before the server has sent its first piece (then it goes
-    # whole): the teacher's thread waits a little after each piece it hands on.
+    # whole): the teacher's thread waits after its first piece until the client has it.
     from potstill.serve.streaming import LiveText
 
+    hold = threading.Event()
     handed = LiveText.__call__
-    monkeypatch.setattr(LiveText, "__call__", lambda self, delta: (handed(self, delta), time.sleep(0.02)))
+
+    def held_after_first(self, delta):
+        handed(self, delta)
+        if self.first_at is not None and not hold.is_set():
+            assert hold.wait(timeout=20), "the client never got the first piece"
+
+    monkeypatch.setattr(LiveText, "__call__", held_after_first)
     with escalating(tmp_path, tiny_model, teacher_server, monkeypatch) as (service, live):
         saved = service.teacher
         service.teacher = get_teacher(TeacherConfig(type="local", model=str(model), engine=engine,
                                                     quantization="none", max_tokens=16), service.task)
         try:
             whole = client(live).chat.completions.create(model="potstill", messages=ASK).choices[0].message.content
-            chunks = list(client(live).chat.completions.create(model="potstill", messages=ASK, stream=True))
+            chunks = []
+            for ch in client(live).chat.completions.create(model="potstill", messages=ASK, stream=True):
+                chunks.append(ch)
+                if ch.choices and ch.choices[0].delta.content:
+                    hold.set()
         finally:
+            hold.set()
             service.teacher.close()
             service.teacher = saved
         pieces = [ch.choices[0].delta.content for ch in chunks if ch.choices and ch.choices[0].delta.content]
