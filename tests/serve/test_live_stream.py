@@ -22,6 +22,7 @@ from potstill.serve.routing import Routing
 from potstill.serve.streaming import LiveText
 from potstill.teachers.base import Delta
 from tests.helpers.live_server import LiveServer
+from tests.helpers.sse import claude_event, claude_start, openai_chunk
 from tests.serve.conftest import SERVE_KEY, TEACHER_KEY, claude_behind, client, rows, teacher_behind, write_run
 
 ASK = [{"role": "user", "content": "the minister said the party will vote"}]
@@ -108,9 +109,7 @@ def _broken_teacher(hold: threading.Event) -> FastAPI:
     @app.post("/v1/chat/completions")
     def chat(body: dict = Body()) -> StreamingResponse:
         def chunks():
-            obj = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": body["model"],
-                   "choices": [{"index": 0, "delta": {"role": "assistant", "content": "half an"}, "finish_reason": None}]}
-            yield f"data: {json.dumps(obj)}\n\n"
+            yield openai_chunk(body["model"], {"role": "assistant", "content": "half an"})
             hold.wait(timeout=20)
             raise ConnectionResetError("the teacher's machine went away")
 
@@ -164,20 +163,15 @@ def _streaming_claude(hold: threading.Event) -> FastAPI:
         assert body.get("stream") is True
 
         def events():
-            def ev(kind: str, data: dict) -> str:
-                return f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n"
-
-            yield ev("message_start", {"message": {"id": "msg_1", "type": "message", "role": "assistant",
-                                                   "model": body["model"], "content": [], "stop_reason": None,
-                                                   "stop_sequence": None, "usage": {"input_tokens": 30, "output_tokens": 1}}})
-            yield ev("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
-            yield ev("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": "spo"}})
+            yield claude_start(body["model"])
+            yield claude_event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
+            yield claude_event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": "spo"}})
             hold.wait(timeout=20)
-            yield ev("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": "rts"}})
-            yield ev("content_block_stop", {"index": 0})
-            yield ev("message_delta", {"delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                                       "usage": {"output_tokens": 12}})
-            yield ev("message_stop", {})
+            yield claude_event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": "rts"}})
+            yield claude_event("content_block_stop", {"index": 0})
+            yield claude_event("message_delta", {"delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                                 "usage": {"output_tokens": 12}})
+            yield claude_event("message_stop", {})
 
         return StreamingResponse(events(), media_type="text/event-stream")
 

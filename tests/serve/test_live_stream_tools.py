@@ -13,6 +13,7 @@ import threading
 from fastapi import Body, FastAPI
 from fastapi.responses import StreamingResponse
 
+from tests.helpers.sse import claude_event, claude_start, openai_chunk
 from tests.serve.conftest import claude_behind, client, rows, teacher_behind
 from tests.serve.test_live_stream import ASK, escalating, held
 from tests.serve.test_tool_calls import TOOLS, streamed
@@ -90,9 +91,7 @@ def _tool_teacher(hold: threading.Event, holding: threading.Event, seen: list) -
                     "usage": usage}
 
         def chunk(delta: dict, finish: str | None = None) -> str:
-            obj = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": body["model"],
-                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-            return f"data: {json.dumps(obj)}\n\n"
+            return openai_chunk(body["model"], delta, finish)
 
         def fragment(index: int, **fields) -> str:
             return chunk({"tool_calls": [{"index": index, **fields}]})
@@ -108,9 +107,7 @@ def _tool_teacher(hold: threading.Event, holding: threading.Event, seen: list) -
             yield fragment(1, id="call_2", type="function", function={"name": "ping", "arguments": ""})
             yield fragment(1, function={"arguments": "{}"})
             yield chunk({}, "tool_calls")
-            obj = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": body["model"], "choices": [],
-                   "usage": usage}
-            yield f"data: {json.dumps(obj)}\n\n"
+            yield openai_chunk(body["model"], usage=usage)
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(chunks(), media_type="text/event-stream")
@@ -206,31 +203,33 @@ def _claude_calling_tools(hold: threading.Event, holding: threading.Event) -> Fa
     def messages(body: dict = Body()) -> StreamingResponse:
         assert body.get("stream") is True and body["tools"][0]["name"] == "lookup_topic"
 
-        def events():
-            def ev(kind: str, data: dict) -> str:
-                return f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n"
+        def tool(block: int, call_id: str, name: str) -> str:
+            return claude_event("content_block_start", {"index": block, "content_block": {
+                "type": "tool_use", "id": call_id, "name": name, "input": {}}})
 
-            yield ev("message_start", {"message": {"id": "msg_1", "type": "message", "role": "assistant",
-                                                   "model": body["model"], "content": [], "stop_reason": None,
-                                                   "stop_sequence": None, "usage": {"input_tokens": 30, "output_tokens": 1}}})
-            yield ev("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
-            yield ev("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": "Let me look."}})
-            yield ev("content_block_stop", {"index": 0})
+        def json_piece(block: int, text: str) -> str:
+            return claude_event("content_block_delta", {"index": block, "delta": {"type": "input_json_delta",
+                                                                                  "partial_json": text}})
+
+        def events():
+            yield claude_start(body["model"])
+            yield claude_event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
+            yield claude_event("content_block_delta", {"index": 0, "delta": {"type": "text_delta",
+                                                                             "text": "Let me look."}})
+            yield claude_event("content_block_stop", {"index": 0})
             holding.set()  # before the call goes out: the rest cannot come before the test lets it
-            yield ev("content_block_start", {"index": 1, "content_block": {"type": "tool_use", "id": "toolu_1",
-                                                                           "name": "lookup_topic", "input": {}}})
-            yield ev("content_block_delta", {"index": 1, "delta": {"type": "input_json_delta", "partial_json": ""}})
+            yield tool(1, "toolu_1", "lookup_topic")
+            yield json_piece(1, "")
             assert hold.wait(timeout=20), "the test never let the stream go on"
-            yield ev("content_block_delta", {"index": 1, "delta": {"type": "input_json_delta", "partial_json": '{"about"'}})
-            yield ev("content_block_delta", {"index": 1, "delta": {"type": "input_json_delta", "partial_json": ':"match"}'}})
-            yield ev("content_block_stop", {"index": 1})
-            yield ev("content_block_start", {"index": 2, "content_block": {"type": "tool_use", "id": "toolu_2",
-                                                                           "name": "ping", "input": {}}})
-            yield ev("content_block_delta", {"index": 2, "delta": {"type": "input_json_delta", "partial_json": ""}})
-            yield ev("content_block_stop", {"index": 2})
-            yield ev("message_delta", {"delta": {"stop_reason": "tool_use", "stop_sequence": None},
-                                       "usage": {"output_tokens": 24}})
-            yield ev("message_stop", {})
+            yield json_piece(1, '{"about"')
+            yield json_piece(1, ':"match"}')
+            yield claude_event("content_block_stop", {"index": 1})
+            yield tool(2, "toolu_2", "ping")
+            yield json_piece(2, "")
+            yield claude_event("content_block_stop", {"index": 2})
+            yield claude_event("message_delta", {"delta": {"stop_reason": "tool_use", "stop_sequence": None},
+                                                 "usage": {"output_tokens": 24}})
+            yield claude_event("message_stop", {})
 
         return StreamingResponse(events(), media_type="text/event-stream")
 

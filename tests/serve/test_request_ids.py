@@ -14,6 +14,7 @@ import pytest
 from fastapi import Body, FastAPI
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from tests.helpers.sse import claude_event, openai_chunk
 from tests.serve.conftest import MSG, SERVE_KEY, claude_behind, client, rows, teacher_behind
 from tests.serve.test_live_stream import ASK, escalating
 
@@ -67,9 +68,7 @@ def _openai_with_ids(seen: list) -> FastAPI:
         def chunks():
             for delta, finish in (({"role": "assistant", "content": "spo"}, None), ({"content": "rts"}, None),
                                   ({}, "stop")):
-                obj = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": body["model"],
-                       "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-                yield f"data: {json.dumps(obj)}\n\n"
+                yield openai_chunk(body["model"], delta, finish)
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(chunks(), media_type="text/event-stream", headers={"x-request-id": rid})
@@ -89,16 +88,13 @@ def _claude_with_id() -> FastAPI:
             return JSONResponse(msg, headers={"request-id": "req_claude_whole"})
 
         def events():
-            def ev(kind: str, data: dict) -> str:
-                return f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n"
-
-            yield ev("message_start", {"message": {**msg, "content": [], "stop_reason": None}})
-            yield ev("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
-            yield ev("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": "sports"}})
-            yield ev("content_block_stop", {"index": 0})
-            yield ev("message_delta", {"delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                                       "usage": {"output_tokens": 2}})
-            yield ev("message_stop", {})
+            yield claude_event("message_start", {"message": {**msg, "content": [], "stop_reason": None}})
+            yield claude_event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
+            yield claude_event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": "sports"}})
+            yield claude_event("content_block_stop", {"index": 0})
+            yield claude_event("message_delta", {"delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                                 "usage": {"output_tokens": 2}})
+            yield claude_event("message_stop", {})
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"request-id": "req_claude_live"})
 

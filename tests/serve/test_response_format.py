@@ -192,6 +192,8 @@ def _streaming_json(hold, holding):
     from fastapi import Body, FastAPI
     from fastapi.responses import StreamingResponse
 
+    from tests.helpers.sse import openai_chunk
+
     app = FastAPI()
 
     @app.post("/v1/chat/completions")
@@ -200,9 +202,7 @@ def _streaming_json(hold, holding):
 
         def chunks():
             def chunk(delta: dict, finish: str | None = None) -> str:
-                obj = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": body["model"],
-                       "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-                return f"data: {json.dumps(obj)}\n\n"
+                return openai_chunk(body["model"], delta, finish)
 
             holding.set()  # before the first piece goes out: the rest waits for the test
             yield chunk({"role": "assistant", "content": '{"to'})
@@ -210,10 +210,7 @@ def _streaming_json(hold, holding):
             for piece in ('pic": "sp', 'orts"', "}"):
                 yield chunk({"content": piece})
             yield chunk({}, "stop")
-            usage = {"prompt_tokens": 20, "completion_tokens": 6, "total_tokens": 26}
-            last = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": body["model"], "choices": [],
-                    "usage": usage}
-            yield f"data: {json.dumps(last)}\n\n"
+            yield openai_chunk(body["model"], usage={"prompt_tokens": 20, "completion_tokens": 6, "total_tokens": 26})
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(chunks(), media_type="text/event-stream")
