@@ -198,15 +198,9 @@ class LlamaServer:
         try:
             r = self.http.post(path, json=body)
         except httpx.TransportError as e:
-            raise PotstillError(f"llama-server at {self.url} failed ({type(e).__name__}: {e}); "
-                                f"its log: {self._tail()}") from None
+            raise self._failed(e) from None
         if r.status_code != 200:
-            try:
-                msg = r.json().get("error", {}).get("message", r.text)
-            except ValueError:
-                msg = r.text
-            why = f"; {NOT_UTF8}" if "does not match the expected" in str(msg) else ""
-            raise PotstillError(f"llama-server answered {r.status_code}: {str(msg)[:300]}{why}")
+            raise _refused(r)
         return r.json()
 
     def stream(self, path: str, body: dict) -> Iterator[dict]:
@@ -217,22 +211,31 @@ class LlamaServer:
             with self.http.stream("POST", path, json={**body, "stream": True}) as r:
                 if r.status_code != 200:
                     r.read()
-                    try:
-                        msg = r.json().get("error", {}).get("message", r.text)
-                    except ValueError:
-                        msg = r.text
-                    why = f"; {NOT_UTF8}" if "does not match the expected" in str(msg) else ""
-                    raise PotstillError(f"llama-server answered {r.status_code}: {str(msg)[:300]}{why}")
+                    raise _refused(r)
                 for line in r.iter_lines():
                     if line.startswith("data: ") and line[6:].strip() != "[DONE]":
                         yield json.loads(line[6:])
         except httpx.TransportError as e:
-            raise PotstillError(f"llama-server at {self.url} failed ({type(e).__name__}: {e}); "
-                                f"its log: {self._tail()}") from None
+            raise self._failed(e) from None
+
+    def _failed(self, e: Exception) -> PotstillError:
+        """A request that never got an answer (the server died, the connection broke), with its log's tail."""
+        return PotstillError(f"llama-server at {self.url} failed ({type(e).__name__}: {e}); its log: {self._tail()}")
 
     def close(self) -> None:
         self.http.close()
         self._finalizer()
+
+
+def _refused(r: Any) -> PotstillError:
+    """A non-200 answer of llama-server as one line: its error message (cut at 300 characters), and
+    why where it is the output parser refusing a byte-level model's stray byte."""
+    try:
+        msg = r.json().get("error", {}).get("message", r.text)
+    except ValueError:
+        msg = r.text
+    why = f"; {NOT_UTF8}" if "does not match the expected" in str(msg) else ""
+    return PotstillError(f"llama-server answered {r.status_code}: {str(msg)[:300]}{why}")
 
 
 class LlamaCppEngine:
