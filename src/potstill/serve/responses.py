@@ -27,6 +27,7 @@ from potstill.responses_format import json_type as _json_type
 from potstill.serve.formats import responses_form
 from potstill.serve.schemas import ResponsesRequest
 from potstill.serve.streaming import LiveText, OnAnswer, OnFailure, Piece, first_piece, relay
+from potstill.teachers.base import join_fragment
 
 
 def student_view(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
@@ -154,7 +155,8 @@ def live_events(task: asyncio.Future, live_text: LiveText, first: Piece, opening
     went out); or ``response.failed`` with the error ``failed`` logs and returns."""
     event = _events()
     items: list[dict[str, Any]] = []  # as they went out: message, or function_call with its call index
-    calls: dict[int, dict[str, Any]] = {}  # tool call index -> its item
+    calls: dict[int, dict[str, Any]] = {}  # tool call index -> its item's id, output_index, whether done
+    joined: dict[int, dict[str, Any]] = {}  # tool call index -> its id, name and arguments so far
     text = {"item_id": msg_id, "content_index": 0}
     start = [event("response.created", response=opening), event("response.in_progress", response=opening)]
 
@@ -169,11 +171,17 @@ def live_events(task: asyncio.Future, live_text: LiveText, first: Piece, opening
                 event("response.content_part.added", **text, part={"type": "output_text", "text": "",
                                                                    "annotations": [], "logprobs": []})]
 
-    def call_done(item: dict[str, Any], done: dict[str, Any]) -> list[str]:
-        where = {"item_id": item["id"], "output_index": item["output_index"]}
-        item["done"] = True
+    def call_item(i: int, status: str, arguments: str | None = None) -> dict[str, Any]:
+        """Tool call ``i`` as a ``function_call`` item, with its arguments so far (or ``arguments``)."""
+        c = joined[i]
+        return {"type": "function_call", "id": calls[i]["id"], "call_id": c["id"], "name": c["name"],
+                "arguments": c["arguments"] if arguments is None else arguments, "status": status}
+
+    def call_done(i: int, done: dict[str, Any]) -> list[str]:
+        where = {"item_id": calls[i]["id"], "output_index": calls[i]["output_index"]}
+        calls[i]["done"] = True
         return [event("response.function_call_arguments.done", **where, name=done["name"], arguments=done["arguments"]),
-                event("response.output_item.done", output_index=item["output_index"], item=done)]
+                event("response.output_item.done", output_index=calls[i]["output_index"], item=done)]
 
     def delta(piece: Piece) -> str:
         out: list[str] = []
@@ -181,26 +189,18 @@ def live_events(task: asyncio.Future, live_text: LiveText, first: Piece, opening
             out += message()
             out.append(event("response.output_text.delta", **text, delta=piece.text, logprobs=list(piece.logprobs)))
         for f in piece.tool_calls:
-            fn = f.get("function") or {}
-            item = calls.get(f.get("index", 0))
-            if item is None:
-                for earlier in calls.values():  # one call at a time: the one before is whole
-                    if not earlier.get("done"):
-                        out += call_done(earlier, {**earlier["item"], "status": "completed"})
-                item = calls[f.get("index", 0)] = {
-                    "type": "function_call", "id": f"fc_{uuid.uuid4().hex[:24]}", "output_index": len(items),
-                    "call": f.get("index", 0),
-                    "item": {"type": "function_call", "call_id": f.get("id"), "name": fn.get("name") or "",
-                             "arguments": "", "status": "in_progress"}}
-                item["item"]["id"] = item["id"]
-                items.append(item)
-                out.append(event("response.output_item.added", output_index=item["output_index"], item=item["item"]))
-            elif fn.get("name"):
-                item["item"]["name"] += fn["name"]
-            if fn.get("arguments"):
-                item["item"]["arguments"] += fn["arguments"]
-                out.append(event("response.function_call_arguments.delta", item_id=item["id"],
-                                 output_index=item["output_index"], delta=fn["arguments"]))
+            i, arguments = f.get("index", 0), (f.get("function") or {}).get("arguments")
+            join_fragment(joined, f)
+            if i not in calls:
+                for j in [j for j in calls if not calls[j].get("done")]:  # one call at a time: the one before is whole
+                    out += call_done(j, call_item(j, "completed"))
+                calls[i] = {"id": f"fc_{uuid.uuid4().hex[:24]}", "output_index": len(items)}
+                items.append({"type": "function_call", "call": i})
+                out.append(event("response.output_item.added", output_index=calls[i]["output_index"],
+                                 item=call_item(i, "in_progress", arguments="")))
+            if arguments:
+                out.append(event("response.function_call_arguments.delta", item_id=calls[i]["id"],
+                                 output_index=calls[i]["output_index"], delta=arguments))
         return "".join(out)
 
     def closing(served: ServedCall, response: dict[str, Any], rest: Piece) -> Iterator[str]:
@@ -222,9 +222,10 @@ def live_events(task: asyncio.Future, live_text: LiveText, first: Piece, opening
             else:
                 # The call as the teacher's answer holds it (in the order of the calls' indexes),
                 # under the id its events went out with.
-                done = {**answered[sorted(calls).index(item["call"])], "id": item["id"]}
-                if not item.get("done"):
-                    yield from call_done(item, done)
+                i = item["call"]
+                done = {**answered[sorted(calls).index(i)], "id": calls[i]["id"]}
+                if not calls[i].get("done"):
+                    yield from call_done(i, done)
             output.append(done)
         response = {**response, "output": output}
         yield event("response.incomplete" if response["status"] == "incomplete" else "response.completed",

@@ -262,12 +262,13 @@ class OpenAITeacher(ApiTeacher):
         finally:
             await stream.close()
         n_in, n_out, cached = usage_tokens(usage)
-        tokens = dict(input_tokens=n_in, output_tokens=n_out, cached_input_tokens=cached,
-                      latency_s=time.perf_counter() - t0, cost_usd=self.token_cost(n_in, n_out, cached))
+        # What the answer cost and which request it was, in either outcome below.
+        paid = dict(input_tokens=n_in, output_tokens=n_out, cached_input_tokens=cached,
+                    latency_s=time.perf_counter() - t0, cost_usd=self.token_cost(n_in, n_out, cached),
+                    provider_request_id=stream.response.headers.get("x-request-id"))
         output = "".join(parts)
         if refusal and not output and not calls:  # as _response: a refusal is an error row, never the answer ""
-            return Response(output=None, error=f"refusal: {''.join(refusal)}"[:500], error_code="refusal",
-                            provider_request_id=stream.response.headers.get("x-request-id"), **tokens)
+            return Response(output=None, error=f"refusal: {''.join(refusal)}"[:500], error_code="refusal", **paid)
         if finish is None:
             raise ConnectionError("the teacher's stream ended before its answer did (no finish_reason)")
         tool_calls = [{"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
@@ -275,7 +276,7 @@ class OpenAITeacher(ApiTeacher):
         label_probs = (label_probs_from_top_logprobs(logprobs[0]["top"], self.task.labels)
                        if logprobs and self.task.labels else None)
         return Response(output=output, logprobs=logprobs or None, label_probs=label_probs, tool_calls=tool_calls,
-                        stop_reason=finish, provider_request_id=stream.response.headers.get("x-request-id"), **tokens)
+                        stop_reason=finish, **paid)
 
 
 def usage_tokens(usage: Any) -> tuple[int, int, int]:
