@@ -391,6 +391,11 @@ class ServeConfig(Section):
         "instead of in one chunk once it is whole; the route headers and the answer logged are the same. Needs "
         "a teacher server that reports token usage in streams (OpenAI, Anthropic, vLLM, llama.cpp's server "
         "and Ollama do); false: escalations arrive whole.")
+    store_responses: bool = Field(
+        True, description="Keep each /v1/responses answer (unless its request sends store: false) in the ledger, "
+        "as OpenAI does, so a client continues the conversation with previous_response_id and reads it back "
+        "(GET /v1/responses/{id}, its input_items; DELETE forgets it); false: nothing is kept and "
+        "previous_response_id is a 400.")
     reuse_escalations: bool | None = Field(
         None, description="Answer an escalation from serve's own earlier answer to the identical teacher request "
         "(the chat, the client's max_tokens, tools, logprobs) instead of paying the teacher again. Unset: only when "

@@ -534,3 +534,24 @@ class Ledger:
         with self._lock:
             rows = self._db.execute("SELECT request_hash, request FROM batch_items WHERE batch_key=?", (key,)).fetchall()
         return {h: json.loads(q) for h, q in rows}
+
+    # ------------------------------------------------------------------ stored Responses
+    def store_response(self, response: dict[str, Any], input_items: list[dict[str, Any]],
+                       previous_id: str | None = None) -> None:
+        """Keep a Responses API ``response`` and the ``input_items`` its model read (``potstill serve``)."""
+        with self._lock, self._db:
+            self._db.execute("INSERT OR REPLACE INTO responses (id, previous_id, input, response, created_at)"
+                             " VALUES (?,?,?,?,?)", (response["id"], previous_id, json.dumps(input_items),
+                                                     json.dumps(response), time.time()))
+
+    def stored_response(self, response_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        """A stored response and its input items, or None (never stored, or deleted)."""
+        with self._lock:
+            row = self._db.execute("SELECT response, input FROM responses WHERE id=?", (response_id,)).fetchone()
+        return None if row is None else (json.loads(row[0]), json.loads(row[1]))
+
+    def delete_response(self, response_id: str) -> bool:
+        """Forget a stored response; False where there was none. Responses that continued it keep
+        their own copy of the conversation."""
+        with self._lock, self._db:
+            return self._db.execute("DELETE FROM responses WHERE id=?", (response_id,)).rowcount > 0

@@ -90,6 +90,18 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE generate_runs ADD COLUMN identity TEXT;
     """,
+    # 6: the Responses API's stored responses (`potstill serve`, store: true): each response as
+    # the client got it and every input item the model read (earlier turns' included), so a later
+    # request names it as previous_response_id and the conversation needs no walk of a chain.
+    """
+    CREATE TABLE responses (
+        id TEXT PRIMARY KEY,           -- resp_...
+        previous_id TEXT,              -- the previous_response_id it was asked with
+        input TEXT NOT NULL,           -- JSON list of input items, each with its id
+        response TEXT NOT NULL,        -- JSON of the Response object
+        created_at REAL NOT NULL
+    );
+    """,
 ]
 
 #: Batch states after which nothing more comes from the provider.

@@ -71,8 +71,11 @@ def test_streaming_events_carry_the_same_text(served, force):
      "input.0: an item of type 'reasoning'"),
     ({"input": [{"type": "function_call_output", "call_id": "c", "output": "1"}]}, "input",
      "needs a user message with text"),
-    ({"input": "hi", "previous_response_id": "resp_1"}, "previous_response_id", "this server stores no responses"),
+    ({"input": "hi", "previous_response_id": "resp_1"}, "previous_response_id",
+     "Previous response with id 'resp_1' not found"),
     ({"input": [{"role": "system", "content": "only a system turn"}]}, "input", "needs a user message with text"),
+    ({"input": "hi", "conversation": "conv_1"}, "conversation", "use previous_response_id"),
+    ({"input": "hi", "prompt": {"id": "pmpt_1"}}, "prompt", "not served here"),
 ])
 def test_what_it_cannot_answer_is_an_openai_400_and_logged(served, kwargs, param, says):
     service, live = served

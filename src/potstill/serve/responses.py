@@ -15,9 +15,9 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, Literal
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import Counter, Histogram
 
@@ -86,18 +86,52 @@ def output_items(content: str, calls: list[dict[str, Any]] | None, incomplete: b
     return items
 
 
-def _events() -> Any:
+def input_items(input_: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A request's ``input`` (already read by ``chat_messages``) as stored input items, as
+    ``GET /v1/responses/{id}/input_items`` lists them: each with an id (the client's, else a new
+    one) and a status, a message's text as parts (an assistant's as ``output_text``)."""
+    if isinstance(input_, str):
+        input_ = [{"type": "message", "role": "user", "content": input_}]
+    out = []
+    for item in input_:
+        kind = item.get("type", "message")
+        if kind == "message":
+            content = item["content"]
+            texts = [content] if isinstance(content, str) else [part["text"] for part in content]
+            said = item["role"] == "assistant"
+            parts = [{"type": "output_text", "text": t, "annotations": [], "logprobs": []} if said
+                     else {"type": "input_text", "text": t} for t in texts]
+            out.append({"type": "message", "id": item.get("id") or f"msg_{uuid.uuid4().hex[:24]}",
+                        "role": item["role"], "status": "completed", "content": parts})
+        elif kind == "function_call":
+            out.append({"type": "function_call", "id": item.get("id") or f"fc_{uuid.uuid4().hex[:24]}",
+                        **{k: item[k] for k in ("call_id", "name", "arguments")}, "status": "completed"})
+        else:  # function_call_output
+            out.append({"type": "function_call_output", "id": item.get("id") or f"fco_{uuid.uuid4().hex[:24]}",
+                        "call_id": item["call_id"], "output": item["output"], "status": "completed"})
+    return out
+
+
+def _events(after: int | None = None) -> Any:
+    """Each event as its server-sent text, numbered; "" for those numbered ``after`` or below."""
     seq = itertools.count()
 
     def event(kind: str, **fields: Any) -> str:
-        return f"event: {kind}\ndata: {json.dumps({'type': kind, 'sequence_number': next(seq), **fields})}\n\n"
+        n = next(seq)
+        if after is not None and n <= after:
+            return ""
+        return f"event: {kind}\ndata: {json.dumps({'type': kind, 'sequence_number': n, **fields})}\n\n"
 
     return event
 
 
-def events(response: dict[str, Any]):
-    """The Responses API's server-sent events for one whole answer: each text or arguments as one delta."""
-    event = _events()
+def events(response: dict[str, Any], after: int | None = None) -> Iterator[str]:
+    """The Responses API's server-sent events for one whole answer: each text or arguments as one
+    delta (those numbered above ``after``, for a stored response read back from there)."""
+    return (e for e in _whole_events(response, _events(after)) if e)
+
+
+def _whole_events(response: dict[str, Any], event: Any) -> Iterator[str]:
 
     opening = {**response, "status": "in_progress", "output": [], "usage": None}
     yield event("response.created", response=opening)
@@ -125,8 +159,10 @@ def events(response: dict[str, Any]):
 
 
 def response_body(body: ResponsesRequest, served: ServedCall, fmt: dict[str, Any] | None, route: dict[str, Any],
-                  rid: str | None = None, created: int | None = None, msg_id: str | None = None) -> dict[str, Any]:
-    """The Responses object for a routed answer (``route``: the ``potstill`` object the client gets)."""
+                  rid: str | None = None, created: int | None = None, msg_id: str | None = None,
+                  stored: bool = False) -> dict[str, Any]:
+    """The Responses object for a routed answer (``route``: the ``potstill`` object the client gets;
+    ``stored``: whether the server keeps it)."""
     cut = served.finish_reason == "length"
     return {
         "id": rid or f"resp_{uuid.uuid4().hex[:24]}", "object": "response",
@@ -137,7 +173,8 @@ def response_body(body: ResponsesRequest, served: ServedCall, fmt: dict[str, Any
         "instructions": body.instructions, "max_output_tokens": body.max_output_tokens,
         "temperature": body.temperature, "top_p": body.top_p, "tools": body.tools or [],
         "tool_choice": body.tool_choice or "auto", "parallel_tool_calls": body.parallel_tool_calls is not False,
-        "text": {"format": responses_form(fmt)}, "metadata": {}, "top_logprobs": body.top_logprobs,
+        "text": {"format": responses_form(fmt)}, "metadata": body.metadata or {}, "top_logprobs": body.top_logprobs,
+        "previous_response_id": body.previous_response_id, "store": stored,
         "usage": {"input_tokens": served.input_tokens, "output_tokens": served.output_tokens,
                   "total_tokens": served.input_tokens + served.output_tokens,
                   "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
@@ -255,14 +292,28 @@ def add_responses_route(app: FastAPI, service: Any, requests: Counter, latency: 
         state = request.scope.setdefault("state", {})
         if _owner(service, body.model) is None:
             raise _unknown_model(service, body.model)
-        if body.previous_response_id is not None:
-            raise APIError(400, "previous_response_id: this server stores no responses; send the whole conversation "
-                           "in input", "previous_response_id")
+        for field, use in (("conversation", "previous_response_id"), ("prompt", "input")):
+            if (body.model_extra or {}).get(field) is not None:  # silently dropped, the answer would be wrong
+                raise APIError(400, f"{field}: not served here (OpenAI's stored conversations and prompts); "
+                               f"use {use}", field)
         try:
-            chat = chat_messages(body.input)
+            chat_messages(body.input)  # the request's own items, named as it sent them
             tools = chat_tools(body.tools, body.tool_choice, body.parallel_tool_calls)
         except ResponsesInputError as e:
             raise APIError(400, str(e), e.param) from None
+        context: list[dict[str, Any]] = []  # the conversation it continues: earlier input and output items
+        if body.previous_response_id is not None:
+            if not s.store_responses:
+                raise APIError(400, "previous_response_id: this server keeps no responses (serve.store_responses "
+                               "is false); send the whole conversation in input", "previous_response_id")
+            previous = await asyncio.to_thread(service.ledger.stored_response, body.previous_response_id)
+            if previous is None:
+                raise APIError(400, f"Previous response with id {body.previous_response_id!r} not found.",
+                               "previous_response_id", "previous_response_not_found")
+            context = previous[1] + previous[0]["output"]
+        items = context + input_items(body.input)
+        chat = chat_messages(items)
+        keep = bool(body.store) and s.store_responses
         if len(chat) > s.max_messages:
             raise APIError(400, f"input: at most {s.max_messages} messages per request", "input")
         fmt = _format(body)
@@ -279,6 +330,12 @@ def add_responses_route(app: FastAPI, service: Any, requests: Counter, latency: 
                                    teacher_messages=teacher_messages if teacher_messages != messages else None,
                                    tools=tools, logprobs=logprobs, response_format=fmt, live_text=live_text)
         logged = {**body.model_dump(exclude_none=True), "messages": messages, "endpoint": RESPONSES}
+
+        async def _kept(response: dict[str, Any]) -> dict[str, Any]:
+            """The response, kept first where asked: a client may name it as soon as it has it."""
+            if keep:
+                await asyncio.to_thread(service.ledger.store_response, response, items, body.previous_response_id)
+            return response
         task, first = await first_piece(answering, live_text) if live_text is not None else (None, None)
         if first is not None:  # the teacher's first piece came before its whole answer: streamed as it is written
             rid, created, msg_id = f"resp_{uuid.uuid4().hex[:24]}", int(time.time()), f"msg_{uuid.uuid4().hex[:24]}"
@@ -289,15 +346,59 @@ def add_responses_route(app: FastAPI, service: Any, requests: Counter, latency: 
 
             async def finish(served: ServedCall) -> dict[str, Any]:
                 route = await _record(service, state, served, logged, requests, latency)
-                return response_body(body, served, fmt, route, rid, created, msg_id)
+                return await _kept(response_body(body, served, fmt, route, rid, created, msg_id, keep))
 
             events_ = live_events(task, live_text, first, opening, msg_id, finish,
                                   lambda e: asyncio.to_thread(_stream_failure, service, state, e, log_error))
             return StreamingResponse(events_, media_type="text/event-stream", headers=_live_headers(live_text))
         served = task.result() if task is not None else await answering
         route = await _record(service, state, served, logged, requests, latency)
-        response = response_body(body, served, fmt, route)
+        response = await _kept(response_body(body, served, fmt, route, stored=keep))
         headers = _route_headers(served.answered_by, served.reason, served.confidence, served.student)
         if body.stream:
             return StreamingResponse(events(response), media_type="text/event-stream", headers=headers)
         return JSONResponse(response, headers=headers)
+
+    def _stored(response_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        found = service.ledger.stored_response(response_id)
+        if found is None:
+            why = "" if s.store_responses else " (this server keeps none: serve.store_responses is false)"
+            raise APIError(404, f"Response with id {response_id!r} not found{why}.", "response_id")
+        return found
+
+    @app.get(RESPONSES + "/{response_id}", dependencies=bearer,
+             responses={**ERRORS, 200: {"content": {"text/event-stream": {"schema": SSE_EVENT}}}})
+    async def retrieve(response_id: str, stream: bool = False,
+                       starting_after: int | None = Query(None, ge=0)) -> Any:
+        """A stored response as it was answered (``client.responses.retrieve``); ``stream``: its
+        events again, each text in one delta, from after ``starting_after``."""
+        response, _ = await asyncio.to_thread(_stored, response_id)
+        if stream:
+            return StreamingResponse(events(response, starting_after), media_type="text/event-stream")
+        return JSONResponse(response)
+
+    @app.delete(RESPONSES + "/{response_id}", dependencies=bearer, responses=ERRORS)
+    async def delete(response_id: str) -> Any:
+        """Forget a stored response (``client.responses.delete``); responses that continued it keep
+        the conversation they read."""
+        if not await asyncio.to_thread(service.ledger.delete_response, response_id):
+            await asyncio.to_thread(_stored, response_id)  # its 404
+        return JSONResponse({"id": response_id, "object": "response.deleted", "deleted": True})
+
+    @app.get(RESPONSES + "/{response_id}/input_items", dependencies=bearer, responses=ERRORS)
+    async def listed_input_items(response_id: str, after: str | None = None,
+                                 limit: int = Query(20, ge=1, le=100),
+                                 order: Literal["asc", "desc"] = "desc") -> Any:
+        """The input items a stored response's model read, earlier turns' included
+        (``client.responses.input_items.list``), a page at a time after the item ``after``."""
+        _, items = await asyncio.to_thread(_stored, response_id)
+        if order == "desc":
+            items = items[::-1]
+        if after is not None:
+            ids = [item["id"] for item in items]
+            if after not in ids:
+                raise APIError(400, f"after: response {response_id!r} has no input item with id {after!r}", "after")
+            items = items[ids.index(after) + 1:]
+        page = items[:limit]
+        return JSONResponse({"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+                             "last_id": page[-1]["id"] if page else None, "has_more": len(items) > limit})

@@ -7,9 +7,9 @@ who answered and why; the official SDK keeps it in ``model_extra``.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from potstill.responses_format import json_type as _json_type
 from potstill.responses_format import utf8 as _utf8
@@ -295,8 +295,13 @@ class ResponsesRequest(BaseModel):
     stream: bool | None = Field(False, strict=True)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
-    previous_response_id: str | None = Field(None, description="Not supported: responses are not stored; send "
-                                             "the conversation in input.")
+    previous_response_id: str | None = Field(None, description="A stored response this one continues: its "
+                                             "input items and output come before this input.")
+    store: bool | None = Field(True, strict=True, description="Keep the response, to continue it or read it back "
+                               "(serve.store_responses).")
+    metadata: dict[Annotated[str, StringConstraints(max_length=64)], Annotated[str, StringConstraints(
+        max_length=512)]] | None = Field(None, max_length=16, description="Up to 16 pairs, kept with the "
+                                            "response and given back.")
     tools: list[Any] | None = Field(None, description="Function tools; a request that lets the model call one "
                                     "(tool_choice not 'none') is answered by the teacher, as on chat completions.")
     tool_choice: Any = Field(None, description="none, auto, required, or {type: function, name}.")
