@@ -405,6 +405,38 @@ def serve(cfg: Config, run_dir: Annotated[Path, typer.Argument(metavar="RUN", he
 
 
 @app.command()
+def requests(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="Served run directory (its calls.sqlite).")],
+    id: Annotated[Optional[str], typer.Option("--id", help="One request in full: its x-request-id (the "
+                                              "client's X-Request-ID, else req_...).")] = None,
+    last: Annotated[int, typer.Option(min=1, help="How many of the latest requests to list.")] = 20,
+    since: Annotated[Optional[str], typer.Option(help="Only those since: 15m, 2h, 7d, or a date and time.")] = None,
+    who: Annotated[Optional[str], typer.Option(help="Only those answered by student or teacher (escalated).")] = None,
+    errors: Annotated[bool, typer.Option("--errors", help="Only refused and failed requests.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines, every field, instead of a table.")] = False,
+) -> None:
+    """List the requests `potstill serve` answered (who answered, why, how sure, latency, cost), or show one by its request id."""
+    from potstill.ledger import Ledger
+    from potstill.serve.log_view import detail, find, since_time, table
+
+    if who not in (None, "student", "teacher"):
+        raise PotstillError(f"--who {who!r}: student or teacher")
+    path = run_dir / "calls.sqlite"
+    with Ledger(path, readonly=True) as ledger:  # beside a running server: reads only
+        found = find(ledger, request_id=id, since=since_time(since) if since else None, limit=last, who=who,
+                     errors=errors)
+    if as_json:
+        for r in found:
+            typer.echo(json.dumps(r, ensure_ascii=False))
+    elif id is not None:
+        typer.echo(detail(found))
+    elif not found:
+        typer.echo(f"no served request in {path}" + (" matches" if since or who or errors else ""))
+    else:
+        typer.echo(table(found))
+
+
+@app.command()
 def report(
     run_dir: Annotated[Path, typer.Argument(help="Run directory whose eval.json is the champion.")],
     compare: Annotated[Optional[list[Path]], typer.Option(

@@ -246,14 +246,18 @@ class Ledger:
 
     # ------------------------------------------------------------------ reads
     def served(self, since: float | None = None, until: float | None = None, limit: int | None = None,
-               status: str | None = "ok", student: str | None = None) -> list[ServedCall]:
+               status: str | None = "ok", student: str | None = None, role: str | None = None,
+               request_id: str | None = None) -> list[ServedCall]:
         """Served requests created between ``since`` and ``until`` (unix seconds), oldest first;
         with ``limit``, the latest ``limit`` of them. ``status=None``: failed ones too.
 
         ``student``: only the requests handled by a student whose served name starts so, and those
-        whose row names no student (logged before rows named theirs)."""
+        whose row names no student (logged before rows named theirs). ``role``: the rows of that
+        role (teacher: escalated); ``request_id``: the rows of the request with that ``x-request-id``
+        (several for a completions request of several prompts)."""
         sql, args = "SELECT * FROM calls WHERE stage='serve'", []
-        for cond, val in (("status=?", status), ("created_at>=?", since), ("created_at<=?", until)):
+        for cond, val in (("status=?", status), ("created_at>=?", since), ("created_at<=?", until),
+                          ("role=?", role), ("json_extract(request, '$.request_id')=?", request_id)):
             if val is not None:
                 sql, args = f"{sql} AND {cond}", [*args, val]
         if student is not None:

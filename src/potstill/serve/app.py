@@ -121,7 +121,7 @@ class Gate:
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
         rid = request_id(headers.get(b"x-request-id"))
-        scope.setdefault("state", {})["request_id"] = rid
+        scope.setdefault("state", {}).update(request_id=rid, endpoint=scope["path"].rstrip("/"))
         send = _with_request_id(send, rid)
         if scope["path"].rstrip("/") == OPEN:
             return await self.app(scope, receive, send)
@@ -256,7 +256,8 @@ def _add_error_handlers(app: FastAPI, service: Service, requests: Counter):
         service.log_failure(_logged_request(state.get("raw_body")), answered_by=role, model=model or service.student_name,
                             latency_s=time.perf_counter() - state.get("t0", time.perf_counter()),
                             body=body, error=f"{status}: {detail or body['error']['message']}"[:500],
-                            teacher_hash=request_hash, billed=billed, request_id=state.get("request_id"))
+                            teacher_hash=request_hash, billed=billed, request_id=state.get("request_id"),
+                            endpoint=state.get("endpoint"))
         requests.labels("none", "rejected" if status < 500 else "failed", str(status)).inc()
 
     async def reject(scope: dict, send: Any, status: int, message: str, param: str | None,

@@ -502,16 +502,17 @@ class Service:
 
     def log_failure(self, request: dict[str, Any], answered_by: str, model: str, latency_s: float,
                     body: dict[str, Any], error: str, teacher_hash: str | None = None,
-                    billed: Response | None = None, request_id: str | None = None) -> None:
+                    billed: Response | None = None, request_id: str | None = None,
+                    endpoint: str | None = None) -> None:
         """The ledger row of a request that got an error (rejected, or the teacher failed).
 
         ``teacher_hash``: the hash of the request a failed teacher got (``TeacherError``); else the
         chat's escalation hash (``_escalation_hash``). ``billed``: the teacher's failed answer, whose
         tokens and cost (a refusal's, billed by the provider) the row keeps, so the ledger is the bill.
-        ``request_id``: the response's ``x-request-id``, kept in the logged request."""
+        ``request_id``: the response's ``x-request-id``, and ``endpoint``: the path asked, kept in
+        the logged request (as an answered request's row keeps them)."""
         h = teacher_hash if teacher_hash is not None else self._escalation_hash(request)
-        if request_id is not None:
-            request = {**request, "request_id": request_id}
+        request = {**request, **{k: v for k, v in (("request_id", request_id), ("endpoint", endpoint)) if v is not None}}
         paid = {} if billed is None else {"input_tokens": billed.input_tokens, "output_tokens": billed.output_tokens,
                                          "cost_usd": billed.cost_usd}
         self.ledger.record_served(ServedCall(request=request, answered_by=answered_by, model=model, latency_s=latency_s,

@@ -1,0 +1,91 @@
+"""``potstill requests``: the served requests a run's ledger holds, as an operator reads them: the
+latest as a table, one request by its ``x-request-id`` (or row number) in full, or JSON lines.
+
+Rows hold what the client sent and got and how it was routed, never a header or a key."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from datetime import datetime
+from typing import Any
+
+from potstill.errors import PotstillError
+from potstill.ledger import Ledger, ServedCall
+
+CHAT = "/v1/chat/completions"
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def since_time(text: str, now: float | None = None) -> float:
+    """``--since``: a span back from now (``90s``, ``15m``, ``2h``, ``7d``) or a date / time
+    (ISO 8601, local time where it names no zone), as unix seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
+    if m:
+        return (time.time() if now is None else now) - float(m[1]) * _UNITS[m[2]]
+    try:
+        return datetime.fromisoformat(text.strip()).timestamp()
+    except ValueError:
+        raise PotstillError(f"--since {text!r}: a span like 15m, 2h or 7d, or a date like 2026-12-06T09:30") from None
+
+
+def record(c: ServedCall) -> dict[str, Any]:
+    """One served row as the operator reads it."""
+    ok = c.status == "ok"
+    status = "ok" if ok else (c.error or "").split(":", 1)[0].strip() or "error"
+    answer = c.content if ok else None
+    extra = c.extra or {}
+    return {
+        "row": c.id, "time": datetime.fromtimestamp(c.created_at).isoformat(timespec="seconds"),
+        "request_id": c.request.get("request_id"), "endpoint": c.request.get("endpoint") or CHAT, "status": status,
+        # A refused request was answered by no one; a failed escalation names the teacher.
+        "answered_by": c.answered_by if ok or c.answered_by == "teacher" else None,
+        "reason": c.reason or None, "confidence": c.confidence if ok else None,
+        "ood_distance": c.ood_distance if ok else None, "student": c.student or None, "model": c.model,
+        "latency_ms": round(c.latency_s * 1e3, 1), "input_tokens": c.input_tokens, "output_tokens": c.output_tokens,
+        "cost_usd": c.cost_usd, "finish_reason": c.finish_reason if ok else None,
+        "messages": c.messages, "answer": answer,
+        "tool_calls": extra.get("tool_calls"), "student_output": c.student_output or None,
+        "teacher_request_id": extra.get("teacher_request_id"),
+        "error": None if ok else (c.error_body or {}).get("error", {}).get("message") or c.error,
+    }
+
+
+def find(ledger: Ledger, *, request_id: str | None = None, since: float | None = None, limit: int | None = 20,
+         who: str | None = None, errors: bool = False) -> list[dict[str, Any]]:
+    """Served rows, oldest first: those of one request (its ``x-request-id``), else the latest
+    ``limit`` since ``since``, of ``who`` answered (student, teacher) and only failed ones with
+    ``errors``."""
+    if request_id is not None:
+        rows = ledger.served(status=None, limit=None, request_id=request_id)
+        if not rows:
+            raise PotstillError(f"no served request with id {request_id!r} in {ledger.path}")
+        return [record(c) for c in rows]
+    rows = ledger.served(status="error" if errors else None, since=since, limit=limit, role=who)
+    return [record(c) for c in rows]
+
+
+def _cut(text: Any, n: int) -> str:
+    s = " ".join(str(text).split()) if text is not None else ""
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def table(records: list[dict[str, Any]]) -> str:
+    """The rows as a fixed-width table: when, the request id, where, who answered and why, how
+    sure, how long, what it cost, and the start of the user's last message."""
+    head = ("time", "request_id", "endpoint", "status", "by", "reason", "conf", "ms", "usd", "input")
+    lines = []
+    for r in records:
+        said = next((m["content"] for m in reversed(r["messages"]) if m["role"] == "user"), "")
+        conf = "" if r["confidence"] is None else f"{r['confidence']:.3f}"
+        lines.append((r["time"].replace("T", " "), _cut(r["request_id"] or "", 36),
+                      r["endpoint"].removeprefix("/v1/"), r["status"], r["answered_by"] or "-", r["reason"] or "-",
+                      conf, f"{r['latency_ms']:.0f}", f"{r['cost_usd']:.6f}", _cut(said, 48)))
+    widths = [max(len(x) for x in col) for col in zip(head, *lines)]
+    return "\n".join("  ".join(x.ljust(w) for x, w in zip(row, widths)).rstrip() for row in [head, *lines])
+
+
+def detail(records: list[dict[str, Any]]) -> str:
+    """One request's rows in full, as indented JSON."""
+    return "\n".join(json.dumps(r, indent=2, ensure_ascii=False) for r in records)

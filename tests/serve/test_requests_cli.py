@@ -1,0 +1,84 @@
+"""``potstill requests RUN``: the served requests in the run's ledger, read beside the live server
+(a real process, the CLI as a user runs it): the latest as a table, one by its x-request-id in
+full, filters, JSON lines, and one clear line for what it cannot find."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import openai
+import pytest
+
+from tests.serve.conftest import MSG, SERVE_KEY, TEACHER_KEY, client
+
+
+def cli(run, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "POTSTILL_PROGRESS": "never"}
+    return subprocess.run([sys.executable, "-m", "potstill.cli", "requests", str(run), *args],
+                          capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_requests_lists_and_finds_served_requests(served, force):
+    service, live = served
+    run = service.ledger.path.parent
+    cl = client(live)
+    force("student")
+    chat = cl.chat.completions.create(model="potstill", messages=MSG, extra_headers={"X-Request-ID": "trace-a-1"})
+    with pytest.raises(openai.BadRequestError):
+        cl.chat.completions.create(model="potstill", messages=[{"role": "system", "content": "no user"}],
+                                   extra_headers={"X-Request-ID": "trace-c-3"})
+    cl.completions.create(model="potstill", prompt=["a vote in the election", "new phone software"],
+                          extra_headers={"X-Request-ID": "trace-d-4"})
+    force("teacher")
+    resp = cl.responses.create(model="potstill", input="the film star", extra_headers={"X-Request-ID": "trace-b-2"})
+
+    listed = cli(run, "--last", "5")
+    assert listed.returncode == 0, listed.stderr
+    head, *lines = listed.stdout.splitlines()
+    assert head.split()[:6] == ["time", "request_id", "endpoint", "status", "by", "reason"]
+    assert [ln.split()[2] for ln in lines] == ["trace-a-1", "trace-c-3", "trace-d-4", "trace-d-4", "trace-b-2"]
+    assert [ln.split()[4] for ln in lines] == ["ok", "400", "ok", "ok", "ok"]
+    assert "completions" in lines[2] and "responses" in lines[4] and "teacher" in lines[4]
+
+    one = cli(run, "--id", "trace-b-2")
+    assert one.returncode == 0, one.stderr
+    got = json.loads(one.stdout)
+    assert (got["endpoint"], got["answered_by"], got["answer"]) == ("/v1/responses", "teacher", resp.output_text)
+    assert got["messages"] == [{"role": "user", "content": "the film star"}] and got["cost_usd"] > 0
+    assert got["student_output"] is not None and got["confidence"] is not None
+
+    both = [json.loads(x) for x in cli(run, "--id", "trace-d-4", "--json").stdout.splitlines()]
+    assert [r["messages"][0]["content"] for r in both] == ["a vote in the election", "new phone software"]
+    assert {r["endpoint"] for r in both} == {"/v1/completions"}
+
+    [refused] = [json.loads(x) for x in cli(run, "--errors", "--json", "--since", "10m").stdout.splitlines()
+                 if json.loads(x)["request_id"] == "trace-c-3"]
+    assert (refused["status"], refused["answered_by"], refused["endpoint"]) == ("400", None, "/v1/chat/completions")
+    assert "needs a user message" in refused["error"] or "user" in refused["error"]
+
+    escalated = [json.loads(x) for x in cli(run, "--who", "teacher", "--json", "--last", "50").stdout.splitlines()]
+    assert escalated and {r["answered_by"] for r in escalated} == {"teacher"}
+    mine = json.loads(cli(run, "--id", "trace-a-1").stdout)
+    assert mine["answer"] == chat.choices[0].message.content and mine["answered_by"] == "student"
+
+    everything = "".join(cli(run, "--last", "500", *a).stdout for a in ((), ("--json",)))
+    assert SERVE_KEY not in everything and TEACHER_KEY not in everything
+
+
+@pytest.mark.parametrize("args, says", [
+    (("--id", "trace-nothing"), "no served request with id 'trace-nothing'"),
+    (("--since", "yesterday"), "--since 'yesterday': a span like 15m"),
+    (("--who", "judge"), "--who 'judge': student or teacher"),
+])
+def test_what_it_cannot_read_is_one_line_and_exit_2(served, args, says):
+    service, _ = served
+    out = cli(service.ledger.path.parent, *args)
+    assert out.returncode == 2 and says in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_a_run_without_a_ledger_is_one_line(tmp_path):
+    out = cli(tmp_path)
+    assert out.returncode == 2 and "calls.sqlite not found" in out.stderr
