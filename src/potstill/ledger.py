@@ -254,12 +254,16 @@ class Ledger:
         ``student``: only the requests handled by a student whose served name starts so, and those
         whose row names no student (logged before rows named theirs). ``role``: the rows of that
         role (teacher: escalated); ``request_id``: the rows of the request with that ``x-request-id``
-        (several for a completions request of several prompts)."""
+        (several for a completions request of several prompts), or of the Responses API response
+        with that id."""
         sql, args = "SELECT * FROM calls WHERE stage='serve'", []
         for cond, val in (("status=?", status), ("created_at>=?", since), ("created_at<=?", until),
-                          ("role=?", role), ("json_extract(request, '$.request_id')=?", request_id)):
+                          ("role=?", role)):
             if val is not None:
                 sql, args = f"{sql} AND {cond}", [*args, val]
+        if request_id is not None:
+            sql += " AND ? IN (json_extract(request, '$.request_id'), json_extract(request, '$.response_id'))"
+            args.append(request_id)
         if student is not None:
             sql += (" AND (coalesce(json_extract(response, '$.student'), '') = ''"
                     " OR substr(json_extract(response, '$.student'), 1, ?) = ?)")

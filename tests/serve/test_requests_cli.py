@@ -49,6 +49,7 @@ def test_requests_lists_and_finds_served_requests(served, force):
     assert (got["endpoint"], got["answered_by"], got["answer"]) == ("/v1/responses", "teacher", resp.output_text)
     assert got["messages"] == [{"role": "user", "content": "the film star"}] and got["cost_usd"] > 0
     assert got["student_output"] is not None and got["confidence"] is not None
+    assert got["response_id"] == resp.id and json.loads(cli(run, "--id", resp.id).stdout) == got
 
     both = [json.loads(x) for x in cli(run, "--id", "trace-d-4", "--json").stdout.splitlines()]
     assert [r["messages"][0]["content"] for r in both] == ["a vote in the election", "new phone software"]

@@ -39,6 +39,7 @@ def record(c: ServedCall) -> dict[str, Any]:
     return {
         "row": c.id, "time": datetime.fromtimestamp(c.created_at).isoformat(timespec="seconds"),
         "request_id": c.request.get("request_id"), "endpoint": c.request.get("endpoint") or CHAT, "status": status,
+        "response_id": c.request.get("response_id"),
         # A refused request was answered by no one; a failed escalation names the teacher.
         "answered_by": c.answered_by if ok or c.answered_by == "teacher" else None,
         "reason": c.reason or None, "confidence": c.confidence if ok else None,
@@ -54,7 +55,8 @@ def record(c: ServedCall) -> dict[str, Any]:
 
 def find(ledger: Ledger, *, request_id: str | None = None, since: float | None = None, limit: int | None = 20,
          who: str | None = None, errors: bool = False) -> list[dict[str, Any]]:
-    """Served rows, oldest first: those of one request (its ``x-request-id``), else the latest
+    """Served rows, oldest first: those of one request (its ``x-request-id``, or a Responses API
+    response's id), else the latest
     ``limit`` since ``since``, of ``who`` answered (student, teacher) and only failed ones with
     ``errors``."""
     if request_id is not None:

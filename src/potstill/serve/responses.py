@@ -329,7 +329,8 @@ def add_responses_route(app: FastAPI, service: Any, requests: Counter, latency: 
         answering = service.answer(messages, body.max_output_tokens, [],
                                    teacher_messages=teacher_messages if teacher_messages != messages else None,
                                    tools=tools, logprobs=logprobs, response_format=fmt, live_text=live_text)
-        logged = {**body.model_dump(exclude_none=True), "messages": messages, "endpoint": RESPONSES}
+        rid = f"resp_{uuid.uuid4().hex[:24]}"  # the response's id, in its ledger row too: an operator has either
+        logged = {**body.model_dump(exclude_none=True), "messages": messages, "endpoint": RESPONSES, "response_id": rid}
 
         async def _kept(response: dict[str, Any]) -> dict[str, Any]:
             """The response, kept first where asked: a client may name it as soon as it has it."""
@@ -338,7 +339,7 @@ def add_responses_route(app: FastAPI, service: Any, requests: Counter, latency: 
             return response
         task, first = await first_piece(answering, live_text) if live_text is not None else (None, None)
         if first is not None:  # the teacher's first piece came before its whole answer: streamed as it is written
-            rid, created, msg_id = f"resp_{uuid.uuid4().hex[:24]}", int(time.time()), f"msg_{uuid.uuid4().hex[:24]}"
+            created, msg_id = int(time.time()), f"msg_{uuid.uuid4().hex[:24]}"
             opening = {**response_body(body, ServedCall(request={}, answered_by="teacher", model=service.teacher_name,
                                                         content=""), fmt, {}, rid, created),
                        "status": "in_progress", "output": [], "usage": None}
@@ -353,7 +354,7 @@ def add_responses_route(app: FastAPI, service: Any, requests: Counter, latency: 
             return StreamingResponse(events_, media_type="text/event-stream", headers=_live_headers(live_text))
         served = task.result() if task is not None else await answering
         route = await _record(service, state, served, logged, requests, latency)
-        response = await _kept(response_body(body, served, fmt, route, stored=keep))
+        response = await _kept(response_body(body, served, fmt, route, rid, stored=keep))
         headers = _route_headers(served.answered_by, served.reason, served.confidence, served.student)
         if body.stream:
             return StreamingResponse(events(response), media_type="text/event-stream", headers=headers)
