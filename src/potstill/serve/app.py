@@ -34,6 +34,7 @@ from potstill.serve.completions import COMPLETIONS, add_completions_route
 from potstill.serve.engine import RefusedChat
 from potstill.serve.formats import FormatError
 from potstill.serve.responses import add_responses_route
+from potstill.serve.tokenize import TOKENIZE, add_tokenize_routes
 from potstill.serve.streaming import LiveText, first_piece, live_events, whole_events
 from potstill.serve.schemas import (ChatCompletion, ChatRequest, ErrorBody, Health, ModelCard, ModelList,
                                     ResponsesRequest)
@@ -131,7 +132,7 @@ class Gate:
             auth = headers.get(b"authorization", b"").decode("latin-1")
             if not hmac.compare_digest(auth.encode(), f"Bearer {self.key}".encode()):
                 return await self.reject(scope, send, 401, BAD_KEY, None, _key_code(auth))
-        if scope["method"] != "POST" or not scope["path"].startswith("/v1/"):
+        if scope["method"] != "POST" or not (scope["path"].startswith("/v1/") or scope["path"] in TOKENIZE):
             return await self.app(scope, receive, send)
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body:
@@ -234,6 +235,7 @@ def build_app(service: Service, api_key: str | None) -> FastAPI:
     _add_info_routes(app, service, registry, bearer)
     _add_chat_route(app, service, requests, latency, bearer, log_error)
     add_responses_route(app, service, requests, latency, bearer, log_error)
+    add_tokenize_routes(app, service, bearer)
     add_completions_route(app, service, requests, latency, bearer, log_error)
     _add_reload_route(app, service, api_key, bearer)
     app.add_middleware(Gate, service=service, key=api_key, max_body=s.max_body_bytes, reject=reject)

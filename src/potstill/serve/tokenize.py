@@ -1,0 +1,115 @@
+"""vLLM's ``POST /tokenize`` and ``POST /detokenize`` for the server: the student's tokens, since
+every request reaches the student first (whatever listed ``model`` it names). A chat is tokenised
+as the student reads it: under the run's instruction (a client's system prompt replaced, as on
+chat completions) in the student's own prompt format; a ``prompt`` is one user message, as on
+``/v1/completions``. ``max_model_len`` is the student's context: a chat whose prompt and answer
+budget pass it goes to the teacher (reason ``too_long``)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import FastAPI
+from jinja2.exceptions import TemplateError
+from pydantic import BaseModel, ConfigDict, Field
+
+from potstill.models.prompting import encode_prompt
+from potstill.responses_format import utf8
+
+
+TOKENIZE = ("/tokenize", "/detokenize")
+ROLES = ("system", "developer", "user", "assistant", "tool")  # as chat completions takes them
+
+
+class TokenizeRequest(BaseModel):
+    """vLLM's tokenize request: ``prompt`` (completions) or ``messages`` (chat)."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str | None = Field(None, description="A name GET /v1/models lists (any: the student's tokens); "
+                              "unset: the student.")
+    prompt: str | None = Field(None, description="Text, as one user message (as /v1/completions reads a prompt).")
+    messages: list[dict[str, Any]] | None = Field(None, description="A chat, as /v1/chat/completions reads it.")
+    return_token_strs: bool = Field(False, strict=True, description="Each token's text too.")
+    add_special_tokens: bool | None = Field(None, description="Accepted; the student's prompt format decides.")
+    add_generation_prompt: bool | None = Field(None, description="Accepted; the student's prompt format decides.")
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int | None
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str | None = None
+    tokens: list[int] = Field(..., description="Token ids of the student's tokenizer.")
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
+
+
+def _text(text: str, param: str) -> str:
+    from potstill.serve.app import APIError
+
+    try:
+        return utf8(text)
+    except ValueError as e:  # the tokenizer takes no lone surrogate (a TypeError there, a 500)
+        raise APIError(400, f"{param}: {e}", param) from None
+
+
+def add_tokenize_routes(app: FastAPI, service: Any, bearer: list) -> None:
+    from potstill.serve.app import ERRORS, APIError, _owner, _unknown_model
+
+    def known(model: str | None) -> None:
+        if model is not None and _owner(service, model) is None:
+            raise _unknown_model(service, model)
+
+    @app.post(TOKENIZE[0], response_model=TokenizeResponse, dependencies=bearer, responses=ERRORS)
+    async def tokenize(body: TokenizeRequest) -> TokenizeResponse:
+        """The student's prompt tokens for a chat or a prompt (vLLM's ``/tokenize``)."""
+        known(body.model)
+        if (body.prompt is None) == (body.messages is None):
+            raise APIError(400, "give one of prompt and messages", "prompt" if body.prompt is None else "messages")
+        if (body.model_extra or {}).get("chat_template") is not None:
+            raise APIError(400, "chat_template: the student reads its own prompt format", "chat_template")
+        if body.messages is not None:
+            messages = []
+            for i, m in enumerate(body.messages):
+                content = m.get("content") if isinstance(m, dict) else None
+                if isinstance(content, list):
+                    content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+                if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(content, str | None):
+                    raise APIError(400, f"messages.{i}: a message with a role ({', '.join(ROLES)}) and text content",
+                                   f"messages.{i}")
+                if m["role"] not in ("system", "developer"):  # the run's instruction replaces them
+                    messages.append({"role": m["role"], "content": _text(content or "", f"messages.{i}.content")})
+        else:
+            messages = [{"role": "user", "content": _text(body.prompt, "prompt")}]
+        student = service.live.engine
+        tok, fmt = student.engine.tokenizer, student.fmt
+
+        def ids() -> list[int]:
+            return encode_prompt(tok, fmt, fmt.prefix() + fmt.query(tok, messages), first=True)
+
+        try:
+            tokens = await asyncio.to_thread(ids)
+        except TemplateError as e:
+            raise APIError(400, f"messages: the student's chat template refuses this chat: {e}"[:500],
+                           "messages") from None
+        strs = tok.convert_ids_to_tokens(tokens) if body.return_token_strs else None
+        return TokenizeResponse(count=len(tokens), max_model_len=student.context, tokens=tokens, token_strs=strs)
+
+    @app.post(TOKENIZE[1], response_model=DetokenizeResponse, dependencies=bearer, responses=ERRORS)
+    async def detokenize(body: DetokenizeRequest) -> DetokenizeResponse:
+        """The text of the student's token ids (vLLM's ``/detokenize``)."""
+        known(body.model)
+        tok = service.live.engine.engine.tokenizer
+        bad = next((i for i, t in enumerate(body.tokens) if not 0 <= t < len(tok)), None)
+        if bad is not None:
+            raise APIError(400, f"tokens.{bad}: {body.tokens[bad]} is not a token id of the student's tokenizer "
+                           f"(0 to {len(tok) - 1})", f"tokens.{bad}")
+        return DetokenizeResponse(prompt=tok.decode(body.tokens))
