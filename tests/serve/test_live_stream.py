@@ -251,8 +251,13 @@ def test_the_responses_api_streams_an_escalation_too(tmp_path, tiny_model, teach
                     hold.set()
                 if ev.type == "response.failed":
                     assert ev.response.error.code == "teacher_failed"
+                    failed = ev.response
         assert kinds[-1] == "response.failed" and "response.output_text.delta" in kinds
         assert rows(service)[-1]["status"] == "error"
+        # Kept as OpenAI keeps a failed response: retrieve finds it, failed, with its error.
+        kept = client(live).responses.retrieve(failed.id)
+        assert (kept.status, kept.error.code, kept.store) == ("failed", "teacher_failed", True)
+        assert done.store is True and client(live).responses.retrieve(done.id).output_text == whole
 
 
 def test_a_one_prompt_completion_streams_an_escalation(tmp_path, tiny_model, teacher_server, monkeypatch):

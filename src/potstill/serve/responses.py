@@ -182,6 +182,13 @@ def response_body(body: ResponsesRequest, served: ServedCall, fmt: dict[str, Any
         "potstill": route}
 
 
+def failed_response(opening: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    """The response a stream that failed after its 200 ends with (``body``: the error, OpenAI's form)."""
+    error = body["error"]
+    return {**opening, "status": "failed", "error": {
+        "code": error.get("code") or error.get("type") or "server_error", "message": error["message"]}}
+
+
 def live_events(task: asyncio.Future, live_text: LiveText, first: Piece, opening: dict[str, Any], msg_id: str,
                 finish: OnAnswer, failed: OnFailure) -> AsyncIterator[str]:
     """The Responses API's events for one live escalation (``relay``): the response opened
@@ -269,9 +276,7 @@ def live_events(task: asyncio.Future, live_text: LiveText, first: Piece, opening
                     response=response)
 
     def failure(body: dict[str, Any]) -> str:
-        error = body["error"]
-        return event("response.failed", response={**opening, "status": "failed", "error": {
-            "code": error.get("code") or error.get("type") or "server_error", "message": error["message"]}})
+        return event("response.failed", response=failed_response(opening, body))
 
     return relay(task, live_text, first, finish, failed, start, delta, closing, failure)
 
@@ -341,7 +346,7 @@ def add_responses_route(app: FastAPI, service: Any, requests: Counter, latency: 
         if first is not None:  # the teacher's first piece came before its whole answer: streamed as it is written
             created, msg_id = int(time.time()), f"msg_{uuid.uuid4().hex[:24]}"
             opening = {**response_body(body, ServedCall(request={}, answered_by="teacher", model=service.teacher_name,
-                                                        content=""), fmt, {}, rid, created),
+                                                        content=""), fmt, {}, rid, created, stored=keep),
                        "status": "in_progress", "output": [], "usage": None}
             opening.pop("potstill")
 
@@ -349,8 +354,12 @@ def add_responses_route(app: FastAPI, service: Any, requests: Counter, latency: 
                 route = await _record(service, state, served, logged, requests, latency)
                 return await _kept(response_body(body, served, fmt, route, rid, created, msg_id, keep))
 
-            events_ = live_events(task, live_text, first, opening, msg_id, finish,
-                                  lambda e: asyncio.to_thread(_stream_failure, service, state, e, log_error))
+            async def failed(e: BaseException) -> dict[str, Any]:
+                error = await asyncio.to_thread(_stream_failure, service, state, e, log_error)
+                await _kept(failed_response(opening, error))  # kept as OpenAI keeps a failed response
+                return error
+
+            events_ = live_events(task, live_text, first, opening, msg_id, finish, failed)
             return StreamingResponse(events_, media_type="text/event-stream", headers=_live_headers(live_text))
         served = task.result() if task is not None else await answering
         route = await _record(service, state, served, logged, requests, latency)
