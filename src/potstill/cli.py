@@ -415,6 +415,9 @@ def requests(
     who: Annotated[Optional[str], typer.Option(help="Only those answered by student or teacher (escalated).")] = None,
     errors: Annotated[bool, typer.Option("--errors", help="Only refused and failed requests.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines, every field, instead of a table.")] = False,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Then print each new request as it is logged, "
+                                         "until Ctrl-C.")] = False,
+    interval: Annotated[float, typer.Option(min=0.05, help="--follow: seconds between looks.")] = 1.0,
 ) -> None:
     """List the requests `potstill serve` answered (who answered, why, how sure, latency, cost), or show one by its request id."""
     from potstill.ledger import Ledger
@@ -422,10 +425,15 @@ def requests(
 
     if who not in (None, "student", "teacher"):
         raise PotstillError(f"--who {who!r}: student or teacher")
+    if follow and id is not None:
+        raise PotstillError("--follow lists requests as they come; --id shows one: give one of them")
     path = run_dir / "calls.sqlite"
     with Ledger(path, readonly=True) as ledger:  # beside a running server: reads only
         found = find(ledger, request_id=id, since=since_time(since) if since else None, limit=last, who=who,
                      errors=errors)
+        if follow:
+            _follow(ledger, found, who, errors, as_json, interval)
+            return
     if as_json:
         for r in found:
             typer.echo(json.dumps(r, ensure_ascii=False))
@@ -435,6 +443,32 @@ def requests(
         typer.echo(f"no served request in {path}" + (" matches" if since or who or errors else ""))
     else:
         typer.echo(table(found))
+
+
+def _follow(ledger: Any, found: list[dict], who: str | None, errors: bool, as_json: bool, interval: float) -> None:
+    """``potstill requests --follow``: the rows found, then each new one as it is logged."""
+    import time
+
+    from potstill.serve.log_view import FOLLOW_WIDTHS, find, table
+
+    def show(rows: list[dict], head: bool) -> None:
+        if as_json:
+            for r in rows:
+                typer.echo(json.dumps(r, ensure_ascii=False))
+        elif rows or head:
+            typer.echo(table(rows, FOLLOW_WIDTHS, head))
+
+    show(found, head=True)
+    last = found[-1]["row"] if found else ledger.last_row_id()
+    try:
+        while True:
+            time.sleep(interval)
+            new = find(ledger, who=who, errors=errors, after=last, limit=None)
+            if new:
+                show(new, head=False)
+                last = new[-1]["row"]
+    except KeyboardInterrupt:  # how a follow ends
+        return
 
 
 @app.command()

@@ -247,7 +247,7 @@ class Ledger:
     # ------------------------------------------------------------------ reads
     def served(self, since: float | None = None, until: float | None = None, limit: int | None = None,
                status: str | None = "ok", student: str | None = None, role: str | None = None,
-               request_id: str | None = None) -> list[ServedCall]:
+               request_id: str | None = None, after_id: int | None = None) -> list[ServedCall]:
         """Served requests created between ``since`` and ``until`` (unix seconds), oldest first;
         with ``limit``, the latest ``limit`` of them. ``status=None``: failed ones too.
 
@@ -255,10 +255,10 @@ class Ledger:
         whose row names no student (logged before rows named theirs). ``role``: the rows of that
         role (teacher: escalated); ``request_id``: the rows of the request with that ``x-request-id``
         (several for a completions request of several prompts), or of the Responses API response
-        with that id."""
+        with that id; ``after_id``: only rows logged after that row."""
         sql, args = "SELECT * FROM calls WHERE stage='serve'", []
         for cond, val in (("status=?", status), ("created_at>=?", since), ("created_at<=?", until),
-                          ("role=?", role)):
+                          ("role=?", role), ("id>?", after_id)):
             if val is not None:
                 sql, args = f"{sql} AND {cond}", [*args, val]
         if request_id is not None:
@@ -278,6 +278,11 @@ class Ledger:
         except sqlite3.DatabaseError as e:
             raise PotstillError(f"{self.path}: not a potstill ledger ({e})") from None
         return [ServedCall.from_row(r) for r in reversed(rows)]
+
+    def last_row_id(self) -> int:
+        """The newest row's id (0 for an empty ledger)."""
+        with self._lock:
+            return self._db.execute("SELECT COALESCE(MAX(id), 0) FROM calls").fetchone()[0]
 
     def lookup(self, request_hashes: list[str], role: str = "teacher") -> dict[str, dict[str, Any]]:
         """The cached answer of ``role`` (teacher, judge) for each hash that has an ``ok`` one (the latest wins).

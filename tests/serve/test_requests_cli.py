@@ -83,3 +83,40 @@ def test_what_it_cannot_read_is_one_line_and_exit_2(served, args, says):
 def test_a_run_without_a_ledger_is_one_line(tmp_path):
     out = cli(tmp_path)
     assert out.returncode == 2 and "calls.sqlite not found" in out.stderr
+
+
+def test_follow_prints_each_request_as_it_is_logged(served, force):
+    """``--follow`` (as ``tail -f``): the latest, then each new request as the server logs it, in
+    the table or as JSON lines, until Ctrl-C, which ends it quietly."""
+    import signal
+
+    service, live = served
+    force("student")
+    run = service.ledger.path.parent
+    client(live).chat.completions.create(model="potstill", messages=MSG)  # a latest row, whatever ran before
+    env = {**os.environ, "POTSTILL_PROGRESS": "never", "PYTHONUNBUFFERED": "1"}
+    procs = {mode: subprocess.Popen([sys.executable, "-m", "potstill.cli", "requests", str(run), "--follow",
+                                     "--last", "1", "--interval", "0.1", *extra], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True, env=env)
+             for mode, extra in (("table", ()), ("json", ("--json",)))}
+    import threading
+
+    watchdog = threading.Timer(60, lambda: [p.kill() for p in procs.values()])  # a stuck read fails, not hangs
+    watchdog.start()
+    try:
+        for p in procs.values():  # each has printed what was there before it takes in the new ones
+            assert p.stdout.readline()
+        procs["table"].stdout.readline()  # the head, then the latest row
+        for i in range(3):
+            client(live).chat.completions.create(model="potstill", messages=MSG,
+                                                 extra_headers={"X-Request-ID": f"follow-{i}"})
+        seen = {mode: [p.stdout.readline() for _ in range(3)] for mode, p in procs.items()}
+    finally:
+        for p in procs.values():
+            p.send_signal(signal.SIGINT)
+        outs = {mode: p.communicate(timeout=30) for mode, p in procs.items()}
+        watchdog.cancel()
+    assert [ln.split()[2] for ln in seen["table"]] == ["follow-0", "follow-1", "follow-2"]
+    assert [json.loads(ln)["request_id"] for ln in seen["json"]] == ["follow-0", "follow-1", "follow-2"]
+    for mode, p in procs.items():
+        assert p.returncode == 0 and outs[mode][1] == "", outs[mode][1]

@@ -54,17 +54,17 @@ def record(c: ServedCall) -> dict[str, Any]:
 
 
 def find(ledger: Ledger, *, request_id: str | None = None, since: float | None = None, limit: int | None = 20,
-         who: str | None = None, errors: bool = False) -> list[dict[str, Any]]:
+         who: str | None = None, errors: bool = False, after: int | None = None) -> list[dict[str, Any]]:
     """Served rows, oldest first: those of one request (its ``x-request-id``, or a Responses API
     response's id), else the latest
     ``limit`` since ``since``, of ``who`` answered (student, teacher) and only failed ones with
-    ``errors``."""
+    ``errors``, logged after row ``after``."""
     if request_id is not None:
         rows = ledger.served(status=None, limit=None, request_id=request_id)
         if not rows:
             raise PotstillError(f"no served request with id {request_id!r} in {ledger.path}")
         return [record(c) for c in rows]
-    rows = ledger.served(status="error" if errors else None, since=since, limit=limit, role=who)
+    rows = ledger.served(status="error" if errors else None, since=since, limit=limit, role=who, after_id=after)
     return [record(c) for c in rows]
 
 
@@ -73,10 +73,15 @@ def _cut(text: Any, n: int) -> str:
     return s if len(s) <= n else s[: n - 1] + "…"
 
 
-def table(records: list[dict[str, Any]]) -> str:
+HEAD = ("time", "request_id", "endpoint", "status", "by", "reason", "conf", "ms", "usd", "input")
+#: Column widths of a followed table, whose later rows are not known when its head is printed.
+FOLLOW_WIDTHS = (19, 24, 16, 6, 7, 22, 5, 6, 9, 0)
+
+
+def table(records: list[dict[str, Any]], widths: tuple[int, ...] | None = None, head: bool = True) -> str:
     """The rows as a fixed-width table: when, the request id, where, who answered and why, how
-    sure, how long, what it cost, and the start of the user's last message."""
-    head = ("time", "request_id", "endpoint", "status", "by", "reason", "conf", "ms", "usd", "input")
+    sure, how long, what it cost, and the start of the user's last message. ``widths``: the
+    columns' (else the widest cell's); ``head``: with the column names."""
     lines = []
     for r in records:
         said = next((m["content"] for m in reversed(r["messages"]) if m["role"] == "user"), "")
@@ -84,8 +89,9 @@ def table(records: list[dict[str, Any]]) -> str:
         lines.append((r["time"].replace("T", " "), _cut(r["request_id"] or "", 36),
                       r["endpoint"].removeprefix("/v1/"), r["status"], r["answered_by"] or "-", r["reason"] or "-",
                       conf, f"{r['latency_ms']:.0f}", f"{r['cost_usd']:.6f}", _cut(said, 48)))
-    widths = [max(len(x) for x in col) for col in zip(head, *lines)]
-    return "\n".join("  ".join(x.ljust(w) for x, w in zip(row, widths)).rstrip() for row in [head, *lines])
+    widths = widths or tuple(max(len(x) for x in col) for col in zip(HEAD, *lines))
+    return "\n".join("  ".join(x.ljust(w) for x, w in zip(row, widths)).rstrip()
+                     for row in ([HEAD] if head else []) + lines)
 
 
 def detail(records: list[dict[str, Any]]) -> str:
