@@ -33,6 +33,8 @@ from potstill.records import json_problem
 from potstill.serve.completions import COMPLETIONS, add_completions_route
 from potstill.serve.engine import RefusedChat
 from potstill.serve.formats import FormatError
+from potstill.serve.messages import MESSAGES, add_messages_route
+from potstill.serve.messages import error_body as anthropic_error
 from potstill.serve.responses import add_responses_route
 from potstill.serve.tokenize import TOKENIZE, add_tokenize_routes
 from potstill.serve.streaming import LiveText, first_piece, live_events, whole_events
@@ -42,7 +44,7 @@ from potstill.serve.service import LogprobsUnavailable, Service, TeacherError, w
 
 CHAT = "/v1/chat/completions"
 RESPONSES = "/v1/responses"
-SERVED = (CHAT, RESPONSES, COMPLETIONS)  # the paths whose every request is a ledger row
+SERVED = (CHAT, RESPONSES, COMPLETIONS, MESSAGES)  # the paths whose every request is a ledger row
 ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 500, 502)}
 # One server-sent event (OpenAPI 3.1: the event-stream schema describes each event): its data is a
 # chat.completion.chunk as JSON, or [DONE].
@@ -88,6 +90,15 @@ def error_body(status: int, message: str, param: str | None = None, code: str | 
     return {"error": {"message": message, "type": _TYPES.get(status, "server_error"), "param": param, "code": code}}
 
 
+def _error_body(path: str, status: int, message: str, param: str | None = None,
+                code: str | None = None) -> dict[str, Any]:
+    """The error body in the shape the path's API has: Anthropic's on the Messages API (the
+    parameter named in its message), OpenAI's elsewhere."""
+    if path.rstrip("/").startswith(MESSAGES):
+        return anthropic_error(status, message)
+    return error_body(status, message, param, code)
+
+
 def _route_headers(who: str, reason: str, confidence: float | None, student: str) -> dict[str, str]:
     # X-Potstill-Student names the student that handled the request (it answered or escalated):
     # after a hot swap it is the promoted one. No confidence where the student never ran (too_long).
@@ -130,7 +141,9 @@ class Gate:
         scope["state"]["t0"] = t0
         if self.key is not None:
             auth = headers.get(b"authorization", b"").decode("latin-1")
-            if not hmac.compare_digest(auth.encode(), f"Bearer {self.key}".encode()):
+            # Anthropic's SDK sends its key as x-api-key, OpenAI's as a bearer token: either is the key.
+            if not hmac.compare_digest(auth.encode(), f"Bearer {self.key}".encode()) and not hmac.compare_digest(
+                    headers.get(b"x-api-key", b""), self.key.encode()):
                 return await self.reject(scope, send, 401, BAD_KEY, None, _key_code(auth))
         if scope["method"] != "POST" or not (scope["path"].startswith("/v1/") or scope["path"] in TOKENIZE):
             return await self.app(scope, receive, send)
@@ -236,6 +249,7 @@ def build_app(service: Service, api_key: str | None) -> FastAPI:
     _add_chat_route(app, service, requests, latency, bearer, log_error)
     add_responses_route(app, service, requests, latency, bearer, log_error)
     add_tokenize_routes(app, service, bearer)
+    add_messages_route(app, service, requests, latency, bearer)
     add_completions_route(app, service, requests, latency, bearer, log_error)
     _add_reload_route(app, service, api_key, bearer)
     app.add_middleware(Gate, service=service, key=api_key, max_body=s.max_body_bytes, reject=reject)
@@ -264,7 +278,7 @@ def _add_error_handlers(app: FastAPI, service: Service, requests: Counter):
 
     async def reject(scope: dict, send: Any, status: int, message: str, param: str | None,
                      code: str | None = None) -> None:
-        body = error_body(status, message, param, code)
+        body = _error_body(scope["path"], status, message, param, code)
         if scope["path"].rstrip("/") in SERVED:  # a chat request by any method is a served request: logged
             await asyncio.to_thread(log_error, scope.setdefault("state", {}), status, body)
         resp = JSONResponse(body, status_code=status)
@@ -273,7 +287,7 @@ def _add_error_handlers(app: FastAPI, service: Service, requests: Counter):
     async def on_error(request: Request, status: int, message: str, param: str | None = None,
                        role: str = "student", model: str | None = None, code: str | None = None,
                        detail: str | None = None, request_hash: str | None = None, billed: Any = None) -> JSONResponse:
-        body = error_body(status, message, param, code)
+        body = _error_body(request.url.path, status, message, param, code)
         if request.url.path.rstrip("/") in SERVED:
             await asyncio.to_thread(log_error, request.scope.setdefault("state", {}), status, body, role, model,
                                     detail, request_hash, billed)

@@ -61,6 +61,23 @@ def _text(text: str, param: str) -> str:
         raise APIError(400, f"{param}: {e}", param) from None
 
 
+async def student_prompt_ids(service: Any, messages: list[dict[str, str]]) -> list[int]:
+    """The student's prompt ids for a chat (role and text), as it reads it: the run's instruction
+    and its prompt format; a 400 where its chat template refuses the chat."""
+    from potstill.serve.app import APIError
+
+    student = service.live.engine
+    tok, fmt = student.engine.tokenizer, student.fmt
+
+    def ids() -> list[int]:
+        return encode_prompt(tok, fmt, fmt.prefix() + fmt.query(tok, messages), first=True)
+
+    try:
+        return await asyncio.to_thread(ids)
+    except TemplateError as e:
+        raise APIError(400, f"messages: the student's chat template refuses this chat: {e}"[:500], "messages") from None
+
+
 def add_tokenize_routes(app: FastAPI, service: Any, bearer: list) -> None:
     from potstill.serve.app import ERRORS, APIError, _owner, _unknown_model
 
@@ -90,17 +107,8 @@ def add_tokenize_routes(app: FastAPI, service: Any, bearer: list) -> None:
         else:
             messages = [{"role": "user", "content": _text(body.prompt, "prompt")}]
         student = service.live.engine
-        tok, fmt = student.engine.tokenizer, student.fmt
-
-        def ids() -> list[int]:
-            return encode_prompt(tok, fmt, fmt.prefix() + fmt.query(tok, messages), first=True)
-
-        try:
-            tokens = await asyncio.to_thread(ids)
-        except TemplateError as e:
-            raise APIError(400, f"messages: the student's chat template refuses this chat: {e}"[:500],
-                           "messages") from None
-        strs = tok.convert_ids_to_tokens(tokens) if body.return_token_strs else None
+        tokens = await student_prompt_ids(service, messages)
+        strs = student.engine.tokenizer.convert_ids_to_tokens(tokens) if body.return_token_strs else None
         return TokenizeResponse(count=len(tokens), max_model_len=student.context, tokens=tokens, token_strs=strs)
 
     @app.post(TOKENIZE[1], response_model=DetokenizeResponse, dependencies=bearer, responses=ERRORS)

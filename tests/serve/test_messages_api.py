@@ -1,0 +1,139 @@
+"""Anthropic's Messages API on the served run through the official anthropic client: the same
+router and ledger as chat completions, streaming, client tools (tool_use out, tool_result back to
+the teacher as tool turns), stop sequences, count_tokens, and Anthropic-shaped errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import anthropic
+import httpx
+import pytest
+
+from potstill.ledger import ServedCall
+from tests.serve.conftest import MSG, SERVE_KEY, client, rows, teacher_behind
+from tests.serve.test_responses_tools import ASK
+from tests.serve.test_tool_calls import openai_provider
+
+TOOLS = [{"name": "lookup", "description": "Look a topic up.",
+          "input_schema": {"type": "object", "properties": {"about": {"type": "string"}}, "required": ["about"]}}]
+
+
+def claude(live, key: str = SERVE_KEY) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=live.url, api_key=key, max_retries=0)
+
+
+@pytest.mark.parametrize("who", ["student", "teacher"])
+def test_a_message_is_the_chat_completion_s_answer_and_is_logged(served, force, who):
+    service, live = served
+    force(who)
+    want = client(live).chat.completions.create(model="potstill", messages=MSG)
+    before = len(rows(service))
+    raw = claude(live).messages.with_raw_response.create(model="potstill", max_tokens=64, messages=MSG,
+                                                         system="ignored: the run's instruction stands")
+    m = raw.parse()
+    assert [b.type for b in m.content] == ["text"] and m.content[0].text == want.choices[0].message.content
+    cut = want.choices[0].finish_reason == "length"  # the loopback teacher's own budget is 4 tokens
+    assert (m.role, m.stop_reason, m.stop_sequence) == ("assistant", "max_tokens" if cut else "end_turn", None)
+    assert m.usage.input_tokens == want.usage.prompt_tokens and m.usage.output_tokens == want.usage.completion_tokens
+    assert raw.headers["x-potstill-answered-by"] == who == m.model_extra["potstill"]["answered_by"]
+    [row] = rows(service)[before:]
+    assert row["status"] == "ok" and row["role"] == who
+    assert ServedCall.from_row(row).messages == MSG and json.loads(row["request"])["endpoint"] == "/v1/messages"
+
+
+def test_a_streamed_message_carries_the_same_answer(served, force):
+    _, live = served
+    force("teacher")
+    want = claude(live).messages.create(model="potstill", max_tokens=64, messages=MSG)
+    with claude(live).messages.stream(model="potstill", max_tokens=64, messages=MSG) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == want.content[0].text == final.content[0].text
+    assert (final.stop_reason, final.usage.output_tokens) == (want.stop_reason, want.usage.output_tokens)
+
+
+def test_a_tool_request_is_answered_with_tool_use_and_its_result_reaches_the_teacher(served):
+    service, live = served
+    seen: list = []
+    cl = claude(live)
+    with teacher_behind(service, openai_provider(seen)):
+        m = cl.messages.create(model="potstill", max_tokens=64, tools=TOOLS, messages=[{"role": "user", "content": ASK}])
+        [use] = [b for b in m.content if b.type == "tool_use"]
+        assert (use.name, use.input, m.stop_reason) == ("lookup", {"about": "match"}, "tool_use")
+        assert seen[0]["tools"] == [{"type": "function", "function": {
+            "name": "lookup", "parameters": TOOLS[0]["input_schema"], "description": "Look a topic up."}}]
+        with cl.messages.stream(model="potstill", max_tokens=64, tools=TOOLS,
+                                messages=[{"role": "user", "content": ASK}]) as stream:
+            streamed = stream.get_final_message()
+        assert [(b.type, getattr(b, "input", None)) for b in streamed.content] == [("tool_use", {"about": "match"})]
+        done = cl.messages.create(model="potstill", max_tokens=64, tools=TOOLS, tool_choice={"type": "none"}, messages=[
+            {"role": "user", "content": ASK},
+            {"role": "assistant", "content": m.content},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "a football match"}]}])
+    assert done.content[0].text == "sports" and done.model_extra["potstill"]["answered_by"] == "teacher"
+    msgs = [x for x in seen[-1]["messages"] if x["role"] != "system"]
+    assert msgs[1]["role"] == "assistant" and msgs[1]["tool_calls"][0]["id"] == use.id
+    assert json.loads(msgs[1]["tool_calls"][0]["function"]["arguments"]) == {"about": "match"}
+    assert msgs[2] == {"role": "tool", "tool_call_id": use.id, "content": "a football match"}
+    assert "tools" not in seen[-1]  # tool_choice none: routed as a chat without tools
+
+
+def test_stop_sequences_end_the_answer_where_claude_would(tmp_path, tiny_model, teacher_server, monkeypatch):
+    from potstill.serve.routing import Routing
+    from tests.serve.conftest import served_free_text
+
+    msgs = [{"role": "user", "content": "the team won the match in the last minute"}]
+    with served_free_text(tmp_path, tiny_model, teacher_server, monkeypatch) as (service, live):
+        service.routing = Routing(confidence_threshold=-math.inf, ood_threshold=math.inf)  # the student
+        whole = claude(live).messages.create(model="potstill", max_tokens=64, messages=msgs)
+        text = whole.content[0].text
+        assert len(text) > 4
+        stop = text[2:4]
+        cut = claude(live).messages.create(model="potstill", max_tokens=64, messages=msgs,
+                                           stop_sequences=["never there", stop])
+        at = text.index(stop)
+        assert (cut.content[0].text, cut.stop_reason, cut.stop_sequence) == (text[:at], "stop_sequence", stop)
+        short = claude(live).messages.create(model="potstill", max_tokens=2, messages=msgs)
+        assert (short.stop_reason, short.usage.output_tokens) == ("max_tokens", 2)
+
+
+def test_count_tokens_is_the_student_s_prompt(served, force):
+    _, live = served
+    force("student")
+    n = claude(live).messages.count_tokens(model="potstill", messages=MSG).input_tokens
+    assert n == client(live).chat.completions.create(model="potstill", messages=MSG).usage.prompt_tokens
+
+
+@pytest.mark.parametrize("kwargs, error, says", [
+    ({"messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "url", "url": "http://x/y.png"}}]}]},
+     anthropic.BadRequestError, "messages.0.content.0: a 'image' block"),
+    ({"messages": MSG, "tools": [{"type": "web_search_20250305", "name": "web_search"}]}, anthropic.BadRequestError,
+     "only client tools"),
+    ({"messages": MSG, "thinking": {"type": "enabled", "budget_tokens": 1024}}, anthropic.BadRequestError,
+     "the student does not think"),
+    ({"messages": [{"role": "system", "content": "hi"}]}, anthropic.BadRequestError, "messages.0.role"),
+    ({"messages": MSG, "model": "claude-9"}, anthropic.NotFoundError, "does not exist here"),
+])
+def test_what_it_cannot_answer_is_an_anthropic_error_and_logged(served, kwargs, error, says):
+    service, live = served
+    before = len(rows(service))
+    with pytest.raises(error) as e:
+        claude(live).messages.create(**{"model": "potstill", "max_tokens": 16, **kwargs})
+    assert e.value.body["type"] == "error" and says in e.value.body["error"]["message"]
+    assert e.value.body["error"]["type"] == ("not_found_error" if error is anthropic.NotFoundError
+                                             else "invalid_request_error")
+    [row] = rows(service)[before:]
+    assert row["status"] == "error" and json.loads(row["request"])["endpoint"] == "/v1/messages"
+
+
+def test_the_key_and_the_body_are_checked_as_anthropic_does(served):
+    _, live = served
+    with pytest.raises(anthropic.AuthenticationError) as e:
+        claude(live, key="sk-wrong").messages.create(model="potstill", max_tokens=16, messages=MSG)
+    assert e.value.body["error"]["type"] == "authentication_error"
+    r = httpx.post(live.url + "/v1/messages", json={"model": "potstill", "messages": MSG},
+                   headers={"x-api-key": SERVE_KEY}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"] == {"type": "invalid_request_error",
+                                                          "message": "max_tokens: Field required"}
