@@ -386,8 +386,9 @@ class ServeConfig(Section):
         "; a request's response_format (json_schema: its schema; json_object: any object) guides its answer "
         "instead, for a free-text task too, as vLLM does"))
     stream_teacher: bool = Field(
-        True, description="A chat completion or Responses call asked with stream: true that escalates gets the teacher's answer "
-        "as the teacher writes it (an openai or anthropic teacher asked anew; not with tools or logprobs), "
+        True, description="A chat completion, completion, Responses or Messages call asked with stream: true that "
+        "escalates gets the teacher's answer as the teacher writes it (a teacher asked anew, openai, anthropic or "
+        "local; its text, log-probs and tool calls), "
         "instead of in one chunk once it is whole; the route headers and the answer logged are the same. Needs "
         "a teacher server that reports token usage in streams (OpenAI, Anthropic, vLLM, llama.cpp's server "
         "and Ollama do); false: escalations arrive whole.")

@@ -137,3 +137,56 @@ def test_the_key_and_the_body_are_checked_as_anthropic_does(served):
                    headers={"x-api-key": SERVE_KEY}, timeout=30)
     assert r.status_code == 400 and r.json()["error"] == {"type": "invalid_request_error",
                                                           "message": "max_tokens: Field required"}
+
+
+def test_an_escalation_streams_as_the_teacher_writes_it(tmp_path, tiny_model, teacher_server, monkeypatch):
+    from tests.serve.test_live_stream import ASK as TICKET
+    from tests.serve.test_live_stream import escalating, held
+
+    with escalating(tmp_path, tiny_model, teacher_server, monkeypatch) as (service, live):
+        whole = claude(live).messages.create(model="potstill", max_tokens=64, messages=TICKET)
+        assert whole.model_extra["potstill"]["answered_by"] == "teacher" and len(whole.content[0].text) > 1
+        texts = []
+        with held(teacher_server) as hold:
+            for ev in claude(live).messages.create(model="potstill", max_tokens=64, messages=TICKET, stream=True):
+                if ev.type == "content_block_delta":
+                    if not texts:  # the teacher server still waits after its first token
+                        assert teacher_server.holding.is_set() and not hold.is_set()
+                        hold.set()
+                    texts.append(ev.delta.text)
+                if ev.type == "message_delta":
+                    done = ev
+        assert len(texts) > 1 and "".join(texts) == whole.content[0].text
+        assert done.delta.stop_reason == whole.stop_reason and done.usage.output_tokens == whole.usage.output_tokens
+        assert rows(service)[-1]["status"] == "ok"
+
+
+def test_tool_use_streams_as_the_teacher_writes_it(tmp_path, tiny_model, teacher_server, monkeypatch):
+    import threading
+
+    from tests.serve.test_live_stream import ASK as TICKET
+    from tests.serve.test_live_stream import escalating
+    from tests.serve.test_live_stream_tools import LOOKUP, _tool_teacher
+
+    tools = [{"name": "lookup_topic", "input_schema": {"type": "object"}}, {"name": "ping", "input_schema": {}}]
+    with escalating(tmp_path, tiny_model, teacher_server, monkeypatch) as (service, live):
+        hold, holding, seen = threading.Event(), threading.Event(), []
+        with teacher_behind(service, _tool_teacher(hold, holding, seen)):
+            events = []
+            for ev in claude(live).messages.create(model="potstill", max_tokens=64, messages=TICKET, tools=tools,
+                                                   stream=True):
+                events.append(ev)
+                if ev.type == "content_block_start" and ev.content_block.type == "tool_use" and not hold.is_set():
+                    # The first call's id and name reached the client while the teacher was still writing.
+                    assert holding.is_set() and ev.content_block.id == "call_1"
+                    hold.set()
+            with claude(live).messages.stream(model="potstill", max_tokens=64, messages=TICKET, tools=tools) as s:
+                final = s.get_final_message()
+    assert hold.is_set() and seen[0]["stream"] is True
+    parts = [e.delta.partial_json for e in events if e.type == "content_block_delta" and e.delta.type == "input_json_delta"]
+    assert parts == [LOOKUP[:9], LOOKUP[9:], "{}"]  # as the teacher sent them
+    assert [(b.type, getattr(b, "text", None), getattr(b, "name", None), getattr(b, "input", None))
+            for b in final.content] == [("text", "Checking.", None, None), ("tool_use", None, "lookup_topic",
+                                                                            {"about": "match"}),
+                                        ("tool_use", None, "ping", {})]
+    assert final.stop_reason == "tool_use"

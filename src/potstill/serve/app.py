@@ -249,7 +249,7 @@ def build_app(service: Service, api_key: str | None) -> FastAPI:
     _add_chat_route(app, service, requests, latency, bearer, log_error)
     add_responses_route(app, service, requests, latency, bearer, log_error)
     add_tokenize_routes(app, service, bearer)
-    add_messages_route(app, service, requests, latency, bearer)
+    add_messages_route(app, service, requests, latency, bearer, log_error)
     add_completions_route(app, service, requests, latency, bearer, log_error)
     _add_reload_route(app, service, api_key, bearer)
     app.add_middleware(Gate, service=service, key=api_key, max_body=s.max_body_bytes, reject=reject)

@@ -9,13 +9,15 @@ and ``tool_use`` blocks with Anthropic's ``stop_reason``. Errors have Anthropic'
 (``{"type": "error", "error": {"type", "message"}}``); the key comes as ``x-api-key`` or a bearer
 token. A ``system`` prompt is replaced by the run's instruction, as on chat completions; images,
 documents, server tools and extended thinking are 400s. A ``stream`` answer comes as Anthropic's
-events, each block in one delta (an escalation too, once it is whole)."""
+events: an escalation's as the teacher writes it (``serve.stream_teacher``), else each block in one
+delta."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -25,6 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from potstill.ledger import ServedCall
 from potstill.responses_format import ResponsesInputError, json_type, utf8
+from potstill.serve.streaming import LiveText, OnAnswer, OnFailure, Piece, first_piece, relay
+from potstill.teachers.base import join_fragment
 
 MESSAGES = "/v1/messages"
 COUNT_TOKENS = "/v1/messages/count_tokens"
@@ -209,10 +213,13 @@ def message_body(served: ServedCall, stops: list[str], route: dict[str, Any]) ->
             "potstill": route}
 
 
+def _event(kind: str, **fields: Any) -> str:
+    return f"event: {kind}\ndata: {json.dumps({'type': kind, **fields})}\n\n"
+
+
 def events(message: dict[str, Any]) -> Iterator[str]:
     """Anthropic's server-sent events for a whole answer: each block in one delta."""
-    def event(kind: str, **fields: Any) -> str:
-        return f"event: {kind}\ndata: {json.dumps({'type': kind, **fields})}\n\n"
+    event = _event
 
     opening = {**message, "content": [], "stop_reason": None, "stop_sequence": None,
                "usage": {**message["usage"], "output_tokens": 0}}
@@ -233,11 +240,69 @@ def events(message: dict[str, Any]) -> Iterator[str]:
     yield event("message_stop")
 
 
-def add_messages_route(app: FastAPI, service: Any, requests: Counter, latency: Histogram, bearer: list) -> None:
+def live_events(task: Any, live_text: LiveText, first: Piece, model: str, stops: list[str], record: OnAnswer,
+                failed: OnFailure) -> AsyncIterator[str]:
+    """Anthropic's events for one live escalation (``relay``): the message opened; a text block
+    at the first text and a ``tool_use`` block at each call's first fragment (the block before it
+    stopped), text and the call's input JSON as deltas as the teacher writes them; then the rest of
+    the text, the last block stopped, ``message_delta`` with the stop reason, the usage and the
+    route (``record``: the ledger row, returning the route), and ``message_stop``; or an ``error``
+    event with what ``failed`` logs and returns."""
+    opening = {"id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant", "model": model,
+               "content": [], "stop_reason": None, "stop_sequence": None,
+               "usage": {"input_tokens": 0, "output_tokens": 0}}
+    blocks: list[Any] = []  # as they went out: "text", or a tool call's index
+    joined: dict[int, dict[str, Any]] = {}  # tool call index -> its id, name and arguments so far
+
+    def open_block(kind: Any, block: dict[str, Any]) -> list[str]:
+        out = [_event("content_block_stop", index=len(blocks) - 1)] if blocks else []
+        blocks.append(kind)
+        return out + [_event("content_block_start", index=len(blocks) - 1, content_block=block)]
+
+    def delta(piece: Piece) -> str:
+        out: list[str] = []
+        if piece.text:
+            if not blocks or blocks[-1] != "text":
+                out += open_block("text", {"type": "text", "text": ""})
+            out.append(_event("content_block_delta", index=len(blocks) - 1,
+                              delta={"type": "text_delta", "text": piece.text}))
+        for f in piece.tool_calls:
+            i, arguments = f.get("index", 0), (f.get("function") or {}).get("arguments")
+            join_fragment(joined, f)
+            if i not in blocks:
+                out += open_block(i, {"type": "tool_use", "id": joined[i]["id"], "name": joined[i]["name"],
+                                      "input": {}})
+            if arguments:
+                out.append(_event("content_block_delta", index=blocks.index(i),
+                                  delta={"type": "input_json_delta", "partial_json": arguments}))
+        return "".join(out)
+
+    def closing(served: ServedCall, route: dict[str, Any], rest: Piece) -> Iterator[str]:
+        if rest.text:
+            yield delta(Piece(text=rest.text))
+        if blocks:
+            yield _event("content_block_stop", index=len(blocks) - 1)
+        done = message_body(served, stops, route)
+        yield _event("message_delta", delta={"stop_reason": done["stop_reason"], "stop_sequence": done["stop_sequence"]},
+                     usage={"input_tokens": done["usage"]["input_tokens"],
+                            "output_tokens": done["usage"]["output_tokens"]}, potstill=route)
+        yield _event("message_stop")
+
+    def failure(body: dict[str, Any]) -> str:
+        kind = "invalid_request_error" if body["error"].get("type") == "invalid_request_error" else "api_error"
+        return _event("error", error={"type": kind, "message": body["error"]["message"]})
+
+    return relay(task, live_text, first, record, failed, [_event("message_start", message=opening)], delta, closing,
+                 failure)
+
+
+def add_messages_route(app: FastAPI, service: Any, requests: Counter, latency: Histogram, bearer: list,
+                       log_error: Any) -> None:
     """``POST /v1/messages`` and ``/v1/messages/count_tokens``: routed, logged and metered as a chat
     completion is (the ledger row's request carries the chat as ``messages``, Anthropic's kept as
     ``anthropic_messages``)."""
-    from potstill.serve.app import APIError, _owner, _record, _route_headers, _servable_tools, _unknown_model
+    from potstill.serve.app import (APIError, _live_headers, _owner, _record, _route_headers, _servable_tools,
+                                    _stream_failure, _unknown_model)
     from potstill.serve.responses import student_view
     from potstill.serve.tokenize import student_prompt_ids
 
@@ -268,10 +333,18 @@ def add_messages_route(app: FastAPI, service: Any, requests: Counter, latency: H
         tools = _servable_tools(service, tools)
         view = student_view(chat)
         stops = body.stop_sequences or []
-        served = await service.answer(view, body.max_tokens, stops, teacher_messages=chat if chat != view else None,
-                                      tools=tools)
+        live_text = LiveText(stops, None) if body.stream and service.streams() else None
+        answering = service.answer(view, body.max_tokens, stops, teacher_messages=chat if chat != view else None,
+                                   tools=tools, live_text=live_text)
         logged = {**body.model_dump(exclude_none=True, exclude={"messages"}), "messages": view,
                   "anthropic_messages": body.messages, "endpoint": MESSAGES}
+        task, first = await first_piece(answering, live_text) if live_text is not None else (None, None)
+        if first is not None:  # the teacher's first piece came before its whole answer: streamed as it is written
+            events_ = live_events(task, live_text, first, service.teacher_name, stops,
+                                  lambda served: _record(service, state, served, logged, requests, latency),
+                                  lambda e: asyncio.to_thread(_stream_failure, service, state, e, log_error))
+            return StreamingResponse(events_, media_type="text/event-stream", headers=_live_headers(live_text))
+        served = task.result() if task is not None else await answering
         route = await _record(service, state, served, logged, requests, latency)
         message = message_body(served, stops, route)
         headers = _route_headers(served.answered_by, served.reason, served.confidence, served.student)
