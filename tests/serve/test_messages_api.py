@@ -190,3 +190,23 @@ def test_tool_use_streams_as_the_teacher_writes_it(tmp_path, tiny_model, teacher
                                                                             {"about": "match"}),
                                         ("tool_use", None, "ping", {})]
     assert final.stop_reason == "tool_use"
+
+
+def test_a_teacher_failing_mid_stream_ends_it_with_an_error_event(tmp_path, tiny_model, teacher_server, monkeypatch):
+    import threading
+
+    from tests.serve.test_live_stream import ASK as TICKET
+    from tests.serve.test_live_stream import _broken_teacher, escalating
+
+    with escalating(tmp_path, tiny_model, teacher_server, monkeypatch) as (service, live):
+        hold, got = threading.Event(), []
+        with teacher_behind(service, _broken_teacher(hold)):
+            with pytest.raises(anthropic.APIStatusError) as e:
+                for ev in claude(live).messages.create(model="potstill", max_tokens=64, messages=TICKET, stream=True):
+                    if ev.type == "content_block_delta":
+                        got.append(ev.delta.text)
+                        hold.set()
+        assert got == ["half an"] and e.value.body["error"]["type"] == "api_error"
+        assert "teacher" in e.value.body["error"]["message"]
+        row = rows(service)[-1]
+        assert row["status"] == "error" and json.loads(row["request"])["endpoint"] == "/v1/messages"
