@@ -137,6 +137,9 @@ def test_the_key_and_the_body_are_checked_as_anthropic_does(served):
                    headers={"x-api-key": SERVE_KEY}, timeout=30)
     assert r.status_code == 400 and r.json()["error"] == {"type": "invalid_request_error",
                                                           "message": "max_tokens: Field required"}
+    with pytest.raises(anthropic.BadRequestError) as e:
+        claude(live).messages.create(model="potstill", max_tokens=16, messages=MSG, stop_sequences=[""])
+    assert e.value.body["error"]["message"] == "stop_sequences: a stop sequence must not be empty"
 
 
 def test_an_escalation_streams_as_the_teacher_writes_it(tmp_path, tiny_model, teacher_server, monkeypatch):

@@ -55,7 +55,7 @@ SSE_EVENT = {"type": "object", "required": ["data"],
 # server_error, a failed escalation's 502 too (code teacher_failed says whose failure it was).
 _TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
           405: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error"}
-BAD_KEY = "invalid or missing API key (send Authorization: Bearer <key>)"
+BAD_KEY = "invalid or missing API key (send Authorization: Bearer <key>, or x-api-key: <key>)"
 
 
 def _key_code(auth: str) -> str | None:

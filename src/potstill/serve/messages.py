@@ -23,7 +23,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import Counter, Histogram
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from potstill.ledger import ServedCall
 from potstill.responses_format import ResponsesInputError, json_type, utf8
@@ -38,20 +38,20 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "
                413: "request_too_large", 429: "rate_limit_error", 529: "overloaded_error"}
 
 
-class _ErrorDetail(BaseModel):
+class _AnthropicErrorDetail(BaseModel):
     type: str
     message: str
 
 
-class ErrorBody(BaseModel):
+class AnthropicError(BaseModel):
     """An error as Anthropic's API shapes it."""
 
     type: str = "error"
-    error: _ErrorDetail
+    error: _AnthropicErrorDetail
 
 
 #: The errors these routes document (the Messages API's shape).
-ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 500, 502)}
+ERRORS = {code: {"model": AnthropicError} for code in (400, 401, 404, 413, 500, 502)}
 
 
 def error_body(status: int, message: str) -> dict[str, Any]:
@@ -77,6 +77,13 @@ class MessagesRequest(BaseModel):
                                     "that lets the model use one goes to the teacher.")
     tool_choice: dict[str, Any] | None = Field(None, description="{type: auto | any | tool (name) | none}.")
     metadata: dict[str, Any] | None = None
+
+    @field_validator("stop_sequences")
+    @classmethod
+    def _stops(cls, v: list[str] | None) -> list[str] | None:
+        if any(not s for s in v or []):  # an empty one would end every answer before it began
+            raise ValueError("a stop sequence must not be empty")
+        return v
 
 
 class CountRequest(BaseModel):

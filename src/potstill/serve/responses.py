@@ -132,7 +132,7 @@ def events(response: dict[str, Any], after: int | None = None) -> Iterator[str]:
 
 
 def _whole_events(response: dict[str, Any], event: Any) -> Iterator[str]:
-
+    """``events``' events, each made by ``event`` (which numbers them)."""
     opening = {**response, "status": "in_progress", "output": [], "usage": None}
     yield event("response.created", response=opening)
     yield event("response.in_progress", response=opening)
