@@ -227,7 +227,6 @@ def _event(kind: str, **fields: Any) -> str:
 def events(message: dict[str, Any]) -> Iterator[str]:
     """Anthropic's server-sent events for a whole answer: each block in one delta."""
     event = _event
-
     opening = {**message, "content": [], "stop_reason": None, "stop_sequence": None,
                "usage": {**message["usage"], "output_tokens": 0}}
     opening.pop("potstill")
