@@ -1,8 +1,8 @@
 """Probe: where a compiled LoRA training step spends its time on the GPU host. For potstill's
 loss module with ``train.compile`` over full fine-tuning and over LoRA (the same student shape as
 ``train_adapters.py``): the step's wall and host milliseconds, dynamo's graphs and graph breaks
-(with their reasons), and from one profiled step the kernels launched, their GPU time, and the
-CPU ops that took the most host time.
+(with their reasons), and from one profiled step the kernels launched, their GPU time, the
+kernels that took the most of it, and the CPU ops that took the most host time.
 
     PYTHONPATH=src:. python benchmarks/lora_step_probe.py --out lora_step_probe.json
     PYTHONPATH=src:. python benchmarks/lora_step_probe.py --tiny   # CPU smoke run
@@ -60,6 +60,8 @@ def probe(name: str, shape: dict, device: str, args) -> dict:
     kernels = [e for e in events if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA]
     row["kernels"] = sum(e.count for e in kernels)
     row["kernel_ms"] = sum(e.self_device_time_total for e in kernels) / 1e3 if kernels else None
+    row["top_kernels"] = [{"kernel": e.key[:100], "count": e.count, "ms": e.self_device_time_total / 1e3}
+                          for e in sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)[:20]]
     cpu = sorted((e for e in events if e.device_type == torch.autograd.DeviceType.CPU),
                  key=lambda e: e.self_cpu_time_total, reverse=True)[:15]
     row["top_cpu_ops"] = [{"op": e.key[:80], "count": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3}
