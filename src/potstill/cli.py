@@ -409,7 +409,7 @@ def requests(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="Served run directory (its calls.sqlite).")],
     id: Annotated[Optional[str], typer.Option("--id", help="One request in full: its x-request-id (the "
                                               "client's X-Request-ID, else req_...) or its resp_... id "
-                                              "(Responses API).")] = None,
+                                              "(Responses API) or msg_... id (Messages API).")] = None,
     last: Annotated[int, typer.Option(min=1, help="How many of the latest requests to list.")] = 20,
     since: Annotated[Optional[str], typer.Option(help="Only those since: 15m, 2h, 7d, or a date and time.")] = None,
     who: Annotated[Optional[str], typer.Option(help="Only those answered by student or teacher (escalated).")] = None,

@@ -41,6 +41,7 @@ def test_a_message_is_the_chat_completion_s_answer_and_is_logged(served, force, 
     [row] = rows(service)[before:]
     assert row["status"] == "ok" and row["role"] == who
     assert ServedCall.from_row(row).messages == MSG and json.loads(row["request"])["endpoint"] == "/v1/messages"
+    assert json.loads(row["request"])["response_id"] == m.id  # what potstill requests --id finds it by
 
 
 def test_a_streamed_message_carries_the_same_answer(served, force):

@@ -201,8 +201,8 @@ def _input(arguments: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"arguments": arguments}
 
 
-def message_body(served: ServedCall, stops: list[str], route: dict[str, Any]) -> dict[str, Any]:
-    """The Messages API answer for a routed chat (``route``: the ``potstill`` object the client gets)."""
+def message_body(served: ServedCall, stops: list[str], route: dict[str, Any], mid: str) -> dict[str, Any]:
+    """The Messages API answer ``mid`` for a routed chat (``route``: the ``potstill`` object the client gets)."""
     calls = served.extra.get("tool_calls") or []
     content = ([{"type": "text", "text": served.content}] if served.content or not calls else []) + [
         {"type": "tool_use", "id": c["id"], "name": c["function"]["name"], "input": _input(c["function"]["arguments"])}
@@ -213,7 +213,7 @@ def message_body(served: ServedCall, stops: list[str], route: dict[str, Any]) ->
         stop_sequence = next((s for s in stops if whole[len(served.content):].startswith(s)), None)
     reason = {"length": "max_tokens", "tool_calls": "tool_use"}.get(served.finish_reason) or \
         ("stop_sequence" if stop_sequence is not None else "end_turn")
-    return {"id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant", "model": served.model,
+    return {"id": mid, "type": "message", "role": "assistant", "model": served.model,
             "content": content, "stop_reason": reason, "stop_sequence": stop_sequence,
             "usage": {"input_tokens": served.input_tokens, "output_tokens": served.output_tokens,
                       "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0},
@@ -246,15 +246,15 @@ def events(message: dict[str, Any]) -> Iterator[str]:
     yield event("message_stop")
 
 
-def live_events(task: Any, live_text: LiveText, first: Piece, model: str, stops: list[str], record: OnAnswer,
-                failed: OnFailure) -> AsyncIterator[str]:
+def live_events(task: Any, live_text: LiveText, first: Piece, model: str, stops: list[str], mid: str,
+                record: OnAnswer, failed: OnFailure) -> AsyncIterator[str]:
     """Anthropic's events for one live escalation (``relay``): the message opened; a text block
     at the first text and a ``tool_use`` block at each call's first fragment (the block before it
     stopped), text and the call's input JSON as deltas as the teacher writes them; then the rest of
     the text, the last block stopped, ``message_delta`` with the stop reason, the usage and the
     route (``record``: the ledger row, returning the route), and ``message_stop``; or an ``error``
     event with what ``failed`` logs and returns."""
-    opening = {"id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant", "model": model,
+    opening = {"id": mid, "type": "message", "role": "assistant", "model": model,
                "content": [], "stop_reason": None, "stop_sequence": None,
                "usage": {"input_tokens": 0, "output_tokens": 0}}
     blocks: list[Any] = []  # as they went out: "text", or a tool call's index
@@ -288,7 +288,7 @@ def live_events(task: Any, live_text: LiveText, first: Piece, model: str, stops:
             yield delta(Piece(text=rest.text))
         if blocks:
             yield _event("content_block_stop", index=len(blocks) - 1)
-        done = message_body(served, stops, route)
+        done = message_body(served, stops, route, mid)
         yield _event("message_delta", delta={"stop_reason": done["stop_reason"], "stop_sequence": done["stop_sequence"]},
                      usage={"input_tokens": done["usage"]["input_tokens"],
                             "output_tokens": done["usage"]["output_tokens"]}, potstill=route)
@@ -342,17 +342,18 @@ def add_messages_route(app: FastAPI, service: Any, requests: Counter, latency: H
         live_text = LiveText(stops, None) if body.stream and service.streams() else None
         answering = service.answer(view, body.max_tokens, stops, teacher_messages=chat if chat != view else None,
                                    tools=tools, live_text=live_text)
+        mid = f"msg_{uuid.uuid4().hex[:24]}"  # the message's id, in its ledger row too (potstill requests --id)
         logged = {**body.model_dump(exclude_none=True, exclude={"messages"}), "messages": view,
-                  "anthropic_messages": body.messages, "endpoint": MESSAGES}
+                  "anthropic_messages": body.messages, "endpoint": MESSAGES, "response_id": mid}
         task, first = await first_piece(answering, live_text) if live_text is not None else (None, None)
         if first is not None:  # the teacher's first piece came before its whole answer: streamed as it is written
-            events_ = live_events(task, live_text, first, service.teacher_name, stops,
+            events_ = live_events(task, live_text, first, service.teacher_name, stops, mid,
                                   lambda served: _record(service, state, served, logged, requests, latency),
                                   lambda e: asyncio.to_thread(_stream_failure, service, state, e, log_error))
             return StreamingResponse(events_, media_type="text/event-stream", headers=_live_headers(live_text))
         served = task.result() if task is not None else await answering
         route = await _record(service, state, served, logged, requests, latency)
-        message = message_body(served, stops, route)
+        message = message_body(served, stops, route, mid)
         headers = _route_headers(served.answered_by, served.reason, served.confidence, served.student)
         if body.stream:
             return StreamingResponse(events(message), media_type="text/event-stream", headers=headers)
