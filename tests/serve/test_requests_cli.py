@@ -97,7 +97,10 @@ def test_follow_prints_each_request_as_it_is_logged(served, force):
     env = {**os.environ, "POTSTILL_PROGRESS": "never", "PYTHONUNBUFFERED": "1"}
     procs = {mode: subprocess.Popen([sys.executable, "-m", "potstill.cli", "requests", str(run), "--follow",
                                      "--last", "1", "--interval", "0.1", *extra], stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True, env=env)
+                                    stderr=subprocess.PIPE, text=True, env=env,
+                                    # Ctrl-C's signal as a terminal delivers it: a pytest-xdist worker
+                                    # ignores SIGINT, and a child inherits that.
+                                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
              for mode, extra in (("table", ()), ("json", ("--json",)))}
     import threading
 
