@@ -1,5 +1,6 @@
 """``potstill requests``: the served requests a run's ledger holds, as an operator reads them: the
-latest as a table, one request by its ``x-request-id`` (or row number) in full, or JSON lines.
+latest as a table (or each new one as it is logged), one request in full by its ``x-request-id``
+or its response's id, or JSON lines.
 
 Rows hold what the client sent and got and how it was routed, never a header or a key."""
 
@@ -55,10 +56,9 @@ def record(c: ServedCall) -> dict[str, Any]:
 
 def find(ledger: Ledger, *, request_id: str | None = None, since: float | None = None, limit: int | None = 20,
          who: str | None = None, errors: bool = False, after: int | None = None) -> list[dict[str, Any]]:
-    """Served rows, oldest first: those of one request (its ``x-request-id``, or a Responses API
-    response's id), else the latest
-    ``limit`` since ``since``, of ``who`` answered (student, teacher) and only failed ones with
-    ``errors``, logged after row ``after``."""
+    """Served rows, oldest first: those of one request (its ``x-request-id``, or its Responses
+    ``resp_`` or Messages ``msg_`` id), else the latest ``limit`` since ``since``, of ``who``
+    answered (student, teacher), only failed ones with ``errors``, logged after row ``after``."""
     if request_id is not None:
         rows = ledger.served(status=None, limit=None, request_id=request_id)
         if not rows:
@@ -75,7 +75,7 @@ def _cut(text: Any, n: int) -> str:
 
 HEAD = ("time", "request_id", "endpoint", "status", "by", "reason", "conf", "ms", "usd", "input")
 #: Column widths of a followed table, whose later rows are not known when its head is printed.
-FOLLOW_WIDTHS = (19, 24, 16, 6, 7, 22, 5, 6, 9, 0)
+FOLLOW_WIDTHS = (19, 36, 16, 6, 7, 22, 5, 6, 9, 0)  # a request id is cut at 36 characters
 
 
 def table(records: list[dict[str, Any]], widths: tuple[int, ...] | None = None, head: bool = True) -> str:
