@@ -12,14 +12,14 @@ from typing import Any
 
 from fastapi import FastAPI
 from jinja2.exceptions import TemplateError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from potstill.models.prompting import encode_prompt
 from potstill.responses_format import utf8
+from potstill.serve.schemas import Message
 
 
 TOKENIZE = ("/tokenize", "/detokenize")
-ROLES = ("system", "developer", "user", "assistant", "tool")  # as chat completions takes them
 
 
 class TokenizeRequest(BaseModel):
@@ -29,10 +29,15 @@ class TokenizeRequest(BaseModel):
     model: str | None = Field(None, description="A name GET /v1/models lists (any: the student's tokens); "
                               "unset: the student.")
     prompt: str | None = Field(None, description="Text, as one user message (as /v1/completions reads a prompt).")
-    messages: list[dict[str, Any]] | None = Field(None, description="A chat, as /v1/chat/completions reads it.")
+    messages: list[Message] | None = Field(None, description="A chat, as /v1/chat/completions reads it.")
     return_token_strs: bool = Field(False, strict=True, description="Each token's text too.")
     add_special_tokens: bool | None = Field(None, description="Accepted; the student's prompt format decides.")
     add_generation_prompt: bool | None = Field(None, description="Accepted; the student's prompt format decides.")
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, v: str | None) -> str | None:  # the tokenizer takes no lone surrogate (a 500 there)
+        return v if v is None else utf8(v)
 
 
 class TokenizeResponse(BaseModel):
@@ -50,15 +55,6 @@ class DetokenizeRequest(BaseModel):
 
 class DetokenizeResponse(BaseModel):
     prompt: str
-
-
-def _text(text: str, param: str) -> str:
-    from potstill.serve.app import APIError
-
-    try:
-        return utf8(text)
-    except ValueError as e:  # the tokenizer takes no lone surrogate (a TypeError there, a 500)
-        raise APIError(400, f"{param}: {e}", param) from None
 
 
 async def student_prompt_ids(service: Any, messages: list[dict[str, str]]) -> list[int]:
@@ -93,19 +89,10 @@ def add_tokenize_routes(app: FastAPI, service: Any, bearer: list) -> None:
             raise APIError(400, "give one of prompt and messages", "prompt" if body.prompt is None else "messages")
         if (body.model_extra or {}).get("chat_template") is not None:
             raise APIError(400, "chat_template: the student reads its own prompt format", "chat_template")
-        if body.messages is not None:
-            messages = []
-            for i, m in enumerate(body.messages):
-                content = m.get("content") if isinstance(m, dict) else None
-                if isinstance(content, list):
-                    content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-                if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(content, str | None):
-                    raise APIError(400, f"messages.{i}: a message with a role ({', '.join(ROLES)}) and text content",
-                                   f"messages.{i}")
-                if m["role"] not in ("system", "developer"):  # the run's instruction replaces them
-                    messages.append({"role": m["role"], "content": _text(content or "", f"messages.{i}.content")})
-        else:
-            messages = [{"role": "user", "content": _text(body.prompt, "prompt")}]
+        # As chat completions reads a chat: the run's instruction replaces a client's system prompt.
+        messages = [{"role": m.role, "content": m.text()} for m in body.messages
+                    if m.role not in ("system", "developer")] if body.messages is not None else \
+            [{"role": "user", "content": body.prompt}]
         student = service.live.engine
         tokens = await student_prompt_ids(service, messages)
         strs = student.engine.tokenizer.convert_ids_to_tokens(tokens) if body.return_token_strs else None
