@@ -421,7 +421,7 @@ def requests(
 ) -> None:
     """List the requests `potstill serve` answered (who answered, why, how sure, latency, cost), or show one by its request id."""
     from potstill.ledger import Ledger
-    from potstill.serve.log_view import detail, find, since_time, table
+    from potstill.serve.log_view import detail, find, follow as follow_rows, render, since_time
 
     if who not in (None, "student", "teacher"):
         raise PotstillError(f"--who {who!r}: student or teacher")
@@ -432,43 +432,14 @@ def requests(
         found = find(ledger, request_id=id, since=since_time(since) if since else None, limit=last, who=who,
                      errors=errors)
         if follow:
-            _follow(ledger, found, who, errors, as_json, interval)
+            follow_rows(ledger, found, typer.echo, who=who, errors=errors, as_json=as_json, interval=interval)
             return
-    if as_json:
-        for r in found:
-            typer.echo(json.dumps(r, ensure_ascii=False))
-    elif id is not None:
+    if id is not None and not as_json:
         typer.echo(detail(found))
-    elif not found:
+    elif found:
+        typer.echo(render(found, as_json))
+    elif not as_json:
         typer.echo(f"no served request in {path}" + (" matches" if since or who or errors else ""))
-    else:
-        typer.echo(table(found))
-
-
-def _follow(ledger: Any, found: list[dict], who: str | None, errors: bool, as_json: bool, interval: float) -> None:
-    """``potstill requests --follow``: the rows found, then each new one as it is logged."""
-    import time
-
-    from potstill.serve.log_view import FOLLOW_WIDTHS, find, table
-
-    def show(rows: list[dict], head: bool) -> None:
-        if as_json:
-            for r in rows:
-                typer.echo(json.dumps(r, ensure_ascii=False))
-        elif rows or head:
-            typer.echo(table(rows, FOLLOW_WIDTHS, head))
-
-    show(found, head=True)
-    last = found[-1]["row"] if found else ledger.last_row_id()
-    try:
-        while True:
-            time.sleep(interval)
-            new = find(ledger, who=who, errors=errors, after=last, limit=None)
-            if new:
-                show(new, head=False)
-                last = new[-1]["row"]
-    except KeyboardInterrupt:  # how a follow ends
-        return
 
 
 @app.command()

@@ -10,6 +10,7 @@ import json
 import re
 import time
 from datetime import datetime
+from collections.abc import Callable
 from typing import Any
 
 from potstill.errors import PotstillError
@@ -97,3 +98,30 @@ def table(records: list[dict[str, Any]], widths: tuple[int, ...] | None = None, 
 def detail(records: list[dict[str, Any]]) -> str:
     """One request's rows in full, as indented JSON."""
     return "\n".join(json.dumps(r, indent=2, ensure_ascii=False) for r in records)
+
+
+def render(records: list[dict[str, Any]], as_json: bool, widths: tuple[int, ...] | None = None,
+           head: bool = True) -> str:
+    """The rows as JSON lines, or as a table (``table``)."""
+    if as_json:
+        return "\n".join(json.dumps(r, ensure_ascii=False) for r in records)
+    return table(records, widths, head)
+
+
+def follow(ledger: Ledger, found: list[dict[str, Any]], echo: Callable[[str], Any], *, who: str | None,
+           errors: bool, as_json: bool, interval: float) -> None:
+    """``potstill requests --follow``: the rows ``found``, then each new one (of ``who``, failed
+    with ``errors``) as it is logged, every ``interval`` seconds, until Ctrl-C, which ends it."""
+    first = render(found, as_json, FOLLOW_WIDTHS)
+    if first:
+        echo(first)
+    last = found[-1]["row"] if found else ledger.last_row_id()
+    try:
+        while True:
+            time.sleep(interval)
+            new = find(ledger, who=who, errors=errors, after=last, limit=None)
+            if new:
+                echo(render(new, as_json, FOLLOW_WIDTHS, head=False))
+                last = new[-1]["row"]
+    except KeyboardInterrupt:  # how a follow ends
+        return
