@@ -2,7 +2,8 @@
 loss module with ``train.compile`` over full fine-tuning and over LoRA (the same student shape as
 ``train_adapters.py``): the step's wall and host milliseconds, dynamo's graphs and graph breaks
 (with their reasons), and from one profiled step the kernels launched, their GPU time, the
-kernels that took the most of it, and the CPU ops that took the most host time.
+kernels that took the most of it, and the CPU ops that took the most host time. A LoRA variant
+whose mean loss parts from plain LoRA's by more than ``train_step.CURVE_RTOL`` exits 1.
 
     PYTHONPATH=src:. python benchmarks/lora_step_probe.py --out lora_step_probe.json
     PYTHONPATH=src:. python benchmarks/lora_step_probe.py --tiny   # CPU smoke run
@@ -13,12 +14,13 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import statistics
 import sys
 
 import torch
 
 from benchmarks.train_adapters import adapted, variant
-from benchmarks.train_step import STUDENT, TINY, build, random_batches, timed_steps, train_step
+from benchmarks.train_step import CURVE_RTOL, STUDENT, TINY, build, random_batches, timed_steps, train_step
 
 
 def probe(name: str, shape: dict, device: str, args) -> dict:
@@ -92,6 +94,15 @@ def main() -> None:
         out["rows"].append(probe(name, shape, device, args))
         with open(args.out, "w") as f:
             json.dump(out, f, indent=1)
+    # Another compile mode or launcher runs the same step: its losses must be plain LoRA's.
+    ref = next((r for r in out["rows"] if r["variant"] == "lora"), None)
+    failed = [f"{r['variant']}: mean loss {statistics.fmean(r['losses']):.5f} vs lora's "
+              f"{statistics.fmean(ref['losses']):.5f}" for r in out["rows"] if ref is not None
+              and r["variant"].startswith("lora:") and not abs(statistics.fmean(r["losses"]) / statistics.fmean(
+                  ref["losses"]) - 1) <= CURVE_RTOL]
+    if failed:
+        print(f"LOSS MATCH FAILED (tolerance {CURVE_RTOL:.0e} relative):\n  " + "\n  ".join(failed), file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
