@@ -11,7 +11,7 @@ import asyncio
 from typing import Any
 
 from fastapi import FastAPI
-from jinja2.exceptions import TemplateError
+from jinja2 import TemplateError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from potstill.models.prompting import encode_prompt
