@@ -39,7 +39,7 @@ MODEL_REF = PathRole(resolve=False, content=True)
 
 
 DtypeName = Literal["auto", "float32", "bfloat16"]  # engines' and training's dtype (models.loading.DTYPES)
-QuantizationName = Literal["auto", "int8", "none"]  # an engine's weights (engines.QUANTIZATIONS)
+QuantizationName = Literal["auto", "int8", "none", "q6_k", "q5_k_m", "q4_k_m", "q4_0"]  # engines.QUANTIZATIONS
 
 
 def engine_dtype(what: str) -> Any:
@@ -60,7 +60,8 @@ def engine_quantization(what: str) -> Any:
     return Field("auto", description=f"{what}: auto (the engine's own: ctranslate2 int8, transformers none), "
                  "int8 (engine ctranslate2; engine transformers with compile: true, int8 layers in the "
                  "decoder), or none (unquantized: ctranslate2 float32 on CPU, llamacpp f32, "
-                 "float16 on GPU). int8 is the fast one; none keeps greedy generations identical to transformers "
+                 "float16 on GPU), or, with engine llamacpp, one of llama.cpp's smaller GGUF mixes: q6_k, q5_k_m, "
+                 "q4_k_m, q4_0. int8 is the fast one; none keeps greedy generations identical to transformers "
                  "fp32's where int8 changes some (README, Engines).")
 
 

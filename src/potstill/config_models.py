@@ -434,10 +434,18 @@ class ExportConfig(Section):
     """What `potstill export` writes for the student (formats hf and gguf)."""
 
     dtype: Literal["f32", "f16", "bf16"] = Field("f32", description="Weight dtype of the merged Hugging Face export (format hf).")
-    gguf_types: list[Literal["f16", "q8_0"]] = Field(
+    gguf_types: list[Literal["f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0"]] = Field(
         default_factory=lambda: ["f16", "q8_0"], min_length=1,
-        description="GGUF files to write (format gguf): f16 (2 bytes/weight) and/or q8_0 (~1.06 bytes/weight).",
+        description="GGUF files to write (format gguf): f16 (16 bits/weight), q8_0 (8.5), and llama.cpp's mixes "
+                    "q6_k (6.56), q5_k_m (5.5), q4_k_m (4.5, Ollama's default tag) and q4_0 (4.5), each with its "
+                    "sensitive tensors at 6-8 bits, quantized by potstill from an f32 conversion (no llama-quantize "
+                    "needed); case does not matter (Q4_K_M).",
     )
+
+    @field_validator("gguf_types", mode="before")
+    @classmethod
+    def _lower_case(cls, v: Any) -> Any:
+        return [x.lower() if isinstance(x, str) else x for x in v] if isinstance(v, list) else v
 
     @field_validator("gguf_types")
     @classmethod

@@ -286,8 +286,13 @@ def test_a_dtype_or_quantization_the_engine_does_not_take_is_one_clear_error(tau
     with pytest.raises(PotstillError) as e:
         load_engine("transformers", str(taught), device="cpu", quantization="int8")
     assert "\n" not in str(e.value) and "runs only under torch.compile" in str(e.value)
-    with pytest.raises(PotstillError, match="quantization must be one of auto, int8, none, not 'int16'"):
+    with pytest.raises(PotstillError, match="quantization must be one of auto, int8, none, q6_k, q5_k_m, q4_k_m, "
+                                            "q4_0, not 'int16'"):
         load_engine("ctranslate2", str(taught), device="cpu", quantization="int16")
+    for name, says in (("transformers", "runs unquantized weights"), ("ctranslate2", "takes quantization auto")):
+        with pytest.raises(PotstillError) as e:  # a GGUF mix for an engine that cannot run it, one line
+            load_engine(name, str(taught), device="cpu", quantization="q4_k_m")
+        assert says in str(e.value) and str(e.value).endswith("(GGUF mixes are for engine llamacpp)"), str(e.value)
 
 
 def test_shot_orders_run_in_one_forward_with_the_scores_of_one_forward_each(taught):

@@ -122,6 +122,44 @@ def test_llamacpp_gives_the_labels_transformers_gives(taught_bpe, engines, quant
     assert got.embeddings.shape == (len(MSGS), 64) and torch.allclose(got.embeddings.norm(dim=-1), torch.ones(len(MSGS)))
 
 
+@pytest.fixture(scope="module")
+def taught_wide(tmp_path_factory) -> Path:
+    """Rows of 256 weights, so that the GGUF mixes hold Q4_K / Q5_K / Q6_K blocks, not fallbacks."""
+    src = make_bpe_model(tmp_path_factory.mktemp("wide-src") / "model", hidden=256, intermediate=512, layers=4,
+                         init=0.02)
+    lm = load_lm(str(src), device="cpu")
+    _teach(lm, steps=60)
+    out = tmp_path_factory.mktemp("wide-taught") / "student"
+    save_lm(lm.model, lm.tokenizer, out)
+    return out
+
+
+@needs_server
+@pytest.mark.parametrize("quant,kind,tol", [("q6_k", "Q6_K", 0.04), ("q5_k_m", "Q5_K", 0.05), ("q4_k_m", "Q4_K", 0.08),
+                                            ("q4_0", "Q4_0", 0.2)])
+def test_llama_server_reads_potstills_gguf_mixes(taught_wide, quant, kind, tol):
+    """llama.cpp's own kernels on the blocks potstill wrote (``quantization: q4_k_m`` ...): the labels
+    transformers fp32 gives, with probabilities as close as the bits allow."""
+    import gguf
+
+    from potstill.engines.convert import gguf_model
+
+    ref = load_engine("transformers", str(taught_wide), device="cpu")
+    e = load_engine("llamacpp", str(taught_wide), device="cpu", quantization=quant)
+    try:
+        assert e.identity.endswith(f"#llamacpp-{quant}")
+        path = gguf_model(str(taught_wide), quant)[0]
+        assert kind in {t.tensor_type.name for t in gguf.GGUFReader(path).tensors}
+        for fmt in (CHAT, SHOTS):
+            ids = label_token_ids(ref.tokenizer, fmt, LABELS)
+            want, got = ref.score_labels(fmt, MSGS, ids), e.score_labels(fmt, MSGS, ids, batch_size=4)
+            assert got.logits.argmax(-1).tolist() == want.logits.argmax(-1).tolist()
+            gap = (torch.softmax(want.logits, -1) - torch.softmax(got.logits, -1)).abs().max()
+            assert gap < tol, (quant, fmt.kind, float(gap))
+    finally:
+        e.close()
+
+
 @needs_server
 def test_llamacpp_f32_generates_what_transformers_fp32_generates(taught_bpe, engines):
     ref = load_engine("transformers", str(taught_bpe), device="cpu")

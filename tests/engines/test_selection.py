@@ -204,7 +204,8 @@ def test_evaluate_and_pilot_load_the_weights_evaluate_quantization_names(taught)
         cfg = load_config(overrides={"task": TASK, "evaluate": {"engine": "ctranslate2", "quantization": quantization,
                                                                 "recheck_margin": 0}})
         assert evaluation_engine(cfg, str(taught)).identity.endswith(f"#ct2-{weights}")
-    with pytest.raises(PotstillError, match="evaluate.quantization: Input should be 'auto', 'int8' or 'none'"):
+    with pytest.raises(PotstillError, match="evaluate.quantization: Input should be 'auto', 'int8', 'none', 'q6_k', "
+                                            "'q5_k_m', 'q4_k_m' or 'q4_0'"):
         load_config(overrides={"task": TASK, "evaluate": {"quantization": "int4"}})
 
 

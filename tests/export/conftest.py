@@ -40,7 +40,8 @@ def make_bpe_tokenizer(vocab_size: int = 320):
     return tok
 
 
-def make_bpe_model(path: Path, tied: bool = True, seed: int = 0, model_type: str = "llama") -> Path:
+def make_bpe_model(path: Path, tied: bool = True, seed: int = 0, model_type: str = "llama", hidden: int = 64,
+                   intermediate: int = 128, layers: int = 2, init: float = 0.2) -> Path:
     """A 2-layer model with GQA (4 query heads, 2 KV heads) saved with its BPE tokenizer.
 
     initializer_range 0.2 (not 0.02) makes attention scores large enough that a wrong Q/K row
@@ -50,9 +51,9 @@ def make_bpe_model(path: Path, tied: bool = True, seed: int = 0, model_type: str
 
     tok = make_bpe_tokenizer()
     torch.manual_seed(seed)
-    cfg = AutoConfig.for_model(model_type, vocab_size=len(tok), hidden_size=64, intermediate_size=128,
-                               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                               max_position_embeddings=256, tie_word_embeddings=tied, initializer_range=0.2,
+    cfg = AutoConfig.for_model(model_type, vocab_size=len(tok), hidden_size=hidden, intermediate_size=intermediate,
+                               num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                               max_position_embeddings=256, tie_word_embeddings=tied, initializer_range=init,
                                rms_norm_eps=1e-5, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                                pad_token_id=tok.pad_token_id)
     model = AutoModelForCausalLM.from_config(cfg)

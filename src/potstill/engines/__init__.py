@@ -41,7 +41,7 @@ from potstill.engines.recheck import RecheckedEngine
 from potstill.errors import PotstillError
 from potstill import plugins
 
-QUANTIZATIONS = ("auto", "int8", "none")
+QUANTIZATIONS = ("auto", "int8", "none", "q6_k", "q5_k_m", "q4_k_m", "q4_0")  # the last four: GGUF mixes, engine llamacpp
 
 BUILTIN = plugins.BUILTIN["engines"]  # the built-in engines
 

@@ -189,7 +189,10 @@ def gguf_model(spec: str, qtype: str = "q8_0", num_layers: int | None = None) ->
         cfg = getattr(cfg, "text_config", None) or cfg
         return {"vocab": int(cfg.vocab_size), "context": int(getattr(cfg, "max_position_embeddings", 0) or 0)}
 
-    target, key = _converted("llamacpp", spec, qtype, num_layers, f"llama.cpp {conv}", write, f"GGUF {qtype}")
+    from potstill.export import gguf_quant, kquants
+
+    tool = f"llama.cpp {conv}" + (f", potstill k-quants {kquants.VERSION}" if qtype in gguf_quant.MIXES else "")
+    target, key = _converted("llamacpp", spec, qtype, num_layers, tool, write, f"GGUF {qtype}")
     return target / GGUF, target, key
 
 

@@ -111,7 +111,8 @@ class CT2Engine:
             raise PotstillError(f"engine ctranslate2 runs int8 weights; dtype '{dtype}' is for engine transformers "
                                 "(quantization none gives ctranslate2 float32 weights)")
         if quantization not in WEIGHTS:
-            raise PotstillError(f"engine ctranslate2 takes quantization auto, int8 or none, not '{quantization}'")
+            raise PotstillError(f"engine ctranslate2 takes quantization auto, int8 or none, not '{quantization}'"
+                                + (" (GGUF mixes are for engine llamacpp)" if quantization.startswith("q") else ""))
         ct2 = require("ctranslate2")
         dev = _pick_device(device)
         on_gpu = dev.type == "cuda" and ct2.get_cuda_device_count() > 0

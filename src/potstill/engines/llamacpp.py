@@ -65,7 +65,8 @@ from potstill.models.scoring import Scored
 
 SERVER_ENV = "POTSTILL_LLAMA_SERVER"
 ARGS_ENV = "POTSTILL_LLAMA_SERVER_ARGS"  # more llama-server arguments (``server_args``)
-QTYPES = {"auto": "q8_0", "int8": "q8_0", "none": "f32"}  # quantization -> GGUF weight type
+# quantization -> GGUF weight type; the mixes are quantized by potstill (export.gguf_quant)
+QTYPES = {"auto": "q8_0", "int8": "q8_0", "none": "f32", **{m: m for m in ("q6_k", "q5_k_m", "q4_k_m", "q4_0")}}
 START_TIMEOUT_S = 120.0
 TOP = 64  # label scoring's first ask: this many likeliest tokens (see score_labels)
 # The KV cache in f32 (llama-server's default is f16) with attention outside flash attention: the
@@ -271,11 +272,11 @@ class LlamaCppEngine:
             raise PotstillError(f"engine llamacpp decodes one token per step; draft_tokens ({draft_tokens}) is for "
                                 "engine transformers")
         if dtype != "auto":
-            raise PotstillError(f"engine llamacpp runs q8_0 (or f32 with quantization none) weights; dtype '{dtype}' "
-                                "is for engine transformers")
+            raise PotstillError(f"engine llamacpp runs GGUF weights (q8_0; quantization none for f32, or a mix "
+                                f"such as q4_k_m); dtype '{dtype}' is for engine transformers")
         if quantization not in QTYPES:
-            raise PotstillError(f"engine llamacpp takes quantization auto, int8 (q8_0) or none (f32), not "
-                                f"'{quantization}'")
+            raise PotstillError(f"engine llamacpp takes quantization auto, int8 (q8_0), none (f32), q6_k, q5_k_m, "
+                                f"q4_k_m or q4_0, not '{quantization}'")
         _user_context(SLOTS)  # a bad --ctx-size, then a missing binary, each one line before any conversion
         server_binary()
         qtype = QTYPES[quantization]

@@ -89,7 +89,8 @@ class TransformersEngine:
                                 "set compile: true beside it (serve.compile, evaluate.compile, teacher.compile)")
         if quantization not in ("auto", "none", "int8"):
             raise PotstillError(f"engine transformers runs unquantized weights (dtype float32 or bfloat16) or "
-                                f"int8 ones; quantization '{quantization}' is not one of its")
+                                f"int8 ones; quantization '{quantization}' is not one of its"
+                                + (" (GGUF mixes are for engine llamacpp)" if quantization.startswith("q") else ""))
         engine = cls(load_lm(spec, device=device, num_layers=num_layers, dtype=dtype))
         engine.draft_tokens = draft_tokens
         if quantization == "int8":

@@ -6,8 +6,10 @@ Gemma 1/2 students that ship the SentencePiece ``tokenizer.model`` their convert
 student goes in as plain Hugging Face weights (a LoRA adapter merged into its base first) and
 comes out as ``student-f16.gguf`` (2-D weights f16, norms f32) and ``student-q8_0.gguf`` (blocks
 of 32 weights sharing one f16 scale: 34 bytes per 32 weights = 8.5 bits), as the converter writes
-them. potstill adds the ``general.*`` metadata (name, licence, description, base model) and the
-Modelfile.
+them, and, on request, as the 4-6 bit mixes Ollama users pull (``q4_k_m``, ``q5_k_m``, ``q6_k``,
+``q4_0``), which llama.cpp makes with its C++ ``llama-quantize``: potstill quantizes the converter's
+f32 file itself (``gguf_quant``), one f32 conversion shared by every mix. potstill adds the
+``general.*`` metadata (name, licence, description, base model) and the Modelfile.
 
 This replaced potstill's own GGUFWriter code, which covered llama-architecture students only.
 On SmolLM2-135M both gave the same logits through transformers (largest difference from the f32
@@ -30,11 +32,12 @@ from potstill.config import Config
 from potstill.errors import PotstillError
 from potstill.export import register
 from potstill.export import llama_convert
+from potstill.export.gguf_quant import MIXES, requantize
 from potstill.export.llama_convert import llama_cpp_dir
 from potstill.progress import bar, say, size_text
 from potstill.records import atomic_dir, write_json
 
-QTYPES = ("f16", "q8_0")  # what `potstill export gguf` writes
+QTYPES = ("f16", "q8_0", *MIXES)  # what `potstill export gguf` writes
 ENGINE_QTYPES = (*QTYPES, "f32")  # and engine llamacpp (f32: fp32's arithmetic, for exact generations)
 
 
@@ -53,14 +56,37 @@ def _failure(stderr: str) -> str:
     return last[:300]
 
 
-def convert(hf_dir: Path, path: Path, qtype: str, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+def convert(hf_dir: Path, path: Path, qtype: str, meta: dict[str, Any] | None = None,
+            f32: Path | None = None) -> dict[str, Any]:
     """Write the Hugging Face model in ``hf_dir`` to the GGUF file ``path`` as ``qtype``; a summary back.
 
-    ``meta``: general.* keys (name, license, description, base_models) written over the converter's own."""
+    ``meta``: general.* keys (name, license, description, base_models) written over the converter's own.
+    A quantized mix (``MIXES``) is made from an f32 conversion: ``f32``, where given, is where that
+    file is kept (and read if it is already there) so that several mixes convert once."""
     import gguf
 
     if qtype not in ENGINE_QTYPES:
         raise PotstillError(f"unknown GGUF type {qtype!r}; available: {', '.join(QTYPES)}")
+    if qtype in MIXES:
+        with tempfile.TemporaryDirectory(prefix="potstill-gguf-") as tmp:
+            src = f32 or Path(tmp) / "f32.gguf"
+            if not src.exists():
+                _converter(hf_dir, src, "f32", meta)
+            requantize(src, path, qtype)
+    else:
+        _converter(hf_dir, path, qtype, meta)
+    reader = gguf.GGUFReader(path)
+    counts: dict[str, int] = {}
+    for t in reader.tensors:
+        counts[t.tensor_type.name] = counts.get(t.tensor_type.name, 0) + 1
+    pre = reader.fields.get("tokenizer.ggml.pre")
+    return {"file": path.name, "type": qtype, "bytes": path.stat().st_size, "tensor_types": counts,
+            "architecture": reader.fields["general.architecture"].contents(),
+            "pre_tokenizer": pre.contents() if pre is not None else None}
+
+
+def _converter(hf_dir: Path, path: Path, qtype: str, meta: dict[str, Any] | None) -> None:
+    """llama.cpp's converter, in a child process, writing ``path`` as ``qtype`` (one it knows)."""
     with tempfile.TemporaryDirectory(prefix="potstill-gguf-") as tmp:
         # By file path, so the child runs this very runner whatever potstill its sys.path finds.
         cmd = [sys.executable, str(Path(llama_convert.__file__)), str(llama_cpp_dir()), str(hf_dir),
@@ -70,15 +96,8 @@ def convert(hf_dir: Path, path: Path, qtype: str, meta: dict[str, Any] | None = 
             cmd += ["--metadata", str(Path(tmp) / "meta.json")]
         r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
+        path.unlink(missing_ok=True)
         raise PotstillError(f"GGUF export ({qtype}): {_failure(r.stderr)}")
-    reader = gguf.GGUFReader(path)
-    counts: dict[str, int] = {}
-    for t in reader.tensors:
-        counts[t.tensor_type.name] = counts.get(t.tensor_type.name, 0) + 1
-    pre = reader.fields.get("tokenizer.ggml.pre")
-    return {"file": path.name, "type": qtype, "bytes": path.stat().st_size, "tensor_types": counts,
-            "architecture": reader.fields["general.architecture"].contents(),
-            "pre_tokenizer": pre.contents() if pre is not None else None}
 
 
 def output_tokens(task: Any, tokenizer: Any) -> int:
@@ -140,10 +159,10 @@ def export_gguf(cfg: Config, run: Path, out_dir: Path) -> list[Path]:
     summaries = []
     with tempfile.TemporaryDirectory(prefix="potstill-gguf-src-") as src:
         hf_dir, tokenizer = _hf_source(cfg, run, Path(src))  # before atomic_dir: no student, no export folder
-        with atomic_dir(out_dir) as tmp, bar("export gguf (llama.cpp converter)", len(cfg.export.gguf_types)) as advance:
+        with atomic_dir(out_dir) as tmp, bar("export gguf", len(cfg.export.gguf_types)) as advance:
             for qtype in cfg.export.gguf_types:
                 t0 = time.perf_counter()
-                s = convert(hf_dir, tmp / f"student-{qtype}.gguf", qtype, _meta(cfg, run))
+                s = convert(hf_dir, tmp / f"student-{qtype}.gguf", qtype, _meta(cfg, run), f32=Path(src) / "f32.gguf")
                 s["seconds"] = round(time.perf_counter() - t0, 2)
                 (tmp / f"Modelfile.{qtype}").write_text(render_modelfile(
                     f"./student-{qtype}.gguf", tokenizer, cfg.task.instruction, output_tokens(task, tokenizer),
