@@ -442,6 +442,13 @@ class ExportConfig(Section):
                     "needed); case does not matter (Q4_K_M).",
     )
 
+    imatrix_inputs: int = Field(
+        256, ge=0,
+        description="Training inputs the student reads (in fp32) to measure an importance matrix for the k-quant "
+                    "blocks of q6_k, q5_k_m and q4_k_m: each weight's rounding weighted by the mean square of the "
+                    "activations it multiplies on the task's own inputs. 0: none (llama-quantize's plain weighting).",
+    )
+
     @field_validator("gguf_types", mode="before")
     @classmethod
     def _lower_case(cls, v: Any) -> Any:

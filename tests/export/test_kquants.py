@@ -17,8 +17,9 @@ import pytest
 import torch
 
 from potstill.config import ExportConfig
-from potstill.export import export, gguf_file, kquants
+from potstill.export import export, gguf_file, imatrix, kquants
 from potstill.export.gguf_quant import MIXES, more_bits, requantize, tensor_type
+from potstill.records import Record, write_jsonl
 from tests.export.conftest import make_bpe_model
 from tests.export.test_gguf import TEXTS, load_gguf, logits, make_run
 
@@ -202,6 +203,83 @@ def test_requantize_refuses_an_already_quantized_file(wide_export, tmp_path):
         requantize(wide_export / "student-q4_0.gguf", tmp_path / "again.gguf", "q4_k_m")
     with pytest.raises(PotstillError, match="unknown quantized mix"):
         requantize(wide_export / "student-f16.gguf", tmp_path / "x.gguf", "q3_k_s")
+
+
+def test_importance_moves_the_rounding_to_where_the_inputs_are_small():
+    """With per-column importance the error weighted by it drops (the plain error may rise)."""
+    x = heavy_tailed(256, 1024, seed=4)
+    imp = np.exp(np.random.default_rng(0).standard_normal(1024) * 1.5).astype(np.float32)
+
+    def weighted(y: np.ndarray) -> float:
+        return float(np.sqrt((((y.reshape(x.shape) - x) ** 2) * imp).sum() / ((x ** 2) * imp).sum()))
+
+    for kind in KINDS:
+        plain = dequantize(kquants.quantize(x, kind), kind)
+        fitted = dequantize(kquants.quantize(x, kind, imp), kind)
+        assert weighted(fitted) < 0.9 * weighted(plain), kind
+    with pytest.raises(ValueError, match="importance for 1024 columns"):
+        kquants.quantize(x, "Q4_K", imp[:10])
+
+
+def test_imatrix_names_every_linear_and_the_head(wide_student):
+    from potstill.config import TaskConfig
+    from potstill.tasks import get_task
+    from tests.export.test_gguf import INSTRUCTION, LABELS
+
+    task = get_task(TaskConfig(labels=LABELS, instruction=INSTRUCTION))
+    msgs = [[{"role": "user", "content": t}] for t in TEXTS * 3]
+    per_module = imatrix.measure(wide_student, task, msgs)
+    assert len(per_module) == 8 * 7 + 1 and per_module[imatrix.HEAD].shape == (256,)
+    assert per_module["model.layers.0.mlp.down_proj"].shape == (512,)
+    assert all((v > 0).all() and np.isfinite(v).all() for v in per_module.values())
+    names = imatrix.gguf_names(per_module, "llama", 8, tied=True)
+    assert "blk.7.ffn_down.weight" in names and "token_embd.weight" in names and "output.weight" not in names
+    assert "output.weight" in imatrix.gguf_names(per_module, "llama", 8, tied=False)
+
+
+def test_export_measures_an_importance_matrix_on_the_training_inputs(wide_student, tmp_path):
+    import gguf
+
+    cfg = make_run(tmp_path, wide_student, gguf_types=["q4_k_m", "q4_0"], imatrix_inputs=5)
+    recs = [Record(id=f"r{i}", messages=[{"role": "user", "content": TEXTS[i % 3]}], output="sports", label="sports")
+            for i in range(8)]
+    write_jsonl(Path(cfg.run_dir) / "train.jsonl", recs)
+    export(cfg, "gguf")
+    out = Path(cfg.run_dir) / "export" / "gguf"
+    measured = json.loads((out / "export.json").read_text())["imatrix"]
+    assert measured["inputs"] == 5 and measured["layers"] == 8 * 7 + 1
+    r = gguf.GGUFReader(out / "student-q4_k_m.gguf")
+    assert r.fields["quantize.imatrix.entries_count"].contents() == 8 * 7 + 1
+    # the same file without one differs in its k-quant blocks only
+    plain = tmp_path / "plain.gguf"
+    requantize(gguf_file_f32(wide_student, tmp_path), plain, "q4_k_m")
+    a = {t.name: t for t in r.tensors}
+    for t in gguf.GGUFReader(plain).tensors:
+        same = np.array_equal(np.asarray(t.data), np.asarray(a[t.name].data))
+        assert same == (t.tensor_type.name not in KINDS), t.name
+
+
+def test_cli_takes_a_mix_by_its_ollama_name(wide_student, tmp_path):
+    import sys
+
+    from tests.export.test_gguf import LABELS
+
+    make_run(tmp_path, wide_student)
+    (tmp_path / "potstill.yaml").write_text(f"run_dir: run\ntask:\n  labels: {LABELS}\n")
+    r = subprocess.run([sys.executable, "-m", "potstill.cli", "export", "-c", "potstill.yaml", "--format", "gguf",
+                        "--export.gguf_types", "[Q4_K_M]"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = tmp_path / "run" / "export" / "gguf"
+    assert sorted(p.name for p in out.iterdir() if p.suffix != ".md") == [
+        ".potstill-export", "Modelfile.q4_k_m", "export.json", "student-q4_k_m.gguf"]
+    bad = subprocess.run([sys.executable, "-m", "potstill.cli", "export", "-c", "potstill.yaml", "--format", "gguf",
+                          "--export.gguf_types", "[q3_k_s]"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "gguf_types" in bad.stderr
+
+
+def gguf_file_f32(model: Path, tmp_path: Path) -> Path:
+    gguf_file.convert(model, tmp_path / "f32.gguf", "f32")
+    return tmp_path / "f32.gguf"
 
 
 QUANTIZE = os.environ.get("POTSTILL_LLAMA_QUANTIZE")

@@ -31,7 +31,7 @@ from typing import Any
 from potstill.config import Config
 from potstill.errors import PotstillError
 from potstill.export import register
-from potstill.export import llama_convert
+from potstill.export import imatrix, llama_convert
 from potstill.export.gguf_quant import MIXES, requantize
 from potstill.export.llama_convert import llama_cpp_dir
 from potstill.progress import bar, say, size_text
@@ -57,12 +57,13 @@ def _failure(stderr: str) -> str:
 
 
 def convert(hf_dir: Path, path: Path, qtype: str, meta: dict[str, Any] | None = None,
-            f32: Path | None = None) -> dict[str, Any]:
+            f32: Path | None = None, importance: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write the Hugging Face model in ``hf_dir`` to the GGUF file ``path`` as ``qtype``; a summary back.
 
     ``meta``: general.* keys (name, license, description, base_models) written over the converter's own.
     A quantized mix (``MIXES``) is made from an f32 conversion: ``f32``, where given, is where that
-    file is kept (and read if it is already there) so that several mixes convert once."""
+    file is kept (and read if it is already there) so that several mixes convert once; ``importance``
+    (``imatrix.measure``, by Hugging Face module name) weights its k-quant blocks' rounding."""
     import gguf
 
     if qtype not in ENGINE_QTYPES:
@@ -72,7 +73,8 @@ def convert(hf_dir: Path, path: Path, qtype: str, meta: dict[str, Any] | None = 
             src = f32 or Path(tmp) / "f32.gguf"
             if not src.exists():
                 _converter(hf_dir, src, "f32", meta)
-            requantize(src, path, qtype)
+            by_name = imatrix.for_file(importance, src) if importance else None
+            requantize(src, path, qtype, importance=by_name)
     else:
         _converter(hf_dir, path, qtype, meta)
     reader = gguf.GGUFReader(path)
@@ -149,6 +151,25 @@ def _hf_source(cfg: Config, run: Path, tmp: Path) -> tuple[Path, Any]:
     return tmp / "hf", lm.tokenizer
 
 
+def _importance(cfg: Config, run: Path, hf_dir: Path, task: Any) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """The mixes' importance matrix (``imatrix``), measured on the run's first ``export.imatrix_inputs``
+    training inputs, by module name; what was measured, for export.json."""
+    from potstill.records import read_records
+
+    n = cfg.export.imatrix_inputs
+    mixes = [q for q in cfg.export.gguf_types if q in MIXES and q != "q4_0"]
+    train = run / "train.jsonl"
+    if not n or not mixes or not train.exists():
+        why = "export.imatrix_inputs is 0" if not n else "no k-quant mix asked" if not mixes else "no train.jsonl"
+        return None, {"inputs": 0, "why_none": why}
+    records = read_records(train)[:n]
+    t0 = time.perf_counter()
+    per_module = imatrix.measure(hf_dir, task, [r.messages for r in records])
+    seconds = round(time.perf_counter() - t0, 1)
+    say(f"export: importance matrix of {len(per_module)} layers from {len(records)} training inputs ({seconds} s)")
+    return per_module, {"inputs": len(records), "source": "train.jsonl", "layers": len(per_module), "seconds": seconds}
+
+
 @register("gguf")
 def export_gguf(cfg: Config, run: Path, out_dir: Path) -> list[Path]:
     from potstill.export.modelfile import render_modelfile
@@ -159,10 +180,12 @@ def export_gguf(cfg: Config, run: Path, out_dir: Path) -> list[Path]:
     summaries = []
     with tempfile.TemporaryDirectory(prefix="potstill-gguf-src-") as src:
         hf_dir, tokenizer = _hf_source(cfg, run, Path(src))  # before atomic_dir: no student, no export folder
+        importance, measured = _importance(cfg, run, hf_dir, task)
         with atomic_dir(out_dir) as tmp, bar("export gguf", len(cfg.export.gguf_types)) as advance:
             for qtype in cfg.export.gguf_types:
                 t0 = time.perf_counter()
-                s = convert(hf_dir, tmp / f"student-{qtype}.gguf", qtype, _meta(cfg, run), f32=Path(src) / "f32.gguf")
+                s = convert(hf_dir, tmp / f"student-{qtype}.gguf", qtype, _meta(cfg, run), f32=Path(src) / "f32.gguf",
+                            importance=importance)
                 s["seconds"] = round(time.perf_counter() - t0, 2)
                 (tmp / f"Modelfile.{qtype}").write_text(render_modelfile(
                     f"./student-{qtype}.gguf", tokenizer, cfg.task.instruction, output_tokens(task, tokenizer),
@@ -171,7 +194,8 @@ def export_gguf(cfg: Config, run: Path, out_dir: Path) -> list[Path]:
                 summaries.append(s)
                 advance(1)
             write_json(tmp / "export.json", {"source": str(run / "student"),
-                                             "converter": "llama.cpp convert_hf_to_gguf.py", "files": summaries})
+                                             "converter": "llama.cpp convert_hf_to_gguf.py", "files": summaries,
+                                             "imatrix": measured})
     say("export: " + ", ".join(f"{s['file']} ({s['architecture']}, {size_text(s['bytes'])}, {s['seconds']:.1f} s)"
                                for s in summaries)
         + f"; Modelfile.<type> beside each (ollama create NAME -f {out_dir}/Modelfile.{cfg.export.gguf_types[-1]})")

@@ -10,8 +10,9 @@ tensor falls back as llama-quantize does (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8
 32 does not divide its rows). SmolLM2-135M's hidden size, 576, is such a case: only its
 ``ffn_down`` (1,536 wide) takes k-quant blocks, so its q4_K_M is mostly Q5_0.
 
-Q4_K, Q5_K and Q6_K blocks come from ``potstill.export.kquants``; Q4_0, Q5_0, Q5_1 and Q8_0 from
-gguf-py's own quantizers, which write the same bytes as ggml's reference ones.
+Q4_K, Q5_K and Q6_K blocks come from ``potstill.export.kquants`` (with the run's importance matrix
+where given); Q4_0, Q5_0, Q5_1 and Q8_0 from gguf-py's own quantizers, which write the same bytes
+as ggml's reference ones and as llama-quantize does without an importance matrix.
 """
 
 from __future__ import annotations
@@ -65,20 +66,22 @@ def tensor_type(name: str, shape: tuple[int, ...], mix: str, layers: int, tied: 
     return kind
 
 
-def _blocks(data: np.ndarray, kind: str) -> np.ndarray:
+def _blocks(data: np.ndarray, kind: str, importance: np.ndarray | None) -> np.ndarray:
     """A float (rows, cols) tensor as ``kind``'s bytes, a chunk of rows at a time."""
     from gguf import GGMLQuantizationType, quants
 
     if kind in kquants.BLOCKS:
-        return kquants.quantize(data, kind)
+        return kquants.quantize(data, kind, importance)
     qtype = GGMLQuantizationType[kind]
     parts = [quants.quantize(np.asarray(data[i:i + 4096], dtype=np.float32), qtype) for i in range(0, len(data), 4096)]
     return np.concatenate(parts)
 
 
-def requantize(src: Path, dst: Path, mix: str, advance: Callable[[int], Any] | None = None) -> dict[str, int]:
+def requantize(src: Path, dst: Path, mix: str, advance: Callable[[int], Any] | None = None,
+               importance: dict[str, np.ndarray] | None = None) -> dict[str, int]:
     """Write the f32 GGUF ``src`` as ``mix`` to ``dst`` (its metadata copied, the file type set); the
-    count of tensors per GGML type back. ``advance(n)`` is told of each tensor written."""
+    count of tensors per GGML type back. ``advance(n)`` is told of each tensor written.
+    ``importance``: GGUF tensor name -> per-column importance (``export.imatrix``), for the k-quant blocks."""
     import gguf
 
     if mix not in MIXES:
@@ -98,6 +101,9 @@ def requantize(src: Path, dst: Path, mix: str, advance: Callable[[int], Any] | N
         writer.add_key_value(key, field.contents(), vtype, sub_type=sub)
     writer.add_file_type(gguf.LlamaFileType[MIXES[mix][1]])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    if importance:  # as llama-quantize records an importance matrix
+        writer.add_string("quantize.imatrix.dataset", "potstill: the run's training inputs")
+        writer.add_uint32("quantize.imatrix.entries_count", len(importance))
     counts: dict[str, int] = {}
     for t in reader.tensors:
         if t.tensor_type not in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
@@ -109,7 +115,8 @@ def requantize(src: Path, dst: Path, mix: str, advance: Callable[[int], Any] | N
         elif kind == "F16":
             writer.add_tensor(t.name, data.astype(np.float16))
         else:
-            writer.add_tensor(t.name, _blocks(data, kind), raw_dtype=gguf.GGMLQuantizationType[kind])
+            imp = (importance or {}).get(t.name)
+            writer.add_tensor(t.name, _blocks(data, kind, imp), raw_dtype=gguf.GGMLQuantizationType[kind])
         counts[kind] = counts.get(kind, 0) + 1
         if advance:
             advance(1)

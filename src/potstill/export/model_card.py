@@ -106,7 +106,8 @@ def model_card(cfg: Config, run: Path, name: str, ref: str, chat: bool, fmt: str
             lines += ["", "These numbers are the student's as potstill ran it (transformers); the GGUF files are "
                       "llama.cpp's conversions of it. f16 keeps its weights to 16 bits; q8_0 rounds them to 8 and may "
                       "change an answer where two were close (on potstill's quickstart it moved 2.4-4% of the test "
-                      "labels): prefer f16 where agreement with these numbers matters."]
+                      "labels), and the 4-6 bit mixes round further (there q6_k moved 2-4%, q4_k_m 9-10%): prefer "
+                      "f16 where agreement with these numbers matters."]
     else:
         lines.append("Not evaluated: no eval.json in the run (`potstill evaluate` writes it).")
     if fmt == "gguf":
