@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from potstill.config import Config
 from potstill.errors import PotstillError
@@ -57,13 +57,15 @@ def _failure(stderr: str) -> str:
 
 
 def convert(hf_dir: Path, path: Path, qtype: str, meta: dict[str, Any] | None = None,
-            f32: Path | None = None, importance: dict[str, Any] | None = None) -> dict[str, Any]:
+            f32: Path | None = None, importance: dict[str, Any] | None = None,
+            advance: Callable[[int], Any] | None = None) -> dict[str, Any]:
     """Write the Hugging Face model in ``hf_dir`` to the GGUF file ``path`` as ``qtype``; a summary back.
 
     ``meta``: general.* keys (name, license, description, base_models) written over the converter's own.
     A quantized mix (``MIXES``) is made from an f32 conversion: ``f32``, where given, is where that
     file is kept (and read if it is already there) so that several mixes convert once; ``importance``
-    (``imatrix.measure``, by Hugging Face module name) weights its k-quant blocks' rounding."""
+    (``imatrix.measure``, by Hugging Face module name) weights its k-quant blocks' rounding;
+    ``advance(1)`` is told of each tensor a mix writes."""
     import gguf
 
     if qtype not in ENGINE_QTYPES:
@@ -74,7 +76,7 @@ def convert(hf_dir: Path, path: Path, qtype: str, meta: dict[str, Any] | None = 
             if not src.exists():
                 _converter(hf_dir, src, "f32", meta)
             by_name = imatrix.for_file(importance, src) if importance else None
-            requantize(src, path, qtype, importance=by_name)
+            requantize(src, path, qtype, advance=advance, importance=by_name)
     else:
         _converter(hf_dir, path, qtype, meta)
     reader = gguf.GGUFReader(path)
@@ -181,18 +183,27 @@ def export_gguf(cfg: Config, run: Path, out_dir: Path) -> list[Path]:
     with tempfile.TemporaryDirectory(prefix="potstill-gguf-src-") as src:
         hf_dir, tokenizer = _hf_source(cfg, run, Path(src))  # before atomic_dir: no student, no export folder
         importance, measured = _importance(cfg, run, hf_dir, task)
-        with atomic_dir(out_dir) as tmp, bar("export gguf", len(cfg.export.gguf_types)) as advance:
+        f32, tensors = Path(src) / "f32.gguf", 0
+        if any(q in MIXES for q in cfg.export.gguf_types):  # converted once, first: the bar counts its tensors
+            import gguf
+
+            _converter(hf_dir, f32, "f32", _meta(cfg, run))
+            tensors = len(gguf.GGUFReader(f32).tensors)
+        total = sum(tensors if q in MIXES else 1 for q in cfg.export.gguf_types)
+        with atomic_dir(out_dir) as tmp, bar("export gguf", total) as advance:
             for qtype in cfg.export.gguf_types:
                 t0 = time.perf_counter()
-                s = convert(hf_dir, tmp / f"student-{qtype}.gguf", qtype, _meta(cfg, run), f32=Path(src) / "f32.gguf",
-                            importance=importance)
+                mix = qtype in MIXES
+                s = convert(hf_dir, tmp / f"student-{qtype}.gguf", qtype, _meta(cfg, run), f32=f32,
+                            importance=importance, advance=advance if mix else None)
                 s["seconds"] = round(time.perf_counter() - t0, 2)
                 (tmp / f"Modelfile.{qtype}").write_text(render_modelfile(
                     f"./student-{qtype}.gguf", tokenizer, cfg.task.instruction, output_tokens(task, tokenizer),
                     one_line=task.name in ("classification", "extraction"), warn=not summaries),
                     encoding="utf-8")  # as Ollama reads it
                 summaries.append(s)
-                advance(1)
+                if not mix:
+                    advance(1)
             write_json(tmp / "export.json", {"source": str(run / "student"),
                                              "converter": "llama.cpp convert_hf_to_gguf.py", "files": summaries,
                                              "imatrix": measured})
