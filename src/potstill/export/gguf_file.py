@@ -161,10 +161,11 @@ def _importance(cfg: Config, run: Path, hf_dir: Path, task: Any) -> tuple[dict[s
     n = cfg.export.imatrix_inputs
     mixes = [q for q in cfg.export.gguf_types if q in MIXES and q != "q4_0"]
     train = run / "train.jsonl"
-    if not n or not mixes or not train.exists():
-        why = "export.imatrix_inputs is 0" if not n else "no k-quant mix asked" if not mixes else "no train.jsonl"
+    records = read_records(train)[:n] if n and mixes and train.exists() else []
+    if not records:
+        why = ("export.imatrix_inputs is 0" if not n else "no k-quant mix asked" if not mixes
+               else "no training inputs in train.jsonl" if train.exists() else "no train.jsonl")
         return None, {"inputs": 0, "why_none": why}
-    records = read_records(train)[:n]
     t0 = time.perf_counter()
     per_module = imatrix.measure(hf_dir, task, [r.messages for r in records])
     seconds = round(time.perf_counter() - t0, 1)
