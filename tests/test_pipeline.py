@@ -75,6 +75,9 @@ def test_run_twice_then_change_one_setting(project):
     assert cal["inputs"] > 0 and 0.02 <= cal["recheck_margin"] <= 0.5
     assert (run / "student" / "int8_calibration.safetensors").exists()
     assert "int8 calibration on" in first.stderr + first.stdout
+    # and kept its importance matrix for the GGUF mixes (export.imatrix)
+    imat = json.loads((run / "train.json").read_text())["imatrix"]
+    assert imat["inputs"] > 0 and imat["layers"] > 0 and (run / "student" / "imatrix.safetensors").exists()
     n_calls = teacher_calls(run)
     # The run saved the config it ran with, which serve, watch and redistill load by default.
     assert load_config(run / "potstill.yaml").model_dump(exclude={"run_dir"}) == \

@@ -446,7 +446,9 @@ class ExportConfig(Section):
         256, ge=0,
         description="Training inputs the student reads (in fp32) to measure an importance matrix for the k-quant "
                     "blocks of q6_k, q5_k_m and q4_k_m: each weight's rounding weighted by the mean square of the "
-                    "activations it multiplies on the task's own inputs. 0: none (llama-quantize's plain weighting).",
+                    "activations it multiplies on the task's own inputs. `potstill train` measures it when it "
+                    "finishes and keeps it with the student; export measures it where the student has none. "
+                    "0: none (llama-quantize's plain weighting).",
     )
 
     @field_validator("gguf_types", mode="before")

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from potstill.config import ExportConfig
+from potstill.errors import PotstillError
 from potstill.export import export, gguf_file, imatrix, kquants
 from potstill.export.gguf_quant import MIXES, more_bits, requantize, tensor_type
 from potstill.records import Record, write_jsonl
@@ -197,8 +198,6 @@ def test_each_mix_loads_back_and_stays_close_to_the_student(wide_export, wide_st
 
 
 def test_requantize_refuses_an_already_quantized_file(wide_export, tmp_path):
-    from potstill.errors import PotstillError
-
     with pytest.raises(PotstillError, match="quantizing needs f32 or f16"):
         requantize(wide_export / "student-q4_0.gguf", tmp_path / "again.gguf", "q4_k_m")
     with pytest.raises(PotstillError, match="unknown quantized mix"):
@@ -275,6 +274,41 @@ def test_cli_takes_a_mix_by_its_ollama_name(wide_student, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "potstill.cli", "export", "-c", "potstill.yaml", "--format", "gguf",
                           "--export.gguf_types", "[q3_k_s]"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "gguf_types" in bad.stderr
+
+
+def test_the_students_kept_importance_matrix_serves_export_and_engine_alike(wide_student, tmp_path):
+    """`potstill train` keeps the matrix with the student: export takes it instead of measuring, and
+    engine llamacpp's own conversion to a mix (evaluate, serve) writes the same k-quant blocks."""
+    import gguf
+    import shutil
+
+    from potstill.config import TaskConfig
+    from potstill.engines.convert import gguf_model
+    from potstill.tasks import get_task
+    from tests.export.test_gguf import INSTRUCTION, LABELS
+
+    student = tmp_path / "student"
+    shutil.copytree(wide_student, student)
+    plain_engine = gguf_model(str(student), "q4_k_m")[0]
+    task = get_task(TaskConfig(labels=LABELS, instruction=INSTRUCTION))
+    per_module = imatrix.measure(student, task, [[{"role": "user", "content": t}] for t in TEXTS])
+    imatrix.save(student, per_module, {"inputs": 3})
+    assert set(imatrix.load(student)) == set(per_module)
+    cfg = make_run(tmp_path / "r", student, gguf_types=["q4_k_m"])
+    export(cfg, "gguf")  # no train.jsonl in this run: the kept matrix is the only one there is
+    out = Path(cfg.run_dir) / "export" / "gguf"
+    assert json.loads((out / "export.json").read_text())["imatrix"]["source"].endswith("student/imatrix.safetensors")
+    engine_file = gguf_model(str(student), "q4_k_m")[0]
+    assert engine_file != plain_engine  # the folder changed, so did its key
+    exported = {t.name: np.asarray(t.data) for t in gguf.GGUFReader(out / "student-q4_k_m.gguf").tensors}
+    by_engine = {t.name: np.asarray(t.data) for t in gguf.GGUFReader(engine_file).tensors}
+    plain = {t.name: (t.tensor_type.name, np.asarray(t.data)) for t in gguf.GGUFReader(plain_engine).tensors}
+    for name, (kind, data) in plain.items():
+        assert np.array_equal(exported[name], by_engine[name]), name
+        assert np.array_equal(data, by_engine[name]) == (kind not in KINDS), name
+    (student / imatrix.FILE).write_bytes(b"not safetensors")
+    with pytest.raises(PotstillError, match="not a readable importance matrix"):
+        imatrix.load(student)
 
 
 def gguf_file_f32(model: Path, tmp_path: Path) -> Path:

@@ -170,7 +170,8 @@ def gguf_model(spec: str, qtype: str = "q8_0", num_layers: int | None = None) ->
     converted by llama.cpp's converter on first use only, as ``ctranslate2_model`` is."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from potstill.export.gguf_file import convert
+    from potstill.export import gguf_quant, imatrix, kquants
+    from potstill.export.gguf_file import convert, num_hidden_layers
     from potstill.export.llama_convert import llama_cpp_dir
 
     root = llama_cpp_dir()  # a missing converter is one line before any loading
@@ -182,14 +183,17 @@ def gguf_model(spec: str, qtype: str = "q8_0", num_layers: int | None = None) ->
     def write(src: Path, tmp: Path, tok: Any) -> dict[str, Any]:
         from transformers import AutoConfig
 
-        convert(src, tmp / GGUF, qtype)
+        # A mix of a trained student uses the importance matrix `potstill train` kept with it, so that
+        # this file is the one `potstill export` writes (the key hashes the folder, that file included).
+        importance = imatrix.load(spec) if qtype in gguf_quant.MIXES and Path(spec).is_dir() else None
+        if importance and imatrix.layers_of(importance) != num_hidden_layers(src):
+            importance = None
+        convert(src, tmp / GGUF, qtype, importance=importance)
         if (src / "generation_config.json").exists():  # its EOS ids, where generation stops
             shutil.copy2(src / "generation_config.json", tmp / "generation_config.json")
         cfg = AutoConfig.from_pretrained(src)
         cfg = getattr(cfg, "text_config", None) or cfg
         return {"vocab": int(cfg.vocab_size), "context": int(getattr(cfg, "max_position_embeddings", 0) or 0)}
-
-    from potstill.export import gguf_quant, kquants
 
     tool = f"llama.cpp {conv}" + (f", potstill k-quants {kquants.VERSION}" if qtype in gguf_quant.MIXES else "")
     target, key = _converted("llamacpp", spec, qtype, num_layers, tool, write, f"GGUF {qtype}")

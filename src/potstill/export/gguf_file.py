@@ -161,6 +161,10 @@ def _importance(cfg: Config, run: Path, hf_dir: Path, task: Any) -> tuple[dict[s
     n = cfg.export.imatrix_inputs
     mixes = [q for q in cfg.export.gguf_types if q in MIXES and q != "q4_0"]
     train = run / "train.jsonl"
+    kept = imatrix.load(run / "student") if n and mixes else None  # `potstill train` measured it
+    if kept and imatrix.layers_of(kept) == num_hidden_layers(hf_dir):
+        say(f"export: the student's importance matrix ({run / 'student' / imatrix.FILE})")
+        return kept, {"source": str(run / "student" / imatrix.FILE), "layers": len(kept)}
     records = read_records(train)[:n] if n and mixes and train.exists() else []
     if not records:
         why = ("export.imatrix_inputs is 0" if not n else "no k-quant mix asked" if not mixes
@@ -171,6 +175,11 @@ def _importance(cfg: Config, run: Path, hf_dir: Path, task: Any) -> tuple[dict[s
     seconds = round(time.perf_counter() - t0, 1)
     say(f"export: importance matrix of {len(per_module)} layers from {len(records)} training inputs ({seconds} s)")
     return per_module, {"inputs": len(records), "source": "train.jsonl", "layers": len(per_module), "seconds": seconds}
+
+
+def num_hidden_layers(hf_dir: Path) -> int:
+    cfg = json.loads((hf_dir / "config.json").read_text())
+    return int((cfg.get("text_config") or cfg)["num_hidden_layers"])
 
 
 @register("gguf")

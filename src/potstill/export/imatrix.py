@@ -12,6 +12,12 @@ is tied to the embedding, to ``token_embd.weight``.
 The fixed start of every prompt (the system turn) runs once outside the measurement, as in
 ``engines.calibration``: served with a cached prefix it is not recomputed per request, and its
 first token's activations (an attention sink) are tens of times larger than any other's.
+
+``potstill train`` measures it when it finishes (on its first ``export.imatrix_inputs`` training
+inputs, beside the int8 calibration) and keeps it with the student (``imatrix.safetensors``), so
+that engine ``llamacpp``'s own conversions to a mix (``quantization: q4_k_m`` in ``evaluate`` and
+``serve``) and ``potstill export`` write the same file; export measures it where the student has
+none (one trained before potstill kept it, or a student from elsewhere).
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import torch
 
 HEAD = "lm_head"
 FLOOR = 0.01
+FILE = "imatrix.safetensors"
+VERSION = 1
 
 
 class mean_squares:
@@ -112,3 +120,57 @@ def for_file(per_module: dict[str, np.ndarray], gguf_path: Path) -> dict[str, np
     blocks = int(reader.fields[f"{arch}.block_count"].contents())
     tied = "output.weight" not in {t.name for t in reader.tensors}
     return gguf_names(per_module, arch, blocks, tied)
+
+
+def save(student: str | Path, per_module: dict[str, np.ndarray], info: dict[str, Any]) -> Path:
+    """Keep ``per_module`` with the student directory ``student``, whole or not at all."""
+    import json
+    import os
+    import tempfile
+
+    from safetensors.numpy import save_file
+
+    target = Path(student) / FILE
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".imatrix.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in per_module.items()}, tmp,
+                  metadata={"potstill": json.dumps({"version": VERSION, **info})})
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def load(student: str | Path) -> dict[str, np.ndarray] | None:
+    """The importance matrix kept with the student directory ``student``; None without one. An
+    unreadable file or one of another version is an error naming it."""
+    import json
+
+    from safetensors import safe_open
+
+    from potstill.errors import PotstillError
+
+    p = Path(student) / FILE
+    if not Path(student).is_dir() or not p.exists():
+        return None
+    try:
+        with safe_open(str(p), framework="numpy") as f:
+            info = json.loads((f.metadata() or {})["potstill"])
+            out = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has keys(), not iteration
+    except Exception as e:  # noqa: BLE001 - safetensors' errors name no file
+        raise PotstillError(f"{p}: not a readable importance matrix ({type(e).__name__}: {e}); delete it, or run "
+                            "`potstill train` again") from None
+    if info.get("version") != VERSION:
+        raise PotstillError(f"{p}: importance matrix version {info.get('version')}, this potstill reads {VERSION}; "
+                            "delete it or run `potstill train` again")
+    return out
+
+
+def layers_of(per_module: dict[str, np.ndarray]) -> int:
+    """How many decoder layers ``per_module`` covers (from ``layers.N.`` in its names)."""
+    import re
+
+    found = {int(m.group(1)) for k in per_module if (m := re.search(r"layers\.(\d+)\.", k))}
+    return max(found) + 1 if found else 0

@@ -51,6 +51,8 @@ def train_body(cfg: Config, run: RunDir) -> dict[str, Any]:
     # calibration file is left to smooth this one.
     if cfg.train.int8_calibration:
         summary["int8_calibration"] = calibrate_int8(cfg, run / "student", lm, task, records)
+    if cfg.export.imatrix_inputs:
+        summary["imatrix"] = record_imatrix(cfg, run / "student", task, records)
     write_json(run / "train.json", summary)
     say(f"train: {summary['steps']} steps over {summary['examples']} examples, {summary['tokens']} tokens, "
         f"{summary['train_s']:.1f} s, final loss {summary['final_loss']:.4f}, val loss "
@@ -76,6 +78,29 @@ def trainable(task: Any, path: Any) -> list:
                                 "writes them)")
         out.append(r)
     return out
+
+
+def record_imatrix(cfg: Config, student: Any, task: Any, records: list) -> dict[str, Any] | None:
+    """``potstill.export.imatrix`` of the student saved in ``student``, on its first
+    ``export.imatrix_inputs`` training ``records``, kept beside it for the GGUF mixes; what was
+    measured. A failure is one line and leaves the student without one (export measures it then)."""
+    import time
+
+    from potstill.export import imatrix
+
+    msgs = [r.messages for r in records[: cfg.export.imatrix_inputs]]
+    t0 = time.perf_counter()
+    try:
+        per_module = imatrix.measure(student, task, msgs)
+        info = {"inputs": len(msgs), "source": "train.jsonl", "layers": len(per_module),
+                "seconds": round(time.perf_counter() - t0, 1)}
+        imatrix.save(student, per_module, info)
+    except Exception as e:  # noqa: BLE001 - the training itself succeeded
+        first = str(e).splitlines()[0] if str(e) else ""
+        say(f"train: importance matrix skipped ({type(e).__name__}: {first})"[:300])
+        return None
+    say(f"train: importance matrix for GGUF mixes on {len(msgs)} training inputs ({info['seconds']} s)")
+    return info
 
 
 def calibrate_int8(cfg: Config, student: Any, lm: Any, task: Any, records: list) -> dict[str, Any] | None:
