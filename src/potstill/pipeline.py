@@ -67,8 +67,10 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           body="potstill.curate.stage:curate_body"),
     Stage("train", "Fine-tune the student on the teacher's outputs (full, LoRA or QLoRA; SFT or KD from labels, top-k or logits).",
           # student.usd_per_hour is a cost assumption of pilot and evaluate: a new one retrains nothing.
+          # export.imatrix_inputs: the importance matrix kept beside the student for the GGUF mixes; a new
+          # count retrains nothing (export measures again where the kept one used another count).
           reads=("task", "student.model", "student.num_layers", "student.max_length", "train", *_TRAIN_PREFLIGHT,
-                 "tracking"), tunes=(*_TRAIN_PREFLIGHT, "tracking"),
+                 "tracking", "export.imatrix_inputs"), tunes=(*_TRAIN_PREFLIGHT, "tracking", "export.imatrix_inputs"),
           inputs=("train.jsonl", "val.jsonl"),
           outputs=("student", "metrics.jsonl", "train.json"), body="potstill.train.stage:train_body", tracked=True),
     # Evaluate also sums the teacher's spend from the ledger (calls.sqlite); the ledger is an

@@ -306,6 +306,12 @@ def test_the_students_kept_importance_matrix_serves_export_and_engine_alike(wide
     for name, (kind, data) in plain.items():
         assert np.array_equal(exported[name], by_engine[name]), name
         assert np.array_equal(data, by_engine[name]) == (kind not in KINDS), name
+    # with training inputs in the run, the kept matrix counts only where it was measured on as many
+    recs = [Record(id=f"r{i}", messages=[{"role": "user", "content": TEXTS[i % 3]}], output="sports") for i in range(8)]
+    write_jsonl(Path(cfg.run_dir) / "train.jsonl", recs)
+    for n, source in ((3, "student/imatrix.safetensors"), (5, "train.jsonl")):
+        export(cfg.model_copy(update={"export": cfg.export.model_copy(update={"imatrix_inputs": n})}), "gguf")
+        assert json.loads((out / "export.json").read_text())["imatrix"]["source"].endswith(source), n
     (student / imatrix.FILE).write_bytes(b"not safetensors")
     with pytest.raises(PotstillError, match="not a readable importance matrix"):
         imatrix.load(student)

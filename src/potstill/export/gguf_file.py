@@ -161,11 +161,12 @@ def _importance(cfg: Config, run: Path, hf_dir: Path, task: Any) -> tuple[dict[s
     n = cfg.export.imatrix_inputs
     mixes = [q for q in cfg.export.gguf_types if q in MIXES and q != "q4_0"]
     train = run / "train.jsonl"
-    kept = imatrix.load(run / "student") if n and mixes else None  # `potstill train` measured it
+    records = read_records(train)[:n] if n and mixes and train.exists() else []
+    # `potstill train` measured it on the same inputs, unless export.imatrix_inputs changed since
+    kept = imatrix.load(run / "student", len(records) if records else None) if n and mixes else None
     if kept and imatrix.layers_of(kept) == num_hidden_layers(hf_dir):
         say(f"export: the student's importance matrix ({run / 'student' / imatrix.FILE})")
         return kept, {"source": str(run / "student" / imatrix.FILE), "layers": len(kept)}
-    records = read_records(train)[:n] if n and mixes and train.exists() else []
     if not records:
         why = ("export.imatrix_inputs is 0" if not n else "no k-quant mix asked" if not mixes
                else "no training inputs in train.jsonl" if train.exists() else "no train.jsonl")

@@ -143,9 +143,10 @@ def save(student: str | Path, per_module: dict[str, np.ndarray], info: dict[str,
     return target
 
 
-def load(student: str | Path) -> dict[str, np.ndarray] | None:
-    """The importance matrix kept with the student directory ``student``; None without one. An
-    unreadable file or one of another version is an error naming it."""
+def load(student: str | Path, inputs: int | None = None) -> dict[str, np.ndarray] | None:
+    """The importance matrix kept with the student directory ``student``; None without one, or, with
+    ``inputs``, where it was measured on another number of inputs. An unreadable file or one of
+    another version is an error naming it."""
     import json
 
     from safetensors import safe_open
@@ -165,7 +166,7 @@ def load(student: str | Path) -> dict[str, np.ndarray] | None:
     if info.get("version") != VERSION:
         raise PotstillError(f"{p}: importance matrix version {info.get('version')}, this potstill reads {VERSION}; "
                             "delete it or run `potstill train` again")
-    return out
+    return None if inputs is not None and info.get("inputs") != inputs else out
 
 
 def layers_of(per_module: dict[str, np.ndarray]) -> int:
