@@ -23,12 +23,12 @@ RUN is a finished quickstart run. Two sections:
 
 Exits 1 where a potstill file's tensor types or size differ from llama-quantize's, a block type's
 RMSE exceeds 1.03x llama-quantize's, or, against llama-quantize's file of the same mix (an
-importance matrix on both sides or on neither), potstill's
-label probabilities sit further from fp32's (mean total variation over the articles above 1.1x) or
-its labels differ from fp32's on more articles than two standard deviations of a count allow
-(``flips > theirs + 2 sqrt(theirs) + 1``: which near ties flip is a matter of rounding, and two
-files of equal error flip different ones). ``--break-mix`` writes q4_k_m's Q4_K blocks from a
-perturbed copy of the weights, to show the gates failing.
+importance matrix on both sides or on neither), potstill's label probabilities sit further from
+fp32's (mean total variation over the articles above 1.1x) or its labels differ from fp32's on
+more articles than two standard deviations of a count allow (``flips > theirs + 2 sqrt(theirs) +
+1``: which near ties flip is a matter of rounding, and two files of equal error flip different
+ones). ``--break-mix`` writes q4_k_m's Q4_K blocks from a perturbed copy of the weights, to show
+the gates failing (``--skip-labels --break-mix``: rc 1 on the RMSE gate).
 """
 
 from __future__ import annotations
