@@ -489,7 +489,7 @@ def export(cfg: Config,
            private: Annotated[bool, typer.Option("--private", help="With --push-to-hub: create the repository "
                                                                    "private.")] = False,
            ) -> None:
-    """Export the run: openai-jsonl (train/val as OpenAI fine-tuning JSONL), hf (merged student weights and a model card, optionally pushed to the Hugging Face Hub), gguf (f16/q8_0 + Ollama Modelfiles)."""
+    """Export the run: openai-jsonl (train/val as OpenAI fine-tuning JSONL), hf (merged student weights and a model card, optionally pushed to the Hugging Face Hub), gguf (f16/q8_0, or the mixes q6_k/q5_k_m/q4_k_m/q4_0 with export.gguf_types, + Ollama Modelfiles)."""
     from potstill.export import export as write_export
 
     for path in write_export(cfg, fmt, out, push_to_hub, private):
