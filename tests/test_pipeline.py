@@ -78,6 +78,13 @@ def test_run_twice_then_change_one_setting(project):
     # and kept its importance matrix for the GGUF mixes (export.imatrix)
     imat = json.loads((run / "train.json").read_text())["imatrix"]
     assert imat["inputs"] > 0 and imat["layers"] > 0 and (run / "student" / "imatrix.safetensors").exists()
+    # which, written after the int8 calibration, must not change the weights' identity the calibration
+    # recorded (it did: the quickstart's int8 evaluate then refused the calibration as another model's)
+    from potstill.engines import calibration
+    from potstill.models.loading import model_identity
+
+    kept = calibration.load(run / "student")
+    assert calibration.weights_of(model_identity(str(run / "student"), run / "student")) == kept.info["weights"]
     n_calls = teacher_calls(run)
     # The run saved the config it ran with, which serve, watch and redistill load by default.
     assert load_config(run / "potstill.yaml").model_dump(exclude={"run_dir"}) == \

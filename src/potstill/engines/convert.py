@@ -24,7 +24,8 @@ import torch
 
 from potstill.errors import PotstillError
 from potstill.hashing import hash_obj, hash_path
-from potstill.models.loading import adapter_base, cache_dir, cache_entry, hub_revision, pretrained_source, resolve
+from potstill.models.loading import (adapter_base, cache_dir, cache_entry, hub_revision, pretrained_source, resolve,
+                                     weight_files)
 from potstill.progress import say
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ def _embedding_table(src: Path) -> np.ndarray:
     """(V, H) input embeddings from the model's safetensors, without loading the model."""
     from safetensors import safe_open
 
-    for f in sorted(src.glob("*.safetensors")):
+    for f in (p for p in weight_files(src) if p.suffix == ".safetensors"):
         with safe_open(str(f), framework="pt") as st:
             for name in st.keys():  # noqa: SIM118 - safe_open has keys(), not iteration
                 if name.endswith("embed_tokens.weight"):
@@ -74,7 +75,7 @@ def _parameters(src: Path) -> int:
     from safetensors import safe_open
 
     n = 0
-    for f in sorted(src.glob("*.safetensors")):
+    for f in (p for p in weight_files(src) if p.suffix == ".safetensors"):
         with safe_open(str(f), framework="pt") as st:
             for name in st.keys():  # noqa: SIM118
                 n += math.prod(st.get_slice(name).get_shape())

@@ -313,11 +313,16 @@ SHAPING_FILES = ("config.json", "generation_config.json", "adapter_config.json",
                  "preprocessor_config.json", "processor_config.json")
 
 
-def _weight_files(where: Path) -> list[Path]:
-    # Not the int8 calibration beside the weights (engines.calibration.FILE): it sorts first, and
-    # weights retrained in place beside an old one kept their identity (and cached routing).
-    return [p for p in sorted(where.glob("*.safetensors")) + sorted(where.glob("*.bin"))
-            if p.name != "int8_calibration.safetensors"]
+# Measurements potstill keeps beside a student's weights (engines.calibration.FILE, export.imatrix.FILE):
+# not weights. Counted as weights, the int8 calibration (it sorts first) let weights retrained in place
+# beside an old one keep their identity, and the importance matrix, written after the calibration,
+# changed the identity the calibration had recorded.
+SIDECARS = ("int8_calibration.safetensors", "imatrix.safetensors")
+
+
+def weight_files(where: Path) -> list[Path]:
+    """The model's weight files in the folder ``where`` (safetensors, then .bin), without SIDECARS."""
+    return [p for p in sorted(where.glob("*.safetensors")) + sorted(where.glob("*.bin")) if p.name not in SIDECARS]
 
 
 def model_identity(spec: str, where: Path | str, _depth: int = 0) -> str:
@@ -330,7 +335,7 @@ def model_identity(spec: str, where: Path | str, _depth: int = 0) -> str:
     alone kept a new upstream revision's answers under the old one's key."""
     if not isinstance(where, Path):
         return hub_revision(where)
-    weights = _weight_files(where)
+    weights = weight_files(where)
     rest = sorted({p for pat in SHAPING_FILES for p in where.glob(pat) if p.is_file()} | set(weights[1:]))
     digest = hash_file(weights[0])[:12] if weights else "nofile"
     parts: list = [[p.name, hash_file(p)] for p in rest]
