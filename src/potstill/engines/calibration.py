@@ -28,13 +28,14 @@ untrained student of ``pilot``) runs unsmoothed int8 layers and ``recheck_margin
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from potstill import sidecar
 
 FILE = "int8_calibration.safetensors"
 VERSION = 1
@@ -65,21 +66,7 @@ def load(student: str | Path) -> Calibration | None:
     p = path(student)
     if not Path(student).is_dir() or not p.exists():
         return None
-    from safetensors import safe_open
-
-    from potstill.errors import PotstillError
-
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            meta = f.metadata() or {}
-            absmax = {k: f.get_tensor(k) for k in f.keys()}
-        info = json.loads(meta["potstill"])
-    except Exception as e:  # noqa: BLE001 - safetensors' errors name no file
-        raise PotstillError(f"{p}: not a readable int8 calibration ({type(e).__name__}: {e}); delete it to run "
-                            "uncalibrated int8, or run `potstill train` again") from None
-    if info.get("version") != VERSION:
-        raise PotstillError(f"{p}: int8 calibration version {info.get('version')}, this potstill reads {VERSION}; "
-                            "delete it or run `potstill train` again")
+    absmax, info = sidecar.read(p, "int8 calibration", VERSION, "pt", "delete it to run uncalibrated int8")
     return Calibration(absmax=absmax, alpha=float(info["alpha"]), inputs=int(info["inputs"]),
                        recheck_margin=info.get("recheck_margin"), info=info)
 
@@ -141,11 +128,6 @@ def calibrate(student: str | Path, fmt: Any, messages: list[list[dict]], label_i
     """Measure and write ``student``'s calibration from ``messages`` (see the module); returns it.
     ``label_ids`` None (a generation task): activation ranges only, no margin. Written whole or not
     at all (a temporary file renamed into place)."""
-    import os
-    import tempfile
-
-    from safetensors.torch import save_file
-
     from potstill.engines.transformers import TransformersEngine
     from potstill.models.int8 import ALPHA, activation_absmax
     from potstill.models.scoring import decoder
@@ -172,14 +154,6 @@ def calibrate(student: str | Path, fmt: Any, messages: list[list[dict]], label_i
                     noise={"median": float(noise.median()), "q99": float(noise.quantile(0.99)),
                            "max": float(noise.max())},
                     same_label_as_fp32=float((p_fast.argmax(-1) == p_ref.argmax(-1)).float().mean()))
-    target = path(student)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".int8_calibration.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in absmax.items()}, tmp, metadata={"potstill": json.dumps(info)})
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    sidecar.write(path(student), {k: v.contiguous() for k, v in absmax.items()}, info, "pt")
     return Calibration(absmax=absmax, alpha=alpha, inputs=len(messages), recheck_margin=info["recheck_margin"],
                        info=info)

@@ -124,48 +124,22 @@ def for_file(per_module: dict[str, np.ndarray], gguf_path: Path) -> dict[str, np
 
 def save(student: str | Path, per_module: dict[str, np.ndarray], info: dict[str, Any]) -> Path:
     """Keep ``per_module`` with the student directory ``student``, whole or not at all."""
-    import json
-    import os
-    import tempfile
+    from potstill import sidecar
 
-    from safetensors.numpy import save_file
-
-    target = Path(student) / FILE
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".imatrix.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in per_module.items()}, tmp,
-                  metadata={"potstill": json.dumps({"version": VERSION, **info})})
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+    tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in per_module.items()}
+    return sidecar.write(Path(student) / FILE, tensors, {"version": VERSION, **info}, "numpy")
 
 
 def load(student: str | Path, inputs: int | None = None) -> dict[str, np.ndarray] | None:
     """The importance matrix kept with the student directory ``student``; None without one, or, with
     ``inputs``, where it was measured on another number of inputs. An unreadable file or one of
     another version is an error naming it."""
-    import json
-
-    from safetensors import safe_open
-
-    from potstill.errors import PotstillError
+    from potstill import sidecar
 
     p = Path(student) / FILE
     if not Path(student).is_dir() or not p.exists():
         return None
-    try:
-        with safe_open(str(p), framework="numpy") as f:
-            info = json.loads((f.metadata() or {})["potstill"])
-            out = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has keys(), not iteration
-    except Exception as e:  # noqa: BLE001 - safetensors' errors name no file
-        raise PotstillError(f"{p}: not a readable importance matrix ({type(e).__name__}: {e}); delete it, or run "
-                            "`potstill train` again") from None
-    if info.get("version") != VERSION:
-        raise PotstillError(f"{p}: importance matrix version {info.get('version')}, this potstill reads {VERSION}; "
-                            "delete it or run `potstill train` again")
+    out, info = sidecar.read(p, "importance matrix", VERSION, "numpy", "delete it")
     return None if inputs is not None and info.get("inputs") != inputs else out
 
 
