@@ -481,7 +481,7 @@ def review(
 
 @config_command("export", ["task", "student", "export"])
 def export(cfg: Config,
-           fmt: Annotated[str, typer.Option("--format", help="Export format: openai-jsonl, hf or gguf.")] = "openai-jsonl",
+           fmt: Annotated[str, typer.Option("--format", help="Export format: openai-jsonl, hf, gguf, lora or gguf-lora.")] = "openai-jsonl",
            out: Annotated[Optional[Path], typer.Option("--out", help="Output directory (default: RUN/export/FORMAT).")] = None,
            push_to_hub: Annotated[Optional[str], typer.Option(
                "--push-to-hub", help="Formats hf and gguf: upload the export (weights, model card) to this Hugging "
@@ -489,7 +489,7 @@ def export(cfg: Config,
            private: Annotated[bool, typer.Option("--private", help="With --push-to-hub: create the repository "
                                                                    "private.")] = False,
            ) -> None:
-    """Export the run: openai-jsonl (train/val as OpenAI fine-tuning JSONL), hf (merged student weights and a model card, optionally pushed to the Hugging Face Hub), gguf (f16/q8_0, or the mixes q6_k/q5_k_m/q4_k_m/q4_0 with export.gguf_types, + Ollama Modelfiles)."""
+    """Export the run: openai-jsonl (train/val as OpenAI fine-tuning JSONL), hf (merged student weights and a model card, optionally pushed to the Hugging Face Hub), gguf (f16/q8_0, or the mixes q6_k/q5_k_m/q4_k_m/q4_0 with export.gguf_types, + Ollama Modelfiles), lora (a LoRA student's adapter unmerged, for vLLM --enable-lora or PEFT), gguf-lora (that adapter for llama.cpp --lora / Ollama ADAPTER, with its base)."""
     from potstill.export import export as write_export
 
     for path in write_export(cfg, fmt, out, push_to_hub, private):

@@ -5,6 +5,8 @@ Formats register by name in ``FORMATS``; each is ``fn(cfg, run_dir, out_dir) -> 
 - ``openai-jsonl``: train/val as OpenAI fine-tuning JSONL, checked by ``check.check_openai_jsonl``.
 - ``hf``: the student as plain Hugging Face weights (a LoRA adapter merged into its base).
 - ``gguf``: the student as GGUF files (f16, q8_0) for llama.cpp / Ollama, with a Modelfile each.
+- ``lora`` / ``gguf-lora``: a LoRA student's adapter, unmerged (PEFT for vLLM; GGUF for llama.cpp
+  and Ollama, with its base), see ``lora``.
 
 A new format registers itself the same way, without touching the CLI.
 """
@@ -31,10 +33,12 @@ def register(name: str) -> Callable[[Exporter], Exporter]:
 
 def _load_builtins() -> None:
     import potstill.export.gguf_file  # noqa: F401  (each registers itself)
+    import potstill.export.lora  # noqa: F401
     import potstill.export.merged  # noqa: F401
     import potstill.export.openai_jsonl  # noqa: F401
 
 
+CARDS = ("hf", "gguf", "lora", "gguf-lora")  # the formats of a model, which get a model card (README.md)
 MARK = ".potstill-export"  # in every folder export wrote: its format, so a later export may replace it
 
 
@@ -45,7 +49,7 @@ def export(cfg: Config, fmt: str, out_dir: str | Path | None = None, push_to: st
     The weights formats replace their folder whole, so a given ``out_dir`` must be new, empty, or
     one this format wrote before (``MARK``): ``--out .`` must never delete a project. A symlink is
     written through: the folder it names gets the export, held to the same rule, and the link stays.
-    ``hf`` and ``gguf`` also write README.md, the model card (``model_card``); ``push_to``
+    The model formats (``CARDS``) also write README.md, the model card (``model_card``); ``push_to``
     (OWNER/NAME) then uploads the folder to that Hugging Face model repository (``push``)."""
     _load_builtins()
     if fmt not in FORMATS:
@@ -69,10 +73,10 @@ def export(cfg: Config, fmt: str, out_dir: str | Path | None = None, push_to: st
     if out_dir is not None:
         _check_out(out, fmt)
     written = FORMATS[fmt](cfg, run, out)
-    if fmt in ("hf", "gguf"):
+    if fmt in CARDS:
         from potstill.export.model_card import model_card
 
-        chat = fmt == "hf" and ((out / "chat_template.jinja").is_file()
+        chat = fmt in ("hf", "lora") and ((out / "chat_template.jinja").is_file()
                                 or "chat_template" in (out / "tokenizer_config.json").read_text())
         (out / "README.md").write_text(model_card(cfg, run, push_to or f"The student of {run.resolve().name}",
                                                   push_to or str(out.resolve()), chat, fmt, pushed=bool(push_to)))

@@ -12,6 +12,9 @@ even when its pre-tokenizer is a standard one. For that case only, the pre-token
 byte-level split is ``smollm``; anything else is still refused.
 
     python src/potstill/export/llama_convert.py LLAMA_CPP_DIR HF_DIR --outfile F.gguf --outtype f16
+    python src/potstill/export/llama_convert.py LLAMA_CPP_DIR --lora ADAPTER_DIR --base HF_DIR --outfile A.gguf
+
+(``--lora``: its ``convert_lora_to_gguf.py`` instead, on a PEFT LoRA folder.)
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 from potstill.errors import PotstillError
 
 SCRIPT = "convert_hf_to_gguf.py"
+LORA_SCRIPT = "convert_lora_to_gguf.py"
 
 
 def llama_cpp_dir() -> Path:
@@ -88,8 +92,9 @@ def main(argv: list[str]) -> None:
     from conversion import base  # llama.cpp's converter package (found through root on sys.path)
 
     _patch_pre_tokenizer(base)
-    sys.argv = [str(root / SCRIPT), *argv[1:]]
-    runpy.run_path(str(root / SCRIPT), run_name="__main__")
+    script, args = (LORA_SCRIPT, argv[2:]) if argv[1:2] == ["--lora"] else (SCRIPT, argv[1:])
+    sys.argv = [str(root / script), *args]
+    runpy.run_path(str(root / script), run_name="__main__")
 
 
 if __name__ == "__main__":

@@ -39,14 +39,16 @@ def _yaml_list(items: list[str]) -> list[str]:
 
 
 def model_card(cfg: Config, run: Path, name: str, ref: str, chat: bool, fmt: str = "hf", pushed: bool = False) -> str:
-    """The card of the student in ``run``, exported as ``fmt`` (hf or gguf). ``name``: its title (the
+    """The card of the student in ``run``, exported as ``fmt`` (hf, gguf, lora or gguf-lora). ``name``: its title (the
     repo id when pushed); ``ref``: the folder or repo id the usage example reads (``pushed``: a repo
     id); ``chat``: whether it is prompted through its chat template (else potstill's plain text)."""
     train, ev, card = _read(run / "train.json"), _read(run / "eval.json"), _read(run / "card.json")
     base = _hub_model(cfg.student.model)
     datasets = [parse(p)[0] for p in (cfg.data.inputs, cfg.curate.real_data) if is_hub_file(p)]
-    head = ["---", *(["library_name: transformers"] if fmt == "hf" else []), "pipeline_tag: text-generation",
-            "tags:", *_yaml_list([*(["gguf"] if fmt == "gguf" else []), "potstill", "distillation", cfg.task.type])]
+    library = {"hf": "transformers", "lora": "peft"}.get(fmt)
+    head = ["---", *([f"library_name: {library}"] if library else []), "pipeline_tag: text-generation",
+            "tags:", *_yaml_list([*(["gguf"] if "gguf" in fmt else []), *(["lora"] if "lora" in fmt else []),
+                                  "potstill", "distillation", cfg.task.type])]
     if base:
         head += [f"base_model: {json.dumps(base)}"]
     if datasets:
@@ -102,7 +104,7 @@ def model_card(cfg: Config, run: Path, name: str, ref: str, chat: bool, fmt: str
             lines += ["", f"Verdict: **{v.get('decision')}**: {v.get('reason')}."]
         lines += ["", "Latency and cost were measured on the machine that ran the evaluation; they are "
                   "that machine's, not a promise for another."]
-        if fmt == "gguf":
+        if "gguf" in fmt:
             lines += ["", "These numbers are the student's as potstill ran it (transformers); the GGUF files are "
                       "llama.cpp's conversions of it. f16 keeps its weights to 16 bits; q8_0 rounds them to 8 and may "
                       "change an answer where two were close (on potstill's quickstart it moved 2.4-4% of the test "
@@ -112,11 +114,26 @@ def model_card(cfg: Config, run: Path, name: str, ref: str, chat: bool, fmt: str
         lines.append("Not evaluated: no eval.json in the run (`potstill evaluate` writes it).")
     if fmt == "gguf":
         return "\n".join(head + lines + _gguf_use(cfg, ref, pushed)) + "\n"
+    if fmt == "gguf-lora":
+        return "\n".join(head + lines + _gguf_lora_use(cfg, ref)) + "\n"
     budget = t.max_output_tokens if not t.labels else 8
-    lines += ["", "## Use", "", "The prompt it was trained and evaluated on:", "", "```python",
+    lines += ["", "## Use", ""]
+    load = [f"model = AutoModelForCausalLM.from_pretrained({ref!r})"]
+    if fmt == "lora":
+        base, rank = _lora_base(cfg, run, ref)
+        repo, _, rev = base.partition("@")
+        lines += ["A LoRA adapter, to apply on the base it was trained on. With vLLM, beside any other adapters "
+                  "on that base:", "", "```sh",
+                  f"vllm serve {repo}" + (f" --revision {rev}" if rev else "") + f" --enable-lora --lora-modules student={ref}"
+                  + (f" --max-lora-rank {rank}" if rank and rank > 16 else ""), "```", "",
+                  "then `model=\"student\"` in the OpenAI client, with the system message below and temperature 0. "
+                  "With PEFT:", ""]
+        load = ["from peft import PeftModel", "",
+                f"base = AutoModelForCausalLM.from_pretrained({repo!r}" + (f", revision={rev!r})" if rev else ")"),
+                f"model = PeftModel.from_pretrained(base, {ref!r})"]
+    lines += ["The prompt it was trained and evaluated on:", "", "```python",
               "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-              f"tok = AutoTokenizer.from_pretrained({ref!r})",
-              f"model = AutoModelForCausalLM.from_pretrained({ref!r})", "text = \"...\"  # the input"]
+              f"tok = AutoTokenizer.from_pretrained({ref!r})", *load, "text = \"...\"  # the input"]
     if chat:
         system = f"{{\"role\": \"system\", \"content\": {t.instruction!r}}}, " if t.instruction else ""
         lines += [f"messages = [{system}{{\"role\": \"user\", \"content\": text}}]",
@@ -146,3 +163,26 @@ def _gguf_use(cfg: Config, ref: str, pushed: bool) -> list[str]:
             "With llama.cpp's server (OpenAI-compatible), send the same system message, "
             f"{cfg.task.instruction!r}, and temperature 0:", "", "```sh",
             f"llama-server -m {folder}/student-{q}.gguf", "```"]
+
+
+def _lora_base(cfg: Config, run: Path, ref: str) -> tuple[str, int | None]:
+    """The base a ``lora`` export's adapter applies to (a hub id with its commit, or its ``base/`` folder)
+    and the adapter's rank."""
+    from potstill.export.lora import adapter_config, published_base
+
+    conf = adapter_config(run)
+    return published_base(cfg, conf) or f"{ref}/base", conf.get("r")
+
+
+def _gguf_lora_use(cfg: Config, ref: str) -> list[str]:
+    qtypes = cfg.export.gguf_types
+    q = qtypes[-1]
+    return ["", "## Use", "",
+            "A LoRA adapter (`adapter-f16.gguf`) and the base it was trained on, one GGUF file per type ("
+            + ", ".join(f"`base-{x}.gguf`" for x in qtypes) + "), each with an Ollama Modelfile (`Modelfile.<type>`: "
+            "`FROM` the base, `ADAPTER` the adapter, the system message it was trained with, its stop tokens and "
+            "greedy decoding):", "", "```sh",
+            f"ollama create student -f {ref}/Modelfile.{q}", "ollama run student \"...\"", "```", "",
+            "With llama.cpp's server (OpenAI-compatible), send the same system message, "
+            f"{cfg.task.instruction!r}, and temperature 0:", "", "```sh",
+            f"llama-server -m {ref}/base-{q}.gguf --lora {ref}/adapter-f16.gguf", "```"]

@@ -105,14 +105,15 @@ def _stop(text: str) -> str:
 
 
 def render_modelfile(gguf_path: str, tokenizer: Any, instruction: str, num_predict: int,
-                     one_line: bool = False, warn: bool = True) -> str:
+                     one_line: bool = False, warn: bool = True, adapter: str | None = None) -> str:
     """The Modelfile text for ``FROM gguf_path`` (a path relative to the Modelfile).
 
     ``one_line``: the task's answers never hold a newline (a label, compact JSON), so a student
     without a chat template, whose completions end with one, stops there. ``warn``: say what Ollama
-    will read otherwise than written (one Modelfile per GGUF type says it once)."""
+    will read otherwise than written (one Modelfile per GGUF type says it once). ``adapter``: a GGUF
+    LoRA adapter Ollama applies on the ``FROM`` model (its ``ADAPTER`` command)."""
     template = getattr(tokenizer, "chat_template", None)
-    lines = [f"FROM {gguf_path}", ""]
+    lines = [f"FROM {gguf_path}", *([f"ADAPTER {adapter}"] if adapter else []), ""]
     stops = []
     what = "task.instruction"
     if is_chatml(template):

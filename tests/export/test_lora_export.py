@@ -1,0 +1,252 @@
+"""Formats lora and gguf-lora: a LoRA student trained by potstill's trainer (on a tiny Llama with a real
+byte-level BPE) exported as its adapter, unmerged. The PEFT folder on its written base gives the merged
+student's logits; llama.cpp's adapter file holds the trained delta (base + alpha / r * B A is the merged
+weight); with ``POTSTILL_LLAMA_SERVER``, llama-server with ``--lora`` answers as the merged file does."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from potstill.config import Config, TaskConfig, TrainConfig
+from potstill.errors import PotstillError
+from potstill.export import export
+from potstill.export.merged import load_student
+from potstill.models.loading import load_lm
+from potstill.records import Record
+from potstill.students import student_format
+from potstill.tasks import get_task
+from potstill.train.trainer import train
+from tests.helpers.ollama import ollama_commands
+
+pytest.importorskip("peft")
+
+LABELS = ["business", "politics", "sports"]
+INSTRUCTION = "Which topic is this article: business, politics or sports?"
+TEXTS = ["The bank said profits rose 12% to $3.5bn in 2004.", "The minister told the party to vote in May.",
+         "The team scored a late goal to win the match.", "Shares in the firm fell after the chief quit.",
+         "The election vote would be held in May.", "The match was won at home on Saturday."]
+
+
+@pytest.fixture(scope="module")
+def lora_run(bpe_model, tmp_path_factory) -> Config:
+    """A run whose student/ is a LoRA adapter (rank 4, alpha 8) that potstill's trainer saved, on a base
+    in a local folder (so the export writes the base beside it)."""
+    root = tmp_path_factory.mktemp("lora-export")
+    base = root / "base-model"
+    shutil.copytree(bpe_model, base)
+    run = root / "run"
+    task_cfg = TaskConfig(type="classification", labels=LABELS, instruction=INSTRUCTION)
+    task = get_task(task_cfg)
+    records = [Record(messages=[{"role": "user", "content": t}], output=LABELS[i % 3], valid=True)
+               for i, t in enumerate(TEXTS)]
+    lm = load_lm(str(base), device="cpu")
+    # lr 0.05 over 10 steps moves the B matrices (zero at init) well away from zero.
+    cfg = TrainConfig(method="lora", lora_r=4, lora_alpha=8, lr=0.05, epochs=10, batch_size=6, seed=0)
+    train(lm, student_format(lm, task), task, records, records[:2], cfg, 64, run / "student", run / "metrics.jsonl")
+    (run / "student" / "imatrix.safetensors").write_bytes(b"a sidecar of the merged student")
+    return Config(run_dir=str(run), task=task_cfg, student={"model": str(base)}, export={"gguf_types": ["f16"]})
+
+
+def _ids(tok, text: str) -> torch.Tensor:
+    return torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
+
+
+def _logits(model, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(ids).logits[0]
+
+
+def test_the_adapter_on_its_written_base_gives_the_merged_students_logits(lora_run):
+    from peft import AutoPeftModelForCausalLM, PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = Path(lora_run.run_dir) / "export" / "lora"
+    names = sorted(p.name for p in export(lora_run, "lora"))
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "base", "README.md",
+            "export.json"} <= set(names)
+    assert "imatrix.safetensors" not in names  # the merged student's sidecar describes other weights
+    conf = json.loads((out / "adapter_config.json").read_text())
+    assert conf["base_model_name_or_path"] == str((out / "base").resolve()) and conf["revision"] is None
+    assert (conf["r"], conf["lora_alpha"]) == (4, 8)
+
+    merged = load_student(lora_run, Path(lora_run.run_dir))
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(out / "base"), out).eval()
+    auto = AutoPeftModelForCausalLM.from_pretrained(out).eval()  # the base found by the config's path
+    bare = AutoModelForCausalLM.from_pretrained(out / "base").eval()
+    for text in TEXTS[:3]:
+        ids = _ids(merged.tokenizer, text)
+        want = _logits(merged.model, ids)
+        assert (_logits(model, ids) - want).abs().max() < 1e-4
+        assert (_logits(auto, ids) - want).abs().max() < 1e-4
+        assert (_logits(bare, ids) - want).abs().max() > 0.05  # the adapter moved it: the check can fail
+
+    card = (out / "README.md").read_text()
+    assert "library_name: peft" in card and "- \"lora\"" in card
+    assert f"vllm serve {out}/base --enable-lora --lora-modules student={out}" in card
+    assert f"PeftModel.from_pretrained(base, {str(out)!r})" in card
+    assert json.loads((out / "export.json").read_text())["base"] == "base/"
+
+
+def test_a_base_cut_by_num_layers_is_written_cut(lora_run, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    cfg = lora_run.model_copy(update={"student": lora_run.student.model_copy(update={"num_layers": 1})})
+    out = tmp_path / "cut"
+    export(cfg, "lora", out)
+    assert json.loads((out / "base" / "config.json").read_text())["num_hidden_layers"] == 1
+    merged = load_student(cfg, Path(cfg.run_dir))
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(out / "base"), out).eval()
+    ids = _ids(merged.tokenizer, TEXTS[0])
+    assert (_logits(model, ids) - _logits(merged.model, ids)).abs().max() < 1e-4
+
+
+def test_a_hub_base_is_named_by_id_and_commit_not_copied(lora_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(lora_run.run_dir, run, ignore=shutil.ignore_patterns("export"))
+    path = run / "student" / "adapter_config.json"
+    conf = json.loads(path.read_text())
+    conf["base_model_name_or_path"], conf["revision"] = "HuggingFaceTB/SmolLM2-135M", "0123abcd" * 5
+    path.write_text(json.dumps(conf))
+    cfg = lora_run.model_copy(update={"run_dir": str(run)})
+    out = run / "export" / "lora"
+    names = {p.name for p in export(cfg, "lora")}
+    assert "base" not in names
+    got = json.loads((out / "adapter_config.json").read_text())
+    assert (got["base_model_name_or_path"], got["revision"]) == ("HuggingFaceTB/SmolLM2-135M", "0123abcd" * 5)
+    card = (out / "README.md").read_text()
+    assert (f"vllm serve HuggingFaceTB/SmolLM2-135M --revision {'0123abcd' * 5} --enable-lora "
+            f"--lora-modules student={out}") in card
+
+
+def test_a_full_fine_tune_has_no_adapter_one_line(bpe_model, tmp_path):
+    shutil.copytree(bpe_model, tmp_path / "run" / "student")
+    (tmp_path / "potstill.yaml").write_text(f"run_dir: run\ntask:\n  labels: {LABELS}\n")
+    for fmt in ("lora", "gguf-lora"):
+        r = subprocess.run([sys.executable, "-m", "potstill.cli", "export", "-c", "potstill.yaml", "--format", fmt],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2
+        assert r.stderr.strip().splitlines() == [
+            f"error: {Path('run') / 'student'} is a full fine-tune (train.method full): it has no adapter to export; "
+            "export it whole with --format hf or --format gguf"]
+        assert not (tmp_path / "run" / "export").exists()
+
+
+def test_gguf_lora_refuses_what_llama_cpp_would_scale_otherwise(lora_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(lora_run.run_dir, run, ignore=shutil.ignore_patterns("export"))
+    path = run / "student" / "adapter_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "use_rslora": True}))
+    with pytest.raises(PotstillError, match=r"rank-stabilised \(use_rslora\) adapter; llama.cpp applies plain LoRA"):
+        export(lora_run.model_copy(update={"run_dir": str(run)}), "gguf-lora")
+    assert not (run / "export").exists()
+
+
+@pytest.fixture(scope="module")
+def gguf_lora(lora_run):
+    pytest.importorskip("gguf")
+    out = Path(lora_run.run_dir) / "export" / "gguf-lora"
+    export(lora_run, "gguf-lora")
+    return out
+
+
+def _tensors(path: Path) -> dict[str, np.ndarray]:
+    import gguf
+
+    return {t.name: np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float64).reshape(
+        [int(x) for x in reversed(t.shape)]) for t in gguf.GGUFReader(path).tensors}
+
+
+def test_the_gguf_adapter_holds_the_trained_delta(lora_run, gguf_lora, tmp_path):
+    import gguf
+
+    from potstill.export.gguf_file import convert
+
+    reader = gguf.GGUFReader(gguf_lora / "adapter-f16.gguf")
+    assert reader.fields["general.type"].contents() == "adapter"
+    assert reader.fields["adapter.type"].contents() == "lora"
+    alpha = float(reader.fields["adapter.lora.alpha"].contents())
+    assert alpha == 8
+    # The merged student as llama.cpp's converter writes it (f32): its weight is base + alpha / r * B A.
+    export(lora_run, "hf", tmp_path / "hf")
+    convert(tmp_path / "hf", tmp_path / "merged.gguf", "f32")
+    merged, base, adapter = _tensors(tmp_path / "merged.gguf"), _tensors(gguf_lora / "base-f16.gguf"), _tensors(
+        gguf_lora / "adapter-f16.gguf")
+    pairs = sorted(n[: -len(".lora_a")] for n in adapter if n.endswith(".lora_a"))
+    assert len(pairs) == 2 * 7  # every linear layer of the 2 layers: q, k, v, o, gate, up, down
+    for name in pairs:
+        a, b = adapter[name + ".lora_a"], adapter[name + ".lora_b"]
+        assert a.shape[0] == 4 and b.shape[1] == 4  # rank 4
+        want, w = merged[name], base[name]
+        delta = b @ a * (alpha / a.shape[0])
+        scale = np.abs(want).max()
+        assert np.abs(w + delta - want).max() < 2e-3 * scale, name  # f16 rounding of base, A and B
+        assert np.abs(w - want).max() > 5e-3 * scale, name  # without the delta it would fail
+    assert set(merged) == set(base)  # the base file is the merged one's architecture, tensor for tensor
+
+
+def test_each_modelfile_names_its_base_and_the_adapter(gguf_lora):
+    modelfile = (gguf_lora / "Modelfile.f16").read_text()
+    cmds = ollama_commands(modelfile)
+    assert cmds[:2] == [("model", "./base-f16.gguf"), ("adapter", "./adapter-f16.gguf")]
+    assert ("system", INSTRUCTION) in cmds and ("temperature", "0") in cmds
+    card = (gguf_lora / "README.md").read_text()
+    assert f"llama-server -m {gguf_lora}/base-f16.gguf --lora {gguf_lora}/adapter-f16.gguf" in card
+    assert "- \"gguf\"" in card and "- \"lora\"" in card
+    summary = json.loads((gguf_lora / "export.json").read_text())
+    assert summary["adapter"]["lora_pairs"] == 14 and [f["file"] for f in summary["base_files"]] == ["base-f16.gguf"]
+
+
+def _has_server() -> bool:
+    from potstill.engines.llamacpp import server_binary
+
+    try:
+        server_binary()
+        return True
+    except PotstillError:
+        return False
+
+
+@pytest.mark.skipif(not _has_server(), reason="llama-server not on PATH (POTSTILL_LLAMA_SERVER unset)")
+def test_llama_server_with_the_adapter_answers_as_the_merged_file(lora_run, gguf_lora, tmp_path):
+    from potstill.engines.llamacpp import LlamaServer, server_binary
+
+    lora_run_f16 = lora_run.model_copy(update={"export": lora_run.export.model_copy(update={"gguf_types": ["f16"]})})
+    merged_dir = tmp_path / "merged"
+    export(lora_run_f16, "gguf", merged_dir)
+    tok = load_student(lora_run, Path(lora_run.run_dir)).tokenizer
+
+    def top(server: LlamaServer, text: str) -> tuple[list[int], dict[int, float]]:
+        r = server.post("/completion", {"prompt": tok(text, add_special_tokens=False)["input_ids"], "n_predict": 6,
+                                        "temperature": 0, "n_probs": 5, "post_sampling_probs": False,
+                                        "cache_prompt": False, "return_tokens": True,
+                                        # text llama-server can return: an untaught byte-level model writes stray bytes
+                                        "grammar": "root ::= [a-zA-Z ]+"})
+        first = r["completion_probabilities"][0]["top_logprobs"]
+        return r["tokens"], {int(p["id"]): float(p["logprob"]) for p in first}
+
+    binary = server_binary()
+    servers = {"merged": LlamaServer(binary, merged_dir / "student-f16.gguf", 1, 128, 2, False),
+               "adapter": LlamaServer(binary, gguf_lora / "base-f16.gguf", 1, 128, 2, False,
+                                      ["--lora", str(gguf_lora / "adapter-f16.gguf")]),
+               "bare": LlamaServer(binary, gguf_lora / "base-f16.gguf", 1, 128, 2, False)}
+    try:
+        moved = 0.0
+        for text in TEXTS:
+            (want_ids, want), (got_ids, got), (_, bare) = (top(servers[k], text) for k in ("merged", "adapter", "bare"))
+            assert got_ids == want_ids
+            assert list(got) == list(want) and max(abs(got[i] - want[i]) for i in want) < 0.02
+            moved = max(moved, max(abs(bare.get(i, -99.0) - want[i]) for i in want))
+        assert moved > 0.1  # the adapter changed what the base alone answers
+    finally:
+        for s in servers.values():
+            s.close()
+
