@@ -127,11 +127,12 @@ def model_card(cfg: Config, run: Path, name: str, ref: str, chat: bool, fmt: str
                   f"vllm serve {repo}" + (f" --revision {rev}" if rev else "") + f" --enable-lora --lora-modules student={ref}"
                   + (f" --max-lora-rank {rank}" if rank and rank > 16 else ""), "```", "",
                   "then `model=\"student\"` in the OpenAI client, with the system message below and temperature 0. "
-                  "With PEFT:", ""]
-        load = ["from peft import PeftModel", "",
-                f"base = AutoModelForCausalLM.from_pretrained({repo!r}" + (f", revision={rev!r})" if rev else ")"),
+                  "With PEFT, prompted as it was trained and evaluated:", ""]
+        load = [f"base = AutoModelForCausalLM.from_pretrained({repo!r}" + (f", revision={rev!r})" if rev else ")"),
                 f"model = PeftModel.from_pretrained(base, {ref!r})"]
-    lines += ["The prompt it was trained and evaluated on:", "", "```python",
+    else:
+        lines += ["The prompt it was trained and evaluated on:", ""]
+    lines += ["```python", *(["from peft import PeftModel"] if fmt == "lora" else []),
               "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
               f"tok = AutoTokenizer.from_pretrained({ref!r})", *load, "text = \"...\"  # the input"]
     if chat:
@@ -140,12 +141,14 @@ def model_card(cfg: Config, run: Path, name: str, ref: str, chat: bool, fmt: str
                   "ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors=\"pt\", "
                   "return_dict=True)[\"input_ids\"]"]
     else:
-        fmt = PromptFormat(kind="completion", instruction=t.instruction)
-        lines += [f"prompt = {fmt.prefix()!r} + text + {chr(10) + fmt.answer_prefix!r}",
+        plain = PromptFormat(kind="completion", instruction=t.instruction)
+        lines += [f"prompt = {plain.prefix()!r} + text + {chr(10) + plain.answer_prefix!r}",
                   "ids = tok(prompt, return_tensors=\"pt\").input_ids"]
-    lines += [f"out = model.generate(ids, max_new_tokens={budget})",
-              "print(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())", "```", "",
-              "Its generation config is greedy, as it was evaluated."]
+    # A base's own generation config may sample; the merged export's is greedy, as evaluation decoded.
+    lines += [f"out = model.generate(ids, max_new_tokens={budget}" + (", do_sample=False)" if fmt == "lora" else ")"),
+              "print(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())", "```"]
+    if fmt == "hf":
+        lines += ["", "Its generation config is greedy, as it was evaluated."]
     return "\n".join(head + lines) + "\n"
 
 
