@@ -24,6 +24,7 @@ from potstill.records import Record
 from potstill.students import student_format
 from potstill.tasks import get_task
 from potstill.train.trainer import train
+from tests.export.conftest import make_bpe_model
 from tests.helpers.ollama import ollama_commands
 
 pytest.importorskip("peft")
@@ -35,11 +36,9 @@ TEXTS = ["The bank said profits rose 12% to $3.5bn in 2004.", "The minister told
          "The election vote would be held in May.", "The match was won at home on Saturday."]
 
 
-@pytest.fixture(scope="module")
-def lora_run(bpe_model, tmp_path_factory) -> Config:
+def _lora_run(root: Path, bpe_model: Path, num_layers: int | None = None) -> Config:
     """A run whose student/ is a LoRA adapter (rank 4, alpha 8) that potstill's trainer saved, on a base
-    in a local folder (so the export writes the base beside it)."""
-    root = tmp_path_factory.mktemp("lora-export")
+    in a local folder (so the export writes the base beside it), cut to ``num_layers`` as training cuts it."""
     base = root / "base-model"
     shutil.copytree(bpe_model, base)
     run = root / "run"
@@ -47,12 +46,26 @@ def lora_run(bpe_model, tmp_path_factory) -> Config:
     task = get_task(task_cfg)
     records = [Record(messages=[{"role": "user", "content": t}], output=LABELS[i % 3], valid=True)
                for i, t in enumerate(TEXTS)]
-    lm = load_lm(str(base), device="cpu")
+    lm = load_lm(str(base), device="cpu", num_layers=num_layers)
     # lr 0.05 over 10 steps moves the B matrices (zero at init) well away from zero.
     cfg = TrainConfig(method="lora", lora_r=4, lora_alpha=8, lr=0.05, epochs=10, batch_size=6, seed=0)
     train(lm, student_format(lm, task), task, records, records[:2], cfg, 64, run / "student", run / "metrics.jsonl")
     (run / "student" / "imatrix.safetensors").write_bytes(b"a sidecar of the merged student")
-    return Config(run_dir=str(run), task=task_cfg, student={"model": str(base)}, export={"gguf_types": ["f16"]})
+    return Config(run_dir=str(run), task=task_cfg, student={"model": str(base), "num_layers": num_layers},
+                  export={"gguf_types": ["f16"]})
+
+
+@pytest.fixture(scope="module")
+def lora_run(bpe_model, tmp_path_factory) -> Config:
+    return _lora_run(tmp_path_factory.mktemp("lora-export"), bpe_model)
+
+
+@pytest.fixture(scope="module")
+def cut_run(tmp_path_factory) -> Config:
+    # 3 of 4 layers: 21 adapted modules, which PEFT saves as name suffixes (q_proj ...) that also match the
+    # layer cut away (from 20 on; fewer are saved by full name)
+    root = tmp_path_factory.mktemp("lora-cut")
+    return _lora_run(root, make_bpe_model(root / "four", layers=4), num_layers=3)
 
 
 def _ids(tok, text: str) -> torch.Tensor:
@@ -95,15 +108,54 @@ def test_the_adapter_on_its_written_base_gives_the_merged_students_logits(lora_r
     assert json.loads((out / "export.json").read_text())["base"] == "base/"
 
 
-def test_a_base_cut_by_num_layers_is_written_cut(lora_run, tmp_path):
+def test_the_cards_example_runs_the_adapter_prompted_as_in_training(lora_run, capsys):
+    import re
+
+    from potstill.models.prompting import PromptFormat
+    from potstill.train.batching import prompt_ids
+
+    out = Path(lora_run.run_dir) / "export" / "lora"
+    if not (out / "README.md").exists():
+        export(lora_run, "lora")
+    text = "the team won the match in the last minute"
+    code = re.search(r"```python\n(.*?)```", (out / "README.md").read_text(), re.S).group(1)
+    scope: dict = {}
+    exec(code.replace('text = "..."', f"text = {text!r}"), scope)  # as a reader would run it
+    merged = load_student(lora_run, Path(lora_run.run_dir))
+    want = prompt_ids(merged.tokenizer, PromptFormat(kind="chat", instruction=INSTRUCTION),
+                      [{"role": "user", "content": text}])
+    assert scope["ids"][0].tolist() == want
+    assert (_logits(scope["model"].eval(), scope["ids"]) - _logits(merged.model, scope["ids"])).abs().max() < 1e-4
+    assert capsys.readouterr().out.strip()  # it answered something
+
+
+def test_an_adapter_on_a_cut_base_loads_without_peft_listing_the_layers_cut_away(cut_run, recwarn):
+    """The adapter goes onto the base cut as in training: PEFT's load of it onto the whole base warned of
+    every adapter weight the cut layers lack; the merged weights and the identity are what they were."""
+    from peft import AutoPeftModelForCausalLM
+
+    from potstill.models.loading import keep_layers, model_identity
+
+    student = Path(cut_run.run_dir) / "student"
+    assert all("." not in m for m in json.loads((student / "adapter_config.json").read_text())["target_modules"])
+    lm = load_lm(str(student), device="cpu", num_layers=3)
+    assert not [w for w in recwarn if "missing adapter keys" in str(w.message)]
+    assert lm.identity == model_identity(str(student), student) + "[:3]"
+    whole = AutoPeftModelForCausalLM.from_pretrained(student).merge_and_unload()  # the earlier way
+    keep_layers(whole, 3)
+    assert any("missing adapter keys" in str(w.message) for w in recwarn)  # which did warn
+    want, got = whole.state_dict(), lm.model.state_dict()
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+
+
+def test_a_base_cut_by_num_layers_is_written_cut(cut_run, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    cfg = lora_run.model_copy(update={"student": lora_run.student.model_copy(update={"num_layers": 1})})
     out = tmp_path / "cut"
-    export(cfg, "lora", out)
-    assert json.loads((out / "base" / "config.json").read_text())["num_hidden_layers"] == 1
-    merged = load_student(cfg, Path(cfg.run_dir))
+    export(cut_run, "lora", out)
+    assert json.loads((out / "base" / "config.json").read_text())["num_hidden_layers"] == 3
+    merged = load_student(cut_run, Path(cut_run.run_dir))
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(out / "base"), out).eval()
     ids = _ids(merged.tokenizer, TEXTS[0])
     assert (_logits(model, ids) - _logits(merged.model, ids)).abs().max() < 1e-4

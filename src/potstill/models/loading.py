@@ -428,6 +428,26 @@ def keep_layers(model: Any, n: int) -> None:
         model.config.layer_types = model.config.layer_types[:n]
 
 
+def _adapter_on_cut_base(where: Path, dtype: torch.dtype, num_layers: int) -> tuple[Any, bool]:
+    """The LoRA folder ``where`` merged into its base cut to ``num_layers`` first, as it was trained: on the
+    whole base, PEFT warned of every missing adapter weight of the layers beyond (hundreds of names, at
+    each load) and wrapped layers the cut then dropped. Otherwise as PEFT's AutoPeftModelForCausalLM.
+    Whether the base was cut, too."""
+    from peft import PeftConfig, PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    conf = PeftConfig.from_pretrained(where)
+    base = AutoModelForCausalLM.from_pretrained(conf.base_model_name_or_path, revision=conf.revision, dtype=dtype)
+    cut = num_layers != base.config.num_hidden_layers
+    if cut:
+        keep_layers(base, num_layers)
+    if (where / "tokenizer_config.json").exists():
+        size = len(AutoTokenizer.from_pretrained(where))
+        if size > base.get_input_embeddings().weight.shape[0]:
+            base.resize_token_embeddings(size)
+    return PeftModel.from_pretrained(base, where).merge_and_unload(), cut
+
+
 def load_lm(spec: str, device: str = "auto", dtype: torch.dtype | str | None = None,
             num_layers: int | None = None) -> LM:
     """Load a causal LM and its tokenizer from any spec; LoRA adapter directories are merged in.
@@ -442,8 +462,11 @@ def load_lm(spec: str, device: str = "auto", dtype: torch.dtype | str | None = N
     if dtype is None or isinstance(dtype, str):
         dtype = torch_dtype(dtype or "auto", dev)
     src, pin = pretrained_source(where)
+    cut = False
     try:
-        if isinstance(where, Path) and (where / "adapter_config.json").exists():
+        if isinstance(where, Path) and (where / "adapter_config.json").exists() and num_layers is not None:
+            model, cut = _adapter_on_cut_base(where, dtype, num_layers)
+        elif isinstance(where, Path) and (where / "adapter_config.json").exists():
             from peft import AutoPeftModelForCausalLM
 
             model = AutoPeftModelForCausalLM.from_pretrained(where, dtype=dtype).merge_and_unload()
@@ -459,6 +482,8 @@ def load_lm(spec: str, device: str = "auto", dtype: torch.dtype | str | None = N
         identity += f"#{str(dtype).removeprefix('torch.')}"
     if num_layers is not None and num_layers != model.config.num_hidden_layers:
         keep_layers(model, num_layers)
+        cut = True
+    if cut:  # as before the adapter went onto a cut base: caches and calibrations are keyed by it
         identity += f"[:{num_layers}]"
     model.to(dev).eval()
     return LM(model=model, tokenizer=tok, name=name, identity=identity, device=dev)
