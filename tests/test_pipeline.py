@@ -156,6 +156,29 @@ def test_kd_and_lora(project):
     assert set(rec["label_probs"]) == set(LABELS) and abs(sum(rec["label_probs"].values()) - 1) < 1e-5
 
 
+def test_a_lora_student_on_a_cut_base_is_calibrated_and_measured_as_served(project):
+    """The adapter of a student cut by student.num_layers sits in a folder whose base loads whole: its int8
+    calibration and importance matrix were measured on the whole base, and the int8 engine then refused
+    the calibration (ranges for layers the served student lacks)."""
+    import torch
+
+    from potstill.engines import calibration
+    from potstill.engines.transformers import TransformersEngine
+    from potstill.export import imatrix
+    from potstill.models.scoring import decoder
+
+    out = potstill("run", "-c", "potstill.yaml", "--train.method", "lora", "--train.lr", "0.05",
+                   "--student.num_layers", "1", cwd=project)
+    assert out.returncode == 0, out.stderr
+    student = project / "run" / "student"
+    cal = calibration.load(student)
+    assert cal is not None and {k.split(".")[1] for k in cal.absmax if k.startswith("layers.")} == {"0"}
+    assert imatrix.layers_of(imatrix.load(student)) == 1
+    served = TransformersEngine.load(str(student), device="cpu", num_layers=1)
+    layers = {n for n, m in decoder(served.lm.model).named_modules() if isinstance(m, torch.nn.Linear)}
+    assert calibration.misfit(cal, served.lm.identity, layers) is None
+
+
 def test_bad_inputs_fail_with_one_line_and_leave_nothing(project):
     (project / "bad.jsonl").write_text('{"input": "fine"}\n{"input": oops}\n')
     out = potstill("generate", "-c", "potstill.yaml", "--data.inputs", "bad.jsonl", cwd=project)

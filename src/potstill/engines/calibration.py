@@ -124,16 +124,17 @@ def margin_from_noise(noise: torch.Tensor, eps: float = EPS, confidence: float =
 
 
 def calibrate(student: str | Path, fmt: Any, messages: list[list[dict]], label_ids: list[int] | None,
-              alpha: float | None = None, batch_size: int = 16) -> Calibration:
+              alpha: float | None = None, batch_size: int = 16, num_layers: int | None = None) -> Calibration:
     """Measure and write ``student``'s calibration from ``messages`` (see the module); returns it.
-    ``label_ids`` None (a generation task): activation ranges only, no margin. Written whole or not
-    at all (a temporary file renamed into place)."""
+    ``label_ids`` None (a generation task): activation ranges only, no margin. ``num_layers``: the
+    student as it is served (``student.num_layers``: a LoRA folder holds an adapter for a cut base,
+    which loads whole otherwise). Written whole or not at all (a temporary file renamed into place)."""
     from potstill.engines.transformers import TransformersEngine
     from potstill.models.int8 import ALPHA, activation_absmax
     from potstill.models.scoring import decoder
 
     alpha = ALPHA if alpha is None else alpha
-    ref = TransformersEngine.load(str(student), device="cpu", dtype="float32")
+    ref = TransformersEngine.load(str(student), device="cpu", dtype="float32", num_layers=num_layers)
     ids = label_ids if label_ids else [ref.tokenizer.eos_token_id or 0]
     # The prompt's fixed prefix first, outside the recording: its first token carries activations
     # tens of times larger than any other (an attention sink), and ranges sized for it smoothed the
@@ -145,7 +146,7 @@ def calibrate(student: str | Path, fmt: Any, messages: list[list[dict]], label_i
     info: dict[str, Any] = {"version": VERSION, "alpha": alpha, "inputs": len(messages), "recheck_margin": None,
                             "weights": weights_of(ref.identity)}  # checked at load (``misfit``)
     if label_ids:
-        fast = TransformersEngine.load(str(student), device="cpu", dtype="float32")
+        fast = TransformersEngine.load(str(student), device="cpu", dtype="float32", num_layers=num_layers)
         fast.quantize_int8(Calibration(absmax=absmax, alpha=alpha, inputs=len(messages), recheck_margin=None,
                                        info={}))
         p_fast = torch.softmax(fast.score_labels(fmt, messages, ids, batch_size=batch_size).logits, -1)

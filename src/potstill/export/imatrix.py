@@ -73,15 +73,17 @@ class mean_squares:
         return out
 
 
-def measure(student: str | Path, task: Any, messages: list[list[dict]], batch_size: int = 16) -> dict[str, np.ndarray]:
+def measure(student: str | Path, task: Any, messages: list[list[dict]], batch_size: int = 16,
+            num_layers: int | None = None) -> dict[str, np.ndarray]:
     """Hugging Face module name (``model.layers.0.self_attn.q_proj``, ``lm_head``) -> (in_features,)
-    mean squared activations over ``messages``, the student in fp32 reading them as it is served."""
+    mean squared activations over ``messages``, the student in fp32 reading them as it is served
+    (cut to ``num_layers``, ``student.num_layers``, as a LoRA folder's base must be)."""
     from potstill.engines.transformers import TransformersEngine
     from potstill.models.prompting import label_token_ids
     from potstill.models.scoring import decoder
     from potstill.students import student_format
 
-    ref = TransformersEngine.load(str(student), device="cpu", dtype="float32")
+    ref = TransformersEngine.load(str(student), device="cpu", dtype="float32", num_layers=num_layers)
     fmt = student_format(ref, task)
     ids = label_token_ids(ref.tokenizer, fmt, task.labels) if task.labels else [ref.tokenizer.eos_token_id or 0]
     ref.score_labels(fmt, messages[:1], ids, batch_size=1)  # the cached system turn, outside the measurement

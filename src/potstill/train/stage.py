@@ -91,7 +91,7 @@ def record_imatrix(cfg: Config, student: Any, task: Any, records: list) -> dict[
     msgs = [r.messages for r in records[: cfg.export.imatrix_inputs]]
     t0 = time.perf_counter()
     try:
-        per_module = imatrix.measure(student, task, msgs)
+        per_module = imatrix.measure(student, task, msgs, num_layers=cfg.student.num_layers)
         info = {"inputs": len(msgs), "source": "train.jsonl", "layers": len(per_module),
                 "seconds": round(time.perf_counter() - t0, 1)}
         imatrix.save(student, per_module, info)
@@ -114,7 +114,7 @@ def calibrate_int8(cfg: Config, student: Any, lm: Any, task: Any, records: list)
     msgs = [r.messages for r in records[: cfg.train.int8_calibration]]
     ids = label_token_ids(lm.tokenizer, fmt, task.labels) if task.labels else None
     try:
-        cal = calibration.calibrate(student, fmt, msgs, ids)
+        cal = calibration.calibrate(student, fmt, msgs, ids, num_layers=cfg.student.num_layers)
     except Exception as e:  # noqa: BLE001 - the training itself succeeded; int8 then runs unsmoothed
         first = str(e).splitlines()[0] if str(e) else ""
         say(f"train: int8 calibration skipped ({type(e).__name__}: {first})"[:300])
