@@ -156,10 +156,10 @@ def test_kd_and_lora(project):
     assert set(rec["label_probs"]) == set(LABELS) and abs(sum(rec["label_probs"].values()) - 1) < 1e-5
 
 
-def test_a_lora_student_on_a_cut_base_is_calibrated_and_measured_as_served(project):
-    """The adapter of a student cut by student.num_layers sits in a folder whose base loads whole: its int8
-    calibration and importance matrix were measured on the whole base, and the int8 engine then refused
-    the calibration (ranges for layers the served student lacks)."""
+def test_a_lora_student_on_a_cut_base_is_calibrated_measured_and_served_cut(project):
+    """The adapter of a student cut by student.num_layers sits in a folder that names the whole base: its
+    int8 calibration and importance matrix were measured on the whole base (the int8 engine then refused
+    the calibration: ranges for layers the served student lacks), and evaluate and serve ran it whole."""
     import torch
 
     from potstill.engines import calibration
@@ -174,9 +174,14 @@ def test_a_lora_student_on_a_cut_base_is_calibrated_and_measured_as_served(proje
     cal = calibration.load(student)
     assert cal is not None and {k.split(".")[1] for k in cal.absmax if k.startswith("layers.")} == {"0"}
     assert imatrix.layers_of(imatrix.load(student)) == 1
-    served = TransformersEngine.load(str(student), device="cpu", num_layers=1)
+    # The folder says how much of its base the adapter goes on: evaluate, serve, watch and redistill load
+    # it by path alone (they loaded the whole base under the adapter, a model never trained or evaluated).
+    assert json.loads((student / "potstill_layers.json").read_text()) == {"num_hidden_layers": 1}
+    served = TransformersEngine.load(str(student), device="cpu")
+    assert served.lm.model.config.num_hidden_layers == 1 and served.lm.identity.endswith("[:1]")
     layers = {n for n, m in decoder(served.lm.model).named_modules() if isinstance(m, torch.nn.Linear)}
     assert calibration.misfit(cal, served.lm.identity, layers) is None
+    assert json.loads((project / "run" / "eval.json").read_text())["models"]["student"]
 
 
 def test_bad_inputs_fail_with_one_line_and_leave_nothing(project):

@@ -302,3 +302,14 @@ def test_llama_server_with_the_adapter_answers_as_the_merged_file(lora_run, gguf
         for s in servers.values():
             s.close()
 
+
+
+def test_an_unreadable_note_of_the_bases_cut_is_one_line(cut_run, tmp_path):
+    student = tmp_path / "student"
+    shutil.copytree(Path(cut_run.run_dir) / "student", student)
+    assert load_lm(str(student), device="cpu").model.config.num_hidden_layers == 3  # cut by the note alone
+    for bad in ("{", '{"num_hidden_layers": 0}', "[]"):
+        (student / "potstill_layers.json").write_text(bad)
+        with pytest.raises(PotstillError) as e:
+            load_lm(str(student), device="cpu")
+        assert "potstill_layers.json: unreadable" in str(e.value) and "\n" not in str(e.value)

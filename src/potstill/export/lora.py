@@ -91,12 +91,13 @@ def _write_base(cfg: Config, run: Path, conf: dict[str, Any], out: Path, dtype: 
 
 def _copy_adapter(run: Path, tmp: Path, base_name: str, revision: str | None) -> list[str]:
     """RUN/student's adapter and tokenizer files into ``tmp`` (not the sidecars of the merged student,
-    which describe other weights), its config naming ``base_name``."""
-    from potstill.models.loading import SIDECARS
+    which describe other weights, nor potstill's note of the base's cut: the base named is the cut one),
+    its config naming ``base_name``."""
+    from potstill.models.loading import ADAPTER_LAYERS, SIDECARS
 
     copied = []
     for f in sorted((run / "student").iterdir()):
-        if f.is_file() and f.name not in SIDECARS:
+        if f.is_file() and f.name not in (*SIDECARS, ADAPTER_LAYERS):
             shutil.copy2(f, tmp / f.name)
             copied.append(f.name)
     conf = json.loads((tmp / "adapter_config.json").read_text())

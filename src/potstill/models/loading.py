@@ -308,9 +308,13 @@ def resolve(spec: str) -> tuple[str, Path | str]:
 # Beside the weights, the files that change what a model answers: its architecture and generation
 # defaults, its tokenizer and chat template (in tokenizer_config.json or a file of its own), a LoRA
 # adapter's settings. Not the checkpoints, metrics or notes a trainer leaves beside them.
+# Beside a LoRA adapter potstill trained: the layers of the base it was trained on (``student.num_layers``
+# cuts the base, and an adapter folder names only the whole base), so every load of the folder (evaluate,
+# serve, watch, redistill, the engines' conversions) cuts the base as training did (``adapter_layers``).
+ADAPTER_LAYERS = "potstill_layers.json"
 SHAPING_FILES = ("config.json", "generation_config.json", "adapter_config.json", "tokenizer*", "special_tokens_map.json",
                  "added_tokens.json", "chat_template*", "vocab.*", "merges.txt", "*.model", "*.tiktoken",
-                 "preprocessor_config.json", "processor_config.json")
+                 "preprocessor_config.json", "processor_config.json", ADAPTER_LAYERS)
 
 
 # Measurements potstill keeps beside a student's weights (engines.calibration.FILE, export.imatrix.FILE):
@@ -448,6 +452,21 @@ def _adapter_on_cut_base(where: Path, dtype: torch.dtype, num_layers: int) -> tu
     return PeftModel.from_pretrained(base, where).merge_and_unload(), cut
 
 
+def adapter_layers(where: Path) -> int | None:
+    """How many layers of its base the LoRA adapter in ``where`` was trained on (``ADAPTER_LAYERS``), or None."""
+    path = where / ADAPTER_LAYERS
+    if not path.is_file():
+        return None
+    try:
+        n = json.loads(path.read_text())["num_hidden_layers"]
+        if isinstance(n, int) and not isinstance(n, bool) and n >= 1:
+            return n
+        raise ValueError(f"num_hidden_layers {n!r}")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise PotstillError(f"{path}: unreadable ({e}); it says how many layers of its base the adapter was trained "
+                            "on: run `potstill train` again") from None
+
+
 def load_lm(spec: str, device: str = "auto", dtype: torch.dtype | str | None = None,
             num_layers: int | None = None) -> LM:
     """Load a causal LM and its tokenizer from any spec; LoRA adapter directories are merged in.
@@ -462,6 +481,8 @@ def load_lm(spec: str, device: str = "auto", dtype: torch.dtype | str | None = N
     if dtype is None or isinstance(dtype, str):
         dtype = torch_dtype(dtype or "auto", dev)
     src, pin = pretrained_source(where)
+    if num_layers is None and isinstance(where, Path):
+        num_layers = adapter_layers(where)  # a folder's own cut, where no caller named one
     cut = False
     try:
         if isinstance(where, Path) and (where / "adapter_config.json").exists() and num_layers is not None:

@@ -38,10 +38,10 @@ import torch
 from potstill.config import TrainConfig
 from potstill.errors import PotstillError, compile_failed
 from potstill.hashing import hash_obj
-from potstill.models.loading import LM, hub_revision, hub_split, save_lm
+from potstill.models.loading import ADAPTER_LAYERS, LM, hub_revision, hub_split, save_lm
 from potstill.models.prompting import PromptFormat, label_token_ids, stop_token_ids
 from potstill.progress import bar, say
-from potstill.records import Record, atomic_dir, write_text
+from potstill.records import Record, atomic_dir, write_json, write_text
 from potstill.tasks import Task
 from potstill.train import checkpoint
 from potstill.train.batching import Batch, Example, build_examples, collate
@@ -517,6 +517,8 @@ def _save_student(s: _Setup, lm: LM, cfg: TrainConfig, out_dir: Path, ckpt_dir: 
             with atomic_dir(out_dir) as tmp:
                 model.save_pretrained(tmp, state_dict=full_state)
                 lm.tokenizer.save_pretrained(tmp)
+                # The folder names the whole base; this says how much of it the adapter goes on.
+                write_json(tmp / ADAPTER_LAYERS, {"num_hidden_layers": int(model.config.num_hidden_layers)})
         else:
             save_lm(model, lm.tokenizer, out_dir, state_dict=full_state)
         # Checkpoints are for crash recovery; the finished weights supersede them.
