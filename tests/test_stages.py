@@ -444,6 +444,17 @@ def test_evaluate_with_a_judge_reads_only_declared_fields(tmp_path, tiny_model):
     assert not {k for k in STAGES["evaluate"].fingerprinted() if k.startswith("generate.")}
 
 
+def test_an_empty_model_field_is_not_the_working_directory(tmp_path, monkeypatch):
+    """teacher.model is '' until set (an API teacher names its model): Path('') is the working directory,
+    whose every file was hashed into evaluate's fingerprint, which then moved with any file written there."""
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(overrides={"run_dir": str(tmp_path / "run"), "task": {"type": "freetext", "instruction": "a"}})
+    assert cfg.teacher.model == ""
+    before = STAGES["evaluate"].fingerprint(cfg, RunDir(cfg.run_dir))
+    (tmp_path / "notes.txt").write_text("a file beside the project")
+    assert STAGES["evaluate"].fingerprint(cfg, RunDir(cfg.run_dir)) == before
+
+
 def test_the_judges_files_count_by_content_not_by_name(tmp_path):
     """evaluate.judge.teacher is a whole teacher section: its replay and few-shot files count by
     their bytes as the run's teacher's do, so an edited file reruns evaluate and a copy does not."""

@@ -71,7 +71,9 @@ def by_content(key: str, value: Any, cfg: Config | None = None, _section: Any = 
                     node[leaf] = by_content(sub, node[leaf], cfg, node)
         return data
     role = path_roles().get(key)
-    if role and role.content and isinstance(value, str):
+    # Not an empty one (an API teacher's unset model): Path("") is the working directory, whose every
+    # file was hashed, so a test writing beside it (or a project's own files) changed the fingerprint.
+    if role and role.content and isinstance(value, str) and value.strip():
         from potstill.hub_files import is_hub_file, local_file
 
         if is_hub_file(value):  # by the content fetched (an unpinned revision moves with the hub)
