@@ -563,6 +563,32 @@ class Ledger:
             row = self._db.execute("SELECT response, input FROM responses WHERE id=?", (response_id,)).fetchone()
         return None if row is None else (json.loads(row[0]), json.loads(row[1]))
 
+    # ------------------------------------------------------------------ Files and Batch API (serve)
+    def put_object(self, table: str, obj: dict[str, Any]) -> None:
+        """Keep a File (``serve_files``) or Batch (``serve_batches``) object, replacing its earlier state."""
+        assert table in ("serve_files", "serve_batches")
+        with self._lock, self._db:
+            self._db.execute(f"INSERT OR REPLACE INTO {table} (id, object, created_at) VALUES (?,?,?)",
+                             (obj["id"], json.dumps(obj), obj["created_at"]))
+
+    def get_object(self, table: str, object_id: str) -> dict[str, Any] | None:
+        assert table in ("serve_files", "serve_batches")
+        with self._lock:
+            row = self._db.execute(f"SELECT object FROM {table} WHERE id=?", (object_id,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def list_objects(self, table: str) -> list[dict[str, Any]]:
+        """Every kept object of ``table``, newest first."""
+        assert table in ("serve_files", "serve_batches")
+        with self._lock:
+            rows = self._db.execute(f"SELECT object FROM {table} ORDER BY created_at DESC, id DESC").fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def delete_object(self, table: str, object_id: str) -> bool:
+        assert table in ("serve_files", "serve_batches")
+        with self._lock, self._db:
+            return self._db.execute(f"DELETE FROM {table} WHERE id=?", (object_id,)).rowcount > 0
+
     def delete_response(self, response_id: str) -> bool:
         """Forget a stored response; False where there was none. Responses that continued it keep
         their own copy of the conversation."""

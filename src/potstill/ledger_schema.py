@@ -102,6 +102,21 @@ MIGRATIONS: list[str] = [
         created_at REAL NOT NULL
     );
     """,
+    # 7: OpenAI's Files and Batch APIs on `potstill serve`: each File and Batch object as a client
+    # gets it (its content on disk, RUN/serve_files/), so a restarted server lists them and resumes a
+    # batch it was running.
+    """
+    CREATE TABLE serve_files (
+        id TEXT PRIMARY KEY,           -- file-...
+        object TEXT NOT NULL,          -- JSON of the File object
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE serve_batches (
+        id TEXT PRIMARY KEY,           -- batch_...
+        object TEXT NOT NULL,          -- JSON of the Batch object
+        created_at REAL NOT NULL
+    );
+    """,
 ]
 
 #: Batch states after which nothing more comes from the provider.

@@ -13,6 +13,7 @@ that ``potstill redistill`` promoted, without a restart (see ``Service.reload``)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import math
@@ -30,6 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from potstill.errors import PotstillError
 from potstill.records import json_problem
+from potstill.serve.batches import add_batch_routes
 from potstill.serve.completions import COMPLETIONS, add_completions_route
 from potstill.serve.engine import RefusedChat
 from potstill.serve.formats import FormatError
@@ -44,6 +46,7 @@ from potstill.serve.service import LogprobsUnavailable, Service, TeacherError, w
 
 CHAT = "/v1/chat/completions"
 RESPONSES = "/v1/responses"
+FILES = "/v1/files"
 SERVED = (CHAT, RESPONSES, COMPLETIONS, MESSAGES)  # the paths whose every request is a ledger row
 ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 500, 502)}
 # One server-sent event (OpenAPI 3.1: the event-stream schema describes each event): its data is a
@@ -125,8 +128,10 @@ class Gate:
     /openapi.json too, where a key is set), a body size limit for /v1/*, and the ledger row of every
     chat request rejected before its handler ran. The body is read once and replayed downstream."""
 
-    def __init__(self, app: Any, service: Service, key: str | None, max_body: int, reject: Any):
+    def __init__(self, app: Any, service: Service, key: str | None, max_body: int, reject: Any,
+                 max_file: int | None = None):
         self.app, self.service, self.key, self.max_body, self.reject = app, service, key, max_body, reject
+        self.max_file = max_file or max_body
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -147,9 +152,10 @@ class Gate:
                 return await self.reject(scope, send, 401, BAD_KEY, None, _key_code(auth))
         if scope["method"] != "POST" or not (scope["path"].startswith("/v1/") or scope["path"] in TOKENIZE):
             return await self.app(scope, receive, send)
+        limit = self.max_file if scope["path"].rstrip("/") == FILES else self.max_body  # a Batch API input file
         declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
-            return await self.reject(scope, send, 413, f"request body over {self.max_body} bytes", None)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await self.reject(scope, send, 413, f"request body over {limit} bytes", None)
         chunks, size = [], 0
         while True:
             msg = await receive()
@@ -157,8 +163,8 @@ class Gate:
                 return
             chunks.append(msg.get("body", b""))
             size += len(chunks[-1])
-            if size > self.max_body:
-                return await self.reject(scope, send, 413, f"request body over {self.max_body} bytes", None)
+            if size > limit:
+                return await self.reject(scope, send, 413, f"request body over {limit} bytes", None)
             if not msg.get("more_body"):
                 break
         body = b"".join(chunks)
@@ -242,7 +248,16 @@ def build_app(service: Service, api_key: str | None) -> FastAPI:
     latency = Histogram("potstill_request_seconds", "End-to-end chat latency.", ["answered_by"], registry=registry,
                         buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 
-    app = FastAPI(title="potstill serve", version="1", description="OpenAI-compatible student with teacher fallback.")
+    held: dict[str, Any] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> Any:
+        held["batches"].resume()  # batches a stopped server left unfinished
+        yield
+        await held["batches"].stop()
+
+    app = FastAPI(title="potstill serve", version="1", description="OpenAI-compatible student with teacher fallback.",
+                  lifespan=lifespan)
     reject, log_error = _add_error_handlers(app, service, requests)
     bearer = [Depends(HTTPBearer(auto_error=False))]  # documents the scheme; Gate enforces it
     _add_info_routes(app, service, registry, bearer)
@@ -252,7 +267,9 @@ def build_app(service: Service, api_key: str | None) -> FastAPI:
     add_messages_route(app, service, requests, latency, bearer, log_error)
     add_completions_route(app, service, requests, latency, bearer, log_error)
     _add_reload_route(app, service, api_key, bearer)
-    app.add_middleware(Gate, service=service, key=api_key, max_body=s.max_body_bytes, reject=reject)
+    held["batches"] = add_batch_routes(app, service, api_key, bearer)
+    app.add_middleware(Gate, service=service, key=api_key, max_body=s.max_body_bytes, reject=reject,
+                       max_file=s.max_file_bytes)
     return app
 
 

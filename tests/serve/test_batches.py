@@ -1,0 +1,214 @@
+"""OpenAI's Files and Batch APIs on ``potstill serve``, through the official openai client: a batch
+file's lines answered as live requests are (same answers, same routing, a ledger row each, failures in
+the error file with their status and body), a malformed file failed line by line, cancel, and a batch a
+stopped server left unfinished resumed by the next one with no line lost or answered twice."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import openai
+import pytest
+
+from tests.serve.conftest import MSG, SERVE_KEY, TEXTS, client, rows
+from tests.helpers.live_server import LiveServer
+
+
+def _line(i: int, text: str, url: str = "/v1/chat/completions", **body) -> dict:
+    return {"custom_id": f"req-{i}", "method": "POST", "url": url,
+            "body": {"model": "potstill", "messages": [{"role": "user", "content": text}], **body}}
+
+
+def _upload(cl: openai.OpenAI, lines: list, name: str = "in.jsonl") -> str:
+    data = "".join((ln if isinstance(ln, str) else json.dumps(ln)) + "\n" for ln in lines).encode()
+    return cl.files.create(file=(name, data), purpose="batch").id
+
+
+def _wait(cl: openai.OpenAI, batch_id: str, until=("completed", "failed", "cancelled"), timeout: float = 120):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        b = cl.batches.retrieve(batch_id)
+        if b.status in until:
+            return b
+        time.sleep(0.05)
+    raise AssertionError(f"batch {batch_id} still {b.status} after {timeout} s")
+
+
+def _asked(service, batch_id: str, before: int) -> list[str]:
+    """The x-request-ids of the ledger rows (after the first ``before``) of the batch's lines."""
+    ids = [json.loads(r["request"]).get("request_id") or "" for r in rows(service)[before:]]
+    return [i for i in ids if i.startswith(batch_id)]
+
+
+def _jsonl(cl: openai.OpenAI, file_id: str | None) -> list[dict]:
+    return [json.loads(x) for x in cl.files.content(file_id).text.splitlines()] if file_id else []
+
+
+def test_each_line_is_answered_as_the_live_request_is(served, force):
+    service, live = served
+    force("student")
+    cl = client(live)
+    lines = [_line(i, t) for i, t in enumerate(TEXTS[:6])]
+    lines.append({**_line(6, TEXTS[0]), "body": {**_line(6, TEXTS[0])["body"], "model": "no-such-model"}})
+    lines.append(_line(7, TEXTS[1], stream=True))
+    lines.append(_line(8, TEXTS[2], url="/v1/completions") | {"url": "/v1/chat/completions",
+                                                              "body": {"model": "potstill", "prompt": "x"}})
+    fid = _upload(cl, lines)
+    before = len(rows(service))
+    b = cl.batches.create(input_file_id=fid, endpoint="/v1/chat/completions", completion_window="24h",
+                          metadata={"job": "nightly"})
+    assert b.status == "validating" and b.metadata == {"job": "nightly"} and b.input_file_id == fid
+    b = _wait(cl, b.id)
+    assert b.status == "completed", b.errors
+    assert (b.request_counts.total, b.request_counts.completed, b.request_counts.failed) == (9, 6, 3)
+    out, err = _jsonl(cl, b.output_file_id), _jsonl(cl, b.error_file_id)
+    assert [o["custom_id"] for o in out] == [f"req-{i}" for i in range(6)]
+    for o, text in zip(out, TEXTS[:6]):
+        live_answer = cl.chat.completions.create(model="potstill", messages=[{"role": "user", "content": text}])
+        body = o["response"]["body"]
+        assert o["response"]["status_code"] == 200 and body["object"] == "chat.completion"
+        assert body["choices"][0]["message"]["content"] == live_answer.choices[0].message.content
+        assert body["potstill"]["answered_by"] == "student" and o["id"].startswith("batch_req_")
+        assert o["response"]["request_id"] == f"{b.id}-{int(o['custom_id'][4:])}"
+    codes = {e["custom_id"]: (e["response"]["status_code"], e["response"]["body"]["error"]["param"]) for e in err}
+    assert codes == {"req-6": (404, "model"), "req-7": (400, "stream"), "req-8": (400, "messages")}
+    assert b.usage.input_tokens == sum(o["response"]["body"]["usage"]["prompt_tokens"] for o in out) > 0
+    assert b.model_extra["potstill"] == {"answered_by": {"student": 6}}
+    # A ledger row for each line sent (the streamed one never was), named by its x-request-id.
+    assert sorted(_asked(service, b.id, before)) == sorted(f"{b.id}-{i}" for i in (0, 1, 2, 3, 4, 5, 6, 8))
+    assert [x.id for x in cl.batches.list(limit=100)][:1] == [b.id]
+    got = cl.files.retrieve(b.output_file_id)
+    assert got.purpose == "batch_output" and got.bytes == len(cl.files.content(b.output_file_id).content)
+
+
+def test_the_teacher_answers_a_line_the_router_escalates(served, force):
+    service, live = served
+    force("teacher")
+    cl = client(live)
+    b = cl.batches.create(input_file_id=_upload(cl, [_line(0, MSG[0]["content"])]),
+                          endpoint="/v1/chat/completions", completion_window="24h")
+    b = _wait(cl, b.id)
+    [o] = _jsonl(cl, b.output_file_id)
+    assert o["response"]["body"]["potstill"]["answered_by"] == "teacher"
+    assert b.model_extra["potstill"] == {"answered_by": {"teacher": 1}}
+
+
+def test_completions_and_responses_batches(served, force):
+    _, live = served
+    force("student")
+    cl = client(live)
+    for endpoint, body in (("/v1/completions", {"model": "potstill", "prompt": TEXTS[0]}),
+                           ("/v1/responses", {"model": "potstill", "input": TEXTS[0]})):
+        line = {"custom_id": "a", "method": "POST", "url": endpoint, "body": body}
+        b = _wait(cl, cl.batches.create(input_file_id=_upload(cl, [line]), endpoint=endpoint,
+                                        completion_window="24h").id)
+        [o] = _jsonl(cl, b.output_file_id)
+        assert o["response"]["status_code"] == 200, o
+        kind = o["response"]["body"]["object"]
+        assert kind == ("text_completion" if endpoint == "/v1/completions" else "response")
+
+
+def test_a_malformed_file_fails_the_batch_naming_each_line(served):
+    _, live = served
+    cl = client(live)
+    good = _line(0, TEXTS[0])
+    lines = [good, "{not json", {**_line(1, TEXTS[1]), "custom_id": None}, {**_line(2, TEXTS[2]), "custom_id": "req-0"},
+             _line(3, TEXTS[3], url="/v1/completions"), {**_line(4, TEXTS[4]), "method": "GET"}, [1, 2]]
+    b = _wait(cl, cl.batches.create(input_file_id=_upload(cl, lines), endpoint="/v1/chat/completions",
+                                    completion_window="24h").id)
+    assert b.status == "failed" and b.failed_at and b.output_file_id is None
+    assert [(e.line, e.code, e.param) for e in b.errors.data] == [
+        (2, "invalid_json_line", None), (3, "missing_required_parameter", "custom_id"),
+        (4, "duplicate_custom_id", "custom_id"), (5, "mismatched_url", "url"), (6, "invalid_method", "method"),
+        (7, "invalid_json_line", None)]
+
+
+def test_files_and_batches_refuse_what_they_cannot_do_in_openai_s_shape(served):
+    _, live = served
+    cl = client(live)
+    with pytest.raises(openai.BadRequestError) as e:
+        cl.files.create(file=("x.jsonl", b"{}\n"), purpose="fine-tune")
+    assert e.value.body["param"] == "purpose"
+    with pytest.raises(openai.NotFoundError) as e:
+        cl.files.retrieve("file-nope")
+    assert e.value.body["code"] == "file_not_found"
+    with pytest.raises(openai.NotFoundError):
+        cl.batches.retrieve("batch_nope")
+    fid = _upload(cl, [_line(0, TEXTS[0])])
+    for kw, param in (({"endpoint": "/v1/embeddings"}, "endpoint"), ({"completion_window": "1h"}, "completion_window"),
+                      ({"input_file_id": "file-nope"}, "input_file_id")):
+        args = {"input_file_id": fid, "endpoint": "/v1/chat/completions", "completion_window": "24h", **kw}
+        with pytest.raises(openai.BadRequestError) as e:
+            cl.batches.create(**args)
+        assert e.value.body["param"] == param
+    with pytest.raises(openai.AuthenticationError):
+        client(live, key="wrong").files.list()
+    assert fid in [f.id for f in cl.files.list(purpose="batch")]
+    assert cl.files.delete(fid).deleted and fid not in [f.id for f in cl.files.list()]
+    with pytest.raises(openai.NotFoundError):
+        cl.files.content(fid)
+
+
+def test_cancel_keeps_the_lines_answered_by_then(served, force):
+    service, live = served
+    force("student")
+    cl = client(live)
+    fid = _upload(cl, [_line(i, TEXTS[i % 10]) for i in range(400)])
+    b = cl.batches.create(input_file_id=fid, endpoint="/v1/chat/completions", completion_window="24h")
+    with pytest.raises(openai.APIStatusError) as e:  # its input is in use until the batch ends
+        cl.files.delete(fid)
+    assert e.value.status_code == 409
+    _wait(cl, b.id, until=("in_progress", "completed"))
+    got = cl.batches.cancel(b.id)
+    assert got.status in ("cancelling", "completed")
+    b = _wait(cl, b.id)
+    if b.status == "completed":
+        pytest.skip("the batch finished before the cancel reached it")
+    assert b.status == "cancelled" and b.cancelled_at and b.request_counts.completed < 400
+    out = _jsonl(cl, b.output_file_id)
+    assert len(out) == b.request_counts.completed and len({o["custom_id"] for o in out}) == len(out)
+    with pytest.raises(openai.APIStatusError) as e:
+        cl.batches.cancel(b.id)
+    assert e.value.status_code == 409
+
+
+def test_a_batch_a_stopped_server_left_is_resumed_with_no_line_lost_or_answered_twice(served, force):
+    from potstill.serve import serve_key
+    from potstill.serve.app import build_app
+
+    service, live = served
+    force("student")
+    n = 1500
+    service.cfg.serve.batch_concurrency = 2  # few lines in flight when the server stops
+    try:
+        before = len(rows(service))
+        with LiveServer(build_app(service, serve_key(service.cfg))) as first:
+            cl = client(first)
+            b = cl.batches.create(input_file_id=_upload(cl, [_line(i, TEXTS[i % 10]) for i in range(n)]),
+                                  endpoint="/v1/chat/completions", completion_window="24h")
+            t0 = time.monotonic()
+            while cl.batches.retrieve(b.id).request_counts.completed < 20 and time.monotonic() - t0 < 60:
+                time.sleep(0.02)
+        left = client(live).batches.retrieve(b.id)  # the module's server shares the ledger: still open
+        assert left.status == "in_progress" and 20 <= left.request_counts.completed < n
+        with LiveServer(build_app(service, serve_key(service.cfg))) as second:  # resumes it at start
+            done = _wait(client(second), b.id)
+            out = _jsonl(client(second), done.output_file_id)
+    finally:
+        service.cfg.serve.batch_concurrency = 32
+    assert done.status == "completed" and done.request_counts.completed == n
+    assert [o["custom_id"] for o in out] == [f"req-{i}" for i in range(n)]
+    asked = _asked(service, b.id, before)
+    assert set(asked) == {f"{b.id}-{i}" for i in range(n)}
+    assert len(asked) - n <= 2  # only a line in flight when the server stopped is asked again
+
+
+def test_no_key_no_files(served):
+    _, live = served
+    import httpx
+
+    r = httpx.get(live.url + "/v1/files")
+    assert r.status_code == 401 and r.json()["error"]["type"] == "invalid_request_error"
+    r = httpx.get(live.url + "/v1/batches", headers={"authorization": f"Bearer {SERVE_KEY}"})
+    assert r.status_code == 200 and r.json()["object"] == "list"
