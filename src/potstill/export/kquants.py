@@ -29,10 +29,17 @@ mix falls back to (Q4_0, Q5_0, Q5_1, Q8_0) keep ggml's reference rounding (gguf-
 fitting them the same way lowered their weight error 3-10% and moved the quickstart student's
 labels further from fp32's (mean total variation 0.19-0.25 against 0.15 for q4_K_M, scored the
 same way).
+
+The fit holds a sub-block down each column, so that its sums over a sub-block's 16 or 32 values are
+adds of whole rows; they are made in the order numpy's ``sum(-1)`` adds a row, which keeps the bytes
+of the fit as first written (row-wise, 0.37-0.41 s a kind for 1,024 x 2,816 weights against 0.12-0.15 s
+now on one thread: ``benchmarks/kquants_speed.py`` checks both, byte for byte).
 """
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
@@ -41,9 +48,16 @@ QK = 256  # weights per k-quant block
 VERSION = 2  # in engine llamacpp's cache key: files made by an older fit are not reused
 # Candidate scales, nmax + step levels over a sub-block's range. On heavy-tailed weights (Student-t,
 # 1,024 x 2,816) 21 steps gave Q4_K a relative RMSE of 0.09629 in 0.67 s, 11 steps 0.09636 in 0.37 s,
-# 5 steps 0.09723; Q6_K 0.02714 with 21 or 7 (per side), 0.02715 with 5.
+# 5 steps 0.09723 (times of the row-wise fit); Q6_K 0.02714 with 21 or 7 (per side), 0.02715 with 5.
 AFFINE_STEPS = np.linspace(-1.0, 1.0, 11)
 SYMMETRIC_STEPS = np.linspace(-1.0, 1.0, 7)
+# Blocks per chunk in quantize: the fit's float64 temporaries (2 MiB an array) stay in cache rather
+# than streaming from memory, and numpy's cost per call stays small beside its loops. Q4_K of
+# 1,024 x 2,816 (11,264 blocks) on one thread: 0.14 s in chunks of 352 blocks, 0.12 s of 704-1,056,
+# 0.13 s of 1,408, 0.19 s in one; on two (two idle cores) 0.13 s of 352, 0.08 s of 1,056-1,408.
+CHUNK_BLOCKS = 1024
+# numpy lets go of the GIL inside its loops, not between its calls: a few threads share the chunks.
+MAX_THREADS = 4
 
 
 def _importance(x: np.ndarray) -> np.ndarray:
@@ -51,20 +65,41 @@ def _importance(x: np.ndarray) -> np.ndarray:
     return np.sqrt(np.mean(x * x, axis=-1, keepdims=True)) + np.abs(x)
 
 
+def _sum(a: np.ndarray) -> np.ndarray:
+    """The column sums of ``a`` (k, n), k 16 or 32, with the bits of ``a.T.sum(-1)``: added in the order
+    numpy adds a row of k (pairwise_sum: eight running sums at stride 8, then a tree, then onto 0.0).
+    With a sub-block down each column every add runs over n contiguous values, not a loop per short row."""
+    r = a[0:8] + a[8:16]
+    for i in range(16, len(a), 8):
+        r += a[i:i + 8]
+    r = r[0::2] + r[1::2]
+    r = r[0::2] + r[1::2]
+    out = r[0] + r[1]
+    out += 0.0
+    return out
+
+
 def fit_affine(x: np.ndarray, nmax: int, w: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Scale ``s >= 0`` and offset ``m >= 0`` per row of ``x`` (sub-blocks, shape (n, k)) so that
     ``x ~ s * q - m`` with integer ``q`` in 0..nmax; the smallest squared error weighted by ``w``
     (``_importance`` where None) found."""
     w = _importance(x) if w is None else w
-    lo = np.minimum(x.min(-1), 0.0)  # -m must be representable with m >= 0, so the range starts at 0 at most
-    span = np.maximum(x.max(-1) - lo, 1e-30)
+    x, w = np.ascontiguousarray(x.T), np.ascontiguousarray(w.T)  # (k, n): sums over k are adds of rows
+    lo = np.minimum(x.min(0), 0.0)  # -m must be representable with m >= 0, so the range starts at 0 at most
+    span = np.maximum(x.max(0) - lo, 1e-30)
     best_s, best_m = span / nmax, -lo
-    q = np.clip(np.rint((x - lo[:, None]) / best_s[:, None]), 0, nmax)
-    best_err = (w * (best_s[:, None] * q - best_m[:, None] - x) ** 2).sum(-1)
-    sw, sx = w.sum(-1), (w * x).sum(-1)
+    xl = x - lo  # every step's levels are this times a scale
+    q = np.clip(np.rint(xl / best_s), 0, nmax)
+    best_err = _sum(w * (best_s * q - best_m - x) ** 2)
+    sw, sx = _sum(w), _sum(w * x)
+    # the steps are float64, so the candidates are fitted in float64: cast once, not in every product
+    xl, x, w = xl.astype(np.float64), x.astype(np.float64), w.astype(np.float64)
+    q, wq, e = np.empty_like(x), np.empty_like(x), np.empty_like(x)  # written in place by every step
     for step in AFFINE_STEPS:
-        q = np.clip(np.rint((x - lo[:, None]) * ((nmax + step) / span)[:, None]), 0, nmax)
-        sq, sqq, sqx = (w * q).sum(-1), (w * q * q).sum(-1), (w * q * x).sum(-1)
+        np.multiply(xl, (nmax + step) / span, out=q)
+        np.clip(np.rint(q, out=q), 0, nmax, out=q)
+        sq = _sum(np.multiply(w, q, out=wq))
+        sqq, sqx = _sum(np.multiply(wq, q, out=e)), _sum(np.multiply(wq, x, out=e))
         det = sw * sqq - sq * sq
         ok = det > 1e-30 * sw * sqq
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -73,7 +108,11 @@ def fit_affine(x: np.ndarray, nmax: int, w: np.ndarray | None = None) -> tuple[n
             pinned = b > 0  # the offset would have to be positive: pin it at 0 and refit the scale alone
             s = np.where(pinned, sqx / np.maximum(sqq, 1e-30), s)
             b = np.where(pinned, 0.0, b)
-        err = (w * (s[:, None] * q + b[:, None] - x) ** 2).sum(-1)
+        np.multiply(s, q, out=e)
+        e += b
+        e -= x
+        np.square(e, out=e)
+        err = _sum(np.multiply(w, e, out=e))
         take = ok & (s > 0) & (err < best_err)
         best_s, best_m, best_err = np.where(take, s, best_s), np.where(take, -b, best_m), np.where(take, err, best_err)
     return best_s, best_m
@@ -84,20 +123,27 @@ def fit_symmetric(x: np.ndarray, nlo: int, nhi: int, w: np.ndarray | None = None
     the squared error weighted by ``w`` (where None, ``x**2``: the largest weights kept best)."""
     w = x * x + 1e-30 if w is None else w
     peak = x[np.arange(len(x)), np.abs(x).argmax(-1)]  # the value of largest magnitude, with its sign
+    x, w = np.ascontiguousarray(x.T), np.ascontiguousarray(w.T)  # (k, n), as in fit_affine
     best_s = peak / nlo  # the peak maps to nlo, the side with one more level
     with np.errstate(divide="ignore", invalid="ignore"):
         inv = np.where(best_s != 0, 1.0 / best_s, 0.0)
-    q = np.clip(np.rint(x * inv[:, None]), nlo, nhi)
-    best_err = (w * (best_s[:, None] * q - x) ** 2).sum(-1)
+    q = np.clip(np.rint(x * inv), nlo, nhi)
+    best_err = _sum(w * (best_s * q - x) ** 2)
+    x, w = x.astype(np.float64), w.astype(np.float64)  # the steps are float64, as in fit_affine
+    q, wq, e = np.empty_like(x), np.empty_like(x), np.empty_like(x)
     for top in (nlo, nhi):
         for step in SYMMETRIC_STEPS:
             s0 = peak / (top + step)
             with np.errstate(divide="ignore", invalid="ignore"):
                 inv = np.where(s0 != 0, 1.0 / s0, 0.0)
-            q = np.clip(np.rint(x * inv[:, None]), nlo, nhi)
-            sqq, sqx = (w * q * q).sum(-1), (w * q * x).sum(-1)
+            np.clip(np.rint(np.multiply(x, inv, out=q), out=q), nlo, nhi, out=q)
+            np.multiply(w, q, out=wq)
+            sqq, sqx = _sum(np.multiply(wq, q, out=e)), _sum(np.multiply(wq, x, out=e))
             s = sqx / np.maximum(sqq, 1e-30)
-            err = (w * (s[:, None] * q - x) ** 2).sum(-1)
+            np.multiply(s, q, out=e)
+            e -= x
+            np.square(e, out=e)
+            err = _sum(np.multiply(w, e, out=e))
             take = (sqq > 0) & (err < best_err)
             best_s, best_err = np.where(take, s, best_s), np.where(take, err, best_err)
     return best_s
@@ -183,10 +229,18 @@ def q6_k(x: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
 BLOCKS: dict[str, tuple[Callable[..., np.ndarray], int]] = {"Q4_K": (q4_k, 144), "Q5_K": (q5_k, 176), "Q6_K": (q6_k, 210)}
 
 
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # the CPUs this process may use (a container's cpuset)
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def quantize(weights: np.ndarray, kind: str, importance: np.ndarray | None = None,
-             rows_per_chunk: int = 2048) -> np.ndarray:
+             rows_per_chunk: int | None = None, threads: int | None = None) -> np.ndarray:
     """A 2-D float tensor (rows, cols), cols a multiple of 256 -> its blocks as uint8
-    (rows, cols / 256 * bytes), in chunks of rows so that the fit's temporaries stay small.
+    (rows, cols / 256 * bytes), in chunks of rows (about ``CHUNK_BLOCKS`` blocks where None), a chunk
+    at a time on each of ``threads`` threads (None: the CPUs this process may use, at most ``MAX_THREADS``).
     ``importance`` (cols,): how much each input channel's rounding costs (an importance matrix: the
     mean square of the activations it multiplies); each weight's error is weighted by its column's."""
     fn, size = BLOCKS[kind]
@@ -195,9 +249,24 @@ def quantize(weights: np.ndarray, kind: str, importance: np.ndarray | None = Non
         raise ValueError(f"{kind} needs rows of a multiple of {QK} weights, not {cols}")
     if importance is not None and importance.shape != (cols,):
         raise ValueError(f"importance for {cols} columns has shape {importance.shape}")
+    rows_per_chunk = rows_per_chunk or max(1, CHUNK_BLOCKS * QK // cols)
+    imp = None if importance is None else importance.astype(np.float32)
     out = np.empty((rows, cols // QK * size), dtype=np.uint8)
-    for i in range(0, rows, rows_per_chunk):
+
+    def chunk(i: int) -> None:
         part = np.asarray(weights[i:i + rows_per_chunk], dtype=np.float32)
-        w = None if importance is None else np.broadcast_to(importance.astype(np.float32), part.shape).reshape(-1, QK)
+        w = None if imp is None else np.broadcast_to(imp, part.shape).reshape(-1, QK)
         out[i:i + len(part)] = fn(part.reshape(-1, QK), w).reshape(len(part), -1)
+
+    starts = range(0, rows, rows_per_chunk)
+    threads = min(threads or min(_cpus(), MAX_THREADS), len(starts))
+    if threads == 1:
+        for i in starts:
+            chunk(i)
+        return out
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="potstill-kquants")
+    try:
+        list(pool.map(chunk, starts))  # list(): a chunk's exception is raised here
+    finally:  # on an error or Ctrl-C, chunks not yet started are dropped
+        pool.shutdown(wait=True, cancel_futures=True)
     return out
