@@ -56,6 +56,7 @@ class Batches:
         self.app: FastAPI | None = None
         self.tasks: dict[str, asyncio.Task] = {}
         self._lock = threading.Lock()  # a batch's read-modify-write: a cancel is never overwritten by a count
+        self._cancelled: set[str] = set()  # asked to cancel: no more of its lines are sent
 
     def update(self, batch_id: str, **fields: Any) -> dict[str, Any]:
         """Set ``fields`` of a kept batch (``request_counts`` and the like) and keep it; the batch back."""
@@ -100,7 +101,9 @@ class Batches:
         self.start(obj["id"])
         return obj
 
-    def start(self, batch_id: str) -> None:
+    def start(self, batch_id: str, cancelling: bool = False) -> None:
+        if cancelling:
+            self._cancelled.add(batch_id)
         self.tasks[batch_id] = asyncio.get_running_loop().create_task(self._run(batch_id))
 
     def resume(self) -> None:
@@ -109,12 +112,13 @@ class Batches:
             if b["status"] in OPEN and b["id"] not in self.tasks:
                 say(f"serve: resuming batch {b['id']} ({b['status']}, {b['request_counts']['completed']} + "
                     f"{b['request_counts']['failed']} of {b['request_counts']['total']} lines answered)")
-                self.start(b["id"])
+                self.start(b["id"], cancelling=b["status"] == "cancelling")
 
     async def stop(self) -> None:
-        for task in self.tasks.values():
+        tasks = list(self.tasks.values())  # each task leaves the dict as it ends
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def cancel(self, batch_id: str) -> dict[str, Any]:
         with self._lock:
@@ -122,11 +126,11 @@ class Batches:
             if b is not None and b["status"] in ("validating", "in_progress"):
                 b.update(status="cancelling", cancelling_at=_now())
                 self.ledger.put_object(BATCHES, b)
+                self._cancelled.add(batch_id)
             return b
 
     def _cancelling(self, batch_id: str) -> bool:
-        b = self.ledger.get_object(BATCHES, batch_id)
-        return b is None or b["status"] == "cancelling"
+        return batch_id in self._cancelled
 
     async def _run(self, batch_id: str) -> None:
         b = self.ledger.get_object(BATCHES, batch_id)
