@@ -212,3 +212,26 @@ def test_no_key_no_files(served):
     assert r.status_code == 401 and r.json()["error"]["type"] == "invalid_request_error"
     r = httpx.get(live.url + "/v1/batches", headers={"authorization": f"Bearer {SERVE_KEY}"})
     assert r.status_code == 200 and r.json()["object"] == "list"
+
+
+def test_a_file_has_its_own_size_limit(served):
+    """serve.max_body_bytes (20,000 here) bounds a chat request; an input file may be larger, up to
+    serve.max_file_bytes."""
+    from potstill.serve import serve_key
+    from potstill.serve.app import build_app
+
+    service, live = served
+    big = [_line(i, TEXTS[i % 10] + " x" * 40) for i in range(300)]  # about 40 kB
+    assert client(live).files.retrieve(_upload(client(live), big)).bytes > 20_000
+    with pytest.raises(openai.APIStatusError) as e:
+        client(live).chat.completions.create(model="potstill", messages=[{"role": "user", "content": "x " * 15_000}])
+    assert e.value.status_code == 413
+    saved = service.cfg.serve.max_file_bytes
+    service.cfg.serve.max_file_bytes = 20_000
+    try:
+        with LiveServer(build_app(service, serve_key(service.cfg))) as small:
+            with pytest.raises(openai.APIStatusError) as e:
+                _upload(client(small), big)
+    finally:
+        service.cfg.serve.max_file_bytes = saved
+    assert e.value.status_code == 413 and "over 20000 bytes" in e.value.body["message"]
