@@ -235,3 +235,87 @@ def test_a_file_has_its_own_size_limit(served):
     finally:
         service.cfg.serve.max_file_bytes = saved
     assert e.value.status_code == 413 and "over 20000 bytes" in e.value.body["message"]
+
+
+# --------------------------------------------------------------------------- Anthropic's Message Batches
+def _claude(live, key: str = SERVE_KEY):
+    import anthropic
+
+    return anthropic.Anthropic(base_url=live.url, api_key=key, max_retries=0)
+
+
+def _params(text: str, **kw) -> dict:
+    return {"model": "potstill", "max_tokens": 8, "messages": [{"role": "user", "content": text}], **kw}
+
+
+def _ended(cl, batch_id: str, timeout: float = 120):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        b = cl.messages.batches.retrieve(batch_id)
+        if b.processing_status == "ended":
+            return b
+        time.sleep(0.05)
+    raise AssertionError(f"message batch {batch_id} still {b.processing_status}")
+
+
+def test_a_message_batch_answers_as_the_messages_api_does(served, force):
+    service, live = served
+    force("student")
+    cl = _claude(live)
+    reqs = [{"custom_id": f"m{i}", "params": _params(t)} for i, t in enumerate(TEXTS[:4])]
+    reqs.append({"custom_id": "bad", "params": _params(TEXTS[0], model="no-such-model")})
+    before = len(rows(service))
+    b = cl.messages.batches.create(requests=reqs)
+    assert b.type == "message_batch" and b.id.startswith("msgbatch_") and b.processing_status == "in_progress"
+    b = _ended(cl, b.id)
+    assert (b.request_counts.succeeded, b.request_counts.errored, b.request_counts.processing) == (4, 1, 0)
+    assert b.ended_at is not None and b.results_url.endswith(f"/v1/messages/batches/{b.id}/results")
+    results = {r.custom_id: r.result for r in cl.messages.batches.results(b.id)}
+    assert list(results) == [f"m{i}" for i in range(4)] + ["bad"]
+    for i, text in enumerate(TEXTS[:4]):
+        live_answer = cl.messages.create(**_params(text))
+        assert results[f"m{i}"].type == "succeeded"
+        assert results[f"m{i}"].message.content[0].text == live_answer.content[0].text
+    assert results["bad"].type == "errored" and results["bad"].error.error.type == "not_found_error"
+    asked = _asked(service, b.id, before)
+    assert sorted(asked) == sorted(f"{b.id}-{i}" for i in range(5))
+    # Anthropic's batches are not OpenAI's, nor listed among them
+    assert b.id in [x.id for x in cl.messages.batches.list()]
+    assert b.id not in [x.id for x in client(live).batches.list(limit=100)]
+    with pytest.raises(openai.NotFoundError):
+        client(live).batches.retrieve(b.id)
+    assert cl.messages.batches.delete(b.id).type == "message_batch_deleted"
+    import anthropic
+
+    with pytest.raises(anthropic.NotFoundError):
+        cl.messages.batches.retrieve(b.id)
+
+
+def test_a_message_batch_refuses_bad_requests_in_anthropic_s_shape(served):
+    import anthropic
+
+    _, live = served
+    cl = _claude(live)
+    for reqs, what in (([], "requests"), ([{"custom_id": "a b", "params": _params("x")}], "custom_id"),
+                       ([{"custom_id": "a", "params": _params("x")}, {"custom_id": "a", "params": _params("y")}],
+                        "earlier request"), ([{"custom_id": "a", "params": "x"}], "params")):
+        with pytest.raises(anthropic.BadRequestError) as e:
+            cl.messages.batches.create(requests=reqs)
+        assert e.value.body["type"] == "error" and what in e.value.body["error"]["message"]
+
+
+def test_a_canceled_message_batch_says_which_requests_were_never_sent(served, force):
+    _, live = served
+    force("student")
+    cl = _claude(live)
+    b = cl.messages.batches.create(requests=[{"custom_id": f"m{i}", "params": _params(TEXTS[i % 10])}
+                                             for i in range(400)])
+    got = cl.messages.batches.cancel(b.id)
+    assert got.processing_status in ("canceling", "ended")
+    b = _ended(cl, b.id)
+    counts = b.request_counts
+    if counts.canceled == 0:
+        pytest.skip("the batch ended before the cancel reached it")
+    assert counts.succeeded + counts.errored + counts.canceled == 400 and b.cancel_initiated_at is not None
+    kinds = [r.result.type for r in cl.messages.batches.results(b.id)]
+    assert kinds.count("canceled") == counts.canceled and kinds.count("succeeded") == counts.succeeded

@@ -32,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from potstill.errors import PotstillError
 from potstill.records import json_problem
 from potstill.serve.batches import add_batch_routes
+from potstill.serve.message_batches import add_message_batch_routes
 from potstill.serve.completions import COMPLETIONS, add_completions_route
 from potstill.serve.engine import RefusedChat
 from potstill.serve.formats import FormatError
@@ -47,6 +48,7 @@ from potstill.serve.service import LogprobsUnavailable, Service, TeacherError, w
 CHAT = "/v1/chat/completions"
 RESPONSES = "/v1/responses"
 FILES = "/v1/files"
+MESSAGE_BATCHES = "/v1/messages/batches"
 SERVED = (CHAT, RESPONSES, COMPLETIONS, MESSAGES)  # the paths whose every request is a ledger row
 ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 500, 502)}
 # One server-sent event (OpenAPI 3.1: the event-stream schema describes each event): its data is a
@@ -152,7 +154,8 @@ class Gate:
                 return await self.reject(scope, send, 401, BAD_KEY, None, _key_code(auth))
         if scope["method"] != "POST" or not (scope["path"].startswith("/v1/") or scope["path"] in TOKENIZE):
             return await self.app(scope, receive, send)
-        limit = self.max_file if scope["path"].rstrip("/") == FILES else self.max_body  # a Batch API input file
+        # a Batch API input file, or Anthropic's batch of requests inline
+        limit = self.max_file if scope["path"].rstrip("/") in (FILES, MESSAGE_BATCHES) else self.max_body
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             return await self.reject(scope, send, 413, f"request body over {limit} bytes", None)
@@ -268,6 +271,7 @@ def build_app(service: Service, api_key: str | None) -> FastAPI:
     add_completions_route(app, service, requests, latency, bearer, log_error)
     _add_reload_route(app, service, api_key, bearer)
     held["batches"] = add_batch_routes(app, service, api_key, bearer)
+    add_message_batch_routes(app, service, held["batches"], bearer)
     app.add_middleware(Gate, service=service, key=api_key, max_body=s.max_body_bytes, reject=reject,
                        max_file=s.max_file_bytes)
     return app

@@ -39,6 +39,7 @@ FILES, BATCHES = "serve_files", "serve_batches"
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
 MAX_LINES = 50_000  # OpenAI's limit per batch
 OPEN = ("validating", "in_progress", "finalizing", "cancelling")  # a batch still to be run or finished
+MESSAGE_BATCH = "msgbatch_"  # the id prefix of Anthropic's Message Batches (``message_batches``), run here too
 SAVE_EVERY_S = 1.0  # how often a running batch's counts are written to the ledger
 
 
@@ -88,9 +89,18 @@ class Batches:
                      if b["status"] in OPEN and b["input_file_id"] == file_id), None)
 
     # ------------------------------------------------------------------ batches
-    def create(self, input_file_id: str, endpoint: str, metadata: dict[str, str] | None) -> dict[str, Any]:
+    def create(self, input_file_id: str | None, endpoint: str, metadata: dict[str, str] | None,
+               lines: list[dict[str, Any]] | None = None, prefix: str = "batch_") -> dict[str, Any]:
+        """A new batch of the kept file ``input_file_id``, or of ``lines`` (Anthropic's Message Batches send
+        their requests inline: kept beside the files as the batch's own input), started at once."""
         created = _now()
-        obj = {"id": f"batch_{uuid.uuid4().hex[:24]}", "object": "batch", "endpoint": endpoint, "errors": None,
+        bid = f"{prefix}{uuid.uuid4().hex[:24]}"
+        if lines is not None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            tmp = self._inline_path(bid).with_suffix(".tmp")
+            tmp.write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
+            os.replace(tmp, self._inline_path(bid))
+        obj = {"id": bid, "object": "batch", "endpoint": endpoint, "errors": None,
                "input_file_id": input_file_id, "completion_window": "24h", "status": "validating",
                "output_file_id": None, "error_file_id": None, "created_at": created, "in_progress_at": None,
                "expires_at": created + 24 * 3600, "finalizing_at": None, "completed_at": None, "failed_at": None,
@@ -156,6 +166,9 @@ class Batches:
         finally:
             self.tasks.pop(batch_id, None)
 
+    def _inline_path(self, batch_id: str) -> Path:
+        return self.dir / f"{batch_id}.requests.jsonl"
+
     def _read_input(self, b: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """The input file's requests, and its problems as OpenAI's batch errors (each with its line)."""
         problems: list[dict[str, Any]] = []
@@ -163,7 +176,7 @@ class Batches:
         def problem(code: str, message: str, line: int | None, param: str | None = None) -> None:
             problems.append({"code": code, "message": message, "param": param, "line": line})
 
-        path = self.path(b["input_file_id"])
+        path = self.path(b["input_file_id"]) if b["input_file_id"] else self._inline_path(b["id"])
         if not path.is_file():
             problem("missing_file", f"the input file {b['input_file_id']} was deleted", None, "input_file_id")
             return [], problems
@@ -269,15 +282,24 @@ class Batches:
         if not cancelled:
             self.update(batch_id, status="finalizing", finalizing_at=_now())
         done = self._progress(batch_id)
-        ok = [json.dumps(done[i]["line"]) + "\n" for i in sorted(done) if done[i]["ok"]]
-        bad = [json.dumps(done[i]["line"]) + "\n" for i in sorted(done) if not done[i]["ok"]]
-        name = f"{batch_id}_output.jsonl"
-        out = self.add_file("".join(ok).encode(), name, "batch_output") if ok else None
-        err = self.add_file("".join(bad).encode(), f"{batch_id}_error.jsonl", "batch_output") if bad else None
+        out = err = None
+        if batch_id.startswith(MESSAGE_BATCH):  # Anthropic's results: every request in input order, canceled if never sent
+            results = [_message_result(lines[i]["custom_id"], done.get(i)) for i in range(len(lines))]
+            tmp = self._results_path(batch_id).with_suffix(".tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in results), encoding="utf-8")
+            os.replace(tmp, self._results_path(batch_id))
+        else:  # OpenAI's output and error files
+            ok = [json.dumps(done[i]["line"]) + "\n" for i in sorted(done) if done[i]["ok"]]
+            bad = [json.dumps(done[i]["line"]) + "\n" for i in sorted(done) if not done[i]["ok"]]
+            out = self.add_file("".join(ok).encode(), f"{batch_id}_output.jsonl", "batch_output") if ok else None
+            err = self.add_file("".join(bad).encode(), f"{batch_id}_error.jsonl", "batch_output") if bad else None
         ends = {"status": "cancelled", "cancelled_at": _now()} if cancelled else {"status": "completed",
                                                                                  "completed_at": _now()}
         self.update(batch_id, output_file_id=out and out["id"], error_file_id=err and err["id"], **ends)
         self._progress_path(batch_id).unlink(missing_ok=True)
+
+    def _results_path(self, batch_id: str) -> Path:
+        return self.dir / f"{batch_id}.results.jsonl"
 
 
 async def _answer(http: Any, headers: dict[str, str], rid: str, line: dict[str, Any]) -> dict[str, Any]:
@@ -302,6 +324,16 @@ async def _answer(http: Any, headers: dict[str, str], rid: str, line: dict[str, 
            "response": {"status_code": status, "request_id": rid_back, "body": data}, "error": None}
     return {"ok": 200 <= status < 300, "line": out, "tokens": tokens,
             "answered_by": route.get("answered_by") if isinstance(route, dict) else None}
+
+
+def _message_result(custom_id: str, row: dict[str, Any] | None) -> dict[str, Any]:
+    """A request's line of an Anthropic batch's results: succeeded (its message), errored, or canceled."""
+    if row is None:
+        return {"custom_id": custom_id, "result": {"type": "canceled"}}
+    response = row["line"]["response"]
+    if row["ok"]:
+        return {"custom_id": custom_id, "result": {"type": "succeeded", "message": response["body"]}}
+    return {"custom_id": custom_id, "result": {"type": "errored", "error": response["body"]}}
 
 
 def _usage(inp: int, out: int) -> dict[str, Any]:
@@ -341,7 +373,7 @@ def add_batch_routes(app: FastAPI, service: Any, key: str | None, bearer: list) 
         return obj
 
     def batch_or_404(batch_id: str) -> dict[str, Any]:
-        obj = service.ledger.get_object(BATCHES, batch_id)
+        obj = service.ledger.get_object(BATCHES, batch_id) if not batch_id.startswith(MESSAGE_BATCH) else None
         if obj is None:
             raise APIError(404, f"No such Batch object: {batch_id[:100]}", "id", "batch_not_found")
         return obj
@@ -409,6 +441,7 @@ def add_batch_routes(app: FastAPI, service: Any, key: str | None, bearer: list) 
     @app.get("/v1/batches", dependencies=bearer)
     async def list_batches(after: str | None = None, limit: int = 20) -> Any:
         items = await asyncio.to_thread(service.ledger.list_objects, BATCHES)
+        items = [b for b in items if not b["id"].startswith(MESSAGE_BATCH)]
         return _page(items, after, max(1, min(limit, 100)))
 
     @app.get("/v1/batches/{batch_id}", dependencies=bearer)
