@@ -7,6 +7,7 @@ in the run's SQLite ledger, so a restarted server still has them."""
 from __future__ import annotations
 
 import json
+import time
 
 import openai
 import pytest
@@ -73,9 +74,14 @@ def test_retrieve_gives_the_response_back_whole_or_as_events(served, force):
     assert events[-1].response.model_dump() == r.model_dump()
     later = list(cl.responses.retrieve(r.id, stream=True, starting_after=2))
     assert [e.sequence_number for e in later] == [e.sequence_number for e in events][3:]
-    # background: answered before the call returns; a client polling retrieve finds it done.
+    # background: queued when the call returns, answered after; a client polls retrieve until it is done.
     bg = cl.responses.create(model="potstill", input=FIRST, background=True)
-    assert bg.status == "completed" and cl.responses.retrieve(bg.id).output_text == r.output_text
+    assert bg.status == "queued" and bg.background is True and bg.output == []
+    t0 = time.monotonic()
+    while bg.status in ("queued", "in_progress") and time.monotonic() - t0 < 30:
+        time.sleep(0.02)
+        bg = cl.responses.retrieve(bg.id)
+    assert bg.status == "completed" and bg.output_text == r.output_text and bg.background is True
     # A streamed response is kept as its last event gave it.
     streamed = list(cl.responses.create(model="potstill", input=FIRST, stream=True))[-1].response
     assert cl.responses.retrieve(streamed.id).model_dump() == streamed.model_dump()
@@ -194,3 +200,45 @@ def test_an_escalation_streamed_live_is_kept_as_it_ended(served, force, teacher_
     assert done.model_extra["potstill"]["answered_by"] == "teacher" and done.output_text
     kept = client(live).responses.retrieve(done.id)
     assert kept.model_dump() == done.model_dump() and kept.store is True
+
+
+def _slow_provider(seconds: float):
+    """OpenAI's chat completions on loopback, answering 'sports' after ``seconds``."""
+    from fastapi import Body, FastAPI
+
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    def chat(body: dict = Body()) -> dict:
+        time.sleep(seconds)
+        return {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "sports"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 20, "completion_tokens": 1, "total_tokens": 21}}
+
+    return app
+
+
+def test_a_background_response_returns_before_its_answer_and_can_be_cancelled(served, force):
+    service, live = served
+    force("teacher")
+    cl = client(live)
+    with teacher_behind(service, _slow_provider(1.5)):
+        t0 = time.monotonic()
+        bg = cl.responses.create(model="potstill", input=FIRST, background=True)
+        assert time.monotonic() - t0 < 1.0 and bg.status == "queued"  # not held for the teacher's 1.5 s
+        done = cl.responses.create(model="potstill", input=FIRST, background=True)
+        got = cl.responses.cancel(bg.id)
+        assert got.status == "cancelled" and cl.responses.retrieve(bg.id).status == "cancelled"
+        assert "cancelled before it was answered" in (rows(service)[-1]["error"] or "")  # its ledger row
+        while done.status == "queued":
+            time.sleep(0.05)
+            done = cl.responses.retrieve(done.id)
+    assert done.status == "completed" and done.output_text == "sports"
+    assert cl.responses.cancel(done.id).status == "completed"  # answered already: comes back as it is
+    with pytest.raises(openai.BadRequestError) as e:
+        cl.responses.cancel(cl.responses.create(model="potstill", input=FIRST).id)
+    assert "Only background responses" in e.value.body["message"]
+    for kw, param in (({"stream": True}, "stream"), ({"store": False}, "store")):
+        with pytest.raises(openai.BadRequestError) as e:
+            cl.responses.create(model="potstill", input=FIRST, background=True, **kw)
+        assert e.value.body["param"] == param

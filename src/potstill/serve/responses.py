@@ -160,7 +160,7 @@ def _whole_events(response: dict[str, Any], event: Any) -> Iterator[str]:
 
 def response_body(body: ResponsesRequest, served: ServedCall, fmt: dict[str, Any] | None, route: dict[str, Any],
                   rid: str | None = None, created: int | None = None, msg_id: str | None = None,
-                  stored: bool = False) -> dict[str, Any]:
+                  stored: bool = False, background: bool = False) -> dict[str, Any]:
     """The Responses object for a routed answer (``route``: the ``potstill`` object the client gets;
     ``stored``: whether the server keeps it)."""
     cut = served.finish_reason == "length"
@@ -174,7 +174,7 @@ def response_body(body: ResponsesRequest, served: ServedCall, fmt: dict[str, Any
         "temperature": body.temperature, "top_p": body.top_p, "tools": body.tools or [],
         "tool_choice": body.tool_choice or "auto", "parallel_tool_calls": body.parallel_tool_calls is not False,
         "text": {"format": responses_form(fmt)}, "metadata": body.metadata or {}, "top_logprobs": body.top_logprobs,
-        "previous_response_id": body.previous_response_id, "store": stored,
+        "previous_response_id": body.previous_response_id, "store": stored, "background": background,
         "usage": {"input_tokens": served.input_tokens, "output_tokens": served.output_tokens,
                   "total_tokens": served.input_tokens + served.output_tokens,
                   "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
@@ -287,9 +287,10 @@ def add_responses_route(app: FastAPI, service: Any, requests: Counter, latency: 
     request carries the input as ``messages`` too, so watch, redistill and import read it as they
     read a chat request."""
     from potstill.serve.app import (ERRORS, RESPONSES, SSE_EVENT, APIError, _format, _live_headers, _owner, _record,
-                                    _route_headers, _servable_tools, _stream_failure, _unknown_model)
+                                    _route_headers, _servable_tools, _stream_failure, _unknown_model, error_body)
 
     s = service.cfg.serve
+    running: dict[str, asyncio.Task] = {}  # background responses being answered, by id
 
     @app.post(RESPONSES, dependencies=bearer,
               responses={**ERRORS, 200: {"content": {"text/event-stream": {"schema": SSE_EVENT}}}})
@@ -330,6 +331,13 @@ def add_responses_route(app: FastAPI, service: Any, requests: Counter, latency: 
         if not any(m["role"] == "user" and m["content"].strip() for m in messages):
             raise APIError(400, "input: needs a user message with text", "input")
         logprobs = body.logprob_request()
+        background = bool((body.model_extra or {}).get("background"))
+        if background and body.stream:
+            raise APIError(400, "background: a background response is not streamed here; poll "
+                           "client.responses.retrieve(id) instead", "stream")
+        if background and not keep:
+            raise APIError(400, "background: a background response is fetched by its id, so it needs store "
+                           "(and serve.store_responses)", "store")
         live_text = LiveText((), logprobs) if body.stream and service.streams() else None
         answering = service.answer(messages, body.max_output_tokens, [],
                                    teacher_messages=teacher_messages if teacher_messages != messages else None,
@@ -342,6 +350,33 @@ def add_responses_route(app: FastAPI, service: Any, requests: Counter, latency: 
             if keep:
                 await asyncio.to_thread(service.ledger.store_response, response, items, body.previous_response_id)
             return response
+
+        if background:  # answered after the call returns: the client polls retrieve (or cancels)
+            created = int(time.time())
+            queued = {**response_body(body, ServedCall(request={}, answered_by="student", model=service.student_name,
+                                                       content=""), fmt, {}, rid, created, stored=True, background=True),
+                      "status": "queued", "output": [], "usage": None}
+            queued.pop("potstill")
+            await _kept(queued)
+
+            async def answer_later() -> None:
+                try:
+                    served = await answering
+                    route = await _record(service, state, served, logged, requests, latency)
+                    await _kept(response_body(body, served, fmt, route, rid, created, stored=True, background=True))
+                except asyncio.CancelledError:
+                    await _kept({**queued, "status": "cancelled"})
+                    # every request is a ledger row: this one's says it was never answered
+                    await asyncio.to_thread(log_error, state, 400, error_body(
+                        400, f"cancelled before it was answered (POST /v1/responses/{rid}/cancel)"))
+                except Exception as e:  # noqa: BLE001 - the response fails with its error, as a stream's does
+                    await _kept(failed_response(queued, await asyncio.to_thread(_stream_failure, service, state, e,
+                                                                                log_error)))
+                finally:
+                    running.pop(rid, None)
+
+            running[rid] = asyncio.get_running_loop().create_task(answer_later())
+            return JSONResponse(queued)
         task, first = await first_piece(answering, live_text) if live_text is not None else (None, None)
         if first is not None:  # the teacher's first piece came before its whole answer: streamed as it is written
             created, msg_id = int(time.time()), f"msg_{uuid.uuid4().hex[:24]}"
@@ -385,6 +420,20 @@ def add_responses_route(app: FastAPI, service: Any, requests: Counter, latency: 
         response, _ = await asyncio.to_thread(_stored, response_id)
         if stream:
             return StreamingResponse(events(response, starting_after), media_type="text/event-stream")
+        return JSONResponse(response)
+
+    @app.post(RESPONSES + "/{response_id}/cancel", dependencies=bearer, responses=ERRORS)
+    async def cancel(response_id: str) -> Any:
+        """Stop a background response being answered (``client.responses.cancel``): it is kept as
+        ``cancelled``; one already answered comes back as it is."""
+        response, _ = await asyncio.to_thread(_stored, response_id)
+        if not response.get("background"):
+            raise APIError(400, "Only background responses can be cancelled.", "response_id")
+        task = running.get(response_id)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            response, _ = await asyncio.to_thread(_stored, response_id)
         return JSONResponse(response)
 
     @app.delete(RESPONSES + "/{response_id}", dependencies=bearer, responses=ERRORS)
