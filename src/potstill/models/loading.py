@@ -305,13 +305,13 @@ def resolve(spec: str) -> tuple[str, Path | str]:
     return spec, spec  # a hub id; transformers downloads it (or reads its local HF cache).
 
 
-# Beside the weights, the files that change what a model answers: its architecture and generation
-# defaults, its tokenizer and chat template (in tokenizer_config.json or a file of its own), a LoRA
-# adapter's settings. Not the checkpoints, metrics or notes a trainer leaves beside them.
 # Beside a LoRA adapter potstill trained: the layers of the base it was trained on (``student.num_layers``
 # cuts the base, and an adapter folder names only the whole base), so every load of the folder (evaluate,
 # serve, watch, redistill, the engines' conversions) cuts the base as training did (``adapter_layers``).
 ADAPTER_LAYERS = "potstill_layers.json"
+# Beside the weights, the files that change what a model answers: its architecture and generation
+# defaults, its tokenizer and chat template (in tokenizer_config.json or a file of its own), a LoRA
+# adapter's settings and the cut of its base. Not the checkpoints, metrics or notes a trainer leaves beside them.
 SHAPING_FILES = ("config.json", "generation_config.json", "adapter_config.json", "tokenizer*", "special_tokens_map.json",
                  "added_tokens.json", "chat_template*", "vocab.*", "merges.txt", "*.model", "*.tiktoken",
                  "preprocessor_config.json", "processor_config.json", ADAPTER_LAYERS)
