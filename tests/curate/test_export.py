@@ -44,10 +44,12 @@ def test_unknown_format_and_uncurated_run_fail_clearly_and_write_nothing(tmp_pat
     cfg = Config(run_dir=str(tmp_path / "empty"), task={"labels": LABELS})
     with pytest.raises(PotstillError, match="run `potstill curate` first"):
         export(cfg, "openai-jsonl")
-    with pytest.raises(PotstillError, match="unknown export format 'onnx'; available: gguf, hf, openai-jsonl"):
+    with pytest.raises(PotstillError, match="unknown export format 'onnx'; available: gguf, gguf-lora, hf, lora, "
+                                            "openai-jsonl"):
         export(cfg, "onnx")
-    with pytest.raises(PotstillError, match="no trained student"):
-        export(cfg, "gguf")
+    for fmt in ("gguf", "lora", "gguf-lora"):
+        with pytest.raises(PotstillError, match="no trained student"):
+            export(cfg, fmt)
     assert not (tmp_path / "empty" / "export").exists()
 
 
