@@ -24,7 +24,11 @@ from potstill.records import Record
 from potstill.students import student_format
 from potstill.tasks import get_task
 from potstill.train.trainer import train
+from potstill.export import MARK
 from tests.export.conftest import make_bpe_model
+from tests.export.test_model_card import TOKEN, _hub
+from tests.helpers.hub import use_hub
+from tests.helpers.live_server import LiveServer
 from tests.helpers.ollama import ollama_commands
 
 pytest.importorskip("peft")
@@ -313,3 +317,42 @@ def test_an_unreadable_note_of_the_bases_cut_is_one_line(cut_run, tmp_path):
         with pytest.raises(PotstillError) as e:
             load_lm(str(student), device="cpu")
         assert "potstill_layers.json: unreadable" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """A hub on 127.0.0.1 (test_model_card's), its state: what was created and committed."""
+    state: dict = {"auth": [], "commits": [], "unexpected": []}
+    with LiveServer(_hub(state)) as live:
+        use_hub(monkeypatch, live.url, tmp_path / "hf")
+        monkeypatch.setenv("HF_TOKEN", TOKEN)
+        yield state
+
+
+def test_an_adapter_of_a_hub_base_is_pushed_and_one_of_a_local_base_is_refused(lora_run, hub, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(lora_run.run_dir, run, ignore=shutil.ignore_patterns("export"))
+    with pytest.raises(PotstillError, match="the adapter's base exists only in this run"):
+        export(lora_run.model_copy(update={"run_dir": str(run)}), "lora", push_to="org/news-lora")
+    assert not (run / "export").exists() and hub["auth"] == []
+    path = run / "student" / "adapter_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M",
+                                "revision": "0123abcd" * 5}))
+    export(lora_run.model_copy(update={"run_dir": str(run)}), "lora", push_to="org/news-lora")
+    [commit] = hub["commits"]
+    out = run / "export" / "lora"
+    assert commit["repo"] == "org/news-lora"
+    assert commit["files"] == {p.name: p.read_bytes() for p in out.iterdir() if p.name != MARK}
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= set(commit["files"])
+    card = commit["files"]["README.md"].decode()
+    assert "library_name: peft" in card and "--lora-modules student=org/news-lora" in card
+    assert "PeftModel.from_pretrained(base, 'org/news-lora')" in card
+
+
+def test_a_gguf_lora_export_is_pushed_with_its_base(gguf_lora, lora_run, hub):
+    export(lora_run, "gguf-lora", push_to="org/news-gguf-lora")
+    [commit] = hub["commits"]
+    assert {"adapter-f16.gguf", "base-f16.gguf", "Modelfile.f16", "README.md"} <= set(commit["files"])
+    card = commit["files"]["README.md"].decode()
+    assert "huggingface-cli download org/news-gguf-lora --local-dir student" in card
+    assert "llama-server -m student/base-f16.gguf --lora student/adapter-f16.gguf" in card

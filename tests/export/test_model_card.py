@@ -171,8 +171,8 @@ def test_push_to_hub_uploads_the_export_as_one_commit(evaluated, hub, monkeypatc
 
 
 @pytest.mark.parametrize("args, why", [
-    (["--format", "openai-jsonl", "--push-to-hub", "org/x"], "error: --push-to-hub uploads a model (format hf or "
-     "gguf), not the openai-jsonl export; run `potstill export --format hf --push-to-hub org/x`"),
+    (["--format", "openai-jsonl", "--push-to-hub", "org/x"], "error: --push-to-hub uploads a model (format hf, "
+     "gguf, lora or gguf-lora), not the openai-jsonl export; run `potstill export --format hf --push-to-hub org/x`"),
     (["--format", "hf", "--push-to-hub", "news-student"], "error: --push-to-hub 'news-student': name a model "
      "repository as OWNER/NAME (letters, digits, '-', '_', '.')"),
 ])

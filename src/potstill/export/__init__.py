@@ -54,14 +54,21 @@ def export(cfg: Config, fmt: str, out_dir: str | Path | None = None, push_to: st
     _load_builtins()
     if fmt not in FORMATS:
         raise PotstillError(f"unknown export format {fmt!r}; available: {', '.join(sorted(FORMATS))}")
+    run = Path(cfg.run_dir)
     if push_to is not None:
-        if fmt not in ("hf", "gguf"):
-            raise PotstillError(f"--push-to-hub uploads a model (format hf or gguf), not the {fmt} export; run "
-                                f"`potstill export --format hf --push-to-hub {push_to}`")
+        if fmt not in CARDS:
+            raise PotstillError(f"--push-to-hub uploads a model (format {', '.join(CARDS[:-1])} or {CARDS[-1]}), not "
+                                f"the {fmt} export; run `potstill export --format hf --push-to-hub {push_to}`")
         from potstill.export.push import check_repo_id
 
         check_repo_id(push_to)
-    run = Path(cfg.run_dir)
+        if fmt == "lora":
+            from potstill.export.lora import adapter_config, published_base
+
+            if published_base(cfg, adapter_config(run)) is None:
+                raise PotstillError(f"--push-to-hub {push_to}: the adapter's base exists only in this run (a local "
+                                    "model, a GGUF file, bundled:, or cut by student.num_layers), which no one who "
+                                    "pulls the adapter has; push --format gguf-lora (it carries the base) or hf")
     out = Path(out_dir) if out_dir is not None else run / "export" / fmt
     if out.is_symlink():
         # Written through, as any write to a link is: the weights formats replace their folder whole,

@@ -115,7 +115,7 @@ def model_card(cfg: Config, run: Path, name: str, ref: str, chat: bool, fmt: str
     if fmt == "gguf":
         return "\n".join(head + lines + _gguf_use(cfg, ref, pushed)) + "\n"
     if fmt == "gguf-lora":
-        return "\n".join(head + lines + _gguf_lora_use(cfg, ref)) + "\n"
+        return "\n".join(head + lines + _gguf_lora_use(cfg, ref, pushed)) + "\n"
     budget = t.max_output_tokens if not t.labels else 8
     lines += ["", "## Use", ""]
     load = [f"model = AutoModelForCausalLM.from_pretrained({ref!r})"]
@@ -177,14 +177,16 @@ def _lora_base(cfg: Config, run: Path, ref: str) -> tuple[str, int | None]:
     return published_base(cfg, conf) or f"{ref}/base", conf.get("r")
 
 
-def _gguf_lora_use(cfg: Config, ref: str) -> list[str]:
+def _gguf_lora_use(cfg: Config, ref: str, pushed: bool = False) -> list[str]:
     qtypes = cfg.export.gguf_types
     q = qtypes[-1]
+    get = [f"huggingface-cli download {ref} --local-dir student"] if pushed else []
+    ref = "student" if pushed else ref
     return ["", "## Use", "",
             "A LoRA adapter (`adapter-f16.gguf`) and the base it was trained on, one GGUF file per type ("
             + ", ".join(f"`base-{x}.gguf`" for x in qtypes) + "), each with an Ollama Modelfile (`Modelfile.<type>`: "
             "`FROM` the base, `ADAPTER` the adapter, the system message it was trained with, its stop tokens and "
-            "greedy decoding):", "", "```sh",
+            "greedy decoding):", "", "```sh", *get,
             f"ollama create student -f {ref}/Modelfile.{q}", "ollama run student \"...\"", "```", "",
             "With llama.cpp's server (OpenAI-compatible), send the same system message, "
             f"{cfg.task.instruction!r}, and temperature 0:", "", "```sh",
