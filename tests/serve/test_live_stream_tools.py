@@ -62,8 +62,16 @@ def test_log_probs_stream_with_their_text(tmp_path, tiny_model, teacher_server, 
 
         # A one-prompt completion: the legacy form, offsets running on across chunks.
         one = client(live).completions.create(model="potstill", prompt=ASK[0]["content"], logprobs=2)
-        parts = list(client(live).completions.create(model="potstill", prompt=ASK[0]["content"], logprobs=2,
-                                                     stream=True))
+        with held(teacher_server) as hold:  # the teacher waits after its first token: pieces, however loaded the CPU
+            stream = client(live).completions.create(model="potstill", prompt=ASK[0]["content"], logprobs=2,
+                                                     stream=True)
+            parts = []
+            for part in stream:
+                parts.append(part)
+                if part.choices[0].text:
+                    break
+            hold.set()
+            parts += list(stream)
         assert len([p for p in parts if p.choices[0].text]) > 1  # streamed in pieces
         tokens = [t for p in parts if p.choices[0].logprobs for t in p.choices[0].logprobs.tokens]
         offsets = [o for p in parts if p.choices[0].logprobs for o in p.choices[0].logprobs.text_offset]
