@@ -348,8 +348,8 @@ class ServeConfig(Section):
     )
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body accepted (413 above).")
     max_messages: int = Field(64, ge=1, description="Most messages one chat request may carry (400 above).")
-    max_file_bytes: int = Field(200_000_000, ge=1024, description="Largest file POST /v1/files accepts (413 "
-                                "above): a Batch API input file, up to 50,000 requests.")
+    max_file_bytes: int = Field(200_000_000, ge=1024, description="Largest Batch API upload (413 above): a file "
+                                "on POST /v1/files, or Anthropic's requests inline on POST /v1/messages/batches.")
     batch_concurrency: int = Field(32, ge=1, description="Batch API: how many of a batch's requests are in flight "
                                    "at once (so the student's batches fill; escalations go to the teacher as many).")
     model_aliases: list[str] = Field(
