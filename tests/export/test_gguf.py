@@ -216,6 +216,20 @@ def test_pre_tokenizer_named_from_tokenizer_json():
     assert llama_convert.pre_tokenizer_name({"type": "Whitespace"}) is None
 
 
+def test_a_qwen2_students_own_vocabulary_is_named_qwen2(tmp_path):
+    """transformers' Qwen2 tokenizer saves Qwen's split before bytes whatever the vocabulary: a Qwen2 student
+    with a vocabulary of its own, once loaded and saved (as training does), converts as llama.cpp's qwen2."""
+    from transformers import AutoTokenizer
+
+    src = make_bpe_model(tmp_path / "qwen2", model_type="qwen2")
+    AutoTokenizer.from_pretrained(src).save_pretrained(tmp_path / "saved")
+    spec = json.loads((tmp_path / "saved" / "tokenizer.json").read_text())["pre_tokenizer"]
+    assert spec["pretokenizers"][0]["pattern"]["Regex"] == llama_convert.QWEN2_SPLIT
+    assert llama_convert.pre_tokenizer_name(spec) == "qwen2"
+    other = {**spec, "pretokenizers": [{**spec["pretokenizers"][0], "pattern": {"Regex": r"\s+"}}, spec["pretokenizers"][1]]}
+    assert llama_convert.pre_tokenizer_name(other) is None
+
+
 def test_unsupported_student_is_one_clear_error(tmp_path):
     """Phi-3's converter reads a SentencePiece tokenizer.model; a BPE-only Phi-3 cannot be converted."""
     src = make_bpe_model(tmp_path / "phi3", model_type="phi3")

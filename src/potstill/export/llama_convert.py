@@ -9,7 +9,8 @@ One thing is added: llama.cpp recognises a BPE tokenizer's pre-tokenizer by hash
 splits a probe text, so a tokenizer it has never seen (one trained for a small student) is refused
 even when its pre-tokenizer is a standard one. For that case only, the pre-tokenizer is named from
 ``tokenizer.json`` itself: a plain byte-level split is ``gpt-2``, digits split off before a
-byte-level split is ``smollm``; anything else is still refused.
+byte-level split is ``smollm``, Qwen2's split before bytes (what transformers' Qwen2 tokenizer
+saves, whatever the vocabulary) is ``qwen2``; anything else is still refused.
 
     python src/potstill/export/llama_convert.py LLAMA_CPP_DIR HF_DIR --outfile F.gguf --outtype f16
     python src/potstill/export/llama_convert.py LLAMA_CPP_DIR --lora ADAPTER_DIR --base HF_DIR --outfile A.gguf
@@ -29,6 +30,9 @@ from typing import Any
 from potstill.errors import PotstillError
 
 SCRIPT = "convert_hf_to_gguf.py"
+# The pre-tokenizer regex of Qwen2's tokenizer.json, which llama.cpp runs as its "qwen2" (llama-vocab.cpp)
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+               r"\s*[\r\n]+|\s+(?!\S)|\s+")
 LORA_SCRIPT = "convert_lora_to_gguf.py"
 
 
@@ -62,6 +66,11 @@ def pre_tokenizer_name(spec: dict[str, Any] | None) -> str | None:
         if (len(parts) == 2 and parts[0].get("type") == "Digits" and parts[0].get("individual_digits")
                 and byte_level(parts[1])):
             return "smollm"
+        # Qwen2's split, then bytes: what transformers' Qwen2 tokenizer writes for any vocabulary
+        if (len(parts) == 2 and parts[0].get("type") == "Split" and parts[0].get("behavior") == "Isolated"
+                and (parts[0].get("pattern") or {}).get("Regex") == QWEN2_SPLIT and parts[1].get("type") == "ByteLevel"
+                and not parts[1].get("use_regex", True) and not parts[1].get("add_prefix_space", False)):
+            return "qwen2"
     return None
 
 
