@@ -221,21 +221,22 @@ def _tensors(path: Path) -> dict[str, np.ndarray]:
         [int(x) for x in reversed(t.shape)]) for t in gguf.GGUFReader(path).tensors}
 
 
-def test_the_gguf_adapter_holds_the_trained_delta(lora_run, gguf_lora, tmp_path):
+def _check_delta(run: Config, out: Path, tmp_path: Path) -> None:
+    """In ``out``'s adapter file, base + alpha / r * B A is the merged student's f32 conversion, tensor for tensor."""
     import gguf
 
     from potstill.export.gguf_file import convert
 
-    reader = gguf.GGUFReader(gguf_lora / "adapter-f16.gguf")
+    reader = gguf.GGUFReader(out / "adapter-f16.gguf")
     assert reader.fields["general.type"].contents() == "adapter"
     assert reader.fields["adapter.type"].contents() == "lora"
     alpha = float(reader.fields["adapter.lora.alpha"].contents())
     assert alpha == 8
     # The merged student as llama.cpp's converter writes it (f32): its weight is base + alpha / r * B A.
-    export(lora_run, "hf", tmp_path / "hf")
+    export(run, "hf", tmp_path / "hf")
     convert(tmp_path / "hf", tmp_path / "merged.gguf", "f32")
-    merged, base, adapter = _tensors(tmp_path / "merged.gguf"), _tensors(gguf_lora / "base-f16.gguf"), _tensors(
-        gguf_lora / "adapter-f16.gguf")
+    merged, base, adapter = _tensors(tmp_path / "merged.gguf"), _tensors(out / "base-f16.gguf"), _tensors(
+        out / "adapter-f16.gguf")
     pairs = sorted(n[: -len(".lora_a")] for n in adapter if n.endswith(".lora_a"))
     assert len(pairs) == 2 * 7  # every linear layer of the 2 layers: q, k, v, o, gate, up, down
     for name in pairs:
@@ -247,6 +248,23 @@ def test_the_gguf_adapter_holds_the_trained_delta(lora_run, gguf_lora, tmp_path)
         assert np.abs(w + delta - want).max() < 2e-3 * scale, name  # f16 rounding of base, A and B
         assert np.abs(w - want).max() > 5e-3 * scale, name  # without the delta it would fail
     assert set(merged) == set(base)  # the base file is the merged one's architecture, tensor for tensor
+
+
+def test_the_gguf_adapter_holds_the_trained_delta(lora_run, gguf_lora, tmp_path):
+    _check_delta(lora_run, gguf_lora, tmp_path)
+
+
+@pytest.mark.parametrize("arch,gguf_arch", [("qwen2", "qwen2"), ("gemma3_text", "gemma3")])
+def test_other_architectures_adapters_hold_their_delta(tmp_path, arch, gguf_arch):
+    """llama.cpp's LoRA converter on the other students potstill exports: Qwen2 (biased q/k/v) and Gemma 3."""
+    import gguf
+
+    run = _lora_run(tmp_path, make_bpe_model(tmp_path / arch, model_type=arch))
+    export(run, "gguf-lora")
+    out = Path(run.run_dir) / "export" / "gguf-lora"
+    assert gguf.GGUFReader(out / "base-f16.gguf").fields["general.architecture"].contents() == gguf_arch
+    assert gguf.GGUFReader(out / "adapter-f16.gguf").fields["general.architecture"].contents() == gguf_arch
+    _check_delta(run, out, tmp_path)
 
 
 def test_each_modelfile_names_its_base_and_the_adapter(gguf_lora):
