@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks.checks import finish
 from benchmarks.engine import BASE, padded, quickstart
 from benchmarks.engine_int8 import machine, run_alone, time_alone
 from benchmarks.int8_calibration import quality, with_ratios
@@ -282,11 +283,7 @@ def main() -> None:
                                   f"llama-quantize's {n}")
         out["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         out["wall_s"] = round(time.perf_counter() - t0, 1)
-        out["failed"] = failed
-        args.out.write_text(json.dumps(out, indent=1) + "\n")
-        if failed:
-            print("CORRECTNESS FAILED: " + "; ".join(failed), file=sys.stderr)
-            raise SystemExit(1)
+        finish(out, failed, args.out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from benchmarks.checks import finish
 from benchmarks.engine import BASE, padded, quickstart
 from benchmarks.engine_int8 import machine, run_alone, time_alone
 from benchmarks.int8_calibration import quality, with_ratios
@@ -163,11 +164,7 @@ def main() -> None:
         out["load_average_end"] = os.getloadavg()
         out["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         out["wall_s"] = round(time.perf_counter() - t0, 1)
-        out["failed"] = failed
-        args.out.write_text(json.dumps(out, indent=1) + "\n")
-        if failed:
-            print("CORRECTNESS FAILED: " + "; ".join(failed), file=sys.stderr)
-            raise SystemExit(1)
+        finish(out, failed, args.out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

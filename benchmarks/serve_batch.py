@@ -22,7 +22,6 @@ import asyncio
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from pathlib import Path
 import openai
 import yaml
 
+from benchmarks.checks import finish
 from benchmarks.serve import KEY, loadavg, prepare, send_all
 from potstill.records import read_records
 from potstill.serve import run_config, serve_key
@@ -124,15 +124,11 @@ def main() -> None:
         if len(differ) > len(differ_live) + 2 * len(differ_live) ** 0.5 + 1:
             failed.append(f"{len(differ)} of {len(bodies)} batch answers or routes differ from the live ones one at a "
                           f"time, against {len(differ_live)} for the live ones {args.conc} at a time")
-        out["failed"] = failed
         for k, v in timed.items():
             print(f"{k}: {v['seconds']} s, {v['per_request_ms']} ms a request, {v['vs_one_at_a_time']}x one at a time")
         print(f"batch answers and routes as live one at a time: {same}/{len(bodies)} (live {args.conc} at a time: "
               f"{len(bodies) - len(differ_live)}); routes {routes}")
-        args.out.write_text(json.dumps(out, indent=1) + "\n")
-        if failed:
-            print("CORRECTNESS FAILED: " + "; ".join(failed), file=sys.stderr)
-            raise SystemExit(1)
+        finish(out, failed, args.out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
