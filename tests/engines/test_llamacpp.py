@@ -18,26 +18,17 @@ import pytest
 import torch
 
 from potstill.engines import load_engine
-from potstill.engines.llamacpp import SERVER_ENV, server_binary
+from potstill.engines.llamacpp import SERVER_ENV
 from potstill.errors import PotstillError
 from potstill.models.loading import cache_dir, load_lm, save_lm
 from potstill.models.prompting import label_token_ids
 from tests.engines.conftest import CHAT, LABELS, MSGS, SHOTS, _teach
 from tests.export.conftest import make_bpe_model
 from tests.helpers.live_server import LiveServer
+from tests.helpers.llama import has_llama_server as _has_server
+from tests.helpers.llama import needs_llama_server as needs_server
 
 pytest.importorskip("gguf")
-
-
-def _has_server() -> bool:
-    try:
-        server_binary()
-        return True
-    except PotstillError:
-        return False
-
-
-needs_server = pytest.mark.skipif(not _has_server(), reason=f"llama-server not on PATH ({SERVER_ENV} unset)")
 
 
 @pytest.fixture(scope="module")

@@ -69,3 +69,18 @@ def make_bpe_model(path: Path, tied: bool = True, seed: int = 0, model_type: str
 @pytest.fixture(scope="session")
 def bpe_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_bpe_model(tmp_path_factory.mktemp("bpe") / "model")
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """A Hugging Face hub on 127.0.0.1 (``test_model_card._hub``), the process pointed at it with a write
+    token: its state, what was created and committed."""
+    from tests.export.test_model_card import TOKEN, _hub
+    from tests.helpers.hub import use_hub
+    from tests.helpers.live_server import LiveServer
+
+    state: dict = {"auth": [], "commits": [], "unexpected": []}
+    with LiveServer(_hub(state)) as live:
+        use_hub(monkeypatch, live.url, tmp_path / "hf")
+        monkeypatch.setenv("HF_TOKEN", TOKEN)
+        yield state

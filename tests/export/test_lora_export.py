@@ -26,9 +26,7 @@ from potstill.tasks import get_task
 from potstill.train.trainer import train
 from potstill.export import MARK
 from tests.export.conftest import make_bpe_model
-from tests.export.test_model_card import TOKEN, _hub
-from tests.helpers.hub import use_hub
-from tests.helpers.live_server import LiveServer
+from tests.helpers.llama import needs_llama_server
 from tests.helpers.ollama import ollama_commands
 
 pytest.importorskip("peft")
@@ -279,17 +277,7 @@ def test_each_modelfile_names_its_base_and_the_adapter(gguf_lora):
     assert summary["adapter"]["lora_pairs"] == 14 and [f["file"] for f in summary["base_files"]] == ["base-f16.gguf"]
 
 
-def _has_server() -> bool:
-    from potstill.engines.llamacpp import server_binary
-
-    try:
-        server_binary()
-        return True
-    except PotstillError:
-        return False
-
-
-@pytest.mark.skipif(not _has_server(), reason="llama-server not on PATH (POTSTILL_LLAMA_SERVER unset)")
+@needs_llama_server
 def test_llama_server_with_the_adapter_answers_as_the_merged_file(lora_run, gguf_lora, tmp_path):
     from potstill.engines.llamacpp import LlamaServer, server_binary
 
@@ -335,16 +323,6 @@ def test_an_unreadable_note_of_the_bases_cut_is_one_line(cut_run, tmp_path):
         with pytest.raises(PotstillError) as e:
             load_lm(str(student), device="cpu")
         assert "potstill_layers.json: unreadable" in str(e.value) and "\n" not in str(e.value)
-
-
-@pytest.fixture
-def hub(monkeypatch, tmp_path):
-    """A hub on 127.0.0.1 (test_model_card's), its state: what was created and committed."""
-    state: dict = {"auth": [], "commits": [], "unexpected": []}
-    with LiveServer(_hub(state)) as live:
-        use_hub(monkeypatch, live.url, tmp_path / "hf")
-        monkeypatch.setenv("HF_TOKEN", TOKEN)
-        yield state
 
 
 def test_an_adapter_of_a_hub_base_is_pushed_and_one_of_a_local_base_is_refused(lora_run, hub, tmp_path):

@@ -16,8 +16,6 @@ from fastapi.responses import JSONResponse, Response
 
 from potstill.export import MARK
 from tests.helpers.cli import run_main
-from tests.helpers.hub import use_hub
-from tests.helpers.live_server import LiveServer
 from tests.test_pipeline import LABELS, write_inputs
 
 TOKEN = "hf_writewritewritewrite"
@@ -141,15 +139,6 @@ def _hub(state: dict) -> FastAPI:
         return Response(status_code=404)
 
     return app
-
-
-@pytest.fixture
-def hub(monkeypatch, tmp_path):
-    state: dict = {"auth": [], "commits": [], "unexpected": []}
-    with LiveServer(_hub(state)) as live:
-        use_hub(monkeypatch, live.url, tmp_path / "hf")
-        monkeypatch.setenv("HF_TOKEN", TOKEN)
-        yield state
 
 
 def test_push_to_hub_uploads_the_export_as_one_commit(evaluated, hub, monkeypatch, capsys):
