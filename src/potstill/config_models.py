@@ -372,6 +372,12 @@ class ServeConfig(Section):
         256, ge=1, description="Training inputs embedded as the in-distribution reference; up to as many other "
         "training inputs calibrate the OOD threshold beside val."
     )
+    escalate_truncated: bool = Field(
+        True, description="A generated student answer (extraction, free text) that ran to task.max_output_tokens "
+        "without ending goes to the teacher (reason truncated), in calibration as in serving: curate trains only on "
+        "whole answers, so a student still writing there is most often repeating itself, and the client would get "
+        "half an answer. false: it is served cut, finish_reason length."
+    )
     batch_size: int = Field(16, ge=1, description="Most concurrent requests the student answers in one forward pass.")
     batch_wait_ms: float = Field(2.0, ge=0, description="How long a batch waits for more requests to join it, "
                                  "under load only (after a batch of several); a lone request goes at once.")

@@ -29,6 +29,12 @@ TEXTS = ["the team won the match", "new phone software", "a vote in the election
 
 
 def write_run(root: Path, student: Path, teacher_url: str, task: dict | None = None, **serve) -> Path:
+    """A run directory serving ``student``: the classification task (or ``task``), splits of TEXTS,
+    an openai teacher at ``teacher_url``, and ``serve`` fields over the defaults below.
+
+    ``serve.escalate_truncated`` is off unless given: the random tiny students here write to their
+    budget on almost every generation task, and the tests check how an answer is served, cut,
+    streamed or guided (``test_server.py`` checks the escalation itself)."""
     run = root / "run"
     run.mkdir(parents=True)
     shutil.copytree(student, run / "student")
@@ -44,7 +50,8 @@ def write_run(root: Path, student: Path, teacher_url: str, task: dict | None = N
         "teacher": {"type": "openai", "model": "tiny-teacher", "base_url": teacher_url, "api_key_env": "TEACHER_KEY",
                     "max_tokens": 4, "max_retries": 0, "timeout_s": 10,
                     "price": {"input_per_mtok": 2.0, "output_per_mtok": 8.0}},
-        "serve": {"target_escalation": 0.3, "api_key_env": "SERVE_KEY", "max_body_bytes": 20000, **serve},
+        "serve": {"target_escalation": 0.3, "api_key_env": "SERVE_KEY", "max_body_bytes": 20000,
+                  "escalate_truncated": False, **serve},
     }
     (run / "potstill.yaml").write_text(yaml.safe_dump(cfg))
     return run
@@ -84,8 +91,11 @@ def rows(service, **kw) -> list[dict]:
 
 
 @contextmanager
-def served_free_text(tmp_path, tiny_model, teacher_server, monkeypatch):
-    """A free-text run (answers up to 6 tokens) served on loopback for the with block: (service, live)."""
+def served_free_text(tmp_path, tiny_model, teacher_server, monkeypatch, **serve):
+    """A free-text run (answers up to 6 tokens) served on loopback for the with block: (service, live).
+
+    The random tiny student writes to its 6-token budget every time (``write_run`` on
+    ``serve.escalate_truncated``)."""
     from potstill.serve import run_config, serve_key
     from potstill.serve.app import build_app
     from potstill.serve.service import load_service
@@ -93,7 +103,7 @@ def served_free_text(tmp_path, tiny_model, teacher_server, monkeypatch):
     monkeypatch.setenv("TEACHER_KEY", TEACHER_KEY)
     monkeypatch.setenv("SERVE_KEY", SERVE_KEY)
     run = write_run(tmp_path, tiny_model, teacher_server.base_url,
-                    task={"type": "freetext", "instruction": "name the topic", "max_output_tokens": 6})
+                    task={"type": "freetext", "instruction": "name the topic", "max_output_tokens": 6}, **serve)
     cfg = run_config(run, None)
     service = load_service(run, cfg, device="cpu")
     try:

@@ -21,6 +21,10 @@ def test_decide_order_and_reasons():
     assert r.decide(0.4, 0.1, None) == ("teacher", "low_confidence")
     assert r.decide(0.9, 0.31, None) == ("teacher", "out_of_distribution")
     assert r.decide(0.9, 0.31, "answer outside the label set") == ("teacher", "invalid_output")
+    # A generated answer cut at the task's budget: after validation, before distance and confidence.
+    assert r.decide(0.9, 0.1, None, truncated=True) == ("teacher", "truncated")
+    assert r.decide(0.9, 0.31, None, truncated=True) == ("teacher", "truncated")
+    assert r.decide(0.9, 0.1, "not JSON", truncated=True) == ("teacher", "invalid_output")
 
 
 def test_target_escalation_is_met_and_as_large_as_allowed():

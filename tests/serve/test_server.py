@@ -238,6 +238,58 @@ def test_an_answer_cut_at_its_token_budget_finishes_with_length(tmp_path, tiny_m
     assert "length" in seen["student"] and "length" in seen["teacher"], seen  # the budgets were met
 
 
+def test_a_student_answer_cut_at_the_tasks_budget_goes_to_the_teacher(tmp_path, teacher_server, monkeypatch):
+    """``serve.escalate_truncated`` (on by default): a generated student answer that ran to the task's
+    ``max_output_tokens`` without ending escalates with reason ``truncated``, however confident,
+    and calibration counts it as forced; one that ended by itself stays with the student.
+
+    The student answers every chat ``{ }`` and then ends its turn (``braces_model``): two tokens,
+    so a budget of 2 cuts it before its end and a budget of 4 does not."""
+    from potstill.serve import run_config, serve_key
+    from potstill.serve.app import build_app
+    from potstill.serve.service import load_service
+    from tests.helpers.live_server import LiveServer
+    from tests.serve.conftest import TEACHER_KEY, write_run
+    from tests.serve.test_response_format import braces_model
+
+    monkeypatch.setenv("TEACHER_KEY", TEACHER_KEY)
+    monkeypatch.setenv("SERVE_KEY", SERVE_KEY)
+    student = braces_model(tmp_path / "braces")
+    got = {}
+    for budget, escalate in ((2, True), (4, True), (2, False)):
+        run = write_run(tmp_path / f"{budget}-{escalate}", student, teacher_server.base_url, escalate_truncated=escalate,
+                        task={"type": "freetext", "instruction": "name the topic", "max_output_tokens": budget})
+        cfg = run_config(run, None)
+        service = load_service(run, cfg, device="cpu")
+        stats = service.routing.stats
+        service.routing = Routing(confidence_threshold=-math.inf, ood_threshold=math.inf)  # confident enough
+        try:
+            with LiveServer(build_app(service, serve_key(cfg))) as live:
+                c = client(live).chat.completions.create(model="potstill", messages=MSG)
+                last = list(client(live).chat.completions.create(model="potstill", messages=MSG, stream=True))
+                got[budget, escalate] = c, last, rows(service)[-2:], stats
+        finally:
+            service.close()
+    c, last, logged, stats = got[2, True]
+    route = c.model_extra["potstill"]
+    assert (route["answered_by"], route["reason"]) == ("teacher", "truncated"), route
+    assert route["student_output"].replace(" ", "") == "{}" and route["confidence"] is not None
+    streamed = [ch.model_extra["potstill"] for ch in last if "potstill" in ch.model_extra]
+    # The stream repeats the request: the teacher's answer comes from serve's own earlier escalation.
+    assert c.model == "tiny-teacher" and [r["reason"] for r in streamed] == ["truncated+cached"]
+    assert [(r["role"], json.loads(r["response"])["reason"]) for r in logged] == \
+        [("teacher", "truncated"), ("teacher", "truncated+cached")]
+    assert stats["n_val_truncated"] == 20 and stats["val_escalation"] == 1.0  # every val answer forced
+    for key in ((4, True), (2, False)):
+        c, last, logged, stats = got[key]
+        route = c.model_extra["potstill"]
+        assert (route["answered_by"], route["reason"]) == ("student", "confident"), (key, route)
+        assert c.choices[0].message.content.replace(" ", "") == "{}"
+        assert c.choices[0].finish_reason == last[-1].choices[0].finish_reason == ("stop" if key[0] == 4 else "length")
+        assert stats["n_val_truncated"] == 0
+        assert [r["role"] for r in logged] == ["student"] * 2
+
+
 def test_a_clients_max_tokens_and_stop_cut_the_answer_of_either_model(tmp_path, tiny_model, teacher_server,
                                                                       monkeypatch):
     """``max_tokens`` / ``max_completion_tokens`` from the openai client: the student's answer is the

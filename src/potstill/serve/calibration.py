@@ -106,7 +106,8 @@ def calibrate_run(run_dir: Path, cfg: Config, engine: ServedStudent, task: Task,
             raise PotstillError(f"{p} not found: serving calibrates on the run's splits (run `potstill curate` first)")
     key = hash_obj({
         "student": engine.identity, "val": hash_file(val_path), "train": hash_file(train_path),
-        "targets": [s.target_escalation, s.target_agreement, s.ood_quantile, s.ood_reference], "v": 2,
+        "targets": [s.target_escalation, s.target_agreement, s.ood_quantile, s.ood_reference, s.escalate_truncated],
+        "v": 2,
     })
     out_dir = run_dir / "serve"
     routing_path, ref_path = out_dir / "routing.json", out_dir / "reference.pt"
@@ -136,8 +137,12 @@ def calibrate_run(run_dir: Path, cfg: Config, engine: ServedStudent, task: Task,
     answers = _answer_all(engine, [r.messages for r in val], s.batch_size, "serve: calibrate on val")
     agree = [task.agree(a.parsed, task.parse(r.output or "")) for a, r in zip(answers, val)]
     dist = ood_distance(torch.stack([a.embedding for a in answers]), reference)
-    routing = calibrate([a.confidence for a in answers], agree, dist, [a.invalid is not None for a in answers],
+    # An answer cut at the task's budget escalates when served (Routing.decide), so it is forced here too.
+    cut = [a.truncated and s.escalate_truncated for a in answers]
+    routing = calibrate([a.confidence for a in answers], agree, dist,
+                        [a.invalid is not None or c for a, c in zip(answers, cut)],
                         s.target_escalation, s.target_agreement, s.ood_quantile, ood_sample=held_dist)
+    routing.stats["n_val_truncated"] = sum(cut)
     routing.stats["n_reference"] = len(train)
     routing.stats["n_val_too_long"] = too_long
     routing.stats["n_val_refused"] = refused

@@ -1,10 +1,13 @@
 """Routing: the student answers unless a calibrated rule sends the request to the teacher.
 
-Three rules, checked in this order (the first that holds is the reason given):
+Four rules, checked in this order (the first that holds is the reason given):
 1. ``invalid_output``: the student's output fails the task's validation;
-2. ``out_of_distribution``: the input's embedding is farther from every training input than
+2. ``truncated``: a generated answer ran to the task's ``max_output_tokens`` without ending
+   (under ``serve.escalate_truncated``): curate trains on whole answers only, so a student still
+   writing at the budget has lost its way, a repetition loop most often, and is just as confident;
+3. ``out_of_distribution``: the input's embedding is farther from every training input than
    ``ood_threshold`` (cosine distance to the nearest of the reference embeddings);
-3. ``low_confidence``: the label margin (classification) or mean token log-prob (generation) is
+4. ``low_confidence``: the label margin (classification) or mean token log-prob (generation) is
    under ``confidence_threshold``.
 Otherwise the student answers with reason ``confident``. (Before any of these, a chat longer than
 the student's context goes to the teacher with reason ``too_long``: ``Service.answer``.)
@@ -37,10 +40,14 @@ class Routing:
     ood_threshold: float
     stats: dict[str, Any] = field(default_factory=dict)
 
-    def decide(self, confidence: float, distance: float, invalid: str | None) -> tuple[str, str]:
-        """(who answers: 'student' | 'teacher', why)."""
+    def decide(self, confidence: float, distance: float, invalid: str | None,
+               truncated: bool = False) -> tuple[str, str]:
+        """(who answers: 'student' | 'teacher', why). ``truncated``: the answer ran to the task's
+        budget and the run escalates such answers (``serve.escalate_truncated``)."""
         if invalid is not None:
             return "teacher", "invalid_output"
+        if truncated:
+            return "teacher", "truncated"
         if distance > self.ood_threshold:
             return "teacher", "out_of_distribution"
         if confidence < self.confidence_threshold:

@@ -176,8 +176,8 @@ class ChatRequest(GeneratedRequest):
 
 class Route(BaseModel):
     answered_by: Literal["student", "teacher"]
-    reason: Literal["confident", "low_confidence", "out_of_distribution", "invalid_output", "response_format",
-                    "too_long", "tools"]
+    reason: Literal["confident", "low_confidence", "out_of_distribution", "invalid_output", "truncated",
+                    "response_format", "too_long", "tools"]
     confidence: float | None = Field(None, description="None where the student never ran (too_long, tools).")
     ood_distance: float | None = None
     student_output: str

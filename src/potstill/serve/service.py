@@ -389,7 +389,8 @@ class Service:
                 # not by the task's, which it replaces for this request.
                 theirs = guide is not None and (response_format["type"] in ("regex", "choice", "grammar")
                                                 or bool((response_format.get("json_schema") or {}).get("schema")))
-                who, reason = live.routing.decide(a.confidence, dist, None if theirs else a.invalid)
+                who, reason = live.routing.decide(a.confidence, dist, None if theirs else a.invalid,
+                                                  a.truncated and self.cfg.serve.escalate_truncated)
                 if who == "student" and answer_problem(a.output, response_format):
                     who, reason = "teacher", "response_format"
             else:
