@@ -69,6 +69,10 @@ def measure_student(lm: Any, task: Task, records: list[Record], usd_per_hour: fl
                        "batch_size": batch_size, "wall_s": preds.wall_s},
         "input_tokens_per_call": sum(preds.prompt_tokens) / max(1, len(records)),
         "output_tokens_per_call": sum(preds.output_tokens) / max(1, len(records)),
+        # Generated answers that ran to the task's budget without ending: serve sends the trained
+        # student's to the teacher (serve.escalate_truncated), so this share is paid at the teacher's price.
+        **({} if task.labels else {"cut_at_budget": sum(n >= task.cfg.max_output_tokens for n in preds.output_tokens)
+                                   / max(1, len(records))}),
         # Same basis as a teacher's ledger rows: one call at a time.
         "cost_per_1k_calls_usd": single_s * usd_per_hour / 3600 * 1000,
         "cost_per_1k_calls_batched_usd": batched_cost_s * usd_per_hour / 3600 * 1000,

@@ -130,8 +130,18 @@ def _models(ev: dict) -> str:
             + _table(["", "model", "gold metric", "agreement with teacher [95% CI]",
                       *(["chrF with teacher"] if text else []), "p50 latency", "$ per 1k calls", "source"], rows, left=2)
             + _src(f"{ev['n_test']} held-out test inputs. Gold metric: task agreement with {ev['sources']['gold']}. "
-                   f"Agreement: task agreement with the teacher's recorded answer. Intervals: {ev['sources']['intervals']}.")
+                   f"Agreement: task agreement with the teacher's recorded answer. Intervals: {ev['sources']['intervals']}."
+                   + _cut(ev))
             + "</section>")
+
+
+def _cut(ev: dict) -> str:
+    """The share of each student's generated answers cut at the task's budget, where any was."""
+    cut = {k: m["cut_at_budget"] for k, m in ev["models"].items() if m.get("cut_at_budget")}
+    if not cut:
+        return ""
+    return (" Cut at the token budget (answers that ran to task.max_output_tokens without ending; served, the "
+            "trained student's go to the teacher): " + ", ".join(f"{escape(k)} {_pct(v)}" for k, v in cut.items()) + ".")
 
 
 def _slices(ev: dict) -> str:

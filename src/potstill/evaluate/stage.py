@@ -187,6 +187,11 @@ def evaluate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
     write_json(run / "eval.json", result)
     print_table(f"evaluate: {len(test)} held-out inputs", models)
     print_slices(slices)
+    cut = models["student"].get("cut_at_budget")
+    if cut:
+        say(f"evaluate: the student ran to its {cfg.task.max_output_tokens}-token budget without ending on "
+            f"{round(cut * len(test))} of {len(test)} test inputs ({100 * cut:.1f}%); serve sends such answers to the "
+            "teacher (serve.escalate_truncated): raise task.max_output_tokens if the teacher's answers run that long")
     if judged is not None:
         from potstill.evaluate.judge import summary_line
 
