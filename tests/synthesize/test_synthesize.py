@@ -3,7 +3,8 @@
 The writer reads the plan from the prompt (label, request number) and answers the way a model
 would, in an <input> block; it also misbehaves on purpose: every 4th request of a cell (k % 4 == 1)
 repeats the cell's previous input, k % 4 == 2 returns a light edit of a held-out test input, and
-k % 4 == 3 copies a seed. Mode ``unusable`` answers prose with no <input> block at all.
+k % 4 == 3 copies a seed. Mode ``unusable`` answers prose with no <input> block at all, and
+``mostly_unusable`` too except to the first request of the sports cell.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def writer_app(mode: str, seen: Counter, delay: float = 0.0, down: set[str] | No
             return JSONResponse({"error": {"message": "overloaded", "type": "server_error"}}, status_code=500)
         if delay:
             time.sleep(delay)
-        if mode == "unusable":
+        if mode == "unusable" or (mode == "mostly_unusable" and (cell, k) != ("sports", 0)):
             text = "I would be glad to help you build a dataset! Here are some thoughts on news articles."
         elif k % 4 == 1:
             text = f"<input>{written(cell, k - 1)}</input>"
@@ -146,6 +147,20 @@ def test_teacher_with_unusable_text_is_one_clear_error(tmp_path):
         with pytest.raises(PotstillError, match=r"returned no usable input in 12 answers .*<input>"):
             synthesize_stage(cfg)
     assert not (tmp_path / "run" / "synthetic.jsonl").exists()
+
+
+def test_a_teacher_that_rarely_writes_an_input_gets_no_second_round(tmp_path, capsys):
+    """1 of round one's 12 answers holds an input, under 10%: another round would ask again for 11
+    inputs and pay for about as few, so there is none; the one kept is written, the quotas unmet."""
+    seen: Counter = Counter()
+    with LiveServer(writer_app("mostly_unusable", seen)) as srv:
+        synthesize_stage(load_config(project(tmp_path, srv.url)))
+    assert sum(seen.values()) == 12  # round one only (max_rounds is 10)
+    said = capsys.readouterr().err
+    assert "only 1 of 12 answers of the teacher writer-1 held an input" in said and "no further rounds" in said
+    assert "I would be glad to help" in said
+    card = json.loads((tmp_path / "run" / "synthesize.json").read_text())
+    assert card["written"] == 1 and not card["quotas_met"] and card["cells"]["sports"]["kept"] == 1
 
 
 def test_failed_teacher_calls_stop_the_stage_and_a_rerun_retries_them(tmp_path):

@@ -12,6 +12,8 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from rich.markup import escape
+
 from potstill.config import Config
 from potstill.errors import PotstillError
 from potstill.generate import check_settings, label_records
@@ -22,6 +24,9 @@ from potstill.synthesize import PromptTask, Screen, Slot, check_cells, extract, 
 from potstill.tasks import get_task
 from potstill.teachers import get_teacher
 from potstill.teachers.base import Teacher
+
+# Below this share of round one's answers holding an input, synthesize asks no further rounds.
+MIN_USABLE = 0.1
 
 
 def _references(cfg: Config, run: RunDir) -> tuple[list[Record], list[str], list[str]]:
@@ -146,12 +151,20 @@ def synthesize(cfg: Config, seeds: list[Record], tests: list[str], ledger: Any,
                                     "generate.budget_usd (answered requests are cached)")
             if stats.errors == len(slots) or stats.halted:
                 break  # a server down, a wrong key, a cell it refuses: more rounds would only fail again
-            if rnd == 0 and syn.answers and not syn.usable:
-                first = next(r.output for r in answered if r.output is not None)
+            if rnd == 0 and syn.answers and syn.usable < MIN_USABLE * syn.answers:
+                first = next(r.output for r in answered if r.output is not None and extract(r.output, completion) is None)
                 rule = "continue the prompt's <input> with text" if syn.completion else \
                     "put the new input between <input> and </input>"
-                raise PotstillError(f"synthesize: the teacher {teacher.model_name} returned no usable input in "
-                                    f"{syn.answers} answers (each must {rule}); first answer: {first[:120]!r}")
+                if not syn.usable:
+                    raise PotstillError(f"synthesize: the teacher {teacher.model_name} returned no usable input in "
+                                        f"{syn.answers} answers (each must {rule}); first answer: {first[:120]!r}")
+                # Another round asks again for nearly every input, and would pay for about as few.
+                say("[yellow]" + escape(
+                    f"synthesize: only {syn.usable} of {syn.answers} answers of the teacher {teacher.model_name} held "
+                    f"an input (each must {rule}), under {MIN_USABLE:.0%}: no further rounds, which would pay for as "
+                    f"few; first unusable answer: {first[:120]!r}. Try a stronger teacher, or "
+                    "teacher.prompt_format completion for a base model") + "[/yellow]")
+                break
     finally:
         teacher.close()
     return syn
