@@ -170,6 +170,7 @@ def test_a_lora_student_on_a_cut_base_is_calibrated_measured_and_served_cut(proj
     out = potstill("run", "-c", "potstill.yaml", "--train.method", "lora", "--train.lr", "0.05",
                    "--student.num_layers", "1", cwd=project)
     assert out.returncode == 0, out.stderr
+    assert "the untrained student is student.model cut to its first 1 layer (student.num_layers)" in out.stderr
     student = project / "run" / "student"
     cal = calibration.load(student)
     assert cal is not None and {k.split(".")[1] for k in cal.absmax if k.startswith("layers.")} == {"0"}

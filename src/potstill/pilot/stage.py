@@ -54,6 +54,12 @@ def pilot_body(cfg: Config, run: RunDir) -> dict[str, Any]:
         say(escape(f"pilot: {_unusable(labelled)}; the figures are over the other {len(valid)} of {len(sample)} inputs"))
     print_table(f"pilot: {len(valid)} inputs, before training", models)
     say(summary_line(student, teacher))
+    if cfg.student.num_layers:
+        # A depth-pruned model before training has lost what its later layers did: its pilot figures are a
+        # floor, not what the whole model would do.
+        n = cfg.student.num_layers
+        say(f"pilot: the untrained student is student.model cut to its first {n} layer{'s' if n > 1 else ''} "
+            "(student.num_layers), where train starts; cut, it answers poorly until trained")
     return {"agreement": student["agreement_with_teacher"], "teacher_calls": stats.calls}
 
 
