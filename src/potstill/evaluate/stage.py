@@ -191,7 +191,8 @@ def evaluate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
     if cut:
         say(f"evaluate: the student ran to its {cfg.task.max_output_tokens}-token budget without ending on "
             f"{round(cut * len(test))} of {len(test)} test inputs ({100 * cut:.1f}%); serve sends such answers to the "
-            "teacher (serve.escalate_truncated): raise task.max_output_tokens if the teacher's answers run that long")
+            "teacher (serve.escalate_truncated). Most often it is repeating itself (see the worst cases); where the "
+            "teacher's own answers run that long, raise task.max_output_tokens")
     if judged is not None:
         from potstill.evaluate.judge import summary_line
 
