@@ -26,6 +26,30 @@ def test_overrides_set_one_field_each_and_are_validated(tmp_path):
         load_config(None, {"task.labels": ["x", "y"], "train.lr": -1})
 
 
+def test_an_unset_learning_rate_follows_the_method(tmp_path):
+    """train.lr unset is 1e-4 for a full fine-tune and 1e-3 for adapters (README, Train), resolved at load
+    so that the trainer and the stage fingerprint see the number; a rate given, in a file or a flag, stands.
+    `potstill init` writes it unset, so a starter config switched to lora gets the adapters' rate."""
+    from potstill.config import starter_yaml
+    from potstill.pipeline import STAGES
+    from potstill.rundir import RunDir
+
+    labels = {"task.labels": ["x", "y"]}
+    assert load_config(None, labels).train.lr == 1e-4
+    assert load_config(None, {**labels, "train.method": "lora"}).train.lr == 1e-3
+    assert load_config(None, {**labels, "train.method": "qlora"}).train.lr == 1e-3
+    assert load_config(None, {**labels, "train.method": "lora", "train.lr": 2e-4}).train.lr == 2e-4
+    starter = yaml.safe_load(starter_yaml())
+    assert starter["train"]["lr"] is None
+    starter["train"]["method"] = "lora"
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(starter))
+    assert load_config(tmp_path / "p.yaml").train.lr == 1e-3
+    # A full fine-tune left unset hashes as one that says 1e-4, the default it had before: no rerun.
+    run = RunDir(tmp_path / "run")
+    unset, said = (load_config(None, {**labels, "run_dir": str(run.path), **o}) for o in ({}, {"train.lr": 1e-4}))
+    assert STAGES["train"].fingerprint(unset, run) == STAGES["train"].fingerprint(said, run)
+
+
 def test_relative_paths_resolve_against_the_config_file(tmp_path):
     (tmp_path / "sub").mkdir()
     p = tmp_path / "sub" / "c.yaml"

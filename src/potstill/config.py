@@ -265,6 +265,8 @@ def starter_yaml() -> str:
                 continue
             if field.description:
                 lines.append(f"{pad}# {field.description}")
+            if field.default is None:  # left unset, as the description says (train.lr: resolved by method at load)
+                value = None
             plain = to_jsonable_python(value)  # dicts of sections (e.g. a price table) become plain mappings
             dumped = yaml.safe_dump({name: plain}, default_flow_style=True, width=1000).strip()
             lines.append(f"{pad}{dumped[1:-1] if dumped.startswith('{') else dumped}")
