@@ -162,8 +162,9 @@ def synthesize(cfg: Config, seeds: list[Record], tests: list[str], ledger: Any,
                 say("[yellow]" + escape(
                     f"synthesize: only {syn.usable} of {syn.answers} answers of the teacher {teacher.model_name} held "
                     f"an input (each must {rule}), under {MIN_USABLE:.0%}: no further rounds, which would pay for as "
-                    f"few; first unusable answer: {first[:120]!r}. Try a stronger teacher, or "
-                    "teacher.prompt_format completion for a base model") + "[/yellow]")
+                    f"few; first unusable answer: {first[:120]!r}. Try a stronger teacher"
+                    + ("" if syn.completion else ", or teacher.prompt_format completion for a base model"))
+                    + "[/yellow]")
                 break
     finally:
         teacher.close()
