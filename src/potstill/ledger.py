@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from potstill.errors import PotstillError
-from potstill.ledger_schema import BATCH_CLOSED, LIVE_SUM, MIGRATIONS  # noqa: F401 (MIGRATIONS: re-export)
+from potstill.ledger_schema import BATCH_CLOSED, LIVE_SUM, MIGRATIONS, NATURAL_STOPS  # noqa: F401 (MIGRATIONS: re-export)
 from potstill.sqlite_migrations import apply_migrations
 
 
@@ -48,6 +48,8 @@ class Call:
     stop_reason: str | None = None
     #: Share of the live price billed (provider batches: ``generate.batch_price``).
     price_multiplier: float = 1.0
+    #: A teacher request's key whatever its output budget (``Teacher.prompt_hash``; None elsewhere).
+    prompt_hash: str | None = None
 
 
 def user_messages(request: dict[str, Any]) -> list[dict[str, str]]:
@@ -224,7 +226,7 @@ class Ledger:
                 c.request_hash, c.role, c.stage, c.model, json.dumps(c.request, sort_keys=True),
                 None if c.response is None else json.dumps(c.response), c.input_tokens, c.output_tokens,
                 c.cached_input_tokens, c.cost_usd, c.latency_s, c.status, c.error, c.created_at, c.stop_reason,
-                c.price_multiplier,
+                c.price_multiplier, c.prompt_hash,
             )
             for c in calls
         ]
@@ -232,7 +234,7 @@ class Ledger:
             self._db.executemany(
                 "INSERT INTO calls (request_hash, role, stage, model, request, response, input_tokens,"
                 " output_tokens, cached_input_tokens, cost_usd, latency_s, status, error, created_at, stop_reason,"
-                " price_multiplier) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " price_multiplier, prompt_hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 rows,
             )
 
@@ -290,6 +292,37 @@ class Ledger:
         Served rows are not answers to reuse: their response is what a client got, routing included.
         """
         return {h: json.loads(resp) for h, resp in self._by_hash("response", "status='ok'", role, request_hashes)}
+
+    def whole_answers(self, wanted: dict[str, tuple[str, int]]) -> dict[str, str]:
+        """For each request hash mapped to ``(prompt hash, output budget)``: the hash of an earlier
+        request with that prompt hash (the same request under another budget, ``Teacher.prompt_hash``)
+        whose answer, ``ok`` outside serve, ended by itself (every sample) under a budget no larger,
+        so that the larger one would have answered it alike; the latest such row wins. Rows logged
+        before migration 8 have no prompt hash and are not found."""
+        by_prompt: dict[str, list[str]] = {}
+        for h, (p, _) in wanted.items():
+            by_prompt.setdefault(p, []).append(h)
+        keys, out = list(by_prompt), {}
+        rows = []
+        with self._lock:
+            for i in range(0, len(keys), 500):
+                part = keys[i : i + 500]
+                try:
+                    rows += self._db.execute(
+                        "SELECT request_hash, prompt_hash, request, stop_reason FROM calls WHERE status='ok' AND"
+                        f" role='teacher' AND stage<>'serve' AND prompt_hash IN ({','.join('?' * len(part))})"
+                        " ORDER BY id", part).fetchall()
+                except sqlite3.OperationalError:  # a ledger opened read-only before migration 8: no such column
+                    return {}
+        for old, p, request, stop in rows:
+            if not stop or any(s not in NATURAL_STOPS for s in stop.split(",")):
+                continue
+            req = json.loads(request)
+            budget = int(req.get("max_completion_tokens") or req.get("max_tokens") or 0)  # api.engine.max_output
+            for h in by_prompt[p]:
+                if h != old and budget and budget <= wanted[h][1]:
+                    out[h] = old
+        return out
 
     def _by_hash(self, column: str, where: str, role: str, request_hashes: list[str]) -> list[tuple[str, Any]]:
         """``(request_hash, column)`` of the non-serve rows of ``role`` matching ``where`` for these

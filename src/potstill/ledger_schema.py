@@ -117,7 +117,17 @@ MIGRATIONS: list[str] = [
         created_at REAL NOT NULL
     );
     """,
+    # 8: the key of a teacher request whatever its output budget (``Teacher.prompt_hash``), so that a
+    # raised teacher.max_tokens reuses the answers that ended below the old one (``Ledger.whole_answers``).
+    """
+    ALTER TABLE calls ADD COLUMN prompt_hash TEXT;
+    CREATE INDEX calls_prompt ON calls(prompt_hash) WHERE prompt_hash IS NOT NULL;
+    """,
 ]
+
+#: Stop reasons of an answer that ended by itself (OpenAI and local: stop; Anthropic: end_turn,
+#: stop_sequence), which a larger output budget would not have changed.
+NATURAL_STOPS = ("stop", "end_turn", "stop_sequence")
 
 #: Batch states after which nothing more comes from the provider.
 BATCH_CLOSED = ("collected", "refused")

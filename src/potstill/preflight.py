@@ -375,6 +375,7 @@ def _unanswered(ctx: _Ctx, records: list) -> list:
     path = ctx.run / "calls.sqlite"
     if not path.exists():
         return records
+    from potstill.generate import cached_answers
     from potstill.ledger import Ledger
     from potstill.teachers import get_teacher, request_hash
 
@@ -385,9 +386,10 @@ def _unanswered(ctx: _Ctx, records: list) -> list:
     try:
         teacher.n = ctx.cfg.generate.n  # as label_records sets it: the request asks for n samples
         ident = teacher.identity()
-        hashes = [request_hash(ident, teacher.request(r)) for r in records]
+        reqs = [teacher.request(r) for r in records]
         with Ledger(path, readonly=True) as ledger:
-            answered = ledger.lookup(list(dict.fromkeys(hashes)))
+            # As generate finds them: an answer under a smaller teacher.max_tokens that ended by itself counts.
+            hashes, answered, _ = cached_answers(ledger, teacher, reqs, [request_hash(ident, q) for q in reqs])
     finally:
         teacher.close()
     todo = dict.fromkeys(h for h in hashes if h not in answered)  # duplicates are sent once

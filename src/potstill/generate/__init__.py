@@ -33,7 +33,8 @@ def ledger_call(h: str, teacher: Teacher, stage: str, request: dict[str, Any], r
     ok = resp.ok
     stop = resp.stop_reason
     return Call(
-        request_hash=h, role="teacher", stage=stage, model=teacher.model_name, request=request,
+        request_hash=h, prompt_hash=teacher.prompt_hash(request), role="teacher", stage=stage,
+        model=teacher.model_name, request=request,
         # A failed n-sample request keeps the samples that did answer (paid): the rerun asks for the rest.
         response=resp.to_json() if ok or resp.samples else None,
         input_tokens=resp.input_tokens, output_tokens=resp.output_tokens, cached_input_tokens=resp.cached_input_tokens,
@@ -147,8 +148,8 @@ def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: L
     ident = teacher.identity()
     reqs = [teacher.request(r) for r in records]
     hashes = [request_hash(ident, q) for q in reqs]
+    hashes, answers, stats.whole_reused = cached_answers(ledger, teacher, reqs, hashes)
     unique = list(dict.fromkeys(hashes))
-    answers: dict[str, dict[str, Any]] = ledger.lookup(unique)
     stats.cache_hits = sum(h in answers for h in hashes)
     request_of = dict(zip(hashes, reqs))
     # A request the teacher refused is billed and, as a rule, refused again: not sent again unless
@@ -216,6 +217,31 @@ def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: L
             "majority votes and curate.min_agreement does not filter them[/yellow]")
     stats.seconds = time.perf_counter() - t0
     return out, stats
+
+
+def cached_answers(ledger: Ledger, teacher: Teacher, reqs: list[dict[str, Any]],
+                   hashes: list[str]) -> tuple[list[str], dict[str, dict[str, Any]], int]:
+    """The ledger's answers to these requests: ``(hashes, answers by hash, inputs answered whole)``.
+
+    A request with no answer of its own is answered by the same request sent under a smaller
+    output budget (an earlier ``teacher.max_tokens``) whose answer ended by itself: the larger
+    budget would not have changed it, and raising ``teacher.max_tokens`` after curate sets aside
+    the truncated answers would otherwise pay again for every whole one. Its hash becomes that
+    request's, as for any cache hit (``meta.request_hash`` names the row that paid for the answer).
+    Only where the request carries its budget (API teachers)."""
+    from potstill.teachers.api.engine import max_output
+
+    unique = list(dict.fromkeys(hashes))
+    answers: dict[str, dict[str, Any]] = ledger.lookup(unique)
+    request_of = dict(zip(hashes, reqs))
+    wanted = {h: (teacher.prompt_hash(request_of[h]), max_output(request_of[h])) for h in unique
+              if h not in answers and max_output(request_of[h])}
+    whole = ledger.whole_answers(wanted) if wanted else {}
+    if not whole:
+        return hashes, answers, 0
+    answers.update(ledger.lookup(list(set(whole.values()))))
+    reused = sum(h in whole for h in hashes)
+    return [whole.get(h, h) for h in hashes], answers, reused
 
 
 # The meta fields that describe a teacher call. An input that already holds some came from another

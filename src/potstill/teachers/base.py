@@ -174,6 +174,9 @@ class RunStats:
     invalid_reasons: dict[str, int] = field(default_factory=dict)
     fewer_samples: int = 0  # answers with fewer than generate.n samples (a server that ignores n)
     refused: int = 0  # inputs the teacher refused (this run or an earlier one): not sent again
+    #: Inputs answered by a request asked under a smaller output budget whose answer ended by itself
+    #: (``Ledger.whole_answers``); counted in ``cache_hits`` too.
+    whole_reused: int = 0
     #: Why the sender stopped taking requests (``halting``: the key refused, no credit), or None.
     halted: str | None = None
 
@@ -198,6 +201,10 @@ class RunStats:
 def request_hash(identity: dict[str, Any], request: dict[str, Any]) -> str:
     """The ledger key of a request: the same for generate, redistill and a served escalation."""
     return hash_obj({"teacher": identity, "request": request})
+
+
+# A request's output budget, in the request (OpenAI, Anthropic) or the teacher's identity (local, replay).
+BUDGET_FIELDS = ("max_tokens", "max_completion_tokens")
 
 
 class Teacher:
@@ -240,6 +247,14 @@ class Teacher:
     def identity(self) -> dict[str, Any]:
         """Everything besides the request that determines the answer (model, prompt, sampling)."""
         raise NotImplementedError
+
+    def prompt_hash(self, request: dict[str, Any]) -> str:
+        """``request_hash`` with the output budget left out of request and identity: one key for the
+        same request under any ``teacher.max_tokens`` (``Ledger.whole_answers``). The identity is
+        read once per teacher (a local one hashes its weights' files)."""
+        if getattr(self, "_budgetless", None) is None:
+            self._budgetless = {k: v for k, v in self.identity().items() if k not in BUDGET_FIELDS}
+        return request_hash(self._budgetless, {k: v for k, v in request.items() if k not in BUDGET_FIELDS})
 
     def request(self, record: Record) -> dict[str, Any]:
         return {"messages": record.messages}

@@ -1,0 +1,97 @@
+"""Raising ``teacher.max_tokens`` after curate set aside the answers it cut pays only for those: an
+answer that ended by itself under the smaller budget is the larger budget's answer too, and is
+reused from the ledger (``Ledger.whole_answers``). A real OpenAI-compatible server on loopback
+answers each input with as many words as its text asks for, cut at the request's ``max_tokens``
+(one token a word), through the official openai client."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+import yaml
+from fastapi import FastAPI
+
+from potstill.config import load_config
+from potstill.curate.stage import curate_stage
+from potstill.generate.stage import generate_stage
+from potstill.ledger import Ledger
+from potstill.records import read_records
+from tests.helpers.live_server import LiveServer
+
+# How many words the teacher writes for each input: two of six run past a budget of 4.
+WORDS = [2, 3, 6, 3, 8, 2]
+
+
+def writer(seen: Counter) -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    def chat(body: dict[str, Any]) -> Any:
+        text = body["messages"][-1]["content"]
+        seen[(text, body["max_tokens"])] += 1
+        want = int(text.split()[-1])
+        n = min(want, body["max_tokens"])
+        return {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": " ".join(["word"] * n)},
+                             "finish_reason": "stop" if n == want else "length"}],
+                "usage": {"prompt_tokens": 20, "completion_tokens": n, "total_tokens": 20 + n}}
+
+    return app
+
+
+def project(tmp, url: str, max_tokens: int):
+    (tmp / "inputs.jsonl").write_text("".join(json.dumps({"id": f"r{i}", "input": f"item {i}, summarise in words: {w}"}) + "\n"
+                                              for i, w in enumerate(WORDS)))
+    cfg = {"run_dir": "run", "task": {"type": "freetext", "instruction": "Summarise.", "max_output_tokens": 16},
+           "data": {"inputs": "inputs.jsonl"},
+           "teacher": {"type": "openai", "model": "gpt-4.1-mini", "base_url": url + "/v1", "api_key_env": "",
+                       "max_tokens": max_tokens, "max_retries": 0,
+                       "price": {"input_per_mtok": 1.0, "output_per_mtok": 4.0}},
+           "curate": {"val": 1, "test": 1, "dedup": False}}
+    (tmp / "potstill.yaml").write_text(yaml.safe_dump(cfg))
+    return load_config(tmp / "potstill.yaml")
+
+
+def test_a_raised_max_tokens_pays_only_for_the_answers_it_cut(tmp_path, capsys):
+    from potstill.preflight import _Ctx, _unanswered
+
+    seen: Counter = Counter()
+    with LiveServer(writer(seen)) as srv:
+        generate_stage(project(tmp_path, srv.url, 4))
+        curate_stage(project(tmp_path, srv.url, 4))
+        rejected = [json.loads(x) for x in (tmp_path / "run" / "rejected.jsonl").read_text().splitlines()]
+        assert sorted(r["id"] for r in rejected if "truncated" in r["invalid_reason"]) == ["r2", "r4"]
+        first = {r.id: r for r in read_records(tmp_path / "run" / "teacher.jsonl")}
+        assert sum(seen.values()) == 6
+
+        cfg = project(tmp_path, srv.url, 10)
+        # Preflight's projection counts what generate will send: the two cut answers only.
+        assert sorted(r.id for r in _unanswered(_Ctx(cfg), read_records(tmp_path / "inputs.jsonl"))) == ["r2", "r4"]
+        capsys.readouterr()
+        generate_stage(cfg)
+    assert sum(seen.values()) == 8 and seen[("item 2, summarise in words: 6", 10)] == 1
+    assert seen[("item 4, summarise in words: 8", 10)] == 1
+    assert "6 inputs, 4 from cache (4 answered under a smaller teacher.max_tokens" in capsys.readouterr().err
+    again = {r.id: r for r in read_records(tmp_path / "run" / "teacher.jsonl")}
+    assert [len(again[f"r{i}"].output.split()) for i in range(6)] == WORDS
+    for i in (0, 1, 3, 5):  # the row that paid for it, as for any cache hit
+        assert again[f"r{i}"].meta["request_hash"] == first[f"r{i}"].meta["request_hash"]
+    with Ledger(tmp_path / "run" / "calls.sqlite") as ledger:
+        rows = ledger.rows(role="teacher", stage="generate")
+        assert len(rows) == 8 and all(r["prompt_hash"] for r in rows)
+        # The two prompts sent twice share their key whatever the budget; the others were sent once.
+        assert sorted(Counter(r["prompt_hash"] for r in rows).values()) == [1, 1, 1, 1, 2, 2]
+
+
+def test_an_answer_cut_or_asked_under_a_larger_budget_is_not_reused(tmp_path):
+    """Only an answer that ended by itself under a budget no larger counts: a cut one is asked again
+    under the raised budget, and a lowered budget asks again what it might have cut."""
+    seen: Counter = Counter()
+    with LiveServer(writer(seen)) as srv:
+        generate_stage(project(tmp_path, srv.url, 6))
+        generate_stage(project(tmp_path, srv.url, 8))  # r4 (8 words) was cut at 6: asked again
+        assert sum(seen.values()) == 7 and seen[("item 4, summarise in words: 8", 8)] == 1
+        generate_stage(project(tmp_path, srv.url, 5))  # smaller than any budget answered: all asked again
+        assert sum(seen.values()) == 13 and all(seen[k] == 1 for k in seen if k[1] == 5)
