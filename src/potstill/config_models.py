@@ -256,6 +256,13 @@ class QualityBar(Section):
                     "against the teacher (win 1, tie or opposite verdicts in the two orders 0.5, loss 0; 0.5 is as "
                     "good) decides in place of exact-match agreement (None: agreement decides).",
     )
+    max_judge_inconsistency: float | None = Field(
+        0.5, ge=0, le=1,
+        description="Where the judge decides: a slice on which more than this share of its verdicts flipped when "
+                    "the two answers swapped places is inconclusive, not judged on that score: each flip counts as a "
+                    "tie (0.5), so a judge that always names the first answer scores any student 0.5, as good as the "
+                    "teacher (None: any share).",
+    )
     max_break_even_months: float | None = Field(
         12.0, gt=0,
         description="GO needs the one-time cost repaid within this many months at evaluate.monthly_calls (None: any).",

@@ -294,6 +294,30 @@ def test_on_free_text_the_judge_decides_the_verdict_not_exact_match(tmp_path, ti
     assert "judge score of the trained student against the teacher" in (run / "report.html").read_text()
 
 
+def test_a_judge_that_always_names_one_position_decides_nothing(tmp_path, tiny_model):
+    """Each flip of a verdict with the answers' order counts as a tie (0.5), so a judge that always says
+    "A" scored every student 0.5, as good as the teacher, and passed it against min_judge_score 0.45,
+    however bad its answers. Past quality_bar.max_judge_inconsistency (0.5) the slice is inconclusive."""
+    from potstill.evaluate.stage import evaluate_stage
+
+    run = judged_run(tmp_path, tiny_model)
+    with LiveServer(judge_app("biased", [])) as srv:
+        evaluate_stage(stage_config(run, srv.url, tiny_model))
+    ev = json.loads((run / "eval.json").read_text())
+    whole = ev["slices"][0]
+    assert whole["judge_score"]["value"] == 0.5 and whole["judge_score"]["inconsistent"] == 1.0
+    assert whole["judged_on"] == "judge" and whole["verdict"] == "inconclusive", whole["reason"]
+    assert "the judge's verdict flipped with the answers' order on 100% of its 4 examples" in whole["reason"]
+    assert ev["verdict"]["decision"] != "GO"
+    # With no bound (any share), the rule before it: the position-biased judge passes the student.
+    cfg = stage_config(run, "http://127.0.0.1:9", tiny_model)
+    cfg.evaluate.quality_bar.max_judge_inconsistency = None
+    with LiveServer(judge_app("biased", [])) as srv:
+        cfg.evaluate.judge.teacher = cfg.evaluate.judge.teacher.model_copy(update={"base_url": srv.url + "/v1"})
+        evaluate_stage(cfg, force=True)
+    assert json.loads((run / "eval.json").read_text())["slices"][0]["verdict"] == "pass"
+
+
 def test_a_judge_model_without_a_price_says_its_calls_count_nothing(tmp_path, capsys):
     """A judge model that neither evaluate.judge.teacher.price nor generate.prices prices cost $0 in the
     ledger, eval.json and the report without a word, though its provider bills every call."""

@@ -170,6 +170,14 @@ def scores(judged: dict[str, Any], n: int) -> list[float | None]:
     return out + [None] * (n - len(out))
 
 
+def flips(judged: dict[str, Any], n: int) -> list[bool | None]:
+    """Whether each of the ``n`` test examples' two verdicts disagreed (``inconsistent``), None where
+    ``scores`` has none: the share the quality bar's ``max_judge_inconsistency`` reads."""
+    out: list[bool | None] = [e["verdict"] == "inconsistent" if e["verdict"] in SCORE else None
+                              for e in judged["examples"]]
+    return out + [None] * (n - len(out))
+
+
 def rates(outcomes: Sequence[str], n_boot: int, seed: int) -> dict[str, Any]:
     """Win/tie/loss/inconsistent shares and the mean score with bootstrap intervals, over the examples
     judged (bad excluded)."""

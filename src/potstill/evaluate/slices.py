@@ -104,6 +104,16 @@ def judge(agreement: dict[str, Any], gold: dict[str, Any] | None, bar: QualityBa
         on, ci, b, n = "judge", judged, bar.min_judge_score, judged["n"]
         what = f"judge score against the teacher is {ci['value']:.2f} (0.5: as good)"
         aside = f"; exact-match agreement {agreement['value']:.1%}, reported only (the judge decides)"
+        flipped = judged.get("inconsistent")
+        if bar.max_judge_inconsistency is not None and flipped is not None and n >= min_n \
+                and flipped > bar.max_judge_inconsistency:
+            # Each flip scores 0.5, so a judge that mostly names one position scores any student near 0.5.
+            statement = (f"the judge's verdict flipped with the answers' order on {flipped:.0%} of its {n} examples, "
+                         f"over the {bar.max_judge_inconsistency:.0%} the bar allows, so its score "
+                         f"({ci['value']:.2f}) measures its position bias more than the student: a stronger judge "
+                         "(evaluate.judge.teacher) can decide")
+            return {"judged_on": on, "n_judged": n, "verdict": "inconclusive", "settle_n": None,
+                    "statement": statement, "reason": statement + aside}
     else:
         on, ci, b, n = "agreement", agreement, bar.min_agreement, agreement["n"]
         what, aside = f"agreement with the teacher is {ci['value']:.1%}", ""
@@ -132,13 +142,17 @@ def judge(agreement: dict[str, Any], gold: dict[str, Any] | None, bar: QualityBa
 def _row(name: str, idx: list[int], student_agree: Sequence[float | None],
          untrained_agree: Sequence[float | None] | None, student_gold: Sequence[float | None],
          teacher_gold: Sequence[float | None], bar: QualityBar, min_n: int, n_boot: int, seed: int,
-         judge_scores: Sequence[float | None] | None = None) -> dict[str, Any]:
+         judge_scores: Sequence[float | None] | None = None,
+         judge_flips: Sequence[bool | None] | None = None) -> dict[str, Any]:
     """One slice's row: agreement with the teacher, the gold gap and ratio, the judge score, and a verdict."""
     row: dict[str, Any] = {"slice": name, "n": len(idx),
                            "agreement": bootstrap_mean([student_agree[i] for i in idx], n_boot, seed=seed)}
     scored = [judge_scores[i] for i in idx if judge_scores[i] is not None] if judge_scores is not None else []
     if scored:
         row["judge_score"] = bootstrap_mean(scored, n_boot, seed=seed)
+        flipped = [judge_flips[i] for i in idx if judge_flips[i] is not None] if judge_flips is not None else []
+        if flipped:
+            row["judge_score"]["inconsistent"] = sum(flipped) / len(flipped)
     if untrained_agree is not None:
         row["untrained_agreement"] = bootstrap_mean([untrained_agree[i] for i in idx], n_boot, seed=seed)
     g = [i for i in idx if student_gold[i] is not None and teacher_gold[i] is not None]
@@ -154,19 +168,21 @@ def _row(name: str, idx: list[int], student_agree: Sequence[float | None],
 def slice_table(names: Sequence[list[str]], student_agree: Sequence[float],
                 untrained_agree: Sequence[float] | None, student_gold: Sequence[float | None],
                 teacher_gold: Sequence[float | None], bar: QualityBar, min_n: int, n_boot: int,
-                seed: int = 0, judge_scores: Sequence[float | None] | None = None) -> list[dict[str, Any]]:
+                seed: int = 0, judge_scores: Sequence[float | None] | None = None,
+                judge_flips: Sequence[bool | None] | None = None) -> list[dict[str, Any]]:
     """One row per slice (``all`` first): agreement with the teacher, the gold gap and ratio, and a verdict.
 
     ``*_agree`` are per-example agreements with the teacher in [0, 1]; ``*_gold`` per-example
     scores against gold (None where an example has no gold); ``judge_scores`` the judge's per-example
-    score of the student against the teacher (``judge.score``; None where it did not judge).
+    score of the student against the teacher (``judge.score``; None where it did not judge), and
+    ``judge_flips`` whether its two verdicts on each disagreed (``judge.flips``).
     """
     members: dict[str, list[int]] = {"all": list(range(len(names)))}
     for i, ns in enumerate(names):
         for n in ns:
             members.setdefault(n, []).append(i)
     return [_row(name, members[name], student_agree, untrained_agree, student_gold, teacher_gold,
-                 bar, min_n, n_boot, seed, judge_scores)
+                 bar, min_n, n_boot, seed, judge_scores, judge_flips)
             for name in ["all", *sorted(k for k in members if k != "all")]]
 
 

@@ -151,16 +151,16 @@ def evaluate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
     names = [slice_names(r, (g if g is not None else t) if task.labels else None, edges)
              for r, g, t in zip(test, gold, teacher)]
     agree = {k: [task.agree(p.parsed[i], teacher[i]) for i in range(len(test))] for k, p in preds.items()}
-    judged, judge_scores = None, None
+    judged, judge_scores, judge_flips = None, None, None
     if e.judge.enabled and not task.labels:
-        from potstill.evaluate.judge import automatic_metric, run_judge, scores
+        from potstill.evaluate.judge import automatic_metric, flips, run_judge, scores
 
         metric_name, metric = automatic_metric(task, preds["student"].parsed, teacher, agree["student"])
         with run.ledger() as ledger:
             judged = run_judge(cfg, task, test, preds["student"].outputs, metric, names, ledger, metric_name)
         if task.name == "freetext":  # JSON keeps exact agreement, which a good extraction reaches
-            judge_scores = scores(judged, len(test))
-    slices = _slices(cfg, task, preds, teacher, gold, names, agree, judge_scores)
+            judge_scores, judge_flips = scores(judged, len(test)), flips(judged, len(test))
+    slices = _slices(cfg, task, preds, teacher, gold, names, agree, judge_scores, judge_flips)
     agreement_ci = {k: bootstrap_mean(v, rep.bootstrap_samples, seed=rep.seed) for k, v in agree.items()}
 
     one_time, train_s = _one_time_costs(cfg, run, spend)
@@ -285,14 +285,15 @@ def _all_metrics(task: Task, preds: dict[str, Predictions], conf: dict[str, list
 
 def _slices(cfg: Config, task: Task, preds: dict[str, Predictions], teacher: list[Any], gold: list[Any],
             names: list[list[str]], agree: dict[str, list[float]],
-            judge_scores: list[float | None] | None = None) -> list[dict[str, Any]]:
+            judge_scores: list[float | None] | None = None,
+            judge_flips: list[bool | None] | None = None) -> list[dict[str, Any]]:
     """Per-slice agreement (and per-field, for JSON outputs) against the quality bar; on free text the
     judge's scores, where it ran, decide in place of exact-match agreement."""
     e, rep = cfg.evaluate, cfg.report
     s_gold = [task.agree(preds["student"].parsed[i], g) if g is not None else None for i, g in enumerate(gold)]
     t_gold = [task.agree(t, g) if g is not None else None for t, g in zip(teacher, gold)]
     slices = slice_table(names, agree["student"], agree.get("untrained student"), s_gold, t_gold,
-                         e.quality_bar, rep.min_slice_n, rep.bootstrap_samples, rep.seed, judge_scores)
+                         e.quality_bar, rep.min_slice_n, rep.bootstrap_samples, rep.seed, judge_scores, judge_flips)
     if any(isinstance(t, dict) for t in teacher):
         untrained = preds.get("untrained student")
         slices += field_table(output_fields(cfg.task.json_schema, teacher), preds["student"].parsed,
