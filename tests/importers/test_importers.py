@@ -210,6 +210,22 @@ def test_logged_answers_that_are_a_tool_call_or_a_refusal_are_skipped_and_counte
     assert "1 line(s) skipped, its answer is a refusal" in err
 
 
+def test_a_served_answer_cut_at_its_budget_keeps_its_finish_reason(tmp_path):
+    """A served row's finish_reason (``length``: cut at the token budget) comes along as the other logs'
+    does, so curate.real_data sets the cut answer aside as truncated; it was dropped, and half an answer
+    of the student's own became training data."""
+    from potstill.ledger import ServedCall
+
+    user = {"role": "user", "content": "Summarise the ticket."}
+    with Ledger(tmp_path / "calls.sqlite") as ledger:
+        ledger.record_served(ServedCall(request={"model": "potstill", "messages": [user]}, answered_by="student",
+                                        model="s", content="a refund refund refund", finish_reason="length"))
+        ledger.record_served(ServedCall(request={"model": "potstill", "messages": [user]}, answered_by="teacher",
+                                        model="t", content="Refund a double charge.", finish_reason="stop"))
+    assert import_traffic(tmp_path / "calls.sqlite", tmp_path / "s.jsonl") == 2
+    assert [r.meta["finish_reason"] for r in read_records(tmp_path / "s.jsonl")] == ["length", "stop"]
+
+
 def test_served_rows_answered_with_tool_calls_are_skipped_and_counted(tmp_path, capsys):
     """A served escalation answered with tool calls (a client's tools) has no text, and its row was
     imported as the answer ""."""

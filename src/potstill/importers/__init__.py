@@ -315,7 +315,10 @@ def import_served(db: Path) -> list[Record]:
         user = [m for m in _messages(row.request, f"{db}#calls.id={row.id}") if m.get("role") not in INSTRUCTION_ROLES]
         out.append(Record(messages=user, output=row.content or "", meta={
             "format": "served", "source": str(db), "ledger_id": row.id, "teacher": row.model, "role": row.answered_by,
-            "input_tokens": row.input_tokens, "output_tokens": row.output_tokens, "created_at": row.created_at}))
+            "input_tokens": row.input_tokens, "output_tokens": row.output_tokens, "created_at": row.created_at,
+            # As the client got it: "length" where the answer ran to its budget, which curate sets aside as
+            # truncated (curate.real_data), as for an OpenAI log's finish_reason.
+            "finish_reason": row.finish_reason}))
     return out
 
 
