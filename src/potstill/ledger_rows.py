@@ -1,0 +1,119 @@
+"""The ledger's two typed rows: ``Call`` (a teacher or student call from generate, pilot, evaluate,
+redistill...) and ``ServedCall`` (one request to ``potstill serve``, ``stage='serve'``), with the
+JSON of a served row read and written here and in ``potstill.ledger`` only."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Call:
+    """One call as the ledger stores it."""
+
+    request_hash: str
+    role: str
+    stage: str
+    model: str
+    request: dict[str, Any]
+    response: dict[str, Any] | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_s: float = 0.0
+    status: str = "ok"
+    error: str | None = None
+    created_at: float = field(default_factory=time.time)
+    stop_reason: str | None = None
+    #: Share of the live price billed (provider batches: ``generate.batch_price``).
+    price_multiplier: float = 1.0
+    #: A teacher request's key whatever its output budget (``Teacher.prompt_hash``; None elsewhere).
+    prompt_hash: str | None = None
+
+
+def user_messages(request: dict[str, Any]) -> list[dict[str, str]]:
+    """The chat as the server routed it: system/developer messages dropped (the run's instruction
+    replaces them), content parts joined into text (as ``serve.schemas.Message.text`` does)."""
+    out = []
+    messages = request.get("messages")
+    for m in messages if isinstance(messages, list) else []:  # a rejected request may hold anything here
+        if not isinstance(m, dict) or m.get("role") in ("system", "developer"):
+            continue
+        c = m.get("content")
+        text = "".join(str(p.get("text", "")) for p in c if isinstance(p, dict)) if isinstance(c, list) else c
+        out.append({"role": str(m.get("role")), "content": str(text or "")})
+    return out
+
+
+# What a served row's response JSON holds besides ``extra`` (teacher latency, soft label...).
+_ROUTE = ("answered_by", "reason", "confidence", "ood_distance", "student_output", "student")
+
+
+@dataclass
+class ServedCall:
+    """One request to ``potstill serve``: the request, who answered it and why, what it cost.
+
+    ``answered_by`` is the row's role (``teacher``: escalated). A failed or rejected request has
+    ``status='error'``, no ``content``, and the OpenAI-style error body the client got in ``error_body``.
+    """
+
+    request: dict[str, Any]  # the chat request as the client sent it (never a header or key)
+    answered_by: str
+    model: str
+    content: str | None = None
+    reason: str = ""
+    confidence: float | None = 0.0  # None: the student never scored it (an input over its context)
+    ood_distance: float | None = 0.0
+    student_output: str = ""
+    student: str = ""  # the student that handled it (answered or escalated): after a hot swap, the new one
+    extra: dict[str, Any] = field(default_factory=dict)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_s: float = 0.0
+    status: str = "ok"
+    error: str | None = None
+    error_body: dict[str, Any] | None = None
+    request_hash: str = ""
+    id: int | None = None
+    created_at: float = field(default_factory=time.time)
+    finish_reason: str = "stop"  # "length": the answer ran to its token budget (what the client is told)
+    # Asked with logprobs: OpenAI's logprobs.content the client gets, or why there are none. Not kept
+    # in the row (a teacher's, which an escalation may be answered from again, are: extra).
+    logprobs: list[dict[str, Any]] | None = None
+    logprobs_unavailable: str | None = None
+
+    @property
+    def messages(self) -> list[dict[str, str]]:
+        return user_messages(self.request)
+
+    @property
+    def escalated(self) -> bool:
+        return self.answered_by == "teacher"
+
+    def response_json(self) -> dict[str, Any] | None:
+        if self.status != "ok":
+            return self.error_body
+        route = {k: getattr(self, k) for k in _ROUTE if k != "student" or self.student}
+        return {"content": self.content, **route, **self.extra}
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "ServedCall":
+        resp = json.loads(row["response"]) if row["response"] else None
+        request = json.loads(row["request"])
+        common = dict(request=request if isinstance(request, dict) else {"body": request}, answered_by=row["role"],
+                      model=row["model"], input_tokens=row["input_tokens"], output_tokens=row["output_tokens"],
+                      cost_usd=row["cost_usd"], latency_s=row["latency_s"], status=row["status"], error=row["error"],
+                      request_hash=row["request_hash"], id=row["id"], created_at=row["created_at"],
+                      finish_reason=row.get("stop_reason") or "stop")
+        if row["status"] != "ok" or not isinstance(resp, dict):
+            return cls(error_body=resp if isinstance(resp, dict) else None, **common)
+        resp = dict(resp)
+        route = {k: resp.pop(k) for k in _ROUTE if k in resp}
+        route.pop("answered_by", None)  # the role column says it
+        content = resp.pop("content", None)
+        return cls(content="" if content is None else str(content), extra=resp, **route, **common)
