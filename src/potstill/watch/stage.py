@@ -20,6 +20,7 @@ import json
 import os
 import random
 import time
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -241,6 +242,12 @@ def watch_run(run_dir: Path, cfg: Config, since: float | None = None, until: flo
                             "asked for a JSON format the student's answer did not fit, which go to the teacher by "
                             "design: no routing of the student's to judge")
     report = judge(live_emb, ref_emb, live_labels, ref_labels, routed, expected, w)
+    # Which rule sent them (serve.routing; "+cached": the teacher's answer came from the ledger), so that a
+    # rising share says whether inputs moved away (out_of_distribution), the student lost its way
+    # (low_confidence, invalid_output, truncated) or prompts grew (too_long).
+    reasons = Counter(s.reason.split("+")[0] for s in traffic if s.escalated
+                      and not s.reason.startswith(("tools", "response_format")))
+    report["checks"]["escalation"]["by_reason"] = {k: v / len(routed) for k, v in reasons.most_common()}
     report.update({
         "run_dir": str(run_dir), "student": lm.identity, "created": _iso(time.time()),
         "traffic": {"n": len(traffic), "first": _iso(traffic[0].created_at), "last": _iso(traffic[-1].created_at),
@@ -364,6 +371,8 @@ def _rows(report: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
     limit = "not judged (no routing.json)" if e["max"] is None else f"share <= {e['max']:.0%} (val {e['expected']:.0%} + {w['escalation_margin']})"
     rows.append(("escalation", f"{e['share']:.1%} [{per}]", "-", f"slope {100 * e['slope_per_100']:+.1f} pts/100 req", limit,
                  verdict[e["flagged"]]))
+    if e.get("by_reason"):
+        rows.append(("escalated by reason", ", ".join(f"{k} {v:.1%}" for k, v in e["by_reason"].items()), "-", "-", "-", "-"))
     return rows
 
 
