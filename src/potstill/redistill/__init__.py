@@ -44,7 +44,7 @@ from potstill.models.loading import load_lm
 from potstill.progress import out, say
 from potstill.records import Record, read_json, read_records, write_json, write_jsonl
 from potstill.rundir import CHALLENGER_TRAIN, exclusive, student_train_path
-from potstill.redistill.compare import compare, decide, scores
+from potstill.redistill.compare import compare, decide, measure, scores
 from potstill.redistill.promote import current, switch
 from potstill.redistill.traffic import check_traffic, label_sample, read_traffic
 from potstill.students import predict, student_format
@@ -91,12 +91,13 @@ def _pct(m: dict[str, Any]) -> str:
 
 def print_comparison(results: dict[str, dict[str, Any]], decision: dict[str, Any]) -> None:
     t = Table(title="redistill: champion vs challenger (95% bootstrap intervals)")
-    for col in ("test set", "n", "agreement with", "champion", "challenger", "gain"):
-        t.add_column(col, justify="left" if col in ("test set", "agreement with") else "right")
+    for col in ("test set", "n", "against", "champion", "challenger", "gain"):
+        t.add_column(col, justify="left" if col in ("test set", "against") else "right")
     for name, res in results.items():
         for metric, m in res.items():
             g = m["gain"]
-            t.add_row(name, str(m["champion"]["n"]), metric, _pct(m["champion"]), _pct(m["challenger"]),
+            t.add_row(name, str(m["champion"]["n"]), f"{metric} ({m.get('measure', 'agreement')})", _pct(m["champion"]),
+                      _pct(m["challenger"]),
                       f"{g['value']:+.1%} [{g['lo']:+.1%}, {g['hi']:+.1%}]")
     out.print(t)
     out.print(("[bold green]promoted[/bold green]: " if decision["promote"] else "[bold]not promoted[/bold]: ")
@@ -156,8 +157,8 @@ def _run_steps(run_dir: Path, cfg: Config, live: tracking_live.Live | None) -> d
     a_champ = _answers(champion, task, sets, bs, "champion")
     a_chall = _answers(challenger, task, sets, bs, "challenger")
     n_boot, seed = cfg.report.bootstrap_samples, cfg.report.seed
-    results = {name: compare(scores(task, a_champ[name], rs), scores(task, a_chall[name], rs), n_boot, seed)
-               for name, rs in sets.items()}
+    results = {name: compare(scores(task, a_champ[name], rs), scores(task, a_chall[name], rs), n_boot, seed,
+                             measure(task)) for name, rs in sets.items()}
     timings["evaluate_s"] = time.perf_counter() - t0
     decision = decide(results["new traffic"], results["frozen test"], rc, same_student=champion == challenger.resolve())
 

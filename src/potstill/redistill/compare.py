@@ -1,9 +1,11 @@
 """Champion vs challenger: per-example agreement, bootstrap intervals, and the promotion rule.
 
 Both students answer the same inputs; each example scores 1 when a student agrees with the
-teacher's answer (and, where the input has gold, with gold). The gain is the paired difference
-challenger minus champion, resampled per example (``evaluate.bootstrap.bootstrap_gap``), so the
-interval keeps the correlation between the two students' mistakes.
+teacher's answer (and, where the input has gold, with gold). Free text scores chrF against it
+instead (``measure``): a summary or a rewrite almost never matches the teacher's word for word,
+so exact match left both students near 0 and the gain to the few that did. The gain is the paired
+difference challenger minus champion, resampled per example (``evaluate.bootstrap.bootstrap_gap``),
+so the interval keeps the correlation between the two students' mistakes.
 """
 
 from __future__ import annotations
@@ -12,27 +14,34 @@ from typing import Any
 
 from potstill.config import RedistillConfig
 from potstill.evaluate.bootstrap import bootstrap_gap, bootstrap_mean
+from potstill.evaluate.metrics import chrf
 from potstill.records import Record
 from potstill.tasks import Task
 
 
+def measure(task: Task) -> str:
+    """What each example scores: ``chrF`` for free text, else ``agreement`` (``Task.agree``)."""
+    return "chrF" if task.name == "freetext" else "agreement"
+
+
 def scores(task: Task, parsed: list[Any], records: list[Record]) -> dict[str, list[float]]:
-    """Per-example agreement with the teacher, and with gold on the records that carry it."""
-    out = {"teacher": [task.agree(p, task.parse(r.output or "")) for p, r in zip(parsed, records)]}
+    """Per-example agreement (free text: chrF) with the teacher, and with gold on the records that carry it."""
+    score = (lambda a, b: chrf(str(a or ""), str(b or ""))) if measure(task) == "chrF" else task.agree
+    out = {"teacher": [score(p, task.parse(r.output or "")) for p, r in zip(parsed, records)]}
     gold = [(p, task.gold(r)) for p, r in zip(parsed, records)]
     if any(g is not None for _, g in gold):
-        out["gold"] = [task.agree(p, g) for p, g in gold if g is not None]
+        out["gold"] = [score(p, g) for p, g in gold if g is not None]
     return out
 
 
 def compare(champion: dict[str, list[float]], challenger: dict[str, list[float]], n_boot: int,
-            seed: int) -> dict[str, Any]:
-    """{metric: {champion, challenger, gain}} each with a 95% bootstrap interval."""
+            seed: int, measured: str = "agreement") -> dict[str, Any]:
+    """{metric: {champion, challenger, gain, measure}} each with a 95% bootstrap interval."""
     out = {}
     for metric in champion:
         a, b = challenger[metric], champion[metric]
         out[metric] = {"champion": bootstrap_mean(b, n_boot, seed=seed), "challenger": bootstrap_mean(a, n_boot, seed=seed),
-                       "gain": bootstrap_gap(a, b, n_boot, seed=seed)}
+                       "gain": bootstrap_gap(a, b, n_boot, seed=seed), "measure": measured}
     return out
 
 
@@ -41,16 +50,17 @@ def decide(new: dict[str, Any], frozen: dict[str, Any], rc: RedistillConfig,
     """Promote only if the challenger wins on a new-traffic test of ``redistill.min_new_test``
     examples or more and holds on the frozen test."""
     gain, drop = new["teacher"]["gain"], -frozen["teacher"]["gain"]["value"]
+    what = new["teacher"].get("measure", "agreement")
     n = int(new["teacher"]["champion"]["n"])
     # With min_gain 0 and no significance required, a test of 2 examples that the challenger gets
     # right and the champion wrong is a +100% gain: too few answers to replace a served student on.
     checks = [{"check": f"new-traffic test of at least {rc.min_new_test} examples", "value": n,
                "pass": n >= rc.min_new_test},
-              {"check": f"new-traffic agreement gain > {rc.min_gain:g}", "value": gain["value"],
+              {"check": f"new-traffic {what} gain > {rc.min_gain:g}", "value": gain["value"],
                "pass": gain["value"] > rc.min_gain + 1e-12}]
     if rc.require_significant:
         checks.append({"check": "95% interval of that gain above 0", "value": gain["lo"], "pass": gain["lo"] > 0})
-    checks.append({"check": f"frozen-test agreement drop <= {rc.max_frozen_drop:g}", "value": drop,
+    checks.append({"check": f"frozen-test {what} drop <= {rc.max_frozen_drop:g}", "value": drop,
                    "pass": drop <= rc.max_frozen_drop + 1e-12})
     if same_student:
         checks.append({"check": "challenger differs from the champion", "value": False, "pass": False})
@@ -58,7 +68,7 @@ def decide(new: dict[str, Any], frozen: dict[str, Any], rc: RedistillConfig,
     failed = [c for c in checks if not c["pass"]]
     if wins:
         reason = (f"challenger wins on new traffic ({gain['value']:+.3f}, 95% CI [{gain['lo']:+.3f}, {gain['hi']:+.3f}]) "
-                  f"and changes frozen-test agreement by {-drop:+.3f} (a drop of up to {rc.max_frozen_drop:g} allowed)")
+                  f"and changes frozen-test {what} by {-drop:+.3f} (a drop of up to {rc.max_frozen_drop:g} allowed)")
     else:
         reason = "; ".join(f"fails: {c['check']} (got {c['value']:+.3f})" if isinstance(c["value"], float)
                            else f"fails: {c['check']}" for c in failed if c is not checks[0])
