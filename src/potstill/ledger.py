@@ -487,6 +487,20 @@ class Ledger:
             row = self._db.execute("SELECT response, input FROM responses WHERE id=?", (response_id,)).fetchone()
         return None if row is None else (json.loads(row[0]), json.loads(row[1]))
 
+    def unfinished_background(self) -> list[dict[str, Any]]:
+        """Stored background responses still ``queued`` or ``in_progress``: at a server's start, those
+        the server before it stopped (or was killed) while answering."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT response FROM responses WHERE json_extract(response, '$.background')"
+                " AND json_extract(response, '$.status') IN ('queued', 'in_progress')").fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def update_response(self, response: dict[str, Any]) -> None:
+        """Replace a stored response's object, keeping its input items and previous id."""
+        with self._lock, self._db:
+            self._db.execute("UPDATE responses SET response=? WHERE id=?", (json.dumps(response), response["id"]))
+
     # ------------------------------------------------------------------ Files and Batch API (serve)
     def put_object(self, table: str, obj: dict[str, Any]) -> None:
         """Keep a File (``serve_files``) or Batch (``serve_batches``) object, replacing its earlier state."""

@@ -242,3 +242,30 @@ def test_a_background_response_returns_before_its_answer_and_can_be_cancelled(se
         with pytest.raises(openai.BadRequestError) as e:
             cl.responses.create(model="potstill", input=FIRST, background=True, **kw)
         assert e.value.body["param"] == param
+
+
+def test_a_background_response_a_stopped_server_left_queued_fails_at_the_next_start(served):
+    """A server killed while answering a background response left it ``queued`` for good: a client
+    polling retrieve waited forever. The next server keeps it as ``failed``, with why, and touches
+    no other response (its input items and previous response id stay)."""
+    from potstill.serve import serve_key
+    from potstill.serve.app import build_app
+    from tests.helpers.live_server import LiveServer
+
+    service, _ = served
+    left = {"id": "resp_left0000000000000000000", "object": "response", "created_at": 1, "status": "queued",
+            "background": True, "model": "potstill", "output": [], "usage": None}
+    done = {**left, "id": "resp_done0000000000000000000", "status": "completed"}
+    items = [{"id": "msg_1", "type": "message", "role": "user", "content": [{"type": "input_text", "text": "x"}]}]
+    service.ledger.store_response(left, items, "resp_before")
+    service.ledger.store_response(done, items)
+    with LiveServer(build_app(service, serve_key(service.cfg))) as again:
+        cl = client(again)
+        got = cl.responses.retrieve(left["id"])
+        assert got.status == "failed" and got.error.code == "server_error"
+        assert "the server stopped before this background response was answered" in got.error.message
+        assert cl.responses.retrieve(done["id"]).status == "completed"
+    with Ledger(service.ledger.path, readonly=True) as ledger:
+        row = ledger._db.execute("SELECT previous_id, input FROM responses WHERE id=?", (left["id"],)).fetchone()
+    assert row[0] == "resp_before" and json.loads(row[1]) == items
+    assert service.ledger.unfinished_background() == []

@@ -30,6 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from potstill.errors import PotstillError
+from potstill.progress import say
 from potstill.records import json_problem
 from potstill.serve.batches import add_batch_routes
 from potstill.serve.message_batches import add_message_batch_routes
@@ -38,7 +39,7 @@ from potstill.serve.engine import RefusedChat
 from potstill.serve.formats import FormatError
 from potstill.serve.messages import MESSAGES, add_messages_route
 from potstill.serve.messages import error_body as anthropic_error
-from potstill.serve.responses import add_responses_route
+from potstill.serve.responses import add_responses_route, fail_unfinished
 from potstill.serve.tokenize import TOKENIZE, add_tokenize_routes
 from potstill.serve.streaming import LiveText, first_piece, live_events, whole_events
 from potstill.serve.schemas import (ChatCompletion, ChatRequest, ErrorBody, Health, ModelCard, ModelList,
@@ -256,6 +257,9 @@ def build_app(service: Service, api_key: str | None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> Any:
         held["batches"].resume()  # batches a stopped server left unfinished
+        failed = await asyncio.to_thread(fail_unfinished, service)  # background responses it left unanswered
+        if failed:
+            say(f"serve: {failed} background response(s) a stopped server left unanswered are kept as failed")
         yield
         await held["batches"].stop()
 

@@ -182,6 +182,19 @@ def response_body(body: ResponsesRequest, served: ServedCall, fmt: dict[str, Any
         "potstill": route}
 
 
+def fail_unfinished(service: Any) -> int:
+    """At start: a background response the server before this one left ``queued`` or ``in_progress``
+    (stopped or killed while answering it) is kept as ``failed``, so a client polling it stops
+    instead of waiting for an answer nobody is writing. Its request is not kept, so it is not asked
+    again here; the client creates it again. Returns how many."""
+    left = service.ledger.unfinished_background()
+    for response in left:
+        service.ledger.update_response({**response, "status": "failed", "error": {
+            "code": "server_error", "message": "the server stopped before this background response was answered; "
+                                               "create it again"}})
+    return len(left)
+
+
 def failed_response(opening: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
     """The response a stream that failed after its 200 ends with (``body``: the error, OpenAI's form)."""
     error = body["error"]
