@@ -279,6 +279,21 @@ def test_each_modelfile_names_its_base_and_the_adapter(gguf_lora):
 
 @needs_llama_server
 def test_llama_server_with_the_adapter_answers_as_the_merged_file(lora_run, gguf_lora, tmp_path):
+    _served_as_merged(lora_run, gguf_lora, tmp_path)
+
+
+@needs_llama_server
+@pytest.mark.parametrize("arch", ["qwen2", "gemma3_text"])
+def test_other_architectures_adapters_are_served_as_their_merged_files(tmp_path, arch):
+    """The Qwen2 and Gemma 3 adapters through llama-server's --lora, not only their tensors (above)."""
+    run = _lora_run(tmp_path, make_bpe_model(tmp_path / arch, model_type=arch))
+    export(run, "gguf-lora")
+    _served_as_merged(run, Path(run.run_dir) / "export" / "gguf-lora", tmp_path)
+
+
+def _served_as_merged(lora_run: Config, gguf_lora: Path, tmp_path: Path) -> None:
+    """llama-server on the base with ``--lora`` gives the merged f16 file's greedy tokens and first
+    top-5 log-probabilities (within 0.02), and the base alone answers otherwise."""
     from potstill.engines.llamacpp import LlamaServer, server_binary
 
     lora_run_f16 = lora_run.model_copy(update={"export": lora_run.export.model_copy(update={"gguf_types": ["f16"]})})
