@@ -474,12 +474,15 @@ class Ledger:
 
     # ------------------------------------------------------------------ stored Responses
     def store_response(self, response: dict[str, Any], input_items: list[dict[str, Any]],
-                       previous_id: str | None = None) -> None:
-        """Keep a Responses API ``response`` and the ``input_items`` its model read (``potstill serve``)."""
+                       previous_id: str | None = None, answering: bool = False) -> None:
+        """Keep a Responses API ``response`` and the ``input_items`` its model read (``potstill serve``).
+        ``answering``: this process is still answering it (a background response queued), so its
+        pid and host are kept beside it (``unfinished_background``)."""
+        owner = (os.getpid(), socket.gethostname()) if answering else (None, None)
         with self._lock, self._db:
-            self._db.execute("INSERT OR REPLACE INTO responses (id, previous_id, input, response, created_at)"
-                             " VALUES (?,?,?,?,?)", (response["id"], previous_id, json.dumps(input_items),
-                                                     json.dumps(response), time.time()))
+            self._db.execute("INSERT OR REPLACE INTO responses (id, previous_id, input, response, created_at, pid, host)"
+                             " VALUES (?,?,?,?,?,?,?)", (response["id"], previous_id, json.dumps(input_items),
+                                                         json.dumps(response), time.time(), *owner))
 
     def stored_response(self, response_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
         """A stored response and its input items, or None (never stored, or deleted)."""
@@ -488,13 +491,15 @@ class Ledger:
         return None if row is None else (json.loads(row[0]), json.loads(row[1]))
 
     def unfinished_background(self) -> list[dict[str, Any]]:
-        """Stored background responses still ``queued`` or ``in_progress``: at a server's start, those
-        the server before it stopped (or was killed) while answering."""
+        """Stored background responses still ``queued`` or ``in_progress`` whose server is gone: it
+        stopped or was killed while answering them. One a live server on this host is answering (two
+        servers on one run), or a server on another host, whose process cannot be looked at, is left be."""
+        host = socket.gethostname()
         with self._lock:
             rows = self._db.execute(
-                "SELECT response FROM responses WHERE json_extract(response, '$.background')"
+                "SELECT response, pid, host FROM responses WHERE json_extract(response, '$.background')"
                 " AND json_extract(response, '$.status') IN ('queued', 'in_progress')").fetchall()
-        return [json.loads(r[0]) for r in rows]
+        return [json.loads(r) for r, pid, h in rows if pid is None or (h == host and not _alive(pid))]
 
     def update_response(self, response: dict[str, Any]) -> None:
         """Replace a stored response's object, keeping its input items and previous id."""

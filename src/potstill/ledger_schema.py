@@ -123,6 +123,12 @@ MIGRATIONS: list[str] = [
     ALTER TABLE calls ADD COLUMN prompt_hash TEXT;
     CREATE INDEX calls_prompt ON calls(prompt_hash) WHERE prompt_hash IS NOT NULL;
     """,
+    # 9: the server process answering a background response (pid, host), so that a server starting
+    # beside it on the same run leaves it be, and one starting after it died fails what it left.
+    """
+    ALTER TABLE responses ADD COLUMN pid INTEGER;
+    ALTER TABLE responses ADD COLUMN host TEXT;
+    """,
 ]
 
 #: Stop reasons of an answer that ended by itself (OpenAI and local: stop; Anthropic: end_turn,

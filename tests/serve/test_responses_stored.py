@@ -252,20 +252,29 @@ def test_a_background_response_a_stopped_server_left_queued_fails_at_the_next_st
     from potstill.serve.app import build_app
     from tests.helpers.live_server import LiveServer
 
+    import subprocess
+    import sys
+
     service, _ = served
     left = {"id": "resp_left0000000000000000000", "object": "response", "created_at": 1, "status": "queued",
             "background": True, "model": "potstill", "output": [], "usage": None}
     done = {**left, "id": "resp_done0000000000000000000", "status": "completed"}
+    alive = {**left, "id": "resp_live0000000000000000000"}
     items = [{"id": "msg_1", "type": "message", "role": "user", "content": [{"type": "input_text", "text": "x"}]}]
-    service.ledger.store_response(left, items, "resp_before")
+    service.ledger.store_response(left, items, "resp_before", answering=True)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    service.ledger._db.execute("UPDATE responses SET pid=? WHERE id=?", (int(gone.stdout), left["id"]))
     service.ledger.store_response(done, items)
+    service.ledger.store_response(alive, items, answering=True)  # this process: a server still answering it
     with LiveServer(build_app(service, serve_key(service.cfg))) as again:
         cl = client(again)
         got = cl.responses.retrieve(left["id"])
         assert got.status == "failed" and got.error.code == "server_error"
         assert "the server stopped before this background response was answered" in got.error.message
         assert cl.responses.retrieve(done["id"]).status == "completed"
+        assert cl.responses.retrieve(alive["id"]).status == "queued"  # a server on this run answers it
     with Ledger(service.ledger.path, readonly=True) as ledger:
         row = ledger._db.execute("SELECT previous_id, input FROM responses WHERE id=?", (left["id"],)).fetchone()
     assert row[0] == "resp_before" and json.loads(row[1]) == items
     assert service.ledger.unfinished_background() == []
+    service.ledger.delete_response(alive["id"])

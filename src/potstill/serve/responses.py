@@ -183,10 +183,10 @@ def response_body(body: ResponsesRequest, served: ServedCall, fmt: dict[str, Any
 
 
 def fail_unfinished(service: Any) -> int:
-    """At start: a background response the server before this one left ``queued`` or ``in_progress``
-    (stopped or killed while answering it) is kept as ``failed``, so a client polling it stops
-    instead of waiting for an answer nobody is writing. Its request is not kept, so it is not asked
-    again here; the client creates it again. Returns how many."""
+    """At start: a background response whose server stopped or was killed while answering it
+    (``Ledger.unfinished_background``) is kept as ``failed``, so a client polling it stops instead of
+    waiting for an answer nobody is writing. Its request is not kept, so it is not asked again here;
+    the client creates it again. Returns how many."""
     left = service.ledger.unfinished_background()
     for response in left:
         service.ledger.update_response({**response, "status": "failed", "error": {
@@ -361,7 +361,8 @@ def add_responses_route(app: FastAPI, service: Any, requests: Counter, latency: 
         async def _kept(response: dict[str, Any]) -> dict[str, Any]:
             """The response, kept first where asked: a client may name it as soon as it has it."""
             if keep:
-                await asyncio.to_thread(service.ledger.store_response, response, items, body.previous_response_id)
+                await asyncio.to_thread(service.ledger.store_response, response, items, body.previous_response_id,
+                                        response["status"] == "queued")
             return response
 
         if background:  # answered after the call returns: the client polls retrieve (or cancels)
