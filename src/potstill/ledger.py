@@ -510,9 +510,30 @@ class Ledger:
     def put_object(self, table: str, obj: dict[str, Any]) -> None:
         """Keep a File (``serve_files``) or Batch (``serve_batches``) object, replacing its earlier state."""
         assert table in ("serve_files", "serve_batches")
-        with self._lock, self._db:
-            self._db.execute(f"INSERT OR REPLACE INTO {table} (id, object, created_at) VALUES (?,?,?)",
+        with self._lock, self._db:  # a batch's pid and host (``claim``) stay as they are
+            self._db.execute(f"INSERT INTO {table} (id, object, created_at) VALUES (?,?,?) ON CONFLICT(id) DO UPDATE"
+                             " SET object=excluded.object, created_at=excluded.created_at",
                              (obj["id"], json.dumps(obj), obj["created_at"]))
+
+    def claim(self, batch_id: str) -> int | None:
+        """Make this process the one running the kept batch ``batch_id``: None when it is (the batch
+        had no server, this one, or one on this host that is gone), else the pid of the live server
+        running it, or -1 for a server on another host, whose process cannot be looked at. Two servers
+        claiming one batch at once: the row changes only if its owner is still the one read, so one wins."""
+        me, host = os.getpid(), socket.gethostname()
+        with self._lock, self._db:
+            row = self._db.execute("SELECT pid, host FROM serve_batches WHERE id=?", (batch_id,)).fetchone()
+            if row is None:
+                return None
+            pid, h = row
+            if pid is not None and (pid, h) != (me, host):
+                if h != host:
+                    return -1
+                if _alive(pid):
+                    return pid
+            cur = self._db.execute("UPDATE serve_batches SET pid=?, host=? WHERE id=? AND pid IS ? AND host IS ?",
+                                   (me, host, batch_id, pid, h))
+        return None if cur.rowcount else self.claim(batch_id)
 
     def get_object(self, table: str, object_id: str) -> dict[str, Any] | None:
         assert table in ("serve_files", "serve_batches")

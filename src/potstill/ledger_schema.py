@@ -129,6 +129,12 @@ MIGRATIONS: list[str] = [
     ALTER TABLE responses ADD COLUMN pid INTEGER;
     ALTER TABLE responses ADD COLUMN host TEXT;
     """,
+    # 10: the server process running each Batch API batch (pid, host), so that a server starting on
+    # the same run resumes only the batches whose server is gone, not one a live server still runs.
+    """
+    ALTER TABLE serve_batches ADD COLUMN pid INTEGER;
+    ALTER TABLE serve_batches ADD COLUMN host TEXT;
+    """,
 ]
 
 #: Stop reasons of an answer that ended by itself (OpenAI and local: stop; Anthropic: end_turn,

@@ -6,6 +6,7 @@ stopped server left unfinished resumed by the next one with no line lost or answ
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import openai
@@ -319,3 +320,51 @@ def test_a_canceled_message_batch_says_which_requests_were_never_sent(served, fo
     assert counts.succeeded + counts.errored + counts.canceled == 400 and b.cancel_initiated_at is not None
     kinds = [r.result.type for r in cl.messages.batches.results(b.id)]
     assert kinds.count("canceled") == counts.canceled and kinds.count("succeeded") == counts.succeeded
+
+
+def test_a_batch_a_live_server_runs_is_not_resumed_beside_it_and_a_cancel_reaches_it(served, force):
+    """Two servers on one run: a server starting resumed every open batch, the one a live server was
+    running included, and both answered its lines (an escalation asked twice). A batch is resumed
+    only where the server running it is gone (its pid and host kept beside it); a cancel sent to
+    another server reaches the one running the batch through the ledger."""
+    import subprocess
+    import sys
+
+    from potstill.serve import serve_key
+    from potstill.serve.app import build_app
+
+    service, live = served
+    force("student")
+    cl = client(live)
+    b = cl.batches.create(input_file_id=_upload(cl, [_line(i, TEXTS[i % 10]) for i in range(3)]),
+                          endpoint="/v1/chat/completions", completion_window="24h")
+    _wait(cl, b.id)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    db = service.ledger._db
+    try:
+        for pid, resumed in ((sleeper.pid, False), (int(gone.stdout), True)):
+            obj = {**service.ledger.get_object("serve_batches", b.id), "status": "in_progress"}
+            service.ledger.put_object("serve_batches", obj)  # open again, as a running server leaves it
+            db.execute("UPDATE serve_batches SET pid=? WHERE id=?", (pid, b.id))
+            db.commit()
+            with LiveServer(build_app(service, serve_key(service.cfg))):
+                time.sleep(0.5)
+                status = service.ledger.get_object("serve_batches", b.id)["status"]
+            assert (status == "completed") is resumed, (pid, status)
+            owner = db.execute("SELECT pid FROM serve_batches WHERE id=?", (b.id,)).fetchone()[0]
+            assert owner == (os.getpid() if resumed else sleeper.pid)
+    finally:
+        sleeper.kill()
+    # A cancel another server wrote to the ledger stops this one's sending (read once a second).
+    service.cfg.serve.batch_concurrency = 1
+    try:
+        b = cl.batches.create(input_file_id=_upload(cl, [_line(i, TEXTS[i % 10]) for i in range(3000)]),
+                              endpoint="/v1/chat/completions", completion_window="24h")
+        _wait(cl, b.id, until=("in_progress",))
+        obj = service.ledger.get_object("serve_batches", b.id)
+        service.ledger.put_object("serve_batches", {**obj, "status": "cancelling"})
+        done = _wait(cl, b.id)
+    finally:
+        service.cfg.serve.batch_concurrency = 32
+    assert done.status == "cancelled" and done.request_counts.completed < 3000

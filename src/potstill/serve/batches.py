@@ -58,6 +58,7 @@ class Batches:
         self.tasks: dict[str, asyncio.Task] = {}
         self._lock = threading.Lock()  # a batch's read-modify-write: a cancel is never overwritten by a count
         self._cancelled: set[str] = set()  # asked to cancel: no more of its lines are sent
+        self._checked: dict[str, float] = {}  # when each running batch's status was last read (_cancelling)
 
     def update(self, batch_id: str, **fields: Any) -> dict[str, Any]:
         """Set ``fields`` of a kept batch (``request_counts`` and the like) and keep it; the batch back."""
@@ -108,6 +109,7 @@ class Batches:
                "request_counts": {"total": 0, "completed": 0, "failed": 0}, "metadata": metadata,
                "usage": _usage(0, 0), "potstill": {"answered_by": {}}}
         self.ledger.put_object(BATCHES, obj)
+        self.ledger.claim(obj["id"])  # a new batch: this server runs it
         self.start(obj["id"])
         return obj
 
@@ -117,9 +119,15 @@ class Batches:
         self.tasks[batch_id] = asyncio.get_running_loop().create_task(self._run(batch_id))
 
     def resume(self) -> None:
-        """Start again every batch a stopped server left unfinished."""
+        """Start again every batch a stopped server left unfinished; one a live server on this run is
+        still running is left to it (``Ledger.claim``), or both would answer its lines."""
         for b in self.ledger.list_objects(BATCHES):
             if b["status"] in OPEN and b["id"] not in self.tasks:
+                owner = self.ledger.claim(b["id"])
+                if owner is not None:
+                    where = f"pid {owner}" if owner > 0 else "another host"
+                    say(f"serve: batch {b['id']} is being run by another server ({where}); left to it")
+                    continue
                 say(f"serve: resuming batch {b['id']} ({b['status']}, {b['request_counts']['completed']} + "
                     f"{b['request_counts']['failed']} of {b['request_counts']['total']} lines answered)")
                 self.start(b["id"], cancelling=b["status"] == "cancelling")
@@ -140,6 +148,13 @@ class Batches:
             return b
 
     def _cancelling(self, batch_id: str) -> bool:
+        """Whether to stop sending the batch's lines: cancelled here, or (read from the ledger at most
+        once per SAVE_EVERY_S) through another server on the same run."""
+        if batch_id not in self._cancelled and time.monotonic() - self._checked.get(batch_id, 0.0) >= SAVE_EVERY_S:
+            self._checked[batch_id] = time.monotonic()
+            b = self.ledger.get_object(BATCHES, batch_id)
+            if b is not None and b["status"] == "cancelling":
+                self._cancelled.add(batch_id)
         return batch_id in self._cancelled
 
     async def _run(self, batch_id: str) -> None:
