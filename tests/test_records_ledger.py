@@ -262,3 +262,31 @@ def test_a_directory_written_atomically_has_the_modes_mkdir_and_open_give(tmp_pa
     out = tmp_path / "student"
     assert stat.S_IMODE(out.stat().st_mode) == 0o755 and stat.S_IMODE((out / "sub").stat().st_mode) == 0o755
     assert stat.S_IMODE((out / os.path.basename(f)).stat().st_mode) == 0o644
+
+
+def test_a_kept_objects_change_is_never_written_over_by_another_servers(tmp_path):
+    """Two servers on one run (two connections to one ledger): a batch's periodic counts, read and
+    written back while another server cancels it, kept the old status and lost the cancel. In one
+    write transaction, the other change waits and lands on top of this one."""
+    import threading
+
+    path = tmp_path / "calls.sqlite"
+    a, b = Ledger(path), Ledger(path)
+    a.put_object("serve_batches", {"id": "batch_1", "status": "in_progress", "created_at": 1, "counts": 0})
+    done = threading.Event()
+
+    def cancel() -> None:
+        b.update_object("serve_batches", "batch_1", lambda o: o.update(status="cancelling"))
+        done.set()
+
+    def count(o: dict) -> None:
+        threading.Thread(target=cancel).start()
+        assert not done.wait(0.3)  # the other server waits for this write
+        o["counts"] = 7
+
+    a.update_object("serve_batches", "batch_1", count)
+    assert done.wait(10)
+    assert a.get_object("serve_batches", "batch_1") == {"id": "batch_1", "status": "cancelling", "created_at": 1,
+                                                        "counts": 7}
+    a.close()
+    b.close()

@@ -515,6 +515,25 @@ class Ledger:
                              " SET object=excluded.object, created_at=excluded.created_at",
                              (obj["id"], json.dumps(obj), obj["created_at"]))
 
+    def update_object(self, table: str, object_id: str, change: Any) -> dict[str, Any] | None:
+        """Read a kept object, ``change(obj)`` it in place and keep it, in one write transaction, so a
+        change another server on the run makes between the read and the write is never written over
+        (a batch's periodic counts over a cancel). The object back, or None where none is kept."""
+        assert table in ("serve_files", "serve_batches")
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute(f"SELECT object FROM {table} WHERE id=?", (object_id,)).fetchone()
+                obj = None if row is None else json.loads(row[0])
+                if obj is not None:
+                    change(obj)
+                    self._db.execute(f"UPDATE {table} SET object=? WHERE id=?", (json.dumps(obj), object_id))
+                self._db.commit()
+            except BaseException:
+                self._db.rollback()
+                raise
+        return obj
+
     def claim(self, batch_id: str) -> int | None:
         """Make this process the one running the kept batch ``batch_id``: None when it is (the batch
         had no server, this one, or one on this host that is gone), else the pid of the live server

@@ -63,10 +63,7 @@ class Batches:
     def update(self, batch_id: str, **fields: Any) -> dict[str, Any]:
         """Set ``fields`` of a kept batch (``request_counts`` and the like) and keep it; the batch back."""
         with self._lock:
-            b = self.ledger.get_object(BATCHES, batch_id)
-            b.update(fields)
-            self.ledger.put_object(BATCHES, b)
-            return b
+            return self.ledger.update_object(BATCHES, batch_id, lambda b: b.update(fields))
 
     # ------------------------------------------------------------------ files
     def path(self, file_id: str) -> Path:
@@ -139,13 +136,13 @@ class Batches:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def cancel(self, batch_id: str) -> dict[str, Any]:
-        with self._lock:
-            b = self.ledger.get_object(BATCHES, batch_id)
-            if b is not None and b["status"] in ("validating", "in_progress"):
+        def cancelling(b: dict[str, Any]) -> None:
+            if b["status"] in ("validating", "in_progress"):
                 b.update(status="cancelling", cancelling_at=_now())
-                self.ledger.put_object(BATCHES, b)
                 self._cancelled.add(batch_id)
-            return b
+
+        with self._lock:
+            return self.ledger.update_object(BATCHES, batch_id, cancelling)
 
     def _cancelling(self, batch_id: str) -> bool:
         """Whether to stop sending the batch's lines: cancelled here, or (read from the ledger at most
@@ -164,12 +161,13 @@ class Batches:
             if problems:
                 self.update(batch_id, status="failed", failed_at=_now(), errors={"object": "list", "data": problems[:100]})
                 return
-            with self._lock:
-                b = self.ledger.get_object(BATCHES, batch_id)
+            def running(b: dict[str, Any]) -> None:
                 if b["status"] == "validating":
                     b.update(status="in_progress", in_progress_at=_now())
                 b["request_counts"]["total"] = len(lines)
-                self.ledger.put_object(BATCHES, b)
+
+            with self._lock:
+                self.ledger.update_object(BATCHES, batch_id, running)
             await self._answer_all(batch_id, lines)
             await asyncio.to_thread(self._finish, batch_id, lines)
         except asyncio.CancelledError:  # the server stops: the batch stays open, resumed at the next start
