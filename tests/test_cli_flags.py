@@ -102,7 +102,7 @@ def test_a_list_flag_given_one_word_is_a_one_item_list(curated, monkeypatch, cap
     'Input should be a valid list': a list field now takes a single value as a one-item list,
     and a YAML list, `[]` or null as before."""
     from potstill.config import Config
-    from potstill.cli import _flag_value
+    from potstill.cli_flags import flag_value as _flag_value
 
     ann = Config.model_fields["tracking"].annotation
     assert _flag_value("tracking", "mlflow", ann) == ["mlflow"]
@@ -169,7 +169,7 @@ def test_a_list_of_text_flag_given_one_value_takes_the_text_as_written(curated, 
     a comment (null), both refused as 'Input should be a valid list'; `--task.labels yes` became
     [true]. One value of a list of text is now that text, as a text field's is; a value opening
     with [ is still a YAML list, and a quoted one is still YAML's ('"\\n\\n"' is two line breaks)."""
-    from potstill.cli import _flag_value
+    from potstill.cli_flags import flag_value as _flag_value
     from potstill.config import TeacherConfig
 
     ann = TeacherConfig.model_fields["stop"].annotation

@@ -4,7 +4,7 @@ Each command's flags are the config fields it reads (``--teacher.model``, ``--tr
 stage's come from its declaration in ``potstill.pipeline``), generated from the pydantic models
 so their help is the field's one description. Values are parsed as YAML scalars
 (``--curate.dedup false``, ``--task.labels '[a, b]'``), a text field's taken as written
-(``_flag_value``), and validated by the config model.
+(``potstill.cli_flags``), and validated by the config model.
 """
 
 from __future__ import annotations
@@ -15,18 +15,13 @@ import json
 import os
 import sqlite3
 import sys
-import types
-import typing
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
-import yaml
-from pydantic import BaseModel
-from pydantic_core import to_jsonable_python
-from rich.markup import escape
 
-from potstill.config import Config, flat_fields, load_config, safe_load, starter_yaml, yaml_problem
+from potstill.cli_flags import MISSING, builtin_defaults, field_flags, flag_value, short_flag
+from potstill.config import Config, flat_fields, load_config, starter_yaml
 from potstill.errors import PotstillError
 from potstill.pipeline import STAGES, SYNTHESIZE, run_all
 from potstill.stage import Stage, leaf_fields
@@ -53,13 +48,13 @@ def config_command(name: str, fields: list[str], on_run: bool = False) -> Callab
         params.append(inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
             Optional[Path], typer.Option("--config", "-c", help=f"potstill.yaml to load ({where}).")]))
         wanted = set(leaf_fields(fields)) | (set() if on_run else {"run_dir"})
-        types, defaults = {}, _builtin_defaults()
+        types, defaults = {}, builtin_defaults()
         for key, ann, desc in flat_fields(Config):
             if key in wanted:
                 types[key] = ann
                 # A run-directory command's defaults are the run's saved config: the built-in one would mislead.
-                shown = _MISSING if on_run else defaults[key]
-                params += _field_flags(key, ann, desc, shown, short=on_run and key.split(".")[0] == name)
+                shown = MISSING if on_run else defaults[key]
+                params += field_flags(key, ann, desc, shown, short=on_run and key.split(".")[0] == name)
 
         def command(**kwargs: Any) -> None:
             mine = {p.name: kwargs.pop(p.name) for p in own}
@@ -70,11 +65,11 @@ def config_command(name: str, fields: list[str], on_run: bool = False) -> Callab
                     kind, _, rest = k.rpartition("___")  # flag___ (yes/no) or short___: a short flag's
                     key = rest.replace("__", ".")
                     # Errors name the flag as typed: `--new-test`, not `--redistill.new_test`.
-                    flag = _short(key) if kind else key
+                    flag = short_flag(key) if kind else key
                     if key in typed:
                         raise PotstillError(f"--{typed[key]} and --{flag} both set {key}: give one")
                     typed[key] = flag
-                    overrides[key] = v if kind == "flag" else _flag_value(flag, v, types[key])
+                    overrides[key] = v if kind == "flag" else flag_value(flag, v, types[key])
             names = {k: f"--{v}" for k, v in typed.items()}
             if on_run:
                 from potstill.serve import run_config
@@ -90,135 +85,6 @@ def config_command(name: str, fields: list[str], on_run: bool = False) -> Callab
         return fn
 
     return register
-
-
-YAML_NULLS = ("null", "Null", "NULL", "~")
-
-
-def _flag_value(key: str, text: str, ann: Any) -> Any:
-    """A flag's value: a YAML scalar, except in a text field, which takes the text as written.
-
-    YAML would read ``--teacher.answer_prefix 'Answer:'`` as a mapping, ``--curate.output_regex
-    '[ab]+'`` as a list, ``'# ...'`` and ``''`` as null (so ``--api-key-env ''`` could not turn auth
-    off); a text field gets none of those, nor does one value of a list of text (``--teacher.stop
-    'Q:'``). A quoted value still loses its quotes, and a field that may be unset takes null (or ~).
-    """
-    args = set(typing.get_args(ann))
-    if ann is str or args == {str, type(None)}:
-        if args and text.strip() in YAML_NULLS:
-            return None
-        if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-            try:
-                quoted = safe_load(text)
-            except yaml.YAMLError:
-                return text
-            return quoted if isinstance(quoted, str) else text
-        return text
-    if _text_items(ann) and text.strip() and text.strip() not in YAML_NULLS and not text.lstrip().startswith("["):
-        # One value of a list of text is that text, as a text field's is: YAML would read a stop
-        # sequence 'Q:' as a mapping and '###' as a comment (null).
-        return [_flag_value(key, text, str)]
-    value = _yaml_value(key, text)
-    if _is_list(ann) and value is not None and not isinstance(value, (list, dict)):
-        return [value]  # `--tracking mlflow`: one value is a one-item list, as `--report_to wandb` is in TRL
-    return value
-
-
-def _is_list(ann: Any) -> bool:
-    """A list field, also where it may be null (``list[str] | None``)."""
-    return any(typing.get_origin(t) is list or t is list for t in (ann, *typing.get_args(ann)))
-
-
-def _text_items(ann: Any) -> bool:
-    """A list of text (``list[str]``, a list of string choices), also where it may be null."""
-    for t in (ann, *typing.get_args(ann)):
-        if typing.get_origin(t) is list and typing.get_args(t):
-            item = typing.get_args(t)[0]
-            choices = typing.get_args(item) if typing.get_origin(item) is Literal else ()
-            return item is str or (bool(choices) and all(isinstance(c, str) for c in choices))
-    return False
-
-
-def _yaml_value(key: str, text: str) -> Any:
-    """A flag's value read as YAML (the value itself is not repeated in the error: it may be a secret)."""
-    try:
-        return safe_load(text)
-    except yaml.YAMLError as e:
-        raise PotstillError(f"--{key}: the value is not valid YAML: {yaml_problem(e)}") from None
-
-
-_MISSING = object()
-
-
-def _builtin_defaults(model: type[BaseModel] = Config, prefix: str = "") -> dict[str, Any]:
-    """Dotted leaf field -> its built-in default (what ``flat_fields`` lists)."""
-    out: dict[str, Any] = {}
-    for name, field in model.model_fields.items():
-        ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            out.update(_builtin_defaults(ann, f"{prefix}{name}."))
-        else:
-            out[f"{prefix}{name}"] = field.get_default(call_default_factory=True)
-    return out
-
-
-def _type_text(ann: Any) -> str:
-    """A field's type as a user types it: int, float, text, bool, the choices of a Literal, null."""
-    origin, args = typing.get_origin(ann), typing.get_args(ann)
-    if origin is Annotated:
-        return _type_text(args[0])
-    if origin is Literal:
-        return " | ".join(str(a) for a in args)
-    if origin in (typing.Union, types.UnionType):
-        shown = " | ".join(_type_text(a) for a in args if a is not type(None))
-        return f"{shown} or null" if type(None) in args else shown
-    if origin is list:
-        return f"list of {_type_text(args[0])}" if args else "list"
-    if origin is dict or (isinstance(ann, type) and issubclass(ann, BaseModel)):
-        return "mapping"
-    return {str: "text", int: "int", float: "float", bool: "bool"}.get(ann, getattr(ann, "__name__", str(ann)))
-
-
-def _default_text(value: Any) -> str | None:
-    """A default as YAML would write it; None for one too long to help (the price table)."""
-    if isinstance(value, str):
-        return value or "''"
-    text = yaml.safe_dump(to_jsonable_python(value), default_flow_style=True, width=10**6).strip()
-    text = text.removesuffix("...").strip()
-    return text if len(text) <= 40 else None
-
-
-def _short(key: str) -> str:
-    """A field's short flag, without its dashes: ``redistill.new_test`` -> ``new-test``."""
-    return key.split(".")[-1].replace("_", "-")
-
-
-def _field_flags(key: str, ann: Any, desc: str, default: Any, short: bool) -> list[inspect.Parameter]:
-    """``--section.field VALUE`` (a YAML scalar the config model validates), and its short form.
-    Its help is the field's description, its type and (``default`` not ``_MISSING``) its default,
-    escaped: rich would read ``'potstill[ctranslate2]'`` or ``[int]`` as markup and drop it.
-
-    The short form is a parameter of its own (``short___``; ``flag___`` for a yes/no field), so an
-    error names the flag the user typed; click tells no option's names apart. Help lists it beside
-    the long one."""
-    shown = None if default is _MISSING else _default_text(default)
-    panel = key.split(".")[0] if "." in key else "run"
-    dashed = _short(key)
-    also = f" (short: --{dashed})" if short and ann is not bool else ""
-    help = escape(f"{desc}{also} [{_type_text(ann)}" + (f"; default {shown}]" if shown is not None else "]"))
-    name = key.replace(".", "__")
-    params = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
-        Optional[str], typer.Option(f"--{key}", help=help, rich_help_panel=panel)])]
-    if short and ann is not bool:
-        params.append(inspect.Parameter("short___" + name, inspect.Parameter.KEYWORD_ONLY, default=None,
-                                        annotation=Annotated[Optional[str], typer.Option(
-                                            f"--{dashed}", help=f"--{key}.", hidden=True, rich_help_panel=panel)]))
-    if short and ann is bool:
-        params.append(inspect.Parameter("flag___" + name, inspect.Parameter.KEYWORD_ONLY, default=None,
-                                        annotation=Annotated[Optional[bool], typer.Option(
-                                            f"--{dashed}/--no-{dashed}", help=f"--{key} true / false.",
-                                            rich_help_panel=panel)]))
-    return params
 
 
 Force = Annotated[bool, typer.Option("--force", help="Rerun even if up to date.")]
