@@ -47,6 +47,17 @@ def _now() -> int:
     return int(time.time())
 
 
+def json_body(request: Request) -> Any:
+    """A batch request's JSON body as the server's gate read it (``state.raw_body``); a 400 where it
+    is not JSON (both batch APIs)."""
+    from potstill.serve.app import APIError
+
+    try:
+        return json.loads(request.scope.get("state", {}).get("raw_body") or b"{}")
+    except ValueError:
+        raise APIError(400, "the request body is not valid JSON") from None
+
+
 class Batches:
     """The kept files and batches of one served run, and the tasks running its batches."""
 
@@ -429,10 +440,7 @@ def add_batch_routes(app: FastAPI, service: Any, key: str | None, bearer: list) 
 
     @app.post("/v1/batches", dependencies=bearer)
     async def create_batch(request: Request) -> Any:
-        try:
-            body = json.loads(request.scope.get("state", {}).get("raw_body") or b"{}")
-        except ValueError:
-            raise APIError(400, "the request body is not valid JSON") from None
+        body = json_body(request)
         if not isinstance(body, dict):
             raise APIError(400, "the request body must be a JSON object")
         endpoint, window, meta = body.get("endpoint"), body.get("completion_window"), body.get("metadata")

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import json
 import re
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from potstill.serve.batches import BATCHES, MESSAGE_BATCH, Batches
+from potstill.serve.batches import BATCHES, MESSAGE_BATCH, Batches, json_body
 
 MAX_REQUESTS = 100_000  # Anthropic's limit per batch
 _CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
@@ -64,10 +63,7 @@ def add_message_batch_routes(app: FastAPI, service: Any, batches: Batches, beare
 
     @app.post("/v1/messages/batches", dependencies=bearer)
     async def create(request: Request) -> Any:
-        try:
-            body = json.loads(request.scope.get("state", {}).get("raw_body") or b"{}")
-        except ValueError:
-            raise APIError(400, "the request body is not valid JSON") from None
+        body = json_body(request)
         reqs = body.get("requests") if isinstance(body, dict) else None
         if not isinstance(reqs, list) or not reqs:
             raise APIError(400, "requests: a list of {custom_id, params}, at least one", "requests")
