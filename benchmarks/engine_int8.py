@@ -137,6 +137,23 @@ def run_alone(script: str, name: str, *argv: str) -> dict[str, Any]:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def print_alone(e: Any, name: str, cfg: Any, test: list, n_latency: int, batch_size: int, passes: int) -> None:
+    """A ``--solo`` child's answer to ``run_alone``: ``e``'s identity and ``time_alone``'s numbers
+    as its last stdout line; ``e`` closed after (an engine with a server of its own stops it)."""
+    try:
+        print(json.dumps({"identity": e.identity,
+                          **time_alone(e, name, cfg, test, n_latency, batch_size, passes)}))
+    finally:
+        getattr(e, "close", lambda: None)()
+
+
+def mean_tv(logits: list, ref: list) -> float:
+    """Mean total variation between the label distributions of two engines' label ``logits``
+    (one row per test input), the second the reference (fp32)."""
+    p, q = (torch.softmax(torch.tensor(x), -1) for x in (logits, ref))
+    return float(0.5 * (p - q).abs().sum(-1).mean())
+
+
 def calibrated_student(run: Path, cfg: Any, work: Path, own: bool = True) -> Path:
     """RUN's student with an int8 calibration: its own (``own``, when it has one), else one made as
     ``potstill train`` makes it (the first 512 training inputs) in a copy under ``work``."""

@@ -34,7 +34,6 @@ the gates failing (``--skip-labels --break-mix``: rc 1 on the RMSE gate).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -49,7 +48,7 @@ import torch
 
 from benchmarks.checks import finish
 from benchmarks.engine import BASE, padded, quickstart
-from benchmarks.engine_int8 import machine, run_alone, time_alone
+from benchmarks.engine_int8 import machine, mean_tv, print_alone, run_alone
 from benchmarks.int8_calibration import quality, with_ratios
 from potstill.engines import load_engine
 from potstill.export.gguf_quant import MIXES, requantize
@@ -231,12 +230,8 @@ def main() -> None:
     try:
         if args.solo:
             cfg, _, test = quickstart(work, args.run)
-            e = make_engine(args.solo, spec, args.run, work, args.llama_quantize)
-            try:
-                print(json.dumps({"identity": e.identity,
-                                  **time_alone(e, args.solo, cfg, test, args.n_latency, args.batch_size, args.passes)}))
-            finally:
-                getattr(e, "close", lambda: None)()
+            print_alone(make_engine(args.solo, spec, args.run, work, args.llama_quantize), args.solo, cfg, test,
+                        args.n_latency, args.batch_size, args.passes)
             return
         t0 = time.perf_counter()
         out: dict[str, Any] = {"student_model": spec, "machine": machine(), "weights": {}}
@@ -257,10 +252,9 @@ def main() -> None:
                                     *(["--break-mix"] if args.break_mix else []))
                 print(f"{k}: done", file=sys.stderr, flush=True)
             key = f"throughput_batch{args.batch_size}"
-            ref = torch.softmax(torch.tensor(rows[BASE]["logits"]), -1)
-            tv = {k: float(0.5 * (torch.softmax(torch.tensor(r["logits"]), -1) - ref).abs().sum(-1).mean())
-                  for k, r in rows.items()}
-            flips = {k: int((torch.tensor(r["logits"]).argmax(-1) != ref.argmax(-1)).sum()) for k, r in rows.items()}
+            tv = {k: mean_tv(r["logits"], rows[BASE]["logits"]) for k, r in rows.items()}
+            fp32 = torch.tensor(rows[BASE]["logits"]).argmax(-1)
+            flips = {k: int((torch.tensor(r["logits"]).argmax(-1) != fp32).sum()) for k, r in rows.items()}
             q = quality(rows, test, get_task(cfg.task).labels, key)
             for k in q:
                 q[k].update(mean_total_variation_vs_fp32=tv[k], labels_differing_from_fp32=flips[k])

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import torch
 
 from benchmarks.engine import BASE, MIN_SAME_LABEL, padded, quickstart
-from benchmarks.engine_int8 import machine, run_alone, time_alone
+from benchmarks.engine_int8 import machine, print_alone, run_alone
 from benchmarks.int8_calibration import quality, with_ratios
 from potstill.engines import load_engine
 
@@ -58,9 +58,7 @@ def main() -> None:
     cfg, _, test = quickstart(work, args.run)
     spec = str(args.run / "student")
     if args.solo:
-        e = factories(spec)[args.solo]()
-        print(json.dumps({"identity": e.identity,
-                          **time_alone(e, args.solo, cfg, test, args.n_latency, args.batch_size, args.passes)}))
+        print_alone(factories(spec)[args.solo](), args.solo, cfg, test, args.n_latency, args.batch_size, args.passes)
         shutil.rmtree(work, ignore_errors=True)
         return
     from potstill.tasks import get_task

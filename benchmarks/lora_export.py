@@ -34,7 +34,7 @@ import torch
 
 from benchmarks.checks import finish
 from benchmarks.engine import BASE, padded, quickstart
-from benchmarks.engine_int8 import machine, run_alone, time_alone
+from benchmarks.engine_int8 import machine, mean_tv, print_alone, run_alone
 from benchmarks.int8_calibration import quality, with_ratios
 from potstill.engines import load_engine
 
@@ -122,12 +122,8 @@ def main() -> None:
         work = Path(tempfile.mkdtemp(prefix="potstill-bench-lora-solo-"))
         try:
             cfg, _, test = quickstart(work, args.run)
-            e = make_engine(args.solo, spec, args.work, args.break_adapter)
-            try:
-                print(json.dumps({"identity": e.identity,
-                                  **time_alone(e, args.solo, cfg, test, args.n_latency, args.batch_size, args.passes)}))
-            finally:
-                getattr(e, "close", lambda: None)()
+            print_alone(make_engine(args.solo, spec, args.work, args.break_adapter), args.solo, cfg, test,
+                        args.n_latency, args.batch_size, args.passes)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return
@@ -150,11 +146,9 @@ def main() -> None:
                                 "--passes", str(args.passes), *(["--break-adapter"] if args.break_adapter else []))
             print(f"{k}: done", file=sys.stderr, flush=True)
         key = f"throughput_batch{args.batch_size}"
-        ref = torch.softmax(torch.tensor(rows[BASE]["logits"]), -1)
         q = quality(rows, test, get_task(cfg.task).labels, key)
         for k, r in rows.items():
-            q[k]["mean_total_variation_vs_fp32"] = float(
-                0.5 * (torch.softmax(torch.tensor(r["logits"]), -1) - ref).abs().sum(-1).mean())
+            q[k]["mean_total_variation_vs_fp32"] = mean_tv(r["logits"], rows[BASE]["logits"])
         failed = gates(rows, types, len(test))
         out["engines"] = with_ratios(rows, q, key)
         for k, r in out["engines"].items():
