@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -67,14 +66,13 @@ class Batches:
         self.dir = Path(self.ledger.path).parent / "serve_files"
         self.app: FastAPI | None = None
         self.tasks: dict[str, asyncio.Task] = {}
-        self._lock = threading.Lock()  # a batch's read-modify-write: a cancel is never overwritten by a count
         self._cancelled: set[str] = set()  # asked to cancel: no more of its lines are sent
         self._checked: dict[str, float] = {}  # when each running batch's status was last read (_cancelling)
 
     def update(self, batch_id: str, **fields: Any) -> dict[str, Any]:
         """Set ``fields`` of a kept batch (``request_counts`` and the like) and keep it; the batch back."""
-        with self._lock:
-            return self.ledger.update_object(BATCHES, batch_id, lambda b: b.update(fields))
+        # One write transaction (Ledger.update_object): a cancel is never overwritten by a count.
+        return self.ledger.update_object(BATCHES, batch_id, lambda b: b.update(fields))
 
     # ------------------------------------------------------------------ files
     def path(self, file_id: str) -> Path:
@@ -152,8 +150,7 @@ class Batches:
                 b.update(status="cancelling", cancelling_at=_now())
                 self._cancelled.add(batch_id)
 
-        with self._lock:
-            return self.ledger.update_object(BATCHES, batch_id, cancelling)
+        return self.ledger.update_object(BATCHES, batch_id, cancelling)
 
     def _cancelling(self, batch_id: str) -> bool:
         """Whether to stop sending the batch's lines: cancelled here, or (read from the ledger at most
@@ -177,8 +174,7 @@ class Batches:
                     b.update(status="in_progress", in_progress_at=_now())
                 b["request_counts"]["total"] = len(lines)
 
-            with self._lock:
-                self.ledger.update_object(BATCHES, batch_id, running)
+            self.ledger.update_object(BATCHES, batch_id, running)
             await self._answer_all(batch_id, lines)
             await asyncio.to_thread(self._finish, batch_id, lines)
         except asyncio.CancelledError:  # the server stops: the batch stays open, resumed at the next start
