@@ -29,6 +29,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 
@@ -251,8 +252,6 @@ class Batches:
         return done
 
     async def _answer_all(self, batch_id: str, lines: list[dict[str, Any]]) -> None:
-        import httpx
-
         done = await asyncio.to_thread(self._progress, batch_id)
         counts = {"total": len(lines), "completed": sum(r["ok"] for r in done.values()),
                   "failed": sum(not r["ok"] for r in done.values())}
