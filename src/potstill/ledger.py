@@ -184,12 +184,13 @@ class Ledger:
         """
         return {h: json.loads(resp) for h, resp in self._by_hash("response", "status='ok'", role, request_hashes)}
 
-    def whole_answers(self, wanted: dict[str, tuple[str, int]]) -> dict[str, str]:
+    def whole_answers(self, wanted: dict[str, tuple[str, int]], budget_of: Any) -> dict[str, str]:
         """For each request hash mapped to ``(prompt hash, output budget)``: the hash of an earlier
         request with that prompt hash (the same request under another budget, ``Teacher.prompt_hash``)
-        whose answer, ``ok`` outside serve, ended by itself (every sample) under a budget no larger,
-        so that the larger one would have answered it alike; the latest such row wins. Rows logged
-        before migration 8 have no prompt hash and are not found."""
+        whose answer, ``ok`` outside serve, ended by itself (every sample) under a budget no larger
+        (``budget_of(request)``, the teachers' ``max_output``), so that the larger one would have
+        answered it alike; the latest such row wins. Rows logged before migration 8 have no prompt
+        hash and are not found."""
         by_prompt: dict[str, list[str]] = {}
         for h, (p, _) in wanted.items():
             by_prompt.setdefault(p, []).append(h)
@@ -208,8 +209,7 @@ class Ledger:
         for old, p, request, stop in rows:
             if not stop or any(s not in NATURAL_STOPS for s in stop.split(",")):
                 continue
-            req = json.loads(request)
-            budget = int(req.get("max_completion_tokens") or req.get("max_tokens") or 0)  # api.engine.max_output
+            budget = budget_of(json.loads(request))
             for h in by_prompt[p]:
                 if h != old and budget and budget <= wanted[h][1]:
                     out[h] = old

@@ -234,9 +234,9 @@ def cached_answers(ledger: Ledger, teacher: Teacher, reqs: list[dict[str, Any]],
     unique = list(dict.fromkeys(hashes))
     answers: dict[str, dict[str, Any]] = ledger.lookup(unique)
     request_of = dict(zip(hashes, reqs))
-    wanted = {h: (teacher.prompt_hash(request_of[h]), max_output(request_of[h])) for h in unique
-              if h not in answers and max_output(request_of[h])}
-    whole = ledger.whole_answers(wanted) if wanted else {}
+    budgets = {h: max_output(request_of[h]) for h in unique if h not in answers}
+    wanted = {h: (teacher.prompt_hash(request_of[h]), b) for h, b in budgets.items() if b}
+    whole = ledger.whole_answers(wanted, max_output) if wanted else {}
     if not whole:
         return hashes, answers, 0
     answers.update(ledger.lookup(list(set(whole.values()))))
