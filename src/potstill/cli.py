@@ -71,7 +71,13 @@ def config_command(name: str, fields: list[str], on_run: bool = False) -> Callab
                     typed[key] = flag
                     overrides[key] = v if kind == "flag" else flag_value(flag, v, types[key])
             names = {k: f"--{v}" for k, v in typed.items()}
-            if on_run:
+            if on_run and mine["run_dir"] is None:
+                # `potstill serve -c potstill.yaml`, as every stage is run: the config's own run_dir.
+                if cfg_path is None:
+                    raise PotstillError(f"potstill {name}: give RUN (the run directory) or -c potstill.yaml (its run_dir)")
+                cfg = load_config(cfg_path, overrides, names)
+                mine["run_dir"] = Path(cfg.run_dir)
+            elif on_run:
                 from potstill.serve import run_config
 
                 cfg = run_config(mine["run_dir"], cfg_path, overrides, names)
@@ -261,7 +267,7 @@ def import_(
 # Besides its own section, a run-directory command takes the other fields it reads; not the task,
 # which is the trained student's own.
 @config_command("serve", ["serve", "teacher", "student.usd_per_hour", "redistill.reload_poll_s"], on_run=True)
-def serve(cfg: Config, run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="Run directory with student/, val.jsonl and train.jsonl.")],
+def serve(cfg: Config, run_dir: Annotated[Optional[Path], typer.Argument(metavar="RUN", help="Run directory with student/, val.jsonl and train.jsonl (default: -c's run_dir).", show_default=False)] = None,
           recalibrate: Annotated[bool, typer.Option(help="Recalibrate routing even if RUN/serve/routing.json is current.")] = False,
           ) -> None:
     """Serve the student behind an OpenAI-compatible API, escalating to the teacher by calibrated routing."""
@@ -363,7 +369,7 @@ def export(cfg: Config,
 
 
 @config_command("watch", ["watch"], on_run=True)
-def watch(cfg: Config, run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="Served run directory.")],
+def watch(cfg: Config, run_dir: Annotated[Optional[Path], typer.Argument(metavar="RUN", help="Served run directory (default: -c's run_dir).", show_default=False)] = None,
           since: Annotated[Optional[str], typer.Option(help="Watch the requests from this time instead of the latest "
                                                             "window: unix seconds, ISO 8601, or 24h/7d ago.")] = None,
           until: Annotated[Optional[str], typer.Option(help="Watch the requests up to this time (same formats as --since).")] = None,
@@ -421,7 +427,7 @@ def export_check(file: Annotated[Path, typer.Argument(
 
 @config_command("redistill", ["redistill", "teacher", "generate", "curate", "train", "student", "evaluate.batch_size",
                               "report.seed", "report.bootstrap_samples", "tracking"], on_run=True)
-def redistill(cfg: Config, run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="Served run directory (student/, splits, calls.sqlite).")],
+def redistill(cfg: Config, run_dir: Annotated[Optional[Path], typer.Argument(metavar="RUN", help="Served run directory: student/, splits, calls.sqlite (default: -c's run_dir).", show_default=False)] = None,
               rollback: Annotated[Optional[str], typer.Option(
                   help="Instead: point RUN/student back at a kept student (students/<id>).")] = None,
               force: Annotated[bool, typer.Option(

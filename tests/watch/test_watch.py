@@ -22,8 +22,9 @@ SEEDS = [0, 1, 2]
 
 
 def cli(run, *args: str) -> subprocess.CompletedProcess:
+    """``potstill watch RUN ARGS``; with ``run`` None, no RUN (``-c`` among ARGS names it)."""
     env = {**os.environ, "POTSTILL_PROGRESS": "never", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "potstill.cli", "watch", str(run), *args],
+    return subprocess.run([sys.executable, "-m", "potstill.cli", "watch", *([str(run)] if run else []), *args],
                           capture_output=True, text=True, env=env, timeout=120)
 
 
@@ -38,8 +39,9 @@ def test_flags_shifted_traffic_and_not_unshifted(served_run):
         for kind in ("unshifted", "topic", "language"):
             send(traffic(kind, WATCH["window"], seed))
             if seed == 0 and kind in ("unshifted", "topic"):
-                # The real command, in a subprocess, for its exit code and its table.
-                p = cli(run)
+                # The real command, in a subprocess, for its exit code and its table; once named
+                # as every stage is, by its config (whose run_dir is the run).
+                p = cli(run) if kind == "topic" else cli(None, "-c", str(run / "potstill.yaml"))
                 assert p.returncode == (0 if kind == "unshifted" else EXIT_DRIFT), p.stderr
                 assert "potstill watch" in p.stdout and ("DRIFT" in p.stdout) == (kind != "unshifted")
                 report = json.loads((run / "watch" / "report.json").read_text())
@@ -96,6 +98,8 @@ def test_errors_are_one_clear_line(served_run, tmp_path):
         watch_run(run, cfg, device="cpu")
     p = cli(run, "--watch.alpha", "2")
     assert p.returncode == 2 and "watch.alpha" in p.stderr and p.stderr.strip().count("\n") == 0
+    p = cli(None)
+    assert p.returncode == 2 and p.stderr.strip() == "error: potstill watch: give RUN (the run directory) or -c potstill.yaml (its run_dir)"
 
 
 def test_escalation_surge_is_flagged(served_run):
