@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from potstill.config_fields import (
     INPUT_FILE, MODEL_REF, DtypeName, EnvName, QuantizationName, RecheckMargin, Section, engine_drafts, engine_dtype,
@@ -17,7 +17,7 @@ from potstill.config_fields import (
 
 
 class TaskConfig(Section):
-    type: str = Field("classification", description="Task plugin: classification, extraction or freetext.")
+    type: str = Field("classification", description="Task plugin: classification, extraction, freetext or tools.")
     instruction: str = Field(
         "Classify the text.", description="System instruction the student (and a chat teacher) receives."
     )
@@ -30,7 +30,34 @@ class TaskConfig(Section):
         if isinstance(v, list):
             return [int(x) if isinstance(x, float) and x.is_integer() else x for x in v]
         return v
-    json_schema: dict[str, Any] | None = Field(None, description="JSON Schema the output must satisfy (extraction).")
+    json_schema: dict[str, Any] | None = Field(None, description="JSON Schema the output must satisfy (extraction; "
+                                               "a tools task's is derived from task.tools).")
+    tools: list[dict[str, Any]] | None = Field(
+        None, description="Tool calling (task.type tools): the OpenAI function tools ({type: function, function: "
+        "{name, description, parameters}}) the student learns to call, one call an answer, written {name, "
+        "arguments}; an API teacher is asked with them (one call required), and serve answers a request that "
+        "carries the same tools with the student's call.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tools_schema(cls, data: Any) -> Any:
+        # Derived here, so every reader of task.json_schema (curate, guided decoding, evaluate's field
+        # table, the dataset card) sees a tools task's answers as the extraction they are.
+        if not isinstance(data, dict):
+            return data
+        from potstill.tool_calls import tools_problem, tools_schema
+
+        if data.get("type") != "tools":
+            if data.get("tools") is not None:
+                raise ValueError("task.tools is for task.type tools (a task whose answers are tool calls)")
+            return data
+        problem = tools_problem(data.get("tools"))
+        if problem:
+            raise ValueError(problem)
+        schema = tools_schema(data["tools"])
+        if data.get("json_schema") not in (None, schema):
+            raise ValueError("task.json_schema: a tools task's schema is derived from task.tools; leave it out")
+        return {**data, "json_schema": schema}
     grammar: str | None = Field(
         None, description="Free text: a grammar, GBNF (llama.cpp's format, rule root) or Lark (rule start), as "
         "vLLM's guided_grammar takes them, that every output, its surrounding white space stripped, must be "

@@ -22,6 +22,7 @@ BUILTIN: dict[str, dict[str, str]] = {
         "classification": "potstill.tasks.classification:ClassificationTask",
         "extraction": "potstill.tasks.extraction:ExtractionTask",
         "freetext": "potstill.tasks.freetext:FreeTextTask",
+        "tools": "potstill.tasks.tools:ToolsTask",
     },
     "teachers": {
         "openai": "potstill.teachers.openai_teacher:OpenAITeacher",

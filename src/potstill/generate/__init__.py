@@ -106,6 +106,9 @@ def check_settings(teacher: Teacher, gcfg: GenerateConfig) -> None:
     refused run leaves nothing behind: no run row, no open batch resumed."""
     from potstill.generate.batch_providers import samples_problem
 
+    if gcfg.n > 1 and teacher.task.cfg.type == "tools":
+        raise PotstillError(f"generate.n={gcfg.n}: a tools task's answers are calls, which samples do not vote on; "
+                            "use n: 1")
     if gcfg.n > 1 and not teacher.supports_samples:
         raise PotstillError(f"generate.n={gcfg.n}: the {teacher.type} teacher returns one answer per input; use n: 1")
     if gcfg.engine == "batch" and not teacher.supports_batch:
@@ -301,7 +304,7 @@ def _attach(rec: Record, ans: dict[str, Any], task: Task, teacher: Teacher) -> N
     """Copy an answer onto a record; with several samples, the output is their majority answer."""
     from potstill.generate.consistency import sample_logprobs, vote
 
-    rec.output = ans.get("output")
+    rec.output = task.answer_output(ans)
     rec.label_probs = teacher.label_probs(ans)
     rec.logprobs = ans.get("logprobs")
     rec.samples = ans.get("samples")

@@ -20,7 +20,7 @@ def extraction_schema(cfg: Any, setting: str, use: str, off: str, also: str = ""
     turns it off; ``also``: other tasks it takes), else one line naming the task's type."""
     kind = getattr(cfg, "type", None)
     schema = getattr(cfg, "json_schema", None)
-    if kind != "extraction" or schema is None:
+    if kind not in ("extraction", "tools") or schema is None:
         raise PotstillError(f"{setting}: only an extraction task{also} has a JSON Schema to {use} (task.type is "
                             f"{kind}); set it to {off}")
     return schema

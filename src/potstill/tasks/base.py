@@ -27,6 +27,10 @@ class Task:
         assert record.output is not None
         return record.output
 
+    def answer_output(self, answer: dict[str, Any]) -> str | None:
+        """The text a teacher's answer (``Response.to_json()``, maybe from the ledger) gives the record."""
+        return answer.get("output")
+
     def parse(self, output: str) -> Any:
         return output.strip()
 

@@ -188,7 +188,7 @@ class AnthropicTeacher(ApiTeacher):
             req["system"] = system
         if self.n > 1:
             req["n"] = self.n  # not sent: ``call`` turns it into n requests
-        return self.structured(req)
+        return self.structured(self.task_tools(req))
 
     def with_tools(self, request: dict[str, Any], tools: list[dict[str, Any]], tool_choice: str | dict | None = None,
                    parallel_tool_calls: bool | None = None) -> dict[str, Any]:

@@ -297,12 +297,23 @@ class Teacher:
         if mode == "off":
             return None
         task = self.task.cfg
+        if task.type == "tools":
+            raise PotstillError(f"teacher.structured_outputs {mode}: a tools task's teacher is asked with task.tools, "
+                                "one call required, not for a response format; set it to off (a function's "
+                                "strict: true holds its arguments to its parameters)")
         if task.type == "freetext" and task.grammar is not None:  # a greedy local teacher decodes under it
             return {"type": "grammar", "grammar": task.grammar}
         schema = extraction_schema(self.task.cfg, f"teacher.structured_outputs {mode}", "ask for", "off",
                                    also=" (or free text with task.grammar, for a local teacher)")
         return {"type": "json_schema", "json_schema": {"name": "extraction", "schema": schema,
                                                        "strict": mode == "strict"}}
+
+    def task_tools(self, request: dict[str, Any]) -> dict[str, Any]:
+        """``request`` offering a tools task's ``task.tools``, one call required, where the teacher
+        can call tools; one that cannot (local, replay) answers with the call written as text."""
+        if self.task.cfg.type != "tools" or not self.supports_tools:
+            return request
+        return self.with_tools(request, self.task.cfg.tools or [], "required")
 
     def structured(self, request: dict[str, Any]) -> dict[str, Any]:
         """``request`` asking for the task's format where ``teacher.structured_outputs`` is on."""

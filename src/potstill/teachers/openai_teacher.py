@@ -117,7 +117,7 @@ class OpenAITeacher(ApiTeacher):
         if self.cfg.logprobs:
             req["logprobs"] = True
             req["top_logprobs"] = self.cfg.logprobs
-        return self.structured(req)
+        return self.structured(self.task_tools(req))
 
     def with_tools(self, request: dict[str, Any], tools: list[dict[str, Any]], tool_choice: str | dict | None = None,
                    parallel_tool_calls: bool | None = None) -> dict[str, Any]:
