@@ -6,6 +6,10 @@ from potstill.models.loading import load_lm
 from potstill.models.prompting import PromptFormat, encode_prompt, label_token_ids
 from potstill.models.scoring import apply_head, build_prefix, decoder, score_labels
 
+# A prefix's KV cache goes in by the name the model's forward takes (``scoring.cache_kw``): the
+# old one (past_key_values) warned on every call under transformers 5.2x.
+pytestmark = pytest.mark.filterwarnings("error:`past_key_values` is deprecated:FutureWarning")
+
 MSGS = [[{"role": "user", "content": t}] for t in ["the team won", "new phone software for the computer", "a vote"]]
 
 

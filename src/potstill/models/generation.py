@@ -18,7 +18,7 @@ import torch
 
 from potstill.models.loading import LM
 from potstill.models.prompting import PromptFormat, encode_prompt, stop_token_ids
-from potstill.models.scoring import PrefixCache, decoder, pooled, sliding_windows
+from potstill.models.scoring import PrefixCache, cache_kw, decoder, pooled, sliding_windows
 from potstill.models.static_decode import bucket_length, bucket_rows, fill_prefix, greedy, greedy_is_argmax
 
 
@@ -161,7 +161,7 @@ def greedy_lookup(lm: LM, ids: list[int], prefix: PrefixCache | None, max_new_to
         x = torch.tensor([feed + proposal], device=lm.device)
         if compiled:
             _dynamic_step(x, past)
-        res = lm.model(input_ids=x, past_key_values=past, use_cache=True, logits_to_keep=len(proposal) + 1)
+        res = lm.model(input_ids=x, **{cache_kw(lm.model): past}, use_cache=True, logits_to_keep=len(proposal) + 1)
         if not out:  # the first forward: the cache now exists, and its layers' windows are known
             past = res.past_key_values
             windows = sliding_windows(past)
@@ -357,11 +357,11 @@ def generate(lm: LM, fmt: PromptFormat, messages: list[list[dict]], max_new_toke
                     if progress is not None:
                         progress(len(idx))
                     continue
-                extra["past_key_values"] = past
+                extra[cache_kw(lm.model)] = past
             elif use:
                 past = copy.deepcopy(prefix.past)
                 past.batch_repeat_interleave(len(idx))
-                extra["past_key_values"] = past
+                extra[cache_kw(lm.model)] = past
             # The global RNG is forked, so seeding here leaves the caller's random state alone.
             with torch.random.fork_rng(devices=[lm.device] if lm.device.type == "cuda" else []), \
                     _plain_body(lm.model, static is not None), _prefill_hidden(lm.model, embed) as seen:

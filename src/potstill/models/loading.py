@@ -81,9 +81,6 @@ def _quiet_transformers() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-    # scoring.py reuses a prefix's KV cache through `past_key_values`, which transformers 5.x still
-    # accepts but announces as renamed (to `cache`) on every Gemma 3 call; the message, not the call, goes.
-    warnings.filterwarnings("ignore", message=r"`past_key_values` is deprecated", category=FutureWarning)
     # PEFT's PeftModel reads transformers' renamed `is_gradient_checkpointing` on every adapter it wraps
     # (train, and each load of a LoRA student): a warning about the two libraries, none a user acts on.
     warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)

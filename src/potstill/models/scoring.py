@@ -15,6 +15,7 @@ last prompt token. Two savings make it cheap on a CPU:
 from __future__ import annotations
 
 import copy
+import inspect
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,12 @@ import torch
 from potstill.models import packing
 from potstill.models.loading import LM
 from potstill.models.prompting import PromptFormat, encode_prompt
+
+
+def cache_kw(model: Any) -> str:
+    """The name a model's ``forward`` (and ``generate``) takes a ready KV cache by: ``cache`` since
+    transformers 5.2x renamed ``past_key_values``, which then warns on every call."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def decoder(model: Any) -> Any:
@@ -198,7 +205,7 @@ def _batch_scores(lm: LM, fmt: PromptFormat, queries: list[list[int]], label_ids
             torch._dynamo.maybe_mark_dynamic(layer.keys, 0)
             torch._dynamo.maybe_mark_dynamic(layer.values, 0)
         out = decoder(lm.model)(
-            input_ids=ids, attention_mask=mask, past_key_values=past, position_ids=pos, use_cache=True,
+            input_ids=ids, attention_mask=mask, **{cache_kw(decoder(lm.model)): past}, position_ids=pos, use_cache=True,
         )
         ends = torch.tensor([len(q) - 1 for q in queries], device=dev)
         last = out.last_hidden_state[torch.arange(B, device=dev), ends]
