@@ -547,8 +547,8 @@ def _stream_failure(service: Service, state: dict, e: BaseException, log_error: 
 def _servable_tools(service: Service, tools: dict[str, Any] | None) -> dict[str, Any] | None:
     """A request's tools (chat form) as served: where the teacher cannot call tools either, 'auto'
     is answered in text, as any model may answer it, and a forced call is a 400."""
-    if tools is None or service.teacher.supports_tools:
-        return tools
+    if tools is None or service.teacher.supports_tools or service.student_calls(tools):
+        return tools  # (a tools task's student calls the task's tools itself)
     choice = tools.get("tool_choice")
     if choice == "required" or isinstance(choice, dict):
         raise APIError(400, f"tool_choice: this server cannot call tools (the student cannot, nor can its "

@@ -36,6 +36,7 @@ from potstill.serve.streaming import LiveText, openai_logprob
 from potstill.serve.schemas import ChatRequest
 from potstill.tasks import Task, get_task
 from potstill.teachers import Response, Teacher, get_teacher, request_hash
+from potstill.tool_calls import as_tool_calls, call_text, same_tools
 
 
 _RESPONSE_FIELDS = {f.name for f in fields(Response)}
@@ -261,6 +262,20 @@ class Service:
             return None, ()
         return max_tokens or TOOL_MAX_TOKENS, stop
 
+    def student_calls(self, tools: dict[str, Any] | None, teacher_messages: list[dict] | None = None) -> bool:
+        """Whether the student answers a request offering ``tools`` with a call: a tools task's
+        student, asked with the task's own tools (``same_tools``) at the start of a chat (no tool
+        turns yet: it learnt first calls, not what to say after one)."""
+        if self.task.cfg.type != "tools" or tools is None or not same_tools(tools["tools"], self.task.cfg.tools):
+            return False
+        return not any(m.get("role") == "tool" or m.get("tool_calls") for m in teacher_messages or ())
+
+    @staticmethod
+    def named_tool(tools: dict[str, Any] | None) -> str | None:
+        """The function a request's ``tool_choice`` forces, or None."""
+        choice = (tools or {}).get("tool_choice")
+        return (choice.get("function") or {}).get("name") if isinstance(choice, dict) else None
+
     def teacher_logprobs_unavailable(self) -> str | None:
         """Why the teacher cannot give token log-probabilities, None where it can (OpenAI-compatible
         ones other than OpenAI's reasoning models)."""
@@ -288,7 +303,10 @@ class Service:
         if max_tokens is not None and (max_tokens < teacher.cfg.max_tokens or opened):
             # The teacher's own limit field: an OpenAI reasoning model takes max_completion_tokens only.
             req = {**req, "max_completion_tokens" if "max_completion_tokens" in req else "max_tokens": max_tokens}
-        if tools is not None:
+        # A tools task's request already offers its tools, one call required (``Teacher.task_tools``):
+        # a client offering the same ones asks generate's request, whose answers the ledger holds.
+        own = self.student_calls(tools) and (self.named_tool(tools) is None or not teacher.supports_tools)
+        if tools is not None and not own:
             req = teacher.with_tools(req, **tools)
         if response_format is not None:
             req = teacher.with_response_format(req, response_format) or req
@@ -357,7 +375,10 @@ class Service:
         student's text (tool turns' ``tool_calls`` and ``tool_call_id``). ``tools``: a client's
         function tools the model may call (``ChatRequest.tool_request``; the teacher must
         ``supports_tools``): the student cannot call one, so the teacher answers unasked of the
-        student (reason ``tools``), and its tool calls go in ``extra["tool_calls"]``. ``logprobs``
+        student (reason ``tools``), and its tool calls go in ``extra["tool_calls"]``; except a tools
+        task's student offered the task's own tools (``student_calls``), routed as any answer, whose
+        call goes there whole (never cut), or to the teacher where ``tool_choice`` forces another
+        function (reason ``tools``). ``logprobs``
         (the client's ``top_logprobs``, 0 without; None: not asked): the answer's tokens' log-probs
         in ``ServedCall.logprobs``, the student's from its own forward (``ServedStudent.logprobs``),
         the teacher's as it returned them; else ``logprobs_unavailable`` says why. ``response_format``
@@ -375,7 +396,8 @@ class Service:
                 raise LogprobsUnavailable(cannot)
             # Tokenising 1 MB of text takes ~0.5 s: off the event loop; a usual chat (~70 us) on it.
             long = sum(len(m["content"]) for m in messages) > 50_000
-            if tools is not None:
+            calls = self.student_calls(tools, teacher_messages)
+            if tools is not None and not calls:
                 over: str | None = "the student cannot call tools"
             else:
                 over = await asyncio.to_thread(live.engine.over_context, messages) if long else \
@@ -393,6 +415,9 @@ class Service:
                                                   a.truncated and self.cfg.serve.escalate_truncated)
                 if who == "student" and answer_problem(a.output, response_format):
                     who, reason = "teacher", "response_format"
+                named = self.named_tool(tools)
+                if who == "student" and calls and named is not None and a.parsed.get("name") != named:
+                    who, reason = "teacher", "tools"  # it called another function than the client forces
             else:
                 a, dist, who, reason = None, None, "teacher", "too_long" if tools is None else "tools"
             student_cost = a.seconds * self.cfg.student.usd_per_hour / 3600 if a is not None else 0.0
@@ -400,6 +425,13 @@ class Service:
             h, req = self.teacher_request(teacher_messages or messages, max_tokens, tools, logprobs, response_format)
             common = dict(request={"messages": messages}, answered_by=who, confidence=a.confidence if a else None,
                           ood_distance=dist, student_output=a.output if a else "", student=live.name, request_hash=h)
+            if who == "student" and calls:
+                # A call is whole, as a label is: never cut by a client's max_tokens or stop.
+                return ServedCall(content="", model=live.name, reason=reason, input_tokens=a.prompt_tokens,
+                                  output_tokens=a.output_tokens, cost_usd=student_cost, finish_reason="tool_calls",
+                                  extra={"tool_calls": as_tool_calls(a.parsed)},
+                                  logprobs_unavailable="the answer is a tool call, which has no content tokens"
+                                  if logprobs is not None else None, **common)
             if who == "student":
                 # Still entered: its engine scores the tokens before a swap may retire it.
                 content, n_out, finish = live.engine.shorten(a, max_tokens, stop)
@@ -414,7 +446,10 @@ class Service:
                                   logprobs_unavailable=why, **common)
         finally:
             live.release()
-        if not self.streams():
+        changes = self.task.cfg.type == "tools" and (calls and not self.teacher.supports_tools
+                                                     or tools is None and self.teacher.supports_tools)
+        if not self.streams() or changes:
+            # A tools task's call that changes form on the way (_tools_answer) goes whole, not as written.
             live_text = None
         elif live_text is not None:
             live_text.route = {"answered_by": "teacher", "reason": reason, "confidence": common["confidence"],
@@ -441,6 +476,8 @@ class Service:
         if r.logprobs is not None and req.get("logprobs"):
             extra["teacher_logprobs"] = r.logprobs
         content, finish = r.output, _finish_reason(r.stop_reason)
+        if self.task.cfg.type == "tools":
+            content, finish, r = self._tools_answer(r, content, finish, calls, offered=tools is not None)
         at = first_stop(content, stop)
         if at >= 0:
             extra["teacher_output"] = content
@@ -462,6 +499,23 @@ class Service:
                           input_tokens=r.input_tokens, output_tokens=r.output_tokens,
                           cost_usd=student_cost + (0.0 if cached else r.cost_usd), extra=extra,
                           finish_reason=finish, logprobs=lps, logprobs_unavailable=why, **common)
+
+    def _tools_answer(self, r: Response, content: str, finish: str, calls: bool,
+                      offered: bool) -> tuple[str, str, Response]:
+        """A tools task's escalation in the form the client asked: a client that offered the task's
+        tools gets a call, a teacher's text call (a local teacher writes it as JSON) made one; a
+        client that offered none gets the call as the text the student would write."""
+        if calls and not r.tool_calls:
+            parsed = self.task.parse(content)
+            if self.task.validate(parsed) is None:
+                from dataclasses import replace
+
+                return "", "tool_calls", replace(r, tool_calls=as_tool_calls(parsed))
+        if not offered and r.tool_calls:
+            from dataclasses import replace
+
+            return call_text(r.tool_calls), "stop", replace(r, tool_calls=None)
+        return content, finish, r
 
     def streams(self) -> bool:
         """Whether an escalation can be streamed as the teacher writes it (``LiveText``): under
