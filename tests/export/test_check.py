@@ -16,6 +16,12 @@ from potstill.export.check import check_openai_jsonl
 from potstill.records import Record, write_jsonl
 
 LABELS = ["sports", "tech"]
+CALL = {"id": "call_0", "type": "function", "function": {"name": "get_time", "arguments": '{"city": "Lima"}'}}
+TOOL = {"type": "function", "function": {"name": "get_time", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+# What a tools task exports: the call as the assistant's turn, the tools on the line.
+CALLED = {"messages": [{"role": "user", "content": "time in Lima"}, {"role": "assistant", "tool_calls": [CALL]}],
+          "tools": [TOOL], "parallel_tool_calls": False}
 GOOD = {"messages": [{"role": "system", "content": "classify"}, {"role": "user", "content": "a goal"},
                      {"role": "assistant", "content": "sports"}]}
 
@@ -71,6 +77,20 @@ BAD = {
     # check passed as "ok": half an emoji, escaped as JSON writes it ("\ud83d"), reads back but is no text.
     "lone surrogate": (json.dumps({"messages": [{"role": "user", "content": "a goal \ud83d"}, GOOD["messages"][2]]}),
                        "messages[0].content: a lone surrogate U+D83D (half a character) after 'a goal '"),
+    # Function calling: each call an id, a declared name and its arguments as a JSON object string.
+    "call arguments not a string": (json.dumps({**CALLED, "messages": [GOOD["messages"][1], {
+        "role": "assistant", "tool_calls": [{**CALL, "function": {"name": "get_time", "arguments": {"city": "Lima"}}}]}]}),
+        "messages[1].tool_calls[0].function.arguments must be a JSON object written as a string"),
+    "call of an undeclared tool": (json.dumps({**CALLED, "messages": [GOOD["messages"][1], {
+        "role": "assistant", "tool_calls": [{**CALL, "function": {"name": "ping", "arguments": "{}"}}]}]}),
+        "messages[1].tool_calls[0] calls 'ping', which the line's tools do not declare"),
+    "call without an id": (json.dumps({**CALLED, "messages": [GOOD["messages"][1], {
+        "role": "assistant", "tool_calls": [{k: v for k, v in CALL.items() if k != "id"}]}]}),
+        "messages[1].tool_calls[0] is not a function call"),
+    "tools not function tools": (json.dumps({**CALLED, "tools": [{"name": "get_time"}]}),
+                                 "tools[0] is not a function tool"),
+    "parallel_tool_calls not a bool": (json.dumps({**CALLED, "parallel_tool_calls": "no"}),
+                                       "parallel_tool_calls must be true or false"),
 }
 
 
@@ -311,3 +331,21 @@ def test_an_inputs_empty_instruction_turn_is_left_out_not_a_refused_run(tmp_path
     row = json.loads(written[0].read_text().splitlines()[0])
     assert row["messages"] == [{"role": "system", "content": "Summarise."}, {"role": "user", "content": "text"},
                                {"role": "assistant", "content": "short."}]
+
+
+def test_a_tools_task_exports_its_calls_as_openai_fine_tunes_function_calling(tmp_path):
+    """The call as an assistant turn of tool_calls (arguments a JSON string), the task's tools and
+    parallel_tool_calls false on every line; the check passes what the exporter writes."""
+    run = tmp_path / "run"
+    calls = [{"name": "get_time", "arguments": {"city": c}} for c in ("Lima", "Oslo", "Rome")]
+    for split in ("train", "val"):
+        write_jsonl(run / f"{split}.jsonl", [
+            Record(id=f"{split}{i}", messages=[{"role": "user", "content": f"time in {c['arguments']['city']}"}],
+                   output=json.dumps(c), valid=True) for i, c in enumerate(calls)])
+    cfg = Config(run_dir=str(run), task=TaskConfig(type="tools", instruction="Call a tool.", tools=[TOOL]))
+    written = export(cfg, "openai-jsonl")
+    assert all(check_openai_jsonl(p) == [] for p in written)
+    line = json.loads(written[0].read_text().splitlines()[1])
+    assert line["tools"] == [TOOL] and line["parallel_tool_calls"] is False
+    assert line["messages"][-1] == {"role": "assistant", "tool_calls": [
+        {"id": "call_0", "type": "function", "function": {"name": "get_time", "arguments": '{"city": "Oslo"}'}}]}

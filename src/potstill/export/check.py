@@ -10,7 +10,10 @@ assistant message last (the target). An assistant turn of ``tool_calls`` may hav
 ``tool`` message names the call it answers (``tool_call_id``); a message's ``weight``, where
 given, is 0 or 1 (whether the assistant turn is trained on). The legacy function calling, which
 OpenAI's format still takes (and Azure's fine-tuning requires), passes too: an assistant turn of
-``function_call`` without content, a ``function`` message with its ``name``. Every string must be
+``function_call`` without content, a ``function`` message with its ``name``. Each of an assistant
+turn's ``tool_calls`` is ``{id, type: function, function: {name, arguments}}``, its arguments a JSON
+object written as a string; a line's ``tools``, where given, are function tools, and the calls name
+one of them. Every string must be
 text UTF-8 can encode (no lone surrogate). The exporter refuses a row for exactly these problems
 (and its task's own validation), so a file ``export`` writes passes the check and one it would
 refuse does not.
@@ -42,6 +45,7 @@ def line_problems(line: str) -> list[str]:
     if not isinstance(msgs, list) or not msgs:
         return ["'messages' must be a non-empty list"]
     problems = []
+    declared = _tool_names(row, problems)
     for i, m in enumerate(msgs):
         if not isinstance(m, dict):
             problems.append(f"messages[{i}] is not an object")
@@ -56,6 +60,8 @@ def line_problems(line: str) -> list[str]:
             problems.append(f"messages[{i}] (tool): no tool_call_id naming the call it answers")
         if m.get("role") == "function" and not isinstance(m.get("name"), str):
             problems.append(f"messages[{i}] (function): no name naming the function it answers")
+        if m.get("tool_calls") is not None:
+            problems += _call_problems(m["tool_calls"], f"messages[{i}]", declared)
         if content is None and m.get("role") == "assistant" and (m.get("tool_calls") or m.get("function_call")):
             continue
         if content is None and m.get("role") == "function":  # its schema: content required but nullable
@@ -78,6 +84,51 @@ def line_problems(line: str) -> list[str]:
     if not roles or roles[-1] != "assistant":
         problems.append("the last message must be the assistant's (the completion to train on)")
     return problems + _not_text(row)
+
+
+def _tool_names(row: dict, problems: list[str]) -> set[str] | None:
+    """The function names a line's ``tools`` declare (None: it declares none), its problems added."""
+    if "parallel_tool_calls" in row and not isinstance(row["parallel_tool_calls"], bool):
+        problems.append("parallel_tool_calls must be true or false")
+    tools = row.get("tools")
+    if tools is None:
+        return None
+    if not isinstance(tools, list):
+        problems.append("'tools' must be a list of function tools")
+        return None
+    names = set()
+    for j, t in enumerate(tools):
+        fn = t.get("function") if isinstance(t, dict) else None
+        if not isinstance(t, dict) or t.get("type") != "function" or not isinstance(fn, dict) \
+                or not isinstance(fn.get("name"), str):
+            problems.append(f"tools[{j}] is not a function tool ({{type: function, function: {{name, parameters}}}})")
+            return None  # the calls are not judged against a list that is itself wrong
+        names.add(fn["name"])
+    return names
+
+
+def _call_problems(calls: object, where: str, declared: set[str] | None) -> list[str]:
+    """What is wrong with an assistant turn's ``tool_calls``: each a function call with an id, a name
+    (one of the line's ``tools`` where it declares any) and its arguments a JSON object as a string."""
+    if not isinstance(calls, list) or not calls:
+        return [f"{where}.tool_calls must be a non-empty list"]
+    problems = []
+    for j, c in enumerate(calls):
+        at = f"{where}.tool_calls[{j}]"
+        fn = c.get("function") if isinstance(c, dict) else None
+        if not isinstance(c, dict) or c.get("type") != "function" or not isinstance(c.get("id"), str) \
+                or not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            problems.append(f"{at} is not a function call ({{id, type: function, function: {{name, arguments}}}})")
+            continue
+        if declared is not None and fn["name"] not in declared:
+            problems.append(f"{at} calls {fn['name']!r}, which the line's tools do not declare")
+        try:
+            args = json.loads(fn.get("arguments")) if isinstance(fn.get("arguments"), str) else None
+        except json.JSONDecodeError:
+            args = None
+        if not isinstance(args, dict):
+            problems.append(f"{at}.function.arguments must be a JSON object written as a string")
+    return problems
 
 
 def _not_text(value: object, where: str = "") -> list[str]:
