@@ -177,3 +177,20 @@ def test_an_escalation_of_the_tasks_tools_is_generates_request_and_comes_back_as
     assert plain.choices[0].message.tool_calls is None and plain.choices[0].finish_reason == "stop"
     assert len(seen) == n and plain.model_extra["potstill"]["reason"].endswith("+cached")
     route("student")
+
+
+def test_redistill_learns_the_teachers_calls_for_the_tasks_tools_only(tools_served):
+    from potstill.redistill.traffic import read_traffic
+
+    service, live, seen, route = tools_served
+    route("teacher")
+    c = client(live)
+    own, other = "the film star", "a goal to win the game"
+    c.chat.completions.create(model="potstill", messages=[{"role": "user", "content": own}], tools=TOOLS)
+    c.chat.completions.create(model="potstill", messages=[{"role": "user", "content": other}],
+                              tools=[{"type": "function", "function": {"name": "lookup"}}])
+    route("student")
+    traffic = read_traffic(service.ledger, service.task, service.cfg.teacher.max_tokens)
+    learnt = {r.messages[-1]["content"]: r.output for r in traffic.escalated}
+    assert json.loads(learnt[own]) == {"name": "set_unit", "arguments": {"unit": "f"}}
+    assert other not in learnt and traffic.counts["escalated_tool_calls"] >= 1

@@ -12,7 +12,9 @@ asking again would pay for the same request twice. One its ``stop`` cut is learn
 answer serve keeps in the row (``teacher_output``); an older row, which kept only the cut text, is
 left out the same way. An escalation
 the teacher answered with tool calls (a client's ``tools``) has no text answer to learn: counted
-(``escalated_tool_calls``) and left out. So is one a client's ``response_format`` sent to the
+(``escalated_tool_calls``) and left out; except in a tools task, where a call the teacher made for
+the task's own tools (routed as any answer, not sent to it for other tools, a tool turn or a
+function the client forced) is the answer, as ``{name, arguments}``. So is one a client's ``response_format`` sent to the
 teacher (``escalated_response_format``): it was asked for the client's JSON, not the task's answer;
 like a cut one, it leaves the chat to another copy served without the format.
 A request's ``metadata.label`` (the OpenAI chat ``metadata`` field), when it names one of the
@@ -33,6 +35,7 @@ from potstill.progress import say
 from potstill.records import Record
 from potstill.tasks import Task
 from potstill.teachers import RunStats, get_teacher
+from potstill.tool_calls import call_text
 
 
 @dataclass
@@ -56,6 +59,15 @@ def teacher_answer(row) -> str:
     """The teacher's whole answer to a served escalation: the text serve kept before a client's stop
     cut what it sent (``teacher_output``), else the text sent."""
     return str(row.extra.get("teacher_output", row.content))
+
+
+def task_call(task: Task, row) -> bool:
+    """Whether a served escalation's tool calls are a tools task's answer: the teacher was asked for
+    the task's own tools as generate asks (routed there as any answer; reason ``tools`` is another
+    tool set, a tool turn or a forced function that the student did not call), no function forced."""
+    choice = row.request.get("tool_choice")
+    forced = isinstance(choice, dict) and choice.get("type") in ("function", "tool")
+    return task.cfg.type == "tools" and not row.reason.startswith("tools") and not forced
 
 
 def read_traffic(ledger: Ledger, task: Task, teacher_max_tokens: int) -> Traffic:
@@ -83,7 +95,7 @@ def read_traffic(ledger: Ledger, task: Task, teacher_max_tokens: int) -> Traffic
         if row.escalated and row.reason.startswith("response_format"):
             t.counts["escalated_response_format"] += 1
             continue
-        if row.escalated and row.extra.get("tool_calls"):
+        if row.escalated and row.extra.get("tool_calls") and not task_call(task, row):
             t.counts["escalated_tool_calls"] += 1
             continue
         metadata = row.request.get("metadata")
@@ -93,7 +105,7 @@ def read_traffic(ledger: Ledger, task: Task, teacher_max_tokens: int) -> Traffic
         rec = Record(messages=messages, label=gold if gold in task.labels else None, meta=meta,
                      slice=[f"served:{'escalated' if row.escalated else 'student'}"])
         if row.escalated:
-            rec.output = teacher_answer(row)
+            rec.output = call_text(row.extra["tool_calls"]) if row.extra.get("tool_calls") else teacher_answer(row)
             rec.label_probs = row.extra.get("teacher_label_probs")
             rec.meta.update(teacher=row.model, cost_usd=row.cost_usd, input_tokens=row.input_tokens,
                             output_tokens=row.output_tokens)
