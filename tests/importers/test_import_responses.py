@@ -76,17 +76,18 @@ def test_a_stored_response_with_its_input_items_page(tmp_path):
         import_traffic(jsonl(tmp_path / "stored.jsonl", [partial]), tmp_path / "p.jsonl")
 
 
-def test_a_response_of_calls_or_a_refusal_alone_is_skipped_and_counted(tmp_path, capsys):
+def test_a_response_that_calls_a_tool_or_refuses_is_skipped_and_counted(tmp_path, capsys):
     refusal = {"type": "message", "id": "msg_9", "status": "completed", "role": "assistant",
                "content": [{"type": "refusal", "refusal": "I can't help with that."}]}
     ask = {"model": "gpt-4.1-mini", "input": "weather in Oslo?"}
+    # Words beside a call ("4 C", then the call) are no whole answer either: the turn goes on after it.
     rows = [{"request": ask, "response": response([CALL])}, {"request": ask, "response": response([refusal])},
-            {"request": ask, "response": response([text("4 C"), CALL])}]
+            {"request": ask, "response": response([text("4 C"), CALL])}, {"request": ask, "response": response([text("4 C")])}]
     assert import_traffic(jsonl(tmp_path / "log.jsonl", rows), tmp_path / "o.jsonl") == 1
     (rec,) = read_records(tmp_path / "o.jsonl")
-    assert rec.output == "4 C"
+    assert rec.output == "4 C" and rec.meta["line"] == 4
     err = capsys.readouterr().err
-    assert "1 line(s) skipped, its answer is a tool call" in err and "1 line(s) skipped, its answer is a refusal" in err
+    assert "2 line(s) skipped, its answer is a tool call" in err and "1 line(s) skipped, its answer is a refusal" in err
 
 
 def test_an_input_item_it_cannot_read_is_one_line(tmp_path):

@@ -288,3 +288,45 @@ def test_a_legacy_completions_log_imports_its_prompt_and_text(tmp_path):
     recs = read_records(tmp_path / "o.jsonl")
     assert [(r.text, r.output) for r in recs] == [("the team won", "sports"), ("new phone software", "tech")]
     assert recs[0].meta["teacher"] == "gpt-3.5-turbo-instruct" and recs[1].meta["finish_reason"] == "length"
+
+
+def test_with_tool_calls_kept_each_logs_call_is_the_text_a_tools_task_learns(tmp_path, capsys):
+    """``--tool-calls``: a logged answer that is a tool call (a chat completion's tool_calls, the legacy
+    function_call, Claude's tool_use beside its words, a Responses function_call, a fine-tuning line's
+    assistant tool_calls, a served escalation's calls) is imported as ``{name, arguments}``, as a
+    tools task (task.type tools) learns it; text answers as before."""
+    from potstill.ledger import ServedCall
+
+    args = '{"city": "Oslo"}'
+    call = {"role": "assistant", "content": None,
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "weather", "arguments": args}}]}
+    legacy = {"role": "assistant", "content": None, "function_call": {"name": "weather", "arguments": args}}
+    asked = {"input_messages": [{"role": "user", "content": "weather in Oslo?"}]}
+    claude = {"request": {"messages": [{"role": "user", "content": "weather in Oslo?"}]},
+              "response": {"type": "message", "model": "claude", "stop_reason": "tool_use", "content": [
+                  {"type": "text", "text": "Let me look that up."},
+                  {"type": "tool_use", "id": "t1", "name": "weather", "input": {"city": "Oslo"}}]}}
+    responses = {"request": {"model": "gpt-4.1", "input": "weather in Oslo?"},
+                 "response": {"object": "response", "id": "resp_1", "model": "gpt-4.1", "status": "completed",
+                              "output": [{"type": "function_call", "call_id": "fc1", "name": "weather",
+                                          "arguments": args}]}}
+    src = jsonl(tmp_path / "log.jsonl", [
+        {**COMPLETION, **asked}, *[{**COMPLETION, **asked, "choices": [{**COMPLETION["choices"][0], "message": m}]}
+                                   for m in (call, legacy)],
+        claude, responses, {"messages": [{"role": "user", "content": "weather in Oslo?"}, call]}])
+    assert import_traffic(src, tmp_path / "o.jsonl", tool_calls=True) == 6
+    outputs = [r.output for r in read_records(tmp_path / "o.jsonl")]
+    assert outputs[0] == "sports"
+    assert [json.loads(o) for o in outputs[1:]] == [{"name": "weather", "arguments": {"city": "Oslo"}}] * 5
+    with Ledger(tmp_path / "calls.sqlite") as ledger:
+        ledger.record_served(ServedCall(request={"model": "potstill", "messages": [asked["input_messages"][0]]},
+                                        answered_by="teacher", model="t", content="", extra={"tool_calls": call["tool_calls"]},
+                                        finish_reason="tool_calls"))
+    assert import_traffic(tmp_path / "calls.sqlite", tmp_path / "s.jsonl", tool_calls=True) == 1
+    assert json.loads(read_records(tmp_path / "s.jsonl")[0].output)["name"] == "weather"
+    assert "skipped" not in capsys.readouterr().err
+    # Without it, the logs' calls are skipped and counted as before (a fine-tuning line's is refused).
+    logs = jsonl(tmp_path / "logs.jsonl", [json.loads(x) for x in src.read_text().splitlines()[:-1]])
+    # Claude's words beside its call ("Let me look that up.") are no answer either: it was imported as one.
+    assert import_traffic(logs, tmp_path / "t.jsonl") == 1
+    assert "4 line(s) skipped, its answer is a tool call" in capsys.readouterr().err

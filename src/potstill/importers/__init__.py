@@ -23,11 +23,16 @@ Formats (``--format auto`` picks one per line, by its keys):
 Every record keeps where it came from: ``meta.source`` (file), ``meta.line`` (or ledger row
 id), ``meta.format`` and, where the log has them, ``teacher``, ``usage`` and ``finish_reason``.
 The instruction (a system or developer message) goes to ``meta.system``, not the record's messages.
+
+A logged answer that is a tool call is skipped (no text to distil), unless asked to keep calls
+(``tool_calls=True``, ``--tool-calls``): then it is the ``{name, arguments}`` text a tools task
+(``task.type: tools``) learns, its text beside the call (Claude's "Let me look that up.") left out.
 """
 
 from __future__ import annotations
 
 import json
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +43,7 @@ from potstill.ledger import Ledger
 from potstill.progress import bar, say
 from potstill.records import TABLE_SUFFIXES, Record, content_text, read_objects, record_problem, write_jsonl
 from potstill.responses_format import ResponsesInputError, chat_messages, output_text
+from potstill.tool_calls import call_text
 
 FORMATS = ("auto", "finetune", "openai-log", "pairs", "stored", "served")
 # The instruction's roles: OpenAI's newer models take it as a developer message (serve drops both alike).
@@ -92,12 +98,30 @@ class NoText(Exception):
     skipped and counted."""
 
 
+# Whether this import keeps tool-call answers as a tools task's {name, arguments} text (``import_traffic``).
+_KEEP_CALLS: ContextVar[bool] = ContextVar("keep_calls", default=False)
+
+
+def _kept_call(calls: list[dict[str, Any]]) -> str | None:
+    """A logged answer's tool calls (OpenAI's form) as the text a tools task learns, where this import
+    keeps calls and there are some; else None."""
+    return call_text(calls) if calls and _KEEP_CALLS.get() else None
+
+
+def _message_calls(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """A chat message's calls: its ``tool_calls``, or the legacy ``function_call`` as one."""
+    if message.get("tool_calls"):
+        return list(message["tool_calls"])
+    return [{"function": message["function_call"]}] if isinstance(message.get("function_call"), dict) else []
+
+
 def _no_text(message: dict[str, Any]) -> str | None:
-    """Why a logged answer message holds no text to learn, or None when it holds some."""
-    if content_text(message.get("content") or ""):
-        return None
+    """Why a logged answer message holds no text to learn, or None when it holds some. An answer
+    that calls a tool is a call whatever words come with it ("Let me check."): not the answer."""
     if message.get("tool_calls") or message.get("function_call"):
         return "its answer is a tool call"
+    if content_text(message.get("content") or ""):
+        return None
     if message.get("refusal"):
         return "its answer is a refusal"
     return None
@@ -121,20 +145,23 @@ def _answer(side: Any, where: str) -> tuple[str, dict[str, Any]]:
             # which the chat branch below read as a message of nothing, an empty answer.
             ch = {**ch, "message": {"role": "assistant", "content": ch["text"]}}
         if isinstance(ch, dict) and isinstance(ch.get("message", {}), dict):
-            why = _no_text(ch.get("message", {}))
+            kept = _kept_call(_message_calls(ch.get("message", {})))
+            why = None if kept else _no_text(ch.get("message", {}))
             if why:
                 raise NoText(why)
-            return content_text(ch.get("message", {}).get("content") or ""), {
+            return kept or content_text(ch.get("message", {}).get("content") or ""), {
                 "teacher": side.get("model"), "usage": side.get("usage"), "finish_reason": ch.get("finish_reason"),
                 "response_id": side.get("id"),
                 # A completion asked with n > 1: the first choice is the answer, the count kept and said.
                 "choices": len(side["choices"]) if len(side["choices"]) > 1 else None}
         if side.get("type") == "message" and isinstance(side.get("content"), list):
             text = "".join(str(b.get("text", "")) for b in side["content"] if isinstance(b, dict) and b.get("type") == "text")
-            if not text and (side.get("stop_reason") == "refusal" or any(
-                    isinstance(b, dict) and b.get("type") == "tool_use" for b in side["content"])):
-                raise NoText("its answer is a refusal" if side.get("stop_reason") == "refusal" else
-                             "its answer is a tool call")
+            text = _kept_call([{"function": {"name": b.get("name"), "arguments": json.dumps(b.get("input"))}}
+                               for b in side["content"] if isinstance(b, dict) and b.get("type") == "tool_use"]) or text
+            if not _KEEP_CALLS.get() and any(isinstance(b, dict) and b.get("type") == "tool_use" for b in side["content"]):
+                raise NoText("its answer is a tool call")
+            if not text and side.get("stop_reason") == "refusal":
+                raise NoText("its answer is a refusal")
             return text, {"teacher": side.get("model"), "usage": side.get("usage"),
                           "finish_reason": side.get("stop_reason"), "response_id": side.get("id")}
         for k in ("content", "output", "text"):
@@ -149,11 +176,14 @@ def _response_answer(resp: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     if resp.get("status") == "failed" or resp.get("error"):
         raise NoText("its request failed")
     text, calls = output_text(resp)
+    if calls and not _KEEP_CALLS.get():
+        raise NoText("its answer is a tool call")
+    text = _kept_call(calls) or text
     if not text:
         refused = any(isinstance(p, dict) and p.get("type") == "refusal" for item in resp.get("output") or []
                       if isinstance(item, dict) for p in item.get("content") or [])
-        if refused or calls:
-            raise NoText("its answer is a refusal" if refused else "its answer is a tool call")
+        if refused:
+            raise NoText("its answer is a refusal")
     finish = "length" if resp.get("status") == "incomplete" else "stop"
     return text, {"teacher": resp.get("model"), "usage": resp.get("usage"), "finish_reason": finish,
                   "response_id": resp.get("id")}
@@ -192,13 +222,15 @@ def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: dict[str, An
         msgs = obj.get("messages")
         if not isinstance(msgs, list) or not msgs or _objects(msgs, where)[-1].get("role") != "assistant":
             raise PotstillError(f"{where}: expected messages ending with an assistant turn")
-        if msgs[-1].get("content") is None and msgs[-1].get("tool_calls"):
+        kept = _kept_call(_message_calls(msgs[-1]))
+        if not kept and msgs[-1].get("content") is None and msgs[-1].get("tool_calls"):
             raise PotstillError(f"{where}: the assistant turn is a tool call, not text; potstill distils text "
-                                "answers, so leave tool-call examples out of the file")
+                                "answers (a tools task's calls with --tool-calls), so leave tool-call examples out "
+                                "of the file")
         # ``weight`` (0: an assistant turn not trained on) is the fine-tuning file's, not the chat's:
         # a chat API refuses a message field it does not know.
         prompt = [{k: v for k, v in m.items() if k != "weight"} for m in msgs[:-1]]
-        output = content_text(msgs[-1].get("content"))
+        output = kept or content_text(msgs[-1].get("content"))
     elif kind == "openai-log":
         if "custom_id" in obj:
             if requests is None:  # the output holds answers only; the prompts are in the batch's input file
@@ -305,15 +337,15 @@ def import_served(db: Path) -> list[Record]:
     with Ledger(db, readonly=True) as ledger:
         rows = ledger.served()
     out = []
-    calls = [row.id for row in rows if row.extra.get("tool_calls")]
+    calls = [row.id for row in rows if row.extra.get("tool_calls") and not _KEEP_CALLS.get()]
     if calls:  # an escalation answered with tool calls (a client's tools): no text to distil
         say(f"[yellow]import: {len(calls)} served row(s) skipped, their answer is a tool call with no text to distil "
             f"(first: calls.id={calls[0]})[/yellow]")
     for row in rows:
-        if row.extra.get("tool_calls"):
+        if row.id in calls:
             continue
         user = [m for m in _messages(row.request, f"{db}#calls.id={row.id}") if m.get("role") not in INSTRUCTION_ROLES]
-        out.append(Record(messages=user, output=row.content or "", meta={
+        out.append(Record(messages=user, output=_kept_call(row.extra.get("tool_calls")) or row.content or "", meta={
             "format": "served", "source": str(db), "ledger_id": row.id, "teacher": row.model, "role": row.answered_by,
             "input_tokens": row.input_tokens, "output_tokens": row.output_tokens, "created_at": row.created_at,
             # As the client got it: "length" where the answer ran to its budget, which curate sets aside as
@@ -322,8 +354,18 @@ def import_served(db: Path) -> list[Record]:
     return out
 
 
-def import_traffic(path: str | Path, out: str | Path, fmt: str = "auto", requests: str | Path | None = None) -> int:
-    """Read traffic from ``path`` and write records to ``out`` (atomically); returns the count."""
+def import_traffic(path: str | Path, out: str | Path, fmt: str = "auto", requests: str | Path | None = None,
+                   tool_calls: bool = False) -> int:
+    """Read traffic from ``path`` and write records to ``out`` (atomically); returns the count.
+    ``tool_calls``: keep answers that are tool calls, as a tools task's ``{name, arguments}`` text."""
+    token = _KEEP_CALLS.set(tool_calls)
+    try:
+        return _import(path, out, fmt, requests)
+    finally:
+        _KEEP_CALLS.reset(token)
+
+
+def _import(path: str | Path, out: str | Path, fmt: str, requests: str | Path | None) -> int:
     path, out = Path(path), Path(out)
     if fmt not in FORMATS:
         raise PotstillError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
