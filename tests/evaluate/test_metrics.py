@@ -113,6 +113,9 @@ def test_slices_are_cut_and_judged_by_their_intervals():
     assert edges == (2, 4)
     names = [slice_names(r, "a" if i % 2 else "b", edges) for i, r in enumerate(recs)]
     assert names[0] == ["tag:x", "label:b", "length:short (<=2 words)"]
+    assert names[2][-1] == "length:medium (3-4 words)"
+    # A medium third of one length is named so ("6-6 words" before).
+    assert slice_names(recs[2], None, (2, 3))[-1] == "length:medium (3 words)"
     bar = QualityBar(min_agreement=0.5, min_relative_quality=None)
     rows = slice_table(names, [1, 1, 1, 1, 0, 0], None, [None] * 6, [None] * 6, bar, min_n=3, n_boot=200)
     by = {r["slice"]: r for r in rows}

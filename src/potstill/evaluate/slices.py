@@ -36,8 +36,9 @@ def slice_names(record: Record, label: Any, edges: tuple[int, int]) -> list[str]
         names.append(f"label:{label}")
     w = len(record.text.split())
     a, b = edges
+    medium = f"{b} words" if a + 1 == b else f"{a + 1}-{b} words"  # "6 words", not "6-6 words"
     names.append(f"length:short (<={a} words)" if w <= a else
-                 f"length:medium ({a + 1}-{b} words)" if w <= b else f"length:long (>{b} words)")
+                 f"length:medium ({medium})" if w <= b else f"length:long (>{b} words)")
     return names
 
 
