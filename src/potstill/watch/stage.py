@@ -5,7 +5,8 @@ Three checks over the latest window of answered requests in RUN/calls.sqlite:
    same vectors serving uses for its OOD rule) of the window vs a sample of the student's training
    records (RUN/train.jsonl, or a promoted challenger's: ``rundir.student_train_path``),
    by an MMD permutation test (``stats.mmd_test``); flagged when p < alpha AND MMD >= min_effect;
-2. label-mix drift (classification): the labels served vs the teacher labels in train.jsonl,
+2. label-mix drift (classification; a tools task's mix of functions called): the labels served vs
+   the teacher labels in train.jsonl,
    by a G-test; flagged when p < alpha AND total variation > label_tv_max;
 3. escalation: the share answered by the teacher vs the share calibrated on val
    (RUN/serve/routing.json); flagged when it exceeds it by more than escalation_margin.
@@ -109,6 +110,17 @@ def fits(engine: TransformersEngine, messages: list[dict]) -> bool:
 def label_of(task: Any, text: str) -> str:
     parsed = task.parse(text or "")
     return parsed if isinstance(parsed, str) and parsed in task.labels else INVALID
+
+
+def call_of(task: Any, text: str | None, calls: list[dict] | None = None) -> str:
+    """A tools task's answer as its "label": the function it calls (a served call's ``tool_calls``, else
+    its ``{name, arguments}`` text), ``INVALID`` where it calls none of the task's tools."""
+    if calls:
+        name = (calls[0].get("function") or {}).get("name")
+    else:
+        parsed = task.parse(text or "")
+        name = parsed.get("name") if isinstance(parsed, dict) else None
+    return name if name in {t["function"]["name"] for t in task.cfg.tools or []} else INVALID
 
 
 def judge(live_emb: torch.Tensor, ref_emb: torch.Tensor, live_labels: list[str] | None, ref_labels: list[str] | None,
@@ -231,6 +243,10 @@ def watch_run(run_dir: Path, cfg: Config, since: float | None = None, until: flo
         live_labels: list[str] | None = [label_of(task, s.content) for s in traffic
                                          if not s.extra.get("tool_calls") and s.id not in formatted_ids]
         ref_labels = [label_of(task, r.output) for r in ref_records if r.output is not None]
+    elif task.cfg.type == "tools":  # the call mix: which function, as a classifier's label mix
+        live_labels = [call_of(task, s.content, s.extra.get("tool_calls")) for s in traffic
+                       if not s.reason.startswith("tools") and s.id not in formatted_ids]
+        ref_labels = [call_of(task, r.output) for r in ref_records if r.output is not None]
     else:
         live_labels, ref_labels = None, None
     expected, note = expected_escalation(run_dir, name)
