@@ -197,7 +197,7 @@ def task_metrics(task_type: str, preds: Sequence[Any], refs: Sequence[Any], labe
             kept = [(c, float(p == r)) for c, p, r in zip(confidence, preds, refs) if r is not None]
             out["calibration"] = calibration([c for c, _ in kept], [k for _, k in kept])
         return out
-    if task_type == "extraction":
+    if task_type in ("extraction", "tools"):  # a call is JSON too: validity, its fields, exact match
         return {"n": n, "validity_rate": validity_rate(list(preds), validate) if validate else None,
                 **{f"field_{k}": v for k, v in field_prf(preds, refs).items()}, "exact_match": exact_match(preds, refs)}
     return {"n": n, **text_scores(preds, refs)}
