@@ -140,12 +140,13 @@ def test_other_tools_a_tool_turn_or_another_forced_function_go_to_the_teacher(to
     r = c.chat.completions.create(model="potstill", messages=MSG, tools=other)
     assert r.model_extra["potstill"] | {"student_output": ""} == r.model_extra["potstill"] | {
         "answered_by": "teacher", "reason": "tools", "student_output": ""}
-    assert seen[-1]["tools"] == other  # the client's tools, as it sent them
+    assert seen[-1]["tools"] == other and "tool_choice" not in seen[-1]  # the client's tools, as it sent them
     turn = MSG + [{"role": "assistant", "content": None, "tool_calls": [
         {"id": "call_1", "type": "function", "function": {"name": "set_unit", "arguments": '{"unit": "c"}'}}]},
         {"role": "tool", "tool_call_id": "call_1", "content": "done"}]
     r = c.chat.completions.create(model="potstill", messages=turn, tools=TOOLS)
     assert r.model_extra["potstill"]["reason"] == "tools" and seen[-1]["messages"][-1]["role"] == "tool"
+    assert "tool_choice" not in seen[-1]  # the client's (none), not generate's "required": it may answer in words
     # A forced function: the student's call where it names it, else the teacher's.
     for name in ("set_unit", "ping"):
         r = c.chat.completions.create(model="potstill", messages=MSG, tools=TOOLS,

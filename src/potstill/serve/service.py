@@ -305,8 +305,11 @@ class Service:
             req = {**req, "max_completion_tokens" if "max_completion_tokens" in req else "max_tokens": max_tokens}
         # A tools task's request already offers its tools, one call required (``Teacher.task_tools``):
         # a client offering the same ones asks generate's request, whose answers the ledger holds.
-        own = self.student_calls(tools) and (self.named_tool(tools) is None or not teacher.supports_tools)
+        # (Not after a tool turn: then the client's tool_choice holds, or the teacher must call again.)
+        own = self.student_calls(tools, messages) and (self.named_tool(tools) is None or not teacher.supports_tools)
         if tools is not None and not own:
+            if self.task.cfg.type == "tools":  # generate's offer (one call required) is not this request's
+                req = {k: v for k, v in req.items() if k not in ("tools", "tool_choice")}
             req = teacher.with_tools(req, **tools)
         if response_format is not None:
             req = teacher.with_response_format(req, response_format) or req
