@@ -15,7 +15,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -419,7 +419,9 @@ class Service:
                 if who == "student" and answer_problem(a.output, response_format):
                     who, reason = "teacher", "response_format"
                 named = self.named_tool(tools)
-                if who == "student" and calls and named is not None and a.parsed.get("name") != named:
+                if who == "student" and calls and not isinstance(a.parsed, dict):  # (judged by a client's format)
+                    who, reason = "teacher", "invalid_output"
+                elif who == "student" and calls and named is not None and a.parsed.get("name") != named:
                     who, reason = "teacher", "tools"  # it called another function than the client forces
             else:
                 a, dist, who, reason = None, None, "teacher", "too_long" if tools is None else "tools"
@@ -511,12 +513,8 @@ class Service:
         if calls and not r.tool_calls:
             parsed = self.task.parse(content)
             if self.task.validate(parsed) is None:
-                from dataclasses import replace
-
                 return "", "tool_calls", replace(r, tool_calls=as_tool_calls(parsed))
         if not offered and r.tool_calls:
-            from dataclasses import replace
-
             return call_text(r.tool_calls), "stop", replace(r, tool_calls=None)
         return content, finish, r
 
