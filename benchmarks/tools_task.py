@@ -1,0 +1,249 @@
+"""A tools task (``task.type: tools``) end to end, then served through the official openai client.
+
+    nice -n 5 python benchmarks/tools_task.py [--out benchmarks/tools_task.json]
+
+The teacher is an OpenAI-compatible server on loopback that calls one of three tools by fixed
+rules (weather in a city, with a unit where asked; the time in a city; a timer of N minutes): a
+stand-in for a frontier model's function calling whose right answer is known. Inputs are requests
+written from templates over 20 cities (seed 0). ``potstill run`` (pilot, generate, curate, LoRA
+training of the bundled SmolLM2-135M-Instruct, evaluate) runs on them; then ``potstill serve``'s own
+app, with ``serve.guided_json`` on, answers NEW requests (12 cities never in training, half in the
+training templates, half in new ones) that offer the task's tools, and each answer, and the
+student's own (``potstill.student_output``, escalated or not), is checked against the rule.
+
+Reported: eval.json's agreement and verdict, the stage times, and for the served requests who
+answered, the share of calls that match the rule, by who answered, and the student's latency.
+Exits 1 (correctness) when a served answer is not one well-formed call of the task's tools, or a
+served call from the teacher differs from the rule (the route changed the teacher's answer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import re
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from checks import finish  # noqa: E402
+
+CITIES = ("Paris Tokyo Lima Oslo Rome Cairo Kyiv Berlin Madrid Dublin Vienna Prague Lisbon Athens Seoul Delhi "
+          "Quito Nairobi Sydney Toronto").split()
+NEW_CITIES = "Reykjavik Bogota Hanoi Accra Perth Manila Havana Tunis Riga Minsk Sofia Zagreb".split()
+TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "description": "The current weather in a city.",
+                                      "parameters": {"type": "object", "properties": {
+                                          "city": {"type": "string"}, "unit": {"type": "string", "enum": ["c", "f"]}},
+                                          "required": ["city"], "additionalProperties": False}}},
+    {"type": "function", "function": {"name": "get_time", "description": "The local time in a city.",
+                                      "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                                                     "required": ["city"], "additionalProperties": False}}},
+    {"type": "function", "function": {"name": "set_timer", "parameters": {
+        "type": "object", "properties": {"minutes": {"type": "integer", "minimum": 1}}, "required": ["minutes"],
+        "additionalProperties": False}}},
+]
+
+
+def rule(text: str) -> dict[str, Any]:
+    """The teacher's call for a request."""
+    if m := re.search(r"weather .*in ([A-Z][a-z]+)", text):
+        args: dict[str, Any] = {"city": m.group(1)}
+        if "fahrenheit" in text:
+            args["unit"] = "f"
+        elif "celsius" in text:
+            args["unit"] = "c"
+        return {"name": "get_weather", "arguments": args}
+    if m := re.search(r"time .*in ([A-Z][a-z]+)", text):
+        return {"name": "get_time", "arguments": {"city": m.group(1)}}
+    if m := re.search(r"(\d+) minute", text):
+        return {"name": "set_timer", "arguments": {"minutes": int(m.group(1))}}
+    return {"name": "get_time", "arguments": {"city": "UTC"}}
+
+
+def requests(rng: random.Random, cities: list[str], n: int, new: bool = False) -> list[str]:
+    out = []
+    for _ in range(n):
+        k, c = rng.random(), rng.choice(cities)
+        if k < 0.4:
+            u = rng.choice(["", " in fahrenheit", " in celsius"])
+            forms = [f"What's the weather in {c}{u}?", f"Tell me the weather in {c}{u} please", f"weather in {c}{u}"]
+            if new:
+                forms = [f"how is the weather today in {c}{u}", f"Could you check the weather in {c}{u}?"]
+        elif k < 0.7:
+            forms = [f"What time is it in {c}?", f"Current time now in {c}", f"what's the time in {c} right now"]
+            if new:
+                forms = [f"tell me the local time in {c}", f"Do you know the time in {c}?"]
+        else:
+            m = rng.randint(1, 90)
+            forms = [f"Set a timer for {m} minutes", f"remind me in {m} minutes", f"timer {m} minutes please"]
+            if new:
+                forms = [f"start a {m} minute countdown", f"can you set {m} minutes on the timer"]
+        out.append(rng.choice(forms))
+    return list(dict.fromkeys(out))
+
+
+def teacher_app(calls: list) -> Any:
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    def chat(body: dict[str, Any]) -> dict[str, Any]:
+        calls.append(body)
+        call = rule(body["messages"][-1]["content"])
+        return {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
+                "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+                    "role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {
+                        "name": call["name"], "arguments": json.dumps(call["arguments"])}}]}}],
+                "usage": {"prompt_tokens": 120, "completion_tokens": 20, "total_tokens": 140}}
+
+    return app
+
+
+class Loopback:
+    """A FastAPI app under uvicorn on 127.0.0.1 for the with block."""
+
+    def __init__(self, app: Any):
+        import socket
+
+        import uvicorn
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> "Loopback":
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--served", type=int, default=60, help="new requests sent to the server")
+    args = ap.parse_args()
+    import jsonschema
+    import openai
+
+    from potstill.config import load_config
+    from potstill.pipeline import run_all
+    from potstill.serve import run_config
+    from potstill.serve.app import build_app
+    from potstill.serve.service import load_service
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="tools-task-"))
+    work.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(0)
+    texts = requests(rng, CITIES, 400)
+    (work / "inputs.jsonl").write_text("".join(json.dumps({"id": f"q{i}", "input": t}) + "\n" for i, t in enumerate(texts)))
+    seen: list = []
+    failures: list[str] = []
+    out: dict[str, Any] = {"machine": platform.processor() or platform.machine(), "inputs": len(texts)}
+    with Loopback(teacher_app(seen)) as teacher:
+        cfg_dict = {"run_dir": "run", "task": {"type": "tools", "instruction": "Call the tool the user's request needs.",
+                                               "max_output_tokens": 48, "tools": TOOLS},
+                    "data": {"inputs": "inputs.jsonl"},
+                    "teacher": {"type": "openai", "base_url": teacher.url + "/v1", "model": "gpt-4.1-mini",
+                                "api_key_env": "", "price": {"input_per_mtok": 0.4, "output_per_mtok": 1.6}},
+                    "pilot": {"n": 20}, "curate": {"test": 60}, "train": {"method": "lora", "epochs": 2},
+                    "evaluate": {"latency_samples": 10},
+                    "serve": {"api_key_env": "", "guided_json": True}}
+        (work / "potstill.yaml").write_text(yaml.safe_dump(cfg_dict))
+        cfg = load_config(work / "potstill.yaml")
+        t0 = time.perf_counter()
+        run_all(cfg)
+        out["run_s"] = round(time.perf_counter() - t0, 1)
+        run = Path(cfg.run_dir)
+        out["timings"] = json.loads((run / "timings.json").read_text())
+        ev = json.loads((run / "eval.json").read_text())
+        student = ev["models"]["student"]
+        out["eval"] = {"n_test": ev["n_test"], "decision": ev["verdict"]["decision"], "reason": ev["verdict"]["reason"],
+                       "agreement": student["agreement_with_teacher"], "agreement_ci": ev["agreement_ci"]["student"],
+                       "untrained_agreement": ev["models"]["untrained student"]["agreement_with_teacher"],
+                       "student_p50_s": student["latency_batch1"]["p50_s"], "engine": student["engine"]}
+        out["teacher_requests_generate"] = len(seen)
+
+        # Served: new requests offering the task's tools, through the official client.
+        service = load_service(run, run_config(run, None), device="cpu")
+        rng = random.Random(1)
+        same = requests(rng, NEW_CITIES, args.served // 2)
+        new = [(t, "training templates") for t in same] + \
+            [(t, "new templates") for t in requests(rng, NEW_CITIES, args.served - len(same), new=True)]
+        served = []
+        try:
+            with Loopback(build_app(service, None)) as live:
+                client = openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+                schemas = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+                for text, group in new:
+                    t1 = time.perf_counter()
+                    r = client.chat.completions.create(model="potstill", messages=[{"role": "user", "content": text}],
+                                                       tools=TOOLS)
+                    dt = time.perf_counter() - t1
+                    route = r.model_extra["potstill"]
+                    calls = r.choices[0].message.tool_calls or []
+                    ok = len(calls) == 1 and calls[0].function.name in schemas
+                    call = None
+                    if ok:
+                        call = {"name": calls[0].function.name, "arguments": json.loads(calls[0].function.arguments)}
+                        try:
+                            jsonschema.validate(call["arguments"], schemas[call["name"]])
+                        except jsonschema.ValidationError as e:
+                            ok = False
+                            failures.append(f"{text!r}: the {route['answered_by']}'s call breaks its schema: {e.message}")
+                    else:
+                        failures.append(f"{text!r}: not one call of the task's tools ({route['answered_by']})")
+                    right = call == rule(text)
+                    try:
+                        own = json.loads(route["student_output"])
+                    except json.JSONDecodeError:
+                        own = None
+                    if route["answered_by"] == "teacher" and not right:
+                        failures.append(f"{text!r}: the teacher's call came back changed: {call}")
+                    served.append({"text": text, "group": group, "answered_by": route["answered_by"],
+                                   "reason": route["reason"], "right": right, "student_right": own == rule(text),
+                                   "seconds": round(dt, 3)})
+        finally:
+            service.close()
+    def summary(rows: list[dict]) -> dict[str, Any]:
+        answered = [s for s in rows if s["answered_by"] == "student"]
+        return {
+            "requests": len(rows),
+            "student_share": round(len(answered) / len(rows), 3),
+            "right_share": round(sum(s["right"] for s in rows) / len(rows), 3),
+            # The student's own call on every request, whoever answered: what routing protects against.
+            "student_alone_right_share": round(sum(s["student_right"] for s in rows) / len(rows), 3),
+            "student_answered_right_share": round(sum(s["right"] for s in answered) / len(answered), 3)
+            if answered else None,
+            "student_p50_s": round(statistics.median(s["seconds"] for s in answered), 3) if answered else None,
+            "reasons": {r: sum(s["reason"] == r for s in rows) for r in sorted({s["reason"] for s in rows})},
+            "wrong_student_calls": [s["text"] for s in answered if not s["right"]],
+        }
+
+    out["served"] = {g: summary([s for s in served if s["group"] == g]) for g in ("training templates", "new templates")}
+    out["served_requests"] = served
+    print(json.dumps({k: out[k] for k in ("run_s", "eval", "served")}, indent=1))
+    finish(out, failures, args.out)
+
+
+if __name__ == "__main__":
+    main()
