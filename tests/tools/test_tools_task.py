@@ -166,3 +166,19 @@ def test_an_anthropic_teacher_is_asked_for_any_tool_and_its_tool_use_becomes_the
     # Its text beside the call ("Let me look that up.") is not the answer; the call is.
     assert {r.output for r in records} == {'{"name": "get_weather", "arguments": {"about": "match"}}'}
     assert all(not r.valid and "schema violation" in r.invalid_reason for r in records)
+
+
+def test_synthesize_writes_requests_for_each_tool(tmp_path):
+    """``potstill synthesize`` on a tools task: inputs are split evenly over the functions (its
+    default cells), and each request shows the teacher the tools and names the one to need."""
+    from potstill.config import SynthesizeConfig
+    from potstill.synthesize import prompt, quotas, slot
+
+    task = project(tmp_path).task
+    assert quotas(SynthesizeConfig(n=5), task) == {"get_weather": 3, "get_time": 2}
+    chat = prompt(task, slot(SynthesizeConfig(n=5), "get_time", 0, []))
+    text = chat[-1]["content"]
+    assert "get_weather (The weather in a city.), arguments: {" in text and '"enum": ["c", "f"]' in text
+    assert "Write a request that needs the tool: get_time." in text and "Kind of input" not in text
+    head = prompt(task, slot(SynthesizeConfig(n=5), "get_time", 0, []), completion=True)[0]["content"]
+    assert "Requests that need the tool get_time" in head

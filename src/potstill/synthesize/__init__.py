@@ -15,6 +15,7 @@ with the reason, and counted in ``synthesize.json``.
 from __future__ import annotations
 
 import difflib
+import json
 import random
 import re
 from collections.abc import Sequence
@@ -62,9 +63,14 @@ def quotas(s: SynthesizeConfig, task: TaskConfig) -> dict[str, int]:
     """Inputs to keep per cell: the configured quotas, else ``n`` split evenly (remainder to the first cells)."""
     if s.quotas:
         return dict(s.quotas)
-    cells = s.cells or (task.labels if task.type == "classification" else []) or ["all"]
+    cells = s.cells or (task.labels if task.type == "classification" else tool_names(task)) or ["all"]
     base, extra = divmod(s.n, len(cells))
     return {c: base + (i < extra) for i, c in enumerate(cells)}
+
+
+def tool_names(task: TaskConfig) -> list[str]:
+    """A tools task's functions (its default cells: inputs split evenly over the tools); [] otherwise."""
+    return [t["function"]["name"] for t in task.tools or []] if task.type == "tools" else []
 
 
 def check_cells(s: SynthesizeConfig, task: TaskConfig) -> None:
@@ -121,6 +127,8 @@ def prompt(task: TaskConfig, sl: Slot, completion: bool = False) -> list[dict[st
         head = [task.instruction] if task.instruction else []
         if task.type == "classification":
             head.append(f"Inputs whose correct label is {sl.cell}, each new and different from the others. {tag}")
+        elif sl.cell in tool_names(task):
+            head.append(f"Requests that need the tool {sl.cell}, each new and different from the others. {tag}")
         else:
             head.append(f"Inputs of the kind {sl.cell}, each new and different from the others. {tag}"
                         if sl.cell != "all" else f"Inputs for this task, each new and different from the others. {tag}")
@@ -132,12 +140,18 @@ def prompt(task: TaskConfig, sl: Slot, completion: bool = False) -> list[dict[st
     lines = [f"The task the input will be given to: {task.instruction}"]
     if task.type == "classification":
         lines.append(f"Possible labels: {', '.join(task.labels)}. Write an input whose correct label is: {sl.cell}.")
+    elif task.type == "tools":
+        lines.append("The assistant answers each input by calling one of these tools: " + "; ".join(
+            f"{t['function']['name']}" + (f" ({t['function']['description']})" if t["function"].get("description") else "")
+            + f", arguments: {json.dumps(t['function'].get('parameters') or {'type': 'object'})}" for t in task.tools or []))
+        if sl.cell in tool_names(task):
+            lines.append(f"Write a request that needs the tool: {sl.cell}.")
     elif task.json_schema is not None:
         lines.append(f"Answers must follow this JSON Schema, so the input should contain what it asks for: {task.json_schema}")
     elif task.grammar is not None:
         lines.append("Answers must follow this grammar (GBNF from its rule root, or Lark from start), so the input "
                      f"should ask for what it derives:\n{task.grammar.strip()}")
-    if sl.cell != "all" and task.type != "classification":
+    if sl.cell != "all" and task.type != "classification" and sl.cell not in tool_names(task):
         lines.append(f"Kind of input: {sl.cell}.")
     lines += plan
     if sl.exemplars:
