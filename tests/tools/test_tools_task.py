@@ -182,3 +182,38 @@ def test_synthesize_writes_requests_for_each_tool(tmp_path):
     assert "Write a request that needs the tool: get_time." in text and "Kind of input" not in text
     head = prompt(task, slot(SynthesizeConfig(n=5), "get_time", 0, []), completion=True)[0]["content"]
     assert "Requests that need the tool get_time" in head
+
+
+def test_a_reviewer_corrects_a_call_and_the_tools_schema_checks_the_edit(tmp_path):
+    """``potstill review`` on a curated tools run: the card keeps the task's tools (without them the
+    page could not build the task), an edited call is checked against the tools' schema (another
+    function's name is refused with the schema's reason) and the next curate trains on it."""
+    import httpx
+
+    from potstill.config import Config
+    from potstill.records import Record, write_jsonl
+    from potstill.review.app import create_app
+    from tests.helpers.live_server import LiveServer
+
+    run = tmp_path / "run"
+    cities = ["Paris", "Tokyo", "Lima", "Oslo", "Rome", "Cairo", "Kyiv", "Berlin", "Madrid", "Dublin"]
+    write_jsonl(run / "teacher.jsonl", [
+        Record(id=f"r{i}", messages=[{"role": "user", "content": f"time in {c}"}],
+               output=json.dumps({"name": "get_time", "arguments": {"city": c.upper()}}), valid=True)
+        for i, c in enumerate(cities)])
+    cfg = Config(run_dir=str(run), task={"type": "tools", "instruction": "call", "tools": TOOLS},
+                 curate={"val": 0, "test": 0, "near_dup": False})
+    curate_stage(cfg)
+    assert json.loads((run / "card.json").read_text())["task"]["tools"] == TOOLS
+    with LiveServer(create_app(run, sample=4)) as served:
+        item = httpx.get(served.url + "/api/state").json()["items"][0]
+        call = json.loads(item["output"])
+        wrong = json.dumps({"name": "get_date", "arguments": call["arguments"]})
+        r = httpx.post(served.url + "/api/decisions", json={"id": item["id"], "decision": "edit", "output": wrong})
+        assert r.status_code == 400 and "schema violation" in r.json()["error"]["message"]
+        fixed = json.dumps({"name": "get_time", "arguments": {"city": call["arguments"]["city"].title()}})
+        r = httpx.post(served.url + "/api/decisions", json={"id": item["id"], "decision": "edit", "output": fixed})
+        assert r.status_code == 200, r.text
+    curate_stage(cfg)
+    rec = next(r for r in read_records(run / "train.jsonl") if r.id == item["id"])
+    assert json.loads(rec.output) == json.loads(fixed)
