@@ -187,7 +187,10 @@ def _other_value(cfg: Config, key: str, tmp: Path) -> Any:
 
 def _rerun(cfg: Config, key: str, tmp: Path) -> set[str]:
     data = cfg.model_dump(mode="json")
-    set_dotted(data, key, _other_value(cfg, key, tmp))
+    if key == "task.tools":  # only a tools task takes tools: its type comes with them (the same stages read both)
+        data["task"].update(type="tools", json_schema=None, tools=[{"type": "function", "function": {"name": "f"}}])
+    else:
+        set_dotted(data, key, _other_value(cfg, key, tmp))
     changed = Config.model_validate(data)
     return {name for name, s in STAGES.items() if not s.up_to_date(changed)}
 

@@ -306,7 +306,8 @@ class Service:
         # A tools task's request already offers its tools, one call required (``Teacher.task_tools``):
         # a client offering the same ones asks generate's request, whose answers the ledger holds.
         # (Not after a tool turn: then the client's tool_choice holds, or the teacher must call again.)
-        own = self.student_calls(tools, messages) and (self.named_tool(tools) is None or not teacher.supports_tools)
+        own = tools is not None and self.student_calls(tools, messages) \
+            and (self.named_tool(tools) is None or not teacher.supports_tools)
         if tools is not None and not own:
             if self.task.cfg.type == "tools":  # generate's offer (one call required) is not this request's
                 req = {k: v for k, v in req.items() if k not in ("tools", "tool_choice")}
