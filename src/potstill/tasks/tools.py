@@ -10,18 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from potstill.config import TaskConfig
 from potstill.tasks.extraction import ExtractionTask, _Invalid, json_same
 from potstill.tool_calls import call_text
 
 
 class ToolsTask(ExtractionTask):
-    name = "tools"
+    """The config derived ``json_schema`` from ``task.tools`` (``TaskConfig``): extraction's parse,
+    validation and target apply as they are."""
 
-    def __init__(self, cfg: TaskConfig):
-        # The config derived json_schema from task.tools (TaskConfig), so extraction's checks apply.
-        super().__init__(cfg)
-        self.tools = cfg.tools or []
+    name = "tools"
 
     def answer_output(self, answer: dict[str, Any]) -> str | None:
         """A teacher's answer as the text to learn: its tool call (``call_text``), else its text
