@@ -13,6 +13,7 @@ import contextlib
 import inspect
 import json
 import os
+import signal
 import sqlite3
 import sys
 from pathlib import Path
@@ -463,8 +464,33 @@ def _os_problem(e: BaseException) -> str:
     return f"{e.strerror or e}: {where}" if where else str(e)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``docker stop``, systemd) taken as Ctrl-C is: Python's default ends the process
+    at once, so no ``finally`` or exit handler ran, and a server's llama-server child (engine llamacpp)
+    was left running, orphaned; uvicorn, which handles the signal while serving, raises it again once
+    it has shut down."""
+
+
+_terminated: list[int] = []
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    _terminated.append(signum)
+    raise Terminated()
+
+
 def main() -> None:
-    """Entry point: usage errors are click's (message + exit 2); PotstillError is one red line, exit 2."""
+    """Entry point: usage errors are click's (message + exit 2); PotstillError is one red line, exit 2;
+    SIGTERM runs the Ctrl-C path (its cleanup, its line), then exits 143."""
+    _terminated.clear()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        _main()
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # (in-process callers: their own handler back)
+
+
+def _main() -> None:
     try:
         app()
     except SystemExit as e:
@@ -473,8 +499,16 @@ def main() -> None:
 
             shutdown()
         if e.code == 130:  # Ctrl-C: Typer turns it into exit 130 without a word, before the handler below sees it
-            typer.secho("interrupted: artifacts are written whole or not at all, and the stage is not marked done, "
-                        "so the same command runs it again (answers already paid for come from the ledger)", err=True)
+            word = "terminated" if _terminated else "interrupted"
+            command = sys.argv[1] if len(sys.argv) > 1 else ""
+            if command in {*STAGES, "run", SYNTHESIZE.name, "quickstart", "redistill"}:
+                typer.secho(f"{word}: artifacts are written whole or not at all, and the stage is not marked done, "
+                            "so the same command runs it again (answers already paid for come from the ledger)",
+                            err=True)
+            else:  # a server (serve, review) that shut down, or a listing
+                typer.secho(f"{word}: potstill {command} stopped", err=True)
+            if _terminated:
+                sys.exit(128 + signal.SIGTERM)
         raise
     except PotstillError as e:
         typer.secho(f"error: {e}", fg="red", err=True)
@@ -488,8 +522,8 @@ def main() -> None:
         typer.secho(f"error: {_os_problem(e)}", fg="red", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        typer.secho("interrupted", err=True)
-        sys.exit(130)
+        typer.secho("terminated" if _terminated else "interrupted", err=True)
+        sys.exit(128 + signal.SIGTERM if _terminated else 130)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,75 @@
+"""`potstill serve` stopped with SIGTERM (kill, docker stop, systemd): it shuts down as on Ctrl-C,
+closing the service (a llamacpp engine's llama-server child is stopped with it), says so in one
+line and exits 143. Before, uvicorn re-raised the signal after its shutdown into Python's default
+handler, which ended the process at once: no cleanup ran and the llama-server child was orphaned.
+The real CLI in a subprocess, on a tiny run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.serve.conftest import write_run
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(d.name))
+    return out
+
+
+def serve_then_terminate(run: Path, *flags: str, env: dict | None = None) -> tuple[subprocess.CompletedProcess, list[int]]:
+    env = {**os.environ, **(env or {}), "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}", "SERVE_KEY": "k",
+           "TEACHER_KEY": "t", "POTSTILL_PROGRESS": "never"}
+    proc = subprocess.Popen([sys.executable, "-m", "potstill", "serve", str(run), "--port", "0", *flags], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        line = proc.stderr.readline()
+        lines.append(line)
+        if "every request is logged" in line or not line:
+            break
+    kids = children(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, "".join(lines) + err), kids
+
+
+def test_sigterm_shuts_serve_down_cleanly_with_exit_143(tmp_path, tiny_model):
+    run = write_run(tmp_path, tiny_model, "http://127.0.0.1:9/v1")
+    p, _ = serve_then_terminate(run)
+    assert "every request is logged" in p.stderr, p.stderr[-2000:]
+    assert p.returncode == 143, p.stderr[-2000:]
+    assert p.stderr.strip().splitlines()[-1] == "terminated: potstill serve stopped"
+
+
+@pytest.mark.skipif(not os.environ.get("POTSTILL_LLAMA_SERVER"), reason="POTSTILL_LLAMA_SERVER not set")
+def test_sigterm_stops_the_llamacpp_engines_server_too(tmp_path):
+    from tests.export.conftest import make_bpe_model
+
+    # Free text: a random byte-level model's label scores may start with a stray byte llama-server refuses.
+    run = write_run(tmp_path, make_bpe_model(tmp_path / "bpe"), "http://127.0.0.1:9/v1",
+                    task={"type": "freetext", "instruction": "name the topic", "max_output_tokens": 4})
+    p, kids = serve_then_terminate(run, "--serve.engine", "llamacpp")
+    assert p.returncode == 143, p.stderr[-2000:]
+    assert kids, "no llama-server child was started"
+    time.sleep(1)
+    alive = [k for k in kids if Path(f"/proc/{k}").exists() and "Z" not in (Path(f"/proc/{k}/stat").read_text().split()[2])]
+    assert not alive, f"llama-server left running: {alive}"
