@@ -157,6 +157,17 @@ def test_other_tools_a_tool_turn_or_another_forced_function_go_to_the_teacher(to
             ("student", "confident") if name == student["name"] else ("teacher", "tools"))
     assert seen[-1]["tool_choice"] == {"type": "function", "function": {"name": "ping" if student["name"] == "set_unit"
                                                                          else "set_unit"}}
+    # tool_choice none: the student only calls, so the teacher answers, told to call none.
+    r = c.chat.completions.create(model="potstill", messages=MSG, tools=TOOLS, tool_choice="none")
+    assert (r.model_extra["potstill"]["reason"], r.choices[0].message.content) == ("tools", "no tools here")
+    assert seen[-1]["tool_choice"] == "none" and seen[-1]["tools"] == TOOLS
+    from tests.serve.conftest import claude_behind
+    from tests.serve.test_tool_calls import anthropic_provider
+
+    asked: list = []
+    with claude_behind(service, anthropic_provider(asked), 64):  # Claude told so in its own terms
+        r = c.chat.completions.create(model="potstill", messages=MSG, tools=TOOLS, tool_choice="none")
+    assert asked[-1]["tool_choice"] == {"type": "none"} and r.choices[0].message.tool_calls is None
 
 
 def test_an_escalation_of_the_tasks_tools_is_generates_request_and_comes_back_as_a_call(tools_served):

@@ -547,6 +547,7 @@ def _stream_failure(service: Service, state: dict, e: BaseException, log_error: 
 def _servable_tools(service: Service, tools: dict[str, Any] | None) -> dict[str, Any] | None:
     """A request's tools (chat form) as served: where the teacher cannot call tools either, 'auto'
     is answered in text, as any model may answer it, and a forced call is a 400."""
+    tools = service.served_tools(tools)
     if tools is None or service.teacher.supports_tools or service.student_calls(tools):
         return tools  # (a tools task's student calls the task's tools itself)
     choice = tools.get("tool_choice")

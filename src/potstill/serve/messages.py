@@ -157,8 +157,8 @@ def chat_messages(messages: list[Any]) -> list[dict[str, Any]]:
 
 
 def chat_tools(tools: list[Any] | None, tool_choice: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Anthropic client tools and ``tool_choice`` as chat completions' tool request (None where the
-    model may use none)."""
+    """Anthropic client tools and ``tool_choice`` as chat completions' tool request (choice 'none' kept;
+    None where there are no tools)."""
     choice = (tool_choice or {}).get("type", "auto")
     if choice not in ("auto", "any", "tool", "none"):
         raise ResponsesInputError("tool_choice.type", f"{choice!r} is not one of auto, any, tool, none")
@@ -179,13 +179,13 @@ def chat_tools(tools: list[Any] | None, tool_choice: dict[str, Any] | None) -> d
         out.append({"type": "function", "function": {
             "name": t["name"], "parameters": t["input_schema"],
             **({"description": t["description"]} if isinstance(t.get("description"), str) else {})}})
-    if choice == "none":
-        return None
     names = [t["function"]["name"] for t in out]
-    if choice == "tool":
+    if choice == "none":
+        picked: Any = "none"
+    elif choice == "tool":
         if tool_choice.get("name") not in names:
             raise ResponsesInputError("tool_choice.name", f"{tool_choice.get('name')!r} is not in tools")
-        picked: Any = {"type": "function", "function": {"name": tool_choice["name"]}}
+        picked = {"type": "function", "function": {"name": tool_choice["name"]}}
     else:
         picked = "required" if choice == "any" else "auto"
     parallel = False if (tool_choice or {}).get("disable_parallel_tool_use") else None

@@ -37,7 +37,7 @@ def student_view(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
 
 def chat_tools(tools: list[Any] | None, tool_choice: Any, parallel: bool | None) -> dict[str, Any] | None:
     """Responses ``tools`` / ``tool_choice`` / ``parallel_tool_calls`` in chat completions' form
-    (``ChatRequest.tool_request``'s), None where the model may call none (no tools, or choice 'none')."""
+    (``ChatRequest.tool_request``'s, choice 'none' kept), None where there are no tools."""
     if not tools:
         if tool_choice not in (None, "auto", "none"):
             raise ResponsesInputError("tool_choice", "only allowed when tools are given")
@@ -63,8 +63,6 @@ def chat_tools(tools: list[Any] | None, tool_choice: Any, parallel: bool | None)
         tool_choice = {"type": "function", "function": {"name": tool_choice["name"]}}
     elif tool_choice not in (None, "auto", "none", "required"):
         raise ResponsesInputError("tool_choice", f"{tool_choice!r} is not one of none, auto, required")
-    if tool_choice == "none":
-        return None
     return {"tools": out, "tool_choice": tool_choice, "parallel_tool_calls": parallel}
 
 

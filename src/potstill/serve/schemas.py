@@ -159,9 +159,10 @@ class ChatRequest(GeneratedRequest):
         return None
 
     def tool_request(self) -> dict | None:
-        """The tool fields for the teacher (``Teacher.with_tools``), or None where the model may not
-        call a tool (no tools, or tool_choice 'none'): then the request is routed as one without them."""
-        if not self.tools or self.tool_choice == "none":
+        """The tool fields for the teacher (``Teacher.with_tools``), or None where there are no tools.
+        With tool_choice 'none' the model may call none: ``Service.served_tools`` routes it as a
+        request without them (but in a tools task)."""
+        if not self.tools:
             return None
         choice = self.tool_choice.model_dump(exclude_none=True) if isinstance(self.tool_choice, BaseModel) \
             else self.tool_choice

@@ -262,11 +262,21 @@ class Service:
             return None, ()
         return max_tokens or TOOL_MAX_TOKENS, stop
 
+    def served_tools(self, tools: dict[str, Any] | None) -> dict[str, Any] | None:
+        """A request's tools as routed: with tool_choice 'none' the model may call none, so it is a
+        request without them; except in a tools task, whose student only calls: its teacher answers
+        it (reason ``tools``), told to call none."""
+        if tools is not None and tools.get("tool_choice") == "none" \
+                and not (self.task.cfg.type == "tools" and self.teacher.supports_tools):
+            return None
+        return tools
+
     def student_calls(self, tools: dict[str, Any] | None, teacher_messages: list[dict] | None = None) -> bool:
         """Whether the student answers a request offering ``tools`` with a call: a tools task's
         student, asked with the task's own tools (``same_tools``) at the start of a chat (no tool
-        turns yet: it learnt first calls, not what to say after one)."""
-        if self.task.cfg.type != "tools" or tools is None or not same_tools(tools["tools"], self.task.cfg.tools):
+        turns yet: it learnt first calls, not what to say after one), a call not refused ('none')."""
+        if self.task.cfg.type != "tools" or tools is None or tools.get("tool_choice") == "none" \
+                or not same_tools(tools["tools"], self.task.cfg.tools):
             return False
         return not any(m.get("role") == "tool" or m.get("tool_calls") for m in teacher_messages or ())
 
@@ -549,7 +559,7 @@ class Service:
         if not msgs:
             return request_hash({"stage": "serve"}, request)
         body = _fields_of(request)
-        tools = body.tool_request() if body is not None and self.teacher.supports_tools else None
+        tools = self.served_tools(body.tool_request()) if body is not None and self.teacher.supports_tools else None
         try:
             fmt = body.format_request() if body is not None else None
         except FormatError:

@@ -110,7 +110,7 @@ def _tool_choice(choice: str | dict | None, parallel: bool | None) -> dict[str, 
     if isinstance(choice, dict):
         out: dict[str, Any] = {"type": "tool", "name": choice["function"]["name"]}
     else:
-        out = {"type": "any" if choice == "required" else "auto"}
+        out = {"type": {"required": "any", "none": "none"}.get(choice or "auto", "auto")}
     if parallel is False:
         out["disable_parallel_tool_use"] = True
     return out
