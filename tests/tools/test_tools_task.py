@@ -217,3 +217,20 @@ def test_a_reviewer_corrects_a_call_and_the_tools_schema_checks_the_edit(tmp_pat
     curate_stage(cfg)
     rec = next(r for r in read_records(run / "train.jsonl") if r.id == item["id"])
     assert json.loads(rec.output) == json.loads(fixed)
+
+
+def test_the_pilot_says_why_an_untrained_student_writes_no_call(tmp_path, tiny_model, capsys):
+    """The untrained student of a tools task is asked without the tools, as the trained one is, so it
+    agrees with the teacher on about nothing: the pilot says why in one line, beside its table."""
+    from potstill.pilot.stage import pilot_stage
+
+    seen: list = []
+    with LiveServer(caller(seen)) as srv:
+        cfg = project(tmp_path, srv.url + "/v1")
+        cfg = cfg.model_copy(update={"student": cfg.student.model_copy(update={"model": str(tiny_model)}),
+                                     "pilot": cfg.pilot.model_copy(update={"n": 4})})
+        capsys.readouterr()
+        pilot_stage(cfg)
+    err = capsys.readouterr().err
+    assert "pilot: a tools task's student gets no tools in its prompt" in err
+    assert all(b["tool_choice"] == "required" for b in seen)  # the pilot's teacher is generate's

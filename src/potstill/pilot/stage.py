@@ -60,6 +60,10 @@ def pilot_body(cfg: Config, run: RunDir) -> dict[str, Any]:
         n = cfg.student.num_layers
         say(f"pilot: the untrained student is student.model cut to its first {n} layer{'s' if n > 1 else ''} "
             "(student.num_layers), where train starts; cut, it answers poorly until trained")
+    if cfg.task.type == "tools":
+        # It is asked as the trained student will be, without the tools: it cannot know their names yet.
+        say("pilot: a tools task's student gets no tools in its prompt; it learns their names and the call's "
+            "form ({\"name\": ..., \"arguments\": {...}}) in training, so untrained it rarely writes a call")
     return {"agreement": student["agreement_with_teacher"], "teacher_calls": stats.calls}
 
 
