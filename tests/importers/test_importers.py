@@ -148,6 +148,11 @@ def test_a_finetune_line_whose_answer_is_a_tool_call_or_text_parts(tmp_path):
     with pytest.raises(PotstillError, match=r"ft.jsonl:1: the assistant turn is a tool call, not text"):
         import_traffic(src, tmp_path / "o.jsonl")
     assert not (tmp_path / "o.jsonl").exists()
+    # Words beside the call ("Let me check.") make it no text answer either: it was imported as one.
+    worded = jsonl(tmp_path / "ft2.jsonl", [{"messages": [{"role": "user", "content": "weather in Oslo?"},
+                                                          {**call, "content": "Let me check."}]}])
+    with pytest.raises(PotstillError, match=r"ft2.jsonl:1: the assistant turn is a tool call, not text"):
+        import_traffic(worded, tmp_path / "o.jsonl")
     parts = {"role": "assistant", "content": [{"type": "text", "text": "spo"}, {"type": "text", "text": "rts"}]}
     src = jsonl(tmp_path / "ft.jsonl", [{"messages": [{"role": "user", "content": [{"type": "text", "text": "A match."}]},
                                                       parts]}])

@@ -223,7 +223,7 @@ def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: dict[str, An
         if not isinstance(msgs, list) or not msgs or _objects(msgs, where)[-1].get("role") != "assistant":
             raise PotstillError(f"{where}: expected messages ending with an assistant turn")
         kept = _kept_call(_message_calls(msgs[-1]))
-        if not kept and msgs[-1].get("content") is None and msgs[-1].get("tool_calls"):
+        if not kept and _message_calls(msgs[-1]):  # words beside the call included, as in the logs
             raise PotstillError(f"{where}: the assistant turn is a tool call, not text; potstill distils text "
                                 "answers (a tools task's calls with --tool-calls), so leave tool-call examples out "
                                 "of the file")
