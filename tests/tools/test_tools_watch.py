@@ -6,14 +6,12 @@ are left out. Real ledger rows as `potstill serve` writes them, a tiny student o
 from __future__ import annotations
 
 import json
-import shutil
 
 from potstill.config import Config
 from potstill.ledger import Ledger, ServedCall
-from potstill.models.loading import load_lm
 from potstill.watch import watch_run
-from tests.helpers.tiny import WORDS
 from tests.tools.test_tools_serve import TOOLS
+from tests.watch.test_watch_after_swap import _run
 
 CALLS = [{"name": "set_unit", "arguments": {"unit": "c"}}, {"name": "ping", "arguments": {}}]
 
@@ -23,16 +21,7 @@ def tool_call(call: dict) -> list[dict]:
 
 
 def test_the_call_mix_is_watched_as_a_label_mix(tmp_path, tiny_model):
-    run = tmp_path / "run"
-    run.mkdir()
-    shutil.copytree(tiny_model, run / "student")
-    texts = [" ".join(WORDS[(i * k) % len(WORDS)] for k in range(1, 6)) + f" {i}" for i in range(80)]
-    (run / "train.jsonl").write_text("".join(
-        json.dumps({"messages": [{"role": "user", "content": t}], "output": json.dumps(CALLS[i % 2])}) + "\n"
-        for i, t in enumerate(texts)))
-    (run / "serve").mkdir()
-    (run / "serve" / "routing.json").write_text(json.dumps({"stats": {"val_escalation": 0.05}}))
-    student = "potstill-student@" + load_lm(str(run / "student"), device="cpu").identity.rsplit("@", 1)[-1]
+    run, texts, student = _run(tmp_path, tiny_model, lambda i: json.dumps(CALLS[i % 2]))
     cfg = Config(task={"type": "tools", "instruction": "call", "tools": TOOLS},
                  watch={"window": 60, "min_requests": 30, "reference_size": 40, "permutations": 99})
 

@@ -22,13 +22,15 @@ LABELS = ["business", "sports", "tech", "politics"]
 WORDS = ["market", "match", "phone", "election", "the", "a", "of", "new"]
 
 
-def _run(tmp_path, tiny_model):
+def _run(tmp_path, tiny_model, output=lambda i: LABELS[i % 4]):
+    """A served run's directory: the tiny student, 80 training records (record i answered
+    ``output(i)``), a routing.json; with the texts and the name serve logs for the student."""
     run = tmp_path / "run"
     run.mkdir()
     shutil.copytree(tiny_model, run / "student")
     texts = [" ".join(WORDS[(i * k) % len(WORDS)] for k in range(1, 6)) + f" {i}" for i in range(80)]
     (run / "train.jsonl").write_text("".join(
-        json.dumps({"messages": [{"role": "user", "content": t}], "output": LABELS[i % 4]}) + "\n"
+        json.dumps({"messages": [{"role": "user", "content": t}], "output": output(i)}) + "\n"
         for i, t in enumerate(texts)))
     (run / "serve").mkdir()
     (run / "serve" / "routing.json").write_text(json.dumps({"stats": {"val_escalation": 0.05}}))
