@@ -42,6 +42,7 @@ from potstill.serve.messages import error_body as anthropic_error
 from potstill.serve.responses import add_responses_route, fail_unfinished
 from potstill.serve.tokenize import TOKENIZE, add_tokenize_routes
 from potstill.serve.streaming import LiveText, first_piece, live_events, whole_events
+from potstill.serve.tool_routing import served_tools, student_calls
 from potstill.serve.schemas import (ChatCompletion, ChatRequest, ErrorBody, Health, ModelCard, ModelList,
                                     ResponsesRequest)
 from potstill.serve.service import LogprobsUnavailable, Service, TeacherError, with_tool_fields
@@ -547,8 +548,8 @@ def _stream_failure(service: Service, state: dict, e: BaseException, log_error: 
 def _servable_tools(service: Service, tools: dict[str, Any] | None) -> dict[str, Any] | None:
     """A request's tools (chat form) as served: where the teacher cannot call tools either, 'auto'
     is answered in text, as any model may answer it, and a forced call is a 400."""
-    tools = service.served_tools(tools)
-    if tools is None or service.teacher.supports_tools or service.student_calls(tools):
+    tools = served_tools(service.task, service.teacher, tools)
+    if tools is None or service.teacher.supports_tools or student_calls(service.task, tools):
         return tools  # (a tools task's student calls the task's tools itself)
     choice = tools.get("tool_choice")
     if choice == "required" or isinstance(choice, dict):

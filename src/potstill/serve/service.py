@@ -15,7 +15,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import fields, replace
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,8 @@ from potstill.serve.streaming import LiveText, openai_logprob
 from potstill.serve.schemas import ChatRequest
 from potstill.tasks import Task, get_task
 from potstill.teachers import Response, Teacher, get_teacher, request_hash
-from potstill.tool_calls import as_tool_calls, call_text, same_tools
+from potstill.serve.tool_routing import as_asked, named_tool, reshaped, served_tools, student_calls
+from potstill.tool_calls import as_tool_calls
 
 
 _RESPONSE_FIELDS = {f.name for f in fields(Response)}
@@ -262,30 +263,6 @@ class Service:
             return None, ()
         return max_tokens or TOOL_MAX_TOKENS, stop
 
-    def served_tools(self, tools: dict[str, Any] | None) -> dict[str, Any] | None:
-        """A request's tools as routed: with tool_choice 'none' the model may call none, so it is a
-        request without them; except in a tools task, whose student only calls: its teacher answers
-        it (reason ``tools``), told to call none."""
-        if tools is not None and tools.get("tool_choice") == "none" \
-                and not (self.task.cfg.type == "tools" and self.teacher.supports_tools):
-            return None
-        return tools
-
-    def student_calls(self, tools: dict[str, Any] | None, teacher_messages: list[dict] | None = None) -> bool:
-        """Whether the student answers a request offering ``tools`` with a call: a tools task's
-        student, asked with the task's own tools (``same_tools``) at the start of a chat (no tool
-        turns yet: it learnt first calls, not what to say after one), a call not refused ('none')."""
-        if self.task.cfg.type != "tools" or tools is None or tools.get("tool_choice") == "none" \
-                or not same_tools(tools["tools"], self.task.cfg.tools):
-            return False
-        return not any(m.get("role") == "tool" or m.get("tool_calls") for m in teacher_messages or ())
-
-    @staticmethod
-    def named_tool(tools: dict[str, Any] | None) -> str | None:
-        """The function a request's ``tool_choice`` forces, or None."""
-        choice = (tools or {}).get("tool_choice")
-        return (choice.get("function") or {}).get("name") if isinstance(choice, dict) else None
-
     def teacher_logprobs_unavailable(self) -> str | None:
         """Why the teacher cannot give token log-probabilities, None where it can (OpenAI-compatible
         ones other than OpenAI's reasoning models)."""
@@ -316,8 +293,8 @@ class Service:
         # A tools task's request already offers its tools, one call required (``Teacher.task_tools``):
         # a client offering the same ones asks generate's request, whose answers the ledger holds.
         # (Not after a tool turn: then the client's tool_choice holds, or the teacher must call again.)
-        own = tools is not None and self.student_calls(tools, messages) \
-            and (self.named_tool(tools) is None or not teacher.supports_tools)
+        own = tools is not None and student_calls(self.task, tools, messages) \
+            and (named_tool(tools) is None or not teacher.supports_tools)
         if tools is not None and not own:
             if self.task.cfg.type == "tools":  # generate's offer (one call required) is not this request's
                 req = {k: v for k, v in req.items() if k not in ("tools", "tool_choice")}
@@ -410,7 +387,7 @@ class Service:
                 raise LogprobsUnavailable(cannot)
             # Tokenising 1 MB of text takes ~0.5 s: off the event loop; a usual chat (~70 us) on it.
             long = sum(len(m["content"]) for m in messages) > 50_000
-            calls = self.student_calls(tools, teacher_messages)
+            calls = student_calls(self.task, tools, teacher_messages)
             if tools is not None and not calls:
                 over: str | None = "the student cannot call tools"
             else:
@@ -429,7 +406,7 @@ class Service:
                                                   a.truncated and self.cfg.serve.escalate_truncated)
                 if who == "student" and answer_problem(a.output, response_format):
                     who, reason = "teacher", "response_format"
-                named = self.named_tool(tools)
+                named = named_tool(tools)
                 if who == "student" and calls and not isinstance(a.parsed, dict):  # (judged by a client's format)
                     who, reason = "teacher", "invalid_output"
                 elif who == "student" and calls and named is not None and a.parsed.get("name") != named:
@@ -462,10 +439,7 @@ class Service:
                                   logprobs_unavailable=why, **common)
         finally:
             live.release()
-        changes = self.task.cfg.type == "tools" and (calls and not self.teacher.supports_tools
-                                                     or tools is None and self.teacher.supports_tools)
-        if not self.streams() or changes:
-            # A tools task's call that changes form on the way (_tools_answer) goes whole, not as written.
+        if not self.streams() or reshaped(self.task, self.teacher, tools, calls):
             live_text = None
         elif live_text is not None:
             live_text.route = {"answered_by": "teacher", "reason": reason, "confidence": common["confidence"],
@@ -493,7 +467,7 @@ class Service:
             extra["teacher_logprobs"] = r.logprobs
         content, finish = r.output, _finish_reason(r.stop_reason)
         if self.task.cfg.type == "tools":
-            content, finish, r = self._tools_answer(r, content, finish, calls, offered=tools is not None)
+            content, finish, r = as_asked(self.task, r, finish, calls, offered=tools is not None)
         at = first_stop(content, stop)
         if at >= 0:
             extra["teacher_output"] = content
@@ -515,19 +489,6 @@ class Service:
                           input_tokens=r.input_tokens, output_tokens=r.output_tokens,
                           cost_usd=student_cost + (0.0 if cached else r.cost_usd), extra=extra,
                           finish_reason=finish, logprobs=lps, logprobs_unavailable=why, **common)
-
-    def _tools_answer(self, r: Response, content: str, finish: str, calls: bool,
-                      offered: bool) -> tuple[str, str, Response]:
-        """A tools task's escalation in the form the client asked: a client that offered the task's
-        tools gets a call, a teacher's text call (a local teacher writes it as JSON) made one; a
-        client that offered none gets the call as the text the student would write."""
-        if calls and not r.tool_calls:
-            parsed = self.task.parse(content)
-            if self.task.validate(parsed) is None:
-                return "", "tool_calls", replace(r, tool_calls=as_tool_calls(parsed))
-        if not offered and r.tool_calls:
-            return call_text(r.tool_calls), "stop", replace(r, tool_calls=None)
-        return content, finish, r
 
     def streams(self) -> bool:
         """Whether an escalation can be streamed as the teacher writes it (``LiveText``): under
@@ -559,7 +520,8 @@ class Service:
         if not msgs:
             return request_hash({"stage": "serve"}, request)
         body = _fields_of(request)
-        tools = self.served_tools(body.tool_request()) if body is not None and self.teacher.supports_tools else None
+        tools = served_tools(self.task, self.teacher, body.tool_request()) \
+            if body is not None and self.teacher.supports_tools else None
         try:
             fmt = body.format_request() if body is not None else None
         except FormatError:
