@@ -51,6 +51,11 @@ def tools_problem(tools: Any) -> str | None:
     return None
 
 
+def tool_names(tools: list[dict[str, Any]] | None) -> list[str]:
+    """The functions' names, in order."""
+    return [t["function"]["name"] for t in tools or []]
+
+
 def tools_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
     """The JSON Schema of one call of one of ``tools``: ``{name, arguments}``, the arguments under
     that function's parameters (any object where it declares none)."""

@@ -29,6 +29,7 @@ from potstill.errors import PotstillError
 from potstill.curate.dedup import CANDIDATE_MARGIN, NUM_PERM, jaccard, normalise, shingles
 from potstill.records import Record
 from potstill.tasks import Task
+from potstill.tool_calls import tool_names as names
 
 _INPUT = re.compile(r"<input>\s*(.*?)\s*</input>", re.S | re.I)
 
@@ -70,7 +71,7 @@ def quotas(s: SynthesizeConfig, task: TaskConfig) -> dict[str, int]:
 
 def tool_names(task: TaskConfig) -> list[str]:
     """A tools task's functions (its default cells: inputs split evenly over the tools); [] otherwise."""
-    return [t["function"]["name"] for t in task.tools or []] if task.type == "tools" else []
+    return names(task.tools) if task.type == "tools" else []
 
 
 def check_cells(s: SynthesizeConfig, task: TaskConfig) -> None:

@@ -37,6 +37,7 @@ from potstill.records import read_records, write_json, write_text
 from potstill.rundir import student_train_path
 from potstill.serve.engine import RefusedChat, TransformersEngine, embed_all
 from potstill.tasks import get_task
+from potstill.tool_calls import tool_names
 from potstill.watch.stats import escalation_trend, label_test, mmd_test
 from potstill.watch.traffic import read_traffic, served_name, served_name_of
 
@@ -120,7 +121,7 @@ def call_of(task: Any, text: str | None, calls: list[dict] | None = None) -> str
     else:
         parsed = task.parse(text or "")
         name = parsed.get("name") if isinstance(parsed, dict) else None
-    return name if name in {t["function"]["name"] for t in task.cfg.tools or []} else INVALID
+    return name if name in tool_names(task.cfg.tools) else INVALID
 
 
 def judge(live_emb: torch.Tensor, ref_emb: torch.Tensor, live_labels: list[str] | None, ref_labels: list[str] | None,
