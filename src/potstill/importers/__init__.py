@@ -32,7 +32,6 @@ A logged answer that is a tool call is skipped (no text to distil), unless asked
 from __future__ import annotations
 
 import json
-from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -98,14 +97,10 @@ class NoText(Exception):
     skipped and counted."""
 
 
-# Whether this import keeps tool-call answers as a tools task's {name, arguments} text (``import_traffic``).
-_KEEP_CALLS: ContextVar[bool] = ContextVar("keep_calls", default=False)
-
-
-def _kept_call(calls: list[dict[str, Any]]) -> str | None:
-    """A logged answer's tool calls (OpenAI's form) as the text a tools task learns, where this import
-    keeps calls and there are some; else None."""
-    return call_text(calls) if calls and _KEEP_CALLS.get() else None
+def _kept_call(calls: list[dict[str, Any]] | None, keep: bool) -> str | None:
+    """A logged answer's tool calls (OpenAI's form) as the text a tools task learns, where the import
+    keeps calls (``keep``, ``--tool-calls``) and there are some; else None."""
+    return call_text(calls) if calls and keep else None
 
 
 def _message_calls(message: dict[str, Any]) -> list[dict[str, Any]]:
@@ -127,13 +122,13 @@ def _no_text(message: dict[str, Any]) -> str | None:
     return None
 
 
-def _answer(side: Any, where: str) -> tuple[str, dict[str, Any]]:
+def _answer(side: Any, where: str, keep: bool) -> tuple[str, dict[str, Any]]:
     """The answer text and provenance fields from a completion, message or plain string
     (``NoText`` where the answer is a tool call or a refusal)."""
     if isinstance(side, str):
         return side, {}
     if isinstance(side, dict) and side.get("object") == "response":  # the Responses API's answer
-        return _response_answer(side)
+        return _response_answer(side, keep)
     if isinstance(side, dict):
         if "body" in side and isinstance(side["body"], dict):  # Batch API response wrapper
             if side.get("status_code", 200) != 200:  # a failed request (its body the error, or none)
@@ -145,7 +140,7 @@ def _answer(side: Any, where: str) -> tuple[str, dict[str, Any]]:
             # which the chat branch below read as a message of nothing, an empty answer.
             ch = {**ch, "message": {"role": "assistant", "content": ch["text"]}}
         if isinstance(ch, dict) and isinstance(ch.get("message", {}), dict):
-            kept = _kept_call(_message_calls(ch.get("message", {})))
+            kept = _kept_call(_message_calls(ch.get("message", {})), keep)
             why = None if kept else _no_text(ch.get("message", {}))
             if why:
                 raise NoText(why)
@@ -157,8 +152,9 @@ def _answer(side: Any, where: str) -> tuple[str, dict[str, Any]]:
         if side.get("type") == "message" and isinstance(side.get("content"), list):
             text = "".join(str(b.get("text", "")) for b in side["content"] if isinstance(b, dict) and b.get("type") == "text")
             text = _kept_call([{"function": {"name": b.get("name"), "arguments": json.dumps(b.get("input"))}}
-                               for b in side["content"] if isinstance(b, dict) and b.get("type") == "tool_use"]) or text
-            if not _KEEP_CALLS.get() and any(isinstance(b, dict) and b.get("type") == "tool_use" for b in side["content"]):
+                               for b in side["content"] if isinstance(b, dict) and b.get("type") == "tool_use"],
+                              keep) or text
+            if not keep and any(isinstance(b, dict) and b.get("type") == "tool_use" for b in side["content"]):
                 raise NoText("its answer is a tool call")
             if not text and side.get("stop_reason") == "refusal":
                 raise NoText("its answer is a refusal")
@@ -170,15 +166,15 @@ def _answer(side: Any, where: str) -> tuple[str, dict[str, Any]]:
     raise PotstillError(f"{where}: cannot find the response's text")
 
 
-def _response_answer(resp: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def _response_answer(resp: dict[str, Any], keep: bool) -> tuple[str, dict[str, Any]]:
     """A Responses API ``response`` object's text and provenance (``NoText`` where it failed or its
     answer is function calls or a refusal alone)."""
     if resp.get("status") == "failed" or resp.get("error"):
         raise NoText("its request failed")
     text, calls = output_text(resp)
-    if calls and not _KEEP_CALLS.get():
+    if calls and not keep:
         raise NoText("its answer is a tool call")
-    text = _kept_call(calls) or text
+    text = _kept_call(calls, keep) or text
     if not text:
         refused = any(isinstance(p, dict) and p.get("type") == "refusal" for item in resp.get("output") or []
                       if isinstance(item, dict) for p in item.get("content") or [])
@@ -215,14 +211,14 @@ def _detect(obj: dict[str, Any]) -> str:
     return "pairs"
 
 
-def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: dict[str, Any] | None) -> Record:
+def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: dict[str, Any] | None, keep: bool) -> Record:
     kind = _detect(obj) if fmt == "auto" else fmt
     meta: dict[str, Any] = {}
     if kind == "finetune":
         msgs = obj.get("messages")
         if not isinstance(msgs, list) or not msgs or _objects(msgs, where)[-1].get("role") != "assistant":
             raise PotstillError(f"{where}: expected messages ending with an assistant turn")
-        kept = _kept_call(_message_calls(msgs[-1]))
+        kept = _kept_call(_message_calls(msgs[-1]), keep)
         if not kept and _message_calls(msgs[-1]):  # words beside the call included, as in the logs
             raise PotstillError(f"{where}: the assistant turn is a tool call, not text; potstill distils text "
                                 "answers (a tools task's calls with --tool-calls), so leave tool-call examples out "
@@ -250,7 +246,7 @@ def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: dict[str, An
         else:
             req = obj.get("request", obj.get("prompt"))  # a completions log may name its prompt alone
         prompt = _messages(req, where)
-        output, meta2 = _answer(obj.get("response"), where)
+        output, meta2 = _answer(obj.get("response"), where, keep)
         meta.update(meta2)
     elif kind == "stored" and obj.get("object") == "response":
         # A stored response (GET /v1/responses/{id}) with its input items (GET .../input_items, or the
@@ -265,7 +261,7 @@ def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: dict[str, An
         if not isinstance(side, (list, str)):
             raise PotstillError(f"{where}: a stored response needs its input items under input_items")
         prompt = _responses_input(side, obj.get("instructions"), where)
-        output, meta = _response_answer(obj)
+        output, meta = _response_answer(obj, keep)
         if obj.get("metadata"):
             meta["metadata"] = obj["metadata"]
     elif kind == "stored":
@@ -277,7 +273,7 @@ def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: dict[str, An
         # The listing's extra fields go (id, ...); a tool call's own fields stay, or its turn has no content.
         prompt = [{"role": m.get("role", "user"), "content": _stored_content(m),
                    **{k: m[k] for k in ("tool_calls", "tool_call_id") if m.get(k)}} for m in _objects(side, where)]
-        output, meta = _answer({k: v for k, v in obj.items() if k not in ("input_messages", "messages")}, where)
+        output, meta = _answer({k: v for k, v in obj.items() if k not in ("input_messages", "messages")}, where, keep)
         if obj.get("metadata"):
             meta["metadata"] = obj["metadata"]
     elif kind == "pairs":
@@ -292,7 +288,7 @@ def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: dict[str, An
             # a record's output object is: its JSON text.
             output, meta = json.dumps(resp, ensure_ascii=False), {}
         else:
-            output, meta = _answer(resp, where)
+            output, meta = _answer(resp, where, keep)
     else:
         raise PotstillError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
     # Records hold the user-side conversation; the system instruction belongs to the task.
@@ -330,14 +326,15 @@ def _read_requests(path: Path) -> dict[str, Any]:
     return out
 
 
-def import_served(db: Path) -> list[Record]:
-    """Records from the ``serve`` rows of a ledger (what a served student or its fallback answered)."""
+def import_served(db: Path, keep: bool = False) -> list[Record]:
+    """Records from the ``serve`` rows of a ledger (what a served student or its fallback answered);
+    ``keep``: an escalation's tool calls as a tools task's call text, else the row is skipped."""
     if not db.exists():
         raise PotstillError(f"{db}: ledger not found")
     with Ledger(db, readonly=True) as ledger:
         rows = ledger.served()
     out = []
-    calls = [row.id for row in rows if row.extra.get("tool_calls") and not _KEEP_CALLS.get()]
+    calls = [row.id for row in rows if row.extra.get("tool_calls") and not keep]
     if calls:  # an escalation answered with tool calls (a client's tools): no text to distil
         say(f"[yellow]import: {len(calls)} served row(s) skipped, their answer is a tool call with no text to distil "
             f"(first: calls.id={calls[0]})[/yellow]")
@@ -345,7 +342,7 @@ def import_served(db: Path) -> list[Record]:
         if row.id in calls:
             continue
         user = [m for m in _messages(row.request, f"{db}#calls.id={row.id}") if m.get("role") not in INSTRUCTION_ROLES]
-        out.append(Record(messages=user, output=_kept_call(row.extra.get("tool_calls")) or row.content or "", meta={
+        out.append(Record(messages=user, output=_kept_call(row.extra.get("tool_calls"), keep) or row.content or "", meta={
             "format": "served", "source": str(db), "ledger_id": row.id, "teacher": row.model, "role": row.answered_by,
             "input_tokens": row.input_tokens, "output_tokens": row.output_tokens, "created_at": row.created_at,
             # As the client got it: "length" where the answer ran to its budget, which curate sets aside as
@@ -358,14 +355,6 @@ def import_traffic(path: str | Path, out: str | Path, fmt: str = "auto", request
                    tool_calls: bool = False) -> int:
     """Read traffic from ``path`` and write records to ``out`` (atomically); returns the count.
     ``tool_calls``: keep answers that are tool calls, as a tools task's ``{name, arguments}`` text."""
-    token = _KEEP_CALLS.set(tool_calls)
-    try:
-        return _import(path, out, fmt, requests)
-    finally:
-        _KEEP_CALLS.reset(token)
-
-
-def _import(path: str | Path, out: str | Path, fmt: str, requests: str | Path | None) -> int:
     path, out = Path(path), Path(out)
     if fmt not in FORMATS:
         raise PotstillError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
@@ -375,7 +364,7 @@ def _import(path: str | Path, out: str | Path, fmt: str, requests: str | Path | 
     if out.is_dir():  # else found only at the final rename, after the whole file was read
         raise PotstillError(f"--out {out} is a folder; name the records file to write (-o {out.name}/records.jsonl)")
     if fmt == "served" or (fmt == "auto" and path.suffix in (".sqlite", ".db")):
-        records = import_served(path)
+        records = import_served(path, tool_calls)
     else:
         if not path.exists():
             raise PotstillError(f"{path}: file not found")
@@ -395,7 +384,7 @@ def _import(path: str | Path, out: str | Path, fmt: str, requests: str | Path | 
             for lineno, obj in rows:
                 advance(1)
                 try:
-                    rec = _from_line(obj, fmt, f"{path}:{lineno}", reqs)
+                    rec = _from_line(obj, fmt, f"{path}:{lineno}", reqs, tool_calls)
                 except NoText as e:  # nothing to distil; one log line is no reason to refuse the file
                     skipped.setdefault(str(e), []).append(lineno)
                     continue
