@@ -157,11 +157,12 @@ def greedy_lookup(lm: LM, ids: list[int], prefix: PrefixCache | None, max_new_to
     out: list[int] = []
     logps: list[float] = []
     proposal: list[int] = []
+    kw = cache_kw(lm.model)  # once, not each step
     while True:
         x = torch.tensor([feed + proposal], device=lm.device)
         if compiled:
             _dynamic_step(x, past)
-        res = lm.model(input_ids=x, **{cache_kw(lm.model): past}, use_cache=True, logits_to_keep=len(proposal) + 1)
+        res = lm.model(input_ids=x, **{kw: past}, use_cache=True, logits_to_keep=len(proposal) + 1)
         if not out:  # the first forward: the cache now exists, and its layers' windows are known
             past = res.past_key_values
             windows = sliding_windows(past)
