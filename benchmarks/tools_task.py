@@ -1,6 +1,6 @@
 """A tools task (``task.type: tools``) end to end, then served through the official openai client.
 
-    nice -n 5 python benchmarks/tools_task.py [--out benchmarks/tools_task.json]
+    PYTHONPATH=src:. nice -n 5 python benchmarks/tools_task.py [--out benchmarks/tools_task.json]
 
 The teacher is an OpenAI-compatible server on loopback that calls one of three tools by fixed
 rules (weather in a city, with a unit where asked; the time in a city; a timer of N minutes): a
@@ -27,7 +27,6 @@ import re
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from checks import finish  # noqa: E402
+from tests.helpers.live_server import LiveServer  # noqa: E402
 
 CITIES = ("Paris Tokyo Lima Oslo Rome Cairo Kyiv Berlin Madrid Dublin Vienna Prague Lisbon Athens Seoul Delhi "
           "Quito Nairobi Sydney Toronto").split()
@@ -110,32 +110,6 @@ def teacher_app(calls: list) -> Any:
     return app
 
 
-class Loopback:
-    """A FastAPI app under uvicorn on 127.0.0.1 for the with block."""
-
-    def __init__(self, app: Any):
-        import socket
-
-        import uvicorn
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> "Loopback":
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
@@ -159,7 +133,7 @@ def main() -> None:
     seen: list = []
     failures: list[str] = []
     out: dict[str, Any] = {"machine": platform.processor() or platform.machine(), "inputs": len(texts)}
-    with Loopback(teacher_app(seen)) as teacher:
+    with LiveServer(teacher_app(seen)) as teacher:
         cfg_dict = {"run_dir": "run", "task": {"type": "tools", "instruction": "Call the tool the user's request needs.",
                                                "max_output_tokens": 48, "tools": TOOLS},
                     "data": {"inputs": "inputs.jsonl"},
@@ -191,7 +165,7 @@ def main() -> None:
             [(t, "new templates") for t in requests(rng, NEW_CITIES, args.served - len(same), new=True)]
         served = []
         try:
-            with Loopback(build_app(service, None)) as live:
+            with LiveServer(build_app(service, None)) as live:
                 client = openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0, timeout=120)
                 schemas = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
                 for text, group in new:
