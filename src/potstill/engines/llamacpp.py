@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from potstill import child
 from potstill.engines.base import static_ids, split_prompt
 from potstill.engines.convert import EMBEDDINGS, INFO, embedding_mean, generation_config, gguf_model
 from potstill.errors import PotstillError
@@ -159,7 +160,8 @@ class LlamaServer:
                "--parallel", str(slots), "--ctx-size", str(slots * ctx_per_slot), "--threads", str(threads),
                "--threads-batch", str(threads), "--n-gpu-layers", "999" if gpu else "0", "--no-webui",
                *server_args(extra)]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
+        # Bound to potstill (``potstill.child``): a SIGKILLed server takes its llama-server with it.
+        self.proc = child.popen(cmd, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
         self._finalizer = weakref.finalize(self, _stop, self.proc, self.log)
         atexit.register(self._finalizer)
         self.url = f"http://127.0.0.1:{self.port}"
