@@ -1,6 +1,7 @@
 """A tools task (``task.type: tools``) end to end, then served through the official openai client.
 
     PYTHONPATH=src:. nice -n 5 python benchmarks/tools_task.py [--out benchmarks/tools_task.json]
+    PYTHONPATH=src:. nice -n 5 python benchmarks/tools_task.py --parallel [--out benchmarks/tools_task_parallel.json]
 
 The teacher is an OpenAI-compatible server on loopback that calls one of three tools by fixed
 rules (weather in a city, with a unit where asked; the time in a city; a timer of N minutes): a
@@ -11,10 +12,15 @@ app, with ``serve.guided_json`` on, answers NEW requests (12 cities never in tra
 training templates, half in new ones) that offer the task's tools, and each answer, and the
 student's own (``potstill.student_output``, escalated or not), is checked against the rule.
 
+``--parallel``: ``task.parallel_tool_calls`` on, and half the requests ask two things at once
+("weather in Oslo and also the time in Lima", the same tool twice too), which the teacher answers
+with one call per clause in one answer; calls are compared as sets.
+
 Reported: eval.json's agreement and verdict, the stage times, and for the served requests who
-answered, the share of calls that match the rule, by who answered, and the student's latency.
-Exits 1 (correctness) when a served answer is not one well-formed call of the task's tools, or a
-served call from the teacher differs from the rule (the route changed the teacher's answer).
+answered, the share of answers whose calls match the rule, by who answered, and the student's
+latency. Exits 1 (correctness) when a served answer is not well-formed calls of the task's tools
+(exactly one without ``--parallel``), or a served answer from the teacher differs from the rule (the
+route changed the teacher's answer).
 """
 
 from __future__ import annotations
@@ -70,6 +76,33 @@ def rule(text: str) -> dict[str, Any]:
     return {"name": "get_time", "arguments": {"city": "UTC"}}
 
 
+JOIN = re.compile(r" and also |; also |, and then ")  # the training joiners, then a new one
+
+
+def rules(text: str) -> list[dict[str, Any]]:
+    """The teacher's calls for a request: one per clause."""
+    return [rule(c) for c in JOIN.split(text)]
+
+
+def same_calls(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:
+    """Whether two answers make the same calls, in any order."""
+    return sorted(json.dumps(c, sort_keys=True) for c in a) == sorted(json.dumps(c, sort_keys=True) for c in b)
+
+
+def compound(rng: random.Random, cities: list[str], n: int, new: bool = False) -> list[str]:
+    """Half single requests, half two joined (``JOIN``; the new templates' joiner is one training never saw)."""
+    out = []
+    while len(out) < n:
+        one = requests(rng, cities, 1, new)[0]
+        if rng.random() < 0.5:
+            two = requests(rng, cities, 1, new)[0]
+            joiner = ", and then " if new else rng.choice([" and also ", "; also "])
+            one = one.rstrip("?") + joiner + two[0].lower() + two[1:]
+        if one not in out:
+            out.append(one)
+    return out
+
+
 def requests(rng: random.Random, cities: list[str], n: int, new: bool = False) -> list[str]:
     out = []
     for _ in range(n):
@@ -100,11 +133,13 @@ def teacher_app(calls: list) -> Any:
     @app.post("/v1/chat/completions")
     def chat(body: dict[str, Any]) -> dict[str, Any]:
         calls.append(body)
-        call = rule(body["messages"][-1]["content"])
+        made = rules(body["messages"][-1]["content"])
         return {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
                 "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
-                    "role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {
-                        "name": call["name"], "arguments": json.dumps(call["arguments"])}}]}}],
+                    "role": "assistant", "content": None, "tool_calls": [
+                        {"id": f"call_{i}", "type": "function", "function": {
+                            "name": call["name"], "arguments": json.dumps(call["arguments"])}}
+                        for i, call in enumerate(made)]}}],
                 "usage": {"prompt_tokens": 120, "completion_tokens": 20, "total_tokens": 140}}
 
     return app
@@ -115,7 +150,9 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--served", type=int, default=60, help="new requests sent to the server")
+    ap.add_argument("--parallel", action="store_true", help="task.parallel_tool_calls, half the requests two at once")
     args = ap.parse_args()
+    asked = compound if args.parallel else requests
     import jsonschema
     import openai
 
@@ -128,14 +165,16 @@ def main() -> None:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="tools-task-"))
     work.mkdir(parents=True, exist_ok=True)
     rng = random.Random(0)
-    texts = requests(rng, CITIES, 400)
+    texts = asked(rng, CITIES, 400)
     (work / "inputs.jsonl").write_text("".join(json.dumps({"id": f"q{i}", "input": t}) + "\n" for i, t in enumerate(texts)))
     seen: list = []
     failures: list[str] = []
-    out: dict[str, Any] = {"machine": platform.processor() or platform.machine(), "inputs": len(texts)}
+    out: dict[str, Any] = {"machine": platform.processor() or platform.machine(), "inputs": len(texts),
+                           "parallel": args.parallel}
     with LiveServer(teacher_app(seen)) as teacher:
         cfg_dict = {"run_dir": "run", "task": {"type": "tools", "instruction": "Call the tool the user's request needs.",
-                                               "max_output_tokens": 48, "tools": TOOLS},
+                                               "max_output_tokens": 96 if args.parallel else 48, "tools": TOOLS,
+                                               "parallel_tool_calls": args.parallel},
                     "data": {"inputs": "inputs.jsonl"},
                     "teacher": {"type": "openai", "base_url": teacher.url + "/v1", "model": "gpt-4.1-mini",
                                 "api_key_env": "", "price": {"input_per_mtok": 0.4, "output_per_mtok": 1.6}},
@@ -160,9 +199,9 @@ def main() -> None:
         # Served: new requests offering the task's tools, through the official client.
         service = load_service(run, run_config(run, None), device="cpu")
         rng = random.Random(1)
-        same = requests(rng, NEW_CITIES, args.served // 2)
+        same = asked(rng, NEW_CITIES, args.served // 2)
         new = [(t, "training templates") for t in same] + \
-            [(t, "new templates") for t in requests(rng, NEW_CITIES, args.served - len(same), new=True)]
+            [(t, "new templates") for t in asked(rng, NEW_CITIES, args.served - len(same), new=True)]
         served = []
         try:
             with LiveServer(build_app(service, None)) as live:
@@ -175,27 +214,29 @@ def main() -> None:
                     dt = time.perf_counter() - t1
                     route = r.model_extra["potstill"]
                     calls = r.choices[0].message.tool_calls or []
-                    ok = len(calls) == 1 and calls[0].function.name in schemas
-                    call = None
-                    if ok:
-                        call = {"name": calls[0].function.name, "arguments": json.loads(calls[0].function.arguments)}
-                        try:
-                            jsonschema.validate(call["arguments"], schemas[call["name"]])
-                        except jsonschema.ValidationError as e:
-                            ok = False
-                            failures.append(f"{text!r}: the {route['answered_by']}'s call breaks its schema: {e.message}")
+                    made: list[dict[str, Any]] = []
+                    if (len(calls) == 1 or args.parallel and calls) and all(c.function.name in schemas for c in calls):
+                        made = [{"name": c.function.name, "arguments": json.loads(c.function.arguments)} for c in calls]
+                        for call in made:
+                            try:
+                                jsonschema.validate(call["arguments"], schemas[call["name"]])
+                            except jsonschema.ValidationError as e:
+                                failures.append(f"{text!r}: the {route['answered_by']}'s call breaks its schema: {e.message}")
                     else:
-                        failures.append(f"{text!r}: not one call of the task's tools ({route['answered_by']})")
-                    right = call == rule(text)
+                        failures.append(f"{text!r}: not {'calls' if args.parallel else 'one call'} of the task's tools "
+                                        f"({route['answered_by']})")
+                    right = bool(made) and same_calls(made, rules(text))
                     try:
                         own = json.loads(route["student_output"])
                     except json.JSONDecodeError:
                         own = None
+                    own = [own] if isinstance(own, dict) else own if isinstance(own, list) else []
                     if route["answered_by"] == "teacher" and not right:
-                        failures.append(f"{text!r}: the teacher's call came back changed: {call}")
-                    served.append({"text": text, "group": group, "answered_by": route["answered_by"],
-                                   "reason": route["reason"], "right": right, "student_right": own == rule(text),
-                                   "seconds": round(dt, 3)})
+                        failures.append(f"{text!r}: the teacher's calls came back changed: {made}")
+                    served.append({"text": text, "group": group, "two_at_once": len(rules(text)) > 1,
+                                   "answered_by": route["answered_by"], "reason": route["reason"], "right": right,
+                                   "student_right": all(isinstance(c, dict) for c in own)
+                                   and bool(own) and same_calls(own, rules(text)), "seconds": round(dt, 3)})
         finally:
             service.close()
     def summary(rows: list[dict]) -> dict[str, Any]:
@@ -214,6 +255,9 @@ def main() -> None:
         }
 
     out["served"] = {g: summary([s for s in served if s["group"] == g]) for g in ("training templates", "new templates")}
+    if args.parallel:
+        out["served_two_at_once"] = summary([s for s in served if s["two_at_once"]])
+        out["served_one"] = summary([s for s in served if not s["two_at_once"]])
     out["served_requests"] = served
     print(json.dumps({k: out[k] for k in ("run_s", "eval", "served")}, indent=1))
     finish(out, failures, args.out)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from potstill.config_fields import (
     INPUT_FILE, MODEL_REF, DtypeName, EnvName, QuantizationName, RecheckMargin, Section, engine_drafts, engine_dtype,
@@ -34,9 +34,15 @@ class TaskConfig(Section):
                                                "a tools task's is derived from task.tools).")
     tools: list[dict[str, Any]] | None = Field(
         None, description="Tool calling (task.type tools): the OpenAI function tools ({type: function, function: "
-        "{name, description, parameters}}) the student learns to call, one call an answer, written {name, "
-        "arguments}; an API teacher is asked with them (one call required), and serve answers a request that "
+        "{name, description, parameters}}) the student learns to call, one call an answer (several: "
+        "task.parallel_tool_calls), written {name, arguments}; an API teacher is asked with them (a call "
+        "required), and serve answers a request that "
         "carries the same tools with the student's call.")
+    parallel_tool_calls: bool = Field(
+        False, description="A tools task whose answers may call several functions at once (OpenAI's "
+        "parallel_tool_calls, Claude's parallel tool use): each answer is a list of one or more calls, "
+        "[{name, arguments}, ...], in a fixed order (sorted), and the teacher is asked with parallel calls "
+        "allowed. Off: one call an answer, and the teacher is told so.")
 
     @model_validator(mode="before")
     @classmethod
@@ -50,11 +56,17 @@ class TaskConfig(Section):
         if data.get("type") != "tools":
             if data.get("tools") is not None:
                 raise ValueError("task.tools is for task.type tools (a task whose answers are tool calls)")
+            if data.get("parallel_tool_calls"):
+                raise ValueError("task.parallel_tool_calls is for task.type tools (a task whose answers are tool calls)")
             return data
         problem = tools_problem(data.get("tools"))
         if problem:
             raise ValueError(problem)
-        schema = tools_schema(data["tools"])
+        try:  # as the field will read it ('true', 1, yes); the field's own check says why where it is not a bool
+            parallel = TypeAdapter(bool).validate_python(data.get("parallel_tool_calls", False))
+        except ValidationError:
+            parallel = False
+        schema = tools_schema(data["tools"], parallel=parallel)
         if data.get("json_schema") not in (None, schema):
             raise ValueError("task.json_schema: a tools task's schema is derived from task.tools; leave it out")
         return {**data, "json_schema": schema}

@@ -2,8 +2,9 @@
 JSON Schema of one call as the student writes it, and the teacher's calls in that form.
 
 A call is written ``{"name": NAME, "arguments": {...}}``: the text the student is trained on and
-generates, which serve turns back into OpenAI ``tool_calls``. This module imports nothing of
-potstill's, so the config can derive ``task.json_schema`` from ``task.tools`` while it loads.
+generates, which serve turns back into OpenAI ``tool_calls``. With ``task.parallel_tool_calls`` an
+answer is a list of one or more such calls. This module imports nothing of potstill's, so the config
+can derive ``task.json_schema`` from ``task.tools`` while it loads.
 """
 
 from __future__ import annotations
@@ -56,20 +57,23 @@ def tool_names(tools: list[dict[str, Any]] | None) -> list[str]:
     return [t["function"]["name"] for t in tools or []]
 
 
-def tools_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
+def tools_schema(tools: list[dict[str, Any]], parallel: bool = False) -> dict[str, Any]:
     """The JSON Schema of one call of one of ``tools``: ``{name, arguments}``, the arguments under
-    that function's parameters (any object where it declares none)."""
+    that function's parameters (any object where it declares none); ``parallel``: of a list of one
+    or more such calls."""
     branches = [{"type": "object",
                  "properties": {"name": {"const": t["function"]["name"]},
                                 "arguments": t["function"].get("parameters") or {"type": "object"}},
                  "required": ["name", "arguments"], "additionalProperties": False} for t in tools]
-    return branches[0] if len(branches) == 1 else {"anyOf": branches}
+    one = branches[0] if len(branches) == 1 else {"anyOf": branches}
+    return {"type": "array", "items": one, "minItems": 1} if parallel else one
 
 
-def call_text(tool_calls: list[dict[str, Any]]) -> str:
-    """A teacher's ``tool_calls`` (OpenAI's form) as the text the student learns: one call as
+def call_text(tool_calls: list[dict[str, Any]], parallel: bool = False) -> str:
+    """A teacher's ``tool_calls`` (OpenAI's form) as the text the student learns: each call as
     ``{name, arguments}`` (its arguments parsed; left as the string where they are not JSON, which
-    the schema then refuses), several as a list of them (which it refuses: one call an answer)."""
+    the schema then refuses). ``parallel``: a list of them; else one call alone, and several as a
+    list (which a one-call task's schema refuses)."""
     calls = []
     for c in tool_calls:
         fn = c.get("function") or {}
@@ -79,13 +83,25 @@ def call_text(tool_calls: list[dict[str, Any]]) -> str:
         except json.JSONDecodeError:
             pass
         calls.append({"name": fn.get("name"), "arguments": args})
-    return json.dumps(calls[0] if len(calls) == 1 else calls, ensure_ascii=False)
+    return json.dumps(calls[0] if len(calls) == 1 and not parallel else calls, ensure_ascii=False)
 
 
-def as_tool_calls(call: dict[str, Any]) -> list[dict[str, Any]]:
-    """A student's parsed call ``{name, arguments}`` as OpenAI's ``tool_calls`` (arguments a JSON string)."""
+def calls_of(parsed: Any) -> list[dict[str, Any]]:
+    """The calls of a parsed answer: one call ``{name, arguments}``, or each of a list of them
+    (a parallel tools task's answer); none for anything else."""
+    if isinstance(parsed, dict):
+        return [parsed]
+    if isinstance(parsed, list) and all(isinstance(c, dict) for c in parsed):
+        return parsed
+    return []
+
+
+def as_tool_calls(parsed: Any) -> list[dict[str, Any]]:
+    """A student's parsed answer (one call ``{name, arguments}``, or a list of them) as OpenAI's
+    ``tool_calls`` (arguments a JSON string)."""
     return [{"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-             "function": {"name": call["name"], "arguments": json.dumps(call["arguments"], ensure_ascii=False)}}]
+             "function": {"name": c["name"], "arguments": json.dumps(c["arguments"], ensure_ascii=False)}}
+            for c in calls_of(parsed)]
 
 
 def same_tools(asked: list[dict[str, Any]], declared: list[dict[str, Any]]) -> bool:

@@ -84,7 +84,7 @@ def test_the_teacher_is_asked_with_the_tools_and_its_calls_are_what_the_student_
         curate_stage(cfg)
     assert len(seen) == len(INPUTS)
     for body in seen:  # the tools as declared, one call required
-        assert body["tools"] == TOOLS and body["tool_choice"] == "required"
+        assert body["tools"] == TOOLS and body["tool_choice"] == "required" and body["parallel_tool_calls"] is False
         assert body["messages"][0] == {"role": "system", "content": "Call the tool the user needs."}
     records = {r.id: r for r in read_records(tmp_path / "run" / "teacher.jsonl")}
     assert json.loads(records["r0"].output) == {"name": "get_weather", "arguments": {"city": "Paris"}}
@@ -159,7 +159,9 @@ def test_an_anthropic_teacher_is_asked_for_any_tool_and_its_tool_use_becomes_the
         cfg = cfg.model_copy(update={"teacher": cfg.teacher.model_copy(update={"type": "anthropic",
                                                                                 "model": "claude-haiku-4-5"})})
         generate_stage(cfg)
-    assert len(seen) == len(INPUTS) and all(b["tool_choice"] == {"type": "any"} for b in seen)
+    # One call an answer: Claude is told not to call several at once.
+    assert len(seen) == len(INPUTS) and all(b["tool_choice"] == {"type": "any", "disable_parallel_tool_use": True}
+                                            for b in seen)
     assert [t["name"] for t in seen[0]["tools"]] == ["get_weather", "get_time"]
     assert seen[0]["tools"][0]["input_schema"] == TOOLS[0]["function"]["parameters"]
     records = read_records(tmp_path / "run" / "teacher.jsonl")

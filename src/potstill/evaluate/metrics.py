@@ -84,7 +84,13 @@ def calibration(confidence: Sequence[float], correct: Sequence[float], n_bins: i
 
 
 def _items(obj: Any) -> set[tuple[str, str]]:
-    """Top-level (field, canonical JSON value) pairs of a dict; anything else has none."""
+    """Top-level (field, canonical JSON value) pairs of a dict; a list's elements (a parallel tools
+    task's calls) as ("[]", value) pairs; anything else has none."""
+    if isinstance(obj, list):
+        try:
+            return {("[]", json_text(v)) for v in obj}
+        except TypeError:
+            return set()
     if not isinstance(obj, dict):
         return set()
     return {(str(k), json_text(v)) for k, v in obj.items()}

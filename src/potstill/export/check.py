@@ -62,6 +62,8 @@ def line_problems(line: str) -> list[str]:
             problems.append(f"messages[{i}] (function): no name naming the function it answers")
         if m.get("tool_calls") is not None:
             problems += _call_problems(m["tool_calls"], f"messages[{i}]", declared)
+            if isinstance(m["tool_calls"], list) and len(m["tool_calls"]) > 1 and row.get("parallel_tool_calls") is False:
+                problems.append(f"messages[{i}]: {len(m['tool_calls'])} tool calls on a line with parallel_tool_calls false")
         if content is None and m.get("role") == "assistant" and (m.get("tool_calls") or m.get("function_call")):
             continue
         if content is None and m.get("role") == "function":  # its schema: content required but nullable

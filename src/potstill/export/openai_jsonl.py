@@ -4,8 +4,9 @@ The system message is the task instruction (none when it is empty, as in trainin
 last assistant message the training target, the same text the student is trained on (an input's
 own assistant turns get ``weight: 0``: prompt, as in training), so a hosted fine-tune sees
 exactly potstill's dataset. A tools task's target is its call: an assistant turn of
-``tool_calls`` (the arguments as a JSON string), with the task's ``tools`` and
-``parallel_tool_calls: false`` on the line, the format OpenAI fine-tunes function calling on.
+``tool_calls`` (the arguments as a JSON string; each call of a parallel task's answer), with the
+task's ``tools`` and its ``parallel_tool_calls`` on the line, the format OpenAI fine-tunes function
+calling on.
 train.jsonl becomes ``train.jsonl`` (the training file), val.jsonl ``val.jsonl`` (the validation
 file). Every row is built and checked before anything is written, so a bad record leaves no file
 and an earlier export in the folder as it was.
@@ -24,13 +25,16 @@ from potstill.export.check import line_problems
 from potstill.progress import say
 from potstill.records import atomic_files, content_text, read_records
 from potstill.tasks import get_task
+from potstill.tool_calls import calls_of
 
 MIN_EXAMPLES = 10  # OpenAI's fine-tuning API refuses a training file with fewer
 
 
-def to_openai(messages: list[dict[str, Any]], target: str, tools: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def to_openai(messages: list[dict[str, Any]], target: str, tools: list[dict[str, Any]] | None = None,
+              parallel: bool = False) -> dict[str, Any]:
     """One line: the input's messages, then ``target`` as the assistant's turn; with ``tools`` (a
-    tools task), ``target`` is the call ``{name, arguments}`` and the turn its ``tool_calls``."""
+    tools task), ``target`` is the call ``{name, arguments}`` (``parallel``: a list of them) and the
+    turn its ``tool_calls``."""
     # An empty task.instruction is no system turn: the student was trained without one (PromptFormat
     # leaves it out), and OpenAI refuses a message with empty content; nor is an input's own blank
     # instruction turn (system, or developer: the same turn under OpenAI's newer name).
@@ -39,10 +43,10 @@ def to_openai(messages: list[dict[str, Any]], target: str, tools: list[dict[str,
     if tools is None:
         msgs.append({"role": "assistant", "content": target})
         return {"messages": msgs}
-    call = json.loads(target)
-    msgs.append({"role": "assistant", "tool_calls": [{"id": "call_0", "type": "function", "function": {
-        "name": call["name"], "arguments": json.dumps(call["arguments"], ensure_ascii=False)}}]})
-    return {"messages": msgs, "tools": tools, "parallel_tool_calls": False}
+    msgs.append({"role": "assistant", "tool_calls": [{"id": f"call_{i}", "type": "function", "function": {
+        "name": c["name"], "arguments": json.dumps(c["arguments"], ensure_ascii=False)}}
+        for i, c in enumerate(calls_of(json.loads(target)))]})
+    return {"messages": msgs, "tools": tools, "parallel_tool_calls": parallel}
 
 
 def _message(m: dict[str, Any]) -> dict[str, Any]:
@@ -79,8 +83,8 @@ def export_openai_jsonl(cfg: Config, run: Path, out_dir: Path) -> list[Path]:
             # written (the format check names an empty one in its terms) and never written.
             why = task.validate(task.parse(rec.output))
             tools = cfg.task.tools if cfg.task.type == "tools" and not why else None
-            line = json.dumps(to_openai(task.messages(rec), rec.output if why else task.target(rec), tools),
-                              ensure_ascii=False)
+            line = json.dumps(to_openai(task.messages(rec), rec.output if why else task.target(rec), tools,
+                                        cfg.task.parallel_tool_calls), ensure_ascii=False)
             problems = line_problems(line) or ([why] if why else [])
             if problems:  # e.g. an empty teacher output: refused here, before any file is touched
                 raise PotstillError(f"{path}:{lineno}: {problems[0]} (record {rec.id}); nothing was exported")

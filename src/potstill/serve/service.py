@@ -37,7 +37,7 @@ from potstill.serve.schemas import ChatRequest
 from potstill.tasks import Task, get_task
 from potstill.teachers import Response, Teacher, get_teacher, request_hash
 from potstill.serve.tool_routing import as_asked, named_tool, reshaped, served_tools, student_calls
-from potstill.tool_calls import as_tool_calls
+from potstill.tool_calls import as_tool_calls, calls_of
 
 
 _RESPONSE_FIELDS = {f.name for f in fields(Response)}
@@ -293,11 +293,13 @@ class Service:
         # A tools task's request already offers its tools, one call required (``Teacher.task_tools``):
         # a client offering the same ones asks generate's request, whose answers the ledger holds.
         # (Not after a tool turn: then the client's tool_choice holds, or the teacher must call again.)
+        # (A parallel task's generate may call several: a client allowing one asks its own way.)
         own = tools is not None and student_calls(self.task, tools, messages) \
-            and (named_tool(tools) is None or not teacher.supports_tools)
+            and (named_tool(tools) is None or not teacher.supports_tools) \
+            and not (self.task.cfg.parallel_tool_calls and tools.get("parallel_tool_calls") is False)
         if tools is not None and not own:
-            if self.task.cfg.type == "tools":  # generate's offer (one call required) is not this request's
-                req = {k: v for k, v in req.items() if k not in ("tools", "tool_choice")}
+            if self.task.cfg.type == "tools":  # generate's offer (a call required) is not this request's
+                req = {k: v for k, v in req.items() if k not in ("tools", "tool_choice", "parallel_tool_calls")}
             req = teacher.with_tools(req, **tools)
         if response_format is not None:
             req = teacher.with_response_format(req, response_format) or req
@@ -406,11 +408,13 @@ class Service:
                                                   a.truncated and self.cfg.serve.escalate_truncated)
                 if who == "student" and answer_problem(a.output, response_format):
                     who, reason = "teacher", "response_format"
-                named = named_tool(tools)
-                if who == "student" and calls and not isinstance(a.parsed, dict):  # (judged by a client's format)
+                named, made = named_tool(tools), calls_of(a.parsed) if calls else []
+                if who == "student" and calls and not made:  # (judged by a client's format)
                     who, reason = "teacher", "invalid_output"
-                elif who == "student" and calls and named is not None and a.parsed.get("name") != named:
+                elif who == "student" and calls and named is not None and any(c.get("name") != named for c in made):
                     who, reason = "teacher", "tools"  # it called another function than the client forces
+                elif who == "student" and len(made) > 1 and tools.get("parallel_tool_calls") is False:
+                    who, reason = "teacher", "tools"  # several calls, where the client allows one
             else:
                 a, dist, who, reason = None, None, "teacher", "too_long" if tools is None else "tools"
             student_cost = a.seconds * self.cfg.student.usd_per_hour / 3600 if a is not None else 0.0

@@ -55,5 +55,5 @@ def as_asked(task: Task, r: Response, finish: str, calls: bool, offered: bool) -
         if task.validate(parsed) is None:
             return "", "tool_calls", replace(r, tool_calls=as_tool_calls(parsed))
     if not offered and r.tool_calls:
-        return call_text(r.tool_calls), "stop", replace(r, tool_calls=None)
+        return call_text(r.tool_calls, task.cfg.parallel_tool_calls), "stop", replace(r, tool_calls=None)
     return r.output, finish, r

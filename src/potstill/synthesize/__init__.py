@@ -142,7 +142,8 @@ def prompt(task: TaskConfig, sl: Slot, completion: bool = False) -> list[dict[st
     if task.type == "classification":
         lines.append(f"Possible labels: {', '.join(task.labels)}. Write an input whose correct label is: {sl.cell}.")
     elif task.type == "tools":
-        lines.append("The assistant answers each input by calling one of these tools: " + "; ".join(
+        how = "one or more of these tools at once" if task.parallel_tool_calls else "one of these tools"
+        lines.append(f"The assistant answers each input by calling {how}: " + "; ".join(
             f"{t['function']['name']}" + (f" ({t['function']['description']})" if t["function"].get("description") else "")
             + f", arguments: {json.dumps(t['function'].get('parameters') or {'type': 'object'})}" for t in task.tools or []))
         if sl.cell in tool_names(task):

@@ -1,7 +1,8 @@
-"""Tool calling: each answer is one call of one of ``task.tools``, written ``{name, arguments}``.
+"""Tool calling: each answer is one call of one of ``task.tools``, written ``{name, arguments}``, or
+with ``task.parallel_tool_calls`` a list of one or more such calls.
 
 An extraction task whose JSON Schema is derived from the tools (``potstill.tool_calls``): the
-teacher is asked with the tools, one call required, and its call becomes the record's output; the
+teacher is asked with the tools, a call required, and its calls become the record's output; the
 student learns that text without the tools in its prompt, and serve answers a request carrying the
 same tools with it as OpenAI ``tool_calls``.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from potstill.tasks.extraction import ExtractionTask, _Invalid, json_same
+from potstill.tasks.extraction import ExtractionTask, _Invalid, json_same, json_text
 from potstill.tool_calls import call_text
 
 
@@ -21,13 +22,48 @@ class ToolsTask(ExtractionTask):
     name = "tools"
 
     def answer_output(self, answer: dict[str, Any]) -> str | None:
-        """A teacher's answer as the text to learn: its tool call (``call_text``), else its text
+        """A teacher's answer as the text to learn: its tool calls (``call_text``), else its text
         (which then fails the schema: the teacher answered without calling)."""
         calls = answer.get("tool_calls")
-        return call_text(calls) if calls else answer.get("output")
+        return call_text(calls, self.cfg.parallel_tool_calls) if calls else answer.get("output")
+
+    def parse(self, output: str) -> Any:
+        """Extraction's parse; a parallel task's calls in one order (by name, then arguments), since the
+        order of parallel calls means nothing, so the student learns one and answers compare as sets.
+        One call alone there counts as a list of one."""
+        parsed = super().parse(output)
+        if not self.cfg.parallel_tool_calls or isinstance(parsed, _Invalid):
+            return parsed
+        if isinstance(parsed, dict):
+            parsed = [parsed]
+        if isinstance(parsed, list):
+            try:
+                return sorted(parsed, key=_order)
+            except TypeError:
+                return parsed
+        return parsed
 
     def agree(self, a: Any, b: Any) -> float:
-        """0 for another function; else the share of argument fields (union) with equal values."""
+        """One call against one: 0 for another function, else the share of argument fields (union)
+        with equal values. Lists of calls: each call of the longer matched to its most agreeing
+        unmatched call of the other, the sum over the longer's length."""
+        if isinstance(a, list) and isinstance(b, list):
+            if not a and not b:
+                return 1.0
+            short, long = sorted((a, b), key=len)
+            left, total = list(short), 0.0
+            for c in long:
+                if not left:
+                    break
+                scores = [self._one(c, d) for d in left]
+                best = max(range(len(left)), key=scores.__getitem__)
+                total += scores[best]
+                left.pop(best)
+            return total / len(long)
+        return self._one(a, b)
+
+    @staticmethod
+    def _one(a: Any, b: Any) -> float:
         if isinstance(a, _Invalid) or isinstance(b, _Invalid) or not isinstance(a, dict) or not isinstance(b, dict):
             return 0.0
         if a.get("name") != b.get("name"):
@@ -37,3 +73,8 @@ class ToolsTask(ExtractionTask):
             keys = set(x) | set(y)
             return sum(json_same(x.get(k), y.get(k)) for k in keys) / len(keys) if keys else 1.0
         return float(json_same(x, y))
+
+
+def _order(call: Any) -> tuple[str, str]:
+    """A parallel call's place: by function name, then by its whole JSON text."""
+    return (str(call.get("name")) if isinstance(call, dict) else "", json_text(call))

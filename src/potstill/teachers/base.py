@@ -309,11 +309,19 @@ class Teacher:
                                                        "strict": mode == "strict"}}
 
     def task_tools(self, request: dict[str, Any]) -> dict[str, Any]:
-        """``request`` offering a tools task's ``task.tools``, one call required, where the teacher
-        can call tools; one that cannot (local, replay) answers with the call written as text."""
+        """``request`` offering a tools task's ``task.tools``, a call required (one, or with
+        ``task.parallel_tool_calls`` one or more), where the teacher can call tools; one that cannot
+        (local, replay) answers with the call written as text."""
         if self.task.cfg.type != "tools" or not self.supports_tools:
             return request
-        return self.with_tools(request, self.task.cfg.tools or [], "required")
+        one = None if self.task.cfg.parallel_tool_calls or not self.tells_parallel() else False
+        return self.with_tools(request, self.task.cfg.tools or [], "required", one)
+
+    def tells_parallel(self) -> bool:
+        """Whether this teacher's API takes ``parallel_tool_calls`` (OpenAI's reasoning models refuse
+        the field): where it does not, a one-call task's teacher is not told, and an answer with
+        several calls is set aside by curate."""
+        return True
 
     def structured(self, request: dict[str, Any]) -> dict[str, Any]:
         """``request`` asking for the task's format where ``teacher.structured_outputs`` is on."""

@@ -119,6 +119,10 @@ class OpenAITeacher(ApiTeacher):
             req["top_logprobs"] = self.cfg.logprobs
         return self.structured(self.task_tools(req))
 
+    def tells_parallel(self) -> bool:
+        # o1, o3, o3-mini, o4-mini answer 400 "Unsupported parameter: 'parallel_tool_calls'" (GPT-5 takes it).
+        return not re.match(r"^(ft:)?o\d", self.cfg.model)
+
     def with_tools(self, request: dict[str, Any], tools: list[dict[str, Any]], tool_choice: str | dict | None = None,
                    parallel_tool_calls: bool | None = None) -> dict[str, Any]:
         # The API's own fields: sent as the client wrote them, left out where it left them out.

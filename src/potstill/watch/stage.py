@@ -37,7 +37,7 @@ from potstill.records import read_records, write_json, write_text
 from potstill.rundir import student_train_path
 from potstill.serve.engine import RefusedChat, TransformersEngine, embed_all
 from potstill.tasks import get_task
-from potstill.tool_calls import tool_names
+from potstill.tool_calls import calls_of, tool_names
 from potstill.watch.stats import escalation_trend, label_test, mmd_test
 from potstill.watch.traffic import read_traffic, served_name, served_name_of
 
@@ -115,13 +115,14 @@ def label_of(task: Any, text: str) -> str:
 
 def call_of(task: Any, text: str | None, calls: list[dict] | None = None) -> str:
     """A tools task's answer as its "label": the function it calls (a served call's ``tool_calls``, else
-    its ``{name, arguments}`` text), ``INVALID`` where it calls none of the task's tools."""
+    its ``{name, arguments}`` text), the functions of parallel calls sorted and joined by ``+``
+    (``a+a+b``), ``INVALID`` where it calls none of the task's tools or one that is not."""
     if calls:
-        name = (calls[0].get("function") or {}).get("name")
+        names = [(c.get("function") or {}).get("name") for c in calls]
     else:
-        parsed = task.parse(text or "")
-        name = parsed.get("name") if isinstance(parsed, dict) else None
-    return name if name in tool_names(task.cfg.tools) else INVALID
+        names = [c.get("name") for c in calls_of(task.parse(text or ""))]
+    known = tool_names(task.cfg.tools)
+    return "+".join(sorted(names)) if names and all(n in known for n in names) else INVALID
 
 
 def judge(live_emb: torch.Tensor, ref_emb: torch.Tensor, live_labels: list[str] | None, ref_labels: list[str] | None,
