@@ -407,6 +407,36 @@ def test_each_guide_becomes_the_request_field_llama_server_takes():
     assert checked > 30
 
 
+def test_rows_of_one_guide_are_asked_together_with_the_guide_as_given():
+    """Grouped by sorted JSON, sent as written: llama.cpp orders an object's properties as its
+    schema lists them, and a tools task's student learnt {"name": ..., "arguments": ...}."""
+    from potstill.engines.llamacpp import same_guides
+
+    call = {"json_schema": {"type": "object", "properties": {"name": {"const": "f"}, "arguments": {"type": "object"}},
+                            "required": ["name", "arguments"]}}
+    again = {"json_schema": {"required": ["name", "arguments"], "type": "object",
+                             "properties": {"arguments": {"type": "object"}, "name": {"const": "f"}}}}
+    groups = same_guides([call, {}, again, {}])
+    assert [rows for _, rows in groups] == [[0, 2], [1, 3]]
+    assert list(groups[0][0]["json_schema"]["properties"]) == ["name", "arguments"] and groups[1][0] == {}
+
+
+def test_a_student_taught_sorted_keys_is_guided_in_sorted_order():
+    """llama.cpp holds the schema's property order; with task.json_key_order sorted the student
+    learnt sorted keys, so its guide lists them sorted (nested objects too)."""
+    from potstill.config import ServeConfig, TaskConfig
+    from potstill.engines import _guided_schema
+
+    schema = {"type": "object", "properties": {"vendor": {"type": "string"}, "date": {"type": "object", "properties": {
+        "y": {"type": "integer"}, "m": {"type": "integer"}}}}, "required": ["vendor", "date"]}
+    section = ServeConfig(engine="llamacpp", guided_json=True)
+    as_given = _guided_schema(section, TaskConfig(type="extraction", json_schema=schema))
+    assert list(as_given["properties"]) == ["vendor", "date"]
+    taught = _guided_schema(section, TaskConfig(type="extraction", json_schema=schema, json_key_order="sorted"))
+    assert list(taught["properties"]) == ["date", "vendor"] and list(taught["properties"]["date"]["properties"]) == ["m", "y"]
+    assert taught == schema and taught["required"] == ["vendor", "date"]
+
+
 @needs_server
 def test_llamacpp_decodes_under_a_schema_a_pattern_and_a_grammar(taught_bpe, engines):
     """llama.cpp's own grammar sampler holds each row to its guide, in one batch with an unguided
@@ -431,6 +461,8 @@ def test_llamacpp_decodes_under_a_schema_a_pattern_and_a_grammar(taught_bpe, eng
     got = engine.generate(CHAT, msgs, 80, batch_size=4,
                           json_schemas=[schema, regex_guide(code), grammar_guide(sql), None])
     jsonschema.validate(json.loads(got.texts[0]), schema)
+    # The keys in the schema's order, not sorted ("n" first), which the student never learnt.
+    assert list(json.loads(got.texts[0])) == ["topic", "n"], got.texts[0]
     assert regex.fullmatch(code, got.texts[1]) and derives(sql, got.texts[2]), got.texts
     assert got.texts[3] == free.texts[3]
     assert not any(regex.fullmatch(code, t) or derives(sql, t) for t in free.texts)

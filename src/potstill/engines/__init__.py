@@ -33,6 +33,8 @@ work without reinstalling the package's metadata.
 
 from __future__ import annotations
 
+import json
+
 from typing import Any
 
 from potstill.engines import calibration
@@ -142,9 +144,12 @@ def _guided_schema(section: Any, task: Any, client_formats: bool = False) -> dic
         return grammar_guide(cfg.grammar)
     if client_formats and getattr(cfg, "type", None) == "freetext":
         return None
-    return extraction_schema(cfg, "guided_json", "decode under", "false",
-                             also=" (or free text with task.grammar" +
-                             (", or served to clients' response_format)" if client_formats else ")"))
+    schema = extraction_schema(cfg, "guided_json", "decode under", "false",
+                               also=" (or free text with task.grammar" +
+                               (", or served to clients' response_format)" if client_formats else ")"))
+    # Engine llamacpp writes an object's properties in the order its schema lists them (potstill's own
+    # guide lets the model choose): a student taught sorted keys (task.json_key_order) is guided so.
+    return json.loads(json.dumps(schema, sort_keys=True)) if getattr(cfg, "json_key_order", None) == "sorted" else schema
 
 
 def guide(engine: Engine, schema: dict) -> None:

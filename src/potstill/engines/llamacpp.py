@@ -483,11 +483,7 @@ class LlamaCppEngine:
         asks = [llama_guide(g if g is not None else self.json_schema) for g in guides]
         res: list[dict] = [{}] * len(ids)
         secs: list[float] = [0.0] * len(ids)
-        groups: dict[str, list[int]] = {}
-        for i, ask in enumerate(asks):
-            groups.setdefault(json.dumps(ask, sort_keys=True), []).append(i)
-        for key, rows in groups.items():
-            ask = json.loads(key)
+        for ask, rows in same_guides(asks):
             run = (lambda b, prompts: self._streamed(b, prompts[0], on_text, progress)) if on_text is not None else \
                 (lambda b, prompts: self._run(b, prompts, batch_size, progress, continuous=True)[:2])
             try:
@@ -543,6 +539,17 @@ class LlamaCppEngine:
         if progress is not None:
             progress(1)
         return [res], [time.perf_counter() - t0]
+
+
+def same_guides(asks: Sequence[dict]) -> list[tuple[dict, list[int]]]:
+    """Rows asking the same guide, each guide once as the first row gave it. Grouped by the guide's
+    JSON with sorted keys, but sent as given: llama.cpp writes an object's properties in the order
+    its schema lists them, so a schema re-read from sorted JSON made the student write its keys
+    alphabetically (``arguments`` before a call's ``name``), not in the order it learnt."""
+    groups: dict[str, tuple[dict, list[int]]] = {}
+    for i, ask in enumerate(asks):
+        groups.setdefault(json.dumps(ask, sort_keys=True), (ask, []))[1].append(i)
+    return list(groups.values())
 
 
 def llama_guide(guide: dict | None) -> dict:

@@ -107,7 +107,9 @@ def calibrate_run(run_dir: Path, cfg: Config, engine: ServedStudent, task: Task,
     key = hash_obj({
         "student": engine.identity, "val": hash_file(val_path), "train": hash_file(train_path),
         "targets": [s.target_escalation, s.target_agreement, s.ood_quantile, s.ood_reference, s.escalate_truncated],
-        "v": 2,
+        # 3: engine llamacpp's guided answers wrote an object's keys sorted, not in the schema's order
+        # (fixed 2026-12-06): a calibration measured on them is measured again.
+        "v": 3,
     })
     out_dir = run_dir / "serve"
     routing_path, ref_path = out_dir / "routing.json", out_dir / "reference.pt"
