@@ -83,6 +83,26 @@ def test_serve_engine_ctranslate2_answers_through_the_openai_client(tmp_path, ta
     assert _served_labels(service) == _transformers_labels(taught)
 
 
+def test_watch_finds_the_traffic_an_engine_that_converts_the_student_served(tmp_path, taught):
+    """Engines ctranslate2 and llamacpp name their conversion's key in their identity, and serve
+    logged that as the student's name, so `potstill watch` (which looks for the weights' digest of
+    RUN/student) found none of their traffic and did not judge the escalation share against their
+    calibration. The served name now starts with the weights' digest, whatever engine serves."""
+    from potstill.models.loading import model_identity
+    from potstill.watch.stage import expected_escalation
+    from potstill.watch.traffic import read_traffic, served_name
+
+    service = _serve_run(tmp_path, taught, {"engine": "ctranslate2"})
+    run = tmp_path / "run"
+    digest = model_identity(str(run / "student"), run / "student").split("@")[1][:12]
+    assert service.student_name.startswith(f"potstill-student@{digest}.") and "#ct2-int8" in service.student_name
+    _served_labels(service)
+    name = served_name(run / "student")
+    assert len(read_traffic(run / "calls.sqlite", 100, student=name)) == len(MSGS)
+    share, why = expected_escalation(run, name)
+    assert share is not None, why
+
+
 @pytest.mark.parametrize("quantization", ["auto", "int8"])
 def test_serve_compile_compiles_before_the_first_request_and_answers_as_eager(tmp_path, taught, capsys,
                                                                              quantization):

@@ -158,7 +158,7 @@ def calibrate_run(run_dir: Path, cfg: Config, engine: ServedStudent, task: Task,
     stats = jsonable(routing.stats)
     tmp.write_text(json.dumps({
         # Whom it was calibrated for: watch judges the served escalation share against it only for that student.
-        "key": key, "student": engine.identity, "confidence_threshold": _finite(routing.confidence_threshold),
+        "key": key, "student": engine.served_name, "confidence_threshold": _finite(routing.confidence_threshold),
         "ood_threshold": _finite(routing.ood_threshold), "stats": stats,
     }, indent=2))
     os.replace(tmp, routing_path)

@@ -106,6 +106,18 @@ class ServedStudent:
         e = self.engine
         return e.identity if e.name == "transformers" or "#" in e.identity else f"{e.identity}#{e.name}"
 
+    # The weights' digest of the student's folder (``calibration.weights_of`` of its ``model_identity``),
+    # set by serve: engines llamacpp and ctranslate2 name their conversion's key instead.
+    weights_digest: str | None = None
+
+    @property
+    def served_name(self) -> str:
+        """The name serve answers as and logs: ``potstill-student@`` and the identity's digest, the
+        student folder's weights digest first where the identity names a conversion, so that
+        ``watch`` (``watch.traffic.served_name``) finds the traffic of any engine that served it."""
+        tail, d = self.identity.rsplit("@", 1)[-1], self.weights_digest
+        return f"potstill-student@{tail if d is None or tail.startswith(d) else f'{d}.{tail}'}"
+
     @property
     def lm(self) -> LM | None:
         return getattr(self.engine, "lm", None)

@@ -25,7 +25,9 @@ from potstill.config import Config
 from potstill.errors import PotstillError
 from potstill.generate.consistency import one_sample, vote
 from potstill.engines import section_engine
+from potstill.engines.calibration import weights_of
 from potstill.ledger import Ledger, ServedCall, user_messages
+from potstill.models.loading import model_identity
 from potstill.progress import say
 from potstill.records import Record, read_records
 from potstill.serve.calibration import _servable, calibrate_run
@@ -580,8 +582,8 @@ def _finish_reason(stop: str | list[str] | None) -> str:
     return "length" if any(s in ("length", "max_tokens") for s in stops) else "stop"
 
 
-def _student_name(lm: Any) -> str:
-    return f"potstill-student@{lm.identity.rsplit('@', 1)[-1]}"
+def _student_name(lm: ServedStudent) -> str:
+    return lm.served_name
 
 
 def _served(cfg: Config, path: str, task: Task, device: str, run_dir: Path) -> ServedStudent:
@@ -590,6 +592,7 @@ def _served(cfg: Config, path: str, task: Task, device: str, run_dir: Path) -> S
     s = cfg.serve
     engine = ServedStudent(section_engine(s, path, device=device, compile=s.compile, task=task, client_formats=True),
                            task)
+    engine.weights_digest = weights_of(model_identity(path, Path(path)))
     val_path = run_dir / "val.jsonl"
     if s.compile and val_path.exists():  # without val, calibrate_run says what is missing
         # All of val: a generating student on static caches warms each row bucket on its longest inputs.
