@@ -104,6 +104,15 @@ def as_tool_calls(parsed: Any) -> list[dict[str, Any]]:
             for c in calls_of(parsed)]
 
 
+def shown_tools(instruction: str, tools: list[dict[str, Any]], parallel: bool = False) -> str:
+    """``instruction`` with the functions and the form of an answer spelt out: how a model that has
+    not learnt the tools (the pilot's untrained student) is asked to call them."""
+    form = '[{"name": ..., "arguments": {...}}, ...] of the calls' if parallel else '{"name": ..., "arguments": {...}} of the call'
+    return ((instruction.strip() + "\n\n") if instruction.strip() else "") + \
+        f"Answer with only the JSON {form} to make, to these functions:\n" + \
+        json.dumps([t["function"] for t in tools], ensure_ascii=False)
+
+
 def same_tools(asked: list[dict[str, Any]], declared: list[dict[str, Any]]) -> bool:
     """Whether a request's tools are the task's: the same names with the same parameters (their
     descriptions may differ; a student answers by what it learnt, not by reading them)."""

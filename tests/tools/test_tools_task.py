@@ -221,10 +221,14 @@ def test_a_reviewer_corrects_a_call_and_the_tools_schema_checks_the_edit(tmp_pat
     assert json.loads(rec.output) == json.loads(fixed)
 
 
-def test_the_pilot_says_why_an_untrained_student_writes_no_call(tmp_path, tiny_model, capsys):
-    """The untrained student of a tools task is asked without the tools, as the trained one is, so it
-    agrees with the teacher on about nothing: the pilot says why in one line, beside its table."""
+def test_the_pilot_shows_the_untrained_student_the_tools(tmp_path, tiny_model, capsys):
+    """Untrained, a student knows neither the functions nor the call's form, and the trained one is
+    asked without them (it learnt both): the pilot's untrained student gets them in its system
+    prompt (zero-shot), and says so in one line beside its table."""
+    from transformers import AutoTokenizer
+
     from potstill.pilot.stage import pilot_stage
+    from potstill.tool_calls import shown_tools
 
     seen: list = []
     with LiveServer(caller(seen)) as srv:
@@ -234,5 +238,10 @@ def test_the_pilot_says_why_an_untrained_student_writes_no_call(tmp_path, tiny_m
         capsys.readouterr()
         pilot_stage(cfg)
     err = capsys.readouterr().err
-    assert "pilot: a tools task's student gets no tools in its prompt" in err
+    assert "pilot: the untrained student was shown the tools and the call's form in its system prompt" in err
     assert all(b["tool_choice"] == "required" for b in seen)  # the pilot's teacher is generate's
+    shown = shown_tools(cfg.task.instruction, TOOLS)
+    assert '"name": "get_time"' in shown and shown.startswith("Call the tool the user needs.\n\nAnswer with only")
+    tools_tokens = len(AutoTokenizer.from_pretrained(str(tiny_model))(shown)["input_ids"])
+    pilot = json.loads((tmp_path / "run" / "pilot.json").read_text())
+    assert pilot["models"]["untrained student"]["input_tokens_per_call"] > tools_tokens

@@ -28,7 +28,7 @@ from potstill.records import Record, read_json, read_records, write_json
 from potstill.report import measure_student, measure_teacher, print_slices, print_table
 from potstill.rundir import RunDir
 from potstill.students import (Beside, Predictions, evaluation_engine, latency_stats, predict,
-                               untrained_student_engine)
+                               untrained_student_engine, untrained_task)
 from potstill.tasks import Task, get_task
 from potstill.teachers import get_teacher
 
@@ -227,15 +227,18 @@ def _measure_models(cfg: Config, run: RunDir, task: Task, test: list[Record]):
     preds: dict[str, Predictions] = {}
     batched: dict[str, dict[str, Any]] = {}
 
-    def measure(name: str, lm: Any, beside: Beside | None = None) -> None:
+    def measure(name: str, lm: Any, beside: Beside | None = None, asked: Task = task) -> None:
         with run.ledger() as ledger:
             models[name], preds[name] = measure_student(
-                lm, task, test, cfg.student.usd_per_hour, e.batch_size, e.latency_samples, name, ledger,
+                lm, asked, test, cfg.student.usd_per_hour, e.batch_size, e.latency_samples, name, ledger,
                 beside=beside)
-        batched[name] = measure_batched(lm, task, test, e.batch_size, n_batches)
+        batched[name] = measure_batched(lm, asked, test, e.batch_size, n_batches)
 
     if e.include_untrained:
-        measure("untrained student", untrained_student_engine(cfg))
+        measure("untrained student", untrained_student_engine(cfg), asked=untrained_task(task))
+        if task.cfg.type == "tools":
+            say("evaluate: the untrained student was shown the tools and the call's form in its system prompt "
+                "(zero-shot); the trained student is asked without them, having learnt both")
     timed_teacher = _local_teacher(cfg, task, test)
     measure("student", evaluation_engine(cfg, str(run / "student")), timed_teacher)
     with run.ledger() as ledger:

@@ -15,7 +15,7 @@ from potstill.records import Record, write_json
 from potstill.report import measure_student, measure_teacher, print_table
 from potstill.rundir import RunDir
 from potstill.stage import load_inputs
-from potstill.students import untrained_student_engine
+from potstill.students import untrained_student_engine, untrained_task
 from potstill.tasks import get_task
 
 
@@ -43,7 +43,7 @@ def pilot_body(cfg: Config, run: RunDir) -> dict[str, Any]:
         teacher = measure_teacher(task, valid, ledger, price=cfg.teacher.price)
     lm = untrained_student_engine(cfg)
     with run.ledger() as ledger:
-        student, _ = measure_student(lm, task, valid, cfg.student.usd_per_hour, cfg.evaluate.batch_size,
+        student, _ = measure_student(lm, untrained_task(task), valid, cfg.student.usd_per_hour, cfg.evaluate.batch_size,
                                      min(cfg.evaluate.latency_samples, 10), "untrained student", ledger, "pilot")
     models = {"untrained student": student, "teacher": teacher}
     write_json(run / "pilot.json", {"n": len(sample), "valid": len(valid), "teacher_calls": stats.calls,
@@ -61,9 +61,8 @@ def pilot_body(cfg: Config, run: RunDir) -> dict[str, Any]:
         say(f"pilot: the untrained student is student.model cut to its first {n} layer{'s' if n > 1 else ''} "
             "(student.num_layers), where train starts; cut, it answers poorly until trained")
     if cfg.task.type == "tools":
-        # It is asked as the trained student will be, without the tools: it cannot know their names yet.
-        say("pilot: a tools task's student gets no tools in its prompt; it learns their names and the call's "
-            "form ({\"name\": ..., \"arguments\": {...}}) in training, so untrained it rarely writes a call")
+        say("pilot: the untrained student was shown the tools and the call's form in its system prompt (zero-shot, "
+            "its tokens/call above include them); the trained student is asked without them, having learnt both")
     return {"agreement": student["agreement_with_teacher"], "teacher_calls": stats.calls}
 
 

@@ -34,6 +34,20 @@ def untrained_student_engine(cfg: Any) -> Engine:
     return evaluation_engine(cfg, cfg.student.model, cfg.student.num_layers)
 
 
+def untrained_task(task: Task) -> Task:
+    """The task as the untrained student is asked it (pilot, evaluate): a tools task's instruction
+    with the functions and the call's form spelt out (``tool_calls.shown_tools``), which untrained it
+    cannot know and the trained student, asked without them, learnt; any other task as it is."""
+    cfg = task.cfg
+    if cfg.type != "tools":
+        return task
+    from potstill.tasks import get_task
+    from potstill.tool_calls import shown_tools
+
+    return get_task(cfg.model_copy(update={"instruction": shown_tools(cfg.instruction, cfg.tools or [],
+                                                                      cfg.parallel_tool_calls)}))
+
+
 def student_format(lm: Any, task: Task) -> PromptFormat:
     """A short zero-shot prompt: the chat template when the model has one, plain text otherwise.
 
