@@ -34,7 +34,6 @@ work without reinstalling the package's metadata.
 from __future__ import annotations
 
 import json
-
 from typing import Any
 
 from potstill.engines import calibration
