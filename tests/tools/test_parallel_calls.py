@@ -70,6 +70,8 @@ def test_a_one_call_task_tells_the_teacher_unless_its_api_refuses_the_field(tmp_
     assert get_teacher(cfg.teacher, get_task(cfg.task)).request(read_one(cfg))["parallel_tool_calls"] is False
     o4 = get_teacher(cfg.teacher.model_copy(update={"model": "o4-mini"}), get_task(cfg.task)).request(read_one(cfg))
     assert "parallel_tool_calls" not in o4 and o4["tool_choice"] == "required"  # o-series: 400 Unsupported parameter
+    routed = get_teacher(cfg.teacher.model_copy(update={"model": "openai/o3-mini"}), get_task(cfg.task))
+    assert "parallel_tool_calls" not in routed.request(read_one(cfg))
     five = get_teacher(cfg.teacher.model_copy(update={"model": "gpt-5-mini"}), get_task(cfg.task)).request(read_one(cfg))
     assert five["parallel_tool_calls"] is False
     par = project(tmp_path, parallel_tool_calls=True)

@@ -120,8 +120,9 @@ class OpenAITeacher(ApiTeacher):
         return self.structured(self.task_tools(req))
 
     def tells_parallel(self) -> bool:
-        # o1, o3, o3-mini, o4-mini answer 400 "Unsupported parameter: 'parallel_tool_calls'" (GPT-5 takes it).
-        return not re.match(r"^(ft:)?o\d", self.cfg.model)
+        # o1, o3, o3-mini, o4-mini answer 400 "Unsupported parameter: 'parallel_tool_calls'" (GPT-5 takes it);
+        # a router's id of them too (OpenRouter's openai/o4-mini).
+        return not re.match(r"^(ft:)?(openai/)?o\d", self.cfg.model)
 
     def with_tools(self, request: dict[str, Any], tools: list[dict[str, Any]], tool_choice: str | dict | None = None,
                    parallel_tool_calls: bool | None = None) -> dict[str, Any]:
