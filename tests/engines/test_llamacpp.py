@@ -438,6 +438,40 @@ def test_a_student_taught_sorted_keys_is_guided_in_sorted_order():
 
 
 @needs_server
+def test_a_local_teacher_on_llamacpp_writes_the_schemas_key_order(taught_bpe, tmp_path):
+    """teacher.structured_outputs with a local teacher on engine llamacpp: the teacher grouped its
+    requests by the schema's sorted JSON and decoded under that JSON read back, so llama.cpp wrote
+    the keys alphabetically ("n" before "topic") and a student learning the teacher's order learnt
+    that. Now the schema goes as the request gave it."""
+    import json
+    import re
+
+    from potstill.config import GenerateConfig, TaskConfig, TeacherConfig
+    from potstill.generate import label_records
+    from potstill.ledger import Ledger
+    from potstill.records import Record
+    from potstill.tasks import get_task
+    from potstill.teachers import get_teacher
+
+    schema = {"type": "object", "properties": {"topic": {"enum": LABELS}, "n": {"type": "integer", "minimum": 0,
+                                                                                "maximum": 9}},
+              "required": ["topic", "n"], "additionalProperties": False}
+    task = get_task(TaskConfig(type="extraction", instruction="classify the text", json_schema=schema))
+    teacher = get_teacher(TeacherConfig(type="local", model=str(taught_bpe), engine="llamacpp", quantization="none",
+                                        max_tokens=120, structured_outputs="on"), task)
+    try:
+        with Ledger(tmp_path / "calls.sqlite") as ledger:
+            records, _ = label_records([Record(id=str(i), messages=m) for i, m in enumerate(MSGS[1:4])], task,
+                                       teacher, ledger, "generate", GenerateConfig())
+    finally:
+        teacher.close()
+    # The random-ish taught model pads with white space and may reach the budget: its first key tells.
+    assert all(re.match(r'\{\s*"topic"', r.output) for r in records), [r.output for r in records]
+    whole = [json.loads(r.output) for r in records if r.valid]
+    assert whole and all(list(w) == ["topic", "n"] for w in whole), [r.output for r in records]
+
+
+@needs_server
 def test_llamacpp_decodes_under_a_schema_a_pattern_and_a_grammar(taught_bpe, engines):
     """llama.cpp's own grammar sampler holds each row to its guide, in one batch with an unguided
     row; without guides none of the answers fits them. (Inputs whose free answers are valid UTF-8:

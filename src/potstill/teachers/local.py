@@ -225,8 +225,10 @@ class LocalTeacher(Teacher):
                      for r in chunk]
             for budget, schema in sorted(set(kinds)):
                 part = [j for j, kind in enumerate(kinds) if kind == (budget, schema)]
+                # The schema as the request gave it, not re-read from its sorted JSON: engine llamacpp
+                # writes an object's keys in the order its schema lists them.
                 for k, response in enumerate(self._generated([chunk[j]["messages"] for j in part], budget,
-                                                             json.loads(schema))):
+                                                             chunk[part[0]].get("json_schema"))):
                     on_result(start + part[k], response)
 
     def _generated(self, msgs: list[list[dict]], budget: int, guide: dict | None,
