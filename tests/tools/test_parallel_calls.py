@@ -233,6 +233,17 @@ def test_a_client_allowing_one_call_gets_the_teachers_where_the_student_made_sev
         service.routing = kept
     assert seen[-1]["tool_choice"] == "required" and "parallel_tool_calls" not in seen[-1]
     assert [t.function.name for t in r.choices[0].message.tool_calls] == ["set_unit", "ping"]
+    # Claude's clients say it as disable_parallel_tool_use (the Messages API, the anthropic SDK).
+    import anthropic
+
+    from tests.serve.conftest import SERVE_KEY
+
+    m = anthropic.Anthropic(base_url=live.url, api_key=SERVE_KEY, max_retries=0).messages.create(
+        model="potstill", max_tokens=64, messages=msg, tool_choice={"type": "auto", "disable_parallel_tool_use": True},
+        tools=[{"name": t["function"]["name"], "input_schema": t["function"]["parameters"]} for t in TOOLS])
+    assert [(b.name, b.input) for b in m.content if b.type == "tool_use"] == [("set_unit", {"unit": "f"})]
+    row = service.ledger.rows(stage="serve")[-1]
+    assert row["role"] == "teacher" and seen[-1]["parallel_tool_calls"] is False
 
 
 def test_export_writes_each_call_and_the_check_refuses_several_on_a_one_call_line(tmp_path):
