@@ -318,7 +318,7 @@ class Teacher:
         return self.with_tools(request, self.task.cfg.tools or [], "required", one)
 
     def tells_parallel(self) -> bool:
-        """Whether this teacher's API takes ``parallel_tool_calls`` (OpenAI's reasoning models refuse
+        """Whether this teacher's API takes ``parallel_tool_calls`` (OpenAI's o-series models refuse
         the field): where it does not, a one-call task's teacher is not told, and an answer with
         several calls is set aside by curate."""
         return True
