@@ -13,7 +13,6 @@ import os
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
 
 from potstill.config import load_config
 from potstill.curate.stage import curate_stage
@@ -22,6 +21,7 @@ from potstill.generate.stage import generate_stage
 from potstill.records import read_records
 from potstill.tasks import get_task
 from tests.helpers.live_server import LiveServer
+from tests.tools.test_tools_serve import teacher_app
 from tests.tools.test_tools_task import INPUTS, caller, project
 
 # The served student's tools: every choice in a call is the guide's or learnt.
@@ -109,29 +109,10 @@ def test_agreement_and_fields_compare_parallel_calls_as_sets(tmp_path):
     assert call_of(task, '[{"name": "nope", "arguments": {}}]') == INVALID
 
 
-def teacher_app(seen: list) -> FastAPI:
-    """An OpenAI-compatible teacher: offered tools, it calls set_unit f and ping (only the first
-    where parallel_tool_calls is false), or the function tool_choice names."""
-    app = FastAPI()
-
-    @app.post("/v1/chat/completions")
-    def chat(body: dict[str, Any]) -> Any:
-        seen.append(body)
-        if body.get("tools") and body.get("tool_choice") != "none":
-            calls = [("set_unit", '{"unit": "f"}'), ("ping", "{}")]
-            if body.get("parallel_tool_calls") is False:
-                calls = calls[:1]
-            message = {"role": "assistant", "content": None, "tool_calls": [
-                {"id": f"call_t{i}", "type": "function", "function": {"name": n, "arguments": a}}
-                for i, (n, a) in enumerate(calls)]}
-            finish = "tool_calls"
-        else:
-            message, finish = {"role": "assistant", "content": "no tools here"}, "stop"
-        return {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
-                "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-                "usage": {"prompt_tokens": 20, "completion_tokens": 9, "total_tokens": 29}}
-
-    return app
+def two_calls(body: dict[str, Any]) -> list[tuple[str, str]]:
+    """The teacher's calls: set_unit f and ping, only the first where parallel_tool_calls is false."""
+    calls = [("set_unit", '{"unit": "f"}'), ("ping", "{}")]
+    return calls[:1] if body.get("parallel_tool_calls") is False else calls
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +131,7 @@ def served(tmp_path_factory):
     os.environ["SERVE_KEY"] = SERVE_KEY
     root = tmp_path_factory.mktemp("parallel")
     seen: list = []
-    with LiveServer(teacher_app(seen)) as teacher:
+    with LiveServer(teacher_app(seen, two_calls)) as teacher:
         bpe = make_bpe_model(root / "bpe")
         run = write_run(root, bpe, teacher.url + "/v1",
                         task={"type": "tools", "instruction": "Call the tools the user needs.", "tools": TOOLS,

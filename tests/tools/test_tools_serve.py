@@ -31,18 +31,24 @@ TOOLS = [
 MSG = [{"role": "user", "content": "the team won the match"}]
 
 
-def teacher_app(seen: list) -> FastAPI:
-    """An OpenAI-compatible teacher: offered tools, it calls the one tool_choice names, else set_unit."""
+def one_call(body: dict[str, Any]) -> list[tuple[str, str]]:
+    """The call tool_choice names, else set_unit."""
+    named = body["tool_choice"]["function"]["name"] if isinstance(body.get("tool_choice"), dict) else "set_unit"
+    return [(named, '{"unit": "f"}' if named == "set_unit" else "{}")]
+
+
+def teacher_app(seen: list, calls: Any = one_call) -> FastAPI:
+    """An OpenAI-compatible teacher: offered tools, it makes the ``calls(body)`` (name, arguments)
+    pairs (``one_call``: the one tool_choice names, else set_unit); else it answers in words."""
     app = FastAPI()
 
     @app.post("/v1/chat/completions")
     def chat(body: dict[str, Any]) -> Any:
         seen.append(body)
         if body.get("tools") and body.get("tool_choice") != "none":
-            named = body["tool_choice"]["function"]["name"] if isinstance(body.get("tool_choice"), dict) else "set_unit"
-            args = '{"unit": "f"}' if named == "set_unit" else "{}"
             message = {"role": "assistant", "content": None, "tool_calls": [
-                {"id": "call_t", "type": "function", "function": {"name": named, "arguments": args}}]}
+                {"id": f"call_t{i}", "type": "function", "function": {"name": n, "arguments": a}}
+                for i, (n, a) in enumerate(calls(body))]}
             finish = "tool_calls"
         else:
             message, finish = {"role": "assistant", "content": "no tools here"}, "stop"
