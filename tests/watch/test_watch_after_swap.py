@@ -34,7 +34,7 @@ def _run(tmp_path, tiny_model, output=lambda i: LABELS[i % 4]):
         for i, t in enumerate(texts)))
     (run / "serve").mkdir()
     (run / "serve" / "routing.json").write_text(json.dumps({"stats": {"val_escalation": 0.05}}))
-    # The name `potstill serve` logs for the student it serves (serve.service._student_name).
+    # The name `potstill serve` logs for the student it serves (serve.engine.ServedStudent.served_name).
     current = "potstill-student@" + load_lm(str(run / "student"), device="cpu").identity.rsplit("@", 1)[-1]
     return run, texts, current
 

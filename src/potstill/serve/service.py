@@ -582,10 +582,6 @@ def _finish_reason(stop: str | list[str] | None) -> str:
     return "length" if any(s in ("length", "max_tokens") for s in stops) else "stop"
 
 
-def _student_name(lm: ServedStudent) -> str:
-    return lm.served_name
-
-
 def _served(cfg: Config, path: str, task: Task, device: str, run_dir: Path) -> ServedStudent:
     """The student at ``path`` in the engine ``serve`` names (engine, dtype, quantization, recheck),
     compiled and warmed on the run's val inputs first where ``serve.compile`` asks."""
@@ -614,7 +610,7 @@ def _load_live(run_dir: Path, cfg: Config, task: Task, device: str, path: str) -
         raise
     except Exception as e:  # noqa: BLE001 - a broken promotion is the caller's one-line error, not a crash
         raise PotstillError(f"cannot load {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]) from None
-    return Live(_student_name(engine), path, engine, routing, reference, cfg.serve.batch_size, cfg.serve.batch_wait_ms)
+    return Live(engine.served_name, path, engine, routing, reference, cfg.serve.batch_size, cfg.serve.batch_wait_ms)
 
 
 def load_service(run_dir: Path, cfg: Config, recalibrate: bool = False, ledger_path: Path | None = None,
@@ -633,5 +629,5 @@ def load_service(run_dir: Path, cfg: Config, recalibrate: bool = False, ledger_p
         f"{st['val_escalation']:.0%} escalated, agreement {st['val_agreement']:.3f} "
         f"(student alone {st['val_student_alone_agreement']:.3f})")
     ledger = Ledger(ledger_path or run_dir / "calls.sqlite")
-    return Service(cfg, task, engine, teacher, routing, reference, ledger, student_name=_student_name(engine),
+    return Service(cfg, task, engine, teacher, routing, reference, ledger, student_name=engine.served_name,
                    run_dir=run_dir, student_path=str(path), device=device)

@@ -81,7 +81,7 @@ def read_traffic(ledger_path: Path, window: int, since: float | None = None, unt
 
 def served_name(student_dir: Path) -> str:
     """The start of the name ``potstill serve`` logs for the student in ``student_dir``
-    (``serve.service._student_name``: ``potstill-student@`` and its weights' digest, whatever engine
+    (``serve.engine.ServedStudent.served_name``: ``potstill-student@`` and its weights' digest, whatever engine
     or dtype serves it)."""
     return served_name_of(model_identity(str(student_dir), Path(student_dir)))
 
