@@ -187,10 +187,11 @@ def _other_value(cfg: Config, key: str, tmp: Path) -> Any:
 
 def _rerun(cfg: Config, key: str, tmp: Path) -> set[str]:
     data = cfg.model_dump(mode="json")
-    if key in ("task.tools", "task.parallel_tool_calls"):
-        # Only a tools task takes tools or parallel calls: its type comes with them (the same stages read each).
+    if key in ("task.tools", "task.parallel_tool_calls", "task.tool_choice"):
+        # Only a tools task takes tools, parallel calls or replies: its type comes with them (the same stages read each).
         data["task"].update(type="tools", json_schema=None, tools=[{"type": "function", "function": {"name": "f"}}],
-                            parallel_tool_calls=key == "task.parallel_tool_calls")
+                            parallel_tool_calls=key == "task.parallel_tool_calls",
+                            tool_choice="auto" if key == "task.tool_choice" else "required")
     else:
         set_dotted(data, key, _other_value(cfg, key, tmp))
     changed = Config.model_validate(data)

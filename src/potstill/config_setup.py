@@ -43,6 +43,12 @@ class TaskConfig(Section):
         "parallel_tool_calls, Claude's parallel tool use): each answer is a list of one or more calls, "
         "[{name, arguments}, ...], in a fixed order (sorted), and the teacher is asked with parallel calls "
         "allowed. Off: one call an answer, and the teacher is told so.")
+    tool_choice: Literal["required", "auto"] = Field(
+        "required", description="A tools task's answers: required, a call every time (the teacher is asked "
+        "with tool_choice required); auto, a call or a reply in words, written {content} (the teacher "
+        "decides, as OpenAI's tool_choice auto lets it), and the inputs may hold earlier calls and their "
+        "results (an agent's turns), which the student reads as text: an assistant's calls as it writes "
+        "them, each tool result a line 'Result of NAME: ...' of a user turn.")
 
     @model_validator(mode="before")
     @classmethod
@@ -56,8 +62,10 @@ class TaskConfig(Section):
         if data.get("type") != "tools":
             if data.get("tools") is not None:
                 raise ValueError("task.tools is for task.type tools (a task whose answers are tool calls)")
-            if data.get("parallel_tool_calls"):
-                raise ValueError("task.parallel_tool_calls is for task.type tools (a task whose answers are tool calls)")
+            # (Their defaults pass: a config written back with every field set loads again.)
+            for key, default in (("parallel_tool_calls", False), ("tool_choice", "required")):
+                if data.get(key) not in (None, default):
+                    raise ValueError(f"task.{key} is for task.type tools (a task whose answers are tool calls)")
             return data
         problem = tools_problem(data.get("tools"))
         if problem:
@@ -66,7 +74,7 @@ class TaskConfig(Section):
             parallel = TypeAdapter(bool).validate_python(data.get("parallel_tool_calls", False))
         except ValidationError:
             parallel = False
-        schema = tools_schema(data["tools"], parallel=parallel)
+        schema = tools_schema(data["tools"], parallel=parallel, text=data.get("tool_choice") == "auto")
         if data.get("json_schema") not in (None, schema):
             raise ValueError("task.json_schema: a tools task's schema is derived from task.tools; leave it out")
         return {**data, "json_schema": schema}

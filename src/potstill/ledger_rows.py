@@ -49,6 +49,28 @@ def user_messages(request: dict[str, Any]) -> list[dict[str, str]]:
     return out
 
 
+def with_tool_fields(msg: dict[str, Any], sent: dict[str, Any]) -> dict[str, Any]:
+    """``msg`` (a client's message as role and text) as the teacher gets it, from the message as
+    ``sent``: an assistant turn keeps its ``tool_calls`` (and a null content), a tool turn its
+    ``tool_call_id``. An OpenAI teacher refuses a tool turn that no tool_calls precede."""
+    out = dict(msg)
+    if msg["role"] == "assistant" and sent.get("tool_calls"):
+        out["content"] = None if sent.get("content") is None else out["content"]
+        out["tool_calls"] = sent["tool_calls"]
+    if msg["role"] == "tool" and sent.get("tool_call_id") is not None:
+        out["tool_call_id"] = sent["tool_call_id"]
+    return out
+
+
+def chat_messages(request: dict[str, Any]) -> list[dict[str, Any]]:
+    """``user_messages`` with each message's tool fields as the client sent them (``with_tool_fields``):
+    the chat as the teacher got it and a tools task's student read it."""
+    sent = request.get("messages")
+    sent = [m for m in sent if isinstance(m, dict) and m.get("role") not in ("system", "developer")] \
+        if isinstance(sent, list) else []  # the messages user_messages keeps, in its order
+    return [with_tool_fields(m, raw) for m, raw in zip(user_messages(request), sent)]
+
+
 # What a served row's response JSON holds besides ``extra`` (teacher latency, soft label...).
 _ROUTE = ("answered_by", "reason", "confidence", "ood_distance", "student_output", "student")
 
@@ -90,6 +112,11 @@ class ServedCall:
     @property
     def messages(self) -> list[dict[str, str]]:
         return user_messages(self.request)
+
+    @property
+    def chat(self) -> list[dict[str, Any]]:
+        """``messages`` with their tool fields (``chat_messages``)."""
+        return chat_messages(self.request)
 
     @property
     def escalated(self) -> bool:

@@ -130,7 +130,7 @@ class _Ctx:
         from potstill.models.prompting import PromptFormat
 
         return PromptFormat(kind="chat" if getattr(tok, "chat_template", None) else "completion",
-                            instruction=self.task.cfg.instruction)
+                            instruction=self.task.cfg.instruction, calls_as_list=self.task.cfg.parallel_tool_calls)
 
 
 def check_inputs(ctx: _Ctx) -> Check:

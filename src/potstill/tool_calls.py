@@ -3,8 +3,11 @@ JSON Schema of one call as the student writes it, and the teacher's calls in tha
 
 A call is written ``{"name": NAME, "arguments": {...}}``: the text the student is trained on and
 generates, which serve turns back into OpenAI ``tool_calls``. With ``task.parallel_tool_calls`` an
-answer is a list of one or more such calls. This module imports nothing of potstill's, so the config
-can derive ``task.json_schema`` from ``task.tools`` while it loads.
+answer is a list of one or more such calls. With ``task.tool_choice: auto`` an answer may instead be
+text for the user, written ``{"content": TEXT}`` (an agent's reply once its tools have answered), and
+a chat may hold earlier calls and their results, which the student reads as text (``as_text_turns``).
+This module imports nothing of potstill's, so the config can derive ``task.json_schema`` from
+``task.tools`` while it loads.
 """
 
 from __future__ import annotations
@@ -57,16 +60,24 @@ def tool_names(tools: list[dict[str, Any]] | None) -> list[str]:
     return [t["function"]["name"] for t in tools or []]
 
 
-def tools_schema(tools: list[dict[str, Any]], parallel: bool = False) -> dict[str, Any]:
+# A reply in words instead of a call (``task.tool_choice: auto``): what the student writes then.
+TEXT_ANSWER = {"type": "object", "properties": {"content": {"type": "string", "minLength": 1}},
+               "required": ["content"], "additionalProperties": False}
+
+
+def tools_schema(tools: list[dict[str, Any]], parallel: bool = False, text: bool = False) -> dict[str, Any]:
     """The JSON Schema of one call of one of ``tools``: ``{name, arguments}``, the arguments under
     that function's parameters (any object where it declares none); ``parallel``: of a list of one
-    or more such calls."""
+    or more such calls; ``text``: or of a reply in words, ``{"content": TEXT}`` (``TEXT_ANSWER``)."""
     branches = [{"type": "object",
                  "properties": {"name": {"const": t["function"]["name"]},
                                 "arguments": t["function"].get("parameters") or {"type": "object"}},
                  "required": ["name", "arguments"], "additionalProperties": False} for t in tools]
     one = branches[0] if len(branches) == 1 else {"anyOf": branches}
-    return {"type": "array", "items": one, "minItems": 1} if parallel else one
+    calls = {"type": "array", "items": one, "minItems": 1} if parallel else one
+    if not text:
+        return calls
+    return {"anyOf": [*(calls["anyOf"] if "anyOf" in calls else [calls]), TEXT_ANSWER]}
 
 
 def call_text(tool_calls: list[dict[str, Any]], parallel: bool = False) -> str:
@@ -86,11 +97,23 @@ def call_text(tool_calls: list[dict[str, Any]], parallel: bool = False) -> str:
     return json.dumps(calls[0] if len(calls) == 1 and not parallel else calls, ensure_ascii=False)
 
 
+def text_answer(text: str) -> str:
+    """A reply in words as the student writes it (``TEXT_ANSWER``)."""
+    return json.dumps({"content": text}, ensure_ascii=False)
+
+
+def text_of(parsed: Any) -> str | None:
+    """The text of a parsed reply in words (``{"content": TEXT}``), or None for a call or anything else."""
+    if isinstance(parsed, dict) and set(parsed) == {"content"} and isinstance(parsed["content"], str):
+        return parsed["content"]
+    return None
+
+
 def calls_of(parsed: Any) -> list[dict[str, Any]]:
     """The calls of a parsed answer: one call ``{name, arguments}``, or each of a list of them
-    (a parallel tools task's answer); none for anything else."""
+    (a parallel tools task's answer); none for a reply in words or anything else."""
     if isinstance(parsed, dict):
-        return [parsed]
+        return [] if text_of(parsed) is not None else [parsed]
     if isinstance(parsed, list) and all(isinstance(c, dict) for c in parsed):
         return parsed
     return []
@@ -104,13 +127,55 @@ def as_tool_calls(parsed: Any) -> list[dict[str, Any]]:
             for c in calls_of(parsed)]
 
 
-def shown_tools(instruction: str, tools: list[dict[str, Any]], parallel: bool = False) -> str:
+def shown_tools(instruction: str, tools: list[dict[str, Any]], parallel: bool = False, text: bool = False) -> str:
     """``instruction`` with the functions and the form of an answer spelt out: how a model that has
     not learnt the tools (the pilot's untrained student) is asked to call them."""
     form = '[{"name": ..., "arguments": {...}}, ...] of the calls' if parallel else '{"name": ..., "arguments": {...}} of the call'
+    words = ', or {"content": ...} with your reply where no call is needed' if text else ""
     return ((instruction.strip() + "\n\n") if instruction.strip() else "") + \
-        f"Answer with only the JSON {form} to make, to these functions:\n" + \
+        f"Answer with only the JSON {form} to make{words}, to these functions:\n" + \
         json.dumps([t["function"] for t in tools], ensure_ascii=False)
+
+
+def has_tool_turns(messages: list[dict[str, Any]] | None) -> bool:
+    """Whether a chat holds earlier tool calls or their results."""
+    return any(m.get("role") == "tool" or m.get("tool_calls") for m in messages or ())
+
+
+def as_text_turns(messages: list[dict[str, Any]], parallel: bool = False) -> list[dict[str, Any]]:
+    """A chat's tool turns as the student reads them, in one form whatever the model's chat template
+    makes of tools: an assistant's calls as the text it writes for them (``call_text``; ``parallel``:
+    a list, as a parallel task's student writes even one call), and each run of tool results as one
+    user turn, a result a line ``Result of NAME: TEXT`` (NAME the call's, found by its id). Templates
+    that know no ``tool`` role or refuse two user turns in a row (Gemma's) render it so; messages
+    without tool fields stay as they are."""
+    names: dict[str, str] = {}
+    out: list[dict[str, Any]] = []
+    results = -1  # the index in ``out`` of the user turn collecting the current run of tool results
+    for m in messages:
+        if m.get("role") == "assistant" and m.get("tool_calls"):
+            for c in m["tool_calls"]:
+                names[str(c.get("id"))] = (c.get("function") or {}).get("name") or "tool"
+            out.append({"role": "assistant", "content": call_text(m["tool_calls"], parallel)})
+        elif m.get("role") == "tool":
+            name = names.get(str(m.get("tool_call_id"))) or m.get("name") or "tool"
+            line = f"Result of {name}: {_text(m.get('content'))}"
+            if results == len(out) - 1 >= 0:
+                out[results] = {"role": "user", "content": out[results]["content"] + "\n" + line}
+            else:
+                out.append({"role": "user", "content": line})
+                results = len(out) - 1
+            continue
+        else:
+            out.append(m)
+        results = -1
+    return out
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, list):  # OpenAI's text parts
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return "" if content is None else str(content)
 
 
 def same_tools(asked: list[dict[str, Any]], declared: list[dict[str, Any]]) -> bool:

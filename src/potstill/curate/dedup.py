@@ -19,6 +19,7 @@ from datasketch import MinHash, MinHashLSH
 
 from potstill.progress import bar
 from potstill.records import content_text
+from potstill.tool_calls import as_text_turns, has_tool_turns
 
 SHINGLE = 5  # characters: long enough to ignore letter frequencies, short enough for headlines
 NUM_PERM = 128  # MinHash permutations: the Jaccard estimate's standard error is ~ 1/sqrt(128) = 0.09
@@ -47,8 +48,11 @@ def conversation(messages: list[dict[str, Any]]) -> str:
 
     A record's ``text`` is its last user message, what a classifier reads; chat logs hold many
     conversations that end with the same turn ("Tell me more."), and those are different inputs.
-    A one-message record compares its text, as before.
+    A one-message record compares its text, as before. Tool turns count as the student reads them
+    (``as_text_turns``): a request and the turn after its call are two inputs.
     """
+    if has_tool_turns(messages):
+        messages = as_text_turns(messages)
     return "\n".join(content_text(m.get("content")) for m in messages)
 
 

@@ -6,7 +6,8 @@ own assistant turns get ``weight: 0``: prompt, as in training), so a hosted fine
 exactly potstill's dataset. A tools task's target is its call: an assistant turn of
 ``tool_calls`` (the arguments as a JSON string; each call of a parallel task's answer), with the
 task's ``tools`` and its ``parallel_tool_calls`` on the line, the format OpenAI fine-tunes function
-calling on.
+calling on; a reply in words (``task.tool_choice: auto``) is an assistant turn of its text, after the
+input's own calls and tool results as they were.
 train.jsonl becomes ``train.jsonl`` (the training file), val.jsonl ``val.jsonl`` (the validation
 file). Every row is built and checked before anything is written, so a bad record leaves no file
 and an earlier export in the folder as it was.
@@ -25,7 +26,7 @@ from potstill.export.check import line_problems
 from potstill.progress import say
 from potstill.records import atomic_files, content_text, read_records
 from potstill.tasks import get_task
-from potstill.tool_calls import calls_of
+from potstill.tool_calls import calls_of, has_tool_turns, text_of
 
 MIN_EXAMPLES = 10  # OpenAI's fine-tuning API refuses a training file with fewer
 
@@ -34,7 +35,7 @@ def to_openai(messages: list[dict[str, Any]], target: str, tools: list[dict[str,
               parallel: bool = False) -> dict[str, Any]:
     """One line: the input's messages, then ``target`` as the assistant's turn; with ``tools`` (a
     tools task), ``target`` is the call ``{name, arguments}`` (``parallel``: a list of them) and the
-    turn its ``tool_calls``."""
+    turn its ``tool_calls``, or a reply in words ``{content}`` (``task.tool_choice: auto``) its text."""
     # An empty task.instruction is no system turn: the student was trained without one (PromptFormat
     # leaves it out), and OpenAI refuses a message with empty content; nor is an input's own blank
     # instruction turn (system, or developer: the same turn under OpenAI's newer name).
@@ -43,9 +44,15 @@ def to_openai(messages: list[dict[str, Any]], target: str, tools: list[dict[str,
     if tools is None:
         msgs.append({"role": "assistant", "content": target})
         return {"messages": msgs}
-    msgs.append({"role": "assistant", "tool_calls": [{"id": f"call_{i}", "type": "function", "function": {
+    parsed = json.loads(target)
+    if text_of(parsed) is not None:
+        msgs.append({"role": "assistant", "content": text_of(parsed)})
+        return {"messages": msgs, "tools": tools, "parallel_tool_calls": parallel}
+    # Ids apart from the input's own calls' where it has some: by the turn's place.
+    at = f"{len(msgs)}_" if has_tool_turns(messages) else ""
+    msgs.append({"role": "assistant", "tool_calls": [{"id": f"call_{at}{i}", "type": "function", "function": {
         "name": c["name"], "arguments": json.dumps(c["arguments"], ensure_ascii=False)}}
-        for i, c in enumerate(calls_of(json.loads(target)))]})
+        for i, c in enumerate(calls_of(parsed))]})
     return {"messages": msgs, "tools": tools, "parallel_tool_calls": parallel}
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from potstill.errors import PotstillError
 from potstill.records import content_text
+from potstill.tool_calls import as_text_turns, has_tool_turns
 
 
 @dataclass
@@ -29,6 +30,8 @@ class PromptFormat:
     instruction: str = ""
     answer_prefix: str = "Answer:"
     shots: list[tuple[str, str]] | None = None
+    #: Earlier tool calls in a chat read as a list even where one (a parallel tools task's answers).
+    calls_as_list: bool = False
 
     def key(self) -> tuple:
         """Everything that shapes the prompt's fixed start, hashable (caches of it key on this)."""
@@ -44,7 +47,10 @@ class PromptFormat:
         return "".join(parts)
 
     def query(self, tokenizer: Any, messages: list[dict[str, Any]]) -> str:
-        """The per-input part of the prompt."""
+        """The per-input part of the prompt. A chat's tool turns are read as text (``as_text_turns``),
+        one form for every template, the one a tools task's student writes its calls in."""
+        if has_tool_turns(messages):
+            messages = as_text_turns(messages, self.calls_as_list)
         if self.kind == "chat":
             if getattr(tokenizer, "chat_template", None) is None:
                 raise PotstillError("this model's tokenizer has no chat template; use prompt_format: completion")

@@ -79,7 +79,7 @@ def read_traffic(ledger: Ledger, task: Task, teacher_max_tokens: int) -> Traffic
                         "escalated_response_format": 0})
     seen: dict[str, Record] = {}
     for row in sorted(ok, key=lambda r: (not r.escalated, r.id)):  # escalations first
-        messages = row.messages
+        messages = row.chat  # with its tool turns' fields: the teacher asks them back, the student reads them
         if not any(m["role"] == "user" and m["content"].strip() for m in messages):
             continue
         key = hash_obj(messages)

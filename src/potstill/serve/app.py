@@ -45,7 +45,8 @@ from potstill.serve.streaming import LiveText, first_piece, live_events, whole_e
 from potstill.serve.tool_routing import served_tools, student_calls
 from potstill.serve.schemas import (ChatCompletion, ChatRequest, ErrorBody, Health, ModelCard, ModelList,
                                     ResponsesRequest)
-from potstill.serve.service import LogprobsUnavailable, Service, TeacherError, with_tool_fields
+from potstill.ledger_rows import with_tool_fields
+from potstill.serve.service import LogprobsUnavailable, Service, TeacherError
 
 CHAT = "/v1/chat/completions"
 RESPONSES = "/v1/responses"

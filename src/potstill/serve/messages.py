@@ -343,7 +343,7 @@ def add_messages_route(app: FastAPI, service: Any, requests: Counter, latency: H
         answering = service.answer(view, body.max_tokens, stops, teacher_messages=chat if chat != view else None,
                                    tools=tools, live_text=live_text)
         mid = f"msg_{uuid.uuid4().hex[:24]}"  # the message's id, in its ledger row too (potstill requests --id)
-        logged = {**body.model_dump(exclude_none=True, exclude={"messages"}), "messages": view,
+        logged = {**body.model_dump(exclude_none=True, exclude={"messages"}), "messages": chat,
                   "anthropic_messages": body.messages, "endpoint": MESSAGES, "response_id": mid}
         task, first = await first_piece(answering, live_text) if live_text is not None else (None, None)
         if first is not None:  # the teacher's first piece came before its whole answer: streamed as it is written

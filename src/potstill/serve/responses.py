@@ -354,7 +354,9 @@ def add_responses_route(app: FastAPI, service: Any, requests: Counter, latency: 
                                    teacher_messages=teacher_messages if teacher_messages != messages else None,
                                    tools=tools, logprobs=logprobs, response_format=fmt, live_text=live_text)
         rid = f"resp_{uuid.uuid4().hex[:24]}"  # the response's id, in its ledger row too: an operator has either
-        logged = {**body.model_dump(exclude_none=True), "messages": messages, "endpoint": RESPONSES, "response_id": rid}
+        # The chat with its tool turns' fields (``ServedCall.chat``: redistill learns an agent's turns from it).
+        logged = {**body.model_dump(exclude_none=True), "messages": teacher_messages, "endpoint": RESPONSES,
+                  "response_id": rid}
 
         async def _kept(response: dict[str, Any]) -> dict[str, Any]:
             """The response, kept first where asked: a client may name it as soon as it has it."""

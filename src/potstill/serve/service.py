@@ -26,7 +26,8 @@ from potstill.errors import PotstillError
 from potstill.generate.consistency import one_sample, vote
 from potstill.engines import section_engine
 from potstill.engines.calibration import weights_of
-from potstill.ledger import Ledger, ServedCall, user_messages
+from potstill.ledger import Ledger, ServedCall
+from potstill.ledger_rows import chat_messages
 from potstill.models.loading import model_identity
 from potstill.progress import say
 from potstill.records import Record, read_records
@@ -39,7 +40,7 @@ from potstill.serve.schemas import ChatRequest
 from potstill.tasks import Task, get_task
 from potstill.teachers import Response, Teacher, get_teacher, request_hash
 from potstill.serve.tool_routing import as_asked, named_tool, reshaped, served_tools, student_calls
-from potstill.tool_calls import as_tool_calls, calls_of
+from potstill.tool_calls import as_tool_calls, calls_of, has_tool_turns, text_of
 
 
 _RESPONSE_FIELDS = {f.name for f in fields(Response)}
@@ -69,19 +70,6 @@ class TeacherError(Exception):
         # request_hash: the ledger key of the request the teacher failed, for the failed row; billed:
         # the failed answer, whose tokens and cost the provider may still bill (a refusal), for that row.
         self.status, self.code, self.request_hash, self.billed = status, code, request_hash, billed
-
-
-def with_tool_fields(msg: dict[str, Any], sent: dict[str, Any]) -> dict[str, Any]:
-    """``msg`` (a client's message as role and text) as the teacher gets it, from the message as
-    ``sent``: an assistant turn keeps its ``tool_calls`` (and a null content), a tool turn its
-    ``tool_call_id``. An OpenAI teacher refuses a tool turn that no tool_calls precede."""
-    out = dict(msg)
-    if msg["role"] == "assistant" and sent.get("tool_calls"):
-        out["content"] = None if sent.get("content") is None else out["content"]
-        out["tool_calls"] = sent["tool_calls"]
-    if msg["role"] == "tool" and sent.get("tool_call_id") is not None:
-        out["tool_call_id"] = sent["tool_call_id"]
-    return out
 
 
 class Live:
@@ -294,11 +282,13 @@ class Service:
             req = {**req, "max_completion_tokens" if "max_completion_tokens" in req else "max_tokens": max_tokens}
         # A tools task's request already offers its tools, one call required (``Teacher.task_tools``):
         # a client offering the same ones asks generate's request, whose answers the ledger holds.
-        # (Not after a tool turn: then the client's tool_choice holds, or the teacher must call again.)
-        # (A parallel task's generate may call several: a client allowing one asks its own way.)
+        # (Not after a tool turn under task.tool_choice required: then the client's tool_choice holds.)
+        # (A parallel task's generate may call several: a client allowing one asks its own way; an auto
+        # task's may reply in words: a client requiring a call asks its own way.)
         own = tools is not None and student_calls(self.task, tools, messages) \
             and (named_tool(tools) is None or not teacher.supports_tools) \
-            and not (self.task.cfg.parallel_tool_calls and tools.get("parallel_tool_calls") is False)
+            and not (self.task.cfg.parallel_tool_calls and tools.get("parallel_tool_calls") is False) \
+            and not (self.task.cfg.tool_choice == "auto" and tools.get("tool_choice") == "required")
         if tools is not None and not own:
             if self.task.cfg.type == "tools":  # generate's offer (a call required) is not this request's
                 req = {k: v for k, v in req.items() if k not in ("tools", "tool_choice", "parallel_tool_calls")}
@@ -392,15 +382,17 @@ class Service:
             # Tokenising 1 MB of text takes ~0.5 s: off the event loop; a usual chat (~70 us) on it.
             long = sum(len(m["content"]) for m in messages) > 50_000
             calls = student_calls(self.task, tools, teacher_messages)
+            # A chat's tool turns whole: the student reads them as text (``PromptFormat.query``), as it learnt them.
+            read = teacher_messages if has_tool_turns(teacher_messages) else messages
             if tools is not None and not calls:
                 over: str | None = "the student cannot call tools"
             else:
-                over = await asyncio.to_thread(live.engine.over_context, messages) if long else \
-                    live.engine.over_context(messages)
+                over = await asyncio.to_thread(live.engine.over_context, read) if long else \
+                    live.engine.over_context(read)
             if over is None:
                 guide = self.student_guide(live, response_format)
                 a: StudentAnswer | None = await asyncio.wrap_future(
-                    live.batcher.submit(messages) if guide is None else live.batcher.submit(messages, guide))
+                    live.batcher.submit(read) if guide is None else live.batcher.submit(read, guide))
                 dist: float | None = ood_distance(a.embedding[None], live.reference)[0]
                 # Decoded under the client's own schema (or pattern), the answer is judged by it (below),
                 # not by the task's, which it replaces for this request.
@@ -411,19 +403,31 @@ class Service:
                 if who == "student" and answer_problem(a.output, response_format):
                     who, reason = "teacher", "response_format"
                 named, made = named_tool(tools), calls_of(a.parsed) if calls else []
-                if who == "student" and calls and not made:  # (judged by a client's format)
+                # A reply in words (task.tool_choice auto), to a client offering the tools or none (its text then).
+                reply = text_of(a.parsed) if calls or tools is None and self.task.cfg.type == "tools" else None
+                if who == "student" and calls and not made and reply is None:  # (judged by a client's format)
                     who, reason = "teacher", "invalid_output"
+                elif who == "student" and calls and reply is not None \
+                        and (named is not None or tools.get("tool_choice") == "required"):
+                    who, reason = "teacher", "tools"  # it wrote a reply where the client requires a call
                 elif who == "student" and calls and named is not None and any(c.get("name") != named for c in made):
                     who, reason = "teacher", "tools"  # it called another function than the client forces
                 elif who == "student" and len(made) > 1 and tools.get("parallel_tool_calls") is False:
                     who, reason = "teacher", "tools"  # several calls, where the client allows one
             else:
                 a, dist, who, reason = None, None, "teacher", "too_long" if tools is None else "tools"
+                reply = None
             student_cost = a.seconds * self.cfg.student.usd_per_hour / 3600 if a is not None else 0.0
             max_tokens, stop = self.escalation_limits(max_tokens, stop, tools, response_format)
             h, req = self.teacher_request(teacher_messages or messages, max_tokens, tools, logprobs, response_format)
             common = dict(request={"messages": messages}, answered_by=who, confidence=a.confidence if a else None,
                           ood_distance=dist, student_output=a.output if a else "", student=live.name, request_hash=h)
+            if who == "student" and reply is not None:
+                # A reply in words is whole too: the student wrote it as JSON, the call's form (no logprobs of it).
+                return ServedCall(content=reply, model=live.name, reason=reason, input_tokens=a.prompt_tokens,
+                                  output_tokens=a.output_tokens, cost_usd=student_cost, finish_reason="stop",
+                                  logprobs_unavailable="the student wrote this reply as the JSON of its tools' "
+                                  "answers, whose tokens are not the reply's" if logprobs is not None else None, **common)
             if who == "student" and calls:
                 # A call is whole, as a label is: never cut by a client's max_tokens or stop.
                 return ServedCall(content="", model=live.name, reason=reason, input_tokens=a.prompt_tokens,
@@ -437,7 +441,7 @@ class Service:
                 lps, why = None, None
                 if logprobs is not None:
                     try:
-                        lps = await asyncio.to_thread(live.engine.logprobs, messages, a, content, n_out, logprobs)
+                        lps = await asyncio.to_thread(live.engine.logprobs, read, a, content, n_out, logprobs)
                     except PotstillError as e:  # an engine that cannot score this answer (ctranslate2 past a window)
                         why = str(e)
                 return ServedCall(content=content, model=live.name, reason=reason, input_tokens=a.prompt_tokens,
@@ -519,10 +523,7 @@ class Service:
         """The hash a refused or failed chat request would have had escalated, as ``answer`` computes
         it: its tool turns kept (two tool chats with one text are two requests), and, where its
         fields are valid, its tools (a teacher that calls them), ``max_tokens`` and ``logprobs``."""
-        sent = request.get("messages")
-        sent = [m for m in sent if isinstance(m, dict) and m.get("role") not in ("system", "developer")] \
-            if isinstance(sent, list) else []  # the messages user_messages keeps, in its order
-        msgs = [with_tool_fields(m, raw) for m, raw in zip(user_messages(request), sent)]
+        msgs = chat_messages(request)
         if not msgs:
             return request_hash({"stage": "serve"}, request)
         body = _fields_of(request)

@@ -9,7 +9,7 @@ from typing import Any
 
 from potstill.tasks import Task
 from potstill.teachers import Response, Teacher
-from potstill.tool_calls import as_tool_calls, call_text, same_tools
+from potstill.tool_calls import as_tool_calls, call_text, has_tool_turns, same_tools, text_of
 
 
 def served_tools(task: Task, teacher: Teacher, tools: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -23,13 +23,15 @@ def served_tools(task: Task, teacher: Teacher, tools: dict[str, Any] | None) -> 
 
 
 def student_calls(task: Task, tools: dict[str, Any] | None, teacher_messages: list[dict] | None = None) -> bool:
-    """Whether the student answers a request offering ``tools`` with a call: a tools task's
-    student, asked with the task's own tools (``same_tools``) at the start of a chat (no tool
-    turns yet: it learnt first calls, not what to say after one), a call not refused ('none')."""
+    """Whether the student answers a request offering ``tools`` (with a call, or under
+    ``task.tool_choice: auto`` a call or a reply in words): a tools task's student, asked with the
+    task's own tools (``same_tools``), a call not refused ('none'), at the start of a chat (no tool
+    turns yet: under ``required`` it learnt first calls, not what to say after one) or anywhere in
+    one under ``auto``, whose student learnt the turns after tool results too."""
     if task.cfg.type != "tools" or tools is None or tools.get("tool_choice") == "none" \
             or not same_tools(tools["tools"], task.cfg.tools):
         return False
-    return not any(m.get("role") == "tool" or m.get("tool_calls") for m in teacher_messages or ())
+    return task.cfg.tool_choice == "auto" or not has_tool_turns(teacher_messages)
 
 
 def named_tool(tools: dict[str, Any] | None) -> str | None:
@@ -53,6 +55,9 @@ def as_asked(task: Task, r: Response, finish: str, calls: bool, offered: bool) -
     if calls and not r.tool_calls:
         parsed = task.parse(r.output)
         if task.validate(parsed) is None:
+            reply = text_of(parsed)  # a local teacher's reply in words, written as the student writes it
+            if reply is not None:
+                return reply, finish, r
             return "", "tool_calls", replace(r, tool_calls=as_tool_calls(parsed))
     if not offered and r.tool_calls:
         return call_text(r.tool_calls, task.cfg.parallel_tool_calls), "stop", replace(r, tool_calls=None)

@@ -45,7 +45,8 @@ def untrained_task(task: Task) -> Task:
     from potstill.tool_calls import shown_tools
 
     return get_task(cfg.model_copy(update={"instruction": shown_tools(cfg.instruction, cfg.tools or [],
-                                                                      cfg.parallel_tool_calls)}))
+                                                                      cfg.parallel_tool_calls,
+                                                                      cfg.tool_choice == "auto")}))
 
 
 def student_format(lm: Any, task: Task) -> PromptFormat:
@@ -53,7 +54,7 @@ def student_format(lm: Any, task: Task) -> PromptFormat:
 
     ``lm``: anything with a ``tokenizer`` (an ``LM`` or an engine)."""
     kind = "chat" if getattr(lm.tokenizer, "chat_template", None) else "completion"
-    return PromptFormat(kind=kind, instruction=task.cfg.instruction)
+    return PromptFormat(kind=kind, instruction=task.cfg.instruction, calls_as_list=task.cfg.parallel_tool_calls)
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """Tool calling: each answer is one call of one of ``task.tools``, written ``{name, arguments}``, or
-with ``task.parallel_tool_calls`` a list of one or more such calls.
+with ``task.parallel_tool_calls`` a list of one or more such calls; with ``task.tool_choice: auto``
+it may be a reply in words instead, ``{content}``, and a chat may hold earlier calls and results.
 
 An extraction task whose JSON Schema is derived from the tools (``potstill.tool_calls``): the
 teacher is asked with the tools, a call required, and its calls become the record's output; the
@@ -12,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from potstill.tasks.extraction import ExtractionTask, _Invalid, json_same, json_text
-from potstill.tool_calls import call_text
+from potstill.tool_calls import call_text, text_of
 
 
 class ToolsTask(ExtractionTask):
@@ -23,18 +24,25 @@ class ToolsTask(ExtractionTask):
 
     def answer_output(self, answer: dict[str, Any]) -> str | None:
         """A teacher's answer as the text to learn: its tool calls (``call_text``), else its text
-        (which then fails the schema: the teacher answered without calling)."""
+        (which fails the schema under ``tool_choice: required``: the teacher answered without calling;
+        under ``auto`` it is a reply in words, see ``parse``)."""
         calls = answer.get("tool_calls")
         return call_text(calls, self.cfg.parallel_tool_calls) if calls else answer.get("output")
 
     def parse(self, output: str) -> Any:
         """Extraction's parse; a parallel task's calls in one order (by name, then arguments), since the
         order of parallel calls means nothing, so the student learns one and answers compare as sets.
-        One call alone there counts as a list of one."""
+        One call alone there counts as a list of one. Under ``tool_choice: auto`` a text that does not
+        start as JSON does (``{``, ``[`` or a code fence) is a reply in words, ``{"content": TEXT}``:
+        an API teacher's or a logged reply (imported, served) as it was written."""
+        if self.cfg.tool_choice == "auto":
+            text = output.strip()
+            if text and text[0] not in "{[`":
+                return {"content": text}
         parsed = super().parse(output)
         if not self.cfg.parallel_tool_calls or isinstance(parsed, _Invalid):
             return parsed
-        if isinstance(parsed, dict):
+        if isinstance(parsed, dict) and text_of(parsed) is None:
             parsed = [parsed]
         if isinstance(parsed, list):
             try:
@@ -64,8 +72,13 @@ class ToolsTask(ExtractionTask):
 
     @staticmethod
     def _one(a: Any, b: Any) -> float:
+        """One call against one; replies in words (``tool_choice: auto``) compare as free text does
+        (equal after folding case and white space); a call against a reply, 0."""
         if isinstance(a, _Invalid) or isinstance(b, _Invalid) or not isinstance(a, dict) or not isinstance(b, dict):
             return 0.0
+        ta, tb = text_of(a), text_of(b)
+        if ta is not None or tb is not None:
+            return float(ta is not None and tb is not None and " ".join(ta.split()).lower() == " ".join(tb.split()).lower())
         if a.get("name") != b.get("name"):
             return 0.0
         x, y = a.get("arguments"), b.get("arguments")

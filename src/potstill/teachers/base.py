@@ -310,12 +310,13 @@ class Teacher:
 
     def task_tools(self, request: dict[str, Any]) -> dict[str, Any]:
         """``request`` offering a tools task's ``task.tools``, a call required (one, or with
-        ``task.parallel_tool_calls`` one or more), where the teacher can call tools; one that cannot
-        (local, replay) answers with the call written as text."""
+        ``task.parallel_tool_calls`` one or more; ``task.tool_choice: auto``: the teacher's choice,
+        a call or a reply in words), where the teacher can call tools; one that cannot (local,
+        replay) answers with the call written as text."""
         if self.task.cfg.type != "tools" or not self.supports_tools:
             return request
         one = None if self.task.cfg.parallel_tool_calls or not self.tells_parallel() else False
-        return self.with_tools(request, self.task.cfg.tools or [], "required", one)
+        return self.with_tools(request, self.task.cfg.tools or [], self.task.cfg.tool_choice, one)
 
     def tells_parallel(self) -> bool:
         """Whether this teacher's API takes ``parallel_tool_calls`` (OpenAI's o-series models refuse

@@ -89,7 +89,8 @@ class LocalTeacher(Teacher):
             if i:
                 rng.shuffle(order)
             self.fmts.append(PromptFormat(kind=cfg.prompt_format, instruction=task.cfg.instruction,
-                                          answer_prefix=cfg.answer_prefix, shots=order))
+                                          answer_prefix=cfg.answer_prefix, shots=order,
+                                          calls_as_list=task.cfg.parallel_tool_calls))
         self.fmt = self.fmts[0]
         self._engine: Engine | None = None
         self._priors: list[torch.Tensor] = []

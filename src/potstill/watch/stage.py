@@ -37,12 +37,13 @@ from potstill.records import read_records, write_json, write_text
 from potstill.rundir import student_train_path
 from potstill.serve.engine import RefusedChat, TransformersEngine, embed_all
 from potstill.tasks import get_task
-from potstill.tool_calls import calls_of, tool_names
+from potstill.tool_calls import calls_of, text_of, tool_names
 from potstill.watch.stats import escalation_trend, label_test, mmd_test
 from potstill.watch.traffic import read_traffic, served_name, served_name_of
 
 EXIT_DRIFT = 3  # 0: within thresholds; 2: an error (one line on stderr); 3: drift flagged
 INVALID = "(invalid)"  # a served answer that names no label
+REPLY = "(reply)"  # a tools task's reply in words, no call (task.tool_choice auto)
 
 
 def reference_sample(train: list, w: WatchConfig) -> list:
@@ -116,11 +117,15 @@ def label_of(task: Any, text: str) -> str:
 def call_of(task: Any, text: str | None, calls: list[dict] | None = None) -> str:
     """A tools task's answer as its "label": the function it calls (a served call's ``tool_calls``, else
     its ``{name, arguments}`` text), the functions of parallel calls sorted and joined by ``+``
-    (``a+a+b``), ``INVALID`` where it calls none of the task's tools or one that is not."""
+    (``a+a+b``), ``REPLY`` for a reply in words (``task.tool_choice: auto``), ``INVALID`` where it calls
+    none of the task's tools or one that is not."""
     if calls:
         names = [(c.get("function") or {}).get("name") for c in calls]
     else:
-        names = [c.get("name") for c in calls_of(task.parse(text or ""))]
+        parsed = task.parse(text or "")
+        if text_of(parsed) is not None:
+            return REPLY
+        names = [c.get("name") for c in calls_of(parsed)]
     known = tool_names(task.cfg.tools)
     return "+".join(sorted(names)) if names and all(n in known for n in names) else INVALID
 
@@ -225,7 +230,7 @@ def watch_run(run_dir: Path, cfg: Config, since: float | None = None, until: flo
     ref_emb, ref_records = reference_embeddings(run_dir, engine, w)
     # What the student never read (longer than its context; serve sent it to the teacher) is left out of
     # the input check and counted; it stays an escalation in the escalation share.
-    readable = [s.messages for s in traffic if fits(engine, s.messages)]
+    readable = [s.chat for s in traffic if fits(engine, s.chat)]  # tool turns as the student read them
     too_long = len(traffic) - len(readable)
     # A time range can hold a day of traffic: the MMD kernel of 30,000 requests is ~7 GB per (N, N)
     # float64 matrix, several held at once. A seeded uniform sample of max_sample keeps it ~10 MB.
