@@ -2,6 +2,7 @@
 
     PYTHONPATH=src:. nice -n 5 python benchmarks/tools_task.py [--out benchmarks/tools_task.json]
     PYTHONPATH=src:. nice -n 5 python benchmarks/tools_task.py --parallel [--out benchmarks/tools_task_parallel.json]
+    PYTHONPATH=src:. nice -n 5 python benchmarks/tools_task.py --agent [--out benchmarks/tools_task_agent.json]
 
 The teacher is an OpenAI-compatible server on loopback that calls one of three tools by fixed
 rules (weather in a city, with a unit where asked; the time in a city; a timer of N minutes): a
@@ -16,11 +17,17 @@ student's own (``potstill.student_output``, escalated or not), is checked agains
 ("weather in Oslo and also the time in Lima", the same tool twice too), which the teacher answers
 with one call per clause in one answer; calls are compared as sets.
 
+``--agent``: ``task.tool_choice: auto``, and half the inputs are the turn after the call: the chat
+holds the request, the teacher's call and the tool's result (made up by fixed rules: a temperature
+and sky from the city's name, a clock time, the timer's confirmation), which the teacher answers
+with a reply in words that carries the result's values ("It is 14 degrees C and cloudy in Oslo.").
+Served answers are checked against the rule: the call on a first turn, the exact reply after one.
+
 Reported: eval.json's agreement and verdict, the stage times, and for the served requests who
 answered, the share of answers whose calls match the rule, by who answered, and the student's
 latency. Exits 1 (correctness) when a served answer is not well-formed calls of the task's tools
-(exactly one without ``--parallel``), or a served answer from the teacher differs from the rule (the
-route changed the teacher's answer).
+(exactly one without ``--parallel``; a reply's text with ``--agent`` after a result), or a served
+answer from the teacher differs from the rule (the route changed the teacher's answer).
 """
 
 from __future__ import annotations
@@ -125,6 +132,43 @@ def requests(rng: random.Random, cities: list[str], n: int, new: bool = False) -
     return list(dict.fromkeys(out))
 
 
+SKIES = ["sunny", "cloudy", "rainy", "windy", "foggy"]
+
+
+def result(call: dict[str, Any]) -> str:
+    """What the tool returns for a call (fixed by its arguments): the tool message's content."""
+    a = call["arguments"]
+    if call["name"] == "get_weather":
+        seed = sum(map(ord, a["city"]))
+        temp = seed % 30 - 3
+        if a.get("unit") == "f":
+            temp = round(temp * 9 / 5 + 32)
+        return json.dumps({"temp": temp, "unit": a.get("unit", "c"), "sky": SKIES[seed % 5]})
+    if call["name"] == "get_time":
+        seed = sum(map(ord, a["city"])) * 7
+        return json.dumps({"time": f"{seed % 24:02d}:{seed % 60:02d}"})
+    return json.dumps({"ok": True, "minutes": a["minutes"]})
+
+
+def reply(call: dict[str, Any], out: str) -> str:
+    """The teacher's reply in words once the tool answered ``call`` with ``out``."""
+    r, a = json.loads(out), call["arguments"]
+    if call["name"] == "get_weather":
+        return f"It is {r['temp']} degrees {r['unit'].upper()} and {r['sky']} in {a['city']}."
+    if call["name"] == "get_time":
+        return f"It is {r['time']} in {a['city']}."
+    return f"Your {r['minutes']}-minute timer is running."
+
+
+def after(text: str) -> list[dict[str, Any]]:
+    """The chat of the turn after the call: the request, the teacher's call, the tool's result."""
+    call = rule(text)
+    return [{"role": "user", "content": text},
+            {"role": "assistant", "content": None, "tool_calls": [{"id": "call_0", "type": "function", "function": {
+                "name": call["name"], "arguments": json.dumps(call["arguments"])}}]},
+            {"role": "tool", "tool_call_id": "call_0", "content": result(call)}]
+
+
 def teacher_app(calls: list) -> Any:
     from fastapi import FastAPI
 
@@ -133,7 +177,14 @@ def teacher_app(calls: list) -> Any:
     @app.post("/v1/chat/completions")
     def chat(body: dict[str, Any]) -> dict[str, Any]:
         calls.append(body)
-        made = rules(body["messages"][-1]["content"])
+        last = body["messages"][-1]
+        if last["role"] == "tool" and body.get("tool_choice") != "required":
+            call = body["messages"][-2]["tool_calls"][0]["function"]
+            words = reply({"name": call["name"], "arguments": json.loads(call["arguments"])}, last["content"])
+            return {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
+                    "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": words}}],
+                    "usage": {"prompt_tokens": 160, "completion_tokens": 14, "total_tokens": 174}}
+        made = rules(last["content"])
         return {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
                 "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
                     "role": "assistant", "content": None, "tool_calls": [
@@ -145,15 +196,64 @@ def teacher_app(calls: list) -> Any:
     return app
 
 
+def folded(text: Any) -> str:
+    return " ".join(str(text).split()).lower()
+
+
+def judged_calls(text: str, r: Any, route: dict, schemas: dict, parallel: bool, failures: list) -> tuple[bool, bool]:
+    """(the served calls match the rule, the student's own do): one call (or with ``parallel`` one or
+    more) of the task's tools, each within its schema, else a failure."""
+    import jsonschema
+
+    calls = r.choices[0].message.tool_calls or []
+    made: list[dict[str, Any]] = []
+    if (len(calls) == 1 or parallel and calls) and all(c.function.name in schemas for c in calls):
+        made = [{"name": c.function.name, "arguments": json.loads(c.function.arguments)} for c in calls]
+        for call in made:
+            try:
+                jsonschema.validate(call["arguments"], schemas[call["name"]])
+            except jsonschema.ValidationError as e:
+                failures.append(f"{text!r}: the {route['answered_by']}'s call breaks its schema: {e.message}")
+    else:
+        failures.append(f"{text!r}: not {'calls' if parallel else 'one call'} of the task's tools "
+                        f"({route['answered_by']})")
+    right = bool(made) and same_calls(made, rules(text))
+    try:
+        own = json.loads(route["student_output"])
+    except json.JSONDecodeError:
+        own = None
+    own = [own] if isinstance(own, dict) else own if isinstance(own, list) else []
+    if route["answered_by"] == "teacher" and not right:
+        failures.append(f"{text!r}: the teacher's calls came back changed: {made}")
+    return right, all(isinstance(c, dict) for c in own) and bool(own) and same_calls(own, rules(text))
+
+
+def judged_reply(text: str, r: Any, route: dict, failures: list) -> tuple[bool, bool]:
+    """(the served reply is the rule's, the student's own is): after a result, a reply in words."""
+    call = rule(text)
+    want = folded(reply(call, result(call)))
+    got = r.choices[0].message.content
+    right = not r.choices[0].message.tool_calls and got is not None and folded(got) == want
+    if route["answered_by"] == "teacher" and not right:
+        failures.append(f"{text!r}: the teacher's reply came back changed: {got!r}")
+    try:
+        own = json.loads(route["student_output"])
+    except json.JSONDecodeError:
+        own = None
+    return right, isinstance(own, dict) and folded(own.get("content", "")) == want
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--served", type=int, default=60, help="new requests sent to the server")
     ap.add_argument("--parallel", action="store_true", help="task.parallel_tool_calls, half the requests two at once")
+    ap.add_argument("--agent", action="store_true", help="task.tool_choice auto, half the inputs after a tool's result")
     args = ap.parse_args()
+    if args.parallel and args.agent:
+        ap.error("--parallel and --agent are measured apart")
     asked = compound if args.parallel else requests
-    import jsonschema
     import openai
 
     from potstill.config import load_config
@@ -166,15 +266,19 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     rng = random.Random(0)
     texts = asked(rng, CITIES, 400)
-    (work / "inputs.jsonl").write_text("".join(json.dumps({"id": f"q{i}", "input": t}) + "\n" for i, t in enumerate(texts)))
+    # --agent: every other input is the turn after its call (the same request, so the split keeps them together).
+    inputs = [{"id": f"q{i}", "messages": after(t)} if args.agent and i % 2 else {"id": f"q{i}", "input": t}
+              for i, t in enumerate(texts)]
+    (work / "inputs.jsonl").write_text("".join(json.dumps(x) + "\n" for x in inputs))
     seen: list = []
     failures: list[str] = []
     out: dict[str, Any] = {"machine": platform.processor() or platform.machine(), "inputs": len(texts),
-                           "parallel": args.parallel}
+                           "parallel": args.parallel, "agent": args.agent}
     with LiveServer(teacher_app(seen)) as teacher:
         cfg_dict = {"run_dir": "run", "task": {"type": "tools", "instruction": "Call the tool the user's request needs.",
                                                "max_output_tokens": 96 if args.parallel else 48, "tools": TOOLS,
-                                               "parallel_tool_calls": args.parallel},
+                                               "parallel_tool_calls": args.parallel,
+                                               **({"tool_choice": "auto"} if args.agent else {})},
                     "data": {"inputs": "inputs.jsonl"},
                     "teacher": {"type": "openai", "base_url": teacher.url + "/v1", "model": "gpt-4.1-mini",
                                 "api_key_env": "", "price": {"input_per_mtok": 0.4, "output_per_mtok": 1.6}},
@@ -207,36 +311,21 @@ def main() -> None:
             with LiveServer(build_app(service, None)) as live:
                 client = openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0, timeout=120)
                 schemas = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
-                for text, group in new:
+                for k, (text, group) in enumerate(new):
+                    turn = args.agent and k % 2 == 1  # --agent: every other one is the turn after its call
+                    msgs = after(text) if turn else [{"role": "user", "content": text}]
                     t1 = time.perf_counter()
-                    r = client.chat.completions.create(model="potstill", messages=[{"role": "user", "content": text}],
-                                                       tools=TOOLS)
+                    r = client.chat.completions.create(model="potstill", messages=msgs, tools=TOOLS)
                     dt = time.perf_counter() - t1
                     route = r.model_extra["potstill"]
-                    calls = r.choices[0].message.tool_calls or []
-                    made: list[dict[str, Any]] = []
-                    if (len(calls) == 1 or args.parallel and calls) and all(c.function.name in schemas for c in calls):
-                        made = [{"name": c.function.name, "arguments": json.loads(c.function.arguments)} for c in calls]
-                        for call in made:
-                            try:
-                                jsonschema.validate(call["arguments"], schemas[call["name"]])
-                            except jsonschema.ValidationError as e:
-                                failures.append(f"{text!r}: the {route['answered_by']}'s call breaks its schema: {e.message}")
+                    row = {"text": text, "group": group, "two_at_once": len(rules(text)) > 1, "after_result": turn,
+                           "answered_by": route["answered_by"], "reason": route["reason"], "seconds": round(dt, 3)}
+                    if turn:
+                        row["right"], row["student_right"] = judged_reply(text, r, route, failures)
                     else:
-                        failures.append(f"{text!r}: not {'calls' if args.parallel else 'one call'} of the task's tools "
-                                        f"({route['answered_by']})")
-                    right = bool(made) and same_calls(made, rules(text))
-                    try:
-                        own = json.loads(route["student_output"])
-                    except json.JSONDecodeError:
-                        own = None
-                    own = [own] if isinstance(own, dict) else own if isinstance(own, list) else []
-                    if route["answered_by"] == "teacher" and not right:
-                        failures.append(f"{text!r}: the teacher's calls came back changed: {made}")
-                    served.append({"text": text, "group": group, "two_at_once": len(rules(text)) > 1,
-                                   "answered_by": route["answered_by"], "reason": route["reason"], "right": right,
-                                   "student_right": all(isinstance(c, dict) for c in own)
-                                   and bool(own) and same_calls(own, rules(text)), "seconds": round(dt, 3)})
+                        row["right"], row["student_right"] = judged_calls(text, r, route, schemas, args.parallel,
+                                                                          failures)
+                    served.append(row)
         finally:
             service.close()
     def summary(rows: list[dict]) -> dict[str, Any]:
@@ -258,6 +347,9 @@ def main() -> None:
     if args.parallel:
         out["served_two_at_once"] = summary([s for s in served if s["two_at_once"]])
         out["served_one"] = summary([s for s in served if not s["two_at_once"]])
+    if args.agent:
+        out["served_first_turn"] = summary([s for s in served if not s["after_result"]])
+        out["served_after_result"] = summary([s for s in served if s["after_result"]])
     out["served_requests"] = served
     print(json.dumps({k: out[k] for k in ("run_s", "eval", "served")}, indent=1))
     finish(out, failures, args.out)

@@ -97,11 +97,6 @@ def call_text(tool_calls: list[dict[str, Any]], parallel: bool = False) -> str:
     return json.dumps(calls[0] if len(calls) == 1 and not parallel else calls, ensure_ascii=False)
 
 
-def text_answer(text: str) -> str:
-    """A reply in words as the student writes it (``TEXT_ANSWER``)."""
-    return json.dumps({"content": text}, ensure_ascii=False)
-
-
 def text_of(parsed: Any) -> str | None:
     """The text of a parsed reply in words (``{"content": TEXT}``), or None for a call or anything else."""
     if isinstance(parsed, dict) and set(parsed) == {"content"} and isinstance(parsed["content"], str):
