@@ -3,6 +3,7 @@
     PYTHONPATH=src:. nice -n 5 python benchmarks/tools_task.py [--out benchmarks/tools_task.json]
     PYTHONPATH=src:. nice -n 5 python benchmarks/tools_task.py --parallel [--out benchmarks/tools_task_parallel.json]
     PYTHONPATH=src:. nice -n 5 python benchmarks/tools_task.py --agent [--out benchmarks/tools_task_agent.json]
+    PYTHONPATH=src:. nice -n 5 python benchmarks/tools_task.py --agent --rounds [--out benchmarks/tools_task_rounds.json]
 
 The teacher is an OpenAI-compatible server on loopback that calls one of three tools by fixed
 rules (weather in a city, with a unit where asked; the time in a city; a timer of N minutes): a
@@ -22,6 +23,9 @@ holds the request, the teacher's call and the tool's result (made up by fixed ru
 and sky from the city's name, a clock time, the timer's confirmation), which the teacher answers
 with a reply in words that carries the result's values ("It is 14 degrees C and cloudy in Oslo.").
 Served answers are checked against the rule: the call on a first turn, the exact reply after one.
+``--agent --rounds``: the inputs are first requests only and ``generate.tool_rounds: 1`` makes the
+turns after them, the teacher playing each called function (here by the same rules); served as
+``--agent``.
 
 Reported: eval.json's agreement and verdict, the stage times, and for the served requests who
 answered, the share of answers whose calls match the rule, by who answered, and the student's
@@ -178,6 +182,14 @@ def teacher_app(calls: list) -> Any:
     def chat(body: dict[str, Any]) -> dict[str, Any]:
         calls.append(body)
         last = body["messages"][-1]
+        if not body.get("tools"):  # playing a function (generate.tool_rounds): its declaration and arguments
+            declared, args = last["content"].split("\n", 1)
+            call = {"name": json.loads(declared.removeprefix("Function: "))["name"],
+                    "arguments": json.loads(args.removeprefix("Arguments: "))}
+            return {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
+                    "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant",
+                                                                                "content": result(call)}}],
+                    "usage": {"prompt_tokens": 90, "completion_tokens": 12, "total_tokens": 102}}
         if last["role"] == "tool" and body.get("tool_choice") != "required":
             call = body["messages"][-2]["tool_calls"][0]["function"]
             words = reply({"name": call["name"], "arguments": json.loads(call["arguments"])}, last["content"])
@@ -250,9 +262,12 @@ def main() -> None:
     ap.add_argument("--served", type=int, default=60, help="new requests sent to the server")
     ap.add_argument("--parallel", action="store_true", help="task.parallel_tool_calls, half the requests two at once")
     ap.add_argument("--agent", action="store_true", help="task.tool_choice auto, half the inputs after a tool's result")
+    ap.add_argument("--rounds", action="store_true", help="with --agent: first requests only, generate.tool_rounds 1")
     args = ap.parse_args()
     if args.parallel and args.agent:
         ap.error("--parallel and --agent are measured apart")
+    if args.rounds and not args.agent:
+        ap.error("--rounds goes with --agent")
     asked = compound if args.parallel else requests
     import openai
 
@@ -267,13 +282,14 @@ def main() -> None:
     rng = random.Random(0)
     texts = asked(rng, CITIES, 400)
     # --agent: every other input is the turn after its call (the same request, so the split keeps them together).
-    inputs = [{"id": f"q{i}", "messages": after(t)} if args.agent and i % 2 else {"id": f"q{i}", "input": t}
+    inputs = [{"id": f"q{i}", "messages": after(t)} if args.agent and i % 2 and not args.rounds
+              else {"id": f"q{i}", "input": t}
               for i, t in enumerate(texts)]
     (work / "inputs.jsonl").write_text("".join(json.dumps(x) + "\n" for x in inputs))
     seen: list = []
     failures: list[str] = []
     out: dict[str, Any] = {"machine": platform.processor() or platform.machine(), "inputs": len(texts),
-                           "parallel": args.parallel, "agent": args.agent}
+                           "parallel": args.parallel, "agent": args.agent, "rounds": args.rounds}
     with LiveServer(teacher_app(seen)) as teacher:
         cfg_dict = {"run_dir": "run", "task": {"type": "tools", "instruction": "Call the tool the user's request needs.",
                                                "max_output_tokens": 96 if args.parallel else 48, "tools": TOOLS,
@@ -283,6 +299,7 @@ def main() -> None:
                     "teacher": {"type": "openai", "base_url": teacher.url + "/v1", "model": "gpt-4.1-mini",
                                 "api_key_env": "", "price": {"input_per_mtok": 0.4, "output_per_mtok": 1.6}},
                     "pilot": {"n": 20}, "curate": {"test": 60}, "train": {"method": "lora", "epochs": 2},
+                    "generate": {"tool_rounds": 1 if args.rounds else 0},
                     "evaluate": {"latency_samples": 10},
                     "serve": {"api_key_env": "", "guided_json": True}}
         (work / "potstill.yaml").write_text(yaml.safe_dump(cfg_dict))

@@ -324,6 +324,12 @@ class GenerateConfig(Section):
     retry_refusals: bool = Field(
         False, description="Send again a request the teacher refused in an earlier run (billed, and as a rule refused "
         "again); false: the refusal stands and its input stays out of the data.")
+    tool_rounds: int = Field(
+        0, ge=0, le=8, description="A tools task under task.tool_choice auto: after the teacher answers an input with "
+        "calls, the teacher also plays each called function (it writes the JSON result, from the function's "
+        "declaration and the call's arguments) and answers the chat holding those results, up to this many rounds, "
+        "so the data holds the turns after a result where the inputs have none (records tagged slice tool_round:N). "
+        "0: off.")
     engine: Literal["async", "ray", "batch"] = Field(
         "async", description="async: one process; ray: shard inputs over Ray workers; batch: the provider's batch API "
         "(openai, anthropic teachers; answers within 24 h at generate.batch_price of the live price).")

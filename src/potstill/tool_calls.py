@@ -141,9 +141,9 @@ def as_text_turns(messages: list[dict[str, Any]], parallel: bool = False) -> lis
     """A chat's tool turns as the student reads them, in one form whatever the model's chat template
     makes of tools: an assistant's calls as the text it writes for them (``call_text``; ``parallel``:
     a list, as a parallel task's student writes even one call), and each run of tool results as one
-    user turn, a result a line ``Result of NAME: TEXT`` (NAME the call's, found by its id). Templates
-    that know no ``tool`` role or refuse two user turns in a row (Gemma's) render it so; messages
-    without tool fields stay as they are."""
+    user turn, a result a line ``Result of NAME: TEXT`` (NAME the call's, found by its id), so a
+    template that knows no ``tool`` role renders it, and one that refuses two user turns in a row
+    (Gemma's) does after parallel calls; messages without tool fields stay as they are."""
     names: dict[str, str] = {}
     out: list[dict[str, Any]] = []
     results = -1  # the index in ``out`` of the user turn collecting the current run of tool results

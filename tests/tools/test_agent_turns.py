@@ -39,13 +39,16 @@ REPLY = "Done, celsius it is."
 
 
 def agent_teacher(seen: list) -> FastAPI:
-    """An OpenAI-compatible teacher: after a tool result it replies in words, else it calls set_unit c."""
+    """An OpenAI-compatible teacher: after a tool result it replies in words, else it calls set_unit c;
+    asked without tools (playing a function, ``generate.tool_rounds``), it writes the function's result."""
     app = FastAPI()
 
     @app.post("/v1/chat/completions")
     def chat(body: dict[str, Any]) -> Any:
         seen.append(body)
-        if body["messages"][-1]["role"] == "tool" and body.get("tool_choice") != "required":
+        if not body.get("tools"):
+            message, finish = {"role": "assistant", "content": '{"unit": "c", "ok": true}'}, "stop"
+        elif body["messages"][-1]["role"] == "tool" and body.get("tool_choice") != "required":
             message, finish = {"role": "assistant", "content": REPLY}, "stop"
         else:
             message, finish = {"role": "assistant", "content": None, "tool_calls": [
@@ -146,6 +149,33 @@ def test_generate_asks_auto_with_the_tool_turns_whole_and_learns_both_forms(tmp_
     assert claude["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True}
     assert [b["type"] for b in claude["messages"][1]["content"]] == ["tool_use"]
     assert [b["type"] for b in claude["messages"][2]["content"]] == ["tool_result"]
+
+
+def test_tool_rounds_have_the_teacher_play_the_function_and_answer_the_turn_after(tmp_path):
+    from potstill.generate.tool_rounds import SIMULATE
+
+    seen: list = []
+    with LiveServer(agent_teacher(seen)) as srv:
+        cfg = project(tmp_path, srv.url + "/v1", tool_choice="auto", tools=TOOLS)
+        (tmp_path / "inputs.jsonl").write_text(json.dumps({"id": "first", "messages": [ASK]}) + "\n")
+        cfg = cfg.model_copy(update={"generate": cfg.generate.model_copy(update={"tool_rounds": 2})})
+        generate_stage(cfg)
+        asked = len(seen)
+        generate_stage(cfg, force=True)  # every request is in the ledger: nothing is asked twice
+        assert len(seen) == asked == 3  # the call, the function's result, the reply after it
+    played = next(b for b in seen if not b.get("tools"))
+    assert played["messages"][0]["content"] == SIMULATE
+    declared, args = played["messages"][1]["content"].split("\n")
+    assert json.loads(declared.removeprefix("Function: ")) == TOOLS[0]["function"]
+    assert args == 'Arguments: {"unit": "c"}'
+    first, after = read_records(tmp_path / "run" / "teacher.jsonl")
+    assert (first.id, after.id, after.slice, after.meta["round"]) == ("first", "first.r1", ["tool_round:1"], 1)
+    assert after.messages[1]["tool_calls"][0]["function"] == {"name": "set_unit", "arguments": '{"unit": "c"}'}
+    assert after.messages[2] == {"role": "tool", "tool_call_id": "call_1_0", "content": '{"unit": "c", "ok": true}'}
+    assert json.loads(get_task(cfg.task).target(after)) == {"content": REPLY}  # a reply: no second round
+    with pytest.raises(PotstillError, match="generate.tool_rounds: needs task.type tools with task.tool_choice auto"):
+        required = project(tmp_path, srv.url + "/v1")
+        generate_stage(required.model_copy(update={"generate": required.generate.model_copy(update={"tool_rounds": 1})}))
 
 
 def test_export_writes_the_tool_turns_and_the_reply(tmp_path):

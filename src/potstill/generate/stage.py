@@ -8,6 +8,7 @@ from typing import Any
 from potstill.config import Config
 from potstill.errors import PotstillError
 from potstill.generate import check_settings, run_generate
+from potstill.generate.tool_rounds import add_rounds, check_rounds
 from potstill.progress import say
 from potstill.records import write_jsonl
 from potstill.rundir import RunDir
@@ -28,9 +29,16 @@ def generate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
     # that never called anyone without leaving an empty calls.sqlite.
     teacher = get_teacher(cfg.teacher, get_task(cfg.task))
     check_settings(teacher, cfg.generate)  # label_records checks them too, once the ledger exists
+    check_rounds(cfg)
     with run.ledger() as ledger:
         labelled, stats = run_generate(cfg, records, ledger, stage="generate", teacher=teacher,
                                        beyond=inputs_beyond_limit(cfg))
+        if cfg.generate.tool_rounds:
+            first = len(labelled)
+            labelled = add_rounds(cfg, labelled, ledger, stats, lambda task: get_teacher(cfg.teacher, task))
+            rounds = len({r.meta.get("round") for r in labelled[first:]})
+            say(f"generate: {len(labelled) - first} later turn(s) over {rounds} tool round(s), each call's result "
+                "written by the teacher playing the function (generate.tool_rounds)")
     # Only answered records (committed to the ledger) reach the output; unsent ones wait for a rerun.
     write_jsonl(run / "teacher.jsonl", [r for r in labelled if not (r.invalid_reason or "").startswith("not sent")])
     if stats.budget_stopped:
@@ -43,7 +51,8 @@ def generate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
                             "are cached")
     if stats.errors:
         # Not marked done: the next run retries exactly the failed requests (answers are cached).
-        first = next(r.invalid_reason for r in labelled if (r.invalid_reason or "").startswith("teacher error"))
+        first = next((r.invalid_reason for r in labelled if (r.invalid_reason or "").startswith("teacher error")),
+                     "a function's result asked in a tool round")
         raise PotstillError(f"generate: {stats.errors} of {stats.inputs} teacher calls failed ({first}); "
                             "rerun to retry them, the others are cached")
     # Printed only on success: a failed run says everything in its one error line.

@@ -1,0 +1,108 @@
+"""An agent's later turns, generated (``generate.tool_rounds``): the teacher plays the functions it calls.
+
+A tools task under ``task.tool_choice: auto`` learns what to say after a tool's result only from
+inputs that hold such results, and most inputs (written, synthesized) are first requests. Each
+round: every answer of the round before that calls functions gets each call's result written by
+the teacher itself, asked as the function (its declaration and the call's arguments; ``SIMULATE``),
+and the chat with the calls and those results becomes a new input the teacher answers as any other
+(a reply in words, or more calls for the next round). Every request goes through ``label_records``,
+so each is in the ledger: a rerun pays for none twice, and a crash loses nothing. A result the
+teacher could not write (an error, an empty answer) ends that chat there.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from typing import Any
+
+from potstill.config import Config, TaskConfig
+from potstill.errors import PotstillError
+from potstill.records import Record
+from potstill.tool_calls import calls_of
+
+SIMULATE = ("You play a function that an assistant has just called, given its declaration and the call's arguments. "
+            "Reply with only what the function returns, as JSON: specific, plausible values that fit the "
+            "arguments, no commentary.")
+_SUMMED = ("calls", "errors", "invalid", "unsent", "started", "attempts", "retries", "input_tokens", "output_tokens",
+           "cost_usd", "throttled", "pauses", "fewer_samples", "refused", "whole_reused", "cache_hits")
+
+
+def check_rounds(cfg: Config) -> None:
+    """One line where ``generate.tool_rounds`` cannot run with this task or engine."""
+    if not cfg.generate.tool_rounds:
+        return
+    if cfg.task.type != "tools" or cfg.task.tool_choice != "auto":
+        raise PotstillError("generate.tool_rounds: needs task.type tools with task.tool_choice auto (a task whose "
+                            "answers may follow a tool's result)")
+    if cfg.generate.engine != "async":
+        raise PotstillError(f"generate.tool_rounds: runs with generate.engine async, not {cfg.generate.engine} "
+                            "(each round waits for the one before)")
+
+
+def add_rounds(cfg: Config, labelled: list[Record], ledger: Any, stats: Any, make_teacher: Any) -> list[Record]:
+    """``labelled`` plus the records of up to ``generate.tool_rounds`` later turns; ``stats`` (a
+    ``RunStats``) gains their calls. ``make_teacher(task)``: a teacher from ``cfg.teacher`` for a task."""
+    from potstill.generate import label_records
+    from potstill.tasks import get_task
+
+    task = get_task(cfg.task)
+    player = get_task(TaskConfig(type="freetext", instruction=SIMULATE, max_output_tokens=cfg.task.max_output_tokens))
+    functions = {t["function"]["name"]: t["function"] for t in cfg.task.tools or []}
+    out, frontier = list(labelled), labelled
+    for n in range(1, cfg.generate.tool_rounds + 1):
+        called = [(r, calls_of(task.parse(r.output))) for r in frontier if r.valid and r.output is not None]
+        called = [(r, cs) for r, cs in called if cs]
+        if not called:
+            break
+        asks = [Record(id=f"{r.id}.call{j}", messages=[{"role": "user", "content": _asked(functions, c)}],
+                       meta={"source": "tool_rounds", "round": n})
+                for r, cs in called for j, c in enumerate(cs)]
+        played = _labelled(label_records, asks, player, make_teacher, ledger, cfg, stats)
+        results = {r.id: r.output for r in played if r.valid and r.output}
+        nxt = []
+        for r, cs in called:
+            outs = [results.get(f"{r.id}.call{j}") for j in range(len(cs))]
+            if any(o is None for o in outs):
+                continue
+            ids = [f"call_{n}_{j}" for j in range(len(cs))]
+            turn = {"role": "assistant", "content": None, "tool_calls": [
+                {"id": i, "type": "function", "function": {"name": c["name"], "arguments": json.dumps(
+                    c["arguments"], ensure_ascii=False)}} for i, c in zip(ids, cs)]}
+            nxt.append(Record(id=f"{r.id}.r{n}", messages=[*r.messages, turn, *(
+                {"role": "tool", "tool_call_id": i, "content": o} for i, o in zip(ids, outs))],
+                label=None, slice=[*r.slice, f"tool_round:{n}"],
+                meta={"source": "tool_rounds", "round": n, "from": r.id, "results_written_by_teacher": True}))
+        if not nxt:
+            break
+        frontier = _labelled(label_records, nxt, task, make_teacher, ledger, cfg, stats)
+        out += frontier
+    return out
+
+
+def _asked(functions: dict[str, Any], call: dict[str, Any]) -> str:
+    declared = functions.get(call["name"], {"name": call["name"]})
+    return (f"Function: {json.dumps(declared, ensure_ascii=False)}\n"
+            f"Arguments: {json.dumps(call['arguments'], ensure_ascii=False)}")
+
+
+def _labelled(label_records: Any, records: list[Record], task: Any, make_teacher: Any, ledger: Any, cfg: Config,
+              stats: Any) -> list[Record]:
+    """``label_records`` on one round's requests, within what is left of ``generate.budget_usd``."""
+    gcfg = cfg.generate
+    if gcfg.budget_usd is not None:
+        gcfg = gcfg.model_copy(update={"budget_usd": max(0.0, gcfg.budget_usd - stats.cost_usd)})
+    teacher = make_teacher(task)
+    try:
+        done, more = label_records(records, task, teacher, ledger, "generate", gcfg)
+    finally:
+        teacher.close()
+    names = {f.name for f in fields(more)}
+    for k in _SUMMED:
+        if k in names:
+            setattr(stats, k, getattr(stats, k) + getattr(more, k))
+    stats.seconds += more.seconds
+    stats.budget_stopped = stats.budget_stopped or more.budget_stopped
+    for k, v in more.invalid_reasons.items():
+        stats.invalid_reasons[k] = stats.invalid_reasons.get(k, 0) + v
+    return [r for r in done if not (r.invalid_reason or "").startswith("not sent")]
