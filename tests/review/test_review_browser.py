@@ -192,6 +192,29 @@ def test_the_earlier_turns_of_a_conversation_are_shown_with_its_last_message(tmp
         browser.close()
 
 
+def test_an_agents_call_and_the_tools_result_are_shown_after_the_request(tmp_path):
+    """The turn after a tool's result (task.tool_choice auto): the request is the last user message,
+    so the call and the result came after it, and the page showed a reply without what it reports."""
+    from playwright.sync_api import sync_playwright
+
+    from potstill.config import Config
+    from potstill.records import Record, write_jsonl
+    from tests.tools.test_agent_turns import AFTER, REPLY, TOOLS
+
+    run = tmp_path / "run"
+    write_jsonl(run / "teacher.jsonl", [Record(id="a1", messages=AFTER, output=REPLY, valid=True)])
+    curate_stage(Config(run_dir=str(run), task={"type": "tools", "tools": TOOLS, "tool_choice": "auto"},
+                        curate={"val": 0, "test": 0}))
+    with LiveServer(create_app(run, sample=1)) as served, sync_playwright() as p:
+        browser, page = _open(p, served.url)
+        assert page.inner_text("#text") == "celsius please" and page.is_hidden("#context")
+        after = page.inner_text("#after")
+        assert after.index('assistant{"name": "set_unit", "arguments": {"unit": "c"}}') \
+            < after.index("tool set_unitunit is now c"), after
+        assert page.inner_text("#output") == REPLY
+        browser.close()
+
+
 def test_a_decision_made_in_another_tab_is_not_overwritten_unseen(curated):
     """Two tabs on one review (two reviewers, or one who opened the page twice): tab B still showed a
     record as undecided after tab A relabelled it, and B's accept silently replaced the relabel. B's

@@ -263,3 +263,34 @@ def test_a_failed_earlier_save_keeps_the_correction_being_typed_and_esc_does_not
         assert page.is_hidden("#editor")
         browser.close()
     assert {k: v["decision"] for k, v in load_decisions(run / "review.sqlite").items()} == {second: "edit"}
+
+
+def test_a_tools_task_reviews_with_its_own_schema_whatever_its_answers_are(tmp_path):
+    """The card left parallel_tool_calls and tool_choice out, so review rebuilt a one-call task and
+    refused the run's own schema (a list of calls, or calls and replies) when it loaded."""
+    import json
+
+    import yaml
+
+    from potstill.config import Config
+    from potstill.curate.stage import curate_stage
+    from potstill.records import Record, write_jsonl
+    from potstill.review.app import load_checks
+    from tests.tools.test_agent_turns import AFTER, REPLY, TOOLS
+
+    both = json.dumps([{"name": "ping", "arguments": {}}, {"name": "set_unit", "arguments": {"unit": "f"}}])
+    for task, output in (({"parallel_tool_calls": True}, both), ({"tool_choice": "auto"}, REPLY),
+                         ({"parallel_tool_calls": True, "tool_choice": "auto"}, both)):
+        run = tmp_path / str(len(task)) / ("p" if "parallel_tool_calls" in task else "a")
+        write_jsonl(run / "teacher.jsonl", [Record(id="a1", messages=AFTER, output=output, valid=True)])
+        cfg = Config(run_dir=str(run), task={"type": "tools", "tools": TOOLS, **task}, curate={"val": 0, "test": 0})
+        curate_stage(cfg)
+        checked, _ = load_checks(run)
+        assert checked.validate(checked.parse(output)) is None
+        card = json.loads((run / "card.json").read_text())  # a card from before: RUN/potstill.yaml says it
+        for key in task:
+            card["task"].pop(key)
+        (run / "card.json").write_text(json.dumps(card))
+        (run / "potstill.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+        checked, _ = load_checks(run)
+        assert checked.validate(checked.parse(output)) is None

@@ -364,7 +364,9 @@ def _card(cfg: Config, counts: dict[str, int], rejected: list[Record], train: li
         "sources": sources,
         # json_schema: what the data was validated against, and what `potstill review` checks an edit by.
         "task": {"type": cfg.task.type, "labels": cfg.task.labels, "instruction": cfg.task.instruction,
-                 "json_schema": cfg.task.json_schema, **({"tools": cfg.task.tools} if cfg.task.tools else {})},
+                 "json_schema": cfg.task.json_schema,
+                 **({"tools": cfg.task.tools, "parallel_tool_calls": cfg.task.parallel_tool_calls,
+                     "tool_choice": cfg.task.tool_choice} if cfg.task.tools else {})},
         "filters": {"dedup": c.dedup, "near_dup": c.near_dup, "near_dup_threshold": c.near_dup_threshold,
                     "min_agreement": c.min_agreement, "min_output_chars": c.min_output_chars,
                     "max_output_chars": c.max_output_chars, "output_regex": c.output_regex},

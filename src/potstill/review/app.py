@@ -22,6 +22,7 @@ from potstill.review.sample import stratified_sample
 from potstill.review.store import DECISIONS, ReviewStore, error_rate
 from potstill.tasks import get_task
 from potstill.tasks.answers import output_problem
+from potstill.tool_calls import call_text
 
 
 class Shown(BaseModel):
@@ -134,7 +135,29 @@ def earlier_turns(rec: Record) -> list[dict[str, str]]:
     """The messages of a conversation before its last user message (``Record.text``, shown as the
     input): a chat log's answer is judged on what the teacher read, not on "Tell me more." alone."""
     last = max((n for n, m in enumerate(rec.messages) if m.get("role") == "user"), default=len(rec.messages))
-    return [{"role": str(m.get("role")), "text": content_text(m.get("content"))} for m in rec.messages[:last]]
+    return _turns(rec.messages, 0, last)
+
+
+def later_turns(rec: Record) -> list[dict[str, str]]:
+    """The messages after the last user message: an agent's calls and the tools' results, which the
+    answer after them (a reply in words, ``task.tool_choice: auto``) is judged on."""
+    last = max((n for n, m in enumerate(rec.messages) if m.get("role") == "user"), default=len(rec.messages))
+    return _turns(rec.messages, last + 1, len(rec.messages))
+
+
+def _turns(messages: list[dict[str, Any]], start: int, end: int) -> list[dict[str, str]]:
+    """Messages ``start:end`` as role and text: an assistant's calls as the student writes them, a tool
+    result under the name of the function it answers."""
+    names = {str(c.get("id")): (c.get("function") or {}).get("name") for m in messages for c in m.get("tool_calls") or []}
+    out = []
+    for m in messages[start:end]:
+        role, text = str(m.get("role")), content_text(m.get("content"))
+        if m.get("tool_calls"):
+            text = "\n".join(t for t in (text, call_text(m["tool_calls"])) if t)
+        elif role == "tool":
+            role = f"tool {names.get(str(m.get('tool_call_id'))) or m.get('name') or ''}".strip()
+        out.append({"role": role, "text": text})
+    return out
 
 
 def load_checks(run_dir: str | Path) -> tuple[Any, CurateConfig]:
@@ -147,9 +170,20 @@ def load_checks(run_dir: str | Path) -> tuple[Any, CurateConfig]:
     run = Path(run_dir)
     card = read_json(run / "card.json")
     task = dict(card.get("task") or {})
-    if task.get("type") == "extraction" and not task.get("json_schema") and (run / "potstill.yaml").exists():
+    saved: Any = None
+    if (run / "potstill.yaml").exists() and (task.get("type") == "tools" or task.get("type") == "extraction"
+                                             and not task.get("json_schema")):
         saved = yaml.safe_load((run / "potstill.yaml").read_text()) or {}
-        task["json_schema"] = ((saved.get("task") or {}) if isinstance(saved, dict) else {}).get("json_schema")
+        saved = ((saved.get("task") or {}) if isinstance(saved, dict) else {})
+    if task.get("type") == "extraction" and not task.get("json_schema") and saved is not None:
+        task["json_schema"] = saved.get("json_schema")
+    if task.get("type") == "tools":
+        # Its schema is derived from the tools and how they are answered (a card before 2026-12-06 left
+        # parallel_tool_calls and tool_choice out: RUN/potstill.yaml's then).
+        task.pop("json_schema", None)
+        for key in ("parallel_tool_calls", "tool_choice"):
+            if key not in task and isinstance(saved, dict) and key in saved:
+                task[key] = saved[key]
     f = card.get("filters") or {}
     rules = CurateConfig(**{k: f[k] for k in ("min_output_chars", "max_output_chars", "output_regex") if k in f})
     return get_task(TaskConfig(**{k: v for k, v in task.items() if v is not None})), rules
@@ -167,7 +201,8 @@ def create_app(run_dir: str | Path, sample: int = 60, seed: int = 0) -> FastAPI:
     lock = threading.Lock()
     decisions = SampleDecisions(store, list(by_id))
     # What the page shows of each record, built once: a decision changes only its ``decision``.
-    shown = [{"id": r.id, "context": earlier_turns(r), "text": r.text, "output": r.output, "gold": r.label,
+    shown = [{"id": r.id, "context": earlier_turns(r), "text": r.text, "after": later_turns(r), "output": r.output,
+              "gold": r.label,
               "slice": r.slice, "samples": r.samples, "agreement": r.meta.get("agreement")} for r in records]
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -18,8 +18,8 @@ PAGE = r"""<!doctype html>
  #edited{font-weight:700;font-size:18px;white-space:pre-wrap}
  #editor textarea{width:100%;box-sizing:border-box;min-height:9em;font:15px/1.4 ui-monospace,monospace;margin-top:6px}
  #keys{margin-top:18px;color:#555} kbd{background:#eee;border:1px solid #bbb;border-radius:4px;padding:0 6px;font-size:14px}
- #context{border-left:3px solid #ccc;padding-left:12px;margin:8px 0;color:#444}
- #context .turn{white-space:pre-wrap;overflow-wrap:anywhere;margin:4px 0} #context .role{color:#777;margin-right:8px}
+ #context,#after{border-left:3px solid #ccc;padding-left:12px;margin:8px 0;color:#444}
+ .turn{white-space:pre-wrap;overflow-wrap:anywhere;margin:4px 0} .turn .role{color:#777;margin-right:8px}
  #labels span{margin-right:14px} #msg{color:#a33;min-height:1.5em}
  #picker select{min-width:16em;font:15px/1.4 system-ui,sans-serif;margin-top:6px}
 </style></head>
@@ -30,6 +30,7 @@ PAGE = r"""<!doctype html>
  <div class="row"><span class="k">record</span><span id="pos"></span><span id="rid" style="color:#999"></span></div>
  <div id="context" hidden></div>
  <div class="row"><span class="k">input</span></div><div id="text"></div>
+ <div id="after" hidden></div>
  <div class="row"><span class="k">teacher says</span><span id="output"></span></div>
  <div class="row"><span class="k">gold label</span><span id="gold"></span></div>
  <div class="row"><span class="k">slices</span><span id="slice"></span></div>
@@ -61,11 +62,13 @@ function render() {
   $("fill").style.width = (100 * p.reviewed / p.total) + "%";
   $("errrate").textContent = p.teacher_error_rate === null ? "–" : (100 * p.teacher_error_rate).toFixed(1) + "%";
   $("pos").textContent = `${i + 1} of ${S.items.length}`; $("rid").textContent = it.id;
-  // A conversation's earlier turns, above its last message (the input): what the teacher read.
-  $("context").replaceChildren(...it.context.map(m => {
+  // A conversation's earlier turns, above its last message (the input), and the calls and tool
+  // results after it (an agent's turns): what the teacher read.
+  const turns = ms => ms.map(m => {
     const t = document.createElement("div"), r = document.createElement("span");
-    t.className = "turn"; r.className = "role"; r.textContent = m.role; t.append(r, m.text); return t; }));
-  $("context").hidden = !it.context.length;
+    t.className = "turn"; r.className = "role"; r.textContent = m.role; t.append(r, m.text); return t; });
+  $("context").replaceChildren(...turns(it.context)); $("context").hidden = !it.context.length;
+  $("after").replaceChildren(...turns(it.after)); $("after").hidden = !it.after.length;
   $("text").textContent = it.text; $("output").textContent = it.output;
   $("gold").textContent = it.gold ?? "(none)"; $("slice").textContent = it.slice.join(", ") || "(none)";
   $("samples").textContent = it.samples ? `${it.samples.join(" | ")} (agreement ${it.agreement ?? "?"})` : "(one answer)";
