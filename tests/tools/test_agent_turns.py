@@ -324,3 +324,16 @@ def test_an_agents_logs_import_as_both_kinds_of_turn(tmp_path):
     assert json.loads(task.target(first)) == {"name": "set_unit", "arguments": {"unit": "c"}}
     assert after.messages[1]["tool_calls"] == [CALL] and after.messages[2]["tool_call_id"] == "call_a"
     assert json.loads(task.target(after)) == {"content": REPLY} and task.validate(task.parse(after.output)) is None
+
+
+def test_the_model_card_says_what_a_tools_student_writes_and_reads(tmp_path):
+    from potstill.export.model_card import model_card
+
+    card = model_card(project(tmp_path, tool_choice="auto"), tmp_path / "run", "x", "me/student", chat=True)
+    tools = card.split("## Tools\n", 1)[1].split("\n## ", 1)[0]
+    assert '`{"name": ..., "arguments": {...}}` (one call) of these functions' in tools and "`get_time`" in tools
+    assert '`{"content": "..."}`' in tools and "`Result of NAME: RESULT`" in tools
+    par = model_card(project(tmp_path, parallel_tool_calls=True), tmp_path / "run", "x", "me/student", chat=True)
+    assert "(one or more calls)" in par and "content" not in par.split("## Tools\n", 1)[1].split("\n## ", 1)[0]
+    assert "## Tools" not in model_card(project(tmp_path, type="extraction", tools=None, json_schema={"type": "object"}),
+                                        tmp_path / "run", "x", "me/student", chat=True)

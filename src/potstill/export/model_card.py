@@ -14,6 +14,7 @@ from typing import Any
 from potstill.config import Config
 from potstill.hub_files import is_hub_file, parse
 from potstill.models.prompting import PromptFormat
+from potstill.tool_calls import tool_names
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -112,6 +113,7 @@ def model_card(cfg: Config, run: Path, name: str, ref: str, chat: bool, fmt: str
                       "f16 where agreement with these numbers matters."]
     else:
         lines.append("Not evaluated: no eval.json in the run (`potstill evaluate` writes it).")
+    lines += _tools_section(t)
     if fmt == "gguf":
         return "\n".join(head + lines + _gguf_use(cfg, ref, pushed)) + "\n"
     if fmt == "gguf-lora":
@@ -150,6 +152,22 @@ def model_card(cfg: Config, run: Path, name: str, ref: str, chat: bool, fmt: str
     if fmt == "hf":
         lines += ["", "Its generation config is greedy, as it was evaluated."]
     return "\n".join(head + lines) + "\n"
+
+
+def _tools_section(t: Any) -> list[str]:
+    """What a tools task's student writes and reads, for whoever runs it without ``potstill serve``
+    (which turns its answers into OpenAI ``tool_calls``)."""
+    if t.type != "tools":
+        return []
+    call = '`[{"name": ..., "arguments": {...}}, ...]` (one or more calls)' if t.parallel_tool_calls else \
+        '`{"name": ..., "arguments": {...}}` (one call)'
+    out = ["", "## Tools", "", f"It answers with the JSON {call} of these functions, asked without them in its "
+           "prompt: " + ", ".join(f"`{n}`" for n in tool_names(t.tools)) + "."]
+    if t.tool_choice == "auto":
+        out += ["", 'Or it replies in words, written `{"content": "..."}`. It reads a chat\'s earlier calls and the '
+                "tools' results as text: an assistant turn holding the calls' JSON as it writes them, then one user "
+                "turn of lines `Result of NAME: RESULT`, one per result (`potstill.tool_calls.as_text_turns`)."]
+    return out
 
 
 def _gguf_use(cfg: Config, ref: str, pushed: bool) -> list[str]:
