@@ -353,6 +353,15 @@ def projected_cost(ctx: _Ctx) -> tuple[float, int, str]:
     how += (f", up to {out_tokens} output tokens each" + (" sample" if samples > 1 else "")
             + (" (teacher.max_tokens)" if out_tokens == cfg.teacher.max_tokens else " (a label in a short sentence)")
             + f", {count.how}{sampled} and {TOKENS_PER_MESSAGE} tokens of chat format per message")
+    rounds = cfg.generate.tool_rounds if ctx.task.cfg.type == "tools" and ctx.task.cfg.tool_choice == "auto" else 0
+    if rounds:
+        # At most, each round plays one function (a short prompt: its declaration and arguments) and asks
+        # the turn after it (the input and the call and result grown on it): counted as two more calls
+        # each the size of the first; a teacher that replies in words, or calls several functions at once,
+        # makes it fewer or more.
+        usd *= 1 + 2 * rounds
+        how += f", times {1 + 2 * rounds} for generate.tool_rounds {rounds} (one function played and one turn " \
+               "after it per round and input, at most where each answer is one call)"
     if len(records) < total:
         how += f"; {total - len(records)} more answered in the ledger (a rerun pays nothing for them)"
     if cfg.generate.engine == "batch":  # billed at the provider's batch share of the live price

@@ -398,3 +398,20 @@ def test_the_budget_counts_a_content_parts_message_by_its_text(tiny_model, tmp_p
         {"type": "text", "text": "the team won the match " * 2}, {"type": "text", "text": "the team won the match " * 3}]}]}] * 20)
     parts, _, _ = projected_cost(_Ctx(_cfg(tmp_path, student={"model": str(tiny_model)}, teacher=teacher)))
     assert parts == pytest.approx(plain, rel=0.05), (parts, plain)
+
+
+def test_tool_rounds_are_in_the_projection(tiny_model, tmp_path):
+    """generate.tool_rounds asks up to two more calls per round and input (the function played, the
+    turn after it); the projection counted the first round only, so a budget it passed could stop."""
+    _inputs(tmp_path)
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    teacher = {"type": "openai", "model": "gpt-4.1-mini"}
+
+    def cost(rounds: int) -> tuple[float, str]:
+        cfg = _cfg(tmp_path, student={"model": str(tiny_model)}, teacher=teacher, generate={"tool_rounds": rounds},
+                   task={"type": "tools", "tools": tools, "tool_choice": "auto", "instruction": "call"})
+        usd, _, how = projected_cost(_Ctx(cfg))
+        return usd, how
+
+    (one, _), (three, how) = cost(0), cost(2)
+    assert three == pytest.approx(5 * one) and "times 5 for generate.tool_rounds 2" in how
