@@ -337,3 +337,11 @@ def test_the_model_card_says_what_a_tools_student_writes_and_reads(tmp_path):
     assert "(one or more calls)" in par and "content" not in par.split("## Tools\n", 1)[1].split("\n## ", 1)[0]
     assert "## Tools" not in model_card(project(tmp_path, type="extraction", tools=None, json_schema={"type": "object"}),
                                         tmp_path / "run", "x", "me/student", chat=True)
+
+
+def test_evaluate_judges_the_turns_after_results_apart():
+    from potstill.evaluate.slices import AFTER_RESULTS, slice_names
+
+    first, after = Record(messages=[ASK], output="x"), Record(messages=AFTER, output=REPLY, slice=["tool_round:1"])
+    assert AFTER_RESULTS not in slice_names(first, None, (1, 2))
+    assert slice_names(after, None, (1, 2)) == ["tag:tool_round:1", "length:medium (2 words)", AFTER_RESULTS]

@@ -1,8 +1,9 @@
 """Slices of the test set and the student's gap to the teacher on each, with bootstrap intervals.
 
 A slice is a record tag (``tag:news``), a label (``label:sports``: the gold label where there is
-one, else the teacher's; only for tasks with a label set) or an input-length bucket (terciles of
-words in the input). Structured outputs get one row per top-level field instead of labels
+one, else the teacher's; only for tasks with a label set), an input-length bucket (terciles of
+words in the input) or, for a chat that holds earlier tool calls and results (an agent's later
+turn), ``turn:after tool results``. Structured outputs get one row per top-level field instead of labels
 (``field:date``: how often the student's value of that field equals the teacher's): a slice per
 distinct reference object would give one slice per example. Each gets a verdict from its 95%
 interval against the bar: pass (wholly at or above), fail (wholly below), inconclusive
@@ -19,6 +20,7 @@ from potstill.config import QualityBar
 from potstill.evaluate.bootstrap import bootstrap_gap, bootstrap_mean, bootstrap_ratio
 from potstill.records import Record
 from potstill.tasks.extraction import json_same
+from potstill.tool_calls import has_tool_turns
 
 
 def length_edges(records: Sequence[Record]) -> tuple[int, int]:
@@ -39,7 +41,12 @@ def slice_names(record: Record, label: Any, edges: tuple[int, int]) -> list[str]
     medium = f"{b} words" if a + 1 == b else f"{a + 1}-{b} words"  # "6 words", not "6-6 words"
     names.append(f"length:short (<={a} words)" if w <= a else
                  f"length:medium ({medium})" if w <= b else f"length:long (>{b} words)")
+    if has_tool_turns(record.messages):  # judged apart: a reply to a result is another skill than a first call
+        names.append(AFTER_RESULTS)
     return names
+
+
+AFTER_RESULTS = "turn:after tool results"
 
 
 # z for a two-sided 95% interval, and for 80% power: the usual sample-size sum (see settle_n).
