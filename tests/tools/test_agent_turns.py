@@ -3,7 +3,8 @@ words (``{"content": ...}``), and a chat may hold earlier calls and their result
 reads as text. The teacher is asked with the tools and ``tool_choice: auto``, the tool turns whole;
 a tiny student trained here on a first call and on the reply after its result serves both through
 chat completions, the Responses API and the Messages API; a client that requires a call gets the
-teacher's where the student replied. Real servers on loopback, the official SDKs."""
+teacher's where the student replied; ``generate.tool_rounds`` has the teacher play the functions it
+called, each request once in the ledger. Real servers on loopback, the official SDKs."""
 
 from __future__ import annotations
 
