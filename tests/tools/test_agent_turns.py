@@ -93,6 +93,13 @@ def test_a_reply_is_text_and_agrees_as_free_text_does(tmp_path):
     assert call_of(task, "It is 12 degrees.") == REPLIED and call_of(task, '{"name": "nope", "arguments": {}}') == INVALID
     required = get_task(project(tmp_path).task)  # a call every time: a reply is no answer
     assert "invalid JSON" in required.validate(required.parse("It is 12 degrees."))
+    # A teacher's reply that is JSON itself (an agent answering with data) stays a reply; a local
+    # teacher's call or reply written as the student writes them stays as written.
+    data = task.answer_output({"output": ' {"temp": 12, "sky": "sunny"}'})
+    assert json.loads(data) == {"content": '{"temp": 12, "sky": "sunny"}'} and task.validate(task.parse(data)) is None
+    for kept in ('{"name": "get_time", "arguments": {"city": "Oslo"}}', '{"content": "hi"}', "Sure."):
+        assert task.answer_output({"output": kept}) == kept
+    assert required.answer_output({"output": '{"temp": 12}'}) == '{"temp": 12}'  # no call: set aside, as before
 
 
 def test_tool_turns_are_read_as_text_in_one_form():

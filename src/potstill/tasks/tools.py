@@ -10,6 +10,7 @@ same tools with it as OpenAI ``tool_calls``.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from potstill.tasks.extraction import ExtractionTask, _Invalid, json_same, json_text
@@ -24,10 +25,21 @@ class ToolsTask(ExtractionTask):
 
     def answer_output(self, answer: dict[str, Any]) -> str | None:
         """A teacher's answer as the text to learn: its tool calls (``call_text``), else its text
-        (which fails the schema under ``tool_choice: required``: the teacher answered without calling;
-        under ``auto`` it is a reply in words, see ``parse``)."""
+        (which fails the schema under ``tool_choice: required``: the teacher answered without calling).
+        Under ``auto`` that text is a reply in words, kept as ``{"content": TEXT}`` even where it is JSON
+        itself (an agent answering with data), unless it is already in the student's form (a local
+        teacher writes its calls, and may write its replies, as that JSON)."""
         calls = answer.get("tool_calls")
-        return call_text(calls, self.cfg.parallel_tool_calls) if calls else answer.get("output")
+        if calls:
+            return call_text(calls, self.cfg.parallel_tool_calls)
+        output = answer.get("output")
+        if self.cfg.tool_choice != "auto" or not output or not output.strip() or output.strip()[0] not in "{[`":
+            return output  # (plain text: parse reads it as a reply as it is)
+        parsed = super().parse(output)
+        one = parsed[0] if isinstance(parsed, list) and parsed else parsed
+        if text_of(parsed) is not None or isinstance(one, dict) and {"name", "arguments"} <= set(one):
+            return output
+        return json.dumps({"content": output.strip()}, ensure_ascii=False)
 
     def parse(self, output: str) -> Any:
         """Extraction's parse; a parallel task's calls in one order (by name, then arguments), since the
