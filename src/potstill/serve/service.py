@@ -39,8 +39,9 @@ from potstill.serve.streaming import LiveText, openai_logprob
 from potstill.serve.schemas import ChatRequest
 from potstill.tasks import Task, get_task
 from potstill.teachers import Response, Teacher, get_teacher, request_hash
-from potstill.serve.tool_routing import as_asked, named_tool, reshaped, served_tools, student_calls
-from potstill.tool_calls import as_tool_calls, calls_of, has_tool_turns, text_of
+from potstill.serve.tool_routing import (as_asked, named_tool, reshaped, served_tools, student_calls,
+                                         student_tools_answer)
+from potstill.tool_calls import as_tool_calls, has_tool_turns
 
 
 _RESPONSE_FIELDS = {f.name for f in fields(Response)}
@@ -402,18 +403,7 @@ class Service:
                                                   a.truncated and self.cfg.serve.escalate_truncated)
                 if who == "student" and answer_problem(a.output, response_format):
                     who, reason = "teacher", "response_format"
-                named, made = named_tool(tools), calls_of(a.parsed) if calls else []
-                # A reply in words (task.tool_choice auto), to a client offering the tools or none (its text then).
-                reply = text_of(a.parsed) if calls or tools is None and self.task.cfg.type == "tools" else None
-                if who == "student" and calls and not made and reply is None:  # (judged by a client's format)
-                    who, reason = "teacher", "invalid_output"
-                elif who == "student" and calls and reply is not None \
-                        and (named is not None or tools.get("tool_choice") == "required"):
-                    who, reason = "teacher", "tools"  # it wrote a reply where the client requires a call
-                elif who == "student" and calls and named is not None and any(c.get("name") != named for c in made):
-                    who, reason = "teacher", "tools"  # it called another function than the client forces
-                elif who == "student" and len(made) > 1 and tools.get("parallel_tool_calls") is False:
-                    who, reason = "teacher", "tools"  # several calls, where the client allows one
+                who, reason, reply = student_tools_answer(self.task, tools, calls, a.parsed, who, reason)
             else:
                 a, dist, who, reason = None, None, "teacher", "too_long" if tools is None else "tools"
                 reply = None

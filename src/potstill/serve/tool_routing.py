@@ -9,7 +9,7 @@ from typing import Any
 
 from potstill.tasks import Task
 from potstill.teachers import Response, Teacher
-from potstill.tool_calls import as_tool_calls, call_text, has_tool_turns, same_tools, text_of
+from potstill.tool_calls import as_tool_calls, call_text, calls_of, has_tool_turns, same_tools, text_of
 
 
 def served_tools(task: Task, teacher: Teacher, tools: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -32,6 +32,28 @@ def student_calls(task: Task, tools: dict[str, Any] | None, teacher_messages: li
             or not same_tools(tools["tools"], task.cfg.tools):
         return False
     return task.cfg.tool_choice == "auto" or not has_tool_turns(teacher_messages)
+
+
+def student_tools_answer(task: Task, tools: dict[str, Any] | None, calls: bool, parsed: Any, who: str,
+                         reason: str) -> tuple[str, str, str | None]:
+    """(who, reason, reply) once the route chose ``who``: a tools task's student answer ``parsed``
+    goes to the teacher where it is no call (``calls``: the student answers the request's tools) nor
+    a reply, where it replied and the client requires a call, where it called another function than
+    the client forces, or several where the client allows one. ``reply``: its text where it is a reply
+    in words (``task.tool_choice: auto``), to a client offering the task's tools or none (then its text)."""
+    named, made = named_tool(tools), calls_of(parsed) if calls else []
+    reply = text_of(parsed) if calls or tools is None and task.cfg.type == "tools" else None
+    if who != "student":
+        return who, reason, reply
+    if calls and not made and reply is None:  # (judged by a client's format)
+        return "teacher", "invalid_output", reply
+    if calls and reply is not None and (named is not None or tools.get("tool_choice") == "required"):
+        return "teacher", "tools", reply
+    if calls and named is not None and any(c.get("name") != named for c in made):
+        return "teacher", "tools", reply
+    if len(made) > 1 and tools.get("parallel_tool_calls") is False:
+        return "teacher", "tools", reply
+    return who, reason, reply
 
 
 def named_tool(tools: dict[str, Any] | None) -> str | None:
