@@ -13,7 +13,6 @@ teacher could not write (an error, an empty answer) ends that chat there.
 from __future__ import annotations
 
 import json
-from dataclasses import fields
 from typing import Any
 
 from potstill.config import Config, TaskConfig
@@ -24,8 +23,6 @@ from potstill.tool_calls import calls_of
 SIMULATE = ("You play a function that an assistant has just called, given its declaration and the call's arguments. "
             "Reply with only what the function returns, as JSON: specific, plausible values that fit the "
             "arguments, no commentary.")
-_SUMMED = ("calls", "errors", "invalid", "unsent", "started", "attempts", "retries", "input_tokens", "output_tokens",
-           "cost_usd", "throttled", "pauses", "fewer_samples", "refused", "whole_reused", "cache_hits")
 
 
 def check_rounds(cfg: Config) -> None:
@@ -97,12 +94,5 @@ def _labelled(label_records: Any, records: list[Record], task: Any, make_teacher
         done, more = label_records(records, task, teacher, ledger, "generate", gcfg)
     finally:
         teacher.close()
-    names = {f.name for f in fields(more)}
-    for k in _SUMMED:
-        if k in names:
-            setattr(stats, k, getattr(stats, k) + getattr(more, k))
-    stats.seconds += more.seconds
-    stats.budget_stopped = stats.budget_stopped or more.budget_stopped
-    for k, v in more.invalid_reasons.items():
-        stats.invalid_reasons[k] = stats.invalid_reasons.get(k, 0) + v
+    stats.add_run(more)
     return [r for r in done if not (r.invalid_reason or "").startswith("not sent")]

@@ -197,6 +197,15 @@ class RunStats:
         if other.lowest_limit:  # 0.0: that worker never ran the adaptive limit
             self.lowest_limit = min(self.lowest_limit or other.lowest_limit, other.lowest_limit)
 
+    def add_run(self, other: "RunStats") -> None:
+        """Add a later ``label_records`` run of the same stage (a tool round's): ``merge``'s sending
+        numbers and what that run made of its answers (its inputs are not this run's inputs)."""
+        self.merge(other)
+        for name in ("cache_hits", "invalid", "unsent", "refused", "fewer_samples", "whole_reused", "seconds"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for k, v in other.invalid_reasons.items():
+            self.invalid_reasons[k] = self.invalid_reasons.get(k, 0) + v
+
 
 def request_hash(identity: dict[str, Any], request: dict[str, Any]) -> str:
     """The ledger key of a request: the same for generate, redistill and a served escalation."""
