@@ -137,6 +137,11 @@ def has_tool_turns(messages: list[dict[str, Any]] | None) -> bool:
     return any(m.get("role") == "tool" or m.get("tool_calls") for m in messages or ())
 
 
+def call_names(messages: list[dict[str, Any]]) -> dict[str, str | None]:
+    """The function each tool call of a chat named, by the call's id (what a tool message answers)."""
+    return {str(c.get("id")): (c.get("function") or {}).get("name") for m in messages for c in m.get("tool_calls") or []}
+
+
 def as_text_turns(messages: list[dict[str, Any]], parallel: bool = False) -> list[dict[str, Any]]:
     """A chat's tool turns as the student reads them, in one form whatever the model's chat template
     makes of tools: an assistant's calls as the text it writes for them (``call_text``; ``parallel``:
@@ -144,13 +149,11 @@ def as_text_turns(messages: list[dict[str, Any]], parallel: bool = False) -> lis
     user turn, a result a line ``Result of NAME: TEXT`` (NAME the call's, found by its id), so a
     template that knows no ``tool`` role renders it, and one that refuses two user turns in a row
     (Gemma's) does after parallel calls; messages without tool fields stay as they are."""
-    names: dict[str, str] = {}
+    names = call_names(messages)
     out: list[dict[str, Any]] = []
     results = -1  # the index in ``out`` of the user turn collecting the current run of tool results
     for m in messages:
         if m.get("role") == "assistant" and m.get("tool_calls"):
-            for c in m["tool_calls"]:
-                names[str(c.get("id"))] = (c.get("function") or {}).get("name") or "tool"
             out.append({"role": "assistant", "content": call_text(m["tool_calls"], parallel)})
         elif m.get("role") == "tool":
             name = names.get(str(m.get("tool_call_id"))) or m.get("name") or "tool"

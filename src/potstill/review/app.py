@@ -22,7 +22,7 @@ from potstill.review.sample import stratified_sample
 from potstill.review.store import DECISIONS, ReviewStore, error_rate
 from potstill.tasks import get_task
 from potstill.tasks.answers import output_problem
-from potstill.tool_calls import call_text
+from potstill.tool_calls import call_names, call_text
 
 
 class Shown(BaseModel):
@@ -148,7 +148,7 @@ def later_turns(rec: Record) -> list[dict[str, str]]:
 def _turns(messages: list[dict[str, Any]], start: int, end: int) -> list[dict[str, str]]:
     """Messages ``start:end`` as role and text: an assistant's calls as the student writes them, a tool
     result under the name of the function it answers."""
-    names = {str(c.get("id")): (c.get("function") or {}).get("name") for m in messages for c in m.get("tool_calls") or []}
+    names = call_names(messages)
     out = []
     for m in messages[start:end]:
         role, text = str(m.get("role")), content_text(m.get("content"))
