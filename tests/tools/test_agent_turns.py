@@ -9,13 +9,11 @@ called, each request once in the ledger. Real servers on loopback, the official 
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import pytest
 from fastapi import FastAPI
 
-from potstill.config import load_config
 from potstill.curate.stage import curate_stage
 from potstill.errors import PotstillError
 from potstill.generate.stage import generate_stage
@@ -23,6 +21,7 @@ from potstill.records import Record, read_records
 from potstill.tasks import get_task
 from potstill.tool_calls import TEXT_ANSWER, as_text_turns
 from tests.helpers.live_server import LiveServer
+from tests.tools.trained import trained_and_served
 from tests.tools.test_tools_task import project
 
 TOOLS = [
@@ -203,36 +202,14 @@ def test_export_writes_the_tool_turns_and_the_reply(tmp_path):
 def served(tmp_path_factory):
     """A run whose tiny student was trained here (potstill's train stage) on a first call and the
     reply after its result, served under the tools' schema; routing forced to the student."""
-    from potstill.serve import run_config, serve_key
-    from potstill.serve.app import build_app
-    from potstill.serve.routing import Routing
-    from potstill.serve.service import load_service
-    from potstill.train.stage import train_stage
-    from tests.export.conftest import make_bpe_model
-    from tests.serve.conftest import SERVE_KEY, TEACHER_KEY, write_run
-
-    os.environ["TEACHER_KEY"] = TEACHER_KEY
-    os.environ["SERVE_KEY"] = SERVE_KEY
     root = tmp_path_factory.mktemp("agent")
     seen: list = []
-    with LiveServer(agent_teacher(seen)) as teacher:
-        bpe = make_bpe_model(root / "bpe")
-        run = write_run(root, bpe, teacher.url + "/v1",
-                        task={"type": "tools", "instruction": "Help with the display unit.", "tools": TOOLS,
-                              "tool_choice": "auto", "max_output_tokens": 64}, guided_json=True)
-        rows = (json.dumps({"messages": [ASK], "output": '{"name": "set_unit", "arguments": {"unit": "c"}}'}) + "\n"
-                + json.dumps({"messages": AFTER, "output": REPLY}) + "\n") * 8
-        (run / "train.jsonl").write_text(rows)
-        (run / "val.jsonl").write_text(rows)
-        train_stage(load_config(run / "potstill.yaml", {
-            "run_dir": str(run), "student.model": str(bpe), "train.epochs": 40, "train.lr": 0.01,
-            "train.batch_size": 4, "train.lr_scheduler": "constant", "train.device": "cpu"}))
-        cfg = run_config(run, None)
-        service = load_service(run, cfg, device="cpu")
-        service.routing = Routing(confidence_threshold=-float("inf"), ood_threshold=float("inf"))
-        with LiveServer(build_app(service, serve_key(cfg))) as live:
-            yield service, live, seen, run
-        service.close()
+    rows = (json.dumps({"messages": [ASK], "output": '{"name": "set_unit", "arguments": {"unit": "c"}}'}) + "\n"
+            + json.dumps({"messages": AFTER, "output": REPLY}) + "\n") * 8
+    task = {"type": "tools", "instruction": "Help with the display unit.", "tools": TOOLS, "tool_choice": "auto",
+            "max_output_tokens": 64}
+    with trained_and_served(root, agent_teacher(seen), task, rows) as (service, live):
+        yield service, live, seen
 
 
 def test_the_student_calls_first_then_replies_after_the_result_in_every_api(served):
@@ -240,7 +217,7 @@ def test_the_student_calls_first_then_replies_after_the_result_in_every_api(serv
 
     from tests.serve.conftest import SERVE_KEY, client
 
-    service, live, seen, _ = served
+    service, live, seen = served
     c = client(live)
     before = len(seen)
     first = c.chat.completions.create(model="potstill", messages=[ASK], tools=TOOLS)
@@ -276,7 +253,7 @@ def test_the_student_calls_first_then_replies_after_the_result_in_every_api(serv
 def test_a_client_requiring_a_call_gets_the_teachers_where_the_student_replied(served):
     from tests.serve.conftest import client
 
-    service, live, seen, _ = served
+    service, live, seen = served
     r = client(live).chat.completions.create(model="potstill", messages=AFTER, tools=TOOLS, tool_choice="required")
     route = r.model_extra["potstill"]
     assert (route["answered_by"], route["reason"]) == ("teacher", "tools")
@@ -302,7 +279,7 @@ def test_redistill_and_watch_read_the_served_tool_turns_from_every_api(served):
     from potstill.redistill.traffic import read_traffic
     from potstill.watch.stage import REPLY as REPLIED, call_of
 
-    service, live, seen, _ = served
+    service, live, seen = served
     rows = [r for r in service.ledger.served(status=None) if r.status == "ok" and len(r.messages) == 3]
     endpoints = {r.request.get("endpoint", "chat") for r in rows}
     assert endpoints == {"chat", "/v1/responses", "/v1/messages"}, endpoints

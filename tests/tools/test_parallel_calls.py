@@ -9,18 +9,17 @@ teacher's where the student made several. Real servers on loopback, the official
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import pytest
 
-from potstill.config import load_config
 from potstill.curate.stage import curate_stage
 from potstill.errors import PotstillError
 from potstill.generate.stage import generate_stage
 from potstill.records import read_records
 from potstill.tasks import get_task
 from tests.helpers.live_server import LiveServer
+from tests.tools.trained import trained_and_served
 from tests.tools.test_tools_serve import teacher_app
 from tests.tools.test_tools_task import INPUTS, caller, project
 
@@ -119,36 +118,14 @@ def two_calls(body: dict[str, Any]) -> list[tuple[str, str]]:
 def served(tmp_path_factory):
     """A run whose tiny student was trained here (potstill's train stage, 1-2 s) on parallel
     answers, served under the tools' schema; routing forced to the student."""
-    from potstill.serve import run_config, serve_key
-    from potstill.serve.app import build_app
-    from potstill.serve.routing import Routing
-    from potstill.serve.service import load_service
-    from potstill.train.stage import train_stage
-    from tests.export.conftest import make_bpe_model
-    from tests.serve.conftest import SERVE_KEY, TEACHER_KEY, write_run
-
-    os.environ["TEACHER_KEY"] = TEACHER_KEY
-    os.environ["SERVE_KEY"] = SERVE_KEY
     root = tmp_path_factory.mktemp("parallel")
     seen: list = []
-    with LiveServer(teacher_app(seen, two_calls)) as teacher:
-        bpe = make_bpe_model(root / "bpe")
-        run = write_run(root, bpe, teacher.url + "/v1",
-                        task={"type": "tools", "instruction": "Call the tools the user needs.", "tools": TOOLS,
-                              "parallel_tool_calls": True, "max_output_tokens": 160}, guided_json=True)
-        rows = "".join(json.dumps({"messages": [{"role": "user", "content": t}], "output": json.dumps(o)}) + "\n"
-                       for t, o in LEARNT.items()) * 8
-        (run / "train.jsonl").write_text(rows)
-        (run / "val.jsonl").write_text(rows)
-        train_stage(load_config(run / "potstill.yaml", {
-            "run_dir": str(run), "student.model": str(bpe), "train.epochs": 40, "train.lr": 0.01,
-            "train.batch_size": 4, "train.lr_scheduler": "constant", "train.device": "cpu"}))
-        cfg = run_config(run, None)
-        service = load_service(run, cfg, device="cpu")
-        service.routing = Routing(confidence_threshold=-float("inf"), ood_threshold=float("inf"))
-        with LiveServer(build_app(service, serve_key(cfg))) as live:
-            yield service, live, seen
-        service.close()
+    rows = "".join(json.dumps({"messages": [{"role": "user", "content": t}], "output": json.dumps(o)}) + "\n"
+                   for t, o in LEARNT.items()) * 8
+    task = {"type": "tools", "instruction": "Call the tools the user needs.", "tools": TOOLS,
+            "parallel_tool_calls": True, "max_output_tokens": 160}
+    with trained_and_served(root, teacher_app(seen, two_calls), task, rows) as (service, live):
+        yield service, live, seen
 
 
 def calls(tool_calls: Any) -> list[dict]:
