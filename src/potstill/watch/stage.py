@@ -230,7 +230,7 @@ def watch_run(run_dir: Path, cfg: Config, since: float | None = None, until: flo
     ref_emb, ref_records = reference_embeddings(run_dir, engine, w)
     # What the student never read (longer than its context; serve sent it to the teacher) is left out of
     # the input check and counted; it stays an escalation in the escalation share.
-    readable = [s.chat for s in traffic if fits(engine, s.chat)]  # tool turns as the student read them
+    readable = [c for c in (s.chat for s in traffic) if fits(engine, c)]  # tool turns as the student read them
     too_long = len(traffic) - len(readable)
     # A time range can hold a day of traffic: the MMD kernel of 30,000 requests is ~7 GB per (N, N)
     # float64 matrix, several held at once. A seeded uniform sample of max_sample keeps it ~10 MB.
