@@ -329,7 +329,7 @@ class GenerateConfig(Section):
         "calls, the teacher also plays each called function (it writes the JSON result, from the function's "
         "declaration and the call's arguments) and answers the chat holding those results, up to this many rounds, "
         "so the data holds the turns after a result where the inputs have none (records tagged slice tool_round:N). "
-        "0: off.")
+        "Any generate.engine; under batch each round is two batches, one after the other. 0: off.")
     engine: Literal["async", "ray", "batch"] = Field(
         "async", description="async: one process; ray: shard inputs over Ray workers; batch: the provider's batch API "
         "(openai, anthropic teachers; answers within 24 h at generate.batch_price of the live price).")

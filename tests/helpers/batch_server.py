@@ -18,6 +18,9 @@ slow uploads/creations (after they are stored) and result streams, for the kill 
 
 With ``--keywords '{"label": ["word", ...]}'`` it plays a fine-tuned classifier instead: the
 answer is the first label one of whose words is in the user's text (a rule a tiny student can learn).
+With ``--agent`` it plays an agent's teacher for a tools task: asked with tools, it calls the first
+tool with ``{"unit": "c"}``, or replies ``AGENT_REPLY`` in words once the chat ends with that call's
+result; asked without tools (playing a function, ``generate.tool_rounds``), it writes the result.
 
 ``GET /stats`` returns the counters the tests assert on: uploads, batch creations per provider,
 how many times each ``custom_id`` was submitted in a created batch, and result downloads.
@@ -240,8 +243,37 @@ def _keyword_label(o: argparse.Namespace, messages: list[dict[str, Any]]) -> str
     return next((lab for lab, kws in json.loads(o.keywords).items() if words & set(kws)), None) if o.keywords else None
 
 
+AGENT_REPLY = "Done, celsius it is."
+AGENT_RESULT = '{"unit": "c", "ok": true}'
+
+
+def _agent(provider: str, body: dict[str, Any]) -> dict[str, Any]:
+    """``--agent``'s answer in the provider's form: a call, a reply after a result, or a function's result."""
+    usage = {"prompt_tokens": 20, "completion_tokens": 9} if provider == "openai" else {"input_tokens": 20,
+                                                                                         "output_tokens": 9}
+    last = body["messages"][-1]
+    after = last["role"] == "tool" if provider == "openai" else (
+        isinstance(last["content"], list) and any(b.get("type") == "tool_result" for b in last["content"]))
+    text = AGENT_RESULT if not body.get("tools") else AGENT_REPLY if after else None
+    if provider == "openai":
+        tool = body.get("tools") and body["tools"][0]["function"]["name"]
+        message = {"role": "assistant", "content": text} if text is not None else {
+            "role": "assistant", "content": None, "tool_calls": [{"id": "call_b0", "type": "function", "function": {
+                "name": tool, "arguments": '{"unit": "c"}'}}]}
+        return {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"], "choices": [{
+            "index": 0, "message": message, "finish_reason": "stop" if text is not None else "tool_calls"}],
+            "usage": {**usage, "total_tokens": 29}}
+    content = [{"type": "text", "text": text}] if text is not None else [
+        {"type": "tool_use", "id": "toolu_b0", "name": body["tools"][0]["name"], "input": {"unit": "c"}}]
+    return {"id": "msg_b", "type": "message", "role": "assistant", "model": body["model"], "content": content,
+            "stop_reason": "end_turn" if text is not None else "tool_use", "stop_sequence": None,
+            "usage": {**usage, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}}
+
+
 def _answer(s: State, provider: str, body: dict[str, Any]) -> dict[str, Any]:
     """The live loopback's answer, or the keyword rule's label when the server plays a fine-tune."""
+    if s.o.agent:
+        return _agent(provider, body)
     obj = _chat(body) if provider == "openai" else _messages(body)
     label = _keyword_label(s.o, body["messages"])
     if label is not None:
@@ -401,6 +433,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--upload-delay", type=float, default=0.0)
     p.add_argument("--results-delay", type=float, default=0.0)
     p.add_argument("--keywords", default="")
+    p.add_argument("--agent", action="store_true")
     p.add_argument("--echo-key", action="store_true")  # failures quote the key, as some gateways do
     return p.parse_args(argv)
 

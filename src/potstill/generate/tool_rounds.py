@@ -7,7 +7,10 @@ the teacher itself, asked as the function (its declaration and the call's argume
 and the chat with the calls and those results becomes a new input the teacher answers as any other
 (a reply in words, or more calls for the next round). Every request goes through ``label_records``,
 so each is in the ledger: a rerun pays for none twice, and a crash loses nothing. A result the
-teacher could not write (an error, an empty answer) ends that chat there.
+teacher could not write (an error, an empty answer) ends that chat there. Any ``generate.engine``
+runs them: each round's two steps (the functions played, then the chats answered) go through it in
+turn, so under ``batch`` a round is two batches, each waited for (at the batch price, up to the
+provider's window each), and a rerun after a kill resumes the open one.
 """
 
 from __future__ import annotations
@@ -26,15 +29,12 @@ SIMULATE = ("You play a function that an assistant has just called, given its de
 
 
 def check_rounds(cfg: Config) -> None:
-    """One line where ``generate.tool_rounds`` cannot run with this task or engine."""
+    """One line where ``generate.tool_rounds`` cannot run with this task."""
     if not cfg.generate.tool_rounds:
         return
     if cfg.task.type != "tools" or cfg.task.tool_choice != "auto":
         raise PotstillError("generate.tool_rounds: needs task.type tools with task.tool_choice auto (a task whose "
                             "answers may follow a tool's result)")
-    if cfg.generate.engine != "async":
-        raise PotstillError(f"generate.tool_rounds: runs with generate.engine async, not {cfg.generate.engine} "
-                            "(each round waits for the one before)")
 
 
 def add_rounds(cfg: Config, labelled: list[Record], ledger: Any, stats: Any, make_teacher: Any) -> list[Record]:
