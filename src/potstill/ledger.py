@@ -188,8 +188,9 @@ class Ledger:
         """For each request hash mapped to ``(prompt hash, output budget)``: the hash of an earlier
         request with that prompt hash (the same request under another budget, ``Teacher.prompt_hash``)
         whose answer, ``ok`` outside serve, ended by itself (every sample) under a budget no larger
-        (``budget_of(request)``, the teachers' ``max_output``), so that the larger one would have
-        answered it alike; the latest such row wins. Rows logged before migration 8 have no prompt
+        (``budget_of(request)``, the teachers' ``max_output``), or under a larger one in no more
+        output tokens (all samples together, counted by the provider; a row without a count is not
+        taken) than this budget: either way this budget would have answered it alike. The latest such row wins. Rows logged before migration 8 have no prompt
         hash and are not found."""
         by_prompt: dict[str, list[str]] = {}
         for h, (p, _) in wanted.items():
@@ -201,17 +202,17 @@ class Ledger:
                 part = keys[i : i + 500]
                 try:
                     rows += self._db.execute(
-                        "SELECT request_hash, prompt_hash, request, stop_reason FROM calls WHERE status='ok' AND"
+                        "SELECT request_hash, prompt_hash, request, stop_reason, output_tokens FROM calls WHERE status='ok' AND"
                         f" role='teacher' AND stage<>'serve' AND prompt_hash IN ({','.join('?' * len(part))})"
                         " ORDER BY id", part).fetchall()
                 except sqlite3.OperationalError:  # a ledger opened read-only before migration 8: no such column
                     return {}
-        for old, p, request, stop in rows:
+        for old, p, request, stop, used in rows:
             if not stop or any(s not in NATURAL_STOPS for s in stop.split(",")):
                 continue
             budget = budget_of(json.loads(request))
             for h in by_prompt[p]:
-                if h != old and budget and budget <= wanted[h][1]:
+                if h != old and budget and (budget <= wanted[h][1] or 0 < (used or 0) <= wanted[h][1]):
                     out[h] = old
         return out
 

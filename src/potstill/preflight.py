@@ -397,7 +397,7 @@ def _unanswered(ctx: _Ctx, records: list) -> list:
         ident = teacher.identity()
         reqs = [teacher.request(r) for r in records]
         with Ledger(path, readonly=True) as ledger:
-            # As generate finds them: an answer under a smaller teacher.max_tokens that ended by itself counts.
+            # As generate finds them: an answer under another teacher.max_tokens that ended by itself within this one counts.
             hashes, answered, _ = cached_answers(ledger, teacher, reqs, [request_hash(ident, q) for q in reqs])
     finally:
         teacher.close()

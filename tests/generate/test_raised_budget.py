@@ -73,7 +73,7 @@ def test_a_raised_max_tokens_pays_only_for_the_answers_it_cut(tmp_path, capsys):
         generate_stage(cfg)
     assert sum(seen.values()) == 8 and seen[("item 2, summarise in words: 6", 10)] == 1
     assert seen[("item 4, summarise in words: 8", 10)] == 1
-    assert "6 inputs, 4 from cache (4 answered under a smaller teacher.max_tokens" in capsys.readouterr().err
+    assert "6 inputs, 4 from cache (4 answered under another teacher.max_tokens" in capsys.readouterr().err
     again = {r.id: r for r in read_records(tmp_path / "run" / "teacher.jsonl")}
     assert [len(again[f"r{i}"].output.split()) for i in range(6)] == WORDS
     for i in (0, 1, 3, 5):  # the row that paid for it, as for any cache hit
@@ -85,13 +85,22 @@ def test_a_raised_max_tokens_pays_only_for_the_answers_it_cut(tmp_path, capsys):
         assert sorted(Counter(r["prompt_hash"] for r in rows).values()) == [1, 1, 1, 1, 2, 2]
 
 
-def test_an_answer_cut_or_asked_under_a_larger_budget_is_not_reused(tmp_path):
-    """Only an answer that ended by itself under a budget no larger counts: a cut one is asked again
-    under the raised budget, and a lowered budget asks again what it might have cut."""
+def test_a_cut_answer_is_asked_again_and_a_lowered_budget_asks_only_the_longer_ones(tmp_path, capsys):
+    """Only an answer that ended by itself counts: a cut one is asked again under the raised budget;
+    under a lowered budget, an answer that ended by itself within it is reused (the lower budget
+    would have answered it alike) and a longer one is asked again, to be cut there."""
     seen: Counter = Counter()
     with LiveServer(writer(seen)) as srv:
         generate_stage(project(tmp_path, srv.url, 6))
         generate_stage(project(tmp_path, srv.url, 8))  # r4 (8 words) was cut at 6: asked again
         assert sum(seen.values()) == 7 and seen[("item 4, summarise in words: 8", 8)] == 1
-        generate_stage(project(tmp_path, srv.url, 5))  # smaller than any budget answered: all asked again
-        assert sum(seen.values()) == 13 and all(seen[k] == 1 for k in seen if k[1] == 5)
+        capsys.readouterr()
+        generate_stage(project(tmp_path, srv.url, 5))
+        # r2 (6 words, whole under 6) and r4 (8, whole under 8) are longer than 5: asked again, cut.
+        assert sum(seen.values()) == 9 and {k for k in seen if k[1] == 5} == {
+            ("item 2, summarise in words: 6", 5), ("item 4, summarise in words: 8", 5)}
+        assert "6 inputs, 4 from cache (4 answered under another teacher.max_tokens" in capsys.readouterr().err
+        out = {r.id: r for r in read_records(tmp_path / "run" / "teacher.jsonl")}
+        assert [len(out[f"r{i}"].output.split()) for i in range(6)] == [2, 3, 5, 3, 5, 2]
+        generate_stage(project(tmp_path, srv.url, 2))  # only r0 and r5 (2 words each) fit
+        assert sum(seen.values()) == 9 + 4 and seen[("item 0, summarise in words: 2", 2)] == 0

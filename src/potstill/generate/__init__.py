@@ -226,10 +226,11 @@ def cached_answers(ledger: Ledger, teacher: Teacher, reqs: list[dict[str, Any]],
                    hashes: list[str]) -> tuple[list[str], dict[str, dict[str, Any]], int]:
     """The ledger's answers to these requests: ``(hashes, answers by hash, inputs answered whole)``.
 
-    A request with no answer of its own is answered by the same request sent under a smaller
-    output budget (an earlier ``teacher.max_tokens``) whose answer ended by itself: the larger
-    budget would not have changed it, and raising ``teacher.max_tokens`` after curate sets aside
-    the truncated answers would otherwise pay again for every whole one. Its hash becomes that
+    A request with no answer of its own is answered by the same request sent under another output
+    budget (an earlier ``teacher.max_tokens``) whose answer ended by itself, under a smaller budget
+    or within this one: this budget would not have changed it. Raising ``teacher.max_tokens`` after
+    curate sets aside the truncated answers, or lowering it to save, would otherwise pay again for
+    every whole one. Its hash becomes that
     request's, as for any cache hit (``meta.request_hash`` names the row that paid for the answer).
     Only where the request carries its budget (API teachers)."""
     from potstill.teachers.api.engine import max_output

@@ -56,7 +56,8 @@ def generate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
         raise PotstillError(f"generate: {stats.errors} of {stats.inputs} teacher calls failed ({first}); "
                             "rerun to retry them, the others are cached")
     # Printed only on success: a failed run says everything in its one error line.
-    whole = (f" ({stats.whole_reused} answered under a smaller teacher.max_tokens, where they ended by themselves)"
+    whole = (f" ({stats.whole_reused} answered under another teacher.max_tokens, where they ended by themselves "
+             "within this one)"
              if stats.whole_reused else "")
     say(f"generate: {stats.inputs} inputs, {stats.cache_hits} from cache{whole}, {stats.calls} teacher calls, "
         f"{stats.retries} retries, {stats.errors} errors, {stats.invalid} invalid"

@@ -324,6 +324,16 @@ class Service:
             sampled = request_hash(self._identity[1], {**req, "n": self.cfg.generate.n})
         keys = [h] if sampled is None else [h, sampled]
         found = await asyncio.to_thread(self.ledger.lookup, keys)
+        if not found:
+            # A client's max_tokens below teacher.max_tokens makes another request than generate's:
+            # generate's answer that ended by itself within it is this one's (``Ledger.whole_answers``).
+            from potstill.teachers.api.engine import max_output
+
+            budget = max_output(req)
+            whole = budget and await asyncio.to_thread(
+                self.ledger.whole_answers, {h: (self.teacher.prompt_hash(req), budget)}, max_output)
+            if whole and (hit := await asyncio.to_thread(self.ledger.lookup, [whole[h]])):
+                h, found = whole[h], hit
         if not found and self.reuses_escalations():
             found = await asyncio.to_thread(self.ledger.served_escalations, keys)
         for key in (h, sampled):

@@ -174,8 +174,8 @@ class RunStats:
     invalid_reasons: dict[str, int] = field(default_factory=dict)
     fewer_samples: int = 0  # answers with fewer than generate.n samples (a server that ignores n)
     refused: int = 0  # inputs the teacher refused (this run or an earlier one): not sent again
-    #: Inputs answered by a request asked under a smaller output budget whose answer ended by itself
-    #: (``Ledger.whole_answers``); counted in ``cache_hits`` too.
+    #: Inputs answered by a request asked under another output budget whose answer ended by itself
+    #: within this one (``Ledger.whole_answers``); counted in ``cache_hits`` too.
     whole_reused: int = 0
     #: Why the sender stopped taking requests (``halting``: the key refused, no credit), or None.
     halted: str | None = None
