@@ -250,6 +250,31 @@ def test_the_student_calls_first_then_replies_after_the_result_in_every_api(serv
     assert len(seen) == before  # the teacher was never asked
 
 
+def test_a_clients_stop_and_max_tokens_end_the_students_reply(served):
+    """The reply is written inside the JSON of the student's answer, and used to reach the client whole
+    whatever its stop and max_tokens; it now ends there as any generated text does."""
+    from tests.serve.conftest import client
+
+    service, live, seen = served
+    c, before = client(live), len(seen)
+    r = c.chat.completions.create(model="potstill", messages=AFTER, tools=TOOLS, stop=[","])
+    assert (r.choices[0].message.content, r.choices[0].finish_reason) == ("Done", "stop")
+    assert r.model_extra["potstill"]["answered_by"] == "student"
+    tok = live_tokenizer(service)
+    two = tok.decode(tok.encode(REPLY, add_special_tokens=False)[:2])
+    r = c.chat.completions.create(model="potstill", messages=AFTER, tools=TOOLS, max_tokens=2)
+    assert (r.choices[0].message.content, r.choices[0].finish_reason, r.usage.completion_tokens) == (two, "length", 2)
+    chunks = list(c.chat.completions.create(model="potstill", messages=AFTER, tools=TOOLS, max_tokens=2, stream=True))
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == two
+    whole = c.chat.completions.create(model="potstill", messages=AFTER, tools=TOOLS, max_tokens=64)
+    assert whole.usage.completion_tokens == len(tok.encode(REPLY, add_special_tokens=False))  # the reply's tokens
+    assert len(seen) == before
+
+
+def live_tokenizer(service):
+    return service.live.engine.engine.tokenizer
+
+
 def test_a_client_requiring_a_call_gets_the_teachers_where_the_student_replied(served):
     from tests.serve.conftest import client
 

@@ -290,6 +290,17 @@ class ServedStudent:
             return text, n, finish
         tok = self.engine.tokenizer
         ids = a.tokens if a.tokens is not None else tok.encode(a.output, add_special_tokens=False)
+        return self._cut(text, n, finish, ids, max_tokens, stop)
+
+    def shorten_reply(self, reply: str, max_tokens: int | None, stop: Sequence[str] = ()) -> tuple[str, int, str]:
+        """``shorten`` for a tools task's reply in words, which the student wrote inside the JSON of
+        its answers (``{"content": ...}``): the reply's own tokens, as the student's tokenizer reads them."""
+        ids = self.engine.tokenizer.encode(reply, add_special_tokens=False)
+        return self._cut(reply, len(ids), "stop", ids, max_tokens, stop)
+
+    def _cut(self, text: str, n: int, finish: str, ids: list[int], max_tokens: int | None,
+             stop: Sequence[str]) -> tuple[str, int, str]:
+        tok = self.engine.tokenizer
 
         def upto(k: int) -> str:
             return tok.decode(ids[:k], skip_special_tokens=True)

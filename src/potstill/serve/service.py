@@ -423,9 +423,11 @@ class Service:
             common = dict(request={"messages": messages}, answered_by=who, confidence=a.confidence if a else None,
                           ood_distance=dist, student_output=a.output if a else "", student=live.name, request_hash=h)
             if who == "student" and reply is not None:
-                # A reply in words is whole too: the student wrote it as JSON, the call's form (no logprobs of it).
-                return ServedCall(content=reply, model=live.name, reason=reason, input_tokens=a.prompt_tokens,
-                                  output_tokens=a.output_tokens, cost_usd=student_cost, finish_reason="stop",
+                # A reply in words, which the student wrote as JSON, the call's form (no logprobs of it), ends
+                # at a client's stop or max_tokens as a generated text does; its tokens are the reply's.
+                content, n_out, finish = live.engine.shorten_reply(reply, max_tokens, stop)
+                return ServedCall(content=content, model=live.name, reason=reason, input_tokens=a.prompt_tokens,
+                                  output_tokens=n_out, cost_usd=student_cost, finish_reason=finish,
                                   logprobs_unavailable="the student wrote this reply as the JSON of its tools' "
                                   "answers, whose tokens are not the reply's" if logprobs is not None else None, **common)
             if who == "student" and calls:
