@@ -334,6 +334,26 @@ def test_an_agents_logs_import_as_both_kinds_of_turn(tmp_path):
     assert json.loads(task.target(first)) == {"name": "set_unit", "arguments": {"unit": "c"}}
     assert after.messages[1]["tool_calls"] == [CALL] and after.messages[2]["tool_call_id"] == "call_a"
     assert json.loads(task.target(after)) == {"content": REPLY} and task.validate(task.parse(after.output)) is None
+    # A logged reply that is JSON itself (an agent answering with data) was read as a broken call;
+    # every format keeps it as a reply, the calls as calls.
+    data = '{"temp": 12, "sky": "sunny"}'
+    anthropic = {"type": "message", "role": "assistant", "model": "claude", "content": [{"type": "text", "text": data}]}
+    responses = {"object": "response", "status": "completed", "model": "gpt", "output": [
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": data}]}]}
+    log.write_text("".join(json.dumps(x) + "\n" for x in [
+        {"request": {"messages": AFTER}, "response": {"choices": [{"message": {"role": "assistant", "content": data}}]}},
+        {"request": {"messages": AFTER}, "response": anthropic},
+        {"request": {"messages": AFTER}, "response": responses},
+        {"messages": [*AFTER, {"role": "assistant", "content": data}]},
+        {"messages": [ASK, {"role": "assistant", "content": None, "tool_calls": [CALL]}]}]))
+    import_traffic(log, tmp_path / "inputs.jsonl", "auto", None, True)
+    *replies, call = read_records(tmp_path / "inputs.jsonl")
+    for rec in replies:
+        assert task.validate(task.parse(rec.output)) is None and json.loads(task.target(rec)) == {"content": data}
+    assert json.loads(task.target(call)) == {"name": "set_unit", "arguments": {"unit": "c"}}
+    log.write_text("".join(log.read_text().splitlines(keepends=True)[:4]))
+    import_traffic(log, tmp_path / "plain.jsonl", "auto", None, False)  # no --tool-calls: text as written
+    assert [r.output for r in read_records(tmp_path / "plain.jsonl")] == [data] * 4
 
 
 def test_the_model_card_says_what_a_tools_student_writes_and_reads(tmp_path):

@@ -103,6 +103,15 @@ def _kept_call(calls: list[dict[str, Any]] | None, keep: bool) -> str | None:
     return call_text(calls) if calls and keep else None
 
 
+def _reply(text: str, keep: bool) -> str:
+    """A logged answer's text as a tools task learns it (``keep``): a reply in words, as written,
+    unless it starts as JSON (``{``, ``[``, a code fence: an agent answering with data), which a
+    tools task reads as a call: then ``{"content": TEXT}``, the form its student writes a reply in."""
+    if keep and text.strip()[:1] in ("{", "[", "`"):
+        return json.dumps({"content": text.strip()}, ensure_ascii=False)
+    return text
+
+
 def _message_calls(message: dict[str, Any]) -> list[dict[str, Any]]:
     """A chat message's calls: its ``tool_calls``, or the legacy ``function_call`` as one."""
     if message.get("tool_calls"):
@@ -144,7 +153,7 @@ def _answer(side: Any, where: str, keep: bool) -> tuple[str, dict[str, Any]]:
             why = None if kept else _no_text(ch.get("message", {}))
             if why:
                 raise NoText(why)
-            return kept or content_text(ch.get("message", {}).get("content") or ""), {
+            return kept or _reply(content_text(ch.get("message", {}).get("content") or ""), keep), {
                 "teacher": side.get("model"), "usage": side.get("usage"), "finish_reason": ch.get("finish_reason"),
                 "response_id": side.get("id"),
                 # A completion asked with n > 1: the first choice is the answer, the count kept and said.
@@ -153,7 +162,7 @@ def _answer(side: Any, where: str, keep: bool) -> tuple[str, dict[str, Any]]:
             text = "".join(str(b.get("text", "")) for b in side["content"] if isinstance(b, dict) and b.get("type") == "text")
             text = _kept_call([{"function": {"name": b.get("name"), "arguments": json.dumps(b.get("input"))}}
                                for b in side["content"] if isinstance(b, dict) and b.get("type") == "tool_use"],
-                              keep) or text
+                              keep) or _reply(text, keep)
             if not keep and any(isinstance(b, dict) and b.get("type") == "tool_use" for b in side["content"]):
                 raise NoText("its answer is a tool call")
             if not text and side.get("stop_reason") == "refusal":
@@ -174,7 +183,7 @@ def _response_answer(resp: dict[str, Any], keep: bool) -> tuple[str, dict[str, A
     text, calls = output_text(resp)
     if calls and not keep:
         raise NoText("its answer is a tool call")
-    text = _kept_call(calls, keep) or text
+    text = _kept_call(calls, keep) or _reply(text, keep)
     if not text:
         refused = any(isinstance(p, dict) and p.get("type") == "refusal" for item in resp.get("output") or []
                       if isinstance(item, dict) for p in item.get("content") or [])
@@ -226,7 +235,7 @@ def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: dict[str, An
         # ``weight`` (0: an assistant turn not trained on) is the fine-tuning file's, not the chat's:
         # a chat API refuses a message field it does not know.
         prompt = [{k: v for k, v in m.items() if k != "weight"} for m in msgs[:-1]]
-        output = kept or content_text(msgs[-1].get("content"))
+        output = kept or _reply(content_text(msgs[-1].get("content")), keep)
     elif kind == "openai-log":
         if "custom_id" in obj:
             if requests is None:  # the output holds answers only; the prompts are in the batch's input file
@@ -342,7 +351,7 @@ def import_served(db: Path, keep: bool = False) -> list[Record]:
         if row.id in calls:
             continue
         user = [m for m in _messages(row.request, f"{db}#calls.id={row.id}") if m.get("role") not in INSTRUCTION_ROLES]
-        out.append(Record(messages=user, output=_kept_call(row.extra.get("tool_calls"), keep) or row.content or "", meta={
+        out.append(Record(messages=user, output=_kept_call(row.extra.get("tool_calls"), keep) or _reply(row.content or "", keep), meta={
             "format": "served", "source": str(db), "ledger_id": row.id, "teacher": row.model, "role": row.answered_by,
             "input_tokens": row.input_tokens, "output_tokens": row.output_tokens, "created_at": row.created_at,
             # As the client got it: "length" where the answer ran to its budget, which curate sets aside as
