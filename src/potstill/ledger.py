@@ -189,9 +189,9 @@ class Ledger:
         request with that prompt hash (the same request under another budget, ``Teacher.prompt_hash``)
         whose answer, ``ok`` outside serve, ended by itself (every sample) under a budget no larger
         (``budget_of(request)``, the teachers' ``max_output``), or under a larger one in no more
-        output tokens (all samples together, counted by the provider; a row without a count is not
-        taken) than this budget: either way this budget would have answered it alike. The latest such row wins. Rows logged before migration 8 have no prompt
-        hash and are not found."""
+        output tokens than this budget (all samples together, as the provider counted them; a row
+        without a count is not taken): either way this budget would have answered it alike. The
+        latest such row wins. Rows logged before migration 8 have no prompt hash and are not found."""
         by_prompt: dict[str, list[str]] = {}
         for h, (p, _) in wanted.items():
             by_prompt.setdefault(p, []).append(h)
