@@ -286,7 +286,7 @@ def test_a_bad_text_format_is_an_openai_400(json_served):
 def test_a_classifier_escalates_a_json_request_with_a_budget_for_it(served):
     """A label is no JSON object: the request goes to the teacher, and with a budget for an object,
     not the label budget (teacher.max_tokens 4 here) that would cut it."""
-    from potstill.serve.service import TOOL_MAX_TOKENS
+    from potstill.serve.escalation import TOOL_MAX_TOKENS
 
     service, live = served
     seen: list = []

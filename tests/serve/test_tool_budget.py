@@ -4,7 +4,7 @@ tool request refused before routing is logged under the hash it gets when answer
 
 from __future__ import annotations
 
-from potstill.serve.service import TOOL_MAX_TOKENS
+from potstill.serve.escalation import TOOL_MAX_TOKENS
 from tests.serve.conftest import MSG, claude_behind, client, teacher_behind
 from tests.serve.test_tool_calls import TOOLS, anthropic_provider, openai_provider
 

@@ -46,7 +46,8 @@ from potstill.serve.tool_routing import served_tools, student_calls
 from potstill.serve.schemas import (ChatCompletion, ChatRequest, ErrorBody, Health, ModelCard, ModelList,
                                     ResponsesRequest)
 from potstill.ledger_rows import with_tool_fields
-from potstill.serve.service import LogprobsUnavailable, Service, TeacherError
+from potstill.serve.escalation import TeacherError
+from potstill.serve.service import LogprobsUnavailable, Service
 
 CHAT = "/v1/chat/completions"
 RESPONSES = "/v1/responses"

@@ -4,6 +4,9 @@
 cached in ``run_dir/serve/`` and redone when the student, the splits or the targets change),
 and opens ``run_dir/calls.sqlite``, where every request becomes one row with ``stage='serve'``.
 
+The teacher side (the request an escalation sends, and its answer from the ledger or the teacher)
+is ``escalation.TeacherSide``, mixed in.
+
 Hot swap: ``Service.reload`` (``POST /admin/reload``, or ``Service.watch`` polling where
 ``run_dir/student`` points) loads and calibrates a promoted student beside the live one, then
 replaces the ``Live`` reference in one assignment; requests in flight finish on the old one.
@@ -15,7 +18,6 @@ import asyncio
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -23,32 +25,24 @@ import torch
 
 from potstill.config import Config
 from potstill.errors import PotstillError
-from potstill.generate.consistency import one_sample, vote
 from potstill.engines import section_engine
 from potstill.engines.calibration import weights_of
 from potstill.ledger import Ledger, ServedCall
-from potstill.ledger_rows import chat_messages
 from potstill.models.loading import model_identity
 from potstill.progress import say
-from potstill.records import Record, read_records
+from potstill.records import read_records
 from potstill.serve.calibration import _servable, calibrate_run
+from potstill.serve.escalation import TeacherSide
 from potstill.serve.engine import Batcher, ServedStudent, StudentAnswer, first_stop
-from potstill.serve.formats import FormatError, answer_problem, format_schema
+from potstill.serve.formats import answer_problem, format_schema
 from potstill.serve.routing import Routing, ood_distance
 from potstill.serve.streaming import LiveText, openai_logprob
-from potstill.serve.schemas import ChatRequest
 from potstill.tasks import Task, get_task
-from potstill.teachers import Response, Teacher, get_teacher, request_hash
-from potstill.serve.tool_routing import (as_asked, named_tool, reshaped, served_tools, student_calls,
-                                         student_tools_answer)
+from potstill.teachers import Response, Teacher, get_teacher
+from potstill.serve.tool_routing import as_asked, reshaped, student_calls, student_tools_answer
 from potstill.tool_calls import as_tool_calls, has_tool_turns
 
 
-_RESPONSE_FIELDS = {f.name for f in fields(Response)}
-# The teacher's output budget for a tool request in a classification run when the client sets none:
-# the run's teacher.max_tokens is a label's (often 4), which cuts a call's arguments. 4096 is the
-# smallest output limit among current chat models (Claude 3 Haiku, gpt-3.5-turbo), so none refuses it.
-TOOL_MAX_TOKENS = 4096
 # A promoted student that failed to load (a transient out-of-memory, a file still being written) is
 # tried again after this long, doubling up to an hour: not every poll (each try loads and calibrates).
 RELOAD_RETRY_S = 60.0
@@ -58,19 +52,6 @@ class LogprobsUnavailable(ValueError):
     """A client asked for ``logprobs`` and the student the request entered gives none (its engine
     scores no tokens): the client's 400, before the student runs, as whether it or the teacher will
     answer is not known yet."""
-
-
-class TeacherError(Exception):
-    """The teacher failed to answer an escalated request: a 502 for the client, or its 400 where the
-    teacher refused the chat itself (``status`` 413, or 400/422 with a ``code`` such as
-    context_length_exceeded: see ``app._clients_fault``)."""
-
-    def __init__(self, message: str, status: int | None = None, code: str | None = None,
-                 request_hash: str | None = None, billed: Response | None = None):
-        super().__init__(message)
-        # request_hash: the ledger key of the request the teacher failed, for the failed row; billed:
-        # the failed answer, whose tokens and cost the provider may still bill (a refusal), for that row.
-        self.status, self.code, self.request_hash, self.billed = status, code, request_hash, billed
 
 
 class Live:
@@ -126,7 +107,7 @@ def student_dir(run_dir: Path) -> Path:
     return (Path(run_dir) / "student").resolve()
 
 
-class Service:
+class Service(TeacherSide):
     def __init__(self, cfg: Config, task: Task, engine: ServedStudent, teacher: Teacher, routing: Routing,
                  reference: torch.Tensor, ledger: Ledger, student_name: str, run_dir: Path | None = None,
                  student_path: str = "", device: str = "auto"):
@@ -241,118 +222,6 @@ class Service:
         self._watcher.start()
 
     # ------------------------------------------------------------------ answering
-    def escalation_limits(self, max_tokens: int | None, stop: Sequence[str], tools: dict[str, Any] | None,
-                          response_format: dict[str, Any] | None = None) -> tuple[int | None, Sequence[str]]:
-        """A client's ``max_tokens`` and ``stop`` as they apply to a routed chat: a label is whole, so
-        a classifier's answers take neither (the teacher request is generate's, its answers reused).
-        A tool request, or one asking for JSON (``response_format``), is no label: its calls'
-        arguments or its object would be cut at the label budget (often 4 tokens), so it gets the
-        client's ``max_tokens``, else ``TOOL_MAX_TOKENS``."""
-        if not self.task.labels:
-            return max_tokens, stop
-        if tools is None and response_format is None:
-            return None, ()
-        return max_tokens or TOOL_MAX_TOKENS, stop
-
-    def teacher_logprobs_unavailable(self) -> str | None:
-        """Why the teacher cannot give token log-probabilities, None where it can (OpenAI-compatible
-        ones other than OpenAI's reasoning models)."""
-        t = self.teacher
-        if not t.supports_logprobs:
-            return f"the {t.type} teacher gives no token log-probabilities"
-        if getattr(t, "reasoning", False):
-            return f"the teacher {t.model_name} is an OpenAI reasoning model, which returns no log-probabilities"
-        return None
-
-    def teacher_request(self, messages: list[dict], max_tokens: int | None = None,
-                        tools: dict[str, Any] | None = None, logprobs: int | None = None,
-                        response_format: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
-        """The teacher's request for a routed chat and its ledger hash: the one generate computes,
-        unless a client's ``max_tokens`` is below the teacher's own, or a classifier's tool request's
-        (``escalation_limits``), (then it is the request's ``max_tokens``, and the request another one), the
-        client offers ``tools`` (``Teacher.with_tools``' arguments) or asks for ``logprobs`` (top
-        alternatives per token) beyond what the teacher's request already asks (``teacher.logprobs``),
-        or asks for JSON (``response_format``, in the teacher's terms where it takes one)."""
-        teacher = self.teacher
-        if self._identity is None or self._identity[0] is not teacher:
-            self._identity = (teacher, teacher.identity())
-        req = teacher.request(Record(messages=messages))
-        opened = (tools is not None or response_format is not None) and self.task.labels  # escalation_limits
-        if max_tokens is not None and (max_tokens < teacher.cfg.max_tokens or opened):
-            # The teacher's own limit field: an OpenAI reasoning model takes max_completion_tokens only.
-            req = {**req, "max_completion_tokens" if "max_completion_tokens" in req else "max_tokens": max_tokens}
-        # A tools task's request already offers its tools, one call required (``Teacher.task_tools``):
-        # a client offering the same ones asks generate's request, whose answers the ledger holds.
-        # (Not after a tool turn under task.tool_choice required: then the client's tool_choice holds.)
-        # (A parallel task's generate may call several: a client allowing one asks its own way; an auto
-        # task's may reply in words: a client requiring a call asks its own way.)
-        own = tools is not None and student_calls(self.task, tools, messages) \
-            and (named_tool(tools) is None or not teacher.supports_tools) \
-            and not (self.task.cfg.parallel_tool_calls and tools.get("parallel_tool_calls") is False) \
-            and not (self.task.cfg.tool_choice == "auto" and tools.get("tool_choice") == "required")
-        if tools is not None and not own:
-            if self.task.cfg.type == "tools":  # generate's offer (a call required) is not this request's
-                req = {k: v for k, v in req.items() if k not in ("tools", "tool_choice", "parallel_tool_calls")}
-            req = teacher.with_tools(req, **tools)
-        if response_format is not None:
-            req = teacher.with_response_format(req, response_format) or req
-        if logprobs is not None and self.teacher_logprobs_unavailable() is None \
-                and not (req.get("logprobs") and (req.get("top_logprobs") or 0) >= logprobs):
-            req = {**req, "logprobs": True, "top_logprobs": logprobs}
-        return request_hash(self._identity[1], req), req
-
-    def reuses_escalations(self) -> bool:
-        """Whether an escalation may be answered from serve's own earlier answer to it
-        (``serve.reuse_escalations``; unset: where the teacher would answer it the same again)."""
-        setting = self.cfg.serve.reuse_escalations
-        if setting is not None:
-            return setting
-        return self.teacher.cfg.temperature == 0 and not getattr(self.teacher, "reasoning", False)
-
-    async def _ask_teacher(self, h: str, req: dict[str, Any],
-                           live_text: LiveText | None = None) -> tuple[Response, bool, str]:
-        """The teacher's answer, whether it came from the ledger (the cache DESIGN promises: an
-        identical request already answered, by generate or redistill, is never paid twice; by serve
-        itself, where ``reuses_escalations``), and the hash of the request it answers.
-
-        With ``generate.n`` above 1 generate asked for n samples in one request (``"n"`` in it, as
-        every adapter that takes samples writes it), another hash than the single-sample request
-        served here: that answer is reused too, as its majority sample, the one generate kept.
-        ``live_text``: a teacher asked (not the ledger) streams its text there as it writes it."""
-        sampled = None
-        if self.cfg.generate.n > 1 and "n" not in req and self.teacher.supports_samples:
-            sampled = request_hash(self._identity[1], {**req, "n": self.cfg.generate.n})
-        keys = [h] if sampled is None else [h, sampled]
-        found = await asyncio.to_thread(self.ledger.lookup, keys)
-        if not found:
-            # A client's max_tokens below teacher.max_tokens makes another request than generate's:
-            # generate's answer that ended by itself within it is this one's (``Ledger.whole_answers``).
-            from potstill.teachers.api.engine import max_output
-
-            budget = max_output(req)
-            whole = budget and await asyncio.to_thread(
-                self.ledger.whole_answers, {h: (self.teacher.prompt_hash(req), budget)}, max_output)
-            if whole and (hit := await asyncio.to_thread(self.ledger.lookup, [whole[h]])):
-                h, found = whole[h], hit
-        if not found and self.reuses_escalations():
-            found = await asyncio.to_thread(self.ledger.served_escalations, keys)
-        for key in (h, sampled):
-            if key in found:
-                ans = found[key]
-                if key == sampled and len(ans.get("samples") or []) > 1:
-                    # Served as its one sample: that sample's text, and its tokens in the usage.
-                    ans = one_sample(ans, vote(ans["samples"], self.task.parse, self.task.validate)[0])
-                r = Response(**{k: v for k, v in ans.items() if k in _RESPONSE_FIELDS})
-                return r, True, key
-        # One request on the teacher's long-lived worker (an API client, or the one in-process model).
-        if live_text is not None:
-            live_text.asked_at = time.perf_counter()
-        r = await asyncio.wrap_future(self.teacher.submit(req) if live_text is None else
-                                      self.teacher.submit(req, on_delta=live_text))
-        if not r.ok:
-            raise TeacherError(r.error or "the teacher returned no answer", r.error_status, r.error_code, h, r)
-        return r, False, h
-
     async def answer(self, messages: list[dict], max_tokens: int | None = None, stop: Sequence[str] = (),
                      teacher_messages: list[dict] | None = None, tools: dict[str, Any] | None = None,
                      logprobs: int | None = None, response_format: dict[str, Any] | None = None,
@@ -521,23 +390,6 @@ class Service:
             return None
         return format_schema(response_format)
 
-    def _escalation_hash(self, request: dict[str, Any]) -> str:
-        """The hash a refused or failed chat request would have had escalated, as ``answer`` computes
-        it: its tool turns kept (two tool chats with one text are two requests), and, where its
-        fields are valid, its tools (a teacher that calls them), ``max_tokens`` and ``logprobs``."""
-        msgs = chat_messages(request)
-        if not msgs:
-            return request_hash({"stage": "serve"}, request)
-        body = _fields_of(request)
-        tools = served_tools(self.task, self.teacher, body.tool_request()) \
-            if body is not None and self.teacher.supports_tools else None
-        try:
-            fmt = body.format_request() if body is not None else None
-        except FormatError:
-            fmt = None
-        max_tokens, _ = self.escalation_limits(body and (body.max_completion_tokens or body.max_tokens), (), tools, fmt)
-        return self.teacher_request(msgs, max_tokens, tools, body.logprob_request() if body else None, fmt)[0]
-
     def log_failure(self, request: dict[str, Any], answered_by: str, model: str, latency_s: float,
                     body: dict[str, Any], error: str, teacher_hash: str | None = None,
                     billed: Response | None = None, request_id: str | None = None,
@@ -555,13 +407,6 @@ class Service:
                                          "cost_usd": billed.cost_usd}
         self.ledger.record_served(ServedCall(request=request, answered_by=answered_by, model=model, latency_s=latency_s,
                                              status="error", error=error, error_body=body, request_hash=h, **paid))
-
-
-def _fields_of(request: dict[str, Any]) -> ChatRequest | None:
-    try:
-        return ChatRequest.model_validate(request)
-    except ValueError:  # pydantic's ValidationError: a request refused for its fields
-        return None
 
 
 def openai_logprobs(compact: list[dict[str, Any]], content: str, output: str, top: int) -> list[dict[str, Any]]:

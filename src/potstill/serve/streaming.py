@@ -60,7 +60,7 @@ class LiveText:
         self.route: dict[str, Any] | None = None
         self.stops = tuple(stops)
         self.top = top_logprobs
-        self.asked_at = 0.0  # perf_counter() when the teacher was asked (``Service._ask_teacher``)
+        self.asked_at = 0.0  # perf_counter() when the teacher was asked (``TeacherSide._ask_teacher``)
         self.first_at: float | None = None  # perf_counter() of the teacher's first piece (text or tool call)
         self._hold = max((len(s) - 1 for s in self.stops), default=0)
         self._text, self._sent, self._stopped = "", 0, False
