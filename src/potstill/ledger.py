@@ -475,15 +475,26 @@ class Ledger:
 
     # ------------------------------------------------------------------ stored Responses
     def store_response(self, response: dict[str, Any], input_items: list[dict[str, Any]],
-                       previous_id: str | None = None, answering: bool = False) -> None:
+                       previous_id: str | None = None, answering: bool = False,
+                       request: dict[str, Any] | None = None) -> None:
         """Keep a Responses API ``response`` and the ``input_items`` its model read (``potstill serve``).
         ``answering``: this process is still answering it (a background response queued), so its
-        pid and host are kept beside it (``unfinished_background``)."""
+        pid and host are kept beside it (``unfinished_background``), and ``request``, what a server
+        needs to ask it again should this one die first (``background_request``)."""
         owner = (os.getpid(), socket.gethostname()) if answering else (None, None)
+        kept = json.dumps(request) if answering and request is not None else None
         with self._lock, self._db:
-            self._db.execute("INSERT OR REPLACE INTO responses (id, previous_id, input, response, created_at, pid, host)"
-                             " VALUES (?,?,?,?,?,?,?)", (response["id"], previous_id, json.dumps(input_items),
-                                                         json.dumps(response), time.time(), *owner))
+            self._db.execute("INSERT OR REPLACE INTO responses (id, previous_id, input, response, created_at, pid, host,"
+                             " request) VALUES (?,?,?,?,?,?,?,?)",
+                             (response["id"], previous_id, json.dumps(input_items), json.dumps(response), time.time(),
+                              *owner, kept))
+
+    def background_request(self, response_id: str) -> dict[str, Any] | None:
+        """The request a background response still being answered was created with (``store_response``),
+        or None (answered, or kept before migration 11)."""
+        with self._lock:
+            row = self._db.execute("SELECT request FROM responses WHERE id=?", (response_id,)).fetchone()
+        return json.loads(row[0]) if row and row[0] else None
 
     def stored_response(self, response_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
         """A stored response and its input items, or None (never stored, or deleted)."""
@@ -503,9 +514,11 @@ class Ledger:
         return [json.loads(r) for r, pid, h in rows if pid is None or (h == host and not _alive(pid))]
 
     def update_response(self, response: dict[str, Any]) -> None:
-        """Replace a stored response's object, keeping its input items and previous id."""
+        """Replace a stored response's object, keeping its input items and previous id (and no longer
+        the request of one that was being answered)."""
         with self._lock, self._db:
-            self._db.execute("UPDATE responses SET response=? WHERE id=?", (json.dumps(response), response["id"]))
+            self._db.execute("UPDATE responses SET response=?, request=NULL WHERE id=?",
+                             (json.dumps(response), response["id"]))
 
     # ------------------------------------------------------------------ Files and Batch API (serve)
     def put_object(self, table: str, obj: dict[str, Any]) -> None:

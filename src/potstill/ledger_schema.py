@@ -135,6 +135,11 @@ MIGRATIONS: list[str] = [
     ALTER TABLE serve_batches ADD COLUMN pid INTEGER;
     ALTER TABLE serve_batches ADD COLUMN host TEXT;
     """,
+    # 11: a background response's request as the client sent it (its body and request id), kept while
+    # it is answered, so a server starting after the one answering it died asks it again.
+    """
+    ALTER TABLE responses ADD COLUMN request TEXT;
+    """,
 ]
 
 #: Stop reasons of an answer that ended by itself (OpenAI and local: stop; Anthropic: end_turn,

@@ -39,7 +39,7 @@ from potstill.serve.engine import RefusedChat
 from potstill.serve.formats import FormatError
 from potstill.serve.messages import MESSAGES, add_messages_route
 from potstill.serve.messages import error_body as anthropic_error
-from potstill.serve.responses import add_responses_route, fail_unfinished
+from potstill.serve.responses import add_responses_route
 from potstill.serve.tokenize import TOKENIZE, add_tokenize_routes
 from potstill.serve.streaming import LiveText, first_piece, live_events, whole_events
 from potstill.serve.tool_routing import served_tools, student_calls
@@ -258,11 +258,12 @@ def build_app(service: Service, api_key: str | None) -> FastAPI:
     held: dict[str, Any] = {}
 
     @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> Any:
+    async def lifespan(app: FastAPI) -> Any:
         held["batches"].resume()  # batches a stopped server left unfinished
-        failed = await asyncio.to_thread(fail_unfinished, service)  # background responses it left unanswered
-        if failed:
-            say(f"serve: {failed} background response(s) a stopped server left unanswered are kept as failed")
+        again, failed = await app.state.resume_background()  # background responses it left unanswered
+        if again or failed:
+            say(f"serve: {again} background response(s) a stopped server left unanswered are asked again"
+                + (f", {failed} kept as failed (their request could not be asked again)" if failed else ""))
         yield
         await held["batches"].stop()
 

@@ -180,17 +180,13 @@ def response_body(body: ResponsesRequest, served: ServedCall, fmt: dict[str, Any
         "potstill": route}
 
 
-def fail_unfinished(service: Any) -> int:
-    """At start: a background response whose server stopped or was killed while answering it
-    (``Ledger.unfinished_background``) is kept as ``failed``, so a client polling it stops instead of
-    waiting for an answer nobody is writing. Its request is not kept, so it is not asked again here;
-    the client creates it again. Returns how many."""
-    left = service.ledger.unfinished_background()
-    for response in left:
-        service.ledger.update_response({**response, "status": "failed", "error": {
-            "code": "server_error", "message": "the server stopped before this background response was answered; "
-                                               "create it again"}})
-    return len(left)
+def fail_unfinished(service: Any, response: dict[str, Any], why: str) -> None:
+    """A background response its stopped server left unanswered that cannot be asked again (kept
+    without its request, or refused now): kept as ``failed``, so a client polling it stops instead of
+    waiting for an answer nobody is writing."""
+    service.ledger.update_response({**response, "status": "failed", "error": {
+        "code": "server_error", "message": f"the server stopped before this background response was answered, "
+                                           f"and {why}; create it again"}})
 
 
 def failed_response(opening: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
@@ -306,7 +302,34 @@ def add_responses_route(app: FastAPI, service: Any, requests: Counter, latency: 
     @app.post(RESPONSES, dependencies=bearer,
               responses={**ERRORS, 200: {"content": {"text/event-stream": {"schema": SSE_EVENT}}}})
     async def responses(body: ResponsesRequest, request: Request) -> Any:
-        state = request.scope.setdefault("state", {})
+        return await respond(body, request.scope.setdefault("state", {}))
+
+    async def resume() -> tuple[int, int]:
+        """At start: each background response whose server stopped or was killed while answering it
+        (``Ledger.unfinished_background``) is asked again, under its id, from the request kept beside
+        it; one kept without it (before migration 11) or that cannot be asked now (its previous
+        response deleted since, ...) is kept as failed. Returns (asked again, failed)."""
+        left = await asyncio.to_thread(service.ledger.unfinished_background)
+        again = 0
+        for response in left:
+            kept = await asyncio.to_thread(service.ledger.background_request, response["id"])
+            try:
+                if kept is None:
+                    raise APIError(500, "its request was not kept")
+                raw = kept["body"].encode()
+                state = {"raw_body": raw, "request_id": kept.get("request_id"), "t0": time.perf_counter()}
+                await respond(ResponsesRequest.model_validate_json(raw), state, response)
+                again += 1
+            except (APIError, ValueError) as e:  # ValueError: pydantic's, a request this version refuses
+                why = e.message if isinstance(e, APIError) else "its request is not valid here now"
+                await asyncio.to_thread(fail_unfinished, service, response, why)
+        return again, len(left) - again
+
+    app.state.resume_background = resume
+
+    async def respond(body: ResponsesRequest, state: dict[str, Any], resumed: dict[str, Any] | None = None) -> Any:
+        """A response to ``body``; ``resumed``: the queued background response a stopped server left,
+        answered again under its id and creation time."""
         if _owner(service, body.model) is None:
             raise _unknown_model(service, body.model)
         for field, use in (("conversation", "previous_response_id"), ("prompt", "input")):
@@ -353,20 +376,25 @@ def add_responses_route(app: FastAPI, service: Any, requests: Counter, latency: 
         answering = service.answer(messages, body.max_output_tokens, [],
                                    teacher_messages=teacher_messages if teacher_messages != messages else None,
                                    tools=tools, logprobs=logprobs, response_format=fmt, live_text=live_text)
-        rid = f"resp_{uuid.uuid4().hex[:24]}"  # the response's id, in its ledger row too: an operator has either
+        # The response's id, in its ledger row too (an operator has either).
+        rid = resumed["id"] if resumed else f"resp_{uuid.uuid4().hex[:24]}"
         # The chat with its tool turns' fields (``ServedCall.chat``: redistill learns an agent's turns from it).
         logged = {**body.model_dump(exclude_none=True), "messages": teacher_messages, "endpoint": RESPONSES,
                   "response_id": rid}
 
         async def _kept(response: dict[str, Any]) -> dict[str, Any]:
-            """The response, kept first where asked: a client may name it as soon as it has it."""
+            """The response, kept first where asked: a client may name it as soon as it has it (a
+            background one with its request, for a server to ask again should this one die first)."""
             if keep:
+                queued = response["status"] == "queued"
+                request = {"body": (state.get("raw_body") or b"").decode("utf-8", "replace"),
+                           "request_id": state.get("request_id")} if queued else None
                 await asyncio.to_thread(service.ledger.store_response, response, items, body.previous_response_id,
-                                        response["status"] == "queued")
+                                        queued, request)
             return response
 
         if background:  # answered after the call returns: the client polls retrieve (or cancels)
-            created = int(time.time())
+            created = resumed["created_at"] if resumed else int(time.time())
             queued = {**response_body(body, ServedCall(request={}, answered_by="student", model=service.student_name,
                                                        content=""), fmt, {}, rid, created, stored=True, background=True),
                       "status": "queued", "output": [], "usage": None}
