@@ -90,7 +90,13 @@ def test_a_reply_is_text_and_agrees_as_free_text_does(tmp_path):
     m = task_metrics("tools", [said, call], [said, said], validate=task.validate)
     assert m["exact_match"] == 0.5
     assert call_of(task, "It is 12 degrees.") == REPLIED and call_of(task, '{"name": "nope", "arguments": {}}') == INVALID
+    # A served answer (serve sends none that fails the task) that is JSON but no call is a reply.
+    assert call_of(task, '{"temp": 12}') == INVALID and call_of(task, '{"temp": 12}', served=True) == REPLIED
+    assert call_of(task, '[{"temp": 12}]', served=True) == REPLIED
+    assert call_of(task, '{"name": "get_time", "arguments": {"city": "Oslo"}}', served=True) == "get_time"
+    assert call_of(task, '{"name": "nope", "arguments": {}}', served=True) == INVALID
     required = get_task(project(tmp_path).task)  # a call every time: a reply is no answer
+    assert call_of(required, '{"temp": 12}', served=True) == INVALID  # under required every answer is a call
     assert "invalid JSON" in required.validate(required.parse("It is 12 degrees."))
     # A teacher's reply that is JSON itself (an agent answering with data) stays a reply; a local
     # teacher's call or reply written as the student writes them stays as written.

@@ -114,18 +114,22 @@ def label_of(task: Any, text: str) -> str:
     return parsed if isinstance(parsed, str) and parsed in task.labels else INVALID
 
 
-def call_of(task: Any, text: str | None, calls: list[dict] | None = None) -> str:
+def call_of(task: Any, text: str | None, calls: list[dict] | None = None, served: bool = False) -> str:
     """A tools task's answer as its "label": the function it calls (a served call's ``tool_calls``, else
     its ``{name, arguments}`` text), the functions of parallel calls sorted and joined by ``+``
     (``a+a+b``), ``REPLY`` for a reply in words (``task.tool_choice: auto``), ``INVALID`` where it calls
-    none of the task's tools or one that is not."""
+    none of the task's tools or one that is not. ``served``: a served answer's text (serve sends no
+    answer that fails the task), which under ``auto`` is a reply unless it is written as calls: a reply
+    that is JSON itself (an agent answering with data) was counted as a broken call."""
     if calls:
         names = [(c.get("function") or {}).get("name") for c in calls]
     else:
         parsed = task.parse(text or "")
-        if text_of(parsed) is not None:
+        made = calls_of(parsed)
+        if text_of(parsed) is not None or served and task.cfg.tool_choice == "auto" and not (
+                made and all({"name", "arguments"} <= c.keys() for c in made)):
             return REPLY
-        names = [c.get("name") for c in calls_of(parsed)]
+        names = [c.get("name") for c in made]
     known = tool_names(task.cfg.tools)
     return "+".join(sorted(names)) if names and all(n in known for n in names) else INVALID
 
@@ -251,7 +255,7 @@ def watch_run(run_dir: Path, cfg: Config, since: float | None = None, until: flo
                                          if not s.extra.get("tool_calls") and s.id not in formatted_ids]
         ref_labels = [label_of(task, r.output) for r in ref_records if r.output is not None]
     elif task.cfg.type == "tools":  # the call mix: which function, as a classifier's label mix
-        live_labels = [call_of(task, s.content, s.extra.get("tool_calls")) for s in traffic
+        live_labels = [call_of(task, s.content, s.extra.get("tool_calls"), served=True) for s in traffic
                        if not s.reason.startswith("tools") and s.id not in formatted_ids]
         ref_labels = [call_of(task, r.output) for r in ref_records if r.output is not None]
     else:
