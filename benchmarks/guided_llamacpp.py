@@ -12,7 +12,10 @@ input at a time (batch 1, the interactive case), with each engine in f32 / fp32:
 * the 12 questions of ``examples/vllm-text-to-sql.yaml`` under its ``task.grammar``
   (``grammar_constraint.llama_gbnf`` for llama-server; the Earley reader for transformers);
 
-unguided too, for reference. Rounds take turns between the engines. Recorded: seconds per answer
+unguided too, for reference. Engine transformers runs twice: eager, and under ``torch.compile``
+(``--no-compiled`` leaves that out), the baseline a user would pick where it is faster; each engine's
+first pass over a case is an untimed warm-up (the compiled one compiles there). Rounds take turns
+between the engines. Recorded: seconds per answer
 (median over rounds), answers the task's validation accepts, answers cut at the task's token
 budget, and answers the two engines write alike. Correctness (exit 1): every guided answer is
 valid, or cut at the budget as a start the guide accepts; except that llama.cpp's own JSON Schema
@@ -57,9 +60,13 @@ def main() -> int:
     ap.add_argument("--student", default="bundled:smollm2-135m-instruct")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
+    ap.add_argument("--no-compiled", dest="compiled", action="store_false",
+                    help="leave out engine transformers under torch.compile")
     args = ap.parse_args()
 
     engines = {"transformers": load_engine("transformers", args.student, device="cpu"),
+               **({"transformers+compile": load_engine("transformers", args.student, device="cpu", compile=True)}
+                  if args.compiled else {}),
                "llamacpp": load_engine("llamacpp", args.student, device="cpu", quantization="none")}
     results: dict = {}
     failures: list[str] = []
@@ -70,13 +77,14 @@ def main() -> int:
             times = {f"{e} {way}": [] for e in engines for way in ("guided", "free")}
             texts: dict[str, list[str]] = {}
             tokens: dict[str, list[int]] = {}
-            for _ in range(args.rounds):
+            for r in range(args.rounds + 1):  # round 0: the untimed warm-up
                 for e, engine in engines.items():
                     for way in ("guided", "free"):
                         t0 = time.perf_counter()
                         g = engine.generate(fmt, msgs, cfg.task.max_output_tokens, batch_size=1,
                                             **({"json_schemas": [guide] * len(msgs)} if way == "guided" else {}))
-                        times[f"{e} {way}"].append((time.perf_counter() - t0) / len(msgs))
+                        if r:
+                            times[f"{e} {way}"].append((time.perf_counter() - t0) / len(msgs))
                         texts[f"{e} {way}"], tokens[f"{e} {way}"] = g.texts, g.output_tokens
             valid = {k: sum(task.validate(task.parse(t)) is None for t in v) for k, v in texts.items()}
             kinds: dict[str, dict[str, int]] = {}
@@ -99,6 +107,13 @@ def main() -> int:
                 "guided_answers": kinds, "tokens": {k: sum(v) for k, v in tokens.items()},
                 "same_guided_answers": sum(a == b for a, b in zip(texts["transformers guided"], texts["llamacpp guided"])),
                 "transformers_guided_over_llamacpp_guided": round(med["transformers guided"] / med["llamacpp guided"], 2),
+                **({"compiled_guided_over_llamacpp_guided": round(
+                    med["transformers+compile guided"] / med["llamacpp guided"], 2),
+                    "best_transformers_guided_over_llamacpp_guided": round(min(
+                        med["transformers guided"], med["transformers+compile guided"]) / med["llamacpp guided"], 2),
+                    "compiled_guided_answers_as_eager": sum(a == b for a, b in zip(
+                        texts["transformers guided"], texts["transformers+compile guided"]))}
+                   if "transformers+compile" in engines else {}),
                 "answers": texts}
     finally:
         for engine in engines.values():

@@ -359,6 +359,17 @@ def test_an_agents_logs_import_as_both_kinds_of_turn(tmp_path):
     assert json.loads(task.target(call)) == {"name": "set_unit", "arguments": {"unit": "c"}}
     log.write_text("".join(log.read_text().splitlines(keepends=True)[:4]))
     import_traffic(log, tmp_path / "plain.jsonl", "auto", None, False)  # no --tool-calls: text as written
+    # A served calls.sqlite: a reply that is JSON, and a call (its tool_calls beside the row).
+    from potstill.ledger import Ledger, ServedCall
+
+    with Ledger(tmp_path / "calls.sqlite") as ledger:
+        ledger.record_served(ServedCall(request={"messages": AFTER}, answered_by="teacher", model="t", content=data))
+        ledger.record_served(ServedCall(request={"messages": [ASK]}, answered_by="student", model="s", content="",
+                                        extra={"tool_calls": [CALL]}, finish_reason="tool_calls"))
+    import_traffic(tmp_path / "calls.sqlite", tmp_path / "served.jsonl", "auto", None, True)
+    reply, called = read_records(tmp_path / "served.jsonl")
+    assert json.loads(task.target(reply)) == {"content": data} and task.validate(task.parse(reply.output)) is None
+    assert json.loads(task.target(called)) == {"name": "set_unit", "arguments": {"unit": "c"}}
     assert [r.output for r in read_records(tmp_path / "plain.jsonl")] == [data] * 4
 
 
