@@ -264,7 +264,13 @@ def test_a_background_response_a_stopped_server_left_queued_fails_at_the_next_st
     items = [{"id": "msg_1", "type": "message", "role": "user", "content": [{"type": "input_text", "text": "x"}]}]
     service.ledger.store_response(left, items, "resp_before", answering=True)
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    service.ledger._db.execute("UPDATE responses SET pid=? WHERE id=?", (int(gone.stdout), left["id"]))
+    # One kept with its request, which cannot be asked again: its previous response is gone.
+    refused = {**left, "id": "resp_refu0000000000000000000"}
+    body = {"model": "potstill", "input": "x", "previous_response_id": "resp_deleted", "background": True, "store": True}
+    service.ledger.store_response(refused, items, "resp_deleted", answering=True,
+                                  request={"body": json.dumps(body), "request_id": None})
+    for rid in (left["id"], refused["id"]):
+        service.ledger._db.execute("UPDATE responses SET pid=? WHERE id=?", (int(gone.stdout), rid))
     service.ledger.store_response(done, items)
     service.ledger.store_response(alive, items, answering=True)  # this process: a server still answering it
     with LiveServer(build_app(service, serve_key(service.cfg))) as again:
@@ -273,6 +279,8 @@ def test_a_background_response_a_stopped_server_left_queued_fails_at_the_next_st
         assert got.status == "failed" and got.error.code == "server_error"
         assert "the server stopped before this background response was answered, and its request was not kept" \
             in got.error.message  # (kept before migration 11; test_background_resume.py asks one again)
+        got = cl.responses.retrieve(refused["id"])
+        assert got.status == "failed" and "Previous response with id 'resp_deleted' not found" in got.error.message
         assert cl.responses.retrieve(done["id"]).status == "completed"
         assert cl.responses.retrieve(alive["id"]).status == "queued"  # a server on this run answers it
     with Ledger(service.ledger.path, readonly=True) as ledger:

@@ -320,8 +320,8 @@ def add_responses_route(app: FastAPI, service: Any, requests: Counter, latency: 
                 state = {"raw_body": raw, "request_id": kept.get("request_id"), "t0": time.perf_counter()}
                 await respond(ResponsesRequest.model_validate_json(raw), state, response)
                 again += 1
-            except (APIError, ValueError) as e:  # ValueError: pydantic's, a request this version refuses
-                why = e.message if isinstance(e, APIError) else "its request is not valid here now"
+            except Exception as e:  # noqa: BLE001 - one response that cannot be asked again stops no server
+                why = e.message if isinstance(e, APIError) else f"asking it again failed ({type(e).__name__})"
                 await asyncio.to_thread(fail_unfinished, service, response, why)
         return again, len(left) - again
 
