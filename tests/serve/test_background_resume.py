@@ -6,11 +6,9 @@ client polling ``retrieve``."""
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,8 +19,8 @@ from potstill.ledger import Ledger
 from tests.generate.loopback import free_port
 from tests.helpers.live_server import LiveServer
 from tests.serve.conftest import SERVE_KEY, TEACHER_KEY, write_run
+from tests.serve.test_serve_sigterm import start_serve
 
-ROOT = Path(__file__).resolve().parents[2]
 ASK = "the striker scored twice in the cup final"
 # A function the classification student cannot call: the request goes to the teacher by design.
 TOOLS = [{"type": "function", "name": "lookup", "parameters": {"type": "object", "properties": {}}}]
@@ -44,18 +42,10 @@ def provider(asked: list, release: threading.Event) -> FastAPI:
 
 
 def start(run: Path, port: int) -> tuple[subprocess.Popen, list[str]]:
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}", "SERVE_KEY": SERVE_KEY,
-           "TEACHER_KEY": TEACHER_KEY, "POTSTILL_PROGRESS": "never", "COLUMNS": "400"}
-    proc = subprocess.Popen([sys.executable, "-m", "potstill", "serve", str(run), "--port", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        line = proc.stderr.readline()
-        lines.append(line)
-        if "every request is logged" in line or not line:
-            break
+    proc, lines = start_serve(run, "--port", str(port), env={"SERVE_KEY": SERVE_KEY, "TEACHER_KEY": TEACHER_KEY,
+                                                             "COLUMNS": "400"})
     assert "every request is logged" in "".join(lines), "".join(lines)[-3000:]
+    deadline = time.time() + 240
     while time.time() < deadline:  # that line comes just before uvicorn listens
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()

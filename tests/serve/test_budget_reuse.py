@@ -6,29 +6,12 @@ loopback, the official openai client, the SQLite ledger."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections import Counter
 
 import yaml
-from fastapi import FastAPI
 
+from tests.generate.test_raised_budget import writer
 from tests.serve.conftest import SERVE_KEY, TEACHER_KEY, client, rows, write_run
-
-
-def writer(asked: list) -> FastAPI:
-    """Answers with as many words as the user's text ends with, cut at the request's max_tokens."""
-    app = FastAPI()
-
-    @app.post("/v1/chat/completions")
-    def chat(body: dict[str, Any]) -> Any:
-        asked.append(body)
-        want = int(body["messages"][-1]["content"].split()[-1])
-        n = min(want, body["max_tokens"])
-        return {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": " ".join(["word"] * n)},
-                             "finish_reason": "stop" if n == want else "length"}],
-                "usage": {"prompt_tokens": 20, "completion_tokens": n, "total_tokens": 20 + n}}
-
-    return app
 
 
 def test_an_escalation_under_a_clients_smaller_budget_reuses_generates_whole_answer(tmp_path, tiny_model, monkeypatch):
@@ -41,7 +24,7 @@ def test_an_escalation_under_a_clients_smaller_budget_reuses_generates_whole_ans
     from potstill.teachers import get_teacher
     from tests.helpers.live_server import LiveServer
 
-    asked: list[dict] = []
+    asked: Counter = Counter()  # (text, max_tokens) of each teacher request
     monkeypatch.setenv("TEACHER_KEY", TEACHER_KEY)
     monkeypatch.setenv("SERVE_KEY", SERVE_KEY)
     with LiveServer(writer(asked)) as fake:
@@ -62,13 +45,13 @@ def test_an_escalation_under_a_clients_smaller_budget_reuses_generates_whole_ans
             with LiveServer(build_app(service, SERVE_KEY)) as live:
                 raw = client(live).chat.completions.with_raw_response.create(model="potstill", messages=short,
                                                                              max_tokens=8)
-                assert len(asked) == 2  # no teacher call: 3 words ended by themselves within 8
+                assert sum(asked.values()) == 2  # no teacher call: 3 words ended by themselves within 8
                 assert raw.headers["x-potstill-reason"] == "low_confidence+cached"
                 assert raw.parse().choices[0].message.content == "word word word"
                 assert rows(service)[-1]["request_hash"] == recs[0].meta["request_hash"]  # the row that paid
                 cut = client(live).chat.completions.create(model="potstill", messages=long, max_tokens=8)
             # 12 words do not fit in 8: the teacher is asked under the client's budget, and cuts.
-            assert len(asked) == 3 and asked[-1]["max_tokens"] == 8
+            assert sum(asked.values()) == 3 and asked[("summarise in words: 12", 8)] == 1
             assert cut.choices[0].message.content == " ".join(["word"] * 8) and cut.choices[0].finish_reason == "length"
         finally:
             service.close()

@@ -34,11 +34,12 @@ def children(pid: int) -> list[int]:
     return out
 
 
-def serve_then_terminate(run: Path, *flags: str, env: dict | None = None,
-                         sig: int = signal.SIGTERM) -> tuple[subprocess.CompletedProcess, list[int]]:
-    env = {**os.environ, **(env or {}), "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}", "SERVE_KEY": "k",
-           "TEACHER_KEY": "t", "POTSTILL_PROGRESS": "never"}
-    proc = subprocess.Popen([sys.executable, "-m", "potstill", "serve", str(run), "--port", "0", *flags], env=env,
+def start_serve(run: Path, *flags: str, env: dict | None = None) -> tuple[subprocess.Popen, list[str]]:
+    """``potstill serve RUN FLAGS`` in a subprocess (``env`` over the test keys), read up to its
+    "every request is logged" line, or its end: the process and the stderr lines read."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}", "SERVE_KEY": "k", "TEACHER_KEY": "t",
+           "POTSTILL_PROGRESS": "never", **(env or {})}
+    proc = subprocess.Popen([sys.executable, "-m", "potstill", "serve", str(run), *flags], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines = []
     deadline = time.time() + 240
@@ -47,6 +48,12 @@ def serve_then_terminate(run: Path, *flags: str, env: dict | None = None,
         lines.append(line)
         if "every request is logged" in line or not line:
             break
+    return proc, lines
+
+
+def serve_then_terminate(run: Path, *flags: str, env: dict | None = None,
+                         sig: int = signal.SIGTERM) -> tuple[subprocess.CompletedProcess, list[int]]:
+    proc, lines = start_serve(run, "--port", "0", *flags, env=env)
     kids = children(proc.pid)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
