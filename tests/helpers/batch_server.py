@@ -247,13 +247,15 @@ AGENT_REPLY = "Done, celsius it is."
 AGENT_RESULT = '{"unit": "c", "ok": true}'
 
 
-def _agent(provider: str, body: dict[str, Any]) -> dict[str, Any]:
-    """``--agent``'s answer in the provider's form: a call, a reply after a result, or a function's result."""
+def agent_answer(provider: str, body: dict[str, Any]) -> dict[str, Any]:
+    """``--agent``'s answer in the provider's form: a call, a reply after a result (unless a call is
+    required), or a function's result; the live agent teacher of ``tests/tools`` answers with it too."""
     usage = {"prompt_tokens": 20, "completion_tokens": 9} if provider == "openai" else {"input_tokens": 20,
                                                                                          "output_tokens": 9}
     last = body["messages"][-1]
-    after = last["role"] == "tool" if provider == "openai" else (
-        isinstance(last["content"], list) and any(b.get("type") == "tool_result" for b in last["content"]))
+    after = last["role"] == "tool" and body.get("tool_choice") != "required" if provider == "openai" else (
+        isinstance(last["content"], list) and any(b.get("type") == "tool_result" for b in last["content"])
+        and (body.get("tool_choice") or {}).get("type") != "any")
     text = AGENT_RESULT if not body.get("tools") else AGENT_REPLY if after else None
     if provider == "openai":
         tool = body.get("tools") and body["tools"][0]["function"]["name"]
@@ -273,7 +275,7 @@ def _agent(provider: str, body: dict[str, Any]) -> dict[str, Any]:
 def _answer(s: State, provider: str, body: dict[str, Any]) -> dict[str, Any]:
     """The live loopback's answer, or the keyword rule's label when the server plays a fine-tune."""
     if s.o.agent:
-        return _agent(provider, body)
+        return agent_answer(provider, body)
     obj = _chat(body) if provider == "openai" else _messages(body)
     label = _keyword_label(s.o, body["messages"])
     if label is not None:

@@ -20,6 +20,7 @@ from potstill.generate.stage import generate_stage
 from potstill.records import Record, read_records
 from potstill.tasks import get_task
 from potstill.tool_calls import TEXT_ANSWER, as_text_turns
+from tests.helpers.batch_server import AGENT_REPLY, agent_answer
 from tests.helpers.live_server import LiveServer
 from tests.tools.trained import trained_and_served
 from tests.tools.test_tools_task import project
@@ -35,28 +36,19 @@ CALL = {"id": "call_a", "type": "function", "function": {"name": "set_unit", "ar
 ASK = {"role": "user", "content": "celsius please"}
 AFTER = [ASK, {"role": "assistant", "content": None, "tool_calls": [CALL]},
          {"role": "tool", "tool_call_id": "call_a", "content": "unit is now c"}]
-REPLY = "Done, celsius it is."
+REPLY = AGENT_REPLY
 
 
 def agent_teacher(seen: list) -> FastAPI:
-    """An OpenAI-compatible teacher: after a tool result it replies in words, else it calls set_unit c;
-    asked without tools (playing a function, ``generate.tool_rounds``), it writes the function's result."""
+    """An OpenAI-compatible teacher: after a tool result it replies in words (unless a call is
+    required), else it calls set_unit c; asked without tools (playing a function,
+    ``generate.tool_rounds``), it writes the function's result (``batch_server.agent_answer``)."""
     app = FastAPI()
 
     @app.post("/v1/chat/completions")
     def chat(body: dict[str, Any]) -> Any:
         seen.append(body)
-        if not body.get("tools"):
-            message, finish = {"role": "assistant", "content": '{"unit": "c", "ok": true}'}, "stop"
-        elif body["messages"][-1]["role"] == "tool" and body.get("tool_choice") != "required":
-            message, finish = {"role": "assistant", "content": REPLY}, "stop"
-        else:
-            message, finish = {"role": "assistant", "content": None, "tool_calls": [
-                {"id": "call_t0", "type": "function", "function": {"name": "set_unit", "arguments": '{"unit": "c"}'}}]}, \
-                "tool_calls"
-        return {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
-                "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-                "usage": {"prompt_tokens": 20, "completion_tokens": 9, "total_tokens": 29}}
+        return agent_answer("openai", body)
 
     return app
 
