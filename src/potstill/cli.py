@@ -257,7 +257,7 @@ def import_(
     out: Annotated[Path, typer.Option("--out", "-o", help="Records JSONL to write.")] = Path("imported.jsonl"),
     format: Annotated[str, typer.Option(help="auto, finetune, openai-log, pairs, stored or served.")] = "auto",
     requests: Annotated[Optional[Path], typer.Option(help="A batch's requests JSONL (OpenAI Batch input, or Anthropic Message Batches custom_id + params), to join its output by custom_id.")] = None,
-    tool_calls: Annotated[bool, typer.Option("--tool-calls", help="Keep answers that are tool calls, as the {name, arguments} text a tools task (task.type tools) learns (a text answer that starts as JSON becomes the reply {\"content\": ...}); without it they are skipped.")] = False,
+    tool_calls: Annotated[bool, typer.Option("--tool-calls", help="Keep answers that are tool calls, as the {name, arguments} text a tools task (task.type tools) learns (a text answer that starts as JSON but is no call becomes the reply {\"content\": ...}); without it they are skipped.")] = False,
 ) -> None:
     """Turn existing teacher traffic (chat-completion logs, fine-tuning JSONL, request/response pairs, served calls) into records."""
     from potstill.importers import import_traffic

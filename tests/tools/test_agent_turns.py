@@ -358,10 +358,14 @@ def test_an_agents_logs_import_as_both_kinds_of_turn(tmp_path):
         ledger.record_served(ServedCall(request={"messages": AFTER}, answered_by="teacher", model="t", content=data))
         ledger.record_served(ServedCall(request={"messages": [ASK]}, answered_by="student", model="s", content="",
                                         extra={"tool_calls": [CALL]}, finish_reason="tool_calls"))
+        # A call served as text, to a client that offered no tools: still a call.
+        ledger.record_served(ServedCall(request={"messages": [ASK]}, answered_by="student", model="s",
+                                        content='{"name": "set_unit", "arguments": {"unit": "c"}}'))
     import_traffic(tmp_path / "calls.sqlite", tmp_path / "served.jsonl", "auto", None, True)
-    reply, called = read_records(tmp_path / "served.jsonl")
+    reply, *called = read_records(tmp_path / "served.jsonl")
     assert json.loads(task.target(reply)) == {"content": data} and task.validate(task.parse(reply.output)) is None
-    assert json.loads(task.target(called)) == {"name": "set_unit", "arguments": {"unit": "c"}}
+    for rec in called:
+        assert json.loads(task.target(rec)) == {"name": "set_unit", "arguments": {"unit": "c"}}
     assert [r.output for r in read_records(tmp_path / "plain.jsonl")] == [data] * 4
 
 

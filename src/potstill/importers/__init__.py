@@ -42,6 +42,7 @@ from potstill.ledger import Ledger
 from potstill.progress import bar, say
 from potstill.records import TABLE_SUFFIXES, Record, content_text, read_objects, record_problem, write_jsonl
 from potstill.responses_format import ResponsesInputError, chat_messages, output_text
+from potstill.tasks.tools import reply_text
 from potstill.tool_calls import call_text
 
 FORMATS = ("auto", "finetune", "openai-log", "pairs", "stored", "served")
@@ -104,12 +105,9 @@ def _kept_call(calls: list[dict[str, Any]] | None, keep: bool) -> str | None:
 
 
 def _reply(text: str, keep: bool) -> str:
-    """A logged answer's text as a tools task learns it (``keep``): a reply in words, as written,
-    unless it starts as JSON (``{``, ``[``, a code fence: an agent answering with data), which a
-    tools task reads as a call: then ``{"content": TEXT}``, the form its student writes a reply in."""
-    if keep and text.strip()[:1] in ("{", "[", "`"):
-        return json.dumps({"content": text.strip()}, ensure_ascii=False)
-    return text
+    """A logged answer's text as a tools task learns it (``keep``): ``tasks.tools.reply_text``, as a
+    teacher's answer is read (a reply that is JSON data itself kept as ``{"content": TEXT}``)."""
+    return reply_text(text) if keep else text
 
 
 def _message_calls(message: dict[str, Any]) -> list[dict[str, Any]]:

@@ -67,6 +67,18 @@ def schema_order(value: Any, schema: Any) -> Any:
     return value
 
 
+def parse_json(output: str) -> Any:
+    """An answer's JSON (inside a code fence too), or ``_Invalid`` saying why it is none."""
+    text = output.strip()
+    m = _FENCE.match(text)
+    if m:
+        text = m.group(1)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        return _Invalid(f"invalid JSON: {e.msg} at column {e.colno}")
+
+
 class ExtractionTask(Task):
     name = "extraction"
 
@@ -94,14 +106,7 @@ class ExtractionTask(Task):
         return json.dumps(parsed, ensure_ascii=False, sort_keys=order == "sorted")
 
     def parse(self, output: str) -> Any:
-        text = output.strip()
-        m = _FENCE.match(text)
-        if m:
-            text = m.group(1)
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as e:
-            return _Invalid(f"invalid JSON: {e.msg} at column {e.colno}")
+        return parse_json(output)
 
     def validate(self, parsed: Any) -> str | None:
         if isinstance(parsed, _Invalid):

@@ -13,8 +13,24 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from potstill.tasks.extraction import ExtractionTask, _Invalid, json_same, json_text
+from potstill.tasks.extraction import ExtractionTask, _Invalid, json_same, json_text, parse_json
 from potstill.tool_calls import call_text, text_of
+
+
+def reply_text(output: str) -> str:
+    """An answer's text as a tools task under ``tool_choice: auto`` learns it: plain text as written
+    (``parse`` reads it as a reply), and JSON in the student's form (a call, a list of calls,
+    ``{"content": ...}``: a local teacher writes them so, and serve writes a call so for a client that
+    offered no tools) as written; any other text that starts as JSON is a reply in words that is data
+    itself (an agent answering with it), kept as ``{"content": TEXT}``, not read as a broken call."""
+    text = output.strip()
+    if not text or text[0] not in "{[`":
+        return output
+    parsed = parse_json(output)
+    one = parsed[0] if isinstance(parsed, list) and parsed else parsed
+    if text_of(parsed) is not None or isinstance(one, dict) and {"name", "arguments"} <= set(one):
+        return output
+    return json.dumps({"content": text}, ensure_ascii=False)
 
 
 class ToolsTask(ExtractionTask):
@@ -33,13 +49,7 @@ class ToolsTask(ExtractionTask):
         if calls:
             return call_text(calls, self.cfg.parallel_tool_calls)
         output = answer.get("output")
-        if self.cfg.tool_choice != "auto" or not output or not output.strip() or output.strip()[0] not in "{[`":
-            return output  # (plain text: parse reads it as a reply as it is)
-        parsed = super().parse(output)
-        one = parsed[0] if isinstance(parsed, list) and parsed else parsed
-        if text_of(parsed) is not None or isinstance(one, dict) and {"name", "arguments"} <= set(one):
-            return output
-        return json.dumps({"content": output.strip()}, ensure_ascii=False)
+        return reply_text(output) if self.cfg.tool_choice == "auto" and output else output
 
     def parse(self, output: str) -> Any:
         """Extraction's parse; a parallel task's calls in one order (by name, then arguments), since the
