@@ -258,9 +258,9 @@ def build_app(service: Service, api_key: str | None) -> FastAPI:
     held: dict[str, Any] = {}
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> Any:
+    async def lifespan(_: FastAPI) -> Any:
         held["batches"].resume()  # batches a stopped server left unfinished
-        again, failed = await app.state.resume_background()  # background responses it left unanswered
+        again, failed = await held["responses"]()  # background responses it left unanswered
         if again or failed:
             say(f"serve: {again} background response(s) a stopped server left unanswered are asked again"
                 + (f", {failed} kept as failed (their request could not be asked again)" if failed else ""))
@@ -273,7 +273,7 @@ def build_app(service: Service, api_key: str | None) -> FastAPI:
     bearer = [Depends(HTTPBearer(auto_error=False))]  # documents the scheme; Gate enforces it
     _add_info_routes(app, service, registry, bearer)
     _add_chat_route(app, service, requests, latency, bearer, log_error)
-    add_responses_route(app, service, requests, latency, bearer, log_error)
+    held["responses"] = add_responses_route(app, service, requests, latency, bearer, log_error)
     add_tokenize_routes(app, service, bearer)
     add_messages_route(app, service, requests, latency, bearer, log_error)
     add_completions_route(app, service, requests, latency, bearer, log_error)

@@ -289,10 +289,10 @@ def live_events(task: asyncio.Future, live_text: LiveText, first: Piece, opening
 
 
 def add_responses_route(app: FastAPI, service: Any, requests: Counter, latency: Histogram, bearer: list,
-                        log_error: Any) -> None:
+                        log_error: Any) -> Any:
     """``POST /v1/responses``: routed, logged and metered as a chat completion is; the ledger row's
     request carries the input as ``messages`` too, so watch, redistill and import read it as they
-    read a chat request."""
+    read a chat request. Returns ``resume``, which the server's start runs."""
     from potstill.serve.app import (ERRORS, RESPONSES, SSE_EVENT, APIError, _format, _live_headers, _owner, _record,
                                     _route_headers, _servable_tools, _stream_failure, _unknown_model, error_body)
 
@@ -324,8 +324,6 @@ def add_responses_route(app: FastAPI, service: Any, requests: Counter, latency: 
                 why = e.message if isinstance(e, APIError) else f"asking it again failed ({type(e).__name__})"
                 await asyncio.to_thread(fail_unfinished, service, response, why)
         return again, len(left) - again
-
-    app.state.resume_background = resume
 
     async def respond(body: ResponsesRequest, state: dict[str, Any], resumed: dict[str, Any] | None = None) -> Any:
         """A response to ``body``; ``resumed``: the queued background response a stopped server left,
@@ -503,3 +501,5 @@ def add_responses_route(app: FastAPI, service: Any, requests: Counter, latency: 
         page = items[:limit]
         return JSONResponse({"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
                              "last_id": page[-1]["id"] if page else None, "has_more": len(items) > limit})
+
+    return resume
