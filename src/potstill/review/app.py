@@ -134,15 +134,18 @@ def load_run(run_dir: str | Path, sample: int, seed: int = 0) -> tuple[list[str]
 def earlier_turns(rec: Record) -> list[dict[str, str]]:
     """The messages of a conversation before its last user message (``Record.text``, shown as the
     input): a chat log's answer is judged on what the teacher read, not on "Tell me more." alone."""
-    last = max((n for n, m in enumerate(rec.messages) if m.get("role") == "user"), default=len(rec.messages))
-    return _turns(rec.messages, 0, last)
+    return _turns(rec.messages, 0, _last_user(rec.messages))
 
 
 def later_turns(rec: Record) -> list[dict[str, str]]:
     """The messages after the last user message: an agent's calls and the tools' results, which the
     answer after them (a reply in words, ``task.tool_choice: auto``) is judged on."""
-    last = max((n for n, m in enumerate(rec.messages) if m.get("role") == "user"), default=len(rec.messages))
-    return _turns(rec.messages, last + 1, len(rec.messages))
+    return _turns(rec.messages, _last_user(rec.messages) + 1, len(rec.messages))
+
+
+def _last_user(messages: list[dict[str, Any]]) -> int:
+    """The index of a chat's last user message (the input the page shows), or its length if none."""
+    return max((n for n, m in enumerate(messages) if m.get("role") == "user"), default=len(messages))
 
 
 def _turns(messages: list[dict[str, Any]], start: int, end: int) -> list[dict[str, str]]:
