@@ -184,6 +184,35 @@ def test_projected_cost_covers_what_earlier_runs_of_the_same_teacher_left_unansw
     assert (latest["remaining"], latest["unique_requests"], latest["earlier_remaining"]) == (2, 2, 0)
 
 
+def test_a_generates_tool_rounds_are_reported_with_it(tmp_path):
+    """generate.tool_rounds: each round's steps are runs of their own (parent: the generate's run). The
+    report is the generate and its steps together, even when the last step finished; the next generate
+    drops the steps' plans (their requests came from answers, and its own rounds ask what is missing)
+    while keeping what the first requests left, as for any rerun."""
+    with Ledger(tmp_path / "calls.sqlite") as led:
+        answer = lambda hs: led.record_many([Call(h, "teacher", "generate", "m", {"g": h}, {"output": "a"}, 20, 1,
+                                                  cost_usd=0.0001) for h in hs])
+        main_run = led.start_run("generate", "m", 3, ["g0", "g1", "g2"], 0, identity="tools")
+        answer(["g0", "g1"])
+        led.finish_run(main_run, "done", 1)
+        played = led.start_run("generate", "m", 2, ["p0"], 0, identity="player", parent=main_run)
+        answer(["p0"])
+        led.finish_run(played, "done", 0)
+        chats = led.start_run("generate", "m", 2, ["t0", "t1"], 1, identity="tools", parent=main_run)
+        answer(["t0"])
+        led.finish_run(chats, "errors", 2)
+        latest = led.cost_report()["latest_run"]
+        assert (latest["inputs"], latest["tool_rounds"], latest["unique_requests"], latest["remaining"]) == (3, 1, 6, 2)
+        assert (latest["status"], latest["cache_hits"], latest["retries"], latest["earlier_remaining"]) == (
+            "errors", 1, 3, 0)
+        # The next generate: g2 is still this teacher's to answer; t1 leaves with its step.
+        again = led.start_run("generate", "m", 2, ["g0", "g1"], 2, identity="tools")
+        led.finish_run(again, "done", 0)
+        latest = led.cost_report()["latest_run"]
+    assert (latest["tool_rounds"], latest["unique_requests"], latest["remaining"], latest["earlier_remaining"]) == (
+        0, 3, 1, 1)
+
+
 def test_spend_counts_the_paid_error_rows(tmp_path, monkeypatch, capsys):
     """An error row can hold a billed cost (Anthropic's samples answered beside a failed one, a refusal):
     the ledger keeps it so that it equals the bill. The per-model spend counted it, but the per-stage

@@ -209,7 +209,9 @@ def cost(run_dir: Annotated[Path, typer.Argument(help="Run directory.")],
         r = rep["latest_run"]
         if r:
             proj = "unknown (no answer yet to price)" if r["projected_remaining_usd"] is None else f"${r['projected_remaining_usd']:.4f}"
-            head = f"last generate ({r['status']}): {r['inputs']} inputs, {r['cache_hits']} cache hits, {r['retries']} retries, "
+            rounds = f" and {r['tool_rounds']} tool round(s)" if r["tool_rounds"] else ""
+            head = (f"last generate ({r['status']}): {r['inputs']} inputs{rounds}, {r['cache_hits']} cache hits, "
+                    f"{r['retries']} retries, ")
             if r["earlier_remaining"]:
                 proj += (f" ({r['earlier_remaining']} of these requests left unanswered by earlier runs of this teacher, "
                          "outside the last run's inputs)")

@@ -27,6 +27,12 @@ from potstill.ledger_schema import BATCH_CLOSED, LIVE_SUM, MIGRATIONS, NATURAL_S
 from potstill.sqlite_migrations import apply_migrations
 
 
+def _group_status(statuses: list[str]) -> str:
+    """One status for a run and its steps: the first of error, stale, running, budget, errors that any
+    has, else done."""
+    return next((s for s in ("error", "stale", "running", "budget", "errors") if s in statuses), "done")
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -343,7 +349,7 @@ class Ledger:
         self._db.executemany("UPDATE generate_runs SET status='stale' WHERE id=?", ((rid,) for rid in dead))
 
     def start_run(self, stage: str, model: str, inputs: int, hashes: list[str], cache_hits: int,
-                  identity: str | None = None, current: list[str] | None = None) -> int:
+                  identity: str | None = None, current: list[str] | None = None, parent: int | None = None) -> int:
         """Record a generate run and the distinct requests it must answer.
 
         Earlier plans of the stage by the same teacher (``identity``, the hash of the teacher's
@@ -351,19 +357,27 @@ class Ledger:
         ``data.limit`` does not make the rest free. Plans of another teacher (or of none recorded) go:
         their requests will not be sent again. ``current``: the requests of every input now in the
         input file (``data.limit`` aside); earlier plans keep only those, as an input removed from the
-        file will not be sent again either (None: the file is not known, they keep what they hold)."""
+        file will not be sent again either (None: the file is not known, they keep what they hold).
+
+        ``parent``: the run this one is a step of (a tool round's), reported with it; it leaves every
+        other plan be. A run without one drops the plans of earlier runs' steps: their requests came
+        from answers, and this run's own rounds ask again what is still missing."""
         with self._lock, self._db:
             self._mark_stale()
-            self._db.execute(
-                "DELETE FROM generate_plan WHERE run_id IN (SELECT id FROM generate_runs WHERE stage=?"
-                " AND (identity IS NULL OR ? IS NULL OR identity<>?))", (stage, identity, identity))
+            if parent is None:
+                self._db.execute(
+                    "DELETE FROM generate_plan WHERE run_id IN (SELECT id FROM generate_runs WHERE stage=?"
+                    " AND (parent IS NOT NULL OR identity IS NULL OR ? IS NULL OR identity<>?))",
+                    (stage, identity, identity))
             cur = self._db.execute(
                 "INSERT INTO generate_runs (stage, model, inputs, unique_requests, cache_hits, status, started_at, pid,"
-                " host, identity) VALUES (?,?,?,?,?,'running',?,?,?,?)",
+                " host, identity, parent) VALUES (?,?,?,?,?,'running',?,?,?,?,?)",
                 (stage, model, inputs, len(hashes), cache_hits, time.time(), os.getpid(), socket.gethostname(),
-                 identity))
+                 identity, parent))
             run_id = int(cur.lastrowid)
             self._db.executemany("INSERT OR IGNORE INTO generate_plan VALUES (?, ?)", ((run_id, h) for h in hashes))
+            if parent is not None:
+                return run_id
             if current is not None:
                 self._db.execute("CREATE TEMP TABLE IF NOT EXISTS current_inputs (request_hash TEXT PRIMARY KEY)"
                                  " WITHOUT ROWID")
@@ -406,35 +420,47 @@ class Ledger:
                     " FROM calls WHERE role='teacher' GROUP BY model ORDER BY model")
             ]
             run = self._db.execute(
-                "SELECT id, model, inputs, unique_requests, cache_hits, retries, status FROM generate_runs"
-                " WHERE stage=? ORDER BY id DESC LIMIT 1", (stage,)).fetchone()
+                "SELECT id, model, inputs FROM generate_runs WHERE stage=? AND parent IS NULL ORDER BY id DESC LIMIT 1",
+                (stage,)).fetchone()
             latest = None
             if run is not None:
+                # The run and its steps (generate.tool_rounds), reported as one.
+                steps = self._db.execute(
+                    "SELECT id, cache_hits, retries, status FROM generate_runs WHERE id=? OR parent=? ORDER BY id",
+                    (run[0], run[0])).fetchall()
+                ids = [r[0] for r in steps]
+                group = f"({','.join('?' * len(ids))})"
                 unanswered = (" AND NOT EXISTS (SELECT 1 FROM calls c WHERE c.request_hash=p.request_hash"
                               " AND c.status='ok')")
-                remaining = int(self._db.execute(
-                    "SELECT COUNT(*) FROM generate_plan p WHERE p.run_id=?" + unanswered, (run[0],)).fetchone()[0])
+                planned, remaining = (int(v or 0) for v in self._db.execute(
+                    "SELECT COUNT(DISTINCT p.request_hash), COUNT(DISTINCT CASE WHEN NOT EXISTS (SELECT 1 FROM calls c"
+                    " WHERE c.request_hash=p.request_hash AND c.status='ok') THEN p.request_hash END)"
+                    f" FROM generate_plan p WHERE p.run_id IN {group}", ids).fetchone())
                 # Left by earlier runs of the same teacher (start_run keeps only those) and not in this plan.
                 earlier = int(self._db.execute(
-                    "SELECT COUNT(DISTINCT p.request_hash) FROM generate_plan p WHERE p.run_id<>? AND p.run_id IN"
-                    " (SELECT id FROM generate_runs WHERE stage=?) AND NOT EXISTS (SELECT 1 FROM generate_plan q"
-                    " WHERE q.run_id=? AND q.request_hash=p.request_hash)" + unanswered,
-                    (run[0], stage, run[0])).fetchone()[0])
+                    f"SELECT COUNT(DISTINCT p.request_hash) FROM generate_plan p WHERE p.run_id NOT IN {group} AND"
+                    " p.run_id IN (SELECT id FROM generate_runs WHERE stage=?) AND NOT EXISTS (SELECT 1 FROM"
+                    f" generate_plan q WHERE q.run_id IN {group} AND q.request_hash=p.request_hash)" + unanswered,
+                    (*ids, stage, *ids)).fetchone()[0])
                 # Priced at this run's own answers (at the live price): the model's other calls
                 # (synthesize's long inputs, served escalations) are other requests, often far dearer
                 # than a label. Before its first answer, the model's mean is the best guess there is.
                 n, spent = self._db.execute(
                     f"{LIVE_SUM} FROM calls WHERE role='teacher' AND status='ok'"
-                    " AND request_hash IN (SELECT request_hash FROM generate_plan WHERE run_id=?)", (run[0],)).fetchone()
+                    f" AND request_hash IN (SELECT request_hash FROM generate_plan WHERE run_id IN {group})",
+                    ids).fetchone()
                 if not n:
                     n, spent = self._db.execute(
                         f"{LIVE_SUM} FROM calls WHERE role='teacher' AND status='ok' AND model=?", (run[1],)).fetchone()
                 per_call = float(spent) / n if n else None
                 latest = {
-                    "model": run[1], "inputs": run[2], "unique_requests": run[3] + earlier, "cache_hits": run[4],
-                    "retries": run[5], "status": run[6], "remaining": remaining + earlier,
+                    "model": run[1], "inputs": run[2], "unique_requests": planned + earlier,
+                    "cache_hits": sum(r[1] for r in steps), "retries": sum(r[2] for r in steps),
+                    "status": _group_status([r[3] for r in steps]), "remaining": remaining + earlier,
                     "earlier_remaining": earlier, "cost_per_call_usd": per_call, "share": share,
                     "projected_remaining_usd": None if per_call is None else per_call * share * (remaining + earlier),
+                    # Each tool round is two steps (the functions played, then the chats answered).
+                    "tool_rounds": len(steps) // 2,
                 }
         return {"models": models, "latest_run": latest}
 

@@ -140,6 +140,11 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE responses ADD COLUMN request TEXT;
     """,
+    # 12: the generate run a run belongs to (generate.tool_rounds: each round's steps are runs of
+    # their own), so `potstill cost` reports one generate with its rounds, not its last step.
+    """
+    ALTER TABLE generate_runs ADD COLUMN parent INTEGER;
+    """,
 ]
 
 #: Stop reasons of an answer that ended by itself (OpenAI and local: stop; Anthropic: end_turn,

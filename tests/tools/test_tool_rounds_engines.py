@@ -86,10 +86,20 @@ def test_a_kill_inside_a_rounds_batch_resumes_it_and_pays_nothing_twice(tmp_path
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert not (tmp_path / "run" / "teacher.jsonl").exists()
+        # `potstill cost` reports the generate with its round, not the round's open step alone: the
+        # five first requests answered, the one function to play outstanding.
+        killed = cli(["cost", "run"], tmp_path)
         final = cli(["generate", "-c", str(cfg_path)], tmp_path)
         assert final.returncode == 0, final.stderr
         stats = srv.stats()
+        after = cli(["cost", "run"], tmp_path)
     check_rounds(tmp_path)
+    assert killed.returncode == 0, killed.stderr
+    assert ("last generate (stale): 5 inputs and 1 tool round(s), 0 cache hits, 0 retries, 5 of 6 requests answered "
+            "before it stopped (its process died without finishing); a rerun sends the other 1") in killed.stdout
+    # The rerun: the first requests from the ledger, round 1's two steps answered (one resumed batch).
+    assert f"last generate (done): 5 inputs and 1 tool round(s), 5 cache hits, 0 retries, 0 of {CALLS} requests " \
+        "unanswered" in after.stdout, after.stdout
     assert "resuming 1 open" in final.stderr
     assert stats["created"] == {"openai": 3} and set(stats["submissions"].values()) == {1}
     assert set(ok_rows_per_hash(db).values()) == {1} and len(ok_rows_per_hash(db)) == CALLS

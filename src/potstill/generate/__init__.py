@@ -132,14 +132,15 @@ def check_budget(teacher: Teacher, gcfg: GenerateConfig) -> None:
 
 
 def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: Ledger, stage: str,
-                  gcfg: GenerateConfig | None = None, beyond: list[Record] | None = None) -> tuple[list[Record], RunStats]:
+                  gcfg: GenerateConfig | None = None, beyond: list[Record] | None = None,
+                  parent: int | None = None) -> tuple[list[Record], RunStats]:
     """Attach the teacher's answer to each record (cache first), validating it against the task.
 
     Records the run did not answer (budget reached) come back with ``output=None`` and
     ``invalid_reason`` starting ``not sent``. ``beyond``: the input file's records past ``data.limit``,
     not answered here but still to be paid for in `potstill cost`'s projection; with it, requests that
     earlier runs planned for inputs since removed from the file leave the projection (None: the file
-    is not known, and they stay).
+    is not known, and they stay). ``parent``: the ledger run this one is a step of (a tool round's).
     """
     from potstill.generate.consistency import paid
 
@@ -163,8 +164,8 @@ def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: L
     if gcfg.engine != "batch" and todo:
         _refuse_batched(ledger, {h for h, _ in todo})
     current = None if beyond is None else unique + [request_hash(ident, teacher.request(r)) for r in beyond]
-    run_id = ledger.start_run(stage, teacher.model_name, len(records), unique, stats.cache_hits, hash_obj(ident),
-                              current)
+    run_id = stats.run_id = ledger.start_run(stage, teacher.model_name, len(records), unique, stats.cache_hits,
+                                             hash_obj(ident), current, parent)
     try:
         _send(teacher, stage, ledger, gcfg, stats, todo, answers, errors, t0)
     except BaseException as e:

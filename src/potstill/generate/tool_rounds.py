@@ -91,7 +91,7 @@ def _labelled(label_records: Any, records: list[Record], task: Any, make_teacher
         gcfg = gcfg.model_copy(update={"budget_usd": max(0.0, gcfg.budget_usd - stats.cost_usd)})
     teacher = make_teacher(task)
     try:
-        done, more = label_records(records, task, teacher, ledger, "generate", gcfg)
+        done, more = label_records(records, task, teacher, ledger, "generate", gcfg, parent=stats.run_id)
     finally:
         teacher.close()
     stats.add_run(more)

@@ -179,6 +179,8 @@ class RunStats:
     whole_reused: int = 0
     #: Why the sender stopped taking requests (``halting``: the key refused, no credit), or None.
     halted: str | None = None
+    #: The ledger's row for this run (``generate_runs``), which a tool round's runs name as their parent.
+    run_id: int | None = None
 
     def count(self, resp: Response) -> None:
         self.calls += 1
