@@ -511,6 +511,11 @@ class RedistillConfig(Section):
     new_test: float = Field(
         0.3, gt=0, lt=1, description="Share of the new traffic held out as the new-traffic test (stable hash split)."
     )
+    new_share: float | None = Field(
+        None, gt=0, lt=1, description="Share of the challenger's training examples that the new traffic makes up at "
+        "least: its records are repeated (whole copies, then a seeded sample) until they do, so a little new traffic "
+        "is not drowned by a large old training set. None: each record once, as many as there are."
+    )
     min_new_test: int = Field(
         20, ge=1, description="Promote only if the new-traffic test holds at least this many examples (below it, "
         "one or two answers would decide; evaluate's report.min_slice_n plays this part for a slice)."

@@ -374,6 +374,35 @@ def _copy_original(served_run: Path, run: Path, *ignore: str) -> None:
     shutil.copytree(served_run, run, symlinks=True, ignore=shutil.ignore_patterns("students", "redistill", *ignore))
 
 
+def test_new_share_repeats_the_new_traffic_in_the_challengers_training_alone(served_run, tmp_path, capsys):
+    """redistill.new_share: the challenger trains on the new records repeated until they make that share
+    of its examples (the champion's 50 would otherwise outweigh a little traffic as they will a lot),
+    while the records it is said to have learnt (challenger_train.jsonl: the next round's old data,
+    serve's and watch's reference) hold each once, so repeats do not pile up over rounds."""
+    from collections import Counter
+
+    from potstill.redistill import challenger_id, redistill, weighted
+
+    run = tmp_path / "run"
+    _copy_original(served_run, run)
+    cfg = _cfg(run, **{"redistill.new_share": 0.9, "redistill.promote": False, "train.epochs": 1})
+    rec = redistill(run, cfg)
+    d = rec["data"]
+    new_train = read_records(run / d["files"]["new_train"])
+    assert d["old_train"] == 50 and d["new_train"] == len(new_train) < 450
+    # 50 old examples and 450 new ones (0.9 of 500): whole copies of each new record, then a sample.
+    assert d["trained_examples"] == 500 == rec["train"]["examples"] and d["new_share"] == 0.9
+    copies = Counter(r.text for r in weighted(new_train, 50, 0.9, cfg.redistill.seed))
+    assert set(copies) == {r.text for r in new_train} and set(copies.values()) == {450 // len(new_train),
+                                                                                  450 // len(new_train) + 1}
+    learnt = read_records(run / "redistill" / rec["challenger_id"] / "challenger_train.jsonl")
+    assert len(learnt) == d["challenger_train"] == 50 + len(new_train)
+    assert "the challenger trains on 500 examples, the new ones repeated to 90% of them" in capsys.readouterr().err
+    # Another challenger than the one trained on each record once; a share the data already has changes nothing.
+    assert rec["challenger_id"] != challenger_id(cfg, read_records(run / "train.jsonl") + new_train)
+    assert weighted(new_train, 50, 0.5, 0) == new_train and weighted(new_train, 50, None, 0) == new_train
+
+
 def test_failed_teacher_calls_are_named_not_passed_off_as_curation(served_run, tmp_path, capsys):
     # The replay teacher has no answer for these inputs, as a teacher with a revoked key has none for any.
     from potstill.errors import PotstillError

@@ -9,8 +9,8 @@ In order (each step timed in the decision record):
    or the old train/val splits are dropped; the rest go through ``potstill.curate.curate`` (the
    task's validation, self-consistency, dedup) with a hash split holding ``redistill.new_test``
    of them out as the *new-traffic test*.
-3. Training: old train + new train, the run's ``train`` settings and base student spec, into
-   RUN/students/<id>/ (``id`` hashes the data and settings: a rerun reuses a trained challenger).
+3. Training: old train + new train (repeated to ``redistill.new_share`` of it, where set), the run's
+   ``train`` settings and base student spec, into RUN/students/<id>/ (``id`` hashes the data and settings: a rerun reuses a trained challenger).
 4. Comparison on the frozen RUN/test.jsonl and on the new-traffic test (``compare.py``).
 5. Promotion when the challenger wins on new traffic and holds on the frozen test
    (``promote.py``: RUN/student becomes an atomically swapped symlink; the old champion stays
@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import math
 import os
+import random
 import shutil
 import time
 from dataclasses import dataclass
@@ -112,7 +114,8 @@ class _NewData:
     frozen: list[Record]
     cur: Curated
     overlap: dict[str, int]
-    data: list[Record]
+    data: list[Record]  # old train + new train, each once: what the challenger learnt (CHALLENGER_TRAIN)
+    trained: list[Record]  # the same with the new records repeated to redistill.new_share: what it trains on
     cid: str
     work: Path
 
@@ -175,7 +178,8 @@ def _run_steps(run_dir: Path, cfg: Config, live: tracking_live.Live | None) -> d
         "champion": rel(champion), "challenger": rel(challenger),
         "data": {**traffic.counts, "teacher_labelled_sample": len(sampled), **nd.overlap,
                  "curate": nd.cur.card["counts"], "old_train": len(nd.old_train), "new_train": len(nd.cur.train),
-                 "new_test": len(nd.cur.test), "challenger_train": len(nd.data), "frozen_test": len(nd.frozen),
+                 "new_test": len(nd.cur.test), "challenger_train": len(nd.data), "trained_examples": len(nd.trained),
+                 "new_share": new_share(len(nd.old_train), len(nd.trained)), "frozen_test": len(nd.frozen),
                  "files": {k: rel(nd.work / f"{k}.jsonl") for k in ("new_train", "new_test", "rejected")}},
         "teacher": _teacher_summary(gstats, traffic),
         "results": {"frozen_test": results["frozen test"], "new_traffic_test": results["new traffic"]},
@@ -277,7 +281,8 @@ def _curation_step(run_dir: Path, cfg: Config, traffic, sampled: list[Record], t
                             f"redistill.min_new_test {rc.min_new_test}, so no challenger could be promoted: serve "
                             "more traffic, lower --min-new-test, or compare only with --no-promote")
     data = old_train + cur.train
-    cid = challenger_id(cfg, data)
+    trained = old_train + weighted(cur.train, len(old_train), rc.new_share, rc.seed)
+    cid = challenger_id(cfg, trained)
     work = run_dir / "redistill" / cid
     write_jsonl(work / "new_train.jsonl", cur.train)
     write_jsonl(work / CHALLENGER_TRAIN, data)
@@ -289,8 +294,26 @@ def _curation_step(run_dir: Path, cfg: Config, traffic, sampled: list[Record], t
         f"({overlap['overlap_frozen_test']} dropped as overlapping the frozen test, {overlap['overlap_train_val']} "
         f"as already in train/val, {len(cur.rejected)} rejected by curation"
         + (f", {moved} kept out of the test as an earlier round trained on them" if (moved := overlap[
-            "test_trained_by_earlier_round"]) else "") + ")")
-    return _NewData(old_train, old_val, frozen, cur, overlap, data, cid, work)
+            "test_trained_by_earlier_round"]) else "") + ")"
+        + (f"; the challenger trains on {len(trained)} examples, the new ones repeated to "
+           f"{new_share(len(old_train), len(trained)):.0%} of them (redistill.new_share)" if trained != data else ""))
+    return _NewData(old_train, old_val, frozen, cur, overlap, data, trained, cid, work)
+
+
+def weighted(new: list[Record], old_n: int, share: float | None, seed: int) -> list[Record]:
+    """``new`` repeated until it makes at least ``share`` of ``old_n`` old records and itself: whole
+    copies, then a seeded sample of the rest. Unchanged where it already does (or ``share`` is None)."""
+    if share is None or not new:
+        return list(new)
+    want = math.ceil(share * old_n / (1 - share) - 1e-9)
+    if want <= len(new):
+        return list(new)
+    whole, rest = divmod(want, len(new))
+    return new * whole + random.Random(seed).sample(new, rest)
+
+
+def new_share(old_n: int, total: int) -> float:
+    return (total - old_n) / total if total else 0.0
 
 
 def challenger_id(cfg: Config, data: list[Record]) -> str:
@@ -356,7 +379,7 @@ def _challenger_step(run_dir: Path, cfg: Config, task: Task, nd: _NewData, timin
         # would mark the staging directory whole while this training is under way in it.
         (nd.work / "train.json").unlink(missing_ok=True)
         lm = load_lm(cfg.student.model, device=cfg.train.device, num_layers=cfg.student.num_layers)
-        train_summary = train(lm, student_format(lm, task), task, nd.data, nd.old_val, cfg.train,
+        train_summary = train(lm, student_format(lm, task), task, nd.trained, nd.old_val, cfg.train,
                               cfg.student.max_length, staging, nd.work / "metrics.jsonl",
                               on_row=live.start() if live else None)
         train_summary["base_model"] = cfg.student.model
