@@ -66,6 +66,59 @@ def shifted_articles(run: Path, topics: list[str], n: int, seed: int) -> list[di
     return pool[:n]
 
 
+def start_server(run: Path, log_path: Path, env: dict) -> tuple[subprocess.Popen, str]:
+    """`potstill serve RUN` on a free port (one thread), once /health answers: (process, base URL)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = open(log_path, "w")
+    server = subprocess.Popen([*CLI, "serve", str(run), "--port", str(port), "--api-key-env", ""],
+                              env={**env, "OMP_NUM_THREADS": "1"}, stdout=log, stderr=subprocess.STDOUT)
+    log.close()  # the child holds its own copy
+    while True:
+        try:
+            if httpx.get(url + "/health", timeout=5).status_code == 200:
+                return server, url
+        except httpx.HTTPError:
+            pass
+        if server.poll() is not None:
+            raise SystemExit(f"server exited: {log_path.read_text()[-2000:]}")
+        time.sleep(0.5)
+
+
+def send_traffic(run: Path, url: str, arts: list[dict]) -> dict:
+    """Each article through the server with the official openai client, 4 at a time, its gold topic in
+    ``metadata.label``: who answered, why, accuracy against gold, and what the escalations cost."""
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=300)
+
+    def ask(a: dict) -> dict:
+        t = time.perf_counter()
+        raw = client.chat.completions.with_raw_response.create(
+            model="potstill", messages=[{"role": "user", "content": a["text"]}], metadata={"label": a["label"]})
+        c = raw.parse()
+        return {"answered_by": raw.headers["x-potstill-answered-by"], "reason": raw.headers["x-potstill-reason"],
+                "correct": c.choices[0].message.content == a["label"], "latency_s": time.perf_counter() - t}
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(4) as pool:
+        served = list(pool.map(ask, arts))
+    wall = time.perf_counter() - t0
+    n = len(served)
+    reasons: dict[str, int] = {}
+    for s in served:
+        reasons[s["reason"]] = reasons.get(s["reason"], 0) + 1
+    traffic = {
+        "requests": n, "escalated": sum(s["answered_by"] == "teacher" for s in served),
+        "reasons": reasons, "served_accuracy_vs_gold": sum(s["correct"] for s in served) / n,
+        "wall_s": wall, "requests_per_s": n / wall,
+    }
+    with Ledger(run / "calls.sqlite") as ledger:
+        esc = [r for r in ledger.served() if r.escalated]
+    traffic["escalation_teacher_cost_usd"] = sum(r.cost_usd for r in esc)
+    traffic["escalation_teacher_latency_s_mean"] = sum(r.latency_s for r in esc) / max(1, len(esc))
+    print(f"traffic: {json.dumps(traffic)}", flush=True)
+    return traffic
+
+
 class Hammer:
     def __init__(self, url: str, texts: list[str], threads: int = 4):
         self.url, self.texts, self.stop, self.rows, self.lock = url, texts, threading.Event(), [], threading.Lock()
@@ -120,55 +173,17 @@ def main() -> None:
     print(f"weakest topics {weak}; {len(arts)} unseen articles as shifted traffic", flush=True)
 
     env = {**os.environ, "POTSTILL_PROGRESS": "never"}
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    serve_log = open(args.work / "serve.log", "w")
+    serve_log = args.work / "serve.log"
     t0 = time.perf_counter()
     # The server gets one thread: the other core is redistill's.
-    server = subprocess.Popen([*CLI, "serve", str(run), "--port", str(port), "--api-key-env", ""],
-                              env={**env, "OMP_NUM_THREADS": "1"}, stdout=serve_log, stderr=subprocess.STDOUT)
+    server, url = start_server(run, serve_log, env)
     try:
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None:
-                raise SystemExit(f"server exited: {(args.work / 'serve.log').read_text()[-2000:]}")
-            time.sleep(0.5)
         stages["serve_start_s"] = time.perf_counter() - t0
         champion_name = httpx.get(url + "/health", timeout=5).json()["student"]
 
         # 2. shifted traffic
-        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=300)
-
-        def ask(a: dict) -> dict:
-            t = time.perf_counter()
-            raw = client.chat.completions.with_raw_response.create(
-                model="potstill", messages=[{"role": "user", "content": a["text"]}], metadata={"label": a["label"]})
-            c = raw.parse()
-            return {"answered_by": raw.headers["x-potstill-answered-by"], "reason": raw.headers["x-potstill-reason"],
-                    "correct": c.choices[0].message.content == a["label"], "latency_s": time.perf_counter() - t}
-
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(4) as pool:
-            served = list(pool.map(ask, arts))
-        stages["serve_traffic_s"] = time.perf_counter() - t0
-        n = len(served)
-        reasons: dict[str, int] = {}
-        for s in served:
-            reasons[s["reason"]] = reasons.get(s["reason"], 0) + 1
-        traffic = {
-            "topics": weak, "requests": n, "escalated": sum(s["answered_by"] == "teacher" for s in served),
-            "reasons": reasons, "served_accuracy_vs_gold": sum(s["correct"] for s in served) / n,
-            "wall_s": stages["serve_traffic_s"], "requests_per_s": n / stages["serve_traffic_s"],
-        }
-        with Ledger(run / "calls.sqlite") as ledger:
-            esc = [r for r in ledger.served() if r.escalated]
-        traffic["escalation_teacher_cost_usd"] = sum(r.cost_usd for r in esc)
-        traffic["escalation_teacher_latency_s_mean"] = sum(r.latency_s for r in esc) / max(1, len(esc))
-        print(f"traffic: {json.dumps(traffic)}", flush=True)
+        traffic = {"topics": weak, **send_traffic(run, url, arts)}
+        stages["serve_traffic_s"] = traffic["wall_s"]
 
         # 3. redistill, with the hammer started at promotion
         hammer_texts = [r.text for r in read_records(run / "val.jsonl")]
@@ -226,7 +241,6 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=60)
-        serve_log.close()
 
     out = {
         "what": "potstill redistill on a copy of the quickstart run: shifted BBC traffic (the student's weakest "
