@@ -8,6 +8,7 @@ numbered, append-only migrations (``ledger_schema``) recorded in the ``_migratio
 Two typed rows (``potstill.ledger_rows``): ``Call`` (a teacher call from generate, pilot, redistill...)
 and ``ServedCall`` (one request to ``potstill serve``, ``stage='serve'``). Served traffic is written
 and read only through ``record_served`` and ``served``; nothing outside these two modules parses its JSON.
+Generate runs and their plans, which `potstill cost` reads, are ``ledger_runs``' (a mixin).
 """
 
 from __future__ import annotations
@@ -23,24 +24,9 @@ from typing import Any
 
 from potstill.errors import PotstillError
 from potstill.ledger_rows import Call, ServedCall, user_messages  # noqa: F401 (re-exported: potstill.ledger's rows)
-from potstill.ledger_schema import BATCH_CLOSED, LIVE_SUM, MIGRATIONS, NATURAL_STOPS  # noqa: F401 (MIGRATIONS: re-export)
+from potstill.ledger_runs import GenerateRuns, process_alive
+from potstill.ledger_schema import BATCH_CLOSED, MIGRATIONS, NATURAL_STOPS  # noqa: F401 (MIGRATIONS: re-export)
 from potstill.sqlite_migrations import apply_migrations
-
-
-def _group_status(statuses: list[str]) -> str:
-    """One status for a run and its steps: the first of error, stale, running, budget, errors that any
-    has, else done."""
-    return next((s for s in ("error", "stale", "running", "budget", "errors") if s in statuses), "done")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
 
 
 class _Guard:
@@ -61,7 +47,7 @@ class _Guard:
             e.filename = str(self.path)  # type: ignore[attr-defined]
 
 
-class Ledger:
+class Ledger(GenerateRuns):
     """A thin, thread-safe wrapper over one SQLite file."""
 
     def __init__(self, path: str | Path, readonly: bool = False):
@@ -340,130 +326,6 @@ class Ledger:
             "latency_total_s": float(r[4]),
         }
 
-    # ------------------------------------------------------------------ generate runs
-    def _mark_stale(self) -> None:
-        """Runs left ``running`` by a process that is gone (``kill -9``, a crash) become ``stale``."""
-        host = socket.gethostname()
-        rows = self._db.execute("SELECT id, pid, host FROM generate_runs WHERE status='running'").fetchall()
-        dead = [rid for rid, pid, h in rows if pid is None or (h == host and not _alive(pid))]
-        self._db.executemany("UPDATE generate_runs SET status='stale' WHERE id=?", ((rid,) for rid in dead))
-
-    def start_run(self, stage: str, model: str, inputs: int, hashes: list[str], cache_hits: int,
-                  identity: str | None = None, current: list[str] | None = None, parent: int | None = None) -> int:
-        """Record a generate run and the distinct requests it must answer.
-
-        Earlier plans of the stage by the same teacher (``identity``, the hash of the teacher's
-        identity) keep their requests still unanswered and not in this plan: a rerun with a smaller
-        ``data.limit`` does not make the rest free. Plans of another teacher (or of none recorded) go:
-        their requests will not be sent again. ``current``: the requests of every input now in the
-        input file (``data.limit`` aside); earlier plans keep only those, as an input removed from the
-        file will not be sent again either (None: the file is not known, they keep what they hold).
-
-        ``parent``: the run this one is a step of (a tool round's), reported with it; it leaves every
-        other plan be. A run without one drops the plans of earlier runs' steps: their requests came
-        from answers, and this run's own rounds ask again what is still missing."""
-        with self._lock, self._db:
-            self._mark_stale()
-            if parent is None:
-                self._db.execute(
-                    "DELETE FROM generate_plan WHERE run_id IN (SELECT id FROM generate_runs WHERE stage=?"
-                    " AND (parent IS NOT NULL OR identity IS NULL OR ? IS NULL OR identity<>?))",
-                    (stage, identity, identity))
-            cur = self._db.execute(
-                "INSERT INTO generate_runs (stage, model, inputs, unique_requests, cache_hits, status, started_at, pid,"
-                " host, identity, parent) VALUES (?,?,?,?,?,'running',?,?,?,?,?)",
-                (stage, model, inputs, len(hashes), cache_hits, time.time(), os.getpid(), socket.gethostname(),
-                 identity, parent))
-            run_id = int(cur.lastrowid)
-            self._db.executemany("INSERT OR IGNORE INTO generate_plan VALUES (?, ?)", ((run_id, h) for h in hashes))
-            if parent is not None:
-                return run_id
-            if current is not None:
-                self._db.execute("CREATE TEMP TABLE IF NOT EXISTS current_inputs (request_hash TEXT PRIMARY KEY)"
-                                 " WITHOUT ROWID")
-                self._db.execute("DELETE FROM current_inputs")
-                self._db.executemany("INSERT OR IGNORE INTO current_inputs VALUES (?)", ((h,) for h in current))
-                self._db.execute(
-                    "DELETE FROM generate_plan WHERE run_id IN (SELECT id FROM generate_runs WHERE stage=? AND id<>?)"
-                    " AND request_hash NOT IN (SELECT request_hash FROM current_inputs)", (stage, run_id))
-            # What is left of the earlier plans: neither answered nor planned again here (bounded by
-            # what is still unanswered, so reruns do not grow the table).
-            self._db.execute(
-                "DELETE FROM generate_plan WHERE run_id IN (SELECT id FROM generate_runs WHERE stage=? AND id<>?)"
-                " AND (EXISTS (SELECT 1 FROM calls c WHERE c.request_hash=generate_plan.request_hash AND c.status='ok')"
-                " OR EXISTS (SELECT 1 FROM generate_plan q WHERE q.run_id=? AND q.request_hash=generate_plan.request_hash))",
-                (stage, run_id, run_id))
-        return run_id
-
-    def finish_run(self, run_id: int, status: str, retries: int) -> None:
-        """End a run: ``done``, ``budget``, ``errors`` (some calls failed) or ``error`` (an exception ended it)."""
-        with self._lock, self._db:
-            self._db.execute("UPDATE generate_runs SET status=?, retries=?, finished_at=? WHERE id=?",
-                             (status, retries, time.time(), run_id))
-
-    def cost_report(self, stage: str = "generate", share: float = 1.0) -> dict[str, Any]:
-        """Spend and tokens per teacher model, and the latest run's cache hits and projected remaining cost.
-
-        The rest is priced at what a rerun pays: the live price of a call (a batch answer's recorded
-        cost over its ``price_multiplier``) times ``share``, the rerun's share of the live price (1 for
-        a live engine, ``generate.batch_price`` for engine batch). A batch run's own mean would price a
-        plain (live) rerun at half."""
-        with self._lock, self._db:
-            self._mark_stale()
-            models = [
-                {"model": m, "calls": int(c), "ok": int(ok), "input_tokens": int(i), "cached_input_tokens": int(ci),
-                 "output_tokens": int(o), "cost_usd": float(d), "batch_calls": int(b), "live_cost_usd": float(lv)}
-                for m, c, ok, i, ci, o, d, b, lv in self._db.execute(
-                    "SELECT model, COUNT(*), SUM(status='ok'), SUM(input_tokens), SUM(cached_input_tokens),"
-                    " SUM(output_tokens), SUM(cost_usd), SUM(price_multiplier != 1),"
-                    " SUM(CASE WHEN price_multiplier > 0 THEN cost_usd / price_multiplier ELSE cost_usd END)"
-                    " FROM calls WHERE role='teacher' GROUP BY model ORDER BY model")
-            ]
-            run = self._db.execute(
-                "SELECT id, model, inputs FROM generate_runs WHERE stage=? AND parent IS NULL ORDER BY id DESC LIMIT 1",
-                (stage,)).fetchone()
-            latest = None
-            if run is not None:
-                # The run and its steps (generate.tool_rounds), reported as one.
-                steps = self._db.execute(
-                    "SELECT id, cache_hits, retries, status FROM generate_runs WHERE id=? OR parent=? ORDER BY id",
-                    (run[0], run[0])).fetchall()
-                ids = [r[0] for r in steps]
-                group = f"({','.join('?' * len(ids))})"
-                unanswered = (" AND NOT EXISTS (SELECT 1 FROM calls c WHERE c.request_hash=p.request_hash"
-                              " AND c.status='ok')")
-                planned, remaining = (int(v or 0) for v in self._db.execute(
-                    "SELECT COUNT(DISTINCT p.request_hash), COUNT(DISTINCT CASE WHEN NOT EXISTS (SELECT 1 FROM calls c"
-                    " WHERE c.request_hash=p.request_hash AND c.status='ok') THEN p.request_hash END)"
-                    f" FROM generate_plan p WHERE p.run_id IN {group}", ids).fetchone())
-                # Left by earlier runs of the same teacher (start_run keeps only those) and not in this plan.
-                earlier = int(self._db.execute(
-                    f"SELECT COUNT(DISTINCT p.request_hash) FROM generate_plan p WHERE p.run_id NOT IN {group} AND"
-                    " p.run_id IN (SELECT id FROM generate_runs WHERE stage=?) AND NOT EXISTS (SELECT 1 FROM"
-                    f" generate_plan q WHERE q.run_id IN {group} AND q.request_hash=p.request_hash)" + unanswered,
-                    (*ids, stage, *ids)).fetchone()[0])
-                # Priced at this run's own answers (at the live price): the model's other calls
-                # (synthesize's long inputs, served escalations) are other requests, often far dearer
-                # than a label. Before its first answer, the model's mean is the best guess there is.
-                n, spent = self._db.execute(
-                    f"{LIVE_SUM} FROM calls WHERE role='teacher' AND status='ok'"
-                    f" AND request_hash IN (SELECT request_hash FROM generate_plan WHERE run_id IN {group})",
-                    ids).fetchone()
-                if not n:
-                    n, spent = self._db.execute(
-                        f"{LIVE_SUM} FROM calls WHERE role='teacher' AND status='ok' AND model=?", (run[1],)).fetchone()
-                per_call = float(spent) / n if n else None
-                latest = {
-                    "model": run[1], "inputs": run[2], "unique_requests": planned + earlier,
-                    "cache_hits": sum(r[1] for r in steps), "retries": sum(r[2] for r in steps),
-                    "status": _group_status([r[3] for r in steps]), "remaining": remaining + earlier,
-                    "earlier_remaining": earlier, "cost_per_call_usd": per_call, "share": share,
-                    "projected_remaining_usd": None if per_call is None else per_call * share * (remaining + earlier),
-                    # Each tool round is two steps (the functions played, then the chats answered).
-                    "tool_rounds": len(steps) // 2,
-                }
-        return {"models": models, "latest_run": latest}
-
     # ------------------------------------------------------------------ provider batches
     def batch_new(self, key: str, provider: str, model: str, stage: str, attempt: int,
                   items: list[tuple[str, dict[str, Any]]]) -> None:
@@ -537,7 +399,7 @@ class Ledger:
             rows = self._db.execute(
                 "SELECT response, pid, host FROM responses WHERE json_extract(response, '$.background')"
                 " AND json_extract(response, '$.status') IN ('queued', 'in_progress')").fetchall()
-        return [json.loads(r) for r, pid, h in rows if pid is None or (h == host and not _alive(pid))]
+        return [json.loads(r) for r, pid, h in rows if pid is None or (h == host and not process_alive(pid))]
 
     def update_response(self, response: dict[str, Any]) -> None:
         """Replace a stored response's object, keeping its input items and previous id (and no longer
@@ -588,7 +450,7 @@ class Ledger:
             if pid is not None and (pid, h) != (me, host):
                 if h != host:
                     return -1
-                if _alive(pid):
+                if process_alive(pid):
                     return pid
             cur = self._db.execute("UPDATE serve_batches SET pid=?, host=? WHERE id=? AND pid IS ? AND host IS ?",
                                    (me, host, batch_id, pid, h))
