@@ -126,10 +126,9 @@ class GenerateRuns:
                 group = f"({','.join('?' * len(ids))})"
                 unanswered = (" AND NOT EXISTS (SELECT 1 FROM calls c WHERE c.request_hash=p.request_hash"
                               " AND c.status='ok')")
-                planned, remaining = (int(v or 0) for v in self._db.execute(
-                    "SELECT COUNT(DISTINCT p.request_hash), COUNT(DISTINCT CASE WHEN NOT EXISTS (SELECT 1 FROM calls c"
-                    " WHERE c.request_hash=p.request_hash AND c.status='ok') THEN p.request_hash END)"
-                    f" FROM generate_plan p WHERE p.run_id IN {group}", ids).fetchone())
+                planned, remaining = (int(self._db.execute(
+                    f"SELECT COUNT(DISTINCT p.request_hash) FROM generate_plan p WHERE p.run_id IN {group}" + extra,
+                    ids).fetchone()[0]) for extra in ("", unanswered))
                 # Left by earlier runs of the same teacher (start_run keeps only those) and not in this plan.
                 earlier = int(self._db.execute(
                     f"SELECT COUNT(DISTINCT p.request_hash) FROM generate_plan p WHERE p.run_id NOT IN {group} AND"
