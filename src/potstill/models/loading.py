@@ -28,6 +28,7 @@ import torch
 from potstill.config import DtypeName
 from potstill.errors import PotstillError
 from potstill.hashing import cache_dir, hash_file, hash_obj
+from potstill.models.hub_kernels import stop_routing
 from potstill.records import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ def _quiet_transformers() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    stop_routing()  # a compile beside an eager model in another thread (hub_kernels says why)
     # PEFT's PeftModel reads transformers' renamed `is_gradient_checkpointing` on every adapter it wraps
     # (train, and each load of a LoRA student): a warning about the two libraries, none a user acts on.
     warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
