@@ -10,7 +10,8 @@ In order (each step timed in the decision record):
    task's validation, self-consistency, dedup) with a hash split holding ``redistill.new_test``
    of them out as the *new-traffic test*.
 3. Training: old train + new train (repeated to ``redistill.new_share`` of it, where set), the run's
-   ``train`` settings and base student spec, into RUN/students/<id>/ (``id`` hashes the data and settings: a rerun reuses a trained challenger).
+   ``train`` settings and base student spec, into RUN/students/<id>/ (``id`` hashes the data and
+   settings: a rerun reuses a trained challenger).
 4. Comparison on the frozen RUN/test.jsonl and on the new-traffic test (``compare.py``).
 5. Promotion when the challenger wins on new traffic and holds on the frozen test
    (``promote.py``: RUN/student becomes an atomically swapped symlink; the old champion stays
@@ -313,6 +314,7 @@ def weighted(new: list[Record], old_n: int, share: float | None, seed: int) -> l
 
 
 def new_share(old_n: int, total: int) -> float:
+    """The new records' share of a training set of ``total`` examples, ``old_n`` of them old."""
     return (total - old_n) / total if total else 0.0
 
 
