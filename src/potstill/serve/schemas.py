@@ -178,8 +178,9 @@ class ChatRequest(GeneratedRequest):
 class Route(BaseModel):
     answered_by: Literal["student", "teacher"]
     reason: Literal["confident", "low_confidence", "out_of_distribution", "invalid_output", "truncated",
-                    "response_format", "too_long", "tools"]
-    confidence: float | None = Field(None, description="None where the student never ran (too_long, tools).")
+                    "response_format", "too_long", "tools", "student_error"]
+    confidence: float | None = Field(None, description="None where the student gave no answer (too_long, tools, "
+                                     "student_error).")
     ood_distance: float | None = None
     student_output: str
     logprobs_unavailable: str | None = Field(None, description="Why choices[0].logprobs is null although asked.")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from potstill.progress import say
 from potstill.records import read_records
 from potstill.serve.calibration import _servable, calibrate_run
 from potstill.serve.escalation import TeacherSide
-from potstill.serve.engine import Batcher, ServedStudent, StudentAnswer, first_stop
+from potstill.serve.engine import Batcher, RefusedChat, ServedStudent, StudentAnswer, first_stop
 from potstill.serve.formats import answer_problem, format_schema
 from potstill.serve.routing import Routing, ood_distance
 from potstill.serve.streaming import LiveText, openai_logprob
@@ -222,6 +223,21 @@ class Service(TeacherSide):
         self._watcher.start()
 
     # ------------------------------------------------------------------ answering
+    async def _student_answer(self, live: Any, read: list[dict], guide: Any) -> StudentAnswer | None:
+        """The student's answer through the batcher, or None where its engine failed on this chat (any
+        exception but a chat its template refuses, which is the client's 400): logged, with the
+        traceback, for the teacher to answer instead."""
+        try:
+            return await asyncio.wrap_future(live.batcher.submit(read) if guide is None else
+                                             live.batcher.submit(read, guide))
+        except RefusedChat:
+            raise
+        except Exception as e:  # noqa: BLE001 - the teacher is the fallback; the log says what broke
+            say(f"[yellow]serve: the student {live.name} failed on a request ({type(e).__name__}: {str(e)[:300]}); "
+                f"the teacher answers it (reason student_error)[/yellow]\n"
+                + "".join(traceback.format_exception(e)).rstrip())
+            return None
+
     async def answer(self, messages: list[dict], max_tokens: int | None = None, stop: Sequence[str] = (),
                      teacher_messages: list[dict] | None = None, tools: dict[str, Any] | None = None,
                      logprobs: int | None = None, response_format: dict[str, Any] | None = None,
@@ -235,7 +251,9 @@ class Service(TeacherSide):
         the first of these strings it holds, ``finish_reason`` ``stop``; both models generate as
         configured and the text is cut (the teacher's ``output_tokens`` stay what it was paid for).
         Label answers are whole labels, never cut. A chat longer than the student's context goes
-        to the teacher unseen by the student (reason ``too_long``; no confidence or distance).
+        to the teacher unseen by the student (reason ``too_long``; no confidence or distance), and
+        so does one the student failed on (reason ``student_error``: an exception in its engine, a
+        compile that broke, ...; logged with its traceback), as the teacher is the fallback.
         ``teacher_messages``: the chat as the teacher gets it where it holds more than the
         student's text (tool turns' ``tool_calls`` and ``tool_call_id``). ``tools``: a client's
         function tools the model may call (``ChatRequest.tool_request``; the teacher must
@@ -269,10 +287,11 @@ class Service(TeacherSide):
             else:
                 over = await asyncio.to_thread(live.engine.over_context, read) if long else \
                     live.engine.over_context(read)
+            a: StudentAnswer | None = None
+            guide = self.student_guide(live, response_format) if over is None else None
             if over is None:
-                guide = self.student_guide(live, response_format)
-                a: StudentAnswer | None = await asyncio.wrap_future(
-                    live.batcher.submit(read) if guide is None else live.batcher.submit(read, guide))
+                a = await self._student_answer(live, read, guide)
+            if a is not None:
                 dist: float | None = ood_distance(a.embedding[None], live.reference)[0]
                 # Decoded under the client's own schema (or pattern), the answer is judged by it (below),
                 # not by the task's, which it replaces for this request.
@@ -284,8 +303,8 @@ class Service(TeacherSide):
                     who, reason = "teacher", "response_format"
                 who, reason, reply = student_tools_answer(self.task, tools, calls, a.parsed, who, reason)
             else:
-                a, dist, who, reason = None, None, "teacher", "too_long" if tools is None else "tools"
-                reply = None
+                dist, who, reply = None, "teacher", None
+                reason = "student_error" if over is None else "too_long" if tools is None else "tools"
             student_cost = a.seconds * self.cfg.student.usd_per_hour / 3600 if a is not None else 0.0
             max_tokens, stop = self.escalation_limits(max_tokens, stop, tools, response_format)
             h, req = self.teacher_request(teacher_messages or messages, max_tokens, tools, logprobs, response_format)
