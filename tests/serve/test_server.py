@@ -427,7 +427,7 @@ def test_a_request_the_student_fails_on_is_answered_by_the_teacher(served, force
 
     def answer(messages, *more):
         if any("poison" in m[-1]["content"] for m in messages):
-            raise AssertionError("Unexpected type <class 'dict'>")
+            raise AssertionError("Unexpected type <class 'dict'> at G['x'][0] [/x]")  # rich markup, escaped
         return real(messages, *more)
 
     monkeypatch.setattr(service.engine, "answer", answer)
@@ -451,7 +451,8 @@ def test_a_request_the_student_fails_on_is_answered_by_the_teacher(served, force
     assert [(r["role"], r["status"], json.loads(r["response"])["reason"]) for r in new] == [
         ("teacher", "ok", "student_error")] * 2 + [("student", "ok", "confident")]
     err = capfd.readouterr().err
-    assert err.count("failed on a request (AssertionError: Unexpected type <class 'dict'>); the teacher answers it") == 2
+    assert err.count("failed on a request (AssertionError: Unexpected type <class 'dict'> at G['x'][0] [/x]); the "
+                     "teacher answers it") == 2
     assert "Traceback (most recent call last)" in err and "in answer" in err
 
 

@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.markup import escape
 
 from potstill.config import Config
-from potstill.errors import PotstillError
+from potstill.errors import PotstillError, redact
 from potstill.engines import section_engine
 from potstill.engines.calibration import weights_of
 from potstill.ledger import Ledger, ServedCall
@@ -233,9 +234,11 @@ class Service(TeacherSide):
         except RefusedChat:
             raise
         except Exception as e:  # noqa: BLE001 - the teacher is the fallback; the log says what broke
-            say(f"[yellow]serve: the student {live.name} failed on a request ({type(e).__name__}: {str(e)[:300]}); "
-                f"the teacher answers it (reason student_error)[/yellow]\n"
-                + "".join(traceback.format_exception(e)).rstrip())
+            # Escaped: a traceback's brackets (d[key], [/x]) are rich markup, which would fail the fallback.
+            told = redact(f"{type(e).__name__}: {str(e)[:300]}", self.teacher.secrets())
+            trace = redact("".join(traceback.format_exception(e)).rstrip(), self.teacher.secrets())
+            say(f"[yellow]serve: the student {escape(live.name)} failed on a request ({escape(told)}); the teacher "
+                f"answers it (reason student_error)[/yellow]\n{escape(trace)}")
             return None
 
     async def answer(self, messages: list[dict], max_tokens: int | None = None, stop: Sequence[str] = (),
