@@ -46,3 +46,12 @@ def test_sizes_read_as_a_person_would_say_them():
     from potstill.progress import size_text
 
     assert [size_text(n) for n in (512, 86_000, 1_234_567, 270e6, 3.4e9)] == ["512 B", "86 kB", "1.2 MB", "270 MB", "3.4 GB"]
+
+
+def test_a_message_that_reads_as_broken_markup_is_printed_not_raised(capsys):
+    """``say`` with a path, model name or error text holding "[/x]" (rich's closing-tag form) raised
+    MarkupError in its caller: a served request's fallback, a server's reload watcher."""
+    from potstill.progress import say
+
+    say("serve: could not load /runs/[a]/student (cannot read d['w'][0] [/x])")
+    assert "could not load /runs/[a]/student (cannot read d['w'][0] [/x])" in capsys.readouterr().err

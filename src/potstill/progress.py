@@ -15,6 +15,7 @@ import time
 from typing import Callable, Iterator
 
 from rich.console import Console
+from rich.errors import MarkupError
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -122,4 +123,9 @@ def bar(description: str, total: int) -> Iterator[Callable[..., None]]:
 
 def say(msg: str) -> None:
     # soft_wrap: one message stays one line in a log (off a terminal rich would wrap at 80 columns).
-    console.print(msg, highlight=False, soft_wrap=True)
+    try:
+        console.print(msg, highlight=False, soft_wrap=True)
+    except MarkupError:
+        # A path, model name or error text interpolated unescaped that reads as broken markup ("[/x]"):
+        # the message as written, never an exception in the caller (a server's fallback, its watcher).
+        console.print(escape(msg), highlight=False, soft_wrap=True)

@@ -29,3 +29,23 @@ def test_a_promotion_that_failed_to_load_is_tried_again(swap_run, monkeypatch): 
         shutil.copy(f, broken / f.name)
     _wait(lambda: service.swaps, timeout=60)
     assert service.swaps[-1]["previous"] == old and service.student_name != old
+
+
+def test_a_load_error_that_reads_as_markup_leaves_the_watcher_polling(swap_run, monkeypatch, capfd):  # noqa: F811
+    """The watcher's log line printed the error through rich, whose markup a message such as
+    "d['w'][0] [/x]" breaks (MarkupError): the watcher's thread died there, and no promotion was
+    picked up again until a restart."""
+    run, service, _ = swap_run
+    monkeypatch.setattr(service_module, "RELOAD_RETRY_S", 0.05)
+    tries = []
+
+    def reload() -> None:
+        tries.append(1)
+        raise OSError("cannot read d['w'][0] [/x]")
+
+    monkeypatch.setattr(service, "reload", reload)
+    service.watch(0.05)
+    switch(run, run / "students" / "b")
+    _wait(lambda: len(tries) >= 3)  # tried again after each failure: still polling
+    assert service._watcher.is_alive()
+    assert "could not load the promoted student" in capfd.readouterr().err

@@ -217,8 +217,8 @@ class Service(TeacherSide):
                 except Exception as e:  # noqa: BLE001 - a broken promotion must not stop serving
                     delay = min(3600.0, failed[2] * 2) if failed is not None else RELOAD_RETRY_S
                     self._failed = (path, time.monotonic() + delay, delay)
-                    say(f"serve: could not load the promoted student {path} ({e}); still serving {self.live.name}, "
-                        f"trying again in {delay:.0f} s (or at once on POST /admin/reload)")
+                    say(escape(f"serve: could not load the promoted student {path} ({e}); still serving "
+                               f"{self.live.name}, trying again in {delay:.0f} s (or at once on POST /admin/reload)"))
 
         self._watcher = threading.Thread(target=loop, name="potstill-reload-watch", daemon=True)
         self._watcher.start()
