@@ -90,6 +90,20 @@ def rows(service, **kw) -> list[dict]:
     return service.ledger.rows(stage="serve", **kw)
 
 
+def answered_by_teacher(raw, reason: str, stream: bool):
+    """A raw chat response (``with_raw_response``) the teacher answered with a 200 for ``reason``:
+    streamed, its text non-empty and the last chunk's route saying the reason (None returned);
+    else the parsed completion, for the caller's own checks."""
+    assert raw.status_code == 200 and raw.headers["x-potstill-answered-by"] == "teacher"
+    assert raw.headers["x-potstill-reason"] == reason
+    if not stream:
+        return raw.parse()
+    chunks = list(raw.parse())
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert chunks[-1].model_extra["potstill"]["reason"] == reason
+    return None
+
+
 @contextmanager
 def served_free_text(tmp_path, tiny_model, teacher_server, monkeypatch, **serve):
     """A free-text run (answers up to 6 tokens) served on loopback for the with block: (service, live).

@@ -15,7 +15,7 @@ import pytest
 from potstill.serve.routing import Routing
 from tests.helpers.live_server import LiveServer
 from tests.helpers.tiny import make_model_dir, make_tokenizer
-from tests.serve.conftest import SERVE_KEY, TEACHER_KEY, write_run
+from tests.serve.conftest import SERVE_KEY, TEACHER_KEY, answered_by_teacher, write_run
 
 FREETEXT = {"type": "freetext", "instruction": "name the topic", "max_output_tokens": 4}
 
@@ -58,14 +58,8 @@ def test_an_input_over_the_students_context_goes_to_the_teacher(tmp_path, teache
                 # two chats: a repeat of the first would be answered from its row (serve.reuse_escalations)
                 long = [{"role": "user", "content": "the team won the match " * (context // 5 + 1) + "goal" * stream}]
                 raw = client.chat.completions.with_raw_response.create(model="potstill", messages=long, stream=stream)
-                assert raw.status_code == 200 and raw.headers["x-potstill-answered-by"] == "teacher"
-                assert raw.headers["x-potstill-reason"] == "too_long"
-                if stream:
-                    chunks = list(raw.parse())
-                    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-                    assert chunks[-1].model_extra["potstill"]["reason"] == "too_long"
-                else:
-                    c = raw.parse()
+                c = answered_by_teacher(raw, "too_long", stream)
+                if c is not None:
                     assert c.model == "tiny-teacher" and c.choices[0].message.content
                     assert c.usage.prompt_tokens > context  # the teacher read it whole
                     route = c.model_extra["potstill"]

@@ -416,46 +416,6 @@ def test_one_request_that_fails_its_batch_does_not_fail_the_others(served, monke
     assert outcomes == ["ok", "ok", "failed", "ok", "ok", "ok"]
 
 
-def test_a_request_the_student_fails_on_is_answered_by_the_teacher(served, force, monkeypatch, capfd):
-    """The teacher is the fallback: a chat the student's engine fails on (an exception in it, such as a
-    compile that broke at a new shape: a 500 before) is answered by the teacher, reason student_error,
-    streamed or not, with the exception and its traceback in the server's log; the student answers the
-    others as before."""
-    service, live = served
-    force("student")
-    real = service.engine.answer
-
-    def answer(messages, *more):
-        if any("poison" in m[-1]["content"] for m in messages):
-            raise AssertionError("Unexpected type <class 'dict'> at G['x'][0] [/x]")  # rich markup, escaped
-        return real(messages, *more)
-
-    monkeypatch.setattr(service.engine, "answer", answer)
-    before = len(rows(service))
-    c = client(live)
-    for stream in (False, True):
-        raw = c.chat.completions.with_raw_response.create(
-            model="potstill", messages=[{"role": "user", "content": f"poison {stream}"}], stream=stream)
-        assert raw.status_code == 200 and raw.headers["x-potstill-answered-by"] == "teacher"
-        assert raw.headers["x-potstill-reason"] == "student_error"
-        if stream:
-            chunks = list(raw.parse())
-            assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
-            assert chunks[-1].model_extra["potstill"]["reason"] == "student_error"
-        else:
-            route = raw.parse().model_extra["potstill"]
-            assert route["confidence"] is None and route["student_output"] == "" and raw.parse().model == "tiny-teacher"
-    ok = c.chat.completions.with_raw_response.create(model="potstill", messages=MSG)
-    assert ok.headers["x-potstill-answered-by"] == "student"
-    new = rows(service)[before:]
-    assert [(r["role"], r["status"], json.loads(r["response"])["reason"]) for r in new] == [
-        ("teacher", "ok", "student_error")] * 2 + [("student", "ok", "confident")]
-    err = capfd.readouterr().err
-    assert err.count("failed on a request (AssertionError: Unexpected type <class 'dict'> at G['x'][0] [/x]); the "
-                     "teacher answers it") == 2
-    assert "Traceback (most recent call last)" in err and "in answer" in err
-
-
 def test_a_chat_request_by_another_method_is_a_405_and_logged(served):
     service, live = served
     before = len(rows(service))

@@ -1,0 +1,44 @@
+"""The teacher is the fallback when the student fails: a chat whose student engine raises is
+answered by the teacher (reason student_error), not a 500. Real parts: the served run of
+``conftest.served`` (a tiny student, the real teacher server on loopback), the official openai client."""
+
+from __future__ import annotations
+
+import json
+
+from tests.serve.conftest import MSG, answered_by_teacher, client, rows
+
+
+def test_a_request_the_student_fails_on_is_answered_by_the_teacher(served, force, monkeypatch, capfd):
+    """The teacher is the fallback: a chat the student's engine fails on (an exception in it, such as a
+    compile that broke at a new shape: a 500 before) is answered by the teacher, reason student_error,
+    streamed or not, with the exception and its traceback in the server's log; the student answers the
+    others as before."""
+    service, live = served
+    force("student")
+    real = service.engine.answer
+
+    def answer(messages, *more):
+        if any("poison" in m[-1]["content"] for m in messages):
+            raise AssertionError("Unexpected type <class 'dict'> at G['x'][0] [/x]")  # rich markup, escaped
+        return real(messages, *more)
+
+    monkeypatch.setattr(service.engine, "answer", answer)
+    before = len(rows(service))
+    c = client(live)
+    for stream in (False, True):
+        raw = c.chat.completions.with_raw_response.create(
+            model="potstill", messages=[{"role": "user", "content": f"poison {stream}"}], stream=stream)
+        completion = answered_by_teacher(raw, "student_error", stream)
+        if completion is not None:
+            route = completion.model_extra["potstill"]
+            assert route["confidence"] is None and route["student_output"] == "" and completion.model == "tiny-teacher"
+    ok = c.chat.completions.with_raw_response.create(model="potstill", messages=MSG)
+    assert ok.headers["x-potstill-answered-by"] == "student"
+    new = rows(service)[before:]
+    assert [(r["role"], r["status"], json.loads(r["response"])["reason"]) for r in new] == [
+        ("teacher", "ok", "student_error")] * 2 + [("student", "ok", "confident")]
+    err = capfd.readouterr().err
+    assert err.count("failed on a request (AssertionError: Unexpected type <class 'dict'> at G['x'][0] [/x]); the "
+                     "teacher answers it") == 2
+    assert "Traceback (most recent call last)" in err and "in answer" in err
