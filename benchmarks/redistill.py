@@ -12,6 +12,9 @@
    new-traffic test with 95% bootstrap intervals, the decision, teacher calls and cost, stage
    times, and the hot swap (requests during the swap, errors, duration).
 
+Exit 1 if a served request fails (the traffic's, at once; the hammer's across the swap, after the
+JSON is written) or redistill fails.
+
     POTSTILL_CACHE=/tmp/potstill-qs-bench-yisjgnko/cache python benchmarks/redistill.py \
         --source /tmp/potstill-qs-bench-yisjgnko/run --work /tmp/helper-redistill/bench
 """
@@ -257,6 +260,9 @@ def main() -> None:
     }
     args.out.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps({"decision": record["decision"]["reason"], "hot_swap": swap}, indent=2))
+    # The swap's goal is no failed request: a run with any is a failure, recorded above and exit 1.
+    if swap.get("errors"):
+        raise SystemExit(f"{swap['errors']} request(s) failed across the hot swap: {swap['error_examples']}")
 
 
 if __name__ == "__main__":
