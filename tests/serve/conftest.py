@@ -48,7 +48,10 @@ def write_run(root: Path, student: Path, teacher_url: str, task: dict | None = N
     cfg = {
         "run_dir": ".", "task": task or {"type": "classification", "labels": LABELS, "instruction": "classify the text"},
         "teacher": {"type": "openai", "model": "tiny-teacher", "base_url": teacher_url, "api_key_env": "TEACHER_KEY",
-                    "max_tokens": 4, "max_retries": 0, "timeout_s": 10,
+                    # 60 s: the loopback teacher answers one request at a time, and the load test's 32 in
+                    # flight queue behind it on 2 cores shared by 3 test workers (a 10 s cap made one run of
+                    # seven end in a 502 there).
+                    "max_tokens": 4, "max_retries": 0, "timeout_s": 60,
                     "price": {"input_per_mtok": 2.0, "output_per_mtok": 8.0}},
         "serve": {"target_escalation": 0.3, "api_key_env": "SERVE_KEY", "max_body_bytes": 20000,
                   "escalate_truncated": False, **serve},
