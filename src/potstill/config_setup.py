@@ -227,9 +227,16 @@ def _default_prices() -> dict[str, dict[str, float]]:
         "gpt-4.1": (2.0, 8.0, 0.50), "gpt-4.1-mini": (0.40, 1.60, 0.10), "gpt-4.1-nano": (0.10, 0.40, 0.025),
         "gpt-4o": (2.50, 10.0, 1.25), "gpt-4o-mini": (0.15, 0.60, 0.075), "o3": (2.0, 8.0, 0.50),
         "o4-mini": (1.10, 4.40, 0.275),
-        "claude-opus-4": (15.0, 75.0, 1.50), "claude-sonnet-4": (3.0, 15.0, 0.30),
+        # A family's smaller or larger sibling is its own entry, or the prefix rule bills it as its
+        # elder: o3-mini at o3's price (1.8x), claude-opus-4-5 at claude-opus-4's (3x). gpt-5.1 is no
+        # gpt-5 prefix (the rule wants "-" or ":" after one).
+        "gpt-5.1": (1.25, 10.0, 0.125), "gpt-5-pro": (15.0, 120.0, 15.0), "o3-mini": (1.10, 4.40, 0.55),
+        "o3-pro": (20.0, 80.0, 20.0), "o1": (15.0, 60.0, 7.50), "o1-mini": (1.10, 4.40, 0.55),
+        "o1-pro": (150.0, 600.0, 150.0), "gpt-4o-2024-05-13": (5.0, 15.0, 5.0), "gpt-3.5-turbo": (0.50, 1.50, 0.50),
+        "claude-opus-4": (15.0, 75.0, 1.50), "claude-opus-4-5": (5.0, 25.0, 0.50), "claude-sonnet-4": (3.0, 15.0, 0.30),
         "claude-haiku-4-5": (1.0, 5.0, 0.10), "claude-3-5-haiku": (0.80, 4.0, 0.08),
-        "claude-3-7-sonnet": (3.0, 15.0, 0.30),
+        "claude-3-7-sonnet": (3.0, 15.0, 0.30), "claude-3-5-sonnet": (3.0, 15.0, 0.30),
+        "claude-3-opus": (15.0, 75.0, 1.50), "claude-3-haiku": (0.25, 1.25, 0.03),
         # Fine-tuned OpenAI models (``ft:gpt-4o-mini-2024-07-18:org::id``) bill above their base model.
         "ft:gpt-4o": (3.75, 15.0, 1.875), "ft:gpt-4o-mini": (0.30, 1.20, 0.15), "ft:gpt-4.1": (3.0, 12.0, 0.75),
         "ft:gpt-4.1-mini": (0.80, 3.20, 0.20), "ft:gpt-4.1-nano": (0.20, 0.80, 0.05),

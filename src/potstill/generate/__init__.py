@@ -17,6 +17,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from rich.markup import escape
+
 from potstill.config import Config, GenerateConfig
 from potstill.errors import PotstillError
 from potstill.hashing import hash_obj
@@ -129,6 +131,13 @@ def check_budget(teacher: Teacher, gcfg: GenerateConfig) -> None:
     why = unpriced_budget(teacher.cfg.model, teacher.cfg.price, gcfg)
     if why:
         raise PotstillError(why)
+    from potstill.teachers.api.prices import price_for
+
+    # The provider's own API (no base_url) bills every call; a self-hosted server may well be free.
+    if teacher.remote and not teacher.cfg.base_url and not price_for(teacher.cfg.model, teacher.cfg.price, gcfg.prices):
+        say(f"[yellow]generate: no price is known for teacher.model {escape(repr(teacher.cfg.model))}: the provider "
+            "bills its calls, but they count $0 in the ledger, `potstill cost` and evaluate's break-even; set "
+            "teacher.price (input_per_mtok, output_per_mtok) or add the model to generate.prices[/yellow]")
 
 
 def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: Ledger, stage: str,
