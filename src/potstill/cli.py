@@ -186,9 +186,9 @@ def cost(run_dir: Annotated[Path, typer.Argument(help="Run directory.")],
     path = run_dir / "calls.sqlite"
     if not path.exists():
         raise PotstillError(f"{path} not found")
-    share, basis = _rerun_price(run_dir, config)
+    share, basis, resend = _rerun_price(run_dir, config)
     with Ledger(path) as ledger:
-        rep = ledger.cost_report(share=share)
+        rep = ledger.cost_report(share=share, resend_refused=resend)
         by_stage = spend_by_stage(ledger, "teacher")
         for m in rep["models"]:
             typer.echo(f"teacher {m['model']}: {m['calls']} calls ({m['calls'] - m['ok']} errors), "
@@ -217,6 +217,10 @@ def cost(run_dir: Annotated[Path, typer.Argument(help="Run directory.")],
                          "outside the last run's inputs)")
             if r["projected_remaining_usd"] is not None:
                 proj += f" {basis}"
+            if r["refused"]:
+                proj += (f"; {r['refused']} refused by the teacher, " + (
+                    "sent again (generate.retry_refusals), counted in the rest" if r["resend_refused"] else
+                    "not sent again (generate.retry_refusals resends them), not counted"))
             if r["status"] in ("error", "stale"):
                 # Not a run with work in flight: it stopped (an exception, or its process died).
                 why = "ended by an error" if r["status"] == "error" else "its process died without finishing"
@@ -227,22 +231,24 @@ def cost(run_dir: Annotated[Path, typer.Argument(help="Run directory.")],
                            f"projected cost of the rest {proj}")
 
 
-def _rerun_price(run_dir: Path, config: Path | None) -> tuple[float, str]:
-    """(share of the live price, how it was found) that a rerun of generate pays for the rest.
+def _rerun_price(run_dir: Path, config: Path | None) -> tuple[float, str, bool]:
+    """(share of the live price, how it was found, whether refused requests are sent again) for a
+    rerun of generate's rest.
 
     A run through a provider's batch API paid half; a plain rerun sends the rest live, at full price.
-    Only the config says which engine the rerun takes."""
+    Only the config says which engine the rerun takes, and whether it retries refusals."""
     path = config or run_dir / "potstill.yaml"
     if config is None and not path.exists():
-        return 1.0, "at the live price (no RUN/potstill.yaml names generate.engine; pass -c for another)"
+        return 1.0, "at the live price (no RUN/potstill.yaml names generate.engine; pass -c for another)", False
     cfg = load_config(path)
-    engine = cfg.generate.engine
+    engine, resend = cfg.generate.engine, cfg.generate.retry_refusals
     if engine != "batch":
-        return 1.0, f"at the live price (generate.engine {engine})"
+        return 1.0, f"at the live price (generate.engine {engine})", resend
     share = cfg.generate.batch_price.get(cfg.teacher.type)
     if share is None:
-        return 1.0, f"at the live price (generate.engine batch, no generate.batch_price.{cfg.teacher.type})"
-    return share, f"at {share:g} of the live price (generate.engine batch, generate.batch_price.{cfg.teacher.type})"
+        return 1.0, f"at the live price (generate.engine batch, no generate.batch_price.{cfg.teacher.type})", resend
+    return (share, f"at {share:g} of the live price (generate.engine batch, generate.batch_price.{cfg.teacher.type})",
+            resend)
 
 
 def _batch_note(m: dict) -> str:

@@ -95,13 +95,14 @@ class GenerateRuns:
             self._db.execute("UPDATE generate_runs SET status=?, retries=?, finished_at=? WHERE id=?",
                              (status, retries, time.time(), run_id))
 
-    def cost_report(self, stage: str = "generate", share: float = 1.0) -> dict[str, Any]:
+    def cost_report(self, stage: str = "generate", share: float = 1.0, resend_refused: bool = False) -> dict[str, Any]:
         """Spend and tokens per teacher model, and the latest run's cache hits and projected remaining cost.
 
         The rest is priced at what a rerun pays: the live price of a call (a batch answer's recorded
         cost over its ``price_multiplier``) times ``share``, the rerun's share of the live price (1 for
         a live engine, ``generate.batch_price`` for engine batch). A batch run's own mean would price a
-        plain (live) rerun at half."""
+        plain (live) rerun at half. A request the teacher refused is not sent again (``label_records``),
+        so it is not part of the rest unless ``resend_refused`` (``generate.retry_refusals``)."""
         with self._lock, self._db:
             self._mark_stale()
             models = [
@@ -126,9 +127,18 @@ class GenerateRuns:
                 group = f"({','.join('?' * len(ids))})"
                 unanswered = (" AND NOT EXISTS (SELECT 1 FROM calls c WHERE c.request_hash=p.request_hash"
                               " AND c.status='ok')")
-                planned, remaining = (int(self._db.execute(
+                # Refused (teachers.base.is_refusal, read as Ledger.refusals reads it: the latest failed
+                # answer outside serve): billed once and not sent again unless generate.retry_refusals.
+                latest_error = ("COALESCE((SELECT c.error FROM calls c WHERE c.request_hash=p.request_hash AND"
+                                " c.status='error' AND c.role='teacher' AND c.stage<>'serve' ORDER BY c.id DESC"
+                                " LIMIT 1), '')")
+                refused = f"({latest_error} GLOB 'refusal*' OR {latest_error} GLOB 'stop_reason refusal*')"
+                planned, remaining, refusals = (int(self._db.execute(
                     f"SELECT COUNT(DISTINCT p.request_hash) FROM generate_plan p WHERE p.run_id IN {group}" + extra,
-                    ids).fetchone()[0]) for extra in ("", unanswered))
+                    ids).fetchone()[0]) for extra in ("", unanswered, f"{unanswered} AND {refused}"))
+                if not resend_refused:
+                    remaining -= refusals
+                    unanswered += f" AND NOT {refused}"
                 # Left by earlier runs of the same teacher (start_run keeps only those) and not in this plan.
                 earlier = int(self._db.execute(
                     f"SELECT COUNT(DISTINCT p.request_hash) FROM generate_plan p WHERE p.run_id NOT IN {group} AND"
@@ -150,6 +160,7 @@ class GenerateRuns:
                     "model": run[1], "inputs": run[2], "unique_requests": planned + earlier,
                     "cache_hits": sum(r[1] for r in steps), "retries": sum(r[2] for r in steps),
                     "status": _group_status([r[3] for r in steps]), "remaining": remaining + earlier,
+                    "refused": refusals, "resend_refused": resend_refused,
                     "earlier_remaining": earlier, "cost_per_call_usd": per_call, "share": share,
                     "projected_remaining_usd": None if per_call is None else per_call * share * (remaining + earlier),
                     # Each tool round is two steps (the functions played, then the chats answered).

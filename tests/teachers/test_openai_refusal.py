@@ -96,6 +96,15 @@ def test_a_refused_input_is_not_paid_for_again_by_the_next_generate(tmp_path, mo
         teacher = [json.loads(line) for line in (tmp_path / "run" / "teacher.jsonl").read_text().splitlines()]
         assert sorted(r.get("invalid_reason") or "" for r in teacher) == ["", f"teacher refused: refusal: {REFUSAL}"]
         assert len(asked) == 2
+        # `potstill cost` counted the refused request as unanswered and priced it, though no rerun sends it.
+        cost = subprocess.run([sys.executable, "-m", "potstill", "cost", str(tmp_path / "run"), "-c",
+                               str(tmp_path / "potstill.yaml")], capture_output=True, text=True, timeout=120)
+        assert cost.returncode == 0, cost.stderr
+        assert "0 of 2 requests unanswered, projected cost of the rest $0.0000" in cost.stdout, cost.stdout
+        assert "1 refused by the teacher, not sent again" in cost.stdout, cost.stdout
+        with Ledger(tmp_path / "run" / "calls.sqlite") as ledger:
+            resent = ledger.cost_report(resend_refused=True)["latest_run"]
+        assert (resent["remaining"], resent["refused"]) == (1, 1) and resent["projected_remaining_usd"] > 0
         again = generate()
         assert again.returncode == 0, again.stderr
         assert len(asked) == 2  # the refusal stands: nothing sent, nothing paid
