@@ -29,6 +29,7 @@ from potstill.config import DtypeName
 from potstill.errors import PotstillError
 from potstill.hashing import cache_dir, hash_file, hash_obj
 from potstill.models.hub_kernels import stop_routing
+from potstill.models.logit_scale import logit_scale
 from potstill.records import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -509,6 +510,7 @@ def load_lm(spec: str, device: str = "auto", dtype: torch.dtype | str | None = N
     if cut:  # as before the adapter went onto a cut base: caches and calibrations are keyed by it
         identity += f"[:{num_layers}]"
     model.to(dev).eval()
+    logit_scale(model)  # read once here, not on a first served request (``logit_scale``)
     return LM(model=model, tokenizer=tok, name=name, identity=identity, device=dev)
 
 

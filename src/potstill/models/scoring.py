@@ -24,6 +24,7 @@ import torch
 
 from potstill.models import packing
 from potstill.models.loading import LM
+from potstill.models.logit_scale import logit_scale
 from potstill.models.prompting import PromptFormat, encode_prompt
 
 
@@ -46,8 +47,9 @@ def head_rows(model: Any, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor | 
 
 
 def apply_head(model: Any, hidden: torch.Tensor, ids: list[int] | None = None) -> torch.Tensor:
-    """Logits for ``hidden`` (N, H) over the ``ids`` rows of the LM head (all rows if None),
-    including a final logit soft-cap where the architecture has one (gemma 2)."""
+    """Logits for ``hidden`` (N, H) over the ``ids`` rows of the LM head (all rows if None), as the
+    model's own forward gives them: times its logit scale (Granite's, Cohere's: ``logit_scale``) and
+    through a final logit soft-cap where the architecture has one (gemma 2)."""
     if ids is None:
         logits = model.get_output_embeddings()(hidden)
     else:
@@ -57,6 +59,9 @@ def apply_head(model: Any, hidden: torch.Tensor, ids: list[int] | None = None) -
         logits = hidden.float() @ w.float().T
         if b is not None:
             logits = logits + b.float()
+    scale = logit_scale(model)
+    if scale is not None and scale != 1.0:
+        logits = logits * scale
     cap = getattr(model.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from potstill.config import TrainConfig
+from potstill.models.logit_scale import logit_scale
 from potstill.models.scoring import apply_head, decoder
 from potstill.train.attention import causal_attention, decoder_inputs
 from potstill.train.batching import IGNORE, Batch, Example, collate
@@ -43,9 +44,11 @@ def hidden_states(model: Any, body: Any, b: Batch, neftune_alpha: float | None =
 
 
 def fused_head_ok(model: Any) -> bool:
-    """The chunked heads compute ``hidden @ W.T``: no bias, no final logit soft-cap."""
+    """The chunked heads compute ``hidden @ W.T`` (the hidden states scaled first by the model's
+    ``logit_scale``): no bias, no final logit soft-cap, no head that is no such product."""
     head = model.get_output_embeddings()
-    return getattr(head, "bias", None) is None and not getattr(model.config, "final_logit_softcapping", None)
+    return (getattr(head, "bias", None) is None and not getattr(model.config, "final_logit_softcapping", None)
+            and logit_scale(model) is not None)
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,9 @@ class LossSpec:
     temperature: float
     label_ids: tuple[int, ...] | None
     fused: bool
+    # The student's logit scale (``logit_scale``): Granite divides its logits by 8 or 16, Cohere
+    # multiplies them by 1/16; the fused heads see the hidden states times it.
+    scale: float = 1.0
 
 
 class LossModule(torch.nn.Module):
@@ -84,7 +90,7 @@ class LossModule(torch.nn.Module):
         out = {k: zero for k in TERMS}
         n = b.counts()  # counted on the host by collate: no wait for the GPU here
         with torch.autocast(device_type=h.device.type, enabled=False):
-            hc, wc = h.to(cdt), w.to(cdt)
+            hc, wc = (h * spec.scale if spec.scale != 1.0 else h).to(cdt), w.to(cdt)
             if n["ce"]:
                 if spec.fused:
                     out["ce"] = fused_linear_cross_entropy(hc, wc, b.ce_targets, reduction="sum", valid_rows=n["ce"])

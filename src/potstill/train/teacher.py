@@ -7,6 +7,7 @@ import torch
 from potstill.config import TrainConfig
 from potstill.errors import PotstillError
 from potstill.models.loading import LM, load_lm
+from potstill.models.logit_scale import logit_scale
 from potstill.models.scoring import decoder
 from potstill.records import Record
 from potstill.tasks import Task
@@ -28,6 +29,7 @@ class KDTeacher:
             raise PotstillError(f"train.teacher_model '{spec}' has another tokenizer than the student; token-level "
                                 "KD and on-policy batches need the same vocabulary (use kd_signal labels instead)")
         self.w = self.lm.model.get_output_embeddings().weight.detach()
+        self.scale = logit_scale(self.lm.model) or 1.0  # None: fused_head_ok refuses it below
         # One family's sizes pad the LM head differently past the tokenizer (Qwen2.5-7B 152,064 rows,
         # 0.5B 151,936, both over the tokenizer's 151,665 tokens): rows past the tokenizer name no token,
         # so KD compares the rows both heads have (``rows``), which hold every token.
@@ -39,7 +41,10 @@ class KDTeacher:
 
     @torch.no_grad()
     def hidden(self, b: Batch) -> torch.Tensor:
-        return hidden_states(self.lm.model, self._body, b)[:, :-1]
+        """Its last hidden states times its logit scale (``logit_scale``), so that ``h @ self.w.T`` are
+        the logits its own forward gives."""
+        h = hidden_states(self.lm.model, self._body, b)[:, :-1]
+        return h * self.scale if self.scale != 1.0 else h
 
 
 def auto_signal(cfg: TrainConfig, task: Task, records: list[Record]) -> str:

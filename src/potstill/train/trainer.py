@@ -39,6 +39,7 @@ from potstill.config import TrainConfig
 from potstill.errors import PotstillError, compile_failed
 from potstill.hashing import hash_obj
 from potstill.models.loading import ADAPTER_LAYERS, LM, hub_revision, hub_split, save_lm
+from potstill.models.logit_scale import logit_scale
 from potstill.models.prompting import PromptFormat, label_token_ids, stop_token_ids
 from potstill.progress import bar, say
 from potstill.records import Record, atomic_dir, write_json, write_text
@@ -243,7 +244,7 @@ def _setup(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: li
     model, base = _student_model(lm, cfg)
     spec = LossSpec(cfg.kd_kind, cfg.kd_beta, cfg.kd_alpha, cfg.kd_temperature,
                     tuple(label_token_ids(lm.tokenizer, fmt, task.labels)) if task.labels else None,
-                    fused_head_ok(base))
+                    fused_head_ok(base), logit_scale(base) or 1.0)
     teacher = KDTeacher(cfg.teacher_model, lm, accel.device, compile=cfg.compile) if cfg.teacher_model else None
     # Before prepare(): FSDP shards differ by rank by design, the loaded weights must not.
     check_same_weights({"student": model, **({"teacher (train.teacher_model)": teacher.lm.model} if teacher else {})},
