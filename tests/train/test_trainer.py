@@ -204,3 +204,25 @@ def test_label_kd_with_no_soft_label_is_one_line_not_silent_sft(tiny_model, tmp_
     summary = train(lm, student_format(lm, task), task, records, [], cfg, 64, tmp_path / "student",
                     tmp_path / "m.jsonl")
     assert summary["kd_signal"] == "labels"
+
+
+@pytest.mark.parametrize("n,batch_size", [(5, 4), (7, 3), (10, 4), (3, 3)])
+def test_no_example_is_twice_in_one_batch_across_passes(n, batch_size):
+    """Each pass is a shuffle of every example; the batch spanning two passes took the new pass's
+    first ones whatever they were, so an example left from the old pass often came again in it (172
+    of 200 seeds within 3 steps at 5 examples, batches of 4). Every pass still holds each example once."""
+    import random
+
+    from potstill.train.trainer import top_up
+
+    for seed in range(200):
+        rng, order = random.Random(seed), []
+        drawn: list[int] = []
+        for _ in range(4 * n):
+            if len(order) < batch_size:
+                order = top_up(order, n, batch_size, rng)
+            batch, order = order[:batch_size], order[batch_size:]
+            assert len(set(batch)) == batch_size, (seed, batch)
+            drawn += batch
+        passes = len(drawn) // n
+        assert passes >= 3 and all(sorted(drawn[k * n:(k + 1) * n]) == list(range(n)) for k in range(passes))

@@ -432,12 +432,23 @@ def _steps(s: _Setup, p: _Progress, lm: LM, cfg: TrainConfig, max_length: int, m
             accel.wait_for_everyone()
 
 
+def top_up(order: list[int], n: int, batch_size: int, rng: random.Random) -> list[int]:
+    """``order`` (what is left of this pass over ``n`` examples) followed by a fresh shuffled pass.
+    The batch that spans the two passes is completed with examples the leftover does not hold (a
+    leftover one drawn again sat twice in one batch: 172 of 200 seeds at 5 examples, batches of 4);
+    the rest of the new pass keeps its shuffled order."""
+    fresh = list(range(n))
+    rng.shuffle(fresh)
+    left = set(order)
+    first = [i for i in fresh if i not in left][: max(0, batch_size - len(order))]
+    taken = set(first)
+    return order + first + [i for i in fresh if i not in taken]
+
+
 def _next_batch(s: _Setup, p: _Progress, lm: LM, cfg: TrainConfig) -> tuple[list[Example], bool]:
     """This process's share of the next batch (reshuffled each pass), sampled from the student when on-policy."""
     if len(p.order) < cfg.batch_size:
-        fresh = list(range(len(s.examples)))
-        p.rng.shuffle(fresh)
-        p.order += fresh
+        p.order = top_up(p.order, len(s.examples), cfg.batch_size, p.rng)
     batch = [s.examples[i] for i in p.order[: cfg.batch_size]]
     p.order = p.order[cfg.batch_size :]
     onpolicy = cfg.onpolicy_fraction > 0 and p.rng.random() < cfg.onpolicy_fraction
