@@ -9,7 +9,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from potstill.config import PriceConfig
+from potstill.config import GenerateConfig, PriceConfig
 from potstill.hashing import hash_obj
 from potstill.ledger import Call, Ledger
 from potstill.engines.base import warm_batches
@@ -18,6 +18,7 @@ from potstill.progress import out, say
 from potstill.records import Record
 from potstill.students import Beside, Predictions, as_engine, measure_latency, percentile, predict
 from potstill.tasks import Task
+from potstill.teachers.api.prices import price_for, token_cost
 
 
 def log_student_calls(ledger: Ledger, stage: str, lm: Any, records: list[Record], preds: Predictions,
@@ -100,7 +101,8 @@ def spend_by_stage(ledger: Ledger, role: str = "student") -> list[dict[str, Any]
 
 
 def measure_teacher(task: Task, records: list[Record], ledger: Ledger, timed: dict[str, Any] | None = None,
-                    price: PriceConfig | None = None) -> dict[str, Any]:
+                    price: PriceConfig | None = None,
+                    prices: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
     """The teacher's quality from its recorded answers; latency, tokens and cost from the ledger.
 
     ``timed``: the teacher's batch-1 latency measured here (a local teacher, timed in turns with the
@@ -116,8 +118,12 @@ def measure_teacher(task: Task, records: list[Record], ledger: Ledger, timed: di
 
     Every way prices a call at the live (interactive) price: the calls the student would take over
     are interactive, so a generate through a provider's batch API (``price_multiplier`` 0.5) must not
-    halve the teacher's cost per call in the break-even. What was paid stays the recorded spend."""
-    m, rows = _teacher_from_ledger(task, records, ledger)
+    halve the teacher's cost per call in the break-even. What was paid stays the recorded spend.
+
+    Every way prices one answer too: a row of generate.n > 1 samples counts as one call of one
+    sample (``_one_call``), split at ``price`` or else at the row's model in ``prices``
+    (``generate.prices``; left out, the built-in table), and ``samples_note`` says so."""
+    m, rows = _teacher_from_ledger(task, records, ledger, price, GenerateConfig().prices if prices is None else prices)
     recorded = sum(r["cost_usd"] for r in rows) / max(1, len(rows)) * 1000
     if timed and timed.get("n"):
         usd_per_hour = price.usd_per_hour if price is not None else 0.0
@@ -132,28 +138,76 @@ def measure_teacher(task: Task, records: list[Record], ledger: Ledger, timed: di
         m["cost_per_1k_calls_usd"] = price.usd_per_call * 1000
         m["cost_source"] = f"teacher.price.usd_per_call={price.usd_per_call} (the ledger's recorded cost beside it)"
     elif price is not None and (price.input_per_mtok or price.output_per_mtok) and rows:
-        from potstill.teachers.api.prices import token_cost
-
-        usd = [token_cost(price, r["input_tokens"], r["output_tokens"], r["cached_input_tokens"], *_cache_writes(r))
+        usd = [token_cost(price, r["input_tokens"], r["output_tokens"], r["cached_input_tokens"], *r["cache_writes"])
                for r in rows]
         m["ledger_cost_per_1k_calls_usd"] = recorded
         m["cost_per_1k_calls_usd"] = sum(usd) / len(usd) * 1000
         m["cost_source"] = (f"the ledger's tokens of these calls at teacher.price (${price.input_per_mtok:g} input, "
                             f"${price.output_per_mtok:g} output per Mtok), the live price"
                             + (", batch answers too" if any(_batched(r) for r in rows) else ""))
+    if "samples_note" in m and not (timed and timed.get("n")) and (price is None or price.usd_per_call is None):
+        m["cost_source"] += "; one answer a call: one sample's share of each row of n (samples_note)"
     return m
 
 
-def _cache_writes(row: dict[str, Any]) -> tuple[int, int]:
-    """Prompt-cache writes of a ledger row (Anthropic's ``cache_creation_input_tokens``) and the part of
-    them kept an hour (``ephemeral_1h_input_tokens``), both kept in its response."""
+def _answer(row: dict[str, Any]) -> dict[str, Any]:
+    """A ledger row's response (``Response.to_json()``), or {} where it holds none or no object."""
     try:
         resp = json.loads(row.get("response") or "{}")
-        if not isinstance(resp, dict):
-            return 0, 0
+    except (ValueError, TypeError):
+        return {}
+    return resp if isinstance(resp, dict) else {}
+
+
+def _cache_writes(resp: dict[str, Any]) -> tuple[int, int]:
+    """Prompt-cache writes of a ledger row (Anthropic's ``cache_creation_input_tokens``) and the part of
+    them kept an hour (``ephemeral_1h_input_tokens``), both kept in its response ``resp``."""
+    try:
         return int(resp.get("cache_write_input_tokens") or 0), int(resp.get("cache_write_1h_input_tokens") or 0)
     except (ValueError, TypeError):
         return 0, 0
+
+
+def _one_call(row: dict[str, Any], price: PriceConfig | None) -> dict[str, Any]:
+    """``row`` as the call a served student replaces: one answer. Its tokens (``cache_writes`` added)
+    and recorded cost are one sample's where the row holds generate.n > 1 of them (``samples``).
+
+    Sent as one request (OpenAI's ``n``), the prompt was billed once and ``output_tokens`` counts all n
+    answers; sent as n requests (Anthropic: the answer's ``sample_tokens`` holds each one's [input,
+    output]), the prompt was billed n times too. One call is the prompt once and the mean sample's
+    output: 1,000 prompt + 5 x 200 output tokens at $2/$8 per Mtok is a $0.0100 row and a $0.0036 call.
+    Its cost is the row's recorded cost x the call's share of the row's tokens at ``price`` (by their
+    count where no price is known: a teacher priced at $0 recorded $0 anyway)."""
+    answer = _answer(row)
+    writes, samples = _cache_writes(answer), answer.get("samples") or ()
+    if len(samples) < 2:
+        return {**row, "cache_writes": writes, "samples": 1}
+    each = answer.get("sample_tokens")
+    if each:  # n requests, each with its prompt: the mean one (all n, those of an earlier failed attempt too)
+        n_in, n_out = sum(t[0] for t in each) / len(each), sum(t[1] for t in each) / len(each)
+    else:
+        n_in, n_out = row["input_tokens"], row["output_tokens"] / len(samples)
+    # Cache reads and writes are parts of the row's prompt tokens, in the same shares in one call's.
+    part = n_in / row["input_tokens"] if row["input_tokens"] else 0.0
+    one = {"input_tokens": n_in, "output_tokens": n_out, "cached_input_tokens": row["cached_input_tokens"] * part,
+           "cache_writes": tuple(w * part for w in writes)}
+    whole = token_cost(price, row["input_tokens"], row["output_tokens"], row["cached_input_tokens"], *writes)
+    share = (token_cost(price, n_in, n_out, one["cached_input_tokens"], *one["cache_writes"]) / whole if whole
+             else (n_in + n_out) / max(1, row["input_tokens"] + row["output_tokens"]))
+    return {**row, **one, "cost_usd": row["cost_usd"] * share, "samples": len(samples)}
+
+
+def _samples_note(calls: list[dict[str, Any]]) -> str | None:
+    """What ``_one_call`` did to rows of n > 1 samples, and why their latency stays as recorded."""
+    n = sorted({c["samples"] for c in calls if c["samples"] > 1})
+    if not n:
+        return None
+    k = "/".join(map(str, n))
+    return (f"{sum(c['samples'] > 1 for c in calls)} of {len(calls)} ledger rows hold generate.n = {k} samples (one "
+            f"request billing the prompt once and {k} answers, or {k} requests billing it each time): the tokens and "
+            f"cost per call are one sample's (the prompt once and the mean answer), the call a student replaces; the "
+            f"latency is the whole {k}-sample request's, not one answer's (the ledger does not time the samples apart), "
+            "so it reads high")
 
 
 def _batched(row: dict[str, Any]) -> bool:
@@ -167,9 +221,15 @@ def _live_cost(row: dict[str, Any]) -> float:
     return row["cost_usd"] / share if share > 0 else row["cost_usd"]
 
 
-def _teacher_from_ledger(task: Task, records: list[Record], ledger: Ledger) -> tuple[dict[str, Any], list[dict]]:
+def _teacher_from_ledger(task: Task, records: list[Record], ledger: Ledger, price: PriceConfig | None,
+                         prices: dict[str, dict[str, float]]) -> tuple[dict[str, Any], list[dict]]:
+    """The teacher's measures from its ledger rows for ``records``, each row as one call (``_one_call``,
+    split at ``price`` or the row model's in ``prices``), and those calls."""
     hashes = [r.meta["request_hash"] for r in records if r.meta.get("request_hash")]
-    rows = ledger.rows_for(hashes)
+    rows = [_one_call(r, price_for(r["model"], price or PriceConfig(), prices)) for r in ledger.rows_for(hashes)]
+    note = _samples_note(rows)
+    # A row of n samples is timed as a whole: the slowest of n answers in one request, or n requests at
+    # teacher.concurrency at a time. One answer's time is not in the ledger, so it stays so (samples_note).
     lat = [r["latency_s"] for r in rows]
     n = max(1, len(rows))
     batched = sum(map(_batched, rows))
@@ -190,6 +250,7 @@ def _teacher_from_ledger(task: Task, records: list[Record], ledger: Ledger) -> t
         "output_tokens_per_call": sum(r["output_tokens"] for r in rows) / n,
         "cached_tokens_per_call": sum(r["cached_input_tokens"] for r in rows) / n,
         **cost,
+        **({"samples_note": note} if note else {}),
         "model": rows[0]["model"] if rows else None,
     }, rows
 

@@ -1,15 +1,19 @@
 """The teacher's configured price reprices evaluate's teacher cost per call, break-even and verdict:
 a replay teacher (recorded traffic, $0 to replay) priced per call, and an API teacher's recorded
-tokens at a new token price."""
+tokens at a new token price. A ledger row of generate.n samples is priced as one answer, the call
+a student takes over."""
 
 import json
 import shutil
 
 import pytest
 
-from potstill.config import load_config
+from potstill.config import PriceConfig, TaskConfig, load_config
 from potstill.evaluate.stage import evaluate_stage
 from potstill.ledger import Call, Ledger
+from potstill.records import Record
+from potstill.report import measure_teacher
+from potstill.tasks import get_task
 
 
 def _run(tmp_path, tiny_model, teacher: dict, rows: list[dict]):
@@ -93,3 +97,50 @@ def test_calls_answered_through_a_batch_api_are_priced_live_in_the_break_even(tm
     assert ev["one_time"]["generation_usd"] == pytest.approx(0.004)  # what was paid
     (row,) = [r for r in ev["latency_cost"] if r["model"] == "teacher"]
     assert "live price" in row["source"] and "$1 per 1k" in row["source"]
+
+
+def test_n_samples_in_one_request_are_priced_as_one_answer(tmp_path, tiny_model):
+    """generate.n = 5 through OpenAI: one request, the prompt billed once and 5 answers' output. At gpt-4.1's
+    built-in $2/$8 per Mtok, 1,000 prompt + 5 x 200 output tokens is $0.0100 a row; the call a student takes
+    over is one answer, (1000 * 2 + 200 * 8) / 1e6 = $0.0036. The latency stays the whole request's, said so."""
+    rows = [{"model": "gpt-4.1", "input_tokens": 1000, "output_tokens": 1000,
+             "cost_usd": 0.0100, "latency_s": 2.0, "response": {"output": f"summary {i}", "samples": [f"summary {i}"] * 5}}
+            for i in range(4)]
+    ev = _run(tmp_path, tiny_model, {"type": "openai", "model": "gpt-4.1"}, rows)
+    t = ev["models"]["teacher"]
+    assert t["cost_per_1k_calls_usd"] == pytest.approx(3.6)
+    assert (t["input_tokens_per_call"], t["output_tokens_per_call"]) == pytest.approx((1000, 200))
+    student = ev["models"]["student"]["cost_per_1k_calls_usd"] / 1000
+    assert ev["break_even"]["saving_per_call_usd"] == pytest.approx(0.0036 - student)
+    assert "generate.n = 5" in t["samples_note"] and "one sample's" in t["samples_note"]
+    assert "samples_note" in t["cost_source"]
+    assert t["latency_batch1"]["p50_s"] == pytest.approx(2.0)  # not split: the ledger does not time samples apart
+    (row,) = [r for r in ev["latency_cost"] if r["model"] == "teacher"]
+    assert t["samples_note"] in row["source"] and t["samples_note"] in ev["sources"]["teacher"]
+    assert ev["one_time"]["generation_usd"] == pytest.approx(0.04)  # what was paid: all 5 samples of each
+
+
+def test_n_samples_as_n_requests_are_priced_as_one_request(tmp_path):
+    """generate.n = 3 through Anthropic: 3 requests, each billing its prompt (1,000 tokens, 800 read from the
+    cache), summed in one row with each one's [input, output] in ``sample_tokens``. One call is one request:
+    at claude-sonnet-4's built-in $3/$15 ($0.30 a cache read), (200 * 3 + 800 * 0.3 + 100 * 15) / 1e6 = $0.00234,
+    and at a teacher.price of $1/$5 ($0.10 a read), (200 * 1 + 800 * 0.1 + 100 * 5) / 1e6 = $0.00078."""
+    task = get_task(TaskConfig(type="freetext", instruction="Summarise."))
+    recs = []
+    with Ledger(tmp_path / "calls.sqlite") as ledger:
+        for i in range(4):
+            ledger.record(Call(request_hash=f"h{i}", role="teacher", stage="generate", request={"i": i, "n": 3},
+                               model="claude-sonnet-4-5", input_tokens=3000, cached_input_tokens=2400, output_tokens=300,
+                               cost_usd=3 * 0.00234, response={"output": "a", "samples": ["a", "b", "c"],
+                                                               "sample_tokens": [[1000, 120], [1000, 100], [1000, 80]]}))
+            recs.append(Record(messages=[{"role": "user", "content": f"t{i}"}], output="a",
+                               meta={"request_hash": f"h{i}"}))
+        recorded = measure_teacher(task, recs, ledger)
+        priced = measure_teacher(task, recs, ledger, price=PriceConfig(input_per_mtok=1, output_per_mtok=5,
+                                                                        cached_input_per_mtok=0.1))
+    assert recorded["cost_per_1k_calls_usd"] == pytest.approx(2.34)
+    assert (recorded["input_tokens_per_call"], recorded["output_tokens_per_call"],
+            recorded["cached_tokens_per_call"]) == pytest.approx((1000, 100, 800))
+    assert priced["cost_per_1k_calls_usd"] == pytest.approx(0.78)
+    assert priced["ledger_cost_per_1k_calls_usd"] == pytest.approx(2.34)
+    assert "generate.n = 3" in priced["samples_note"] and "samples_note" in priced["cost_source"]

@@ -127,6 +127,8 @@ def latency_cost(models: dict[str, dict[str, Any]], batched: dict[str, dict[str,
             row["source"] = (f"measured by this command on this machine: {lat.get('n')} single calls timed one at a time, "
                              f"{b.get('n')} batches of {b.get('batch_size')} timed, throughput over the whole test split; "
                              f"$ = mean batch-1 seconds x student.usd_per_hour={usd_per_hour} / 3600; {batched_src}")
+        if "samples_note" in m:  # the teacher's rows of generate.n > 1 samples, each priced as one answer
+            row["source"] += f"; {m['samples_note']}"
         rows.append(row)
     return rows
 
@@ -243,7 +245,7 @@ def _measure_models(cfg: Config, run: RunDir, task: Task, test: list[Record]):
     measure("student", evaluation_engine(cfg, str(run / "student")), timed_teacher)
     with run.ledger() as ledger:
         models["teacher"] = measure_teacher(task, test, ledger, timed_teacher.latency if timed_teacher else None,
-                                            cfg.teacher.price)
+                                            cfg.teacher.price, cfg.generate.prices)
         # Distilling's one-time spend: served requests escalated to the teacher are the cost of
         # running, paid per call whichever model serves, not of building the student.
         spend = ledger.summary("teacher", served=False)
@@ -349,7 +351,7 @@ def _sources(cfg: Config, spend: dict[str, Any], train_s: float, teacher: dict[s
                     f"teacher.price.usd_per_hour={cfg.teacher.price.usd_per_hour}; tokens from the ledger (calls.sqlite)"
                     if teacher_timed else
                     "the teacher's recorded answers in test.jsonl; latency and cost from the ledger (calls.sqlite)"
-                    + priced),
+                    + priced) + (f"; {teacher['samples_note']}" if "samples_note" in teacher else ""),
         "gold": "the label/reference fields of test.jsonl (gold supplied with the inputs)",
         "intervals": f"percentile bootstrap over test examples, {rep.bootstrap_samples} resamples, seed {rep.seed}",
         "generation_usd": (f"ledger: sum of cost_usd over all {spend['calls']} successful teacher calls of this run "
