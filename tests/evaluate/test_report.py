@@ -135,6 +135,16 @@ def test_eval_json_has_every_part_of_the_decision(evaluated):
     assert "Not applicable" in page and "field_f1" in page
 
 
+def test_report_title_names_the_task_and_test_size(evaluated):
+    """The tab's title is the page's heading, escaped as it is, not the template's literal text."""
+    page = (evaluated / "run" / "report.html").read_text()
+    title = page.split("<title>", 1)[1].split("</title>", 1)[0]
+    assert title == "potstill evaluation: classification, 12 test inputs"
+    assert f"<h1>{title}</h1>" in page
+    ev = json.loads((evaluated / "run" / "eval.json").read_text())
+    assert "<title>potstill evaluation: a&lt;b&gt;, 12 test inputs</title>" in render({**ev, "task": "a<b>"})
+
+
 def _open(page_path: Path, shot: Path) -> tuple[dict, list[str]]:
     sync_api = pytest.importorskip("playwright.sync_api")
     if not CHROMIUM.exists():

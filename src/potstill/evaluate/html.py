@@ -400,7 +400,7 @@ def render(ev: dict, others: Sequence[tuple[str, dict]] = ()) -> str:
     body = "".join([_verdict(ev), _models(ev), _slices(ev), _metrics(ev), _confusion(ev), _calibration(ev), _cost(ev),
                     _break_even(ev), _judge(ev), _worst(ev), _compare(ev, others), _sources(ev)])
     return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-            "<meta name='viewport' content='width=device-width, initial-scale=1'><title>{escape(title)}</title>"
+            f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{escape(title)}</title>"
             f"<style>{CSS}</style></head><body><h1>{escape(title)}</h1><p class='small'>run {escape(ev.get('run_dir', ''))}, "
             f"evaluated {escape(ev.get('created_at', ''))}</p>{body}</body></html>")
 
