@@ -181,9 +181,10 @@ class Ledger(GenerateRuns):
         request with that prompt hash (the same request under another budget, ``Teacher.prompt_hash``)
         whose answer, ``ok`` outside serve, ended by itself (every sample) under a budget no larger
         (``budget_of(request)``, the teachers' ``max_output``), or under a larger one in no more
-        output tokens than this budget (all samples together, as the provider counted them; a row
-        without a count is not taken): either way this budget would have answered it alike. The
-        latest such row wins. Rows logged before migration 8 have no prompt hash and are not found."""
+        output tokens than this budget (all samples together, as the provider counted them, those a
+        failed earlier attempt paid for included: ``earlier_paid``; a row without a count is not
+        taken): either way this budget would have answered it alike. The latest such row wins. Rows
+        logged before migration 8 have no prompt hash and are not found."""
         by_prompt: dict[str, list[str]] = {}
         for h, (p, _) in wanted.items():
             by_prompt.setdefault(p, []).append(h)
@@ -194,14 +195,18 @@ class Ledger(GenerateRuns):
                 part = keys[i : i + 500]
                 try:
                     rows += self._db.execute(
-                        "SELECT request_hash, prompt_hash, request, stop_reason, output_tokens FROM calls WHERE status='ok' AND"
+                        "SELECT request_hash, prompt_hash, request, stop_reason, output_tokens, response FROM calls"
+                        " WHERE status='ok' AND"
                         f" role='teacher' AND stage<>'serve' AND prompt_hash IN ({','.join('?' * len(part))})"
                         " ORDER BY id", part).fetchall()
                 except sqlite3.OperationalError:  # a ledger opened read-only before migration 8: no such column
                     return {}
-        for old, p, request, stop, used in rows:
+        for old, p, request, stop, used, response in rows:
             if not stop or any(s not in NATURAL_STOPS for s in stop.split(",")):
                 continue
+            if used and response and '"earlier_paid"' in response:
+                # A row that completed its n samples with a failed attempt's counts only its own tokens.
+                used += int((json.loads(response).get("earlier_paid") or {}).get("output_tokens") or 0)
             budget = budget_of(json.loads(request))
             for h in by_prompt[p]:
                 if h != old and budget and (budget <= wanted[h][1] or 0 < (used or 0) <= wanted[h][1]):

@@ -104,3 +104,49 @@ def test_a_cut_answer_is_asked_again_and_a_lowered_budget_asks_only_the_longer_o
         assert [len(out[f"r{i}"].output.split()) for i in range(6)] == [2, 3, 5, 3, 5, 2]
         generate_stage(project(tmp_path, srv.url, 2))  # only r0 and r5 (2 words each) fit
         assert sum(seen.values()) == 9 + 4 and seen[("item 0, summarise in words: 2", 2)] == 0
+
+
+def test_samples_taken_from_a_failed_attempt_count_against_a_lowered_budget(tmp_path):
+    """generate.n 3 on Anthropic (three requests): two samples of 90 tokens answered, the third failed;
+    the rerun asked for the third alone (5 tokens), and its ok row counted those 5 only. Under a budget
+    of 50 that row was reused as whole, though 50 would have cut two of its three samples."""
+    from potstill.config import GenerateConfig, TaskConfig, TeacherConfig
+    from potstill.generate import label_records
+    from potstill.records import Record
+    from potstill.tasks import get_task
+    from potstill.teachers import get_teacher
+
+    calls: list[int] = []
+    app = FastAPI()
+
+    @app.post("/v1/messages")
+    def messages(body: dict[str, Any]) -> Any:
+        from fastapi.responses import JSONResponse
+
+        calls.append(body["max_tokens"])
+        if len(calls) == 3:  # a 400 the SDK does not retry: the first attempt ends with two samples
+            return JSONResponse({"type": "error", "error": {"type": "invalid_request_error", "message": "flaky"}},
+                                status_code=400)
+        n = min(5 if len(calls) == 4 else 90, body["max_tokens"])  # the rerun's missing sample is short
+        return {"id": f"msg_{len(calls)}", "type": "message", "role": "assistant", "model": body["model"],
+                "content": [{"type": "text", "text": " ".join(["word"] * n)}], "stop_reason": "end_turn",
+                "stop_sequence": None, "usage": {"input_tokens": 20, "output_tokens": n}}
+
+    task = get_task(TaskConfig(type="freetext", instruction="Write."))
+    recs = [Record(messages=[{"role": "user", "content": "tell me"}])]
+    with LiveServer(app) as srv, Ledger(tmp_path / "calls.sqlite") as ledger:
+        def run(max_tokens: int):
+            teacher = get_teacher(TeacherConfig(type="anthropic", model="claude-haiku-4-5", base_url=srv.url,
+                                                api_key_env="", max_tokens=max_tokens, max_retries=0, concurrency=1),
+                                  task)
+            try:
+                return label_records(recs, task, teacher, ledger, "generate", GenerateConfig(n=3))
+            finally:
+                teacher.close()
+
+        run(100)
+        (done,), _ = run(100)
+        assert len(calls) == 4 and [len(s.split()) for s in done.samples] == [90, 90, 5]
+        (cut,), stats = run(50)
+    assert stats.whole_reused == 0 and calls[4:] == [50, 50, 50]
+    assert [len(s.split()) for s in cut.samples] == [50, 50, 50]
