@@ -226,3 +226,26 @@ def test_no_example_is_twice_in_one_batch_across_passes(n, batch_size):
             drawn += batch
         passes = len(drawn) // n
         assert passes >= 3 and all(sorted(drawn[k * n:(k + 1) * n]) == list(range(n)) for k in range(passes))
+
+
+def test_a_student_without_a_chat_template_learns_where_its_answer_ends(tmp_path):
+    """A plain-text prompt's target ended with a newline, which no generation stops at: the trained
+    student wrote on to its token budget ('sports match team team team ...', 16 of 16 tokens). It ends
+    with EOS now, where every generation stops."""
+    from potstill.engines import load_engine
+    from tests.helpers.tiny import make_model_dir
+
+    lm = load_lm(str(make_model_dir(tmp_path / "base")))
+    lm.tokenizer.chat_template = None  # a base model's tokenizer
+    task = get_task(TaskConfig(type="freetext", instruction="summary"))
+    texts = ["the team won the match", "new phone software", "the minister and the party", "a goal in the game"]
+    answers = ["sports match team", "tech phone software", "politics party vote", "sports goal win"]
+    recs = [Record(messages=[{"role": "user", "content": t}], output=o, valid=True) for t, o in zip(texts, answers)]
+    fmt = student_format(lm, task)
+    assert fmt.kind == "completion" and fmt.completion(lm.tokenizer, "yes") == " yes<|im_end|>"
+    train(lm, fmt, task, recs, recs[:2], TrainConfig(objective="sft", lr=0.01, batch_size=4, seed=0, max_steps=150),
+          64, tmp_path / "student", tmp_path / "metrics.jsonl")
+    engine = load_engine("transformers", str(tmp_path / "student"), device="cpu")
+    engine.tokenizer.chat_template = None
+    got = engine.generate(student_format(engine, task), [r.messages for r in recs], 16)
+    assert got.texts == answers and max(got.output_tokens) < 16, got.texts

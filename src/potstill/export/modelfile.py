@@ -109,7 +109,8 @@ def render_modelfile(gguf_path: str, tokenizer: Any, instruction: str, num_predi
     """The Modelfile text for ``FROM gguf_path`` (a path relative to the Modelfile).
 
     ``one_line``: the task's answers never hold a newline (a label, compact JSON), so a student
-    without a chat template, whose completions end with one, stops there. ``warn``: say what Ollama
+    without a chat template stops at one too (it is trained to end with EOS since 2026-12-07, with a
+    newline before: such a student stops there). ``warn``: say what Ollama
     will read otherwise than written (one Modelfile per GGUF type says it once). ``adapter``: a GGUF
     LoRA adapter Ollama applies on the ``FROM`` model (its ``ADAPTER`` command)."""
     template = getattr(tokenizer, "chat_template", None)

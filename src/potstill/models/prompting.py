@@ -65,9 +65,13 @@ class PromptFormat:
         return f"{text}\n{self.answer_prefix}"
 
     def completion(self, tokenizer: Any, answer: str) -> str:
+        """The trained target after the prompt. It ends with the token generation stops at: the chat
+        template's turn end, or in a plain-text prompt EOS (a newline taught no end: a student without
+        a chat template wrote on to its token budget, 'sports match team team team ...'); a tokenizer
+        without EOS gets the newline."""
         if self.kind == "chat":
             return f"{answer}{end_of_turn(tokenizer)}"
-        return f" {answer}\n"
+        return f" {answer}{getattr(tokenizer, 'eos_token', None) or chr(10)}"
 
     def label_text(self, label: str) -> str:
         return label if self.kind == "chat" else f" {label}"
