@@ -81,3 +81,41 @@ def test_imported_logged_answers_cut_at_their_token_limit_are_not_real_examples(
     assert trained == {f"long text number {i}" for i in range(1, 8, 2)}
     cut = [r for r in out.rejected if (r.invalid_reason or "").startswith("real example: truncated")]
     assert len(cut) == 5 and out.card["counts"]["real_added"] == 4
+
+
+def test_answers_stopped_as_a_refusal_or_at_the_context_window_are_set_aside(tmp_path):
+    """Anthropic stops an answer with ``refusal`` (Claude 4 sends the words it wrote before) or
+    ``model_context_window_exceeded`` (cut where the window filled), OpenAI with ``content_filter``
+    (content withheld or cut): curate trained on all three as whole answers, real examples (an import's
+    ``finish_reason``) and teacher records alike. A refusal is set aside whatever its text, a label
+    answer's too; a reviewer's decision stands."""
+    cfg = load_config(overrides={
+        "run_dir": str(tmp_path / "run"), "task": {"type": "freetext", "instruction": "Summarise the text."},
+        "curate": {"val": 0, "test": 0, "near_dup": False, "real_ratio": 10.0}})
+    stops = ["end_turn", "refusal", "model_context_window_exceeded", "content_filter", "max_tokens"]
+    real = [Record(messages=[{"role": "user", "content": f"logged text {s}"}], output=f"Sure, first you {s}",
+                   meta={"finish_reason": s, "source": "logs.jsonl"}) for s in stops]
+    teacher = [Record(messages=[{"role": "user", "content": f"teacher text {s}"}], output=f"The text says {s}",
+                      meta={"stop_reason": s}) for s in ("stop", "content_filter", "refusal")]
+    teacher[2].id = "reviewed"
+    out = curate(cfg, teacher, {"reviewed": {"decision": "accept", "label": None, "output": None,
+                                             "teacher_output": None}}, real)
+    assert sorted(r.text for r in out.train) == ["logged text end_turn", "teacher text refusal", "teacher text stop"]
+    why = {r.text: r.invalid_reason for r in out.rejected}
+    assert why["teacher text content_filter"].startswith("teacher refused: the answer stopped for content_filter")
+    assert why["logged text refusal"].startswith("real example: teacher refused: the answer stopped for refusal")
+    assert why["logged text content_filter"].startswith("real example: teacher refused")
+    assert why["logged text model_context_window_exceeded"].startswith(
+        "real example: truncated: the teacher's answer ran into the model's context window")
+    assert why["logged text max_tokens"].startswith("real example: truncated: the teacher's answer ran to its token limit")
+    assert out.card["rejected_reasons"]["teacher refused"] == 1
+
+    # A label read whole from its first words is kept when cut, but not when the provider refused it.
+    labels = load_config(overrides={
+        "run_dir": str(tmp_path / "run2"), "task": {"type": "classification", "labels": ["pos", "neg"]},
+        "curate": {"val": 0, "test": 0, "near_dup": False}})
+    recs = [Record(messages=[{"role": "user", "content": f"review {s}"}], output="pos", meta={"stop_reason": s})
+            for s in ("stop", "length", "content_filter")]
+    out = curate(labels, recs)
+    assert sorted(r.text for r in out.train) == ["review length", "review stop"]
+    assert [r.text for r in out.rejected] == ["review content_filter"]

@@ -335,3 +335,40 @@ def test_with_tool_calls_kept_each_logs_call_is_the_text_a_tools_task_learns(tmp
     # Claude's words beside its call ("Let me look that up.") are no answer either: it was imported as one.
     assert import_traffic(logs, tmp_path / "t.jsonl") == 1
     assert "4 line(s) skipped, its answer is a tool call" in capsys.readouterr().err
+
+
+def test_answers_stopped_as_a_refusal_are_skipped_whatever_their_text(tmp_path, capsys):
+    """Claude 4 stops a refusal with ``stop_reason: refusal`` after the words it wrote ("Sure, first
+    you take some"), OpenAI cuts or withholds content with ``finish_reason: content_filter``: import kept
+    such lines whenever they held text, and curate trained on them. They are skipped and counted as
+    refusals; Anthropic's ``model_context_window_exceeded`` (a cut answer) is imported with its reason."""
+    params = {"model": "claude-x", "max_tokens": 100, "messages": [{"role": "user", "content": "Tell me."}]}
+    reqs = jsonl(tmp_path / "anth_req.jsonl", [{"custom_id": c, "params": params} for c in "abc"])
+
+    def message(text: str, stop: str) -> dict:
+        return {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
+                "content": [{"type": "text", "text": text}], "stop_reason": stop, "stop_sequence": None,
+                "usage": {"input_tokens": 5, "output_tokens": 7}}
+
+    results = jsonl(tmp_path / "anth_res.jsonl", [
+        {"custom_id": c, "result": {"type": "succeeded", "message": message(text, stop)}}
+        for c, text, stop in (("a", "Sure, first you take some", "refusal"),
+                              ("b", "The document describes the", "model_context_window_exceeded"),
+                              ("c", "Hi!", "end_turn"))])
+    assert import_traffic(results, tmp_path / "a.jsonl", requests=reqs) == 2
+    recs = read_records(tmp_path / "a.jsonl")
+    assert [(r.output, r.meta["finish_reason"]) for r in recs] == [
+        ("The document describes the", "model_context_window_exceeded"), ("Hi!", "end_turn")]
+    assert "1 line(s) skipped, its answer is a refusal" in capsys.readouterr().err
+
+    def filtered(content: str | None) -> dict:
+        return {**COMPLETION, "choices": [{"index": 0, "message": {"role": "assistant", "content": content, "refusal": None},
+                                           "finish_reason": "content_filter"}]}
+
+    logs = jsonl(tmp_path / "logs.jsonl", [{"request": {"messages": [{"role": "user", "content": f"story {i}"}]},
+                                            "response": r}
+                                           for i, r in enumerate([COMPLETION, filtered("Once upon a time the"),
+                                                                  filtered(None)])])
+    assert import_traffic(logs, tmp_path / "o.jsonl") == 1
+    assert [r.output for r in read_records(tmp_path / "o.jsonl")] == ["sports"]
+    assert f"2 line(s) skipped, its answer is a refusal with no text to distil (first at {logs}:2)" in capsys.readouterr().err

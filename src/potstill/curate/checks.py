@@ -17,9 +17,14 @@ from potstill.tasks import Task
 from potstill.tasks.answers import output_problem, vote
 
 
-# The stop reasons of an answer that ran into the request's token limit (OpenAI, local: length;
-# Anthropic: max_tokens), as generate keeps them in meta.stop_reason.
-CUT = ("length", "max_tokens")
+# The stop reasons of an answer that ran into a token limit, as generate keeps them in meta.stop_reason:
+# the request's (OpenAI, local: length; Anthropic: max_tokens) or the model's context window (Anthropic:
+# model_context_window_exceeded, the answer cut where the prompt and it filled the window).
+CUT = ("length", "max_tokens", "model_context_window_exceeded")
+# The stop reasons of an answer the provider stopped as unsafe: Anthropic's refusal (Claude 4 sends the
+# words it wrote before it stopped) and OpenAI's content_filter (the content withheld or cut). Whatever
+# text such an answer holds, it is no answer to learn, a label included.
+REFUSED = ("refusal", "content_filter")
 
 
 def _cut(stop: str | None, task: Task, rec: Record) -> bool:
@@ -27,17 +32,30 @@ def _cut(stop: str | None, task: Task, rec: Record) -> bool:
     return not task.labels and stop in CUT and "review" not in rec.meta
 
 
+def _refused(stop: str | None, rec: Record) -> bool:
+    """Whether an answer that stopped for ``stop`` is a refusal curate sets aside; a reviewer's decision stands."""
+    return stop in REFUSED and "review" not in rec.meta
+
+
 def invalid_reason(rec: Record, task: Task, c: CurateConfig) -> str | None:
     """None when the record may be trained on, else why not (the text before ':' is the card's category).
 
     A generated answer (free text, JSON) that the teacher's token limit cut is half an answer, which
     would teach the student to stop mid-sentence; one a reviewer decided on stands (an edit replaced
-    it). A label answer is read whole from its first words, so a cut one is kept."""
+    it). A label answer is read whole from its first words, so a cut one is kept. An answer that
+    stopped as a refusal is set aside whatever its text, unless a reviewer decided on it."""
     if rec.output is None:
         return rec.invalid_reason or "teacher error: no output"
+    stop = rec.meta.get("stop_reason")
+    if _refused(stop, rec):
+        return (f"teacher refused: the answer stopped for {stop}; its text (the words written before it "
+                "stopped, or none) is no answer to learn")
     problem = output_problem(rec.output, task, c)
-    if problem is None and _cut(rec.meta.get("stop_reason"), task, rec):
+    if problem is None and _cut(stop, task, rec):
         n = rec.meta.get("output_tokens")
+        if stop == "model_context_window_exceeded":  # a larger max_tokens would not help: the window is full
+            return (f"truncated: the teacher's answer ran into the model's context window{f' ({n} tokens)' if n else ''}; "
+                    "shorten the input or use a model with a longer one")
         return (f"truncated: the teacher's answer ran to its token limit{f' ({n} tokens)' if n else ''}; raise "
                 "teacher.max_tokens and run `potstill generate` again")
     return problem
@@ -48,7 +66,7 @@ def majority(rec: Record, task: Task, c: CurateConfig) -> tuple[str, float, str 
     reason or None where the record does not say); None without samples.
 
     ``tasks.answers.vote`` under curate's rules: samples that fail validation (the task's check,
-    curate's rules, or a cut at the token limit as ``invalid_reason`` reads it, from generate's
+    curate's rules, a refusal or a cut at the token limit as ``invalid_reason`` reads it, from generate's
     ``meta.sample_stop_reasons``) count against agreement but never win the vote; ties go to the
     answer seen first. With no valid sample the record keeps its own, validated output at agreement
     0: an answer outside the label set must not become the training target, even at min_agreement 0.
@@ -59,6 +77,8 @@ def majority(rec: Record, task: Task, c: CurateConfig) -> tuple[str, float, str 
     stops = stops if len(stops) == len(rec.samples) else [None] * len(rec.samples)  # a record written before them
 
     def problem(i: int, s: str) -> str | None:
+        if _refused(stops[i], rec):
+            return "refused"
         return "truncated" if _cut(stops[i], task, rec) else output_problem(s, task, c)
 
     i, share = vote(rec.samples, task.parse, task.validate, problem)

@@ -117,11 +117,19 @@ def _message_calls(message: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"function": message["function_call"]}] if isinstance(message.get("function_call"), dict) else []
 
 
-def _no_text(message: dict[str, Any]) -> str | None:
+# The stop reasons of an answer the provider stopped as unsafe: Anthropic's refusal (Claude 4 sends the words
+# it wrote before it stopped), OpenAI's content_filter (the content withheld or cut). The words are no answer.
+REFUSED = ("refusal", "content_filter")
+
+
+def _no_text(message: dict[str, Any], finish: Any = None) -> str | None:
     """Why a logged answer message holds no text to learn, or None when it holds some. An answer
-    that calls a tool is a call whatever words come with it ("Let me check."): not the answer."""
+    that calls a tool is a call whatever words come with it ("Let me check."): not the answer; one
+    that stopped as a refusal (``finish``) is a refusal whatever words come before it."""
     if message.get("tool_calls") or message.get("function_call"):
         return "its answer is a tool call"
+    if finish in REFUSED:
+        return "its answer is a refusal"
     if content_text(message.get("content") or ""):
         return None
     if message.get("refusal"):
@@ -148,7 +156,7 @@ def _answer(side: Any, where: str, keep: bool) -> tuple[str, dict[str, Any]]:
             ch = {**ch, "message": {"role": "assistant", "content": ch["text"]}}
         if isinstance(ch, dict) and isinstance(ch.get("message", {}), dict):
             kept = _kept_call(_message_calls(ch.get("message", {})), keep)
-            why = None if kept else _no_text(ch.get("message", {}))
+            why = None if kept else _no_text(ch.get("message", {}), ch.get("finish_reason"))
             if why:
                 raise NoText(why)
             return kept or _reply(content_text(ch.get("message", {}).get("content") or ""), keep), {
@@ -163,7 +171,7 @@ def _answer(side: Any, where: str, keep: bool) -> tuple[str, dict[str, Any]]:
                               keep) or _reply(text, keep)
             if not keep and any(isinstance(b, dict) and b.get("type") == "tool_use" for b in side["content"]):
                 raise NoText("its answer is a tool call")
-            if not text and side.get("stop_reason") == "refusal":
+            if side.get("stop_reason") == "refusal":  # Claude 4 sends the words it wrote before it stopped
                 raise NoText("its answer is a refusal")
             return text, {"teacher": side.get("model"), "usage": side.get("usage"),
                           "finish_reason": side.get("stop_reason"), "response_id": side.get("id")}
