@@ -26,6 +26,14 @@ def jsonl(path: Path, rows: list) -> Path:
     return path
 
 
+def _env() -> dict[str, str]:
+    """The environment of a ``potstill`` subprocess: the potstill under test (a worktree's src/ on
+    PYTHONPATH), not whichever one the venv installed."""
+    import potstill
+
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(potstill.__file__).parents[1]), str(ROOT)])}
+
+
 def test_import_finetune_logs_batches_pairs_and_served_traffic(tmp_path):
     sys_msg = {"role": "system", "content": "Topic?"}
     user = {"role": "user", "content": "the team won"}
@@ -71,12 +79,8 @@ def test_import_errors_name_file_and_line_and_leave_nothing_behind(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]})
                    + "\n{not json\n")
-    import potstill
-
-    # The potstill under test (a worktree's src/ on PYTHONPATH), not whichever one the venv installed.
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(potstill.__file__).parents[1]), str(ROOT)])}
     out = subprocess.run([sys.executable, "-m", "potstill.cli", "import", str(bad), "-o", str(tmp_path / "o.jsonl")],
-                         capture_output=True, text=True, env=env, timeout=60)
+                         capture_output=True, text=True, env=_env(), timeout=60)
     assert out.returncode == 2 and out.stderr.strip() == (f"error: {bad}:2: malformed JSON: expecting property name enclosed in "
                                                   "double quotes at column 2, near '{not json'")
     assert not (tmp_path / "o.jsonl").exists()
@@ -372,3 +376,33 @@ def test_answers_stopped_as_a_refusal_are_skipped_whatever_their_text(tmp_path, 
     assert import_traffic(logs, tmp_path / "o.jsonl") == 1
     assert [r.output for r in read_records(tmp_path / "o.jsonl")] == ["sports"]
     assert f"2 line(s) skipped, its answer is a refusal with no text to distil (first at {logs}:2)" in capsys.readouterr().err
+
+
+def test_a_finetune_lines_target_is_its_last_trained_assistant_turn(tmp_path, capsys):
+    """``weight: 0`` marks an assistant turn OpenAI does not train on: import took the last assistant turn
+    as the answer whatever its weight, so a wrong answer kept out of training ("5, I think") became one.
+    The target is the last turn of weight 1 (the default), the turns after it go; a line with none is
+    skipped and counted, as is a refusal (content null), which was imported as the answer ""."""
+    user = {"role": "user", "content": "What is 2+2?"}
+    src = jsonl(tmp_path / "ft.jsonl", [
+        {"messages": [{"role": "system", "content": "Be a bot."}, user,
+                      {"role": "assistant", "content": "5, I think", "weight": 0}]},
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]},
+        {"messages": [{"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris", "weight": 1},
+                      {"role": "user", "content": "And Spain?"}, {"role": "assistant", "content": "Lisbon", "weight": 0}]},
+        {"messages": [user, {"role": "assistant", "content": None, "refusal": "I can't help with that."}]},
+    ])
+    proc = subprocess.run([sys.executable, "-m", "potstill.cli", "import", str(src), "-o", str(tmp_path / "o.jsonl")],
+                          capture_output=True, text=True, env=_env(), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    recs = read_records(tmp_path / "o.jsonl")
+    assert [(r.messages, r.output) for r in recs] == [([{"role": "user", "content": "Hi"}], "Hello!"),
+                                                      ([{"role": "user", "content": "Capital of France?"}], "Paris")]
+    err = proc.stderr
+    assert f"1 line(s) skipped, its assistant turns all have weight 0 (not trained on) with no text to distil (first at {src}:1)" in err
+    assert f"1 line(s) skipped, its answer is a refusal with no text to distil (first at {src}:4)" in err
+    # An assistant turn of neither text nor refusal, or a weight OpenAI does not know, is one line.
+    for msg, why in (({"role": "assistant", "content": None}, r"messages\.1: an assistant message without content"),
+                     ({"role": "assistant", "content": "4", "weight": "0"}, r"messages\.1\.weight: expected 0 or 1, got '0'")):
+        with pytest.raises(PotstillError, match=r"bad\.jsonl:1: " + why):
+            import_traffic(jsonl(tmp_path / "bad.jsonl", [{"messages": [user, msg]}]), tmp_path / "b.jsonl")

@@ -2,7 +2,8 @@
 
 Formats (``--format auto`` picks one per line, by its keys):
 
-* ``finetune``: OpenAI fine-tuning JSONL, ``{"messages": [..., {"role": "assistant", ...}]}``.
+* ``finetune``: OpenAI fine-tuning JSONL, ``{"messages": [..., {"role": "assistant", ...}]}``; the answer
+  is the last assistant turn trained on (``weight`` 1, the default), the turns before it the prompt.
 * ``openai-log``: OpenAI chat-completion logs: the Batch API output (``{"custom_id",
   "response": {"body": <chat.completion>}}``, joined to its input file by ``custom_id`` through
   ``--requests``), Anthropic's Message Batches results (``{"custom_id", "result": {"type":
@@ -226,6 +227,20 @@ def _detect(obj: dict[str, Any]) -> str:
     return "pairs"
 
 
+def _trained_turn(msgs: list[dict[str, Any]], where: str) -> int:
+    """The index of a fine-tuning line's target: its last assistant turn trained on (``weight`` 1, the
+    default), as OpenAI fine-tunes it; ``weight: 0`` marks a turn the model is not trained to write.
+    ``NoText`` where every assistant turn has weight 0."""
+    for i, m in enumerate(msgs):
+        w = m.get("weight", 1)
+        if m.get("role") == "assistant" and (w not in (0, 1) or isinstance(w, bool)):
+            raise PotstillError(f"{where}: messages.{i}.weight: expected 0 or 1, got {w!r}")
+    trained = [i for i, m in enumerate(msgs) if m.get("role") == "assistant" and m.get("weight", 1) == 1]
+    if not trained:
+        raise NoText("its assistant turns all have weight 0 (not trained on)")
+    return trained[-1]
+
+
 def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: dict[str, Any] | None, keep: bool) -> Record:
     kind = _detect(obj) if fmt == "auto" else fmt
     meta: dict[str, Any] = {}
@@ -233,15 +248,22 @@ def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: dict[str, An
         msgs = obj.get("messages")
         if not isinstance(msgs, list) or not msgs or _objects(msgs, where)[-1].get("role") != "assistant":
             raise PotstillError(f"{where}: expected messages ending with an assistant turn")
-        kept = _kept_call(_message_calls(msgs[-1]), keep)
-        if not kept and _message_calls(msgs[-1]):  # words beside the call included, as in the logs
+        t = _trained_turn(msgs, where)
+        target = msgs[t]
+        kept = _kept_call(_message_calls(target), keep)
+        if not kept and _message_calls(target):  # words beside the call included, as in the logs
             raise PotstillError(f"{where}: the assistant turn is a tool call, not text; potstill distils text "
                                 "answers (a tools task's calls with --tool-calls), so leave tool-call examples out "
                                 "of the file")
+        if not kept and target.get("content") is None:  # OpenAI's refusal comes with content null
+            if target.get("refusal"):
+                raise NoText("its answer is a refusal")
+            raise PotstillError(f"{where}: messages.{t}: an assistant message without content")
         # ``weight`` (0: an assistant turn not trained on) is the fine-tuning file's, not the chat's:
-        # a chat API refuses a message field it does not know.
-        prompt = [{k: v for k, v in m.items() if k != "weight"} for m in msgs[:-1]]
-        output = kept or _reply(content_text(msgs[-1].get("content")), keep)
+        # a chat API refuses a message field it does not know. The turns after the target go: they
+        # answer a later question, which the record does not ask.
+        prompt = [{k: v for k, v in m.items() if k != "weight"} for m in msgs[:t]]
+        output = kept or _reply(content_text(target.get("content")), keep)
     elif kind == "openai-log":
         if "custom_id" in obj:
             if requests is None:  # the output holds answers only; the prompts are in the batch's input file
