@@ -406,3 +406,28 @@ def test_a_finetune_lines_target_is_its_last_trained_assistant_turn(tmp_path, ca
                      ({"role": "assistant", "content": "4", "weight": "0"}, r"messages\.1\.weight: expected 0 or 1, got '0'")):
         with pytest.raises(PotstillError, match=r"bad\.jsonl:1: " + why):
             import_traffic(jsonl(tmp_path / "bad.jsonl", [{"messages": [user, msg]}]), tmp_path / "b.jsonl")
+
+
+def test_an_anthropic_prefill_begins_the_answer_and_leaves_the_prompt(tmp_path):
+    """A Messages request that ends with an assistant turn (a prefill, ``{``) has Claude go on from it:
+    import kept the prefill as the prompt's last turn and the rest as the answer ('"name": "Bob", "age":
+    42}', no JSON), so the student learnt to answer a chat that ends with its own turn. The answer is the
+    prefill and Claude's text, the prompt ends at the user's turn; in a Message Batch and in a pairs log."""
+    ask = {"role": "user", "content": "Extract the name and age as JSON: Bob is 42."}
+    params = {"model": "claude-x", "max_tokens": 200, "messages": [ask, {"role": "assistant", "content": "{"}]}
+    message = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
+               "content": [{"type": "text", "text": '"name": "Bob", "age": 42}'}], "stop_reason": "end_turn",
+               "stop_sequence": None, "usage": {"input_tokens": 5, "output_tokens": 9}}
+    reqs = jsonl(tmp_path / "pre_req.jsonl", [{"custom_id": "p1", "params": params}])
+    results = jsonl(tmp_path / "pre_res.jsonl", [{"custom_id": "p1", "result": {"type": "succeeded", "message": message}}])
+    proc = subprocess.run([sys.executable, "-m", "potstill.cli", "import", str(results), "--requests", str(reqs),
+                           "-o", str(tmp_path / "o.jsonl")], capture_output=True, text=True, env=_env(), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    (rec,) = read_records(tmp_path / "o.jsonl")
+    assert rec.messages == [ask] and json.loads(rec.output) == {"name": "Bob", "age": 42}
+    blocks = {**params, "messages": [ask, {"role": "assistant", "content": [{"type": "text", "text": "{"}]}]}
+    pairs = jsonl(tmp_path / "pairs.jsonl", [{"request": blocks, "response": message},
+                                             {"request": {"messages": [ask]}, "response": COMPLETION}])
+    assert import_traffic(pairs, tmp_path / "p.jsonl") == 2
+    assert [(r.messages, r.output) for r in read_records(tmp_path / "p.jsonl")] == [
+        ([ask], '{"name": "Bob", "age": 42}'), ([ask], "sports")]

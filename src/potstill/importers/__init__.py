@@ -24,6 +24,8 @@ Formats (``--format auto`` picks one per line, by its keys):
 Every record keeps where it came from: ``meta.source`` (file), ``meta.line`` (or ledger row
 id), ``meta.format`` and, where the log has them, ``teacher``, ``usage`` and ``finish_reason``.
 The instruction (a system or developer message) goes to ``meta.system``, not the record's messages.
+An Anthropic request that ends with an assistant turn (a prefill, ``{``) has Claude go on from it: the
+answer is the prefill and the message's text, the record's messages end before the prefill.
 
 A logged answer that is a tool call is skipped (no text to distil), unless asked to keep calls
 (``tool_calls=True``, ``--tool-calls``): then it is the ``{name, arguments}`` text a tools task
@@ -138,9 +140,19 @@ def _no_text(message: dict[str, Any], finish: Any = None) -> str | None:
     return None
 
 
-def _answer(side: Any, where: str, keep: bool) -> tuple[str, dict[str, Any]]:
+def _prefill(prompt: list[dict[str, Any]], resp: Any) -> tuple[list[dict[str, Any]], str]:
+    """(the prompt, the prefill): an Anthropic request whose messages end with an assistant turn (``{``)
+    has Claude go on from that text, so the answer is that text and the message's; the prompt ends at
+    the turn before it. Other requests come back as they are, with no prefill."""
+    if prompt and prompt[-1].get("role") == "assistant" and isinstance(resp, dict) and resp.get("type") == "message":
+        return prompt[:-1], content_text(prompt[-1].get("content"))
+    return prompt, ""
+
+
+def _answer(side: Any, where: str, keep: bool, prefill: str = "") -> tuple[str, dict[str, Any]]:
     """The answer text and provenance fields from a completion, message or plain string
-    (``NoText`` where the answer is a tool call or a refusal)."""
+    (``NoText`` where the answer is a tool call or a refusal); ``prefill``: the text an Anthropic
+    message goes on from (see ``_prefill``)."""
     if isinstance(side, str):
         return side, {}
     if isinstance(side, dict) and side.get("object") == "response":  # the Responses API's answer
@@ -166,7 +178,8 @@ def _answer(side: Any, where: str, keep: bool) -> tuple[str, dict[str, Any]]:
                 # A completion asked with n > 1: the first choice is the answer, the count kept and said.
                 "choices": len(side["choices"]) if len(side["choices"]) > 1 else None}
         if side.get("type") == "message" and isinstance(side.get("content"), list):
-            text = "".join(str(b.get("text", "")) for b in side["content"] if isinstance(b, dict) and b.get("type") == "text")
+            text = prefill + "".join(str(b.get("text", "")) for b in side["content"]
+                                     if isinstance(b, dict) and b.get("type") == "text")
             text = _kept_call([{"function": {"name": b.get("name"), "arguments": json.dumps(b.get("input"))}}
                                for b in side["content"] if isinstance(b, dict) and b.get("type") == "tool_use"],
                               keep) or _reply(text, keep)
@@ -282,8 +295,8 @@ def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: dict[str, An
             meta["custom_id"] = obj["custom_id"]
         else:
             req = obj.get("request", obj.get("prompt"))  # a completions log may name its prompt alone
-        prompt = _messages(req, where)
-        output, meta2 = _answer(obj.get("response"), where, keep)
+        prompt, prefill = _prefill(_messages(req, where), obj.get("response"))
+        output, meta2 = _answer(obj.get("response"), where, keep, prefill)
         meta.update(meta2)
     elif kind == "stored" and obj.get("object") == "response":
         # A stored response (GET /v1/responses/{id}) with its input items (GET .../input_items, or the
@@ -319,13 +332,13 @@ def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: dict[str, An
         resp = obj[key] if key else None
         if req is None or resp is None:
             raise PotstillError(f"{where}: expected a request (request|prompt|input) and a response (response|output|completion)")
-        prompt = _messages(req, where)
+        prompt, prefill = _prefill(_messages(req, where), resp)
         if key == "output" and (isinstance(resp, list) or isinstance(resp, dict) and not _RESPONSE_KEYS & resp.keys()):
             # A JSON answer (an extraction's object; a table's JSON cell of `output` is read as one), as
             # a record's output object is: its JSON text.
             output, meta = json.dumps(resp, ensure_ascii=False), {}
         else:
-            output, meta = _answer(resp, where, keep)
+            output, meta = _answer(resp, where, keep, prefill)
     else:
         raise PotstillError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
     # Records hold the user-side conversation; the system instruction belongs to the task.
