@@ -5,6 +5,9 @@ the API returns), then imported as generate reads its inputs."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -123,3 +126,45 @@ def test_anthropic_message_batches_results_join_their_requests(tmp_path, capsys)
     assert "2 line(s) skipped, its request failed" in capsys.readouterr().err
     with pytest.raises(PotstillError, match="holds no request: give the batch's input file with --requests"):
         import_traffic(out, tmp_path / "p.jsonl")
+
+
+def test_a_batch_sent_to_v1_responses_imports_its_answers(tmp_path):
+    """An OpenAI Batch sent to ``/v1/responses`` writes a Responses object under ``response.body``; import
+    read every body as a chat completion and refused the whole file ('cannot find the response's text')."""
+    import potstill
+
+    reqs = jsonl(tmp_path / "batch_in.jsonl", [{"custom_id": "r1", "method": "POST", "url": "/v1/responses",
+                                                "body": {"model": "gpt-4.1-mini", "input": "Classify: great phone",
+                                                         "instructions": "Label it."}}])
+    out = jsonl(tmp_path / "batch_out.jsonl", [{"id": "batch_req_1", "custom_id": "r1", "error": None, "response": {
+        "status_code": 200, "request_id": "req_1", "body": response([text("positive")])}}])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(potstill.__file__).parents[1]),
+                                                        str(Path(__file__).resolve().parents[2])])}
+    proc = subprocess.run([sys.executable, "-m", "potstill.cli", "import", str(out), "--requests", str(reqs),
+                           "-o", str(tmp_path / "o.jsonl")], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    (rec,) = read_records(tmp_path / "o.jsonl")
+    assert rec.messages == [{"role": "user", "content": "Classify: great phone"}] and rec.output == "positive"
+    assert rec.meta["system"] == "Label it." and rec.meta["custom_id"] == "r1" and rec.meta["finish_reason"] == "stop"
+
+
+def test_a_response_that_never_completed_is_skipped_and_counted(tmp_path, capsys):
+    """A response logged queued or in progress (background mode), cancelled, or incomplete before any
+    text was imported as the answer "" with finish_reason stop, and curate trained on it; one stopped by
+    the content filter as a whole answer. They are skipped and counted; an incomplete one with text (cut
+    at max_output_tokens) is imported as a cut answer (``length``, which curate sets aside as truncated)."""
+    ask = {"model": "gpt-4.1-mini", "input": "Summarise the ticket."}
+    filtered = {"reason": "content_filter"}
+    rows = [{"request": ask, "response": response([], status=s)} for s in ("queued", "in_progress", "cancelled")]
+    rows += [{"request": ask, "response": response([], status="incomplete")},
+             {"request": ask, "response": response([text("Once upon a")], status="incomplete", incomplete_details=filtered)},
+             {"request": ask, "response": response([text("The customer asks for")], status="incomplete")},
+             {"request": ask, "response": response([text("A refund.")])}]
+    src = jsonl(tmp_path / "log.jsonl", rows)
+    assert import_traffic(src, tmp_path / "o.jsonl") == 2
+    assert [(r.output, r.meta["finish_reason"]) for r in read_records(tmp_path / "o.jsonl")] == [
+        ("The customer asks for", "length"), ("A refund.", "stop")]
+    err = capsys.readouterr().err
+    for status, line in (("queued", 1), ("in_progress", 2), ("cancelled", 3), ("incomplete", 4)):
+        assert f"1 line(s) skipped, its response never completed (status {status}) with no text to distil (first at {src}:{line})" in err
+    assert f"1 line(s) skipped, its answer is a refusal with no text to distil (first at {src}:5)" in err

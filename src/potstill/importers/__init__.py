@@ -9,7 +9,8 @@ Formats (``--format auto`` picks one per line, by its keys):
   ``--requests``), Anthropic's Message Batches results (``{"custom_id", "result": {"type":
   "succeeded", "message"}}``, joined the same way to the batch's ``{"custom_id", "params"}``
   requests) or ``{"request": <body>, "response": <chat.completion>}`` lines; the same with a
-  Responses API request (``input``, ``instructions``) and ``response`` object.
+  Responses API request (``input``, ``instructions``) and ``response`` object (a Batch sent to
+  ``/v1/responses`` holds one as its ``body``).
 * ``pairs``: ``{"request"|"prompt"|"input": ..., "response"|"output"|"completion": ...}``
   where each side is a string, a chat request/completion, or an Anthropic message; an ``output``
   that is none of these but a JSON object or array (an extraction's answer) is its JSON text.
@@ -155,13 +156,13 @@ def _answer(side: Any, where: str, keep: bool, prefill: str = "") -> tuple[str, 
     message goes on from (see ``_prefill``)."""
     if isinstance(side, str):
         return side, {}
+    if isinstance(side, dict) and "body" in side and isinstance(side["body"], dict):  # Batch API response wrapper
+        if side.get("status_code", 200) != 200:  # a failed request (its body the error, or none)
+            raise NoText("its request failed")
+        side = side["body"]  # a chat completion, or a response of a batch sent to /v1/responses
     if isinstance(side, dict) and side.get("object") == "response":  # the Responses API's answer
         return _response_answer(side, keep)
     if isinstance(side, dict):
-        if "body" in side and isinstance(side["body"], dict):  # Batch API response wrapper
-            if side.get("status_code", 200) != 200:  # a failed request (its body the error, or none)
-                raise NoText("its request failed")
-            side = side["body"]
         ch = side["choices"][0] if isinstance(side.get("choices"), list) and side["choices"] else None
         if isinstance(ch, dict) and "message" not in ch and isinstance(ch.get("text"), str):
             # The legacy /v1/completions answer (gpt-3.5-turbo-instruct, vLLM's completions): its text,
@@ -198,8 +199,14 @@ def _answer(side: Any, where: str, keep: bool, prefill: str = "") -> tuple[str, 
 def _response_answer(resp: dict[str, Any], keep: bool) -> tuple[str, dict[str, Any]]:
     """A Responses API ``response`` object's text and provenance (``NoText`` where it failed or its
     answer is function calls or a refusal alone)."""
-    if resp.get("status") == "failed" or resp.get("error"):
+    status = resp.get("status")
+    if status == "failed" or resp.get("error"):
         raise NoText("its request failed")
+    if status in UNFINISHED:  # whatever output it holds is a snapshot of an answer still being written, or never
+        raise NoText(f"its response never completed (status {status})")
+    details = resp.get("incomplete_details") if status == "incomplete" else None
+    if isinstance(details, dict) and details.get("reason") == "content_filter":  # chat's finish_reason content_filter
+        raise NoText("its answer is a refusal")
     text, calls = output_text(resp)
     if calls and not keep:
         raise NoText("its answer is a tool call")
@@ -209,9 +216,17 @@ def _response_answer(resp: dict[str, Any], keep: bool) -> tuple[str, dict[str, A
                       if isinstance(item, dict) for p in item.get("content") or [])
         if refused:
             raise NoText("its answer is a refusal")
-    finish = "length" if resp.get("status") == "incomplete" else "stop"
+        if status == "incomplete":  # stopped before any text (its reasoning ran to max_output_tokens): no answer
+            raise NoText("its response never completed (status incomplete)")
+    # Stopped at max_output_tokens with text: a cut answer, as chat's length, which curate sets aside as truncated.
+    finish = "length" if status == "incomplete" else "stop"
     return text, {"teacher": resp.get("model"), "usage": resp.get("usage"), "finish_reason": finish,
                   "response_id": resp.get("id")}
+
+
+# The statuses of a response with no answer yet or ever: queued or still being written (a background
+# response logged before it ended), or cancelled before it ended.
+UNFINISHED = ("queued", "in_progress", "cancelled")
 
 
 # The keys by which ``_answer`` knows a logged response (a chat completion, a Batch wrapper, an
