@@ -324,6 +324,27 @@ def test_a_real_label_wins_over_the_teacher_answer_for_the_same_input():
     assert sum(r.text.strip().lower() == in_train.lower() for r in kept(c)) == 1
 
 
+def test_a_real_label_for_a_teacher_input_dropped_as_a_near_duplicate_is_not_counted_as_applied():
+    """A real example with exactly the input of a teacher record that dedup dropped as a near duplicate
+    (of a kept one) put its label on the dropped record: no kept record carried it, and the card counted
+    it in real_labels_applied. Every duplicate now points at its cluster's survivor, so the example is
+    that survivor's near duplicate (another text, whose label it need not be), set aside with the reason
+    and not counted as applied; a third teacher copy is counted the same way, not as an exact duplicate
+    of a record that is not kept."""
+    base = "The delivery arrived two days late and the box was badly damaged on one corner"
+    first, second, third = rec(base + ".", "sports"), rec(base + "!!", "sports"), rec(base + "!!", "sports", id="copy")
+    teacher = [first, second, third, *(rec(f"unrelated review number {i} about shoes", "sports") for i in range(3))]
+    real = rec(base + "!!", None, label="politics", id="human-1")
+    c = curate(cfg(real_ratio=1.0), teacher, real=[real])
+    assert not any(r.meta.get("real_label") for r in kept(c)) and first.text in {r.text for r in kept(c)}
+    counts = c.card["counts"]
+    assert counts["real_labels_applied"] == 0 and counts["real_duplicates"] == 1
+    assert counts["duplicates_near"] == 2 and counts["duplicates_exact"] == 0
+    why = {r.id: r.invalid_reason for r in c.rejected}
+    assert why["human-1"].startswith(f"near duplicate input: of {first.id} (similarity 0.9")
+    assert why["copy"] == why[second.id] == why["human-1"]
+
+
 def test_a_relabel_drops_the_teachers_token_logprobs_and_the_card_counts_the_teachers_own_labels():
     """A relabel kept the teacher's token log-probs of the answer it replaced (token-level KD pulled the
     student back to it), and the card's teacher label distribution counted the reviewer's label."""

@@ -18,7 +18,8 @@ In order, each step counted in the dataset card:
 6. Mixing: real labelled examples added to train at ``curate.real_ratio``, tagged by source;
    any that duplicate a teacher input (train, val or test) are dropped first. A person's label
    for the very input the teacher answered (an exact duplicate) is not lost: the teacher's copy
-   keeps its place in the split and takes the real label as gold, and in train as its answer.
+   keeps its place in the split and takes the real label as gold, and in train as its answer. Where
+   that copy was dropped as a near duplicate, the example is one of the kept record, set aside.
 """
 
 from __future__ import annotations

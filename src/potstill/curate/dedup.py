@@ -67,7 +67,11 @@ def jaccard(a: set[str], b: set[str]) -> float:
 
 @dataclass
 class Duplicates:
-    """``of[i] = j`` when record i duplicates the kept record j (j < i); ``kind[i]`` is exact or near."""
+    """``of[i] = j`` when record i duplicates the kept record j (j < i); ``kind[i]`` is exact or near.
+
+    j is always a survivor: an exact copy of a text that was itself dropped as a near duplicate is that
+    near duplicate of its survivor (same shingles, same similarity), never an exact one of a dropped record.
+    """
 
     of: dict[int, int] = field(default_factory=dict)
     kind: dict[int, str] = field(default_factory=dict)
@@ -87,7 +91,11 @@ def find_duplicates(texts: list[str], near: bool = True, threshold: float = 0.8,
             advance()
             key = dedup_key(text)
             if key in first_by_key:
-                dups.of[i], dups.kind[i], dups.similarity[i] = first_by_key[key], "exact", 1.0
+                j = first_by_key[key]
+                if j in dups.of:  # its first copy was a near duplicate, dropped: this one is the same near one
+                    dups.of[i], dups.kind[i], dups.similarity[i] = dups.of[j], dups.kind[j], dups.similarity[j]
+                else:
+                    dups.of[i], dups.kind[i], dups.similarity[i] = j, "exact", 1.0
                 continue
             first_by_key[key] = i
             if lsh is None:
