@@ -49,6 +49,29 @@ def test_fraction_splits_are_reproducible_seeded_and_stable_when_records_arrive(
     assert 0.12 < len(grown.test) / 300 < 0.28
 
 
+def test_a_new_record_can_move_another_strata_record_only_in_count_mode():
+    """split.py and the README said a new record moves at most the boundary records of its own stratum
+    (count mode) and never moves a record (README, any mode). Counts are split over strata by largest
+    remainder, so one more record in one stratum changes another's quota: 100, 100 and 150 records with
+    test 50 give 14, 14, 22, one more in the first 15, 14, 21. What the docs now say, pinned: in count
+    mode only the records nearest a stratum's cut move, in fraction mode none."""
+    from potstill.curate.split import rank, split
+
+    base = [rec(f"{lab} text {i}", lab) for lab, n in (("a", 100), ("b", 100), ("c", 150)) for i in range(n)]
+    grown = base + [rec("a text NEW", "a")]
+
+    def where(rs: list[Record], test: float) -> dict[str, str]:
+        tr, va, te = split(rs, val=0, test=test, seed=0, stratum=lambda r: r.output)
+        return {r.text: name for name, part in (("train", tr), ("val", va), ("test", te)) for r in part}
+
+    before, after = where(base, 50), where(grown, 50)
+    moved = [t for t in before if before[t] != after[t]]
+    assert moved and {t.split()[0] for t in moved} == {"c"}  # the new record is an "a"
+    cs = sorted((r for r in base if r.output == "c"), key=lambda r: rank(r.text, 0))
+    assert [r.text for r in cs].index(moved[0]) == 21  # c's 22nd lowest hash: the one its quota no longer reaches
+    assert where(base, 0.15) == {t: s for t, s in where(grown, 0.15).items() if t in before}
+
+
 def _project(tmp_path, n=60) -> Config:
     run = tmp_path / "run"
     rows = records(n)

@@ -1,11 +1,13 @@
 """Train/val/test assignment by a seeded hash of the normalised input, stratified by label and slice.
 
-- Fractions (< 1) are hash thresholds: a record goes to test when its hash falls under ``test``,
-  whatever else is in the dataset. A record therefore never changes split when new records
-  arrive, and every stratum gets the asked share in expectation.
-- Counts (>= 1) are split over strata in proportion to their sizes (largest remainder), and each
-  stratum gives its lowest-hash records. Sizes and stratification are then exact; a new record
-  can only move the boundary records of its own stratum.
+- Fractions (``val`` and ``test`` both < 1) are hash thresholds: a record goes to test when its
+  hash falls under ``test``, whatever else is in the dataset. A record therefore never changes
+  split when new records arrive, and every stratum gets the asked share in expectation.
+- Counts (either >= 1; a fraction beside one is read as its share of the records) are split over
+  strata in proportion to their sizes (largest remainder), and each stratum gives its lowest-hash
+  records. Sizes and stratification are then exact, but a new record changes every stratum's
+  share: it can move the records nearest any stratum's cut (in hash order), its own or another's
+  (100, 100 and 150 records with test 50 give 14, 14, 22; one more in the first gives 15, 14, 21).
 """
 
 from __future__ import annotations
