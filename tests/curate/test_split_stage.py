@@ -157,6 +157,34 @@ def test_an_empty_real_data_file_is_named_not_mixed_in_as_nothing(tmp_path):
     assert sorted(p.name for p in run.iterdir()) == ["teacher.jsonl"]
 
 
+def test_a_served_students_own_answers_are_refused_as_real_data(tmp_path):
+    """`potstill import calls.sqlite` keeps every served answer with who wrote it (meta.role); as
+    curate.real_data the student's own answers were mixed into train as people's labels, so the next
+    student learnt the last one's mistakes. The teacher's escalations there stay usable."""
+    import pytest
+
+    from potstill.errors import PotstillError
+    from potstill.importers import import_traffic
+    from potstill.ledger import Ledger, ServedCall
+
+    run = tmp_path / "run"
+    write_jsonl(run / "teacher.jsonl", [rec(_words(i), "sports") for i in range(6)])
+    with Ledger(tmp_path / "calls.sqlite") as ledger:
+        for who, text, label in (("teacher", "the vote in the election", "politics"),
+                                 ("student", "a new phone and its software", "sports")):
+            ledger.record_served(ServedCall(request={"model": "potstill", "messages": [{"role": "user", "content": text}]},
+                                            answered_by=who, model=who, content=label, finish_reason="stop"))
+    import_traffic(tmp_path / "calls.sqlite", tmp_path / "served.jsonl")
+    cfg = Config(run_dir=str(run), task={"labels": LABELS}, curate={"real_data": str(tmp_path / "served.jsonl")})
+    with pytest.raises(PotstillError, match=r"served.jsonl: 1 of 2 records are answers the served student wrote "
+                                            r"itself \(meta.role student; the first from ledger row 2\), not labels"):
+        curate_stage(cfg)
+    assert sorted(p.name for p in run.iterdir()) == ["teacher.jsonl"]
+    teacher_only = [r for r in read_records(tmp_path / "served.jsonl") if r.meta["role"] == "teacher"]
+    write_jsonl(tmp_path / "served.jsonl", teacher_only)
+    curate_stage(cfg)
+
+
 def test_the_counts_add_up_to_the_input_when_max_train_caps_train():
     """curate.max_train cut train to its cap and the cut records went nowhere: the counts (and the card)
     said input=20 ... train=3, val=5, test=4, and 8 records were neither kept nor set aside."""

@@ -30,6 +30,12 @@ def curate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
     if real == []:  # a failed export, a header-only table: mixing nothing in without a word hides it
         raise PotstillError(f"curate.real_data {cfg.curate.real_data} holds no records; fill it, or unset "
                             "curate.real_data to curate without real examples")
+    own = [r for r in real or () if r.meta.get("format") == "served" and r.meta.get("role") == "student"]
+    if own:  # `potstill import calls.sqlite` keeps every served answer, the student's own among them
+        raise PotstillError(f"curate.real_data {cfg.curate.real_data}: {len(own)} of {len(real)} records are answers "
+                            f"the served student wrote itself (meta.role student; the first from ledger row "
+                            f"{own[0].meta.get('ledger_id')}), not labels; a student trained on them learns its own "
+                            "mistakes: keep the rows a person labelled (or the teacher's, meta.role teacher)")
     decisions = load_decisions(run / "review.sqlite") if cfg.curate.review else {}
     records = read_records(run / "teacher.jsonl")
     if not records:
