@@ -249,3 +249,28 @@ def test_a_student_without_a_chat_template_learns_where_its_answer_ends(tmp_path
     engine.tokenizer.chat_template = None
     got = engine.generate(student_format(engine, task), [r.messages for r in recs], 16)
     assert got.texts == answers and max(got.output_tokens) < 16, got.texts
+
+
+def test_weight_decay_leaves_norm_scales_and_biases_alone(tiny_model, tmp_path):
+    """train.weight_decay decayed every parameter, RMSNorm scales included (pulled towards 0, not their
+    1.0 start); transformers' Trainer and TRL decay matrices only. An AdamW step on zero gradients,
+    where decay alone moves a parameter, moves every matrix and no norm scale."""
+    from potstill.train.trainer import _decay_groups
+
+    lm = load_lm(str(tiny_model))
+    params = [p for p in lm.model.parameters() if p.requires_grad]
+    assert _decay_groups(params, 0.0) == params
+    decayed, kept = _decay_groups(params, 0.1)
+    assert "weight_decay" not in decayed and kept["weight_decay"] == 0.0
+    names = {id(p): n for n, p in lm.model.named_parameters()}
+    assert {names[id(p)].rsplit(".", 2)[-2] for p in kept["params"]} == {"input_layernorm", "post_attention_layernorm",
+                                                                            "norm"}
+    assert all(p.ndim == 2 for p in decayed["params"]) and len(decayed["params"]) + len(kept["params"]) == len(params)
+    # The optimizer's own step: a zero gradient everywhere, so decay alone moves a parameter.
+    opt = torch.optim.AdamW(_decay_groups(params, 0.5), lr=0.5, weight_decay=0.5)
+    before = [p.detach().clone() for p in params]
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    for p, b in zip(params, before):
+        assert torch.equal(p, b) == (p.ndim < 2), names[id(p)]
