@@ -179,7 +179,7 @@ class TrainConfig(Section):
     lr_scheduler: Literal["linear", "cosine", "constant"] = Field(
         "linear", description="After warm-up: linear decay to zero at the last step, cosine decay to zero, or "
         "constant.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay, on weight matrices (biases and norm scales are not decayed).")
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
     warmup_ratio: float | None = Field(
         None, ge=0, lt=1, description="Warm-up as a share of the run's optimizer steps (rounded up), instead of "
