@@ -118,3 +118,20 @@ def test_a_request_above_tpm_goes_alone_and_requests_per_minute_hold_too():
     lim = RateLimiter(rpm=60, clock=clock)  # one request a second, 60 in any minute
     sent = _send_all(lim, clock, 200, 0, 0, 1.0)
     assert max(sum(1 for t2, _ in sent if t <= t2 < t + 60) for t, _ in sent) <= 60
+
+
+def test_a_long_pause_the_server_asks_for_is_said_once_as_it_starts():
+    """A remaining-0 header with a minute-long reset paused every worker in silence: the progress bar
+    stood still and the run read as hung. A pause of LONG_PAUSE or more is said as it starts (what the
+    server sent), once; a short one, or one that only extends a pause under way, is not."""
+    clock = Clock()
+    said: list[tuple[float, str]] = []
+    lim = RateLimiter(clock=clock, on_pause=lambda s, why: said.append((s, why)))
+    lim.observe(200, {"x-ratelimit-remaining-requests": "3", "x-ratelimit-reset-requests": "40s"})
+    lim.observe(200, {"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "2s"})
+    assert said == [] and lim.pauses == 1
+    clock.t += 3
+    lim.observe(200, {"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "1m30s"})
+    lim.observe(200, {"anthropic-ratelimit-requests-remaining": "0", "anthropic-ratelimit-requests-reset": "95"})
+    assert said == [(90.0, "x-ratelimit-remaining-tokens 0, until x-ratelimit-reset-tokens")]
+    assert lim.try_acquire()[0] == pytest.approx(95.0)

@@ -22,8 +22,11 @@ import time
 from concurrent.futures import Future
 from typing import Any, Callable, Iterable, Iterator
 
+from rich.markup import escape
+
 from potstill.config import GenerateConfig, PriceConfig, TeacherConfig
 from potstill.errors import PotstillError, redact, url_secrets, without_credentials
+from potstill.progress import say
 from potstill.tasks import Task
 from potstill.teachers.api.limits import RateLimiter
 from potstill.teachers.api.prices import price_for, token_cost
@@ -210,6 +213,11 @@ async def send(teacher: ApiTeacher, client: Any, req: dict[str, Any], limiter: R
     return resp
 
 
+def _say_pause(seconds: float, why: str) -> None:
+    say(f"[yellow]the provider's rate limit pauses every request for {seconds:.0f} s ({escape(why)}); the run goes on "
+        "after it[/yellow]")
+
+
 async def run_requests(
     teacher: ApiTeacher,
     requests: Iterable[tuple[int, dict[str, Any]]],
@@ -226,7 +234,7 @@ async def run_requests(
     failed as every other request would (``halting``) set ``stats.halted``: the requests in flight
     finish, no other is sent.
     """
-    limiter = RateLimiter(gcfg.rpm, gcfg.tpm, teacher.cfg.concurrency)
+    limiter = RateLimiter(gcfg.rpm, gcfg.tpm, teacher.cfg.concurrency, on_pause=_say_pause)
     price = price_for(teacher.cfg.model, teacher.cfg.price, gcfg.prices)
     budget = gcfg.budget_usd
     http, client = _open(teacher, limiter, stats, http_client_factory)

@@ -25,6 +25,9 @@ from collections import deque
 from datetime import datetime
 from typing import Callable, Mapping
 
+# A pause this long (seconds) is said, once as it starts: a progress bar standing still for a
+# minute-long reset reads as a hang.
+LONG_PAUSE = 10.0
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -217,8 +220,10 @@ class RateLimiter:
     """``await acquire(tokens)`` before each request; ``observe(status, headers)`` after each HTTP response."""
 
     def __init__(self, rpm: int | None = None, tpm: int | None = None, concurrency: int = 1,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 on_pause: Callable[[float, str], None] | None = None):
         self.clock = clock
+        self.on_pause = on_pause  # (seconds, why) of a pause of LONG_PAUSE or more, as it starts
         self.requests = _Bucket(rpm, clock)
         self.tokens = _Bucket(tpm, clock)
         self.concurrency = Concurrency(concurrency)
@@ -229,11 +234,15 @@ class RateLimiter:
         self._since_decrease = WINDOW
         self._lock = asyncio.Lock()
 
-    def pause(self, seconds: float) -> None:
-        until = self.clock() + seconds
+    def pause(self, seconds: float, why: str = "") -> None:
+        now = self.clock()
+        until = now + seconds
         if until > self.paused_until:
+            starts = self.paused_until <= now
             self.paused_until = until
             self.pauses += 1
+            if starts and seconds >= LONG_PAUSE and self.on_pause is not None:
+                self.on_pause(seconds, why)
 
     def lower(self, bucket: _Bucket, per_minute: float) -> None:
         if bucket.per_minute is None or per_minute < bucket.per_minute:
@@ -274,7 +283,7 @@ class RateLimiter:
             self.concurrency.decrease()
             self._since_decrease = 0
         if share >= STOP:
-            self.pause(wait if wait is not None else 1.0)
+            self.pause(wait if wait is not None else 1.0, f"{share:.0%} of the last {len(self._recent)} answers were 429s")
 
     def observe(self, status: int, headers: Mapping[str, str]) -> None:
         h = {k.lower(): v for k, v in headers.items()}
@@ -292,4 +301,4 @@ class RateLimiter:
                 if remaining is not None and remaining.strip() == "0":
                     wait = parse_reset(reset)
                     if wait:
-                        self.pause(wait)
+                        self.pause(wait, f"{prefix.format('remaining')} 0, until {prefix.format('reset')}")
