@@ -280,6 +280,27 @@ def test_onpolicy_samples_come_from_the_students_own_distribution(tiny_model):
     assert model.generation_config.to_dict() == before  # the model's own settings are left as they were
 
 
+def test_onpolicy_samples_end_at_student_max_length(tiny_model):
+    """A sample ran onpolicy_max_new_tokens past its prompt whatever student.max_length said, so an
+    on-policy batch could be max_length + 128 tokens long where every other batch is cut to max_length
+    (the memory a user bounded with it). Each ends where its prompt and it reach max_length, with at
+    least one token."""
+    from potstill.train.batching import Example
+    from potstill.train.onpolicy import sample_batch
+
+    lm = load_lm(str(tiny_model), device="cpu")
+    tok = lm.tokenizer
+    short = tok("the team won", add_special_tokens=False)["input_ids"]
+    long = tok("the minister said the party will vote in the election", add_special_tokens=False)["input_ids"]
+    batch = [Example(ids=short, n_prompt=len(short)), Example(ids=long, n_prompt=len(long))]
+    torch.manual_seed(0)
+    free = sample_batch(lm.model, batch, tok.pad_token_id, None, 12, 1.0, torch.device("cpu"))
+    assert [len(e.ids) for e in free] == [len(short) + 12, len(long) + 12]  # no end token: the whole budget
+    cut = sample_batch(lm.model, batch, tok.pad_token_id, None, 12, 1.0, torch.device("cpu"), max_length=8)
+    assert [len(e.ids) for e in cut] == [8, len(long) + 1] and len(long) >= 8
+    assert [e.n_prompt for e in cut] == [len(short), len(long)]
+
+
 @pytest.mark.parametrize("combo", ["logits", "topk", "onpolicy", "lora", "pack", "compile"])
 def test_accumulation_and_checkpointing_keep_the_curve_of_every_objective(tiny_model, sharp_teacher, tmp_path, combo):
     """train.grad_accum_steps 2 with train.gradient_checkpointing on, against neither, for each kind of

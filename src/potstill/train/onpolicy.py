@@ -21,12 +21,17 @@ from potstill.train.batching import Example
 
 @torch.no_grad()
 def sample_batch(model: Any, batch: list[Example], pad: int, eos: int | list[int] | None, max_new_tokens: int,
-                 temperature: float, device: torch.device, rows: int | None = None) -> list[Example]:
+                 temperature: float, device: torch.device, rows: int | None = None,
+                 max_length: int | None = None) -> list[Example]:
     """Student samples for the prompts of ``batch`` as ``kd_only`` examples (ending at EOS, or at any
     of a list of end tokens, if drawn). ``rows``: the LM-head rows the teacher shares with the student;
-    the student's padding rows past them are never drawn (the teacher has no embedding for them)."""
+    the student's padding rows past them are never drawn (the teacher has no embedding for them).
+    ``max_length`` (``student.max_length``): a sample ends where its prompt and it reach it (at least
+    one token), as every other training example does; they ran ``max_new_tokens`` past it."""
     ends = set(eos) if isinstance(eos, (list, tuple)) else {eos}
     prompts = [e.ids[: e.n_prompt] for e in batch]
+    room = [max_new_tokens if max_length is None else max(1, min(max_new_tokens, max_length - len(p))) for p in prompts]
+    max_new_tokens = max(room)
     P = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), P), pad, dtype=torch.long)
     mask = torch.zeros((len(prompts), P), dtype=torch.long)
@@ -52,9 +57,9 @@ def sample_batch(model: Any, batch: list[Example], pad: int, eos: int | list[int
         model.generation_config = own
         model.train(was_training)
     samples = []
-    for p, row in zip(prompts, out[:, P:].tolist()):
+    for p, row, n in zip(prompts, out[:, P:].tolist(), room):
         gen = []
-        for t in row:
+        for t in row[:n]:
             gen.append(t)
             if t in ends:
                 break

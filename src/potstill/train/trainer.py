@@ -379,7 +379,7 @@ def _steps(s: _Setup, p: _Progress, lm: LM, cfg: TrainConfig, max_length: int, m
     advance(p.start)
     p.done = p.start
     for step in range(p.start, s.total):
-        mine, onpolicy = _next_batch(s, p, lm, cfg)
+        mine, onpolicy = _next_batch(s, p, lm, cfg, max_length)
         # grad_accum_steps micro-batches of balanced token counts (one, the whole share, by default).
         micro = [collate(m, lm.tokenizer.pad_token_id, accel.device, pack=cfg.pack, max_length=max_length,
                          kd_tokens=s.signal == "logits", with_topk=s.signal == "topk")
@@ -456,7 +456,7 @@ def top_up(order: list[int], n: int, batch_size: int, rng: random.Random) -> lis
     return order + first + [i for i in fresh if i not in taken]
 
 
-def _next_batch(s: _Setup, p: _Progress, lm: LM, cfg: TrainConfig) -> tuple[list[Example], bool]:
+def _next_batch(s: _Setup, p: _Progress, lm: LM, cfg: TrainConfig, max_length: int) -> tuple[list[Example], bool]:
     """This process's share of the next batch (reshuffled each pass), sampled from the student when on-policy."""
     if len(p.order) < cfg.batch_size:
         p.order = top_up(p.order, len(s.examples), cfg.batch_size, p.rng)
@@ -468,7 +468,7 @@ def _next_batch(s: _Setup, p: _Progress, lm: LM, cfg: TrainConfig) -> tuple[list
         mine = sample_batch(s.base, mine, lm.tokenizer.pad_token_id,
                             stop_token_ids(lm.tokenizer, getattr(s.base, "generation_config", None)),
                             cfg.onpolicy_max_new_tokens, cfg.onpolicy_temperature, s.accel.device,
-                            rows=s.teacher.rows if s.teacher is not None else None)
+                            rows=s.teacher.rows if s.teacher is not None else None, max_length=max_length)
     return mine, onpolicy
 
 
