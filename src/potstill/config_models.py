@@ -9,6 +9,7 @@ are in ``potstill.config``, which re-exports all of them.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -468,6 +469,17 @@ class WatchConfig(Section):
     permutations: int = Field(1000, ge=99, description="Permutations behind the MMD p-value.")
     seed: int = Field(0, description="Seed of the reference sample and the permutations.")
     batch_size: int = Field(16, ge=1, description="Inputs per forward pass when embedding.")
+
+    @model_validator(mode="after")
+    def _reachable_alpha(self) -> "WatchConfig":
+        # The MMD p-value is (1 + k) / (1 + permutations): never under 1 / (1 + permutations).
+        floor = 1.0 / (1 + self.permutations)
+        if floor > self.alpha:
+            need = math.ceil(1.0 / self.alpha) - 1
+            raise ValueError(f"watch.alpha {self.alpha:g} is below the smallest p-value {self.permutations} permutations "
+                             f"can give (1/{self.permutations + 1} = {floor:.3g}), so the input check could never flag "
+                             f"drift; set watch.permutations to at least {need}")
+        return self
 
 
 class ExportConfig(Section):

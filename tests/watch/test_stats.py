@@ -75,3 +75,23 @@ def test_parse_time_and_user_messages():
                         {"role": "user", "content": [{"type": "text", "text": "a "}, {"type": "text", "text": "b"}]}]}
     assert user_messages(req) == [{"role": "user", "content": "a b"}]
     assert math.isfinite(parse_time("2026-11-24T01:00+01:00"))
+
+
+def test_the_fewest_permutations_can_still_flag_drift_and_an_unreachable_alpha_is_refused():
+    """A permutation p-value is (1 + k) / (1 + permutations), never under 1/100 at the 99 permutations
+    watch allows; flagged at p < alpha (0.01), a 5-sigma shift there was never drift (exit 0). The
+    test rejects at p <= alpha (its level is alpha), and an alpha no p-value can reach is one line."""
+    from potstill.config import WatchConfig, load_config
+    from potstill.watch.stage import judge
+
+    torch.manual_seed(0)
+    live, ref = torch.randn(200, 16) + 5.0, torch.randn(256, 16)
+    for perms in (99, 1000):
+        rep = judge(live, ref, None, None, [False] * 200, None, WatchConfig(permutations=perms))
+        assert rep["checks"]["input"]["flagged"] and rep["drift"], (perms, rep["checks"]["input"])
+    calm = judge(torch.randn(200, 16), ref, None, None, [False] * 200, None, WatchConfig(permutations=99))
+    assert not calm["checks"]["input"]["flagged"]
+    with pytest.raises(PotstillError, match=r"watch.alpha 0.0005 is below the smallest p-value 1000 permutations can "
+                                            r"give \(1/1001 = 0.000999\).*at least 1999"):
+        load_config(None, {"task.labels": ["a", "b"], "watch.alpha": 0.0005})
+    assert load_config(None, {"task.labels": ["a", "b"], "watch.alpha": 0.0005, "watch.permutations": 1999})

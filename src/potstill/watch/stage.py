@@ -4,7 +4,8 @@ Three checks over the latest window of answered requests in RUN/calls.sqlite:
 1. input drift: the student's mean-pooled prompt embeddings (``TransformersEngine.embed``, the
    same vectors serving uses for its OOD rule) of the window vs a sample of the student's training
    records (RUN/train.jsonl, or a promoted challenger's: ``rundir.student_train_path``),
-   by an MMD permutation test (``stats.mmd_test``); flagged when p < alpha AND MMD >= min_effect;
+   by an MMD permutation test (``stats.mmd_test``); flagged when p <= alpha AND MMD >= min_effect (a
+   permutation p-value, (1 + k) / (1 + permutations), rejects at p <= alpha with level alpha);
 2. label-mix drift (classification; a tools task's mix of functions called): the labels served vs
    the teacher labels in train.jsonl,
    by a G-test; flagged when p < alpha AND total variation > label_tv_max;
@@ -145,7 +146,9 @@ def judge(live_emb: torch.Tensor, ref_emb: torch.Tensor, live_labels: list[str] 
     checks: dict[str, Any] = {}
     if live_emb.shape[0] >= 2:
         mmd = mmd_test(live_emb, ref_emb, w.permutations, w.seed)
-        mmd["flagged"] = mmd["p_value"] < w.alpha and mmd["effect"] >= w.min_effect
+        # <=: the smallest p a permutation test gives is 1 / (1 + permutations), 0.01 at 99 of them,
+        # so with "<" alpha 0.01 could never flag there (its test has level alpha at p <= alpha).
+        mmd["flagged"] = mmd["p_value"] <= w.alpha and mmd["effect"] >= w.min_effect
     else:  # the window's inputs are (nearly) all past the student's context: the escalation share says so
         mmd = {"mmd2": None, "effect": None, "p_value": None, "n_live": int(live_emb.shape[0]),
                "n_reference": int(ref_emb.shape[0]), "flagged": False}
@@ -388,7 +391,7 @@ def _rows(report: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
                      "not judged (needs 2)", verdict[False]))
     else:
         rows.append(("inputs (MMD)", f"MMD^2 {i['mmd2']:.4f}", f"{i['p_value']:.4f}", f"MMD {i['effect']:.3f}",
-                     f"p < {w['alpha']} and MMD >= {w['min_effect']}", verdict[i["flagged"]]))
+                     f"p <= {w['alpha']} and MMD >= {w['min_effect']}", verdict[i["flagged"]]))
     if "labels" in c:
         lab = c["labels"]
         rows.append(("label mix (G-test)", f"G {lab['g']:.1f} (df {lab['df']})", f"{lab['p_value']:.4f}",
