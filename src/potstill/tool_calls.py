@@ -142,6 +142,22 @@ def call_names(messages: list[dict[str, Any]]) -> dict[str, str | None]:
     return {str(c.get("id")): (c.get("function") or {}).get("name") for m in messages for c in m.get("tool_calls") or []}
 
 
+def unanswered_result(messages: list[dict[str, Any]]) -> int | None:
+    """The index of the first tool message that answers no call of the assistant turn just before
+    it (by its ``tool_call_id``; the turn's other results may come between), else None. OpenAI's
+    and Anthropic's APIs refuse such a chat with a 400: a result answers a call the model made."""
+    calls: set[Any] = set()
+    for i, m in enumerate(messages):
+        if m.get("role") == "tool":
+            if m.get("tool_call_id") not in calls:
+                return i
+        elif m.get("role") == "assistant":
+            calls = {c.get("id") for c in m.get("tool_calls") or [] if isinstance(c, dict)}
+        else:
+            calls = set()
+    return None
+
+
 def as_text_turns(messages: list[dict[str, Any]], parallel: bool = False) -> list[dict[str, Any]]:
     """A chat's tool turns as the student reads them, in one form whatever the model's chat template
     makes of tools: an assistant's calls as the text it writes for them (``call_text``; ``parallel``:

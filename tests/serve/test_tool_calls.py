@@ -258,3 +258,75 @@ def test_an_escalation_answered_with_tool_calls_is_not_distilled(served, force, 
         traffic = read_traffic(ledger, service.task, teacher_max_tokens=4)
     assert [r.messages[0]["content"] for r in traffic.escalated] == ["the goalkeeper saved three times"]
     assert traffic.counts["escalated_tool_calls"] == 1
+
+
+def refusing_provider(seen: list):
+    """OpenAI's chat completions on loopback, refusing as OpenAI does a tool message that answers no
+    call of the assistant message before it (a 400); else it answers 'sports'."""
+    from fastapi import Body, FastAPI
+    from fastapi.responses import JSONResponse
+
+    from tests.helpers.chat_server import tool_turn_problem
+
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    def chat(body: dict = Body()) -> JSONResponse:
+        seen.append(body)
+        refused = tool_turn_problem(body["messages"])
+        if refused:
+            return JSONResponse({"error": {"message": refused, "type": "invalid_request_error",
+                                           "param": "messages", "code": None}}, status_code=400)
+        return JSONResponse({"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
+                             "choices": [{"index": 0, "message": {"role": "assistant", "content": "sports"},
+                                          "finish_reason": "stop"}],
+                             "usage": {"prompt_tokens": 20, "completion_tokens": 1, "total_tokens": 21}})
+
+    return app
+
+
+def _orphan_result(live, api: str) -> Exception:
+    """The error a chat whose tool result answers no call (id call_nope) gets through ``api``'s client."""
+    import anthropic
+
+    from tests.serve.conftest import SERVE_KEY
+
+    with pytest.raises((openai.APIStatusError, anthropic.APIStatusError)) as e:
+        if api == "chat":
+            client(live).chat.completions.create(model="potstill", messages=[
+                *MSG, {"role": "tool", "tool_call_id": "call_nope", "content": "sunny"}])
+        elif api == "responses":
+            client(live).responses.create(model="potstill", input=[
+                *MSG, {"type": "function_call_output", "call_id": "call_nope", "output": "sunny"}])
+        else:
+            anthropic.Anthropic(base_url=live.url, api_key=SERVE_KEY, max_retries=0).messages.create(
+                model="potstill", max_tokens=8, messages=[{"role": "user", "content": [
+                    {"type": "text", "text": MSG[0]["content"]},
+                    {"type": "tool_result", "tool_use_id": "call_nope", "content": "sunny"}]}])
+    return e.value
+
+
+@pytest.mark.parametrize("api", ["chat", "responses", "messages"])
+def test_a_tool_result_that_answers_no_call_is_a_400_before_the_teacher_is_asked(served, force, api):
+    """Found by a review: it went to the teacher, whose 400 was the client's 502, which the openai SDK
+    retries twice (3 client calls, 7 teacher calls). OpenAI and Anthropic answer it with a 400."""
+    service, live = served
+    force("teacher")
+    seen: list = []
+    before = len(rows(service))
+    with teacher_behind(service, refusing_provider(seen)):
+        error = _orphan_result(live, api)
+        # a result that answers the call before it still reaches the teacher
+        calls = [{"id": "call_1", "type": "function", "function": {"name": "score", "arguments": "{}"}}]
+        fine = client(live).chat.completions.create(model="potstill", messages=[
+            *MSG, {"role": "assistant", "content": None, "tool_calls": calls},
+            {"role": "tool", "tool_call_id": "call_1", "content": "2-1"}])
+    assert error.status_code == 400 and "call_nope" in str(error.body), error.body
+    if api == "messages":
+        assert error.body["error"]["type"] == "invalid_request_error"
+    else:
+        assert (error.body["type"], error.body["param"]) == ("invalid_request_error",
+                                                             "input" if api == "responses" else "messages")
+    assert len(seen) == 1 and fine.choices[0].message.content == "sports"
+    refused, answered = rows(service)[before:]
+    assert refused["status"] == "error" and refused["error"].startswith("400") and answered["status"] == "ok"

@@ -46,6 +46,7 @@ from potstill.serve.tool_routing import served_tools, student_calls
 from potstill.serve.schemas import (ChatCompletion, ChatRequest, ErrorBody, Health, ModelCard, ModelList,
                                     ResponsesRequest)
 from potstill.ledger_rows import with_tool_fields
+from potstill.tool_calls import unanswered_result
 from potstill.serve.escalation import TeacherError
 from potstill.serve.service import LogprobsUnavailable, Service
 
@@ -498,7 +499,14 @@ def _add_chat_route(app: FastAPI, service: Service, requests: Counter, latency: 
             raise APIError(400, "messages: needs a user message with text", "messages")
         # The teacher gets the tool turns whole: an OpenAI teacher refuses a tool message that no
         # assistant tool_calls (kept by id) precede. The student reads their text, as it was trained.
+        # Such a message is refused here, whoever would answer: the teacher's refusal was a 502,
+        # which the client's SDK retries, each retry another teacher call.
         teacher_messages = [_teacher_message(m) for m in body.messages if m.role not in ("system", "developer")]
+        orphan = unanswered_result(teacher_messages)
+        if orphan is not None:
+            raise APIError(400, f"messages: a tool message must answer one of the tool_calls of the assistant "
+                           f"message before it; tool_call_id {_shown(teacher_messages[orphan].get('tool_call_id'))} "
+                           "answers none", "messages")
         live_text = LiveText(body.stops(), logprobs) if body.stream and service.streams() else None
         answering = service.answer(messages, body.max_completion_tokens or body.max_tokens, body.stops(),
                                    teacher_messages=teacher_messages if teacher_messages != messages else None,
@@ -546,6 +554,11 @@ def _stream_failure(service: Service, state: dict, e: BaseException, log_error: 
     log_error(state, reply["status"], body, **{k: reply[k] for k in ("role", "model", "detail", "request_hash",
                                                                      "billed") if k in reply})
     return body
+
+
+def _shown(value: Any) -> str:
+    """A client's id as an error message quotes it: bounded, whatever its type."""
+    return repr(value)[:100]
 
 
 def _servable_tools(service: Service, tools: dict[str, Any] | None) -> dict[str, Any] | None:

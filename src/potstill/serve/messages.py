@@ -29,6 +29,7 @@ from potstill.ledger import ServedCall
 from potstill.responses_format import ResponsesInputError, json_type, utf8
 from potstill.serve.streaming import LiveText, OnAnswer, OnFailure, Piece, first_piece, relay
 from potstill.teachers.base import join_fragment
+from potstill.tool_calls import unanswered_result
 
 MESSAGES = "/v1/messages"
 COUNT_TOKENS = "/v1/messages/count_tokens"
@@ -308,7 +309,7 @@ def add_messages_route(app: FastAPI, service: Any, requests: Counter, latency: H
     completion is (the ledger row's request carries the chat as ``messages``, Anthropic's kept as
     ``anthropic_messages``)."""
     from potstill.serve.app import (APIError, _live_headers, _owner, _record, _route_headers, _servable_tools,
-                                    _stream_failure, _unknown_model)
+                                    _shown, _stream_failure, _unknown_model)
     from potstill.serve.responses import student_view
     from potstill.serve.tokenize import student_prompt_ids
 
@@ -329,6 +330,10 @@ def add_messages_route(app: FastAPI, service: Any, requests: Counter, latency: H
             raise APIError(400, f"messages: at most {s.max_messages} messages per request", "messages")
         if not any(m["role"] == "user" and m["content"].strip() for m in chat):
             raise APIError(400, "messages: needs a user turn with text", "messages")
+        orphan = unanswered_result(chat)
+        if orphan is not None:  # as chat's tool message that answers no call: the teacher would refuse it
+            raise APIError(400, f"messages: each tool_result block answers a tool_use block of the assistant turn "
+                           f"before it; tool_use_id {_shown(chat[orphan]['tool_call_id'])} answers none", "messages")
         return chat, tools
 
     @app.post(MESSAGES, dependencies=bearer,

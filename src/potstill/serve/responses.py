@@ -28,6 +28,7 @@ from potstill.serve.formats import responses_form
 from potstill.serve.schemas import ResponsesRequest
 from potstill.serve.streaming import LiveText, OnAnswer, OnFailure, Piece, first_piece, relay
 from potstill.teachers.base import join_fragment
+from potstill.tool_calls import unanswered_result
 
 
 def student_view(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
@@ -294,7 +295,8 @@ def add_responses_route(app: FastAPI, service: Any, requests: Counter, latency: 
     request carries the input as ``messages`` too, so watch, redistill and import read it as they
     read a chat request. Returns ``resume``, which the server's start runs."""
     from potstill.serve.app import (ERRORS, RESPONSES, SSE_EVENT, APIError, _format, _live_headers, _owner, _record,
-                                    _route_headers, _servable_tools, _stream_failure, _unknown_model, error_body)
+                                    _route_headers, _servable_tools, _shown, _stream_failure, _unknown_model,
+                                    error_body)
 
     s = service.cfg.serve
     running: dict[str, asyncio.Task] = {}  # background responses being answered, by id
@@ -362,6 +364,10 @@ def add_responses_route(app: FastAPI, service: Any, requests: Counter, latency: 
         messages = student_view(teacher_messages)
         if not any(m["role"] == "user" and m["content"].strip() for m in messages):
             raise APIError(400, "input: needs a user message with text", "input")
+        orphan = unanswered_result(teacher_messages)
+        if orphan is not None:  # as chat's tool message that answers no call: the teacher would refuse it
+            raise APIError(400, f"input: no function_call before the function_call_output with call_id "
+                           f"{_shown(teacher_messages[orphan]['tool_call_id'])} has that call_id", "input")
         logprobs = body.logprob_request()
         background = bool((body.model_extra or {}).get("background"))
         if background and body.stream:
