@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import math
+import time
+import uuid
 
 import openai
 import pytest
 
 from potstill.serve.routing import Routing
-from tests.serve.conftest import client, rows, served_free_text
+from tests.serve.conftest import client, rows, served_free_text, teacher_behind
 
 PROMPTS = ["the team won the match", "a new phone was released", "the vote is in May"]
 
@@ -56,3 +58,56 @@ def test_completions_answer_each_prompt_as_the_chat_would(tmp_path, tiny_model, 
             c.completions.create(model="nope", prompt=PROMPTS[0])
         # A refused request is a ledger row too, as on chat.
         assert rows(service)[-1]["status"] == "error"
+
+
+def failing_provider():
+    """OpenAI's chat completions on loopback: 'sports', or after 0.5 s a 500 for a chat that says
+    FAIL (by then the other prompts of its request are answered and logged)."""
+    from fastapi import Body, FastAPI
+    from fastapi.responses import JSONResponse
+
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    def chat(body: dict = Body()) -> JSONResponse:
+        if "FAIL" in json.dumps(body["messages"]):
+            time.sleep(0.5)
+            return JSONResponse({"error": {"message": "boom", "type": "server_error"}}, status_code=500)
+        return JSONResponse({"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
+                             "choices": [{"index": 0, "message": {"role": "assistant", "content": "sports"},
+                                          "finish_reason": "stop"}],
+                             "usage": {"prompt_tokens": 20, "completion_tokens": 1, "total_tokens": 21}})
+
+    return app
+
+
+def _prompt_rows(service, tag: str, n: int) -> list[dict]:
+    """The serve rows of the prompts holding ``tag``, once there are ``n`` (the answered prompts of
+    a failed request are logged as they finish, after the client has its error)."""
+    for _ in range(100):
+        found = [r for r in rows(service) if tag in r["request"]]
+        if len(found) >= n:
+            return found
+        time.sleep(0.05)
+    return found
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_prompt_that_fails_among_several_has_its_own_error_row(served, force, stream):
+    """Found by a review: the prompts of one request shared its state, so once one prompt's answer
+    was logged, the failed prompt's error row was skipped as the request's second."""
+    service, live = served
+    force("teacher")
+    tag = uuid.uuid4().hex[:8]
+    with teacher_behind(service, failing_provider()):
+        with pytest.raises(openai.APIError):
+            got = client(live).completions.create(model="potstill", prompt=[f"the team won {tag}", f"FAIL {tag}"],
+                                                  stream=stream)
+            list(got) if stream else None
+        logged = _prompt_rows(service, tag, 2)
+    by_prompt = {json.loads(r["request"])["messages"][0]["content"]: r for r in logged}
+    assert len(logged) == 2 and set(by_prompt) == {f"the team won {tag}", f"FAIL {tag}"}, logged
+    assert by_prompt[f"the team won {tag}"]["status"] == "ok"
+    failed = by_prompt[f"FAIL {tag}"]
+    assert failed["status"] == "error" and failed["error"].startswith("502") and failed["role"] == "teacher"
+    assert json.loads(failed["request"])["endpoint"] == "/v1/completions"

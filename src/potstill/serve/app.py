@@ -2,7 +2,7 @@
 
 Every request to ``/v1/chat/completions`` (and to ``/v1/responses``, OpenAI's Responses API for
 text) becomes exactly one ledger row, whatever happens (a ``/v1/completions`` request, one row per
-prompt answered, ``serve.completions``):
+prompt, answered or failed, ``serve.completions``):
 answered (status ok, role = who answered), rejected (401/400/413: status error), or failed
 (502 when the teacher fails, 500 otherwise). Every 4xx/5xx carries an OpenAI-style body
 ``{"error": {"message", "type", "param", "code"}}``. Where a key is set, every path but /health
@@ -295,11 +295,13 @@ def _add_error_handlers(app: FastAPI, service: Service, requests: Counter):
     def log_error(state: dict, status: int, body: dict[str, Any], role: str = "student", model: str | None = None,
                   detail: str | None = None, request_hash: str | None = None, billed: Any = None) -> None:
         """``body``: the one the client got; ``detail``: what the operator reads in the row's error
-        where the client was told less."""
+        where the client was told less. The row's request is ``state["logged_request"]`` where set
+        (one prompt of a completions request, as its answer's row has it), else the body as sent."""
         if state.get("logged"):
             return
         state["logged"] = True
-        service.log_failure(_logged_request(state.get("raw_body")), answered_by=role, model=model or service.student_name,
+        request = state.get("logged_request") or _logged_request(state.get("raw_body"))
+        service.log_failure(request, answered_by=role, model=model or service.student_name,
                             latency_s=time.perf_counter() - state.get("t0", time.perf_counter()),
                             body=body, error=f"{status}: {detail or body['error']['message']}"[:500],
                             teacher_hash=request_hash, billed=billed, request_id=state.get("request_id"),
@@ -323,23 +325,11 @@ def _add_error_handlers(app: FastAPI, service: Service, requests: Counter):
                                     detail, request_hash, billed)
         return JSONResponse(body, status_code=status)
 
-    @app.exception_handler(APIError)
-    async def _api_error(request: Request, e: APIError) -> JSONResponse:
-        return await on_error(request, e.status, e.message, e.param, code=e.code)
+    async def _failed(request: Request, e: Exception) -> JSONResponse:
+        return await on_error(request, **failure_reply(service, e, request.url.path))
 
-    @app.exception_handler(RefusedChat)
-    async def _refused(request: Request, e: RefusedChat) -> JSONResponse:
-        return await on_error(request, 400, f"messages: {e}"[:500], "messages")
-
-    @app.exception_handler(LogprobsUnavailable)
-    async def _no_logprobs(request: Request, e: LogprobsUnavailable) -> JSONResponse:
-        param = "include" if request.url.path.rstrip("/") == RESPONSES else "logprobs"  # where each API asks
-        return await on_error(request, 400, f"{param}: {e}; serve the student with serve.engine transformers, "
-                              "ctranslate2 or llamacpp", param)
-
-    @app.exception_handler(TeacherError)
-    async def _teacher_error(request: Request, e: TeacherError) -> JSONResponse:
-        return await on_error(request, **teacher_error_reply(service, e))
+    for kind in (APIError, RefusedChat, LogprobsUnavailable, TeacherError):
+        app.add_exception_handler(kind, _failed)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
@@ -359,11 +349,25 @@ def _add_error_handlers(app: FastAPI, service: Service, requests: Counter):
     async def _http(request: Request, e: StarletteHTTPException) -> JSONResponse:
         return await on_error(request, e.status_code, str(e.detail))
 
-    @app.exception_handler(Exception)
-    async def _crash(request: Request, e: Exception) -> JSONResponse:
-        return await on_error(request, 500, f"internal error ({type(e).__name__})")
-
+    app.add_exception_handler(Exception, _failed)  # anything else: a 500
     return reject, log_error
+
+
+def failure_reply(service: Service, e: BaseException, path: str) -> dict[str, Any]:
+    """What a client is told of ``e``, raised answering a request to ``path`` (``on_error``'s
+    arguments): an ``APIError`` as it says, a chat the student's template refuses or log-probs it
+    cannot give a 400, a failed escalation ``teacher_error_reply``, anything else a 500."""
+    if isinstance(e, APIError):
+        return dict(status=e.status, message=e.message, param=e.param, code=e.code)
+    if isinstance(e, RefusedChat):
+        return dict(status=400, message=f"messages: {e}"[:500], param="messages")
+    if isinstance(e, LogprobsUnavailable):
+        param = "include" if path.rstrip("/") == RESPONSES else "logprobs"  # where each API asks
+        return dict(status=400, message=f"{param}: {e}; serve the student with serve.engine transformers, "
+                    "ctranslate2 or llamacpp", param=param)
+    if isinstance(e, TeacherError):
+        return teacher_error_reply(service, e)
+    return dict(status=500, message=f"internal error ({type(e).__name__})")
 
 
 def teacher_error_reply(service: Service, e: TeacherError) -> dict[str, Any]:
@@ -550,6 +554,12 @@ def _stream_failure(service: Service, state: dict, e: BaseException, log_error: 
         reply = teacher_error_reply(service, e)
     else:
         reply = dict(status=500, message=f"internal error ({type(e).__name__})", param=None, code=None)
+    return logged_failure(state, reply, log_error)
+
+
+def logged_failure(state: dict, reply: dict[str, Any], log_error: Any) -> dict[str, Any]:
+    """A failed request's ledger row, from what its client is told (``on_error``'s arguments, as
+    ``failure_reply`` gives them); returns the error body (OpenAI's form)."""
     body = error_body(reply["status"], reply["message"], reply.get("param"), reply.get("code"))
     log_error(state, reply["status"], body, **{k: reply[k] for k in ("role", "model", "detail", "request_hash",
                                                                      "billed") if k in reply})

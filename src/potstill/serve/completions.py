@@ -18,7 +18,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -95,7 +95,7 @@ def legacy_logprobs(content: Sequence[dict[str, Any]] | None, at: int = 0) -> di
 def add_completions_route(app: FastAPI, service: Any, requests: Counter, latency: Histogram, bearer: list,
                           log_error: Any) -> None:
     from potstill.serve.app import (ERRORS, APIError, _format, _live_headers, _owner, _record, _route_headers,
-                                    _stream_failure, _unknown_model)
+                                    _unknown_model, failure_reply, logged_failure)
 
     s = service.cfg.serve
 
@@ -118,15 +118,37 @@ def add_completions_route(app: FastAPI, service: Any, requests: Counter, latency
         fmt = _format(body)
         logged = body.model_dump(exclude_none=True, exclude={"prompt"})
 
-        def record(messages: list[dict]) -> Any:
-            return lambda served: _record(service, state, served, {**logged, "messages": messages,
-                                                                   "endpoint": COMPLETIONS}, requests, latency)
+        def own(messages: list[dict]) -> dict[str, Any]:
+            """A prompt's own state: its row, answered or failed, is its own (the prompts share the
+            request's state, where the first row logged kept the others' failures from theirs). The
+            request's is marked logged: a prompt's failure raised as the request's error has its row."""
+            state["logged"] = True
+            return {**state, "logged": False,
+                    "logged_request": {**logged, "messages": messages, "endpoint": COMPLETIONS}}
+
+        def record(messages: list[dict]) -> OnAnswer:
+            def log(served: Any) -> Awaitable[dict[str, Any]]:
+                mine = own(messages)
+                return _record(service, mine, served, mine["logged_request"], requests, latency)
+            return log
+
+        def failed(messages: list[dict]) -> OnFailure:
+            return lambda e: asyncio.to_thread(logged_failure, own(messages), failure_reply(service, e, COMPLETIONS),
+                                               log_error)
+
+        async def settled(messages: list[dict], answering: Awaitable[Any]) -> tuple[Any, dict]:
+            """A prompt's answer and its route, logged; or its failure, logged and raised."""
+            try:
+                served = await answering
+            except Exception as e:
+                await failed(messages)(e)
+                raise
+            return served, await record(messages)(served)
 
         async def one(prompt: str) -> tuple[Any, dict]:
             messages = [{"role": "user", "content": prompt}]
-            served = await service.answer(messages, body.max_tokens, body.stops(), logprobs=body.logprobs,
-                                          response_format=fmt)
-            return served, await record(messages)(served)
+            return await settled(messages, service.answer(messages, body.max_tokens, body.stops(),
+                                                          logprobs=body.logprobs, response_format=fmt))
 
         if body.stream and len(prompts) == 1 and service.streams():
             # One prompt that escalates: its text streams as the teacher writes it, as chat's does.
@@ -136,19 +158,17 @@ def add_completions_route(app: FastAPI, service: Any, requests: Counter, latency
                                                           response_format=fmt, live_text=live_text), live_text)
             if first is not None:
                 events = live_events(task, live_text, first, service.teacher_name, body.logprobs is not None,
-                                     record(messages),
-                                     lambda e: asyncio.to_thread(_stream_failure, service, state, e, log_error))
+                                     record(messages), failed(messages))
                 return StreamingResponse(events, media_type="text/event-stream", headers=_live_headers(live_text))
-            results = [(task.result(), await record(messages)(task.result()))]
+            results = [await settled(messages, task)]
         elif body.stream and len(prompts) > 1:
             # Each choice as soon as it is answered, an escalation as the teacher writes it.
             events = several(
                 prompts, lambda messages, live_text: service.answer(
                     messages, body.max_tokens, body.stops(), logprobs=body.logprobs, response_format=fmt,
                     live_text=live_text),
-                lambda: LiveText(body.stops(), body.logprobs) if service.streams() else None, record,
-                lambda e: asyncio.to_thread(_stream_failure, service, state, e, log_error), service.teacher_name,
-                body.logprobs is not None)
+                lambda: LiveText(body.stops(), body.logprobs) if service.streams() else None, record, failed,
+                service.teacher_name, body.logprobs is not None)
             first = await anext(events)  # a prompt failing before anything went out: the request's error
             return StreamingResponse(_chain(first, events), media_type="text/event-stream")
         else:
@@ -211,15 +231,22 @@ def _chunk(cid: str, created: int, model: str, choice: dict[str, Any]) -> str:
 _PUMPS: set[asyncio.Task] = set()
 
 
+class _Failed(NamedTuple):
+    """A prompt's failure, logged: the exception and the error body it was logged with."""
+    error: BaseException
+    body: dict[str, Any]
+
+
 async def several(prompts: list[str], answer: Callable[[list[dict], LiveText | None], Awaitable[Any]],
-                  live: Callable[[], LiveText | None], record: Callable[[list[dict]], OnAnswer], failed: OnFailure,
-                  model: str, logprobs: bool) -> AsyncIterator[str]:
+                  live: Callable[[], LiveText | None], record: Callable[[list[dict]], OnAnswer],
+                  failed: Callable[[list[dict]], OnFailure], model: str, logprobs: bool) -> AsyncIterator[str]:
     """Several prompts streamed: all asked at once, each choice's events (its ``index``) sent as they
     come, choices interleaved: a student's answer (or one from the ledger) as one chunk once it is
     routed, an escalation as the teacher writes it (``live``, where the teacher streams), then
     ``[DONE]``. ``answer(messages, live_text)`` routes one prompt; ``record(messages)`` logs its
-    answer. A prompt that fails before anything went out raises here (the request's error, as
-    unstreamed); after, its error event ends the stream. Every answer is logged, the client there or not."""
+    answer, ``failed(messages)`` its failure. A prompt that fails before anything went out raises
+    here (the request's error, as unstreamed); after, its error event ends the stream. Every answer
+    and every failure is logged, the client there or not."""
     queue: asyncio.Queue = asyncio.Queue()
     cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
 
@@ -231,8 +258,8 @@ async def several(prompts: list[str], answer: Callable[[list[dict], LiveText | N
             task, first = await first_piece(answering, live_text) if live_text is not None else \
                 (asyncio.ensure_future(answering), None)
             if first is not None:
-                async for event in live_events(task, live_text, first, model, logprobs, record(messages), failed,
-                                               index=i, cid=cid, created=created, last=False):
+                async for event in live_events(task, live_text, first, model, logprobs, record(messages),
+                                               failed(messages), index=i, cid=cid, created=created, last=False):
                     queue.put_nowait(event)
             else:
                 served = await task
@@ -242,7 +269,7 @@ async def several(prompts: list[str], answer: Callable[[list[dict], LiveText | N
                     "logprobs": legacy_logprobs(served.logprobs) if logprobs else None,
                     "finish_reason": served.finish_reason, "potstill": route}))
         except Exception as e:  # noqa: BLE001 - the request's error, or an error event
-            queue.put_nowait(e)
+            queue.put_nowait(_Failed(e, await failure_body(failed(messages), e)))
         finally:
             queue.put_nowait(None)  # this prompt is done
 
@@ -255,10 +282,10 @@ async def several(prompts: list[str], answer: Callable[[list[dict], LiveText | N
         item = await queue.get()
         if item is None:
             left -= 1
-        elif isinstance(item, BaseException):
+        elif isinstance(item, _Failed):
             if not started:
-                raise item
-            yield f"data: {json.dumps(await failure_body(failed, item))}\n\n"
+                raise item.error
+            yield f"data: {json.dumps(item.body)}\n\n"
             return
         else:
             started = True
