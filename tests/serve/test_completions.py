@@ -111,3 +111,28 @@ def test_a_prompt_that_fails_among_several_has_its_own_error_row(served, force, 
     failed = by_prompt[f"FAIL {tag}"]
     assert failed["status"] == "error" and failed["error"].startswith("502") and failed["role"] == "teacher"
     assert json.loads(failed["request"])["endpoint"] == "/v1/completions"
+
+
+@pytest.mark.parametrize("who", ["student", "teacher"])
+def test_a_stream_asked_with_include_usage_ends_with_the_request_s_usage(served, force, who):
+    """Found by a review: stream_options was ignored (chat completions sends the usage chunk).
+    OpenAI and vLLM end such a stream with a chunk of no choices and the usage, before [DONE]; the
+    teacher's single answer streams as it writes it, two prompts as each is answered."""
+    service, live = served
+    force(who)
+    tag = uuid.uuid4().hex[:8]
+    for prompts in ([f"the team won {tag}"], [f"the team won {tag}", f"a new phone {tag}"]):
+        before = len(rows(service))
+        *answers, last = client(live).completions.create(model="potstill", prompt=prompts, stream=True,
+                                                         stream_options={"include_usage": True})
+        logged = rows(service)[before:]
+        assert len(logged) == len(prompts) and all(a.choices and a.usage is None for a in answers)
+        assert last.choices == [] and last.id == answers[0].id
+        assert (last.usage.prompt_tokens, last.usage.completion_tokens) == (
+            sum(r["input_tokens"] for r in logged), sum(r["output_tokens"] for r in logged))
+        assert last.usage.total_tokens == last.usage.prompt_tokens + last.usage.completion_tokens > 0
+        if who == "teacher" and len(prompts) == 1:
+            assert len(answers) > 1  # the teacher's pieces as it wrote them: the live path
+    with pytest.raises(openai.BadRequestError) as e:  # as chat completions refuses it
+        client(live).completions.create(model="potstill", prompt=PROMPTS[0], stream_options={"include_usage": True})
+    assert e.value.param == "stream_options"

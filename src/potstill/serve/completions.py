@@ -14,6 +14,7 @@ from the ledger) comes as one chunk once routed, and one that escalates as the t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -25,10 +26,11 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, ConfigDict, Field
 
-from potstill.serve.schemas import GeneratedRequest
+from potstill.serve.schemas import GeneratedRequest, StreamOptions
 from potstill.serve.streaming import LiveText, OnAnswer, OnFailure, Piece, failure_body, first_piece, relay
 
 COMPLETIONS = "/v1/completions"
+DONE = "data: [DONE]\n\n"
 
 
 class CompletionRequest(GeneratedRequest):
@@ -43,6 +45,8 @@ class CompletionRequest(GeneratedRequest):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
     n: int | None = Field(None, ge=1, le=1, strict=True, description="Only one choice per prompt is served.")
+    stream_options: StreamOptions | None = Field(None, description="With stream: include_usage sends a last "
+                                                 "chunk, before [DONE], with no choices and the request's usage.")
     best_of: int | None = Field(None, ge=1, le=1, strict=True, description="Only 1.")
     echo: bool | None = Field(None, strict=True, description="Not served: the prompt is not returned.")
     suffix: str | None = Field(None, description="Not served: there is no insertion.")
@@ -104,6 +108,8 @@ def add_completions_route(app: FastAPI, service: Any, requests: Counter, latency
         state = request.scope.setdefault("state", {})
         if _owner(service, body.model) is None:
             raise _unknown_model(service, body.model)
+        if body.stream_options is not None and not body.stream:  # as chat completions refuses it
+            raise APIError(400, "stream_options: only allowed when stream is true", "stream_options")
         for name, why in (("echo", "the prompt is not returned"), ("suffix", "there is no insertion")):
             if getattr(body, name):
                 raise APIError(400, f"{name}: not served here ({why})", name)
@@ -117,6 +123,14 @@ def add_completions_route(app: FastAPI, service: Any, requests: Counter, latency
             raise APIError(400, "prompt: every prompt needs text", "prompt")
         fmt = _format(body)
         logged = body.model_dump(exclude_none=True, exclude={"prompt"})
+        cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        answered: list[Any] = []  # each prompt's answer as it is logged: a stream's usage adds them up
+
+        def sent(events: AsyncIterator[str]) -> AsyncIterator[str]:
+            """A stream as sent: with the usage chunk before its [DONE] where the client asked for it."""
+            if not (body.stream_options and body.stream_options.include_usage):
+                return events
+            return _with_usage(events, lambda: _usage_chunk(cid, created, *_totals(answered, body.model)))
 
         def own(messages: list[dict]) -> dict[str, Any]:
             """A prompt's own state: its row, answered or failed, is its own (the prompts share the
@@ -128,6 +142,7 @@ def add_completions_route(app: FastAPI, service: Any, requests: Counter, latency
 
         def record(messages: list[dict]) -> OnAnswer:
             def log(served: Any) -> Awaitable[dict[str, Any]]:
+                answered.append(served)
                 mine = own(messages)
                 return _record(service, mine, served, mine["logged_request"], requests, latency)
             return log
@@ -158,8 +173,9 @@ def add_completions_route(app: FastAPI, service: Any, requests: Counter, latency
                                                           response_format=fmt, live_text=live_text), live_text)
             if first is not None:
                 events = live_events(task, live_text, first, service.teacher_name, body.logprobs is not None,
-                                     record(messages), failed(messages))
-                return StreamingResponse(events, media_type="text/event-stream", headers=_live_headers(live_text))
+                                     record(messages), failed(messages), cid=cid, created=created)
+                return StreamingResponse(sent(events), media_type="text/event-stream",
+                                         headers=_live_headers(live_text))
             results = [await settled(messages, task)]
         elif body.stream and len(prompts) > 1:
             # Each choice as soon as it is answered, an escalation as the teacher writes it.
@@ -168,29 +184,50 @@ def add_completions_route(app: FastAPI, service: Any, requests: Counter, latency
                     messages, body.max_tokens, body.stops(), logprobs=body.logprobs, response_format=fmt,
                     live_text=live_text),
                 lambda: LiveText(body.stops(), body.logprobs) if service.streams() else None, record, failed,
-                service.teacher_name, body.logprobs is not None)
+                service.teacher_name, body.logprobs is not None, cid, created)
             first = await anext(events)  # a prompt failing before anything went out: the request's error
-            return StreamingResponse(_chain(first, events), media_type="text/event-stream")
+            return StreamingResponse(sent(_chain(first, events)), media_type="text/event-stream")
         else:
             results = await asyncio.gather(*(one(p) for p in prompts))
         choices = [{"text": served.content, "index": i,
                     "logprobs": legacy_logprobs(served.logprobs) if body.logprobs is not None else None,
                     "finish_reason": served.finish_reason, "potstill": route}
                    for i, (served, route) in enumerate(results)]
-        models = {served.model for served, _ in results}
-        model = models.pop() if len(models) == 1 else body.model
-        n_in = sum(served.input_tokens for served, _ in results)
-        n_out = sum(served.output_tokens for served, _ in results)
-        usage = {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}
-        cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        model, usage = _totals([served for served, _ in results], body.model)
         first = results[0][0]
         headers = _route_headers(first.answered_by, first.reason, first.confidence, first.student) \
             if len(results) == 1 else {}
         result = {"id": cid, "object": "text_completion", "created": created, "model": model,
                   "choices": choices, "usage": usage}
         if body.stream:
-            return StreamingResponse(_sse(result), media_type="text/event-stream", headers=headers)
+            return StreamingResponse(sent(_sse(result)), media_type="text/event-stream", headers=headers)
         return JSONResponse(result, headers=headers)
+
+
+def _totals(answers: Sequence[Any], asked: str) -> tuple[str, dict[str, int]]:
+    """The model that gave ``answers`` (``asked``, the name the client sent, where several did) and
+    their usage, all prompts' tokens."""
+    models = {served.model for served in answers}
+    n_in, n_out = sum(served.input_tokens for served in answers), sum(served.output_tokens for served in answers)
+    return (models.pop() if len(models) == 1 else asked), {"prompt_tokens": n_in, "completion_tokens": n_out,
+                                                          "total_tokens": n_in + n_out}
+
+
+def _usage_chunk(cid: str, created: int, model: str, usage: dict[str, int]) -> str:
+    """The last chunk of a stream asked with ``stream_options.include_usage``, as OpenAI and vLLM send it."""
+    obj = {"id": cid, "object": "text_completion", "created": created, "model": model, "choices": [], "usage": usage}
+    return f"data: {json.dumps(obj)}\n\n"
+
+
+async def _with_usage(events: AsyncIterator[str], usage: Callable[[], str]) -> AsyncIterator[str]:
+    """``events`` with ``usage()`` before their ``[DONE]``: once every answer is logged (a stream
+    that ends in an error has none). Closed with it: a live answer whose client left is still
+    logged when ``events`` closes (``streaming.settle_later``)."""
+    async with contextlib.aclosing(events):
+        async for event in events:
+            if event == DONE:
+                yield usage()
+            yield event
 
 
 class _Failure(str):
@@ -216,7 +253,7 @@ def live_events(task: asyncio.Future, live_text: LiveText, first: Piece, model: 
                                             "finish_reason": finish, **extra})
 
     def closing(served: Any, route: dict[str, Any], rest: Piece) -> list[str]:
-        return [chunk(rest, served.finish_reason, potstill=route)] + (["data: [DONE]\n\n"] if last else [])
+        return [chunk(rest, served.finish_reason, potstill=route)] + ([DONE] if last else [])
 
     return relay(task, live_text, first, record, failed, [], chunk, closing,
                  lambda body: _Failure(f"data: {json.dumps(body)}\n\n"))
@@ -239,16 +276,16 @@ class _Failed(NamedTuple):
 
 async def several(prompts: list[str], answer: Callable[[list[dict], LiveText | None], Awaitable[Any]],
                   live: Callable[[], LiveText | None], record: Callable[[list[dict]], OnAnswer],
-                  failed: Callable[[list[dict]], OnFailure], model: str, logprobs: bool) -> AsyncIterator[str]:
+                  failed: Callable[[list[dict]], OnFailure], model: str, logprobs: bool, cid: str,
+                  created: int) -> AsyncIterator[str]:
     """Several prompts streamed: all asked at once, each choice's events (its ``index``) sent as they
     come, choices interleaved: a student's answer (or one from the ledger) as one chunk once it is
     routed, an escalation as the teacher writes it (``live``, where the teacher streams), then
     ``[DONE]``. ``answer(messages, live_text)`` routes one prompt; ``record(messages)`` logs its
     answer, ``failed(messages)`` its failure. A prompt that fails before anything went out raises
     here (the request's error, as unstreamed); after, its error event ends the stream. Every answer
-    and every failure is logged, the client there or not."""
+    and every failure is logged, the client there or not. Its chunks are ``cid``, made at ``created``."""
     queue: asyncio.Queue = asyncio.Queue()
-    cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
 
     async def pump(i: int, prompt: str) -> None:
         messages = [{"role": "user", "content": prompt}]
@@ -292,7 +329,7 @@ async def several(prompts: list[str], answer: Callable[[list[dict], LiveText | N
             yield item
             if isinstance(item, _Failure):
                 return
-    yield "data: [DONE]\n\n"
+    yield DONE
 
 
 async def _chain(first: str, rest: AsyncIterator[str]) -> AsyncIterator[str]:
@@ -301,10 +338,10 @@ async def _chain(first: str, rest: AsyncIterator[str]) -> AsyncIterator[str]:
         yield event
 
 
-def _sse(result: dict[str, Any]):
+async def _sse(result: dict[str, Any]) -> AsyncIterator[str]:
     """The answers as server-sent events in the completions chunk form: each choice's whole text in
     one chunk (routed on the whole answer, as chat streams it), then ``[DONE]``."""
     for choice in result["choices"]:
         chunk = {k: result[k] for k in ("id", "object", "created", "model")}
         yield f"data: {json.dumps({**chunk, 'choices': [choice]})}\n\n"
-    yield "data: [DONE]\n\n"
+    yield DONE
