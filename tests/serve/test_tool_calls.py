@@ -330,3 +330,23 @@ def test_a_tool_result_that_answers_no_call_is_a_400_before_the_teacher_is_asked
     assert len(seen) == 1 and fine.choices[0].message.content == "sports"
     refused, answered = rows(service)[before:]
     assert refused["status"] == "error" and refused["error"].startswith("400") and answered["status"] == "ok"
+
+
+@pytest.mark.parametrize("calls", [
+    {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}},  # an object, not a list
+    [{"id": "call_1", "type": "function", "function": "f"}],
+    ["call_1"],
+    [{"id": "call_1", "type": "function", "function": {"arguments": "{}"}}],
+    [{"type": "function", "function": {"name": "f", "arguments": "{}"}}],
+    [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": {"a": 1}}}],
+])
+def test_a_malformed_assistant_tool_calls_is_a_400_naming_it(served, calls):
+    """Found by a review: tool_calls was taken unchecked, and the student's reading of it as text
+    failed with a 500 (AttributeError), which the openai SDK retries; OpenAI answers a 400."""
+    service, live = served
+    chat = [*MSG, {"role": "assistant", "content": None, "tool_calls": calls}, {"role": "user", "content": "and?"}]
+    with pytest.raises(openai.BadRequestError) as e:
+        client(live).chat.completions.create(model="potstill", messages=chat)
+    assert e.value.body["type"] == "invalid_request_error" and e.value.param == "messages.1.tool_calls", e.value.body
+    row = rows(service)[-1]
+    assert row["status"] == "error" and row["error"].startswith("400: messages.1.tool_calls")

@@ -594,7 +594,8 @@ def _format(body: ChatRequest | ResponsesRequest) -> dict[str, Any] | None:
 
 def _teacher_message(m: Any) -> dict[str, Any]:
     """A client's message as the teacher gets it: its text, with its tool fields (``with_tool_fields``)."""
-    return with_tool_fields({"role": m.role, "content": m.text()}, {**(m.model_extra or {}), "content": m.content})
+    return with_tool_fields({"role": m.role, "content": m.text()},
+                            {**(m.model_extra or {}), "content": m.content, "tool_calls": m.tool_calls})
 
 
 def _add_reload_route(app: FastAPI, service: Service, api_key: str | None, bearer: list) -> None:

@@ -32,6 +32,24 @@ class Message(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
+    tool_calls: list[dict[str, Any]] | None = Field(None, description="An assistant's earlier calls, OpenAI's "
+                                                    "{id, type: function, function: {name, arguments}}.")
+
+    @field_validator("tool_calls", mode="before")
+    @classmethod
+    def _calls(cls, v: object) -> object:
+        # Checked whole, as OpenAI checks them: the teacher gets them as sent and the student reads
+        # them as text (tool_calls.as_text_turns), where another shape was a 500.
+        if v is None:
+            return v
+        if not isinstance(v, list):
+            raise ValueError(f"expected a list of tool calls, not {_json_type(v)}")
+        for i, call in enumerate(v):
+            problem = _call_problem(call)
+            if problem:
+                raise ValueError(f"item {i} {problem}: a tool call is {{id, type: function, function: {{name, "
+                                 "arguments}}}}, the arguments a JSON string")
+        return v
 
     @field_validator("content", mode="before")
     @classmethod
@@ -59,6 +77,22 @@ class Message(BaseModel):
         if isinstance(self.content, list):
             return "".join(p.text for p in self.content)
         return self.content or ""
+
+
+def _call_problem(call: object) -> str | None:
+    """What is wrong with one of an assistant message's ``tool_calls`` as OpenAI reads it, or None."""
+    if not isinstance(call, dict):
+        return f"is {_json_type(call)}"
+    if not isinstance(call.get("id"), str):
+        return "has no string id"
+    if call.get("type") != "function":
+        return "is not of type 'function'"
+    fn = call.get("function")
+    if not isinstance(fn, dict):
+        return "has no function object"
+    if not isinstance(fn.get("name"), str) or not isinstance(fn.get("arguments"), str):
+        return "has no function.name and function.arguments strings"
+    return None
 
 
 class Function(BaseModel):
