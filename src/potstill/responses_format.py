@@ -23,6 +23,30 @@ def utf8(text: str) -> str:
     return text
 
 
+def surrogate_at(value: Any) -> tuple[str, str] | None:
+    """Where in a parsed JSON value a string (or an object's key) holds a lone UTF-16 surrogate, as
+    a parameter path (``messages.0.content``), and ``utf8``'s words for it; None where none does.
+    Walked without recursion: JSON may nest deeper than Python recurses."""
+    todo: list[tuple[Any, str]] = [(value, "")]
+    while todo:
+        x, where = todo.pop()
+        if isinstance(x, str):
+            try:
+                utf8(x)
+            except ValueError as e:
+                return where, str(e)
+        elif isinstance(x, dict):
+            for k in x:
+                try:
+                    utf8(k)
+                except ValueError as e:
+                    return ".".join(filter(None, (where, k.encode("utf-8", "replace").decode()))), str(e)
+            todo.extend((v, f"{where}.{k}" if where else k) for k, v in reversed(x.items()))
+        elif isinstance(x, list):
+            todo.extend((v, f"{where}.{i}" if where else str(i)) for i, v in reversed(list(enumerate(x))))
+    return None
+
+
 def json_type(v: object) -> str:
     return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array",
             dict: "an object"}.get(type(v), "null")

@@ -32,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from potstill.errors import PotstillError
 from potstill.progress import say
 from potstill.records import json_problem
+from potstill.responses_format import surrogate_at
 from potstill.serve.batches import add_batch_routes
 from potstill.serve.message_batches import add_message_batch_routes
 from potstill.serve.completions import COMPLETIONS, add_completions_route
@@ -181,6 +182,9 @@ class Gate:
         if constant:  # Python's parser takes NaN and Infinity; JSON (and OpenAI's API) does not
             return await self.reject(scope, send, 400, f"the request body is not valid JSON: {constant} is not a "
                                      "JSON value", None)
+        lone = _lone_surrogate(body)
+        if lone:  # in any field: no UTF-8 holds it, for the student's tokenizer, a hash, the ledger or the answer
+            return await self.reject(scope, send, 400, f"{lone[0]}: {lone[1]}", lone[0])
         sent = False
 
         async def replay() -> dict:
@@ -223,6 +227,18 @@ def _non_standard_constant(raw: bytes) -> str | None:
     except (ValueError, RecursionError):
         pass  # any other problem is the handler's to report
     return seen[0] if seen else None
+
+
+def _lone_surrogate(raw: bytes) -> tuple[str, str] | None:
+    """Where a JSON object ``raw`` holds a lone UTF-16 surrogate escape (``surrogate_at``), or None.
+    Only an escape writes one: raw UTF-8 cannot."""
+    if b"\\ud" not in raw.lower():
+        return None
+    try:
+        obj = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None  # the handler's to report
+    return surrogate_at(obj) if isinstance(obj, dict) else None
 
 
 def _logged_request(raw: bytes | None) -> dict[str, Any]:
