@@ -128,6 +128,20 @@ def test_with_a_key_set_every_path_but_health_needs_it(served):
     assert len(rows(service)) == before  # none of them is a chat request: no ledger row
 
 
+def test_every_path_that_needs_the_key_takes_it_as_x_api_key_too(served):
+    """Found by a review: POST /admin/reload asked again for a bearer token after the gate had taken
+    the key as x-api-key (the anthropic SDK's header), and answered 401."""
+    service, live = served
+    for headers, status in (({"x-api-key": SERVE_KEY}, 200), ({"x-api-key": "sk-wrong"}, 401)):
+        for path in ("/metrics", "/openapi.json", "/v1/models"):
+            assert httpx.get(live.url + path, headers=headers, timeout=10).status_code == status, (path, headers)
+        r = httpx.post(live.url + "/admin/reload", headers=headers, timeout=60)
+        assert r.status_code == status, r.text
+    assert r.json()["error"]["type"] == "invalid_request_error"
+    ok = httpx.post(live.url + "/admin/reload", headers={"x-api-key": SERVE_KEY}, timeout=60)
+    assert ok.json() == {"swapped": False, "student": service.student_name}
+
+
 def test_calibration_is_cached_and_targets_met(served):
     service, _ = served
     st = service.routing.stats

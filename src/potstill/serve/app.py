@@ -127,6 +127,14 @@ def _finite_or_none(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def key_sent(headers: dict[bytes, bytes], key: str) -> bool:
+    """Whether a request's headers carry ``key``, compared in constant time: Anthropic's SDK sends
+    its key as x-api-key, OpenAI's as a bearer token; either is the key."""
+    auth = headers.get(b"authorization", b"").decode("latin-1")
+    return hmac.compare_digest(auth.encode(), f"Bearer {key}".encode()) or hmac.compare_digest(
+        headers.get(b"x-api-key", b""), key.encode())
+
+
 # The one path open without the key: a load balancer's probe, which says nothing about traffic.
 OPEN = "/health"
 
@@ -152,12 +160,9 @@ class Gate:
             return await self.app(scope, receive, send)
         t0 = time.perf_counter()
         scope["state"]["t0"] = t0
-        if self.key is not None:
+        if self.key is not None and not key_sent(headers, self.key):
             auth = headers.get(b"authorization", b"").decode("latin-1")
-            # Anthropic's SDK sends its key as x-api-key, OpenAI's as a bearer token: either is the key.
-            if not hmac.compare_digest(auth.encode(), f"Bearer {self.key}".encode()) and not hmac.compare_digest(
-                    headers.get(b"x-api-key", b""), self.key.encode()):
-                return await self.reject(scope, send, 401, BAD_KEY, None, _key_code(auth))
+            return await self.reject(scope, send, 401, BAD_KEY, None, _key_code(auth))
         if scope["method"] != "POST" or not (scope["path"].startswith("/v1/") or scope["path"] in TOKENIZE):
             return await self.app(scope, receive, send)
         # a Batch API input file, or Anthropic's batch of requests inline
@@ -621,10 +626,9 @@ def _add_reload_route(app: FastAPI, service: Service, api_key: str | None, beare
 
         Needs the serve key (when one is set). The old student answers until the swap; the call
         returns once the new one is live: {swapped, student, previous, load_and_calibrate_s}."""
-        if api_key is not None:
+        if api_key is not None and not key_sent(dict(request.scope.get("headers") or []), api_key):
             auth = request.headers.get("authorization", "")
-            if not hmac.compare_digest(auth.encode(), f"Bearer {api_key}".encode()):
-                return JSONResponse(error_body(401, BAD_KEY, code=_key_code(auth)), status_code=401)
+            return JSONResponse(error_body(401, BAD_KEY, code=_key_code(auth)), status_code=401)
         try:
             info = await asyncio.to_thread(service.reload)
         except PotstillError as e:
