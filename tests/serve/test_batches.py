@@ -268,6 +268,9 @@ def test_a_message_batch_answers_as_the_messages_api_does(served, force):
     before = len(rows(service))
     b = cl.messages.batches.create(requests=reqs)
     assert b.type == "message_batch" and b.id.startswith("msgbatch_") and b.processing_status == "in_progress"
+    # Anthropic counts every request as processing from the batch's creation (here it said 0 until
+    # the batch's task had read its requests).
+    assert (b.request_counts.processing, b.request_counts.succeeded, b.request_counts.errored) == (5, 0, 0)
     b = _ended(cl, b.id)
     assert (b.request_counts.succeeded, b.request_counts.errored, b.request_counts.processing) == (4, 1, 0)
     assert b.ended_at is not None and b.results_url.endswith(f"/v1/messages/batches/{b.id}/results")

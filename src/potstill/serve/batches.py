@@ -113,7 +113,9 @@ class Batches:
                "output_file_id": None, "error_file_id": None, "created_at": created, "in_progress_at": None,
                "expires_at": created + 24 * 3600, "finalizing_at": None, "completed_at": None, "failed_at": None,
                "expired_at": None, "cancelling_at": None, "cancelled_at": None,
-               "request_counts": {"total": 0, "completed": 0, "failed": 0}, "metadata": metadata,
+               # Anthropic's requests come inline, each counted as processing from the batch's creation;
+               # OpenAI's file is counted once validated (total 0 while validating, as OpenAI's API says).
+               "request_counts": {"total": len(lines or []), "completed": 0, "failed": 0}, "metadata": metadata,
                "usage": _usage(0, 0), "potstill": {"answered_by": {}}}
         self.ledger.put_object(BATCHES, obj)
         self.ledger.claim(obj["id"])  # a new batch: this server runs it
