@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import math
 import re
@@ -32,16 +31,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from potstill.errors import PotstillError
 from potstill.progress import say
 from potstill.records import json_problem
-from potstill.responses_format import surrogate_at
 from potstill.serve.batches import add_batch_routes
 from potstill.serve.message_batches import add_message_batch_routes
 from potstill.serve.completions import COMPLETIONS, add_completions_route
 from potstill.serve.engine import RefusedChat
 from potstill.serve.formats import FormatError
+from potstill.serve.gate import BAD_KEY, Gate, key_code, key_sent, logged_request
 from potstill.serve.messages import MESSAGES, add_messages_route
 from potstill.serve.messages import error_body as anthropic_error
 from potstill.serve.responses import add_responses_route
-from potstill.serve.tokenize import TOKENIZE, add_tokenize_routes
+from potstill.serve.tokenize import add_tokenize_routes
 from potstill.serve.streaming import LiveText, first_piece, live_events, whole_events
 from potstill.serve.tool_routing import served_tools, student_calls
 from potstill.serve.schemas import (ChatCompletion, ChatRequest, ErrorBody, Health, ModelCard, ModelList,
@@ -53,8 +52,6 @@ from potstill.serve.service import LogprobsUnavailable, Service
 
 CHAT = "/v1/chat/completions"
 RESPONSES = "/v1/responses"
-FILES = "/v1/files"
-MESSAGE_BATCHES = "/v1/messages/batches"
 SERVED = (CHAT, RESPONSES, COMPLETIONS, MESSAGES)  # the paths whose every request is a ledger row
 ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 500, 502)}
 # One server-sent event (OpenAPI 3.1: the event-stream schema describes each event): its data is a
@@ -66,14 +63,6 @@ SSE_EVENT = {"type": "object", "required": ["data"],
 # server_error, a failed escalation's 502 too (code teacher_failed says whose failure it was).
 _TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
           405: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error"}
-BAD_KEY = "invalid or missing API key (send Authorization: Bearer <key>, or x-api-key: <key>)"
-
-
-def _key_code(auth: str) -> str | None:
-    """OpenAI's code for a refused key: invalid_api_key for a wrong one, none where none was sent."""
-    return "invalid_api_key" if auth else None
-
-
 # A teacher's refusals that are about the chat the client sent (over the teacher's context, too
 # large, filtered): passed on as the client's 400. A 400 for the operator's settings (OpenAI's
 # unsupported_parameter for max_tokens on a reasoning model, a wrong model name) and every other
@@ -127,149 +116,6 @@ def _finite_or_none(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def key_sent(headers: dict[bytes, bytes], key: str) -> bool:
-    """Whether a request's headers carry ``key``, compared in constant time: Anthropic's SDK sends
-    its key as x-api-key, OpenAI's as a bearer token; either is the key."""
-    auth = headers.get(b"authorization", b"").decode("latin-1")
-    return hmac.compare_digest(auth.encode(), f"Bearer {key}".encode()) or hmac.compare_digest(
-        headers.get(b"x-api-key", b""), key.encode())
-
-
-# The one path open without the key: a load balancer's probe, which says nothing about traffic.
-OPEN = "/health"
-
-
-class Gate:
-    """Pure ASGI middleware: Bearer auth for every path but /health (/metrics, /docs and
-    /openapi.json too, where a key is set), a body size limit for /v1/*, and the ledger row of every
-    chat request rejected before its handler ran. The body is read once and replayed downstream."""
-
-    def __init__(self, app: Any, service: Service, key: str | None, max_body: int, reject: Any,
-                 max_file: int | None = None):
-        self.app, self.service, self.key, self.max_body, self.reject = app, service, key, max_body, reject
-        self.max_file = max_file or max_body
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        rid = request_id(headers.get(b"x-request-id"))
-        scope.setdefault("state", {}).update(request_id=rid, endpoint=scope["path"].rstrip("/"))
-        send = _with_request_id(send, rid)
-        if scope["path"].rstrip("/") == OPEN:
-            return await self.app(scope, receive, send)
-        t0 = time.perf_counter()
-        scope["state"]["t0"] = t0
-        if self.key is not None and not key_sent(headers, self.key):
-            auth = headers.get(b"authorization", b"").decode("latin-1")
-            return await self.reject(scope, send, 401, BAD_KEY, None, _key_code(auth))
-        if scope["method"] != "POST" or not (scope["path"].startswith("/v1/") or scope["path"] in TOKENIZE):
-            return await self.app(scope, receive, send)
-        # a Batch API input file, or Anthropic's batch of requests inline
-        limit = self.max_file if scope["path"].rstrip("/") in (FILES, MESSAGE_BATCHES) else self.max_body
-        declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            return await self.reject(scope, send, 413, f"request body over {limit} bytes", None)
-        chunks, size = [], 0
-        while True:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                return
-            chunks.append(msg.get("body", b""))
-            size += len(chunks[-1])
-            if size > limit:
-                return await self.reject(scope, send, 413, f"request body over {limit} bytes", None)
-            if not msg.get("more_body"):
-                break
-        body = b"".join(chunks)
-        scope["state"]["raw_body"] = body
-        constant = _non_standard_constant(body)
-        if constant:  # Python's parser takes NaN and Infinity; JSON (and OpenAI's API) does not
-            return await self.reject(scope, send, 400, f"the request body is not valid JSON: {constant} is not a "
-                                     "JSON value", None)
-        lone = _lone_surrogate(body)
-        if lone:  # in any field: no UTF-8 holds it, for the student's tokenizer, a hash, the ledger or the answer
-            return await self.reject(scope, send, 400, f"{lone[0]}: {lone[1]}", lone[0])
-        sent = False
-
-        async def replay() -> dict:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-
-
-def request_id(given: bytes | None) -> str:
-    """A response's ``x-request-id``: the client's own (letters, digits and ``._:-``, up to 128),
-    so a client's trace id finds its ledger row, else a new ``req_`` one, as OpenAI's API gives."""
-    text = given.decode("latin-1") if given else ""
-    return text if _REQUEST_ID.fullmatch(text) else f"req_{uuid.uuid4().hex}"
-
-
-def _with_request_id(send: Any, rid: str) -> Any:
-    """``send`` with ``x-request-id: rid`` added to the response's headers."""
-    async def sending(message: dict) -> None:
-        if message["type"] == "http.response.start":
-            message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", rid.encode("latin-1"))]}
-        await send(message)
-
-    return sending
-
-
-def _non_standard_constant(raw: bytes) -> str | None:
-    """``NaN``, ``Infinity`` or ``-Infinity`` when ``raw`` uses one as a value, else None."""
-    if b"NaN" not in raw and b"Infinity" not in raw:
-        return None
-    seen: list[str] = []
-    try:
-        json.loads(raw, parse_constant=lambda c: seen.append(c))
-    except (ValueError, RecursionError):
-        pass  # any other problem is the handler's to report
-    return seen[0] if seen else None
-
-
-def _lone_surrogate(raw: bytes) -> tuple[str, str] | None:
-    """Where a JSON object ``raw`` holds a lone UTF-16 surrogate escape (``surrogate_at``), or None.
-    Only an escape writes one: raw UTF-8 cannot."""
-    if b"\\ud" not in raw.lower():
-        return None
-    try:
-        obj = json.loads(raw)
-    except (ValueError, RecursionError):
-        return None  # the handler's to report
-    return surrogate_at(obj) if isinstance(obj, dict) else None
-
-
-def _logged_request(raw: bytes | None) -> dict[str, Any]:
-    """What the ledger keeps of a request: its JSON when it parses, else a bounded excerpt."""
-    if raw is None:
-        return {}
-    try:
-        obj = json.loads(raw, parse_constant=str)  # NaN kept as the string "NaN": the row stays standard JSON
-    except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than Python parses
-        return {"unparsed_body": raw[:2000].decode("utf-8", "replace")}
-    if b"\\ud" in raw.lower():  # a lone surrogate escape (the request is refused) cannot be stored as text
-        obj = _storable(obj)
-    return obj if isinstance(obj, dict) else {"body": obj}
-
-
-def _storable(x: Any) -> Any:
-    """``x`` with each lone UTF-16 surrogate in its strings replaced by '?'."""
-    if isinstance(x, str):
-        return x.encode("utf-8", "replace").decode("utf-8")
-    if isinstance(x, list):
-        return [_storable(v) for v in x]
-    if isinstance(x, dict):
-        return {_storable(k): _storable(v) for k, v in x.items()}
-    return x
-
-
 def build_app(service: Service, api_key: str | None) -> FastAPI:
     s = service.cfg.serve
     registry = CollectorRegistry()
@@ -321,7 +167,7 @@ def _add_error_handlers(app: FastAPI, service: Service, requests: Counter):
         if state.get("logged"):
             return
         state["logged"] = True
-        request = state.get("logged_request") or _logged_request(state.get("raw_body"))
+        request = state.get("logged_request") or logged_request(state.get("raw_body"))
         service.log_failure(request, answered_by=role, model=model or service.student_name,
                             latency_s=time.perf_counter() - state.get("t0", time.perf_counter()),
                             body=body, error=f"{status}: {detail or body['error']['message']}"[:500],
@@ -628,7 +474,7 @@ def _add_reload_route(app: FastAPI, service: Service, api_key: str | None, beare
         returns once the new one is live: {swapped, student, previous, load_and_calibrate_s}."""
         if api_key is not None and not key_sent(dict(request.scope.get("headers") or []), api_key):
             auth = request.headers.get("authorization", "")
-            return JSONResponse(error_body(401, BAD_KEY, code=_key_code(auth)), status_code=401)
+            return JSONResponse(error_body(401, BAD_KEY, code=key_code(auth)), status_code=401)
         try:
             info = await asyncio.to_thread(service.reload)
         except PotstillError as e:
