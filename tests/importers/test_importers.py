@@ -120,13 +120,20 @@ def test_import_never_writes_over_its_own_source_and_names_a_missing_or_folder_i
     ({"messages": [{"role": "usr", "content": "hi"}, {"role": "assistant", "content": "x"}]},
      r"messages.0.role: 'usr' is not one of"),
     ({"prompt": "hi \ud800", "completion": "x"}, r".*surrogates not allowed"),
+    # tool_calls in another shape than OpenAI's: a traceback under --tool-calls (AttributeError)
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None, "tool_calls": "x"}]},
+     r'tool_calls: expected a list of \{id, type, function: \{name, arguments\}\}, got "x"'),
+    ({"request": {"messages": [{"role": "user", "content": "hi"}]},
+      "response": {"choices": [{"message": {"role": "assistant", "tool_calls": ["call_1"]}}]}},
+     r'tool_calls: expected a list of .*, got \["call_1"\]'),
 ])
-def test_import_odd_rows_are_one_line_naming_file_and_line(tmp_path, row, why):
+@pytest.mark.parametrize("tool_calls", [False, True])
+def test_import_odd_rows_are_one_line_naming_file_and_line(tmp_path, row, why, tool_calls):
     """A row of the wrong shape is one line naming it, not a traceback; nothing is written."""
     good = {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}
     src = jsonl(tmp_path / "traffic.jsonl", [good, row])
     with pytest.raises(PotstillError, match=r"traffic.jsonl:2: " + why):
-        import_traffic(src, tmp_path / "o.jsonl")
+        import_traffic(src, tmp_path / "o.jsonl", tool_calls=tool_calls)
     assert not (tmp_path / "o.jsonl").exists()
 
 

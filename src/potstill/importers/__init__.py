@@ -114,10 +114,18 @@ def _reply(text: str, keep: bool) -> str:
     return reply_text(text) if keep else text
 
 
-def _message_calls(message: dict[str, Any]) -> list[dict[str, Any]]:
-    """A chat message's calls: its ``tool_calls``, or the legacy ``function_call`` as one."""
-    if message.get("tool_calls"):
-        return list(message["tool_calls"])
+def _message_calls(message: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    """A chat message's calls: its ``tool_calls``, or the legacy ``function_call`` as one; a
+    ``tool_calls`` in another shape than OpenAI's (a list of ``{function: {name, arguments}}``) is
+    one line naming it (it was a traceback)."""
+    calls = message.get("tool_calls")
+    if calls:
+        if not isinstance(calls, list) or not all(
+                isinstance(c, dict) and isinstance(c.get("function"), dict) and isinstance(c["function"].get("name"), str)
+                for c in calls):
+            raise PotstillError(f"{where}: tool_calls: expected a list of {{id, type, function: {{name, arguments}}}}, "
+                                f"got {json.dumps(calls)[:80]}")
+        return list(calls)
     return [{"function": message["function_call"]}] if isinstance(message.get("function_call"), dict) else []
 
 
@@ -169,7 +177,7 @@ def _answer(side: Any, where: str, keep: bool, prefill: str = "") -> tuple[str, 
             # which the chat branch below read as a message of nothing, an empty answer.
             ch = {**ch, "message": {"role": "assistant", "content": ch["text"]}}
         if isinstance(ch, dict) and isinstance(ch.get("message", {}), dict):
-            kept = _kept_call(_message_calls(ch.get("message", {})), keep)
+            kept = _kept_call(_message_calls(ch.get("message", {}), where), keep)
             why = None if kept else _no_text(ch.get("message", {}), ch.get("finish_reason"))
             if why:
                 raise NoText(why)
@@ -278,8 +286,8 @@ def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: dict[str, An
             raise PotstillError(f"{where}: expected messages ending with an assistant turn")
         t = _trained_turn(msgs, where)
         target = msgs[t]
-        kept = _kept_call(_message_calls(target), keep)
-        if not kept and _message_calls(target):  # words beside the call included, as in the logs
+        kept = _kept_call(_message_calls(target, where), keep)
+        if not kept and _message_calls(target, where):  # words beside the call included, as in the logs
             raise PotstillError(f"{where}: the assistant turn is a tool call, not text; potstill distils text "
                                 "answers (a tools task's calls with --tool-calls), so leave tool-call examples out "
                                 "of the file")
