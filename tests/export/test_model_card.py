@@ -73,6 +73,26 @@ def test_the_card_reports_the_run_s_own_records(evaluated, monkeypatch, capsys):
     assert "- Labels: `" + "`, `".join(LABELS) + "`" in card
 
 
+def test_a_student_trained_after_the_evaluation_is_not_carded_with_its_numbers(evaluated, monkeypatch, capsys,
+                                                                                  tmp_path):
+    """After `potstill train` made a new student, the card showed the earlier student's evaluation and
+    verdict (eval.json still there) beside the new train.json, and a push published them as this
+    student's. The card says it is not evaluated since, and export says so."""
+    root = tmp_path / "project"
+    shutil.copytree(evaluated, root)
+    monkeypatch.chdir(root)
+    assert run_main(monkeypatch, capsys, "train", "-c", "potstill.yaml", "--train.epochs", "2")[0] == 0
+    code, err, card = _export(monkeypatch, capsys, root)
+    assert code == 0
+    assert "Not evaluated since the last training: eval.json is of the student trained before this one" in card
+    assert "Verdict:" not in card and "| student |" not in card
+    assert any("the model card leaves out the evaluation" in line for line in err), err
+    monkeypatch.chdir(root)
+    assert run_main(monkeypatch, capsys, "evaluate", "-c", "potstill.yaml")[0] == 0
+    code, err, card = _export(monkeypatch, capsys, root)
+    assert code == 0 and "Verdict: **" in card and "Not evaluated since" not in card
+
+
 def test_the_card_s_example_prompts_the_student_as_training_did(evaluated, monkeypatch, capsys):
     from transformers import AutoTokenizer
 

@@ -81,7 +81,12 @@ def export(cfg: Config, fmt: str, out_dir: str | Path | None = None, push_to: st
         _check_out(out, fmt)
     written = FORMATS[fmt](cfg, run, out)
     if fmt in CARDS:
-        from potstill.export.model_card import model_card
+        from potstill.export.model_card import model_card, stale_evaluation
+        from potstill.progress import say
+
+        stale = stale_evaluation(run) if (run / "eval.json").exists() else None
+        if stale:
+            say(f"[yellow]export: the model card leaves out the evaluation: {stale}[/yellow]")
 
         chat = fmt in ("hf", "lora") and ((out / "chat_template.jinja").is_file()
                                 or "chat_template" in (out / "tokenizer_config.json").read_text())

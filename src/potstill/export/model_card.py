@@ -31,6 +31,20 @@ def _hub_model(spec: str) -> str | None:
     return spec.split("@")[0] if _hub_id(spec) and "/" in spec else None
 
 
+def stale_evaluation(run: Path) -> str | None:
+    """Why ``RUN/eval.json`` is not this student's (a train finished after the evaluate that wrote it,
+    as the run's manifest records them), or None: the card must not show an earlier student's numbers
+    and verdict as this one's."""
+    from potstill.rundir import RunDir
+
+    stages = RunDir(run).manifest()["stages"]
+    trained, evaluated = (stages.get(s, {}).get("finished_at") for s in ("train", "evaluate"))
+    if trained and evaluated and trained > evaluated:
+        return (f"eval.json is of the student trained before this one (evaluated {evaluated}, trained again "
+                f"{trained}); run `potstill evaluate` and export again")
+    return None
+
+
 def _pct(x: Any) -> str:
     return f"{x:.1%}" if isinstance(x, (int, float)) else "-"
 
@@ -90,7 +104,10 @@ def model_card(cfg: Config, run: Path, name: str, ref: str, chat: bool, fmt: str
     else:
         lines.append("- No train.json in the run.")
     lines += ["", "## Evaluation", ""]
-    if ev:
+    stale = stale_evaluation(run) if ev else None
+    if stale:
+        lines.append(f"Not evaluated since the last training: {stale}.")
+    elif ev:
         lines += [f"On {ev.get('n_test')} held-out test inputs (`potstill evaluate`, {ev.get('created_at')}):", "",
                   "| model | gold metric | agreement with the teacher | p50 latency | $ per 1k calls |",
                   "|---|---:|---:|---:|---:|"]
