@@ -277,6 +277,26 @@ def test_each_modelfile_names_its_base_and_the_adapter(gguf_lora):
     assert summary["adapter"]["lora_pairs"] == 14 and [f["file"] for f in summary["base_files"]] == ["base-f16.gguf"]
 
 
+def test_the_export_names_a_local_base_by_its_name_only(lora_run, gguf_lora):
+    """The adapter GGUF carried the base's absolute path (general.base_model.0.repo_url
+    https://huggingface.co//tmp/.../base-model, general.tags base_model:adapter:/tmp/...), and
+    export.json and the card the run's and the base's: files meant to be pushed named the exporter's
+    folders. The base files were already written with its name alone."""
+    import gguf
+
+    root = str(Path(lora_run.run_dir).resolve().parent)
+    for f in ("adapter-f16.gguf", "base-f16.gguf"):
+        fields = gguf.GGUFReader(gguf_lora / f).fields
+        texts = [str(fields[k].contents()) for k in fields if k.startswith("general.")]
+        assert texts and not [t for t in texts if root in t], (f, [t for t in texts if root in t])
+    base = gguf.GGUFReader(gguf_lora / "base-f16.gguf").fields
+    assert base["general.base_model.0.name"].contents() == "base-model"
+    summary = json.loads((gguf_lora / "export.json").read_text())
+    assert (summary["source"], summary["trained_on"]) == ("student", "base-model")
+    card = (gguf_lora / "README.md").read_text()
+    assert "distilled with potstill from `base-model`" in card and f"{root}/base-model" not in card
+
+
 @needs_llama_server
 def test_llama_server_with_the_adapter_answers_as_the_merged_file(lora_run, gguf_lora, tmp_path):
     _served_as_merged(lora_run, gguf_lora, tmp_path)
@@ -292,7 +312,7 @@ def test_other_architectures_adapters_are_served_as_their_merged_files(tmp_path,
 
 
 def _served_as_merged(lora_run: Config, gguf_lora: Path, tmp_path: Path) -> None:
-    """llama-server on the base with ``--lora`` gives the merged f16 file's greedy tokens and first
+    """llama-server on the base with ``--lora`` gives the merged f16 file's first greedy token and
     top-5 log-probabilities (within 0.02), and the base alone answers otherwise."""
     from potstill.engines.llamacpp import LlamaServer, server_binary
 
@@ -301,14 +321,14 @@ def _served_as_merged(lora_run: Config, gguf_lora: Path, tmp_path: Path) -> None
     export(lora_run_f16, "gguf", merged_dir)
     tok = load_student(lora_run, Path(lora_run.run_dir)).tokenizer
 
-    def top(server: LlamaServer, text: str) -> tuple[list[int], dict[int, float]]:
+    def top(server: LlamaServer, text: str) -> tuple[list[int], list[dict[int, float]]]:
         r = server.post("/completion", {"prompt": tok(text, add_special_tokens=False)["input_ids"], "n_predict": 6,
                                         "temperature": 0, "n_probs": 5, "post_sampling_probs": False,
                                         "cache_prompt": False, "return_tokens": True,
                                         # text llama-server can return: an untaught byte-level model writes stray bytes
                                         "grammar": "root ::= [a-zA-Z ]+"})
-        first = r["completion_probabilities"][0]["top_logprobs"]
-        return r["tokens"], {int(p["id"]): float(p["logprob"]) for p in first}
+        steps = [{int(p["id"]): float(p["logprob"]) for p in step["top_logprobs"]} for step in r["completion_probabilities"]]
+        return r["tokens"], steps
 
     binary = server_binary()
     servers = {"merged": LlamaServer(binary, merged_dir / "student-f16.gguf", 1, 128, 2, False),
@@ -318,9 +338,15 @@ def _served_as_merged(lora_run: Config, gguf_lora: Path, tmp_path: Path) -> None
     try:
         moved = 0.0
         for text in TEXTS:
-            (want_ids, want), (got_ids, got), (_, bare) = (top(servers[k], text) for k in ("merged", "adapter", "bare"))
-            assert got_ids == want_ids
+            (want_ids, want_steps), (got_ids, got_steps), (_, bare_steps) = (
+                top(servers[k], text) for k in ("merged", "adapter", "bare"))
+            want, got, bare = want_steps[0], got_steps[0], bare_steps[0]
             assert list(got) == list(want) and max(abs(got[i] - want[i]) for i in want) < 0.02
+            # The first greedy token, not the whole answer: f16 rounds the merged weights and the adapter's
+            # product apart, and under the grammar the later steps of this random tiny model pick among
+            # tokens outside the top 5 shown, where such rounding flips near ties ([85, 281, ...] against
+            # [85, 39, ...] on 2026-12-07, with the first step's top 5 within 0.02).
+            assert got_ids[0] == want_ids[0], (text, got_ids, want_ids)
             moved = max(moved, max(abs(bare.get(i, -99.0) - want[i]) for i in want))
         assert moved > 0.1  # the adapter changed what the base alone answers
     finally:

@@ -31,6 +31,15 @@ def register(name: str) -> Callable[[Exporter], Exporter]:
     return deco
 
 
+def published_name(spec: str) -> str:
+    """A model or file as an export names it: a local folder or file by its name only (an export is
+    meant to be published, and the exporter's absolute path names their home directory); a hub id
+    (``org/name``) or ``bundled:`` as it is."""
+    if Path(spec).is_absolute() or Path(spec).exists() or spec.startswith(("./", "../", "~")):
+        return Path(spec).name
+    return spec
+
+
 def _load_builtins() -> None:
     import potstill.export.gguf_file  # noqa: F401  (each registers itself)
     import potstill.export.lora  # noqa: F401

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 from potstill.config import Config
 from potstill.errors import PotstillError
-from potstill.export import register
+from potstill.export import published_name, register
 from potstill.export import imatrix, llama_convert
 from potstill.export.gguf_quant import MIXES, requantize
 from potstill.export.llama_convert import llama_cpp_dir
@@ -106,7 +106,7 @@ def _converter(hf_dir: Path, path: Path, qtype: str, meta: dict[str, Any] | None
 
 def output_tokens(task: Any, tokenizer: Any) -> int:
     """num_predict for the Modelfile: the longest label's completion as the student learned it (with
-    its end-of-turn token, or " label\\n" without a chat template), or the task's limit."""
+    its end-of-turn token, or " label" and EOS without a chat template), or the task's limit."""
     from potstill.models.prompting import PromptFormat
 
     if task.labels:
@@ -121,10 +121,7 @@ def _meta(cfg: Config, run: Path) -> dict[str, Any]:
 
     base = cfg.student.model
     licence = BUNDLED[base.split(":", 1)[1]][2] if base.startswith("bundled:") and base.split(":", 1)[1] in BUNDLED else ""
-    # A local folder or file goes in by its name only: the file is meant to be published, and the
-    # exporter's absolute path names their home directory. A hub id ("org/name") or bundled: stays.
-    if Path(base).is_absolute() or Path(base).exists() or base.startswith(("./", "../", "~")):
-        base = Path(base).name
+    base = published_name(base)
     meta = {
         "general.name": f"potstill student ({Path(run).resolve().name}, {cfg.task.type})",
         "general.base_models": [{"name": base}],
@@ -215,7 +212,7 @@ def export_gguf(cfg: Config, run: Path, out_dir: Path) -> list[Path]:
                 summaries.append(s)
                 if not mix:
                     advance(1)
-            write_json(tmp / "export.json", {"source": str(run / "student"),
+            write_json(tmp / "export.json", {"source": published_name(str(run / "student")),
                                              "converter": "llama.cpp convert_hf_to_gguf.py", "files": summaries,
                                              "imatrix": measured})
     say("export: " + ", ".join(f"{s['file']} ({s['architecture']}, {size_text(s['bytes'])}, {s['seconds']:.1f} s)"

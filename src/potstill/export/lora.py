@@ -33,7 +33,7 @@ from typing import Any
 
 from potstill.config import Config
 from potstill.errors import PotstillError
-from potstill.export import register
+from potstill.export import published_name, register
 from potstill.progress import bar, say, size_text
 from potstill.records import atomic_dir, write_json
 
@@ -124,8 +124,8 @@ def export_lora(cfg: Config, run: Path, out_dir: Path) -> list[Path]:
             where = f"its base in {out_dir / 'base'} ({cfg.export.dtype}" + (
                 f", cut to {cfg.student.num_layers} layers)" if cfg.student.num_layers else ")")
         rank = conf.get("r")
-        write_json(tmp / "export.json", {"source": str(run / "student"), "base": published or "base/",
-                                         "trained_on": base_spec(conf), "rank": rank,
+        write_json(tmp / "export.json", {"source": published_name(str(run / "student")), "base": published or "base/",
+                                         "trained_on": published_name(base_spec(conf)), "rank": rank,
                                          "alpha": conf.get("lora_alpha"),
                                          "target_modules": conf.get("target_modules")})
     size = sum(f.stat().st_size for f in out_dir.glob("adapter_model.*"))
@@ -135,13 +135,26 @@ def export_lora(cfg: Config, run: Path, out_dir: Path) -> list[Path]:
 
 def _lora_converter(adapter: Path, base: Path, path: Path) -> None:
     """llama.cpp's ``convert_lora_to_gguf.py`` in a child process: ``adapter`` (a PEFT folder) to ``path``
-    in f16, the architecture read from the Hugging Face folder ``base`` (no hub download)."""
+    in f16, the architecture read from the Hugging Face folder ``base`` (no hub download).
+
+    The converter writes the adapter config's ``base_model_name_or_path`` (and PEFT's README's
+    ``base_model``) into the file's metadata (``general.base_model.0.repo_url``, ``general.tags``) and
+    has no ``--metadata``: it reads a copy of the adapter whose base is named as an export names it
+    (``published_name``) and without that README, or a local base's absolute path went into every
+    published file."""
     from potstill.export import llama_convert
     from potstill.export.gguf_file import _failure
 
-    cmd = [sys.executable, str(Path(llama_convert.__file__)), str(llama_convert.llama_cpp_dir()), "--lora",
-           str(adapter), "--base", str(base), "--outfile", str(path), "--outtype", "f16"]
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    with tempfile.TemporaryDirectory(prefix="potstill-lora-src-") as tmp:
+        src = Path(tmp) / adapter.name
+        shutil.copytree(adapter, src)
+        conf = json.loads((src / "adapter_config.json").read_text())
+        conf["base_model_name_or_path"] = published_name(str(conf.get("base_model_name_or_path") or ""))
+        (src / "adapter_config.json").write_text(json.dumps(conf, indent=2))
+        (src / "README.md").unlink(missing_ok=True)  # PEFT's card: its base_model is the same path
+        cmd = [sys.executable, str(Path(llama_convert.__file__)), str(llama_convert.llama_cpp_dir()), "--lora",
+               str(src), "--base", str(base), "--outfile", str(path), "--outtype", "f16"]
+        r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0 or not path.is_file():
         path.unlink(missing_ok=True)
         raise PotstillError(f"GGUF LoRA export: {_failure(r.stderr)}")
@@ -208,7 +221,8 @@ def export_gguf_lora(cfg: Config, run: Path, out_dir: Path) -> list[Path]:
                 summaries.append(s)
                 if not mix:
                     advance(1)
-            write_json(tmp / "export.json", {"source": str(run / "student"), "trained_on": base_spec(conf),
+            write_json(tmp / "export.json", {"source": published_name(str(run / "student")),
+                                             "trained_on": published_name(base_spec(conf)),
                                              "converter": "llama.cpp convert_lora_to_gguf.py + convert_hf_to_gguf.py",
                                              "adapter": adapter, "base_files": summaries, "imatrix": measured})
     q = cfg.export.gguf_types[-1]

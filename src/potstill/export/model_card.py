@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from potstill.config import Config
+from potstill.export import published_name
 from potstill.hub_files import is_hub_file, parse
 from potstill.models.prompting import PromptFormat
 from potstill.tool_calls import tool_names
@@ -72,19 +73,21 @@ def model_card(cfg: Config, run: Path, name: str, ref: str, chat: bool, fmt: str
 
     t = cfg.task
     lines = [f"# {name}", "",
-             f"A student distilled with potstill from `{cfg.student.model}` "
-             f"to do one task as its teacher `{cfg.teacher.model}` ({cfg.teacher.type}) does it.", "",
+             f"A student distilled with potstill from `{published_name(cfg.student.model)}` "
+             f"to do one task as its teacher `{published_name(cfg.teacher.model)}` ({cfg.teacher.type}) does it.", "",
              "## Task", "", f"- Type: {t.type}", f"- Instruction (the system message it was trained with): {t.instruction!r}"]
     if t.labels:
         lines.append("- Labels: " + ", ".join(f"`{x}`" for x in t.labels))
     lines += ["", "## Teacher and data", ""]
     terms = (card or {}).get("teacher", {}).get("terms_of_use") or cfg.teacher.terms or "not given"
-    lines.append(f"- Teacher: `{cfg.teacher.model}` ({cfg.teacher.type}); its terms of use: {terms}. Check that they "
+    lines.append(f"- Teacher: `{published_name(cfg.teacher.model)}` ({cfg.teacher.type}); its terms of use: {terms}. "
+                 "Check that they "
                  "allow training and sharing a model on its outputs.")
     if card:
         for s in card.get("sources") or [{"name": "inputs", **card.get("inputs", {})}]:
             commit = f" at commit `{s['hub_commit']}`" if s.get("hub_commit") else ""
-            lines.append(f"- Source `{s.get('name')}`: {s.get('records', '?')} records from `{s.get('path')}`{commit}, "
+            lines.append(f"- Source `{s.get('name')}`: {s.get('records', '?')} records from "
+                         f"`{published_name(str(s.get('path')))}`{commit}, "
                          f"labelled by {s.get('labelled_by', 'teacher')}; {s.get('source')}; licence: {s.get('license')}")
         counts = card.get("counts") or {}
         if counts:
