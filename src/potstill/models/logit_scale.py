@@ -6,7 +6,8 @@ it: Granite (3.x and 4.0, dense, MoE and hybrid) divides by ``config.logits_scal
 Cohere's Command models multiply by ``config.logit_scale`` (1/16 or 1/8), Falcon-H1 by
 ``lm_head_multiplier``, HyperCLOVA X multiplies by its ``logits_scaling``. The config names do not
 say which way (Granite divides by the field HyperCLOVA X multiplies by), so the factor is read off
-the model itself: one forward of a few tokens, compared with the bare head on the same hidden
+the model itself: its forward on 4 positions with the decoder stood in for by given hidden states
+(the head and what follows it run, no layer), compared with the bare head on the same hidden
 states, then matched to the config value it comes from so that it is exact.
 """
 
@@ -37,20 +38,38 @@ def logit_scale(model: Any) -> float | None:
     return scale
 
 
+class _Given(torch.nn.Module):
+    """Stands in for a model's decoder for one call: returns the given hidden states, so the model's
+    forward runs only its head and what follows it (no layer: a probe at load must cost nothing and
+    run no layer a caller may be watching)."""
+
+    def __init__(self, hidden: torch.Tensor):
+        super().__init__()
+        self.hidden = hidden
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        from transformers.modeling_outputs import BaseModelOutputWithPast
+
+        return BaseModelOutputWithPast(last_hidden_state=self.hidden)
+
+
 def _measure(model: Any) -> float | None:
     head = model.get_output_embeddings()
-    param = next(model.parameters())
-    vocab = int(head.weight.shape[0])
-    ids = torch.tensor([[i % vocab for i in (11, 257, 1031, 4099)]], device=param.device)
+    weight = head.weight
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(1, 4, weight.shape[1], generator=gen).to(device=weight.device, dtype=weight.dtype)
+    ids = torch.zeros(1, 4, dtype=torch.long, device=weight.device)
+    prefix = model.base_model_prefix
+    body = getattr(model, prefix)
     was_training = model.training
     model.eval()
     try:
+        setattr(model, prefix, _Given(hidden))
         with torch.no_grad():
-            body = getattr(model, model.base_model_prefix)
-            hidden = body(input_ids=ids, use_cache=False).last_hidden_state
-            plain = head(hidden).float()
             full = model(input_ids=ids, use_cache=False).logits.float()
+            plain = head(hidden).float()
     finally:
+        setattr(model, prefix, body)
         model.train(was_training)
     cap = getattr(model.config, "final_logit_softcapping", None)
     if cap:  # undo the soft-cap where it is invertible (it saturates near +-cap)
@@ -61,7 +80,7 @@ def _measure(model: Any) -> float | None:
     measured = float((full * plain).sum()) / denom
     scale = _config_value(model.config, measured)
     # bf16 rounds each logit to 3 significant digits; a head that is no product misses by far more.
-    tol = 1e-4 if param.dtype == torch.float32 else 3e-2
+    tol = 1e-4 if weight.dtype == torch.float32 else 3e-2
     err = float((full - scale * plain).abs().max())
     return scale if err <= tol * max(1.0, float(full.abs().max())) else None
 
