@@ -131,13 +131,18 @@ def check_budget(teacher: Teacher, gcfg: GenerateConfig) -> None:
     why = unpriced_budget(teacher.cfg.model, teacher.cfg.price, gcfg)
     if why:
         raise PotstillError(why)
+
+
+def unpriced_provider_model(teacher: Teacher, gcfg: GenerateConfig) -> str | None:
+    """What to say where the teacher is a model of the provider's own API (no base_url: every call is
+    billed; a self-hosted server may well be free) that no price names, or None."""
     from potstill.teachers.api.prices import price_for
 
-    # The provider's own API (no base_url) bills every call; a self-hosted server may well be free.
-    if teacher.remote and not teacher.cfg.base_url and not price_for(teacher.cfg.model, teacher.cfg.price, gcfg.prices):
-        say(f"[yellow]generate: no price is known for teacher.model {escape(repr(teacher.cfg.model))}: the provider "
-            "bills its calls, but they count $0 in the ledger, `potstill cost` and evaluate's break-even; set "
-            "teacher.price (input_per_mtok, output_per_mtok) or add the model to generate.prices[/yellow]")
+    if not teacher.remote or teacher.cfg.base_url or price_for(teacher.cfg.model, teacher.cfg.price, gcfg.prices):
+        return None
+    return (f"generate: no price is known for teacher.model {escape(repr(teacher.cfg.model))}: the provider bills its "
+            "calls, but they count $0 in the ledger, `potstill cost` and evaluate's break-even; set teacher.price "
+            "(input_per_mtok, output_per_mtok) or add the model to generate.prices")
 
 
 def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: Ledger, stage: str,

@@ -7,7 +7,7 @@ from typing import Any
 
 from potstill.config import Config
 from potstill.errors import PotstillError
-from potstill.generate import check_settings, run_generate
+from potstill.generate import check_settings, run_generate, unpriced_provider_model
 from potstill.generate.tool_rounds import add_rounds, check_rounds
 from potstill.progress import say
 from potstill.records import write_jsonl
@@ -64,4 +64,7 @@ def generate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
         + (f" ({stats.refused} refused by the teacher, not sent again: generate.retry_refusals)" if stats.refused else "")
         + ", "
         f"{stats.input_tokens + stats.output_tokens} tokens, ${stats.cost_usd:.4f}, {stats.seconds:.1f} s")
+    unpriced = unpriced_provider_model(teacher, cfg.generate)
+    if unpriced:  # beside the $ it explains
+        say(f"[yellow]{unpriced}[/yellow]")
     return asdict(stats)
