@@ -244,6 +244,7 @@ async def handle(state: State, reader: asyncio.StreamReader, writer: asyncio.Str
 async def serve(opts: argparse.Namespace) -> None:
     state = State(opts)
     server = await asyncio.start_server(lambda r, w: handle(state, r, w), "127.0.0.1", opts.port, backlog=1024)
+    print(server.sockets[0].getsockname()[1], flush=True)  # the port bound: Loopback waits for it
     async with server:
         await server.serve_forever()
 
@@ -272,14 +273,18 @@ def free_port() -> int:
 
 
 class Loopback:
-    """Start the server in its own process; ``stats()`` reads its counters."""
+    """Start the server in its own process; ``stats()`` reads its counters.
+
+    The server binds the port itself (``--port=0``: any free one) and prints it once bound: a port
+    picked here and handed over could be taken by another test worker's server in between, and the
+    readiness probe then reached that one (a test talked to a stranger that went away)."""
 
     module = "tests.generate.loopback"  # the server ``python -m`` runs
     start_s = 20.0
 
     def __init__(self, **opts: Any):
-        self.port = free_port()
-        self.args = [f"--port={self.port}"]
+        self.port = 0
+        self.args = ["--port=0"]
         for k, v in opts.items():
             flag = "--" + k.replace("_", "-")
             if v is True:
@@ -300,18 +305,22 @@ class Loopback:
             return json.loads(r.read())
 
     def __enter__(self) -> "Loopback":
+        import select
+        import threading
+
         root = Path(__file__).resolve().parents[2]
         env = {**os.environ, "PYTHONPATH": str(root)}
-        self.proc = subprocess.Popen([sys.executable, "-m", self.module, *self.args], cwd=root, env=env)
-        deadline = time.time() + self.start_s
-        while time.time() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return self
-            except OSError:
-                time.sleep(0.05)
-        self.proc.kill()
-        raise RuntimeError(f"{self.module} did not start")
+        self.proc = subprocess.Popen([sys.executable, "-m", self.module, *self.args], cwd=root, env=env,
+                                     stdout=subprocess.PIPE, text=True)
+        ready, _, _ = select.select([self.proc.stdout], [], [], self.start_s)
+        line = self.proc.stdout.readline().strip() if ready else ""
+        if not line.isdigit():
+            self.proc.kill()
+            raise RuntimeError(f"{self.module} did not start (exit {self.proc.poll()})")
+        self.port = int(line)
+        # Whatever else it prints goes on being read, so a full pipe never blocks it.
+        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
+        return self
 
     def __exit__(self, *exc: Any) -> None:
         self.proc.terminate()

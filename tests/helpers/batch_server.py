@@ -441,7 +441,15 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
+    import socket
+
     import uvicorn
 
     opts = parse()
-    uvicorn.run(build(opts), host="127.0.0.1", port=opts.port, log_level="warning")
+    # Bound here and printed (``Loopback.__enter__`` waits for it): --port=0 is any free port.
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", opts.port))
+    sock.listen(1024)  # connections wait in the backlog until uvicorn accepts them, not refused
+    print(sock.getsockname()[1], flush=True)
+    uvicorn.Server(uvicorn.Config(build(opts), log_level="warning")).run(sockets=[sock])
