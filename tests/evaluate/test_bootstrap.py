@@ -46,9 +46,19 @@ def test_paired_gap_is_covered_about_95_percent():
     assert 0.91 <= cov <= 0.98, cov
 
 
+def test_a_share_with_no_miss_is_not_certain():
+    """30 of 30 agreeing resampled to 30 of 30 every time: the interval [1, 1] covered a true 0.99 only
+    when a sample happened to miss (26% of them here: 0.99^30 = 74% are all ones), and a slice passed
+    its bar on that. The exact binomial bound covers it."""
+    cov = coverage(lambda rng: (rng.random(30) < 0.99).astype(float), 0.99)
+    assert cov >= 0.95, cov
+    assert bootstrap_mean([1] * 30)["lo"] == pytest.approx(0.025 ** (1 / 30))  # 0.884
+    assert bootstrap_mean([0] * 30)["hi"] == pytest.approx(1 - 0.025 ** (1 / 30))
+
+
 def test_interval_shape():
     ci = bootstrap_mean([1, 1, 1, 1])
-    assert ci == {"value": 1.0, "lo": 1.0, "hi": 1.0, "n": 4}
+    assert ci == {"value": 1.0, "lo": pytest.approx(0.025 ** 0.25), "hi": 1.0, "n": 4}
     assert bootstrap_mean([])["value"] is None
     ci = bootstrap_mean([0, 1] * 50, seed=3)
     assert ci["lo"] < 0.5 < ci["hi"] and ci["hi"] - ci["lo"] == pytest.approx(0.2, abs=0.04)  # ~ 2 x 1.96 x 0.05

@@ -133,11 +133,11 @@ def test_parse_and_combine():
     assert combine("A", "A") == "inconsistent" and combine("A", None) == "bad"
 
 
-def judged_run(tmp_path, tiny_model, text: str = "text"):
-    """A run directory with four free-text test records and the tiny model as its student."""
+def judged_run(tmp_path, tiny_model, text: str = "text", n: int = 4):
+    """A run directory with ``n`` free-text test records and the tiny model as its student."""
     run = tmp_path / "run"
     run.mkdir()
-    rows = [{"input": f"{text} {i}", "output": f"summary {i}", "slice": ["s"]} for i in range(4)]
+    rows = [{"input": f"{text} {i}", "output": f"summary {i}", "slice": ["s"]} for i in range(n)]
     (run / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     shutil.copytree(tiny_model, run / "student")
     return run
@@ -281,13 +281,14 @@ def test_on_free_text_the_judge_decides_the_verdict_not_exact_match(tmp_path, ti
     quality_bar.min_judge_score; agreement stays in the row, reported only."""
     from potstill.evaluate.stage import evaluate_stage
 
-    run = judged_run(tmp_path, tiny_model)
+    # 8 inputs: 4 lost of 4 is [0, 0.60], too few to fail a 0.45 bar; 8 of 8 is [0, 0.37]
+    run = judged_run(tmp_path, tiny_model, n=8)
     with LiveServer(judge_app(mode, [])) as srv:
         evaluate_stage(stage_config(run, srv.url, tiny_model))
     ev = json.loads((run / "eval.json").read_text())
     whole = ev["slices"][0]
     assert whole["slice"] == "all" and whole["agreement"]["value"] == 0.0  # never the teacher's very words
-    assert whole["judged_on"] == "judge" and whole["n_judged"] == 4
+    assert whole["judged_on"] == "judge" and whole["n_judged"] == 8
     assert whole["judge_score"]["value"] == score and whole["verdict"] == verdict, whole["reason"]
     assert "judge score against the teacher" in whole["reason"] and "reported only" in whole["reason"]
     assert ev["judge"]["slices"][0]["score"]["value"] == score

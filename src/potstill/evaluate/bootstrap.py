@@ -17,16 +17,25 @@ import numpy as np
 
 
 def bootstrap_mean(values: Sequence[float], n_boot: int = 1000, confidence: float = 0.95,
-                   seed: int = 0) -> dict[str, float | int | None]:
-    """Mean of ``values`` with a percentile-bootstrap interval: {value, lo, hi, n}."""
+                   seed: int = 0, unit: bool = True) -> dict[str, float | int | None]:
+    """Mean of ``values`` with a percentile-bootstrap interval: {value, lo, hi, n}. ``unit``: the
+    values are shares or scores in [0, 1] (every caller's but ``bootstrap_gap``'s)."""
     x = np.asarray(values, dtype=float)
     n = len(x)
     if n == 0:
         return {"value": None, "lo": None, "hi": None, "n": 0}
+    tail = (1 - confidence) / 2
+    if unit and (np.all(x == 1) or np.all(x == 0)):
+        # Every example right (or every one wrong): every resample is the same, and the percentile
+        # interval [1, 1] claimed certainty from 30 examples. A share with no miss in n has Clopper and
+        # Pearson's exact bound tail^(1/n) on the other side: 30 of 30 is [0.884, 1]. It holds for any
+        # score in [0, 1]: P(score = 1) <= its mean, so n ones have probability <= mean^n.
+        edge = float(tail ** (1 / n))
+        lo, hi = (edge, 1.0) if x[0] == 1 else (0.0, 1 - edge)
+        return {"value": float(x.mean()), "lo": lo, "hi": hi, "n": n}
     rng = np.random.default_rng(seed)
     # (n_boot, n) indices at once: 1000 x 1000 int64 is 8 MB, fine for any test split we evaluate.
     means = x[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)
-    tail = (1 - confidence) / 2
     lo, hi = np.quantile(means, [tail, 1 - tail])
     return {"value": float(x.mean()), "lo": float(lo), "hi": float(hi), "n": n}
 
@@ -36,7 +45,8 @@ def bootstrap_gap(a: Sequence[float], b: Sequence[float], n_boot: int = 1000, co
     """mean(a) - mean(b) over paired examples, with a percentile-bootstrap interval."""
     if len(a) != len(b):
         raise ValueError(f"paired samples differ in length: {len(a)} vs {len(b)}")
-    return bootstrap_mean(np.asarray(a, dtype=float) - np.asarray(b, dtype=float), n_boot, confidence, seed)
+    return bootstrap_mean(np.asarray(a, dtype=float) - np.asarray(b, dtype=float), n_boot, confidence, seed,
+                          unit=False)
 
 
 def bootstrap_ratio(a: Sequence[float], b: Sequence[float], n_boot: int = 1000, confidence: float = 0.95,
