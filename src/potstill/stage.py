@@ -177,7 +177,10 @@ class Stage:
         with following(live):
             summary = body(cfg, run)
             if main:
-                run.mark_done(self.name, fp, list(self.outputs), {"summary": summary})
+                # Each input's digest as this run read it (memoised: hashed for the fingerprint already),
+                # so a later command can tell which student an eval.json is of (export's model card).
+                digests = {name: hash_path(run / name) for name in self.inputs if (run / name).exists()}
+                run.mark_done(self.name, fp, list(self.outputs), {"summary": summary, "input_digests": digests})
                 save_config(cfg, run, self)
                 self._track(cfg, run, summary, live=live)
         return {"skipped": False, **summary}

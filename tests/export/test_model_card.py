@@ -84,7 +84,7 @@ def test_a_student_trained_after_the_evaluation_is_not_carded_with_its_numbers(e
     assert run_main(monkeypatch, capsys, "train", "-c", "potstill.yaml", "--train.epochs", "2")[0] == 0
     code, err, card = _export(monkeypatch, capsys, root)
     assert code == 0
-    assert "Not evaluated since the last training: eval.json is of the student trained before this one" in card
+    assert "Not evaluated since the last training: eval.json is of another student than the one in run/student" in card
     assert "Verdict:" not in card and "| student |" not in card
     assert any("the model card leaves out the evaluation" in line for line in err), err
     monkeypatch.chdir(root)

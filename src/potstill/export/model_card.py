@@ -33,16 +33,24 @@ def _hub_model(spec: str) -> str | None:
 
 
 def stale_evaluation(run: Path) -> str | None:
-    """Why ``RUN/eval.json`` is not this student's (a train finished after the evaluate that wrote it,
-    as the run's manifest records them), or None: the card must not show an earlier student's numbers
-    and verdict as this one's."""
+    """Why ``RUN/eval.json`` is not this student's, or None: the card must not show an earlier
+    student's numbers and verdict as this one's. The run's manifest keeps the digest of the student
+    evaluate read (``input_digests``); a manifest from before it, the times evaluate and train finished
+    (to the second: a train within the second of the evaluate is not seen there)."""
+    from potstill.hashing import hash_path
     from potstill.rundir import RunDir
 
     stages = RunDir(run).manifest()["stages"]
-    trained, evaluated = (stages.get(s, {}).get("finished_at") for s in ("train", "evaluate"))
-    if trained and evaluated and trained > evaluated:
-        return (f"eval.json is of the student trained before this one (evaluated {evaluated}, trained again "
-                f"{trained}); run `potstill evaluate` and export again")
+    evaluate = stages.get("evaluate", {})
+    evaluated, trained = evaluate.get("finished_at"), stages.get("train", {}).get("finished_at")
+    read = (evaluate.get("input_digests") or {}).get("student")
+    if read and (run / "student").exists():
+        changed = hash_path(run / "student") != read
+    else:
+        changed = bool(trained and evaluated and trained > evaluated)
+    if changed:
+        return (f"eval.json is of another student than the one in {Path(run).name}/student (evaluated "
+                f"{evaluated}; trained or promoted since); run `potstill evaluate` and export again")
     return None
 
 
