@@ -85,3 +85,17 @@ def test_training_losses_are_the_models_own(models, tmp_path, arch):
     assert float(ce) > 1.0 and float(kd) > 0.1  # lively models: a wrong scale shows
     assert float(got["ce"]) == pytest.approx(float(ce), rel=1e-4)
     assert float(got["kd"]) == pytest.approx(float(kd), rel=1e-4)
+
+
+def test_a_head_that_reads_its_multiplier_off_the_decoder_is_measured_too():
+    """Falcon-H1 multiplies its logits by ``self.model.lm_head_multiplier``, an attribute of the decoder
+    the probe stands in for: it must still read it (a failed probe is taken as no scale)."""
+    import transformers
+
+    cfg = transformers.FalconH1Config(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, mamba_d_ssm=32, mamba_n_heads=4,
+                                      mamba_d_head=8, mamba_n_groups=1, mamba_d_state=8,
+                                      lm_head_multiplier=0.0390625, tie_word_embeddings=False)
+    model = transformers.FalconH1ForCausalLM(cfg).eval()
+    assert logit_scale(model) == 0.0390625
+    assert type(model.model).__name__ == "FalconH1Model"  # the decoder is back in place

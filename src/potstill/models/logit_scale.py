@@ -3,7 +3,7 @@
 Most causal LMs return ``hidden @ W.T`` as their logits, and potstill's heads compute exactly that
 from the last hidden states (the label rows in scoring, the chunked heads in training). Some scale
 it: Granite (3.x and 4.0, dense, MoE and hybrid) divides by ``config.logits_scaling`` (8 or 16),
-Cohere's Command models multiply by ``config.logit_scale`` (1/16 or 1/8), Falcon-H1 by
+Cohere's Command models multiply by ``config.logit_scale`` (1/16 or 1/8), Falcon-H1 by its decoder's
 ``lm_head_multiplier``, HyperCLOVA X multiplies by its ``logits_scaling``. The config names do not
 say which way (Granite divides by the field HyperCLOVA X multiplies by), so the factor is read off
 the model itself: its forward on 4 positions with the decoder stood in for by given hidden states
@@ -41,11 +41,19 @@ def logit_scale(model: Any) -> float | None:
 class _Given(torch.nn.Module):
     """Stands in for a model's decoder for one call: returns the given hidden states, so the model's
     forward runs only its head and what follows it (no layer: a probe at load must cost nothing and
-    run no layer a caller may be watching)."""
+    run no layer a caller may be watching). Other attributes are the decoder's: Falcon-H1's head
+    reads its multiplier off it (``self.model.lm_head_multiplier``)."""
 
-    def __init__(self, hidden: torch.Tensor):
+    def __init__(self, hidden: torch.Tensor, body: Any):
         super().__init__()
         self.hidden = hidden
+        object.__setattr__(self, "_body", body)  # not a submodule: its parameters stay the model's
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(object.__getattribute__(self, "_body"), name)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         from transformers.modeling_outputs import BaseModelOutputWithPast
@@ -64,7 +72,7 @@ def _measure(model: Any) -> float | None:
     was_training = model.training
     model.eval()
     try:
-        setattr(model, prefix, _Given(hidden))
+        setattr(model, prefix, _Given(hidden, body))
         with torch.no_grad():
             full = model(input_ids=ids, use_cache=False).logits.float()
             plain = head(hidden).float()
