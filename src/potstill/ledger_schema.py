@@ -150,6 +150,10 @@ MIGRATIONS: list[str] = [
 #: Stop reasons of an answer that ended by itself (OpenAI and local: stop; Anthropic: end_turn,
 #: stop_sequence), which a larger output budget would not have changed.
 NATURAL_STOPS = ("stop", "end_turn", "stop_sequence")
+#: Stop reasons of an answer the provider stopped as unsafe (Anthropic: refusal, with the words Claude 4
+#: wrote before it; OpenAI: content_filter, the content withheld or cut): whatever text it holds, it is
+#: no answer to learn (curate sets it aside, import skips it).
+REFUSED_STOPS = ("refusal", "content_filter")
 
 #: Batch states after which nothing more comes from the provider.
 BATCH_CLOSED = ("collected", "refused")

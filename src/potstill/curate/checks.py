@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from potstill.config import CurateConfig
+from potstill.ledger_schema import REFUSED_STOPS
 from potstill.records import Record
 from potstill.tasks import Task
 from potstill.tasks.answers import output_problem, vote
@@ -21,10 +22,6 @@ from potstill.tasks.answers import output_problem, vote
 # the request's (OpenAI, local: length; Anthropic: max_tokens) or the model's context window (Anthropic:
 # model_context_window_exceeded, the answer cut where the prompt and it filled the window).
 CUT = ("length", "max_tokens", "model_context_window_exceeded")
-# The stop reasons of an answer the provider stopped as unsafe: Anthropic's refusal (Claude 4 sends the
-# words it wrote before it stopped) and OpenAI's content_filter (the content withheld or cut). Whatever
-# text such an answer holds, it is no answer to learn, a label included.
-REFUSED = ("refusal", "content_filter")
 
 
 def _cut(stop: str | None, task: Task, rec: Record) -> bool:
@@ -34,7 +31,7 @@ def _cut(stop: str | None, task: Task, rec: Record) -> bool:
 
 def _refused(stop: str | None, rec: Record) -> bool:
     """Whether an answer that stopped for ``stop`` is a refusal curate sets aside; a reviewer's decision stands."""
-    return stop in REFUSED and "review" not in rec.meta
+    return stop in REFUSED_STOPS and "review" not in rec.meta
 
 
 def invalid_reason(rec: Record, task: Task, c: CurateConfig) -> str | None:

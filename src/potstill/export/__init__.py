@@ -18,6 +18,7 @@ from typing import Callable
 
 from potstill.config import Config
 from potstill.errors import PotstillError
+from potstill.progress import say
 
 Exporter = Callable[[Config, Path, Path], list[Path]]
 FORMATS: dict[str, Exporter] = {}
@@ -91,7 +92,6 @@ def export(cfg: Config, fmt: str, out_dir: str | Path | None = None, push_to: st
     written = FORMATS[fmt](cfg, run, out)
     if fmt in CARDS:
         from potstill.export.model_card import model_card, stale_evaluation
-        from potstill.progress import say
 
         stale = stale_evaluation(run) if (run / "eval.json").exists() else None
         if stale:
@@ -105,7 +105,6 @@ def export(cfg: Config, fmt: str, out_dir: str | Path | None = None, push_to: st
     (out / MARK).write_text(fmt + "\n")
     if push_to is not None:
         from potstill.export.push import push
-        from potstill.progress import say
 
         url = push(out, push_to, private, f"potstill export of {run}", [MARK])
         say(f"export: pushed {out} to {push_to}: {url}")

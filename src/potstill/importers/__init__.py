@@ -43,6 +43,7 @@ from pydantic import ValidationError
 
 from potstill.errors import PotstillError
 from potstill.ledger import Ledger
+from potstill.ledger_schema import REFUSED_STOPS
 from potstill.progress import bar, say
 from potstill.records import TABLE_SUFFIXES, Record, content_text, read_objects, record_problem, write_jsonl
 from potstill.responses_format import ResponsesInputError, chat_messages, output_text
@@ -129,18 +130,13 @@ def _message_calls(message: dict[str, Any], where: str) -> list[dict[str, Any]]:
     return [{"function": message["function_call"]}] if isinstance(message.get("function_call"), dict) else []
 
 
-# The stop reasons of an answer the provider stopped as unsafe: Anthropic's refusal (Claude 4 sends the words
-# it wrote before it stopped), OpenAI's content_filter (the content withheld or cut). The words are no answer.
-REFUSED = ("refusal", "content_filter")
-
-
 def _no_text(message: dict[str, Any], finish: Any = None) -> str | None:
     """Why a logged answer message holds no text to learn, or None when it holds some. An answer
     that calls a tool is a call whatever words come with it ("Let me check."): not the answer; one
     that stopped as a refusal (``finish``) is a refusal whatever words come before it."""
     if message.get("tool_calls") or message.get("function_call"):
         return "its answer is a tool call"
-    if finish in REFUSED:
+    if finish in REFUSED_STOPS:
         return "its answer is a refusal"
     if content_text(message.get("content") or ""):
         return None
