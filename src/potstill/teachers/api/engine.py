@@ -213,6 +213,23 @@ async def send(teacher: ApiTeacher, client: Any, req: dict[str, Any], limiter: R
     return resp
 
 
+def _commit_again(uncommitted: list[tuple[int, Response]], on_result: OnResult, first: Exception) -> None:
+    """Commit once more the answers whose commit failed, after the requests in flight finished; then
+    raise: the run stopped sending at the first failure, and says how many paid answers are lost."""
+    lost = 0
+    for j, resp in uncommitted:
+        try:
+            on_result(j, resp)
+        except Exception:
+            lost += 1
+    what = f"{type(first).__name__}: {first}"
+    kept = (f"{lost} of the answers received could not be written and would be paid for again on a rerun" if lost
+            else "every answer received was written after all")
+    raise PotstillError(f"generate: stopped, the ledger took no more answers ({what[:300]}); {kept}; "
+                        "no other request was sent; rerun the same command once the ledger is free "
+                        "(another process holding calls.sqlite, a full disk) to send the rest") from first
+
+
 def _say_pause(seconds: float, why: str) -> None:
     say(f"[yellow]the provider's rate limit pauses every request for {seconds:.0f} s ({escape(why)}); the run goes on "
         "after it[/yellow]")
@@ -243,6 +260,11 @@ async def run_requests(
     answered = asyncio.Event()
     in_flight = 0
     streak = 0  # answers in a row that failed as every other request would (``halting``)
+    # Answers ``on_result`` could not commit (the ledger locked past SQLite's timeout, the disk full) and why:
+    # the first stops the sending, the requests in flight still finish and commit (each is paid for), and
+    # these are tried once more at the end, so that a busy ledger costs no answer the provider billed.
+    uncommitted: list[tuple[int, Response]] = []
+    commit_errors: list[Exception] = []
 
     def expected_cost(req: dict[str, Any]) -> float:
         # Before any answer, price the worst case (the whole max_tokens); after, the mean of the answers
@@ -257,7 +279,7 @@ async def run_requests(
 
     async def worker() -> None:
         nonlocal in_flight, streak
-        while not stats.budget_stopped and not stats.halted:
+        while not stats.budget_stopped and not stats.halted and not commit_errors:
             item = held.popleft() if held else next(it, None)
             if item is None:
                 return
@@ -274,7 +296,11 @@ async def run_requests(
                 continue
             in_flight += 1
             resp = await send(teacher, client, req, limiter, price, stats)
-            on_result(j, resp)  # the ledger commit, before this worker sends anything else
+            try:
+                on_result(j, resp)  # the ledger commit, before this worker sends anything else
+            except Exception as e:
+                uncommitted.append((j, resp))
+                commit_errors.append(e)
             in_flight -= 1
             why = halting(resp)
             streak = streak + 1 if why else 0
@@ -285,6 +311,8 @@ async def run_requests(
 
     try:
         await asyncio.gather(*(worker() for _ in range(teacher.cfg.concurrency)))
+        if commit_errors:
+            _commit_again(uncommitted, on_result, commit_errors[0])
     finally:
         stats.throttled, stats.pauses = limiter.throttled, limiter.pauses
         stats.lowest_limit = limiter.concurrency.lowest
