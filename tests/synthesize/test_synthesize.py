@@ -383,3 +383,17 @@ def test_quotas_that_do_not_add_up_to_n_say_that_n_is_not_used(tmp_path, capsys)
     with pytest.raises(PotstillError):  # stopped by the unpriced budget before any call: only the warning matters
         synthesize_stage(cfg)
     assert "synthesize.quotas ask for 4 inputs in all; synthesize.n (100) is not used" in capsys.readouterr().err
+
+
+def test_a_seed_near_a_held_out_test_input_is_said(tmp_path, capsys):
+    """Seeds go to synthetic.jsonl as real inputs: one that is (nearly) a held-out test input would be
+    trained on and then tested on. The screen kept synthetic inputs from the test inputs, not seeds."""
+    with LiveServer(writer_app("good", Counter())) as srv:
+        cfg_path = project(tmp_path, srv.url)
+        synthesize_stage(load_config(cfg_path))
+        assert "seeds are near" not in capsys.readouterr().err
+        with (tmp_path / "test.jsonl").open("a") as f:
+            f.write(json.dumps({"input": SEEDS[1] + "!"}) + "\n")
+        synthesize_stage(load_config(cfg_path), force=True)
+    said = " ".join(capsys.readouterr().err.split())
+    assert "1 of 3 seeds are near an input of synthesize.test_inputs" in said and "the first: id" in said

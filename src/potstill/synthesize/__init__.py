@@ -210,6 +210,11 @@ class Screen:
         self.lsh.insert(str(len(self.kept)), _minhash(sh))
         self.kept.append((kind, sh))
 
+    def near_test(self, text: str) -> float:
+        """The Jaccard similarity of ``text`` to its nearest test input (0.0 below the candidate bar)."""
+        sh = shingles(text)
+        return max((jaccard(sh, self.tests[int(j)]) for j in self.test_lsh.query(_minhash(sh))), default=0.0)
+
     def check(self, text: str) -> str | None:
         """None if the text may be kept (and then it is remembered), else the reason it may not."""
         sh = shingles(text)

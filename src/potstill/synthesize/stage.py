@@ -189,6 +189,22 @@ def synthesize_stage(cfg: Config, force: bool = False) -> dict[str, Any]:
     return SYNTHESIZE.run(cfg, force)
 
 
+def _say_seeds_near_tests(cfg: Config, seeds: list[Record]) -> None:
+    """One line when seeds come near the user's held-out ``synthesize.test_inputs``: the screen keeps
+    synthetic inputs away from them, but seeds go to synthetic.jsonl as real inputs, so a student
+    would train on what it is later tested on. Not RUN/test.jsonl: curate put those seeds there itself."""
+    s = cfg.synthesize
+    if not (seeds and s.test_inputs):
+        return
+    screen = Screen([], [r.text for r in read_records(s.test_inputs)], 1.0, s.test_threshold)
+    near = [r for r in seeds if screen.near_test(r.text) >= s.test_threshold]
+    if near:
+        say(f"[yellow]synthesize: {len(near)} of {len(seeds)} seeds are near an input of synthesize.test_inputs "
+            f"(Jaccard >= {s.test_threshold}; the first: id {escape(repr(near[0].id))}); seeds are kept in synthetic.jsonl as real "
+            "inputs, so a student would be tested on what it trained on: take them out of the seeds or of the "
+            "test inputs[/yellow]")
+
+
 def synthesize_body(cfg: Config, run: RunDir) -> dict[str, Any]:
     check_cells(cfg.synthesize, cfg.task)
     s = cfg.synthesize
@@ -196,6 +212,7 @@ def synthesize_body(cfg: Config, run: RunDir) -> dict[str, Any]:
         say(f"[yellow]synthesize: synthesize.quotas ask for {sum(s.quotas.values())} inputs in all; synthesize.n "
             f"({s.n}) is not used when quotas are given[/yellow]")
     seeds, tests, own = _references(cfg, run)
+    _say_seeds_near_tests(cfg, seeds)
     # Made before the ledger is created, as generate's: a teacher that cannot be made leaves no
     # empty calls.sqlite (nor a new run directory holding only that).
     made = synthesis_teacher(cfg)
