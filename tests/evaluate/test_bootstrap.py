@@ -56,6 +56,23 @@ def test_a_share_with_no_miss_is_not_certain():
     assert bootstrap_mean([0] * 30)["hi"] == pytest.approx(1 - 0.025 ** (1 / 30))
 
 
+def test_a_score_every_example_shares_is_not_certain():
+    """A judge calling all 30 pairs a tie scored 0.5 with the interval [0.5, 0.5]: every resample of
+    one value is that value. 30 ties say that a tie comes at least 88.4% of the time (0.025^(1/30)),
+    the rest anywhere in [0, 1]: [0.442, 0.558]; 3 ties say little. Covered on 20 draws that tie with
+    probability 0.97, the rest losses (true score 0.485): 54% of such samples are all ties (0.97^20),
+    each of which the interval [0.5, 0.5] missed."""
+    ci = bootstrap_mean([0.5] * 30)
+    q = 0.025 ** (1 / 30)
+    assert ci == {"value": 0.5, "lo": pytest.approx(0.5 * q), "hi": pytest.approx(0.5 * q + 1 - q), "n": 30}
+    assert ci["lo"] == pytest.approx(0.442, abs=1e-3)
+    ci = bootstrap_mean([0.5] * 3)
+    assert ci["lo"] < 0.15 and ci["hi"] > 0.85
+    assert bootstrap_mean([0.5] * 30, unit=False)["lo"] == 0.5  # a gap is no share: left as it was
+    cov = coverage(lambda rng: np.where(rng.random(20) < 0.97, 0.5, 0.0), 0.485)
+    assert cov >= 0.95, cov
+
+
 def test_interval_shape():
     ci = bootstrap_mean([1, 1, 1, 1])
     assert ci == {"value": 1.0, "lo": pytest.approx(0.025 ** 0.25), "hi": 1.0, "n": 4}

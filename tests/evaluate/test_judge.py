@@ -281,14 +281,15 @@ def test_on_free_text_the_judge_decides_the_verdict_not_exact_match(tmp_path, ti
     quality_bar.min_judge_score; agreement stays in the row, reported only."""
     from potstill.evaluate.stage import evaluate_stage
 
-    # 8 inputs: 4 lost of 4 is [0, 0.60], too few to fail a 0.45 bar; 8 of 8 is [0, 0.37]
-    run = judged_run(tmp_path, tiny_model, n=8)
+    # 40 inputs: 40 ties of 40 are [0.456, 0.544], above a 0.45 bar (8 are [0.316, 0.684]: too few);
+    # 40 losses are [0, 0.088]
+    run = judged_run(tmp_path, tiny_model, n=40)
     with LiveServer(judge_app(mode, [])) as srv:
         evaluate_stage(stage_config(run, srv.url, tiny_model))
     ev = json.loads((run / "eval.json").read_text())
     whole = ev["slices"][0]
     assert whole["slice"] == "all" and whole["agreement"]["value"] == 0.0  # never the teacher's very words
-    assert whole["judged_on"] == "judge" and whole["n_judged"] == 8
+    assert whole["judged_on"] == "judge" and whole["n_judged"] == 40
     assert whole["judge_score"]["value"] == score and whole["verdict"] == verdict, whole["reason"]
     assert "judge score against the teacher" in whole["reason"] and "reported only" in whole["reason"]
     assert ev["judge"]["slices"][0]["score"]["value"] == score
@@ -298,17 +299,18 @@ def test_on_free_text_the_judge_decides_the_verdict_not_exact_match(tmp_path, ti
 def test_a_judge_that_always_names_one_position_decides_nothing(tmp_path, tiny_model):
     """Each flip of a verdict with the answers' order counts as a tie (0.5), so a judge that always says
     "A" scored every student 0.5, as good as the teacher, and passed it against min_judge_score 0.45,
-    however bad its answers. Past quality_bar.max_judge_inconsistency (0.5) the slice is inconclusive."""
+    however bad its answers. Past quality_bar.max_judge_inconsistency (0.5) the slice is inconclusive.
+    40 inputs: 40 ties are [0.456, 0.544], enough to pass the bar without that bound."""
     from potstill.evaluate.stage import evaluate_stage
 
-    run = judged_run(tmp_path, tiny_model)
+    run = judged_run(tmp_path, tiny_model, n=40)
     with LiveServer(judge_app("biased", [])) as srv:
         evaluate_stage(stage_config(run, srv.url, tiny_model))
     ev = json.loads((run / "eval.json").read_text())
     whole = ev["slices"][0]
     assert whole["judge_score"]["value"] == 0.5 and whole["judge_score"]["inconsistent"] == 1.0
     assert whole["judged_on"] == "judge" and whole["verdict"] == "inconclusive", whole["reason"]
-    assert "the judge's verdict flipped with the answers' order on 100% of its 4 examples" in whole["reason"]
+    assert "the judge's verdict flipped with the answers' order on 100% of its 40 examples" in whole["reason"]
     assert ev["verdict"]["decision"] != "GO"
     # With no bound (any share), the rule before it: the position-biased judge passes the student.
     cfg = stage_config(run, "http://127.0.0.1:9", tiny_model)

@@ -25,14 +25,16 @@ def bootstrap_mean(values: Sequence[float], n_boot: int = 1000, confidence: floa
     if n == 0:
         return {"value": None, "lo": None, "hi": None, "n": 0}
     tail = (1 - confidence) / 2
-    if unit and (np.all(x == 1) or np.all(x == 0)):
-        # Every example right (or every one wrong): every resample is the same, and the percentile
-        # interval [1, 1] claimed certainty from 30 examples. A share with no miss in n has Clopper and
-        # Pearson's exact bound tail^(1/n) on the other side: 30 of 30 is [0.884, 1]. It holds for any
-        # score in [0, 1]: P(score = 1) <= its mean, so n ones have probability <= mean^n.
-        edge = float(tail ** (1 / n))
-        lo, hi = (edge, 1.0) if x[0] == 1 else (0.0, 1 - edge)
-        return {"value": float(x.mean()), "lo": lo, "hi": hi, "n": n}
+    if unit and np.all(x == x[0]):
+        # Every example scored the same c: every resample is the same, and the percentile interval
+        # [c, c] claimed certainty from a handful of examples (30 of 30 agreeing: [1, 1]; a judge
+        # calling every pair a tie: [0.5, 0.5]). n draws all equal to c have probability q^n, q the
+        # chance of scoring c, so q >= tail^(1/n) but for a chance of tail; the rest of the mass,
+        # 1 - q, at 0 or at 1 bounds the mean: [c q, c q + 1 - q]. For shares this is Clopper and
+        # Pearson's exact bound (30 of 30: [0.884, 1]); 30 ties are [0.442, 0.558].
+        q = float(tail ** (1 / n))
+        c = float(x[0])
+        return {"value": c, "lo": c * q, "hi": 1 - (1 - c) * q, "n": n}
     rng = np.random.default_rng(seed)
     # (n_boot, n) indices at once: 1000 x 1000 int64 is 8 MB, fine for any test split we evaluate.
     means = x[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)
