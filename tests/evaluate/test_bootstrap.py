@@ -73,6 +73,17 @@ def test_a_score_every_example_shares_is_not_certain():
     assert cov >= 0.95, cov
 
 
+def test_a_gap_every_pair_shares_is_not_certain():
+    """A challenger right on 20 of 20 where the champion was wrong on all gained +100% [+100%, +100%]:
+    no resample of one difference differs. (d + 1) / 2 is bounded as a shared score."""
+    q = 0.025 ** (1 / 20)
+    assert bootstrap_gap([1] * 20, [0] * 20) == {"value": 1.0, "lo": pytest.approx(2 * q - 1), "hi": 1.0, "n": 20}
+    ci = bootstrap_gap([1] * 30, [1] * 30)
+    assert ci["value"] == 0 and ci["lo"] == pytest.approx(-0.116, abs=1e-3) and ci["hi"] == pytest.approx(0.116, abs=1e-3)
+    ci = bootstrap_gap([0.5] * 10, [0.25] * 10)
+    assert ci["lo"] < 0.25 < ci["hi"]
+
+
 def test_interval_shape():
     ci = bootstrap_mean([1, 1, 1, 1])
     assert ci == {"value": 1.0, "lo": pytest.approx(0.025 ** 0.25), "hi": 1.0, "n": 4}

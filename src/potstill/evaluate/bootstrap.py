@@ -44,11 +44,18 @@ def bootstrap_mean(values: Sequence[float], n_boot: int = 1000, confidence: floa
 
 def bootstrap_gap(a: Sequence[float], b: Sequence[float], n_boot: int = 1000, confidence: float = 0.95,
                   seed: int = 0) -> dict[str, float | int | None]:
-    """mean(a) - mean(b) over paired examples, with a percentile-bootstrap interval."""
+    """mean(a) - mean(b) over paired examples of scores in [0, 1], with a percentile-bootstrap interval."""
     if len(a) != len(b):
         raise ValueError(f"paired samples differ in length: {len(a)} vs {len(b)}")
-    return bootstrap_mean(np.asarray(a, dtype=float) - np.asarray(b, dtype=float), n_boot, confidence, seed,
-                          unit=False)
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    if len(d) and np.all(d == d[0]):
+        # Every pair differs by the same d (a challenger right on all 20 where the champion was wrong on
+        # all: +1 [+1, +1]): no resample differs, as with a shared score. Scores in [0, 1] differ within
+        # [-1, 1]; (d + 1) / 2 is a score in [0, 1], bounded as one, and mapped back: 20 of 20 is
+        # [+0.664, +1]; no difference in 30 pairs is [-0.116, +0.116].
+        ci = bootstrap_mean((d + 1) / 2, n_boot, confidence, seed, unit=True)
+        return {"value": float(d[0]), "lo": 2 * ci["lo"] - 1, "hi": 2 * ci["hi"] - 1, "n": len(d)}
+    return bootstrap_mean(d, n_boot, confidence, seed, unit=False)
 
 
 def bootstrap_ratio(a: Sequence[float], b: Sequence[float], n_boot: int = 1000, confidence: float = 0.95,
