@@ -79,6 +79,20 @@ def test_a_stored_response_with_its_input_items_page(tmp_path):
         import_traffic(jsonl(tmp_path / "stored.jsonl", [partial]), tmp_path / "p.jsonl")
 
 
+def test_instructions_given_as_input_items_come_first(tmp_path):
+    """A response whose request used a stored prompt gives ``instructions`` as the prompt's messages,
+    a list: it was dropped, and the records lost the task's instruction."""
+    page = {"object": "list", "has_more": False, "first_id": "msg_1", "last_id": "msg_1", "data": [
+        {"type": "message", "id": "msg_1", "role": "user", "content": [{"type": "input_text", "text": "Oslo?"}]}]}
+    instructions = [{"type": "message", "role": "developer",
+                     "content": [{"type": "input_text", "text": "Answer with the temperature."}]}]
+    stored = {**response([text("6 C")], instructions=instructions), "input_items": page}
+    assert import_traffic(jsonl(tmp_path / "stored.jsonl", [stored]), tmp_path / "o.jsonl") == 1
+    (rec,) = read_records(tmp_path / "o.jsonl")
+    assert [m["content"] for m in rec.messages] == ["Oslo?"] and rec.output == "6 C"
+    assert rec.meta["system"] == "Answer with the temperature."
+
+
 def test_a_response_that_calls_a_tool_or_refuses_is_skipped_and_counted(tmp_path, capsys):
     refusal = {"type": "message", "id": "msg_9", "status": "completed", "role": "assistant",
                "content": [{"type": "refusal", "refusal": "I can't help with that."}]}

@@ -64,13 +64,17 @@ def _objects(msgs: list[Any], where: str) -> list[dict[str, Any]]:
 
 
 def _responses_input(items: Any, instructions: Any, where: str) -> list[dict[str, Any]]:
-    """A Responses API request's ``input`` (and ``instructions``) as chat messages."""
+    """A Responses API request's ``input`` (and ``instructions``) as chat messages. A response object
+    whose request used a stored prompt gives its ``instructions`` as input items (the prompt's own
+    developer and system messages), not a string: they come first, as the string would."""
     try:
         msgs = chat_messages(items)
+        first = chat_messages(instructions) if isinstance(instructions, list) else []
     except ResponsesInputError as e:
         raise PotstillError(f"{where}: {e}") from None
-    return ([{"role": "system", "content": instructions}] if isinstance(instructions, str) and instructions
-            else []) + msgs
+    if isinstance(instructions, str) and instructions:
+        first = [{"role": "system", "content": instructions}]
+    return first + msgs
 
 
 def _is_items(side: Any) -> bool:
