@@ -21,6 +21,11 @@ def _norm(s: str) -> str:
     return re.sub(r"[^\w\s-]", "", s).strip().lower()
 
 
+def _first_word(text: str) -> str:
+    words = text.split()
+    return words[0] if words else ""
+
+
 class ClassificationTask(Task):
     name = "classification"
 
@@ -32,8 +37,13 @@ class ClassificationTask(Task):
         if len(cfg.labels) < 2:
             raise PotstillError("task.labels needs at least two labels for a classification task")
         self.labels = list(cfg.labels)
-        self._by_norm = {_norm(label): label for label in self.labels}
-        if len(self._by_norm) != len(self.labels):
+        if any(not label.strip() for label in self.labels):
+            raise PotstillError(f"task.labels has an empty label ({self.labels!r}): an empty answer would name it")
+        # A label made only of punctuation ("+", "*") normalises to nothing, as does an empty answer or
+        # "...": such a label is named by its own text alone, so no empty answer reads as it.
+        self._by_norm = {_norm(label): label for label in self.labels if _norm(label)}
+        self._by_text = {label.strip(): label for label in self.labels if not _norm(label)}
+        if len(self._by_norm) + len(self._by_text) != len(self.labels):
             raise PotstillError("task.labels has labels that differ only in case or punctuation")
 
     def target(self, record: Record) -> str:
@@ -41,16 +51,21 @@ class ClassificationTask(Task):
         assert label is not None, "only valid records are trained on"
         return label
 
+    def _named(self, text: str, norm: str) -> str | None:
+        """The label ``text`` (``norm``, its normal form) is: by its normal form where it has one, else
+        (made only of punctuation) by its own text: "+" is the label "+", "?" or "" no label."""
+        return (self._by_norm.get(norm) if norm else None) or self._by_text.get(text.strip())
+
     def parse(self, output: str) -> str | None:
         """The label the output names: exact (case-insensitive) or its first line/word."""
-        text = _norm(output)
-        if text in self._by_norm:
-            return self._by_norm[text]
-        first_line = _norm(output.strip().splitlines()[0]) if output.strip() else ""
-        if first_line in self._by_norm:
-            return self._by_norm[first_line]
-        first_word = first_line.split(" ")[0] if first_line else ""
-        return self._by_norm.get(first_word)
+        line = output.strip().splitlines()[0] if output.strip() else ""
+        norm_line = _norm(line)
+        for text, norm in ((output, _norm(output)), (line, norm_line),
+                           (_first_word(line), _first_word(norm_line))):
+            label = self._named(text, norm)
+            if label is not None:
+                return label
+        return None
 
     def check_gold(self, numbered: list[tuple[int, Record]], path: Any, max_unknown: float) -> None:
         """Gold labels become the label set's spelling ("Sports" -> "sports"; labels that differ
@@ -62,7 +77,7 @@ class ClassificationTask(Task):
         for lineno, r in labelled:
             if r.label in self.labels:
                 continue
-            canon = self._by_norm.get(_norm(r.label))
+            canon = self._named(r.label, _norm(r.label))
             if canon is not None:
                 r.label, fixed = canon, fixed + 1
                 continue

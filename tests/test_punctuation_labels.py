@@ -1,0 +1,55 @@
+"""Labels made only of punctuation (sentiment as "+", "-", "0"): their normal form is empty, as is
+that of an empty answer, "..." or "?", so each of those was read as the label "+" (a reasoning
+teacher that ran out of tokens answers ""), kept as valid and trained on; a gold label "" or "?"
+became "+". Such a label is named by its own text; an answer or gold with no text names none."""
+
+import json
+
+import pytest
+
+from potstill.config import Config, TaskConfig
+from potstill.errors import PotstillError
+from potstill.records import read_records
+from potstill.rundir import RunDir
+from potstill.stage import load_inputs
+from potstill.tasks import get_task
+
+LABELS = ["+", "-", "0"]
+TEXTS = ["great match", "awful film", "the vote was held", "new phone", "bank profit", "star award", "the team"]
+ANSWERS = ["+", "-", "", "...", "0", "?", "+ (positive)"]
+GOLD = ["+", "-", "", "?", " + ", "0", "0"]
+
+
+def test_an_empty_or_punctuation_answer_or_gold_names_no_label(tmp_path):
+    from potstill.generate.stage import generate_body
+
+    (tmp_path / "inputs.jsonl").write_text("".join(json.dumps({"input": t, "label": g}) + "\n"
+                                                   for t, g in zip(TEXTS, GOLD)))
+    (tmp_path / "recorded.jsonl").write_text("".join(
+        json.dumps({"messages": [{"role": "user", "content": t}], "output": a}) + "\n" for t, a in zip(TEXTS, ANSWERS)))
+    cfg = Config.model_validate({
+        "run_dir": str(tmp_path / "run"), "data": {"inputs": str(tmp_path / "inputs.jsonl"), "max_unknown_gold": 0.5},
+        "task": {"type": "classification", "labels": LABELS, "instruction": "sentiment: +, - or 0"},
+        "teacher": {"type": "replay", "replay_path": str(tmp_path / "recorded.jsonl")}})
+
+    gold = {r.text: (r.label, r.meta.get("unknown_label")) for r in load_inputs(cfg)}
+    assert gold["the vote was held"] == (None, "") and gold["new phone"] == (None, "?")  # both were "+"
+    assert gold["bank profit"] == ("+", None) and gold["great match"] == ("+", None)
+
+    generate_body(cfg, RunDir(cfg.run_dir))
+    got = {r.text: r for r in read_records(tmp_path / "run" / "teacher.jsonl")}
+    task = get_task(cfg.task)
+    for text, answer in zip(TEXTS, ANSWERS):
+        r = got[text]
+        if answer in ("", "...", "?"):  # were valid, read as "+"
+            assert not r.valid and r.invalid_reason == "answer outside the label set", r
+        else:
+            assert r.valid, r
+    assert task.target(got["the team"]) == "+" and task.target(got["bank profit"]) == "0"
+
+
+def test_punctuation_labels_are_named_by_their_text_and_an_empty_label_is_refused():
+    t = get_task(TaskConfig(type="classification", labels=["+", "*", "ok"]))  # both normalise to ""
+    assert [t.parse(a) for a in ("+", " * ", "*\nbecause", "OK.", "", "!!!")] == ["+", "*", "*", "ok", None, None]
+    with pytest.raises(PotstillError, match="an empty label"):
+        get_task(TaskConfig(type="classification", labels=["ok", " "]))
