@@ -51,6 +51,9 @@ TOKENS_PER_REQUEST = 5
 # A classification teacher asked for a label may still answer in a sentence ("The topic is sports."):
 # about 8 tokens around the label, within teacher.max_tokens.
 ANSWER_SENTENCE = 8
+# With tools, Anthropic adds a system prompt of its own to every request, billed as input: 159 to 530
+# tokens by model and tool_choice in its tool-use pricing table; the largest is counted.
+ANTHROPIC_TOOL_PROMPT = 530
 
 
 @dataclass
@@ -337,6 +340,7 @@ def projected_cost(ctx: _Ctx) -> tuple[float, int, str]:
     sizes = iter(count([t for texts in contents for t in texts]))
     text_tokens = sum(next(sizes) + TOKENS_PER_MESSAGE for texts in contents for _ in texts)
     tokens_in = math.ceil(text_tokens * len(records) / max(1, len(counted))) + per_request * len(records)
+    tools = _tool_tokens(ctx, count, records)
     out_tokens = cfg.teacher.max_tokens
     if ctx.task.labels and not _reasons(cfg.teacher):
         out_tokens = min(out_tokens, max(count(list(ctx.task.labels))) + ANSWER_SENTENCE)
@@ -346,6 +350,7 @@ def projected_cost(ctx: _Ctx) -> tuple[float, int, str]:
     samples = cfg.generate.n
     calls = fs.orders * (samples if cfg.teacher.type == "anthropic" else 1)
     usd = token_cost(price, tokens_in * calls, out_tokens * len(records) * fs.orders * samples)
+    tools_usd = token_cost(price, tools * len(records) * calls, 0)
     how = f"{len(records)} inputs x {calls} call{'s' if calls > 1 else ''}"
     if samples > 1 and calls < samples * fs.orders:
         how += f" of {samples} samples"
@@ -353,21 +358,52 @@ def projected_cost(ctx: _Ctx) -> tuple[float, int, str]:
     how += (f", up to {out_tokens} output tokens each" + (" sample" if samples > 1 else "")
             + (" (teacher.max_tokens)" if out_tokens == cfg.teacher.max_tokens else " (a label in a short sentence)")
             + f", {count.how}{sampled} and {TOKENS_PER_MESSAGE} tokens of chat format per message")
+    if tools:
+        how += f", and {tools} tokens of task.tools in each request"
     rounds = cfg.generate.tool_rounds if ctx.task.cfg.type == "tools" and ctx.task.cfg.tool_choice == "auto" else 0
     if rounds:
         # At most, each round plays one function (a short prompt: its declaration and arguments) and asks
         # the turn after it (the input and the call and result grown on it): counted as two more calls
         # each the size of the first; a teacher that replies in words, or calls several functions at once,
-        # makes it fewer or more.
+        # makes it fewer or more. Only the turn after carries task.tools: one more time per round.
         usd *= 1 + 2 * rounds
+        tools_usd *= 1 + rounds
         how += f", times {1 + 2 * rounds} for generate.tool_rounds {rounds} (one function played and one turn " \
-               "after it per round and input, at most where each answer is one call)"
+               "after it per round and input, at most where each answer is one call" \
+               + (f"; task.tools {1 + rounds} times, in the turns" if tools else "") + ")"
+    usd += tools_usd
     if len(records) < total:
         how += f"; {total - len(records)} more answered in the ledger (a rerun pays nothing for them)"
     if cfg.generate.engine == "batch":  # billed at the provider's batch share of the live price
         share = cfg.generate.batch_price.get(cfg.teacher.type, 1.0)
         usd, how = usd * share, how + f", at {share:g} of the live price (batch)"
     return usd, len(records), how
+
+
+def _tool_tokens(ctx: _Ctx, count: _Counter, records: list) -> int:
+    """Tokens of the function tools a tools task's teacher sends with every request, billed as input:
+    the ``tools`` of its request (OpenAI's form, or Anthropic's ``input_schema``), plus Anthropic's
+    tool-use system prompt; 0 where the teacher calls no tools (a local one)."""
+    if ctx.task.cfg.type != "tools" or not records:
+        return 0
+    from potstill.plugins import load_plugin
+    from potstill.teachers import get_teacher
+
+    try:
+        if not load_plugin("teachers", ctx.cfg.teacher.type).supports_tools:
+            return 0
+        teacher = get_teacher(ctx.cfg.teacher, ctx.task)
+    except PotstillError:  # the teacher check names why; count the task's tools as written
+        tools: Any = ctx.task.cfg.tools
+    else:
+        try:
+            tools = teacher.request(records[0]).get("tools")  # the same in every request
+        finally:
+            teacher.close()
+    if not tools:
+        return 0
+    return count([json.dumps(tools, ensure_ascii=False)])[0] + (
+        ANTHROPIC_TOOL_PROMPT if ctx.cfg.teacher.type == "anthropic" else 0)
 
 
 def _reasons(t: Any) -> bool:

@@ -405,7 +405,7 @@ def test_tool_rounds_are_in_the_projection(tiny_model, tmp_path):
     turn after it); the projection counted the first round only, so a budget it passed could stop."""
     _inputs(tmp_path)
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
-    teacher = {"type": "openai", "model": "gpt-4.1-mini"}
+    teacher = {"type": "openai", "model": "gpt-4.1-mini", "price": {"input_per_mtok": 1.0, "output_per_mtok": 1.0}}
 
     def cost(rounds: int) -> tuple[float, str]:
         cfg = _cfg(tmp_path, student={"model": str(tiny_model)}, teacher=teacher, generate={"tool_rounds": rounds},
@@ -414,4 +414,41 @@ def test_tool_rounds_are_in_the_projection(tiny_model, tmp_path):
         return usd, how
 
     (one, _), (three, how) = cost(0), cost(2)
-    assert three == pytest.approx(5 * one) and "times 5 for generate.tool_rounds 2" in how
+    # The turns carry task.tools (1 + 2 = 3 times); the functions played do not.
+    tools_usd = len(make_tokenizer()(json.dumps(tools), add_special_tokens=False)["input_ids"]) * 4 / 1e6  # 4 inputs
+    assert three == pytest.approx(5 * (one - tools_usd) + 3 * tools_usd)
+    assert "times 5 for generate.tool_rounds 2" in how and "task.tools 3 times" in how
+
+
+def test_a_tools_tasks_projection_counts_the_tools_every_request_carries(tiny_model, tmp_path):
+    """OpenAI and Anthropic bill the ``tools`` of each request as input; the projection counted the
+    messages alone, the same for one small function as for five documented ones, so preflight passed
+    a budget that generate then stopped on part-way. Counted as the teacher sends them: OpenAI's
+    form, Anthropic's ``input_schema`` plus its tool-use system prompt."""
+    import potstill.preflight as preflight
+
+    _inputs(tmp_path, n=100)
+    doc = "the name of the city " * 10
+    tools = [{"type": "function", "function": {"name": f"f{i}", "description": doc, "parameters": {
+        "type": "object", "properties": {"city": {"type": "string", "description": doc}}}}} for i in range(5)]
+    price = {"input_per_mtok": 1.0, "output_per_mtok": 0.0}
+
+    def cost(kind: str, task: dict, budget: float = 1.0) -> tuple[float, str, str]:
+        cfg = _cfg(tmp_path, student={"model": str(tiny_model)}, task=task, generate={"budget_usd": budget},
+                   teacher={"type": kind, "model": "m", "price": price})
+        usd, _, how = projected_cost(_Ctx(cfg))
+        return usd, how, _status(cfg, "budget")[0]
+
+    tok = make_tokenizer()
+    size = lambda x: len(tok(json.dumps(x), add_special_tokens=False)["input_ids"])  # noqa: E731
+    anthropic_tools = [{"name": t["function"]["name"], "description": doc, "input_schema": t["function"]["parameters"]}
+                       for t in tools]
+    assert size(tools) > 500  # about ten times the message of each request
+    words = {"type": "freetext", "instruction": "call"}
+    called = {"type": "tools", "tools": tools, "instruction": "call"}
+    for kind, sent in (("openai", lambda: size(tools)),
+                       ("anthropic", lambda: size(anthropic_tools) + preflight.ANTHROPIC_TOOL_PROMPT)):
+        plain, sent = cost(kind, words)[0], sent()
+        usd, how, status = cost(kind, called, budget=(plain + 100 * sent / 1e6) * 0.9)
+        assert usd == pytest.approx(plain + 100 * sent / 1e6), kind  # was plain
+        assert f"{sent} tokens of task.tools in each request" in how and status == "fail"
