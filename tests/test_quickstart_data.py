@@ -266,10 +266,16 @@ def test_quickstart_sizes_that_cannot_make_a_run_are_one_line_before_anything_is
                                          "validation: raise --inputs above 300 or lower --test"),
                      ({"n_inputs": -5}, "--inputs must be between 1 and 1825 (the BBC articles not used as shots), not -5"),
                      ({"n_inputs": 5000}, "--inputs must be between 1 and 1825 (the BBC articles not used as shots), not 5000"),
-                     ({"n_test": -1}, "--test must be 0 or more, not -1"),
+                     ({"n_test": -1}, "--test must be 1 or more, not -1"),
+                     ({"n_test": 0}, "--test must be 1 or more, not 0"),  # wrote a potstill.yaml that did not load
                      ({"n_shots": 401}, "--shots must be between 0 and 400 (the shot pool), not 401"),
                      ({"orders": 0}, "--orders must be 1 or more, not 0")):
         with pytest.raises(PotstillError) as e:
             build(tmp_path / "run", **kw)
         assert str(e.value) == line
         assert not (tmp_path / "run").exists()
+    # ``--test 0`` passed, wrote the data and a potstill.yaml, then failed on evaluate.latency_samples.
+    out = subprocess.run([sys.executable, "-m", "potstill.cli", "quickstart", "--run-dir", str(tmp_path / "zero"),
+                          "--test", "0"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and out.stderr.strip() == "error: --test must be 1 or more, not 0", out.stderr
+    assert not (tmp_path / "zero").exists()

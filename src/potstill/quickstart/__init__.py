@@ -100,8 +100,9 @@ def build(run_dir: str | Path, n_inputs: int = INPUTS, n_shots: int = 50, n_test
           orders: int = 3, n_real: int = REAL, engine: str = "auto") -> Path:
     """Write inputs.jsonl, shots.jsonl, real.jsonl and potstill.yaml into ``run_dir``; return the config path."""
     # Sizes that cannot make a run fail here, before a file is written and before pilot and generate
-    # spend minutes (curate would refuse a run with no article left to train on only after them).
-    for flag, value, least in (("--real", n_real, 0), ("--test", n_test, 0), ("--orders", orders, 1)):
+    # spend minutes (curate would refuse a run with no article left to train on only after them; with
+    # no test article evaluate has nothing to score, and evaluate.latency_samples cannot be 0).
+    for flag, value, least in (("--real", n_real, 0), ("--test", n_test, 1), ("--orders", orders, 1)):
         if value < least:
             raise PotstillError(f"{flag} must be {least} or more, not {value}")
     if not 0 <= n_shots <= SHOT_POOL:
@@ -170,7 +171,7 @@ def build(run_dir: str | Path, n_inputs: int = INPUTS, n_shots: int = 50, n_test
         # moves with how many of them the fp32 re-check happens to take (binomial at a 13% share:
         # about +-10% of the 6-layer student's mean). The teacher is timed on the first 100 of
         # them in turns with the student (evaluate.teacher_latency_samples; about 15 s).
-        "evaluate": {"latency_samples": n_test, "batch_size": 16, **engine},
+        "evaluate": {"latency_samples": max(1, n_test), "batch_size": 16, **engine},
         "serve": engine,
     }
     path = run_dir / "potstill.yaml"
