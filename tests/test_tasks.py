@@ -173,3 +173,29 @@ def test_extraction_asserts_the_formats_the_guide_holds():
                      ("host", "-bad-.com"), ("ip", "1.2.3.4"), ("span", "P"), ("span", "P1DT")):
         got = t.validate({**good, key: bad})
         assert got is not None and got.startswith(f"schema violation at {key}") and "is not a" in got, (key, bad, got)
+
+
+def test_answers_compare_in_composed_unicode_and_keep_the_text_as_written():
+    """An accent typed as its own combining mark (NFD) was dropped by classification's normal form:
+    an NFD "Négatif" was outside the label set, and an NFD "résumé" read as the label "resume";
+    extraction and free text called "café" in NFC and NFD different answers. They compare composed
+    (NFC) now; what is stored and trained on stays as written."""
+    import unicodedata
+
+    from potstill.evaluate.metrics import chrf, exact_match, field_prf
+    from potstill.records import Record
+
+    nfd = lambda s: unicodedata.normalize("NFD", s)  # noqa: E731
+    t = get_task(TaskConfig(type="classification", labels=["négatif", "positif"]))
+    assert t.parse(nfd("Négatif")) == "négatif" and t.validate(t.parse(nfd("Négatif"))) is None
+    assert get_task(TaskConfig(type="classification", labels=["résumé", "resume"])).parse(nfd("résumé")) == "résumé"
+
+    e = get_task(TaskConfig(type="extraction", json_schema={"type": "object"}))
+    a, b = e.parse('{"ville": "café", "où": 1}'), e.parse(nfd('{"ville": "café", "où": 1}'))
+    assert e.agree(a, b) == 1.0 and exact_match([a], [b]) == 1.0 and field_prf([a], [b])["f1"] == 1.0
+    rec = Record(messages=[{"role": "user", "content": "x"}], output=nfd('{"ville": "café"}'))
+    assert e.target(rec) == nfd('{"ville": "café"}')  # the teacher's text, not recomposed
+
+    f = get_task(TaskConfig(type="freetext"))
+    assert f.agree(f.parse("Café  ouvert"), f.parse(nfd("café ouvert"))) == 1.0
+    assert f.parse(nfd("café")) == nfd("café") and chrf(nfd("café ouvert"), "café ouvert") == 1.0

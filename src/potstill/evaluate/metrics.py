@@ -11,6 +11,7 @@ import math
 from collections import Counter
 from typing import Any, Callable, Sequence
 
+from potstill.tasks.base import nfc
 from potstill.tasks.extraction import json_text
 
 INVALID = "(invalid)"
@@ -93,7 +94,7 @@ def _items(obj: Any) -> set[tuple[str, str]]:
             return set()
     if not isinstance(obj, dict):
         return set()
-    return {(str(k), json_text(v)) for k, v in obj.items()}
+    return {(nfc(str(k)), json_text(v)) for k, v in obj.items()}
 
 
 def field_prf(preds: Sequence[Any], refs: Sequence[Any]) -> dict[str, float | None]:
@@ -147,6 +148,7 @@ def _char_ngrams(text: str, n: int) -> Counter:
 def chrf(hyp: str, ref: str, max_n: int = 6, beta: float = 2.0) -> float:
     """Sentence chrF in [0, 1]: precision and recall averaged over character n-gram orders 1..max_n
     (orders where both strings have n-grams), then F-beta of the averages (beta=2 weighs recall)."""
+    hyp, ref = nfc(hyp), nfc(ref)  # an accent as its own mark is the accented letter's one character
     precs, recs = [], []
     for n in range(1, max_n + 1):
         h, r = _char_ngrams(hyp, n), _char_ngrams(ref, n)
@@ -173,7 +175,7 @@ def _lcs(a: list[str], b: list[str]) -> int:
 
 def rouge_l(hyp: str, ref: str) -> float:
     """ROUGE-L F1 on lower-cased whitespace tokens: LCS/len(hyp) and LCS/len(ref), harmonic mean."""
-    h, r = hyp.lower().split(), ref.lower().split()
+    h, r = nfc(hyp).lower().split(), nfc(ref).lower().split()
     if not h or not r:
         return float(h == r)
     lcs = _lcs(h, r)

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 from potstill.config import TaskConfig
 from potstill.records import Record
+
+
+def nfc(text: str) -> str:
+    """``text`` in Unicode's composed form, for comparing only: "é" typed as "e" and a combining accent
+    (NFD, as macOS file names and some tokenizers' decoding give it) is the one character "é"."""
+    return unicodedata.normalize("NFC", text)
+
+
+def folded(text: str) -> str:
+    """Free text as answers compare: composed (``nfc``), white space folded, lower case."""
+    return " ".join(nfc(text).split()).lower()
 
 
 class Task:

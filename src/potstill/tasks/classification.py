@@ -14,11 +14,12 @@ from potstill.config import TaskConfig
 from potstill.errors import PotstillError
 from potstill.progress import say
 from potstill.records import Record
-from potstill.tasks.base import Task
+from potstill.tasks.base import Task, nfc
 
 
 def _norm(s: str) -> str:
-    return re.sub(r"[^\w\s-]", "", s).strip().lower()
+    # Composed first: "\w" keeps "é" but drops a combining accent, so an NFD "Négatif" lost its accent.
+    return re.sub(r"[^\w\s-]", "", nfc(s)).strip().lower()
 
 
 def _first_word(text: str) -> str:
@@ -42,7 +43,7 @@ class ClassificationTask(Task):
         # A label made only of punctuation ("+", "*") normalises to nothing, as does an empty answer or
         # "...": such a label is named by its own text alone, so no empty answer reads as it.
         self._by_norm = {_norm(label): label for label in self.labels if _norm(label)}
-        self._by_text = {label.strip(): label for label in self.labels if not _norm(label)}
+        self._by_text = {nfc(label.strip()): label for label in self.labels if not _norm(label)}
         if len(self._by_norm) + len(self._by_text) != len(self.labels):
             raise PotstillError("task.labels has labels that differ only in case or punctuation")
 
@@ -54,7 +55,7 @@ class ClassificationTask(Task):
     def _named(self, text: str, norm: str) -> str | None:
         """The label ``text`` (``norm``, its normal form) is: by its normal form where it has one, else
         (made only of punctuation) by its own text: "+" is the label "+", "?" or "" no label."""
-        return (self._by_norm.get(norm) if norm else None) or self._by_text.get(text.strip())
+        return (self._by_norm.get(norm) if norm else None) or self._by_text.get(nfc(text.strip()))
 
     def parse(self, output: str) -> str | None:
         """The label the output names: exact (case-insensitive) or its first line/word."""

@@ -11,7 +11,7 @@ import jsonschema
 from potstill.config import TaskConfig
 from potstill.errors import PotstillError
 from potstill.models.json_schema_parts import validator
-from potstill.tasks.base import Task
+from potstill.tasks.base import Task, nfc
 
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.S)
 
@@ -29,11 +29,14 @@ class _Invalid:
 
 
 def _json_number(x: Any) -> Any:
-    """``x`` with each integral float an int, recursively (bools left alone: bool is an int in Python)."""
+    """``x`` with each integral float an int and each string composed (``nfc``), recursively (bools left
+    alone: bool is an int in Python)."""
     if isinstance(x, float) and x.is_integer() and abs(x) < 2**53:
         return int(x)
+    if isinstance(x, str):
+        return nfc(x)
     if isinstance(x, dict):
-        return {k: _json_number(v) for k, v in x.items()}
+        return {nfc(k) if isinstance(k, str) else k: _json_number(v) for k, v in x.items()}
     if isinstance(x, list):
         return [_json_number(v) for v in x]
     return x
@@ -41,8 +44,16 @@ def _json_number(x: Any) -> Any:
 
 def json_text(x: Any) -> str:
     """Canonical JSON text of a parsed value, equal for equal JSON values: keys sorted, 2.0 written as 2
-    (one JSON number), and true never equal to 1 (Python's True == 1 is). TypeError for a non-JSON value."""
+    (one JSON number), strings composed ("café" in NFC or NFD is one string), and true never equal to 1
+    (Python's True == 1 is). For comparing only; TypeError for a non-JSON value."""
     return json.dumps(_json_number(x), sort_keys=True, ensure_ascii=False)
+
+
+def field_agreement(a: dict, b: dict) -> float:
+    """The share of fields (union; names composed, as ``json_text`` compares them) with equal values."""
+    a, b = ({nfc(k): v for k, v in d.items()} for d in (a, b))
+    keys = set(a) | set(b)
+    return sum(json_same(a.get(k), b.get(k)) for k in keys) / len(keys) if keys else 1.0
 
 
 def json_same(a: Any, b: Any) -> bool:
@@ -122,6 +133,5 @@ class ExtractionTask(Task):
         if isinstance(a, _Invalid) or isinstance(b, _Invalid):
             return 0.0
         if isinstance(a, dict) and isinstance(b, dict):
-            keys = set(a) | set(b)
-            return sum(json_same(a.get(k), b.get(k)) for k in keys) / len(keys) if keys else 1.0
+            return field_agreement(a, b)
         return float(json_same(a, b))

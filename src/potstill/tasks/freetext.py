@@ -1,5 +1,6 @@
 """Free text: any non-empty output is valid, or, with ``task.grammar``, one the grammar derives
-(its surrounding white space stripped); agreement is exact match after whitespace folding."""
+(its surrounding white space stripped); agreement is exact match after folding white space, case
+and Unicode's decomposed accents (``folded``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 from potstill.config import TaskConfig
 from potstill.errors import PotstillError
-from potstill.tasks.base import Task
+from potstill.tasks.base import Task, folded
 
 
 class FreeTextTask(Task):
@@ -41,7 +42,7 @@ class FreeTextTask(Task):
         return None
 
     def agree(self, a: Any, b: Any) -> float:
-        return float(" ".join(str(a).split()).lower() == " ".join(str(b).split()).lower())
+        return float(folded(str(a)) == folded(str(b)))
 
 
 def _shown(text: str) -> str:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from potstill.tasks.extraction import ExtractionTask, _Invalid, json_same, json_text, parse_json
+from potstill.tasks.base import folded
+from potstill.tasks.extraction import ExtractionTask, _Invalid, field_agreement, json_same, json_text, parse_json
 from potstill.tool_calls import call_text, text_of
 
 
@@ -100,13 +101,12 @@ class ToolsTask(ExtractionTask):
             return 0.0
         ta, tb = text_of(a), text_of(b)
         if ta is not None or tb is not None:
-            return float(ta is not None and tb is not None and " ".join(ta.split()).lower() == " ".join(tb.split()).lower())
+            return float(ta is not None and tb is not None and folded(ta) == folded(tb))
         if a.get("name") != b.get("name"):
             return 0.0
         x, y = a.get("arguments"), b.get("arguments")
         if isinstance(x, dict) and isinstance(y, dict):
-            keys = set(x) | set(y)
-            return sum(json_same(x.get(k), y.get(k)) for k in keys) / len(keys) if keys else 1.0
+            return field_agreement(x, y)
         return float(json_same(x, y))
 
 
