@@ -23,6 +23,9 @@ def test_extraction_validates_with_json_schema():
     assert t.validate(t.parse('```json\n{"name": "Ada", "age": 36}\n```')) is None
     assert t.validate(t.parse('{"name": "Ada", "age": "x"}')).startswith("schema violation at age")
     assert t.validate(t.parse("{name: Ada}")).startswith("invalid JSON")
+    for fence in ("```", "```JSON", "```Json"):  # ```JSON was "invalid JSON: Expecting value at column 1"
+        assert t.parse(f'{fence}\n{{"name": "Ada"}}\n```') == {"name": "Ada"}, fence
+    assert t.validate(t.parse('Here:\n```json\n{"name": "Ada"}\n```')).startswith("invalid JSON")  # whole answer only
     assert t.agree({"name": "Ada", "age": 1}, {"name": "Ada", "age": 2}) == 0.5
     with pytest.raises(PotstillError, match="not a valid JSON Schema"):
         get_task(TaskConfig(type="extraction", json_schema={"type": "nonsense"}))

@@ -13,7 +13,8 @@ from potstill.errors import PotstillError
 from potstill.models.json_schema_parts import validator
 from potstill.tasks.base import Task, nfc
 
-_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.S)
+# A bare fence or one tagged json in any case (```JSON as some teachers write it) around the whole answer.
+_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.S | re.I)
 
 
 class _Invalid:
