@@ -2,7 +2,11 @@
 `potstill train` replaces the RUN/student symlink without touching the promoted directory."""
 
 import json
+import os
 
+import pytest
+
+from potstill.errors import PotstillError
 from potstill.records import atomic_dir
 from potstill.redistill.promote import current, switch
 from potstill.rundir import RunDir
@@ -51,3 +55,29 @@ def test_a_first_promotion_interrupted_between_its_renames_is_finished_by_the_ne
     assert out["current"] == "students/def" and not (tmp_path / ".student.promote").exists()
     assert json.loads((tmp_path / "students" / "original" / "config.json").read_text())["tag"] == "champion"
     assert rollback(tmp_path, "original")["current"] == "students/original"
+
+
+def test_a_manifest_that_cannot_be_read_switches_nothing(tmp_path):
+    """Found by a review: a promotion or a rollback renamed RUN/student first and read the manifest
+    after, so an unreadable one failed the command (exit 2, no decision record) with RUN/student already
+    naming the new student, which a running server then swapped in. Now nothing is renamed."""
+    _student(tmp_path / "student", "champion")
+    _student(tmp_path / "students" / "abc", "challenger")
+    broken = '{"stages": {'  # a hand edit cut short
+    (tmp_path / "manifest.json").write_text(broken)
+    with pytest.raises(PotstillError, match=r"manifest.json: not valid JSON"):
+        switch(tmp_path, tmp_path / "students" / "abc")
+    assert not (tmp_path / "student").is_symlink()
+    assert json.loads((tmp_path / "student" / "config.json").read_text())["tag"] == "champion"
+    assert sorted(os.listdir(tmp_path)) == ["manifest.json", "student", "students"]
+    assert os.listdir(tmp_path / "students") == ["abc"]
+
+    # A rollback, RUN/student a link by then: the link stays as it was.
+    (tmp_path / "manifest.json").unlink()
+    switch(tmp_path, tmp_path / "students" / "abc")
+    (tmp_path / "manifest.json").write_text(broken)
+    with pytest.raises(PotstillError, match=r"manifest.json: not valid JSON"):
+        switch(tmp_path, tmp_path / "students" / "original")
+    assert os.readlink(tmp_path / "student") == os.path.join("students", "abc")
+    assert not (tmp_path / ".student.promote").exists() and not (tmp_path / ".student.promote").is_symlink()
+    assert (tmp_path / "manifest.json").read_text() == broken

@@ -108,3 +108,21 @@ def test_the_champions_base_named_by_another_spelling_of_its_path_is_the_same_ba
     assert code == 2 and err == [f"error: redistill: the champion was trained from {tiny_model_b} but student.model "
                                  f"is {tiny_model}: a challenger must start from the champion's base (pass -c with "
                                  "the run's config)"], err
+
+
+def test_a_manifest_that_cannot_be_read_is_refused_before_the_teacher_is_asked(served_run, tmp_path, monkeypatch,
+                                                                               capsys):
+    """Found by a review: redistill paid the teacher, trained the challenger, then switched RUN/student to it
+    and failed on the manifest (exit 2, no decision record), the new student served all the same. A
+    promotion must record itself in the manifest: one that cannot be read is refused first."""
+    run = tmp_path / "run"
+    _copy_original(served_run, run)
+    (run / "manifest.json").write_text('{"stages": {')
+    with Ledger(run / "calls.sqlite") as ledger:
+        calls = ledger._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
+    code, err = run_main(monkeypatch, capsys, "redistill", str(run))
+    assert code == 2 and len(err) == 1 and f"{run / 'manifest.json'}: not valid JSON" in err[0], err
+    assert not (run / "student").is_symlink()
+    assert not (run / "students").exists() and not (run / "redistill").exists()
+    with Ledger(run / "calls.sqlite") as ledger:
+        assert ledger._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0] == calls  # no teacher call

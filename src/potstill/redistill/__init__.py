@@ -46,7 +46,7 @@ from potstill.ledger import Ledger
 from potstill.models.loading import load_lm
 from potstill.progress import out, say
 from potstill.records import Record, read_json, read_records, write_json, write_jsonl
-from potstill.rundir import CHALLENGER_TRAIN, exclusive, student_train_path
+from potstill.rundir import CHALLENGER_TRAIN, RunDir, exclusive, student_train_path
 from potstill.redistill.compare import compare, decide, measure, scores
 from potstill.redistill.promote import current, switch
 from potstill.redistill.traffic import check_traffic, label_sample, read_traffic
@@ -219,6 +219,10 @@ def _check_run(run_dir: Path, cfg: Config) -> tuple[Path, Path]:
     ledger_path = run_dir / "calls.sqlite"
     if not ledger_path.exists():
         raise PotstillError(f"{ledger_path} not found: no served traffic (serve the student with `potstill serve` first)")
+    if cfg.redistill.promote:
+        # A promotion records the new student in the manifest (promote.switch): one that cannot be read
+        # is refused there anyway, so say so before the teacher and the challenger's training are paid for.
+        RunDir(run_dir).manifest()
     return champion, ledger_path
 
 

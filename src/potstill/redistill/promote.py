@@ -36,20 +36,21 @@ def _exchange(a: Path, b: Path) -> bool:
     return fn(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0
 
 
-def _adopt(run_dir: Path, target: Path) -> None:
-    """Record the promoted student as the train stage's output in the manifest.
+def _adopted(run_dir: Path, target: Path) -> dict | None:
+    """The manifest with ``target`` recorded as the train stage's output, to write once RUN/student names
+    it; None when no train stage is recorded (nothing to adopt). Raises on a manifest that cannot be read.
 
     Otherwise ``potstill run`` would see RUN/student changed, call the train stage stale and
     retrain over the promoted student; with it, train stays done and evaluate (whose input, the
     student, changed) re-measures the new champion."""
-    run = RunDir(run_dir)
-    m = run.manifest()
+    m = RunDir(run_dir).manifest()
     entry = m.get("stages", {}).get("train")
     if entry is None:
-        return
-    entry.setdefault("outputs", {})["student"] = hash_path(run_dir / "student")
+        return None
+    # target's files under their names relative to it: what RUN/student hashes to once it names target.
+    entry.setdefault("outputs", {})["student"] = hash_path(target)
     entry["promoted"] = os.path.join("students", target.name)
-    write_json(run.manifest_path, m)
+    return m
 
 
 def _unused(path: Path) -> Path:
@@ -71,7 +72,7 @@ def switch(run_dir: Path, target: Path, keep_as: str = "original") -> dict[str, 
 
     A plain directory at RUN/student is kept as RUN/students/<keep_as>/. Returns
     {previous, current} as paths relative to the run directory. The run directory is held meanwhile
-    (``rundir.exclusive``), as a stage holds it: the manifest is rewritten here (``_adopt``).
+    (``rundir.exclusive``), as a stage holds it: the manifest is rewritten here (``_adopted``).
     """
     with exclusive(run_dir):
         return _switch(Path(run_dir), target, keep_as)
@@ -87,6 +88,10 @@ def _switch(run_dir: Path, target: Path, keep_as: str) -> dict[str, str]:
         raise PotstillError(f"{target}: not a student directory (no config.json)")
     if not link.exists() and not link.is_symlink():
         raise PotstillError(f"{link}: no champion to replace (run `potstill train` first)")
+    # Everything that can refuse comes before the first rename: a manifest that cannot be read raised
+    # after RUN/student was switched, so a running server swapped in a student the command reported
+    # as an error, and no decision record said why it was promoted.
+    adopted = _adopted(run_dir, target)
     tmp = run_dir / ".student.promote"
     if tmp.is_symlink():
         tmp.unlink()
@@ -121,5 +126,6 @@ def _switch(run_dir: Path, target: Path, keep_as: str) -> dict[str, str]:
             os.rename(link, kept)
             os.replace(tmp, link)
         previous = os.path.join("students", kept.name)
-    _adopt(run_dir, target)
+    if adopted is not None:
+        write_json(RunDir(run_dir).manifest_path, adopted)
     return {"previous": previous, "current": os.path.join("students", target.name)}
