@@ -81,3 +81,21 @@ def test_a_manifest_that_cannot_be_read_switches_nothing(tmp_path):
     assert os.readlink(tmp_path / "student") == os.path.join("students", "abc")
     assert not (tmp_path / ".student.promote").exists() and not (tmp_path / ".student.promote").is_symlink()
     assert (tmp_path / "manifest.json").read_text() == broken
+
+
+def test_a_first_promotion_interrupted_between_its_renames_can_be_rolled_back(tmp_path):
+    """Found by a review: only a later winning promotion moved the old champion out of
+    RUN/.student.promote, so the rollback it was kept for was refused ("no student there"), and
+    `--rollback students/original` named RUN/students/students/original. The rollback now finishes the move."""
+    from potstill.redistill import rollback
+
+    _student(tmp_path / ".student.promote", "champion")  # as in the test above: the crash's leftover
+    _student(tmp_path / "students" / "abc", "challenger")
+    os.symlink("students/abc", tmp_path / "student")
+
+    assert rollback(tmp_path, "students/original") == {"previous": "students/abc", "current": "students/original"}
+    assert json.loads((tmp_path / "student" / "config.json").read_text())["tag"] == "champion"
+    assert not (tmp_path / ".student.promote").exists()
+    with pytest.raises(PotstillError) as e:
+        rollback(tmp_path, "students/gone")
+    assert str(e.value) == f"{tmp_path / 'students' / 'gone'}: no student there to roll back to (see RUN/students/)"

@@ -48,7 +48,7 @@ from potstill.progress import out, say
 from potstill.records import Record, read_json, read_records, write_json, write_jsonl
 from potstill.rundir import CHALLENGER_TRAIN, RunDir, exclusive, student_train_path
 from potstill.redistill.compare import compare, decide, measure, scores
-from potstill.redistill.promote import current, switch
+from potstill.redistill.promote import current, finish_interrupted, switch
 from potstill.redistill.traffic import check_traffic, label_sample, read_traffic
 from potstill.students import predict, student_format
 from potstill.tasks import Task, get_task
@@ -450,10 +450,18 @@ def rollback(run_dir: Path, to: str, force: bool = False) -> dict[str, str]:
     A challenger that lost its comparison and was never promoted is refused unless ``force``: that
     is the student the decision record turned down, not one that served."""
     run_dir = Path(run_dir)
-    target = run_dir / to if (run_dir / to).exists() else run_dir / "students" / to
-    if not _is_student(target):
-        raise PotstillError(f"{target}: no student there to roll back to (see RUN/students/)")
-    with exclusive(run_dir):
+    held = run_dir.is_dir()  # none: the lookup below says so
+    with exclusive(run_dir) if held else contextlib.nullcontext():
+        if held:
+            # A first promotion stopped right after its exchange left the old champion in
+            # RUN/.student.promote, where no lookup finds it, and only a later promotion moved it on:
+            # the rollback it was kept for was refused. Moved into RUN/students/ first.
+            finish_interrupted(run_dir)
+        target = run_dir / to
+        if not target.exists() and len(Path(to).parts) == 1:  # an id: RUN/students/<id>
+            target = run_dir / "students" / to
+        if not _is_student(target):
+            raise PotstillError(f"{target}: no student there to roll back to (see RUN/students/)")
         lost = None if force else _lost_comparison(run_dir, target)
         if lost is not None:
             rid, reason = lost

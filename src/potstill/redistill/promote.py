@@ -67,6 +67,23 @@ def current(run_dir: Path) -> Path:
     return (Path(run_dir) / "student").resolve()
 
 
+def finish_interrupted(run_dir: Path, keep_as: str = "original") -> Path:
+    """Clear what a promotion stopped half-way left in RUN/.student.promote; returns that path, now free.
+
+    A link there is one that never replaced RUN/student: removed. A directory is the old champion of
+    a first promotion stopped between its two renames: the exchange put it there and the move into
+    RUN/students/<keep_as> never ran. That move is finished, or the champion would stay hidden there,
+    out of rollback's reach. Call it holding the run directory (``rundir.exclusive``)."""
+    tmp = Path(run_dir) / ".student.promote"
+    if tmp.is_symlink():
+        tmp.unlink()
+    elif tmp.exists():
+        students = Path(run_dir) / "students"
+        students.mkdir(exist_ok=True)
+        os.rename(tmp, _unused(students / keep_as))
+    return tmp
+
+
 def switch(run_dir: Path, target: Path, keep_as: str = "original") -> dict[str, str]:
     """Point RUN/student at ``target`` (a directory under RUN/students/) atomically.
 
@@ -92,15 +109,7 @@ def _switch(run_dir: Path, target: Path, keep_as: str) -> dict[str, str]:
     # after RUN/student was switched, so a running server swapped in a student the command reported
     # as an error, and no decision record said why it was promoted.
     adopted = _adopted(run_dir, target)
-    tmp = run_dir / ".student.promote"
-    if tmp.is_symlink():
-        tmp.unlink()
-    elif tmp.exists():
-        # A first promotion interrupted between its two renames: the exchange put the old champion
-        # directory here and the move into students/ never ran. Finish that move, or the champion
-        # would stay hidden here, out of rollback's reach, and this promotion fail on it.
-        students.mkdir(exist_ok=True)
-        os.rename(tmp, _unused(students / keep_as))
+    tmp = finish_interrupted(run_dir, keep_as)
     # Relative, so a copied or moved run directory keeps working.
     os.symlink(os.path.join("students", target.name), tmp)
     if link.is_symlink():
