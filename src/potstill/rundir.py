@@ -16,7 +16,11 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, NoReturn
 
+import yaml
+from pydantic import ValidationError
+
 from potstill import __version__
+from potstill.config import TaskConfig, safe_load, yaml_problem
 from potstill.errors import PotstillError
 from potstill.hashing import hash_obj, hash_path
 from potstill.ledger import Ledger
@@ -185,3 +189,50 @@ def student_train_path(run_dir: str | Path) -> Path:
         if kept.is_file():
             return kept
     return run_dir / "train.jsonl"
+
+
+def check_trained_task(run_dir: str | Path, task: TaskConfig, command: str) -> None:
+    """Refuse ``task`` in one line where it is not the task of RUN/potstill.yaml, naming the field.
+
+    That file holds the task every stage last ran with, train's included (``stage.save_config``),
+    and is what ``watch`` and ``redistill`` load unless given -c. A -c with other labels parsed every
+    served and training answer as invalid, so watch read a label-mix drift as "ok"; another instruction
+    embedded and compared the students on prompts the champion never saw. A run without the file
+    (built by hand) has no record to compare with."""
+    path = Path(run_dir) / "potstill.yaml"
+    if not path.is_file():
+        return
+    saved = _saved_task(path, command)
+    mine, theirs = task.model_dump(mode="json"), saved.model_dump(mode="json")
+    differ = [k for k in mine if mine[k] != theirs.get(k)]
+    if not differ:
+        return
+    first, rest = differ[0], [f"task.{k}" for k in differ[1:]]
+    also = f" ({', '.join(rest)} {'differs' if len(rest) == 1 else 'differ'} too)" if rest else ""
+    raise PotstillError(f"{command}: task.{first} is {_shown(mine[first])} in the config but {_shown(theirs[first])} "
+                        f"in {path}{also}, the task RUN/student was trained for; give -c a config with the run's "
+                        "task, or none")
+
+
+def _saved_task(path: Path, command: str) -> TaskConfig:
+    """The task section of RUN/potstill.yaml (the rest of the file is not needed), or one line saying
+    why it cannot be read: the task the student learnt is then unknown, and nothing is judged."""
+    why = "not a mapping at the top level"
+    try:
+        data = safe_load(path.read_text(encoding="utf-8")) or {}
+        if isinstance(data, dict):
+            return TaskConfig.model_validate(data.get("task") or {})
+    except UnicodeDecodeError as e:
+        why = f"not UTF-8 text (byte {e.start})"
+    except yaml.YAMLError as e:
+        why = f"invalid YAML: {yaml_problem(e)}"
+    except ValidationError as e:
+        err = e.errors()[0]
+        why = f"task.{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" if err["loc"] else f"task: {err['msg']}"
+    raise PotstillError(f"{path}: {why}; {command} compares the config's task with the one there, the task "
+                        "RUN/student was trained for: fix the file")
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -126,3 +126,29 @@ def test_a_manifest_that_cannot_be_read_is_refused_before_the_teacher_is_asked(s
     assert not (run / "students").exists() and not (run / "redistill").exists()
     with Ledger(run / "calls.sqlite") as ledger:
         assert ledger._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0] == calls  # no teacher call
+
+
+def test_a_config_with_another_task_is_refused_before_the_teacher_is_asked(served_run, tmp_path, monkeypatch,
+                                                                           capsys):
+    """Found by a review: `redistill -c` with another task.instruction trained the challenger and compared
+    both students under an instruction the champion never saw, and promoted on that, exit 0. Only
+    student.model was compared with the run's."""
+    import yaml
+
+    run = tmp_path / "run"
+    _copy_original(served_run, run)
+    data = yaml.safe_load((run / "potstill.yaml").read_text())
+    data["task"]["instruction"] = "translate the text to French"
+    data["teacher"]["replay_path"] = str(run / "recorded.jsonl")  # the rest as the run's: only the task differs
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump(data))
+    with Ledger(run / "calls.sqlite") as ledger:
+        calls = ledger._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
+    code, err = run_main(monkeypatch, capsys, "redistill", str(run), "-c", str(other))
+    assert code == 2 and err == [
+        'error: redistill: task.instruction is "translate the text to French" in the config but "classify the text" '
+        f"in {run / 'potstill.yaml'}, the task RUN/student was trained for; give -c a config with the run's task, "
+        "or none"], err
+    assert not (run / "redistill").exists() and not (run / "student").is_symlink()
+    with Ledger(run / "calls.sqlite") as ledger:
+        assert ledger._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0] == calls  # no teacher call

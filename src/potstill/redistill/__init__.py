@@ -46,7 +46,7 @@ from potstill.ledger import Ledger
 from potstill.models.loading import load_lm
 from potstill.progress import out, say
 from potstill.records import Record, read_json, read_records, write_json, write_jsonl
-from potstill.rundir import CHALLENGER_TRAIN, RunDir, exclusive, student_train_path
+from potstill.rundir import CHALLENGER_TRAIN, RunDir, check_trained_task, exclusive, student_train_path
 from potstill.redistill.compare import compare, decide, measure, scores
 from potstill.redistill.promote import current, finish_interrupted, switch
 from potstill.redistill.traffic import check_traffic, label_sample, read_traffic
@@ -216,6 +216,7 @@ def _check_run(run_dir: Path, cfg: Config) -> tuple[Path, Path]:
     if base is not None and not same_model(base, cfg.student.model):
         raise PotstillError(f"redistill: the champion was trained from {base} but student.model is {cfg.student.model}: "
                             "a challenger must start from the champion's base (pass -c with the run's config)")
+    check_trained_task(run_dir, cfg.task, "redistill")
     ledger_path = run_dir / "calls.sqlite"
     if not ledger_path.exists():
         raise PotstillError(f"{ledger_path} not found: no served traffic (serve the student with `potstill serve` first)")

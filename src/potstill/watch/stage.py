@@ -35,7 +35,7 @@ from potstill.hashing import hash_file, hash_obj
 from potstill.models.loading import load_lm
 from potstill.progress import out, say
 from potstill.records import read_records, write_json, write_text
-from potstill.rundir import student_train_path
+from potstill.rundir import check_trained_task, student_train_path
 from potstill.serve.engine import RefusedChat, TransformersEngine, embed_all
 from potstill.tasks import get_task
 from potstill.tool_calls import calls_of, text_of, tool_names
@@ -216,6 +216,7 @@ def watch_run(run_dir: Path, cfg: Config, since: float | None = None, until: flo
         # Otherwise the count below is the window's, and reads as if the ledger held no more.
         raise PotstillError(f"watch.window {w.window} is under watch.min_requests {w.min_requests}: no window that "
                             "small is ever judged; raise --window or lower --min-requests")
+    check_trained_task(run_dir, cfg.task, "watch")
     student_dir = run_dir / "student"
     trained = (student_dir / "config.json").exists() or (student_dir / "adapter_config.json").exists()
     # Only what the current student handled: before a promotion (a hot swap) the old champion answered and
