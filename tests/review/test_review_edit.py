@@ -171,6 +171,7 @@ def test_a_reviewer_corrects_one_field_by_keyboard_and_typing_decides_nothing(tm
     with LiveServer(create_app(run, sample=6)) as served, sync_playwright() as p:
         browser, page = _open(p, served.url)
         assert page.is_hidden("#relabelkeys") and page.is_visible("#editkey")
+        assert page.is_hidden("#editedrow")  # no correction yet: no empty "corrected" row
         first, said = page.text_content("#rid"), page.text_content("#output")
         page.keyboard.press("e")
         page.wait_for_selector("#edittext:focus")
@@ -203,7 +204,7 @@ def test_a_reviewer_corrects_one_field_by_keyboard_and_typing_decides_nothing(tm
         assert page.is_hidden("#editor") and page.text_content("#decision") == "not yet"
         page.keyboard.press("ArrowLeft")
         assert page.text_content("#rid") == first and page.text_content("#decision") == "edit"
-        assert page.inner_text("#edited") == fixed
+        assert page.inner_text("#edited") == fixed and page.is_visible("#editedrow")
         page.keyboard.press("e")  # reopening shows the saved correction
         page.wait_for_selector("#edittext:focus")
         assert page.input_value("#edittext") == fixed

@@ -5,6 +5,9 @@ PAGE = r"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>potstill review</title>
 <style>
  body{font:16px/1.5 system-ui,sans-serif;margin:0;background:#f6f5f2;color:#222}
+ /* The hidden attribute is only the browser's own display:none, which any display rule (.row's flex)
+    overrides: without this the empty "corrected" row showed on every record. */
+ [hidden]{display:none!important}
  header{display:flex;gap:24px;align-items:center;padding:12px 24px;background:#2d3a3a;color:#fff}
  header h1{font-size:18px;margin:0} #bar{flex:1;height:10px;background:#556;border-radius:5px;overflow:hidden}
  #fill{height:100%;background:#8fd18f;width:0}
