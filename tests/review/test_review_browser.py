@@ -253,3 +253,34 @@ def test_a_decision_made_in_another_tab_is_not_overwritten_unseen(curated):
         assert a.text_content("#rid") == first and a.text_content("#decision") == "accept"
         browser.close()
     assert load_decisions(run / "review.sqlite")[first]["decision"] == "accept"
+
+
+def test_each_key_sits_beside_its_own_right_to_left_label(tmp_path):
+    """Hebrew labels: the numbers and the labels ran together into one right-to-left run, so the key
+    legend read "1 פוליטיקה 3 טכנולוגיה 2 ספורט" on screen, key 1 beside the third label, and a reviewer
+    relabelled with the wrong key. Each label is isolated now, and a right-to-left input reads from the right."""
+    from playwright.sync_api import sync_playwright
+
+    from potstill.config import Config
+    from potstill.records import Record, write_jsonl
+
+    labels = ["ספורט", "טכנולוגיה", "פוליטיקה"]  # sports, technology, politics
+    texts = ["המשחק הסתיים בתיקו", "שבב חדש הוכרז היום", "הבחירות נקבעו למאי"]
+    run = tmp_path / "run"
+    write_jsonl(run / "teacher.jsonl", [Record(id=f"r{n}", messages=[{"role": "user", "content": t}],
+                                               output=labels[n], valid=True) for n, t in enumerate(texts)])
+    curate_stage(Config(run_dir=str(run), task={"labels": labels}, curate={"val": 0, "test": 0, "near_dup": False}))
+    with LiveServer(create_app(run, sample=3)) as served, sync_playwright() as p:
+        browser, page = _open(p, served.url)
+        keys = page.evaluate("""() => [...document.querySelectorAll('#labels > span')].map(s => {
+            const kbd = s.querySelector('kbd'), k = kbd.getBoundingClientRect(), r = document.createRange();
+            r.selectNodeContents(s); r.setStartAfter(kbd);  // the label: whatever follows the key
+            const l = r.getBoundingClientRect();
+            return {label: r.toString().trim(), key_right: k.right, label_left: l.left, label_right: l.right}; })""")
+        assert [k["label"] for k in keys] == labels
+        for k in keys:  # the label starts just right of its own key (a space between them)
+            assert 0 <= k["label_left"] - k["key_right"] < 15, keys
+        for k, after in zip(keys, keys[1:]):  # and the keys go 1, 2, 3 from left to right
+            assert k["label_right"] < after["key_right"], keys
+        assert page.evaluate("getComputedStyle(document.getElementById('text')).direction") == "rtl"
+        browser.close()

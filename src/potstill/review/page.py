@@ -32,14 +32,14 @@ PAGE = r"""<!doctype html>
 <main><div class="card">
  <div class="row"><span class="k">record</span><span id="pos"></span><span id="rid" style="color:#999"></span></div>
  <div id="context" hidden></div>
- <div class="row"><span class="k">input</span></div><div id="text"></div>
+ <div class="row"><span class="k">input</span></div><div id="text" dir="auto"></div>
  <div id="after" hidden></div>
- <div class="row"><span class="k">teacher says</span><span id="output"></span></div>
+ <div class="row"><span class="k">teacher says</span><span id="output" dir="auto"></span></div>
  <div class="row"><span class="k">gold label</span><span id="gold"></span></div>
  <div class="row"><span class="k">slices</span><span id="slice"></span></div>
  <div class="row"><span class="k">samples</span><span id="samples"></span></div>
  <div class="row"><span class="k">decision</span><span id="decision"></span></div>
- <div class="row" id="editedrow" hidden><span class="k">corrected</span><span id="edited"></span></div>
+ <div class="row" id="editedrow" hidden><span class="k">corrected</span><span id="edited" dir="auto"></span></div>
  <div id="editor" hidden><textarea id="edittext" spellcheck="false" aria-label="corrected answer"></textarea>
   <div><button id="save">save</button> <kbd>Ctrl</kbd>+<kbd>Enter</kbd> save &nbsp; <kbd>Esc</kbd> cancel</div></div>
  <div id="picker" hidden><select id="pick" size="8" aria-label="relabel to"></select>
@@ -59,6 +59,11 @@ let picking = null;
 // answers, so a reviewer typing ahead judges the record on screen and never the previous one again.
 const pending = new Map();
 const $ = id => document.getElementById(id);
+// A text in its own direction: unisolated, a right-to-left label (Hebrew, Arabic) and the key number
+// beside it joined one right-to-left run, so "1 ספורט 2 טכנולוגיה" showed each number beside another
+// label, and a reviewer relabelled with the wrong key.
+const bdi = text => { const b = document.createElement("bdi"); b.textContent = text; return b; };
+const isolated = (texts, sep) => texts.flatMap((t, j) => j ? [sep, bdi(t)] : [bdi(t)]);
 function render() {
   const it = S.items[i], p = S.progress;
   $("progress").textContent = `${p.reviewed} / ${p.total} reviewed`;
@@ -69,12 +74,14 @@ function render() {
   // results after it (an agent's turns): what the teacher read.
   const turns = ms => ms.map(m => {
     const t = document.createElement("div"), r = document.createElement("span");
-    t.className = "turn"; r.className = "role"; r.textContent = m.role; t.append(r, m.text); return t; });
+    t.className = "turn"; r.className = "role"; r.textContent = m.role; t.append(r, bdi(m.text)); return t; });
   $("context").replaceChildren(...turns(it.context)); $("context").hidden = !it.context.length;
   $("after").replaceChildren(...turns(it.after)); $("after").hidden = !it.after.length;
   $("text").textContent = it.text; $("output").textContent = it.output;
-  $("gold").textContent = it.gold ?? "(none)"; $("slice").textContent = it.slice.join(", ") || "(none)";
-  $("samples").textContent = it.samples ? `${it.samples.join(" | ")} (agreement ${it.agreement ?? "?"})` : "(one answer)";
+  $("gold").textContent = it.gold ?? "(none)";
+  $("slice").replaceChildren(...(it.slice.length ? isolated(it.slice, ", ") : ["(none)"]));
+  $("samples").replaceChildren(...(it.samples ? [...isolated(it.samples, " | "), ` (agreement ${it.agreement ?? "?"})`]
+                                              : ["(one answer)"]));
   const d = it.decision, el = $("decision");
   el.className = d ? "dec " + d.decision : ""; el.textContent = d ? (d.decision === "relabel" ? `relabel → ${d.label}` : d.decision) : "not yet";
   el.dataset.decision = d ? d.decision : "";
@@ -84,9 +91,9 @@ function render() {
   $("relabelkeys").hidden = !S.labels.length; $("editkey").hidden = !!S.labels.length;
   $("labels").replaceChildren(...S.labels.slice(0, 9).map((l, j) => {
     const s = document.createElement("span"); const k = document.createElement("kbd");
-    k.textContent = j + 1; s.append(k, " " + l); return s; }));
+    k.textContent = j + 1; s.append(k, " ", bdi(l)); return s; }));
   // Keys 1-9 reach the first nine labels; the rest are named here and picked from the list (l).
-  $("morelabels").textContent = S.labels.length > 9 ? ` (also ${S.labels.slice(9).join(", ")})` : "";
+  $("morelabels").replaceChildren(...(S.labels.length > 9 ? [" (also ", ...isolated(S.labels.slice(9), ", "), ")"] : []));
   document.body.dataset.ready = "1";
 }
 function adopt(state) {  // the server's state, with the decisions still on their way laid over it
