@@ -105,6 +105,14 @@ def test_an_edit_is_checked_by_the_task_stored_and_applied_by_curate(tmp_path):
                                          "code": "invalid_output"}
         r = httpx.post(served.url + "/api/decisions", json={"id": item["id"], "decision": "edit"})
         assert r.status_code == 400 and r.json()["error"]["param"] == "output"
+        # Half an emoji pasted: Chrome's JSON.stringify sends the lone \ud83d, which SQLite cannot store (it
+        # was a bare 500, and the page said the server had not answered).
+        cut = json.dumps({"id": item["id"], "decision": "edit", "output": '{"name": "Acme \ud83d", "total": 5}'})
+        r = httpx.post(served.url + "/api/decisions", content=cut, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"] == {
+            "message": "output: not valid Unicode: character 16 is half of a character (a lone surrogate, as from a "
+                       "cut emoji); delete it or paste the whole character",
+            "type": "invalid_request_error", "param": "output", "code": "invalid_output"}, r.text
         assert load_decisions(run / "review.sqlite") == {}  # nothing refused was stored
 
         r = httpx.post(served.url + "/api/decisions", json={"id": item["id"], "decision": "edit", "output": fixed})

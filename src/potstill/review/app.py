@@ -257,6 +257,11 @@ def create_app(run_dir: str | Path, sample: int = 60, seed: int = 0) -> FastAPI:
                               "decision", "invalid_decision")
             if body.output is None:
                 return _error(400, "output: an edit needs the corrected answer", "output", "invalid_output")
+            cut = next((n for n, ch in enumerate(body.output) if "\ud800" <= ch <= "\udfff"), None)
+            if cut is not None:  # JSON's \ud83d alone (half an emoji pasted): no UTF-8 file, SQLite's included, holds it
+                return _error(400, f"output: not valid Unicode: character {cut + 1} is half of a character (a lone "
+                                   "surrogate, as from a cut emoji); delete it or paste the whole character",
+                              "output", "invalid_output")
             problem = output_problem(body.output, task, rules)
             if problem is not None:  # curate would set it aside: say why now, while the reviewer can fix it
                 return _error(400, f"output: {problem}", "output", "invalid_output")
