@@ -237,6 +237,7 @@ def test_a_decision_made_in_another_tab_is_not_overwritten_unseen(curated):
         assert "another tab" in b.text_content("#msg")
         assert b.text_content("#rid") == first and b.text_content("#decision").startswith("relabel")
         assert load_decisions(run / "review.sqlite")[first]["decision"] == "relabel"
+        b.wait_for_timeout(600)  # the reviewer reads it (a key pressed as the page jumps back is not used)
         b.keyboard.press("a")  # seen now: the reviewer means it
         b.wait_for_function("document.getElementById('progress').textContent === '1 / 9 reviewed' && "
                             "document.getElementById('rid').textContent !== " + repr(first), timeout=10_000)
@@ -284,3 +285,47 @@ def test_each_key_sits_beside_its_own_right_to_left_label(tmp_path):
             assert k["label_right"] < after["key_right"], keys
         assert page.evaluate("getComputedStyle(document.getElementById('text')).direction") == "rtl"
         browser.close()
+
+
+def test_a_key_typed_ahead_as_another_tabs_decision_shows_decides_nothing(curated):
+    """Two reviewers on one review, both typing ahead. B's decision on a record A had decided was
+    refused and B's page went back to that record, but B's next key, pressed for the next record
+    40-150 ms later, landed on it: it carried A's decision as seen, so the server replaced A's
+    decision with a label B chose for another text. Keys pressed as the page changes are not used
+    (nor as a decision from another tab appears on the record on screen) until the keys pause."""
+    from playwright.sync_api import sync_playwright
+
+    import httpx
+
+    run = Path(curated.run_dir)
+    # A key dispatched the moment the page changes (as a reviewer's next key, already on its way): no
+    # Playwright round trip between, so the test does not depend on how loaded the machine is.
+    typed_ahead = """([what, key]) => { window.typed = false; new MutationObserver((_, o) => {
+        const el = document.getElementById(what[0]);
+        if (!el.textContent.includes(what[1])) return;
+        o.disconnect(); document.dispatchEvent(new KeyboardEvent('keydown', {key})); window.typed = true;
+      }).observe(document.body, {childList: true, characterData: true, subtree: true}); }"""
+    with LiveServer(create_app(curated.run_dir, sample=9)) as served, sync_playwright() as p:
+        browser, b = _open(p, served.url)
+        ids = [it["id"] for it in b.evaluate("S.items")]
+        post = lambda rec_id: httpx.post(served.url + "/api/decisions", json={"id": rec_id, "decision": "accept"})
+        post(ids[0]).raise_for_status()  # reviewer A, in another tab
+
+        b.evaluate(typed_ahead, [["msg", "not saved"], "2"])
+        b.keyboard.press("r")  # refused: A decided it since; the page goes back to it, and "2" arrives
+        b.wait_for_function("window.typed", timeout=10_000)
+        assert b.text_content("#rid") == ids[0] and b.text_content("#decision") == "accept"
+        assert "was not used" in b.text_content("#msg")
+
+        b.wait_for_timeout(600)  # B reads it, and moves on by hand; A decides the next record meanwhile
+        b.keyboard.press("ArrowRight")
+        assert b.text_content("#rid") == ids[1]
+        post(ids[2]).raise_for_status()
+        b.evaluate(typed_ahead, [["decision", "accept"], "r"])
+        b.keyboard.press("a")  # B's page moves to ids[2]; the answer brings A's accept onto it, and "r" arrives
+        b.wait_for_function("window.typed", timeout=10_000)
+        assert b.text_content("#rid") == ids[2] and "was not used" in b.text_content("#msg")
+        b.wait_for_timeout(300)  # any decision the ignored keys had sent is answered by now
+        browser.close()
+    decided = {k: (v["decision"], v["label"]) for k, v in load_decisions(run / "review.sqlite").items()}
+    assert decided == {ids[0]: ("accept", None), ids[1]: ("accept", None), ids[2]: ("accept", None)}

@@ -58,6 +58,15 @@ let picking = null;
 // Decisions sent and not yet answered: the page moves on as a key is pressed, not when the server
 // answers, so a reviewer typing ahead judges the record on screen and never the previous one again.
 const pending = new Map();
+// After the page changes what it shows on its own (back to a refused decision's record, another tab's
+// decision on the record on screen), decision keys wait until the keys pause: a key pressed just then
+// was typed ahead for the record the reviewer had seen, and would judge one they had not (it carries
+// the decision now shown as seen, so the server would take it). Each key ignored restarts the wait, so
+// a burst typed blind decides nothing; 500 ms is twice a reaction to something seen (about 250 ms),
+// and the keys typed ahead came 40-150 ms after the change.
+const HOLD_MS = 500;
+let heldUntil = 0, heldWhy = "";
+function hold(why) { heldUntil = performance.now() + HOLD_MS; heldWhy = why; }
 const $ = id => document.getElementById(id);
 // A text in its own direction: unisolated, a right-to-left label (Hebrew, Arabic) and the key number
 // beside it joined one right-to-left run, so "1 ספורט 2 טכנולוגיה" showed each number beside another
@@ -100,12 +109,15 @@ function adopt(state) {  // the server's state, with the decisions still on thei
   for (const it of state.items) if (pending.has(it.id)) it.decision = pending.get(it.id);
   S = state;
 }
-// A decision's answer: the decisions changed since S.version (this one, any made in another tab),
-// the progress and the new version; a decision still on its way stays as the page shows it.
-function merge(body) {
+// A decision's answer: the decisions changed since S.version (own: the one this page sent; any made in
+// another tab), the progress and the new version; a decision still on its way stays as the page shows it.
+function merge(body, own) {
   for (const [id, d] of Object.entries(body.decisions)) {
     const it = S.items.find(x => x.id === id);
-    if (it && !pending.has(id)) it.decision = d;
+    if (!it || pending.has(id)) continue;
+    if (id !== own && it === S.items[i] && JSON.stringify(shown(it.decision)) !== JSON.stringify(shown(d)))
+      hold(`record ${id} was just decided in another tab (${d ? said(d) : "no decision"}): the page now shows it`);
+    it.decision = d;
   }
   S.progress = body.progress; S.version = body.version;
 }
@@ -113,6 +125,7 @@ async function load() { adopt(await (await fetch("api/state")).json()); render()
 // The decision a record shows, as the server compares it: a decision made since in another tab is
 // then refused rather than replaced unseen.
 const shown = d => d ? {decision: d.decision, label: d.label ?? null, output: d.output ?? null} : null;
+const said = d => d.decision === "relabel" ? `relabel to ${d.label}` : d.decision;
 function decide(decision, label) {
   const it = S.items[i], d = {decision, label: label ?? null}, previous = shown(it.decision);
   it.decision = d; pending.set(it.id, d); $("msg").textContent = "";
@@ -166,7 +179,7 @@ async function saveEdit() {
     if (open) $("edittext").focus();
     return;
   }
-  merge(body); $("msg").textContent = "";
+  merge(body, id); $("msg").textContent = "";
   if (open) {
     closeEditor();
     const at = S.items.findIndex(x => x.id === id);
@@ -184,14 +197,14 @@ async function send(id, d, previous) {
     body = await r.json();
   } catch (e) {}
   if (pending.get(id) === d) pending.delete(id);
-  if (r && r.ok && body && body.decisions) { merge(body); render(); return; }
+  if (r && r.ok && body && body.decisions) { merge(body, id); render(); return; }
   // Not saved: show that record again as the server holds it, then say so (said last, so that when the
   // message shows, the page is already back on the record it names).
   const why = `record ${id} not saved: ` + (body?.error?.message ?? "the review server did not answer");
   try { await load(); } catch (e) { const it = S.items.find(x => x.id === id); if (!pending.has(id)) it.decision = null; }
   // Back to that record, unless a correction is being typed: the jump would close the editor and
   // lose the text; the message names the record to go back to.
-  if (editing === null) i = Math.max(0, S.items.findIndex(x => x.id === id));
+  if (editing === null) { i = Math.max(0, S.items.findIndex(x => x.id === id)); hold(why); }
   render();
   $("msg").textContent = why;
 }
@@ -214,6 +227,11 @@ document.addEventListener("keydown", e => {
   }
   if (e.ctrlKey || e.metaKey || e.altKey) return;
   if (e.repeat && /^[are1-9]$/.test(e.key)) return;  // a decision key held down must not sweep through the records
+  if (/^[arle1-9]$/.test(e.key) && performance.now() < heldUntil) {
+    e.preventDefault(); hold(heldWhy);
+    $("msg").textContent = `${heldWhy}; the key pressed as it changed was not used: look, then press again`;
+    return;
+  }
   if (e.key === "e" && !S.labels.length) { e.preventDefault(); openEditor(); }  // preventDefault: no "e" typed in
   else if (e.key === "a") decide("accept");
   else if (e.key === "r") decide("reject");
