@@ -369,6 +369,24 @@ def read_numbered(path: str | Path, columns: dict[str, str] | None = None) -> li
     return out
 
 
+def check_ids(path: str | Path, numbered: list[tuple[int, Record]]) -> None:
+    """One id names one input: two lines with one id and different messages are refused, naming both.
+
+    A user's own ids (a ticket number, a CRM's row id) can repeat; the review keeps a decision by
+    record id and shows one record per id, so a reviewer's reject of one ticket also removed another
+    that nobody saw, or was dropped as stale against the other's answer. The same input twice (one
+    id, the same messages) is a duplicate, which curate drops, and is allowed.
+    """
+    first: dict[str, tuple[int, str]] = {}
+    for lineno, r in numbered:
+        key = hash_obj(r.messages)
+        n, seen = first.setdefault(r.id, (lineno, key))
+        if seen != key:
+            raise PotstillError(f"{path}:{lineno}: id {r.id!r} is also line {n}'s, with another input; a review "
+                                "decision is kept by id and would judge both: give each input its own id, or leave "
+                                "id out (potstill derives one from the messages)")
+
+
 def read_records(path: str | Path) -> list[Record]:
     """Read a JSONL file of records; a bad line raises one error naming file and line."""
     return [r for _, r in read_numbered(path)]

@@ -24,7 +24,7 @@ from potstill.config import MODEL_REF, Config, flat_fields, load_config, path_ro
 from potstill.errors import PotstillError, without_credentials
 from potstill.hashing import hash_path
 from potstill.progress import say
-from potstill.records import Record, read_numbered, write_text
+from potstill.records import Record, check_ids, read_numbered, write_text
 from potstill.rundir import RunDir, exclusive
 from potstill.tasks import get_task
 
@@ -315,6 +315,7 @@ def _read_saved(path: Path) -> dict[str, Any] | None:
 def read_inputs(cfg: Config) -> list[tuple[int, Record]]:
     """``data.inputs`` with ``data.columns`` applied and class indices named (``data.label_names``)."""
     numbered = read_numbered(cfg.data.inputs, cfg.data.columns)
+    check_ids(cfg.data.inputs, numbered)
     names = cfg.data.label_names
     for lineno, r in numbered if names else ():
         if r.label is None:

@@ -259,3 +259,45 @@ def test_one_decision_sends_back_only_what_changed(served, curated):
     state = httpx.get(served.url + "/api/state").json()
     assert {it["id"]: (it["decision"] or {}).get("decision") for it in state["items"][:3]} == \
         {a: "reject", b: "reject", c: "relabel"}
+
+
+def test_two_inputs_under_one_id_are_refused_where_they_are_read(tmp_path):
+    """Two tickets exported under one id (T1): the page showed one, and a reviewer's reject of it
+    also sent the other, which nobody saw, to rejected.jsonl (or, where the teacher answered the two
+    differently, was dropped as stale). The inputs file, and a teacher.jsonl the review or a review's
+    decisions are applied to, now fail naming both lines; the same input twice is still a duplicate."""
+    import pytest
+
+    from potstill.config import Config
+    from potstill.curate.stage import curate_stage
+    from potstill.errors import PotstillError
+    from potstill.records import Record, write_jsonl
+    from potstill.review.app import create_app
+    from potstill.review.store import ReviewStore
+    from potstill.stage import read_inputs
+
+    rows = [{"id": "T1", "input": "My card was charged twice for one order"},
+            {"id": "T2", "input": "How do I change my delivery address please"},
+            {"id": "T2", "input": "How do I change my delivery address please"},  # a duplicate: allowed
+            {"id": "T1", "input": "The app crashes whenever I open settings"}]
+    inputs = tmp_path / "inputs.jsonl"
+    write_jsonl(inputs, [Record.model_validate({"id": r["id"], "messages": [{"role": "user", "content": r["input"]}]})
+                         for r in rows])
+    with pytest.raises(PotstillError) as e:
+        read_inputs(Config(data={"inputs": str(inputs)}, task={"labels": ["billing", "bug", "account"]}))
+    assert str(e.value) == (f"{inputs}:4: id 'T1' is also line 1's, with another input; a review decision is kept "
+                            "by id and would judge both: give each input its own id, or leave id out (potstill derives "
+                            "one from the messages)")
+
+    run = tmp_path / "run"  # a teacher.jsonl written before inputs were checked
+    write_jsonl(run / "teacher.jsonl", [Record(id=r["id"], messages=[{"role": "user", "content": r["input"]}],
+                                               output="billing", valid=True) for r in rows])
+    cfg = Config(run_dir=str(run), task={"labels": ["billing", "bug", "account"]},
+                 curate={"val": 0, "test": 0, "near_dup": False})
+    curate_stage(cfg)  # no decisions yet: nothing keyed by id, curated as before
+    with pytest.raises(PotstillError, match=r"teacher.jsonl:4: id 'T1' is also line 1's, with another input"):
+        create_app(run, sample=10)
+    with ReviewStore(run / "review.sqlite") as store:  # a decision from a review before the check
+        store.decide("T1", "reject", teacher_output="billing")
+    with pytest.raises(PotstillError, match=r"teacher.jsonl:4: id 'T1' is also line 1's, with another input"):
+        curate_stage(cfg)

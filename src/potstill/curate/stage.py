@@ -12,7 +12,7 @@ from potstill.curate import card_markdown, curate
 from potstill.curate.card import configured_teacher
 from potstill.errors import PotstillError
 from potstill.progress import say
-from potstill.records import atomic_files, dump_jsonl, read_records
+from potstill.records import atomic_files, check_ids, dump_jsonl, read_numbered, read_records
 from potstill.review.store import load_decisions
 from potstill.rundir import RunDir
 
@@ -37,7 +37,10 @@ def curate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
                             f"{own[0].meta.get('ledger_id')}), not labels; a student trained on them learns its own "
                             "mistakes: keep the rows a person labelled (or the teacher's, meta.role teacher)")
     decisions = load_decisions(run / "review.sqlite") if cfg.curate.review else {}
-    records = read_records(run / "teacher.jsonl")
+    numbered = read_numbered(run / "teacher.jsonl")
+    if decisions:  # kept by id: a decision on one of two inputs under one id would judge both
+        check_ids(run / "teacher.jsonl", numbered)
+    records = [r for _, r in numbered]
     if not records:
         raise PotstillError(f"{run / 'teacher.jsonl'} holds no records: run `potstill generate` (it writes one per input)")
     failed = sum((r.invalid_reason or "").startswith("teacher error") for r in records)

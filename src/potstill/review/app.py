@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from potstill.config import CurateConfig, TaskConfig
 from potstill.errors import PotstillError
-from potstill.records import Record, content_text, read_json, read_records
+from potstill.records import Record, check_ids, content_text, read_json, read_numbered
 from potstill.review.page import PAGE
 from potstill.review.sample import stratified_sample
 from potstill.review.store import DECISIONS, ReviewStore, error_rate
@@ -125,7 +125,9 @@ def load_run(run_dir: str | Path, sample: int, seed: int = 0) -> tuple[list[str]
     card = read_json(card_path)  # cut short or edited into something else: one line naming it
     labels = list((card.get("task") or {}).get("labels") or [])
     parse = get_task(TaskConfig(type="classification", labels=labels)).parse if labels else None
-    records = stratified_sample(read_records(teacher), sample, seed, labelled=bool(labels), parse=parse)
+    numbered = read_numbered(teacher)
+    check_ids(teacher, numbered)  # a decision is kept by id: two inputs under one id would share it
+    records = stratified_sample([r for _, r in numbered], sample, seed, labelled=bool(labels), parse=parse)
     if not records:
         raise PotstillError(f"{teacher}: no valid teacher outputs to review")
     return labels, records
