@@ -326,24 +326,26 @@ def requests(
 
 @app.command()
 def report(
-    run_dir: Annotated[Path, typer.Argument(help="Run directory whose eval.json is the champion.")],
+    run_dir: Annotated[Path, typer.Argument(help="Run directory (or its eval.json) whose eval.json is the champion.")],
     compare: Annotated[Optional[list[Path]], typer.Option(
         "--compare", help="Another run directory (or its eval.json) shown as a challenger; repeatable.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Where to write the page (default: RUN_DIR/report.html).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="The page's file (default: report.html in the run directory).")] = None,
 ) -> None:
     """Rebuild report.html from eval.json, with other runs' students side by side (champion vs challenger)."""
     from potstill.evaluate.html import compare_report
     from potstill.rundir import RunDir, exclusive
 
-    target = out or run_dir / "report.html"
-    into_run = run_dir.is_dir() and target.resolve() == (run_dir / "report.html").resolve()
+    # RUN/eval.json names the run as its folder does (as --compare takes it): the page goes beside it.
+    run = run_dir.parent if run_dir.is_file() else run_dir
+    target = out or run / "report.html"
+    into_run = run.is_dir() and target.resolve() == (run / "report.html").resolve()
     # Into the run: its page and manifest, held as a stage holds them (an evaluate writes both).
-    with exclusive(run_dir) if into_run else contextlib.nullcontext():
-        if run_dir.is_dir():  # a hand-broken manifest.json: its one line before anything is written
-            RunDir(run_dir).manifest()
-        target = compare_report(run_dir, compare or [], out)
+    with exclusive(run) if into_run else contextlib.nullcontext():
+        if run.is_dir():  # a hand-broken manifest.json: its one line before anything is written
+            RunDir(run).manifest()
+        target = compare_report(run_dir, compare or [], target)
         if into_run:
-            RunDir(run_dir).rebuilt("evaluate", "report.html")  # else the next `potstill run` reruns evaluate
+            RunDir(run).rebuilt("evaluate", "report.html")  # else the next `potstill run` reruns evaluate
     typer.echo(f"wrote {target}")
 
 

@@ -368,3 +368,40 @@ def test_a_long_slice_name_keeps_its_n_on_the_plot():
     assert shown[0].endswith("(n=45)") and shown[1].endswith("(n=31)"), shown
     assert all(len(re.sub(r"&\w+;", "x", s)) <= 40 for s in shown), shown
     assert all(re.fullmatch(r"([^&]|&(amp|lt|gt|quot|#x27);)*", s) for s in shown), shown  # no entity cut in two
+
+
+def test_report_takes_the_runs_eval_json_and_refuses_a_folder_as_out(tmp_path, tiny_model, monkeypatch, capsys):
+    """`potstill report RUN/eval.json` (the form --compare takes) failed with "File exists: RUN/eval.json"
+    (it wrote to eval.json/report.html); it writes RUN/report.html now. An --out that is a folder
+    failed naming a temp file the user never made; it is named itself."""
+    from potstill.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    texts = ["the team won the match", "new phone software", "a vote in the election", "the film star"]
+    (run / "test.jsonl").write_text("".join(json.dumps({"input": t, "output": LABELS[i % 3], "label": LABELS[i % 3]}) + "\n"
+                                            for i, t in enumerate(texts)))
+    shutil.copytree(tiny_model, run / "student")
+    evaluate_stage(load_config(overrides={
+        "run_dir": str(run), "task": {"type": "classification", "labels": LABELS, "instruction": "classify"},
+        "student.model": str(tiny_model), "teacher.price.usd_per_call": 0.001,
+        "evaluate": {"latency_samples": 2, "batch_size": 2, "include_untrained": False},
+        "report": {"min_slice_n": 2, "bootstrap_samples": 100}}))
+    (run / "report.html").unlink()
+    capsys.readouterr()  # evaluate's table
+
+    monkeypatch.setattr(sys, "argv", ["potstill", "report", str(run / "eval.json")])
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == 0, capsys.readouterr().err
+    assert capsys.readouterr().out.strip() == f"wrote {run / 'report.html'}"
+    assert "<html" in (run / "report.html").read_text()
+
+    (tmp_path / "pages").mkdir()
+    monkeypatch.setattr(sys, "argv", ["potstill", "report", str(run), "--out", str(tmp_path / "pages")])
+    with pytest.raises(SystemExit) as e:
+        main()
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err == (f"error: {tmp_path / 'pages'} is a directory: name the page's file (for "
+                                         f"example {tmp_path / 'pages' / 'report.html'})"), err
+    assert list((tmp_path / "pages").iterdir()) == []

@@ -436,6 +436,9 @@ def compare_report(run_dir: str | Path, others: Sequence[str | Path], out: str |
     """report.html for ``run_dir`` (the champion) with each other run's eval.json as a challenger."""
     ev = load_eval(run_dir)
     loaded = [(str(o), load_eval(o)) for o in others]
-    target = Path(out) if out else Path(run_dir) / "report.html"
+    run = Path(run_dir).parent if Path(run_dir).is_file() else Path(run_dir)  # RUN/eval.json: the page beside it
+    target = Path(out) if out else run / "report.html"
+    if target.is_dir():  # else the rename fails naming its temp file, one the user never made
+        raise PotstillError(f"{target} is a directory: name the page's file (for example {target / 'report.html'})")
     write_report(target, ev, loaded)
     return target
