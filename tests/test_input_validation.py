@@ -83,3 +83,24 @@ def test_cli_generate_says_one_line_for_a_directory_or_a_bad_encoding(tmp_path):
                              env={**os.environ, "OPENAI_API_KEY": "sk-test"})
         assert out.returncode == 2 and out.stderr.strip().startswith(said), out.stderr
         assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_half_a_character_is_refused_with_its_file_and_line(tmp_path):
+    """A teacher.jsonl input holding JSON's \\ud83d alone (an emoji cut in two) made `potstill curate`
+    end in a 70-line UnicodeEncodeError from deduplication, and no card was written, so the run could
+    not be reviewed; it is one line naming the file, line and field, as any malformed line. A whole
+    pair (\\ud83d\\ude00) is one character, and reads."""
+    from potstill.config import Config
+    from potstill.curate.stage import curate_stage
+
+    run = tmp_path / "run"
+    run.mkdir()
+    line = ('{{"id": "s{n}", "messages": [{{"role": "user", "content": "great product {n} {emoji}"}}], '
+            '"output": "positive", "valid": true}}\n')
+    (run / "teacher.jsonl").write_text(line.format(n=1, emoji="\\ud83d\\ude00") + line.format(n=2, emoji="\\ud83d"))
+    with pytest.raises(PotstillError) as e:
+        curate_stage(Config(run_dir=str(run), task={"labels": ["positive", "negative"]}, curate={"val": 0, "test": 0}))
+    assert str(e.value) == (f"{run / 'teacher.jsonl'}:2: messages.0.content: text holds a lone UTF-16 surrogate (an "
+                            "escape \\ud800-\\udfff without its pair), as from an emoji cut in two")
+    (run / "teacher.jsonl").write_text(line.format(n=1, emoji="\\ud83d\\ude00"))
+    assert read_records(run / "teacher.jsonl")[0].text == "great product 1 \U0001F600"

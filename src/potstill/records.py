@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from potstill.errors import PotstillError
 from potstill.hub_files import is_hub_file, local_file
+from potstill.responses_format import surrogate_at
 from potstill.hashing import hash_obj
 
 
@@ -181,7 +182,11 @@ def _cell(path: Path, where: int, key: str, value: Any) -> Any:
     starts = ("{",) if key in ("label", "output", "reference") else ("[", "{")  # an answer in brackets is text
     if key in _JSON_COLUMNS and isinstance(value, str) and value.lstrip()[:1] in starts:
         try:
-            return _cell(path, where, key, json.loads(value))
+            parsed = json.loads(value)
+            cut = _lone_surrogate(parsed) if _SURROGATE_ESCAPE.search(value) else None  # as in a JSONL line
+            if cut:
+                raise PotstillError(f"{path}:{where}: column {key}: {cut}")
+            return _cell(path, where, key, parsed)
         except json.JSONDecodeError:
             if key not in ("label", "output", "reference"):
                 raise PotstillError(f"{path}:{where}: column {key}: malformed JSON: {json_problem(value)}") from None
@@ -251,6 +256,17 @@ def _table_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         csv.field_size_limit(limit)
 
 
+# A JSON escape of half a UTF-16 pair (\ud83d): json.loads takes it alone, as a lone surrogate, which
+# no UTF-8 file holds, so writing the record (train.jsonl, the ledger, review.sqlite) would fail later.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _lone_surrogate(obj: Any) -> str | None:
+    """Where a parsed JSON value holds a lone surrogate, in the server's words for it, or None."""
+    found = surrogate_at(obj)
+    return None if found is None else f"{found[0] or 'value'}: {found[1]}, as from an emoji cut in two"
+
+
 def read_objects(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank line of a JSONL file, or each row of a CSV, TSV or
     Parquet file (by its suffix; see ``_table_objects``); a bad line raises one error naming file and line."""
@@ -288,6 +304,9 @@ def read_objects(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
                     raise PotstillError(f"{path}:{lineno}: malformed JSON: {json_problem(line)}") from None
                 if not isinstance(obj, dict):
                     raise PotstillError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+                cut = _lone_surrogate(obj) if _SURROGATE_ESCAPE.search(line) else None  # a pair is one character
+                if cut:
+                    raise PotstillError(f"{path}:{lineno}: {cut}")
                 yield lineno, obj
     except UnicodeDecodeError:
         # The decoder reads ahead in blocks, so its error knows neither line nor offset in the file.
