@@ -154,7 +154,7 @@ def test_a_key_in_a_judge_url_is_not_logged(tmp_path, tiny_model):
     shutil.copytree(tiny_model, run / "student")
     (run / "train.json").write_text("{}")
     judge = {"type": "openai", "model": "judge-1", "api_key_env": "",
-             "base_url": "https://proxy.example/v1?api-key=sk-SECRET-IN-QUERY"}
+             "base_url": "https://u:x@sk-SECRET-IN-USERINFO@proxy.example/v1?api-key=sk-SECRET-IN-QUERY"}
     cfg = Config.model_validate(config(
         tmp_path, tiny_model, tracking=["mlflow"], teacher={"base_url": "https://u:sk-SECRET-IN-USERINFO@host/v1"},
         evaluate={"latency_samples": 2, "batch_size": 2, "include_untrained": False, "judge": {"teacher": judge}},
@@ -176,8 +176,9 @@ def test_a_tracker_that_fails_after_the_stage_is_logged_by_the_next_run(tmp_path
     as up to date, logs it then, once."""
     write_splits(tmp_path / "run")
     cfg = Config.model_validate(config(tmp_path, tiny_model, tracking=["mlflow"]))
-    # Nothing listens on the discard port; the URI's password must not reach the line either.
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://user:sk-SECRET@127.0.0.1:9")
+    # Nothing listens on the discard port; the URI's password (with a "'", which RFC 3986 allows) must
+    # not reach the line either.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://user:sk-SECRET'x@127.0.0.1:9")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     first = train_stage(cfg)
     assert not first["skipped"]

@@ -42,31 +42,55 @@ def looks_like_key(value: str) -> bool:
 
 
 # A URL's user:password@ and its query string can carry a key (a proxy's Basic auth, its
-# ``?api-key=``): what potstill logs, prints or saves gets the URL without them.
-_URL = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)(?:[^\s/@?#'\"]*@)?([^\s?#'\"]*)(?:\?[^\s#'\"]*)?")
+# ``?api-key=``): what potstill logs, prints or saves gets the URL without them. The user info runs
+# to the authority's last '@', where httpx and urlsplit split it: a password may hold a raw '@', or
+# a "'" (RFC 3986 allows it unencoded), and httpx sends either as it stands.
+_SCHEME = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://")
+_URL = re.compile(rf"({_SCHEME.pattern})(?:[^\s/?#]*@)?([^\s?#'\"]*)(?:\?[^\s#'\"]*)?")
 
 
 def without_credentials(text: str) -> str:
-    """``text`` with every URL in it stripped of user info and query string."""
+    """``text`` with every URL in it stripped of user info and query string. In free text a URL ends
+    at whitespace; for a URL that is a whole value (a config field), ``url_without_credentials``."""
     return _URL.sub(r"\1\2", text)
+
+
+def _split_userinfo(url: str) -> tuple[str, str | None, str]:
+    """``url`` as (scheme://, its user info or None, the rest), split as httpx splits it: the
+    authority ends at the first '/', '?' or '#' after '://', its user info at the last '@' in it
+    (so a password may hold an '@', a quote, even a space). Not a URL: ("", None, url)."""
+    m = _SCHEME.match(url)
+    if not m:
+        return "", None, url
+    rest = url[m.end():]
+    authority = re.match(r"[^/?#]*", rest).group()
+    userinfo, at, host = authority.rpartition("@")
+    return m.group(), (userinfo if at else None), host + rest[len(authority):]
+
+
+def url_without_credentials(url: str) -> str:
+    """One URL (a field's whole value) without its user info and query string; a URL with neither
+    comes back unchanged, character for character (a teacher's cache identity holds it). A value
+    that is not one URL is treated as text."""
+    scheme, _, rest = _split_userinfo(url)
+    body, hash_, fragment = rest.partition("#")
+    return without_credentials(scheme + body.partition("?")[0] + hash_ + fragment if scheme else url)
 
 
 def url_secrets(url: str | None) -> list[str]:
     """The credentials a URL carries, as they can come back in an error: its password (as written
     and decoded) and the ``Basic`` token httpx sends for its ``user:password@`` (an echoed header
-    shows that token, which decodes to the password)."""
+    shows that token, which decodes to the password). Found in a URL no parser takes too (an
+    unclosed IPv6 bracket), whose error may repeat it."""
     import base64
-    from urllib.parse import unquote, urlsplit
+    from urllib.parse import unquote
 
-    try:
-        parts = urlsplit(url or "")
-    except ValueError:
+    _, userinfo, _ = _split_userinfo(url or "")
+    user, colon, password = (userinfo or "").partition(":")
+    if not colon:
         return []
-    if parts.password is None:
-        return []
-    user, password = unquote(parts.username or ""), unquote(parts.password)
-    token = base64.b64encode(f"{user}:{password}".encode()).decode()
-    return [token, parts.password, password]
+    token = base64.b64encode(f"{unquote(user)}:{unquote(password)}".encode()).decode()
+    return [token, password, unquote(password)]
 
 
 def compile_failed(section: str, e: BaseException) -> PotstillError:

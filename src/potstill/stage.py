@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from rich.markup import escape
 
 from potstill.config import MODEL_REF, Config, flat_fields, load_config, path_roles, relative_paths, set_dotted
-from potstill.errors import PotstillError, without_credentials
+from potstill.errors import PotstillError, url_without_credentials
 from potstill.hashing import hash_path
 from potstill.progress import say
 from potstill.records import Record, check_ids, read_numbered, write_text
@@ -279,7 +279,8 @@ def _strip_url_credentials(data: dict[str, Any], prefix: str = "") -> list[str]:
         if isinstance(v, dict):
             changed += _strip_url_credentials(v, f"{prefix}{k}.")
         elif k in _URL_FIELDS and v:
-            clean = [without_credentials(u) for u in v] if isinstance(v, list) else without_credentials(v)
+            clean = [url_without_credentials(u) for u in v] if isinstance(v, list) else \
+                url_without_credentials(v)
             if clean != v:
                 data[k] = clean
                 changed.append(prefix + k)

@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable
 from pydantic import BaseModel
 
 from potstill.config import Config
-from potstill.errors import PotstillError, without_credentials
+from potstill.errors import PotstillError, url_without_credentials, without_credentials
 from potstill.hashing import hash_path
 from potstill.progress import say
 
@@ -107,7 +107,7 @@ class Run:
         self.title = f"{self.name}/{stage}"
         self.tags = {"potstill.stage": stage, "potstill.run_dir": str(self.run_dir)}
         # Trackers cap a parameter's length (MLflow: 6000 characters); long lists are context, not keys.
-        self.params = {k: without_credentials(str(v))[:500] for k, v in flatten(params).items()}
+        self.params = {k: url_without_credentials(str(v))[:500] for k, v in flatten(params).items()}
         self.metrics = metrics or {}
         self.steps = list(steps)
         self.artifacts = [p for p in artifacts if p.exists()]

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Iterator
 from rich.markup import escape
 
 from potstill.config import GenerateConfig, PriceConfig, TeacherConfig
-from potstill.errors import PotstillError, redact, url_secrets, without_credentials
+from potstill.errors import PotstillError, redact, url_secrets, url_without_credentials
 from potstill.progress import say
 from potstill.tasks import Task
 from potstill.teachers.api.limits import RateLimiter
@@ -53,7 +53,7 @@ def check_base_url(url: str, httpx: Any) -> None:
         httpx.URL(url)
     except Exception as e:  # noqa: BLE001 - httpx.InvalidURL, or ValueError/TypeError from its parser
         why = redact(str(e), url_secrets(url))
-        raise PotstillError(f"teacher.base_url {without_credentials(url)!r} is not a valid URL ({why})") from None
+        raise PotstillError(f"teacher.base_url {url_without_credentials(url)!r} is not a valid URL ({why})") from None
 
 
 class ApiTeacher(Teacher):
