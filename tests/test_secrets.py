@@ -85,18 +85,42 @@ class EchoAuthServer(ChatServer):
                                        "type": "invalid_request_error"}}, status_code=401)
 
 
-def test_a_refused_base_url_password_is_not_shown(tiny_model_b, tmp_path):
+@pytest.mark.parametrize("where", ["teacher.base_url", "OPENAI_BASE_URL"])
+def test_a_refused_base_url_password_is_not_shown(tiny_model_b, tmp_path, where):
     """httpx sends a base_url's user:password@ as Basic auth; a 401 that echoes the header shows
     the pair base64-encoded, which is the password in plain sight: the error line, the ledger row
-    and the output show it redacted, as they show an API key."""
+    and the output show it redacted, as they show an API key. The SDK reads its own variable where
+    teacher.base_url is unset: a password there is as secret."""
     basic = base64.b64encode(f"proxy-user:{CANARY}".encode()).decode()
     with EchoAuthServer(str(tiny_model_b)) as srv:
         url = srv.base_url.replace("http://", f"http://proxy-user:{CANARY}@")
-        write_project(tmp_path, {"base_url": url, "api_key_env": ""})
-        out = potstill("generate", "-c", "potstill.yaml", cwd=tmp_path)
+        in_config = where == "teacher.base_url"
+        write_project(tmp_path, {"base_url": url if in_config else None, "api_key_env": ""})
+        out = potstill("generate", "-c", "potstill.yaml", cwd=tmp_path, **({} if in_config else {where: url}))
     assert out.returncode == 2 and "401" in out.stderr and "Basic ***" in out.stderr, out.stderr
     assert leaks(CANARY, tmp_path / "run", out.stdout, out.stderr) == []
     assert leaks(basic, tmp_path / "run", out.stdout, out.stderr) == []
+
+
+@pytest.mark.parametrize("kind,variable", [("openai", "OPENAI_BASE_URL"), ("anthropic", "ANTHROPIC_BASE_URL")])
+def test_the_sdks_own_base_url_variable_is_the_teachers_url(kind, variable, monkeypatch):
+    """Where teacher.base_url is unset the SDK reads its own variable: that URL is the one the client
+    gets, and its password (and the Basic token httpx makes of it) is among the secrets, as one in
+    teacher.base_url is; teacher.base_url, when set, wins over it, as in the SDK."""
+    from potstill.config import TaskConfig, TeacherConfig
+    from potstill.tasks import get_task
+
+    task = get_task(TaskConfig(type="freetext", instruction="summarise"))
+    url = f"http://proxy-user:{CANARY}@127.0.0.1:9/v1"
+    monkeypatch.setenv(variable, url)
+    teacher = get_teacher(TeacherConfig(type=kind, model="m", api_key_env=""), task)
+    client = teacher.make_client(teacher.http_module().AsyncClient())
+    assert str(client.base_url).startswith(url)
+    basic = base64.b64encode(f"proxy-user:{CANARY}".encode()).decode()
+    assert {CANARY, basic} <= set(teacher.secrets())
+    given = get_teacher(TeacherConfig(type=kind, model="m", api_key_env="", base_url="http://127.0.0.1:8/v1"), task)
+    assert str(given.make_client(given.http_module().AsyncClient()).base_url).startswith("http://127.0.0.1:8/v1")
+    assert CANARY not in given.secrets()
 
 
 def test_placeholders_and_short_secrets_do_not_mangle_error_words():

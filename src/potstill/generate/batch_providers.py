@@ -75,7 +75,7 @@ class OpenAIBatches:
         cfg = teacher.cfg
         teacher._key = api_key(cfg.api_key_env, teacher.key_setting)
         # Uploads and result files can be hundreds of MB: give them more time than one chat call.
-        self.client = OpenAI(api_key=teacher._key, base_url=cfg.base_url, max_retries=cfg.max_retries,
+        self.client = OpenAI(api_key=teacher._key, base_url=teacher.base_url, max_retries=cfg.max_retries,
                              timeout=max(cfg.timeout_s, 600.0))
 
     def line(self, h: str, request: dict[str, Any]) -> bytes:
@@ -154,7 +154,7 @@ class AnthropicBatches:
         cfg = teacher.cfg
         env = cfg.api_key_env if cfg.api_key_env != "OPENAI_API_KEY" else "ANTHROPIC_API_KEY"
         teacher._key = api_key(env, teacher.key_setting)
-        self.client = Anthropic(api_key=teacher._key, base_url=cfg.base_url, max_retries=cfg.max_retries,
+        self.client = Anthropic(api_key=teacher._key, base_url=teacher.base_url, max_retries=cfg.max_retries,
                                 timeout=max(cfg.timeout_s, 600.0))
 
     def line(self, h: str, request: dict[str, Any]) -> bytes:

@@ -10,12 +10,18 @@ from potstill.plugins import build
 from potstill.tasks import Task
 from potstill.teachers.base import OnResult, Response, RunStats, Teacher, request_hash
 
+#: Where the openai and anthropic SDKs read a base URL from when given none.
+SDK_BASE_URL_ENVS = ("OPENAI_BASE_URL", "ANTHROPIC_BASE_URL")
+
 
 def get_teacher(cfg: TeacherConfig, task: Task, prices: dict[str, dict[str, float]] | None = None) -> Teacher:
     """The adapter ``cfg.type`` names. ``prices``: the run's ``generate.prices``, by which a teacher
     with no ``teacher.price`` bills answers outside a generate run (``submit``: serve's escalations)
     as generate bills its own; left out, the built-in table."""
-    secrets = [os.environ.get(cfg.api_key_env, ""), *url_secrets(cfg.base_url)]
+    # Blanked in a plugin's failure to build: its key, and a password in the URL it was given, or in
+    # the one its SDK reads where teacher.base_url is unset.
+    urls = [cfg.base_url] if cfg.base_url else [os.environ.get(v) for v in SDK_BASE_URL_ENVS]
+    secrets = [os.environ.get(cfg.api_key_env, ""), *(s for url in urls for s in url_secrets(url))]
     teacher = build("teachers", cfg.type, cfg, task, secrets=secrets)
     teacher.prices = prices
     return teacher

@@ -163,6 +163,7 @@ async def _streamed(client: Any, req: dict[str, Any], on_delta: OnDelta) -> tupl
 
 class AnthropicTeacher(ApiTeacher):
     type = "anthropic"
+    base_url_env = "ANTHROPIC_BASE_URL"
     supports_batch = True  # generate.engine batch (potstill.generate.batch_engine)
     supports_tools = True
     streams = True
@@ -228,7 +229,7 @@ class AnthropicTeacher(ApiTeacher):
 
         env = self.cfg.api_key_env if self.cfg.api_key_env != "OPENAI_API_KEY" else "ANTHROPIC_API_KEY"
         self._key = api_key(env, self.key_setting)
-        return AsyncAnthropic(api_key=self._key, base_url=self.cfg.base_url, max_retries=self.cfg.max_retries,
+        return AsyncAnthropic(api_key=self._key, base_url=self.base_url, max_retries=self.cfg.max_retries,
                               timeout=self.cfg.timeout_s, http_client=http_client)
 
     def error_code(self, e: Exception) -> str | None:

@@ -84,6 +84,7 @@ def label_probs_from_top_logprobs(top: list[dict[str, Any]], labels: list[str]) 
 
 class OpenAITeacher(ApiTeacher):
     type = "openai"
+    base_url_env = "OPENAI_BASE_URL"
     supports_batch = True  # generate.engine batch (potstill.generate.batch_engine)
     supports_logprobs = True
     supports_tools = True
@@ -163,7 +164,7 @@ class OpenAITeacher(ApiTeacher):
         from openai import AsyncOpenAI
 
         self._key = api_key(self.cfg.api_key_env, self.key_setting)
-        return AsyncOpenAI(api_key=self._key, base_url=self.cfg.base_url, max_retries=self.cfg.max_retries,
+        return AsyncOpenAI(api_key=self._key, base_url=self.base_url, max_retries=self.cfg.max_retries,
                            timeout=self.cfg.timeout_s, http_client=http_client)
 
     def _response(self, completion: Any, latency: float) -> Response:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
+import os
 import threading
 import time
 from concurrent.futures import Future
@@ -45,15 +46,16 @@ def max_output(request: dict[str, Any]) -> int:
     return int(request.get("max_completion_tokens") or request.get("max_tokens") or 0)
 
 
-def check_base_url(url: str, httpx: Any) -> None:
-    """Refuse a ``teacher.base_url`` the SDK's HTTP client cannot parse (an unclosed IPv6 bracket, a
-    port that is not a number) in one line, before the SDK raises ``InvalidURL`` from deep inside;
-    the URL is shown without its user info and query, which can hold a password."""
+def check_base_url(url: str, httpx: Any, setting: str = "teacher.base_url") -> None:
+    """Refuse a base URL (``setting``: where it was set) the SDK's HTTP client cannot parse (an
+    unclosed IPv6 bracket, a port that is not a number) in one line, before the SDK raises
+    ``InvalidURL`` from deep inside; the URL is shown without its user info and query, which can
+    hold a password."""
     try:
         httpx.URL(url)
     except Exception as e:  # noqa: BLE001 - httpx.InvalidURL, or ValueError/TypeError from its parser
         why = redact(str(e), url_secrets(url))
-        raise PotstillError(f"teacher.base_url {url_without_credentials(url)!r} is not a valid URL ({why})") from None
+        raise PotstillError(f"{setting} {url_without_credentials(url)!r} is not a valid URL ({why})") from None
 
 
 class ApiTeacher(Teacher):
@@ -61,6 +63,9 @@ class ApiTeacher(Teacher):
 
     #: The config field naming the key's environment variable, for the error when it is unset.
     key_setting = "teacher.api_key_env"
+
+    #: The variable the adapter's SDK reads its base URL from when given none (``OPENAI_BASE_URL``).
+    base_url_env: str | None = None
 
     supports_samples = True
     remote = True
@@ -71,8 +76,13 @@ class ApiTeacher(Teacher):
             raise PotstillError(f"teacher.model is required for an {self.type} teacher")
         if cfg.logprobs and not self.supports_logprobs:
             raise PotstillError(f"teacher.logprobs: {self.logprobs_refusal}; set it to 0")
-        if cfg.base_url:
-            check_base_url(cfg.base_url, self.http_module())
+        #: Where requests go, decided once: ``teacher.base_url``, else the URL the SDK would read from
+        #: its own variable (None: the provider's API). The client is given it, and its password is
+        #: a secret and stays out of the teacher's identity wherever it was set.
+        self.base_url: str | None = cfg.base_url or (os.environ.get(self.base_url_env) if self.base_url_env
+                                                     else None) or None
+        if self.base_url:
+            check_base_url(self.base_url, self.http_module(), "teacher.base_url" if cfg.base_url else self.base_url_env)
         self._key: str | None = None
         self._session: Any = None
         self._session_lock = threading.Lock()
@@ -107,10 +117,11 @@ class ApiTeacher(Teacher):
         return (chars // 4 + 4) * self.http_requests(request) + max_output(request) * int(request.get("n", 1))
 
     def secrets(self) -> list[str]:
-        """Strings never to show in an error: the key, and a password in ``base_url``. With no
-        ``api_key_env`` the SDK gets a placeholder ('unused'), which is no secret."""
+        """Strings never to show in an error: the key, and a password in the base URL (``teacher.base_url``
+        or the SDK's variable). With no ``api_key_env`` the SDK gets a placeholder ('unused'), which is
+        no secret."""
         key = self._key if self.cfg.api_key_env else None
-        return [key or "", *url_secrets(self.cfg.base_url)]
+        return [key or "", *url_secrets(self.base_url)]
 
     def http_module(self) -> Any:
         """The httpx-compatible package the SDK takes clients from (httpx; newer SDKs: httpx2)."""
