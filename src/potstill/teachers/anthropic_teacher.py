@@ -170,8 +170,8 @@ class AnthropicTeacher(ApiTeacher):
     logprobs_refusal = "the Anthropic Messages API returns no log-probabilities"
 
     def identity(self) -> dict[str, Any]:
-        return {"type": "anthropic", "base_url": self.cfg.base_url or "https://api.anthropic.com", "model": self.cfg.model,
-                "instruction": self.task.cfg.instruction}
+        return {"type": "anthropic", "base_url": self.identity_url("https://api.anthropic.com"),
+                "model": self.cfg.model, "instruction": self.task.cfg.instruction}
 
     def request(self, record) -> dict[str, Any]:
         msgs = self.task.messages(record)

@@ -92,7 +92,7 @@ class OpenAITeacher(ApiTeacher):
 
     def identity(self) -> dict[str, Any]:
         return {
-            "type": "openai", "base_url": self.cfg.base_url or "https://api.openai.com/v1", "model": self.cfg.model,
+            "type": "openai", "base_url": self.identity_url("https://api.openai.com/v1"), "model": self.cfg.model,
             "instruction": self.task.cfg.instruction,
         }
 

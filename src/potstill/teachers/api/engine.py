@@ -116,6 +116,13 @@ class ApiTeacher(Teacher):
         chars = sum(len(str(m.get("content", ""))) for m in request.get("messages", []))
         return (chars // 4 + 4) * self.http_requests(request) + max_output(request) * int(request.get("n", 1))
 
+    def identity_url(self, default: str) -> str:
+        """The server as the teacher's identity names it (the cache key of every request): the base
+        URL the client is given (``default``: the SDK's own, where it is given none), without the user
+        info and query that carry a proxy's credentials, so a rotated password is not a new teacher; a
+        URL without them is as written, so the requests hashed before stay cached."""
+        return url_without_credentials(self.base_url) if self.base_url else default
+
     def secrets(self) -> list[str]:
         """Strings never to show in an error: the key, and a password in the base URL (``teacher.base_url``
         or the SDK's variable). With no ``api_key_env`` the SDK gets a placeholder ('unused'), which is
