@@ -167,6 +167,33 @@ def test_a_url_loses_all_of_its_password(password):
     assert url_without_credentials(plain) == without_credentials(plain) == plain and url_secrets(plain) == []
 
 
+def test_a_secret_cut_at_an_ellipsis_is_blanked_in_pieces():
+    """pydantic shows a long input_value as its head and tail around '...': the SDK's
+    ValidationError for a malformed body that echoed the key held the key's head or tail alone, which
+    a whole-string replace never finds. A piece of 4 characters or more touching the cut goes too."""
+    import pydantic
+
+    from potstill.errors import redact
+
+    class Completion(pydantic.BaseModel):
+        id: int
+
+    key = f"sk-proj-{CANARY}-4567890abcdef"
+    cut = []
+    with pytest.raises(pydantic.ValidationError) as json_cut:  # the body cut off: the key's tail shows
+        Completion.model_validate_json(f'{{"id": "x", "choices": "Incorrect API key provided: Bearer {key} xkey=None')
+    cut.append(json_cut.value)
+    with pytest.raises(pydantic.ValidationError) as value_cut:  # a value cut in the middle: its head and tail
+        Completion.model_validate({"id": f"Bearer {key} and more"})
+    cut.append(value_cut.value)
+    for e in cut:
+        shown = redact(f"{type(e).__name__}: {e}", [key])
+        assert "..." in shown and "***" in shown, shown
+        assert not any(key[i:i + 4] in shown for i in range(len(key) - 3)), shown
+    # Words beside an ellipsis that are no piece of the key stay.
+    assert redact("Bearer sk-proj-7f3a9...e5b and more... then", [key]) == "Bearer sk-proj-7f3a9...e5b and more... then"
+
+
 def test_a_malformed_base_url_is_one_line_without_its_password(tmp_path):
     """An unclosed IPv6 bracket in teacher.base_url was an httpx InvalidURL traceback."""
     write_project(tmp_path, {"base_url": f"http://u:{CANARY}'x@[::1/v1", "api_key_env": ""})

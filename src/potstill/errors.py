@@ -14,14 +14,39 @@ class PotstillError(Exception):
 SHORT_SECRET = 8
 
 
+# A text cut short in the middle (pydantic 2.14 shows a long input_value as its first 24 and last
+# 23 characters around '...') can hold a secret's head or tail alone, which no whole-string replace
+# finds: a piece of a secret this long or longer that touches an ellipsis is blanked too. Three
+# characters of a key, all a shorter piece shows, leave the rest of it (tens of characters) unknown.
+FRAGMENT = 4
+_ELLIPSIS = re.compile(r"\.\.\.|\u2026")
+
+
 def redact(text: str, secrets: list[str]) -> str:
-    """Replace every secret in ``text`` with ``***`` so keys never reach logs or exceptions."""
+    """Replace every secret in ``text`` with ``***`` so keys never reach logs or exceptions. Redact
+    before cutting a text short: a cut secret is only found where an ellipsis marks the cut."""
     for secret in sorted(filter(None, secrets), key=len, reverse=True):
         if len(secret) >= SHORT_SECRET:
-            text = text.replace(secret, "***")
+            text = _without_pieces(text.replace(secret, "***"), secret)
         else:
             text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", "***", text)
     return text
+
+
+def _without_pieces(text: str, secret: str) -> str:
+    """``text`` with each head of ``secret`` that ends at an ellipsis, and each tail that starts right
+    after one, blanked (``FRAGMENT`` characters or more)."""
+    out, pos = [], 0
+    for m in _ELLIPSIS.finditer(text):
+        start, end = m.span()
+        if start < pos:  # inside a tail just blanked
+            continue
+        sizes = range(len(secret) - 1, FRAGMENT - 1, -1)  # the longest piece first
+        head = next((k for k in sizes if text.endswith(secret[:k], pos, start)), 0)
+        tail = next((k for k in sizes if text.startswith(secret[-k:], end)), 0)
+        out += [text[pos:start - head], "***" * bool(head), m.group(), "***" * bool(tail)]
+        pos = end + tail
+    return "".join(out) + text[pos:]
 
 
 # Keys that are valid variable names all the same: a provider's prefix and a long random tail

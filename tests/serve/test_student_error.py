@@ -42,3 +42,23 @@ def test_a_request_the_student_fails_on_is_answered_by_the_teacher(served, force
     assert err.count("failed on a request (AssertionError: Unexpected type <class 'dict'> at G['x'][0] [/x]); the "
                      "teacher answers it") == 2
     assert "Traceback (most recent call last)" in err and "in answer" in err
+
+
+def test_the_failure_line_is_cut_after_the_teacher_key_is_blanked(served, force, monkeypatch, capfd):
+    """The line naming the student's failure is cut to 300 characters: cut before the teacher's key
+    was blanked, a key across the cut was no longer found and its head was printed."""
+    from tests.serve.conftest import TEACHER_KEY
+
+    service, live = served
+    force("student")
+
+    def answer(messages, *more):
+        raise RuntimeError("x" * 290 + f" {TEACHER_KEY} echoed by the engine")
+
+    monkeypatch.setattr(service.engine, "answer", answer)
+    raw = client(live).chat.completions.with_raw_response.create(
+        model="potstill", messages=[{"role": "user", "content": "a request the engine fails on"}])
+    answered_by_teacher(raw, "student_error", False)
+    err = capfd.readouterr().err
+    assert "failed on a request (RuntimeError: xxx" in err
+    assert TEACHER_KEY[:8] not in err, err[-3000:]

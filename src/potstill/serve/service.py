@@ -235,7 +235,7 @@ class Service(TeacherSide):
             raise
         except Exception as e:  # noqa: BLE001 - the teacher is the fallback; the log says what broke
             # Escaped: a traceback's brackets (d[key], [/x]) are rich markup, which would fail the fallback.
-            told = redact(f"{type(e).__name__}: {str(e)[:300]}", self.teacher.secrets())
+            told = redact(f"{type(e).__name__}: {e}", self.teacher.secrets())[:300]  # cut after: a cut key is not found
             trace = redact("".join(traceback.format_exception(e)).rstrip(), self.teacher.secrets())
             say(f"[yellow]serve: the student {escape(live.name)} failed on a request ({escape(told)}); the teacher "
                 f"answers it (reason student_error)[/yellow]\n{escape(trace)}")
