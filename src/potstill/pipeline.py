@@ -72,7 +72,10 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           reads=("task", "student.model", "student.num_layers", "student.max_length", "train", *_TRAIN_PREFLIGHT,
                  "tracking", "export.imatrix_inputs"), tunes=(*_TRAIN_PREFLIGHT, "tracking", "export.imatrix_inputs"),
           inputs=("train.jsonl", "val.jsonl"),
-          outputs=("student", "metrics.jsonl", "train.json"), body="potstill.train.stage:train_body", tracked=True),
+          # student.ckpt/: its checkpoints, and after the last step the record of the finished training
+          # (train.checkpoint), so a kill in the calibration after it does not cost the training.
+          outputs=("student", "metrics.jsonl", "train.json"), body="potstill.train.stage:train_body", tracked=True,
+          scratch=("student.ckpt",)),
     # Evaluate also sums the teacher's spend from the ledger (calls.sqlite); the ledger is an
     # append-only log that serving keeps writing, not an artifact, so it is not an input.
     # A local teacher is loaded and timed beside the student (evaluate.teacher_latency_samples): the

@@ -114,6 +114,9 @@ class Stage:
     the run directory; a changed input reruns the stage, a missing or edited output too.
     ``body``: ``"module:function"`` taking ``(cfg, run)`` and returning the summary kept in the
     manifest, imported only when the stage runs (so ``potstill --help`` loads no torch).
+    ``scratch``: names in the run directory the body keeps only so that a stopped run resumes (train's
+    checkpoints), removed once the stage is marked done, or found done by a later command (a kill
+    came between the two).
     """
 
     name: str
@@ -125,6 +128,7 @@ class Stage:
     tunes: tuple[str, ...] = ()
     preflight: bool = False  # its command refuses to start when ``potstill preflight``'s checks for it fail
     tracked: bool = False  # logged to the trackers in ``tracking`` (declare "tracking" in reads and tunes)
+    scratch: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         stray = set(leaf_fields(self.tunes)) - set(leaf_fields(self.reads))
@@ -164,6 +168,7 @@ class Stage:
             say(f"[dim]{self.name}: up to date, skipped[/dim]")
             summary = run.manifest()["stages"][self.name].get("summary", {})
             if main:
+                self._drop_scratch(run)
                 save_config(cfg, run, self)
                 self._track(cfg, run, summary, retry=True)
             return {"skipped": True, **summary}
@@ -181,9 +186,16 @@ class Stage:
                 # so a later command can tell which student an eval.json is of (export's model card).
                 digests = {name: hash_path(run / name) for name in self.inputs if (run / name).exists()}
                 run.mark_done(self.name, fp, list(self.outputs), {"summary": summary, "input_digests": digests})
+                self._drop_scratch(run)
                 save_config(cfg, run, self)
                 self._track(cfg, run, summary, live=live)
         return {"skipped": False, **summary}
+
+    def _drop_scratch(self, run: RunDir) -> None:
+        import shutil
+
+        for name in self.scratch:
+            shutil.rmtree(run / name, ignore_errors=True)
 
     def _params(self, cfg: Config) -> dict[str, Any]:
         """What a tracker logs as the stage's parameters: the fields that decide what it writes."""

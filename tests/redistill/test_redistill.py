@@ -285,6 +285,9 @@ def test_a_challenger_cut_short_is_neither_left_as_a_student_nor_reused(served_r
     rec = redistill(run, _cfg(run))
     assert not rec["train"].get("reused") and rec["train"]["int8_calibration"] is not None
     assert (run / "students" / rec["challenger_id"] / "int8_calibration.safetensors").exists()
+    # Its training was kept (train.trainer's final.json), only the calibration ran again; then dropped.
+    assert rec["train"]["resumed_from_step"] == rec["train"]["steps"]
+    assert not list((run / "redistill").glob("*/student.training.ckpt"))
 
 
 def test_a_half_calibrated_challenger_left_by_an_older_version_is_trained_again(served_run, tmp_path, monkeypatch):

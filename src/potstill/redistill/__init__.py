@@ -398,6 +398,10 @@ def _challenger_step(run_dir: Path, cfg: Config, task: Task, nd: _NewData, timin
         del lm
         gc.collect()
         _install(staging, challenger)
+    # Kept by train() until the challenger is whole (a kill in its calibration then resumes as trained).
+    from potstill.train import checkpoint
+
+    checkpoint.drop(staging)
     timings["train_s"] = time.perf_counter() - t0
     return challenger, train_summary
 

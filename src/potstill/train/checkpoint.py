@@ -8,6 +8,12 @@ renamed into place, so a kill during the save leaves the previous checkpoint int
 the fingerprint of the settings and data: a checkpoint from other settings is never resumed. It also
 keeps the curve up to its step (``metrics.jsonl``), since the run's own file may since have been
 rewritten by a run with other settings.
+
+Once the last step is done and the student saved, ``final.json`` replaces the step checkpoints: the
+training's summary and the digests of the student's files and the curve. Train's passes after it
+(int8 calibration, the importance matrix: minutes on a large student) and train.json come next, so
+a kill there resumes as "trained, not yet calibrated" (``finished``) rather than from step 0. The
+caller drops the whole directory once its own outputs are whole (``drop``).
 """
 
 from __future__ import annotations
@@ -20,9 +26,22 @@ from typing import Any
 
 import torch
 
-from potstill.records import atomic_dir
+from potstill.errors import PotstillError
+from potstill.hashing import hash_file
+from potstill.records import atomic_dir, read_json, write_json
 
 NAME = "step-{:08d}"
+FINAL = "final.json"
+
+
+def dir_for(out_dir: Path) -> Path:
+    """Where the checkpoints of a training into ``out_dir`` go: ``<out_dir>.ckpt/`` beside it."""
+    return out_dir.parent / f"{out_dir.name}.ckpt"
+
+
+def drop(out_dir: Path) -> None:
+    """Remove the checkpoints of a training into ``out_dir``: its caller's outputs are whole."""
+    shutil.rmtree(dir_for(out_dir), ignore_errors=True)
 
 
 def trainable_state(model: Any) -> dict[str, torch.Tensor]:
@@ -110,3 +129,40 @@ def load(path: Path, model: Any, opt: Any, sched: Any, rng: random.Random, rank:
     if mine["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(mine["cuda"])
     return state
+
+
+def _digests(root: Path) -> dict[str, str]:
+    # hash_file memoises by (path, inode, size, mtime): the manifest's hash of the student after
+    # calibration reads none of these files again.
+    return {str(f.relative_to(root)): hash_file(f) for f in sorted(root.rglob("*")) if f.is_file()}
+
+
+def save_final(ckpt_dir: Path, fingerprint: str, summary: dict[str, Any], out_dir: Path, metrics: Path) -> None:
+    """Record a training finished into ``out_dir`` (with its curve in ``metrics``), then drop the step
+    checkpoints it supersedes (a full fine-tune's optimizer state is twice the fp32 weights)."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    write_json(ckpt_dir / FINAL, {"fingerprint": fingerprint, "summary": summary, "student": _digests(out_dir),
+                                  "metrics": hash_file(metrics)})
+    for old in ckpt_dir.glob("step-*"):
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def finished(ckpt_dir: Path, fingerprint: str, out_dir: Path, metrics: Path) -> dict[str, Any] | None:
+    """The summary of a training with these settings that finished into ``out_dir`` and was stopped
+    before its caller was done, or None. Only while ``out_dir`` and ``metrics`` still hold what it
+    wrote (a student saved or a curve written since is not this training's). Files added to
+    ``out_dir`` since (a calibration cut short, or one the rerun no longer asks for) are removed:
+    the student is again as the training saved it."""
+    try:
+        final = read_json(ckpt_dir / FINAL)
+        if final.get("fingerprint") != fingerprint or hash_file(metrics) != final.get("metrics"):
+            return None
+        files = final["student"]
+        if any(not (out_dir / name).is_file() or hash_file(out_dir / name) != digest
+               for name, digest in files.items()):
+            return None
+    except (OSError, PotstillError, KeyError, TypeError, AttributeError):  # none, or not one written whole
+        return None
+    for f in [f for f in out_dir.rglob("*") if f.is_file() and str(f.relative_to(out_dir)) not in files]:
+        f.unlink()
+    return final["summary"]

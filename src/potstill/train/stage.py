@@ -42,13 +42,32 @@ def train_body(cfg: Config, run: RunDir) -> dict[str, Any]:
     live = tracking_live.current()
     summary = train(lm, student_format(lm, task), task, records, val, cfg.train, cfg.student.max_length,
                     run / "student", run / "metrics.jsonl", on_row=live.start() if live else None)
+    try:
+        return _after_training(cfg, run, summary, lm, task, records)
+    except KeyboardInterrupt:
+        # student.ckpt/ keeps the finished training until the stage is marked done (pipeline: scratch).
+        if cfg.train.resume and int(os.environ.get("RANK", "0")) == 0:
+            say("train: interrupted after the training finished; the same command keeps the trained student and "
+                "runs only the passes after it")
+        raise
+
+
+def _after_training(cfg: Config, run: RunDir, summary: dict[str, Any], lm: Any, task: Any,
+                    records: list) -> dict[str, Any]:
+    """The passes on the saved student (int8 calibration, importance matrix), then train.json."""
     summary["base_model"] = cfg.student.model
-    if summary.get("resumed_from_step"):
+    if summary.get("resumed_from_step") == summary["steps"]:
+        say(f"train: the training had finished (step {summary['steps']}) when the run was stopped; its student "
+            f"is kept ({run / 'student'}) and only the passes after it run again")
+    elif summary.get("resumed_from_step"):
         say(f"train: resumed from the checkpoint at step {summary['resumed_from_step']} ({run / 'student.ckpt'})")
     if int(os.environ.get("RANK", "0")) != 0:  # `accelerate launch`: the main process writes
         return summary
-    # run/student is a new directory (both saves replace it whole), so no earlier student's
-    # calibration file is left to smooth this one.
+    # An earlier training's train.json no longer describes run/student: stopped before this one's is
+    # written, export's model card told of the old training beside the new weights.
+    (run / "train.json").unlink(missing_ok=True)
+    # run/student is a new directory (both saves replace it whole; a resumed finished training
+    # removes what was added since), so no earlier student's calibration file smooths this one.
     if cfg.train.int8_calibration:
         summary["int8_calibration"] = calibrate_int8(cfg, run / "student", lm, task, records)
     if cfg.export.imatrix_inputs:

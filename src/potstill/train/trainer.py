@@ -27,7 +27,6 @@ import contextlib
 import json
 import math
 import random
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +91,7 @@ class _Progress:
     stale: int = 0  # train.early_stopping_patience: measurements in a row not better than es_best
     es_best: float | None = None
     stopped_at: int | None = None  # the step early stopping ended the run at
+    finished: dict[str, Any] | None = None  # the summary of this training, already saved to out_dir (resume)
 
 
 def _no_better(p: _Progress, val_loss: float, cfg: TrainConfig) -> bool:
@@ -111,12 +111,25 @@ def train(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: lis
 
     With ``checkpoint_every`` a resumable checkpoint goes to ``<out_dir>.ckpt/``; a later call with
     the same settings and data resumes from it (``resume``) and reproduces the same loss curve.
+    Once the student is saved, that directory holds ``final.json`` instead, whatever
+    ``checkpoint_every``: the caller removes it (``checkpoint.drop``) once its own outputs (a
+    calibration, train.json) are whole. Until then a call with the same settings and data returns
+    the saved training's summary, ``resumed_from_step`` its last step, without training again; the
+    student is the one in ``out_dir`` then, and ``lm`` keeps the weights it was loaded with.
     ``on_row``: called in the main process with each metrics.jsonl row once it is written (on a
     resume, first with the rows kept from the checkpoint), e.g. to follow the run in a tracker."""
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     s = _setup(lm, fmt, task, records, val, cfg, max_length)
     p = _resume(s, lm, cfg, max_length, out_dir, metrics_path)
+    if p.finished is not None:
+        s.accel.unwrap_model(s.module).model.eval()
+        if cfg.gradient_checkpointing:
+            _activation_checkpointing(s.base, False)
+        if s.accel.is_main_process and on_row:  # the whole curve, as a resume from a step checkpoint hands it
+            for ln in filter(None, metrics_path.read_text().splitlines()):
+                on_row(json.loads(ln))
+        return {**p.finished, "resumed_from_step": p.finished["steps"]}
     try:
         train_s = _step_loop(s, p, lm, cfg, max_length, metrics_path, on_row)
         # With eval_every it was measured after the last step already (the same weights).
@@ -127,10 +140,10 @@ def train(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: lis
         if p.best_state is not None:  # an earlier step beat the last: its weights are the student
             s.accel.unwrap_model(s.module).model.load_state_dict(p.best_state, strict=False)
         val = p.best_val
-    _save_student(s, lm, cfg, out_dir, p.ckpt_dir)
+    _save_student(s, lm, cfg, out_dir)
     if cfg.gradient_checkpointing:  # the caller's model goes on to answer, not to train
         _activation_checkpointing(s.base, False)
-    return {"steps": p.done, "examples": len(s.examples), "tokens": p.tokens, "train_s": train_s,
+    summary = {"steps": p.done, "examples": len(s.examples), "tokens": p.tokens, "train_s": train_s,
             "tokens_per_s": p.tokens / train_s if train_s else None, "trainable_parameters": s.n_trainable,
             "final_loss": p.last_loss, "val_loss": (val or {}).get("val_loss"),
             **{k: v for k, v in (val or {}).items() if k != "val_loss"},
@@ -139,6 +152,12 @@ def train(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: lis
             **({"best_step": p.best_step} if cfg.keep_best else {}),
             **({"stopped_early": p.stopped_at is not None} if cfg.early_stopping_patience else {}), "processes": s.accel.num_processes,
             "distributed": s.accel.distributed_type.value, "mixed_precision": "bf16" if s.cpu_bf16 else s.accel.mixed_precision}
+    if s.accel.is_main_process:
+        # Not deleted here: a kill in the caller's passes after this (train's int8 calibration and
+        # importance matrix, minutes on a large student) lost every step, and the rerun trained from step 0.
+        checkpoint.save_final(p.ckpt_dir, p.fingerprint, summary, out_dir, metrics_path)
+    s.accel.wait_for_everyone()
+    return summary
 
 
 def _student_model(lm: LM, cfg: TrainConfig) -> tuple[Any, Any]:
@@ -304,7 +323,7 @@ def _resume(s: _Setup, lm: LM, cfg: TrainConfig, max_length: int, out_dir: Path,
     order: list[int] = []
     rng = random.Random(cfg.seed)
     tokens, start, elapsed0 = 0, 0, 0.0
-    ckpt_dir = out_dir.parent / f"{out_dir.name}.ckpt"
+    ckpt_dir = checkpoint.dir_for(out_dir)
     # Settings the steps do not read stay out: how to resume and save, where, and int8_calibration
     # (read after the last step), so changing them on a rerun still resumes. So do grad_accum_steps
     # (the same update, split for memory: a run that ran out of memory resumes with more micro-batches)
@@ -316,6 +335,12 @@ def _resume(s: _Setup, lm: LM, cfg: TrainConfig, max_length: int, out_dir: Path,
                                                              else ("eval_every",))}),
                             "data": [(e.ids, e.n_prompt, e.teacher_logprobs, e.topk) for e in s.examples],
                             "max_length": max_length, "world": s.accel.num_processes, "model": lm.identity})
+    if cfg.resume:
+        # The main process decides (it alone writes final.json and may prune the student dir).
+        done = checkpoint.finished(ckpt_dir, fingerprint, out_dir, metrics_path) if s.accel.is_main_process else None
+        done = gather_objects(done)[0]
+        if done is not None:
+            return _Progress(0, order, rng, 0, 0.0, [], None, fingerprint, ckpt_dir, finished=done)
     found = checkpoint.latest(ckpt_dir, fingerprint) if cfg.resume and cfg.checkpoint_every else None
     kept: list[str] = []
     if found is not None:
@@ -511,8 +536,8 @@ def _val(s: _Setup, lm: LM, cfg: TrainConfig, max_length: int) -> dict[str, floa
                         s.accel.device, max_length, s.signal)
 
 
-def _save_student(s: _Setup, lm: LM, cfg: TrainConfig, out_dir: Path, ckpt_dir: Path) -> None:
-    """The finished weights (or LoRA adapter) to ``out_dir``, written once; the checkpoints go."""
+def _save_student(s: _Setup, lm: LM, cfg: TrainConfig, out_dir: Path) -> None:
+    """The finished weights (or LoRA adapter) to ``out_dir``, written once."""
     from accelerate.utils import DistributedType
 
     accel = s.accel
@@ -544,8 +569,6 @@ def _save_student(s: _Setup, lm: LM, cfg: TrainConfig, out_dir: Path, ckpt_dir: 
                 write_json(tmp / ADAPTER_LAYERS, {"num_hidden_layers": int(model.config.num_hidden_layers)})
         else:
             save_lm(model, lm.tokenizer, out_dir, state_dict=full_state)
-        # Checkpoints are for crash recovery; the finished weights supersede them.
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
     accel.wait_for_everyone()
 
 
