@@ -15,8 +15,9 @@ import os
 import re
 import shutil
 import tempfile
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Iterable, Iterator, TextIO
+from typing import Any, Callable, Iterable, Iterator, TextIO
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -455,6 +456,29 @@ def _ordinary_modes(root: Path) -> None:
             p.chmod((0o777 if p.is_dir() else 0o666) & ~umask | (p.stat().st_mode & 0o111 & ~umask))
 
 
+# (folder, fn) of the innermost ``finishing``.
+_FINISH: ContextVar[tuple[Path, Callable[[Path], None]] | None] = ContextVar("_FINISH", default=None)
+
+
+@contextlib.contextmanager
+def finishing(path: str | Path, fn: Callable[[Path], None]) -> Iterator[list[Path]]:
+    """While inside, an ``atomic_dir(path)`` written by code that knows nothing of the caller calls
+    ``fn(tmp)`` on its temp directory once it is written, before the rename, so that what ``fn`` adds
+    (export's model card and mark) appears with the rest or not at all. Yields the list of the temp
+    directories ``fn`` ran on: empty if nothing wrote ``path`` through ``atomic_dir``."""
+    ran: list[Path] = []
+
+    def record(tmp: Path) -> None:
+        fn(tmp)
+        ran.append(tmp)
+
+    token = _FINISH.set((Path(os.path.abspath(path)), record))
+    try:
+        yield ran
+    finally:
+        _FINISH.reset(token)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temp directory beside ``path``; on success it replaces ``path`` whole."""
@@ -463,6 +487,9 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
     try:
         yield tmp
+        finish = _FINISH.get()
+        if finish is not None and finish[0] == Path(os.path.abspath(path)):
+            finish[1](tmp)
         _ordinary_modes(tmp)
         if path.is_symlink():  # a promoted student (RUN/student -> students/ID): the target is kept
             path.unlink()

@@ -243,3 +243,29 @@ def test_out_naming_a_symlink_writes_where_it_points(tiny_model, tmp_path):
     loop.symlink_to(loop)
     with pytest.raises(PotstillError, match="symlink that does not resolve"):
         export(cfg, "hf", loop)
+
+
+def test_an_export_killed_once_its_folder_is_in_place_is_whole_and_replaced_by_the_same_command(
+        tiny_model, tmp_path, monkeypatch, capsys):
+    """Killed right after ``--out`` was renamed into place: the model card and the mark were written
+    after that rename, so the folder held weights without them, and the same command refused it as
+    "files potstill did not write"."""
+    import subprocess
+    import sys
+
+    from tests.helpers.cli import run_main
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(tiny_model, tmp_path / "run" / "student")
+    (tmp_path / "c.yaml").write_text("run_dir: run\ntask:\n  labels: [sports, tech, politics]\n")
+    args = ["export", "-c", "c.yaml", "--format", "hf", "--out", "out"]
+    worker = Path(__file__).with_name("export_kill_worker.py")
+    p = subprocess.run([sys.executable, str(worker), "out", *args], capture_output=True, text=True, timeout=300)
+    assert p.returncode == -9, p.stderr[-3000:]
+    out = tmp_path / "out"
+    assert {"model.safetensors", "README.md", ".potstill-export"} <= {f.name for f in out.iterdir()}
+    code, err = run_main(monkeypatch, capsys, *args)
+    assert code == 0, err
+    assert (out / ".potstill-export").read_text() == "hf\n" and (out / "README.md").is_file()
+    cfg = Config(run_dir="run", task=TaskConfig(labels=LABELS))
+    assert ".potstill-export" not in {p.name for p in export(cfg, "hf", out)}  # it names the export's files

@@ -19,6 +19,7 @@ from typing import Callable
 from potstill.config import Config
 from potstill.errors import PotstillError
 from potstill.progress import say
+from potstill.records import finishing
 
 Exporter = Callable[[Config, Path, Path], list[Path]]
 FORMATS: dict[str, Exporter] = {}
@@ -89,20 +90,29 @@ def export(cfg: Config, fmt: str, out_dir: str | Path | None = None, push_to: st
             raise PotstillError(f"{out} is a symlink that does not resolve ({e}); name a folder for the {fmt} export") from None
     if out_dir is not None:
         _check_out(out, fmt)
-    written = FORMATS[fmt](cfg, run, out)
-    if fmt in CARDS:
-        from potstill.export.model_card import model_card, stale_evaluation
 
-        stale = stale_evaluation(run) if (run / "eval.json").exists() else None
-        if stale:
-            say(f"[yellow]export: the model card leaves out the evaluation: {stale}[/yellow]")
+    def finish(folder: Path) -> None:
+        """The model card and the mark into ``folder``: the format's temp folder, before it is renamed
+        to ``out``. Written after the rename, an export stopped between the two left weights with no
+        mark, which the same command then refused as "files potstill did not write"."""
+        if fmt in CARDS:
+            from potstill.export.model_card import model_card, stale_evaluation
 
-        chat = fmt in ("hf", "lora") and ((out / "chat_template.jinja").is_file()
-                                or "chat_template" in (out / "tokenizer_config.json").read_text())
-        (out / "README.md").write_text(model_card(cfg, run, push_to or f"The student of {run.resolve().name}",
-                                                  push_to or str(out.resolve()), chat, fmt, pushed=bool(push_to)))
-        written = sorted({*written, out / "README.md"})
-    (out / MARK).write_text(fmt + "\n")
+            stale = stale_evaluation(run) if (run / "eval.json").exists() else None
+            if stale:
+                say(f"[yellow]export: the model card leaves out the evaluation: {stale}[/yellow]")
+            chat = fmt in ("hf", "lora") and ((folder / "chat_template.jinja").is_file()
+                                              or "chat_template" in (folder / "tokenizer_config.json").read_text())
+            (folder / "README.md").write_text(model_card(cfg, run, push_to or f"The student of {run.resolve().name}",
+                                                         push_to or str(out.resolve()), chat, fmt, pushed=bool(push_to)))
+        (folder / MARK).write_text(fmt + "\n")
+
+    with finishing(out, finish) as finished:
+        written = FORMATS[fmt](cfg, run, out)
+    if not finished:  # a format that writes its files into the folder rather than replacing it (openai-jsonl)
+        finish(out)
+    # What the user asked for, and the card; the mark is export's own.
+    written = sorted({*(p for p in written if p.name != MARK), *([out / "README.md"] if fmt in CARDS else [])})
     if push_to is not None:
         from potstill.export.push import push
 
