@@ -70,3 +70,16 @@ def popen(*args: Any, **kw: Any) -> subprocess.Popen:
     fut: Future = Future()
     jobs.put((fut, args, kw))
     return fut.result()
+
+
+def run(args: list[str]) -> subprocess.CompletedProcess:
+    """``subprocess.run(args, capture_output=True, text=True)`` through ``popen``: a potstill killed
+    outright takes the child with it (export's llama.cpp converter went on writing a GGUF the size of
+    the model, orphaned). An exception here (Ctrl-C, SIGTERM's) kills it, as ``subprocess.run`` does."""
+    with popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as p:
+        try:
+            out, err = p.communicate()
+        except BaseException:
+            p.kill()
+            raise
+    return subprocess.CompletedProcess(args, p.returncode, out, err)

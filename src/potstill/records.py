@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Iterator, TextIO
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from potstill import leftovers
 from potstill.errors import PotstillError
 from potstill.hub_files import is_hub_file, local_file
 from potstill.responses_format import surrogate_at
@@ -416,11 +417,13 @@ def read_records(path: str | Path) -> list[Record]:
 def atomic_write(path: str | Path) -> Iterator[TextIO]:
     """Open a temp file beside ``path`` for writing; on success it is renamed over ``path``.
 
-    A crash mid-write leaves the previous file (or none), never a half-written one.
+    A crash mid-write leaves the previous file (or none), never a half-written one; the temp file of
+    a writer killed outright is removed by the next write of ``path`` (``leftovers``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    leftovers.remove(path.parent, lambda name: name == path.name)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{leftovers.owner()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             yield f
@@ -481,10 +484,12 @@ def finishing(path: str | Path, fn: Callable[[Path], None]) -> Iterator[list[Pat
 
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temp directory beside ``path``; on success it replaces ``path`` whole."""
+    """Yield a temp directory beside ``path``; on success it replaces ``path`` whole. The temp directory
+    of a writer killed outright (a model's size) is removed by the next write of ``path`` (``leftovers``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
+    leftovers.remove(path.parent, lambda name: name == path.name)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-{leftovers.owner()}-"))
     try:
         yield tmp
         finish = _FINISH.get()

@@ -21,13 +21,12 @@ imports, on a loaded 2-core machine), which does not pay for keeping a second wr
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+from potstill import child, leftovers
 from potstill.config import Config
 from potstill.errors import PotstillError
 from potstill.export import published_name, register
@@ -71,7 +70,7 @@ def convert(hf_dir: Path, path: Path, qtype: str, meta: dict[str, Any] | None = 
     if qtype not in ENGINE_QTYPES:
         raise PotstillError(f"unknown GGUF type {qtype!r}; available: {', '.join(QTYPES)}")
     if qtype in MIXES:
-        with tempfile.TemporaryDirectory(prefix="potstill-gguf-") as tmp:
+        with leftovers.temp_dir("potstill-gguf") as tmp:
             src = f32 or Path(tmp) / "f32.gguf"
             if not src.exists():
                 _converter(hf_dir, src, "f32", meta)
@@ -91,14 +90,14 @@ def convert(hf_dir: Path, path: Path, qtype: str, meta: dict[str, Any] | None = 
 
 def _converter(hf_dir: Path, path: Path, qtype: str, meta: dict[str, Any] | None) -> None:
     """llama.cpp's converter, in a child process, writing ``path`` as ``qtype`` (one it knows)."""
-    with tempfile.TemporaryDirectory(prefix="potstill-gguf-") as tmp:
+    with leftovers.temp_dir("potstill-gguf") as tmp:
         # By file path, so the child runs this very runner whatever potstill its sys.path finds.
         cmd = [sys.executable, str(Path(llama_convert.__file__)), str(llama_cpp_dir()), str(hf_dir),
                "--outfile", str(path), "--outtype", qtype]
         if meta:
             (Path(tmp) / "meta.json").write_text(json.dumps(meta))
             cmd += ["--metadata", str(Path(tmp) / "meta.json")]
-        r = subprocess.run(cmd, capture_output=True, text=True)
+        r = child.run(cmd)
     if r.returncode != 0:
         path.unlink(missing_ok=True)
         raise PotstillError(f"GGUF export ({qtype}): {_failure(r.stderr)}")
@@ -188,7 +187,7 @@ def export_gguf(cfg: Config, run: Path, out_dir: Path) -> list[Path]:
     task = get_task(cfg.task)
     llama_cpp_dir()  # a missing converter is one line before any loading
     summaries = []
-    with tempfile.TemporaryDirectory(prefix="potstill-gguf-src-") as src:
+    with leftovers.temp_dir("potstill-gguf-src") as src:
         hf_dir, tokenizer = _hf_source(cfg, run, Path(src))  # before atomic_dir: no student, no export folder
         importance, measured = _importance(cfg, run, hf_dir, task)
         f32, tensors = Path(src) / "f32.gguf", 0

@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from potstill import child, leftovers
 from potstill.config import Config
 from potstill.errors import PotstillError
 from potstill.export import published_name, register
@@ -145,7 +144,7 @@ def _lora_converter(adapter: Path, base: Path, path: Path) -> None:
     from potstill.export import llama_convert
     from potstill.export.gguf_file import _failure
 
-    with tempfile.TemporaryDirectory(prefix="potstill-lora-src-") as tmp:
+    with leftovers.temp_dir("potstill-lora-src") as tmp:
         src = Path(tmp) / adapter.name
         shutil.copytree(adapter, src)
         conf = json.loads((src / "adapter_config.json").read_text())
@@ -154,7 +153,7 @@ def _lora_converter(adapter: Path, base: Path, path: Path) -> None:
         (src / "README.md").unlink(missing_ok=True)  # PEFT's card: its base_model is the same path
         cmd = [sys.executable, str(Path(llama_convert.__file__)), str(llama_convert.llama_cpp_dir()), "--lora",
                str(src), "--base", str(base), "--outfile", str(path), "--outtype", "f16"]
-        r = subprocess.run(cmd, capture_output=True, text=True)
+        r = child.run(cmd)
     if r.returncode != 0 or not path.is_file():
         path.unlink(missing_ok=True)
         raise PotstillError(f"GGUF LoRA export: {_failure(r.stderr)}")
@@ -191,7 +190,7 @@ def export_gguf_lora(cfg: Config, run: Path, out_dir: Path) -> list[Path]:
     task = get_task(cfg.task)
     llama_cpp_dir()  # a missing converter is one line before any loading
     summaries = []
-    with tempfile.TemporaryDirectory(prefix="potstill-gguf-lora-") as src:
+    with leftovers.temp_dir("potstill-gguf-lora") as src:
         base_dir = Path(src) / "base"
         tokenizer = _write_base(cfg, run, conf, base_dir, "f32")  # f32: the file types' rounding is the only one
         importance, measured = _importance(cfg, run, base_dir, task)

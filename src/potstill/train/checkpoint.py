@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from potstill import leftovers
 from potstill.errors import PotstillError
 from potstill.hashing import hash_file
 from potstill.records import atomic_dir, read_json, write_json
@@ -65,6 +66,9 @@ def save(ckpt_dir: Path, step: int, fingerprint: str, model: Any, opt: Any, sche
     ``best``: ``train.keep_best``'s snapshot of the best step so far (``best_weights`` reads it back).
     ``metrics``: the run's metrics file, its rows up to this step, copied in (``curve``)."""
     out = ckpt_dir / NAME.format(step)
+    # A save killed part-way left its temp directory (weights and optimizer state) under its own step's
+    # name, which no later save writes again: one more per crash.
+    leftovers.remove(ckpt_dir, lambda name: name.startswith("step-"))
     with atomic_dir(out) as tmp:
         if metrics is not None and metrics.exists():
             shutil.copyfile(metrics, tmp / "metrics.jsonl")
