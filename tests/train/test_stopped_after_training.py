@@ -8,6 +8,7 @@ RUN/student held the new weights beside the old training's train.json, which exp
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,9 @@ from potstill.hashing import hash_path
 from tests.helpers.cli import run_main, sigint_default
 
 WORKER = Path(__file__).with_name("calibration_kill_worker.py")
+ROOT = Path(__file__).resolve().parents[2]
+# The worker imports this checkout's potstill (src/ first) from the test's own folder, installed or not.
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")])}
 
 
 @pytest.fixture
@@ -42,7 +46,7 @@ def test_a_stop_in_the_calibration_keeps_the_training(work, monkeypatch, capsys,
     (work / "run" / "train.json").write_text('{"steps": 999}\n')  # an earlier training's
     p = subprocess.run([sys.executable, str(WORKER), sig, "train", "-c", "c.yaml",
                         "--train.checkpoint_every", str(checkpoint_every)],
-                       capture_output=True, text=True, timeout=300, preexec_fn=sigint_default)
+                       capture_output=True, text=True, timeout=300, preexec_fn=sigint_default, env=ENV)
     assert p.returncode == (130 if sig == "INT" else -9), p.stderr[-3000:]
     if sig == "INT":
         assert ("train: interrupted after the training finished; the same command keeps the trained student and "
