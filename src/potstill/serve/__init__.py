@@ -46,9 +46,13 @@ def serve_key(cfg: Config) -> str | None:
 
 def serve(run_dir: Path, cfg: Config, recalibrate: bool = False) -> None:
     from potstill import listen
+    from potstill.rundir import check_trained_task
     from potstill.serve.app import build_app
     from potstill.serve.service import load_service
 
+    # The task is the trained student's: a -c with other labels or another instruction would have
+    # served labels the student never learned, marked "confident", as watch and redistill refuse.
+    check_trained_task(run_dir, cfg.task, "serve")
     key = serve_key(cfg)
     sock = listen.bind(cfg.serve.host, cfg.serve.port)  # before the student loads: a taken port fails at once
     try:
