@@ -44,8 +44,7 @@ def test_a_flag_value_that_is_not_yaml_is_one_line_without_the_value(work, monke
 def test_a_run_dir_that_is_a_file_and_a_ledger_that_is_not_sqlite(work, monkeypatch, capsys):
     (work / "afile").write_text("mine")
     code, err = run_main(monkeypatch, capsys, "generate", "-c", "c.yaml", "--run_dir", "afile")
-    assert (code, err) == (2, ["error: c.yaml: config: Value error, run_dir afile is a file, not a run "
-                               "directory"])
+    assert (code, err) == (2, ["error: --run_dir: afile is a file, not a run directory"])
     assert (work / "afile").read_text() == "mine"
     (work / "run").mkdir()
     (work / "run" / "calls.sqlite").write_text("notadb")
@@ -55,6 +54,31 @@ def test_a_run_dir_that_is_a_file_and_a_ledger_that_is_not_sqlite(work, monkeypa
     assert (code, err) == (2, ["error: run/calls.sqlite: not a potstill ledger (SQLite: file is not a database); "
                                "move it aside"])
     assert (work / "run" / "calls.sqlite").read_text() == "notadb"
+
+
+def test_a_users_own_config_in_the_run_directory_is_never_written_over(work, monkeypatch, capsys):
+    """Found by a review: with `run_dir: .` in a hand-written config, a stage replaced that very file
+    with its saved settings (comments gone, and the key in a base_url's user info, the only copy);
+    `--run_dir "$RUN"` with RUN unset did the same to the cwd's config, writing the run beside it."""
+    mine = "# my notes\nrun_dir: .\n" + CONFIG.replace("model: x\n", "model: x\n  base_url: http://u:pw@h/v1\n")
+    (work / "potstill.yaml").write_text(mine)
+    code, err = run_main(monkeypatch, capsys, "curate", "-c", "potstill.yaml")
+    assert (code, err) == (2, ["error: potstill.yaml is not one potstill wrote (no '# Written by potstill' first "
+                               "line), and a stage records its settings there: keep your config outside the run "
+                               "directory (or give run_dir another folder) so it is not written over"]), err
+    assert (work / "potstill.yaml").read_text() == mine
+    before = sorted(p.name for p in work.iterdir())
+    code, err = run_main(monkeypatch, capsys, "curate", "-c", "c.yaml", "--run_dir", "")
+    assert (code, err) == (2, ['error: --run_dir: an empty path (an unset variable, as in --run_dir "$RUN"?): '
+                               "name the run's directory"]), err
+    assert sorted(p.name for p in work.iterdir()) == before
+
+    # The files potstill writes there are its own to rewrite: a stage's, and quickstart's.
+    from potstill.stage import check_saved_config
+
+    for first in ("# Written by potstill: the settings", "# Written by `potstill quickstart`; rerun"):
+        (work / "potstill.yaml").write_text(first + "\n" + mine)
+        check_saved_config(work)
 
 
 def test_init_makes_the_folders_it_needs_and_refuses_a_folder(work, monkeypatch, capsys):

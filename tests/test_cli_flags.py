@@ -123,7 +123,8 @@ def test_a_saved_config_that_no_longer_loads_is_kept_aside_not_overwritten(curat
     text whole) and one warning line says so."""
     saved = curated / "run" / "potstill.yaml"
     saved.parent.mkdir(exist_ok=True)
-    old = "run_dir: .\ntask:\n  labels: [a, b]\ntrain:\n  lr: 0.0003\n  learning_rat: 0.1\n"
+    # As potstill wrote it (a headerless file is the user's own, never written over: test_cli_errors).
+    old = "# Written by potstill\nrun_dir: .\ntask:\n  labels: [a, b]\ntrain:\n  lr: 0.0003\n  learning_rat: 0.1\n"
     saved.write_text(old)
     code, err = run_main(monkeypatch, capsys, "curate", "-c", "c.yaml", "--curate.val", "0", "--curate.test", "0",
                      "--curate.near_dup", "false")
@@ -178,7 +179,7 @@ def test_a_list_of_text_flag_given_one_value_takes_the_text_as_written(curated, 
     assert _flag_value("teacher.stop", "[Q, A]", ann) == ["Q", "A"] and _flag_value("teacher.stop", "[]", ann) == []
     # Through the CLI the one label reaches the config as a list (and is refused for being one).
     code, err = run_main(monkeypatch, capsys, "curate", "-c", "c.yaml", "--task.labels", "Q:")
-    assert (code, err) == (2, ["error: c.yaml: config: Value error, task.labels needs at least two labels for a "
+    assert (code, err) == (2, ["error: c.yaml: config: task.labels needs at least two labels for a "
                                "classification task"]), err
 
 

@@ -67,6 +67,8 @@ def _explain(e: ValidationError, source: str, flags: list[str] = (), names: dict
         f"{source}: {where or 'config'}"
     if flag:
         source = typed
+    # pydantic's prefix for a check of ours that raised ValueError: the message is the whole story.
+    msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         valid = _fields_at(Config, loc[:-1])
         alias = ALIASES.get(str(loc[-1]))
@@ -75,9 +77,9 @@ def _explain(e: ValidationError, source: str, flags: list[str] = (), names: dict
         return f"{source}: unknown config field '{where}'{hint}"
     if err["type"] == "string_type" and isinstance(err.get("input"), bool):
         # Its text is gone (yes, on and true all load as True): only the user can say which it was.
-        return (f"{at}: {err['msg']} (YAML reads yes/no, on/off and true/false as booleans: "
+        return (f"{at}: {msg} (YAML reads yes/no, on/off and true/false as booleans: "
                 f"quote the value, as in 'yes')")
-    return f"{at}: {err['msg']}"
+    return f"{at}: {msg}"
 
 
 def set_dotted(data: dict, key: str, value: Any) -> None:
@@ -203,6 +205,8 @@ def _resolve_paths(data: dict, base: Path | None) -> dict:
         if not isinstance(node, dict) or not isinstance(node.get(leaf), str):
             continue
         if node[leaf].startswith("hf://"):  # a file on the Hugging Face Hub (hub_files), not a path
+            continue
+        if not node[leaf].strip():  # no path: left for the field's check, not read as the config's folder
             continue
         if node[leaf].startswith("~"):
             node[leaf] = os.path.expanduser(node[leaf])

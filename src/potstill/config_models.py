@@ -579,10 +579,20 @@ class Config(Section):
     export: ExportConfig = Field(default_factory=ExportConfig)
     watch: WatchConfig = Field(default_factory=WatchConfig)
 
+    @field_validator("run_dir")
+    @classmethod
+    def _run_dir(cls, value: str) -> str:
+        # An empty one is the current directory: `--run_dir "$RUN"` with RUN unset wrote the run's
+        # ledger, manifest and artifacts into whatever folder the shell was in (a config file's
+        # `run_dir: .` names its folder on purpose; _resolve_paths leaves an empty one empty).
+        if not value.strip():
+            raise ValueError("an empty path (an unset variable, as in --run_dir \"$RUN\"?): name the run's directory")
+        if Path(value).exists() and not Path(value).is_dir():  # found before a model loads
+            raise ValueError(f"{value} is a file, not a run directory")
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> "Config":
-        if Path(self.run_dir).exists() and not Path(self.run_dir).is_dir():  # found before a model loads
-            raise ValueError(f"run_dir {self.run_dir} is a file, not a run directory")
         if self.task.type == "classification" and len(self.task.labels) < 2:
             raise ValueError("task.labels needs at least two labels for a classification task")
         return self

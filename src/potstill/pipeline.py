@@ -9,12 +9,13 @@ derive from these declarations (``potstill.stage``).
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from potstill.config import Config
 from potstill.records import write_json
 from potstill.rundir import RunDir
-from potstill.stage import Stage, held_run
+from potstill.stage import Stage, check_saved_config, held_run
 
 # How the teacher is driven, not what it answers: a changed rate limit or budget reruns nothing
 # (answers are cached in the ledger either way). generate.n and every other generate field count.
@@ -91,6 +92,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
 def run_all(cfg: Config, skip_pilot: bool = False, force: bool = False) -> dict[str, Any]:
     """Run the stages in order; write each stage's wall time to timings.json in the run directory."""
     results, timings = {}, {}
+    check_saved_config(Path(cfg.run_dir))  # before the preflight loads a model, not at the pilot
     # Held from the first stage to the last: another command cannot slip in between two stages.
     with held_run(cfg):
         # What `potstill generate` refuses before a request is sent (a projected cost over the

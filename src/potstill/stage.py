@@ -157,6 +157,7 @@ class Stage:
 
         if self.tracked:
             tracking.check(cfg)  # a tracker that is not installed is one line now, not after an hour of training
+        check_saved_config(Path(cfg.run_dir))
         with held_run(cfg):
             return self._run(cfg, force)
 
@@ -250,6 +251,28 @@ def _missing_dirs(path: Path) -> list[Path]:
     return out
 
 
+# The first line of every potstill.yaml that potstill writes into a run directory: this one's, and
+# `potstill quickstart`'s ("# Written by `potstill quickstart`...").
+WRITTEN = ("# Written by potstill", "# Written by `potstill")
+
+
+def check_saved_config(run_dir: Path) -> None:
+    """Refuse, before a stage starts, a RUN/potstill.yaml that potstill did not write: ``save_config``
+    would replace it. With `run_dir: .` in a hand-written config (or a run directory holding one) that
+    was the user's own file, loaded by this very command: its comments went, and the user info and
+    key of a base_url in it, the only copy, with them."""
+    path = run_dir / "potstill.yaml"
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            first = f.readline()
+    except OSError:  # none yet (or unreadable: save_config's write then says so)
+        return
+    if not first.lstrip("\ufeff").startswith(WRITTEN):
+        raise PotstillError(f"{path} is not one potstill wrote (no '# Written by potstill' first line), and a stage "
+                            "records its settings there: keep your config outside the run directory (or give "
+                            "run_dir another folder) so it is not written over")
+
+
 def save_config(cfg: Config, run: RunDir, stage: Stage) -> None:
     """Record in RUN/potstill.yaml the fields ``stage`` ran with, and the sections no stage reads
     (serve, watch, redistill, export): what ``serve``, ``watch`` and ``redistill`` load by default.
@@ -275,7 +298,7 @@ def save_config(cfg: Config, run: RunDir, stage: Stage) -> None:
     if stripped:
         say(f"[dim]{stage.name}: {', '.join(stripped)} saved in {path} without its user info and query (a key "
             "there is never written down); give serve, watch and redistill -c with your config[/dim]")
-    write_text(path, "# Written by potstill: the settings this run's stages last ran with (paths relative to this\n"
+    write_text(path, f"{WRITTEN[0]}: the settings this run's stages last ran with (paths relative to this\n"
                      "# file); `potstill serve|watch|redistill RUN` load it unless given -c.\n"
                + yaml.safe_dump(data, sort_keys=False, width=100))
 
