@@ -334,3 +334,36 @@ def test_trainable_layers_with_lora_is_refused_not_ignored(tmp_path):
     with pytest.raises(PotstillError, match=r"trainable_layers applies to train.method full; qlora"):
         load_config(path, {"train.method": "qlora"})
     assert load_config(path).train.trainable_layers == 4
+
+
+def test_infinity_and_nan_are_refused_at_load_except_where_inf_means_no_limit(tmp_path, monkeypatch, capsys):
+    """Found by a review: `--train.epochs 1e400` (a float reads it as inf), `--curate.test .inf` or
+    `--curate.real_ratio .inf` passed their gt/ge bounds and ended in an OverflowError traceback in
+    the stage; `--teacher.temperature .inf` failed every teacher call. Every float field now refuses
+    inf, -inf and NaN at load, but for the limits where inf means none, which read it as null."""
+    import typing
+
+    from tests.helpers.cli import run_main
+
+    no_limit = {"generate.budget_usd", "train.max_grad_norm", "evaluate.quality_bar.max_break_even_months",
+                "evaluate.quality_bar.max_p95_latency_s"}
+    floats = [k for k, ann, _ in flat_fields(Config) if float in (ann, *typing.get_args(ann)) or k in no_limit]
+    assert len(floats) > 50
+    for key in floats:
+        for value in (float("inf"), float("-inf"), float("nan"), "1e400"):
+            if key in no_limit and value in (float("inf"), "1e400"):
+                cfg = load_config(None, {"task.labels": ["a", "b"], key: value})
+                assert eval(f"cfg.{key}") is None, key  # null: no limit, and no Infinity in a JSON artifact
+                continue
+            with pytest.raises(PotstillError, match=key.replace(".", r"\.")):
+                load_config(None, {"task.labels": ["a", "b"], key: value})
+    with pytest.raises(PotstillError, match=r"generate\.prices\.m\.input_per_mtok: Input should be a finite number"):
+        load_config(None, {"task.labels": ["a", "b"], "generate.prices": {"m": {"input_per_mtok": float("inf")}}})
+
+    # Through the CLI: one line naming the flag, exit 2, before the stage starts.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.yaml").write_text("task:\n  labels: [a, b]\n")
+    for flag, value in (("--train.epochs", "1e400"), ("--curate.test", ".inf"), ("--curate.real_ratio", ".nan")):
+        stage = flag[2:].split(".")[0]
+        assert run_main(monkeypatch, capsys, stage, "-c", "c.yaml", flag, value) == (
+            2, [f"error: {flag}: Input should be a finite number"])

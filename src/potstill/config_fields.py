@@ -8,6 +8,7 @@ re-exports them all.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -89,8 +90,23 @@ RecheckMargin = Annotated[float, Field(ge=0, le=1)] | Literal["auto"]
 
 class Section(BaseModel):
     # YAML types bare scalars: `labels: [1, 2, 3, 4, 5]` (star ratings) or `--data.source 2026`
-    # arrive as numbers, and their text is what a text field means.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
+    # arrive as numbers, and their text is what a text field means. No infinity or NaN (`.inf`, `.nan`,
+    # or 1e400, which a float reads as inf): a gt=0 bound let `train.epochs: .inf` through to an
+    # OverflowError traceback at the first int() of it, and NaN passes every comparison as False.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True,
+                              allow_inf_nan=False)
+
+
+def _inf_is_none(value: float | None) -> float | None:
+    if value is not None and math.isnan(value):
+        raise ValueError("Input should be a finite number")
+    return None if value == math.inf else value
+
+
+# A limit that infinity plainly means "none" for, as null does (generate.budget_usd: no cap;
+# train.max_grad_norm: no clipping; a quality bar's maximum: any): `.inf` is taken there, and kept
+# as null, so no artifact (train.json, eval.json) holds JSON's non-standard Infinity.
+Unbounded = Annotated[Annotated[float, Field(allow_inf_nan=True)] | None, AfterValidator(_inf_is_none)]
 
 
 def _env_name(value: str) -> str:

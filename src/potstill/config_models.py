@@ -17,6 +17,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from potstill.config_fields import (  # noqa: F401  (re-exported: potstill.config_models keeps every name)
     INPUT_FILE, MODEL_REF, RUN_PATH, DtypeName, EnvName, PathRole, QuantizationName, RecheckMargin, Section,
+    Unbounded,
     _env_name, engine_drafts, engine_dtype, engine_guided, engine_name, engine_quantization, engine_recheck,
 )
 from potstill.config_setup import (  # noqa: F401  (re-exported, as above)
@@ -170,7 +171,7 @@ class TrainConfig(Section):
         1, ge=1, description="Run each step's batch_size examples as this many micro-batches, one after another, "
         "their gradients summed: the same update as one batch (each loss term is still divided by its count over "
         "the whole batch), with the activation memory of batch_size / grad_accum_steps examples.")
-    max_grad_norm: float | None = Field(
+    max_grad_norm: Unbounded = Field(
         None, gt=0, description="Clip the gradients' global L2 norm to this before each step (TRL's default is 1.0); "
         "none: no clipping. metrics.jsonl's grad_norm is the norm before clipping.")
     lr: float | None = Field(
@@ -264,11 +265,11 @@ class QualityBar(Section):
                     "tie (0.5), so a judge that always names the first answer scores any student 0.5, as good as the "
                     "teacher (None: any share).",
     )
-    max_break_even_months: float | None = Field(
+    max_break_even_months: Unbounded = Field(
         12.0, gt=0,
         description="GO needs the one-time cost repaid within this many months at evaluate.monthly_calls (None: any).",
     )
-    max_p95_latency_s: float | None = Field(
+    max_p95_latency_s: Unbounded = Field(
         None, gt=0, description="GO needs the student's p95 single-call latency at or under this, in seconds (None: any).",
     )
 
@@ -320,7 +321,7 @@ class EvaluateConfig(Section):
 class GenerateConfig(Section):
     rpm: int | None = Field(None, ge=1, description="Client-side cap on requests per minute (None: none; server headers still apply).")
     tpm: int | None = Field(None, ge=1, description="Client-side cap on tokens per minute, input + output (None: none).")
-    budget_usd: float | None = Field(None, ge=0, description="Stop sending once this many dollars are spent (None: no cap).")
+    budget_usd: Unbounded = Field(None, ge=0, description="Stop sending once this many dollars are spent (None: no cap).")
     n: int = Field(1, ge=1, le=64, description="Samples per input; with n > 1 the output is the majority answer.")
     retry_refusals: bool = Field(
         False, description="Send again a request the teacher refused in an earlier run (billed, and as a rule refused "
