@@ -301,3 +301,21 @@ def test_two_inputs_under_one_id_are_refused_where_they_are_read(tmp_path):
         store.decide("T1", "reject", teacher_output="billing")
     with pytest.raises(PotstillError, match=r"teacher.jsonl:4: id 'T1' is also line 1's, with another input"):
         curate_stage(cfg)
+
+
+def test_a_taken_port_leaves_no_review_store(curated, monkeypatch, capsys):
+    """Found by a review: `potstill review RUN --port P` with P taken failed in one line but had made
+    RUN/review.sqlite first, a curate input, so the next `potstill run` ran curate again. The port is
+    now bound before the store is opened."""
+    import socket
+
+    from tests.helpers.cli import run_main
+
+    run = Path(curated.run_dir)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, err = run_main(monkeypatch, capsys, "review", str(run), "--port", str(port))
+    assert code == 2 and err == [f"error: cannot listen on 127.0.0.1:{port}: Address already in use"], err
+    assert not (run / "review.sqlite").exists()

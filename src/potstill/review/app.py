@@ -287,8 +287,14 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8765, sample
     from potstill import listen
     from potstill.progress import say
 
-    app = create_app(run_dir, sample, seed)
+    # Bound first, as serve does: a taken port is one line before review.sqlite is made, which a
+    # failed review left behind, and curate then read as a new input and ran again.
     sock = listen.bind(host, port)
+    try:
+        app = create_app(run_dir, sample, seed)
+    except BaseException:
+        sock.close()
+        raise
     say(f"review: http://{host}:{listen.url_port(sock)}/  (a accept, r reject, 1-9 relabel, l any label, e edit, arrows move; Ctrl+C to "
         "stop, then `potstill curate` applies the decisions)")
     listen.run(app, sock)
