@@ -249,6 +249,27 @@ def test_a_bad_value_is_named_by_the_flag_that_set_it_not_by_the_file(work, monk
     assert (code, err) == (2, ["error: --teacher.temperature: Input should be greater than or equal to 0"])
 
 
+def test_a_flag_that_trips_a_check_across_fields_is_named_not_the_file(work, monkeypatch, capsys):
+    """Found by a review: a check across fields (the config's or a section's own) is located at the
+    config or the section, so `--task.labels '[a]'` said 'c.yaml: config: Value error, task.labels
+    needs at least two labels', blaming a file that holds [a, b]. The flags the message names are named."""
+    code, err = run_main(monkeypatch, capsys, "curate", "-c", "c.yaml", "--task.labels", "[a]")
+    assert (code, err) == (2, ["error: --task.labels: needs at least two labels for a classification task"])
+    (work / "warm.yaml").write_text(CONFIG + "train:\n  warmup_steps: 5\n")
+    code, err = run_main(monkeypatch, capsys, "train", "-c", "warm.yaml", "--train.warmup_ratio", "0.1")
+    assert (code, err) == (2, ["error: --train.warmup_ratio: train.warmup_steps 5 and train.warmup_ratio 0.1 both "
+                               "set the warm-up; keep one"])
+    code, err = run_main(monkeypatch, capsys, "train", "-c", "c.yaml", "--train.warmup_ratio", "0.1",
+                         "--train.warmup_steps", "5")
+    assert (code, err) == (2, ["error: --train.warmup_steps and --train.warmup_ratio: train.warmup_steps 5 and "
+                               "train.warmup_ratio 0.1 both set the warm-up; keep one"])
+    # The file's own mistake is still the file's, and a flag the message does not name is not blamed.
+    (work / "one.yaml").write_text(CONFIG.replace("[a, b]", "[a]"))
+    code, err = run_main(monkeypatch, capsys, "curate", "-c", "one.yaml", "--curate.val", "0")
+    assert (code, err) == (2, ["error: one.yaml: config: task.labels needs at least two labels for a "
+                               "classification task"])
+
+
 def test_a_sqlite_error_names_its_file_and_blames_no_ledger_it_did_not_come_from(work, monkeypatch, capsys):
     """Any SQLite error that reached the CLI read 'SQLite: ... (a file that is not a potstill
     ledger?)' and named no file, whichever file it came from."""

@@ -109,7 +109,7 @@ def test_a_list_flag_given_one_word_is_a_one_item_list(curated, monkeypatch, cap
     assert _flag_value("tracking", "[mlflow, wandb]", ann) == ["mlflow", "wandb"]
     assert _flag_value("tracking", "[]", ann) == []
     code, err = run_main(monkeypatch, capsys, "curate", "-c", "c.yaml", "--task.labels", "spam")
-    assert code == 2 and len(err) == 1 and "task.labels needs at least two labels" in err[0]
+    assert code == 2 and len(err) == 1 and "--task.labels: needs at least two labels" in err[0]
     code, err = run_main(monkeypatch, capsys, "curate", "-c", "c.yaml", "--task.type", "freetext", "--task.labels", "spam",
                      "--curate.val", "0", "--curate.test", "0", "--curate.near_dup", "false")
     assert code in (0, None), err
@@ -179,8 +179,8 @@ def test_a_list_of_text_flag_given_one_value_takes_the_text_as_written(curated, 
     assert _flag_value("teacher.stop", "[Q, A]", ann) == ["Q", "A"] and _flag_value("teacher.stop", "[]", ann) == []
     # Through the CLI the one label reaches the config as a list (and is refused for being one).
     code, err = run_main(monkeypatch, capsys, "curate", "-c", "c.yaml", "--task.labels", "Q:")
-    assert (code, err) == (2, ["error: c.yaml: config: task.labels needs at least two labels for a "
-                               "classification task"]), err
+    assert (code, err) == (2, ["error: --task.labels: needs at least two labels for a classification "
+                               "task"]), err
 
 
 def test_version_and_env_say_what_a_bug_report_needs():

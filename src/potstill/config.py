@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import typing
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,17 @@ def _explain(e: ValidationError, source: str, flags: list[str] = (), names: dict
         source = typed
     # pydantic's prefix for a check of ours that raised ValueError: the message is the whole story.
     msg = err["msg"].removeprefix("Value error, ")
+    if not flag and err["type"] == "value_error":
+        # A check across fields (the config's or a section's own validator) is located at the config
+        # or the section, not at the field: `--task.labels '[a]'` was blamed on the file, which held
+        # a valid list. The flags whose keys the message names, under that location, are the culprits.
+        mentioned = sorted((m.start(), k) for k in flags if not where or k.startswith(where + ".")
+                           for m in [re.search(rf"(?<![\w.]){re.escape(k)}(?!\w)", msg)] if m)
+        if mentioned:
+            keys = [k for _, k in mentioned]
+            said = " and ".join((names or {}).get(k, f"--{k}") for k in keys)
+            # "task.labels needs ..." after "--task.labels: " says the key twice.
+            return f"{said}: {msg.removeprefix(keys[0] + ' ') if len(keys) == 1 else msg}"
     if err["type"] == "extra_forbidden":
         valid = _fields_at(Config, loc[:-1])
         alias = ALIASES.get(str(loc[-1]))
