@@ -311,8 +311,9 @@ def requests(
         raise PotstillError("--follow lists requests as they come; --id shows one: give one of them")
     path = run_dir / "calls.sqlite"
     with Ledger(path, readonly=True) as ledger:  # beside a running server: reads only
-        found = find(ledger, request_id=id, since=since_time(since) if since else None, limit=last, who=who,
-                     errors=errors)
+        # `is not None`, as watch: an empty --since "$SINCE" is an unreadable time, not every request.
+        start = since_time(since) if since is not None else None
+        found = find(ledger, request_id=id, since=start, limit=last, who=who, errors=errors)
         if follow:
             follow_rows(ledger, found, typer.echo, who=who, errors=errors, as_json=as_json, interval=interval)
             return
@@ -321,7 +322,7 @@ def requests(
     elif found:
         typer.echo(render(found, as_json))
     elif not as_json:
-        typer.echo(f"no served request in {path}" + (" matches" if since or who or errors else ""))
+        typer.echo(f"no served request in {path}" + (" matches" if since is not None or who or errors else ""))
 
 
 @app.command()

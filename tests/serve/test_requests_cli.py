@@ -85,6 +85,17 @@ def test_a_run_without_a_ledger_is_one_line(tmp_path):
     assert out.returncode == 2 and "calls.sqlite not found" in out.stderr
 
 
+def test_an_empty_since_is_refused(tmp_path, monkeypatch, capsys):
+    """Found by a review: `--since "$SINCE"` with SINCE unset listed every request and exited 0;
+    watch refuses it, and so does requests now."""
+    from potstill.ledger import Ledger
+    from tests.helpers.cli import run_main
+
+    Ledger(tmp_path / "calls.sqlite").close()
+    assert run_main(monkeypatch, capsys, "requests", str(tmp_path), "--since", "") == (
+        2, ["error: --since '': a span like 15m, 2h or 7d, or a date like 2026-12-06T09:30"])
+
+
 def test_follow_prints_each_request_as_it_is_logged(served, force):
     """``--follow`` (as ``tail -f``): the latest, then each new request as the server logs it, in
     the table or as JSON lines, until Ctrl-C, which ends it quietly."""
