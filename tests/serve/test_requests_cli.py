@@ -96,9 +96,41 @@ def test_an_empty_since_is_refused(tmp_path, monkeypatch, capsys):
         2, ["error: --since '': a span like 15m, 2h or 7d, or a date like 2026-12-06T09:30"])
 
 
+def test_a_follow_stopped_by_ctrl_c_exits_130_with_one_line(tmp_path):
+    """Found by a review: `--follow` ended by Ctrl-C exited 0 without a word, where every other
+    command exits 130 with one line (README), so a script could not tell it was stopped."""
+    import signal
+    import time
+
+    from potstill.ledger import Ledger
+    from tests.helpers.cli import sigint_default
+
+    Ledger(tmp_path / "calls.sqlite").close()
+    p = subprocess.Popen([sys.executable, "-m", "potstill.cli", "requests", str(tmp_path), "--follow",
+                          "--interval", "0.1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "POTSTILL_PROGRESS": "never"}, preexec_fn=sigint_default)
+    try:
+        deadline = time.time() + 60  # following once its imports are done and it has the ledger open
+        while time.time() < deadline and p.poll() is None and not _holds(p.pid, tmp_path / "calls.sqlite"):
+            time.sleep(0.1)
+    finally:
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=30)
+    assert (p.returncode, err.strip().splitlines()) == (130, ["interrupted: potstill requests stopped"]), err
+
+
+def _holds(pid: int, path) -> bool:
+    """Whether process ``pid`` has ``path`` open (Linux /proc)."""
+    try:
+        return any(os.path.realpath(f"/proc/{pid}/fd/{fd}") == os.path.realpath(path)
+                   for fd in os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return False
+
+
 def test_follow_prints_each_request_as_it_is_logged(served, force):
     """``--follow`` (as ``tail -f``): the latest, then each new request as the server logs it, in
-    the table or as JSON lines, until Ctrl-C, which ends it quietly."""
+    the table or as JSON lines, until Ctrl-C, which ends it as it ends every command: exit 130, one line."""
     import signal
 
     service, live = served
@@ -133,4 +165,4 @@ def test_follow_prints_each_request_as_it_is_logged(served, force):
     assert [ln.split()[2] for ln in seen["table"]] == ["follow-0", "follow-1", "follow-2"]
     assert [json.loads(ln)["request_id"] for ln in seen["json"]] == ["follow-0", "follow-1", "follow-2"]
     for mode, p in procs.items():
-        assert p.returncode == 0 and outs[mode][1] == "", outs[mode][1]
+        assert p.returncode == 130 and outs[mode][1] == "interrupted: potstill requests stopped\n", outs[mode][1]

@@ -111,17 +111,15 @@ def render(records: list[dict[str, Any]], as_json: bool, widths: tuple[int, ...]
 def follow(ledger: Ledger, found: list[dict[str, Any]], echo: Callable[[str], Any], *, who: str | None,
            errors: bool, as_json: bool, interval: float) -> None:
     """``potstill requests --follow``: the rows ``found``, then each new one (of ``who``, failed
-    with ``errors``) as it is logged, every ``interval`` seconds, until Ctrl-C, which ends it."""
+    with ``errors``) as it is logged, every ``interval`` seconds, until Ctrl-C, which ends it as it
+    ends every command (exit 130 and one line, ``potstill.cli``: a script can tell it was stopped)."""
     first = render(found, as_json, FOLLOW_WIDTHS)
     if first:
         echo(first)
     last = found[-1]["row"] if found else ledger.last_row_id()
-    try:
-        while True:
-            time.sleep(interval)
-            new = find(ledger, who=who, errors=errors, after=last, limit=None)
-            if new:
-                echo(render(new, as_json, FOLLOW_WIDTHS, head=False))
-                last = new[-1]["row"]
-    except KeyboardInterrupt:  # how a follow ends
-        return
+    while True:
+        time.sleep(interval)
+        new = find(ledger, who=who, errors=errors, after=last, limit=None)
+        if new:
+            echo(render(new, as_json, FOLLOW_WIDTHS, head=False))
+            last = new[-1]["row"]
