@@ -112,3 +112,23 @@ def test_failed_pilot_is_one_line_from_the_cli_and_never_shows_the_key(server, t
                                         for p in (tmp_path / "run").rglob("*") if p.is_file()]
     assert not any(WRONG in b for b in blobs)
     assert not (tmp_path / "run" / "pilot.json").exists()
+
+
+def test_a_student_that_cannot_load_is_named_by_the_pilot(tmp_path, monkeypatch, capsys):
+    """Found by a review: `potstill pilot` with a student.model folder holding no model said
+    "error: evaluate: ./empty: directory has no config.json ...", naming a stage that never ran (the
+    pilot loads the untrained student as evaluate's settings say). The pilot is named first now."""
+    from tests.helpers.cli import run_main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"input": t}) + "\n" for t in TEXTS))
+    (tmp_path / "logs.jsonl").write_text("".join(json.dumps({"messages": [
+        {"role": "user", "content": t}, {"role": "assistant", "content": "a"}]}) + "\n" for t in TEXTS))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({
+        "run_dir": "run", "task": {"labels": ["a", "b"]}, "data": {"inputs": "in.jsonl"},
+        "teacher": {"type": "replay", "replay_path": "logs.jsonl"}, "student": {"model": "./empty"}}))
+    code, err = run_main(monkeypatch, capsys, "pilot", "-c", "c.yaml")
+    assert code == 2 and err[-1] == ("error: pilot: empty: directory has no config.json or "
+                                     "adapter_config.json (loaded with the evaluate section's engine settings)"), err
+    assert not (tmp_path / "run" / "pilot.json").exists()

@@ -102,14 +102,18 @@ def recheck_margin_for(margin: float | str, name: str, spec: str, quantization: 
 
 
 def section_engine(section: Any, spec: str, device: str = "auto", num_layers: int | None = None,
-                   compile: bool = False, task: Any = None, client_formats: bool = False) -> Engine:
+                   compile: bool = False, task: Any = None, client_formats: bool = False,
+                   command: str | None = None) -> Engine:
     """``spec`` in the engine a config section names: the ``teacher``, ``evaluate`` and ``serve``
     sections each carry ``engine``, ``dtype``, ``quantization``, ``recheck_margin`` and ``draft_tokens``;
     ``evaluate`` and ``serve`` also ``guided_json`` (decoding under ``task``'s JSON Schema, ``guide``;
     ``client_formats``: serve's, which also decodes under a client's format, so a free-text task
     takes it with no schema of its own).
     An error names the section, whose fields it is about (``serve: engine ctranslate2 runs its own
-    compiled kernels; compile is for ...``: serve.compile, which a quickstart's config sets)."""
+    compiled kernels; compile is for ...``: serve.compile, which a quickstart's config sets).
+    ``command``: the command running, where it is not the section's (pilot loads the untrained
+    student as evaluate's settings say): it leads, and the section follows, since "evaluate: ..."
+    sent a pilot's user to look for an evaluate that never ran."""
     try:
         schema = _guided_schema(section, task, client_formats)
         engine = load_engine(section.engine, spec, device=device, num_layers=num_layers, dtype=section.dtype,
@@ -120,7 +124,11 @@ def section_engine(section: Any, spec: str, device: str = "auto", num_layers: in
         return engine
     except PotstillError as e:
         name = type(section).__name__.removesuffix("Config").lower()
-        if str(e).startswith((f"{name}.", f"{name}:")):  # already names it (serve.compile: torch.compile failed ...)
+        named = str(e).startswith((f"{name}.", f"{name}:"))  # already names it (serve.compile: torch.compile failed ...)
+        if command not in (None, name):
+            raise PotstillError(f"{command}: {e}" if named else
+                                f"{command}: {e} (loaded with the {name} section's engine settings)") from None
+        if named:
             raise
         raise PotstillError(f"{name}: {e}") from None
 

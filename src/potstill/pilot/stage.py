@@ -41,7 +41,7 @@ def pilot_body(cfg: Config, run: RunDir) -> dict[str, Any]:
         # As evaluate prices it: teacher.price (per call, or its token price over the recorded tokens) in
         # place of the ledger's cost, which is $0 for a replay teacher's recorded traffic.
         teacher = measure_teacher(task, valid, ledger, price=cfg.teacher.price, prices=cfg.generate.prices)
-    lm = untrained_student_engine(cfg)
+    lm = untrained_student_engine(cfg, "pilot")
     with run.ledger() as ledger:
         student, _ = measure_student(lm, untrained_task(task), valid, cfg.student.usd_per_hour, cfg.evaluate.batch_size,
                                      min(cfg.evaluate.latency_samples, 10), "untrained student", ledger, "pilot")

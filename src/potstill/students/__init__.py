@@ -23,15 +23,17 @@ from potstill.records import Record
 from potstill.tasks import Task
 
 
-def evaluation_engine(cfg: Any, spec: str, num_layers: int | None = None) -> Engine:
+def evaluation_engine(cfg: Any, spec: str, num_layers: int | None = None, command: str = "evaluate") -> Engine:
     """The student ``spec`` in the engine evaluate runs it in (``evaluate.engine``, ``dtype``,
-    ``recheck_margin``, ``quantization``); pilot measures the untrained student in the same one."""
-    return section_engine(cfg.evaluate, spec, num_layers=num_layers, compile=cfg.evaluate.compile, task=cfg.task)
+    ``recheck_margin``, ``quantization``); pilot measures the untrained student in the same one.
+    ``command``: the one running, which an error names first."""
+    return section_engine(cfg.evaluate, spec, num_layers=num_layers, compile=cfg.evaluate.compile, task=cfg.task,
+                          command=command)
 
 
-def untrained_student_engine(cfg: Any) -> Engine:
+def untrained_student_engine(cfg: Any, command: str = "evaluate") -> Engine:
     """The model train starts from (``student.model`` cut to ``student.num_layers``), as evaluated."""
-    return evaluation_engine(cfg, cfg.student.model, cfg.student.num_layers)
+    return evaluation_engine(cfg, cfg.student.model, cfg.student.num_layers, command)
 
 
 def untrained_task(task: Task) -> Task:
