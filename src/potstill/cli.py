@@ -369,8 +369,8 @@ def export(cfg: Config,
            fmt: Annotated[str, typer.Option("--format", help="Export format: openai-jsonl, hf, gguf, lora or gguf-lora.")] = "openai-jsonl",
            out: Annotated[Optional[Path], typer.Option("--out", help="Output directory (default: RUN/export/FORMAT).")] = None,
            push_to_hub: Annotated[Optional[str], typer.Option(
-               "--push-to-hub", help="Formats hf and gguf: upload the export (weights, model card) to this Hugging "
-               "Face model repository, OWNER/NAME (HF_TOKEN or `huggingface-cli login`).")] = None,
+               "--push-to-hub", help="Formats hf, gguf, lora and gguf-lora: upload the export (weights or adapter, "
+               "model card) to this Hugging Face model repository, OWNER/NAME (HF_TOKEN or `huggingface-cli login`).")] = None,
            private: Annotated[bool, typer.Option("--private", help="With --push-to-hub: create the repository "
                                                                    "private.")] = False,
            ) -> None:

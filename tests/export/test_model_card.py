@@ -259,3 +259,19 @@ def test_a_gguf_export_is_pushed_with_a_card_naming_its_files(bpe_model, hub, mo
     assert "ollama create student -f student/Modelfile.q8_0" in card and "llama-server -m student/student-q8_0.gguf" in card
     assert {"Modelfile.q8_0", "student-q8_0.gguf", "student-f16.gguf"} <= set(commit["files"])
     assert "No train.json in the run." in card and "Not evaluated: no eval.json in the run" in card
+
+
+def test_export_help_names_every_format_push_to_hub_uploads(monkeypatch, capsys):
+    """Found by a review: `export --help` said --push-to-hub was for formats hf and gguf, though
+    lora and gguf-lora are pushed too (README; ``CARDS``)."""
+    import sys
+
+    from potstill.cli import main
+    from potstill.export import CARDS
+
+    monkeypatch.setattr(sys, "argv", ["potstill", "export", "--help"])
+    monkeypatch.setenv("COLUMNS", "400")  # one option a line
+    with pytest.raises(SystemExit):
+        main()
+    [push] = [line for line in capsys.readouterr().out.splitlines() if line.strip("│ ").startswith("--push-to-hub")]
+    assert f"Formats {', '.join(CARDS[:-1])} and {CARDS[-1]}: upload" in push, push
