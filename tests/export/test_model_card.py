@@ -275,3 +275,15 @@ def test_export_help_names_every_format_push_to_hub_uploads(monkeypatch, capsys)
         main()
     [push] = [line for line in capsys.readouterr().out.splitlines() if line.strip("│ ").startswith("--push-to-hub")]
     assert f"Formats {', '.join(CARDS[:-1])} and {CARDS[-1]}: upload" in push, push
+
+
+def test_private_without_push_to_hub_is_refused(tmp_path, monkeypatch, capsys):
+    """Found by a review: `export --private` without --push-to-hub exported and exited 0, the flag
+    ignored without a word; it is refused before anything is written, as redistill --force without
+    --rollback is."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.yaml").write_text("run_dir: run\ntask:\n  labels: [a, b]\n")
+    assert run_main(monkeypatch, capsys, "export", "-c", "c.yaml", "--private") == (
+        2, ["error: --private makes the repository --push-to-hub creates private: give --push-to-hub OWNER/NAME "
+            "with it, or leave --private out"])
+    assert not (tmp_path / "run").exists()

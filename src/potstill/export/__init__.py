@@ -65,6 +65,11 @@ def export(cfg: Config, fmt: str, out_dir: str | Path | None = None, push_to: st
     _load_builtins()
     if fmt not in FORMATS:
         raise PotstillError(f"unknown export format {fmt!r}; available: {', '.join(sorted(FORMATS))}")
+    if private and push_to is None:
+        # As redistill refuses --force without --rollback: a flag that would do nothing is a mistake to
+        # say, not to ignore (the user may believe a repository was made private).
+        raise PotstillError("--private makes the repository --push-to-hub creates private: give --push-to-hub "
+                            "OWNER/NAME with it, or leave --private out")
     run = Path(cfg.run_dir)
     if push_to is not None:
         if fmt not in CARDS:
