@@ -438,3 +438,23 @@ def test_an_anthropic_prefill_begins_the_answer_and_leaves_the_prompt(tmp_path):
     assert import_traffic(pairs, tmp_path / "p.jsonl") == 2
     assert [(r.messages, r.output) for r in read_records(tmp_path / "p.jsonl")] == [
         ([ask], '{"name": "Bob", "age": 42}'), ([ask], "sports")]
+
+
+def test_a_file_given_format_served_that_is_no_ledger_gets_format_advice(tmp_path):
+    """Found by a review: `import log.jsonl --format served` said "not a potstill ledger (SQLite: file
+    is not a database); move it aside", advice for a run's calls.sqlite, not for the user's input read
+    as the wrong format; it now names the formats, and says whether the file is SQLite at all."""
+    import sqlite3
+
+    src = jsonl(tmp_path / "log.jsonl", [{"prompt": "new phone", "completion": "tech"}])
+    with pytest.raises(PotstillError) as e:
+        import_traffic(src, tmp_path / "o.jsonl", "served")
+    assert str(e.value) == (f"{src}: not a SQLite database; --format served reads the calls.sqlite `potstill serve` "
+                            "writes: give that, or this file's own --format (auto, finetune, openai-log, pairs or "
+                            "stored)")
+    other = tmp_path / "other.sqlite"
+    sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.close()
+    with pytest.raises(PotstillError, match=r"other.sqlite: a SQLite database with no served calls table; --format"):
+        import_traffic(other, tmp_path / "o.jsonl")
+    assert not (tmp_path / "o.jsonl").exists()
+

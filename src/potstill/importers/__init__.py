@@ -404,7 +404,19 @@ def import_served(db: Path, keep: bool = False) -> list[Record]:
     ``keep``: an escalation's tool calls as a tools task's call text, else the row is skipped."""
     if not db.exists():
         raise PotstillError(f"{db}: ledger not found")
-    with Ledger(db, readonly=True) as ledger:
+    try:
+        ledger = Ledger(db, readonly=True)
+    except PotstillError as e:
+        if "not a potstill ledger" not in str(e):
+            raise
+        # The ledger's own advice, "move it aside", is for a file in a run's calls.sqlite place; this
+        # is the user's input, read as the wrong format (a JSONL log given --format served, say).
+        with open(db, "rb") as f:
+            sqlite = f.read(16) == b"SQLite format 3\x00"
+        what = "a SQLite database with no served calls table" if sqlite else "not a SQLite database"
+        raise PotstillError(f"{db}: {what}; --format served reads the calls.sqlite `potstill serve` writes: give "
+                            "that, or this file's own --format (auto, finetune, openai-log, pairs or stored)") from None
+    with ledger:
         rows = ledger.served()
     out = []
     calls = [row.id for row in rows if row.extra.get("tool_calls") and not keep]
