@@ -423,7 +423,13 @@ def atomic_write(path: str | Path) -> Iterator[TextIO]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     leftovers.remove(path.parent, lambda name: name == path.name)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{leftovers.owner()}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{leftovers.owner()}.", suffix=".tmp")
+    except OSError as e:
+        # It names the temp file it could not make (/proc/.x.jsonl.oa7bui0h.tmp), which the user never
+        # heard of: the error is about the path they gave.
+        e.filename = str(path)
+        raise
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             yield f

@@ -458,3 +458,12 @@ def test_a_file_given_format_served_that_is_no_ledger_gets_format_advice(tmp_pat
         import_traffic(other, tmp_path / "o.jsonl")
     assert not (tmp_path / "o.jsonl").exists()
 
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="/proc: a folder no file can be made in, on Linux")
+def test_an_out_that_cannot_be_written_is_named_not_a_temp_file(tmp_path):
+    """Found by a review: `import ... -o /proc/x.jsonl` failed naming /proc/.x.jsonl.oa7bui0h.tmp, the
+    temp file potstill writes before renaming, which the user never named; the error names -o's path."""
+    src = jsonl(tmp_path / "traffic.jsonl", [{"prompt": "new phone", "completion": "tech"}])
+    out = subprocess.run([sys.executable, "-m", "potstill.cli", "import", str(src), "-o", "/proc/x.jsonl"],
+                         capture_output=True, text=True, env=_env(), timeout=60)
+    assert (out.returncode, out.stderr.strip()) == (2, "error: No such file or directory: /proc/x.jsonl")
