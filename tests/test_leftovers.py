@@ -5,7 +5,6 @@ namespace. Real processes killed in the middle of ``atomic_write`` / ``atomic_di
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
