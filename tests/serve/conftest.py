@@ -56,7 +56,8 @@ def write_run(root: Path, student: Path, teacher_url: str, task: dict | None = N
         "serve": {"target_escalation": 0.3, "api_key_env": "SERVE_KEY", "max_body_bytes": 20000,
                   "escalate_truncated": False, **serve},
     }
-    (run / "potstill.yaml").write_text(yaml.safe_dump(cfg))
+    # As a stage saves it (a stage refuses to write over a RUN/potstill.yaml without this first line).
+    (run / "potstill.yaml").write_text("# Written by potstill (a test's run)\n" + yaml.safe_dump(cfg))
     return run
 
 

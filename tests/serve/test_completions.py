@@ -131,8 +131,8 @@ def test_a_stream_asked_with_include_usage_ends_with_the_request_s_usage(served,
         assert (last.usage.prompt_tokens, last.usage.completion_tokens) == (
             sum(r["input_tokens"] for r in logged), sum(r["output_tokens"] for r in logged))
         assert last.usage.total_tokens == last.usage.prompt_tokens + last.usage.completion_tokens > 0
-        if who == "teacher" and len(prompts) == 1:
-            assert len(answers) > 1  # the teacher's pieces as it wrote them: the live path
+        # (The teacher's pieces go out as it writes them, but pieces that arrive together may go as one:
+        # a fresh clone's CI run, 2 busy cores, got one chunk. The live path: test_live_stream.py.)
     with pytest.raises(openai.BadRequestError) as e:  # as chat completions refuses it
         client(live).completions.create(model="potstill", prompt=PROMPTS[0], stream_options={"include_usage": True})
     assert e.value.param == "stream_options"
