@@ -7,7 +7,7 @@ intervals are given by hand, so every word of the reason sentence is checked aga
 import pytest
 
 from potstill.config import QualityBar
-from potstill.evaluate import break_even, economics, verdict
+from potstill.evaluate import break_even, economics, months_text, verdict
 from potstill.evaluate.slices import judge, settle_n
 
 BAR = QualityBar()  # agreement >= 85%, gold ratio >= 95%, break-even within 12 months, no latency bar
@@ -198,3 +198,16 @@ def test_nothing_to_repay_breaks_even_at_once_whatever_the_volume():
     # With a one-time cost and no volume it is never repaid, and the reason says which setting to change.
     c = economics(0.05 / 1000, 0.01 / 1000, break_even(0.05 / 1000, 0.01 / 1000, 4.0, 0), None, BAR)
     assert not c[1]["pass"] and "evaluate.monthly_calls" in c[1]["why"] and "max_break_even_months" in c[1]["why"]
+
+
+def test_a_break_even_under_a_hundredth_of_a_month_is_said_in_hours_or_minutes():
+    """The quickstart's one-time cost repaid at a million calls a month read "repays distilling in 0.00
+    months", as if it had not been counted. Under 0.005 months it is said in hours or minutes."""
+
+    assert months_text(0.40) == "0.40 months" and months_text(0.005) == "0.01 months"
+    assert months_text(0.0049) == "3.6 hours"  # 0.0049 x 30.44 days x 24
+    assert months_text(0.001) == "44 minutes" and months_text(1e-6) == "under a minute"
+    # $0.04 repaid at $0.00004 saved a call: 1,000 calls, 0.001 months at a million calls a month
+    be = break_even(0.05 / 1000, 0.01 / 1000, 0.04, 1_000_000)
+    (_, months) = economics(0.05 / 1000, 0.01 / 1000, be, 0.05, BAR)
+    assert months["pass"] and months["value"] == "44 minutes"

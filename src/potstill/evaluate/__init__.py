@@ -18,6 +18,19 @@ def _usd(x: float) -> str:
     return f"${x:,.2f}" if x == 0 or abs(x) >= 1 else f"${x:.{2 - math.floor(math.log10(abs(x)))}f}"
 
 
+DAYS_PER_MONTH = 30.44  # 365.25 / 12
+
+
+def months_text(months: float) -> str:
+    """A break-even time a newcomer reads: months to two places, or, under 0.005 months (about 3.6
+    hours), hours or minutes: the quickstart's one-time cost repaid at a million calls a month read
+    "0.00 months", as if never counted."""
+    if months >= 0.005:
+        return f"{months:.2f} months"
+    hours = months * DAYS_PER_MONTH * 24
+    return f"{hours:.1f} hours" if hours >= 1 else f"{hours * 60:.0f} minutes" if hours * 60 >= 1 else "under a minute"
+
+
 def _per_1k(student: float, teacher: float) -> str:
     return f"{_usd(1000 * student)} vs {_usd(1000 * teacher)} per 1,000 calls"
 
@@ -55,7 +68,7 @@ def economics(teacher_usd_per_call: float, student_usd_per_call: float, be: dict
                    f"{be['monthly_calls']:,} calls a month, past the {h:g}-month horizon")
         checks.append({"check": f"break-even within {h:g} months", "pass": why is None, "why": why,
                        "value": "never" if months is None else "at once (no one-time cost)" if not be.get("calls")
-                       else f"{months:.2f} months"})
+                       else months_text(months)})
     if bar.max_p95_latency_s is not None:
         lim, p95 = bar.max_p95_latency_s, student_p95_s
         ok = p95 is not None and p95 <= lim

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from potstill.errors import PotstillError
 from potstill.records import write_text
+from potstill.evaluate import months_text
 from potstill.evaluate.plots import BLUE, GREEN, GREY, RED, interval_plot, line_plot, reliability_plot
 
 AMBER = "#ca8a04"  # inconclusive: the interval straddles the bar
@@ -274,7 +275,7 @@ def _break_even(ev: dict) -> str:
     elif be.get("calls") is not None:
         text = (f"{head}: it saves {_usd(be['saving_per_call_usd'])} per call and repays the one-time "
                 f"{_usd(be['one_time_usd'])} after <b>{be['calls']:,.0f} calls</b>"
-                + (f", <b>{be['months']:.2f} months</b> at {be['monthly_calls']:,} calls a month." if be.get("months") is not None
+                + (f", <b>{months_text(be['months'])}</b> at {be['monthly_calls']:,} calls a month." if be.get("months") is not None
                    else "."))
     else:
         text = f"{head}: " + escape(be.get("note", "no break-even")) + "."
@@ -283,7 +284,7 @@ def _break_even(ev: dict) -> str:
         text += (f" {_basis_name(other, b.get('batch_size')).capitalize()}"
                  + (" (the throughput pass)" if other == "batched" else "")
                  + f", the student costs {_usd(o['student_cost_per_call_usd'])} per call: "
-                 + (f"break-even after {o['calls']:,.0f} calls" + (f", {o['months']:.2f} months." if o.get("months") is not None
+                 + (f"break-even after {o['calls']:,.0f} calls" + (f", {months_text(o['months'])}." if o.get("months") is not None
                                                                   else ".") if o.get("calls") is not None
                     else "it is still not cheaper than the teacher."))
     return (f"<section id='break-even'><h2>Break-even</h2><p>{text}</p>{plot}"
@@ -296,7 +297,7 @@ def _on_both_bases(s: dict, be: dict) -> tuple[str, str]:
     def months(b: dict | None) -> str:
         if not b:
             return "-"
-        return f"{b['months']:.2f}" if b.get("months") is not None else "never"
+        return months_text(b["months"]).removesuffix(" months") if b.get("months") is not None else "never"
 
     # An older eval.json has no batch1 entry: its headline then is the batch-1 one.
     one = be.get("batch1") or (be if be.get("cost_basis", "batch1") == "batch1" else None)
