@@ -39,6 +39,7 @@ def _references(cfg: Config, run: RunDir) -> tuple[list[Record], list[str], list
     get_task(cfg.task).check_gold(numbered, s.seeds, cfg.data.max_unknown_gold)
     seeds = [r for _, r in numbered]
     tests = [r.text for r in read_records(s.test_inputs)] if s.test_inputs else []
+    _say_seeds_near_tests(cfg, seeds, tests)  # the user's held-out inputs alone, before RUN/test.jsonl's join them
     own: list[str] = []
     if (run / "test.jsonl").exists():
         for r in read_records(run / "test.jsonl"):
@@ -189,14 +190,14 @@ def synthesize_stage(cfg: Config, force: bool = False) -> dict[str, Any]:
     return SYNTHESIZE.run(cfg, force)
 
 
-def _say_seeds_near_tests(cfg: Config, seeds: list[Record]) -> None:
+def _say_seeds_near_tests(cfg: Config, seeds: list[Record], tests: list[str]) -> None:
     """One line when seeds come near the user's held-out ``synthesize.test_inputs``: the screen keeps
     synthetic inputs away from them, but seeds go to synthetic.jsonl as real inputs, so a student
     would train on what it is later tested on. Not RUN/test.jsonl: curate put those seeds there itself."""
     s = cfg.synthesize
-    if not (seeds and s.test_inputs):
+    if not (seeds and tests):
         return
-    screen = Screen([], [r.text for r in read_records(s.test_inputs)], 1.0, s.test_threshold)
+    screen = Screen([], tests, 1.0, s.test_threshold)
     near = [r for r in seeds if screen.near_test(r.text) >= s.test_threshold]
     if near:
         say(f"[yellow]synthesize: {len(near)} of {len(seeds)} seeds are near an input of synthesize.test_inputs "
@@ -212,7 +213,6 @@ def synthesize_body(cfg: Config, run: RunDir) -> dict[str, Any]:
         say(f"[yellow]synthesize: synthesize.quotas ask for {sum(s.quotas.values())} inputs in all; synthesize.n "
             f"({s.n}) is not used when quotas are given[/yellow]")
     seeds, tests, own = _references(cfg, run)
-    _say_seeds_near_tests(cfg, seeds)
     # Made before the ledger is created, as generate's: a teacher that cannot be made leaves no
     # empty calls.sqlite (nor a new run directory holding only that).
     made = synthesis_teacher(cfg)
