@@ -119,7 +119,12 @@ def test_escalation_surge_is_flagged(served_run):
     assert esc["share"] == 1.0 and esc["flagged"] and esc["max"] == pytest.approx(esc["expected"] + 0.15)
     # Which rule sent them: the confidence threshold at +inf, here (the OOD one at +inf sends none).
     assert esc["by_reason"] == {"low_confidence": 1.0}
-    assert "| escalated by reason | low_confidence 100.0% |" in (run / "watch" / "report.md").read_text()
+    md = (run / "watch" / "report.md").read_text()
+    assert "| escalated by reason | low_confidence 100.0% |" in md
+    # The "flag when" cell names the condition that raises the flag, as every other row does
+    # (it read "share <= 35%" beside DRIFT).
+    limit = f"{esc['max']:.0%}"
+    assert f"share > {limit} (val" in md and f"share <= {limit}" not in md
     assert report["checks"]["labels"]["flagged"] and report["checks"]["labels"]["live"]["(invalid)"] > 0.5
     assert not report["checks"]["input"]["flagged"]
 

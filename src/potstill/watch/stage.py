@@ -399,7 +399,7 @@ def _rows(report: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
                      f"TV {lab['tv']:.3f}", f"p < {w['alpha']} and TV > {w['label_tv_max']}", verdict[lab["flagged"]]))
     e = c["escalation"]
     per = " ".join(f"{s:.0%}" for s in e["per_window"])
-    limit = "not judged (no routing.json)" if e["max"] is None else f"share <= {e['max']:.0%} (val {e['expected']:.0%} + {w['escalation_margin']})"
+    limit = "not judged (no routing.json)" if e["max"] is None else f"share > {e['max']:.0%} (val {e['expected']:.0%} + {w['escalation_margin']})"
     rows.append(("escalation", f"{e['share']:.1%} [{per}]", "-", f"slope {100 * e['slope_per_100']:+.1f} pts/100 req", limit,
                  verdict[e["flagged"]]))
     if e.get("by_reason"):
