@@ -7,7 +7,7 @@ broadcast from rank 0 (on 2x H200 they came back all 0.0). FSDP itself needs CUD
 so the run stays DDP on CPU; the loading path is the one that left the teacher empty.
 transformers 5.24 (this venv) reads the files on every rank, so the mode reproduces the older one.
 MODE ``other-teacher``: rank 1 is given TEACHER=STUDENT, a different model from rank 0's.
-MODE ``one-example``: a single training record, fewer than the processes.
+MODE ``small-accum2``: 3 training records, fewer than one batch of 4, as two micro-batches a process.
 MODE ``accum2``: each process runs its share of every batch as two micro-batches (train.grad_accum_steps).
 MODE ``dropout-ckpt``: attention dropout on (each rank draws its own masks) and a checkpoint every
 step; ``dropout-ckpt-crash``: the same, and every rank fails in its third optimiser step.
@@ -88,8 +88,8 @@ if __name__ == "__main__":
             return real_step(self, *a, **kw)
 
         torch.optim.AdamW.step = step
-    summary = run(student, teacher, out, 1 if mode == "one-example" else len(TEXTS),
-                  dropout=0.3 if mode.startswith("dropout-ckpt") else 0.0, accum=2 if mode == "accum2" else 1,
+    summary = run(student, teacher, out, 3 if mode == "small-accum2" else len(TEXTS),
+                  dropout=0.3 if mode.startswith("dropout-ckpt") else 0.0, accum=2 if "accum2" in mode else 1,
                   early=mode == "early-stop")
     if mode == "early-stop":
         Path(out, f"rank{os.environ.get('RANK', '0')}.json").write_text(json.dumps(summary))

@@ -1,8 +1,9 @@
 """Run the trainer and SIGKILL this process during optimizer step ``kill_at`` (for test_checkpoint).
 
-usage: python kill_worker.py MODEL_DIR OUT_DIR KILL_AT
+usage: python kill_worker.py MODEL_DIR OUT_DIR KILL_AT [OVERRIDES_JSON]
 """
 
+import json
 import os
 import signal
 import sys
@@ -27,4 +28,4 @@ def step(self, *a, **kw):
 
 
 torch.optim.AdamW.step = step
-run(model_dir, out)
+run(model_dir, out, **(json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}))

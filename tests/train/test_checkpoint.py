@@ -41,16 +41,19 @@ def _curve(out: Path) -> list[tuple]:
     return [(r["step"], r["loss"], r["grad_norm"]) for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]
 
 
-def test_resume_after_kill_reproduces_the_loss_curve(tiny_model, tmp_path):
-    whole = run(str(tiny_model), str(tmp_path / "a"))
+@pytest.mark.parametrize("overrides", [{}, {"batch_size": 12, "epochs": 9}])
+def test_resume_after_kill_reproduces_the_loss_curve(tiny_model, tmp_path, overrides):
+    """``batch_size 12`` over the 8 examples: every batch is filled from further passes, whose order
+    the checkpoint keeps with the sampler's RNG state."""
+    whole = run(str(tiny_model), str(tmp_path / "a"), **overrides)
     assert whole["steps"] == 9 and whole["resumed_from_step"] is None
     worker = Path(__file__).with_name("kill_worker.py")
-    proc = subprocess.run([sys.executable, str(worker), str(tiny_model), str(tmp_path / "b"), "5"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, str(worker), str(tiny_model), str(tmp_path / "b"), "5",
+                           json.dumps(overrides)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-2000:]  # killed by SIGKILL during step 5
     assert len(_curve(tmp_path / "b")) == 4 and not (tmp_path / "b" / "student").exists()
     assert [p.name for p in (tmp_path / "b" / "student.ckpt").iterdir()] == ["step-00000003"]
-    resumed = run(str(tiny_model), str(tmp_path / "b"))
+    resumed = run(str(tiny_model), str(tmp_path / "b"), **overrides)
     assert resumed["resumed_from_step"] == 3
     assert _curve(tmp_path / "b") == _curve(tmp_path / "a")  # exact: same floats at every step
     # A finished run keeps only the record of it, until its caller's outputs are whole (checkpoint.drop).

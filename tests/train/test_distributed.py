@@ -134,15 +134,33 @@ def test_deal_balances_tokens_and_keeps_every_example_once():
     assert all(shares) and len(deal(batch[:3], 3)) == 3 and all(deal(batch[:3], 3))
 
 
-def test_fewer_examples_than_processes_is_one_line_before_training(tiny_model, tiny_model_b, tmp_path):
-    """One training example for two processes left rank 1 an empty share of every batch, and collate
-    crashed on max() of nothing (a ValueError traceback from each rank) after the models had loaded."""
-    proc = _torchrun(tiny_model, tiny_model_b, tmp_path / "ddp", "one-example")
-    assert proc.returncode != 0
-    lines = [ln for ln in proc.stderr.splitlines() if "training example" in ln and "2 processes" in ln]
-    assert lines and "1 training example" in lines[0], proc.stderr[-3000:]
-    assert "max() arg is an empty sequence" not in proc.stderr
-    assert not (tmp_path / "ddp" / "metrics.jsonl").exists()
+def test_deal_gives_every_process_enough_examples_for_its_micro_batches():
+    """By tokens alone, a long example and three short ones over 2 processes gave one process the
+    long one only: with grad_accum_steps 2 its second micro-batch was empty, and collate crashed."""
+    from potstill.train.batching import Example
+    from potstill.train.distributed import deal
+
+    batch = [Example(ids=list(range(n)), n_prompt=1) for n in (100, 10, 10, 10)]
+    assert sorted(map(len, deal(batch, 2))) == [1, 3]  # least 1: the token balance, as before
+    shares = deal(batch, 2, least=2)
+    assert sorted(map(len, shares)) == [2, 2] and sorted(id(e) for s in shares for e in s) == sorted(map(id, batch))
+    assert all(m for s in shares for m in deal(s, 2))
+
+
+def test_a_set_smaller_than_one_batch_trains_like_one_process(tiny_model, tiny_model_b, tmp_path):
+    """3 training examples, batch_size 4, grad_accum_steps 2, 2 processes: the batch held the 3
+    examples only, rank 0's second micro-batch was empty and collate crashed on max() of nothing
+    (rank 1 then died on a closed gloo connection). The batch is now filled by repeating examples,
+    drawn alike on every rank: the curve is one process's."""
+    proc = _torchrun(tiny_model, tiny_model_b, tmp_path / "ddp", "small-accum2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    single = _torchrun(tiny_model, tiny_model_b, tmp_path / "one", "small-accum2", processes=1)
+    assert single.returncode == 0, single.stderr[-3000:]
+    two, one = _rows(tmp_path / "ddp"), _rows(tmp_path / "one")
+    assert len(two) == len(one) == 2  # epochs 1.5 of a set within one batch
+    for a, b in zip(two, one):
+        assert a["tokens"] == b["tokens"]
+        assert abs(a["loss"] - b["loss"]) <= 1e-5 * max(1.0, abs(b["loss"])), (a["step"], a["loss"], b["loss"])
 
 
 def test_a_command_that_succeeds_under_a_launcher_ends_its_process_group(tmp_path):

@@ -228,6 +228,49 @@ def test_no_example_is_twice_in_one_batch_across_passes(n, batch_size):
         assert passes >= 3 and all(sorted(drawn[k * n:(k + 1) * n]) == list(range(n)) for k in range(passes))
 
 
+@pytest.mark.parametrize("n,batch_size", [(3, 8), (1, 4), (2, 5), (3, 4)])
+def test_a_set_smaller_than_one_batch_fills_it_with_every_example_as_evenly_as_it_can(n, batch_size):
+    """Fewer examples than batch_size: the batch held each example once, so fewer than batch_size
+    (3 of 8), where README promised repeats. Now further passes fill it, each example floor or ceil
+    of batch_size / n times, and every pass still holds each example once."""
+    import random
+    from collections import Counter
+
+    from potstill.train.trainer import top_up
+
+    for seed in range(200):
+        rng, order = random.Random(seed), []
+        drawn: list[int] = []
+        for _ in range(6):
+            if len(order) < batch_size:
+                order = top_up(order, n, batch_size, rng)
+            batch, order = order[:batch_size], order[batch_size:]
+            times = Counter(batch)
+            assert len(batch) == batch_size and sorted(times) == list(range(n)), (seed, batch)
+            assert set(times.values()) <= {batch_size // n, -(-batch_size // n)}, (seed, batch)
+            drawn += batch
+        assert all(sorted(drawn[k * n:(k + 1) * n]) == list(range(n)) for k in range(len(drawn) // n))
+
+
+def test_a_set_smaller_than_one_batch_trains_full_batches_with_grad_accum(tiny_model, tmp_path):
+    """3 examples, batch_size 8, grad_accum_steps 4: the batch held the 3 examples only, so the
+    micro-batches past the third were empty and the first step crashed in collate (ValueError: max()
+    arg is an empty sequence) after the model had loaded. Each step now trains 8 examples."""
+    task = get_task(TaskConfig(type="freetext", instruction="summary"))
+    records = [Record(messages=[{"role": "user", "content": t}], output=o, valid=True)
+               for t, o in zip(TEXTS[:3], ["sports match", "tech", "politics party vote"])]
+    lm = load_lm(str(tiny_model), device="cpu")
+    fmt = student_format(lm, task)
+    lengths = [len(e.ids) for e in build_examples(lm, fmt, task, records, 64)]
+    cfg = TrainConfig(objective="sft", lr=0.01, batch_size=8, grad_accum_steps=4, epochs=2, seed=0)
+    summary = train(lm, fmt, task, records, [], cfg, 64, tmp_path / "student", tmp_path / "metrics.jsonl")
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert summary["steps"] == len(rows) == 2  # epochs 2 of a set within one batch: a step each
+    # 8 examples a step: two of the three 3 times, one twice (tokens is the running total).
+    per_step = [rows[0]["tokens"], rows[1]["tokens"] - rows[0]["tokens"]]
+    assert all(t in {3 * sum(lengths) - n for n in lengths} for t in per_step), (per_step, lengths)
+
+
 def test_a_student_without_a_chat_template_learns_where_its_answer_ends(tmp_path):
     """A plain-text prompt's target ended with a newline, which no generation stops at: the trained
     student wrote on to its token budget ('sports match team team team ...', 16 of 16 tokens). It ends

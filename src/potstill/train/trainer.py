@@ -28,6 +28,7 @@ import json
 import math
 import random
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -250,16 +251,12 @@ def _setup(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: li
     if cfg.batch_size < accel.num_processes * cfg.grad_accum_steps:
         # Each process runs grad_accum_steps micro-batches of its share, and under DDP every one of
         # them must hold an example: a process skipping its last backward would leave the others
-        # waiting in its all-reduce.
+        # waiting in its all-reduce. Every batch holds batch_size examples (top_up repeats those of
+        # a smaller set), and deal gives each process grad_accum_steps of them at least.
         split = f" x train.grad_accum_steps {cfg.grad_accum_steps}" if cfg.grad_accum_steps > 1 else ""
         raise PotstillError(f"train.batch_size {cfg.batch_size} is smaller than the {accel.num_processes} "
                             f"process{'es' if accel.num_processes > 1 else ''}{split}: every micro-batch needs "
                             "an example")
-    if 0 < len(records) < accel.num_processes:
-        # Every batch is dealt out among the processes; one with no example has nothing to collate.
-        raise PotstillError(f"train: {len(records)} training example{'s' if len(records) > 1 else ''} for "
-                            f"{accel.num_processes} processes; each process needs one in every batch: launch at "
-                            f"most {len(records)} processes or add examples")
     model, base = _student_model(lm, cfg)
     spec = LossSpec(cfg.kd_kind, cfg.kd_beta, cfg.kd_alpha, cfg.kd_temperature,
                     tuple(label_token_ids(lm.tokenizer, fmt, task.labels)) if task.labels else None,
@@ -469,16 +466,25 @@ def _decay_groups(params: list[torch.nn.Parameter], weight_decay: float) -> list
 
 
 def top_up(order: list[int], n: int, batch_size: int, rng: random.Random) -> list[int]:
-    """``order`` (what is left of this pass over ``n`` examples) followed by a fresh shuffled pass.
-    The batch that spans the two passes is completed with examples the leftover does not hold (a
+    """``order`` (what is left of this pass over ``n`` examples, fewer than ``batch_size``) followed
+    by fresh shuffled passes, as many as the next batch needs to be full: one, unless the set is
+    smaller than a batch (3 examples, batches of 8: the leftover and 2 or 3 more passes).
+
+    Within the batch being filled, each new pass puts first the examples the batch holds the fewest
+    times, in their shuffled order: with ``n >= batch_size`` those the leftover does not hold (a
     leftover one drawn again sat twice in one batch: 172 of 200 seeds at 5 examples, batches of 4);
-    the rest of the new pass keeps its shuffled order."""
-    fresh = list(range(n))
-    rng.shuffle(fresh)
-    left = set(order)
-    first = [i for i in fresh if i not in left][: max(0, batch_size - len(order))]
-    taken = set(first)
-    return order + first + [i for i in fresh if i not in taken]
+    with fewer, every example comes floor or ceil of batch_size / n times (3 examples, 8 a batch: 3,
+    3 and 2). The rest of the pass, past the batch, keeps its shuffled order; every pass still holds
+    each example once."""
+    order = list(order)
+    while len(order) < batch_size:
+        fresh = list(range(n))
+        rng.shuffle(fresh)
+        held = Counter(order)  # all of order is in the batch being filled: it is shorter than one
+        first = sorted(fresh, key=lambda i: held[i])[: batch_size - len(order)]  # stable: shuffled within a count
+        taken = set(first)
+        order += first + [i for i in fresh if i not in taken]
+    return order
 
 
 def _next_batch(s: _Setup, p: _Progress, lm: LM, cfg: TrainConfig, max_length: int) -> tuple[list[Example], bool]:
@@ -488,7 +494,9 @@ def _next_batch(s: _Setup, p: _Progress, lm: LM, cfg: TrainConfig, max_length: i
     batch = [s.examples[i] for i in p.order[: cfg.batch_size]]
     p.order = p.order[cfg.batch_size :]
     onpolicy = cfg.onpolicy_fraction > 0 and p.rng.random() < cfg.onpolicy_fraction
-    mine = deal(batch, s.accel.num_processes)[s.accel.process_index]
+    # At least grad_accum_steps examples a process, so each of its micro-batches holds one (_setup
+    # checked batch_size >= processes x grad_accum_steps, and the batch is always full).
+    mine = deal(batch, s.accel.num_processes, least=cfg.grad_accum_steps)[s.accel.process_index]
     if onpolicy:
         mine = sample_batch(s.base, mine, lm.tokenizer.pad_token_id,
                             stop_token_ids(lm.tokenizer, getattr(s.base, "generation_config", None)),
