@@ -166,7 +166,11 @@ class TrainConfig(Section):
     max_steps: int | None = Field(
         None, ge=1, description="Optimizer steps to run, instead of the number epochs gives (batches keep "
         "drawing from reshuffled passes).")
-    batch_size: int = Field(8, ge=1, description="Examples per optimizer step (all processes together).")
+    batch_size: int = Field(
+        8, ge=1, description="Examples per optimizer step (all processes together), every step: a last batch "
+        "short of it is topped up from the next shuffled pass, and a training set smaller than one batch repeats "
+        "its examples to fill it, each floor or ceil of batch_size / examples times (3 examples, batch_size 8: "
+        "3, 3 and 2 times; one step an epoch, rounded up). At least processes x grad_accum_steps.")
     grad_accum_steps: int = Field(
         1, ge=1, description="Run each step's batch_size examples as this many micro-batches, one after another, "
         "their gradients summed: the same update as one batch (each loss term is still divided by its count over "
