@@ -41,7 +41,8 @@ from potstill.serve.messages import MESSAGES, add_messages_route
 from potstill.serve.messages import error_body as anthropic_error
 from potstill.serve.responses import add_responses_route
 from potstill.serve.tokenize import add_tokenize_routes
-from potstill.serve.streaming import LiveText, first_piece, live_events, whole_events
+from potstill.serve.streaming import (LiveText, ServerStopped, first_piece, live_events, settle_pending, unsettled,
+                                      whole_events)
 from potstill.serve.tool_routing import served_tools, student_calls
 from potstill.serve.schemas import (ChatCompletion, ChatRequest, ErrorBody, Health, ModelCard, ModelList,
                                     ResponsesRequest)
@@ -133,6 +134,16 @@ def build_app(service: Service, api_key: str | None) -> FastAPI:
             say(f"serve: {again} background response(s) a stopped server left unanswered are asked again"
                 + (f", {failed} kept as failed (their request could not be asked again)" if failed else ""))
         yield
+        # uvicorn has waited for every connection; the teacher's answers to clients that left a
+        # stream are still coming (``settle_later``): logged before the ledger closes, for at most
+        # one teacher timeout (a stop should not hang on a teacher that never answers).
+        timeout_s = service.teacher.cfg.timeout_s
+        if unsettled():
+            say(f"serve: stopping; waiting up to {timeout_s:g} s for {unsettled()} teacher answer(s) to "
+                "streams whose clients left, to log them")
+        waited, cut = await settle_pending(timeout_s)
+        if cut:
+            say(f"serve: {cut} of {waited} teacher answer(s) did not come in time; logged as failed (server_stopped)")
         await held["batches"].stop()
 
     app = FastAPI(title="potstill serve", version="1", description="OpenAI-compatible student with teacher fallback.",
@@ -234,6 +245,8 @@ def failure_reply(service: Service, e: BaseException, path: str) -> dict[str, An
                     "ctranslate2 or llamacpp", param=param)
     if isinstance(e, TeacherError):
         return teacher_error_reply(service, e)
+    if isinstance(e, ServerStopped):  # no client reads it: the row's status and error say what happened
+        return dict(status=503, message=str(e), code="server_stopped", role="teacher", model=service.teacher_name)
     return dict(status=500, message=f"internal error ({type(e).__name__})")
 
 
@@ -417,11 +430,7 @@ def _add_chat_route(app: FastAPI, service: Service, requests: Counter, latency: 
 def _stream_failure(service: Service, state: dict, e: BaseException, log_error: Any) -> dict[str, Any]:
     """A live stream's failure after its 200: logged as a failed request is, and the error body
     (OpenAI's form) its last event carries."""
-    if isinstance(e, TeacherError):
-        reply = teacher_error_reply(service, e)
-    else:
-        reply = dict(status=500, message=f"internal error ({type(e).__name__})", param=None, code=None)
-    return logged_failure(state, reply, log_error)
+    return logged_failure(state, failure_reply(service, e, state.get("endpoint") or CHAT), log_error)
 
 
 def logged_failure(state: dict, reply: dict[str, Any], log_error: Any) -> dict[str, Any]:

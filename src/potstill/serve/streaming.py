@@ -158,12 +158,24 @@ async def pieces(task: asyncio.Future, live_text: LiveText) -> AsyncIterator[Pie
         yield live_text.queue.get_nowait()
 
 
+class ServerStopped(Exception):
+    """The server stopped before the teacher's answer to a client that had left came: its request's
+    failed row (``settle_later``), as the teacher was asked and may still bill it."""
+
+
 def settle_later(task: asyncio.Future, record: OnAnswer, failed: OnFailure) -> None:
     """A live stream ended before its answer was logged (the client left, the server is stopping):
-    the answer, paid for, is still awaited and logged, or its failure."""
+    the answer, paid for, is still awaited and logged, or its failure. A server stopping waits for
+    it (``settle_pending``); one it stops waiting for is logged as failed (``ServerStopped``)."""
     async def settle() -> None:
         try:
             served = await task
+        except asyncio.CancelledError:
+            # Cancelled where the server stopped waiting (or the event loop is closing): without this
+            # row the request left no trace in the ledger, the bill, though the teacher was asked.
+            await failed(ServerStopped("the server stopped before the teacher's answer came (the client had "
+                                       "left; the teacher was asked and may bill it)"))
+            raise
         except Exception as e:  # noqa: BLE001 - logged as the failed request it is
             await failed(e)
         else:
@@ -172,6 +184,25 @@ def settle_later(task: asyncio.Future, record: OnAnswer, failed: OnFailure) -> N
     t = asyncio.ensure_future(settle())
     _SETTLING.add(t)
     t.add_done_callback(_SETTLING.discard)
+
+
+def unsettled() -> int:
+    """How many answers to clients that left are still awaited (``settle_later``)."""
+    return len(_SETTLING)
+
+
+async def settle_pending(timeout_s: float) -> tuple[int, int]:
+    """At shutdown, before the teacher's client and the ledger close: wait up to ``timeout_s`` for
+    the answers of clients that left (``settle_later``) to be logged, then cancel the rest, each
+    then logged as failed. Returns (how many there were, how many were cancelled)."""
+    pending = set(_SETTLING)
+    if not pending:
+        return 0, 0
+    _, left = await asyncio.wait(pending, timeout=timeout_s)
+    for t in left:
+        t.cancel()
+    await asyncio.gather(*left, return_exceptions=True)
+    return len(pending), len(left)
 
 
 async def failure_body(failed: OnFailure, e: BaseException) -> dict[str, Any]:
