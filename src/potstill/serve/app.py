@@ -48,7 +48,7 @@ from potstill.serve.schemas import (ChatCompletion, ChatRequest, ErrorBody, Heal
                                     ResponsesRequest)
 from potstill.ledger_rows import with_tool_fields
 from potstill.tool_calls import unanswered_result
-from potstill.serve.escalation import TeacherError
+from potstill.serve.escalation import ClientGone, TeacherError
 from potstill.serve.service import LogprobsUnavailable, Service
 
 CHAT = "/v1/chat/completions"
@@ -63,7 +63,8 @@ SSE_EVENT = {"type": "object", "required": ["data"],
 # invalid_request_error; its code tells them apart (invalid_api_key, model_not_found). A 5xx is its
 # server_error, a failed escalation's 502 too (code teacher_failed says whose failure it was).
 _TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
-          405: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error"}
+          405: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error",
+          499: "invalid_request_error"}
 # A teacher's refusals that are about the chat the client sent (over the teacher's context, too
 # large, filtered): passed on as the client's 400. A 400 for the operator's settings (OpenAI's
 # unsupported_parameter for max_tokens on a reasoning model, a wrong model name) and every other
@@ -206,7 +207,7 @@ def _add_error_handlers(app: FastAPI, service: Service, requests: Counter):
     async def _failed(request: Request, e: Exception) -> JSONResponse:
         return await on_error(request, **failure_reply(service, e, request.url.path))
 
-    for kind in (APIError, RefusedChat, LogprobsUnavailable, TeacherError):
+    for kind in (APIError, RefusedChat, LogprobsUnavailable, TeacherError, ClientGone):
         app.add_exception_handler(kind, _failed)
 
     @app.exception_handler(RequestValidationError)
@@ -245,6 +246,9 @@ def failure_reply(service: Service, e: BaseException, path: str) -> dict[str, An
                     "ctranslate2 or llamacpp", param=param)
     if isinstance(e, TeacherError):
         return teacher_error_reply(service, e)
+    if isinstance(e, ClientGone):  # no client reads it either: the row says why the teacher was not asked
+        return dict(status=499, message=str(e), code="client_closed_request", role="teacher",
+                    model=service.teacher_name, request_hash=e.request_hash)
     if isinstance(e, ServerStopped):  # no client reads it: the row's status and error say what happened
         return dict(status=503, message=str(e), code="server_stopped", role="teacher", model=service.teacher_name)
     return dict(status=500, message=f"internal error ({type(e).__name__})")

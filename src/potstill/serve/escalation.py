@@ -10,6 +10,7 @@ else from the teacher itself.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import fields
@@ -19,6 +20,7 @@ from potstill.generate.consistency import one_sample, vote
 from potstill.ledger_rows import chat_messages
 from potstill.records import Record
 from potstill.serve.formats import FormatError
+from potstill.serve.gate import CLIENT_GONE
 from potstill.serve.schemas import ChatRequest
 from potstill.serve.streaming import LiveText
 from potstill.serve.tool_routing import named_tool, served_tools, student_calls
@@ -42,6 +44,15 @@ class TeacherError(Exception):
         # request_hash: the ledger key of the request the teacher failed, for the failed row; billed:
         # the failed answer, whose tokens and cost the provider may still bill (a refusal), for that row.
         self.status, self.code, self.request_hash, self.billed = status, code, request_hash, billed
+
+
+class ClientGone(Exception):
+    """The client closed its request while its escalation waited for a teacher slot: it was never
+    sent (nothing asked, nothing paid), and its row says so (499, nginx's "client closed request")."""
+
+    def __init__(self, request_hash: str):
+        super().__init__("the client closed the request before the teacher was asked; nothing was sent to it")
+        self.request_hash = request_hash
 
 
 class TeacherSide:
@@ -150,14 +161,48 @@ class TeacherSide:
                     ans = one_sample(ans, vote(ans["samples"], self.task.parse, self.task.validate)[0])
                 r = Response(**{k: v for k, v in ans.items() if k in _RESPONSE_FIELDS})
                 return r, True, key
-        # One request on the teacher's long-lived worker (an API client, or the one in-process model).
-        if live_text is not None:
-            live_text.asked_at = time.perf_counter()
-        r = await asyncio.wrap_future(self.teacher.submit(req) if live_text is None else
-                                      self.teacher.submit(req, on_delta=live_text))
-        if not r.ok:
-            raise TeacherError(r.error or "the teacher returned no answer", r.error_status, r.error_code, h, r)
-        return r, False, h
+        return await self._asked(h, req, live_text)
+
+    async def _asked(self, h: str, req: dict[str, Any], live_text: LiveText | None) -> tuple[Response, bool, str]:
+        """The teacher's answer to ``req`` (hash ``h``), asked anew on its long-lived worker (an API
+        client, or the one in-process model), in one of ``teacher.concurrency`` slots. An escalation
+        waiting for a slot whose client has left (``CLIENT_GONE``) is not sent: ``ClientGone``.
+        Where answers are reused (``reuses_escalations``), a request identical to one being asked is
+        answered by that call, as if from the ledger (``cached``), instead of paying for it again."""
+        loop = asyncio.get_running_loop()
+        if self._asking is None or self._asking[0] is not loop:  # asyncio's parts belong to one loop
+            self._asking = (loop, asyncio.Semaphore(self.teacher.cfg.concurrency), {})
+        _, slots, asking = self._asking
+        merge = self.reuses_escalations()
+        gone = CLIENT_GONE.get()
+        shared = asking.get(h) if merge else None
+        if shared is None:
+            if gone is not None and gone.is_set():
+                raise ClientGone(h)
+            await slots.acquire()
+            try:
+                if gone is not None and gone.is_set():
+                    raise ClientGone(h)
+                shared = asking.get(h) if merge else None  # asked while this one waited for its slot
+                if shared is None:
+                    if live_text is not None:
+                        live_text.asked_at = time.perf_counter()
+                    asked = asyncio.wrap_future(self.teacher.submit(req) if live_text is None else
+                                                self.teacher.submit(req, on_delta=live_text))
+                    if merge:
+                        asking[h] = asked
+                        asked.add_done_callback(lambda _: asking.pop(h, None))
+                    r = await asked
+                    if not r.ok:
+                        raise TeacherError(r.error or "the teacher returned no answer", r.error_status, r.error_code,
+                                           h, r)
+                    return r, False, h
+            finally:
+                slots.release()
+        r = await asyncio.shield(shared)
+        if not r.ok:  # the failed call's tokens and cost are in its asker's row, not this one's
+            raise TeacherError(r.error or "the teacher returned no answer", r.error_status, r.error_code, h)
+        return dataclasses.replace(r), True, h
 
     def _escalation_hash(self, request: dict[str, Any]) -> str:
         """The hash a refused or failed chat request would have had escalated, as ``answer`` computes

@@ -4,11 +4,13 @@ with the request id every response carries and what the ledger keeps of a reques
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import re
 import time
 import uuid
+from contextvars import ContextVar
 from typing import Any
 
 from potstill.responses_format import surrogate_at
@@ -31,6 +33,11 @@ def key_sent(headers: dict[bytes, bytes], key: str) -> bool:
     return hmac.compare_digest(auth.encode(), f"Bearer {key}".encode()) or hmac.compare_digest(
         headers.get(b"x-api-key", b""), key.encode())
 
+
+# Set once the client of the request being answered has closed its connection before its response
+# was whole (``Gate``): an escalation still waiting for a teacher slot is then not sent
+# (``TeacherSide._asked``). A context variable, so each task the request starts reads its own.
+CLIENT_GONE: ContextVar[asyncio.Event | None] = ContextVar("potstill_client_gone", default=None)
 
 # The one path open without the key: a load balancer's probe, which says nothing about traffic.
 OPEN = "/health"
@@ -87,16 +94,39 @@ class Gate:
         lone = _lone_surrogate(body)
         if lone:  # in any field: no UTF-8 holds it, for the student's tokenizer, a hash, the ledger or the answer
             return await self.reject(scope, send, 400, f"{lone[0]}: {lone[1]}", lone[0])
-        sent = False
+        sent, answered, gone = False, False, asyncio.Event()
+
+        async def listen() -> dict:
+            # The one reader of ``receive`` once the body is read: a disconnect before the response is
+            # whole is the client leaving (after it, a server says disconnect for every request).
+            msg = await receive()
+            while msg["type"] != "http.disconnect":
+                msg = await receive()
+            if not answered:
+                gone.set()
+            return msg
+
+        listener = asyncio.ensure_future(listen())
 
         async def replay() -> dict:
             nonlocal sent
             if not sent:
                 sent = True
                 return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
+            return await asyncio.shield(listener)
 
-        await self.app(scope, replay, send)
+        async def sending(message: dict) -> None:
+            nonlocal answered
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                answered = True
+            await send(message)
+
+        token = CLIENT_GONE.set(gone)
+        try:
+            await self.app(scope, replay, sending)
+        finally:
+            CLIENT_GONE.reset(token)
+            listener.cancel()
 
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")

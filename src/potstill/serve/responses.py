@@ -25,6 +25,7 @@ from potstill.ledger import ServedCall
 from potstill.responses_format import ResponsesInputError, chat_messages
 from potstill.responses_format import json_type as _json_type
 from potstill.serve.formats import responses_form
+from potstill.serve.gate import CLIENT_GONE
 from potstill.serve.schemas import ResponsesRequest
 from potstill.serve.streaming import LiveText, OnAnswer, OnFailure, Piece, first_piece, relay
 from potstill.teachers.base import join_fragment
@@ -406,6 +407,7 @@ def add_responses_route(app: FastAPI, service: Any, requests: Counter, latency: 
             await _kept(queued)
 
             async def answer_later() -> None:
+                CLIENT_GONE.set(None)  # answered whether its client stays connected or not (this task's own context)
                 try:
                     served = await answering
                     route = await _record(service, state, served, logged, requests, latency)

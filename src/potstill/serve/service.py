@@ -128,6 +128,8 @@ class Service(TeacherSide):
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._identity: tuple[Teacher, dict[str, Any]] | None = None
+        # (event loop, teacher.concurrency slots, the teacher calls in flight by request hash): ``_asked``
+        self._asking: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore, dict[str, asyncio.Future]] | None = None
         self._warned_usage = False  # said once: the teacher's streams carry no token usage
 
     # The current student's parts, read through the live reference (tests and /health use these).

@@ -1,0 +1,116 @@
+"""Escalations waiting for one of the teacher's ``teacher.concurrency`` slots, against a served
+free-text run on loopback whose teacher (an OpenAI-compatible server on loopback) holds its first
+answer: a request whose client has left by the time it gets a slot is never sent (its row says
+so), and identical requests in flight together are one teacher call. Official openai client."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from contextlib import contextmanager
+
+import openai
+from fastapi import Body, FastAPI
+
+from potstill.serve.routing import Routing
+from potstill.teachers import get_teacher
+from tests.helpers.live_server import LiveServer
+from tests.serve.conftest import client, rows, served_free_text
+
+
+def _holding_teacher(asked: list[str], release: threading.Event) -> FastAPI:
+    """An OpenAI-compatible server that notes each chat's question and answers once ``release`` is set."""
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    def chat(body: dict = Body()) -> dict:
+        asked.append(body["messages"][-1]["content"])
+        release.wait(timeout=30)
+        return {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "an answer"},
+                             "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 20, "completion_tokens": 2, "total_tokens": 22}}
+
+    return app
+
+
+@contextmanager
+def one_slot_teacher(service):
+    """The served run's teacher: ``_holding_teacher`` behind one slot (``teacher.concurrency`` 1),
+    every request routed to it. Yields (the questions it was asked, its release)."""
+    asked, release = [], threading.Event()
+    saved = service.teacher
+    with LiveServer(_holding_teacher(asked, release)) as fake:
+        service.teacher = get_teacher(saved.cfg.model_copy(update={"base_url": fake.url + "/v1", "concurrency": 1}),
+                                      service.task)
+        service.routing = Routing(confidence_threshold=math.inf, ood_threshold=math.inf)
+        try:
+            yield asked, release
+        finally:
+            release.set()
+            service.teacher.close()
+            service.teacher = saved
+
+
+def wait_for(check, timeout_s: float = 20.0) -> None:
+    deadline = time.time() + timeout_s
+    while not check() and time.time() < deadline:
+        time.sleep(0.05)
+    assert check()
+
+
+def ask(live, text: str, out: list, **kw) -> threading.Thread:
+    def run() -> None:
+        try:
+            c = client(live).with_options(**kw) if kw else client(live)
+            out.append(c.chat.completions.create(model="potstill", messages=[{"role": "user", "content": text}]))
+        except openai.APIError as e:
+            out.append(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
+def test_an_escalation_whose_client_left_while_it_waited_for_a_slot_is_not_sent(tmp_path, tiny_model, teacher_server,
+                                                                               monkeypatch):
+    with served_free_text(tmp_path, tiny_model, teacher_server, monkeypatch, reuse_escalations=False) as (service, live):
+        with one_slot_teacher(service) as (asked, release):
+            first, second = [], []
+            t1 = ask(live, "the first one takes the slot", first)
+            wait_for(lambda: asked)
+            t2 = ask(live, "the second one waits and leaves", second, timeout=0.5)
+            t2.join()
+            assert isinstance(second[0], openai.APITimeoutError)  # its client gave up while it waited
+            release.set()
+            t1.join()
+            wait_for(lambda: len(rows(service)) == 2)
+        assert asked == ["the first one takes the slot"]  # before, the second was sent (and paid) after its client left
+        by_text = {json.loads(r["request"])["messages"][-1]["content"]: r for r in rows(service)}
+        assert by_text["the first one takes the slot"]["status"] == "ok"
+        gone = by_text["the second one waits and leaves"]
+        assert (gone["status"], gone["role"], gone["cost_usd"]) == ("error", "teacher", 0)
+        assert gone["error"].startswith("499: the client closed the request before the teacher was asked")
+
+
+def test_identical_escalations_in_flight_together_are_one_teacher_call(tmp_path, tiny_model, teacher_server,
+                                                                      monkeypatch):
+    with served_free_text(tmp_path, tiny_model, teacher_server, monkeypatch) as (service, live):
+        with one_slot_teacher(service) as (asked, release):
+            out: list = []
+            threads = [ask(live, "the same question", out)]
+            wait_for(lambda: asked)
+            threads += [ask(live, "the same question", out) for _ in range(3)]
+            time.sleep(0.5)  # the three are waiting on the first's call
+            release.set()
+            for t in threads:
+                t.join()
+        assert asked == ["the same question"]  # before, one teacher call each (4 paid)
+        assert [c.choices[0].message.content for c in out] == ["an answer"] * 4
+        logged = rows(service)
+        assert len(logged) == 4 and {r["status"] for r in logged} == {"ok"}
+        # One row pays the teacher's call; the others were answered by it, as from the ledger.
+        assert sorted(json.loads(r["response"])["reason"] for r in logged) == \
+            ["low_confidence"] + ["low_confidence+cached"] * 3
