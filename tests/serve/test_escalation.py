@@ -497,3 +497,34 @@ def test_a_refused_escalation_keeps_the_tokens_and_cost_the_provider_billed(serv
     row = rows(service)[-1]
     assert row["status"] == "error" and (row["input_tokens"], row["output_tokens"]) == (20, 11)
     assert expected > 0 and row["cost_usd"] == pytest.approx(expected)
+
+
+def test_a_failed_escalations_502_tells_the_sdk_not_to_retry_and_passes_on_retry_after(served, force):
+    """serve already retried the teacher (teacher.max_retries, after its Retry-After); the openai
+    SDK, at its default 2 retries, then sent the whole request twice more: 3 teacher requests per
+    client call here (teacher.max_retries 0), (1 + 5) x 3 = 18 at the defaults. The 502 now says
+    x-should-retry: false, which the openai and anthropic SDKs obey, and carries the teacher's Retry-After."""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    asked: list[int] = []
+    provider = FastAPI()
+
+    @provider.post("/v1/chat/completions")
+    def chat() -> JSONResponse:
+        asked.append(1)
+        return JSONResponse({"error": {"message": "Rate limit reached", "type": "requests", "param": None,
+                                       "code": "rate_limit_exceeded"}}, status_code=429, headers={"retry-after": "2"})
+
+    service, live = served
+    force("teacher")
+    sdk = openai.OpenAI(base_url=live.url + "/v1", api_key=client(live).api_key)  # the SDK's own default retries
+    assert sdk.max_retries == 2
+    with teacher_behind(service, provider):
+        with pytest.raises(openai.InternalServerError) as e:
+            sdk.chat.completions.create(model="potstill", messages=[{"role": "user", "content": "the retried vote"}])
+    assert (e.value.status_code, e.value.code) == (502, "teacher_failed")
+    assert len(asked) == 1, f"{len(asked)} teacher requests for one client call"
+    assert e.value.response.headers["x-should-retry"] == "false"
+    assert e.value.response.headers["retry-after"] == "2"
+    assert len([r for r in rows(service) if "the retried vote" in r["request"]]) == 1

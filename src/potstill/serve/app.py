@@ -197,12 +197,13 @@ def _add_error_handlers(app: FastAPI, service: Service, requests: Counter):
 
     async def on_error(request: Request, status: int, message: str, param: str | None = None,
                        role: str = "student", model: str | None = None, code: str | None = None,
-                       detail: str | None = None, request_hash: str | None = None, billed: Any = None) -> JSONResponse:
+                       detail: str | None = None, request_hash: str | None = None, billed: Any = None,
+                       headers: dict[str, str] | None = None) -> JSONResponse:
         body = _error_body(request.url.path, status, message, param, code)
         if request.url.path.rstrip("/") in SERVED:
             await asyncio.to_thread(log_error, request.scope.setdefault("state", {}), status, body, role, model,
                                     detail, request_hash, billed)
-        return JSONResponse(body, status_code=status)
+        return JSONResponse(body, status_code=status, headers=headers)
 
     async def _failed(request: Request, e: Exception) -> JSONResponse:
         return await on_error(request, **failure_reply(service, e, request.url.path))
@@ -272,8 +273,13 @@ def teacher_error_reply(service: Service, e: TeacherError) -> dict[str, Any]:
         return dict(status=400, message=told, param="messages", code=code, detail=f"the teacher refused the chat: {e}",
                     **who)
     told = f"the teacher failed to answer ({kind})" if kind else "the teacher failed to answer"
+    # The teacher was already retried (teacher.max_retries, honouring its Retry-After): an SDK
+    # retrying the 502 too would repeat all of them, (1 + max_retries) x 3 teacher requests at the
+    # openai SDK's default 2 retries. x-should-retry: false stops the openai and anthropic SDKs;
+    # the provider's Retry-After (whole seconds, as HTTP has it) tells the client's own code how long.
+    wait = {"retry-after": str(math.ceil(e.retry_after_s))} if e.retry_after_s is not None else {}
     return dict(status=502, message=told + "; the server's ledger holds the details", code="teacher_failed",
-                detail=f"the teacher failed to answer: {e}", **who)
+                detail=f"the teacher failed to answer: {e}", headers={"x-should-retry": "false", **wait}, **who)
 
 
 def _body_problem(request: Request) -> str:

@@ -39,11 +39,13 @@ class TeacherError(Exception):
     context_length_exceeded: see ``app._clients_fault``)."""
 
     def __init__(self, message: str, status: int | None = None, code: str | None = None,
-                 request_hash: str | None = None, billed: Response | None = None):
+                 request_hash: str | None = None, billed: Response | None = None, retry_after_s: float | None = None):
         super().__init__(message)
         # request_hash: the ledger key of the request the teacher failed, for the failed row; billed:
-        # the failed answer, whose tokens and cost the provider may still bill (a refusal), for that row.
+        # the failed answer, whose tokens and cost the provider may still bill (a refusal), for that row;
+        # retry_after_s: the provider's Retry-After, passed on to the client.
         self.status, self.code, self.request_hash, self.billed = status, code, request_hash, billed
+        self.retry_after_s = retry_after_s
 
 
 class ClientGone(Exception):
@@ -195,13 +197,14 @@ class TeacherSide:
                     r = await asked
                     if not r.ok:
                         raise TeacherError(r.error or "the teacher returned no answer", r.error_status, r.error_code,
-                                           h, r)
+                                           h, r, r.retry_after_s)
                     return r, False, h
             finally:
                 slots.release()
         r = await asyncio.shield(shared)
         if not r.ok:  # the failed call's tokens and cost are in its asker's row, not this one's
-            raise TeacherError(r.error or "the teacher returned no answer", r.error_status, r.error_code, h)
+            raise TeacherError(r.error or "the teacher returned no answer", r.error_status, r.error_code, h,
+                               retry_after_s=r.retry_after_s)
         return dataclasses.replace(r), True, h
 
     def _escalation_hash(self, request: dict[str, Any]) -> str:

@@ -86,6 +86,8 @@ class Response:
     #: chat over its context) and the provider's error code (``context_length_exceeded``), where known.
     error_status: int | None = None
     error_code: str | None = None
+    #: A failed request's wait in seconds the provider asked for (``Retry-After``), where it sent one.
+    retry_after_s: float | None = None
     #: Why the model stopped (``stop``, ``length``, ``end_turn``...); one per sample when n > 1.
     stop_reason: str | list[str] | None = None
     #: The tools the model called, in OpenAI's form ({id, type: function, function: {name, arguments}}).

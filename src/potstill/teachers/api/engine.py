@@ -29,7 +29,7 @@ from potstill.config import GenerateConfig, PriceConfig, TeacherConfig
 from potstill.errors import PotstillError, redact, url_secrets, url_without_credentials
 from potstill.progress import say
 from potstill.tasks import Task
-from potstill.teachers.api.limits import RateLimiter
+from potstill.teachers.api.limits import RateLimiter, retry_after
 from potstill.teachers.api.prices import price_for, token_cost
 from potstill.teachers.base import OnDelta, OnResult, Response, RunStats, Teacher, halting
 
@@ -221,8 +221,10 @@ async def send(teacher: ApiTeacher, client: Any, req: dict[str, Any], limiter: R
         except Exception as e:  # noqa: BLE001 - every failure becomes an error row, retried next run
             msg = redact(f"{type(e).__name__}: {e}", teacher.secrets())
             status = getattr(e, "status_code", None)
+            headers = getattr(getattr(e, "response", None), "headers", None)  # an SDK's APIStatusError's
             resp = Response(output=None, error=msg[:500], error_status=status if isinstance(status, int) else None,
-                            error_code=teacher.error_code(e))
+                            error_code=teacher.error_code(e),
+                            retry_after_s=retry_after(headers) if headers is not None else None)
     resp.latency_s = resp.latency_s or time.perf_counter() - t0
     limiter.settle(ticket, resp.input_tokens + resp.output_tokens)
     if price is not None:
