@@ -576,3 +576,24 @@ def test_a_serve_key_with_a_stray_character_is_one_line_not_a_401_for_everyone(m
     assert "s3rve" not in str(e.value) and "\n" not in str(e.value)
     monkeypatch.setenv("POTSTILL_SERVE_KEY", "s3rve-key")
     assert serve_key(cfg) == "s3rve-key"
+
+
+def test_legacy_function_calling_and_audio_output_are_400s_that_name_the_field(served):
+    """Found by a review: ``functions`` / ``function_call`` (the legacy function calling the openai SDK
+    still sends) and ``modalities: ["audio"]`` / ``audio`` were taken as unknown fields and ignored:
+    the student answered a forced function call, or a request for speech, with a label and
+    finish_reason stop. Each is now a 400 naming the field, and one ledger row."""
+    service, live = served
+    before = len(rows(service))
+    fn = {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}
+    cases = [("functions", {"functions": [fn]}),
+             ("function_call", {"function_call": {"name": "get_weather"}}),
+             ("modalities", {"modalities": ["text", "audio"]}),
+             ("audio", {"audio": {"voice": "alloy", "format": "wav"}})]
+    for param, extra in cases:
+        with pytest.raises(openai.BadRequestError) as e:
+            client(live).chat.completions.create(model="potstill", messages=MSG, **extra)
+        assert (e.value.body["param"], e.value.body["type"]) == (param, "invalid_request_error"), e.value.body
+        assert e.value.body["message"].startswith(f"{param}: ") and "not served here" in e.value.body["message"]
+    assert client(live).chat.completions.create(model="potstill", messages=MSG, modalities=["text"]).choices
+    assert [(r["status"], (r["error"] or "")[:3]) for r in rows(service)[before:]] == [("error", "400")] * 4 + [("ok", "")]

@@ -181,6 +181,33 @@ class ChatRequest(GeneratedRequest):
                                   "(choices[0].logprobs.content), from whichever model answered.")
     top_logprobs: int | None = Field(None, ge=0, le=20, strict=True, description="With logprobs: also the most "
                                      "likely tokens at each position, up to 20 as on OpenAI's API.")
+    # Refused where given (a 400 naming the field): taken as unknown fields, they were ignored, and the
+    # student answered a forced function call, or a request for speech, with text.
+    functions: Any = Field(None, description="Legacy function calling: refused; send tools.")
+    function_call: Any = Field(None, description="Legacy function calling: refused; send tool_choice.")
+    modalities: list[str] | None = Field(None, description="['text'] only: audio output is refused.")
+    audio: Any = Field(None, description="Audio output settings: refused (this server answers text).")
+
+    @field_validator("functions", "function_call")
+    @classmethod
+    def _legacy_functions(cls, v: Any) -> Any:
+        if v is not None:
+            raise ValueError("legacy function calling is not served here; send tools (and tool_choice) instead")
+        return v
+
+    @field_validator("modalities")
+    @classmethod
+    def _modalities(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and "audio" in v:
+            raise ValueError("audio output is not served here; this server answers text (modalities ['text'])")
+        return v
+
+    @field_validator("audio")
+    @classmethod
+    def _audio(cls, v: Any) -> Any:
+        if v is not None:
+            raise ValueError("audio output is not served here; this server answers text")
+        return v
 
     def tool_problem(self) -> str | None:
         """Why ``tool_choice`` does not fit ``tools`` (OpenAI's API refuses both cases), or None."""
