@@ -4,7 +4,8 @@ Every request to ``/v1/chat/completions`` (and to ``/v1/responses``, OpenAI's Re
 text) becomes exactly one ledger row, whatever happens (a ``/v1/completions`` request, one row per
 prompt, answered or failed, ``serve.completions``):
 answered (status ok, role = who answered), rejected (401/400/413: status error), or failed
-(502 when the teacher fails, 500 otherwise). Every 4xx/5xx carries an OpenAI-style body
+(502 when the teacher fails, 499 when its client left before the teacher was asked, 503 when the
+server stopped before the answer to a client that left came, 500 otherwise). Every 4xx/5xx carries an OpenAI-style body
 ``{"error": {"message", "type", "param", "code"}}``. Where a key is set, every path but /health
 needs it; the Bearer key and other headers are never logged; the key is compared in constant time. ``POST /admin/reload`` (same key) swaps in a student
 that ``potstill redistill`` promoted, without a restart (see ``Service.reload``).
