@@ -196,7 +196,7 @@ class Ledger(GenerateRuns):
                 try:
                     rows += self._db.execute(
                         "SELECT request_hash, prompt_hash, request, stop_reason, output_tokens, response FROM calls"
-                        " WHERE status='ok' AND"
+                        " INDEXED BY calls_prompt WHERE status='ok' AND"  # not calls_role_stage: see _by_hash
                         f" role='teacher' AND stage<>'serve' AND prompt_hash IN ({','.join('?' * len(part))})"
                         " ORDER BY id", part).fetchall()
                 except sqlite3.OperationalError:  # a ledger opened read-only before migration 8: no such column
@@ -215,14 +215,22 @@ class Ledger(GenerateRuns):
 
     def _by_hash(self, column: str, where: str, role: str, request_hashes: list[str]) -> list[tuple[str, Any]]:
         """``(request_hash, column)`` of the non-serve rows of ``role`` matching ``where`` for these
-        hashes, oldest first (so a dict built from them keeps the latest), 500 hashes a query."""
+        hashes, oldest first (so a dict built from them keeps the latest), 500 hashes a query.
+
+        INDEXED BY: given 2 or more hashes and no ANALYZE statistics, SQLite (3.40) picks
+        calls_role_stage for ``role=?``, and role teacher is nearly every row, so each query read the
+        whole ledger: generate's lookup of n hashes was n/500 full scans (90k hashes in a ledger of 100k
+        rows: 14.3 s, against 0.42 s by the hash index; ``benchmarks/ledger_lookup.py``). By the hash
+        index a query costs its ~500 index searches whatever the ledger's size; and should that index
+        ever go, SQLite raises instead of quietly scanning."""
         out: list[tuple[str, Any]] = []
         with self._lock:
             for i in range(0, len(request_hashes), 500):
                 part = request_hashes[i : i + 500]
                 q = ",".join("?" * len(part))
                 out += self._db.execute(
-                    f"SELECT request_hash, {column} FROM calls WHERE {where} AND role=? AND stage<>'serve'"
+                    f"SELECT request_hash, {column} FROM calls INDEXED BY calls_hash WHERE {where} AND role=?"
+                    " AND stage<>'serve'"
                     f" AND request_hash IN ({q}) ORDER BY id", [role, *part]).fetchall()
         return out
 
@@ -251,7 +259,9 @@ class Ledger(GenerateRuns):
         q = ",".join("?" * len(request_hashes))
         with self._lock:
             found = self._db.execute(
-                "SELECT request_hash, response, input_tokens, output_tokens FROM calls WHERE stage='serve' AND "
+                # Else calls_role_stage (role, stage), every escalation, even for one hash: see _by_hash.
+                "SELECT request_hash, response, input_tokens, output_tokens FROM calls INDEXED BY calls_hash"
+                " WHERE stage='serve' AND "
                 f"role='teacher' AND status='ok' AND request_hash IN ({q}) AND "
                 "json_extract(response, '$.teacher_stop_reason') IS NOT NULL ORDER BY id", request_hashes).fetchall()
         for h, resp, n_in, n_out in found:
@@ -293,7 +303,8 @@ class Ledger(GenerateRuns):
                 part = request_hashes[i : i + 500]
                 q = ",".join("?" * len(part))
                 cur = self._db.execute(
-                    f"SELECT * FROM calls WHERE role=? AND status='ok' AND stage<>'serve' AND request_hash IN ({q})"
+                    "SELECT * FROM calls INDEXED BY calls_hash"  # not calls_role_stage: see _by_hash
+                    f" WHERE role=? AND status='ok' AND stage<>'serve' AND request_hash IN ({q})"
                     " ORDER BY id",
                     [role, *part],
                 )
