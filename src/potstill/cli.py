@@ -181,7 +181,6 @@ def cost(run_dir: Annotated[Path, typer.Argument(help="Run directory.")],
          = None) -> None:
     """Print spend and tokens per model (teacher, judge, student), cache hits, and the projected cost of the inputs not yet answered."""
     from potstill.ledger import Ledger
-    from potstill.report import spend_by_stage
 
     path = run_dir / "calls.sqlite"
     if not path.exists():
@@ -189,7 +188,7 @@ def cost(run_dir: Annotated[Path, typer.Argument(help="Run directory.")],
     share, basis, resend = _rerun_price(run_dir, config)
     with Ledger(path) as ledger:
         rep = ledger.cost_report(share=share, resend_refused=resend)
-        by_stage = spend_by_stage(ledger, "teacher")
+        by_stage = ledger.spend_by_stage("teacher")
         for m in rep["models"]:
             typer.echo(f"teacher {m['model']}: {m['calls']} calls ({m['calls'] - m['ok']} errors), "
                        f"{m['input_tokens']} input ({m['cached_input_tokens']} cached) + {m['output_tokens']} output tokens, "
@@ -200,7 +199,7 @@ def cost(run_dir: Annotated[Path, typer.Argument(help="Run directory.")],
                            f"{g['input_tokens']} input + {g['output_tokens']} output tokens, ${g['cost_usd']:.4f}")
         # evaluate.judge's calls are paid API calls as well, logged under their own role.
         for role in ("judge", "student"):
-            for m in spend_by_stage(ledger, role):
+            for m in ledger.spend_by_stage(role):
                 typer.echo(f"{role} {m['model']} ({m['stage']}): {m['calls']} calls ({m['errors']} errors), "
                            f"{m['input_tokens']} input + {m['output_tokens']} output tokens, ${m['cost_usd']:.4f}")
         s = ledger.summary("student")

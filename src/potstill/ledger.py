@@ -342,6 +342,18 @@ class Ledger(GenerateRuns):
             "latency_total_s": float(r[4]),
         }
 
+    def spend_by_stage(self, role: str = "student") -> list[dict[str, Any]]:
+        """One role's calls (student, teacher, judge) per model and stage (pilot, generate, evaluate,
+        serve...), sorted so: count, errors, tokens, spend (an error row's too: it holds a cost only
+        where it was billed; a batch answer's at the price it was billed at). Summed by SQLite, so
+        `potstill cost` holds one row per group, not every call with its request and response."""
+        with self._lock:
+            found = self._db.execute(
+                "SELECT model, stage, COUNT(*), SUM(status<>'ok'), SUM(input_tokens), SUM(output_tokens),"
+                " SUM(cost_usd) FROM calls WHERE role=? GROUP BY model, stage ORDER BY model, stage", (role,)).fetchall()
+        return [{"model": m, "stage": st, "calls": int(n), "errors": int(e), "input_tokens": int(i),
+                 "output_tokens": int(o), "cost_usd": float(c)} for m, st, n, e, i, o, c in found]
+
     # ------------------------------------------------------------------ provider batches
     def batch_new(self, key: str, provider: str, model: str, stage: str, attempt: int,
                   items: list[tuple[str, dict[str, Any]]]) -> None:

@@ -85,21 +85,6 @@ def measure_student(lm: Any, task: Task, records: list[Record], usd_per_hour: fl
     }, preds
 
 
-def spend_by_stage(ledger: Ledger, role: str = "student") -> list[dict[str, Any]]:
-    """One role's calls (student, teacher, judge) per model and stage (pilot, generate, evaluate,
-    serve...): count, errors, tokens, spend (an error row's too: it holds a cost only where it was billed)."""
-    groups: dict[tuple[str, str], dict[str, Any]] = {}
-    for r in ledger.rows(role=role):
-        g = groups.setdefault((r["model"], r["stage"]), {"model": r["model"], "stage": r["stage"], "calls": 0, "errors": 0,
-                                                         "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0})
-        g["calls"] += 1
-        g["errors"] += r["status"] != "ok"
-        g["input_tokens"] += r["input_tokens"]
-        g["output_tokens"] += r["output_tokens"]
-        g["cost_usd"] += r["cost_usd"]
-    return [groups[k] for k in sorted(groups)]
-
-
 def measure_teacher(task: Task, records: list[Record], ledger: Ledger, timed: dict[str, Any] | None = None,
                     price: PriceConfig | None = None,
                     prices: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:

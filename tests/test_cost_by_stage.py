@@ -1,0 +1,96 @@
+"""`potstill cost`'s lines per model and stage are summed by SQLite: the command read every row of
+each role (``SELECT *``, requests and responses included) to add them up in Python, ~3 KB of memory
+a row. The numbers must stay those of that loop, kept here as the reference."""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+
+import pytest
+
+from potstill.cli import main
+from potstill.ledger import Call, Ledger, ServedCall
+
+
+def _reference(path, role: str) -> list[dict]:
+    """What `potstill cost` printed until 2026-12-07: report.spend_by_stage's loop over every row."""
+    db = sqlite3.connect(path)
+    db.row_factory = sqlite3.Row
+    groups: dict[tuple[str, str], dict] = {}
+    for r in db.execute("SELECT * FROM calls WHERE role=? ORDER BY id", (role,)):
+        g = groups.setdefault((r["model"], r["stage"]), {"model": r["model"], "stage": r["stage"], "calls": 0,
+                                                         "errors": 0, "input_tokens": 0, "output_tokens": 0,
+                                                         "cost_usd": 0.0})
+        g["calls"] += 1
+        g["errors"] += r["status"] != "ok"
+        g["input_tokens"] += r["input_tokens"]
+        g["output_tokens"] += r["output_tokens"]
+        g["cost_usd"] += r["cost_usd"]
+    db.close()
+    return [groups[k] for k in sorted(groups)]
+
+
+def _line(role: str, g: dict) -> str:
+    return (f"{role} {g['model']} ({g['stage']}): {g['calls']} calls ({g['errors']} errors), "
+            f"{g['input_tokens']} input + {g['output_tokens']} output tokens, ${g['cost_usd']:.4f}")
+
+
+def test_cost_per_model_and_stage_is_summed_in_sqlite_with_the_same_numbers(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "calls.sqlite"
+    with Ledger(path) as led:
+        rows = []
+        for i in range(40):  # live answers, and a batch's at half the price (price_multiplier 0.5)
+            rows.append(Call(f"g{i}", "teacher", "generate", "gpt-4o-mini", {"g": i}, {"output": "a"}, 120 + i, 3,
+                             cached_input_tokens=64, cost_usd=0.000021 * (1 + i % 3),
+                             price_multiplier=0.5 if i % 2 else 1.0))
+        rows += [
+            # a failed call the provider billed (samples answered beside a failed one), and one it did not
+            Call("g40", "teacher", "generate", "gpt-4o-mini", {"g": 40}, None, 100, 9, cost_usd=0.0004,
+                 status="error", error="1 of 2 samples failed: APIStatusError"),
+            Call("g41", "teacher", "generate", "gpt-4o-mini", {"g": 41}, None, status="error", error="timeout"),
+            Call("p0", "teacher", "pilot", "gpt-4o-mini", {"p": 0}, {"output": "a"}, 90, 2, cost_usd=0.0003),
+            Call("p1", "teacher", "pilot", "gpt-4o-mini", {"p": 1}, None, 30, 0, cost_usd=0.0001, status="error",
+                 error="refusal: no"),
+            Call("s0", "teacher", "synthesize", "claude-haiku", {"s": 0}, {"output": "x"}, 500, 300, cost_usd=0.0017),
+            Call("j0", "judge", "evaluate", "gpt-4o", {"j": 0}, {"output": "yes"}, 400, 1, cost_usd=0.001),
+            Call("j1", "judge", "evaluate", "gpt-4o", {"j": 1}, None, status="error", error="timeout"),
+            Call("e0", "student", "evaluate", "student-a", {"e": 0}, {"output": "a"}, 50, 2, cost_usd=1e-6),
+            Call("e1", "student", "pilot", "student-a", {"e": 1}, {"output": "b"}, 50, 2, cost_usd=2e-6),
+        ]
+        led.record_many(rows)
+        # serve's rows: an escalation the teacher answered, one the student did, one that failed
+        for who, status in (("teacher", "ok"), ("student", "ok"), ("student", "error")):
+            led.record_served(ServedCall(request_hash=f"v{who}{status}", answered_by=who, model="gpt-4o-mini"
+                                         if who == "teacher" else "student-a", request={"messages": []},
+                                         content="a", input_tokens=70, output_tokens=2, cost_usd=0.00002,
+                                         status=status, error=None if status == "ok" else "boom"))
+        for role in ("teacher", "judge", "student"):
+            got, want = led.spend_by_stage(role), _reference(path, role)
+            assert [{**g, "cost_usd": pytest.approx(g["cost_usd"], rel=1e-12)} for g in want] == got, role
+        assert [(g["model"], g["stage"]) for g in led.spend_by_stage("teacher")] == [
+            ("claude-haiku", "synthesize"), ("gpt-4o-mini", "generate"), ("gpt-4o-mini", "pilot"),
+            ("gpt-4o-mini", "serve")]
+
+    sent: list[str] = []
+    connect = Ledger._connect
+
+    def traced(self, *a, **k):
+        db = connect(self, *a, **k)
+        db.set_trace_callback(sent.append)
+        return db
+
+    monkeypatch.setattr(Ledger, "_connect", traced)
+    monkeypatch.setattr(sys, "argv", ["potstill", "cost", str(tmp_path)])
+    with pytest.raises(SystemExit) as e:
+        main()
+    out = capsys.readouterr().out
+    assert e.value.code == 0, out
+    # A model's stages are listed where it has more than one; the judge's and the student's always.
+    teacher = [g for g in _reference(path, "teacher") if g["model"] == "gpt-4o-mini"]
+    expected = [_line("teacher", g) for g in teacher]
+    expected += [_line(r, g) for r in ("judge", "student") for g in _reference(path, r)]
+    assert [ln for ln in out.splitlines() if " (" in ln.split(":")[0]] == expected, out
+    assert "teacher gpt-4o-mini (generate): 42 calls (2 errors)" in out
+    # Nothing read every row to add them up.
+    assert sent and not [q for q in sent if "SELECT *" in q.upper() and "FROM CALLS" in q.upper()], sent
