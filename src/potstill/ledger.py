@@ -132,9 +132,11 @@ class Ledger(GenerateRuns):
     # ------------------------------------------------------------------ reads
     def served(self, since: float | None = None, until: float | None = None, limit: int | None = None,
                status: str | None = "ok", student: str | None = None, role: str | None = None,
-               request_id: str | None = None, after_id: int | None = None) -> list[ServedCall]:
+               request_id: str | None = None, after_id: int | None = None,
+               first: int | None = None) -> list[ServedCall]:
         """Served requests created between ``since`` and ``until`` (unix seconds), oldest first;
-        with ``limit``, the latest ``limit`` of them. ``status=None``: failed ones too.
+        with ``limit``, the latest ``limit`` of them; with ``first``, the oldest ``first`` of them
+        (a page, for a reader going forward with ``after_id``). ``status=None``: failed ones too.
 
         ``student``: only the requests handled by a student whose served name starts so, and those
         whose row names no student (logged before rows named theirs). ``role``: the rows of that
@@ -153,6 +155,8 @@ class Ledger(GenerateRuns):
             sql += (" AND (coalesce(json_extract(response, '$.student'), '') = ''"
                     " OR substr(json_extract(response, '$.student'), 1, ?) = ?)")
             args += [len(student), student]
+        if first is not None:
+            sql, args = f"SELECT * FROM ({sql} ORDER BY id LIMIT ?)", [*args, first]
         sql += " ORDER BY id DESC" + (" LIMIT ?" if limit is not None else "")
         args += [limit] if limit is not None else []
         try:

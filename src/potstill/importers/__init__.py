@@ -36,7 +36,6 @@ A logged answer that is a tool call is skipped (no text to distil), unless asked
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -434,19 +433,9 @@ def _served_rows(ledger: Ledger) -> Iterator[ServedCall]:
     """Every ``ok`` serve row of ``ledger``, oldest first, a page at a time (keyed by id, so rows
     logged while it reads are read too, once)."""
     after = 0
-    while True:
-        try:
-            with ledger._lock:
-                cur = ledger._db.execute("SELECT * FROM calls WHERE stage='serve' AND status='ok' AND id>? "
-                                         "ORDER BY id LIMIT ?", (after, SERVED_PAGE))
-                names = [d[0] for d in cur.description]
-                page = [dict(zip(names, r)) for r in cur.fetchall()]
-        except sqlite3.DatabaseError as e:
-            raise PotstillError(f"{ledger.path}: not a potstill ledger ({e})") from None
-        if not page:
-            return
-        after = page[-1]["id"]
-        yield from (ServedCall.from_row(r) for r in page)
+    while page := ledger.served(after_id=after, first=SERVED_PAGE):
+        after = page[-1].id
+        yield from page
 
 
 def _served_records(ledger: Ledger, db: Path, keep: bool) -> Iterator[Record]:
