@@ -71,7 +71,7 @@ class CurateConfig(Section):
     seed: int = Field(0, description="Seed of the hash-based split assignment.")
     dedup: bool = Field(True, description="Drop exact duplicate inputs (normalised text).")
     max_train: int | None = Field(None, ge=1, description="Cap the number of training examples.")
-    near_dup: bool = Field(True, description="Also drop near-duplicate inputs (MinHash LSH over character shingles).")
+    near_dup: bool = Field(True, description="Also drop near-duplicate inputs (Jaccard of character 5-gram sets, near_dup_threshold).")
     near_dup_threshold: float = Field(
         0.8, gt=0, le=1, description="Jaccard similarity of character 5-gram sets at which two inputs are near-duplicates."
     )

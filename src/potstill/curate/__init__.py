@@ -11,8 +11,9 @@ In order, each step counted in the dataset card:
    and format rules of ``curate``. Invalid records go to ``rejected.jsonl`` with the reason.
 3. Self-consistency: with n samples, the majority answer becomes the output; records whose
    majority holds less than ``curate.min_agreement`` of the samples are set aside.
-4. Deduplication of inputs, exact and near (MinHash LSH), keeping the first of each cluster, so
-   no input and none of its near-duplicates sit on both sides of the train/test border.
+4. Deduplication of inputs, exact and near (every pair whose 5-gram sets reach the Jaccard
+   threshold), keeping the first of each cluster, so no input and none of its near-duplicates sit
+   on both sides of the train/test border.
 5. Stratified, hash-based train/val/test split (see ``potstill.curate.split``); train capped at
    ``curate.max_train``, the records over it counted as ``over_max_train``.
 6. Mixing: real labelled examples added to train at ``curate.real_ratio``, tagged by source;

@@ -1,9 +1,9 @@
 """Exact and near-duplicate inputs.
 
 Exact: the same text after Unicode compatibility normalisation (NFKC), dropping invisible format
-characters (zero-width spaces, soft hyphens, BOMs), case folding and folding whitespace. Near: MinHash LSH (datasketch)
-over character 5-gram sets proposes candidate pairs, and each candidate is confirmed with the
-true Jaccard similarity of the two sets, so LSH's false positives never drop a record. Records
+characters (zero-width spaces, soft hyphens, BOMs), case folding and folding whitespace. Near: the
+Jaccard similarity of character 5-gram sets reaches the threshold, every such pair found
+(``near.NearIndex``: prefix filtering, exact, near-linear on templated inputs too). Records
 that are duplicates of each other (transitively) form a cluster and only its first member is
 kept: with one survivor per cluster, no near-duplicate pair can straddle the train/test border.
 """
@@ -15,15 +15,17 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
-from datasketch import MinHash, MinHashLSH
+import numpy as np
 
+from potstill.curate.near import SHINGLE, NearIndex, fingerprint_key, renumber
 from potstill.progress import bar
 from potstill.records import content_text
 from potstill.tool_calls import as_text_turns, has_tool_turns
 
-SHINGLE = 5  # characters: long enough to ignore letter frequencies, short enough for headlines
-NUM_PERM = 128  # MinHash permutations: the Jaccard estimate's standard error is ~ 1/sqrt(128) = 0.09
-CANDIDATE_MARGIN = 0.2  # ~2 standard errors under the threshold: misses become rare, extra candidates cheap
+# synthesize's screen still proposes candidates by MinHash LSH with these.
+NUM_PERM = 128
+CANDIDATE_MARGIN = 0.2
+
 
 
 def normalise(text: str) -> str:
@@ -61,6 +63,11 @@ def shingles(text: str, k: int = SHINGLE) -> set[str]:
     return {t[i : i + k] for i in range(max(1, len(t) - k + 1))}
 
 
+def fingerprint(text: str) -> np.ndarray:
+    """``shingles(text)`` as sorted unique uint64 ids (``near.fingerprint_key``): 8 bytes a 5-gram, not ~160."""
+    return fingerprint_key(dedup_key(text))
+
+
 def jaccard(a: set[str], b: set[str]) -> float:
     return len(a & b) / len(a | b) if a or b else 1.0
 
@@ -76,41 +83,52 @@ class Duplicates:
     of: dict[int, int] = field(default_factory=dict)
     kind: dict[int, str] = field(default_factory=dict)
     similarity: dict[int, float] = field(default_factory=dict)
+    compared: int = 0  # exact Jaccard computations: pairs the index could not rule out (a few a text)
 
 
 def find_duplicates(texts: list[str], near: bool = True, threshold: float = 0.8, seed: int = 1) -> Duplicates:
-    """Mark every text that duplicates an earlier kept one; earlier texts win, so new data never evicts old."""
+    """Mark every text that duplicates an earlier kept one; earlier texts win, so new data never evicts old.
+
+    Near: every kept text with ``jaccard(shingles(a), shingles(b)) >= threshold`` is found (``NearIndex``,
+    exact, no sampling; ``seed`` is kept for callers and unused), the most similar one wins, the earliest
+    on a tie.
+    """
     dups = Duplicates()
+    keys = [dedup_key(t) for t in texts]
     first_by_key: dict[str, int] = {}
-    sets = [shingles(t) for t in texts]
-    # LSH is probabilistic near its threshold (a pair at exactly 0.8 is found about half the
-    # time), so it proposes candidates from a lower bar and the exact Jaccard decides.
-    lsh = MinHashLSH(threshold=max(0.05, threshold - CANDIDATE_MARGIN), num_perm=NUM_PERM) if near else None
+    for i, key in enumerate(keys):
+        first_by_key.setdefault(key, i)
+    index, prints = None, {}
+    if near:
+        # Every input is counted before the first query, so the order is the inputs' own (rarest
+        # shingles first) and a shingle one input alone holds is skipped: most of a random text's
+        # prefix, and a templated text's fixed part comes last.
+        firsts = sorted(first_by_key.values())
+        bound = sum(max(1, len(keys[i])) for i in firsts)  # a text of L characters has at most L 5-grams
+        fps, singles, universe = renumber((fingerprint_key(keys[i]) for i in firsts), bound)
+        prints = dict(zip(firsts, fps))
+        del fps
+        index = NearIndex(threshold, shared_from=singles, universe=universe)
     with bar("curate: duplicates", len(texts)) as advance:
-        for i, text in enumerate(texts):
+        for i, key in enumerate(keys):
             advance()
-            key = dedup_key(text)
-            if key in first_by_key:
-                j = first_by_key[key]
+            j = first_by_key[key]
+            if j != i:
                 if j in dups.of:  # its first copy was a near duplicate, dropped: this one is the same near one
                     dups.of[i], dups.kind[i], dups.similarity[i] = dups.of[j], dups.kind[j], dups.similarity[j]
                 else:
                     dups.of[i], dups.kind[i], dups.similarity[i] = j, "exact", 1.0
                 continue
-            first_by_key[key] = i
-            if lsh is None:
+            if index is None:
                 continue
-            m = MinHash(num_perm=NUM_PERM, seed=seed)
-            m.update_batch([s.encode() for s in sets[i]])
-            best, best_sim = None, 0.0
-            for cand in lsh.query(m):
-                j = int(cand)
-                sim = jaccard(sets[i], sets[j])
-                if sim >= threshold and (sim > best_sim or (sim == best_sim and j < (best or j + 1))):
-                    best, best_sim = j, sim
-            if best is not None:
-                dups.of[i], dups.kind[i], dups.similarity[i] = best, "near", best_sim
+            fp = prints.pop(i)  # a dropped text's fingerprint is freed; a kept one moves to the index
+            prefix = index.prefix(fp)
+            matches = index.query(fp, prefix)
+            if matches:
+                sim, y = max(matches, key=lambda m: (m[0], -m[1]))  # kept indices grow with i: -y is the earliest
+                dups.of[i], dups.kind[i], dups.similarity[i] = index.names[y], "near", sim
                 continue
             # Only kept texts enter the index, so every match points at a survivor.
-            lsh.insert(str(i), m)
+            index.add(fp, i, prefix)
+    dups.compared = index.compared if index else 0
     return dups
