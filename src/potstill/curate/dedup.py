@@ -22,10 +22,6 @@ from potstill.progress import bar
 from potstill.records import content_text
 from potstill.tool_calls import as_text_turns, has_tool_turns
 
-# synthesize's screen still proposes candidates by MinHash LSH with these.
-NUM_PERM = 128
-CANDIDATE_MARGIN = 0.2
-
 
 
 def normalise(text: str) -> str:

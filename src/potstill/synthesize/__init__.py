@@ -22,11 +22,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from datasketch import MinHash, MinHashLSH
 
 from potstill.config import SynthesizeConfig, TaskConfig
 from potstill.errors import PotstillError
-from potstill.curate.dedup import CANDIDATE_MARGIN, NUM_PERM, jaccard, normalise, shingles
+from potstill.curate.dedup import fingerprint, normalise
+from potstill.curate.near import NearIndex
 from potstill.records import Record
 from potstill.tasks import Task
 from potstill.tool_calls import tool_names as names
@@ -180,8 +180,9 @@ def extract(output: str | None, opened: bool = False) -> str | None:
 class Screen:
     """Remembers every kept text and rejects a candidate near one of them, or near a test input.
 
-    MinHash LSH (as in curate's dedup) proposes candidates from a bar lowered by a margin, and the
-    exact Jaccard of character 5-gram sets decides, so the screen stays fast at thousands of inputs.
+    The exact Jaccard of character 5-gram sets decides, and every pair at the bar is found, as in
+    curate's dedup (``NearIndex``), on compact fingerprints: 8 bytes a 5-gram where a set of strings
+    cost ~160. Future candidates are unknown here, so the index orders 5-grams by id, not by rarity.
     """
 
     def __init__(self, references: list[tuple[str, str]], tests: list[str], dup: float, test_bar: float,
@@ -195,31 +196,29 @@ class Screen:
         # empty test).
         self.own_tests = {normalise(t) for t in own_tests}
         self.rewritten: set[str] = set()
-        self.kept: list[tuple[str, set[str]]] = []
         self.exact: dict[str, str] = {}
-        self.lsh = MinHashLSH(threshold=max(0.05, dup - CANDIDATE_MARGIN), num_perm=NUM_PERM)
-        self.tests = [shingles(t) for t in tests]
-        self.test_lsh = MinHashLSH(threshold=max(0.05, test_bar - CANDIDATE_MARGIN), num_perm=NUM_PERM)
-        for i, sh in enumerate(self.tests):
-            self.test_lsh.insert(str(i), _minhash(sh))
+        self.kept = NearIndex(dup)
+        self.tests = NearIndex(test_bar)
+        for t in tests:
+            self.tests.add(fingerprint(t))
         for kind, text in [*references, *(("a test input an earlier run wrote", t) for t in own_tests)]:
-            self._keep(kind, text, shingles(text))
+            self._keep(kind, text, fingerprint(text))
 
-    def _keep(self, kind: str, text: str, sh: set[str]) -> None:
+    def _keep(self, kind: str, text: str, fp) -> None:
         self.exact.setdefault(normalise(text), kind)
-        self.lsh.insert(str(len(self.kept)), _minhash(sh))
-        self.kept.append((kind, sh))
+        self.kept.add(fp, kind)
 
     def near_test(self, text: str) -> float:
-        """The Jaccard similarity of ``text`` to its nearest test input (0.0 below the candidate bar)."""
-        sh = shingles(text)
-        return max((jaccard(sh, self.tests[int(j)]) for j in self.test_lsh.query(_minhash(sh))), default=0.0)
+        """The Jaccard similarity of ``text`` to its nearest test input (0.0 below the test bar)."""
+        return self._near_test(fingerprint(text))
+
+    def _near_test(self, fp) -> float:
+        return max((sim for sim, _ in self.tests.query(fp)), default=0.0)
 
     def check(self, text: str) -> str | None:
         """None if the text may be kept (and then it is remembered), else the reason it may not."""
-        sh = shingles(text)
-        m = _minhash(sh)
-        near_test = max((jaccard(sh, self.tests[int(j)]) for j in self.test_lsh.query(m)), default=0.0)
+        fp = fingerprint(text)
+        near_test = self._near_test(fp)
         if near_test >= self.test_bar:
             return f"near a test input (Jaccard {near_test:.2f} >= {self.test_bar})"
         key = normalise(text)
@@ -228,15 +227,8 @@ class Screen:
             return None
         if key in self.exact:
             return f"duplicates {self.exact[normalise(text)]} (exact)"
-        sims = [(jaccard(sh, self.kept[int(j)][1]), self.kept[int(j)][0]) for j in self.lsh.query(m)]
-        best = max(sims, default=(0.0, ""))
+        best = max(((sim, self.kept.names[y]) for sim, y in self.kept.query(fp)), default=(0.0, ""))
         if best[0] >= self.dup:
             return f"duplicates {best[1]} (Jaccard {best[0]:.2f} >= {self.dup})"
-        self._keep("a synthetic input", text, sh)
+        self._keep("a synthetic input", text, fp)
         return None
-
-
-def _minhash(sh: set[str]) -> MinHash:
-    m = MinHash(num_perm=NUM_PERM, seed=1)
-    m.update_batch([x.encode() for x in sh])
-    return m
