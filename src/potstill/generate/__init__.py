@@ -166,6 +166,8 @@ def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: L
     ident = teacher.identity()
     reqs = [teacher.request(r) for r in records]
     hashes = [request_hash(ident, q) for q in reqs]
+    if gcfg.engine == "batch":
+        _collect_open(teacher, ledger, stage, gcfg, stats, dict(zip(hashes, reqs)))
     hashes, answers, stats.whole_reused = cached_answers(ledger, teacher, reqs, hashes)
     unique = list(dict.fromkeys(hashes))
     stats.cache_hits = sum(h in answers for h in hashes)
@@ -176,7 +178,7 @@ def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: L
     todo = [(h, request_of[h]) for h in unique if h not in answers and h not in refused]
     errors: dict[str, str] = {}
     if gcfg.engine != "batch" and todo:
-        _refuse_batched(ledger, {h for h, _ in todo})
+        _refuse_batched(ledger, teacher, todo)
     current = None if beyond is None else unique + [request_hash(ident, teacher.request(r)) for r in beyond]
     run_id = stats.run_id = ledger.start_run(stage, teacher.model_name, len(records), unique, stats.cache_hits,
                                              hash_obj(ident), current, parent)
@@ -303,17 +305,45 @@ def _say_interrupted(stage: str, ledger: Ledger, todo: list[tuple[str, dict[str,
         + (f" and submits the other {rest} in new batches" if rest else ""))
 
 
-def _refuse_batched(ledger: Ledger, todo: set[str]) -> None:
+def _collect_open(teacher: Teacher, ledger: Ledger, stage: str, gcfg: GenerateConfig, stats: RunStats,
+                  wanted: dict[str, dict[str, Any]]) -> None:
+    """``batch_engine.collect_open`` for the requests without an answer in the ledger; Ctrl-C while
+    it waits says what a rerun does, as one during the run does."""
+    from potstill.generate.batch_engine import collect_open
+
+    answered = ledger.lookup(list(wanted))
+    try:
+        collect_open(teacher, ledger, stage, gcfg, stats, {h: q for h, q in wanted.items() if h not in answered})
+    except KeyboardInterrupt:
+        say(f"{stage}: interrupted; the open batches stay at the provider (billed when they end) and the same "
+            "command collects them")
+        raise
+
+
+def _refuse_batched(ledger: Ledger, teacher: Teacher, todo: list[tuple[str, dict[str, Any]]]) -> None:
     """Stop before sending live a request that an open provider batch holds (a run of
     ``generate.engine: batch`` killed or switched away from): the provider bills the batch's
-    answers when it ends, so the live call would pay for the same answer twice."""
+    answers when it ends, so the live call would pay for the same answer twice. The same stands for
+    a batch holding the same prompt under other settings (another ``teacher.max_tokens``): its
+    answers, once collected, may answer these requests as cached ones do (``cached_answers``)."""
+    hashes = {h for h, _ in todo}
+    prompts: set[str] | None = None
     for b in ledger.batches(open_only=True):
-        held = todo & set(ledger.batch_items(b["key"]))
+        items = ledger.batch_items(b["key"])
+        held = hashes & items.keys()
+        name = f"{b['provider']} batch {b['batch_id'] or b['key']} ({b['state']}) that generate.engine batch submitted"
         if held:
             raise PotstillError(
-                f"generate: {len(held)} of the {len(todo)} requests to send are in the open {b['provider']} batch "
-                f"{b['batch_id'] or b['key']} ({b['state']}) that generate.engine batch submitted; sent live they "
+                f"generate: {len(held)} of the {len(todo)} requests to send are in the open {name}; sent live they "
                 "would be paid twice. Rerun with generate.engine batch to collect its answers")
+        if prompts is None:
+            prompts = {teacher.prompt_hash(q) for _, q in todo}
+        same = sum(teacher.prompt_hash(q) in prompts for q in items.values())
+        if same:
+            raise PotstillError(
+                f"generate: the open {name} holds {same} of these {len(todo)} prompts under other settings (teacher."
+                "max_tokens); billed when it ends, its answers may answer them as cached ones do, so sent live they "
+                "could be paid twice. Rerun with generate.engine batch to collect it first")
 
 
 def _attach(rec: Record, ans: dict[str, Any], task: Task, teacher: Teacher) -> None:

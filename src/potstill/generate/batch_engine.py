@@ -13,7 +13,10 @@ The order of commits is what makes a ``kill -9`` at any moment safe (nothing sen
    failed requests are then resubmitted alone, in a new batch.
 
 Requests already answered (live or batch) are never put in a batch; requests held by a batch
-that is still open are not put in another one.
+that is still open are not put in another one. Every open batch of the provider in the ledger is
+collected, whatever this run asks: one left by a killed run under other settings (another
+``teacher.max_tokens``) is billed all the same, and its answers may answer this run's inputs as
+cached ones do (``collect_open`` waits for those before the cache is read).
 """
 
 from __future__ import annotations
@@ -22,14 +25,14 @@ import time
 import uuid
 from typing import Any
 
-from potstill.config import GenerateConfig
+from potstill.config import GenerateConfig, PriceConfig
 from potstill.errors import PotstillError, redact
 from potstill.generate.batch_providers import BatchStatus, is_not_found, is_quota, provider_for
 from potstill.teachers.api.engine import max_output
 from potstill.teachers.api.prices import price_for, token_cost
 from potstill.ledger import Ledger
 from potstill.progress import bar, say
-from potstill.teachers.base import Response, RunStats
+from potstill.teachers.base import BUDGET_FIELDS, Response, RunStats, request_hash
 
 #: Result rows committed in one SQLite transaction while a results file streams in: a kill loses
 #: at most this many parsed rows, which the rerun reads again from the same (paid) results.
@@ -63,23 +66,47 @@ class BatchRun:
     def __init__(self, teacher: Any, ledger: Ledger, stage: str, gcfg: GenerateConfig, stats: RunStats):
         self.teacher, self.ledger, self.stage, self.gcfg, self.stats = teacher, ledger, stage, gcfg, stats
         self.prov = provider_for(teacher)
-        self.price = price_for(teacher.cfg.model, teacher.cfg.price, gcfg.prices)
         self.share = gcfg.batch_price.get(self.prov.name, 1.0)
         self.items: dict[str, dict[str, dict[str, Any]]] = {}  # batch key -> its requests by hash
+        self.rows: dict[str, dict[str, Any]] = {}  # batch key -> its ledger row (model, stage, attempt)
         self.errors: dict[str, str] = {}  # request hash -> why it has no answer
+        #: The request hashes this run asks for. An open batch's other requests (a killed run's, under
+        #: other settings) are collected, being paid, but never resubmitted.
+        self.wanted: set[str] = set()
+        self._prices: dict[str, Any] = {}
         self.t0 = time.time()
         self._last_line: tuple = ()
         self.advance: Any = lambda n=1, **kw: None
 
     # ------------------------------------------------------------------ plan and submit
+    def price(self, model: str) -> Any:
+        """The live token price of a batch row's model (``teacher.price`` is the teacher's model's)."""
+        if model not in self._prices:
+            own = self.teacher.cfg.price if model == self.teacher.model_name else PriceConfig()
+            self._prices[model] = price_for(model, own, self.gcfg.prices)
+        return self._prices[model]
+
+    def open_rows(self) -> list[dict[str, Any]]:
+        """Every open batch of this provider in the ledger, its requests read into ``items``."""
+        rows = self.ledger.batches(self.prov.name)
+        for row in rows:
+            self.items[row["key"]] = self.ledger.batch_items(row["key"])
+            self.rows[row["key"]] = row
+        return rows
+
+    def collect(self, rows: list[dict[str, Any]]) -> None:
+        """Wait for open batches of an earlier run and commit their answers; resubmit none of them."""
+        for row in rows:
+            if row["state"] == "preparing":
+                self._submit(row, resumed=True)
+        held = {h for r in rows for h in self.items[r["key"]]}
+        self._poll(rows, len(held - set(self.ledger.lookup(list(held)))))
+
     def run(self, items: list[tuple[str, dict[str, Any]]]) -> dict[str, str]:
-        todo = {h for h, _ in items}
-        rows = []
-        for row in self.ledger.batches(self.prov.name, self.teacher.model_name):
-            held = self.ledger.batch_items(row["key"])
-            if todo & held.keys():  # an open batch of an earlier, killed run: resume it, never resend
-                self.items[row["key"]] = held
-                rows.append(row)
+        todo = self.wanted = {h for h, _ in items}
+        # An open batch of an earlier, killed run: resume it, never resend what it holds. One that holds
+        # none of these requests (other settings, another model) is collected too: the provider bills it.
+        rows = self.open_rows()
         held_keys = {h for r in rows for h in self.items[r["key"]]}
         if rows:
             say(f"generate: resuming {len(rows)} open {self.prov.name} batch(es) holding {len(held_keys)} requests")
@@ -88,20 +115,23 @@ class BatchRun:
                 self._submit(row, resumed=True)
         new = [(h, q) for h, q in items if h not in held_keys]
         # The resumed batches are billed when they end, whatever this run sends: their requests not yet
-        # answered in the ledger take their share of the budget first.
+        # answered in the ledger take their share of the budget first, after what this run has collected.
         answered = set(self.ledger.lookup(list(held_keys)))
-        resumed = [(h, q) for r in rows for h, q in self.items[r["key"]].items() if h not in answered]
-        rows += self._submit_new(self._within_budget(new, self._worst_cost(resumed)), attempt=1)
-        self._poll(rows, len(items))
+        resumed = [(self.rows[r["key"]]["model"], h, q) for r in rows for h, q in self.items[r["key"]].items()
+                   if h not in answered]
+        spent = self.stats.cost_usd + sum(self._worst_cost([(h, q)], m) for m, h, q in resumed)
+        rows += self._submit_new(self._within_budget(new, spent), attempt=1)
+        self._poll(rows, len(todo | (held_keys - answered)))
         return self.errors
 
-    def _worst_cost(self, items: list[tuple[str, dict[str, Any]]]) -> float:
+    def _worst_cost(self, items: list[tuple[str, dict[str, Any]]], model: str | None = None) -> float:
         """The requests' cost at the batch price if each used all of its max_tokens."""
+        price = self.price(model or self.teacher.model_name)
         usd = 0.0
         for _, q in items:
             est = self.teacher.estimate_tokens(q)
             out = max_output(q) * int(q.get("n", 1))
-            usd += token_cost(self.price, max(0, est - out), out) * self.share
+            usd += token_cost(price, max(0, est - out), out) * self.share
         return usd
 
     def _within_budget(self, items: list[tuple[str, dict[str, Any]]], spent: float = 0.0) -> list[tuple[str, dict[str, Any]]]:
@@ -130,7 +160,9 @@ class BatchRun:
             self.ledger.batch_new(key, self.prov.name, self.teacher.model_name, self.stage, attempt, chunk)
             self.items[key] = dict(chunk)
             row = {"key": key, "attempt": attempt, "batch_id": None, "file_id": None, "state": "preparing",
-                   "requests": len(chunk), "created_at": time.time()}
+                   "requests": len(chunk), "created_at": time.time(), "model": self.teacher.model_name,
+                   "stage": self.stage}
+            self.rows[key] = row
             self._submit(row, resumed=False)
             rows.append(row)
         return rows
@@ -188,7 +220,7 @@ class BatchRun:
                         retry = self._collect(row, st)
                         self.ledger.batch_update(key, state="collected")
                         del pending[key]
-                        for new in self._resubmit(retry, row["attempt"] + 1):
+                        for new in self._resubmit(key, retry, row["attempt"] + 1):
                             pending[new["key"]] = new
                 self._progress(counts, len(pending))
                 if pending:
@@ -225,7 +257,7 @@ class BatchRun:
         for src in st.sources:
             try:
                 for no, line in enumerate(self.prov.lines(src), 1):
-                    self._take_line(line, f"{src} line {no}", items, answered, seen, retry, buf, malformed)
+                    self._take_line(key, line, f"{src} line {no}", items, answered, seen, retry, buf, malformed)
                     if len(buf) >= COMMIT_EVERY:
                         self._flush(buf)
             except Exception as e:  # noqa: BLE001 - a vanished results file: resubmit what it held
@@ -243,10 +275,11 @@ class BatchRun:
         if retry and st.sources:
             say(f"generate: {self.prov.name} batch {bid} {st.state}: {len(items) - len(retry)} of {len(items)} "
                 f"answered, {len(retry)} expired, failed or missing are resubmitted alone")
-        return retry
+        # Only what this run asks for goes out again: the rest was asked under other settings.
+        return {h: q for h, q in retry.items() if h in self.wanted}
 
-    def _take_line(self, line: str, where: str, items: dict, answered: set, seen: set, retry: dict, buf: list,
-                   malformed: list) -> None:
+    def _take_line(self, key: str, line: str, where: str, items: dict, answered: set, seen: set, retry: dict,
+                   buf: list, malformed: list) -> None:
         if not line.strip():
             return
         try:
@@ -259,11 +292,11 @@ class BatchRun:
             return
         seen.add(h)
         if item.response is not None:
-            buf.append((h, items[h], item.response))
+            buf.append((key, h, items[h], item.response))
         elif item.retry:
             retry[h] = items[h]
         else:
-            buf.append((h, items[h], Response(output=None, error=f"batch item: {self._redact(item.error)}")))
+            buf.append((key, h, items[h], Response(output=None, error=f"batch item: {self._redact(item.error)}")))
 
     def _flush(self, buf: list) -> None:
         """Commit answered results in one transaction, priced at the batch share of the live price."""
@@ -272,11 +305,14 @@ class BatchRun:
         if not buf:
             return
         calls = []
-        for h, q, resp in buf:
-            resp.cost_usd = token_cost(self.price, resp.input_tokens, resp.output_tokens,
+        for key, h, q, resp in buf:
+            row = self.rows[key]  # a killed run's batch keeps its own model and stage
+            resp.cost_usd = token_cost(self.price(row["model"]), resp.input_tokens, resp.output_tokens,
                                        resp.cached_input_tokens, resp.cache_write_input_tokens,
                                        resp.cache_write_1h_input_tokens) * self.share
-            call = ledger_call(h, self.teacher, self.stage, q, resp)
+            call = ledger_call(h, self.teacher, row["stage"], q, resp)
+            if row["model"] != self.teacher.model_name:
+                call.model, call.prompt_hash = row["model"], self._prompt_hash(q, row["model"])
             call.price_multiplier = self.share
             calls.append(call)
             self.stats.count(resp)
@@ -286,11 +322,17 @@ class BatchRun:
         self.advance(len(buf))
         buf.clear()
 
-    def _resubmit(self, retry: dict[str, dict[str, Any]], attempt: int) -> list[dict[str, Any]]:
+    def _prompt_hash(self, request: dict[str, Any], model: str) -> str:
+        """``Teacher.prompt_hash`` as a teacher of ``model`` (otherwise this one) computes it, so that
+        answers collected for another model are reused across max_tokens by that model only."""
+        ident = {k: v for k, v in self.teacher.identity().items() if k not in BUDGET_FIELDS}
+        return request_hash({**ident, "model": model}, {k: v for k, v in request.items() if k not in BUDGET_FIELDS})
+
+    def _resubmit(self, key: str, retry: dict[str, dict[str, Any]], attempt: int) -> list[dict[str, Any]]:
         if not retry:
             return []
         if attempt > 1 + self.gcfg.batch_resubmits:
-            buf = [(h, q, Response(output=None, error=f"batch item expired or failed {attempt - 1} times"))
+            buf = [(key, h, q, Response(output=None, error=f"batch item expired or failed {attempt - 1} times"))
                    for h, q in retry.items()]
             self._flush(buf)
             return []
@@ -302,13 +344,53 @@ def run_batch(teacher: Any, items: list[tuple[str, dict[str, Any]]], ledger: Led
               gcfg: GenerateConfig, stats: RunStats) -> dict[str, str]:
     """Answer ``(request_hash, request)`` pairs through the provider's batch API, committing into ``ledger``
     and counting into ``stats``; returns the error of each request left without an answer."""
+    return _one_line(teacher, lambda: BatchRun(teacher, ledger, stage, gcfg, stats).run(items))
+
+
+def collect_open(teacher: Any, ledger: Ledger, stage: str, gcfg: GenerateConfig, stats: RunStats,
+                 wanted: dict[str, dict[str, Any]]) -> None:
+    """Before the cache is read: wait for the open batches of this provider that a killed run left
+    under other settings and whose answers may answer ``wanted`` (by hash, the requests this run
+    asks for) as cached ones do (``cached_answers``: the same prompt under another
+    ``teacher.max_tokens``). Sent again, those requests would be paid twice. A batch that holds any
+    of ``wanted`` is left to ``run_batch``, which resumes it beside the new batches."""
+    if not teacher.supports_batch:
+        return
+    rows = [r for r in ledger.batches(open_only=True) if r["provider"] != teacher.type]
+    if rows:
+        ids = ", ".join(r["batch_id"] or r["key"] for r in rows[:3]) + (", ..." if len(rows) > 3 else "")
+        say(f"[yellow]generate: {len(rows)} open batch(es) of another provider ({ids}) are billed when they end and "
+            f"not collected by this {teacher.type} teacher: a run of generate.engine batch with their teacher "
+            "collects them[/yellow]")
+    rows = ledger.batches(teacher.type)
+    if not rows:  # no client made, no key read: a run answered from the cache needs neither
+        return
+    prompts = {teacher.prompt_hash(q) for q in wanted.values()}
+    items = {r["key"]: ledger.batch_items(r["key"]) for r in rows}
+    rows = [r for r in rows if not wanted.keys() & items[r["key"]].keys()
+            and any(teacher.prompt_hash(q) in prompts for q in items[r["key"]].values())]
+    if not rows:
+        return
+    say(f"generate: collecting {len(rows)} open {teacher.type} batch(es) of a killed run first, holding "
+        f"{sum(len(items[r['key']]) for r in rows)} requests asked under other settings (teacher.max_tokens); "
+        "billed when they end, their answers may answer inputs here as cached ones do")
+
+    def collect() -> None:
+        run = BatchRun(teacher, ledger, stage, gcfg, stats)
+        keys = {r["key"] for r in rows}
+        run.collect([r for r in run.open_rows() if r["key"] in keys])
+
+    _one_line(teacher, collect)
+
+
+def _one_line(teacher: Any, work: Any) -> Any:
     try:
-        return BatchRun(teacher, ledger, stage, gcfg, stats).run(items)
+        return work()
     except PotstillError:
         raise
     except Exception as e:
-        # An SDK error after its own retries (a vanished batch, the network down): one line, and
-        # everything sent so far stays in the ledger for the rerun to resume.
+        # An SDK error after its own retries (the network down): one line, and everything sent so
+        # far stays in the ledger for the rerun to resume.
         if not type(e).__module__.startswith(("openai", "anthropic")):
             raise
         msg = redact(f"{type(e).__name__}: {e}", teacher.secrets())[:300]
