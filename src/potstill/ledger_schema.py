@@ -155,8 +155,9 @@ NATURAL_STOPS = ("stop", "end_turn", "stop_sequence")
 #: no answer to learn (curate sets it aside, import skips it).
 REFUSED_STOPS = ("refusal", "content_filter")
 
-#: Batch states after which nothing more comes from the provider.
-BATCH_CLOSED = ("collected", "refused")
+#: Batch states after which nothing more comes from the provider: ``lost`` is a batch id the
+#: provider answers 404 for (a key of another project or workspace).
+BATCH_CLOSED = ("collected", "refused", "lost")
 # Calls and their cost at the live price: a batch answer is billed at price_multiplier of it.
 LIVE_SUM = ("SELECT COUNT(*), COALESCE(SUM(CASE WHEN price_multiplier > 0 THEN cost_usd / price_multiplier"
             " ELSE cost_usd END), 0)")

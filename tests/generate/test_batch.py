@@ -333,7 +333,10 @@ def test_a_batch_cancelled_from_outside_has_its_unrun_requests_resubmitted(tmp_p
     assert f"{80 - resent} of 80 answered, {resent} expired, failed or missing are resubmitted alone" in err
 
 
-def test_a_batch_the_provider_no_longer_knows_is_one_line(tmp_path):
+def test_a_batch_the_provider_no_longer_knows_is_marked_lost_and_its_requests_sent_again(tmp_path):
+    """A batch id the provider answers 404 for (a key of another project or workspace) stopped every
+    rerun with a line saying that a rerun resumes it, and the live engines refused its requests:
+    the run was blocked for good."""
     with BatchLoopback(key=SECRET, latency=30) as srv:
         cfg_path = project(tmp_path, srv, "openai", 10)
         db = tmp_path / "run" / "calls.sqlite"
@@ -342,14 +345,21 @@ def test_a_batch_the_provider_no_longer_knows_is_one_line(tmp_path):
         _wait(lambda: _submitted(db) == 1, proc)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+    bid = ledger_batches(db)[0]["batch_id"]
     fresh = BatchLoopback(key=SECRET)
     fresh.port = srv.port  # the same address, a fresh server: the batch id in the ledger is unknown there
     fresh.args = [f"--port={srv.port}", f"--key={SECRET}"]
     with fresh:
         run = cli(["generate", "-c", str(cfg_path)], tmp_path)
-    err = [ln for ln in run.stderr.splitlines() if ln.startswith("error:")]
-    assert run.returncode == 2 and len(err) == 1 and "NotFoundError" in err[0] and "a rerun resumes them" in err[0]
+        stats = fresh.stats()
+    assert run.returncode == 0, run.stderr[-2000:]
+    lost = [ln for ln in run.stderr.splitlines() if "marked lost" in ln]
+    assert len(lost) == 1 and bid in lost[0] and "its 10 unanswered requests are sent again" in lost[0], lost
     assert "Traceback" not in run.stderr and SECRET not in run.stderr
+    check_output(tmp_path / "run" / "teacher.jsonl", 10)
+    assert [(b["batch_id"], b["state"]) for b in ledger_batches(db)][0] == (bid, "lost")
+    assert [b["state"] for b in ledger_batches(db)][1:] == ["collected"]
+    assert stats["created"] == {"openai": 1} and set(stats["submissions"].values()) == {1}
 
 
 def test_preflight_projects_the_batch_price(tmp_path, monkeypatch):

@@ -213,7 +213,15 @@ class BatchRun:
             self.advance = advance
             while pending:
                 for key, row in list(pending.items()):
-                    st = self.prov.status(row["batch_id"])
+                    try:
+                        st = self.prov.status(row["batch_id"])
+                    except Exception as e:  # noqa: BLE001 - an id the provider does not know is given up
+                        if not is_not_found(e):
+                            raise
+                        del pending[key]
+                        for new in self._lost(row):
+                            pending[new["key"]] = new
+                        continue
                     counts[key] = st
                     self.ledger.batch_update(key, state=st.state, done=st.done, failed=st.failed, expired=st.expired)
                     if st.ended:
@@ -225,6 +233,19 @@ class BatchRun:
                 self._progress(counts, len(pending))
                 if pending:
                     time.sleep(self.gcfg.batch_poll_s)
+
+    def _lost(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+        """A batch id the provider answers 404 for (a key of another project or workspace, a batch
+        deleted): nothing more can come from it, so its row is closed as ``lost`` and the requests of
+        it that this run asks for, not answered, go out again; waiting would never end."""
+        key, bid = row["key"], row["batch_id"]
+        self.ledger.batch_update(key, state="lost")
+        answered = set(self.ledger.lookup(list(self.items[key])))
+        again = [(h, q) for h, q in self.items[key].items() if h in self.wanted and h not in answered]
+        say(f"generate: {self.prov.name} batch {bid} is not found at the provider (404: a key of another project or "
+            "workspace?); it is marked lost in the ledger and "
+            + (f"its {len(again)} unanswered requests are sent again" if again else "none of its requests is asked for now"))
+        return self._submit_new(again, attempt=row["attempt"]) if again else []
 
     def _progress(self, counts: dict[str, BatchStatus], n_open: int) -> None:
         done = sum(s.done for s in counts.values())
