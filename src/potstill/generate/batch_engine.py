@@ -226,6 +226,9 @@ class BatchRun:
                     self.ledger.batch_update(key, state=st.state, done=st.done, failed=st.failed, expired=st.expired)
                     if st.ended:
                         retry = self._collect(row, st)
+                        if retry is None:  # another project's batch, taken for ours after a crash
+                            self._disown(row)
+                            continue
                         self.ledger.batch_update(key, state="collected")
                         del pending[key]
                         for new in self._resubmit(key, retry, row["attempt"] + 1):
@@ -233,6 +236,21 @@ class BatchRun:
                 self._progress(counts, len(pending))
                 if pending:
                     time.sleep(self.gcfg.batch_poll_s)
+
+    def _disown(self, row: dict[str, Any]) -> None:
+        """A batch taken for ours after a crash (``find_batch``) whose results hold none of our
+        requests: another project's on the same key. A marker row keeps its id claimed, so that no
+        search takes it again, and the search for ours goes on (or ours is sent)."""
+        key, bid = row["key"], row["batch_id"]
+        say(f"generate: {self.prov.name} batch {bid}, taken for ours after a crash, holds none of our "
+            f"{row['requests']} requests in its results: it is another project's; the search for ours goes on")
+        marker = f"foreign-{bid}"
+        self.ledger.batch_new(marker, self.prov.name, row["model"], row["stage"], row["attempt"], [])
+        self.ledger.batch_update(marker, batch_id=bid, state="foreign")
+        self.ledger.batch_update(key, batch_id=None, state="preparing")
+        row.update(batch_id=None, state="preparing")
+        self.stats.started -= row["requests"]  # counted again when ours is found or sent
+        self._submit(row, resumed=True)
 
     def _lost(self, row: dict[str, Any]) -> list[dict[str, Any]]:
         """A batch id the provider answers 404 for (a key of another project or workspace, a batch
@@ -258,8 +276,9 @@ class BatchRun:
             say(f"generate: {self.prov.name} batches: {n_open} open, {done} done, {failed} failed, "
                 f"{expired} expired, {fields['elapsed']} elapsed")
 
-    def _collect(self, row: dict[str, Any], st: BatchStatus) -> dict[str, dict[str, Any]]:
-        """Commit an ended batch's results; return the requests to resubmit (expired, failed, missing)."""
+    def _collect(self, row: dict[str, Any], st: BatchStatus) -> dict[str, dict[str, Any]] | None:
+        """Commit an ended batch's results; return the requests to resubmit (expired, failed, missing),
+        or None where its results hold none of its requests (not ours: ``_disown``)."""
         key, bid = row["key"], row["batch_id"]
         items = self.items[key]
         if st.problem:
@@ -272,13 +291,16 @@ class BatchRun:
         retry: dict[str, dict[str, Any]] = {}
         buf: list = []
         malformed: list[str] = []
+        read = ours = 0  # result lines parsed, and those of a request of this batch
         if not st.sources:
             say(f"generate: {self.prov.name} batch {bid} ended ({st.state}) with no results file id; "
                 f"its {len(items)} requests are resubmitted")
         for src in st.sources:
             try:
                 for no, line in enumerate(self.prov.lines(src), 1):
-                    self._take_line(key, line, f"{src} line {no}", items, answered, seen, retry, buf, malformed)
+                    mine = self._take_line(key, line, f"{src} line {no}", items, answered, seen, retry, buf, malformed)
+                    read += mine is not None
+                    ours += bool(mine)
                     if len(buf) >= COMMIT_EVERY:
                         self._flush(buf)
             except Exception as e:  # noqa: BLE001 - a vanished results file: resubmit what it held
@@ -287,6 +309,8 @@ class BatchRun:
                 say(f"generate: {self.prov.name} batch {bid}: results file {src} is not found at the provider (404); "
                     "the requests it held are resubmitted")
         self._flush(buf)
+        if read and not ours:
+            return None
         if malformed:
             say(f"generate: {self.prov.name} batch {bid}: {len(malformed)} malformed results line(s) (first: "
                 f"{malformed[0]}); their requests are resubmitted")
@@ -300,17 +324,18 @@ class BatchRun:
         return {h: q for h, q in retry.items() if h in self.wanted}
 
     def _take_line(self, key: str, line: str, where: str, items: dict, answered: set, seen: set, retry: dict,
-                   buf: list, malformed: list) -> None:
+                   buf: list, malformed: list) -> bool | None:
+        """Take one results line; return whether it is of a request of this batch (None: no line read)."""
         if not line.strip():
-            return
+            return None
         try:
             item = self.prov.parse(line)
         except Exception as e:  # noqa: BLE001 - any unreadable line is reported once and its request resent
             malformed.append(f"{where}: {type(e).__name__}")
-            return
+            return None
         h = item.custom_id
         if h not in items or h in seen or h in answered:
-            return
+            return h in items
         seen.add(h)
         if item.response is not None:
             buf.append((key, h, items[h], item.response))
@@ -318,6 +343,7 @@ class BatchRun:
             retry[h] = items[h]
         else:
             buf.append((key, h, items[h], Response(output=None, error=f"batch item: {self._redact(item.error)}")))
+        return True
 
     def _flush(self, buf: list) -> None:
         """Commit answered results in one transaction, priced at the batch share of the live price."""

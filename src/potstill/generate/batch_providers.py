@@ -93,7 +93,7 @@ class OpenAIBatches:
 
     def find_batch(self, key: str, row: dict[str, Any], claimed: set[str]) -> str | None:
         for b in self.client.batches.list(limit=100):  # newest first
-            if (b.metadata or {}).get("potstill_key") == key:
+            if (b.metadata or {}).get("potstill_key") == key and b.id not in claimed:
                 return b.id
             if b.created_at < row["created_at"] - 3600:
                 return None
@@ -167,17 +167,19 @@ class AnthropicBatches:
         raise NotImplementedError  # no files: requests go in the create call
 
     def find_batch(self, key: str, row: dict[str, Any], claimed: set[str]) -> str | None:
-        # Message Batches carry no metadata, so ours is the first unclaimed batch of the same
-        # size created after our row was committed (the row is written before the create call).
+        # Message Batches carry no metadata, so ours is an unclaimed batch of the same size created
+        # after our row was committed (the row is written before the create call): the earliest,
+        # as another project on the same key may have sent one since. The engine still checks its
+        # results for our custom_ids before taking them (``BatchRun._disown``).
+        found = None
         for b in self.client.messages.batches.list(limit=100):  # newest first
-            created = b.created_at.timestamp()
-            if created < row["created_at"] - self.skew_s:
-                return None
+            if b.created_at.timestamp() < row["created_at"] - self.skew_s:
+                break
             c = b.request_counts
             size = c.processing + c.succeeded + c.errored + c.canceled + c.expired
             if b.id not in claimed and size == row["requests"]:
-                return b.id
-        return None
+                found = b.id
+        return found
 
     def create(self, key: str, file_id: str | None, lines: list[bytes]) -> str:
         return self.client.messages.batches.create(requests=[json.loads(x) for x in lines]).id
