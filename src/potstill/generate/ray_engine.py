@@ -15,6 +15,7 @@ teacher). The ledger is a local file, so the workers must share the driver's fil
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from potstill.config import GenerateConfig
 from potstill.errors import PotstillError
@@ -63,8 +64,7 @@ def run_ray(teacher: Teacher, items: list[tuple[str, dict]], ledger_path: Path, 
         raise PotstillError("generate.engine ray needs Ray: pip install ray") from None
     if gcfg.ray_endpoints and not teacher.remote:
         raise PotstillError(f"generate.ray_endpoints needs an API teacher (openai, anthropic), not {teacher.type!r}")
-    if not ray.is_initialized():
-        ray.init(num_cpus=gcfg.ray_workers, include_dashboard=False, log_to_driver=False)
+    joined = _connect(ray, gcfg)
     k = min(gcfg.ray_workers, len(items))
     split = gcfg.model_copy(update={
         "rpm": gcfg.rpm and max(1, gcfg.rpm // k), "tpm": gcfg.tpm and max(1, gcfg.tpm // k),
@@ -101,7 +101,7 @@ def run_ray(teacher: Teacher, items: list[tuple[str, dict]], ledger_path: Path, 
             advance(now - shown, workers_left=len(pending))
             shown = now
     if failed:
-        raise _one_line(failed[0], teacher, len(failed), k)
+        raise _one_line(failed[0], teacher, len(failed), k, joined)
     errors: dict[str, str] = {}
     for shard_stats, shard_errors in results:
         stats.merge(shard_stats)
@@ -109,7 +109,28 @@ def run_ray(teacher: Teacher, items: list[tuple[str, dict]], ledger_path: Path, 
     return errors
 
 
-def _one_line(e: BaseException, teacher: Teacher, failed: int, workers: int) -> PotstillError:
+def _connect(ray: Any, gcfg: GenerateConfig) -> bool:
+    """Start a local Ray of ``generate.ray_workers`` CPUs, or join the cluster that RAY_ADDRESS names
+    or that ``ray start`` left running on this host (``ray.init`` finds it), as it is: Ray refuses
+    resources given to a cluster that exists. Returns whether an existing cluster was joined."""
+    if ray.is_initialized():
+        return False
+    try:
+        try:
+            ray.init(num_cpus=gcfg.ray_workers, include_dashboard=False, log_to_driver=False)
+            return False
+        except ValueError as e:  # "When connecting to an existing cluster, num_cpus ... must not be provided"
+            if "existing cluster" not in str(e):
+                raise
+        ray.init(log_to_driver=False)
+        return True
+    except Exception as e:  # noqa: BLE001 - an address that answers nothing, a cluster of another Ray version
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise PotstillError(f"generate.engine ray: cannot start or join a Ray cluster ({type(e).__name__}: "
+                            f"{first[:300]}); check RAY_ADDRESS, or unset it to start one here") from None
+
+
+def _one_line(e: BaseException, teacher: Teacher, failed: int, workers: int, joined: bool = False) -> PotstillError:
     """A worker's failure as the single-process engine would show it: a PotstillError's own line
     (a missing key), else the exception's type and message, never the worker's remote traceback
     (``str`` of a RayTaskError). The other shards ran to their end, their answers committed."""
@@ -118,8 +139,11 @@ def _one_line(e: BaseException, teacher: Teacher, failed: int, workers: int) -> 
     from potstill.errors import redact
 
     cause = getattr(e, "cause", None) or e
+    # A key unset in the workers: those of a cluster already running have its environment, not this shell's.
+    where = ("; the workers of a Ray cluster that was already running read the environment it was started with"
+             if joined else "")
     if isinstance(cause, PotstillError):
-        return PotstillError(str(cause))
+        return PotstillError(str(cause) + where)
     env = teacher.cfg.api_key_env
     secrets = [*teacher.secrets(), *(os.environ.get(v, "") for v in (env, "ANTHROPIC_API_KEY") if v)]
     what = redact(f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}", secrets)[:300]
