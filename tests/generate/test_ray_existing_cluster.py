@@ -61,7 +61,8 @@ def ray_head():
 
 @pytest.mark.parametrize("given", [False, True], ids=["found", "RAY_ADDRESS"])
 def test_generate_joins_a_ray_cluster_already_running(tmp_path, ray_head, given):
-    env = {**ray_head["env"], **({"RAY_ADDRESS": ray_head["address"]} if given else {}), "COLUMNS": "400"}
+    env = {**ray_head["env"], **({"RAY_ADDRESS": ray_head["address"]} if given else {}), "COLUMNS": "400",
+           "POTSTILL_PROGRESS": "auto", "POTSTILL_PROGRESS_INTERVAL": "0.1"}  # progress lines in a run of seconds
     with Loopback(key=SECRET) as srv:
         cfg = project(tmp_path, srv.base_url, 20, None, {"engine": "ray", "ray_workers": 2})
         out = subprocess.run([sys.executable, "-m", "potstill.cli", "generate", "-c", str(cfg)], cwd=tmp_path,
@@ -69,5 +70,8 @@ def test_generate_joins_a_ray_cluster_already_running(tmp_path, ray_head, given)
         answered = sum(srv.stats()["answered"].values())
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Traceback" not in out.stderr
+    # One progress line, the Ray workers' own: an outer one that no worker advanced read 0/20 done.
+    done = [ln for ln in out.stderr.splitlines() if ", done in " in ln]
+    assert len(done) == 1 and "teacher gpt-4o-mini on 2 Ray workers: 20/20" in done[0], done
     check_output(tmp_path / "run" / "teacher.jsonl", 20)
     assert answered == 20

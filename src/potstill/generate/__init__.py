@@ -61,6 +61,18 @@ def _send(teacher: Teacher, stage: str, ledger: Ledger, gcfg: GenerateConfig, st
     from potstill.generate.consistency import rest_request, with_earlier
 
     earlier = ledger.partial([h for h, _ in todo]) if gcfg.n > 1 and gcfg.engine != "batch" else {}
+    if gcfg.engine == "ray" and todo:  # the Ray and batch engines show their own progress
+        from potstill.generate.ray_engine import run_ray
+
+        errors.update(run_ray(teacher, todo, ledger.path, stage, gcfg, stats, earlier))
+        answers.update(ledger.lookup([h for h, _ in todo]))
+        return
+    if gcfg.engine == "batch" and todo:
+        from potstill.generate.batch_engine import run_batch
+
+        errors.update(run_batch(teacher, todo, ledger, stage, gcfg, stats))
+        answers.update(ledger.lookup([h for h, _ in todo]))
+        return
     with bar(f"{stage}: teacher {teacher.model_name}", len(todo)) as advance:
 
         def on_result(j: int, resp: Response) -> None:
@@ -76,19 +88,7 @@ def _send(teacher: Teacher, stage: str, ledger: Ledger, gcfg: GenerateConfig, st
                 errors[h] = resp.error or "no output"
             advance(1, **_fields(stats, t0))
 
-        if gcfg.engine == "ray" and todo:
-            from potstill.generate.ray_engine import run_ray
-
-            errors.update(run_ray(teacher, todo, ledger.path, stage, gcfg, stats, earlier))
-            answers.update(ledger.lookup([h for h, _ in todo]))
-        elif gcfg.engine == "batch" and todo:
-            from potstill.generate.batch_engine import run_batch
-
-            errors.update(run_batch(teacher, todo, ledger, stage, gcfg, stats))
-            answers.update(ledger.lookup([h for h, _ in todo]))
-        else:
-            teacher.run([rest_request(req, earlier[h]) if h in earlier else req for h, req in todo], on_result, stats,
-                        gcfg)
+        teacher.run([rest_request(req, earlier[h]) if h in earlier else req for h, req in todo], on_result, stats, gcfg)
 
 
 def unpriced_budget(model: str, price: Any, gcfg: GenerateConfig) -> str | None:
