@@ -157,8 +157,9 @@ REFUSED_STOPS = ("refusal", "content_filter")
 
 #: Batch states after which nothing more comes from the provider: ``lost`` is a batch id the
 #: provider answers 404 for (a key of another project or workspace); ``foreign`` marks (a row with no
-#: requests) a batch taken for ours after a crash whose results held none of our requests.
-BATCH_CLOSED = ("collected", "refused", "lost", "foreign")
+#: requests) a batch taken for ours after a crash whose results held none of our requests; ``unsent``
+#: is a killed run's row never sent that no later run asked for (nothing was billed).
+BATCH_CLOSED = ("collected", "refused", "lost", "foreign", "unsent")
 # Calls and their cost at the live price: a batch answer is billed at price_multiplier of it.
 LIVE_SUM = ("SELECT COUNT(*), COALESCE(SUM(CASE WHEN price_multiplier > 0 THEN cost_usd / price_multiplier"
             " ELSE cost_usd END), 0)")

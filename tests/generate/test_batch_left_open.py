@@ -86,3 +86,30 @@ def test_an_open_batch_of_another_model_is_collected_beside_the_new_one(tmp_path
     for model, per_in in (("gpt-4o-mini", 0.15), ("gpt-4o", 2.5)):
         r = by_model[model][0]
         assert r["cost_usd"] > 0 and r["cost_usd"] >= r["input_tokens"] * per_in / 1e6 * 0.5 * 0.999
+
+
+def test_a_killed_runs_batch_never_sent_is_not_sent_for_requests_no_one_asks_for(tmp_path, monkeypatch, capsys):
+    """The row of a batch that never reached the provider (it was down), then teacher.model changed:
+    the rerun looks for it, finds nothing and closes it as unsent, rather than buying answers of
+    the old model that no input asks for."""
+    monkeypatch.setenv("TEACHER_KEY", SECRET)
+    monkeypatch.chdir(tmp_path)
+    with BatchLoopback(key=SECRET) as srv:
+        port = srv.port
+        cfg_path = project(tmp_path, srv, "openai", 6)
+    code, _ = run_main(monkeypatch, capsys, "generate", "-c", str(cfg_path))  # nothing listens: connection refused
+    db = tmp_path / "run" / "calls.sqlite"
+    assert code == 2 and [b["state"] for b in ledger_batches(db)] == ["preparing"]
+    raw = yaml.safe_load(cfg_path.read_text())
+    raw["teacher"]["model"] = "gpt-4o"
+    cfg_path.write_text(yaml.safe_dump(raw))
+    fresh = BatchLoopback(key=SECRET)
+    fresh.port = port
+    fresh.args = [f"--port={port}", f"--key={SECRET}"]
+    with fresh:
+        code, err = run_main(monkeypatch, capsys, "generate", "-c", str(cfg_path))
+        stats = fresh.stats()
+    assert code == 0, err
+    check_output(tmp_path / "run" / "teacher.jsonl", 6)
+    assert [b["state"] for b in ledger_batches(db)] == ["unsent", "collected"]
+    assert stats["created"] == {"openai": 1} and stats["uploads"] == 1

@@ -99,6 +99,7 @@ class BatchRun:
         for row in rows:
             if row["state"] == "preparing":
                 self._submit(row, resumed=True)
+        rows = [r for r in rows if r["state"] != "unsent"]
         held = {h for r in rows for h in self.items[r["key"]]}
         self._poll(rows, len(held - set(self.ledger.lookup(list(held)))))
 
@@ -113,6 +114,8 @@ class BatchRun:
         for row in rows:
             if row["state"] == "preparing":
                 self._submit(row, resumed=True)
+        rows = [r for r in rows if r["state"] != "unsent"]
+        held_keys = {h for r in rows for h in self.items[r["key"]]}
         new = [(h, q) for h, q in items if h not in held_keys]
         # The resumed batches are billed when they end, whatever this run sends: their requests not yet
         # answered in the ledger take their share of the budget first, after what this run has collected.
@@ -168,16 +171,25 @@ class BatchRun:
         return rows
 
     def _submit(self, row: dict[str, Any], resumed: bool) -> None:
-        """Upload and create one batch, committing each provider id as soon as it exists."""
+        """Upload and create one batch, committing each provider id as soon as it exists. A killed
+        run's row that holds none of this run's requests is only looked for at the provider: found,
+        it is collected (billed); never sent, it is closed as ``unsent`` (nothing to pay for)."""
         key, prov = row["key"], self.prov
         lines = [prov.line(h, q) for h, q in self.items[key].items()]
+        send = not self.wanted.isdisjoint(self.items[key])
         try:
             if prov.uses_files and not row["file_id"]:
-                fid = (prov.find_file(key) if resumed else None) or prov.upload(key, b"".join(lines))
-                self.ledger.batch_update(key, file_id=fid)
-                row["file_id"] = fid
+                fid = (prov.find_file(key) if resumed else None) or (prov.upload(key, b"".join(lines)) if send else None)
+                if fid:
+                    self.ledger.batch_update(key, file_id=fid)
+                    row["file_id"] = fid
             claimed = {r["batch_id"] for r in self.ledger.batches(open_only=False) if r["batch_id"]}
-            bid = (prov.find_batch(key, row, claimed) if resumed else None) or prov.create(key, row["file_id"], lines)
+            bid = ((prov.find_batch(key, row, claimed) if resumed else None)
+                   or (prov.create(key, row["file_id"], lines) if send else None))
+            if bid is None:
+                self.ledger.batch_update(key, state="unsent")
+                row.update(state="unsent")
+                return
         except Exception as e:  # noqa: BLE001 - provider refusals become one line; the row is given up
             status = getattr(e, "status_code", None)
             if status is None or status >= 500:
@@ -228,6 +240,8 @@ class BatchRun:
                         retry = self._collect(row, st)
                         if retry is None:  # another project's batch, taken for ours after a crash
                             self._disown(row)
+                            if row["state"] == "unsent":
+                                del pending[key]
                             continue
                         self.ledger.batch_update(key, state="collected")
                         del pending[key]
@@ -363,8 +377,10 @@ class BatchRun:
             call.price_multiplier = self.share
             calls.append(call)
             self.stats.count(resp)
-            if call.status != "ok":
+            if call.status != "ok" and h in self.wanted:
                 self.errors[h] = resp.error or "no output"
+            elif call.status != "ok":
+                self.stats.errors -= 1  # asked under other settings: no input of this run failed
         self.ledger.record_many(calls)
         self.advance(len(buf))
         buf.clear()
