@@ -127,7 +127,7 @@ def _connect(ray: Any, gcfg: GenerateConfig) -> bool:
     except Exception as e:  # noqa: BLE001 - an address that answers nothing, a cluster of another Ray version
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise PotstillError(f"generate.engine ray: cannot start or join a Ray cluster ({type(e).__name__}: "
-                            f"{first[:300]}); check RAY_ADDRESS, or unset it to start one here") from None
+                            f"{first[:300]}); check RAY_ADDRESS, or the cluster `ray start` left running here (`ray status`)") from None
 
 
 def _one_line(e: BaseException, teacher: Teacher, failed: int, workers: int, joined: bool = False) -> PotstillError:
