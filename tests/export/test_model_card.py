@@ -179,6 +179,20 @@ def test_push_to_hub_uploads_the_export_as_one_commit(evaluated, hub, monkeypatc
     assert TOKEN not in "\n".join(err) + card
 
 
+def test_a_push_s_public_commit_message_names_no_local_path(evaluated, hub, monkeypatch, capsys, tmp_path):
+    """With the config named by an absolute path, the commit message (public on the hub) read
+    "potstill export of /home/<user>/.../run"; it names the run folder only."""
+    root = tmp_path / "alice-home" / "project"
+    shutil.copytree(evaluated, root)
+    monkeypatch.chdir(tmp_path)
+    code, err = run_main(monkeypatch, capsys, "export", "-c", str(root / "potstill.yaml"), "--format", "hf",
+                         "--push-to-hub", "org/news-student")
+    assert code == 0, err
+    [commit] = hub["commits"]
+    assert commit["summary"] == "potstill export of run"
+    assert str(tmp_path) not in json.dumps(commit, default=repr)
+
+
 @pytest.mark.parametrize("args, why", [
     (["--format", "openai-jsonl", "--push-to-hub", "org/x"], "error: --push-to-hub uploads a model (format hf, "
      "gguf, lora or gguf-lora), not the openai-jsonl export; run `potstill export --format hf --push-to-hub org/x`"),

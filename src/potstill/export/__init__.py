@@ -121,7 +121,9 @@ def export(cfg: Config, fmt: str, out_dir: str | Path | None = None, push_to: st
     if push_to is not None:
         from potstill.export.push import push
 
-        url = push(out, push_to, private, f"potstill export of {run}", [MARK])
+        # The commit message is public on the hub: the run folder's name, not its path, which names
+        # the exporter's home directory whenever the config was named by an absolute path.
+        url = push(out, push_to, private, f"potstill export of {run.resolve().name}", [MARK])
         say(f"export: pushed {out} to {push_to}: {url}")
     return written
 
