@@ -93,6 +93,42 @@ def test_a_student_trained_after_the_evaluation_is_not_carded_with_its_numbers(e
     assert code == 0 and "Verdict: **" in card and "Not evaluated since" not in card
 
 
+def test_a_challenger_promoted_by_redistill_is_carded_with_its_own_training(evaluated, monkeypatch, capsys,
+                                                                            tmp_path):
+    """After `potstill redistill` promoted a challenger (RUN/student -> students/<id>), the card showed
+    the old champion's RUN/train.json and no served traffic beside the challenger's weights. It reads
+    the round's RUN/redistill/<id>/, names the served traffic, and leaves training out where the round
+    is gone."""
+    from potstill.records import Record, read_records, write_jsonl
+    from potstill.redistill.promote import switch
+
+    root = tmp_path / "project"
+    shutil.copytree(evaluated, root)
+    run, cid = root / "run", "c0ffee123456"
+    shutil.copytree(run / "student", run / "students" / cid)
+    work = run / "redistill" / cid
+    work.mkdir(parents=True)
+    old = read_records(run / "train.jsonl")
+    served = [Record(messages=[{"role": "user", "content": f"served request {i}"}], output="sport",
+                     meta={"source": "serve", "answered_by": "teacher", "teacher": "served-teacher-model"})
+              for i in range(3)]
+    write_jsonl(work / "challenger_train.jsonl", old + served)
+    (work / "train.json").write_text(json.dumps({"method": "full", "objective": "sft", "steps": 987,
+                                                 "examples": len(old) + 3, "tokens": 4321, "val_loss": 1.2345}))
+    switch(run, run / "students" / cid)
+    code, err, card = _export(monkeypatch, capsys, root)
+    assert code == 0, err
+    assert f"987 steps over {len(old) + 3} examples, 4321 tokens" in card and "Val loss 1.2345" in card
+    assert (f"Source `served traffic`: 3 of the {len(old) + 3} records it was trained on are requests sent to "
+            "`potstill serve`") in card and "`served-teacher-model` (3)" in card
+    (work / "train.json").unlink()
+    code, err, card = _export(monkeypatch, capsys, root)
+    assert code == 0, err
+    assert "steps over" not in card and "Source `" not in card
+    assert card.count(f"- Left out: the student in run/student was promoted by `potstill redistill` (students/{cid})") == 2
+    assert any("the model card leaves out the training and its data" in line for line in err), err
+
+
 def test_the_card_s_example_prompts_the_student_as_training_did(evaluated, monkeypatch, capsys):
     from transformers import AutoTokenizer
 

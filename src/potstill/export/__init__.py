@@ -101,7 +101,11 @@ def export(cfg: Config, fmt: str, out_dir: str | Path | None = None, push_to: st
         to ``out``. Written after the rename, an export stopped between the two left weights with no
         mark, which the same command then refused as "files potstill did not write"."""
         if fmt in CARDS:
-            from potstill.export.model_card import model_card, stale_evaluation
+            from potstill.export.model_card import model_card, promoted_round, stale_evaluation
+
+            left_out = promoted_round(run)[3]
+            if left_out:
+                say(f"[yellow]export: the model card leaves out the training and its data: {left_out}[/yellow]")
 
             stale = stale_evaluation(run) if (run / "eval.json").exists() else None
             if stale:

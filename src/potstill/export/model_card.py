@@ -54,6 +54,49 @@ def stale_evaluation(run: Path) -> str | None:
     return None
 
 
+def promoted_round(run: Path) -> tuple[dict | None, dict | None, Path | None, str | None]:
+    """The train.json, dataset card and training records of the student in ``RUN/student``, and why
+    they are left out of the card (or None). ``potstill redistill`` promotes a challenger by pointing
+    RUN/student at RUN/students/<id>; its summary and records are in RUN/redistill/<id>/, while
+    RUN/train.json stays the old champion's: read there, the card described the old training beside
+    the new weights. A student in students/ without a round folder is a kept champion (``students/original``
+    after a rollback): RUN/train.json is its own."""
+    from potstill.rundir import CHALLENGER_TRAIN
+
+    student = (run / "student").resolve()
+    work = run / "redistill" / student.name
+    if student.parent != (run / "students").resolve() or not work.is_dir():
+        return _read(run / "train.json"), _read(run / "card.json"), run / "train.jsonl", None
+    train, data = _read(work / "train.json"), work / CHALLENGER_TRAIN
+    if train is None or not data.is_file():
+        return None, None, None, (f"the student in {Path(run).name}/student was promoted by `potstill redistill` "
+                                  f"(students/{student.name}) and {Path(run).name}/redistill/{student.name} holds no "
+                                  f"train.json or {CHALLENGER_TRAIN} of its training")
+    # Every challenger trains on the champion's set (the first one's: RUN/card.json) and served traffic.
+    return train, _read(run / "card.json"), data, None
+
+
+def _served_lines(records: Path | None) -> list[str]:
+    """The served traffic among the records a promoted student trained on (``meta.source: serve``)."""
+    from potstill.records import read_records
+
+    if records is None or not records.is_file() or records.name == "train.jsonl":
+        return []
+    rs = read_records(records)
+    served = [r for r in rs if r.meta.get("source") == "serve"]
+    if not served:
+        return []
+    by = {}
+    for r in served:
+        who = r.meta.get("teacher") or "not recorded"
+        by[who] = by.get(who, 0) + 1
+    return [f"- Source `served traffic`: {len(served)} of the {len(rs)} records it was trained on are requests sent to "
+            "`potstill serve` and learnt by `potstill redistill`, answered by "
+            + ", ".join(f"`{published_name(m)}` ({n})" for m, n in by.items())
+            + "; who sent them and under what licence is not recorded: check that the service's users and its "
+            "privacy terms allow training and sharing a model on them"]
+
+
 def _pct(x: Any) -> str:
     return f"{x:.1%}" if isinstance(x, (int, float)) else "-"
 
@@ -66,7 +109,8 @@ def model_card(cfg: Config, run: Path, name: str, ref: str, chat: bool, fmt: str
     """The card of the student in ``run``, exported as ``fmt`` (hf, gguf, lora or gguf-lora). ``name``: its title (the
     repo id when pushed); ``ref``: the folder or repo id the usage example reads (``pushed``: a repo
     id); ``chat``: whether it is prompted through its chat template (else potstill's plain text)."""
-    train, ev, card = _read(run / "train.json"), _read(run / "eval.json"), _read(run / "card.json")
+    train, card, records, left_out = promoted_round(run)
+    ev = _read(run / "eval.json")
     base = _hub_model(cfg.student.model)
     datasets = [parse(p)[0] for p in (cfg.data.inputs, cfg.curate.real_data) if is_hub_file(p)]
     library = {"hf": "transformers", "lora": "peft"}.get(fmt)
@@ -91,7 +135,9 @@ def model_card(cfg: Config, run: Path, name: str, ref: str, chat: bool, fmt: str
     lines.append(f"- Teacher: `{published_name(cfg.teacher.model)}` ({cfg.teacher.type}); its terms of use: {terms}. "
                  "Check that they "
                  "allow training and sharing a model on its outputs.")
-    if card:
+    if left_out:
+        lines.append(f"- Left out: {left_out}.")
+    elif card:
         for s in card.get("sources") or [{"name": "inputs", **card.get("inputs", {})}]:
             commit = f" at commit `{s['hub_commit']}`" if s.get("hub_commit") else ""
             lines.append(f"- Source `{s.get('name')}`: {s.get('records', '?')} records from "
@@ -101,10 +147,13 @@ def model_card(cfg: Config, run: Path, name: str, ref: str, chat: bool, fmt: str
         if counts:
             lines.append("- Kept after curation: " + ", ".join(f"{k} {v}" for k, v in counts.items()
                                                                if k in ("train", "val", "test")))
+        lines += _served_lines(records)
     else:
         lines.append("- No dataset card in the run (`potstill curate` writes card.json).")
     lines += ["", "## Training", ""]
-    if train:
+    if left_out:
+        lines.append(f"- Left out: {left_out}.")
+    elif train:
         lines.append(f"- {train.get('method')} fine-tuning, objective {train.get('objective')}"
                      + (f" (KD signal: {train['kd_signal']})" if train.get("kd_signal") else "")
                      + f", {train.get('steps')} steps over {train.get('examples')} examples, "
