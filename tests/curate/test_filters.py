@@ -455,3 +455,20 @@ def test_the_card_names_the_teacher_that_wrote_the_records_not_only_the_configur
     replayed = [rec(_words(i), "sports", meta={"teacher": "replay"}) for i in range(2)]  # a teacher with no model
     assert "wrote none" not in card_markdown(curate(Config(task={"labels": LABELS}, teacher={"type": "replay"},
                                                            curate={"val": 0, "test": 0}), replayed).card)
+
+
+def test_imported_model_traffic_mixed_in_as_real_data_is_carded_as_that_model_s_answers():
+    """Real data that `potstill import` took from gpt-4o's logs (meta.teacher) was carded "labelled by
+    people" and left out of records_by_model; the card names the logged model, its terms not given."""
+    from potstill.curate import card_markdown
+
+    teacher = [rec(_words(i), "sports", meta={"teacher": "gpt-4o-mini"}) for i in range(4)]
+    real = [rec(_words(10 + i), None, label="tech", id=f"log-{i}",
+                meta={"teacher": "gpt-4o-2024-08-06", "format": "openai-log"}) for i in range(2)]
+    config = Config(task={"labels": LABELS}, teacher={"model": "gpt-4o-mini"},
+                    curate={"val": 0, "test": 0, "real_ratio": 1.0})
+    c = curate(config, teacher, real=real)
+    assert c.card["teacher"]["records_by_model"].get("gpt-4o-2024-08-06") == 2
+    [source] = [s for s in c.card["sources"] if s["name"] == "real"]
+    assert source["labelled_by"] == "answers logged from `gpt-4o-2024-08-06` (2 kept, imported; terms of use: not given)"
+    assert "people" not in card_markdown(c.card)

@@ -129,6 +129,42 @@ def test_a_challenger_promoted_by_redistill_is_carded_with_its_own_training(eval
     assert any("the model card leaves out the training and its data" in line for line in err), err
 
 
+def test_the_card_names_who_wrote_the_answers_and_inputs_with_their_own_terms(evaluated, monkeypatch, capsys,
+                                                                              tmp_path):
+    """The card named the configured teacher (changed since, with its own terms, or card.json's
+    terms of the old one) as the data's writer; imported gpt-4o traffic was "labelled by people" and
+    synthetic inputs the user's own. It names each record's writer with the terms known for it."""
+    from potstill.records import read_records, write_jsonl
+
+    root = tmp_path / "project"
+    shutil.copytree(evaluated, root)
+    run = root / "run"
+    rs = read_records(run / "train.jsonl")
+    teacher = rs[0].meta["teacher"]
+    for r in rs[:4]:
+        r.meta.update(source="real", teacher="gpt-4o-2024-08-06", format="openai-log")
+    for r in rs[4:7]:
+        r.meta["synthesis"] = {"teacher": "gpt-4o-mini"}
+    write_jsonl(run / "train.jsonl", rs)
+    cfg = yaml.safe_load((root / "potstill.yaml").read_text())
+    cfg["teacher"].update(model=str(tmp_path / "teacherB"), terms="TERMS-OF-B")
+    (root / "potstill.yaml").write_text(yaml.safe_dump(cfg))
+    code, err, card = _export(monkeypatch, capsys, root)
+    assert code == 0, err
+    written = next(line for line in card.splitlines() if line.startswith("- Answers of the"))
+    assert f"({len(rs) - 4}, generated; its terms of use: the teacher's test terms)" in written
+    assert "`gpt-4o-2024-08-06` (4, imported traffic; its terms of use: not given)" in written
+    assert "TERMS-OF-B" not in written
+    assert "- The configured teacher `teacherB` wrote none of them" in card
+    assert "written by `potstill synthesize`: `gpt-4o-mini` (3; its terms of use: not given)" in card
+    assert "TERMS-OF-B" not in card.replace("its terms of use: TERMS-OF-B. Check", "")
+    assert published_name_ok(card, teacher)
+
+
+def published_name_ok(card: str, teacher: str) -> bool:
+    return teacher not in card  # a local path is published by its folder name only
+
+
 def test_the_card_s_example_prompts_the_student_as_training_did(evaluated, monkeypatch, capsys):
     from transformers import AutoTokenizer
 

@@ -334,9 +334,17 @@ def _card(cfg: Config, counts: dict[str, int], rejected: list[Record], train: li
     sources = [{"name": "inputs", "path": cfg.data.inputs, **hub, "source": cfg.data.source,
                 "license": cfg.data.license, "labelled_by": "teacher", "records": counts["input"]}]
     if cfg.curate.real_data or n_real:
+        # Imported model traffic (`potstill import`: meta.teacher is the logged model) mixed in as real
+        # data was carded "labelled by people"; its answers are that model's.
+        real = [r for r in train + val + test if r.meta.get("source") == "real"]
+        logged = Counter(r.meta["teacher"] for r in real if r.meta.get("teacher"))
+        labelled_by = "people (real labels)" if not logged else (
+            "answers logged from " + ", ".join(f"`{m}` ({n} kept, imported; terms of use: not given)"
+                                               for m, n in logged.items())
+            + (", people for the rest" if sum(logged.values()) < len(real) else ""))
         sources.append({"name": "real", "path": cfg.curate.real_data, **provenance(cfg.curate.real_data),
                         "source": cfg.curate.real_source,
-                        "license": cfg.curate.real_license, "labelled_by": "people (real labels)",
+                        "license": cfg.curate.real_license, "labelled_by": labelled_by,
                         "records": n_real, "added_to_train": counts["real_added"]})
     review = None
     if decisions or stale or missing:
@@ -360,8 +368,9 @@ def _card(cfg: Config, counts: dict[str, int], rejected: list[Record], train: li
         "teacher": {"type": cfg.teacher.type, "model": cfg.teacher.model, "terms_of_use": cfg.teacher.terms or "not given",
                     # Who wrote the kept answers (generate's meta.teacher): the config may name another
                     # teacher since, and the terms above are then that one's, not the data's.
+                    # Imported traffic's logged model counts too: it wrote those answers.
                     "records_by_model": dict(Counter(r.meta["teacher"] for r in train + val + test
-                                                     if r.meta.get("source") != "real" and r.meta.get("teacher")))},
+                                                     if r.meta.get("teacher")))},
         "inputs": {"path": cfg.data.inputs, **hub, "source": cfg.data.source, "license": cfg.data.license},
         "sources": sources,
         # json_schema: what the data was validated against, and what `potstill review` checks an edit by.

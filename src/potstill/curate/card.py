@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from potstill.curate.text import markdown as text_markdown
@@ -15,6 +16,20 @@ def configured_teacher(t: dict[str, Any]) -> str:
     """The name generate writes in each record's meta.teacher for the card's teacher: its model, or
     its type where it names none (a replay teacher)."""
     return t["model"] or t["type"]
+
+
+def same_teacher(a: str | None, b: str | None) -> bool:
+    """Whether two names are one teacher: equal, or one local folder spelled two ways (``models/t``
+    from the project folder, ``/home/me/proj/models/t`` from a config named by its absolute path)."""
+    if not a or not b:
+        return False
+    if a == b:
+        return True
+    try:
+        pa, pb = Path(a).expanduser(), Path(b).expanduser()
+        return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+    except (OSError, ValueError):
+        return False
 
 
 def card_markdown(card: dict[str, Any]) -> str:

@@ -97,6 +97,55 @@ def _served_lines(records: Path | None) -> list[str]:
             "privacy terms allow training and sharing a model on them"]
 
 
+def _writers_lines(cfg: Config, card: dict | None, records: Path | None) -> list[str]:
+    """Who wrote the answers and the inputs the student was trained on, from each record's meta
+    (generate's and import's ``teacher``, synthesize's ``synthesis.teacher``), each with the terms of
+    use that are known to be that model's: the config's for its teacher, card.json's for the teacher
+    curate ran with, "not given" for any other. Named from the config alone, the card gave a teacher
+    that wrote none of the data, with another teacher's terms."""
+    from potstill.curate.card import same_teacher
+    from potstill.records import read_records
+
+    if records is None or not records.is_file():
+        return []
+    t = (card or {}).get("teacher") or {}
+    known = [(cfg.teacher.model or cfg.teacher.type, cfg.teacher.terms)]
+    if t.get("model") and t.get("terms_of_use") not in (None, "not given"):
+        known.append((t["model"], t["terms_of_use"]))
+
+    def terms(model: str) -> str:
+        return next((x for m, x in known if x and same_teacher(m, model)), None) or "not given"
+
+    answers: dict[tuple[str, str], int] = {}
+    rest: dict[str, int] = {}
+    inputs: dict[str, int] = {}
+    rs = read_records(records)
+    for r in rs:
+        if r.meta.get("teacher"):
+            how = {"real": "imported traffic", "serve": "served escalations"}.get(r.meta.get("source"), "generated")
+            answers[(r.meta["teacher"], how)] = answers.get((r.meta["teacher"], how), 0) + 1
+        else:
+            who = "people (real labels)" if r.meta.get("source") == "real" else "a writer not recorded"
+            rest[who] = rest.get(who, 0) + 1
+        syn = (r.meta.get("synthesis") or {}).get("teacher")
+        if syn:
+            inputs[syn] = inputs.get(syn, 0) + 1
+    out = []
+    if answers:
+        out.append(f"- Answers of the {len(rs)} training records written by: " + "; ".join(
+            f"`{published_name(m)}` ({n}, {how}; its terms of use: {terms(m)})" for (m, how), n in answers.items())
+            + "".join(f"; {n} by {who}" for who, n in rest.items()) + ".")
+        named = cfg.teacher.model or cfg.teacher.type
+        if not any(same_teacher(named, m) for m, _ in answers):
+            out.append(f"- The configured teacher `{published_name(named)}` wrote none of them: its terms above "
+                       "are not the ones that apply to this data.")
+    if inputs:
+        out.append(f"- Inputs of the {len(rs)} training records written by `potstill synthesize`: " + "; ".join(
+            f"`{published_name(m)}` ({n}; its terms of use: {terms(m)})" for m, n in inputs.items())
+            + "; the data's licence below is that of the rest (the seeds and inputs given).")
+    return out
+
+
 def _pct(x: Any) -> str:
     return f"{x:.1%}" if isinstance(x, (int, float)) else "-"
 
@@ -131,10 +180,14 @@ def model_card(cfg: Config, run: Path, name: str, ref: str, chat: bool, fmt: str
     if t.labels:
         lines.append("- Labels: " + ", ".join(f"`{x}`" for x in t.labels))
     lines += ["", "## Teacher and data", ""]
-    terms = (card or {}).get("teacher", {}).get("terms_of_use") or cfg.teacher.terms or "not given"
+    # The name and the terms from one source, the config: card.json's terms are those of the teacher
+    # curate ran with, which may not be this one (who wrote the data is the next line's).
+    terms = cfg.teacher.terms or "not given"
     lines.append(f"- Teacher: `{published_name(cfg.teacher.model)}` ({cfg.teacher.type}); its terms of use: {terms}. "
                  "Check that they "
                  "allow training and sharing a model on its outputs.")
+    if not left_out:
+        lines += _writers_lines(cfg, card, records)
     if left_out:
         lines.append(f"- Left out: {left_out}.")
     elif card:
@@ -142,7 +195,8 @@ def model_card(cfg: Config, run: Path, name: str, ref: str, chat: bool, fmt: str
             commit = f" at commit `{s['hub_commit']}`" if s.get("hub_commit") else ""
             lines.append(f"- Source `{s.get('name')}`: {s.get('records', '?')} records from "
                          f"`{published_name(str(s.get('path')))}`{commit}, "
-                         f"labelled by {s.get('labelled_by', 'teacher')}; {s.get('source')}; licence: {s.get('license')}")
+                         f"labelled by {s.get('labelled_by', 'teacher')}; {s.get('source')}; licence: {s.get('license')}"
+                         + (f"; {s['added_to_train']} added to train" if s.get("added_to_train") is not None else ""))
         counts = card.get("counts") or {}
         if counts:
             lines.append("- Kept after curation: " + ", ".join(f"{k} {v}" for k, v in counts.items()
