@@ -472,3 +472,16 @@ def test_imported_model_traffic_mixed_in_as_real_data_is_carded_as_that_model_s_
     [source] = [s for s in c.card["sources"] if s["name"] == "real"]
     assert source["labelled_by"] == "answers logged from `gpt-4o-2024-08-06` (2 kept, imported; terms of use: not given)"
     assert "people" not in card_markdown(c.card)
+
+
+def test_a_local_teacher_spelled_by_another_path_is_the_same_teacher(tmp_path, monkeypatch):
+    """`-c potstill.yaml` writes meta.teacher `models/t`; `-c /abs/potstill.yaml` configures
+    `/abs/models/t`: the card said the configured teacher wrote none of the answers."""
+    from potstill.curate import card_markdown
+
+    (tmp_path / "models" / "t").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    records = [rec(_words(i), "sports", meta={"teacher": "models/t"}) for i in range(4)]
+    c = curate(Config(task={"labels": LABELS}, teacher={"type": "local", "model": str(tmp_path / "models" / "t")},
+                      curate={"val": 0, "test": 0}), records)
+    assert "wrote none of them" not in card_markdown(c.card) and "Answers written by" not in card_markdown(c.card)

@@ -68,9 +68,9 @@ def card_markdown(card: dict[str, Any]) -> str:
               f"- Teacher: {t['type']} `{t['model']}`",
               f"- Teacher terms of use: {t['terms_of_use']}"]
     wrote, named = t.get("records_by_model") or {}, configured_teacher(t)
-    if wrote and set(wrote) != {named}:
+    if wrote and not all(same_teacher(m, named) for m in wrote):
         lines.append("- Answers written by: " + ", ".join(f"`{m}` ({n} records)" for m, n in wrote.items())
-                     + ("" if named in wrote else f"; the configured teacher `{named}` wrote none of them, "
+                     + ("" if any(same_teacher(m, named) for m in wrote) else f"; the configured teacher `{named}` wrote none of them, "
                         "so the terms of use above may not be the ones that apply to this data"))
     for s in card.get("sources") or [{"name": "inputs", **card["inputs"]}]:
         lines.append(f"- Source `{s['name']}` ({s.get('records', '?')} records, labelled by {s.get('labelled_by', 'teacher')}): "

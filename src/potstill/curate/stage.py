@@ -9,7 +9,7 @@ from rich.markup import escape
 
 from potstill.config import Config
 from potstill.curate import card_markdown, curate
-from potstill.curate.card import configured_teacher
+from potstill.curate.card import configured_teacher, same_teacher
 from potstill.errors import PotstillError
 from potstill.progress import say
 from potstill.records import atomic_files, check_ids, dump_jsonl, read_numbered, read_records
@@ -60,7 +60,8 @@ def curate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
                                "synthetic_per_split": {n: sum("synthetic" in r.slice for r in rows)
                                                        for n, rows in (("train", c.train), ("val", c.val), ("test", c.test))}}
     wrote, named = c.card["teacher"]["records_by_model"], configured_teacher(c.card["teacher"])
-    if wrote and named not in wrote:  # the card says so too; said here, where it can still be fixed
+    # By resolved path: a local teacher is `models/t` from the project folder, `/abs/models/t` by an absolute -c.
+    if wrote and not any(same_teacher(m, named) for m in wrote):  # the card says so too; said here, where it can still be fixed
         say("[yellow]" + escape(f"curate: teacher.jsonl was written by {', '.join(map(str, wrote))}, not the configured "
                                 f"teacher {named}; run `potstill generate` for this teacher, or curate with the config "
                                 "that wrote it") + "[/yellow]")
