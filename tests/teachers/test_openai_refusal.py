@@ -135,3 +135,35 @@ def test_an_inputs_earlier_call_is_kept_apart_from_the_teachers_answer(tmp_path,
     assert syn.meta["synthesis"] == {"request_hash": "abc", "cost_usd": 0.5, "teacher": "writer-1"}
     assert not imp.valid and "teacher" not in imp.meta and "finish_reason" not in imp.meta
     assert imp.meta["logged"] == {"teacher": "gpt-4o", "finish_reason": "length", "usage": {"total": 9}}
+
+
+def test_a_refused_choice_0_keeps_the_logprobs_of_the_answered_samples(tmp_path, monkeypatch):
+    """generate.n 3 with logprobs: choice 0 refused, choices 1 and 2 the same answer with logprobs.
+    Per-sample logprobs were built only when choice 0 had some, so the record of the majority answer
+    kept no logprobs (no top-k KD) though the server sent them; it keeps choice 1's now."""
+    monkeypatch.setenv("REFUSAL_KEY", KEY)
+    content = [{"token": t, "bytes": list(t.encode()), "logprob": -0.05,
+                "top_logprobs": [{"token": t, "bytes": list(t.encode()), "logprob": -0.05}]} for t in ["The", " cat"]]
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    def chat(body: dict) -> dict:
+        refused = {"index": 0, "message": {"role": "assistant", "content": None, "refusal": REFUSAL},
+                   "logprobs": {"content": None, "refusal": []}, "finish_reason": "stop"}
+        answered = [{"index": i, "message": {"role": "assistant", "content": "The cat", "refusal": None},
+                     "logprobs": {"content": content, "refusal": None}, "finish_reason": "stop"} for i in (1, 2)]
+        return {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
+                "choices": [refused, *answered], "usage": {"prompt_tokens": 9, "completion_tokens": 15,
+                                                           "total_tokens": 24}}
+
+    task = get_task(TaskConfig(type="freetext", instruction="Answer."))
+    with LiveServer(app) as srv, Ledger(tmp_path / "calls.sqlite") as ledger:
+        teacher = get_teacher(TeacherConfig(type="openai", model="gpt-4o-mini", base_url=srv.url + "/v1",
+                                            api_key_env="REFUSAL_KEY", max_tokens=16, max_retries=0, logprobs=1), task)
+        try:
+            (rec,), _ = label_records([Record(id="a", messages=[{"role": "user", "content": "x"}])], task, teacher,
+                                      ledger, "generate", GenerateConfig(n=3))
+        finally:
+            teacher.close()
+    assert rec.output == "The cat" and rec.samples == ["", "The cat", "The cat"]
+    assert [e["token"] for e in rec.logprobs] == ["The", " cat"]

@@ -183,7 +183,9 @@ class OpenAITeacher(ApiTeacher):
             if self.task.labels:
                 label_probs = label_probs_from_top_logprobs(logprobs[0]["top"], self.task.labels)
         per_sample = None
-        if len(choices) > 1 and logprobs is not None:
+        # Any choice's, not choice 0's alone: a refused or empty choice 0 beside answered ones would
+        # drop the logprobs of the sample that wins the vote (consistency.sample_logprobs reads these).
+        if len(choices) > 1 and any(c.logprobs is not None and c.logprobs.content for c in choices):
             per_sample = [compact_logprobs(c.logprobs.content) if c.logprobs is not None and c.logprobs.content
                           else None for c in choices]
         cost = self.token_cost(n_in, n_out, cached)
