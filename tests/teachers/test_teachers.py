@@ -239,3 +239,21 @@ def test_a_teacher_from_the_factory_bills_one_request_as_generate_bills_a_run(se
     assert one.ok and one.cost_usd > 0
     price = PriceConfig.model_validate(table["tiny-teacher"])
     assert one.cost_usd == pytest.approx(token_cost(price, one.input_tokens, one.output_tokens)) == ran[0].cost_usd
+
+
+@pytest.mark.parametrize("typ", ["local", "replay", "anthropic"])
+def test_teacher_logprobs_on_a_teacher_that_gives_none_is_one_line_before_any_answer(tmp_path, typ):
+    """A local or replay teacher took teacher.logprobs 5 without a word and wrote records with no
+    logprobs (train's kd then failed on a message that did not name this setting); only Anthropic's
+    was refused. Each is refused now, naming the setting, before a model loads or a file is read."""
+    from potstill.config import TaskConfig, TeacherConfig
+    from potstill.errors import PotstillError
+    from potstill.tasks import get_task
+    from potstill.teachers import get_teacher
+
+    (tmp_path / "rec.jsonl").write_text("")
+    cfg = TeacherConfig(type=typ, model="claude-x" if typ == "anthropic" else str(tmp_path / "no-model"),
+                        replay_path=str(tmp_path / "rec.jsonl"), logprobs=5)
+    with pytest.raises(PotstillError, match=r"^teacher\.logprobs: .*no .*log-probabilities.*; set it to 0$") as e:
+        get_teacher(cfg, get_task(TaskConfig(type="freetext", instruction="Say something.")))
+    assert "\n" not in str(e.value)

@@ -11,7 +11,8 @@ Declared (class attributes; the defaults suit an in-process model):
 - ``type``: the name used in ``teacher.type``.
 - ``supports_samples``: one request can carry ``n`` samples (``generate.n``); generate sets
   ``n`` before building requests and refuses ``n > 1`` when this is False.
-- ``supports_logprobs``: answers can carry top-k ``logprobs`` (``teacher.logprobs``).
+- ``supports_logprobs``: answers can carry top-k ``logprobs`` (``teacher.logprobs``); without it,
+  ``teacher.logprobs > 0`` is refused at construction with ``logprobs_refusal``.
 - ``supports_batch``: the adapter can send a whole run through a provider's batch API (cheaper,
   hours of latency); generate uses it only when asked to.
 - ``remote``: requests go over the network (``teacher.base_url``), so they can be spread over
@@ -226,6 +227,8 @@ class Teacher:
     type: ClassVar[str] = "teacher"
     supports_samples: ClassVar[bool] = False
     supports_logprobs: ClassVar[bool] = False
+    #: Why ``teacher.logprobs`` is refused when ``supports_logprobs`` is False.
+    logprobs_refusal: ClassVar[str] = "this teacher returns no log-probabilities"
     supports_batch: ClassVar[bool] = False
     remote: ClassVar[bool] = False
     supports_tools: ClassVar[bool] = False
@@ -248,6 +251,10 @@ class Teacher:
                                 f"cannot constrain its answers to a {fmt['type'].replace('json_', '')}; set it to off" +
                                 ("; curate still drops answers task.grammar does not derive"
                                  if fmt["type"] == "grammar" else ""))
+        if cfg.logprobs and not self.supports_logprobs:
+            # Refused here, before any answer: ignored, it left records without the top-k data asked for,
+            # and train's kd then failed on something that did not name this setting.
+            raise PotstillError(f"teacher.logprobs: {self.logprobs_refusal}; set it to 0")
         #: Samples per input; generate sets it from ``generate.n`` (only above 1 when ``supports_samples``).
         self.n = 1
         self._worker: ThreadPoolExecutor | None = None

@@ -73,6 +73,8 @@ def choose_shots(path: str, k: int, seed: int, labels: list[str]) -> list[tuple[
 
 class LocalTeacher(Teacher):
     type = "local"
+    logprobs_refusal = ("a local teacher stores no per-token log-probabilities (train.kd_signal logits with "
+                        "train.teacher_model distils its full logits)")
 
     def __init__(self, cfg: TeacherConfig, task: Task):
         super().__init__(cfg, task)

@@ -76,6 +76,7 @@ def _from_record(row: dict[str, Any], where: str) -> Recorded | None:
 
 class ReplayTeacher(Teacher):
     type = "replay"
+    logprobs_refusal = "a replay teacher answers with recorded text, which holds no log-probabilities"
 
     def __init__(self, cfg: TeacherConfig, task: Task):
         super().__init__(cfg, task)

@@ -74,8 +74,6 @@ class ApiTeacher(Teacher):
         super().__init__(cfg, task)
         if not cfg.model:
             raise PotstillError(f"teacher.model is required for an {self.type} teacher")
-        if cfg.logprobs and not self.supports_logprobs:
-            raise PotstillError(f"teacher.logprobs: {self.logprobs_refusal}; set it to 0")
         #: Where requests go, decided once: ``teacher.base_url``, else the URL the SDK would read from
         #: its own variable (None: the provider's API). The client is given it, and its password is
         #: a secret and stays out of the teacher's identity wherever it was set.
@@ -87,7 +85,6 @@ class ApiTeacher(Teacher):
         self._session: Any = None
         self._session_lock = threading.Lock()
 
-    #: Why ``teacher.logprobs`` is refused when ``supports_logprobs`` is False.
     logprobs_refusal = "this API returns no log-probabilities"
 
     def make_client(self, http_client: Any) -> Any:
