@@ -185,6 +185,7 @@ def check_vocabulary(ctx: _Ctx) -> Check:
 
 
 def _topk_coverage(ctx: _Ctx) -> Check:
+    from potstill.teachers.base import token_bytes
     from potstill.train.batching import topk_for_completion
 
     records = [r for r in ctx.train_records() if r.logprobs]
@@ -193,17 +194,26 @@ def _topk_coverage(ctx: _Ctx) -> Check:
     tok, fmt = ctx.student_tok, ctx.fmt(ctx.student_tok)
     mapped = total = 0
     cache: dict = {}
+    rewritten = []  # records whose answer is not the text their teacher tokens spell
     for r in records:
-        completion = tok(fmt.completion(tok, ctx.task.target(r)), add_special_tokens=False)["input_ids"]
+        target = ctx.task.target(r)
+        completion = tok(fmt.completion(tok, target), add_special_tokens=False)["input_ids"]
         top = topk_for_completion(tok, completion, r.logprobs, cache)
-        n = min(len(completion), len(r.logprobs))
-        total += n
-        mapped += sum(1 for x in top[:n] if x is not None)
+        total += len(r.logprobs)  # each teacher token gets at most one student position
+        mapped += sum(1 for x in top if x is not None)
+        spelled = b"".join(token_bytes(e) for e in r.logprobs).decode("utf-8", "replace")
+        if spelled.strip() != str(target).strip():
+            rewritten.append(r.id)
     share = mapped / max(1, total)
     if share < MIN_TOPK_COVERAGE:
+        # Same tokenizer or not, a record whose answer was edited (or whose target is not the teacher's
+        # output) has no tokens to match: name that cause where it is the one.
+        why = (f"{len(rewritten)} of {len(records)} records' answers are not the text their teacher tokens spell "
+               f"(record {rewritten[0]}: edited after generate, or a target other than the teacher's output)"
+               if rewritten else "the teacher's tokenizer differs from the student's")
         return Check("vocabulary", "fail", f"only {share:.0%} of the teacher's output tokens map onto student tokens "
-                     f"({mapped} of {total} in {len(records)} records): the teacher's tokenizer differs, so topk KD "
-                     "would train on almost nothing; use kd_signal labels (classification) or sft")
+                     f"({mapped} of {total} in {len(records)} records): {why}, so topk KD would train on almost "
+                     "nothing; use kd_signal labels (classification) or sft")
     return Check("vocabulary", "ok", f"{share:.0%} of the teacher's output tokens map onto student tokens")
 
 

@@ -81,6 +81,18 @@ def test_topk_tokens_of_another_tokenizer_refuse(tiny_model, tmp_path):
     assert _status(cfg, "vocabulary") == ("ok", "100% of the teacher's output tokens map onto student tokens")
 
 
+def test_topk_tokens_of_an_edited_answer_refuse_naming_the_answer_not_the_tokenizer(tiny_model, tmp_path):
+    """Records whose answer is not the text their teacher tokens spell (edited after generate) map
+    onto nothing whatever the tokenizers: the refusal blamed the teacher's tokenizer; it names the
+    records now."""
+    cfg = _cfg(tmp_path, student={"model": str(tiny_model)}, train={"objective": "kd", "kd_signal": "topk"})
+    rows = [{**_topk_record(["sports", " match", " win"]), "id": f"r{i}", "output": "film star vote"} for i in range(3)]
+    _write(tmp_path / "run" / "train.jsonl", rows)
+    status, detail = _status(cfg, "vocabulary")
+    assert status == "fail" and "tokenizer" not in detail, detail
+    assert "3 of 3 records' answers are not the text their teacher tokens spell (record r0: " in detail, detail
+
+
 def test_classification_kd_on_labels_is_not_refused_for_top_k_it_does_not_use(tiny_model, tmp_path):
     """kd_signal auto on a classification task trains on the label distribution (``resolve_signal``),
     whatever top-k logprobs an API teacher's records carry: its tokenizer is no reason to refuse

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 from potstill.ledger import ServedCall
 from potstill.serve.engine import first_stop
-from potstill.teachers.base import Delta, join_fragment
+from potstill.teachers.base import Delta, join_fragment, token_bytes
 
 
 class Piece(NamedTuple):
@@ -39,8 +39,8 @@ class Piece(NamedTuple):
 def openai_logprob(entry: dict[str, Any], top: int) -> dict[str, Any]:
     """One token's log-probs as a teacher adapter keeps them ({token, logprob, top}, rounded to 1e-4
     nats) as an entry of OpenAI's ``logprobs.content``, with ``top`` alternatives."""
-    return {"token": entry["token"], "logprob": entry["logprob"], "bytes": list(entry["token"].encode("utf-8")),
-            "top_logprobs": [{"token": a["token"], "logprob": a["logprob"], "bytes": list(a["token"].encode("utf-8"))}
+    return {"token": entry["token"], "logprob": entry["logprob"], "bytes": list(token_bytes(entry)),
+            "top_logprobs": [{"token": a["token"], "logprob": a["logprob"], "bytes": list(token_bytes(a))}
                              for a in entry.get("top", [])[:top]]}
 
 

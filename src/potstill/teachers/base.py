@@ -110,6 +110,15 @@ class Response:
 
 
 OnResult = Callable[[int, Response], None]
+
+
+def token_bytes(entry: dict[str, Any]) -> bytes:
+    """The bytes of one kept logprobs entry (a token or one of its ``top`` alternatives). An entry
+    keeps its ``bytes`` (OpenAI's field) only where its text does not spell them: a token holding part
+    of a character split across tokens (CJK, emoji), whose text is escaped or U+FFFD."""
+    if entry.get("bytes") is not None:
+        return bytes(entry["bytes"])
+    return str(entry.get("token", "")).encode("utf-8", "surrogatepass")  # a lone surrogate: bytes that match nothing
 @dataclass(frozen=True)
 class Delta:
     """A piece of an answer as the teacher writes it (``Teacher.submit``'s ``on_delta``): new

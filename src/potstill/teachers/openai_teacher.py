@@ -295,14 +295,21 @@ def usage_tokens(usage: Any) -> tuple[int, int, int]:
             (getattr(details, "cached_tokens", 0) or 0) if details else 0)
 
 
+def _kept(t: Any) -> dict[str, Any]:
+    out = {"token": t.token, "logprob": round(float(t.logprob), 4)}
+    raw = getattr(t, "bytes", None)
+    # Only where the text does not spell the bytes (part of a character split across tokens, which
+    # OpenAI escapes and vLLM reports as U+FFFD): training maps tokens by their bytes (train/batching.py).
+    if raw is not None and bytes(raw) != t.token.encode("utf-8", "surrogatepass"):
+        out["bytes"] = list(raw)
+    return out
+
+
 def compact_logprobs(content: Any) -> list[dict[str, Any]]:
-    """Per output token: its text, logprob and top-k alternatives, logprobs rounded to 1e-4 nats.
+    """Per output token: its text, logprob and top-k alternatives, logprobs rounded to 1e-4 nats,
+    and ``bytes`` where the text does not spell them (``teachers.base.token_bytes``).
 
     Rounding to 4 decimals changes a probability by at most 0.005% (relative) and makes each
     number ~7 characters instead of ~20, which is most of a record's size at top-20.
     """
-    return [
-        {"token": t.token, "logprob": round(float(t.logprob), 4),
-         "top": [{"token": a.token, "logprob": round(float(a.logprob), 4)} for a in (t.top_logprobs or [])]}
-        for t in content
-    ]
+    return [{**_kept(t), "top": [_kept(a) for a in (t.top_logprobs or [])]} for t in content]
