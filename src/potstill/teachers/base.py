@@ -119,6 +119,8 @@ def token_bytes(entry: dict[str, Any]) -> bytes:
     if entry.get("bytes") is not None:
         return bytes(entry["bytes"])
     return str(entry.get("token", "")).encode("utf-8", "surrogatepass")  # a lone surrogate: bytes that match nothing
+
+
 @dataclass(frozen=True)
 class Delta:
     """A piece of an answer as the teacher writes it (``Teacher.submit``'s ``on_delta``): new
