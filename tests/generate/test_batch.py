@@ -123,6 +123,18 @@ def _wait(cond, proc: subprocess.Popen, timeout: float = 300) -> None:
     assert cond(), "the kill point was never reached"
 
 
+def kill_with_batch_open(tmp_path: Path, cfg_path: Path) -> Path:
+    """Run ``potstill generate -c cfg_path`` and SIGKILL it once its one batch is at the provider;
+    returns the run's ledger."""
+    db = tmp_path / "run" / "calls.sqlite"
+    proc = subprocess.Popen([sys.executable, "-m", "potstill.cli", "generate", "-c", str(cfg_path)], cwd=tmp_path,
+                            env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait(lambda: _submitted(db) == 1, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return db
+
+
 def _submitted(db: Path) -> int:
     try:
         con = sqlite3.connect(db, timeout=1)
@@ -339,12 +351,7 @@ def test_a_batch_the_provider_no_longer_knows_is_marked_lost_and_its_requests_se
     the run was blocked for good."""
     with BatchLoopback(key=SECRET, latency=30) as srv:
         cfg_path = project(tmp_path, srv, "openai", 10)
-        db = tmp_path / "run" / "calls.sqlite"
-        proc = subprocess.Popen([sys.executable, "-m", "potstill.cli", "generate", "-c", str(cfg_path)], cwd=tmp_path,
-                                env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait(lambda: _submitted(db) == 1, proc)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        db = kill_with_batch_open(tmp_path, cfg_path)
     bid = ledger_batches(db)[0]["batch_id"]
     fresh = BatchLoopback(key=SECRET)
     fresh.port = srv.port  # the same address, a fresh server: the batch id in the ledger is unknown there

@@ -4,9 +4,6 @@ the batches a rerun resumes are billed when they end, so they count against its 
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
 
 import yaml
 
@@ -14,7 +11,7 @@ from potstill.config import load_config
 from potstill.records import Record
 from potstill.tasks import get_task
 from potstill.teachers import get_teacher
-from tests.generate.test_batch import SECRET, _submitted, _wait, cli, cli_env, ledger_batches, project
+from tests.generate.test_batch import SECRET, cli, kill_with_batch_open, ledger_batches, project
 from tests.helpers.batch_server import BatchLoopback
 
 
@@ -27,12 +24,7 @@ def test_resumed_open_batches_count_against_the_budget_of_the_rerun(tmp_path, mo
         raw = yaml.safe_load(cfg_path.read_text())
         raw["teacher"]["max_tokens"] = 64  # the batch engine's worst case; preflight projects a label's few tokens
         cfg_path.write_text(yaml.safe_dump(raw))
-        db = tmp_path / "run" / "calls.sqlite"
-        proc = subprocess.Popen([sys.executable, "-m", "potstill.cli", "generate", "-c", str(cfg_path)], cwd=tmp_path,
-                                env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait(lambda: _submitted(db) == 1, proc)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        db = kill_with_batch_open(tmp_path, cfg_path)
         assert srv.stats()["created"] == {"openai": 1}
         (tmp_path / "inputs.jsonl").write_text(
             "".join(json.dumps({"id": f"r{i}", "input": f"item {i} text"}) + "\n" for i in range(200)))

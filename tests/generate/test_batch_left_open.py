@@ -5,15 +5,11 @@ request again, in a new batch or live."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
-
 import pytest
 import yaml
 
 from potstill.ledger import Ledger
-from tests.generate.test_batch import SECRET, _submitted, _wait, cli_env, ledger_batches, project
+from tests.generate.test_batch import SECRET, kill_with_batch_open, ledger_batches, project
 from tests.generate.test_generate import check_output
 from tests.helpers.batch_server import BatchLoopback
 from tests.helpers.cli import run_main
@@ -22,12 +18,7 @@ from tests.helpers.cli import run_main
 def _kill_with_batch_open(tmp_path, srv, provider: str, n: int, **changes):
     """A generate killed (-9) while its one batch is open at the provider; then the config changed."""
     cfg_path = project(tmp_path, srv, provider, n)
-    db = tmp_path / "run" / "calls.sqlite"
-    proc = subprocess.Popen([sys.executable, "-m", "potstill.cli", "generate", "-c", str(cfg_path)], cwd=tmp_path,
-                            env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait(lambda: _submitted(db) == 1, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    db = kill_with_batch_open(tmp_path, cfg_path)
     raw = yaml.safe_load(cfg_path.read_text())
     raw["teacher"].update(changes)
     cfg_path.write_text(yaml.safe_dump(raw))
