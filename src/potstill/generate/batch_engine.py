@@ -94,12 +94,17 @@ class BatchRun:
             self.rows[row["key"]] = row
         return rows
 
-    def collect(self, rows: list[dict[str, Any]]) -> None:
-        """Wait for open batches of an earlier run and commit their answers; resubmit none of them."""
+    def _resume(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """An earlier run's open batches, each one it was killed before creating found at the provider
+        or sent (``_submit``); returns those now at the provider, the ones closed as ``unsent`` left out."""
         for row in rows:
             if row["state"] == "preparing":
                 self._submit(row, resumed=True)
-        rows = [r for r in rows if r["state"] != "unsent"]
+        return [r for r in rows if r["state"] != "unsent"]
+
+    def collect(self, rows: list[dict[str, Any]]) -> None:
+        """Wait for open batches of an earlier run and commit their answers; resubmit none of them."""
+        rows = self._resume(rows)
         held = {h for r in rows for h in self.items[r["key"]]}
         self._poll(rows, len(held - set(self.ledger.lookup(list(held)))))
 
@@ -111,10 +116,7 @@ class BatchRun:
         held_keys = {h for r in rows for h in self.items[r["key"]]}
         if rows:
             say(f"generate: resuming {len(rows)} open {self.prov.name} batch(es) holding {len(held_keys)} requests")
-        for row in rows:
-            if row["state"] == "preparing":
-                self._submit(row, resumed=True)
-        rows = [r for r in rows if r["state"] != "unsent"]
+        rows = self._resume(rows)
         held_keys = {h for r in rows for h in self.items[r["key"]]}
         new = [(h, q) for h, q in items if h not in held_keys]
         # The resumed batches are billed when they end, whatever this run sends: their requests not yet
