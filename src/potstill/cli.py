@@ -486,24 +486,15 @@ _terminated: list[int] = []
 
 def _on_sigterm(signum: int, frame: Any) -> None:
     _terminated.append(signum)
-    on_sigint = _asyncio_sigint()
-    if on_sigint is not None:
-        # Inside asyncio.run (an API teacher's requests): raised here, Terminated ended whichever task
-        # step was running, and asyncio printed "Task exception was never retrieved" with a traceback
-        # after the closing line. asyncio.run takes Ctrl-C by cancelling its main task and raising
-        # KeyboardInterrupt once the task has unwound: SIGTERM takes that path (``_terminated`` says which).
-        on_sigint(signal.SIGINT, frame)
+    # Inside an API teacher's requests (an event loop): raised here, Terminated ended whichever task
+    # step was running, and asyncio printed "Task exception was never retrieved" with a traceback after
+    # the closing line. The loop's main task is cancelled instead, and ``aio.run`` raises
+    # KeyboardInterrupt once it has unwound: Ctrl-C's path (``_terminated`` says which).
+    from potstill import aio
+
+    if aio.cancel():
         return
     raise Terminated()
-
-
-def _asyncio_sigint() -> Callable[[int, Any], None] | None:
-    """The SIGINT handler ``asyncio.run`` installs for as long as it runs (Python 3.11+), or None."""
-    import asyncio
-
-    handler = signal.getsignal(signal.SIGINT)
-    runner = getattr(getattr(handler, "func", None), "__self__", None)  # partial(Runner._on_sigint, main_task=)
-    return handler if isinstance(runner, getattr(asyncio, "Runner", ())) else None
 
 
 def main() -> None:

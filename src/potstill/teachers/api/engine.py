@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from rich.markup import escape
 
+from potstill import aio
 from potstill.config import GenerateConfig, PriceConfig, TeacherConfig
 from potstill.errors import PotstillError, redact, url_secrets, url_without_credentials
 from potstill.progress import say
@@ -136,8 +137,8 @@ class ApiTeacher(Teacher):
     def run(self, requests: list[dict[str, Any]], on_result: OnResult, stats: RunStats | None = None,
             gcfg: GenerateConfig | None = None) -> None:
         if requests:
-            asyncio.run(run_requests(self, enumerate(requests), on_result, gcfg or GenerateConfig(prices={}),
-                                     stats if stats is not None else RunStats()))
+            aio.run(run_requests(self, enumerate(requests), on_result, gcfg or GenerateConfig(prices={}),
+                                 stats if stats is not None else RunStats()))
 
     def submit(self, request: dict[str, Any], on_delta: OnDelta | None = None) -> "Future[Response]":
         from potstill.teachers.api.session import ApiSession
