@@ -238,8 +238,7 @@ def _dedup_step(consistent: list[Record], real_ok: list[Record], c, counts: dict
     everywhere, the answer in train: ``_train_on_real_answer``); the first such example wins.
     """
     pool = consistent + real_ok
-    dups = find_duplicates([conversation(r.messages) for r in pool], near=c.near_dup, threshold=c.near_dup_threshold,
-                           seed=c.seed) \
+    dups = find_duplicates([conversation(r.messages) for r in pool], near=c.near_dup, threshold=c.near_dup_threshold) \
         if c.dedup else None
     survivors, applied = [], 0
     for i, r in enumerate(pool):

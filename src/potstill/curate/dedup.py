@@ -82,12 +82,11 @@ class Duplicates:
     compared: int = 0  # exact Jaccard computations: pairs the index could not rule out (a few a text)
 
 
-def find_duplicates(texts: list[str], near: bool = True, threshold: float = 0.8, seed: int = 1) -> Duplicates:
+def find_duplicates(texts: list[str], near: bool = True, threshold: float = 0.8) -> Duplicates:
     """Mark every text that duplicates an earlier kept one; earlier texts win, so new data never evicts old.
 
     Near: every kept text with ``jaccard(shingles(a), shingles(b)) >= threshold`` is found (``NearIndex``,
-    exact, no sampling; ``seed`` is kept for callers and unused), the most similar one wins, the earliest
-    on a tie.
+    exact, no sampling, so no seed), the most similar one wins, the earliest on a tie.
     """
     dups = Duplicates()
     keys = [dedup_key(t) for t in texts]

@@ -66,7 +66,7 @@ def drop_overlap(old: list[Record], new: list[Record], cfg: Config) -> tuple[lis
     """New records that duplicate no old one (frozen test first, then train/val); counts of the rest."""
     c = cfg.curate
     texts = [conversation(r.messages) for r in old] + [conversation(r.messages) for r in new]
-    dups = find_duplicates(texts, near=c.dedup and c.near_dup, threshold=c.near_dup_threshold, seed=c.seed)
+    dups = find_duplicates(texts, near=c.dedup and c.near_dup, threshold=c.near_dup_threshold)
     n_old = len(old)
     kept, counts = [], {"overlap_frozen_test": 0, "overlap_train_val": 0}
     for i, r in enumerate(new, n_old):
