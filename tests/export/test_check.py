@@ -65,6 +65,10 @@ BAD = {
                    "messages[0] (user): empty content"),
     "empty completion": (json.dumps({"messages": [*GOOD["messages"][:2], {"role": "assistant", "content": ""}]}),
                          "messages[2] (assistant): empty completion"),
+    # A list of parts whose one text part is empty joined to "" and passed as an image; OpenAI refuses it.
+    "empty text part": (json.dumps({"messages": [{"role": "user", "content": [{"type": "text", "text": ""}]},
+                                                 GOOD["messages"][2]]}),
+                        "messages[0].content: part 0 is a text part with no text"),
     "no user": (json.dumps({"messages": [GOOD["messages"][0], GOOD["messages"][2]]}), "no user message"),
     "ends with user": (json.dumps({"messages": GOOD["messages"][:2]}), "the last message must be the assistant's"),
     "blank line": ("", "blank line"),

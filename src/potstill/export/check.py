@@ -5,8 +5,8 @@ is fine). The exporter runs ``line_problems`` on each row before it writes; ``po
 FILE`` runs it on any file, and on each ``*.jsonl`` of a folder (``files_to_check``).
 The rules are the ones a fine-tuning upload refuses or silently trains badly on: each line one
 JSON object with ``messages``, a list of ``{role, content}`` with role system/user/assistant/tool and
-non-empty content (a string, or a list of text and image parts), at least one user message, and an
-assistant message last (the target). An assistant turn of ``tool_calls`` may have no content; a
+non-empty content (a string, or a list of text and image parts, no text part without text), at least
+one user message, and an assistant message last (the target). An assistant turn of ``tool_calls`` may have no content; a
 ``tool`` message names the call it answers (``tool_call_id``); a message's ``weight``, where
 given, is 0 or 1 (whether the assistant turn is trained on). The legacy function calling, which
 OpenAI's format still takes (and Azure's fine-tuning requires), passes too: an assistant turn of
@@ -74,7 +74,14 @@ def line_problems(line: str) -> list[str]:
                 problems.append(f"messages[{i}].content: " + (f"part {bad} is not a part of type {' or '.join(PARTS)}"
                                                                if bad is not None else "an empty list of parts"))
                 continue
-            content = "".join(str(p.get("text", "")) for p in content) or "(an image)"
+            # A text part with no text ([{"type": "text", "text": ""}]) joined to "" and passed as an
+            # image-only message; OpenAI's fine-tuning refuses the file for it.
+            blank = next((j for j, p in enumerate(content) if p["type"] == "text"
+                          and not (isinstance(p.get("text"), str) and p["text"].strip())), None)
+            if blank is not None:
+                problems.append(f"messages[{i}].content: part {blank} is a text part with no text")
+                continue
+            content = "".join(p["text"] for p in content if p["type"] == "text") or "(an image)"
         if not isinstance(content, str):
             problems.append(f"messages[{i}].content must be a string or a list of parts, got {type(content).__name__}")
         elif not content.strip():
