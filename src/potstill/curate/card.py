@@ -32,6 +32,14 @@ def same_teacher(a: str | None, b: str | None) -> bool:
         return False
 
 
+def terms_of(teacher: dict[str, Any], model: str | None) -> str:
+    """The terms of use the card knows for ``model``: the configured teacher's (``teacher``, the card's
+    entry) where ``model`` is that teacher, else "not given" (the config records no other model's)."""
+    if same_teacher(model, configured_teacher(teacher)):
+        return teacher.get("terms_of_use") or "not given"
+    return "not given"
+
+
 def card_markdown(card: dict[str, Any]) -> str:
     c = card["counts"]
     lines = ["# Dataset card", "", "## Counts at each step", "", *_table(["step", "records"], [[k, v] for k, v in c.items()])]
@@ -57,16 +65,19 @@ def card_markdown(card: dict[str, Any]) -> str:
     if card.get("text_hygiene"):
         lines += text_markdown(card["text_hygiene"])
     syn = card.get("synthesis")
+    t = card["teacher"]
     if syn:
         why = ", ".join(f"{k}: {v}" for k, v in syn["rejected_by_reason"].items()) or "none"
+        # The model that wrote the inputs, with its terms as the teacher's are given below: its outputs are
+        # in the data as much as the teacher's answers are.
         lines += ["## Synthetic inputs", "",
-                  f"`potstill synthesize` ({syn['teacher']}, {syn['seeds']} seeds) wrote {syn['written']} inputs and "
+                  f"`potstill synthesize` ({syn['teacher']}, its terms of use: {terms_of(t, syn['teacher'])}; "
+                  f"{syn['seeds']} seeds) wrote {syn['written']} inputs and "
                   f"rejected {syn['rejected']} ({why}). Synthetic records per split: "
                   + ", ".join(f"{k} {v}" for k, v in syn["synthetic_per_split"].items()) + ".", ""]
-    t = card["teacher"]
     lines += ["## Provenance", "",
               f"- Teacher: {t['type']} `{t['model']}`",
-              f"- Teacher terms of use: {t['terms_of_use']}"]
+              f"- Teacher terms of use: {terms_of(t, configured_teacher(t))}"]
     wrote, named = t.get("records_by_model") or {}, configured_teacher(t)
     if wrote and not all(same_teacher(m, named) for m in wrote):
         lines.append("- Answers written by: " + ", ".join(f"`{m}` ({n} records)" for m, n in wrote.items())
