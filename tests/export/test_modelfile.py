@@ -192,3 +192,40 @@ def test_a_template_it_cannot_translate_is_said_in_the_modelfile_and_the_warning
     assert "# No TEMPLATE: potstill could not translate" in modelfile
     commands = ollama_commands(modelfile)  # still a Modelfile Ollama reads
     assert "template" not in dict(commands) and ("system", INSTRUCTION) in commands
+
+
+def _call(i: str, name: str, args: str) -> dict:
+    return {"id": i, "type": "function", "function": {"name": name, "arguments": args}}
+
+
+# A tools chat as an OpenAI client sends it back: its request, the student's calls (two at once), each
+# call's result, then a follow-up; the calls' arguments flat, keys in the order Go writes a map (sorted).
+TOOL_CHATS = [
+    [{"role": "user", "content": "Weather in Oslo?"},
+     {"role": "assistant", "content": None, "tool_calls": [_call("c1", "get_weather", '{"city": "Oslo", "unit": "C"}')]},
+     {"role": "tool", "tool_call_id": "c1", "content": "4 C, rain"}],
+    [{"role": "user", "content": "Weather in Oslo and Rome?"},
+     {"role": "assistant", "content": "", "tool_calls": [_call("c1", "get_weather", '{"city": "Oslo"}'),
+                                                         _call("c2", "get_weather", '{"city": "Rome", "days": 2}')]},
+     {"role": "tool", "tool_call_id": "c1", "content": "4 C"}, {"role": "tool", "tool_call_id": "c2", "content": "21 C"},
+     {"role": "assistant", "content": "Oslo 4 C, Rome 21 C."}, {"role": "user", "content": "And tomorrow?"}],
+]
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("family", ["gemma3", "llama3", "phi3", "chatml"])
+def test_ollama_prompts_tool_calls_and_results_as_the_student_trained(family, parallel, capsys):
+    """The TEMPLATE wrote user and assistant turns only: a tool result never reached the student, and
+    an assistant turn of tool calls (no content) was an empty turn. Training reads them as text
+    (tool_calls.as_text_turns): the calls' JSON, then one user turn of `Result of NAME: ...` lines;
+    Ollama must prompt with those very tokens, and take a request with tools (the TEMPLATE reads .Tools)."""
+    tok = family_tokenizer(family)
+    modelfile = render_modelfile("./student-f16.gguf", tok, INSTRUCTION, 4, parallel=parallel)
+    template = dict(ollama_commands(modelfile))["template"]
+    assert ".Tools" in template and ".ToolCalls" in template
+    for chat in TOOL_CHATS:
+        fmt = PromptFormat(kind="chat", instruction=INSTRUCTION, calls_as_list=parallel)
+        trained = encode_prompt(tok, fmt, fmt.prefix() + fmt.query(tok, chat), first=True)
+        assert "Result of get_weather: 4 C" in fmt.query(tok, chat)  # what is compared holds the result
+        assert served_ids(tok, modelfile, chat) == trained, (family, chat, template)
+    assert "could not" not in capsys.readouterr().err

@@ -7,7 +7,8 @@ on a template that reads ``.Messages``, and ``collate``) and the system-message 
 documentation: ``{{- x -}}`` trims the white space beside it, ``if``/``else if``/``else``/``end``,
 ``range`` (dot is each element), variables declared with ``:=`` and set with ``=`` (their scope
 ends at the ``end`` of the block they were declared in), ``$`` the data passed in, and the functions
-``eq`` (two or more arguments: the first equal to any other), ``ne``, ``and``, ``or``, ``not``, ``len``.
+``eq`` (two or more arguments: the first equal to any other), ``ne``, ``and``, ``or``, ``not``, ``len``,
+and Ollama's ``json`` (Go's ``json.Marshal``); ``range $k, $v := MAP`` visits a map's keys sorted, as Go does.
 Anything else raises, so a template that steps outside this subset fails its test instead of
 rendering wrongly.
 """
@@ -15,6 +16,7 @@ rendering wrongly.
 from __future__ import annotations
 
 import ast
+import json
 import re
 from typing import Any
 
@@ -77,7 +79,7 @@ def ollama_commands(modelfile: str) -> list[tuple[str, str]]:
 # Go text/template (the subset chat templates use)
 
 _ACTION = re.compile(r"\{\{(-\s)?(.*?)(\s-)?\}\}", re.S)
-_TOKEN = re.compile(r'\s*("(?:[^"\\]|\\.)*"|\(|\)|:=|=|\$?[A-Za-z_]*(?:\.[A-Za-z_][A-Za-z_0-9]*)+|\$[A-Za-z_0-9]*|\.|[A-Za-z_][A-Za-z_0-9]*|\d+)')
+_TOKEN = re.compile(r'\s*("(?:[^"\\]|\\.)*"|\(|\)|,|:=|=|\$?[A-Za-z_]*(?:\.[A-Za-z_][A-Za-z_0-9]*)+|\$[A-Za-z_0-9]*|\.|[A-Za-z_][A-Za-z_0-9]*|\d+)')
 
 
 def _tokens(src: str) -> list[str]:
@@ -145,10 +147,14 @@ def _parse(template: str) -> list[Any]:
                 nodes.append(("if", branches, els))
                 i += 1
             elif toks and toks[0] == "range":
-                assert ":=" not in toks, "range with variables is outside the subset"
+                names, pipe = [], toks[1:]
+                if ":=" in toks:  # range $v := X, or range $k, $v := X
+                    at = toks.index(":=")
+                    names, pipe = [t for t in toks[1:at] if t != ","], toks[at + 1:]
+                    assert 1 <= len(names) <= 2 and all(n.startswith("$") for n in names), f"range {toks}"
                 body, i, end = block(i + 1, ("end",))
                 assert end == ["end"], "range without end"
-                nodes.append(("range", toks[1:], body))
+                nodes.append(("range", pipe, body, names))
                 i += 1
             elif len(toks) >= 2 and toks[0].startswith("$") and toks[1] in (":=", "="):
                 nodes.append(("set", toks[0], toks[2:], toks[1] == ":="))
@@ -221,7 +227,7 @@ def _eval(toks: list[str], dot: Any, scope: _Scope) -> Any:
     funcs = {"eq": lambda a, *b: any(a == x for x in b), "ne": lambda a, b: a != b,
              "and": lambda *a: next((x for x in a if not _truth(x)), a[-1]),
              "or": lambda *a: next((x for x in a if _truth(x)), a[-1]), "not": lambda a: not _truth(a),
-             "len": len}
+             "len": len, "json": go_json}
     if toks[0] in funcs:
         args, i = [], 1
         while i < len(toks):
@@ -258,10 +264,21 @@ def _run(nodes: list[Any], dot: Any, scope: _Scope, out: list[str]) -> None:
             _run(chosen, dot, scope, out)
             scope.frames.pop()
         elif kind == "range":
-            for item in _eval(n[1], dot, scope) or []:
-                scope.frames.append({})
+            seq = _eval(n[1], dot, scope) or []
+            pairs = sorted(seq.items()) if isinstance(seq, dict) else list(enumerate(seq))
+            for key, item in pairs:
+                names = n[3]
+                scope.frames.append(dict(zip(names, (item,) if len(names) == 1 else (key, item))))
                 _run(n[2], item, scope, out)
                 scope.frames.pop()
+
+
+def go_json(v: Any) -> str:
+    """Go's ``json.Marshal``: no spaces, map keys sorted, ``<``, ``>``, ``&``, U+2028 and U+2029 escaped."""
+    text = json.dumps(v, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    for c in "<>&\u2028\u2029":
+        text = text.replace(c, f"\\u{ord(c):04x}")
+    return text
 
 
 def render_go(template: str, data: dict[str, Any]) -> str:
@@ -275,22 +292,33 @@ def render_go(template: str, data: dict[str, Any]) -> str:
 # Ollama's chat endpoint
 
 
-def ollama_chat_prompt(template: str, system: str, messages: list[dict[str, str]]) -> str:
+def ollama_chat_prompt(template: str, system: str, messages: list[dict[str, Any]],
+                       tools: list[dict[str, Any]] | None = None) -> str:
     """The prompt text Ollama's /api/chat renders for ``messages`` with a Modelfile's TEMPLATE and
     SYSTEM: the SYSTEM goes first as a system message unless the chat starts with one (ChatHandler);
-    ``collate`` merges consecutive messages of one role with a blank line and joins every system
-    message into ``.System``, keeping them among ``.Messages`` too."""
+    ``collate`` merges consecutive messages of one role (but ``tool``) with a blank line and joins every
+    system message into ``.System``, keeping them among ``.Messages`` too. Messages in OpenAI's form, as
+    its OpenAI endpoint takes them (openai/openai.go, FromChatRequest): an assistant's ``tool_calls``
+    become ``.ToolCalls`` (arguments parsed), a tool message's ``.ToolName`` its ``name`` or else the
+    name of the call its ``tool_call_id`` answers."""
     assert ".Messages" in template, "a legacy .Prompt template renders per turn: not ported"
     msgs = [dict(m) for m in messages]
     if system and (not msgs or msgs[0]["role"] != "system"):
         msgs.insert(0, {"role": "system", "content": system})
+    names = {c["id"]: c["function"]["name"] for m in msgs for c in m.get("tool_calls") or []}
     sys_parts: list[str] = []
-    collated: list[dict[str, str]] = []
+    collated: list[dict[str, Any]] = []
     for m in msgs:
+        content = m.get("content") or ""
         if m["role"] == "system":
-            sys_parts.append(m["content"])
-        if collated and collated[-1]["Role"] == m["role"]:
-            collated[-1]["Content"] += "\n\n" + m["content"]
+            sys_parts.append(content)
+        if collated and collated[-1]["Role"] == m["role"] and m["role"] != "tool":
+            collated[-1]["Content"] += "\n\n" + content
         else:
-            collated.append({"Role": m["role"], "Content": m["content"]})
-    return render_go(template, {"System": "\n\n".join(sys_parts), "Messages": collated, "Tools": None, "Response": ""})
+            calls = [{"ID": c["id"], "Function": {"Name": c["function"]["name"],
+                                                  "Arguments": json.loads(c["function"]["arguments"] or "{}")}}
+                     for c in m.get("tool_calls") or []]
+            tool = (m.get("name") or names.get(m.get("tool_call_id"), "")) if m["role"] == "tool" else ""
+            collated.append({"Role": m["role"], "Content": content, "ToolCalls": calls, "ToolName": tool})
+    return render_go(template, {"System": "\n\n".join(sys_parts), "Messages": collated, "Tools": tools,
+                                "Response": ""})

@@ -206,7 +206,8 @@ def export_gguf(cfg: Config, run: Path, out_dir: Path) -> list[Path]:
                 s["seconds"] = round(time.perf_counter() - t0, 2)
                 (tmp / f"Modelfile.{qtype}").write_text(render_modelfile(
                     f"./student-{qtype}.gguf", tokenizer, cfg.task.instruction, output_tokens(task, tokenizer),
-                    one_line=task.name in ("classification", "extraction", "tools"), warn=not summaries),
+                    one_line=task.name in ("classification", "extraction", "tools"), warn=not summaries,
+                    parallel=cfg.task.parallel_tool_calls),
                     encoding="utf-8")  # as Ollama reads it
                 summaries.append(s)
                 if not mix:

@@ -216,7 +216,7 @@ def export_gguf_lora(cfg: Config, run: Path, out_dir: Path) -> list[Path]:
                 (tmp / f"Modelfile.{qtype}").write_text(render_modelfile(
                     f"./base-{qtype}.gguf", tokenizer, cfg.task.instruction, output_tokens(task, tokenizer),
                     one_line=task.name in ("classification", "extraction", "tools"), warn=not summaries,
-                    adapter=f"./{ADAPTER_GGUF}"), encoding="utf-8")
+                    adapter=f"./{ADAPTER_GGUF}", parallel=cfg.task.parallel_tool_calls), encoding="utf-8")
                 summaries.append(s)
                 if not mix:
                     advance(1)

@@ -1,7 +1,7 @@
 """An Ollama Modelfile for a GGUF student: its chat template, the task instruction, greedy decoding.
 
 Ollama renders prompts with Go templates, not Jinja, so the student's chat template is translated:
-ChatML (``<|im_start|>role\\n...<|im_end|>``, SmolLM2's and Qwen's format) by ``CHATML_TEMPLATE``,
+ChatML (``<|im_start|>role\\n...<|im_end|>``, SmolLM2's and Qwen's format) by ``chatml_template``,
 any other (Gemma, Llama 3, Phi-3, ...) by ``ollama_template.translate``, which reads the template's
 pieces off its own renderings. One it cannot translate gets no TEMPLATE, a comment in the Modelfile
 and a warning saying why: Ollama then uses a template of its own that it finds close to the GGUF's,
@@ -22,20 +22,33 @@ from typing import Any
 from rich.markup import escape
 
 from potstill.errors import PotstillError
-from potstill.export.ollama_template import Untranslatable, translate
+from potstill.export.ollama_template import Untranslatable, message_text, translate
 from potstill.models.prompting import PromptFormat, end_of_turn
 from potstill.progress import say
 
-# What the Jinja template renders for ChatML, in Go-template syntax: the system turn, every other
-# turn, then the generation prompt. `{{-` trims only the whitespace *before* it, so the newline
-# after each <|im_end|> (inside an `if`/`range` body) is kept.
-CHATML_TEMPLATE = """{{- if .System }}<|im_start|>system
+def chatml_template(parallel: bool = False) -> str:
+    """What the Jinja template renders for ChatML, in Go-template syntax: the system turn, every other
+    turn, then the generation prompt. A run of tool results is one user turn, a line each, and calls are
+    their JSON (``ollama_template.message_text``: as training read them); ``.Tools`` is named only so
+    that Ollama takes a request with tools. `{{-` trims only the whitespace *before* it, so the newline
+    after each <|im_end|> (inside an `if`/`range` body) is kept."""
+    return """{{- if .Tools }}{{ end }}
+{{- if .System }}<|im_start|>system
 {{ .System }}<|im_end|>
 {{ end }}
-{{- range .Messages }}{{- if ne .Role "system" }}<|im_start|>{{ .Role }}
-{{ .Content }}<|im_end|>
-{{ end }}{{- end }}<|im_start|>assistant
+{{- $prev := "" }}
+{{- range .Messages }}{{- if ne .Role "system" }}
+{{- if and (eq .Role "tool") (eq $prev "tool") }}
+{{ else }}{{ if eq $prev "tool" }}<|im_end|>
+{{ end }}<|im_start|>{{ if eq .Role "tool" }}user{{ else }}{{ .Role }}{{ end }}
+{{ end }}""" + message_text(parallel) + """{{ if ne .Role "tool" }}<|im_end|>
+{{ end }}{{ $prev = .Role }}{{ end }}{{- end }}
+{{- if eq $prev "tool" }}<|im_end|>
+{{ end }}<|im_start|>assistant
 """
+
+
+CHATML_TEMPLATE = chatml_template()
 
 
 # PromptFormat's completion prompt (a student with no chat template): the instruction and a blank
@@ -105,20 +118,22 @@ def _stop(text: str) -> str:
 
 
 def render_modelfile(gguf_path: str, tokenizer: Any, instruction: str, num_predict: int,
-                     one_line: bool = False, warn: bool = True, adapter: str | None = None) -> str:
+                     one_line: bool = False, warn: bool = True, adapter: str | None = None,
+                     parallel: bool = False) -> str:
     """The Modelfile text for ``FROM gguf_path`` (a path relative to the Modelfile).
 
     ``one_line``: the task's answers never hold a newline (a label, compact JSON), so a student
     without a chat template stops at one too (it is trained to end with EOS since 2026-12-07, with a
     newline before: such a student stops there). ``warn``: say what Ollama
     will read otherwise than written (one Modelfile per GGUF type says it once). ``adapter``: a GGUF
-    LoRA adapter Ollama applies on the ``FROM`` model (its ``ADAPTER`` command)."""
+    LoRA adapter Ollama applies on the ``FROM`` model (its ``ADAPTER`` command). ``parallel``: a parallel
+    tools task, whose student read earlier calls as a list even where one (``PromptFormat.calls_as_list``)."""
     template = getattr(tokenizer, "chat_template", None)
     lines = [f"FROM {gguf_path}", *([f"ADAPTER {adapter}"] if adapter else []), ""]
     stops = []
     what = "task.instruction"
     if is_chatml(template):
-        lines += [f"TEMPLATE {_quote(CHATML_TEMPLATE, 'the template')}", ""]
+        lines += [f"TEMPLATE {_quote(chatml_template(parallel), 'the template')}", ""]
         stops = ["<|im_end|>", "<|im_start|>"]
         what = "task.instruction" if instruction else "the chat template's default system turn"
         instruction = instruction or default_system(tokenizer)
@@ -128,7 +143,7 @@ def render_modelfile(gguf_path: str, tokenizer: Any, instruction: str, num_predi
         instruction = instruction.strip()  # as PromptFormat.prefix puts it
     else:
         try:
-            translated = translate(tokenizer, instruction)
+            translated = translate(tokenizer, instruction, parallel)
         except Untranslatable as e:
             lines += [f"# No TEMPLATE: potstill could not translate the student's chat template ({e}).", ""]
             if warn:

@@ -20,9 +20,17 @@ template that moves the system prompt into the *last* user turn, as Mistral's do
 Gemma's template (the system prompt folded into the first user turn), Llama 3's (a system header with
 a date line, written even without a system prompt) and Phi-3's translate whole.
 
+A chat's tool turns are written as training read them (``tool_calls.as_text_turns``, whatever the
+chat template makes of tools): an assistant turn of ``.ToolCalls`` as the JSON the student writes for
+them, and each run of ``tool`` messages as one user turn of lines ``Result of NAME: RESULT`` (NAME
+Ollama's ``.ToolName``, which its OpenAI endpoint finds by the call's id). Dropped, as they were, a
+student served by Ollama never saw the results of the calls it had made.
+
 What no TEMPLATE can do: a template that trims each message (Gemma's, Llama 3's) gets the message as
 sent, so a message with leading or trailing white space is prompted with it; a date a template writes
-(Llama 3.2's "Today Date") is the export's; roles other than user and assistant (tool) are left out.
+(Llama 3.2's "Today Date") is the export's; a call's arguments are written as Go writes a map (keys
+sorted, a nested object or list without spaces, ``<>&`` escaped), so only flat arguments whose keys
+the teacher wrote in that order are the very text trained on.
 """
 
 from __future__ import annotations
@@ -31,6 +39,26 @@ from dataclasses import dataclass
 from typing import Any
 
 _MARK = "potstill{}mark"  # letters and digits only: no template escapes, trims or splits them
+
+
+def calls_text(parallel: bool = False) -> str:
+    """Go template text for the ``.ToolCalls`` of a message (dot), as ``tool_calls.call_text`` writes
+    them: ``{"name": N, "arguments": {...}}``, a list of them where there are several (``parallel``:
+    always). ``{`` is written by an action: ``{{{`` would open an action at the first two."""
+    one = ('{{ "{" }}"name": {{ json .Function.Name }}, "arguments": {{ "{" }}{{ $s := "" }}'
+           '{{ range $k, $v := .Function.Arguments }}{{ $s }}{{ json $k }}: {{ json $v }}{{ $s = ", " }}{{ end }}'
+           '{{ "}" }}{{ "}" }}')
+    calls = f'{{{{ $sep := "" }}}}{{{{ range .ToolCalls }}}}{{{{ $sep }}}}{one}{{{{ $sep = ", " }}}}{{{{ end }}}}'
+    if parallel:
+        return f"[{calls}]"
+    return f'{{{{ $many := ne (len .ToolCalls) 1 }}}}{{{{ if $many }}}}[{{{{ end }}}}{calls}{{{{ if $many }}}}]{{{{ end }}}}'
+
+
+def message_text(parallel: bool = False) -> str:
+    """Go template text for a message's text as training read it (``tool_calls.as_text_turns``): a tool
+    result's line, an assistant's calls (``calls_text``), or its content."""
+    return ('{{ if eq .Role "tool" }}Result of {{ if .ToolName }}{{ .ToolName }}{{ else }}tool{{ end }}: '
+            f'{{{{ .Content }}}}{{{{ else if .ToolCalls }}}}{calls_text(parallel)}{{{{ else }}}}{{{{ .Content }}}}{{{{ end }}}}')
 
 
 class Untranslatable(Exception):
@@ -55,15 +83,19 @@ class Pieces:
             out.append(text)
         return "".join(out) + self.tail
 
-    def go(self) -> str:
+    def go(self, parallel: bool = False) -> str:
         """The Go template Ollama executes: the same pieces, with ``.System`` and ``.Messages`` (in which
-        Ollama also keeps the system messages, hence only user and assistant turns are written)."""
+        Ollama also keeps the system messages, hence only user, assistant and tool turns are written). A
+        run of tool results is one user turn, a line each (``message_text``); ``.Tools`` is named so that
+        Ollama takes a request with tools (it refuses one for a template that never reads them), and
+        written nowhere: the student answers without them in its prompt, as it trained."""
         first = f"{{{{ if $.System }}}}{self.sys_open}{{{{ $.System }}}}{self.sys_close}{{{{ else }}}}{self.head}{{{{ end }}}}"
-        return (f'{{{{ $prev := "" }}}}{{{{ range .Messages }}}}{{{{ if eq .Role "user" "assistant" }}}}'
-                f'{{{{ if eq $prev "" }}}}{first}{{{{ else if eq .Role "assistant" }}}}{self.user_to_assistant}'
+        return ('{{ if .Tools }}{{ end }}{{ $prev := "" }}{{ range .Messages }}{{ if eq .Role "user" "assistant" "tool" }}'
+                f'{{{{ if eq $prev "" }}}}{first}{{{{ else if and (eq .Role "tool") (eq $prev "tool") }}}}\n'
+                f'{{{{ else if eq .Role "assistant" }}}}{self.user_to_assistant}'
                 f"{{{{ else }}}}{self.assistant_to_user}{{{{ end }}}}"
-                f"{{{{ .Content }}}}{{{{ $prev = .Role }}}}{{{{ end }}}}{{{{ end }}}}"
-                f'{{{{ if eq $prev "user" }}}}{self.tail}{{{{ end }}}}')
+                f"{message_text(parallel)}{{{{ $prev = .Role }}}}{{{{ end }}}}{{{{ end }}}}"
+                f'{{{{ if eq $prev "user" "tool" }}}}{self.tail}{{{{ end }}}}')
 
 
 @dataclass(frozen=True)
@@ -108,9 +140,10 @@ def _adds_bos(tokenizer: Any) -> bool:
     return bos is not None and bool(ids) and ids[0] == bos
 
 
-def translate(tokenizer: Any, instruction: str) -> Translated:
+def translate(tokenizer: Any, instruction: str, parallel: bool = False) -> Translated:
     """The Go template for ``tokenizer``'s chat template (see the module's docstring); raises
-    ``Untranslatable`` with the reason where its renderings are not fixed pieces around messages."""
+    ``Untranslatable`` with the reason where its renderings are not fixed pieces around messages.
+    ``parallel``: earlier tool calls are written as a list even where one (``calls_text``)."""
     s, u0, a1, u2, a3, u4 = (_MARK.format(i) for i in ("s", 0, 1, 2, 3, 4))
     head, tail = _split(_render(tokenizer, _chat(None, [u0])), [u0])
     sys_open, sys_close, tail_s = _split(_render(tokenizer, _chat(s, [u0])), [s, u0])
@@ -137,4 +170,4 @@ def translate(tokenizer: Any, instruction: str) -> Translated:
     bos = tokenizer.bos_token or ""
     if bos and _adds_bos(tokenizer) and head.startswith(bos) and sys_open.startswith(bos):
         pieces = Pieces(head[len(bos):], sys_open[len(bos):], sys_close, ua, au, tail)
-    return Translated(pieces.go(), system, multi)
+    return Translated(pieces.go(parallel), system, multi)
