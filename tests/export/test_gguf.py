@@ -92,7 +92,7 @@ def test_files_and_metadata(exported):
     import gguf
 
     out, written = exported
-    assert sorted(p.name for p in written) == ["Modelfile.f16", "Modelfile.q8_0", "README.md", "export.json",
+    assert sorted(p.name for p in written) == ["Modelfile.f16", "Modelfile.q8_0", "NOTICE", "README.md", "export.json",
                                                "student-f16.gguf", "student-q8_0.gguf"]
     for qtype, big in (("f16", "F16"), ("q8_0", "Q8_0")):
         r = gguf.GGUFReader(out / f"student-{qtype}.gguf")

@@ -60,7 +60,8 @@ def export(cfg: Config, fmt: str, out_dir: str | Path | None = None, push_to: st
     The weights formats replace their folder whole, so a given ``out_dir`` must be new, empty, or
     one this format wrote before (``MARK``): ``--out .`` must never delete a project. A symlink is
     written through: the folder it names gets the export, held to the same rule, and the link stays.
-    The model formats (``CARDS``) also write README.md, the model card (``model_card``); ``push_to``
+    The model formats (``CARDS``) also write README.md, the model card (``model_card``), and NOTICE,
+    the base model's licence and the teachers' terms, with the base's licence files (``notice``); ``push_to``
     (OWNER/NAME) then uploads the folder to that Hugging Face model repository (``push``)."""
     _load_builtins()
     if fmt not in FORMATS:
@@ -96,6 +97,8 @@ def export(cfg: Config, fmt: str, out_dir: str | Path | None = None, push_to: st
     if out_dir is not None:
         _check_out(out, fmt)
 
+    notices: list[str] = []  # NOTICE and the base's licence files, by name
+
     def finish(folder: Path) -> None:
         """The model card and the mark into ``folder``: the format's temp folder, before it is renamed
         to ``out``. Written after the rename, an export stopped between the two left weights with no
@@ -114,6 +117,9 @@ def export(cfg: Config, fmt: str, out_dir: str | Path | None = None, push_to: st
                                               or "chat_template" in (folder / "tokenizer_config.json").read_text())
             (folder / "README.md").write_text(model_card(cfg, run, push_to or f"The student of {run.resolve().name}",
                                                          push_to or str(out.resolve()), chat, fmt, pushed=bool(push_to)))
+            from potstill.export.notice import notice
+
+            notices[:] = [p.name for p in notice(cfg, run, folder)]
         (folder / MARK).write_text(fmt + "\n")
 
     with finishing(out, finish) as finished:
@@ -121,7 +127,8 @@ def export(cfg: Config, fmt: str, out_dir: str | Path | None = None, push_to: st
     if not finished:  # a format that writes its files into the folder rather than replacing it (openai-jsonl)
         finish(out)
     # What the user asked for, and the card; the mark is export's own.
-    written = sorted({*(p for p in written if p.name != MARK), *([out / "README.md"] if fmt in CARDS else [])})
+    written = sorted({*(p for p in written if p.name != MARK), *([out / "README.md"] if fmt in CARDS else []),
+                      *(out / n for n in notices)})
     if push_to is not None:
         from potstill.export.push import push
 

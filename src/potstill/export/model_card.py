@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from potstill.config import Config
 from potstill.export import published_name
@@ -97,17 +97,11 @@ def _served_lines(records: Path | None) -> list[str]:
             "privacy terms allow training and sharing a model on them"]
 
 
-def _writers_lines(cfg: Config, card: dict | None, records: Path | None) -> list[str]:
-    """Who wrote the answers and the inputs the student was trained on, from each record's meta
-    (generate's and import's ``teacher``, synthesize's ``synthesis.teacher``), each with the terms of
-    use that are known to be that model's: the config's for its teacher, card.json's for the teacher
-    curate ran with, "not given" for any other. Named from the config alone, the card gave a teacher
-    that wrote none of the data, with another teacher's terms."""
+def teacher_terms(cfg: Config, card: dict | None) -> Callable[[str], str]:
+    """The terms of use known to be a model's: the config's for its teacher, card.json's for the
+    teacher curate ran with, "not given" for any other."""
     from potstill.curate.card import same_teacher
-    from potstill.records import read_records
 
-    if records is None or not records.is_file():
-        return []
     t = (card or {}).get("teacher") or {}
     known = [(cfg.teacher.model or cfg.teacher.type, cfg.teacher.terms)]
     if t.get("model") and t.get("terms_of_use") not in (None, "not given"):
@@ -116,9 +110,20 @@ def _writers_lines(cfg: Config, card: dict | None, records: Path | None) -> list
     def terms(model: str) -> str:
         return next((x for m, x in known if x and same_teacher(m, model)), None) or "not given"
 
+    return terms
+
+
+def writers(records: Path | None) -> tuple[list[Any], dict[tuple[str, str], int], dict[str, int], dict[str, int]]:
+    """The training records, and who wrote them, from each record's meta (generate's and import's
+    ``teacher``, synthesize's ``synthesis.teacher``): answers by (model, how), the rest by who,
+    inputs by model."""
+    from potstill.records import read_records
+
     answers: dict[tuple[str, str], int] = {}
     rest: dict[str, int] = {}
     inputs: dict[str, int] = {}
+    if records is None or not records.is_file():
+        return [], answers, rest, inputs
     rs = read_records(records)
     for r in rs:
         if r.meta.get("teacher"):
@@ -130,6 +135,17 @@ def _writers_lines(cfg: Config, card: dict | None, records: Path | None) -> list
         syn = (r.meta.get("synthesis") or {}).get("teacher")
         if syn:
             inputs[syn] = inputs.get(syn, 0) + 1
+    return rs, answers, rest, inputs
+
+
+def _writers_lines(cfg: Config, card: dict | None, records: Path | None) -> list[str]:
+    """Who wrote the answers and the inputs the student was trained on (``writers``), each with the
+    terms of use that are known to be that model's (``teacher_terms``). Named from the config alone,
+    the card gave a teacher that wrote none of the data, with another teacher's terms."""
+    from potstill.curate.card import same_teacher
+
+    rs, answers, rest, inputs = writers(records)
+    terms = teacher_terms(cfg, card)
     out = []
     if answers:
         out.append(f"- Answers of the {len(rs)} training records written by: " + "; ".join(
