@@ -74,3 +74,32 @@ def test_a_checkpoint_save_removes_the_partial_saves_of_killed_runs(tmp_path):
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     checkpoint.save(ckpt, 20, "fp", model, opt, sched, random.Random(0), [], {})
     assert sorted(f.name for f in ckpt.iterdir()) == ["step-00000020"]
+
+
+SIDECAR_KILLED = """
+import os, signal, sys
+from pathlib import Path
+import numpy as np
+import safetensors.numpy
+from potstill import sidecar
+def killed(tensors, tmp, metadata=None):
+    Path(tmp).write_bytes(b"x" * 1000)  # half a file, as save_file leaves it when killed
+    os.kill(os.getpid(), signal.SIGKILL)
+safetensors.numpy.save_file = killed
+sidecar.write(Path(sys.argv[1]), {"a": np.zeros(2)}, {"version": 1}, "numpy")
+"""
+
+
+def test_a_sidecar_write_removes_the_temp_of_a_killed_one(tmp_path):
+    """A sidecar (int8 calibration, importance matrix) beside the student's weights: a writer killed
+    outright left its temp there for good."""
+    import numpy as np
+
+    from potstill import sidecar
+
+    target = tmp_path / "imatrix.safetensors"
+    p = subprocess.run([sys.executable, "-c", SIDECAR_KILLED, str(target)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == -9, p.stderr
+    assert len(_hidden(tmp_path)) == 1
+    sidecar.write(target, {"a": np.ones(2)}, {"version": 1}, "numpy")
+    assert _hidden(tmp_path) == [] and target.exists()

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from potstill import leftovers
 from potstill.errors import PotstillError
 
 
@@ -21,7 +22,10 @@ def write(target: Path, tensors: dict[str, Any], info: dict[str, Any], framework
         from safetensors.torch import save_file
     else:
         from safetensors.numpy import save_file
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".tmp")
+    # Named with its maker (``leftovers``): a writer killed outright left its temp beside the weights for
+    # good; the next write of the same sidecar removes it.
+    leftovers.remove(target.parent, lambda name: name == target.stem)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.{leftovers.owner()}.", suffix=".tmp")
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={"potstill": json.dumps(info)})

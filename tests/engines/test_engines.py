@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -163,9 +164,10 @@ def test_a_conversion_another_process_finished_meanwhile_is_kept_not_replaced(ta
     assert eng.score_labels(CHAT, MSGS[:1], [0, 1]).logits.shape == (1, 2)
 
 
-def test_a_conversion_killed_midway_leaves_no_entry_and_its_leftovers_go_with_the_next(taught, tmp_path):
+def test_a_conversion_killed_midway_leaves_no_entry_and_its_leftovers_go_with_the_next(taught, tmp_path, monkeypatch):
     """A process killed (SIGKILL: no cleanup runs) while converting leaves no usable-looking entry;
-    its temp directory is removed by the next conversion of the model, which succeeds."""
+    its temp directory, and its scratch copy of the model in the temp folder, are removed by the next
+    conversion, which succeeds."""
     import os
     import signal
     import subprocess
@@ -178,7 +180,9 @@ def test_a_conversion_killed_midway_leaves_no_entry_and_its_leftovers_go_with_th
     code = ("import sys, time; from potstill.engines import convert; "
             "convert._plain_hf_dir = lambda *a: (print('converting', flush=True), time.sleep(600)); "
             f"convert.ctranslate2_model({str(model)!r})")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "TMPDIR": str(temp)}
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert proc.stdout.readline().strip() == "converting"
@@ -189,8 +193,12 @@ def test_a_conversion_killed_midway_leaves_no_entry_and_its_leftovers_go_with_th
     left = [p for p in root.iterdir() if p.name.startswith(".")]
     assert left and not [p for p in root.iterdir() if (p / convert.INFO).exists() and str(model) in
                          (p / convert.INFO).read_text()]
+    scratch = list(temp.iterdir())
+    assert [p.name.startswith("potstill-ctranslate2-") for p in scratch] == [True]
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     target, _ = convert.ctranslate2_model(str(model))
     assert (target / convert.INFO).exists() and not [p for p in left if p.exists()]
+    assert not [p for p in scratch if p.exists()]
 
 
 @pytest.mark.parametrize("damage", ["weights", "architecture"])

@@ -22,6 +22,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from potstill import leftovers
 from potstill.errors import PotstillError
 from potstill.hashing import hash_obj, hash_path
 from potstill.models.loading import (adapter_base, cache_dir, cache_entry, hub_revision, pretrained_source, resolve,
@@ -111,7 +112,10 @@ def _converted(engine: str, spec: str, tag: str, num_layers: int | None, version
     if (target / INFO).exists():  # written last: its presence means a whole conversion
         return target, key
     say(f"{engine}: converting {spec} to {what} once (cached at {target})")
-    scratch = Path(tempfile.mkdtemp(prefix=f"potstill-{engine}-"))
+    # The plain copy of the model a conversion reads (a GGUF or depth-pruned student's, model-sized) is
+    # named with its maker (``leftovers``): one a killed conversion left in /tmp is removed here.
+    leftovers.remove(Path(tempfile.gettempdir()), lambda name: name == f"potstill-{engine}")
+    scratch = Path(tempfile.mkdtemp(prefix=f"potstill-{engine}-{leftovers.owner()}-"))
     try:
         with cache_entry(target, INFO) as tmp:
             src = _plain_hf_dir(spec, where, num_layers, scratch)
