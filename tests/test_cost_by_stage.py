@@ -94,3 +94,23 @@ def test_cost_per_model_and_stage_is_summed_in_sqlite_with_the_same_numbers(tmp_
     assert "teacher gpt-4o-mini (generate): 42 calls (2 errors)" in out
     # Nothing read every row to add them up.
     assert sent and not [q for q in sent if "SELECT *" in q.upper() and "FROM CALLS" in q.upper()], sent
+
+
+def test_cost_names_the_open_batches_it_cannot_count_yet(tmp_path, capsys):
+    """A run killed with a batch at the provider: the batch is billed as it completes, but its answers
+    (and their cost) reach the ledger only when generate collects them. `potstill cost` said nothing of it."""
+    path = tmp_path / "calls.sqlite"
+    with Ledger(path) as led:
+        led.record_many([Call("g0", "teacher", "generate", "gpt-4o-mini", {"g": 0}, {"output": "a"}, 100, 2,
+                              cost_usd=0.0001)])
+        led.batch_new("b-open", "openai", "gpt-4o-mini", "generate", 1, [(f"h{i}", {"i": i}) for i in range(30)])
+        led.batch_update("b-open", state="in_progress", batch_id="batch_1")
+        led.batch_new("b-done", "openai", "gpt-4o-mini", "generate", 1, [("h99", {"i": 99})])
+        led.batch_update("b-done", state="collected", batch_id="batch_0")
+    sys.argv = ["potstill", "cost", str(tmp_path)]
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code in (0, None)
+    out = capsys.readouterr().out
+    batches = [ln for ln in out.splitlines() if " batch " in ln]
+    assert len(batches) == 1 and "b-open (openai, in_progress) holds 30 requests not counted above" in batches[0], out

@@ -202,6 +202,12 @@ def cost(run_dir: Annotated[Path, typer.Argument(help="Run directory.")],
             for m in ledger.spend_by_stage(role):
                 typer.echo(f"{role} {m['model']} ({m['stage']}): {m['calls']} calls ({m['errors']} errors), "
                            f"{m['input_tokens']} input + {m['output_tokens']} output tokens, ${m['cost_usd']:.4f}")
+        # A batch at the provider is billed when it completes, but reaches the ledger (and the lines
+        # above) only once generate collects it: a run killed with batches open showed part of its bill.
+        for b in ledger.batches():
+            typer.echo(f"teacher {b['model']}: batch {b['key']} ({b['provider']}, {b['state']}) holds {b['requests']} "
+                       "requests not counted above: the provider bills them as they complete; "
+                       "generate (generate.engine batch) collects them into the ledger")
         s = ledger.summary("student")
         typer.echo(f"student: {s['calls']} calls, {s['input_tokens']} input + {s['output_tokens']} output tokens, "
                    f"${s['cost_usd']:.4f}")
