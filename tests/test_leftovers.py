@@ -103,3 +103,15 @@ def test_a_sidecar_write_removes_the_temp_of_a_killed_one(tmp_path):
     assert len(_hidden(tmp_path)) == 1
     sidecar.write(target, {"a": np.ones(2)}, {"version": 1}, "numpy")
     assert _hidden(tmp_path) == [] and target.exists()
+
+
+def test_a_killed_write_into_a_new_folder_leaves_its_temp_where_the_next_write_removes_it(tmp_path):
+    """atomic_write makes missing folders only at the rename, so the temp of a writer killed before it
+    waits in the nearest folder that exists, with no new folder; the next write of the path removes it."""
+    target = tmp_path / "new" / "dir" / "records.jsonl"
+    _killed_write("file", target)
+    left = [p.name for p in tmp_path.iterdir()]
+    assert len(left) == 1 and left[0].startswith(".records.jsonl."), left
+    with atomic_write(target) as f:
+        f.write("{}\n")
+    assert _hidden(tmp_path) == [] and target.read_text() == "{}\n"

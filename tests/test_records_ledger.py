@@ -7,7 +7,7 @@ import pytest
 from potstill.cli import main
 from potstill.errors import PotstillError
 from potstill.ledger import MIGRATIONS, Call, Ledger
-from potstill.records import Record, read_records, write_jsonl
+from potstill.records import Record, atomic_files, atomic_write, read_records, write_jsonl
 
 
 def test_malformed_line_names_file_and_line(tmp_path):
@@ -89,6 +89,32 @@ def test_write_is_atomic(tmp_path):
         write_jsonl(p, rows())
     assert p.read_text() == '{"a": 1}\n'
     assert [x.name for x in tmp_path.iterdir()] == ["out.jsonl"]
+
+
+def test_a_failed_write_leaves_no_folder_it_would_have_made(tmp_path):
+    """Found by a review: atomic_write made the missing folders above its path before the first line,
+    so a failed write left them behind, empty. They appear with the file, or not at all; folders that
+    were there before stay."""
+    def rows():
+        yield {"a": 1}
+        raise RuntimeError("crash mid-write")
+
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(RuntimeError):
+        write_jsonl(tmp_path / "kept" / "new" / "dir" / "out.jsonl", rows())
+    with pytest.raises(RuntimeError), atomic_files([tmp_path / "run" / "train.jsonl", tmp_path / "run" / "sub" / "val.jsonl"]) as fs:
+        for f in fs.values():
+            f.write("{}\n")
+        raise RuntimeError("crash before the renames")
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["kept"]  # no temp file either
+    write_jsonl(tmp_path / "kept" / "new" / "dir" / "out.jsonl", [{"a": 1}])
+    assert (tmp_path / "kept" / "new" / "dir" / "out.jsonl").read_text() == '{"a": 1}\n'
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
+        "kept", "kept/new", "kept/new/dir", "kept/new/dir/out.jsonl"]
+    (tmp_path / "file").write_text("")
+    with pytest.raises((FileExistsError, NotADirectoryError)):  # a file in the way: said before any row is written
+        with atomic_write(tmp_path / "file" / "x" / "out.jsonl"):
+            pytest.fail("opened a temp file under a file")
 
 
 def test_ledger_migrations_cache_and_summary(tmp_path):

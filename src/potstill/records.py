@@ -413,31 +413,62 @@ def read_records(path: str | Path) -> list[Record]:
     return [r for _, r in read_numbered(path)]
 
 
+def _existing_folder(path: Path) -> Path:
+    """The nearest folder above ``path`` that exists. A file (or a dangling link) in the way is the
+    error ``mkdir`` names for it, said now, not after the whole write."""
+    folder = path.parent
+    while not folder.is_dir():
+        if folder.exists() or folder.is_symlink():
+            path.parent.mkdir(parents=True, exist_ok=True)  # raises FileExistsError / NotADirectoryError
+        folder = folder.parent
+    return folder
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path) -> Iterator[TextIO]:
     """Open a temp file beside ``path`` for writing; on success it is renamed over ``path``.
 
     A crash mid-write leaves the previous file (or none), never a half-written one; the temp file of
-    a writer killed outright is removed by the next write of ``path`` (``leftovers``).
+    a writer killed outright is removed by the next write of ``path`` (``leftovers``). Folders missing
+    above ``path`` are made only when the write succeeds: until then the temp file waits in the
+    nearest folder that exists (the same file system, so the rename stays atomic), so a failed write
+    (an import of a bad file to ``-o new/dir/records.jsonl``) leaves no new empty folder either.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    leftovers.remove(path.parent, lambda name: name == path.name)
+    home = _existing_folder(path)
+    leftovers.remove(home, lambda name: name == path.name)
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{leftovers.owner()}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=home, prefix=f".{path.name}.{leftovers.owner()}.", suffix=".tmp")
     except OSError as e:
         # It names the temp file it could not make (/proc/.x.jsonl.oa7bui0h.tmp), which the user never
         # heard of: the error is about the path they gave.
         e.filename = str(path)
         raise
+    made: list[Path] = []  # the folders this call made, outermost first
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             yield f
         # mkstemp makes 0600 files; artifacts are ordinary files, readable like any other output.
         os.chmod(tmp, 0o644)
+        missing, folder = [], path.parent
+        while folder != home and not folder.is_dir():
+            missing.append(folder)
+            folder = folder.parent
+        for d in reversed(missing):  # outermost first
+            try:
+                d.mkdir()
+                made.append(d)
+            except FileExistsError:  # another writer made it meanwhile: theirs, kept
+                if not d.is_dir():
+                    raise
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        for d in reversed(made):
+            try:
+                d.rmdir()
+            except OSError:  # another writer's file went in meanwhile
+                break
         raise
 
 

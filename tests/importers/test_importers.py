@@ -89,6 +89,18 @@ def test_import_errors_name_file_and_line_and_leave_nothing_behind(tmp_path):
         import_traffic(bad, tmp_path / "o.jsonl", "finetune")
 
 
+def test_a_failed_import_into_a_new_folder_leaves_no_folder(tmp_path):
+    """Found by a review: -o new/dir/records.jsonl made new/dir before the first line was read, so an
+    import that failed (a bad line) left that empty folder behind. It appears with the records or not at all."""
+    bad = jsonl(tmp_path / "bad.jsonl", [{"prompt": "new phone", "completion": "tech"}, {"prompt": "x"}])
+    with pytest.raises(PotstillError, match=r"bad\.jsonl:2: expected a request"):
+        import_traffic(bad, tmp_path / "new" / "dir" / "records.jsonl")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl"]
+    jsonl(bad, [{"prompt": "new phone", "completion": "tech"}])
+    assert import_traffic(bad, tmp_path / "new" / "dir" / "records.jsonl") == 1
+    assert read_records(tmp_path / "new" / "dir" / "records.jsonl")[0].output == "tech"
+
+
 def test_import_never_writes_over_its_own_source_and_names_a_missing_or_folder_input(tmp_path):
     """``-o`` naming the traffic file (or the --requests file) is refused before anything is read, and
     the file keeps its bytes; a folder or a missing --requests file is one line, not a traceback."""
