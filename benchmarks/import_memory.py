@@ -1,13 +1,17 @@
-"""Peak RSS of `potstill import` on a large OpenAI request/response log and a served ledger, before and
-after import streamed its records (review3-scale, finding 5).
+"""Peak RSS of `potstill import` on a large OpenAI request/response log, a served ledger and the same
+traffic as a CSV and a Parquet table, before and after import streamed its records (review3-scale,
+finding 5; the tables later).
 
 Builds (once, in --work) an N-line log of ``{"request", "response"}`` chat-completion lines (~990 bytes
-each: a system prompt and a 60-word support ticket, a one-word answer) and a ledger of M served rows,
-then runs the real CLI on each under ``/usr/bin/time -v`` (peak RSS, CPU seconds) with this checkout's
-src/ and with ``--before``'s (a git revision, unpacked with ``git archive``). Each run's output is
-checked to hold the same records.
+each: a system prompt and a 60-word support ticket, a one-word answer), a ledger of M served rows and
+a CSV and a Parquet file of the log's N tickets as ``prompt``/``completion`` pairs (Parquet in row
+groups of 100,000 rows, zstd, as pyarrow's writer is commonly asked), then runs the real CLI on each
+under ``/usr/bin/time -v`` (peak RSS, CPU seconds) with this checkout's src/ and with ``--before``'s (a
+git revision, unpacked with ``git archive``). Each run's output is checked to hold the same records,
+byte for byte; the script exits non-zero if they differ. ``--only csv,parquet`` runs those cases alone
+and keeps the others' numbers in the JSON as they were (each case names its --before).
 
-    PYTHONPATH=src:. python benchmarks/import_memory.py --work /tmp/impbench --before HEAD~1
+    PYTHONPATH=src:. python benchmarks/import_memory.py --work /tmp/impbench --before HEAD~1 [--only csv,parquet]
 """
 
 from __future__ import annotations
@@ -57,10 +61,36 @@ def build_ledger(path: Path, n: int) -> None:
                                             content="billing", input_tokens=120, output_tokens=1))
 
 
+def _tickets(n: int):
+    rng = random.Random(0)  # the log's tickets, in its order
+    for i in range(n):
+        yield f"ticket {i}: " + " ".join(rng.choice(WORDS) for _ in range(60))
+
+
+def build_csv(path: Path, n: int) -> None:
+    import csv
+
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["prompt", "completion"])
+        w.writerows((t, "billing") for t in _tickets(n))
+
+
+def build_parquet(path: Path, n: int) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([("prompt", pa.string()), ("completion", pa.string())])
+    with pq.ParquetWriter(path, schema, compression="zstd") as w:
+        tickets = _tickets(n)
+        while chunk := [t for _, t in zip(range(100_000), tickets)]:
+            w.write_table(pa.table({"prompt": chunk, "completion": ["billing"] * len(chunk)}, schema=schema))
+
+
 def run_import(src_dir: Path, source: Path, out: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": f"{src_dir}:{ROOT}", "POTSTILL_PROGRESS": "never"}
-    p = subprocess.run(["/usr/bin/time", "-v", sys.executable, "-m", "potstill.cli", "import", str(source), "-o", str(out)],
-                       env=env, capture_output=True, text=True)
+    p = subprocess.run(["/usr/bin/time", "-v", sys.executable, "-m", "potstill.cli", "import", str(source),
+                        "-o", str(out)], env=env, capture_output=True, text=True)
     if p.returncode:
         raise SystemExit(f"import failed ({src_dir}): {p.stderr[-2000:]}")
 
@@ -79,30 +109,43 @@ def main() -> None:
     ap.add_argument("--before", required=True, help="git revision of the code before the change")
     ap.add_argument("--lines", type=int, default=300_000)
     ap.add_argument("--served", type=int, default=100_000)
+    ap.add_argument("--only", default="log,served,csv,parquet", help="the cases to run, comma-separated")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    log, db = args.work / f"log{args.lines}.jsonl", args.work / f"served{args.served}.sqlite"
-    if not log.exists():
-        build_log(log, args.lines)
-    if not db.exists():
-        build_ledger(db, args.served)
+    sources = {"log": (args.work / f"log{args.lines}.jsonl", build_log, args.lines),
+               "served": (args.work / f"served{args.served}.sqlite", build_ledger, args.served),
+               "csv": (args.work / f"pairs{args.lines}.csv", build_csv, args.lines),
+               "parquet": (args.work / f"pairs{args.lines}.parquet", build_parquet, args.lines)}
+    only = args.only.split(",")
+    for name in only:
+        source, build, n = sources[name]
+        if not source.exists():
+            build(source, n)
     with tempfile.TemporaryDirectory(dir=args.work) as old:
         subprocess.run(f"git -C {ROOT} archive {args.before} src | tar -x -C {old}", shell=True, check=True)
+        rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.before], capture_output=True,
+                             text=True, check=True).stdout.strip()
         results = {}
-        for name, source in (("log", log), ("served", db)):
+        for name in only:
+            source = sources[name][0]
             before = run_import(Path(old) / "src", source, args.work / f"{name}_before.jsonl")
             after = run_import(ROOT / "src", source, args.work / f"{name}_after.jsonl")
             same = before.pop("sha256") == after.pop("sha256")
-            results[name] = {"input_mb": round(source.stat().st_size / 2**20, 1), "before": before, "after": after,
-                             "same_output": same}
+            results[name] = {"input_mb": round(source.stat().st_size / 2**20, 1), "rows": sources[name][2],
+                             "before_revision": rev, "before": before, "after": after, "same_output": same}
             print(name, json.dumps(results[name]), flush=True)
             if not same:
                 raise SystemExit(f"{name}: the records differ before and after")
-    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.before], capture_output=True, text=True)
-    out = {"what": "peak RSS and CPU of `potstill import` (CLI, /usr/bin/time -v) before and after streaming records",
-           "machine": {"cpu": platform.machine(), "cores": os.cpu_count(), "python": platform.python_version()},
-           "before": rev.stdout.strip(), "lines": args.lines, "served_rows": args.served, **results}
-    (Path(__file__).with_suffix(".json")).write_text(json.dumps(out, indent=2) + "\n")
+    target = Path(__file__).with_suffix(".json")
+    out = json.loads(target.read_text()) if target.exists() and set(only) != set(sources) else {}
+    for case in out.values():  # cases measured before each named its own revision: the file's one
+        if isinstance(case, dict) and "same_output" in case:
+            case.setdefault("before_revision", out.get("before"))
+    out.update({"what": "peak RSS and CPU of `potstill import` (CLI, /usr/bin/time -v) before and after streaming "
+                        "records; each case's before_revision is the code it was compared with",
+                "machine": {"cpu": platform.machine(), "cores": os.cpu_count(), "python": platform.python_version()},
+                **results})
+    target.write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":

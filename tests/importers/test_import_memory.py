@@ -98,3 +98,37 @@ def test_served_rows_are_read_a_page_at_a_time(tmp_path, monkeypatch):
     assert recs[-1].messages[0]["content"] == _ticket(2999)
     # Held, the 3000 rows peaked at 4x the file they make; a page of 100 rows, 0.13x (measured).
     assert peak < written / 4, f"import peaked at {peak} bytes for {written} bytes of records"
+
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_csv_or_parquet_table_is_written_as_it_is_read(tmp_path, monkeypatch, suffix):
+    """Found by a review: a CSV or Parquet table was read whole (every row as a Python object) before
+    its first record was written, to count its rows for the progress bar. Now a CSV is read a row at a
+    time and a Parquet file a batch of rows at a time (``PARQUET_BATCH``), as a log a line at a time."""
+    import csv
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import potstill.records
+
+    monkeypatch.setattr(potstill.records, "PARQUET_BATCH", 100, raising=False)  # a thirtieth of the table
+    tickets = [_ticket(i) for i in range(3000)]
+    src = tmp_path / f"pairs{suffix}"
+    if suffix == ".csv":
+        with open(src, "w", newline="") as f:
+            csv.writer(f).writerows([("prompt", "completion"), *((t, "billing") for t in tickets)])
+    else:
+        pq.write_table(pa.table({"prompt": tickets, "completion": ["billing"] * 3000}), src)
+    import_traffic(src, tmp_path / "one_out.jsonl")  # warm up (modules, pyarrow's readers)
+    out = tmp_path / "out.jsonl"
+    peak = _peak_bytes(lambda: import_traffic(src, out))
+    written = out.stat().st_size  # ~2.6 MB: 3000 records of ~860 bytes
+    recs = read_records(out)
+    assert len(recs) == 3000 and [r.messages[0]["content"] for r in recs] == tickets
+    assert recs[-1].meta["line"] == (3001 if suffix == ".csv" else 3000)  # the file line a CSV row ends on; the row
+    # Held, the 3000 rows peaked at 1.15x (CSV) and 1.35x (Parquet) the file they make; streamed, 0.03x and
+    # 0.08x (measured).
+    assert peak < written / 4, f"import of {src.name} peaked at {peak} bytes for {written} bytes of records"
+

@@ -47,7 +47,7 @@ from potstill.ledger import Ledger
 from potstill.ledger_rows import ServedCall
 from potstill.ledger_schema import REFUSED_STOPS
 from potstill.progress import bar, say
-from potstill.records import (TABLE_SUFFIXES, Record, atomic_write, content_text, dump_jsonl, read_objects,
+from potstill.records import (TABLE_SUFFIXES, Record, _delimiter, atomic_write, content_text, dump_jsonl, read_objects,
                               record_problem)
 from potstill.responses_format import ResponsesInputError, chat_messages, output_text
 from potstill.tasks.tools import reply_text
@@ -476,14 +476,34 @@ def import_traffic(path: str | Path, out: str | Path, fmt: str = "auto", request
     if path.is_dir():
         raise PotstillError(f"{path} is a directory, not a traffic file")
     reqs = _read_requests(Path(requests)) if requests else None
-    if path.suffix.lower() in TABLE_SUFFIXES:  # a CSV cell or a Parquet row may span lines: read once, counted
-        rows: Any = list(read_objects(path))
-        total = len(rows)
+    if path.suffix.lower() in TABLE_SUFFIXES:  # a CSV cell may span lines: its rows counted, not its lines
+        total = _table_rows(path)
     else:
-        rows = read_objects(path)
         with open(path, encoding="utf-8", errors="replace") as f:  # read_objects names a line that is not UTF-8
             total = sum(1 for line in f if line.strip())
-    return _write(out, path, _log_records(path, rows, total, fmt, reqs, tool_calls))
+    return _write(out, path, _log_records(path, read_objects(path), total, fmt, reqs, tool_calls))
+
+
+def _table_rows(path: Path) -> int:
+    """About how many rows a CSV, TSV or Parquet file holds, for the progress bar only, read without
+    holding them: a Parquet file's footer says, a CSV is parsed once (C's csv reader, cells not kept).
+    Rows with no cell are counted and skipped later. 0 (no total) where the file cannot be read:
+    ``read_objects`` names what is wrong."""
+    try:
+        if path.suffix.lower() == ".parquet":
+            import pyarrow.parquet as pq
+
+            return pq.ParquetFile(path).metadata.num_rows
+        import csv
+
+        limit = csv.field_size_limit(2**31 - 1)  # as read_objects reads it: a cell may be a whole document
+        try:
+            with open(path, encoding="utf-8-sig", newline="") as f:
+                return max(0, sum(1 for cells in csv.reader(f, delimiter=_delimiter(path)) if any(cells)) - 1)
+        finally:
+            csv.field_size_limit(limit)
+    except Exception:  # noqa: BLE001 - not this function's to name: read_objects says it in one line
+        return 0
 
 
 def _log_records(path: Path, rows: Iterable[tuple[int, dict[str, Any]]], total: int, fmt: str,
