@@ -8,8 +8,10 @@ a CSV and a Parquet file of the log's N tickets as ``prompt``/``completion`` pai
 groups of 100,000 rows, zstd, as pyarrow's writer is commonly asked), then runs the real CLI on each
 under ``/usr/bin/time -v`` (peak RSS, CPU seconds) with this checkout's src/ and with ``--before``'s (a
 git revision, unpacked with ``git archive``). Each run's output is checked to hold the same records,
-byte for byte; the script exits non-zero if they differ. ``--only csv,parquet`` runs those cases alone
-and keeps the others' numbers in the JSON as they were (each case names its --before).
+byte for byte; the script exits non-zero if they differ. The Batch case: an OpenAI Batch output of K
+answers, imported with ``--requests`` (its input file, the log's requests; the output shuffled, as a
+batch returns it). ``--only csv,parquet`` runs those cases alone and keeps the others' numbers in the
+JSON as they were (each case names its --before).
 
     PYTHONPATH=src:. python benchmarks/import_memory.py --work /tmp/impbench --before HEAD~1 [--only csv,parquet]
 """
@@ -87,10 +89,38 @@ def build_parquet(path: Path, n: int) -> None:
             w.write_table(pa.table({"prompt": chunk, "completion": ["billing"] * len(chunk)}, schema=schema))
 
 
+def build_batch(path: Path, n: int) -> None:
+    """An OpenAI Batch output of ``n`` answers (``path``) and its input file (``requests_path``), the
+    log's requests and answers, the output in another order than the input (as a batch returns it)."""
+    rng = random.Random(1)
+    order = list(range(n))
+    rng.shuffle(order)
+    tickets = list(_tickets(n))
+    with open(requests_path(path), "w") as f:
+        for i, t in enumerate(tickets):
+            body = {"model": "gpt-4o-mini", "messages": [
+                {"role": "system", "content": "You classify support tickets." * 5}, {"role": "user", "content": t}]}
+            f.write(json.dumps({"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions",
+                                "body": body}) + "\n")
+    with open(path, "w") as f:
+        for i in order:
+            completion = {"id": f"chatcmpl-{i}", "object": "chat.completion", "model": "gpt-4o-mini-2024-07-18",
+                          "choices": [{"index": 0, "message": {"role": "assistant", "content": "billing"},
+                                       "finish_reason": "stop"}],
+                          "usage": {"prompt_tokens": 120, "completion_tokens": 1, "total_tokens": 121}}
+            f.write(json.dumps({"id": f"batch_req_{i}", "custom_id": f"req-{i}", "error": None,
+                                "response": {"status_code": 200, "request_id": f"r{i}", "body": completion}}) + "\n")
+
+
+def requests_path(results: Path) -> Path:
+    return results.with_name(results.name.replace("results", "requests"))
+
+
 def run_import(src_dir: Path, source: Path, out: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": f"{src_dir}:{ROOT}", "POTSTILL_PROGRESS": "never"}
+    extra = ["--requests", str(requests_path(source))] if "batch_results" in source.name else []
     p = subprocess.run(["/usr/bin/time", "-v", sys.executable, "-m", "potstill.cli", "import", str(source),
-                        "-o", str(out)], env=env, capture_output=True, text=True)
+                        "-o", str(out), *extra], env=env, capture_output=True, text=True)
     if p.returncode:
         raise SystemExit(f"import failed ({src_dir}): {p.stderr[-2000:]}")
 
@@ -109,13 +139,15 @@ def main() -> None:
     ap.add_argument("--before", required=True, help="git revision of the code before the change")
     ap.add_argument("--lines", type=int, default=300_000)
     ap.add_argument("--served", type=int, default=100_000)
-    ap.add_argument("--only", default="log,served,csv,parquet", help="the cases to run, comma-separated")
+    ap.add_argument("--batch", type=int, default=50_000, help="requests of the Batch case (OpenAI's most per batch)")
+    ap.add_argument("--only", default="log,served,csv,parquet,batch", help="the cases to run, comma-separated")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     sources = {"log": (args.work / f"log{args.lines}.jsonl", build_log, args.lines),
                "served": (args.work / f"served{args.served}.sqlite", build_ledger, args.served),
                "csv": (args.work / f"pairs{args.lines}.csv", build_csv, args.lines),
-               "parquet": (args.work / f"pairs{args.lines}.parquet", build_parquet, args.lines)}
+               "parquet": (args.work / f"pairs{args.lines}.parquet", build_parquet, args.lines),
+               "batch": (args.work / f"batch_results{args.batch}.jsonl", build_batch, args.batch)}
     only = args.only.split(",")
     for name in only:
         source, build, n = sources[name]
@@ -131,7 +163,8 @@ def main() -> None:
             before = run_import(Path(old) / "src", source, args.work / f"{name}_before.jsonl")
             after = run_import(ROOT / "src", source, args.work / f"{name}_after.jsonl")
             same = before.pop("sha256") == after.pop("sha256")
-            results[name] = {"input_mb": round(source.stat().st_size / 2**20, 1), "rows": sources[name][2],
+            size = source.stat().st_size + (requests_path(source).stat().st_size if name == "batch" else 0)
+            results[name] = {"input_mb": round(size / 2**20, 1), "rows": sources[name][2],
                              "before_revision": rev, "before": before, "after": after, "same_output": same}
             print(name, json.dumps(results[name]), flush=True)
             if not same:

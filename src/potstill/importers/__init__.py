@@ -36,6 +36,7 @@ A logged answer that is a tool call is skipped (no text to distil), unless asked
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -280,7 +281,7 @@ def _trained_turn(msgs: list[dict[str, Any]], where: str) -> int:
     return trained[-1]
 
 
-def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: dict[str, Any] | None, keep: bool) -> Record:
+def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: Requests | None, keep: bool) -> Record:
     kind = _detect(obj) if fmt == "auto" else fmt
     meta: dict[str, Any] = {}
     if kind == "finetune":
@@ -385,21 +386,47 @@ def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: dict[str, An
         raise PotstillError(f"{where}: {e.errors()[0]['msg']}") from None
 
 
-def _read_requests(path: Path) -> dict[str, Any]:
+class Requests:
     """A batch's requests by ``custom_id``: OpenAI's Batch input (``body``) or Anthropic's Message
-    Batches requests (``params``, as ``messages.batches.create`` takes them, one a line)."""
-    if not path.is_file():
-        raise PotstillError(f"--requests {path}: {'a directory, not' if path.is_dir() else 'not found; expected'} "
-                            f"a Batch API input JSONL")
-    out: dict[str, Any] = {}
-    # read_objects: a byte-order mark dropped, a line that is not JSON or not UTF-8 named as an input file's.
-    for lineno, obj in read_objects(path):
-        body = obj.get("body", obj.get("params"))
-        if not isinstance(obj.get("custom_id"), str) or not isinstance(body, dict):
-            raise PotstillError(f"{path}:{lineno}: expected a batch request line with custom_id and body (OpenAI) "
-                                "or params (Anthropic)")
-        out[obj["custom_id"]] = body
-    return out
+    Batches requests (``params``, as ``messages.batches.create`` takes them, one a line), read once and
+    kept as JSON text in a private temporary SQLite file (deleted when closed), not in memory: a
+    batch's input file may be 200 MB (OpenAI's limit; Anthropic's 256 MB), which held as Python
+    objects took several times that. ``get`` reads one request back; a later line of the same
+    ``custom_id`` replaces an earlier one, as before."""
+
+    def __init__(self, path: Path) -> None:
+        if not path.is_file():
+            raise PotstillError(f"--requests {path}: {'a directory, not' if path.is_dir() else 'not found; expected'} "
+                                f"a Batch API input JSONL")
+        # "": SQLite's private temporary database, on disk past its page cache (2 MB by default).
+        self._db = sqlite3.connect("")
+        self._db.execute("CREATE TABLE requests (custom_id TEXT PRIMARY KEY, body TEXT NOT NULL) WITHOUT ROWID")
+        try:
+            with self._db:
+                self._db.executemany("INSERT OR REPLACE INTO requests VALUES (?, ?)", self._lines(path))
+        except BaseException:
+            self._db.close()
+            raise
+
+    @staticmethod
+    def _lines(path: Path) -> Iterator[tuple[str, str]]:
+        # read_objects: a byte-order mark dropped, a line that is not JSON or not UTF-8 named as an input file's.
+        for lineno, obj in read_objects(path):
+            body = obj.get("body", obj.get("params"))
+            if not isinstance(obj.get("custom_id"), str) or not isinstance(body, dict):
+                raise PotstillError(f"{path}:{lineno}: expected a batch request line with custom_id and body (OpenAI) "
+                                    "or params (Anthropic)")
+            yield obj["custom_id"], json.dumps(body)
+
+    def get(self, custom_id: Any) -> Any:
+        """The request body of ``custom_id``, or None where the file has none."""
+        if not isinstance(custom_id, str):  # the file's are strings: no request is this one's
+            return None
+        row = self._db.execute("SELECT body FROM requests WHERE custom_id = ?", (custom_id,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def close(self) -> None:
+        self._db.close()
 
 
 def import_served(db: Path, keep: bool = False) -> Iterator[Record]:
@@ -475,13 +502,17 @@ def import_traffic(path: str | Path, out: str | Path, fmt: str = "auto", request
         raise PotstillError(f"{path}: file not found")
     if path.is_dir():
         raise PotstillError(f"{path} is a directory, not a traffic file")
-    reqs = _read_requests(Path(requests)) if requests else None
     if path.suffix.lower() in TABLE_SUFFIXES:  # a CSV cell may span lines: its rows counted, not its lines
         total = _table_rows(path)
     else:
         with open(path, encoding="utf-8", errors="replace") as f:  # read_objects names a line that is not UTF-8
             total = sum(1 for line in f if line.strip())
-    return _write(out, path, _log_records(path, read_objects(path), total, fmt, reqs, tool_calls))
+    reqs = Requests(Path(requests)) if requests else None
+    try:
+        return _write(out, path, _log_records(path, read_objects(path), total, fmt, reqs, tool_calls))
+    finally:
+        if reqs is not None:
+            reqs.close()
 
 
 def _table_rows(path: Path) -> int:
@@ -507,7 +538,7 @@ def _table_rows(path: Path) -> int:
 
 
 def _log_records(path: Path, rows: Iterable[tuple[int, dict[str, Any]]], total: int, fmt: str,
-                 reqs: dict[str, Any] | None, keep: bool) -> Iterator[Record]:
+                 reqs: Requests | None, keep: bool) -> Iterator[Record]:
     """A log's records, yielded line by line; what was skipped or cut is said in one line per reason
     once every line is read."""
     several, first_several = 0, 0
