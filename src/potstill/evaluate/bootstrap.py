@@ -88,6 +88,17 @@ def bootstrap_ratio(a: Sequence[float], b: Sequence[float], n_boot: int = 1000, 
     tail = (1 - confidence) / 2
     lo = _quantile(np.where(undecided, 0.0, ratios), tail)
     hi = _quantile(ratios, 1 - tail)  # 0 / 0 stays +inf here
+    d = x - y
+    if np.all(d == d[0]) and x.max() <= 1 and y.max() <= 1:
+        # Every pair differs by the same d (the student right exactly where the teacher is): every resample
+        # whose teacher scores gives the same ratio, and the interval [1, 1] passed a 0.95 bar on 3 examples
+        # of 3. The ratio is 1 + gap / mean(b), so the gap's exact bound (bootstrap_gap: no difference in
+        # 30 pairs is [-0.116, +0.116]) over the teacher's mean bounds it too: 30 of 30 both right
+        # [0.884, 1.116], 3 of 3 [0.292, 1.708]; never below 0, the scores being non-negative. Scores
+        # above 1 are no shares, and the gap's bound is for scores in [0, 1].
+        gap, mt = bootstrap_gap(x, y, n_boot, confidence, seed), float(y.mean())
+        lo = min(lo, max(0.0, 1 + gap["lo"] / mt))
+        hi = None if hi is None else max(hi, 1 + gap["hi"] / mt)
     return {"value": float(x.mean() / y.mean()), "lo": lo, "hi": hi, "n": n, "teacher_zero": int(zero.sum())}
 
 
