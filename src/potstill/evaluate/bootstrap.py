@@ -7,6 +7,14 @@ the correlation between the two and gives a tighter, correct interval. A paired 
 (mean(student) / mean(teacher), "the student keeps 98% of the teacher's quality") resamples the
 same index set for both and divides the two resampled means (``bootstrap_ratio`` says what a
 resample whose teacher mean is 0 counts as).
+
+Monotone: a better sample of the same size never gets a lower bound (or an upper one). The values are
+sorted before resampling, so the same seed draws the same positions for both: every resample of the
+better sample is at least as good, and so is each quantile. And no interval of scores in [0, 1] is
+narrower than ``exact_bound`` of its mean (below), which widens only samples close to all-equal (the
+percentile interval is O(1/sqrt(n)) wide, this O(1/n)): without it an all-equal sample got the wide
+exact bound and a sample one example worse the narrow percentile one, so 30 judge ties were
+inconclusive and 29 ties and a loss passed, 20 of 20 agreeing was inconclusive and 19 of 20 passed.
 """
 
 from __future__ import annotations
@@ -16,46 +24,55 @@ from typing import Sequence
 import numpy as np
 
 
+def exact_bound(m: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The interval of n scores in [0, 1] that all equal m: [m q, 1 - (1 - m) q], q = tail^(1/n).
+
+    n draws all equal to m have probability q^n, q the chance of scoring m, so q >= tail^(1/n) but
+    for a chance of tail; the rest of the mass, 1 - q, at 0 or at 1 bounds the mean. For shares
+    this is Clopper and Pearson's exact bound (30 of 30: [0.884, 1]); 30 ties are [0.442, 0.558].
+    Increasing in m at both ends, so a floor made of it keeps the interval monotone."""
+    q = float(((1 - confidence) / 2) ** (1 / n))
+    return m * q, 1 - (1 - m) * q
+
+
 def bootstrap_mean(values: Sequence[float], n_boot: int = 1000, confidence: float = 0.95,
                    seed: int = 0, unit: bool = True) -> dict[str, float | int | None]:
     """Mean of ``values`` with a percentile-bootstrap interval: {value, lo, hi, n}. ``unit``: the
-    values are shares or scores in [0, 1] (every caller's but ``bootstrap_gap``'s)."""
-    x = np.asarray(values, dtype=float)
+    values are shares or scores in [0, 1] (every caller's), and the interval is at least
+    ``exact_bound`` of their mean."""
+    x = np.sort(np.asarray(values, dtype=float))  # sorted: see "Monotone" above
     n = len(x)
     if n == 0:
         return {"value": None, "lo": None, "hi": None, "n": 0}
     tail = (1 - confidence) / 2
-    if unit and np.all(x == x[0]):
-        # Every example scored the same c: every resample is the same, and the percentile interval
-        # [c, c] claimed certainty from a handful of examples (30 of 30 agreeing: [1, 1]; a judge
-        # calling every pair a tie: [0.5, 0.5]). n draws all equal to c have probability q^n, q the
-        # chance of scoring c, so q >= tail^(1/n) but for a chance of tail; the rest of the mass,
-        # 1 - q, at 0 or at 1 bounds the mean: [c q, c q + 1 - q]. For shares this is Clopper and
-        # Pearson's exact bound (30 of 30: [0.884, 1]); 30 ties are [0.442, 0.558].
-        q = float(tail ** (1 / n))
-        c = float(x[0])
-        return {"value": c, "lo": c * q, "hi": 1 - (1 - c) * q, "n": n}
     rng = np.random.default_rng(seed)
     # (n_boot, n) indices at once: 1000 x 1000 int64 is 8 MB, fine for any test split we evaluate.
     means = x[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)
-    lo, hi = np.quantile(means, [tail, 1 - tail])
-    return {"value": float(x.mean()), "lo": float(lo), "hi": float(hi), "n": n}
+    lo, hi = (float(v) for v in np.quantile(means, [tail, 1 - tail]))
+    m = float(x.mean())
+    if unit:
+        # Every example scoring the same c resamples to [c, c], certainty from a handful of examples
+        # (30 of 30 agreeing: [1, 1]); the exact bound of the mean bounds it, and the samples near it.
+        e_lo, e_hi = exact_bound(m, n, confidence)
+        lo, hi = min(lo, e_lo), max(hi, e_hi)
+    return {"value": m, "lo": lo, "hi": hi, "n": n}
 
 
 def bootstrap_gap(a: Sequence[float], b: Sequence[float], n_boot: int = 1000, confidence: float = 0.95,
                   seed: int = 0) -> dict[str, float | int | None]:
-    """mean(a) - mean(b) over paired examples of scores in [0, 1], with a percentile-bootstrap interval."""
+    """mean(a) - mean(b) over paired examples of scores in [0, 1], with a percentile-bootstrap interval.
+
+    Scores in [0, 1] differ within [-1, 1]; (d + 1) / 2 is a score in [0, 1], bounded as one (at
+    least ``exact_bound`` of its mean), and mapped back: a challenger right on all 20 where the
+    champion was wrong on all is +1 [+0.664, +1], not [+1, +1]; no difference in 30 pairs is
+    [-0.116, +0.116]."""
     if len(a) != len(b):
         raise ValueError(f"paired samples differ in length: {len(a)} vs {len(b)}")
     d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    if len(d) and np.all(d == d[0]):
-        # Every pair differs by the same d (a challenger right on all 20 where the champion was wrong on
-        # all: +1 [+1, +1]): no resample differs, as with a shared score. Scores in [0, 1] differ within
-        # [-1, 1]; (d + 1) / 2 is a score in [0, 1], bounded as one, and mapped back: 20 of 20 is
-        # [+0.664, +1]; no difference in 30 pairs is [-0.116, +0.116].
-        ci = bootstrap_mean((d + 1) / 2, n_boot, confidence, seed, unit=True)
-        return {"value": float(d[0]), "lo": 2 * ci["lo"] - 1, "hi": 2 * ci["hi"] - 1, "n": len(d)}
-    return bootstrap_mean(d, n_boot, confidence, seed, unit=False)
+    if not len(d):
+        return {"value": None, "lo": None, "hi": None, "n": 0}
+    ci = bootstrap_mean((d + 1) / 2, n_boot, confidence, seed, unit=True)
+    return {"value": float(d.mean()), "lo": 2 * ci["lo"] - 1, "hi": 2 * ci["hi"] - 1, "n": len(d)}
 
 
 def bootstrap_ratio(a: Sequence[float], b: Sequence[float], n_boot: int = 1000, confidence: float = 0.95,
@@ -80,6 +97,10 @@ def bootstrap_ratio(a: Sequence[float], b: Sequence[float], n_boot: int = 1000, 
     n = len(x)
     if n == 0 or y.mean() == 0:
         return {"value": None, "lo": None, "hi": None, "n": n, "teacher_zero": None}
+    # Sorted by the teacher's score, then the student's: a student better on some inputs than another
+    # (the teacher's the same) sits in the same positions, each resample's ratio at least as high.
+    order = np.lexsort((x, y))
+    x, y = x[order], y[order]
     idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
     num, den = x[idx].mean(axis=1), y[idx].mean(axis=1)
     zero = den == 0
@@ -88,17 +109,17 @@ def bootstrap_ratio(a: Sequence[float], b: Sequence[float], n_boot: int = 1000, 
     tail = (1 - confidence) / 2
     lo = _quantile(np.where(undecided, 0.0, ratios), tail)
     hi = _quantile(ratios, 1 - tail)  # 0 / 0 stays +inf here
-    d = x - y
-    if np.all(d == d[0]) and x.max() <= 1 and y.max() <= 1:
-        # Every pair differs by the same d (the student right exactly where the teacher is): every resample
-        # whose teacher scores gives the same ratio, and the interval [1, 1] passed a 0.95 bar on 3 examples
-        # of 3. The ratio is 1 + gap / mean(b), so the gap's exact bound (bootstrap_gap: no difference in
-        # 30 pairs is [-0.116, +0.116]) over the teacher's mean bounds it too: 30 of 30 both right
-        # [0.884, 1.116], 3 of 3 [0.292, 1.708]; never below 0, the scores being non-negative. Scores
-        # above 1 are no shares, and the gap's bound is for scores in [0, 1].
-        gap, mt = bootstrap_gap(x, y, n_boot, confidence, seed), float(y.mean())
-        lo = min(lo, max(0.0, 1 + gap["lo"] / mt))
-        hi = None if hi is None else max(hi, 1 + gap["hi"] / mt)
+    if x.max() <= 1 and y.max() <= 1:
+        # The ratio is 1 + gap / mean(b), so the gap's floor (``exact_bound`` of (d + 1) / 2, as
+        # bootstrap_gap) over the teacher's mean bounds it too. Where the student scores what the teacher
+        # scores on every example every resample whose teacher scores gave 1, and [1, 1] passed a 0.95
+        # bar on 3 examples of 3; now 30 of 30 both right is [0.884, 1.116], 3 of 3 [0.292, 1.708].
+        # Never below 0, the scores being non-negative. Scores above 1 are no shares, and the bound is
+        # for scores in [0, 1].
+        mt = float(y.mean())
+        g_lo, g_hi = exact_bound((float((x - y).mean()) + 1) / 2, n, confidence)
+        lo = min(lo, max(0.0, 1 + (2 * g_lo - 1) / mt))
+        hi = None if hi is None else max(hi, 1 + (2 * g_hi - 1) / mt)
     return {"value": float(x.mean() / y.mean()), "lo": lo, "hi": hi, "n": n, "teacher_zero": int(zero.sum())}
 
 

@@ -353,7 +353,8 @@ def _sources(cfg: Config, spend: dict[str, Any], train_s: float, teacher: dict[s
                     "the teacher's recorded answers in test.jsonl; latency and cost from the ledger (calls.sqlite)"
                     + priced) + (f"; {teacher['samples_note']}" if "samples_note" in teacher else ""),
         "gold": "the label/reference fields of test.jsonl (gold supplied with the inputs)",
-        "intervals": f"percentile bootstrap over test examples, {rep.bootstrap_samples} resamples, seed {rep.seed}",
+        "intervals": (f"percentile bootstrap over test examples, {rep.bootstrap_samples} resamples, seed {rep.seed}, "
+                      "never narrower than the exact bound of a sample all at its mean (README, rule 1)"),
         "generation_usd": (f"ledger: sum of cost_usd over all {spend['calls']} successful teacher calls of this run "
                            "and what failed ones were billed (served requests escalated to the teacher left out)"),
         "train_usd": (f"train.json train_s={train_s:.1f} (measured by `potstill train`) x "
