@@ -334,3 +334,26 @@ def test_a_judge_model_without_a_price_says_its_calls_count_nothing(tmp_path, ca
     assert out["cost"]["calls"] == 2 and out["cost"]["cost_usd"] == 0.0
     err = capsys.readouterr().err
     assert "no price is known for the judge model 'judge-1'" in err and "evaluate.judge.teacher.price" in err, err
+
+
+def test_a_slice_the_judge_judged_none_of_is_too_small_not_failed_on_exact_match(tmp_path, tiny_model):
+    """With the judge on, a free-text slice whose examples all lay past judge.max_examples fell back to
+    exact-match agreement, the measure the judge replaces, and failed ("agreement 0.0%, wholly below the
+    85% bar"), to be kept on the teacher under GO. It has 0 judged examples: too small to judge."""
+    from potstill.evaluate.stage import evaluate_stage
+
+    run = judged_run(tmp_path, tiny_model, n=8)
+    rows = [{"input": f"text {i}", "output": f"summary {i}", "slice": ["a" if i < 4 else "b"]} for i in range(8)]
+    (run / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = stage_config(run, "http://127.0.0.1:9", tiny_model)
+    with LiveServer(judge_app("tie", [])) as srv:
+        cfg.evaluate.judge.teacher = cfg.evaluate.judge.teacher.model_copy(update={"base_url": srv.url + "/v1"})
+        cfg.evaluate.judge.max_examples = 4  # tag:a only
+        evaluate_stage(cfg)
+    ev = json.loads((run / "eval.json").read_text())
+    by = {r["slice"]: r for r in ev["slices"]}
+    assert (by["tag:a"]["judged_on"], by["tag:a"]["n_judged"]) == ("judge", 4)
+    b = by["tag:b"]
+    assert b["agreement"]["value"] == 0.0
+    assert (b["judged_on"], b["n_judged"], b["verdict"]) == ("judge", 0, "too small"), b["reason"]
+    assert "judged none of them" in b["reason"] and "tag:b" in (run / "report.html").read_text()

@@ -363,7 +363,8 @@ def _judge(ev: dict) -> str:
              str(r["bad"]), _num((r.get("score") or {}).get("value"))] for r in j["slices"]]
     # Where the judge decided a slice (free text without gold), its score against the bar, coloured by verdict.
     colour = {"pass": GREEN, "fail": RED, "inconclusive": AMBER, "too small": GREY}
-    decided = [r for r in ev["slices"] if r.get("judged_on") == "judge" and r.get("judge_score")]
+    # A slice the judge judged none of (n 0: too small) has no point to plot.
+    decided = [r for r in ev["slices"] if r.get("judged_on") == "judge" and (r.get("judge_score") or {}).get("n")]
     bar = ev["quality_bar"].get("min_judge_score")
     plot = interval_plot([{"label": f"{r['slice']} (n={r['judge_score']['n']})", "value": r["judge_score"]["value"],
                            "lo": r["judge_score"]["lo"], "hi": r["judge_score"]["hi"],

@@ -108,9 +108,9 @@ def judge(agreement: dict[str, Any], gold: dict[str, Any] | None, bar: QualityBa
         on, ci, b, n = "gold", rel, bar.min_relative_quality, gold["n"]
         what = f"gold metric is {ci['value']:.1%} of the teacher's"
         aside = f"; agreement {agreement['value']:.1%}, reported only (gold decides)"
-    elif bar.min_judge_score is not None and judged and judged.get("value") is not None:
+    elif bar.min_judge_score is not None and judged is not None:
         on, ci, b, n = "judge", judged, bar.min_judge_score, judged["n"]
-        what = f"judge score against the teacher is {ci['value']:.2f} (0.5: as good)"
+        what = f"judge score against the teacher is {ci['value']:.2f} (0.5: as good)" if n else ""
         aside = f"; exact-match agreement {agreement['value']:.1%}, reported only (the judge decides)"
         flipped = judged.get("inconsistent")
         if bar.max_judge_inconsistency is not None and flipped is not None and n >= min_n \
@@ -127,9 +127,11 @@ def judge(agreement: dict[str, Any], gold: dict[str, Any] | None, bar: QualityBa
         what, aside = f"agreement with the teacher is {ci['value']:.1%}", ""
     row = {"judged_on": on, "n_judged": n}
     if n < min_n:
+        none = (" (the judge judged none of them: past evaluate.judge.max_examples, or its answers unreadable)"
+                if on == "judge" and not n else "")
         return {**row, "verdict": "too small", "settle_n": min_n,
-                "statement": f"{n} examples are fewer than the {min_n} needed to judge",
-                "reason": f"too small to judge: {n} examples < {min_n}"}
+                "statement": f"{n} examples are fewer than the {min_n} needed to judge{none}",
+                "reason": f"too small to judge: {n} examples < {min_n}{none}"}
     if beats_zero:
         statement = (f"gold metric is {gold['student']:.1%} where the teacher's is 0.0%, at or above {b:.0%} of "
                      "the teacher's in every resample")
@@ -156,8 +158,11 @@ def _row(name: str, idx: list[int], student_agree: Sequence[float | None],
     row: dict[str, Any] = {"slice": name, "n": len(idx),
                            "agreement": bootstrap_mean([student_agree[i] for i in idx], n_boot, seed=seed)}
     scored = [judge_scores[i] for i in idx if judge_scores[i] is not None] if judge_scores is not None else []
-    if scored:
+    if judge_scores is not None:
+        # The judge ran: a slice it judged no example of (all past judge.max_examples, or every answer
+        # unreadable) has a score of n 0, too small, not a fall back to the exact match the judge replaces.
         row["judge_score"] = bootstrap_mean(scored, n_boot, seed=seed)
+    if scored:
         flipped = [judge_flips[i] for i in idx if judge_flips[i] is not None] if judge_flips is not None else []
         if flipped:
             row["judge_score"]["inconsistent"] = sum(flipped) / len(flipped)
