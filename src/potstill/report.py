@@ -215,9 +215,19 @@ def _teacher_from_ledger(task: Task, records: list[Record], ledger: Ledger, pric
     note = _samples_note(rows)
     # A row of n samples is timed as a whole: the slowest of n answers in one request, or n requests at
     # teacher.concurrency at a time. One answer's time is not in the ledger, so it stays so (samples_note).
-    lat = [r["latency_s"] for r in rows]
+    # A batch-API answer carries no interactive latency (the ledger records it as 0.0 s): it is left out,
+    # or a teacher generated in batches read p50 / p95 0.000 s and every student looked slower than it.
+    lat = [r["latency_s"] for r in rows if not _batched(r)]
     n = max(1, len(rows))
     batched = sum(map(_batched, rows))
+    if not batched:
+        lat_source = "ledger (calls.sqlite), as the calls were made"
+    elif lat:
+        lat_source = (f"ledger (calls.sqlite), as the calls were made: the {len(lat)} live calls; the {batched} answered "
+                      "through a provider batch API are left out (a batch times no interactive call)")
+    else:
+        lat_source = (f"not measured: all {batched} calls were answered through a provider batch API, which times no "
+                      "interactive call")
     cost = ({"cost_per_1k_calls_usd": sum(map(_live_cost, rows)) / n * 1000,
              "ledger_cost_per_1k_calls_usd": sum(r["cost_usd"] for r in rows) / n * 1000,
              "cost_source": (f"ledger (calls.sqlite): mean cost of these calls at the live price ({batched} of "
@@ -229,8 +239,9 @@ def _teacher_from_ledger(task: Task, records: list[Record], ledger: Ledger, pric
         "n": len(records),
         "agreement_with_teacher": 1.0,
         "gold_metric": teacher_gold_metric(task, records),
-        "latency_batch1": {"n": len(lat), "p50_s": percentile(lat, 0.5), "p95_s": percentile(lat, 0.95),
-                           "source": "ledger (calls.sqlite), as the calls were made"},
+        "latency_batch1": {"n": len(lat), "p50_s": percentile(lat, 0.5) if lat else None,
+                           "p95_s": percentile(lat, 0.95) if lat else None, "source": lat_source,
+                           **({"batch_api_left_out": batched} if batched else {})},
         "input_tokens_per_call": sum(r["input_tokens"] for r in rows) / n,
         "output_tokens_per_call": sum(r["output_tokens"] for r in rows) / n,
         "cached_tokens_per_call": sum(r["cached_input_tokens"] for r in rows) / n,

@@ -144,3 +144,30 @@ def test_n_samples_as_n_requests_are_priced_as_one_request(tmp_path):
     assert priced["cost_per_1k_calls_usd"] == pytest.approx(0.78)
     assert priced["ledger_cost_per_1k_calls_usd"] == pytest.approx(2.34)
     assert "generate.n = 3" in priced["samples_note"] and "samples_note" in priced["cost_source"]
+
+
+def test_batch_api_answers_are_left_out_of_the_teachers_latency(tmp_path, tiny_model):
+    """A batch-API answer is recorded with latency 0.0 s (a batch times no interactive call): a teacher
+    generated in batches read p50 / p95 0.000 s in the CLI, eval.json and report.html, and every student
+    looked slower than it. Those rows are left out: all batched, the latency is not measured (null, '-')."""
+    rows = [{"model": "claude-sonnet-4-5", "input_tokens": 300, "output_tokens": 10, "cost_usd": 0.001,
+             "price_multiplier": 0.5, "latency_s": 0.0} for _ in range(4)]
+    ev = _run(tmp_path, tiny_model, {"type": "anthropic", "model": "claude-sonnet-4-5"}, rows)
+    lat = ev["models"]["teacher"]["latency_batch1"]
+    assert (lat["n"], lat["p50_s"], lat["p95_s"]) == (0, None, None) and "not measured" in lat["source"]
+    (row,) = [r for r in ev["latency_cost"] if r["model"] == "teacher"]
+    assert row["p50_s"] is None and row["source"].startswith("latency not measured")
+    html = (tmp_path / "run" / "report.html").read_text()
+    cost = html[html.index("<section id='cost'>"):html.index("</section>", html.index("<section id='cost'>"))]
+    assert "<td class='l'>teacher</td><td class=''>-</td><td class=''>-</td>" in cost and "0.000 s" not in cost
+    # Live calls beside batched ones: the live calls alone are timed.
+    task = get_task(TaskConfig(type="freetext", instruction="Summarise."))
+    with Ledger(tmp_path / "mixed.sqlite") as ledger:
+        for i in range(4):
+            ledger.record(Call(request_hash=f"m{i}", role="teacher", stage="generate", request={"i": i},
+                               model="claude-sonnet-4-5", cost_usd=0.001, response={"output": "a"},
+                               latency_s=[0.4, 0.0, 0.6, 0.0][i], price_multiplier=[1.0, 0.5, 1.0, 0.5][i]))
+        m = measure_teacher(task, [Record(messages=[{"role": "user", "content": f"t{i}"}], output="a",
+                                          meta={"request_hash": f"m{i}"}) for i in range(4)], ledger)
+    assert (m["latency_batch1"]["n"], m["latency_batch1"]["p50_s"]) == (2, pytest.approx(0.5))
+    assert m["latency_batch1"]["batch_api_left_out"] == 2

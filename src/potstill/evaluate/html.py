@@ -36,6 +36,11 @@ def _pct(x: Any) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
+def _secs(x: float | None) -> str:
+    """Seconds, or '-' where not measured (a teacher answered only through a provider batch API)."""
+    return "-" if x is None else f"{_num(x)} s"
+
+
 def _num(x: Any, digits: int = 3) -> str:
     if x is None:
         return "-"
@@ -125,7 +130,7 @@ def _models(ev: dict) -> str:
         src = ev["sources"]["teacher"] if name == "teacher" else ev["sources"]["student"]
         chrf = [_num(m.get("chrf_with_teacher"))] if text else []
         rows.append([escape(name), escape(str(m.get("model") or "-")), _pct(m.get("gold_metric")),
-                     _ci(ci) if ci else _pct(m.get("agreement_with_teacher")), *chrf, f"{_num(lat.get('p50_s'))} s",
+                     _ci(ci) if ci else _pct(m.get("agreement_with_teacher")), *chrf, _secs(lat.get("p50_s")),
                      _usd(m.get("cost_per_1k_calls_usd")), f"<span class='small'>{escape(src)}</span>"])
     return ("<section id='models'><h2>Untrained student, teacher, trained student</h2>"
             + _table(["", "model", "gold metric", "agreement with teacher [95% CI]",
@@ -233,7 +238,7 @@ def _calibration(ev: dict) -> str:
 
 
 def _cost(ev: dict) -> str:
-    rows = [[escape(r["model"]), f"{_num(r.get('p50_s'))} s", f"{_num(r.get('p95_s'))} s",
+    rows = [[escape(r["model"]), _secs(r.get("p50_s")), _secs(r.get("p95_s")),
              f"{_num(r.get('batched_p50_s'))} s" if r.get("batched_p50_s") is not None else "-",
              f"{_num(r.get('batched_p95_s'))} s" if r.get("batched_p95_s") is not None else "-",
              _num(r.get("calls_per_s"), 1), _usd(r["usd_per_call"]), _usd(r["usd_per_1k_calls"]),
@@ -333,7 +338,7 @@ def _compare(ev: dict, others: Sequence[tuple[str, dict]]) -> str:
         s = e["models"]["student"]
         be = e["break_even"]
         rows.append([escape(name), escape(str(s.get("model"))), _pct(s.get("gold_metric")), _ci(e["agreement_ci"].get("student")),
-                     f"{_num(s['latency_batch1'].get('p50_s'))} s", *_on_both_bases(s, be),
+                     _secs(s["latency_batch1"].get("p50_s")), *_on_both_bases(s, be),
                      _decision(e["verdict"]), escape(e.get("created_at", "-"))])
     # Every run's slices, the champion's first: a challenger tested on other tags keeps its own rows.
     names = list(dict.fromkeys(r["slice"] for _, e in runs for r in e["slices"]))

@@ -112,7 +112,12 @@ def latency_cost(models: dict[str, dict[str, Any]], batched: dict[str, dict[str,
                              f"${m['ledger_cost_per_1k_calls_usd']:.4g} per 1k calls")
         elif name == "teacher":
             priced = "ledger_cost_per_1k_calls_usd" in m  # teacher.price in place of the recorded cost
-            row["source"] = ("ledger (calls.sqlite): latency of the recorded calls for these test inputs; $ = "
+            left = lat.get("batch_api_left_out")
+            latency = ("latency not measured: every call was answered through a provider batch API, which times no "
+                       "interactive call" if left and not lat.get("n") else
+                       "ledger (calls.sqlite): latency of the recorded calls for these test inputs"
+                       + (f" ({left} answered through a provider batch API left out)" if left else ""))
+            row["source"] = (latency + "; $ = "
                              + (f"{m['cost_source']}; the ledger's recorded spend: "
                                 f"${m['ledger_cost_per_1k_calls_usd']:.4g} per 1k calls" if priced
                                 else "mean cost_usd of those rows"))
