@@ -211,3 +211,14 @@ def test_a_break_even_under_a_hundredth_of_a_month_is_said_in_hours_or_minutes()
     be = break_even(0.05 / 1000, 0.01 / 1000, 0.04, 1_000_000)
     (_, months) = economics(0.05 / 1000, 0.01 / 1000, be, 0.05, BAR)
     assert months["pass"] and months["value"] == "44 minutes"
+
+
+def test_the_latency_reason_shows_p95_to_the_bars_precision():
+    """The reason rounded p95 to 2 decimals: "the student's p95 latency of 0.00 s is over the 0.003 s
+    bar", beside a value of "0.004 s". Both show 3 significant digits, more where those read as the bar."""
+    bar = QualityBar(max_p95_latency_s=0.003)
+    be = break_even(0.001, 0.0001, 0.0, 1000)
+    (lat,) = [c for c in economics(0.001, 0.0001, be, 0.0042, bar) if "latency" in c["check"]]
+    assert lat["why"] == "the student's p95 latency of 0.00420 s is over the 0.003 s bar" and lat["value"] == "0.00420 s"
+    (lat,) = [c for c in economics(0.001, 0.0001, be, 0.0030004, bar) if "latency" in c["check"]]
+    assert "0.0030004 s is over the 0.003 s bar" in lat["why"]

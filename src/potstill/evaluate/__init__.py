@@ -72,11 +72,23 @@ def economics(teacher_usd_per_call: float, student_usd_per_call: float, be: dict
     if bar.max_p95_latency_s is not None:
         lim, p95 = bar.max_p95_latency_s, student_p95_s
         ok = p95 is not None and p95 <= lim
-        why = None if ok else (f"the student's p95 latency of {p95:.2f} s is over the {lim:g} s bar" if p95 is not None
+        shown = None if p95 is None else _beside(p95, lim)
+        why = None if ok else (f"the student's p95 latency of {shown} s is over the {lim:g} s bar" if p95 is not None
                                else "the student's p95 latency was not measured")
         checks.append({"check": f"student p95 latency <= {lim:g} s", "pass": ok, "why": why,
-                       "value": "-" if p95 is None else f"{p95:.3f} s"})
+                       "value": "-" if p95 is None else f"{shown} s"})
     return checks
+
+
+def _beside(x: float, bar: float) -> str:
+    """``x`` to 3 significant digits, more where those read as the bar: a p95 of 0.0042 s over a
+    0.003 s bar printed to 2 decimals read "0.00 s is over the 0.003 s bar"; now "0.00420 s"."""
+    for digits in range(3, 10):
+        # '#' keeps the trailing zeros of the digits asked for (4.90); no exponent past them (1234 s).
+        shown = f"{x:.0f}" if abs(x) >= 10 ** digits else f"{x:#.{digits}g}".rstrip(".")
+        if x == bar or float(shown) != float(f"{bar:#.{digits}g}"):
+            return shown
+    return shown
 
 
 def _more_data(rows: list[dict[str, Any]]) -> str:
