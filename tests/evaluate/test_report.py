@@ -405,3 +405,36 @@ def test_report_takes_the_runs_eval_json_and_refuses_a_folder_as_out(tmp_path, t
     assert e.value.code == 2 and err == (f"error: {tmp_path / 'pages'} is a directory: name the page's file (for "
                                          f"example {tmp_path / 'pages' / 'report.html'})"), err
     assert list((tmp_path / "pages").iterdir()) == []
+
+
+def test_the_batched_break_even_names_where_its_cost_came_from(evaluated):
+    """With a local teacher the student's batched cost comes from the batches timed in turns with the
+    teacher's calls (batched_in_turns), but the break-even called it "(the throughput pass)"."""
+    ev = json.loads((evaluated / "run" / "eval.json").read_text())
+    turns = ev["models"]["student"]["batched_in_turns"]  # the fixture's teacher is local
+    text = render(ev).split("<section id='break-even'>", 1)[1].split("<svg", 1)[0]
+    assert f"({turns['n']} batches timed in turns with the teacher's calls)" in text and "throughput" not in text, text
+    s = {k: v for k, v in ev["models"]["student"].items() if k != "batched_in_turns"}  # an API teacher's run
+    text = render({**ev, "models": {**ev["models"], "student": s}}).split("<section id='break-even'>", 1)[1]
+    assert "(the throughput pass over the test split)" in text.split("<svg", 1)[0]
+
+
+def test_compare_shows_the_interval_each_verdict_was_judged_on(evaluated):
+    """`report --compare` put each slice's verdict beside its agreement interval, also where the gold ratio
+    had decided it: "64.3% [35.7%, 92.9%] pass" read as a pass straddling the 85% bar."""
+    ev = json.loads((evaluated / "run" / "eval.json").read_text())
+    agreement = {"value": 0.643, "lo": 0.357, "hi": 0.929, "n": 14}
+    gold = {"n": 14, "student": 1.0, "teacher": 1.0, "gap": {"value": 0.0, "lo": -0.2, "hi": 0.2, "n": 14},
+            "relative": {"value": 1.0, "lo": 0.968, "hi": 1.032, "n": 14, "teacher_zero": 0}}
+    judged = {"value": 0.5, "lo": 0.46, "hi": 0.54, "n": 40}
+    slices = [{**ev["slices"][0], "slice": "g", "agreement": agreement, "gold": gold, "judged_on": "gold", "verdict": "pass"},
+              {**ev["slices"][0], "slice": "j", "agreement": agreement, "judge_score": judged, "judged_on": "judge",
+               "verdict": "pass"},
+              {**ev["slices"][0], "slice": "a", "agreement": agreement, "judged_on": "agreement", "verdict": "inconclusive"}]
+    ev = {**ev, "slices": slices}
+    table = render(ev, [("run2", ev)]).split("<section id='compare'>", 1)[1].split("</table>", 2)[1]
+    rows = {r.split("</td>", 1)[0]: r for r in table.split("<tr><td class='l'>")[1:]}
+    assert "gold ratio 100.0% <span class='small'>[96.8%, 103.2%]</span> <b>pass</b>" in rows["g"], rows["g"]
+    assert "judge score 0.50 <span class='small'>[0.46, 0.54]</span> <b>pass</b>" in rows["j"], rows["j"]
+    assert "agreement 64.3% <span class='small'>[35.7%, 92.9%]</span> <b>inconclusive</b>" in rows["a"], rows["a"]
+    assert "35.7%" not in rows["g"] + rows["j"]

@@ -261,6 +261,14 @@ def _basis_name(basis: str, batch_size: Any = None) -> str:
     return "one call at a time (batch 1)" if basis == "batch1" else f"serving in batches of {batch_size or '-'}"
 
 
+def _batched_from(ev: dict) -> str:
+    """Where the student's batched cost came from: with a local teacher, the batches timed in turns
+    with the teacher's calls (``batched_in_turns``), else the throughput pass over the test split."""
+    t = ev["models"]["student"].get("batched_in_turns")
+    return (f"{t['n']} batches timed in turns with the teacher's calls" if t
+            else "the throughput pass over the test split")
+
+
 def _break_even(ev: dict) -> str:
     be = ev["break_even"]
     c = be["curve"]
@@ -272,7 +280,8 @@ def _break_even(ev: dict) -> str:
     basis = be.get("cost_basis", "batch1")
     other = "batched" if basis == "batch1" else "batch1"
     b = be.get("batched") or {}
-    head = f"{_basis_name(basis, b.get('batch_size')).capitalize()} (evaluate.cost_basis {basis})"
+    head = (f"{_basis_name(basis, b.get('batch_size')).capitalize()} (evaluate.cost_basis {basis}"
+            + (f", {_batched_from(ev)})" if basis == "batched" else ")"))
     if be.get("student_cost_per_call_usd") is not None:
         head += f", the student costs {_usd(be['student_cost_per_call_usd'])} per call"
     if be.get("calls") == 0:
@@ -287,7 +296,7 @@ def _break_even(ev: dict) -> str:
     o = be.get(other)
     if o:
         text += (f" {_basis_name(other, b.get('batch_size')).capitalize()}"
-                 + (" (the throughput pass)" if other == "batched" else "")
+                 + (f" ({_batched_from(ev)})" if other == "batched" else "")
                  + f", the student costs {_usd(o['student_cost_per_call_usd'])} per call: "
                  + (f"break-even after {o['calls']:,.0f} calls" + (f", {months_text(o['months'])}." if o.get("months") is not None
                                                                   else ".") if o.get("calls") is not None
@@ -347,7 +356,7 @@ def _compare(ev: dict, others: Sequence[tuple[str, dict]]) -> str:
         cells = []
         for _, e in runs:
             r = next((x for x in e["slices"] if x["slice"] == sl), None)
-            cells.append(_ci(r["agreement"]) + f" <b>{escape(r['verdict'])}</b>" if r else "-")
+            cells.append(_decided_on(r) + f" <b>{escape(r['verdict'])}</b>" if r else "-")
         slice_rows.append([escape(sl), *cells])
     warn = "".join(f"<p><b>Warning:</b> {escape(n)} was evaluated on a different test split; its numbers are not paired "
                    "with the champion's.</p>" for n, o in others if o.get("test_hash") != ev.get("test_hash"))
@@ -356,8 +365,28 @@ def _compare(ev: dict, others: Sequence[tuple[str, dict]]) -> str:
                       "$ per 1k calls (batch 1 / batched)", "break-even months (batch 1 / batched)", "verdict",
                       "evaluated at"], rows, 2)
             + _table(["slice", *[n for n, _ in runs]], slice_rows)
-            + _src("each run's own eval.json, as written by its `potstill evaluate` (see the evaluated-at column).")
+            + _src("each run's own eval.json, as written by its `potstill evaluate` (see the evaluated-at column); a "
+                   "slice's cell is the 95% interval its verdict was judged on (the gold ratio, the judge's score or "
+                   "agreement with the teacher, README rule 2), then the verdict.")
             + "</section>")
+
+
+def _decided_on(r: dict) -> str:
+    """The measure and 95% interval a slice's verdict was judged on (``judged_on``): beside the verdict,
+    agreement's interval read as a pass straddling its bar where the gold ratio had decided."""
+    on = r.get("judged_on", "agreement")  # an eval.json from before judged_on: agreement decided
+    if on == "gold":
+        g = r["gold"]
+        if (g.get("relative") or {}).get("value") is None:  # the teacher at 0, the student above it
+            return f"gold {_pct(g['student'])} vs the teacher's {_pct(g['teacher'])}"
+        return "gold ratio " + _ci(g["relative"])
+    if on == "judge":
+        j = r.get("judge_score") or {}
+        if not j.get("n"):
+            return "judge: no example judged"
+        return (f"judge score {_num(j['value'], 2)} <span class='small'>[{_num(j['lo'], 2)}, "
+                f"{_num(j['hi'], 2)}]</span>")
+    return "agreement " + _ci(r["agreement"])
 
 
 def _judge(ev: dict) -> str:
