@@ -15,6 +15,7 @@ requests over Ray workers that commit into the same ledger (``potstill.generate.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from rich.markup import escape
@@ -51,44 +52,87 @@ def _fields(stats: RunStats, t0: float) -> dict[str, str]:
             "spent": f"${stats.cost_usd:.4f}", "retries": str(stats.retries), "errors": str(stats.errors)}
 
 
-def _send(teacher: Teacher, stage: str, ledger: Ledger, gcfg: GenerateConfig, stats: RunStats,
-          todo: list[tuple[str, dict[str, Any]]], answers: dict[str, dict[str, Any]], errors: dict[str, str],
-          t0: float) -> None:
-    """Ask the teacher for each ``(hash, request)``, committing every answer to the ledger as it arrives.
+class Todo(Sequence):
+    """The requests to send, made from their records as the sender takes them: ``hashes[j]`` and
+    ``records[index[j]]``'s request, index by index or slice by slice (a local teacher's chunks).
+    An API teacher pulls ``teacher.concurrency`` of them at a time, so no more requests than that
+    are alive at once; built up front, a million inputs' requests held ~1 KB each."""
+
+    def __init__(self, teacher: Teacher, records: list[Record], index: list[int], hashes: list[str]):
+        self.teacher, self.records, self.index, self.hashes = teacher, records, index, hashes
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, j: Any) -> Any:
+        if isinstance(j, slice):
+            return [self[k] for k in range(*j.indices(len(self)))]
+        return self.teacher.request(self.records[self.index[j]])
+
+    def pairs(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        return ((self.hashes[j], self[j]) for j in range(len(self)))
+
+
+class _Sent(Sequence):
+    """``Todo``'s requests as sent: an n-sample request an earlier attempt half answered asks only for
+    the rest. ``taken`` keeps each request handed out until its answer is committed (``pop``): those
+    in flight, ``teacher.concurrency`` or a local teacher's chunk."""
+
+    def __init__(self, todo: Todo, earlier: dict[str, dict[str, Any]]):
+        self.todo, self.earlier = todo, earlier
+        self.taken: dict[int, dict[str, Any]] = {}
+
+    def pop(self, j: int) -> dict[str, Any]:
+        """The request ``j`` as made (not as sent: the ledger keeps the whole n-sample request)."""
+        return self.taken.pop(j, None) or self.todo[j]
+
+    def __len__(self) -> int:
+        return len(self.todo)
+
+    def __getitem__(self, j: Any) -> Any:
+        from potstill.generate.consistency import rest_request
+
+        if isinstance(j, slice):
+            return [self[k] for k in range(*j.indices(len(self)))]
+        h = self.todo.hashes[j]
+        req = self.taken[j] = self.todo[j]
+        return rest_request(req, self.earlier[h]) if h in self.earlier else req
+
+
+def _send(teacher: Teacher, stage: str, ledger: Ledger, gcfg: GenerateConfig, stats: RunStats, todo: Todo,
+          errors: dict[str, str], t0: float) -> None:
+    """Ask the teacher for each request of ``todo``, committing every answer to the ledger as it arrives.
 
     An n-sample request whose earlier attempt failed with some samples answered (Anthropic sends n
     requests) asks only for the others; the row committed holds them all (``consistency.with_earlier``)."""
-    from potstill.generate.consistency import rest_request, with_earlier
+    from potstill.generate.consistency import with_earlier
 
-    earlier = ledger.partial([h for h, _ in todo]) if gcfg.n > 1 and gcfg.engine != "batch" else {}
+    earlier = ledger.partial(todo.hashes) if gcfg.n > 1 and gcfg.engine != "batch" else {}
     if gcfg.engine == "ray" and todo:  # the Ray and batch engines show their own progress
         from potstill.generate.ray_engine import run_ray
 
-        errors.update(run_ray(teacher, todo, ledger.path, stage, gcfg, stats, earlier))
-        answers.update(ledger.lookup([h for h, _ in todo]))
+        errors.update(run_ray(teacher, list(todo.pairs()), ledger.path, stage, gcfg, stats, earlier))
         return
     if gcfg.engine == "batch" and todo:
         from potstill.generate.batch_engine import run_batch
 
-        errors.update(run_batch(teacher, todo, ledger, stage, gcfg, stats))
-        answers.update(ledger.lookup([h for h, _ in todo]))
+        errors.update(run_batch(teacher, list(todo.pairs()), ledger, stage, gcfg, stats))
         return
+    sent = _Sent(todo, earlier)
     with bar(f"{stage}: teacher {teacher.model_name}", len(todo)) as advance:
 
         def on_result(j: int, resp: Response) -> None:
-            h, req = todo[j]
+            h = todo.hashes[j]
             if h in earlier:
                 resp = with_earlier(earlier[h], resp)
-            call = ledger_call(h, teacher, stage, req, resp)
+            call = ledger_call(h, teacher, stage, sent.pop(j), resp)
             ledger.record(call)
             stats.count(resp)
-            if call.status == "ok":
-                answers[h] = call.response or {}
-            else:
+            if call.status != "ok":
                 errors[h] = resp.error or "no output"
             advance(1, **_fields(stats, t0))
 
-        teacher.run([rest_request(req, earlier[h]) if h in earlier else req for h, req in todo], on_result, stats, gcfg)
+        teacher.run(sent, on_result, stats, gcfg)
 
 
 def unpriced_budget(model: str, price: Any, gcfg: GenerateConfig) -> str | None:
@@ -145,6 +189,12 @@ def unpriced_provider_model(teacher: Teacher, gcfg: GenerateConfig) -> str | Non
             "(input_per_mtok, output_per_mtok) or add the model to generate.prices")
 
 
+# Inputs planned, and answers written out, this many at a time: each window's requests and answers
+# live only while it is handled (1,000 requests of ~1 KB: about 1 MB), and a ledger query takes 500
+# hashes, so a window is two queries' worth.
+WINDOW = 1000
+
+
 def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: Ledger, stage: str,
                   gcfg: GenerateConfig | None = None, beyond: list[Record] | None = None,
                   parent: int | None = None) -> tuple[list[Record], RunStats]:
@@ -155,6 +205,25 @@ def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: L
     not answered here but still to be paid for in `potstill cost`'s projection; with it, requests that
     earlier runs planned for inputs since removed from the file leave the projection (None: the file
     is not known, and they stay). ``parent``: the ledger run this one is a step of (a tool round's).
+    The records given are left as they were (``stream_labels`` answers into them instead).
+    """
+    out: list[Record] = []
+    stats = stream_labels(records, task, teacher, ledger, stage, out.append, gcfg, beyond, parent, copy=True)
+    return out, stats
+
+
+def stream_labels(records: list[Record], task: Task, teacher: Teacher, ledger: Ledger, stage: str,
+                  emit: Callable[[Record], None], gcfg: GenerateConfig | None = None,
+                  beyond: list[Record] | None = None, parent: int | None = None, copy: bool = False) -> RunStats:
+    """``label_records``, handing each answered record to ``emit`` in input order instead of
+    returning them all. Without ``copy``, the answer goes into the input record itself, and the
+    list lets go of it once emitted (its slot becomes None), so a run holds its inputs, one hash
+    each and a window of requests and answers: ``potstill generate`` held every request, every
+    answer and a deep copy of every record at once (~4 KB an input beyond the inputs themselves).
+
+    Three passes over the records, ``WINDOW`` at a time: what the ledger already answers (and the
+    requests to send), the sending (requests made as the teacher takes them, ``Todo``), and the
+    records, each window's answers read back from the ledger where every one was committed.
     """
     from potstill.generate.consistency import paid
 
@@ -164,68 +233,87 @@ def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: L
     check_settings(teacher, gcfg)
     teacher.n = gcfg.n
     ident = teacher.identity()
-    reqs = [teacher.request(r) for r in records]
-    hashes = [request_hash(ident, q) for q in reqs]
-    if gcfg.engine == "batch":
-        _collect_open(teacher, ledger, stage, gcfg, stats, dict(zip(hashes, reqs)))
-    hashes, answers, stats.whole_reused = cached_answers(ledger, teacher, reqs, hashes)
-    unique = list(dict.fromkeys(hashes))
-    stats.cache_hits = sum(h in answers for h in hashes)
-    request_of = dict(zip(hashes, reqs))
-    # A request the teacher refused is billed and, as a rule, refused again: not sent again unless
-    # generate.retry_refusals, and its input stays out of the data (not an error to rerun for).
-    refused = {} if gcfg.retry_refusals else ledger.refusals([h for h in unique if h not in answers])
-    todo = [(h, request_of[h]) for h in unique if h not in answers and h not in refused]
+    if gcfg.engine == "batch":  # the batch engine hands every request to the provider at once anyway
+        reqs = [teacher.request(r) for r in records]
+        _collect_open(teacher, ledger, stage, gcfg, stats, dict(zip((request_hash(ident, q) for q in reqs), reqs)))
+        del reqs
+    hashes: list[str] = []  # each input's, after cached_answers (a cache hit's is the row that paid)
+    unique: dict[str, None] = {}
+    index: list[int] = []  # the first input of each request to send
+    refused: dict[str, str] = {}
+    for start in range(0, len(records), WINDOW):
+        reqs = [teacher.request(r) for r in records[start : start + WINDOW]]
+        hs, answers, reused = cached_answers(ledger, teacher, reqs, [request_hash(ident, q) for q in reqs])
+        stats.whole_reused += reused
+        stats.cache_hits += sum(h in answers for h in hs)
+        new = [(start + i, h) for i, h in enumerate(hs) if h not in answers and h not in unique]
+        hashes += hs
+        unique.update(dict.fromkeys(hs))
+        # A request the teacher refused is billed and, as a rule, refused again: not sent again unless
+        # generate.retry_refusals, and its input stays out of the data (not an error to rerun for).
+        refused.update({} if gcfg.retry_refusals else ledger.refusals(list(dict.fromkeys(h for _, h in new))))
+        sent = set()
+        for i, h in new:
+            if h not in refused and h not in sent:
+                index.append(i)
+                sent.add(h)
+    todo = Todo(teacher, records, index, [hashes[i] for i in index])
     errors: dict[str, str] = {}
     if gcfg.engine != "batch" and todo:
         _refuse_batched(ledger, teacher, todo)
-    current = None if beyond is None else unique + [request_hash(ident, teacher.request(r)) for r in beyond]
-    run_id = stats.run_id = ledger.start_run(stage, teacher.model_name, len(records), unique, stats.cache_hits,
+    current = None if beyond is None else [*unique, *(request_hash(ident, teacher.request(r)) for r in beyond)]
+    run_id = stats.run_id = ledger.start_run(stage, teacher.model_name, len(records), list(unique), stats.cache_hits,
                                              hash_obj(ident), current, parent)
+    del current
     try:
-        _send(teacher, stage, ledger, gcfg, stats, todo, answers, errors, t0)
+        _send(teacher, stage, ledger, gcfg, stats, todo, errors, t0)
     except BaseException as e:
         # A missing key, a crash in an adapter, Ctrl-C: the run is over, not "running" forever.
         ledger.finish_run(run_id, "error", stats.retries)
         if isinstance(e, KeyboardInterrupt):  # typer exits 130 without a word: say what a rerun does
-            _say_interrupted(stage, ledger, todo, gcfg)
+            _say_interrupted(stage, ledger, todo.hashes, gcfg)
         raise
     for h in [h for h, e in errors.items() if is_refusal(e)]:
         refused[h] = errors.pop(h)
         stats.errors = max(0, stats.errors - 1)
     ledger.finish_run(run_id, "budget" if stats.budget_stopped else "errors" if stats.errors else "done", stats.retries)
-    out = []
     short: list[int] = []  # sample counts of answers with fewer than n
     answered = 0
-    for rec, h in zip(records, hashes):
-        rec = rec.model_copy(deep=True)
-        _set_aside_earlier(rec)
-        ans = answers.get(h)
-        if ans is None and h in refused:
-            rec.output, rec.valid = None, False
-            rec.invalid_reason = f"teacher refused: {refused[h]}"[:500]
-            stats.refused += 1
-        elif ans is None:
-            unsent = f"not sent: {stats.halted}"[:500] if stats.halted else "not sent: budget reached"
-            reason = f"teacher error: {errors[h]}" if h in errors else unsent
-            stats.unsent += h not in errors
-            rec.output, rec.valid, rec.invalid_reason = None, False, reason
-        else:
-            _attach(rec, ans, task, teacher)
-            answered += 1
-            got = len(ans.get("samples") or [ans.get("output")])
-            if got < gcfg.n:
-                short.append(got)
-            rec.meta.update({
-                "teacher": teacher.model_name, "teacher_type": teacher.type, "request_hash": h,
-                # All its samples', where a rerun completed what a failed attempt began (consistency.paid).
-                **paid(ans), "latency_s": ans.get("latency_s", 0.0),
-            })
-        if not rec.valid:
-            stats.invalid += 1
-            key = (rec.invalid_reason or "").split(":")[0]
-            stats.invalid_reasons[key] = stats.invalid_reasons.get(key, 0) + 1
-        out.append(rec)
+    for start in range(0, len(records), WINDOW):
+        window = hashes[start : start + WINDOW]
+        # Every answer is in the ledger: a cached one, or one this run committed as it arrived.
+        answers = ledger.lookup(list(dict.fromkeys(window)))
+        for i, h in enumerate(window, start):
+            rec = records[i].model_copy(deep=True) if copy else records[i]
+            _set_aside_earlier(rec)
+            ans = answers.get(h)
+            if ans is None and h in refused:
+                rec.output, rec.valid = None, False
+                rec.invalid_reason = f"teacher refused: {refused[h]}"[:500]
+                stats.refused += 1
+            elif ans is None:
+                unsent = f"not sent: {stats.halted}"[:500] if stats.halted else "not sent: budget reached"
+                reason = f"teacher error: {errors[h]}" if h in errors else unsent
+                stats.unsent += h not in errors
+                rec.output, rec.valid, rec.invalid_reason = None, False, reason
+            else:
+                _attach(rec, ans, task, teacher)
+                answered += 1
+                got = len(ans.get("samples") or [ans.get("output")])
+                if got < gcfg.n:
+                    short.append(got)
+                rec.meta.update({
+                    "teacher": teacher.model_name, "teacher_type": teacher.type, "request_hash": h,
+                    # All its samples', where a rerun completed what a failed attempt began (consistency.paid).
+                    **paid(ans), "latency_s": ans.get("latency_s", 0.0),
+                })
+            if not rec.valid:
+                stats.invalid += 1
+                key = (rec.invalid_reason or "").split(":")[0]
+                stats.invalid_reasons[key] = stats.invalid_reasons.get(key, 0) + 1
+            emit(rec)
+            if not copy:
+                records[i] = None  # type: ignore[call-overload]  # emitted: its memory goes
     stats.fewer_samples = len(short)
     if short:
         # Ollama's OpenAI endpoint (no n among its fields) answers one choice whatever n: those outputs were
@@ -236,7 +324,7 @@ def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: L
             f"{answered} inputs (a server that ignores n?); their outputs are not "
             "majority votes and curate.min_agreement does not filter them[/yellow]")
     stats.seconds = time.perf_counter() - t0
-    return out, stats
+    return stats
 
 
 def cached_answers(ledger: Ledger, teacher: Teacher, reqs: list[dict[str, Any]],
@@ -282,11 +370,11 @@ def _set_aside_earlier(rec: Record) -> None:
         rec.meta[key] = {**rec.meta.get(key, {}), **earlier}
 
 
-def _say_interrupted(stage: str, ledger: Ledger, todo: list[tuple[str, dict[str, Any]]], gcfg: GenerateConfig) -> None:
+def _say_interrupted(stage: str, ledger: Ledger, todo: list[str], gcfg: GenerateConfig) -> None:
     """What a rerun after Ctrl-C does. The answers are counted in the ledger, where every engine
     commits them (the batch and Ray engines hand theirs back only at the end). Requests that open
     provider batches hold are not sent again: the provider bills them, and the rerun collects them."""
-    hashes = {h for h, _ in todo}
+    hashes = set(todo)
     answered = set(ledger.lookup(list(hashes)))
     got = len(answered)
     line = f"{stage}: interrupted; {got} new answers are in the ledger ({ledger.path}), so the same command "
@@ -320,15 +408,18 @@ def _collect_open(teacher: Teacher, ledger: Ledger, stage: str, gcfg: GenerateCo
         raise
 
 
-def _refuse_batched(ledger: Ledger, teacher: Teacher, todo: list[tuple[str, dict[str, Any]]]) -> None:
+def _refuse_batched(ledger: Ledger, teacher: Teacher, todo: Todo) -> None:
     """Stop before sending live a request that an open provider batch holds (a run of
     ``generate.engine: batch`` killed or switched away from): the provider bills the batch's
     answers when it ends, so the live call would pay for the same answer twice. The same stands for
     a batch holding the same prompt under other settings (another ``teacher.max_tokens``): its
     answers, once collected, may answer these requests as cached ones do (``cached_answers``)."""
-    hashes = {h for h, _ in todo}
+    batches = ledger.batches(open_only=True)
+    if not batches:
+        return
+    hashes = set(todo.hashes)
     prompts: set[str] | None = None
-    for b in ledger.batches(open_only=True):
+    for b in batches:
         items = ledger.batch_items(b["key"])
         held = hashes & items.keys()
         name = f"{b['provider']} batch {b['batch_id'] or b['key']} ({b['state']}) that generate.engine batch submitted"
@@ -337,7 +428,7 @@ def _refuse_batched(ledger: Ledger, teacher: Teacher, todo: list[tuple[str, dict
                 f"generate: {len(held)} of the {len(todo)} requests to send are in the open {name}; sent live they "
                 "would be paid twice. Rerun with generate.engine batch to collect its answers")
         if prompts is None:
-            prompts = {teacher.prompt_hash(q) for _, q in todo}
+            prompts = {teacher.prompt_hash(q) for q in todo}
         same = sum(teacher.prompt_hash(q) in prompts for q in items.values())
         if same:
             raise PotstillError(

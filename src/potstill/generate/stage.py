@@ -3,24 +3,55 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from potstill.config import Config
 from potstill.errors import PotstillError
-from potstill.generate import check_settings, run_generate, unpriced_provider_model
+from potstill.generate import check_settings, run_generate, stream_labels, unpriced_provider_model
 from potstill.generate.tool_rounds import add_rounds, check_rounds
 from potstill.progress import say
-from potstill.records import write_jsonl
+from potstill.ledger import Ledger
+from potstill.records import Record, atomic_write, dump_jsonl, write_jsonl
 from potstill.rundir import RunDir
 from potstill.stage import inputs_beyond_limit, load_inputs
 from potstill.tasks import get_task
-from potstill.teachers import get_teacher
+from potstill.teachers import RunStats, Teacher, get_teacher
 
 
 def generate_stage(cfg: Config, force: bool = False) -> dict[str, Any]:
     from potstill.pipeline import STAGES
 
     return STAGES["generate"].run(cfg, force)
+
+
+def _unsent(rec: Record) -> bool:
+    return (rec.invalid_reason or "").startswith("not sent")
+
+
+def _write_labelled(cfg: Config, records: list[Record], ledger: Ledger, teacher: Teacher,
+                    path: Path) -> tuple[RunStats, str | None]:
+    """The teacher over ``records`` (``stream_labels``), each answered record written to ``path`` as
+    it comes (atomically: the file appears whole, once the last is written); the run's numbers and
+    its first teacher error. Only answered records (committed to the ledger) reach the output;
+    unsent ones wait for a rerun. Records are let go of as they are written: held all at once,
+    with a copy each, a million inputs took ~4.5 GB."""
+    task = get_task(cfg.task)
+    first: list[str] = []
+
+    try:
+        with atomic_write(path) as f:
+            def emit(rec: Record) -> None:
+                if not first and (rec.invalid_reason or "").startswith("teacher error"):
+                    first.append(rec.invalid_reason or "")
+                if not _unsent(rec):
+                    dump_jsonl(f, (rec,))
+
+            stats = stream_labels(records, task, teacher, ledger, "generate", emit, cfg.generate,
+                                  inputs_beyond_limit(cfg))
+    finally:
+        teacher.close()
+    return stats, (first or [None])[0]
 
 
 def generate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
@@ -31,16 +62,20 @@ def generate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
     check_settings(teacher, cfg.generate)  # label_records checks them too, once the ledger exists
     check_rounds(cfg)
     with run.ledger() as ledger:
-        labelled, stats = run_generate(cfg, records, ledger, stage="generate", teacher=teacher,
-                                       beyond=inputs_beyond_limit(cfg))
         if cfg.generate.tool_rounds:
+            labelled, stats = run_generate(cfg, records, ledger, stage="generate", teacher=teacher,
+                                           beyond=inputs_beyond_limit(cfg))
             first = len(labelled)
             labelled = add_rounds(cfg, labelled, ledger, stats, lambda task: get_teacher(cfg.teacher, task))
             rounds = len({r.meta.get("round") for r in labelled[first:]})
             say(f"generate: {len(labelled) - first} later turn(s) over {rounds} tool round(s), each call's result "
                 "written by the teacher playing the function (generate.tool_rounds)")
-    # Only answered records (committed to the ledger) reach the output; unsent ones wait for a rerun.
-    write_jsonl(run / "teacher.jsonl", [r for r in labelled if not (r.invalid_reason or "").startswith("not sent")])
+            error = next((r.invalid_reason for r in labelled if (r.invalid_reason or "").startswith("teacher error")),
+                         None)
+            # Only answered records (committed to the ledger) reach the output; unsent ones wait for a rerun.
+            write_jsonl(run / "teacher.jsonl", [r for r in labelled if not _unsent(r)])
+        else:
+            stats, error = _write_labelled(cfg, records, ledger, teacher, run / "teacher.jsonl")
     if stats.budget_stopped:
         raise PotstillError(f"generate: budget of ${cfg.generate.budget_usd:g} reached (${stats.cost_usd:.4f} spent "
                             f"this run); {stats.unsent} of {stats.inputs} inputs not sent. Raise generate.budget_usd "
@@ -51,8 +86,7 @@ def generate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
                             "are cached")
     if stats.errors:
         # Not marked done: the next run retries exactly the failed requests (answers are cached).
-        first = next((r.invalid_reason for r in labelled if (r.invalid_reason or "").startswith("teacher error")),
-                     "a function's result asked in a tool round")
+        first = error or "a function's result asked in a tool round"
         raise PotstillError(f"generate: {stats.errors} of {stats.inputs} teacher calls failed ({first}); "
                             "rerun to retry them, the others are cached")
     # Printed only on success: a failed run says everything in its one error line.
