@@ -343,6 +343,18 @@ def cached_answers(ledger: Ledger, teacher: Teacher, reqs: list[dict[str, Any]],
     unique = list(dict.fromkeys(hashes))
     answers: dict[str, dict[str, Any]] = ledger.lookup(unique)
     request_of = dict(zip(hashes, reqs))
+    former = teacher.former_identity()
+    if former is not None and len(answers) < len(unique):
+        # Answers keyed as this teacher's were before (a local model by its path as written): its
+        # request's hash becomes that row's, as a cache hit names the row that paid for it.
+        old = {h: request_hash(former, request_of[h]) for h in unique if h not in answers}
+        found = ledger.lookup(list(old.values()))
+        moved = {h: o for h, o in old.items() if o in found}
+        if moved:
+            answers.update({o: found[o] for o in moved.values()})
+            hashes = [moved.get(h, h) for h in hashes]
+            unique = list(dict.fromkeys(hashes))
+            request_of = dict(zip(hashes, reqs))
     budgets = {h: max_output(request_of[h]) for h in unique if h not in answers}
     wanted = {h: (teacher.prompt_hash(request_of[h]), b) for h, b in budgets.items() if b}
     whole = ledger.whole_answers(wanted, max_output) if wanted else {}

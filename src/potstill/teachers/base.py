@@ -287,6 +287,11 @@ class Teacher:
             self._budgetless = {k: v for k, v in self.identity().items() if k not in BUDGET_FIELDS}
         return request_hash(self._budgetless, {k: v for k, v in request.items() if k not in BUDGET_FIELDS})
 
+    def former_identity(self) -> dict[str, Any] | None:
+        """An identity this teacher's answers were keyed by in an earlier potstill, which still
+        answers for it (a local model's path as written); None where there is none."""
+        return None
+
     def request(self, record: Record) -> dict[str, Any]:
         return {"messages": record.messages}
 

@@ -141,12 +141,30 @@ class LocalTeacher(Teacher):
 
     def identity(self) -> dict[str, Any]:
         _, where = resolve(self.cfg.model)
+        if self._on_disk(where):
+            # A folder or GGUF file by its content alone: keyed by the path as written, `-c /abs/potstill.yaml`
+            # and `-c potstill.yaml` (or ./teacher and /abs/teacher) missed each other's answers and asked
+            # the teacher everything again. ``former_identity`` still finds answers cached so.
+            return self._identity(None, model_identity("", where))
+        # A hub id (``id@<commit>``) or a bundled model names itself wherever it is run from.
+        return self._identity(self.cfg.model, model_identity(self.cfg.model, where))
+
+    def former_identity(self) -> dict[str, Any] | None:
+        """The identity a model on disk was keyed by before (its path as written), whose answers
+        answer for it still (``generate.cached_answers``)."""
+        _, where = resolve(self.cfg.model)
+        return self._identity(self.cfg.model, model_identity(self.cfg.model, where)) if self._on_disk(where) else None
+
+    def _on_disk(self, where: Any) -> bool:
+        return not isinstance(where, str) and not self.cfg.model.startswith("bundled:")
+
+    def _identity(self, model: str | None, weights: str) -> dict[str, Any]:
         return {
             "type": "local",
-            "model": self.cfg.model,
+            **({"model": model} if model is not None else {}),
             # By content, not by path: weights saved over the old ones in the same folder are another
             # teacher, and a hub id's new revision another too.
-            "weights": model_identity(self.cfg.model, where),
+            "weights": weights,
             "prompt": hash_obj([[f.kind, f.instruction, f.answer_prefix, f.shots] for f in self.fmts]),
             "labels": self.task.labels,
             "max_tokens": self.cfg.max_tokens,
