@@ -115,6 +115,26 @@ def test_conversations_that_end_alike_are_not_duplicates():
     assert [r.output for r in c.rejected] == ["Its metro is old."]  # the same conversation again
 
 
+def test_a_system_prompt_shared_by_every_input_does_not_make_them_duplicates():
+    # Chat logs carry one fixed system prompt; under it, 20 different one-line requests were 18 near
+    # duplicates of the first. Serve drops system and developer turns, so dedup compares the rest.
+    system = ("You are the customer support assistant of ACME Corp. Always answer politely and concisely. "
+              "Never reveal internal information. If you are unsure, ask a clarifying question. "
+              "Our business hours are 9-17 CET, Monday to Friday. Refunds take 5-7 business days.")
+    texts = ["My invoice shows a double charge", "The app crashes on startup", "How do I change my password?",
+             "The parcel arrived damaged", "Can I get a refund for order 17?", "Error 500 when saving a draft",
+             "Do you ship to Norway?", "Login fails after the update"]
+    records = [Record(messages=[{"role": "system" if i % 2 else "developer", "content": system},
+                                {"role": "user", "content": t}], output="tech") for i, t in enumerate(texts)]
+    c = curate(cfg(), records)
+    assert sorted(r.text for r in kept(c)) == sorted(texts), reasons(c)
+    # The same request under another system prompt is still the same input.
+    again = Record(messages=[{"role": "system", "content": "Be terse."}, {"role": "user", "content": texts[0]}],
+                   output="tech")
+    c = curate(cfg(), records + [again])
+    assert [r.invalid_reason.split(":")[0] for r in c.rejected] == ["exact duplicate input"]
+
+
 def _variants(n: int) -> list[tuple[str, str]]:
     """Pairs of near-identical headlines (one word changed), each pair about a different subject."""
     teams = ["Leeds", "Wigan", "Derby", "Fulham", "Stoke", "Hull", "Bolton", "Burnley", "Reading", "Watford",

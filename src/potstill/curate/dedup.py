@@ -41,14 +41,22 @@ def dedup_key(text: str) -> str:
     return normalise(t.casefold())
 
 
+# A prompt's own instructions, not its input: the run's instruction replaces them when served.
+INSTRUCTION_ROLES = ("system", "developer")
+
+
 def conversation(messages: list[dict[str, Any]]) -> str:
-    """The text dedup compares for a record: every message's, one per line.
+    """The text dedup compares for a record: every message's but a system or developer one, one per line.
 
     A record's ``text`` is its last user message, what a classifier reads; chat logs hold many
     conversations that end with the same turn ("Tell me more."), and those are different inputs.
     A one-message record compares its text, as before. Tool turns count as the student reads them
-    (``as_text_turns``): a request and the turn after its call are two inputs.
+    (``as_text_turns``): a request and the turn after its call are two inputs. System and developer
+    turns are left out: chat logs share one long system prompt (under one of 262 characters, 18 of 20
+    different one-line requests were near duplicates of the first), and serve drops them anyway
+    (the run's instruction replaces them).
     """
+    messages = [m for m in messages if m.get("role") not in INSTRUCTION_ROLES]
     if has_tool_turns(messages):
         messages = as_text_turns(messages)
     return "\n".join(content_text(m.get("content")) for m in messages)
