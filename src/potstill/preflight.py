@@ -10,7 +10,8 @@ cross-rank weight comparison under ``torchrun`` / ``accelerate launch``), so it 
   head rows to be the student's; ``topk`` needs the API teacher's top-k tokens to map onto
   student ids (otherwise KD silently stops at the first token the tokenizers split differently).
 * ``prompt``: the prompt ids the trainer builds must equal those the served student builds
-  for the same messages (chat template, instruction, special tokens).
+  for the same messages, less the system and developer ones serve drops (chat template,
+  instruction, special tokens).
 * ``labels``: each classification label must start with its own token, for the student and
   for a local teacher (label probabilities are read at the first token).
 * ``weights``: under several processes, every rank loads bit-identical weights (see
@@ -33,7 +34,7 @@ from typing import Any, Callable
 
 from potstill.config import Config
 from potstill.errors import PotstillError
-from potstill.records import content_text, read_records
+from potstill.records import INSTRUCTION_ROLES, content_text, read_records
 
 # Below this share of completion tokens with mapped top-k data, topk KD trains on almost nothing.
 MIN_TOPK_COVERAGE = 0.5
@@ -233,7 +234,15 @@ def check_prompt(ctx: _Ctx) -> Check:
     tfmt, sfmt = ctx.fmt(tok), ctx.fmt(served)
     for r in records:
         train_ids = prompt_ids(tok, tfmt, r.messages)
-        serve_ids = encode_prompt(served, sfmt, sfmt.prefix() + sfmt.query(served, r.messages), first=True)
+        # Serve drops a client's system and developer messages (the run's instruction replaces them).
+        asked = [m for m in r.messages if m.get("role") not in INSTRUCTION_ROLES]
+        serve_ids = encode_prompt(served, sfmt, sfmt.prefix() + sfmt.query(served, asked), first=True)
+        if train_ids != serve_ids and len(asked) < len(r.messages):
+            return Check("prompt", "fail", f"record {r.id} has its own system or developer message, which training "
+                         "reads after task.instruction and serve drops (the run's instruction replaces a client's), "
+                         "so the served student would see prompts it was not trained on: rerun generate and curate "
+                         "(generate moves such a message of data.inputs to meta.system, as `potstill import` does "
+                         "for curate.real_data)")
         if train_ids != serve_ids:
             i = next((k for k, (a, b) in enumerate(zip(train_ids, serve_ids)) if a != b), min(len(train_ids),
                                                                                                len(serve_ids)))

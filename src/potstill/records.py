@@ -331,6 +331,26 @@ def read_objects(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 # OpenAI's chat roles: a teacher refuses (or a chat template drops) any other.
 ROLES = ("system", "developer", "user", "assistant", "tool")
+# A prompt's own instructions, not its input: the task instruction takes their place everywhere
+# (generate, train, evaluate), and serve drops a client's.
+INSTRUCTION_ROLES = ("system", "developer")
+
+
+def instructions_to_meta(r: Record) -> bool:
+    """Move ``r``'s system and developer messages to ``meta.system`` (as ``potstill import`` does);
+    True when it had one.
+
+    Kept in the messages, the teacher answered them and the student trained on them after the task
+    instruction, but serve drops them, so the served student read prompts it was not trained on. The
+    record's id stays the one its messages as written gave it (a review decision is kept by id).
+    """
+    own = [m for m in r.messages if m.get("role") in INSTRUCTION_ROLES]
+    if not own:
+        return False
+    r.messages = [m for m in r.messages if m.get("role") not in INSTRUCTION_ROLES]
+    text = "\n\n".join(content_text(m.get("content")) for m in own)
+    r.meta["system"] = f"{r.meta['system']}\n\n{text}" if r.meta.get("system") else text
+    return True
 
 
 def record_problem(obj: dict[str, Any]) -> str | None:

@@ -24,7 +24,7 @@ from potstill.config import MODEL_REF, Config, flat_fields, load_config, path_ro
 from potstill.errors import PotstillError, url_without_credentials
 from potstill.hashing import hash_path
 from potstill.progress import say
-from potstill.records import Record, check_ids, read_numbered, write_text
+from potstill.records import Record, check_ids, instructions_to_meta, read_numbered, write_text
 from potstill.rundir import RunDir, exclusive
 from potstill.tasks import get_task
 
@@ -348,10 +348,18 @@ def _read_saved(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def read_inputs(cfg: Config) -> list[tuple[int, Record]]:
-    """``data.inputs`` with ``data.columns`` applied and class indices named (``data.label_names``)."""
+def read_inputs(cfg: Config, warn: bool = True) -> list[tuple[int, Record]]:
+    """``data.inputs`` with ``data.columns`` applied, class indices named (``data.label_names``) and
+    each record's system and developer messages moved to ``meta.system`` (``instructions_to_meta``):
+    the task instruction is the prompt's one system message for the teacher, in training, evaluate
+    and serve. ``warn``: say how many records had one."""
     numbered = read_numbered(cfg.data.inputs, cfg.data.columns)
     check_ids(cfg.data.inputs, numbered)
+    moved = sum(instructions_to_meta(r) for _, r in numbered)
+    if moved and warn:
+        say(f"[yellow]warning:[/yellow] {escape(str(cfg.data.inputs))}: {moved} of {len(numbered)} records have a "
+            "system or developer message; it is kept in meta.system, not sent: task.instruction is the system "
+            "message of every prompt (teacher, training, evaluate, serve)")
     names = cfg.data.label_names
     for lineno, r in numbered if names else ():
         if r.label is None:
@@ -367,7 +375,7 @@ def inputs_beyond_limit(cfg: Config) -> list[Record]:
     """The records of the input file past ``data.limit`` (none without a limit)."""
     if cfg.data.limit is None:
         return []
-    return [r for _, r in read_inputs(cfg)[cfg.data.limit:]]
+    return [r for _, r in read_inputs(cfg, warn=False)[cfg.data.limit:]]
 
 
 def load_inputs(cfg: Config) -> list[Record]:

@@ -119,6 +119,19 @@ def test_served_chat_template_differing_from_training_refuses(tiny_model, tmp_pa
     assert status == "fail" and "differ from token" in detail and "answer" in detail
 
 
+def test_a_records_own_system_message_that_serve_drops_refuses(tiny_model, tmp_path):
+    """Training read an input's system turn after the instruction; serve drops a client's. The check
+    rendered the same messages for both and said they matched."""
+    turns = [{"role": "system", "content": "You are the ACME bot. Be terse."},
+             {"role": "user", "content": "the team won the match"}]
+    _write(tmp_path / "inputs.jsonl", [{"messages": turns}])
+    cfg = _cfg(tmp_path, student={"model": str(tiny_model)})
+    assert _status(cfg, "prompt")[0] == "ok"  # data.inputs' system turn is read into meta.system
+    _write(tmp_path / "run" / "train.jsonl", [{"id": "t1", "messages": turns, "output": "sports"}])
+    status, detail = _status(cfg, "prompt")
+    assert status == "fail" and "record t1 has its own system or developer message" in detail, detail
+
+
 def test_plain_text_student_trains_on_the_served_prompt(tiny_model, tmp_path):
     """A student without a chat template: training used to drop the instruction serving sends."""
     plain = tmp_path / "plain"

@@ -19,7 +19,7 @@ import numpy as np
 
 from potstill.curate.near import SHINGLE, NearIndex, fingerprint_key, renumber
 from potstill.progress import bar
-from potstill.records import content_text
+from potstill.records import INSTRUCTION_ROLES, content_text
 from potstill.tool_calls import as_text_turns, has_tool_turns
 
 
@@ -39,10 +39,6 @@ def dedup_key(text: str) -> str:
     """
     t = "".join(ch for ch in unicodedata.normalize("NFKC", text) if unicodedata.category(ch) != "Cf")
     return normalise(t.casefold())
-
-
-# A prompt's own instructions, not its input: the run's instruction replaces them when served.
-INSTRUCTION_ROLES = ("system", "developer")
 
 
 def conversation(messages: list[dict[str, Any]]) -> str:
