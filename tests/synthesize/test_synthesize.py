@@ -140,6 +140,19 @@ def test_prompts_rotate_plan_and_exemplars(tmp_path):
     assert slot(cfg.synthesize, "tech", 3, SEEDS) == slots[3]  # the plan is the same every run
 
 
+def test_the_teacher_is_shown_the_json_schema_as_json():
+    """It was the dict's Python repr (single quotes, False, a pattern's backslash doubled)."""
+    from potstill.config import TaskConfig
+    from potstill.synthesize import Slot, prompt
+
+    schema = {"type": "object", "additionalProperties": False, "required": ["ref"],
+              "properties": {"ref": {"type": "string", "pattern": r"^[A-Z]{2}-\d+$"}, "Straße": {"type": "boolean"}}}
+    text = prompt(TaskConfig(type="extraction", json_schema=schema), Slot("all", 0, None, None, None, None, []))[1]["content"]
+    line = next(x for x in text.splitlines() if "JSON Schema" in x)
+    assert json.loads(line.split("what it asks for: ", 1)[1]) == schema
+    assert "Straße" in line  # as written, not \u00df
+
+
 def test_teacher_with_unusable_text_is_one_clear_error(tmp_path):
     seen: Counter = Counter()
     with LiveServer(writer_app("unusable", seen)) as srv:

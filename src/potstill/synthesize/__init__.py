@@ -149,7 +149,8 @@ def prompt(task: TaskConfig, sl: Slot, completion: bool = False) -> list[dict[st
         if sl.cell in tool_names(task):
             lines.append(f"Write a request that needs the tool: {sl.cell}.")
     elif task.json_schema is not None:
-        lines.append(f"Answers must follow this JSON Schema, so the input should contain what it asks for: {task.json_schema}")
+        lines.append("Answers must follow this JSON Schema, so the input should contain what it asks for: "
+                     + json.dumps(task.json_schema, ensure_ascii=False))
     elif task.grammar is not None:
         lines.append("Answers must follow this grammar (GBNF from its rule root, or Lark from start), so the input "
                      f"should ask for what it derives:\n{task.grammar.strip()}")
