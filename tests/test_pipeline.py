@@ -226,7 +226,8 @@ def test_gold_outside_the_label_set_is_warned_about_matched_by_case_or_refused(p
                    cwd=project, env={"POTSTILL_PROGRESS": "auto", "POTSTILL_PROGRESS_INTERVAL": "0.2"})
     assert out.returncode == 0, out.stderr
     assert any(ln.startswith("generate: teacher ") and "36/36 (100%), done in" in ln for ln in out.stderr.splitlines())
-    assert "warning: 2 of 36 gold labels (6%) are not in task.labels (sports, tech, politics); first at " in out.stderr
+    assert 'warning: 2 of 36 gold labels (6%) are not in task.labels ("sports", "tech", "politics"); first at ' \
+        in out.stderr
     assert "odd.jsonl:5: 'sprots'" in out.stderr and "2 gold labels matched task.labels only up to case" in out.stderr
     got = [json.loads(x) for x in (project / "run" / "teacher.jsonl").read_text().splitlines()]
     assert [g.get("label") for g in got[1:3]] == ["sports", "tech"]

@@ -202,3 +202,14 @@ def test_answers_compare_in_composed_unicode_and_keep_the_text_as_written():
     f = get_task(TaskConfig(type="freetext"))
     assert f.agree(f.parse("Café  ouvert"), f.parse(nfd("café ouvert"))) == 1.0
     assert f.parse(nfd("café")) == nfd("café") and chrf(nfd("café ouvert"), "café ouvert") == 1.0
+
+
+def test_gold_outside_labels_holding_a_comma_names_the_label_set_unambiguously(tmp_path):
+    """``(billing issue, crash, bug, other)`` read as four labels; each is quoted."""
+    from potstill.records import Record
+
+    task = get_task(TaskConfig(type="classification", labels=["billing issue", "crash, bug", "other"]))
+    numbered = [(1, Record(messages=[{"role": "user", "content": "it froze"}], label="crash"))]
+    with pytest.raises(PotstillError) as err:
+        task.check_gold(numbered, "in.jsonl", 0.0)
+    assert 'not in task.labels ("billing issue", "crash, bug", "other")' in str(err.value), str(err.value)

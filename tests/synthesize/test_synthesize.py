@@ -136,7 +136,7 @@ def test_prompts_rotate_plan_and_exemplars(tmp_path):
     assert len({(s.topic, s.style, s.length, s.difficulty) for s in slots}) == 24
     assert len({tuple(s.exemplars) for s in slots}) > 1  # exemplars change from request to request
     text = prompt(cfg.task, slots[0])[1]["content"]
-    assert "correct label is: tech" in text and "(request tech#0)" in text
+    assert 'correct label is: "tech"' in text and "(request tech#0)" in text
     assert slot(cfg.synthesize, "tech", 3, SEEDS) == slots[3]  # the plan is the same every run
 
 
@@ -151,6 +151,21 @@ def test_the_teacher_is_shown_the_json_schema_as_json():
     line = next(x for x in text.splitlines() if "JSON Schema" in x)
     assert json.loads(line.split("what it asks for: ", 1)[1]) == schema
     assert "Straße" in line  # as written, not \u00df
+
+
+def test_labels_holding_a_comma_are_listed_so_the_teacher_can_read_the_set_back():
+    """``billing issue, crash, bug, other`` read as four labels; there are three."""
+    from potstill.config import TaskConfig
+    from potstill.synthesize import Slot, prompt
+
+    labels = ["billing issue", "crash, bug", "Frage/Auskunft", "réclamation"]
+    task = TaskConfig(type="classification", labels=labels)
+    text = prompt(task, Slot("crash, bug", 0, None, None, None, None, []))[1]["content"]
+    line = next(x for x in text.splitlines() if x.startswith("Possible labels: "))
+    listed, asked = line.removeprefix("Possible labels: ").split(". Write an input whose correct label is: ")
+    assert json.loads(f"[{listed}]") == labels and json.loads(asked.removesuffix(".")) == "crash, bug"
+    head = prompt(task, Slot("crash, bug", 0, None, None, None, None, []), completion=True)[0]["content"]
+    assert 'Inputs whose correct label is "crash, bug", each new' in head
 
 
 def test_teacher_with_unusable_text_is_one_clear_error(tmp_path):

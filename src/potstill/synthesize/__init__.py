@@ -29,6 +29,7 @@ from potstill.curate.dedup import fingerprint, normalise
 from potstill.curate.near import NearIndex
 from potstill.records import Record
 from potstill.tasks import Task
+from potstill.tasks.classification import quoted
 from potstill.tool_calls import tool_names as names
 
 _INPUT = re.compile(r"<input>\s*(.*?)\s*</input>", re.S | re.I)
@@ -86,7 +87,7 @@ def check_cells(s: SynthesizeConfig, task: TaskConfig) -> None:
             hint = f"; did you mean '{close[0]}'?" if close else ""
             field = "quotas" if s.quotas else "cells"
             raise PotstillError(f"synthesize: cell '{cell}' (synthesize.{field}) is not one of task.labels "
-                                f"({', '.join(task.labels)}); a classification cell is the label to write "
+                                f"({quoted(task.labels)}); a classification cell is the label to write "
                                 f"inputs for{hint}")
 
 
@@ -127,7 +128,8 @@ def prompt(task: TaskConfig, sl: Slot, completion: bool = False) -> list[dict[st
     if completion:
         head = [task.instruction] if task.instruction else []
         if task.type == "classification":
-            head.append(f"Inputs whose correct label is {sl.cell}, each new and different from the others. {tag}")
+            head.append(f"Inputs whose correct label is {quoted([sl.cell])}, each new and different from the others. "
+                        f"{tag}")
         elif sl.cell in tool_names(task):
             head.append(f"Requests that need the tool {sl.cell}, each new and different from the others. {tag}")
         else:
@@ -140,7 +142,9 @@ def prompt(task: TaskConfig, sl: Slot, completion: bool = False) -> list[dict[st
               "between <input> and </input>.")
     lines = [f"The task the input will be given to: {task.instruction}"]
     if task.type == "classification":
-        lines.append(f"Possible labels: {', '.join(task.labels)}. Write an input whose correct label is: {sl.cell}.")
+        # Quoted: a label may hold a comma ("crash, bug"), and the teacher must read the set back.
+        lines.append(f"Possible labels: {quoted(task.labels)}. Write an input whose correct label is: "
+                     f"{quoted([sl.cell])}.")
     elif task.type == "tools":
         how = "one or more of these tools at once" if task.parallel_tool_calls else "one of these tools"
         lines.append(f"The assistant answers each input by calling {how}: " + "; ".join(

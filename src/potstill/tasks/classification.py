@@ -5,6 +5,7 @@ That distribution is over label *names*, not tokens, so any teacher distils into
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -20,6 +21,12 @@ from potstill.tasks.base import Task, nfc
 def _norm(s: str) -> str:
     # Composed first: "\w" keeps "é" but drops a combining accent, so an NFD "Négatif" lost its accent.
     return re.sub(r"[^\w\s-]", "", nfc(s)).strip().lower()
+
+
+def quoted(labels: list[str]) -> str:
+    """Labels as a reader (a person, a teacher) can split them back: each a JSON string, so the
+    label ``crash, bug`` is one label, where ``billing issue, crash, bug`` read as three."""
+    return ", ".join(json.dumps(label, ensure_ascii=False) for label in labels)
 
 
 def _first_word(text: str) -> str:
@@ -86,7 +93,7 @@ class ClassificationTask(Task):
             first = first or f"{path}:{lineno}: {r.label!r}"
             r.meta["unknown_label"], r.label = r.label, None
         share = unknown / len(labelled) if labelled else 0.0
-        shown = ", ".join(self.labels[:8]) + (", ..." if len(self.labels) > 8 else "")
+        shown = quoted(self.labels[:8]) + (", ..." if len(self.labels) > 8 else "")
         what = (f"{unknown} of {len(labelled)} gold labels ({share:.0%}) are not in task.labels "
                 f"({shown}); first at {first}")
         if share > max_unknown:
