@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 from potstill.errors import redact
-from potstill.records import content_text
+from potstill.records import INSTRUCTION_ROLES, content_text
 from potstill.teachers.api import ApiTeacher
 from potstill.teachers.base import Delta, OnDelta, Response
 from potstill.teachers.openai_teacher import api_key
@@ -175,8 +175,10 @@ class AnthropicTeacher(ApiTeacher):
 
     def request(self, record) -> dict[str, Any]:
         msgs = self.task.messages(record)
-        system = "\n\n".join(content_text(m["content"]) for m in msgs if m.get("role") == "system")
-        turns = [m for m in msgs if m.get("role") != "system"]
+        # A developer message is OpenAI's newer name for a system one; the Messages API has user and
+        # assistant turns only, the instruction in ``system``.
+        system = "\n\n".join(content_text(m["content"]) for m in msgs if m.get("role") in INSTRUCTION_ROLES)
+        turns = [m for m in msgs if m.get("role") not in INSTRUCTION_ROLES]
         tools = any(m.get("role") == "tool" or m.get("tool_calls") for m in turns)
         req: dict[str, Any] = {
             "model": self.cfg.model, "max_tokens": self.cfg.max_tokens, "temperature": self.cfg.temperature,
