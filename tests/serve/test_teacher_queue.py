@@ -1,7 +1,8 @@
 """Escalations waiting for one of the teacher's ``teacher.concurrency`` slots, against a served
 free-text run on loopback whose teacher (an OpenAI-compatible server on loopback) holds its first
-answer: a request whose client has left by the time it gets a slot is never sent (its row says
-so), and identical requests in flight together are one teacher call. Official openai client."""
+answer: a request whose client has left before it gets a slot is never sent (its row says so),
+identical requests in flight together are one teacher call, which outlives a cancelled asker.
+Official openai client."""
 
 from __future__ import annotations
 
@@ -114,3 +115,61 @@ def test_identical_escalations_in_flight_together_are_one_teacher_call(tmp_path,
         # One row pays the teacher's call; the others were answered by it, as from the ledger.
         assert sorted(json.loads(r["response"])["reason"] for r in logged) == \
             ["low_confidence"] + ["low_confidence+cached"] * 3
+
+
+def _queued(service) -> int:
+    """How many requests are waiting on the teacher calls in flight (``TeacherQueue``)."""
+    queue = service._teacher_queue
+    return 0 if queue is None else sum(c.askers for c in queue.calls.values())
+
+
+def test_a_cancelled_asker_leaves_the_shared_call_to_the_others(tmp_path, tiny_model, teacher_server, monkeypatch):
+    """The first asker of a call a chat shares is a background response, then cancelled (its task
+    cancelled by the server): before, the shared call was cancelled with it and the chat failed."""
+    with served_free_text(tmp_path, tiny_model, teacher_server, monkeypatch) as (service, live):
+        with one_slot_teacher(service) as (asked, release):
+            bg = client(live).responses.create(model="potstill", input="the same question", background=True)
+            wait_for(lambda: asked)
+            out: list = []
+            t = ask(live, "the same question", out)
+            wait_for(lambda: _queued(service) == 2)  # the chat waits on the background response's call
+            assert client(live).responses.cancel(bg.id).status == "cancelled"
+            time.sleep(0.3)  # the chat's wait outlives the cancel
+            release.set()
+            t.join()
+        assert asked == ["the same question"]
+        assert not isinstance(out[0], Exception) and out[0].choices[0].message.content == "an answer"
+        logged = rows(service)
+        assert len(logged) == 2  # one row per request
+        cancelled, chat = sorted(logged, key=lambda r: "messages" in json.loads(r["request"]))
+        assert cancelled["status"] == "error" and cancelled["cost_usd"] == 0
+        # The cancelled asker's row never took the call's cost: the chat's row pays it, once.
+        assert chat["status"] == "ok" and chat["cost_usd"] > 0
+        assert json.loads(chat["response"])["reason"] == "low_confidence"
+
+
+def test_identical_escalations_waiting_for_a_slot_are_sent_for_those_still_there(tmp_path, tiny_model,
+                                                                                teacher_server, monkeypatch):
+    with served_free_text(tmp_path, tiny_model, teacher_server, monkeypatch) as (service, live):
+        with one_slot_teacher(service) as (asked, release):
+            first, stays, leaves = [], [], []
+            t1 = ask(live, "the first one takes the slot", first)
+            wait_for(lambda: asked)
+            gone = [ask(live, "both leave", leaves, timeout=0.5) for _ in range(2)]
+            t2 = ask(live, "one stays", stays)
+            t3 = ask(live, "one stays", leaves, timeout=0.5)
+            for t in (*gone, t3):
+                t.join()
+            wait_for(lambda: len(rows(service)) == 3)  # the three that left are logged at once, not at the slot
+            release.set()
+            t1.join()
+            t2.join()
+            wait_for(lambda: len(rows(service)) == 5)
+        assert asked == ["the first one takes the slot", "one stays"]  # "both leave" is never sent
+        assert all(isinstance(e, openai.APITimeoutError) for e in leaves)
+        assert stays[0].choices[0].message.content == "an answer"
+        by_status = sorted((json.loads(r["request"])["messages"][-1]["content"], r["status"], r["error"][:4] if r["error"] else None)
+                           for r in rows(service))
+        assert by_status == [("both leave", "error", "499:"), ("both leave", "error", "499:"),
+                             ("one stays", "error", "499:"), ("one stays", "ok", None),
+                             ("the first one takes the slot", "ok", None)]

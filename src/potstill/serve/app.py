@@ -49,7 +49,8 @@ from potstill.serve.schemas import (ChatCompletion, ChatRequest, ErrorBody, Heal
                                     ResponsesRequest)
 from potstill.ledger_rows import with_tool_fields
 from potstill.tool_calls import unanswered_result
-from potstill.serve.escalation import ClientGone, TeacherError
+from potstill.serve.escalation import TeacherError
+from potstill.serve.teacher_queue import ClientGone
 from potstill.serve.service import LogprobsUnavailable, Service
 
 CHAT = "/v1/chat/completions"

@@ -4,14 +4,14 @@ teacher is deterministic; under another output budget where the answer ended wit
 else from the teacher itself.
 
 ``TeacherSide`` is a mixin of ``service.Service``, which holds ``cfg``, ``task``, ``teacher``,
-``ledger`` and ``_identity`` (the teacher and its identity, read once).
+``ledger``, ``_identity`` (the teacher and its identity, read once) and ``_teacher_queue`` (its
+calls in flight and waiting, ``TeacherQueue``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
 from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any
@@ -23,6 +23,7 @@ from potstill.serve.formats import FormatError
 from potstill.serve.gate import CLIENT_GONE
 from potstill.serve.schemas import ChatRequest
 from potstill.serve.streaming import LiveText
+from potstill.serve.teacher_queue import TeacherQueue
 from potstill.serve.tool_routing import named_tool, served_tools, student_calls
 from potstill.teachers import Response, request_hash
 
@@ -46,15 +47,6 @@ class TeacherError(Exception):
         # retry_after_s: the provider's Retry-After, passed on to the client.
         self.status, self.code, self.request_hash, self.billed = status, code, request_hash, billed
         self.retry_after_s = retry_after_s
-
-
-class ClientGone(Exception):
-    """The client closed its request while its escalation waited for a teacher slot: it was never
-    sent (nothing asked, nothing paid), and its row says so (499, nginx's "client closed request")."""
-
-    def __init__(self, request_hash: str):
-        super().__init__("the client closed the request before the teacher was asked; nothing was sent to it")
-        self.request_hash = request_hash
 
 
 class TeacherSide:
@@ -167,45 +159,24 @@ class TeacherSide:
 
     async def _asked(self, h: str, req: dict[str, Any], live_text: LiveText | None) -> tuple[Response, bool, str]:
         """The teacher's answer to ``req`` (hash ``h``), asked anew on its long-lived worker (an API
-        client, or the one in-process model), in one of ``teacher.concurrency`` slots. An escalation
-        waiting for a slot whose client has left (``CLIENT_GONE``) is not sent: ``ClientGone``.
-        Where answers are reused (``reuses_escalations``), a request identical to one being asked is
-        answered by that call, as if from the ledger (``cached``), instead of paying for it again."""
-        loop = asyncio.get_running_loop()
-        if self._asking is None or self._asking[0] is not loop:  # asyncio's parts belong to one loop
-            self._asking = (loop, asyncio.Semaphore(self.teacher.cfg.concurrency), {})
-        _, slots, asking = self._asking
-        merge = self.reuses_escalations()
-        gone = CLIENT_GONE.get()
-        shared = asking.get(h) if merge else None
-        if shared is None:
-            if gone is not None and gone.is_set():
-                raise ClientGone(h)
-            await slots.acquire()
-            try:
-                if gone is not None and gone.is_set():
-                    raise ClientGone(h)
-                shared = asking.get(h) if merge else None  # asked while this one waited for its slot
-                if shared is None:
-                    if live_text is not None:
-                        live_text.asked_at = time.perf_counter()
-                    asked = asyncio.wrap_future(self.teacher.submit(req) if live_text is None else
-                                                self.teacher.submit(req, on_delta=live_text))
-                    if merge:
-                        asking[h] = asked
-                        asked.add_done_callback(lambda _: asking.pop(h, None))
-                    r = await asked
-                    if not r.ok:
-                        raise TeacherError(r.error or "the teacher returned no answer", r.error_status, r.error_code,
-                                           h, r, r.retry_after_s)
-                    return r, False, h
-            finally:
-                slots.release()
-        r = await asyncio.shield(shared)
-        if not r.ok:  # the failed call's tokens and cost are in its asker's row, not this one's
+        client, or the one in-process model), in one of ``teacher.concurrency`` slots
+        (``TeacherQueue``). An escalation waiting for a slot whose client has left (``CLIENT_GONE``)
+        is not sent: ``ClientGone``. Where answers are reused (``reuses_escalations``), a request
+        identical to one being asked is answered by that call, as if from the ledger (``cached``),
+        instead of paying for it again; the call goes on while any of them waits for it."""
+        teacher = self.teacher
+        queue = self._teacher_queue
+        if queue is None or queue.loop is not asyncio.get_running_loop() or queue.teacher is not teacher:
+            queue = self._teacher_queue = TeacherQueue(teacher)
+
+        def submit(on_delta: LiveText | None) -> Any:
+            return teacher.submit(req) if on_delta is None else teacher.submit(req, on_delta=on_delta)
+
+        r, cached = await queue.ask(h, submit, self.reuses_escalations(), live_text, CLIENT_GONE.get())
+        if not r.ok:  # a failed call's tokens and cost are in the row of the asker that took it first
             raise TeacherError(r.error or "the teacher returned no answer", r.error_status, r.error_code, h,
-                               retry_after_s=r.retry_after_s)
-        return dataclasses.replace(r), True, h
+                               None if cached else r, r.retry_after_s)
+        return (dataclasses.replace(r) if cached else r), cached, h
 
     def _escalation_hash(self, request: dict[str, Any]) -> str:
         """The hash a refused or failed chat request would have had escalated, as ``answer`` computes

@@ -35,6 +35,7 @@ from potstill.progress import say
 from potstill.records import read_records
 from potstill.serve.calibration import _servable, calibrate_run
 from potstill.serve.escalation import TeacherSide
+from potstill.serve.teacher_queue import TeacherQueue
 from potstill.serve.engine import Batcher, RefusedChat, ServedStudent, StudentAnswer, first_stop
 from potstill.serve.formats import answer_problem, format_schema
 from potstill.serve.routing import Routing, ood_distance
@@ -128,8 +129,7 @@ class Service(TeacherSide):
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._identity: tuple[Teacher, dict[str, Any]] | None = None
-        # (event loop, teacher.concurrency slots, the teacher calls in flight by request hash): ``_asked``
-        self._asking: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore, dict[str, asyncio.Future]] | None = None
+        self._teacher_queue: TeacherQueue | None = None  # the teacher's calls in flight and waiting: ``_asked``
         self._warned_usage = False  # said once: the teacher's streams carry no token usage
 
     # The current student's parts, read through the live reference (tests and /health use these).
