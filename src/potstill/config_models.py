@@ -448,6 +448,11 @@ class ServeConfig(Section):
         "(the chat, the client's max_tokens, tools, logprobs) instead of paying the teacher again. Unset: only when "
         "the teacher answers deterministically (teacher.temperature 0, not an OpenAI reasoning model); true: "
         "always; false: never (a teacher sampling at temperature > 0 gives each repeat a fresh sample).")
+    max_waiting_escalations: int = Field(
+        64, ge=0, description="Most escalations waiting for one of the teacher.concurrency slots; one more is a 429 "
+        "(code rate_limit_exceeded) with a Retry-After, which the openai SDK waits out and retries, instead of a "
+        "wait of up to teacher.timeout_s. A request identical to one waiting joins it, uncounted; Batch API lines "
+        "and background responses wait regardless.")
 
 
 class WatchConfig(Section):

@@ -173,3 +173,64 @@ def test_identical_escalations_waiting_for_a_slot_are_sent_for_those_still_there
         assert by_status == [("both leave", "error", "499:"), ("both leave", "error", "499:"),
                              ("one stays", "error", "499:"), ("one stays", "ok", None),
                              ("the first one takes the slot", "ok", None)]
+
+
+def _text(row: dict) -> str:
+    return json.loads(row["request"])["messages"][-1]["content"]
+
+
+def test_past_the_waiting_limit_an_escalation_is_a_429_the_sdk_retries_after_its_retry_after(
+        tmp_path, tiny_model, teacher_server, monkeypatch):
+    """Before, escalations waited for a teacher slot without bound, each up to teacher.timeout_s."""
+    with served_free_text(tmp_path, tiny_model, teacher_server, monkeypatch,
+                          max_waiting_escalations=1) as (service, live):
+        with one_slot_teacher(service) as (asked, release):
+            first, waits, joins, retried = [], [], [], []
+            threads = [ask(live, "the first one takes the slot", first)]
+            wait_for(lambda: asked)
+            threads.append(ask(live, "this one waits", waits))
+            wait_for(lambda: service._teacher_queue.open == 2)
+            threads.append(ask(live, "this one waits", joins))  # joins the waiting call: no place taken
+            raw = client(live).chat.completions.with_raw_response
+            try:
+                raw.create(model="potstill", messages=[{"role": "user", "content": "one too many"}])
+                raise AssertionError("no 429")
+            except openai.RateLimitError as e:
+                refused = e
+            assert refused.status_code == 429
+            assert refused.body["type"] == "requests" and refused.body["code"] == "rate_limit_exceeded"
+            assert "serve.max_waiting_escalations" in refused.body["message"]
+            # No teacher call has ended yet: 1 s (the openai SDK reads retry-after-ms first).
+            assert (refused.response.headers["retry-after"], refused.response.headers["retry-after-ms"]) == ("1", "1000")
+            # The SDK's own retries (2 by default) wait out the Retry-After; the teacher is free by then.
+            threads.append(ask(live, "retried by the sdk", retried, max_retries=2))
+            wait_for(lambda: [r for r in rows(service) if _text(r) == "retried by the sdk"])
+            release.set()
+            for t in threads:
+                t.join()
+        assert [c.choices[0].message.content for c in first + waits + joins + retried] == ["an answer"] * 4
+        assert asked == ["the first one takes the slot", "this one waits", "retried by the sdk"]
+        logged = rows(service)
+        refusal = next(r for r in logged if _text(r) == "one too many")
+        assert (refusal["status"], refusal["role"], refusal["cost_usd"]) == ("error", "teacher", 0)
+        assert refusal["error"].startswith("429: the teacher is busy")
+        sdk = [r["status"] for r in logged if _text(r) == "retried by the sdk"]
+        assert sdk[0] == "error" and sdk[-1] == "ok"  # one row per HTTP request: the 429s, then the answer
+
+
+def test_batch_lines_wait_for_the_teacher_past_the_waiting_limit(tmp_path, tiny_model, teacher_server, monkeypatch):
+    with served_free_text(tmp_path, tiny_model, teacher_server, monkeypatch,
+                          max_waiting_escalations=0) as (service, live):
+        with one_slot_teacher(service) as (asked, release):
+            cl = client(live)
+            data = "".join(json.dumps({"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions",
+                                       "body": {"model": "potstill", "messages": [{"role": "user", "content": f"line {i}"}]}})
+                           + "\n" for i in range(3)).encode()
+            fid = cl.files.create(file=("in.jsonl", data), purpose="batch").id
+            b = cl.batches.create(input_file_id=fid, endpoint="/v1/chat/completions", completion_window="24h")
+            wait_for(lambda: asked)
+            release.set()
+            wait_for(lambda: cl.batches.retrieve(b.id).status == "completed", timeout_s=60)
+        b = cl.batches.retrieve(b.id)
+        assert (b.request_counts.completed, b.request_counts.failed) == (3, 0)
+        assert sorted(asked) == ["line 0", "line 1", "line 2"]

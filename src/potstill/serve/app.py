@@ -4,7 +4,8 @@ Every request to ``/v1/chat/completions`` (and to ``/v1/responses``, OpenAI's Re
 text) becomes exactly one ledger row, whatever happens (a ``/v1/completions`` request, one row per
 prompt, answered or failed, ``serve.completions``):
 answered (status ok, role = who answered), rejected (401/400/413: status error), or failed
-(502 when the teacher fails, 499 when its client left before the teacher was asked, 503 when the
+(502 when the teacher fails, 429 when too many escalations wait for it, 499 when its client left
+before the teacher was asked, 503 when the
 server stopped before the answer to a client that left came, 500 otherwise). Every 4xx/5xx carries an OpenAI-style body
 ``{"error": {"message", "type", "param", "code"}}``. Where a key is set, every path but /health
 needs it; the Bearer key and other headers are never logged; the key is compared in constant time. ``POST /admin/reload`` (same key) swaps in a student
@@ -50,23 +51,24 @@ from potstill.serve.schemas import (ChatCompletion, ChatRequest, ErrorBody, Heal
 from potstill.ledger_rows import with_tool_fields
 from potstill.tool_calls import unanswered_result
 from potstill.serve.escalation import TeacherError
-from potstill.serve.teacher_queue import ClientGone
+from potstill.serve.teacher_queue import ClientGone, TeacherBusy
 from potstill.serve.service import LogprobsUnavailable, Service
 
 CHAT = "/v1/chat/completions"
 RESPONSES = "/v1/responses"
 SERVED = (CHAT, RESPONSES, COMPLETIONS, MESSAGES)  # the paths whose every request is a ledger row
-ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 500, 502)}
+ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 429, 500, 502)}
 # One server-sent event (OpenAPI 3.1: the event-stream schema describes each event): its data is a
 # chat.completion.chunk as JSON, or [DONE].
 SSE_EVENT = {"type": "object", "required": ["data"],
              "properties": {"data": {"type": "string"}, "event": {"type": "string"}}}
 # OpenAI's API answers every client error (a bad key's 401 and an unknown model's 404 too) with type
 # invalid_request_error; its code tells them apart (invalid_api_key, model_not_found). A 5xx is its
-# server_error, a failed escalation's 502 too (code teacher_failed says whose failure it was).
+# server_error, a failed escalation's 502 too (code teacher_failed says whose failure it was). Its
+# 429 for too many requests is type requests, code rate_limit_exceeded (a teacher too busy here).
 _TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
           405: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error",
-          499: "invalid_request_error"}
+          499: "invalid_request_error", 429: "requests"}
 # A teacher's refusals that are about the chat the client sent (over the teacher's context, too
 # large, filtered): passed on as the client's 400. A 400 for the operator's settings (OpenAI's
 # unsupported_parameter for max_tokens on a reasoning model, a wrong model name) and every other
@@ -210,7 +212,7 @@ def _add_error_handlers(app: FastAPI, service: Service, requests: Counter):
     async def _failed(request: Request, e: Exception) -> JSONResponse:
         return await on_error(request, **failure_reply(service, e, request.url.path))
 
-    for kind in (APIError, RefusedChat, LogprobsUnavailable, TeacherError, ClientGone):
+    for kind in (APIError, RefusedChat, LogprobsUnavailable, TeacherError, ClientGone, TeacherBusy):
         app.add_exception_handler(kind, _failed)
 
     @app.exception_handler(RequestValidationError)
@@ -252,6 +254,12 @@ def failure_reply(service: Service, e: BaseException, path: str) -> dict[str, An
     if isinstance(e, ClientGone):  # no client reads it either: the row says why the teacher was not asked
         return dict(status=499, message=str(e), code="client_closed_request", role="teacher",
                     model=service.teacher_name, request_hash=e.request_hash)
+    if isinstance(e, TeacherBusy):
+        # Retry-After in whole seconds, as HTTP has it, and in ms, which the openai SDK reads first:
+        # it retries a 429 (twice by default) after that wait where it is at most 120 s.
+        wait = {"retry-after": str(math.ceil(e.retry_after_s)), "retry-after-ms": str(round(e.retry_after_s * 1000))}
+        return dict(status=429, message=str(e), code="rate_limit_exceeded", role="teacher",
+                    model=service.teacher_name, request_hash=e.request_hash, headers=wait)
     if isinstance(e, ServerStopped):  # no client reads it: the row's status and error say what happened
         return dict(status=503, message=str(e), code="server_stopped", role="teacher", model=service.teacher_name)
     return dict(status=500, message=f"internal error ({type(e).__name__})")

@@ -34,6 +34,7 @@ from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 
 from potstill.progress import say
+from potstill.serve.teacher_queue import WAIT_BOUNDED
 
 FILES, BATCHES = "serve_files", "serve_batches"
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
@@ -276,6 +277,7 @@ class Batches:
                                          timeout=None) as http:
                 async def worker() -> None:
                     nonlocal saved
+                    WAIT_BOUNDED.set(False)  # a line waits for a teacher slot: a 429 would fail it for good
                     for i in todo:
                         if self._cancelling(batch_id):
                             return

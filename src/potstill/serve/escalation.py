@@ -160,7 +160,8 @@ class TeacherSide:
     async def _asked(self, h: str, req: dict[str, Any], live_text: LiveText | None) -> tuple[Response, bool, str]:
         """The teacher's answer to ``req`` (hash ``h``), asked anew on its long-lived worker (an API
         client, or the one in-process model), in one of ``teacher.concurrency`` slots
-        (``TeacherQueue``). An escalation waiting for a slot whose client has left (``CLIENT_GONE``)
+        (``TeacherQueue``), or ``TeacherBusy`` where ``serve.max_waiting_escalations`` others already
+        wait for one. An escalation waiting for a slot whose client has left (``CLIENT_GONE``)
         is not sent: ``ClientGone``. Where answers are reused (``reuses_escalations``), a request
         identical to one being asked is answered by that call, as if from the ledger (``cached``),
         instead of paying for it again; the call goes on while any of them waits for it."""
@@ -172,7 +173,8 @@ class TeacherSide:
         def submit(on_delta: LiveText | None) -> Any:
             return teacher.submit(req) if on_delta is None else teacher.submit(req, on_delta=on_delta)
 
-        r, cached = await queue.ask(h, submit, self.reuses_escalations(), live_text, CLIENT_GONE.get())
+        r, cached = await queue.ask(h, submit, self.reuses_escalations(), live_text, CLIENT_GONE.get(),
+                                    self.cfg.serve.max_waiting_escalations)
         if not r.ok:  # a failed call's tokens and cost are in the row of the asker that took it first
             raise TeacherError(r.error or "the teacher returned no answer", r.error_status, r.error_code, h,
                                None if cached else r, r.retry_after_s)

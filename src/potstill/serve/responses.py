@@ -28,6 +28,7 @@ from potstill.serve.formats import responses_form
 from potstill.serve.gate import CLIENT_GONE
 from potstill.serve.schemas import ResponsesRequest
 from potstill.serve.streaming import LiveText, OnAnswer, OnFailure, Piece, first_piece, relay
+from potstill.serve.teacher_queue import WAIT_BOUNDED
 from potstill.teachers.base import join_fragment
 from potstill.tool_calls import unanswered_result
 
@@ -408,6 +409,7 @@ def add_responses_route(app: FastAPI, service: Any, requests: Counter, latency: 
 
             async def answer_later() -> None:
                 CLIENT_GONE.set(None)  # answered whether its client stays connected or not (this task's own context)
+                WAIT_BOUNDED.set(False)  # queued already: it waits for a teacher slot, as a batch line does
                 try:
                     served = await answering
                     route = await _record(service, state, served, logged, requests, latency)

@@ -1,6 +1,7 @@
-"""Escalations asked anew of the teacher: at most ``teacher.concurrency`` calls in flight, the rest
-waiting for a slot, and (where answers are reused) identical requests one call whose answer every
-asker gets.
+"""Escalations asked anew of the teacher: at most ``teacher.concurrency`` calls in flight, at most
+``serve.max_waiting_escalations`` more waiting for a slot (beyond, ``TeacherBusy``: the client's
+429 with a Retry-After), and (where answers are reused) identical requests one call whose answer
+every asker gets.
 
 Each call runs as a task of its own, apart from the requests that ask it: a request whose task is
 cancelled (a background response cancelled, a server stopping) leaves the call to the others
@@ -12,13 +13,22 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
+from contextvars import ContextVar
 from typing import Any
 
 from potstill.teachers import Response
 
 Submit = Callable[[Any], Future[Response]]  # sends the request on the teacher's worker (given the LiveText, or None)
+
+# False where a request is queued work by its own terms (a Batch API line, a background response):
+# it waits for a slot however many wait, rather than fail with a 429 nobody retries. A context
+# variable, so each task reads its own.
+WAIT_BOUNDED: ContextVar[bool] = ContextVar("potstill_wait_bounded", default=True)
+# The openai SDK waits out a Retry-After of at most 120 s and does not retry past it (MAX_RETRY_AFTER_DELAY).
+MAX_RETRY_AFTER_S = 120.0
 
 
 class ClientGone(Exception):
@@ -30,6 +40,16 @@ class ClientGone(Exception):
         self.request_hash = request_hash
 
 
+class TeacherBusy(Exception):
+    """An escalation that would wait for a teacher slot behind ``serve.max_waiting_escalations``
+    others: refused at once (the client's 429), ``retry_after_s`` the wait a retry should make."""
+
+    def __init__(self, request_hash: str, running: int, waiting: int, retry_after_s: float):
+        super().__init__(f"the teacher is busy: {running} escalations are being answered and {waiting} more wait "
+                         f"for it (serve.max_waiting_escalations); try again in {retry_after_s:.1f} s")
+        self.request_hash, self.retry_after_s = request_hash, retry_after_s
+
+
 class _Call:
     """One teacher request, asked or waiting for a slot: how many requests wait on it, whether it
     was sent, and whether one of their rows has taken its cost."""
@@ -38,6 +58,7 @@ class _Call:
         self.task: asyncio.Task | None = None
         self.askers = 0
         self.sent = False
+        self.sent_at = 0.0  # perf_counter() when it took its slot
         self.paid = False
 
 
@@ -47,24 +68,35 @@ class TeacherQueue:
     def __init__(self, teacher: Any):
         self.teacher = teacher
         self.loop = asyncio.get_running_loop()
-        self.slots = asyncio.Semaphore(teacher.cfg.concurrency)
+        self.concurrency = teacher.cfg.concurrency
+        self.slots = asyncio.Semaphore(self.concurrency)
         self.calls: dict[str, _Call] = {}  # by request hash, where identical requests share one call
+        self.open = 0  # calls sent or waiting for a slot
+        self._running: set[_Call] = set()
+        self._latencies: deque[float] = deque(maxlen=32)  # seconds from slot to answer, the latest calls'
         self._tasks: set[asyncio.Task] = set()  # the loop keeps only weak references to tasks
 
-    async def ask(self, h: str, submit: Submit, merge: bool, live_text: Any,
-                  gone: asyncio.Event | None) -> tuple[Response, bool]:
+    async def ask(self, h: str, submit: Submit, merge: bool, live_text: Any, gone: asyncio.Event | None,
+                  max_waiting: int) -> tuple[Response, bool]:
         """The teacher's answer to the request ``h`` (sent by ``submit``), and whether another
         request's row pays for it (True for every asker but the first to take the answer). ``merge``:
-        join an identical call in flight. ``gone``: set when this request's client leaves; before its
-        call is sent, it then leaves the call (``ClientGone``)."""
+        join an identical call in flight (never refused: it adds no call). ``gone``: set when this
+        request's client leaves; before its call is sent, it then leaves the call (``ClientGone``).
+        A new call that would wait behind ``max_waiting`` others is refused (``TeacherBusy``),
+        unless ``WAIT_BOUNDED`` says this request waits regardless."""
         if gone is not None and gone.is_set():
             raise ClientGone(h)
         call = self.calls.get(h) if merge else None
         if call is None:
+            if self.open >= self.concurrency + max_waiting and WAIT_BOUNDED.get():
+                running = len(self._running)
+                raise TeacherBusy(h, running, self.open - running, self.retry_after_s())
             call = _Call()
+            self.open += 1
             call.task = asyncio.ensure_future(self._send(call, submit, live_text))
             self._tasks.add(call.task)
             call.task.add_done_callback(self._tasks.discard)
+            call.task.add_done_callback(self._closed)
             if merge:
                 self.calls[h] = call
                 call.task.add_done_callback(lambda _: self.calls.pop(h, None) if self.calls.get(h) is call else None)
@@ -87,9 +119,29 @@ class TeacherQueue:
         cached, call.paid = call.paid, True
         return r, cached
 
+    def _closed(self, _: asyncio.Task) -> None:
+        self.open -= 1
+
+    def retry_after_s(self) -> float:
+        """About when a waiting place frees, for a refused request's Retry-After: a place frees as a
+        call ends (a waiting one then takes its slot), so when the call sent longest ago is expected
+        to end, the mean latency of the latest calls past its age; at least 0.5 s (one long overdue
+        may still take a while), 1 s before any call has ended, at most ``MAX_RETRY_AFTER_S``."""
+        if not self._latencies:
+            return 1.0
+        mean, now = sum(self._latencies) / len(self._latencies), time.perf_counter()
+        ends = [mean - (now - c.sent_at) for c in self._running]
+        return min(MAX_RETRY_AFTER_S, max(0.5, min(ends, default=mean)))
+
     async def _send(self, call: _Call, submit: Submit, live_text: Any) -> Response:
         async with self.slots:
-            call.sent = True
+            call.sent, call.sent_at = True, time.perf_counter()
             if live_text is not None:
-                live_text.asked_at = time.perf_counter()
-            return await asyncio.wrap_future(submit(live_text))
+                live_text.asked_at = call.sent_at
+            self._running.add(call)
+            try:
+                r = await asyncio.wrap_future(submit(live_text))
+            finally:
+                self._running.discard(call)
+            self._latencies.append(time.perf_counter() - call.sent_at)
+            return r
