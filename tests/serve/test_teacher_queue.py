@@ -234,3 +234,52 @@ def test_batch_lines_wait_for_the_teacher_past_the_waiting_limit(tmp_path, tiny_
         b = cl.batches.retrieve(b.id)
         assert (b.request_counts.completed, b.request_counts.failed) == (3, 0)
         assert sorted(asked) == ["line 0", "line 1", "line 2"]
+
+
+def _streamed(live, out: dict) -> threading.Thread:
+    """A streamed chat of QUESTION in a thread: ``out`` gets ``first`` (set at its first text) and
+    its whole text."""
+    out["first"] = threading.Event()
+
+    def run() -> None:
+        with client(live).chat.completions.with_streaming_response.create(
+                model="potstill", messages=[{"role": "user", "content": QUESTION}], stream=True) as r:
+            text = []
+            for ch in r.parse():
+                if ch.choices and ch.choices[0].delta.content:
+                    text.append(ch.choices[0].delta.content)
+                    out["first"].set()
+            out["text"] = "".join(text)
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
+QUESTION = "the minister said the party will vote"
+
+
+def test_a_streamed_request_joining_an_identical_streamed_call_streams_it_too(tmp_path, tiny_model, teacher_server,
+                                                                             monkeypatch):
+    """Before, the request that joined got the teacher's answer in one chunk once it was whole."""
+    with served_free_text(tmp_path, tiny_model, teacher_server, monkeypatch) as (service, live):
+        service.routing = Routing(confidence_threshold=math.inf, ood_threshold=math.inf)
+        sent = sum(teacher_server.requests.values())
+        teacher_server.hold = hold = threading.Event()  # its streams wait after their first token
+        try:
+            first, joined = {}, {}
+            threads = [_streamed(live, first)]
+            assert first["first"].wait(20)
+            threads.append(_streamed(live, joined))
+            # the teacher is still writing: the text so far, then the rest as it comes
+            assert joined["first"].wait(20) and teacher_server.holding.is_set() and not hold.is_set()
+        finally:
+            hold.set()
+            for t in threads:
+                t.join()
+            teacher_server.hold = None
+        assert sum(teacher_server.requests.values()) == sent + 1
+        assert joined["text"] == first["text"] != ""
+        # One row pays the call (the route headers went out before that was known: both low_confidence).
+        assert sorted((r["status"], json.loads(r["response"])["reason"]) for r in rows(service)) == \
+            [("ok", "low_confidence"), ("ok", "low_confidence+cached")]

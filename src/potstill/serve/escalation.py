@@ -164,7 +164,8 @@ class TeacherSide:
         wait for one. An escalation waiting for a slot whose client has left (``CLIENT_GONE``)
         is not sent: ``ClientGone``. Where answers are reused (``reuses_escalations``), a request
         identical to one being asked is answered by that call, as if from the ledger (``cached``),
-        instead of paying for it again; the call goes on while any of them waits for it."""
+        instead of paying for it again (streamed to its ``live_text`` where the call streams); the
+        call goes on while any of them waits for it."""
         teacher = self.teacher
         queue = self._teacher_queue
         if queue is None or queue.loop is not asyncio.get_running_loop() or queue.teacher is not teacher:

@@ -1,7 +1,7 @@
 """Escalations asked anew of the teacher: at most ``teacher.concurrency`` calls in flight, at most
 ``serve.max_waiting_escalations`` more waiting for a slot (beyond, ``TeacherBusy``: the client's
 429 with a Retry-After), and (where answers are reused) identical requests one call whose answer
-every asker gets.
+every asker gets, streamed to those asking for a stream where the call streams (``Fanout``).
 
 Each call runs as a task of its own, apart from the requests that ask it: a request whose task is
 cancelled (a background response cancelled, a server stopping) leaves the call to the others
@@ -12,6 +12,7 @@ slot (every asker's client left, or its task was cancelled) is dropped, never se
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -50,11 +51,44 @@ class TeacherBusy(Exception):
         self.request_hash, self.retry_after_s = request_hash, retry_after_s
 
 
-class _Call:
-    """One teacher request, asked or waiting for a slot: how many requests wait on it, whether it
-    was sent, and whether one of their rows has taken its cost."""
+class Fanout:
+    """The pieces of one streamed teacher call (each ``Delta``, on the teacher's thread) to the
+    ``LiveText`` of every request waiting on it: one that joins late gets those so far, then the rest."""
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: list[Any] = []
+        self._to: list[Any] = []
+        self._sent_at: float | None = None
+
+    def __call__(self, delta: Any) -> None:
+        with self._lock:
+            self._seen.append(delta)
+            for live_text in self._to:
+                live_text(delta)
+
+    def add(self, live_text: Any) -> None:
+        with self._lock:
+            if self._sent_at is not None:  # its wait for the teacher's first text starts now
+                live_text.asked_at = time.perf_counter()
+            for delta in self._seen:
+                live_text(delta)
+            self._to.append(live_text)
+
+    def sent(self, at: float) -> None:
+        with self._lock:
+            self._sent_at = at
+            for live_text in self._to:
+                live_text.asked_at = at
+
+
+class _Call:
+    """One teacher request, asked or waiting for a slot: how many requests wait on it, whether it
+    was sent, whether one of their rows has taken its cost, and where its pieces go where it
+    streams (the first asker asked for a stream)."""
+
+    def __init__(self, fanout: Fanout | None) -> None:
+        self.fanout = fanout
         self.task: asyncio.Task | None = None
         self.askers = 0
         self.sent = False
@@ -91,15 +125,17 @@ class TeacherQueue:
             if self.open >= self.concurrency + max_waiting and WAIT_BOUNDED.get():
                 running = len(self._running)
                 raise TeacherBusy(h, running, self.open - running, self.retry_after_s())
-            call = _Call()
+            call = _Call(None if live_text is None else Fanout())
             self.open += 1
-            call.task = asyncio.ensure_future(self._send(call, submit, live_text))
+            call.task = asyncio.ensure_future(self._send(call, submit))
             self._tasks.add(call.task)
             call.task.add_done_callback(self._tasks.discard)
             call.task.add_done_callback(self._closed)
             if merge:
                 self.calls[h] = call
                 call.task.add_done_callback(lambda _: self.calls.pop(h, None) if self.calls.get(h) is call else None)
+        if live_text is not None and call.fanout is not None:
+            call.fanout.add(live_text)  # (a call asked unstreamed answers it whole)
         call.askers += 1
         try:
             if gone is not None:
@@ -125,22 +161,22 @@ class TeacherQueue:
     def retry_after_s(self) -> float:
         """About when a waiting place frees, for a refused request's Retry-After: a place frees as a
         call ends (a waiting one then takes its slot), so when the call sent longest ago is expected
-        to end, the mean latency of the latest calls past its age; at least 0.5 s (one long overdue
-        may still take a while), 1 s before any call has ended, at most ``MAX_RETRY_AFTER_S``."""
+        to end, the mean latency of the latest calls past its age; at least 0.5 s (where that call
+        is already overdue), 1 s before any call has ended, at most ``MAX_RETRY_AFTER_S``."""
         if not self._latencies:
             return 1.0
         mean, now = sum(self._latencies) / len(self._latencies), time.perf_counter()
         ends = [mean - (now - c.sent_at) for c in self._running]
         return min(MAX_RETRY_AFTER_S, max(0.5, min(ends, default=mean)))
 
-    async def _send(self, call: _Call, submit: Submit, live_text: Any) -> Response:
+    async def _send(self, call: _Call, submit: Submit) -> Response:
         async with self.slots:
             call.sent, call.sent_at = True, time.perf_counter()
-            if live_text is not None:
-                live_text.asked_at = call.sent_at
+            if call.fanout is not None:
+                call.fanout.sent(call.sent_at)
             self._running.add(call)
             try:
-                r = await asyncio.wrap_future(submit(live_text))
+                r = await asyncio.wrap_future(submit(call.fanout))
             finally:
                 self._running.discard(call)
             self._latencies.append(time.perf_counter() - call.sent_at)
