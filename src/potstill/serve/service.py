@@ -494,8 +494,13 @@ def load_service(run_dir: Path, cfg: Config, recalibrate: bool = False, ledger_p
     task = get_task(cfg.task)
     teacher = get_teacher(cfg.teacher, task, prices=cfg.generate.prices)  # escalations billed as generate bills
     t0 = time.perf_counter()
-    engine = _served(cfg, str(path), task, device, run_dir)
-    routing, reference = calibrate_run(run_dir, cfg, engine, task, force=recalibrate)
+    try:
+        engine = _served(cfg, str(path), task, device, run_dir)
+        routing, reference = calibrate_run(run_dir, cfg, engine, task, force=recalibrate)
+    except PotstillError:
+        raise
+    except Exception as e:  # noqa: BLE001 - as _load_live says it for a hot swap: one line, not a traceback
+        raise PotstillError(f"cannot load {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]) from None
     st = routing.stats
     say(f"serve: student loaded and routing calibrated in {time.perf_counter() - t0:.1f} s; on val: "
         f"{st['val_escalation']:.0%} escalated, agreement {st['val_agreement']:.3f} "
