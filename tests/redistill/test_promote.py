@@ -5,6 +5,8 @@ import json
 import os
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from potstill.errors import PotstillError
 from potstill.records import atomic_dir
@@ -15,6 +17,8 @@ from potstill.rundir import RunDir
 def _student(path, tag):
     path.mkdir(parents=True)
     (path / "config.json").write_text(json.dumps({"tag": tag}))
+    # Weights whose header reads: a rollback refuses a student it can see will not load.
+    save_file({"w": torch.zeros(1)}, path / "model.safetensors")
 
 
 def test_promotion_is_adopted_by_the_manifest_and_survives_a_retrain(tmp_path):

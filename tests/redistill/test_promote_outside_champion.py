@@ -11,6 +11,9 @@ from __future__ import annotations
 import json
 import os
 
+import torch
+from safetensors.torch import save_file
+
 from potstill.redistill import rollback
 from potstill.redistill.promote import current, switch
 
@@ -18,6 +21,8 @@ from potstill.redistill.promote import current, switch
 def _student(path, tag):
     path.mkdir(parents=True)
     (path / "config.json").write_text(json.dumps({"tag": tag}))
+    # Weights whose header reads: a rollback refuses a student it can see will not load.
+    save_file({"w": torch.zeros(1)}, path / "model.safetensors")
     return path
 
 

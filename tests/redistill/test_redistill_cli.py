@@ -152,3 +152,45 @@ def test_a_config_with_another_task_is_refused_before_the_teacher_is_asked(serve
     assert not (run / "redistill").exists() and not (run / "student").is_symlink()
     with Ledger(run / "calls.sqlite") as ledger:
         assert ledger._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0] == calls  # no teacher call
+
+
+def test_a_student_whose_weights_cannot_load_is_refused_before_anything_is_moved_or_paid(served_run, tmp_path,
+                                                                                          monkeypatch, capsys):
+    """Found by a review: a kept student whose model.safetensors was cut short (a full disk, a copy
+    stopped half-way) was accepted by `--rollback` (exit 0), though a running server refused it and kept
+    the old one, so RUN/student no longer named the model serving. The next redistill then paid the
+    teacher and trained a challenger before it died loading that champion (a traceback, exit 1, no
+    decision record), and `potstill serve` crashed at start the same way. Each is now one line, exit 2."""
+    import shutil
+
+    from potstill.redistill.promote import switch
+
+    run = tmp_path / "run"
+    _copy_original(served_run, run)
+    broken = run / "students" / "broken"
+    shutil.copytree(run / "student", broken)
+    os.truncate(broken / "model.safetensors", 1000)
+    cut = "model.safetensors: SafetensorError: Error while deserializing header: invalid header length"
+    code, err = run_main(monkeypatch, capsys, "redistill", str(run), "--rollback", "broken")
+    assert code == 2 and err == [f"error: cannot load {broken}: {cut}; RUN/student left as it was"], err
+    assert not (run / "student").is_symlink()
+
+    # RUN/student pointed at it all the same (as an older version's rollback did): redistill stops
+    # before the teacher is asked or a challenger trained.
+    switch(run, broken)
+    with Ledger(run / "calls.sqlite") as ledger:
+        calls = ledger._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
+    code, err = run_main(monkeypatch, capsys, "redistill", str(run))
+    assert code == 2 and err == [f"error: cannot load the champion {broken}: {cut}; roll RUN/student back to a kept "
+                                 f"student (`potstill redistill {run} --rollback ID`) or train again"], err
+    assert sorted(p.name for p in (run / "students").iterdir()) == ["broken", "original"]
+    assert not (run / "redistill").exists()
+    with Ledger(run / "calls.sqlite") as ledger:
+        assert ledger._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0] == calls  # no teacher call
+
+    # And `potstill serve` says it in one line (the port is taken first, then given back).
+    code, err = run_main(monkeypatch, capsys, "serve", str(run), "--port", "0")
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"error: cannot load {broken}: SafetensorError"), err
+
+    assert run_main(monkeypatch, capsys, "redistill", str(run), "--rollback", "original")[0] == 0
+    assert (run / "student").resolve() == (run / "students" / "original").resolve()

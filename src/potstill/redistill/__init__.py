@@ -48,6 +48,7 @@ from potstill.progress import out, say
 from potstill.records import Record, read_json, read_records, write_json, write_jsonl
 from potstill.rundir import CHALLENGER_TRAIN, RunDir, check_trained_task, exclusive, student_train_path
 from potstill.redistill.compare import compare, decide, measure, scores
+from potstill.redistill.loadable import why_unloadable
 from potstill.redistill.promote import current, finish_interrupted, switch
 from potstill.redistill.traffic import check_traffic, label_sample, read_traffic
 from potstill.students import predict, student_format
@@ -79,7 +80,13 @@ def drop_overlap(old: list[Record], new: list[Record], cfg: Config) -> tuple[lis
 
 
 def _answers(path: Path, task: Task, sets: dict[str, list[Record]], batch_size: int, who: str) -> dict[str, list]:
-    lm = load_lm(str(path))
+    try:
+        lm = load_lm(str(path))
+    except PotstillError:
+        raise
+    except Exception as e:  # noqa: BLE001 - what _check_run's header check cannot see (as serve's hot swap says it)
+        raise PotstillError(f"cannot load the {who} {path}: {type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else ''}"[:300]) from None
     try:
         return {name: predict(lm, task, rs, batch_size=batch_size, desc=f"redistill: {who} on {name}").parsed
                 for name, rs in sets.items()}
@@ -211,6 +218,11 @@ def _check_run(run_dir: Path, cfg: Config) -> tuple[Path, Path]:
     champion = current(run_dir)
     if not _is_student(champion):
         raise PotstillError(f"{run_dir / 'student'}: no trained student to challenge (run `potstill train` first)")
+    # The champion is loaded for the comparison only after the teacher's labels and the challenger's
+    # training: one that cannot load (a rollback of an older version pointed RUN/student at it) is said now.
+    if (why := why_unloadable(champion)) is not None:
+        raise PotstillError(f"cannot load the champion {champion}: {why}; roll RUN/student back to a kept student "
+                            f"(`potstill redistill {run_dir} --rollback ID`) or train again")
     # Before the teacher is paid for the traffic, as everything here.
     base = read_json(run_dir / "train.json").get("base_model") if (run_dir / "train.json").exists() else None
     if base is not None and not same_model(base, cfg.student.model):
@@ -467,6 +479,10 @@ def rollback(run_dir: Path, to: str, force: bool = False) -> dict[str, str]:
             target = run_dir / "students" / to
         if not _is_student(target):
             raise PotstillError(f"{target}: no student there to roll back to (see RUN/students/)")
+        # A server refuses such a student and keeps serving the old one: RUN/student would then name
+        # a model that no server runs, and the next redistill's champion.
+        if (why := why_unloadable(target)) is not None:
+            raise PotstillError(f"cannot load {target}: {why}; RUN/student left as it was")
         lost = None if force else _lost_comparison(run_dir, target)
         if lost is not None:
             rid, reason = lost
