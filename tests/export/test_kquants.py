@@ -270,7 +270,7 @@ def test_cli_takes_a_mix_by_its_ollama_name(wide_student, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     out = tmp_path / "run" / "export" / "gguf"
     assert sorted(p.name for p in out.iterdir() if p.suffix != ".md") == [
-        ".potstill-export", "Modelfile.q4_k_m", "export.json", "student-q4_k_m.gguf"]
+        ".potstill-export", "Modelfile.q4_k_m", "NOTICE", "export.json", "student-q4_k_m.gguf"]
     bad = subprocess.run([sys.executable, "-m", "potstill.cli", "export", "-c", "potstill.yaml", "--format", "gguf",
                           "--export.gguf_types", "[q3_k_s]"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "gguf_types" in bad.stderr
