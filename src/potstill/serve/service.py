@@ -35,11 +35,11 @@ from potstill.progress import say
 from potstill.records import read_records
 from potstill.serve.calibration import _servable, calibrate_run
 from potstill.serve.escalation import TeacherSide
-from potstill.serve.teacher_queue import TeacherQueue
 from potstill.serve.engine import Batcher, RefusedChat, ServedStudent, StudentAnswer, first_stop
 from potstill.serve.formats import answer_problem, format_schema
 from potstill.serve.routing import Routing, ood_distance
 from potstill.serve.streaming import LiveText, openai_logprob
+from potstill.serve.teacher_queue import TeacherQueue
 from potstill.tasks import Task, get_task
 from potstill.teachers import Response, Teacher, get_teacher
 from potstill.serve.tool_routing import as_asked, reshaped, student_calls, student_tools_answer
