@@ -111,7 +111,12 @@ class Synthesis:
 def synthesis_teacher(cfg: Config) -> tuple[Teacher, PromptTask]:
     """The run's teacher set up to write inputs rather than answer them, and the task it runs."""
     s = cfg.synthesize
-    update: dict[str, Any] = {"temperature": s.temperature, "max_tokens": s.max_tokens, "logprobs": 0}
+    # structured_outputs off, and (below) a free-text task without tools, schema or grammar: a request
+    # carrying the task's tools (a call required) or its response format holds a compliant teacher
+    # (OpenAI, vLLM) to a call or a JSON object, never the <input> block asked for. prompt() describes
+    # them in its text instead.
+    update: dict[str, Any] = {"temperature": s.temperature, "max_tokens": s.max_tokens, "logprobs": 0,
+                              "structured_outputs": "off"}
     completion = cfg.teacher.prompt_format == "completion"
     if completion:
         # A base model continues text: the prompt ends with "<input>" and carries no task instruction
@@ -120,7 +125,8 @@ def synthesis_teacher(cfg: Config) -> tuple[Teacher, PromptTask]:
         update.update(answer_prefix="<input>", few_shot=cfg.teacher.few_shot.model_copy(update={"k": 0}),
                       stop=["</input>", "<input>"])
     tcfg = cfg.teacher.model_copy(update=update)
-    task = PromptTask(cfg.task.model_copy(update={"instruction": ""}) if completion else cfg.task)
+    free: dict[str, Any] = {"type": "freetext", "tools": None, "json_schema": None, "grammar": None}
+    task = PromptTask(cfg.task.model_copy(update={**free, "instruction": ""} if completion else free))
     return get_teacher(tcfg, task), task
 
 

@@ -1,0 +1,110 @@
+"""What a synthesis request asks of the teacher, against a loopback teacher on 127.0.0.1 that honours
+a request's constraints as OpenAI and vLLM do: ``tool_choice: required`` gets a tool call back
+(content null), a ``response_format`` json_schema a JSON object, anything else an <input> block."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from fastapi import FastAPI
+
+from potstill.config import load_config
+from potstill.records import Record
+from potstill.synthesize import Slot, prompt
+from potstill.synthesize.stage import synthesis_teacher, synthesize_stage
+from tests.helpers.live_server import LiveServer
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "The current weather in a city.",
+                                           "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                                                          "required": ["city"]}}},
+         {"type": "function", "function": {"name": "set_timer", "description": "Start a countdown timer.",
+                                           "parameters": {"type": "object", "properties": {"minutes": {"type": "integer"}},
+                                                          "required": ["minutes"]}}}]
+SCHEMA = {"type": "object", "properties": {"vendor": {"type": "string"}, "total": {"type": "number"}},
+          "required": ["vendor", "total"], "additionalProperties": False}
+TOOLS_TASK = {"type": "tools", "instruction": "Call the one tool the user's request needs.", "tools": TOOLS}
+EXTRACTION_TASK = {"type": "extraction", "instruction": "Extract vendor and total as JSON.", "json_schema": SCHEMA}
+
+
+def compliant_app(bodies: list[dict[str, Any]], refuse: str | None = None) -> FastAPI:
+    """``refuse``: a cell whose requests get OpenAI's ``message.refusal`` (content null)."""
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    def chat(body: dict[str, Any]) -> Any:
+        bodies.append(body)
+        tag = re.search(r"\(request (\S+)#(\d+)\)", body["messages"][-1]["content"])
+        msg: dict[str, Any] = {"role": "assistant"}
+        finish = "stop"
+        if refuse and tag and tag.group(1) == refuse:
+            msg.update(content=None, refusal="I can't help with that.")
+        elif body.get("tool_choice") == "required" and body.get("tools"):
+            msg.update(content=None, tool_calls=[{"id": "call_1", "type": "function", "function": {
+                "name": body["tools"][0]["function"]["name"], "arguments": '{"city": "Rome"}'}}])
+            finish = "tool_calls"
+        elif (body.get("response_format") or {}).get("type") == "json_schema":
+            msg["content"] = json.dumps({"vendor": "ACME", "total": 12.5})
+        else:
+            rng = random.Random(tag.group(0) if tag else "")
+            words = " ".join(f"{rng.choice(['alpha', 'bravo', 'delta', 'kilo', 'lima'])}{rng.randrange(1000)}"
+                             for _ in range(20))
+            msg["content"] = f"<input>Please handle this: {words}.</input>"
+        n = body.get("n", 1)
+        return {"id": "c", "object": "chat.completion", "created": int(time.time()), "model": body["model"],
+                "choices": [{"index": i, "message": msg, "finish_reason": finish} for i in range(n)],
+                "usage": {"prompt_tokens": 100, "completion_tokens": 40 * n, "total_tokens": 100 + 40 * n}}
+
+    return app
+
+
+def project(tmp: Path, url: str, task: dict[str, Any], teacher: dict[str, Any] | None = None,
+            generate: dict[str, Any] | None = None, **synth: Any) -> Path:
+    cfg = {"run_dir": "run", "task": task,
+           "teacher": {"type": "openai", "model": "writer-1", "base_url": url + "/v1", "api_key_env": "",
+                       "max_retries": 0, "price": {"input_per_mtok": 1.0, "output_per_mtok": 4.0}, **(teacher or {})},
+           "generate": generate or {}, "synthesize": {"n": 4, "max_rounds": 2, **synth}}
+    (tmp / "potstill.yaml").write_text(yaml.safe_dump(cfg))
+    return tmp / "potstill.yaml"
+
+
+@pytest.mark.parametrize("task, teacher", [(TOOLS_TASK, {}), (EXTRACTION_TASK, {"structured_outputs": "on"})],
+                         ids=["tools", "extraction-structured"])
+def test_a_tools_or_structured_task_gets_inputs_not_its_own_calls_or_json(tmp_path, task, teacher):
+    """The synthesis request carried the task's tools (a call required) or its json_schema response
+    format, so a compliant teacher answered a call or a JSON object and the stage always failed with
+    "no usable input"; the tools and the schema are described in the prompt's text instead."""
+    bodies: list[dict[str, Any]] = []
+    with LiveServer(compliant_app(bodies)) as srv:
+        synthesize_stage(load_config(project(tmp_path, srv.url, task, teacher)))
+    card = json.loads((tmp_path / "run" / "synthesize.json").read_text())
+    assert card["quotas_met"] and card["written"] == 4
+    assert bodies and not any({"tools", "tool_choice", "parallel_tool_calls", "response_format"} & set(b) for b in bodies)
+    text = bodies[0]["messages"][-1]["content"]
+    assert ("get_weather" in text) if task["type"] == "tools" else ('"vendor"' in text)
+
+
+GRAMMAR_TASK = {"type": "freetext", "instruction": "Answer yes or no.", "grammar": 'root ::= "yes" | "no"'}
+
+
+@pytest.mark.parametrize("kind, task", [("anthropic", TOOLS_TASK), ("anthropic", EXTRACTION_TASK), ("local", GRAMMAR_TASK)],
+                         ids=["anthropic-tools", "anthropic-extraction-structured", "local-grammar-structured"])
+def test_anthropic_and_local_synthesis_requests_carry_no_tools_or_format(tmp_path, kind, task):
+    """The Anthropic and local teachers build their requests through the same task_tools/structured
+    path as the OpenAI one (a local teacher decodes under a free-text task's grammar when
+    structured_outputs is on and it samples greedily, which would hold it to "yes" or "no"; above
+    temperature 0 it cannot, and synthesize was refused outright). A request is built, not sent:
+    the local model is never loaded."""
+    so = "off" if task["type"] == "tools" else "on"
+    model = str(tmp_path / "model") if kind == "local" else "claude-haiku-4-5-20251001"
+    cfg = load_config(project(tmp_path, "http://127.0.0.1:9", task, {"type": kind, "model": model, "structured_outputs": so},
+                                  temperature=0))
+    teacher, _ = synthesis_teacher(cfg)
+    req = teacher.request(Record(messages=prompt(cfg.task, Slot("all", 0, None, None, None, None, []))))
+    assert not {"tools", "tool_choice", "response_format", "output_config", "json_schema"} & set(req), sorted(req)
