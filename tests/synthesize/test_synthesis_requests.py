@@ -108,3 +108,23 @@ def test_anthropic_and_local_synthesis_requests_carry_no_tools_or_format(tmp_pat
     teacher, _ = synthesis_teacher(cfg)
     req = teacher.request(Record(messages=prompt(cfg.task, Slot("all", 0, None, None, None, None, []))))
     assert not {"tools", "tool_choice", "response_format", "output_config", "json_schema"} & set(req), sorted(req)
+
+
+def test_a_refused_cell_is_rejections_and_the_stage_ends(tmp_path, capsys):
+    """Refusals counted as failed calls: the stage stopped with "Rerun to retry them", but the ledger
+    never sends a refused request again (unless generate.retry_refusals), so every rerun sent nothing
+    and failed the same way. They are rejections now: what was kept is written, the quotas unmet."""
+    bodies: list[dict[str, Any]] = []
+    task = {"type": "classification", "labels": ["sports", "tech", "politics"], "instruction": "Topic."}
+    with LiveServer(compliant_app(bodies, refuse="politics")) as srv:
+        cfg = load_config(project(tmp_path, srv.url, task, n=6))
+        synthesize_stage(cfg)
+        sent = len(bodies)
+        synthesize_stage(cfg)  # done: nothing asked again
+    assert len(bodies) == sent == 8  # 6 in round one, then politics' 2 again in round two
+    card = json.loads((tmp_path / "run" / "synthesize.json").read_text())
+    assert card["rejected_by_reason"] == {"teacher refused": 4} and card["written"] == 4 and not card["quotas_met"]
+    assert card["cells"]["politics"]["kept"] == 0
+    assert "I can't help with that." in card["rejected_examples"][0]["text"]
+    said = " ".join(capsys.readouterr().err.split())
+    assert "the teacher refused 4 requests" in said and "generate.retry_refusals" in said and "QUOTAS NOT MET" in said

@@ -87,6 +87,10 @@ class Synthesis:
 
     def take(self, sl: Slot, rec: Record, teacher_name: str) -> None:
         """Screen one answered request and keep its input if it passes."""
+        if rec.output is None and str(rec.invalid_reason).startswith("teacher refused"):
+            # Billed, and not sent again (unless generate.retry_refusals): a rejection, not a failed
+            # call to rerun for, which would fail the same way every time.
+            return self.reject("teacher refused", sl, str(rec.invalid_reason))
         if rec.output is None:
             self.errors += 1
             self.first_error = self.first_error or str(rec.invalid_reason)
@@ -239,6 +243,9 @@ def synthesize_body(cfg: Config, run: RunDir) -> dict[str, Any]:
         raise PotstillError(f"synthesize: {syn.errors} teacher calls failed ({syn.first_error}) and quotas are not met "
                             f"({', '.join(f'{c}: {k} of {q}' for c, (k, q) in short.items())}); {out_path} holds "
                             "what was kept. Rerun to retry them; answered requests are cached")
+    if syn.rejected["teacher refused"] and short:
+        say(f"[yellow]synthesize: the teacher refused {syn.rejected['teacher refused']} requests; a refused request "
+            "is billed and not sent again unless generate.retry_refusals: true[/yellow]")
     say(f"synthesize: {summary['written']} inputs written, {summary['rejected']} rejected "
         f"({', '.join(f'{k}: {v}' for k, v in syn.rejected.items()) or 'none'}), {syn.calls} teacher calls, "
         f"${syn.cost_usd:.4f}; {'quotas met' if summary['quotas_met'] else 'QUOTAS NOT MET'}; -> {out_path}")
