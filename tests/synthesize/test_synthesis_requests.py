@@ -128,3 +128,16 @@ def test_a_refused_cell_is_rejections_and_the_stage_ends(tmp_path, capsys):
     assert "I can't help with that." in card["rejected_examples"][0]["text"]
     said = " ".join(capsys.readouterr().err.split())
     assert "the teacher refused 4 requests" in said and "generate.retry_refusals" in said and "QUOTAS NOT MET" in said
+
+
+def test_generate_n_does_not_multiply_synthesis_requests(tmp_path):
+    """generate.n (samples voted on for a label) went into every synthesis request: each asked and paid
+    for n inputs and kept one."""
+    bodies: list[dict[str, Any]] = []
+    task = {"type": "classification", "labels": ["sports", "tech"], "instruction": "Topic."}
+    with LiveServer(compliant_app(bodies)) as srv:
+        synthesize_stage(load_config(project(tmp_path, srv.url, task, generate={"n": 5}, n=4)))
+    assert len(bodies) == 4 and all(b.get("n", 1) == 1 for b in bodies)
+    card = json.loads((tmp_path / "run" / "synthesize.json").read_text())
+    # 100 prompt + 40 completion tokens a request at $1 and $4 per Mtok: $0.00026 each.
+    assert card["written"] == 4 and card["cost_usd_this_run"] == pytest.approx(4 * (100 * 1.0 + 40 * 4.0) / 1e6)

@@ -14,7 +14,7 @@ from typing import Any
 
 from rich.markup import escape
 
-from potstill.config import Config
+from potstill.config import Config, GenerateConfig
 from potstill.errors import PotstillError
 from potstill.generate import check_settings, label_records
 from potstill.progress import say
@@ -134,6 +134,12 @@ def synthesis_teacher(cfg: Config) -> tuple[Teacher, PromptTask]:
     return get_teacher(tcfg, task), task
 
 
+def synthesis_settings(cfg: Config) -> GenerateConfig:
+    """generate's settings for synthesis requests: one sample each. generate.n votes on labels; a
+    synthesis request keeps one input, so n samples would be paid for and n - 1 thrown away."""
+    return cfg.generate.model_copy(update={"n": 1})
+
+
 def synthesize(cfg: Config, seeds: list[Record], tests: list[str], ledger: Any,
                made: tuple[Teacher, PromptTask], own_tests: Sequence[str] = ()) -> Synthesis:
     """Run the plan's rounds through ``teacher`` (``synthesis_teacher``) and the ledger until every
@@ -148,7 +154,7 @@ def synthesize(cfg: Config, seeds: list[Record], tests: list[str], ledger: Any,
             if not slots:
                 break
             records = [Record(messages=prompt(cfg.task, sl, completion)) for sl in slots]
-            gcfg = cfg.generate
+            gcfg = synthesis_settings(cfg)
             if gcfg.budget_usd is not None:
                 # The budget is the whole stage's: each round may spend only what earlier rounds left.
                 gcfg = gcfg.model_copy(update={"budget_usd": max(0.0, gcfg.budget_usd - syn.cost_usd)})
@@ -226,7 +232,7 @@ def synthesize_body(cfg: Config, run: RunDir) -> dict[str, Any]:
     # Made before the ledger is created, as generate's: a teacher that cannot be made leaves no
     # empty calls.sqlite (nor a new run directory holding only that).
     made = synthesis_teacher(cfg)
-    check_settings(made[0], cfg.generate)  # label_records checks them too, once the ledger exists
+    check_settings(made[0], synthesis_settings(cfg))  # label_records checks them too, once the ledger exists
     with run.ledger() as ledger:
         syn = synthesize(cfg, seeds, tests, ledger, made, own)
     if syn.errors and not syn.answers:
