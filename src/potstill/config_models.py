@@ -38,7 +38,9 @@ class SynthesizeConfig(Section):
     cells: list[str] = Field(
         default_factory=list, description="Plan cells to fill (default: task.labels for classification, else one cell 'all')."
     )
-    quotas: dict[str, int] = Field(default_factory=dict, description="Inputs to keep per cell (default: n split evenly).")
+    quotas: dict[str, Annotated[int, Field(ge=0)]] = Field(
+        default_factory=dict, description="Inputs to keep per cell (default: n split evenly)."
+    )
     topics: list[str] = Field(default_factory=list, description="Topics to rotate through in the prompts.")
     lengths: list[str] = Field(
         default_factory=lambda: ["one or two sentences", "a short paragraph", "several paragraphs"],
@@ -60,6 +62,16 @@ class SynthesizeConfig(Section):
     )
     max_rounds: int = Field(3, ge=1, description="Rounds of requests to refill cells whose candidates were rejected.")
     seed: int = Field(0, description="Seed of the plan (which topic, length, style and exemplars each request gets).")
+
+    @field_validator("cells")
+    @classmethod
+    def _unique_cells(cls, cells: list[str]) -> list[str]:
+        # n is split over the cells by name: a cell named twice shared one quota, and fewer than n were
+        # written under "quotas met".
+        twice = next((c for i, c in enumerate(cells) if c in cells[:i]), None)
+        if twice is not None:
+            raise ValueError(f"cell {twice!r} is named twice; name each cell once")
+        return cells
 
 
 class PilotConfig(Section):

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import random
+import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,8 @@ from potstill.records import Record
 from potstill.synthesize import Slot, prompt
 from potstill.synthesize.stage import synthesis_teacher, synthesize_stage
 from tests.helpers.live_server import LiveServer
+
+ROOT = Path(__file__).resolve().parents[2]
 
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "The current weather in a city.",
                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
@@ -141,3 +146,19 @@ def test_generate_n_does_not_multiply_synthesis_requests(tmp_path):
     card = json.loads((tmp_path / "run" / "synthesize.json").read_text())
     # 100 prompt + 40 completion tokens a request at $1 and $4 per Mtok: $0.00026 each.
     assert card["written"] == 4 and card["cost_usd_this_run"] == pytest.approx(4 * (100 * 1.0 + 40 * 4.0) / 1e6)
+
+
+@pytest.mark.parametrize("synth, said", [
+    ({"quotas": {"sports": -3, "tech": 2}}, "synthesize.quotas.sports: Input should be greater than or equal to 0"),
+    ({"cells": ["sports", "sports", "tech"]}, "synthesize.cells: cell 'sports' is named twice"),
+])
+def test_a_negative_quota_or_a_cell_named_twice_is_one_line(tmp_path, synth, said):
+    """A negative quota was accepted (the card reported it, "quotas met"), and cells [sports, sports,
+    tech] with n 9 split n into two cells and wrote 6 under "quotas met"."""
+    task = {"type": "classification", "labels": ["sports", "tech"], "instruction": "Topic."}
+    project(tmp_path, "http://127.0.0.1:9", task, n=9, **synth)
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}:{ROOT}"}
+    p = subprocess.run([sys.executable, "-m", "potstill.cli", "synthesize", "-c", "potstill.yaml"], cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and said in p.stderr and "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
