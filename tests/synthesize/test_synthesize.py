@@ -226,6 +226,11 @@ def test_the_budget_caps_all_rounds_together(tmp_path):
     with Ledger(tmp_path / "run" / "calls.sqlite") as ledger:
         spent = sum(r["cost_usd"] for r in ledger.rows(role="teacher", stage="synthesize"))
     assert 12 * 0.0004 <= spent <= 0.006 + 1e-12 and sum(seen.values()) <= 15
+    # What was paid for and kept is written, as generate writes what was answered (it wrote nothing).
+    card = json.loads((tmp_path / "run" / "synthesize.json").read_text())
+    kept = read_records(tmp_path / "run" / "synthetic.jsonl")[3:]
+    assert not card["quotas_met"] and 0 < card["written"] == len(kept) < 12
+    assert card["requests"] == card["written"] + card["rejected"] and card["rejected_by_reason"]["not sent: budget reached"]
 
 
 def test_kill_9_then_resume_pays_nothing_twice(tmp_path):

@@ -70,6 +70,7 @@ class Synthesis:
         self.calls = 0
         self.errors = 0  # teacher calls that failed (not cached: a rerun asks them again)
         self.first_error = ""
+        self.budget_stopped = False
 
     def next_slots(self) -> list[Slot]:
         slots = []
@@ -164,8 +165,8 @@ def synthesize(cfg: Config, seeds: list[Record], tests: list[str], ledger: Any,
             for sl, rec in zip(slots, answered):
                 syn.take(sl, rec, teacher.model_name)
             if stats.budget_stopped:
-                raise PotstillError(f"synthesize: budget of ${cfg.generate.budget_usd:g} reached; rerun with a higher "
-                                    "generate.budget_usd (answered requests are cached)")
+                syn.budget_stopped = True  # synthesize_body writes what was kept, then stops
+                break
             if stats.errors == len(slots) or stats.halted:
                 break  # a server down, a wrong key, a cell it refuses: more rounds would only fail again
             if rnd == 0 and syn.answers and syn.usable < MIN_USABLE * syn.answers:
@@ -235,7 +236,7 @@ def synthesize_body(cfg: Config, run: RunDir) -> dict[str, Any]:
     check_settings(made[0], synthesis_settings(cfg))  # label_records checks them too, once the ledger exists
     with run.ledger() as ledger:
         syn = synthesize(cfg, seeds, tests, ledger, made, own)
-    if syn.errors and not syn.answers:
+    if syn.errors and not syn.answers and not syn.budget_stopped:
         raise PotstillError(f"synthesize: all {syn.errors} teacher calls failed ({syn.first_error}); "
                             "nothing written. Rerun to retry them")
     real = [r.model_copy(update={"slice": [*r.slice, "real"]}) for r in seeds]
@@ -244,6 +245,11 @@ def synthesize_body(cfg: Config, run: RunDir) -> dict[str, Any]:
     summary = card(syn, cfg.teacher.model or cfg.teacher.type, len(seeds), len(tests) + len(own))
     write_json(run / "synthesize.json", summary)
     short = {c: (len(syn.kept[c]), q) for c, q in syn.quota.items() if len(syn.kept[c]) < q}
+    if syn.budget_stopped:
+        # As generate writes the records answered before its budget stop: these inputs are paid for.
+        raise PotstillError(f"synthesize: budget of ${cfg.generate.budget_usd:g} reached; {out_path} holds the "
+                            f"{summary['written']} inputs kept so far. Rerun with a higher generate.budget_usd "
+                            "(answered requests are cached)")
     if syn.errors and short:
         # Not marked done: failed requests are not cached, so the rerun asks them again (the rest is cached).
         raise PotstillError(f"synthesize: {syn.errors} teacher calls failed ({syn.first_error}) and quotas are not met "
