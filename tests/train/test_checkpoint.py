@@ -195,3 +195,19 @@ def test_checkpoints_under_fsdp_are_refused_before_any_loading(tiny_model, tmp_p
     with pytest.raises(PotstillError, match=r"train.checkpoint_every is not supported under FSDP"):
         train(lm, student_format(lm, task), task, records, [], cfg, 64, tmp_path / "student", tmp_path / "m.jsonl")
     assert not (tmp_path / "student").exists()
+
+
+def test_another_teacher_in_the_same_folder_trains_anew(tiny_model, tiny_model_b, tmp_path):
+    """train.teacher_model names a folder; the checkpoints' fingerprint held that path, not the
+    weights, so another model saved there resumed the first teacher's run (a student distilled from
+    two) or, with the first run finished, handed back its student untrained."""
+    import shutil
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_model_b, teacher)
+    first = run(str(tiny_model), str(tmp_path / "run"), teacher_model=str(teacher))
+    assert first["resumed_from_step"] is None and first["steps"] == 9
+    shutil.rmtree(teacher)
+    shutil.copytree(tiny_model, teacher)  # another model (the same vocabulary) under the same path
+    again = run(str(tiny_model), str(tmp_path / "run"), teacher_model=str(teacher))
+    assert again["resumed_from_step"] is None and again["steps"] == 9

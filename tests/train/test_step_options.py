@@ -188,8 +188,20 @@ def test_lora_adapters_go_where_lora_targets_says(tiny_model, tmp_path):
 
 def test_a_lora_target_the_student_lacks_is_one_line(tiny_model, tmp_path):
     with pytest.raises(PotstillError, match=r"train.lora_targets: query_key_value names no linear layer of this "
-                                            r"student \(its linear layers: down_proj, gate_proj, k_proj, lm_head"):
+                                            r"student \(its linear layers: down_proj, gate_proj, k_proj, o_proj"):
         _run(tiny_model, tmp_path, method="lora", lora_targets=["q_proj", "query_key_value"])
+
+
+def test_an_adapter_on_the_output_head_is_refused(tiny_model, tmp_path):
+    """The loss reads the output head as a plain weight: an adapter there never trained (alone, the
+    first step raised "element 0 of tensors does not require grad"; beside q_proj, it stayed zero
+    and was saved as trained), and the list of valid targets named lm_head."""
+    with pytest.raises(PotstillError, match=r"train.lora_targets: lm_head is the output head") as e:
+        _run(tiny_model, tmp_path / "a", method="lora", lora_targets=["q_proj", "lm_head"])
+    assert "\n" not in str(e.value)
+    with pytest.raises(PotstillError, match=r"its linear layers: ") as e:
+        _run(tiny_model, tmp_path / "b", method="lora", lora_targets=["q_proj", "qkv"])
+    assert "lm_head" not in str(e.value)
 
 
 def test_max_steps_sets_the_number_of_steps(tiny_model, tmp_path):

@@ -141,6 +141,9 @@ def test_bad_kd_settings_are_clear_errors(tiny_model, tmp_path):
     for cfg, msg in [(TrainConfig(onpolicy_fraction=0.5), "needs train.teacher_model"),
                      (TrainConfig(objective="kd", kd_signal="logits"), "needs train.teacher_model"),
                      (TrainConfig(objective="kd", kd_signal="topk"), "no training record carries logprobs"),
+                     # auto on free text with no local teacher and no logprobs: it named kd_signal labels,
+                     # a setting nobody made
+                     (TrainConfig(objective="kd"), "kd_signal auto found no teacher signal for this task"),
                      (TrainConfig(method="qlora"), "qlora needs a CUDA GPU" if lm.device.type != "cuda" else
                       "qlora needs bitsandbytes")]:
         if cfg.method == "qlora" and lm.device.type == "cuda" and importlib.util.find_spec("bitsandbytes"):

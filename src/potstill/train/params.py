@@ -37,7 +37,18 @@ def apply_lora(model: Any, cfg: TrainConfig) -> Any:
 
     targets = cfg.lora_targets
     if targets != "all-linear":
-        names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        head = model.get_output_embeddings()
+        heads = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if head is not None and m is head}
+        # The loss reads the output head as a plain weight (the chunked KD and label heads never run the
+        # module), so an adapter there never trained: on its own, the first step raised "element 0 of
+        # tensors does not require grad"; beside others, it stayed zero and was saved as trained.
+        # ("all-linear" leaves the head out, as PEFT has it.)
+        on_head = sorted(set(targets) & heads)
+        if on_head:
+            raise PotstillError(f"train.lora_targets: {', '.join(on_head)} is the output head, which potstill's loss "
+                                "reads as a plain weight: an adapter there would never train; leave it out")
+        names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                 if isinstance(m, torch.nn.Linear) and m is not head}
         missing = sorted(set(targets) - names)
         if missing:  # PEFT names only the first miss, after building the model's wrapper
             raise PotstillError(f"train.lora_targets: {', '.join(missing)} name{'s' if len(missing) == 1 else ''} no "

@@ -64,6 +64,11 @@ def resolve_signal(cfg: TrainConfig, task: Task, records: list[Record]) -> str |
     if cfg.objective != "kd":
         return None
     sig = auto_signal(cfg, task, records) if cfg.kd_signal == "auto" else cfg.kd_signal
+    if cfg.kd_signal == "auto" and sig == "labels" and not task.labels:
+        # Else the refusal below named kd_signal labels, a setting the user never made.
+        raise PotstillError("train.objective kd: kd_signal auto found no teacher signal for this task: set "
+                            "train.teacher_model (a local same-tokenizer teacher's logits), generate with "
+                            "teacher.logprobs (top-k logprobs), or set train.objective sft")
     if sig == "logits" and not cfg.teacher_model:
         raise PotstillError("train.kd_signal logits needs train.teacher_model (a local same-tokenizer teacher)")
     if sig == "labels" and not task.labels:

@@ -331,7 +331,11 @@ def _resume(s: _Setup, lm: LM, cfg: TrainConfig, max_length: int, out_dir: Path,
                                                            *(() if cfg.keep_best or cfg.early_stopping_patience
                                                              else ("eval_every",))}),
                             "data": [(e.ids, e.n_prompt, e.teacher_logprobs, e.topk) for e in s.examples],
-                            "max_length": max_length, "world": s.accel.num_processes, "model": lm.identity})
+                            "max_length": max_length, "world": s.accel.num_processes, "model": lm.identity,
+                            # The KD teacher by its weights, not train.teacher_model's path: another model
+                            # saved in the same folder resumed the first teacher's run (the student then
+                            # distilled from two), or returned its finished student untrained.
+                            **({"teacher": s.teacher.lm.identity} if s.teacher is not None else {})})
     if cfg.resume:
         # The main process decides (it alone writes final.json and may prune the student dir).
         done = checkpoint.finished(ckpt_dir, fingerprint, out_dir, metrics_path) if s.accel.is_main_process else None
