@@ -496,11 +496,13 @@ def load_service(run_dir: Path, cfg: Config, recalibrate: bool = False, ledger_p
     t0 = time.perf_counter()
     try:
         engine = _served(cfg, str(path), task, device, run_dir)
-        routing, reference = calibrate_run(run_dir, cfg, engine, task, force=recalibrate)
     except PotstillError:
         raise
     except Exception as e:  # noqa: BLE001 - as _load_live says it for a hot swap: one line, not a traceback
         raise PotstillError(f"cannot load {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]) from None
+    # Outside the student's load: a calibration that fails (its cache cannot be written) is no fault of
+    # the student's, and says so itself.
+    routing, reference = calibrate_run(run_dir, cfg, engine, task, force=recalibrate)
     st = routing.stats
     say(f"serve: student loaded and routing calibrated in {time.perf_counter() - t0:.1f} s; on val: "
         f"{st['val_escalation']:.0%} escalated, agreement {st['val_agreement']:.3f} "
