@@ -118,6 +118,13 @@ def url_secrets(url: str | None) -> list[str]:
     return [token, password, unquote(password)]
 
 
+def cannot_load(what: str, e: BaseException) -> PotstillError:
+    """One line for a model that fails to load (weights cut short, a config that no longer fits
+    them): ``what`` (its path, "the champion PATH"), the error's type and first line."""
+    first = str(e).splitlines()[0] if str(e) else ""
+    return PotstillError(f"cannot load {what}: {type(e).__name__}: {first}"[:300])
+
+
 def compile_failed(section: str, e: BaseException) -> PotstillError:
     """One line for a failure of ``torch.compile`` under ``<section>.compile`` (inductor's own
     messages run to pages): its type and first line, and the setting that turns it off."""

@@ -40,7 +40,7 @@ from potstill import tracking, tracking_live
 from potstill.config import Config
 from potstill.curate import Curated, curate
 from potstill.curate.dedup import conversation, dedup_key, find_duplicates
-from potstill.errors import PotstillError
+from potstill.errors import PotstillError, cannot_load
 from potstill.hashing import hash_obj
 from potstill.ledger import Ledger
 from potstill.models.loading import load_lm
@@ -85,8 +85,7 @@ def _answers(path: Path, task: Task, sets: dict[str, list[Record]], batch_size: 
     except PotstillError:
         raise
     except Exception as e:  # noqa: BLE001 - what _check_run's header check cannot see (as serve's hot swap says it)
-        raise PotstillError(f"cannot load the {who} {path}: {type(e).__name__}: "
-                            f"{str(e).splitlines()[0] if str(e) else ''}"[:300]) from None
+        raise cannot_load(f"the {who} {path}", e) from None
     try:
         return {name: predict(lm, task, rs, batch_size=batch_size, desc=f"redistill: {who} on {name}").parsed
                 for name, rs in sets.items()}

@@ -26,7 +26,7 @@ import torch
 from rich.markup import escape
 
 from potstill.config import Config
-from potstill.errors import PotstillError, redact
+from potstill.errors import PotstillError, cannot_load, redact
 from potstill.engines import section_engine
 from potstill.engines.calibration import weights_of
 from potstill.ledger import Ledger, ServedCall
@@ -481,7 +481,7 @@ def _load_live(run_dir: Path, cfg: Config, task: Task, device: str, path: str) -
     except PotstillError:
         raise
     except Exception as e:  # noqa: BLE001 - a broken promotion is the caller's one-line error, not a crash
-        raise PotstillError(f"cannot load {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]) from None
+        raise cannot_load(str(path), e) from None
     return Live(engine.served_name, path, engine, routing, reference, cfg.serve.batch_size, cfg.serve.batch_wait_ms)
 
 
@@ -499,7 +499,7 @@ def load_service(run_dir: Path, cfg: Config, recalibrate: bool = False, ledger_p
     except PotstillError:
         raise
     except Exception as e:  # noqa: BLE001 - as _load_live says it for a hot swap: one line, not a traceback
-        raise PotstillError(f"cannot load {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]) from None
+        raise cannot_load(str(path), e) from None
     # Outside the student's load: a calibration that fails (its cache cannot be written) is no fault of
     # the student's, and says so itself.
     routing, reference = calibrate_run(run_dir, cfg, engine, task, force=recalibrate)
