@@ -8,20 +8,17 @@ or ``reference``, ``slice`` tags, and ``meta`` (provenance: teacher model, token
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
 import re
-import shutil
-import tempfile
-from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, TextIO
+from typing import Any, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from potstill import leftovers
+from potstill.atomic import (  # noqa: F401  (re-exported: records kept the writers before atomic.py)
+    atomic_dir, atomic_files, atomic_write, dump_jsonl, finishing, write_json, write_jsonl, write_text,
+)
 from potstill.errors import PotstillError
 from potstill.hub_files import is_hub_file, local_file
 from potstill.responses_format import surrogate_at
@@ -447,155 +444,6 @@ def read_records(path: str | Path) -> list[Record]:
     return [r for _, r in read_numbered(path)]
 
 
-def _existing_folder(path: Path) -> Path:
-    """The nearest folder above ``path`` that exists. A file (or a dangling link) in the way is the
-    error ``mkdir`` names for it, said now, not after the whole write."""
-    folder = path.parent
-    while not folder.is_dir():
-        if folder.exists() or folder.is_symlink():
-            path.parent.mkdir(parents=True, exist_ok=True)  # raises FileExistsError / NotADirectoryError
-        folder = folder.parent
-    return folder
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | Path) -> Iterator[TextIO]:
-    """Open a temp file beside ``path`` for writing; on success it is renamed over ``path``.
-
-    A crash mid-write leaves the previous file (or none), never a half-written one; the temp file of
-    a writer killed outright is removed by the next write of ``path`` (``leftovers``). Folders missing
-    above ``path`` are made only when the write succeeds: until then the temp file waits in the
-    nearest folder that exists (the same file system, so the rename stays atomic), so a failed write
-    (an import of a bad file to ``-o new/dir/records.jsonl``) leaves no new empty folder either.
-    """
-    path = Path(path)
-    home = _existing_folder(path)
-    leftovers.remove(home, lambda name: name == path.name)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=home, prefix=f".{path.name}.{leftovers.owner()}.", suffix=".tmp")
-    except OSError as e:
-        # It names the temp file it could not make (/proc/.x.jsonl.oa7bui0h.tmp), which the user never
-        # heard of: the error is about the path they gave.
-        e.filename = str(path)
-        raise
-    made: list[Path] = []  # the folders this call made, outermost first
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            yield f
-        # mkstemp makes 0600 files; artifacts are ordinary files, readable like any other output.
-        os.chmod(tmp, 0o644)
-        missing, folder = [], path.parent
-        while folder != home and not folder.is_dir():
-            missing.append(folder)
-            folder = folder.parent
-        for d in reversed(missing):  # outermost first
-            try:
-                d.mkdir()
-                made.append(d)
-            except FileExistsError:  # another writer made it meanwhile: theirs, kept
-                if not d.is_dir():
-                    raise
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        for d in reversed(made):
-            try:
-                d.rmdir()
-            except OSError:  # another writer's file went in meanwhile
-                break
-        raise
-
-
-@contextlib.contextmanager
-def atomic_files(paths: Iterable[str | Path]) -> Iterator[dict[Path, TextIO]]:
-    """``atomic_write`` for artifacts that belong together (a stage's train/val/test): every temp
-    file is written before any replaces its path, so a failure midway (a full disk, an exception)
-    leaves all the previous files, never new ones beside old ones. Renames do not fail for want of
-    space; a kill between them is the only window left, microseconds rather than a whole write."""
-    with contextlib.ExitStack() as stack:
-        files = {Path(p): stack.enter_context(atomic_write(p)) for p in paths}
-        yield files
-        # ExitStack exits last-entered first: each atomic_write then renames its file into place.
-
-
-def _ordinary_modes(root: Path) -> None:
-    """The modes a plain ``mkdir`` and ``open`` would have given under the process's umask: mkdtemp
-    makes 0700 and some writers 0600 files, so a student trained by one user could not be served
-    (or a checkpoint read) by another account, as any other output can."""
-    umask = os.umask(0)
-    os.umask(umask)
-    root.chmod(0o777 & ~umask)
-    for p in root.rglob("*"):
-        if not p.is_symlink():
-            p.chmod((0o777 if p.is_dir() else 0o666) & ~umask | (p.stat().st_mode & 0o111 & ~umask))
-
-
-# (folder, fn) of the innermost ``finishing``.
-_FINISH: ContextVar[tuple[Path, Callable[[Path], None]] | None] = ContextVar("_FINISH", default=None)
-
-
-@contextlib.contextmanager
-def finishing(path: str | Path, fn: Callable[[Path], None]) -> Iterator[list[Path]]:
-    """While inside, an ``atomic_dir(path)`` written by code that knows nothing of the caller calls
-    ``fn(tmp)`` on its temp directory once it is written, before the rename, so that what ``fn`` adds
-    (export's model card and mark) appears with the rest or not at all. Yields the list of the temp
-    directories ``fn`` ran on: empty if nothing wrote ``path`` through ``atomic_dir``."""
-    ran: list[Path] = []
-
-    def record(tmp: Path) -> None:
-        fn(tmp)
-        ran.append(tmp)
-
-    token = _FINISH.set((Path(os.path.abspath(path)), record))
-    try:
-        yield ran
-    finally:
-        _FINISH.reset(token)
-
-
-@contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temp directory beside ``path``; on success it replaces ``path`` whole. The temp directory
-    of a writer killed outright (a model's size) is removed by the next write of ``path`` (``leftovers``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    leftovers.remove(path.parent, lambda name: name == path.name)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-{leftovers.owner()}-"))
-    try:
-        yield tmp
-        finish = _FINISH.get()
-        if finish is not None and finish[0] == Path(os.path.abspath(path)):
-            finish[1](tmp)
-        _ordinary_modes(tmp)
-        if path.is_symlink():  # a promoted student (RUN/student -> students/ID): the target is kept
-            path.unlink()
-        elif path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def write_jsonl(path: str | Path, rows: Iterable[Any]) -> int:
-    """Write rows as JSONL atomically (see ``atomic_write``); returns the number of rows."""
-    with atomic_write(path) as f:
-        return dump_jsonl(f, rows)
-
-
-def dump_jsonl(f: TextIO, rows: Iterable[Any]) -> int:
-    """Rows (records or plain objects) as JSON lines into ``f``; returns the number of rows."""
-    n = 0
-    for row in rows:
-        if isinstance(row, BaseModel):
-            f.write(row.model_dump_json(exclude_none=True))
-        else:
-            f.write(json.dumps(row, ensure_ascii=False))
-        f.write("\n")
-        n += 1
-    return n
-
-
 def read_json(path: str | Path) -> dict[str, Any]:
     """One JSON object from a file a stage wrote (``write_json``); a file cut short or edited into
     something else raises one error naming it."""
@@ -611,16 +459,3 @@ def read_json(path: str | Path) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise PotstillError(f"{path}: expected a JSON object, got {type(obj).__name__}")
     return obj
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    """Write one JSON document atomically (see ``atomic_write``)."""
-    with atomic_write(path) as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False, default=str)
-        f.write("\n")
-
-
-def write_text(path: str | Path, text: str) -> None:
-    """Write a text file atomically (see ``atomic_write``)."""
-    with atomic_write(path) as f:
-        f.write(text)
