@@ -195,6 +195,12 @@ def unpriced_provider_model(teacher: Teacher, gcfg: GenerateConfig) -> str | Non
 WINDOW = 1000
 
 
+def unsent(rec: Record) -> bool:
+    """A record ``label_records`` did not send (a budget reached, a halt): it waits for a rerun and
+    stays out of the output, where a failed or refused one is written with its reason."""
+    return (rec.invalid_reason or "").startswith("not sent")
+
+
 def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: Ledger, stage: str,
                   gcfg: GenerateConfig | None = None, beyond: list[Record] | None = None,
                   parent: int | None = None) -> tuple[list[Record], RunStats]:
@@ -292,8 +298,8 @@ def stream_labels(records: list[Record], task: Task, teacher: Teacher, ledger: L
                 rec.invalid_reason = f"teacher refused: {refused[h]}"[:500]
                 stats.refused += 1
             elif ans is None:
-                unsent = f"not sent: {stats.halted}"[:500] if stats.halted else "not sent: budget reached"
-                reason = f"teacher error: {errors[h]}" if h in errors else unsent
+                not_sent = f"not sent: {stats.halted}"[:500] if stats.halted else "not sent: budget reached"
+                reason = f"teacher error: {errors[h]}" if h in errors else not_sent
                 stats.unsent += h not in errors
                 rec.output, rec.valid, rec.invalid_reason = None, False, reason
             else:

@@ -8,7 +8,7 @@ from typing import Any
 
 from potstill.config import Config
 from potstill.errors import PotstillError
-from potstill.generate import check_settings, run_generate, stream_labels, unpriced_provider_model
+from potstill.generate import check_settings, run_generate, stream_labels, unpriced_provider_model, unsent
 from potstill.generate.tool_rounds import add_rounds, check_rounds
 from potstill.progress import say
 from potstill.ledger import Ledger
@@ -23,10 +23,6 @@ def generate_stage(cfg: Config, force: bool = False) -> dict[str, Any]:
     from potstill.pipeline import STAGES
 
     return STAGES["generate"].run(cfg, force)
-
-
-def _unsent(rec: Record) -> bool:
-    return (rec.invalid_reason or "").startswith("not sent")
 
 
 def _write_labelled(cfg: Config, records: list[Record], ledger: Ledger, teacher: Teacher,
@@ -44,7 +40,7 @@ def _write_labelled(cfg: Config, records: list[Record], ledger: Ledger, teacher:
             def emit(rec: Record) -> None:
                 if not first and (rec.invalid_reason or "").startswith("teacher error"):
                     first.append(rec.invalid_reason or "")
-                if not _unsent(rec):
+                if not unsent(rec):
                     dump_jsonl(f, (rec,))
 
             stats = stream_labels(records, task, teacher, ledger, "generate", emit, cfg.generate,
@@ -73,7 +69,7 @@ def generate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
             error = next((r.invalid_reason for r in labelled if (r.invalid_reason or "").startswith("teacher error")),
                          None)
             # Only answered records (committed to the ledger) reach the output; unsent ones wait for a rerun.
-            write_jsonl(run / "teacher.jsonl", [r for r in labelled if not _unsent(r)])
+            write_jsonl(run / "teacher.jsonl", [r for r in labelled if not unsent(r)])
         else:
             stats, error = _write_labelled(cfg, records, ledger, teacher, run / "teacher.jsonl")
     if stats.budget_stopped:

@@ -95,4 +95,6 @@ def _labelled(label_records: Any, records: list[Record], task: Any, make_teacher
     finally:
         teacher.close()
     stats.add_run(more)
-    return [r for r in done if not (r.invalid_reason or "").startswith("not sent")]
+    from potstill.generate import unsent
+
+    return [r for r in done if not unsent(r)]
