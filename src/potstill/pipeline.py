@@ -113,9 +113,18 @@ def run_all(cfg: Config, skip_pilot: bool = False, force: bool = False) -> dict[
     return {"results": results, "timings": timings}
 
 
+# Settings no synthesis request carries (synthesize.stage.synthesis_teacher, synthesis_settings): each
+# asks for one sample (generate.n votes on labels; a synthesis request keeps one input), under
+# synthesize.temperature and max_tokens, without logprobs or a response format; tool_rounds is
+# generate's. A changed one would rerun synthesize for the same requests, and its new card (0 calls
+# this run) would rerun curate.
+_NOT_SYNTHESIS = ("generate.n", "generate.tool_rounds", "teacher.temperature", "teacher.max_tokens",
+                  "teacher.logprobs", "teacher.structured_outputs")
+
 # Not one of `potstill run`'s stages: a user with few real inputs runs it first, then points
 # data.inputs at RUN/synthetic.jsonl. test.jsonl, when a run already has one, is kept away from.
 SYNTHESIZE = Stage(
     "synthesize", "Have the teacher write new inputs from the task, the labels and a few seeds (before generate).",
-    reads=("task", "teacher", "generate", "synthesize"), tunes=_GENERATE_TUNES, inputs=("test.jsonl",),
+    reads=("task", "teacher", "generate", "synthesize"), tunes=(*_GENERATE_TUNES, *_TEACHER_BILLING, *_NOT_SYNTHESIS),
+    inputs=("test.jsonl",),
     outputs=("synthetic.jsonl", "synthesize.json"), body="potstill.synthesize.stage:synthesize_body")

@@ -19,6 +19,7 @@ import yaml
 from fastapi import FastAPI
 
 from potstill.config import load_config
+from potstill.pipeline import SYNTHESIZE
 from potstill.records import Record
 from potstill.synthesize import Slot, prompt
 from potstill.synthesize.stage import synthesis_teacher, synthesize_stage
@@ -162,3 +163,35 @@ def test_a_negative_quota_or_a_cell_named_twice_is_one_line(tmp_path, synth, sai
                        env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and said in p.stderr and "Traceback" not in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("key, value", [
+    ("generate.n", 5), ("generate.tool_rounds", 2),
+    # Replaced in every synthesis request by synthesize.temperature / max_tokens, no logprobs, no format.
+    ("teacher.temperature", 0.7), ("teacher.max_tokens", 64), ("teacher.logprobs", 5),
+    ("teacher.structured_outputs", "on"),
+    # What a call costs is the ledger's record of it, as for generate; the terms go to the dataset card.
+    ("teacher.price.output_per_mtok", 8.0), ("teacher.terms", "no competing models"),
+])
+def test_a_setting_synthesis_requests_do_not_carry_leaves_synthesize_up_to_date(tmp_path, key, value):
+    """generate.n (no longer in a synthesis request) and the teacher's own sampling settings (replaced
+    by synthesize's) were in synthesize's fingerprint: changing one reran the stage, whose new card
+    (0 calls this run) then reran curate."""
+    bodies: list[dict[str, Any]] = []
+    task = {"type": "classification", "labels": ["sports", "tech"], "instruction": "Topic."}
+    with LiveServer(compliant_app(bodies)) as srv:
+        path = project(tmp_path, srv.url, task, n=4)
+        synthesize_stage(load_config(path))
+        cfg = yaml.safe_load(path.read_text())
+        section, *rest = key.split(".")
+        node = cfg.setdefault(section, {})
+        for part in rest[:-1]:
+            node = node.setdefault(part, {})
+        node[rest[-1]] = value
+        path.write_text(yaml.safe_dump(cfg))
+        again = synthesize_stage(load_config(path))
+    assert again["skipped"] and len(bodies) == 4
+    # What a synthesis request does carry still counts.
+    cfg["synthesize"]["temperature"] = 0.3
+    path.write_text(yaml.safe_dump(cfg))
+    assert not SYNTHESIZE.up_to_date(load_config(path))
