@@ -348,6 +348,17 @@ def _read_saved(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def instructions_aside(path: str | Path, records: list[Record], warn: bool = True) -> None:
+    """Move each record's system and developer messages to ``meta.system`` (``instructions_to_meta``),
+    saying in one line how many records had one: ``data.inputs`` before the teacher sees them, and
+    ``curate.real_data`` before the student trains on them."""
+    moved = sum(instructions_to_meta(r) for r in records)
+    if moved and warn:
+        say(f"[yellow]warning:[/yellow] {escape(str(path))}: {moved} of {len(records)} records have a "
+            "system or developer message; it is kept in meta.system, not sent: task.instruction is the system "
+            "message of every prompt (teacher, training, evaluate, serve)")
+
+
 def read_inputs(cfg: Config, warn: bool = True) -> list[tuple[int, Record]]:
     """``data.inputs`` with ``data.columns`` applied, class indices named (``data.label_names``) and
     each record's system and developer messages moved to ``meta.system`` (``instructions_to_meta``):
@@ -355,11 +366,7 @@ def read_inputs(cfg: Config, warn: bool = True) -> list[tuple[int, Record]]:
     and serve. ``warn``: say how many records had one."""
     numbered = read_numbered(cfg.data.inputs, cfg.data.columns)
     check_ids(cfg.data.inputs, numbered)
-    moved = sum(instructions_to_meta(r) for _, r in numbered)
-    if moved and warn:
-        say(f"[yellow]warning:[/yellow] {escape(str(cfg.data.inputs))}: {moved} of {len(numbered)} records have a "
-            "system or developer message; it is kept in meta.system, not sent: task.instruction is the system "
-            "message of every prompt (teacher, training, evaluate, serve)")
+    instructions_aside(cfg.data.inputs, [r for _, r in numbered], warn)
     names = cfg.data.label_names
     for lineno, r in numbered if names else ():
         if r.label is None:

@@ -223,3 +223,24 @@ def test_a_write_that_fails_midway_leaves_the_previous_split_whole(tmp_path, mon
         curate_stage(reseeded)
     assert {n: (run / n).read_bytes() for n in before} == before
     assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_real_examples_own_system_message_is_kept_in_meta_not_trained_on(tmp_path, capsys):
+    """data.inputs' system and developer messages go to meta.system (serve drops a client's, so the
+    student must not learn to read one), but curate.real_data's stayed in the messages: the student
+    trained on a second system prompt after task.instruction that no served request carries."""
+    run = tmp_path / "run"
+    write_jsonl(run / "teacher.jsonl", [rec(_words(i), "sports") for i in range(8)])
+    real = [Record(messages=[{"role": "system", "content": "You label news."},
+                             {"role": "developer", "content": "One word."},
+                             {"role": "user", "content": _words(200)}], label="tech"),
+            rec(_words(201), None, label="politics")]
+    write_jsonl(tmp_path / "real.jsonl", real)
+    curate_stage(Config(run_dir=str(run), task={"labels": LABELS},
+                        curate={"real_data": str(tmp_path / "real.jsonl"), "real_ratio": 1.0}))
+    mixed = [r for r in read_records(run / "train.jsonl") if r.meta.get("source") == "real"]
+    assert len(mixed) == 2 and all([m["role"] for m in r.messages] == ["user"] for r in mixed)
+    moved = next(r for r in mixed if r.output == "tech")
+    assert moved.meta["system"] == "You label news.\n\nOne word." and moved.text == _words(200)
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"{tmp_path / 'real.jsonl'}: 1 of 2 records have a system or developer message; it is kept in meta.system" in said

@@ -15,6 +15,7 @@ from potstill.progress import say
 from potstill.records import atomic_files, check_ids, dump_jsonl, read_numbered, read_records
 from potstill.review.store import load_decisions
 from potstill.rundir import RunDir
+from potstill.stage import instructions_aside
 
 
 def curate_stage(cfg: Config, force: bool = False) -> dict[str, Any]:
@@ -27,6 +28,8 @@ def curate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
     if not (run / "teacher.jsonl").exists():
         raise PotstillError(f"{run / 'teacher.jsonl'} not found: run `potstill generate` first")
     real = read_records(cfg.curate.real_data) if cfg.curate.real_data else None
+    if real:  # as data.inputs': serve drops a client's own system message, so the student must not learn one
+        instructions_aside(cfg.curate.real_data, real)
     if real == []:  # a failed export, a header-only table: mixing nothing in without a word hides it
         raise PotstillError(f"curate.real_data {cfg.curate.real_data} holds no records; fill it, or unset "
                             "curate.real_data to curate without real examples")
