@@ -123,6 +123,11 @@ def _tool_calls(message: Any) -> list[dict[str, Any]] | None:
     return calls or None
 
 
+# A Messages usage's input-side counts, taken from the stream's events (the 1-hour split of the cache
+# writes, cache_creation, as the SDK kept it).
+_INPUT_USAGE = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+
+
 async def _streamed(client: Any, req: dict[str, Any], on_delta: OnDelta) -> tuple[Any, list[str]]:
     """A Messages answer streamed, each piece handed to ``on_delta`` as it comes: text, and each
     ``tool_use`` block as an OpenAI tool call (its id and name where it begins, then its input's
@@ -138,10 +143,26 @@ async def _streamed(client: Any, req: dict[str, Any], on_delta: OnDelta) -> tupl
             call.update(id=call_id, type="function")
         return Delta(tool_calls=[call])
 
+    # The input side of the usage as the events gave it. message_delta's counts are cumulative and
+    # final: an endpoint that totals usage at the end of the stream sends 0 or an estimate in
+    # message_start and the count only there (Anthropic sends both). The SDK releases that read only
+    # output_tokens there (0.40, the oldest potstill accepts) kept message_start's: input priced as free.
+    usage: dict[str, int] = {}
+
+    def note(counts: Any) -> None:
+        for name in _INPUT_USAGE:
+            value = getattr(counts, name, None)  # an older SDK's message_delta keeps it as an extra field
+            if isinstance(value, int):
+                usage[name] = value
+
     async with client.messages.stream(**req) as stream:
         async for event in stream:
             kind = getattr(event, "type", "")
-            if kind == "content_block_start" and getattr(event.content_block, "type", "") == "tool_use":
+            if kind == "message_start":
+                note(getattr(event.message, "usage", None))
+            elif kind == "message_delta":
+                note(getattr(event, "usage", None))
+            elif kind == "content_block_start" and getattr(event.content_block, "type", "") == "tool_use":
                 calls[event.index] = len(calls)
                 arguments[event.index] = ""
                 on_delta(fragment(event.index, event.content_block.id, name=event.content_block.name, arguments=""))
@@ -156,6 +177,8 @@ async def _streamed(client: Any, req: dict[str, Any], on_delta: OnDelta) -> tupl
                 arguments[event.index] = "{}"  # a call with no input: json.dumps({}), as unstreamed
                 on_delta(fragment(event.index, arguments="{}"))
         msg = await stream.get_final_message()
+        for name, value in usage.items():
+            setattr(msg.usage, name, value)
         if getattr(msg, "_request_id", None) is None:
             msg._request_id = stream.response.headers.get("request-id")
     return msg, [arguments[b] for b in sorted(calls, key=calls.get)]
