@@ -162,6 +162,7 @@ def test_an_escalation_streams_as_the_teacher_writes_it(tmp_path, tiny_model, te
                     done = ev
         assert len(texts) > 1 and "".join(texts) == whole.content[0].text
         assert done.delta.stop_reason == whole.stop_reason and done.usage.output_tokens == whole.usage.output_tokens
+        assert done.usage.input_tokens == whole.usage.input_tokens > 0  # message_start's is 0: not counted yet
         assert rows(service)[-1]["status"] == "ok"
 
 
@@ -214,3 +215,21 @@ def test_a_teacher_failing_mid_stream_ends_it_with_an_error_event(tmp_path, tiny
         assert "teacher" in e.value.body["error"]["message"]
         row = rows(service)[-1]
         assert row["status"] == "error" and json.loads(row["request"])["endpoint"] == "/v1/messages"
+
+
+@pytest.mark.parametrize("who", ["student", "teacher"])
+def test_a_streams_last_usage_holds_the_input_tokens_too(served, force, who):
+    """A whole answer's message_delta carried output_tokens alone: a client taking the usage from the
+    last event, whose counts Anthropic makes cumulative (input side repeated), saw no input tokens.
+    (An escalation streamed live opens with 0, the teacher not having counted yet, and ends with them:
+    test_an_escalation_streams_as_the_teacher_writes_it.)"""
+    _, live = served
+    force(who)
+    want = claude(live).messages.create(model="potstill", max_tokens=64, messages=MSG)
+    events = list(claude(live).messages.create(model="potstill", max_tokens=64, messages=MSG, stream=True))
+    start, delta = events[0], next(e for e in events if e.type == "message_delta")
+    assert (delta.usage.input_tokens, delta.usage.output_tokens) == (want.usage.input_tokens, want.usage.output_tokens)
+    assert delta.usage.cache_read_input_tokens == delta.usage.cache_creation_input_tokens == 0
+    assert start.message.usage.input_tokens == want.usage.input_tokens
+    with claude(live).messages.stream(model="potstill", max_tokens=64, messages=MSG) as stream:
+        assert stream.get_final_message().usage.input_tokens == want.usage.input_tokens

@@ -226,7 +226,9 @@ def _event(kind: str, **fields: Any) -> str:
 
 
 def events(message: dict[str, Any]) -> Iterator[str]:
-    """Anthropic's server-sent events for a whole answer: each block in one delta."""
+    """Anthropic's server-sent events for a whole answer: each block in one delta. message_delta's usage
+    is the whole answer's, input side too, as Anthropic repeats it there (its counts are cumulative): a
+    client that takes the usage from the last event finds the input tokens."""
     event = _event
     opening = {**message, "content": [], "stop_reason": None, "stop_sequence": None,
                "usage": {**message["usage"], "output_tokens": 0}}
@@ -243,7 +245,7 @@ def events(message: dict[str, Any]) -> Iterator[str]:
         yield event("content_block_stop", index=i)
     yield event("message_delta", delta={"stop_reason": message["stop_reason"],
                                         "stop_sequence": message["stop_sequence"]},
-                usage={"output_tokens": message["usage"]["output_tokens"]}, potstill=message["potstill"])
+                usage=message["usage"], potstill=message["potstill"])
     yield event("message_stop")
 
 
@@ -255,6 +257,8 @@ def live_events(task: Any, live_text: LiveText, first: Piece, model: str, stops:
     the text, the last block stopped, ``message_delta`` with the stop reason, the usage and the
     route (``record``: the ledger row, returning the route), and ``message_stop``; or an ``error``
     event with what ``failed`` logs and returns."""
+    # The teacher's input tokens are not known when the stream opens (an OpenAI-compatible teacher
+    # reports them at its end): 0 here, the count in message_delta, whose usage is cumulative and final.
     opening = {"id": mid, "type": "message", "role": "assistant", "model": model,
                "content": [], "stop_reason": None, "stop_sequence": None,
                "usage": {"input_tokens": 0, "output_tokens": 0}}
@@ -291,8 +295,7 @@ def live_events(task: Any, live_text: LiveText, first: Piece, model: str, stops:
             yield _event("content_block_stop", index=len(blocks) - 1)
         done = message_body(served, stops, route, mid)
         yield _event("message_delta", delta={"stop_reason": done["stop_reason"], "stop_sequence": done["stop_sequence"]},
-                     usage={"input_tokens": done["usage"]["input_tokens"],
-                            "output_tokens": done["usage"]["output_tokens"]}, potstill=route)
+                     usage=done["usage"], potstill=route)
         yield _event("message_stop")
 
     def failure(body: dict[str, Any]) -> str:
