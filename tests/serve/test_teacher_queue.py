@@ -148,6 +148,26 @@ def test_a_cancelled_asker_leaves_the_shared_call_to_the_others(tmp_path, tiny_m
         assert json.loads(chat["response"])["reason"] == "low_confidence"
 
 
+def test_a_call_whose_every_asker_was_cancelled_after_it_was_sent_still_has_its_cost_logged(
+        tmp_path, tiny_model, teacher_server, monkeypatch):
+    """A background response escalated, then cancelled while the teacher answers: the teacher
+    finishes and bills the call (20 + 2 tokens at $2 / $8 per million), and the ledger is the bill.
+    Before, the only row was the cancelled request's, at $0."""
+    with served_free_text(tmp_path, tiny_model, teacher_server, monkeypatch) as (service, live):
+        with one_slot_teacher(service) as (asked, release):
+            bg = client(live).responses.create(model="potstill", input="asked, then cancelled", background=True)
+            wait_for(lambda: asked)
+            assert client(live).responses.cancel(bg.id).status == "cancelled"
+            wait_for(lambda: len(rows(service)) == 1)  # the cancelled request's row
+            release.set()
+            wait_for(lambda: len(rows(service)) == 2)
+        cancelled, call = rows(service)
+        assert (cancelled["status"], cancelled["cost_usd"]) == ("error", 0)
+        assert (call["status"], call["role"], call["input_tokens"], call["output_tokens"]) == ("error", "teacher", 20, 2)
+        assert math.isclose(call["cost_usd"], (20 * 2.0 + 2 * 8.0) / 1e6)
+        assert call["error"].startswith("unclaimed: the teacher's answer came after every request waiting on it")
+
+
 def test_identical_escalations_waiting_for_a_slot_are_sent_for_those_still_there(tmp_path, tiny_model,
                                                                                 teacher_server, monkeypatch):
     with served_free_text(tmp_path, tiny_model, teacher_server, monkeypatch) as (service, live):

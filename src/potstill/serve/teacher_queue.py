@@ -6,7 +6,9 @@ every asker gets, streamed to those asking for a stream where the call streams (
 Each call runs as a task of its own, apart from the requests that ask it: a request whose task is
 cancelled (a background response cancelled, a server stopping) leaves the call to the others
 waiting on it, and one of theirs pays for it. A call nobody waits for any more before it got a
-slot (every asker's client left, or its task was cancelled) is dropped, never sent.
+slot (every asker's client left, or its task was cancelled) is dropped, never sent; one sent whose
+every asker was cancelled before its answer came is still answered and billed by the provider, and
+gets a row of its own (``unclaimed``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from concurrent.futures import Future
 from contextvars import ContextVar
 from typing import Any
 
+from potstill.progress import say
 from potstill.teachers import Response
 
 Submit = Callable[[Any], Future[Response]]  # sends the request on the teacher's worker (given the LiveText, or None)
@@ -82,18 +85,26 @@ class Fanout:
                 live_text.asked_at = at
 
 
+def _said(logged: asyncio.Future) -> None:
+    """One line where an unclaimed call's row could not be written (the ledger closed as the server
+    stopped): asyncio would print a traceback, later, from the garbage collector."""
+    if not logged.cancelled() and logged.exception() is not None:
+        say(f"serve: a teacher call's cost could not be logged: {logged.exception()}")
+
+
 class _Call:
     """One teacher request, asked or waiting for a slot: how many requests wait on it, whether it
     was sent, whether one of their rows has taken its cost, and where its pieces go where it
     streams (the first asker asked for a stream)."""
 
-    def __init__(self, fanout: Fanout | None) -> None:
+    def __init__(self, fanout: Fanout | None, unclaimed: Callable[[Response], None] | None) -> None:
         self.fanout = fanout
+        self.unclaimed = unclaimed  # given the answer nobody took, to log its cost
         self.task: asyncio.Task | None = None
         self.askers = 0
         self.sent = False
         self.sent_at = 0.0  # perf_counter() when it took its slot
-        self.paid = False
+        self.paid = False  # an asker took the answer, or the call's own row took its cost
 
 
 class TeacherQueue:
@@ -111,13 +122,14 @@ class TeacherQueue:
         self._tasks: set[asyncio.Task] = set()  # the loop keeps only weak references to tasks
 
     async def ask(self, h: str, submit: Submit, merge: bool, live_text: Any, gone: asyncio.Event | None,
-                  max_waiting: int) -> tuple[Response, bool]:
+                  max_waiting: int, unclaimed: Callable[[Response], None] | None = None) -> tuple[Response, bool]:
         """The teacher's answer to the request ``h`` (sent by ``submit``), and whether another
         request's row pays for it (True for every asker but the first to take the answer). ``merge``:
         join an identical call in flight (never refused: it adds no call). ``gone``: set when this
         request's client leaves; before its call is sent, it then leaves the call (``ClientGone``).
         A new call that would wait behind ``max_waiting`` others is refused (``TeacherBusy``),
-        unless ``WAIT_BOUNDED`` says this request waits regardless."""
+        unless ``WAIT_BOUNDED`` says this request waits regardless. ``unclaimed``: given the answer
+        of a new call that every asker left (cancelled) after it was sent, to log its cost."""
         if gone is not None and gone.is_set():
             raise ClientGone(h)
         call = self.calls.get(h) if merge else None
@@ -125,12 +137,13 @@ class TeacherQueue:
             if self.open >= self.concurrency + max_waiting and WAIT_BOUNDED.get():
                 running = len(self._running)
                 raise TeacherBusy(h, running, self.open - running, self.retry_after_s())
-            call = _Call(None if live_text is None else Fanout())
+            call = _Call(None if live_text is None else Fanout(), unclaimed)
             self.open += 1
             call.task = asyncio.ensure_future(self._send(call, submit))
             self._tasks.add(call.task)
             call.task.add_done_callback(self._tasks.discard)
             call.task.add_done_callback(self._closed)
+            call.task.add_done_callback(lambda _: self._settle(call))
             if merge:
                 self.calls[h] = call
                 call.task.add_done_callback(lambda _: self.calls.pop(h, None) if self.calls.get(h) is call else None)
@@ -148,12 +161,27 @@ class TeacherQueue:
                     raise ClientGone(h)
             # Shielded: a cancelled asker stops waiting; the call goes on for the others.
             r = await asyncio.shield(call.task)
+            cached, call.paid = call.paid, True
         finally:
             call.askers -= 1
             if call.askers == 0 and not call.sent and not call.task.done():
                 call.task.cancel()  # nobody wants it before it had a slot: never sent
-        cached, call.paid = call.paid, True
+            self._settle(call)
         return r, cached
+
+    def _settle(self, call: _Call) -> None:
+        """The call's own row (``unclaimed``) where it was answered and nobody waits to take the
+        answer: the last asker's ``finally`` and the call's end can come in either order, so both ask."""
+        task = call.task
+        if call.paid or call.askers or not call.sent or not task.done() or task.cancelled() \
+                or task.exception() is not None:
+            return
+        call.paid = True
+        if call.unclaimed is not None:  # (a ledger write: off the loop, as every other)
+            logged = asyncio.ensure_future(asyncio.to_thread(call.unclaimed, task.result()))
+            self._tasks.add(logged)
+            logged.add_done_callback(self._tasks.discard)
+            logged.add_done_callback(_said)
 
     def _closed(self, _: asyncio.Task) -> None:
         self.open -= 1
