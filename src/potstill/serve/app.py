@@ -113,9 +113,11 @@ def _route_headers(who: str, reason: str, confidence: float | None, student: str
 
 
 def _live_headers(live_text: LiveText) -> dict[str, str]:
-    """A live escalation's route headers, from its route (set before the teacher was asked)."""
+    """A live escalation's route headers, from its route (set before the teacher was asked), ``+cached``
+    where another request's row pays for the call it streams (settled before its first text)."""
     r = live_text.route or {}
-    return _route_headers(r["answered_by"], r["reason"], r["confidence"], r["student"])
+    reason = r["reason"] + ("+cached" if live_text.shared else "")
+    return _route_headers(r["answered_by"], reason, r["confidence"], r["student"])
 
 
 def _finite_or_none(x: float) -> float | None:

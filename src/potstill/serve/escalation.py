@@ -32,8 +32,8 @@ _RESPONSE_FIELDS = {f.name for f in fields(Response)}
 # the run's teacher.max_tokens is a label's (often 4), which cuts a call's arguments. 4096 is the
 # smallest output limit among current chat models (Claude 3 Haiku, gpt-3.5-turbo), so none refuses it.
 TOOL_MAX_TOKENS = 4096
-# The status word of the row a teacher call gets where every request waiting on it was cancelled
-# before its answer came (``TeacherQueue``): read as the row's status by ``potstill requests``.
+# The status word of the row a teacher call gets where the request that was to pay for it was
+# cancelled before its answer came (``TeacherQueue``): read as the row's status by ``potstill requests``.
 UNCLAIMED = "unclaimed"
 
 
@@ -168,8 +168,8 @@ class TeacherSide:
         is not sent: ``ClientGone``. Where answers are reused (``reuses_escalations``), a request
         identical to one being asked is answered by that call, as if from the ledger (``cached``),
         instead of paying for it again (streamed to its ``live_text`` where the call streams); the
-        call goes on while any of them waits for it. A call every one of them left (cancelled) after
-        it was sent gets a row of its own with what the provider billed for it."""
+        call goes on while any of them waits for it. A call whose paying request left before its
+        answer came (its task cancelled) gets a row of its own with what the provider billed for it."""
         teacher = self.teacher
         queue = self._teacher_queue
         if queue is None or queue.loop is not asyncio.get_running_loop() or queue.teacher is not teacher:
@@ -179,11 +179,11 @@ class TeacherSide:
             return teacher.submit(req) if on_delta is None else teacher.submit(req, on_delta=on_delta)
 
         def unclaimed(r: Response) -> None:
-            # Each request that asked has its own (failed) row at $0; the bill is this one's.
+            # The request that was to pay has its own (failed) row at $0; the bill is this one's.
             self.ledger.record_served(ServedCall(
                 request=req, answered_by="teacher", model=self.teacher_name, status="error", request_hash=h,
-                error=f"{UNCLAIMED}: the teacher's answer came after every request waiting on it had been "
-                      "cancelled; this row keeps what the teacher billed",
+                error=f"{UNCLAIMED}: the teacher's answer came after the request that was to pay for it had been "
+                      "cancelled (any others were answered by it at $0); this row keeps what the teacher billed",
                 input_tokens=r.input_tokens, output_tokens=r.output_tokens, cost_usd=r.cost_usd,
                 latency_s=r.latency_s))
 

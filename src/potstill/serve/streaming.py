@@ -62,6 +62,9 @@ class LiveText:
         self.top = top_logprobs
         self.asked_at = 0.0  # perf_counter() when the teacher was asked (``TeacherSide._ask_teacher``)
         self.first_at: float | None = None  # perf_counter() of the teacher's first piece (text or tool call)
+        # Answered by a teacher call another request's row pays for (``TeacherQueue``): its route
+        # is ``+cached``, as the row and the last chunk will say.
+        self.shared = False
         self._hold = max((len(s) - 1 for s in self.stops), default=0)
         self._text, self._sent, self._stopped = "", 0, False
         self._tokens: list[dict[str, Any]] = []  # log-probs whose text has not all gone out yet

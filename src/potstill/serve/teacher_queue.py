@@ -5,10 +5,14 @@ every asker gets, streamed to those asking for a stream where the call streams (
 
 Each call runs as a task of its own, apart from the requests that ask it: a request whose task is
 cancelled (a background response cancelled, a server stopping) leaves the call to the others
-waiting on it, and one of theirs pays for it. A call nobody waits for any more before it got a
-slot (every asker's client left, or its task was cancelled) is dropped, never sent; one sent whose
-every asker was cancelled before its answer came is still answered and billed by the provider, and
-gets a row of its own (``unclaimed``).
+waiting on it. A call nobody waits for any more before it got a slot (every asker's client left,
+or its task was cancelled) is dropped, never sent.
+
+Which row pays for a call is settled when it is sent, before any of its text goes out: the asker
+that has waited longest then (its payer); every other asker, and any that joins later, is answered
+as from the ledger (``cached``), so a streamed one's route headers can say so at once. A payer
+that leaves before taking the answer (its task cancelled) leaves the call's cost to the call's own
+row (``unclaimed``): the provider bills the call whoever waits for it.
 """
 
 from __future__ import annotations
@@ -93,18 +97,31 @@ def _said(logged: asyncio.Future) -> None:
 
 
 class _Call:
-    """One teacher request, asked or waiting for a slot: how many requests wait on it, whether it
-    was sent, whether one of their rows has taken its cost, and where its pieces go where it
-    streams (the first asker asked for a stream)."""
+    """One teacher request, asked or waiting for a slot: the requests waiting on it (oldest first),
+    whether it was sent, which of them pays for it (``payer``, settled when it is sent) and whether
+    that one took it, where its pieces go where it streams (the first asker asked for a stream),
+    and ``unclaimed``, given the answer where its payer left without it."""
 
     def __init__(self, fanout: Fanout | None, unclaimed: Callable[[Response], None] | None) -> None:
         self.fanout = fanout
-        self.unclaimed = unclaimed  # given the answer nobody took, to log its cost
+        self.unclaimed = unclaimed
         self.task: asyncio.Task | None = None
-        self.askers = 0
+        self.waiting: list[_Asker] = []
         self.sent = False
         self.sent_at = 0.0  # perf_counter() when it took its slot
-        self.paid = False  # an asker took the answer, or the call's own row took its cost
+        self.payer: _Asker | None = None
+        self.paid = False  # its payer took the answer, or the call's own row took its cost
+
+    @property
+    def askers(self) -> int:
+        return len(self.waiting)
+
+
+class _Asker:
+    """One request waiting on a call, and its ``LiveText`` where it streams."""
+
+    def __init__(self, live_text: Any) -> None:
+        self.live_text = live_text
 
 
 class TeacherQueue:
@@ -124,12 +141,13 @@ class TeacherQueue:
     async def ask(self, h: str, submit: Submit, merge: bool, live_text: Any, gone: asyncio.Event | None,
                   max_waiting: int, unclaimed: Callable[[Response], None] | None = None) -> tuple[Response, bool]:
         """The teacher's answer to the request ``h`` (sent by ``submit``), and whether another
-        request's row pays for it (True for every asker but the first to take the answer). ``merge``:
-        join an identical call in flight (never refused: it adds no call). ``gone``: set when this
-        request's client leaves; before its call is sent, it then leaves the call (``ClientGone``).
-        A new call that would wait behind ``max_waiting`` others is refused (``TeacherBusy``),
-        unless ``WAIT_BOUNDED`` says this request waits regardless. ``unclaimed``: given the answer
-        of a new call that every asker left (cancelled) after it was sent, to log its cost."""
+        request's row pays for it (True for every asker but the call's payer: the one that had
+        waited longest when it was sent; a streamed one's ``live_text.shared`` is set as soon as
+        that is known). ``merge``: join an identical call in flight (never refused: it adds no
+        call). ``gone``: set when this request's client leaves; before its call is sent, it then
+        leaves the call (``ClientGone``). A new call that would wait behind ``max_waiting`` others
+        is refused (``TeacherBusy``), unless ``WAIT_BOUNDED`` says this request waits regardless.
+        ``unclaimed``: given the answer of a new call whose payer leaves without it, to log its cost."""
         if gone is not None and gone.is_set():
             raise ClientGone(h)
         call = self.calls.get(h) if merge else None
@@ -147,9 +165,12 @@ class TeacherQueue:
             if merge:
                 self.calls[h] = call
                 call.task.add_done_callback(lambda _: self.calls.pop(h, None) if self.calls.get(h) is call else None)
+        me = _Asker(live_text)
+        if call.sent and live_text is not None:
+            live_text.shared = True  # joins a call already sent: another row pays for it
         if live_text is not None and call.fanout is not None:
             call.fanout.add(live_text)  # (a call asked unstreamed answers it whole)
-        call.askers += 1
+        call.waiting.append(me)
         try:
             if gone is not None:
                 left = asyncio.ensure_future(gone.wait())
@@ -161,19 +182,20 @@ class TeacherQueue:
                     raise ClientGone(h)
             # Shielded: a cancelled asker stops waiting; the call goes on for the others.
             r = await asyncio.shield(call.task)
-            cached, call.paid = call.paid, True
+            if me is call.payer:
+                call.paid = True
         finally:
-            call.askers -= 1
-            if call.askers == 0 and not call.sent and not call.task.done():
+            call.waiting.remove(me)
+            if not call.waiting and not call.sent and not call.task.done():
                 call.task.cancel()  # nobody wants it before it had a slot: never sent
             self._settle(call)
-        return r, cached
+        return r, me is not call.payer
 
     def _settle(self, call: _Call) -> None:
-        """The call's own row (``unclaimed``) where it was answered and nobody waits to take the
-        answer: the last asker's ``finally`` and the call's end can come in either order, so both ask."""
+        """The call's own row (``unclaimed``) where it was answered and its payer left without the
+        answer (a cancelled payer's ``finally`` and the call's end can come in either order, so both ask)."""
         task = call.task
-        if call.paid or call.askers or not call.sent or not task.done() or task.cancelled() \
+        if call.paid or call.payer is None or call.payer in call.waiting or not task.done() or task.cancelled() \
                 or task.exception() is not None:
             return
         call.paid = True
@@ -200,6 +222,12 @@ class TeacherQueue:
     async def _send(self, call: _Call, submit: Submit) -> Response:
         async with self.slots:
             call.sent, call.sent_at = True, time.perf_counter()
+            # The one that waited longest pays; the rest are answered as from the ledger, and a
+            # streamed one says so in its route headers, which go out with its first text.
+            call.payer = call.waiting[0] if call.waiting else _Asker(None)  # (none: its row pays)
+            for asker in call.waiting[1:]:
+                if asker.live_text is not None:
+                    asker.live_text.shared = True
             if call.fanout is not None:
                 call.fanout.sent(call.sent_at)
             self._running.add(call)
