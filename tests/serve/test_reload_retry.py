@@ -1,12 +1,16 @@
 """A promoted student that fails to load once (its weights still being copied, a transient
-out-of-memory) is tried again by the polling reload, after a backoff, and swapped in once it loads."""
+out-of-memory) is tried again by the polling reload, after a backoff, and swapped in once it loads;
+one whose calibration fails is told apart from one that cannot load."""
 
 from __future__ import annotations
 
 import shutil
 
+import httpx
+
 from potstill.redistill.promote import switch
 from potstill.serve import service as service_module
+from tests.serve.conftest import SERVE_KEY
 from tests.serve.test_hot_swap import _wait, swap_run  # noqa: F401 (swap_run: the fixture)
 
 
@@ -49,3 +53,18 @@ def test_a_load_error_that_reads_as_markup_leaves_the_watcher_polling(swap_run, 
     _wait(lambda: len(tries) >= 3)  # tried again after each failure: still polling
     assert service._watcher.is_alive()
     assert "could not load the promoted student" in capfd.readouterr().err
+
+
+def test_a_hot_swap_whose_calibration_fails_says_so_not_that_the_student_cannot_load(swap_run):  # noqa: F811
+    """The promoted student loads; its calibration's cache cannot be written (a crash's leftover: a
+    folder where RUN/serve/routing.tmp is written). Before, the 409 said "cannot load <student>"."""
+    run, service, live = swap_run
+    old = service.student_name
+    (run / "serve" / "routing.tmp").mkdir()
+    switch(run, run / "students" / "b")
+    r = httpx.post(live.url + "/admin/reload", headers={"Authorization": f"Bearer {SERVE_KEY}"}, timeout=60)
+    message = r.json()["error"]["message"]
+    assert r.status_code == 409 and message.startswith(f"reload failed, still serving {old}: ")
+    assert "cannot load" not in message
+    assert "cannot calibrate routing for" in message and "IsADirectoryError" in message and "routing.tmp" in message
+    assert service.student_name == old and not service.swaps

@@ -477,11 +477,19 @@ def _load_live(run_dir: Path, cfg: Config, task: Task, device: str, path: str) -
         raise PotstillError(f"{path}: no trained student (run `potstill train` first)")
     try:
         engine = _served(cfg, path, task, device, run_dir)
-        routing, reference = calibrate_run(run_dir, cfg, engine, task)
     except PotstillError:
         raise
     except Exception as e:  # noqa: BLE001 - a broken promotion is the caller's one-line error, not a crash
         raise cannot_load(str(path), e) from None
+    # Apart from the load, as load_service does: a calibration that fails (its cache cannot be written)
+    # is no fault of the student's, which loaded. Still one line (a 409, the watcher's log), its own.
+    try:
+        routing, reference = calibrate_run(run_dir, cfg, engine, task)
+    except PotstillError:
+        raise
+    except Exception as e:  # noqa: BLE001 - as above
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise PotstillError(f"cannot calibrate routing for {path}: {type(e).__name__}: {first}"[:300]) from None
     return Live(engine.served_name, path, engine, routing, reference, cfg.serve.batch_size, cfg.serve.batch_wait_ms)
 
 
