@@ -11,7 +11,7 @@ import shutil
 import pytest
 
 from potstill.errors import PotstillError
-from potstill.redistill.loadable import INDEX, why_unloadable
+from potstill.redistill.loadable import BIN_INDEX, INDEX, why_unloadable
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +23,29 @@ def sharded(tmp_path_factory, tiny_model):
     AutoModelForCausalLM.from_pretrained(tiny_model).save_pretrained(out, max_shard_size="20KB")
     shutil.copy(tiny_model / "tokenizer.json", out)
     return out
+
+
+@pytest.fixture(scope="module")
+def as_bin(tmp_path_factory, tiny_model):
+    """The tiny student as transformers 4 saved it with ``safe_serialization=False`` (transformers 5
+    saves safetensors only, and still loads these): its state dict in pytorch_model.bin, and in two
+    shards with their index (pytorch_model.bin.index.json)."""
+    import torch
+    from safetensors.torch import load_file
+
+    root = tmp_path_factory.mktemp("bin")
+    state = load_file(tiny_model / "model.safetensors")
+    names = sorted(state)
+    shards = {"pytorch_model-00001-of-00002.bin": names[: len(names) // 2],
+              "pytorch_model-00002-of-00002.bin": names[len(names) // 2:]}
+    for d in ("whole", "sharded"):
+        shutil.copytree(tiny_model, root / d, ignore=shutil.ignore_patterns("*.safetensors"))
+    torch.save(state, root / "whole" / "pytorch_model.bin")
+    for shard, part in shards.items():
+        torch.save({n: state[n] for n in part}, root / "sharded" / shard)
+    (root / "sharded" / BIN_INDEX).write_text(json.dumps(
+        {"metadata": {}, "weight_map": {n: shard for shard, part in shards.items() for n in part}}))
+    return root / "whole", root / "sharded"
 
 
 def _copy(src, tmp_path, name="s"):
@@ -60,6 +83,23 @@ def test_weights_cut_short_a_missing_shard_and_a_bad_config_are_named(tiny_model
     s = _copy(tiny_model, tmp_path, "empty")
     (s / "model.safetensors").unlink()
     assert why_unloadable(s) == "no weights in it (no *.safetensors or *.bin file)"
+
+
+def test_bin_weights_cut_short_or_a_missing_bin_shard_are_named(as_bin, tmp_path):
+    """Before, only safetensors files were checked: a student saved as .bin files, cut short or
+    missing a shard, passed, and redistill paid the teacher and trained a challenger first."""
+    whole, sharded = as_bin
+    assert why_unloadable(whole) is None and why_unloadable(sharded) is None
+
+    s = _copy(whole, tmp_path, "cut")
+    os.truncate(s / "pytorch_model.bin", (s / "pytorch_model.bin").stat().st_size - 1)  # one byte short
+    assert why_unloadable(s) == ("pytorch_model.bin: BadZipFile: File is not a zip file (a PyTorch checkpoint is a "
+                                 "zip archive, whose directory at its end this one lacks: cut short or damaged)")
+
+    s = _copy(sharded, tmp_path, "shard")
+    shard = sorted(set(json.loads((s / BIN_INDEX).read_text())["weight_map"].values()))[-1]
+    (s / shard).unlink()
+    assert why_unloadable(s) == f"{BIN_INDEX} names the shard {shard}, which is not there"
 
 
 def test_a_student_that_fails_only_when_loaded_is_one_line_naming_it(tiny_model, tmp_path):
