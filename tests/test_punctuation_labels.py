@@ -53,3 +53,38 @@ def test_punctuation_labels_are_named_by_their_text_and_an_empty_label_is_refuse
     assert [t.parse(a) for a in ("+", " * ", "*\nbecause", "OK.", "", "!!!")] == ["+", "*", "*", "ok", None, None]
     with pytest.raises(PotstillError, match="an empty label"):
         get_task(TaskConfig(type="classification", labels=["ok", " "]))
+
+
+def test_labels_that_share_a_normal_form_are_named_by_their_text(tmp_path):
+    """C, C++ and C# (or A, A+, A-) all normalise to "c": the set was refused with a line naming no
+    label. Each is named by its own text now, teacher answers and gold labels alike, and only labels
+    that differ in case, spaces or invisible characters are refused, named in the line."""
+    from potstill.generate.stage import generate_body
+
+    labels = ["C", "C++", "C#", "Java"]
+    texts = ["pointers and malloc", "templates and RAII", "LINQ and async", "the JVM", "a vtable", "printf"]
+    answers = ["C", "C++", '"C#"', "java", "**C++** because of the templates", "C--"]
+    gold = ["c", "c++", "C#", "JAVA", "C++", "c#"]
+    (tmp_path / "inputs.jsonl").write_text("".join(json.dumps({"input": t, "label": g}) + "\n"
+                                                   for t, g in zip(texts, gold)))
+    (tmp_path / "recorded.jsonl").write_text("".join(
+        json.dumps({"messages": [{"role": "user", "content": t}], "output": a}) + "\n" for t, a in zip(texts, answers)))
+    cfg = Config.model_validate({
+        "run_dir": str(tmp_path / "run"), "data": {"inputs": str(tmp_path / "inputs.jsonl")},
+        "task": {"type": "classification", "labels": labels, "instruction": "which language?"},
+        "teacher": {"type": "replay", "replay_path": str(tmp_path / "recorded.jsonl")}})
+
+    assert [r.label for r in load_inputs(cfg)] == ["C", "C++", "C#", "Java", "C++", "C#"]  # were all refused
+    generate_body(cfg, RunDir(cfg.run_dir))
+    got = {r.text: r for r in read_records(tmp_path / "run" / "teacher.jsonl")}
+    task = get_task(cfg.task)
+    assert [task.target(got[t]) for t in texts[:5]] == ["C", "C++", "C#", "Java", "C++"]
+    assert not got["printf"].valid  # "C--" is none of them, not "C"
+
+    t = get_task(TaskConfig(type="classification", labels=["A", "A+", "A-", "B"]))
+    assert [t.parse(a) for a in ("a", "A+", "a-.", "`A`", "B+", "A++")] == ["A", "A+", "A-", "A", "B", None]
+    for same, named in ((["Spam", "spam", "ham"], "'Spam', 'spam'"),
+                        (["yes", "yes\u200b", "no"], r"'yes', 'yes\u200b'")):
+        with pytest.raises(PotstillError) as e:
+            get_task(TaskConfig(type="classification", labels=same))
+        assert named in str(e.value), e.value

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from typing import Any
 
 from rich.markup import escape
@@ -21,6 +22,24 @@ from potstill.tasks.base import Task, nfc
 def _norm(s: str) -> str:
     # Composed first: "\w" keeps "é" but drops a combining accent, so an NFD "Négatif" lost its accent.
     return re.sub(r"[^\w\s-]", "", nfc(s)).strip().lower()
+
+
+def _text(s: str) -> str:
+    """A label's own text, as it is matched where its normal form names no label alone: composed,
+    case-folded, spaces folded and invisible format characters (a zero-width space) dropped, its
+    punctuation kept: "C", "C++" and "C#" stay three labels, "yes" and "yes\u200b" are one."""
+    s = "".join(ch for ch in nfc(s) if unicodedata.category(ch) != "Cf")
+    return " ".join(s.split()).casefold()
+
+
+# An answer may wrap the label as the prompt lists it (a JSON string, "C++") or as Markdown (**C++**,
+# `C++`), or end it with a full stop: matched by text, that wrapping comes off, as _norm drops it.
+_WRAP = "\"'`*\u201c\u201d\u2018\u2019"
+
+
+def _texts(s: str) -> tuple[str, str]:
+    t = _text(s)
+    return t, t.strip(_WRAP).removesuffix(".").strip(_WRAP)
 
 
 def quoted(labels: list[str]) -> str:
@@ -47,12 +66,25 @@ class ClassificationTask(Task):
         self.labels = list(cfg.labels)
         if any(not label.strip() for label in self.labels):
             raise PotstillError(f"task.labels has an empty label ({self.labels!r}): an empty answer would name it")
-        # A label made only of punctuation ("+", "*") normalises to nothing, as does an empty answer or
-        # "...": such a label is named by its own text alone, so no empty answer reads as it.
-        self._by_norm = {_norm(label): label for label in self.labels if _norm(label)}
-        self._by_text = {nfc(label.strip()): label for label in self.labels if not _norm(label)}
-        if len(self._by_norm) + len(self._by_text) != len(self.labels):
-            raise PotstillError("task.labels has labels that differ only in case or punctuation")
+        # A label's normal form names it where no other label shares it. One made only of punctuation
+        # ("+", "*") normalises to nothing, as does an empty answer or "...", and one whose normal form
+        # another shares ("c" for "C", "C++" and "C#") would be read as the other: such labels are
+        # named by their own text alone, so no empty answer reads as "+" and "C++" is not "C".
+        groups: dict[str, list[str]] = {}
+        for label in self.labels:
+            groups.setdefault(_norm(label), []).append(label)
+        self._by_norm = {norm: group[0] for norm, group in groups.items() if norm and len(group) == 1}
+        by_text: dict[str, list[str]] = {}
+        for label in self.labels:
+            if self._by_norm.get(_norm(label)) != label:
+                by_text.setdefault(_text(label), []).append(label)
+        if "" in by_text:  # made only of invisible characters: an empty answer would name it
+            raise PotstillError(f"task.labels has an empty label ({by_text[''][0]!r}): an empty answer would name it")
+        same = [", ".join(map(repr, group)) for group in by_text.values() if len(group) > 1]
+        if same:
+            raise PotstillError(f"task.labels has labels that differ only in case, spaces or invisible characters "
+                                f"({'; '.join(same)}): an answer could not tell them apart; keep one of each")
+        self._by_text = {text: group[0] for text, group in by_text.items()}
 
     def target(self, record: Record) -> str:
         label = self.parse(record.output or "")
@@ -60,9 +92,11 @@ class ClassificationTask(Task):
         return label
 
     def _named(self, text: str, norm: str) -> str | None:
-        """The label ``text`` (``norm``, its normal form) is: by its normal form where it has one, else
-        (made only of punctuation) by its own text: "+" is the label "+", "?" or "" no label."""
-        return (self._by_norm.get(norm) if norm else None) or self._by_text.get(nfc(text.strip()))
+        """The label ``text`` (``norm``, its normal form) is: by its normal form where that names one
+        label, else by its own text: "+" is the label "+", "?" or "" no label, "C++" is "C++" beside "C"."""
+        if norm in self._by_norm:
+            return self._by_norm[norm]
+        return next((self._by_text[key] for key in _texts(text) if key in self._by_text), None)
 
     def parse(self, output: str) -> str | None:
         """The label the output names: exact (case-insensitive) or its first line/word."""
