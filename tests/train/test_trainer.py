@@ -139,6 +139,34 @@ def test_examples_cut_to_max_length_are_named(tiny_model, tmp_path, capsys):
     assert "raise student.max_length to" in text
 
 
+def test_examples_whose_answer_is_cut_are_left_out_and_counted(tiny_model, tmp_path, capsys):
+    """An answer longer than student.max_length kept one prompt token and lost its end-of-turn: the
+    student learnt to write with no input and never stop, and the warning said only that the example
+    lost its start. Such examples are left out, counted apart; with none left, train refuses."""
+    from potstill.errors import PotstillError
+
+    task = get_task(TaskConfig(type="freetext", instruction="summary"))
+    long = " ".join(["the market shares"] * 20)  # some 60 tokens
+    records = [Record(messages=[{"role": "user", "content": t}], output=long if i < 2 else "short", valid=True)
+               for i, t in enumerate(TEXTS)]
+    val = [Record(messages=[{"role": "user", "content": "the bank profit"}], output=o, valid=True)
+           for o in (long, "bank")]
+    lm = load_lm(str(tiny_model))
+    fmt = student_format(lm, task)
+    cut = build_examples(lm, fmt, task, records, 32)
+    assert [e.n_prompt == 1 for e in cut] == [True, True] + [False] * 4 and all(e.answer_cut for e in cut[:2])
+    summary = train(lm, fmt, task, records, val, TrainConfig(objective="sft", epochs=1, batch_size=4), 32,
+                    tmp_path / "a", tmp_path / "a.jsonl")
+    text = " ".join((lambda c: c.out + c.err)(capsys.readouterr()).split())
+    assert summary["examples"] == 4
+    assert ("train: 2 of 6 training examples and 1 of 2 validation examples have an answer longer than "
+            "student.max_length 32 tokens") in text and "they are left out" in text, text
+    assert "lost their start" not in text  # the prompts of those kept fit
+    with pytest.raises(PotstillError, match="2 of 2 training examples have an answer longer .* none is left"):
+        train(load_lm(str(tiny_model)), fmt, task, records[:2], [], TrainConfig(objective="sft", batch_size=2), 32,
+              tmp_path / "b", tmp_path / "b.jsonl")
+
+
 def test_val_loss_is_measured_without_dropout(tiny_model, tmp_path):
     """val_loss (train.json, the closing line) is the trained student's loss on val.jsonl: it was
     measured with the module still in training mode, so with train.lora_dropout it was the loss of a

@@ -44,6 +44,8 @@ class Example:
     topk: list[tuple[list[int], list[float]] | None] | None = None
     kd_only: bool = False  # on-policy samples: divergence to the teacher, no cross-entropy
     cut: int = 0  # tokens dropped to fit max_length (the prompt's start first)
+    # Of those, the answer's: its end, end-of-turn included, with all the prompt but its last token.
+    answer_cut: int = 0
 
 
 def _single_id(tok: Any, text: str, cache: dict[str, Any]) -> int | None:
@@ -220,8 +222,10 @@ def build_examples(lm: Any, fmt: PromptFormat, task: Task, records: list[Record]
         prompt = prompt_ids(tok, fmt, r.messages)
         completion = tok(fmt.completion(tok, task.target(r)), add_special_tokens=False)["input_ids"]
         # At most max_length tokens: the prompt loses its start first; a completion longer than
-        # max_length - 1 also loses its end (the prompt keeps its last token, which predicts the first).
+        # max_length - 1 also loses its end (the prompt keeps its last token, which predicts the first),
+        # marked in answer_cut: such an example teaches an answer with no input and no stop (train drops it).
         whole = len(prompt) + len(completion)
+        answer_cut = max(0, len(completion) - max(1, max_length - 1))
         completion = completion[: max(1, max_length - 1)]
         keep = max(1, max_length - len(completion))
         prompt = prompt[-keep:]
@@ -230,7 +234,7 @@ def build_examples(lm: Any, fmt: PromptFormat, task: Task, records: list[Record]
             tlp = [math.log(max(r.label_probs.get(lab, 0.0), 1e-12)) for lab in task.labels]
         topk = topk_for_completion(tok, completion, r.logprobs, cache) if with_topk and r.logprobs else None
         out.append(Example(ids=prompt + completion, n_prompt=len(prompt), teacher_logprobs=tlp, topk=topk,
-                           cut=whole - len(prompt) - len(completion)))
+                           cut=whole - len(prompt) - len(completion), answer_cut=answer_cut))
     return out
 
 

@@ -270,6 +270,24 @@ def _setup(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: li
     with_topk = signal == "topk"
     examples = build_examples(lm, fmt, task, records, max_length, with_topk=with_topk)
     val_examples = build_examples(lm, fmt, task, val, max_length, with_topk=with_topk)
+    # An answer longer than max_length - 1 keeps its start after one prompt token, and loses its end
+    # and end-of-turn: trained on, the student learns to answer with no input and never to stop. TRL
+    # truncates such a sequence (keeping its prompt); here the prompt is what a cut takes first, so
+    # what is left teaches nothing the task asks: the example is left out and counted, as a warning.
+    long = [e for e in examples + val_examples if e.answer_cut]
+    if long:
+        n_train, n_val = sum(1 for e in examples if e.answer_cut), sum(1 for e in val_examples if e.answer_cut)
+        what = (f"{n_train} of {len(examples)} training examples"
+                + (f" and {n_val} of {len(val_examples)} validation examples" if n_val else "")
+                + f" have an answer longer than student.max_length {max_length} tokens (the longest "
+                f"{max(len(e.ids) - e.n_prompt + e.answer_cut for e in long)}): cut to fit, each would keep one "
+                "prompt token and lose its answer's end, teaching the student to write with no input and never stop")
+        if n_train == len(examples):
+            raise PotstillError(f"train: {what}; none is left to train on: raise student.max_length")
+        examples = [e for e in examples if not e.answer_cut]
+        val_examples = [e for e in val_examples if not e.answer_cut]
+        if accel.is_main_process:
+            say(f"[yellow]train: {what}; they are left out (raise student.max_length to keep them)[/yellow]")
     if cfg.keep_best and not val_examples:
         raise PotstillError("train.keep_best picks the step with the lowest loss on val.jsonl, and there is no "
                             "validation example (curate.val); set keep_best false or keep a val split")
