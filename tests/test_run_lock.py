@@ -78,3 +78,53 @@ def test_a_second_command_on_a_busy_run_directory_is_refused_in_one_line(tmp_pat
     # Released, the run directory takes the next command.
     again = potstill("generate", "-c", "potstill.yaml", cwd=tmp_path, env={"TEACHER_KEY": "unused"})
     assert again.returncode == 0 and "generate: up to date, skipped" in again.stderr, again.stderr
+
+
+HOLDER = """
+import sys
+from pathlib import Path
+from potstill.rundir import RunDir, exclusive
+with exclusive(RunDir(sys.argv[1]).path):
+    print('held', flush=True)
+    sys.stdin.readline()  # loading models: nothing written into the run directory yet
+"""
+
+
+def test_a_refused_command_leaves_the_directory_another_holds(tmp_path, monkeypatch):
+    """Two commands starting at one instant on a new run directory: the refused one saw it missing
+    just before the other made and locked it. Its cleanup removed the still-empty directory, so
+    the holder's lock guarded a deleted one and a third command was let in beside it."""
+    import pytest
+
+    from potstill import stage
+    from potstill.config import Config
+    from potstill.errors import PotstillError
+    from potstill.rundir import exclusive
+
+    run = tmp_path / "runs" / "a"
+    cfg = Config.model_validate({"run_dir": str(run), "task": {"type": "freetext", "instruction": "x"}})
+    holder: list[subprocess.Popen[str]] = []
+    missing_dirs = stage._missing_dirs
+
+    def other_command_arrives(path: Path) -> list[Path]:
+        # The other command makes and locks the directory right after this one found it missing.
+        made = missing_dirs(path)
+        p = subprocess.Popen([sys.executable, "-c", HOLDER, str(run)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
+        holder.append(p)
+        assert p.stdout is not None and p.stdout.readline().strip() == "held"
+        return made
+
+    monkeypatch.setattr(stage, "_missing_dirs", other_command_arrives)
+    try:
+        with pytest.raises(PotstillError, match="another potstill command"):
+            with stage.held_run(cfg):
+                raise AssertionError("took the run directory another process holds")
+        assert run.is_dir()  # the holder's directory, left where it is
+        with pytest.raises(PotstillError, match="another potstill command"):  # and still guarded
+            with exclusive(run):
+                pass
+    finally:
+        for p in holder:
+            p.communicate("go\n", timeout=60)
+    assert holder and holder[0].returncode == 0

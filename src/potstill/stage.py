@@ -226,19 +226,23 @@ def held_run(cfg: Config) -> Iterator[None]:
     block runs. Under torchrun / accelerate launch the ranks of one command share it: rank 0 holds
     it for them."""
     made = _missing_dirs(Path(cfg.run_dir))
-    try:
-        run = RunDir(cfg.run_dir)
-        with exclusive(run.path) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext():
+    run = RunDir(cfg.run_dir)
+    with exclusive(run.path) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext():
+        try:
             yield
-    except BaseException:
-        # A stage that fails before writing anything leaves no empty run directory that looks
-        # like a started run; rmdir removes only what is still empty, so nothing written is lost.
-        for d in made:
-            try:
-                d.rmdir()
-            except OSError:
-                break
-        raise
+        except BaseException:
+            # A stage that fails before writing anything leaves no empty run directory that looks
+            # like a started run; rmdir removes only what is still empty, so nothing written is lost.
+            # Only under the lock: a command refused it may have seen the directory missing an instant
+            # before the holder made it, and the holder's directory is still empty while it loads
+            # models. Removed, the holder's lock guarded a deleted directory, its writes made a new one
+            # and a third command was let in beside it.
+            for d in made:
+                try:
+                    d.rmdir()
+                except OSError:
+                    break
+            raise
 
 
 def _missing_dirs(path: Path) -> list[Path]:
