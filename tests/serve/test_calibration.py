@@ -3,6 +3,7 @@ the reference does not hold (a tiny student on disk; the teacher is never called
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from potstill.records import read_records
-from potstill.serve import run_config
+from potstill.serve import calibration, run_config
 from potstill.serve.routing import ood_distance
 from potstill.serve.service import load_service
 from tests.serve.conftest import TEACHER_KEY, write_run
@@ -91,13 +92,49 @@ def test_a_calibration_cut_between_its_two_files_is_not_taken_for_the_other_stud
     reference = first.reference
     first.close()
     switch(run, run / "students" / "b")
-    (run / "serve" / "routing.tmp").mkdir()  # routing.json's write fails after reference.pt's
-    with pytest.raises(IsADirectoryError):
-        load_service(run, run_config(run, None), device="cpu")
-    (run / "serve" / "routing.tmp").rmdir()
+
+    def full_disk(path, text):  # routing.json's write fails after reference.pt's
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    with monkeypatch.context() as m:
+        m.setattr(calibration, "write_text", full_disk)
+        with pytest.raises(OSError, match="No space left"):
+            load_service(run, run_config(run, None), device="cpu")
     switch(run, run / "students" / "a")
     again = load_service(run, run_config(run, None), device="cpu")
     try:
         assert torch.allclose(again.reference, reference), "A served with B's out-of-distribution reference"
     finally:
         again.close()
+
+
+def test_two_calibrations_of_one_run_at_once_both_finish(tmp_path, tiny_model, monkeypatch):
+    """Two servers calibrating one run at once (started together, or both hot-swapping one promoted
+    student) shared the temp names RUN/serve/reference.tmp and routing.tmp: the one that renamed
+    first took the other's file, which stopped with FileNotFoundError naming a temp file the user
+    never made (at start-up exit 2; on a hot swap, the old student served another minute). Here the
+    other calibration runs whole between this one's save of reference.pt and its rename."""
+    from potstill.models.loading import load_lm
+    from potstill.serve.engine import TransformersEngine
+    from potstill.tasks import get_task
+
+    monkeypatch.setenv("TEACHER_KEY", TEACHER_KEY)
+    run = write_run(tmp_path, tiny_model, "http://127.0.0.1:9/v1", api_key_env="")
+    cfg = run_config(run, None)
+    task = get_task(cfg.task)
+    engine = TransformersEngine(load_lm(str(run / "student"), device="cpu"), task)
+    save, other = torch.save, []
+
+    def save_then_the_other_server_calibrates(obj, f, *args, **kwargs):
+        save(obj, f, *args, **kwargs)
+        if not other:
+            other.append(None)  # once: the other server's own save below only saves
+            other[0] = calibration.calibrate_run(run, cfg, engine, task, force=True)
+
+    monkeypatch.setattr(torch, "save", save_then_the_other_server_calibrates)
+    routing, reference = calibration.calibrate_run(run, cfg, engine, task, force=True)
+    monkeypatch.setattr(torch, "save", save)
+    assert other and torch.allclose(other[0][1], reference)
+    assert sorted(os.listdir(run / "serve")) == ["reference.pt", "routing.json"]  # no temp file left
+    cached = calibration.calibrate_run(run, cfg, engine, task)  # the pair on disk is one whole calibration
+    assert cached[0].confidence_threshold == routing.confidence_threshold and torch.allclose(cached[1], reference)

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from potstill.atomic import atomic_write, write_text
 from potstill.config import Config
 from potstill.errors import PotstillError
 from potstill.hashing import hash_file, hash_obj
@@ -151,17 +151,18 @@ def calibrate_run(run_dir: Path, cfg: Config, engine: ServedStudent, task: Task,
     routing.stats["n_ood_holdout"] = len(held)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Written to temp names and renamed, so a crash never leaves a half-written file; the pair is
-    # two renames, so each file carries the key and is read only beside the other of its key.
-    torch.save({"key": key, "reference": reference}, ref_path.with_suffix(".tmp"))
-    os.replace(ref_path.with_suffix(".tmp"), ref_path)
-    tmp = routing_path.with_suffix(".tmp")
-    stats = jsonable(routing.stats)
-    tmp.write_text(json.dumps({
+    # two renames, so each file carries the key and is read only beside the other of its key. The
+    # temp names are this process's own: two servers calibrating one run at once (started together,
+    # or both hot-swapping one promoted student) shared RUN/serve/reference.tmp, and one's rename
+    # took the file the other was about to rename (FileNotFoundError). Either one's pair is right:
+    # both measure the same key on the same data.
+    with atomic_write(ref_path) as f:
+        torch.save({"key": key, "reference": reference}, f.buffer)  # bytes, through the text file's own stream
+    write_text(routing_path, json.dumps({
         # Whom it was calibrated for: watch judges the served escalation share against it only for that student.
         "key": key, "student": engine.served_name, "confidence_threshold": _finite(routing.confidence_threshold),
-        "ood_threshold": _finite(routing.ood_threshold), "stats": stats,
+        "ood_threshold": _finite(routing.ood_threshold), "stats": jsonable(routing.stats),
     }, indent=2))
-    os.replace(tmp, routing_path)
     return routing, reference
 
 
