@@ -5,8 +5,12 @@ JSONL and text writers on top of them. Re-exported by ``potstill.records``, wher
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import errno
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from contextvars import ContextVar
@@ -138,14 +142,74 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         if finish is not None and finish[0] == Path(os.path.abspath(path)):
             finish[1](tmp)
         _ordinary_modes(tmp)
-        if path.is_symlink():  # a promoted student (RUN/student -> students/ID): the target is kept
-            path.unlink()
-        elif path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        _swap_in(tmp, path)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove(tmp)
         raise
+
+
+def _swap_in(tmp: Path, path: Path) -> None:
+    """Put the folder ``tmp`` at ``path``, and delete what was there (a folder, or a promoted
+    student's link RUN/student -> students/ID, whose target is kept) only once it is out of the way.
+
+    The old folder was deleted first and the new one renamed in after: a second writer of ``path``
+    meanwhile (two `potstill export` of one run) failed with 'Directory not empty' or FileNotFoundError,
+    and a reader in that window, as long as the delete of a model's folder, found no folder or half
+    of one. Now the two are exchanged in one ``renameat2`` (Linux >= 3.15): ``path`` always names a
+    whole folder, and each writer's goes in whole, the last one's staying. Elsewhere (another kernel,
+    a file system without it) the old one is renamed aside first, a gap of one rename; a writer whose
+    rename loses to another's moves that one aside in turn. A kill after the exchange (or in the gap)
+    leaves the old folder under a temp name that carries this process (``leftovers``): the next write
+    of ``path`` deletes it."""
+    while True:
+        there = path.is_dir() or path.is_symlink()  # a file there is refused by the rename, not deleted
+        if there and exchange(tmp, path):
+            _remove(tmp)  # tmp now holds the old folder or link
+            return
+        aside = path.with_name(f".{path.name}-{leftovers.owner()}-{secrets.token_hex(4)}") if there else None
+        try:
+            if aside is not None:
+                try:
+                    os.replace(path, aside)
+                except FileNotFoundError:  # another writer has just moved it aside
+                    aside = None
+            os.replace(tmp, path)
+        except BaseException as e:  # Ctrl-C between the two renames too
+            lost = isinstance(e, OSError) and e.errno in (errno.ENOTEMPTY, errno.EEXIST)  # another's went in
+            if aside is not None and (aside.exists() or aside.is_symlink()):
+                if lost:
+                    _remove(aside)
+                elif not (path.exists() or path.is_symlink()):
+                    os.replace(aside, path)  # the old folder back where it was: nothing lost
+            if not lost:
+                raise
+            continue  # that one is moved aside in turn
+        if aside is not None:
+            _remove(aside)
+        return
+
+
+def _remove(path: Path) -> None:
+    """Delete a folder, or just the link where ``path`` is one (its target is kept)."""
+    if path.is_symlink():
+        path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+RENAME_EXCHANGE = 2  # linux/fs.h
+AT_FDCWD = -100
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically; False when the kernel or libc cannot (or either is missing)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return fn(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0
 
 
 def write_jsonl(path: str | Path, rows: Iterable[Any]) -> int:

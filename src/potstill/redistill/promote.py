@@ -11,29 +11,14 @@ the symlink follows, with a gap of one rename.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 from pathlib import Path
 
+from potstill.atomic import exchange
 from potstill.errors import PotstillError
 from potstill.hashing import hash_path
 from potstill.records import write_json
 from potstill.rundir import RunDir, exclusive
-
-RENAME_EXCHANGE = 2  # linux/fs.h
-AT_FDCWD = -100
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths atomically; False when the kernel or libc cannot."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    return fn(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0
 
 
 def _adopted(run_dir: Path, target: Path) -> dict | None:
@@ -129,7 +114,7 @@ def _switch(run_dir: Path, target: Path, keep_as: str) -> dict[str, str]:
     else:
         students.mkdir(exist_ok=True)
         kept = _unused(students / keep_as)
-        if _exchange(tmp, link):
+        if exchange(tmp, link):
             os.rename(tmp, kept)  # tmp now holds the old directory
         else:
             os.rename(link, kept)
