@@ -4,11 +4,13 @@ one whose calibration fails is told apart from one that cannot load."""
 
 from __future__ import annotations
 
+import errno
 import shutil
 
 import httpx
 
 from potstill.redistill.promote import switch
+from potstill.serve import calibration
 from potstill.serve import service as service_module
 from tests.serve.conftest import SERVE_KEY
 from tests.serve.test_hot_swap import _wait, swap_run  # noqa: F401 (swap_run: the fixture)
@@ -55,16 +57,20 @@ def test_a_load_error_that_reads_as_markup_leaves_the_watcher_polling(swap_run, 
     assert "could not load the promoted student" in capfd.readouterr().err
 
 
-def test_a_hot_swap_whose_calibration_fails_says_so_not_that_the_student_cannot_load(swap_run):  # noqa: F811
-    """The promoted student loads; its calibration's cache cannot be written (a crash's leftover: a
-    folder where RUN/serve/routing.tmp is written). Before, the 409 said "cannot load <student>"."""
+def test_a_hot_swap_whose_calibration_fails_says_so_not_that_the_student_cannot_load(swap_run, monkeypatch):  # noqa: F811
+    """The promoted student loads; its calibration's cache cannot be written (the disk is full).
+    Before, the 409 said "cannot load <student>"."""
     run, service, live = swap_run
     old = service.student_name
-    (run / "serve" / "routing.tmp").mkdir()
+
+    def full_disk(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(calibration, "write_text", full_disk)
     switch(run, run / "students" / "b")
     r = httpx.post(live.url + "/admin/reload", headers={"Authorization": f"Bearer {SERVE_KEY}"}, timeout=60)
     message = r.json()["error"]["message"]
     assert r.status_code == 409 and message.startswith(f"reload failed, still serving {old}: ")
     assert "cannot load" not in message
-    assert "cannot calibrate routing for" in message and "IsADirectoryError" in message and "routing.tmp" in message
+    assert "cannot calibrate routing for" in message and "OSError" in message and "No space left" in message
     assert service.student_name == old and not service.swaps
