@@ -42,8 +42,6 @@ class CompletionRequest(GeneratedRequest):
     logprobs: int | None = Field(None, ge=0, le=20, strict=True, description="Each token's log-probability and "
                                  "this many likeliest alternatives, in the legacy form.")
     stream: bool | None = Field(False, strict=True)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, ge=0, le=1)
     n: int | None = Field(None, ge=1, le=1, strict=True, description="Only one choice per prompt is served.")
     stream_options: StreamOptions | None = Field(None, description="With stream: include_usage sends a last "
                                                  "chunk, before [DONE], with no choices and the request's usage.")

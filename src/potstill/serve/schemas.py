@@ -1,12 +1,14 @@
 """The OpenAI chat-completions wire format, as much of it as the server reads and writes.
 
-Unknown request fields are accepted and ignored (clients send ``seed``, ``user``...), so a client
-that talked to the teacher only changes its base_url. Responses add a ``potstill`` object saying
-who answered and why; the official SDK keeps it in ``model_extra``.
+OpenAI's sampling fields (``temperature``, ``top_p``, ``seed``, the penalties) are checked as OpenAI
+checks them and not applied; unknown fields are accepted and ignored, as vLLM does, so a client that
+talked to the teacher only changes its base_url. Responses add a ``potstill`` object saying who
+answered and why; the official SDK keeps it in ``model_extra``.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
@@ -116,7 +118,12 @@ class NamedToolChoice(BaseModel):
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="allow")
-    include_usage: bool | None = None
+    include_usage: bool | None = Field(None, strict=True)
+
+
+#: OpenAI's ``metadata``: up to 16 pairs, keys up to 64 characters and values up to 512.
+Metadata = dict[Annotated[str, StringConstraints(max_length=64)],
+                Annotated[str, StringConstraints(max_length=512)]]
 
 
 class GeneratedRequest(BaseModel):
@@ -138,6 +145,25 @@ class GeneratedRequest(BaseModel):
                                 "(llama.cpp's, as xgrammar reads it; rule root) or Lark (rule start).")
     structured_outputs: Any = Field(None, description="vLLM's: {json: schema}, {json_object: true}, {regex}, "
                                     "{choice} or {grammar}, as the fields above; structural_tag refused.")
+    # Sampling: checked strictly as OpenAI's API checks them (a string "0.5" is a 400, not 0.5) and
+    # not applied: the student decodes greedily, as its thresholds were calibrated, and the teacher
+    # as the run configures it.
+    temperature: float | None = Field(None, ge=0, le=2, strict=True, description="Accepted and not applied.")
+    top_p: float | None = Field(None, ge=0, le=1, strict=True, description="Accepted and not applied.")
+    seed: int | None = Field(None, strict=True, description="Accepted and not applied.")
+    presence_penalty: float | None = Field(None, ge=-2, le=2, strict=True, description="Accepted and not applied.")
+    frequency_penalty: float | None = Field(None, ge=-2, le=2, strict=True, description="Accepted and not applied.")
+    user: str | None = Field(None, strict=True, description="Accepted and not applied.")
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100, strict=True)]] | None = Field(
+        None, description="Token id -> bias in [-100, 100]: accepted and not applied.")
+
+    @field_validator("logit_bias", mode="before")
+    @classmethod
+    def _token_ids(cls, v: object) -> object:
+        bad = next((k for k in v if not re.fullmatch(r"[0-9]+", k)), None) if isinstance(v, dict) else None
+        if bad is not None:
+            raise ValueError(f"key {bad!r} is not a token id (a string of digits)")
+        return v
 
     @field_validator("stop")
     @classmethod
@@ -170,8 +196,6 @@ class ChatRequest(GeneratedRequest):
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(None, ge=1, strict=True)
     max_completion_tokens: int | None = Field(None, ge=1, strict=True)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, ge=0, le=1)
     n: int | None = Field(None, ge=1, le=1, strict=True, description="Only one choice per request is served.")
     tools: list[Tool] | None = Field(None, min_length=1, description="Function tools; a request that lets the "
                                      "model call one (tool_choice not 'none') is answered by the teacher.")
@@ -187,6 +211,15 @@ class ChatRequest(GeneratedRequest):
     function_call: Any = Field(None, description="Legacy function calling: refused; send tool_choice.")
     modalities: list[str] | None = Field(None, description="['text'] only: audio output is refused.")
     audio: Any = Field(None, description="Audio output settings: refused (this server answers text).")
+    # OpenAI's, checked as it checks them (the values the openai SDK types) and not applied: no
+    # completion is stored for OpenAI's stored-completions API, and the teacher's tier and effort
+    # are the run's.
+    store: bool | None = Field(None, strict=True, description="Accepted and not applied.")
+    metadata: Metadata | None = Field(None, max_length=16, description="Accepted and not applied.")
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = Field(
+        None, description="Accepted and not applied.")
+    service_tier: Literal["auto", "default", "flex", "scale", "priority", "fast"] | None = Field(
+        None, description="Accepted and not applied.")
 
     @field_validator("functions", "function_call")
     @classmethod
@@ -356,15 +389,14 @@ class ResponsesRequest(BaseModel):
                                      "instruction, which it was trained with.")
     max_output_tokens: int | None = Field(None, ge=1, strict=True)
     stream: bool | None = Field(False, strict=True)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, ge=0, le=1)
+    temperature: float | None = Field(None, ge=0, le=2, strict=True)
+    top_p: float | None = Field(None, ge=0, le=1, strict=True)
     previous_response_id: str | None = Field(None, description="A stored response this one continues: its "
                                              "input items and output come before this input.")
     store: bool | None = Field(True, strict=True, description="Keep the response, to continue it or read it back "
                                "(serve.store_responses).")
-    metadata: dict[Annotated[str, StringConstraints(max_length=64)], Annotated[str, StringConstraints(
-        max_length=512)]] | None = Field(None, max_length=16, description="Up to 16 pairs, kept with the "
-                                            "response and given back.")
+    metadata: Metadata | None = Field(None, max_length=16, description="Up to 16 pairs, kept with the response and "
+                                      "given back.")
     tools: list[Any] | None = Field(None, description="Function tools; a request that lets the model call one "
                                     "(tool_choice not 'none') is answered by the teacher, as on chat completions.")
     tool_choice: Any = Field(None, description="none, auto, required, or {type: function, name}.")
