@@ -6,7 +6,41 @@ from __future__ import annotations
 import openai
 import pytest
 
-from tests.serve.conftest import MSG, client
+from tests.serve.conftest import MSG, client, rows
+
+# Each asks something of the answer that neither model is given (the field, a value that asks it).
+REFUSED = [("logit_bias", {"6": -100}), ("min_tokens", 50), ("ignore_eos", True),
+           ("include_stop_str_in_output", True), ("stop_token_ids", [2]), ("bad_words", ["the"]),
+           ("allowed_token_ids", [5, 6]), ("chat_template", "{{ messages[0]['content'] }}"),
+           ("chat_template_kwargs", {"enable_thinking": False}), ("add_generation_prompt", False),
+           ("continue_final_message", True), ("echo", True)]
+
+
+def test_fields_that_would_change_the_answer_are_400s_that_name_them(served):
+    """Found by a review: ``logit_bias`` and vLLM's ``min_tokens``, ``ignore_eos``,
+    ``include_stop_str_in_output``, ``chat_template``, ``continue_final_message`` and
+    ``add_generation_prompt: false`` were unknown fields, answered with a 200 that ignored them (a
+    token banned with logit_bias was in the answer), while ``n: 2`` was a 400. Each is a 400 naming
+    it now, and a ledger row; their defaults and unknown fields that ask nothing are still served."""
+    service, live = served
+    c = client(live)
+    before = len(rows(service))
+    for field, value in REFUSED:
+        with pytest.raises(openai.BadRequestError) as e:
+            c.chat.completions.create(model="potstill", messages=MSG, extra_body={field: value})
+        assert (e.value.body["param"], e.value.body["type"]) == (field, "invalid_request_error"), e.value.body
+        assert e.value.body["message"].startswith(f"{field}: not served here ("), e.value.body
+    # /v1/completions shares the answer's fields (not chat's template ones).
+    for field, value in REFUSED[:7]:
+        with pytest.raises(openai.BadRequestError) as e:
+            c.completions.create(model="potstill", prompt="the team won", extra_body={field: value})
+        assert e.value.body["param"] == field, e.value.body
+    assert [r["error"][:3] for r in rows(service)[before:]] == ["400"] * (len(REFUSED) + 7)
+    asks_nothing = {"logit_bias": {}, "min_tokens": 0, "ignore_eos": False, "include_stop_str_in_output": False,
+                    "stop_token_ids": [], "add_generation_prompt": True, "continue_final_message": False,
+                    "echo": False, "chat_template_kwargs": {}, "top_k": 5, "prediction": None}
+    assert c.chat.completions.create(model="potstill", messages=MSG, extra_body=asks_nothing).choices
+
 
 def test_sampling_fields_are_checked_as_openai_checks_them(served):
     """Found by a review: ``seed: "x"``, ``presence_penalty: 5``, ``temperature: "0.5"`` or ``true``,

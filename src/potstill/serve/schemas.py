@@ -1,9 +1,11 @@
 """The OpenAI chat-completions wire format, as much of it as the server reads and writes.
 
 OpenAI's sampling fields (``temperature``, ``top_p``, ``seed``, the penalties) are checked as OpenAI
-checks them and not applied; unknown fields are accepted and ignored, as vLLM does, so a client that
-talked to the teacher only changes its base_url. Responses add a ``potstill`` object saying who
-answered and why; the official SDK keeps it in ``model_extra``.
+checks them and not applied; a field that asks something specific of the answer which neither model
+is given (a token banned with ``logit_bias``, vLLM's ``min_tokens`` or ``chat_template``...) is a 400
+naming it where it asks anything (``REFUSED_WHERE_SET``); other unknown fields are accepted and
+ignored, as vLLM does, so a client that talked to the teacher only changes its base_url. Responses
+add a ``potstill`` object saying who answered and why; the official SDK keeps it in ``model_extra``.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, StrictInt, StrictStr, StringConstraints, ValidationInfo,
+                      field_validator)
 
 from potstill.responses_format import json_type as _json_type
 from potstill.responses_format import utf8 as _utf8
@@ -125,6 +128,34 @@ class StreamOptions(BaseModel):
 Metadata = dict[Annotated[str, StringConstraints(max_length=64)],
                 Annotated[str, StringConstraints(max_length=512)]]
 
+#: Fields (OpenAI's and vLLM's) that ask something specific of the answer which neither model is
+#: given, and would change even a greedy answer: each is a 400 naming it where it asks anything, as
+#: ``n`` above 1 is, so no client gets a 200 that ignored it (``logit_bias`` banning a token, say,
+#: and the answer holding it). Their defaults, and empty lists and maps, ask nothing and pass.
+#: Field: what is not served.
+REFUSED_WHERE_SET = {
+    "logit_bias": "token biases: neither model is given them",
+    "min_tokens": "a minimum answer length",
+    "ignore_eos": "generating past the end of the answer",
+    "include_stop_str_in_output": "the stop string in the answer: the answer ends before it",
+    "stop_token_ids": "stop token ids; send stop strings",
+    "bad_words": "banned words",
+    "allowed_token_ids": "a token allow-list",
+    # chat's
+    "chat_template": "a client's chat template: the student reads its own prompt format",
+    "chat_template_kwargs": "chat template arguments: the student reads its own prompt format",
+    "add_generation_prompt": "a chat without the assistant's turn: every answer is a new assistant message",
+    "continue_final_message": "continuing the last message: every answer is a new assistant message",
+    "echo": "the last message is not returned",
+}
+
+
+def _refuse_where_set(v: Any, info: ValidationInfo) -> Any:
+    # add_generation_prompt asks something where false; the others where true, non-zero or non-empty.
+    if (v is False) if info.field_name == "add_generation_prompt" else bool(v):
+        raise ValueError(f"not served here ({REFUSED_WHERE_SET[info.field_name]}); an answer would ignore it")
+    return v
+
 
 class GeneratedRequest(BaseModel):
     """What chat completions and text completions share: ``stop``, and a structured-output format,
@@ -154,8 +185,15 @@ class GeneratedRequest(BaseModel):
     presence_penalty: float | None = Field(None, ge=-2, le=2, strict=True, description="Accepted and not applied.")
     frequency_penalty: float | None = Field(None, ge=-2, le=2, strict=True, description="Accepted and not applied.")
     user: str | None = Field(None, strict=True, description="Accepted and not applied.")
+    # REFUSED_WHERE_SET: typed as OpenAI and vLLM type them, so a malformed one says what is wrong first.
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100, strict=True)]] | None = Field(
-        None, description="Token id -> bias in [-100, 100]: accepted and not applied.")
+        None, description="Token id -> bias in [-100, 100]: refused unless empty.")
+    min_tokens: int | None = Field(None, ge=0, strict=True, description="vLLM's: refused above 0.")
+    ignore_eos: bool | None = Field(None, strict=True, description="vLLM's: refused where true.")
+    include_stop_str_in_output: bool | None = Field(None, strict=True, description="vLLM's: refused where true.")
+    stop_token_ids: list[StrictInt] | None = Field(None, description="vLLM's: refused unless empty.")
+    bad_words: list[StrictStr] | None = Field(None, description="vLLM's: refused unless empty.")
+    allowed_token_ids: list[StrictInt] | None = Field(None, description="vLLM's: refused unless empty.")
 
     @field_validator("logit_bias", mode="before")
     @classmethod
@@ -164,6 +202,9 @@ class GeneratedRequest(BaseModel):
         if bad is not None:
             raise ValueError(f"key {bad!r} is not a token id (a string of digits)")
         return v
+
+    _refused = field_validator("logit_bias", "min_tokens", "ignore_eos", "include_stop_str_in_output",
+                               "stop_token_ids", "bad_words", "allowed_token_ids")(_refuse_where_set)
 
     @field_validator("stop")
     @classmethod
@@ -220,6 +261,15 @@ class ChatRequest(GeneratedRequest):
         None, description="Accepted and not applied.")
     service_tier: Literal["auto", "default", "flex", "scale", "priority", "fast"] | None = Field(
         None, description="Accepted and not applied.")
+    # vLLM's chat fields in REFUSED_WHERE_SET.
+    chat_template: str | None = Field(None, strict=True, description="vLLM's: refused.")
+    chat_template_kwargs: dict[str, Any] | None = Field(None, description="vLLM's: refused unless empty.")
+    add_generation_prompt: bool | None = Field(None, strict=True, description="vLLM's: refused where false.")
+    continue_final_message: bool | None = Field(None, strict=True, description="vLLM's: refused where true.")
+    echo: bool | None = Field(None, strict=True, description="vLLM's: refused where true.")
+
+    _refused_chat = field_validator("chat_template", "chat_template_kwargs", "add_generation_prompt",
+                                    "continue_final_message", "echo")(_refuse_where_set)
 
     @field_validator("functions", "function_call")
     @classmethod
