@@ -73,3 +73,27 @@ def test_sampling_fields_are_checked_as_openai_checks_them(served):
                                    reasoning_effort="low", service_tier="auto")
     assert ok.choices[0].message.content
 
+
+def test_an_errors_param_is_the_field_not_a_branch_of_its_type(served):
+    """Found by a review: for a field whose type is a union, param named pydantic's first branch
+    ('stop.str', "tool_choice.literal['none','auto','required']") and the message was that
+    branch's, whatever was sent: ``stop: [1]`` was told a string is required, and ``tool_choice:
+    {"type": "function"}`` to be 'none', 'auto' or 'required', not of its missing function."""
+    service, live = served
+    c = client(live)
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    cases = [({"stop": 5}, "stop", "stop: expected a string or an array, not a number"),
+             ({"stop": [1]}, "stop.0", "stop.0: Input should be a valid string"),
+             ({"tools": tools, "tool_choice": "sometimes"}, "tool_choice",
+              "tool_choice: Input should be 'none', 'auto' or 'required'"),
+             ({"tools": tools, "tool_choice": {"type": "function"}}, "tool_choice.function",
+              "tool_choice.function: Field required"),
+             ({"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}, "messages.0.content.0.text",
+              "messages.0.content.0.text: Input should be a valid string"),
+             ({"extra_body": {"guided_json": 5}}, "guided_json",
+              "guided_json: expected an object or a string, not a number"),
+             ({"stream_options": 5, "stream": True}, "stream_options", "stream_options: Input should be an object")]
+    for kw, param, message in cases:
+        with pytest.raises(openai.BadRequestError) as e:
+            c.chat.completions.create(**{"model": "potstill", "messages": MSG, **kw})
+        assert (e.value.body["param"], e.value.body["message"]) == (param, message), e.value.body

@@ -224,12 +224,11 @@ def _add_error_handlers(app: FastAPI, service: Service, requests: Counter):
             raw = request.scope.get("state", {}).get("raw_body") or b""
             problem = json_problem(raw.decode("utf-8", "replace")) or err.get("ctx", {}).get("error", "")
             return await on_error(request, 400, f"the request body is not valid JSON: {problem}")
-        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
-        if not loc:  # the body as a whole: pydantic's words ('Field required') would name nothing
+        if not [x for x in err.get("loc", ()) if x != "body"]:
+            # the body as a whole: pydantic's words ('Field required') would name nothing
             return await on_error(request, 400, _body_problem(request))
-        param = ".".join(loc)
-        msg = str(err.get("msg", "invalid request")).removeprefix("Value error, ")  # pydantic's word for our checks
-        return await on_error(request, 400, f"{param + ': ' if param else ''}{msg}", param)
+        param, msg = validation_problem(e.errors(), e.body)
+        return await on_error(request, 400, f"{param}: {msg}" if param else msg, param or None)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, e: StarletteHTTPException) -> JSONResponse:
@@ -313,6 +312,84 @@ def _body_problem(request: Request) -> str:
 
 _JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean",
                type(None): "null"}
+
+
+def validation_problem(errors: list[dict[str, Any]], body: Any) -> tuple[str, str]:
+    """The parameter and message of a request pydantic refused (``errors``, of ``body`` as sent),
+    in the client's terms. pydantic names a union's branches in an error's location ('stop.str',
+    "tool_choice.literal['none','auto','required']") and tries each, so its first error is the
+    first branch's, whatever was sent: for ``stop: [1]`` it said a string was required. Here the
+    location keeps the field names and indexes alone, the error is the one from the branch of the
+    value's JSON type (an array's item, an object's missing field), and a value no branch takes
+    is told what the field takes."""
+    locs = [list(err.get("loc", ())) for err in errors]
+    walked = [(err, *_walk(loc[1:] if loc[:1] == ["body"] else loc, body)) for err, loc in zip(errors, locs)]
+    err, path, branches = walked[0]
+    if branches:
+        at, site = branches[0][0], path[:branches[0][0]]
+        union = [w for w in walked if w[2] and w[2][0][0] == at and w[1][:at] == site]
+        fits = next((w for w in union if all(_fits(tag, value) for _, tag, value in w[2])), None)
+        if fits is None:
+            takes = list(dict.fromkeys(_takes(w[2][0][1]) for w in union))
+            return ".".join(site), f"expected {' or '.join(takes)}, not {_json_type(branches[0][2])}"
+        err, path, _ = fits
+    msg = str(err.get("msg", "invalid request")).removeprefix("Value error, ")  # pydantic's word for our checks
+    # pydantic's words for a model given no object name its class or Python's objects
+    return ".".join(path), re.sub(r"a valid dictionary or (instance of \w+|object to extract fields from)",
+                                  "an object", msg)
+
+
+# pydantic's names of a union's branches in an error's location, beside field names and indexes:
+# a type ('str', 'list[str]', "literal['a','b']", 'dict[str,any]'), a model class ('NamedToolChoice')
+# or a wrapper ('function-after[...]').
+_SCALARS = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "none": (type(None),)}
+
+
+def _walk(loc: list, body: Any) -> tuple[list[str], list[tuple[int, str, Any]]]:
+    """``loc`` as the client's path (field names and indexes), and the branches pydantic named on
+    the way: (where in the path, the branch's name, the value sent there)."""
+    path: list[str] = []
+    branches: list[tuple[int, str, Any]] = []
+    value = body
+    for step in loc:
+        if isinstance(value, dict) and step in value:  # a key sent: even one that reads like a branch's name
+            value = value[step]
+        elif isinstance(value, list) and isinstance(step, int) and 0 <= step < len(value):
+            value = value[step]
+        elif isinstance(step, str) and ("[" in step or "-" in step or step in _SCALARS or step[:1].isupper()):
+            branches.append((len(path), step, value))
+            continue
+        else:  # a field not sent (Field required)
+            value = None
+        path.append(str(step))
+    return path, branches
+
+
+def _fits(branch: str, value: Any) -> bool:
+    """Whether ``branch`` of a union is the one for ``value``'s JSON type."""
+    if branch in _SCALARS:
+        return isinstance(value, _SCALARS[branch]) and (branch == "bool" or not isinstance(value, bool))
+    if branch.startswith("literal['"):  # of strings
+        return isinstance(value, str)
+    if branch.startswith("literal["):
+        return not isinstance(value, (dict, list))
+    if branch.startswith(("list[", "tuple[", "set[")):
+        return isinstance(value, list)
+    if branch.startswith("dict[") or branch[:1].isupper():
+        return isinstance(value, dict)
+    return True  # a wrapper: no type of its own
+
+
+def _takes(branch: str) -> str:
+    """What a union's ``branch`` takes, in JSON's words."""
+    if branch.startswith("literal["):
+        return "one of " + branch.removeprefix("literal[").removesuffix("]").replace(",", ", ")
+    words = {"str": "a string", "int": "an integer", "float": "a number", "bool": "a boolean", "none": "null"}
+    return words.get(branch) or ("an array" if branch.startswith(("list[", "tuple[", "set[")) else "an object")
+
+
+def _json_type(value: Any) -> str:
+    return "an object" if isinstance(value, dict) else _JSON_KINDS.get(type(value), "a JSON value")
 
 
 def _served_names(service: Service) -> dict[str, str]:
