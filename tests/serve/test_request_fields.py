@@ -12,7 +12,7 @@ from tests.serve.conftest import MSG, client, rows
 REFUSED = [("logit_bias", {"6": -100}), ("min_tokens", 50), ("ignore_eos", True),
            ("include_stop_str_in_output", True), ("stop_token_ids", [2]), ("bad_words", ["the"]),
            ("allowed_token_ids", [5, 6]), ("chat_template", "{{ messages[0]['content'] }}"),
-           ("chat_template_kwargs", {"enable_thinking": False}), ("add_generation_prompt", False),
+           ("chat_template_kwargs", {"enable_thinking": True}), ("add_generation_prompt", False),
            ("continue_final_message", True), ("echo", True)]
 
 
@@ -38,7 +38,7 @@ def test_fields_that_would_change_the_answer_are_400s_that_name_them(served):
     assert [r["error"][:3] for r in rows(service)[before:]] == ["400"] * (len(REFUSED) + 7)
     asks_nothing = {"logit_bias": {}, "min_tokens": 0, "ignore_eos": False, "include_stop_str_in_output": False,
                     "stop_token_ids": [], "add_generation_prompt": True, "continue_final_message": False,
-                    "echo": False, "chat_template_kwargs": {}, "top_k": 5, "prediction": None}
+                    "echo": False, "chat_template_kwargs": {"enable_thinking": False}, "top_k": 5, "prediction": None}
     assert c.chat.completions.create(model="potstill", messages=MSG, extra_body=asks_nothing).choices
 
 

@@ -152,6 +152,10 @@ REFUSED_WHERE_SET = {
 
 def _refuse_where_set(v: Any, info: ValidationInfo) -> Any:
     # add_generation_prompt asks something where false; the others where true, non-zero or non-empty.
+    # chat_template_kwargs {"enable_thinking": false}, which Qwen3 clients send, asks for the answer
+    # without a thinking block, which is how the student answers: it asks nothing.
+    if info.field_name == "chat_template_kwargs" and isinstance(v, dict):
+        v = {k: x for k, x in v.items() if not (k == "enable_thinking" and x is False)}
     if (v is False) if info.field_name == "add_generation_prompt" else bool(v):
         raise ValueError(f"not served here ({REFUSED_WHERE_SET[info.field_name]}); an answer would ignore it")
     return v
@@ -263,7 +267,8 @@ class ChatRequest(GeneratedRequest):
         None, description="Accepted and not applied.")
     # vLLM's chat fields in REFUSED_WHERE_SET.
     chat_template: str | None = Field(None, strict=True, description="vLLM's: refused.")
-    chat_template_kwargs: dict[str, Any] | None = Field(None, description="vLLM's: refused unless empty.")
+    chat_template_kwargs: dict[str, Any] | None = Field(None, description="vLLM's: refused unless empty "
+                                                         "or only enable_thinking: false.")
     add_generation_prompt: bool | None = Field(None, strict=True, description="vLLM's: refused where false.")
     continue_final_message: bool | None = Field(None, strict=True, description="vLLM's: refused where true.")
     echo: bool | None = Field(None, strict=True, description="vLLM's: refused where true.")
