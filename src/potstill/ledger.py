@@ -125,8 +125,9 @@ class Ledger(GenerateRuns):
         self.record(Call(
             request_hash=call.request_hash, role=call.answered_by, stage="serve", model=call.model,
             request=call.request, response=call.response_json(), input_tokens=call.input_tokens,
-            output_tokens=call.output_tokens, cost_usd=call.cost_usd, latency_s=call.latency_s, status=call.status,
-            error=call.error, created_at=call.created_at, stop_reason=call.finish_reason if call.status == "ok" else None,
+            output_tokens=call.output_tokens, cached_input_tokens=call.cached_input_tokens, cost_usd=call.cost_usd,
+            latency_s=call.latency_s, status=call.status, error=call.error, created_at=call.created_at,
+            stop_reason=call.finish_reason if call.status == "ok" else None,
         ))
 
     # ------------------------------------------------------------------ reads
@@ -264,15 +265,18 @@ class Ledger(GenerateRuns):
         with self._lock:
             found = self._db.execute(
                 # Else calls_role_stage (role, stage), every escalation, even for one hash: see _by_hash.
-                "SELECT request_hash, response, input_tokens, output_tokens FROM calls INDEXED BY calls_hash"
+                "SELECT request_hash, response, input_tokens, output_tokens, cached_input_tokens FROM calls"
+                " INDEXED BY calls_hash"
                 " WHERE stage='serve' AND "
                 f"role='teacher' AND status='ok' AND request_hash IN ({q}) AND "
                 "json_extract(response, '$.teacher_stop_reason') IS NOT NULL ORDER BY id", request_hashes).fetchall()
-        for h, resp, n_in, n_out in found:
+        for h, resp, n_in, n_out, n_cached in found:
             r = json.loads(resp)
             out[h] = {"output": r.get("teacher_output", r.get("content") or ""), "stop_reason": r["teacher_stop_reason"],
                       "label_probs": r.get("teacher_label_probs"), "tool_calls": r.get("tool_calls"),
-                      "logprobs": r.get("teacher_logprobs"), "input_tokens": n_in, "output_tokens": n_out}
+                      "logprobs": r.get("teacher_logprobs"), "input_tokens": n_in, "output_tokens": n_out,
+                      "cached_input_tokens": n_cached, "cache_write_input_tokens": r.get("cache_write_input_tokens", 0),
+                      "cache_write_1h_input_tokens": r.get("cache_write_1h_input_tokens", 0)}
         return out
 
     def partial(self, request_hashes: list[str], role: str = "teacher") -> dict[str, dict[str, Any]]:

@@ -73,6 +73,16 @@ def chat_messages(request: dict[str, Any]) -> list[dict[str, Any]]:
 
 # What a served row's response JSON holds besides ``extra`` (teacher latency, soft label...).
 _ROUTE = ("answered_by", "reason", "confidence", "ood_distance", "student_output", "student")
+# A teacher's prompt-cache writes (Anthropic), kept in a served row's response JSON under the names
+# generate's rows keep them (``Response.to_json``), an error row's too: the calls table has no column
+# for them, and they are billed above the input price (``token_cost``).
+_CACHE_WRITES = ("cache_write_input_tokens", "cache_write_1h_input_tokens")
+
+
+def billed_tokens(r: Any) -> dict[str, int]:
+    """A teacher's answer's (``teachers.Response``) tokens as a served row keeps them: input, output,
+    cached input and cache writes (the provider's bill is these at the teacher's price)."""
+    return {k: getattr(r, k) for k in ("input_tokens", "output_tokens", "cached_input_tokens", *_CACHE_WRITES)}
 
 
 @dataclass
@@ -95,6 +105,9 @@ class ServedCall:
     extra: dict[str, Any] = field(default_factory=dict)
     input_tokens: int = 0
     output_tokens: int = 0
+    cached_input_tokens: int = 0  # the part of input_tokens read from the teacher's prompt cache
+    cache_write_input_tokens: int = 0  # the part written to it (Anthropic), and of those kept an hour
+    cache_write_1h_input_tokens: int = 0
     cost_usd: float = 0.0
     latency_s: float = 0.0
     status: str = "ok"
@@ -123,10 +136,11 @@ class ServedCall:
         return self.answered_by == "teacher"
 
     def response_json(self) -> dict[str, Any] | None:
+        writes = {k: getattr(self, k) for k in _CACHE_WRITES if getattr(self, k)}
         if self.status != "ok":
-            return self.error_body
+            return {**(self.error_body or {}), **writes} if writes else self.error_body
         route = {k: getattr(self, k) for k in _ROUTE if k != "student" or self.student}
-        return {"content": self.content, **route, **self.extra}
+        return {"content": self.content, **route, **writes, **self.extra}
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> "ServedCall":
@@ -134,12 +148,14 @@ class ServedCall:
         request = json.loads(row["request"])
         common = dict(request=request if isinstance(request, dict) else {"body": request}, answered_by=row["role"],
                       model=row["model"], input_tokens=row["input_tokens"], output_tokens=row["output_tokens"],
-                      cost_usd=row["cost_usd"], latency_s=row["latency_s"], status=row["status"], error=row["error"],
+                      cached_input_tokens=row.get("cached_input_tokens") or 0, cost_usd=row["cost_usd"], latency_s=row["latency_s"], status=row["status"], error=row["error"],
                       request_hash=row["request_hash"], id=row["id"], created_at=row["created_at"],
                       finish_reason=row.get("stop_reason") or "stop")
+        if isinstance(resp, dict):
+            resp = dict(resp)
+            common.update({k: int(resp.pop(k) or 0) for k in _CACHE_WRITES if k in resp})
         if row["status"] != "ok" or not isinstance(resp, dict):
-            return cls(error_body=resp if isinstance(resp, dict) else None, **common)
-        resp = dict(resp)
+            return cls(error_body=resp if isinstance(resp, dict) and resp else None, **common)
         route = {k: resp.pop(k) for k in _ROUTE if k in resp}
         route.pop("answered_by", None)  # the role column says it
         content = resp.pop("content", None)

@@ -17,7 +17,7 @@ from dataclasses import fields
 from typing import Any
 
 from potstill.generate.consistency import one_sample, vote
-from potstill.ledger_rows import ServedCall, chat_messages
+from potstill.ledger_rows import ServedCall, billed_tokens, chat_messages
 from potstill.records import Record
 from potstill.serve.formats import FormatError
 from potstill.serve.gate import CLIENT_GONE
@@ -184,8 +184,7 @@ class TeacherSide:
                 request=req, answered_by="teacher", model=self.teacher_name, status="error", request_hash=h,
                 error=f"{UNCLAIMED}: the teacher's answer came after the request that was to pay for it had been "
                       "cancelled (any others were answered by it at $0); this row keeps what the teacher billed",
-                input_tokens=r.input_tokens, output_tokens=r.output_tokens, cost_usd=r.cost_usd,
-                latency_s=r.latency_s))
+                **billed_tokens(r), cost_usd=r.cost_usd, latency_s=r.latency_s))
 
         r, cached = await queue.ask(h, submit, self.reuses_escalations(), live_text, CLIENT_GONE.get(),
                                     self.cfg.serve.max_waiting_escalations, unclaimed)

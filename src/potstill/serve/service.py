@@ -30,6 +30,7 @@ from potstill.errors import PotstillError, cannot_load, redact
 from potstill.engines import section_engine
 from potstill.engines.calibration import weights_of
 from potstill.ledger import Ledger, ServedCall
+from potstill.ledger_rows import billed_tokens
 from potstill.models.loading import model_identity
 from potstill.progress import say
 from potstill.records import read_records
@@ -391,8 +392,7 @@ class Service(TeacherSide):
             elif why is None:
                 lps = openai_logprobs(r.logprobs, content, r.output, logprobs)
         return ServedCall(content=content, model=self.teacher_name, reason=reason + ("+cached" if cached else ""),
-                          input_tokens=r.input_tokens, output_tokens=r.output_tokens,
-                          cost_usd=student_cost + (0.0 if cached else r.cost_usd), extra=extra,
+                          **billed_tokens(r), cost_usd=student_cost + (0.0 if cached else r.cost_usd), extra=extra,
                           finish_reason=finish, logprobs=lps, logprobs_unavailable=why, **common)
 
     def streams(self) -> bool:
@@ -427,8 +427,7 @@ class Service(TeacherSide):
         the logged request (as an answered request's row keeps them)."""
         h = teacher_hash if teacher_hash is not None else self._escalation_hash(request)
         request = {**request, **{k: v for k, v in (("request_id", request_id), ("endpoint", endpoint)) if v is not None}}
-        paid = {} if billed is None else {"input_tokens": billed.input_tokens, "output_tokens": billed.output_tokens,
-                                         "cost_usd": billed.cost_usd}
+        paid = {} if billed is None else {**billed_tokens(billed), "cost_usd": billed.cost_usd}
         self.ledger.record_served(ServedCall(request=request, answered_by=answered_by, model=model, latency_s=latency_s,
                                              status="error", error=error, error_body=body, request_hash=h, **paid))
 

@@ -1,0 +1,117 @@
+"""A served escalation's ledger row is the teacher's bill: its cached input tokens (OpenAI's
+``prompt_tokens_details.cached_tokens``, Anthropic's cache reads) and Anthropic's cache writes are
+kept as generate keeps them, so `potstill cost` reads them; teachers on loopback, the official
+openai client against the served app, the run's real SQLite ledger."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+from fastapi import Body, FastAPI
+from fastapi.responses import StreamingResponse
+
+from tests.helpers.sse import openai_chunk
+from tests.serve.conftest import claude_behind, client, rows, teacher_behind
+
+# What the providers below bill every answer: 2,000 prompt tokens, 1,024 of them read from the cache.
+USAGE = {"prompt_tokens": 2000, "completion_tokens": 3, "total_tokens": 2003,
+         "prompt_tokens_details": {"cached_tokens": 1024}}
+
+
+def caching_provider(asked: list[dict]) -> FastAPI:
+    """An OpenAI chat API answering 'sports', whole or streamed, with ``USAGE``."""
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    def chat(body: dict = Body()):
+        asked.append(body)
+        if body.get("stream"):
+            def chunks():
+                yield openai_chunk(body["model"], {"role": "assistant", "content": "sports"})
+                yield openai_chunk(body["model"], {}, finish="stop")
+                yield openai_chunk(body["model"], usage=USAGE)
+                yield "data: [DONE]\n\n"
+
+            return StreamingResponse(chunks(), media_type="text/event-stream")
+        return {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"], "usage": USAGE,
+                "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
+                             "message": {"role": "assistant", "content": "sports"}}]}
+
+    return app
+
+
+def caching_claude() -> FastAPI:
+    """A Messages API whose every answer read 2,000 tokens from the prompt cache and wrote 1,000 to it,
+    400 of them for an hour, besides 300 uncached input tokens."""
+    app = FastAPI()
+
+    @app.post("/v1/messages")
+    def create(body: dict = Body()) -> dict:
+        usage = {"input_tokens": 300, "output_tokens": 5, "cache_read_input_tokens": 2000,
+                 "cache_creation_input_tokens": 1000,
+                 "cache_creation": {"ephemeral_5m_input_tokens": 600, "ephemeral_1h_input_tokens": 400}}
+        return {"id": "msg_1", "type": "message", "role": "assistant", "model": body["model"], "usage": usage,
+                "content": [{"type": "text", "text": "sports"}], "stop_reason": "end_turn", "stop_sequence": None}
+
+    return app
+
+
+def _cost_lines(run, capsys, monkeypatch) -> list[str]:
+    from potstill.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["potstill", "cost", str(run)])
+    with pytest.raises(SystemExit) as e:
+        main()
+    out = capsys.readouterr().out
+    assert e.value.code in (0, None), out
+    return out.splitlines()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_escalation_keeps_the_cached_input_tokens_it_was_billed(served, force, capsys, monkeypatch, stream):
+    """The row held input and output tokens only: the 1,024 cached ones were logged as 0, and
+    `potstill cost` said '(0 cached)' for every served escalation though its cost was priced with them."""
+    service, live = served
+    force("teacher")
+    before = rows(service)[-1]["id"] if rows(service) else 0
+    asked: list[dict] = []
+    with teacher_behind(service, caching_provider(asked)):
+        msg = [{"role": "user", "content": f"a cached prompt, streamed {stream}"}]
+        if stream:
+            text = "".join(c.choices[0].delta.content or "" for c in client(live).chat.completions.create(
+                model="potstill", messages=msg, stream=True) if c.choices)
+        else:
+            text = client(live).chat.completions.create(model="potstill", messages=msg).choices[0].message.content
+    assert text == "sports" and [bool(b.get("stream")) for b in asked] == [stream]
+    (row,) = [r for r in rows(service) if r["id"] > before]
+    assert (row["role"], row["input_tokens"], row["cached_input_tokens"], row["output_tokens"]) == \
+           ("teacher", 2000, 1024, 3)
+    lines = [ln for ln in _cost_lines(service.ledger.path.parent, capsys, monkeypatch)
+             if ln.startswith("teacher tiny-teacher:")]
+    cached = sum(r["cached_input_tokens"] for r in rows(service, role="teacher"))
+    assert cached >= 1024 and len(lines) == 1 and f"({cached} cached)" in lines[0], lines
+
+
+def test_an_anthropic_escalation_keeps_its_cache_reads_and_writes(served, force):
+    """Cache reads were logged as 0 cached and the cache writes (billed at 1.25x and 2x the input
+    price) were not kept at all; they are now, under the names generate's rows keep them by."""
+    from potstill.ledger_rows import ServedCall
+
+    service, live = served
+    force("teacher")
+    with claude_behind(service, caching_claude(), max_tokens=16):
+        c = client(live).chat.completions.create(model="potstill", messages=[{"role": "user", "content": "a claude"}])
+        # claude-haiku-4-5: $1 input, $5 output per Mtok; reads at 0.1x, 5-minute writes 1.25x, 1-hour writes 2x
+        expected = (300 * 1.0 + 2000 * 0.1 + 600 * 1.25 + 400 * 2.0 + 5 * 5.0) / 1e6
+    assert c.choices[0].message.content == "sports"
+    row = rows(service)[-1]
+    resp = json.loads(row["response"])
+    assert (row["input_tokens"], row["cached_input_tokens"], row["output_tokens"]) == (3300, 2000, 5)
+    assert (resp["cache_write_input_tokens"], resp["cache_write_1h_input_tokens"]) == (1000, 400)
+    assert row["cost_usd"] == pytest.approx(expected, abs=1e-5)  # and the student's seconds, at $0.10 an hour
+    # Read back as a served row: the counts are fields, not part of the answer's extra.
+    got = ServedCall.from_row(row)
+    assert (got.cached_input_tokens, got.cache_write_input_tokens, got.cache_write_1h_input_tokens) == (2000, 1000, 400)
+    assert "cache_write_input_tokens" not in got.extra
