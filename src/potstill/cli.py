@@ -200,8 +200,11 @@ def cost(run_dir: Annotated[Path, typer.Argument(help="Run directory.")],
         # evaluate.judge's calls are paid API calls as well, logged under their own role.
         for role in ("judge", "student"):
             for m in ledger.spend_by_stage(role):
+                # A served student's seconds on the requests it escalated are its spend, not the teacher's.
                 typer.echo(f"{role} {m['model']} ({m['stage']}): {m['calls']} calls ({m['errors']} errors), "
-                           f"{m['input_tokens']} input + {m['output_tokens']} output tokens, ${m['cost_usd']:.4f}")
+                           f"{m['input_tokens']} input + {m['output_tokens']} output tokens, ${m['cost_usd']:.4f}"
+                           + (f" (${m['escalated_cost_usd']:.4f} of it on {m['escalated']} requests it escalated "
+                              "to the teacher)" if m.get("escalated") else ""))
         # A batch at the provider is billed when it completes, but reaches the ledger (and the lines
         # above) only once generate collects it: a run killed with batches open showed part of its bill.
         for b in ledger.batches():
@@ -210,7 +213,8 @@ def cost(run_dir: Annotated[Path, typer.Argument(help="Run directory.")],
                        "generate (generate.engine batch) collects them into the ledger")
         s = ledger.summary("student")
         typer.echo(f"student: {s['calls']} calls, {s['input_tokens']} input + {s['output_tokens']} output tokens, "
-                   f"${s['cost_usd']:.4f}")
+                   f"${s['cost_usd']:.4f}" + (f" (${s['escalated_cost_usd']:.4f} of it on requests it escalated)"
+                                             if s["escalated_cost_usd"] else ""))
         r = rep["latest_run"]
         if r:
             proj = "unknown (no answer yet to price)" if r["projected_remaining_usd"] is None else f"${r['projected_remaining_usd']:.4f}"

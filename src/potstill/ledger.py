@@ -109,7 +109,7 @@ class Ledger(GenerateRuns):
                 c.request_hash, c.role, c.stage, c.model, json.dumps(c.request, sort_keys=True),
                 None if c.response is None else json.dumps(c.response), c.input_tokens, c.output_tokens,
                 c.cached_input_tokens, c.cost_usd, c.latency_s, c.status, c.error, c.created_at, c.stop_reason,
-                c.price_multiplier, c.prompt_hash,
+                c.price_multiplier, c.prompt_hash, c.student_cost_usd,
             )
             for c in calls
         ]
@@ -117,7 +117,7 @@ class Ledger(GenerateRuns):
             self._db.executemany(
                 "INSERT INTO calls (request_hash, role, stage, model, request, response, input_tokens,"
                 " output_tokens, cached_input_tokens, cost_usd, latency_s, status, error, created_at, stop_reason,"
-                " price_multiplier, prompt_hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " price_multiplier, prompt_hash, student_cost_usd) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 rows,
             )
 
@@ -126,7 +126,8 @@ class Ledger(GenerateRuns):
             request_hash=call.request_hash, role=call.answered_by, stage="serve", model=call.model,
             request=call.request, response=call.response_json(), input_tokens=call.input_tokens,
             output_tokens=call.output_tokens, cached_input_tokens=call.cached_input_tokens, cost_usd=call.cost_usd,
-            latency_s=call.latency_s, status=call.status, error=call.error, created_at=call.created_at,
+            student_cost_usd=call.student_cost_usd, latency_s=call.latency_s, status=call.status, error=call.error,
+            created_at=call.created_at,
             stop_reason=call.finish_reason if call.status == "ok" else None,
         ))
 
@@ -332,35 +333,54 @@ class Ledger(GenerateRuns):
         leaving out the ``stage='serve'`` rows, e.g. a served request escalated to the teacher).
 
         Spend and tokens count the error rows too: one holds a cost only where the provider billed it
-        (Anthropic's samples answered beside a failed one, a refusal), and the ledger equals the bill."""
+        (Anthropic's samples answered beside a failed one, a refusal), and the ledger equals the bill.
+        The student's spend holds its seconds on the served requests it escalated (``student_cost_usd``
+        of the teacher's rows), apart as ``escalated_cost_usd``; its calls are those it answered."""
+        serve = "" if served else " AND stage<>'serve'"
         with self._lock:
             r = self._db.execute(
                 "SELECT COALESCE(SUM(status='ok'),0), COALESCE(SUM(input_tokens),0), COALESCE(SUM(output_tokens),0),"
                 " COALESCE(SUM(cost_usd),0), COALESCE(SUM(CASE WHEN status='ok' THEN latency_s ELSE 0 END),0)"
-                " FROM calls WHERE role=?" + ("" if served else " AND stage<>'serve'"),
+                " FROM calls WHERE role=?" + serve,
                 (role,),
             ).fetchone()
-        n = int(r[0])
+            share = 0.0 if role != "student" else float(self._db.execute(
+                "SELECT COALESCE(SUM(student_cost_usd),0) FROM calls WHERE role<>'student'" + serve).fetchone()[0])
+        n, cost = int(r[0]), float(r[3]) + share
         return {
             "calls": n,
             "input_tokens": int(r[1]),
             "output_tokens": int(r[2]),
-            "cost_usd": float(r[3]),
-            "cost_per_call_usd": float(r[3]) / n if n else 0.0,
+            "cost_usd": cost,
+            "cost_per_call_usd": cost / n if n else 0.0,
             "latency_total_s": float(r[4]),
+            "escalated_cost_usd": share,
         }
 
     def spend_by_stage(self, role: str = "student") -> list[dict[str, Any]]:
         """One role's calls (student, teacher, judge) per model and stage (pilot, generate, evaluate,
         serve...), sorted so: count, errors, tokens, spend (an error row's too: it holds a cost only
         where it was billed; a batch answer's at the price it was billed at). Summed by SQLite, so
-        `potstill cost` holds one row per group, not every call with its request and response."""
+        `potstill cost` holds one row per group, not every call with its request and response.
+
+        A student's serve spend holds its seconds on the requests it escalated (the teacher's rows'
+        ``student_cost_usd``, under the student their response names): such a group also says how many
+        (``escalated``) and what they cost (``escalated_cost_usd``); its calls are those it answered."""
         with self._lock:
             found = self._db.execute(
                 "SELECT model, stage, COUNT(*), SUM(status<>'ok'), SUM(input_tokens), SUM(output_tokens),"
                 " SUM(cost_usd) FROM calls WHERE role=? GROUP BY model, stage ORDER BY model, stage", (role,)).fetchall()
-        return [{"model": m, "stage": st, "calls": int(n), "errors": int(e), "input_tokens": int(i),
-                 "output_tokens": int(o), "cost_usd": float(c)} for m, st, n, e, i, o, c in found]
+            shares = self._db.execute(
+                "SELECT COALESCE(json_extract(response, '$.student'), 'student'), stage, COUNT(*),"
+                " SUM(student_cost_usd) FROM calls WHERE role<>'student' AND student_cost_usd<>0 GROUP BY 1, 2"
+            ).fetchall() if role == "student" else []
+        out = {(m, st): {"model": m, "stage": st, "calls": int(n), "errors": int(e), "input_tokens": int(i),
+                         "output_tokens": int(o), "cost_usd": float(c)} for m, st, n, e, i, o, c in found}
+        for m, st, n, c in shares:
+            g = out.setdefault((m, st), {"model": m, "stage": st, "calls": 0, "errors": 0, "input_tokens": 0,
+                                         "output_tokens": 0, "cost_usd": 0.0})
+            g.update(cost_usd=g["cost_usd"] + float(c), escalated=int(n), escalated_cost_usd=float(c))
+        return [out[k] for k in sorted(out)]
 
     # ------------------------------------------------------------------ provider batches
     def batch_new(self, key: str, provider: str, model: str, stage: str, attempt: int,

@@ -33,6 +33,9 @@ class Call:
     price_multiplier: float = 1.0
     #: A teacher request's key whatever its output budget (``Teacher.prompt_hash``; None elsewhere).
     prompt_hash: str | None = None
+    #: A served request the teacher answered: the student's compute on it before it escalated (its
+    #: seconds at ``student.usd_per_hour``), which ``cost_usd``, the teacher's bill, leaves out.
+    student_cost_usd: float = 0.0
 
 
 def user_messages(request: dict[str, Any]) -> list[dict[str, str]]:
@@ -108,7 +111,8 @@ class ServedCall:
     cached_input_tokens: int = 0  # the part of input_tokens read from the teacher's prompt cache
     cache_write_input_tokens: int = 0  # the part written to it (Anthropic), and of those kept an hour
     cache_write_1h_input_tokens: int = 0
-    cost_usd: float = 0.0
+    cost_usd: float = 0.0  # what the one who answered cost: the teacher's bill, or the student's seconds
+    student_cost_usd: float = 0.0  # escalated: the student's seconds on it first (``Call.student_cost_usd``)
     latency_s: float = 0.0
     status: str = "ok"
     error: str | None = None
@@ -135,6 +139,11 @@ class ServedCall:
     def escalated(self) -> bool:
         return self.answered_by == "teacher"
 
+    @property
+    def total_cost_usd(self) -> float:
+        """What the request cost: the answer's, and the student's seconds on it where it escalated."""
+        return self.cost_usd + self.student_cost_usd
+
     def response_json(self) -> dict[str, Any] | None:
         writes = {k: getattr(self, k) for k in _CACHE_WRITES if getattr(self, k)}
         if self.status != "ok":
@@ -148,7 +157,10 @@ class ServedCall:
         request = json.loads(row["request"])
         common = dict(request=request if isinstance(request, dict) else {"body": request}, answered_by=row["role"],
                       model=row["model"], input_tokens=row["input_tokens"], output_tokens=row["output_tokens"],
-                      cached_input_tokens=row.get("cached_input_tokens") or 0, cost_usd=row["cost_usd"], latency_s=row["latency_s"], status=row["status"], error=row["error"],
+                      cached_input_tokens=row.get("cached_input_tokens") or 0, cost_usd=row["cost_usd"],
+                      # A ledger opened read-only before migration 13 has no such column.
+                      student_cost_usd=row.get("student_cost_usd") or 0.0,
+                      latency_s=row["latency_s"], status=row["status"], error=row["error"],
                       request_hash=row["request_hash"], id=row["id"], created_at=row["created_at"],
                       finish_reason=row.get("stop_reason") or "stop")
         if isinstance(resp, dict):

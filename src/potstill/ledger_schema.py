@@ -145,6 +145,12 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE generate_runs ADD COLUMN parent INTEGER;
     """,
+    # 13: the student's share of a served request the teacher answered (its forward's seconds at
+    # student.usd_per_hour), kept apart from the row's cost_usd, the teacher's bill: it was added to
+    # it, so `potstill cost` booked the student's compute under the teacher's model.
+    """
+    ALTER TABLE calls ADD COLUMN student_cost_usd REAL NOT NULL DEFAULT 0;
+    """,
 ]
 
 #: Stop reasons of an answer that ended by itself (OpenAI and local: stop; Anthropic: end_turn,

@@ -110,8 +110,58 @@ def test_an_anthropic_escalation_keeps_its_cache_reads_and_writes(served, force)
     resp = json.loads(row["response"])
     assert (row["input_tokens"], row["cached_input_tokens"], row["output_tokens"]) == (3300, 2000, 5)
     assert (resp["cache_write_input_tokens"], resp["cache_write_1h_input_tokens"]) == (1000, 400)
-    assert row["cost_usd"] == pytest.approx(expected, abs=1e-5)  # and the student's seconds, at $0.10 an hour
+    assert row["cost_usd"] == pytest.approx(expected, rel=1e-9)  # the bill (the student's seconds apart)
     # Read back as a served row: the counts are fields, not part of the answer's extra.
     got = ServedCall.from_row(row)
     assert (got.cached_input_tokens, got.cache_write_input_tokens, got.cache_write_1h_input_tokens) == (2000, 1000, 400)
     assert "cache_write_input_tokens" not in got.extra
+
+
+def test_the_students_seconds_on_an_escalated_request_are_the_students_spend_not_the_teachers(
+        tmp_path, tiny_model, teacher_server, capsys, monkeypatch):
+    """An escalated request's row held the student's seconds plus the teacher's bill under the
+    teacher's model, so `potstill cost` put the student's compute on the teacher's line (above the
+    provider's invoice) and showed the student at $0.0000 though it scored every request first.
+    The teacher's line is now its bill; the student's seconds are the student's; `potstill requests`
+    still says what each request cost in all."""
+    import yaml
+
+    from potstill.serve import run_config
+    from potstill.serve.app import build_app
+    from potstill.serve.log_view import find
+    from potstill.serve.routing import Routing
+    from potstill.serve.service import load_service
+    from tests.helpers.live_server import LiveServer
+    from tests.serve.conftest import SERVE_KEY, TEACHER_KEY, write_run
+
+    monkeypatch.setenv("TEACHER_KEY", TEACHER_KEY)
+    monkeypatch.setenv("SERVE_KEY", SERVE_KEY)
+    run = write_run(tmp_path, tiny_model, teacher_server.base_url)
+    cfg = yaml.safe_load((run / "potstill.yaml").read_text())
+    cfg["student"] = {"usd_per_hour": 3600.0}  # $1 a second: its share shows at $0.0001 resolution
+    (run / "potstill.yaml").write_text("# Written by potstill (a test's run)\n" + yaml.safe_dump(cfg))
+    service = load_service(run, run_config(run, None), device="cpu")
+    service.routing = Routing(confidence_threshold=float("inf"), ood_threshold=float("inf"))
+    try:
+        with LiveServer(build_app(service, SERVE_KEY)) as live, teacher_behind(service, caching_provider([])):
+            for text in ("the first escalation", "the second escalation"):
+                c = client(live).chat.completions.create(model="potstill", messages=[{"role": "user", "content": text}])
+                assert c.model_extra["potstill"]["answered_by"] == "teacher"
+            bill = 2 * service.teacher.token_cost(2000, 3, 1024)  # what the provider billed for the two
+        escalated = rows(service, role="teacher")
+        student = json.loads(escalated[0]["response"])["student"]  # the served student's name
+        assert len(escalated) == 2 and sum(r["cost_usd"] for r in escalated) == pytest.approx(bill, rel=1e-9)
+        share = sum(r["student_cost_usd"] for r in escalated)
+        assert share > 0
+        # `potstill requests`: each request's whole cost, the teacher's bill and the student's seconds.
+        listed = find(service.ledger, limit=None)
+        assert [r["cost_usd"] for r in listed] == [r["cost_usd"] + r["student_cost_usd"] for r in escalated]
+    finally:
+        service.close()
+    lines = _cost_lines(run, capsys, monkeypatch)
+    assert [ln for ln in lines if ln.startswith("teacher tiny-teacher:")] == [
+        f"teacher tiny-teacher: 2 calls (0 errors), 4000 input (2048 cached) + 6 output tokens, ${bill:.4f}"]
+    assert f"student {student} (serve): 0 calls (0 errors), 0 input + 0 output tokens, ${share:.4f} " \
+           f"(${share:.4f} of it on 2 requests it escalated to the teacher)" in lines, lines
+    assert f"student: 0 calls, 0 input + 0 output tokens, ${share:.4f} (${share:.4f} of it on requests it " \
+           "escalated)" in lines, lines

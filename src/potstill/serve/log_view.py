@@ -47,7 +47,8 @@ def record(c: ServedCall) -> dict[str, Any]:
         "reason": c.reason or None, "confidence": c.confidence if ok else None,
         "ood_distance": c.ood_distance if ok else None, "student": c.student or None, "model": c.model,
         "latency_ms": round(c.latency_s * 1e3, 1), "input_tokens": c.input_tokens, "output_tokens": c.output_tokens,
-        "cost_usd": c.cost_usd, "finish_reason": c.finish_reason if ok else None,
+        # The request's whole cost: an escalation's teacher bill and the student's seconds before it.
+        "cost_usd": c.total_cost_usd, "finish_reason": c.finish_reason if ok else None,
         "messages": c.messages, "answer": answer,
         "tool_calls": extra.get("tool_calls"), "student_output": c.student_output or None,
         "teacher_request_id": extra.get("teacher_request_id"),

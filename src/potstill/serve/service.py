@@ -392,7 +392,9 @@ class Service(TeacherSide):
             elif why is None:
                 lps = openai_logprobs(r.logprobs, content, r.output, logprobs)
         return ServedCall(content=content, model=self.teacher_name, reason=reason + ("+cached" if cached else ""),
-                          **billed_tokens(r), cost_usd=student_cost + (0.0 if cached else r.cost_usd), extra=extra,
+                          # The teacher's bill, and apart from it the student's seconds on the request first.
+                          **billed_tokens(r), cost_usd=0.0 if cached else r.cost_usd, student_cost_usd=student_cost,
+                          extra=extra,
                           finish_reason=finish, logprobs=lps, logprobs_unavailable=why, **common)
 
     def streams(self) -> bool:
