@@ -165,3 +165,34 @@ def test_the_students_seconds_on_an_escalated_request_are_the_students_spend_not
            f"(${share:.4f} of it on 2 requests it escalated to the teacher)" in lines, lines
     assert f"student: 0 calls, 0 input + 0 output tokens, ${share:.4f} (${share:.4f} of it on requests it " \
            "escalated)" in lines, lines
+
+
+def test_a_stream_cut_before_its_finish_reason_keeps_what_its_usage_billed(served, force):
+    """A streamed answer whose usage chunk came but no finish_reason was an exception: the tokens
+    and cost its usage named were dropped and the failed row said 0 tokens and $0, though the
+    provider billed them. The row now keeps them; the client still gets the failure."""
+    import openai
+
+    service, live = served
+    force("teacher")
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    def chat(body: dict = Body()) -> StreamingResponse:
+        def chunks():
+            yield openai_chunk(body["model"], {"role": "assistant", "content": "sports"})
+            yield openai_chunk(body["model"], usage=USAGE)  # and never a finish_reason
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(chunks(), media_type="text/event-stream")
+
+    with teacher_behind(service, app):
+        with pytest.raises(openai.APIError, match="ConnectionError"):
+            for _ in client(live).chat.completions.create(
+                    model="potstill", messages=[{"role": "user", "content": "a cut stream"}], stream=True):
+                pass
+        expected = service.teacher.token_cost(2000, 3, 1024)
+    row = rows(service)[-1]
+    assert (row["status"], row["role"]) == ("error", "teacher") and "no finish_reason" in row["error"]
+    assert (row["input_tokens"], row["cached_input_tokens"], row["output_tokens"]) == (2000, 1024, 3)
+    assert expected > 0 and row["cost_usd"] == pytest.approx(expected, rel=1e-9)

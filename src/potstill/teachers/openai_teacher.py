@@ -278,7 +278,12 @@ class OpenAITeacher(ApiTeacher):
         if refusal and not output and not calls:  # as _response: a refusal is an error row, never the answer ""
             return Response(output=None, error=f"refusal: {''.join(refusal)}"[:500], error_code="refusal", **paid)
         if finish is None:
-            raise ConnectionError("the teacher's stream ended before its answer did (no finish_reason)")
+            cut = "the teacher's stream ended before its answer did (no finish_reason)"
+            if usage is None:  # nothing says what the provider billed, if anything
+                raise ConnectionError(cut)
+            # Its usage came, so the provider billed the answer: an error row with what was paid (as a
+            # refusal's), worded as ``send`` words the exception, so the ledger is the bill.
+            return Response(output=None, error=f"ConnectionError: {cut}", **paid)
         tool_calls = [{"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
                       for _, c in sorted(calls.items())] or None
         label_probs = (label_probs_from_top_logprobs(logprobs[0]["top"], self.task.labels)
