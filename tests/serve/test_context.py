@@ -199,3 +199,54 @@ def test_a_served_prompt_is_tokenised_once(tmp_path, teacher_server, monkeypatch
             assert (c.model_extra["potstill"]["answered_by"], c.model_extra["potstill"]["reason"]) == ("teacher", "too_long")
     finally:
         service.close()
+
+
+def llama_dir(path, positions: int):
+    """A tiny Llama with ``positions`` positions and lively weights (its label depends on the whole prompt)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = make_tokenizer()
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=positions,
+                      initializer_range=0.3, tie_word_embeddings=False, pad_token_id=tok.pad_token_id,
+                      eos_token_id=tok.eos_token_id, bos_token_id=None)
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_a_served_label_reads_the_whole_prompt_up_to_the_students_context(tmp_path, teacher_server, monkeypatch):
+    """Found by an audit: serve scored a label on a chat's last 2048 tokens whatever the student's context,
+    so a longer chat that fits a 4,096-position student lost its start (the system turn first), got
+    another label than evaluate measured for it, and billed 2048 prompt tokens. It reads the whole
+    prompt now, as evaluate does, and reports its real length."""
+    from potstill.models.prompting import encode_prompt
+    from potstill.records import Record
+    from potstill.serve import run_config, serve_key
+    from potstill.serve.app import build_app
+    from potstill.serve.service import load_service
+    from potstill.students import predict
+
+    monkeypatch.setenv("TEACHER_KEY", TEACHER_KEY)
+    monkeypatch.setenv("SERVE_KEY", SERVE_KEY)
+    run = write_run(tmp_path, llama_dir(tmp_path / "llama", 4096), teacher_server.base_url)
+    cfg = run_config(run, None)
+    service = load_service(run, cfg, device="cpu")
+    service.routing = Routing(confidence_threshold=-math.inf, ood_threshold=math.inf)  # the student answers all it can
+    # ~2,450 tokens: one a word in the tiny tokenizer
+    chat = [{"role": "user", "content": "tech phone software " * 150 + "the team won the match " * 400}]
+    try:
+        tok, fmt = service.engine.engine.tokenizer, service.engine.fmt
+        whole = len(encode_prompt(tok, fmt, fmt.prefix() + fmt.query(tok, chat), first=True))
+        assert 2048 < whole < 4096
+        with LiveServer(build_app(service, serve_key(cfg))) as live:
+            client = openai.OpenAI(base_url=live.url + "/v1", api_key=SERVE_KEY, max_retries=0)
+            c = client.chat.completions.create(model="potstill", messages=chat)
+        assert c.model_extra["potstill"]["answered_by"] == "student"
+        assert c.usage.prompt_tokens == whole
+        p = predict(service.engine.engine, service.task, [Record(messages=chat)], batch_size=1)
+        assert p.prompt_tokens == [whole] and c.choices[0].message.content == p.outputs[0]
+    finally:
+        service.close()

@@ -81,10 +81,14 @@ class StudentAnswer:
 class ServedStudent:
     """A student as served: ``answer`` a batch of chats, ``embed`` them for the OOD reference."""
 
-    def __init__(self, engine: Engine, task: Task, max_length: int = 2048):
+    def __init__(self, engine: Engine, task: Task, max_length: int | None = None):
         self.engine = engine
         self.task = task
         self.fmt = student_format(engine, task)
+        # A label is scored on the whole prompt, as evaluate scores it: one longer than the model's
+        # positions is never scored (``over_context``: the teacher answers it). ``max_length`` keeps
+        # only a query's last N tokens; serve sets none (a fixed 2048 scored only the end of a longer
+        # chat that fits an 8,192-position student, its system turn cut first, and billed 2048 prompt tokens).
         self.max_length = max_length
         self.label_ids = label_token_ids(engine.tokenizer, self.fmt, task.labels) if task.labels else None
         # A label is scored at its first token, but the answer is the whole label: usage counts its
@@ -163,8 +167,9 @@ class ServedStudent:
             return None
         ids = encode_prompt(tok, self.fmt, text, first=True)
         n, budget = len(ids), 0
-        if self.label_ids is not None:  # label scoring keeps the query's last max_length tokens
-            n = min(n, self._prefix_tokens + self.max_length)
+        if self.label_ids is not None:
+            if self.max_length is not None:  # label scoring keeps the query's last max_length tokens
+                n = min(n, self._prefix_tokens + self.max_length)
         else:
             budget = self.task.cfg.max_output_tokens
         if n + budget <= self.context:
@@ -320,7 +325,7 @@ class ServedStudent:
 class TransformersEngine(ServedStudent):
     """A served student on the transformers engine (what ``watch`` embeds with: mean last hidden state)."""
 
-    def __init__(self, lm: LM, task: Task, max_length: int = 2048):
+    def __init__(self, lm: LM, task: Task, max_length: int | None = None):
         super().__init__(_Transformers(lm), task, max_length)
 
 
