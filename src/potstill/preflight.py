@@ -12,6 +12,7 @@ cross-rank weight comparison under ``torchrun`` / ``accelerate launch``), so it 
 * ``prompt``: the prompt ids the trainer builds must equal those the served student builds
   for the same messages, less the system and developer ones serve drops (chat template,
   instruction, special tokens).
+* ``context``: ``student.max_length`` stays within the student's positions.
 * ``labels``: each classification label must start with its own token, for the student and
   for a local teacher (label probabilities are read at the first token).
 * ``weights``: under several processes, every rank loads bit-identical weights (see
@@ -79,16 +80,21 @@ def _tokenizer(spec: str | Path) -> Any:
     return tok
 
 
-def _vocab_rows(spec: str) -> int | None:
+def _model_config(spec: str) -> Any:
+    """A model's transformers config (no weights), or None where none loads (a GGUF file, say)."""
     from transformers import AutoConfig
 
     from potstill.models.loading import pretrained_source, resolve
 
     src, pin = pretrained_source(resolve(spec)[1])
     try:
-        return getattr(AutoConfig.from_pretrained(src, **pin), "vocab_size", None)
+        return AutoConfig.from_pretrained(src, **pin)
     except (OSError, ValueError):
         return None
+
+
+def _vocab_rows(spec: str) -> int | None:
+    return getattr(_model_config(spec), "vocab_size", None)
 
 
 class _Ctx:
@@ -251,6 +257,22 @@ def check_prompt(ctx: _Ctx) -> Check:
                          f"the served student ({served_dir}) would see prompts it was not trained on: give both "
                          "the same tokenizer and chat template")
     return Check("prompt", "ok", f"{len(records)} prompts tokenise the same for training and serving")
+
+
+def check_context(ctx: _Ctx) -> Check:
+    """Train cuts an example to ``student.max_length`` tokens; more than the student's positions and a
+    model with learned ones (GPT-2) fails on the first example that long with an IndexError, a rotary
+    one trains past what it was made for."""
+    from potstill.engines.base import model_positions
+
+    positions = model_positions(_model_config(ctx.cfg.student.model))
+    n = ctx.cfg.student.max_length
+    if positions is None:
+        return Check("context", "skip", "the student's config names no positions")
+    if n > positions:
+        return Check("context", "fail", f"student.max_length {n} is more than the student's {positions} positions; "
+                     f"set student.max_length {positions} or less")
+    return Check("context", "ok", f"student.max_length {n} within the student's {positions} positions")
 
 
 def check_labels(ctx: _Ctx) -> Check:
@@ -506,9 +528,9 @@ def check_samples(ctx: _Ctx) -> Check:
 # load here would double the start-up and open a gloo group before accelerate opens NCCL).
 CHECKS: dict[str | None, list[Callable[[_Ctx], Check]]] = {
     "generate": [check_labels, check_budget, check_samples],
-    "train": [check_vocabulary, check_prompt, check_labels],
-    None: [check_inputs, check_teacher, check_vocabulary, check_prompt, check_labels, check_weights, check_budget,
-           check_samples],
+    "train": [check_context, check_vocabulary, check_prompt, check_labels],
+    None: [check_inputs, check_teacher, check_context, check_vocabulary, check_prompt, check_labels, check_weights,
+           check_budget, check_samples],
 }
 
 

@@ -279,7 +279,7 @@ def test_cli_preflight_prints_every_check_and_exits_non_zero(tiny_model, tmp_pat
     cmd = [sys.executable, "-m", "potstill.cli", "preflight", "-c", "potstill.yaml"]
     bad = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2, bad.stderr
-    names = ["inputs", "teacher", "vocabulary", "prompt", "labels", "weights", "budget", "samples"]
+    names = ["inputs", "teacher", "context", "vocabulary", "prompt", "labels", "weights", "budget", "samples"]
     assert [ln.split()[1] for ln in bad.stdout.splitlines()] == names
     assert bad.stderr.strip().splitlines()[-1] == "error: preflight: 1 check(s) failed: budget"
     good = subprocess.run([*cmd, "--generate.budget_usd", "100"], cwd=tmp_path, capture_output=True, text=True,
@@ -359,14 +359,15 @@ def test_a_check_that_cannot_load_its_model_fails_alone_and_the_table_is_still_p
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 2 and "Traceback" not in run.stderr
     rows = [ln.split(None, 2) for ln in run.stdout.splitlines()]
-    assert [r[1] for r in rows] == ["inputs", "teacher", "vocabulary", "prompt", "labels", "weights", "budget",
-                                    "samples"]
+    assert [r[1] for r in rows] == ["inputs", "teacher", "context", "vocabulary", "prompt", "labels", "weights",
+                                    "budget", "samples"]
     status = {r[1]: r[0] for r in rows}
     assert status["inputs"] == status["teacher"] == "ok" and status["weights"] == status["budget"] == "skip"
-    assert status["prompt"] == status["labels"] == "fail"
-    reason = next(r[2] for r in rows if r[1] == "prompt")
-    assert "no-such-student" in reason and "\n" not in reason
-    assert run.stderr.strip().splitlines()[-1] == "error: preflight: 2 check(s) failed: prompt, labels"
+    assert status["context"] == status["prompt"] == status["labels"] == "fail"
+    for check in ("context", "prompt"):
+        reason = next(r[2] for r in rows if r[1] == check)
+        assert "no-such-student" in reason and "\n" not in reason
+    assert run.stderr.strip().splitlines()[-1] == "error: preflight: 3 check(s) failed: context, prompt, labels"
 
 
 def test_a_check_that_cannot_read_a_file_fails_alone(monkeypatch):
@@ -477,3 +478,31 @@ def test_a_tools_tasks_projection_counts_the_tools_every_request_carries(tiny_mo
         usd, how, status = cost(kind, called, budget=(plain + 100 * sent / 1e6) * 0.9)
         assert usd == pytest.approx(plain + 100 * sent / 1e6), kind  # was plain
         assert f"{sent} tokens of task.tools in each request" in how and status == "fail"
+
+
+def test_a_max_length_past_the_students_positions_refuses(tmp_path):
+    """Found by an audit: a student with learned positions (GPT-2, 128 here) and the default
+    student.max_length 256 passed preflight, then train failed with an IndexError traceback on the first
+    example longer than 128 tokens. Refused in one line now, by preflight and by train."""
+    from tests.serve.test_context import gpt2_dir
+
+    _inputs(tmp_path)
+    cfg = {"run_dir": "run", "task": {"type": "classification", "labels": ["sports", "tech"]},
+           "data": {"inputs": "inputs.jsonl"}, "student": {"model": str(gpt2_dir(tmp_path / "gpt2"))},
+           "teacher": {"type": "openai", "model": "gpt-4o"}}
+    (tmp_path / "potstill.yaml").write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "potstill.cli", "preflight", "-c", "potstill.yaml"]
+    bad = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+    row = next(ln.split(None, 2) for ln in bad.stdout.splitlines() if ln.split()[1] == "context")
+    assert row[0] == "fail" and row[2] == ("student.max_length 256 is more than the student's 128 positions; "
+                                          "set student.max_length 128 or less")
+    assert bad.stderr.strip().splitlines()[-1] == "error: preflight: 1 check(s) failed: context"
+    good = subprocess.run([*cmd, "--student.max_length", "128"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert good.returncode == 0, good.stderr
+    rotary = _cfg(tmp_path, student={"model": str(make_model_dir(tmp_path / "llama")), "max_length": 600})
+    assert _status(rotary, "context", "train") == ("fail", "student.max_length 600 is more than the student's 512 "
+                                                           "positions; set student.max_length 512 or less")
+    with pytest.raises(PotstillError, match="^preflight context: student.max_length 600 "):
+        require(rotary, "train")

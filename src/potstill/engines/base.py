@@ -74,6 +74,55 @@ def generate_takes(engine: Any, name: str) -> bool:
     return name in inspect.signature(engine.generate).parameters
 
 
+def model_positions(config: Any) -> int | None:
+    """Most positions a transformers model config gives: ``max_position_embeddings``, GPT-2's
+    ``n_positions`` (a multimodal config's ``text_config`` first); None where it names none."""
+    cfg = getattr(config, "text_config", None) or config
+    for name in ("max_position_embeddings", "n_positions"):
+        n = getattr(cfg, name, None)
+        if isinstance(n, int) and n > 0:
+            return n
+    return None
+
+
+def context_length(engine: Any) -> int | None:
+    """Most positions (prompt and answer tokens) the model has: an engine's own ``context`` where it
+    has one (llamacpp's positions per slot), else from the model's config (``model_positions``) or
+    else its tokenizer's ``model_max_length``; None where none says. A wrapping engine (the near-tie
+    re-check) is asked through the engine it wraps."""
+    for e in (engine, getattr(engine, "fast", None)):
+        n = getattr(e, "context", None)
+        if isinstance(n, int) and n > 0:
+            return n
+        n = model_positions(getattr(getattr(getattr(e, "lm", None), "model", None), "config", None))
+        if n is not None:
+            return n
+    n = getattr(getattr(engine, "tokenizer", None), "model_max_length", None)
+    return n if isinstance(n, int) and 0 < n < 10**7 else None  # transformers' "no limit" is 1e30
+
+
+def prompt_length(tokenizer: Any, fmt: PromptFormat, messages: list[dict]) -> int:
+    """Tokens of one chat's whole prompt (``fmt``'s prefix and query), as the engines and serve encode it."""
+    return len(encode_prompt(tokenizer, fmt, fmt.prefix() + fmt.query(tokenizer, messages), first=True))
+
+
+def past_context(engine: Any, fmt: PromptFormat, messages: list[list[dict]], budget: int = 0) -> list[tuple[int, str]]:
+    """(index, why) of each chat whose prompt and answer ``budget`` (0 for a label) run past the
+    model's context (``context_length``), as serve measures them (``ServedStudent.over_context``,
+    which sends such a chat to the teacher, reason ``too_long``). A model with learned positions
+    (GPT-2) fails on one with an IndexError; a rotary one answers past what it was trained on.
+    None are past an unknown context."""
+    context = context_length(engine)
+    if context is None:
+        return []
+    out = []
+    for i, m in enumerate(messages):
+        n = prompt_length(engine.tokenizer, fmt, m)
+        if n + budget > context:
+            out.append((i, f"{n} prompt tokens{f' + {budget} to answer' if budget else ''} > {context} positions"))
+    return out
+
+
 def warm_batches(items: list, batch_size: int, row_buckets: bool = False) -> list[list]:
     """One batch of each kind a caller of a compiled engine makes, to run before timing or serving:
     single inputs at up to three lengths, two inputs, and a batch of up to ``batch_size``.

@@ -24,7 +24,7 @@ import torch
 from jinja2 import TemplateError
 
 from potstill.engines import Engine
-from potstill.engines.base import generate_takes, warm_batches
+from potstill.engines.base import context_length, generate_takes, warm_batches
 from potstill.engines.transformers import TransformersEngine as _Transformers
 from potstill.models.generation import token_logprobs
 from potstill.models.loading import LM
@@ -38,25 +38,6 @@ from potstill.tasks import Task
 class RefusedChat(ValueError):
     """The student's chat template refuses a chat (Gemma's and Mistral's raise on two user turns in
     a row, which OpenAI's API takes): the client's 400, not the server's 500."""
-
-
-def context_length(engine: Any) -> int | None:
-    """Most positions (prompt and answer tokens) the model has: an engine's own ``context`` where it
-    has one (llamacpp's positions per slot), else from the model's config
-    (``max_position_embeddings``, GPT-2's ``n_positions``) or else its tokenizer's ``model_max_length``;
-    None where none says. A wrapping engine (the near-tie re-check) is asked through the engine it wraps."""
-    for e in (engine, getattr(engine, "fast", None)):
-        n = getattr(e, "context", None)
-        if isinstance(n, int) and n > 0:
-            return n
-        cfg = getattr(getattr(getattr(e, "lm", None), "model", None), "config", None)
-        cfg = getattr(cfg, "text_config", None) or cfg
-        for name in ("max_position_embeddings", "n_positions"):
-            n = getattr(cfg, name, None)
-            if isinstance(n, int) and n > 0:
-                return n
-    n = getattr(getattr(engine, "tokenizer", None), "model_max_length", None)
-    return n if isinstance(n, int) and 0 < n < 10**7 else None  # transformers' "no limit" is 1e30
 
 
 def first_stop(text: str, stop: Sequence[str]) -> int:

@@ -71,7 +71,8 @@ def _after_training(cfg: Config, run: RunDir, summary: dict[str, Any], lm: Any, 
     if cfg.train.int8_calibration:
         summary["int8_calibration"] = calibrate_int8(cfg, run / "student", lm, task, records)
     if cfg.export.imatrix_inputs:
-        summary["imatrix"] = record_imatrix(cfg, run / "student", task, records)
+        summary["imatrix"] = record_imatrix(cfg, run / "student", task, read_whole(lm, task, records,
+                                                                                 cfg.export.imatrix_inputs))
     write_json(run / "train.json", summary)
     say(f"train: {summary['steps']} steps over {summary['examples']} examples, {summary['tokens']} tokens, "
         f"{summary['train_s']:.1f} s, final loss {summary['final_loss']:.4f}, val loss "
@@ -99,6 +100,25 @@ def trainable(task: Any, path: Any) -> list:
     return out
 
 
+def read_whole(lm: Any, task: Any, records: list, n: int) -> list:
+    """The first ``n`` of ``records`` the student reads when served: prompt (and, generating, the task's
+    answer budget) within its positions (``engines.base.past_context``). The passes after training
+    run only these: a longer one failed a GPT-2 student's with an IndexError, and serve sends it to
+    the teacher unread (too_long)."""
+    from potstill.engines.base import past_context
+    from potstill.students import as_engine
+
+    engine = as_engine(lm)
+    fmt, budget = student_format(engine, task), 0 if task.labels else task.cfg.max_output_tokens
+    out: list = []
+    for r in records:
+        if len(out) == n:
+            break
+        if not past_context(engine, fmt, [r.messages], budget):
+            out.append(r)
+    return out
+
+
 def record_imatrix(cfg: Config, student: Any, task: Any, records: list) -> dict[str, Any] | None:
     """``potstill.export.imatrix`` of the student saved in ``student``, on its first
     ``export.imatrix_inputs`` training ``records``, kept beside it for the GGUF mixes; what was
@@ -108,6 +128,9 @@ def record_imatrix(cfg: Config, student: Any, task: Any, records: list) -> dict[
     from potstill.export import imatrix
 
     msgs = [r.messages for r in records[: cfg.export.imatrix_inputs]]
+    if not msgs:
+        say("train: importance matrix skipped: no training input fits the student's context")
+        return None
     t0 = time.perf_counter()
     try:
         per_module = imatrix.measure(student, task, msgs, num_layers=cfg.student.num_layers)
@@ -130,7 +153,10 @@ def calibrate_int8(cfg: Config, student: Any, lm: Any, task: Any, records: list)
     from potstill.models.prompting import label_token_ids
 
     fmt = student_format(lm, task)
-    msgs = [r.messages for r in records[: cfg.train.int8_calibration]]
+    msgs = [r.messages for r in read_whole(lm, task, records, cfg.train.int8_calibration)]
+    if not msgs:
+        say("train: int8 calibration skipped: no training input fits the student's context")
+        return None
     ids = label_token_ids(lm.tokenizer, fmt, task.labels) if task.labels else None
     try:
         cal = calibration.calibrate(student, fmt, msgs, ids, num_layers=cfg.student.num_layers)

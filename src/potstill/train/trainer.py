@@ -36,6 +36,7 @@ from typing import Any, Callable
 import torch
 
 from potstill.config import TrainConfig
+from potstill.engines.base import model_positions
 from potstill.errors import PotstillError, compile_failed
 from potstill.hashing import hash_obj
 from potstill.models.loading import ADAPTER_LAYERS, LM, hub_revision, hub_split, save_lm
@@ -302,9 +303,19 @@ def _setup(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: li
         # Cut from the start, a chat prompt loses its instruction first, while evaluate and serve
         # give the student the whole prompt: what it learns and what it is asked then differ.
         longest = max(len(e.ids) + e.cut for e in cut)
+        # Never past the model's positions (preflight refuses such a max_length: a GPT-2 student fails
+        # there with an IndexError); an input longer than them is served by the teacher (too_long).
+        context = model_positions(getattr(lm.model, "config", None))
+        if context is None or longest <= context:
+            fix = f"raise student.max_length to {longest} to train on what is served"
+        elif max_length < context:
+            fix = (f"raise student.max_length to {context}, the student's positions and the most it reads (serve "
+                   "sends longer chats to the teacher)")
+        else:
+            fix = f"the student has {context} positions, and serve sends longer chats to the teacher"
         say(f"[yellow]train: {len(cut)} of {len(examples)} training examples are longer than student.max_length "
             f"{max_length} tokens (the longest {longest}) and lost their start, the instruction first; evaluate "
-            f"and serve see them whole: raise student.max_length to {longest} to train on what is served[/yellow]")
+            f"and serve see them whole: {fix}[/yellow]")
     if signal != "labels":  # label_probs only feed the labels signal
         for e in examples + val_examples:
             e.teacher_logprobs = None
