@@ -135,7 +135,10 @@ def _models(ev: dict) -> str:
     return ("<section id='models'><h2>Untrained student, teacher, trained student</h2>"
             + _table(["", "model", "gold metric", "agreement with teacher [95% CI]",
                       *(["chrF with teacher"] if text else []), "p50 latency", "$ per 1k calls", "source"], rows, left=2)
-            + _src(f"{ev['n_test']} held-out test inputs. Gold metric: task agreement with {ev['sources']['gold']}. "
+            + _src(f"{ev['n_test']} held-out test inputs"
+                   + (f" ({ev['n_too_long']} more, longer than the student's context, left out: served, the teacher "
+                      "answers them, reason too_long)" if ev.get("n_too_long") else "")
+                   + f". Gold metric: task agreement with {ev['sources']['gold']}. "
                    f"Agreement: task agreement with the teacher's recorded answer. Intervals: {ev['sources']['intervals']}."
                    + _cut(ev))
             + "</section>")

@@ -27,7 +27,7 @@ from potstill.progress import bar, say
 from potstill.records import Record, read_json, read_records, write_json
 from potstill.report import measure_student, measure_teacher, print_slices, print_table
 from potstill.rundir import RunDir
-from potstill.students import (Beside, Predictions, evaluation_engine, latency_stats, predict,
+from potstill.students import (Beside, Predictions, evaluation_engine, latency_stats, predict, readable,
                                untrained_student_engine, untrained_task)
 from potstill.tasks import Task, get_task
 from potstill.teachers import get_teacher
@@ -147,9 +147,10 @@ def evaluate_stage(cfg: Config, force: bool = False) -> dict[str, Any]:
 def evaluate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
     e, rep = cfg.evaluate, cfg.report
     task, test = _test_split(cfg, run)
+    n_test = len(test)
+    models, preds, batched, spend, test = _measure_models(cfg, run, task, test)
     teacher = [task.parse(r.output) for r in test]
     gold = [task.gold(r) for r in test]
-    models, preds, batched, spend = _measure_models(cfg, run, task, test)
     conf = {k: confidences(task, p) for k, p in preds.items()}
     metrics = _all_metrics(task, preds, conf, teacher, gold)
 
@@ -176,6 +177,8 @@ def evaluate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
 
     result = {
         "task": cfg.task.type, "n_test": len(test), "test_hash": hash_obj(sorted(r.id for r in test)),
+        # Test inputs longer than the student's context: served, the teacher's (reason too_long); not in n_test.
+        "n_too_long": n_test - len(test),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "run_dir": str(run.path),
         "models": models, "agreement_ci": agreement_ci, "metrics": metrics,
         "slices": slices, "length_edges_words": list(edges),
@@ -227,7 +230,9 @@ def _test_split(cfg: Config, run: RunDir) -> tuple[Task, list[Record]]:
 
 
 def _measure_models(cfg: Config, run: RunDir, task: Task, test: list[Record]):
-    """Each model's answers, latency and cost: the students measured here, the teacher from the ledger."""
+    """Each model's answers, latency and cost: the students measured here, the teacher from the ledger;
+    and the test records they were measured on, those the trained student reads (``students.readable``:
+    serve sends a longer one to the teacher)."""
     e = cfg.evaluate
     n_batches = max(3, e.latency_samples // e.batch_size)
     models: dict[str, dict[str, Any]] = {}
@@ -241,13 +246,18 @@ def _measure_models(cfg: Config, run: RunDir, task: Task, test: list[Record]):
                 beside=beside)
         batched[name] = measure_batched(lm, asked, test, e.batch_size, n_batches)
 
+    # The trained student first: it decides which inputs are read (those serve gives it), and is let go
+    # before the untrained one loads, so that one model at a time is in memory.
+    student = evaluation_engine(cfg, str(run / "student"))
+    test = readable(student, task, test, "evaluate")
+    timed_teacher = _local_teacher(cfg, task, test)
+    measure("student", student, timed_teacher)
+    del student
     if e.include_untrained:
         measure("untrained student", untrained_student_engine(cfg), asked=untrained_task(task))
         if task.cfg.type == "tools":
             say("evaluate: the untrained student was shown the tools and the call's form in its system prompt "
                 "(zero-shot); the trained student is asked without them, having learnt both")
-    timed_teacher = _local_teacher(cfg, task, test)
-    measure("student", evaluation_engine(cfg, str(run / "student")), timed_teacher)
     with run.ledger() as ledger:
         models["teacher"] = measure_teacher(task, test, ledger, timed_teacher.latency if timed_teacher else None,
                                             cfg.teacher.price, cfg.generate.prices)
@@ -256,7 +266,9 @@ def _measure_models(cfg: Config, run: RunDir, task: Task, test: list[Record]):
         spend = ledger.summary("teacher", served=False)
     # Keep the three-way order of the table: untrained, teacher, trained.
     models = {k: models[k] for k in ("untrained student", "teacher", "student") if k in models}
-    return models, preds, batched, spend
+    preds = {k: preds[k] for k in ("untrained student", "student") if k in preds}
+    batched = {k: batched[k] for k in ("untrained student", "student") if k in batched}
+    return models, preds, batched, spend, test
 
 
 def _local_teacher(cfg: Config, task: Task, test: list[Record]) -> Beside | None:

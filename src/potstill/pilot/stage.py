@@ -15,7 +15,7 @@ from potstill.records import Record, write_json
 from potstill.report import measure_student, measure_teacher, print_table
 from potstill.rundir import RunDir
 from potstill.stage import load_inputs
-from potstill.students import untrained_student_engine, untrained_task
+from potstill.students import readable, untrained_student_engine, untrained_task
 from potstill.tasks import get_task
 
 
@@ -38,21 +38,24 @@ def pilot_body(cfg: Config, run: RunDir) -> dict[str, Any]:
             # not cached, so the rerun retries them.
             raise PotstillError(f"pilot: no usable teacher answer for any of the {len(sample)} inputs: "
                                 f"{_unusable(labelled)}; no pilot.json written, fix the teacher and rerun")
+    lm = untrained_student_engine(cfg, "pilot")
+    asked = untrained_task(task)
+    # Both measured on the inputs the student reads: a longer one is the teacher's when served.
+    read = readable(lm, asked, valid, "pilot")
+    with run.ledger() as ledger:
         # As evaluate prices it: teacher.price (per call, or its token price over the recorded tokens) in
         # place of the ledger's cost, which is $0 for a replay teacher's recorded traffic.
-        teacher = measure_teacher(task, valid, ledger, price=cfg.teacher.price, prices=cfg.generate.prices)
-    lm = untrained_student_engine(cfg, "pilot")
-    with run.ledger() as ledger:
-        student, _ = measure_student(lm, untrained_task(task), valid, cfg.student.usd_per_hour, cfg.evaluate.batch_size,
+        teacher = measure_teacher(task, read, ledger, price=cfg.teacher.price, prices=cfg.generate.prices)
+        student, _ = measure_student(lm, asked, read, cfg.student.usd_per_hour, cfg.evaluate.batch_size,
                                      min(cfg.evaluate.latency_samples, 10), "untrained student", ledger, "pilot")
     models = {"untrained student": student, "teacher": teacher}
-    write_json(run / "pilot.json", {"n": len(sample), "valid": len(valid), "teacher_calls": stats.calls,
-                                    "teacher_errors": stats.errors, "teacher_invalid": stats.invalid,
-                                    "models": models})
+    write_json(run / "pilot.json", {"n": len(sample), "valid": len(valid), "too_long": len(valid) - len(read),
+                                    "teacher_calls": stats.calls, "teacher_errors": stats.errors,
+                                    "teacher_invalid": stats.invalid, "models": models})
     if len(valid) < len(sample):
         # The teacher's error text as the provider wrote it: "[/messages/1]" is a JSON path, not markup.
         say(escape(f"pilot: {_unusable(labelled)}; the figures are over the other {len(valid)} of {len(sample)} inputs"))
-    print_table(f"pilot: {len(valid)} inputs, before training", models)
+    print_table(f"pilot: {len(read)} inputs, before training", models)
     say(summary_line(student, teacher))
     if cfg.student.num_layers:
         # A depth-pruned model before training has lost what its later layers did: its pilot figures are a

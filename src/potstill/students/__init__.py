@@ -13,12 +13,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from rich.markup import escape
 
 from potstill.engines import Engine, section_engine
+from potstill.engines.base import context_length, past_context
+from potstill.errors import PotstillError
 from potstill.models.loading import LM
 from potstill.models.prompting import PromptFormat, label_token_ids
 from potstill.models.scoring import label_margin
-from potstill.progress import bar
+from potstill.progress import bar, say
 from potstill.records import Record
 from potstill.tasks import Task
 
@@ -80,6 +83,28 @@ def as_engine(lm: Any) -> Any:
 
         return TransformersEngine(lm)
     return lm
+
+
+def readable(lm: Any, task: Task, records: list[Record], stage: str) -> list[Record]:
+    """The ``records`` the student reads, in order: those whose prompt (and, generating, the task's
+    ``max_output_tokens``) fit its context. Serve sends a longer chat to the teacher unread (reason
+    ``too_long``), and a student with learned positions (GPT-2) fails on it with an IndexError, so
+    pilot and evaluate set them aside too and say how many; one line and no figures where none fits."""
+    engine = as_engine(lm)
+    budget = 0 if task.labels else task.cfg.max_output_tokens
+    over = past_context(engine, student_format(engine, task), [r.messages for r in records], budget)
+    if not over:
+        return records
+    context, first = context_length(engine), records[over[0][0]].id
+    if len(over) == len(records):
+        raise PotstillError(f"{stage}: every one of the {len(records)} inputs is longer than the student's context "
+                            f"({context} positions; record {first}: {over[0][1]}), so it can answer none: pick a "
+                            "student with a longer context or shorten the inputs")
+    say(escape(f"{stage}: {len(over)} of {len(records)} inputs are longer than the student's context "
+               f"({context} positions; record {first}: {over[0][1]}) and left out of the figures, teacher's and "
+               "students' alike: served, they go to the teacher unread (reason too_long), each at the teacher's price"))
+    skip = {i for i, _ in over}
+    return [r for i, r in enumerate(records) if i not in skip]
 
 
 def predict(lm: Any, task: Task, records: list[Record], batch_size: int = 16, desc: str = "student") -> Predictions:
