@@ -94,3 +94,16 @@ def test_every_input_over_the_students_context_is_one_line(tmp_path, tiny_model_
     with pytest.raises(PotstillError, match=r"^pilot: every one of the 6 inputs is longer than the student's context "
                                             r"\(128 positions; record \w+: \d+ prompt tokens > 128 positions\)"):
         STAGES["pilot"].run(cfg)
+
+
+@pytest.mark.parametrize("task", [None, {"type": "freetext", "instruction": "name the topic"}])
+def test_a_local_teacher_answers_an_input_over_its_context_with_one_counted_error(tmp_path, tiny_model, task):
+    """A local GPT-2 teacher: generate stopped with an IndexError traceback at the first long input."""
+    write_inputs(tmp_path / "inputs.jsonl", long_words=150, short=3, long=1)
+    cfg = config(tmp_path, tiny_model, 64, gpt2_dir(tmp_path / "gpt2"), task)
+    with pytest.raises(PotstillError, match=r"^generate: 3 of 12 teacher calls failed \(teacher error: "
+                                            r"context_length_exceeded: \d+ prompt tokens (\+ 4 to answer )?> 128 "
+                                            r"positions of the local teacher's context\)"):
+        STAGES["generate"].run(cfg)
+    answered = [r for r in read_records(tmp_path / "run" / "teacher.jsonl") if r.output is not None]
+    assert len(answered) == 9 and all(len(r.text.split()) == 8 for r in answered)

@@ -38,7 +38,7 @@ from potstill.config import GenerateConfig, TeacherConfig
 from potstill.errors import PotstillError
 from potstill.hashing import hash_obj
 from potstill.engines import Engine, section_engine
-from potstill.engines.base import generate_takes
+from potstill.engines.base import generate_takes, past_context
 from potstill.engines.recheck import rechecking, with_recheck_time
 from potstill.models.loading import _pick_device, model_identity, resolve
 from potstill.models.prompting import PromptFormat, label_token_ids
@@ -225,11 +225,13 @@ class LocalTeacher(Teacher):
             ids = label_token_ids(lm.tokenizer, self.fmt, self.task.labels)
             # Chunks of a few batches: each chunk's answers reach the ledger before the next starts.
             for start in range(0, len(requests), bs * 4):
-                chunk = requests[start : start + bs * 4]
-                probs, scored = self._classify(lm, ids, [r["messages"] for r in chunk])
-                for j in range(len(chunk)):
+                chunk = self._fitting(requests[start : start + bs * 4], 0, start, on_result)
+                if not chunk:
+                    continue
+                probs, scored = self._classify(lm, ids, [r["messages"] for _, r in chunk])
+                for j, (i, _) in enumerate(chunk):
                     secs = sum(s.seconds[j] for s in scored)
-                    on_result(start + j, Response(
+                    on_result(i, Response(
                         output=self.task.labels[int(probs[j].argmax())],
                         label_probs=dict(zip(self.task.labels, probs[j].tolist())),
                         input_tokens=sum(s.prompt_tokens[j] for s in scored),
@@ -245,12 +247,29 @@ class LocalTeacher(Teacher):
             kinds = [(int(r.get("max_tokens", self.cfg.max_tokens)), json.dumps(r.get("json_schema"), sort_keys=True))
                      for r in chunk]
             for budget, schema in sorted(set(kinds)):
-                part = [j for j, kind in enumerate(kinds) if kind == (budget, schema)]
+                same = [(start + j, chunk[j]) for j, kind in enumerate(kinds) if kind == (budget, schema)]
+                part = self._fitting(same, budget, None, on_result)
+                if not part:
+                    continue
                 # The schema as the request gave it, not re-read from its sorted JSON: engine llamacpp
                 # writes an object's keys in the order its schema lists them.
-                for k, response in enumerate(self._generated([chunk[j]["messages"] for j in part], budget,
-                                                             chunk[part[0]].get("json_schema"))):
-                    on_result(start + part[k], response)
+                for (i, _), response in zip(part, self._generated([r["messages"] for _, r in part], budget,
+                                                                  part[0][1].get("json_schema"))):
+                    on_result(i, response)
+
+    def _fitting(self, requests: list, budget: int, start: int | None, on_result: OnResult) -> list[tuple[int, dict]]:
+        """(index, request) of the ``requests`` (numbered from ``start``, or already (index, request)
+        pairs) whose prompt and answer ``budget`` fit the teacher's context; each other one is answered
+        at once with the error an API teacher gives it (a 400, ``context_length_exceeded``): a model
+        with learned positions (GPT-2) fails on it with an IndexError that took the whole batch and the
+        command with it, and a rotary one would answer past what it was trained on."""
+        pairs = list(enumerate(requests, start)) if start is not None else requests
+        over = dict(past_context(self.lm(), self.fmt, [r["messages"] for _, r in pairs], budget))
+        for k, (i, _) in enumerate(pairs):
+            if k in over:
+                on_result(i, Response(output=None, error=f"context_length_exceeded: {over[k]} of the local teacher's "
+                                      "context", error_status=400, error_code="context_length_exceeded"))
+        return [p for k, p in enumerate(pairs) if k not in over]
 
     def _generated(self, msgs: list[list[dict]], budget: int, guide: dict | None,
                    on_text: Callable[[str], None] | None = None) -> list[Response]:
@@ -288,6 +307,9 @@ class LocalTeacher(Teacher):
         """One request answered with its text handed to ``on_delta`` as it is decoded; an engine
         whose ``generate`` takes no ``on_text`` (a plugin's written before it) answers whole."""
         on_text = (lambda text: on_delta(Delta(text))) if generate_takes(self.lm(), "on_text") else None
-        return self._generated([request["messages"]], int(request.get("max_tokens", self.cfg.max_tokens)),
-                               request.get("json_schema"), on_text)[0]
+        budget = int(request.get("max_tokens", self.cfg.max_tokens))
+        over: list[Response] = []
+        if not self._fitting([request], budget, 0, lambda i, resp: over.append(resp)):
+            return over[0]
+        return self._generated([request["messages"]], budget, request.get("json_schema"), on_text)[0]
 
