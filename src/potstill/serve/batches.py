@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 import uuid
 from pathlib import Path
@@ -33,6 +32,7 @@ import httpx
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 
+from potstill.atomic import atomic_write, write_text
 from potstill.progress import say
 from potstill.serve.teacher_queue import WAIT_BOUNDED
 
@@ -86,9 +86,8 @@ class Batches:
         obj = {"id": f"file-{uuid.uuid4().hex[:24]}", "object": "file", "bytes": len(data), "created_at": _now(),
                "filename": filename, "purpose": purpose, "status": "processed", "expires_at": None,
                "status_details": None}
-        tmp = self.path(obj["id"]).with_suffix(".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, self.path(obj["id"]))
+        with atomic_write(self.path(obj["id"])) as f:
+            f.buffer.write(data)  # the bytes as uploaded, through the text file's own stream
         self.ledger.put_object(FILES, obj)
         return obj
 
@@ -106,9 +105,7 @@ class Batches:
         bid = f"{prefix}{uuid.uuid4().hex[:24]}"
         if lines is not None:
             self.dir.mkdir(parents=True, exist_ok=True)
-            tmp = self._inline_path(bid).with_suffix(".tmp")
-            tmp.write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
-            os.replace(tmp, self._inline_path(bid))
+            write_text(self._inline_path(bid), "".join(json.dumps(x) + "\n" for x in lines))
         obj = {"id": bid, "object": "batch", "endpoint": endpoint, "errors": None,
                "input_file_id": input_file_id, "completion_window": "24h", "status": "validating",
                "output_file_id": None, "error_file_id": None, "created_at": created, "in_progress_at": None,
@@ -308,9 +305,7 @@ class Batches:
         out = err = None
         if batch_id.startswith(MESSAGE_BATCH):  # Anthropic's results: every request in input order, canceled if never sent
             results = [_message_result(lines[i]["custom_id"], done.get(i)) for i in range(len(lines))]
-            tmp = self._results_path(batch_id).with_suffix(".tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in results), encoding="utf-8")
-            os.replace(tmp, self._results_path(batch_id))
+            write_text(self._results_path(batch_id), "".join(json.dumps(r) + "\n" for r in results))
         else:  # OpenAI's output and error files
             ok = [json.dumps(done[i]["line"]) + "\n" for i in sorted(done) if done[i]["ok"]]
             bad = [json.dumps(done[i]["line"]) + "\n" for i in sorted(done) if not done[i]["ok"]]
