@@ -1,5 +1,6 @@
-"""Peak RSS of `potstill generate` over N inputs, before and after it stopped holding every request,
-answer and record copy (a review: ~4.3 KB an input, 818 MB at 100k inputs).
+"""Peak RSS of `potstill generate` over N inputs, before and after a change to what it holds: first
+every request, answer and record copy (a review: ~4.3 KB an input, 818 MB at 100k inputs), then its
+parsed inputs (read whole by `load_inputs`; since, read again at each pass, ``inputs.InputFile``).
 
 Builds (once, in --work) N inputs (a 40-word support ticket each) and a replay teacher's recording
 of an answer to each (an in-process teacher: no server, so the numbers are generate's own), then
@@ -90,7 +91,7 @@ def main() -> None:
     same = before.pop("same") == after.pop("same")
     rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.before], capture_output=True, text=True)
     out = {"what": "peak RSS and CPU of `potstill generate` (CLI, replay teacher, /usr/bin/time -v) before and after "
-                   "it stopped holding every request, answer and record copy",
+                   "it stopped holding its parsed inputs (read again at each pass)",
            "machine": {"cpu": platform.machine(), "cores": os.cpu_count(), "python": platform.python_version()},
            "before": rev.stdout.strip(), "inputs": args.inputs, "input_mb": round((work / "inputs.jsonl").stat().st_size
                                                                                  / 2**20, 1),

@@ -12,7 +12,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -393,35 +393,49 @@ def record_problem(obj: dict[str, Any]) -> str | None:
 def read_numbered(path: str | Path, columns: dict[str, str] | None = None) -> list[tuple[int, Record]]:
     """(line number, record) for each record of a JSONL file, so later checks can name file:line.
     ``columns`` (``data.columns``): read each field from the column it names, and nothing else."""
-    out = []
+    return list(iter_numbered(path, columns))
+
+
+def iter_numbered(path: str | Path, columns: dict[str, str] | None = None,
+                  objects: Iterable[tuple[int, dict[str, Any]]] | None = None) -> Iterator[tuple[int, Record]]:
+    """``read_numbered`` one record at a time; ``objects``: the file's objects as ``read_objects``
+    gives them (a hub file's already fetched: ``inputs.InputFile``)."""
     seen: set[str] = set()
-    for lineno, obj in read_objects(path):
+    any_row = False
+    for lineno, obj in read_objects(path) if objects is None else objects:
         if columns:
             seen.update(obj)
-            text = columns.get("input") or columns.get("messages")
-            if text and text not in obj:
-                field = "input" if "input" in columns else "messages"
-                raise PotstillError(f"{path}:{lineno}: no {text!r} (data.columns.{field}) in this row; it has: "
-                                    f"{', '.join(map(str, list(obj)[:8])) or 'nothing'}")
-            # A table's JSON text (a chat, a tag list) is parsed by the field it becomes, as if so named.
-            obj = {field: _cell(path, lineno, field, obj[col]) for field, col in columns.items() if col in obj}
-        problem = record_problem(obj)
-        if problem:
-            raise PotstillError(f"{path}:{lineno}: {problem}")
-        try:
-            out.append((lineno, Record.model_validate(_coerce(obj))))
-        except ValidationError as e:
-            err = e.errors()[0]
-            where = ".".join(str(x) for x in err["loc"]) or "record"
-            raise PotstillError(f"{path}:{lineno}: {where}: {err['msg']}") from None
+        any_row = True
+        yield lineno, record_of(path, lineno, obj, columns)
     for field, col in (columns or {}).items():
-        if out and col not in seen:
+        if any_row and col not in seen:
             raise PotstillError(f"{path}: no row has a column {col!r} (data.columns.{field}); its columns: "
                                 f"{', '.join(sorted(map(str, seen)))}")
-    return out
 
 
-def check_ids(path: str | Path, numbered: list[tuple[int, Record]]) -> None:
+def record_of(path: str | Path, lineno: int, obj: dict[str, Any], columns: dict[str, str] | None = None) -> Record:
+    """The record line ``lineno`` of ``path`` holds (``obj``, as ``read_objects`` parsed it), or
+    one error naming file and line."""
+    if columns:
+        text = columns.get("input") or columns.get("messages")
+        if text and text not in obj:
+            field = "input" if "input" in columns else "messages"
+            raise PotstillError(f"{path}:{lineno}: no {text!r} (data.columns.{field}) in this row; it has: "
+                                f"{', '.join(map(str, list(obj)[:8])) or 'nothing'}")
+        # A table's JSON text (a chat, a tag list) is parsed by the field it becomes, as if so named.
+        obj = {field: _cell(path, lineno, field, obj[col]) for field, col in columns.items() if col in obj}
+    problem = record_problem(obj)
+    if problem:
+        raise PotstillError(f"{path}:{lineno}: {problem}")
+    try:
+        return Record.model_validate(_coerce(obj))
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "record"
+        raise PotstillError(f"{path}:{lineno}: {where}: {err['msg']}") from None
+
+
+def check_ids(path: str | Path, numbered: Iterable[tuple[int, Record]]) -> None:
     """One id names one input: two lines with one id and different messages are refused, naming both.
 
     A user's own ids (a ticket number, a CRM's row id) can repeat; the review keeps a decision by
@@ -431,12 +445,21 @@ def check_ids(path: str | Path, numbered: list[tuple[int, Record]]) -> None:
     """
     first: dict[str, tuple[int, str]] = {}
     for lineno, r in numbered:
-        key = hash_obj(r.messages)
-        n, seen = first.setdefault(r.id, (lineno, key))
-        if seen != key:
-            raise PotstillError(f"{path}:{lineno}: id {r.id!r} is also line {n}'s, with another input; a review "
-                                "decision is kept by id and would judge both: give each input its own id, or leave "
-                                "id out (potstill derives one from the messages)")
+        clash = id_clash(first, path, lineno, r)
+        if clash:
+            raise PotstillError(clash)
+
+
+def id_clash(first: dict[str, tuple[int, str]], path: str | Path, lineno: int, r: Record) -> str | None:
+    """``check_ids``' error for ``r`` (None: its id is new, or names the same messages), ``first``
+    holding each id's first line and messages' hash."""
+    key = hash_obj(r.messages)
+    n, seen = first.setdefault(r.id, (lineno, key))
+    if seen == key:
+        return None
+    return (f"{path}:{lineno}: id {r.id!r} is also line {n}'s, with another input; a review decision is kept by id "
+            "and would judge both: give each input its own id, or leave id out (potstill derives one from the "
+            "messages)")
 
 
 def read_records(path: str | Path) -> list[Record]:

@@ -24,9 +24,9 @@ from potstill.config import MODEL_REF, Config, flat_fields, load_config, path_ro
 from potstill.errors import PotstillError, url_without_credentials
 from potstill.hashing import hash_path
 from potstill.progress import say
-from potstill.records import Record, check_ids, instructions_to_meta, read_numbered, write_text
+from potstill.inputs import load_inputs  # noqa: F401  (re-exported: pilot, preflight and tests load it from here)
+from potstill.records import write_text
 from potstill.rundir import RunDir, exclusive
-from potstill.tasks import get_task
 
 if TYPE_CHECKING:
     from potstill.tracking_live import Live
@@ -350,51 +350,3 @@ def _read_saved(path: Path) -> dict[str, Any] | None:
         say(f"[yellow]warning:[/yellow] {escape(str(e))}; moved it to {escape(aside.name)} and wrote a new one "
             "(the other stages' settings are in the old file)")
         return None
-
-
-def instructions_aside(path: str | Path, records: list[Record], warn: bool = True) -> None:
-    """Move each record's system and developer messages to ``meta.system`` (``instructions_to_meta``),
-    saying in one line how many records had one: ``data.inputs`` before the teacher sees them, and
-    ``curate.real_data`` before the student trains on them."""
-    moved = sum(instructions_to_meta(r) for r in records)
-    if moved and warn:
-        say(f"[yellow]warning:[/yellow] {escape(str(path))}: {moved} of {len(records)} records have a "
-            "system or developer message; it is kept in meta.system, not sent: task.instruction is the system "
-            "message of every prompt (teacher, training, evaluate, serve)")
-
-
-def read_inputs(cfg: Config, warn: bool = True) -> list[tuple[int, Record]]:
-    """``data.inputs`` with ``data.columns`` applied, class indices named (``data.label_names``) and
-    each record's system and developer messages moved to ``meta.system`` (``instructions_to_meta``):
-    the task instruction is the prompt's one system message for the teacher, in training, evaluate
-    and serve. ``warn``: say how many records had one."""
-    numbered = read_numbered(cfg.data.inputs, cfg.data.columns)
-    check_ids(cfg.data.inputs, numbered)
-    instructions_aside(cfg.data.inputs, [r for _, r in numbered], warn)
-    names = cfg.data.label_names
-    for lineno, r in numbered if names else ():
-        if r.label is None:
-            continue
-        if not (r.label.isascii() and r.label.isdigit() and int(r.label) < len(names)):
-            raise PotstillError(f"{cfg.data.inputs}:{lineno}: label {r.label!r} is not a class index into "
-                                f"data.label_names (0 to {len(names) - 1})")
-        r.label = names[int(r.label)]
-    return numbered
-
-
-def inputs_beyond_limit(cfg: Config) -> list[Record]:
-    """The records of the input file past ``data.limit`` (none without a limit)."""
-    if cfg.data.limit is None:
-        return []
-    return [r for _, r in read_inputs(cfg, warn=False)[cfg.data.limit:]]
-
-
-def load_inputs(cfg: Config) -> list[Record]:
-    """The inputs, gold labels checked against the task's label set (see ``Task.check_gold``)."""
-    numbered = read_inputs(cfg)
-    if cfg.data.limit is not None:
-        numbered = numbered[: cfg.data.limit]
-    if not numbered:
-        raise PotstillError(f"{cfg.data.inputs}: no records")
-    get_task(cfg.task).check_gold(numbered, cfg.data.inputs, cfg.data.max_unknown_gold)
-    return [r for _, r in numbered]

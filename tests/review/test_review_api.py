@@ -274,7 +274,7 @@ def test_two_inputs_under_one_id_are_refused_where_they_are_read(tmp_path):
     from potstill.records import Record, write_jsonl
     from potstill.review.app import create_app
     from potstill.review.store import ReviewStore
-    from potstill.stage import read_inputs
+    from potstill.stage import load_inputs
 
     rows = [{"id": "T1", "input": "My card was charged twice for one order"},
             {"id": "T2", "input": "How do I change my delivery address please"},
@@ -284,7 +284,7 @@ def test_two_inputs_under_one_id_are_refused_where_they_are_read(tmp_path):
     write_jsonl(inputs, [Record.model_validate({"id": r["id"], "messages": [{"role": "user", "content": r["input"]}]})
                          for r in rows])
     with pytest.raises(PotstillError) as e:
-        read_inputs(Config(data={"inputs": str(inputs)}, task={"labels": ["billing", "bug", "account"]}))
+        load_inputs(Config(data={"inputs": str(inputs)}, task={"labels": ["billing", "bug", "account"]}))
     assert str(e.value) == (f"{inputs}:4: id 'T1' is also line 1's, with another input; a review decision is kept "
                             "by id and would judge both: give each input its own id, or leave id out (potstill derives "
                             "one from the messages)")

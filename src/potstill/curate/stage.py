@@ -11,11 +11,11 @@ from potstill.config import Config
 from potstill.curate import card_markdown, curate
 from potstill.curate.card import configured_teacher, same_teacher
 from potstill.errors import PotstillError
+from potstill.inputs import instructions_aside
 from potstill.progress import say
 from potstill.records import atomic_files, check_ids, dump_jsonl, read_numbered, read_records
 from potstill.review.store import load_decisions
 from potstill.rundir import RunDir
-from potstill.stage import instructions_aside
 
 
 def curate_stage(cfg: Config, force: bool = False) -> dict[str, Any]:

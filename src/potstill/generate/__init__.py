@@ -14,8 +14,9 @@ requests over Ray workers that commit into the same ledger (``potstill.generate.
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, MutableSequence, Sequence
 from typing import Any
 
 from rich.markup import escape
@@ -58,7 +59,7 @@ class Todo(Sequence):
     An API teacher pulls ``teacher.concurrency`` of them at a time, so no more requests than that
     are alive at once; built up front, a million inputs' requests held ~1 KB each."""
 
-    def __init__(self, teacher: Teacher, records: list[Record], index: list[int], hashes: list[str]):
+    def __init__(self, teacher: Teacher, records: Sequence[Record], index: list[int], hashes: list[str]):
         self.teacher, self.records, self.index, self.hashes = teacher, records, index, hashes
 
     def __len__(self) -> int:
@@ -195,6 +196,17 @@ def unpriced_provider_model(teacher: Teacher, gcfg: GenerateConfig) -> str | Non
 WINDOW = 1000
 
 
+def _windows(records: Iterable[Record]) -> Iterator[tuple[int, list[Record]]]:
+    """``records`` ``WINDOW`` at a time, each window with the index of its first: a list's, or one
+    pass over an ``inputs.InputFile`` (the input file read again, never held)."""
+    it = iter(records)
+    for start in itertools.count(0, WINDOW):
+        window = list(itertools.islice(it, WINDOW))
+        if not window:
+            return
+        yield start, window
+
+
 def unsent(rec: Record) -> bool:
     """A record ``label_records`` did not send (a budget reached, a halt): it waits for a rerun and
     stays out of the output, where a failed or refused one is written with its reason."""
@@ -202,7 +214,7 @@ def unsent(rec: Record) -> bool:
 
 
 def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: Ledger, stage: str,
-                  gcfg: GenerateConfig | None = None, beyond: list[Record] | None = None,
+                  gcfg: GenerateConfig | None = None, beyond: Iterable[Record] | None = None,
                   parent: int | None = None) -> tuple[list[Record], RunStats]:
     """Attach the teacher's answer to each record (cache first), validating it against the task.
 
@@ -218,18 +230,20 @@ def label_records(records: list[Record], task: Task, teacher: Teacher, ledger: L
     return out, stats
 
 
-def stream_labels(records: list[Record], task: Task, teacher: Teacher, ledger: Ledger, stage: str,
+def stream_labels(records: Sequence[Record], task: Task, teacher: Teacher, ledger: Ledger, stage: str,
                   emit: Callable[[Record], None], gcfg: GenerateConfig | None = None,
-                  beyond: list[Record] | None = None, parent: int | None = None, copy: bool = False) -> RunStats:
+                  beyond: Iterable[Record] | None = None, parent: int | None = None, copy: bool = False) -> RunStats:
     """``label_records``, handing each answered record to ``emit`` in input order instead of
-    returning them all. Without ``copy``, the answer goes into the input record itself, and the
-    list lets go of it once emitted (its slot becomes None), so a run holds its inputs, one hash
-    each and a window of requests and answers: ``potstill generate`` held every request, every
-    answer and a deep copy of every record at once (~4 KB an input beyond the inputs themselves).
+    returning them all. Without ``copy``, the answer goes into the input record itself, and a list
+    lets go of it once emitted (its slot becomes None): ``potstill generate`` held every request,
+    every answer and a deep copy of every record at once (~4 KB an input beyond the inputs
+    themselves). ``records`` may be an ``inputs.InputFile``, which reads the file again at each pass,
+    so a run holds one hash an input and a window of records, requests and answers.
 
     Three passes over the records, ``WINDOW`` at a time: what the ledger already answers (and the
-    requests to send), the sending (requests made as the teacher takes them, ``Todo``), and the
-    records, each window's answers read back from the ledger where every one was committed.
+    requests to send), the sending (requests made as the teacher takes them, ``Todo``, in input
+    order), and the records, each window's answers read back from the ledger where every one was
+    committed.
     """
     from potstill.generate.consistency import paid
 
@@ -247,8 +261,9 @@ def stream_labels(records: list[Record], task: Task, teacher: Teacher, ledger: L
     unique: dict[str, None] = {}
     index: list[int] = []  # the first input of each request to send
     refused: dict[str, str] = {}
-    for start in range(0, len(records), WINDOW):
-        reqs = [teacher.request(r) for r in records[start : start + WINDOW]]
+    for start, window in _windows(records):
+        reqs = [teacher.request(r) for r in window]
+        del window
         hs, answers, reused = cached_answers(ledger, teacher, reqs, [request_hash(ident, q) for q in reqs])
         stats.whole_reused += reused
         stats.cache_hits += sum(h in answers for h in hs)
@@ -285,12 +300,13 @@ def stream_labels(records: list[Record], task: Task, teacher: Teacher, ledger: L
     ledger.finish_run(run_id, "budget" if stats.budget_stopped else "errors" if stats.errors else "done", stats.retries)
     short: list[int] = []  # sample counts of answers with fewer than n
     answered = 0
-    for start in range(0, len(records), WINDOW):
-        window = hashes[start : start + WINDOW]
+    release = not copy and isinstance(records, MutableSequence)
+    for start, window in _windows(records):
+        hs = hashes[start : start + len(window)]
         # Every answer is in the ledger: a cached one, or one this run committed as it arrived.
-        answers = ledger.lookup(list(dict.fromkeys(window)))
-        for i, h in enumerate(window, start):
-            rec = records[i].model_copy(deep=True) if copy else records[i]
+        answers = ledger.lookup(list(dict.fromkeys(hs)))
+        for i, (rec, h) in enumerate(zip(window, hs), start):
+            rec = rec.model_copy(deep=True) if copy else rec
             _set_aside_earlier(rec)
             ans = answers.get(h)
             if ans is None and h in refused:
@@ -318,8 +334,8 @@ def stream_labels(records: list[Record], task: Task, teacher: Teacher, ledger: L
                 key = (rec.invalid_reason or "").split(":")[0]
                 stats.invalid_reasons[key] = stats.invalid_reasons.get(key, 0) + 1
             emit(rec)
-            if not copy:
-                records[i] = None  # type: ignore[call-overload]  # emitted: its memory goes
+            if release:
+                records[i] = None  # type: ignore[index]  # emitted: its memory goes
     stats.fewer_samples = len(short)
     if short:
         # Ollama's OpenAI endpoint (no n among its fields) answers one choice whatever n: those outputs were
@@ -490,7 +506,8 @@ def _attach(rec: Record, ans: dict[str, Any], task: Task, teacher: Teacher) -> N
 
 
 def run_generate(cfg: Config, records: list[Record], ledger: Ledger, stage: str = "generate",
-                 teacher: Teacher | None = None, beyond: list[Record] | None = None) -> tuple[list[Record], RunStats]:
+                 teacher: Teacher | None = None,
+                 beyond: Iterable[Record] | None = None) -> tuple[list[Record], RunStats]:
     """``label_records`` with the config's task and teacher (``teacher``: one already made from
     ``cfg.teacher``, closed here like one made here)."""
     task = get_task(cfg.task)

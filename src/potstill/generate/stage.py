@@ -10,11 +10,11 @@ from potstill.config import Config
 from potstill.errors import PotstillError
 from potstill.generate import check_settings, run_generate, stream_labels, unpriced_provider_model, unsent
 from potstill.generate.tool_rounds import add_rounds, check_rounds
+from potstill.inputs import InputFile
 from potstill.progress import say
 from potstill.ledger import Ledger
 from potstill.records import Record, atomic_write, dump_jsonl, write_jsonl
 from potstill.rundir import RunDir
-from potstill.stage import inputs_beyond_limit, load_inputs
 from potstill.tasks import get_task
 from potstill.teachers import RunStats, Teacher, get_teacher
 
@@ -25,13 +25,13 @@ def generate_stage(cfg: Config, force: bool = False) -> dict[str, Any]:
     return STAGES["generate"].run(cfg, force)
 
 
-def _write_labelled(cfg: Config, records: list[Record], ledger: Ledger, teacher: Teacher,
+def _write_labelled(cfg: Config, inputs: InputFile, ledger: Ledger, teacher: Teacher,
                     path: Path) -> tuple[RunStats, str | None]:
-    """The teacher over ``records`` (``stream_labels``), each answered record written to ``path`` as
-    it comes (atomically: the file appears whole, once the last is written); the run's numbers and
-    its first teacher error. Only answered records (committed to the ledger) reach the output;
-    unsent ones wait for a rerun. Records are let go of as they are written: held all at once,
-    with a copy each, a million inputs took ~4.5 GB."""
+    """The teacher over ``inputs`` (``stream_labels``, reading the file at each pass), each answered
+    record written to ``path`` as it comes (atomically: the file appears whole, once the last is
+    written); the run's numbers and its first teacher error. Only answered records (committed to the
+    ledger) reach the output; unsent ones wait for a rerun. No record outlives its window: held all
+    at once, with a copy each, a million inputs took ~4.5 GB."""
     task = get_task(cfg.task)
     first: list[str] = []
 
@@ -43,15 +43,16 @@ def _write_labelled(cfg: Config, records: list[Record], ledger: Ledger, teacher:
                 if not unsent(rec):
                     dump_jsonl(f, (rec,))
 
-            stats = stream_labels(records, task, teacher, ledger, "generate", emit, cfg.generate,
-                                  inputs_beyond_limit(cfg))
+            stats = stream_labels(inputs, task, teacher, ledger, "generate", emit, cfg.generate, inputs.beyond())
     finally:
         teacher.close()
     return stats, (first or [None])[0]
 
 
 def generate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
-    records = load_inputs(cfg)
+    # Checked whole here, then read again at each pass; tool rounds hold the records (add_rounds
+    # makes each round's chats from all the answers of the one before, so they live in lists anyway).
+    inputs = InputFile(cfg, hold=bool(cfg.generate.tool_rounds))
     # Made before the ledger is created: a teacher that cannot be made (an unknown type) stops a run
     # that never called anyone without leaving an empty calls.sqlite.
     teacher = get_teacher(cfg.teacher, get_task(cfg.task))
@@ -59,8 +60,8 @@ def generate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
     check_rounds(cfg)
     with run.ledger() as ledger:
         if cfg.generate.tool_rounds:
-            labelled, stats = run_generate(cfg, records, ledger, stage="generate", teacher=teacher,
-                                           beyond=inputs_beyond_limit(cfg))
+            labelled, stats = run_generate(cfg, list(inputs), ledger, stage="generate", teacher=teacher,
+                                           beyond=inputs.beyond())
             first = len(labelled)
             labelled = add_rounds(cfg, labelled, ledger, stats, lambda task: get_teacher(cfg.teacher, task))
             rounds = len({r.meta.get("round") for r in labelled[first:]})
@@ -71,7 +72,7 @@ def generate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
             # Only answered records (committed to the ledger) reach the output; unsent ones wait for a rerun.
             write_jsonl(run / "teacher.jsonl", [r for r in labelled if not unsent(r)])
         else:
-            stats, error = _write_labelled(cfg, records, ledger, teacher, run / "teacher.jsonl")
+            stats, error = _write_labelled(cfg, inputs, ledger, teacher, run / "teacher.jsonl")
     if stats.budget_stopped:
         raise PotstillError(f"generate: budget of ${cfg.generate.budget_usd:g} reached (${stats.cost_usd:.4f} spent "
                             f"this run); {stats.unsent} of {stats.inputs} inputs not sent. Raise generate.budget_usd "

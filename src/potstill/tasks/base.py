@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import unicodedata
-from typing import Any
+from typing import Any, Iterable
 
 from potstill.config import TaskConfig
 from potstill.records import Record
@@ -18,6 +18,18 @@ def nfc(text: str) -> str:
 def folded(text: str) -> str:
     """Free text as answers compare: composed (``nfc``), white space folded, lower case."""
     return " ".join(nfc(text).split()).lower()
+
+
+class GoldTally:
+    """The gold of records read from one file, checked as they come: ``add`` normalises a record's
+    gold in place and counts it, ``finish`` judges the counts (raises, or warns). A second tally's
+    ``add`` over the same records normalises them the same way (its counts left unjudged)."""
+
+    def add(self, lineno: int, record: Record) -> None:
+        pass
+
+    def finish(self, max_unknown: float) -> None:
+        pass
 
 
 class Task:
@@ -54,9 +66,18 @@ class Task:
         """Agreement in [0, 1] between two parsed outputs (student vs teacher, or vs gold)."""
         return float(a == b)
 
-    def check_gold(self, numbered: list[tuple[int, Record]], path: Any, max_unknown: float) -> None:
-        """Check (and normalise in place) the gold of records read from ``path``; tasks without a
-        label set have nothing to check."""
+    def check_gold(self, numbered: Iterable[tuple[int, Record]], path: Any, max_unknown: float) -> None:
+        """Check (and normalise in place) the gold of records read from ``path``: each through
+        ``gold_tally``'s ``add``, then its ``finish``."""
+        tally = self.gold_tally(path)
+        for lineno, r in numbered:
+            tally.add(lineno, r)
+        tally.finish(max_unknown)
+
+    def gold_tally(self, path: Any) -> GoldTally:
+        """``check_gold`` one record at a time, for inputs read in passes and never held whole
+        (``inputs.InputFile``); tasks without a label set have nothing to check."""
+        return GoldTally()
 
     def gold(self, record: Record) -> Any:
         """The gold answer, parsed, when the record has one."""

@@ -16,7 +16,7 @@ from potstill.config import TaskConfig
 from potstill.errors import PotstillError
 from potstill.progress import say
 from potstill.records import Record
-from potstill.tasks.base import Task, nfc
+from potstill.tasks.base import GoldTally, Task, nfc
 
 
 def _norm(s: str) -> str:
@@ -109,34 +109,48 @@ class ClassificationTask(Task):
                 return label
         return None
 
-    def check_gold(self, numbered: list[tuple[int, Record]], path: Any, max_unknown: float) -> None:
+    def gold_tally(self, path: Any) -> GoldTally:
         """Gold labels become the label set's spelling ("Sports" -> "sports"; labels that differ
         only in case are refused at init, so the match is unambiguous). A label outside the set
         is moved to ``meta["unknown_label"]`` (the record has no gold) and warned about; above
         ``max_unknown`` of the gold labels, the inputs are refused."""
-        unknown, fixed, first = 0, 0, ""
-        labelled = [(n, r) for n, r in numbered if r.label is not None]
-        for lineno, r in labelled:
-            if r.label in self.labels:
-                continue
-            canon = self._named(r.label, _norm(r.label))
-            if canon is not None:
-                r.label, fixed = canon, fixed + 1
-                continue
-            unknown += 1
-            first = first or f"{path}:{lineno}: {r.label!r}"
-            r.meta["unknown_label"], r.label = r.label, None
-        share = unknown / len(labelled) if labelled else 0.0
-        shown = quoted(self.labels[:8]) + (", ..." if len(self.labels) > 8 else "")
-        what = (f"{unknown} of {len(labelled)} gold labels ({share:.0%}) are not in task.labels "
-                f"({shown}); first at {first}")
-        if share > max_unknown:
-            raise PotstillError(f"{what}. Fix the labels or task.labels (data.max_unknown_gold={max_unknown:g})")
-        if fixed:
-            say(escape(f"{path}: {fixed} gold labels matched task.labels only up to case or punctuation; "
-                       "using the label set's spelling"))
-        if unknown:
-            say(f"[yellow]warning:[/yellow] {escape(what)}; those records count as having no gold")
+        return _LabelTally(self, path)
 
     def validate(self, parsed: Any) -> str | None:
         return None if parsed in self.labels else "answer outside the label set"
+
+
+class _LabelTally(GoldTally):
+    """``ClassificationTask.gold_tally``: the gold labels counted as they are respelled or set aside."""
+
+    def __init__(self, task: ClassificationTask, path: Any):
+        self.task, self.path = task, path
+        self.labelled, self.unknown, self.fixed, self.first = 0, 0, 0, ""
+
+    def add(self, lineno: int, r: Record) -> None:
+        if r.label is None:
+            return
+        self.labelled += 1
+        if r.label in self.task.labels:
+            return
+        canon = self.task._named(r.label, _norm(r.label))
+        if canon is not None:
+            r.label, self.fixed = canon, self.fixed + 1
+            return
+        self.unknown += 1
+        self.first = self.first or f"{self.path}:{lineno}: {r.label!r}"
+        r.meta["unknown_label"], r.label = r.label, None
+
+    def finish(self, max_unknown: float) -> None:
+        labels, path = self.task.labels, self.path
+        share = self.unknown / self.labelled if self.labelled else 0.0
+        shown = quoted(labels[:8]) + (", ..." if len(labels) > 8 else "")
+        what = (f"{self.unknown} of {self.labelled} gold labels ({share:.0%}) are not in task.labels "
+                f"({shown}); first at {self.first}")
+        if share > max_unknown:
+            raise PotstillError(f"{what}. Fix the labels or task.labels (data.max_unknown_gold={max_unknown:g})")
+        if self.fixed:
+            say(escape(f"{path}: {self.fixed} gold labels matched task.labels only up to case or punctuation; "
+                       "using the label set's spelling"))
+        if self.unknown:
+            say(f"[yellow]warning:[/yellow] {escape(what)}; those records count as having no gold")
