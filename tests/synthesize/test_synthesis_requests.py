@@ -195,3 +195,45 @@ def test_a_setting_synthesis_requests_do_not_carry_leaves_synthesize_up_to_date(
     cfg["synthesize"]["temperature"] = 0.3
     path.write_text(yaml.safe_dump(cfg))
     assert not SYNTHESIZE.up_to_date(load_config(path))
+
+
+
+def _unquoted(task: Any, sl: Slot, completion: bool = False) -> list[dict[str, str]]:
+    """The synthesis prompt as potstill wrote it up to 2026-12-06: labels joined by ", " as written."""
+    msgs = prompt(task, sl, completion)
+    for lab in task.labels:
+        msgs = [{**m, "content": m["content"].replace(json.dumps(lab), lab)} for m in msgs]
+    return msgs
+
+
+def test_answers_cached_under_the_earlier_unquoted_labels_are_not_paid_again(tmp_path, monkeypatch):
+    """Quoting the labels (30d7322) gave every classification synthesis request a new ledger key: a
+    finished synthesize, run again after the upgrade, asked and paid for every request a second time
+    and replaced synthetic.jsonl with new inputs. Where no label holds a comma the earlier words
+    meant the same, and their answers are used."""
+    import potstill.synthesize.stage as stage
+
+    bodies: list[dict[str, Any]] = []
+    task = {"type": "classification", "labels": ["sports", "tech"], "instruction": "Topic."}
+    with LiveServer(compliant_app(bodies)) as srv:
+        cfg = load_config(project(tmp_path, srv.url, task, n=4))
+        with monkeypatch.context() as m:
+            m.setattr(stage, "prompt", _unquoted)
+            synthesize_stage(cfg)
+        assert len(bodies) == 4 and "Possible labels: sports, tech." in bodies[0]["messages"][-1]["content"]
+        before = (tmp_path / "run" / "synthetic.jsonl").read_text()
+        again = synthesize_stage(cfg, force=True)
+    assert len(bodies) == 4 and again["calls_this_run"] == 0
+    assert (tmp_path / "run" / "synthetic.jsonl").read_text() == before
+
+
+def test_a_label_holding_a_comma_has_no_earlier_prompt(tmp_path):
+    """"crash, bug" read as two labels in the earlier words: their answers are not to the same request."""
+    from potstill.synthesize import former_prompt
+
+    task = {"type": "classification", "labels": ["crash, bug", "ok"], "instruction": "Topic."}
+    cfg = load_config(project(tmp_path, "http://127.0.0.1:9", task))
+    sl = Slot("ok", 0, None, None, None, None, [])
+    assert former_prompt(cfg.task, sl) is None
+    assert former_prompt(cfg.task.model_copy(update={"labels": ["crash", "ok"]}), sl) == _unquoted(
+        cfg.task.model_copy(update={"labels": ["crash", "ok"]}), sl)

@@ -18,7 +18,7 @@ import difflib
 import json
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,8 +113,11 @@ def slot(s: SynthesizeConfig, cell: str, attempt: int, seeds: list[str]) -> Slot
     return Slot(cell, attempt, picked["topic"], picked["length"], picked["style"], picked["difficulty"], shown)
 
 
-def prompt(task: TaskConfig, sl: Slot, completion: bool = False) -> list[dict[str, str]]:
+def prompt(task: TaskConfig, sl: Slot, completion: bool = False,
+           listed: Callable[[list[str]], str] = quoted) -> list[dict[str, str]]:
     """The chat that asks the teacher for one new input.
+
+    ``listed``: how labels are written out (``former_prompt`` passes the earlier rendering).
 
     ``completion``: for a base model, one plain-text document instead: a header naming the task,
     the cell and the plan, then the exemplars one per ``<input>...</input>`` line. The stage ends it
@@ -128,7 +131,7 @@ def prompt(task: TaskConfig, sl: Slot, completion: bool = False) -> list[dict[st
     if completion:
         head = [task.instruction] if task.instruction else []
         if task.type == "classification":
-            head.append(f"Inputs whose correct label is {quoted([sl.cell])}, each new and different from the others. "
+            head.append(f"Inputs whose correct label is {listed([sl.cell])}, each new and different from the others. "
                         f"{tag}")
         elif sl.cell in tool_names(task):
             head.append(f"Requests that need the tool {sl.cell}, each new and different from the others. {tag}")
@@ -143,8 +146,8 @@ def prompt(task: TaskConfig, sl: Slot, completion: bool = False) -> list[dict[st
     lines = [f"The task the input will be given to: {task.instruction}"]
     if task.type == "classification":
         # Quoted: a label may hold a comma ("crash, bug"), and the teacher must read the set back.
-        lines.append(f"Possible labels: {quoted(task.labels)}. Write an input whose correct label is: "
-                     f"{quoted([sl.cell])}.")
+        lines.append(f"Possible labels: {listed(task.labels)}. Write an input whose correct label is: "
+                     f"{listed([sl.cell])}.")
     elif task.type == "tools":
         how = "one or more of these tools at once" if task.parallel_tool_calls else "one of these tools"
         lines.append(f"The assistant answers each input by calling {how}: " + "; ".join(
@@ -166,6 +169,20 @@ def prompt(task: TaskConfig, sl: Slot, completion: bool = False) -> list[dict[st
         lines += [f"<input>{e}</input>" for e in sl.exemplars]
     lines.append(tag)
     return [{"role": "system", "content": system}, {"role": "user", "content": "\n".join(lines)}]
+
+
+def former_prompt(task: TaskConfig, sl: Slot, completion: bool = False) -> list[dict[str, str]] | None:
+    """The chat potstill asked for this input before labels were quoted (2026-12-06 and earlier:
+    joined by ", " as written), whose cached answer answers for it still; None where there is none.
+
+    Only a classification prompt changed, and only where no label holds a comma does the earlier
+    text say what this one says: "crash, bug" read as two labels there, and is the reason for the
+    quotes. Without this, the upgrade gave every synthesis request a new ledger key, and a finished
+    synthesize asked and paid for all of them again (new inputs at temperature 1.0, so a new
+    synthetic.jsonl for generate to label)."""
+    if task.type != "classification" or any("," in lab for lab in task.labels):
+        return None
+    return prompt(task, sl, completion, ", ".join)
 
 
 def extract(output: str | None, opened: bool = False) -> str | None:

@@ -20,9 +20,9 @@ from potstill.generate import check_settings, label_records
 from potstill.progress import say
 from potstill.records import Record, read_numbered, read_records, write_json, write_jsonl
 from potstill.rundir import RunDir
-from potstill.synthesize import PromptTask, Screen, Slot, check_cells, extract, prompt, quotas, slot
+from potstill.synthesize import PromptTask, Screen, Slot, check_cells, extract, former_prompt, prompt, quotas, slot
 from potstill.tasks import get_task
-from potstill.teachers import get_teacher
+from potstill.teachers import get_teacher, request_hash
 from potstill.teachers.base import Teacher
 
 # Below this share of round one's answers holding an input, synthesize asks no further rounds.
@@ -141,6 +141,31 @@ def synthesis_settings(cfg: Config) -> GenerateConfig:
     return cfg.generate.model_copy(update={"n": 1})
 
 
+def under_former_keys(records: list[Record], slots: list[Slot], cfg: Config, teacher: Teacher, ledger: Any,
+                      gcfg: GenerateConfig) -> list[Record]:
+    """``records`` with each request the ledger does not answer, but answers as an earlier potstill
+    worded it (``former_prompt``), asked in those words instead: label_records then finds that row,
+    as generate finds a local teacher's under its former identity, and the input keeps the id
+    (``syn-<hash>``) it had in synthetic.jsonl. A refusal under the earlier words counts too (it is
+    not sent again, unless generate.retry_refusals, and then the current words are sent)."""
+    completion = cfg.teacher.prompt_format == "completion"
+    former = {i: f for i, sl in enumerate(slots)
+              if (f := former_prompt(cfg.task, sl, completion)) is not None and f != records[i].messages}
+    if not former:
+        return records
+    ident = teacher.identity()
+
+    def key(messages: list[dict[str, Any]]) -> str:
+        return request_hash(ident, teacher.request(Record(messages=messages)))
+
+    current = {i: key(records[i].messages) for i in former}
+    answered = ledger.lookup(list(current.values()))
+    old = {i: key(f) for i, f in former.items() if current[i] not in answered}
+    hashes = list(dict.fromkeys(old.values()))
+    found = set(ledger.lookup(hashes)) | (set() if gcfg.retry_refusals else set(ledger.refusals(hashes)))
+    return [Record(messages=former[i]) if old.get(i) in found else r for i, r in enumerate(records)]
+
+
 def synthesize(cfg: Config, seeds: list[Record], tests: list[str], ledger: Any,
                made: tuple[Teacher, PromptTask], own_tests: Sequence[str] = ()) -> Synthesis:
     """Run the plan's rounds through ``teacher`` (``synthesis_teacher``) and the ledger until every
@@ -156,6 +181,7 @@ def synthesize(cfg: Config, seeds: list[Record], tests: list[str], ledger: Any,
                 break
             records = [Record(messages=prompt(cfg.task, sl, completion)) for sl in slots]
             gcfg = synthesis_settings(cfg)
+            records = under_former_keys(records, slots, cfg, teacher, ledger, gcfg)
             if gcfg.budget_usd is not None:
                 # The budget is the whole stage's: each round may spend only what earlier rounds left.
                 gcfg = gcfg.model_copy(update={"budget_usd": max(0.0, gcfg.budget_usd - syn.cost_usd)})
