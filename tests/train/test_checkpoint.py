@@ -120,6 +120,53 @@ def test_ctrl_c_says_what_a_rerun_does(tiny_model, tmp_path, monkeypatch, capsys
     assert run(str(tiny_model), str(tmp_path))["resumed_from_step"] == 3
 
 
+
+def _interrupted(tiny_model, out: Path, monkeypatch) -> None:
+    """A run stopped by Ctrl-C during step 5: its checkpoint at step 3 stays."""
+    import pytest
+
+    real_step, calls = torch.optim.AdamW.step, []
+
+    def step(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real_step(self, *a, **kw)
+
+    with monkeypatch.context() as m:
+        m.setattr(torch.optim.AdamW, "step", step)
+        with pytest.raises(KeyboardInterrupt):
+            run(str(tiny_model), str(out))
+
+
+def test_a_checkpoint_from_before_a_new_setting_resumes(tiny_model, tmp_path, monkeypatch):
+    """Every train field added since 12-03 went into the checkpoint's fingerprint at its default, so
+    each upgrade that added one trained again from step 0 and dropped the checkpoint in progress. A
+    field added with the value that trains as before (checkpoint.AS_BEFORE; neftune_noise_alpha
+    here, as if it were new) leaves the fingerprint at that value."""
+    from potstill.train import checkpoint
+
+    real = checkpoint.settings
+    with monkeypatch.context() as m:  # the code before the field: not among the settings at all
+        m.setattr(checkpoint, "settings", lambda cfg: {k: v for k, v in real(cfg).items() if k != "neftune_noise_alpha"})
+        _interrupted(tiny_model, tmp_path, monkeypatch)
+    monkeypatch.setattr(checkpoint, "AS_BEFORE", {"neftune_noise_alpha": None})
+    assert run(str(tiny_model), str(tmp_path))["resumed_from_step"] == 3
+    # At another value (set, or a default changed since) it trains otherwise, and is in.
+    assert checkpoint.settings(TrainConfig(neftune_noise_alpha=5.0))["neftune_noise_alpha"] == 5.0
+
+
+def test_a_checkpoint_not_resumed_is_named_with_why(tiny_model, tmp_path, monkeypatch, capsys):
+    """Other settings than the checkpoint's trained again from step 0 without a word (and dropped
+    the checkpoint at the first save): one line now names it and the settings that differ."""
+    _interrupted(tiny_model, tmp_path, monkeypatch)
+    capsys.readouterr()
+    assert run(str(tiny_model), str(tmp_path), lr=0.02)["resumed_from_step"] is None
+    said = " ".join(capsys.readouterr().err.split())
+    assert "step-00000003 (step 3) is not resumed: it was written with other settings (train.lr); training " \
+           "starts from step 0" in said
+
+
 def test_a_kill_during_the_first_resumed_step_keeps_the_curve_before_the_checkpoint(tiny_model, tmp_path):
     """The resumed run truncated metrics.jsonl and rewrote the rows up to its checkpoint into a write
     buffer flushed only after its first step: killed during that step (a long step, a preempted

@@ -34,6 +34,29 @@ from potstill.records import atomic_dir, read_json, write_json
 NAME = "step-{:08d}"
 FINAL = "final.json"
 
+# Train settings added since 2026-12-07, each with the value at which training runs as it did before
+# the field existed (say a new `foo: None` that changes nothing unless set: {"foo": None}). At that
+# value the field stays out of the fingerprint, so a checkpoint written before it was added still
+# resumes; at any other value it is in, as every other field always is. Every field added since
+# 12-03 went into the fingerprint as it came, so each one lost every checkpoint in progress on upgrade.
+# Not "every field at its default": a default that changed value (a new lr default) would then leave
+# the fingerprint alike while the steps differ, and the old default's checkpoint would resume under
+# the new one. The value here stays what the code did before, whatever the default becomes.
+AS_BEFORE: dict[str, Any] = {}
+
+
+def settings(cfg: Any) -> dict[str, Any]:
+    """The train settings (a ``TrainConfig``) a checkpoint's fingerprint holds: those the steps read.
+
+    Out of it: how to resume and save, where, and int8_calibration (read after the last step), so
+    changing them on a rerun still resumes. So do grad_accum_steps (the same update, split for
+    memory: a run that ran out of memory resumes with more micro-batches) and eval_every (the val
+    passes change no weight and draw no random number), unless keep_best chooses among the steps it
+    measures or early stopping counts them. And the fields of ``AS_BEFORE`` at their earlier value."""
+    out = cfg.model_dump(exclude={"resume", "checkpoint_every", "device", "int8_calibration", "grad_accum_steps",
+                                  *(() if cfg.keep_best or cfg.early_stopping_patience else ("eval_every",))})
+    return {k: v for k, v in out.items() if not (k in AS_BEFORE and v == AS_BEFORE[k])}
+
 
 def dir_for(out_dir: Path) -> Path:
     """Where the checkpoints of a training into ``out_dir`` go: ``<out_dir>.ckpt/`` beside it."""
@@ -96,6 +119,31 @@ def latest(ckpt_dir: Path, fingerprint: str) -> Path | None:
             continue
         if state.get("fingerprint") == fingerprint:
             return d
+    return None
+
+
+def not_resumed(ckpt_dir: Path, cfg: Any) -> str | None:
+    """Why the newest checkpoint in ``ckpt_dir`` is not resumed, in one line naming it, or None where
+    there is none; for a caller that found no checkpoint of its settings (``latest``) or does not
+    look (``train.resume`` false): a restart from step 0 said nothing, and dropped it at its first save."""
+    for d in sorted(ckpt_dir.glob("step-*"), reverse=True):
+        try:
+            with open(d / "state.pkl", "rb") as f:
+                state = pickle.load(f)
+        except (OSError, pickle.UnpicklingError, EOFError):
+            continue
+        if not cfg.resume:
+            why = "train.resume is false"
+        elif not cfg.checkpoint_every:
+            why = "train.checkpoint_every is 0"
+        elif "settings" not in state:  # written before checkpoints kept their settings (an earlier potstill)
+            why = "it was written with other settings, data or student, or by an earlier potstill"
+        else:
+            now, then = settings(cfg), state["settings"]
+            differ = sorted(k for k in {*now, *then} if now.get(k, "<unset>") != then.get(k, "<unset>"))
+            why = (f"it was written with other settings ({', '.join('train.' + k for k in differ)})" if differ
+                   else "it was written with other data, student, max_length or number of processes")
+        return f"train: the checkpoint {d} (step {state.get('step')}) is not resumed: {why}; training starts from step 0"
     return None
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from rich.markup import escape
 
 from potstill.config import TrainConfig
 from potstill.engines.base import model_positions
@@ -350,15 +351,7 @@ def _resume(s: _Setup, lm: LM, cfg: TrainConfig, max_length: int, out_dir: Path,
     rng = random.Random(cfg.seed)
     tokens, start, elapsed0 = 0, 0, 0.0
     ckpt_dir = checkpoint.dir_for(out_dir)
-    # Settings the steps do not read stay out: how to resume and save, where, and int8_calibration
-    # (read after the last step), so changing them on a rerun still resumes. So do grad_accum_steps
-    # (the same update, split for memory: a run that ran out of memory resumes with more micro-batches)
-    # and eval_every (the val passes change no weight and draw no random number), unless keep_best
-    # chooses among the steps it measures or early stopping counts them.
-    fingerprint = hash_obj({"cfg": cfg.model_dump(exclude={"resume", "checkpoint_every", "device",
-                                                           "int8_calibration", "grad_accum_steps",
-                                                           *(() if cfg.keep_best or cfg.early_stopping_patience
-                                                             else ("eval_every",))}),
+    fingerprint = hash_obj({"cfg": checkpoint.settings(cfg),
                             "data": [(e.ids, e.n_prompt, e.teacher_logprobs, e.topk) for e in s.examples],
                             "max_length": max_length, "world": s.accel.num_processes, "model": lm.identity,
                             # The KD teacher by its weights, not train.teacher_model's path: another model
@@ -372,6 +365,8 @@ def _resume(s: _Setup, lm: LM, cfg: TrainConfig, max_length: int, out_dir: Path,
         if done is not None:
             return _Progress(0, order, rng, 0, 0.0, [], None, fingerprint, ckpt_dir, finished=done)
     found = checkpoint.latest(ckpt_dir, fingerprint) if cfg.resume and cfg.checkpoint_every else None
+    if found is None and s.accel.is_main_process and (why := checkpoint.not_resumed(ckpt_dir, cfg)):
+        say(f"[yellow]{escape(why)}[/yellow]")
     kept: list[str] = []
     if found is not None:
         state = checkpoint.load(found, s.accel.unwrap_model(s.module).model, s.opt, s.sched, rng,
@@ -482,7 +477,9 @@ def _steps(s: _Setup, p: _Progress, lm: LM, cfg: TrainConfig, max_length: int, m
             if accel.is_main_process:
                 checkpoint.save(p.ckpt_dir, step + 1, p.fingerprint, accel.unwrap_model(s.module).model, s.opt,
                                 s.sched, p.rng, p.order, {"tokens": p.tokens, "elapsed_s": time.perf_counter() - t0,
-                                                          "best_step": p.best_step, "best_val": p.best_val},
+                                                          "best_step": p.best_step, "best_val": p.best_val,
+                                                          # Named when a rerun does not resume it (not_resumed).
+                                                          "settings": checkpoint.settings(cfg)},
                                 rank_rngs=rngs, metrics=metrics_path, best=p.best_state)
             accel.wait_for_everyone()
 
