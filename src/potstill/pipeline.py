@@ -58,14 +58,16 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           reads=("task", *_INPUTS, "teacher", "generate"), tunes=(*_GENERATE_TUNES, *_TEACHER_BILLING), inputs=(),
           outputs=("teacher.jsonl",),
           body="potstill.generate.stage:generate_body", preflight=True),
-    # review.sqlite is an input: a new review decision reruns curate (and so train and evaluate).
+    # review.sqlite is an input: a new review decision reruns curate (and so train and evaluate). It is
+    # migrated before it is hashed: hashed first and migrated by the body, the first curate after an
+    # upgrade recorded the old file's digest, and the next one ran curate again for nothing.
     # The dataset card names the inputs, their licence and the teacher.
     Stage("curate", "Validate and deduplicate teacher outputs, split train/val/test, write the dataset card.",
           reads=("task", "curate", "data.inputs", "data.source", "data.license", "teacher.type", "teacher.model",
                  "teacher.terms"),
           inputs=("teacher.jsonl", "review.sqlite", "synthesize.json"),
           outputs=("train.jsonl", "val.jsonl", "test.jsonl", "rejected.jsonl", "card.json", "card.md"),
-          body="potstill.curate.stage:curate_body"),
+          body="potstill.curate.stage:curate_body", before="potstill.review.store:migrate_in"),
     Stage("train", "Fine-tune the student on the teacher's outputs (full, LoRA or QLoRA; SFT or KD from labels, top-k or logits).",
           # student.usd_per_hour is a cost assumption of pilot and evaluate: a new one retrains nothing.
           # export.imatrix_inputs: the importance matrix kept beside the student for the GGUF mixes; a new

@@ -117,6 +117,9 @@ class Stage:
     ``scratch``: names in the run directory the body keeps only so that a stopped run resumes (train's
     checkpoints), removed once the stage is marked done, or found done by a later command (a kill
     came between the two).
+    ``before``: ``"module:function"`` taking the run directory, called before the inputs are hashed:
+    an input the body would rewrite on opening (curate's review.sqlite, migrated by its store) is
+    rewritten first, so the fingerprint marked done is that of the file the next run hashes.
     """
 
     name: str
@@ -129,6 +132,7 @@ class Stage:
     preflight: bool = False  # its command refuses to start when ``potstill preflight``'s checks for it fail
     tracked: bool = False  # logged to the trackers in ``tracking`` (declare "tracking" in reads and tunes)
     scratch: tuple[str, ...] = ()
+    before: str = ""
 
     def __post_init__(self) -> None:
         stray = set(leaf_fields(self.tunes)) - set(leaf_fields(self.reads))
@@ -163,6 +167,9 @@ class Stage:
 
     def _run(self, cfg: Config, force: bool) -> dict[str, Any]:
         run = RunDir(cfg.run_dir)
+        if self.before:
+            module, func = self.before.split(":")
+            getattr(importlib.import_module(module), func)(run.path)
         fp = self.fingerprint(cfg, run)
         main = int(os.environ.get("RANK", "0")) == 0  # under torchrun / accelerate launch, one process records
         if not force and run.is_done(self.name, fp):

@@ -244,3 +244,26 @@ def test_a_real_examples_own_system_message_is_kept_in_meta_not_trained_on(tmp_p
     assert moved.meta["system"] == "You label news.\n\nOne word." and moved.text == _words(200)
     said = " ".join(capsys.readouterr().err.split())
     assert f"{tmp_path / 'real.jsonl'}: 1 of 2 records have a system or developer message; it is kept in meta.system" in said
+
+
+def test_a_review_store_from_an_earlier_potstill_reruns_curate_once(tmp_path):
+    """curate hashed review.sqlite, then its store migrated the file (schema 1 -> 2 rebuilds the table),
+    so the digest marked done was the old file's and the next curate ran again for nothing."""
+    import sqlite3
+
+    from potstill.review.store import MIGRATIONS
+
+    cfg = _project(tmp_path)
+    run = tmp_path / "run"
+    curate_stage(cfg)
+    target = read_records(run / "train.jsonl")[0]
+    db = sqlite3.connect(run / "review.sqlite")  # a store as potstill wrote it before `edit` (schema 1)
+    db.execute(MIGRATIONS[0])
+    db.execute("CREATE TABLE _migrations (id INTEGER PRIMARY KEY, applied_at REAL)")
+    db.execute("INSERT INTO _migrations VALUES (1, 0)")
+    db.execute("INSERT INTO decisions VALUES (?, 'reject', NULL, ?, '2026-12-01T00:00:00Z')", (target.id, target.output))
+    db.commit()
+    db.close()
+    out = curate_stage(cfg)
+    assert not out["skipped"] and out["review_rejected"] == 1
+    assert curate_stage(cfg)["skipped"]

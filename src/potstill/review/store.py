@@ -121,6 +121,14 @@ def _named(path: Path) -> Iterator[None]:
         raise
 
 
+def migrate_in(run_dir: str | Path) -> None:
+    """Bring ``run_dir``'s review.sqlite to this schema (the curate stage's ``before``: it hashes the
+    file next); an absent file stays absent."""
+    path = Path(run_dir) / "review.sqlite"
+    if path.exists():
+        ReviewStore(path).close()
+
+
 def load_decisions(path: str | Path) -> dict[str, dict[str, Any]]:
     """Decisions by record id; an absent file means no review yet."""
     path = Path(path)
