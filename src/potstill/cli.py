@@ -186,6 +186,7 @@ def cost(run_dir: Annotated[Path, typer.Argument(help="Run directory.")],
     if not path.exists():
         raise PotstillError(f"{path} not found")
     share, basis, resend = _rerun_price(run_dir, config)
+    hourly = _hourly_teacher(run_dir, config)
     with Ledger(path) as ledger:
         rep = ledger.cost_report(share=share, resend_refused=resend)
         by_stage = ledger.spend_by_stage("teacher")
@@ -193,6 +194,8 @@ def cost(run_dir: Annotated[Path, typer.Argument(help="Run directory.")],
             typer.echo(f"teacher {m['model']}: {m['calls']} calls ({m['calls'] - m['ok']} errors), "
                        f"{m['input_tokens']} input ({m['cached_input_tokens']} cached) + {m['output_tokens']} output tokens, "
                        f"${m['cost_usd']:.4f}" + _batch_note(m))
+            if hourly and hourly[0] == m["model"]:
+                typer.echo(_hourly_line(ledger, m["model"], hourly[1]))
             stages = [g for g in by_stage if g["model"] == m["model"]]
             for g in stages if len(stages) > 1 else []:  # pilot, synthesize, generate, serve escalations
                 typer.echo(f"teacher {g['model']} ({g['stage']}): {g['calls']} calls ({g['errors']} errors), "
@@ -258,6 +261,30 @@ def _rerun_price(run_dir: Path, config: Path | None) -> tuple[float, str, bool]:
         return 1.0, f"at the live price (generate.engine batch, no generate.batch_price.{cfg.teacher.type})", resend
     return (share, f"at {share:g} of the live price (generate.engine batch, generate.batch_price.{cfg.teacher.type})",
             resend)
+
+
+def _hourly_teacher(run_dir: Path, config: Path | None) -> tuple[str, float] | None:
+    """(model, usd_per_hour) of a teacher served from hardware of the user's own behind an API (vLLM,
+    TGI) and priced by the hour: the ledger bills its calls no token price, so `cost` prices them here."""
+    path = config or run_dir / "potstill.yaml"
+    if not path.exists():
+        return None
+    t = load_config(path).teacher
+    if t.type == "local" or not t.price.usd_per_hour or t.price.usd_per_call is not None \
+            or t.price.input_per_mtok or t.price.output_per_mtok:
+        return None
+    return t.model, t.price.usd_per_hour
+
+
+def _hourly_line(ledger: Any, model: str, usd_per_hour: float) -> str:
+    from potstill.teachers.api.prices import hourly_cost
+
+    rows = [r for r in ledger.rows(role="teacher", model=model) if r["status"] == "ok"]
+    h = hourly_cost(rows, usd_per_hour)
+    return (f"teacher {model} by the hour: its server was busy {h['busy_s']:.1f} s with these {h['calls']} answers "
+            f"(the union of their in-flight times, so calls batched together count once) = ${h['usd']:.4f} at "
+            f"teacher.price.usd_per_hour={usd_per_hour:g}, ${h['usd_per_call'] * 1000:.4f} per 1,000 calls; "
+            "the $ above is the ledger's, which prices tokens only")
 
 
 def _batch_note(m: dict) -> str:

@@ -140,7 +140,11 @@ class PriceConfig(Section):
     cache_write_1h_input_per_mtok: float | None = Field(
         None, ge=0, description="USD per million input tokens written to Anthropic's 1-hour prompt cache (usage "
         "cache_creation.ephemeral_1h_input_tokens); None: 2x the input price, Anthropic's 1-hour cache write.")
-    usd_per_hour: float = Field(0.0, ge=0, description="USD per hour of the hardware a local model runs on.")
+    usd_per_hour: float = Field(
+        0.0, ge=0, description="USD per hour of the hardware the teacher runs on: a local teacher bills each call its "
+        "seconds at this rate; a server of your own behind an API (vLLM, TGI) with no token price is priced in pilot, "
+        "evaluate and `potstill cost` at the seconds the ledger shows it busy with the calls (concurrent calls "
+        "counted once) at this rate.")
     usd_per_call: float | None = Field(
         None, ge=0, description="USD per teacher call as pilot and evaluate price the teacher (cost per call, break-even, "
         "verdict) in place of the ledger's: a replay teacher's recorded traffic costs nothing to replay, but each "

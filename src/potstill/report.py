@@ -18,7 +18,7 @@ from potstill.progress import out, say
 from potstill.records import Record
 from potstill.students import Beside, Predictions, as_engine, measure_latency, percentile, predict
 from potstill.tasks import Task
-from potstill.teachers.api.prices import price_for, token_cost
+from potstill.teachers.api.prices import hourly_cost, price_for, token_cost
 
 
 def log_student_calls(ledger: Ledger, stage: str, lm: Any, records: list[Record], preds: Predictions,
@@ -87,7 +87,7 @@ def measure_student(lm: Any, task: Task, records: list[Record], usd_per_hour: fl
 
 def measure_teacher(task: Task, records: list[Record], ledger: Ledger, timed: dict[str, Any] | None = None,
                     price: PriceConfig | None = None,
-                    prices: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
+                    prices: dict[str, dict[str, float]] | None = None, hourly: bool = False) -> dict[str, Any]:
     """The teacher's quality from its recorded answers; latency, tokens and cost from the ledger.
 
     ``timed``: the teacher's batch-1 latency measured here (a local teacher, timed in turns with the
@@ -98,8 +98,10 @@ def measure_teacher(task: Task, records: list[Record], ledger: Ledger, timed: di
 
     Else ``price`` (``teacher.price``), when it names one, prices the calls in place of the ledger's
     recorded cost: ``usd_per_call`` flat (a replay teacher, whose recorded traffic cost nothing to
-    replay), or the token price over each row's recorded tokens. The ledger's recorded spend stays
-    beside it as ``ledger_cost_per_1k_calls_usd``.
+    replay), or the token price over each row's recorded tokens, or, for a teacher that is not local
+    (``hourly``: a self-hosted server behind an API, e.g. vLLM) priced by ``usd_per_hour`` alone, the
+    seconds its server was busy with these calls (``prices.hourly_cost``) at that rate. The ledger's
+    recorded spend stays beside it as ``ledger_cost_per_1k_calls_usd``.
 
     Every way prices a call at the live (interactive) price: the calls the student would take over
     are interactive, so a generate through a provider's batch API (``price_multiplier`` 0.5) must not
@@ -130,6 +132,19 @@ def measure_teacher(task: Task, records: list[Record], ledger: Ledger, timed: di
         m["cost_source"] = (f"the ledger's tokens of these calls at teacher.price (${price.input_per_mtok:g} input, "
                             f"${price.output_per_mtok:g} output per Mtok), the live price"
                             + (", batch answers too" if any(_batched(r) for r in rows) else ""))
+    elif price is not None and price.usd_per_hour and hourly:
+        m["ledger_cost_per_1k_calls_usd"] = recorded
+        live = [r for r in rows if not _batched(r)]
+        h = hourly_cost(live, price.usd_per_hour)
+        if h["busy_s"] > 0:
+            m["cost_per_1k_calls_usd"] = h["usd_per_call"] * 1000
+            m["cost_source"] = (
+                f"teacher.price.usd_per_hour={price.usd_per_hour:g} x the {h['busy_s']:.1f} s its server was busy with "
+                f"these {h['calls']} calls (the union of their in-flight times in the ledger, so calls batched "
+                f"together count once: {h['calls'] / h['busy_s']:.2f} calls/s at teacher.concurrency), shared over them")
+        else:  # a replay teacher, or answers all from a provider batch: nothing timed them
+            m["cost_source"] += (f"; teacher.price.usd_per_hour={price.usd_per_hour:g} is unused: the ledger times "
+                                 "none of these calls (set teacher.price.usd_per_call)")
     if "samples_note" in m and not (timed and timed.get("n")) and (price is None or price.usd_per_call is None):
         m["cost_source"] += "; one answer a call: one sample's share of each row of n (samples_note)"
     return m

@@ -171,3 +171,36 @@ def test_batch_api_answers_are_left_out_of_the_teachers_latency(tmp_path, tiny_m
                                           meta={"request_hash": f"m{i}"}) for i in range(4)], ledger)
     assert (m["latency_batch1"]["n"], m["latency_batch1"]["p50_s"]) == (2, pytest.approx(0.5))
     assert m["latency_batch1"]["batch_api_left_out"] == 2
+
+
+def test_a_self_hosted_teacher_is_priced_by_the_hour_over_its_busy_seconds(tmp_path, tiny_model, monkeypatch, capsys):
+    """vLLM behind teacher.type openai, priced {usd_per_hour: 3.6}: the ledger bills no token price for its
+    model ($0 a call), and usd_per_hour was read for a local teacher only, so the teacher cost nothing and
+    the verdict was NO-GO whatever the student's quality. Its calls are priced by the seconds the server was
+    busy with them: two calls in flight together over 100-103 s and two over 200-201.5 s kept it busy 4.5 s
+    (their summed latencies, 6 s, would bill the batched ones twice); at $3.6/h ($0.001/s) that is $0.0045,
+    $1.125 per 1,000 calls. `potstill cost` says the same."""
+    import yaml
+
+    from potstill.cli import main
+
+    spans = [(100.0, 102.0), (101.0, 103.0), (200.0, 201.0), (200.5, 201.5)]
+    rows = [{"model": "Qwen/Qwen2.5-7B-Instruct", "input_tokens": 30, "output_tokens": 10, "cost_usd": 0.0,
+             "created_at": end, "latency_s": end - start} for start, end in spans]
+    teacher = {"type": "openai", "model": "Qwen/Qwen2.5-7B-Instruct", "base_url": "http://127.0.0.1:8000/v1",
+               "api_key_env": "", "price": {"usd_per_hour": 3.6}}
+    ev = _run(tmp_path, tiny_model, teacher, rows)
+    t = ev["models"]["teacher"]
+    assert t["cost_per_1k_calls_usd"] == pytest.approx(1.125)  # before: 0.0
+    assert t["ledger_cost_per_1k_calls_usd"] == 0.0
+    assert "usd_per_hour=3.6" in t["cost_source"] and "4.5 s" in t["cost_source"]
+    cheaper = ev["verdict"]["checks"][1]
+    assert cheaper["check"].startswith("student cheaper") and cheaper["pass"], cheaper
+    (tmp_path / "run" / "potstill.yaml").write_text(yaml.safe_dump(
+        {"task": {"type": "freetext", "instruction": "answer"}, "teacher": teacher}))
+    monkeypatch.setattr("sys.argv", ["potstill", "cost", str(tmp_path / "run")])
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code in (0, None)
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if "by the hour" in x]
+    assert "busy 4.5 s with these 4 answers" in line and "$0.0045" in line and "$1.1250 per 1,000" in line

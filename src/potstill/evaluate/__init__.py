@@ -52,8 +52,9 @@ def economics(teacher_usd_per_call: float, student_usd_per_call: float, be: dict
         why = f"the student is {s / t:.1f}x more expensive per call than the teacher ({_per_1k(s, t)})"
     else:
         why = value = (f"the teacher cost nothing per call as recorded, so the student ({_usd(1000 * s)} per 1,000 "
-                       "calls) cannot save money (a replay teacher: set teacher.price.usd_per_call to what its "
-                       "calls cost)")
+                       "calls) cannot save money (set teacher.price to what its calls cost: usd_per_call for a replay "
+                       "teacher's recorded traffic, usd_per_hour for a server of your own, or the per-token prices "
+                       "of a model no price table knows)")
     checks = [{"check": "student cheaper per call than the teacher", "value": value, "pass": why is None, "why": why}]
     if bar.max_break_even_months is not None and s < t:
         months, h = be.get("months"), bar.max_break_even_months

@@ -260,7 +260,7 @@ def _measure_models(cfg: Config, run: RunDir, task: Task, test: list[Record]):
                 "(zero-shot); the trained student is asked without them, having learnt both")
     with run.ledger() as ledger:
         models["teacher"] = measure_teacher(task, test, ledger, timed_teacher.latency if timed_teacher else None,
-                                            cfg.teacher.price, cfg.generate.prices)
+                                            cfg.teacher.price, cfg.generate.prices, hourly=cfg.teacher.type != "local")
         # Distilling's one-time spend: served requests escalated to the teacher are the cost of
         # running, paid per call whichever model serves, not of building the student.
         spend = ledger.summary("teacher", served=False)

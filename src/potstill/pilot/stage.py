@@ -43,9 +43,11 @@ def pilot_body(cfg: Config, run: RunDir) -> dict[str, Any]:
     # Both measured on the inputs the student reads: a longer one is the teacher's when served.
     read = readable(lm, asked, valid, "pilot")
     with run.ledger() as ledger:
-        # As evaluate prices it: teacher.price (per call, or its token price over the recorded tokens) in
-        # place of the ledger's cost, which is $0 for a replay teacher's recorded traffic.
-        teacher = measure_teacher(task, read, ledger, price=cfg.teacher.price, prices=cfg.generate.prices)
+        # As evaluate prices it: teacher.price (per call, its token price over the recorded tokens, or a
+        # self-hosted server's usd_per_hour over its busy seconds) in place of the ledger's cost, which is
+        # $0 for a replay teacher's recorded traffic and for a server whose model no price table knows.
+        teacher = measure_teacher(task, read, ledger, price=cfg.teacher.price, prices=cfg.generate.prices,
+                                  hourly=cfg.teacher.type != "local")
         student, _ = measure_student(lm, asked, read, cfg.student.usd_per_hour, cfg.evaluate.batch_size,
                                      min(cfg.evaluate.latency_samples, 10), "untrained student", ledger, "pilot")
     models = {"untrained student": student, "teacher": teacher}

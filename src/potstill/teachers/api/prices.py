@@ -13,6 +13,31 @@ def price_for(model: str, own: PriceConfig, table: dict[str, dict[str, float]]) 
     return PriceConfig.model_validate(table[max(hits, key=len)]) if hits else None
 
 
+def busy_seconds(rows: list[dict]) -> float:
+    """Seconds in which at least one of ``rows``' calls (ledger rows) was in flight: the union of their
+    spans [created_at - latency_s, created_at] (a row is written as its answer arrives).
+
+    A self-hosted server (vLLM, TGI) answers concurrent requests in one batch, so summing latencies
+    would bill 8 calls in flight together for 8 x 2 s when the GPU was busy 2 s; a gap between two
+    generate runs is no call's either. A provider batch's answers (latency 0) take no span."""
+    spans = sorted((r["created_at"] - r["latency_s"], r["created_at"]) for r in rows if r["latency_s"] > 0)
+    total, end = 0.0, float("-inf")
+    for a, b in spans:
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total
+
+
+def hourly_cost(rows: list[dict], usd_per_hour: float) -> dict[str, float]:
+    """A self-hosted teacher's calls priced by the hour (``teacher.price.usd_per_hour``): the seconds its
+    server was busy with ``rows`` (``busy_seconds``) x the rate, and that shared over the calls: 100 calls
+    answered in 40 busy seconds at $2.50/h are $0.0278, $0.000278 a call."""
+    busy = busy_seconds(rows)
+    usd = busy * usd_per_hour / 3600
+    return {"calls": len(rows), "busy_s": busy, "usd": usd, "usd_per_call": usd / len(rows) if rows else 0.0}
+
+
 # Anthropic bills a 5-minute prompt-cache write at 1.25x the input price, a 1-hour write at 2x.
 CACHE_WRITE_SHARE = 1.25
 CACHE_WRITE_1H_SHARE = 2.0
