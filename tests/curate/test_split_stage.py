@@ -267,3 +267,25 @@ def test_a_review_store_from_an_earlier_potstill_reruns_curate_once(tmp_path):
     out = curate_stage(cfg)
     assert not out["skipped"] and out["review_rejected"] == 1
     assert curate_stage(cfg)["skipped"]
+
+
+def test_a_fraction_keeps_one_record_where_its_threshold_took_none():
+    """The openai-tools preset's 12 requests at curate.val 0.1 split 10/0/2: serve then had no val to
+    calibrate on. A split whose fraction is above 0 keeps one record, the train record of lowest hash;
+    the rest stays by threshold, and a larger set that fills the split by threshold takes it back."""
+    from potstill.curate.split import rank, split
+
+    rs = [rec(_words(2000 + i), "sports") for i in range(40)]
+    # 12 records none of whose hashes fall in val's [test, test + val) = [0.2, 0.3) at seed 0
+    few = [r for r in rs if not 0.2 <= rank(r.text, 0) < 0.3][:12]
+    tr, va, te = split(few, 0.1, 0.2, 0)
+    by_threshold = [r for r in few if rank(r.text, 0) >= 0.3]
+    assert len(va) == 1 and len(tr) == len(by_threshold) - 1  # before: val empty
+    assert va[0] is min(by_threshold, key=lambda r: rank(r.text, 0))
+    assert ids(te) == {r.id for r in few if rank(r.text, 0) < 0.2}
+    # Both splits empty by threshold: test first, then val, both from train; train keeps one.
+    assert [len(x) for x in split(by_threshold[:1], 0.1, 0.2, 0)] == [1, 0, 0]
+    tr, va, te = split(by_threshold[:3], 0.1, 0.2, 0)
+    assert (len(tr), len(va), len(te)) == (1, 1, 1)
+    # 0 asks for none.
+    assert len(split(few, 0.0, 0.2, 0)[1]) == 0

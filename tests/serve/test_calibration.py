@@ -138,3 +138,15 @@ def test_two_calibrations_of_one_run_at_once_both_finish(tmp_path, tiny_model, m
     assert sorted(os.listdir(run / "serve")) == ["reference.pt", "routing.json"]  # no temp file left
     cached = calibration.calibrate_run(run, cfg, engine, task)  # the pair on disk is one whole calibration
     assert cached[0].confidence_threshold == routing.confidence_threshold and torch.allclose(cached[1], reference)
+
+
+def test_an_empty_val_split_is_named_with_what_to_do(tmp_path, tiny_model, monkeypatch):
+    """curate kept no val records (a fraction of a few records): serve said "no record has a teacher output
+    to calibrate on", as though the teacher had failed. It says the file is empty and names curate.val."""
+    from potstill.errors import PotstillError
+
+    monkeypatch.setenv("TEACHER_KEY", TEACHER_KEY)
+    run = write_run(tmp_path, tiny_model, "http://127.0.0.1:9/v1", api_key_env="")
+    (run / "val.jsonl").write_text("")
+    with pytest.raises(PotstillError, match=r"val.jsonl is empty: curate kept no validation records.*curate.val"):
+        load_service(run, run_config(run, None), device="cpu")

@@ -8,6 +8,11 @@
   records. Sizes and stratification are then exact, but a new record changes every stratum's
   share: it can move the records nearest any stratum's cut (in hash order), its own or another's
   (100, 100 and 150 records with test 50 give 14, 14, 22; one more in the first gives 15, 14, 21).
+- A fraction above 0 that its threshold left empty (12 records at val 0.1 expect 1.2 in val, and
+  get none 28% of the time: 0.9^12) takes the train record of lowest hash, test before val, while
+  train keeps one: serve calibrates on val and evaluate reads test, and an empty one stopped them.
+  Only train gives: a later, larger set can send that record back to train, never a trained-on
+  record to test (a set whose test is empty by threshold had an empty one before too).
 """
 
 from __future__ import annotations
@@ -49,6 +54,9 @@ def split(records: list[Record], val: float, test: float, seed: int,
         for r in ranked:
             u = rank(r.text, seed)
             (te if u < test else va if u < test + val else tr).append(r)
+        for share, part in ((test, te), (val, va)):
+            if share > 0 and not part and len(tr) > 1:
+                part.append(tr.pop(0))  # tr is in hash order: its first is the nearest the cut
         return tr, va, te
     n = len(ranked)
     n_test = int(test) if test >= 1 else round(test * n)

@@ -121,7 +121,12 @@ def calibrate_run(run_dir: Path, cfg: Config, engine: ServedStudent, task: Task,
     # Chats its template refuses are a client's 400 when served: left out the same way.
     fits, _, train_refused = _servable(engine, read_records(train_path), train_path)
     train, held = reference_and_holdout(fits, s.ood_reference)
-    answered = [r for r in read_records(val_path) if r.output is not None]
+    val_records = read_records(val_path)
+    if not val_records:
+        # curate's val split came out empty (curate.val 0, or a fraction of a few records).
+        raise PotstillError(f"{val_path} is empty: curate kept no validation records, and serving calibrates its "
+                            "threshold on them; set curate.val to a count (e.g. 2) and rerun `potstill curate`")
+    answered = [r for r in val_records if r.output is not None]
     if not answered:
         raise PotstillError(f"{val_path}: no record has a teacher output to calibrate on")
     val, too_long, refused = _servable(engine, answered, val_path)
