@@ -368,3 +368,13 @@ def test_infinity_and_nan_are_refused_at_load_except_where_inf_means_no_limit(tm
         stage = flag[2:].split(".")[0]
         assert run_main(monkeypatch, capsys, stage, "-c", "c.yaml", flag, value) == (
             2, [f"error: {flag}: Input should be a finite number"])
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_a_preset_that_says_potstill_serve_sets_the_key_serve_asks_for(path):
+    """openai-tools said `potstill serve -c ...`, which stops at once when POTSTILL_SERVE_KEY is unset."""
+    from potstill.config import ServeConfig
+
+    said = [line for line in path.read_text().splitlines() if line.lstrip().startswith("#") and "potstill serve" in line]
+    assert all(ServeConfig().api_key_env in line for line in said), said
+
