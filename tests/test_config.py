@@ -378,3 +378,16 @@ def test_a_preset_that_says_potstill_serve_sets_the_key_serve_asks_for(path):
     said = [line for line in path.read_text().splitlines() if line.lstrip().startswith("#") and "potstill serve" in line]
     assert all(ServeConfig().api_key_env in line for line in said), said
 
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_a_preset_that_prices_a_table_model_keeps_its_cached_price(path):
+    """openai-classification restated gpt-4.1-mini's $0.40 / $1.60 without its $0.10 cached price: a
+    teacher.price replaces the table's entry whole, so cached input was billed at $0.40."""
+    from potstill.teachers.api.prices import price_for
+
+    cfg = load_config(path)
+    own, table = cfg.teacher.price, cfg.generate.prices
+    listed = price_for(cfg.teacher.model, type(own)(), table)
+    if listed is None or not (own.input_per_mtok or own.output_per_mtok):
+        return
+    assert own.cached_input_per_mtok == listed.cached_input_per_mtok, (cfg.teacher.model, own, listed)
