@@ -5,7 +5,8 @@ cross-rank weight comparison under ``torchrun`` / ``accelerate launch``), so it 
 
 * ``inputs``: ``data.inputs`` reads as ``generate`` reads it (the file exists, each line is a
   usable record, gold labels are the task's).
-* ``teacher``: ``teacher.type`` names a teacher potstill has (a built-in or a plugin).
+* ``teacher``: ``teacher.type`` names a teacher potstill has (a built-in or a plugin), and that
+  teacher accepts its config (``teacher.model`` set, a replay file found), as ``generate`` builds it.
 * ``vocabulary``: token-level KD (``kd_signal`` logits) needs the teacher's tokenizer and LM
   head rows to be the student's; ``topk`` needs the API teacher's top-k tokens to map onto
   student ids (otherwise KD silently stops at the first token the tokenizers split differently).
@@ -152,13 +153,21 @@ def check_inputs(ctx: _Ctx) -> Check:
 
 
 def check_teacher(ctx: _Ctx) -> Check:
-    """Only the name: a teacher's model or key is checked when it is called (a key may be set later)."""
+    """The name, and the teacher built from its config as generate builds it, so that what it refuses
+    there (no teacher.model, a replay_path not found, a malformed base_url) fails here: `potstill init`'s
+    starter (a local teacher, model '') passed and `run` stopped on it. Nothing is loaded or called: a
+    model or key is checked when it is used (a key may be set later)."""
     from potstill.plugins import load_plugin
+    from potstill.teachers import get_teacher
 
     try:
         load_plugin("teachers", ctx.cfg.teacher.type)
     except PotstillError as e:
         return Check("teacher", "fail", f"teacher.type: {e}")
+    try:
+        get_teacher(ctx.cfg.teacher, ctx.task, ctx.cfg.generate.prices)
+    except PotstillError as e:
+        return Check("teacher", "fail", str(e))
     return Check("teacher", "ok", f"teacher type '{ctx.cfg.teacher.type}' found")
 
 

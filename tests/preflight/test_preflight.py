@@ -266,7 +266,7 @@ def test_unknown_teacher_type_refuses(tiny_model, tmp_path):
     cfg = _cfg(tmp_path, student={"model": str(tiny_model)}, teacher={"type": "vllm"})
     status, detail = _status(cfg, "teacher")
     assert status == "fail" and detail.startswith("teacher.type: unknown teacher type 'vllm' (available: ")
-    ok = _cfg(tmp_path, student={"model": str(tiny_model)}, teacher={"type": "openai"})
+    ok = _cfg(tmp_path, student={"model": str(tiny_model)}, teacher={"type": "openai", "model": "gpt-4o"})
     assert _status(ok, "teacher")[0] == "ok"
 
 
@@ -506,3 +506,21 @@ def test_a_max_length_past_the_students_positions_refuses(tmp_path):
                                                            "positions; set student.max_length 512 or less")
     with pytest.raises(PotstillError, match="^preflight context: student.max_length 600 "):
         require(rotary, "train")
+
+
+def test_a_teacher_that_generate_refuses_fails_the_teacher_check(tmp_path):
+    """`potstill init`'s starter (teacher type local, model '') passed preflight with "teacher type 'local'
+    found", and `run` then stopped on "teacher.model is required for a local teacher"."""
+    from potstill.config import starter_yaml
+    from potstill.preflight import check_teacher
+
+    def teacher(**cfg) -> tuple[str, str]:
+        c = check_teacher(_Ctx(_cfg(tmp_path, teacher=cfg)))
+        return c.status, c.detail
+
+    starter = yaml.safe_load(starter_yaml())
+    assert starter["teacher"]["type"] == "local" and not starter["teacher"]["model"]
+    assert teacher(type="local", model="") == ("fail", "teacher.model is required for a local teacher")
+    status, detail = teacher(type="replay", replay_path=str(tmp_path / "none.jsonl"))
+    assert status == "fail" and "file not found" in detail
+    assert teacher(type="openai", model="gpt-4o")[0] == "ok"
