@@ -51,7 +51,7 @@ from potstill.redistill.compare import compare, decide, measure, scores
 from potstill.redistill.loadable import why_unloadable
 from potstill.redistill.promote import current, finish_interrupted, switch
 from potstill.redistill.traffic import check_traffic, label_sample, read_traffic
-from potstill.students import predict, student_format
+from potstill.students import predict, student_format, unreadable
 from potstill.tasks import Task, get_task
 
 __all__ = ["EXIT_KEPT", "redistill", "rollback", "switch"]
@@ -79,7 +79,11 @@ def drop_overlap(old: list[Record], new: list[Record], cfg: Config) -> tuple[lis
     return kept, counts
 
 
-def _answers(path: Path, task: Task, sets: dict[str, list[Record]], batch_size: int, who: str) -> dict[str, list]:
+def _answers(path: Path, task: Task, sets: dict[str, list[Record]], batch_size: int,
+             who: str) -> dict[str, tuple[list[int], list[Any]]]:
+    """Per set, the positions of the records the student at ``path`` reads (``students.unreadable``:
+    serve sends a longer one to the teacher, and a GPT-2 student fails on it with an IndexError) and
+    its parsed answers to them."""
     try:
         lm = load_lm(str(path))
     except PotstillError:
@@ -87,11 +91,44 @@ def _answers(path: Path, task: Task, sets: dict[str, list[Record]], batch_size: 
     except Exception as e:  # noqa: BLE001 - what _check_run's header check cannot see (as serve's hot swap says it)
         raise cannot_load(f"the {who} {path}", e) from None
     try:
-        return {name: predict(lm, task, rs, batch_size=batch_size, desc=f"redistill: {who} on {name}").parsed
-                for name, rs in sets.items()}
+        out = {}
+        for name, rs in sets.items():
+            over = {i for i, _ in unreadable(lm, task, rs)}
+            kept = [i for i in range(len(rs)) if i not in over]
+            out[name] = (kept, predict(lm, task, [rs[i] for i in kept], batch_size=batch_size,
+                                       desc=f"redistill: {who} on {name}").parsed if kept else [])
+        return out
     finally:
         del lm
         gc.collect()
+
+
+def _comparison_step(champion: Path, challenger: Path, task: Task, sets: dict[str, list[Record]],
+                     cfg: Config) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
+    """4. Both students' scores on each set's records that both read, and how many of each set were
+    left out as longer than a student's context: both are compared on the same records."""
+    bs = cfg.evaluate.batch_size
+    a_champ = _answers(champion, task, sets, bs, "champion")
+    # The challenger is asked what the champion read; of those, the ones it reads too are compared.
+    read = {name: [rs[i] for i in a_champ[name][0]] for name, rs in sets.items()}
+    a_chall = _answers(challenger, task, read, bs, "challenger")
+    n_boot, seed = cfg.report.bootstrap_samples, cfg.report.seed
+    results, left_out = {}, {}
+    for name, rs in read.items():
+        both, chall = a_chall[name]  # positions in ``rs``, the records the champion read
+        champ = [a_champ[name][1][j] for j in both]
+        kept = [rs[j] for j in both]
+        left_out[name] = len(sets[name]) - len(kept)
+        if not kept:
+            raise PotstillError(f"redistill: every one of the {len(sets[name])} {name} inputs is longer than the "
+                                "champion's or the challenger's context, so they can be compared on none: pick a "
+                                "student with a longer context or shorten the inputs")
+        results[name] = compare(scores(task, champ, kept), scores(task, chall, kept), n_boot, seed, measure(task))
+    if any(left_out.values()):
+        counts = " and ".join(f"{n} of {len(sets[name])} {name}" for name, n in left_out.items() if n)
+        say(f"redistill: {counts} inputs are longer than the champion's or the challenger's context and left out "
+            "of the comparison, both students alike: served, they go to the teacher unread (reason too_long)")
+    return results, left_out
 
 
 def _pct(m: dict[str, Any]) -> str:
@@ -162,13 +199,8 @@ def _run_steps(run_dir: Path, cfg: Config, live: tracking_live.Live | None) -> d
 
     # 4. comparison
     t0 = time.perf_counter()
-    sets = {"frozen test": nd.frozen, "new traffic": nd.cur.test}
-    bs = cfg.evaluate.batch_size
-    a_champ = _answers(champion, task, sets, bs, "champion")
-    a_chall = _answers(challenger, task, sets, bs, "challenger")
-    n_boot, seed = cfg.report.bootstrap_samples, cfg.report.seed
-    results = {name: compare(scores(task, a_champ[name], rs), scores(task, a_chall[name], rs), n_boot, seed,
-                             measure(task)) for name, rs in sets.items()}
+    results, too_long = _comparison_step(champion, challenger, task,
+                                         {"frozen test": nd.frozen, "new traffic": nd.cur.test}, cfg)
     timings["evaluate_s"] = time.perf_counter() - t0
     decision = decide(results["new traffic"], results["frozen test"], rc, same_student=champion == challenger.resolve())
 
@@ -187,6 +219,8 @@ def _run_steps(run_dir: Path, cfg: Config, live: tracking_live.Live | None) -> d
                  "curate": nd.cur.card["counts"], "old_train": len(nd.old_train), "new_train": len(nd.cur.train),
                  "new_test": len(nd.cur.test), "challenger_train": len(nd.data), "trained_examples": len(nd.trained),
                  "new_share": new_share(len(nd.old_train), len(nd.trained)), "frozen_test": len(nd.frozen),
+                 # Inputs longer than a student's context, out of the comparison (its n): served, the teacher's.
+                 "frozen_test_too_long": too_long["frozen test"], "new_test_too_long": too_long["new traffic"],
                  "files": {k: rel(nd.work / f"{k}.jsonl") for k in ("new_train", "new_test", "rejected")}},
         "teacher": _teacher_summary(gstats, traffic),
         "results": {"frozen_test": results["frozen test"], "new_traffic_test": results["new traffic"]},

@@ -85,17 +85,23 @@ def as_engine(lm: Any) -> Any:
     return lm
 
 
+def unreadable(lm: Any, task: Task, records: list[Record]) -> list[tuple[int, str]]:
+    """(index, why) of the ``records`` the student does not read, asked ``task``: a prompt that with,
+    generating, the task's ``max_output_tokens`` runs past its context (``engines.base.past_context``)."""
+    engine = as_engine(lm)
+    budget = 0 if task.labels else task.cfg.max_output_tokens
+    return past_context(engine, student_format(engine, task), [r.messages for r in records], budget)
+
+
 def readable(lm: Any, task: Task, records: list[Record], stage: str) -> list[Record]:
     """The ``records`` the student reads, in order: those whose prompt (and, generating, the task's
     ``max_output_tokens``) fit its context. Serve sends a longer chat to the teacher unread (reason
     ``too_long``), and a student with learned positions (GPT-2) fails on it with an IndexError, so
     pilot and evaluate set them aside too and say how many; one line and no figures where none fits."""
-    engine = as_engine(lm)
-    budget = 0 if task.labels else task.cfg.max_output_tokens
-    over = past_context(engine, student_format(engine, task), [r.messages for r in records], budget)
+    over = unreadable(lm, task, records)
     if not over:
         return records
-    context, first = context_length(engine), records[over[0][0]].id
+    context, first = context_length(as_engine(lm)), records[over[0][0]].id
     if len(over) == len(records):
         raise PotstillError(f"{stage}: every one of the {len(records)} inputs is longer than the student's context "
                             f"({context} positions; record {first}: {over[0][1]}), so it can answer none: pick a "
