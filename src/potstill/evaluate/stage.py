@@ -28,7 +28,7 @@ from potstill.records import Record, read_json, read_records, write_json
 from potstill.report import measure_student, measure_teacher, print_slices, print_table
 from potstill.rundir import RunDir
 from potstill.students import (Beside, Predictions, evaluation_engine, latency_stats, predict, readable,
-                               untrained_student_engine, untrained_task)
+                               unreadable, untrained_student_engine, untrained_task)
 from potstill.tasks import Task, get_task
 from potstill.teachers import get_teacher
 
@@ -254,10 +254,7 @@ def _measure_models(cfg: Config, run: RunDir, task: Task, test: list[Record]):
     measure("student", student, timed_teacher)
     del student
     if e.include_untrained:
-        measure("untrained student", untrained_student_engine(cfg), asked=untrained_task(task))
-        if task.cfg.type == "tools":
-            say("evaluate: the untrained student was shown the tools and the call's form in its system prompt "
-                "(zero-shot); the trained student is asked without them, having learnt both")
+        _measure_untrained(cfg, task, test, measure)
     with run.ledger() as ledger:
         models["teacher"] = measure_teacher(task, test, ledger, timed_teacher.latency if timed_teacher else None,
                                             cfg.teacher.price, cfg.generate.prices, hourly=cfg.teacher.type != "local")
@@ -269,6 +266,30 @@ def _measure_models(cfg: Config, run: RunDir, task: Task, test: list[Record]):
     preds = {k: preds[k] for k in ("untrained student", "student") if k in preds}
     batched = {k: batched[k] for k in ("untrained student", "student") if k in batched}
     return models, preds, batched, spend, test
+
+
+def _measure_untrained(cfg: Config, task: Task, test: list[Record], measure: Any) -> None:
+    """The untrained student's row, asked as pilot asks it (``untrained_task``: a tools task's
+    instruction spells out every tool), or one line where that longer prompt does not fit its context
+    on some of the inputs the trained student read. A GPT-2 student failed on those with an IndexError.
+    The row is then left out rather than measured on the inputs that fit: every figure (the table,
+    each slice's and field's untrained agreement, the intervals) pairs the models input by input on
+    one test split, and a row over the shorter inputs alone would stand beside the trained student's
+    over all of them with nothing in the table to say so."""
+    lm, asked = untrained_student_engine(cfg), untrained_task(task)
+    over = unreadable(lm, asked, test)
+    tools = task.cfg.type == "tools"
+    if over:
+        say(escape(f"evaluate: the untrained student is left out: {len(over)} of {len(test)} test inputs are longer "
+                   f"than its context as it is asked them (record {test[over[0][0]].id}: {over[0][1]}"
+                   + ("; its instruction spells out every tool's schema" if tools else "")
+                   + "), and evaluate compares the models on the same inputs (evaluate.include_untrained false "
+                   "leaves it out without this line)"))
+        return
+    measure("untrained student", lm, asked=asked)
+    if tools:
+        say("evaluate: the untrained student was shown the tools and the call's form in its system prompt "
+            "(zero-shot); the trained student is asked without them, having learnt both")
 
 
 def _local_teacher(cfg: Config, task: Task, test: list[Record]) -> Beside | None:
