@@ -86,6 +86,10 @@ def test_inputs_over_the_students_context_are_set_aside_and_counted(tmp_path, ti
     ev = read_json(run / "eval.json")
     assert long and ev["n_too_long"] == long and ev["n_test"] == len(test) - long  # curate's split is seeded
     assert f"evaluate: {long} of {len(test)} inputs are longer than the student's context" in capsys.readouterr().err
+    # Where each number comes from no longer says the student answered every test input.
+    said = f"the student answered every test input on this machine but the {long} longer than its context"
+    assert ev["sources"]["student"].startswith("measured by this command: " + said)
+    assert said in (run / "report.html").read_text()
 
 
 def test_every_input_over_the_students_context_is_one_line(tmp_path, tiny_model_b):

@@ -187,7 +187,7 @@ def evaluate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
         "one_time": one_time, "break_even": be, "verdict": v, "judge": judged,
         "quality_bar": e.quality_bar.model_dump(), "min_slice_n": rep.min_slice_n,
         "bootstrap_samples": rep.bootstrap_samples,
-        "sources": _sources(cfg, spend, train_s, models["teacher"]),
+        "sources": _sources(cfg, spend, train_s, models["teacher"], n_test - len(test)),
     }
     if judged is not None:
         result["sources"]["judge"] = (f"judge {judged['model']}: both orders per input, answers and cost in the ledger "
@@ -377,13 +377,17 @@ def _break_even(cfg: Config, models: dict[str, dict[str, Any]], one_time: dict[s
     return be
 
 
-def _sources(cfg: Config, spend: dict[str, Any], train_s: float, teacher: dict[str, Any]) -> dict[str, str]:
-    """Where each number in eval.json comes from, printed beside its table in report.html."""
+def _sources(cfg: Config, spend: dict[str, Any], train_s: float, teacher: dict[str, Any],
+             too_long: int = 0) -> dict[str, str]:
+    """Where each number in eval.json comes from, printed beside its table in report.html
+    (``too_long``: test inputs longer than the student's context, which it was not asked)."""
     e, rep = cfg.evaluate, cfg.report
     teacher_timed = "ledger_latency_batch1" in teacher
     priced = "" if "ledger_cost_per_1k_calls_usd" not in teacher else f"; cost per call: {teacher['cost_source']}"
     return {
-        "student": "measured by this command: the student answered every test input on this machine",
+        "student": ("measured by this command: the student answered every test input on this machine"
+                    + (f" but the {too_long} longer than its context (served, the teacher's: reason too_long), "
+                       "left out of every figure" if too_long else "")),
         "teacher": ("the teacher's recorded answers in test.jsonl; its batch-1 latency timed by this command in turns "
                     "with the student's (evaluate.teacher_latency_samples), cost per call = that mean x "
                     f"teacher.price.usd_per_hour={cfg.teacher.price.usd_per_hour}; tokens from the ledger (calls.sqlite)"
