@@ -88,3 +88,19 @@ def test_labels_that_share_a_normal_form_are_named_by_their_text(tmp_path):
         with pytest.raises(PotstillError) as e:
             get_task(TaskConfig(type="classification", labels=same))
         assert named in str(e.value), e.value
+
+
+def test_a_label_named_by_its_text_takes_the_punctuation_a_sentence_puts_around_it():
+    """ "Java: ..." read as Java, "C++: ..." as nothing (answer outside the label set), as did "C#,", "C++!",
+    "(C#)" and "C;": a label named by its normal form loses that punctuation there, one named by its text
+    did not. It is now looked up without enclosing brackets and trailing :,;!?. too, where that names
+    one label only: "+" and "-" are never trimmed, so "C++" is not "C" and "C--" stays nothing."""
+    t = get_task(TaskConfig(type="classification", labels=["C", "C++", "C#", "Java"]))
+    answers = {"Java: it uses a JVM": "Java", "C++: it uses templates": "C++", "C#, since it runs on .NET": "C#",
+               "C++!": "C++", "(C#)": "C#", "C;": "C", "[C++]?": "C++", '("C#"),': "C#", "(C++) is my answer.": "C++",
+               "C--": None, "C+": None, "(": None, "()": None}
+    assert {a: t.parse(a) for a in answers} == answers
+    # Two labels the trimming could each stand for: "Yes!," is "Yes!" less a "," or "Yes" less "!,", so
+    # neither; "(Yes!)" likewise. Written as the label is, each is its own.
+    t = get_task(TaskConfig(type="classification", labels=["Yes", "Yes!", "No"]))
+    assert [t.parse(a) for a in ("Yes!", "Yes", "Yes,", "Yes!,", "(Yes!)")] == ["Yes!", "Yes", "Yes", None, None]

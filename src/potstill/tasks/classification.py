@@ -42,6 +42,29 @@ def _texts(s: str) -> tuple[str, str]:
     return t, t.strip(_WRAP).removesuffix(".").strip(_WRAP)
 
 
+# What a sentence adds around a label it names (Java: ..., "C#, since ...", "(C++)"): _norm drops it from
+# a label named by its normal form, so a label named by its text is looked up without it too.
+_TRAIL = ":,;!?."
+_BRACKETS = ("()", "[]", "{}", "<>")
+
+
+def _trimmed(s: str) -> list[str]:
+    """``s`` (as ``_texts`` leaves it) less enclosing brackets or trailing ``_TRAIL`` characters, one
+    step at a time and in either order: every text it may stand for, none empty."""
+    first = _texts(s)[1]
+    seen, todo = [first], [first]
+    while todo:
+        t = todo.pop()
+        steps = [t[:-1]] if t and t[-1] in _TRAIL else []
+        steps += [t[1:-1] for a, b in _BRACKETS if len(t) > 2 and t[0] == a and t[-1] == b]
+        for step in steps:
+            step = step.strip().strip(_WRAP)
+            if step and step not in seen:
+                seen.append(step)
+                todo.append(step)
+    return seen[1:]
+
+
 def quoted(labels: list[str]) -> str:
     """Labels as a reader (a person, a teacher) can split them back: each a JSON string, so the
     label ``crash, bug`` is one label, where ``billing issue, crash, bug`` read as three."""
@@ -96,7 +119,14 @@ class ClassificationTask(Task):
         label, else by its own text: "+" is the label "+", "?" or "" no label, "C++" is "C++" beside "C"."""
         if norm in self._by_norm:
             return self._by_norm[norm]
-        return next((self._by_text[key] for key in _texts(text) if key in self._by_text), None)
+        label = next((self._by_text[key] for key in _texts(text) if key in self._by_text), None)
+        if label is not None:
+            return label
+        # "C++:" or "(C#)": where the text less its brackets and trailing punctuation names one label
+        # only. Never one the label's own characters make ("C++" stays "C++": "+" is not trimmed);
+        # with labels "Yes" and "Yes!" an answer "Yes!," could be either, and is none.
+        named = {self._by_text[key] for key in _trimmed(text) if key in self._by_text}
+        return named.pop() if len(named) == 1 else None
 
     def parse(self, output: str) -> str | None:
         """The label the output names: exact (case-insensitive) or its first line/word."""
