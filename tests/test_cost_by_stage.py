@@ -114,3 +114,29 @@ def test_cost_names_the_open_batches_it_cannot_count_yet(tmp_path, capsys):
     out = capsys.readouterr().out
     batches = [ln for ln in out.splitlines() if " batch " in ln]
     assert len(batches) == 1 and "b-open (openai, in_progress) holds 30 requests not counted above" in batches[0], out
+
+
+def test_a_served_reuse_of_a_teacher_answer_adds_no_tokens_to_the_bill(tmp_path, capsys):
+    """serve answers an escalation whose request the teacher already answered from that answer
+    (reason ``+cached``, $0), and its row keeps the reused call's tokens for `potstill requests`:
+    `potstill cost` added them up, so one billed call of 50 input (20 cached) and 5 output tokens
+    read as 100 input (40 cached) + 10 output beside its one $0.0100."""
+    path = tmp_path / "calls.sqlite"
+    msgs = {"messages": [{"role": "user", "content": "hi"}]}
+    with Ledger(path) as led:
+        for cached in (False, True):  # the fields serve.service writes for each
+            led.record_served(ServedCall(
+                request=msgs, answered_by="teacher", model="gpt", student="stud",
+                reason="low_confidence" + ("+cached" if cached else ""), content="b", cost_usd=0.0 if cached else 0.01,
+                student_cost_usd=0.001, input_tokens=50, output_tokens=5, cached_input_tokens=20,
+                extra={"teacher_stop_reason": "stop", **({"teacher_cached": True} if cached else {})}))
+        assert (led.summary("teacher")["input_tokens"], led.summary("teacher")["output_tokens"]) == (50, 5)
+        assert [(g["input_tokens"], g["output_tokens"]) for g in led.spend_by_stage("teacher")] == [(50, 5)]
+        served = led.served()
+        assert len(served) == 2 and all(r.input_tokens == 50 for r in served)  # the rows keep them
+    sys.argv = ["potstill", "cost", str(tmp_path)]
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert "teacher gpt: 2 calls (0 errors), 50 input (20 cached) + 5 output tokens, $0.0100" in out, out

@@ -25,7 +25,7 @@ from typing import Any
 from potstill.errors import PotstillError
 from potstill.ledger_rows import Call, ServedCall, user_messages  # noqa: F401 (re-exported: potstill.ledger's rows)
 from potstill.ledger_runs import GenerateRuns, process_alive
-from potstill.ledger_schema import BATCH_CLOSED, MIGRATIONS, NATURAL_STOPS  # noqa: F401 (MIGRATIONS: re-export)
+from potstill.ledger_schema import BATCH_CLOSED, MIGRATIONS, NATURAL_STOPS, billed  # noqa: F401 (MIGRATIONS: re-export)
 from potstill.sqlite_migrations import apply_migrations
 
 
@@ -333,13 +333,15 @@ class Ledger(GenerateRuns):
         leaving out the ``stage='serve'`` rows, e.g. a served request escalated to the teacher).
 
         Spend and tokens count the error rows too: one holds a cost only where the provider billed it
-        (Anthropic's samples answered beside a failed one, a refusal), and the ledger equals the bill.
+        (Anthropic's samples answered beside a failed one, a refusal), and the ledger equals the bill;
+        a served escalation that reused an earlier teacher answer (``+cached``) counts at $0 and no tokens.
         The student's spend holds its seconds on the served requests it escalated (``student_cost_usd``
         of the teacher's rows), apart as ``escalated_cost_usd``; its calls are those it answered."""
         serve = "" if served else " AND stage<>'serve'"
         with self._lock:
             r = self._db.execute(
-                "SELECT COALESCE(SUM(status='ok'),0), COALESCE(SUM(input_tokens),0), COALESCE(SUM(output_tokens),0),"
+                f"SELECT COALESCE(SUM(status='ok'),0), COALESCE(SUM({billed('input_tokens')}),0),"
+                f" COALESCE(SUM({billed('output_tokens')}),0),"
                 " COALESCE(SUM(cost_usd),0), COALESCE(SUM(CASE WHEN status='ok' THEN latency_s ELSE 0 END),0)"
                 " FROM calls WHERE role=?" + serve,
                 (role,),
@@ -359,7 +361,7 @@ class Ledger(GenerateRuns):
 
     def spend_by_stage(self, role: str = "student") -> list[dict[str, Any]]:
         """One role's calls (student, teacher, judge) per model and stage (pilot, generate, evaluate,
-        serve...), sorted so: count, errors, tokens, spend (an error row's too: it holds a cost only
+        serve...), sorted so: count, errors, billed tokens, spend (an error row's too: it holds a cost only
         where it was billed; a batch answer's at the price it was billed at). Summed by SQLite, so
         `potstill cost` holds one row per group, not every call with its request and response.
 
@@ -368,8 +370,9 @@ class Ledger(GenerateRuns):
         (``escalated``) and what they cost (``escalated_cost_usd``); its calls are those it answered."""
         with self._lock:
             found = self._db.execute(
-                "SELECT model, stage, COUNT(*), SUM(status<>'ok'), SUM(input_tokens), SUM(output_tokens),"
-                " SUM(cost_usd) FROM calls WHERE role=? GROUP BY model, stage ORDER BY model, stage", (role,)).fetchall()
+                f"SELECT model, stage, COUNT(*), SUM(status<>'ok'), SUM({billed('input_tokens')}),"
+                f" SUM({billed('output_tokens')}), SUM(cost_usd) FROM calls WHERE role=? GROUP BY model, stage"
+                " ORDER BY model, stage", (role,)).fetchall()
             shares = self._db.execute(
                 "SELECT COALESCE(json_extract(response, '$.student'), 'student'), stage, COUNT(*),"
                 " SUM(student_cost_usd) FROM calls WHERE role<>'student' AND student_cost_usd<>0 GROUP BY 1, 2"

@@ -10,7 +10,7 @@ import socket
 import time
 from typing import Any
 
-from potstill.ledger_schema import LIVE_SUM
+from potstill.ledger_schema import LIVE_SUM, billed
 
 
 def process_alive(pid: int) -> bool:
@@ -98,6 +98,9 @@ class GenerateRuns:
     def cost_report(self, stage: str = "generate", share: float = 1.0, resend_refused: bool = False) -> dict[str, Any]:
         """Spend and tokens per teacher model, and the latest run's cache hits and projected remaining cost.
 
+        The tokens are those billed (``ledger_schema.billed``): a served escalation that reused an earlier
+        teacher answer is a call at $0 with none.
+
         The rest is priced at what a rerun pays: the live price of a call (a batch answer's recorded
         cost over its ``price_multiplier``) times ``share``, the rerun's share of the live price (1 for
         a live engine, ``generate.batch_price`` for engine batch). A batch run's own mean would price a
@@ -109,8 +112,9 @@ class GenerateRuns:
                 {"model": m, "calls": int(c), "ok": int(ok), "input_tokens": int(i), "cached_input_tokens": int(ci),
                  "output_tokens": int(o), "cost_usd": float(d), "batch_calls": int(b), "live_cost_usd": float(lv)}
                 for m, c, ok, i, ci, o, d, b, lv in self._db.execute(
-                    "SELECT model, COUNT(*), SUM(status='ok'), SUM(input_tokens), SUM(cached_input_tokens),"
-                    " SUM(output_tokens), SUM(cost_usd), SUM(price_multiplier != 1),"
+                    f"SELECT model, COUNT(*), SUM(status='ok'), SUM({billed('input_tokens')}),"
+                    f" SUM({billed('cached_input_tokens')}), SUM({billed('output_tokens')}), SUM(cost_usd),"
+                    " SUM(price_multiplier != 1),"
                     " SUM(CASE WHEN price_multiplier > 0 THEN cost_usd / price_multiplier ELSE cost_usd END)"
                     " FROM calls WHERE role='teacher' GROUP BY model ORDER BY model")
             ]

@@ -166,6 +166,16 @@ REFUSED_STOPS = ("refusal", "content_filter")
 #: requests) a batch taken for ours after a crash whose results held none of our requests; ``unsent``
 #: is a killed run's row never sent that no later run asked for (nothing was billed).
 BATCH_CLOSED = ("collected", "refused", "lost", "foreign", "unsent")
+
+
+def billed(column: str) -> str:
+    """A row's ``column`` (its tokens) as the provider billed them, for a SUM: 0 on a served escalation
+    answered by reusing an earlier teacher answer (serve's ``+cached``, ``teacher_cached`` in its
+    response, $0), whose row keeps the reused call's tokens for `potstill requests`; summed, they
+    counted that call's tokens twice beside its cost once."""
+    return f"(CASE WHEN stage='serve' AND json_extract(response, '$.teacher_cached') THEN 0 ELSE {column} END)"
+
+
 # Calls and their cost at the live price: a batch answer is billed at price_multiplier of it.
 LIVE_SUM = ("SELECT COUNT(*), COALESCE(SUM(CASE WHEN price_multiplier > 0 THEN cost_usd / price_multiplier"
             " ELSE cost_usd END), 0)")
