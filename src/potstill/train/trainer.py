@@ -48,6 +48,7 @@ from potstill.records import Record, atomic_dir, write_json, write_text
 from potstill.tasks import Task
 from potstill.train import checkpoint
 from potstill.train.batching import Batch, Example, build_examples, collate
+from potstill.train.cuts import say_cut_prompts, without_cut_answers
 from potstill.train.distributed import (accelerator, check_same_weights, deal, gather_objects, global_counts,
                                         global_values)
 from potstill.train.loss_module import TERMS, LossModule, LossSpec, combine, evaluate_val, fused_head_ok
@@ -272,24 +273,7 @@ def _setup(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: li
     with_topk = signal == "topk"
     examples = build_examples(lm, fmt, task, records, max_length, with_topk=with_topk)
     val_examples = build_examples(lm, fmt, task, val, max_length, with_topk=with_topk)
-    # An answer longer than max_length - 1 keeps its start after one prompt token, and loses its end
-    # and end-of-turn: trained on, the student learns to answer with no input and never to stop. TRL
-    # truncates such a sequence (keeping its prompt); here the prompt is what a cut takes first, so
-    # what is left teaches nothing the task asks: the example is left out and counted, as a warning.
-    long = [e for e in examples + val_examples if e.answer_cut]
-    if long:
-        n_train, n_val = sum(1 for e in examples if e.answer_cut), sum(1 for e in val_examples if e.answer_cut)
-        what = (f"{n_train} of {len(examples)} training examples"
-                + (f" and {n_val} of {len(val_examples)} validation examples" if n_val else "")
-                + f" have an answer longer than student.max_length {max_length} tokens (the longest "
-                f"{max(len(e.ids) - e.n_prompt + e.answer_cut for e in long)}): cut to fit, each would keep one "
-                "prompt token and lose its answer's end, teaching the student to write with no input and never stop")
-        if n_train == len(examples):
-            raise PotstillError(f"train: {what}; none is left to train on: raise student.max_length")
-        examples = [e for e in examples if not e.answer_cut]
-        val_examples = [e for e in val_examples if not e.answer_cut]
-        if accel.is_main_process:
-            say(f"[yellow]train: {what}; they are left out (raise student.max_length to keep them)[/yellow]")
+    examples, val_examples = without_cut_answers(examples, val_examples, max_length, accel.is_main_process)
     if cfg.keep_best and not val_examples:
         raise PotstillError("train.keep_best picks the step with the lowest loss on val.jsonl, and there is no "
                             "validation example (curate.val); set keep_best false or keep a val split")
@@ -299,24 +283,8 @@ def _setup(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: li
     if cfg.keep_best and accel.distributed_type.value == "FSDP":
         # Its snapshot is the main process's state dict, which FSDP only gathers with every rank.
         raise PotstillError("train.keep_best is not supported under FSDP; launch with DDP or set keep_best false")
-    cut = [e for e in examples if e.cut]
-    if cut and accel.is_main_process:
-        # Cut from the start, a chat prompt loses its instruction first, while evaluate and serve
-        # give the student the whole prompt: what it learns and what it is asked then differ.
-        longest = max(len(e.ids) + e.cut for e in cut)
-        # Never past the model's positions (preflight refuses such a max_length: a GPT-2 student fails
-        # there with an IndexError); an input longer than them is served by the teacher (too_long).
-        context = model_positions(getattr(lm.model, "config", None))
-        if context is None or longest <= context:
-            fix = f"raise student.max_length to {longest} to train on what is served"
-        elif max_length < context:
-            fix = (f"raise student.max_length to {context}, the student's positions and the most it reads (serve "
-                   "sends longer chats to the teacher)")
-        else:
-            fix = f"the student has {context} positions, and serve sends longer chats to the teacher"
-        say(f"[yellow]train: {len(cut)} of {len(examples)} training examples are longer than student.max_length "
-            f"{max_length} tokens (the longest {longest}) and lost their start, the instruction first; evaluate "
-            f"and serve see them whole: {fix}[/yellow]")
+    if accel.is_main_process:
+        say_cut_prompts(examples, max_length, model_positions(getattr(lm.model, "config", None)))
     if signal != "labels":  # label_probs only feed the labels signal
         for e in examples + val_examples:
             e.teacher_logprobs = None
