@@ -98,27 +98,12 @@ def test_checkpoint_from_other_settings_is_not_resumed(tiny_model, tmp_path):
 def test_ctrl_c_says_what_a_rerun_does(tiny_model, tmp_path, monkeypatch, capsys):
     """Ctrl-C during step 5 (a KeyboardInterrupt out of the optimiser) still stops the run, after one
     line naming the checkpoint the same command resumes from (typer exits 130 without a word)."""
-    import pytest
-
-    real_step, calls = torch.optim.AdamW.step, []
-
-    def step(self, *a, **kw):
-        calls.append(1)
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        return real_step(self, *a, **kw)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", step)
-    with pytest.raises(KeyboardInterrupt):
-        run(str(tiny_model), str(tmp_path))
+    _interrupted(tiny_model, tmp_path, monkeypatch)
     err = capsys.readouterr()
     said = (err.out + err.err).replace("\n", " ")
     assert "train: interrupted after 4 of 9 steps; the same command resumes from its checkpoint at step 3" in said
     assert not (tmp_path / "student").exists()
-    calls.clear()
-    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
     assert run(str(tiny_model), str(tmp_path))["resumed_from_step"] == 3
-
 
 
 def _interrupted(tiny_model, out: Path, monkeypatch) -> None:

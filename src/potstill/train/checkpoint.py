@@ -22,7 +22,7 @@ import pickle
 import random
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -109,29 +109,28 @@ def save(ckpt_dir: Path, step: int, fingerprint: str, model: Any, opt: Any, sche
     return out
 
 
-def latest(ckpt_dir: Path, fingerprint: str) -> Path | None:
-    """The newest complete checkpoint written with these settings, or None."""
+def _readable(ckpt_dir: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """Each complete checkpoint in ``ckpt_dir``, newest first, with its state (one whose state.pkl
+    cannot be read, cut by a kill, is passed over)."""
     for d in sorted(ckpt_dir.glob("step-*"), reverse=True):
         try:
             with open(d / "state.pkl", "rb") as f:
                 state = pickle.load(f)
         except (OSError, pickle.UnpicklingError, EOFError):
             continue
-        if state.get("fingerprint") == fingerprint:
-            return d
-    return None
+        yield d, state
+
+
+def latest(ckpt_dir: Path, fingerprint: str) -> Path | None:
+    """The newest complete checkpoint written with these settings, or None."""
+    return next((d for d, state in _readable(ckpt_dir) if state.get("fingerprint") == fingerprint), None)
 
 
 def not_resumed(ckpt_dir: Path, cfg: Any) -> str | None:
     """Why the newest checkpoint in ``ckpt_dir`` is not resumed, in one line naming it, or None where
     there is none; for a caller that found no checkpoint of its settings (``latest``) or does not
     look (``train.resume`` false): a restart from step 0 said nothing, and dropped it at its first save."""
-    for d in sorted(ckpt_dir.glob("step-*"), reverse=True):
-        try:
-            with open(d / "state.pkl", "rb") as f:
-                state = pickle.load(f)
-        except (OSError, pickle.UnpicklingError, EOFError):
-            continue
+    for d, state in _readable(ckpt_dir):
         if not cfg.resume:
             why = "train.resume is false"
         elif not cfg.checkpoint_every:
