@@ -279,8 +279,7 @@ def _hourly_teacher(run_dir: Path, config: Path | None) -> tuple[str, float] | N
 def _hourly_line(ledger: Any, model: str, usd_per_hour: float) -> str:
     from potstill.teachers.api.prices import hourly_cost
 
-    rows = [r for r in ledger.rows(role="teacher", model=model) if r["status"] == "ok"]
-    h = hourly_cost(rows, usd_per_hour)
+    h = hourly_cost(ledger.spans("teacher", model), usd_per_hour)
     return (f"teacher {model} by the hour: its server was busy {h['busy_s']:.1f} s with these {h['calls']} answers "
             f"(the union of their in-flight times, so calls batched together count once) = ${h['usd']:.4f} at "
             f"teacher.price.usd_per_hour={usd_per_hour:g}, ${h['usd_per_call'] * 1000:.4f} per 1,000 calls; "

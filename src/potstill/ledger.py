@@ -304,6 +304,14 @@ class Ledger(GenerateRuns):
             names = [d[0] for d in cur.description]
             return [dict(zip(names, r)) for r in cur.fetchall()]
 
+    def spans(self, role: str, model: str) -> list[dict]:
+        """Each answered call's ``created_at`` and ``latency_s`` (``prices.busy_seconds`` reads them), without
+        its request and response: `potstill cost` on a million calls holds two numbers a call."""
+        with self._lock:
+            return [{"created_at": c, "latency_s": s} for c, s in self._db.execute(
+                "SELECT created_at, latency_s FROM calls WHERE role=? AND model=? AND status='ok' ORDER BY id",
+                (role, model)).fetchall()]
+
     def rows_for(self, request_hashes: list[str], role: str = "teacher") -> list[dict]:
         """Successful rows for the given request hashes (the first answer of each; served rows aside)."""
         out: dict[str, dict] = {}
