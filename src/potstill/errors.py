@@ -118,11 +118,17 @@ def url_secrets(url: str | None) -> list[str]:
     return [token, password, unquote(password)]
 
 
+def one_line(what: str, e: BaseException) -> PotstillError:
+    """``what``, then the error's type and first line, in at most 300 characters: an unexpected error
+    said in one line instead of a traceback."""
+    first = str(e).splitlines()[0] if str(e) else ""
+    return PotstillError(f"{what}: {type(e).__name__}: {first}"[:300])
+
+
 def cannot_load(what: str, e: BaseException) -> PotstillError:
     """One line for a model that fails to load (weights cut short, a config that no longer fits
     them): ``what`` (its path, "the champion PATH"), the error's type and first line."""
-    first = str(e).splitlines()[0] if str(e) else ""
-    return PotstillError(f"cannot load {what}: {type(e).__name__}: {first}"[:300])
+    return one_line(f"cannot load {what}", e)
 
 
 def compile_failed(section: str, e: BaseException) -> PotstillError:

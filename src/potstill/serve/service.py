@@ -26,7 +26,7 @@ import torch
 from rich.markup import escape
 
 from potstill.config import Config
-from potstill.errors import PotstillError, cannot_load, redact
+from potstill.errors import PotstillError, cannot_load, one_line, redact
 from potstill.engines import section_engine
 from potstill.engines.calibration import weights_of
 from potstill.ledger import Ledger, ServedCall
@@ -489,8 +489,7 @@ def _load_live(run_dir: Path, cfg: Config, task: Task, device: str, path: str) -
     except PotstillError:
         raise
     except Exception as e:  # noqa: BLE001 - as above
-        first = str(e).splitlines()[0] if str(e) else ""
-        raise PotstillError(f"cannot calibrate routing for {path}: {type(e).__name__}: {first}"[:300]) from None
+        raise one_line(f"cannot calibrate routing for {path}", e) from None
     return Live(engine.served_name, path, engine, routing, reference, cfg.serve.batch_size, cfg.serve.batch_wait_ms)
 
 

@@ -12,7 +12,7 @@ from potstill.models.loading import load_lm
 from potstill.progress import say
 from potstill.records import read_numbered, write_json
 from potstill.rundir import RunDir
-from potstill.students import student_format
+from potstill.students import student_format, unreadable
 from potstill.tasks import get_task
 from potstill.train.distributed import load_on_every_rank
 from potstill.train.trainer import check_settings, train
@@ -102,19 +102,14 @@ def trainable(task: Any, path: Any) -> list:
 
 def read_whole(lm: Any, task: Any, records: list, n: int) -> list:
     """The first ``n`` of ``records`` the student reads when served: prompt (and, generating, the task's
-    answer budget) within its positions (``engines.base.past_context``). The passes after training
+    answer budget) within its positions (``students.unreadable``). The passes after training
     run only these: a longer one failed a GPT-2 student's with an IndexError, and serve sends it to
     the teacher unread (too_long)."""
-    from potstill.engines.base import past_context
-    from potstill.students import as_engine
-
-    engine = as_engine(lm)
-    fmt, budget = student_format(engine, task), 0 if task.labels else task.cfg.max_output_tokens
     out: list = []
-    for r in records:
+    for r in records:  # one at a time: the first n that fit, without measuring the whole training set
         if len(out) == n:
             break
-        if not past_context(engine, fmt, [r.messages], budget):
+        if not unreadable(lm, task, [r]):
             out.append(r)
     return out
 
