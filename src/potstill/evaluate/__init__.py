@@ -31,8 +31,12 @@ def months_text(months: float) -> str:
     return f"{hours:.1f} hours" if hours >= 1 else f"{hours * 60:.0f} minutes" if hours * 60 >= 1 else "under a minute"
 
 
-def _per_1k(student: float, teacher: float) -> str:
-    return f"{_usd(1000 * student)} vs {_usd(1000 * teacher)} per 1,000 calls"
+def _per_1k(student: float, teacher: float, too_long: float = 0.0) -> str:
+    """The two costs per 1,000 calls; the student's that of a served call, whose ``too_long`` share
+    (inputs longer than its context) the teacher answers (``stage._break_even``)."""
+    return (f"{_usd(1000 * student)} vs {_usd(1000 * teacher)} per 1,000 calls"
+            + (f", the student's with the {100 * too_long:.1f}% of inputs longer than its context at the teacher's "
+               "price" if too_long else ""))
 
 
 def _names(xs: list[str]) -> str:
@@ -43,13 +47,14 @@ def economics(teacher_usd_per_call: float, student_usd_per_call: float, be: dict
               student_p95_s: float | None, bar: QualityBar) -> list[dict[str, Any]]:
     """The money and time checks of the bar, each {check, value, pass, why} (``why``: the failure in words)."""
     t, s = teacher_usd_per_call, student_usd_per_call
+    per_1k = _per_1k(s, t, be.get("too_long_share") or 0.0)
     if s < t:
-        why, value = None, (f"{t / s:.1f}x cheaper" if s > 0 else "free") + f" ({_per_1k(s, t)})"
+        why, value = None, (f"{t / s:.1f}x cheaper" if s > 0 else "free") + f" ({per_1k})"
     elif s == t:
-        why = value = f"the student costs the same per call as the teacher ({_per_1k(s, t)})"
+        why = value = f"the student costs the same per call as the teacher ({per_1k})"
     elif t > 0:
-        value = f"{s / t:.1f}x dearer ({_per_1k(s, t)})"
-        why = f"the student is {s / t:.1f}x more expensive per call than the teacher ({_per_1k(s, t)})"
+        value = f"{s / t:.1f}x dearer ({per_1k})"
+        why = f"the student is {s / t:.1f}x more expensive per call than the teacher ({per_1k})"
     else:
         why = value = (f"the teacher cost nothing per call as recorded, so the student ({_usd(1000 * s)} per 1,000 "
                        "calls) cannot save money (set teacher.price to what its calls cost: usd_per_call for a replay "

@@ -272,8 +272,19 @@ def _batched_from(ev: dict) -> str:
             else "the throughput pass over the test split")
 
 
+def _student_costs(b: dict, share: float) -> str:
+    """What the student costs per call on one basis (``b``); with inputs longer than its context
+    (``share`` of them, which serve sends to the teacher), a served call's cost, the student's own beside it."""
+    if not share:
+        return f", the student costs {_usd(b['student_cost_per_call_usd'])} per call"
+    return (f", a call served after the switch costs {_usd(b['student_cost_per_call_usd'])} (the student's "
+            f"{_usd(b['student_alone_cost_per_call_usd'])} on the inputs it reads, the teacher's on the "
+            f"{100 * share:.1f}% longer than its context)")
+
+
 def _break_even(ev: dict) -> str:
     be = ev["break_even"]
+    share = be.get("too_long_share") or 0.0
     c = be["curve"]
     plot = line_plot([("stay on the teacher", c["months"], c["teacher_usd"], RED),
                       ("distil + student", c["months"], c["student_usd"], BLUE)],
@@ -286,7 +297,7 @@ def _break_even(ev: dict) -> str:
     head = (f"{_basis_name(basis, b.get('batch_size')).capitalize()} (evaluate.cost_basis {basis}"
             + (f", {_batched_from(ev)})" if basis == "batched" else ")"))
     if be.get("student_cost_per_call_usd") is not None:
-        head += f", the student costs {_usd(be['student_cost_per_call_usd'])} per call"
+        head += _student_costs(be, share)
     if be.get("calls") == 0:
         text = f"{head}: it saves {_usd(be['saving_per_call_usd'])} per call and distilling cost nothing, so it breaks even at once."
     elif be.get("calls") is not None:
@@ -300,7 +311,7 @@ def _break_even(ev: dict) -> str:
     if o:
         text += (f" {_basis_name(other, b.get('batch_size')).capitalize()}"
                  + (f" ({_batched_from(ev)})" if other == "batched" else "")
-                 + f", the student costs {_usd(o['student_cost_per_call_usd'])} per call: "
+                 + _student_costs(o, share) + ": "
                  + (f"break-even after {o['calls']:,.0f} calls" + (f", {months_text(o['months'])}." if o.get("months") is not None
                                                                   else ".") if o.get("calls") is not None
                     else "it is still not cheaper than the teacher."))
@@ -316,10 +327,13 @@ def _on_both_bases(s: dict, be: dict) -> tuple[str, str]:
             return "-"
         return months_text(b["months"]).removesuffix(" months") if b.get("months") is not None else "never"
 
+    def per_1k(b: dict | None, own: float | None) -> str:  # a served call's where eval.json has it
+        return _usd(1000 * b["student_cost_per_call_usd"] if b and "student_cost_per_call_usd" in b else own)
+
     # An older eval.json has no batch1 entry: its headline then is the batch-1 one.
     one = be.get("batch1") or (be if be.get("cost_basis", "batch1") == "batch1" else None)
     batched = be.get("batched") or (be if be.get("cost_basis") == "batched" else None)
-    return (f"{_usd(s['cost_per_1k_calls_usd'])} / {_usd(s.get('cost_per_1k_calls_batched_usd'))}",
+    return (f"{per_1k(one, s['cost_per_1k_calls_usd'])} / {per_1k(batched, s.get('cost_per_1k_calls_batched_usd'))}",
             f"{months(one)} / {months(batched)}")
 
 

@@ -172,7 +172,7 @@ def evaluate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
     agreement_ci = {k: bootstrap_mean(v, rep.bootstrap_samples, seed=rep.seed) for k, v in agree.items()}
 
     one_time, train_s = _one_time_costs(cfg, run, spend)
-    be = _break_even(cfg, models, one_time)
+    be = _break_even(cfg, models, one_time, n_test - len(test), n_test)
     v = verdict(models, e.quality_bar, slices, be)
 
     result = {
@@ -187,7 +187,7 @@ def evaluate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
         "one_time": one_time, "break_even": be, "verdict": v, "judge": judged,
         "quality_bar": e.quality_bar.model_dump(), "min_slice_n": rep.min_slice_n,
         "bootstrap_samples": rep.bootstrap_samples,
-        "sources": _sources(cfg, spend, train_s, models["teacher"], n_test - len(test)),
+        "sources": _sources(cfg, spend, train_s, models["teacher"], n_test - len(test), n_test),
     }
     if judged is not None:
         result["sources"]["judge"] = (f"judge {judged['model']}: both orders per input, answers and cost in the ledger "
@@ -357,37 +357,52 @@ def _one_time_costs(cfg: Config, run: RunDir, spend: dict[str, Any]) -> tuple[di
     return one_time, train_s
 
 
-def _break_even(cfg: Config, models: dict[str, dict[str, Any]], one_time: dict[str, Any]) -> dict[str, Any]:
+def _break_even(cfg: Config, models: dict[str, dict[str, Any]], one_time: dict[str, Any], too_long: int = 0,
+                n_test: int = 0) -> dict[str, Any]:
+    """The break-even on each basis, the student's cost per call being that of a call served after
+    the switch: of the ``n_test`` test inputs, the ``too_long`` ones longer than its context go to the
+    teacher (serve's reason too_long), at the teacher's price. 10% of them at a teacher's $1 per 1k
+    calls beside a student's $0.10 is 0.9 x 0.10 + 0.1 x 1 = $0.19 per 1k served calls, and the
+    saving a call 0.9 x $0.90, not $0.90: the one-time cost takes 1/0.9 as many calls to repay."""
     e = cfg.evaluate
     t_call = models["teacher"]["cost_per_1k_calls_usd"] / 1000
+    share = too_long / n_test if n_test else 0.0
+
+    def served(s: float) -> dict[str, Any]:
+        return {"student_cost_per_call_usd": (1 - share) * s + share * t_call, "student_alone_cost_per_call_usd": s}
+
     # evaluate.cost_basis names the student's cost per call behind the headline break-even.
     basis = "cost_per_1k_calls_batched_usd" if e.cost_basis == "batched" else "cost_per_1k_calls_usd"
-    s_call = (models["student"].get(basis) or models["student"]["cost_per_1k_calls_usd"]) / 1000
+    head = served((models["student"].get(basis) or models["student"]["cost_per_1k_calls_usd"]) / 1000)
+    s_call = head["student_cost_per_call_usd"]
     be = break_even(t_call, s_call, one_time["total_usd"], e.monthly_calls)
     # The verdict's cost checks read these, so that they and the headline break-even share one basis.
-    be.update(cost_basis=e.cost_basis, teacher_cost_per_call_usd=t_call, student_cost_per_call_usd=s_call)
+    be.update(cost_basis=e.cost_basis, teacher_cost_per_call_usd=t_call, too_long_share=share, **head)
     be["curve"] = break_even_curve(t_call, s_call, one_time["total_usd"], e.monthly_calls, be["months"])
-    s1 = models["student"]["cost_per_1k_calls_usd"] / 1000
-    be["batch1"] = {"student_cost_per_call_usd": s1, **break_even(t_call, s1, one_time["total_usd"], e.monthly_calls)}
+    one = served(models["student"]["cost_per_1k_calls_usd"] / 1000)
+    be["batch1"] = {**one, **break_even(t_call, one["student_cost_per_call_usd"], one_time["total_usd"],
+                                        e.monthly_calls)}
     # The same sum with the student serving batches (its throughput pass): the case of a busy endpoint.
     batched_1k = models["student"].get("cost_per_1k_calls_batched_usd")
     if batched_1k is not None:
-        be["batched"] = {"batch_size": e.batch_size, "student_cost_per_call_usd": batched_1k / 1000,
-                         **break_even(t_call, batched_1k / 1000, one_time["total_usd"], e.monthly_calls)}
+        b = served(batched_1k / 1000)
+        be["batched"] = {"batch_size": e.batch_size, **b,
+                         **break_even(t_call, b["student_cost_per_call_usd"], one_time["total_usd"], e.monthly_calls)}
     return be
 
 
 def _sources(cfg: Config, spend: dict[str, Any], train_s: float, teacher: dict[str, Any],
-             too_long: int = 0) -> dict[str, str]:
+             too_long: int = 0, n_test: int = 0) -> dict[str, str]:
     """Where each number in eval.json comes from, printed beside its table in report.html
-    (``too_long``: test inputs longer than the student's context, which it was not asked)."""
+    (``too_long``: of the ``n_test`` test inputs, those longer than the student's context, which it was not asked)."""
     e, rep = cfg.evaluate, cfg.report
     teacher_timed = "ledger_latency_batch1" in teacher
     priced = "" if "ledger_cost_per_1k_calls_usd" not in teacher else f"; cost per call: {teacher['cost_source']}"
     return {
         "student": ("measured by this command: the student answered every test input on this machine"
                     + (f" but the {too_long} longer than its context (served, the teacher's: reason too_long), "
-                       "left out of every figure" if too_long else "")),
+                       "left out of every figure but the cost per call and the break-even, which count them at "
+                       "the teacher's price" if too_long else "")),
         "teacher": ("the teacher's recorded answers in test.jsonl; its batch-1 latency timed by this command in turns "
                     "with the student's (evaluate.teacher_latency_samples), cost per call = that mean x "
                     f"teacher.price.usd_per_hour={cfg.teacher.price.usd_per_hour}; tokens from the ledger (calls.sqlite)"
@@ -403,5 +418,8 @@ def _sources(cfg: Config, spend: dict[str, Any], train_s: float, teacher: dict[s
                       f"student.usd_per_hour={cfg.student.usd_per_hour} / 3600"),
         "monthly_calls": f"config evaluate.monthly_calls={e.monthly_calls}",
         "quality_bar": ("config evaluate.quality_bar and report.min_slice_n; cost per call and break-even from "
-                        "the latency and cost table and evaluate.monthly_calls"),
+                        "the latency and cost table and evaluate.monthly_calls"
+                        + (f"; the student's cost per call is that of a call served after the switch: the {too_long} "
+                           f"of {n_test} test inputs longer than its context go to the teacher (reason "
+                           "too_long), at the teacher's price" if too_long else "")),
     }
