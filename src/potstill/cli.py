@@ -266,14 +266,14 @@ def _rerun_price(run_dir: Path, config: Path | None) -> tuple[float, str, bool]:
 def _hourly_teacher(run_dir: Path, config: Path | None) -> tuple[str, float] | None:
     """(model, usd_per_hour) of a teacher served from hardware of the user's own behind an API (vLLM,
     TGI) and priced by the hour: the ledger bills its calls no token price, so `cost` prices them here."""
+    from potstill.teachers.api.prices import hourly_rate
+
     path = config or run_dir / "potstill.yaml"
     if not path.exists():
         return None
     t = load_config(path).teacher
-    if t.type == "local" or not t.price.usd_per_hour or t.price.usd_per_call is not None \
-            or t.price.input_per_mtok or t.price.output_per_mtok:
-        return None
-    return t.model, t.price.usd_per_hour
+    rate = hourly_rate(t)
+    return None if rate is None else (t.model, rate)
 
 
 def _hourly_line(ledger: Any, model: str, usd_per_hour: float) -> str:

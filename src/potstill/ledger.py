@@ -304,13 +304,15 @@ class Ledger(GenerateRuns):
             names = [d[0] for d in cur.description]
             return [dict(zip(names, r)) for r in cur.fetchall()]
 
-    def spans(self, role: str, model: str) -> list[dict]:
+    def spans(self, role: str, model: str, served: bool = True) -> list[dict]:
         """Each answered call's ``created_at`` and ``latency_s`` (``prices.busy_seconds`` reads them), without
-        its request and response: `potstill cost` on a million calls holds two numbers a call."""
+        its request and response: `potstill cost` on a million calls holds two numbers a call.
+        ``served=False`` leaves out the ``stage='serve'`` rows, as ``summary`` does."""
+        serve = "" if served else " AND stage<>'serve'"
         with self._lock:
             return [{"created_at": c, "latency_s": s} for c, s in self._db.execute(
-                "SELECT created_at, latency_s FROM calls WHERE role=? AND model=? AND status='ok' ORDER BY id",
-                (role, model)).fetchall()]
+                "SELECT created_at, latency_s FROM calls WHERE role=? AND model=? AND status='ok'" + serve
+                + " ORDER BY id", (role, model)).fetchall()]
 
     def rows_for(self, request_hashes: list[str], role: str = "teacher") -> list[dict]:
         """Successful rows for the given request hashes (the first answer of each; served rows aside)."""

@@ -10,14 +10,15 @@ import pytest
 
 from potstill.config import PriceConfig, TaskConfig, load_config
 from potstill.evaluate.stage import evaluate_stage
-from potstill.ledger import Call, Ledger
+from potstill.ledger import Call, Ledger, ServedCall
 from potstill.records import Record
 from potstill.report import measure_teacher
 from potstill.tasks import get_task
 
 
-def _run(tmp_path, tiny_model, teacher: dict, rows: list[dict]):
-    """A run of 4 test inputs whose teacher answers are ledger rows ``rows`` (one per input)."""
+def _run(tmp_path, tiny_model, teacher: dict, rows: list[dict], served: tuple[ServedCall, ...] = ()):
+    """A run of 4 test inputs whose teacher answers are ledger rows ``rows`` (one per input), and
+    ``served`` requests logged by serve beside them."""
     run = tmp_path / "run"
     run.mkdir()
     recs = [{"input": f"text {i}", "output": f"summary {i}", "meta": {"request_hash": f"h{i}"}} for i in range(4)]
@@ -27,6 +28,8 @@ def _run(tmp_path, tiny_model, teacher: dict, rows: list[dict]):
         for i, row in enumerate(rows):
             ledger.record(Call(request_hash=f"h{i}", role="teacher", stage="generate", request={"i": i},
                                **{"response": {"output": f"summary {i}"}, **row}))
+        for call in served:
+            ledger.record_served(call)
     cfg = load_config(overrides={"run_dir": str(run), "task": {"type": "freetext", "instruction": "answer",
                                                                 "max_output_tokens": 2},
                                  "teacher": teacher, "student.model": str(tiny_model),
@@ -204,3 +207,26 @@ def test_a_self_hosted_teacher_is_priced_by_the_hour_over_its_busy_seconds(tmp_p
     assert e.value.code in (0, None)
     (line,) = [x for x in capsys.readouterr().out.splitlines() if "by the hour" in x]
     assert "busy 4.5 s with these 4 answers" in line and "$0.0045" in line and "$1.1250 per 1,000" in line
+
+
+def test_a_self_hosted_teachers_generation_is_priced_by_the_hour_in_the_one_time_cost(tmp_path, tiny_model):
+    """The same vLLM teacher priced {usd_per_hour: 3.6}: its cost per call was priced by its busy seconds,
+    but the one-time cost of generating the dataset read the ledger's $0 for those calls, so distilling
+    cost nothing and the break-even came at once. Its generate calls, busy 4.5 s (as above), are $0.0045
+    at $0.001/s; a served escalation's 50 s (at 300-350 s) is a cost of running, left out as before."""
+    spans = [(100.0, 102.0), (101.0, 103.0), (200.0, 201.0), (200.5, 201.5)]
+    rows = [{"model": "Qwen/Qwen2.5-7B-Instruct", "input_tokens": 30, "output_tokens": 10, "cost_usd": 0.0,
+             "created_at": end, "latency_s": end - start} for start, end in spans]
+    escalation = ServedCall(request={"messages": [{"role": "user", "content": "q"}]}, answered_by="teacher",
+                            model="Qwen/Qwen2.5-7B-Instruct", content="a", request_hash="s0", created_at=350.0,
+                            latency_s=50.0)
+    teacher = {"type": "openai", "model": "Qwen/Qwen2.5-7B-Instruct", "base_url": "http://127.0.0.1:8000/v1",
+               "api_key_env": "", "price": {"usd_per_hour": 3.6}}
+    ev = _run(tmp_path, tiny_model, teacher, rows, served=(escalation,))
+    o, be = ev["one_time"], ev["break_even"]
+    assert o["generation_usd"] == pytest.approx(0.0045)  # before: 0.0
+    assert o["total_usd"] == pytest.approx(0.0045 + o["train_usd"])
+    assert be["one_time_usd"] == pytest.approx(o["total_usd"]) and be["calls"] > 0
+    said = ev["sources"]["generation_usd"]
+    assert "priced by the hour in place of the ledger's $0.0000" in said and "busy 4.5 s" in said
+    assert "usd_per_hour=3.6" in said and "$0.0045" in said

@@ -23,6 +23,7 @@ from potstill.evaluate.html import write_report
 from potstill.evaluate.metrics import task_metrics
 from potstill.evaluate.slices import field_table, length_edges, output_fields, slice_names, slice_table
 from potstill.hashing import hash_obj
+from potstill.ledger import Ledger
 from potstill.progress import bar, say
 from potstill.records import Record, read_json, read_records, write_json
 from potstill.report import measure_student, measure_teacher, print_slices, print_table
@@ -31,6 +32,7 @@ from potstill.students import (Beside, Predictions, evaluation_engine, latency_s
                                unreadable, untrained_student_engine, untrained_task)
 from potstill.tasks import Task, get_task
 from potstill.teachers import get_teacher
+from potstill.teachers.api.prices import hourly_cost, hourly_rate
 
 
 def measure_batched(lm: Any, task: Task, records: list[Record], batch_size: int, n_batches: int) -> dict[str, Any]:
@@ -258,9 +260,7 @@ def _measure_models(cfg: Config, run: RunDir, task: Task, test: list[Record]):
     with run.ledger() as ledger:
         models["teacher"] = measure_teacher(task, test, ledger, timed_teacher.latency if timed_teacher else None,
                                             cfg.teacher.price, cfg.generate.prices, hourly=cfg.teacher.type != "local")
-        # Distilling's one-time spend: served requests escalated to the teacher are the cost of
-        # running, paid per call whichever model serves, not of building the student.
-        spend = ledger.summary("teacher", served=False)
+        spend = _generation_spend(cfg, ledger)
     # Keep the three-way order of the table: untrained, teacher, trained.
     models = {k: models[k] for k in ("untrained student", "teacher", "student") if k in models}
     preds = {k: preds[k] for k in ("untrained student", "student") if k in preds}
@@ -345,6 +345,27 @@ def _slices(cfg: Config, task: Task, preds: dict[str, Predictions], teacher: lis
     return slices
 
 
+def _generation_spend(cfg: Config, ledger: Ledger) -> dict[str, Any]:
+    """The teacher's spend on distilling (``Ledger.summary``): served requests escalated to the teacher
+    are the cost of running, paid per call whichever model serves, not of building the student.
+
+    A teacher on a server of the user's own priced by the hour (``prices.hourly_rate``) has calls the
+    ledger bills at no token price ($0): its answers cost the seconds its server was busy with them
+    (``prices.hourly_cost``, as `potstill cost` and its cost per call price them) at that rate, in place
+    of what the ledger recorded for them (``hourly`` says both)."""
+    spend = ledger.summary("teacher", served=False)
+    rate, model = hourly_rate(cfg.teacher), cfg.teacher.model
+    if rate is None:
+        return spend
+    h = hourly_cost(ledger.spans("teacher", model, served=False), rate)
+    if h["busy_s"] <= 0:  # nothing timed its calls (a replay): the ledger's figure stands
+        return spend
+    recorded = sum(g["cost_usd"] for g in ledger.spend_by_stage("teacher")
+                   if g["model"] == model and g["stage"] != "serve")
+    return {**spend, "cost_usd": spend["cost_usd"] - recorded + h["usd"],
+            "hourly": {**h, "model": model, "usd_per_hour": rate, "recorded_usd": recorded}}
+
+
 def _one_time_costs(cfg: Config, run: RunDir, spend: dict[str, Any]) -> tuple[dict[str, Any], float]:
     """Generation spend from the ledger plus training time from train.json, priced at student.usd_per_hour."""
     path = run / "train.json"
@@ -391,6 +412,15 @@ def _break_even(cfg: Config, models: dict[str, dict[str, Any]], one_time: dict[s
     return be
 
 
+def _by_the_hour(h: dict[str, Any] | None) -> str:
+    if h is None:
+        return ""
+    return (f"; the teacher {h['model']}'s {h['calls']} answers priced by the hour in place of the ledger's "
+            f"${h['recorded_usd']:.4f} for them: its server was busy {h['busy_s']:.1f} s with them (the union of their "
+            f"in-flight times, so calls batched together count once) at teacher.price.usd_per_hour={h['usd_per_hour']:g}, "
+            f"${h['usd']:.4f}")
+
+
 def _sources(cfg: Config, spend: dict[str, Any], train_s: float, teacher: dict[str, Any],
              too_long: int = 0, n_test: int = 0) -> dict[str, str]:
     """Where each number in eval.json comes from, printed beside its table in report.html
@@ -413,7 +443,8 @@ def _sources(cfg: Config, spend: dict[str, Any], train_s: float, teacher: dict[s
         "intervals": (f"percentile bootstrap over test examples, {rep.bootstrap_samples} resamples, seed {rep.seed}, "
                       "never narrower than the exact bound of a sample all at its mean (README, rule 1)"),
         "generation_usd": (f"ledger: sum of cost_usd over all {spend['calls']} successful teacher calls of this run "
-                           "and what failed ones were billed (served requests escalated to the teacher left out)"),
+                           "and what failed ones were billed (served requests escalated to the teacher left out)"
+                           + _by_the_hour(spend.get("hourly"))),
         "train_usd": (f"train.json train_s={train_s:.1f} (measured by `potstill train`) x "
                       f"student.usd_per_hour={cfg.student.usd_per_hour} / 3600"),
         "monthly_calls": f"config evaluate.monthly_calls={e.monthly_calls}",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from potstill.config import PriceConfig
+from potstill.config import PriceConfig, TeacherConfig
 
 
 def price_for(model: str, own: PriceConfig, table: dict[str, dict[str, float]]) -> PriceConfig | None:
@@ -36,6 +36,18 @@ def hourly_cost(rows: list[dict], usd_per_hour: float) -> dict[str, float]:
     busy = busy_seconds(rows)
     usd = busy * usd_per_hour / 3600
     return {"calls": len(rows), "busy_s": busy, "usd": usd, "usd_per_call": usd / len(rows) if rows else 0.0}
+
+
+def hourly_rate(teacher: TeacherConfig) -> float | None:
+    """``teacher.price.usd_per_hour`` of a teacher served from hardware of the user's own behind an API
+    (vLLM, TGI) and priced by the hour alone: the ledger bills its calls no token price, so `potstill
+    cost` and evaluate price them by ``hourly_cost``. None for any other: a local teacher bills its
+    own seconds in the ledger, and a per-call or token price prices each call."""
+    p = teacher.price
+    if teacher.type == "local" or not p.usd_per_hour or p.usd_per_call is not None or p.input_per_mtok \
+            or p.output_per_mtok:
+        return None
+    return p.usd_per_hour
 
 
 # Anthropic bills a 5-minute prompt-cache write at 1.25x the input price, a 1-hour write at 2x.
