@@ -147,7 +147,10 @@ class ServedCall:
     def response_json(self) -> dict[str, Any] | None:
         writes = {k: getattr(self, k) for k in _CACHE_WRITES if getattr(self, k)}
         if self.status != "ok":
-            return {**(self.error_body or {}), **writes} if writes else self.error_body
+            # A failed escalation names the student whose seconds on it the row keeps (student_cost_usd):
+            # `potstill cost` puts them under that student, as an answered escalation's.
+            named = {"student": self.student} if self.student else {}
+            return {**(self.error_body or {}), **writes, **named} if writes or named else self.error_body
         route = {k: getattr(self, k) for k in _ROUTE if k != "student" or self.student}
         return {"content": self.content, **route, **writes, **self.extra}
 
@@ -167,7 +170,8 @@ class ServedCall:
             resp = dict(resp)
             common.update({k: int(resp.pop(k) or 0) for k in _CACHE_WRITES if k in resp})
         if row["status"] != "ok" or not isinstance(resp, dict):
-            return cls(error_body=resp if isinstance(resp, dict) and resp else None, **common)
+            named = {"student": str(resp.pop("student"))} if isinstance(resp, dict) and "student" in resp else {}
+            return cls(error_body=resp if isinstance(resp, dict) and resp else None, **common, **named)
         route = {k: resp.pop(k) for k in _ROUTE if k in resp}
         route.pop("answered_by", None)  # the role column says it
         content = resp.pop("content", None)

@@ -196,3 +196,59 @@ def test_a_stream_cut_before_its_finish_reason_keeps_what_its_usage_billed(serve
     assert (row["status"], row["role"]) == ("error", "teacher") and "no finish_reason" in row["error"]
     assert (row["input_tokens"], row["cached_input_tokens"], row["output_tokens"]) == (2000, 1024, 3)
     assert expected > 0 and row["cost_usd"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_a_failed_escalation_keeps_the_students_seconds_on_it(served, force):
+    """The student scored the request, was unsure, and the teacher then failed (a 502): the failed row
+    held no student seconds (student_cost_usd 0), so the student's compute on it was lost from
+    `potstill cost` and `potstill requests`, where an answered escalation's row keeps it. The failed
+    row now keeps it, under the student that spent it."""
+    import openai
+
+    from potstill.ledger_rows import ServedCall
+    from potstill.serve.log_view import find
+    from potstill.teachers import get_teacher
+
+    service, live = served
+    force("teacher")
+    before = rows(service)[-1]["id"] if rows(service) else 0
+    saved = service.teacher  # a teacher whose server is gone: nothing listens on the discard port
+    service.teacher = get_teacher(saved.cfg.model_copy(update={"base_url": "http://127.0.0.1:9/v1"}), service.task)
+    try:
+        with pytest.raises(openai.APIStatusError) as e:
+            client(live).chat.completions.create(model="potstill", messages=[{"role": "user", "content": "unsure"}])
+    finally:
+        service.teacher.close()
+        service.teacher = saved
+    assert e.value.status_code == 502
+    (row,) = [r for r in rows(service) if r["id"] > before]
+    assert (row["status"], row["role"], row["cost_usd"]) == ("error", "teacher", 0.0)
+    assert row["student_cost_usd"] > 0  # before: 0.0
+    got = ServedCall.from_row(row)
+    assert got.student == service.student_name and got.error_body == {"error": e.value.body}  # read back apart
+    (listed,) = [r for r in find(service.ledger, limit=None) if r["row"] == row["id"]]
+    assert listed["cost_usd"] == row["student_cost_usd"] and listed["student"] == service.student_name
+    by_stage = service.ledger.spend_by_stage("student")
+    (mine,) = [g for g in by_stage if (g["model"], g["stage"]) == (service.student_name, "serve")]
+    assert mine["escalated_cost_usd"] >= row["student_cost_usd"]
+    assert not [g for g in by_stage if g["model"] == "student"]  # not under a nameless student
+
+
+def test_an_escalation_failing_mid_stream_keeps_the_students_seconds_on_it(tmp_path, tiny_model, teacher_server,
+                                                                          monkeypatch):
+    """The same where the teacher's stream breaks after its first text (the error event of a live stream)."""
+    import threading
+
+    import openai
+
+    from tests.serve.test_live_stream import ASK, _broken_teacher, escalating
+
+    with escalating(tmp_path, tiny_model, teacher_server, monkeypatch) as (service, live):
+        hold = threading.Event()
+        with teacher_behind(service, _broken_teacher(hold)):
+            with pytest.raises(openai.APIError):
+                for _ in client(live).chat.completions.create(model="potstill", messages=ASK, stream=True):
+                    hold.set()
+        row = rows(service)[-1]
+        assert (row["status"], row["role"]) == ("error", "teacher") and row["student_cost_usd"] > 0
+        assert json.loads(row["response"])["student"] == service.student_name

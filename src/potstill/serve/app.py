@@ -178,7 +178,8 @@ def _add_error_handlers(app: FastAPI, service: Service, requests: Counter):
     of a failed request's ledger row (a live stream's, which fails after its 200)."""
 
     def log_error(state: dict, status: int, body: dict[str, Any], role: str = "student", model: str | None = None,
-                  detail: str | None = None, request_hash: str | None = None, billed: Any = None) -> None:
+                  detail: str | None = None, request_hash: str | None = None, billed: Any = None,
+                  spent: dict[str, Any] | None = None) -> None:
         """``body``: the one the client got; ``detail``: what the operator reads in the row's error
         where the client was told less. The row's request is ``state["logged_request"]`` where set
         (one prompt of a completions request, as its answer's row has it), else the body as sent."""
@@ -190,7 +191,7 @@ def _add_error_handlers(app: FastAPI, service: Service, requests: Counter):
                             latency_s=time.perf_counter() - state.get("t0", time.perf_counter()),
                             body=body, error=f"{status}: {detail or body['error']['message']}"[:500],
                             teacher_hash=request_hash, billed=billed, request_id=state.get("request_id"),
-                            endpoint=state.get("endpoint"))
+                            endpoint=state.get("endpoint"), spent=spent)
         requests.labels("none", "rejected" if status < 500 else "failed", str(status)).inc()
 
     async def reject(scope: dict, send: Any, status: int, message: str, param: str | None,
@@ -204,11 +205,11 @@ def _add_error_handlers(app: FastAPI, service: Service, requests: Counter):
     async def on_error(request: Request, status: int, message: str, param: str | None = None,
                        role: str = "student", model: str | None = None, code: str | None = None,
                        detail: str | None = None, request_hash: str | None = None, billed: Any = None,
-                       headers: dict[str, str] | None = None) -> JSONResponse:
+                       headers: dict[str, str] | None = None, spent: dict[str, Any] | None = None) -> JSONResponse:
         body = _error_body(request.url.path, status, message, param, code)
         if request.url.path.rstrip("/") in SERVED:
             await asyncio.to_thread(log_error, request.scope.setdefault("state", {}), status, body, role, model,
-                                    detail, request_hash, billed)
+                                    detail, request_hash, billed, spent)
         return JSONResponse(body, status_code=status, headers=headers)
 
     async def _failed(request: Request, e: Exception) -> JSONResponse:
@@ -241,7 +242,12 @@ def _add_error_handlers(app: FastAPI, service: Service, requests: Counter):
 def failure_reply(service: Service, e: BaseException, path: str) -> dict[str, Any]:
     """What a client is told of ``e``, raised answering a request to ``path`` (``on_error``'s
     arguments): an ``APIError`` as it says, a chat the student's template refuses or log-probs it
-    cannot give a 400, a failed escalation ``teacher_error_reply``, anything else a 500."""
+    cannot give a 400, a failed escalation ``teacher_error_reply`` (with, for its row, the student's
+    seconds on the request first: ``Service.answer``'s ``spent``), anything else a 500."""
+    return {**_reply(service, e, path), "spent": getattr(e, "spent", None)}
+
+
+def _reply(service: Service, e: BaseException, path: str) -> dict[str, Any]:
     if isinstance(e, APIError):
         return dict(status=e.status, message=e.message, param=e.param, code=e.code)
     if isinstance(e, RefusedChat):
@@ -537,7 +543,7 @@ def logged_failure(state: dict, reply: dict[str, Any], log_error: Any) -> dict[s
     ``failure_reply`` gives them); returns the error body (OpenAI's form)."""
     body = error_body(reply["status"], reply["message"], reply.get("param"), reply.get("code"))
     log_error(state, reply["status"], body, **{k: reply[k] for k in ("role", "model", "detail", "request_hash",
-                                                                     "billed") if k in reply})
+                                                                     "billed", "spent") if k in reply})
     return body
 
 

@@ -35,12 +35,12 @@ from potstill.models.loading import model_identity
 from potstill.progress import say
 from potstill.records import read_records
 from potstill.serve.calibration import _servable, calibrate_run
-from potstill.serve.escalation import TeacherSide
+from potstill.serve.escalation import TeacherError, TeacherSide
 from potstill.serve.engine import Batcher, RefusedChat, ServedStudent, StudentAnswer, first_stop
 from potstill.serve.formats import answer_problem, format_schema
 from potstill.serve.routing import Routing, ood_distance
 from potstill.serve.streaming import LiveText, openai_logprob
-from potstill.serve.teacher_queue import TeacherQueue
+from potstill.serve.teacher_queue import ClientGone, TeacherBusy, TeacherQueue
 from potstill.tasks import Task, get_task
 from potstill.teachers import Response, Teacher, get_teacher
 from potstill.serve.tool_routing import as_asked, reshaped, student_calls, student_tools_answer
@@ -350,7 +350,12 @@ class Service(TeacherSide):
         elif live_text is not None:
             live_text.route = {"answered_by": "teacher", "reason": reason, "confidence": common["confidence"],
                                "student": live.name}
-        r, cached, common["request_hash"] = await self._ask_teacher(h, req, live_text)
+        try:
+            r, cached, common["request_hash"] = await self._ask_teacher(h, req, live_text)
+        except (TeacherError, TeacherBusy, ClientGone) as e:
+            # The failed request's row still holds the student's seconds on it (``failure_reply``).
+            e.spent = {"student": live.name, "student_cost_usd": student_cost}
+            raise
         extra: dict[str, Any] = {"teacher_latency_s": 0.0 if cached else r.latency_s}
         if live_text is not None and live_text.first_at is not None:
             # The teacher's time to its first text (or tool call), what a streaming client waited past the student.
@@ -419,19 +424,22 @@ class Service(TeacherSide):
     def log_failure(self, request: dict[str, Any], answered_by: str, model: str, latency_s: float,
                     body: dict[str, Any], error: str, teacher_hash: str | None = None,
                     billed: Response | None = None, request_id: str | None = None,
-                    endpoint: str | None = None) -> None:
+                    endpoint: str | None = None, spent: dict[str, Any] | None = None) -> None:
         """The ledger row of a request that got an error (rejected, or the teacher failed).
 
         ``teacher_hash``: the hash of the request a failed teacher got (``TeacherError``); else the
         chat's escalation hash (``_escalation_hash``). ``billed``: the teacher's failed answer, whose
         tokens and cost (a refusal's, billed by the provider) the row keeps, so the ledger is the bill.
         ``request_id``: the response's ``x-request-id``, and ``endpoint``: the path asked, kept in
-        the logged request (as an answered request's row keeps them)."""
+        the logged request (as an answered request's row keeps them). ``spent``: the student that
+        handled an escalation that then failed and its seconds on it (``student``, ``student_cost_usd``),
+        the student's spend as on an answered escalation's row."""
         h = teacher_hash if teacher_hash is not None else self._escalation_hash(request)
         request = {**request, **{k: v for k, v in (("request_id", request_id), ("endpoint", endpoint)) if v is not None}}
         paid = {} if billed is None else {**billed_tokens(billed), "cost_usd": billed.cost_usd}
         self.ledger.record_served(ServedCall(request=request, answered_by=answered_by, model=model, latency_s=latency_s,
-                                             status="error", error=error, error_body=body, request_hash=h, **paid))
+                                             status="error", error=error, error_body=body, request_hash=h, **paid,
+                                             **(spent or {})))
 
 
 def openai_logprobs(compact: list[dict[str, Any]], content: str, output: str, top: int) -> list[dict[str, Any]]:
