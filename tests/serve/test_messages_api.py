@@ -162,7 +162,8 @@ def test_an_escalation_streams_as_the_teacher_writes_it(tmp_path, tiny_model, te
                     done = ev
         assert len(texts) > 1 and "".join(texts) == whole.content[0].text
         assert done.delta.stop_reason == whole.stop_reason and done.usage.output_tokens == whole.usage.output_tokens
-        assert done.usage.input_tokens == whole.usage.input_tokens > 0  # message_start's is 0: not counted yet
+        # message_start's is 0: an OpenAI-compatible teacher counts the prompt at its stream's end only
+        assert done.usage.input_tokens == whole.usage.input_tokens > 0
         assert rows(service)[-1]["status"] == "ok"
 
 
@@ -217,12 +218,87 @@ def test_a_teacher_failing_mid_stream_ends_it_with_an_error_event(tmp_path, tiny
         assert row["status"] == "error" and json.loads(row["request"])["endpoint"] == "/v1/messages"
 
 
+def _claude_held(hold, holding) -> "FastAPI":
+    """A Messages API streaming 'sports' then ' news', waiting after its first text until ``hold`` is set
+    (``holding`` says it waits); its message_start counts 300 input tokens, 2,000 read from the prompt
+    cache and 1,000 written to it: 3,300 prompt tokens, as the ledger sums them."""
+    from fastapi import Body, FastAPI
+    from fastapi.responses import StreamingResponse
+
+    from tests.helpers.sse import claude_event
+
+    app = FastAPI()
+
+    @app.post("/v1/messages")
+    def create(body: dict = Body()) -> StreamingResponse:
+        assert body.get("stream") is True
+
+        def events():
+            usage = {"input_tokens": 300, "cache_read_input_tokens": 2000, "cache_creation_input_tokens": 1000,
+                     "output_tokens": 1}
+            yield claude_event("message_start", {"message": {
+                "id": "msg_up", "type": "message", "role": "assistant", "model": body["model"], "content": [],
+                "stop_reason": None, "stop_sequence": None, "usage": usage}})
+            yield claude_event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
+            yield claude_event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": "sports"}})
+            holding.set()
+            hold.wait(timeout=20)
+            yield claude_event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": " news"}})
+            yield claude_event("content_block_stop", {"index": 0})
+            yield claude_event("message_delta", {"delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                                 "usage": {"output_tokens": 5}})
+            yield claude_event("message_stop", {})
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return app
+
+
+def test_a_live_escalations_message_start_carries_the_teachers_input_tokens(tmp_path, tiny_model, teacher_server,
+                                                                           monkeypatch):
+    """An escalation streamed as an Anthropic teacher writes it opened with usage.input_tokens 0, where
+    Anthropic's own stream (and the teacher's, upstream) opens with the count: the anthropic SDK's stream
+    helpers read it from message_start, and a client that stopped reading early, or metered as the
+    stream went, had none. It now carries the teacher's message_start count, as message_delta does."""
+    import threading
+
+    from tests.serve.conftest import claude_behind
+    from tests.serve.test_live_stream import ASK as TICKET
+    from tests.serve.test_live_stream import escalating
+
+    with escalating(tmp_path, tiny_model, teacher_server, monkeypatch) as (service, live):
+        hold, holding = threading.Event(), threading.Event()
+        with claude_behind(service, _claude_held(hold, holding), max_tokens=16):
+            events = []
+            for ev in claude(live).messages.create(model="potstill", max_tokens=64, messages=TICKET, stream=True):
+                events.append(ev)
+                if ev.type == "content_block_delta" and not hold.is_set():
+                    assert holding.is_set()  # the teacher is still writing: this stream is the live one
+                    hold.set()
+            hold.clear()
+            holding.clear()
+            with claude(live).messages.stream(model="potstill", max_tokens=64, messages=TICKET) as stream:
+                for ev in stream:
+                    if ev.type == "text" and not hold.is_set():
+                        # What the SDK's helper holds before message_delta: message_start's count.
+                        assert holding.is_set() and stream.current_message_snapshot.usage.input_tokens == 3300
+                        hold.set()
+                final = stream.get_final_message()
+        row = rows(service)[-1]
+    start, done = events[0], next(e for e in events if e.type == "message_delta")
+    assert start.type == "message_start" and start.message.usage.input_tokens == 3300  # before: 0
+    assert done.usage.input_tokens == row["input_tokens"] == 3300 and final.usage.input_tokens == 3300
+    assert "".join(e.delta.text for e in events if e.type == "content_block_delta") == "sports news"
+    assert (row["role"], row["status"]) == ("teacher", "ok")
+
+
 @pytest.mark.parametrize("who", ["student", "teacher"])
 def test_a_streams_last_usage_holds_the_input_tokens_too(served, force, who):
     """A whole answer's message_delta carried output_tokens alone: a client taking the usage from the
     last event, whose counts Anthropic makes cumulative (input side repeated), saw no input tokens.
-    (An escalation streamed live opens with 0, the teacher not having counted yet, and ends with them:
-    test_an_escalation_streams_as_the_teacher_writes_it.)"""
+    (An escalation streamed live from an OpenAI-compatible teacher opens with 0, the teacher not having
+    counted yet, and ends with them: test_an_escalation_streams_as_the_teacher_writes_it; from an
+    Anthropic one it opens with the teacher's count: test_a_live_escalations_message_start_carries_...)"""
     _, live = served
     force(who)
     want = claude(live).messages.create(model="potstill", max_tokens=64, messages=MSG)

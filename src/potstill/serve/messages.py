@@ -257,11 +257,12 @@ def live_events(task: Any, live_text: LiveText, first: Piece, model: str, stops:
     the text, the last block stopped, ``message_delta`` with the stop reason, the usage and the
     route (``record``: the ledger row, returning the route), and ``message_stop``; or an ``error``
     event with what ``failed`` logs and returns."""
-    # The teacher's input tokens are not known when the stream opens (an OpenAI-compatible teacher
-    # reports them at its end): 0 here, the count in message_delta, whose usage is cumulative and final.
+    # The prompt's tokens as the teacher counted them before writing (an Anthropic teacher's own
+    # message_start), as Anthropic opens its stream with them; where the teacher reports them at its
+    # end only (an OpenAI-compatible one), 0 here. message_delta's usage, cumulative and final, has the count.
     opening = {"id": mid, "type": "message", "role": "assistant", "model": model,
                "content": [], "stop_reason": None, "stop_sequence": None,
-               "usage": {"input_tokens": 0, "output_tokens": 0}}
+               "usage": {"input_tokens": live_text.input_tokens or 0, "output_tokens": 0}}
     blocks: list[Any] = []  # as they went out: "text", or a tool call's index
     joined: dict[int, dict[str, Any]] = {}  # tool call index -> its id, name and arguments so far
 

@@ -62,6 +62,9 @@ class LiveText:
         self.top = top_logprobs
         self.asked_at = 0.0  # perf_counter() when the teacher was asked (``TeacherSide._ask_teacher``)
         self.first_at: float | None = None  # perf_counter() of the teacher's first piece (text or tool call)
+        # The prompt's tokens where the teacher counted them before writing (``Delta.input_tokens``), set
+        # before the first piece is queued: the Messages API's message_start carries them.
+        self.input_tokens: int | None = None
         # Answered by a teacher call another request's row pays for (``TeacherQueue``): its route
         # is ``+cached``, as the row and the last chunk will say.
         self.shared = False
@@ -73,6 +76,8 @@ class LiveText:
     def __call__(self, delta: Delta) -> None:
         if self.first_at is None and (delta.text or delta.tool_calls):
             self.first_at = time.perf_counter()
+        if delta.input_tokens is not None:
+            self.input_tokens = delta.input_tokens
         text = ""
         if delta.text and not self._stopped:
             self._text += delta.text

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from dataclasses import replace
 from typing import Any
 
 from potstill.errors import redact
@@ -148,6 +149,9 @@ async def _streamed(client: Any, req: dict[str, Any], on_delta: OnDelta) -> tupl
     # message_start and the count only there (Anthropic sends both). The SDK releases that read only
     # output_tokens there (0.40, the oldest potstill accepts) kept message_start's: input priced as free.
     usage: dict[str, int] = {}
+    # message_start's count of the prompt (its input tokens, cache reads and writes, as the ledger sums
+    # them), handed on with the first piece: serve's own message_start carries it (``Delta.input_tokens``).
+    start: list[int] = []
 
     def note(counts: Any) -> None:
         for name in _INPUT_USAGE:
@@ -155,27 +159,32 @@ async def _streamed(client: Any, req: dict[str, Any], on_delta: OnDelta) -> tupl
             if isinstance(value, int):
                 usage[name] = value
 
+    def hand_on(delta: Delta) -> None:
+        on_delta(replace(delta, input_tokens=start.pop()) if start else delta)
+
     async with client.messages.stream(**req) as stream:
         async for event in stream:
             kind = getattr(event, "type", "")
             if kind == "message_start":
                 note(getattr(event.message, "usage", None))
+                if "input_tokens" in usage:
+                    start[:] = [sum(usage.get(name, 0) for name in _INPUT_USAGE)]
             elif kind == "message_delta":
                 note(getattr(event, "usage", None))
             elif kind == "content_block_start" and getattr(event.content_block, "type", "") == "tool_use":
                 calls[event.index] = len(calls)
                 arguments[event.index] = ""
-                on_delta(fragment(event.index, event.content_block.id, name=event.content_block.name, arguments=""))
+                hand_on(fragment(event.index, event.content_block.id, name=event.content_block.name, arguments=""))
             elif kind == "content_block_delta":
                 d = event.delta
                 if d.type == "text_delta" and d.text:
-                    on_delta(Delta(text=d.text))
+                    hand_on(Delta(text=d.text))
                 elif d.type == "input_json_delta" and d.partial_json and event.index in calls:
                     arguments[event.index] += d.partial_json
-                    on_delta(fragment(event.index, arguments=d.partial_json))
+                    hand_on(fragment(event.index, arguments=d.partial_json))
             elif kind == "content_block_stop" and event.index in calls and not arguments[event.index]:
                 arguments[event.index] = "{}"  # a call with no input: json.dumps({}), as unstreamed
-                on_delta(fragment(event.index, arguments="{}"))
+                hand_on(fragment(event.index, arguments="{}"))
         msg = await stream.get_final_message()
         for name, value in usage.items():
             setattr(msg.usage, name, value)

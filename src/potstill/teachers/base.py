@@ -126,11 +126,14 @@ class Delta:
     """A piece of an answer as the teacher writes it (``Teacher.submit``'s ``on_delta``): new
     ``text``, the ``logprobs`` of the tokens that text holds (as the adapter keeps them: token,
     logprob, top, rounded), and ``tool_calls`` fragments in OpenAI's chunk form (``index``; ``id``,
-    ``type`` and the function's ``name`` where a call begins; a piece of its ``arguments``)."""
+    ``type`` and the function's ``name`` where a call begins; a piece of its ``arguments``). The first
+    piece may carry ``input_tokens``, the prompt's tokens as the teacher counted them before it wrote
+    (an Anthropic ``message_start``'s); None where the count comes with the end only (OpenAI's usage chunk)."""
 
     text: str = ""
     logprobs: list[dict[str, Any]] | None = None
     tool_calls: list[dict[str, Any]] | None = None
+    input_tokens: int | None = None
 
 
 OnDelta = Callable[[Delta], None]
