@@ -44,15 +44,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from potstill.errors import PotstillError
+from potstill.importers.answers import (RESPONSE_KEYS, NoText, answer_of, as_reply, kept_call, message_calls,
+                                        response_answer, split_prefill)
 from potstill.ledger import Ledger
 from potstill.ledger_rows import ServedCall
-from potstill.ledger_schema import REFUSED_STOPS
 from potstill.progress import bar, say
 from potstill.records import (TABLE_SUFFIXES, Record, _delimiter, atomic_write, content_text, dump_jsonl, read_objects,
                               record_problem)
-from potstill.responses_format import ResponsesInputError, chat_messages, output_text
-from potstill.tasks.tools import reply_text
-from potstill.tool_calls import call_text
+from potstill.responses_format import ResponsesInputError, chat_messages
 
 FORMATS = ("auto", "finetune", "openai-log", "pairs", "stored", "served")
 # The instruction's roles: OpenAI's newer models take it as a developer message (serve drops both alike).
@@ -106,146 +105,6 @@ def _messages(side: Any, where: str) -> list[dict[str, Any]]:
     raise PotstillError(f"{where}: cannot find the request's messages")
 
 
-class NoText(Exception):
-    """A logged answer with no text to distil (a tool call, a refusal, a failed request): the line is
-    skipped and counted."""
-
-
-def _kept_call(calls: list[dict[str, Any]] | None, keep: bool) -> str | None:
-    """A logged answer's tool calls (OpenAI's form) as the text a tools task learns, where the import
-    keeps calls (``keep``, ``--tool-calls``) and there are some; else None."""
-    return call_text(calls) if calls and keep else None
-
-
-def _reply(text: str, keep: bool) -> str:
-    """A logged answer's text as a tools task learns it (``keep``): ``tasks.tools.reply_text``, as a
-    teacher's answer is read (a reply that is JSON data itself kept as ``{"content": TEXT}``)."""
-    return reply_text(text) if keep else text
-
-
-def _message_calls(message: dict[str, Any], where: str) -> list[dict[str, Any]]:
-    """A chat message's calls: its ``tool_calls``, or the legacy ``function_call`` as one; a
-    ``tool_calls`` in another shape than OpenAI's (a list of ``{function: {name, arguments}}``) is
-    one line naming it (it was a traceback)."""
-    calls = message.get("tool_calls")
-    if calls:
-        if not isinstance(calls, list) or not all(
-                isinstance(c, dict) and isinstance(c.get("function"), dict) and isinstance(c["function"].get("name"), str)
-                for c in calls):
-            raise PotstillError(f"{where}: tool_calls: expected a list of {{id, type, function: {{name, arguments}}}}, "
-                                f"got {json.dumps(calls)[:80]}")
-        return list(calls)
-    return [{"function": message["function_call"]}] if isinstance(message.get("function_call"), dict) else []
-
-
-def _no_text(message: dict[str, Any], finish: Any = None) -> str | None:
-    """Why a logged answer message holds no text to learn, or None when it holds some. An answer
-    that calls a tool is a call whatever words come with it ("Let me check."): not the answer; one
-    that stopped as a refusal (``finish``) is a refusal whatever words come before it."""
-    if message.get("tool_calls") or message.get("function_call"):
-        return "its answer is a tool call"
-    if finish in REFUSED_STOPS:
-        return "its answer is a refusal"
-    if content_text(message.get("content") or ""):
-        return None
-    if message.get("refusal"):
-        return "its answer is a refusal"
-    return None
-
-
-def _prefill(prompt: list[dict[str, Any]], resp: Any) -> tuple[list[dict[str, Any]], str]:
-    """(the prompt, the prefill): an Anthropic request whose messages end with an assistant turn (``{``)
-    has Claude go on from that text, so the answer is that text and the message's; the prompt ends at
-    the turn before it. Other requests come back as they are, with no prefill."""
-    if prompt and prompt[-1].get("role") == "assistant" and isinstance(resp, dict) and resp.get("type") == "message":
-        return prompt[:-1], content_text(prompt[-1].get("content"))
-    return prompt, ""
-
-
-def _answer(side: Any, where: str, keep: bool, prefill: str = "") -> tuple[str, dict[str, Any]]:
-    """The answer text and provenance fields from a completion, message or plain string
-    (``NoText`` where the answer is a tool call or a refusal); ``prefill``: the text an Anthropic
-    message goes on from (see ``_prefill``)."""
-    if isinstance(side, str):
-        return side, {}
-    if isinstance(side, dict) and "body" in side and isinstance(side["body"], dict):  # Batch API response wrapper
-        if side.get("status_code", 200) != 200:  # a failed request (its body the error, or none)
-            raise NoText("its request failed")
-        side = side["body"]  # a chat completion, or a response of a batch sent to /v1/responses
-    if isinstance(side, dict) and side.get("object") == "response":  # the Responses API's answer
-        return _response_answer(side, keep)
-    if isinstance(side, dict):
-        ch = side["choices"][0] if isinstance(side.get("choices"), list) and side["choices"] else None
-        if isinstance(ch, dict) and "message" not in ch and isinstance(ch.get("text"), str):
-            # The legacy /v1/completions answer (gpt-3.5-turbo-instruct, vLLM's completions): its text,
-            # which the chat branch below read as a message of nothing, an empty answer.
-            ch = {**ch, "message": {"role": "assistant", "content": ch["text"]}}
-        if isinstance(ch, dict) and isinstance(ch.get("message", {}), dict):
-            kept = _kept_call(_message_calls(ch.get("message", {}), where), keep)
-            why = None if kept else _no_text(ch.get("message", {}), ch.get("finish_reason"))
-            if why:
-                raise NoText(why)
-            return kept or _reply(content_text(ch.get("message", {}).get("content") or ""), keep), {
-                "teacher": side.get("model"), "usage": side.get("usage"), "finish_reason": ch.get("finish_reason"),
-                "response_id": side.get("id"),
-                # A completion asked with n > 1: the first choice is the answer, the count kept and said.
-                "choices": len(side["choices"]) if len(side["choices"]) > 1 else None}
-        if side.get("type") == "message" and isinstance(side.get("content"), list):
-            text = prefill + "".join(str(b.get("text", "")) for b in side["content"]
-                                     if isinstance(b, dict) and b.get("type") == "text")
-            text = _kept_call([{"function": {"name": b.get("name"), "arguments": json.dumps(b.get("input"))}}
-                               for b in side["content"] if isinstance(b, dict) and b.get("type") == "tool_use"],
-                              keep) or _reply(text, keep)
-            if not keep and any(isinstance(b, dict) and b.get("type") == "tool_use" for b in side["content"]):
-                raise NoText("its answer is a tool call")
-            if side.get("stop_reason") == "refusal":  # Claude 4 sends the words it wrote before it stopped
-                raise NoText("its answer is a refusal")
-            return text, {"teacher": side.get("model"), "usage": side.get("usage"),
-                          "finish_reason": side.get("stop_reason"), "response_id": side.get("id")}
-        for k in ("content", "output", "text"):
-            if isinstance(side.get(k), str):
-                return side[k], {}
-    raise PotstillError(f"{where}: cannot find the response's text")
-
-
-def _response_answer(resp: dict[str, Any], keep: bool) -> tuple[str, dict[str, Any]]:
-    """A Responses API ``response`` object's text and provenance (``NoText`` where it failed or its
-    answer is function calls or a refusal alone)."""
-    status = resp.get("status")
-    if status == "failed" or resp.get("error"):
-        raise NoText("its request failed")
-    if status in UNFINISHED:  # whatever output it holds is a snapshot of an answer still being written, or never
-        raise NoText(f"its response never completed (status {status})")
-    details = resp.get("incomplete_details") if status == "incomplete" else None
-    if isinstance(details, dict) and details.get("reason") == "content_filter":  # chat's finish_reason content_filter
-        raise NoText("its answer is a refusal")
-    text, calls = output_text(resp)
-    if calls and not keep:
-        raise NoText("its answer is a tool call")
-    text = _kept_call(calls, keep) or _reply(text, keep)
-    if not text:
-        refused = any(isinstance(p, dict) and p.get("type") == "refusal" for item in resp.get("output") or []
-                      if isinstance(item, dict) for p in item.get("content") or [])
-        if refused:
-            raise NoText("its answer is a refusal")
-        if status == "incomplete":  # stopped before any text (its reasoning ran to max_output_tokens): no answer
-            raise NoText("its response never completed (status incomplete)")
-    # Stopped at max_output_tokens with text: a cut answer, as chat's length, which curate sets aside as truncated.
-    finish = "length" if status == "incomplete" else "stop"
-    return text, {"teacher": resp.get("model"), "usage": resp.get("usage"), "finish_reason": finish,
-                  "response_id": resp.get("id")}
-
-
-# The statuses of a response with no answer yet or ever: queued or still being written (a background
-# response logged before it ended), or cancelled before it ended.
-UNFINISHED = ("queued", "in_progress", "cancelled")
-
-
-# The keys by which ``_answer`` knows a logged response (a chat completion, a Batch wrapper, an
-# Anthropic message, a plain {"content": ...}).
-_RESPONSE_KEYS = {"choices", "body", "type", "content", "output", "text"}
-
-
 def _stored_content(m: dict[str, Any]) -> Any:
     """A stored message's content: the messages endpoint lists one sent as content parts with
     ``content: null`` and the parts, every field present and null where unused, under ``content_parts``."""
@@ -290,8 +149,8 @@ def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: Requests | N
             raise PotstillError(f"{where}: expected messages ending with an assistant turn")
         t = _trained_turn(msgs, where)
         target = msgs[t]
-        kept = _kept_call(_message_calls(target, where), keep)
-        if not kept and _message_calls(target, where):  # words beside the call included, as in the logs
+        kept = kept_call(message_calls(target, where), keep)
+        if not kept and message_calls(target, where):  # words beside the call included, as in the logs
             raise PotstillError(f"{where}: the assistant turn is a tool call, not text; potstill distils text "
                                 "answers (a tools task's calls with --tool-calls), so leave tool-call examples out "
                                 "of the file")
@@ -303,7 +162,7 @@ def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: Requests | N
         # a chat API refuses a message field it does not know. The turns after the target go: they
         # answer a later question, which the record does not ask.
         prompt = [{k: v for k, v in m.items() if k != "weight"} for m in msgs[:t]]
-        output = kept or _reply(content_text(target.get("content")), keep)
+        output = kept or as_reply(content_text(target.get("content")), keep)
     elif kind == "openai-log":
         if "custom_id" in obj:
             if requests is None:  # the output holds answers only; the prompts are in the batch's input file
@@ -322,8 +181,8 @@ def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: Requests | N
             meta["custom_id"] = obj["custom_id"]
         else:
             req = obj.get("request", obj.get("prompt"))  # a completions log may name its prompt alone
-        prompt, prefill = _prefill(_messages(req, where), obj.get("response"))
-        output, meta2 = _answer(obj.get("response"), where, keep, prefill)
+        prompt, prefill = split_prefill(_messages(req, where), obj.get("response"))
+        output, meta2 = answer_of(obj.get("response"), where, keep, prefill)
         meta.update(meta2)
     elif kind == "stored" and obj.get("object") == "response":
         # A stored response (GET /v1/responses/{id}) with its input items (GET .../input_items, or the
@@ -338,7 +197,7 @@ def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: Requests | N
         if not isinstance(side, (list, str)):
             raise PotstillError(f"{where}: a stored response needs its input items under input_items")
         prompt = _responses_input(side, obj.get("instructions"), where)
-        output, meta = _response_answer(obj, keep)
+        output, meta = response_answer(obj, keep)
         if obj.get("metadata"):
             meta["metadata"] = obj["metadata"]
     elif kind == "stored":
@@ -350,7 +209,7 @@ def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: Requests | N
         # The listing's extra fields go (id, ...); a tool call's own fields stay, or its turn has no content.
         prompt = [{"role": m.get("role", "user"), "content": _stored_content(m),
                    **{k: m[k] for k in ("tool_calls", "tool_call_id") if m.get(k)}} for m in _objects(side, where)]
-        output, meta = _answer({k: v for k, v in obj.items() if k not in ("input_messages", "messages")}, where, keep)
+        output, meta = answer_of({k: v for k, v in obj.items() if k not in ("input_messages", "messages")}, where, keep)
         if obj.get("metadata"):
             meta["metadata"] = obj["metadata"]
     elif kind == "pairs":
@@ -359,13 +218,13 @@ def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: Requests | N
         resp = obj[key] if key else None
         if req is None or resp is None:
             raise PotstillError(f"{where}: expected a request (request|prompt|input) and a response (response|output|completion)")
-        prompt, prefill = _prefill(_messages(req, where), resp)
-        if key == "output" and (isinstance(resp, list) or isinstance(resp, dict) and not _RESPONSE_KEYS & resp.keys()):
+        prompt, prefill = split_prefill(_messages(req, where), resp)
+        if key == "output" and (isinstance(resp, list) or isinstance(resp, dict) and not RESPONSE_KEYS & resp.keys()):
             # A JSON answer (an extraction's object; a table's JSON cell of `output` is read as one), as
             # a record's output object is: its JSON text.
             output, meta = json.dumps(resp, ensure_ascii=False), {}
         else:
-            output, meta = _answer(resp, where, keep, prefill)
+            output, meta = answer_of(resp, where, keep, prefill)
     else:
         raise PotstillError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
     # Records hold the user-side conversation; the system instruction belongs to the task.
@@ -473,7 +332,7 @@ def _served_records(ledger: Ledger, db: Path, keep: bool) -> Iterator[Record]:
                 calls, first = calls + 1, first or row.id
                 continue
             user = [m for m in _messages(row.request, f"{db}#calls.id={row.id}") if m.get("role") not in INSTRUCTION_ROLES]
-            yield Record(messages=user, output=_kept_call(row.extra.get("tool_calls"), keep) or _reply(row.content or "", keep), meta={
+            yield Record(messages=user, output=kept_call(row.extra.get("tool_calls"), keep) or as_reply(row.content or "", keep), meta={
                 "format": "served", "source": str(db), "ledger_id": row.id, "teacher": row.model, "role": row.answered_by,
                 "input_tokens": row.input_tokens, "output_tokens": row.output_tokens, "created_at": row.created_at,
                 # As the client got it: "length" where the answer ran to its budget, which curate sets aside as
