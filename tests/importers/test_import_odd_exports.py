@@ -122,3 +122,30 @@ def test_batch_lines_that_failed_are_skipped_and_counted(tmp_path, capsys):
     assert import_traffic(out, tmp_path / "o.jsonl", requests=reqs) == 2
     assert [r.meta["custom_id"] for r in read_records(tmp_path / "o.jsonl")] == ["a", "d"]
     assert f"3 line(s) skipped, its request failed with no text to distil (first at {out}:2)" in capsys.readouterr().err
+
+
+def test_logged_calls_that_failed_are_skipped_and_counted(tmp_path, capsys):
+    """An app that logs every call logs its failures too: the SDK's error body as the response (a 429,
+    Anthropic's overloaded_error) or no response beside the error (a connection error). One such line
+    refused the whole log ('cannot find the response's text', 'expected a request ... and a
+    response'); they are skipped and counted as a Batch's failed lines are. An extraction's answer
+    object that holds an "error" key is still an answer."""
+    asked = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello there"}]}
+    good = {"id": "c1", "object": "chat.completion", "model": "gpt-4o-2024-08-06",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi!"}, "finish_reason": "stop"}]}
+    src = jsonl(tmp_path / "log.jsonl", [
+        {"request": asked, "response": good},
+        {"request": asked, "response": {"error": {"message": "Rate limit reached", "type": "requests",
+                                                  "param": None, "code": "rate_limit_exceeded"}}},
+        {"request": asked, "response": None, "error": "Connection error."},
+        {"request": {"messages": asked["messages"]},
+         "response": {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}},
+        {"input": "Ada is 36", "output": {"name": "Ada", "error": "no age given"}},
+    ])
+    assert import_traffic(src, tmp_path / "o.jsonl") == 2
+    assert [r.output for r in read_records(tmp_path / "o.jsonl")] == ["Hi!", '{"name": "Ada", "error": "no age given"}']
+    assert f"3 line(s) skipped, its request failed with no text to distil (first at {src}:2)" in capsys.readouterr().err
+    # Given --format openai-log (the line has no answer by which auto would know it), the same.
+    only = jsonl(tmp_path / "only.jsonl", [{"request": asked, "response": good},
+                                           {"request": asked, "response": None, "error": "Connection error."}])
+    assert import_traffic(only, tmp_path / "o2.jsonl", "openai-log") == 1

@@ -44,8 +44,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from potstill.errors import PotstillError
-from potstill.importers.answers import (RESPONSE_KEYS, NoText, answer_of, as_reply, kept_call, message_calls,
-                                        response_answer, split_prefill)
+from potstill.importers.answers import (RESPONSE_KEYS, NoText, answer_of, as_reply, failed, kept_call,
+                                        message_calls, response_answer, split_prefill)
 from potstill.ledger import Ledger
 from potstill.ledger_rows import ServedCall
 from potstill.progress import bar, say
@@ -140,6 +140,14 @@ def _trained_turn(msgs: list[dict[str, Any]], where: str) -> int:
     return trained[-1]
 
 
+def _check_failed(obj: dict[str, Any], resp: Any, key: str | None = "response") -> None:
+    """``NoText`` where a logged call failed: an app that logs every call logs its failures too, the
+    error body as the response (``{"error": {...}}``) or no response (null) and the error beside it.
+    An ``output`` that is an object is an answer (an extraction's), whatever its keys."""
+    if key == "response" and failed(resp) or key and resp is None and obj.get("error"):
+        raise NoText("its request failed")
+
+
 def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: Requests | None, keep: bool) -> Record:
     kind = _detect(obj) if fmt == "auto" else fmt
     meta: dict[str, Any] = {}
@@ -181,6 +189,7 @@ def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: Requests | N
             meta["custom_id"] = obj["custom_id"]
         else:
             req = obj.get("request", obj.get("prompt"))  # a completions log may name its prompt alone
+            _check_failed(obj, obj.get("response"))
         prompt, prefill = split_prefill(_messages(req, where), obj.get("response"))
         output, meta2 = answer_of(obj.get("response"), where, keep, prefill)
         meta.update(meta2)
@@ -216,6 +225,7 @@ def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: Requests | N
         req = next((obj[k] for k in ("request", "prompt", "input") if k in obj), None)
         key = next((k for k in ("response", "output", "completion") if k in obj), None)
         resp = obj[key] if key else None
+        _check_failed(obj, resp, key)
         if req is None or resp is None:
             raise PotstillError(f"{where}: expected a request (request|prompt|input) and a response (response|output|completion)")
         prompt, prefill = split_prefill(_messages(req, where), resp)

@@ -73,6 +73,13 @@ def split_prefill(prompt: list[dict[str, Any]], resp: Any) -> tuple[list[dict[st
     return prompt, ""
 
 
+def failed(side: Any) -> bool:
+    """Whether a logged response is an API error instead of an answer: the SDK's error body an app logs
+    for a failed call (OpenAI's ``{"error": {...}}``, Anthropic's ``{"type": "error", "error": {...}}``)."""
+    return isinstance(side, dict) and bool(side.get("error")) and not side.get("choices") and \
+        side.get("type") in (None, "error")
+
+
 def answer_of(side: Any, where: str, keep: bool, prefill: str = "") -> tuple[str, dict[str, Any]]:
     """The answer text and provenance fields from a completion, message or plain string
     (``NoText`` where the answer is a tool call or a refusal); ``prefill``: the text an Anthropic
