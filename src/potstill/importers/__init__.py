@@ -44,8 +44,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from potstill.errors import PotstillError
-from potstill.importers.answers import (RESPONSE_KEYS, NoText, answer_of, as_reply, failed, kept_call,
-                                        message_calls, response_answer, split_prefill)
+from potstill.importers.answers import (RESPONSE_KEYS, NoText, answer_of, as_reply, check_media, failed,
+                                        kept_call, message_calls, response_answer, split_prefill)
 from potstill.ledger import Ledger
 from potstill.ledger_rows import ServedCall
 from potstill.progress import bar, say
@@ -70,6 +70,8 @@ def _responses_input(items: Any, instructions: Any, where: str) -> list[dict[str
     """A Responses API request's ``input`` (and ``instructions``) as chat messages. A response object
     whose request used a stored prompt gives its ``instructions`` as input items (the prompt's own
     developer and system messages), not a string: they come first, as the string would."""
+    check_media(items)  # before chat_messages, which refuses them as the server does
+    check_media(instructions)
     try:
         msgs = chat_messages(items)
         first = chat_messages(instructions) if isinstance(instructions, list) else []
@@ -242,6 +244,7 @@ def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: Requests | N
     user = [m for m in prompt if m.get("role") not in INSTRUCTION_ROLES]
     if not user:
         raise PotstillError(f"{where}: the request has no user message")
+    check_media(prompt)
     # What an input file is checked against when generate reads it: refused here, at its own line.
     problem = record_problem({"messages": prompt})
     if problem:
@@ -429,7 +432,7 @@ def _log_records(path: Path, rows: Iterable[tuple[int, dict[str, Any]]], total: 
         say(f"[yellow]import: {several} logged completion(s) held several choices (n > 1); the first of each "
             f"is kept, meta.choices counts them (first at {path}:{first_several})[/yellow]")
     for why, (n, first) in skipped.items():
-        say(f"[yellow]import: {n} line(s) skipped, {why} with no text to distil (first at {path}:{first})[/yellow]")
+        say(f"[yellow]import: {n} line(s) skipped, {why} (first at {path}:{first})[/yellow]")
 
 
 def _write(out: Path, path: Path, records: Iterable[Record]) -> int:

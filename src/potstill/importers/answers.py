@@ -18,8 +18,33 @@ from potstill.tool_calls import call_text
 
 
 class NoText(Exception):
-    """A logged answer with no text to distil (a tool call, a refusal, a failed request): the line is
-    skipped and counted."""
+    """A logged line with nothing a text student learns from (an answer that is a tool call or a refusal,
+    a failed request, a request with images): the line is skipped and counted under ``why``, said
+    "... with no text to distil" where the answer is what holds none (``distil``)."""
+
+    def __init__(self, why: str, distil: bool = True) -> None:
+        super().__init__(f"{why} with no text to distil" if distil else why)
+
+
+# The content parts a text student cannot read: OpenAI chat's (image_url, input_audio, file), the
+# Responses API's (input_image, input_file, input_audio) and Anthropic's (image, document).
+MEDIA_PARTS = ("image_url", "input_audio", "file", "input_image", "input_file", "image", "document")
+
+
+def check_media(messages: Any) -> None:
+    """``NoText`` where a request's messages (or Responses input items) hold an image, audio or file
+    part, a tool result's parts included: a text student never sees it, so the answer is no text-to-text
+    example; a log of a multimodal app holds some on any day, and they were refused with the whole file."""
+    todo = list(messages) if isinstance(messages, list) else []
+    while todo:
+        m = todo.pop()
+        for key in ("content", "output"):  # a message's or tool result's parts; a function_call_output's
+            parts = m.get(key) if isinstance(m, dict) else None
+            for part in parts if isinstance(parts, list) else ():
+                if isinstance(part, dict) and part.get("type") in MEDIA_PARTS:
+                    raise NoText("its request holds image, audio or file parts, which a text student cannot read",
+                                 distil=False)
+                todo.append(part)
 
 
 def kept_call(calls: list[dict[str, Any]] | None, keep: bool) -> str | None:
