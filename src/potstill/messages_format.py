@@ -30,8 +30,9 @@ def _text_of(blocks: list[dict[str, Any]], where: str) -> str:
         raise ResponsesInputError(where, str(e)) from None
 
 
-def chat_messages(messages: list[Any]) -> list[dict[str, Any]]:
-    """Anthropic ``messages`` as chat messages (the teacher's form: tool calls and tool turns kept)."""
+def chat_messages(messages: list[Any], drop: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Anthropic ``messages`` as chat messages (the teacher's form: tool calls and tool turns kept);
+    ``drop``: block types left out (import: an assistant turn's ``thinking``, which the server refuses)."""
     out: list[dict[str, Any]] = []
     for i, m in enumerate(messages):
         where = f"messages.{i}"
@@ -40,7 +41,7 @@ def chat_messages(messages: list[Any]) -> list[dict[str, Any]]:
         blocks = _blocks(m.get("content"), f"{where}.content")
         allowed = ("text", "tool_result") if m["role"] == "user" else ("text", "tool_use")
         for j, b in enumerate(blocks):
-            if b["type"] not in allowed:
+            if b["type"] not in allowed and b["type"] not in drop:
                 raise ResponsesInputError(f"{where}.content.{j}", f"a {b['type']!r} block; this server answers text, "
                                           f"so a {m['role']} turn holds {' and '.join(allowed)} blocks")
         text = _text_of(blocks, f"{where}.content")

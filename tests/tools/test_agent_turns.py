@@ -317,6 +317,39 @@ def test_redistill_and_watch_read_the_served_tool_turns_from_every_api(served):
     assert call_of(service.task, rows[0].content) == REPLIED
 
 
+def test_a_claude_agents_logs_import_as_its_openai_form_does(tmp_path, capsys):
+    """An Anthropic agent's log holds its tool turns as blocks: an assistant turn of thinking, text and
+    tool_use, then a user turn of tool_result. Import refused it, with --tool-calls too ('a part of type
+    'tool_use''), where the same conversation logged by an OpenAI client imported; it is read into
+    the OpenAI form (thinking left out), so both logs give the same record. A server tool's call and
+    result in the history (a web search Anthropic ran) is skipped and counted: a student cannot run it."""
+    from potstill.importers import import_traffic
+
+    claude = [{"role": "user", "content": "celsius please"},
+              {"role": "assistant", "content": [
+                  {"type": "thinking", "thinking": "The user wants Celsius.", "signature": "sig"},
+                  {"type": "tool_use", "id": "call_a", "name": "set_unit", "input": {"unit": "c"}}]},
+              {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_a",
+                                            "content": [{"type": "text", "text": "unit is now c"}]}]}]
+    answer = {"type": "message", "role": "assistant", "model": "claude-sonnet-4-5", "stop_reason": "end_turn",
+              "content": [{"type": "text", "text": REPLY}]}
+    searched = [claude[0], {"role": "assistant", "content": [
+        {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {"query": "unit"}},
+        {"type": "web_search_tool_result", "tool_use_id": "srvtoolu_1", "content": []}]}]
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps(x) + "\n" for x in [
+        {"request": {"model": "claude-sonnet-4-5", "system": "Be brief.", "messages": claude, "tools": []},
+         "response": answer},
+        {"request": {"messages": AFTER}, "response": {"choices": [{"message": {"role": "assistant", "content": REPLY}}]}},
+        {"request": {"model": "claude-sonnet-4-5", "messages": searched}, "response": answer}]))
+    for keep in (False, True):
+        assert import_traffic(log, tmp_path / "inputs.jsonl", "auto", None, keep) == 2
+        from_claude, from_openai = read_records(tmp_path / "inputs.jsonl")
+        assert from_claude.messages == from_openai.messages == AFTER and from_claude.output == from_openai.output
+        assert from_claude.meta["system"] == "Be brief."
+        assert "1 line(s) skipped, its request holds a server tool's call or result" in capsys.readouterr().err
+
+
 def test_an_agents_logs_import_as_both_kinds_of_turn(tmp_path):
     from potstill.importers import import_traffic
 

@@ -48,6 +48,7 @@ from potstill.importers.answers import (RESPONSE_KEYS, NoText, answer_of, as_rep
                                         kept_call, message_calls, response_answer, split_prefill)
 from potstill.ledger import Ledger
 from potstill.ledger_rows import ServedCall
+from potstill.messages_format import chat_messages as anthropic_chat
 from potstill.progress import bar, say
 from potstill.records import (TABLE_SUFFIXES, Record, _delimiter, atomic_write, content_text, dump_jsonl, read_objects,
                               record_problem)
@@ -88,6 +89,32 @@ def _is_items(side: Any) -> bool:
                                                                    or m.get("type") == "message") for m in side)
 
 
+# Content blocks only Anthropic's Messages API sends: its tool turns and an assistant's thinking.
+CLAUDE_BLOCKS = ("tool_use", "tool_result", "thinking", "redacted_thinking")
+# Anthropic's server tools (web search, code execution, MCP), run by Anthropic: a call and its result.
+SERVER_TOOL_USES = ("server_tool_use", "mcp_tool_use")
+
+
+def _claude_turns(msgs: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
+    """An Anthropic conversation's tool turns (an agent's log) in OpenAI's form, as an OpenAI log holds
+    them and a tools task learns them: ``tool_use`` blocks an assistant's ``tool_calls``, ``tool_result``
+    blocks ``tool`` messages, ``thinking`` left out (``messages_format.chat_messages``, as serve reads
+    them). Messages with none of those blocks come back as they are. ``NoText`` for a server tool's
+    call or result (a web search's), which a student cannot run, and for image parts."""
+    types = {b.get("type") for m in msgs if isinstance(m.get("content"), list) for b in m["content"]
+             if isinstance(b, dict)}
+    if any(t in SERVER_TOOL_USES or str(t).endswith("_tool_result") and t != "tool_result" for t in types):
+        raise NoText("its request holds a server tool's call or result (web search, code execution), which a "
+                     "student cannot run", distil=False)
+    if not types & set(CLAUDE_BLOCKS):
+        return msgs
+    check_media(msgs)
+    try:
+        return anthropic_chat(msgs, drop=("thinking", "redacted_thinking"))
+    except ResponsesInputError as e:
+        raise PotstillError(f"{where}: {e}") from None
+
+
 def _messages(side: Any, where: str) -> list[dict[str, Any]]:
     if isinstance(side, str):
         return [{"role": "user", "content": side}]
@@ -96,12 +123,12 @@ def _messages(side: Any, where: str) -> list[dict[str, Any]]:
     if _is_items(side):
         return _responses_input(side, None, where)
     if isinstance(side, dict) and isinstance(side.get("messages"), list):
-        msgs = _objects(list(side["messages"]), where)
+        msgs = _claude_turns(_objects(list(side["messages"]), where), where)
         if side.get("system"):  # an Anthropic request
             msgs.insert(0, {"role": "system", "content": side["system"]})
         return msgs
     if isinstance(side, list):
-        return _objects(side, where)
+        return _claude_turns(_objects(side, where), where)
     if isinstance(side, dict) and isinstance(side.get("prompt"), str):  # the legacy /v1/completions request
         return [{"role": "user", "content": side["prompt"]}]
     raise PotstillError(f"{where}: cannot find the request's messages")
