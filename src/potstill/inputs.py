@@ -30,18 +30,46 @@ from potstill.tasks.base import GoldTally, Task
 BLOCK = 64  # lines read between two looks at the file (~2 KB each: ~130 KB held)
 
 
-def _say_moved(path: str | Path, moved: int, total: int) -> None:
-    if moved:
-        say(f"[yellow]warning:[/yellow] {escape(str(path))}: {moved} of {total} records have a "
-            "system or developer message; it is kept in meta.system, not sent: task.instruction is the system "
-            "message of every prompt (teacher, training, evaluate, serve)")
+class OwnInstructions:
+    """The records of a file with their own instruction: a system or developer message, moved to
+    ``meta.system`` (``instructions_to_meta``) as each is ``add``-ed, or one ``potstill import`` already
+    put there, other than ``instruction`` (``task.instruction``, which takes its place: an imported
+    log of the same prompt is no news). ``say`` it in one line, with how many prompts they hold: an
+    answer written under "Reply in French" is otherwise learnt under another instruction, unsaid."""
+
+    SEEN = 1000  # distinct prompts held to count them (a prompt templated per user would be one a record)
+
+    def __init__(self, instruction: str | None = None) -> None:
+        self.instruction = (instruction or "").strip()
+        self.n = 0
+        self.seen: set[str] = set()
+
+    def add(self, r: Record) -> None:
+        instructions_to_meta(r)
+        own = r.meta.get("system")
+        if isinstance(own, str) and own.strip() and own.strip() != self.instruction:
+            self.n += 1
+            if len(self.seen) < self.SEEN:
+                self.seen.add(own.strip())
+
+    def say(self, path: str | Path, total: int) -> None:
+        if not self.n:
+            return
+        prompts = len(self.seen)
+        different = f" ({prompts:,}{'+' if prompts >= self.SEEN else ''} different)" if prompts > 1 else ""
+        say(f"[yellow]warning:[/yellow] {escape(str(path))}: {self.n} of {total} records have a "
+            f"system or developer message{different}; it is kept in meta.system, not sent: task.instruction "
+            "is the system message of every prompt (teacher, training, evaluate, serve)")
 
 
-def instructions_aside(path: str | Path, records: list[Record]) -> None:
+def instructions_aside(path: str | Path, records: list[Record], instruction: str | None = None) -> None:
     """Move each record's system and developer messages to ``meta.system`` (``instructions_to_meta``),
-    saying in one line how many records had one, as ``InputFile`` does for ``data.inputs``:
-    ``curate.real_data``'s, before the student trains on them."""
-    _say_moved(path, sum(instructions_to_meta(r) for r in records), len(records))
+    saying in one line how many records have their own (``OwnInstructions``), as ``InputFile`` does
+    for ``data.inputs``: ``curate.real_data``'s, before the student trains on them."""
+    own = OwnInstructions(instruction)
+    for r in records:
+        own.add(r)
+    own.say(path, len(records))
 
 
 class InputFile(Sequence[Record]):
@@ -67,13 +95,13 @@ class InputFile(Sequence[Record]):
         tally = self.task.gold_tally(self.path)
         first: dict[str, tuple[int, str]] = {}
         clash = misnamed = None
-        moved = total = 0
+        own, total = OwnInstructions(cfg.task.instruction), 0
         held: list[tuple[int, Record]] | None = [] if hold else None
         # Every line is read before the first clash or class index is refused, as when the file was read whole:
         # a malformed line further on is the error a user sees first.
         for lineno, r in iter_numbered(self.path, self.columns, self._objects()):
             clash = clash or id_clash(first, self.path, lineno, r)
-            moved += instructions_to_meta(r)
+            own.add(r)
             misnamed = misnamed or self._name(lineno, r)
             if held is not None:
                 held.append((lineno, r))
@@ -83,7 +111,7 @@ class InputFile(Sequence[Record]):
         del first
         if clash:
             raise PotstillError(clash)
-        _say_moved(self.path, moved, total)
+        own.say(self.path, total)
         if misnamed:
             raise PotstillError(misnamed)
         self.total = total

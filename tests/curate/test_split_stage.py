@@ -246,6 +246,36 @@ def test_a_real_examples_own_system_message_is_kept_in_meta_not_trained_on(tmp_p
     assert f"{tmp_path / 'real.jsonl'}: 1 of 2 records have a system or developer message; it is kept in meta.system" in said
 
 
+def test_imported_records_with_their_own_system_prompts_are_said_at_import_and_at_curate(tmp_path, capsys):
+    """`potstill import` moves a logged system prompt to meta.system without a word, and curate's
+    warning counted only system messages still in the messages, so a log answered under five other
+    prompts ("Reply in French.") was trained on under task.instruction, unsaid. Import says how many
+    records hold one and how many prompts; curate (and generate, for data.inputs) counts those whose
+    meta.system is not task.instruction (the same prompt is no news)."""
+    from potstill.importers import import_traffic
+    from potstill.inputs import InputFile
+
+    run = tmp_path / "run"
+    write_jsonl(run / "teacher.jsonl", [rec(_words(i), "sports") for i in range(8)])
+    asked = [("You label news.", 200), ("Reply in French.", 201), ("Classify the text.", 202), (None, 203)]
+    log = tmp_path / "log.jsonl"
+    lines = [{"prompt": [*([{"role": "system", "content": p}] if p else []), {"role": "user", "content": _words(i)}],
+              "completion": "tech"} for p, i in asked]
+    lines.insert(1, {"prompt": "a line skipped", "response": None, "error": "Connection error."})  # not a record
+    log.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    import_traffic(log, tmp_path / "real.jsonl")
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"{log}: 3 of 4 records have a system or developer message (3 different); it is kept in meta.system" in said
+    cfg = Config(run_dir=str(run), data={"inputs": str(tmp_path / "real.jsonl")}, task={"labels": LABELS},
+                 curate={"real_data": str(tmp_path / "real.jsonl"), "real_ratio": 1.0})
+    assert cfg.task.instruction == "Classify the text."
+    curate_stage(cfg)
+    InputFile(cfg)
+    said = " ".join(capsys.readouterr().err.split())
+    assert said.count(f"{tmp_path / 'real.jsonl'}: 2 of 4 records have a system or developer message (2 different); "
+                      "it is kept in meta.system") == 2, said
+
+
 def test_a_review_store_from_an_earlier_potstill_reruns_curate_once(tmp_path):
     """curate hashed review.sqlite, then its store migrated the file (schema 1 -> 2 rebuilds the table),
     so the digest marked done was the old file's and the next curate ran again for nothing."""

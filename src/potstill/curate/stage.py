@@ -29,7 +29,7 @@ def curate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
         raise PotstillError(f"{run / 'teacher.jsonl'} not found: run `potstill generate` first")
     real = read_records(cfg.curate.real_data) if cfg.curate.real_data else None
     if real:  # as data.inputs': serve drops a client's own system message, so the student must not learn one
-        instructions_aside(cfg.curate.real_data, real)
+        instructions_aside(cfg.curate.real_data, real, cfg.task.instruction)
     if real == []:  # a failed export, a header-only table: mixing nothing in without a word hides it
         raise PotstillError(f"curate.real_data {cfg.curate.real_data} holds no records; fill it, or unset "
                             "curate.real_data to curate without real examples")

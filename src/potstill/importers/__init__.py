@@ -46,6 +46,7 @@ from pydantic import ValidationError
 from potstill.errors import PotstillError
 from potstill.importers.answers import (RESPONSE_KEYS, NoText, answer_of, as_reply, check_media, failed,
                                         kept_call, message_calls, response_answer, split_prefill)
+from potstill.inputs import OwnInstructions
 from potstill.ledger import Ledger
 from potstill.ledger_rows import ServedCall
 from potstill.messages_format import chat_messages as anthropic_chat
@@ -440,8 +441,9 @@ def _log_records(path: Path, rows: Iterable[tuple[int, dict[str, Any]]], total: 
                  reqs: Requests | None, keep: bool) -> Iterator[Record]:
     """A log's records, yielded line by line; what was skipped or cut is said in one line per reason
     once every line is read."""
-    several, first_several = 0, 0
+    several, first_several, written = 0, 0, 0
     skipped: dict[str, tuple[int, int]] = {}  # why -> (lines, the first of them)
+    own = OwnInstructions()  # the logged system prompts, which curate and generate do not send
     with bar(f"import {path.name}", total) as advance:
         for lineno, obj in rows:
             advance(1)
@@ -454,7 +456,10 @@ def _log_records(path: Path, rows: Iterable[tuple[int, dict[str, Any]]], total: 
             rec.meta.update({"source": str(path), "line": lineno})
             if rec.meta.get("choices"):
                 several, first_several = several + 1, first_several or lineno
+            own.add(rec)
+            written += 1
             yield rec
+    own.say(path, written)
     if several:
         say(f"[yellow]import: {several} logged completion(s) held several choices (n > 1); the first of each "
             f"is kept, meta.choices counts them (first at {path}:{first_several})[/yellow]")
