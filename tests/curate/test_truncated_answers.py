@@ -119,3 +119,40 @@ def test_answers_stopped_as_a_refusal_or_at_the_context_window_are_set_aside(tmp
     out = curate(labels, recs)
     assert sorted(r.text for r in out.train) == ["review length", "review stop"]
     assert [r.text for r in out.rejected] == ["review content_filter"]
+
+
+def test_a_claude_turn_paused_for_a_server_tool_is_no_answer(tmp_path, capsys):
+    """Anthropic stops a turn of server tools (web search) with ``pause_turn``: its text ("I'll search for
+    today's news in Paris.") is a preamble, the client to send the turn back for the rest. Import took
+    it as a whole answer and curate trained on it; import skips and counts it as never completed, and
+    curate sets a record that says pause_turn aside (a file imported before, a teacher's answer)."""
+    from potstill.importers import import_traffic
+
+    def message(content: list, stop: str) -> dict:
+        return {"type": "message", "role": "assistant", "model": "claude-sonnet-4-5", "stop_reason": stop,
+                "content": content}
+
+    search = {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {"query": "Paris news"}}
+    logs = [{"request": {"messages": [{"role": "user", "content": "News in Paris today?"}]},
+             "response": message([{"type": "text", "text": "I'll search for today's news in Paris."}, search],
+                                 "pause_turn")},
+            {"request": {"messages": [{"role": "user", "content": "And in Rome?"}]},
+             "response": message([search], "pause_turn")},
+            {"request": {"messages": [{"role": "user", "content": "Summarise: rain."}]},
+             "response": message([{"type": "text", "text": "Rain."}], "end_turn")}]
+    (tmp_path / "logs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in logs))
+    assert import_traffic(tmp_path / "logs.jsonl", tmp_path / "real.jsonl") == 1
+    assert (f"2 line(s) skipped, its response never completed (stop_reason pause_turn) with no text to distil "
+            f"(first at {tmp_path / 'logs.jsonl'}:1)") in capsys.readouterr().err
+    cfg = load_config(overrides={
+        "run_dir": str(tmp_path / "run"), "task": {"type": "freetext", "instruction": "Summarise the text."},
+        "curate": {"val": 0, "test": 0, "near_dup": False, "real_ratio": 10.0}})
+    real = [Record(messages=[{"role": "user", "content": "News in Paris today?"}],
+                   output="I'll search for today's news in Paris.", meta={"finish_reason": "pause_turn"})]
+    teacher = [Record(messages=[{"role": "user", "content": f"teacher text {s}"}], output=f"The text says {s}",
+                      meta={"stop_reason": s}) for s in ("end_turn", "pause_turn")]
+    out = curate(cfg, teacher, real=real)
+    assert [r.text for r in out.train] == ["teacher text end_turn"]
+    why = {r.text: r.invalid_reason for r in out.rejected}
+    assert why["teacher text pause_turn"].startswith("truncated: the answer stopped mid-turn (pause_turn")
+    assert why["News in Paris today?"].startswith("real example: truncated: the answer stopped mid-turn (pause_turn")

@@ -20,8 +20,9 @@ from potstill.tasks.answers import output_problem, vote
 
 # The stop reasons of an answer that ran into a token limit, as generate keeps them in meta.stop_reason:
 # the request's (OpenAI, local: length; Anthropic: max_tokens) or the model's context window (Anthropic:
-# model_context_window_exceeded, the answer cut where the prompt and it filled the window).
-CUT = ("length", "max_tokens", "model_context_window_exceeded")
+# model_context_window_exceeded, the answer cut where the prompt and it filled the window); or that
+# stopped before its end (Anthropic's pause_turn: a turn of server tools paused, its text a preamble).
+CUT = ("length", "max_tokens", "model_context_window_exceeded", "pause_turn")
 
 
 def _cut(stop: str | None, task: Task, rec: Record) -> bool:
@@ -50,6 +51,9 @@ def invalid_reason(rec: Record, task: Task, c: CurateConfig) -> str | None:
     problem = output_problem(rec.output, task, c)
     if problem is None and _cut(stop, task, rec):
         n = rec.meta.get("output_tokens")
+        if stop == "pause_turn":  # no limit cut it: Claude paused its turn, to go on when sent it back
+            return ("truncated: the answer stopped mid-turn (pause_turn: Claude paused a turn of server tools, "
+                    "such as web search); its text is a preamble, not the answer")
         if stop == "model_context_window_exceeded":  # a larger max_tokens would not help: the window is full
             return (f"truncated: the teacher's answer ran into the model's context window{f' ({n} tokens)' if n else ''}; "
                     "shorten the input or use a model with a longer one")

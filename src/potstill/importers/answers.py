@@ -134,6 +134,8 @@ def answer_of(side: Any, where: str, keep: bool, prefill: str = "") -> tuple[str
                 # A completion asked with n > 1: the first choice is the answer, the count kept and said.
                 "choices": len(side["choices"]) if len(side["choices"]) > 1 else None}
         if side.get("type") == "message" and isinstance(side.get("content"), list):
+            if side.get("stop_reason") in UNFINISHED_STOPS:  # its text is a preamble to a search still to run
+                raise NoText(f"its response never completed (stop_reason {side['stop_reason']})")
             text = prefill + "".join(str(b.get("text", "")) for b in side["content"]
                                      if isinstance(b, dict) and b.get("type") == "text")
             text = kept_call([{"function": {"name": b.get("name"), "arguments": json.dumps(b.get("input"))}}
@@ -182,6 +184,11 @@ def response_answer(resp: dict[str, Any], keep: bool) -> tuple[str, dict[str, An
 # The statuses of a response with no answer yet or ever: queued or still being written (a background
 # response logged before it ended), or cancelled before it ended.
 UNFINISHED = ("queued", "in_progress", "cancelled")
+
+
+# The stop reasons of a message that is no whole answer yet: Anthropic pauses a long turn of server tools
+# (web search) with pause_turn, the client to send it back for Claude to go on.
+UNFINISHED_STOPS = ("pause_turn",)
 
 
 # The keys by which ``answer_of`` knows a logged response (a chat completion, a Batch wrapper, an
