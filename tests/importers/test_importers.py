@@ -161,21 +161,22 @@ def test_a_stored_completion_after_a_tool_call_keeps_the_call(tmp_path):
     assert "id" not in rec.messages[0] and rec.output == "sports"
 
 
-def test_a_finetune_line_whose_answer_is_a_tool_call_or_text_parts(tmp_path):
+def test_a_finetune_line_whose_answer_is_a_tool_call_or_text_parts(tmp_path, capsys):
     """OpenAI's fine-tuning format allows an assistant answer of tool calls (content null) and content
-    as a list of text parts: the first is refused at its line (it was imported as the text 'None'),
+    as a list of text parts: the first is skipped and counted as a log's call is (it was imported as
+    the text 'None', then refused with the whole file, though a function-calling fine-tune holds some),
     the second is its text (it was Python's repr of the list)."""
     call = {"role": "assistant", "content": None,
             "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}]}
-    src = jsonl(tmp_path / "ft.jsonl", [{"messages": [{"role": "user", "content": "weather in Oslo?"}, call]}])
-    with pytest.raises(PotstillError, match=r"ft.jsonl:1: the assistant turn is a tool call, not text"):
-        import_traffic(src, tmp_path / "o.jsonl")
-    assert not (tmp_path / "o.jsonl").exists()
+    text = {"messages": [{"role": "user", "content": "weather?"}, {"role": "assistant", "content": "Where?"}]}
     # Words beside the call ("Let me check.") make it no text answer either: it was imported as one.
-    worded = jsonl(tmp_path / "ft2.jsonl", [{"messages": [{"role": "user", "content": "weather in Oslo?"},
-                                                          {**call, "content": "Let me check."}]}])
-    with pytest.raises(PotstillError, match=r"ft2.jsonl:1: the assistant turn is a tool call, not text"):
-        import_traffic(worded, tmp_path / "o.jsonl")
+    src = jsonl(tmp_path / "ft.jsonl", [text, {"messages": [{"role": "user", "content": "weather in Oslo?"}, call]},
+                                        {"messages": [{"role": "user", "content": "weather in Oslo?"},
+                                                      {**call, "content": "Let me check."}]}])
+    assert import_traffic(src, tmp_path / "o.jsonl") == 1
+    assert [r.output for r in read_records(tmp_path / "o.jsonl")] == ["Where?"]
+    assert f"2 line(s) skipped, its answer is a tool call with no text to distil (first at {src}:2)" in \
+        capsys.readouterr().err
     parts = {"role": "assistant", "content": [{"type": "text", "text": "spo"}, {"type": "text", "text": "rts"}]}
     src = jsonl(tmp_path / "ft.jsonl", [{"messages": [{"role": "user", "content": [{"type": "text", "text": "A match."}]},
                                                       parts]}])

@@ -189,9 +189,7 @@ def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: Requests | N
         target = msgs[t]
         kept = kept_call(message_calls(target, where), keep)
         if not kept and message_calls(target, where):  # words beside the call included, as in the logs
-            raise PotstillError(f"{where}: the assistant turn is a tool call, not text; potstill distils text "
-                                "answers (a tools task's calls with --tool-calls), so leave tool-call examples out "
-                                "of the file")
+            raise NoText("its answer is a tool call")
         if not kept and target.get("content") is None:  # OpenAI's refusal comes with content null
             if target.get("refusal"):
                 raise NoText("its answer is a refusal")
