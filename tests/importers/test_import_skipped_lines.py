@@ -58,3 +58,22 @@ def test_requests_with_image_or_audio_parts_are_skipped_and_counted(tmp_path, ca
     odd = jsonl(tmp_path / "odd.jsonl", [{"request": _asked({"type": "sticker", "id": 1}), "response": COMPLETION}])
     with pytest.raises(PotstillError, match=r"odd.jsonl:1: messages.1.content.1: a part of type 'sticker'"):
         import_traffic(odd, tmp_path / "o.jsonl")
+
+
+def test_an_audio_answer_is_its_transcript_and_an_empty_answer_is_skipped(tmp_path, capsys):
+    """gpt-4o-audio-preview answers with content null and its words in audio.transcript; an answer of
+    content "" says nothing. Both were imported as the answer "" and counted as written (curate set them
+    aside later as empty, a replay teacher replayed ""): the audio answer is now its transcript, the
+    empty one skipped and counted."""
+    def said(message: dict) -> dict:
+        return {"request": {"model": "gpt-4o", "messages": [USER]},
+                "response": {**COMPLETION, "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}}
+
+    audio = {"role": "assistant", "content": None,
+             "audio": {"id": "audio_1", "data": "UklGRg==", "expires_at": 1750000000, "transcript": "A cat, asleep."}}
+    src = jsonl(tmp_path / "log.jsonl", [said(audio), said({"role": "assistant", "content": ""}),
+                                         said({"role": "assistant", "content": "A cat."}),
+                                         {"prompt": "Describe it.", "completion": "  "}])
+    assert import_traffic(src, tmp_path / "o.jsonl") == 2
+    assert [r.output for r in read_records(tmp_path / "o.jsonl")] == ["A cat, asleep.", "A cat."]
+    assert f"import: 2 line(s) skipped, its answer is empty (first at {src}:2)" in capsys.readouterr().err

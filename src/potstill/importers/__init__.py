@@ -265,6 +265,8 @@ def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: Requests | N
             output, meta = answer_of(resp, where, keep, prefill)
     else:
         raise PotstillError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
+    if not output.strip():  # content "": nothing to learn, and a replay teacher would answer nothing
+        raise NoText("its answer is empty", distil=False)
     # Records hold the user-side conversation; the system instruction belongs to the task.
     system = [m for m in prompt if m.get("role") in INSTRUCTION_ROLES]
     user = [m for m in prompt if m.get("role") not in INSTRUCTION_ROLES]

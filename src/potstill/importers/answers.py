@@ -74,6 +74,16 @@ def message_calls(message: dict[str, Any], where: str) -> list[dict[str, Any]]:
     return [{"function": message["function_call"]}] if isinstance(message.get("function_call"), dict) else []
 
 
+def message_text(message: dict[str, Any]) -> str:
+    """A chat answer's text: its content, or where an audio answer (gpt-4o-audio-preview, asked for
+    ``modalities: ["text", "audio"]``) holds none, what it said (``audio.transcript``)."""
+    text = content_text(message.get("content") or "")
+    audio = message.get("audio")
+    if not text and isinstance(audio, dict) and isinstance(audio.get("transcript"), str):
+        return audio["transcript"]
+    return text
+
+
 def no_text(message: dict[str, Any], finish: Any = None) -> str | None:
     """Why a logged answer message holds no text to learn, or None when it holds some. An answer
     that calls a tool is a call whatever words come with it ("Let me check."): not the answer; one
@@ -82,7 +92,7 @@ def no_text(message: dict[str, Any], finish: Any = None) -> str | None:
         return "its answer is a tool call"
     if finish in REFUSED_STOPS:
         return "its answer is a refusal"
-    if content_text(message.get("content") or ""):
+    if message_text(message):
         return None
     if message.get("refusal"):
         return "its answer is a refusal"
@@ -128,7 +138,7 @@ def answer_of(side: Any, where: str, keep: bool, prefill: str = "") -> tuple[str
             why = None if kept else no_text(ch.get("message", {}), ch.get("finish_reason"))
             if why:
                 raise NoText(why)
-            return kept or as_reply(content_text(ch.get("message", {}).get("content") or ""), keep), {
+            return kept or as_reply(message_text(ch.get("message", {})), keep), {
                 "teacher": side.get("model"), "usage": side.get("usage"), "finish_reason": ch.get("finish_reason"),
                 "response_id": side.get("id"),
                 # A completion asked with n > 1: the first choice is the answer, the count kept and said.
