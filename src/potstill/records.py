@@ -8,11 +8,13 @@ or ``reference``, ``slice`` tags, and ``meta`` (provenance: teacher model, token
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import re
+import zlib
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import IO, Any, Iterable, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -146,9 +148,28 @@ def json_problem(text: str) -> str | None:
     return f"{err.msg[0].lower()}{err.msg[1:]} at {_where(text, err.pos)}, near {near!r}"
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def gzipped(path: str | Path) -> bool:
+    """Whether a file is gzip-compressed (by its first bytes, whatever its name: a log archived as
+    ``.jsonl.gz``, one renamed)."""
+    with open(path, "rb") as f:
+        return f.read(2) == GZIP_MAGIC
+
+
+def open_lines(path: str | Path, errors: str = "strict") -> IO[str]:
+    """A JSONL file as text, decompressed as it is read where it is gzip-compressed (never held whole).
+    utf-8-sig: a byte-order mark at the start (Windows Notepad, Excel's "UTF-8" CSV export) is dropped,
+    not read as part of the first line ('unexpected UTF-8 BOM'); elsewhere it is UTF-8."""
+    if gzipped(path):
+        return gzip.open(path, "rt", encoding="utf-8-sig", errors=errors)
+    return open(path, encoding="utf-8-sig", errors=errors)
+
+
 def _not_utf8(path: Path) -> str:
     """Where a file that failed to decode as UTF-8 first stops being UTF-8 (line and byte)."""
-    with open(path, "rb") as f:
+    with gzip.open(path, "rb") if gzipped(path) else open(path, "rb") as f:
         head = f.read(2)
         f.seek(0)
         for lineno, raw in enumerate(f, 1):
@@ -305,9 +326,7 @@ def read_objects(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
         yield from _table_objects(path)
         return
     try:
-        # utf-8-sig: a byte-order mark at the start (Windows Notepad, Excel's "UTF-8" CSV export) is
-        # dropped, not read as part of the first line ('unexpected UTF-8 BOM'); elsewhere it is UTF-8.
-        with open(path, encoding="utf-8-sig") as f:
+        with open_lines(path) as f:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
                     continue
@@ -324,6 +343,9 @@ def read_objects(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     except UnicodeDecodeError:
         # The decoder reads ahead in blocks, so its error knows neither line nor offset in the file.
         raise PotstillError(_not_utf8(path)) from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:  # a gzip file cut short (a download that stopped) or damaged
+        raise PotstillError(f"{path}: gzip-compressed, but not a whole gzip file ({e}); "
+                            "fetch it again, or gunzip what there is") from None
 
 
 # OpenAI's chat roles: a teacher refuses (or a chat template drops) any other.

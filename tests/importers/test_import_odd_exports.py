@@ -149,3 +149,29 @@ def test_logged_calls_that_failed_are_skipped_and_counted(tmp_path, capsys):
     only = jsonl(tmp_path / "only.jsonl", [{"request": asked, "response": good},
                                            {"request": asked, "response": None, "error": "Connection error."}])
     assert import_traffic(only, tmp_path / "o2.jsonl", "openai-log") == 1
+
+
+def test_a_gzip_compressed_log_is_read_as_it_is(tmp_path):
+    """Logs archived from S3 or GCS come as .jsonl.gz; import said 'not UTF-8 (byte 0x8b, the line's
+    byte 2)'. A gzip-compressed file (by its first bytes, whatever its name) is decompressed as it is
+    read, a Batch's --requests file and an input file too; one cut short is one line saying so."""
+    import gzip
+
+    plain = _batch_output(tmp_path / "batch_out.jsonl", "ab")
+    reqs = _batch_requests(tmp_path / "batch_in.jsonl", "ab")
+    packed = tmp_path / "batch_out.jsonl.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    renamed = tmp_path / "requests.jsonl"  # gzip bytes under a plain name
+    renamed.write_bytes(gzip.compress(reqs.read_bytes()))
+    assert import_traffic(plain, tmp_path / "want.jsonl", requests=reqs) == 2
+    assert import_traffic(packed, tmp_path / "got.jsonl", requests=renamed) == 2
+    want, got = read_records(tmp_path / "want.jsonl"), read_records(tmp_path / "got.jsonl")
+    assert [(r.messages, r.output, r.meta["line"]) for r in got] == [(r.messages, r.output, r.meta["line"]) for r in want]
+    records = tmp_path / "records.jsonl.gz"  # as data.inputs or curate.real_data: read by the same reader
+    records.write_bytes(gzip.compress((tmp_path / "got.jsonl").read_bytes()))
+    assert read_records(records) == got
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(packed.read_bytes()[:-12])
+    with pytest.raises(PotstillError, match=r"cut\.jsonl\.gz: gzip-compressed, but not a whole gzip file"):
+        import_traffic(cut, tmp_path / "o.jsonl", requests=reqs)
+    assert not (tmp_path / "o.jsonl").exists()

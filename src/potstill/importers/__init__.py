@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -51,8 +52,8 @@ from potstill.ledger import Ledger
 from potstill.ledger_rows import ServedCall
 from potstill.messages_format import chat_messages as anthropic_chat
 from potstill.progress import bar, say
-from potstill.records import (TABLE_SUFFIXES, Record, _delimiter, atomic_write, content_text, dump_jsonl, read_objects,
-                              record_problem)
+from potstill.records import (TABLE_SUFFIXES, Record, _delimiter, atomic_write, content_text, dump_jsonl, open_lines,
+                              read_objects, record_problem)
 from potstill.responses_format import ResponsesInputError, chat_messages
 
 FORMATS = ("auto", "finetune", "openai-log", "pairs", "stored", "served")
@@ -405,14 +406,23 @@ def import_traffic(path: str | Path, out: str | Path, fmt: str = "auto", request
     if path.suffix.lower() in TABLE_SUFFIXES:  # a CSV cell may span lines: its rows counted, not its lines
         total = _table_rows(path)
     else:
-        with open(path, encoding="utf-8", errors="replace") as f:  # read_objects names a line that is not UTF-8
-            total = sum(1 for line in f if line.strip())
+        total = _line_count(path)
     reqs = Requests(Path(requests)) if requests else None
     try:
         return _write(out, path, _log_records(path, read_objects(path), total, fmt, reqs, tool_calls))
     finally:
         if reqs is not None:
             reqs.close()
+
+
+def _line_count(path: Path) -> int:
+    """How many lines a JSONL log holds, for the progress bar only: 0 (no total) where a gzip file is
+    cut short or damaged, which ``read_objects`` names in one line (as it names a line not UTF-8)."""
+    try:
+        with open_lines(path, errors="replace") as f:
+            return sum(1 for line in f if line.strip())
+    except (OSError, EOFError, zlib.error):
+        return 0
 
 
 def _table_rows(path: Path) -> int:
