@@ -275,7 +275,8 @@ def test_served_rows_answered_with_tool_calls_are_skipped_and_counted(tmp_path, 
 
 def test_a_logged_completion_with_several_choices_keeps_the_first_and_says_so(tmp_path, capsys):
     """A completion asked with n > 1 holds several choices; import kept choices[0] and dropped the
-    others without a word."""
+    others without a word, then said so but not that meta.usage (the completion_tokens of all the
+    choices) is not the kept answer's."""
     asked = {"input_messages": [{"role": "user", "content": "A match."}]}
     two = {**COMPLETION, **asked, "choices": [COMPLETION["choices"][0],
                                              {"index": 1, "message": {"role": "assistant", "content": "tech"},
@@ -284,7 +285,9 @@ def test_a_logged_completion_with_several_choices_keeps_the_first_and_says_so(tm
     assert import_traffic(src, tmp_path / "o.jsonl") == 2
     recs = read_records(tmp_path / "o.jsonl")
     assert [r.output for r in recs] == ["sports", "sports"] and recs[1].meta["choices"] == 2 and "choices" not in recs[0].meta
-    assert "1 logged completion(s) held several choices (n > 1); the first of each is kept" in capsys.readouterr().err
+    assert ("1 logged completion(s) held several choices (n > 1); the first choice of each is its answer, the others "
+            "are left out; meta.choices counts them, and meta.usage, as logged, counts the tokens of them all") in \
+        " ".join(capsys.readouterr().err.split())
 
 
 def test_a_finetune_files_weights_stay_out_of_the_imported_chat(tmp_path):

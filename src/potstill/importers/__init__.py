@@ -471,8 +471,11 @@ def _log_records(path: Path, rows: Iterable[tuple[int, dict[str, Any]]], total: 
             yield rec
     own.say(path, written)
     if several:
-        say(f"[yellow]import: {several} logged completion(s) held several choices (n > 1); the first of each "
-            f"is kept, meta.choices counts them (first at {path}:{first_several})[/yellow]")
+        # The log's usage is the whole completion's: its completion_tokens are every choice's together (a
+        # replay teacher reads no length from it), which the kept answer alone did not take.
+        say(f"[yellow]import: {several} logged completion(s) held several choices (n > 1); the first choice of "
+            f"each is its answer, the others are left out; meta.choices counts them, and meta.usage, as logged, "
+            f"counts the tokens of them all (first at {path}:{first_several})[/yellow]")
     for why, (n, first) in skipped.items():
         say(f"[yellow]import: {n} line(s) skipped, {why} (first at {path}:{first})[/yellow]")
 
