@@ -105,9 +105,14 @@ def test_answers_stopped_as_a_refusal_or_at_the_context_window_are_set_aside(tmp
     assert why["teacher text content_filter"].startswith("teacher refused: the answer stopped for content_filter")
     assert why["logged text refusal"].startswith("real example: teacher refused: the answer stopped for refusal")
     assert why["logged text content_filter"].startswith("real example: teacher refused")
-    assert why["logged text model_context_window_exceeded"].startswith(
-        "real example: truncated: the teacher's answer ran into the model's context window")
-    assert why["logged text max_tokens"].startswith("real example: truncated: the teacher's answer ran to its token limit")
+    # A logged answer was written where it was logged: no teacher.max_tokens of this run cut it (that
+    # advice was given for it), no generate would write it again.
+    assert why["logged text model_context_window_exceeded"] == (
+        "real example: truncated: the logged answer was cut where the model's context window filled, half an "
+        "answer; to learn this input, give it to the teacher in data.inputs")
+    assert why["logged text max_tokens"] == (
+        "real example: truncated: the logged answer was cut at its token limit, half an answer; to learn this "
+        "input, give it to the teacher in data.inputs")
     assert out.card["rejected_reasons"]["teacher refused"] == 1
 
     # A label read whole from its first words is kept when cut, but not when the provider refused it.

@@ -301,7 +301,7 @@ def _prepare_real(real: list[Record], task, c) -> tuple[list[Record], list[Recor
             # An imported log's answer (`potstill import` keeps the log's own name): one cut at its
             # max_tokens is set aside as truncated, as a teacher's is.
             r.meta["stop_reason"] = r.meta["finish_reason"]
-        reason = invalid_reason(r, task, c) if r.output is not None else "no label, output or reference"
+        reason = invalid_reason(r, task, c, logged=True) if r.output is not None else "no label, output or reference"
         if reason is None:
             r.valid = True
             labels = getattr(task, "labels", None)

@@ -35,13 +35,14 @@ def _refused(stop: str | None, rec: Record) -> bool:
     return stop in REFUSED_STOPS and "review" not in rec.meta
 
 
-def invalid_reason(rec: Record, task: Task, c: CurateConfig) -> str | None:
+def invalid_reason(rec: Record, task: Task, c: CurateConfig, logged: bool = False) -> str | None:
     """None when the record may be trained on, else why not (the text before ':' is the card's category).
 
     A generated answer (free text, JSON) that the teacher's token limit cut is half an answer, which
     would teach the student to stop mid-sentence; one a reviewer decided on stands (an edit replaced
     it). A label answer is read whole from its first words, so a cut one is kept. An answer that
-    stopped as a refusal is set aside whatever its text, unless a reviewer decided on it."""
+    stopped as a refusal is set aside whatever its text, unless a reviewer decided on it. ``logged``: a
+    real example's answer (``curate.real_data``), which no teacher setting or new generate would lengthen."""
     if rec.output is None:
         return rec.invalid_reason or "teacher error: no output"
     stop = rec.meta.get("stop_reason")
@@ -51,13 +52,19 @@ def invalid_reason(rec: Record, task: Task, c: CurateConfig) -> str | None:
     problem = output_problem(rec.output, task, c)
     if problem is None and _cut(stop, task, rec):
         n = rec.meta.get("output_tokens")
+        tokens = f" ({n} tokens)" if n else ""
+        if logged and stop != "pause_turn":  # written where it was logged: nothing here to raise or run again
+            where = "where the model's context window filled" if stop == "model_context_window_exceeded" else \
+                "at its token limit"
+            return (f"truncated: the logged answer was cut {where}{tokens}, half an answer; to learn this input, "
+                    "give it to the teacher in data.inputs")
         if stop == "pause_turn":  # no limit cut it: Claude paused its turn, to go on when sent it back
             return ("truncated: the answer stopped mid-turn (pause_turn: Claude paused a turn of server tools, "
                     "such as web search); its text is a preamble, not the answer")
         if stop == "model_context_window_exceeded":  # a larger max_tokens would not help: the window is full
-            return (f"truncated: the teacher's answer ran into the model's context window{f' ({n} tokens)' if n else ''}; "
+            return (f"truncated: the teacher's answer ran into the model's context window{tokens}; "
                     "shorten the input or use a model with a longer one")
-        return (f"truncated: the teacher's answer ran to its token limit{f' ({n} tokens)' if n else ''}; raise "
+        return (f"truncated: the teacher's answer ran to its token limit{tokens}; raise "
                 "teacher.max_tokens and run `potstill generate` again")
     return problem
 
