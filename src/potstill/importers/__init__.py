@@ -31,6 +31,12 @@ answer is the prefill and the message's text, the record's messages end before t
 A logged answer that is a tool call is skipped (no text to distil), unless asked to keep calls
 (``tool_calls=True``, ``--tool-calls``): then it is the ``{name, arguments}`` text a tools task
 (``task.type: tools``) learns, its text beside the call (Claude's "Let me look that up.") left out.
+An Anthropic conversation's tool turns are read into OpenAI's form (``messages_format``), as serve reads them.
+
+What a text student cannot learn from is skipped and counted, one line per reason, never the whole
+file refused for it (``answers.NoText``): a refusal, an empty answer, a failed or unfinished request
+(an error body, Anthropic's ``pause_turn``), a request with image, audio or file parts or a server
+tool's call. A line of the wrong shape is one error naming it, and nothing is written.
 """
 
 from __future__ import annotations
