@@ -108,6 +108,31 @@ def test_both_orders_asked_verdicts_and_costs_in_ledger(tmp_path):
     assert out["agreement_with_metric"]["n"] == 4
 
 
+def test_varied_verdicts_beside_a_varied_metric_are_correlated_without_scipy(tmp_path):
+    """evaluate imported scipy.stats.spearmanr, which potstill does not depend on, wherever three or more
+    consistent verdicts and the metric both varied (a real free-text run with the judge, almost always):
+    ModuleNotFoundError after the judge's calls were paid, no eval.json, and every rerun the same. The
+    fixtures above miss it: their exact-match metric is 0 on every case. Free text is set beside chrF."""
+    from potstill.evaluate.judge import automatic_metric
+
+    test = [Record(messages=[{"role": "user", "content": f"article {i}"}], output=t, slice=[s])
+            for i, (_, t, s, _) in enumerate(CASES)]
+    student = [c[0] for c in CASES]
+    with LiveServer(judge_app("fair", [])) as srv:
+        cfg = config(tmp_path / "run", srv.url)
+        task = get_task(cfg.task)
+        name, metric = automatic_metric(task, student, [c[1] for c in CASES], [0.0] * len(CASES))
+        with Ledger(tmp_path / "calls.sqlite") as ledger:
+            out = run_judge(cfg, task, test, student, metric, [["tag:x"]] * len(CASES), ledger, name)
+    assert [e["verdict"] for e in out["examples"]] == ["win", "loss", "tie", "tie"]
+    agr = out["agreement_with_metric"]
+    # chrF 0.712, 0.513, 0.435, 0.311: ranks 4, 3, 2, 1; the verdicts 1, 0, 0.5, 0.5: ranks 4, 1, 2.5, 2.5.
+    # Deviations (1.5, -1.5, 0, 0) and (1.5, 0.5, -0.5, -1.5): 1.5 / sqrt(4.5 x 5) = 1 / sqrt(10).
+    assert (agr["metric"], agr["n"]) == ("chrF", 4)
+    assert agr["spearman"] == pytest.approx(1 / 10 ** 0.5)
+    assert agr["metric_mean_by_verdict"]["tie"] == pytest.approx((metric[2] + metric[3]) / 2)
+
+
 def test_position_biased_judge_is_reported_inconsistent(tmp_path):
     out, _, _, seen = judge_once(tmp_path, "biased")
     assert len(seen) == 8

@@ -7,8 +7,8 @@ import pytest
 from potstill.config import QualityBar, TaskConfig
 from potstill.evaluate import break_even, break_even_curve
 from potstill.evaluate.metrics import (
-    INVALID, accuracy, calibration, chrf, confusion_matrix, exact_match, field_prf, macro_f1, rouge_l, task_metrics,
-    validity_rate,
+    INVALID, accuracy, calibration, chrf, confusion_matrix, exact_match, field_prf, macro_f1, ranks, rouge_l, spearman,
+    task_metrics, validity_rate,
 )
 from potstill.evaluate.slices import length_edges, slice_names, slice_table
 from potstill.records import Record
@@ -87,6 +87,22 @@ def test_rouge_l_by_hand():
     assert rouge_l("a b c", "a b c") == 1.0
     m = task_metrics("freetext", ["the cat sat", "a b c"], ["the cat was on the mat", "a b c"])
     assert m["rouge_l"] == pytest.approx((4 / 9 + 1) / 2)
+
+
+def test_spearman_by_hand_and_against_scipys_documented_value():
+    """Tied values share the mean of their ranks; the correlation is Pearson's over the ranks."""
+    assert list(ranks([10, 20, 20, 30])) == [1, 2.5, 2.5, 4] and list(ranks([3, 1, 2])) == [3, 1, 2]
+    assert list(ranks([0.5] * 3)) == [2, 2, 2]
+    # scipy.stats.spearmanr's own example, 0.8207826816681233: y's ranks 1, 2, 3.5, 5, 3.5, so against x's
+    # 1..5 the deviations are (-2, -1, 0, 1, 2) and (-2, -1, 0.5, 2, 0.5): 8 / sqrt(10 x 9.5) = 0.82078.
+    assert spearman([1, 2, 3, 4, 5], [5, 6, 7, 8, 7]) == pytest.approx(8 / math.sqrt(95))
+    assert spearman([1, 2, 3, 4, 5], [5, 6, 7, 8, 7]) == pytest.approx(0.8207826816681233, abs=1e-12)
+    # Without ties it is 1 - 6 sum(d^2) / (n (n^2 - 1)): ranks 1..5 against 2, 1, 4, 3, 5 -> 1 - 6 x 4 / 120 = 0.8.
+    assert spearman([1, 2, 3, 4, 5], [20, 10, 40, 30, 50]) == pytest.approx(0.8)
+    assert spearman([1, 2, 3], [9, 5, 1]) == pytest.approx(-1.0) and spearman([1, 2, 3], [1, 4, 9]) == pytest.approx(1.0)
+    assert spearman([1, 1, 1], [1, 2, 3]) is None  # one side without an order: no correlation
+    with pytest.raises(ValueError):
+        spearman([1, 2], [1])
 
 
 def test_classification_metrics_bundle():

@@ -19,7 +19,7 @@ from rich.markup import escape
 
 from potstill.config import Config, TeacherConfig
 from potstill.evaluate.bootstrap import bootstrap_mean
-from potstill.evaluate.metrics import chrf
+from potstill.evaluate.metrics import chrf, spearman
 from potstill.generate import ledger_call, request_hash
 from potstill.ledger import Ledger
 from potstill.progress import bar, say
@@ -140,12 +140,9 @@ def agreement_with_metric(outcomes: Sequence[str], metric: Sequence[float], name
     by = {o: [float(m) for oo, m in zip(outcomes, metric) if oo == o and m is not None] for o in score}
     out: dict[str, Any] = {"metric": name, "n": len(pairs),
                            "metric_mean_by_verdict": {o: (sum(v) / len(v) if v else None) for o, v in by.items()}}
-    spearman = None
-    if len(pairs) >= 3 and len({p[0] for p in pairs}) > 1 and len({p[1] for p in pairs}) > 1:
-        from scipy.stats import spearmanr
-
-        spearman = float(spearmanr([p[0] for p in pairs], [p[1] for p in pairs]).statistic)
-    out["spearman"] = spearman
+    # numpy, not scipy.stats.spearmanr: scipy is no dependency, and importing it crashed evaluate after
+    # the judge's calls were paid, on every run whose verdicts and metric both varied.
+    out["spearman"] = spearman([p[0] for p in pairs], [p[1] for p in pairs]) if len(pairs) >= 3 else None
     return out
 
 

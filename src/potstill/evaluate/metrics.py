@@ -3,6 +3,7 @@
 Classification: accuracy, macro-F1, confusion matrix, expected calibration error (ECE).
 JSON extraction: validity rate, field-level precision/recall/F1 (micro), exact match.
 Free text: chrF (Popovic 2015, as sacrebleu computes it) and ROUGE-L (Lin 2004), sentence level.
+Between two per-example measures: Spearman's rank correlation (the judge's verdicts and chrF).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import math
 from collections import Counter
 from typing import Any, Callable, Sequence
+
+import numpy as np
 
 from potstill.tasks.base import nfc
 from potstill.tasks.extraction import json_text
@@ -79,6 +82,30 @@ def calibration(confidence: Sequence[float], correct: Sequence[float], n_bins: i
             ece += b["n"] / n * abs(acc - conf)
             out.append({"lo": b["lo"], "hi": b["hi"], "n": b["n"], "confidence": conf, "accuracy": acc})
     return {"ece": ece if n else None, "n": n, "bins": out}
+
+
+def ranks(x: Sequence[float]) -> np.ndarray:
+    """1-based ranks, tied values sharing the mean of the ranks they span: [10, 20, 20, 30] -> [1, 2.5, 2.5, 4]."""
+    v = np.asarray(x, dtype=float)
+    order = np.argsort(v, kind="stable")
+    s = v[order]
+    first = np.r_[True, s[1:] != s[:-1]]  # where each run of equal values starts, in sorted order
+    starts = np.flatnonzero(first)
+    ends = np.r_[starts[1:], len(s)]  # one past each run's last position
+    out = np.empty(len(v))
+    out[order] = ((starts + ends + 1) / 2)[np.cumsum(first) - 1]  # mean of the 1-based ranks starts+1 .. ends
+    return out
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Spearman's rank correlation (Spearman 1904): Pearson's correlation of the tie-averaged ranks,
+    as scipy.stats.spearmanr computes it; None where either side has one value only (no order to compare)."""
+    if len(x) != len(y):
+        raise ValueError(f"spearman: {len(x)} values against {len(y)}")
+    rx, ry = ranks(x), ranks(y)
+    dx, dy = rx - rx.mean(), ry - ry.mean()
+    den = float(np.sqrt((dx * dx).sum() * (dy * dy).sum()))
+    return float((dx * dy).sum() / den) if den else None
 
 
 # --------------------------------------------------------------------------- JSON extraction
