@@ -195,6 +195,35 @@ def test_a_student_right_where_the_teacher_never_is_passes_on_gold():
     assert both["judged_on"] == "agreement" and both["verdict"] == "fail"
 
 
+def test_a_student_barely_above_a_teacher_at_0_is_not_passed_without_its_gap_above_0():
+    """The teacher right on 0 of 30 gold labels and the student on 2 (and agreeing with it on none): GO,
+    "at or above 95% of the teacher's in every resample", as a teacher at 0 of 30 resamples to 0 every time.
+    2 of 30 against 0 of 30 shows no difference: the paired gap +6.7 pt includes 0 (Fisher's p is 0.49)."""
+    from potstill.evaluate import break_even, verdict
+    from potstill.evaluate.html import _decided_on
+
+    bar = QualityBar()
+    s_gold, t_gold = [1.0] * 2 + [0.0] * 28, [0.0] * 30
+    whole = slice_table([[]] * 30, [0.0] * 30, None, s_gold, t_gold, bar, min_n=30, n_boot=1000)[0]
+    gap = whole["gold"]["gap"]
+    assert gap["value"] == pytest.approx(2 / 30) and gap["lo"] < 0 < gap["hi"]
+    assert (whole["judged_on"], whole["verdict"]) == ("gold", "inconclusive"), whole["reason"]
+    assert whole["reason"].startswith(f"gold metric is 6.7% where the teacher's is 0.0% (no ratio to take), a paired gap "
+                                      f"of +6.7 pt [{100 * gap['lo']:+.1f} pt, {100 * gap['hi']:+.1f} pt], which "
+                                      "includes 0: these examples do not show that the student beats the teacher")
+    assert whole["reason"].endswith("; agreement 0.0%, reported only (gold decides)")
+    assert whole["settle_n"] > 30 and f"about {whole['settle_n']} test examples" in whole["reason"]
+    models = {"student": {"cost_per_1k_calls_usd": 0.01, "latency_batch1": {"p95_s": 0.05}},
+              "teacher": {"cost_per_1k_calls_usd": 1.0}}
+    v = verdict(models, bar, [whole], break_even(1e-3, 1e-5, 1.0, 1_000_000))
+    assert v["decision"] == "INCONCLUSIVE" and "includes 0" in v["reason"], v["reason"]
+    assert "gap +6.7 pt" in _decided_on(whole)  # report.html's champion/challenger cell shows what decided
+    # 30 of 40 against 0 of 40 is a gap well above 0: still a pass.
+    whole = slice_table([[]] * 40, [0.0] * 40, None, [1.0] * 30 + [0.0] * 10, [0.0] * 40, bar, 30, 1000)[0]
+    assert whole["verdict"] == "pass" and whole["gold"]["gap"]["lo"] > 0.5
+    assert ", wholly above 0: it beats the teacher" in whole["reason"]
+
+
 def test_json_values_compare_as_json_true_is_not_1_and_2_is_2_0():
     """Extraction compared field values with Python's ==, where True == 1: a student writing 1 for the
     teacher's true agreed on that field (agreement, the field rows, the verdict), while exact match and

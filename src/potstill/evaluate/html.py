@@ -394,8 +394,8 @@ def _decided_on(r: dict) -> str:
     on = r.get("judged_on", "agreement")  # an eval.json from before judged_on: agreement decided
     if on == "gold":
         g = r["gold"]
-        if (g.get("relative") or {}).get("value") is None:  # the teacher at 0, the student above it
-            return f"gold {_pct(g['student'])} vs the teacher's {_pct(g['teacher'])}"
+        if (g.get("relative") or {}).get("value") is None:  # the teacher at 0, the student above it: the gap decides
+            return f"gold {_pct(g['student'])} vs the teacher's {_pct(g['teacher'])}, gap " + _ci_pt(g.get("gap"))
         return "gold ratio " + _ci(g["relative"])
     if on == "judge":
         j = r.get("judge_score") or {}

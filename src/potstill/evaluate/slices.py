@@ -88,21 +88,24 @@ def judge(agreement: dict[str, Any], gold: dict[str, Any] | None, bar: QualityBa
 
     Where the slice has gold labels (and ``bar.min_relative_quality`` is set) the student's gold
     metric relative to the teacher's decides, and agreement is only reported: agreeing with a wrong
-    teacher is no virtue (a teacher at 0 on gold is passed by any student above 0). Else, where a judge compared free-text answers (``judged``: the judge
+    teacher is no virtue (a teacher at 0 on gold has no ratio: the paired gap decides, above 0 or not).
+    Else, where a judge compared free-text answers (``judged``: the judge
     score's mean and interval, win 1, tie 0.5, loss 0) and ``bar.min_judge_score`` is set, the judge
     decides: exact-match agreement, which a summary or a rewrite almost never reaches, would fail
     any student. Elsewhere agreement with the teacher decides.
     """
     rel = (gold or {}).get("relative") or {}
-    # The teacher right on none of the slice's gold examples and the student on some: there is no ratio,
-    # but student >= bar x teacher (= 0) holds in every resample, so gold passes it. Agreement, judged
-    # instead, failed a student that is right where the teacher is wrong (and kept the slice on the
-    # teacher). Both at 0, gold tells the two apart in nothing (free text's exact match to a reference,
-    # say): agreement or the judge decides, as where gold is absent.
+    # The teacher right on none of the slice's gold examples and the student on some: there is no ratio.
+    # The bar x the teacher is 0, so the paired gap (student - teacher) decides, against 0: passed only
+    # where its 95% interval lies above 0. "student >= bar x teacher in every resample" passed any student
+    # above 0, as a teacher at 0 of 30 resamples to 0 every time: 2 of 30 right beside 0 of 30 was GO,
+    # its gap +6.7 pt [-5.7, +17.5]. Agreement, judged instead, failed a student that is right where the
+    # teacher is wrong (and kept the slice on the teacher). Both at 0, gold tells the two apart in nothing
+    # (free text's exact match to a reference, say): agreement or the judge decides, as where gold is absent.
     beats_zero = (bar.min_relative_quality is not None and gold is not None and rel.get("value") is None
                   and gold.get("teacher") == 0 and (gold.get("student") or 0) > 0)
     if beats_zero:
-        on, ci, b, n = "gold", None, bar.min_relative_quality, gold["n"]
+        on, ci, b, n = "gold", gold["gap"], 0.0, gold["n"]
         what, aside = "", f"; agreement {agreement['value']:.1%}, reported only (gold decides)"
     elif bar.min_relative_quality is not None and rel.get("value") is not None:
         on, ci, b, n = "gold", rel, bar.min_relative_quality, gold["n"]
@@ -133,9 +136,7 @@ def judge(agreement: dict[str, Any], gold: dict[str, Any] | None, bar: QualityBa
                 "statement": f"{n} examples are fewer than the {min_n} needed to judge{none}",
                 "reason": f"too small to judge: {n} examples < {min_n}{none}"}
     if beats_zero:
-        statement = (f"gold metric is {gold['student']:.1%} where the teacher's is 0.0%, at or above {b:.0%} of "
-                     "the teacher's in every resample")
-        return {**row, "verdict": "pass", "settle_n": None, "statement": statement, "reason": statement + aside}
+        return {**row, **_beats_zero(gold, n, aside)}
     v = judge_interval(ci, b)
     statement = (f"{what} [{ci['lo']:.2f}, {ci['hi']:.2f}], {WHERE[v]} the {b:.2f} bar" if on == "judge" else
                  f"{what} [{ci['lo']:.1%}, {'no upper bound' if ci['hi'] is None else format(ci['hi'], '.1%')}], "
@@ -147,6 +148,23 @@ def judge(agreement: dict[str, Any], gold: dict[str, Any] | None, bar: QualityBa
                       "gold, where the teacher is right, would narrow it" if ci["hi"] is None else
                       "; the estimate sits on the bar, so no number of examples is sure to settle it")
     return {**row, "verdict": v, "settle_n": need, "statement": statement, "reason": statement + aside}
+
+
+def _beats_zero(gold: dict[str, Any], n: int, aside: str) -> dict[str, Any]:
+    """The verdict where the teacher is right on none of the gold examples and the student on some: the
+    paired gap's 95% interval above 0 passes; one that includes 0 does not show the student beats the
+    teacher (never a fail: no example can score below the teacher's 0)."""
+    gap = gold["gap"]
+    pt = lambda x: f"{100 * x:+.1f} pt"  # noqa: E731
+    statement = (f"gold metric is {gold['student']:.1%} where the teacher's is 0.0% (no ratio to take), a paired gap "
+                 f"of {pt(gap['value'])} [{pt(gap['lo'])}, {pt(gap['hi'])}]")
+    if gap["lo"] > 0:
+        return {"verdict": "pass", "settle_n": None, "statement": statement + ", wholly above 0: it beats the teacher",
+                "reason": statement + ", wholly above 0: it beats the teacher" + aside}
+    need = settle_n(gap["value"], gap["lo"], gap["hi"], n, 0.0)
+    statement += (", which includes 0: these examples do not show that the student beats the teacher"
+                  + (f"; about {need} test examples ({need - n} more) would settle it" if need else ""))
+    return {"verdict": "inconclusive", "settle_n": need, "statement": statement, "reason": statement + aside}
 
 
 def _row(name: str, idx: list[int], student_agree: Sequence[float | None],
