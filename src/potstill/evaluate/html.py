@@ -438,8 +438,8 @@ def _judge(ev: dict) -> str:
             + ("; on free text without gold it decides each slice's verdict (plot)" if decided else "") + ".</p>")
     return ("<section id='judge'><h2>Teacher as judge: student vs teacher</h2>" + text + plot
             + _table(["slice", "judged", "win", "tie", "loss", "inconsistent", "bad", "score"], rows)
-            + _src("the judge's answers, recorded in the ledger (role judge); rates over judged inputs with "
-                   "bootstrap intervals") + "</section>")
+            + _src("the judge's answers, recorded in the ledger (role judge); rates over judged inputs with exact "
+                   "(Clopper-Pearson) intervals, the score with a bootstrap one") + "</section>")
 
 
 def _sources(ev: dict) -> str:

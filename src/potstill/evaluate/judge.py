@@ -19,6 +19,7 @@ from rich.markup import escape
 
 from potstill.config import Config, TeacherConfig
 from potstill.evaluate.bootstrap import bootstrap_mean
+from potstill.evaluate.exact import share_interval
 from potstill.evaluate.metrics import chrf, spearman
 from potstill.generate import ledger_call, request_hash
 from potstill.ledger import Ledger
@@ -176,12 +177,12 @@ def flips(judged: dict[str, Any], n: int) -> list[bool | None]:
 
 
 def rates(outcomes: Sequence[str], n_boot: int, seed: int) -> dict[str, Any]:
-    """Win/tie/loss/inconsistent shares and the mean score with bootstrap intervals, over the examples
-    judged (bad excluded)."""
+    """Win/tie/loss/inconsistent shares with exact (Clopper-Pearson) intervals and the mean score with a
+    bootstrap one, over the examples judged (bad excluded)."""
     judged = [o for o in outcomes if o != "bad"]
     row: dict[str, Any] = {"n": len(outcomes), "judged": len(judged), "bad": len(outcomes) - len(judged)}
     for o in ("win", "tie", "loss", "inconsistent"):
-        row[o] = bootstrap_mean([float(x == o) for x in judged], n_boot, seed=seed)
+        row[o] = share_interval([float(x == o) for x in judged])
     row["score"] = bootstrap_mean([SCORE[o] for o in judged], n_boot, seed=seed)
     return row
 

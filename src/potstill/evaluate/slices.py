@@ -1,4 +1,6 @@
-"""Slices of the test set and the student's gap to the teacher on each, with bootstrap intervals.
+"""Slices of the test set and the student's gap to the teacher on each, with 95% intervals: exact
+(Clopper-Pearson, ``exact.share_interval``) for agreement, a share; percentile bootstrap for the
+judge's score and the paired gold gap and ratio (``bootstrap``).
 
 A slice is a record tag (``tag:news``), a label (``label:sports``: the gold label where there is
 one, else the teacher's; only for tasks with a label set), an input-length bucket (terciles of
@@ -18,6 +20,7 @@ from typing import Any, Sequence
 
 from potstill.config import QualityBar
 from potstill.evaluate.bootstrap import bootstrap_gap, bootstrap_mean, bootstrap_ratio
+from potstill.evaluate.exact import share_interval
 from potstill.records import Record
 from potstill.tasks.extraction import json_same
 from potstill.tool_calls import has_tool_turns
@@ -174,7 +177,7 @@ def _row(name: str, idx: list[int], student_agree: Sequence[float | None],
          judge_flips: Sequence[bool | None] | None = None) -> dict[str, Any]:
     """One slice's row: agreement with the teacher, the gold gap and ratio, the judge score, and a verdict."""
     row: dict[str, Any] = {"slice": name, "n": len(idx),
-                           "agreement": bootstrap_mean([student_agree[i] for i in idx], n_boot, seed=seed)}
+                           "agreement": share_interval([student_agree[i] for i in idx])}
     scored = [judge_scores[i] for i in idx if judge_scores[i] is not None] if judge_scores is not None else []
     if judge_scores is not None:
         # The judge ran: a slice it judged no example of (all past judge.max_examples, or every answer
@@ -185,7 +188,7 @@ def _row(name: str, idx: list[int], student_agree: Sequence[float | None],
         if flipped:
             row["judge_score"]["inconsistent"] = sum(flipped) / len(flipped)
     if untrained_agree is not None:
-        row["untrained_agreement"] = bootstrap_mean([untrained_agree[i] for i in idx], n_boot, seed=seed)
+        row["untrained_agreement"] = share_interval([untrained_agree[i] for i in idx])
     g = [i for i in idx if student_gold[i] is not None and teacher_gold[i] is not None]
     if g:
         s, t = [student_gold[i] for i in g], [teacher_gold[i] for i in g]

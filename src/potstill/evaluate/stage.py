@@ -18,7 +18,7 @@ from rich.markup import escape
 from potstill.config import Config
 from potstill.errors import PotstillError
 from potstill.evaluate import break_even, break_even_curve, verdict
-from potstill.evaluate.bootstrap import bootstrap_mean
+from potstill.evaluate.exact import share_interval
 from potstill.evaluate.html import write_report
 from potstill.evaluate.metrics import task_metrics
 from potstill.evaluate.slices import field_table, length_edges, output_fields, slice_names, slice_table
@@ -171,7 +171,7 @@ def evaluate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
         if task.name == "freetext":  # JSON keeps exact agreement, which a good extraction reaches
             judge_scores, judge_flips = scores(judged, len(test)), flips(judged, len(test))
     slices = _slices(cfg, task, preds, teacher, gold, names, agree, judge_scores, judge_flips)
-    agreement_ci = {k: bootstrap_mean(v, rep.bootstrap_samples, seed=rep.seed) for k, v in agree.items()}
+    agreement_ci = {k: share_interval(v) for k, v in agree.items()}
 
     one_time, train_s = _one_time_costs(cfg, run, spend)
     be = _break_even(cfg, models, one_time, n_test - len(test), n_test)
@@ -440,8 +440,9 @@ def _sources(cfg: Config, spend: dict[str, Any], train_s: float, teacher: dict[s
                     "the teacher's recorded answers in test.jsonl; latency and cost from the ledger (calls.sqlite)"
                     + priced) + (f"; {teacher['samples_note']}" if "samples_note" in teacher else ""),
         "gold": "the label/reference fields of test.jsonl (gold supplied with the inputs)",
-        "intervals": (f"percentile bootstrap over test examples, {rep.bootstrap_samples} resamples, seed {rep.seed}, "
-                      "never narrower than the exact bound of a sample all at its mean (README, rule 1)"),
+        "intervals": ("agreement (a share): Clopper-Pearson's exact binomial interval; the judge's score and the "
+                      f"gold gap and ratio: percentile bootstrap over test examples, {rep.bootstrap_samples} resamples, "
+                      f"seed {rep.seed}, never narrower than the exact bound of a sample all at its mean (README, rule 1)"),
         "generation_usd": (f"ledger: sum of cost_usd over all {spend['calls']} successful teacher calls of this run "
                            "and what failed ones were billed (served requests escalated to the teacher left out)"
                            + _by_the_hour(spend.get("hourly"))),
