@@ -15,13 +15,19 @@ narrower than ``exact_bound`` of its mean (below), which widens only samples clo
 percentile interval is O(1/sqrt(n)) wide, this O(1/n)): without it an all-equal sample got the wide
 exact bound and a sample one example worse the narrow percentile one, so 30 judge ties were
 inconclusive and 29 ties and a loss passed, 20 of 20 agreeing was inconclusive and 19 of 20 passed.
+
+Each interval keeps what it was made of (``resampled``: the percentile bounds before the floor; ``floor``:
+which exact bound), so that ``interval_at`` can say what it would be on more examples at the same rate.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Any, Sequence
 
 import numpy as np
+
+from potstill.evaluate.exact import clopper_pearson
 
 
 def exact_bound(m: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -43,19 +49,20 @@ def bootstrap_mean(values: Sequence[float], n_boot: int = 1000, confidence: floa
     x = np.sort(np.asarray(values, dtype=float))  # sorted: see "Monotone" above
     n = len(x)
     if n == 0:
-        return {"value": None, "lo": None, "hi": None, "n": 0}
+        return {"value": None, "lo": None, "hi": None, "n": 0, "method": "bootstrap"}
     tail = (1 - confidence) / 2
     rng = np.random.default_rng(seed)
     # (n_boot, n) indices at once: 1000 x 1000 int64 is 8 MB, fine for any test split we evaluate.
     means = x[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)
     lo, hi = (float(v) for v in np.quantile(means, [tail, 1 - tail]))
     m = float(x.mean())
+    out = {"value": m, "lo": lo, "hi": hi, "n": n, "method": "bootstrap", "resampled": [lo, hi], "floor": None}
     if unit:
         # Every example scoring the same c resamples to [c, c], certainty from a handful of examples
         # (30 of 30 agreeing: [1, 1]); the exact bound of the mean bounds it, and the samples near it.
         e_lo, e_hi = exact_bound(m, n, confidence)
-        lo, hi = min(lo, e_lo), max(hi, e_hi)
-    return {"value": m, "lo": lo, "hi": hi, "n": n}
+        out.update(lo=min(lo, e_lo), hi=max(hi, e_hi), floor="mean")
+    return out
 
 
 def bootstrap_gap(a: Sequence[float], b: Sequence[float], n_boot: int = 1000, confidence: float = 0.95,
@@ -70,9 +77,10 @@ def bootstrap_gap(a: Sequence[float], b: Sequence[float], n_boot: int = 1000, co
         raise ValueError(f"paired samples differ in length: {len(a)} vs {len(b)}")
     d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
     if not len(d):
-        return {"value": None, "lo": None, "hi": None, "n": 0}
+        return {"value": None, "lo": None, "hi": None, "n": 0, "method": "bootstrap"}
     ci = bootstrap_mean((d + 1) / 2, n_boot, confidence, seed, unit=True)
-    return {"value": float(d.mean()), "lo": 2 * ci["lo"] - 1, "hi": 2 * ci["hi"] - 1, "n": len(d)}
+    return {"value": float(d.mean()), "lo": 2 * ci["lo"] - 1, "hi": 2 * ci["hi"] - 1, "n": len(d),
+            "method": "bootstrap", "resampled": [2 * r - 1 for r in ci["resampled"]], "floor": "gap"}
 
 
 def bootstrap_ratio(a: Sequence[float], b: Sequence[float], n_boot: int = 1000, confidence: float = 0.95,
@@ -96,7 +104,7 @@ def bootstrap_ratio(a: Sequence[float], b: Sequence[float], n_boot: int = 1000, 
         raise ValueError("bootstrap_ratio: scores must be non-negative (a ratio of means of signed scores is not a share)")
     n = len(x)
     if n == 0 or y.mean() == 0:
-        return {"value": None, "lo": None, "hi": None, "n": n, "teacher_zero": None}
+        return {"value": None, "lo": None, "hi": None, "n": n, "teacher_zero": None, "method": "bootstrap"}
     # Sorted by the teacher's score, then the student's: a student better on some inputs than another
     # (the teacher's the same) sits in the same positions, each resample's ratio at least as high.
     order = np.lexsort((x, y))
@@ -109,6 +117,8 @@ def bootstrap_ratio(a: Sequence[float], b: Sequence[float], n_boot: int = 1000, 
     tail = (1 - confidence) / 2
     lo = _quantile(np.where(undecided, 0.0, ratios), tail)
     hi = _quantile(ratios, 1 - tail)  # 0 / 0 stays +inf here
+    out = {"value": float(x.mean() / y.mean()), "n": n, "teacher_zero": int(zero.sum()), "method": "bootstrap",
+           "resampled": [lo, hi], "floor": None}
     if x.max() <= 1 and y.max() <= 1:
         # The ratio is 1 + gap / mean(b), so the gap's floor (``exact_bound`` of (d + 1) / 2, as
         # bootstrap_gap) over the teacher's mean bounds it too. Where the student scores what the teacher
@@ -120,7 +130,36 @@ def bootstrap_ratio(a: Sequence[float], b: Sequence[float], n_boot: int = 1000, 
         g_lo, g_hi = exact_bound((float((x - y).mean()) + 1) / 2, n, confidence)
         lo = min(lo, max(0.0, 1 + (2 * g_lo - 1) / mt))
         hi = None if hi is None else max(hi, 1 + (2 * g_hi - 1) / mt)
-    return {"value": float(x.mean() / y.mean()), "lo": lo, "hi": hi, "n": n, "teacher_zero": int(zero.sum())}
+        out.update(floor="ratio", teacher_mean=mt)
+    return {**out, "lo": lo, "hi": hi}
+
+
+def interval_at(ci: dict[str, Any], n: int, confidence: float = 0.95) -> tuple[float, float | None]:
+    """The interval ``ci`` would have on ``n`` examples at the same rate: its values repeated to n.
+
+    Clopper-Pearson's (``method`` clopper-pearson) is recomputed exactly at k = n x the share. A
+    bootstrap's percentile bounds (``resampled``) are distances from the mean that shrink as
+    sqrt(old n / n), the standard error of a mean; its exact-bound ``floor`` is recomputed at n (it
+    shrinks as 1/n), for the mean, the paired gap, or the ratio over the teacher's mean. An interval
+    without ``resampled`` (a hand-made one, an older eval.json) shrinks as sqrt."""
+    m, n0 = ci["value"], ci["n"]
+    if ci.get("method") == "clopper-pearson":
+        return clopper_pearson(m * n, n, confidence)
+    r_lo, r_hi = ci.get("resampled") or (ci["lo"], ci["hi"])
+    shrink = math.sqrt(n0 / n)
+    lo, hi = m - (m - r_lo) * shrink, None if r_hi is None else m + (r_hi - m) * shrink
+    floor = ci.get("floor")
+    if floor == "mean":
+        e_lo, e_hi = exact_bound(m, n, confidence)
+    elif floor == "gap":
+        e_lo, e_hi = (2 * e - 1 for e in exact_bound((m + 1) / 2, n, confidence))
+    elif floor == "ratio":
+        mt = ci["teacher_mean"]  # the gap is mt (ratio - 1), bounded as above, then over mt
+        g_lo, g_hi = exact_bound((mt * (m - 1) + 1) / 2, n, confidence)
+        e_lo, e_hi = max(0.0, 1 + (2 * g_lo - 1) / mt), 1 + (2 * g_hi - 1) / mt
+    else:
+        return lo, hi
+    return min(lo, e_lo), None if hi is None else max(hi, e_hi)
 
 
 def _quantile(x: np.ndarray, q: float) -> float | None:

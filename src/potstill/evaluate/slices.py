@@ -15,11 +15,10 @@ interval against the bar: pass (wholly at or above), fail (wholly below), inconc
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 from potstill.config import QualityBar
-from potstill.evaluate.bootstrap import bootstrap_gap, bootstrap_mean, bootstrap_ratio
+from potstill.evaluate.bootstrap import bootstrap_gap, bootstrap_mean, bootstrap_ratio, interval_at
 from potstill.evaluate.exact import share_interval
 from potstill.records import Record
 from potstill.tasks.extraction import json_same
@@ -52,24 +51,34 @@ def slice_names(record: Record, label: Any, edges: tuple[int, int]) -> list[str]
 AFTER_RESULTS = "turn:after tool results"
 
 
-# z for a two-sided 95% interval, and for 80% power: the usual sample-size sum (see settle_n).
-Z_95, Z_POWER_80 = 1.959964, 0.841621
+def settle_n(ci: dict[str, Any], bar: float, most: int = 10**8) -> int | None:
+    """The fewest test examples on which ``ci``'s interval, at the same rate, would no longer straddle
+    ``bar`` (None: the estimate is on the bar, or no size does it: an unbounded side, more than ``most``).
 
-
-def settle_n(value: float, lo: float, hi: float | None, n: int, bar: float) -> int | None:
-    """Test examples that would likely settle an interval straddling ``bar`` (None: the estimate is on the bar).
-
-    The half-width facing the bar, h = value - lo (or hi - value below the bar), shrinks as 1/sqrt(n),
-    so h = Z_95 * sigma / sqrt(n) gives sigma = h * sqrt(n) / Z_95. To clear the bar at distance
-    d = |value - bar| with 80% probability, if the true value is the one estimated now, needs
-    n' = ((Z_95 + Z_POWER_80) * sigma / d)^2 = n * (h / d)^2 * ((1.96 + 0.84) / 1.96)^2 ~= 2.04 n (h / d)^2.
-    Example: value 0.90, interval [0.80, 0.98], bar 0.85, n 60: h = 0.10, d = 0.05 -> 60 x 4 x 2.04 = 490.
-    """
-    d = abs(value - bar)
-    if d == 0 or (value < bar and hi is None):  # hi None: no upper bound (bootstrap_ratio), no width to shrink
+    The interval is the verdict's own, recomputed at each size (``interval_at``): exact for a share,
+    and for a bootstrap its percentile spread shrinking as 1/sqrt(n) and its exact-bound floor as 1/n.
+    The sqrt rule alone, applied to the floor, asked for 1,159 examples where 72 do: 2 examples
+    identical to the teacher's have a gold ratio of [15.8%, 184.2%], and the same at 72 examples is
+    [95.0%, 105.0%] (q = 0.025^(1/72) = 0.950). Searched by doubling, then halving the gap between
+    a size that does not settle it and one that does. At that size the estimate must hold: a
+    true rate that is the one measured settles it about half the time."""
+    value, n = ci["value"], ci["n"]
+    if value == bar or (value < bar and ci["hi"] is None):  # hi None: no upper bound (bootstrap_ratio) to bring down
         return None
-    h = value - lo if value >= bar else hi - value
-    return math.ceil(n * (h / d) ** 2 * ((Z_95 + Z_POWER_80) / Z_95) ** 2)
+
+    def settled(size: int) -> bool:
+        lo, hi = interval_at(ci, size)
+        return lo >= bar if value > bar else hi is not None and hi < bar
+
+    short, enough = n, 2 * n
+    while not settled(enough):
+        if enough > most:
+            return None
+        short, enough = enough, 2 * enough
+    while enough - short > 1:
+        mid = (short + enough) // 2
+        short, enough = (short, mid) if settled(mid) else (mid, enough)
+    return enough
 
 
 def judge_interval(ci: dict[str, Any], bar: float) -> str:
@@ -144,9 +153,9 @@ def judge(agreement: dict[str, Any], gold: dict[str, Any] | None, bar: QualityBa
     statement = (f"{what} [{ci['lo']:.2f}, {ci['hi']:.2f}], {WHERE[v]} the {b:.2f} bar" if on == "judge" else
                  f"{what} [{ci['lo']:.1%}, {'no upper bound' if ci['hi'] is None else format(ci['hi'], '.1%')}], "
                  f"{WHERE[v]} the {b:.0%} bar")
-    need = settle_n(ci["value"], ci["lo"], ci["hi"], n, b) if v == "inconclusive" else None
+    need = settle_n(ci, b) if v == "inconclusive" else None
     if v == "inconclusive":
-        statement += (f"; about {need} test examples ({need - n} more) would settle it" if need else
+        statement += (f"; at the same rate, about {need} test examples ({need - n} more) would settle it" if need else
                       "; the teacher scores 0 in too many resamples for an upper bound: more test examples with "
                       "gold, where the teacher is right, would narrow it" if ci["hi"] is None else
                       "; the estimate sits on the bar, so no number of examples is sure to settle it")
@@ -164,9 +173,9 @@ def _beats_zero(gold: dict[str, Any], n: int, aside: str) -> dict[str, Any]:
     if gap["lo"] > 0:
         return {"verdict": "pass", "settle_n": None, "statement": statement + ", wholly above 0: it beats the teacher",
                 "reason": statement + ", wholly above 0: it beats the teacher" + aside}
-    need = settle_n(gap["value"], gap["lo"], gap["hi"], n, 0.0)
+    need = settle_n(gap, 0.0)
     statement += (", which includes 0: these examples do not show that the student beats the teacher"
-                  + (f"; about {need} test examples ({need - n} more) would settle it" if need else ""))
+                  + (f"; at the same rate, about {need} test examples ({need - n} more) would settle it" if need else ""))
     return {"verdict": "inconclusive", "settle_n": need, "statement": statement, "reason": statement + aside}
 
 
