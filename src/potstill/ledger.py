@@ -290,6 +290,12 @@ class Ledger(GenerateRuns):
                 out[h] = answer
         return out
 
+    def spend_for(self, request_hashes: list[str], role: str = "teacher") -> dict[str, Any]:
+        """Every row recorded for these hashes outside serve (failed attempts too) and their dollars: what
+        asking them has cost so far, whichever run asked (evaluate's judge line on a rerun)."""
+        rows = self._by_hash("cost_usd", "1=1", role, list(dict.fromkeys(request_hashes)))
+        return {"calls": len(rows), "cost_usd": float(sum(c or 0.0 for _, c in rows))}
+
     @staticmethod
     def _where(**filters: str | None) -> tuple[str, list[str]]:
         """' WHERE col=? AND ...' for the filters that are set, and their values."""

@@ -295,7 +295,34 @@ def test_evaluate_says_what_the_judge_found(tmp_path, tiny_model, capsys):
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("evaluate: judge")]
     assert lines == ["evaluate: judge judge-1 on 4 test inputs: the student won 0, tied 0, lost 0; 4 inconsistent "
                      "(the two orders disagreed), 0 unreadable; it named position A in 100.0% of its answers; "
-                     "8 new calls, $0.0016"], lines
+                     "$0.0016 (recorded over 8 calls; 8 new calls, $0.0016)"], lines
+
+
+def test_a_rerun_shows_what_judging_cost_not_0(tmp_path, tiny_model, capsys):
+    """A rerun (what evaluate asks for after failed judge calls) read "0 new calls, $0.0000" in the terminal and
+    "$0.00" in the report: the cost shown was this run's new calls only, while the ledger held what the judge had
+    cost for these inputs. Both now show that recorded total, this run's new calls beside it; and calls that failed
+    again are new calls too (only the answered ones were counted)."""
+    from potstill.evaluate.stage import evaluate_stage
+
+    run = judged_run(tmp_path, tiny_model)
+    with LiveServer(judge_app("fair", [])) as srv:
+        cfg = stage_config(run, srv.url, tiny_model)
+        evaluate_stage(cfg)
+        evaluate_stage(cfg, force=True)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("evaluate: judge")]
+    assert [ln.split("answers; ")[1] for ln in lines] == [  # 8 calls x 100 tokens x $2 per million: $0.0016
+        "$0.0016 (recorded over 8 calls; 8 new calls, $0.0016)", "$0.0016 (recorded over 8 calls; 0 new calls)"]
+    cost = json.loads((run / "eval.json").read_text())["judge"]["cost"]
+    assert (cost["calls"], cost["cost_usd"], cost["recorded_calls"]) == (0, 0.0, 8)
+    assert cost["recorded_usd"] == pytest.approx(8 * PROMPT_TOKENS * PRICE_IN / 1e6)
+    assert "asked in both orders, at $0.00160 (recorded over 8 calls; 0 new calls)." in (run / "report.html").read_text()
+    # The two calls that fail are asked again on the second judging: new calls, in the recorded count too.
+    cases = [("FAIL good", "plain", "news", None), *CASES]
+    out, again, rows, _ = judge_once(tmp_path / "f", "failing", cases)
+    assert (out["cost"]["calls"], again["cost"]["calls"]) == (10, 2)
+    assert again["cost"]["recorded_calls"] == len(rows) == 12
+    assert again["cost"]["recorded_usd"] == pytest.approx(8 * PROMPT_TOKENS * PRICE_IN / 1e6)  # failures billed $0
 
 
 @pytest.mark.parametrize("mode, verdict, score", [("tie", "pass", 0.5), ("teacher", "fail", 0.0)])

@@ -31,6 +31,15 @@ def months_text(months: float) -> str:
     return f"{hours:.1f} hours" if hours >= 1 else f"{hours * 60:.0f} minutes" if hours * 60 >= 1 else "under a minute"
 
 
+def cost_words(cost: dict[str, Any], usd: Any) -> str:
+    """What judging these inputs has cost: the ledger's total for their prompts, every run's calls (a rerun
+    read $0 beside the dollars its first run paid), and this run's new calls, failed ones too."""
+    new = f"{cost['calls']} new call{'s' if cost['calls'] != 1 else ''}" + (f", {usd(cost['cost_usd'])}" if cost["calls"] else "")
+    if "recorded_usd" not in cost:  # an eval.json from before the recorded total
+        return new
+    return f"{usd(cost['recorded_usd'])} (recorded over {cost['recorded_calls']} calls; {new})"
+
+
 def _per_1k(student: float, teacher: float, too_long: float = 0.0) -> str:
     """The two costs per 1,000 calls; the student's that of a served call, whose ``too_long`` share
     (inputs longer than its context) the teacher answers (``stage._break_even``)."""

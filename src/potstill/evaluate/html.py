@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from potstill.errors import PotstillError
 from potstill.records import write_text
-from potstill.evaluate import months_text
+from potstill.evaluate import cost_words, months_text
 from potstill.evaluate.plots import BLUE, GREEN, GREY, RED, interval_plot, line_plot, reliability_plot
 
 AMBER = "#ca8a04"  # inconclusive: the interval straddles the bar
@@ -426,7 +426,7 @@ def _judge(ev: dict) -> str:
     agr = j["agreement_with_metric"]
     means = ", ".join(f"{k} {_num(v)}" for k, v in agr["metric_mean_by_verdict"].items())
     text = (f"<p>Judge {escape(str(j['model']))} compared the trained student with the teacher on {j['n']} test inputs, "
-            f"asked in both orders ({j['cost']['calls']} new calls, {_usd(j['cost']['cost_usd'])}). It named position A "
+            f"asked in both orders, at {cost_words(j['cost'], _usd)}. It named position A "
             f"in {_pct(j['first_position_rate'])} of its readable answers (a fair judge: about 50%); "
             f"{j['counts']['inconsistent']} inputs got opposite verdicts in the two orders (inconsistent), "
             f"{j['counts']['bad']} got an unreadable answer (bad), "

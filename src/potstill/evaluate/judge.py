@@ -18,6 +18,7 @@ from typing import Any, Sequence
 from rich.markup import escape
 
 from potstill.config import Config, TeacherConfig
+from potstill.evaluate import cost_words
 from potstill.evaluate.bootstrap import bootstrap_mean
 from potstill.evaluate.exact import share_interval
 from potstill.evaluate.metrics import chrf, spearman
@@ -74,8 +75,10 @@ def judge_teacher_config(cfg: Config) -> TeacherConfig:
     return t.model_copy(update={"temperature": 0.0, "max_tokens": cfg.evaluate.judge.max_tokens, "logprobs": 0})
 
 
-def ask(cfg: Config, task: Task, prompts: list[list[dict[str, str]]], ledger: Ledger) -> list[Response | dict]:
-    """Each prompt's answer: from the ledger when cached, else from the judge (one ``judge`` row per call)."""
+def ask(cfg: Config, task: Task, prompts: list[list[dict[str, str]]],
+        ledger: Ledger) -> tuple[list[Response | dict], list[str]]:
+    """Each prompt's answer: from the ledger when cached, else from the judge (one ``judge`` row per call);
+    and each prompt's request hash, the key of its rows in the ledger."""
     teacher = get_teacher(judge_teacher_config(cfg), PromptTask(task.cfg))
     if cfg.evaluate.judge.teacher is not None and hasattr(teacher, "key_setting"):
         teacher.key_setting = "evaluate.judge.teacher.api_key_env"
@@ -115,7 +118,7 @@ def ask(cfg: Config, task: Task, prompts: list[list[dict[str, str]]], ledger: Le
                 teacher.run([reqs[i] for i in todo], on_result, stats, cfg.generate)
     finally:
         teacher.close()
-    return [answers.get(h) or {"error": errors.get(h, "no answer")} for h in hashes]
+    return [answers.get(h) or {"error": errors.get(h, "no answer")} for h in hashes], hashes
 
 
 def automatic_metric(task: Task, student: Sequence[Any], teacher: Sequence[Any],
@@ -153,7 +156,7 @@ def summary_line(judged: dict[str, Any]) -> str:
     return (f"evaluate: judge {judged['model']} on {judged['n']} test inputs: the student won {c['win']}, tied "
             f"{c['tie']}, lost {c['loss']}; {c['inconsistent']} inconsistent (the two orders disagreed), {c['bad']} "
             f"unreadable; it named position A in " + ("-" if rate is None else f"{100 * rate:.1f}%")
-            + f" of its answers; {judged['cost']['calls']} new calls, ${judged['cost']['cost_usd']:.4f}")
+            + f" of its answers; {cost_words(judged['cost'], lambda x: f'${x:.4f}')}")
 
 
 # A verdict as the student's score against the teacher, 0.5 being as good. Opposite verdicts in the two
@@ -204,9 +207,9 @@ def run_judge(cfg: Config, task: Task, test: Sequence[Record], student: Sequence
         teacher_out = test[i].output or ""
         prompts.append(judge_messages(j.rubric, task.cfg.instruction, test[i].text, student[i], teacher_out))
         prompts.append(judge_messages(j.rubric, task.cfg.instruction, test[i].text, teacher_out, student[i]))
-    before = ledger.summary("judge")
-    asked = ask(cfg, task, prompts, ledger) if prompts else []
-    after = ledger.summary("judge")
+    before, rows_before = ledger.summary("judge"), ledger.count(role="judge")
+    asked, hashes = ask(cfg, task, prompts, ledger) if prompts else ([], [])
+    after, recorded = ledger.summary("judge"), ledger.spend_for(hashes, role="judge")
     # Calls that failed (not cached: the next evaluate asks them again), apart from unreadable answers.
     failed = [a["error"] for a in asked if isinstance(a, dict) and "error" in a and a.get("output") is None]
     answers = iter(asked)
@@ -239,7 +242,10 @@ def run_judge(cfg: Config, task: Task, test: Sequence[Record], student: Sequence
         # Share of readable answers that named position A: ~0.5 for a fair judge whatever the quality.
         "first_position_rate": choices["A"] / valid if valid else None,
         "slices": slices, "agreement_with_metric": agreement_with_metric(outcomes, [metric[i] for i in idx], metric_name),
-        "cost": {"calls": after["calls"] - before["calls"], "cost_usd": after["cost_usd"] - before["cost_usd"],
+        # calls: rows this run wrote, failed calls too (summary's calls are the answered ones only);
+        # recorded: every row these prompts have in the ledger, whichever run wrote it.
+        "cost": {"calls": ledger.count(role="judge") - rows_before, "cost_usd": after["cost_usd"] - before["cost_usd"],
+                 "recorded_calls": recorded["calls"], "recorded_usd": recorded["cost_usd"],
                  "input_tokens": after["input_tokens"] - before["input_tokens"],
                  "output_tokens": after["output_tokens"] - before["output_tokens"],
                  "ledger_total_usd": after["cost_usd"]},
