@@ -224,6 +224,44 @@ def test_a_student_barely_above_a_teacher_at_0_is_not_passed_without_its_gap_abo
     assert ", wholly above 0: it beats the teacher" in whole["reason"]
 
 
+def test_a_null_field_is_no_missing_one_and_a_field_nobody_writes_is_not_a_pass():
+    """A student's {"a": 1, "b": null} against the teacher's {"a": 1}: field precision and exact match count the
+    null a difference, the field:b row and the whole-answer agreement counted it the same (both read None). And a
+    schema property neither model ever wrote passed at 100%, a slice that "passes on its own" under GO."""
+    from potstill.evaluate import break_even, verdict
+    from potstill.evaluate.html import _slices
+    from potstill.evaluate.slices import field_table, output_fields
+    from potstill.tasks.extraction import field_agreement
+
+    s, t = {"a": 1, "b": None}, {"a": 1}
+    assert field_prf([s], [t])["precision"] == 0.5 and exact_match([s], [t]) == 0.0
+    assert field_agreement(s, t) == 0.5 and field_agreement(t, s) == 0.5  # fields a, b: a agrees, b is missing once
+    n = 40
+    teacher = [{"name": f"p{i}", "age": 20 + i} for i in range(n)]
+    student = [dict(x) for x in teacher]
+    student[5]["notes"] = None
+    schema = {"properties": {"name": {}, "age": {}, "notes": {}, "comment": {}}}
+    bar = QualityBar(min_agreement=0.85, min_relative_quality=None)
+    rows = {r["slice"]: r for r in field_table(output_fields(schema, teacher), student, None, teacher, [None] * n,
+                                                bar, 30, 1000)}
+    assert rows["field:notes"]["agreement"]["value"] == 39 / 40  # was 1.0
+    assert rows["field:name"]["verdict"] == "pass"
+    c = rows["field:comment"]
+    assert (c["verdict"], c["agreement"]["value"], c["n_judged"]) == ("n/a", None, 0)
+    assert c["reason"] == ("n/a: neither the teacher nor the student wrote this field on any of the 40 test examples, "
+                           "nothing to compare")
+    agree = [field_agreement(x, y) for x, y in zip(student, teacher)]
+    assert agree[5] == 2 / 3  # name, age and the null notes
+    whole = slice_table([[]] * n, agree, None, [None] * n, [None] * n, bar, 30, 1000)[0]
+    models = {"student": {"cost_per_1k_calls_usd": 0.01, "latency_batch1": {}}, "teacher": {"cost_per_1k_calls_usd": 1.0}}
+    v = verdict(models, bar, [whole, *rows.values()], break_even(1e-3, 1e-5, 1.0, 1_000_000))
+    assert v["decision"] == "GO" and "field:comment" not in v["pass_slices"] + v["inconclusive_slices"]
+    ev = {"quality_bar": bar.model_dump(), "slices": [whole, *rows.values()], "length_edges_words": [3, 6],
+          "sources": {"intervals": "exact"}}
+    page = _slices(ev)
+    assert "field:comment" in page and "<b>n/a</b>" in page and "field:comment (n=" not in page  # no point plotted
+
+
 def test_json_values_compare_as_json_true_is_not_1_and_2_is_2_0():
     """Extraction compared field values with Python's ==, where True == 1: a student writing 1 for the
     teacher's true agreed on that field (agreement, the field rows, the verdict), while exact match and

@@ -158,7 +158,8 @@ def _slices(ev: dict) -> str:
     bar = ev["quality_bar"]["min_agreement"]
     agr = interval_plot([{"label": f"{r['slice']} (n={r['n']})", "value": r["agreement"]["value"],
                           "lo": r["agreement"]["lo"], "hi": r["agreement"]["hi"], "color": colour.get(r["verdict"], GREY) if r.get("judged_on", "agreement") == "agreement" else BLUE,
-                          "ghost": (r.get("untrained_agreement") or {}).get("value")} for r in ev["slices"]],
+                          "ghost": (r.get("untrained_agreement") or {}).get("value")} for r in ev["slices"]
+                         if r["agreement"]["value"] is not None],  # a field neither model writes: n/a, no point
                         0.0, 1.0, ref=bar, ref_label=f"bar {bar:.0%}", xlabel="trained student's agreement with the teacher")
     gold_rows = [r for r in ev["slices"] if isinstance((r.get("gold") or {}).get("relative"), dict)
                  and r["gold"]["relative"].get("value") is not None]

@@ -243,11 +243,24 @@ def output_fields(schema: dict[str, Any] | None, teacher: Sequence[Any], most: i
 
 
 def _same_field(a: Any, b: Any, field: str) -> float | None:
-    """1.0 where ``a`` has ``b``'s value of ``field`` (both lacking it counts as the same), None
-    where ``b`` is not an object (an invalid reference says nothing about its fields)."""
+    """1.0 where ``a`` has ``b``'s value of ``field`` or both lack it, None where ``b`` is not an object
+    (an invalid reference says nothing about its fields). A field one lacks differs, null on the other
+    too: exact match, field precision and the whole-answer agreement count {"b": null} against {} a
+    miss, and this row counted it the same."""
     if not isinstance(b, dict):
         return None
-    return float(isinstance(a, dict) and json_same(a.get(field), b.get(field)))
+    if not isinstance(a, dict) or (field in a) != (field in b):
+        return 0.0
+    return float(field not in b or json_same(a[field], b[field]))
+
+
+def _unused(name: str, n: int) -> dict[str, Any]:
+    """A field neither model wrote on any example (a schema property never used): both lacking it agree
+    on every example, and the row passed at 100%, counted under GO as a slice that passes on its own.
+    It has nothing to compare: n/a, judged on none, listed in no verdict."""
+    why = f"n/a: neither the teacher nor the student wrote this field on any of the {n} test examples, nothing to compare"
+    return {"slice": name, "n": n, "agreement": share_interval([]),
+            "judged_on": "agreement", "n_judged": 0, "verdict": "n/a", "settle_n": None, "statement": why, "reason": why}
 
 
 def field_table(fields: Sequence[str], student: Sequence[Any], untrained: Sequence[Any] | None,
@@ -260,6 +273,9 @@ def field_table(fields: Sequence[str], student: Sequence[Any], untrained: Sequen
         agree = [_same_field(s, t, f) for s, t in zip(student, teacher)]
         idx = [i for i, a in enumerate(agree) if a is not None]
         if not idx:
+            continue
+        if not any(isinstance(x, dict) and f in x for i in idx for x in (student[i], teacher[i])):
+            rows.append(_unused(f"field:{f}", len(idx)))
             continue
         raw = [_same_field(u, t, f) for u, t in zip(untrained, teacher)] if untrained is not None else None
         s_gold = [_same_field(s, g, f) for s, g in zip(student, gold)]

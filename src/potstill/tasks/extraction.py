@@ -51,10 +51,11 @@ def json_text(x: Any) -> str:
 
 
 def field_agreement(a: dict, b: dict) -> float:
-    """The share of fields (union; names composed, as ``json_text`` compares them) with equal values."""
+    """The share of fields (union; names composed, as ``json_text`` compares them) with equal values; a
+    field one side lacks differs, null or not on the other (as exact match and field precision count it)."""
     a, b = ({nfc(k): v for k, v in d.items()} for d in (a, b))
     keys = set(a) | set(b)
-    return sum(json_same(a.get(k), b.get(k)) for k in keys) / len(keys) if keys else 1.0
+    return sum(k in a and k in b and json_same(a[k], b[k]) for k in keys) / len(keys) if keys else 1.0
 
 
 def json_same(a: Any, b: Any) -> bool:
