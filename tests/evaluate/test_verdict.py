@@ -223,3 +223,48 @@ def test_the_latency_reason_shows_p95_to_the_bars_precision():
     assert lat["why"] == "the student's p95 latency of 0.00420 s is over the 0.003 s bar" and lat["value"] == "0.00420 s"
     (lat,) = [c for c in economics(0.001, 0.0001, be, 0.0030004, bar) if "latency" in c["check"]]
     assert "0.0030004 s is over the 0.003 s bar" in lat["why"]
+
+
+def test_200_labels_are_named_up_to_12_in_the_verdict_and_20_in_the_confusion_matrix():
+    """200 labels listed every one in the verdict's sentence and box (2,706 px of names) and made a 200 x 200
+    confusion matrix (23,826 px): a 55,000-px page. Each list names the 12 largest slices and counts the rest;
+    the matrix shows the 20 most frequent labels and sums the others in one row and column."""
+    from potstill.evaluate.html import _confusion, _verdict
+    from potstill.evaluate.metrics import confusion_matrix
+
+    labels = [f"l{i:03d}" for i in range(200)]
+    slices = [WHOLE_PASS] + [row(f"label:{lab}", 100 + i, (0.95, 0.9, 1.0)) for i, lab in enumerate(labels)]
+    v = verdict(CHEAP, BAR, slices, CHEAP_BE)
+    assert v["reason"] == GO_HEAD + "switch all traffic now, every slice passes on its own"
+    slices[1:101] = [row(f"label:{lab}", 100 + i, (0.7, 0.6, 0.8)) for i, lab in enumerate(labels[:100])]  # fail
+    v = verdict(CHEAP, BAR, slices, CHEAP_BE)
+    # passing: l100 to l199 (n 200 to 299), the 12 largest l188 to l199; failing: l000 to l099, the largest l088 to l099
+    named = lambda labs: ", ".join(f"label:{lab}" for lab in labs)  # noqa: E731
+    assert v["reason"] == GO_HEAD + (
+        f"switch {named(labels[188:200])} and 88 other slices (the per-slice table lists every one) now; "
+        f"keep {named(labels[88:100])} and 88 other slices (the per-slice table lists every one) on the teacher")
+    assert len(v["pass_slices"]) == 100  # eval.json keeps them all
+    small = [row(f"label:s{i}", 10 + i, (0.9, 0.8, 1.0)) for i in range(15)]  # 10 to 24 examples: too small
+    assert verdict(CHEAP, BAR, [WHOLE_PASS, *small], CHEAP_BE)["reason"] == GO_HEAD + (
+        "switch the traffic as a whole now, as no slice passes on its own yet; label:s3 (13 of the 30 examples needed "
+        "to judge), " + ", ".join(f"label:s{i} ({10 + i} of the 30 examples needed to judge)" for i in range(4, 14))
+        + ", label:s14 (24 of the 30 examples needed to judge) and 3 other slices (the per-slice table lists every "
+        "one) need more test data to be judged on their own")
+    ev = {"verdict": v, "slices": slices, "min_slice_n": 30, "quality_bar": BAR.model_dump(),
+          "sources": {"quality_bar": "config"}}
+    box = _verdict(ev)
+    assert "label:l199" in box and "label:l100," not in box
+    assert "and 88 more (the 12 largest named; the per-slice table lists every one)" in box
+    # The confusion matrix: label i is the teacher's answer 1 + i // 10 times (l199 the most), the student
+    # right on each but one of l000's, which it answers l001.
+    refs = [lab for i, lab in enumerate(labels) for _ in range(1 + i // 10)]
+    preds = ["l001" if (r == "l000" and k == 0) else r for k, r in enumerate(refs)]
+    cm = confusion_matrix(preds, refs, labels)
+    page = _confusion({"task": "classification", "metrics": {"student": {"vs_teacher": {"confusion": cm, "n": len(refs)}}}})
+    assert page.count("<tr>") == 1 + 21  # the header, 20 labels and (others)
+    assert "The 20 most frequent of the 200 labels" in page and "the other 180 are summed in (others)" in page
+    head = page[page.index("<tr>"):page.index("</tr>")]
+    assert head.count("<th>") == 21 and ">l199<" in head and ">l180<" in head and ">l179<" not in head
+    # (others) x (others): every answer of the 180 other labels, l000's wrong one among them (l001 is another)
+    others = page[page.rindex("<tr><th class='l'>(others)</th>"):]
+    assert f">{sum(1 + i // 10 for i in range(180))}</td>" in others

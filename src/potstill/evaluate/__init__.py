@@ -52,6 +52,28 @@ def _names(xs: list[str]) -> str:
     return xs[0] if len(xs) == 1 else ", ".join(xs[:-1]) + " and " + xs[-1]
 
 
+MOST_NAMED = 12  # slices named in one list of the verdict: 200 labels named every one (2,706 px of names)
+
+
+def largest(names: list[str], sizes: dict[str, int], most: int = MOST_NAMED) -> tuple[list[str], int]:
+    """``names`` whole when ``most`` or fewer, else the ``most`` with the most examples (``sizes``), kept in
+    their order, and how many are left out (a list names them "N other slices", the per-slice table all)."""
+    if len(names) <= most:
+        return list(names), 0
+    keep = set(sorted(names, key=lambda s: -sizes.get(s, 0))[:most])  # stable: ties keep their order
+    return [s for s in names if s in keep], len(names) - most
+
+
+def _others(n: int) -> str:
+    return f"{n} other slice{'s' if n != 1 else ''} (the per-slice table lists every one)"
+
+
+def _capped(rows: list[dict[str, Any]]) -> str:
+    """The slices of ``rows`` named, at most MOST_NAMED of them, the largest."""
+    kept, rest = largest([r["slice"] for r in rows], {r["slice"]: r["n"] for r in rows})
+    return _names(kept + ([_others(rest)] if rest else []))
+
+
 def economics(teacher_usd_per_call: float, student_usd_per_call: float, be: dict[str, Any],
               student_p95_s: float | None, bar: QualityBar) -> list[dict[str, Any]]:
     """The money and time checks of the bar, each {check, value, pass, why} (``why``: the failure in words)."""
@@ -108,13 +130,16 @@ def _beside(x: float, bar: float) -> str:
 
 def _more_data(rows: list[dict[str, Any]]) -> str:
     parts = []
-    for r in rows:
+    kept, rest = largest([r["slice"] for r in rows], {r["slice"]: r["n"] for r in rows})
+    shown = set(kept)
+    for r in (r for r in rows if r["slice"] in shown):
         if r["verdict"] == "too small":
             parts.append(f"{r['slice']} ({r['n_judged']} of the {r['settle_n']} examples needed to judge)")
         elif r.get("settle_n"):
             parts.append(f"{r['slice']} (about {r['settle_n']} test examples)")
         else:
             parts.append(f"{r['slice']} (on the bar)")
+    parts += [_others(rest)] if rest else []
     return _names(parts) + (" needs more test data to be judged on its own" if len(parts) == 1
                             else " need more test data to be judged on their own")
 
@@ -125,11 +150,11 @@ def _todo(by: dict[str, list[dict[str, Any]]]) -> str:
     if not unsettled and not by["fail"]:
         return "switch all traffic now" + (", every slice passes on its own" if by["pass"] else "")
     if by["pass"]:
-        todo = [f"switch {_names([r['slice'] for r in by['pass']])} now"]
+        todo = [f"switch {_capped(by['pass'])} now"]
     else:
         todo = ["switch the traffic as a whole now, as no slice passes on its own yet"]
     if by["fail"]:
-        todo.append(f"keep {_names([r['slice'] for r in by['fail']])} on the teacher")
+        todo.append(f"keep {_capped(by['fail'])} on the teacher")
     if unsettled:
         todo.append(_more_data(unsettled))
     return "; ".join(todo)

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from potstill.errors import PotstillError
 from potstill.records import write_text
-from potstill.evaluate import cost_words, months_text
+from potstill.evaluate import MOST_NAMED, cost_words, largest, months_text
 from potstill.evaluate.plots import BLUE, GREEN, GREY, RED, interval_plot, line_plot, reliability_plot
 
 AMBER = "#ca8a04"  # inconclusive: the interval straddles the bar
@@ -99,7 +99,8 @@ def _verdict(ev: dict) -> str:
     groups = [("Pass on their own (switch now)", "pass_slices"), ("Fail (keep on the teacher)", "fail_slices"),
               ("Inconclusive (need more test data)", "inconclusive_slices"),
               (f"Too small to judge (&lt; {ev['min_slice_n']} examples)", "too_small_slices")]
-    lists = "<br>".join(f"{label}: {escape(', '.join(v.get(key, [])) or 'none')}." for label, key in groups)
+    sizes = {r["slice"]: r["n"] for r in ev["slices"]}
+    lists = "<br>".join(f"{label}: {_listed(v.get(key, []), sizes)}." for label, key in groups)
     qb = ev["quality_bar"]
     months, p95 = qb.get("max_break_even_months"), qb.get("max_p95_latency_s")
     rel = qb.get("min_relative_quality")
@@ -117,6 +118,13 @@ def _verdict(ev: dict) -> str:
     return (f"<section id='verdict'><h2>Verdict</h2><div class='verdict {cls}'>"
             f"<b>{_decision(v)}</b>: {escape(v['reason'])}.<br>{lists}</div>{checks}"
             + _src(f"{rules}; from {ev['sources']['quality_bar']}.") + "</section>")
+
+
+def _listed(names: list[str], sizes: dict[str, int]) -> str:
+    """A verdict list's names, at most MOST_NAMED of them (the largest slices), the rest counted."""
+    kept, rest = largest(names, sizes)
+    return escape(", ".join(kept) or "none") + (f" and {rest} more (the {MOST_NAMED} largest named; the per-slice "
+                                                 "table lists every one)" if rest else "")
 
 
 def _models(ev: dict) -> str:
@@ -218,6 +226,7 @@ def _confusion(ev: dict) -> str:
     if not cm:
         return ("<section id='confusion'><h2>Confusion matrix</h2><p>Not applicable: the task is "
                 f"{escape(ev['task'])}, not classification.</p></section>")
+    cm, shown = _top_labels(cm)
     peak = max((c for row in cm["counts"] for c in row), default=1) or 1
     head = "<tr><th class='l'>teacher \\ student</th>" + "".join(f"<th>{escape(c)}</th>" for c in cm["cols"]) + "</tr>"
     body = ""
@@ -227,7 +236,32 @@ def _confusion(ev: dict) -> str:
             f"{c}</td>" for c in row) + "</tr>"
     return (f"<section id='confusion'><h2>Confusion matrix</h2><div class='scroll'><table>{head}{body}</table></div>"
             + _src("rows: the teacher's recorded label; columns: the trained student's answer, measured by this command "
-                   f"on the {m.get('n')} test inputs.") + "</section>")
+                   f"on the {m.get('n')} test inputs.{shown}") + "</section>")
+
+
+MOST_LABELS, OTHERS = 20, "(others)"  # 200 labels made a 200 x 200 table, 23,826 px tall
+
+
+def _top_labels(cm: dict) -> tuple[dict, str]:
+    """The confusion matrix of the MOST_LABELS most frequent labels (the teacher's count plus the student's),
+    most frequent first, the rest summed in one OTHERS row and column; and a sentence saying so."""
+    rows, cols, counts = cm["rows"], cm["cols"], cm["counts"]
+    if len(rows) <= MOST_LABELS:
+        return cm, ""
+    freq = {lab: sum(r) for lab, r in zip(rows, counts)}
+    for j, c in enumerate(cols):
+        freq[c] = freq.get(c, 0) + sum(r[j] for r in counts)
+    keep = sorted(rows, key=lambda lab: -freq[lab])[:MOST_LABELS]
+    new_cols = keep + [OTHERS] + [c for c in cols if c not in rows]  # (invalid) stays apart
+    where = {c: new_cols.index(c if c in keep or c not in rows else OTHERS) for c in cols}
+    out = [[0] * len(new_cols) for _ in range(len(keep) + 1)]
+    at = {lab: i for i, lab in enumerate(keep)}
+    for lab, r in zip(rows, counts):
+        for c, k in zip(cols, r):
+            out[at.get(lab, len(keep))][where[c]] += k
+    return ({"rows": keep + [OTHERS], "cols": new_cols, "counts": out},
+            f" The {MOST_LABELS} most frequent of the {len(rows)} labels (the teacher's count plus the student's), "
+            f"most frequent first; the other {len(rows) - MOST_LABELS} are summed in {OTHERS}.")
 
 
 def _calibration(ev: dict) -> str:
