@@ -276,6 +276,17 @@ def _fmt(x: Any, pct: bool = False, digits: int = 3) -> str:
     return str(x)
 
 
+def _seconds(x: Any) -> str:
+    f = _fmt(x)
+    return f if f == "-" else f + " s"
+
+
+def _p95(lat: dict[str, Any]) -> str:
+    """p95 latency and how many timed calls it came from (a p95 of 2 calls is their slower one, nearly)."""
+    p95 = _seconds(lat.get("p95_s"))
+    return p95 if p95 == "-" or lat.get("n") is None else f"{p95} (n={lat['n']})"
+
+
 def print_table(title: str, models: dict[str, dict[str, Any]]) -> None:
     t = Table(title=title)
     # Free text: exact agreement is near 0 for any model but the teacher; chrF shows how close each came.
@@ -288,7 +299,7 @@ def print_table(title: str, models: dict[str, dict[str, Any]]) -> None:
         chrf = [_fmt(m.get("chrf_with_teacher"), digits=3)] if text else []
         t.add_row(
             name, _fmt(m.get("gold_metric"), pct=True), _fmt(m.get("agreement_with_teacher"), pct=True), *chrf,
-            *(f if f == "-" else f + " s" for f in (_fmt(lat.get("p50_s")), _fmt(lat.get("p95_s")))),
+            _seconds(lat.get("p50_s")), _p95(lat),
             _fmt(m.get("input_tokens_per_call"), digits=0) + " + " + _fmt(m.get("output_tokens_per_call"), digits=0),
             _fmt(m.get("cost_per_1k_calls_usd"), digits=5),
         )

@@ -268,3 +268,38 @@ def test_200_labels_are_named_up_to_12_in_the_verdict_and_20_in_the_confusion_ma
     # (others) x (others): every answer of the 180 other labels, l000's wrong one among them (l001 is another)
     others = page[page.rindex("<tr><th class='l'>(others)</th>"):]
     assert f">{sum(1 + i // 10 for i in range(180))}</td>" in others
+
+
+def test_a_p95_of_too_few_calls_decides_no_latency_bar_and_says_how_many(capsys):
+    """max_p95_latency_s gated GO on a p95 of 1 to 3 timed calls (of 2: x0 + 0.95 (x1 - x0), nearly the slower
+    one), and nothing on the page said from how many: the latency table's p95 had no n. Under 20 calls the
+    latency check is inconclusive, and so is the verdict, in words; every p95 shows its count."""
+    from potstill.evaluate.html import _cost
+    from potstill.report import print_table
+
+    fast = QualityBar(max_p95_latency_s=0.1)
+    few = {**CHEAP, "student": {**CHEAP["student"], "latency_batch1": {"p95_s": 0.05, "n": 2}}}
+    v = verdict(few, fast, [WHOLE_PASS], CHEAP_BE)
+    assert (v["go"], v["decision"]) == (False, "INCONCLUSIVE")
+    why = ("the student's p95 latency (0.0500 s) comes from 2 timed calls, fewer than the 20 a 95th percentile needs, "
+           "so it cannot decide the 0.1 s bar (raise evaluate.latency_samples, with as many test inputs)")
+    assert v["reason"] == GO_HEAD.removesuffix(": ") + f", but {why}: keep every slice on the teacher until more timed calls settle it"
+    (lat,) = [c for c in v["checks"] if "latency" in c["check"]]
+    assert (lat["result"], lat["pass"], lat["value"]) == ("inconclusive", False, "0.0500 s (n=2)")
+    slow = {**CHEAP, "student": {**CHEAP["student"], "latency_batch1": {"p95_s": 0.5, "n": 2}}}
+    assert verdict(slow, fast, [WHOLE_PASS], CHEAP_BE)["decision"] == "INCONCLUSIVE"  # over the bar on 2 calls: no NO-GO
+    enough = {**CHEAP, "student": {**CHEAP["student"], "latency_batch1": {"p95_s": 0.05, "n": 20}}}
+    assert verdict(enough, fast, [WHOLE_PASS], CHEAP_BE)["decision"] == "GO"
+    slow = {**CHEAP, "student": {**CHEAP["student"], "latency_batch1": {"p95_s": 0.5, "n": 20}}}
+    assert verdict(slow, fast, [WHOLE_PASS], CHEAP_BE)["decision"] == "NO-GO"
+    # The latency table and the terminal's give each p95 its count.
+    rows = [{"model": "student", "p50_s": 0.04, "p95_s": 0.05, "latency_n": 2, "batched_p50_s": 0.2,
+             "batched_p95_s": 0.3, "batched_n": 25, "batch_size": 4, "usd_per_call": 1e-5, "usd_per_1k_calls": 0.01,
+             "source": "timed"}]
+    page = _cost({"latency_cost": rows, "one_time": {"generation_usd": 1.0, "train_usd": 0.5, "train_s": 1800,
+                                                     "total_usd": 1.5},
+                  "sources": {"generation_usd": "ledger", "train_usd": "train.json"}})
+    assert "0.050 s <span class='small'>(2 calls, too few for a p95 (the verdict's latency check needs 20))</span>" in page
+    assert "0.300 s <span class='small'>(25 batches)</span>" in page
+    print_table("t", {"student": {"latency_batch1": {"p50_s": 0.04, "p95_s": 0.05, "n": 2}}})
+    assert "0.050 s (n=2)" in capsys.readouterr().out

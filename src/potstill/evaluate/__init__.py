@@ -74,9 +74,16 @@ def _capped(rows: list[dict[str, Any]]) -> str:
     return _names(kept + ([_others(rest)] if rest else []))
 
 
+# A 95th percentile of fewer calls is mostly the slowest one or two (of 2 calls: x0 + 0.95 (x1 - x0)); from 20,
+# one call in 20, the tail it describes, is among them.
+MIN_P95_SAMPLES = 20
+
+
 def economics(teacher_usd_per_call: float, student_usd_per_call: float, be: dict[str, Any],
-              student_p95_s: float | None, bar: QualityBar) -> list[dict[str, Any]]:
-    """The money and time checks of the bar, each {check, value, pass, why} (``why``: the failure in words)."""
+              student_p95_s: float | None, bar: QualityBar, p95_n: int | None = None) -> list[dict[str, Any]]:
+    """The money and time checks of the bar, each {check, value, pass, result, why} (``why``: the failure in
+    words; ``result`` pass, fail or inconclusive: a p95 from fewer than MIN_P95_SAMPLES timed calls, ``p95_n``,
+    decides nothing either way)."""
     t, s = teacher_usd_per_call, student_usd_per_call
     per_1k = _per_1k(s, t, be.get("too_long_share") or 0.0)
     if s < t:
@@ -112,9 +119,15 @@ def economics(teacher_usd_per_call: float, student_usd_per_call: float, be: dict
         shown = None if p95 is None else _beside(p95, lim)
         why = None if ok else (f"the student's p95 latency of {shown} s is over the {lim:g} s bar" if p95 is not None
                                else "the student's p95 latency was not measured")
-        checks.append({"check": f"student p95 latency <= {lim:g} s", "pass": ok, "why": why,
-                       "value": "-" if p95 is None else f"{shown} s"})
-    return checks
+        few = p95 is not None and p95_n is not None and p95_n < MIN_P95_SAMPLES
+        if few:
+            why = (f"the student's p95 latency ({shown} s) comes from {p95_n} timed call{'s' if p95_n != 1 else ''}, "
+                   f"fewer than the {MIN_P95_SAMPLES} a 95th percentile needs, so it cannot decide the {lim:g} s bar "
+                   "(raise evaluate.latency_samples, with as many test inputs)")
+        checks.append({"check": f"student p95 latency <= {lim:g} s", "pass": ok and not few, "why": why,
+                       "result": "inconclusive" if few else "pass" if ok else "fail",
+                       "value": "-" if p95 is None else f"{shown} s" + (f" (n={p95_n})" if p95_n is not None else "")})
+    return [{**c, "result": c.get("result") or ("pass" if c["pass"] else "fail")} for c in checks]
 
 
 def _beside(x: float, bar: float) -> str:
@@ -166,7 +179,8 @@ def verdict(models: dict[str, dict[str, Any]], bar: QualityBar, slices: list[dic
 
     Money and time first (per-call costs on the break-even's basis, ``be['cost_basis']``): a student
     dearer per call than the teacher, slower to repay distilling
-    than the horizon, or over the latency bar is NO-GO whatever its quality. Then quality on the
+    than the horizon, or over the latency bar is NO-GO whatever its quality; a p95 from too few timed calls
+    to decide the latency bar makes a passing student INCONCLUSIVE, not GO. Then quality on the
     whole test set (the ``all`` row of ``slices``, judged by its 95% interval as every slice is):
     pass is GO, fail is NO-GO, straddling the bar is INCONCLUSIVE. Under GO, slices that pass on
     their own switch now, slices that fail stay on the teacher, and the rest need more data.
@@ -174,18 +188,20 @@ def verdict(models: dict[str, dict[str, Any]], bar: QualityBar, slices: list[dic
     s, t = models["student"], models["teacher"]
     # The per-call costs behind the headline break-even (evaluate.cost_basis: the student at batch 1 or
     # batched), so that "cheaper per call" and the months to repay are one sum; batch 1 where be has none.
+    lat = s.get("latency_batch1", {})
     econ = economics(be.get("teacher_cost_per_call_usd", t["cost_per_1k_calls_usd"] / 1000),
                      be.get("student_cost_per_call_usd", s["cost_per_1k_calls_usd"] / 1000), be,
-                     s.get("latency_batch1", {}).get("p95_s"), bar)
+                     lat.get("p95_s"), bar, lat.get("n"))
     whole, rest = slices[0], slices[1:]
     if whole["slice"] != "all":
         raise ValueError("verdict: the first slice row must be 'all' (the whole test split), as slice_table writes it")
     by = {k: [r for r in rest if r["verdict"] == k] for k in ("pass", "fail", "inconclusive", "too small")}
     quality = {"check": "quality on the whole test set (95% interval vs the bar)", "value": whole["reason"],
                "pass": whole["verdict"] == "pass", "result": whole["verdict"]}
-    checks = [quality, *[{**c, "result": "pass" if c["pass"] else "fail"} for c in econ]]
+    checks = [quality, *econ]
     out = {"checks": checks, **{f"{k.replace(' ', '_')}_slices": [r["slice"] for r in v] for k, v in by.items()}}
-    money = [c["why"] for c in econ if not c["pass"]]
+    money = [c["why"] for c in econ if c["result"] == "fail"]
+    unsure = [c["why"] for c in econ if c["result"] == "inconclusive"]
     if money:
         reason = _names(money) + ", so switching loses money or time whatever its quality: keep every slice on the teacher"
         return {"go": False, "decision": "NO-GO", "reason": reason, **out}
@@ -193,14 +209,19 @@ def verdict(models: dict[str, dict[str, Any]], bar: QualityBar, slices: list[dic
     repays = next(((", repays distilling " + ("in " if c["value"][0].isdigit() else "") + c["value"]) for c in econ
                    if c["check"].startswith("break-even")), "")
     fast = next((f", answers within the {bar.max_p95_latency_s:g} s latency bar" for c in econ
-                 if c["check"].startswith("student p95")), "")
+                 if c["check"].startswith("student p95") and c["pass"]), "")
     if whole["verdict"] == "fail":
         reason = (f"although the student is {cheaper} per call, on the whole test set its {whole['statement']}: "
                   "keep every slice on the teacher")
         return {"go": False, "decision": "NO-GO", "reason": reason, **out}
     if whole["verdict"] != "pass":
-        reason = (f"the student is {cheaper} per call, but on the whole test set its {whole['statement']}: "
-                  "keep every slice on the teacher until more test data settles it")
+        reason = (f"the student is {cheaper} per call, but on the whole test set its {whole['statement']}"
+                  + "".join(f"; and {u}" for u in unsure) + ": keep every slice on the teacher until more test data "
+                  "settles it")
+        return {"go": False, "decision": "INCONCLUSIVE", "reason": reason, **out}
+    if unsure:
+        reason = (f"the student is {cheaper} per call{repays} and on the whole test set its {whole['statement']}, but "
+                  + _names(unsure) + ": keep every slice on the teacher until more timed calls settle it")
         return {"go": False, "decision": "INCONCLUSIVE", "reason": reason, **out}
     reason = f"the student is {cheaper} per call{repays}{fast} and on the whole test set its {whole['statement']}: "
     return {"go": True, "decision": "GO", "reason": reason + _todo(by), **out}

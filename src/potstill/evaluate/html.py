@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from potstill.errors import PotstillError
 from potstill.records import write_text
-from potstill.evaluate import MOST_NAMED, cost_words, largest, months_text
+from potstill.evaluate import MIN_P95_SAMPLES, MOST_NAMED, cost_words, largest, months_text
 from potstill.evaluate.plots import BLUE, GREEN, GREY, RED, interval_plot, line_plot, reliability_plot
 
 AMBER = "#ca8a04"  # inconclusive: the interval straddles the bar
@@ -276,9 +276,9 @@ def _calibration(ev: dict) -> str:
 
 
 def _cost(ev: dict) -> str:
-    rows = [[escape(r["model"]), _secs(r.get("p50_s")), _secs(r.get("p95_s")),
+    rows = [[escape(r["model"]), _secs(r.get("p50_s")), _p95(r.get("p95_s"), r.get("latency_n")),
              f"{_num(r.get('batched_p50_s'))} s" if r.get("batched_p50_s") is not None else "-",
-             f"{_num(r.get('batched_p95_s'))} s" if r.get("batched_p95_s") is not None else "-",
+             _p95(r.get("batched_p95_s"), r.get("batched_n"), "batches"),
              _num(r.get("calls_per_s"), 1), _usd(r["usd_per_call"]), _usd(r["usd_per_1k_calls"]),
              f"<span class='small'>{escape(r['source'])}</span>"] for r in ev["latency_cost"]]
     o = ev["one_time"]
@@ -293,6 +293,16 @@ def _cost(ev: dict) -> str:
             + _src("teacher row: as its source column says (an API teacher's from the ledger; a local teacher timed "
                    "here in turns with the student); student rows: timed by this command on this machine; a timed "
                    "model's dollars are its measured seconds per call times its configured hourly price.") + "</section>")
+
+
+def _p95(x: float | None, n: int | None, of: str = "calls") -> str:
+    """A p95 with the number of timings it came from; under MIN_P95_SAMPLES, said to be too few."""
+    if x is None:
+        return "-"
+    if n is None:  # an eval.json from before latency_n
+        return _secs(x)
+    few = f", too few for a p95 (the verdict's latency check needs {MIN_P95_SAMPLES})" if n < MIN_P95_SAMPLES else ""
+    return f"{_secs(x)} <span class='small'>({n} {of}{few})</span>"
 
 
 def _basis_name(basis: str, batch_size: Any = None) -> str:

@@ -126,6 +126,7 @@ def latency_cost(models: dict[str, dict[str, Any]], batched: dict[str, dict[str,
         else:
             b = batched.get(name, {})
             row.update({"batched_p50_s": b.get("p50_s"), "batched_p95_s": b.get("p95_s"), "batch_size": b.get("batch_size"),
+                        "batched_n": b.get("n"),
                         "calls_per_s": m["throughput"]["calls_per_s"],
                         "usd_per_1k_calls_batched": m.get("cost_per_1k_calls_batched_usd")})
             t = m.get("batched_in_turns")
