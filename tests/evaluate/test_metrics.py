@@ -208,20 +208,32 @@ def test_a_student_barely_above_a_teacher_at_0_is_not_passed_without_its_gap_abo
     gap = whole["gold"]["gap"]
     assert gap["value"] == pytest.approx(2 / 30) and gap["lo"] < 0 < gap["hi"]
     assert (whole["judged_on"], whole["verdict"]) == ("gold", "inconclusive"), whole["reason"]
-    assert whole["reason"].startswith(f"gold metric is 6.7% where the teacher's is 0.0% (no ratio to take), a paired gap "
-                                      f"of +6.7 pt [{100 * gap['lo']:+.1f} pt, {100 * gap['hi']:+.1f} pt], which "
-                                      "includes 0: these examples do not show that the student beats the teacher")
+    assert whole["reason"].startswith(
+        "gold metric is 6.7% where the teacher's is 0.0% (no ratio to take): the student is right on 2 examples the "
+        "teacher gets wrong and the teacher on none, a result two equally good models would give 25.0% of the time "
+        f"(paired gap +6.7 pt [{100 * gap['lo']:+.1f} pt, {100 * gap['hi']:+.1f} pt]): these examples do not show that "
+        "the student beats the teacher")
     assert whole["reason"].endswith("; agreement 0.0%, reported only (gold decides)")
-    assert whole["settle_n"] > 30 and f"about {whole['settle_n']} test examples" in whole["reason"]
+    # 0.5^k <= 2.5% from k = 5.32: at 2 in 30, from 80 examples
+    assert whole["settle_n"] == 80 and "at the same rate, about 80 test examples (50 more) would settle it" in whole["reason"]
     models = {"student": {"cost_per_1k_calls_usd": 0.01, "latency_batch1": {"p95_s": 0.05}},
               "teacher": {"cost_per_1k_calls_usd": 1.0}}
     v = verdict(models, bar, [whole], break_even(1e-3, 1e-5, 1.0, 1_000_000))
-    assert v["decision"] == "INCONCLUSIVE" and "includes 0" in v["reason"], v["reason"]
+    assert v["decision"] == "INCONCLUSIVE" and "do not show that the student beats the teacher" in v["reason"]
     assert "gap +6.7 pt" in _decided_on(whole)  # report.html's champion/challenger cell shows what decided
-    # 30 of 40 against 0 of 40 is a gap well above 0: still a pass.
-    whole = slice_table([[]] * 40, [0.0] * 40, None, [1.0] * 30 + [0.0] * 10, [0.0] * 40, bar, 30, 1000)[0]
-    assert whole["verdict"] == "pass" and whole["gold"]["gap"]["lo"] > 0.5
-    assert ", wholly above 0: it beats the teacher" in whole["reason"]
+
+
+def test_a_student_right_where_a_teacher_at_0_is_wrong_passes_on_the_exact_sign_test():
+    """The paired bootstrap's gap clears 0 on 4 of 30 against the teacher's 0 of 30 ([+0.2 pt, +26.7 pt]),
+    a result two equally good models give 0.5^4 = 6.25% of the time: not shown at 2.5%. 6 of 30 (1.6%) is."""
+    bar = QualityBar()
+    rows = {k: slice_table([[]] * 30, [0.0] * 30, None, [1.0] * k + [0.0] * (30 - k), [0.0] * 30, bar, 30, 1000)[0]
+            for k in (4, 5, 6, 30)}
+    assert rows[4]["gold"]["gap"]["lo"] > 0 and rows[4]["verdict"] == "inconclusive"
+    assert "would give 6.2% of the time" in rows[4]["reason"]
+    assert rows[5]["verdict"] == "inconclusive" and rows[5]["settle_n"] == 32  # 5.32 wins at 1 in 6
+    assert rows[6]["verdict"] == rows[30]["verdict"] == "pass"
+    assert ": it beats the teacher; agreement 0.0%" in rows[6]["reason"]
 
 
 def test_a_null_field_is_no_missing_one_and_a_field_nobody_writes_is_not_a_pass():

@@ -15,6 +15,7 @@ interval against the bar: pass (wholly at or above), fail (wholly below), inconc
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 from potstill.config import QualityBar
@@ -162,20 +163,31 @@ def judge(agreement: dict[str, Any], gold: dict[str, Any] | None, bar: QualityBa
     return {**row, "verdict": v, "settle_n": need, "statement": statement, "reason": statement + aside}
 
 
+# Pairs won by the student, none by the teacher, that two equally good models give at most 2.5% of the time:
+# each such pair is either's with a chance of 1/2, so k of them 0.5^k; 0.5^5.32 = 2.5% (McNemar's exact test).
+SIGN_WINS = math.log(0.025) / math.log(0.5)
+
+
 def _beats_zero(gold: dict[str, Any], n: int, aside: str) -> dict[str, Any]:
-    """The verdict where the teacher is right on none of the gold examples and the student on some: the
-    paired gap's 95% interval above 0 passes; one that includes 0 does not show the student beats the
-    teacher (never a fail: no example can score below the teacher's 0)."""
+    """The verdict where the teacher is right on none of the gold examples and the student on some. It
+    passes only where both the paired gap's 95% interval lies above 0 and the exact sign test says two
+    equally good models would split the examples this way at most 2.5% of the time: the bootstrap's
+    interval alone cleared 0 on 4 of 30 against 0 of 30, which equal models give 6.25% of the time.
+    Otherwise inconclusive, never a fail (no example can score below the teacher's 0)."""
     gap = gold["gap"]
+    won = round(gold["student"] * n, 9)  # the student's right answers (shares of fields on JSON), all where the teacher is wrong
+    chance = 0.5 ** won
     pt = lambda x: f"{100 * x:+.1f} pt"  # noqa: E731
-    statement = (f"gold metric is {gold['student']:.1%} where the teacher's is 0.0% (no ratio to take), a paired gap "
-                 f"of {pt(gap['value'])} [{pt(gap['lo'])}, {pt(gap['hi'])}]")
-    if gap["lo"] > 0:
-        return {"verdict": "pass", "settle_n": None, "statement": statement + ", wholly above 0: it beats the teacher",
-                "reason": statement + ", wholly above 0: it beats the teacher" + aside}
-    need = settle_n(gap, 0.0)
-    statement += (", which includes 0: these examples do not show that the student beats the teacher"
-                  + (f"; at the same rate, about {need} test examples ({need - n} more) would settle it" if need else ""))
+    statement = (f"gold metric is {gold['student']:.1%} where the teacher's is 0.0% (no ratio to take): the student is "
+                 f"right on {won:g} examples the teacher gets wrong and the teacher on none, a result two equally good "
+                 f"models would give {chance:.1%} of the time (paired gap {pt(gap['value'])} [{pt(gap['lo'])}, {pt(gap['hi'])}])")
+    if gap["lo"] > 0 and won >= SIGN_WINS:
+        return {"verdict": "pass", "settle_n": None, "statement": statement + ": it beats the teacher",
+                "reason": statement + ": it beats the teacher" + aside}
+    # At the same rate: SIGN_WINS such examples, and a gap interval above 0 (interval_at, as for any verdict).
+    need = max(math.ceil(SIGN_WINS * n / won), settle_n(gap, 0.0) or 0)
+    statement += (": these examples do not show that the student beats the teacher; at the same rate, about "
+                  f"{need} test examples ({need - n} more) would settle it")
     return {"verdict": "inconclusive", "settle_n": need, "statement": statement, "reason": statement + aside}
 
 
