@@ -137,6 +137,14 @@ def has_tool_turns(messages: list[dict[str, Any]] | None) -> bool:
     return any(m.get("role") == "tool" or m.get("tool_calls") for m in messages or ())
 
 
+def student_turns(messages: list[dict[str, Any]], whole: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """The chat the student reads, of a client's ``messages`` (role and text) and the same chat
+    ``whole`` (with its tool fields, as the teacher gets it; None where it holds nothing more): the
+    whole chat where it holds tool turns, which the student reads as text (``as_text_turns``), else
+    the role-and-text one. Serve answers, tokenises and counts tokens of this one chat."""
+    return whole if whole is not None and has_tool_turns(whole) else messages
+
+
 def call_names(messages: list[dict[str, Any]]) -> dict[str, str | None]:
     """The function each tool call of a chat named, by the call's id (what a tool message answers)."""
     return {str(c.get("id")): (c.get("function") or {}).get("name") for m in messages for c in m.get("tool_calls") or []}

@@ -107,6 +107,23 @@ def test_count_tokens_is_the_student_s_prompt(served, force):
     assert n == client(live).chat.completions.create(model="potstill", messages=MSG).usage.prompt_tokens
 
 
+def test_count_tokens_of_a_chat_with_tool_turns_is_the_student_s_prompt(served, force):
+    """Found by a review: count_tokens kept each message's role and text, so a tool_use block was
+    left out and a tool_result read 'Result of tool', fewer tokens than the student answering the
+    chat reads (its tool turns as the text it was trained on) and messages.create reports."""
+    _, live = served
+    force("student")
+    chat = [{"role": "user", "content": "the team won the match"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "lookup",
+                                               "input": {"about": "match"}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "sports"}]},
+            {"role": "user", "content": "so the topic is"}]
+    n = claude(live).messages.count_tokens(model="potstill", messages=chat).input_tokens
+    m = claude(live).messages.create(model="potstill", max_tokens=16, messages=chat)
+    assert m.model_extra["potstill"]["answered_by"] == "student"
+    assert n == m.usage.input_tokens
+
+
 @pytest.mark.parametrize("kwargs, error, says", [
     ({"messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "url", "url": "http://x/y.png"}}]}]},
      anthropic.BadRequestError, "messages.0.content.0: a 'image' block"),

@@ -39,6 +39,27 @@ def test_tokenize_gives_the_student_s_prompt_tokens(served, force):
     assert parts["tokens"] == got["tokens"]
 
 
+def test_a_chat_with_tool_turns_counts_what_the_student_reads(served, force):
+    """Found by a review: /tokenize kept each message's role and text, so an assistant turn's
+    tool_calls were left out (an empty turn) and a tool result read 'Result of tool', where the
+    student answering the chat reads the call's JSON and 'Result of NAME': a count of 60 where chat
+    completions reported prompt_tokens 80. Both now build the one prompt (``student_turns``)."""
+    _, live = served
+    force("student")
+    calls = [{"id": "call_1", "type": "function", "function": {"name": "topic", "arguments": '{"about": "match"}'}}]
+    chat = [{"role": "user", "content": "the team won the match"},
+            {"role": "assistant", "content": None, "tool_calls": calls},
+            {"role": "tool", "tool_call_id": "call_1", "content": "sports"},
+            {"role": "user", "content": "so the topic is"}]
+    got = post(live, "/tokenize", {"messages": chat}).json()
+    c = client(live).chat.completions.create(model="potstill", messages=chat)
+    assert c.model_extra["potstill"]["answered_by"] == "student"
+    assert got["count"] == c.usage.prompt_tokens
+    text = post(live, "/detokenize", {"tokens": got["tokens"]}).json()["prompt"]
+    # (The tiny test tokenizer spaces its tokens and knows few words.)
+    assert '" name " : " topic "' in text and "of topic : sports" in text, text
+
+
 @pytest.mark.parametrize("path, body, status, param", [
     ("/tokenize", {"prompt": "hi", "messages": MSG}, 400, "messages"),
     ("/tokenize", {}, 400, "prompt"),

@@ -47,8 +47,7 @@ from potstill.serve.streaming import (LiveText, ServerStopped, first_piece, live
                                       whole_events)
 from potstill.serve.tool_routing import served_tools, student_calls
 from potstill.serve.schemas import (ChatCompletion, ChatRequest, ErrorBody, Health, ModelCard, ModelList,
-                                    ResponsesRequest)
-from potstill.ledger_rows import with_tool_fields
+                                    ResponsesRequest, client_chat)
 from potstill.tool_calls import unanswered_result
 from potstill.serve.escalation import TeacherError
 from potstill.serve.teacher_queue import ClientGone, TeacherBusy
@@ -482,15 +481,11 @@ def _add_chat_route(app: FastAPI, service: Service, requests: Counter, latency: 
         logprobs = body.logprob_request()  # whether the student can: Service.answer, on the one that answers
         fmt = _format(body)
         tools = _servable_tools(service, body.tool_request())
-        # The run's instruction replaces a client's system prompt: the student was trained with it.
-        messages = [{"role": m.role, "content": m.text()} for m in body.messages if m.role not in ("system", "developer")]
+        messages, teacher_messages = client_chat(body.messages)
         if not any(m["role"] == "user" and m["content"].strip() for m in messages):
             raise APIError(400, "messages: needs a user message with text", "messages")
-        # The teacher gets the tool turns whole: an OpenAI teacher refuses a tool message that no
-        # assistant tool_calls (kept by id) precede. The student reads their text, as it was trained.
-        # Such a message is refused here, whoever would answer: the teacher's refusal was a 502,
-        # which the client's SDK retries, each retry another teacher call.
-        teacher_messages = [_teacher_message(m) for m in body.messages if m.role not in ("system", "developer")]
+        # A tool message that answers no call is refused here, whoever would answer: the teacher's
+        # refusal was a 502, which the client's SDK retries, each retry another teacher call.
         orphan = unanswered_result(teacher_messages)
         if orphan is not None:
             raise APIError(400, f"messages: a tool message must answer one of the tool_calls of the assistant "
@@ -571,12 +566,6 @@ def _format(body: ChatRequest | ResponsesRequest) -> dict[str, Any] | None:
         return body.format_request()
     except FormatError as e:
         raise APIError(400, str(e), e.param) from None
-
-
-def _teacher_message(m: Any) -> dict[str, Any]:
-    """A client's message as the teacher gets it: its text, with its tool fields (``with_tool_fields``)."""
-    return with_tool_fields({"role": m.role, "content": m.text()},
-                            {**(m.model_extra or {}), "content": m.content, "tool_calls": m.tool_calls})
 
 
 def _add_reload_route(app: FastAPI, service: Service, api_key: str | None, bearer: list) -> None:

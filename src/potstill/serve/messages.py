@@ -315,5 +315,5 @@ def add_messages_route(app: FastAPI, service: Any, requests: Counter, latency: H
         """The student's prompt tokens for the chat, as its answer's usage counts them (the model
         every request reaches first)."""
         chat, _ = read(body)
-        return {"input_tokens": len(await student_prompt_ids(service, student_view(chat)))}
+        return {"input_tokens": len(await student_prompt_ids(service, student_view(chat), chat))}
 

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (BaseModel, ConfigDict, Field, StrictInt, StrictStr, StringConstraints, ValidationInfo,
                       field_validator)
 
+from potstill.ledger_rows import with_tool_fields
 from potstill.responses_format import json_type as _json_type
 from potstill.responses_format import utf8 as _utf8
 from potstill.serve.formats import (VLLM_FIELDS, FormatError, check_chat_format, check_responses_format,
@@ -82,6 +83,21 @@ class Message(BaseModel):
         if isinstance(self.content, list):
             return "".join(p.text for p in self.content)
         return self.content or ""
+
+    def whole(self) -> dict[str, Any]:
+        """The message as the teacher gets it: its text, with its tool fields (``with_tool_fields``)."""
+        return with_tool_fields({"role": self.role, "content": self.text()},
+                                {**(self.model_extra or {}), "content": self.content, "tool_calls": self.tool_calls})
+
+
+def client_chat(sent: list[Message]) -> tuple[list[dict[str, str]], list[dict[str, Any]]]:
+    """A chat request's messages as served: role and text, and whole (``Message.whole``). The run's
+    instruction replaces a client's system prompt (the student was trained with it). The teacher gets
+    the tool turns whole: an OpenAI teacher refuses a tool message that no assistant tool_calls (kept
+    by id) precede; the student reads their text, as it was trained (``tool_calls.student_turns``):
+    chat completions, ``/tokenize`` and count_tokens build its prompt from these two."""
+    kept = [m for m in sent if m.role not in ("system", "developer")]
+    return [{"role": m.role, "content": m.text()} for m in kept], [m.whole() for m in kept]
 
 
 def _call_problem(call: object) -> str | None:

@@ -44,7 +44,7 @@ from potstill.serve.teacher_queue import ClientGone, TeacherBusy, TeacherQueue
 from potstill.tasks import Task, get_task
 from potstill.teachers import Response, Teacher, get_teacher
 from potstill.serve.tool_routing import as_asked, reshaped, student_calls, student_tools_answer
-from potstill.tool_calls import as_tool_calls, has_tool_turns
+from potstill.tool_calls import as_tool_calls, student_turns
 
 
 # A promoted student that failed to load (a transient out-of-memory, a file still being written) is
@@ -287,7 +287,7 @@ class Service(TeacherSide):
             long = sum(len(m["content"]) for m in messages) > 50_000
             calls = student_calls(self.task, tools, teacher_messages)
             # A chat's tool turns whole: the student reads them as text (``PromptFormat.query``), as it learnt them.
-            read = teacher_messages if has_tool_turns(teacher_messages) else messages
+            read = student_turns(messages, teacher_messages)
             if tools is not None and not calls:
                 over: str | None = "the student cannot call tools"
             else:

@@ -1,7 +1,8 @@
 """vLLM's ``POST /tokenize`` and ``POST /detokenize`` for the server: the student's tokens, since
 every request reaches the student first (whatever listed ``model`` it names). A chat is tokenised
 as the student reads it: under the run's instruction (a client's system prompt replaced, as on
-chat completions) in the student's own prompt format; a ``prompt`` is one user message, as on
+chat completions) in the student's own prompt format, its tool turns as text
+(``tool_calls.student_turns``, as the student answers it); a ``prompt`` is one user message, as on
 ``/v1/completions``. ``max_model_len`` is the student's context: a chat whose prompt and answer
 budget pass it goes to the teacher (reason ``too_long``)."""
 
@@ -16,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from potstill.models.prompting import encode_prompt
 from potstill.responses_format import utf8
-from potstill.serve.schemas import Message
+from potstill.serve.schemas import Message, client_chat
+from potstill.tool_calls import student_turns
 
 
 TOKENIZE = ("/tokenize", "/detokenize")
@@ -57,16 +59,19 @@ class DetokenizeResponse(BaseModel):
     prompt: str
 
 
-async def student_prompt_ids(service: Any, messages: list[dict[str, str]]) -> list[int]:
-    """The student's prompt ids for a chat (role and text), as it reads it: the run's instruction
-    and its prompt format; a 400 where its chat template refuses the chat."""
+async def student_prompt_ids(service: Any, messages: list[dict[str, str]],
+                             whole: list[dict[str, Any]] | None = None) -> list[int]:
+    """The student's prompt ids for a chat (role and text; ``whole``: the same with its tool fields),
+    as it reads it when it answers (``student_turns``: tool turns as text): the run's instruction and
+    its prompt format; a 400 where its chat template refuses the chat."""
     from potstill.serve.app import APIError
 
     student = service.live.engine
     tok, fmt = student.engine.tokenizer, student.fmt
+    read = student_turns(messages, whole)
 
     def ids() -> list[int]:
-        return encode_prompt(tok, fmt, fmt.prefix() + fmt.query(tok, messages), first=True)
+        return encode_prompt(tok, fmt, fmt.prefix() + fmt.query(tok, read), first=True)
 
     try:
         return await asyncio.to_thread(ids)
@@ -90,11 +95,10 @@ def add_tokenize_routes(app: FastAPI, service: Any, bearer: list) -> None:
         if (body.model_extra or {}).get("chat_template") is not None:
             raise APIError(400, "chat_template: the student reads its own prompt format", "chat_template")
         # As chat completions reads a chat: the run's instruction replaces a client's system prompt.
-        messages = [{"role": m.role, "content": m.text()} for m in body.messages
-                    if m.role not in ("system", "developer")] if body.messages is not None else \
-            [{"role": "user", "content": body.prompt}]
+        messages, whole = client_chat(body.messages) if body.messages is not None else \
+            ([{"role": "user", "content": body.prompt}], None)
         student = service.live.engine
-        tokens = await student_prompt_ids(service, messages)
+        tokens = await student_prompt_ids(service, messages, whole)
         strs = student.engine.tokenizer.convert_ids_to_tokens(tokens) if body.return_token_strs else None
         return TokenizeResponse(count=len(tokens), max_model_len=student.context, tokens=tokens, token_strs=strs)
 
