@@ -236,8 +236,9 @@ def _topk_coverage(ctx: _Ctx) -> Check:
 def check_prompt(ctx: _Ctx) -> Check:
     """Training builds prompt ids in ``train/batching.py``, serving in ``serve/engine.py``; the
     served model is ``run_dir/student`` once trained, with the tokenizer saved beside it (a student
-    trained earlier, or one whose tokenizer was edited, can carry another chat template)."""
-    from potstill.models.prompting import encode_prompt
+    trained earlier, or one whose tokenizer was edited, can carry another chat template). A chat the
+    chat template refuses (two user turns in a row under Gemma's) fails naming the record."""
+    from potstill.models.prompting import RefusedChat, encode_prompt, refused_record
     from potstill.train.batching import prompt_ids
 
     served_dir = ctx.run / "student"
@@ -248,10 +249,13 @@ def check_prompt(ctx: _Ctx) -> Check:
     tok = ctx.student_tok
     tfmt, sfmt = ctx.fmt(tok), ctx.fmt(served)
     for r in records:
-        train_ids = prompt_ids(tok, tfmt, r.messages)
         # Serve drops a client's system and developer messages (the run's instruction replaces them).
         asked = [m for m in r.messages if m.get("role") not in INSTRUCTION_ROLES]
-        serve_ids = encode_prompt(served, sfmt, sfmt.prefix() + sfmt.query(served, asked), first=True)
+        try:
+            train_ids = prompt_ids(tok, tfmt, r.messages)
+            serve_ids = encode_prompt(served, sfmt, sfmt.prefix() + sfmt.query(served, asked), first=True)
+        except RefusedChat as e:
+            return Check("prompt", "fail", refused_record(r.id, e))
         if train_ids != serve_ids and len(asked) < len(r.messages):
             return Check("prompt", "fail", f"record {r.id} has its own system or developer message, which training "
                          "reads after task.instruction and serve drops (the run's instruction replaces a client's), "

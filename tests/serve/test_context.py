@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import httpx
 import openai
 import pytest
 
@@ -132,6 +133,10 @@ def test_a_chat_the_students_template_refuses_is_a_400(tmp_path, teacher_server,
             assert e.value.body["param"] == "messages" and "Conversation roles must alternate" in e.value.message
             row = service.ledger.rows(stage="serve")[-1]
             assert row["status"] == "error" and row["error"].startswith("400")
+            counted = httpx.post(live.url + "/tokenize", json={"messages": two}, timeout=30,
+                                 headers={"Authorization": f"Bearer {SERVE_KEY}"})
+            assert counted.status_code == 400 and counted.json()["error"]["param"] == "messages", counted.text
+            assert "chat template refuses this chat: Conversation roles must alternate" in counted.json()["error"]["message"]
             ok = [{"role": "user", "content": "the team won"}]
             assert client.chat.completions.create(model="potstill", messages=ok).choices[0].message.content
     finally:

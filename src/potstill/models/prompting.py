@@ -12,9 +12,29 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from jinja2 import TemplateError
+
 from potstill.errors import PotstillError
 from potstill.records import content_text
 from potstill.tool_calls import as_text_turns, has_tool_turns
+
+
+class RefusedChat(PotstillError, ValueError):
+    """A model's chat template refuses a chat (Gemma's and Mistral's raise on two user turns in a
+    row, which OpenAI's API takes); ``why``: the template's words. Serve answers such a chat with a
+    400; a stage that reads records names the record (``refused_record``)."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"the chat template refuses this chat: {why}")
+        self.why = why
+
+
+def refused_record(record_id: Any, e: RefusedChat) -> str:
+    """The line a stage refuses a record with whose chat the student's chat template refuses: the
+    record, the template's words and what to do."""
+    return (f"record {record_id}: the student's chat template refuses its chat ({e.why}); serve answers such a "
+            "chat with a 400, so the student can neither learn nor be measured on it: join its consecutive "
+            "turns of one role (or drop the record), or pick a student whose chat template takes it")
 
 
 @dataclass
@@ -48,7 +68,8 @@ class PromptFormat:
 
     def query(self, tokenizer: Any, messages: list[dict[str, Any]]) -> str:
         """The per-input part of the prompt. A chat's tool turns are read as text (``as_text_turns``),
-        one form for every template, the one a tools task's student writes its calls in."""
+        one form for every template, the one a tools task's student writes its calls in. Raises
+        ``RefusedChat`` where the chat template refuses the chat."""
         if has_tool_turns(messages):
             messages = as_text_turns(messages, self.calls_as_list)
         if self.kind == "chat":
@@ -60,7 +81,11 @@ class PromptFormat:
             # Text parts joined: most templates print a list of parts as Python's repr of it.
             flat = [{**m, "content": content_text(m["content"])} if isinstance(m.get("content"), list) else m
                     for m in messages]
-            return tokenizer.apply_chat_template([*chat, *flat], tokenize=False, add_generation_prompt=True)
+            try:
+                return tokenizer.apply_chat_template([*chat, *flat], tokenize=False, add_generation_prompt=True)
+            except TemplateError as e:  # the template's raise_exception: one line, not Jinja's traceback
+                why = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+                raise RefusedChat(why) from None
         text = "\n".join(content_text(m.get("content")) for m in messages if m.get("role") == "user")
         return f"{text}\n{self.answer_prefix}"
 

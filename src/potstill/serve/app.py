@@ -31,12 +31,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from potstill.errors import PotstillError
+from potstill.models.prompting import RefusedChat
 from potstill.progress import say
 from potstill.records import json_problem
 from potstill.serve.batches import add_batch_routes
 from potstill.serve.message_batches import add_message_batch_routes
 from potstill.serve.completions import COMPLETIONS, add_completions_route
-from potstill.serve.engine import RefusedChat
 from potstill.serve.formats import FormatError
 from potstill.serve.gate import BAD_KEY, Gate, key_code, key_sent, logged_request
 from potstill.serve.messages import MESSAGES, add_messages_route
@@ -250,7 +250,8 @@ def _reply(service: Service, e: BaseException, path: str) -> dict[str, Any]:
     if isinstance(e, APIError):
         return dict(status=e.status, message=e.message, param=e.param, code=e.code)
     if isinstance(e, RefusedChat):
-        return dict(status=400, message=f"messages: {e}"[:500], param="messages")
+        return dict(status=400, message=f"messages: the student's chat template refuses this chat: {e.why}"[:500],
+                    param="messages")
     if isinstance(e, LogprobsUnavailable):
         param = "include" if path.rstrip("/") == RESPONSES else "logprobs"  # where each API asks
         return dict(status=400, message=f"{param}: {e}; serve the student with serve.engine transformers, "

@@ -19,10 +19,11 @@ from potstill.atomic import atomic_write, write_text
 from potstill.config import Config
 from potstill.errors import PotstillError
 from potstill.hashing import hash_file, hash_obj
+from potstill.models.prompting import RefusedChat
 from potstill.progress import bar, say
 from potstill.records import Record, read_records
 from potstill.rundir import student_train_path
-from potstill.serve.engine import RefusedChat, ServedStudent, StudentAnswer, embed_all
+from potstill.serve.engine import ServedStudent, StudentAnswer, embed_all
 from potstill.serve.routing import Routing, calibrate, ood_distance
 from potstill.tasks import Task
 
@@ -180,7 +181,7 @@ def _servable(engine: ServedStudent, records: list[Record], path: Path,
         try:
             over = engine.over_context(r.messages)
         except RefusedChat as e:
-            refused.append(str(e).split(": ", 1)[-1])
+            refused.append(e.why)
             continue
         if over is None:
             fits.append(r)

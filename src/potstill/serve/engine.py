@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from jinja2 import TemplateError
 
 from potstill.engines import Engine
 from potstill.engines.base import context_length, generate_takes, warm_batches
@@ -33,11 +32,6 @@ from potstill.models.scoring import label_margin
 from potstill.progress import bar
 from potstill.students import student_format
 from potstill.tasks import Task
-
-
-class RefusedChat(ValueError):
-    """The student's chat template refuses a chat (Gemma's and Mistral's raise on two user turns in
-    a row, which OpenAI's API takes): the client's 400, not the server's 500."""
 
 
 def first_stop(text: str, stop: Sequence[str]) -> int:
@@ -140,10 +134,7 @@ class ServedStudent:
         one answers past what it was trained on. None when it fits or the context is unknown.
         Raises ``RefusedChat`` when the chat template refuses the chat."""
         tok = self.engine.tokenizer
-        try:
-            text = self.fmt.prefix() + self.fmt.query(tok, messages)
-        except TemplateError as e:  # the template's raise_exception
-            raise RefusedChat(f"the student's chat template refuses this chat: {e}") from None
+        text = self.fmt.prefix() + self.fmt.query(tok, messages)
         if self.context is None:
             return None
         ids = encode_prompt(tok, self.fmt, text, first=True)

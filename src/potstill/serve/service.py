@@ -32,11 +32,12 @@ from potstill.engines.calibration import weights_of
 from potstill.ledger import Ledger, ServedCall
 from potstill.ledger_rows import billed_tokens
 from potstill.models.loading import model_identity
+from potstill.models.prompting import RefusedChat
 from potstill.progress import say
 from potstill.records import read_records
 from potstill.serve.calibration import _servable, calibrate_run
 from potstill.serve.escalation import TeacherError, TeacherSide
-from potstill.serve.engine import Batcher, RefusedChat, ServedStudent, StudentAnswer, first_stop
+from potstill.serve.engine import Batcher, ServedStudent, StudentAnswer, first_stop
 from potstill.serve.formats import answer_problem, format_schema
 from potstill.serve.routing import Routing, ood_distance
 from potstill.serve.streaming import LiveText, openai_logprob

@@ -12,7 +12,6 @@ import asyncio
 from typing import Any
 
 from fastapi import FastAPI
-from jinja2 import TemplateError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from potstill.models.prompting import encode_prompt
@@ -63,9 +62,7 @@ async def student_prompt_ids(service: Any, messages: list[dict[str, str]],
                              whole: list[dict[str, Any]] | None = None) -> list[int]:
     """The student's prompt ids for a chat (role and text; ``whole``: the same with its tool fields),
     as it reads it when it answers (``student_turns``: tool turns as text): the run's instruction and
-    its prompt format; a 400 where its chat template refuses the chat."""
-    from potstill.serve.app import APIError
-
+    its prompt format. Raises ``RefusedChat`` (the app's 400) where its chat template refuses the chat."""
     student = service.live.engine
     tok, fmt = student.engine.tokenizer, student.fmt
     read = student_turns(messages, whole)
@@ -73,10 +70,7 @@ async def student_prompt_ids(service: Any, messages: list[dict[str, str]],
     def ids() -> list[int]:
         return encode_prompt(tok, fmt, fmt.prefix() + fmt.query(tok, read), first=True)
 
-    try:
-        return await asyncio.to_thread(ids)
-    except TemplateError as e:
-        raise APIError(400, f"messages: the student's chat template refuses this chat: {e}"[:500], "messages") from None
+    return await asyncio.to_thread(ids)
 
 
 def add_tokenize_routes(app: FastAPI, service: Any, bearer: list) -> None:

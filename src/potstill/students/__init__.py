@@ -19,7 +19,7 @@ from potstill.engines import Engine, section_engine
 from potstill.engines.base import context_length, past_context
 from potstill.errors import PotstillError
 from potstill.models.loading import LM
-from potstill.models.prompting import PromptFormat, label_token_ids
+from potstill.models.prompting import PromptFormat, RefusedChat, label_token_ids, refused_record
 from potstill.models.scoring import label_margin
 from potstill.progress import bar, say
 from potstill.records import Record
@@ -97,7 +97,16 @@ def readable(lm: Any, task: Task, records: list[Record], stage: str) -> list[Rec
     """The ``records`` the student reads, in order: those whose prompt (and, generating, the task's
     ``max_output_tokens``) fit its context. Serve sends a longer chat to the teacher unread (reason
     ``too_long``), and a student with learned positions (GPT-2) fails on it with an IndexError, so
-    pilot and evaluate set them aside too and say how many; one line and no figures where none fits."""
+    pilot and evaluate set them aside too and say how many; one line and no figures where none fits.
+    A chat the student's chat template refuses, which serve answers with a 400 and train refuses, is
+    one line naming the record (``refused_record``)."""
+    engine = as_engine(lm)
+    fmt = student_format(engine, task)
+    for r in records:
+        try:
+            fmt.query(engine.tokenizer, r.messages)
+        except RefusedChat as e:
+            raise PotstillError(f"{stage}: {refused_record(r.id, e)}") from None
     over = unreadable(lm, task, records)
     if not over:
         return records

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from potstill.errors import PotstillError
-from potstill.models.prompting import PromptFormat, encode_prompt
+from potstill.models.prompting import PromptFormat, RefusedChat, encode_prompt, refused_record
 from potstill.records import Record
 from potstill.tasks import Task
 from potstill.teachers.base import token_bytes
@@ -219,7 +219,10 @@ def build_examples(lm: Any, fmt: PromptFormat, task: Task, records: list[Record]
     if task.labels:
         _check_label_probs(records, task.labels)
     for r in records:
-        prompt = prompt_ids(tok, fmt, r.messages)
+        try:
+            prompt = prompt_ids(tok, fmt, r.messages)
+        except RefusedChat as e:  # one line naming the record, not Jinja's traceback
+            raise PotstillError(f"train: {refused_record(r.id, e)}") from None
         completion = tok(fmt.completion(tok, task.target(r)), add_special_tokens=False)["input_ids"]
         # At most max_length tokens: the prompt loses its start first; a completion longer than
         # max_length - 1 also loses its end (the prompt keeps its last token, which predicts the first),

@@ -33,10 +33,11 @@ from potstill.config import Config, WatchConfig
 from potstill.errors import PotstillError
 from potstill.hashing import hash_file, hash_obj
 from potstill.models.loading import load_lm
+from potstill.models.prompting import RefusedChat
 from potstill.progress import out, say
 from potstill.records import read_records, write_json, write_text
 from potstill.rundir import check_trained_task, student_train_path
-from potstill.serve.engine import RefusedChat, TransformersEngine, embed_all
+from potstill.serve.engine import TransformersEngine, embed_all
 from potstill.tasks import get_task
 from potstill.tool_calls import calls_of, text_of, tool_names
 from potstill.watch.stats import escalation_trend, label_test, mmd_test
