@@ -19,7 +19,7 @@ from potstill.errors import PotstillError
 from potstill.export import export
 from potstill.export import gguf_file, llama_convert
 from tests.export.conftest import make_bpe_model
-from tests.helpers.ollama import ollama_commands
+from tests.helpers.ollama import ollama_chat_prompt, ollama_commands, render_go
 
 LABELS = ["business", "politics", "sports"]
 INSTRUCTION = "Which topic is this article: business, politics or sports?"
@@ -197,13 +197,14 @@ def test_modelfile(exported, reference):
     lines = text.splitlines()
     assert lines[0] == "FROM ./student-q8_0.gguf" and (out / "student-q8_0.gguf").exists()
     assert (out / "Modelfile.f16").read_text().splitlines()[0] == "FROM ./student-f16.gguf"
-    assert f'SYSTEM """{INSTRUCTION}"""' in text
+    assert "SYSTEM" not in text  # the TEMPLATE writes the instruction itself
     assert "PARAMETER temperature 0" in lines
     assert 'PARAMETER stop "<|im_end|>"' in lines and 'PARAMETER stop "<|im_start|>"' in lines
     longest = max(len(tok(label + "<|im_end|>", add_special_tokens=False)["input_ids"]) for label in LABELS)
     assert f"PARAMETER num_predict {longest}" in lines
     template = text.split('TEMPLATE """', 1)[1].split('"""', 1)[0]
-    assert "{{ .System }}<|im_end|>" in template and template.endswith("<|im_start|>assistant\n")
+    assert f'<|im_start|>system\n{{{{ "{INSTRUCTION}" }}}}<|im_end|>' in template and ".System" not in template
+    assert template.endswith("<|im_start|>assistant\n")
     assert template.count("{{") == template.count("}}")
 
 
@@ -319,15 +320,6 @@ def test_a_gguf_conversion_another_process_finished_meanwhile_is_kept_not_replac
     assert loading.load_lm(str(path), device="cpu").model.config.num_hidden_layers > 0
 
 
-def _render_go(template: str, system: str, prompt: str) -> str:
-    """The subset of Go's text/template a completion TEMPLATE uses: ``if .System`` blocks and fields."""
-    import re
-
-    out = re.sub(r"\{\{-? ?if \.System ?\}\}(.*?)\{\{-? ?end ?\}\}", lambda m: m.group(1) if system else "", template,
-                 flags=re.S)
-    return out.replace("{{ .System }}", system).replace("{{ .Prompt }}", prompt)
-
-
 def test_modelfile_of_a_student_without_a_chat_template_prompts_as_in_training():
     """A base student (no chat template) trains on PromptFormat's completion prompt: instruction, blank
     line, input, "Answer:", and answers " label\\n". Its GGUF has no chat template for Ollama to detect,
@@ -340,11 +332,12 @@ def test_modelfile_of_a_student_without_a_chat_template_prompts_as_in_training()
     tok.chat_template = None
     text = render_modelfile("./student-f16.gguf", tok, INSTRUCTION, 4, one_line=True)
     assert 'TEMPLATE """' in text, text
-    template = text.split('TEMPLATE """', 1)[1].split('"""', 1)[0]
-    system = text.split('SYSTEM """', 1)[1].split('"""', 1)[0]
+    template = dict(ollama_commands(text))["template"]
     fmt = PromptFormat(kind="completion", instruction=INSTRUCTION)
-    for t in TEXTS:
-        assert _render_go(template, system, t) == fmt.prefix() + fmt.query(tok, [{"role": "user", "content": t}])
+    for t in TEXTS:  # a client's own system prompt (Ollama's .System) changes nothing, as under potstill serve
+        for system in ("", "Answer in French."):
+            want = fmt.prefix() + fmt.query(tok, [{"role": "user", "content": t}])
+            assert render_go(template, {"System": system, "Prompt": t}) == want
     # The completion it learned ends at a newline: a real one for Ollama, which reads no escapes (the
     # Modelfile said "\\n", a backslash and an n, so the one-line student ran on to num_predict).
     assert ("stop", "\n") in ollama_commands(text) and ("stop", "\\n") not in ollama_commands(text), text
@@ -390,10 +383,11 @@ def test_modelfile_of_an_empty_instruction_keeps_the_templates_default_system_tu
     tok.chat_template = SMOLLM2_TEMPLATE
     trained = PromptFormat(kind="chat", instruction="").query(tok, [{"role": "user", "content": "hi"}])
     assert trained.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
-    text = render_modelfile("./student-f16.gguf", tok, "", 4)
-    assert 'SYSTEM """You are a helpful AI assistant named SmolLM, trained by Hugging Face"""' in text.splitlines()
-    tok = make_bpe_tokenizer()  # a plain ChatML template writes no system turn of its own: no SYSTEM either
-    assert not any(line.startswith("SYSTEM") for line in render_modelfile("./s.gguf", tok, "", 4).splitlines())
+    template = dict(ollama_commands(render_modelfile("./student-f16.gguf", tok, "", 4)))["template"]
+    assert ollama_chat_prompt(template, "", [{"role": "user", "content": "hi"}]) == trained
+    tok = make_bpe_tokenizer()  # a plain ChatML template writes no system turn of its own: nor does Ollama's
+    template = dict(ollama_commands(render_modelfile("./s.gguf", tok, "", 4)))["template"]
+    assert ollama_chat_prompt(template, "", [{"role": "user", "content": "hi"}]).startswith("<|im_start|>user\nhi")
 
 
 @pytest.mark.parametrize("instruction", ['Réponds par "oui" ou "non"', 'Classify the text.\nSay "sports" or "tech"',
@@ -401,41 +395,62 @@ def test_modelfile_of_an_empty_instruction_keeps_the_templates_default_system_tu
 def test_modelfile_strings_reach_ollama_as_written(instruction):
     """Ollama's Modelfile strings have no escape sequences. An instruction ending in '"' was written
     with json.dumps, so Ollama's SYSTEM held its backslashes and \\uXXXX escapes literally (é as
-    \\u00e9, a quote as \\", a line break as \\n)."""
-    from potstill.export.modelfile import CHATML_TEMPLATE, render_modelfile
+    \\u00e9, a quote as \\", a line break as \\n). The TEMPLATE now writes it as a Go string,
+    whose escapes Go reads back; SYSTEM (a template it cannot translate) is a Modelfile string."""
+    from potstill.export.modelfile import chatml_template, render_modelfile
     from tests.export.conftest import make_bpe_tokenizer
 
     text = render_modelfile("./student-f16.gguf", make_bpe_tokenizer(), instruction, 4)
     commands = ollama_commands(text)
-    assert ("system", instruction) in commands, text
-    assert ("template", CHATML_TEMPLATE) in commands and commands[0] == ("model", "./student-f16.gguf")
+    assert ("template", chatml_template(instruction)) in commands and commands[0] == ("model", "./student-f16.gguf")
+    prompt = ollama_chat_prompt(dict(commands)["template"], "", [{"role": "user", "content": "hi"}])
+    assert prompt.startswith(f"<|im_start|>system\n{instruction}<|im_end|>\n"), prompt
+    assert ("system", instruction) in ollama_commands(render_modelfile("./s.gguf", _untranslatable(), instruction, 4))
+
+
+def _untranslatable():
+    """A tokenizer whose chat template rewrites the message: no TEMPLATE, the instruction as SYSTEM."""
+    from tests.export.conftest import make_bpe_tokenizer
+
+    tok = make_bpe_tokenizer()
+    tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }} {{ m['content'] | upper }}{% endfor %}"
+                         "{% if add_generation_prompt %}<|im_start|>assistant {% endif %}")
+    return tok
 
 
 def test_modelfile_refuses_a_string_ollama_cannot_read():
+    """A \"\"\" at a line end ends a Modelfile string: SYSTEM cannot hold it (one line); the TEMPLATE's
+    Go string escapes the line end, so there it reaches Ollama whole."""
     from potstill.export.modelfile import render_modelfile
     from tests.export.conftest import make_bpe_tokenizer
 
+    instruction = 'Quote it like """\nthis"""'
     with pytest.raises(PotstillError, match="task.instruction") as e:
-        render_modelfile("./student-f16.gguf", make_bpe_tokenizer(), 'Quote it like """\nthis"""', 4)
+        render_modelfile("./student-f16.gguf", _untranslatable(), instruction, 4, warn=False)
     assert "\n" not in str(e.value)
+    template = dict(ollama_commands(render_modelfile("./s.gguf", make_bpe_tokenizer(), instruction, 4)))["template"]
+    assert f"<|im_start|>system\n{instruction}<|im_end|>" in ollama_chat_prompt(template, "", [{"role": "user", "content": "hi"}])
 
 
 def test_modelfile_warns_once_about_characters_ollama_drops_from_system(capsys):
     """Ollama's parser keeps only printable runes (Go's strconv.IsPrint): a zero-width space, a
     no-break space, a soft hyphen in the instruction vanish from the served system prompt, which then
-    differs from the one the student trained on. The Modelfile cannot escape them: one warning line
-    names each, and an instruction without them says nothing."""
+    differs from the one the student trained on. SYSTEM cannot escape them: one warning line names
+    each, and an instruction without them says nothing. The TEMPLATE's Go string escapes them."""
     from potstill.export.modelfile import render_modelfile
     from tests.export.conftest import make_bpe_tokenizer
 
     instruction = "Classify\u200b the text.\u00a0Answer with one label."
-    text = render_modelfile("./student-f16.gguf", make_bpe_tokenizer(), instruction, 4)
+    text = render_modelfile("./student-f16.gguf", _untranslatable(), instruction, 4)
     assert ("system", "Classify the text.Answer with one label.") in ollama_commands(text)  # as Ollama reads it
-    err = capsys.readouterr().err.strip().splitlines()
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if "could not be translated" not in line]
     assert len(err) == 1, err
     assert "U+200B" in err[0] and "U+00A0" in err[0] and "task.instruction" in err[0] and "Ollama" in err[0], err
-    render_modelfile("./student-f16.gguf", make_bpe_tokenizer(), instruction, 4, warn=False)
-    render_modelfile("./student-f16.gguf", make_bpe_tokenizer(), "Classify the text.\nTabs\tare kept.", 4)
+    render_modelfile("./student-f16.gguf", _untranslatable(), instruction, 4, warn=False)
+    render_modelfile("./student-f16.gguf", _untranslatable(), "Classify the text.\nTabs\tare kept.", 4, warn=False)
+    text = render_modelfile("./student-f16.gguf", make_bpe_tokenizer(), instruction, 4)
+    template = dict(ollama_commands(text))["template"]
+    assert f"system\n{instruction}<|im_end|>" in ollama_chat_prompt(template, "", [{"role": "user", "content": "hi"}])
     assert capsys.readouterr().err == ""
 
 

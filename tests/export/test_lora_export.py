@@ -27,7 +27,7 @@ from potstill.train.trainer import train
 from potstill.export import MARK
 from tests.export.conftest import make_bpe_model
 from tests.helpers.llama import needs_llama_server
-from tests.helpers.ollama import ollama_commands
+from tests.helpers.ollama import ollama_chat_prompt, ollama_commands
 
 pytest.importorskip("peft")
 
@@ -269,7 +269,10 @@ def test_each_modelfile_names_its_base_and_the_adapter(gguf_lora):
     modelfile = (gguf_lora / "Modelfile.f16").read_text()
     cmds = ollama_commands(modelfile)
     assert cmds[:2] == [("model", "./base-f16.gguf"), ("adapter", "./adapter-f16.gguf")]
-    assert ("system", INSTRUCTION) in cmds and ("temperature", "0") in cmds
+    assert ("temperature", "0") in cmds and "system" not in dict(cmds)  # the TEMPLATE writes the instruction
+    prompt = ollama_chat_prompt(dict(cmds)["template"], "", [{"role": "system", "content": "be a pirate"},
+                                                             {"role": "user", "content": "hi"}])
+    assert INSTRUCTION in prompt and "pirate" not in prompt
     card = (gguf_lora / "README.md").read_text()
     assert f"llama-server -m {gguf_lora}/base-f16.gguf --lora {gguf_lora}/adapter-f16.gguf" in card
     assert "- \"gguf\"" in card and "- \"lora\"" in card

@@ -166,6 +166,22 @@ def test_ollama_prompts_as_the_student_trained(family, instruction, capsys):
     assert "could not" not in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("instruction", [INSTRUCTION, ""])
+@pytest.mark.parametrize("family", ["gemma3", "llama3", "llama3.2", "phi3", "chatml", "smollm2"])
+def test_a_clients_system_message_leaves_the_trained_prompt_as_potstill_serve_does(family, instruction):
+    """Found by a review: the TEMPLATE wrote ``.System``, where Ollama puts a client's own system
+    message in place of the Modelfile's SYSTEM (the openai SDK's users usually send one), so the student
+    read "be a pirate" where it trained on the task instruction; ``potstill serve`` drops a client's
+    system message. The TEMPLATE now writes the instruction itself and reads no ``.System``."""
+    tok = family_tokenizer(family)
+    modelfile = render_modelfile("./student-f16.gguf", tok, instruction, 4)
+    assert not any(line.startswith("SYSTEM") for line in modelfile.splitlines())
+    for chat in CHATS:
+        for sent in ([{"role": "system", "content": "You are a pirate."}, *chat],
+                     [{"role": "developer", "content": "Answer in French."}, *chat]):
+            assert served_ids(tok, modelfile, sent) == trained_ids(tok, instruction, chat), (family, sent)
+
+
 def test_a_template_that_places_the_system_prompt_last_translates_for_one_message(capsys):
     """Mistral's template writes the system prompt into the last user turn: one user message (what a
     task serves) prompts as in training, and the export says that a conversation does not."""

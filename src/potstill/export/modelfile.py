@@ -7,11 +7,17 @@ pieces off its own renderings. One it cannot translate gets no TEMPLATE, a comme
 and a warning saying why: Ollama then uses a template of its own that it finds close to the GGUF's,
 or none (the bare message). A student without a chat template was trained on PromptFormat's plain
 completion prompt, which its GGUF does not carry, so the Modelfile spells that prompt out
-(``COMPLETION_TEMPLATE``).
+(``completion_template``).
 
-The system prompt is the task instruction (``SYSTEM``), as the student saw it in training; Ollama
-places it in ``.System`` and also keeps it among ``.Messages``, so the loop skips system messages.
-Without an instruction it is the system turn the chat template writes by itself, if any (SmolLM2's).
+The system prompt is the task instruction, as the student saw it in training, written by the
+TEMPLATE itself (``ollama_template.go_string``) rather than read from ``.System``: Ollama puts a
+client's own system message there in place of the Modelfile's SYSTEM, so a client that sends one (the
+openai SDK's users usually do) replaced the instruction the student was trained with; ``potstill
+serve`` drops a client's system message, and so does the TEMPLATE (Ollama also keeps the system
+messages among ``.Messages``, so the loop writes only user, assistant and tool turns). Without an
+instruction it is the system turn the chat template writes by itself, if any (SmolLM2's). Only a
+Modelfile with no TEMPLATE (a chat template it cannot translate) carries the instruction as SYSTEM,
+for the template Ollama picks, which a client's system message then replaces.
 """
 
 from __future__ import annotations
@@ -22,22 +28,20 @@ from typing import Any
 from rich.markup import escape
 
 from potstill.errors import PotstillError
-from potstill.export.ollama_template import Untranslatable, message_text, translate
+from potstill.export.ollama_template import Untranslatable, go_string, message_text, translate
 from potstill.models.prompting import PromptFormat, end_of_turn
 from potstill.progress import say
 
-def chatml_template(parallel: bool = False) -> str:
-    """What the Jinja template renders for ChatML, in Go-template syntax: the system turn, every other
-    turn, then the generation prompt. A run of tool results is one user turn, a line each, and calls are
-    their JSON (``ollama_template.message_text``: as training read them); ``.Tools`` is named only so
-    that Ollama takes a request with tools. `{{-` trims only the whitespace *before* it, so the newline
-    after each <|im_end|> (inside an `if`/`range` body) is kept."""
-    return """{{- if .Tools }}{{ end }}
-{{- if .System }}<|im_start|>system
-{{ .System }}<|im_end|>
-{{ end }}
-{{- $prev := "" }}
-{{- range .Messages }}{{- if ne .Role "system" }}
+def chatml_template(system: str = "", parallel: bool = False) -> str:
+    """What the Jinja template renders for ChatML, in Go-template syntax: the system turn of ``system``
+    (none where empty; a client's system or developer message is not read), the user, assistant and
+    tool turns, then the generation prompt. A run of tool results is one user turn, a line each, and calls are their JSON
+    (``ollama_template.message_text``: as training read them); ``.Tools`` is named only so that Ollama
+    takes a request with tools. `{{-` trims only the whitespace *before* it, so the newline after each
+    <|im_end|> (the system turn's, and inside a `range` body) is kept."""
+    head = f"<|im_start|>system\n{{{{ {go_string(system)} }}}}<|im_end|>\n" if system else ""
+    return "{{- if .Tools }}{{ end }}" + head + """{{ $prev := "" }}
+{{- range .Messages }}{{- if eq .Role "user" "assistant" "tool" }}
 {{- if and (eq .Role "tool") (eq $prev "tool") }}
 {{ else }}{{ if eq $prev "tool" }}<|im_end|>
 {{ end }}<|im_start|>{{ if eq .Role "tool" }}user{{ else }}{{ .Role }}{{ end }}
@@ -48,14 +52,12 @@ def chatml_template(parallel: bool = False) -> str:
 """
 
 
-CHATML_TEMPLATE = chatml_template()
-
-
-# PromptFormat's completion prompt (a student with no chat template): the instruction and a blank
-# line, the input, then the answer prefix; it learned to answer " label\n". Ollama puts the
-# Modelfile's SYSTEM in .System and the user's message in .Prompt.
-COMPLETION_TEMPLATE = ("{{- if .System }}{{ .System }}\n\n{{ end }}{{ .Prompt }}\n"
-                       + PromptFormat(kind="completion").answer_prefix)
+def completion_template(instruction: str) -> str:
+    """PromptFormat's completion prompt (a student with no chat template): the instruction (written
+    by the template, as ``chatml_template`` writes it) and a blank line, the input (Ollama's
+    ``.Prompt``), then the answer prefix; it learned to answer " label\\n"."""
+    head = f"{{{{ {go_string(instruction)} }}}}\n\n" if instruction else ""
+    return head + "{{ .Prompt }}\n" + PromptFormat(kind="completion").answer_prefix
 
 
 def is_chatml(chat_template: str | None) -> bool:
@@ -131,28 +133,27 @@ def render_modelfile(gguf_path: str, tokenizer: Any, instruction: str, num_predi
     template = getattr(tokenizer, "chat_template", None)
     lines = [f"FROM {gguf_path}", *([f"ADAPTER {adapter}"] if adapter else []), ""]
     stops = []
-    what = "task.instruction"
+    system = ""  # SYSTEM: only where no TEMPLATE writes the instruction itself
     if is_chatml(template):
-        lines += [f"TEMPLATE {_quote(chatml_template(parallel), 'the template')}", ""]
+        lines += [f"TEMPLATE {_quote(chatml_template(instruction or default_system(tokenizer), parallel), 'the template')}",
+                  ""]
         stops = ["<|im_end|>", "<|im_start|>"]
-        what = "task.instruction" if instruction else "the chat template's default system turn"
-        instruction = instruction or default_system(tokenizer)
     elif not template:
-        lines += [f"TEMPLATE {_quote(COMPLETION_TEMPLATE, 'the template')}", ""]
+        # The instruction as PromptFormat.prefix puts it.
+        lines += [f"TEMPLATE {_quote(completion_template(instruction.strip()), 'the template')}", ""]
         stops = ["\n"] if one_line else []
-        instruction = instruction.strip()  # as PromptFormat.prefix puts it
     else:
         try:
             translated = translate(tokenizer, instruction, parallel)
         except Untranslatable as e:
             lines += [f"# No TEMPLATE: potstill could not translate the student's chat template ({e}).", ""]
+            system = instruction
             if warn:
                 say(f"[yellow]export: the chat template could not be translated into an Ollama TEMPLATE ({escape(str(e))}); "
                     "the Modelfile has none, so Ollama uses a template of its own it finds close to the GGUF's, or "
                     "sends the bare message: the prompt differs from training unless you write a TEMPLATE[/yellow]")
         else:
             lines += [f"TEMPLATE {_quote(translated.template, 'the template')}", ""]
-            instruction = translated.system
             if warn and not translated.multi_turn:
                 say("[yellow]export: the Modelfile's TEMPLATE renders one user message as the chat template does, "
                     "not a conversation of several turns (the chat template places the system prompt or the "
@@ -163,10 +164,10 @@ def render_modelfile(gguf_path: str, tokenizer: Any, instruction: str, num_predi
     for end in [*ends, tokenizer.eos_token]:
         if end and end not in stops:
             stops.append(end)
-    if instruction:
-        lines += [f"SYSTEM {_quote(instruction, what)}", ""]
+    if system:
+        lines += [f"SYSTEM {_quote(system, 'task.instruction')}", ""]
         if warn:
-            _warn_dropped(instruction, what)
+            _warn_dropped(system, "task.instruction")
     # Greedy, like potstill's own evaluation, and no longer than the task's longest answer.
     lines += ["PARAMETER temperature 0", f"PARAMETER num_predict {int(num_predict)}"]
     lines += [f"PARAMETER stop {_stop(s)}" for s in stops]

@@ -30,7 +30,9 @@ What no TEMPLATE can do: a template that trims each message (Gemma's, Llama 3's)
 sent, so a message with leading or trailing white space is prompted with it; a date a template writes
 (Llama 3.2's "Today Date") is the export's; a call's arguments are written as Go writes a map (keys
 sorted, a nested object or list without spaces, ``<>&`` escaped), so only flat arguments whose keys
-the teacher wrote in that order are the very text trained on.
+the teacher wrote in that order are the very text trained on; and Ollama joins consecutive messages
+of one role (but ``tool``) into one, a blank line between (its ``collate``, before any template runs),
+where training and ``potstill serve`` read them as turns of their own.
 """
 
 from __future__ import annotations
@@ -52,6 +54,26 @@ def calls_text(parallel: bool = False) -> str:
     if parallel:
         return f"[{calls}]"
     return f'{{{{ $many := ne (len .ToolCalls) 1 }}}}{{{{ if $many }}}}[{{{{ end }}}}{calls}{{{{ if $many }}}}]{{{{ end }}}}'
+
+
+_GO_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def go_string(text: str) -> str:
+    """``text`` as a Go string literal, for an action (``{{ "..." }}``) that writes it as it is: the
+    system prompt a TEMPLATE writes itself, so that a client's own system message cannot replace it
+    (``.System``), as ``potstill serve`` drops a client's. ``"`` and ``\\`` escaped, and line ends,
+    braces (a ``}}`` ends an action for a reader that does not parse strings) and every character that
+    is not printable as escapes Go reads back: the Modelfile's parser has no escapes and drops such
+    characters from a string of its own (SYSTEM), not from these."""
+    def one(c: str) -> str:
+        if c in _GO_ESCAPES:
+            return _GO_ESCAPES[c]
+        if c in "{}" or not (c.isprintable() or c == " "):
+            return f"\\u{ord(c):04x}" if ord(c) < 0x10000 else f"\\U{ord(c):08x}"
+        return c
+
+    return '"' + "".join(one(c) for c in text) + '"'
 
 
 def message_text(parallel: bool = False) -> str:
@@ -83,13 +105,16 @@ class Pieces:
             out.append(text)
         return "".join(out) + self.tail
 
-    def go(self, parallel: bool = False) -> str:
-        """The Go template Ollama executes: the same pieces, with ``.System`` and ``.Messages`` (in which
-        Ollama also keeps the system messages, hence only user, assistant and tool turns are written). A
-        run of tool results is one user turn, a line each (``message_text``); ``.Tools`` is named so that
-        Ollama takes a request with tools (it refuses one for a template that never reads them), and
-        written nowhere: the student answers without them in its prompt, as it trained."""
-        first = f"{{{{ if $.System }}}}{self.sys_open}{{{{ $.System }}}}{self.sys_close}{{{{ else }}}}{self.head}{{{{ end }}}}"
+    def go(self, system: str, parallel: bool = False) -> str:
+        """The Go template Ollama executes: the same pieces around ``.Messages``, the system prompt
+        ``system`` written by the template itself (``go_string``), not ``.System``: a client's system
+        message, which Ollama puts there in place of the Modelfile's SYSTEM, is dropped, as ``potstill
+        serve`` drops it. Ollama also keeps the system messages among ``.Messages``, hence only user,
+        assistant and tool turns are written. A run of tool results is one user turn, a line each
+        (``message_text``); ``.Tools`` is named so that Ollama takes a request with tools (it refuses
+        one for a template that never reads them), and written nowhere: the student answers without
+        them in its prompt, as it trained."""
+        first = f"{self.sys_open}{{{{ {go_string(system)} }}}}{self.sys_close}" if system else self.head
         return ('{{ if .Tools }}{{ end }}{{ $prev := "" }}{{ range .Messages }}{{ if eq .Role "user" "assistant" "tool" }}'
                 f'{{{{ if eq $prev "" }}}}{first}{{{{ else if and (eq .Role "tool") (eq $prev "tool") }}}}\n'
                 f'{{{{ else if eq .Role "assistant" }}}}{self.user_to_assistant}'
@@ -100,8 +125,7 @@ class Pieces:
 
 @dataclass(frozen=True)
 class Translated:
-    template: str  # the Go template, for the Modelfile's TEMPLATE
-    system: str  # the instruction as the chat template writes it (Llama 3 trims it), for SYSTEM
+    template: str  # the Go template, for the Modelfile's TEMPLATE, the instruction written in it
     multi_turn: bool  # whether conversations of several turns rebuild too, not only one user message
 
 
@@ -163,11 +187,11 @@ def translate(tokenizer: Any, instruction: str, parallel: bool = False) -> Trans
     if any("{{" in p or "}}" in p for p in (head, sys_open, sys_close, ua, au, tail)):
         raise Untranslatable("it writes '{{' or '}}', which a Go template reads as an action")
     system = instruction
-    if instruction:  # as the template writes it: Llama 3's trims it, which .System must not undo
+    if instruction:  # as the template writes it: Llama 3's trims it
         rendered, end = _render(tokenizer, _chat(instruction, [u0])), sys_close + u0 + tail
         if rendered.startswith(sys_open) and rendered.endswith(end) and len(rendered) >= len(sys_open) + len(end):
             system = rendered[len(sys_open):len(rendered) - len(end)]
     bos = tokenizer.bos_token or ""
     if bos and _adds_bos(tokenizer) and head.startswith(bos) and sys_open.startswith(bos):
         pieces = Pieces(head[len(bos):], sys_open[len(bos):], sys_close, ua, au, tail)
-    return Translated(pieces.go(parallel), system, multi)
+    return Translated(pieces.go(system, parallel), multi)
