@@ -67,18 +67,9 @@ class Check:
 
 
 def _tokenizer(spec: str | Path) -> Any:
-    from transformers import AutoTokenizer
+    from potstill.models.loading import load_tokenizer
 
-    from potstill.models.loading import pretrained_source, resolve
-
-    src, pin = pretrained_source(spec if isinstance(spec, Path) else resolve(spec)[1])
-    try:
-        tok = AutoTokenizer.from_pretrained(src, **pin)
-    except (OSError, ValueError) as e:  # ValueError: a tokenizer file that is not JSON or names no class
-        raise PotstillError(f"cannot load the tokenizer of '{spec}': {str(e).splitlines()[0]}") from None
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
+    return load_tokenizer(spec)
 
 
 def _model_config(spec: str) -> Any:

@@ -9,6 +9,7 @@ records below ``curate.min_agreement`` are set aside.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from potstill.config import CurateConfig
@@ -35,14 +36,30 @@ def _refused(stop: str | None, rec: Record) -> bool:
     return stop in REFUSED_STOPS and "review" not in rec.meta
 
 
-def invalid_reason(rec: Record, task: Task, c: CurateConfig, logged: bool = False) -> str | None:
+def special_token(text: str, specials: Sequence[str]) -> str | None:
+    """Why an answer holding one of the student's special-token texts (``specials``:
+    ``prompting.special_tokens``) is set aside, else None. Every stage tokenises a text with its
+    special tokens read as such (as vLLM and TRL do), so ``<|im_end|>`` in an answer is the student's
+    turn end in the middle of its target: trained on, it learns to stop there."""
+    found = next((t for t in specials if t in text), None)
+    if found is None:
+        return None
+    return (f"special token: the answer holds {found!r}, which the student's tokenizer reads as its control token, "
+            "not as text: trained on it, the student learns to write that token mid-answer (a turn end such as "
+            "<|im_end|> stops it there)")
+
+
+def invalid_reason(rec: Record, task: Task, c: CurateConfig, specials: Sequence[str] = (),
+                   logged: bool = False) -> str | None:
     """None when the record may be trained on, else why not (the text before ':' is the card's category).
 
     A generated answer (free text, JSON) that the teacher's token limit cut is half an answer, which
     would teach the student to stop mid-sentence; one a reviewer decided on stands (an edit replaced
     it). A label answer is read whole from its first words, so a cut one is kept. An answer that
-    stopped as a refusal is set aside whatever its text, unless a reviewer decided on it. ``logged``: a
-    real example's answer (``curate.real_data``), which no teacher setting or new generate would lengthen."""
+    stopped as a refusal is set aside whatever its text, unless a reviewer decided on it. One that
+    holds a special token of the student's (``special_token``) is set aside, a reviewer's too: the
+    token is no text the student can learn. ``logged``: a real example's answer (``curate.real_data``),
+    which no teacher setting or new generate would lengthen."""
     if rec.output is None:
         return rec.invalid_reason or "teacher error: no output"
     stop = rec.meta.get("stop_reason")
@@ -66,16 +83,16 @@ def invalid_reason(rec: Record, task: Task, c: CurateConfig, logged: bool = Fals
                     "shorten the input or use a model with a longer one")
         return (f"truncated: the teacher's answer ran to its token limit{tokens}; raise "
                 "teacher.max_tokens and run `potstill generate` again")
-    return problem
+    return problem or special_token(rec.output, specials)
 
 
-def majority(rec: Record, task: Task, c: CurateConfig) -> tuple[str, float, str | None] | None:
+def majority(rec: Record, task: Task, c: CurateConfig, specials: Sequence[str] = ()) -> tuple[str, float, str | None] | None:
     """(the majority sample's text, the share of samples that give its answer, that sample's stop
     reason or None where the record does not say); None without samples.
 
     ``tasks.answers.vote`` under curate's rules: samples that fail validation (the task's check,
     curate's rules, a refusal or a cut at the token limit as ``invalid_reason`` reads it, from generate's
-    ``meta.sample_stop_reasons``) count against agreement but never win the vote; ties go to the
+    ``meta.sample_stop_reasons``, a special token of the student's) count against agreement but never win the vote; ties go to the
     answer seen first. With no valid sample the record keeps its own, validated output at agreement
     0: an answer outside the label set must not become the training target, even at min_agreement 0.
     """
@@ -87,7 +104,9 @@ def majority(rec: Record, task: Task, c: CurateConfig) -> tuple[str, float, str 
     def problem(i: int, s: str) -> str | None:
         if _refused(stops[i], rec):
             return "refused"
-        return "truncated" if _cut(stops[i], task, rec) else output_problem(s, task, c)
+        if _cut(stops[i], task, rec):
+            return "truncated"
+        return output_problem(s, task, c) or special_token(s, specials)
 
     i, share = vote(rec.samples, task.parse, task.validate, problem)
     if not share:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from rich.markup import escape
@@ -16,6 +17,30 @@ from potstill.progress import say
 from potstill.records import atomic_files, check_ids, dump_jsonl, read_numbered, read_records
 from potstill.review.store import load_decisions
 from potstill.rundir import RunDir
+
+
+# What a special token's text looks like: ChatML's <|im_end|>, Gemma's <end_of_turn>, </s>, Mistral's
+# [INST], BERT's [SEP]. Only answers holding such a text have the student's tokenizer loaded to read
+# its own special tokens (a bundled GGUF student is converted for it, ~25 s the first time).
+_SPECIAL_SHAPE = re.compile(r"<[^\s<>]{1,40}>|\[/?[A-Z_]{2,24}\]")
+
+
+def student_specials(cfg: Config, records: list) -> list[str]:
+    """The texts the student's tokenizer reads as its special tokens (``prompting.special_tokens``),
+    where an answer (output or sample) holds text shaped like one; else none, unloaded. A tokenizer
+    that does not load here is one line, and the answers go unchecked for them."""
+    if not any(_SPECIAL_SHAPE.search(t) for r in records for t in (r.output or "", *(r.samples or ()))):
+        return []
+    from potstill.models.loading import load_tokenizer
+    from potstill.models.prompting import special_tokens
+
+    try:
+        return special_tokens(load_tokenizer(cfg.student.model))
+    except PotstillError as e:
+        say("[yellow]" + escape(f"curate: answers hold text shaped like special tokens, and the student's tokenizer "
+                                f"does not load here ({e}): not checked for the student's own, which train would "
+                                "read as control tokens") + "[/yellow]")
+        return []
 
 
 def curate_stage(cfg: Config, force: bool = False) -> dict[str, Any]:
@@ -50,7 +75,15 @@ def curate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
     if failed:  # a generate that stopped on failed calls wrote the rest: curating them is allowed, not silent
         say(f"[yellow]curate: {failed} of {len(records)} records in teacher.jsonl are failed teacher calls, left out; "
             "`potstill generate` retries just those (the answered ones are cached), then curate again[/yellow]")
-    c = curate(cfg, records, decisions, real)
+    specials = student_specials(cfg, records + (real or []))
+    c = curate(cfg, records, decisions, real, specials)
+    special = [r for r in c.rejected if "special token: the answer holds" in (r.invalid_reason or "")]
+    if special:  # said where it can be fixed: the card counts them among the rejected
+        token = next(t for t in specials if t in (special[0].output or ""))
+        say("[yellow]" + escape(f"curate: {len(special)} of {len(records) + len(real or [])} answers hold a special token of the student's (record "
+                                f"{special[0].id}: {token!r}), which its tokenizer reads as a control token, not text, "
+                                "so trained on they teach the student to stop mid-answer: set aside (rejected.jsonl)")
+            + "[/yellow]")
     if not c.train:  # nothing is written: the counts and the commonest reasons say where the records went
         counts = ", ".join(f"{k}={v}" for k, v in c.card["counts"].items() if v)
         reasons = sorted(c.card["rejected_reasons"].items(), key=lambda kv: -kv[1])[:3]

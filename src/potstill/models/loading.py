@@ -419,6 +419,21 @@ def pretrained_source(where: Path | str) -> tuple[Path | str, dict[str, str]]:
     return repo, {"revision": revision} if revision else {}
 
 
+def load_tokenizer(spec: str | Path) -> Any:
+    """The tokenizer of the model ``spec`` (as ``resolve`` reads one, or a directory), without its
+    weights; its pad is EOS where it names none, as ``load_lm`` sets it. A failure is one line."""
+    from transformers import AutoTokenizer
+
+    src, pin = pretrained_source(spec if isinstance(spec, Path) else resolve(spec)[1])
+    try:
+        tok = AutoTokenizer.from_pretrained(src, **pin)
+    except (OSError, ValueError) as e:  # ValueError: a tokenizer file that is not JSON or names no class
+        raise PotstillError(f"cannot load the tokenizer of '{spec}': {str(e).splitlines()[0]}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
 def keep_layers(model: Any, n: int) -> None:
     """Depth-prune to the first ``n`` transformer layers (the LM head and final norm stay).
 

@@ -125,10 +125,7 @@ def end_of_turn(tokenizer: Any) -> str:
         except Exception:  # noqa: BLE001 - a template that will not render this pair keeps EOS
             text = ""
         tail = text.split(_MARK, 1)[1] if _MARK in text else ""
-        specials = set(getattr(tokenizer, "all_special_tokens", None) or ())
-        specials |= {t.content for t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values()
-                     if getattr(t, "special", False)}
-        found = [t for t in specials if t and tail.lstrip(" ").startswith(t)]
+        found = [t for t in special_tokens(tokenizer) if tail.lstrip(" ").startswith(t)]
         if found:
             end = max(found, key=len)
     try:
@@ -136,6 +133,16 @@ def end_of_turn(tokenizer: Any) -> str:
     except TypeError:
         pass
     return end
+
+
+def special_tokens(tokenizer: Any) -> list[str]:
+    """The texts of ``tokenizer``'s special tokens (EOS, pad, a chat template's turn marks such as
+    ``<|im_end|>``): wherever one stands in a text that every stage tokenises (a prompt, an answer
+    trained on), it becomes that control token, not its characters, as vLLM and TRL tokenise it too."""
+    specials = set(getattr(tokenizer, "all_special_tokens", None) or ())
+    specials |= {t.content for t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values()
+                 if getattr(t, "special", False)}
+    return sorted(t for t in specials if t)
 
 
 def stop_token_ids(tokenizer: Any, generation_config: Any = None) -> list[int]:
