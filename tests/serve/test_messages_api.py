@@ -257,8 +257,10 @@ def _claude_held(hold, holding) -> "FastAPI":
                 "id": "msg_up", "type": "message", "role": "assistant", "model": body["model"], "content": [],
                 "stop_reason": None, "stop_sequence": None, "usage": usage}})
             yield claude_event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
-            yield claude_event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": "sports"}})
+            # Set before the first text goes out, not after: a generator resumes past a yield only when the
+            # server asks for its next event, which a loaded machine may do after the client has read it.
             holding.set()
+            yield claude_event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": "sports"}})
             hold.wait(timeout=20)
             yield claude_event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": " news"}})
             yield claude_event("content_block_stop", {"index": 0})
