@@ -66,3 +66,37 @@ def make_lively_model_dir(path: Path) -> Path:
     LlamaForCausalLM(cfg).save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+def smollm2_tokenizer():
+    """SmolLM2's tokenizer as the bundled student ships it (byte-level BPE, read from its GGUF, ~4 s)."""
+    from transformers import AutoTokenizer
+
+    from potstill.models.loading import _fast_gguf_reader, resolve_bundled
+
+    path = resolve_bundled("smollm2-135m-instruct")
+    with _fast_gguf_reader():
+        return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+
+
+def sentencepiece_tokenizer():
+    """A tokenizer in the Llama 2 / Mistral v0.1 ``tokenizer.json`` layout: normalizer Prepend('▁') and
+    Replace(' ', '▁'), no pre-tokenizer, byte fallback. There " team" encodes alone as ['▁', '▁team']."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from tests.export.conftest import CORPUS
+
+    tk = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tk.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tk.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                    decoders.Strip(" ", 1, 0)])
+    tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never")  # train words apart
+    byte_pieces = [f"<0x{b:02X}>" for b in range(256)]
+    tk.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=700, show_progress=False, special_tokens=[
+        "<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>", *byte_pieces]))
+    tk.pre_tokenizer = None
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="<|im_end|>", unk_token="<unk>",
+                                  pad_token="<unk>")
+    tok.chat_template = CHATML
+    return tok

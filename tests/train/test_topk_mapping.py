@@ -20,6 +20,7 @@ from potstill.tasks import get_task
 from potstill.teachers import get_teacher
 from potstill.train.batching import build_examples, topk_for_completion
 from tests.helpers.live_server import LiveServer
+from tests.helpers.tiny import sentencepiece_tokenizer, smollm2_tokenizer
 
 KEY = "sk-topk-map-5e1d0c2b"
 # 東, 京 and the emoji are each split across byte-level tokens; the rest is plain English.
@@ -28,14 +29,7 @@ ANSWER = "We met in 東京 🙂 and the rest of this answer is plain English tex
 
 @pytest.fixture(scope="module")
 def smollm2():
-    """SmolLM2's tokenizer as the bundled student ships it (read from its GGUF, ~4 s)."""
-    from transformers import AutoTokenizer
-
-    from potstill.models.loading import _fast_gguf_reader, resolve_bundled
-
-    path = resolve_bundled("smollm2-135m-instruct")
-    with _fast_gguf_reader():
-        return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    return smollm2_tokenizer()
 
 
 def byte_decoder() -> dict[str, int]:
@@ -123,30 +117,6 @@ def test_a_shared_byte_level_tokenizer_gets_kd_at_every_answer_token_in_both_for
     # The first token is the student's " We": the teacher's "We" given the space the plain-text target starts with.
     assert mapped[0] == (0, ([completion[0]], [-0.05]))  # "<|endoftext|>" after a space is no token: tail mass
     assert [t[0] for _, t in mapped[1:]] == [[i, eot] for i in answer_ids[1:]]
-
-
-def sentencepiece_tokenizer():
-    """A tokenizer in the Llama 2 / Mistral v0.1 ``tokenizer.json`` layout: normalizer Prepend('▁') and
-    Replace(' ', '▁'), no pre-tokenizer, byte fallback. There " team" encodes alone as ['▁', '▁team']."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from tests.export.conftest import CORPUS
-    from tests.helpers.tiny import CHATML
-
-    tk = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
-    tk.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    tk.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                    decoders.Strip(" ", 1, 0)])
-    tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never")  # train words apart
-    byte_pieces = [f"<0x{b:02X}>" for b in range(256)]
-    tk.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=700, show_progress=False, special_tokens=[
-        "<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>", *byte_pieces]))
-    tk.pre_tokenizer = None
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="<|im_end|>", unk_token="<unk>",
-                                  pad_token="<unk>")
-    tok.chat_template = CHATML
-    return tok
 
 
 @pytest.mark.parametrize("chat", [True, False])

@@ -62,6 +62,17 @@ class Chars:
             got = self.memo[c] = any(lo <= o <= hi for lo, hi in self.ranges) != self.negated
         return got
 
+    def meets(self, lo: int, hi: int) -> bool:
+        """Whether some code point from ``lo`` to ``hi`` matches."""
+        if not self.negated:
+            return any(a <= hi and lo <= b for a, b in self.ranges)
+        nxt = lo  # the lowest code point not yet seen to be covered by a negated range
+        for a, b in sorted(self.ranges):
+            if a > nxt:
+                break
+            nxt = max(nxt, b + 1)
+        return nxt <= hi
+
     @property
     def empty(self) -> bool:
         covered = sorted(self.ranges)
@@ -410,6 +421,10 @@ class GrammarPrefix:
 
     def can_end(self) -> bool:
         return self.ok and self.sets[-1].accept
+
+    def opens(self, lo: int, hi: int) -> bool:
+        """Whether a character from code point ``lo`` to ``hi`` may come next."""
+        return self.ok and any(chars.meets(lo, hi) for _, chars in self.sets[-1].scans)
 
     @property
     def done(self) -> bool:

@@ -389,6 +389,11 @@ class JsonPrefix:
         """Read ``text``; False (the prefix is then unusable) where it cannot continue the document."""
         return all(self.step(c) for c in text)
 
+    def opens(self, lo: int, hi: int) -> bool:
+        """Whether a character from code point ``lo`` to ``hi`` (all beyond ASCII, as the bytes of a
+        character split across tokens begin) may come next: only inside a string."""
+        return any(not p.done and isinstance(p.stack[-1], _String) and p.stack[-1].opens(lo, hi) for p in self.parses)
+
     def can_end(self) -> bool:
         """Whether the text so far is a whole document (a top-level number ends only here)."""
         return any(p.can_end() for p in self.parses)

@@ -9,8 +9,15 @@ whole (``models.grammar_constraint.GrammarPrefix``).
 static caches, ``static_decode.greedy``, through ``pick`` and ``choose``): for each row it tries the top
 candidates in order (32, then 1,024, then the one-character tokens by logit), keeps the first whose
 text the prefix accepts, and sets every other logit to -inf; once the document is complete it keeps
-only an end token. A row none of whose candidates fits (a choice that needs a character no token
-writes alone) is left as the model wants it, and its answer then fails validation.
+only an end token. A row none of whose candidates fits is left as the model wants it, and its
+answer then fails validation.
+
+A token may end part-way through a character (byte-level BPE writes "東", "☕", and with a small
+vocabulary "é", as two or more tokens of its UTF-8 bytes): its bytes wait beside the row's text, the
+prefix reads only whole characters, and the token is kept only where a character those bytes begin
+may come next (``models.utf8_tail``), so a guided answer can hold any character an unguided one can.
+Where none of the likely tokens finishes such a character, the last resort is the one-byte tokens of
+UTF-8's continuation bytes (byte-level BPE and byte fallback have all 64).
 """
 
 from __future__ import annotations
@@ -22,8 +29,10 @@ import torch
 from potstill.models.grammar_constraint import GRAMMAR, GrammarPrefix
 from potstill.models.json_constraint import WS, JsonPrefix
 from potstill.models.regex_constraint import REGEX, RegexPrefix
+from potstill.models.utf8_tail import BYTE_CHARS, added_ids, byte_level, piece_bytes, span, split
 
 Prefix = JsonPrefix | RegexPrefix | GrammarPrefix  # what reads a row's answer under its guide
+Row = tuple[str, Prefix, bytes]  # a row's answer so far: its whole characters, their state, a character's first bytes
 
 
 def text_prefix(spec: dict) -> Prefix:
@@ -65,13 +74,17 @@ class JsonSchemaLogits:
         self.ends = [int(e) for e in ends]
         self._ends = set(self.ends)
         self.tries = tries
-        self.rows: dict[int, tuple[list[int], str, Prefix]] = {}
+        self.rows: dict[int, tuple[list[int], str, Prefix, bytes]] = {}
         self._chars: list[int] | None = None
+        self._follows: list[int] | None = None
         self._native = native_decode(tokenizer)
-        # Per row, the token ``pick`` kept last (the answer's length before it, the token, its text,
-        # the state that read it): the next step's ``_state`` takes them instead of decoding and
-        # reading the token again.
-        self._kept: dict[int, tuple[int, int, str, Prefix]] = {}
+        self._byte_level = byte_level(tokenizer)
+        self._added: frozenset[int] | None = None
+        self._bytes: dict[int, bytes | None] = {}
+        # Per row, the token ``pick`` (or ``choose``) kept last (the answer's length before it, the
+        # token, its text, the state that read it, a character's bytes it left unfinished): the next
+        # step's ``_state`` takes them instead of decoding and reading the token again.
+        self._kept: dict[int, tuple[int, int, str, Prefix, bytes]] = {}
 
     def _char_tokens(self) -> list[int]:
         """Tokens that are one printable ASCII character or one whitespace each: the last resort,
@@ -86,6 +99,21 @@ class JsonSchemaLogits:
             self._chars = sorted(ids)
         return self._chars
 
+    def _continuations(self) -> list[int]:
+        """Tokens that are one UTF-8 continuation byte (0x80 to 0xBF) each: the last resort for a
+        character split across tokens, since one of them carries it on toward a character the
+        guide takes (``_read`` kept its first bytes only where one may come)."""
+        if self._follows is None:
+            spelled = {b: c for c, b in BYTE_CHARS.items()}
+            ids = set()
+            for b in range(0x80, 0xC0):
+                for piece in (f"<0x{b:02X}>", spelled[b]):
+                    t = self.tok.convert_tokens_to_ids(piece)
+                    if isinstance(t, int) and self._token_bytes(t) == bytes([b]):
+                        ids.add(t)
+            self._follows = sorted(ids)
+        return self._follows
+
     def _decode(self, ids: list[int]) -> str:
         if self._native is not None:
             return self._native(ids, skip_special_tokens=False)
@@ -94,71 +122,113 @@ class JsonSchemaLogits:
     def _delta(self, ids: list[int], base: str, t: int) -> str | None:
         """The text token ``t`` adds after ``ids``, whose last ``WINDOW`` tokens decode to ``base``
         (a decode of the window, not of the whole answer, per candidate tried); None where the
-        window's text does not stay a prefix (a token finishing a character begun before it)."""
+        window's text does not stay a prefix."""
         now = self._decode(ids[-self.WINDOW:] + [t])
         return now[len(base):] if now.startswith(base) else None
+
+    def _token_bytes(self, t: int) -> bytes | None:
+        """Token ``t``'s bytes where its piece spells bytes (``utf8_tail.piece_bytes``), cached."""
+        if t not in self._bytes:
+            if self._added is None:
+                self._added = added_ids(self.tok)
+            self._bytes[t] = piece_bytes(self.tok, t, self._byte_level, self._added)
+        return self._bytes[t]
 
     def _schema(self, r: int) -> dict | None:
         return self.schema if self.schemas is None else self.schemas[r]
 
-    def _state(self, r: int, gen: list[int]) -> tuple[str, Prefix] | None:
-        """The decoded answer so far and its prefix state (None where it left the grammar)."""
-        ids, text, state = self.rows.get(r, ([], "", text_prefix(self._schema(r))))
+    def _state(self, r: int, gen: list[int]) -> Row | None:
+        """The decoded answer so far (its whole characters), its prefix state and the bytes of a
+        character its last token left unfinished (None where it left the grammar)."""
+        ids, text, state, tail = self.rows.get(r) or ([], "", text_prefix(self._schema(r)), b"")
         if gen[: len(ids)] != ids:
-            ids, text, state = [], "", text_prefix(self._schema(r))
+            ids, text, state, tail = [], "", text_prefix(self._schema(r)), b""
         kept = self._kept.pop(r, None)
         if kept is not None and len(gen) == len(ids) + 1 and kept[:2] == (len(ids), gen[-1]):
-            ids, text, state = list(gen), text + kept[2], kept[3]  # pick read this token already
+            ids, text, state, tail = list(gen), text + kept[2], kept[3], kept[4]  # pick read this token already
         elif len(gen) > len(ids):
-            if len(gen) == len(ids) + 1:  # the usual step: one token more than last time
-                delta = self._delta(ids, self._decode(ids[-self.WINDOW:]), gen[-1])
-                now = None if delta is None else text + delta
+            # Tokens it has not read yet: more than one (a catch-up) as one decode, unless that splits
+            # a character; else one at a time, as ``pick`` reads them.
+            now = self._decode(gen) if len(gen) > len(ids) + 1 and not tail else None
+            if now is not None and "\ufffd" not in now[len(text):]:
+                if not now.startswith(text) or not state.feed(now[len(text):]):
+                    return None
+                text = now
             else:
-                now = self._decode(gen)
-            if now is None or not now.startswith(text) or not state.feed(now[len(text):]):
+                for k in range(len(ids), len(gen)):
+                    read = self._read(gen[:k], state, self._decode(gen[max(0, k - self.WINDOW):k]), gen[k], tail)
+                    if read is None:
+                        return None
+                    text, state, tail = text + read[0], read[1], read[2]
+            ids = list(gen)
+        self.rows[r] = (ids, text, state, tail)
+        return text, state, tail
+
+    def _read(self, gen: list[int], state: Prefix, base: str, t: int,
+              tail: bytes = b"") -> tuple[str, Prefix, bytes] | None:
+        """Token ``t``'s whole characters after ``gen``, a copy of ``state`` that read them and the
+        bytes of a character it leaves unfinished, where it keeps the answer a start of an
+        acceptable document (``t`` not an end token); else None. A token that begins, continues or
+        finishes a character split across tokens is read as bytes (``utf8_tail``); any other as
+        the text it adds to the window's decode."""
+        if not tail:
+            delta = self._delta(gen, base, t)
+            if delta and "\ufffd" not in delta:
+                fed = state.copy()
+                return (delta, fed, b"") if fed.feed(delta) else None
+            # A token that writes nothing is refused; one whose text the window's decode loses (a byte
+            # fallback decodes the bytes before it as U+FFFD too, until the character is whole) is read
+            # as its bytes.
+            if delta == "":
                 return None
-            ids, text = list(gen), now
-        self.rows[r] = (ids, text, state)
-        return text, state
-
-    def _fits(self, gen: list[int], state: Prefix, base: str, t: int) -> bool:
-        """Whether token ``t`` after ``gen`` (whose window decodes to ``base``) keeps the answer a
-        start of an acceptable document."""
-        if t in self._ends:
-            return state.can_end()
-        return self._read(gen, state, base, t) is not None
-
-    def _read(self, gen: list[int], state: Prefix, base: str,
-              t: int) -> tuple[str, Prefix] | None:
-        """Token ``t``'s text after ``gen`` and a copy of ``state`` that read it, where it keeps the
-        answer a start of an acceptable document (``t`` not an end token); else None."""
-        delta = self._delta(gen, base, t)
-        if not delta or "\ufffd" in delta:
+        raw = self._token_bytes(t)
+        got = None if not raw else split(tail + raw)
+        if got is None:
             return None
+        delta, tail = got
         fed = state.copy()
-        return (delta, fed) if fed.feed(delta) else None
+        if not fed.feed(delta):
+            return None
+        if tail:  # some character these bytes begin must be able to come next
+            lo, hi = span(tail)
+            if not fed.opens(lo, hi):
+                return None
+        return delta, fed, tail
 
-    def _pick(self, gen: list[int], text: str, state: Prefix, scores: torch.Tensor, first: list[int]) -> int | None:
-        """The likeliest token that keeps the row's answer a start of an acceptable document;
+    def _first(self, r: int, gen: list[int], state: Prefix, tail: bytes, base: str, cands: list[int]) -> int | None:
+        """The place in ``cands`` of the first token that keeps row ``r``'s answer a start of an
+        acceptable document (an end token: where it is whole), noted in ``_kept`` for the next
+        step's ``_state``; None where none does."""
+        for j, t in enumerate(cands):
+            if t in self._ends:
+                if not tail and state.can_end():
+                    return j
+            elif (read := self._read(gen, state, base, t, tail)) is not None:
+                self._kept[r] = (len(gen), t, *read)
+                return j
+        return None
+
+    def _pick(self, r: int, gen: list[int], state: Prefix, tail: bytes, scores: torch.Tensor,
+              first: list[int]) -> int | None:
+        """The likeliest token that keeps row ``r``'s answer a start of an acceptable document;
         ``first``: its top ``tries[0]`` tokens, already on the host."""
-        if state.done:
+        if state.done and not tail:
             return self.ends[0] if self.ends else None
         base = self._decode(gen[-self.WINDOW:])
         tried = 0
         for k in self.tries:
             top = first if k == self.tries[0] else scores.topk(min(k, scores.shape[-1])).indices.tolist()
-            for t in top[tried:]:
-                if self._fits(gen, state, base, t):
-                    return t
+            j = self._first(r, gen, state, tail, base, top[tried:])
+            if j is not None:
+                return top[tried + j]
             tried = len(top)
-        chars = self._char_tokens()
-        for t in sorted(chars, key=lambda t: -float(scores[t])):
-            delta = self._delta(gen, base, t)
-            if delta is not None and state.copy().feed(delta):
-                return t
+        chars = sorted(self._continuations() if tail else self._char_tokens(), key=lambda t: -float(scores[t]))
+        j = self._first(r, gen, state, tail, base, chars)
+        if j is not None:
+            return chars[j]
         # Nothing tried continues it, but the text is whole already (a pattern whose next character no
         # likely token writes): end it there rather than leave the row as the model wants it.
-        return self.ends[0] if self.ends and state.can_end() else None
+        return self.ends[0] if self.ends and not tail and state.can_end() else None
 
     def pick(self, gens: list[list[int]], candidates: list[list[int]]) -> list[int]:
         """For each row, the place in ``candidates[r]`` (its likeliest ``tries[0]`` tokens, best
@@ -170,21 +240,12 @@ class JsonSchemaLogits:
             if got is None:
                 out.append(0)
                 continue
-            state = got[1]
-            if state.done:
+            _, state, tail = got
+            if state.done and not tail:
                 out.append(0 if not self.ends else cands.index(self.ends[0]) if self.ends[0] in cands else -1)
                 continue
-            base = self._decode(gen[-self.WINDOW:])
-            for j, t in enumerate(cands):
-                if t in self._ends:
-                    if state.can_end():
-                        break
-                elif (read := self._read(gen, state, base, t)) is not None:
-                    self._kept[r] = (len(gen), t, *read)
-                    break
-            else:
-                j = -1
-            out.append(j)
+            j = self._first(r, gen, state, tail, self._decode(gen[-self.WINDOW:]), cands)
+            out.append(-1 if j is None else j)
         return out
 
     def choose(self, gens: list[list[int]], scores: torch.Tensor) -> list[int | None]:
@@ -200,7 +261,7 @@ class JsonSchemaLogits:
         for j, r in enumerate(live):
             got = self._state(r, gens[r])
             if got is not None:
-                picks[r] = self._pick(gens[r], got[0], got[1], scores[r], first[j])
+                picks[r] = self._pick(r, gens[r], got[1], got[2], scores[r], first[j])
         return picks
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:

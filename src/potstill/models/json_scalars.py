@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from potstill.models.json_schema_parts import (FORMATS, anchored, exact, in_bounds, int_bounds, num_bounds,
                                                number_choices)
+from potstill.models.utf8_tail import probes
 
 if TYPE_CHECKING:
     from potstill.models.json_constraint import _Parse
@@ -88,6 +89,20 @@ class _String:
             return None
         n = len(self.text)
         return {ch[n] for ch in self.choices if ch.startswith(self.text) and len(ch) > n}
+
+    def opens(self, lo: int, hi: int) -> bool:
+        """Whether a character from code point ``lo`` to ``hi`` (beyond ASCII, never a control
+        character) may come next: any where nothing but a length holds it; else one of the choices'
+        next characters, or one of ``utf8_tail.probes`` under a pattern or exclusions."""
+        if self.esc is not None or self.max is not None and len(self.text) >= self.max:
+            return False
+        if self.choices is not None:
+            tried = [c for c in self._next_chars() if lo <= ord(c) <= hi]
+        elif not self.patterns and not self.exclude:
+            return True
+        else:
+            tried = probes(lo, hi, "".join(x.pattern for x in self.patterns))
+        return any(self._fits(self.text + c) for c in tried)
 
     def step(self, c: str, p: "_Parse") -> bool:
         if self.esc is not None:

@@ -10,6 +10,7 @@ import re
 from typing import Sequence
 
 from potstill.models.json_constraint import WS
+from potstill.models.utf8_tail import probes
 
 # A guide that is a regular expression, not a JSON Schema: ``{REGEX: pattern}`` (``regex_guide``).
 REGEX = "x-potstill-regex"
@@ -39,8 +40,8 @@ def pattern_problem(pattern: str) -> str | None:
 class RegexPrefix:
     """Whether a text is the start of one that ``pattern`` matches whole (``regex``'s partial
     matching: a text that partly matches has every prefix partly match, so a delta is one check).
-    ``done``: the text matches and no printable ASCII character or whitespace could follow it, so
-    only the end may (a choice spelled out)."""
+    ``done``: the text matches and no printable ASCII character, whitespace or character beyond ASCII
+    (``opens``) could follow it, so only the end may (a choice spelled out)."""
 
     _NEXT = [chr(i) for i in range(32, 127)] + list(WS)
 
@@ -63,6 +64,12 @@ class RegexPrefix:
     def can_end(self) -> bool:
         return self.ok and self.rx.fullmatch(self.text) is not None
 
+    def opens(self, lo: int, hi: int) -> bool:
+        """Whether a character from code point ``lo`` to ``hi`` may come next, as far as
+        ``utf8_tail.probes`` find: partial matching takes a text, not a set of characters."""
+        return self.ok and any(self.rx.fullmatch(self.text + c, partial=True) for c in probes(lo, hi, self.rx.pattern))
+
     @property
     def done(self) -> bool:
-        return self.can_end() and not any(self.rx.fullmatch(self.text + c, partial=True) for c in self._NEXT)
+        return self.can_end() and not any(self.rx.fullmatch(self.text + c, partial=True) for c in self._NEXT) \
+            and not self.opens(0x80, 0x10FFFF)
