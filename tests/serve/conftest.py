@@ -10,6 +10,7 @@ import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -145,15 +146,16 @@ def teacher_behind(service, provider):
 
 
 @contextmanager
-def claude_behind(service, provider, max_tokens: int):
-    """The served teacher an Anthropic one at ``provider`` (the Messages API on loopback) for the with block."""
+def claude_behind(service, provider, max_tokens: int, **teacher: Any):
+    """The served teacher an Anthropic one at ``provider`` (the Messages API on loopback) for the with
+    block; ``teacher``: more of its config's fields."""
     from potstill.config import TeacherConfig
 
     saved = service.teacher
     with LiveServer(provider) as fake:
         service.teacher = get_teacher(TeacherConfig(type="anthropic", model="claude-haiku-4-5", base_url=fake.url,
                                                     api_key_env="TEACHER_KEY", max_tokens=max_tokens, max_retries=0,
-                                                    timeout_s=10), service.task)
+                                                    timeout_s=10, **teacher), service.task)
         try:
             yield
         finally:

@@ -350,3 +350,49 @@ def test_a_malformed_assistant_tool_calls_is_a_400_naming_it(served, calls):
     assert e.value.body["type"] == "invalid_request_error" and e.value.param == "messages.1.tool_calls", e.value.body
     row = rows(service)[-1]
     assert row["status"] == "error" and row["error"].startswith("400: messages.1.tool_calls")
+
+
+def test_an_extraction_runs_task_format_stays_off_a_clients_tool_request(tmp_path, tiny_model, teacher_server,
+                                                                         monkeypatch):
+    """Found by a review: with teacher.structured_outputs on, a client's tool request reached the
+    teacher held to the task's json_schema (a vLLM teacher decodes the whole answer under it, so it
+    could never call) and came back as task JSON with finish_reason stop. A tool request now goes
+    without the task's format, to an OpenAI-compatible teacher and to Claude alike; the client's own
+    response_format still goes beside its tools, and a plain escalation keeps the task's format."""
+    import math
+
+    from potstill.serve import run_config, serve_key
+    from potstill.serve.app import build_app
+    from potstill.serve.routing import Routing
+    from potstill.serve.service import load_service
+    from tests.serve.conftest import SERVE_KEY, TEACHER_KEY, claude_behind, write_run
+
+    monkeypatch.setenv("TEACHER_KEY", TEACHER_KEY)
+    monkeypatch.setenv("SERVE_KEY", SERVE_KEY)
+    schema = {"type": "object", "properties": {"topic": {"type": "string"}}, "required": ["topic"]}
+    run = write_run(tmp_path, tiny_model, teacher_server.base_url,
+                    task={"type": "extraction", "instruction": "Answer in JSON.", "json_schema": schema})
+    cfg = run_config(run, None).model_copy(deep=True)
+    cfg.teacher.structured_outputs = "on"
+    service = load_service(run, cfg, device="cpu")
+    service.routing = Routing(confidence_threshold=math.inf, ood_threshold=math.inf)  # all to the teacher
+    own_fmt = {"type": "json_object"}
+    seen: list = []
+    try:
+        with LiveServer(build_app(service, serve_key(cfg))) as live:
+            with teacher_behind(service, openai_provider(seen)):
+                call = client(live).chat.completions.create(model="potstill", messages=MSG, tools=TOOLS)
+                client(live).chat.completions.create(model="potstill", messages=MSG, tools=TOOLS,
+                                                     response_format=own_fmt)
+                client(live).chat.completions.create(model="potstill", messages=MSG)
+            with claude_behind(service, anthropic_provider(seen), max_tokens=50, structured_outputs="on"):
+                client(live).chat.completions.create(model="potstill", messages=MSG, tools=TOOLS)
+                client(live).chat.completions.create(model="potstill", messages=MSG)
+    finally:
+        service.close()
+    assert call.choices[0].finish_reason == "tool_calls" and call.choices[0].message.tool_calls
+    assert "response_format" not in seen[0] and seen[0]["tools"] == TOOLS
+    assert seen[1]["response_format"] == own_fmt and seen[1]["tools"] == TOOLS
+    assert seen[2]["response_format"]["json_schema"]["schema"] == schema and "tools" not in seen[2]
+    assert "output_config" not in seen[3] and seen[3]["tools"]
+    assert seen[4]["output_config"]["format"]["schema"] == schema

@@ -84,8 +84,9 @@ class TeacherSide:
         """The teacher's request for a routed chat and its ledger hash: the one generate computes,
         unless a client's ``max_tokens`` is below the teacher's own, or a classifier's tool request's
         (``escalation_limits``), (then it is the request's ``max_tokens``, and the request another one), the
-        client offers ``tools`` (``Teacher.with_tools``' arguments) or asks for ``logprobs`` (top
-        alternatives per token) beyond what the teacher's request already asks (``teacher.logprobs``),
+        client offers ``tools`` (``Teacher.with_tools``' arguments, without the task's format) or asks
+        for ``logprobs`` (top alternatives per token) beyond what the teacher's request already asks
+        (``teacher.logprobs``),
         or asks for JSON (``response_format``, in the teacher's terms where it takes one)."""
         teacher = self.teacher
         if self._identity is None or self._identity[0] is not teacher:
@@ -107,7 +108,9 @@ class TeacherSide:
         if tools is not None and not own:
             if self.task.cfg.type == "tools":  # generate's offer (a call required) is not this request's
                 req = {k: v for k, v in req.items() if k not in ("tools", "tool_choice", "parallel_tool_calls")}
-            req = teacher.with_tools(req, **tools)
+            # Nor is the task's format (teacher.structured_outputs): held to it, the teacher could not
+            # call; a client's own response_format still applies, as OpenAI takes both.
+            req = teacher.with_tools(teacher.unstructured(req), **tools)
         if response_format is not None:
             req = teacher.with_response_format(req, response_format) or req
         if logprobs is not None and self.teacher_logprobs_unavailable() is None \

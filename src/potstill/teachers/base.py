@@ -368,6 +368,14 @@ class Teacher:
         fmt = self.task_format()
         return request if fmt is None else self.with_response_format(request, fmt) or request
 
+    def unstructured(self, request: dict[str, Any]) -> dict[str, Any]:
+        """``request`` without the fields ``structured`` added for the task's format: a served
+        request that is not the task's (a client's tools, which a teacher decoding the whole answer
+        under the task's schema could never call) asks its own way."""
+        fmt = self.task_format()
+        added = None if fmt is None else self.with_response_format({}, fmt)
+        return {k: v for k, v in request.items() if k not in (added or {})}
+
     def with_response_format(self, request: dict[str, Any], response_format: dict[str, Any]) -> dict[str, Any] | None:
         """``request`` asking for an answer in ``response_format`` (chat completions' form, see
         ``potstill.serve.formats``), or None where this API takes no such constraint."""
