@@ -108,6 +108,33 @@ def test_agreement_and_fields_compare_parallel_calls_as_sets(tmp_path):
     assert call_of(task, '[{"name": "nope", "arguments": {}}]') == INVALID
 
 
+def test_agreement_pairs_parallel_calls_the_best_way_whichever_answer_comes_first(tmp_path):
+    """Found by a review: calls were matched greedily over the longer list, first of tied scores taken,
+    so a student scored 0.25 against a teacher where the best pairing gives 0.75, and 0.75 with the
+    two answers swapped. Now the pairing is the best one-to-one (against every pairing, for random
+    answers of up to four calls) and the score the same either way."""
+    import itertools
+    import random
+
+    task = get_task(project(tmp_path, parallel_tool_calls=True).task)
+
+    def weather(city: str, unit: str) -> dict:
+        return {"name": "get_weather", "arguments": {"city": city, "unit": unit}}
+
+    teacher = [weather("Oslo", "celsius"), weather("Oslo", "fahrenheit")]
+    student = [weather("Oslo", "fahrenheit"), weather("Rome", "celsius")]
+    assert task.agree(student, teacher) == task.agree(teacher, student) == 0.75
+    rng = random.Random(0)
+    for _ in range(300):
+        a, b = ([rng.choice([weather(c, u) for c in ("Oslo", "Rome") for u in ("celsius", "fahrenheit")]
+                             + [{"name": "get_time", "arguments": {"city": "Oslo"}}]) for _ in range(rng.randint(0, 4))]
+                for _ in range(2))
+        short, long = sorted((a, b), key=len)
+        best = max((sum(task._one(x, y) for x, y in zip(short, p)) for p in itertools.permutations(long, len(short))),
+                   default=0.0) / max(len(long), 1) if long else 1.0
+        assert task.agree(a, b) == pytest.approx(best) and task.agree(b, a) == pytest.approx(best), (a, b)
+
+
 def two_calls(body: dict[str, Any]) -> list[tuple[str, str]]:
     """The teacher's calls: set_unit f and ping, only the first where parallel_tool_calls is false."""
     calls = [("set_unit", '{"unit": "f"}'), ("ping", "{}")]
