@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 # OpenAI's rule for a function's name.
@@ -114,10 +115,24 @@ def calls_of(parsed: Any) -> list[dict[str, Any]]:
     return []
 
 
+def new_call_id() -> str:
+    """A tool call's id as OpenAI makes them: ``call_`` and 24 hex digits, new for every call served."""
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+def fresh_ids(calls: Sequence[dict[str, Any]], ids: dict[str, str]) -> list[dict[str, Any]]:
+    """``calls`` (OpenAI's ``tool_calls``, or a stream's fragments of them) with each id a new one: a
+    teacher's answer served again (from the ledger, or one call shared by identical requests) would
+    otherwise give every client the same ids, and an agent's tool results in one thread could no
+    longer tell its calls apart. ``ids`` (old id: new id) keeps a stream's fragments and its whole
+    answer the same; a fragment without an id (an arguments piece) is left as it is."""
+    return [{**c, "id": ids.setdefault(c["id"], new_call_id())} if c.get("id") else c for c in calls]
+
+
 def as_tool_calls(parsed: Any) -> list[dict[str, Any]]:
     """A student's parsed answer (one call ``{name, arguments}``, or a list of them) as OpenAI's
     ``tool_calls`` (arguments a JSON string)."""
-    return [{"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+    return [{"id": new_call_id(), "type": "function",
              "function": {"name": c["name"], "arguments": json.dumps(c["arguments"], ensure_ascii=False)}}
             for c in calls_of(parsed)]
 

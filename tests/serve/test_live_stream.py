@@ -30,15 +30,16 @@ ASK = [{"role": "user", "content": "the minister said the party will vote"}]
 
 @contextmanager
 def escalating(tmp_path, tiny_model, teacher_server, monkeypatch, **serve):
-    """A free-text run served on loopback whose every request goes to the teacher, asked anew each time."""
+    """A free-text run served on loopback whose every request goes to the teacher, asked anew each time
+    (unless ``serve`` says ``reuse_escalations``)."""
     from potstill.serve import run_config, serve_key
     from potstill.serve.app import build_app
     from potstill.serve.service import load_service
 
     monkeypatch.setenv("TEACHER_KEY", TEACHER_KEY)
     monkeypatch.setenv("SERVE_KEY", SERVE_KEY)
-    run = write_run(tmp_path, tiny_model, teacher_server.base_url, reuse_escalations=False,
-                    task={"type": "freetext", "instruction": "name the topic", "max_output_tokens": 6}, **serve)
+    run = write_run(tmp_path, tiny_model, teacher_server.base_url, **{"reuse_escalations": False, **serve},
+                    task={"type": "freetext", "instruction": "name the topic", "max_output_tokens": 6})
     service = load_service(run, run_config(run, None), device="cpu")
     service.routing = Routing(confidence_threshold=math.inf, ood_threshold=math.inf)
     try:

@@ -166,6 +166,41 @@ def test_tool_calls_stream_as_the_teacher_writes_them(tmp_path, tiny_model, teac
         assert [c["function"]["arguments"] for c in logged["tool_calls"]] == [LOOKUP, "{}"]
 
 
+def test_a_shared_teacher_call_streams_each_client_call_ids_of_its_own(tmp_path, tiny_model, teacher_server,
+                                                                       monkeypatch):
+    """Found by a review: identical requests in flight together share one teacher call, and every
+    client got its call ids, so an agent asking the same twice in one thread had two turns whose tool
+    results it could not tell apart. The client that joins gets new ids, in its fragments and in
+    its row alike; the payer keeps the teacher's."""
+    from tests.serve.test_teacher_queue import _queued, wait_for
+
+    with escalating(tmp_path, tiny_model, teacher_server, monkeypatch, reuse_escalations=True) as (service, live):
+        hold, holding, seen = threading.Event(), threading.Event(), []
+        got: dict[int, tuple] = {}
+
+        def ask(k: int) -> None:
+            got[k] = streamed(client(live), messages=ASK, tools=TOOLS)
+
+        with teacher_behind(service, _tool_teacher(hold, holding, seen)):
+            threads = [threading.Thread(target=ask, args=(0,))]
+            threads[0].start()
+            assert holding.wait(timeout=20)  # the first call's id is on its way
+            threads.append(threading.Thread(target=ask, args=(1,)))
+            threads[1].start()
+            wait_for(lambda: _queued(service) == 2)  # the second waits on the first's call
+            hold.set()
+            for t in threads:
+                t.join()
+        wait_for(lambda: len(rows(service)) == 2)
+        logged = {json.loads(r["response"])["reason"]: json.loads(r["response"])["tool_calls"] for r in rows(service)}
+    assert len(seen) == 1  # one teacher call
+    (_, payer, _), (_, joined, _) = got[0], got[1]
+    assert [c["id"] for c in payer] == ["call_1", "call_2"]
+    assert [(c["name"], c["arguments"]) for c in joined] == [(c["name"], c["arguments"]) for c in payer]
+    assert len({c["id"] for c in payer + joined}) == 4 and all(c["id"].startswith("call_") for c in joined)
+    assert [c["id"] for c in logged["tools+cached"]] == [c["id"] for c in joined]
+
+
 def test_the_responses_api_streams_function_calls_as_items(tmp_path, tiny_model, teacher_server, monkeypatch):
     tools = [{"type": "function", "name": t["function"]["name"], **{k: v for k, v in t["function"].items()
                                                                     if k != "name"}} for t in TOOLS]

@@ -81,3 +81,31 @@ def test_a_sampling_teacher_is_asked_again_unless_the_setting_says_reuse(served,
     finally:
         service.cfg = saved_cfg
         service.teacher.cfg.temperature = saved_temp
+
+
+def test_a_tool_call_answered_again_gets_ids_of_its_own(served, force):
+    """Found by a review: every repeat of a tool request answered from serve's row (or generate's)
+    gave the client the teacher's first call id, so an agent asking the same twice in one thread
+    had two tool results for one id. Each answer served again, whole or streamed, now has ids of its
+    own, which its row keeps; the teacher is still asked once."""
+    import re
+
+    from tests.serve.conftest import teacher_behind
+    from tests.serve.test_tool_calls import TOOLS, openai_provider, streamed
+
+    service, live = served
+    force("teacher")
+    msgs = [{"role": "user", "content": "the match and the goal, look it up"}]
+    seen: list = []
+    with teacher_behind(service, openai_provider(seen)):
+        whole = [client(live).chat.completions.create(model="potstill", messages=msgs, tools=TOOLS)
+                 for _ in range(3)]
+        ids = [c.choices[0].message.tool_calls[0].id for c in whole]
+        logged = json.loads(rows(service)[-1]["response"])["tool_calls"][0]["id"]
+        _, calls, _ = streamed(client(live), messages=msgs, tools=TOOLS)
+        ids.append(calls[0]["id"])
+        streamed_logged = json.loads(rows(service)[-1]["response"])["tool_calls"][0]["id"]
+    assert len(seen) == 1 and ids[0] == "call_9"  # the teacher's own id for the call it was paid for
+    assert len(set(ids)) == 4 and all(re.fullmatch(r"call_[0-9a-f]{24}", i) for i in ids[1:])
+    assert (logged, streamed_logged) == (ids[2], ids[3])
+    assert {c.choices[0].message.tool_calls[0].function.arguments for c in whole} == {'{"about": "match"}'}

@@ -15,6 +15,7 @@ replaces the ``Live`` reference in one assignment; requests in flight finish on 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 import traceback
@@ -45,7 +46,7 @@ from potstill.serve.teacher_queue import ClientGone, TeacherBusy, TeacherQueue
 from potstill.tasks import Task, get_task
 from potstill.teachers import Response, Teacher, get_teacher
 from potstill.serve.tool_routing import as_asked, reshaped, student_calls, student_tools_answer
-from potstill.tool_calls import as_tool_calls, student_turns
+from potstill.tool_calls import as_tool_calls, fresh_ids, student_turns
 
 
 # A promoted student that failed to load (a transient out-of-memory, a file still being written) is
@@ -357,6 +358,9 @@ class Service(TeacherSide):
             # The failed request's row still holds the student's seconds on it (``failure_reply``).
             e.spent = {"student": live.name, "student_cost_usd": student_cost}
             raise
+        if cached and r.tool_calls:  # an answer served again: its calls get ids of their own, as OpenAI's
+            ids = {} if live_text is None else live_text.call_ids
+            r = dataclasses.replace(r, tool_calls=fresh_ids(r.tool_calls, ids))
         extra: dict[str, Any] = {"teacher_latency_s": 0.0 if cached else r.latency_s}
         if live_text is not None and live_text.first_at is not None:
             # The teacher's time to its first text (or tool call), what a streaming client waited past the student.

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 from potstill.ledger import ServedCall
 from potstill.serve.engine import first_stop
 from potstill.teachers.base import Delta, join_fragment, token_bytes
+from potstill.tool_calls import fresh_ids
 
 
 class Piece(NamedTuple):
@@ -68,6 +69,9 @@ class LiveText:
         # Answered by a teacher call another request's row pays for (``TeacherQueue``): its route
         # is ``+cached``, as the row and the last chunk will say.
         self.shared = False
+        # A shared call's tool-call ids as this client gets them (``tool_calls.fresh_ids``): the
+        # same in its fragments and in its whole answer (``Service.answer``).
+        self.call_ids: dict[str, str] = {}
         self._hold = max((len(s) - 1 for s in self.stops), default=0)
         self._text, self._sent, self._stopped = "", 0, False
         self._tokens: list[dict[str, Any]] = []  # log-probs whose text has not all gone out yet
@@ -93,8 +97,11 @@ class LiveText:
         while self._tokens and out.startswith(self._spelled + self._tokens[0]["token"]):
             self._spelled += self._tokens[0]["token"]
             tokens.append(openai_logprob(self._tokens.pop(0), self.top or 0))
-        if text or tokens or delta.tool_calls:
-            piece = Piece(text, tuple(tokens), tuple(delta.tool_calls or ()))
+        calls = delta.tool_calls or ()
+        if self.shared and calls:
+            calls = fresh_ids(calls, self.call_ids)
+        if text or tokens or calls:
+            piece = Piece(text, tuple(tokens), tuple(calls))
             self.loop.call_soon_threadsafe(self.queue.put_nowait, piece)
 
 
