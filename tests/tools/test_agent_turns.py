@@ -89,7 +89,7 @@ def test_a_reply_is_text_and_agrees_as_free_text_does(tmp_path):
     assert call_of(task, '{"name": "nope", "arguments": {}}', served=True) == INVALID
     required = get_task(project(tmp_path).task)  # a call every time: a reply is no answer
     assert call_of(required, '{"temp": 12}', served=True) == INVALID  # under required every answer is a call
-    assert "invalid JSON" in required.validate(required.parse("It is 12 degrees."))
+    assert required.validate(required.parse("It is 12 degrees.")) == "no tool call: the answer is text, not a call"
     # A teacher's reply that is JSON itself (an agent answering with data) stays a reply; a local
     # teacher's call or reply written as the student writes them stays as written.
     data = task.answer_output({"output": ' {"temp": 12, "sky": "sunny"}'})

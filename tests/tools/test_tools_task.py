@@ -94,8 +94,15 @@ def test_the_teacher_is_asked_with_the_tools_and_its_calls_are_what_the_student_
     rejected = {json.loads(x)["id"]: json.loads(x)["invalid_reason"]
                 for x in (tmp_path / "run" / "rejected.jsonl").read_text().splitlines()}
     assert sorted(rejected) == ["r4", "r5", "r6", "r7"]
-    assert rejected["r4"].startswith("invalid JSON") and rejected["r6"].startswith("schema violation")
-    assert "schema violation" in rejected["r7"]
+    # Each says what was wrong, and the card counts the kinds apart (before: "invalid JSON" for r4,
+    # "schema violation at (root)" for r5 and r6 alike).
+    assert rejected["r4"] == "no tool call: the answer is text, not a call"
+    assert rejected["r5"] == "too many calls: 2 calls, one allowed (task.parallel_tool_calls is false)"
+    assert rejected["r6"] == "arguments not JSON: get_weather's arguments are not a JSON object: '{\"city\": \"Kyiv\"'"
+    assert rejected["r7"].startswith("schema violation at arguments/unit: 'k' is not one of")
+    card = json.loads((tmp_path / "run" / "card.json").read_text())
+    assert card["rejected_reasons"] == {"no tool call": 1, "too many calls": 1, "arguments not JSON": 1,
+                                        "schema violation at arguments/unit": 1}
     kept = [r for split in ("train", "val", "test") for r in read_records(tmp_path / "run" / f"{split}.jsonl")]
     assert sorted(r.id for r in kept) == ["r0", "r1", "r2", "r3"]
     # The student learns the call as compact JSON, name first.
@@ -144,10 +151,37 @@ def test_agreement_counts_the_arguments_of_the_same_function(tmp_path):
     assert task.agree(call, task.parse('{"name": "get_weather", "arguments": {"city": "Paris"}}')) == 0.5
     assert task.agree(call, task.parse('{"name": "get_time", "arguments": {"city": "Paris", "unit": "c"}}')) == 0.0
     assert task.agree(call, task.parse("not json")) == 0.0
-    assert "schema violation" in task.validate(task.parse('{"name": "get_time", "arguments": {}}'))
+    assert task.validate(task.parse('{"name": "get_time", "arguments": {}}')).startswith("missing property: 'city'")
     assert task.answer_output({"output": "", "tool_calls": [
         {"id": "x", "type": "function", "function": {"name": "get_time", "arguments": '{"city": "Lima"}'}}]}) == \
         '{"name": "get_time", "arguments": {"city": "Lima"}}'
+
+
+def test_a_rejected_call_says_what_was_wrong_with_it(tmp_path):
+    """Found by a review: an undeclared function, an extra property and two calls in a one-call task
+    were all "schema violation at (root): ... is not valid under any of the given schemas"."""
+    task = get_task(project(tmp_path).task)
+
+    def why(answer: Any) -> str | None:
+        return task.validate(task.parse(json.dumps(answer)))
+
+    assert why({"name": "launch_rocket", "arguments": {}}) == \
+        "unknown function: 'launch_rocket' is not one of task.tools (get_weather, get_time)"
+    assert why({"name": "get_weather", "arguments": {"city": "Oslo", "country": "NO"}}) == \
+        "extra property: 'country' in get_weather's arguments"
+    assert why({"name": "get_weather", "arguments": {"unit": "c"}}) == "missing property: 'city' in get_weather's arguments"
+    assert why({"name": "get_time", "arguments": {"city": 3}}).startswith("schema violation at arguments/city: 3 is not")
+    assert task.validate(task.parse("")) == "no tool call: the answer is empty"
+    parallel = get_task(project(tmp_path, parallel_tool_calls=True).task)
+    two = [{"name": "get_time", "arguments": {"city": "Rome"}}, {"name": "get_weather", "arguments": {"city": 1}}]
+    assert parallel.validate(parallel.parse(json.dumps(two))).startswith("schema violation at 1/arguments/city:")
+    assert parallel.validate(parallel.parse("[]")) == "no tool call: an empty list of calls"
+    nested = get_task(project(tmp_path, tools=[{"type": "function", "function": {"name": "book", "parameters": {
+        "type": "object", "required": ["where"], "properties": {"where": {
+            "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+            "additionalProperties": False}}}}}]).task)
+    assert nested.validate(nested.parse('{"name": "book", "arguments": {"where": {"town": "Oslo"}}}')) == \
+        "extra property: 'town' in book's arguments at where"  # (and its city missing: the made-up name first)
 
 
 def test_an_anthropic_teacher_is_asked_for_any_tool_and_its_tool_use_becomes_the_call(tmp_path):
@@ -167,7 +201,8 @@ def test_an_anthropic_teacher_is_asked_for_any_tool_and_its_tool_use_becomes_the
     records = read_records(tmp_path / "run" / "teacher.jsonl")
     # Its text beside the call ("Let me look that up.") is not the answer; the call is.
     assert {r.output for r in records} == {'{"name": "get_weather", "arguments": {"about": "match"}}'}
-    assert all(not r.valid and "schema violation" in r.invalid_reason for r in records)
+    assert all(not r.valid and r.invalid_reason == "extra property: 'about' in get_weather's arguments"
+               for r in records)
 
 
 def test_synthesize_writes_requests_for_each_tool(tmp_path):
@@ -189,7 +224,7 @@ def test_synthesize_writes_requests_for_each_tool(tmp_path):
 def test_a_reviewer_corrects_a_call_and_the_tools_schema_checks_the_edit(tmp_path):
     """``potstill review`` on a curated tools run: the card keeps the task's tools (without them the
     page could not build the task), an edited call is checked against the tools' schema (another
-    function's name is refused with the schema's reason) and the next curate trains on it."""
+    function's name is refused, saying so) and the next curate trains on it."""
     import httpx
 
     from potstill.config import Config
@@ -212,7 +247,7 @@ def test_a_reviewer_corrects_a_call_and_the_tools_schema_checks_the_edit(tmp_pat
         call = json.loads(item["output"])
         wrong = json.dumps({"name": "get_date", "arguments": call["arguments"]})
         r = httpx.post(served.url + "/api/decisions", json={"id": item["id"], "decision": "edit", "output": wrong})
-        assert r.status_code == 400 and "schema violation" in r.json()["error"]["message"]
+        assert r.status_code == 400 and "unknown function: 'get_date'" in r.json()["error"]["message"]
         fixed = json.dumps({"name": "get_time", "arguments": {"city": call["arguments"]["city"].title()}})
         r = httpx.post(served.url + "/api/decisions", json={"id": item["id"], "decision": "edit", "output": fixed})
         assert r.status_code == 200, r.text

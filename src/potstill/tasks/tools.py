@@ -13,6 +13,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import jsonschema
+
+from potstill.config import TaskConfig
+from potstill.models.json_schema_parts import validator
 from potstill.tasks.base import folded
 from potstill.tasks.extraction import ExtractionTask, _Invalid, field_agreement, json_same, json_text, parse_json
 from potstill.tool_calls import call_text, text_of
@@ -40,6 +44,12 @@ class ToolsTask(ExtractionTask):
 
     name = "tools"
 
+    def __init__(self, cfg: TaskConfig):
+        super().__init__(cfg)
+        # Each function's parameters (any object where it declares none), for ``validate``'s reasons.
+        self.params = {t["function"]["name"]: validator(t["function"].get("parameters") or {"type": "object"})
+                       for t in cfg.tools or []}
+
     def answer_output(self, answer: dict[str, Any]) -> str | None:
         """A teacher's answer as the text to learn: its tool calls (``call_text``), else its text
         (which fails the schema under ``tool_choice: required``: the teacher answered without calling).
@@ -57,11 +67,14 @@ class ToolsTask(ExtractionTask):
         order of parallel calls means nothing, so the student learns one and answers compare as sets.
         One call alone there counts as a list of one. Under ``tool_choice: auto`` a text that does not
         start as JSON does (``{``, ``[`` or a code fence) is a reply in words, ``{"content": TEXT}``:
-        an API teacher's or a logged reply (imported, served) as it was written."""
-        if self.cfg.tool_choice == "auto":
-            text = output.strip()
-            if text and text[0] not in "{[`":
+        an API teacher's or a logged reply (imported, served) as it was written; under ``required``
+        it is no call (``validate``: "no tool call")."""
+        text = output.strip()
+        if text[:1] not in ("{", "[", "`"):
+            if self.cfg.tool_choice == "auto" and text:
                 return {"content": text}
+            if self.cfg.tool_choice != "auto":  # words where a call is required
+                return _Invalid("no tool call: the answer is " + ("text, not a call" if text else "empty"))
         parsed = super().parse(output)
         if not self.cfg.parallel_tool_calls or isinstance(parsed, _Invalid):
             return parsed
@@ -73,6 +86,58 @@ class ToolsTask(ExtractionTask):
             except TypeError:
                 return parsed
         return parsed
+
+    def validate(self, parsed: Any) -> str | None:
+        """Extraction's validation, what a call got wrong said first, each as a reason of its own
+        kind (the words before its first colon, which curate's card counts apart): ``no tool call``,
+        ``too many calls`` (several where one is allowed), ``unknown function`` (one ``task.tools``
+        does not declare), ``arguments not JSON``, ``extra property`` and ``missing property``
+        (named, with the function); else a ``schema violation at`` the place in the arguments
+        where they break their function's parameters, or in the answer."""
+        if isinstance(parsed, _Invalid):
+            return parsed.reason
+        if isinstance(parsed, list):
+            if not parsed:
+                return "no tool call: an empty list of calls"
+            if not self.cfg.parallel_tool_calls and len(parsed) > 1:
+                return f"too many calls: {len(parsed)} calls, one allowed (task.parallel_tool_calls is false)"
+        for i, call in enumerate(parsed if isinstance(parsed, list) else [parsed]):
+            problem = self._call_problem(call, f"{i}/" if isinstance(parsed, list) else "")
+            if problem is not None:
+                return problem
+        return super().validate(parsed)
+
+    def _call_problem(self, call: Any, at: str) -> str | None:
+        """What is wrong with one ``{name, arguments}`` call (``at``: its place in a list of them),
+        None where nothing of a call's own is (a reply in words, or no call's shape, is the schema's)."""
+        if not isinstance(call, dict) or "name" not in call:
+            return None
+        name, args = call["name"], call.get("arguments")
+        if not isinstance(name, str) or name not in self.params:
+            return f"unknown function: {name!r} is not one of task.tools ({', '.join(self.params)})"
+        if isinstance(args, str):
+            return f"arguments not JSON: {name}'s arguments are not a JSON object: {_clip(args)}"
+        if not isinstance(args, dict):
+            return None
+        errors = list(self.params[name].iter_errors(args))
+        for kind in ("additionalProperties", "required"):  # an extra property first: a name it made up
+            for e in errors:
+                if e.validator != kind or not isinstance(e.instance, dict):
+                    continue
+                if kind == "required":
+                    names = [k for k in e.validator_value if k not in e.instance]
+                else:
+                    declared = (e.schema.get("properties") or {}) if isinstance(e.schema, dict) else {}
+                    names = [k for k in e.instance if k not in declared]
+                if names:
+                    where = "/".join(str(p) for p in e.absolute_path)
+                    return f"{'missing' if kind == 'required' else 'extra'} property: {', '.join(map(repr, names))} " \
+                           f"in {name}'s arguments" + (f" at {where}" if where else "")
+        err = jsonschema.exceptions.best_match(iter(errors))
+        if err is None:
+            return None
+        path = "/".join(str(p) for p in err.absolute_path)
+        return f"schema violation at {at}arguments{'/' + path if path else ''}: {err.message}"
 
     def agree(self, a: Any, b: Any) -> float:
         """One call against one: 0 for another function, else the share of argument fields (union)
@@ -103,6 +168,11 @@ class ToolsTask(ExtractionTask):
         if isinstance(x, dict) and isinstance(y, dict):
             return field_agreement(x, y)
         return float(json_same(x, y))
+
+
+def _clip(text: str, most: int = 40) -> str:
+    """``text`` as a reason quotes it: its repr, cut to about ``most`` characters."""
+    return repr(text) if len(text) <= most else repr(text[:most]) + "..."
 
 
 def _order(call: Any) -> tuple[str, str]:
