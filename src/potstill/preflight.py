@@ -21,6 +21,8 @@ cross-rank weight comparison under ``torchrun`` / ``accelerate launch``), so it 
 * ``budget``: the projected teacher cost of ``generate`` stays within ``generate.budget_usd``.
 * ``samples``: ``generate.n`` above 1 samples at a temperature above 0 (a warning, not a refusal:
   some servers sample anyway, and n greedy answers can still differ a little).
+* ``tool_turns``: a tools task under ``task.tool_choice: required`` learns first calls only; inputs
+  that already hold tool calls or results are paid for and never learnt (a warning, with the fix).
 
 ``potstill train`` runs the train checks and ``potstill generate`` the generate checks first.
 """
@@ -528,13 +530,23 @@ def check_samples(ctx: _Ctx) -> Check:
                  "teacher.temperature (0.7 is usual for self-consistency) or generate.n 1")
 
 
+def check_tool_turns(ctx: _Ctx) -> Check:
+    """Inputs a tools task under tool_choice required pays for and never learns (a warning: the rest run)."""
+    from potstill.generate.tool_rounds import first_calls_only
+
+    if ctx.cfg.task.type != "tools" or ctx.cfg.task.tool_choice != "required":
+        return Check("tool_turns", "skip", "not a tools task under task.tool_choice required")
+    wasted = first_calls_only(ctx.cfg, ctx.inputs()[0])
+    return Check("tool_turns", "warn", wasted) if wasted else Check("tool_turns", "ok", "every input is a first request")
+
+
 # ``train`` leaves the weights to the trainer, which compares the very models it loaded (a second
 # load here would double the start-up and open a gloo group before accelerate opens NCCL).
 CHECKS: dict[str | None, list[Callable[[_Ctx], Check]]] = {
-    "generate": [check_labels, check_budget, check_samples],
+    "generate": [check_labels, check_budget, check_samples, check_tool_turns],
     "train": [check_context, check_vocabulary, check_prompt, check_labels],
     None: [check_inputs, check_teacher, check_context, check_vocabulary, check_prompt, check_labels, check_weights,
-           check_budget, check_samples],
+           check_budget, check_samples, check_tool_turns],
 }
 
 

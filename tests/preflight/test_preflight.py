@@ -279,7 +279,8 @@ def test_cli_preflight_prints_every_check_and_exits_non_zero(tiny_model, tmp_pat
     cmd = [sys.executable, "-m", "potstill.cli", "preflight", "-c", "potstill.yaml"]
     bad = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2, bad.stderr
-    names = ["inputs", "teacher", "context", "vocabulary", "prompt", "labels", "weights", "budget", "samples"]
+    names = ["inputs", "teacher", "context", "vocabulary", "prompt", "labels", "weights", "budget", "samples",
+             "tool_turns"]
     assert [ln.split()[1] for ln in bad.stdout.splitlines()] == names
     assert bad.stderr.strip().splitlines()[-1] == "error: preflight: 1 check(s) failed: budget"
     good = subprocess.run([*cmd, "--generate.budget_usd", "100"], cwd=tmp_path, capture_output=True, text=True,
@@ -360,7 +361,7 @@ def test_a_check_that_cannot_load_its_model_fails_alone_and_the_table_is_still_p
     assert run.returncode == 2 and "Traceback" not in run.stderr
     rows = [ln.split(None, 2) for ln in run.stdout.splitlines()]
     assert [r[1] for r in rows] == ["inputs", "teacher", "context", "vocabulary", "prompt", "labels", "weights",
-                                    "budget", "samples"]
+                                    "budget", "samples", "tool_turns"]
     status = {r[1]: r[0] for r in rows}
     assert status["inputs"] == status["teacher"] == "ok" and status["weights"] == status["budget"] == "skip"
     assert status["context"] == status["prompt"] == status["labels"] == "fail"
@@ -524,3 +525,29 @@ def test_a_teacher_that_generate_refuses_fails_the_teacher_check(tmp_path):
     status, detail = teacher(type="replay", replay_path=str(tmp_path / "none.jsonl"))
     assert status == "fail" and "file not found" in detail
     assert teacher(type="openai", model="gpt-4o")[0] == "ok"
+
+
+def test_inputs_a_required_tools_task_never_learns_are_a_warning_before_generate(tiny_model, tmp_path, capsys):
+    """Found by a review: under task.tool_choice required (the default), an agent's chat that already
+    ends with a tool result was sent with a call required, paid, and set aside by curate, without a
+    word before. Now generate's preflight says how many, and the fix, before any request is sent."""
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}
+    after = [{"role": "user", "content": "weather in Oslo?"}, {"role": "assistant", "content": None, "tool_calls": [call]},
+             {"role": "tool", "tool_call_id": "call_1", "content": '{"temp_c": 12}'}]
+    first = [{"role": "user", "content": "weather in Rome?"}]
+    _write(tmp_path / "inputs.jsonl", [{"messages": first}] * 3 + [{"messages": after}])
+
+    def cfg(**task) -> Config:
+        return _cfg(tmp_path, student={"model": str(tiny_model)}, teacher={"type": "openai", "model": "gpt-4o-mini"},
+                    task={"type": "tools", "tools": tools, "instruction": "call", **task})
+
+    status, detail = _status(cfg(), "tool_turns", "generate")
+    assert status == "warn" and detail.startswith("1 of 4 inputs already hold tool calls or results (1 end with a "
+                                                  "tool result)") and "set task.tool_choice: auto" in detail
+    require(cfg(), "generate")  # a warning: the first requests still run
+    assert "preflight tool_turns: 1 of 4 inputs" in " ".join(capsys.readouterr().err.split())
+    assert _status(cfg(tool_choice="auto"), "tool_turns")[0] == "skip"  # auto learns those turns
+    _write(tmp_path / "inputs.jsonl", [{"messages": first}] * 3)
+    assert _status(cfg(), "tool_turns")[0] == "ok"

@@ -16,12 +16,13 @@ provider's window each), and a rerun after a kill resumes the open one.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from potstill.config import Config, TaskConfig
 from potstill.errors import PotstillError
 from potstill.records import Record
-from potstill.tool_calls import calls_of
+from potstill.tool_calls import calls_of, has_tool_turns
 
 SIMULATE = ("You play a function that an assistant has just called, given its declaration and the call's arguments. "
             "Reply with only what the function returns, as JSON: specific, plausible values that fit the "
@@ -35,6 +36,23 @@ def check_rounds(cfg: Config) -> None:
     if cfg.task.type != "tools" or cfg.task.tool_choice != "auto":
         raise PotstillError("generate.tool_rounds: needs task.type tools with task.tool_choice auto (a task whose "
                             "answers may follow a tool's result)")
+
+
+def first_calls_only(cfg: Config, records: Sequence[Record]) -> str | None:
+    """What is paid for and never learnt among ``records`` (inputs), under a tools task's
+    ``task.tool_choice: required``, whose student learns first calls only: inputs that already hold
+    tool calls or results (the teacher is made to call again after a result, and serve sends such
+    chats to the teacher, never the student); None where there are none, or the task learns them."""
+    if cfg.task.type != "tools" or cfg.task.tool_choice != "required":
+        return None
+    held = [r for r in records if has_tool_turns(r.messages)]
+    if not held:
+        return None
+    ending = sum(1 for r in held if r.messages[-1].get("role") == "tool")
+    return (f"{len(held)} of {len(records)} inputs already hold tool calls or results ({ending} end with a tool "
+            "result): under task.tool_choice required the student learns first calls only, so the teacher would "
+            "be paid for them and the student never answers such chats (serve sends them to the teacher); set "
+            "task.tool_choice: auto to learn the turns after tool results, or leave them out of data.inputs")
 
 
 def add_rounds(cfg: Config, labelled: list[Record], ledger: Any, stats: Any, make_teacher: Any) -> list[Record]:
