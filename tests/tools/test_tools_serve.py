@@ -114,6 +114,9 @@ def test_the_student_answers_the_tasks_tools_with_a_call(tools_served):
     assert [d.function.name for d in deltas] == [call["name"]]
     assert json.loads(deltas[0].function.arguments) == call["arguments"]
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    # Its first delta says the role, and content null as OpenAI's does (it was "").
+    first = chunks[0].choices[0].delta
+    assert first.role == "assistant" and first.content is None and "content" in first.model_fields_set
     # The Responses API: a function_call output item.
     resp = c.responses.create(model="potstill", input="the team won the match",
                               tools=[{"type": "function", **t["function"]} for t in TOOLS])

@@ -312,7 +312,8 @@ def whole_events(cid: str, created: int, model: str, content: str, usage: dict, 
                "choices": [choice], **extra}
         return f"data: {json.dumps(obj)}\n\n"
 
-    yield chunk({"role": "assistant", "content": ""}, None)
+    # OpenAI's first delta of an answer that is only tool calls has content null, as its whole message does.
+    yield chunk({"role": "assistant", "content": "" if content or not tool_calls else None}, None)
     if content or not tool_calls:
         yield chunk({"content": content}, None, logprobs)
     for i, call in enumerate(tool_calls or []):
