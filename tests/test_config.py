@@ -183,6 +183,35 @@ def test_path_fields_are_declared_and_saved_relative_to_a_directory(tmp_path):
     assert Path(moved.data.inputs) == tmp_path / "moved" / "in.jsonl" and moved.teacher.model == "org/name"
 
 
+def test_a_run_directory_reached_through_a_symlink_loads_its_saved_paths(tmp_path):
+    """proj/runs a link to another disk: the run's saved potstill.yaml held data.inputs relative to the
+    run's real place (../../../../proj/data/in.jsonl), and loading it through the link collapsed '..'
+    by hand from proj/runs/exp1, so `potstill run -c proj/runs/exp1/potstill.yaml` said 'file not found'
+    (or read another file of that name). Saved and loaded paths now agree however the folder is reached,
+    also through a link at another depth than its target (latest -> disk/scratch/alice/runs/exp1)."""
+    from potstill.config import relative_paths
+
+    real = tmp_path / "disk" / "scratch" / "alice" / "runs"
+    (real / "exp1").mkdir(parents=True)
+    (tmp_path / "proj" / "data").mkdir(parents=True)
+    (tmp_path / "proj" / "data" / "in.jsonl").write_text('{"input": "x", "label": "a"}\n')
+    (tmp_path / "proj" / "runs").symlink_to(real)
+    (tmp_path / "latest").symlink_to(real / "exp1")
+    p = tmp_path / "proj" / "potstill.yaml"
+    p.write_text(yaml.safe_dump({"run_dir": "runs/exp1", "data": {"inputs": "data/in.jsonl"}, "task": {"labels": ["a", "b"]}}))
+    cfg = load_config(p)
+    saved = tmp_path / "proj" / "runs" / "exp1" / "potstill.yaml"
+    saved.write_text(yaml.safe_dump(relative_paths(cfg, Path(cfg.run_dir))))
+    for way in (saved, tmp_path / "latest" / "potstill.yaml"):
+        again = load_config(way)
+        assert Path(again.data.inputs).samefile(tmp_path / "proj" / "data" / "in.jsonl"), (way, again.data.inputs)
+        assert Path(again.run_dir).samefile(real / "exp1")
+    # Without a link in the way, paths stay short (RUN/../in.jsonl is in.jsonl, relative where given so).
+    (tmp_path / "plain" / "run").mkdir(parents=True)
+    (tmp_path / "plain" / "run" / "c.yaml").write_text(yaml.safe_dump({"data": {"inputs": "../in.jsonl"}, "task": {"labels": ["a", "b"]}}))
+    assert Path(load_config(tmp_path / "plain" / "run" / "c.yaml").data.inputs) == tmp_path / "plain" / "in.jsonl"
+
+
 def test_paths_in_the_judges_teacher_resolve_against_the_config_file(tmp_path):
     """evaluate.judge.teacher is a whole teacher section (may be null): its replay_path and
     few_shot.path were left relative to the shell's cwd, unlike the same fields of `teacher`, so

@@ -225,8 +225,19 @@ def _resolve_paths(data: dict, base: Path | None) -> dict:
         # A model reference is a hub id (org/name) unless it is plainly a path: ./x and ../x are.
         path_like = role.resolve or node[leaf] in (".", "..") or node[leaf].startswith(("./", "../"))
         if path_like and base is not None and not Path(node[leaf]).is_absolute():
-            node[leaf] = os.path.normpath(base / node[leaf])  # RUN/../inputs.jsonl reads as inputs.jsonl
+            node[leaf] = _join(base, node[leaf])
     return data
+
+
+def _join(base: Path, rel: str) -> str:
+    """``base/rel`` as the file system reads it, written short: RUN/../inputs.jsonl reads as
+    inputs.jsonl, unless RUN is (or lies under) a symlink, where '..' climbs out of the link's target
+    and not back to the folder that holds the link: a run directory reached as proj/runs/exp1, with
+    proj/runs a link to another disk, saves its paths relative to its real place (``relative_paths``),
+    and ../../proj/data/in.jsonl collapsed by hand named a file that is not there (or another one)."""
+    joined = base / rel
+    short = os.path.normpath(joined)
+    return short if os.path.realpath(short) == os.path.realpath(joined) else os.path.realpath(joined)
 
 
 def relative_paths(cfg: Config, base: Path) -> dict[str, Any]:
