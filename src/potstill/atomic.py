@@ -10,6 +10,7 @@ import ctypes.util
 import errno
 import json
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -71,8 +72,9 @@ def atomic_write(path: str | Path) -> Iterator[TextIO]:
                 if not d.is_dir():
                     raise
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        _name_the_path(e, path)
         for d in reversed(made):
             try:
                 d.rmdir()
@@ -143,9 +145,41 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             finish[1](tmp)
         _ordinary_modes(tmp)
         _swap_in(tmp, path)
-    except BaseException:
+    except BaseException as e:
         _remove(tmp)
+        failed = _write_failure(e, path)
+        if failed is not e:
+            raise failed from e
         raise
+
+
+def _name_the_path(e: BaseException, path: Path) -> None:
+    """A failed ``write`` names no file ('[Errno 28] No space left on device'): it names ``path``."""
+    if isinstance(e, OSError) and e.filename is None and e.errno is not None:
+        e.filename = str(path)
+
+
+def _write_failure(e: BaseException, path: Path) -> BaseException:
+    """What a library that writes its own files into an ``atomic_dir`` raised, as the OSError behind it,
+    naming the folder: torch's zip writer says 'unexpected pos 170112 vs 170064' (the OSError is its
+    context when it writes through a Python file, ``checkpoint.save``), safetensors 'I/O error: No space
+    left on device (os error 28)'; neither is an OSError, so a full disk was a traceback. Anything else
+    is returned as it is."""
+    _name_the_path(e, path)
+    text = str(e)
+    if not (type(e).__name__ == "SafetensorError" and "I/O error" in text
+            or isinstance(e, RuntimeError) and ("inline_container" in text or "PytorchStreamWriter" in text)):
+        return e
+    code = re.search(r"\(os error (\d+)\)", text)
+    if code:
+        return OSError(int(code[1]), os.strerror(int(code[1])), str(path))
+    cause = e.__cause__ or e.__context__
+    while cause is not None and not (isinstance(cause, OSError) and cause.errno):
+        cause = cause.__cause__ or cause.__context__
+    if cause is not None:
+        return OSError(cause.errno, cause.strerror, str(path))
+    return OSError(errno.EIO, f"could not write it ({text.splitlines()[0] if text else type(e).__name__}; is the "
+                              "disk full?)", str(path))
 
 
 def _swap_in(tmp: Path, path: Path) -> None:

@@ -23,7 +23,7 @@ import typer
 
 from potstill.cli_flags import MISSING, builtin_defaults, field_flags, flag_value, short_flag
 from potstill.config import Config, flat_fields, load_config, starter_yaml
-from potstill.errors import PotstillError
+from potstill.errors import PotstillError, no_room
 from potstill.pipeline import STAGES, SYNTHESIZE, run_all
 from potstill.stage import Stage, leaf_fields
 
@@ -507,7 +507,10 @@ def _os_problem(e: BaseException) -> str:
         where = getattr(e, "filename", None)  # set by the ledger (sqlite3 names no file): others are unknown
         return f"{where}: SQLite: {e}" if where else f"SQLite: {e}"
     where = " -> ".join(str(f) for f in (getattr(e, "filename", None), getattr(e, "filename2", None)) if f)
-    return f"{e.strerror or e}: {where}" if where else str(e)
+    line = f"{e.strerror or e}: {where}" if where else str(e)
+    # What was being written is not there (written whole or not at all): the same command writes it.
+    fix = no_room(e)
+    return f"{line}; {fix} and run the same command again" if fix else line
 
 
 class Terminated(KeyboardInterrupt):

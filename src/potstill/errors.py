@@ -1,11 +1,23 @@
 """The one exception type the CLI turns into a single clear line and a non-zero exit, and the
 helpers that keep keys out of every message and file."""
 
+import errno
 import re
 
 
 class PotstillError(Exception):
     """A user-facing error: bad input, bad config, a missing key. Its message is the whole story."""
+
+
+def no_room(e: BaseException) -> str | None:
+    """What to do about a write that found no room (a full disk, a quota, a limit on a file's size),
+    said as the user acts on it; None for any other error."""
+    code = getattr(e, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return "free space there"
+    if code == errno.EFBIG:
+        return "lift the limit on a file's size (`ulimit -f`) or write to another file system"
+    return None
 
 
 # Below this length a secret (a proxy password like 'ab') is also a piece of ordinary words, so it

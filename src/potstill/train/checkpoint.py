@@ -27,7 +27,7 @@ from typing import Any, Iterator
 import torch
 
 from potstill import leftovers
-from potstill.errors import PotstillError
+from potstill.errors import PotstillError, no_room
 from potstill.hashing import hash_file
 from potstill.records import atomic_dir, read_json, write_json
 
@@ -95,10 +95,10 @@ def save(ckpt_dir: Path, step: int, fingerprint: str, model: Any, opt: Any, sche
     with atomic_dir(out) as tmp:
         if metrics is not None and metrics.exists():
             shutil.copyfile(metrics, tmp / "metrics.jsonl")
-        torch.save(trainable_state(model), tmp / "model.pt")
+        _save_torch(trainable_state(model), tmp / "model.pt")
         if best is not None:
-            torch.save(best, tmp / "best.pt")
-        torch.save({"opt": opt.state_dict(), "sched": sched.state_dict()}, tmp / "optim.pt")
+            _save_torch(best, tmp / "best.pt")
+        _save_torch({"opt": opt.state_dict(), "sched": sched.state_dict()}, tmp / "optim.pt")
         state = {"step": step, "fingerprint": fingerprint, "order": list(order), "py_rng": rng.getstate(),
                  "rank_rngs": rank_rngs or [rng_state()], **extra}
         with open(tmp / "state.pkl", "wb") as f:
@@ -107,6 +107,13 @@ def save(ckpt_dir: Path, step: int, fingerprint: str, model: Any, opt: Any, sche
         if old != out:
             shutil.rmtree(old, ignore_errors=True)
     return out
+
+
+def _save_torch(obj: Any, path: Path) -> None:
+    """``torch.save`` through a Python file: given a path, torch writes the file itself, and a full disk
+    is 'unexpected pos 170112 vs 170064' with no OSError behind it (``atomic_dir`` names it then)."""
+    with open(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def _readable(ckpt_dir: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
@@ -124,6 +131,23 @@ def _readable(ckpt_dir: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
 def latest(ckpt_dir: Path, fingerprint: str) -> Path | None:
     """The newest complete checkpoint written with these settings, or None."""
     return next((d for d, state in _readable(ckpt_dir) if state.get("fingerprint") == fingerprint), None)
+
+
+def rerun(ckpt_dir: Path, fingerprint: str, cfg: Any) -> str:
+    """What the same command does next with the checkpoints in ``ckpt_dir`` (a ``TrainConfig``'s)."""
+    kept = latest(ckpt_dir, fingerprint) if cfg.checkpoint_every else None
+    if kept and cfg.resume:
+        return f"the same command resumes from its checkpoint at step {int(kept.name.split('-')[1])}"
+    if kept:
+        return "a rerun starts over (train.resume is false)"
+    return "no checkpoint was saved yet (train.checkpoint_every), so a rerun starts over"
+
+
+def after_failed_write(e: OSError, ckpt_dir: Path, fingerprint: str, cfg: Any) -> str:
+    """A write that failed while training (a checkpoint, the student), and what a rerun does then."""
+    what = f"{e.strerror or e}: {e.filename}" if e.filename else str(e.strerror or e)
+    fix = no_room(e)
+    return f"{what}; {fix + ', then: ' if fix else ''}{rerun(ckpt_dir, fingerprint, cfg)}"
 
 
 def not_resumed(ckpt_dir: Path, cfg: Any) -> str | None:

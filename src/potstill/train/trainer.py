@@ -144,7 +144,11 @@ def train(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: lis
         if p.best_state is not None:  # an earlier step beat the last: its weights are the student
             s.accel.unwrap_model(s.module).model.load_state_dict(p.best_state, strict=False)
         val = p.best_val
-    _save_student(s, lm, cfg, out_dir)
+    try:
+        _save_student(s, lm, cfg, out_dir)
+    except OSError as e:  # a full disk: the weights exist only in this process, and are lost
+        raise PotstillError(f"train: the training finished ({p.done} steps) but its student could not be saved: "
+                            f"{checkpoint.after_failed_write(e, p.ckpt_dir, p.fingerprint, cfg)}") from e
     if cfg.gradient_checkpointing:  # the caller's model goes on to answer, not to train
         _activation_checkpointing(s.base, False)
     summary = {"steps": p.done, "examples": len(s.examples), "tokens": p.tokens, "train_s": train_s,
@@ -379,15 +383,12 @@ def _step_loop(s: _Setup, p: _Progress, lm: LM, cfg: TrainConfig, max_length: in
             _steps(s, p, lm, cfg, max_length, mf, advance, t0, metrics_path, on_row)
     except KeyboardInterrupt:
         if main:  # Ctrl-C: say what a rerun will do (typer exits 130 without a word)
-            kept = checkpoint.latest(p.ckpt_dir, p.fingerprint) if cfg.checkpoint_every else None
-            if kept and cfg.resume:
-                then = f"the same command resumes from its checkpoint at step {int(kept.name.split('-')[1])}"
-            elif kept:
-                then = "a rerun starts over (train.resume is false)"
-            else:
-                then = "no checkpoint was saved yet (train.checkpoint_every), so a rerun starts over"
+            then = checkpoint.rerun(p.ckpt_dir, p.fingerprint, cfg)
             say(f"train: interrupted after {p.done} of {s.total} steps; {then}")
         raise
+    except OSError as e:  # a checkpoint that did not fit (a full disk): what was lost, and what a rerun does
+        raise PotstillError(f"train: stopped after {p.done} of {s.total} steps: "
+                            f"{checkpoint.after_failed_write(e, p.ckpt_dir, p.fingerprint, cfg)}") from e
     return time.perf_counter() - t0
 
 
