@@ -58,8 +58,7 @@ def atomic_write(path: str | Path) -> Iterator[TextIO]:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             yield f
-        # mkstemp makes 0600 files; artifacts are ordinary files, readable like any other output.
-        os.chmod(tmp, 0o644)
+        ordinary_modes(Path(tmp))  # mkstemp makes 0600 files
         missing, folder = [], path.parent
         while folder != home and not folder.is_dir():
             missing.append(folder)
@@ -95,16 +94,31 @@ def atomic_files(paths: Iterable[str | Path]) -> Iterator[dict[Path, TextIO]]:
         # ExitStack exits last-entered first: each atomic_write then renames its file into place.
 
 
-def _ordinary_modes(root: Path) -> None:
-    """The modes a plain ``mkdir`` and ``open`` would have given under the process's umask: mkdtemp
-    makes 0700 and some writers 0600 files, so a student trained by one user could not be served
-    (or a checkpoint read) by another account, as any other output can."""
-    umask = os.umask(0)
-    os.umask(umask)
-    root.chmod(0o777 & ~umask)
-    for p in root.rglob("*"):
+def umask() -> int:
+    """The process's umask, read from /proc where it is there (Linux 4.7+): ``os.umask`` reads it only by
+    setting another, and a file another thread made in between got that one."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def ordinary_modes(root: Path) -> None:
+    """Give ``root`` (a file, or a folder and everything in it) the modes a plain ``open`` and ``mkdir``
+    would have under the process's umask, as every artifact potstill writes whole has: mkstemp makes
+    0600 files and mkdtemp 0700 folders, and safetensors writes 0600, so a student trained by one user
+    could not be served by a teammate under `umask 002` (its sidecars were 0600 whatever the umask),
+    while a fixed 0644 made teacher.jsonl world-readable under `umask 077`."""
+    mask = umask()
+    for p in (root, *(root.rglob("*") if root.is_dir() else ())):
         if not p.is_symlink():
-            p.chmod((0o777 if p.is_dir() else 0o666) & ~umask | (p.stat().st_mode & 0o111 & ~umask))
+            p.chmod((0o777 if p.is_dir() else 0o666) & ~mask | (p.stat().st_mode & 0o111 & ~mask))
 
 
 # (folder, fn) of the innermost ``finishing``.
@@ -143,7 +157,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         finish = _FINISH.get()
         if finish is not None and finish[0] == Path(os.path.abspath(path)):
             finish[1](tmp)
-        _ordinary_modes(tmp)
+        ordinary_modes(tmp)
         _swap_in(tmp, path)
     except BaseException as e:
         _remove(tmp)

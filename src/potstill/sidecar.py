@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from potstill import leftovers
+from potstill.atomic import ordinary_modes
 from potstill.errors import PotstillError
 
 
@@ -29,6 +30,7 @@ def write(target: Path, tensors: dict[str, Any], info: dict[str, Any], framework
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={"potstill": json.dumps(info)})
+        ordinary_modes(Path(tmp))  # mkstemp's 0600: a teammate serving the student could not read it
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -41,6 +43,10 @@ def read(path: Path, what: str, version: int, framework: str, delete: str) -> tu
     an error naming it and ``what`` it should hold; ``delete`` says what deleting it does."""
     from safetensors import safe_open
 
+    try:
+        open(path, "rb").close()
+    except OSError as e:  # safe_open says 'No such file or directory' for a file it may not read
+        raise PotstillError(f"{path}: cannot read the {what}: {e.strerror}") from None
     try:
         with safe_open(str(path), framework=framework) as f:
             meta = f.metadata() or {}

@@ -25,6 +25,7 @@ from typing import Any, get_args
 import numpy as np
 import torch
 
+from potstill.atomic import ordinary_modes
 from potstill.config import DtypeName
 from potstill.errors import PotstillError
 from potstill.hashing import cache_dir, hash_file, hash_obj
@@ -243,6 +244,7 @@ def cache_entry(target: Path, done: str) -> Iterator[Path]:
     try:
         yield tmp
         if not (target / done).exists():
+            ordinary_modes(tmp)  # mkdtemp's 0700: another account sharing POTSTILL_CACHE could not read it
             if target.exists():  # not a whole entry (written by hand or by another tool): ours replaces it
                 shutil.rmtree(target)
             try:
