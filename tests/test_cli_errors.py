@@ -282,7 +282,8 @@ def test_a_sqlite_error_names_its_file_and_blames_no_ledger_it_did_not_come_from
     Ledger(work / "run" / "calls.sqlite").close()
     with sqlite3.connect(work / "run" / "calls.sqlite") as db:
         db.execute("DROP TABLE calls")
-    assert run_main(monkeypatch, capsys, "cost", "run") == (2, ["error: run/calls.sqlite: SQLite: no such table: calls"])
+    assert run_main(monkeypatch, capsys, "cost", "run") == (2, ["error: run/calls.sqlite: not a potstill ledger "
+                                                                "(SQLite: no such table: calls); move it aside"])
     # A SQLite error from no file potstill opened says what SQLite said, and blames no ledger.
     assert _os_problem(sqlite3.DatabaseError("file is not a database")) == "SQLite: file is not a database"
     # A ledger opened read-only (preflight's budget asks it what is answered) that is not one: the

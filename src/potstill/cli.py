@@ -187,7 +187,7 @@ def cost(run_dir: Annotated[Path, typer.Argument(help="Run directory.")],
         raise PotstillError(f"{path} not found")
     share, basis, resend = _rerun_price(run_dir, config)
     hourly = _hourly_teacher(run_dir, config)
-    with Ledger(path) as ledger:
+    with Ledger.reader(path) as ledger:
         rep = ledger.cost_report(share=share, resend_refused=resend)
         by_stage = ledger.spend_by_stage("teacher")
         for m in rep["models"]:

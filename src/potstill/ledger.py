@@ -26,7 +26,7 @@ from potstill.errors import PotstillError
 from potstill.ledger_rows import Call, ServedCall, user_messages  # noqa: F401 (re-exported: potstill.ledger's rows)
 from potstill.ledger_runs import GenerateRuns, process_alive
 from potstill.ledger_schema import BATCH_CLOSED, MIGRATIONS, NATURAL_STOPS, billed  # noqa: F401 (MIGRATIONS: re-export)
-from potstill.sqlite_migrations import apply_migrations
+from potstill.sqlite_migrations import apply_migrations, behind
 
 
 class _Guard:
@@ -53,19 +53,12 @@ class Ledger(GenerateRuns):
     def __init__(self, path: str | Path, readonly: bool = False):
         """Open (and migrate) the ledger; ``readonly`` opens an existing file without ever writing to it."""
         self.path = Path(path)
+        self.readonly = readonly
         self._lock = _Guard(self.path)
         if readonly:
             if not self.path.exists():
                 raise PotstillError(f"{self.path} not found")
-            self._db = self._connect(self.path.resolve().as_uri() + "?mode=ro", uri=True)
-            try:  # SQLite reads a file only at the first query: make that here, where the file is known
-                with self._lock:
-                    self._db.execute("SELECT 1 FROM calls LIMIT 1").fetchall()
-            except sqlite3.DatabaseError as e:
-                self._db.close()
-                if isinstance(e, sqlite3.OperationalError) and "no such table" not in str(e):  # locked, ...
-                    raise
-                raise PotstillError(f"{self.path}: not a potstill ledger (SQLite: {e}); move it aside") from None
+            self._open_readonly()
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = self._connect(self.path)
@@ -76,6 +69,49 @@ class Ledger(GenerateRuns):
         except sqlite3.DatabaseError as e:  # another file in its place: say so, and leave it as it is
             self._db.close()
             if isinstance(e, sqlite3.OperationalError):  # locked, disk full, ...: not about what the file is
+                raise
+            raise PotstillError(f"{self.path}: not a potstill ledger (SQLite: {e}); move it aside") from None
+
+    @classmethod
+    def reader(cls, path: str | Path) -> "Ledger":
+        """The ledger for a command that only reads it (`cost`): read-only, so a run on a read-only mount,
+        an archived artifact or another account's run can be read; one written by an earlier potstill
+        is brought up to date first where it may be written (its reads need the new columns)."""
+        ledger = cls(path, readonly=True)
+        with ledger._lock:
+            if not behind(ledger._db, MIGRATIONS):
+                return ledger
+        try:
+            writable = cls(path)
+        except sqlite3.OperationalError as e:
+            if e.sqlite_errorcode & 0xFF != sqlite3.SQLITE_READONLY:
+                raise
+            return ledger  # read as it is: what it lacks is an error where a report reads it
+        ledger.close()
+        return writable
+
+    def _open_readonly(self) -> None:
+        uri = self.path.resolve().as_uri() + "?mode=ro"
+        self._db = self._connect(uri, uri=True)
+        try:  # SQLite reads a file only at the first query: make that here, where the file is known
+            self._probe()
+        except sqlite3.OperationalError as e:
+            if e.sqlite_errorcode & 0xFF != sqlite3.SQLITE_READONLY:  # locked, ...
+                raise
+            # A WAL ledger is read through its -shm file, which a reader makes where there is none: in a
+            # folder it may not write to (a read-only mount, an archived or another account's run),
+            # 'attempt to write a readonly database'. It is read there as a file that does not change.
+            self._db.close()
+            self._db = self._connect(uri + "&immutable=1", uri=True)
+            self._probe()
+
+    def _probe(self) -> None:
+        try:
+            with self._lock:
+                self._db.execute("SELECT 1 FROM calls LIMIT 1").fetchall()
+        except sqlite3.DatabaseError as e:
+            self._db.close()
+            if isinstance(e, sqlite3.OperationalError) and "no such table" not in str(e):  # locked, ...
                 raise
             raise PotstillError(f"{self.path}: not a potstill ledger (SQLite: {e}); move it aside") from None
 

@@ -34,13 +34,17 @@ class GenerateRuns:
 
     _db: Any
     _lock: Any
+    readonly: bool = False
 
-    def _mark_stale(self) -> None:
-        """Runs left ``running`` by a process that is gone (``kill -9``, a crash) become ``stale``."""
+    def _mark_stale(self) -> set[int]:
+        """Runs left ``running`` by a process that is gone (``kill -9``, a crash) become ``stale``; their ids
+        (a read-only ledger, ``Ledger.reader``, is left as it is: its reader counts them stale)."""
         host = socket.gethostname()
         rows = self._db.execute("SELECT id, pid, host FROM generate_runs WHERE status='running'").fetchall()
-        dead = [rid for rid, pid, h in rows if pid is None or (h == host and not process_alive(pid))]
-        self._db.executemany("UPDATE generate_runs SET status='stale' WHERE id=?", ((rid,) for rid in dead))
+        dead = {rid for rid, pid, h in rows if pid is None or (h == host and not process_alive(pid))}
+        if not self.readonly:
+            self._db.executemany("UPDATE generate_runs SET status='stale' WHERE id=?", ((rid,) for rid in dead))
+        return dead
 
     def start_run(self, stage: str, model: str, inputs: int, hashes: list[str], cache_hits: int,
                   identity: str | None = None, current: list[str] | None = None, parent: int | None = None) -> int:
@@ -107,7 +111,7 @@ class GenerateRuns:
         plain (live) rerun at half. A request the teacher refused is not sent again (``label_records``),
         so it is not part of the rest unless ``resend_refused`` (``generate.retry_refusals``)."""
         with self._lock, self._db:
-            self._mark_stale()
+            dead = self._mark_stale()
             models = [
                 {"model": m, "calls": int(c), "ok": int(ok), "input_tokens": int(i), "cached_input_tokens": int(ci),
                  "output_tokens": int(o), "cost_usd": float(d), "batch_calls": int(b), "live_cost_usd": float(lv)}
@@ -163,7 +167,7 @@ class GenerateRuns:
                 latest = {
                     "model": run[1], "inputs": run[2], "unique_requests": planned + earlier,
                     "cache_hits": sum(r[1] for r in steps), "retries": sum(r[2] for r in steps),
-                    "status": _group_status([r[3] for r in steps]), "remaining": remaining + earlier,
+                    "status": _group_status(["stale" if r[0] in dead else r[3] for r in steps]), "remaining": remaining + earlier,
                     "refused": refusals, "resend_refused": resend_refused,
                     "earlier_remaining": earlier, "cost_per_call_usd": per_call, "share": share,
                     "projected_remaining_usd": None if per_call is None else per_call * share * (remaining + earlier),

@@ -24,6 +24,11 @@ def _applied(db: sqlite3.Connection) -> set[int]:
     return {r[0] for r in db.execute("SELECT id FROM _migrations")}
 
 
+def behind(db: sqlite3.Connection, migrations: list[str]) -> bool:
+    """Whether some of ``migrations`` are not yet applied to ``db``."""
+    return len(_applied(db)) < len(migrations)
+
+
 def apply_migrations(db: sqlite3.Connection, migrations: list[str]) -> None:
     """Apply the numbered, append-only ``migrations`` not yet recorded in ``_migrations``.
 
@@ -32,7 +37,7 @@ def apply_migrations(db: sqlite3.Connection, migrations: list[str]) -> None:
     for the lock, then finds the work done). A file versioned by ``PRAGMA user_version`` (review
     stores before they used this) counts its first ``user_version`` migrations as applied.
     """
-    if len(_applied(db)) >= len(migrations):
+    if not behind(db, migrations):
         return
     if db.in_transaction:
         db.commit()

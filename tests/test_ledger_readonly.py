@@ -1,0 +1,53 @@
+"""A run this account may not write to (a read-only mount, an archived CI artifact, a teammate's run):
+`potstill cost` and `watch` read its ledger without writing a byte. Every open switched the journal
+mode (and created WAL's -shm file), so both stopped at 'SQLite: attempt to write a readonly database'."""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+
+import pytest
+
+from potstill.cli import main
+from potstill.hashing import hash_file
+from potstill.ledger import MIGRATIONS, Call, Ledger
+from potstill.sqlite_migrations import apply_migrations, behind
+from tests.helpers.accounts import shared_dir, without_root
+
+DEAD_PID = 4_194_305  # past Linux's largest pid_max: no process has it
+
+
+def test_cost_reads_a_run_it_may_not_write(monkeypatch, capsys):
+    with shared_dir() as d:
+        run = d / "run"
+        run.mkdir()
+        with Ledger(run / "calls.sqlite") as led:
+            hashes = [f"g{i}" for i in range(4)]
+            led.start_run("generate", "m", 4, hashes, 0)
+            led.record_many([Call(h, "teacher", "generate", "m", {"g": h}, {"output": "a"}, 20, 1, cost_usd=0.001)
+                             for h in hashes[:3]])
+            # Killed: its status is 'running', its process gone; the report calls it stale.
+            led._db.execute("UPDATE generate_runs SET pid=?", (DEAD_PID,))
+            led._db.commit()
+        before = hash_file(run / "calls.sqlite")
+        run.chmod(0o555)
+        monkeypatch.setattr(sys, "argv", ["potstill", "cost", str(run)])
+        with without_root(), pytest.raises(SystemExit) as e:
+            main()
+        out, err = capsys.readouterr()
+        assert e.value.code == 0, err
+        assert "teacher m: 3 calls (0 errors)" in out and "last generate (stale): 4 inputs" in out, out
+        with without_root(), Ledger(run / "calls.sqlite", readonly=True) as led:  # as watch reads served traffic
+            assert led.served() == []
+        assert sorted(p.name for p in run.iterdir()) == ["calls.sqlite"] and hash_file(run / "calls.sqlite") == before
+
+
+def test_a_ledger_of_an_earlier_potstill_is_brought_up_to_date_where_it_may_be_written(tmp_path):
+    """Reading it as it is, a report would ask for columns it does not have yet."""
+    db = sqlite3.connect(tmp_path / "calls.sqlite")
+    apply_migrations(db, MIGRATIONS[:3])
+    db.close()
+    with Ledger.reader(tmp_path / "calls.sqlite") as led:
+        assert not led.readonly and not behind(led._db, MIGRATIONS)
+        assert led.cost_report()["models"] == []
