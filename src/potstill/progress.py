@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 import threading
 import time
@@ -19,10 +20,63 @@ from rich.errors import MarkupError
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+_unread = threading.Event()
+
+
+class _Console(Console):
+    """A console whose reader may go away (`potstill run | head -1`). Rich ended the process there
+    with exit 1 and no word, in the middle of a stage whose work was done (evaluate's eval.json written,
+    the stage not marked done, so the next run evaluated again). Its output is dropped from then on
+    (/dev/null in its descriptor's place, so later writes and the flush at exit do not fail), and the
+    stage stops once it is recorded (``stop_if_unread``)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        _unread.set()
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, self.file.fileno())
+        except (AttributeError, OSError, ValueError):  # not a file with a descriptor
+            pass
+        finally:
+            os.close(null)
+
+
+def stop_if_unread() -> None:
+    """Stop quietly where the reader of potstill's output went away, as a program killed by SIGPIPE
+    does (exit 141): ``head`` has what it wanted. Called once a stage is recorded."""
+    if _unread.is_set():
+        raise SystemExit(128 + signal.SIGPIPE)
+
+
+def closed_streams_to_devnull() -> None:
+    """`potstill ... >&-` (a daemon, some cron setups): Python starts with sys.stdout None, and the
+    first file opened after took descriptor 1, where a library's or a child process's output would
+    have gone into it. /dev/null takes a closed descriptor's place, and the stream writes there."""
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        if getattr(sys, name) is not None:
+            continue
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_WRONLY)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+        else:  # taken meanwhile by a file of its own: left to it
+            fd = os.open(os.devnull, os.O_WRONLY)
+        setattr(sys, name, open(fd, "w", encoding="utf-8", closefd=fd > 2))
+
+
+def _tty(stream: object) -> bool:
+    """Whether ``stream`` is a terminal; a closed one (``>&-``: None) is not."""
+    return stream is not None and stream.isatty()
+
+
 # Progress and notes go to stderr; result tables to stdout. Off a terminal rich assumes 80
 # columns, which truncates the comparison table, so give it room.
-console = Console(stderr=True)
-out = Console(width=None if sys.stdout.isatty() else 140)
+console = _Console(stderr=True)
+out = _Console(width=None if _tty(sys.stdout) else 140)
 
 
 def size_text(n_bytes: float) -> str:
@@ -37,7 +91,7 @@ def size_text(n_bytes: float) -> str:
 def _mode() -> str:
     mode = os.environ.get("POTSTILL_PROGRESS", "auto")
     if mode == "auto":
-        return "bar" if sys.stderr.isatty() else "lines"
+        return "bar" if _tty(sys.stderr) else "lines"
     return {"always": "bar", "never": "off"}.get(mode, "lines")
 
 

@@ -23,7 +23,7 @@ from rich.markup import escape
 from potstill.config import MODEL_REF, Config, flat_fields, load_config, path_roles, relative_paths, set_dotted
 from potstill.errors import PotstillError, url_without_credentials
 from potstill.hashing import hash_path
-from potstill.progress import say
+from potstill.progress import say, stop_if_unread
 from potstill.inputs import load_inputs  # noqa: F401  (re-exported: pilot, preflight and tests load it from here)
 from potstill.records import write_text
 from potstill.rundir import RunDir, exclusive
@@ -163,7 +163,9 @@ class Stage:
             tracking.check(cfg)  # a tracker that is not installed is one line now, not after an hour of training
         check_saved_config(Path(cfg.run_dir))
         with held_run(cfg):
-            return self._run(cfg, force)
+            done = self._run(cfg, force)
+        stop_if_unread()  # `potstill run | head -1`: the stage is recorded, the next one does not start
+        return done
 
     def _run(self, cfg: Config, force: bool) -> dict[str, Any]:
         run = RunDir(cfg.run_dir)
