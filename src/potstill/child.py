@@ -76,7 +76,8 @@ def run(args: list[str]) -> subprocess.CompletedProcess:
     """``subprocess.run(args, capture_output=True, text=True)`` through ``popen``: a potstill killed
     outright takes the child with it (export's llama.cpp converter went on writing a GGUF the size of
     the model, orphaned). An exception here (Ctrl-C, SIGTERM's) kills it, as ``subprocess.run`` does."""
-    with popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as p:
+    # Its output read as UTF-8, whatever the locale (LC_ALL=C would read it as ASCII): messages, kept whole.
+    with popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8", errors="replace") as p:
         try:
             out, err = p.communicate()
         except BaseException:

@@ -23,7 +23,7 @@ import typer
 
 from potstill.cli_flags import MISSING, builtin_defaults, field_flags, flag_value, short_flag
 from potstill.config import Config, flat_fields, load_config, starter_yaml
-from potstill.errors import PotstillError, no_room
+from potstill.errors import PotstillError, no_room, undecoded_name
 from potstill.pipeline import STAGES, SYNTHESIZE, run_all
 from potstill.progress import closed_streams_to_devnull
 from potstill.stage import Stage, leaf_fields
@@ -571,6 +571,12 @@ def _main() -> None:
         raise
     except PotstillError as e:
         typer.secho(f"error: {e}", fg="red", err=True)
+        sys.exit(2)
+    except UnicodeEncodeError as e:  # a path Python could not decode, handed to a library that takes text
+        why = undecoded_name(e.object) if isinstance(e.object, str) else None
+        if why is None or os.environ.get("POTSTILL_DEBUG"):
+            raise
+        typer.secho(f"error: {why}", fg="red", err=True)
         sys.exit(2)
     except (OSError, UnicodeDecodeError, sqlite3.DatabaseError) as e:
         # What a file the user named can do past the stages' own checks (a folder where a file belongs,

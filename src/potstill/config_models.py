@@ -25,6 +25,7 @@ from potstill.config_setup import (  # noqa: F401  (re-exported, as above)
     DataConfig, FewShotConfig, PriceConfig, StudentConfig, TaskConfig, TeacherConfig, _default_prices,
 )
 from potstill.config_train import FULL_LR, LORA_LR, TrainConfig  # noqa: F401  (re-exported, as above)
+from potstill.errors import undecoded_name
 
 
 class SynthesizeConfig(Section):
@@ -460,6 +461,8 @@ class Config(Section):
             raise ValueError("an empty path (an unset variable, as in --run_dir \"$RUN\"?): name the run's directory")
         if Path(value).exists() and not Path(value).is_dir():  # found before a model loads
             raise ValueError(f"{value} is a file, not a run directory")
+        if why := undecoded_name(value):  # before the teacher is paid, not at train's tokenizer save
+            raise ValueError(why)
         return value
 
     @model_validator(mode="after")

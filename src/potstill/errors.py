@@ -2,11 +2,30 @@
 helpers that keep keys out of every message and file."""
 
 import errno
+import os
 import re
+import sys
 
 
 class PotstillError(Exception):
     """A user-facing error: bad input, bad config, a missing key. Its message is the whole story."""
+
+
+def undecoded_name(path: str) -> str | None:
+    """Why ``path`` cannot be passed on as text, or None. Bytes of a file name that Python could not
+    decode in this locale are kept as surrogates, which the tokenizer library (it saves and loads by a
+    UTF-8 path) refuses, late: LC_ALL=C with Python's UTF-8 mode off and a run directory named `lç`
+    got through generate and curate, then train ended in a UnicodeEncodeError traceback."""
+    if not any("\udc80" <= c <= "\udcff" for c in path):
+        return None
+    shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+    encoding = sys.getfilesystemencoding()
+    if encoding.lower().replace("-", "") == "utf8":
+        return f"{shown}: the name is not UTF-8, so it cannot be passed on as text (the tokenizer library saves " \
+               "and loads by it): rename it"
+    return (f"{shown}: a name that is not ASCII, which Python reads as {encoding} here (the C locale with its UTF-8 "
+            "mode off), so it cannot be passed on as text (the tokenizer library saves and loads by it): set "
+            "PYTHONUTF8=1 (or a UTF-8 locale, LC_ALL=C.UTF-8), or name it in ASCII")
 
 
 def no_room(e: BaseException) -> str | None:

@@ -86,12 +86,12 @@ def read_steps(path: Path) -> list[dict[str, Any]]:
     """The per-step rows of a metrics.jsonl (empty when there is none)."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def eval_metrics(path: Path) -> dict[str, float]:
     """The headline numbers of eval.json: per-model quality, latency and cost, the verdict, the break-even."""
-    result = json.loads(path.read_text())
+    result = json.loads(path.read_text(encoding="utf-8"))
     return numbers({k: result[k] for k in ("models", "agreement_ci", "metrics", "one_time", "break_even", "verdict")
                     if k in result})
 

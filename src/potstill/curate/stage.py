@@ -91,7 +91,7 @@ def curate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
         held = " (curate.val and curate.test took them all)" if not reasons and (c.val or c.test) else ""
         raise PotstillError(f"curate: no training records left{held}: {counts}{why}")
     if (run / "synthesize.json").exists():  # inputs written by `potstill synthesize`: say how many, and what was refused
-        syn = json.loads((run / "synthesize.json").read_text())
+        syn = json.loads((run / "synthesize.json").read_text(encoding="utf-8"))
         c.card["synthesis"] = {**{k: syn[k] for k in ("teacher", "seeds", "written", "rejected", "rejected_by_reason")},
                                "synthetic_per_split": {n: sum("synthetic" in r.slice for r in rows)
                                                        for n, rows in (("train", c.train), ("val", c.val), ("test", c.test))}}

@@ -133,7 +133,8 @@ def _converted(engine: str, spec: str, tag: str, num_layers: int | None, version
             extra = write(src, tmp, tok)
             tok.save_pretrained(tmp)
             np.save(tmp / EMBEDDINGS, _embedding_table(src))
-            (tmp / INFO).write_text(json.dumps({"parameters": _parameters(src), "source": spec, **extra}))
+            (tmp / INFO).write_text(json.dumps({"parameters": _parameters(src), "source": spec, **extra}),
+                                    encoding="utf-8")
     except PotstillError:
         raise
     except Exception as e:  # noqa: BLE001 - any converter failure is one line for the user, and no cache entry
@@ -160,11 +161,11 @@ def ctranslate2_model(spec: str, quantization: str = "int8", num_layers: int | N
 def _fill_special_tokens(config: Path, tok: Any) -> None:
     """CTranslate2 refuses to load a config with a null special token (a tokenizer without BOS);
     potstill always passes whole prompts, so any real token stands in."""
-    data = json.loads(config.read_text())
+    data = json.loads(config.read_text(encoding="utf-8"))
     for k in ("bos_token", "eos_token", "unk_token"):
         if data.get(k, "") is None:
             data[k] = tok.eos_token or tok.unk_token
-    config.write_text(json.dumps(data, indent=2))
+    config.write_text(json.dumps(data, indent=2), encoding="utf-8")
 
 
 GGUF = "model.gguf"

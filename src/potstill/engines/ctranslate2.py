@@ -62,7 +62,7 @@ def sliding_window(where: Path | str) -> int | None:
     cfg_path = Path(where) / "config.json" if isinstance(where, Path) else None
     if cfg_path is None or not cfg_path.exists():
         return None
-    cfg = json.loads(cfg_path.read_text())
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     cfg = cfg.get("text_config", cfg)
     window = cfg.get("sliding_window")
     sliding = "sliding_attention" in (cfg.get("layer_types") or []) or cfg.get("use_sliding_window")
@@ -88,7 +88,7 @@ class CT2Engine:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self._generation_config = generation_config(model_dir)
         self.table = np.load(model_dir / EMBEDDINGS, mmap_mode="r")
-        self.info = json.loads((model_dir / INFO).read_text())
+        self.info = json.loads((model_dir / INFO).read_text(encoding="utf-8"))
         self.identity = identity
         self.device = device
         self.compute_type = compute_type

@@ -171,7 +171,8 @@ class LlamaServer:
 
     def _tail(self) -> str:
         try:
-            lines = [ln.strip() for ln in Path(self.log.name).read_text(errors="replace").splitlines() if ln.strip()]
+            text = Path(self.log.name).read_text(encoding="utf-8", errors="replace")
+            lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
         except OSError:
             return ""
         errs = [ln for ln in lines if "error" in ln.lower() or "failed" in ln.lower()]
@@ -252,7 +253,7 @@ class LlamaCppEngine:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.info = json.loads((model_dir / INFO).read_text())
+        self.info = json.loads((model_dir / INFO).read_text(encoding="utf-8"))
         self.table = np.load(model_dir / EMBEDDINGS, mmap_mode="r")
         self.identity = identity
         self.slots = slots

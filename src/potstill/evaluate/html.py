@@ -516,7 +516,7 @@ def load_eval(path: str | Path) -> dict:
     if not p.exists():
         raise PotstillError(f"{path}: no eval.json there (run `potstill evaluate` on that run first)")
     try:
-        ev = json.loads(p.read_text())
+        ev = json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise PotstillError(f"{p}: malformed JSON ({e.msg} at line {e.lineno})") from None
     if not isinstance(ev, dict) or "slices" not in ev or "verdict" not in ev:

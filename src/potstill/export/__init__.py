@@ -113,14 +113,16 @@ def export(cfg: Config, fmt: str, out_dir: str | Path | None = None, push_to: st
             stale = stale_evaluation(run) if (run / "eval.json").exists() else None
             if stale:
                 say(f"[yellow]export: the model card leaves out the evaluation: {stale}[/yellow]")
-            chat = fmt in ("hf", "lora") and ((folder / "chat_template.jinja").is_file()
-                                              or "chat_template" in (folder / "tokenizer_config.json").read_text())
-            (folder / "README.md").write_text(model_card(cfg, run, push_to or f"The student of {run.resolve().name}",
-                                                         push_to or str(out.resolve()), chat, fmt, pushed=bool(push_to)))
+            chat = fmt in ("hf", "lora") and (
+                (folder / "chat_template.jinja").is_file()
+                or "chat_template" in (folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+            card = model_card(cfg, run, push_to or f"The student of {run.resolve().name}",
+                              push_to or str(out.resolve()), chat, fmt, pushed=bool(push_to))
+            (folder / "README.md").write_text(card, encoding="utf-8")
             from potstill.export.notice import notice
 
             notices[:] = [p.name for p in notice(cfg, run, folder)]
-        (folder / MARK).write_text(fmt + "\n")
+        (folder / MARK).write_text(fmt + "\n", encoding="utf-8")
 
     with finishing(out, finish) as finished:
         written = FORMATS[fmt](cfg, run, out)
@@ -145,7 +147,7 @@ def _check_out(out: Path, fmt: str) -> None:
     if not out.is_dir() or not any(out.iterdir()):
         return
     mark = out / MARK
-    made = mark.read_text().strip() if mark.is_file() else None
+    made = mark.read_text(encoding="utf-8").strip() if mark.is_file() else None
     if made != fmt:
         what = f"a potstill {made} export" if made else "files potstill did not write"
         raise PotstillError(f"--out {out} holds {what}; the {fmt} export writes a folder of its own: "

@@ -95,7 +95,7 @@ def _converter(hf_dir: Path, path: Path, qtype: str, meta: dict[str, Any] | None
         cmd = [sys.executable, str(Path(llama_convert.__file__)), str(llama_cpp_dir()), str(hf_dir),
                "--outfile", str(path), "--outtype", qtype]
         if meta:
-            (Path(tmp) / "meta.json").write_text(json.dumps(meta))
+            (Path(tmp) / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
             cmd += ["--metadata", str(Path(tmp) / "meta.json")]
         r = child.run(cmd)
     if r.returncode != 0:
@@ -175,7 +175,7 @@ def _importance(cfg: Config, run: Path, hf_dir: Path, task: Any) -> tuple[dict[s
 
 
 def num_hidden_layers(hf_dir: Path) -> int:
-    cfg = json.loads((hf_dir / "config.json").read_text())
+    cfg = json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))
     return int((cfg.get("text_config") or cfg)["num_hidden_layers"])
 
 

@@ -82,7 +82,7 @@ def _patch_pre_tokenizer(base: Any) -> None:
             return known(self, tokenizer)
         except NotImplementedError:
             path = Path(self.dir_model) / "tokenizer.json"
-            spec = json.loads(path.read_text()).get("pre_tokenizer") if path.is_file() else None
+            spec = json.loads(path.read_text(encoding="utf-8")).get("pre_tokenizer") if path.is_file() else None
             name = pre_tokenizer_name(spec)
             if name is None:
                 raise

@@ -49,7 +49,7 @@ def adapter_config(run: Path) -> dict[str, Any]:
                                 "export it whole with --format hf or --format gguf")
         raise PotstillError(f"{student} has no trained student: run `potstill train` first")
     try:
-        conf = json.loads(path.read_text())
+        conf = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as e:
         raise PotstillError(f"{path} is not valid JSON ({e})") from None
     if conf.get("peft_type") != "LORA":
@@ -99,9 +99,9 @@ def _copy_adapter(run: Path, tmp: Path, base_name: str, revision: str | None) ->
         if f.is_file() and f.name not in (*SIDECARS, ADAPTER_LAYERS):
             shutil.copy2(f, tmp / f.name)
             copied.append(f.name)
-    conf = json.loads((tmp / "adapter_config.json").read_text())
+    conf = json.loads((tmp / "adapter_config.json").read_text(encoding="utf-8"))
     conf["base_model_name_or_path"], conf["revision"] = base_name, revision
-    (tmp / "adapter_config.json").write_text(json.dumps(conf, indent=2, sort_keys=True) + "\n")
+    (tmp / "adapter_config.json").write_text(json.dumps(conf, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return copied
 
 
@@ -147,9 +147,9 @@ def _lora_converter(adapter: Path, base: Path, path: Path) -> None:
     with leftovers.temp_dir("potstill-lora-src") as tmp:
         src = Path(tmp) / adapter.name
         shutil.copytree(adapter, src)
-        conf = json.loads((src / "adapter_config.json").read_text())
+        conf = json.loads((src / "adapter_config.json").read_text(encoding="utf-8"))
         conf["base_model_name_or_path"] = published_name(str(conf.get("base_model_name_or_path") or ""))
-        (src / "adapter_config.json").write_text(json.dumps(conf, indent=2))
+        (src / "adapter_config.json").write_text(json.dumps(conf, indent=2), encoding="utf-8")
         (src / "README.md").unlink(missing_ok=True)  # PEFT's card: its base_model is the same path
         cmd = [sys.executable, str(Path(llama_convert.__file__)), str(llama_convert.llama_cpp_dir()), "--lora",
                str(src), "--base", str(base), "--outfile", str(path), "--outtype", "f16"]

@@ -89,9 +89,9 @@ def _temperature_zero(path: Path) -> None:
     (it calls a temperature beside do_sample false invalid), so it is added to the file; it loads
     with a one-line note that the flag is ignored, and ``generate(do_sample=True)`` then needs a
     temperature of its own."""
-    config = json.loads(path.read_text()) if path.is_file() else {}
+    config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     config.update(do_sample=False, temperature=0.0)
-    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 @register("hf")

@@ -64,7 +64,7 @@ def base_licence(spec: str, folder: Path | None) -> tuple[str | None, list[Path]
     files = sorted(p for p in folder.iterdir() if p.is_file() and LICENCE_FILE.search(p.name)) if folder else []
     readme = folder / "README.md" if folder else None
     if readme and readme.is_file():
-        text = readme.read_text(errors="replace")
+        text = readme.read_text(encoding="utf-8", errors="replace")
         if text.startswith("---"):
             try:
                 head = yaml.safe_load(text.split("---", 2)[1]) or {}
@@ -121,7 +121,8 @@ def notice(cfg: Config, run: Path, folder: Path) -> list[Path]:
     if extra:
         lines += ["", *extra]
     if theirs is not None:  # Apache-2.0, section 4(d): a derivative carries the attribution notices of the base's NOTICE
-        lines += ["", "The base model's NOTICE, as shipped with it:", "", theirs.read_text(errors="replace").rstrip()]
+        lines += ["", "The base model's NOTICE, as shipped with it:", "",
+                  theirs.read_text(encoding="utf-8", errors="replace").rstrip()]
     (folder / "NOTICE").write_text("\n".join(lines) + "\n", encoding="utf-8")
     for f in copied:
         shutil.copyfile(f, folder / f.name)

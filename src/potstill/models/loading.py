@@ -359,7 +359,7 @@ def model_identity(spec: str, where: Path | str, _depth: int = 0) -> str:
 def adapter_base(where: Path) -> Path | None:
     """A LoRA adapter's base model directory (as PEFT finds it: absolute, or relative to the cwd), or None."""
     try:
-        base = json.loads((where / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        base = json.loads((where / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
     except (OSError, ValueError, AttributeError):
         return None
     return Path(base) if isinstance(base, str) and base and Path(base).is_dir() else None
@@ -478,7 +478,7 @@ def adapter_layers(where: Path) -> int | None:
     if not path.is_file():
         return None
     try:
-        n = json.loads(path.read_text())["num_hidden_layers"]
+        n = json.loads(path.read_text(encoding="utf-8"))["num_hidden_layers"]
         if isinstance(n, int) and not isinstance(n, bool) and n >= 1:
             return n
         raise ValueError(f"num_hidden_layers {n!r}")

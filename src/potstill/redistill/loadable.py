@@ -32,7 +32,7 @@ def why_unloadable(path: Path) -> str | None:
     path = Path(path)
     cfg_name = "adapter_config.json" if (path / "adapter_config.json").exists() else "config.json"
     try:
-        config = json.loads((path / cfg_name).read_text())
+        config = json.loads((path / cfg_name).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
         return f"{cfg_name} cannot be read ({type(e).__name__}: {_first_line(e)})"
     if not isinstance(config, dict):
@@ -50,7 +50,7 @@ def why_unloadable(path: Path) -> str | None:
             return f"{f.name}: {type(e).__name__}: {_first_line(e)}"
     if (path / INDEX).exists():
         try:
-            weight_map = json.loads((path / INDEX).read_text())["weight_map"]
+            weight_map = json.loads((path / INDEX).read_text(encoding="utf-8"))["weight_map"]
             wanted = {(str(name), str(shard)) for name, shard in weight_map.items()}
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
             return f"{INDEX} cannot be read ({type(e).__name__}: {_first_line(e)})"
@@ -83,7 +83,8 @@ def _why_bin_unloadable(path: Path, weights: list[Path]) -> str | None:
             return f"{f.name}: a zip archive with no data.pkl in it, so no PyTorch checkpoint"
     if (path / BIN_INDEX).exists():
         try:
-            shards = {str(shard) for shard in json.loads((path / BIN_INDEX).read_text())["weight_map"].values()}
+            index = json.loads((path / BIN_INDEX).read_text(encoding="utf-8"))
+            shards = {str(shard) for shard in index["weight_map"].values()}
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
             return f"{BIN_INDEX} cannot be read ({type(e).__name__}: {_first_line(e)})"
         for shard in sorted(shards):

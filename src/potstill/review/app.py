@@ -178,7 +178,7 @@ def load_checks(run_dir: str | Path) -> tuple[Any, CurateConfig]:
     saved: Any = None
     if (run / "potstill.yaml").exists() and (task.get("type") == "tools" or task.get("type") == "extraction"
                                              and not task.get("json_schema")):
-        saved = yaml.safe_load((run / "potstill.yaml").read_text()) or {}
+        saved = yaml.safe_load((run / "potstill.yaml").read_text(encoding="utf-8")) or {}
         saved = ((saved.get("task") or {}) if isinstance(saved, dict) else {})
     if task.get("type") == "extraction" and not task.get("json_schema") and saved is not None:
         task["json_schema"] = saved.get("json_schema")

@@ -78,7 +78,7 @@ def _cached_calibration(routing_path: Path, ref_path: Path, key: str) -> tuple[R
     if not (routing_path.exists() and ref_path.exists()):
         return None
     try:
-        saved = json.loads(routing_path.read_text())
+        saved = json.loads(routing_path.read_text(encoding="utf-8"))
         if not isinstance(saved, dict) or saved.get("key") != key:
             return None
         routing = Routing(float(saved["confidence_threshold"]), float(saved["ood_threshold"]), dict(saved["stats"]))

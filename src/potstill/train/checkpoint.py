@@ -179,7 +179,7 @@ def best_weights(path: Path) -> dict[str, torch.Tensor] | None:
 def curve(path: Path) -> list[str] | None:
     """The metrics rows (JSON lines) a checkpoint keeps up to its step; None where it keeps none."""
     f = path / "metrics.jsonl"
-    return [ln for ln in f.read_text().splitlines() if ln] if f.exists() else None
+    return [ln for ln in f.read_text(encoding="utf-8").splitlines() if ln] if f.exists() else None
 
 
 def load(path: Path, model: Any, opt: Any, sched: Any, rng: random.Random, rank: int = 0) -> dict[str, Any]:

@@ -131,7 +131,7 @@ def train(lm: LM, fmt: PromptFormat, task: Task, records: list[Record], val: lis
         if cfg.gradient_checkpointing:
             _activation_checkpointing(s.base, False)
         if s.accel.is_main_process and on_row:  # the whole curve, as a resume from a step checkpoint hands it
-            for ln in filter(None, metrics_path.read_text().splitlines()):
+            for ln in filter(None, metrics_path.read_text(encoding="utf-8").splitlines()):
                 on_row(json.loads(ln))
         return {**p.finished, "resumed_from_step": p.finished["steps"]}
     try:
@@ -348,7 +348,7 @@ def _resume(s: _Setup, lm: LM, cfg: TrainConfig, max_length: int, out_dir: Path,
         # rows of a run with other settings. Later rows are redone.
         kept = checkpoint.curve(found)
         if kept is None:  # a checkpoint written before checkpoints kept their curve
-            kept = metrics_path.read_text().splitlines() if metrics_path.exists() else []
+            kept = metrics_path.read_text(encoding="utf-8").splitlines() if metrics_path.exists() else []
         kept = [ln for ln in kept if ln and json.loads(ln)["step"] <= start]
         best = (state.get("best_step"), state.get("best_val"),
                 checkpoint.best_weights(found) if s.accel.is_main_process else None)
@@ -377,7 +377,7 @@ def _step_loop(s: _Setup, p: _Progress, lm: LM, cfg: TrainConfig, max_length: in
     on_row = on_row if main else None
     for ln in p.kept if on_row else ():
         on_row(json.loads(ln))
-    mf = open(metrics_path if main else "/dev/null", "a")
+    mf = open(metrics_path if main else "/dev/null", "a", encoding="utf-8")
     try:
         with mf, bar("train" if main else "", s.total) as advance:
             _steps(s, p, lm, cfg, max_length, mf, advance, t0, metrics_path, on_row)

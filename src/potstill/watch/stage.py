@@ -174,7 +174,7 @@ def expected_escalation(run_dir: Path, student: str | None = None) -> tuple[floa
     if not path.exists():
         return None, f"{path} not found: the escalation share is reported but not judged"
     try:
-        saved = json.loads(path.read_text())
+        saved = json.loads(path.read_text(encoding="utf-8"))
         stats = saved.get("stats", {})
         share = float(stats["val_escalation"]) if "val_escalation" in stats else None
         owner = saved.get("student")  # written since serve named it; older files are taken as the current student's
@@ -352,7 +352,7 @@ def append_history(path: Path, row: dict[str, Any]) -> None:
 def read_history(path: Path) -> tuple[list[dict[str, Any]], int]:
     """The runs in ``path``, oldest first, and how many lines were skipped (cut short, not JSON)."""
     rows, cut = [], 0
-    for line in path.read_text().splitlines() if path.exists() else []:
+    for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
         try:
             row = json.loads(line)
         except ValueError:
