@@ -281,8 +281,8 @@ def test_a_p95_of_too_few_calls_decides_no_latency_bar_and_says_how_many(capsys)
     few = {**CHEAP, "student": {**CHEAP["student"], "latency_batch1": {"p95_s": 0.05, "n": 2}}}
     v = verdict(few, fast, [WHOLE_PASS], CHEAP_BE)
     assert (v["go"], v["decision"]) == (False, "INCONCLUSIVE")
-    why = ("the student's p95 latency (0.0500 s) comes from 2 timed calls, fewer than the 20 a 95th percentile needs, "
-           "so it cannot decide the 0.1 s bar (raise evaluate.latency_samples, with as many test inputs)")
+    why = ("the student's p95 latency (0.0500 s) comes from 2 timed calls, fewer than the 20 a 95th percentile needs "
+           "to pass the 0.1 s bar (raise evaluate.latency_samples, with as many test inputs)")
     assert v["reason"] == GO_HEAD.removesuffix(": ") + f", but {why}: keep every slice on the teacher until more timed calls settle it"
     (lat,) = [c for c in v["checks"] if "latency" in c["check"]]
     assert (lat["result"], lat["pass"], lat["value"]) == ("inconclusive", False, "0.0500 s (n=2)")
@@ -299,7 +299,52 @@ def test_a_p95_of_too_few_calls_decides_no_latency_bar_and_says_how_many(capsys)
     page = _cost({"latency_cost": rows, "one_time": {"generation_usd": 1.0, "train_usd": 0.5, "train_s": 1800,
                                                      "total_usd": 1.5},
                   "sources": {"generation_usd": "ledger", "train_usd": "train.json"}})
-    assert "0.050 s <span class='small'>(2 calls, too few for a p95 (the verdict's latency check needs 20))</span>" in page
+    assert "0.050 s <span class='small'>(2 calls, too few for a p95 (the verdict's latency check needs 20 to pass))</span>" in page
     assert "0.300 s <span class='small'>(25 batches)</span>" in page
     print_table("t", {"student": {"latency_batch1": {"p50_s": 0.04, "p95_s": 0.05, "n": 2}}})
     assert "0.050 s (n=2)" in capsys.readouterr().out
+
+
+def test_too_few_timed_calls_still_fail_the_latency_bar_when_too_many_are_over_it():
+    """Under 20 timed calls the latency check was inconclusive whichever side of the bar: a student whose 10
+    calls all took 8 s against a 1 s bar was INCONCLUSIVE. A p95 within the bar leaves at most 5% of calls
+    over it, so k of n over it happens at most P(Binomial(n, 0.05) >= k) of the time; at 2.5% or less it fails."""
+    from math import comb
+
+    from potstill.evaluate.exact import binomial_tail
+    from potstill.students import latency_stats
+
+    def tail(k: int, n: int) -> float:  # the sum term by term
+        return sum(comb(n, i) * 0.05 ** i * 0.95 ** (n - i) for i in range(k, n + 1))
+
+    for k, n in [(1, 3), (2, 10), (3, 10), (5, 10), (10, 10), (0, 19), (19, 19)]:
+        assert binomial_tail(k, n, 0.05) == pytest.approx(tail(k, n), rel=1e-9)
+    slow_bar = QualityBar(max_p95_latency_s=1.0)
+
+    def decide(times: list[float]) -> tuple[str, dict]:
+        m = {**CHEAP, "student": {**CHEAP["student"], "latency_batch1": latency_stats(times)}}
+        v = verdict(m, slow_bar, [WHOLE_PASS], CHEAP_BE)
+        return v["decision"], next(c for c in v["checks"] if "latency" in c["check"])
+
+    decision, lat = decide([8.0] * 10)  # 10 of 10 over: 0.05^10
+    assert (decision, lat["result"], lat["pass"]) == ("NO-GO", "fail", False)
+    assert lat["why"] == ("the student's p95 latency of 8.00 s is over the 1 s bar: 10 of its 10 timed calls took "
+                          "longer than 1 s, which a p95 within the bar gives less than 1 in a million of the time")
+    # 3 of 10 over: 1.15%, a fail; 2 of 10: 8.6%, could still be chance.
+    decision, lat = decide([0.5] * 7 + [3.0] * 3)
+    assert (decision, lat["result"]) == ("NO-GO", "fail")
+    assert "3 of its 10 timed calls took longer than 1 s, which a p95 within the bar gives 1.2% of the time" in lat["why"]
+    decision, lat = decide([0.5] * 8 + [3.0] * 2)
+    assert (decision, lat["result"]) == ("INCONCLUSIVE", "inconclusive")
+    assert lat["why"] == ("the student's p95 latency (3.00 s) comes from 10 timed calls, fewer than the 20 a 95th "
+                          "percentile needs to pass the 1 s bar; it is over the bar, but only 2 of its 10 timed calls "
+                          "took longer than 1 s, which a p95 within the bar gives 8.6% of the time, too often to fail "
+                          "it (raise evaluate.latency_samples, with as many test inputs)")
+    assert decide([0.5] * 10)[0] == "INCONCLUSIVE"  # all under the bar, still too few to pass
+    assert decide([0.5] * 20)[0] == "GO"
+    # Only the percentiles kept (the median of 10 calls 8 s): at least the 5 calls from the median's upper
+    # neighbour on are over the bar.
+    kept = {**CHEAP, "student": {**CHEAP["student"], "latency_batch1": {"p50_s": 8.0, "p95_s": 9.5, "n": 10}}}
+    v = verdict(kept, slow_bar, [WHOLE_PASS], CHEAP_BE)
+    assert v["decision"] == "NO-GO"
+    assert "at least 5 of its 10 timed calls took longer than 1 s, which a p95 within the bar gives 1 in 16,000" in v["reason"]

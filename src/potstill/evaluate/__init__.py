@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 from potstill.config import QualityBar
+from potstill.evaluate.exact import binomial_tail
 
 
 def _usd(x: float) -> str:
@@ -75,15 +76,35 @@ def _capped(rows: list[dict[str, Any]]) -> str:
 
 
 # A 95th percentile of fewer calls is mostly the slowest one or two (of 2 calls: x0 + 0.95 (x1 - x0)); from 20,
-# one call in 20, the tail it describes, is among them.
+# one call in 20, the tail it describes, is among them. Fewer can still fail the bar: a true p95 within it means
+# at most 5% of calls are slower than the bar, so k or more of n timed calls over it happen with probability at
+# most P(Binomial(n, 0.05) >= k) (5 of 10: 6e-5; 1 of 10: 40%), and under SLOW_TAIL that is not chance.
 MIN_P95_SAMPLES = 20
+SLOW_TAIL = 0.025
+
+
+def slow_calls(lat: dict[str, Any], lim: float) -> tuple[int, bool]:
+    """How many of the timed calls in ``lat`` (``latency_stats``) took longer than ``lim`` seconds, and
+    whether that is the count (``times_s``) or, where only the percentiles were kept, a lower bound: a
+    percentile over ``lim`` puts every call from the one it is read at (``percentile``'s upper neighbour,
+    or the call itself where it falls on one) over it too."""
+    if "times_s" in lat:
+        return sum(t > lim for t in lat["times_s"]), True
+    n, k = lat.get("n") or 0, 0
+    for q, x in ((0.5, lat.get("p50_s")), (0.95, lat.get("p95_s"))):
+        if x is not None and x > lim and n:
+            pos = (n - 1) * q
+            k = max(k, n - (int(pos) if pos == int(pos) else min(int(pos) + 1, n - 1)))
+    return k, False
 
 
 def economics(teacher_usd_per_call: float, student_usd_per_call: float, be: dict[str, Any],
-              student_p95_s: float | None, bar: QualityBar, p95_n: int | None = None) -> list[dict[str, Any]]:
+              student_p95_s: float | None, bar: QualityBar, p95_n: int | None = None,
+              slow: tuple[int, bool] | None = None) -> list[dict[str, Any]]:
     """The money and time checks of the bar, each {check, value, pass, result, why} (``why``: the failure in
     words; ``result`` pass, fail or inconclusive: a p95 from fewer than MIN_P95_SAMPLES timed calls, ``p95_n``,
-    decides nothing either way)."""
+    cannot pass the latency bar, and fails it only where ``slow`` (``slow_calls``: the timed calls over the bar)
+    are too many for a p95 within it (SLOW_TAIL; left out, those the p95 itself shows); else it is inconclusive)."""
     t, s = teacher_usd_per_call, student_usd_per_call
     per_1k = _per_1k(s, t, be.get("too_long_share") or 0.0)
     if s < t:
@@ -120,14 +141,31 @@ def economics(teacher_usd_per_call: float, student_usd_per_call: float, be: dict
         why = None if ok else (f"the student's p95 latency of {shown} s is over the {lim:g} s bar" if p95 is not None
                                else "the student's p95 latency was not measured")
         few = p95 is not None and p95_n is not None and p95_n < MIN_P95_SAMPLES
-        if few:
+        slow = slow or slow_calls({"n": p95_n, "p95_s": p95}, lim)
+        chance = binomial_tail(slow[0], p95_n, 0.05) if few else 1.0
+        k, of = slow[0], f"of its {p95_n} timed calls"
+        if chance <= SLOW_TAIL:
+            few = False
+            why = (f"the student's p95 latency of {shown} s is over the {lim:g} s bar: {'' if slow[1] else 'at least '}{k} {of} "
+                   f"took longer than {lim:g} s, which a p95 within "
+                   f"the bar gives {_chance(chance)} of the time")
+        elif few:
             why = (f"the student's p95 latency ({shown} s) comes from {p95_n} timed call{'s' if p95_n != 1 else ''}, "
-                   f"fewer than the {MIN_P95_SAMPLES} a 95th percentile needs, so it cannot decide the {lim:g} s bar "
-                   "(raise evaluate.latency_samples, with as many test inputs)")
+                   f"fewer than the {MIN_P95_SAMPLES} a 95th percentile needs to pass the {lim:g} s bar"
+                   + (f"; it is over the bar, but {'only' if slow[1] else 'its percentiles show only'} {k} {of} "
+                      f"{'took ' if slow[1] else ''}longer than {lim:g} s, which a p95 within the bar gives {_chance(chance)} of "
+                      "the time, too often to fail it" if not ok else "")
+                   + " (raise evaluate.latency_samples, with as many test inputs)")
         checks.append({"check": f"student p95 latency <= {lim:g} s", "pass": ok and not few, "why": why,
                        "result": "inconclusive" if few else "pass" if ok else "fail",
                        "value": "-" if p95 is None else f"{shown} s" + (f" (n={p95_n})" if p95_n is not None else "")})
     return [{**c, "result": c.get("result") or ("pass" if c["pass"] else "fail")} for c in checks]
+
+
+def _chance(p: float) -> str:
+    """A small probability as a reader takes it: "1.2%", "1 in 16,000", "less than 1 in a million"."""
+    return (f"{100 * p:.1f}%" if p >= 0.001 else f"1 in {float(f'{1 / p:.2g}'):,.0f}" if p >= 1e-6
+            else "less than 1 in a million")
 
 
 def _beside(x: float, bar: float) -> str:
@@ -180,7 +218,8 @@ def verdict(models: dict[str, dict[str, Any]], bar: QualityBar, slices: list[dic
     Money and time first (per-call costs on the break-even's basis, ``be['cost_basis']``): a student
     dearer per call than the teacher, slower to repay distilling
     than the horizon, or over the latency bar is NO-GO whatever its quality; a p95 from too few timed calls
-    to decide the latency bar makes a passing student INCONCLUSIVE, not GO. Then quality on the
+    to pass the latency bar makes a passing student INCONCLUSIVE, not GO, unless so many of them are over
+    the bar that a p95 within it is implausible: then NO-GO. Then quality on the
     whole test set (the ``all`` row of ``slices``, judged by its 95% interval as every slice is):
     pass is GO, fail is NO-GO, straddling the bar is INCONCLUSIVE. Under GO, slices that pass on
     their own switch now, slices that fail stay on the teacher, and the rest need more data.
@@ -191,7 +230,8 @@ def verdict(models: dict[str, dict[str, Any]], bar: QualityBar, slices: list[dic
     lat = s.get("latency_batch1", {})
     econ = economics(be.get("teacher_cost_per_call_usd", t["cost_per_1k_calls_usd"] / 1000),
                      be.get("student_cost_per_call_usd", s["cost_per_1k_calls_usd"] / 1000), be,
-                     lat.get("p95_s"), bar, lat.get("n"))
+                     lat.get("p95_s"), bar, lat.get("n"),
+                     None if bar.max_p95_latency_s is None else slow_calls(lat, bar.max_p95_latency_s))
     whole, rest = slices[0], slices[1:]
     if whole["slice"] != "all":
         raise ValueError("verdict: the first slice row must be 'all' (the whole test split), as slice_table writes it")

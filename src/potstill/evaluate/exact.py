@@ -92,6 +92,11 @@ def clopper_pearson(k: float, n: int, confidence: float = 0.95) -> tuple[float, 
     return lo, hi
 
 
+def binomial_tail(k: int, n: int, p: float) -> float:
+    """P(Binomial(n, p) >= k) = I_p(k, n - k + 1): how often k or more of n trials succeed at a share p."""
+    return 1.0 if k <= 0 else 0.0 if k > n else betainc(k, n - k + 1, p)
+
+
 def share_interval(values: Sequence[float], confidence: float = 0.95) -> dict[str, Any]:
     """Mean of per-example scores in [0, 1] (a share: agreement with the teacher) with its exact 95%
     interval, {value, lo, hi, n, method}, in the form of ``bootstrap_mean``'s."""

@@ -301,7 +301,7 @@ def _p95(x: float | None, n: int | None, of: str = "calls") -> str:
         return "-"
     if n is None:  # an eval.json from before latency_n
         return _secs(x)
-    few = f", too few for a p95 (the verdict's latency check needs {MIN_P95_SAMPLES})" if n < MIN_P95_SAMPLES else ""
+    few = f", too few for a p95 (the verdict's latency check needs {MIN_P95_SAMPLES} to pass)" if n < MIN_P95_SAMPLES else ""
     return f"{_secs(x)} <span class='small'>({n} {of}{few})</span>"
 
 

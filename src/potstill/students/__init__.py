@@ -228,6 +228,7 @@ def measure_latency(lm: Any, task: Task, records: list[Record], n: int, beside: 
 
 
 def latency_stats(times: list[float]) -> dict[str, float]:
-    """n, p50_s, p95_s and mean_s of call times in seconds."""
+    """n, p50_s, p95_s and mean_s of call times in seconds, and the times themselves, sorted (``times_s``:
+    the verdict counts those over the latency bar, ``evaluate.slow_calls``)."""
     return {"n": len(times), "p50_s": percentile(times, 0.5), "p95_s": percentile(times, 0.95),
-            "mean_s": statistics.fmean(times)}
+            "mean_s": statistics.fmean(times), "times_s": sorted(times)}
