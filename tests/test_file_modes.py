@@ -81,3 +81,32 @@ def test_a_cache_entry_follows_the_umask(tmp_path):
     with umask(0o022), cache_entry(tmp_path / "entry", "INFO") as tmp:
         (tmp / "INFO").write_text("{}")
     assert mode(tmp_path / "entry") == 0o755 and mode(tmp_path / "entry" / "INFO") == 0o644
+
+
+def test_a_folder_written_whole_into_a_group_shared_one_keeps_its_setgid(tmp_path):
+    """ordinary_modes cleared a folder's setgid bit: in a group-shared run (a setgid folder, group-writable
+    under `umask 007`) student/ lost the bit mkdir gives it, so a sidecar written into it later took the
+    writer's own group, and a teammate got 'Permission denied'. Folders keep setgid and sticky, and get a
+    setgid parent's, as mkdir gives it."""
+    from potstill.atomic import atomic_dir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    if os.geteuid() == 0:
+        os.chown(run, -1, 65534)  # nogroup: not the writer's own group
+    run.chmod(0o2770)
+    with umask(0o007):
+        with atomic_dir(run / "student") as tmp:
+            (tmp / "model.safetensors").write_bytes(b"x")
+            (tmp / "sub").mkdir()
+            (tmp / "copied").mkdir()
+            (tmp / "copied").chmod(0o700)  # as shutil.copytree copies a mode without the bit
+            (tmp / "sticky").mkdir()
+            (tmp / "sticky").chmod(0o1700)
+        out = sidecar.write(run / "student" / "int8_calibration.safetensors", {"a": np.zeros(2, dtype=np.float32)},
+                            {"version": 1}, "numpy")
+    student = run / "student"
+    assert [mode(student / d) for d in ("", "sub", "copied")] == [0o2770] * 3
+    assert mode(student / "sticky") == 0o3770
+    assert mode(student / "model.safetensors") == 0o660 and mode(out) == 0o660
+    assert out.stat().st_gid == run.stat().st_gid

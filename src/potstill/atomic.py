@@ -13,6 +13,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import tempfile
 from contextvars import ContextVar
 from pathlib import Path
@@ -114,11 +115,20 @@ def ordinary_modes(root: Path) -> None:
     would have under the process's umask, as every artifact potstill writes whole has: mkstemp makes
     0600 files and mkdtemp 0700 folders, and safetensors writes 0600, so a student trained by one user
     could not be served by a teammate under `umask 002` (its sidecars were 0600 whatever the umask),
-    while a fixed 0644 made teacher.jsonl world-readable under `umask 077`."""
+    while a fixed 0644 made teacher.jsonl world-readable under `umask 077`.
+
+    A folder keeps its setgid and sticky bits, and gets the setgid of a setgid parent, as ``mkdir`` gives
+    it: in a group-shared run (a setgid folder) a student folder without it gave every file written into it
+    later (the int8 and imatrix sidecars) the writer's own group, which a teammate may not read."""
     mask = umask()
     for p in (root, *(root.rglob("*") if root.is_dir() else ())):
-        if not p.is_symlink():
-            p.chmod((0o777 if p.is_dir() else 0o666) & ~mask | (p.stat().st_mode & 0o111 & ~mask))
+        if p.is_symlink():
+            continue
+        mode = p.stat().st_mode
+        if stat.S_ISDIR(mode):
+            p.chmod(0o777 & ~mask | mode & (stat.S_ISGID | stat.S_ISVTX) | p.parent.stat().st_mode & stat.S_ISGID)
+        else:
+            p.chmod(0o666 & ~mask | mode & 0o111 & ~mask)
 
 
 # (folder, fn) of the innermost ``finishing``.
