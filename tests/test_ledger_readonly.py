@@ -51,3 +51,34 @@ def test_a_ledger_of_an_earlier_potstill_is_brought_up_to_date_where_it_may_be_w
     with Ledger.reader(tmp_path / "calls.sqlite") as led:
         assert not led.readonly and not behind(led._db, MIGRATIONS)
         assert led.cost_report()["models"] == []
+
+
+@pytest.mark.parametrize("applied", [1, len(MIGRATIONS) - 1])
+def test_a_ledger_of_an_earlier_potstill_it_may_not_write_is_read_as_if_brought_up_to_date(applied, monkeypatch,
+                                                                                           capsys):
+    """Read as it was, `potstill cost` printed the teacher's line and then stopped at 'SQLite: no such column:
+    student_cost_usd' (rc 2): an archived CI artifact is most often one an earlier potstill wrote. What the
+    later migrations add reads as empty tables and columns at their defaults, and the file is not written."""
+    with shared_dir() as d:
+        run = d / "run"
+        run.mkdir()
+        db = sqlite3.connect(run / "calls.sqlite")
+        apply_migrations(db, MIGRATIONS[:applied])
+        db.executemany("INSERT INTO calls (request_hash, role, stage, model, request, response, input_tokens,"
+                       " output_tokens, cost_usd, status, created_at) VALUES (?, 'teacher', 'generate', 'm', '{}',"
+                       " '{\"output\": \"a\"}', 20, 1, 0.001, 'ok', 1.0)", [("g1",), ("g2",)])
+        db.commit()
+        db.close()
+        before = hash_file(run / "calls.sqlite")
+        run.chmod(0o555)
+        monkeypatch.setattr(sys, "argv", ["potstill", "cost", str(run)])
+        with without_root(), pytest.raises(SystemExit) as e:
+            main()
+        out, err = capsys.readouterr()
+        assert e.value.code == 0, err
+        assert "teacher m: 2 calls (0 errors), 40 input (0 cached) + 2 output tokens, $0.0020" in out, out
+        assert "student: 0 calls" in out
+        with without_root(), Ledger(run / "calls.sqlite", readonly=True) as led:  # as watch and requests read it
+            assert led.rows()[0]["student_cost_usd"] == 0 and led.rows()[0]["price_multiplier"] == 1
+            assert led.served() == [] and led.batches() == []
+        assert sorted(p.name for p in run.iterdir()) == ["calls.sqlite"] and hash_file(run / "calls.sqlite") == before

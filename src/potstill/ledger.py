@@ -26,7 +26,7 @@ from potstill.errors import PotstillError
 from potstill.ledger_rows import Call, ServedCall, user_messages  # noqa: F401 (re-exported: potstill.ledger's rows)
 from potstill.ledger_runs import GenerateRuns, process_alive
 from potstill.ledger_schema import BATCH_CLOSED, MIGRATIONS, NATURAL_STOPS, billed  # noqa: F401 (MIGRATIONS: re-export)
-from potstill.sqlite_migrations import apply_migrations, behind
+from potstill.sqlite_migrations import apply_migrations, behind, read_as_migrated
 
 
 class _Guard:
@@ -59,6 +59,8 @@ class Ledger(GenerateRuns):
             if not self.path.exists():
                 raise PotstillError(f"{self.path} not found")
             self._open_readonly()
+            with self._lock:  # one from an earlier potstill reads as if migrated, what it lacks empty or at defaults
+                read_as_migrated(self._db, MIGRATIONS) if behind(self._db, MIGRATIONS) else None
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = self._connect(self.path)
@@ -76,7 +78,7 @@ class Ledger(GenerateRuns):
     def reader(cls, path: str | Path) -> "Ledger":
         """The ledger for a command that only reads it (`cost`): read-only, so a run on a read-only mount,
         an archived artifact or another account's run can be read; one written by an earlier potstill
-        is brought up to date first where it may be written (its reads need the new columns)."""
+        is brought up to date first where it may be written, and else read as if it were."""
         ledger = cls(path, readonly=True)
         with ledger._lock:
             if not behind(ledger._db, MIGRATIONS):
@@ -86,7 +88,7 @@ class Ledger(GenerateRuns):
         except sqlite3.OperationalError as e:
             if e.sqlite_errorcode & 0xFF != sqlite3.SQLITE_READONLY:
                 raise
-            return ledger  # read as it is: what it lacks is an error where a report reads it
+            return ledger
         ledger.close()
         return writable
 

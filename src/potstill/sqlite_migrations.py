@@ -57,3 +57,31 @@ def apply_migrations(db: sqlite3.Connection, migrations: list[str]) -> None:
     except BaseException:
         db.rollback()
         raise
+
+
+def _name(x: str) -> str:
+    return '"' + x.replace('"', '""') + '"'
+
+
+def read_as_migrated(db: sqlite3.Connection, migrations: list[str]) -> None:
+    """Let ``db``, behind ``migrations`` and not to be written (a read-only file), be read as if they were
+    applied, without writing a byte of it: each table they add is an empty TEMP table, and each table they add
+    columns to a TEMP view of it with those columns at their defaults. Unqualified names find the temp schema
+    first, so every read sees the current schema (``SELECT *`` its column order). For additive migrations:
+    new tables, columns with defaults and indexes, as every one of the ledger's is."""
+    full = sqlite3.connect(":memory:")
+    try:
+        apply_migrations(full, migrations)
+        tables = full.execute("SELECT name, sql FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'"
+                              " AND name <> '_migrations'").fetchall()
+        for table, sql in tables:
+            have = {r[1] for r in db.execute(f"PRAGMA main.table_info({_name(table)})")}
+            cols = [(r[1], r[4]) for r in full.execute(f"PRAGMA table_info({_name(table)})")]  # name, default
+            if not have:
+                db.execute(sql.replace("CREATE TABLE", "CREATE TEMP TABLE", 1))
+            elif any(c not in have for c, _ in cols):
+                shown = ", ".join(_name(c) if c in have else f"{'NULL' if d is None else d} AS {_name(c)}"
+                                  for c, d in cols)
+                db.execute(f"CREATE TEMP VIEW {_name(table)} AS SELECT {shown} FROM main.{_name(table)}")
+    finally:
+        full.close()
