@@ -82,3 +82,28 @@ def test_a_ledger_of_an_earlier_potstill_it_may_not_write_is_read_as_if_brought_
             assert led.rows()[0]["student_cost_usd"] == 0 and led.rows()[0]["price_multiplier"] == 1
             assert led.served() == [] and led.batches() == []
         assert sorted(p.name for p in run.iterdir()) == ["calls.sqlite"] and hash_file(run / "calls.sqlite") == before
+
+
+def test_a_ledger_with_unmerged_writes_in_a_folder_it_may_not_write_says_so(monkeypatch, capsys):
+    """The db and -wal of a writer that had not checkpointed (copied while running, or killed), with no
+    -shm, in a read-only folder: SQLite cannot read the -wal without making a -shm there, and cost said only
+    'SQLite: unable to open database file'. It is not read as immutable: that would leave the -wal's calls out."""
+    with shared_dir() as d:
+        src, run = d / "src", d / "run"
+        run.mkdir()
+        with Ledger(src / "calls.sqlite") as led:
+            led._db.execute("PRAGMA wal_autocheckpoint=0")
+            led.record_many([Call(f"g{i}", "teacher", "generate", "m", {"g": i}, {"output": "a"}, 20, 1)
+                             for i in range(3)])
+            for name in ("calls.sqlite", "calls.sqlite-wal"):  # as the writer left them, before it closes
+                (run / name).write_bytes((src / name).read_bytes())
+        run.chmod(0o555)
+        monkeypatch.setattr(sys, "argv", ["potstill", "cost", str(run)])
+        with without_root(), pytest.raises(SystemExit) as e:
+            main()
+        out, err = capsys.readouterr()
+        assert e.value.code == 2 and out == ""
+        assert err == (f"error: {run / 'calls.sqlite'}: the ledger has writes not yet merged into it, in "
+                       "calls.sqlite-wal, which SQLite reads only through a calls.sqlite-shm file it may not make in "
+                       "this read-only folder; copy the folder somewhere writable (calls.sqlite and calls.sqlite-wal "
+                       "together) and read it there\n")

@@ -98,6 +98,12 @@ class Ledger(GenerateRuns):
         try:  # SQLite reads a file only at the first query: make that here, where the file is known
             self._probe()
         except sqlite3.OperationalError as e:
+            name, wal, shm = self.path.name, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")
+            if e.sqlite_errorcode & 0xFF == sqlite3.SQLITE_CANTOPEN and wal.exists() and not shm.exists():
+                raise PotstillError(  # not read as immutable (below): that leaves out the calls only in the -wal
+                    f"{self.path}: the ledger has writes not yet merged into it, in {name}-wal, which SQLite reads only"
+                    f" through a {name}-shm file it may not make in this read-only folder; copy the folder somewhere "
+                    f"writable ({name} and {name}-wal together) and read it there") from None
             if e.sqlite_errorcode & 0xFF != sqlite3.SQLITE_READONLY:  # locked, ...
                 raise
             # A WAL ledger is read through its -shm file, which a reader makes where there is none: in a
