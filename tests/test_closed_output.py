@@ -64,3 +64,20 @@ def test_a_reader_that_goes_away_stops_the_command_once_the_stage_is_recorded(tm
     assert code == 141 and not any("Traceback" in ln or "Error" in ln for ln in err), err
     assert "evaluate" in json.loads((run / "manifest.json").read_text())["stages"]
     assert (run / "eval.json").exists()
+
+
+def test_a_reader_that_goes_away_from_cost_or_requests_stops_them_quietly(tmp_path, monkeypatch, capsys):
+    """`potstill cost RUN | head -1`: its lines went through click's echo, which ends a command whose pipe
+    closed with exit 1 and no word, while the stage commands stop with SIGPIPE's 141; a script telling "the
+    reader left" from "it failed" by the exit code read cost and requests as failures."""
+    with Ledger(tmp_path / "calls.sqlite") as led:
+        led.record(Call("h", "teacher", "generate", "m", {"x": 1}, {"output": "a"}, 20, 1, cost_usd=0.001))
+    for args in (["cost", str(tmp_path)], ["requests", str(tmp_path)]):
+        r, w = os.pipe()
+        os.close(r)  # the reader is gone before the first line
+        monkeypatch.setattr(sys, "stdout", os.fdopen(w, "w"))
+        monkeypatch.setattr(progress, "_unread", threading.Event(), raising=False)
+        monkeypatch.setattr(progress.out, "quiet", False)
+        code, err = run_main(monkeypatch, capsys, *args)
+        assert (code, err) == (141, []), (args, err)
+        sys.stdout.close()  # what was left unwritten goes to /dev/null, in the pipe's place: no error

@@ -25,7 +25,7 @@ from potstill.cli_flags import MISSING, builtin_defaults, field_flags, flag_valu
 from potstill.config import Config, flat_fields, load_config, starter_yaml
 from potstill.errors import PotstillError, no_room, undecoded_name
 from potstill.pipeline import STAGES, SYNTHESIZE, run_all
-from potstill.progress import closed_streams_to_devnull
+from potstill.progress import closed_streams_to_devnull, echo
 from potstill.stage import Stage, leaf_fields
 
 # Help is rendered with rich markup (typer's default, said here since field help is escaped for it).
@@ -127,7 +127,7 @@ def preflight(cfg: Config) -> None:
 
     checks = run_checks(cfg)
     for c in checks:
-        typer.echo(f"{c.status:>4}  {c.name:<10} {c.detail}")
+        echo(f"{c.status:>4}  {c.name:<10} {c.detail}")
     failed = [c for c in checks if c.status == "fail"]
     if failed:
         raise PotstillError(f"preflight: {len(failed)} check(s) failed: {', '.join(c.name for c in failed)}")
@@ -144,7 +144,7 @@ def init(path: Annotated[Path, typer.Argument(help="Where to write the config.")
     from potstill.records import write_text
 
     write_text(path, starter_yaml())  # beside it, then renamed: a full disk leaves the old file, not half a new one
-    typer.echo(f"wrote {path}")
+    echo(f"wrote {path}")
 
 
 @app.command()
@@ -171,7 +171,7 @@ def quickstart(
     cfg = quickstart_config(run_dir, {"train.objective": objective}, n_inputs=inputs, n_test=test, n_shots=shots,
                             orders=orders, n_real=real, engine=engine)
     out = run_all(cfg)
-    typer.echo(f"artifacts in {run_dir}: eval.json, pilot.json, card.md, student/; timings: "
+    echo(f"artifacts in {run_dir}: eval.json, pilot.json, card.md, student/; timings: "
                + json.dumps({k: v["seconds"] for k, v in out["timings"].items()}))
 
 
@@ -192,31 +192,31 @@ def cost(run_dir: Annotated[Path, typer.Argument(help="Run directory.")],
         rep = ledger.cost_report(share=share, resend_refused=resend)
         by_stage = ledger.spend_by_stage("teacher")
         for m in rep["models"]:
-            typer.echo(f"teacher {m['model']}: {m['calls']} calls ({m['calls'] - m['ok']} errors), "
+            echo(f"teacher {m['model']}: {m['calls']} calls ({m['calls'] - m['ok']} errors), "
                        f"{m['input_tokens']} input ({m['cached_input_tokens']} cached) + {m['output_tokens']} output tokens, "
                        f"${m['cost_usd']:.4f}" + _batch_note(m))
             if hourly and hourly[0] == m["model"]:
-                typer.echo(_hourly_line(ledger, m["model"], hourly[1]))
+                echo(_hourly_line(ledger, m["model"], hourly[1]))
             stages = [g for g in by_stage if g["model"] == m["model"]]
             for g in stages if len(stages) > 1 else []:  # pilot, synthesize, generate, serve escalations
-                typer.echo(f"teacher {g['model']} ({g['stage']}): {g['calls']} calls ({g['errors']} errors), "
+                echo(f"teacher {g['model']} ({g['stage']}): {g['calls']} calls ({g['errors']} errors), "
                            f"{g['input_tokens']} input + {g['output_tokens']} output tokens, ${g['cost_usd']:.4f}")
         # evaluate.judge's calls are paid API calls as well, logged under their own role.
         for role in ("judge", "student"):
             for m in ledger.spend_by_stage(role):
                 # A served student's seconds on the requests it escalated are its spend, not the teacher's.
-                typer.echo(f"{role} {m['model']} ({m['stage']}): {m['calls']} calls ({m['errors']} errors), "
+                echo(f"{role} {m['model']} ({m['stage']}): {m['calls']} calls ({m['errors']} errors), "
                            f"{m['input_tokens']} input + {m['output_tokens']} output tokens, ${m['cost_usd']:.4f}"
                            + (f" (${m['escalated_cost_usd']:.4f} of it on {m['escalated']} requests it escalated "
                               "to the teacher)" if m.get("escalated") else ""))
         # A batch at the provider is billed when it completes, but reaches the ledger (and the lines
         # above) only once generate collects it: a run killed with batches open showed part of its bill.
         for b in ledger.batches():
-            typer.echo(f"teacher {b['model']}: batch {b['key']} ({b['provider']}, {b['state']}) holds {b['requests']} "
+            echo(f"teacher {b['model']}: batch {b['key']} ({b['provider']}, {b['state']}) holds {b['requests']} "
                        "requests not counted above: the provider bills them as they complete; "
                        "generate (generate.engine batch) collects them into the ledger")
         s = ledger.summary("student")
-        typer.echo(f"student: {s['calls']} calls, {s['input_tokens']} input + {s['output_tokens']} output tokens, "
+        echo(f"student: {s['calls']} calls, {s['input_tokens']} input + {s['output_tokens']} output tokens, "
                    f"${s['cost_usd']:.4f}" + (f" (${s['escalated_cost_usd']:.4f} of it on requests it escalated)"
                                              if s["escalated_cost_usd"] else ""))
         r = rep["latest_run"]
@@ -237,10 +237,10 @@ def cost(run_dir: Annotated[Path, typer.Argument(help="Run directory.")],
             if r["status"] in ("error", "stale"):
                 # Not a run with work in flight: it stopped (an exception, or its process died).
                 why = "ended by an error" if r["status"] == "error" else "its process died without finishing"
-                typer.echo(head + f"{r['unique_requests'] - r['remaining']} of {r['unique_requests']} requests answered "
+                echo(head + f"{r['unique_requests'] - r['remaining']} of {r['unique_requests']} requests answered "
                            f"before it stopped ({why}); a rerun sends the other {r['remaining']}, projected cost {proj}")
             else:
-                typer.echo(head + f"{r['remaining']} of {r['unique_requests']} requests unanswered, "
+                echo(head + f"{r['remaining']} of {r['unique_requests']} requests unanswered, "
                            f"projected cost of the rest {proj}")
 
 
@@ -307,7 +307,7 @@ def import_(
     from potstill.importers import import_traffic
 
     n = import_traffic(source, out, format, requests, tool_calls)
-    typer.echo(f"wrote {n} record{'' if n == 1 else 's'} to {out}")
+    echo(f"wrote {n} record{'' if n == 1 else 's'} to {out}")
 
 
 # Besides its own section, a run-directory command takes the other fields it reads; not the task,
@@ -351,14 +351,14 @@ def requests(
         start = since_time(since) if since is not None else None
         found = find(ledger, request_id=id, since=start, limit=last, who=who, errors=errors)
         if follow:
-            follow_rows(ledger, found, typer.echo, who=who, errors=errors, as_json=as_json, interval=interval)
+            follow_rows(ledger, found, echo, who=who, errors=errors, as_json=as_json, interval=interval)
             return
     if id is not None and not as_json:
-        typer.echo(detail(found))
+        echo(detail(found))
     elif found:
-        typer.echo(render(found, as_json))
+        echo(render(found, as_json))
     elif not as_json:
-        typer.echo(f"no served request in {path}" + (" matches" if since is not None or who or errors else ""))
+        echo(f"no served request in {path}" + (" matches" if since is not None or who or errors else ""))
 
 
 @app.command()
@@ -383,7 +383,7 @@ def report(
         target = compare_report(run_dir, compare or [], target)
         if into_run:
             RunDir(run).rebuilt("evaluate", "report.html")  # else the next `potstill run` reruns evaluate
-    typer.echo(f"wrote {target}")
+    echo(f"wrote {target}")
 
 
 @app.command()
@@ -414,7 +414,7 @@ def export(cfg: Config,
     from potstill.export import export as write_export
 
     for path in write_export(cfg, fmt, out, push_to_hub, private):
-        typer.echo(f"wrote {path}")
+        echo(f"wrote {path}")
 
 
 @config_command("watch", ["watch"], on_run=True)
@@ -439,14 +439,14 @@ def env() -> None:
     """Print the platform, Python, potstill's and its libraries' versions, GPUs and CPU features (for a bug report)."""
     from potstill.envinfo import env_text
 
-    typer.echo(env_text())
+    echo(env_text())
 
 
 def _version(value: bool) -> None:
     if value:
         from potstill import __version__
 
-        typer.echo(f"potstill {__version__}")
+        echo(f"potstill {__version__}")
         raise typer.Exit()
 
 
@@ -466,9 +466,9 @@ def export_check(file: Annotated[Path, typer.Argument(
     for path in files_to_check(file):
         problems = check_openai_jsonl(path)
         for problem in problems:
-            typer.echo(problem)
+            echo(problem)
         if not problems:
-            typer.echo(f"{path}: ok")
+            echo(f"{path}: ok")
         failed = failed or bool(problems)
     if failed:
         raise typer.Exit(1)
@@ -492,7 +492,7 @@ def redistill(cfg: Config, run_dir: Annotated[Optional[Path], typer.Argument(met
         if fail_on_keep:
             raise PotstillError("--fail-on-keep judges a comparison; --rollback makes none")
         info = rd.rollback(run_dir, rollback, force=force)
-        typer.echo(f"RUN/student -> {info['current']} (was {info['previous']})")
+        echo(f"RUN/student -> {info['current']} (was {info['previous']})")
         return
     if force:
         raise PotstillError("--force is for --rollback (to a challenger that lost its comparison)")

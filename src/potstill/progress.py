@@ -49,6 +49,17 @@ def stop_if_unread() -> None:
         raise SystemExit(128 + signal.SIGPIPE)
 
 
+def echo(text: str) -> None:
+    """One line of a command's result on stdout (`cost`, `requests`, the paths a command wrote): a reader
+    that went away (`| head -1`) ends the command quietly with exit 141, as a stage's (``stop_if_unread``).
+    Through click's echo it ended with exit 1 and no word, which a script reads as a failure."""
+    try:
+        print(text, file=sys.stdout, flush=True)
+    except BrokenPipeError:
+        out.on_broken_pipe()  # /dev/null in the pipe's place: what is left unwritten goes there at exit
+        raise SystemExit(128 + signal.SIGPIPE) from None
+
+
 def closed_streams_to_devnull() -> None:
     """`potstill ... >&-` (a daemon, some cron setups): Python starts with sys.stdout None, and the
     first file opened after took descriptor 1, where a library's or a child process's output would
