@@ -109,3 +109,35 @@ def test_parquet_without_pyarrow_names_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     with pytest.raises(PotstillError, match=r"reading Parquet needs pyarrow: pip install 'potstill\[parquet\]'"):
         read_records(p)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv"])
+def test_a_gzipped_csv_or_tsv_is_read_as_the_table_it_holds(tmp_path, suffix):
+    """in.csv.gz was told apart by its last suffix, .gz, so read as JSONL once decompressed:
+    'in.csv.gz:1: malformed JSON: expecting value at column 1, near 'text,label''. The suffix before .gz
+    names the table, read as it is decompressed; a gzipped Parquet file (it compresses its own columns)
+    is one line saying to gunzip it."""
+    import gzip
+
+    table = write_csv(tmp_path / f"inputs{suffix}", ROWS, "\t" if suffix == ".tsv" else ",")
+    packed = tmp_path / f"inputs{suffix}.GZ"
+    packed.write_bytes(gzip.compress(table.read_bytes()))
+    got = read_numbered(packed)
+    assert [(n, r.model_dump()) for n, r in got] == [(n, r.model_dump()) for n, r in read_numbered(table)]
+    assert [n for n, _ in got] == [2, 4, 5]
+    # A bad row is named in the table's terms, not '.GZ'.
+    sep = "\t" if suffix == ".tsv" else ","
+    packed.write_bytes(gzip.compress(f"input{sep}label\nx{sep}a{sep}b\n".encode()))
+    with pytest.raises(PotstillError) as e:
+        read_records(packed)
+    assert str(e.value) == f"{packed}:2: 3 cells for 2 columns"
+    packed.write_bytes(gzip.compress(table.read_bytes())[:-12])  # a download that stopped
+    with pytest.raises(PotstillError) as e:
+        read_records(packed)
+    assert str(e.value).startswith(f"{packed}: gzip-compressed, but not a whole gzip file (")
+    parquet = tmp_path / "inputs.parquet.gz"
+    parquet.write_bytes(gzip.compress(b"PAR1" + b"\0" * 16 + b"PAR1"))
+    with pytest.raises(PotstillError) as e:
+        read_records(parquet)
+    assert str(e.value) == (f"{parquet}: a gzip-compressed Parquet file, which is read only as it is (it compresses "
+                            "its columns itself): gunzip it first")

@@ -158,13 +158,22 @@ def gzipped(path: str | Path) -> bool:
         return f.read(2) == GZIP_MAGIC
 
 
-def open_lines(path: str | Path, errors: str = "strict") -> IO[str]:
-    """A JSONL file as text, decompressed as it is read where it is gzip-compressed (never held whole).
-    utf-8-sig: a byte-order mark at the start (Windows Notepad, Excel's "UTF-8" CSV export) is dropped,
-    not read as part of the first line ('unexpected UTF-8 BOM'); elsewhere it is UTF-8."""
+# What reading a gzip file cut short (a download that stopped) or damaged raises.
+CUT_GZIP = (gzip.BadGzipFile, EOFError, zlib.error)
+
+
+def not_whole_gzip(path: Path, e: BaseException) -> PotstillError:
+    return PotstillError(f"{path}: gzip-compressed, but not a whole gzip file ({e}); fetch it again, or gunzip what "
+                         "there is")
+
+
+def open_lines(path: str | Path, errors: str = "strict", newline: str | None = None) -> IO[str]:
+    """A JSONL (or CSV) file as text, decompressed as it is read where it is gzip-compressed (never held
+    whole). utf-8-sig: a byte-order mark at the start (Windows Notepad, Excel's "UTF-8" CSV export) is
+    dropped, not read as part of the first line ('unexpected UTF-8 BOM'); elsewhere it is UTF-8."""
     if gzipped(path):
-        return gzip.open(path, "rt", encoding="utf-8-sig", errors=errors)
-    return open(path, encoding="utf-8-sig", errors=errors)
+        return gzip.open(path, "rt", encoding="utf-8-sig", errors=errors, newline=newline)
+    return open(path, encoding="utf-8-sig", errors=errors, newline=newline)
 
 
 def _not_utf8(path: Path) -> str:
@@ -186,6 +195,15 @@ def _not_utf8(path: Path) -> str:
 # so a chat, a tag list or an extraction's object arrives as its JSON.
 _JSON_COLUMNS = ("messages", "slice", "meta", "label_probs", "logprobs", "samples", "reference", "label", "output")
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
+
+
+def table_suffix(path: Path) -> str:
+    """Which table ``path`` names (.csv, .tsv, .parquet), by its suffix or, gzipped, the one before .gz
+    (in.csv.gz: read as it is decompressed); '' for any other file (JSONL, gzipped or not)."""
+    suffix = path.suffix.lower()
+    if suffix == ".gz":
+        suffix = Path(path.stem).suffix.lower()
+    return suffix if suffix in TABLE_SUFFIXES else ""
 # pandas' index, never a field: ``to_csv`` writes it as a first column with no name (which
 # ``read_csv`` names 'Unnamed: 0', and a later ``to_csv(index=False)`` keeps), ``to_parquet`` and
 # ``datasets.Dataset.from_pandas`` as ``__index_level_0__`` when it is not 0, 1, 2, ...
@@ -216,9 +234,9 @@ def _cell(path: Path, where: int, key: str, value: Any) -> Any:
 def _delimiter(path: Path) -> str:
     """A TSV's tab; a CSV's comma, unless its header has none and a semicolon (what Excel writes as
     "CSV" where the decimal separator is a comma: German, French, ...) or a tab (a TSV named .csv)."""
-    if path.suffix.lower() == ".tsv":
+    if table_suffix(path) == ".tsv":
         return "\t"
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    with open_lines(path, newline="") as f:
         header = f.readline()
     return next((d for d in (";", "\t") if d in header), ",") if "," not in header else ","
 
@@ -230,8 +248,12 @@ PARQUET_BATCH = 4096
 def _table_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(row, object) for each row of a CSV / TSV (a header row names the fields; the number is the
     file line the row ends on) or Parquet file (the number is the row, from 1). An empty cell or a
-    null is a field left out, as a JSONL line would leave it."""
-    if path.suffix.lower() == ".parquet":
+    null is a field left out, as a JSONL line would leave it. A CSV or TSV may be gzipped (in.csv.gz)."""
+    kind = table_suffix(path)[1:].upper()
+    if kind == "PARQUET":
+        if gzipped(path):  # pyarrow reads a Parquet file at its footer first: a gzip stream has none to seek to
+            raise PotstillError(f"{path}: a gzip-compressed Parquet file, which is read only as it is (it compresses "
+                                "its columns itself): gunzip it first")
         try:
             import pyarrow as pa
             import pyarrow.parquet as pq
@@ -265,13 +287,13 @@ def _table_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     # transcript to summarise) is an ordinary input. 2**31 - 1: the most a C long holds everywhere.
     limit = csv.field_size_limit(2**31 - 1)
     try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
+        with open_lines(path, newline="") as f:
             reader = csv.DictReader(f, delimiter=_delimiter(path))
             if not reader.fieldnames:
                 return
             if reader.fieldnames[0].lstrip().startswith("{"):  # its header would be half a JSON object
                 raise PotstillError(f"{path}:1: this is JSONL (a JSON object a line), not a "
-                                    f"{path.suffix[1:].upper()}: name the file .jsonl")
+                                    f"{kind}: name the file .jsonl")
             named = [k for k in reader.fieldnames if not _INDEX_COLUMN.fullmatch(k)]
             if len(set(named)) < len(named):
                 raise PotstillError(f"{path}:1: a column name appears twice in the header: {reader.fieldnames}")
@@ -283,7 +305,9 @@ def _table_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 if cells:
                     yield reader.line_num, {k: _cell(path, reader.line_num, k, v) for k, v in cells.items()}
     except csv.Error as e:
-        raise PotstillError(f"{path}: malformed {path.suffix[1:].upper()}: {e}") from None
+        raise PotstillError(f"{path}: malformed {kind}: {e}") from None
+    except CUT_GZIP as e:
+        raise not_whole_gzip(path, e) from None
     except UnicodeDecodeError:
         raise PotstillError(_not_utf8(path)) from None
     finally:
@@ -303,7 +327,8 @@ def _lone_surrogate(obj: Any) -> str | None:
 
 def read_objects(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank line of a JSONL file, or each row of a CSV, TSV or
-    Parquet file (by its suffix; see ``_table_objects``); a bad line raises one error naming file and line."""
+    Parquet file (by its suffix, that before .gz for a gzipped one; see ``_table_objects``); a bad line raises
+    one error naming file and line."""
     if is_hub_file(path):  # read from the Hugging Face cache; messages name the hf:// file
         local = local_file(str(path))
         try:
@@ -322,7 +347,7 @@ def read_objects(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             if f.read(4) == b"PAR1":  # Parquet's magic number: as text, 'not UTF-8' at a line of binary
                 raise PotstillError(f"{path}: this is a Parquet file, not a {suffix[1:].upper() or 'JSONL'}: "
                                     "name the file .parquet")
-    if suffix in TABLE_SUFFIXES:
+    if table_suffix(path):
         yield from _table_objects(path)
         return
     try:
@@ -343,9 +368,8 @@ def read_objects(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     except UnicodeDecodeError:
         # The decoder reads ahead in blocks, so its error knows neither line nor offset in the file.
         raise PotstillError(_not_utf8(path)) from None
-    except (gzip.BadGzipFile, EOFError, zlib.error) as e:  # a gzip file cut short (a download that stopped) or damaged
-        raise PotstillError(f"{path}: gzip-compressed, but not a whole gzip file ({e}); "
-                            "fetch it again, or gunzip what there is") from None
+    except CUT_GZIP as e:
+        raise not_whole_gzip(path, e) from None
 
 
 # OpenAI's chat roles: a teacher refuses (or a chat template drops) any other.

@@ -58,8 +58,8 @@ from potstill.ledger import Ledger
 from potstill.ledger_rows import ServedCall
 from potstill.messages_format import chat_messages as anthropic_chat
 from potstill.progress import bar, say
-from potstill.records import (TABLE_SUFFIXES, Record, _delimiter, atomic_write, content_text, dump_jsonl, open_lines,
-                              read_objects, record_problem)
+from potstill.records import (Record, _delimiter, atomic_write, content_text, dump_jsonl, open_lines,
+                              read_objects, record_problem, table_suffix)
 from potstill.responses_format import ResponsesInputError, chat_messages
 
 FORMATS = ("auto", "finetune", "openai-log", "pairs", "stored", "served")
@@ -409,7 +409,7 @@ def import_traffic(path: str | Path, out: str | Path, fmt: str = "auto", request
         raise PotstillError(f"{path}: file not found")
     if path.is_dir():
         raise PotstillError(f"{path} is a directory, not a traffic file")
-    if path.suffix.lower() in TABLE_SUFFIXES:  # a CSV cell may span lines: its rows counted, not its lines
+    if table_suffix(path):  # a CSV cell may span lines: its rows counted, not its lines
         total = _table_rows(path)
     else:
         total = _line_count(path)
@@ -437,7 +437,7 @@ def _table_rows(path: Path) -> int:
     Rows with no cell are counted and skipped later. 0 (no total) where the file cannot be read:
     ``read_objects`` names what is wrong."""
     try:
-        if path.suffix.lower() == ".parquet":
+        if table_suffix(path) == ".parquet":
             import pyarrow.parquet as pq
 
             return pq.ParquetFile(path).metadata.num_rows
@@ -445,7 +445,7 @@ def _table_rows(path: Path) -> int:
 
         limit = csv.field_size_limit(2**31 - 1)  # as read_objects reads it: a cell may be a whole document
         try:
-            with open(path, encoding="utf-8-sig", newline="") as f:
+            with open_lines(path, newline="") as f:  # gzipped too (in.csv.gz)
                 return max(0, sum(1 for cells in csv.reader(f, delimiter=_delimiter(path)) if any(cells)) - 1)
         finally:
             csv.field_size_limit(limit)
