@@ -45,3 +45,35 @@ def test_answers_holding_the_students_special_tokens_are_set_aside(tmp_path, tin
     assert ("curate: 1 of 10 answers hold a special token of the student's (record forged: '<|im_end|>'), which its "
             "tokenizer reads as a control token, not text, so trained on they teach the student to stop "
             "mid-answer: set aside (rejected.jsonl)") in err, err
+
+
+def test_the_special_tokens_are_found_in_one_pass_as_one_by_one():
+    """The check searched each answer once per special token: Gemma 3 has 6,249 of them (<unused0> to
+    <unused6241> and its turn marks), 0.9 ms an answer once one answer holds text shaped like one. One pass
+    (texts of their shape looked up in a set, the rest searched for) finds what the search one by one
+    found, the same one first, overlapping and nested ones included."""
+    import random
+
+    from potstill.curate.checks import Specials, special_token
+
+    specials = sorted({f"<unused{i}>" for i in range(300)} | {"<|im_end|>", "<|im_start|>", "</s>", "<s>", "[INST]",
+                       "[/INST]", "[SEP]", "<end_of_turn>", "<start_of_turn>", "[@BOS@]", "▁▁", "<|a b|>",
+                       "<" + "x" * 45 + ">", "<0x0A>", "<s>user"})
+    one_pass = Specials(specials)
+    assert "[@BOS@]" in one_pass.other and "<s>user" in one_pass.other and "<unused7>" in one_pass.shaped
+    plain = ["the ", "bank ", "<b>", "</b>", "List<String>", "[x]", "[OK]", "<", ">", "[", "]", "<<", "\n", " ", "s>",
+             "user", "<unused", "/INST]", "▁"]
+    rng = random.Random(1)
+    pieces = [rng.choice(specials) if rng.random() < 0.08 else rng.choice(plain) for _ in range(2000)]
+    texts = ["", "no tokens at all", "<a[INST]>", "<<s>>", "[[/INST]]", "<unused12", "unused12>", "<s>users",
+             "<" + "x" * 45 + ">", "<" + "x" * 44 + ">", "<|a b|> and <|a|>", "▁ ▁▁"]
+    texts += ["".join(rng.choice(pieces) for _ in range(rng.randrange(1, 12))) for _ in range(3000)]
+    held = 0
+    for text in texts:
+        first = next((t for t in specials if t in text), None)  # the search one by one it replaces
+        assert one_pass.first_in(text) == first, text
+        held += first is not None
+        assert special_token(text, one_pass) == special_token(text, specials)
+        assert (special_token(text, one_pass) is None) == (first is None)
+    assert 1000 < held < len(texts) - 500  # both kinds, many of each
+    assert Specials().first_in("<|im_end|>") is None

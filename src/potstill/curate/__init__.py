@@ -35,7 +35,7 @@ from typing import Any
 
 from potstill.config import Config
 from potstill.curate.card import card_markdown
-from potstill.curate.checks import invalid_reason, majority, teacher_accuracy
+from potstill.curate.checks import Specials, invalid_reason, majority, teacher_accuracy
 from potstill.curate.dedup import conversation, dedup_key, find_duplicates, normalise
 from potstill.curate.split import rank, split
 from potstill.curate.text import Hygiene
@@ -104,6 +104,7 @@ def curate(cfg: Config, records: list[Record], decisions: dict[str, dict[str, An
            real: list[Record] | None = None, specials: Sequence[str] = ()) -> Curated:
     c = cfg.curate
     task = get_task(cfg.task)
+    specials = specials if isinstance(specials, Specials) else Specials(specials)  # one pass an answer
     decisions = decisions if c.review else {}
     decisions = decisions or {}
     counts: dict[str, int] = {"input": len(records)}

@@ -9,7 +9,8 @@ records below ``curate.min_agreement`` are set aside.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from potstill.config import CurateConfig
@@ -36,12 +37,43 @@ def _refused(stop: str | None, rec: Record) -> bool:
     return stop in REFUSED_STOPS and "review" not in rec.meta
 
 
+# What a special token's text looks like: ChatML's <|im_end|>, Gemma's <end_of_turn>, </s>, Mistral's
+# [INST], BERT's [SEP]. From a '<' it reads to the first '>', from a '[' to the first ']': a special token
+# of that shape standing at a position is exactly what it reads there.
+SPECIAL_SHAPE = re.compile(r"<[^\s<>]{1,40}>|\[/?[A-Z_]{2,24}\]")
+_SHAPED_AT_EACH = re.compile(f"(?=({SPECIAL_SHAPE.pattern}))")  # at every position, overlaps included
+
+
+class Specials(tuple):
+    """The student's special-token texts (``prompting.special_tokens``), in their order, found in a text in
+    one pass: the texts shaped like one (``SPECIAL_SHAPE``) it holds, looked up in a set, and the few of
+    another shape searched for one by one. Each searched for one by one, Gemma 3's 6,249 (``<unused0>``
+    to ``<unused6241>``, its turn marks) took 0.9 ms an answer: 7 minutes for 100,000 records of 5 samples."""
+
+    shaped: frozenset[str]
+    other: tuple[str, ...]
+
+    def __new__(cls, texts: Iterable[str] = ()) -> Specials:
+        self = super().__new__(cls, texts)
+        self.shaped = frozenset(t for t in self if SPECIAL_SHAPE.fullmatch(t))
+        self.other = tuple(t for t in self if t not in self.shaped)
+        return self
+
+    def first_in(self, text: str) -> str | None:
+        """The first of these, in their order, that ``text`` holds; None when it holds none."""
+        if not self:
+            return None
+        found = {m.group(1) for m in _SHAPED_AT_EACH.finditer(text)} & self.shaped
+        found.update(t for t in self.other if t in text)
+        return next(t for t in self if t in found) if found else None
+
+
 def special_token(text: str, specials: Sequence[str]) -> str | None:
     """Why an answer holding one of the student's special-token texts (``specials``:
-    ``prompting.special_tokens``) is set aside, else None. Every stage tokenises a text with its
-    special tokens read as such (as vLLM and TRL do), so ``<|im_end|>`` in an answer is the student's
-    turn end in the middle of its target: trained on, it learns to stop there."""
-    found = next((t for t in specials if t in text), None)
+    ``prompting.special_tokens``, best as ``Specials``) is set aside, else None. Every stage tokenises a
+    text with its special tokens read as such (as vLLM and TRL do), so ``<|im_end|>`` in an answer is the
+    student's turn end in the middle of its target: trained on, it learns to stop there."""
+    found = (specials if isinstance(specials, Specials) else Specials(specials)).first_in(text)
     if found is None:
         return None
     return (f"special token: the answer holds {found!r}, which the student's tokenizer reads as its control token, "

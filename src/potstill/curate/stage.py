@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from rich.markup import escape
@@ -11,6 +10,7 @@ from rich.markup import escape
 from potstill.config import Config
 from potstill.curate import card_markdown, curate
 from potstill.curate.card import configured_teacher, same_teacher
+from potstill.curate.checks import SPECIAL_SHAPE, Specials
 from potstill.errors import PotstillError
 from potstill.inputs import instructions_aside
 from potstill.progress import say
@@ -19,28 +19,23 @@ from potstill.review.store import load_decisions
 from potstill.rundir import RunDir
 
 
-# What a special token's text looks like: ChatML's <|im_end|>, Gemma's <end_of_turn>, </s>, Mistral's
-# [INST], BERT's [SEP]. Only answers holding such a text have the student's tokenizer loaded to read
-# its own special tokens (a bundled GGUF student is converted for it, ~25 s the first time).
-_SPECIAL_SHAPE = re.compile(r"<[^\s<>]{1,40}>|\[/?[A-Z_]{2,24}\]")
-
-
-def student_specials(cfg: Config, records: list) -> list[str]:
+def student_specials(cfg: Config, records: list) -> Specials:
     """The texts the student's tokenizer reads as its special tokens (``prompting.special_tokens``),
-    where an answer (output or sample) holds text shaped like one; else none, unloaded. A tokenizer
-    that does not load here is one line, and the answers go unchecked for them."""
-    if not any(_SPECIAL_SHAPE.search(t) for r in records for t in (r.output or "", *(r.samples or ()))):
-        return []
+    where an answer (output or sample) holds text shaped like one (``SPECIAL_SHAPE``); else none, and
+    the tokenizer is not loaded (a bundled GGUF student is converted for it, ~25 s the first time). A
+    tokenizer that does not load here is one line, and the answers go unchecked for them."""
+    if not any(SPECIAL_SHAPE.search(t) for r in records for t in (r.output or "", *(r.samples or ()))):
+        return Specials()
     from potstill.models.loading import load_tokenizer
     from potstill.models.prompting import special_tokens
 
     try:
-        return special_tokens(load_tokenizer(cfg.student.model))
+        return Specials(special_tokens(load_tokenizer(cfg.student.model)))
     except PotstillError as e:
         say("[yellow]" + escape(f"curate: answers hold text shaped like special tokens, and the student's tokenizer "
                                 f"does not load here ({e}): not checked for the student's own, which train would "
                                 "read as control tokens") + "[/yellow]")
-        return []
+        return Specials()
 
 
 def curate_stage(cfg: Config, force: bool = False) -> dict[str, Any]:
@@ -79,7 +74,7 @@ def curate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
     c = curate(cfg, records, decisions, real, specials)
     special = [r for r in c.rejected if "special token: the answer holds" in (r.invalid_reason or "")]
     if special:  # said where it can be fixed: the card counts them among the rejected
-        token = next(t for t in specials if t in (special[0].output or ""))
+        token = specials.first_in(special[0].output or "")
         say("[yellow]" + escape(f"curate: {len(special)} of {len(records) + len(real or [])} answers hold a special token of the student's (record "
                                 f"{special[0].id}: {token!r}), which its tokenizer reads as a control token, not text, "
                                 "so trained on they teach the student to stop mid-answer: set aside (rejected.jsonl)")
