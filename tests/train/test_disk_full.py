@@ -16,6 +16,7 @@ import signal
 import pytest
 
 from tests.helpers.cli import run_main
+from tests.helpers.train_run import train_run
 
 LIMIT = 40_000
 
@@ -34,19 +35,8 @@ def file_size_limit(n: int):
 
 @pytest.fixture
 def work(tmp_path, monkeypatch, tiny_model):
-    from potstill.records import Record, write_jsonl
-
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "c.yaml").write_text(f"task:\n  labels: [sports, tech]\ndata:\n  inputs: in.jsonl\nteacher:\n"
-                                     f"  type: replay\n  model: x\nrun_dir: run\nstudent:\n  model: {tiny_model}\n"
-                                     "train:\n  int8_calibration: 0\n  max_steps: 4\n  batch_size: 2\n"
-                                     "export:\n  imatrix_inputs: 0\n")
-    (tmp_path / "in.jsonl").write_text('{"input": "the match"}\n')
-    rows = [Record(messages=[{"role": "user", "content": t}], output=lab, label=lab)
-            for t, lab in [("the team won the match", "sports"), ("new phone software", "tech"),
-                           ("a late goal to win", "sports"), ("the internet and a computer", "tech")]]
-    write_jsonl(tmp_path / "run" / "train.jsonl", rows)
-    return tmp_path
+    return train_run(tmp_path, tiny_model, "  int8_calibration: 0\n  max_steps: 4\n  batch_size: 2\n")
 
 
 def _left(run) -> list[str]:

@@ -17,6 +17,7 @@ import pytest
 
 from potstill.hashing import hash_path
 from tests.helpers.cli import run_main, sigint_default
+from tests.helpers.train_run import train_run
 
 WORKER = Path(__file__).with_name("calibration_kill_worker.py")
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,19 +27,8 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)
 
 @pytest.fixture
 def work(tmp_path, monkeypatch, tiny_model):
-    from potstill.records import Record, write_jsonl
-
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "c.yaml").write_text(f"task:\n  labels: [sports, tech]\ndata:\n  inputs: in.jsonl\nteacher:\n"
-                                     f"  type: replay\n  model: x\nrun_dir: run\nstudent:\n  model: {tiny_model}\n"
-                                     "train:\n  int8_calibration: 4\n  epochs: 2\n  batch_size: 2\n"
-                                     "export:\n  imatrix_inputs: 0\n")
-    (tmp_path / "in.jsonl").write_text('{"input": "the match"}\n')
-    rows = [Record(messages=[{"role": "user", "content": t}], output=lab, label=lab)
-            for t, lab in [("the team won the match", "sports"), ("new phone software", "tech"),
-                           ("a late goal to win", "sports"), ("the internet and a computer", "tech")]]
-    write_jsonl(tmp_path / "run" / "train.jsonl", rows)
-    return tmp_path
+    return train_run(tmp_path, tiny_model, "  int8_calibration: 4\n  epochs: 2\n  batch_size: 2\n")
 
 
 @pytest.mark.parametrize("sig,checkpoint_every", [("INT", 0), ("KILL", 1)])

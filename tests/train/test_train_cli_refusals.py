@@ -7,17 +7,13 @@ import json
 import pytest
 
 from tests.helpers.cli import run_main
+from tests.helpers.train_run import train_run
 
 
 @pytest.fixture
 def work(tmp_path, monkeypatch, tiny_model):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "c.yaml").write_text(f"task:\n  labels: [sports, tech]\ndata:\n  inputs: in.jsonl\nteacher:\n"
-                                     f"  type: replay\n  model: x\nrun_dir: run\nstudent:\n  model: {tiny_model}\n"
-                                     "train:\n  int8_calibration: 0\n")
-    (tmp_path / "in.jsonl").write_text('{"input": "the match"}\n')
-    (tmp_path / "run").mkdir()
-    return tmp_path
+    return train_run(tmp_path, tiny_model, "  int8_calibration: 0\n", records=False)
 
 
 @pytest.mark.parametrize("text", ["", "\n\n"])
