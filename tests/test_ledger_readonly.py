@@ -18,6 +18,16 @@ from tests.helpers.accounts import shared_dir, without_root
 DEAD_PID = 4_194_305  # past Linux's largest pid_max: no process has it
 
 
+def _cost_read_only(run, monkeypatch, capsys) -> tuple[int, str, str]:
+    """`potstill cost RUN` on ``run`` made read-only, as an account without root: (exit code, stdout, stderr)."""
+    run.chmod(0o555)
+    monkeypatch.setattr(sys, "argv", ["potstill", "cost", str(run)])
+    with without_root(), pytest.raises(SystemExit) as e:
+        main()
+    out, err = capsys.readouterr()
+    return e.value.code, out, err
+
+
 def test_cost_reads_a_run_it_may_not_write(monkeypatch, capsys):
     with shared_dir() as d:
         run = d / "run"
@@ -31,12 +41,8 @@ def test_cost_reads_a_run_it_may_not_write(monkeypatch, capsys):
             led._db.execute("UPDATE generate_runs SET pid=?", (DEAD_PID,))
             led._db.commit()
         before = hash_file(run / "calls.sqlite")
-        run.chmod(0o555)
-        monkeypatch.setattr(sys, "argv", ["potstill", "cost", str(run)])
-        with without_root(), pytest.raises(SystemExit) as e:
-            main()
-        out, err = capsys.readouterr()
-        assert e.value.code == 0, err
+        code, out, err = _cost_read_only(run, monkeypatch, capsys)
+        assert code == 0, err
         assert "teacher m: 3 calls (0 errors)" in out and "last generate (stale): 4 inputs" in out, out
         with without_root(), Ledger(run / "calls.sqlite", readonly=True) as led:  # as watch reads served traffic
             assert led.served() == []
@@ -70,12 +76,8 @@ def test_a_ledger_of_an_earlier_potstill_it_may_not_write_is_read_as_if_brought_
         db.commit()
         db.close()
         before = hash_file(run / "calls.sqlite")
-        run.chmod(0o555)
-        monkeypatch.setattr(sys, "argv", ["potstill", "cost", str(run)])
-        with without_root(), pytest.raises(SystemExit) as e:
-            main()
-        out, err = capsys.readouterr()
-        assert e.value.code == 0, err
+        code, out, err = _cost_read_only(run, monkeypatch, capsys)
+        assert code == 0, err
         assert "teacher m: 2 calls (0 errors), 40 input (0 cached) + 2 output tokens, $0.0020" in out, out
         assert "student: 0 calls" in out
         with without_root(), Ledger(run / "calls.sqlite", readonly=True) as led:  # as watch and requests read it
@@ -97,12 +99,8 @@ def test_a_ledger_with_unmerged_writes_in_a_folder_it_may_not_write_says_so(monk
                              for i in range(3)])
             for name in ("calls.sqlite", "calls.sqlite-wal"):  # as the writer left them, before it closes
                 (run / name).write_bytes((src / name).read_bytes())
-        run.chmod(0o555)
-        monkeypatch.setattr(sys, "argv", ["potstill", "cost", str(run)])
-        with without_root(), pytest.raises(SystemExit) as e:
-            main()
-        out, err = capsys.readouterr()
-        assert e.value.code == 2 and out == ""
+        code, out, err = _cost_read_only(run, monkeypatch, capsys)
+        assert code == 2 and out == ""
         assert err == (f"error: {run / 'calls.sqlite'}: the ledger has writes not yet merged into it, in "
                        "calls.sqlite-wal, which SQLite reads only through a calls.sqlite-shm file it may not make in "
                        "this read-only folder; copy the folder somewhere writable (calls.sqlite and calls.sqlite-wal "
