@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -58,7 +57,7 @@ from potstill.ledger import Ledger
 from potstill.ledger_rows import ServedCall
 from potstill.messages_format import chat_messages as anthropic_chat
 from potstill.progress import bar, say
-from potstill.records import (Record, _delimiter, atomic_write, content_text, dump_jsonl, open_lines,
+from potstill.records import (CUT_GZIP, Record, _delimiter, atomic_write, content_text, dump_jsonl, open_lines,
                               read_objects, record_problem, table_suffix)
 from potstill.responses_format import ResponsesInputError, chat_messages
 
@@ -427,7 +426,7 @@ def _line_count(path: Path) -> int:
     try:
         with open_lines(path, errors="replace") as f:
             return sum(1 for line in f if line.strip())
-    except (OSError, EOFError, zlib.error):
+    except (OSError, *CUT_GZIP):
         return 0
 
 
