@@ -36,7 +36,10 @@ def _run(tmp_path, tiny_model, teacher: dict, rows: list[dict], served: tuple[Se
                                  "student.usd_per_hour": 0.01,
                                  "evaluate": {"latency_samples": 2, "batch_size": 2, "include_untrained": False,
                                               "monthly_calls": 100000},
-                                 "report": {"min_slice_n": 2, "bootstrap_samples": 100}})
+                                 "report": {"min_slice_n": 2, "bootstrap_samples": 100},
+                                 # The untrained student runs to its 2-token budget on every input: served
+                                 # cut, so that these figures are the teacher's price beside the student's alone.
+                                 "serve": {"escalate_truncated": False}})
     evaluate_stage(cfg)
     return json.loads((run / "eval.json").read_text())
 

@@ -41,12 +41,15 @@ def cost_words(cost: dict[str, Any], usd: Any) -> str:
     return f"{usd(cost['recorded_usd'])} (recorded over {cost['recorded_calls']} calls; {new})"
 
 
-def _per_1k(student: float, teacher: float, too_long: float = 0.0) -> str:
+def _per_1k(student: float, teacher: float, too_long: float = 0.0, escalated: float = 0.0) -> str:
     """The two costs per 1,000 calls; the student's that of a served call, whose ``too_long`` share
-    (inputs longer than its context) the teacher answers (``stage._break_even``)."""
+    (inputs longer than its context) the teacher answers, and whose ``escalated`` share of the answers
+    it reads serve sends on to the teacher (``stage._break_even``)."""
+    parts = ([f"the {100 * too_long:.1f}% of inputs longer than its context at the teacher's price"] if too_long else []) + (
+        [f"the {100 * escalated:.1f}% of its answers serve escalates (failing the task's check, cut at the token "
+         "budget) at the teacher's price on top of its own"] if escalated else [])
     return (f"{_usd(1000 * student)} vs {_usd(1000 * teacher)} per 1,000 calls"
-            + (f", the student's with the {100 * too_long:.1f}% of inputs longer than its context at the teacher's "
-               "price" if too_long else ""))
+            + (", the student's with " + " and ".join(parts) if parts else ""))
 
 
 def _names(xs: list[str]) -> str:
@@ -106,7 +109,7 @@ def economics(teacher_usd_per_call: float, student_usd_per_call: float, be: dict
     cannot pass the latency bar, and fails it only where ``slow`` (``slow_calls``: the timed calls over the bar)
     are too many for a p95 within it (SLOW_TAIL; left out, those the p95 itself shows); else it is inconclusive)."""
     t, s = teacher_usd_per_call, student_usd_per_call
-    per_1k = _per_1k(s, t, be.get("too_long_share") or 0.0)
+    per_1k = _per_1k(s, t, be.get("too_long_share") or 0.0, be.get("escalated_share") or 0.0)
     if s < t:
         why, value = None, (f"{t / s:.1f}x cheaper" if s > 0 else "free") + f" ({per_1k})"
     elif s == t:

@@ -317,19 +317,22 @@ def _batched_from(ev: dict) -> str:
             else "the throughput pass over the test split")
 
 
-def _student_costs(b: dict, share: float) -> str:
+def _student_costs(b: dict, share: float, escalated: float = 0.0) -> str:
     """What the student costs per call on one basis (``b``); with inputs longer than its context
-    (``share`` of them, which serve sends to the teacher), a served call's cost, the student's own beside it."""
-    if not share:
+    (``share`` of them, which serve sends to the teacher) or answers serve escalates (``escalated`` of
+    those it reads), a served call's cost, the student's own beside it."""
+    if not share and not escalated:
         return f", the student costs {_usd(b['student_cost_per_call_usd'])} per call"
+    paid = ([f"the {100 * share:.1f}% longer than its context"] if share else []) + (
+        [f"the {100 * escalated:.1f}% of its answers serve escalates, on top of its own"] if escalated else [])
     return (f", a call served after the switch costs {_usd(b['student_cost_per_call_usd'])} (the student's "
-            f"{_usd(b['student_alone_cost_per_call_usd'])} on the inputs it reads, the teacher's on the "
-            f"{100 * share:.1f}% longer than its context)")
+            f"{_usd(b['student_alone_cost_per_call_usd'])} on the inputs it reads, the teacher's on "
+            + " and ".join(paid) + ")")
 
 
 def _break_even(ev: dict) -> str:
     be = ev["break_even"]
-    share = be.get("too_long_share") or 0.0
+    share, escalated = be.get("too_long_share") or 0.0, be.get("escalated_share") or 0.0
     c = be["curve"]
     plot = line_plot([("stay on the teacher", c["months"], c["teacher_usd"], RED),
                       ("distil + student", c["months"], c["student_usd"], BLUE)],
@@ -342,7 +345,7 @@ def _break_even(ev: dict) -> str:
     head = (f"{_basis_name(basis, b.get('batch_size')).capitalize()} (evaluate.cost_basis {basis}"
             + (f", {_batched_from(ev)})" if basis == "batched" else ")"))
     if be.get("student_cost_per_call_usd") is not None:
-        head += _student_costs(be, share)
+        head += _student_costs(be, share, escalated)
     if be.get("calls") == 0:
         text = f"{head}: it saves {_usd(be['saving_per_call_usd'])} per call and distilling cost nothing, so it breaks even at once."
     elif be.get("calls") is not None:
@@ -356,13 +359,14 @@ def _break_even(ev: dict) -> str:
     if o:
         text += (f" {_basis_name(other, b.get('batch_size')).capitalize()}"
                  + (f" ({_batched_from(ev)})" if other == "batched" else "")
-                 + _student_costs(o, share) + ": "
+                 + _student_costs(o, share, escalated) + ": "
                  + (f"break-even after {o['calls']:,.0f} calls" + (f", {months_text(o['months'])}." if o.get("months") is not None
                                                                   else ".") if o.get("calls") is not None
                     else "it is still not cheaper than the teacher."))
     return (f"<section id='break-even'><h2>Break-even</h2><p>{text}</p>{plot}"
             + _src(f"per-call costs from the latency and cost table; one-time cost from the ledger and train.json; "
-                   f"volume from {ev['sources']['monthly_calls']}.") + "</section>")
+                   f"volume from {ev['sources']['monthly_calls']}"
+                   + (f"; {ev['sources']['served_call']}" if "served_call" in ev["sources"] else "") + ".") + "</section>")
 
 
 def _on_both_bases(s: dict, be: dict) -> tuple[str, str]:

@@ -175,7 +175,8 @@ def evaluate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
     agreement_ci = {k: share_interval(v) for k, v in agree.items()}
 
     one_time, train_s = _one_time_costs(cfg, run, spend)
-    be = _break_even(cfg, models, one_time, n_test - len(test), n_test)
+    escalated = served_escalations(cfg, task, preds["student"])
+    be = _break_even(cfg, models, one_time, n_test - len(test), n_test, escalated)
     v = verdict(models, e.quality_bar, slices, be)
 
     result = {
@@ -190,7 +191,7 @@ def evaluate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
         "one_time": one_time, "break_even": be, "verdict": v, "judge": judged,
         "quality_bar": e.quality_bar.model_dump(), "min_slice_n": rep.min_slice_n,
         "bootstrap_samples": rep.bootstrap_samples,
-        "sources": _sources(cfg, spend, train_s, models["teacher"], n_test - len(test), n_test),
+        "sources": _sources(cfg, spend, train_s, models["teacher"], n_test - len(test), n_test, be),
     }
     if judged is not None:
         result["sources"]["judge"] = (f"judge {judged['model']}: both orders per input, answers and cost in the ledger "
@@ -379,19 +380,45 @@ def _one_time_costs(cfg: Config, run: RunDir, spend: dict[str, Any]) -> tuple[di
     return one_time, train_s
 
 
+def served_escalations(cfg: Config, task: Task, preds: Predictions) -> dict[str, int]:
+    """How many of the student's test answers serve sends to the teacher whatever its calibrated
+    thresholds, by the reason ``serve.routing.Routing.decide`` gives first: an answer failing the
+    task's check (``invalid_output``), then a generated one that ran to ``task.max_output_tokens``
+    without ending (``truncated``, under ``serve.escalate_truncated``). The low-confidence and
+    out-of-distribution rules read thresholds serve calibrates on val when it starts, on its own
+    engine's scores and embeddings: not known here, and left out (``_sources`` says so)."""
+    out = {"invalid_output": 0, "truncated": 0}
+    budget = None if task.labels or not cfg.serve.escalate_truncated else task.cfg.max_output_tokens
+    for parsed, n in zip(preds.parsed, preds.output_tokens):
+        if task.validate(parsed) is not None:
+            out["invalid_output"] += 1
+        elif budget is not None and n >= budget:
+            out["truncated"] += 1
+    return out
+
+
 def _break_even(cfg: Config, models: dict[str, dict[str, Any]], one_time: dict[str, Any], too_long: int = 0,
-                n_test: int = 0) -> dict[str, Any]:
+                n_test: int = 0, escalated: dict[str, int] | None = None) -> dict[str, Any]:
     """The break-even on each basis, the student's cost per call being that of a call served after
     the switch: of the ``n_test`` test inputs, the ``too_long`` ones longer than its context go to the
     teacher (serve's reason too_long), at the teacher's price. 10% of them at a teacher's $1 per 1k
     calls beside a student's $0.10 is 0.9 x 0.10 + 0.1 x 1 = $0.19 per 1k served calls, and the
-    saving a call 0.9 x $0.90, not $0.90: the one-time cost takes 1/0.9 as many calls to repay."""
+    saving a call 0.9 x $0.90, not $0.90: the one-time cost takes 1/0.9 as many calls to repay.
+
+    Of the inputs it reads, those serve escalates after the student answered (``escalated``, counts by
+    reason of the ``n_test - too_long`` it read: ``served_escalations``) cost the student's seconds and
+    the teacher's price both: 5% of them add 0.05 x $1 to the student's $0.10, $0.15 per 1k calls it
+    reads, and with the 10% too long 0.9 x 0.15 + 0.1 x 1 = $0.235 per 1k served calls."""
     e = cfg.evaluate
     t_call = models["teacher"]["cost_per_1k_calls_usd"] / 1000
     share = too_long / n_test if n_test else 0.0
+    read = n_test - too_long
+    by_reason = {k: v for k, v in (escalated or {}).items() if v}
+    esc = sum(by_reason.values()) / read if read > 0 else 0.0
 
     def served(s: float) -> dict[str, Any]:
-        return {"student_cost_per_call_usd": (1 - share) * s + share * t_call, "student_alone_cost_per_call_usd": s}
+        return {"student_cost_per_call_usd": (1 - share) * (s + esc * t_call) + share * t_call,
+                "student_alone_cost_per_call_usd": s}
 
     # evaluate.cost_basis names the student's cost per call behind the headline break-even.
     basis = "cost_per_1k_calls_batched_usd" if e.cost_basis == "batched" else "cost_per_1k_calls_usd"
@@ -399,7 +426,8 @@ def _break_even(cfg: Config, models: dict[str, dict[str, Any]], one_time: dict[s
     s_call = head["student_cost_per_call_usd"]
     be = break_even(t_call, s_call, one_time["total_usd"], e.monthly_calls)
     # The verdict's cost checks read these, so that they and the headline break-even share one basis.
-    be.update(cost_basis=e.cost_basis, teacher_cost_per_call_usd=t_call, too_long_share=share, **head)
+    be.update(cost_basis=e.cost_basis, teacher_cost_per_call_usd=t_call, too_long_share=share,
+              escalated_share=esc, escalated_by_reason=by_reason, **head)
     be["curve"] = break_even_curve(t_call, s_call, one_time["total_usd"], e.monthly_calls, be["months"])
     one = served(models["student"]["cost_per_1k_calls_usd"] / 1000)
     be["batch1"] = {**one, **break_even(t_call, one["student_cost_per_call_usd"], one_time["total_usd"],
@@ -422,8 +450,23 @@ def _by_the_hour(h: dict[str, Any] | None) -> str:
             f"${h['usd']:.4f}")
 
 
+def _routed(cfg: Config, be: dict[str, Any] | None, n_read: int) -> str:
+    """What the served call's cost counts of serve's routing, and what it leaves out."""
+    by = (be or {}).get("escalated_by_reason") or {}
+    words = {"invalid_output": "failing the task's check", "truncated": "cut at task.max_output_tokens"}
+    t = (be or {}).get("teacher_cost_per_call_usd") or 0.0
+    counted = (f"of the {n_read} test inputs it reads, the {sum(by.values())} answers serve escalates whatever its thresholds ("
+               + ", ".join(f"{n} {words[k]}" for k, n in by.items()) + ") cost the student's seconds and the "
+               "teacher's price; " if by else "")
+    return (counted + "left out: the low-confidence and out-of-distribution escalations, whose thresholds serve "
+            f"calibrates on val when it starts (serve.target_escalation={cfg.serve.target_escalation:g}"
+            + (f", target_agreement={cfg.serve.target_agreement:g}" if cfg.serve.target_agreement is not None else "")
+            + f"): each 1% of calls escalated adds the teacher's ${10 * t:.4g} per 1,000 calls, and the "
+            "teacher's latency to those calls")
+
+
 def _sources(cfg: Config, spend: dict[str, Any], train_s: float, teacher: dict[str, Any],
-             too_long: int = 0, n_test: int = 0) -> dict[str, str]:
+             too_long: int = 0, n_test: int = 0, be: dict[str, Any] | None = None) -> dict[str, str]:
     """Where each number in eval.json comes from, printed beside its table in report.html
     (``too_long``: of the ``n_test`` test inputs, those longer than the student's context, which it was not asked)."""
     e, rep = cfg.evaluate, cfg.report
@@ -454,5 +497,7 @@ def _sources(cfg: Config, spend: dict[str, Any], train_s: float, teacher: dict[s
                         "the latency and cost table and evaluate.monthly_calls"
                         + (f"; the student's cost per call is that of a call served after the switch: the {too_long} "
                            f"of {n_test} test inputs longer than its context go to the teacher (reason "
-                           "too_long), at the teacher's price" if too_long else "")),
+                           "too_long), at the teacher's price" if too_long else "")
+                        + "; " + _routed(cfg, be, n_test - too_long)),
+        "served_call": _routed(cfg, be, n_test - too_long),
     }
