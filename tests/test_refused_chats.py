@@ -105,3 +105,30 @@ def test_the_pilot_refuses_an_input_in_one_line(work, monkeypatch, capsys):
         pilot_stage(cfg)
     assert str(e.value) == f"pilot: {SAYS}"
     assert not (work / "run" / "pilot.json").exists()
+
+
+def test_curate_sets_aside_a_record_whose_chat_the_template_refuses(work, monkeypatch, capsys):
+    """Curate kept such a record (and such a real example) in train, val or test, for train, evaluate or
+    pilot to stop on later; now it sets them aside in rejected.jsonl with the words train stops with,
+    counts them in the card among the invalid, and says so in one line. The rest are curated as before."""
+    real = work / "real.jsonl"
+    real.write_text(json.dumps({"id": "real-two", "messages": [{"role": "user", "content": "a vote"},
+                                                               {"role": "user", "content": "in the city"}],
+                                "label": "tech"}) + "\n"
+                    + json.dumps({"id": "real-one", "messages": [{"role": "user", "content": "the film"}],
+                                  "label": "tech"}) + "\n")
+    (work / "run" / "teacher.jsonl").write_text(rows(refused=True))
+    code, err = run_main(monkeypatch, capsys, "curate", "-c", "c.yaml", "--curate.val", "1", "--curate.test", "1",
+                         "--curate.real_data", str(real), "--curate.real_ratio", "1")
+    assert code == 0, err
+    rejected = {r["id"]: r["invalid_reason"] for r in map(json.loads, (work / "run" / "rejected.jsonl").open())}
+    assert rejected == {"two": f"chat template: {SAYS.split(': ', 1)[1]}",
+                        "real-two": f"real example: chat template: {SAYS.split(': ', 1)[1]}"}
+    kept = [json.loads(line)["id"] for name in ("train", "val", "test")
+            for line in (work / "run" / f"{name}.jsonl").open()]
+    assert sorted(kept) == ["r0", "r1", "r2", "r3", "real-one"]
+    card = json.loads((work / "run" / "card.json").read_text())
+    assert card["rejected_reasons"]["chat template"] == 1 and card["counts"]["invalid"] == 1
+    said = " ".join(" ".join(err).split())
+    assert ("curate: 2 of 7 records have a chat the student's chat template refuses (record two: the student's "
+            f"chat template refuses its chat ({ALTERNATE})") in said, said

@@ -8,9 +8,10 @@ In order, each step counted in the dataset card:
    answer (decisions from ``potstill review``, in ``review.sqlite``); a decision also holds for the
    exact duplicates of its input, whichever copy dedup keeps.
 2. Validation: the task's check (label set; JSON Schema with the failing path) and the length
-   and format rules of ``curate``, and no special token of the student's in the answer (``specials``:
-   its tokenizer reads ``<|im_end|>`` there as its turn end). Invalid records go to ``rejected.jsonl``
-   with the reason.
+   and format rules of ``curate``, no special token of the student's in the answer (``specials``:
+   its tokenizer reads ``<|im_end|>`` there as its turn end), and a chat the student's chat template
+   takes (``refuses``: train, evaluate, pilot and preflight stop on one it refuses, serve answers it
+   with a 400). Invalid records go to ``rejected.jsonl`` with the reason.
 3. Self-consistency: with n samples, the majority answer becomes the output; records whose
    majority holds less than ``curate.min_agreement`` of the samples are set aside.
 4. Deduplication of inputs, exact and near (every pair whose 5-gram sets reach the Jaccard
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,8 +101,12 @@ def _train_on_real_answer(rec: Record, labels: list[str], task) -> Record:
     return rec
 
 
+# Why the student's chat template refuses a record's chat (its reason in rejected.jsonl), or None.
+Refuses = Callable[[Record], str | None]
+
+
 def curate(cfg: Config, records: list[Record], decisions: dict[str, dict[str, Any]] | None = None,
-           real: list[Record] | None = None, specials: Sequence[str] = ()) -> Curated:
+           real: list[Record] | None = None, specials: Sequence[str] = (), refuses: Refuses | None = None) -> Curated:
     c = cfg.curate
     task = get_task(cfg.task)
     specials = specials if isinstance(specials, Specials) else Specials(specials)  # one pass an answer
@@ -118,12 +123,12 @@ def curate(cfg: Config, records: list[Record], decisions: dict[str, dict[str, An
 
     kept, stale = _review_step(records, _share_decisions(records, decisions), shown, task, cfg.task.labels, rejected)
     counts["review_rejected"] = len(records) - len(kept)
-    valid = _validate_step(kept, task, c, rejected, specials)
+    valid = _validate_step(kept, task, c, rejected, specials, refuses)
     counts["invalid"] = len(kept) - len(valid)
     consistent = _consistency_step(valid, task, c, rejected, specials)
     counts["inconsistent"] = len(valid) - len(consistent)
 
-    real_ok, real_rejected = _prepare_real(real or [], task, c, specials)
+    real_ok, real_rejected = _prepare_real(real or [], task, c, specials, refuses)
     teacher_kept, real_kept = _dedup_step(consistent, real_ok, c, counts, rejected, bool(real))
     train, val, test = _split_step(cfg, task, teacher_kept)
     if c.max_train is not None:  # counted, so that what was kept and what was set aside add up to the input
@@ -195,11 +200,12 @@ def _review_step(records: list[Record], decisions: dict[str, dict[str, Any]], sh
     return kept, stale
 
 
-def _validate_step(kept: list[Record], task, c, rejected: list[Record], specials: Sequence[str]) -> list[Record]:
-    """2. The task's check, curate's length and format rules, the student's special tokens."""
+def _validate_step(kept: list[Record], task, c, rejected: list[Record], specials: Sequence[str],
+                   refuses: Refuses | None = None) -> list[Record]:
+    """2. The task's check, curate's length and format rules, the student's special tokens and chat template."""
     valid = []
     for r in kept:
-        reason = invalid_reason(r, task, c, specials)
+        reason = invalid_reason(r, task, c, specials) or (refuses(r) if refuses else None)
         if reason is None:
             r = r.model_copy(deep=True)
             r.valid, r.invalid_reason = True, None
@@ -288,7 +294,8 @@ def _split_step(cfg: Config, task, teacher_kept: list[Record]) -> tuple[list[Rec
     return split(teacher_kept, c.val, c.test, c.seed, stratum)
 
 
-def _prepare_real(real: list[Record], task, c, specials: Sequence[str]) -> tuple[list[Record], list[Record]]:
+def _prepare_real(real: list[Record], task, c, specials: Sequence[str],
+                  refuses: Refuses | None = None) -> tuple[list[Record], list[Record]]:
     ok, bad = [], []
     for r in real:
         r = r.model_copy(deep=True)
@@ -306,6 +313,7 @@ def _prepare_real(real: list[Record], task, c, specials: Sequence[str]) -> tuple
             # max_tokens is set aside as truncated, as a teacher's is.
             r.meta["stop_reason"] = r.meta["finish_reason"]
         reason = invalid_reason(r, task, c, specials, logged=True) if r.output is not None else "no label, output or reference"
+        reason = reason or (refuses(r) if refuses else None)
         if reason is None:
             r.valid = True
             labels = getattr(task, "labels", None)

@@ -8,34 +8,55 @@ from typing import Any
 from rich.markup import escape
 
 from potstill.config import Config
-from potstill.curate import card_markdown, curate
+from potstill.curate import Refuses, card_markdown, curate
 from potstill.curate.card import configured_teacher, same_teacher
 from potstill.curate.checks import SPECIAL_SHAPE, Specials
 from potstill.errors import PotstillError
 from potstill.inputs import instructions_aside
 from potstill.progress import say
-from potstill.records import atomic_files, check_ids, dump_jsonl, read_numbered, read_records
+from potstill.records import Record, atomic_files, check_ids, dump_jsonl, read_numbered, read_records
 from potstill.review.store import load_decisions
 from potstill.rundir import RunDir
+from potstill.tasks import get_task
 
 
-def student_specials(cfg: Config, records: list) -> Specials:
-    """The texts the student's tokenizer reads as its special tokens (``prompting.special_tokens``),
-    where an answer (output or sample) holds text shaped like one (``SPECIAL_SHAPE``); else none, and
-    the tokenizer is not loaded (a bundled GGUF student is converted for it, ~25 s the first time). A
-    tokenizer that does not load here is one line, and the answers go unchecked for them."""
-    if not any(SPECIAL_SHAPE.search(t) for r in records for t in (r.output or "", *(r.samples or ()))):
-        return Specials()
+def student_checks(cfg: Config, records: list) -> tuple[Specials, Refuses | None]:
+    """What curate checks of the student's own: the texts its tokenizer reads as special tokens
+    (``prompting.special_tokens``), where an answer (output or sample) holds text shaped like one
+    (``SPECIAL_SHAPE``), and whether its chat template takes a record's chat (``students.refusal``, the
+    check train, evaluate, pilot and preflight stop on), where a chat has more than one message: one
+    message its template refuses (a system turn under Gemma 2's) is refused in every record alike, which
+    preflight's prompt check says before generate. Else the tokenizer is not loaded (a bundled GGUF
+    student is converted for it, ~25 s the first time). One that does not load here is one line, and
+    the records go unchecked for them."""
+    shaped = any(SPECIAL_SHAPE.search(t) for r in records for t in (r.output or "", *(r.samples or ())))
+    turns = any(len(r.messages) > 1 for r in records)
+    if not shaped and not turns:
+        return Specials(), None
     from potstill.models.loading import load_tokenizer
-    from potstill.models.prompting import special_tokens
+    from potstill.models.prompting import refused_words, special_tokens
+    from potstill.students import refusal, tokenizer_format
 
     try:
-        return Specials(special_tokens(load_tokenizer(cfg.student.model)))
+        tok = load_tokenizer(cfg.student.model)
     except PotstillError as e:
-        say("[yellow]" + escape(f"curate: answers hold text shaped like special tokens, and the student's tokenizer "
-                                f"does not load here ({e}): not checked for the student's own, which train would "
-                                "read as control tokens") + "[/yellow]")
-        return Specials()
+        held = " and ".join(w for w, on in (("answers hold text shaped like special tokens", shaped),
+                                             ("records hold chats of several turns", turns)) if on)
+        unchecked = " nor ".join(w for w, on in (
+            ("for the student's own special tokens, which train would read as control tokens", shaped),
+            ("for chats its chat template refuses", turns)) if on)
+        say("[yellow]" + escape(f"curate: {held}, and the student's tokenizer does not load here ({e}): not checked "
+                                f"{unchecked}") + "[/yellow]")
+        return Specials(), None
+    if not turns:
+        return Specials(special_tokens(tok)), None
+    fmt = tokenizer_format(tok, get_task(cfg.task))
+
+    def refuses(r: Record) -> str | None:
+        e = refusal(tok, fmt, r.messages) if len(r.messages) > 1 else None
+        return None if e is None else f"chat template: {refused_words(e)}"
+
+    return Specials(special_tokens(tok) if shaped else ()), refuses
 
 
 def curate_stage(cfg: Config, force: bool = False) -> dict[str, Any]:
@@ -70,8 +91,8 @@ def curate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
     if failed:  # a generate that stopped on failed calls wrote the rest: curating them is allowed, not silent
         say(f"[yellow]curate: {failed} of {len(records)} records in teacher.jsonl are failed teacher calls, left out; "
             "`potstill generate` retries just those (the answered ones are cached), then curate again[/yellow]")
-    specials = student_specials(cfg, records + (real or []))
-    c = curate(cfg, records, decisions, real, specials)
+    specials, refuses = student_checks(cfg, records + (real or []))
+    c = curate(cfg, records, decisions, real, specials, refuses)
     special = [r for r in c.rejected if "special token: the answer holds" in (r.invalid_reason or "")]
     if special:  # said where it can be fixed: the card counts them among the rejected
         token = specials.first_in(special[0].output or "")
@@ -79,6 +100,12 @@ def curate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
                                 f"{special[0].id}: {token!r}), which its tokenizer reads as a control token, not text, "
                                 "so trained on they teach the student to stop mid-answer: set aside (rejected.jsonl)")
             + "[/yellow]")
+    refused = [r for r in c.rejected if "chat template: " in (r.invalid_reason or "")]
+    if refused:  # as train would stop on the first, said here where it can be fixed
+        say("[yellow]" + escape(f"curate: {len(refused)} of {len(records) + len(real or [])} records have a chat the "
+                                f"student's chat template refuses (record {refused[0].id}: "
+                                f"{refused[0].invalid_reason.split('chat template: ', 1)[1]}): set aside "
+                                "(rejected.jsonl)") + "[/yellow]")
     if not c.train:  # nothing is written: the counts and the commonest reasons say where the records went
         counts = ", ".join(f"{k}={v}" for k, v in c.card["counts"].items() if v)
         reasons = sorted(c.card["rejected_reasons"].items(), key=lambda kv: -kv[1])[:3]

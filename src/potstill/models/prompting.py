@@ -29,12 +29,18 @@ class RefusedChat(PotstillError, ValueError):
         self.why = why
 
 
+def refused_words(e: RefusedChat) -> str:
+    """Why a record whose chat the student's chat template refuses is no record to learn or measure on:
+    the template's words and what to do (``refused_record``; curate's reason for setting one aside)."""
+    return (f"the student's chat template refuses its chat ({e.why}); serve answers such a chat with a 400, so "
+            "the student can neither learn nor be measured on it: join its consecutive turns of one role (or "
+            "drop the record), or pick a student whose chat template takes it")
+
+
 def refused_record(record_id: Any, e: RefusedChat) -> str:
     """The line a stage refuses a record with whose chat the student's chat template refuses: the
     record, the template's words and what to do."""
-    return (f"record {record_id}: the student's chat template refuses its chat ({e.why}); serve answers such a "
-            "chat with a 400, so the student can neither learn nor be measured on it: join its consecutive "
-            "turns of one role (or drop the record), or pick a student whose chat template takes it")
+    return f"record {record_id}: {refused_words(e)}"
 
 
 @dataclass

@@ -58,8 +58,23 @@ def student_format(lm: Any, task: Task) -> PromptFormat:
     """A short zero-shot prompt: the chat template when the model has one, plain text otherwise.
 
     ``lm``: anything with a ``tokenizer`` (an ``LM`` or an engine)."""
-    kind = "chat" if getattr(lm.tokenizer, "chat_template", None) else "completion"
+    return tokenizer_format(lm.tokenizer, task)
+
+
+def tokenizer_format(tokenizer: Any, task: Task) -> PromptFormat:
+    """``student_format`` of a student known by its tokenizer alone (curate loads no weights)."""
+    kind = "chat" if getattr(tokenizer, "chat_template", None) else "completion"
     return PromptFormat(kind=kind, instruction=task.cfg.instruction, calls_as_list=task.cfg.parallel_tool_calls)
+
+
+def refusal(tokenizer: Any, fmt: PromptFormat, messages: list[dict[str, Any]]) -> RefusedChat | None:
+    """Whether the student's chat template refuses this chat (``RefusedChat``, which serve answers with a
+    400 and train, evaluate, pilot and preflight refuse naming the record), else None."""
+    try:
+        fmt.query(tokenizer, messages)
+    except RefusedChat as e:
+        return e
+    return None
 
 
 @dataclass
@@ -103,10 +118,8 @@ def readable(lm: Any, task: Task, records: list[Record], stage: str) -> list[Rec
     engine = as_engine(lm)
     fmt = student_format(engine, task)
     for r in records:
-        try:
-            fmt.query(engine.tokenizer, r.messages)
-        except RefusedChat as e:
-            raise PotstillError(f"{stage}: {refused_record(r.id, e)}") from None
+        if (e := refusal(engine.tokenizer, fmt, r.messages)) is not None:
+            raise PotstillError(f"{stage}: {refused_record(r.id, e)}")
     over = unreadable(lm, task, records)
     if not over:
         return records
