@@ -14,7 +14,9 @@ from potstill.records import read_numbered, write_json
 from potstill.rundir import RunDir
 from potstill.students import student_format, unreadable
 from potstill.tasks import get_task
+from potstill.train import checkpoint
 from potstill.train.distributed import load_on_every_rank
+from potstill.train.space import check_room, training_needs
 from potstill.train.trainer import check_settings, train
 
 
@@ -38,6 +40,8 @@ def train_body(cfg: Config, run: RunDir) -> dict[str, Any]:
     val = trainable(task, run / "val.jsonl") if (run / "val.jsonl").exists() else []
     with load_on_every_rank():
         lm = load_lm(cfg.student.model, device=cfg.train.device, num_layers=cfg.student.num_layers)
+    if not (checkpoint.dir_for(run / "student") / checkpoint.FINAL).exists():  # a finished training writes no weights
+        check_room(run.path, training_needs(lm.model, cfg.train))
     # Followed live in the trackers of `tracking` (set by Stage.run; None off the main process).
     live = tracking_live.current()
     summary = train(lm, student_format(lm, task), task, records, val, cfg.train, cfg.student.max_length,
