@@ -83,6 +83,27 @@ def test_a_cache_entry_follows_the_umask(tmp_path):
     assert mode(tmp_path / "entry") == 0o755 and mode(tmp_path / "entry" / "INFO") == 0o644
 
 
+@pytest.mark.parametrize("made", [True, False])
+def test_a_read_only_cache_is_one_line_naming_it_and_POTSTILL_CACHE(shared, monkeypatch, made):
+    """A converted model's cache entry under a cache this account may not write (a read-only home in a
+    container, a teammate's shared cache) ended in 'Permission denied: .../converted', naming neither
+    the cache nor how to put it elsewhere."""
+    from potstill.hashing import cache_dir
+    from potstill.models.loading import cache_entry
+
+    monkeypatch.setenv("POTSTILL_CACHE", str(shared / "cache"))
+    folder = cache_dir() / "converted"
+    (folder if made else cache_dir()).mkdir(parents=True)  # the entry's folder there, or still to make
+    for p in (cache_dir(), folder):
+        if p.exists():
+            p.chmod(0o555)
+    with without_root(), pytest.raises(PotstillError) as e:
+        with cache_entry(folder / "abc-t2", "config.json"):
+            raise AssertionError("a temp folder was made in a read-only cache")
+    assert str(e.value) == (f"{folder}: the potstill cache cannot be written there (Permission denied); set "
+                            "POTSTILL_CACHE to a writable folder (export POTSTILL_CACHE=/tmp/potstill-cache)")
+
+
 def test_a_folder_written_whole_into_a_group_shared_one_keeps_its_setgid(tmp_path):
     """ordinary_modes cleared a folder's setgid bit: in a group-shared run (a setgid folder, group-writable
     under `umask 007`) student/ lost the bit mkdir gives it, so a sidecar written into it later took the

