@@ -41,6 +41,41 @@ def test_never_is_silent_and_always_draws_the_bar():
     assert "scoring" in drawn and "4/4" in drawn
 
 
+# The command, then what a download (huggingface_hub) and a weights load (transformers) draw as it runs.
+LIBRARY_BARS = """
+import sys
+from potstill.cli import main
+sys.argv = ["potstill", "--help"]
+try:
+    main()
+except SystemExit:
+    pass
+from huggingface_hub.utils import tqdm
+from transformers.utils import logging
+for bar in (tqdm(range(3), desc="Fetching 3 files"), logging.tqdm(range(3), desc="Loading weights")):
+    for _ in bar:
+        pass
+"""
+
+
+def test_the_libraries_bars_stay_out_of_a_log_and_on_a_terminal_with_always():
+    """`potstill train ... > log 2>&1` got huggingface_hub's and transformers' tqdm bars in the log, each
+    redrawn by carriage returns into one long line, beside potstill's own progress lines."""
+    base = {k: v for k, v in os.environ.items() if k not in ("POTSTILL_PROGRESS", "HF_HUB_DISABLE_PROGRESS_BARS")}
+    base["PYTHONPATH"] = os.pathsep.join([SRC, base.get("PYTHONPATH", "")])
+
+    def stderr(**env: str) -> str:
+        out = subprocess.run([sys.executable, "-c", LIBRARY_BARS], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env={**base, **env}, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return out.stderr
+
+    assert "Fetching" not in (logged := stderr()) and "Loading weights" not in logged
+    drawn = stderr(POTSTILL_PROGRESS="always")  # asked for bars: theirs too
+    assert "Fetching 3 files" in drawn and "Loading weights" in drawn
+    assert "Fetching 3 files" in stderr(HF_HUB_DISABLE_PROGRESS_BARS="0")  # the user's own setting is kept
+
+
 def test_sizes_read_as_a_person_would_say_them():
     """export printed '0 MB of weights' for an 86 kB test model."""
     from potstill.progress import size_text

@@ -25,7 +25,7 @@ from potstill.cli_flags import MISSING, builtin_defaults, field_flags, flag_valu
 from potstill.config import Config, flat_fields, load_config, starter_yaml
 from potstill.errors import PotstillError, no_room, undecoded_name
 from potstill.pipeline import STAGES, SYNTHESIZE, run_all
-from potstill.progress import closed_streams_to_devnull, echo
+from potstill.progress import closed_streams_to_devnull, echo, quiet_library_bars
 from potstill.stage import Stage, leaf_fields
 
 # Help is rendered with rich markup (typer's default, said here since field help is escaped for it).
@@ -541,6 +541,7 @@ def main() -> None:
     """Entry point: usage errors are click's (message + exit 2); PotstillError is one red line, exit 2;
     SIGTERM runs the Ctrl-C path (its cleanup, its line), then exits 143."""
     closed_streams_to_devnull()
+    quiet_library_bars()
     _terminated.clear()
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:

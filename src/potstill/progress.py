@@ -111,6 +111,16 @@ def enabled() -> bool:
     return _mode() == "bar"
 
 
+def quiet_library_bars() -> None:
+    """Off a terminal (a run's output sent to a log), huggingface_hub's download bars and transformers'
+    loading bars, which take their default from it, are off: tqdm redraws a bar by carriage returns,
+    so a log got one line of hundreds of bars glued together beside potstill's own progress lines.
+    On a terminal (or ``POTSTILL_PROGRESS=always``) they stay; an ``HF_HUB_DISABLE_PROGRESS_BARS``
+    the user set is kept. Called before either library is imported (they read it at import)."""
+    if _mode() != "bar":
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
 def interval_s() -> float:
     try:
         return max(0.01, float(os.environ.get("POTSTILL_PROGRESS_INTERVAL", "30")))
