@@ -175,3 +175,26 @@ def test_a_gzip_compressed_log_is_read_as_it_is(tmp_path):
     with pytest.raises(PotstillError, match=r"cut\.jsonl\.gz: gzip-compressed, but not a whole gzip file"):
         import_traffic(cut, tmp_path / "o.jsonl", requests=reqs)
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_a_litellm_logging_payload_is_read_as_an_openai_log(tmp_path, capsys):
+    """LiteLLM's StandardLoggingPayload (a proxy's or the SDK's callback log) keeps the request's
+    messages beside the response, which import read as no request: 'cannot find the request's
+    messages', for every line. Its failed calls (status failure, error_str) are skipped and counted."""
+    completion = {"id": "chatcmpl-9", "object": "chat.completion", "model": "gpt-4o-mini-2024-07-18",
+                  "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello!"}, "finish_reason": "stop"}],
+                  "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11}}
+    asked = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]
+    log = jsonl(tmp_path / "litellm.jsonl", [
+        {"id": "a1", "call_type": "acompletion", "status": "success", "model": "gpt-4o-mini", "messages": asked,
+         "response": completion, "response_cost": 0.00001},
+        {"id": "a2", "call_type": "acompletion", "status": "failure", "model": "gpt-4o-mini", "messages": asked,
+         "response": None, "error_str": "RateLimitError: 429"},
+        {"id": "a3", "call_type": "acompletion", "status": "failure", "model": "gpt-4o-mini", "messages": asked,
+         "response": {}, "error_str": "Timeout"}])
+    assert import_traffic(log, tmp_path / "t.jsonl") == 1
+    [r] = read_records(tmp_path / "t.jsonl")
+    assert (r.messages, r.output) == ([{"role": "user", "content": "Hi there"}], "Hello!")
+    assert (r.meta["teacher"], r.meta["system"], r.meta["format"]) == ("gpt-4o-mini-2024-07-18", "Be brief.", "openai-log")
+    assert "2 line(s) skipped, its request failed with no text to distil (first at" in capsys.readouterr().err
+

@@ -8,7 +8,8 @@ Formats (``--format auto`` picks one per line, by its keys):
   "response": {"body": <chat.completion>}}``, joined to its input file by ``custom_id`` through
   ``--requests``), Anthropic's Message Batches results (``{"custom_id", "result": {"type":
   "succeeded", "message"}}``, joined the same way to the batch's ``{"custom_id", "params"}``
-  requests) or ``{"request": <body>, "response": <chat.completion>}`` lines; the same with a
+  requests) or ``{"request": <body>, "response": <chat.completion>}`` lines (LiteLLM's logging payload
+  names the request's ``messages`` beside its ``response``); the same with a
   Responses API request (``input``, ``instructions``) and ``response`` object (a Batch sent to
   ``/v1/responses`` holds one as its ``body``).
 * ``pairs``: ``{"request"|"prompt"|"input": ..., "response"|"output"|"completion": ...}``
@@ -178,9 +179,12 @@ def _trained_turn(msgs: list[dict[str, Any]], where: str) -> int:
 
 def _check_failed(obj: dict[str, Any], resp: Any, key: str | None = "response") -> None:
     """``NoText`` where a logged call failed: an app that logs every call logs its failures too, the
-    error body as the response (``{"error": {...}}``) or no response (null) and the error beside it.
+    error body as the response (``{"error": {...}}``) or no response (null) and the error beside it
+    (LiteLLM's ``error_str``, its ``status: "failure"``).
     An ``output`` that is an object is an answer (an extraction's), whatever its keys."""
-    if key == "response" and failed(resp) or key and resp is None and obj.get("error"):
+    if key == "response" and failed(resp) or key and resp is None and (obj.get("error") or obj.get("error_str")):
+        raise NoText("its request failed")
+    if obj.get("status") == "failure" and "call_type" in obj:  # LiteLLM's payload of a failed call
         raise NoText("its request failed")
 
 
@@ -222,7 +226,8 @@ def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: Requests | N
                 obj = {**obj, "response": result.get("message")}
             meta["custom_id"] = obj["custom_id"]
         else:
-            req = obj.get("request", obj.get("prompt"))  # a completions log may name its prompt alone
+            # A completions log may name its prompt alone; LiteLLM's logging payload its messages.
+            req = next((obj[k] for k in ("request", "prompt", "messages") if k in obj), None)
             _check_failed(obj, obj.get("response"))
         prompt, prefill = split_prefill(_messages(req, where), obj.get("response"))
         output, meta2 = answer_of(obj.get("response"), where, keep, prefill)
@@ -256,7 +261,7 @@ def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: Requests | N
         if obj.get("metadata"):
             meta["metadata"] = obj["metadata"]
     elif kind == "pairs":
-        req = next((obj[k] for k in ("request", "prompt", "input") if k in obj), None)
+        req = next((obj[k] for k in ("request", "prompt", "input", "messages") if k in obj), None)
         key = next((k for k in ("response", "output", "completion") if k in obj), None)
         resp = obj[key] if key else None
         _check_failed(obj, resp, key)
