@@ -198,3 +198,24 @@ def test_a_litellm_logging_payload_is_read_as_an_openai_log(tmp_path, capsys):
     assert (r.meta["teacher"], r.meta["system"], r.meta["format"]) == ("gpt-4o-mini-2024-07-18", "Be brief.", "openai-log")
     assert "2 line(s) skipped, its request failed with no text to distil (first at" in capsys.readouterr().err
 
+
+def test_legacy_function_turns_are_read_as_the_tool_turns_they_became(tmp_path):
+    """A log from before tools (gpt-3.5-turbo-0613's functions) holds an assistant's function_call and
+    a role "function" message with its result: import stopped at 'messages.1: a assistant message
+    without content', or at the role, which no record holds."""
+    asked = {"model": "gpt-3.5-turbo-0613", "messages": [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "function_call": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+        {"role": "function", "name": "get_weather", "content": '{"temp": 21}'}]}
+    answer = {"object": "chat.completion", "model": "gpt-3.5-turbo-0613",
+              "choices": [{"index": 0, "message": {"role": "assistant", "content": "21 C."}, "finish_reason": "stop"}]}
+    log = jsonl(tmp_path / "log.jsonl", [{"request": asked, "response": answer},
+                                         {"messages": [*asked["messages"], {"role": "assistant", "content": "21 C."}]}])
+    assert import_traffic(log, tmp_path / "t.jsonl") == 2
+    for r in read_records(tmp_path / "t.jsonl"):  # the log line and the fine-tuning line alike
+        assert r.messages == [
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": '{"temp": 21}'}]
+        assert r.output == "21 C."

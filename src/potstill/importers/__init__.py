@@ -32,7 +32,8 @@ answer is the prefill and the message's text, the record's messages end before t
 A logged answer that is a tool call is skipped (no text to distil), unless asked to keep calls
 (``tool_calls=True``, ``--tool-calls``): then it is the ``{name, arguments}`` text a tools task
 (``task.type: tools``) learns, its text beside the call (Claude's "Let me look that up.") left out.
-An Anthropic conversation's tool turns are read into OpenAI's form (``messages_format``), as serve reads them.
+An Anthropic conversation's tool turns are read into OpenAI's form (``messages_format``), as serve reads them,
+and so are the legacy function-calling turns (``function_call``, ``role: "function"``).
 
 What a text student cannot learn from is skipped and counted, one line per reason, never the whole
 file refused for it (``answers.NoText``): a refusal, an empty answer, a failed or unfinished request
@@ -121,6 +122,25 @@ def _claude_turns(msgs: list[dict[str, Any]], where: str) -> list[dict[str, Any]
         return anthropic_chat(msgs, drop=("thinking", "redacted_thinking"))
     except ResponsesInputError as e:
         raise PotstillError(f"{where}: {e}") from None
+
+
+def _legacy_functions(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The legacy function-calling turns (OpenAI's before tools: an assistant's ``function_call`` and the
+    ``role: "function"`` message of its result) as the tool turns they became, which records and every
+    teacher take: ``tool_calls`` and ``role: "tool"``, each result answering the call before it by an id
+    made here (the legacy turns carry none). Other messages come back as they are."""
+    if not any(m.get("role") == "function" or m.get("function_call") for m in msgs):
+        return msgs
+    out, call = [], None
+    for i, m in enumerate(msgs):
+        if isinstance(m.get("function_call"), dict) and not m.get("tool_calls"):
+            call = f"call_{i}"
+            m = {**{k: v for k, v in m.items() if k != "function_call"},
+                 "tool_calls": [{"id": call, "type": "function", "function": m["function_call"]}]}
+        elif m.get("role") == "function":
+            m = {"role": "tool", "tool_call_id": call or f"call_{i}", "content": m.get("content")}
+        out.append(m)
+    return out
 
 
 def _messages(side: Any, where: str) -> list[dict[str, Any]]:
@@ -278,6 +298,7 @@ def _from_line(obj: dict[str, Any], fmt: str, where: str, requests: Requests | N
         raise PotstillError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
     if not output.strip():  # content "": nothing to learn, and a replay teacher would answer nothing
         raise NoText("its answer is empty", distil=False)
+    prompt = _legacy_functions(prompt)
     # Records hold the user-side conversation; the system instruction belongs to the task.
     system = [m for m in prompt if m.get("role") in INSTRUCTION_ROLES]
     user = [m for m in prompt if m.get("role") not in INSTRUCTION_ROLES]
