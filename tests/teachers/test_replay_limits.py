@@ -107,3 +107,35 @@ def test_a_replay_file_that_is_neither_chats_nor_records_is_one_line(tmp_path):
     with pytest.raises(PotstillError, match=r"traffic.jsonl:1: expected messages ending with an assistant turn, "
                                             r"or a record with an output \(the records `potstill import` writes\)$"):
         teacher.run([], lambda i, r: None)
+
+
+def test_a_replayed_log_is_carded_as_the_logged_model_s_answers(tmp_path):
+    """Answers replayed from an imported gpt-4o-mini log were recorded as written by "replay": the
+    dataset card said 'Teacher: replay `None`' and named no model, and the model card's teacher
+    line was 'replay (generated)', though the log names the model that wrote every answer."""
+    from potstill.curate import card_markdown
+    from potstill.export.model_card import _writers_lines, writers
+    from potstill.importers import import_traffic
+    from potstill.records import write_jsonl
+
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps({"request": {"messages": [{"role": "user", "content": q}]},
+                                       "response": {**_completion(a, "stop", 3), "model": "gpt-4o-mini-2024-07-18"}})
+                           + "\n" for q, a in [("first", "one"), ("second", "two")]))
+    assert import_traffic(log, tmp_path / "imported.jsonl") == 2
+    cfg = load_config(overrides={"task": {"type": "freetext"}, "curate": {"val": 0, "test": 0},
+                                 "teacher": {"type": "replay", "replay_path": str(tmp_path / "imported.jsonl")}})
+    with Ledger(tmp_path / "calls.sqlite") as ledger:
+        out, _ = run_generate(cfg, [Record(messages=[{"role": "user", "content": q}]) for q in ("first", "second")],
+                              ledger)
+    assert [(r.meta["teacher"], r.meta["teacher_type"]) for r in out] == [("gpt-4o-mini-2024-07-18", "replay")] * 2
+    done = curate(cfg, out)
+    assert done.card["teacher"]["records_by_model"] == {"gpt-4o-mini-2024-07-18": 2}
+    md = card_markdown(done.card)
+    assert "- Teacher: replay of recorded answers (`teacher.replay_path`)" in md and "`None`" not in md
+    assert ("- Answers written by: `gpt-4o-mini-2024-07-18` (2 records), imported from their logs (`potstill import`) "
+            "and replayed") in md and "wrote none" not in md
+    write_jsonl(tmp_path / "train.jsonl", [r.model_dump() for r in done.train])
+    assert writers(tmp_path / "train.jsonl")[1] == {("gpt-4o-mini-2024-07-18", "imported traffic, replayed"): 2}
+    [line] = _writers_lines(cfg, done.card, tmp_path / "train.jsonl")
+    assert "`gpt-4o-mini-2024-07-18` (2, imported traffic, replayed;" in line

@@ -18,6 +18,12 @@ def configured_teacher(t: dict[str, Any]) -> str:
     return t["model"] or t["type"]
 
 
+def replays_logs(t: dict[str, Any]) -> bool:
+    """Whether the card's teacher is a replay teacher named by no model: it wrote none of the answers it
+    gives, the models its recording names did (generate's meta.teacher, ``records_by_model``)."""
+    return t.get("type") == "replay" and not t.get("model")
+
+
 def same_teacher(a: str | None, b: str | None) -> bool:
     """Whether two names are one teacher: equal, or one local folder spelled two ways (``models/t``
     from the project folder, ``/home/me/proj/models/t`` from a config named by its absolute path)."""
@@ -75,11 +81,15 @@ def card_markdown(card: dict[str, Any]) -> str:
                   f"{syn['seeds']} seeds) wrote {syn['written']} inputs and "
                   f"rejected {syn['rejected']} ({why}). Synthetic records per split: "
                   + ", ".join(f"{k} {v}" for k, v in syn["synthetic_per_split"].items()) + ".", ""]
+    replayed = replays_logs(t)
     lines += ["## Provenance", "",
-              f"- Teacher: {t['type']} `{t['model']}`",
+              "- Teacher: replay of recorded answers (`teacher.replay_path`)" if replayed else f"- Teacher: {t['type']} `{t['model']}`",
               f"- Teacher terms of use: {terms_of(t, configured_teacher(t))}"]
     wrote, named = t.get("records_by_model") or {}, configured_teacher(t)
-    if wrote and not all(same_teacher(m, named) for m in wrote):
+    if replayed and any(m != "replay" for m in wrote):  # the logged models wrote them; a replay writes nothing
+        lines.append("- Answers written by: " + ", ".join(f"`{m}` ({n} records)" for m, n in wrote.items())
+                     + ", imported from their logs (`potstill import`) and replayed; their terms of use: not given")
+    elif wrote and not replayed and not all(same_teacher(m, named) for m in wrote):
         lines.append("- Answers written by: " + ", ".join(f"`{m}` ({n} records)" for m, n in wrote.items())
                      + ("" if any(same_teacher(m, named) for m in wrote) else f"; the configured teacher `{named}` wrote none of them, "
                         "so the terms of use above may not be the ones that apply to this data"))

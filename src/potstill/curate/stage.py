@@ -9,7 +9,7 @@ from rich.markup import escape
 
 from potstill.config import Config
 from potstill.curate import Refuses, card_markdown, curate
-from potstill.curate.card import configured_teacher, same_teacher
+from potstill.curate.card import configured_teacher, replays_logs, same_teacher
 from potstill.curate.checks import SPECIAL_SHAPE, Specials
 from potstill.errors import PotstillError
 from potstill.inputs import instructions_aside
@@ -119,7 +119,8 @@ def curate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
                                                        for n, rows in (("train", c.train), ("val", c.val), ("test", c.test))}}
     wrote, named = c.card["teacher"]["records_by_model"], configured_teacher(c.card["teacher"])
     # By resolved path: a local teacher is `models/t` from the project folder, `/abs/models/t` by an absolute -c.
-    if wrote and not any(same_teacher(m, named) for m in wrote):  # the card says so too; said here, where it can still be fixed
+    # The card says so too; said here, where it can still be fixed. A replay teacher gives logged models' answers.
+    if wrote and not replays_logs(c.card["teacher"]) and not any(same_teacher(m, named) for m in wrote):
         say("[yellow]" + escape(f"curate: teacher.jsonl was written by {', '.join(map(str, wrote))}, not the configured "
                                 f"teacher {named}; run `potstill generate` for this teacher, or curate with the config "
                                 "that wrote it") + "[/yellow]")

@@ -127,7 +127,8 @@ def writers(records: Path | None) -> tuple[list[Any], dict[tuple[str, str], int]
     rs = read_records(records)
     for r in rs:
         if r.meta.get("teacher"):
-            how = {"real": "imported traffic", "serve": "served escalations"}.get(r.meta.get("source"), "generated")
+            how = {"real": "imported traffic", "serve": "served escalations"}.get(
+                r.meta.get("source"), "imported traffic, replayed" if r.meta.get("teacher_type") == "replay" else "generated")
             answers[(r.meta["teacher"], how)] = answers.get((r.meta["teacher"], how), 0) + 1
         else:
             who = "people (real labels)" if r.meta.get("source") == "real" else "a writer not recorded"
@@ -152,7 +153,8 @@ def _writers_lines(cfg: Config, card: dict | None, records: Path | None) -> list
             f"`{published_name(m)}` ({n}, {how}; its terms of use: {terms(m)})" for (m, how), n in answers.items())
             + "".join(f"; {n} by {who}" for who, n in rest.items()) + ".")
         named = cfg.teacher.model or cfg.teacher.type
-        if not any(same_teacher(named, m) for m, _ in answers):
+        # A replay teacher named by no model writes nothing: the logged models named above did.
+        if named != "replay" and not any(same_teacher(named, m) for m, _ in answers):
             out.append(f"- The configured teacher `{published_name(named)}` wrote none of them: its terms above "
                        "are not the ones that apply to this data.")
     if inputs:
@@ -189,9 +191,13 @@ def model_card(cfg: Config, run: Path, name: str, ref: str, chat: bool, fmt: str
     head += ["---", ""]
 
     t = cfg.task
+    teacher = f"`{published_name(cfg.teacher.model or cfg.teacher.type)}` ({cfg.teacher.type})"
+    if not cfg.teacher.model and cfg.teacher.type == "replay":  # the logged models whose answers it replays
+        logged = dict.fromkeys(m for m, how in writers(records)[1] if how == "imported traffic, replayed")
+        teacher = ", ".join(f"`{published_name(m)}`" for m in logged) + " (its logs, replayed)" if logged else teacher
     lines = [f"# {name}", "",
              f"A student distilled with potstill from `{published_name(cfg.student.model)}` "
-             f"to do one task as its teacher `{published_name(cfg.teacher.model)}` ({cfg.teacher.type}) does it.", "",
+             f"to do one task as its teacher {teacher} does it.", "",
              "## Task", "", f"- Type: {t.type}", f"- Instruction (the system message it was trained with): {t.instruction!r}"]
     if t.labels:
         lines.append("- Labels: " + ", ".join(f"`{x}`" for x in t.labels))
@@ -199,7 +205,7 @@ def model_card(cfg: Config, run: Path, name: str, ref: str, chat: bool, fmt: str
     # The name and the terms from one source, the config: card.json's terms are those of the teacher
     # curate ran with, which may not be this one (who wrote the data is the next line's).
     terms = cfg.teacher.terms or "not given"
-    lines.append(f"- Teacher: `{published_name(cfg.teacher.model)}` ({cfg.teacher.type}); its terms of use: {terms}. "
+    lines.append(f"- Teacher: {teacher}; its terms of use: {terms}. "
                  "Check that they "
                  "allow training and sharing a model on its outputs.")
     if not left_out:

@@ -325,7 +325,8 @@ def stream_labels(records: Sequence[Record], task: Task, teacher: Teacher, ledge
                 if got < gcfg.n:
                     short.append(got)
                 rec.meta.update({
-                    "teacher": teacher.model_name, "teacher_type": teacher.type, "request_hash": h,
+                    # The answer's own writer where it names one (a replay teacher's logged model).
+                    "teacher": ans.get("model") or teacher.model_name, "teacher_type": teacher.type, "request_hash": h,
                     # All its samples', where a rerun completed what a failed attempt began (consistency.paid).
                     **paid(ans), "latency_s": ans.get("latency_s", 0.0),
                 })

@@ -97,6 +97,9 @@ class Response:
     #: did answer ({input_tokens, output_tokens, cost_usd}): billed in their error rows, so not in this
     #: answer's own tokens and cost (its row bills only the samples it asked for). See ``consistency.paid``.
     earlier_paid: dict[str, float] | None = None
+    #: The model that wrote the answer where it is not the teacher's own ``model_name``: a replay
+    #: teacher's recording of a logged model's (gpt-4o-mini-2024-07-18, as ``potstill import`` read it).
+    model: str | None = None
     #: The provider's id of the HTTP request that answered (OpenAI's ``x-request-id``, Anthropic's
     #: ``request-id``), what its support asks for about one answer or one charge.
     provider_request_id: str | None = None

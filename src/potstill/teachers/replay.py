@@ -1,7 +1,9 @@
 """Replay: answers come from recorded traffic: OpenAI fine-tuning JSONL (``{"messages": [...]}``,
 the last assistant message is the answer) or records with an ``output`` (what ``potstill import``
 writes, or an earlier run's ``teacher.jsonl``). An input is matched to a recording by its user
-messages. Nothing is paid, so the ledger rows cost zero.
+messages. Nothing is paid, so the ledger rows cost zero. An answer keeps the model its recording
+names (``Response.model``: an imported log's ``meta.teacher``), which generate writes in the record's
+``meta.teacher``, so the cards name the model that wrote it rather than "replay".
 
 A recording longer than the request's token budget (``teacher.max_tokens``, or a served client's
 ``max_tokens`` below it) is cut as a live teacher would have cut it and marked ``length``, so curate
@@ -37,6 +39,7 @@ class Recorded(NamedTuple):
     text: str
     tokens: int | None = None  # the recording's own output token count, where it keeps one
     cut: bool = False  # its model stopped at its own token limit
+    model: str | None = None  # the model the recording names as its writer (an imported log's meta.teacher)
 
 
 def _within(rec: Recorded, budget: int) -> tuple[str, str]:
@@ -71,7 +74,10 @@ def _from_record(row: dict[str, Any], where: str) -> Recorded | None:
     if len(row.get("samples") or ()) > 1 or (meta.get("choices") or 0) > 1:
         tokens = None  # the count of all n samples (choices) together, not of the one kept as the output
     stop = meta.get("finish_reason") or meta.get("stop_reason")
-    return Recorded(out, tokens, stop in CUT)
+    # The logged model (import's meta.teacher; an earlier run's teacher.jsonl names its teacher there too),
+    # not "replay": the card and the model card name who wrote the answers, and whose terms apply.
+    model = meta.get("teacher") if isinstance(meta.get("teacher"), str) and meta.get("teacher") != "replay" else None
+    return Recorded(out, tokens, stop in CUT, model)
 
 
 class ReplayTeacher(Teacher):
@@ -129,4 +135,4 @@ class ReplayTeacher(Teacher):
                 continue
             # A served client's budget under the teacher's own is the request's (Service.teacher_request).
             text, stop = _within(out, int(req.get("max_tokens") or self.cfg.max_tokens))
-            on_result(i, Response(output=text, stop_reason=stop))
+            on_result(i, Response(output=text, stop_reason=stop, model=out.model))
