@@ -396,6 +396,12 @@ def instructions_to_meta(r: Record) -> bool:
     return True
 
 
+def user_key(messages: list[dict[str, Any]]) -> str:
+    """The key a replay teacher finds a recorded answer by: the text of a chat's user turns (a chat logged
+    with content parts finds the answer recorded for the same words as a string)."""
+    return hash_obj([content_text(m.get("content")) for m in messages if m.get("role") == "user"])
+
+
 def record_problem(obj: dict[str, Any]) -> str | None:
     """What makes an input line unusable as a prompt (None: nothing), found when it is read: a
     teacher would be paid to answer an empty prompt, or refuse the request part-way through a run.

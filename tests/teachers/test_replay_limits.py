@@ -139,3 +139,24 @@ def test_a_replayed_log_is_carded_as_the_logged_model_s_answers(tmp_path):
     assert writers(tmp_path / "train.jsonl")[1] == {("gpt-4o-mini-2024-07-18", "imported traffic, replayed"): 2}
     [line] = _writers_lines(cfg, done.card, tmp_path / "train.jsonl")
     assert "`gpt-4o-mini-2024-07-18` (2, imported traffic, replayed;" in line
+
+
+def test_an_input_logged_twice_is_replayed_with_its_first_answer_and_said(tmp_path, capsys):
+    """A log holding the same question twice (a user who asked again, a retry the app logged) was
+    replayed with its last answer, silently: the answer the user got first, and the count, were lost."""
+    from potstill.importers import import_traffic
+
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps({"request": {"messages": [{"role": "user", "content": q}]},
+                                       "response": _completion(a, "stop", 3)}) + "\n"
+                           for q, a in [("again", "first answer"), ("other", "x"), ("again", "second answer"),
+                                        ("again", "third answer")]))
+    assert import_traffic(log, tmp_path / "imported.jsonl") == 4  # every logged call is kept as data
+    assert f"import: 2 line(s) repeat the input of an earlier line; all are written, and a replay teacher answers " \
+           f"each input with the first of them, as its user got it (first at {log}:3)" in capsys.readouterr().err
+    cfg = load_config(overrides={"task": {"type": "freetext"},
+                                 "teacher": {"type": "replay", "replay_path": str(tmp_path / "imported.jsonl")}})
+    with Ledger(tmp_path / "calls.sqlite") as ledger:
+        out, _ = run_generate(cfg, [Record(messages=[{"role": "user", "content": "again"}])], ledger)
+    assert out[0].output == "first answer"
+    assert "replay: 2 recording(s) in" in (err := capsys.readouterr().err) and "(first at line 3)" in err

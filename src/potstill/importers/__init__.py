@@ -60,7 +60,7 @@ from potstill.ledger_rows import ServedCall
 from potstill.messages_format import chat_messages as anthropic_chat
 from potstill.progress import bar, say
 from potstill.records import (CUT_GZIP, Record, _delimiter, atomic_write, content_text, dump_jsonl, open_lines,
-                              read_objects, record_problem, table_suffix)
+                              read_objects, record_problem, table_suffix, user_key)
 from potstill.responses_format import ResponsesInputError, chat_messages
 
 FORMATS = ("auto", "finetune", "openai-log", "pairs", "stored", "served")
@@ -484,6 +484,9 @@ def _log_records(path: Path, rows: Iterable[tuple[int, dict[str, Any]]], total: 
     once every line is read."""
     several, first_several, written = 0, 0, 0
     skipped: dict[str, tuple[int, int]] = {}  # why -> (lines, the first of them)
+    # Inputs seen, by 64 bits of their replay key (~60 bytes each: 18 MB for 300k lines); and the repeats.
+    seen: set[int] = set()
+    repeats, first_repeat = 0, 0
     own = OwnInstructions()  # the logged system prompts, which curate and generate do not send
     with bar(f"import {path.name}", total) as advance:
         for lineno, obj in rows:
@@ -497,6 +500,10 @@ def _log_records(path: Path, rows: Iterable[tuple[int, dict[str, Any]]], total: 
             rec.meta.update({"source": str(path), "line": lineno})
             if rec.meta.get("choices"):
                 several, first_several = several + 1, first_several or lineno
+            key = int(user_key(rec.messages)[:16], 16)
+            if key in seen:
+                repeats, first_repeat = repeats + 1, first_repeat or lineno
+            seen.add(key)
             own.add(rec)
             written += 1
             yield rec
@@ -507,6 +514,10 @@ def _log_records(path: Path, rows: Iterable[tuple[int, dict[str, Any]]], total: 
         say(f"[yellow]import: {several} logged completion(s) held several choices (n > 1); the first choice of "
             f"each is its answer, the others are left out; meta.choices counts them, and meta.usage, as logged, "
             f"counts the tokens of them all (first at {path}:{first_several})[/yellow]")
+    if repeats:
+        # Kept: each is a call the log's app made; a replay teacher answers an input once, with the first.
+        say(f"[yellow]import: {repeats} line(s) repeat the input of an earlier line; all are written, and a replay "
+            f"teacher answers each input with the first of them, as its user got it (first at {path}:{first_repeat})[/yellow]")
     for why, (n, first) in skipped.items():
         say(f"[yellow]import: {n} line(s) skipped, {why} (first at {path}:{first})[/yellow]")
 

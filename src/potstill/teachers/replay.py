@@ -1,7 +1,8 @@
 """Replay: answers come from recorded traffic: OpenAI fine-tuning JSONL (``{"messages": [...]}``,
 the last assistant message is the answer) or records with an ``output`` (what ``potstill import``
 writes, or an earlier run's ``teacher.jsonl``). An input is matched to a recording by its user
-messages. Nothing is paid, so the ledger rows cost zero. An answer keeps the model its recording
+messages (``records.user_key``); an input recorded more than once is answered with its first recording, as
+the log's user got it, the later ones counted in one line. Nothing is paid, so the ledger rows cost zero. An answer keeps the model its recording
 names (``Response.model``: an imported log's ``meta.teacher``), which generate writes in the record's
 ``meta.teacher``, so the cards name the model that wrote it rather than "replay".
 
@@ -24,8 +25,9 @@ from typing import Any, NamedTuple
 
 from potstill.config import GenerateConfig, TeacherConfig
 from potstill.errors import PotstillError
-from potstill.hashing import hash_file, hash_obj
-from potstill.records import content_text, read_objects
+from potstill.hashing import hash_file
+from potstill.progress import say
+from potstill.records import content_text, read_objects, user_key
 from potstill.tasks import Task
 from potstill.teachers.base import OnResult, Response, RunStats, Teacher
 
@@ -51,11 +53,6 @@ def _within(rec: Recorded, budget: int) -> tuple[str, str]:
     # The budget's share of the characters, on to the end of the word it falls in.
     end = re.compile(r"\S*").match(text, int(len(text) * budget / tokens)).end()
     return text[:end], "length"
-
-
-def _key(messages: list[dict[str, Any]]) -> str:
-    # By text, so a chat logged with content parts finds the answer recorded for the same words as a string.
-    return hash_obj([content_text(m.get("content")) for m in messages if m.get("role") == "user"])
 
 
 def _from_record(row: dict[str, Any], where: str) -> Recorded | None:
@@ -95,17 +92,22 @@ class ReplayTeacher(Teacher):
 
     def _load(self) -> dict[str, Recorded]:
         if self._answers is None:
-            answers = {}
+            answers: dict[str, Recorded] = {}
+            repeats, first = 0, 0  # recordings of an input recorded before, the first of them
             for lineno, row in read_objects(self.cfg.replay_path):
                 where = f"{self.cfg.replay_path}:{lineno}"
                 msgs = row.get("messages")
                 if not isinstance(msgs, list) or not msgs or not all(isinstance(m, dict) for m in msgs):
                     raise PotstillError(f"{where}: expected a chat under messages (fine-tuning JSONL, or the records "
                                         "`potstill import` writes)")
+                key = user_key(msgs if "output" in row else msgs[:-1])
+                if key in answers:  # the first answer stands, as a log's first call was the one its user got
+                    repeats, first = repeats + 1, first or lineno
+                    continue
                 if "output" in row:
                     found = _from_record(row, where)
                     if found is not None:  # None: a record with no answer (a failed teacher call in teacher.jsonl)
-                        answers[_key(msgs)] = found
+                        answers[key] = found
                     continue
                 if msgs[-1].get("role") != "assistant":
                     raise PotstillError(f"{where}: expected messages ending with an assistant turn, or a record with "
@@ -113,7 +115,11 @@ class ReplayTeacher(Teacher):
                 if msgs[-1].get("content") is None:
                     raise PotstillError(f"{where}: the assistant turn has no text "
                                         "(a tool call?); a replay teacher answers with recorded text")
-                answers[_key(msgs[:-1])] = Recorded(content_text(msgs[-1]["content"]))
+                answers[key] = Recorded(content_text(msgs[-1]["content"]))
+            if repeats:
+                say(f"[yellow]replay: {repeats} recording(s) in {self.cfg.replay_path} repeat an input recorded "
+                    f"before; each input is answered with its first recording, the later ones are left out (first "
+                    f"at line {first})[/yellow]")
             self._answers = answers
         return self._answers
 
@@ -129,7 +135,7 @@ class ReplayTeacher(Teacher):
             gcfg: GenerateConfig | None = None) -> None:
         answers = self._load()
         for i, req in enumerate(requests):
-            out = answers.get(_key(req["messages"]))
+            out = answers.get(user_key(req["messages"]))
             if out is None:
                 on_result(i, Response(output=None, error="no recorded answer for this input"))
                 continue
