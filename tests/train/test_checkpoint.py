@@ -243,3 +243,64 @@ def test_another_teacher_in_the_same_folder_trains_anew(tiny_model, tiny_model_b
     shutil.copytree(tiny_model, teacher)  # another model (the same vocabulary) under the same path
     again = run(str(tiny_model), str(tmp_path / "run"), teacher_model=str(teacher))
     assert again["resumed_from_step"] is None and again["steps"] == 9
+
+
+class _Runs:
+    """A pickle that creates the file ``path`` when loaded, as a planted one could run anything."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("every", [0, 3])
+def test_a_pickle_planted_among_the_checkpoints_is_never_opened(tiny_model, tmp_path, capsys, every):
+    """The state was a pickle (state.pkl) that every train unpickled, checkpointing on or off: one
+    planted in a shared run folder ran its code as whoever trained next, then a state that was not a
+    dict stopped train in a traceback. The state is JSON now; a state.pkl is named, never opened, and
+    a state.json that is not a checkpoint's is passed over."""
+    import pickle
+
+    ckpt, ran = tmp_path / "student.ckpt", tmp_path / "ran"
+    (ckpt / "step-00000009").mkdir(parents=True)
+    (ckpt / "step-00000009" / "state.pkl").write_bytes(pickle.dumps(_Runs(ran)))
+    (ckpt / "step-00000012").mkdir()
+    (ckpt / "step-00000012" / "state.json").write_text('{"step": 12, "fingerprint": 7}')
+    summary = run(str(tiny_model), str(tmp_path), checkpoint_every=every)
+    assert summary["resumed_from_step"] is None and summary["steps"] == 9 and not ran.exists()
+    said = " ".join(capsys.readouterr().err.split())
+    why = ("train.checkpoint_every is 0" if not every else
+           "an earlier potstill wrote its state as a pickle (state.pkl), which potstill no longer opens")
+    assert f"step-00000009 (step 9) is not resumed: {why}" in said
+
+
+def test_a_checkpoint_holding_more_than_tensors_is_one_line_and_never_run(tmp_path):
+    """optim.pt was read with torch.load(weights_only=False): a pickle there, under a checkpoint of the
+    run's own settings, ran its code on resume. Now it is refused in one line naming the file, as is a
+    state.json edited into one that does not restore."""
+    import json
+    import random
+
+    from potstill.errors import PotstillError
+    from potstill.train import checkpoint
+
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    ckpt, ran = tmp_path / "student.ckpt", tmp_path / "ran"
+    saved = checkpoint.save(ckpt, 6, "fp", model, opt, sched, random.Random(0), [3, 1], {"tokens": 5, "elapsed_s": 1.0})
+    assert checkpoint.latest(ckpt, "fp") == saved
+    assert checkpoint.load(saved, model, opt, sched, random.Random(1))["order"] == [3, 1]
+    good = (saved / "optim.pt").read_bytes()
+    torch.save({"opt": _Runs(ran)}, saved / "optim.pt")
+    with pytest.raises(PotstillError, match=r"^train: the checkpoint .*optim.pt does not read \(it names objects "
+                                            r"other than tensors.*remove it \(or set train.resume false\)"):
+        checkpoint.load(saved, model, opt, sched, random.Random(1))
+    assert not ran.exists()
+    (saved / "optim.pt").write_bytes(good)
+    state = json.loads((saved / "state.json").read_text())
+    (saved / "state.json").write_text(json.dumps({**state, "py_rng": [3, [1, 2], None]}))
+    with pytest.raises(PotstillError, match=r"^train: the checkpoint .*step-00000006 does not restore \(.*\): remove"):
+        checkpoint.load(saved, model, opt, sched, random.Random(1))

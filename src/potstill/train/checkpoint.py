@@ -9,6 +9,12 @@ the fingerprint of the settings and data: a checkpoint from other settings is ne
 keeps the curve up to its step (``metrics.jsonl``), since the run's own file may since have been
 rewritten by a run with other settings.
 
+Nothing in a checkpoint is unpickled: the state is JSON (``state.json``, checked against ``_State``)
+and the tensors are read with ``torch.load(weights_only=True)``, which builds tensors, numbers and
+containers and nothing else. A run folder may be shared by a team, and the next ``potstill train``
+reads whatever lies under it: a pickle there runs any code it names as whoever trains. A checkpoint
+of an earlier potstill (``state.pkl``) is never opened, only named (``not_resumed``).
+
 Once the last step is done and the student saved, ``final.json`` replaces the step checkpoints: the
 training's summary and the digests of the student's files and the curve. Train's passes after it
 (int8 calibration, the importance matrix: minutes on a large student) and train.json come next, so
@@ -18,13 +24,15 @@ caller drops the whole directory once its own outputs are whole (``drop``).
 
 from __future__ import annotations
 
-import pickle
+import json
+import pickle  # for its error alone: nothing here is unpickled but through torch's weights_only
 import random
 import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from potstill import leftovers
 from potstill.errors import PotstillError, no_room
@@ -33,6 +41,9 @@ from potstill.records import atomic_dir, read_json, write_json
 
 NAME = "step-{:08d}"
 FINAL = "final.json"
+STATE = "state.json"
+# The state as a pickle, written by potstill up to 2026-12-07: never opened (unpickling runs code).
+PICKLED = "state.pkl"
 
 # Train settings added since 2026-12-07, each with the value at which training runs as it did before
 # the field existed (say a new `foo: None` that changes nothing unless set: {"foo": None}). At that
@@ -99,10 +110,12 @@ def save(ckpt_dir: Path, step: int, fingerprint: str, model: Any, opt: Any, sche
         if best is not None:
             _save_torch(best, tmp / "best.pt")
         _save_torch({"opt": opt.state_dict(), "sched": sched.state_dict()}, tmp / "optim.pt")
-        state = {"step": step, "fingerprint": fingerprint, "order": list(order), "py_rng": rng.getstate(),
-                 "rank_rngs": rank_rngs or [rng_state()], **extra}
-        with open(tmp / "state.pkl", "wb") as f:
-            pickle.dump(state, f)
+        _save_torch(rank_rngs or [rng_state()], tmp / "rng.pt")
+        version, internal, gauss = rng.getstate()
+        state = {"step": step, "fingerprint": fingerprint, "order": list(order),
+                 "py_rng": [version, list(internal), gauss], **extra}
+        # No default=: a value JSON cannot hold is an error here, not a string that resumes otherwise.
+        (tmp / STATE).write_text(json.dumps(state), encoding="utf-8")
     for old in ckpt_dir.glob("step-*"):
         if old != out:
             shutil.rmtree(old, ignore_errors=True)
@@ -116,21 +129,39 @@ def _save_torch(obj: Any, path: Path) -> None:
         torch.save(obj, f)
 
 
-def _readable(ckpt_dir: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
-    """Each complete checkpoint in ``ckpt_dir``, newest first, with its state (one whose state.pkl
-    cannot be read, cut by a kill, is passed over)."""
+class _State(BaseModel):
+    """What ``state.json`` must hold to be resumed (the trainer's extras besides, kept as they are)."""
+
+    model_config = ConfigDict(extra="allow")
+    step: int
+    fingerprint: str
+    order: list[int]
+    py_rng: tuple[int, tuple[int, ...], float | None]  # random.Random.getstate()
+    tokens: int = 0
+    elapsed_s: float = 0.0
+    settings: dict[str, Any] | None = None  # None: written before checkpoints kept their settings
+
+
+def _state(d: Path) -> dict[str, Any] | None:
+    """The state of the checkpoint ``d``, or None where it has none that reads as a ``_State``."""
+    try:
+        return _State.model_validate_json((d / STATE).read_bytes()).model_dump()
+    except (OSError, ValidationError):
+        return None
+
+
+def _readable(ckpt_dir: Path) -> Iterator[tuple[Path, dict[str, Any] | None]]:
+    """Each checkpoint in ``ckpt_dir``, newest first, with its state: None for one an earlier potstill
+    pickled (named, never opened). One whose state does not read (cut short, edited) is passed over."""
     for d in sorted(ckpt_dir.glob("step-*"), reverse=True):
-        try:
-            with open(d / "state.pkl", "rb") as f:
-                state = pickle.load(f)
-        except (OSError, pickle.UnpicklingError, EOFError):
-            continue
-        yield d, state
+        state = _state(d)
+        if state is not None or (d / PICKLED).is_file():
+            yield d, state
 
 
 def latest(ckpt_dir: Path, fingerprint: str) -> Path | None:
     """The newest complete checkpoint written with these settings, or None."""
-    return next((d for d, state in _readable(ckpt_dir) if state.get("fingerprint") == fingerprint), None)
+    return next((d for d, state in _readable(ckpt_dir) if state and state["fingerprint"] == fingerprint), None)
 
 
 def rerun(ckpt_dir: Path, fingerprint: str, cfg: Any) -> str:
@@ -159,21 +190,26 @@ def not_resumed(ckpt_dir: Path, cfg: Any) -> str | None:
             why = "train.resume is false"
         elif not cfg.checkpoint_every:
             why = "train.checkpoint_every is 0"
-        elif "settings" not in state:  # written before checkpoints kept their settings (an earlier potstill)
+        elif state is None:
+            why = (f"an earlier potstill wrote its state as a pickle ({PICKLED}), which potstill no longer "
+                   "opens: unpickling a file runs whatever code it holds")
+        elif state["settings"] is None:  # written before checkpoints kept their settings (an earlier potstill)
             why = "it was written with other settings, data or student, or by an earlier potstill"
         else:
-            now, then = settings(cfg), state["settings"]
+            # As state.json holds them (a tuple reads back as a list).
+            now, then = json.loads(json.dumps(settings(cfg))), state["settings"]
             differ = sorted(k for k in {*now, *then} if now.get(k, "<unset>") != then.get(k, "<unset>"))
             why = (f"it was written with other settings ({', '.join('train.' + k for k in differ)})" if differ
                    else "it was written with other data, student, max_length or number of processes")
-        return f"train: the checkpoint {d} (step {state.get('step')}) is not resumed: {why}; training starts from step 0"
+        step = state["step"] if state else d.name.removeprefix("step-").lstrip("0") or "0"
+        return f"train: the checkpoint {d} (step {step}) is not resumed: {why}; training starts from step 0"
     return None
 
 
 def best_weights(path: Path) -> dict[str, torch.Tensor] | None:
     """The ``train.keep_best`` snapshot a checkpoint keeps, or None."""
     f = path / "best.pt"
-    return torch.load(f, map_location="cpu") if f.exists() else None
+    return _load_torch(f) if f.exists() else None
 
 
 def curve(path: Path) -> list[str] | None:
@@ -184,26 +220,43 @@ def curve(path: Path) -> list[str] | None:
 
 def load(path: Path, model: Any, opt: Any, sched: Any, rng: random.Random, rank: int = 0) -> dict[str, Any]:
     """Restore a checkpoint in place, with process ``rank``'s torch RNG states; returns its state
-    (``step``, ``order`` and the extras)."""
-    weights = torch.load(path / "model.pt", map_location="cpu")
-    missing = set(weights) - set(model.state_dict())
-    if missing:
-        raise ValueError(f"checkpoint {path} does not fit this model ({len(missing)} unknown tensors)")
-    model.load_state_dict(weights, strict=False)
-    optim = torch.load(path / "optim.pt", map_location="cpu", weights_only=False)
-    opt.load_state_dict(optim["opt"])
-    sched.load_state_dict(optim["sched"])
-    with open(path / "state.pkl", "rb") as f:
-        state = pickle.load(f)
-    rng.setstate(state["py_rng"])
-    # The fingerprint holds the world size, so every rank has its entry; a checkpoint written before
-    # per-rank states were kept has the one process's under torch_rng / cuda_rng.
-    mine = (state["rank_rngs"][rank] if "rank_rngs" in state
-            else {"cpu": state["torch_rng"], "cuda": state.get("cuda_rng")})
-    torch.set_rng_state(mine["cpu"])
-    if mine["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(mine["cuda"])
+    (``step``, ``order`` and the extras). One that does not read or restore is one line naming it."""
+    state = _state(path)
+    if state is None:
+        raise PotstillError(f"train: the checkpoint {path} has no readable {STATE}: {_UNREADABLE}")
+    weights, optim, rngs = (_load_torch(path / name) for name in ("model.pt", "optim.pt", "rng.pt"))
+    try:
+        missing = set(weights) - set(model.state_dict())
+        if missing:
+            raise ValueError(f"it does not fit this model ({len(missing)} unknown tensors)")
+        model.load_state_dict(weights, strict=False)
+        opt.load_state_dict(optim["opt"])
+        sched.load_state_dict(optim["sched"])
+        version, internal, gauss = state["py_rng"]
+        rng.setstate((version, tuple(internal), gauss))
+        mine = rngs[rank]  # the fingerprint holds the world size, so every rank has its entry
+        torch.set_rng_state(mine["cpu"])
+        if mine["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(mine["cuda"])
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PotstillError(f"train: the checkpoint {path} does not restore ({why}): {_UNREADABLE}") from None
     return state
+
+
+_UNREADABLE = "remove it (or set train.resume false) and train again from step 0"
+
+
+def _load_torch(f: Path) -> Any:
+    """Tensors, numbers and containers from ``f`` (``weights_only``: a pickle there that names any other
+    object is refused, not run); a file that does not read is one line naming it."""
+    try:
+        return torch.load(f, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's words go on to say how to load it anyway: not for this file
+        why = "it names objects other than tensors, numbers and containers, and was not loaded"
+    except (OSError, RuntimeError, EOFError) as e:
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise PotstillError(f"train: the checkpoint {f} does not read ({why}): {_UNREADABLE}")
 
 
 def _digests(root: Path) -> dict[str, str]:
