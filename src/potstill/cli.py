@@ -27,6 +27,7 @@ from potstill.errors import PotstillError, no_room, undecoded_name
 from potstill.pipeline import STAGES, SYNTHESIZE, run_all
 from potstill.progress import closed_streams_to_devnull, echo, quiet_library_bars
 from potstill.stage import Stage, leaf_fields
+from potstill.terminal import printable
 
 # Help is rendered with rich markup (typer's default, said here since field help is escaped for it).
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode="rich",
@@ -571,13 +572,13 @@ def _main() -> None:
                 sys.exit(128 + signal.SIGTERM)
         raise
     except PotstillError as e:
-        typer.secho(f"error: {e}", fg="red", err=True)
+        typer.secho(printable(f"error: {e}"), fg="red", err=True)
         sys.exit(2)
     except UnicodeEncodeError as e:  # a path Python could not decode, handed to a library that takes text
         why = undecoded_name(e.object) if isinstance(e.object, str) else None
         if why is None or os.environ.get("POTSTILL_DEBUG"):
             raise
-        typer.secho(f"error: {why}", fg="red", err=True)
+        typer.secho(printable(f"error: {why}"), fg="red", err=True)
         sys.exit(2)
     except (OSError, UnicodeDecodeError, sqlite3.DatabaseError) as e:
         # What a file the user named can do past the stages' own checks (a folder where a file belongs,
@@ -585,7 +586,7 @@ def _main() -> None:
         # database): one line too. POTSTILL_DEBUG=1 shows the traceback.
         if os.environ.get("POTSTILL_DEBUG"):
             raise
-        typer.secho(f"error: {_os_problem(e)}", fg="red", err=True)
+        typer.secho(printable(f"error: {_os_problem(e)}"), fg="red", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         typer.secho("terminated" if _terminated else "interrupted", err=True)

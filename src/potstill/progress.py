@@ -13,12 +13,14 @@ import signal
 import sys
 import threading
 import time
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from rich.console import Console
 from rich.errors import MarkupError
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from potstill.terminal import printable
 
 _unread = threading.Event()
 
@@ -29,6 +31,11 @@ class _Console(Console):
     the stage not marked done, so the next run evaluated again). Its output is dropped from then on
     (/dev/null in its descriptor's place, so later writes and the flush at exit do not fail), and the
     stage stops once it is recorded (``stop_if_unread``)."""
+
+    def render_str(self, text: str, **kwargs) -> Any:
+        # Every string rich prints (a message, its markup, a table's cell) passes here: control
+        # characters from a record or a served request are shown, never acted on (``terminal``).
+        return super().render_str(printable(text), **kwargs)
 
     def on_broken_pipe(self) -> None:
         self.quiet = True
@@ -50,11 +57,12 @@ def stop_if_unread() -> None:
 
 
 def echo(text: str) -> None:
-    """One line of a command's result on stdout (`cost`, `requests`, the paths a command wrote): a reader
+    """One line of a command's result on stdout (`cost`, `requests`, the paths a command wrote), its
+    control characters shown, not acted on (``terminal.printable``; JSON stays JSON): a reader
     that went away (`| head -1`) ends the command quietly with exit 141, as a stage's (``stop_if_unread``).
     Through click's echo it ended with exit 1 and no word, which a script reads as a failure."""
     try:
-        print(text, file=sys.stdout, flush=True)
+        print(printable(text), file=sys.stdout, flush=True)
     except BrokenPipeError:
         out.on_broken_pipe()  # /dev/null in the pipe's place: what is left unwritten goes there at exit
         raise SystemExit(128 + signal.SIGPIPE) from None

@@ -166,3 +166,34 @@ def test_follow_prints_each_request_as_it_is_logged(served, force):
     assert [json.loads(ln)["request_id"] for ln in seen["json"]] == ["follow-0", "follow-1", "follow-2"]
     for mode, p in procs.items():
         assert p.returncode == 130 and outs[mode][1] == "interrupted: potstill requests stopped\n", outs[mode][1]
+
+
+# Cursor up and erase the line, three times, then colours: the rows above are wiped on a terminal.
+WIPES = "\x1b[1A\x1b[2K" * 3 + "\x1b[32mhi\x1b[0m \x9b2J \u202e(n=4)\r"
+
+
+def test_control_characters_a_client_sends_are_shown_never_sent_to_the_terminal(served, force):
+    """A served client's message went to the operator's terminal as it came: its ESC sequences erased
+    the rows of the requests before it in `potstill requests` (and under --follow). Every control
+    character (C0, C1, DEL) and bidi override is written as its \\uXXXX escape now, in the table and
+    in JSON lines, which read back to the message the client sent."""
+    service, live = served
+    force("student")
+    client(live).chat.completions.create(model="potstill", messages=[{"role": "user", "content": WIPES}],
+                                         extra_headers={"X-Request-ID": "wipes"})
+    run = service.ledger.path.parent
+    outs = [cli(run, *args) for args in (("--last", "5"), ("--json",), ("--id", "wipes"))]
+    for out in outs:
+        assert out.returncode == 0, out.stderr
+        assert not any(ch in out.stdout for ch in "\x1b\x9b\u202e\r"), out.stdout
+    assert "\\u001b[1A\\u001b[2K\\u001b[1A" in outs[0].stdout.splitlines()[-1]
+    assert json.loads(outs[1].stdout.splitlines()[-1])["messages"][0]["content"] == WIPES
+    assert json.loads(outs[2].stdout)["messages"][0]["content"] == WIPES
+
+
+def test_an_error_naming_outside_text_shows_its_control_characters(tmp_path):
+    """The one error line went out as written: a path (or a record's text) holding ESC sequences
+    acted on the terminal."""
+    out = cli(tmp_path / "run\x1b]0;owned\x07\x1b[2J")
+    assert out.returncode == 2 and "\x1b" not in out.stderr and "\x07" not in out.stderr
+    assert "run\\u001b]0;owned\\u0007\\u001b[2J" in out.stderr and len(out.stderr.strip().splitlines()) == 1

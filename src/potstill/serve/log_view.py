@@ -15,6 +15,7 @@ from typing import Any
 
 from potstill.errors import PotstillError
 from potstill.ledger import Ledger, ServedCall
+from potstill.terminal import printable
 
 CHAT = "/v1/chat/completions"
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -71,7 +72,9 @@ def find(ledger: Ledger, *, request_id: str | None = None, since: float | None =
 
 
 def _cut(text: Any, n: int) -> str:
-    s = " ".join(str(text).split()) if text is not None else ""
+    """``text`` on one line of at most ``n`` characters: newlines folded, control characters shown as
+    ``\\uXXXX`` (a client's ESC sequences erased the operator's rows), cut with an ellipsis."""
+    s = printable(" ".join(str(text).split())) if text is not None else ""
     return s if len(s) <= n else s[: n - 1] + "…"
 
 
