@@ -8,6 +8,7 @@ or ``reference``, ``slice`` tags, and ``meta`` (provenance: teacher model, token
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import json
 import math
@@ -176,18 +177,40 @@ def open_lines(path: str | Path, errors: str = "strict", newline: str | None = N
     return open(path, encoding="utf-8-sig", errors=errors, newline=newline)
 
 
+# The most of one line read (characters, bytes where ASCII): a record is a few kB, a few MB with images
+# as data URLs. A gzip file of 1 MB holds a line of 1 GiB, which read whole took 2.6 GB of memory.
+MAX_LINE = 64 * 2**20
+
+
+def bounded_lines(f: IO[str], path: str | Path) -> Iterator[str]:
+    """The lines of ``f``, each read holding at most ``MAX_LINE`` characters: one longer stops in one
+    line naming it, before the rest of it is read (``readline``'s limit reads 8 kB at a time)."""
+    lineno = 0
+    while line := f.readline(MAX_LINE + 1):
+        lineno += 1
+        if len(line) > MAX_LINE and line[-1] not in "\r\n":
+            raise PotstillError(f"{path}:{lineno}: a line longer than {MAX_LINE >> 20} MiB, which no record "
+                                "needs (a gzip file that decompresses to one endless line?): not read further")
+        yield line
+
+
 def _not_utf8(path: Path) -> str:
     """Where a file that failed to decode as UTF-8 first stops being UTF-8 (line and byte)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
     with gzip.open(path, "rb") if gzipped(path) else open(path, "rb") as f:
         head = f.read(2)
         f.seek(0)
-        for lineno, raw in enumerate(f, 1):
+        lineno, at = 1, 0  # the line, and the byte in it where this piece starts
+        while piece := f.readline(1 << 20):  # a piece at a time: a line may be endless
             try:
-                raw.decode("utf-8")
+                decoder.decode(piece)  # a character cut between two pieces waits for the next
             except UnicodeDecodeError as e:
                 # Windows tools (PowerShell's ``>``, Notepad's "Unicode") write UTF-16 with this mark.
                 hint = "; it looks like UTF-16: save it as UTF-8" if head in (b"\xff\xfe", b"\xfe\xff") else ""
-                return f"{path}:{lineno}: not UTF-8 (byte {raw[e.start]:#04x}, the line's byte {e.start + 1}){hint}"
+                held = len(e.object) - len(piece)  # bytes of a character begun in the piece before
+                return (f"{path}:{lineno}: not UTF-8 (byte {e.object[e.start]:#04x}, the line's byte "
+                        f"{at + e.start - held + 1}){hint}")
+            lineno, at = (lineno + 1, 0) if piece.endswith(b"\n") else (lineno, at + len(piece))
     return f"{path}: not UTF-8"
 
 
@@ -237,7 +260,7 @@ def _delimiter(path: Path) -> str:
     if table_suffix(path) == ".tsv":
         return "\t"
     with open_lines(path, newline="") as f:
-        header = f.readline()
+        header = next(bounded_lines(f, path), "")
     return next((d for d in (";", "\t") if d in header), ",") if "," not in header else ","
 
 
@@ -284,11 +307,11 @@ def _table_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     import csv
 
     # csv refuses a cell over 131,072 characters by default; a long document (a contract, a
-    # transcript to summarise) is an ordinary input. 2**31 - 1: the most a C long holds everywhere.
-    limit = csv.field_size_limit(2**31 - 1)
+    # transcript to summarise) is an ordinary input, up to a line's limit.
+    limit = csv.field_size_limit(MAX_LINE)
     try:
         with open_lines(path, newline="") as f:
-            reader = csv.DictReader(f, delimiter=_delimiter(path))
+            reader = csv.DictReader(bounded_lines(f, path), delimiter=_delimiter(path))
             if not reader.fieldnames:
                 return
             if reader.fieldnames[0].lstrip().startswith("{"):  # its header would be half a JSON object
@@ -352,7 +375,7 @@ def read_objects(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
         return
     try:
         with open_lines(path) as f:
-            for lineno, line in enumerate(f, 1):
+            for lineno, line in enumerate(bounded_lines(f, path), 1):
                 if not line.strip():
                     continue
                 try:

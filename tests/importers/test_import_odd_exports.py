@@ -219,3 +219,59 @@ def test_legacy_function_turns_are_read_as_the_tool_turns_they_became(tmp_path):
                 {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
             {"role": "tool", "tool_call_id": "call_1", "content": '{"temp": 21}'}]
         assert r.output == "21 C."
+
+
+def _one_long_line(path: Path, mib: int) -> Path:
+    """A gzip file of a few kB holding one line of ``mib`` MiB, written a MiB at a time."""
+    import gzip
+
+    with gzip.open(path, "wb") as f:
+        f.write(b'{"messages": [{"role": "user", "content": "')
+        for _ in range(mib):
+            f.write(b"a" * 2**20)
+        f.write(b'"}]}\n')
+    return path
+
+
+def _peak(call) -> tuple[PotstillError, int]:
+    """The error ``call`` raises, and the most memory Python held meanwhile (bytes)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(PotstillError) as e:
+            call()
+        return e.value, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_line_longer_than_the_limit_stops_in_one_line_without_being_held(tmp_path, monkeypatch):
+    """A 1 MB .jsonl.gz holding one line of 1 GiB took potstill import to 2.6 GB of memory (the line
+    read whole, then decompressed once more to count lines for the bar) and ended in 'expected a
+    request'; data.inputs, curate.real_data and synthesize.seeds read through the same reader. A line
+    over records.MAX_LINE now stops in one line naming the file and line, read 8 kB at a time, and
+    the bar's count reads at most COUNT_GZIP of a gzip file (the limits lowered here, as 64 MiB)."""
+    from potstill import importers, records
+
+    monkeypatch.setattr(records, "MAX_LINE", 2**20, raising=False)
+    monkeypatch.setattr(importers, "COUNT_GZIP", 2**20, raising=False)
+    path = _one_long_line(tmp_path / "bomb.jsonl.gz", 24)
+    error, peak = _peak(lambda: import_traffic(path, tmp_path / "out.jsonl"))
+    assert str(error) == (f"{path}:1: a line longer than 1 MiB, which no record needs (a gzip file that "
+                          "decompresses to one endless line?): not read further")
+    assert peak < 12 * 2**20, peak  # the 24 MiB line was never held (nor a copy of it)
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_a_long_line_not_utf8_is_named_without_being_held(tmp_path, monkeypatch):
+    """Where a file stops being UTF-8 was found by reading it again a whole line at a time: all of a
+    line far over the limit, whose bad byte came first."""
+    from potstill import records
+
+    monkeypatch.setattr(records, "MAX_LINE", 2**20, raising=False)
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'{"input": "ok"}\n{"input": "\xff' + b"a" * (24 * 2**20) + b'"}\n')
+    error, peak = _peak(lambda: list(records.read_objects(path)))
+    assert str(error) == f"{path}:2: not UTF-8 (byte 0xff, the line's byte 12)"
+    assert peak < 12 * 2**20, peak

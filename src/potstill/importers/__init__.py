@@ -43,6 +43,7 @@ tool's call. A line of the wrong shape is one error naming it, and nothing is wr
 
 from __future__ import annotations
 
+import gzip
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator
@@ -59,8 +60,8 @@ from potstill.ledger import Ledger
 from potstill.ledger_rows import ServedCall
 from potstill.messages_format import chat_messages as anthropic_chat
 from potstill.progress import bar, say
-from potstill.records import (CUT_GZIP, Record, _delimiter, atomic_write, content_text, dump_jsonl, open_lines,
-                              read_objects, record_problem, table_suffix, user_key)
+from potstill.records import (CUT_GZIP, MAX_LINE, Record, _delimiter, atomic_write, bounded_lines, content_text,
+                              dump_jsonl, gzipped, open_lines, read_objects, record_problem, table_suffix, user_key)
 from potstill.responses_format import ResponsesInputError, chat_messages
 
 FORMATS = ("auto", "finetune", "openai-log", "pairs", "stored", "served")
@@ -446,14 +447,29 @@ def import_traffic(path: str | Path, out: str | Path, fmt: str = "auto", request
             reqs.close()
 
 
+# The decompressed bytes of a gzip log counted for the bar before the import reads it: past them the
+# count is scaled by the share of the compressed file read. Counting it all decompressed it once more
+# first (a 1 MB file can hold 1 GiB).
+COUNT_GZIP = 64 * 2**20
+
+
 def _line_count(path: Path) -> int:
-    """How many lines a JSONL log holds, for the progress bar only: 0 (no total) where a gzip file is
-    cut short or damaged, which ``read_objects`` names in one line (as it names a line not UTF-8)."""
+    """How many non-blank lines a JSONL log holds, for the progress bar only (about as many, for a gzip
+    file of more than ``COUNT_GZIP`` bytes): 0 (no total) where a gzip file is cut short or damaged,
+    which ``read_objects`` names in one line (as it names a line not UTF-8 or too long)."""
+    n, text, read = 0, False, 0
     try:
-        with open_lines(path, errors="replace") as f:
-            return sum(1 for line in f if line.strip())
+        with gzip.open(path, "rb") if gzipped(path) else open(path, "rb") as f:
+            while piece := f.readline(1 << 20):  # a piece at a time: a line may be endless
+                text = text or bool(piece.strip())
+                if piece.endswith(b"\n"):
+                    n, text = n + text, False
+                read += len(piece)
+                if read > COUNT_GZIP and isinstance(f, gzip.GzipFile):
+                    return round(n * path.stat().st_size / max(1, f.fileobj.tell()))
     except (OSError, *CUT_GZIP):
         return 0
+    return n + text
 
 
 def _table_rows(path: Path) -> int:
@@ -468,10 +484,11 @@ def _table_rows(path: Path) -> int:
             return pq.ParquetFile(path).metadata.num_rows
         import csv
 
-        limit = csv.field_size_limit(2**31 - 1)  # as read_objects reads it: a cell may be a whole document
+        limit = csv.field_size_limit(MAX_LINE)  # as read_objects reads it: a cell may be a whole document
         try:
             with open_lines(path, newline="") as f:  # gzipped too (in.csv.gz)
-                return max(0, sum(1 for cells in csv.reader(f, delimiter=_delimiter(path)) if any(cells)) - 1)
+                rows = csv.reader(bounded_lines(f, path), delimiter=_delimiter(path))
+                return max(0, sum(1 for cells in rows if any(cells)) - 1)
         finally:
             csv.field_size_limit(limit)
     except Exception:  # noqa: BLE001 - not this function's to name: read_objects says it in one line
