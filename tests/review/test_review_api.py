@@ -75,8 +75,13 @@ def test_cli_serves_the_page_on_localhost(curated):
             except httpx.TransportError:
                 time.sleep(0.2)
         assert page is not None, proc.stderr.read() if proc.poll() is not None else "no answer in 60 s"
-        assert page.status_code == 200 and "potstill review" in page.text
-        assert httpx.get(f"http://127.0.0.1:{port}/api/state").json()["progress"]["total"] == 4
+        assert page.status_code == 401 and "open the address potstill review printed" in page.text
+        said = next(line for line in proc.stderr if line.startswith("review: http://"))
+        url = said.split()[1]  # http://127.0.0.1:PORT/?token=... : the token sets the page's cookie
+        with httpx.Client() as browser:
+            page = browser.get(url)
+            assert page.status_code == 200 and "potstill review" in page.text
+            assert browser.get(f"http://127.0.0.1:{port}/api/state").json()["progress"]["total"] == 4
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -319,3 +324,47 @@ def test_a_taken_port_leaves_no_review_store(curated, monkeypatch, capsys):
         code, err = run_main(monkeypatch, capsys, "review", str(run), "--port", str(port))
     assert code == 2 and err == [f"error: cannot listen on 127.0.0.1:{port}: Address already in use"], err
     assert not (run / "review.sqlite").exists()
+
+
+def test_the_review_server_answers_its_own_address_only_with_its_token(curated):
+    """The review server answered any Host (a page that rebinds its own name to 127.0.0.1 read the
+    sample and stored decisions curate then trains on) and asked no key of anyone on the machine. A
+    request naming another Host gets a 403, one without the token printed with the address a 401;
+    the token given once as ?token= is kept in the page's cookie."""
+    from potstill.review.app import create_app
+    from tests.helpers.live_server import LiveServer
+
+    with LiveServer(create_app(curated.run_dir, sample=9, token="s3cret")) as served:
+        port = served.url.rsplit(":", 1)[1]
+        item = {"id": None, "decision": "accept"}
+        for host in (f"rebind.evil.example:{port}", "evil.example"):
+            for r in (httpx.get(served.url + "/api/state", headers={"Host": host}),
+                      httpx.post(served.url + "/api/decisions", json=item, headers={"Host": host})):
+                assert r.status_code == 403 and r.json()["error"]["code"] == "invalid_host", r.text
+        for sent in ({}, {"params": {"token": "guess"}}, {"cookies": {"potstill_review": "guess"}}):
+            r = httpx.get(served.url + "/api/state", **sent)
+            assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_token", r.text
+        with httpx.Client() as browser:
+            assert browser.get(served.url + "/", params={"token": "s3cret"}).status_code == 200
+            item["id"] = browser.get(served.url + "/api/state").json()["items"][0]["id"]
+            assert browser.post(served.url + "/api/decisions", json=item).status_code == 200
+        assert httpx.get(served.url + "/api/state", headers={"Host": f"localhost:{port}"},
+                         cookies={"potstill_review": "s3cret"}).json()["progress"]["reviewed"] == 1
+
+
+def test_a_large_body_is_refused_before_it_is_read_and_no_id_is_echoed_whole(served):
+    """A 200 MB POST was read whole (the server's memory 66 MB -> 1 GB) and its 404 echoed the 200 MB
+    id back. A body over 1 MB is a 413 now, declared or sent in chunks; an unknown id is cut in the 404."""
+    big = {"id": "x" * (2 << 20), "decision": "accept"}
+    r = httpx.post(served.url + "/api/decisions", json=big)
+    assert r.status_code == 413 and r.json()["error"]["message"] == "request body over 1048576 bytes", r.text[:300]
+
+    def chunks():
+        for _ in range(3):
+            yield b" " * (1 << 20)
+
+    r = httpx.post(served.url + "/api/decisions", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413, r.text[:300]
+    r = httpx.post(served.url + "/api/decisions", json={"id": "y" * 500_000, "decision": "accept"})
+    assert r.status_code == 404 and len(r.text) < 400 and "y" * 100 + "…" in r.json()["error"]["message"]
+    assert httpx.get(served.url + "/api/state").json()["progress"]["reviewed"] == 0

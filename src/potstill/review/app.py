@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from potstill.config import CurateConfig, TaskConfig
 from potstill.errors import PotstillError
 from potstill.records import Record, check_ids, content_text, read_json, read_numbered
+from potstill.review.guard import Guard, allowed_hosts
 from potstill.review.page import PAGE
 from potstill.review.sample import stratified_sample
 from potstill.review.store import DECISIONS, ReviewStore, error_rate
@@ -194,7 +195,10 @@ def load_checks(run_dir: str | Path) -> tuple[Any, CurateConfig]:
     return get_task(TaskConfig(**{k: v for k, v in task.items() if v is not None})), rules
 
 
-def create_app(run_dir: str | Path, sample: int = 60, seed: int = 0) -> FastAPI:
+def create_app(run_dir: str | Path, sample: int = 60, seed: int = 0, host: str = "127.0.0.1",
+               token: str | None = None) -> FastAPI:
+    """The review app of a server bound to ``host``; ``token``: the one every request must carry
+    (``guard``; None: none, for a caller that serves it to itself)."""
     run = Path(run_dir)
     labels, records = load_run(run, sample, seed)
     task, rules = load_checks(run)
@@ -215,6 +219,7 @@ def create_app(run_dir: str | Path, sample: int = 60, seed: int = 0) -> FastAPI:
         store.close()
 
     app = FastAPI(title="potstill review", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.add_middleware(Guard, hosts=allowed_hosts(host), token=token)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -247,7 +252,8 @@ def create_app(run_dir: str | Path, sample: int = 60, seed: int = 0) -> FastAPI:
     def decide(body: Decision) -> Any:
         rec = by_id.get(body.id)
         if rec is None:
-            return _error(404, f"record {body.id!r} is not in this review sample", "id", "record_not_found")
+            shown_id = body.id if len(body.id) <= 100 else body.id[:100] + "…"  # not a megabyte echoed back
+            return _error(404, f"record {shown_id!r} is not in this review sample", "id", "record_not_found")
         if body.decision not in DECISIONS:
             return _error(400, f"decision must be one of {', '.join(DECISIONS)}", "decision", "invalid_decision")
         if body.decision == "relabel" and body.label not in labels:
@@ -290,11 +296,12 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8765, sample
     # Bound first, as serve does: a taken port is one line before review.sqlite is made, which a
     # failed review left behind, and curate then read as a new input and ran again.
     sock = listen.bind(host, port)
+    token = secrets.token_urlsafe(24)
     try:
-        app = create_app(run_dir, sample, seed)
+        app = create_app(run_dir, sample, seed, host, token)
     except BaseException:
         sock.close()
         raise
-    say(f"review: http://{host}:{listen.url_port(sock)}/  (a accept, r reject, 1-9 relabel, l any label, e edit, arrows move; Ctrl+C to "
+    say(f"review: http://{host}:{listen.url_port(sock)}/?token={token}  (a accept, r reject, 1-9 relabel, l any label, e edit, arrows move; Ctrl+C to "
         "stop, then `potstill curate` applies the decisions)")
     listen.run(app, sock)
