@@ -292,6 +292,11 @@ def test_the_report_gives_the_break_even_on_both_cost_bases(evaluated):
     assert "$0.50" in table and "$2.00" in table and "1.05" in table and "1.25" in table, table
 
 
+def _cell_text(row: str) -> str:
+    """A row's first cell, a slice's name, without the <bdi> that isolates it."""
+    return row.split("</td>", 1)[0].removeprefix("<bdi>").removesuffix("</bdi>")
+
+
 def test_compare_shows_the_slices_only_a_challenger_has(evaluated, tmp_path, monkeypatch, capsys):
     """`potstill report RUN --compare OTHER` listed the champion's slices only: a challenger evaluated on a
     test split with other tags (a new source, say) lost its own slices from the table without a word."""
@@ -312,7 +317,7 @@ def test_compare_shows_the_slices_only_a_challenger_has(evaluated, tmp_path, mon
         main()
     assert e.value.code == 0, capsys.readouterr().err
     table = (tmp_path / "cmp.html").read_text().split("<section id='compare'>", 1)[1].split("</table>", 2)[1]
-    rows = {r.split("</td>", 1)[0]: r for r in table.split("<tr><td class='l'>")[1:]}
+    rows = {_cell_text(r): r for r in table.split("<tr><td class='l'>")[1:]}
     assert "tag:only-in-other" in rows and "tag:short-form" in rows, list(rows)
     # Each run's own cell: the champion has no such slice ("-"), the challenger's verdict shows.
     cells = rows["tag:only-in-other"].split("<td")
@@ -433,8 +438,25 @@ def test_compare_shows_the_interval_each_verdict_was_judged_on(evaluated):
               {**ev["slices"][0], "slice": "a", "agreement": agreement, "judged_on": "agreement", "verdict": "inconclusive"}]
     ev = {**ev, "slices": slices}
     table = render(ev, [("run2", ev)]).split("<section id='compare'>", 1)[1].split("</table>", 2)[1]
-    rows = {r.split("</td>", 1)[0]: r for r in table.split("<tr><td class='l'>")[1:]}
+    rows = {_cell_text(r): r for r in table.split("<tr><td class='l'>")[1:]}
     assert "gold ratio 100.0% <span class='small'>[96.8%, 103.2%]</span> <b>pass</b>" in rows["g"], rows["g"]
     assert "judge score 0.50 <span class='small'>[0.46, 0.54]</span> <b>pass</b>" in rows["j"], rows["j"]
     assert "agreement 64.3% <span class='small'>[35.7%, 92.9%]</span> <b>inconclusive</b>" in rows["a"], rows["a"]
     assert "35.7%" not in rows["g"] + rows["j"]
+
+
+def test_a_right_to_left_override_in_a_name_stays_inside_it(evaluated):
+    """A slice named 'x\\u202eevil' reversed what followed it on report.html: the verdict box read
+    'tag:ok, tag:x.live' and the slice plot's label 'tag:x(4=n) live', a count the slice does not
+    hold. Every name the user gave is isolated now: <bdi> in the page, U+2068 ... U+2069 in the SVG."""
+    from potstill.evaluate.html import render
+
+    ev = json.loads((evaluated / "run" / "eval.json").read_text())
+    evil = "tag:x\u202eevil"
+    row = {**ev["slices"][1], "slice": evil}
+    v = {**ev["verdict"], "fail_slices": [evil, "tag:ok"]}
+    page = render({**ev, "slices": [ev["slices"][0], row, *ev["slices"][2:]], "verdict": v})
+    assert f"<bdi>{evil}</bdi>, <bdi>tag:ok</bdi>." in page  # the verdict's list
+    assert f"<td class='l'><bdi>{evil}</bdi></td>" in page  # the per-slice table
+    assert f'text-anchor="end">\u2068{evil}\u2069 (n={row["n"]})</text>' in page  # the plot's label
+    assert page.count("\u202e") == page.count(f"\u2068{evil}\u2069") + page.count(f"<bdi>{evil}</bdi>")

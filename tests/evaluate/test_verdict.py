@@ -266,7 +266,7 @@ def test_200_labels_are_named_up_to_12_in_the_verdict_and_20_in_the_confusion_ma
     head = page[page.index("<tr>"):page.index("</tr>")]
     assert head.count("<th>") == 21 and ">l199<" in head and ">l180<" in head and ">l179<" not in head
     # (others) x (others): every answer of the 180 other labels, l000's wrong one among them (l001 is another)
-    others = page[page.rindex("<tr><th class='l'>(others)</th>"):]
+    others = page[page.rindex("<tr><th class='l'><bdi>(others)</bdi></th>"):]
     assert f">{sum(1 + i // 10 for i in range(180))}</td>" in others
 
 

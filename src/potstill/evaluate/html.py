@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from potstill.errors import PotstillError
 from potstill.records import write_text
 from potstill.evaluate import MIN_P95_SAMPLES, MOST_NAMED, cost_words, largest, months_text
-from potstill.evaluate.plots import BLUE, GREEN, GREY, RED, interval_plot, line_plot, reliability_plot
+from potstill.evaluate.plots import BLUE, GREEN, GREY, RED, interval_plot, isolated, line_plot, reliability_plot
 
 AMBER = "#ca8a04"  # inconclusive: the interval straddles the bar
 
@@ -47,6 +47,12 @@ def _num(x: Any, digits: int = 3) -> str:
     if isinstance(x, float):
         return f"{x:.{digits}f}" if abs(x) < 1e4 else f"{x:,.0f}"
     return escape(str(x))
+
+
+def _name(x: Any) -> str:
+    """A name the user gave (a slice, a label, a model, a record id), escaped and isolated (``<bdi>``):
+    its right-to-left override reversed the text after it ('tag:x\u202eevil, ...' read 'tag:x.live')."""
+    return f"<bdi>{escape(str(x))}</bdi>"
 
 
 def _usd(x: Any) -> str:
@@ -123,7 +129,7 @@ def _verdict(ev: dict) -> str:
 def _listed(names: list[str], sizes: dict[str, int]) -> str:
     """A verdict list's names, at most MOST_NAMED of them (the largest slices), the rest counted."""
     kept, rest = largest(names, sizes)
-    return escape(", ".join(kept) or "none") + (f" and {rest} more (the {MOST_NAMED} largest named; the per-slice "
+    return (", ".join(map(_name, kept)) or "none") + (f" and {rest} more (the {MOST_NAMED} largest named; the per-slice "
                                                  "table lists every one)" if rest else "")
 
 
@@ -137,7 +143,7 @@ def _models(ev: dict) -> str:
         lat = m.get("latency_batch1", {})
         src = ev["sources"]["teacher"] if name == "teacher" else ev["sources"]["student"]
         chrf = [_num(m.get("chrf_with_teacher"))] if text else []
-        rows.append([escape(name), escape(str(m.get("model") or "-")), _pct(m.get("gold_metric")),
+        rows.append([escape(name), _name(m.get("model") or "-"), _pct(m.get("gold_metric")),
                      _ci(ci) if ci else _pct(m.get("agreement_with_teacher")), *chrf, _secs(lat.get("p50_s")),
                      _usd(m.get("cost_per_1k_calls_usd")), f"<span class='small'>{escape(src)}</span>"])
     return ("<section id='models'><h2>Untrained student, teacher, trained student</h2>"
@@ -164,7 +170,7 @@ def _cut(ev: dict) -> str:
 def _slices(ev: dict) -> str:
     colour = {"pass": GREEN, "fail": RED, "inconclusive": AMBER, "too small": GREY}
     bar = ev["quality_bar"]["min_agreement"]
-    agr = interval_plot([{"label": f"{r['slice']} (n={r['n']})", "value": r["agreement"]["value"],
+    agr = interval_plot([{"label": f"{isolated(r['slice'])} (n={r['n']})", "value": r["agreement"]["value"],
                           "lo": r["agreement"]["lo"], "hi": r["agreement"]["hi"], "color": colour.get(r["verdict"], GREY) if r.get("judged_on", "agreement") == "agreement" else BLUE,
                           "ghost": (r.get("untrained_agreement") or {}).get("value")} for r in ev["slices"]
                          if r["agreement"]["value"] is not None],  # a field neither model writes: n/a, no point
@@ -178,13 +184,13 @@ def _slices(ev: dict) -> str:
         lo = min([0.5] + [r["gold"]["relative"]["lo"] for r in gold_rows])
         hi = max([1.5] + [r["gold"]["relative"]["hi"] for r in gold_rows if r["gold"]["relative"]["hi"] is not None])
         # No upper bound: the whisker runs to the plot's right edge.
-        gap = interval_plot([{"label": f"{r['slice']} (n={r['gold']['n']})", "value": r["gold"]["relative"]["value"],
+        gap = interval_plot([{"label": f"{isolated(r['slice'])} (n={r['gold']['n']})", "value": r["gold"]["relative"]["value"],
                               "lo": r["gold"]["relative"]["lo"], "hi": hi if r["gold"]["relative"]["hi"] is None else r["gold"]["relative"]["hi"],
                               "color": colour.get(r["verdict"], GREY) if r.get("judged_on") == "gold" else BLUE}
                              for r in gold_rows],
                             lo, hi, ref=rel_bar, ref_label="" if rel_bar is None else f"bar {rel_bar:.0%}",
                             xlabel="trained student's gold metric / the teacher's (paired 95% CI)")
-    rows = [[escape(r["slice"]), str(r["n"]), _ci(r["agreement"]), _ci(r.get("untrained_agreement")),
+    rows = [[_name(r["slice"]), str(r["n"]), _ci(r["agreement"]), _ci(r.get("untrained_agreement")),
              _pct(r["gold"]["student"]) if r.get("gold") else "-", _pct(r["gold"]["teacher"]) if r.get("gold") else "-",
              _ci_pt(r["gold"]["gap"]) if r.get("gold") else "-",
              _ci((r.get("gold") or {}).get("relative")) if isinstance((r.get("gold") or {}).get("relative"), dict) else "-",
@@ -228,10 +234,10 @@ def _confusion(ev: dict) -> str:
                 f"{escape(ev['task'])}, not classification.</p></section>")
     cm, shown = _top_labels(cm)
     peak = max((c for row in cm["counts"] for c in row), default=1) or 1
-    head = "<tr><th class='l'>teacher \\ student</th>" + "".join(f"<th>{escape(c)}</th>" for c in cm["cols"]) + "</tr>"
+    head = "<tr><th class='l'>teacher \\ student</th>" + "".join(f"<th>{_name(c)}</th>" for c in cm["cols"]) + "</tr>"
     body = ""
     for label, row in zip(cm["rows"], cm["counts"]):
-        body += f"<tr><th class='l'>{escape(label)}</th>" + "".join(
+        body += f"<tr><th class='l'>{_name(label)}</th>" + "".join(
             f"<td style='background:rgba(37,99,235,{0.85 * c / peak:.2f});color:{'white' if c / peak > 0.5 else 'inherit'}'>"
             f"{c}</td>" for c in row) + "</tr>"
     return (f"<section id='confusion'><h2>Confusion matrix</h2><div class='scroll'><table>{head}{body}</table></div>"
@@ -390,9 +396,9 @@ def _worst(ev: dict) -> str:
     def show(x: Any) -> str:
         return escape(x if isinstance(x, str) else json.dumps(x, ensure_ascii=False))
 
-    rows = [[escape(w["id"]), f"<div class='mono'>{escape(w['input'])}</div>", f"<div class='mono'>{show(w['teacher'])}</div>",
+    rows = [[_name(w["id"]), f"<div class='mono'>{escape(w['input'])}</div>", f"<div class='mono'>{show(w['teacher'])}</div>",
              f"<div class='mono'>{show(w['student'])}</div>", show(w["gold"]) if w["gold"] is not None else "-",
-             _pct(w["confidence"]), escape(", ".join(w["slices"]))] for w in ev["worst_cases"]]
+             _pct(w["confidence"]), ", ".join(map(_name, w["slices"]))] for w in ev["worst_cases"]]
     # No row is full agreement only when the whole split's mean agreement is 1; report.worst_cases: 0
     # lists none whatever the student did.
     everywhere = (ev["slices"][0].get("agreement") or {}).get("value") == 1.0 if ev.get("slices") else False
@@ -412,7 +418,7 @@ def _compare(ev: dict, others: Sequence[tuple[str, dict]]) -> str:
     for name, e in runs:
         s = e["models"]["student"]
         be = e["break_even"]
-        rows.append([escape(name), escape(str(s.get("model"))), _pct(s.get("gold_metric")), _ci(e["agreement_ci"].get("student")),
+        rows.append([_name(name), _name(s.get("model")), _pct(s.get("gold_metric")), _ci(e["agreement_ci"].get("student")),
                      _secs(s["latency_batch1"].get("p50_s")), *_on_both_bases(s, be),
                      _decision(e["verdict"]), escape(e.get("created_at", "-"))])
     # Every run's slices, the champion's first: a challenger tested on other tags keeps its own rows.
@@ -423,7 +429,7 @@ def _compare(ev: dict, others: Sequence[tuple[str, dict]]) -> str:
         for _, e in runs:
             r = next((x for x in e["slices"] if x["slice"] == sl), None)
             cells.append(_decided_on(r) + f" <b>{escape(r['verdict'])}</b>" if r else "-")
-        slice_rows.append([escape(sl), *cells])
+        slice_rows.append([_name(sl), *cells])
     warn = "".join(f"<p><b>Warning:</b> {escape(n)} was evaluated on a different test split; its numbers are not paired "
                    "with the champion's.</p>" for n, o in others if o.get("test_hash") != ev.get("test_hash"))
     return ("<section id='compare'><h2>Champion vs challenger</h2>" + warn
@@ -459,14 +465,14 @@ def _judge(ev: dict) -> str:
     j = ev.get("judge")
     if not j:
         return ""
-    rows = [[escape(r["slice"]), str(r["judged"]), _ci(r["win"]), _ci(r["tie"]), _ci(r["loss"]), _ci(r["inconsistent"]),
+    rows = [[_name(r["slice"]), str(r["judged"]), _ci(r["win"]), _ci(r["tie"]), _ci(r["loss"]), _ci(r["inconsistent"]),
              str(r["bad"]), _num((r.get("score") or {}).get("value"))] for r in j["slices"]]
     # Where the judge decided a slice (free text without gold), its score against the bar, coloured by verdict.
     colour = {"pass": GREEN, "fail": RED, "inconclusive": AMBER, "too small": GREY}
     # A slice the judge judged none of (n 0: too small) has no point to plot.
     decided = [r for r in ev["slices"] if r.get("judged_on") == "judge" and (r.get("judge_score") or {}).get("n")]
     bar = ev["quality_bar"].get("min_judge_score")
-    plot = interval_plot([{"label": f"{r['slice']} (n={r['judge_score']['n']})", "value": r["judge_score"]["value"],
+    plot = interval_plot([{"label": f"{isolated(r['slice'])} (n={r['judge_score']['n']})", "value": r["judge_score"]["value"],
                            "lo": r["judge_score"]["lo"], "hi": r["judge_score"]["hi"],
                            "color": colour.get(r["verdict"], GREY)} for r in decided],
                          0.0, 1.0, ref=bar, ref_label=f"bar {bar:.2f}",
@@ -474,7 +480,7 @@ def _judge(ev: dict) -> str:
         if decided and bar is not None else ""
     agr = j["agreement_with_metric"]
     means = ", ".join(f"{k} {_num(v)}" for k, v in agr["metric_mean_by_verdict"].items())
-    text = (f"<p>Judge {escape(str(j['model']))} compared the trained student with the teacher on {j['n']} test inputs, "
+    text = (f"<p>Judge {_name(j['model'])} compared the trained student with the teacher on {j['n']} test inputs, "
             f"asked in both orders, at {cost_words(j['cost'], _usd)}. It named position A "
             f"in {_pct(j['first_position_rate'])} of its readable answers (a fair judge: about 50%); "
             f"{j['counts']['inconsistent']} inputs got opposite verdicts in the two orders (inconsistent), "

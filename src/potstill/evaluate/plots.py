@@ -15,6 +15,13 @@ def _svg(width: float, height: float) -> str:
             'role="img" font-family="sans-serif" font-size="12">')
 
 
+def isolated(name: str) -> str:
+    """A name given by the user (a slice, a label, a model) as a run of text of its own, between
+    U+2068 FSI and U+2069 PDI, for SVG's ``<text>``, which has no ``<bdi>``: a right-to-left override
+    in it (U+202E) stops at its end, not reversing the '(n=4)' drawn after it into '(4=n)'."""
+    return f"\u2068{name}\u2069"
+
+
 def _short(label: str, most: int = 40) -> str:
     """A row label that fits left of the plot: cut in the middle, so that its end ("(n=45)") stays whole.
     Cut before escaping: an escaped '&' is five characters, and a cut could split it."""
