@@ -300,6 +300,7 @@ def stream_labels(records: Sequence[Record], task: Task, teacher: Teacher, ledge
     ledger.finish_run(run_id, "budget" if stats.budget_stopped else "errors" if stats.errors else "done", stats.retries)
     short: list[int] = []  # sample counts of answers with fewer than n
     answered = 0
+    unlabelled = 0  # answers whose log-probs give no soft label (OpenAITeacher.soft_label)
     release = not copy and isinstance(records, MutableSequence)
     for start, window in _windows(records):
         hs = hashes[start : start + len(window)]
@@ -321,6 +322,7 @@ def stream_labels(records: Sequence[Record], task: Task, teacher: Teacher, ledge
             else:
                 _attach(rec, ans, task, teacher)
                 answered += 1
+                unlabelled += bool(task.labels and rec.logprobs and rec.valid and rec.label_probs is None)
                 got = len(ans.get("samples") or [ans.get("output")])
                 if got < gcfg.n:
                     short.append(got)
@@ -346,6 +348,10 @@ def stream_labels(records: Sequence[Record], task: Task, teacher: Teacher, ledge
         say(f"[yellow]{stage}: generate.n {gcfg.n}: the teacher answered {got} for {len(short)} of "
             f"{answered} inputs (a server that ignores n?); their outputs are not "
             "majority votes and curate.min_agreement does not filter them[/yellow]")
+    if unlabelled:
+        say(f"[yellow]{stage}: {unlabelled} of {answered} answers carry no label_probs: their tokens' top "
+            "log-probs give the label answered no probability (a server that writes part of a character as "
+            "U+FFFD, without its bytes?); they train on their answer alone[/yellow]")
     stats.seconds = time.perf_counter() - t0
     return stats
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from potstill.errors import PotstillError
 from potstill.teachers.api import ApiTeacher
-from potstill.teachers.base import Delta, OnDelta, Response, join_fragment
+from potstill.teachers.base import Delta, OnDelta, Response, join_fragment, token_bytes
 
 
 REASONING = re.compile(r"^(ft:)?(o\d|gpt-5(?!-chat))")
@@ -64,20 +64,61 @@ def key_problem(key: str) -> str | None:
     return None
 
 
-def label_probs_from_top_logprobs(top: list[dict[str, Any]], labels: list[str]) -> dict[str, float] | None:
-    """The teacher's distribution over labels from its first token's top-k alternatives.
+def label_probs_from_logprobs(logprobs: list[dict[str, Any]], labels: list[str],
+                              answer: str | None = None) -> dict[str, float] | None:
+    """The teacher's distribution over labels from the top-k alternatives of its answer's tokens.
 
-    A token counts for a label when the label starts with it (``"sp"`` -> ``sports``); a token
-    that prefixes several labels is shared among them evenly. Renormalised over the labels seen.
+    A token counts for a label when the label starts with it (``"sp"`` -> ``sports``), compared as
+    UTF-8 bytes (``teachers.base.token_bytes``): a byte-level tokenizer (cl100k, Llama 3, Qwen) writes
+    the start of 否, of a Devanagari letter or of an emoji as a token holding only part of the
+    character (OpenAI spells it ``bytes:\\xe5\\x90``, its ``bytes`` field holds ``e5 90``), and that
+    token counts for the labels whose bytes begin so. A token whose bytes are unknown (vLLM and
+    Ollama write part of a character as U+FFFD, losing them) counts for no label. A token that
+    prefixes several labels (the first two bytes of 否, shared by 否定的 and 否認) does not decide
+    between them: where it is the token the teacher wrote, its probability is shared as the next
+    token's alternatives share it (looked at as far as the answer goes), otherwise evenly.
+    Renormalised over the labels seen. None where no alternative names a label, or where ``answer``
+    (the label the teacher answered) would get 0: a soft label contradicting the answer, which
+    partial tokens the server wrote without their bytes make, would train away from it.
     """
+    if not logprobs:
+        return None
+    probs = _label_dist(logprobs, 0, b"", labels)
+    if probs is None or (answer in labels and not probs.get(answer)):
+        return None
+    return {lab: probs.get(lab, 0.0) for lab in labels}
+
+
+def _fold(raw: bytes) -> bytes:
+    """``raw`` as labels are matched: spaces at either end off, its whole characters case-folded and
+    a part of a character at its end (a token split inside one) kept as bytes."""
+    raw = raw.strip()  # ASCII spaces: no byte of a multi-byte character is one
+    try:
+        return raw.decode("utf-8").casefold().encode("utf-8")
+    except UnicodeDecodeError as e:
+        return raw[: e.start].decode("utf-8").casefold().encode("utf-8") + raw[e.start :]
+
+
+def _label_dist(entries: list[dict[str, Any]], i: int, before: bytes, labels: list[str]) -> dict[str, float] | None:
+    """The distribution over ``labels`` at token ``i``, the answer's bytes before it being ``before``."""
     mass = dict.fromkeys(labels, 0.0)
-    for alt in top:
-        t = str(alt.get("token", "")).strip().lower()
-        if not t:
+    written = token_bytes(entries[i])
+    alts = entries[i].get("top") or []
+    if all(token_bytes(a) != written for a in alts):
+        alts = [*alts, entries[i]]  # the token the teacher wrote, outside its own top-k (sampled)
+    for alt in alts:
+        raw = token_bytes(alt)
+        if "\ufffd".encode() in raw:  # bytes the server did not send
             continue
-        hits = [lab for lab in labels if lab.lower().startswith(t)]
+        key = _fold(before + raw)
+        hits = [lab for lab in labels if _fold(lab.encode("utf-8")).startswith(key)]  # all, for spaces alone
+        after = (_label_dist(entries, i + 1, before + raw, hits)
+                 if len(hits) > 1 and raw == written and i + 1 < len(entries) else None)
+        if not hits or not key and after is None:  # spaces alone name a label only by what follows them
+            continue
+        p = math.exp(float(alt["logprob"]))
         for lab in hits:
-            mass[lab] += math.exp(float(alt["logprob"])) / len(hits)
+            mass[lab] += p * after.get(lab, 0.0) if after else p / len(hits)
     total = sum(mass.values())
     return {k: v / total for k, v in mass.items()} if total > 0 else None
 
@@ -144,8 +185,14 @@ class OpenAITeacher(ApiTeacher):
         # again from the stored top-k, never kept with the old label names.
         logprobs = answer.get("logprobs")
         if self.task.labels and logprobs:
-            return label_probs_from_top_logprobs(logprobs[0]["top"], self.task.labels)
+            return self.soft_label(logprobs, answer.get("output"))
         return answer.get("label_probs")
+
+    def soft_label(self, logprobs: list[dict[str, Any]] | None, output: str | None) -> dict[str, float] | None:
+        """The soft label of an answer from its kept log-probs (``label_probs_from_logprobs``)."""
+        if not (self.task.labels and logprobs):
+            return None
+        return label_probs_from_logprobs(logprobs, self.task.labels, self.task.parse(output or ""))
 
     def http_module(self) -> Any:
         # Recent openai releases build on httpx2 (their default client); a plain httpx client
@@ -177,11 +224,8 @@ class OpenAITeacher(ApiTeacher):
                             cost_usd=self.token_cost(n_in, n_out, cached))
         choice = choices[0]
         logprobs = None
-        label_probs = None
         if choice.logprobs is not None and choice.logprobs.content:
             logprobs = compact_logprobs(choice.logprobs.content)
-            if self.task.labels:
-                label_probs = label_probs_from_top_logprobs(logprobs[0]["top"], self.task.labels)
         per_sample = None
         # Any choice's, not choice 0's alone: a refused or empty choice 0 beside answered ones would
         # drop the logprobs of the sample that wins the vote (consistency.sample_logprobs reads these).
@@ -200,7 +244,8 @@ class OpenAITeacher(ApiTeacher):
                             latency_s=latency, cost_usd=cost, error=f"refusal: {refusals[0]}"[:500],
                             error_code="refusal")
         return Response(
-            output=choice.message.content or "", label_probs=label_probs, logprobs=logprobs,
+            output=choice.message.content or "", label_probs=self.soft_label(logprobs, choice.message.content),
+            logprobs=logprobs,
             samples=[c.message.content or "" for c in choices] if len(choices) > 1 else None,
             sample_logprobs=per_sample,
             input_tokens=n_in, output_tokens=n_out, cached_input_tokens=cached, latency_s=latency,
@@ -286,10 +331,8 @@ class OpenAITeacher(ApiTeacher):
             return Response(output=None, error=f"ConnectionError: {cut}", **paid)
         tool_calls = [{"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
                       for _, c in sorted(calls.items())] or None
-        label_probs = (label_probs_from_top_logprobs(logprobs[0]["top"], self.task.labels)
-                       if logprobs and self.task.labels else None)
-        return Response(output=output, logprobs=logprobs or None, label_probs=label_probs, tool_calls=tool_calls,
-                        stop_reason=finish, **paid)
+        return Response(output=output, logprobs=logprobs or None, label_probs=self.soft_label(logprobs, output),
+                        tool_calls=tool_calls, stop_reason=finish, **paid)
 
 
 def usage_tokens(usage: Any) -> tuple[int, int, int]:
