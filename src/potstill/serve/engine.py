@@ -280,7 +280,13 @@ class ServedStudent:
         tok = self.engine.tokenizer
 
         def upto(k: int) -> str:
-            return tok.decode(ids[:k], skip_special_tokens=True)
+            cut = tok.decode(ids[:k], skip_special_tokens=True)
+            # Cut inside a character (byte-level BPE writes 約 as two or three tokens), its first bytes
+            # decode as U+FFFD: left out, as vLLM's detokenizer holds back a character not yet whole
+            # and OpenAI never sends one. A U+FFFD the whole answer has there is the student's own.
+            while cut.endswith("\ufffd") and text[len(cut) - 1 : len(cut)] != "\ufffd":
+                cut = cut[:-1]
+            return cut
 
         at = first_stop(text, stop)
         if at >= 0:
