@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, ConfigDict, Field
 
+from potstill.models.utf8_tail import split
 from potstill.serve.schemas import GeneratedRequest, StreamOptions
 from potstill.serve.streaming import LiveText, OnAnswer, OnFailure, Piece, failure_body, first_piece, relay
 
@@ -82,13 +83,18 @@ class Completion(BaseModel):
 def legacy_logprobs(content: Sequence[dict[str, Any]] | None, at: int = 0) -> dict[str, Any] | None:
     """Chat's ``logprobs.content`` (token, logprob, top_logprobs) in the legacy completions form:
     ``tokens``, ``token_logprobs``, ``top_logprobs`` (a token -> log-prob map per position) and
-    ``text_offset`` (each token's character offset in the text, the first at ``at``)."""
+    ``text_offset`` (each token's character offset in the text, the first at ``at``): counted in the
+    characters its ``bytes`` finish, so a token holding part of a character (``bytes:\\xe8\\xa6``, a
+    token of 14 characters) stands where that character does."""
     if content is None:
         return None
     offsets = []
+    tail = b""  # the bytes of a character the tokens so far leave unfinished
     for t in content:
         offsets.append(at)
-        at += len(t["token"])
+        whole = split(tail + bytes(t["bytes"])) if t.get("bytes") is not None else None
+        text, tail = whole if whole is not None else (t["token"], b"")
+        at += len(text)
     return {"tokens": [t["token"] for t in content], "token_logprobs": [t["logprob"] for t in content],
             "top_logprobs": [{a["token"]: a["logprob"] for a in t.get("top_logprobs", [])} for t in content],
             "text_offset": offsets}

@@ -29,9 +29,18 @@ from potstill.models.generation import token_logprobs
 from potstill.models.loading import LM
 from potstill.models.prompting import encode_prompt, hand_over, label_token_ids
 from potstill.models.scoring import label_margin
+from potstill.models.utf8_tail import added_ids, byte_level, piece_bytes, split
 from potstill.progress import bar
 from potstill.students import student_format
 from potstill.tasks import Task
+
+
+def _utf8(raw: bytes | None) -> str | None:
+    """``raw`` as text where it is whole UTF-8 characters, else None."""
+    try:
+        return raw.decode("utf-8") if raw is not None else None
+    except UnicodeDecodeError:
+        return None
 
 
 def first_stop(text: str, stop: Sequence[str]) -> int:
@@ -76,6 +85,8 @@ class ServedStudent:
         self.context = context_length(engine)
         prefix = self.fmt.prefix()  # a completion format's instruction and shots (a chat format has none)
         self._prefix_tokens = len(encode_prompt(engine.tokenizer, self.fmt, prefix, first=True)) if prefix else 0
+        # Whether the tokenizer's pieces spell bytes, and its added tokens: a served token's bytes (logprobs).
+        self._byte_pieces = byte_level(engine.tokenizer), added_ids(engine.tokenizer)
         # One model call at a time: the batcher's thread answers, a request's log-probs run beside it.
         self._lock = threading.RLock()
 
@@ -210,18 +221,32 @@ class ServedStudent:
         with self._lock:
             scored = self._token_scorer()(prompt, ids, top)
 
-        def piece(before: list[int], t: int) -> str:
+        level, added = self._byte_pieces
+
+        def entry(before: list[int], t: int, lp: float, inside: bool) -> dict[str, Any]:
+            # A token holding part of a character (byte-level BPE and byte fallback write 要 as two or
+            # three) decodes as U+FFFD or nothing: it keeps its own bytes, which joined rebuild the
+            # text, and its token reads as OpenAI writes one ("bytes:\xe8\xa6"). ``inside``: the
+            # tokens before it end part-way through a character, which this one goes on with.
+            raw = piece_bytes(tok, t, level, added)
+            text = _utf8(raw)
+            if raw is not None and (inside or text is None):
+                text = text if text is not None else "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+                return {"token": text, "logprob": lp, "bytes": list(raw)}
             # A token's text as it reads after the one before it (a leading space a lone decode drops);
             # an end token among the alternatives shows as itself ("<|im_end|>"), as OpenAI's do.
-            return tok.decode(before + [t])[len(tok.decode(before)):]
-
-        def entry(text: str, lp: float) -> dict[str, Any]:
+            text = tok.decode(before + [t])[len(tok.decode(before)):]
             return {"token": text, "logprob": lp, "bytes": list(text.encode("utf-8"))}
 
         out = []
+        tail = b""  # the bytes of a character the tokens so far leave unfinished
         for j, (t, (lp, best)) in enumerate(zip(ids, scored)):
-            before = ids[j - 1 : j]
-            out.append({**entry(piece(before, t), lp), "top_logprobs": [entry(piece(before, b), v) for b, v in best]})
+            before, inside = ids[j - 1 : j], bool(tail)
+            out.append({**entry(before, t, lp, inside),
+                        "top_logprobs": [entry(before, b, v, inside) for b, v in best]})
+            raw = piece_bytes(tok, t, level, added)
+            rest = split(tail + raw) if raw is not None else None
+            tail = rest[1] if rest else b""
         return out
 
     @torch.inference_mode()
