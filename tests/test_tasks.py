@@ -204,6 +204,34 @@ def test_answers_compare_in_composed_unicode_and_keep_the_text_as_written():
     assert f.parse(nfd("café")) == nfd("café") and chrf(nfd("café ouvert"), "café ouvert") == 1.0
 
 
+def test_the_json_schema_check_compares_composed_unicode():
+    """The README says JSON strings compare composed (NFC), but the schema check ran on the answer as
+    written: an NFD "été" was 'not one of ['Straße', 'été']' and an NFD key "Café" left the required
+    "Café" missing, so curate set them aside showing two strings that look the same. Both sides are
+    composed now: the answer, and a schema written in NFD (an enum typed on a Mac); a tool's
+    arguments are checked against its parameters the same way."""
+    import unicodedata
+
+    nfd = lambda s: unicodedata.normalize("NFD", s)  # noqa: E731
+    schema = {"type": "object", "properties": {"名前": {"type": "string"}, "Café": {"enum": ["Straße", "été"]},
+                                               "pays": {"const": "Réunion"}},
+              "required": ["名前", "Café"], "additionalProperties": False}
+    answers = ['{"名前": "山田", "Café": "été", "pays": "Réunion"}',
+               json.dumps({"名前": "山田", "Café": nfd("été"), "pays": nfd("Réunion")}, ensure_ascii=False),
+               json.dumps({"名前": "山田", nfd("Café"): "été"}, ensure_ascii=False)]
+    for written in (schema, json.loads(nfd(json.dumps(schema, ensure_ascii=False)))):
+        e = get_task(TaskConfig(type="extraction", json_schema=written))
+        for a in answers:
+            assert e.validate(e.parse(a)) is None, (a, e.validate(e.parse(a)))
+        assert e.validate(e.parse('{"名前": "山田", "Café": "ete"}')).startswith("schema violation at Café")
+    params = {"type": "object", "properties": {"ville": {"enum": ["Orléans", "Nîmes"]}}, "required": ["ville"],
+              "additionalProperties": False}
+    t = get_task(TaskConfig(type="tools", tools=[{"type": "function", "function": {"name": "meteo",
+                                                                                 "parameters": params}}]))
+    call = json.dumps({"name": "meteo", "arguments": {nfd("ville"): nfd("Orléans")}}, ensure_ascii=False)
+    assert t.validate(t.parse(call)) is None
+
+
 def test_gold_outside_labels_holding_a_comma_names_the_label_set_unambiguously(tmp_path):
     """``(billing issue, crash, bug, other)`` read as four labels; each is quoted."""
     from potstill.records import Record

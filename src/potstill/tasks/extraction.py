@@ -43,6 +43,18 @@ def _json_number(x: Any) -> Any:
     return x
 
 
+def composed(x: Any) -> Any:
+    """A parsed JSON value (an answer, a schema) with every string and object key composed (``nfc``),
+    recursively: what the schema check compares, as ``json_text`` compares answers."""
+    if isinstance(x, str):
+        return nfc(x)
+    if isinstance(x, dict):
+        return {composed(k): composed(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [composed(v) for v in x]
+    return x
+
+
 def json_text(x: Any) -> str:
     """Canonical JSON text of a parsed value, equal for equal JSON values: keys sorted, 2.0 written as 2
     (one JSON number), strings composed ("café" in NFC or NFD is one string), and true never equal to 1
@@ -107,7 +119,9 @@ class ExtractionTask(Task):
             cls.check_schema(cfg.json_schema)
         except jsonschema.SchemaError as e:
             raise PotstillError(f"task.json_schema is not a valid JSON Schema: {e.message}") from None
-        self.validator = validator(cfg.json_schema)
+        # Composed, as the answer it checks: "Café" typed with a combining accent is the schema's "Café",
+        # in a key, an enum, a const or a name ``required`` lists.
+        self.validator = validator(composed(cfg.json_schema))
 
     def target(self, record) -> str:
         """The teacher's JSON, compact; keys in the teacher's order unless task.json_key_order says
@@ -124,7 +138,7 @@ class ExtractionTask(Task):
     def validate(self, parsed: Any) -> str | None:
         if isinstance(parsed, _Invalid):
             return parsed.reason
-        err = jsonschema.exceptions.best_match(self.validator.iter_errors(parsed))
+        err = jsonschema.exceptions.best_match(self.validator.iter_errors(composed(parsed)))
         if err is None:
             return None
         path = "/".join(str(p) for p in err.absolute_path) or "(root)"

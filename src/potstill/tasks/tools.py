@@ -18,7 +18,8 @@ import jsonschema
 from potstill.config import TaskConfig
 from potstill.models.json_schema_parts import validator
 from potstill.tasks.base import folded
-from potstill.tasks.extraction import ExtractionTask, _Invalid, field_agreement, json_same, json_text, parse_json
+from potstill.tasks.extraction import (ExtractionTask, _Invalid, composed, field_agreement, json_same, json_text,
+                                       parse_json)
 from potstill.tool_calls import call_text, text_of
 
 
@@ -47,7 +48,7 @@ class ToolsTask(ExtractionTask):
     def __init__(self, cfg: TaskConfig):
         super().__init__(cfg)
         # Each function's parameters (any object where it declares none), for ``validate``'s reasons.
-        self.params = {t["function"]["name"]: validator(t["function"].get("parameters") or {"type": "object"})
+        self.params = {t["function"]["name"]: validator(composed(t["function"].get("parameters") or {"type": "object"}))
                        for t in cfg.tools or []}
 
     def answer_output(self, answer: dict[str, Any]) -> str | None:
@@ -119,7 +120,7 @@ class ToolsTask(ExtractionTask):
             return f"arguments not JSON: {name}'s arguments are not a JSON object: {_clip(args)}"
         if not isinstance(args, dict):
             return None
-        errors = list(self.params[name].iter_errors(args))
+        errors = list(self.params[name].iter_errors(composed(args)))
         for kind in ("additionalProperties", "required"):  # an extra property first: a name it made up
             for e in errors:
                 if e.validator != kind or not isinstance(e.instance, dict):
