@@ -232,6 +232,26 @@ def test_the_json_schema_check_compares_composed_unicode():
     assert t.validate(t.parse(call)) is None
 
 
+def test_labels_match_case_folded_width_folded_and_without_emoji_variation_selectors():
+    """Labels were matched under lower(), not case folding, and an emoji's variation selector or a
+    full-width letter named no label: "STRASSE" was no answer for "Straße", "❤" (no U+FE0F) none for
+    "❤️" and a Japanese IME's "Ｊａ" none for "ja", so curate dropped them as answers outside the label
+    set; and labels equal under that folding were both accepted. They match folded (NFKC_Casefold,
+    variation selectors dropped) now, and labels that fold to one are refused, as case-only ones were."""
+    def named(labels: list[str], answers: list[str]) -> list[str | None]:
+        t = get_task(TaskConfig(type="classification", labels=labels))
+        return [t.parse(a) for a in answers]
+
+    assert named(["Straße", "Weg"], ["STRASSE", "Strasse.", "weg"]) == ["Straße", "Straße", "Weg"]
+    assert named(["👍", "👎", "❤️"], ["❤", "❤️ (love)", "👍\ufe0f", "👎\ufe0e"]) == ["❤️", "❤️", "👍", "👎"]
+    assert named(["ja", "nein"], ["Ｊａ", "ＮＥＩＮ", "ｊａ！"]) == ["ja", "nein", "ja"]
+    assert named(["ﾎﾟｼﾞﾃｨﾌﾞ", "ネガティブ"], ["ポジティブ", "ﾈｶﾞﾃｨﾌﾞ"]) == ["ﾎﾟｼﾞﾃｨﾌﾞ", "ネガティブ"]
+    assert named(["+", "-"], ["＋", "－"]) == ["+", "-"]
+    for labels in (["Straße", "STRASSE"], ["ja", "Ｊａ"], ["❤", "❤️"], ["+", "＋"]):
+        with pytest.raises(PotstillError, match="differ only in case, width"):
+            get_task(TaskConfig(type="classification", labels=labels))
+
+
 def test_gold_outside_labels_holding_a_comma_names_the_label_set_unambiguously(tmp_path):
     """``(billing issue, crash, bug, other)`` read as four labels; each is quoted."""
     from potstill.records import Record

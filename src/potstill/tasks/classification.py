@@ -16,20 +16,30 @@ from potstill.config import TaskConfig
 from potstill.errors import PotstillError
 from potstill.progress import say
 from potstill.records import Record
-from potstill.tasks.base import GoldTally, Task, nfc
+from potstill.tasks.base import GoldTally, Task
+
+
+def _folded(s: str) -> str:
+    """``s`` as labels are matched: compatibility-composed (NFKC: an accent typed as its own mark is
+    the accented letter, a Japanese IME's full-width "Ｊａ" is "Ja"), invisible format characters (a
+    zero-width space) and emoji variation selectors dropped ("❤" and "❤️", U+FE0F, are one heart, which
+    a teacher adds or drops at will), and case-folded ("STRASSE" is "Straße"), as Unicode's
+    NFKC_Casefold does it."""
+    s = "".join(ch for ch in unicodedata.normalize("NFKC", s)
+                if unicodedata.category(ch) != "Cf" and not "\ufe00" <= ch <= "\ufe0f")
+    return unicodedata.normalize("NFKC", s.casefold())
 
 
 def _norm(s: str) -> str:
-    # Composed first: "\w" keeps "é" but drops a combining accent, so an NFD "Négatif" lost its accent.
-    return re.sub(r"[^\w\s-]", "", nfc(s)).strip().lower()
+    # Folded first: "\w" keeps "é" but drops a combining accent, so an NFD "Négatif" lost its accent.
+    return re.sub(r"[^\w\s-]", "", _folded(s)).strip()
 
 
 def _text(s: str) -> str:
-    """A label's own text, as it is matched where its normal form names no label alone: composed,
-    case-folded, spaces folded and invisible format characters (a zero-width space) dropped, its
-    punctuation kept: "C", "C++" and "C#" stay three labels, "yes" and "yes\u200b" are one."""
-    s = "".join(ch for ch in nfc(s) if unicodedata.category(ch) != "Cf")
-    return " ".join(s.split()).casefold()
+    """A label's own text, as it is matched where its normal form names no label alone: folded
+    (``_folded``), spaces folded, its punctuation kept: "C", "C++" and "C#" stay three labels, "yes"
+    and "yes\u200b" are one."""
+    return " ".join(_folded(s).split())
 
 
 # An answer may wrap the label as the prompt lists it (a JSON string, "C++") or as Markdown (**C++**,
@@ -105,8 +115,9 @@ class ClassificationTask(Task):
             raise PotstillError(f"task.labels has an empty label ({by_text[''][0]!r}): an empty answer would name it")
         same = [", ".join(map(repr, group)) for group in by_text.values() if len(group) > 1]
         if same:
-            raise PotstillError(f"task.labels has labels that differ only in case, spaces or invisible characters "
-                                f"({'; '.join(same)}): an answer could not tell them apart; keep one of each")
+            raise PotstillError(f"task.labels has labels that differ only in case, width, spaces, emoji variation "
+                                f"selectors or invisible characters ({'; '.join(same)}): an answer could not tell "
+                                "them apart; keep one of each")
         self._by_text = {text: group[0] for text, group in by_text.items()}
 
     def target(self, record: Record) -> str:
