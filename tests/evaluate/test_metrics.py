@@ -81,6 +81,45 @@ def test_chrf_by_hand():
     assert chrf("xyz", "abc") == 0.0
 
 
+def test_rouge_l_and_length_slices_count_each_chinese_japanese_or_thai_character_as_a_word():
+    """Found by a Unicode review: ROUGE-L split on white space, so two near-identical Japanese
+    summaries (one word each) scored 0, and every Japanese input was one word, all in one length
+    slice. A character of a script written without spaces is a word now, as ROUGE's Chinese
+    tokenizers count it; English is split as before."""
+    import random
+
+    ja = ("東京の天気は晴れで気温は二十度です", "東京の天気は晴れで気温は二十一度です")  # 17 and 18 characters
+    lcs = 17  # all of the shorter one
+    assert rouge_l(*ja) == pytest.approx(2 * (lcs / 17) * (lcs / 18) / (lcs / 17 + lcs / 18))
+
+    from potstill.evaluate.metrics import _lcs, words
+
+    assert words(ja[0])[:3] == ["東", "京", "の"] and len(words(ja[0])) == 17
+    assert words("Tokyo東京 ok。 ภาษา 한국어 문장") == ["Tokyo", "東", "京", "ok", "。", "ภ", "า", "ษ", "า", "한국어", "문장"]
+    assert rouge_l("The cat sat", "the cat was on the mat") == pytest.approx(4 / 9)
+
+    def dp(a: list[str], b: list[str]) -> int:  # the textbook table the bit-parallel count replaces
+        prev = [0] * (len(b) + 1)
+        for x in a:
+            cur = [0]
+            for j, y in enumerate(b):
+                cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+            prev = cur
+        return prev[-1]
+
+    rng = random.Random(0)
+    for _ in range(300):
+        a, b = ([rng.choice("abcd") for _ in range(rng.randrange(0, 30))] for _ in range(2))
+        assert _lcs(a, b) == dp(a, b), (a, b)
+
+    texts = ["短い", "少し長めの文", "これはもう少し長い文章です", "これは非常に長い文章で、多くの情報が含まれています"] * 3
+    recs = [Record(messages=[{"role": "user", "content": t}]) for t in texts]
+    edges = length_edges(recs)
+    assert edges == (6, 13)
+    assert [slice_names(r, None, edges)[-1] for r in recs[:4]] == [
+        "length:short (<=6 words)", "length:short (<=6 words)", "length:medium (7-13 words)", "length:long (>13 words)"]
+
+
 def test_rouge_l_by_hand():
     # LCS("the cat sat", "the cat was on the mat") = "the cat" = 2; P=2/3, R=2/6; F1 = 2PR/(P+R) = 4/9
     assert rouge_l("the cat sat", "The cat was on the mat") == pytest.approx(4 / 9)

@@ -9,6 +9,7 @@ Between two per-example measures: Spearman's rank correlation (the judge's verdi
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections import Counter
 from typing import Any, Callable, Sequence
 
@@ -190,19 +191,58 @@ def chrf(hyp: str, ref: str, max_n: int = 6, beta: float = 2.0) -> float:
     return (1 + beta**2) * p * r / (beta**2 * p + r) if p + r else 0.0
 
 
+# Scripts written without spaces between words: Thai, Lao, Myanmar, Khmer, CJK punctuation, kana,
+# Han (its extensions and compatibility forms too) and half-width katakana. Hangul is left out: Korean
+# puts spaces between its words.
+_UNSPACED = ((0x0E00, 0x0EFF), (0x1000, 0x109F), (0x1780, 0x17FF), (0x2E80, 0x2FDF), (0x3000, 0x31FF),
+             (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0xFF61, 0xFF9F), (0x20000, 0x3FFFF))
+
+
+def _unspaced(ch: str) -> bool:
+    cp = ord(ch)
+    return any(lo <= cp <= hi for lo, hi in _UNSPACED)
+
+
+def words(text: str) -> list[str]:
+    """``text``'s words: runs between white space, where each character of a script written without
+    spaces (Chinese, Japanese, Thai) is a word of its own, with the marks that follow it (a Thai
+    vowel sign, a dakuten), as ROUGE's Chinese tokenizers and sacrebleu's ``zh`` split them: a
+    Japanese sentence is some twenty words, not one, and "東京で会議" shares 東京 with "東京の天気"."""
+    out: list[str] = []
+    for run in text.split():
+        cur = ""
+        for ch in run:
+            if unicodedata.category(ch).startswith("M") and out and not cur and _unspaced(out[-1][-1]):
+                out[-1] += ch  # a mark on the character before it
+            elif _unspaced(ch):
+                out.extend([cur, ch] if cur else [ch])
+                cur = ""
+            else:
+                cur += ch
+        if cur:
+            out.append(cur)
+    return out
+
+
 def _lcs(a: list[str], b: list[str]) -> int:
-    prev = [0] * (len(b) + 1)
+    """The length of the longest common subsequence, bit-parallel (Hyyrö 2004): one big-integer step
+    per token of ``a`` instead of a row of len(b) cells, so per-character ROUGE-L on two 2,000-character
+    summaries takes 2,000 steps, not 4 million."""
+    masks: dict[str, int] = {}
+    for j, y in enumerate(b):
+        masks[y] = masks.get(y, 0) | 1 << j
+    full = (1 << len(b)) - 1
+    v = full  # bit j clear: b[j] ends a common subsequence one longer than the one before it
     for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    return prev[-1]
+        u = v & masks.get(x, 0)
+        v = ((v + u) | (v - u)) & full
+    return len(b) - bin(v).count("1")
 
 
 def rouge_l(hyp: str, ref: str) -> float:
-    """ROUGE-L F1 on lower-cased whitespace tokens: LCS/len(hyp) and LCS/len(ref), harmonic mean."""
-    h, r = nfc(hyp).lower().split(), nfc(ref).lower().split()
+    """ROUGE-L F1 on lower-cased ``words`` (each character of Chinese, Japanese or Thai one of them):
+    LCS/len(hyp) and LCS/len(ref), harmonic mean."""
+    h, r = words(nfc(hyp).lower()), words(nfc(ref).lower())
     if not h or not r:
         return float(h == r)
     lcs = _lcs(h, r)

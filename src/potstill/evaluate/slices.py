@@ -4,7 +4,7 @@ judge's score and the paired gold gap and ratio (``bootstrap``).
 
 A slice is a record tag (``tag:news``), a label (``label:sports``: the gold label where there is
 one, else the teacher's; only for tasks with a label set), an input-length bucket (terciles of
-words in the input) or, for a chat that holds earlier tool calls and results (an agent's later
+words in the input, ``metrics.words``) or, for a chat that holds earlier tool calls and results (an agent's later
 turn), ``turn:after tool results``. Structured outputs get one row per top-level field instead of labels
 (``field:date``: how often the student's value of that field equals the teacher's): a slice per
 distinct reference object would give one slice per example. Each gets a verdict from its 95%
@@ -21,17 +21,19 @@ from typing import Any, Sequence
 from potstill.config import QualityBar
 from potstill.evaluate.bootstrap import bootstrap_gap, bootstrap_mean, bootstrap_ratio, interval_at
 from potstill.evaluate.exact import share_interval
+from potstill.evaluate.metrics import words
 from potstill.records import Record
 from potstill.tasks.extraction import json_same
 from potstill.tool_calls import has_tool_turns
 
 
 def length_edges(records: Sequence[Record]) -> tuple[int, int]:
-    """Word counts at the 1/3 and 2/3 points of the inputs: short <= a < medium <= b < long."""
-    words = sorted(len(r.text.split()) for r in records)
-    if not words:
+    """Word counts (``metrics.words``: a Chinese, Japanese or Thai character is one) at the 1/3 and
+    2/3 points of the inputs: short <= a < medium <= b < long."""
+    counts = sorted(len(words(r.text)) for r in records)
+    if not counts:
         return 0, 0
-    return words[(len(words) - 1) // 3], words[2 * (len(words) - 1) // 3]
+    return counts[(len(counts) - 1) // 3], counts[2 * (len(counts) - 1) // 3]
 
 
 def slice_names(record: Record, label: Any, edges: tuple[int, int]) -> list[str]:
@@ -39,7 +41,7 @@ def slice_names(record: Record, label: Any, edges: tuple[int, int]) -> list[str]
     names = [f"tag:{t}" for t in record.slice]
     if label is not None:
         names.append(f"label:{label}")
-    w = len(record.text.split())
+    w = len(words(record.text))
     a, b = edges
     medium = f"{b} words" if a + 1 == b else f"{a + 1}-{b} words"  # "6 words", not "6-6 words"
     names.append(f"length:short (<={a} words)" if w <= a else
