@@ -135,6 +135,20 @@ def test_eval_json_has_every_part_of_the_decision(evaluated):
     assert "Not applicable" in page and "field_f1" in page
 
 
+def test_the_page_holds_no_control_character_from_an_input(evaluated):
+    """An input's NUL went into the worst-cases table as it was (grep called report.html a binary
+    file; HTML parsers drop or replace it), and so would any other control character. Text put into
+    the page leaves them out; tabs and line breaks stay."""
+    ev = json.loads((evaluated / "run" / "eval.json").read_text())
+    case = {"id": "nul\x01", "input": "NUL\x00文字\x1b[31m\tand\nmore\x7f\x85", "teacher": "tech", "student": "sports\x0c",
+            "gold": None, "confidence": 0.9, "slices": ["tag:t\x07"]}
+    page = render({**ev, "worst_cases": [case], "slices": [{**ev["slices"][0], "slice": "tag:\x00x"},
+                                                            *ev["slices"][1:]]})
+    assert "NUL文字[31m\tand\nmore" in page and "tag:x" in page
+    bad = sorted({f"U+{ord(c):04X}" for c in page if (ord(c) < 0x20 and c not in "\t\n\r") or 0x7F <= ord(c) < 0xA0})
+    assert bad == []
+
+
 def test_report_title_names_the_task_and_test_size(evaluated):
     """The tab's title is the page's heading, escaped as it is, not the template's literal text."""
     page = (evaluated / "run" / "report.html").read_text()

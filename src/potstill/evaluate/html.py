@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import math
-from html import escape
 from pathlib import Path
 from typing import Any, Sequence
 
 from potstill.errors import PotstillError
+from potstill.evaluate.page_text import escape
 from potstill.records import write_text
 from potstill.evaluate import MIN_P95_SAMPLES, MOST_NAMED, cost_words, largest, months_text
 from potstill.evaluate.plots import BLUE, GREEN, GREY, RED, interval_plot, isolated, line_plot, reliability_plot
