@@ -84,7 +84,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     # A local teacher is loaded and timed beside the student (evaluate.teacher_latency_samples): the
     # teacher fields that shape its calls count; those of an API client's transport do not.
     Stage("evaluate", "Untrained student vs teacher vs trained student on the test split, with a go/no-go verdict.",
-          reads=("task", "student", "evaluate", "report", "tracking", "teacher", *_JUDGE_ENGINE),
+          reads=("task", "student", "evaluate", "report", "tracking", "teacher", "serve.escalate_truncated", *_JUDGE_ENGINE),
           tunes=("tracking", *_TEACHER_TRANSPORT, *_JUDGE_ENGINE),
           inputs=("test.jsonl", "student", "train.json"),
           outputs=("eval.json", "report.html"), body="potstill.evaluate.stage:evaluate_body", tracked=True),

@@ -94,7 +94,7 @@ def test_answers_serve_escalates_are_paid_at_the_teachers_price_on_top_of_the_st
     assert said.startswith("of the 4 test inputs it reads, the 4 answers serve escalates whatever its thresholds "
                            "(4 cut at task.max_output_tokens) cost the student's seconds and the teacher's price; "
                            "left out: the low-confidence and out-of-distribution escalations"), said
-    assert "serve.target_escalation=0.2" in said and "adds the teacher's $0.2 per 1,000 calls" in said
+    assert "(serve.target_escalation, serve.target_agreement)" in said and "adds the teacher's $0.2 per 1,000 calls" in said
     assert said in ev["sources"]["quality_bar"]
     html = (tmp_path / "run" / "report.html").read_text()
     section = html[html.index("<section id='break-even'>"):]

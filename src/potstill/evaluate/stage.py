@@ -459,9 +459,8 @@ def _routed(cfg: Config, be: dict[str, Any] | None, n_read: int) -> str:
                + ", ".join(f"{n} {words[k]}" for k, n in by.items()) + ") cost the student's seconds and the "
                "teacher's price; " if by else "")
     return (counted + "left out: the low-confidence and out-of-distribution escalations, whose thresholds serve "
-            f"calibrates on val when it starts (serve.target_escalation={cfg.serve.target_escalation:g}"
-            + (f", target_agreement={cfg.serve.target_agreement:g}" if cfg.serve.target_agreement is not None else "")
-            + f"): each 1% of calls escalated adds the teacher's ${10 * t:.4g} per 1,000 calls, and the "
+            "calibrates on val when it starts (serve.target_escalation, serve.target_agreement)"
+            + f": each 1% of calls escalated adds the teacher's ${10 * t:.4g} per 1,000 calls, and the "
             "teacher's latency to those calls")
 
 
