@@ -182,6 +182,12 @@ class Stage:
                 save_config(cfg, run, self)
                 self._track(cfg, run, summary, retry=True)
             return {"skipped": True, **summary}
+        if not force and main and run.code_changed(self.name):
+            # Said, since nothing the user did explains the rerun (an upgrade, a `git pull`), and train's
+            # can be long; what was paid for is not paid again.
+            say(f"[dim]{self.name}: potstill changed since {self.name} ran: running it again (potstill's code "
+                "is part of every stage's fingerprint; a teacher or judge answer already in the ledger is not "
+                "asked for again)[/dim]")
         module, func = self.body.split(":")
         body: Body = getattr(importlib.import_module(module), func)
         from potstill.tracking_live import Live, following
