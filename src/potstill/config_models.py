@@ -77,7 +77,7 @@ class SynthesizeConfig(Section):
 
 class PilotConfig(Section):
     n: int = Field(100, ge=1, description="Number of inputs to compare the untrained student and the teacher on.")
-    seed: int = Field(0, description="Seed for choosing the pilot inputs.")
+    seed: int = Field(0, description="Seed of the content hash that draws the pilot inputs (the lowest n; their line order does not count).")
 
 
 class CurateConfig(Section):

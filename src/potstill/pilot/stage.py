@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 from potstill.config import Config
+from potstill.curate.split import rank
 from potstill.errors import PotstillError
 from potstill.generate import run_generate
 from rich.markup import escape
@@ -26,8 +26,7 @@ def pilot_stage(cfg: Config, force: bool = False) -> dict[str, Any]:
 
 
 def pilot_body(cfg: Config, run: RunDir) -> dict[str, Any]:
-    records = load_inputs(cfg)
-    sample = random.Random(cfg.pilot.seed).sample(records, min(cfg.pilot.n, len(records)))
+    sample = draw(load_inputs(cfg), cfg.pilot.n, cfg.pilot.seed)
     task = get_task(cfg.task)
     with run.ledger() as ledger:
         labelled, stats = run_generate(cfg, sample, ledger, stage="pilot")
@@ -51,7 +50,8 @@ def pilot_body(cfg: Config, run: RunDir) -> dict[str, Any]:
         student, _ = measure_student(lm, asked, read, cfg.student.usd_per_hour, cfg.evaluate.batch_size,
                                      min(cfg.evaluate.latency_samples, 10), "untrained student", ledger, "pilot")
     models = {"untrained student": student, "teacher": teacher}
-    write_json(run / "pilot.json", {"n": len(sample), "valid": len(valid), "too_long": len(valid) - len(read),
+    write_json(run / "pilot.json", {"n": len(sample), "seed": cfg.pilot.seed, "ids": [r.id for r in sample],
+                                    "valid": len(valid), "too_long": len(valid) - len(read),
                                     "teacher_calls": stats.calls, "teacher_errors": stats.errors,
                                     "teacher_invalid": stats.invalid, "models": models})
     if len(valid) < len(sample):
@@ -69,6 +69,13 @@ def pilot_body(cfg: Config, run: RunDir) -> dict[str, Any]:
         say("pilot: the untrained student was shown the tools and the call's form in its system prompt (zero-shot, "
             "its tokens/call above include them); the trained student is asked without them, having learnt both")
     return {"agreement": student["agreement_with_teacher"], "teacher_calls": stats.calls}
+
+
+def draw(records: list[Record], n: int, seed: int) -> list[Record]:
+    """The ``n`` inputs of lowest seeded content hash (curate's split ``rank``; the id breaks a tie:
+    two chats ending in one turn), in that order. Drawn by position, the same inputs in another line
+    order gave the same seed another sample and other pilot figures."""
+    return sorted(records, key=lambda r: (rank(r.text, seed), r.id))[:n]
 
 
 def summary_line(student: dict[str, Any], teacher: dict[str, Any]) -> str:
