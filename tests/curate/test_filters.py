@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import random
 
 from potstill.config import Config
 from potstill.curate import curate
@@ -26,6 +28,11 @@ def kept(c) -> list[Record]:
 
 def reasons(c) -> dict[str, str]:
     return {r.text: r.invalid_reason for r in c.rejected}
+
+
+def survivor(*texts: str) -> str:
+    """The one of a group of duplicate inputs dedup keeps: the lowest sha256 of the input text."""
+    return min(texts, key=lambda t: hashlib.sha256(t.encode()).hexdigest())
 
 
 def test_invalid_json_and_schema_violation_keep_the_reason_and_the_failing_path():
@@ -67,17 +74,19 @@ def test_label_outside_the_set_teacher_errors_and_format_rules_are_set_aside():
 
 def test_exact_and_near_duplicates_are_dropped_and_distinct_texts_kept():
     base = "Manchester United beat Chelsea two nil at Old Trafford on Saturday afternoon in the league"
-    near = "Manchester United beat Chelsea two-nil at Old Trafford on Saturday afternoon in the league."
+    near = "Manchester United beat Chelsea two-nil at Old Trafford on Saturday afternoon in the league!"
     other = "Manchester City lost to Arsenal at the Emirates on Sunday evening after a late penalty"
     assert jaccard(shingles(base), shingles(near)) >= 0.8 > jaccard(shingles(base), shingles(other))
-    records = [rec(base, "sports"), rec("  MANCHESTER united beat chelsea two nil at old trafford on saturday "
-                                        "afternoon in the league ", "sports"), rec(near, "sports"), rec(other, "sports")]
+    shouted = "  MANCHESTER united beat chelsea two nil at old trafford on saturday afternoon in the league "
+    records = [rec(base, "sports"), rec(shouted, "sports"), rec(near, "sports"), rec(other, "sports")]
     c = curate(cfg(), records)
-    assert {r.text for r in kept(c)} == {base, other}
+    first = survivor(base, shouted)  # of the two exact copies; then the near one is dropped against it
+    assert survivor(first, near) == first
+    assert {r.text for r in kept(c)} == {first, other}
     assert c.card["counts"]["duplicates_exact"] == 1 and c.card["counts"]["duplicates_near"] == 1
     assert c.card["counts"]["duplicates"] == 2
     why = reasons(c)
-    assert why[near].startswith(f"near duplicate input: of {records[0].id}")
+    assert why[near].startswith(f"near duplicate input: of {next(r.id for r in records if r.text == first)}")
 
     off = curate(cfg(near_dup=False), records)
     assert off.card["counts"]["duplicates_near"] == 0 and len(kept(off)) == 3
@@ -94,9 +103,10 @@ def test_inputs_equal_up_to_unicode_normalisation_are_exact_duplicates():
     twins = [unicodedata.normalize("NFD", base[0]), base[0].replace(" ", "\u00a0"), "Zoë wins at Malmö\u200b café",
              "STRASSE CLOSED IN KÖLN", unicodedata.normalize("NFD", base[2]).upper()]
     records = [rec(t, "sports") for t in base + twins]
+    groups = [[base[0], *twins[:3]], [base[1], twins[3]], [base[2], twins[4]]]
     for near in (True, False):
         c = curate(cfg(near_dup=near, test=0.5), records)
-        assert sorted(r.text for r in kept(c)) == sorted(base), [r.text for r in kept(c)]
+        assert sorted(r.text for r in kept(c)) == sorted(survivor(*g) for g in groups), [r.text for r in kept(c)]
         assert c.card["counts"]["duplicates_exact"] == len(twins)
         assert all(r.invalid_reason.startswith("exact duplicate input") for r in c.rejected)
 
@@ -162,7 +172,28 @@ def test_a_near_duplicate_of_a_test_input_never_lands_in_train():
         for t in c.test:
             assert jaccard(shingles(r.text), shingles(t.text)) < 0.8, (r.text, t.text)
     for a, b in straddling:
-        assert ({a, b} & {r.text for r in kept(c)}) == {a}  # the first of each pair survives, once
+        assert ({a, b} & {r.text for r in kept(c)}) == {survivor(a, b)}  # one of each pair survives, once
+
+
+def test_which_duplicate_survives_does_not_depend_on_the_order_of_the_lines():
+    # Before, the first line of each group survived: the same inputs reordered kept the other twin of
+    # a pair, whose own hash put it in another split, and train and test changed with the line order.
+    pairs = _variants(20)
+    flat = [rec(t, "sports") for pair in pairs for t in pair]
+    flat += [rec(pairs[0][0], "sports"), rec(pairs[1][1], "tech")]  # exact copies, one with another answer
+
+    def dataset(records: list[Record]) -> dict[str, list[tuple[str, str | None]]]:
+        c = curate(cfg(test=0.5), records)
+        return {name: [(r.text, r.output) for r in part] for name, part in
+                (("train", c.train), ("test", c.test), ("rejected", sorted(c.rejected, key=lambda r: r.id)))}
+
+    expected = dataset(flat)
+    assert dataset(flat[::-1]) == expected
+    for seed in range(3):
+        shuffled = flat[:]
+        random.Random(seed).shuffle(shuffled)
+        assert dataset(shuffled) == expected
+    assert sorted(t for t, _ in expected["train"] + expected["test"]) == sorted(survivor(*p) for p in pairs)
 
 
 def test_samples_that_disagree():

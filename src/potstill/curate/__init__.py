@@ -15,8 +15,9 @@ In order, each step counted in the dataset card:
 3. Self-consistency: with n samples, the majority answer becomes the output; records whose
    majority holds less than ``curate.min_agreement`` of the samples are set aside.
 4. Deduplication of inputs, exact and near (every pair whose 5-gram sets reach the Jaccard
-   threshold), keeping the first of each cluster, so no input and none of its near-duplicates sit
-   on both sides of the train/test border.
+   threshold), keeping one of each cluster, so no input and none of its near-duplicates sit on
+   both sides of the train/test border: the one whose input text has the lowest sha256 (teacher
+   records before real examples), so the order of the lines does not pick it.
 5. Stratified, hash-based train/val/test split (see ``potstill.curate.split``); train capped at
    ``curate.max_train``, the records over it counted as ``over_max_train``.
 6. Mixing: real labelled examples added to train at ``curate.real_ratio``, tagged by source;
@@ -28,6 +29,7 @@ In order, each step counted in the dataset card:
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -40,6 +42,7 @@ from potstill.curate.checks import Specials, invalid_reason, majority, teacher_a
 from potstill.curate.dedup import conversation, dedup_key, find_duplicates, normalise
 from potstill.curate.split import rank, split
 from potstill.curate.text import Hygiene
+from potstill.hashing import hash_obj
 from potstill.hub_files import provenance
 from potstill.records import Record
 from potstill.review.store import error_rate
@@ -157,7 +160,7 @@ def _share_decisions(records: list[Record], decisions: dict[str, dict[str, Any]]
     """The decisions extended to the exact duplicates of each reviewed input.
 
     Records keyed by their own ids (a CRM's) can hold one input twice; the page shows both, and
-    dedup keeps only the first. A decision about either copy is about that input, so it holds for
+    dedup keeps only one. A decision about either copy is about that input, so it holds for
     the other (where the copy gives another answer, ``_review_step`` finds an accept or reject
     stale). The first decision of an input wins.
     """
@@ -244,19 +247,26 @@ def _dedup_step(consistent: list[Record], real_ok: list[Record], c, counts: dict
                 rejected: list[Record], has_real: bool) -> tuple[list[Record], list[Record]]:
     """4. Duplicates, teacher records first so a real example never evicts one.
 
-    A real example with exactly a teacher record's input lends it its label instead (gold
-    everywhere, the answer in train: ``_train_on_real_answer``); the first such example wins.
+    Compared in an order fixed by content (``_content_order``): in the lines' order, which of two near
+    duplicates survived, and so which split their input took, changed when the inputs file was only
+    reordered. A real example with exactly a teacher record's input lends it its label instead (gold
+    everywhere, the answer in train: ``_train_on_real_answer``); the first such example in that order wins.
     """
     pool = consistent + real_ok
-    dups = find_duplicates([conversation(r.messages) for r in pool], near=c.near_dup, threshold=c.near_dup_threshold) \
-        if c.dedup else None
+    order = _content_order(pool, len(consistent))
+    dups = find_duplicates([conversation(pool[i].messages) for i in order], near=c.near_dup,
+                           threshold=c.near_dup_threshold).renamed(order) if c.dedup else None
+    lender: dict[int, int] = {}  # teacher record -> the real example that lends it its label
+    for i in order if dups is not None else ():
+        j = dups.of.get(i)
+        if i >= len(consistent) and j is not None and j < len(consistent) and dups.kind[i] == "exact":
+            lender.setdefault(j, i)
     survivors, applied = [], 0
     for i, r in enumerate(pool):
         if dups is not None and i in dups.of:
             j = dups.of[i]
             twin = pool[j]
-            if i >= len(consistent) and j < len(consistent) and dups.kind[i] == "exact" \
-                    and "real_output" not in twin.meta:
+            if lender.get(j) == i:
                 twin.meta.update(real_label=r.id, real_output=r.output)
                 if twin.label is None and twin.reference is None:
                     if r.label is None and r.reference is not None:
@@ -278,6 +288,19 @@ def _dedup_step(consistent: list[Record], real_ok: list[Record], c, counts: dict
         counts["real_duplicates"] = sum(1 for i in (dups.of if dups else {}) if i >= len(consistent))
         counts["real_labels_applied"] = applied
     return teacher_kept, real_kept
+
+
+def _content_order(pool: list[Record], n_teacher: int) -> list[int]:
+    """Indices of ``pool`` with its first ``n_teacher`` (teacher records) first, each part by the sha256
+    of its input text as dedup compares it, then, for one text given twice, of the answer and the id.
+
+    Not the split's seeded rank: the survivor of a cluster would then be its member nearest the test
+    cut, and duplicated inputs would land in test more often than others."""
+    def key(i: int) -> tuple[bool, str, str]:
+        r = pool[i]
+        return i >= n_teacher, hashlib.sha256(conversation(r.messages).encode()).hexdigest(), hash_obj([r.output, r.id])
+
+    return sorted(range(len(pool)), key=key)
 
 
 def _split_step(cfg: Config, task, teacher_kept: list[Record]) -> tuple[list[Record], list[Record], list[Record]]:

@@ -85,6 +85,13 @@ class Duplicates:
     similarity: dict[int, float] = field(default_factory=dict)
     compared: int = 0  # exact Jaccard computations: pairs the index could not rule out (a few a text)
 
+    def renamed(self, order: list[int]) -> Duplicates:
+        """These duplicates, found among ``[texts[i] for i in order]``, named by indices into ``texts``
+        (j then comes before i in ``order``, not necessarily in ``texts``)."""
+        return Duplicates(of={order[i]: order[j] for i, j in self.of.items()},
+                          kind={order[i]: k for i, k in self.kind.items()},
+                          similarity={order[i]: s for i, s in self.similarity.items()}, compared=self.compared)
+
 
 def find_duplicates(texts: list[str], near: bool = True, threshold: float = 0.8) -> Duplicates:
     """Mark every text that duplicates an earlier kept one; earlier texts win, so new data never evicts old.
