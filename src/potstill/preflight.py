@@ -23,6 +23,7 @@ cross-rank weight comparison under ``torchrun`` / ``accelerate launch``), so it 
   some servers sample anyway, and n greedy answers can still differ a little).
 * ``tool_turns``: a tools task under ``task.tool_choice: required`` learns first calls only; inputs
   that already hold tool calls or results are paid for and never learnt (a warning, with the fix).
+* ``output_budget`` and the teacher's other settings: ``potstill.preflight_teacher``.
 
 ``potstill train`` runs the train checks and ``potstill generate`` the generate checks first.
 """
@@ -389,7 +390,7 @@ def projected_cost(ctx: _Ctx) -> tuple[float, int, str]:
     tokens_in = math.ceil(text_tokens * len(records) / max(1, len(counted))) + per_request * len(records)
     tools = _tool_tokens(ctx, count, records)
     out_tokens = cfg.teacher.max_tokens
-    if ctx.task.labels and not _reasons(cfg.teacher):
+    if ctx.task.labels and not reasons(cfg.teacher):
         out_tokens = min(out_tokens, max(count(list(ctx.task.labels))) + ANSWER_SENTENCE)
     # Every shot order is a call. The n samples of generate.n are n calls only where the API has no
     # ``n`` (Anthropic's: the teacher sends n requests); OpenAI's one request carries them all, so its
@@ -453,13 +454,6 @@ def _tool_tokens(ctx: _Ctx, count: _Counter, records: list) -> int:
         ANTHROPIC_TOOL_PROMPT if ctx.cfg.teacher.type == "anthropic" else 0)
 
 
-def _reasons(t: Any) -> bool:
-    """A teacher that thinks before it answers spends up to ``max_tokens`` on any answer."""
-    from potstill.teachers.openai_teacher import reasoning_model
-
-    return bool(getattr(t, "reasoning_effort", None)) or (t.type == "openai" and reasoning_model(t.model or ""))
-
-
 def _unanswered(ctx: _Ctx, records: list) -> list:
     """The records ``generate`` would send: one each per request not answered in the run's ledger.
     ``generate.budget_usd`` caps what one run spends, and a run stopped by it says to raise it and
@@ -521,7 +515,7 @@ def check_samples(ctx: _Ctx) -> Check:
     n, t = ctx.cfg.generate.n, ctx.cfg.teacher
     if n == 1:
         return Check("samples", "skip", "generate.n is 1")
-    if _reasons(t) and t.type == "openai":  # sent no temperature: OpenAI's reasoning models sample at 1
+    if reasons(t) and t.type == "openai":  # sent no temperature: OpenAI's reasoning models sample at 1
         return Check("samples", "ok", f"generate.n {n}: {t.model} samples at its own temperature (1)")
     if t.temperature > 0:
         return Check("samples", "ok", f"generate.n {n} at teacher.temperature {t.temperature:g}")
@@ -540,13 +534,15 @@ def check_tool_turns(ctx: _Ctx) -> Check:
     return Check("tool_turns", "warn", wasted) if wasted else Check("tool_turns", "ok", "every input is a first request")
 
 
+from potstill.preflight_teacher import check_output_budget, reasons  # noqa: E402 (it imports Check from here)
+
 # ``train`` leaves the weights to the trainer, which compares the very models it loaded (a second
 # load here would double the start-up and open a gloo group before accelerate opens NCCL).
 CHECKS: dict[str | None, list[Callable[[_Ctx], Check]]] = {
-    "generate": [check_labels, check_budget, check_samples, check_tool_turns],
+    "generate": [check_labels, check_budget, check_samples, check_tool_turns, check_output_budget],
     "train": [check_context, check_vocabulary, check_prompt, check_labels],
     None: [check_inputs, check_teacher, check_context, check_vocabulary, check_prompt, check_labels, check_weights,
-           check_budget, check_samples, check_tool_turns],
+           check_budget, check_samples, check_tool_turns, check_output_budget],
 }
 
 

@@ -67,13 +67,18 @@ class State:
         self.slots = asyncio.Semaphore(opts.slots) if opts.capacity_rps else None
 
 
-def _chat(body: dict[str, Any]) -> dict[str, Any]:
+def _chat(body: dict[str, Any], reasoning_tokens: int = 0) -> dict[str, Any]:
     text = _user_text(body["messages"])
     n = int(body.get("n") or 1)
+    # A reasoning model (--reasoning-tokens R) thinks R hidden tokens before its one-token answer, all
+    # counted in max_completion_tokens: under R + 1 the answer is "" stopped at length, as OpenAI's is.
+    thinks = reasoning_tokens if "max_completion_tokens" in body else 0
+    spent = thinks and int(body["max_completion_tokens"]) < thinks + 1
     choices = []
     for k in range(n):
-        ans = answer_for(text, k)
-        choice: dict[str, Any] = {"index": k, "message": {"role": "assistant", "content": ans}, "finish_reason": "stop"}
+        ans = "" if spent else answer_for(text, k)
+        choice: dict[str, Any] = {"index": k, "message": {"role": "assistant", "content": ans},
+                                  "finish_reason": "length" if spent else "stop"}
         if body.get("logprobs"):
             top_k = int(body.get("top_logprobs") or 1)
             # The answer's token gets 70% of the mass, the other labels share the rest by rank.
@@ -83,9 +88,13 @@ def _chat(body: dict[str, Any]) -> dict[str, Any]:
             choice["logprobs"] = {"content": [{"token": ans, "logprob": math.log(0.7), "bytes": None, "top_logprobs": top}]}
         choices.append(choice)
     n_in = len(json.dumps(body["messages"])) // 4 + 1
+    thought = min(thinks, int(body.get("max_completion_tokens") or 0)) * n
+    n_out = thought + (0 if spent else n)
+    usage: dict[str, Any] = {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}
+    if thinks:
+        usage["completion_tokens_details"] = {"reasoning_tokens": thought}
     return {"id": "chatcmpl-" + hashlib.md5(text.encode()).hexdigest()[:12], "object": "chat.completion",
-            "created": int(time.time()), "model": body.get("model", "m"), "choices": choices,
-            "usage": {"prompt_tokens": n_in, "completion_tokens": n, "total_tokens": n_in + n}}
+            "created": int(time.time()), "model": body.get("model", "m"), "choices": choices, "usage": usage}
 
 
 # OpenAI's reasoning models (o1, o3, o4-mini, the gpt-5 family but gpt-5-chat) answer 400 to
@@ -223,7 +232,7 @@ async def handle(state: State, reader: asyncio.StreamReader, writer: asyncio.Str
                     state.slow_now -= 1
                 r = math.inf  # one fault per attempt: a slow answer then comes whole
             r -= o.pslow
-            obj = _messages(body) if anthropic else _chat(body)
+            obj = _messages(body) if anthropic else _chat(body, o.reasoning_tokens)
             key = _user_text(body["messages"])
             if r < o.pdrop:
                 state.faults["dropped"] += 1
@@ -263,6 +272,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--retry-after-s", type=float, default=0.0)
     p.add_argument("--keep-arrivals", action="store_true")
     p.add_argument("--no-credit", action="store_true")  # every request: 429 insufficient_quota
+    p.add_argument("--reasoning-tokens", type=int, default=0)  # hidden tokens a reasoning model spends first
     return p.parse_args(argv)
 
 

@@ -27,9 +27,17 @@ from potstill.tasks.answers import output_problem, vote
 CUT = ("length", "max_tokens", "model_context_window_exceeded", "pause_turn")
 
 
-def _cut(stop: str | None, task: Task, rec: Record) -> bool:
-    """Whether an answer that stopped for ``stop`` is half an answer curate sets aside (see ``invalid_reason``)."""
-    return not task.labels and stop in CUT and "review" not in rec.meta
+def _cut(stop: str | None, task: Task, rec: Record, text: str) -> bool:
+    """Whether an answer ``text`` that stopped for ``stop`` is half an answer curate sets aside (see
+    ``invalid_reason``): a label read from the first words is whole unless no word came."""
+    return (not task.labels or not text.strip()) and stop in CUT and "review" not in rec.meta
+
+
+def _spent(stop: str | None, text: str) -> bool:
+    """Whether the teacher spent its whole output budget before its first word: a reasoning model
+    (o-series, gpt-5, Claude with thinking) counts its hidden reasoning in max_tokens, so an answer of
+    "" stopped at the limit is one whose reasoning used it up (OpenAI: content "", finish_reason length)."""
+    return stop in ("length", "max_tokens") and not text.strip()
 
 
 def _refused(stop: str | None, rec: Record) -> bool:
@@ -98,10 +106,16 @@ def invalid_reason(rec: Record, task: Task, c: CurateConfig, specials: Sequence[
     if _refused(stop, rec):
         return (f"teacher refused: the answer stopped for {stop}; its text (the words written before it "
                 "stopped, or none) is no answer to learn")
-    problem = output_problem(rec.output, task, c)
-    if problem is None and _cut(stop, task, rec):
+    cut, spent = _cut(stop, task, rec, rec.output), _spent(stop, rec.output)
+    # An answer never written is no label outside the set, nor an empty answer: said before the task's check.
+    problem = None if cut and spent else output_problem(rec.output, task, c)
+    if problem is None and cut:
         n = rec.meta.get("output_tokens")
         tokens = f" ({n} tokens)" if n else ""
+        if spent and not logged:
+            return (f"truncated: the teacher spent all of teacher.max_tokens{tokens} before answering (a reasoning "
+                    "model's hidden reasoning counts in it); raise teacher.max_tokens (or lower "
+                    "teacher.reasoning_effort) and run `potstill generate` again")
         if logged and stop != "pause_turn":  # written where it was logged: nothing here to raise or run again
             where = "where the model's context window filled" if stop == "model_context_window_exceeded" else \
                 "at its token limit"
@@ -136,7 +150,7 @@ def majority(rec: Record, task: Task, c: CurateConfig, specials: Sequence[str] =
     def problem(i: int, s: str) -> str | None:
         if _refused(stops[i], rec):
             return "refused"
-        if _cut(stops[i], task, rec):
+        if _cut(stops[i], task, rec, s):
             return "truncated"
         return output_problem(s, task, c) or special_token(s, specials)
 

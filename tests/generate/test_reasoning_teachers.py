@@ -1,0 +1,50 @@
+"""Reasoning teachers (OpenAI's o-series and gpt-5) against the loopback server (its own process),
+which follows their rules: ``max_completion_tokens`` counts the hidden reasoning, and an answer whose
+reasoning used it up comes back as content "" stopped at ``length``, billed. Reached through the
+official openai SDK."""
+
+from __future__ import annotations
+
+import pytest
+
+from potstill.config import load_config
+from potstill.curate.stage import curate_stage
+from potstill.errors import PotstillError
+from potstill.generate.stage import generate_stage
+from potstill.preflight import require, run_checks
+from potstill.records import read_records
+from tests.generate.loopback import Loopback
+from tests.generate.test_generate import SECRET, project
+
+
+def _check(cfg, name: str):
+    return next(c for c in run_checks(cfg, "generate") if c.name == name)
+
+
+def test_an_answer_whose_reasoning_spent_max_tokens_is_truncated_not_a_wrong_label(tmp_path, monkeypatch, capsys):
+    # o4-mini at max_tokens 256 thinking 300 tokens: every answer "" at length. curate said "answer
+    # outside the label set" (classification) or "empty output" (free text), and preflight passed.
+    monkeypatch.setenv("TEACHER_KEY", SECRET)
+    with Loopback(key=SECRET, reasoning_tokens=300) as srv:
+        cfg = load_config(project(tmp_path, srv.base_url, 6, {"model": "o4-mini", "max_tokens": 256}))
+        warn = _check(cfg, "output_budget")
+        assert warn.status == "warn" and "teacher.max_tokens 256" in warn.detail and "1024" in warn.detail
+        require(cfg, "generate")  # as the CLI runs it: said, and the run goes on
+        assert "preflight output_budget: teacher.max_tokens 256" in " ".join(capsys.readouterr().err.split())
+        generate_stage(cfg)
+    recs = read_records(tmp_path / "run" / "teacher.jsonl")
+    assert {r.output for r in recs} == {""} and {r.meta["stop_reason"] for r in recs} == {"length"}
+    with pytest.raises(PotstillError) as e:
+        curate_stage(cfg)
+    assert "truncated (6)" in str(e.value) and "outside the label set" not in str(e.value), str(e.value)
+    from potstill.curate.checks import invalid_reason
+    from potstill.tasks import get_task
+
+    why = invalid_reason(recs[0], get_task(cfg.task), cfg.curate)
+    assert why.startswith("truncated: the teacher spent all of teacher.max_tokens (256 tokens) before answering")
+    assert "raise teacher.max_tokens" in why
+    # Room for the reasoning: preflight is content, and a rerun answers every input.
+    roomy = load_config(project(tmp_path, srv.base_url, 6, {"model": "o4-mini", "max_tokens": 2000}))
+    assert _check(roomy, "output_budget").status == "ok"
+    # Not a reasoning teacher: nothing to say.
+    assert _check(load_config(project(tmp_path, srv.base_url, 6)), "output_budget").status == "skip"
