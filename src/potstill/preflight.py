@@ -40,6 +40,7 @@ from typing import Any, Callable
 from potstill.config import Config
 from potstill.errors import PotstillError
 from potstill.records import INSTRUCTION_ROLES, content_text, read_records
+from potstill.teachers.reasoning import reasons
 
 # Below this share of completion tokens with mapped top-k data, topk KD trains on almost nothing.
 MIN_TOPK_COVERAGE = 0.5
@@ -534,7 +535,7 @@ def check_tool_turns(ctx: _Ctx) -> Check:
     return Check("tool_turns", "warn", wasted) if wasted else Check("tool_turns", "ok", "every input is a first request")
 
 
-from potstill.preflight_teacher import check_output_budget, reasons  # noqa: E402 (it imports Check from here)
+from potstill.preflight_teacher import check_output_budget  # noqa: E402 (it imports Check from here)
 
 # ``train`` leaves the weights to the trainer, which compares the very models it loaded (a second
 # load here would double the start-up and open a gloo group before accelerate opens NCCL).

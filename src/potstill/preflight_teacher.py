@@ -11,19 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from potstill.preflight import Check
-
-# What a reasoning teacher's output budget should hold at least: its reasoning (OpenAI's o4-mini
-# thinks a few hundred tokens at low effort before a one-word label, thousands at medium or high)
-# plus the answer. OpenAI advises reserving 25,000 tokens when starting out; 1024 is the floor below
-# which a label task's answers already come back empty.
-REASONING_BUDGET = 1024
-
-
-def reasons(t: Any) -> bool:
-    """A teacher that thinks before it answers spends up to ``max_tokens`` on any answer."""
-    from potstill.teachers.openai_teacher import reasoning_model
-
-    return bool(getattr(t, "reasoning_effort", None)) or (t.type == "openai" and reasoning_model(t.model or ""))
+from potstill.teachers.reasoning import REASONING_BUDGET, reasons
 
 
 def check_output_budget(ctx: Any) -> Check:

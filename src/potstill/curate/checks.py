@@ -18,6 +18,7 @@ from potstill.ledger_schema import REFUSED_STOPS
 from potstill.records import Record
 from potstill.tasks import Task
 from potstill.tasks.answers import output_problem, vote
+from potstill.teachers.reasoning import spent_before_answering
 
 
 # The stop reasons of an answer that ran into a token limit, as generate keeps them in meta.stop_reason:
@@ -31,13 +32,6 @@ def _cut(stop: str | None, task: Task, rec: Record, text: str) -> bool:
     """Whether an answer ``text`` that stopped for ``stop`` is half an answer curate sets aside (see
     ``invalid_reason``): a label read from the first words is whole unless no word came."""
     return (not task.labels or not text.strip()) and stop in CUT and "review" not in rec.meta
-
-
-def _spent(stop: str | None, text: str) -> bool:
-    """Whether the teacher spent its whole output budget before its first word: a reasoning model
-    (o-series, gpt-5, Claude with thinking) counts its hidden reasoning in max_tokens, so an answer of
-    "" stopped at the limit is one whose reasoning used it up (OpenAI: content "", finish_reason length)."""
-    return stop in ("length", "max_tokens") and not text.strip()
 
 
 def _refused(stop: str | None, rec: Record) -> bool:
@@ -106,7 +100,7 @@ def invalid_reason(rec: Record, task: Task, c: CurateConfig, specials: Sequence[
     if _refused(stop, rec):
         return (f"teacher refused: the answer stopped for {stop}; its text (the words written before it "
                 "stopped, or none) is no answer to learn")
-    cut, spent = _cut(stop, task, rec, rec.output), _spent(stop, rec.output)
+    cut, spent = _cut(stop, task, rec, rec.output), spent_before_answering(rec.output, stop)
     # An answer never written is no label outside the set, nor an empty answer: said before the task's check.
     problem = None if cut and spent else output_problem(rec.output, task, c)
     if problem is None and cut:

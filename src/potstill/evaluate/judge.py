@@ -4,7 +4,9 @@ Each test input is shown to the judge twice, once with the student's answer as A
 because LLM judges favour a position (often the first). A verdict counts only when both orders
 agree once mapped back to the student: win, tie or loss; two orders that disagree make the
 example ``inconsistent`` (a judge that always says "A" is inconsistent on every input), and an
-answer that is not one of A, B or TIE (or a failed call) is ``bad`` and counted, never fatal.
+answer that is not one of A, B or TIE (or a failed call) is ``bad`` and counted, never fatal. An
+answer of "" stopped at the judge's token limit (a reasoning judge that thought past it) is a failed
+call, paid and not reused; a reasoning judge gets ``REASONING_BUDGET`` tokens more, at low effort.
 
 Every judge call is one ledger row with role ``judge`` (cost, tokens, latency), and the ledger is
 the cache: re-running evaluate asks the judge nothing it has already answered.
@@ -13,6 +15,7 @@ the cache: re-running evaluate asks the judge nothing it has already answered.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any, Sequence
 
 from rich.markup import escape
@@ -30,6 +33,8 @@ from potstill.tasks import Task
 from potstill.teachers import Response, get_teacher
 from potstill.teachers.api.prices import price_for
 from potstill.teachers.base import RunStats
+from potstill.teachers.openai_teacher import reasoning_model
+from potstill.teachers.reasoning import REASONING_BUDGET, reasons, spent_before_answering
 
 OUTCOMES = ("win", "tie", "loss", "inconsistent", "bad")
 _ANSWER = re.compile(r"^\W*(TIE|A|B)\b", re.IGNORECASE)
@@ -72,7 +77,23 @@ def judge_teacher_config(cfg: Config) -> TeacherConfig:
     """The judge's model: ``evaluate.judge.teacher`` when set, else the run's teacher."""
     t = cfg.evaluate.judge.teacher or cfg.teacher
     # A verdict should not depend on a sample: judge greedily, with room for one word and a margin.
-    return t.model_copy(update={"temperature": 0.0, "max_tokens": cfg.evaluate.judge.max_tokens, "logprobs": 0})
+    update: dict[str, Any] = {"temperature": 0.0, "max_tokens": cfg.evaluate.judge.max_tokens, "logprobs": 0}
+    if reasons(t):
+        # A reasoning judge thinks before its one word, in the same budget: 8 tokens gave every answer ""
+        # stopped at length, each read as "bad". It gets room for its reasoning, at low effort unless set.
+        update["max_tokens"] += REASONING_BUDGET
+        if t.type == "openai" and reasoning_model(t.model):
+            update["reasoning_effort"] = t.reasoning_effort or "low"
+    return t.model_copy(update=update)
+
+
+def unanswered(resp: Response, max_tokens: int) -> Response:
+    """``resp`` as a failed call where the judge spent its whole budget before its first word: paid,
+    but no verdict, and never reused from the ledger as one (a rerun under a larger budget asks again)."""
+    if not resp.ok or not spent_before_answering(resp.output, resp.stop_reason):
+        return resp
+    return replace(resp, output=None, error=f"the judge spent all of its {max_tokens} output tokens before answering "
+                   "(a reasoning model's hidden reasoning counts in them); raise evaluate.judge.max_tokens")
 
 
 def ask(cfg: Config, task: Task, prompts: list[list[dict[str, str]]],
@@ -103,6 +124,7 @@ def ask(cfg: Config, task: Task, prompts: list[list[dict[str, str]]],
 
             def on_result(j: int, resp: Response) -> None:
                 i = todo[j]
+                resp = unanswered(resp, teacher.cfg.max_tokens)
                 call = ledger_call(hashes[i], teacher, "evaluate", reqs[i], resp)
                 call.role = "judge"
                 ledger.record(call)
