@@ -535,15 +535,15 @@ def check_tool_turns(ctx: _Ctx) -> Check:
     return Check("tool_turns", "warn", wasted) if wasted else Check("tool_turns", "ok", "every input is a first request")
 
 
-from potstill.preflight_teacher import check_output_budget  # noqa: E402 (it imports Check from here)
+from potstill.preflight_teacher import check_kd_signal, check_output_budget  # noqa: E402 (it imports Check from here)
 
 # ``train`` leaves the weights to the trainer, which compares the very models it loaded (a second
 # load here would double the start-up and open a gloo group before accelerate opens NCCL).
 CHECKS: dict[str | None, list[Callable[[_Ctx], Check]]] = {
-    "generate": [check_labels, check_budget, check_samples, check_tool_turns, check_output_budget],
-    "train": [check_context, check_vocabulary, check_prompt, check_labels],
+    "generate": [check_labels, check_budget, check_samples, check_tool_turns, check_output_budget, check_kd_signal],
+    "train": [check_context, check_vocabulary, check_prompt, check_labels, check_kd_signal],
     None: [check_inputs, check_teacher, check_context, check_vocabulary, check_prompt, check_labels, check_weights,
-           check_budget, check_samples, check_tool_turns, check_output_budget],
+           check_budget, check_samples, check_tool_turns, check_output_budget, check_kd_signal],
 }
 
 

@@ -48,3 +48,30 @@ def test_an_answer_whose_reasoning_spent_max_tokens_is_truncated_not_a_wrong_lab
     assert _check(roomy, "output_budget").status == "ok"
     # Not a reasoning teacher: nothing to say.
     assert _check(load_config(project(tmp_path, srv.base_url, 6)), "output_budget").status == "skip"
+
+
+@pytest.mark.parametrize("teacher, why", [
+    ({"model": "o4-mini", "max_tokens": 2000}, "o4-mini is an OpenAI reasoning model, which returns no logprobs"),
+    ({"type": "anthropic", "model": "claude-haiku-4-5"}, "the Anthropic Messages API returns no log-probabilities"),
+    ({}, "teacher.logprobs is 0"),
+])
+def test_a_kd_run_whose_teacher_gives_no_logprobs_fails_before_generate_pays(tmp_path, monkeypatch, teacher, why):
+    # train.objective kd, kd_signal labels: preflight passed, generate paid for every answer, then train
+    # refused for want of label_probs and advised teacher.logprobs 5, which o4-mini refuses.
+    monkeypatch.setenv("TEACHER_KEY", SECRET)
+    with Loopback(key=SECRET) as srv:
+        path = project(tmp_path, srv.base_url, 4, teacher)
+        kd = {"train": {"objective": "kd", "kd_signal": "labels"}}
+        cfg = load_config(path, overrides=kd)
+        check = _check(cfg, "kd_signal")
+        assert check.status == "fail" and why in check.detail and "\n" not in check.detail, check.detail
+        advice = check.detail.split(why)[1]
+        assert ("teacher.logprobs 5" in advice) == (not teacher)  # never advised where the teacher refuses it
+        with pytest.raises(PotstillError, match=r"^preflight kd_signal: train.objective kd with kd_signal labels"):
+            require(cfg, "generate")
+        assert srv.stats()["answered"] == {}
+        if not teacher:  # the fix it names passes, and so does an sft run or a logits signal
+            assert _check(load_config(path, overrides={**kd, "teacher": {"logprobs": 5}}), "kd_signal").status == "ok"
+        assert _check(load_config(path), "kd_signal").status == "skip"
+        logits = {"train": {"objective": "kd", "kd_signal": "logits", "teacher_model": "x"}}
+        assert _check(load_config(path, overrides=logits), "kd_signal").status == "skip"

@@ -280,7 +280,7 @@ def test_cli_preflight_prints_every_check_and_exits_non_zero(tiny_model, tmp_pat
     bad = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2, bad.stderr
     names = ["inputs", "teacher", "context", "vocabulary", "prompt", "labels", "weights", "budget", "samples",
-             "tool_turns", "output_budget"]
+             "tool_turns", "output_budget", "kd_signal"]
     assert [ln.split()[1] for ln in bad.stdout.splitlines()] == names
     assert bad.stderr.strip().splitlines()[-1] == "error: preflight: 1 check(s) failed: budget"
     good = subprocess.run([*cmd, "--generate.budget_usd", "100"], cwd=tmp_path, capture_output=True, text=True,
@@ -361,7 +361,7 @@ def test_a_check_that_cannot_load_its_model_fails_alone_and_the_table_is_still_p
     assert run.returncode == 2 and "Traceback" not in run.stderr
     rows = [ln.split(None, 2) for ln in run.stdout.splitlines()]
     assert [r[1] for r in rows] == ["inputs", "teacher", "context", "vocabulary", "prompt", "labels", "weights",
-                                    "budget", "samples", "tool_turns", "output_budget"]
+                                    "budget", "samples", "tool_turns", "output_budget", "kd_signal"]
     status = {r[1]: r[0] for r in rows}
     assert status["inputs"] == status["teacher"] == "ok" and status["weights"] == status["budget"] == "skip"
     assert status["context"] == status["prompt"] == status["labels"] == "fail"

@@ -246,6 +246,9 @@ class Teacher:
     supports_logprobs: ClassVar[bool] = False
     #: Why ``teacher.logprobs`` is refused when ``supports_logprobs`` is False.
     logprobs_refusal: ClassVar[str] = "this teacher returns no log-probabilities"
+    #: Whether a classification teacher gives each answer's distribution over labels without
+    #: ``teacher.logprobs`` (a local teacher reads it from its own logits).
+    writes_label_probs: ClassVar[bool] = False
     supports_batch: ClassVar[bool] = False
     remote: ClassVar[bool] = False
     supports_tools: ClassVar[bool] = False
@@ -276,6 +279,12 @@ class Teacher:
         self.n = 1
         self._worker: ThreadPoolExecutor | None = None
         self._worker_lock = threading.Lock()
+
+    @classmethod
+    def logprobs_problem(cls, cfg: TeacherConfig) -> str | None:
+        """Why a teacher of config ``cfg`` can return no log-probabilities (read before it is built:
+        preflight asks it of a KD run's teacher), or None where ``teacher.logprobs`` would get them."""
+        return None if cls.supports_logprobs else cls.logprobs_refusal
 
     @property
     def model_name(self) -> str:

@@ -73,6 +73,7 @@ def choose_shots(path: str, k: int, seed: int, labels: list[str]) -> list[tuple[
 
 class LocalTeacher(Teacher):
     type = "local"
+    writes_label_probs = True  # from its logits at the labels' first tokens
     logprobs_refusal = ("a local teacher stores no per-token log-probabilities (train.kd_signal logits with "
                         "train.teacher_model distils its full logits)")
 

@@ -137,13 +137,20 @@ class OpenAITeacher(ApiTeacher):
             "instruction": self.task.cfg.instruction,
         }
 
+    @classmethod
+    def logprobs_problem(cls, cfg: Any) -> str | None:
+        if reasoning_model(cfg.model):
+            return f"{cfg.model} is an OpenAI reasoning model, which returns no logprobs"
+        return None
+
     def __init__(self, cfg: Any, task: Any):
         super().__init__(cfg, task)
         self.reasoning = reasoning_model(cfg.model)
         self.stream_refused = False  # the server refused a streamed request: answers come whole
-        if self.reasoning and cfg.logprobs:
-            raise PotstillError(f"teacher.logprobs {cfg.logprobs}: {cfg.model} is an OpenAI reasoning model, which "
-                                "returns no logprobs (every request would be refused); set teacher.logprobs 0")
+        why = self.logprobs_problem(cfg)
+        if why and cfg.logprobs:
+            raise PotstillError(f"teacher.logprobs {cfg.logprobs}: {why} (every request would be refused); set "
+                                "teacher.logprobs 0")
 
     def request(self, record) -> dict[str, Any]:
         req: dict[str, Any] = {"model": self.cfg.model, "messages": self.task.messages(record)}

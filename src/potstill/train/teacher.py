@@ -77,8 +77,9 @@ def resolve_signal(cfg: TrainConfig, task: Task, records: list[Record]) -> str |
         # Else every example's KD term is empty and the run is plain SFT while train.json says kd.
         raise PotstillError("train.objective kd (labels signal): no training record carries label_probs, the "
                             "teacher's distribution over labels (a local teacher writes them; an API teacher "
-                            "needs teacher.logprobs 5 or so, on a server that returns logprobs); regenerate so, "
-                            "or set train.objective sft")
+                            "that returns logprobs needs teacher.logprobs 5 or so; OpenAI's reasoning models, "
+                            "Anthropic and replay return none); regenerate so, or use kd_signal logits with "
+                            "train.teacher_model, or set train.objective sft")
     if sig == "topk" and not any(r.logprobs for r in records):
         raise PotstillError("train.kd_signal topk: no training record carries logprobs "
                             "(generate with a teacher that returns top-k logprobs)")
