@@ -174,6 +174,10 @@ class TeacherConfig(Section):
     max_tokens: int = Field(256, ge=1, description="Max output tokens per call.")
     stop: list[str] = Field(default_factory=list, description="Local teacher, free text: end an answer at the first of these strings.")
     logprobs: int = Field(0, ge=0, le=20, description="Top-k log-probabilities to request per output token (0: none).")
+    reasoning: bool | Literal["auto"] = Field(
+        "auto", description="Whether the model is a reasoning model, sent max_completion_tokens (which counts its "
+        "hidden reasoning) and no temperature, and asked for no logprobs: auto (by OpenAI's ids: o-series, gpt-5 but "
+        "gpt-5-chat), true (an Azure deployment or a proxy's alias of one), false.")
     reasoning_effort: str | None = Field(
         None, description="Sent as reasoning_effort (minimal, low, medium, high) when set: OpenAI's reasoning models "
         "(o-series, gpt-5) count their reasoning in max_tokens, so a short answer needs a low effort.")

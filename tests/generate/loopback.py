@@ -102,8 +102,11 @@ def _chat(body: dict[str, Any], reasoning_tokens: int = 0) -> dict[str, Any]:
 REASONING = re.compile(r"^(ft:)?(o\d|gpt-5(?!-chat))")
 
 
-def _reasoning_refusal(body: dict[str, Any]) -> dict[str, Any] | None:
-    if not REASONING.match(str(body.get("model", ""))):
+def _reasoning_refusal(body: dict[str, Any], alias: str = "") -> dict[str, Any] | None:
+    """OpenAI's 400 for a reasoning model's request, the model named by its id or by ``alias`` (a
+    regex: an Azure deployment or a proxy's name for one, --reasoner)."""
+    model = str(body.get("model", ""))
+    if not (REASONING.match(model) or alias and re.fullmatch(alias, model)):
         return None
     if "max_tokens" in body:
         return {"message": "Unsupported parameter: 'max_tokens' is not supported with this model. Use "
@@ -177,7 +180,7 @@ async def handle(state: State, reader: asyncio.StreamReader, writer: asyncio.Str
                     "type": "insufficient_quota", "param": None, "code": "insufficient_quota"}}))
                 await writer.drain()
                 continue
-            refusal = None if anthropic else _reasoning_refusal(body)
+            refusal = None if anthropic else _reasoning_refusal(body, o.reasoner)
             if refusal:
                 state.faults["400-" + refusal["param"]] += 1
                 writer.write(_response(400, {"error": refusal}))
@@ -272,6 +275,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--retry-after-s", type=float, default=0.0)
     p.add_argument("--keep-arrivals", action="store_true")
     p.add_argument("--no-credit", action="store_true")  # every request: 429 insufficient_quota
+    p.add_argument("--reasoner", default="")  # a model name that is a reasoning model too (an alias's regex)
     p.add_argument("--reasoning-tokens", type=int, default=0)  # hidden tokens a reasoning model spends first
     return p.parse_args(argv)
 

@@ -75,3 +75,29 @@ def test_a_kd_run_whose_teacher_gives_no_logprobs_fails_before_generate_pays(tmp
         assert _check(load_config(path), "kd_signal").status == "skip"
         logits = {"train": {"objective": "kd", "kd_signal": "logits", "teacher_model": "x"}}
         assert _check(load_config(path, overrides=logits), "kd_signal").status == "skip"
+
+
+def test_teacher_reasoning_true_makes_an_alias_a_reasoning_model(tmp_path, monkeypatch):
+    # An Azure deployment named prod-reasoner (o3 behind it) got max_tokens and temperature: every
+    # request a 400, with no setting to say what the model is.
+    monkeypatch.setenv("TEACHER_KEY", SECRET)
+    with Loopback(key=SECRET, reasoner="prod-reasoner") as srv:
+        teacher = {"model": "prod-reasoner", "max_tokens": 2000, "max_retries": 0}
+        summary = generate_stage(load_config(project(tmp_path, srv.base_url, 5, {**teacher, "reasoning": True})))
+        stats = srv.stats()
+        assert summary["errors"] == 0 and stats["faults"] == {} and sum(stats["answered"].values()) == 5
+        # auto (by OpenAI's ids) does not know the name: the server's 400s, as before
+        (tmp_path / "auto").mkdir()
+        with pytest.raises(PotstillError, match="max_tokens"):
+            generate_stage(load_config(project(tmp_path / "auto", srv.base_url, 5, teacher)))
+        assert srv.stats()["faults"].get("400-max_tokens")
+    # Declared a reasoning model, it is one everywhere: no logprobs asked, preflight's budget check.
+    cfg = load_config(project(tmp_path, srv.base_url, 5, {**teacher, "reasoning": True, "max_tokens": 100}))
+    assert _check(cfg, "output_budget").status == "warn"
+    with pytest.raises(PotstillError, match=r"prod-reasoner is an OpenAI reasoning model \(teacher.reasoning true\)"):
+        generate_stage(load_config(project(tmp_path, srv.base_url, 5, {**teacher, "reasoning": True, "logprobs": 5})))
+    # false: an id that looks like one is sent as a chat model (a local server's model named o3-tiny)
+    from potstill.teachers.reasoning import reasoning_teacher
+
+    assert not reasoning_teacher(load_config(project(tmp_path, srv.base_url, 5, {"model": "o3", "reasoning": False})).teacher)
+    assert reasoning_teacher(load_config(project(tmp_path, srv.base_url, 5, {"model": "o3"})).teacher)

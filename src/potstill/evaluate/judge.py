@@ -33,8 +33,7 @@ from potstill.tasks import Task
 from potstill.teachers import Response, get_teacher
 from potstill.teachers.api.prices import price_for
 from potstill.teachers.base import RunStats
-from potstill.teachers.openai_teacher import reasoning_model
-from potstill.teachers.reasoning import REASONING_BUDGET, reasons, spent_before_answering
+from potstill.teachers.reasoning import REASONING_BUDGET, reasoning_teacher, reasons, spent_before_answering
 
 OUTCOMES = ("win", "tie", "loss", "inconsistent", "bad")
 _ANSWER = re.compile(r"^\W*(TIE|A|B)\b", re.IGNORECASE)
@@ -82,7 +81,7 @@ def judge_teacher_config(cfg: Config) -> TeacherConfig:
         # A reasoning judge thinks before its one word, in the same budget: 8 tokens gave every answer ""
         # stopped at length, each read as "bad". It gets room for its reasoning, at low effort unless set.
         update["max_tokens"] += REASONING_BUDGET
-        if t.type == "openai" and reasoning_model(t.model):
+        if t.type == "openai" and reasoning_teacher(t):
             update["reasoning_effort"] = t.reasoning_effort or "low"
     return t.model_copy(update=update)
 

@@ -6,8 +6,8 @@ connections with exponential backoff and jitter and honours ``Retry-After``. Wit
 above 1 one request asks for n choices; top-k logprobs are kept per token, rounded. The key is read from the environment
 variable named in ``teacher.api_key_env`` and never stored, logged or shown in an error.
 
-OpenAI's reasoning models (o1, o3, o4-mini, the gpt-5 family except gpt-5-chat) answer 400 to
-``max_tokens`` ("use max_completion_tokens"), to any temperature but 1 and to logprobs. For them
+OpenAI's reasoning models (o1, o3, o4-mini, the gpt-5 family except gpt-5-chat; any model under
+``teacher.reasoning: true``, such as an Azure deployment of one) answer 400 to ``max_tokens`` ("use max_completion_tokens"), to any temperature but 1 and to logprobs. For them
 the output budget goes as ``max_completion_tokens`` (it counts the hidden reasoning too) and no
 temperature is sent; asking them for logprobs is one error before any call.
 """
@@ -24,14 +24,7 @@ from typing import Any
 from potstill.errors import PotstillError
 from potstill.teachers.api import ApiTeacher
 from potstill.teachers.base import Delta, OnDelta, Response, join_fragment, token_bytes
-
-
-REASONING = re.compile(r"^(ft:)?(o\d|gpt-5(?!-chat))")
-
-
-def reasoning_model(model: str) -> bool:
-    """An OpenAI reasoning model by its id (``o3-mini``, ``gpt-5.1``, ``ft:o4-mini-...``)."""
-    return bool(REASONING.match(model))
+from potstill.teachers.reasoning import reasoning_model, reasoning_teacher  # noqa: F401 (reasoning_model: its old home)
 
 
 def api_key(env_name: str, setting: str = "teacher.api_key_env") -> str:
@@ -139,13 +132,14 @@ class OpenAITeacher(ApiTeacher):
 
     @classmethod
     def logprobs_problem(cls, cfg: Any) -> str | None:
-        if reasoning_model(cfg.model):
-            return f"{cfg.model} is an OpenAI reasoning model, which returns no logprobs"
-        return None
+        if not reasoning_teacher(cfg):
+            return None
+        said = " (teacher.reasoning true)" if cfg.reasoning is True else ""
+        return f"{cfg.model} is an OpenAI reasoning model{said}, which returns no logprobs"
 
     def __init__(self, cfg: Any, task: Any):
         super().__init__(cfg, task)
-        self.reasoning = reasoning_model(cfg.model)
+        self.reasoning = reasoning_teacher(cfg)
         self.stream_refused = False  # the server refused a streamed request: answers come whole
         why = self.logprobs_problem(cfg)
         if why and cfg.logprobs:
