@@ -180,7 +180,13 @@ class TeacherConfig(Section):
         "gpt-5-chat), true (an Azure deployment or a proxy's alias of one), false.")
     reasoning_effort: str | None = Field(
         None, description="Sent as reasoning_effort (minimal, low, medium, high) when set: OpenAI's reasoning models "
-        "(o-series, gpt-5) count their reasoning in max_tokens, so a short answer needs a low effort.")
+        "(o-series, gpt-5) count their reasoning in max_tokens, so a short answer needs a low effort. An Anthropic "
+        "teacher refuses it (see teacher.thinking_budget).")
+    thinking_budget: int | None = Field(
+        None, ge=1024, description="Anthropic: extended thinking, sent as thinking {type: enabled, budget_tokens}: "
+        "tokens Claude may think before it answers (at least 1024), counted in teacher.max_tokens, which must exceed "
+        "it; no temperature is sent (thinking samples at 1). The thinking stays out of the answers. Other teachers "
+        "refuse it (OpenAI's reasoning models take teacher.reasoning_effort).")
     structured_outputs: Literal["off", "on", "strict"] = Field(
         "off", description="Extraction with an API teacher: ask for task.json_schema as the answer's format, so each "
         "answer is JSON that fits (OpenAI-compatible servers: response_format json_schema, with strict: true for "

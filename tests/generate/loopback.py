@@ -122,15 +122,37 @@ def _reasoning_refusal(body: dict[str, Any], alias: str = "") -> dict[str, Any] 
     return None
 
 
+def _thinking_refusal(body: dict[str, Any]) -> dict[str, Any] | None:
+    """Anthropic's 400s for extended thinking: a temperature other than 1, a max_tokens not above the budget."""
+    budget = int((body.get("thinking") or {}).get("budget_tokens") or 0)
+    if not budget:
+        return None
+    if body.get("temperature", 1) != 1:
+        return {"type": "invalid_request_error", "message": "`temperature` may only be set to 1 when thinking is "
+                "enabled. Please consult our documentation at https://docs.claude.com/en/docs/build-with-claude/"
+                "extended-thinking#important-considerations-when-using-extended-thinking"}
+    if int(body.get("max_tokens", 0)) <= budget:
+        return {"type": "invalid_request_error", "message": "`max_tokens` must be greater than "
+                "`thinking.budget_tokens`. Please consult our documentation at https://docs.claude.com/en/docs/"
+                "build-with-claude/extended-thinking#max-tokens-and-context-window-size"}
+    return None
+
+
 def _messages(body: dict[str, Any]) -> dict[str, Any]:
     text = _user_text(body["messages"])
     ans = answer_for(text)
     cut = int(body.get("max_tokens", 1)) < 2
     n_in = len(json.dumps(body["messages"]) + str(body.get("system", ""))) // 4 + 1
+    content: list[dict[str, Any]] = [{"type": "text", "text": ans}]
+    thought = 0
+    if body.get("thinking"):  # Claude thinks first: a summary of it, and a part encrypted, before the text
+        thought = 40
+        content[:0] = [{"type": "thinking", "thinking": "The user wants a topic; weighing it.", "signature": "c2ln"},
+                       {"type": "redacted_thinking", "data": "ZW5jcnlwdGVk"}]
     return {"id": "msg_" + hashlib.md5(text.encode()).hexdigest()[:12], "type": "message", "role": "assistant",
-            "model": body.get("model", "m"), "content": [{"type": "text", "text": ans}],
+            "model": body.get("model", "m"), "content": content,
             "stop_reason": "max_tokens" if cut else "end_turn", "stop_sequence": None,
-            "usage": {"input_tokens": n_in, "output_tokens": 1, "cache_read_input_tokens": 3,
+            "usage": {"input_tokens": n_in, "output_tokens": 1 + thought, "cache_read_input_tokens": 3,
                       "cache_creation_input_tokens": 0}}
 
 
@@ -180,14 +202,16 @@ async def handle(state: State, reader: asyncio.StreamReader, writer: asyncio.Str
                     "type": "insufficient_quota", "param": None, "code": "insufficient_quota"}}))
                 await writer.drain()
                 continue
-            refusal = None if anthropic else _reasoning_refusal(body, o.reasoner)
+            refusal = _thinking_refusal(body) if anthropic else _reasoning_refusal(body, o.reasoner)
             if refusal:
-                state.faults["400-" + refusal["param"]] += 1
-                writer.write(_response(400, {"error": refusal}))
+                state.faults["400-" + refusal.get("param", "thinking")] += 1
+                writer.write(_response(400, {"type": "error", "error": refusal} if anthropic else {"error": refusal}))
                 await writer.drain()
                 continue
             if body.get("reasoning_effort"):
                 state.efforts[str(body["reasoning_effort"])] += 1
+            if body.get("thinking"):
+                state.efforts[f"thinking {body['thinking']['budget_tokens']}"] += 1
             now = time.monotonic()
             if o.keep_arrivals:
                 state.arrivals.append(now)

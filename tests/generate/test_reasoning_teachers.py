@@ -14,7 +14,7 @@ from potstill.generate.stage import generate_stage
 from potstill.preflight import require, run_checks
 from potstill.records import read_records
 from tests.generate.loopback import Loopback
-from tests.generate.test_generate import SECRET, project
+from tests.generate.test_generate import SECRET, check_output, project
 
 
 def _check(cfg, name: str):
@@ -101,3 +101,29 @@ def test_teacher_reasoning_true_makes_an_alias_a_reasoning_model(tmp_path, monke
 
     assert not reasoning_teacher(load_config(project(tmp_path, srv.base_url, 5, {"model": "o3", "reasoning": False})).teacher)
     assert reasoning_teacher(load_config(project(tmp_path, srv.base_url, 5, {"model": "o3"})).teacher)
+
+
+def test_anthropic_extended_thinking_from_teacher_thinking_budget(tmp_path, monkeypatch):
+    # teacher.reasoning_effort on an Anthropic teacher was dropped without a word (the request carried
+    # temperature 0 and no thinking), and nothing could turn extended thinking on.
+    monkeypatch.setenv("TEACHER_KEY", SECRET)
+    claude = {"type": "anthropic", "model": "claude-sonnet-4-5", "max_retries": 0}
+    with Loopback(key=SECRET) as srv:
+        with pytest.raises(PotstillError, match=r"^teacher.reasoning_effort high: the Anthropic Messages API takes no "
+                                                r"effort; set teacher.thinking_budget"):
+            generate_stage(load_config(project(tmp_path, srv.root_url, 4, {**claude, "reasoning_effort": "high"})))
+        with pytest.raises(PotstillError, match=r"^teacher.max_tokens 2000 must exceed teacher.thinking_budget 4096"):
+            generate_stage(load_config(project(tmp_path, srv.root_url, 4, {**claude, "max_tokens": 2000,
+                                                                            "thinking_budget": 4096})))
+        assert srv.stats()["answered"] == {}
+        # thinking {type: enabled, budget_tokens}, no temperature (the server refuses any but 1 with thinking)
+        cfg = load_config(project(tmp_path, srv.root_url, 4, {**claude, "max_tokens": 3000, "thinking_budget": 2048}))
+        summary = generate_stage(cfg)
+        stats = srv.stats()
+    assert summary["errors"] == 0 and stats["faults"] == {} and stats["reasoning_effort"] == {"thinking 2048": 4}
+    # The thinking and redacted_thinking blocks before the text are not the answer.
+    check_output(tmp_path / "run" / "teacher.jsonl", 4)
+    assert _check(cfg, "output_budget").status == "ok"  # a thinking teacher: its budget is read
+    # Another teacher has no such setting: said, not ignored.
+    with pytest.raises(PotstillError, match=r"teacher.thinking_budget: the openai teacher has no extended thinking"):
+        generate_stage(load_config(project(tmp_path, srv.base_url, 4, {"thinking_budget": 2048})))

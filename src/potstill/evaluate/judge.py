@@ -80,7 +80,7 @@ def judge_teacher_config(cfg: Config) -> TeacherConfig:
     if reasons(t):
         # A reasoning judge thinks before its one word, in the same budget: 8 tokens gave every answer ""
         # stopped at length, each read as "bad". It gets room for its reasoning, at low effort unless set.
-        update["max_tokens"] += REASONING_BUDGET
+        update["max_tokens"] += t.thinking_budget or REASONING_BUDGET  # Claude's: above its thinking budget
         if t.type == "openai" and reasoning_teacher(t):
             update["reasoning_effort"] = t.reasoning_effort or "low"
     return t.model_copy(update=update)

@@ -14,6 +14,8 @@ A chat with OpenAI tool turns is sent in the Messages API's terms (``_tool_turns
 A client's function tools (``with_tools``) become tools with an ``input_schema`` and its
 ``tool_choice`` the API's (auto, required -> any, a named function -> tool); an answer's
 ``tool_use`` blocks come back as OpenAI ``tool_calls`` (arguments as a JSON string).
+``teacher.thinking_budget`` turns on extended thinking (``thinking: {type: enabled, budget_tokens}``,
+no temperature); ``thinking`` and ``redacted_thinking`` blocks never become part of an answer.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from potstill.errors import redact
+from potstill.errors import PotstillError, redact
 from potstill.records import INSTRUCTION_ROLES, content_text
 from potstill.teachers.api import ApiTeacher
 from potstill.teachers.base import Delta, OnDelta, Response
@@ -200,6 +202,20 @@ class AnthropicTeacher(ApiTeacher):
     supports_tools = True
     streams = True
     logprobs_refusal = "the Anthropic Messages API returns no log-probabilities"
+    supports_thinking = True
+
+    def __init__(self, cfg: Any, task: Any):
+        super().__init__(cfg, task)
+        # Refused, not dropped: it was sent nowhere, and the run looked like a reasoning one (preflight
+        # projected all of max_tokens) while Claude answered without thinking.
+        if cfg.reasoning_effort:
+            raise PotstillError(f"teacher.reasoning_effort {cfg.reasoning_effort}: the Anthropic Messages API takes no "
+                                "effort; set teacher.thinking_budget (tokens of extended thinking, at least 1024, "
+                                "below teacher.max_tokens) instead, or unset it")
+        budget = cfg.thinking_budget
+        if budget and cfg.max_tokens <= budget:  # the API's 400 for every request, said once here
+            raise PotstillError(f"teacher.max_tokens {cfg.max_tokens} must exceed teacher.thinking_budget {budget}: "
+                                "Claude's thinking counts in max_tokens; raise it to the budget plus the answer's tokens")
 
     def identity(self) -> dict[str, Any]:
         return {"type": "anthropic", "base_url": self.identity_url("https://api.anthropic.com"),
@@ -219,6 +235,9 @@ class AnthropicTeacher(ApiTeacher):
         }
         if tools:
             req.update(_declared_tools(req["messages"]))
+        if self.cfg.thinking_budget:  # thinking samples at temperature 1 only: none is sent
+            req["thinking"] = {"type": "enabled", "budget_tokens": self.cfg.thinking_budget}
+            del req["temperature"]
         if system:
             req["system"] = system
         if self.n > 1:

@@ -246,6 +246,8 @@ class Teacher:
     supports_logprobs: ClassVar[bool] = False
     #: Why ``teacher.logprobs`` is refused when ``supports_logprobs`` is False.
     logprobs_refusal: ClassVar[str] = "this teacher returns no log-probabilities"
+    #: Whether the teacher takes ``teacher.thinking_budget`` (Anthropic's extended thinking).
+    supports_thinking: ClassVar[bool] = False
     #: Whether a classification teacher gives each answer's distribution over labels without
     #: ``teacher.logprobs`` (a local teacher reads it from its own logits).
     writes_label_probs: ClassVar[bool] = False
@@ -275,6 +277,9 @@ class Teacher:
             # Refused here, before any answer: ignored, it left records without the top-k data asked for,
             # and train's kd then failed on something that did not name this setting.
             raise PotstillError(f"teacher.logprobs: {self.logprobs_refusal}; set it to 0")
+        if getattr(cfg, "thinking_budget", None) and not self.supports_thinking:
+            raise PotstillError(f"teacher.thinking_budget: the {self.type} teacher has no extended thinking (Anthropic's); "
+                                "an OpenAI reasoning model takes teacher.reasoning_effort; unset it")
         #: Samples per input; generate sets it from ``generate.n`` (only above 1 when ``supports_samples``).
         self.n = 1
         self._worker: ThreadPoolExecutor | None = None

@@ -34,7 +34,7 @@ def reasoning_teacher(t: Any) -> bool:
 
 def reasons(t: Any) -> bool:
     """Whether teacher config ``t`` thinks before it answers, spending up to ``max_tokens`` on any answer."""
-    return bool(getattr(t, "reasoning_effort", None)) or reasoning_teacher(t)
+    return bool(getattr(t, "reasoning_effort", None) or getattr(t, "thinking_budget", None)) or reasoning_teacher(t)
 
 
 def spent_before_answering(output: str | None, stop: Any) -> bool:
