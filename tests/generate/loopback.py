@@ -106,7 +106,13 @@ def _reasoning_refusal(body: dict[str, Any], alias: str = "") -> dict[str, Any] 
     """OpenAI's 400 for a reasoning model's request, the model named by its id or by ``alias`` (a
     regex: an Azure deployment or a proxy's name for one, --reasoner)."""
     model = str(body.get("model", ""))
+    if re.search(r"-pro$|codex", model):  # served on the Responses API only
+        return {"message": "This model is only supported in v1/responses and not in v1/chat/completions.",
+                "type": "invalid_request_error", "param": "model", "code": None, "status": 404}
     if not (REASONING.match(model) or alias and re.fullmatch(alias, model)):
+        if body.get("reasoning_effort"):  # a chat model
+            return {"message": "Unrecognized request argument supplied: reasoning_effort",
+                    "type": "invalid_request_error", "param": "reasoning_effort", "code": None}
         return None
     if "max_tokens" in body:
         return {"message": "Unsupported parameter: 'max_tokens' is not supported with this model. Use "
@@ -205,7 +211,8 @@ async def handle(state: State, reader: asyncio.StreamReader, writer: asyncio.Str
             refusal = _thinking_refusal(body) if anthropic else _reasoning_refusal(body, o.reasoner)
             if refusal:
                 state.faults["400-" + refusal.get("param", "thinking")] += 1
-                writer.write(_response(400, {"type": "error", "error": refusal} if anthropic else {"error": refusal}))
+                status = refusal.pop("status", 400)
+                writer.write(_response(status, {"type": "error", "error": refusal} if anthropic else {"error": refusal}))
                 await writer.drain()
                 continue
             if body.get("reasoning_effort"):

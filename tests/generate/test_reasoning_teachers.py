@@ -127,3 +127,27 @@ def test_anthropic_extended_thinking_from_teacher_thinking_budget(tmp_path, monk
     # Another teacher has no such setting: said, not ignored.
     with pytest.raises(PotstillError, match=r"teacher.thinking_budget: the openai teacher has no extended thinking"):
         generate_stage(load_config(project(tmp_path, srv.base_url, 4, {"thinking_budget": 2048})))
+
+
+@pytest.mark.parametrize("teacher, n, fault, named", [
+    ({"model": "gpt-4.1-mini", "reasoning_effort": "low"}, 60, "400-reasoning_effort", "reasoning_effort (HTTP 400)"),
+    ({"model": "gpt-5-pro"}, 60, "400-model", "model (HTTP 404)"),
+    ({"model": "gpt-4.1-mini", "reasoning_effort": "low"}, 3, "400-reasoning_effort", "reasoning_effort (HTTP 400)"),
+])
+def test_a_setting_the_server_refuses_stops_the_run_after_a_few_identical_400s(tmp_path, monkeypatch, teacher, n,
+                                                                              fault, named):
+    # reasoning_effort on a chat model, a Responses-only model: every input was sent, each a 400 (404),
+    # and the line said 'rerun to retry them', which would send them all again to the same answer.
+    from potstill.teachers.api.engine import HALT_AFTER
+
+    monkeypatch.setenv("TEACHER_KEY", SECRET)
+    conc = 4
+    with Loopback(key=SECRET) as srv:
+        cfg = load_config(project(tmp_path, srv.base_url, n, {**teacher, "concurrency": conc, "max_retries": 0}))
+        with pytest.raises(PotstillError) as e:
+            generate_stage(cfg)
+        refused = srv.stats()["faults"][fault]
+    msg = str(e.value)
+    assert refused == n if n < HALT_AFTER else refused <= HALT_AFTER + conc - 1, (refused, msg)
+    assert f"the server refuses the request's {named}" in msg and "\n" not in msg
+    assert "rerun to retry" not in msg and "fix it and rerun" in msg.lower(), msg

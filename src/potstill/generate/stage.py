@@ -81,6 +81,10 @@ def generate_body(cfg: Config, run: RunDir) -> dict[str, Any]:
         raise PotstillError(f"generate: stopped, {stats.halted[:300]}; every other request would fail the same way, so "
                             f"{stats.unsent} of {stats.inputs} inputs were not sent. Fix it and rerun: answered inputs "
                             "are cached")
+    if stats.errors and stats.halted:  # every input sent, each failing as a rerun would again
+        raise PotstillError(f"generate: {stats.errors} of {stats.inputs} teacher calls failed, {stats.halted[:300]}; "
+                            "every request would fail the same way until that is fixed: fix it and rerun (answered "
+                            "inputs are cached)")
     if stats.errors:
         # Not marked done: the next run retries exactly the failed requests (answers are cached).
         first = error or "a function's result asked in a tool round"

@@ -87,6 +87,8 @@ class Response:
     #: chat over its context) and the provider's error code (``context_length_exceeded``), where known.
     error_status: int | None = None
     error_code: str | None = None
+    #: The request field a failed request was refused for, where the provider names it (OpenAI's ``param``).
+    error_param: str | None = None
     #: A failed request's wait in seconds the provider asked for (``Retry-After``), where it sent one.
     retry_after_s: float | None = None
     #: Why the model stopped (``stop``, ``length``, ``end_turn``...); one per sample when n > 1.
@@ -158,15 +160,26 @@ def is_refusal(error: str | None) -> bool:
     return bool(error) and (error.startswith("refusal") or error.startswith("stop_reason refusal"))
 
 
+# A request's own fields, the same in every request of a run: a 400 (or a 404: a model served on another
+# endpoint, as gpt-5-pro is on /v1/responses only) that names one refuses the run's settings, not the chat.
+REQUEST_FIELDS = ("model", "max_tokens", "max_completion_tokens", "temperature", "reasoning_effort", "logprobs",
+                  "top_logprobs", "n", "stream_options", "parallel_tool_calls", "response_format", "thinking")
+
+
 def halting(resp: Response) -> str | None:
     """Why every other request would fail as ``resp`` did, or None: the key refused (401), no
     permission (403), the account out of credit (``insufficient_quota``, a 429 the SDK retries as if
-    it would pass) or no such model. Sending the rest would only repeat it, thousands of times
-    (the engine stops after ``HALT_AFTER`` such answers in a row)."""
+    it would pass), no such model, or a setting the server refuses (OpenAI's ``unsupported_parameter``
+    and ``unsupported_value``, a 400 or 404 naming one of ``REQUEST_FIELDS``: reasoning_effort sent to a
+    chat model). Sending the rest would only repeat it, thousands of times (the engine stops after
+    ``HALT_AFTER`` such answers in a row)."""
     if resp.ok:
         return None
     if resp.error_code in ("insufficient_quota", "model_not_found"):
         return resp.error_code
+    if resp.error_code in ("unsupported_parameter", "unsupported_value") or (
+            resp.error_status in (400, 404) and resp.error_param in REQUEST_FIELDS):
+        return f"the server refuses the request's {resp.error_param or 'parameters'} (HTTP {resp.error_status})"
     return {401: "the key was refused", 403: "the key has no permission"}.get(resp.error_status or 0)
 
 

@@ -201,6 +201,12 @@ def streamable(request: dict[str, Any]) -> bool:
     return int(request.get("n", 1)) == 1
 
 
+def _param(e: Exception) -> str | None:
+    """The request field an SDK's error names (OpenAI's ``param``), or None."""
+    param = getattr(e, "param", None)
+    return param if isinstance(param, str) else None
+
+
 async def send(teacher: ApiTeacher, client: Any, req: dict[str, Any], limiter: RateLimiter,
                price: PriceConfig | None, stats: RunStats, on_delta: OnDelta | None = None) -> Response:
     """One request through the limits; a failure (after the SDK's retries) becomes an error response.
@@ -221,7 +227,7 @@ async def send(teacher: ApiTeacher, client: Any, req: dict[str, Any], limiter: R
             status = getattr(e, "status_code", None)
             headers = getattr(getattr(e, "response", None), "headers", None)  # an SDK's APIStatusError's
             resp = Response(output=None, error=msg[:500], error_status=status if isinstance(status, int) else None,
-                            error_code=teacher.error_code(e),
+                            error_code=teacher.error_code(e), error_param=_param(e),
                             retry_after_s=retry_after(headers) if headers is not None else None)
     resp.latency_s = resp.latency_s or time.perf_counter() - t0
     limiter.settle(ticket, resp.input_tokens + resp.output_tokens)
@@ -277,7 +283,8 @@ async def run_requests(
     held: collections.deque[tuple[int, dict[str, Any]]] = collections.deque()  # put back to wait for an answer
     answered = asyncio.Event()
     in_flight = 0
-    streak = 0  # answers in a row that failed as every other request would (``halting``)
+    streak = 0  # answers in a row that failed as every other request would (``halting``), for one reason
+    last: str | None = None  # that reason, with the error that said it
     # Answers ``on_result`` could not commit (the ledger locked past SQLite's timeout, the disk full) and why:
     # the first stops the sending, the requests in flight still finish and commit (each is paid for), and
     # these are tried once more at the end, so that a busy ledger costs no answer the provider billed.
@@ -296,7 +303,7 @@ async def run_requests(
         return token_cost(price, max(0, est - out), out)
 
     async def worker() -> None:
-        nonlocal in_flight, streak
+        nonlocal in_flight, streak, last
         while not stats.budget_stopped and not stats.halted and not commit_errors:
             item = held.popleft() if held else next(it, None)
             if item is None:
@@ -321,14 +328,18 @@ async def run_requests(
                 commit_errors.append(e)
             in_flight -= 1
             why = halting(resp)
-            streak = streak + 1 if why else 0
-            if why and streak >= HALT_AFTER and not stats.halted:  # the requests in flight finish; no other goes out
-                stats.halted = f"{why}: {resp.error}"
+            said = f"{why}: {resp.error}" if why else None
+            streak = streak + 1 if said and said == last else int(bool(said))
+            last = said
+            if said and streak >= HALT_AFTER and not stats.halted:  # the requests in flight finish; no other goes out
+                stats.halted = said
             answered.set()
             on_tick()
 
     try:
         await asyncio.gather(*(worker() for _ in range(teacher.cfg.concurrency)))
+        if last and streak == stats.calls and not stats.halted:  # fewer than HALT_AFTER, each failing so
+            stats.halted = last
         if commit_errors:
             _commit_again(uncommitted, on_result, commit_errors[0])
     finally:
