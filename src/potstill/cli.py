@@ -183,6 +183,7 @@ def cost(run_dir: Annotated[Path, typer.Argument(help="Run directory.")],
          = None) -> None:
     """Print spend and tokens per model (teacher, judge, student), cache hits, and the projected cost of the inputs not yet answered."""
     from potstill.ledger import Ledger
+    from potstill.ledger_runs import token_words
 
     path = run_dir / "calls.sqlite"
     if not path.exists():
@@ -193,9 +194,8 @@ def cost(run_dir: Annotated[Path, typer.Argument(help="Run directory.")],
         rep = ledger.cost_report(share=share, resend_refused=resend)
         by_stage = ledger.spend_by_stage("teacher")
         for m in rep["models"]:
-            echo(f"teacher {m['model']}: {m['calls']} calls ({m['calls'] - m['ok']} errors), "
-                       f"{m['input_tokens']} input ({m['cached_input_tokens']} cached) + {m['output_tokens']} output tokens, "
-                       f"${m['cost_usd']:.4f}" + _batch_note(m))
+            echo(f"teacher {m['model']}: {m['calls']} calls ({m['calls'] - m['ok']} errors), {token_words(m)}, "
+                 f"${m['cost_usd']:.4f}" + _batch_note(m))
             if hourly and hourly[0] == m["model"]:
                 echo(_hourly_line(ledger, m["model"], hourly[1]))
             stages = [g for g in by_stage if g["model"] == m["model"]]

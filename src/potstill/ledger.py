@@ -153,7 +153,7 @@ class Ledger(GenerateRuns):
                 c.request_hash, c.role, c.stage, c.model, json.dumps(c.request, sort_keys=True),
                 None if c.response is None else json.dumps(c.response), c.input_tokens, c.output_tokens,
                 c.cached_input_tokens, c.cost_usd, c.latency_s, c.status, c.error, c.created_at, c.stop_reason,
-                c.price_multiplier, c.prompt_hash, c.student_cost_usd,
+                c.price_multiplier, c.prompt_hash, c.student_cost_usd, c.reasoning_tokens,
             )
             for c in calls
         ]
@@ -161,7 +161,7 @@ class Ledger(GenerateRuns):
             self._db.executemany(
                 "INSERT INTO calls (request_hash, role, stage, model, request, response, input_tokens,"
                 " output_tokens, cached_input_tokens, cost_usd, latency_s, status, error, created_at, stop_reason,"
-                " price_multiplier, prompt_hash, student_cost_usd) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " price_multiplier, prompt_hash, student_cost_usd, reasoning_tokens) VALUES (" + ",".join("?" * 19) + ")",
                 rows,
             )
 

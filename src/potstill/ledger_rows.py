@@ -36,6 +36,8 @@ class Call:
     #: A served request the teacher answered: the student's compute on it before it escalated (its
     #: seconds at ``student.usd_per_hour``), which ``cost_usd``, the teacher's bill, leaves out.
     student_cost_usd: float = 0.0
+    #: The part of ``output_tokens`` spent on hidden reasoning (OpenAI's reasoning models), where the provider says.
+    reasoning_tokens: int = 0
 
 
 def user_messages(request: dict[str, Any]) -> list[dict[str, str]]:

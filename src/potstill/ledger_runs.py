@@ -112,14 +112,20 @@ class GenerateRuns:
         so it is not part of the rest unless ``resend_refused`` (``generate.retry_refusals``)."""
         with self._lock, self._db:
             dead = self._mark_stale()
+            # Cache writes (Anthropic) are kept in the answer, billed above input: 1.25x, an hour's 2x.
+            writes = [f"SUM({billed(f'COALESCE(json_extract(response, {path!r}), 0)')})"
+                      for path in ("$.cache_write_input_tokens", "$.cache_write_1h_input_tokens")]
             models = [
                 {"model": m, "calls": int(c), "ok": int(ok), "input_tokens": int(i), "cached_input_tokens": int(ci),
-                 "output_tokens": int(o), "cost_usd": float(d), "batch_calls": int(b), "live_cost_usd": float(lv)}
-                for m, c, ok, i, ci, o, d, b, lv in self._db.execute(
+                 "output_tokens": int(o), "cost_usd": float(d), "batch_calls": int(b), "live_cost_usd": float(lv),
+                 "reasoning_tokens": int(r or 0), "cache_write_input_tokens": int(w or 0),
+                 "cache_write_1h_input_tokens": int(w1 or 0)}
+                for m, c, ok, i, ci, o, d, b, lv, r, w, w1 in self._db.execute(
                     f"SELECT model, COUNT(*), SUM(status='ok'), SUM({billed('input_tokens')}),"
                     f" SUM({billed('cached_input_tokens')}), SUM({billed('output_tokens')}), SUM(cost_usd),"
                     " SUM(price_multiplier != 1),"
-                    " SUM(CASE WHEN price_multiplier > 0 THEN cost_usd / price_multiplier ELSE cost_usd END)"
+                    " SUM(CASE WHEN price_multiplier > 0 THEN cost_usd / price_multiplier ELSE cost_usd END),"
+                    f" SUM({billed('reasoning_tokens')}), {', '.join(writes)}"
                     " FROM calls WHERE role='teacher' GROUP BY model ORDER BY model")
             ]
             run = self._db.execute(
@@ -175,3 +181,14 @@ class GenerateRuns:
                     "tool_rounds": len(steps) // 2,
                 }
         return {"models": models, "latest_run": latest}
+
+
+def token_words(m: dict[str, Any]) -> str:
+    """A ``cost_report`` model's billed tokens, with the parts priced apart: cache reads, cache writes (Anthropic:
+    1.25x input, an hour's 2x) and the output's hidden reasoning (billed as output)."""
+    inside = [f"{m['cached_input_tokens']} cached"]
+    if m["cache_write_input_tokens"]:
+        hour = m["cache_write_1h_input_tokens"]
+        inside.append(f"{m['cache_write_input_tokens']} cache writes" + (f", {hour} of them for 1h" if hour else ""))
+    thought = f" ({m['reasoning_tokens']} reasoning)" if m["reasoning_tokens"] else ""
+    return f"{m['input_tokens']} input ({', '.join(inside)}) + {m['output_tokens']} output tokens{thought}"

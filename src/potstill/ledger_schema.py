@@ -151,6 +151,12 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE calls ADD COLUMN student_cost_usd REAL NOT NULL DEFAULT 0;
     """,
+    # 14: the part of a call's output tokens a reasoning model spent thinking (OpenAI's
+    # completion_tokens_details.reasoning_tokens), so `potstill cost` says why eight one-word answers
+    # cost 2,416 output tokens. Rows written before it read 0.
+    """
+    ALTER TABLE calls ADD COLUMN reasoning_tokens INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 #: Stop reasons of an answer that ended by itself (OpenAI and local: stop; Anthropic: end_turn,

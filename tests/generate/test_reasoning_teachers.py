@@ -151,3 +151,23 @@ def test_a_setting_the_server_refuses_stops_the_run_after_a_few_identical_400s(t
     assert refused == n if n < HALT_AFTER else refused <= HALT_AFTER + conc - 1, (refused, msg)
     assert f"the server refuses the request's {named}" in msg and "\n" not in msg
     assert "rerun to retry" not in msg and "fix it and rerun" in msg.lower(), msg
+
+
+def test_cost_shows_the_reasoning_tokens_in_the_output(tmp_path, monkeypatch, capsys):
+    # 6 one-word answers at 301 output tokens each: `potstill cost` said nothing of the 300 hidden ones.
+    import sys
+
+    from potstill.cli import main
+    from potstill.ledger import Ledger
+
+    monkeypatch.setenv("TEACHER_KEY", SECRET)
+    with Loopback(key=SECRET, reasoning_tokens=300) as srv:
+        generate_stage(load_config(project(tmp_path, srv.base_url, 6, {"model": "o4-mini", "max_tokens": 2000})))
+    with Ledger(tmp_path / "run" / "calls.sqlite") as ledger:
+        assert [r["reasoning_tokens"] for r in ledger.rows(role="teacher")] == [300] * 6
+    monkeypatch.setattr(sys, "argv", ["potstill", "cost", str(tmp_path / "run")])
+    with pytest.raises(SystemExit) as e:
+        main()
+    out = capsys.readouterr().out
+    assert e.value.code == 0, out
+    assert "+ 1806 output tokens (1800 reasoning), $" in out, out

@@ -79,3 +79,20 @@ def test_one_hour_cache_writes_are_billed_at_twice_the_input_price(tmp_path, mon
         1000 * (100 * 3 + 400 * 3.75 + 600 * 6 + 2000 * 0.3 + 10 * 15) / 1e6)
     own = PriceConfig(input_per_mtok=2.0, cache_write_input_per_mtok=3.0, cache_write_1h_input_per_mtok=5.0)
     assert token_cost(own, 1000, 0, 0, 500, 200) == pytest.approx((500 * 2.0 + 300 * 3.0 + 200 * 5.0) / 1e6)
+
+
+def test_cost_shows_the_cache_writes_beside_the_reads(tmp_path, monkeypatch, capsys):
+    """`potstill cost` said '3100 input (2000 cached)': the 1,000 tokens billed at 1.25x and 2x read as full-price ones."""
+    import sys
+
+    from potstill.cli import main
+
+    app = messages_app({"ephemeral_5m_input_tokens": 400, "ephemeral_1h_input_tokens": 600})
+    _, ledger, _ = _one_call(tmp_path, monkeypatch, app)
+    ledger.close()
+    monkeypatch.setattr(sys, "argv", ["potstill", "cost", str(tmp_path)])
+    with pytest.raises(SystemExit) as e:
+        main()
+    out = capsys.readouterr().out
+    assert e.value.code == 0, out
+    assert "1 calls (0 errors), 3100 input (2000 cached, 1000 cache writes, 600 of them for 1h) + 10 output tokens" in out

@@ -42,7 +42,7 @@ def ledger_call(h: str, teacher: Teacher, stage: str, request: dict[str, Any], r
         # A failed n-sample request keeps the samples that did answer (paid): the rerun asks for the rest.
         response=resp.to_json() if ok or resp.samples else None,
         input_tokens=resp.input_tokens, output_tokens=resp.output_tokens, cached_input_tokens=resp.cached_input_tokens,
-        cost_usd=resp.cost_usd, latency_s=resp.latency_s, status="ok" if ok else "error", error=resp.error,
+        reasoning_tokens=resp.reasoning_tokens or 0, cost_usd=resp.cost_usd, latency_s=resp.latency_s, status="ok" if ok else "error", error=resp.error,
         stop_reason=stop if isinstance(stop, str) or stop is None else ",".join(map(str, stop)),
     )
 

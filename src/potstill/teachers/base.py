@@ -80,6 +80,8 @@ class Response:
     cache_write_input_tokens: int = 0
     #: Part of ``cache_write_input_tokens`` kept in the cache for an hour (Anthropic), billed above a 5-minute write.
     cache_write_1h_input_tokens: int = 0
+    #: Part of ``output_tokens`` the model spent on hidden reasoning (OpenAI's ``reasoning_tokens``), where said.
+    reasoning_tokens: int | None = None
     latency_s: float = 0.0
     cost_usd: float = 0.0
     error: str | None = None

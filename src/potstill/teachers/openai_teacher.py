@@ -243,13 +243,14 @@ class OpenAITeacher(ApiTeacher):
             # sample that never wins the vote: an error row would have the rerun pay for all n again.
             return Response(output=None, input_tokens=n_in, output_tokens=n_out, cached_input_tokens=cached,
                             latency_s=latency, cost_usd=cost, error=f"refusal: {refusals[0]}"[:500],
-                            error_code="refusal")
+                            error_code="refusal", reasoning_tokens=reasoning_tokens(usage))
         return Response(
             output=choice.message.content or "", label_probs=self.soft_label(logprobs, choice.message.content),
             logprobs=logprobs,
             samples=[c.message.content or "" for c in choices] if len(choices) > 1 else None,
             sample_logprobs=per_sample,
             input_tokens=n_in, output_tokens=n_out, cached_input_tokens=cached, latency_s=latency,
+            reasoning_tokens=reasoning_tokens(usage),
             cost_usd=cost, stop_reason=choice.finish_reason if len(choices) == 1 else [c.finish_reason for c in choices],
             tool_calls=[c.model_dump(mode="json", exclude_none=True) for c in choice.message.tool_calls]
             if choice.message.tool_calls else None,
@@ -318,7 +319,7 @@ class OpenAITeacher(ApiTeacher):
         n_in, n_out, cached = usage_tokens(usage)
         # What the answer cost and which request it was, in either outcome below.
         paid = dict(input_tokens=n_in, output_tokens=n_out, cached_input_tokens=cached,
-                    latency_s=time.perf_counter() - t0, cost_usd=self.token_cost(n_in, n_out, cached),
+                    reasoning_tokens=reasoning_tokens(usage), latency_s=time.perf_counter() - t0, cost_usd=self.token_cost(n_in, n_out, cached),
                     provider_request_id=stream.response.headers.get("x-request-id"))
         output = "".join(parts)
         if refusal and not output and not calls:  # as _response: a refusal is an error row, never the answer ""
@@ -342,6 +343,14 @@ def usage_tokens(usage: Any) -> tuple[int, int, int]:
     details = getattr(usage, "prompt_tokens_details", None)
     return (getattr(usage, "prompt_tokens", 0) or 0, getattr(usage, "completion_tokens", 0) or 0,
             (getattr(details, "cached_tokens", 0) or 0) if details else 0)
+
+
+def reasoning_tokens(usage: Any) -> int | None:
+    """The hidden reasoning tokens in a usage's output tokens (``completion_tokens_details``), or None
+    where the server says nothing of them."""
+    details = getattr(usage, "completion_tokens_details", None)
+    n = getattr(details, "reasoning_tokens", None) if details else None
+    return n if isinstance(n, int) and n > 0 else None
 
 
 def _kept(t: Any) -> dict[str, Any]:
