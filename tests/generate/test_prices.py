@@ -46,3 +46,25 @@ def test_generate_says_when_a_providers_model_has_no_price(tmp_path, monkeypatch
         generate_stage(load_config(project(tmp_path / "own", srv.base_url, 3, {"model": "gpt-7-preview"})))
         err = capsys.readouterr()
         assert "no price is known" not in err.out + err.err
+
+
+def test_generate_names_the_entry_that_priced_a_sibling(tmp_path, monkeypatch, capsys):
+    """o3-deep-research matched o3's entry by the prefix rule and was billed at $2/$8 per Mtok (its list
+    price is $10/$40), claude-opus-4-6 at claude-opus-4's ($15/$75 for a $5/$25 model), without a word.
+    A dated snapshot of a listed model (gpt-4o-mini-2024-07-18) is that model: nothing to say."""
+    from potstill.teachers.api.prices import sibling_priced
+
+    monkeypatch.setenv("TEACHER_KEY", SECRET)
+    cfg = load_config(None, {"task.labels": ["a", "b"]})
+    named = {m: sibling_priced(m, cfg.teacher.price, cfg.generate.prices) for m in (
+        "claude-opus-4-6", "o4-mini-deep-research", "gpt-4o-mini-2024-07-18", "claude-haiku-4-5-20251001",
+        "gpt-4o-mini", "gpt-7-preview", "gpt-5-latest")}
+    assert named == {"claude-opus-4-6": "claude-opus-4", "o4-mini-deep-research": "o4-mini",
+                     "gpt-4o-mini-2024-07-18": None, "claude-haiku-4-5-20251001": None, "gpt-4o-mini": None,
+                     "gpt-7-preview": None, "gpt-5-latest": None}
+    with Loopback(key=SECRET) as srv:
+        generate_stage(load_config(project(tmp_path, srv.base_url, 3, {"model": "o3-deep-research",
+                                                                      "max_tokens": 2000})))
+    said = " ".join((lambda c: c.out + c.err)(capsys.readouterr()).split())
+    assert ("teacher.model 'o3-deep-research' was priced as 'o3' ($2 input, $8 output per Mtok), the longest entry "
+            "of generate.prices its name starts with; if its own list price differs, set teacher.price") in said, said

@@ -180,10 +180,21 @@ def check_budget(teacher: Teacher, gcfg: GenerateConfig) -> None:
 
 def unpriced_provider_model(teacher: Teacher, gcfg: GenerateConfig) -> str | None:
     """What to say where the teacher is a model of the provider's own API (no base_url: every call is
-    billed; a self-hosted server may well be free) that no price names, or None."""
-    from potstill.teachers.api.prices import price_for
+    billed; a self-hosted server may well be free) that no price names, or that another model's entry
+    priced (``sibling_priced``: claude-opus-4-6 at claude-opus-4's, 3x its list price); else None."""
+    from potstill.teachers.api.prices import price_for, sibling_priced
 
-    if not teacher.remote or teacher.cfg.base_url or price_for(teacher.cfg.model, teacher.cfg.price, gcfg.prices):
+    model = teacher.cfg.model
+    if not teacher.remote:
+        return None
+    sibling = sibling_priced(model, teacher.cfg.price, gcfg.prices)
+    if sibling:
+        p = gcfg.prices[sibling]
+        return (f"generate: teacher.model {escape(repr(model))} was priced as {escape(repr(sibling))} "
+                f"(${p.get('input_per_mtok', 0):g} input, ${p.get('output_per_mtok', 0):g} output per Mtok), the "
+                "longest entry of generate.prices its name starts with; if its own list price differs, set "
+                "teacher.price or add it to generate.prices")
+    if teacher.cfg.base_url or price_for(model, teacher.cfg.price, gcfg.prices):
         return None
     return (f"generate: no price is known for teacher.model {escape(repr(teacher.cfg.model))}: the provider bills its "
             "calls, but they count $0 in the ledger, `potstill cost` and evaluate's break-even; set teacher.price "

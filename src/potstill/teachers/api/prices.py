@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from potstill.config import PriceConfig, TeacherConfig
 
 
@@ -11,6 +13,23 @@ def price_for(model: str, own: PriceConfig, table: dict[str, dict[str, float]]) 
         return own
     hits = [k for k in table if model == k or model.startswith(k + "-") or model.startswith(k + ":")]
     return PriceConfig.model_validate(table[max(hits, key=len)]) if hits else None
+
+
+# What may follow a table entry's name in a model id of the same model: a snapshot's date
+# (gpt-4o-mini-2024-07-18, claude-haiku-4-5-20251001) or an alias of the newest (-latest).
+SNAPSHOT = re.compile(r"[-:](\d{4}-\d{2}-\d{2}|\d{8}|latest)$")
+
+
+def sibling_priced(model: str, own: PriceConfig, table: dict[str, dict[str, float]]) -> str | None:
+    """The table entry that prices ``model`` by the prefix rule where the rest of the id is no snapshot
+    date (``claude-opus-4-6`` by ``claude-opus-4``, ``o3-deep-research`` by ``o3``): another model of the
+    family, whose list price may well differ. None where ``teacher.price`` prices it, the entry is its
+    own name, or it is no priced model at all."""
+    if own.input_per_mtok or own.output_per_mtok or model in table:
+        return None
+    hits = [k for k in table if model.startswith(k + "-") or model.startswith(k + ":")]
+    key = max(hits, key=len) if hits else None
+    return key if key is not None and not SNAPSHOT.fullmatch(model[len(key):]) else None
 
 
 def busy_seconds(rows: list[dict]) -> float:
