@@ -198,7 +198,9 @@ async def handle(state: State, reader: asyncio.StreamReader, writer: asyncio.Str
                     given = hdrs["x-api-key"]
                 if given != o.key:
                     state.faults["401"] += 1
-                    writer.write(_response(401, {"error": {"message": "invalid api key", "type": "authentication_error"}}))
+                    # Each refusal names its request, as a gateway's may (LiteLLM's, Azure's): no two error texts are equal.
+                    writer.write(_response(401, {"error": {"message": f"invalid api key (request req_{state.faults['401']:06d})",
+                                                           "type": "authentication_error"}}))
                     await writer.drain()
                     continue
             if o.no_credit:  # OpenAI's answer to every request of an account out of credit

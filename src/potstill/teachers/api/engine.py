@@ -284,7 +284,8 @@ async def run_requests(
     answered = asyncio.Event()
     in_flight = 0
     streak = 0  # answers in a row that failed as every other request would (``halting``), for one reason
-    last: str | None = None  # that reason, with the error that said it
+    last: str | None = None  # that reason
+    said = ""  # and the error that said it last
     # Answers ``on_result`` could not commit (the ledger locked past SQLite's timeout, the disk full) and why:
     # the first stops the sending, the requests in flight still finish and commit (each is paid for), and
     # these are tried once more at the end, so that a busy ledger costs no answer the provider billed.
@@ -303,7 +304,7 @@ async def run_requests(
         return token_cost(price, max(0, est - out), out)
 
     async def worker() -> None:
-        nonlocal in_flight, streak, last
+        nonlocal in_flight, streak, last, said
         while not stats.budget_stopped and not stats.halted and not commit_errors:
             item = held.popleft() if held else next(it, None)
             if item is None:
@@ -328,10 +329,11 @@ async def run_requests(
                 commit_errors.append(e)
             in_flight -= 1
             why = halting(resp)
-            said = f"{why}: {resp.error}" if why else None
-            streak = streak + 1 if said and said == last else int(bool(said))
-            last = said
-            if said and streak >= HALT_AFTER and not stats.halted:  # the requests in flight finish; no other goes out
+            # By the reason, not its words: a gateway's error text may name each request (its id), and a
+            # refused key must still stop the run.
+            streak = streak + 1 if why and why == last else int(bool(why))
+            last, said = why, f"{why}: {resp.error}" if why else ""
+            if why and streak >= HALT_AFTER and not stats.halted:  # the requests in flight finish; no other goes out
                 stats.halted = said
             answered.set()
             on_tick()
@@ -339,7 +341,7 @@ async def run_requests(
     try:
         await asyncio.gather(*(worker() for _ in range(teacher.cfg.concurrency)))
         if last and streak == stats.calls and not stats.halted:  # fewer than HALT_AFTER, each failing so
-            stats.halted = last
+            stats.halted = said
         if commit_errors:
             _commit_again(uncommitted, on_result, commit_errors[0])
     finally:
