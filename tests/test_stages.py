@@ -170,9 +170,10 @@ def _other_value(cfg: Config, key: str, tmp: Path) -> Any:
                       {k: v / 2 if isinstance(v, (int, float)) else v for k, v in value.items()}, {"zz": 1},
                       {"input": "text"}]
     elif isinstance(value, str):  # a number too, for a field that is a number or a word (recheck_margin: auto)
-        candidates = [*literal, value + "x", 0.5]
+        candidates = [*literal, value + "x", 0.5, True]  # True: a field that is a flag or a word (teacher.reasoning: auto)
     else:  # None
-        candidates = [1, 0.5, "x", {"type": "object"}, ["x"], 'root ::= "x"']  # the last: a grammar
+        # 'root ::= "x"': a grammar; 2048: a field with a floor (teacher.thinking_budget, at least 1024)
+        candidates = [1, 0.5, "x", {"type": "object"}, ["x"], 'root ::= "x"', 2048]
     data = cfg.model_dump(mode="json")
     for candidate in candidates:
         set_dotted(data, key, candidate)
