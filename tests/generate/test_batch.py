@@ -28,6 +28,7 @@ from potstill.ledger import Ledger
 from tests.generate.loopback import LABELS, committed_answers
 from tests.generate.test_generate import check_output
 from tests.helpers.batch_server import BatchLoopback
+from tests.helpers.cli import run_in_process
 
 SECRET = "sk-batch-5e4d3c2b1a09f8e7"
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,8 +64,15 @@ def cli_env() -> dict[str, str]:
 
 
 def cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "potstill.cli", *args], cwd=cwd, env=cli_env(), capture_output=True,
-                          text=True, timeout=300)
+    """``potstill ARGS`` in ``cwd`` with the teacher's key, in this process: these tests are of what the
+    command does; the kills run it as a process of its own, and the key checks (``cli_process``) read
+    everything its process wrote."""
+    return run_in_process(args, cwd, cli_env())
+
+
+def cli_process(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "potstill.cli", *args], cwd=cwd, env={**cli_env(), **env},
+                          capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
@@ -242,7 +250,7 @@ def test_a_results_file_gone_from_the_provider_is_one_line_and_resubmitted(tmp_p
 def test_a_quota_refusal_is_one_line_and_the_submitted_batch_is_collected_on_rerun(tmp_path, provider):
     with BatchLoopback(key=SECRET, quota_after=1) as srv:
         cfg_path = project(tmp_path, srv, provider, 50, {"batch_max_requests": 30})
-        run = cli(["generate", "-c", str(cfg_path)], tmp_path)
+        run = cli_process(["generate", "-c", str(cfg_path)], tmp_path)
         assert run.returncode == 2
         err = [ln for ln in run.stderr.splitlines() if ln.startswith("error:")]
         assert len(err) == 1 and "quota exceeded" in err[0] and "nothing in it was billed" in err[0]
@@ -263,9 +271,7 @@ def test_a_refused_key_is_one_line_that_says_to_check_it_not_to_wait_for_quota(t
     waiting. The line names the key's variable, never the key."""
     with BatchLoopback(key=SECRET) as srv:
         cfg_path = project(tmp_path, srv, provider, 5)
-        run = subprocess.run([sys.executable, "-m", "potstill.cli", "generate", "-c", str(cfg_path)], cwd=tmp_path,
-                             env={**cli_env(), "TEACHER_KEY": "sk-wrong-0000"}, capture_output=True, text=True,
-                             timeout=300)
+        run = cli_process(["generate", "-c", str(cfg_path)], tmp_path, TEACHER_KEY="sk-wrong-0000")
     err = [ln for ln in run.stderr.splitlines() if ln.startswith("error:")]
     assert run.returncode == 2 and len(err) == 1, run.stderr
     assert "HTTP 401" in err[0] and "Check the key in $TEACHER_KEY" in err[0] and "quota" not in err[0], err[0]
@@ -301,7 +307,7 @@ def test_a_key_quoted_in_batch_item_errors_is_redacted_in_the_ledger(tmp_path, m
 
 def test_a_key_quoted_in_a_failed_batch_reason_is_redacted(tmp_path):
     with BatchLoopback(key=SECRET, fail_quota=True, echo_key=True) as srv:
-        run = cli(["generate", "-c", str(project(tmp_path, srv, "openai", 10))], tmp_path)
+        run = cli_process(["generate", "-c", str(project(tmp_path, srv, "openai", 10))], tmp_path)
     assert run.returncode == 2 and "token_limit_exceeded" in run.stderr and "(key ***)" in run.stderr
     assert SECRET not in run.stderr + run.stdout
 
@@ -357,7 +363,7 @@ def test_a_batch_the_provider_no_longer_knows_is_marked_lost_and_its_requests_se
     fresh.port = srv.port  # the same address, a fresh server: the batch id in the ledger is unknown there
     fresh.args = [f"--port={srv.port}", f"--key={SECRET}"]
     with fresh:
-        run = cli(["generate", "-c", str(cfg_path)], tmp_path)
+        run = cli_process(["generate", "-c", str(cfg_path)], tmp_path)
         stats = fresh.stats()
     assert run.returncode == 0, run.stderr[-2000:]
     lost = [ln for ln in run.stderr.splitlines() if "marked lost" in ln]
