@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ import yaml
 from potstill.config import Config
 from potstill.errors import PotstillError
 from potstill.preflight import projected_cost, require, run_checks, _Ctx
+from tests.helpers.cli import run_in_process as potstill
 from tests.helpers.tiny import make_model_dir, make_tokenizer
 
 
@@ -276,18 +275,16 @@ def test_cli_preflight_prints_every_check_and_exits_non_zero(tiny_model, tmp_pat
            "data": {"inputs": "inputs.jsonl"}, "student": {"model": str(tiny_model)},
            "teacher": {"type": "openai", "model": "gpt-4o"}, "generate": {"budget_usd": 0.5}}
     (tmp_path / "potstill.yaml").write_text(yaml.safe_dump(cfg))
-    cmd = [sys.executable, "-m", "potstill.cli", "preflight", "-c", "potstill.yaml"]
-    bad = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    cmd = ["preflight", "-c", "potstill.yaml"]
+    bad = potstill(cmd, tmp_path)
     assert bad.returncode == 2, bad.stderr
     names = ["inputs", "teacher", "context", "vocabulary", "prompt", "labels", "weights", "budget", "samples",
              "tool_turns", "output_budget", "kd_signal"]
     assert [ln.split()[1] for ln in bad.stdout.splitlines()] == names
     assert bad.stderr.strip().splitlines()[-1] == "error: preflight: 1 check(s) failed: budget"
-    good = subprocess.run([*cmd, "--generate.budget_usd", "100"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300)
+    good = potstill([*cmd, "--generate.budget_usd", "100"], tmp_path)
     assert good.returncode == 0, good.stderr
-    gen = subprocess.run([sys.executable, "-m", "potstill.cli", "generate", "-c", "potstill.yaml"], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=300)
+    gen = potstill(["generate", "-c", "potstill.yaml"], tmp_path)
     assert gen.returncode == 2 and "preflight budget:" in gen.stderr and not (tmp_path / "run" / "teacher.jsonl").exists()
 
 
@@ -356,8 +353,7 @@ def test_a_check_that_cannot_load_its_model_fails_alone_and_the_table_is_still_p
            "data": {"inputs": "inputs.jsonl"}, "student": {"model": str(tmp_path / "no-such-student")},
            "teacher": {"type": "openai", "model": "gpt-4o"}}
     (tmp_path / "potstill.yaml").write_text(yaml.safe_dump(cfg))
-    run = subprocess.run([sys.executable, "-m", "potstill.cli", "preflight", "-c", "potstill.yaml"], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=300)
+    run = potstill(["preflight", "-c", "potstill.yaml"], tmp_path)
     assert run.returncode == 2 and "Traceback" not in run.stderr
     rows = [ln.split(None, 2) for ln in run.stdout.splitlines()]
     assert [r[1] for r in rows] == ["inputs", "teacher", "context", "vocabulary", "prompt", "labels", "weights",
@@ -492,15 +488,14 @@ def test_a_max_length_past_the_students_positions_refuses(tmp_path):
            "data": {"inputs": "inputs.jsonl"}, "student": {"model": str(gpt2_dir(tmp_path / "gpt2"))},
            "teacher": {"type": "openai", "model": "gpt-4o"}}
     (tmp_path / "potstill.yaml").write_text(yaml.safe_dump(cfg))
-    cmd = [sys.executable, "-m", "potstill.cli", "preflight", "-c", "potstill.yaml"]
-    bad = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    cmd = ["preflight", "-c", "potstill.yaml"]
+    bad = potstill(cmd, tmp_path)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
     row = next(ln.split(None, 2) for ln in bad.stdout.splitlines() if ln.split()[1] == "context")
     assert row[0] == "fail" and row[2] == ("student.max_length 256 is more than the student's 128 positions; "
                                           "set student.max_length 128 or less")
     assert bad.stderr.strip().splitlines()[-1] == "error: preflight: 1 check(s) failed: context"
-    good = subprocess.run([*cmd, "--student.max_length", "128"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300)
+    good = potstill([*cmd, "--student.max_length", "128"], tmp_path)
     assert good.returncode == 0, good.stderr
     rotary = _cfg(tmp_path, student={"model": str(make_model_dir(tmp_path / "llama")), "max_length": 600})
     assert _status(rotary, "context", "train") == ("fail", "student.max_length 600 is more than the student's 512 "
