@@ -24,7 +24,7 @@ from potstill.generate.stage import generate_stage
 from potstill.ledger import Ledger
 from potstill.records import read_records
 from tests.generate.loopback import LABELS, Loopback, answer_for, committed_answers
-from tests.helpers.cli import sigint_default
+from tests.helpers.cli import run_in_process, sigint_default
 
 SECRET = "sk-live-9d8c7b6a5f4e3d2c1b0a"
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,7 +88,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_resends_only_in_flight(tmp_
             proc.wait()
         assert killed == kills
         assert not (tmp_path / "run" / "teacher.jsonl").exists()  # never a half-written output
-        final = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        final = run_in_process(cmd[3:], tmp_path, env)  # the rerun: in this process, the kills were real
         assert final.returncode == 0, final.stderr
         stats = srv.stats()
     check_output(tmp_path / "run" / "teacher.jsonl", n)
@@ -170,8 +170,7 @@ def test_budget_cap_stops_cleanly_and_cost_reports_the_rest(tmp_path, monkeypatc
         assert 0 < spent <= 0.5 and 10 < calls < 100
         partial = read_records(tmp_path / "run" / "teacher.jsonl")
         assert len(partial) == calls and all(r.valid for r in partial)  # only committed answers
-        out = subprocess.run([sys.executable, "-m", "potstill.cli", "cost", "run"], cwd=tmp_path, capture_output=True,
-                             text=True, env={**os.environ, "PYTHONPATH": PYTHONPATH}, timeout=60)
+        out = run_in_process(["cost", "run"], tmp_path)
         assert out.returncode == 0, out.stderr
         per_call = spent / calls
         assert f"{100 - calls} of 100 requests unanswered" in out.stdout
@@ -189,8 +188,7 @@ def test_inputs_removed_from_the_file_leave_the_cost_projection(tmp_path, monkey
     monkeypatch.setenv("TEACHER_KEY", SECRET)
 
     def cost() -> str:
-        out = subprocess.run([sys.executable, "-m", "potstill.cli", "cost", "run"], cwd=tmp_path, capture_output=True,
-                             text=True, env={**os.environ, "PYTHONPATH": PYTHONPATH}, timeout=60)
+        out = run_in_process(["cost", "run"], tmp_path)
         assert out.returncode == 0, out.stderr
         return out.stdout
 
@@ -314,11 +312,10 @@ def test_a_run_killed_or_ended_by_an_error_is_never_left_running(tmp_path):
         proc.wait()
     assert _run_statuses(db) == ["running"]  # as the kill left it
     env.pop("TEACHER_KEY")
-    again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    again = run_in_process(cmd[3:], tmp_path, env)
     assert again.returncode != 0 and "TEACHER_KEY is not set" in again.stderr
     assert _run_statuses(db) == ["stale", "error"]
-    out = subprocess.run([sys.executable, "-m", "potstill.cli", "cost", "run"], cwd=tmp_path, capture_output=True,
-                         text=True, env=env, timeout=60)
+    out = run_in_process(["cost", "run"], tmp_path, env)
     assert out.returncode == 0, out.stderr
     assert "last generate (error)" in out.stdout and "0 of 30 requests answered before it stopped" in out.stdout
     assert "unanswered" not in out.stdout
@@ -530,7 +527,7 @@ def test_ctrl_c_says_how_many_answers_a_rerun_will_not_send_again(tmp_path):
         assert said and f"generate: interrupted; {kept} new answers are in the ledger" in said[0], err[-2000:]
         assert f"sends only the other {300 - kept} requests" in said[0]
         assert 10 <= kept < 300
-        again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        again = run_in_process(cmd[3:], tmp_path, env)
         assert again.returncode == 0, again.stderr[-2000:]
         assert f"{kept} from cache" in again.stderr + again.stdout
 
