@@ -16,6 +16,8 @@ import secrets
 from typing import Any
 from urllib.parse import parse_qs
 
+from potstill.aio_body import TOO_LARGE, read_body
+
 # A decision is a few hundred bytes; an edit holds one corrected answer.
 MAX_BODY = 1 << 20
 COOKIE = "potstill_review"
@@ -77,21 +79,12 @@ class Guard:
                                                 "token", "invalid_token")
         if scope["method"] != "POST":
             return await self.app(scope, receive, send)
-        declared = headers.get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.max_body:
+        body = await read_body(headers, receive, self.max_body)
+        if body is None:  # the client went away
+            return
+        if body is TOO_LARGE:
             return await _refuse(send, 413, f"request body over {self.max_body} bytes", "body_too_large")
-        chunks, size = [], 0
-        while True:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                return
-            chunks.append(msg.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.max_body:
-                return await _refuse(send, 413, f"request body over {self.max_body} bytes", "body_too_large")
-            if not msg.get("more_body"):
-                break
-        body, sent = b"".join(chunks), False
+        sent = False
 
         async def replay() -> dict:
             nonlocal sent

@@ -13,6 +13,7 @@ import uuid
 from contextvars import ContextVar
 from typing import Any
 
+from potstill.aio_body import TOO_LARGE, read_body
 from potstill.responses_format import surrogate_at
 from potstill.serve.tokenize import TOKENIZE
 
@@ -71,21 +72,11 @@ class Gate:
             return await self.app(scope, receive, send)
         # a Batch API input file, or Anthropic's batch of requests inline
         limit = self.max_file if scope["path"].rstrip("/") in (FILES, MESSAGE_BATCHES) else self.max_body
-        declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        body = await read_body(headers, receive, limit)
+        if body is None:  # the client went away
+            return
+        if body is TOO_LARGE:
             return await self.reject(scope, send, 413, f"request body over {limit} bytes", None)
-        chunks, size = [], 0
-        while True:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                return
-            chunks.append(msg.get("body", b""))
-            size += len(chunks[-1])
-            if size > limit:
-                return await self.reject(scope, send, 413, f"request body over {limit} bytes", None)
-            if not msg.get("more_body"):
-                break
-        body = b"".join(chunks)
         scope["state"]["raw_body"] = body
         constant = _non_standard_constant(body)
         if constant:  # Python's parser takes NaN and Infinity; JSON (and OpenAI's API) does not
