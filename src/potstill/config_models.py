@@ -408,10 +408,12 @@ class RedistillConfig(Section):
         0.0, ge=0, le=1, description="Promote only if challenger minus champion agreement on new traffic exceeds this."
     )
     require_significant: bool = Field(
-        False, description="Also require the 95% bootstrap interval of that gain to lie above zero."
+        True, description="Also require the paired 95% bootstrap interval of that gain to lie above zero (false: the "
+        "point estimate decides, and a challenger no better than the champion is promoted about a third of the time)."
     )
     max_frozen_drop: float = Field(
-        0.02, ge=0, le=1, description="Promote only if the challenger loses at most this much agreement on RUN/test.jsonl."
+        0.02, ge=0, le=1, description="Promote only if the challenger loses at most this much agreement on RUN/test.jsonl, "
+        "against the champion and against the first champion of its lineage (the student the promotions started from)."
     )
     promote: bool = Field(True, description="Promote a winning challenger (false: compare and record only).")
     seed: int = Field(0, description="Seed of the student-answered sample and of the new-traffic split.")

@@ -142,6 +142,7 @@ def test_not_better_challenger_is_not_promoted(served_run, tmp_path):
 
 def test_better_challenger_is_promoted_atomically(served_run, tmp_path):
     from potstill.redistill import redistill, rollback
+    from potstill.redistill.compare import frozen_origin
 
     run = tmp_path / "run"
     _copy_original(served_run, run)
@@ -157,6 +158,14 @@ def test_better_challenger_is_promoted_atomically(served_run, tmp_path):
     link = run / "student"
     assert link.is_symlink() and link.resolve() == (run / "students" / rec["challenger_id"]).resolve()
     assert rec["promotion"] == {"previous": "students/original", "current": f"students/{rec['challenger_id']}"}
+    # The frozen score the new champion's lineage started from: the original's, carried to the next round.
+    frozen = rec["results"]["frozen_test"]["teacher"]["champion"]
+    origin = rec["frozen_origin"]
+    assert origin["student"] == "student" and origin["measured_in"] == rec["id"]
+    assert (origin["value"], origin["n"]) == (frozen["value"], frozen["n"])
+    saved = [json.loads(p.read_text()) for p in sorted((run / "redistill").glob("*.json"))]
+    assert frozen_origin(saved, rec["promotion"]["current"], rec["results"]["frozen_test"],
+                         origin["frozen_test"]) == origin
     assert (run / "students" / "original" / "config.json").exists()
     assert "gold" in rec["results"]["new_traffic_test"]  # metadata.label of the requests
     # The champion's training records are now the challenger's: the old train set and the traffic it

@@ -13,18 +13,20 @@ def _decide(champion: list[float], challenger: list[float], rc: RedistillConfig)
 
 
 def test_two_new_traffic_examples_do_not_decide_a_promotion():
-    """With the defaults (min_gain 0, no significance required) a challenger that got 2 of 2
+    """With min_gain 0 and no significance required (the defaults then) a challenger that got 2 of 2
     new-traffic examples right where the champion got none was promoted on that alone."""
     rc = RedistillConfig()
     d = _decide([0.0, 0.0], [1.0, 1.0], rc)
     assert d["promote"] is False and d["challenger_wins"] is False
     assert d["reason"].startswith(f"new-traffic test too small (n=2 < redistill.min_new_test {rc.min_new_test})")
     assert {"check": f"new-traffic test of at least {rc.min_new_test} examples", "value": 2, "pass": False} in d["checks"]
-    # The same gain on a test of the minimum size is promoted, and a smaller minimum lets 2 decide.
+    # The same gain on a test of the minimum size is promoted, and a smaller minimum lets 2 decide
+    # where significance is not required (2 of 2 is no significant gain: [-0.68, +1]).
     n = rc.min_new_test
     big = _decide([0.0] * n, [1.0] * n, rc)
     assert big["promote"] is True and "too small" not in big["reason"]
-    assert _decide([0.0, 0.0], [1.0, 1.0], RedistillConfig(min_new_test=2))["promote"] is True
+    assert _decide([0.0, 0.0], [1.0, 1.0], RedistillConfig(min_new_test=2, require_significant=False))["promote"] is True
+    assert _decide([0.0, 0.0], [1.0, 1.0], RedistillConfig(min_new_test=2))["promote"] is False
     # Too small and not better: both reasons are given.
     both = _decide([1.0, 1.0], [1.0, 1.0], rc)
     assert both["reason"].startswith("new-traffic test too small") and "fails: new-traffic agreement gain > 0" in both["reason"]

@@ -47,7 +47,7 @@ from potstill.models.loading import load_lm
 from potstill.progress import out, say
 from potstill.records import Record, read_json, read_records, write_json, write_jsonl
 from potstill.rundir import CHALLENGER_TRAIN, RunDir, check_trained_task, exclusive, student_train_path
-from potstill.redistill.compare import compare, decide, measure, scores
+from potstill.redistill.compare import compare, decide, frozen_origin, measure, scores
 from potstill.redistill.loadable import why_unloadable
 from potstill.redistill.promote import current, finish_interrupted, switch
 from potstill.redistill.traffic import check_traffic, label_sample, read_traffic
@@ -202,7 +202,10 @@ def _run_steps(run_dir: Path, cfg: Config, live: tracking_live.Live | None) -> d
     results, too_long = _comparison_step(champion, challenger, task,
                                          {"frozen test": nd.frozen, "new traffic": nd.cur.test}, cfg)
     timings["evaluate_s"] = time.perf_counter() - t0
-    decision = decide(results["new traffic"], results["frozen test"], rc, same_student=champion == challenger.resolve())
+    origin = frozen_origin(_decision_records(run_dir), run_path(run_dir, champion), results["frozen test"],
+                           hash_obj([r.model_dump(mode="json", exclude_none=True) for r in nd.frozen])[:16])
+    decision = decide(results["new traffic"], results["frozen test"], rc, same_student=champion == challenger.resolve(),
+                      origin=origin)
 
     # 5. promotion
     t0 = time.perf_counter()
@@ -224,7 +227,7 @@ def _run_steps(run_dir: Path, cfg: Config, live: tracking_live.Live | None) -> d
                  "files": {k: rel(nd.work / f"{k}.jsonl") for k in ("new_train", "new_test", "rejected")}},
         "teacher": _teacher_summary(gstats, traffic),
         "results": {"frozen_test": results["frozen test"], "new_traffic_test": results["new traffic"]},
-        "decision": decision, "promotion": promotion,
+        "decision": decision, "promotion": promotion, "frozen_origin": {**origin, "measured_in": origin["measured_in"] or rid},
         "rollback": None if promotion is None else f"potstill redistill {run_dir} --rollback {promotion['previous']}",
         "settings": rc.model_dump(), "train": train_summary, "timings_s": timings,
     }
@@ -525,22 +528,28 @@ def rollback(run_dir: Path, to: str, force: bool = False) -> dict[str, str]:
         return switch(run_dir, target)
 
 
+def _decision_records(run_dir: Path) -> list[dict[str, Any]]:
+    """RUN/redistill/*.json in the order they were written (a record that cannot be read is passed over)."""
+    recs = []
+    for path in sorted((run_dir / "redistill").glob("*.json")):
+        with contextlib.suppress(PotstillError):
+            if isinstance(rec := read_json(path), dict):
+                recs.append({"id": path.stem, **rec})
+    return recs
+
+
 def _lost_comparison(run_dir: Path, target: Path) -> tuple[str, str] | None:
     """(record id, reason) of the last decision record in which ``target`` lost as the challenger, when
     no record has it winning, promoted, or replaced as a champion; else None (a record that cannot be
     read is passed over: they guard a rollback, they do not stop one)."""
     name = os.path.join("students", target.name)
     lost = None
-    for path in sorted((run_dir / "redistill").glob("*.json")):
-        try:
-            rec = read_json(path)
-        except PotstillError:
-            continue
+    for rec in _decision_records(run_dir):
         promotion, decision = (x if isinstance(x, dict) else {} for x in (rec.get("promotion"), rec.get("decision")))
         if name in (promotion.get("previous"), promotion.get("current")):
             return None
         if rec.get("challenger") == name:
             if decision.get("challenger_wins"):
                 return None
-            lost = (rec.get("id", path.stem), str(decision.get("reason", "")))
+            lost = (rec["id"], str(decision.get("reason", "")))
     return lost
