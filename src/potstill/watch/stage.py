@@ -169,7 +169,12 @@ def judge(live_emb: torch.Tensor, ref_emb: torch.Tensor, live_labels: list[str] 
 def expected_escalation(run_dir: Path, student: str | None = None) -> tuple[float | None, str]:
     """The share of val escalated at the calibrated thresholds (RUN/serve/routing.json), or None
     and why not. ``student``: the served name (``served_name``) of the student in RUN/student; a file
-    serve calibrated for another (a server of a promoted student, then a rollback) is not used."""
+    serve calibrated for another (a server of a promoted student, then a rollback) is not used.
+
+    Val's inputs longer than the student's context count as escalated, as serving sends them to the
+    teacher (reason too_long) and the served share counts them: the calibration's val_escalation is
+    measured on the inputs that fit, so 30% of long inputs in val and traffic alike read as 30 points
+    of drift against a calibrated 0%."""
     path = run_dir / "serve" / "routing.json"
     if not path.exists():
         return None, f"{path} not found: the escalation share is reported but not judged"
@@ -177,6 +182,8 @@ def expected_escalation(run_dir: Path, student: str | None = None) -> tuple[floa
         saved = json.loads(path.read_text(encoding="utf-8"))
         stats = saved.get("stats", {})
         share = float(stats["val_escalation"]) if "val_escalation" in stats else None
+        # Older files hold no n_val_too_long: their val had none left out, or they say nothing of it.
+        n_fit, too_long = int(stats.get("n_val", 0)), int(stats.get("n_val_too_long", 0))
         owner = saved.get("student")  # written since serve named it; older files are taken as the current student's
     except (ValueError, TypeError, AttributeError) as e:  # serve's cache, edited or cut short: serve redoes it
         why = e.msg if isinstance(e, json.JSONDecodeError) else f"{type(e).__name__}: {e}"
@@ -187,6 +194,12 @@ def expected_escalation(run_dir: Path, student: str | None = None) -> tuple[floa
     if student is not None and isinstance(owner, str) and served_name_of(owner) != student:
         return None, (f"{path} was calibrated for another student than the one in RUN/student: the escalation share "
                       "is reported but not judged (`potstill serve` calibrates the current one)")
+    if too_long > 0 and n_fit > 0:
+        expected = (too_long + share * n_fit) / (too_long + n_fit)
+        return expected, (
+            f"expected escalation share {expected:.1%}: val's {share:.1%} of "
+            f"the {n_fit} inputs the student read, its {too_long} inputs past the student's context counted as "
+            "escalated (too_long), as the served share counts them")
     return share, ""
 
 

@@ -1,0 +1,50 @@
+"""How often `potstill watch` pages when nothing drifted: watch's own decision functions
+(``expected_escalation`` on a routing.json as serve writes it, ``judge``) over many seeded windows
+drawn from the traffic the student was calibrated for, counting alarms."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import torch
+
+from potstill.config import WatchConfig
+from potstill.watch.stage import expected_escalation, judge
+
+NO_INPUTS = torch.zeros(0, 8)  # the input check is not the one under test here: it says "not judged"
+REF = torch.zeros(4, 8)
+
+
+def _routing(run, val_escalation: float, n_val: int, n_val_too_long: int = 0) -> None:
+    """RUN/serve/routing.json with the stats serve's calibration writes (``calibrate_run``)."""
+    (run / "serve").mkdir(parents=True, exist_ok=True)
+    (run / "serve" / "routing.json").write_text(json.dumps({"stats": {
+        "val_escalation": val_escalation, "n_val": n_val, "n_val_too_long": n_val_too_long}}))
+
+
+def _alarms(run, seeds: int, window: int, too_long: float, escalate: float, w: WatchConfig) -> float:
+    """Share of windows flagged: each request is past the student's context with chance ``too_long``
+    (escalated, reason too_long), else escalated by the student's routing with chance ``escalate``."""
+    expected, _ = expected_escalation(run)
+    flagged = 0
+    for s in range(seeds):
+        rng = random.Random(s)
+        routed = [rng.random() < too_long or rng.random() < escalate for _ in range(window)]
+        flagged += judge(NO_INPUTS, REF, None, None, routed, expected, w)["checks"]["escalation"]["flagged"]
+    return flagged / seeds
+
+
+def test_inputs_past_the_context_in_val_and_traffic_alike_are_no_escalation_drift(tmp_path):
+    """val_escalation is measured on the val inputs that fit the student's context (calibration
+    leaves the others out), while the served share counts too_long escalations: with 30% of long
+    inputs in val and traffic alike, every window was flagged (exit 3) with no drift. Val's too-long
+    inputs now count as escalated in the expected share, as the served share counts them."""
+    _routing(tmp_path, 0.2, 70, 30)  # 30 of 100 val inputs too long; 20% of the 70 that fit escalated
+    w = WatchConfig()
+    assert _alarms(tmp_path, 200, 200, 0.3, 0.2, w) <= 0.05  # before: ~100%
+    # Traffic that did grow longer (60% past the context) is still flagged.
+    assert _alarms(tmp_path, 50, 200, 0.6, 0.2, w) >= 0.9
+    # A routing.json without too-long val inputs (or from before serve counted them) is judged as it was.
+    _routing(tmp_path, 0.2, 100)
+    assert expected_escalation(tmp_path) == (0.2, "")
