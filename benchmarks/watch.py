@@ -197,7 +197,7 @@ def main() -> None:
     train_emb = embed_all(engine, [r.messages for r in train], w0.batch_size, "embed train")
     embed_s = time.perf_counter() - t0
     index = {r.id: i for i, r in enumerate(train)}
-    expected, _ = expected_escalation(run)
+    expected, n_expected, _ = expected_escalation(run)
     rows = read_traffic(run / "calls.sqlite", window=0, since=0.0)
     sweep, pool_sizes = {}, {}
     for cond in CONDITIONS:
@@ -215,7 +215,7 @@ def main() -> None:
             t1 = time.perf_counter()
             v = judge(emb[pick], train_emb[[index[r.id] for r in ref]], [label_of(task, mine[i].content) for i in pick],
                       [label_of(task, r.output) for r in ref if r.output is not None], [mine[i].escalated for i in pick],
-                      expected, w)
+                      expected, w, n_expected)
             v["judge_s"] = time.perf_counter() - t1
             verdicts.append(v)
         sweep[cond] = {"summary": summarize(verdicts), "per_seed": [

@@ -327,7 +327,7 @@ class WatchConfig(Section):
         1000, ge=2, description="Embed at most this many of the watched requests for the input check, a seeded sample "
         "(its kernel holds (N + reference_size)^2 numbers); the label mix and escalation share count them all."
     )
-    alpha: float = Field(0.01, gt=0, lt=1, description="Significance level of the input and label-mix tests.")
+    alpha: float = Field(0.01, gt=0, lt=1, description="Significance level of the input, label-mix and escalation tests.")
     min_effect: float = Field(
         0.1, ge=0, description="Input drift needs MMD (RBF, median bandwidth; 0..sqrt 2) at least this, besides p < alpha."
     )
@@ -335,7 +335,8 @@ class WatchConfig(Section):
         0.15, ge=0, le=1, description="Label-mix drift needs total variation to the training labels above this, besides p < alpha."
     )
     escalation_margin: float = Field(
-        0.15, ge=0, le=1, description="Flag when the share escalated to the teacher exceeds the calibrated val share by more than this."
+        0.15, ge=0, le=1, description="Flag when the share escalated to the teacher exceeds the calibrated val share by "
+        "more than this, besides p <= alpha (an exact test of the window's count against val's)."
     )
     escalation_bins: int = Field(5, ge=1, description="Consecutive sub-windows over which the escalation trend is measured.")
     permutations: int = Field(1000, ge=99, description="Permutations behind the MMD p-value.")

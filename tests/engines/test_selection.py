@@ -99,7 +99,7 @@ def test_watch_finds_the_traffic_an_engine_that_converts_the_student_served(tmp_
     _served_labels(service)
     name = served_name(run / "student")
     assert len(read_traffic(run / "calls.sqlite", 100, student=name)) == len(MSGS)
-    share, why = expected_escalation(run, name)
+    share, _, why = expected_escalation(run, name)
     assert share is not None, why
 
 

@@ -26,12 +26,12 @@ def _routing(run, val_escalation: float, n_val: int, n_val_too_long: int = 0) ->
 def _alarms(run, seeds: int, window: int, too_long: float, escalate: float, w: WatchConfig) -> float:
     """Share of windows flagged: each request is past the student's context with chance ``too_long``
     (escalated, reason too_long), else escalated by the student's routing with chance ``escalate``."""
-    expected, _ = expected_escalation(run)
+    expected, n_expected, _ = expected_escalation(run)
     flagged = 0
     for s in range(seeds):
         rng = random.Random(s)
         routed = [rng.random() < too_long or rng.random() < escalate for _ in range(window)]
-        flagged += judge(NO_INPUTS, REF, None, None, routed, expected, w)["checks"]["escalation"]["flagged"]
+        flagged += judge(NO_INPUTS, REF, None, None, routed, expected, w, n_expected)["checks"]["escalation"]["flagged"]
     return flagged / seeds
 
 
@@ -47,4 +47,37 @@ def test_inputs_past_the_context_in_val_and_traffic_alike_are_no_escalation_drif
     assert _alarms(tmp_path, 50, 200, 0.6, 0.2, w) >= 0.9
     # A routing.json without too-long val inputs (or from before serve counted them) is judged as it was.
     _routing(tmp_path, 0.2, 100)
-    assert expected_escalation(tmp_path) == (0.2, "")
+    assert expected_escalation(tmp_path) == (0.2, 100, "")
+
+
+def _per_calibration(n_val: int, window: int, shift: float = 0.0, cals: int = 100, checks: int = 100) -> list[float]:
+    """Alarm rate per check for each of ``cals`` calibrations: serve's ``calibrate`` at target_escalation
+    0.2 on n_val uniform confidences, the true escalation rate of its threshold then that threshold
+    (plus ``shift``: drift), windows drawn at that rate and judged against the calibrated share."""
+    from potstill.serve.routing import calibrate
+
+    w, rates = WatchConfig(), []
+    for c in range(cals):
+        rng = random.Random(c)
+        conf = [rng.random() for _ in range(n_val)]
+        r = calibrate(conf, [1.0] * n_val, [0.0] * n_val, [False] * n_val, target_escalation=0.2, ood_quantile=1.0)
+        true = min(1.0, max(0.0, r.confidence_threshold) + shift)
+        hits = sum(judge(NO_INPUTS, REF, None, None, [rng.random() < true for _ in range(window)],
+                         r.stats["val_escalation"], w, r.stats["n_val"])["checks"]["escalation"]["flagged"]
+                   for _ in range(checks))
+        rates.append(hits / checks)
+    return sorted(rates)
+
+
+def test_the_escalation_check_accounts_for_the_sampling_error_of_val_and_of_the_window():
+    """The window's share was flagged above val's share + 0.15, both taken as exact: with 20 val
+    inputs and a window of 50 (watch.min_requests) 13% of checks paged with no drift, and the worst
+    10% of calibrations paged in 47% of their checks, for ever (the calibration is fixed). It is now
+    flagged only where an exact one-sided test of the window against val's count (Fisher's, with
+    routing.json's n_val) gives p <= watch.alpha as well: about alpha per check."""
+    for n_val in (20, 50):
+        rates = _per_calibration(n_val, 50)
+        assert sum(rates) / len(rates) <= 0.02, (n_val, rates)  # before: 13% (20), 5.3% (50)
+        assert rates[90] <= 0.05, (n_val, rates)  # the 90th percentile calibration; before: 47% (20), 12% (50)
+    # A real surge, the rate up 30 points, is still flagged on most checks of most calibrations.
+    assert _per_calibration(50, 200, shift=0.3, cals=20, checks=20)[10] >= 0.9

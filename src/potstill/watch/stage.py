@@ -10,7 +10,8 @@ Three checks over the latest window of answered requests in RUN/calls.sqlite:
    the teacher labels in train.jsonl,
    by a G-test; flagged when p < alpha AND total variation > label_tv_max;
 3. escalation: the share answered by the teacher vs the share calibrated on val
-   (RUN/serve/routing.json); flagged when it exceeds it by more than escalation_margin.
+   (RUN/serve/routing.json); flagged when it exceeds it by more than escalation_margin AND an exact
+   one-sided test of the window's count against val's (``stats.escalation_p_value``) gives p <= alpha.
 The report goes to RUN/watch/report.json and report.md (each written atomically), and one line per
 run to RUN/watch/history.jsonl, whose latest runs report.md tabulates; the CLI exits with
 ``EXIT_DRIFT`` when any check is flagged.
@@ -40,7 +41,7 @@ from potstill.rundir import check_trained_task, student_train_path
 from potstill.serve.engine import TransformersEngine, embed_all
 from potstill.tasks import get_task
 from potstill.tool_calls import calls_of, text_of, tool_names
-from potstill.watch.stats import escalation_trend, label_test, mmd_test
+from potstill.watch.stats import escalation_p_value, escalation_trend, label_test, mmd_test
 from potstill.watch.traffic import read_traffic, served_name, served_name_of
 
 EXIT_DRIFT = 3  # 0: within thresholds; 2: an error (one line on stderr); 3: drift flagged
@@ -137,10 +138,12 @@ def call_of(task: Any, text: str | None, calls: list[dict] | None = None, served
 
 
 def judge(live_emb: torch.Tensor, ref_emb: torch.Tensor, live_labels: list[str] | None, ref_labels: list[str] | None,
-          escalated: list[bool], expected: float | None, w: WatchConfig) -> dict[str, Any]:
+          escalated: list[bool], expected: float | None, w: WatchConfig,
+          n_expected: int | None = None) -> dict[str, Any]:
     """The three checks on already-embedded, already-labelled data; ``drift`` is True when any is flagged.
 
-    ``expected``: the share of val escalated at calibration (None: the escalation share is reported, not judged).
+    ``expected``: the share of val escalated at calibration (None: the escalation share is reported, not judged),
+    measured on ``n_expected`` val inputs (None: taken as exact).
 
     Everything ``watch_run`` decides goes through here (the benchmark calls it on windows sampled
     from a pre-embedded pool)."""
@@ -159,16 +162,21 @@ def judge(live_emb: torch.Tensor, ref_emb: torch.Tensor, live_labels: list[str] 
         lab["flagged"] = lab["p_value"] < w.alpha and lab["tv"] > w.label_tv_max
         checks["labels"] = lab
     esc = escalation_trend(escalated, w.escalation_bins)
-    esc["expected"] = expected
+    esc["expected"], esc["n_expected"] = expected, n_expected
     esc["max"] = None if expected is None else min(1.0, expected + w.escalation_margin)
-    esc["flagged"] = esc["max"] is not None and esc["share"] > esc["max"]
+    # Both the window and val's share are samples: flagged when the window escalates more than val by more
+    # than the margin (the effect) AND an exact one-sided test says it is no chance (p <= alpha), as the
+    # other checks are flagged. The margin alone paged 13% of checks with no drift (20 val inputs, window 50).
+    esc["p_value"] = None if expected is None else escalation_p_value(
+        sum(escalated), len(escalated), expected, n_expected)
+    esc["flagged"] = esc["max"] is not None and esc["share"] > esc["max"] and esc["p_value"] <= w.alpha
     checks["escalation"] = esc
     return {"drift": any(c["flagged"] for c in checks.values()), "checks": checks}
 
 
-def expected_escalation(run_dir: Path, student: str | None = None) -> tuple[float | None, str]:
-    """The share of val escalated at the calibrated thresholds (RUN/serve/routing.json), or None
-    and why not. ``student``: the served name (``served_name``) of the student in RUN/student; a file
+def expected_escalation(run_dir: Path, student: str | None = None) -> tuple[float | None, int | None, str]:
+    """The share of val escalated at the calibrated thresholds (RUN/serve/routing.json) and the number
+    of val inputs it was measured on (None where the file does not say), or None and why not. ``student``: the served name (``served_name``) of the student in RUN/student; a file
     serve calibrated for another (a server of a promoted student, then a rollback) is not used.
 
     Val's inputs longer than the student's context count as escalated, as serving sends them to the
@@ -177,7 +185,7 @@ def expected_escalation(run_dir: Path, student: str | None = None) -> tuple[floa
     of drift against a calibrated 0%."""
     path = run_dir / "serve" / "routing.json"
     if not path.exists():
-        return None, f"{path} not found: the escalation share is reported but not judged"
+        return None, None, f"{path} not found: the escalation share is reported but not judged"
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
         stats = saved.get("stats", {})
@@ -187,20 +195,20 @@ def expected_escalation(run_dir: Path, student: str | None = None) -> tuple[floa
         owner = saved.get("student")  # written since serve named it; older files are taken as the current student's
     except (ValueError, TypeError, AttributeError) as e:  # serve's cache, edited or cut short: serve redoes it
         why = e.msg if isinstance(e, json.JSONDecodeError) else f"{type(e).__name__}: {e}"
-        return None, (f"{path} cannot be read ({why}): the escalation share is reported but not judged "
+        return None, None, (f"{path} cannot be read ({why}): the escalation share is reported but not judged "
                       "(`potstill serve` calibrates it again)")
     if share is None:
-        return None, f"{path}: no val_escalation in its stats: the escalation share is reported but not judged"
+        return None, None, f"{path}: no val_escalation in its stats: the escalation share is reported but not judged"
     if student is not None and isinstance(owner, str) and served_name_of(owner) != student:
-        return None, (f"{path} was calibrated for another student than the one in RUN/student: the escalation share "
+        return None, None, (f"{path} was calibrated for another student than the one in RUN/student: the escalation share "
                       "is reported but not judged (`potstill serve` calibrates the current one)")
     if too_long > 0 and n_fit > 0:
         expected = (too_long + share * n_fit) / (too_long + n_fit)
-        return expected, (
+        return expected, too_long + n_fit, (
             f"expected escalation share {expected:.1%}: val's {share:.1%} of "
             f"the {n_fit} inputs the student read, its {too_long} inputs past the student's context counted as "
             "escalated (too_long), as the served share counts them")
-    return share, ""
+    return share, n_fit or None, ""
 
 
 def _iso(t: float) -> str:
@@ -278,7 +286,7 @@ def watch_run(run_dir: Path, cfg: Config, since: float | None = None, until: flo
         ref_labels = [call_of(task, r.output) for r in ref_records if r.output is not None]
     else:
         live_labels, ref_labels = None, None
-    expected, note = expected_escalation(run_dir, name)
+    expected, n_expected, note = expected_escalation(run_dir, name)
     # A request whose tools the model may call goes to the teacher by design (reason tools), not by
     # the student's routing, which is what val's escalation share was calibrated on: left out of it.
     routed = [s.escalated for s in traffic if not s.reason.startswith(("tools", "response_format"))]
@@ -286,7 +294,7 @@ def watch_run(run_dir: Path, cfg: Config, since: float | None = None, until: flo
         raise PotstillError(f"{run_dir / 'calls.sqlite'}: all {len(traffic)} requests in the window offered tools or "
                             "asked for a JSON format the student's answer did not fit, which go to the teacher by "
                             "design: no routing of the student's to judge")
-    report = judge(live_emb, ref_emb, live_labels, ref_labels, routed, expected, w)
+    report = judge(live_emb, ref_emb, live_labels, ref_labels, routed, expected, w, n_expected)
     # Which rule sent them (serve.routing; "+cached": the teacher's answer came from the ledger), so that a
     # rising share says whether inputs moved away (out_of_distribution), the student lost its way
     # (low_confidence, invalid_output, truncated) or prompts grew (too_long).
@@ -413,9 +421,14 @@ def _rows(report: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
                      f"TV {lab['tv']:.3f}", f"p < {w['alpha']} and TV > {w['label_tv_max']}", verdict[lab["flagged"]]))
     e = c["escalation"]
     per = " ".join(f"{s:.0%}" for s in e["per_window"])
-    limit = "not judged (no routing.json)" if e["max"] is None else f"share > {e['max']:.0%} (val {e['expected']:.0%} + {w['escalation_margin']})"
-    rows.append(("escalation", f"{e['share']:.1%} [{per}]", "-", f"slope {100 * e['slope_per_100']:+.1f} pts/100 req", limit,
-                 verdict[e["flagged"]]))
+    if e["max"] is None:
+        limit = "not judged (no routing.json)"
+    else:
+        of = f" of {e['n_expected']}" if e.get("n_expected") else ""
+        limit = f"p <= {w['alpha']} and share > {e['max']:.0%} (val {e['expected']:.0%}{of} + {w['escalation_margin']})"
+    p = "-" if e.get("p_value") is None else f"{e['p_value']:.4f}"
+    rows.append(("escalation", f"{e['share']:.1%} of {e['n']} [{per}]", p, f"slope {100 * e['slope_per_100']:+.1f} pts/100 req",
+                 limit, verdict[e["flagged"]]))
     if e.get("by_reason"):
         rows.append(("escalated by reason", ", ".join(f"{k} {v:.1%}" for k, v in e["by_reason"].items()), "-", "-", "-", "-"))
     return rows

@@ -9,6 +9,7 @@
 - ``label_test``: G-test of homogeneity on the 2 x K table of label counts (live vs reference),
   with total variation distance as the effect size.
 - ``escalation_trend``: the share escalated per consecutive sub-window and its least-squares slope.
+- ``escalation_p_value``: one-sided exact test that the window escalates more often than val did.
 """
 
 from __future__ import annotations
@@ -127,3 +128,33 @@ def escalation_trend(escalated: list[bool], bins: int = 5) -> dict[str, Any]:
         slope = 100 * sum((x - mx) * (y - my) for x, y in zip(mids, shares)) / var if var else 0.0
     return {"share": sum(escalated) / n, "per_window": shares, "window_sizes": [hi - lo for lo, hi in zip(edges, edges[1:])],
             "slope_per_100": slope, "n": n}
+
+
+def _log_comb(n: int, k: int) -> float:
+    return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+
+
+def escalation_p_value(k: int, n: int, expected: float, n_expected: int | None = None) -> float:
+    """P(a window of n escalates k or more | its rate is val's): one-sided, exact.
+
+    Val's share is itself a sample of ``n_expected`` inputs (calibrated on 50, it is known to about
+    +-11 points): with it, Fisher's exact test of the 2 x 2 table (window k of n, val k_val of
+    n_expected, k_val = expected * n_expected), X ~ Hypergeometric(n + n_expected, k + k_val, n); a
+    fixed margin over val's share alone paged 13% of checks with no drift at 20 val inputs and a
+    window of 50. Without ``n_expected`` (a routing.json that does not say it), val's share is taken as
+    exact: X ~ Binomial(n, expected). Conservative: never under the chance it bounds."""
+    if k <= 0:
+        return 1.0
+    if not n_expected:
+        if expected <= 0:
+            return 0.0
+        if expected >= 1:
+            return 1.0
+        terms = [_log_comb(n, x) + x * math.log(expected) + (n - x) * math.log1p(-expected) for x in range(k, n + 1)]
+    else:
+        k_val = round(expected * n_expected)
+        total, hits = n + n_expected, k + k_val
+        terms = [_log_comb(hits, x) + _log_comb(total - hits, n - x) - _log_comb(total, n)
+                 for x in range(k, min(n, hits) + 1)]
+    top = max(terms)
+    return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
