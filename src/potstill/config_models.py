@@ -391,7 +391,8 @@ class RedistillConfig(Section):
     """How `potstill redistill` turns served traffic into a challenger, and when it replaces the champion."""
 
     student_sample: float = Field(
-        0.5, ge=0, description="Student-answered requests re-asked from the teacher: a fraction (0-1; 1 = all) or a count (>1)."
+        0.5, ge=0, description="Student-answered requests re-asked from the teacher: a fraction (0-1; 1 = all) or a count "
+        "(>1); at least those that fall in the new-traffic test (new_test), so that it holds the traffic as served."
     )
     new_test: float = Field(
         0.3, gt=0, lt=1, description="Share of the new traffic held out as the new-traffic test (stable hash split)."
