@@ -317,6 +317,9 @@ class ServeConfig(Section):
         "and background responses wait regardless.")
 
 
+CHECKS = 3  # watch's checks per run (input, label mix, escalation), over which their p-values are adjusted
+
+
 class WatchConfig(Section):
     """How `potstill watch` compares served traffic (RUN/calls.sqlite) with the training inputs."""
 
@@ -339,19 +342,21 @@ class WatchConfig(Section):
         "more than this, besides p <= alpha (an exact test of the window's count against val's)."
     )
     escalation_bins: int = Field(5, ge=1, description="Consecutive sub-windows over which the escalation trend is measured.")
-    permutations: int = Field(1000, ge=99, description="Permutations behind the MMD p-value.")
+    permutations: int = Field(1000, ge=99, description="Permutations behind the MMD and label-mix p-values (at least "
+                              "3 / alpha - 1: Holm's adjustment over the 3 checks multiplies the smallest p by 3).")
     seed: int = Field(0, description="Seed of the reference sample and the permutations.")
     batch_size: int = Field(16, ge=1, description="Inputs per forward pass when embedding.")
 
     @model_validator(mode="after")
     def _reachable_alpha(self) -> "WatchConfig":
-        # The MMD p-value is (1 + k) / (1 + permutations): never under 1 / (1 + permutations).
-        floor = 1.0 / (1 + self.permutations)
-        if floor > self.alpha:
-            need = math.ceil(1.0 / self.alpha) - 1
+        # The MMD and label-mix p-values are (1 + k) / (1 + permutations): never under 1 / (1 + permutations),
+        # and Holm's adjustment over a run's three checks multiplies the smallest by 3 (stats.holm).
+        floor = CHECKS / (1 + self.permutations)
+        if floor > self.alpha + 1e-12:
+            need = math.ceil(CHECKS / self.alpha - 1e-9) - 1
             raise ValueError(f"watch.alpha {self.alpha:g} is below the smallest p-value {self.permutations} permutations "
-                             f"can give (1/{self.permutations + 1} = {floor:.3g}), so the input check could never flag "
-                             f"drift; set watch.permutations to at least {need}")
+                             f"can give over a run's {CHECKS} checks (Holm: {CHECKS}/{self.permutations + 1} = {floor:.3g}), "
+                             f"so the input check could never flag drift; set watch.permutations to at least {need}")
         return self
 
 

@@ -23,7 +23,7 @@ def tool_call(call: dict) -> list[dict]:
 def test_the_call_mix_is_watched_as_a_label_mix(tmp_path, tiny_model):
     run, texts, student = _run(tmp_path, tiny_model, lambda i: json.dumps(CALLS[i % 2]))
     cfg = Config(task={"type": "tools", "instruction": "call", "tools": TOOLS},
-                 watch={"window": 60, "min_requests": 30, "reference_size": 40, "permutations": 99})
+                 watch={"window": 60, "min_requests": 30, "reference_size": 40, "permutations": 299})
 
     def serve(pick, t0: float, as_text: bool = False) -> None:
         with Ledger(run / "calls.sqlite") as ledger:

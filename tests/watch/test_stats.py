@@ -78,20 +78,24 @@ def test_parse_time_and_user_messages():
 
 
 def test_the_fewest_permutations_can_still_flag_drift_and_an_unreachable_alpha_is_refused():
-    """A permutation p-value is (1 + k) / (1 + permutations), never under 1/100 at the 99 permutations
-    watch allows; flagged at p < alpha (0.01), a 5-sigma shift there was never drift (exit 0). The
-    test rejects at p <= alpha (its level is alpha), and an alpha no p-value can reach is one line."""
+    """A permutation p-value is (1 + k) / (1 + permutations), never under 1/300 at the 299 permutations
+    watch allows at alpha 0.01 (Holm over three checks triples it); flagged at p < alpha, a 5-sigma
+    shift at the floor was never drift (exit 0). The test rejects at p <= alpha (its level is alpha),
+    and an alpha no p-value can reach is one line."""
     from potstill.config import WatchConfig, load_config
     from potstill.watch.stage import judge
 
     torch.manual_seed(0)
     live, ref = torch.randn(200, 16) + 5.0, torch.randn(256, 16)
-    for perms in (99, 1000):
+    for perms in (299, 1000):
         rep = judge(live, ref, None, None, [False] * 200, None, WatchConfig(permutations=perms))
         assert rep["checks"]["input"]["flagged"] and rep["drift"], (perms, rep["checks"]["input"])
-    calm = judge(torch.randn(200, 16), ref, None, None, [False] * 200, None, WatchConfig(permutations=99))
+    calm = judge(torch.randn(200, 16), ref, None, None, [False] * 200, None, WatchConfig(permutations=299))
     assert not calm["checks"]["input"]["flagged"]
     with pytest.raises(PotstillError, match=r"watch.alpha 0.0005 is below the smallest p-value 1000 permutations can "
-                                            r"give \(1/1001 = 0.000999\).*at least 1999"):
+                                            r"give over a run's 3 checks \(Holm: 3/1001 = 0.003\).*at least 5999"):
         load_config(None, {"task.labels": ["a", "b"], "watch.alpha": 0.0005})
-    assert load_config(None, {"task.labels": ["a", "b"], "watch.alpha": 0.0005, "watch.permutations": 1999})
+    assert load_config(None, {"task.labels": ["a", "b"], "watch.alpha": 0.0005, "watch.permutations": 5999})
+    # Holm's adjustment over three checks triples the smallest p: 99 permutations (1/100) cannot reach 0.01.
+    with pytest.raises(PotstillError, match=r"at least 299"):
+        load_config(None, {"task.labels": ["a", "b"], "watch.permutations": 99})

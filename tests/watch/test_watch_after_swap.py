@@ -49,7 +49,7 @@ def _served(ledger: Ledger, texts, student: str, escalated: bool, t0: float) -> 
 
 def _cfg() -> Config:
     return Config(task={"labels": LABELS, "instruction": "classify"},
-                  watch={"window": 60, "min_requests": 30, "reference_size": 40, "permutations": 99})
+                  watch={"window": 60, "min_requests": 30, "reference_size": 40, "permutations": 299})
 
 
 def test_watch_judges_only_the_current_students_traffic(tmp_path, tiny_model):

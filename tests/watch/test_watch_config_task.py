@@ -39,7 +39,7 @@ def test_a_config_with_another_task_is_refused_naming_the_field(tmp_path, tiny_m
 
     # The run's task with other watch settings: what -c is for, judged as before.
     same = _config()
-    same["watch"]["permutations"] = 199
+    same["watch"]["permutations"] = 399
     other.write_text(yaml.safe_dump(same))
     code, err = run_main(monkeypatch, capsys, "watch", str(run), "-c", str(other))
     assert code in (0, 3), err

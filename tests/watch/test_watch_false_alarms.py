@@ -81,3 +81,26 @@ def test_the_escalation_check_accounts_for_the_sampling_error_of_val_and_of_the_
         assert rates[90] <= 0.05, (n_val, rates)  # the 90th percentile calibration; before: 47% (20), 12% (50)
     # A real surge, the rate up 30 points, is still flagged on most checks of most calibrations.
     assert _per_calibration(50, 200, shift=0.3, cals=20, checks=20)[10] >= 0.9
+
+
+def test_a_run_of_three_checks_pages_at_most_alpha_of_the_time_with_no_drift():
+    """Each check was judged at alpha on its own, so a run of three paged more often than alpha with no
+    drift, and the label mix's chi-square tail is itself liberal at a small window (1.4% under p < 0.01
+    at 50). The label mix now has a permutation p-value, and the three p-values are Holm-adjusted: a
+    run flags under no drift at most alpha of the time. Windows and references here are drawn from one
+    distribution each (a fresh reference per run, as the test's level is stated), gates off (min_effect
+    0, label_tv_max 0, margin 0) so that the tests' levels decide."""
+    w = WatchConfig(permutations=299, min_effect=0.0, label_tv_max=0.0, escalation_margin=0.0)
+    labels, mix = ["a", "b", "c", "d"], [0.4, 0.3, 0.2, 0.1]
+    runs = 600
+    any_flag, per_check = 0, {"input": 0, "labels": 0, "escalation": 0}
+    for s in range(runs):
+        rng, g = random.Random(s), torch.Generator().manual_seed(s)
+        live, ref = torch.randn(50, 4, generator=g), torch.randn(60, 4, generator=g)
+        out = judge(live, ref, rng.choices(labels, mix, k=50), rng.choices(labels, mix, k=100),
+                    [rng.random() < 0.2 for _ in range(50)], 0.2, w, 10_000)
+        any_flag += out["drift"]
+        for k in per_check:
+            per_check[k] += out["checks"][k]["p_value"] <= w.alpha
+    assert any_flag / runs <= 0.0125, (any_flag, per_check)  # alpha 0.01; each check at alpha: ~2.5%
+    assert sum(per_check.values()) > any_flag  # the unadjusted p-values alone would have paged more runs

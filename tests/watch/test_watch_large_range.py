@@ -24,7 +24,7 @@ def test_a_time_range_larger_than_max_sample_is_sampled_for_the_input_check_only
                 answered_by="teacher" if escalated else "student", model="m", content=LABELS[i % 4],
                 reason="low_confidence" if escalated else "", student=current, created_at=1000.0 + i))
     cfg = Config(task={"labels": LABELS, "instruction": "classify"},
-                 watch={"min_requests": 30, "reference_size": 40, "permutations": 99})
+                 watch={"min_requests": 30, "reference_size": 40, "permutations": 299})
     report = watch_run(run, cfg, since=0.0, device="cpu")
     assert report["traffic"]["n"] == n
     assert report["checks"]["input"]["n_live"] == 1000  # a seeded sample: the kernel stays (1040)^2

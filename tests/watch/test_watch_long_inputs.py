@@ -79,7 +79,7 @@ def test_a_window_the_student_read_none_of_is_judged_on_its_escalations():
     from potstill.config import WatchConfig
     from potstill.watch.stage import judge, markdown
 
-    w = WatchConfig(permutations=99)
+    w = WatchConfig(permutations=299)
     ref = torch.nn.functional.normalize(torch.randn(20, 8), dim=-1)
     out = judge(torch.zeros(0, 8), ref, None, None, [True] * 50, 0.1, w)
     assert out["checks"]["input"]["p_value"] is None and not out["checks"]["input"]["flagged"]

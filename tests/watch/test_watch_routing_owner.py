@@ -25,7 +25,7 @@ from tests.watch.test_watch_after_swap import LABELS, _run, _served
 def _cfg(target: float) -> Config:
     return Config(task={"labels": LABELS, "instruction": "classify"},
                   serve={"target_escalation": target, "ood_quantile": 1.0},
-                  watch={"window": 60, "min_requests": 30, "reference_size": 40, "permutations": 99})
+                  watch={"window": 60, "min_requests": 30, "reference_size": 40, "permutations": 299})
 
 
 def _calibrate(run, student_dir, cfg: Config) -> float:

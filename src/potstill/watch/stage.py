@@ -8,10 +8,12 @@ Three checks over the latest window of answered requests in RUN/calls.sqlite:
    permutation p-value, (1 + k) / (1 + permutations), rejects at p <= alpha with level alpha);
 2. label-mix drift (classification; a tools task's mix of functions called): the labels served vs
    the teacher labels in train.jsonl,
-   by a G-test; flagged when p < alpha AND total variation > label_tv_max;
+   by a G-test (permutation p-value); flagged when p <= alpha AND total variation > label_tv_max;
 3. escalation: the share answered by the teacher vs the share calibrated on val
    (RUN/serve/routing.json); flagged when it exceeds it by more than escalation_margin AND an exact
    one-sided test of the window's count against val's (``stats.escalation_p_value``) gives p <= alpha.
+Each p is Holm-adjusted over the checks judged (``stats.holm``): a run flags under no drift at most
+alpha of the time, not alpha per check.
 The report goes to RUN/watch/report.json and report.md (each written atomically), and one line per
 run to RUN/watch/history.jsonl, whose latest runs report.md tabulates; the CLI exits with
 ``EXIT_DRIFT`` when any check is flagged.
@@ -41,7 +43,7 @@ from potstill.rundir import check_trained_task, student_train_path
 from potstill.serve.engine import TransformersEngine, embed_all
 from potstill.tasks import get_task
 from potstill.tool_calls import calls_of, text_of, tool_names
-from potstill.watch.stats import escalation_p_value, escalation_trend, label_test, mmd_test
+from potstill.watch.stats import escalation_p_value, escalation_trend, holm, label_test, mmd_test
 from potstill.watch.traffic import read_traffic, served_name, served_name_of
 
 EXIT_DRIFT = 3  # 0: within thresholds; 2: an error (one line on stderr); 3: drift flagged
@@ -150,28 +152,33 @@ def judge(live_emb: torch.Tensor, ref_emb: torch.Tensor, live_labels: list[str] 
     checks: dict[str, Any] = {}
     if live_emb.shape[0] >= 2:
         mmd = mmd_test(live_emb, ref_emb, w.permutations, w.seed)
-        # <=: the smallest p a permutation test gives is 1 / (1 + permutations), 0.01 at 99 of them,
-        # so with "<" alpha 0.01 could never flag there (its test has level alpha at p <= alpha).
-        mmd["flagged"] = mmd["p_value"] <= w.alpha and mmd["effect"] >= w.min_effect
     else:  # the window's inputs are (nearly) all past the student's context: the escalation share says so
         mmd = {"mmd2": None, "effect": None, "p_value": None, "n_live": int(live_emb.shape[0]),
                "n_reference": int(ref_emb.shape[0]), "flagged": False}
     checks["input"] = mmd
     if live_labels and ref_labels:
-        lab = label_test(live_labels, ref_labels)
-        lab["flagged"] = lab["p_value"] < w.alpha and lab["tv"] > w.label_tv_max
-        checks["labels"] = lab
+        checks["labels"] = label_test(live_labels, ref_labels, w.permutations, w.seed)
     esc = escalation_trend(escalated, w.escalation_bins)
     esc["expected"], esc["n_expected"] = expected, n_expected
     esc["max"] = None if expected is None else min(1.0, expected + w.escalation_margin)
     # Both the window and val's share are samples: flagged when the window escalates more than val by more
-    # than the margin (the effect) AND an exact one-sided test says it is no chance (p <= alpha), as the
-    # other checks are flagged. The margin alone paged 13% of checks with no drift (20 val inputs, window 50).
+    # than the margin (the effect) AND an exact one-sided test says it is no chance, as the other checks
+    # are flagged. The margin alone paged 13% of checks with no drift (20 val inputs, window 50).
     esc["p_value"] = None if expected is None else escalation_p_value(
         sum(escalated), len(escalated), expected, n_expected)
-    esc["flagged"] = esc["max"] is not None and esc["share"] > esc["max"] and esc["p_value"] <= w.alpha
     checks["escalation"] = esc
-    return {"drift": any(c["flagged"] for c in checks.values()), "checks": checks}
+    # One run tests up to three checks: each at alpha paged 3% of runs with no drift (a cron job every hour
+    # within days). Holm's adjustment over the checks judged keeps a run's false alarms at most alpha.
+    adjusted = holm({k: c["p_value"] for k, c in checks.items() if c.get("p_value") is not None})
+    for name, c in checks.items():
+        c["p_adjusted"] = adjusted.get(name)
+    # <=: a permutation p-value has level alpha at p <= alpha (its smallest is 1 / (1 + permutations)).
+    significant = {k: c["p_adjusted"] is not None and c["p_adjusted"] <= w.alpha + 1e-12 for k, c in checks.items()}
+    mmd["flagged"] = significant["input"] and mmd["effect"] >= w.min_effect
+    if "labels" in checks:
+        checks["labels"]["flagged"] = significant["labels"] and checks["labels"]["tv"] > w.label_tv_max
+    esc["flagged"] = significant["escalation"] and esc["share"] > esc["max"]
+    return {"drift": any(c["flagged"] for c in checks.values()), "checks": checks, "checks_judged": len(adjusted)}
 
 
 def expected_escalation(run_dir: Path, student: str | None = None) -> tuple[float | None, int | None, str]:
@@ -348,10 +355,10 @@ def history_row(report: dict[str, Any]) -> dict[str, Any]:
     c, tr = report["checks"], report["traffic"]
     row = {"created": report["created"], "drift": report["drift"], "student": report["student"],
            "traffic": {k: tr[k] for k in ("n", "first", "last", "selection")},
-           "input": {k: c["input"].get(k) for k in ("mmd2", "effect", "p_value", "flagged")},
-           "escalation": {k: c["escalation"].get(k) for k in ("share", "max", "flagged")}}
+           "input": {k: c["input"].get(k) for k in ("mmd2", "effect", "p_value", "p_adjusted", "flagged")},
+           "escalation": {k: c["escalation"].get(k) for k in ("share", "max", "p_value", "p_adjusted", "flagged")}}
     if "labels" in c:
-        row["labels"] = {k: c["labels"].get(k) for k in ("tv", "p_value", "flagged")}
+        row["labels"] = {k: c["labels"].get(k) for k in ("tv", "p_value", "p_adjusted", "flagged")}
     return row
 
 
@@ -403,6 +410,19 @@ def _history_lines(rows: list[dict[str, Any]], cut: int) -> list[str]:
     return lines + [""]
 
 
+def _p(check: dict[str, Any]) -> str:
+    """A check's p-value, and Holm's adjustment of it where that differs."""
+    p, adj = check.get("p_value"), check.get("p_adjusted")
+    if p is None:
+        return "-"
+    return f"{p:.4f}" if adj is None or abs(adj - p) < 1e-12 else f"{p:.4f} (Holm {adj:.4f})"
+
+
+def _holm(report: dict[str, Any]) -> str:
+    m = report.get("checks_judged", 1)
+    return f"Holm over {m}: " if m > 1 else ""
+
+
 def _rows(report: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
     """(check, statistic, p-value, effect, threshold, verdict) per check."""
     c, w = report["checks"], report["thresholds"]
@@ -413,21 +433,22 @@ def _rows(report: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
         rows.append(("inputs (MMD)", f"{i['n_live']} input(s) within the student's context", "-", "-",
                      "not judged (needs 2)", verdict[False]))
     else:
-        rows.append(("inputs (MMD)", f"MMD^2 {i['mmd2']:.4f}", f"{i['p_value']:.4f}", f"MMD {i['effect']:.3f}",
-                     f"p <= {w['alpha']} and MMD >= {w['min_effect']}", verdict[i["flagged"]]))
+        rows.append(("inputs (MMD)", f"MMD^2 {i['mmd2']:.4f}", _p(i), f"MMD {i['effect']:.3f}",
+                     f"{_holm(report)}p <= {w['alpha']} and MMD >= {w['min_effect']}", verdict[i["flagged"]]))
     if "labels" in c:
         lab = c["labels"]
-        rows.append(("label mix (G-test)", f"G {lab['g']:.1f} (df {lab['df']})", f"{lab['p_value']:.4f}",
-                     f"TV {lab['tv']:.3f}", f"p < {w['alpha']} and TV > {w['label_tv_max']}", verdict[lab["flagged"]]))
+        rows.append(("label mix (G-test)", f"G {lab['g']:.1f} (df {lab['df']})", _p(lab),
+                     f"TV {lab['tv']:.3f}", f"{_holm(report)}p <= {w['alpha']} and TV > {w['label_tv_max']}",
+                     verdict[lab["flagged"]]))
     e = c["escalation"]
     per = " ".join(f"{s:.0%}" for s in e["per_window"])
     if e["max"] is None:
         limit = "not judged (no routing.json)"
     else:
         of = f" of {e['n_expected']}" if e.get("n_expected") else ""
-        limit = f"p <= {w['alpha']} and share > {e['max']:.0%} (val {e['expected']:.0%}{of} + {w['escalation_margin']})"
-    p = "-" if e.get("p_value") is None else f"{e['p_value']:.4f}"
-    rows.append(("escalation", f"{e['share']:.1%} of {e['n']} [{per}]", p, f"slope {100 * e['slope_per_100']:+.1f} pts/100 req",
+        limit = (f"{_holm(report)}p <= {w['alpha']} and share > {e['max']:.0%} "
+                 f"(val {e['expected']:.0%}{of} + {w['escalation_margin']})")
+    rows.append(("escalation", f"{e['share']:.1%} of {e['n']} [{per}]", _p(e), f"slope {100 * e['slope_per_100']:+.1f} pts/100 req",
                  limit, verdict[e["flagged"]]))
     if e.get("by_reason"):
         rows.append(("escalated by reason", ", ".join(f"{k} {v:.1%}" for k, v in e["by_reason"].items()), "-", "-", "-", "-"))
