@@ -324,7 +324,8 @@ class WatchConfig(Section):
     """How `potstill watch` compares served traffic (RUN/calls.sqlite) with the training inputs."""
 
     window: int = Field(200, ge=2, description="Watch the latest N answered served requests (unless a time range is given).")
-    min_requests: int = Field(50, ge=2, description="Refuse to judge fewer served requests than this (too little power).")
+    min_requests: int = Field(50, ge=2, description="Refuse to judge fewer served requests than this (too little "
+                              "power); a check with fewer of its own (inputs read, labels, routed requests) is not judged.")
     reference_size: int = Field(256, ge=2, description="Training inputs (train.jsonl) embedded as the reference sample.")
     max_sample: int = Field(
         1000, ge=2, description="Embed at most this many of the watched requests for the input check, a seeded sample "

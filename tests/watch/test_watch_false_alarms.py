@@ -104,3 +104,25 @@ def test_a_run_of_three_checks_pages_at_most_alpha_of_the_time_with_no_drift():
             per_check[k] += out["checks"][k]["p_value"] <= w.alpha
     assert any_flag / runs <= 0.0125, (any_flag, per_check)  # alpha 0.01; each check at alpha: ~2.5%
     assert sum(per_check.values()) > any_flag  # the unadjusted p-values alone would have paged more runs
+
+
+def test_a_check_on_fewer_than_min_requests_is_not_judged(tmp_path):
+    """watch.min_requests was compared with the window alone: of 50 answered requests, 49 offered tools
+    (sent to the teacher by design) and the 1 routed one escalated, and the escalation check read
+    "100.0%", DRIFT, exit 3. Each check now needs min_requests of its own (the table says "not
+    judged"); a window with enough of them is judged as before."""
+    from potstill.watch.stage import markdown
+
+    w = WatchConfig(permutations=299)
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(40, 8, generator=g)
+    few = judge(torch.randn(10, 8, generator=g) + 3.0, ref, ["a"] * 10, ["b"] * 40, [True] * 5, 0.0, w, 50)
+    assert not few["drift"] and few["checks_judged"] == 0
+    assert all(few["checks"][k]["p_value"] is None and not few["checks"][k]["flagged"]
+               for k in ("input", "labels", "escalation"))
+    report = {**few, "thresholds": w.model_dump(), "notes": [], "run_dir": "RUN", "student": "s", "created": "now",
+              "traffic": {"n": 50, "selection": "latest 200", "first": "a", "last": "b"}}
+    assert markdown(report).count("not judged (needs 50: watch.min_requests)") == 3
+    # The same shifts on 50 of each: flagged.
+    many = judge(torch.randn(50, 8, generator=g) + 3.0, ref, ["a"] * 50, ["b"] * 40, [True] * 50, 0.0, w, 50)
+    assert all(many["checks"][k]["flagged"] for k in ("input", "labels", "escalation"))

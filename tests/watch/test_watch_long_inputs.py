@@ -73,7 +73,7 @@ def test_inputs_longer_than_the_students_context_are_judged_not_a_traceback(tmp_
 
 def test_a_window_the_student_read_none_of_is_judged_on_its_escalations():
     """Every input past the student's context: no embedding to test, the input check says "not judged"
-    in the table and report.md (it cannot run on fewer than 2 rows), and the escalations flag the drift."""
+    in the table and report.md (it needs watch.min_requests rows of its own), and the escalations flag the drift."""
     import torch
 
     from potstill.config import WatchConfig
@@ -86,4 +86,5 @@ def test_a_window_the_student_read_none_of_is_judged_on_its_escalations():
     assert out["drift"] and out["checks"]["escalation"]["flagged"]
     report = {**out, "thresholds": w.model_dump(), "notes": [], "run_dir": "RUN", "student": "s", "created": "now",
               "traffic": {"n": 50, "selection": "latest 200", "first": "a", "last": "b"}}
-    assert "| inputs (MMD) | 0 input(s) within the student's context | - | - | not judged (needs 2) | ok |" in markdown(report)
+    assert ("| inputs (MMD) | 0 input(s) within the student's context | - | - | not judged (needs 50: watch.min_requests) "
+            "| ok |") in markdown(report)

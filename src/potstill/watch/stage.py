@@ -150,21 +150,27 @@ def judge(live_emb: torch.Tensor, ref_emb: torch.Tensor, live_labels: list[str] 
     Everything ``watch_run`` decides goes through here (the benchmark calls it on windows sampled
     from a pre-embedded pool)."""
     checks: dict[str, Any] = {}
-    if live_emb.shape[0] >= 2:
+    # watch.min_requests holds for each check's own n, not for the window alone: of a window of 50, the
+    # input check may read 10 (the rest past the context) and the escalation share 1 (the rest offered
+    # tools), and one escalated request of one was "100% escalated", DRIFT. Fewer is "not judged".
+    least = max(2, w.min_requests)
+    if live_emb.shape[0] >= least:
         mmd = mmd_test(live_emb, ref_emb, w.permutations, w.seed)
-    else:  # the window's inputs are (nearly) all past the student's context: the escalation share says so
+    else:  # e.g. the window's inputs are (nearly) all past the student's context: the escalation share says so
         mmd = {"mmd2": None, "effect": None, "p_value": None, "n_live": int(live_emb.shape[0]),
                "n_reference": int(ref_emb.shape[0]), "flagged": False}
     checks["input"] = mmd
     if live_labels and ref_labels:
-        checks["labels"] = label_test(live_labels, ref_labels, w.permutations, w.seed)
+        checks["labels"] = (label_test(live_labels, ref_labels, w.permutations, w.seed) if len(live_labels) >= least
+                            else {"g": None, "df": None, "p_value": None, "tv": None, "n_live": len(live_labels),
+                                  "n_reference": len(ref_labels), "flagged": False})
     esc = escalation_trend(escalated, w.escalation_bins)
     esc["expected"], esc["n_expected"] = expected, n_expected
     esc["max"] = None if expected is None else min(1.0, expected + w.escalation_margin)
     # Both the window and val's share are samples: flagged when the window escalates more than val by more
     # than the margin (the effect) AND an exact one-sided test says it is no chance, as the other checks
     # are flagged. The margin alone paged 13% of checks with no drift (20 val inputs, window 50).
-    esc["p_value"] = None if expected is None else escalation_p_value(
+    esc["p_value"] = None if expected is None or len(escalated) < least else escalation_p_value(
         sum(escalated), len(escalated), expected, n_expected)
     checks["escalation"] = esc
     # One run tests up to three checks: each at alpha paged 3% of runs with no drift (a cron job every hour
@@ -401,7 +407,7 @@ def _history_lines(rows: list[dict[str, Any]], cut: int) -> list[str]:
     for r in reversed(shown):
         i, lab, e = r["input"], r.get("labels"), r["escalation"]
         mmd = "-" if i.get("mmd2") is None else f"{i['effect']:.3f} ({i['p_value']:.3f})"
-        tv = "-" if not lab else f"{lab['tv']:.3f} ({lab['p_value']:.3f})"
+        tv = "-" if not lab or lab.get("p_value") is None else f"{lab['tv']:.3f} ({lab['p_value']:.3f})"
         lines.append(f"| {r['created']} | {r['traffic']['n']} | {mmd}{' !' if i.get('flagged') else ''} | "
                      f"{tv}{' !' if lab and lab.get('flagged') else ''} | {e['share']:.1%}"
                      f"{' !' if e.get('flagged') else ''} | {'DRIFT' if r['drift'] else 'ok'} |")
@@ -429,13 +435,16 @@ def _rows(report: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
     verdict = {True: "DRIFT", False: "ok"}
     rows = []
     i = c["input"]
+    too_few = f"not judged (needs {max(2, w['min_requests'])}: watch.min_requests)"
     if i["mmd2"] is None:
         rows.append(("inputs (MMD)", f"{i['n_live']} input(s) within the student's context", "-", "-",
-                     "not judged (needs 2)", verdict[False]))
+                     too_few, verdict[False]))
     else:
         rows.append(("inputs (MMD)", f"MMD^2 {i['mmd2']:.4f}", _p(i), f"MMD {i['effect']:.3f}",
                      f"{_holm(report)}p <= {w['alpha']} and MMD >= {w['min_effect']}", verdict[i["flagged"]]))
-    if "labels" in c:
+    if "labels" in c and c["labels"]["p_value"] is None:
+        rows.append(("label mix (G-test)", f"{c['labels']['n_live']} label(s)", "-", "-", too_few, verdict[False]))
+    elif "labels" in c:
         lab = c["labels"]
         rows.append(("label mix (G-test)", f"G {lab['g']:.1f} (df {lab['df']})", _p(lab),
                      f"TV {lab['tv']:.3f}", f"{_holm(report)}p <= {w['alpha']} and TV > {w['label_tv_max']}",
@@ -444,6 +453,8 @@ def _rows(report: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
     per = " ".join(f"{s:.0%}" for s in e["per_window"])
     if e["max"] is None:
         limit = "not judged (no routing.json)"
+    elif e["p_value"] is None:
+        limit = too_few
     else:
         of = f" of {e['n_expected']}" if e.get("n_expected") else ""
         limit = (f"{_holm(report)}p <= {w['alpha']} and share > {e['max']:.0%} "
@@ -476,7 +487,7 @@ def markdown(report: dict[str, Any], history: list[dict[str, Any]] | None = None
         "| check | statistic | p-value | effect | flag when | verdict |", "|---|---|---|---|---|---|",
         *("| " + " | ".join(r) + " |" for r in _rows(report)), "",
     ]
-    if "labels" in report["checks"]:
+    if "live" in report["checks"].get("labels", {}):
         lab = report["checks"]["labels"]
         lines += ["| label | served | training |", "|---|---|---|",
                   *(f"| {k} | {lab['live'][k]:.1%} | {lab['reference'][k]:.1%} |" for k in lab["live"]), ""]
