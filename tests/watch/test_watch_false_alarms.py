@@ -126,3 +126,22 @@ def test_a_check_on_fewer_than_min_requests_is_not_judged(tmp_path):
     # The same shifts on 50 of each: flagged.
     many = judge(torch.randn(50, 8, generator=g) + 3.0, ref, ["a"] * 50, ["b"] * 40, [True] * 50, 0.0, w, 50)
     assert all(many["checks"][k]["flagged"] for k in ("input", "labels", "escalation"))
+
+
+def test_the_table_shows_the_n_each_check_read():
+    """The table's title said "200 served requests" while the MMD ran on 141 of them (59 past the
+    context) and the escalation share on 1; the n of each check was in report.json alone."""
+    from rich.console import Console
+
+    from potstill.watch.stage import table
+
+    w = WatchConfig(permutations=299, min_requests=30)
+    g = torch.Generator().manual_seed(0)
+    out = judge(torch.randn(41, 8, generator=g), torch.randn(60, 8, generator=g), ["a", "b"] * 25, ["a", "b"] * 30,
+                [False] * 37, 0.1, w, 50)
+    report = {**out, "thresholds": w.model_dump(), "notes": [], "run_dir": "RUN", "student": "s", "created": "now",
+              "traffic": {"n": 200, "selection": "latest 200", "first": "a", "last": "b"}}
+    console = Console(width=400, record=True)
+    console.print(table(report))
+    text = console.export_text()
+    assert "(n 41 vs 60)" in text and "n 50 vs 60)" in text and "0.0% of 37" in text, text

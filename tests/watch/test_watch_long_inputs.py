@@ -69,6 +69,8 @@ def test_inputs_longer_than_the_students_context_are_judged_not_a_traceback(tmp_
     p = subprocess.run([sys.executable, "-m", "potstill.cli", "watch", str(run)], capture_output=True, text=True,
                        env=env, timeout=300)
     assert p.returncode == EXIT_DRIFT and "Traceback" not in p.stderr, p.stderr[-2000:]
+    # The terminal says what the input check left out, not report.md alone.
+    assert "watch: 20 request(s) longer than the student's context" in p.stderr, p.stderr[-2000:]
 
 
 def test_a_window_the_student_read_none_of_is_judged_on_its_escalations():

@@ -349,6 +349,8 @@ def watch_run(run_dir: Path, cfg: Config, since: float | None = None, until: flo
     rows, cut = read_history(history)
     write_text(run_dir / "watch" / "report.md", markdown(report, rows, cut))
     out.print(table(report))
+    for note in report["notes"]:  # what each check left out: the table's n say how many it read
+        say(f"watch: {note}")
     say(f"watch: report in {run_dir / 'watch' / 'report.json'} and report.md ({report['seconds']:.1f} s)")
     return report
 
@@ -361,10 +363,10 @@ def history_row(report: dict[str, Any]) -> dict[str, Any]:
     c, tr = report["checks"], report["traffic"]
     row = {"created": report["created"], "drift": report["drift"], "student": report["student"],
            "traffic": {k: tr[k] for k in ("n", "first", "last", "selection")},
-           "input": {k: c["input"].get(k) for k in ("mmd2", "effect", "p_value", "p_adjusted", "flagged")},
-           "escalation": {k: c["escalation"].get(k) for k in ("share", "max", "p_value", "p_adjusted", "flagged")}}
+           "input": {k: c["input"].get(k) for k in ("mmd2", "effect", "p_value", "p_adjusted", "n_live", "flagged")},
+           "escalation": {k: c["escalation"].get(k) for k in ("share", "max", "p_value", "p_adjusted", "n", "flagged")}}
     if "labels" in c:
-        row["labels"] = {k: c["labels"].get(k) for k in ("tv", "p_value", "p_adjusted", "flagged")}
+        row["labels"] = {k: c["labels"].get(k) for k in ("tv", "p_value", "p_adjusted", "n_live", "flagged")}
     return row
 
 
@@ -440,13 +442,15 @@ def _rows(report: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
         rows.append(("inputs (MMD)", f"{i['n_live']} input(s) within the student's context", "-", "-",
                      too_few, verdict[False]))
     else:
-        rows.append(("inputs (MMD)", f"MMD^2 {i['mmd2']:.4f}", _p(i), f"MMD {i['effect']:.3f}",
+        rows.append(("inputs (MMD)", f"MMD^2 {i['mmd2']:.4f} (n {i['n_live']} vs {i['n_reference']})", _p(i),
+                     f"MMD {i['effect']:.3f}",
                      f"{_holm(report)}p <= {w['alpha']} and MMD >= {w['min_effect']}", verdict[i["flagged"]]))
     if "labels" in c and c["labels"]["p_value"] is None:
         rows.append(("label mix (G-test)", f"{c['labels']['n_live']} label(s)", "-", "-", too_few, verdict[False]))
     elif "labels" in c:
         lab = c["labels"]
-        rows.append(("label mix (G-test)", f"G {lab['g']:.1f} (df {lab['df']})", _p(lab),
+        rows.append(("label mix (G-test)", f"G {lab['g']:.1f} (df {lab['df']}; n {lab['n_live']} vs {lab['n_reference']})",
+                     _p(lab),
                      f"TV {lab['tv']:.3f}", f"{_holm(report)}p <= {w['alpha']} and TV > {w['label_tv_max']}",
                      verdict[lab["flagged"]]))
     e = c["escalation"]
