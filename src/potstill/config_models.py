@@ -333,7 +333,8 @@ class WatchConfig(Section):
     )
     alpha: float = Field(0.01, gt=0, lt=1, description="Significance level of the input, label-mix and escalation tests.")
     min_effect: float = Field(
-        0.1, ge=0, description="Input drift needs MMD (RBF, median bandwidth; 0..sqrt 2) at least this, besides p < alpha."
+        0.1, ge=0, description="Input drift needs MMD (RBF, median bandwidth; 0..sqrt 2) to be at least this by its "
+        "one-sided 95% lower bound, besides p <= alpha: a shift below it is flagged at no window size."
     )
     label_tv_max: float = Field(
         0.15, ge=0, le=1, description="Label-mix drift needs total variation to the training labels above this, besides p < alpha."

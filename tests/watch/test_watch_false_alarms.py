@@ -145,3 +145,26 @@ def test_the_table_shows_the_n_each_check_read():
     console.print(table(report))
     text = console.export_text()
     assert "(n 41 vs 60)" in text and "n 50 vs 60)" in text and "0.0% of 37" in text, text
+
+
+def _input_flags(shift: float, n: int, seeds: int) -> float:
+    """Share of windows of n whose inputs (8-d Gaussians, the first coordinate moved by ``shift``)
+    judge flags against a reference of 256 from the unshifted distribution."""
+    w = WatchConfig(permutations=299)
+    flagged = 0
+    for s in range(seeds):
+        g = torch.Generator().manual_seed(s)
+        live, ref = torch.randn(n, 8, generator=g), torch.randn(256, 8, generator=g)
+        live[:, 0] += shift
+        flagged += judge(live, ref, None, None, [False] * n, None, w)["checks"]["input"]["flagged"]
+    return flagged / seeds
+
+
+def test_the_input_checks_effect_gate_means_the_same_at_every_window_size():
+    """The gate was on MMD's estimate, noisier the smaller the window: a shift whose true MMD is 0.07,
+    under watch.min_effect 0.1, was flagged in 12% of windows of 50 and in none of 500, so the flag
+    fell as data grew. The gate is now on MMD's one-sided 95% lower bound: a shift under min_effect
+    is flagged at no window size, one above it (MMD ~0.18) the more often the larger the window."""
+    assert _input_flags(0.4, 50, 40) <= 0.03  # before: 0.125
+    small, large = _input_flags(1.0, 50, 20), _input_flags(1.0, 200, 20)
+    assert small <= large and large >= 0.9, (small, large)

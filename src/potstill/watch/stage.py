@@ -4,8 +4,9 @@ Three checks over the latest window of answered requests in RUN/calls.sqlite:
 1. input drift: the student's mean-pooled prompt embeddings (``TransformersEngine.embed``, the
    same vectors serving uses for its OOD rule) of the window vs a sample of the student's training
    records (RUN/train.jsonl, or a promoted challenger's: ``rundir.student_train_path``),
-   by an MMD permutation test (``stats.mmd_test``); flagged when p <= alpha AND MMD >= min_effect (a
-   permutation p-value, (1 + k) / (1 + permutations), rejects at p <= alpha with level alpha);
+   by an MMD permutation test (``stats.mmd_test``); flagged when p <= alpha AND MMD's 95% lower bound
+   >= min_effect (a permutation p-value, (1 + k) / (1 + permutations), rejects at p <= alpha with
+   level alpha);
 2. label-mix drift (classification; a tools task's mix of functions called): the labels served vs
    the teacher labels in train.jsonl,
    by a G-test (permutation p-value); flagged when p <= alpha AND total variation > label_tv_max;
@@ -157,7 +158,7 @@ def judge(live_emb: torch.Tensor, ref_emb: torch.Tensor, live_labels: list[str] 
     if live_emb.shape[0] >= least:
         mmd = mmd_test(live_emb, ref_emb, w.permutations, w.seed)
     else:  # e.g. the window's inputs are (nearly) all past the student's context: the escalation share says so
-        mmd = {"mmd2": None, "effect": None, "p_value": None, "n_live": int(live_emb.shape[0]),
+        mmd = {"mmd2": None, "effect": None, "effect_lower": None, "p_value": None, "n_live": int(live_emb.shape[0]),
                "n_reference": int(ref_emb.shape[0]), "flagged": False}
     checks["input"] = mmd
     if live_labels and ref_labels:
@@ -180,7 +181,7 @@ def judge(live_emb: torch.Tensor, ref_emb: torch.Tensor, live_labels: list[str] 
         c["p_adjusted"] = adjusted.get(name)
     # <=: a permutation p-value has level alpha at p <= alpha (its smallest is 1 / (1 + permutations)).
     significant = {k: c["p_adjusted"] is not None and c["p_adjusted"] <= w.alpha + 1e-12 for k, c in checks.items()}
-    mmd["flagged"] = significant["input"] and mmd["effect"] >= w.min_effect
+    mmd["flagged"] = significant["input"] and mmd["effect_lower"] >= w.min_effect
     if "labels" in checks:
         checks["labels"]["flagged"] = significant["labels"] and checks["labels"]["tv"] > w.label_tv_max
     esc["flagged"] = significant["escalation"] and esc["share"] > esc["max"]
@@ -363,7 +364,8 @@ def history_row(report: dict[str, Any]) -> dict[str, Any]:
     c, tr = report["checks"], report["traffic"]
     row = {"created": report["created"], "drift": report["drift"], "student": report["student"],
            "traffic": {k: tr[k] for k in ("n", "first", "last", "selection")},
-           "input": {k: c["input"].get(k) for k in ("mmd2", "effect", "p_value", "p_adjusted", "n_live", "flagged")},
+           "input": {k: c["input"].get(k) for k in ("mmd2", "effect", "effect_lower", "p_value", "p_adjusted", "n_live",
+                                                    "flagged")},
            "escalation": {k: c["escalation"].get(k) for k in ("share", "max", "p_value", "p_adjusted", "n", "flagged")}}
     if "labels" in c:
         row["labels"] = {k: c["labels"].get(k) for k in ("tv", "p_value", "p_adjusted", "n_live", "flagged")}
@@ -443,8 +445,8 @@ def _rows(report: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
                      too_few, verdict[False]))
     else:
         rows.append(("inputs (MMD)", f"MMD^2 {i['mmd2']:.4f} (n {i['n_live']} vs {i['n_reference']})", _p(i),
-                     f"MMD {i['effect']:.3f}",
-                     f"{_holm(report)}p <= {w['alpha']} and MMD >= {w['min_effect']}", verdict[i["flagged"]]))
+                     f"MMD {i['effect']:.3f} (>= {i['effect_lower']:.3f} at 95%)",
+                     f"{_holm(report)}p <= {w['alpha']} and MMD's bound >= {w['min_effect']}", verdict[i["flagged"]]))
     if "labels" in c and c["labels"]["p_value"] is None:
         rows.append(("label mix (G-test)", f"{c['labels']['n_live']} label(s)", "-", "-", too_few, verdict[False]))
     elif "labels" in c:
