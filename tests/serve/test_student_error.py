@@ -62,3 +62,28 @@ def test_the_failure_line_is_cut_after_the_teacher_key_is_blanked(served, force,
     err = capfd.readouterr().err
     assert "failed on a request (RuntimeError: xxx" in err
     assert TEACHER_KEY[:8] not in err, err[-3000:]
+
+
+def test_a_teacher_without_a_key_is_the_fallback_too(served, force, monkeypatch, tmp_path):
+    """The failure line blanks the teacher's secrets (``Teacher.secrets``), which only the API teachers
+    had: under a local or replay teacher (the quickstart's gemma) a student's failure ended in
+    AttributeError: 'LocalTeacher' object has no attribute 'secrets', a 500, not the teacher's answer."""
+    from potstill.config import TeacherConfig
+    from potstill.teachers.replay import ReplayTeacher
+
+    service, live = served
+    force("student")
+    recorded = tmp_path / "recorded.jsonl"
+    recorded.write_text(json.dumps({"messages": [{"role": "user", "content": "poison"},
+                                                 {"role": "assistant", "content": "a recorded answer"}]}) + "\n")
+    monkeypatch.setattr(service, "teacher", ReplayTeacher(TeacherConfig(type="replay", replay_path=str(recorded)),
+                                                          service.teacher.task))
+
+    def answer(messages, *more):
+        raise RuntimeError("the engine broke")
+
+    monkeypatch.setattr(service.engine, "answer", answer)
+    raw = client(live).chat.completions.with_raw_response.create(
+        model="potstill", messages=[{"role": "user", "content": "poison"}])
+    completion = answered_by_teacher(raw, "student_error", False)
+    assert completion.choices[0].message.content == "a recorded answer"

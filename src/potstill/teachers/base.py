@@ -300,6 +300,11 @@ class Teacher:
         self._worker: ThreadPoolExecutor | None = None
         self._worker_lock = threading.Lock()
 
+    def secrets(self) -> list[str]:
+        """What must never be printed of this teacher (a key, a password in its URL), for ``redact``:
+        none for one that holds none (local, replay); the API teachers name theirs."""
+        return []
+
     @classmethod
     def logprobs_problem(cls, cfg: TeacherConfig) -> str | None:
         """Why a teacher of config ``cfg`` can return no log-probabilities (read before it is built:
