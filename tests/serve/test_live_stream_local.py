@@ -177,3 +177,28 @@ def test_a_local_teacher_on_another_engine_streams_too(tmp_path, tiny_model, tea
         pieces = [ch.choices[0].delta.content for ch in chunks if ch.choices and ch.choices[0].delta.content]
         assert "".join(pieces) == whole and len(pieces) > 1
         assert json.loads(rows(service)[-1]["response"])["teacher_first_text_s"] > 0
+
+
+def test_a_local_teacher_is_loaded_before_the_first_request(tmp_path, tiny_model, tiny_model_b, teacher_server,
+                                                            monkeypatch):
+    """A local teacher loaded at its first escalation, on its own thread beside the student's forward,
+    changed torch's process-wide default dtype while it loaded (transformers sets it for the load: bf16
+    for the quickstart's gemma): benchmarks/watch.py on the quickstart run got 500s, the student's tensors
+    made bf16 ('index_add_(): self (BFloat16) and source (Float)'). Serve loads it before it answers."""
+    import yaml
+
+    from potstill.serve import run_config
+    from potstill.serve.service import load_service
+    from tests.serve.conftest import TEACHER_KEY, write_run
+
+    monkeypatch.setenv("TEACHER_KEY", TEACHER_KEY)
+    run = write_run(tmp_path, tiny_model, teacher_server.base_url)
+    cfg = yaml.safe_load((run / "potstill.yaml").read_text())
+    cfg["teacher"] = {"type": "local", "model": str(tiny_model_b), "max_tokens": 8}
+    (run / "potstill.yaml").write_text("# Written by potstill (a test's run)\n" + yaml.safe_dump(cfg))
+    service = load_service(run, run_config(run, None), device="cpu")
+    try:
+        assert service.teacher.type == "local" and service.teacher._engine is not None
+    finally:
+        service.teacher.close()
+        service.close()

@@ -528,6 +528,12 @@ def load_service(run_dir: Path, cfg: Config, recalibrate: bool = False, ledger_p
     say(f"serve: student loaded and routing calibrated in {time.perf_counter() - t0:.1f} s; on val: "
         f"{st['val_escalation']:.0%} escalated, agreement {st['val_agreement']:.3f} "
         f"(student alone {st['val_student_alone_agreement']:.3f})")
+    if hasattr(teacher, "lm"):
+        # A local teacher is loaded now, before the first request, not at the first escalation on its own
+        # thread: transformers sets torch's process-wide default dtype while it loads a model (bf16 for
+        # the quickstart's gemma), so a load beside the student's forward made the student's tensors bf16
+        # (a compile's guard failed, then index_add_ on every request once two loads' save and restore interleaved).
+        teacher.lm()
     ledger = Ledger(ledger_path or run_dir / "calls.sqlite")
     return Service(cfg, task, engine, teacher, routing, reference, ledger, student_name=engine.served_name,
                    run_dir=run_dir, student_path=str(path), device=device)
